@@ -1,0 +1,98 @@
+"""Pure-PyTorch reference implementations of every fused op.
+
+Each function here has the same signature as its Triton counterpart in `kernels/<op>.py`. They are the CPU path,
+and the ground truth the kernel tests compare against. Shapes follow the model: (B, T, H, D) for heads, with
+packed sequences given as `cu_seqlens` (cumulative lengths, int32, starting at 0) over a batch of one row.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back to x's dtype."""
+    x32 = x.float()
+    y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.float()).to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding in the "rotate half" layout. q (B, T, H, D), k (B, T, Hk, D), cos/sin (B, T, D)."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (B, T, 1, D): broadcast over heads
+    q_out = (q.float() * cos + _rotate_half(q.float()) * sin).to(q.dtype)
+    k_out = (k.float() * cos + _rotate_half(k.float()) * sin).to(k.dtype)
+    return q_out, k_out
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up, the gated MLP activation."""
+    return (F.silu(gate.float()) * up.float()).to(gate.dtype)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention. q (B, T, H, D), k/v (B, T, Hk, D) with H a multiple of Hk (grouped-query). Returns (B, T, H, D).
+
+    `cu_seqlens` (packing, B == 1): tokens attend only within their own document. `attention_mask` (B, T) of 1/0 marks
+    real tokens of a right-padded batch; padded positions only need to produce finite values.
+    """
+    B, T, H, D = q.shape
+    groups = H // k.shape[2]
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+    if groups > 1:
+        kh = kh.repeat_interleave(groups, dim=1)
+        vh = vh.repeat_interleave(groups, dim=1)
+    if cu_seqlens is None and attention_mask is None:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
+        return out.transpose(1, 2)
+    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T) causal
+    if cu_seqlens is not None:
+        doc = document_ids(cu_seqlens, T)  # (T,)
+        allowed = allowed & (doc[:, None] == doc[None, :])
+        mask = allowed[None, None]
+    else:
+        keep = attention_mask.bool()  # (B, T)
+        # A padded query row would see nothing; let it see itself so softmax stays finite.
+        mask = (allowed[None] & keep[:, None, :]) | torch.eye(T, dtype=torch.bool, device=q.device)[None]
+        mask = mask[:, None]  # (B, 1, T, T)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+    return out.transpose(1, 2)
+
+
+def document_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """(total,) index of the document each packed position belongs to; positions past the last boundary get -1."""
+    positions = torch.arange(total, device=cu_seqlens.device)
+    doc = torch.searchsorted(cu_seqlens[1:].to(positions.dtype), positions, right=True)
+    return torch.where(positions < cu_seqlens[-1], doc, torch.full_like(doc, -1))
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """Sum over tokens of cross-entropy(hidden @ weight.T, labels), skipping `ignore_index`. hidden (N, d), weight (V, d).
+
+    Returns the summed loss (fp32 scalar); the caller divides by the token count of the whole optimizer step.
+    Works chunk by chunk over N so that only (chunk_size, V) logits exist at a time; the reference keeps autograd's
+    saved logits per chunk, so it saves time over memory only in the forward. The Triton version never stores them.
+    """
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        h = hidden[start : start + chunk_size]
+        y = labels[start : start + chunk_size]
+        logits = (h @ weight.T).float()  # (n, V)
+        total = total + F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="sum")
+    return total
