@@ -1,0 +1,302 @@
+"""Typed configuration: one dataclass per concern, YAML as their saved form, `--section.key value` as the override.
+
+Every field carries a one-line help text (it feeds `tunelab train --help`) and, where it has them, its allowed
+values or range. `load_config` records where each resolved value came from (default, the YAML file, or a flag) so the
+run can print and save it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.errors import ConfigError
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None, max: float | None = None):
+    """A config field with its help text and constraints; mutable defaults are copied per instance."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("smollm2-135m-instruct", "hub id, local Hugging Face directory, .gguf file, or the alias smollm2-135m-instruct")
+    dtype: str = opt("auto", "weight and compute dtype (auto: bf16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = opt("auto", "where to train (auto: CUDA when present, else CPU)", choices=("auto", "cpu", "cuda"))
+    impl: str = opt("auto", "model code: our fast Llama-family path, the generic transformers one, or auto", choices=("auto", "fast", "generic"))
+    trust_remote_code: bool = opt(False, "run code shipped with a hub model (only if you trust its author)")
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = opt([], "training files (jsonl, json, csv, parquet, txt) or folders of them")
+    eval: str | None = opt(None, "a separate eval file; otherwise eval_fraction of train is held out")
+    eval_fraction: float = opt(0.0, "fraction of training examples held out for eval loss", min=0.0, max=0.5)
+    format: str = opt(
+        "auto",
+        "record format (auto: detected from the fields)",
+        choices=("auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "text"),
+    )
+    fields: dict[str, str] = opt({}, "map format fields to your column names, e.g. {prompt: question, completion: answer}")
+    template: str = opt("auto", "prompt template (auto: the tokenizer's chat template, else chatml)", choices=("auto", "tokenizer", "chatml", "llama2", "alpaca"))
+    system_prompt: str | None = opt(None, "system message added to every example that has none")
+    max_length: int = opt(512, "maximum tokens per example (text is cut into blocks of this length)", min=8)
+    overlong: str = opt("drop", "what to do with chat examples longer than max_length", choices=("drop", "truncate"))
+    train_on_prompt: bool = opt(False, "also compute the loss on prompt tokens (default: answers only)")
+    packing: bool = opt(False, "pack several examples into each row of max_length tokens, without attention across them")
+    shuffle: bool = opt(True, "shuffle the training examples each epoch (seeded)")
+
+
+@dataclass
+class MethodConfig:
+    name: str = opt("lora", "what to train: LoRA adapters, all weights, or only the top decoder layers", choices=("lora", "full", "layers"))
+    r: int = opt(16, "LoRA rank", min=1)
+    alpha: float = opt(32.0, "LoRA alpha; the update is scaled by alpha / r", min=0.0)
+    dropout: float = opt(0.0, "dropout on the LoRA input", min=0.0, max=0.9)
+    target_modules: list[str] = opt(["all-linear"], "linear layers that get adapters (names like q_proj, or all-linear)")
+    top_layers: int = opt(2, "for method=layers: how many of the last decoder layers to train", min=1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = opt(3.0, "passes over the training data (ignored when max_steps is set)", min=0.0)
+    max_steps: int | None = opt(None, "optimizer steps to run; overrides epochs", min=1)
+    micro_batch: int = opt(8, "examples per forward pass", min=1)
+    grad_accum: int = opt(1, "micro-batches per optimizer step", min=1)
+    lr: float = opt(2e-4, "peak learning rate", min=0.0)
+    warmup_ratio: float = opt(0.05, "fraction of steps spent warming the learning rate up linearly from 0", min=0.0, max=1.0)
+    scheduler: str = opt("cosine", "learning-rate schedule after warmup", choices=("constant", "linear", "cosine"))
+    weight_decay: float = opt(0.0, "AdamW weight decay (not applied to norms and biases)", min=0.0)
+    max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
+    seed: int = opt(42, "seed for initialisation, shuffling and dropout")
+    eval_every: int = opt(0, "evaluate every N optimizer steps (0: only at the end)", min=0)
+    save_every: int = opt(0, "write a checkpoint every N optimizer steps (0: only at the end)", min=0)
+    keep_checkpoints: int = opt(2, "how many step checkpoints to keep", min=1)
+    log_every: int = opt(1, "append metrics every N optimizer steps", min=1)
+
+
+@dataclass
+class EvalConfig:
+    questions: str | None = opt(None, "file of questions (with an optional expected column) answered by base and tuned model after training")
+    refusal: str | None = opt(None, "the fixed refusal sentence; answers containing it count as refusals")
+    max_new_tokens: int = opt(64, "tokens to generate per answer", min=1)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = opt("runs/run", "run directory for the adapter or weights, checkpoints, metrics and plots")
+    overwrite: bool = opt(False, "replace an existing run directory")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
+
+
+def iter_options() -> list[tuple[str, dataclasses.Field, Any]]:
+    """Every option as (dotted name, field, type hint), in declaration order: top-level first, then per section."""
+    options = []
+    top_hints = typing.get_type_hints(RunConfig)
+    sections = _sections()
+    for f in dataclasses.fields(RunConfig):
+        if f.name not in sections:
+            options.append((f.name, f, top_hints[f.name]))
+    for name, cls in sections.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            options.append((f"{name}.{f.name}", f, hints[f.name]))
+    return options
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+
+
+def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against the type hint, converting where it is unambiguous (int -> float, scalar -> list)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0], where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: option '{name}' must be a list of {_type_name(item)}, got {value!r}.")
+        return [_coerce(name, v, item, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: option '{name}' must be a mapping like {{key: value}}, got {value!r}.")
+        return {str(k): str(v) for k, v in value.items()}
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {value!r} ({type(value).__name__}).")
+
+
+def _check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -> None:
+    meta = f.metadata
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if v is None:
+            continue
+        if meta.get("choices") and v not in meta["choices"]:
+            allowed = ", ".join(map(str, meta["choices"]))
+            raise ConfigError(f"{where}: option '{name}' is {v!r}; allowed values: {allowed}.")
+        if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
+            raise ConfigError(f"{where}: option '{name}' is {v}; it must be >= {meta['min']}.")
+        if meta.get("max") is not None and isinstance(v, (int, float)) and v > meta["max"]:
+            raise ConfigError(f"{where}: option '{name}' is {v}; it must be <= {meta['max']}.")
+
+
+def _unknown(name: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else " Run 'tunelab train --help' for the list."
+    return ConfigError(f"{where}: unknown option '{name}'.{hint}")
+
+
+def _flatten(raw: dict, where: str) -> dict[str, Any]:
+    """YAML mapping -> {'train.lr': 1e-4, ...}. Section mappings are flattened one level; dict-valued fields stay whole."""
+    sections = _sections()
+    flat = {}
+    for key, value in raw.items():
+        if key in sections:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: section '{key}' must be a mapping of options, got {value!r}.")
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+@dataclass
+class ResolvedConfig:
+    """The config and, for each dotted option, where its value came from ('default', a file, or a flag)."""
+
+    config: RunConfig
+    origins: dict[str, str]
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, base_dir: str | Path | None = None) -> ResolvedConfig:
+    """Defaults <- YAML file <- overrides ({'train.lr': '1e-4'} as typed on the command line, or Python values).
+
+    Relative data/eval paths in a YAML file are resolved against the file's folder, so a config runs from anywhere.
+    """
+    options = {name: (f, hint) for name, f, hint in iter_options()}
+    values: dict[str, Any] = {}
+    origins = {name: "default" for name in options}
+    layers: list[tuple[str, dict[str, Any], Path | None]] = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found.")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f", line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)}).") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of sections (model:, data:, train:, ...).")
+        layers.append((str(path), _flatten(raw, str(path)), path.parent))
+    if overrides:
+        flags = {}
+        for name, value in overrides.items():
+            if isinstance(value, str):
+                try:
+                    value = yaml.safe_load(value) if value.strip() else value
+                except yaml.YAMLError:
+                    pass
+            flags[name] = value
+        layers.append(("flag", flags, Path(base_dir) if base_dir else None))
+    for source, flat, folder in layers:
+        for name, value in flat.items():
+            where = f"--{name}" if source == "flag" else source
+            if name not in options:
+                raise _unknown(name, list(options), where)
+            f, hint = options[name]
+            value = _coerce(name, value, hint, where)
+            _check_constraints(name, value, f, where)
+            if folder is not None and source != "flag" and name in _PATH_OPTIONS:
+                value = _resolve_paths(value, folder)
+            values[name] = value
+            origins[name] = where if source == "flag" else source
+    config = RunConfig()
+    for name, value in values.items():
+        section, _, key = name.rpartition(".")
+        target = getattr(config, section) if section else config
+        setattr(target, key, value)
+    _check_consistency(config)
+    return ResolvedConfig(config, origins)
+
+
+_PATH_OPTIONS = {"data.train", "data.eval", "eval.questions"}
+
+
+def _resolve_paths(value: Any, folder: Path) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_resolve_paths(v, folder) for v in value]
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (folder / p))
+
+
+def _check_consistency(config: RunConfig) -> None:
+    """Rules that involve more than one option."""
+    if config.data.eval and config.data.eval_fraction:
+        raise ConfigError("options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split.")
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
+
+
+def describe(resolved: ResolvedConfig) -> str:
+    """The resolved config, one option a line, with where each value came from."""
+    lines = []
+    for name, _, _ in iter_options():
+        section, _, key = name.rpartition(".")
+        target = getattr(resolved.config, section) if section else resolved.config
+        lines.append(f"  {name:<24} = {getattr(target, key)!r:<40} ({resolved.origins[name]})")
+    return "\n".join(lines)
