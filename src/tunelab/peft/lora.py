@@ -1,0 +1,116 @@
+"""LoRA: a frozen linear layer plus a trainable low-rank update, y = x W^T + b + (alpha / r) * dropout(x) A^T B^T.
+
+`LoRALinear` is a leaf module we construct around an existing `nn.Linear` (or NF4 linear); `attach_lora` swaps it in
+by name on any model, ours or transformers', so the same code serves the fast and the generic path. Parameter names
+(`<path>.lora_A.weight`, `<path>.lora_B.weight`) follow PEFT's so adapters round-trip through its file format.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from tunelab.errors import ConfigError
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base_layer = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.r, self.alpha = r, alpha
+        self.scale = alpha / r
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=base.weight.device, dtype=torch.float32)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=base.weight.device, dtype=torch.float32)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.enabled = True
+        # PEFT's default init: A Kaiming-uniform, B zero, so training starts from the base model exactly.
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        for p in self.base_layer.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if not self.enabled:
+            return y
+        a, b = self.lora_A.weight, self.lora_B.weight
+        update = (self.dropout(x).to(a.dtype) @ a.T) @ b.T  # (..., r) then (..., out)
+        return y + (self.scale * update).to(y.dtype)
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """W + scale * B A, in the base weight's dtype."""
+        w = self.base_layer.weight
+        return (w.float() + self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())).to(w.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}"
+
+
+def linear_names(model: nn.Module, targets: list[str]) -> list[str]:
+    """Qualified names of the linear layers that `targets` selects; "all-linear" means every decoder linear but the head."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not output and not isinstance(m, LoRALinear)]
+    linears = [n for n in linears if ".lora_" not in n and not n.endswith("lm_head")]
+    if "all-linear" in targets:
+        chosen = linears
+    else:
+        chosen = [n for n in linears if n.rsplit(".", 1)[-1] in targets]
+        found = {n.rsplit(".", 1)[-1] for n in chosen}
+        missing = [t for t in targets if t not in found]
+        if missing:
+            available = sorted({n.rsplit(".", 1)[-1] for n in linears})
+            raise ConfigError(
+                f"option 'method.target_modules': {', '.join(missing)} matched no linear layer of this model; "
+                f"available: {', '.join(available)}, or all-linear."
+            )
+    if not chosen:
+        raise ConfigError("option 'method.target_modules' selected no linear layer of this model.")
+    return chosen
+
+
+def attach_lora(model: nn.Module, targets: list[str], r: int, alpha: float, dropout: float = 0.0) -> list[str]:
+    """Freeze the model and replace each selected nn.Linear by a LoRALinear around it. Returns the replaced names."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = linear_names(model, targets)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout))
+    return names
+
+
+def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            yield name, m
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module):
+    """Run the base model: every LoRA update is skipped inside the block."""
+    layers = [m for _, m in lora_modules(model)]
+    for m in layers:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.enabled = True
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and put the plain linear back. In place; returns the model."""
+    for name, m in list(lora_modules(model)):
+        base = m.base_layer
+        base.weight.data = m.merged_weight()
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, base)
+    return model

@@ -1,0 +1,85 @@
+"""Adapters on disk in PEFT's layout: `adapter_config.json` + `adapter_model.safetensors`.
+
+Keys are `base_model.model.<module path>.lora_{A,B}.weight`, as `peft.PeftModel.from_pretrained` and vLLM expect, so
+an adapter trained here loads there unchanged, and one trained there loads here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tunelab.errors import RunDirError
+from tunelab.peft.lora import attach_lora, lora_modules
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    state = {}
+    for name, m in lora_modules(model):
+        state[f"{PREFIX}{name}.lora_A.weight"] = m.lora_A.weight.detach().contiguous().cpu()
+        state[f"{PREFIX}{name}.lora_B.weight"] = m.lora_B.weight.detach().contiguous().cpu()
+    return state
+
+
+def adapter_config(model: nn.Module, base_model: str) -> dict:
+    layers = [m for _, m in lora_modules(model)]
+    first = layers[0]
+    dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": first.r,
+        "lora_alpha": first.alpha,
+        "lora_dropout": dropout,
+        "target_modules": sorted({name.rsplit(".", 1)[-1] for name, _ in lora_modules(model)}),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_dora": False,
+        "use_rslora": False,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "inference_mode": True,
+    }
+
+
+def save_adapter(model: nn.Module, folder: str | Path, base_model: str) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(adapter_state_dict(model), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(adapter_config(model, base_model), indent=2))
+
+
+def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Attach LoRA layers as the saved config describes and load their weights (strict: every key must match)."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise RunDirError(f"{folder}: no {CONFIG_FILE}, so it holds no adapter.")
+    config = json.loads(config_path.read_text())
+    if config.get("peft_type") != "LORA" or config.get("use_dora"):
+        raise RunDirError(f"{config_path}: only plain LoRA adapters can be loaded (peft_type {config.get('peft_type')!r}).")
+    attach_lora(model, list(config["target_modules"]), config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0))
+    state = load_file(str(folder / WEIGHTS_FILE))
+    # PEFT may store keys with or without the adapter name ("default"); accept both.
+    state = {k.replace(".default.weight", ".weight"): v for k, v in state.items()}
+    expected = adapter_state_dict(model)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise RunDirError(
+            f"{folder / WEIGHTS_FILE}: adapter does not fit this model "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})."
+        )
+    for name, m in lora_modules(model):
+        m.lora_A.weight.data.copy_(state[f"{PREFIX}{name}.lora_A.weight"])
+        m.lora_B.weight.data.copy_(state[f"{PREFIX}{name}.lora_B.weight"])
+    return model
