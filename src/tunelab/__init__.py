@@ -1,3 +1,21 @@
-"""tunelab: fine-tune open LLMs on your own data."""
+"""tunelab: fine-tune open LLMs on your own data.
+
+The API is imported on first use, so `import tunelab` stays fast: `tunelab.train(...)`, `tunelab.compare(...)`,
+`tunelab.generate(...)`, `tunelab.chat(...)`, `tunelab.load_config(...)`.
+"""
 
 __version__ = "0.1.0"
+
+_API = {"train", "compare", "generate", "chat", "open_run", "GenerationSettings"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from tunelab import api
+
+        return getattr(api, name)
+    if name == "load_config":
+        from tunelab.config import load_config
+
+        return load_config
+    raise AttributeError(f"module 'tunelab' has no attribute {name!r}")

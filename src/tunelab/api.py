@@ -1,0 +1,65 @@
+"""The Python API: what each CLI subcommand calls.
+
+    import tunelab
+    result = tunelab.train("examples/company_faq/config.yaml", {"train.max_steps": 20})
+    comparison = tunelab.compare(result.run_dir, questions="examples/company_faq/heldout.jsonl")
+    print(tunelab.generate(result.run_dir, "Where is your office?"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.infer.compare import Comparison, Question, compare as _compare, format_comparison, read_questions, save_comparison
+from tunelab.infer.generate import GenerationSettings, generate_answers
+from tunelab.infer.run import LoadedRun, open_run
+from tunelab.train.recipe import TrainResult, train
+
+__all__ = ["train", "compare", "generate", "chat", "open_run", "TrainResult", "Comparison", "GenerationSettings", "LoadedRun"]
+
+
+def _open(run: str | Path | LoadedRun, device: str) -> LoadedRun:
+    return run if isinstance(run, LoadedRun) else open_run(run, device=device)
+
+
+def compare(
+    run: str | Path | LoadedRun,
+    questions: str | Path | None = None,
+    question: list[str] | None = None,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+    save: bool = True,
+    show: bool = False,
+    refusal: str | None = None,
+) -> Comparison:
+    """Base and tuned model answer the same questions (from a file and/or given directly); scored where expected
+    answers exist. `refusal` defaults to the run's configured refusal sentence."""
+    loaded = _open(run, device)
+    items = read_questions(questions) if questions else []
+    items += [Question(q) for q in (question or [])]
+    refusal = refusal if refusal is not None else loaded.info.get("refusal")
+    result = _compare(loaded, items, settings or GenerationSettings(), refusal)
+    if show:
+        print(format_comparison(result))
+    if save:
+        save_comparison(result, loaded.run_dir)
+    return result
+
+
+def generate(run: str | Path | LoadedRun, prompt: str, system: str | None = None, base: bool = False, settings: GenerationSettings | None = None, device: str = "auto") -> str:
+    """One answer from the tuned model (or the base model with base=True)."""
+    loaded = _open(run, device)
+    system = system if system is not None else loaded.system_prompt
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    settings = settings or GenerationSettings()
+    if base:
+        with loaded.base_model() as model:
+            return generate_answers(model, loaded.tokenizer, loaded.template, [messages], settings)[0]
+    return generate_answers(loaded.model, loaded.tokenizer, loaded.template, [messages], settings)[0]
+
+
+def chat(run: str | Path | LoadedRun, settings: GenerationSettings | None = None, device: str = "auto") -> list[dict]:
+    """Interactive chat on the terminal; returns the conversation."""
+    from tunelab.infer.chat import chat as _chat
+
+    return _chat(_open(run, device), settings or GenerationSettings())

@@ -1,0 +1,38 @@
+"""An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit leaves."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, TextIO
+
+from tunelab.infer.generate import GenerationSettings, stream_answer
+from tunelab.infer.run import LoadedRun
+
+
+def chat(run: LoadedRun, settings: GenerationSettings, read: Callable[[str], str] = input, out: TextIO = sys.stdout) -> list[dict]:
+    """Loop until /exit or end of input; returns the conversation."""
+    system = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
+    messages = list(system)
+    out.write(f"chatting with {run.run_dir} — /reset to start over, /exit to leave\n")
+    while True:
+        try:
+            text = read("you> ").strip()
+        except EOFError:
+            break
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            messages = list(system)
+            continue
+        if not text:
+            continue
+        messages.append({"role": "user", "content": text})
+        out.write("model> ")
+        pieces = []
+        for piece in stream_answer(run.model, run.tokenizer, run.template, messages, settings):
+            out.write(piece)
+            out.flush()
+            pieces.append(piece)
+        out.write("\n")
+        messages.append({"role": "assistant", "content": "".join(pieces).strip()})
+    return messages

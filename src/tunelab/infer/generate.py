@@ -1,0 +1,73 @@
+"""Text generation with a KV cache: batched answers for compare/eval, and a token stream for chat.
+
+Prompts are rendered with the same template the model was trained with and left-padded, so a batch of questions
+of different lengths is answered in one `generate` call. Greedy decoding by default.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from tunelab.data.render import render_prompt
+from tunelab.data.templates import Template
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    batch_size: int = 16
+
+    def kwargs(self, template: Template, tokenizer) -> dict:
+        sampling = self.temperature > 0
+        out = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": sampling,
+            "eos_token_id": list(template.stop_token_ids) or tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if sampling:
+            out.update(temperature=self.temperature, top_p=self.top_p)
+        else:
+            out.update(temperature=None, top_p=None, top_k=None)
+        return out
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, template: Template, conversations: list[list[dict]], settings: GenerationSettings) -> list[str]:
+    """One answer per conversation (each a list of {role, content} ending with a user turn)."""
+    answers: list[str] = []
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(conversations), settings.batch_size):
+        prompts = [render_prompt(c, tokenizer, template) for c in conversations[start : start + settings.batch_size]]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=_device(model))  # (B, T) left-padded
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=ids.device)
+        out = model.generate(input_ids=ids, attention_mask=mask, **settings.kwargs(template, tokenizer))
+        for row in out[:, width:]:
+            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return answers
+
+
+def stream_answer(model, tokenizer, template: Template, messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
+    """Yield the answer's text piece by piece as it is generated."""
+    from transformers import TextIteratorStreamer
+
+    prompt = torch.tensor([render_prompt(messages, tokenizer, template)], device=_device(model))
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = settings.kwargs(template, tokenizer) | {"input_ids": prompt, "attention_mask": torch.ones_like(prompt), "streamer": streamer}
+    worker = threading.Thread(target=lambda: torch.no_grad()(model.generate)(**kwargs), daemon=True)
+    worker.start()
+    yield from streamer
+    worker.join()

@@ -1,0 +1,62 @@
+"""One optimizer step: forward, loss, backward over the micro-batches, clip, step, schedule, zero-grad.
+
+The loss is normalised once per optimizer step: the summed token losses of all micro-batches are divided by the
+number of loss tokens in all of them, so a micro-batch with more answer tokens weighs more, as it should.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that carry a loss after the shift by one (labels[:, 1:] are the targets)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of next-token cross-entropy over the batch's loss tokens (fp32 scalar)."""
+    if hasattr(model, "summed_loss"):  # our own model computes it fused with the LM head
+        return model.summed_loss(batch)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
+    ).logits  # (B, T, V)
+    logits = logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum")
+
+
+def train_step(
+    model: nn.Module,
+    micro_batches: list[dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    max_grad_norm: float,
+) -> dict[str, float]:
+    total = sum(loss_tokens(b) for b in micro_batches)
+    loss_sum = 0.0
+    for batch in micro_batches:
+        loss = summed_loss(model, batch)
+        (loss / max(total, 1)).backward()
+        loss_sum += loss.item()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_sum / max(total, 1), "grad_norm": float(norm), "loss_tokens": total}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Mean token loss over the eval batches."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        total += summed_loss(model, batch).item()
+        count += loss_tokens(batch)
+    model.train(was_training)
+    return total / max(count, 1)
