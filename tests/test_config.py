@@ -1,0 +1,68 @@
+"""Config: YAML + flags resolve with their origins; bad options are named with their allowed values."""
+
+from pathlib import Path
+
+import pytest
+
+from tunelab.config import RunConfig, describe, dump_yaml, load_config
+from tunelab.errors import ConfigError
+
+EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/*/config*.yaml"))
+
+
+def test_yaml_then_flags_with_origins(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  train: [qa.jsonl]\ntrain:\n  lr: 1.0e-4\n  epochs: 2\n")
+    resolved = load_config(path, {"train.lr": "3e-4", "data.packing": "true"})
+    cfg = resolved.config
+    assert cfg.train.lr == 3e-4 and cfg.train.epochs == 2.0 and cfg.data.packing is True
+    assert cfg.data.train == [str(tmp_path / "qa.jsonl")]  # relative to the YAML file
+    assert resolved.origins["train.lr"] == "--train.lr"
+    assert resolved.origins["train.epochs"] == str(path)
+    assert resolved.origins["train.seed"] == "default"
+    assert "train.lr" in describe(resolved) and "(--train.lr)" in describe(resolved)
+
+
+def test_saved_yaml_round_trips(tmp_path):
+    cfg = load_config(None, {"method.r": 8, "data.fields": {"prompt": "q"}}).config
+    path = tmp_path / "saved.yaml"
+    path.write_text(dump_yaml(cfg))
+    again = load_config(path).config
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train.lrr": "1"}, "unknown option 'train.lrr'. Did you mean train.lr"),
+        ({"train.scheduler": "step"}, "allowed values: constant, linear, cosine"),
+        ({"train.micro_batch": "0"}, "'train.micro_batch' is 0; it must be >= 1"),
+        ({"data.eval_fraction": "0.9"}, "must be <= 0.5"),
+        ({"train.lr": "fast"}, "'train.lr' must be float"),
+        ({"method.name": "qlora2"}, "allowed values: lora, full, layers"),
+        ({"data.eval": "e.jsonl", "data.eval_fraction": "0.1"}, "both set"),
+    ],
+)
+def test_bad_options_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: [1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml, line \d+: not valid YAML"):
+        load_config(path)
+    path.write_text("train:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown option 'train\.lrr'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.parent.name for p in EXAMPLES])
+def test_every_example_config_loads(path):
+    cfg = load_config(path).config
+    assert isinstance(cfg, RunConfig)
+    for file in cfg.data.train:
+        assert Path(file).exists(), file
+    if cfg.eval.questions:
+        assert Path(cfg.eval.questions).exists()
