@@ -1,0 +1,506 @@
+"""tunelab's own Llama-family decoder: Llama 2/3/3.x, SmolLM2, Mistral, Qwen2 and Qwen3, in plain PyTorch.
+
+Module and parameter names are exactly Hugging Face's (`model.layers.{i}.self_attn.q_proj`, `model.norm`,
+`lm_head`, ...), so checkpoints load by identity and LoRA target names and PEFT adapter keys match. All the maths that
+has a fused kernel goes through an `ops` object with the fields `rms_norm, apply_rope, swiglu, attention,
+linear_cross_entropy`: the pure-PyTorch reference (`tunelab.kernels.reference`) on the CPU, Triton kernels on the GPU,
+chosen by whoever builds the model. What is unusual here:
+
+- `forward(..., labels=...)` never builds the (B, T, V) logits: it returns the SUM of token losses and the number of
+  tokens that count, from `ops.linear_cross_entropy` on the final hidden states. The caller divides once per optimizer
+  step (all micro-batches, all ranks).
+- Packed rows (several documents in one row of a batch of one, delimited by `cu_seqlens`) attend only within their own
+  document, and the loss never asks a document's last token to predict the next document's first token.
+- Rope cos/sin are recomputed on every forward from the config in fp32: there is no `inv_freq` buffer for `.to(bf16)`
+  to round, and nothing to initialise when the model is built on the meta device.
+
+No distributed, compile or quantization code lives here: those are applied to the modules from outside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tunelab.errors import ModelError
+
+IGNORE_INDEX = -100
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+ROPE_KINDS = ("default", "linear", "llama3")
+_MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Rotary embedding frequencies: theta^(-2i/D), optionally rescaled for a longer context."""
+
+    theta: float = 10000.0
+    """Base wavelength (`rope_theta`)."""
+    kind: str = "default"
+    """"default" (plain), "linear" (all frequencies / factor) or "llama3" (Llama 3.1 band-wise rescaling)."""
+    factor: float = 1.0
+    """Context extension factor of "linear" and "llama3"."""
+    low_freq_factor: float = 1.0
+    """"llama3": wavelengths above original_max_position_embeddings / low_freq_factor are divided by factor."""
+    high_freq_factor: float = 4.0
+    """"llama3": wavelengths below original_max_position_embeddings / high_freq_factor are kept."""
+    original_max_position_embeddings: int = 8192
+    """"llama3": the context length of pretraining."""
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Everything the decoder needs, read from a Hugging Face config by `from_hf`."""
+
+    family: str
+    """Hugging Face model_type: one of SUPPORTED_FAMILIES."""
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    """Grouped-query attention: each key/value head serves num_heads // num_kv_heads query heads."""
+    head_dim: int
+    """May differ from hidden_size // num_heads (Qwen3, some Llama variants)."""
+    rms_norm_eps: float = 1e-6
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    qkv_bias: bool = False
+    """Bias on q_proj/k_proj/v_proj (always on for Qwen2; `attention_bias` for Llama and Qwen3)."""
+    o_bias: bool = False
+    """Bias on o_proj (`attention_bias` for Llama and Qwen3; never for Qwen2)."""
+    mlp_bias: bool = False
+    """Bias on gate_proj/up_proj/down_proj (Llama's `mlp_bias`)."""
+    qk_norm: bool = False
+    """RMSNorm over head_dim of each query and key head before rope (Qwen3)."""
+    tie_word_embeddings: bool = False
+    """lm_head shares its weight with model.embed_tokens."""
+    max_position_embeddings: int = 2048
+    """Informational: the context length the checkpoint was trained for."""
+
+    @classmethod
+    def from_hf(cls, hf_config: Any) -> LlamaConfig:
+        """Read a `transformers.PretrainedConfig` or a config.json dict; `ModelError` names the field we cannot run."""
+        cfg = _config_dict(hf_config)
+        reason = _unsupported_reason(cfg)
+        if reason is not None:
+            raise ModelError(f"tunelab's llama-family model cannot run this config: {reason}")
+        family = cfg["model_type"]
+        hidden = _required(cfg, "hidden_size")
+        heads = _required(cfg, "num_attention_heads")
+        head_dim = cfg.get("head_dim") or hidden // heads
+        attention_bias = bool(cfg.get("attention_bias", False))
+        return cls(
+            family=family,
+            vocab_size=_required(cfg, "vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=_required(cfg, "intermediate_size"),
+            num_layers=_required(cfg, "num_hidden_layers"),
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope=_rope_config(cfg),
+            qkv_bias=True if family == "qwen2" else attention_bias and family in ("llama", "qwen3"),
+            o_bias=attention_bias and family in ("llama", "qwen3"),
+            mlp_bias=bool(cfg.get("mlp_bias", False)) and family == "llama",
+            qk_norm=family == "qwen3",
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(cfg.get("max_position_embeddings") or 2048),
+        )
+
+
+def supports(hf_config: Any) -> bool:
+    """True when `LlamaConfig.from_hf` accepts this config; otherwise the loader takes the generic transformers path."""
+    return unsupported_reason(hf_config) is None
+
+
+def unsupported_reason(hf_config: Any) -> str | None:
+    """None if supported, else one sentence naming the config field that rules our implementation out."""
+    try:
+        return _unsupported_reason(_config_dict(hf_config))
+    except ModelError as err:
+        return str(err)
+
+
+def _config_dict(hf_config: Any) -> dict[str, Any]:
+    if isinstance(hf_config, Mapping):
+        return dict(hf_config)
+    to_dict = getattr(hf_config, "to_dict", None)
+    if to_dict is None:
+        raise ModelError(f"expected a transformers config or a dict, got {type(hf_config).__name__}")
+    return to_dict()
+
+
+def _required(cfg: Mapping[str, Any], name: str) -> int:
+    value = cfg.get(name)
+    if value is None:
+        raise ModelError(f"config field `{name}` is missing (model_type {cfg.get('model_type')!r})")
+    return int(value)
+
+
+def _unsupported_reason(cfg: Mapping[str, Any]) -> str | None:
+    family = cfg.get("model_type")
+    if family not in SUPPORTED_FAMILIES:
+        return f"`model_type` is {family!r}; supported: {', '.join(SUPPORTED_FAMILIES)}"
+    for name in _MOE_FIELDS:
+        if cfg.get(name):
+            return f"`{name}` = {cfg[name]!r}: mixture-of-experts layers are not implemented"
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        return f"`hidden_act` is {act!r}; only silu (SwiGLU) is implemented"
+    if cfg.get("quantization_config"):
+        method = cfg["quantization_config"].get("quant_method", "?") if isinstance(cfg["quantization_config"], Mapping) else "?"
+        return f"`quantization_config` ({method}): pre-quantized checkpoints are not read by our modules"
+    if float(cfg.get("attention_dropout") or 0.0) > 0.0:
+        return f"`attention_dropout` = {cfg['attention_dropout']}: our attention has no dropout"
+    sliding = _active_sliding_window(cfg)
+    if sliding is not None:
+        return sliding
+    heads, kv_heads = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads") or cfg.get("num_attention_heads")
+    if heads and kv_heads and heads % kv_heads:
+        return f"`num_attention_heads` {heads} is not a multiple of `num_key_value_heads` {kv_heads}"
+    head_dim = cfg.get("head_dim") or ((cfg.get("hidden_size") or 0) // (heads or 1))
+    if head_dim % 2:
+        return f"head_dim {head_dim} is odd; rotary embedding needs pairs"
+    try:
+        _rope_config(cfg)
+    except ModelError as err:
+        return str(err)
+    return None
+
+
+def _active_sliding_window(cfg: Mapping[str, Any]) -> str | None:
+    """A reason if some layer attends through a window shorter than the model's context, else None."""
+    family = cfg["model_type"]
+    layer_types = cfg.get("layer_types") or []
+    if any(t != "full_attention" for t in layer_types):
+        return f"`layer_types` contains {sorted(set(layer_types) - {'full_attention'})}: only full attention is implemented"
+    if family in ("qwen2", "qwen3"):
+        # Qwen keeps a `sliding_window` value around but uses it only when `use_sliding_window` is true.
+        if cfg.get("use_sliding_window") and cfg.get("sliding_window") is not None:
+            return f"`use_sliding_window` is true (window {cfg['sliding_window']}): sliding-window attention is not implemented"
+    elif family == "mistral":
+        window = cfg.get("sliding_window", 4096)  # transformers' MistralConfig default
+        context = cfg.get("max_position_embeddings") or 0
+        if window is not None and window < context:
+            return (
+                f"`sliding_window` = {window} is shorter than `max_position_embeddings` = {context}: "
+                "sliding-window attention is not implemented"
+            )
+    return None
+
+
+def _rope_config(cfg: Mapping[str, Any]) -> RopeConfig:
+    """Rope settings from transformers 5's `rope_parameters` or the older `rope_theta` + `rope_scaling` fields."""
+    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    source = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
+    if params and all(isinstance(v, Mapping) for v in params.values()):
+        # Nested per layer type (transformers 5): usable only if every layer type has the same rope.
+        nested = list(params.values())
+        if any(p != nested[0] for p in nested):
+            raise ModelError(f"`{source}` differs per layer type ({', '.join(params)}); only one rope is implemented")
+        params = nested[0]
+    theta = float(params.get("rope_theta") or cfg.get("rope_theta") or 10000.0)
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if kind not in ROPE_KINDS:
+        raise ModelError(f"`{source}.rope_type` is {kind!r}; supported: {', '.join(ROPE_KINDS)}")
+    partial = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor"))
+    if partial is not None and float(partial) != 1.0:
+        raise ModelError(f"`partial_rotary_factor` is {partial}; only full-width rope is implemented")
+    if kind == "default":
+        return RopeConfig(theta=theta)
+    factor = params.get("factor")
+    if factor is None:
+        raise ModelError(f"`{source}.factor` is missing for rope_type {kind!r}")
+    if kind == "linear":
+        return RopeConfig(theta=theta, kind=kind, factor=float(factor))
+    for name in ("low_freq_factor", "high_freq_factor"):
+        if params.get(name) is None:
+            raise ModelError(f"`{source}.{name}` is missing for rope_type 'llama3'")
+    original = params.get("original_max_position_embeddings") or cfg.get("max_position_embeddings")
+    if original is None:
+        raise ModelError(f"`{source}.original_max_position_embeddings` is missing for rope_type 'llama3'")
+    return RopeConfig(
+        theta=theta,
+        kind=kind,
+        factor=float(factor),
+        low_freq_factor=float(params["low_freq_factor"]),
+        high_freq_factor=float(params["high_freq_factor"]),
+        original_max_position_embeddings=int(original),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rope and packing helpers
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """(head_dim // 2,) fp32 inverse frequencies theta^(-2i/D), rescaled as `rope.kind` says."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    inv_freq = 1.0 / (rope.theta**exponents)
+    if rope.kind == "linear":
+        return inv_freq / rope.factor
+    if rope.kind == "llama3":
+        # Llama 3.1, with L the pretraining context: wavelengths shorter than L / high_freq_factor are kept, longer
+        # than L / low_freq_factor are stretched by `factor`, and those between are interpolated by
+        # s = (L / wavelength - low) / (high - low), which the clamp sends to 1 and 0 in the outer bands.
+        context = rope.original_max_position_embeddings
+        wavelength = 2 * math.pi / inv_freq
+        smooth = (context / wavelength - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+        smooth = smooth.clamp(0.0, 1.0)
+        return (1 - smooth) * inv_freq / rope.factor + smooth * inv_freq
+    return inv_freq
+
+
+def rope_cos_sin(
+    position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (B, T, D) for position_ids (B, T), computed in fp32 and cast to the compute dtype."""
+    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, D/2)
+    angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, D): "rotate half" pairs dimension i with i + D/2
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def packed_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """(1, total) positions restarting at 0 at each document start; positions past the last boundary keep counting."""
+    positions = torch.arange(total, device=cu_seqlens.device)
+    starts = cu_seqlens.to(positions.dtype)
+    doc = torch.searchsorted(starts[1:], positions, right=True).clamp(max=starts.numel() - 2)
+    return (positions - starts[doc])[None]
+
+
+def shift_labels(labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) targets: position t predicts labels[:, t + 1]; the last position and every packed document's last token
+    get IGNORE_INDEX, so no token is asked to predict across a document boundary. Documents must be non-empty."""
+    pad = labels.new_full((labels.shape[0], 1), IGNORE_INDEX)
+    targets = torch.cat((labels[:, 1:], pad), dim=1)
+    if cu_seqlens is not None:
+        last_tokens = cu_seqlens[1:].long() - 1  # (docs,) position of each document's last token
+        targets.index_fill_(1, last_tokens, IGNORE_INDEX)
+    return targets
+
+
+def reference_ops() -> SimpleNamespace:
+    """The pure-PyTorch ops, as the object the model expects (`tunelab.kernels.select("reference")` gives the same)."""
+    from tunelab.kernels import reference
+
+    return SimpleNamespace(
+        rms_norm=reference.rms_norm,
+        apply_rope=reference.apply_rope,
+        swiglu=reference.swiglu,
+        attention=reference.attention,
+        linear_cross_entropy=reference.linear_cross_entropy,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Modules
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * weight over the last dimension."""
+
+    def __init__(self, dim: int, eps: float, ops: Any):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops.rms_norm(x, self.weight, self.eps)
+
+
+class LlamaAttention(nn.Module):
+    """Grouped-query causal self-attention with rope; optional qkv/o bias and per-head q/k RMSNorm (Qwen3)."""
+
+    def __init__(self, config: LlamaConfig, ops: Any):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        q_dim, kv_dim = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, q_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(q_dim, config.hidden_size, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
+        else:
+            self.q_norm = self.k_norm = None
+        self.ops = ops
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cu_seqlens: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.ops.apply_rope(q, k, cos, sin)
+        out = self.ops.attention(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask)  # (B, T, H, D)
+        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
+
+
+class LlamaMLP(nn.Module):
+    """down_proj(silu(gate_proj(x)) * up_proj(x))."""
+
+    def __init__(self, config: LlamaConfig, ops: Any):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h))."""
+
+    def __init__(self, config: LlamaConfig, ops: Any):
+        super().__init__()
+        # Registered in Hugging Face's order, so that parameter lists and saved files list them alike.
+        self.self_attn = LlamaAttention(config, ops)
+        self.mlp = LlamaMLP(config, ops)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, attention_mask)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers and final norm: input_ids (B, T) -> hidden states (B, T, hidden_size)."""
+
+    def __init__(self, config: LlamaConfig, ops: Any = None):
+        super().__init__()
+        ops = ops if ops is not None else reference_ops()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, ops) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """See `LlamaForCausalLM.forward` for the arguments."""
+        B, T = input_ids.shape
+        if cu_seqlens is not None and B != 1:
+            raise ValueError(f"packed sequences (cu_seqlens) need a batch of one row, got {B} rows")
+        if position_ids is None:
+            if cu_seqlens is not None:
+                position_ids = packed_position_ids(cu_seqlens, T)
+            else:
+                position_ids = torch.arange(T, device=input_ids.device)[None].expand(B, T)
+        h = self.embed_tokens(input_ids)  # (B, T, d)
+        inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
+        cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, T, D) each
+        for layer in self.layers:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                # Keep only each layer's input; recompute its activations during backward.
+                h = checkpoint(layer, h, cos, sin, cu_seqlens, attention_mask, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, cu_seqlens, attention_mask)
+        return self.norm(h)
+
+
+class LossOutput(NamedTuple):
+    """Summed cross-entropy over the tokens that count, and how many they are (both 0-dim tensors)."""
+
+    loss_sum: torch.Tensor
+    num_tokens: torch.Tensor
+
+
+class LlamaForCausalLM(nn.Module):
+    """LlamaModel + lm_head (sharing the embedding's Parameter when the config ties them)."""
+
+    def __init__(self, config: LlamaConfig, ops: Any = None):
+        super().__init__()
+        self.ops = ops if ops is not None else reference_ops()
+        self.config = config
+        self.model = LlamaModel(config, self.ops)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Recompute each decoder layer during backward (torch.utils.checkpoint, non-reentrant) to save memory."""
+        return self.model.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        self.model.gradient_checkpointing = bool(enabled)
+
+    def init_weights(self, std: float = 0.02) -> None:
+        """Random init for training from scratch or benchmarks: N(0, std) matrices, zero biases, unit norms."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor | LossOutput:
+        """Logits (B, T, V) without labels; with labels, `LossOutput(loss_sum, num_tokens)`.
+
+        input_ids (B, T). position_ids (B, T), default 0..T-1 per row (or restarting per document when cu_seqlens is
+        given). attention_mask (B, T) of 1/0 marks the real tokens of a right-padded batch. cu_seqlens (docs + 1,)
+        int32 cumulative document lengths starting at 0, for a packed batch of one row: attention stays within each
+        document; pass position_ids that restart at 0 for each document (the default does this).
+
+        labels (B, T) are aligned with input_ids as in Hugging Face (labels[t] is the token at t; the model shifts
+        internally, so position t is scored on labels[t + 1]); -100 marks tokens that do not count (prompt, padding).
+        Packing contract: put -100 at each document's first label. The model also never scores a document's last
+        token against the next document's first label (it ignores that target itself), so a stray label there is
+        harmless. Returns the SUM of the losses, not the mean: divide by the step's total num_tokens.
+        """
+        hidden = self.model(input_ids, position_ids, attention_mask, cu_seqlens)  # (B, T, d)
+        if labels is None:
+            return self.lm_head(hidden)  # (B, T, V)
+        targets = shift_labels(labels, cu_seqlens)  # (B, T)
+        # lm_head is applied chunk by chunk inside the loss, so it must stay a plain nn.Linear here.
+        loss_sum = self.ops.linear_cross_entropy(
+            hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets.reshape(-1), ignore_index=IGNORE_INDEX
+        )
+        return LossOutput(loss_sum, (targets != IGNORE_INDEX).sum())
