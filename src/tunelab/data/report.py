@@ -1,0 +1,166 @@
+"""What happened to the user's data: records read, examples used, everything skipped and why, and token lengths.
+
+Every record that does not become training data is counted here under a reason, with the first few `file:line`
+locations, so nothing is dropped silently. `summary()` is printed when training starts; `to_dict()` is saved as
+`data_report.json` in the run directory and feeds the HTML report (the histogram is plain edges + counts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+MAX_LOCATIONS = 5  # locations kept per skip reason; the count is always complete
+HISTOGRAM_BINS = 20
+
+
+def location(path: str, line: int) -> str:
+    """`file:line` for line-based files (jsonl, csv, txt), `file[index]` for array-like ones (json array, parquet)."""
+    if path.endswith((".json", ".json.gz", ".parquet")):
+        return f"{path}[{line}]"
+    return f"{path}:{line}"
+
+
+@dataclass
+class FileCounts:
+    read: int = 0  # records (rows, lines, array items, documents) read from the file
+    used: int = 0  # records that ended up in a training or eval row
+    skipped: int = 0  # records not used, for any reason (see DataReport.skips)
+    truncated: int = 0  # chat examples cut to max_length and kept
+
+
+@dataclass
+class Skip:
+    count: int = 0
+    locations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LengthStats:
+    """Token lengths of examples as rendered, before any truncation or drop (what max_length is chosen against)."""
+
+    count: int = 0
+    min: int = 0
+    max: int = 0
+    mean: float = 0.0
+    median: int = 0
+    p95: int = 0
+    bin_edges: list[int] = field(default_factory=list)  # HISTOGRAM_BINS + 1 edges; bin i is [edges[i], edges[i+1])
+    counts: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, lengths: list[int]) -> LengthStats:
+        if not lengths:
+            return cls()
+        ordered = sorted(lengths)
+        n = len(ordered)
+        width = max(1, math.ceil((ordered[-1] + 1) / HISTOGRAM_BINS))
+        edges = [i * width for i in range(HISTOGRAM_BINS + 1)]
+        counts = [0] * HISTOGRAM_BINS
+        for length in ordered:
+            counts[min(length // width, HISTOGRAM_BINS - 1)] += 1
+        return cls(
+            count=n,
+            min=ordered[0],
+            max=ordered[-1],
+            mean=sum(ordered) / n,
+            median=ordered[n // 2],
+            p95=ordered[min(n - 1, math.ceil(0.95 * n) - 1)],
+            bin_edges=edges,
+            counts=counts,
+        )
+
+
+@dataclass
+class SplitStats:
+    examples: int = 0  # chat examples or text documents in this split
+    rows: int = 0  # rows the model sees (after text blocking and packing)
+    tokens: int = 0  # real tokens over all rows
+    loss_tokens: int = 0  # tokens with a label (label != -100)
+
+
+@dataclass
+class DataReport:
+    """Counts gathered while reading, converting, rendering and packing; one instance per `build_datasets` call."""
+
+    files: dict[str, FileCounts] = field(default_factory=dict)
+    formats: dict[str, str] = field(default_factory=dict)  # file -> detected or forced format
+    template: str = ""
+    max_length: int = 0
+    skips: dict[str, Skip] = field(default_factory=dict)  # reason -> count and first locations
+    text_blocks: int = 0  # blocks of max_length tokens cut from text documents
+    packed: bool = False
+    lengths: LengthStats = field(default_factory=LengthStats)
+    train: SplitStats = field(default_factory=SplitStats)
+    eval: SplitStats = field(default_factory=SplitStats)
+    eval_source: str = "none"  # "none", "file", or "fraction"
+    _lengths: list[int] = field(default_factory=list, repr=False)  # raw lengths behind `lengths`; not saved
+
+    def file(self, path: str) -> FileCounts:
+        return self.files.setdefault(path, FileCounts())
+
+    def read(self, path: str, n: int = 1) -> None:
+        self.file(path).read += n
+
+    def used(self, path: str, n: int = 1) -> None:
+        self.file(path).used += n
+
+    def skip(self, reason: str, path: str, line: int) -> None:
+        """Record that the record at path:line is not used, and why."""
+        self.file(path).skipped += 1
+        entry = self.skips.setdefault(reason, Skip())
+        entry.count += 1
+        if len(entry.locations) < MAX_LOCATIONS:
+            entry.locations.append(location(path, line))
+
+    def add_lengths(self, lengths: list[int]) -> None:
+        """Token lengths of rendered examples (chat) or documents (text), before truncation or drop."""
+        self._lengths.extend(lengths)
+        self.lengths = LengthStats.of(self._lengths)
+
+    def truncated(self, path: str) -> None:
+        self.file(path).truncated += 1
+
+    @property
+    def total_read(self) -> int:
+        return sum(f.read for f in self.files.values())
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(s.count for s in self.skips.values())
+
+    @property
+    def total_truncated(self) -> int:
+        return sum(f.truncated for f in self.files.values())
+
+    def summary(self) -> str:
+        """A few lines for the start of training."""
+        formats = ", ".join(sorted(set(self.formats.values()))) or "none"
+        lines = [
+            f"data: {len(self.files)} file(s), {self.total_read} records, format {formats}, template {self.template or 'none'}",
+            f"  train: {self.train.examples} examples -> {self.train.rows} rows, {self.train.tokens:,} tokens ({self.train.loss_tokens:,} with loss)",
+        ]
+        if self.eval_source != "none":
+            lines.append(
+                f"  eval ({self.eval_source}): {self.eval.examples} examples -> {self.eval.rows} rows, {self.eval.tokens:,} tokens"
+            )
+        if self.lengths.count:
+            s = self.lengths
+            lines.append(f"  tokens per example: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (max_length {self.max_length})")
+        if self.text_blocks:
+            lines.append(f"  text: {self.text_blocks} blocks of {self.max_length} tokens")
+        if self.total_truncated:
+            lines.append(f"  truncated to max_length: {self.total_truncated}")
+        for reason, entry in self.skips.items():
+            more = ", ..." if entry.count > len(entry.locations) else ""
+            lines.append(f"  skipped {entry.count}: {reason} ({', '.join(entry.locations)}{more})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        del out["_lengths"]
+        out["total_read"] = self.total_read
+        out["total_skipped"] = self.total_skipped
+        out["total_truncated"] = self.total_truncated
+        return out

@@ -1,0 +1,180 @@
+"""Read data files into records: one `Record` per row, each remembering where it came from.
+
+Supported: .jsonl (one object a line), .json (an array of objects; a .json file holding JSON lines is read as
+.jsonl), .csv / .tsv (header row), .parquet (needs pyarrow), .txt (the whole file is ONE text record, for continued
+pretraining: blank lines are paragraph breaks inside a document, not document separators; put several documents in a
+folder of .txt files or in a .jsonl with a "text" field). Any of these may be gzipped (.jsonl.gz, ...). A folder is
+read recursively, in sorted path order, skipping files of other types.
+
+`Record.line` is the 1-based line for jsonl and txt, the file line where the row starts for csv, and the 0-based
+item index for json arrays and parquet (shown as `file[index]`, see report.location).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.data.report import location
+from tunelab.errors import DataError
+
+EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str
+    line: int
+    row: dict
+
+
+def _kind(path: Path) -> str | None:
+    """The extension that decides how to read the file (.gz stripped), or None if unsupported."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for ext in EXTENSIONS:
+        if name.endswith(ext):
+            return ext
+    return None
+
+
+def _files(paths: list[str]) -> list[Path]:
+    files = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.is_file() and _kind(f) and not f.name.startswith("."))
+            if not found:
+                raise DataError(
+                    f"{p}: the folder holds no data files; tunelab reads {', '.join(EXTENSIONS)} files (optionally gzipped). "
+                    "Check data.train."
+                )
+            files.extend(found)
+        elif path.is_file():
+            if _kind(path) is None:
+                raise DataError(
+                    f"{p}: unknown file type '{path.suffix}'; tunelab reads {', '.join(EXTENSIONS)} files (optionally .gz). "
+                    "Convert the file or rename it if it already is one of these."
+                )
+            files.append(path)
+        else:
+            raise DataError(f"{p}: file not found. Check the path in data.train / data.eval (relative paths in a YAML config are relative to the config's folder).")
+    return files
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = gzip.open(path, "rb").read() if path.name.lower().endswith(".gz") else path.read_bytes()
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: the file is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8.") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read the file ({exc}).") from None
+
+
+def _object(path: str, line: int, value, hint: str) -> dict:
+    if not isinstance(value, dict):
+        raise DataError(
+            f"{location(path, line)}: expected a JSON object like {{\"prompt\": ..., \"completion\": ...}}, "
+            f"got a {type(value).__name__} ({json.dumps(value)[:60]}). {hint}"
+        )
+    return value
+
+
+def _jsonl(path: Path, text: str) -> list[Record]:
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno}). Each line of a .jsonl file must be one "
+                "complete JSON object; fix or remove that line."
+            ) from None
+        records.append(Record(str(path), n, _object(str(path), n, value, "Each line of a .jsonl file must be one object.")))
+    return records
+
+
+def _json(path: Path, text: str) -> list[Record]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # several top-level values: it is JSON lines named .json
+            return _jsonl(path, text)
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix the file.") from None
+    if not isinstance(value, list):
+        keys = f" with keys {', '.join(map(str, value))[:80]}" if isinstance(value, dict) else ""
+        raise DataError(
+            f"{path}: a .json data file must hold an array of objects [{{...}}, {{...}}], got a {type(value).__name__}{keys}. "
+            "Extract the array of examples into its own file, or write one object a line as .jsonl."
+        )
+    hint = "A .json data file must be an array of objects."
+    return [Record(str(path), i, _object(str(path), i, item, hint)) for i, item in enumerate(value)]
+
+
+def _csv(path: Path, text: str, delimiter: str) -> list[Record]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return []
+    records = []
+    start = reader.line_num + 1
+    for values in reader:
+        line, start = start, reader.line_num + 1
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(header):
+            raise DataError(
+                f"{path}:{line}: the row has {len(values)} values but the header has {len(header)} columns "
+                f"({', '.join(header)}). Quote values that contain '{delimiter}' or line breaks."
+            )
+        records.append(Record(str(path), line, dict(zip(header, values))))
+    return records
+
+
+def _parquet(path: Path) -> list[Record]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet files needs pyarrow; install it with: pip install 'tunelab[parquet]' (or pip install pyarrow).") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
+        raise DataError(f"{path}: cannot read the parquet file ({exc}).") from None
+    return [Record(str(path), i, row) for i, row in enumerate(rows)]
+
+
+def read_file(path: Path) -> list[Record]:
+    kind = _kind(path)
+    if kind == ".parquet":
+        return _parquet(path)
+    text = _read_text(path)
+    if kind == ".jsonl":
+        return _jsonl(path, text)
+    if kind == ".json":
+        return _json(path, text)
+    if kind in (".csv", ".tsv"):
+        return _csv(path, text, "\t" if kind == ".tsv" else ",")
+    return [Record(str(path), 1, {"text": text})]
+
+
+def read_records(paths: list[str]) -> list[Record]:
+    """All records of the given files and folders, in order. Raises DataError for missing or unreadable input."""
+    records = []
+    for path in _files(paths):
+        records.extend(read_file(path))
+    return records
+
+
+def is_plain_text(path: str) -> bool:
+    """A .txt record: always the text format, whatever data.format and data.fields say for the other files."""
+    return _kind(Path(path)) == ".txt"

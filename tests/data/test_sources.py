@@ -1,0 +1,119 @@
+"""Readers for every file type, folders, and the errors for input that cannot be read."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from tunelab.data.sources import read_records
+from tunelab.errors import DataError
+
+OASST_PROMPTS = Path("/work/shared/data/oasst_en_100_trees/en_100_text.jsonl")
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_jsonl_lines_are_one_based_and_blank_lines_skipped(tmp_path):
+    p = write(tmp_path / "a.jsonl", '{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion": "d"}\n')
+    records = read_records([p])
+    assert [(r.line, r.row["prompt"]) for r in records] == [(1, "a"), (3, "c")]
+    assert records[0].path == p
+
+
+def test_json_array_uses_item_index(tmp_path):
+    p = write(tmp_path / "a.json", json.dumps([{"text": "x"}, {"text": "y"}], indent=2))
+    assert [(r.line, r.row) for r in read_records([p])] == [(0, {"text": "x"}), (1, {"text": "y"})]
+
+
+def test_json_file_holding_json_lines_is_read_as_jsonl(tmp_path):
+    p = write(tmp_path / "a.json", '{"text": "x"}\n{"text": "y"}\n')
+    assert [(r.line, r.row["text"]) for r in read_records([p])] == [(1, "x"), (2, "y")]
+
+
+def test_csv_rows_carry_their_file_line_even_with_multiline_cells(tmp_path):
+    p = write(tmp_path / "a.csv", 'question,answer\n"two\nlines",yes\nq2,"a, b"\n')
+    records = read_records([p])
+    assert [(r.line, r.row) for r in records] == [(2, {"question": "two\nlines", "answer": "yes"}), (4, {"question": "q2", "answer": "a, b"})]
+
+
+def test_tsv_and_gzip(tmp_path):
+    p = tmp_path / "a.tsv.gz"
+    with gzip.open(p, "wt") as f:
+        f.write("prompt\tcompletion\nhi\tthere\n")
+    assert read_records([str(p)])[0].row == {"prompt": "hi", "completion": "there"}
+
+
+def test_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"question": ["q1", "q2"], "answer": ["a1", "a2"]}), p)
+    assert [(r.line, r.row) for r in read_records([str(p)])] == [(0, {"question": "q1", "answer": "a1"}), (1, {"question": "q2", "answer": "a2"})]
+
+
+def test_txt_file_is_one_text_record(tmp_path):
+    p = write(tmp_path / "book.txt", "Chapter one.\n\nIt begins.\n")
+    (record,) = read_records([p])
+    assert record.row == {"text": "Chapter one.\n\nIt begins.\n"} and record.line == 1
+
+
+def test_folder_is_read_recursively_in_sorted_order_ignoring_other_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "b.jsonl", '{"text": "b"}\n')
+    write(tmp_path / "sub" / "a.txt", "a")
+    write(tmp_path / "README.md", "not data")
+    assert [r.row["text"] for r in read_records([str(tmp_path)])] == ["b", "a"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.jsonl: file not found"):
+        read_records([str(tmp_path / "nope.jsonl")])
+
+
+def test_unknown_extension(tmp_path):
+    p = write(tmp_path / "data.xlsx", "")
+    with pytest.raises(DataError, match=r"data\.xlsx: unknown file type '\.xlsx'.*\.jsonl"):
+        read_records([p])
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="holds no data files"):
+        read_records([str(tmp_path)])
+
+
+def test_invalid_json_line_names_line_and_json_error(tmp_path):
+    p = write(tmp_path / "a.jsonl", '{"text": "ok"}\n{"text": "broken"\n')
+    with pytest.raises(DataError) as err:
+        read_records([p])
+    msg = str(err.value)
+    assert f"{p}:2: not valid JSON" in msg and "Expecting ',' delimiter" in msg and "\n" not in msg
+
+
+def test_row_that_is_not_an_object_real_file():
+    """The OASST prompt file holds one JSON string a line: readable JSON, but not records."""
+    with pytest.raises(DataError, match=rf"{OASST_PROMPTS}:1: expected a JSON object .* got a str"):
+        read_records([str(OASST_PROMPTS)])
+
+
+def test_json_that_is_not_an_array(tmp_path):
+    p = write(tmp_path / "a.json", '{"train": [], "test": []}')
+    with pytest.raises(DataError, match=r"a\.json: a \.json data file must hold an array.*keys train, test"):
+        read_records([p])
+
+
+def test_csv_row_with_wrong_number_of_values(tmp_path):
+    p = write(tmp_path / "a.csv", "question,answer\nq,a,extra\n")
+    with pytest.raises(DataError, match=r"a\.csv:2: the row has 3 values but the header has 2 columns"):
+        read_records([p])
+
+
+def test_non_utf8_file(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"a\.jsonl:2: the file is not UTF-8"):
+        read_records([str(p)])
