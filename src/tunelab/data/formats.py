@@ -1,0 +1,209 @@
+"""Records -> examples: every supported record format becomes either a chat (`messages`) or a raw `text`.
+
+Formats, tried in this order when detecting (each names canonical fields; `data.fields` maps them to your columns):
+
+    messages           messages: [{role: system|user|assistant, content}]
+    sharegpt           conversations: [{from: system|human|gpt, value}]   (+ optional system)
+    alpaca             instruction, output, optional input (joined to the instruction by a blank line) (+ optional system)
+    prompt_completion  prompt, completion (+ optional system)
+    question_answer    question, answer (+ optional system)
+    text               text (continued pretraining; loss on every token)
+
+The format is detected from the first record of each file (or forced by data.format) and then required of every
+record of that file. Problems with the data's shape are `DataError`s naming file, line and field; examples that are
+well formed but unusable (empty answer, no assistant turn) are skipped and counted in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunelab.data.report import DataReport, location
+from tunelab.data.sources import Record, is_plain_text
+from tunelab.errors import ConfigError, DataError
+
+# format -> (required canonical fields, optional canonical fields); dict order is the detection order
+FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "messages": (("messages",), ()),
+    "sharegpt": (("conversations",), ("system",)),
+    "alpaca": (("instruction", "output"), ("input", "system")),
+    "prompt_completion": (("prompt", "completion"), ("system",)),
+    "question_answer": (("question", "answer"), ("system",)),
+    "text": (("text",), ()),
+}
+CANONICAL = tuple(dict.fromkeys(name for req, opt in FORMATS.values() for name in req + opt))
+
+MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+@dataclass
+class Example:
+    messages: list[dict] | None  # [{"role": "system"|"user"|"assistant", "content": str}]
+    text: str | None
+    path: str
+    line: int
+
+
+def check_fields(fields: dict[str, str]) -> None:
+    unknown = [k for k in fields if k not in CANONICAL]
+    if unknown:
+        raise ConfigError(
+            f"option 'data.fields' maps unknown field(s) {', '.join(unknown)}; the fields you can map are "
+            f"{', '.join(CANONICAL)} (e.g. {{prompt: question, completion: answer}})."
+        )
+
+
+def detect_format(row: dict, fields: dict[str, str]) -> str:
+    """The first format whose required fields (after the data.fields mapping) are all keys of `row`."""
+    for fmt, (required, _) in FORMATS.items():
+        if all(fields.get(name, name) in row for name in required):
+            return fmt
+    known = "; ".join(f"{fmt} ({', '.join(req)})" for fmt, (req, _) in FORMATS.items())
+    raise DataError(
+        f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "
+        f"fields: {known}. Rename your columns, map them with data.fields (e.g. {{prompt: question, completion: answer}}), "
+        "or set data.format."
+    )
+
+
+def _text(value, where: str, field: str) -> str:
+    """A string field; numbers are accepted as their text, null as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(
+        f"{where}: field '{field}' must be a string, got a {type(value).__name__} ({str(value)[:60]!r}). "
+        "Store the text itself in that field (join lists into one string)."
+    )
+
+
+class _Skip(Exception):
+    """An example that is well formed but cannot be used; the message is the report's reason."""
+
+
+def _turns(value, where: str, field: str, role_key: str, content_key: str) -> list[dict]:
+    """A list of turns; each may be spelled {role, content} (OpenAI) or {from, value} (ShareGPT), in either format."""
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field '{field}' must be a list of turns [{{{role_key}: ..., {content_key}: ...}}], got a {type(value).__name__}.")
+    messages = []
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: field '{field}' item {i} must be an object {{{role_key}: ..., {content_key}: ...}}, got a {type(turn).__name__}.")
+        rk, ck = (role_key, content_key) if role_key in turn else (("role", "content") if "role" in turn else ("from", "value"))
+        roles = MESSAGE_ROLES if rk == "role" else SHAREGPT_ROLES
+        if rk not in turn or ck not in turn:
+            raise DataError(
+                f"{where}: field '{field}' item {i} needs the keys '{role_key}' and '{content_key}', has {', '.join(turn) or 'none'}."
+            )
+        role = turn[rk]
+        if not isinstance(role, str) or role not in roles:
+            raise DataError(
+                f"{where}: field '{field}' item {i} has the unknown role {role!r}; allowed roles: {', '.join(roles)}. "
+                "Tool and function turns are not supported: remove them or rewrite them as user/assistant turns."
+            )
+        messages.append({"role": roles[role], "content": _text(turn[ck], where, f"{field}[{i}].{ck}")})
+    return messages
+
+
+def _single_turn(prompt: str, answer: str, system: str) -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def _messages(row: dict, fmt: str, fields: dict[str, str], where: str) -> list[dict]:
+    def get(name: str) -> str:
+        return _text(row.get(fields.get(name, name)), where, fields.get(name, name))
+
+    if fmt == "messages":
+        key = fields.get("messages", "messages")
+        return _turns(row[key], where, key, "role", "content")
+    if fmt == "sharegpt":
+        key = fields.get("conversations", "conversations")
+        messages = _turns(row[key], where, key, "from", "value")
+        system = get("system")
+        if system.strip() and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": system})
+        return messages
+    if fmt == "alpaca":
+        instruction, extra = get("instruction"), get("input")
+        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        return _single_turn(prompt, get("output"), get("system"))
+    if fmt == "prompt_completion":
+        return _single_turn(get("prompt"), get("completion"), get("system"))
+    return _single_turn(get("question"), get("answer"), get("system"))
+
+
+def _check_chat(messages: list[dict]) -> None:
+    """Raise _Skip for conversations that a prompt template cannot turn into a useful example."""
+    if any(m["role"] == "system" for m in messages[1:]):
+        raise _Skip("system message that is not the first message")
+    rest = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if not any(m["role"] == "assistant" for m in rest):
+        raise _Skip("no assistant message to learn from")
+    if rest[0]["role"] != "user":
+        raise _Skip("conversation does not start with a user message")
+    if any(m["role"] == "assistant" and not m["content"].strip() for m in rest):
+        raise _Skip("empty answer")
+
+
+def _example(record: Record, fmt: str, fields: dict[str, str], system_prompt: str | None) -> Example:
+    where = location(record.path, record.line)
+    if fmt == "text":
+        key = "text" if is_plain_text(record.path) else fields.get("text", "text")
+        text = _text(record.row[key], where, key)
+        if not text.strip():
+            raise _Skip("empty text")
+        return Example(None, text, record.path, record.line)
+    messages = _messages(record.row, fmt, fields, where)
+    if system_prompt and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    _check_chat(messages)
+    return Example(messages, None, record.path, record.line)
+
+
+def _check_required(record: Record, fmt: str, fields: dict[str, str]) -> None:
+    required, optional = FORMATS[fmt]
+    for name in required:
+        key = fields.get(name, name)
+        if key not in record.row:
+            expected = ", ".join(list(required) + [f"optional {o}" for o in optional])
+            mapped = f" (data.fields maps {name} to '{key}')" if key != name else ""
+            raise DataError(
+                f"{location(record.path, record.line)}: field '{key}' is missing{mapped}. The {fmt} format expects the "
+                f"fields {expected}; this record has {', '.join(map(str, record.row)) or 'no fields'}. Add the field, or "
+                f"map your column names with data.fields (e.g. {{{name}: your_column}})."
+            )
+
+
+def to_examples(records: list[Record], fmt: str, fields: dict[str, str], system_prompt: str | None, report: DataReport) -> list[Example]:
+    """Convert records; fmt "auto" detects the format per file from its first record. Counts reads and skips in report."""
+    check_fields(fields)
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ConfigError(f"option 'data.format' is {fmt!r}; allowed values: auto, {', '.join(FORMATS)}.")
+    examples = []
+    file_format: dict[str, str] = {}
+    for record in records:
+        report.read(record.path)
+        chosen = file_format.get(record.path)
+        if chosen is None:
+            if is_plain_text(record.path):
+                chosen = "text"
+            elif fmt == "auto":
+                try:
+                    chosen = detect_format(record.row, fields)
+                except DataError as exc:
+                    raise DataError(f"{location(record.path, record.line)}: {exc}") from None
+            else:
+                chosen = fmt
+            file_format[record.path] = report.formats[record.path] = chosen
+        if not is_plain_text(record.path):
+            _check_required(record, chosen, fields)
+        try:
+            examples.append(_example(record, chosen, fields, system_prompt))
+        except _Skip as skip:
+            report.skip(str(skip), record.path, record.line)
+    return examples

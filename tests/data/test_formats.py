@@ -1,0 +1,161 @@
+"""Format detection, conversion to examples, skips with locations, and the errors for badly shaped records."""
+
+import pytest
+
+from tunelab.data.formats import detect_format, to_examples
+from tunelab.data.report import DataReport
+from tunelab.data.sources import Record
+from tunelab.errors import ConfigError, DataError
+
+
+def convert(rows, fmt="auto", fields=None, system=None, path="d.jsonl"):
+    report = DataReport()
+    records = [Record(path, i + 1, row) for i, row in enumerate(rows)]
+    return to_examples(records, fmt, fields or {}, system, report), report
+
+
+USER_A = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+
+
+@pytest.mark.parametrize(
+    "row, fmt",
+    [
+        ({"messages": USER_A}, "messages"),
+        ({"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}, "sharegpt"),
+        ({"instruction": "Q", "input": "", "output": "A"}, "alpaca"),
+        ({"prompt": "Q", "completion": "A"}, "prompt_completion"),
+        ({"question": "Q", "answer": "A", "id": 3}, "question_answer"),
+        ({"text": "Q A"}, "text"),
+    ],
+)
+def test_detect_and_convert_every_format(row, fmt):
+    assert detect_format(row, {}) == fmt
+    (ex,), _ = convert([row])
+    if fmt == "text":
+        assert ex.text == "Q A" and ex.messages is None
+    else:
+        assert ex.messages == USER_A and ex.text is None
+    assert (ex.path, ex.line) == ("d.jsonl", 1)
+
+
+def test_fields_mapping():
+    row = {"q": "Q", "a": "A"}
+    fields = {"prompt": "q", "completion": "a"}
+    assert detect_format(row, fields) == "prompt_completion"
+    (ex,), _ = convert([row], fields=fields)
+    assert ex.messages == USER_A
+
+
+def test_unknown_field_in_mapping_is_a_config_error():
+    with pytest.raises(ConfigError, match="data.fields.*reply.*prompt, completion"):
+        convert([{"prompt": "Q", "completion": "A"}], fields={"reply": "a"})
+
+
+def test_alpaca_input_joins_instruction_with_blank_line():
+    (ex,), _ = convert([{"instruction": "Translate.", "input": "Hallo", "output": "Hello"}])
+    assert ex.messages[0] == {"role": "user", "content": "Translate.\n\nHallo"}
+
+
+def test_system_prompt_added_only_when_missing():
+    rows = [
+        {"prompt": "Q", "completion": "A"},
+        {"messages": [{"role": "system", "content": "own"}] + USER_A},
+        {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}], "system": "sharegpt system"},
+    ]
+    examples = [convert([r], system="be brief")[0][0] for r in rows]
+    assert [ex.messages[0] for ex in examples] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "system", "content": "own"},
+        {"role": "system", "content": "sharegpt system"},
+    ]
+    (ex,), _ = convert([rows[0]])
+    assert ex.messages[0]["role"] == "user"  # no system_prompt configured: none added
+
+
+def test_empty_answers_and_texts_are_skipped_with_locations():
+    rows = [
+        {"prompt": "Q", "completion": "A"},
+        {"prompt": "Q", "completion": "  "},
+        {"prompt": "Q", "completion": None},
+        {"prompt": "Q", "completion": "A"},
+    ]
+    examples, report = convert(rows)
+    assert len(examples) == 2
+    skip = report.skips["empty answer"]
+    assert skip.count == 2 and skip.locations == ["d.jsonl:2", "d.jsonl:3"]
+    assert report.files["d.jsonl"].read == 4 and report.files["d.jsonl"].skipped == 2
+    examples, report = convert([{"text": ""}, {"text": "x"}], path="t.json")
+    assert len(examples) == 1 and report.skips["empty text"].locations == ["t.json[1]"]
+
+
+def test_conversations_without_usable_turns_are_skipped():
+    rows = [
+        {"conversations": [{"from": "human", "value": "only a question"}]},
+        {"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}]},
+        {"messages": USER_A + [{"role": "assistant", "content": ""}]},
+    ]
+    reasons = []
+    for row in rows:
+        examples, report = convert([row])
+        assert examples == [] and report.files["d.jsonl"].skipped == 1
+        reasons += list(report.skips)
+    assert reasons == ["no assistant message to learn from", "conversation does not start with a user message", "empty answer"]
+
+
+def test_undetectable_format_lists_keys_and_formats():
+    with pytest.raises(DataError) as err:
+        convert([{"query": "Q", "response": "A"}])
+    msg = str(err.value)
+    assert msg.startswith("d.jsonl:1: cannot tell the data format")
+    assert "'query', 'response'" in msg and "prompt_completion (prompt, completion)" in msg and "data.fields" in msg
+
+
+def test_missing_field_names_file_line_field_and_expected_fields():
+    with pytest.raises(DataError) as err:
+        convert([{"prompt": "Q", "completion": "A"}, {"prompt": "Q2"}])
+    msg = str(err.value)
+    assert msg.startswith("d.jsonl:2: field 'completion' is missing")
+    assert "prompt_completion format expects the fields prompt, completion" in msg and "data.fields" in msg
+
+
+def test_missing_mapped_field_mentions_the_mapping():
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'reply' is missing \(data\.fields maps completion to 'reply'\)"):
+        convert([{"prompt": "Q", "answer": "A"}], fmt="prompt_completion", fields={"completion": "reply"})
+
+
+def test_wrong_type_names_field():
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'answer' must be a string, got a list"):
+        convert([{"question": "Q", "answer": ["A", "B"]}])
+    (ex,), _ = convert([{"question": "2+2?", "answer": 4}])
+    assert ex.messages[1]["content"] == "4"  # numbers are their text
+
+
+def test_unknown_roles_are_rejected():
+    tool = {"messages": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "{}"}]}
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'messages' item 1 has the unknown role 'tool'; allowed roles: system, user, assistant"):
+        convert([tool])
+    obs = {"conversations": [{"from": "human", "value": "Q"}, {"from": "observation", "value": "x"}]}
+    with pytest.raises(DataError, match=r"field 'conversations' item 1 has the unknown role 'observation'.*human"):
+        convert([obs])
+
+
+def test_turn_without_keys_and_non_list_conversation():
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'messages' item 0 needs the keys 'role' and 'content'"):
+        convert([{"messages": [{"speaker": "user", "text": "Q"}]}])
+    with pytest.raises(DataError, match=r"field 'messages' must be a list of turns"):
+        convert([{"messages": "Q"}])
+
+
+def test_forced_format_and_bad_format_option():
+    (ex,), _ = convert([{"text": "x", "prompt": "Q", "completion": "A"}], fmt="text")
+    assert ex.text == "x"
+    with pytest.raises(ConfigError, match="data.format"):
+        convert([{"text": "x"}], fmt="chat")
+
+
+def test_format_detected_per_file():
+    report = DataReport()
+    records = [Record("a.jsonl", 1, {"text": "doc"}), Record("b.jsonl", 1, {"prompt": "Q", "completion": "A"})]
+    examples = to_examples(records, "auto", {}, None, report)
+    assert [ex.text is not None for ex in examples] == [True, False]
+    assert report.formats == {"a.jsonl": "text", "b.jsonl": "prompt_completion"}
