@@ -1,0 +1,134 @@
+"""Examples -> token ids and labels: chats through a prompt template with a loss mask, texts cut into blocks.
+
+Chat: the template gives the full text and the char spans of the answers (each with its end-of-turn/EOS marker);
+the text is tokenized once, with `add_special_tokens=False` (the template writes BOS when one is needed), and a token
+gets a label iff its character range overlaps a span. Labels are aligned with input_ids (the Hugging Face convention:
+the model shifts them); -100 means no loss.
+
+Text (continued pretraining): each document is tokenized, ends with EOS, and all are concatenated and cut into
+blocks of max_length tokens; the last block may be shorter; every token has a label. A document does not
+restart the position ids: as in pretraining, blocks run across document boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunelab.config import DataConfig
+from tunelab.data.formats import Example
+from tunelab.data.report import DataReport, location
+from tunelab.data.templates import Template, default_bos
+from tunelab.errors import ConfigError
+
+IGNORE = -100
+_BATCH = 512  # texts per tokenizer call: the fast tokenizer works through a batch in parallel
+
+
+@dataclass
+class Rendered:
+    input_ids: list[int]
+    labels: list[int]  # aligned with input_ids; IGNORE where there is no loss
+    path: str  # where the example (or, for a text block, its first document) came from
+    line: int
+
+
+def _in_span(a: int, b: int, spans: list[tuple[int, int]]) -> bool:
+    # a token [a, b) counts when it overlaps a span; zero-width tokens count when they sit inside one
+    return any((a < e and b > s) or (a == b and s <= a < e) for s, e in spans)
+
+
+def _encode_pieces(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
+    """Fallback for tokenizers without offset mappings: tokenize the text piece by piece, cut at span edges."""
+    cuts = sorted({0, len(text), *(p for span in spans for p in span)})
+    ids, inside = [], []
+    for a, b in zip(cuts, cuts[1:]):
+        piece = tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
+        ids += piece
+        inside += [_in_span(a, b, spans)] * len(piece)
+    return ids, inside
+
+
+def encode(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[tuple[list[int], list[bool]]]:
+    """Token ids of each text and, per token, whether it lies in one of that text's spans."""
+    out = []
+    for i in range(0, len(texts), _BATCH):
+        chunk, chunk_spans = texts[i : i + _BATCH], spans[i : i + _BATCH]
+        try:
+            enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, ValueError, TypeError):
+            out += [_encode_pieces(tokenizer, t, s) for t, s in zip(chunk, chunk_spans)]
+            continue
+        for ids, offsets, sp in zip(enc["input_ids"], enc["offset_mapping"], chunk_spans):
+            out.append((list(ids), [_in_span(a, b, sp) for a, b in offsets]))
+    return out
+
+
+def _render_chats(examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport) -> list[Rendered]:
+    texts, spans = [], []
+    for ex in examples:
+        try:
+            text, sp = template.render(ex.messages)
+        except ConfigError as exc:
+            raise ConfigError(f"{location(ex.path, ex.line)}: {exc}") from None
+        texts.append(text)
+        spans.append(sp)
+    encoded = encode(tokenizer, texts, spans)
+    report.add_lengths([len(ids) for ids, _ in encoded])
+    rows, limit = [], cfg.max_length
+    for ex, (ids, inside) in zip(examples, encoded):
+        labels = list(ids) if cfg.train_on_prompt else [t if keep else IGNORE for t, keep in zip(ids, inside)]
+        if len(ids) > limit:
+            if cfg.overlong == "drop":
+                report.skip(f"longer than max_length ({limit} tokens; data.overlong=drop)", ex.path, ex.line)
+                continue
+            ids, labels = ids[:limit], labels[:limit]
+            if all(label == IGNORE for label in labels):
+                report.skip(f"no answer token left after truncation to max_length ({limit} tokens)", ex.path, ex.line)
+                continue
+            report.truncated(ex.path)
+        elif all(label == IGNORE for label in labels):
+            report.skip("no answer token after rendering", ex.path, ex.line)
+            continue
+        report.used(ex.path)
+        rows.append(Rendered(list(ids), labels, ex.path, ex.line))
+    return rows
+
+
+def _text_blocks(examples: list[Example], tokenizer, cfg: DataConfig, report: DataReport) -> list[Rendered]:
+    bos = default_bos(tokenizer)
+    head = [tokenizer.bos_token_id] if bos else []
+    tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    encoded = encode(tokenizer, [ex.text for ex in examples], [[] for _ in examples])
+    docs = [head + ids + tail for ids, _ in encoded]
+    report.add_lengths([len(d) for d in docs])
+    # stream: (token, index of its document); each block remembers the document it starts in
+    stream = [tok for d in docs for tok in d]
+    starts, total = [], 0
+    for d in docs:
+        starts.append(total)
+        total += len(d)
+    rows, doc = [], 0
+    for begin in range(0, len(stream), cfg.max_length):
+        while doc + 1 < len(docs) and starts[doc + 1] <= begin:
+            doc += 1
+        block = stream[begin : begin + cfg.max_length]
+        rows.append(Rendered(block, list(block), examples[doc].path, examples[doc].line))
+    for ex in examples:
+        report.used(ex.path)
+    report.text_blocks += len(rows)
+    return rows
+
+
+def render_examples(examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport) -> list[Rendered]:
+    """Chat examples (in order) then the text blocks; drops and truncations are counted in report."""
+    if cfg.overlong not in ("drop", "truncate"):
+        raise ConfigError(f"option 'data.overlong' is {cfg.overlong!r}; allowed values: drop, truncate.")
+    chats = [ex for ex in examples if ex.messages is not None]
+    texts = [ex for ex in examples if ex.messages is None]
+    return _render_chats(chats, tokenizer, template, cfg, report) + _text_blocks(texts, tokenizer, cfg, report)
+
+
+def render_prompt(messages: list[dict], tokenizer, template: Template) -> list[int]:
+    """Token ids of the conversation so far plus the assistant prefix, ready for generation."""
+    text, _ = template.render(messages, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,0 +1,204 @@
+"""Prompt templates: a conversation -> the text the model sees, plus the character spans the loss is computed on.
+
+A template is only a function `write(messages, add_generation_prompt) -> str`: the tokenizer's own jinja chat
+template, or one of the named templates below (plain Python, for models without one). Assistant spans are found
+the same way for all of them, without parsing the output: for the assistant message at index i,
+
+    before  = write(messages[:i], add_generation_prompt=True)    # everything up to the assistant's first character
+    through = write(messages[:i + 1])                            # ... and including its message
+    span    = [len(before), len(through.rstrip()))               # the answer and its end-of-turn marker, no newline
+
+which needs the full rendering to start with every such prefix; templates that rewrite earlier turns (e.g. strip
+reasoning from old answers) break that and are refused with an error naming the template.
+
+So that the model learns to stop, each span must end with a token generation stops on: the end-of-turn marker if
+it is a single special token (ChatML `<|im_end|>`, Llama 3 `<|eot_id|>`, Gemma `<end_of_turn>`), else the EOS token,
+which is appended to the answer when the template writes neither. `stop_token_ids` lists those tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tunelab.errors import ConfigError
+
+NAMES = ("auto", "tokenizer", "chatml", "llama2", "alpaca")
+_PROBE = "tunelab-probe-answer"
+
+WriteFn = Callable[[list[dict], bool], str]
+
+
+@dataclass
+class Template:
+    """A resolved prompt template; see the module docstring for how spans are found."""
+
+    name: str
+    stop_token_ids: list[int]
+    write: WriteFn = field(repr=False)
+    end_markers: tuple[str, ...] = ()  # texts that already close an assistant turn (EOS, end-of-turn token)
+    eos: str = ""  # appended to an answer whose span does not end with an end marker
+    bos: str = ""  # prepended when the tokenizer adds BOS by default and the template did not write it
+
+    def _write(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            return self.write(messages, add_generation_prompt)
+        except Exception as exc:  # jinja templates raise their own errors (e.g. "roles must alternate")
+            raise ConfigError(
+                f"prompt template '{self.name}' cannot render this conversation ({exc}). Use a conversation the "
+                "template accepts, or pick a named template with data.template (chatml, llama2, alpaca)."
+            ) from None
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+        """The text to tokenize (add_special_tokens=False) and the char spans [start, end) of every assistant answer
+        including the marker that ends it."""
+        full = self._write(messages, add_generation_prompt)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = self._write(messages[:i], True) if i else ""
+            through = self._write(messages[: i + 1], False)
+            if not (through.startswith(before) and full.startswith(through)):
+                raise ConfigError(
+                    f"prompt template '{self.name}' renders earlier turns of a conversation differently once later turns "
+                    f"are added (message {i}), so the answer tokens cannot be located. Choose another template with "
+                    "data.template (chatml, llama2 or alpaca)."
+                )
+            spans.append((len(before), max(len(before), len(through.rstrip()))))
+        text, spans = self._close_turns(full, spans)
+        if self.bos and not text.startswith(self.bos):
+            text = self.bos + text
+            spans = [(s + len(self.bos), e + len(self.bos)) for s, e in spans]
+        return text, spans
+
+    def _close_turns(self, text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+        """Insert EOS after every answer that does not already end with an end marker; shift the spans to match."""
+        if not self.eos:
+            return text, spans
+        pieces, out, last, shift = [], [], 0, 0
+        for start, end in spans:
+            if text[start:end].endswith(self.end_markers):
+                out.append((start + shift, end + shift))
+                continue
+            pieces += [text[last:end], self.eos]
+            last = end
+            out.append((start + shift, end + shift + len(self.eos)))
+            shift += len(self.eos)
+        pieces.append(text[last:])
+        return "".join(pieces), out
+
+
+def _split_system(messages: list[dict]) -> tuple[str | None, list[dict]]:
+    if messages and messages[0]["role"] == "system":
+        return messages[0]["content"], messages[1:]
+    return None, messages
+
+
+def chatml(messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """`<|im_start|>role\\ncontent<|im_end|>\\n` per message."""
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def llama2(messages: list[dict], add_generation_prompt: bool = False, *, bos: str = "<s>", eos: str = "</s>") -> str:
+    """`<s>[INST] <<SYS>>\\nsystem\\n<</SYS>>\\n\\nuser [/INST] answer </s>`; the system goes into the first user turn.
+    A user turn always ends with `[/INST]`, which is the assistant prefix, so add_generation_prompt changes nothing."""
+    system, rest = _split_system(messages)
+    parts, first = [], True
+    for m in rest:
+        content = m["content"].strip()
+        if m["role"] == "user":
+            if first and system is not None:
+                content = f"<<SYS>>\n{system}\n<</SYS>>\n\n{content}"
+            parts.append(f"{bos}[INST] {content} [/INST]")
+            first = False
+        else:
+            parts.append(f" {content} {eos}")
+    return "".join(parts)
+
+
+def alpaca(messages: list[dict], add_generation_prompt: bool = False, *, eos: str = "</s>") -> str:
+    """`[system\\n\\n]### Instruction:\\nuser\\n\\n### Response:\\nanswer</s>\\n\\n`, repeated per turn; as in llama2, a
+    user turn ends with the response header."""
+    system, rest = _split_system(messages)
+    parts = [f"{system}\n\n"] if system else []
+    for m in rest:
+        if m["role"] == "user":
+            parts.append(f"### Instruction:\n{m['content']}\n\n### Response:\n")
+        else:
+            parts.append(f"{m['content']}{eos}\n\n")
+    return "".join(parts)
+
+
+def _special_id(tokenizer, text: str) -> int | None:
+    """The id of `text` if it is one added/special token of the tokenizer (so it can stop generation), else None."""
+    return tokenizer.get_added_vocab().get(text) if text else None
+
+
+def default_bos(tokenizer) -> str:
+    """The BOS text if tokenizing plain text adds it (Llama, Gemma tokenizers); templates then must start with it."""
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None or not tokenizer.bos_token:
+        return ""
+    with_special = tokenizer("a")["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return tokenizer.bos_token if with_special[:1] == [bos_id] and without[:1] != [bos_id] else ""
+
+
+def _turn_end(write: WriteFn) -> str:
+    """What the template writes right after an answer, stripped (e.g. `<|im_end|>`), found by rendering a probe."""
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text = write(messages, False)
+    except Exception:
+        return ""
+    i = text.rfind(_PROBE)
+    return text[i + len(_PROBE):].strip() if i >= 0 else ""
+
+
+def _make(name: str, write: WriteFn, tokenizer, marker: str, bos: str) -> Template:
+    eos = tokenizer.eos_token or ""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    markers = [eos] if eos else []
+    marker_id = _special_id(tokenizer, marker)
+    if marker_id is not None and marker_id not in ids:
+        ids.append(marker_id)
+        markers.append(marker)
+    return Template(name, ids, write, tuple(markers), eos, bos)
+
+
+def resolve_template(name: str, tokenizer) -> Template:
+    """"auto" (the tokenizer's chat template if it has one, else chatml), "tokenizer", "chatml", "llama2", "alpaca"."""
+    has_own = bool(getattr(tokenizer, "chat_template", None))
+    if name == "auto":
+        name = "tokenizer" if has_own else "chatml"
+    bos = default_bos(tokenizer)
+    if name == "tokenizer":
+        if not has_own:
+            raise ConfigError(
+                "option 'data.template' is 'tokenizer', but this tokenizer has no chat template (a base model?). "
+                "Use a named template: chatml, llama2 or alpaca."
+            )
+
+        def write(messages: list[dict], add_generation_prompt: bool = False) -> str:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+        return _make("tokenizer", write, tokenizer, _turn_end(write), bos)
+    if name == "chatml":
+        return _make("chatml", chatml, tokenizer, "<|im_end|>", bos)
+    eos = tokenizer.eos_token or ""
+    if name == "llama2":
+        tok_bos = tokenizer.bos_token or ""
+
+        def write(messages: list[dict], add_generation_prompt: bool = False) -> str:
+            return llama2(messages, add_generation_prompt, bos=tok_bos, eos=eos)
+
+        return _make("llama2", write, tokenizer, "", "")  # it writes BOS itself, once per turn
+    if name == "alpaca":
+
+        def write(messages: list[dict], add_generation_prompt: bool = False) -> str:
+            return alpaca(messages, add_generation_prompt, eos=eos)
+
+        return _make("alpaca", write, tokenizer, "", bos)
+    raise ConfigError(f"option 'data.template' is {name!r}; allowed values: {', '.join(NAMES)}.")

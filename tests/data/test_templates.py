@@ -1,0 +1,152 @@
+"""Prompt templates: exact renderings, answer spans, stop tokens, BOS written once, EOS appended only when needed."""
+
+import pytest
+
+from tunelab.config import DataConfig
+from tunelab.data.formats import Example
+from tunelab.data.render import render_examples, render_prompt
+from tunelab.data.report import DataReport
+from tunelab.data.templates import resolve_template
+from tunelab.errors import ConfigError
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello there"},
+    {"role": "user", "content": "Bye"},
+    {"role": "assistant", "content": "Goodbye."},
+]
+
+
+def base_tokenizer(extra_special=(), chat_template=None):
+    """A tiny byte-level BPE tokenizer like a base Llama's: adds <s> by default, eos </s>, no chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<s>", "</s>", *extra_special]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["Hello there, Goodbye. Hi Bye Be brief.", "### Instruction: Response: [INST]"], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def masked_runs(tokenizer, row) -> list[str]:
+    """Decoded text of each contiguous run of labelled tokens."""
+    runs, current = [], []
+    for token, label in zip(row.input_ids, row.labels):
+        if label != -100:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tokenizer.decode(r, clean_up_tokenization_spaces=False) for r in runs]
+
+
+def render_one(tokenizer, template, messages=CHAT, **cfg):
+    report = DataReport()
+    (row,) = render_examples([Example(messages, None, "x.jsonl", 1)], tokenizer, template, DataConfig(**cfg), report)
+    return row
+
+
+def test_chatml_text_spans_and_mask(smollm2_tokenizer):
+    template = resolve_template("chatml", smollm2_tokenizer)
+    text, spans = template.render(CHAT)
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello there<|im_end|>\n"
+        "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\nGoodbye.<|im_end|>\n"
+    )
+    assert [text[s:e] for s, e in spans] == ["Hello there<|im_end|>", "Goodbye.<|im_end|>"]
+    assert template.stop_token_ids == [smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert masked_runs(smollm2_tokenizer, render_one(smollm2_tokenizer, template)) == ["Hello there<|im_end|>", "Goodbye.<|im_end|>"]
+
+
+def test_llama2_text_spans_and_mask(smollm2_tokenizer):
+    template = resolve_template("llama2", smollm2_tokenizer)
+    bos, eos = smollm2_tokenizer.bos_token, smollm2_tokenizer.eos_token
+    text, spans = template.render(CHAT)
+    assert text == f"{bos}[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello there {eos}{bos}[INST] Bye [/INST] Goodbye. {eos}"
+    assert masked_runs(smollm2_tokenizer, render_one(smollm2_tokenizer, template)) == [f" Hello there {eos}", f" Goodbye. {eos}"]
+
+
+def test_alpaca_text_spans_and_mask(smollm2_tokenizer):
+    template = resolve_template("alpaca", smollm2_tokenizer)
+    eos = smollm2_tokenizer.eos_token
+    text, _ = template.render(CHAT[:3])
+    assert text == f"Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello there{eos}\n\n"
+    assert masked_runs(smollm2_tokenizer, render_one(smollm2_tokenizer, template)) == [f"Hello there{eos}", f"Goodbye.{eos}"]
+
+
+def test_tokenizer_template_keeps_its_default_system_prompt(smollm2_tokenizer):
+    template = resolve_template("auto", smollm2_tokenizer)
+    assert template.name == "tokenizer" and template.stop_token_ids == [smollm2_tokenizer.eos_token_id]
+    text, spans = template.render(CHAT[1:3])
+    assert text == smollm2_tokenizer.apply_chat_template(CHAT[1:3], tokenize=False)
+    assert "named SmolLM" in text and [text[s:e] for s, e in spans] == ["Hello there<|im_end|>"]
+
+
+def test_generation_prompt(smollm2_tokenizer):
+    template = resolve_template("chatml", smollm2_tokenizer)
+    ids = render_prompt(CHAT[:2], smollm2_tokenizer, template)
+    assert smollm2_tokenizer.decode(ids).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    llama = resolve_template("llama2", smollm2_tokenizer)
+    assert smollm2_tokenizer.decode(render_prompt(CHAT[:2], smollm2_tokenizer, llama)).endswith("Hi [/INST]")
+
+
+def test_base_tokenizer_gets_bos_once_and_eos_after_chatml_turns():
+    tok = base_tokenizer()
+    template = resolve_template("auto", tok)
+    assert template.name == "chatml" and template.stop_token_ids == [tok.eos_token_id]
+    row = render_one(tok, template)
+    assert row.input_ids[0] == tok.bos_token_id and row.input_ids[1] != tok.bos_token_id
+    # <|im_end|> is plain text to this tokenizer, so it cannot stop generation: EOS follows it and is learned
+    assert masked_runs(tok, row) == ["Hello there<|im_end|></s>", "Goodbye.<|im_end|></s>"]
+
+
+def test_base_tokenizer_llama2_writes_bos_itself_once_per_turn():
+    tok = base_tokenizer()
+    row = render_one(tok, resolve_template("llama2", tok))
+    assert row.input_ids.count(tok.bos_token_id) == 2 and row.input_ids[:2].count(tok.bos_token_id) == 1
+    assert masked_runs(tok, row) == [" Hello there </s>", " Goodbye. </s>"]
+
+
+def test_special_end_of_turn_token_is_a_stop_token_and_gets_no_eos():
+    gemma_like = (
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>assistant\n{% endif %}"
+    )
+    tok = base_tokenizer(extra_special=("<start_of_turn>", "<end_of_turn>"), chat_template=gemma_like)
+    template = resolve_template("tokenizer", tok)
+    assert template.stop_token_ids == [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
+    row = render_one(tok, template)
+    assert row.input_ids.count(tok.bos_token_id) == 1  # the template writes BOS; it is not added again
+    assert masked_runs(tok, row) == ["Hello there<end_of_turn>", "Goodbye.<end_of_turn>"]
+
+
+def test_template_that_rewrites_earlier_turns_is_refused():
+    rewrites = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}[old answer]"
+        "{% else %}{{ m['role'] }}: {{ m['content'] }}{% endif %}\n{% endfor %}"
+    )
+    tok = base_tokenizer(chat_template=rewrites)
+    with pytest.raises(ConfigError, match=r"x\.jsonl:1: prompt template 'tokenizer' renders earlier turns .* data\.template"):
+        render_one(tok, resolve_template("tokenizer", tok))
+
+
+def test_template_errors():
+    tok = base_tokenizer()
+    with pytest.raises(ConfigError, match="'data.template' is 'tokenizer', but this tokenizer has no chat template"):
+        resolve_template("tokenizer", tok)
+    with pytest.raises(ConfigError, match="allowed values"):
+        resolve_template("vicuna", tok)
+
+
+def test_train_on_prompt_labels_every_token(smollm2_tokenizer):
+    row = render_one(smollm2_tokenizer, resolve_template("chatml", smollm2_tokenizer), train_on_prompt=True)
+    assert row.labels == row.input_ids
