@@ -34,6 +34,7 @@ from tunelab.errors import ModelError
 IGNORE_INDEX = -100
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 ROPE_KINDS = ("default", "linear", "llama3")
+_REQUIRED_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 _MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
 
 
@@ -154,6 +155,9 @@ def _unsupported_reason(cfg: Mapping[str, Any]) -> str | None:
     family = cfg.get("model_type")
     if family not in SUPPORTED_FAMILIES:
         return f"`model_type` is {family!r}; supported: {', '.join(SUPPORTED_FAMILIES)}"
+    for name in _REQUIRED_FIELDS:
+        if cfg.get(name) is None:
+            return f"config field `{name}` is missing (model_type {family!r})"
     for name in _MOE_FIELDS:
         if cfg.get(name):
             return f"`{name}` = {cfg[name]!r}: mixture-of-experts layers are not implemented"
