@@ -1,0 +1,162 @@
+"""Loss masks for every format read from real files with the real SmolLM2 tokenizer; text blocks; over-long examples."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunelab.config import DataConfig
+from tunelab.data.formats import Example
+from tunelab.data.loader import build_datasets
+from tunelab.data.render import render_examples
+from tunelab.data.report import DataReport
+from tunelab.data.templates import resolve_template
+
+SHARED = Path("/work/shared/data")
+END = "<|im_end|>"
+
+
+def masked_runs(tokenizer, row) -> list[str]:
+    """Decoded text of each contiguous run of labelled tokens."""
+    runs, current = [], []
+    for token, label in zip(row.input_ids, row.labels):
+        if label != -100:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tokenizer.decode(r, clean_up_tokenization_spaces=False) for r in runs]
+
+
+def oasst_conversations(n: int) -> list[list[dict]]:
+    """The first n OASST trees, each as its top-ranked path: prompter -> best reply -> its best follow-up -> ..."""
+    conversations = []
+    with open(SHARED / "oasst_en_100_trees/en_100_tree.jsonl") as f:
+        for line in f:
+            node, messages = json.loads(line)["prompt"], []
+            while node is not None:
+                messages.append({"role": "user" if node["role"] == "prompter" else "assistant", "content": node["text"]})
+                replies = sorted(node["replies"], key=lambda r: r.get("rank") if r.get("rank") is not None else 99)
+                node = replies[0] if replies else None
+            conversations.append(messages)
+            if len(conversations) == n:
+                return conversations
+    return conversations
+
+
+def check_masks(tokenizer, rows, answers):
+    assert len(rows) == len(answers)
+    for row, expected in zip(rows, answers):
+        assert masked_runs(tokenizer, row) == [a + END for a in expected]
+
+
+def build(tokenizer, paths, **options):
+    cfg = DataConfig(train=[str(p) for p in paths], max_length=options.pop("max_length", 8192), shuffle=False, **options)
+    return build_datasets(cfg, tokenizer, seed=0)
+
+
+def test_mask_alpaca_real_file(tmp_path, smollm2_tokenizer):
+    rows = json.loads((SHARED / "llamafactory_alpaca_en_demo/alpaca_en_demo.json").read_text())[:4]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(rows))
+    data = build(smollm2_tokenizer, [path])
+    assert data.report.formats == {str(path): "alpaca"}
+    check_masks(smollm2_tokenizer, data.train, [[r["output"]] for r in rows])
+
+
+def test_mask_messages_multi_turn_real_oasst(tmp_path, smollm2_tokenizer):
+    conversations = [c for c in oasst_conversations(12) if sum(m["role"] == "assistant" for m in c) >= 2][:3]
+    assert len(conversations) == 3
+    path = tmp_path / "oasst.jsonl"
+    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+    data = build(smollm2_tokenizer, [path])
+    check_masks(smollm2_tokenizer, data.train, [[m["content"] for m in c if m["role"] == "assistant"] for c in conversations])
+    # the user turn between two answers is not learned
+    text = smollm2_tokenizer.decode(data.train[0].input_ids)
+    second_user = conversations[0][2]["content"]
+    assert second_user in text and all(second_user not in run for run in masked_runs(smollm2_tokenizer, data.train[0]))
+
+
+def test_mask_sharegpt_real_dpo_demo(tmp_path, smollm2_tokenizer):
+    items = json.loads((SHARED / "llamafactory_dpo_en_demo/dpo_en_demo.json").read_text())[:3]
+    rows = [{"conversations": it["conversations"] + [it["chosen"]]} for it in items]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(rows))
+    data = build(smollm2_tokenizer, [path])
+    check_masks(smollm2_tokenizer, data.train, [[t["value"] for t in r["conversations"] if t["from"] == "gpt"] for r in rows])
+
+
+def test_dpo_rows_without_answer_in_conversations_are_skipped_not_silently(tmp_path, smollm2_tokenizer):
+    items = json.loads((SHARED / "llamafactory_dpo_en_demo/dpo_en_demo.json").read_text())[:3]
+    path = tmp_path / "dpo.json"
+    path.write_text(json.dumps(items + [{"conversations": items[0]["conversations"] + [items[0]["chosen"]]}]))
+    data = build(smollm2_tokenizer, [path])
+    assert len(data.train) == 1
+    skip = data.report.skips["no assistant message to learn from"]
+    assert skip.count == 3 and skip.locations == [f"{path}[0]", f"{path}[1]", f"{path}[2]"]
+
+
+def test_mask_prompt_completion_csv_with_fields_and_system_prompt(tmp_path, smollm2_tokenizer):
+    path = tmp_path / "qa.csv"
+    path.write_text('q,a\nWhat is 2+2?,4\n"Name a color.","Blue, like the sky."\n')
+    data = build(smollm2_tokenizer, [path], fields={"prompt": "q", "completion": "a"}, system_prompt="Answer tersely.")
+    check_masks(smollm2_tokenizer, data.train, [["4"], ["Blue, like the sky."]])
+    text = smollm2_tokenizer.decode(data.train[0].input_ids)
+    assert text.startswith("<|im_start|>system\nAnswer tersely.<|im_end|>") and "named SmolLM" not in text
+
+
+def test_mask_question_answer_parquet(tmp_path, smollm2_tokenizer):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "qa.parquet"
+    pq.write_table(pa.table({"question": ["Capital of France?", "Opposite of hot?"], "answer": ["Paris.", "Cold."]}), path)
+    data = build(smollm2_tokenizer, [path])
+    check_masks(smollm2_tokenizer, data.train, [["Paris."], ["Cold."]])
+
+
+def test_text_blocks_every_token_labelled(tmp_path, smollm2_tokenizer):
+    docs = ["The first document is about rivers and the sea.", "A second, shorter one.", "Third: mountains, snow and wind in the valley."]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    (tmp_path / "book.txt").write_text("A plain text file.\n\nTwo paragraphs, one document.\n")
+    data = build(smollm2_tokenizer, [tmp_path], max_length=16)
+    eos = smollm2_tokenizer.eos_token_id
+    in_order = ["A plain text file.\n\nTwo paragraphs, one document.\n"] + docs  # book.txt sorts before corpus.jsonl
+    expected = [t for d in in_order for t in smollm2_tokenizer(d)["input_ids"] + [eos]]
+    stream = [t for row in data.train for t in row.input_ids]
+    assert stream == expected  # blocks are the documents, in order, each followed by EOS, nothing dropped
+    assert all(row.labels == row.input_ids for row in data.train)
+    assert [len(r.input_ids) for r in data.train[:-1]] == [16] * (len(data.train) - 1) and 0 < len(data.train[-1].input_ids) <= 16
+    assert data.report.text_blocks == len(data.train) and data.report.template == "none (text only)"
+    assert data.report.train.loss_tokens == len(expected)
+
+
+def long_examples():
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    long_answer = [{"role": "user", "content": "Count."}, {"role": "assistant", "content": " ".join(["one two three"] * 30)}]
+    long_prompt = [{"role": "user", "content": " ".join(["word"] * 200)}, {"role": "assistant", "content": "Ok."}]
+    return [Example(m, None, "d.jsonl", i + 1) for i, m in enumerate([short, long_answer, long_prompt, short])]
+
+
+def test_overlong_drop_counts(smollm2_tokenizer):
+    report = DataReport()
+    template = resolve_template("chatml", smollm2_tokenizer)
+    rows = render_examples(long_examples(), smollm2_tokenizer, template, DataConfig(max_length=40, overlong="drop"), report)
+    assert [r.line for r in rows] == [1, 4]
+    skip = report.skips["longer than max_length (40 tokens; data.overlong=drop)"]
+    assert skip.count == 2 and skip.locations == ["d.jsonl:2", "d.jsonl:3"]
+    assert report.total_truncated == 0 and report.files["d.jsonl"].used == 2
+    assert report.lengths.count == 4 and report.lengths.max > 200
+
+
+def test_overlong_truncate_counts(smollm2_tokenizer):
+    report = DataReport()
+    template = resolve_template("chatml", smollm2_tokenizer)
+    rows = render_examples(long_examples(), smollm2_tokenizer, template, DataConfig(max_length=40, overlong="truncate"), report)
+    assert [r.line for r in rows] == [1, 2, 4]
+    assert len(rows[1].input_ids) == 40 and any(label != -100 for label in rows[1].labels)
+    assert report.total_truncated == 1
+    skip = report.skips["no answer token left after truncation to max_length (40 tokens)"]
+    assert skip.count == 1 and skip.locations == ["d.jsonl:3"]
