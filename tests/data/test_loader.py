@@ -1,0 +1,113 @@
+"""build_datasets end to end (eval split, packing, report) and make_batches (padding, determinism per epoch)."""
+
+import json
+
+import pytest
+import torch
+
+from tunelab.config import DataConfig
+from tunelab.data.loader import build_datasets, make_batches
+from tunelab.data.packing import Packed
+from tunelab.data.render import Rendered
+from tunelab.errors import ConfigError, DataError
+
+
+def qa_file(tmp_path, n, name="qa.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"{2 * i}."}) + "\n" for i in range(n)))
+    return str(path)
+
+
+def answers(tokenizer, rows):
+    return [tokenizer.decode([t for t, label in zip(r.input_ids, r.labels) if label != -100]) for r in rows]
+
+
+@pytest.mark.parametrize("n, fraction, held", [(10, 0.2, 2), (10, 0.01, 1), (7, 0.5, 4)])
+def test_eval_fraction_sizes(tmp_path, smollm2_tokenizer, n, fraction, held):
+    data = build_datasets(DataConfig(train=[qa_file(tmp_path, n)], eval_fraction=fraction), smollm2_tokenizer, seed=0)
+    assert (len(data.train), len(data.eval)) == (n - held, held)
+    assert data.report.eval_source == "fraction" and data.report.eval.examples == held
+    assert not set(answers(smollm2_tokenizer, data.train)) & set(answers(smollm2_tokenizer, data.eval))
+
+
+def test_eval_split_is_seeded(tmp_path, smollm2_tokenizer):
+    cfg = DataConfig(train=[qa_file(tmp_path, 40)], eval_fraction=0.25)
+    held = [answers(smollm2_tokenizer, build_datasets(cfg, smollm2_tokenizer, seed=s).eval) for s in (1, 1, 2)]
+    assert held[0] == held[1] and held[0] != held[2]
+
+
+def test_eval_fraction_leaving_nothing_to_train(tmp_path, smollm2_tokenizer):
+    with pytest.raises(DataError, match="eval_fraction=0.5 holds out 1 of 1"):
+        build_datasets(DataConfig(train=[qa_file(tmp_path, 1)], eval_fraction=0.5), smollm2_tokenizer, seed=0)
+
+
+def test_eval_file(tmp_path, smollm2_tokenizer):
+    cfg = DataConfig(train=[qa_file(tmp_path, 6)], eval=qa_file(tmp_path, 3, "eval.jsonl"))
+    data = build_datasets(cfg, smollm2_tokenizer, seed=0)
+    assert (len(data.train), len(data.eval)) == (6, 3) and data.report.eval_source == "file"
+
+
+def test_zero_usable_examples(tmp_path, smollm2_tokenizer):
+    path = tmp_path / "empty.jsonl"
+    path.write_text('{"prompt": "a", "completion": ""}\n{"prompt": "b", "completion": " "}\n')
+    with pytest.raises(DataError) as err:
+        build_datasets(DataConfig(train=[str(path)]), smollm2_tokenizer, seed=0)
+    msg = str(err.value)
+    assert f"{path}: no usable training examples (2 records read)" in msg and f"2 empty answer (e.g. {path}:1)" in msg
+    with pytest.raises(DataError, match="no usable training examples.*longer than max_length"):
+        build_datasets(DataConfig(train=[qa_file(tmp_path, 2)], max_length=8), smollm2_tokenizer, seed=0)
+    with pytest.raises(ConfigError, match="data.train' is empty"):
+        build_datasets(DataConfig(), smollm2_tokenizer, seed=0)
+
+
+def test_packing_and_report(tmp_path, smollm2_tokenizer):
+    cfg = DataConfig(train=[qa_file(tmp_path, 30)], max_length=128, packing=True, eval_fraction=0.1)
+    data = build_datasets(cfg, smollm2_tokenizer, seed=0)
+    assert all(isinstance(r, Packed) and len(r.input_ids) <= 128 for r in data.train + data.eval)
+    assert sum(len(r.doc_lengths) for r in data.train) == 27 and sum(len(r.doc_lengths) for r in data.eval) == 3
+    report = data.report
+    assert report.train.rows == len(data.train) < 27 and report.train.examples == 27
+    assert report.train.loss_tokens == sum(sum(label != -100 for label in r.labels) for r in data.train)
+    assert report.lengths.count == 30 and sum(report.lengths.counts) == 30 and len(report.lengths.bin_edges) == 21
+    saved = json.loads(json.dumps(report.to_dict()))
+    assert saved["files"][cfg.train[0]]["used"] == 30 and saved["template"] == "tokenizer" and "_lengths" not in saved
+    summary = report.summary()
+    assert "30 records" in summary and "train: 27 examples" in summary and "eval (fraction): 3 examples" in summary
+
+
+def test_report_summary_lists_skips(tmp_path, smollm2_tokenizer):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": ""}\n')
+    summary = build_datasets(DataConfig(train=[str(path)]), smollm2_tokenizer, seed=0).report.summary()
+    assert f"skipped 1: empty answer ({path}:2)" in summary
+
+
+def synthetic_rows(n):
+    """Row i: tokens [100 + i, 2, 3, ...] of length 1 + i % 5, label -100 on its first token."""
+    return [Rendered([100 + i] + list(range(2, 2 + i % 5)), [-100] + list(range(2, 2 + i % 5)), "d.jsonl", i) for i in range(n)]
+
+
+def test_make_batches_padding():
+    rows = synthetic_rows(3)
+    (batch,) = make_batches(rows, micro_batch=4, pad_id=7, shuffle=False, seed=0, epoch=0)
+    assert set(batch) == {"input_ids", "labels", "attention_mask", "position_ids"}
+    assert all(t.dtype == torch.long and t.shape == (3, 3) for t in batch.values())
+    assert batch["input_ids"].tolist() == [[100, 7, 7], [101, 2, 7], [102, 2, 3]]
+    assert batch["labels"].tolist() == [[-100, -100, -100], [-100, 2, -100], [-100, 2, 3]]
+    assert batch["attention_mask"].tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert batch["position_ids"].tolist() == [[0, 0, 0], [0, 1, 0], [0, 1, 2]]
+
+
+def test_make_batches_deterministic_per_seed_and_epoch():
+    rows = synthetic_rows(23)
+
+    def order(seed, epoch):
+        batches = make_batches(rows, micro_batch=4, pad_id=0, shuffle=True, seed=seed, epoch=epoch)
+        assert [b["input_ids"].shape[0] for b in batches] == [4, 4, 4, 4, 4, 3]
+        return [ids[0] for b in batches for ids in b["input_ids"].tolist()]  # rows start with distinct tokens
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
+    assert sorted(order(0, 1)) == sorted(order(0, 0)) == list(range(100, 123))  # every row once per epoch
+    unshuffled = make_batches(rows, micro_batch=4, pad_id=0, shuffle=False, seed=0, epoch=5)
+    assert [ids[0] for b in unshuffled for ids in b["input_ids"].tolist()] == list(range(100, 123))
