@@ -1,0 +1,225 @@
+"""Merge a finished run into one plain Hugging Face model directory that any transformers-based tool loads.
+
+For a LoRA run every adapter is folded into its base weight, W' = W + (alpha / r) B A, computed in fp32 and rounded
+once to the output dtype; for full and layer-wise runs the weights are already whole and are only re-saved. The
+directory gets the chat template the run was trained with: the tokenizer's own, or a jinja rendering of the named
+template (chatml, llama2, alpaca) that writes exactly what the Python template wrote during training, so
+`apply_chat_template` on the merged model prompts it the way it learned.
+
+`base_float_weight` is the one place where a frozen base layer is turned into a plain float matrix before the fold;
+a QLoRA base (NF4) will be dequantized there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tunelab.data.templates import Template
+from tunelab.errors import ConfigError, RunDirError
+from tunelab.infer.run import RUN_FILE, open_run, read_run_info
+from tunelab.models.load import materialize, resolve_source
+from tunelab.peft.lora import LoRALinear, lora_modules
+from tunelab.peft.save import CONFIG_FILE, WEIGHTS_FILE
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ADAPTER_METHODS = ("lora",)
+WEIGHT_METHODS = ("full", "layers")
+
+# Jinja equivalents of the named templates in tunelab.data.templates (same text for every conversation; a test
+# renders both). Whitespace control (`{%-`/`-%}`) on every tag keeps the literal text exactly what is written.
+CHATML_JINJA = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+_SPLIT_SYSTEM = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] -%}{%- set rest = messages[1:] -%}"
+    "{%- else -%}{%- set system = none -%}{%- set rest = messages -%}{%- endif -%}"
+)
+LLAMA2_JINJA = (
+    _SPLIT_SYSTEM
+    + "{%- set ns = namespace(first=true) -%}"
+    "{%- for message in rest -%}"
+    "{%- set content = message['content'] | trim -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if ns.first and system is not none -%}"
+    "{%- set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content -%}"
+    "{%- endif -%}"
+    "{{ bos_token + '[INST] ' + content + ' [/INST]' }}{%- set ns.first = false -%}"
+    "{%- else -%}{{ ' ' + content + ' ' + eos_token }}{%- endif -%}"
+    "{%- endfor -%}"
+)
+ALPACA_JINJA = (
+    _SPLIT_SYSTEM
+    + "{%- if system -%}{{ system + '\\n\\n' }}{%- endif -%}"
+    "{%- for message in rest -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{ '### Instruction:\\n' + message['content'] + '\\n\\n### Response:\\n' }}"
+    "{%- else -%}{{ message['content'] + eos_token + '\\n\\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+)
+NAMED_JINJA = {"chatml": CHATML_JINJA, "llama2": LLAMA2_JINJA, "alpaca": ALPACA_JINJA}
+
+
+@dataclass
+class MergedModel:
+    """A run's model with no adapter modules left, ready to save or convert."""
+
+    model: nn.Module  # a plain transformers *ForCausalLM
+    tokenizer: object  # carries `chat_template` = the template the run was trained with
+    info: dict  # run.json
+    template: Template
+    dtype: torch.dtype
+
+
+def check_run(run_dir: str | Path) -> dict:
+    """run.json of a finished run whose result (adapter or weights) is present; RunDirError otherwise."""
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
+    method = info.get("method")
+    if method in ADAPTER_METHODS:
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (run_dir / name).is_file():
+                raise RunDirError(f"{run_dir}: the run was trained with {method} but {name} is missing, so there is no adapter to merge.")
+    elif method in WEIGHT_METHODS:
+        if not (run_dir / "config.json").is_file() or not any(run_dir.glob("*.safetensors")):
+            raise RunDirError(f"{run_dir}: the run was trained with method {method} but holds no weights (config.json and *.safetensors).")
+    elif method == "qlora":
+        raise RunDirError(f"{run_dir}: merging a QLoRA run is not supported yet (its NF4 base must be dequantized first).")
+    else:
+        raise RunDirError(f"{run_dir / RUN_FILE}: unknown method {method!r}; expected one of {', '.join(ADAPTER_METHODS + WEIGHT_METHODS)}.")
+    return info
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"option 'dtype' is {dtype!r}; allowed values: {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def stored_dtype(run_dir: str | Path, info: dict) -> torch.dtype:
+    """The dtype the weights were saved in (the base model's for a LoRA run); fp32 when the config does not say."""
+    from transformers import AutoConfig
+
+    where = materialize(resolve_source(info["base_model"])) if info["method"] in ADAPTER_METHODS else str(run_dir)
+    config = AutoConfig.from_pretrained(where)
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if value in DTYPES.values() else torch.float32
+
+
+def base_float_weight(layer: nn.Module) -> torch.Tensor:
+    """The frozen base weight of an adapted layer as a plain float tensor (out_features, in_features).
+
+    The seam for quantized bases: a QLoRA layer (NF4) must be dequantized here, so that the adapter, which was
+    trained against the dequantized weight, is added to exactly that."""
+    if type(layer) is nn.Linear:
+        return layer.weight.detach().float()
+    raise RunDirError(
+        f"cannot merge an adapter into a {type(layer).__name__} base layer yet; only plain nn.Linear bases "
+        "(LoRA on a float model) can be merged."
+    )
+
+
+@torch.no_grad()
+def fold_adapters(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear by an nn.Linear holding W + scale * B A (fp32 sum, rounded once). In place."""
+    for name, m in list(lora_modules(model)):
+        base = m.base_layer
+        w = base_float_weight(base)  # (out, in)
+        w += m.scale * (m.lora_B.weight.float() @ m.lora_A.weight.float())  # (out, r) @ (r, in)
+        merged = nn.Linear(m.in_features, m.out_features, bias=base.bias is not None, device=w.device, dtype=base.weight.dtype)
+        merged.weight.copy_(w)
+        if base.bias is not None:
+            merged.bias.copy_(base.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, merged)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    return model
+
+
+def chat_template_for(template: Template, tokenizer) -> str | None:
+    """The jinja chat template that writes what the run's template wrote in training."""
+    if template.name == "tokenizer":
+        return tokenizer.chat_template
+    return NAMED_JINJA[template.name]
+
+
+def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) -> MergedModel:
+    """Load a finished run on the CPU and fold its adapter in; `dtype` None keeps the dtype the weights were saved in."""
+    info = check_run(run_dir)
+    load_dtype = stored_dtype(run_dir, info)  # fold at the stored precision, round once at the end
+    out_dtype = parse_dtype(dtype) or load_dtype
+    name = next(k for k, v in DTYPES.items() if v == load_dtype)
+    run = open_run(run_dir, device="cpu", dtype=name)
+    model = fold_adapters(run.model).to(out_dtype).eval()
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = True  # training switches the KV cache off; inference wants it
+    tokenizer = run.tokenizer
+    tokenizer.chat_template = chat_template_for(run.template, tokenizer)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and run.template.stop_token_ids:
+        stops = list(run.template.stop_token_ids)
+        gen.eos_token_id = stops[0] if len(stops) == 1 else stops  # so generate() stops where the run learned to
+        gen.pad_token_id = tokenizer.pad_token_id
+    return MergedModel(model, tokenizer, run.info, run.template, out_dtype)
+
+
+def check_output(out: Path, run_dir: Path, overwrite: bool) -> None:
+    """Refuse to write over the run itself, or over something that exists (unless overwrite)."""
+    out_r, run_r = out.resolve(), run_dir.resolve()
+    if run_r.is_relative_to(out_r):
+        raise RunDirError(f"{out}: the output would replace the run directory {run_dir}; choose another output path.")
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        if not overwrite:
+            raise RunDirError(f"{out}: exists and is not empty. Pass --overwrite to replace it, or choose another output path.")
+
+
+def replace_atomically(scratch: Path, target: Path) -> None:
+    """Move a finished scratch folder or file onto `target`; an old target is moved aside first and deleted after."""
+    old = None
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    elif target.exists():
+        old = target.with_name(f".old-{target.name}-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(scratch, target)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def merge_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False, dtype: str | torch.dtype | None = None) -> Path:
+    """Write the run's model as one Hugging Face directory (safetensors, config, generation config, tokenizer with
+    chat template) that `AutoModelForCausalLM.from_pretrained(out_dir)` loads. Returns out_dir.
+
+    dtype: fp32, bf16 or fp16; None keeps the dtype the weights were saved in. Written to a scratch folder beside
+    out_dir and renamed into place, so out_dir is never left half written."""
+    run_dir, out = Path(run_dir), Path(out_dir)
+    check_run(run_dir)
+    check_output(out, run_dir, overwrite)
+    merged = merged_model(run_dir, dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
+    try:
+        merged.model.save_pretrained(scratch, safe_serialization=True)
+        merged.tokenizer.save_pretrained(scratch)
+        provenance = {k: merged.info.get(k) for k in ("base_model", "method", "template", "system_prompt")}
+        (scratch / "tunelab_merge.json").write_text(json.dumps(provenance | {"run_dir": str(run_dir.resolve())}, indent=2))
+        replace_atomically(scratch, out)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return out

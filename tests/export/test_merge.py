@@ -1,0 +1,136 @@
+"""merge_run: a LoRA run folded into plain weights loads in transformers with the logits of base + adapter; full runs
+are re-saved unchanged; the chat template travels; bad run dirs and occupied outputs are refused without writing."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunelab.data.templates import resolve_template
+from tunelab.errors import RunDirError
+from tunelab.export.merge import NAMED_JINJA, merge_run
+from tunelab.peft.lora import attach_lora, lora_modules
+from tunelab.peft.save import save_adapter
+
+IDS = torch.tensor([[1, 504, 3458, 314, 4760, 260, 1104, 2], [17, 29, 3000, 40000, 12, 9, 8, 7]])
+
+
+def _write_run(run_dir, model, tokenizer, base, method, template="auto", system_prompt=None):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if method == "lora":
+        save_adapter(model, run_dir, base_model=str(base))
+    else:
+        model.save_pretrained(run_dir, safe_serialization=True)
+    tokenizer.save_pretrained(run_dir)
+    info = {"base_model": str(base), "method": method, "template": template, "system_prompt": system_prompt, "finished": True}
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return run_dir
+
+
+@pytest.fixture
+def lora_run(tiny_model_dir, smollm2_tokenizer, tmp_path):
+    """A finished LoRA run on the tiny model with a random (non-zero) B, and the logits its model gives on IDS."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    attach_lora(model, ["all-linear"], r=4, alpha=8)
+    torch.manual_seed(3)
+    for _, m in lora_modules(model):
+        torch.nn.init.normal_(m.lora_B.weight, std=0.05)
+    with torch.no_grad():
+        tuned = model(IDS).logits
+    run = _write_run(tmp_path / "run", model, smollm2_tokenizer, tiny_model_dir, "lora")
+    return run, tuned
+
+
+def test_merged_lora_loads_in_plain_transformers_with_the_tuned_logits(lora_run, tmp_path, tiny_model_dir):
+    run, tuned = lora_run
+    out = merge_run(run, tmp_path / "merged")
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in out.iterdir()}
+    assert not list(tmp_path.glob(".tmp-*"))  # the scratch folder was renamed, not left behind
+    merged = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).eval()
+    assert merged.dtype == torch.float32  # the base was saved in fp32, so the merge is too
+    with torch.no_grad():
+        logits = merged(IDS).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(IDS).logits
+    # x (W + s B A)^T versus x W^T + s (x A^T) B^T in fp32: the same sum associated differently, so differences are
+    # float rounding (~1e-6 on logits of size ~1); the adapter itself moves the logits by ~1e-2 (checked below).
+    torch.testing.assert_close(logits, tuned, rtol=1e-4, atol=1e-5)
+    assert (tuned - base).abs().max() > 1e-3
+    tok = AutoTokenizer.from_pretrained(out)
+    chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert merged.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_merge_to_bf16_rounds_once(lora_run, tmp_path):
+    run, tuned = lora_run
+    merged = AutoModelForCausalLM.from_pretrained(merge_run(run, tmp_path / "m16", dtype="bf16")).eval()
+    assert merged.dtype == torch.bfloat16
+    with torch.no_grad():
+        logits = merged(IDS).logits.float()
+    # bf16 keeps 8 mantissa bits: weights are off by up to 2^-9 relative, and the random 2-layer model's logits
+    # (~0.5 in size) move by a few 1e-3; fp32 agreement is checked in the test above.
+    torch.testing.assert_close(logits, tuned, rtol=0, atol=3e-2)
+
+
+def test_full_run_is_resaved_unchanged_with_the_named_template(tiny_model_dir, smollm2_tokenizer, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.5)  # a "trained" change to tell it from the base
+        expected = model(IDS).logits
+    run = _write_run(tmp_path / "full", model, smollm2_tokenizer, tiny_model_dir, "full", template="alpaca")
+    out = merge_run(run, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.equal(merged(IDS).logits, expected)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == NAMED_JINJA["alpaca"]
+
+
+def test_named_templates_as_jinja_write_what_training_wrote(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    conversations = [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Two\nlines "}, {"role": "assistant", "content": "Yes. "}],
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+        [{"role": "system", "content": ""}, {"role": "user", "content": "empty system"}],
+    ]
+    original = tok.chat_template
+    try:
+        for name, jinja in NAMED_JINJA.items():
+            template = resolve_template(name, tok)
+            tok.chat_template = jinja
+            for messages in conversations:
+                for gen in (False, True):
+                    ours = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+                    assert ours == template.write(messages, gen), (name, messages, gen)
+    finally:
+        tok.chat_template = original
+
+
+def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):
+    run, _ = lora_run
+    with pytest.raises(RunDirError, match="no such run directory"):
+        merge_run(tmp_path / "nope", tmp_path / "out")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RunDirError, match="not a tunelab run directory"):
+        merge_run(empty, tmp_path / "out")
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="exists and is not empty.*--overwrite"):
+        merge_run(run, occupied)
+    assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
+    with pytest.raises(RunDirError, match="would replace the run directory"):
+        merge_run(run, run.parent, overwrite=True)
+
+    merge_run(run, occupied, overwrite=True)
+    assert (occupied / "model.safetensors").is_file() and not (occupied / "keep.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".old-", ".tmp-"))]
+
+    (run / "adapter_model.safetensors").unlink()
+    with pytest.raises(RunDirError, match="adapter_model.safetensors is missing"):
+        merge_run(run, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
