@@ -159,3 +159,12 @@ def test_format_detected_per_file():
     examples = to_examples(records, "auto", {}, None, report)
     assert [ex.text is not None for ex in examples] == [True, False]
     assert report.formats == {"a.jsonl": "text", "b.jsonl": "prompt_completion"}
+
+
+def test_real_oasst_tree_file_is_not_a_known_format():
+    """OASST trees must be flattened to conversations first; the error says which keys it saw."""
+    from tunelab.data.sources import read_records
+
+    path = "/work/shared/data/oasst_en_100_trees/en_100_tree.jsonl"
+    with pytest.raises(DataError, match=rf"{path}:1: cannot tell the data format from the fields 'message_tree_id', 'tree_state', 'prompt'"):
+        to_examples(read_records([path]), "auto", {}, None, DataReport())

@@ -72,7 +72,7 @@ def test_packing_and_report(tmp_path, smollm2_tokenizer):
     saved = json.loads(json.dumps(report.to_dict()))
     assert saved["files"][cfg.train[0]]["used"] == 30 and saved["template"] == "tokenizer" and "_lengths" not in saved
     summary = report.summary()
-    assert "30 records" in summary and "train: 27 examples" in summary and "eval (fraction): 3 examples" in summary
+    assert "30 records" in summary and "train: 27 examples, 27 used" in summary and "eval (fraction): 3 examples, 3 used" in summary
 
 
 def test_report_summary_lists_skips(tmp_path, smollm2_tokenizer):
@@ -80,6 +80,12 @@ def test_report_summary_lists_skips(tmp_path, smollm2_tokenizer):
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": ""}\n')
     summary = build_datasets(DataConfig(train=[str(path)]), smollm2_tokenizer, seed=0).report.summary()
     assert f"skipped 1: empty answer ({path}:2)" in summary
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({"prompt": "Q", "completion": "Yes." + " word" * (80 * (i % 2))}) + "\n" for i in range(1, 9)))
+    report = build_datasets(DataConfig(train=[str(mixed)], max_length=64, eval_fraction=0.5), smollm2_tokenizer, seed=0).report
+    dropped = report.skips["longer than max_length (64 tokens; data.overlong=drop)"].count
+    assert report.train.examples == report.eval.examples == 4 and dropped == 4
+    assert report.train.used + report.eval.used == 4 and report.train.used == report.train.rows
 
 
 def synthetic_rows(n):

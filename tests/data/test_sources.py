@@ -117,3 +117,13 @@ def test_non_utf8_file(tmp_path):
     p.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"a\.jsonl:2: the file is not UTF-8"):
         read_records([str(p)])
+
+
+def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
+    import sys
+
+    p = write(tmp_path / "a.parquet", "")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow...` raise ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(DataError, match=r"a\.parquet: reading \.parquet files needs pyarrow; install it with: pip install"):
+        read_records([p])

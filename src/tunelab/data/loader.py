@@ -59,9 +59,10 @@ def _nothing_usable(what: str, paths: list[str], report: DataReport) -> DataErro
     )
 
 
-def _stats(rows: list[Rendered | Packed], examples: int) -> SplitStats:
+def _stats(rows: list[Rendered | Packed], examples: int, used: int) -> SplitStats:
     return SplitStats(
         examples=examples,
+        used=used,
         rows=len(rows),
         tokens=sum(len(r.input_ids) for r in rows),
         loss_tokens=sum(sum(1 for label in r.labels if label != IGNORE) for r in rows),
@@ -88,14 +89,17 @@ def build_datasets(cfg: DataConfig, tokenizer, seed: int) -> Datasets:
     is_chat = any(ex.messages is not None for ex in examples + eval_examples)
     report.template = template.name if is_chat else "none (text only)"
 
+    used = report.total_used
     train = render_examples(examples, tokenizer, template, cfg, report)
     if not train:
         raise _nothing_usable("training", cfg.train, report)
+    used_train, used = report.total_used - used, report.total_used
     evals = render_examples(eval_examples, tokenizer, template, cfg, report)
+    used_eval = report.total_used - used
     if cfg.packing:
         train, evals = pack(train, cfg.max_length), pack(evals, cfg.max_length)
-    report.train = _stats(train, len(examples))
-    report.eval = _stats(evals, len(eval_examples))
+    report.train = _stats(train, len(examples), used_train)
+    report.eval = _stats(evals, len(eval_examples), used_eval)
     return Datasets(train, evals, template, report)
 
 

@@ -75,6 +75,7 @@ class LengthStats:
 @dataclass
 class SplitStats:
     examples: int = 0  # chat examples or text documents in this split
+    used: int = 0  # of those, the ones in a row (the rest were dropped as too long; see skips)
     rows: int = 0  # rows the model sees (after text blocking and packing)
     tokens: int = 0  # real tokens over all rows
     loss_tokens: int = 0  # tokens with a label (label != -100)
@@ -127,6 +128,10 @@ class DataReport:
         return sum(f.read for f in self.files.values())
 
     @property
+    def total_used(self) -> int:
+        return sum(f.used for f in self.files.values())
+
+    @property
     def total_skipped(self) -> int:
         return sum(s.count for s in self.skips.values())
 
@@ -139,11 +144,11 @@ class DataReport:
         formats = ", ".join(sorted(set(self.formats.values()))) or "none"
         lines = [
             f"data: {len(self.files)} file(s), {self.total_read} records, format {formats}, template {self.template or 'none'}",
-            f"  train: {self.train.examples} examples -> {self.train.rows} rows, {self.train.tokens:,} tokens ({self.train.loss_tokens:,} with loss)",
+            f"  train: {self.train.examples} examples, {self.train.used} used -> {self.train.rows} rows, {self.train.tokens:,} tokens ({self.train.loss_tokens:,} with loss)",
         ]
         if self.eval_source != "none":
             lines.append(
-                f"  eval ({self.eval_source}): {self.eval.examples} examples -> {self.eval.rows} rows, {self.eval.tokens:,} tokens"
+                f"  eval ({self.eval_source}): {self.eval.examples} examples, {self.eval.used} used -> {self.eval.rows} rows, {self.eval.tokens:,} tokens"
             )
         if self.lengths.count:
             s = self.lengths
@@ -161,6 +166,7 @@ class DataReport:
         out = dataclasses.asdict(self)
         del out["_lengths"]
         out["total_read"] = self.total_read
+        out["total_used"] = self.total_used
         out["total_skipped"] = self.total_skipped
         out["total_truncated"] = self.total_truncated
         return out
