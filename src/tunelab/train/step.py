@@ -16,15 +16,27 @@ def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
+# Families whose logits are exactly lm_head(final hidden state): no soft-capping or scaling after the head.
+PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
+
+
 def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of next-token cross-entropy over the batch's loss tokens (fp32 scalar)."""
     if hasattr(model, "summed_loss"):  # our own model computes it fused with the LM head
         return model.summed_loss(batch)
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    if getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
+        # Apply the LM head only where a loss is taken: answers are often a third of the tokens.
+        hidden = model.get_decoder()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
+        ).last_hidden_state[:, :-1]  # (B, T-1, d)
+        keep = targets != -100
+        logits = model.get_output_embeddings()(hidden[keep]).float()  # (n, V)
+        return F.cross_entropy(logits, targets[keep], reduction="sum")
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
     ).logits  # (B, T, V)
     logits = logits[:, :-1].float()
-    targets = batch["labels"][:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum")
 
 

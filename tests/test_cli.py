@@ -1,0 +1,86 @@
+"""The real `tunelab` command: a run end to end on a tiny model, --help, and bad input giving exit code 2 without a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunelab.cli import main
+
+
+def _tunelab(*args, cwd=None):
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "tunelab.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def _flags(overrides: dict) -> list[str]:
+    out = []
+    for key, value in overrides.items():
+        out += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    return out
+
+
+def test_train_compare_generate_through_the_cli(tiny_overrides, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "What is the code of box 3?", "expected": "1111", "kind": "fact"}) + "\n")
+    overrides = tiny_overrides | {"train.max_steps": 3, "eval.questions": str(questions), "eval.max_new_tokens": 5}
+    done = _tunelab("train", *_flags(overrides))
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = Path(overrides["output_dir"])
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "loss.png", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "data_report.json", "compare.json"):
+        assert (run / name).is_file(), name
+    assert "resolved config" in done.stdout and "(--train.max_steps)" in done.stdout
+    assert "correct: base" in done.stdout  # the scores printed at the end
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:3] == [1, 2, 3]
+
+    done = _tunelab("generate", run, "--prompt", "What is the code of box 3?", "--max-new-tokens", "4", "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() != ""
+
+
+def test_help_lists_every_option_with_its_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--train.lr", "--data.packing", "--method.target_modules", "--model.name", "--eval.questions"):
+        assert option in text
+    assert "one of: constant, linear, cosine" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.train", "missing.jsonl"], "missing.jsonl"),
+        (["--train.scheduler", "wavy"], "allowed values: constant, linear, cosine"),
+        (["--train.micro_batch", "-1"], "it must be >= 1"),
+        (["--model.name", "/nowhere/model.gguf"], "GGUF file not found"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(args, message, capsys, tmp_path):
+    code = main(["train", "--output_dir", str(tmp_path / "r"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_unreadable_json_line_is_located(tmp_path, capsys, tiny_model_dir):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "a", "answer": "b"}\n{"question": "c", answer: "d"}\n')
+    code = main(["train", "--model.name", str(tiny_model_dir), "--data.train", str(data), "--output_dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.jsonl" in err and "line 2" in err
+
+
+def test_unknown_flag_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--train.lrr", "1"])
+    assert exc.value.code == 2
+
+
+def test_compare_on_missing_run_dir(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "nope"), "--question", "hi"]) == 2
+    assert "no such run directory" in capsys.readouterr().err
