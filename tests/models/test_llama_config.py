@@ -1,4 +1,4 @@
-"""Reading Hugging Face configs into LlamaConfig: both rope field layouts, family quirks, and refusals that name a field."""
+"""Reading Hugging Face configs into LlamaConfig: both rope field layouts, family quirks, refusals naming a field."""
 
 import math
 
@@ -38,6 +38,11 @@ def test_transformers_config_objects_expose_the_fields_we_read():
     assert qwen2.head_dim == 16 and qwen2.num_kv_heads == 2
     qwen3 = LlamaConfig.from_hf(AutoConfig.for_model("qwen3", **BASE, head_dim=32, rms_norm_eps=1e-5))
     assert (qwen3.qk_norm, qwen3.head_dim, qwen3.rms_norm_eps, qwen3.qkv_bias) == (True, 32, 1e-5, False)
+    # Without head_dim each family falls back to its own default, as transformers does.
+    for family in ("llama", "mistral", "qwen2", "qwen3"):
+        raw = {"model_type": family, **BASE, "sliding_window": None}
+        hf_head_dim = getattr(AutoConfig.for_model(**raw), "head_dim", None) or 64 // 4  # Qwen2Config has no field
+        assert LlamaConfig.from_hf(raw).head_dim == hf_head_dim == (128 if family == "qwen3" else 16)
     llama = LlamaConfig.from_hf(AutoConfig.for_model("llama", **BASE, attention_bias=True, mlp_bias=True))
     assert (llama.qkv_bias, llama.o_bias, llama.mlp_bias, llama.family) == (True, True, True, "llama")
     mistral = LlamaConfig.from_hf(AutoConfig.for_model("mistral", **BASE, sliding_window=None, rope_theta=1e6))

@@ -46,7 +46,8 @@ def test_copying_load_converts_dtype_and_accepts_hf_layouts():
     ours = our_model(hf)
     load_hf_state_dict(ours, bare)
     assert ours.model.norm.weight.dtype == torch.float32
-    torch.testing.assert_close(ours.model.layers[1].mlp.down_proj.weight, state["model.layers.1.mlp.down_proj.weight"].float())
+    expected = state["model.layers.1.mlp.down_proj.weight"].float()
+    torch.testing.assert_close(ours.model.layers[1].mlp.down_proj.weight, expected, rtol=0, atol=0)
     assert ours.lm_head.weight is ours.model.embed_tokens.weight
 
 

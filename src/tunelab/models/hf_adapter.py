@@ -42,7 +42,9 @@ def load_hf_state_dict(model: LlamaForCausalLM, state_dict: Mapping[str, torch.T
     device); otherwise values are copied into the existing parameters, converting dtype.
     """
     weights = to_tunelab_state_dict(state_dict, model.config)
-    expected = {k: v for k, v in model.state_dict().items() if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
+    expected = dict(model.state_dict())
+    if model.config.tie_word_embeddings:
+        del expected["lm_head.weight"]  # the embedding's Parameter, loaded under model.embed_tokens.weight
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     wrong_shape = [

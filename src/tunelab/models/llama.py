@@ -96,18 +96,20 @@ class LlamaConfig:
         cfg = _config_dict(hf_config)
         reason = _unsupported_reason(cfg)
         if reason is not None:
-            raise ModelError(f"tunelab's llama-family model cannot run this config: {reason}")
+            raise ModelError(
+                f"tunelab's llama-family model cannot run this config: {reason}. "
+                "Load the model through the generic transformers path instead."
+            )
         family = cfg["model_type"]
-        hidden = _required(cfg, "hidden_size")
-        heads = _required(cfg, "num_attention_heads")
-        head_dim = cfg.get("head_dim") or hidden // heads
+        hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        head_dim = _head_dim(cfg)
         attention_bias = bool(cfg.get("attention_bias", False))
         return cls(
             family=family,
-            vocab_size=_required(cfg, "vocab_size"),
+            vocab_size=int(cfg["vocab_size"]),
             hidden_size=hidden,
-            intermediate_size=_required(cfg, "intermediate_size"),
-            num_layers=_required(cfg, "num_hidden_layers"),
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
             num_heads=heads,
             num_kv_heads=cfg.get("num_key_value_heads") or heads,
             head_dim=head_dim,
@@ -144,11 +146,12 @@ def _config_dict(hf_config: Any) -> dict[str, Any]:
     return to_dict()
 
 
-def _required(cfg: Mapping[str, Any], name: str) -> int:
-    value = cfg.get(name)
-    if value is None:
-        raise ModelError(f"config field `{name}` is missing (model_type {cfg.get('model_type')!r})")
-    return int(value)
+def _head_dim(cfg: Mapping[str, Any]) -> int:
+    if cfg.get("head_dim"):
+        return int(cfg["head_dim"])
+    if cfg["model_type"] == "qwen3":
+        return 128  # Qwen3Config's default; its head_dim is independent of hidden_size
+    return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
 
 
 def _unsupported_reason(cfg: Mapping[str, Any]) -> str | None:
@@ -164,8 +167,9 @@ def _unsupported_reason(cfg: Mapping[str, Any]) -> str | None:
     act = cfg.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         return f"`hidden_act` is {act!r}; only silu (SwiGLU) is implemented"
-    if cfg.get("quantization_config"):
-        method = cfg["quantization_config"].get("quant_method", "?") if isinstance(cfg["quantization_config"], Mapping) else "?"
+    quantization = cfg.get("quantization_config")
+    if quantization:
+        method = quantization.get("quant_method", "?") if isinstance(quantization, Mapping) else "?"
         return f"`quantization_config` ({method}): pre-quantized checkpoints are not read by our modules"
     if float(cfg.get("attention_dropout") or 0.0) > 0.0:
         return f"`attention_dropout` = {cfg['attention_dropout']}: our attention has no dropout"
@@ -175,7 +179,7 @@ def _unsupported_reason(cfg: Mapping[str, Any]) -> str | None:
     heads, kv_heads = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads") or cfg.get("num_attention_heads")
     if heads and kv_heads and heads % kv_heads:
         return f"`num_attention_heads` {heads} is not a multiple of `num_key_value_heads` {kv_heads}"
-    head_dim = cfg.get("head_dim") or ((cfg.get("hidden_size") or 0) // (heads or 1))
+    head_dim = _head_dim(cfg)
     if head_dim % 2:
         return f"head_dim {head_dim} is odd; rotary embedding needs pairs"
     try:
@@ -190,11 +194,13 @@ def _active_sliding_window(cfg: Mapping[str, Any]) -> str | None:
     family = cfg["model_type"]
     layer_types = cfg.get("layer_types") or []
     if any(t != "full_attention" for t in layer_types):
-        return f"`layer_types` contains {sorted(set(layer_types) - {'full_attention'})}: only full attention is implemented"
+        other = sorted(set(layer_types) - {"full_attention"})
+        return f"`layer_types` contains {other}: only full attention is implemented"
     if family in ("qwen2", "qwen3"):
         # Qwen keeps a `sliding_window` value around but uses it only when `use_sliding_window` is true.
         if cfg.get("use_sliding_window") and cfg.get("sliding_window") is not None:
-            return f"`use_sliding_window` is true (window {cfg['sliding_window']}): sliding-window attention is not implemented"
+            window = cfg["sliding_window"]
+            return f"`use_sliding_window` is true (window {window}): sliding-window attention is not implemented"
     elif family == "mistral":
         window = cfg.get("sliding_window", 4096)  # transformers' MistralConfig default
         context = cfg.get("max_position_embeddings") or 0
