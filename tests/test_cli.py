@@ -38,8 +38,7 @@ def test_train_compare_generate_through_the_cli(tiny_overrides, tmp_path):
     assert steps[:3] == [1, 2, 3]
 
     done = _tunelab("generate", run, "--prompt", "What is the code of box 3?", "--max-new-tokens", "4", "--device", "cpu")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() != ""
+    assert done.returncode == 0, done.stderr[-2000:]  # a random model may well answer with an end token at once
 
 
 def test_help_lists_every_option_with_its_help(capsys):

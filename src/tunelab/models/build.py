@@ -7,12 +7,17 @@ freezing or precision.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from tunelab.config import MethodConfig, ModelConfig
 from tunelab.errors import ConfigError
+from tunelab.kernels import select as select_ops
+from tunelab.models.hf_adapter import from_hf_model
+from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype
 from tunelab.peft.lora import attach_lora
 
@@ -20,7 +25,8 @@ from tunelab.peft.lora import attach_lora
 @dataclass
 class BuiltModel:
     model: nn.Module
-    impl: str  # "fast" or "generic"
+    impl: str  # "fast" (our Llama-family code) or "generic" (the transformers model)
+    hf_config: object  # the transformers config, saved beside full weights
     device: torch.device
     dtype: torch.dtype
     trainable: int
@@ -52,19 +58,46 @@ def apply_method(model: nn.Module, method: MethodConfig) -> None:
                 p.requires_grad_(True)
 
 
-def build_model(source: ModelSource, model_cfg: ModelConfig, method: MethodConfig) -> BuiltModel:
+def build_model(source: ModelSource, model_cfg: ModelConfig, method: MethodConfig, checkpointing: bool = False) -> BuiltModel:
     device = pick_device(model_cfg.device)
     dtype = pick_dtype(model_cfg.dtype, device)
     if method.name in ("full", "layers") and dtype == torch.float16:
         raise ConfigError("option 'model.dtype' fp16 cannot train full weights without loss scaling; use bf16 or fp32.")
     model = load_hf_model(source, dtype, device, model_cfg.trust_remote_code)
-    impl = "generic"
-    if model_cfg.impl == "fast":
-        raise ConfigError("option 'model.impl' fast is not available for this model yet; use auto or generic.")
-    if hasattr(model.config, "use_cache"):
-        model.config.use_cache = False  # no KV cache while training
+    hf_config = model.config
+    impl = pick_impl(model_cfg.impl, hf_config)
+    if impl == "fast":
+        model = from_hf_model(model, select_ops("auto")).to(device)
+        model.gradient_checkpointing = checkpointing
+    else:
+        hf_config.use_cache = False  # no KV cache while training
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     apply_method(model, method)
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return BuiltModel(model, impl, device, dtype, trainable, total)
+    return BuiltModel(model, impl, hf_config, device, dtype, trainable, total)
+
+
+def pick_impl(requested: str, hf_config) -> str:
+    """'fast' for the Llama family (unless the user asks for generic), 'generic' for everything else."""
+    reason = unsupported_reason(hf_config)
+    if requested == "fast" and reason:
+        raise ConfigError(f"option 'model.impl' is fast, but this model cannot use the fast path: {reason}. Use auto or generic.")
+    if requested == "generic" or reason:
+        return "generic"
+    return "fast"
+
+
+def save_full_weights(built: BuiltModel, folder: Path) -> None:
+    """All weights as a Hugging Face directory (config.json + model.safetensors) that transformers loads."""
+    if built.impl == "generic":
+        built.model.save_pretrained(folder, safe_serialization=True)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in built.model.state_dict().items()}
+    if getattr(built.hf_config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # shared with the embedding; transformers re-ties it
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    built.hf_config.save_pretrained(folder)

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config
 from tunelab.data.loader import build_datasets, make_batches
-from tunelab.errors import RunDirError
-from tunelab.models.build import build_model
+from tunelab.errors import ConfigError, RunDirError
+from tunelab.models.build import BuiltModel, build_model, save_full_weights
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import save_adapter
 from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -81,14 +81,14 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_final(run_dir: Path, model, tokenizer, cfg: RunConfig) -> None:
+def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig) -> None:
     """The run's result: the adapter (PEFT layout) or the full weights (safetensors), and the tokenizer."""
     staging = run_dir / ".tmp-final"
     shutil.rmtree(staging, ignore_errors=True)
     if cfg.method.name == "lora":
-        save_adapter(model, staging, base_model=cfg.model.name)
+        save_adapter(built.model, staging, base_model=cfg.model.name)
     else:
-        model.save_pretrained(staging, safe_serialization=True)
+        save_full_weights(built, staging)
     tokenizer.save_pretrained(staging)
     for item in staging.iterdir():
         os.replace(item, run_dir / item.name)
@@ -113,8 +113,11 @@ def train(config: str | Path | RunConfig | ResolvedConfig | None = None, overrid
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     data = build_datasets(cfg.data, tokenizer, cfg.train.seed)
     print(data.report.summary(), flush=True)
-    built = build_model(source, cfg.model, cfg.method)
+    built = build_model(source, cfg.model, cfg.method, cfg.train.checkpointing)
     model = built.model
+    if cfg.data.packing and built.impl != "fast":
+        raise ConfigError("option 'data.packing' needs the fast path (a Llama-family model with model.impl auto or fast); "
+                          f"{cfg.model.name} runs on the generic path. Set data.packing to false.")
     print(f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); trainable parameters "
           f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)", flush=True)
 
@@ -180,7 +183,7 @@ def train(config: str | Path | RunConfig | ResolvedConfig | None = None, overrid
     if eval_loss is not None:
         print(f"eval loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
     model.eval()
-    save_final(run_dir, model, tokenizer, cfg)
+    save_final(run_dir, built, tokenizer, cfg)
     plot_losses(run_dir)
     run_info.update(finished=True, steps=position["step"], final_loss=last_loss, eval_loss=eval_loss,
                     tokens=position["tokens"], elapsed_s=round(position["elapsed_s"], 1))

@@ -6,9 +6,13 @@ number of loss tokens in all of them, so a micro-batch with more answer tokens w
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tunelab.models.llama import LlamaForCausalLM
 
 
 def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -22,8 +26,10 @@ PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
 
 def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of next-token cross-entropy over the batch's loss tokens (fp32 scalar)."""
-    if hasattr(model, "summed_loss"):  # our own model computes it fused with the LM head
-        return model.summed_loss(batch)
+    if isinstance(model, LlamaForCausalLM):  # our model: the LM head fused with the loss
+        if "doc_lengths" in batch:
+            return model(**packed_inputs(batch)).loss_sum
+        return model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"]).loss_sum
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     if getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
         # Apply the LM head only where a loss is taken: answers are often a third of the tokens.
@@ -38,6 +44,20 @@ def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     ).logits  # (B, T, V)
     logits = logits[:, :-1].float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum")
+
+
+def packed_inputs(batch: dict) -> dict[str, torch.Tensor]:
+    """Rows of packed documents (B, T, right-padded) -> one row (1, N) of all real tokens with cu_seqlens, so that
+    variable-length attention runs without padding and never across documents."""
+    keep = batch["attention_mask"].bool()  # (B, T)
+    lengths = [n for row in batch["doc_lengths"] for n in row]
+    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=keep.device)
+    return {
+        "input_ids": batch["input_ids"][keep][None],
+        "position_ids": batch["position_ids"][keep][None],
+        "labels": batch["labels"][keep][None],
+        "cu_seqlens": cu_seqlens,
+    }
 
 
 def train_step(
