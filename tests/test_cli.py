@@ -71,7 +71,7 @@ def test_unreadable_json_line_is_located(tmp_path, capsys, tiny_model_dir):
     data.write_text('{"question": "a", "answer": "b"}\n{"question": "c", answer: "d"}\n')
     code = main(["train", "--model.name", str(tiny_model_dir), "--data.train", str(data), "--output_dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert code == 2 and "bad.jsonl" in err and "line 2" in err
+    assert code == 2 and "bad.jsonl:2" in err and "not valid JSON" in err
 
 
 def test_unknown_flag_exits_2(capsys):
