@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import ConfigError
+from tunelab.kernels.lora import lora_linear as fused_lora_linear
 
 
 class LoRALinear(nn.Module):
@@ -35,10 +36,15 @@ class LoRALinear(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
         if not self.enabled:
-            return y
+            return self.base_layer(x)
         a, b = self.lora_A.weight, self.lora_B.weight
+        if x.is_cuda and type(self.base_layer) is nn.Linear:
+            # One autograd node that saves only x and the (N, r) product; matmuls in x's dtype.
+            p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+            base = self.base_layer
+            return fused_lora_linear(x, base.weight, base.bias, a, b, self.scale, p, self.training)
+        y = self.base_layer(x)
         update = (self.dropout(x).to(a.dtype) @ a.T) @ b.T  # (..., r) then (..., out)
         return y + (self.scale * update).to(y.dtype)
 
