@@ -96,3 +96,35 @@ def linear_cross_entropy(
         logits = (h @ weight.T).float()  # (n, V)
         total = total + F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="sum")
     return total
+
+
+def dropout_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """(..., in) bool mask of the elements dropout keeps (each with probability 1 - p).
+
+    Drawn as `rand >= p` from one fp32 uniform tensor, so that `lora_linear` here and its fused twin draw the same
+    mask from the same seed and can be compared with dropout on.
+    """
+    return torch.rand(x.shape, device=x.device) >= p
+
+
+def lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scale: float,
+    dropout_p: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """x @ W^T (+ b) + scale * (dropout(x) @ A^T) @ B^T. x (..., in), W (out, in), A (r, in), B (out, r).
+
+    The adapter runs in x's dtype (A and B are cast, so fp32 adapters over a bf16 base work); dropout touches only
+    the adapter's input, as in PEFT, and only when `training` and `dropout_p > 0`.
+    """
+    base = F.linear(x, weight, bias)
+    dropped = x
+    if training and dropout_p > 0:
+        dropped = x * dropout_keep_mask(x, dropout_p) / (1.0 - dropout_p)
+    update = F.linear(F.linear(dropped, lora_a.to(x.dtype)), lora_b.to(x.dtype))  # (..., r) then (..., out)
+    return base + scale * update

@@ -1,0 +1,101 @@
+"""Causal attention on torch's own fused exact kernels (no flash-attn wheel exists on the GPU image).
+
+- Unpacked batches, and right-padded ones: `scaled_dot_product_attention(is_causal=True)`, with the cuDNN backend
+  asked for first, then flash, then memory-efficient, then math. Under right padding a real query only sees keys
+  at or before it, which are all real, so the plain causal kernel is exact for real tokens; padded queries see
+  padding too and only need to stay finite (the contract of `reference.attention`). No (B, 1, T, T) mask is built.
+  Grouped-query k/v go in unexpanded with `enable_gqa=True`; the backends that lack it are then skipped by SDPA.
+- Packed batches (`cu_seqlens`, B == 1): `torch.nn.attention.varlen.varlen_attn` (torch >= 2.10), causal flash
+  attention per document over (T, H, D). Positions past the last boundary form one more document, as in the
+  reference. The kernel needs the longest document as a Python int: a `cu_seqlens` on the CPU gives it for free,
+  one on the GPU costs a device sync per call. fp32, head dims that are not a multiple of 8 or over 256, and
+  torch without varlen_attn fall back to the reference (a dense (T, T) mask).
+
+No Triton here: these backends are faster than a hand-written kernel would be, and this module imports on CPU.
+"""
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.kernels import reference
+
+
+def _sdpa_backends() -> list:
+    from torch.nn.attention import SDPBackend
+
+    order = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+    return [getattr(SDPBackend, name) for name in order if hasattr(SDPBackend, name)]
+
+
+def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q (B, T, H, D), k/v (B, T, Hk, D) -> (B, T, H, D), causal."""
+    from torch.nn.attention import sdpa_kernel
+
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D) views, no copy
+    kwargs = {}
+    if qh.shape[1] != kh.shape[1]:
+        if torch.__version__ >= "2.5":
+            kwargs["enable_gqa"] = True
+        else:
+            groups = qh.shape[1] // kh.shape[1]
+            kh, vh = kh.repeat_interleave(groups, dim=1), vh.repeat_interleave(groups, dim=1)
+    if "set_priority" in inspect.signature(sdpa_kernel).parameters:
+        context = sdpa_kernel(_sdpa_backends(), set_priority=True)
+    else:
+        context = sdpa_kernel(_sdpa_backends())
+    with context:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, **kwargs)
+    return out.transpose(1, 2)
+
+
+def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor | None:
+    """Packed causal attention through varlen_attn; None when this torch has no varlen_attn."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    D = q.shape[-1]
+    if q.dtype not in (torch.float16, torch.bfloat16) or D % 8 or D > 256:
+        return None  # outside what the flash kernel under varlen_attn takes
+    T = q.shape[1]
+    bounds = [int(b) for b in cu_seqlens.tolist()]  # free on CPU, one sync on GPU
+    if bounds[-1] < T:
+        bounds.append(T)  # trailing positions: one more document, attending among themselves
+    max_len = max((b - a for a, b in zip(bounds, bounds[1:])), default=0)
+    cu = torch.tensor(bounds, dtype=torch.int32).to(q.device, non_blocking=True)
+    q3, k3, v3 = q[0], k[0], v[0]  # (T, H, D), (T, Hk, D)
+    params = inspect.signature(varlen_attn).parameters
+    kwargs = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if q3.shape[1] != k3.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            groups = q3.shape[1] // k3.shape[1]
+            k3, v3 = k3.repeat_interleave(groups, dim=1), v3.repeat_interleave(groups, dim=1)
+    out = varlen_attn(q3, k3, v3, cu, cu, max_len, max_len, **kwargs)  # (T, H, D)
+    return out.unsqueeze(0)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention. q (B, T, H, D), k/v (B, T, Hk, D) with H a multiple of Hk (grouped-query). Returns (B, T, H, D).
+
+    `cu_seqlens` (packing, B == 1): tokens attend only within their own document. `attention_mask` (B, T) of 1/0 marks
+    real tokens of a right-padded batch; padded positions only produce finite values.
+    """
+    if cu_seqlens is not None:
+        if q.shape[0] != 1:
+            raise ValueError(f"attention: cu_seqlens needs a packed batch of one row, got batch {q.shape[0]}")
+        if q.is_cuda:
+            out = _varlen(q, k, v, cu_seqlens)
+            if out is not None:
+                return out
+        return reference.attention(q, k, v, cu_seqlens=cu_seqlens)
+    return _causal_sdpa(q, k, v)

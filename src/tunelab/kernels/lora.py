@@ -1,0 +1,81 @@
+"""LoRA linear, y = x W^T (+ b) + scale * (drop(x) A^T) B^T, as one autograd node that saves little.
+
+Plain torch matmuls, no Triton: every step is a GEMM that cuBLAS already runs near the matrix-unit peak, and the
+rank-r products are too thin for a fused Triton GEMM to win. What this gains over composing nn.Linear modules is
+memory and passes:
+  - saved for backward: x (shared with whoever else saved it), xa = drop(x) A^T (N, r) and, with dropout on, a
+    bool keep-mask (1 byte an element); never drop(x) itself nor anything of size (N, out);
+  - the adapter update is added into the base output by one addmm (no (N, out) temporary for scale * xa B^T);
+  - W gets no gradient unless it asks for one (a frozen base skips the (out, in) GEMM).
+Backward, with g = dy (N, out) and gxa = scale * g B (N, r):
+  dB = scale * g^T xa,   dA = gxa^T drop(x),   dx = g W + (gxa A) * keep / (1 - p),   dW = g^T x,   db = sum g.
+Dropout draws its mask with `reference.dropout_keep_mask`, so under one seed this and `reference.lora_linear`
+drop the same elements.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.kernels.reference import dropout_keep_mask
+
+
+class LoRALinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scale, keep, dropout_p):
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)  # (r, in), (out, r)
+        dropped = x2 if keep is None else x2 * keep.reshape(x2.shape) / (1.0 - dropout_p)
+        xa = dropped @ a.T  # (N, r)
+        del dropped
+        out = F.linear(x2, weight, bias)  # (N, out)
+        out.addmm_(xa, b.T, alpha=scale)
+        ctx.save_for_backward(x2, weight, lora_a, lora_b, xa, keep)
+        ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, lora_a, lora_b, xa, keep = ctx.saved_tensors
+        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        scale, p = ctx.scale, ctx.dropout_p
+        a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)
+        g = dy.reshape(-1, dy.shape[-1])  # (N, out)
+        gxa = (g @ b).mul_(scale)  # (N, r)
+        keep2 = None if keep is None else keep.reshape(x2.shape)
+        dx = dw = dbias = da = db = None
+        if need_b:
+            db = torch.mm(g.T, xa).mul_(scale).to(lora_b.dtype)  # (out, r)
+        if need_a:
+            dropped = x2 if keep2 is None else x2 * keep2 / (1.0 - p)
+            da = torch.mm(gxa.T, dropped).to(lora_a.dtype)  # (r, in)
+        if need_x:
+            dx = g @ weight.to(g.dtype)  # (N, in)
+            if keep2 is None:
+                dx.addmm_(gxa, a)
+            else:
+                dx.add_((gxa @ a) * keep2, alpha=1.0 / (1.0 - p))
+            dx = dx.view(ctx.x_shape)
+        if need_w:
+            dw = torch.mm(g.T, x2).to(weight.dtype)  # (out, in)
+        if need_bias:
+            dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        return dx, dw, dbias, da, db, None, None, None
+
+
+def lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scale: float,
+    dropout_p: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """x @ W^T (+ b) + scale * (dropout(x) @ A^T) @ B^T. x (..., in), W (out, in), A (r, in), B (out, r).
+
+    Same contract as `reference.lora_linear`; see the module docstring for what it saves and why no Triton.
+    """
+    keep = dropout_keep_mask(x, dropout_p) if training and dropout_p > 0 else None
+    return LoRALinearFunction.apply(x, weight, bias, lora_a, lora_b, scale, keep, dropout_p)

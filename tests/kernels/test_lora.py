@@ -1,0 +1,117 @@
+"""LoRA linear: the reference against a float64 ground truth (CPU), the fused autograd node against the reference
+(CPU always, CUDA when present): output and the gradients of x, A, B (and of W and b when they ask for one),
+with and without dropout. Dropout masks agree because both draw them with `reference.dropout_keep_mask`.
+"""
+
+import zlib
+
+import pytest
+import torch
+
+from tunelab.kernels import reference
+from tunelab.kernels.lora import lora_linear
+
+# (leading dims of x, in, out, rank): one token, odd widths, ranks 1 to 16.
+SHAPES = [((1,), 577, 31, 8), ((7,), 1000, 129, 1), ((2, 13), 97, 1031, 16), ((3, 5), 64, 48, 4)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+SCALE = 2.0  # lora_alpha / r
+
+# Relative error ||a - b|| / ||b||. Against float64 truth: the reference rounds the base output, the rank-r
+# intermediate, the update and the sum to the dtype, a few ulps of bf16 (3.9e-3) / fp16 (4.9e-4); the bounds are
+# about four ulps. fp32 differs by summation order over up to 1000 terms.
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
+# Fused vs reference: the fused node adds the update with one addmm (one rounding instead of two) and computes
+# dx as one sum of two GEMMs: one or two ulps apart.
+FUSED_TOL = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2, torch.float16: 2e-3}
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    assert actual.shape == expected.shape and torch.isfinite(actual).all()
+    a, e = actual.double(), expected.double()
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(shape, dtype, device="cpu", frozen=True):
+    lead, n_in, n_out, rank = shape
+    g = torch.Generator().manual_seed(zlib.crc32(repr((shape, dtype)).encode()))
+    x = torch.randn(*lead, n_in, generator=g).to(device, dtype)
+    weight = (torch.randn(n_out, n_in, generator=g) / n_in**0.5).to(device, dtype).requires_grad_(not frozen)
+    bias = torch.randn(n_out, generator=g).to(device, dtype).requires_grad_(not frozen)
+    # Adapters in fp32 over a base in `dtype`, as mixed-precision LoRA training keeps them.
+    lora_a = (torch.randn(rank, n_in, generator=g) / n_in**0.5).to(device).requires_grad_()
+    lora_b = torch.randn(n_out, rank, generator=g).to(device).requires_grad_()
+    dy = torch.randn(*lead, n_out, generator=g).to(device, dtype)
+    return [x.requires_grad_(), weight, bias, lora_a, lora_b], dy
+
+
+def run(fn, inputs, dy, dropout_p=0.0, seed=0):
+    leaves = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+    torch.manual_seed(seed)  # the same dropout mask on both sides
+    y = fn(*leaves, SCALE, dropout_p, dropout_p > 0)
+    y.backward(dy)
+    return [y] + [t.grad for t in leaves]
+
+
+def ground_truth(x, weight, bias, lora_a, lora_b, scale, dropout_p, training):
+    x64 = x.double()
+    dropped = x64
+    if training and dropout_p > 0:
+        dropped = x64 * reference.dropout_keep_mask(x, dropout_p) / (1 - dropout_p)
+    return x64 @ weight.double().T + bias.double() + scale * (dropped @ lora_a.double().T) @ lora_b.double().T
+
+
+def check(got, want, tol, frozen):
+    assert got[0].dtype == want[0].dtype
+    for i, (g, w) in enumerate(zip(got, want)):
+        if frozen and i in (2, 3):  # W and b
+            assert g is None
+        else:
+            assert g.dtype == w.dtype and rel_error(g, w) < tol, i
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_matches_float64_ground_truth(shape, dtype, dropout_p):
+    inputs, dy = make_inputs(shape, dtype)
+    got = run(reference.lora_linear, inputs, dy, dropout_p)
+    want = run(ground_truth, inputs, dy, dropout_p)
+    # The truth's output and grads are float64; compare values, dtype checks belong to the fused test.
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert (g is None) == (w is None)
+        if g is not None:
+            assert rel_error(g, w) < TOL[dtype], i
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_matches_reference_on_cpu(shape, dtype, dropout_p, frozen):
+    inputs, dy = make_inputs(shape, dtype, frozen=frozen)
+    check(run(lora_linear, inputs, dy, dropout_p), run(reference.lora_linear, inputs, dy, dropout_p), FUSED_TOL[dtype],
+          frozen)  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("frozen", [True, False])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [((2, 13), 97, 4099, 16), ((4, 512), 4096, 4096, 16)])
+def test_fused_matches_reference_on_cuda(shape, dtype, dropout_p, frozen):
+    inputs, dy = make_inputs(shape, dtype, "cuda", frozen=frozen)
+    check(run(lora_linear, inputs, dy, dropout_p), run(reference.lora_linear, inputs, dy, dropout_p), FUSED_TOL[dtype],
+          frozen)  # fmt: skip
+
+
+def test_dropout_is_off_outside_training_and_keeps_one_minus_p():
+    inputs, dy = make_inputs(((64,), 97, 31, 4), torch.float32)
+    x, weight, bias, lora_a, lora_b = inputs
+    eval_out = lora_linear(x, weight, bias, lora_a, lora_b, SCALE, 0.5, False)
+    plain = lora_linear(x, weight, bias, lora_a, lora_b, SCALE, 0.0, False)
+    assert torch.equal(eval_out, plain)
+    torch.manual_seed(3)
+    kept = reference.dropout_keep_mask(torch.empty(200, 500), 0.25).float().mean().item()
+    assert abs(kept - 0.75) < 0.01  # 100k draws: standard error 0.0014
+    train_out = lora_linear(x, weight, bias, lora_a, lora_b, SCALE, 0.5, True)
+    assert not torch.allclose(train_out, plain)

@@ -1,0 +1,83 @@
+"""SwiGLU: the reference against a float64 autograd ground truth (CPU), the Triton kernel against the reference (CUDA).
+
+Without a GPU, `TRITON_INTERPRET=1` runs the Triton tests on the CPU in Triton's interpreter (slow; for kernel work).
+"""
+
+import os
+import zlib
+
+import pytest
+import torch
+
+from tunelab.kernels import reference
+
+# Sizes that leave a ragged last block (the kernel works in blocks of 2048 elements) and an MLP-like width.
+SHAPES = [(1, 577), (7, 1000), (3, 5, 4099), (1, 1), (2, 129, 1376)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+# Relative error ||a - b|| / ||b|| allowed per dtype. Both sides compute in fp32 and round once, so they differ by
+# one-ulp rounding flips (bf16 3.9e-3, fp16 4.9e-4) plus fp32 sigmoid/exp differences (~1e-7); about twice one ulp.
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
+needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA device (or TRITON_INTERPRET=1)")
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    assert actual.shape == expected.shape and torch.isfinite(actual).all()
+    a, e = actual.double(), expected.double()
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(shape, dtype, device="cpu"):
+    g = torch.Generator().manual_seed(zlib.crc32(repr((shape, dtype)).encode()))
+    gate = (torch.randn(shape, generator=g) * 4).to(device, dtype)  # wide enough to reach both silu tails
+    up = torch.randn(shape, generator=g).to(device, dtype)
+    dout = torch.randn(shape, generator=g).to(device, dtype)
+    return gate, up, dout
+
+
+def run(fn, gate, up, dout):
+    gate, up = gate.detach().clone().requires_grad_(), up.detach().clone().requires_grad_()
+    out = fn(gate, up)
+    out.backward(dout)
+    return out, gate.grad, up.grad
+
+
+def ground_truth(gate, up):
+    g = gate.double()
+    return g / (1 + torch.exp(-g)) * up.double()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_matches_float64_ground_truth(shape, dtype):
+    inputs = make_inputs(shape, dtype)
+    got = run(reference.swiglu, *inputs)
+    want = run(ground_truth, *inputs)
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and rel_error(g, w) < TOL[dtype]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(4, 1024, 2752)])
+def test_triton_matches_reference(shape, dtype):
+    pytest.importorskip("triton")
+    from tunelab.kernels.swiglu import swiglu
+
+    inputs = make_inputs(shape, dtype, DEVICE)
+    got = run(swiglu, *inputs)
+    want = run(reference.swiglu, *inputs)
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and rel_error(g, w) < TOL[dtype]
+
+
+@needs_triton
+def test_triton_takes_halves_of_a_fused_projection():
+    pytest.importorskip("triton")
+    from tunelab.kernels.swiglu import swiglu
+
+    gate_up = torch.randn(3, 7, 2 * 577, device=DEVICE, dtype=torch.bfloat16)
+    gate, up = gate_up.chunk(2, dim=-1)  # non-contiguous views
+    assert rel_error(swiglu(gate, up), reference.swiglu(gate, up)) < TOL[torch.bfloat16]
