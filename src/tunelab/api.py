@@ -13,7 +13,7 @@ from pathlib import Path
 from tunelab.infer.compare import Comparison, Question, compare as _compare, format_comparison, read_questions, save_comparison
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
-from tunelab.train.recipe import TrainResult, train
+from tunelab.training.recipe import TrainResult, train
 
 __all__ = ["train", "compare", "generate", "chat", "open_run", "TrainResult", "Comparison", "GenerationSettings", "LoadedRun"]
 

@@ -3,8 +3,8 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tunelab.train.schedule import lr_factor
-from tunelab.train.step import loss_tokens, summed_loss, train_step
+from tunelab.training.schedule import lr_factor
+from tunelab.training.step import loss_tokens, summed_loss, train_step
 
 def _model():
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tunelab.train.recipe as recipe
+import tunelab.training.recipe as recipe
 from tunelab.errors import RunDirError
 
 

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-import tunelab.train.recipe as recipe
+import tunelab.training.recipe as recipe
 from tunelab.config import DataConfig
 from tunelab.data.loader import build_datasets, make_batches
 from tunelab.data.packing import pack
 from tunelab.models.hf_adapter import from_hf_model
-from tunelab.train.step import loss_tokens, summed_loss
+from tunelab.training.step import loss_tokens, summed_loss
 
 
 

@@ -25,11 +25,11 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.build import BuiltModel, build_model, save_full_weights
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import save_adapter
-from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from tunelab.train.metrics import MetricsLog, plot_losses
-from tunelab.train.optim import build_optimizer
-from tunelab.train.schedule import lr_factor
-from tunelab.train.step import evaluate, train_step
+from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tunelab.training.metrics import MetricsLog, plot_losses
+from tunelab.training.optim import build_optimizer
+from tunelab.training.schedule import lr_factor
+from tunelab.training.step import evaluate, train_step
 
 RUN_FILE = "run.json"
 
