@@ -75,9 +75,15 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str):
     from tunelab.peft.lora import attach_lora
 
     config = LlamaConfig.from_hf(SHAPES[shape])
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config, select("auto"))
-    model = model.to_empty(device=device).to(torch.bfloat16 if device == "cuda" else torch.float32)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build the weights in their final dtype: no fp32 copy of 7B parameters
+    try:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config, select("auto"))
+    finally:
+        torch.set_default_dtype(default)
+    model = model.to_empty(device=device)
     torch.manual_seed(0)
     model.init_weights(std=0.02)
     if method == "lora":
