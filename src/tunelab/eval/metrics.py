@@ -1,0 +1,159 @@
+"""Scores of generated answers against expected ones: exact match, contains, ROUGE-L, refusals, and label tasks.
+
+Text answers are compared after `normalize`: lower case, runs of whitespace as one space, and punctuation at the end
+stripped ("Dundee." equals "dundee"). `contains` is the score `tunelab compare` reports (the expected text appears in
+the answer), with the same normalisation.
+
+ROUGE-L F1 comes from Google's `rouge-score` package, the reference implementation. Its default tokenizer keeps only
+[a-z0-9] and so scores every non-ASCII answer 0; we give it a Unicode word tokenizer instead (lower-cased `\\w+` runs).
+
+Label tasks (classification by generation): the generated answer is mapped to one of the task's labels
+(`predict_label`), then accuracy, per-class precision/recall/F1 and a confusion table are computed. An answer that
+names no label is predicted as `NO_LABEL`; it counts against recall of the true class and is its own confusion column.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+
+NO_LABEL = "(no label)"
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def normalize(text: str) -> str:
+    """Lower case, whitespace collapsed, trailing punctuation (any Unicode P* character) removed."""
+    text = re.sub(r"\s+", " ", text).strip().lower()
+    end = len(text)
+    while end and (unicodedata.category(text[end - 1]).startswith("P") or text[end - 1] == " "):
+        end -= 1
+    return text[:end]
+
+
+def exact_match(answer: str, expected: str) -> bool:
+    return normalize(answer) == normalize(expected)
+
+
+def contains(answer: str, expected: str) -> bool:
+    """The expected text appears in the answer (both normalised; an empty expected text never matches)."""
+    want = normalize(expected)
+    return bool(want) and want in normalize(answer)
+
+
+def refused(answer: str, refusal: str) -> bool:
+    """The answer contains the refusal sentence."""
+    return contains(answer, refusal)
+
+
+class _WordTokenizer:
+    """Lower-cased Unicode word runs, the tokenizer interface rouge-score expects (`tokenize(text) -> list[str]`)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return _WORD.findall(text.lower())
+
+
+def rouge_l(answers: list[str], expected: list[str]) -> list[float]:
+    """ROUGE-L F1 (longest common subsequence of words) of each answer against its expected text, in [0, 1]."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        from tunelab.errors import TunelabError
+
+        raise TunelabError("ROUGE-L needs the 'rouge-score' package. Install it with: pip install rouge-score") from None
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_WordTokenizer())
+    return [scorer.score(target, prediction)["rougeL"].fmeasure for prediction, target in zip(answers, expected, strict=True)]
+
+
+@dataclass
+class TextScores:
+    """Means over n answers; refusal_rate is None when no refusal sentence is known."""
+
+    n: int
+    exact_match: float
+    contains: float
+    rouge_l: float
+    refusal_rate: float | None = None
+
+
+def text_scores(answers: list[str], expected: list[str], refusal: str | None = None) -> TextScores:
+    n = len(answers)
+    if n == 0 or n != len(expected):
+        raise ValueError(f"need as many answers as expected texts, at least one (got {n} and {len(expected)})")
+    rouge = rouge_l(answers, expected)
+    return TextScores(
+        n=n,
+        exact_match=sum(map(exact_match, answers, expected)) / n,
+        contains=sum(map(contains, answers, expected)) / n,
+        rouge_l=sum(rouge) / n,
+        refusal_rate=sum(refused(a, refusal) for a in answers) / n if refusal else None,
+    )
+
+
+def predict_label(answer: str, labels: list[str]) -> str:
+    """The label an answer gives: the label it equals (normalised), else the label named earliest in it as whole
+    words (the longer one on a tie, so "very positive" wins over "positive"), else NO_LABEL."""
+    text = normalize(answer)
+    for label in labels:
+        if normalize(label) == text:
+            return label
+    best: tuple[int, int, str] | None = None  # (start, -length, label): the smallest wins
+    for label in labels:
+        want = normalize(label)
+        if not want:
+            continue
+        found = re.search(rf"(?<!\w){re.escape(want)}(?!\w)", text)
+        if found and (best is None or (found.start(), -len(want)) < best[:2]):
+            best = (found.start(), -len(want), label)
+    return best[2] if best else NO_LABEL
+
+
+@dataclass
+class ClassScores:
+    precision: float  # of the answers predicted as this class, the share that truly are (0 when none predicted)
+    recall: float  # of the rows of this class, the share predicted as it
+    f1: float
+    support: int  # rows whose expected label is this class
+    predicted: int  # answers predicted as this class
+
+
+@dataclass
+class LabelScores:
+    labels: list[str]
+    n: int
+    accuracy: float
+    macro_f1: float  # unweighted mean of the per-class F1
+    per_class: dict[str, ClassScores] = field(default_factory=dict)
+    confusion: dict[str, dict[str, int]] = field(default_factory=dict)  # expected -> predicted -> count (non-zero only)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def label_scores(expected: list[str], predicted: list[str], labels: list[str] | None = None) -> LabelScores:
+    """Accuracy, per-class precision/recall/F1 and the confusion counts of predicted labels against expected ones."""
+    if not expected or len(expected) != len(predicted):
+        raise ValueError(f"need as many predictions as expected labels, at least one (got {len(predicted)} and {len(expected)})")
+    labels = list(labels) if labels is not None else list(dict.fromkeys(expected))
+    confusion: dict[str, dict[str, int]] = {}
+    for want, got in zip(expected, predicted):
+        row = confusion.setdefault(want, {})
+        row[got] = row.get(got, 0) + 1
+    per_class = {}
+    for label in labels:
+        tp = confusion.get(label, {}).get(label, 0)
+        support = sum(confusion.get(label, {}).values())
+        n_predicted = sum(row.get(label, 0) for row in confusion.values())
+        precision = tp / n_predicted if n_predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = ClassScores(precision, recall, f1, support, n_predicted)
+    correct = sum(want == got for want, got in zip(expected, predicted))
+    return LabelScores(
+        labels=labels,
+        n=len(expected),
+        accuracy=correct / len(expected),
+        macro_f1=sum(c.f1 for c in per_class.values()) / len(per_class) if per_class else 0.0,
+        per_class=per_class,
+        confusion=confusion,
+    )

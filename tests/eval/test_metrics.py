@@ -1,0 +1,102 @@
+"""Answer scores on hand-made pairs whose values are worked out by hand."""
+
+import pytest
+
+from tunelab.eval.metrics import (
+    NO_LABEL,
+    contains,
+    exact_match,
+    label_scores,
+    normalize,
+    predict_label,
+    refused,
+    rouge_l,
+    text_scores,
+)
+
+
+def test_normalize_case_whitespace_and_trailing_punctuation():
+    assert normalize("  The  Office\tis in\nDUNDEE. ") == "the office is in dundee"
+    assert normalize("Yes !?") == "yes"
+    assert normalize("完了。") == "完了"
+    assert normalize("1.5") == "1.5"  # only trailing punctuation goes
+    assert normalize("...") == ""
+
+
+@pytest.mark.parametrize(
+    "answer, expected, exact, within",
+    [
+        ("Dundee.", "dundee", True, True),
+        ("  DUNDEE ", "Dundee.", True, True),
+        ("It is in Dundee, Scotland.", "Dundee", False, True),
+        ("It is in Dundee, Scotland.", "Dundee.", False, True),  # the expected text's final full stop is not required
+        ("Founded in 1997", "1998", False, False),
+        ("moss   green and\nslate grey", "Moss green and slate grey", True, True),
+        ("anything", "", False, False),  # an empty expected text never scores
+    ],
+)
+def test_exact_match_and_contains(answer, expected, exact, within):
+    assert exact_match(answer, expected) is exact
+    assert contains(answer, expected) is within
+
+
+def test_refused():
+    sentence = "I can only answer questions about Tallowmere Robotics."
+    assert refused("Sorry! I can only answer questions about Tallowmere Robotics", sentence)
+    assert not refused("Boil it for 7 minutes.", sentence)
+
+
+def test_rouge_l_values():
+    scores = rouge_l(
+        ["the cat sat", "the cat sat on the mat", "a b c d", "nothing shared", "Привет, мир!"],
+        ["the cat sat on the mat", "The cat sat on the mat.", "d c b a", "at all here", "привет мир"],
+    )
+    # LCS 3 words: precision 3/3, recall 3/6 -> F1 = 2 * 1 * 0.5 / 1.5
+    assert scores[0] == pytest.approx(2 / 3)
+    assert scores[1] == pytest.approx(1.0)  # case and punctuation do not count
+    assert scores[2] == pytest.approx(0.25)  # reversed order: the LCS is one word of four
+    assert scores[3] == 0.0
+    assert scores[4] == pytest.approx(1.0)  # non-ASCII words are words (rouge-score's default tokenizer drops them)
+
+
+def test_text_scores_means():
+    s = text_scores(["Dundee.", "It was 1997", "no idea"], ["Dundee", "1997", "Quarrel Lane"], refusal="no idea")
+    assert s.n == 3
+    assert s.exact_match == pytest.approx(1 / 3)
+    assert s.contains == pytest.approx(2 / 3)
+    assert s.rouge_l == pytest.approx((1.0 + 2 * 1 * (1 / 3) / (1 + 1 / 3) + 0.0) / 3)
+    assert s.refusal_rate == pytest.approx(1 / 3)
+    assert text_scores(["a"], ["a"]).refusal_rate is None
+    with pytest.raises(ValueError):
+        text_scores(["a"], ["a", "b"])
+
+
+def test_predict_label():
+    labels = ["positive", "negative", "very positive"]
+    assert predict_label("Negative.", labels) == "negative"
+    assert predict_label("I would say negative, not positive", labels) == "negative"  # the earliest named
+    assert predict_label("This is very positive!", labels) == "very positive"  # the longest at the same place
+    assert predict_label("The sentiment is unclear", labels) == NO_LABEL
+    assert predict_label("positively", labels) == NO_LABEL  # whole words only
+    assert predict_label("0", ["0", "1"]) == "0"
+
+
+def test_label_scores_per_class_on_a_small_confusion():
+    expected = ["a", "a", "a", "b", "b", "c"]
+    predicted = ["a", "a", "b", "b", NO_LABEL, "c"]
+    s = label_scores(expected, predicted, ["a", "b", "c"])
+    assert s.n == 6
+    assert s.accuracy == pytest.approx(4 / 6)
+    a, b, c = s.per_class["a"], s.per_class["b"], s.per_class["c"]
+    # a: 2 of 3 found, both predictions right; b: 1 of 2 found, 1 of its 2 predictions right; c: perfect
+    assert (a.precision, a.recall, a.f1, a.support, a.predicted) == pytest.approx((1.0, 2 / 3, 0.8, 3, 2))
+    assert (b.precision, b.recall, b.f1, b.support, b.predicted) == pytest.approx((0.5, 0.5, 0.5, 2, 2))
+    assert (c.precision, c.recall, c.f1) == pytest.approx((1.0, 1.0, 1.0))
+    assert s.macro_f1 == pytest.approx((0.8 + 0.5 + 1.0) / 3)
+    assert s.confusion == {"a": {"a": 2, "b": 1}, "b": {"b": 1, NO_LABEL: 1}, "c": {"c": 1}}
+
+
+def test_label_scores_class_never_predicted_has_zero_precision():
+    s = label_scores(["x", "y"], ["x", "x"], ["x", "y"])
+    assert s.per_class["y"].precision == 0.0 and s.per_class["y"].recall == 0.0 and s.per_class["y"].f1 == 0.0
+    assert s.per_class["x"].precision == 0.5 and s.per_class["x"].recall == 1.0
