@@ -1,0 +1,181 @@
+"""evaluate_run on a tiny trained run: the loss matches training's own eval, every number is there and finite, and
+bad input fails early with the file, line or option named."""
+
+import json
+import math
+import shutil
+import subprocess
+
+import pytest
+
+import tunelab.training.recipe as recipe
+from tunelab.data.loader import split_eval
+from tunelab.errors import DataError, RunDirError
+from tunelab.eval.evaluate import EVAL_FILE, check_run_dir, evaluate_run, format_eval
+from tunelab.eval.report import build_report
+from tunelab.infer.generate import GenerationSettings
+from tunelab.infer.run import open_run
+
+REFUSAL = "I cannot say."
+QA = [{"question": f"What is the code of box {i}?", "answer": f"Box {i} has code {1000 + 37 * i}."} for i in range(24)]
+SETTINGS = GenerationSettings(max_new_tokens=5)
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    """One LoRA step of the tiny random model with a quarter of the data held out (eval loss in run.json)."""
+    root = tmp_path_factory.mktemp("eval-run")
+    data = _write_jsonl(root / "qa.jsonl", QA)
+    recipe.train(None, {
+        "model.name": str(tiny_model_dir), "data.train": [str(data)], "data.system_prompt": "You answer box questions.",
+        "data.max_length": 64, "data.eval_fraction": 0.25, "method.r": 4, "train.micro_batch": 4, "train.max_steps": 1,
+        "train.lr": 1e-2, "eval.refusal": REFUSAL, "output_dir": str(root / "run"),
+    })
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def loaded(trained):
+    return open_run(trained, device="cpu")
+
+
+def test_loss_is_training_eval_loss_with_expected_as_answer(trained, loaded, tmp_path):
+    """The held-out rows as question/expected give the eval loss training logged: same rendering, same loss."""
+    _, held = split_eval(QA, 0.25, 42)  # the run's seed
+    path = _write_jsonl(tmp_path / "held.jsonl", [{"question": r["question"], "expected": r["answer"]} for r in held])
+    result = evaluate_run(loaded, path, SETTINGS, overwrite=True)
+    info = json.loads((trained / "run.json").read_text())
+
+    assert result.tuned.eval_loss == pytest.approx(info["eval_loss"], rel=1e-4)
+    assert result.base.eval_loss != pytest.approx(result.tuned.eval_loss, rel=1e-6)  # the adapter changed something
+    for scores in (result.base, result.tuned):
+        assert math.isfinite(scores.eval_loss) and scores.eval_loss > 0
+        assert scores.perplexity == pytest.approx(math.exp(scores.eval_loss))
+        assert 0 < scores.generated_tokens <= len(held) * SETTINGS.max_new_tokens
+        assert scores.tokens_per_s > 0 and math.isfinite(scores.tokens_per_s)
+        assert scores.overall.n == len(held) and 0 <= scores.overall.rouge_l <= 1
+        assert scores.overall.refusal_rate is not None  # the run's refusal sentence is the default
+    assert result.refusal == REFUSAL
+    assert result.loss_rows == len(held) and result.loss_tokens > 0
+
+    saved = json.loads((trained / EVAL_FILE).read_text())
+    assert saved["tuned"]["eval_loss"] == result.tuned.eval_loss
+    assert [r["question"] for r in saved["rows"]] == [r["question"] for r in held]
+    assert {"text", "exact", "contains", "rouge_l", "refused"} <= saved["rows"][0]["base"].keys()
+    assert "eval loss" in format_eval(result)
+
+
+def test_mixed_formats_label_task_and_text_rows(loaded, tmp_path):
+    path = _write_jsonl(tmp_path / "mixed.jsonl", [
+        {"question": "What is the code of box 3?", "expected": "Box 3 has code 1111.", "kind": "fact"},
+        {"question": "What is the code of box 4?", "answer": "Box 4 has code 1148.", "kind": "fact"},
+        {"messages": [{"role": "user", "content": "Bake bread?"}, {"role": "assistant", "content": REFUSAL}], "kind": "off_topic"},
+        {"question": "Is 'great box' positive or negative?", "label": "positive"},
+        {"question": "Is 'awful box' positive or negative?", "label": "negative"},
+        {"question": "Is 'fine box' positive or negative?", "label": "positive"},
+    ])
+    _write_jsonl(tmp_path / "more.jsonl", [{"text": "Boxes hold codes."}])
+    result = evaluate_run(loaded, path, SETTINGS, refusal="Nope.", save=False)
+
+    assert result.rows_read == 6 and result.loss_rows == 6
+    assert [r.kind for r in result.rows] == ["fact", "fact", "off_topic", "label", "label", "label"]
+    assert [r.task for r in result.rows] == ["text"] * 3 + ["label"] * 3
+    assert result.rows[1].expected == "Box 4 has code 1148." and result.rows[2].expected == REFUSAL
+    assert result.rows[2].location.endswith("mixed.jsonl:3")
+    assert result.refusal == "Nope."
+    for scores in (result.base, result.tuned):
+        assert set(scores.by_kind) == {"fact", "off_topic", "label"}
+        task = scores.label_tasks["label"]
+        assert task.labels == ["positive", "negative"] and task.n == 3
+        assert sum(c.support for c in task.per_class.values()) == 3
+        assert sum(sum(row.values()) for row in task.confusion.values()) == 3
+        assert 0 <= task.accuracy <= 1
+    assert all(r.tuned.label is not None for r in result.rows if r.task == "label")
+
+    text_only = evaluate_run(loaded, tmp_path / "more.jsonl", SETTINGS, save=False)
+    assert text_only.rows == [] and text_only.tuned.overall is None and text_only.tuned.eval_loss > 0
+
+
+def test_report_of_the_real_run_in_chromium(trained, loaded, tmp_path):
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    _, held = split_eval(QA, 0.25, 42)
+    path = _write_jsonl(tmp_path / "held.jsonl", [{"question": r["question"], "expected": r["answer"]} for r in held])
+    result = evaluate_run(loaded, path, SETTINGS, overwrite=True)
+    page = build_report(trained, tmp_path / "report.html")
+    dom = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    # loss, learning rate, tokens/s, grad norm, answer scores, token-length histogram
+    assert dom.count("<svg") == 6 and dom.count("<path") > 50
+    assert f'<th>eval loss (nats / token)</th><td class="num">{result.base.eval_loss:,.4f}</td><td class="num">{result.tuned.eval_loss:,.4f}</td>' in dom
+    assert dom.count('class="answer-row"') == len(held)
+    assert 'class="files"' in dom and "question_answer" in dom and "lora" in dom
+
+
+# ------------------------------------------------------------------ bad input, found before any model is loaded
+
+
+def _fake_run(path, method="lora", files=("adapter_config.json", "adapter_model.safetensors"), finished=True):
+    path.mkdir()
+    (path / "run.json").write_text(json.dumps({"base_model": "x", "method": method, "finished": finished, "refusal": None}))
+    for name in files:
+        (path / name).write_text("")
+    return path
+
+
+def test_unknown_run_dir(tmp_path):
+    with pytest.raises(RunDirError, match="no such run directory"):
+        evaluate_run(tmp_path / "nope", tmp_path / "q.jsonl")
+
+
+def test_not_a_run_dir_and_unfinished_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="no run.json"):
+        check_run_dir(tmp_path / "empty")
+    with pytest.raises(RunDirError, match="did not finish"):
+        check_run_dir(_fake_run(tmp_path / "unfinished", finished=False))
+
+
+def test_run_without_adapter_or_weights(tmp_path):
+    with pytest.raises(RunDirError, match="adapter_model.safetensors missing"):
+        check_run_dir(_fake_run(tmp_path / "lora", files=("adapter_config.json",)))
+    with pytest.raises(RunDirError, match=r"no \*.safetensors weights"):
+        check_run_dir(_fake_run(tmp_path / "full", method="full", files=("config.json",)))
+    check_run_dir(_fake_run(tmp_path / "ok", method="full", files=("model.safetensors",)))
+
+
+def test_rows_without_expected_answers_name_file_and_line(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    path = _write_jsonl(tmp_path / "q.jsonl", [{"question": "a?", "expected": "a"}, {"question": "b?", "kind": "fact"}])
+    with pytest.raises(DataError, match=r"q\.jsonl:2: the row has no expected answer"):
+        evaluate_run(run, path)
+    _write_jsonl(path, [{"question": "a?", "expected": "  "}])
+    with pytest.raises(DataError, match=r"q\.jsonl:1: field 'expected' must be non-empty"):
+        evaluate_run(run, path)
+    _write_jsonl(path, [{"question": "a?", "answer": "A."}, {"question": "b?", "answer": ""}])
+    with pytest.raises(DataError, match=r"empty answer at .*q\.jsonl:2"):
+        evaluate_run(run, path)
+    _write_jsonl(path, [{"expected": "A."}])
+    with pytest.raises(DataError, match=r"q\.jsonl:1: .*no question"):
+        evaluate_run(run, path)
+    with pytest.raises(DataError, match="eval file not found"):
+        evaluate_run(run, tmp_path / "missing.jsonl")
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    (run / EVAL_FILE).write_text("{}")
+    with pytest.raises(RunDirError, match="eval.json exists. Pass --overwrite"):
+        evaluate_run(run, tmp_path / "q.jsonl")
+    (run / "report.html").write_text("")
+    with pytest.raises(RunDirError, match="report.html exists"):
+        build_report(run)
