@@ -178,7 +178,7 @@ def read_eval_file(path: str | Path, data: DataConfig) -> list[EvalItem]:
         raise DataError(f"{path}: the eval file holds no rows.")
     fields = data.fields
     items: list[EvalItem | None] = [None] * len(records)
-    training = []  # (index, record) of rows in a training format
+    training = []  # (index, record, expected, kind, is_label) of rows that to_examples converts
     for i, record in enumerate(records):
         row, where = record.row, location(record.path, record.line)
         is_label = "label" in row
@@ -206,7 +206,8 @@ def read_eval_file(path: str | Path, data: DataConfig) -> list[EvalItem]:
         items[i] = EvalItem(example, prompt, expected, kind, is_label)
 
     report = DataReport()
-    # one record at a time: each row's format is detected on its own, so one file may mix formats
+    # One record at a time, format "auto": each row's format is detected on its own (the run's data.format was
+    # chosen for its training files), so one eval file may mix formats; data.fields still maps column names.
     examples = [ex for t in training for ex in to_examples([t[1]], "auto", fields, data.system_prompt, report)]
     if report.skips:
         reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())
