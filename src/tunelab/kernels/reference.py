@@ -101,10 +101,10 @@ def linear_cross_entropy(
 def dropout_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """(..., in) bool mask of the elements dropout keeps (each with probability 1 - p).
 
-    Drawn as `rand >= p` from one fp32 uniform tensor, so that `lora_linear` here and its fused twin draw the same
-    mask from the same seed and can be compared with dropout on.
+    Drawn straight into a bool tensor (no fp32 uniform temporary), and by this one function, so that `lora_linear`
+    here and its fused twin draw the same mask from the same seed and can be compared with dropout on.
     """
-    return torch.rand(x.shape, device=x.device) >= p
+    return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
 
 
 def lora_linear(

@@ -72,7 +72,7 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _rope(q, k, cos, sin, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _rope(q, k, cos, sin, backward: bool, warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel over (B, T) tokens; q (B, T, H, D), k (B, T, Hk, D), cos/sin (B or 1, T, D)."""
     B, T, H, D = q.shape
     Hk = k.shape[2]
@@ -84,7 +84,7 @@ def _rope(q, k, cos, sin, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
     k_out = torch.empty((B, T, Hk, D), dtype=k.dtype, device=k.device)
     block_half = triton.next_power_of_2(D // 2)
     block_qh, block_kh = triton.next_power_of_2(H), triton.next_power_of_2(Hk)
-    warps = 4 if block_qh * block_half <= 2048 else 8
+    warps = warps or (4 if block_qh * block_half <= 2048 else 8)
     if B * T:
         _rope_kernel[(B * T,)](
             q, k, cos, sin, q_out, k_out,
