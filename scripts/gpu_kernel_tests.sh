@@ -34,7 +34,7 @@ XDIST=""
 if $PY -c "import xdist" 2>/dev/null; then XDIST="-n 4"; fi
 # --confcutdir: the kernel tests need none of the repository-wide fixtures (they load models).
 # shellcheck disable=SC2086
-$PY -m pytest -q tests/kernels --confcutdir=tests/kernels -rfE --tb=short $XDIST ${PYTEST_ARGS:--x} 2>&1 \
+$PY -m pytest -q tests/kernels --confcutdir=tests/kernels -rfE --tb=short -p no:benchmark $XDIST ${PYTEST_ARGS:--x} 2>&1 \
     | tee "$LOG_DIR/pytest_kernels.log" | tail -n 60
 status=${PIPESTATUS[0]}
 
@@ -44,6 +44,7 @@ import statistics
 import traceback
 
 import torch
+import triton
 
 from tunelab.kernels import reference
 from tunelab.kernels.attention import attention
@@ -89,6 +90,9 @@ def case(make, fn, grads_of):
         with torch.no_grad():
             return fn(*args, **kwargs)
 
+    def fwd_graph():
+        return fn(*args, **kwargs)
+
     def fwd_bwd():
         for t in grads_of(args):
             t.grad = None
@@ -96,7 +100,18 @@ def case(make, fn, grads_of):
         outs, douts = (out, dout) if isinstance(out, tuple) else ((out,), (dout,))
         torch.autograd.backward(outs, douts)
 
-    return fwd, fwd_bwd, kwargs
+    return fwd, fwd_bwd, fwd_graph, kwargs
+
+
+def saved_mb(fwd_graph):
+    """Memory held from the forward to the backward: the output plus what autograd saved."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    out = fwd_graph()
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - base
+    del out
+    return held / 2**20
 
 
 def rel(a, b, kwargs):
@@ -143,7 +158,7 @@ CASES = [
      lambda: ((leaf(B, T, H, HD), leaf(B, T, H, HD), leaf(B, T, H, HD)), {"attention_mask": mask},
               leaf(B, T, H, HD, grad=False) * mask[:, :, None, None])),
     ("attention", "1x8192 packed 12 docs", attention, reference.attention,
-     lambda: ((leaf(1, N, H, HD), leaf(1, N, H, HD), leaf(1, N, H, HD)), {"cu_seqlens": docs},
+     lambda: ((leaf(1, N, H, HD), leaf(1, N, H, HD), leaf(1, N, H, HD)), {"cu_seqlens": docs.to(dev)},
               leaf(1, N, H, HD, grad=False))),
     ("lora_linear", "8192x4096 r16", lora_linear, reference.lora_linear, lambda: lora_in(0.0)),
     ("lora_linear", "r16 dropout .05", lora_linear, reference.lora_linear, lambda: lora_in(0.05)),
@@ -154,23 +169,26 @@ rows = []
 for op, variant, fused, ref, make in CASES:
     try:
         torch.manual_seed(1)
-        f_fwd, f_fb, kwargs = case(make, fused, grads_of)
+        f_fwd, f_fb, f_graph, kwargs = case(make, fused, grads_of)
         torch.manual_seed(1)
-        r_fwd, r_fb, _ = case(make, ref, grads_of)
+        r_fwd, r_fb, r_graph, _ = case(make, ref, grads_of)
         err = rel(f_fwd(), r_fwd(), kwargs) if "dropout" not in variant else float("nan")
         times = [median_ms(fn) for fn in (r_fwd, f_fwd, r_fb, f_fb)]
-        mems = [peak_mb(fn) for fn in (r_fb, f_fb)]
+        mems = [peak_mb(fn) for fn in (r_fb, f_fb)] + [saved_mb(fn) for fn in (r_graph, f_graph)]
         rows.append((op, variant, *times, times[2] / times[3], *mems, err))
     except Exception:
         traceback.print_exc()
-        rows.append((op, variant) + (float("nan"),) * 8)
+        rows.append((op, variant) + (float("nan"),) * 10)
     torch.cuda.empty_cache()
 
-print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, median of 20 (ms), peak = extra memory of fwd+bwd")
-head = ("op", "shape", "ref fwd", "fused fwd", "ref f+b", "fused f+b", "f+b x", "ref MiB", "fused MiB", "rel err")
+print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, bf16; times: median "
+      "of 20 (ms); peak: extra memory of fwd+bwd; held: output + saved for backward (MiB)")
+head = ("op", "shape", "ref fwd", "fused fwd", "ref f+b", "fused f+b", "f+b x", "ref peak", "fused peak", "ref held",
+        "fused held", "rel err")
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 for r in rows:
-    print(f"| {r[0]} | {r[1]} | " + " | ".join(f"{v:.3f}" for v in r[2:6]) + f" | {r[6]:.2f} | {r[7]:.0f} | {r[8]:.0f} | {r[9]:.1e} |")
+    cells = [f"{v:.3f}" for v in r[2:6]] + [f"{r[6]:.2f}"] + [f"{v:.0f}" for v in r[7:11]] + [f"{r[11]:.1e}"]
+    print(f"| {r[0]} | {r[1]} | " + " | ".join(cells) + " |")
 EOF
 exit "$status"

@@ -5,11 +5,15 @@
   at or before it, which are all real, so the plain causal kernel is exact for real tokens; padded queries see
   padding too and only need to stay finite (the contract of `reference.attention`). No (B, 1, T, T) mask is built.
   Grouped-query k/v go in unexpanded with `enable_gqa=True`; the backends that lack it are then skipped by SDPA.
+  On an H200 (torch 2.11, bf16, 4 x 2048, 32 heads x 128, fwd+bwd): cuDNN 1.34 ms, flash 2.31, memory-efficient
+  4.40; with 8 kv heads cuDNN takes enable_gqa itself (1.32 ms; 1.46 with k/v expanded first).
 - Packed batches (`cu_seqlens`, B == 1): `torch.nn.attention.varlen.varlen_attn` (torch >= 2.10), causal flash
   attention per document over (T, H, D). Positions past the last boundary form one more document, as in the
   reference. The kernel needs the longest document as a Python int: a `cu_seqlens` on the CPU gives it for free,
   one on the GPU costs a device sync per call. fp32, head dims that are not a multiple of 8 or over 256, and
-  torch without varlen_attn fall back to the reference (a dense (T, T) mask).
+  torch without varlen_attn fall back to the reference (a dense (T, T) mask). torch 2.11's varlen_attn has no
+  enable_gqa (later versions do), so grouped k/v are expanded for it when needed. 12 documents in 8192 tokens,
+  32 heads x 128, bf16, fwd+bwd on an H200: 1.9 ms, against 31.6 ms for the reference's masked SDPA.
 
 No Triton here: these backends are faster than a hand-written kernel would be, and this module imports on CPU.
 """
