@@ -64,3 +64,16 @@ def tiny_overrides(tiny_model_dir, qa_file, tmp_path):
         "train.lr": 1e-3,
         "output_dir": str(tmp_path / "run"),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory, tiny_model_dir):
+    """A finished LoRA run (3 steps) of the tiny random model: for tests of what reads a run directory."""
+    from tunelab.training.recipe import train
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    data = folder / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Code of box {i}?", "answer": f"Box {i}: {1000 + 37 * i}."}) + "\n" for i in range(16)))
+    overrides = {"model.name": str(tiny_model_dir), "data.train": [str(data)], "data.max_length": 64, "method.r": 4,
+                 "train.micro_batch": 4, "train.max_steps": 3, "train.lr": 1e-3, "output_dir": str(folder / "run")}
+    return train(None, overrides).run_dir

@@ -65,10 +65,12 @@ def open_run(run_dir: str | Path, device: str = "auto", dtype: str = "auto") -> 
     info = read_run_info(run_dir)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    if info["method"] == "lora" and not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"{run_dir}: the run was trained with LoRA but holds no adapter ({CONFIG_FILE} is missing).")
+    if info["method"] != "lora" and not (run_dir / "config.json").is_file():
+        raise RunDirError(f"{run_dir}: the run holds no weights (config.json is missing).")
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)))  # saved beside the weights by train
     if info["method"] == "lora":
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise RunDirError(f"{run_dir}: the run was trained with LoRA but holds no adapter ({CONFIG_FILE} is missing).")
         model = load_hf_model(resolve_source(info["base_model"]), dt, dev)
         load_adapter(model, run_dir)
         model.to(dev)
