@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -94,13 +95,16 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str):
 
 
 def run(args) -> dict:
+    # As `tunelab train` does: grow allocator segments instead of caching fixed blocks (less fragmentation).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     ceiling = args.ceiling or (matmul_ceiling() if cuda else None)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    model = build(args.shape, args.method, args.r, args.checkpointing, device)
+    checkpointing = "offload" if args.offload else args.checkpointing
+    model = build(args.shape, args.method, args.r, checkpointing, device)
     load_s = time.perf_counter() - t0
     alloc_after_load = torch.cuda.memory_allocated() / GIB if cuda else 0.0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -130,7 +134,7 @@ def run(args) -> dict:
     median = statistics.median(steady)
     tokens_per_s = args.batch * args.seq / median
     flops = flops_per_token(SHAPES[args.shape], args.seq, args.r)
-    name = f"tunelab_{args.method}_bf16" + ("" if args.checkpointing else "_nogc")
+    name = f"tunelab_{args.method}_bf16" + ("_offload" if args.offload else "" if args.checkpointing else "_nogc")
     record = {
         "config": name, "shape": args.shape, "seq": args.seq, "batch": args.batch, "checkpointing": args.checkpointing,
         "steps": args.steps, "median_s": round(median, 4), "tokens_per_s": round(tokens_per_s, 1),
@@ -182,6 +186,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
+    ap.add_argument("--offload", action="store_true", help="checkpointing with layer inputs in pinned host memory")
     ap.add_argument("--ceiling", type=float, default=None, help="bf16 matmul TFLOP/s (default: measured now)")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON record to this file")
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")

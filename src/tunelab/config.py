@@ -84,6 +84,7 @@ class TrainConfig:
     keep_checkpoints: int = opt(2, "how many step checkpoints to keep", min=1)
     log_every: int = opt(1, "append metrics every N optimizer steps", min=1)
     checkpointing: bool = opt(False, "recompute each decoder layer in backward instead of keeping its activations (less memory, ~30% slower)")
+    offload_activations: bool = opt(False, "with checkpointing on CUDA: keep the layer inputs in pinned CPU memory until backward")
 
 
 @dataclass
@@ -281,6 +282,8 @@ def _resolve_paths(value: Any, folder: Path) -> Any:
 
 def _check_consistency(config: RunConfig) -> None:
     """Rules that involve more than one option."""
+    if config.train.offload_activations and not config.train.checkpointing:
+        raise ConfigError("option 'train.offload_activations' needs 'train.checkpointing: true' (it offloads the checkpointed layer inputs).")
     if config.data.eval and config.data.eval_fraction:
         raise ConfigError("options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split.")
 

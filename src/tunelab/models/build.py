@@ -58,7 +58,8 @@ def apply_method(model: nn.Module, method: MethodConfig) -> None:
                 p.requires_grad_(True)
 
 
-def build_model(source: ModelSource, model_cfg: ModelConfig, method: MethodConfig, checkpointing: bool = False) -> BuiltModel:
+def build_model(source: ModelSource, model_cfg: ModelConfig, method: MethodConfig, checkpointing: bool | str = False) -> BuiltModel:
+    """checkpointing: False, True, or "offload" (checkpointed layer inputs kept in CPU memory; fast path on CUDA)."""
     device = pick_device(model_cfg.device)
     dtype = pick_dtype(model_cfg.dtype, device)
     if method.name in ("full", "layers") and dtype == torch.float16:

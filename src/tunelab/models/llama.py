@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tunelab.errors import ModelError
+from tunelab.models.offload import HostActivations, offloaded_layer
 
 IGNORE_INDEX = -100
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -437,8 +438,13 @@ class LlamaModel(nn.Module):
         h = self.embed_tokens(input_ids)  # (B, T, d)
         inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
         cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, T, D) each
-        for layer in self.layers:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
+        store = None
+        if self.gradient_checkpointing == "offload" and h.is_cuda and torch.is_grad_enabled():
+            store = HostActivations(h.device)  # layer inputs wait in pinned host memory until backward
+        for index, layer in enumerate(self.layers):
+            if store is not None:
+                h = offloaded_layer(layer, store, index, h, cos, sin, cu_seqlens, attention_mask)
+            elif self.gradient_checkpointing and torch.is_grad_enabled():
                 # Keep only each layer's input; recompute its activations during backward.
                 h = checkpoint(layer, h, cos, sin, cu_seqlens, attention_mask, use_reentrant=False)
             else:
@@ -471,8 +477,9 @@ class LlamaForCausalLM(nn.Module):
         return self.model.gradient_checkpointing
 
     @gradient_checkpointing.setter
-    def gradient_checkpointing(self, enabled: bool) -> None:
-        self.model.gradient_checkpointing = bool(enabled)
+    def gradient_checkpointing(self, enabled: bool | str) -> None:
+        """True, False, or "offload": checkpointing with the layer inputs kept in pinned host memory (CUDA)."""
+        self.model.gradient_checkpointing = enabled if enabled == "offload" else bool(enabled)
 
     def init_weights(self, std: float = 0.02) -> None:
         """Random init for training from scratch or benchmarks: N(0, std) matrices, zero biases, unit norms."""
