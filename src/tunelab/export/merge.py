@@ -139,9 +139,9 @@ def fold_adapters(model: nn.Module) -> nn.Module:
     """Replace every LoRALinear by an nn.Linear holding W + scale * B A (fp32 sum, rounded once). In place."""
     for name, m in list(lora_modules(model)):
         base = m.base_layer
-        w = base_float_weight(base)  # (out, in)
-        w += m.scale * (m.lora_B.weight.float() @ m.lora_A.weight.float())  # (out, r) @ (r, in)
-        merged = nn.Linear(m.in_features, m.out_features, bias=base.bias is not None, device=w.device, dtype=base.weight.dtype)
+        w = base_float_weight(base) + m.scale * (m.lora_B.weight.float() @ m.lora_A.weight.float())  # (out, in) + (out, r) @ (r, in)
+        dtype = base.weight.dtype if base.weight.dtype.is_floating_point else torch.float32
+        merged = nn.utils.skip_init(nn.Linear, m.in_features, m.out_features, bias=base.bias is not None, device=w.device, dtype=dtype)
         merged.weight.copy_(w)
         if base.bias is not None:
             merged.bias.copy_(base.bias)

@@ -1,0 +1,322 @@
+"""export_gguf: the file transformers reads back gives the merged model's logits (q/k permutation, names, metadata,
+tokenizer), quantized types round exactly as the gguf package's (de)quantizers say, a real llama.cpp runs the tiny
+model and the embedded SmolLM2 like transformers does, the Modelfile says ChatML in Go, and bad input is refused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config
+
+from tunelab.data.templates import resolve_template
+from tunelab.errors import ConfigError, ModelError, RunDirError
+import tunelab.export.gguf as gguf_export
+from tunelab.export.gguf import encode_tensor, export_gguf, gguf_tensors, llama_shape, permute_rotary_rows, read_gguf_string, write_gguf
+from tunelab.export.merge import merged_model
+from tunelab.export.modelfile import chatml_style, modelfile_text
+from tunelab.models.load import materialize, resolve_source
+from tunelab.peft.lora import attach_lora, lora_modules
+from tunelab.peft.save import save_adapter
+
+IDS = torch.tensor([[1, 504, 1458, 314, 1760, 260, 1104, 2], [17, 29, 2000, 2047, 12, 9, 8, 7]])
+TEXTS = ["Hello world!", "The capital of France is", "  two  spaces,\ttabs\nand 1234 digits", "<|im_start|>user\nHi<|im_end|>"]
+
+
+def _lora_run(base, tokenizer, run_dir, std, targets=("all-linear",), system_prompt=None, template="auto"):
+    """A finished LoRA run on model `base` (a directory or alias) whose B matrices are N(0, std)."""
+    model = AutoModelForCausalLM.from_pretrained(materialize(resolve_source(str(base))), dtype=torch.float32).eval()
+    attach_lora(model, list(targets), r=4, alpha=8)
+    torch.manual_seed(3)
+    for _, m in lora_modules(model):
+        if std:
+            torch.nn.init.normal_(m.lora_B.weight, std=std)
+    save_adapter(model, run_dir, base_model=str(base))
+    tokenizer.save_pretrained(run_dir)
+    info = {"base_model": str(base), "method": "lora", "template": template, "system_prompt": system_prompt, "finished": True}
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return run_dir
+
+
+SMALL_VOCAB = 2048
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(smollm2_tokenizer, tmp_path_factory):
+    """SmolLM2's tokenizer cut to its first 2048 tokens and the merges among them: still a real byte-level BPE
+    with the same special tokens and chat template, but GGUF readers (transformers parses every token string in
+    Python) load it in a tenth of the time."""
+    path = tmp_path_factory.mktemp("small-tokenizer")
+    smollm2_tokenizer.save_pretrained(path)
+    spec = json.loads((path / "tokenizer.json").read_text())
+    vocab = {t: i for t, i in spec["model"]["vocab"].items() if i < SMALL_VOCAB}
+    spec["model"]["vocab"] = vocab
+    spec["model"]["merges"] = [m for m in spec["model"]["merges"] if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab]
+    (path / "tokenizer.json").write_text(json.dumps(spec))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert len(tokenizer) == SMALL_VOCAB
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def sharp_base(small_tokenizer, tmp_path_factory):
+    """A 2-layer random Llama with q and k scaled up 8x: random init gives near-uniform attention, where the rotary
+    layout hardly matters; sharper attention makes a wrong q/k row order show in the logits (checked below)."""
+    tok = small_tokenizer
+    torch.manual_seed(0)
+    # the embedding has 8 rows more than the tokenizer has tokens, as models padded to a round size do
+    config = LlamaConfig(vocab_size=SMALL_VOCAB + 8, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    path = tmp_path_factory.mktemp("sharp")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(sharp_base, small_tokenizer, tmp_path_factory):
+    return _lora_run(sharp_base, small_tokenizer, tmp_path_factory.mktemp("run"), std=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny_merged(tiny_run):
+    merged = merged_model(tiny_run)
+    with torch.no_grad():
+        return merged, merged.model(IDS).logits
+
+
+def _simulated(model, qtype):
+    """The merged model with every weight rounded as the GGUF file stores it (dequantize(quantize(W)))."""
+    import gguf
+
+    shape = llama_shape(model.config)
+    sim = AutoModelForCausalLM.from_config(model.config).eval()
+    state = {}
+    hf_names = [n for n in model.state_dict() if not (shape.tied and n == "lm_head.weight")]
+    for hf_name, (gguf_name, t) in zip(hf_names, gguf_tensors(model, shape), strict=True):
+        data, raw = encode_tensor(gguf_name, t, qtype)
+        state[hf_name] = torch.from_numpy(gguf.quants.dequantize(data, raw).astype(np.float32).reshape(t.shape))
+    # the permutation moves whole rows and quantization blocks lie within rows, so un-permuting the rounded
+    # permuted matrix equals rounding the original: only q and k need undoing for the reference
+    for name, t in state.items():
+        if name.endswith("q_proj.weight"):
+            state[name] = _unpermute(t, shape.heads)
+        elif name.endswith("k_proj.weight"):
+            state[name] = _unpermute(t, shape.kv_heads)
+    sim.load_state_dict(state, strict=False)
+    sim.tie_weights()
+    return sim
+
+
+def _unpermute(w, n_heads):
+    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def test_permutation_interleaves_each_heads_halves():
+    w = torch.arange(8.0).reshape(8, 1)  # 2 heads of 4 rows: (0 1 | 2 3), (4 5 | 6 7) in rotate-half layout
+    assert permute_rotary_rows(w, 2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    assert torch.equal(_unpermute(permute_rotary_rows(w, 2), 2), w)
+
+
+# Tolerances against the fp32 merged model (logits of the tiny model are ~1 in size):
+TOLERANCES = {
+    "f16": 2e-3,  # f16 keeps 11 significant bits: each weight off by <= 2^-12 relative
+    "q8_0": 3e-2,  # 8-bit integers per block of 32 with one f16 scale: ~0.4% error per weight
+    "bf16": 1e-2,  # bf16 keeps 8 significant bits
+    "q4_0": 3e-1,  # 4-bit integers per block: ~7% error per weight (token embedding kept at q8_0)
+}
+
+
+@pytest.mark.parametrize("qtype", ["f16", "q8_0"])
+def test_transformers_reads_back_the_merged_model(tiny_run, tiny_merged, tmp_path, qtype):
+    merged, expected = tiny_merged
+    out = export_gguf(tiny_run, tmp_path / f"tiny-{qtype}.gguf", qtype)
+    # transformers un-permutes q and k when it reads a llama GGUF, so this also checks the permutation's inverse
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = loaded(IDS).logits
+        simulated = _simulated(merged.model, qtype)(IDS).logits
+    # The file holds exactly the rounded weights: the same model up to fp32 summation order.
+    torch.testing.assert_close(logits, simulated, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=TOLERANCES[qtype])
+
+
+def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer):
+    from gguf import GGUFReader
+
+    out = export_gguf(tiny_run, tmp_path / "tiny.gguf", "f16")
+    reader = GGUFReader(out)
+    f = {k: v.contents() for k, v in reader.fields.items() if not k.startswith("GGUF.")}
+    assert f["general.architecture"] == "llama" and f["general.file_type"] == 1
+    expected = {"llama.context_length": 1024, "llama.embedding_length": 64, "llama.block_count": 2, "llama.feed_forward_length": 128,
+                "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2, "llama.rope.dimension_count": 16,
+                "llama.vocab_size": SMALL_VOCAB + 8}
+    assert {k: f[k] for k in expected} == expected
+    assert f["llama.rope.freq_base"] == pytest.approx(10000.0)
+    tok = small_tokenizer
+    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "gpt-2"  # plain byte-level split
+    assert len(f["tokenizer.ggml.tokens"]) == SMALL_VOCAB + 8 and f["tokenizer.ggml.tokens"][2] == "<|im_end|>"
+    assert f["tokenizer.ggml.tokens"][SMALL_VOCAB:] == [f"[PAD{i}]" for i in range(SMALL_VOCAB, SMALL_VOCAB + 8)]
+    assert f["tokenizer.ggml.tokens"][tok.convert_tokens_to_ids("Ġthe")] == "Ġthe"
+    types = f["tokenizer.ggml.token_type"]  # 3 control (special), 1 normal, 5 unused (padding rows)
+    assert types[:17] == [3] * 17 and set(types[17:SMALL_VOCAB]) == {1} and types[SMALL_VOCAB:] == [5] * 8
+    merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
+    assert f["tokenizer.ggml.merges"] == [" ".join(m) for m in merges] and f["tokenizer.ggml.merges"][0] == "Ġ t"
+    assert (f["tokenizer.ggml.bos_token_id"], f["tokenizer.ggml.eos_token_id"], f["tokenizer.ggml.padding_token_id"]) == (1, 2, 2)
+    assert f["tokenizer.ggml.add_bos_token"] is False
+    assert f["tokenizer.chat_template"] == tok.chat_template
+    # the header scanner used for the base model's pre-tokenizer reads past the token and merge arrays correctly
+    assert read_gguf_string(out, "tokenizer.chat_template") == tok.chat_template
+    assert read_gguf_string(out, "tokenizer.ggml.pre") == "gpt-2" and read_gguf_string(out, "no.such.key") is None
+    names = {t.name for t in reader.tensors}
+    per_layer = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "ffn_norm"]
+    assert names == {"token_embd.weight", "output_norm.weight"} | {f"blk.{i}.{n}.weight" for i in range(2) for n in per_layer}
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"
+
+
+def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
+    qwen = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    with pytest.raises(ModelError, match="Llama-family models .* this model is 'qwen2'"):
+        llama_shape(qwen)
+    with pytest.raises(ModelError, match="bias terms"):
+        llama_shape(LlamaConfig(hidden_size=64, num_attention_heads=4, attention_bias=True))
+    yarn = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4})
+    with pytest.raises(ModelError, match="rope scaling 'yarn'"):
+        llama_shape(yarn)
+    with pytest.raises(ConfigError, match="'qtype' is 'q5_k'; allowed values: f32, f16, bf16, q8_0, q4_0"):
+        export_gguf(tiny_run, tmp_path / "x.gguf", "q5_k")
+    with pytest.raises(ConfigError, match="ending in .gguf"):
+        export_gguf(tiny_run, tmp_path / "x.bin")
+    (tmp_path / "taken.gguf").write_text("mine")
+    with pytest.raises(RunDirError, match="exists and is not empty.*--overwrite"):
+        export_gguf(tiny_run, tmp_path / "taken.gguf")
+    assert (tmp_path / "taken.gguf").read_text() == "mine" and not (tmp_path / "Modelfile").exists()
+    with pytest.raises(RunDirError, match="no such run directory"):
+        export_gguf(tmp_path / "missing", tmp_path / "y.gguf")
+
+
+def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
+    tok = small_tokenizer
+    out = export_gguf(tiny_run, tmp_path / "m.gguf", "q8_0")
+    text = (tmp_path / "Modelfile").read_text()
+    assert "FROM ./m.gguf\n" in text and 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
+    # SmolLM2's template inserts its own system prompt when a conversation has none: the Go template does too
+    assert "{{ else }}<|im_start|>system\nYou are a helpful AI assistant named SmolLM" in text
+    assert '{{ range .Messages }}{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n<|im_start|>assistant\n' in text
+    assert "SYSTEM" not in text and out.is_file()
+
+    chatml = resolve_template("chatml", tok)
+    assert chatml_style(chatml, tok.bos_token).default_system is None
+    with_system = modelfile_text("a.gguf", chatml, tok, "Answer box questions.")
+    assert 'SYSTEM """Answer box questions."""' in with_system and "{{ else }}" not in with_system
+    alpaca = modelfile_text("a.gguf", resolve_template("alpaca", tok), tok, None)
+    assert "\nTEMPLATE" not in alpaca and "not ChatML-style" in alpaca
+
+
+# --------------------------------------------------------------------------------------------- real llama.cpp
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed: CMAKE_ARGS=-DGGML_NATIVE=OFF pip install llama-cpp-python")
+    return llama_cpp
+
+
+def _llama(path):
+    # one thread: llama.cpp's OpenMP threads spin at every barrier, and on two shared cores a second thread made
+    # a 9-token eval take seconds instead of 0.1 s
+    return _llama_cpp().Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False, seed=0, n_threads=1, n_threads_batch=1)
+
+
+def _llama_logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))  # (T, V)
+
+
+# llama.cpp against the same rounded weights in PyTorch: its kernels keep the KV cache in f16 and, for q8_0/q4_0
+# weights, quantize activations to 8 bits before each dot product; measured ~4e-4 (f16), ~2e-3 (bf16), ~8e-3 (q8_0, q4_0).
+LLAMA_CPP_TOLERANCES = {"f16": 2e-3, "bf16": 8e-3, "q8_0": 3e-2, "q4_0": 3e-2}
+
+
+@pytest.mark.parametrize("qtype", ["f16", "bf16", "q8_0", "q4_0"])
+def test_llama_cpp_runs_the_tiny_export_like_transformers(tiny_run, tiny_merged, tmp_path, qtype, monkeypatch):
+    _llama_cpp()
+    merged, expected = tiny_merged
+    path = tmp_path / f"tiny-{qtype}.gguf"
+    write_gguf(merged, path, qtype, name="tiny")
+    llm = _llama(path)
+    with torch.no_grad():
+        simulated = _simulated(merged.model, qtype)(IDS).logits
+    tolerance = LLAMA_CPP_TOLERANCES[qtype]
+    for row, ids in enumerate(IDS.tolist()):
+        ours = _llama_logits(llm, ids)
+        torch.testing.assert_close(ours, simulated[row], rtol=0, atol=tolerance)
+        torch.testing.assert_close(ours, expected[row], rtol=0, atol=tolerance + TOLERANCES[qtype])
+    if qtype != "f16":
+        return
+    tok = AutoTokenizer.from_pretrained(tiny_run)
+    for text in TEXTS:  # the byte-level BPE and its pre-tokenizer split text as transformers does
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text)["input_ids"], text
+    # The same file with Hugging Face's q/k row order is a different model for llama.cpp: the test can tell.
+    monkeypatch.setattr(gguf_export, "permute_rotary_rows", lambda w, n_heads: w)
+    write_gguf(merged, tmp_path / "unpermuted.gguf", qtype, name="tiny")
+    wrong = _llama_logits(_llama(tmp_path / "unpermuted.gguf"), IDS[0].tolist())
+    assert (wrong - expected[0]).abs().max() > 10 * tolerance
+
+
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread for the 135M model: on two shared cores, two spinning threads ran 3-5x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_llama_cpp_answers_like_transformers_on_smollm2(smollm2_tokenizer, tmp_path, one_torch_thread):
+    _llama_cpp()
+    tok = smollm2_tokenizer
+    run = _lora_run("smollm2-135m-instruct", tok, tmp_path / "run", std=0.03, targets=("q_proj", "v_proj", "down_proj"))
+    merged = merged_model(run)
+    write_gguf(merged, tmp_path / "smol.gguf", "f16", name="smol")
+    model = merged.model
+    base = AutoModelForCausalLM.from_pretrained(materialize(resolve_source("smollm2-135m-instruct"))).eval()
+    llm = _llama(tmp_path / "smol.gguf")
+    assert llm.metadata["tokenizer.ggml.pre"] == "smollm"  # carried over from the base model's GGUF
+    probes = ["The capital of France is", "def fibonacci(n):", "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+              "Water boils at a temperature of", "The first president of the United States was"]
+    for prompt in probes:
+        ids = tok(prompt)["input_ids"]
+        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids, prompt
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0]  # (T, V)
+            untuned = base(torch.tensor([ids])).logits[0]
+        ours = _llama_logits(llm, ids)
+        # The next-token choice agrees at every position. Logits (~30 in size) agree loosely: f16 weights, an f16
+        # KV cache and llama.cpp's own summation order; measured <= 0.07. The adapter moves them by > 1, so a file
+        # that lost it would fail here.
+        assert torch.equal(ours.argmax(-1), ref.argmax(-1)), prompt
+        assert (ours - ref).abs().max() < 0.25, prompt
+        assert (untuned - ref).abs().max() > 1.0, prompt
+
+    prompt = "The capital of France is"
+    ids = tok(prompt)["input_ids"]
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids) :].tolist()
+    got = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        if len(got) == 8 or token == llm.token_eos():
+            break
+        got.append(token)
+    assert got == ref, (tok.decode(got), tok.decode(ref))
+    assert tok.decode(got).startswith(" Paris")
