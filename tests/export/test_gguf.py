@@ -1,13 +1,16 @@
-"""export_gguf: the file transformers reads back gives the merged model's logits (q/k permutation, names, metadata,
-tokenizer), quantized types round exactly as the gguf package's (de)quantizers say, a real llama.cpp runs the tiny
-model and the embedded SmolLM2 like transformers does, the Modelfile says ChatML in Go, and bad input is refused."""
+"""export_gguf: the file transformers reads back gives the merged model's logits (q/k permutation, names, metadata),
+quantized types round exactly as the gguf package's (de)quantizers say, a real llama.cpp computes what transformers
+computes (tiny models in every qtype, Llama 3 rope scaling, head_dim, untied output, Mistral; the embedded SmolLM2
+with an adapter) and splits text the same way for each pre-tokenizer name written, the Modelfile says ChatML in Go,
+and bad input is refused. The llama.cpp tests skip when llama-cpp-python is not installed."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, Qwen2Config
 
 from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, ModelError, RunDirError
@@ -271,6 +274,99 @@ def test_llama_cpp_runs_the_tiny_export_like_transformers(tiny_run, tiny_merged,
     write_gguf(merged, tmp_path / "unpermuted.gguf", qtype, name="tiny")
     wrong = _llama_logits(_llama(tmp_path / "unpermuted.gguf"), IDS[0].tolist())
     assert (wrong - expected[0]).abs().max() > 10 * tolerance
+
+
+def _full_run(config, tokenizer, run_dir):
+    """A finished full fine-tuning run holding a random model of `config` with sharpened attention (as sharp_base)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    model.save_pretrained(run_dir)
+    tokenizer.save_pretrained(run_dir)
+    info = {"base_model": "tiny-variant", "method": "full", "template": "auto", "system_prompt": None, "finished": True}
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return run_dir
+
+
+_SMALL = dict(vocab_size=SMALL_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+VARIANTS = {
+    # Llama 3.x frequency scaling, written as rope_freqs; positions beyond 16 feel it
+    "llama3-rope": LlamaConfig(**_SMALL, tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE),
+    "head-dim-32": LlamaConfig(**_SMALL, tie_word_embeddings=True, head_dim=32),  # heads * head_dim != hidden size
+    "untied-output": LlamaConfig(**_SMALL, tie_word_embeddings=False),
+    "mistral": MistralConfig(**_SMALL, tie_word_embeddings=False, sliding_window=512),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_llama_cpp_runs_llama_family_variants(variant, small_tokenizer, tmp_path, monkeypatch):
+    _llama_cpp()
+    from gguf import GGUFReader
+
+    run = _full_run(VARIANTS[variant], small_tokenizer, tmp_path / "run")
+    merged = merged_model(run)
+    ids = torch.randint(3, SMALL_VOCAB, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    with torch.no_grad():
+        expected = merged.model(torch.tensor([ids])).logits[0]
+    write_gguf(merged, tmp_path / "v.gguf", "f32", name=variant)
+    ours = _llama_logits(_llama(tmp_path / "v.gguf"), ids)
+    # f32 weights: what differs is llama.cpp's f16 KV cache and summation order (measured ~2e-4 on logits ~1)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=2e-3)
+    fields = GGUFReader(tmp_path / "v.gguf").fields
+    names = {t.name for t in GGUFReader(tmp_path / "v.gguf").tensors}
+    if variant == "llama3-rope":
+        assert "rope_freqs.weight" in names
+        monkeypatch.setattr(gguf_export, "rope_freq_factors", lambda model, shape: None)
+        write_gguf(merged, tmp_path / "plain-rope.gguf", "f32", name=variant)
+        wrong = _llama_logits(_llama(tmp_path / "plain-rope.gguf"), ids)
+        assert (wrong - expected).abs().max() > 10 * 2e-3  # without the factors llama.cpp computes another model
+    elif variant == "head-dim-32":
+        assert fields["llama.attention.key_length"].contents() == 32 and fields["llama.rope.dimension_count"].contents() == 32
+    elif variant == "untied-output":
+        assert "output.weight" in names and "rope_freqs.weight" not in names
+    else:
+        assert fields["llama.context_length"].contents() == 512  # the sliding window bounds the context
+
+
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+_LLAMA3_SPLIT = {"type": "Split", "pattern": {"Regex": gguf_export.LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False}
+PRE_TOKENIZERS = {  # llama.cpp's name: (tokenizer.json pre_tokenizer, model.ignore_merges)
+    "gpt-2": (_BYTE_LEVEL, False),
+    "smollm": ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]}, False),
+    "llama-bpe": ({"type": "Sequence", "pretokenizers": [_LLAMA3_SPLIT, _BYTE_LEVEL | {"use_regex": False}]}, True),
+}
+TRICKY = ["I'm here, DON'T go!", "  leading and trailing  ", "tabs\tand\n\n\nnewlines\r\n", "12345678 and 3.14159",
+          " 2024-01-01T12:00", "abc123def 9x", "héllo wörld, naïve café", "日本語のテキスト", "emoji 🙂👍🏽!", "...!!!???---",
+          "x  2  y   33", "<|im_start|>user\nHi<|im_end|>"]
+
+
+@pytest.mark.parametrize("pre", list(PRE_TOKENIZERS))
+def test_llama_cpp_splits_text_like_transformers_for_each_pre_tokenizer(pre, small_tokenizer, tiny_merged, tmp_path):
+    llama_cpp = _llama_cpp()
+    pre_tokenizer, ignore_merges = PRE_TOKENIZERS[pre]
+    small_tokenizer.save_pretrained(tmp_path / "tok")
+    spec = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = pre_tokenizer
+    spec["model"]["ignore_merges"] = ignore_merges
+    if ignore_merges:
+        # whole words found in the vocabulary skip the merges: tokens only Llama 3's split can produce (digits in
+        # threes, an upper-case contraction) tell its regex apart from GPT-2's in the comparison below
+        spec["model"]["vocab"].update({"123": SMALL_VOCAB, "456": SMALL_VOCAB + 1, "78": SMALL_VOCAB + 2, "'T": SMALL_VOCAB + 3})
+    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(spec))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    merged, _ = tiny_merged
+    write_gguf(replace(merged, tokenizer=tok, info={"base_model": "tiny-variant"}), tmp_path / "t.gguf", "f16", name=pre)
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "t.gguf"), vocab_only=True, verbose=False)
+    assert llm.metadata["tokenizer.ggml.pre"] == pre
+    for text in TRICKY:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"], text
+        assert llm.detokenize(tok(text, add_special_tokens=False)["input_ids"], special=True).decode() == text, text
 
 
 @pytest.fixture

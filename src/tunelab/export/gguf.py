@@ -230,7 +230,7 @@ def pre_tokenizer_name(spec: dict, clean_up_spaces: bool = False) -> str | None:
     pre = spec.get("pre_tokenizer") or {}
     if _is_byte_level(pre, use_regex=True):
         return "gpt-2"
-    steps = pre.get("pre_tokenizers") if pre.get("type") == "Sequence" else None
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
     if not steps or len(steps) != 2:
         return None
     first, second = steps
