@@ -134,3 +134,22 @@ def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):
     with pytest.raises(RunDirError, match="adapter_model.safetensors is missing"):
         merge_run(run, tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_bf16_base_merged_for_export_keeps_the_adapter_in_fp32(tiny_model_dir, smollm2_tokenizer, tmp_path):
+    from tunelab.export.merge import merged_model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    base.save_pretrained(tmp_path / "bf16-base")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16-base", dtype=torch.bfloat16)
+    attach_lora(model, ["q_proj"], r=4, alpha=8)
+    torch.manual_seed(4)
+    for _, m in lora_modules(model):
+        torch.nn.init.normal_(m.lora_B.weight, std=1e-3)  # an update far below bf16's resolution of these weights
+    layer = model.model.layers[0].self_attn.q_proj
+    expected = layer.base_layer.weight.float() + layer.scale * (layer.lora_B.weight @ layer.lora_A.weight)
+    run = _write_run(tmp_path / "run", model, smollm2_tokenizer, tmp_path / "bf16-base", "lora")
+    merged = merged_model(run, "fp32")
+    weight = merged.model.model.layers[0].self_attn.q_proj.weight
+    assert weight.dtype == torch.float32 and torch.equal(weight, expected)  # no bf16 rounding between sum and export
+    assert merged_model(run).dtype == torch.bfloat16  # by default the merge keeps the stored dtype

@@ -135,13 +135,14 @@ def base_float_weight(layer: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fold_adapters(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear by an nn.Linear holding W + scale * B A (fp32 sum, rounded once). In place."""
+def fold_adapters(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace every LoRALinear by an nn.Linear holding W + scale * B A, summed in fp32 and rounded once to `dtype`
+    (default: the base weight's dtype). In place."""
     for name, m in list(lora_modules(model)):
         base = m.base_layer
         w = base_float_weight(base) + m.scale * (m.lora_B.weight.float() @ m.lora_A.weight.float())  # (out, in) + (out, r) @ (r, in)
-        dtype = base.weight.dtype if base.weight.dtype.is_floating_point else torch.float32
-        merged = nn.utils.skip_init(nn.Linear, m.in_features, m.out_features, bias=base.bias is not None, device=w.device, dtype=dtype)
+        out_dtype = dtype or (base.weight.dtype if base.weight.dtype.is_floating_point else torch.float32)
+        merged = nn.utils.skip_init(nn.Linear, m.in_features, m.out_features, bias=base.bias is not None, device=w.device, dtype=out_dtype)
         merged.weight.copy_(w)
         if base.bias is not None:
             merged.bias.copy_(base.bias)
@@ -165,7 +166,7 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     out_dtype = parse_dtype(dtype) or load_dtype
     name = next(k for k, v in DTYPES.items() if v == load_dtype)
     run = open_run(run_dir, device="cpu", dtype=name)
-    model = fold_adapters(run.model).to(out_dtype).eval()
+    model = fold_adapters(run.model, out_dtype).to(out_dtype).eval()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = True  # training switches the KV cache off; inference wants it
     tokenizer = run.tokenizer
