@@ -418,6 +418,7 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, ops) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.gradient_checkpointing = False
+        self._offload_stream = None  # created on first use by activation offload
 
     def forward(
         self,
@@ -440,7 +441,9 @@ class LlamaModel(nn.Module):
         cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, T, D) each
         store = None
         if self.gradient_checkpointing == "offload" and h.is_cuda and torch.is_grad_enabled():
-            store = HostActivations(h.device)  # layer inputs wait in pinned host memory until backward
+            if self._offload_stream is None:
+                self._offload_stream = torch.cuda.Stream(h.device)
+            store = HostActivations(h.device, self._offload_stream)  # layer inputs wait in pinned host memory
         for index, layer in enumerate(self.layers):
             if store is not None:
                 h = offloaded_layer(layer, store, index, h, cos, sin, cu_seqlens, attention_mask)

@@ -18,9 +18,9 @@ import torch
 class HostActivations:
     """Layer inputs of one forward pass, parked on the host and fetched back in reverse order."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, stream: torch.cuda.Stream):
         self.device = device
-        self.stream = torch.cuda.Stream(device)
+        self.stream = stream  # one side stream for the model's life: each stream has its own allocator pool
         self.parked: dict[int, tuple[torch.Tensor, torch.cuda.Event]] = {}
         self.fetched: dict[int, tuple[torch.Tensor, torch.cuda.Event, torch.Tensor]] = {}
 
@@ -39,9 +39,12 @@ class HostActivations:
         if index not in self.parked:
             return
         host, done = self.parked.pop(index)
+        # Allocate on the compute stream (its pool is the one that gets reused), fill on the side stream.
+        x = torch.empty(host.shape, dtype=host.dtype, device=self.device)
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the block may still be read by earlier work
         with torch.cuda.stream(self.stream):
             self.stream.wait_event(done)
-            x = host.to(self.device, non_blocking=True)
+            x.copy_(host, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record(self.stream)
         self.fetched[index] = (x, ready, host)  # the host buffer lives until the copy is waited on
@@ -49,9 +52,7 @@ class HostActivations:
     def take(self, index: int) -> torch.Tensor:
         self.fetch(index)
         x, ready, _ = self.fetched.pop(index)
-        compute = torch.cuda.current_stream(self.device)
-        compute.wait_event(ready)
-        x.record_stream(compute)
+        torch.cuda.current_stream(self.device).wait_event(ready)
         return x
 
 
