@@ -1,0 +1,167 @@
+"""NF4 weights with double quantization on the GPU (the format of `tunelab.peft.quant`): Triton kernels that
+dequantize a whole weight in one pass, and that quantize one bit for bit as bitsandbytes' CUDA kernels do.
+
+Dequantize: a program takes BLOCKS consecutive 64-weight blocks: it rebuilds their absmaxes from the 8-bit codes
+(code8[q] * absmax2 + offset), reads BLOCKS x 32 packed bytes, looks both nibbles up in the 16-entry table and writes
+BLOCKS x 64 weights (high nibble first). Per weight it moves 0.5 byte in and 2 (bf16) out, plus 1.06 bytes of absmax
+state per 64 weights. Kernels run with fp fusion off: bitsandbytes multiplies, rounds, then adds the offset, and an
+FMA would round once and differ in the last bit.
+
+Quantize follows bitsandbytes' CUDA kernels, which are built with fast math: the block absmax is inverted with the
+approximate reciprocal (`rcp.approx.ftz.f32`) and multiplied in; the NF4 code is the number of fp32 midpoints strictly
+below (their decision tree); the 8-bit absmax code is their binary search over the sorted dynamic code followed by a
+midpoint test. A zero block gives 0 * inf = NaN, which every comparison rejects: code 0 (-1.0), as there. Pass
+`approx_reciprocal=False` for a correctly rounded 1 / absmax (Triton's interpreter has no PTX).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tunelab.peft.quant import ABSMAX_BLOCK, BLOCK, NF4Weight, dynamic_code, nf4_code, nf4_midpoints
+
+DEQUANT_BLOCKS = 64  # 64-weight blocks per program: 4096 weights, 2 KiB read, 8 KiB of bf16 written
+DEQUANT_WARPS = 4
+QUANT_BLOCKS = 32
+
+
+@triton.jit
+def _dequantize_kernel(
+    packed_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out_ptr, n, n_blocks,
+    BLOCKS: tl.constexpr,
+):  # fmt: skip
+    blocks = tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)  # (BLOCKS,)
+    live = blocks < n_blocks
+    q8 = tl.load(absmax_q_ptr + blocks, mask=live, other=0).to(tl.int32)
+    absmax2 = tl.load(absmax2_ptr + blocks // 256, mask=live, other=0.0)
+    absmax = tl.load(code8_ptr + q8) * absmax2 + tl.load(offset_ptr)  # two roundings (fp fusion is off)
+    byte = blocks[:, None] * 32 + tl.arange(0, 32)[None, :]  # (BLOCKS, 32)
+    packed = tl.load(packed_ptr + byte, mask=byte < (n + 1) // 2, other=0).to(tl.int32)
+    high = tl.load(code4_ptr + (packed >> 4)) * absmax[:, None]  # elements 2j
+    low = tl.load(code4_ptr + (packed & 15)) * absmax[:, None]  # elements 2j + 1
+    w = tl.join(high, low).reshape(BLOCKS, 64)  # (BLOCKS, 32, 2) -> (BLOCKS, 64): interleaved
+    elem = blocks[:, None] * 64 + tl.arange(0, 64)[None, :]
+    tl.store(out_ptr + elem, w.to(out_ptr.dtype.element_ty), mask=elem < n)  # rounds to nearest even
+
+
+@triton.jit
+def _reciprocal(x, APPROX: tl.constexpr):
+    if APPROX:
+        return tl.inline_asm_elementwise(
+            "rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return tl.math.div_rn(tl.full(x.shape, 1.0, tl.float32), x)
+
+
+@triton.jit
+def _quantize_kernel(w_ptr, mid_ptr, packed_ptr, absmax_ptr, n, n_blocks, BLOCKS: tl.constexpr, APPROX: tl.constexpr):
+    blocks = tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)  # (BLOCKS,)
+    elem = blocks[:, None] * 64 + tl.arange(0, 64)[None, :]  # (BLOCKS, 64)
+    x = tl.load(w_ptr + elem, mask=elem < n, other=0.0).to(tl.float32)  # padding 0: code 7, as bitsandbytes pads
+    absmax = tl.max(tl.abs(x), axis=1)
+    tl.store(absmax_ptr + blocks, absmax, mask=blocks < n_blocks)
+    scaled = x * _reciprocal(absmax, APPROX)[:, None]
+    code = tl.zeros((BLOCKS, 64), dtype=tl.int32)
+    for k in tl.static_range(15):  # code = number of midpoints strictly below (bitsandbytes' tree of x > m tests)
+        code += (scaled > tl.load(mid_ptr + k)).to(tl.int32)
+    high, low = tl.split(code.reshape(BLOCKS, 32, 2))
+    byte = blocks[:, None] * 32 + tl.arange(0, 32)[None, :]
+    tl.store(packed_ptr + byte, ((high << 4) | low).to(tl.uint8), mask=byte < (n + 1) // 2)
+
+
+@triton.jit
+def _quantize_absmax_kernel(centered_ptr, code_ptr, q_ptr, absmax2_ptr, n, APPROX: tl.constexpr):
+    """One program per 256 block of (absmax - offset): absmax2, then bitsandbytes' `dQuantize<0>` on v / absmax2."""
+    offs = tl.program_id(0) * 256 + tl.arange(0, 256)
+    live = offs < n
+    v = tl.load(centered_ptr + offs, mask=live, other=0.0)
+    absmax2 = tl.max(tl.abs(v), axis=0)
+    tl.store(absmax2_ptr + tl.program_id(0), absmax2)
+    x = v * _reciprocal(tl.zeros((256,), tl.float32) + absmax2, APPROX)
+    # Binary search: 7 halvings from index 127; `lower`/`upper` track the last codes seen below / at-or-above x.
+    pivot = tl.full((256,), 127, tl.int32)
+    lower_pivot = tl.zeros((256,), tl.int32)
+    upper_pivot = tl.full((256,), 255, tl.int32)
+    lower = tl.full((256,), -1.0, tl.float32)
+    upper = tl.full((256,), 1.0, tl.float32)
+    val = tl.load(code_ptr + pivot)
+    for i in tl.static_range(7):
+        up = x > val
+        lower_pivot = tl.where(up, pivot, lower_pivot)
+        lower = tl.where(up, val, lower)
+        upper_pivot = tl.where(up, upper_pivot, pivot)
+        upper = tl.where(up, upper, val)
+        pivot = tl.where(up, pivot + (64 >> i), pivot - (64 >> i))
+        val = tl.load(code_ptr + pivot)
+    upper = tl.where(upper_pivot == 255, tl.load(code_ptr + 255), upper)
+    lower = tl.where(lower_pivot == 0, tl.load(code_ptr), lower)
+    # The nearer of pivot and its neighbour on x's side; a tie stays on the pivot.
+    above = tl.where(x > (upper + val) * 0.5, upper_pivot, pivot)
+    below = tl.where(x < (lower + val) * 0.5, lower_pivot, pivot)
+    q = tl.where(x > val, above, below)
+    tl.store(q_ptr + offs, q.to(tl.uint8), mask=live)
+
+
+def dequantize_nf4_triton(
+    q: NF4Weight,
+    out: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    blocks_per_program: int = DEQUANT_BLOCKS,
+    num_warps: int = DEQUANT_WARPS,
+) -> torch.Tensor:
+    """The weight of `q` in `dtype` (or in `out`'s dtype, written into `out`), shape q.shape, in one kernel.
+
+    Bit-identical to `tunelab.peft.quant.dequantize_nf4` and to bitsandbytes' `dequantize_4bit`.
+    """
+    if out is None:
+        out = torch.empty(q.shape, dtype=dtype, device=q.device)
+    if out.numel() != q.numel or not out.is_contiguous():
+        shape = tuple(out.shape)
+        raise ValueError(f"dequantize_nf4_triton: out must be contiguous with {q.numel} elements, not {shape}")
+    grid = (triton.cdiv(q.n_blocks, blocks_per_program),)
+    _dequantize_kernel[grid](
+        q.packed, q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, q.numel, q.n_blocks,
+        BLOCKS=blocks_per_program, num_warps=num_warps, enable_fp_fusion=False,
+    )  # fmt: skip
+    return out
+
+
+def quantize_blocks_triton(w: torch.Tensor, approx_reciprocal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4-bit stage: packed codes ((n + 1) // 2,) uint8 and block absmaxes (ceil(n / 64),) fp32 of flattened w."""
+    flat = w.detach().contiguous().view(-1)
+    n = flat.numel()
+    n_blocks = triton.cdiv(n, BLOCK)
+    packed = torch.empty((n + 1) // 2, dtype=torch.uint8, device=w.device)
+    absmax = torch.empty(n_blocks, dtype=torch.float32, device=w.device)
+    _quantize_kernel[(triton.cdiv(n_blocks, QUANT_BLOCKS),)](
+        flat, nf4_midpoints(w.device), packed, absmax, n, n_blocks, BLOCKS=QUANT_BLOCKS, APPROX=approx_reciprocal,
+        enable_fp_fusion=False,
+    )  # fmt: skip
+    return packed, absmax
+
+
+def quantize_absmax_triton(
+    centered: torch.Tensor, code8: torch.Tensor, approx_reciprocal: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8-bit stage on (n,) fp32 absmax - offset: codes (n,) uint8 and absmax2 (ceil(n / 256),) fp32."""
+    n = centered.numel()
+    absmax_q = torch.empty(n, dtype=torch.uint8, device=centered.device)
+    absmax2 = torch.empty(triton.cdiv(n, ABSMAX_BLOCK), dtype=torch.float32, device=centered.device)
+    _quantize_absmax_kernel[(absmax2.numel(),)](
+        centered.contiguous(), code8, absmax_q, absmax2, n, APPROX=approx_reciprocal, enable_fp_fusion=False
+    )
+    return absmax_q, absmax2
+
+
+def quantize_nf4_triton(w: torch.Tensor, approx_reciprocal: bool | None = None) -> NF4Weight:
+    """Quantize `w` (fp32/bf16/fp16, any shape) on its device; bit-identical to bitsandbytes' CUDA `quantize_4bit`
+    with blocksize 64, nf4 and compress_statistics. `approx_reciprocal` defaults to True on CUDA."""
+    approx = w.is_cuda if approx_reciprocal is None else approx_reciprocal
+    packed, absmax = quantize_blocks_triton(w, approx)
+    offset = absmax.mean()  # torch's reduction on this device, as bitsandbytes computes it
+    code8 = dynamic_code(w.device)
+    absmax_q, absmax2 = quantize_absmax_triton(absmax - offset, code8, approx)
+    return NF4Weight(packed, absmax_q, absmax2, offset, w.shape, w.dtype, nf4_code(w.device), code8)
