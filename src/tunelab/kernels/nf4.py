@@ -50,7 +50,7 @@ def _dequantize_kernel(
 def _reciprocal(x, APPROX: tl.constexpr):
     if APPROX:
         return tl.inline_asm_elementwise(
-            "rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+            "rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
         )
     else:
         return tl.math.div_rn(tl.full(x.shape, 1.0, tl.float32), x)
