@@ -66,7 +66,7 @@ table.answers col.q { width: 30%; } table.answers col.a { width: 35%; }
 .tag { display: inline-block; font-size: 11px; padding: 0 6px; border-radius: 8px; background: var(--soft);
        border: 1px solid var(--line); color: var(--muted); margin-left: 4px; }
 ins { background: var(--ins); text-decoration: none; }
-del { background: var(--del); text-decoration: line-through; }
+del { background: var(--del); text-decoration: line-through; text-decoration-color: rgba(198, 40, 40, 0.45); }
 .side { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
 .side .plots { flex: 1 1 440px; display: block; }
 .empty { color: var(--muted); font-style: italic; }
