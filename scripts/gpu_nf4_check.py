@@ -63,7 +63,9 @@ def run_tests(env: dict[str, str]) -> int:
     return status
 
 
-def median_ms(fn, iters: int = 30, warmup: int = 5) -> float:
+def median_ms(fn, iters: int = 30, warmup: int = 5, inner: int = 1) -> float:
+    """Median over `iters` timings of `inner` back-to-back calls, per call. inner = 1 includes the host's launch
+    time when the GPU waits for it; inner > 1 lets the host run ahead, as in training."""
     import torch
 
     for _ in range(warmup):
@@ -73,20 +75,19 @@ def median_ms(fn, iters: int = 30, warmup: int = 5) -> float:
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(inner):
+            fn()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / inner)
     return statistics.median(times)
 
 
 def bench_kernels(results: dict) -> None:
     import torch
-    import triton
 
     from tunelab.kernels.nf4 import dequantize_nf4_triton, quantize_nf4_triton
 
-    bnb = _bnb()
     torch.manual_seed(0)
     shape = (11008, 4096)  # (out, in) of Llama-2-7B's gate/up projection: 45.1M weights
     n = shape[0] * shape[1]
@@ -94,42 +95,43 @@ def bench_kernels(results: dict) -> None:
     q = quantize_nf4_triton(w)
     moved = n / 2 + 2 * n + q.absmax_q.numel() + 4 * q.absmax2.numel()  # bytes read + written
     out = torch.empty(shape, device="cuda", dtype=torch.bfloat16)
+    reference = dequantize_nf4_triton(q, layout="flat").clone()
     rows = []
-    for blocks in (16, 32, 64, 128):
-        for warps in (2, 4, 8):
-            ms = median_ms(lambda: dequantize_nf4_triton(q, out=out, blocks_per_program=blocks, num_warps=warps))
-            rows.append({"blocks_per_program": blocks, "num_warps": warps, "ms": round(ms, 4),
-                         "GB_s": round(moved / ms / 1e6, 1)})  # fmt: skip
-    flat = _flat_kernel()
-    for block in (1024, 2048, 4096):  # the experiment: one thread per weight, no interleave
-        grid = (triton.cdiv(n, block),)
-
-        def launch(block=block, grid=grid):
-            flat[grid](q.packed, q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, n, BLOCK=block,
-                       enable_fp_fusion=False)  # fmt: skip
-
-        launch()
-        assert torch.equal(out, dequantize_nf4_triton(q)), "flat variant disagrees"
-        ms = median_ms(launch)
-        rows.append({"flat_block": block, "ms": round(ms, 4), "GB_s": round(moved / ms / 1e6, 1)})
-    src = torch.empty(int(moved) // 2, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    copy_ms = median_ms(lambda: dst.copy_(src))  # reads and writes moved / 2 each: `moved` bytes in all
+    for layout in ("flat", "pairs"):
+        for block in (1024, 2048, 4096, 8192):
+            for warps in (4, 8):
+                out.zero_()
+                dequantize_nf4_triton(q, out=out, layout=layout, block=block, num_warps=warps)
+                assert torch.equal(out, reference), f"{layout} {block} {warps} disagrees with flat"
+                ms = median_ms(lambda: dequantize_nf4_triton(q, out=out, layout=layout, block=block, num_warps=warps))
+                rows.append({"layout": layout, "block": block, "num_warps": warps, "ms": round(ms, 4),
+                             "GB_s": round(moved / ms / 1e6, 1)})  # fmt: skip
+    copies = {}
+    for nbytes in (int(moved), 2**30):
+        src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        copies[nbytes] = median_ms(lambda: dst.copy_(src))  # reads and writes nbytes / 2 each
+        del src, dst
     best = min(rows, key=lambda r: r["ms"])
+    default = dequantize_nf4_triton.__defaults__  # (out, dtype, layout, block, num_warps)
+    default_ms = median_ms(lambda: dequantize_nf4_triton(q, out=out))
     print(f"\ndequantize 11008 x 4096 -> bf16: {moved / 1e6:.1f} MB moved; device copy of as many bytes "
-          f"{copy_ms * 1e3:.1f} us = {moved / copy_ms / 1e6:.0f} GB/s", flush=True)  # fmt: skip
+          f"{copies[int(moved)] * 1e3:.1f} us = {moved / copies[int(moved)] / 1e6:.0f} GB/s; copy of 1 GiB "
+          f"{2**30 / copies[2**30] / 1e6:.0f} GB/s", flush=True)  # fmt: skip
     for r in rows:
         mark = "  <- best" if r is best else ""
-        what = (f"flat, {r['flat_block']} weights/program" if "flat_block" in r
-                else f"blocks/program {r['blocks_per_program']:4d}, warps {r['num_warps']}")  # fmt: skip
-        print(f"  {what}: {r['ms'] * 1e3:7.1f} us {r['GB_s']:7.1f} GB/s{mark}")
-    results["dequant"] = {"shape": shape, "bytes_moved": moved, "copy_ms": round(copy_ms, 4), "configs": rows}
+        print(f"  {r['layout']:5s} block {r['block']:5d} warps {r['num_warps']}: {r['ms'] * 1e3:6.1f} us "
+              f"{r['GB_s']:7.1f} GB/s{mark}")  # fmt: skip
+    print(f"  library default {default[2:]}: {default_ms * 1e3:.1f} us {moved / default_ms / 1e6:.0f} GB/s")
+    copy_ms = {str(k): round(v, 4) for k, v in copies.items()}
+    results["dequant"] = {"shape": shape, "bytes_moved": moved, "copy_ms": copy_ms, "configs": rows,
+                          "default_ms": round(default_ms, 4)}  # fmt: skip
     quant_ms = median_ms(lambda: quantize_nf4_triton(w), iters=10)
     results["quantize_ms"] = round(quant_ms, 3)
     print(f"quantize 11008 x 4096 bf16 (ours, Triton): {quant_ms:.3f} ms", flush=True)
 
+    bnb = _bnb()
     if bnb is None:
-        print("bitsandbytes does not import: no comparison", flush=True)
         return
     theirs, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
     bnb_deq_ms = median_ms(lambda: bnb.dequantize_4bit(theirs, state))
@@ -137,26 +139,142 @@ def bench_kernels(results: dict) -> None:
     results["bnb"] = {"dequantize_ms": round(bnb_deq_ms, 4), "quantize_ms": round(bnb_q_ms, 3)}
     print(f"bitsandbytes {_bnb_version()}: dequantize_4bit {bnb_deq_ms * 1e3:.1f} us "
           f"({moved / bnb_deq_ms / 1e6:.0f} GB/s by the same count), quantize_4bit {bnb_q_ms:.3f} ms")  # fmt: skip
+    reciprocal_experiment(bnb, results)
+    sass_of_bitsandbytes(results)
 
-    # Which reciprocal do bitsandbytes' fast-math kernels use? Count differing bytes for both.
-    mismatches = []
-    for seed, dtype, scale in [(1, torch.float32, 1.0), (2, torch.float32, 0.02), (3, torch.bfloat16, 0.02),
-                               (4, torch.float16, 0.05)]:  # fmt: skip
+
+MODES = ("w*rn(1/a)", "w*rcp.approx(a)", "w*div.full(1,a)", "w*rcp.approx+newton", "div.full(w,a)",
+         "div.approx(w,a)", "rn(w/a)")  # fmt: skip
+
+
+def reciprocal_experiment(bnb, results: dict) -> None:
+    """How do bitsandbytes' fast-math kernels form w / absmax? NF4 codes of whole tensors under each candidate,
+    against theirs; the 8-bit stage is compared through our library's two modes."""
+    import torch
+
+    from tunelab.kernels.nf4 import quantize_absmax_triton, quantize_blocks_triton
+    from tunelab.peft.quant import dynamic_code, nf4_midpoints
+
+    kernel = _codes_kernel()
+    rows = []
+    for seed, dtype, scale in [(1, torch.float32, 1.0), (2, torch.float32, 0.02), (3, torch.float32, 3e-3),
+                               (4, torch.bfloat16, 0.02), (5, torch.float16, 0.05)]:  # fmt: skip
         g = torch.Generator(device="cuda").manual_seed(seed)
         x = (torch.randn(4096, 11008, device="cuda", generator=g) * scale).to(dtype)
-        tq, ts = bnb.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
-        row = {"dtype": str(dtype), "scale": scale}
+        packed, state = bnb.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
+        packed = packed.view(-1)
+        theirs = torch.stack((packed >> 4, packed & 15), 1).view(-1)
+        _, absmax = quantize_blocks_triton(x, approx_reciprocal=False)  # the exact block maxima
+        again, _ = bnb.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
+        repeats = bool(torch.equal(again.view(-1), packed))
+        row = {"dtype": str(dtype).split(".")[-1], "scale": scale, "bnb_repeats": repeats}
+        codes = torch.empty(x.numel(), dtype=torch.uint8, device="cuda")
+        scaled = torch.empty(x.numel(), dtype=torch.float32, device="cuda")
+        mid = nf4_midpoints("cuda")
+        for mode, name in enumerate(MODES):
+            kernel[(triton_cdiv(x.numel(), 4096),)](x.view(-1), absmax, mid, codes, scaled, x.numel(), MODE=mode,
+                                                    BLOCK=4096, enable_fp_fusion=False)  # fmt: skip
+            row[name] = int((codes != theirs).sum())
+            if mode == 1:  # the mismatches of the mode bitsandbytes' SASS shows (MUFU.RCP, FMUL)
+                for i in (codes != theirs).nonzero().flatten()[:4].tolist():
+                    b = i // 64
+                    block = x.view(-1)[b * 64 : (b + 1) * 64].float()
+                    print(f"    at {i}: w {x.view(-1)[i].item()!r} absmax {absmax[b].item()!r} (block max "
+                          f"{block.abs().max().item()!r}) x {scaled[i].item()!r} ours {codes[i].item()} theirs "
+                          f"{theirs[i].item()}; midpoints {mid[max(0, theirs[i].item() - 1)].item()!r} "
+                          f"{mid[min(14, theirs[i].item())].item()!r}; byte {i // 2}: theirs {packed[i // 2].item()} "
+                          f"again {again.view(-1)[i // 2].item()}", flush=True)  # fmt: skip
+        centered = absmax - absmax.mean()
         for approx in (True, False):
-            ours = quantize_nf4_triton(x, approx_reciprocal=approx)
-            row[f"approx={approx}"] = {
-                "packed": int((ours.packed != tq.view(-1)).sum()),
-                "absmax_q": int((ours.absmax_q != ts.absmax).sum()),
-                "absmax2": int((ours.absmax2 != ts.state2.absmax).sum()),
-                "offset_equal": bool(torch.equal(ours.offset, ts.offset)),
-            }
-        mismatches.append(row)
-        print(f"  vs bitsandbytes, {dtype} x {scale}: {json.dumps({k: v for k, v in row.items() if 'approx' in k})}")
-    results["reciprocal_mismatches"] = mismatches
+            q8, _ = quantize_absmax_triton(centered, dynamic_code("cuda"), approx_reciprocal=approx)
+            row[f"absmax_q approx={approx}"] = int((q8 != state.absmax).sum())
+        rows.append(row)
+        print(f"  codes differing from bitsandbytes: {json.dumps(row)}", flush=True)
+    results["reciprocal_experiment"] = rows
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _codes_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def nf4_codes(w_ptr, absmax_ptr, mid_ptr, out_ptr, x_ptr, n, MODE: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < n
+        w = tl.load(w_ptr + offs, mask=live, other=0.0).to(tl.float32)
+        a = tl.load(absmax_ptr + offs // 64, mask=live, other=1.0)
+        one = tl.full(a.shape, 1.0, tl.float32)
+        if MODE == 0:
+            x = w * tl.math.div_rn(one, a)
+        elif MODE == 1:
+            x = w * tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [a], dtype=tl.float32,
+                                              is_pure=True, pack=1)  # fmt: skip
+        elif MODE == 2:
+            x = w * tl.inline_asm_elementwise("div.full.ftz.f32 $0, $1, $2;", "=f,f,f", [one, a], dtype=tl.float32,
+                                              is_pure=True, pack=1)  # fmt: skip
+        elif MODE == 3:
+            r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [a], dtype=tl.float32, is_pure=True,
+                                          pack=1)  # fmt: skip
+            r = tl.fma(r, tl.fma(-a, r, one), r)
+            x = w * r
+        elif MODE == 4:
+            x = tl.inline_asm_elementwise("div.full.ftz.f32 $0, $1, $2;", "=f,f,f", [w, a], dtype=tl.float32,
+                                          is_pure=True, pack=1)  # fmt: skip
+        elif MODE == 5:
+            x = tl.inline_asm_elementwise("div.approx.ftz.f32 $0, $1, $2;", "=f,f,f", [w, a], dtype=tl.float32,
+                                          is_pure=True, pack=1)  # fmt: skip
+        else:
+            x = tl.math.div_rn(w, a)
+        code = tl.zeros((BLOCK,), dtype=tl.int32)
+        for k in tl.static_range(15):
+            code += (x > tl.load(mid_ptr + k)).to(tl.int32)
+        tl.store(out_ptr + offs, code.to(tl.uint8), mask=live)
+        tl.store(x_ptr + offs, x, mask=live)
+
+    return nf4_codes
+
+
+def sass_of_bitsandbytes(results: dict) -> None:
+    """The instructions around the reciprocal in bitsandbytes' NF4 quantize kernels (sm_90 code)."""
+    import shutil
+
+    lib = SITE / "bitsandbytes" / "libbitsandbytes_cuda130.so"
+    tool = shutil.which("cuobjdump")
+    if tool is None:
+        import triton
+
+        candidate = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        tool = str(candidate) if candidate.exists() else None
+    if tool is None or not lib.exists():
+        print("no cuobjdump or no library: no SASS", flush=True)
+        return
+    proc = subprocess.run([tool, "-sass", "-arch", "sm_90", str(lib)], capture_output=True, text=True)
+    text = proc.stdout
+    if OUT:
+        (OUT / "bnb_sass_quantize.txt").write_text(
+            "\n".join(block for block in text.split("Function : ") if block.startswith("_Z18kQuantizeBlockwise"))
+        )
+    lines, keep, shown = [], False, 0
+    for line in text.splitlines():
+        if "Function : " in line:
+            name = line.split("Function : ")[-1].strip()
+            keep = name.startswith("_Z18kQuantizeBlockwise") and "Li64E" in name and "Li2EEv" in name and shown < 2
+            if keep:
+                shown += 1
+                lines.append(name)
+        elif keep and any(op in line for op in ("MUFU", "FFMA", "FMUL", "FCHK", "CALL")):
+            lines.append("   " + line.strip()[:110])
+    if not lines:
+        names = {ln.split("Function : ")[-1].strip() for ln in text.splitlines() if "Function : " in ln}
+        lines = sorted(nm for nm in names if "uantize" in nm)[:30]
+        print("no kQuantizeBlockwise<.., 64, .., NF4> found; quantize kernels present:")
+    print("SASS of bitsandbytes' NF4 quantize (blocksize 64), MUFU/FFMA/FMUL/FCHK/CALL lines:")
+    print("\n".join(lines[:60]), flush=True)
+    results["bnb_sass"] = lines[:200]
 
 
 def bench_lora(results: dict) -> None:
@@ -191,21 +309,26 @@ def bench_lora(results: dict) -> None:
                 fn()
 
         fwd_ms, fb_ms = median_ms(fwd), median_ms(fwd_bwd)
+        fb_steady_ms = median_ms(fwd_bwd, iters=10, inner=10)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         y = fn()
         held = (torch.cuda.memory_allocated() - base) / 2**20
         del y
-        rows[name] = {"fwd_ms": round(fwd_ms, 3), "fwd_bwd_ms": round(fb_ms, 3), "held_MiB": round(held)}
+        rows[name] = {"fwd_ms": round(fwd_ms, 3), "fwd_bwd_ms": round(fb_ms, 3),
+                      "fwd_bwd_steady_ms": round(fb_steady_ms, 3), "held_MiB": round(held)}  # fmt: skip
     weights_mib = {"bf16 W": w.numel() * 2 / 2**20, "NF4 W": q.nbytes / 2**20}
     print(f"\nfwd / fwd+bwd, x 8192 x 4096 @ W^T 11008 x 4096, r 16, bf16 (W: bf16 {weights_mib['bf16 W']:.0f} MiB, "
           f"NF4 {weights_mib['NF4 W']:.1f} MiB):")  # fmt: skip
     for name, row in rows.items():
-        print(f"  {name:32s} fwd {row['fwd_ms']:.3f} ms   fwd+bwd {row['fwd_bwd_ms']:.3f} ms   "
-              f"held for backward (output + saved) {row['held_MiB']} MiB")  # fmt: skip
-    ratio = rows["nf4_lora_linear"]["fwd_bwd_ms"] / rows["lora_linear (bf16 W)"]["fwd_bwd_ms"]
-    print(f"  nf4 / bf16 fwd+bwd time: x{ratio:.3f}")
-    results["lora"] = {"rows": rows, "weights_MiB": weights_mib, "nf4_over_bf16_fwd_bwd": round(ratio, 4)}
+        print(f"  {name:32s} fwd {row['fwd_ms']:.3f} ms   fwd+bwd {row['fwd_bwd_ms']:.3f} ms (back to back "
+              f"{row['fwd_bwd_steady_ms']:.3f})   held for backward: {row['held_MiB']} MiB")  # fmt: skip
+    nf4, bf16 = rows["nf4_lora_linear"], rows["lora_linear (bf16 W)"]
+    ratio = nf4["fwd_bwd_ms"] / bf16["fwd_bwd_ms"]
+    steady = nf4["fwd_bwd_steady_ms"] / bf16["fwd_bwd_steady_ms"]
+    print(f"  nf4 / bf16 fwd+bwd time: x{ratio:.3f} one at a time, x{steady:.3f} back to back")
+    results["lora"] = {"rows": rows, "weights_MiB": weights_mib, "nf4_over_bf16_fwd_bwd": round(ratio, 4),
+                       "nf4_over_bf16_fwd_bwd_steady": round(steady, 4)}  # fmt: skip
 
 
 def bench_materialize(results: dict) -> None:
@@ -242,28 +365,6 @@ def bench_materialize(results: dict) -> None:
            "fwd_4x2048_ms": round(fwd_ms, 1), "loss": round(loss_sum.item() / count.item(), 3)}  # fmt: skip
     print(f"\nLlama-2-7B random init in NF4 from meta: {json.dumps(row)}", flush=True)
     results["materialize_7b"] = row
-
-
-def _flat_kernel():
-    """An alternative layout to time against the kernel in use: each lane makes one weight, reading its byte and its
-    block's absmax state itself (more gathers, no interleave)."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def dequantize_flat(packed_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out_ptr, n,
-                        BLOCK: tl.constexpr):  # fmt: skip
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        live = offs < n
-        byte = tl.load(packed_ptr + offs // 2, mask=live, other=0).to(tl.int32)
-        nibble = tl.where(offs % 2 == 0, byte >> 4, byte & 15)
-        q8 = tl.load(absmax_q_ptr + offs // 64, mask=live, other=0).to(tl.int32)
-        absmax2 = tl.load(absmax2_ptr + offs // 16384, mask=live, other=0.0)
-        absmax = tl.load(code8_ptr + q8) * absmax2 + tl.load(offset_ptr)
-        w = tl.load(code4_ptr + nibble) * absmax
-        tl.store(out_ptr + offs, w.to(out_ptr.dtype.element_ty), mask=live)
-
-    return dequantize_flat
 
 
 def _bnb_version() -> str:

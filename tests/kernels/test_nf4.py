@@ -57,13 +57,19 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return same_layout and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
+@pytest.mark.parametrize("layout", ["flat", "pairs"])
 @pytest.mark.parametrize("out_dtype", OUT_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_dequantize_kernel_is_bit_identical_to_the_reference(shape, out_dtype):
+def test_dequantize_kernel_is_bit_identical_to_the_reference(shape, out_dtype, layout):
     q = quantize_nf4_reference(weight(shape, torch.bfloat16))
+    if layout == "pairs" and (out_dtype == torch.float32 or q.numel % 2):
+        with pytest.raises(ValueError, match="pairs"):
+            dequantize_nf4_triton(q.to(DEVICE), dtype=out_dtype, layout=layout)
+        return
     expected = dequantize_nf4(q, out_dtype)
-    got = dequantize_nf4_triton(q.to(DEVICE), dtype=out_dtype)
+    got = dequantize_nf4_triton(q.to(DEVICE), dtype=out_dtype, layout=layout, block=256)  # several programs
     assert same_bits(got.cpu(), expected)
+    assert same_bits(dequantize_nf4_triton(q.to(DEVICE), dtype=out_dtype, layout=layout).cpu(), expected)
 
 
 def test_dequantize_writes_into_out_and_checks_its_size():

@@ -141,12 +141,22 @@ def test_bit_identical_to_bitsandbytes_on_cpu(shape, dtype):
     assert torch.equal(ours.packed, theirs.view(-1))
     assert torch.equal(ours.absmax_q, state.absmax) and torch.equal(ours.absmax2, state.state2.absmax)
     assert torch.equal(ours.offset, state.offset) and torch.equal(ours.code8, state.state2.code)
+    report = []
     for out_dtype in (torch.bfloat16, torch.float16, torch.float32):
         state.dtype = out_dtype
-        expected = bnb_functional.dequantize_4bit(theirs, state)
-        got = dequantize_nf4(ours, out_dtype)
+        expected = bnb_functional.dequantize_4bit(theirs, state).reshape(-1)
+        again = bnb_functional.dequantize_4bit(theirs, state).reshape(-1)
+        got = dequantize_nf4(ours, out_dtype).reshape(-1)
         assert got.dtype == out_dtype
-        assert torch.equal(got.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8))
+        width = got.element_size()
+        differ = (got.view(torch.uint8).view(-1, width) != expected.view(torch.uint8).view(-1, width)).any(1)
+        if differ.any():
+            i = differ.nonzero()[0].item()
+            exact = dequantize_nf4(ours, torch.float32).reshape(-1)[i].item()
+            report.append(f"{out_dtype}: {differ.sum().item()} of {differ.numel()} differ (bitsandbytes repeats "
+                          f"itself: {torch.equal(expected, again)}); first at {i}: ours {got[i].item()!r}, "
+                          f"theirs {expected[i].item()!r}, fp32 {exact!r}")  # fmt: skip
+    assert not report, "; ".join(report)
 
 
 def make_linear(n_in, n_out, dtype, device, bias=True):

@@ -1,11 +1,12 @@
 """NF4 weights with double quantization on the GPU (the format of `tunelab.peft.quant`): Triton kernels that
 dequantize a whole weight in one pass, and that quantize one bit for bit as bitsandbytes' CUDA kernels do.
 
-Dequantize: a program takes BLOCKS consecutive 64-weight blocks: it rebuilds their absmaxes from the 8-bit codes
-(code8[q] * absmax2 + offset), reads BLOCKS x 32 packed bytes, looks both nibbles up in the 16-entry table and writes
-BLOCKS x 64 weights (high nibble first). Per weight it moves 0.5 byte in and 2 (bf16) out, plus 1.06 bytes of absmax
-state per 64 weights. Kernels run with fp fusion off: bitsandbytes multiplies, rounds, then adds the offset, and an
-FMA would round once and differ in the last bit.
+Dequantize: per weight, absmax = code8[absmax_q] * absmax2 + offset of its 64-block, w = code4[nibble] * absmax,
+rounded once to the output dtype. For bf16/fp16 of an even count, one lane takes a packed byte and writes its two
+weights as one 32-bit word ("pairs"); otherwise one lane makes one weight ("flat"). The small tables and the
+per-block state are read through L1; DRAM traffic is 0.5 byte in and 2 out per weight plus 1.06 bytes per 64.
+Kernels run with fp fusion off: bitsandbytes multiplies, rounds, then adds the offset, and an FMA would round once
+and differ in the last bit.
 
 Quantize follows bitsandbytes' CUDA kernels, which are built with fast math: the block absmax is inverted with the
 approximate reciprocal (`rcp.approx.ftz.f32`) and multiplied in; the NF4 code is the number of fp32 midpoints strictly
@@ -22,28 +23,47 @@ import triton.language as tl
 
 from tunelab.peft.quant import ABSMAX_BLOCK, BLOCK, NF4Weight, dynamic_code, nf4_code, nf4_midpoints
 
-DEQUANT_BLOCKS = 64  # 64-weight blocks per program: 4096 weights, 2 KiB read, 8 KiB of bf16 written
+DEQUANT_BLOCK = 4096  # weights per program ("flat") or bytes per program ("pairs")
 DEQUANT_WARPS = 4
 QUANT_BLOCKS = 32
 
 
 @triton.jit
+def _absmax_of(absmax_q_ptr, absmax2_ptr, offset_ptr, code8_ptr, block, live):
+    """The first-level absmax of 64-block `block`: code8[q] * absmax2 + offset, two roundings (fp fusion is off)."""
+    q8 = tl.load(absmax_q_ptr + block, mask=live, other=0).to(tl.int32)
+    absmax2 = tl.load(absmax2_ptr + block // 256, mask=live, other=0.0)
+    return tl.load(code8_ptr + q8) * absmax2 + tl.load(offset_ptr)
+
+
+@triton.jit
 def _dequantize_kernel(
-    packed_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out_ptr, n, n_blocks,
-    BLOCKS: tl.constexpr,
+    packed_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out_ptr, n, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    blocks = tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)  # (BLOCKS,)
-    live = blocks < n_blocks
-    q8 = tl.load(absmax_q_ptr + blocks, mask=live, other=0).to(tl.int32)
-    absmax2 = tl.load(absmax2_ptr + blocks // 256, mask=live, other=0.0)
-    absmax = tl.load(code8_ptr + q8) * absmax2 + tl.load(offset_ptr)  # two roundings (fp fusion is off)
-    byte = blocks[:, None] * 32 + tl.arange(0, 32)[None, :]  # (BLOCKS, 32)
-    packed = tl.load(packed_ptr + byte, mask=byte < (n + 1) // 2, other=0).to(tl.int32)
-    high = tl.load(code4_ptr + (packed >> 4)) * absmax[:, None]  # elements 2j
-    low = tl.load(code4_ptr + (packed & 15)) * absmax[:, None]  # elements 2j + 1
-    w = tl.join(high, low).reshape(BLOCKS, 64)  # (BLOCKS, 32, 2) -> (BLOCKS, 64): interleaved
-    elem = blocks[:, None] * 64 + tl.arange(0, 64)[None, :]
-    tl.store(out_ptr + elem, w.to(out_ptr.dtype.element_ty), mask=elem < n)  # rounds to nearest even
+    """Any output dtype and size: one lane per weight, reading its own byte and its block's absmax state."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < n
+    byte = tl.load(packed_ptr + offs // 2, mask=live, other=0).to(tl.int32)
+    nibble = tl.where(offs % 2 == 0, byte >> 4, byte & 15)  # element 2i is the high nibble
+    absmax = _absmax_of(absmax_q_ptr, absmax2_ptr, offset_ptr, code8_ptr, offs // 64, live)
+    w = tl.load(code4_ptr + nibble) * absmax
+    tl.store(out_ptr + offs, w.to(out_ptr.dtype.element_ty), mask=live)  # rounds to nearest even
+
+
+@triton.jit
+def _dequantize_pairs_kernel(
+    packed_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out32_ptr, n_bytes,
+    OUT_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """16-bit outputs of an even count: one lane per packed byte, writing its two weights as one 32-bit word
+    (contiguous loads and stores, no interleaving shuffle). Little-endian: element 2i in the low half."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < n_bytes
+    byte = tl.load(packed_ptr + offs, mask=live, other=0).to(tl.int32)
+    absmax = _absmax_of(absmax_q_ptr, absmax2_ptr, offset_ptr, code8_ptr, offs // 32, live)
+    first = (tl.load(code4_ptr + (byte >> 4)) * absmax).to(OUT_DTYPE).to(tl.uint16, bitcast=True).to(tl.uint32)
+    second = (tl.load(code4_ptr + (byte & 15)) * absmax).to(OUT_DTYPE).to(tl.uint16, bitcast=True).to(tl.uint32)
+    tl.store(out32_ptr + offs, (first | (second << 16)).to(tl.int32, bitcast=True), mask=live)
 
 
 @triton.jit
@@ -109,23 +129,36 @@ def dequantize_nf4_triton(
     q: NF4Weight,
     out: torch.Tensor | None = None,
     dtype: torch.dtype = torch.bfloat16,
-    blocks_per_program: int = DEQUANT_BLOCKS,
+    layout: str | None = None,
+    block: int = DEQUANT_BLOCK,
     num_warps: int = DEQUANT_WARPS,
 ) -> torch.Tensor:
     """The weight of `q` in `dtype` (or in `out`'s dtype, written into `out`), shape q.shape, in one kernel.
 
-    Bit-identical to `tunelab.peft.quant.dequantize_nf4` and to bitsandbytes' `dequantize_4bit`.
+    Bit-identical to `tunelab.peft.quant.dequantize_nf4` and to bitsandbytes' `dequantize_4bit`. `layout` picks the
+    kernel: "pairs" (16-bit outputs of an even count, 4-byte aligned; the default for those) or "flat" (any).
     """
     if out is None:
         out = torch.empty(q.shape, dtype=dtype, device=q.device)
     if out.numel() != q.numel or not out.is_contiguous():
         shape = tuple(out.shape)
         raise ValueError(f"dequantize_nf4_triton: out must be contiguous with {q.numel} elements, not {shape}")
-    grid = (triton.cdiv(q.n_blocks, blocks_per_program),)
-    _dequantize_kernel[grid](
-        q.packed, q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, q.numel, q.n_blocks,
-        BLOCKS=blocks_per_program, num_warps=num_warps, enable_fp_fusion=False,
-    )  # fmt: skip
+    pairs_fit = out.element_size() == 2 and q.numel % 2 == 0 and out.data_ptr() % 4 == 0
+    layout = layout or ("pairs" if pairs_fit else "flat")
+    state = (q.packed, q.absmax_q, q.absmax2, q.offset, q.code4, q.code8)
+    if layout == "pairs":
+        if not pairs_fit:
+            raise ValueError("dequantize_nf4_triton: 'pairs' needs a 16-bit, 4-byte aligned output of even size")
+        out_dtype = tl.bfloat16 if out.dtype == torch.bfloat16 else tl.float16
+        n_bytes = q.numel // 2
+        grid = (triton.cdiv(n_bytes, block),)
+        _dequantize_pairs_kernel[grid](
+            *state, out.view(-1).view(torch.int32), n_bytes, OUT_DTYPE=out_dtype, BLOCK=block, num_warps=num_warps,
+            enable_fp_fusion=False,
+        )  # fmt: skip
+    else:
+        grid = (triton.cdiv(q.numel, block),)
+        _dequantize_kernel[grid](*state, out, q.numel, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)
     return out
 
 
