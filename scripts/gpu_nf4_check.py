@@ -87,6 +87,7 @@ def bench_kernels(results: dict) -> None:
     import torch
 
     from tunelab.kernels.nf4 import dequantize_nf4_triton, quantize_nf4_triton
+    from tunelab.peft.quant import dequantize_nf4
 
     torch.manual_seed(0)
     shape = (11008, 4096)  # (out, in) of Llama-2-7B's gate/up projection: 45.1M weights
@@ -95,17 +96,15 @@ def bench_kernels(results: dict) -> None:
     q = quantize_nf4_triton(w)
     moved = n / 2 + 2 * n + q.absmax_q.numel() + 4 * q.absmax2.numel()  # bytes read + written
     out = torch.empty(shape, device="cuda", dtype=torch.bfloat16)
-    reference = dequantize_nf4_triton(q, layout="flat").clone()
+    reference = dequantize_nf4(q.to("cpu")).cuda()
     rows = []
-    for layout in ("flat", "pairs"):
-        for block in (1024, 2048, 4096, 8192):
-            for warps in (4, 8):
-                out.zero_()
-                dequantize_nf4_triton(q, out=out, layout=layout, block=block, num_warps=warps)
-                assert torch.equal(out, reference), f"{layout} {block} {warps} disagrees with flat"
-                ms = median_ms(lambda: dequantize_nf4_triton(q, out=out, layout=layout, block=block, num_warps=warps))
-                rows.append({"layout": layout, "block": block, "num_warps": warps, "ms": round(ms, 4),
-                             "GB_s": round(moved / ms / 1e6, 1)})  # fmt: skip
+    for block in (1024, 2048, 4096, 8192):
+        for warps in (4, 8):
+            out.zero_()
+            dequantize_nf4_triton(q, out=out, block=block, num_warps=warps)
+            assert torch.equal(out, reference), f"block {block}, {warps} warps: not the reference's bits"
+            ms = median_ms(lambda: dequantize_nf4_triton(q, out=out, block=block, num_warps=warps))
+            rows.append({"block": block, "num_warps": warps, "ms": round(ms, 4), "GB_s": round(moved / ms / 1e6, 1)})
     copies = {}
     for nbytes in (int(moved), 2**30):
         src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
@@ -113,14 +112,14 @@ def bench_kernels(results: dict) -> None:
         copies[nbytes] = median_ms(lambda: dst.copy_(src))  # reads and writes nbytes / 2 each
         del src, dst
     best = min(rows, key=lambda r: r["ms"])
-    default = dequantize_nf4_triton.__defaults__  # (out, dtype, layout, block, num_warps)
+    default = dequantize_nf4_triton.__defaults__  # (out, dtype, block, num_warps)
     default_ms = median_ms(lambda: dequantize_nf4_triton(q, out=out))
     print(f"\ndequantize 11008 x 4096 -> bf16: {moved / 1e6:.1f} MB moved; device copy of as many bytes "
           f"{copies[int(moved)] * 1e3:.1f} us = {moved / copies[int(moved)] / 1e6:.0f} GB/s; copy of 1 GiB "
           f"{2**30 / copies[2**30] / 1e6:.0f} GB/s", flush=True)  # fmt: skip
     for r in rows:
         mark = "  <- best" if r is best else ""
-        print(f"  {r['layout']:5s} block {r['block']:5d} warps {r['num_warps']}: {r['ms'] * 1e3:6.1f} us "
+        print(f"  block {r['block']:5d} warps {r['num_warps']}: {r['ms'] * 1e3:6.1f} us "
               f"{r['GB_s']:7.1f} GB/s{mark}")  # fmt: skip
     print(f"  library default {default[2:]}: {default_ms * 1e3:.1f} us {moved / default_ms / 1e6:.0f} GB/s")
     copy_ms = {str(k): round(v, 4) for k, v in copies.items()}
@@ -153,7 +152,7 @@ def reciprocal_experiment(bnb, results: dict) -> None:
     import torch
 
     from tunelab.kernels.nf4 import quantize_absmax_triton, quantize_blocks_triton
-    from tunelab.peft.quant import dynamic_code, nf4_midpoints
+    from tunelab.peft.quant import dynamic_code, nf4_cuda_thresholds
 
     kernel = _codes_kernel()
     rows = []
@@ -170,7 +169,7 @@ def reciprocal_experiment(bnb, results: dict) -> None:
         row = {"dtype": str(dtype).split(".")[-1], "scale": scale, "bnb_repeats": repeats}
         codes = torch.empty(x.numel(), dtype=torch.uint8, device="cuda")
         scaled = torch.empty(x.numel(), dtype=torch.float32, device="cuda")
-        mid = nf4_midpoints("cuda")
+        mid = nf4_cuda_thresholds("cuda")
         for mode, name in enumerate(MODES):
             kernel[(triton_cdiv(x.numel(), 4096),)](x.view(-1), absmax, mid, codes, scaled, x.numel(), MODE=mode,
                                                     BLOCK=4096, enable_fp_fusion=False)  # fmt: skip
@@ -181,7 +180,7 @@ def reciprocal_experiment(bnb, results: dict) -> None:
                     block = x.view(-1)[b * 64 : (b + 1) * 64].float()
                     print(f"    at {i}: w {x.view(-1)[i].item()!r} absmax {absmax[b].item()!r} (block max "
                           f"{block.abs().max().item()!r}) x {scaled[i].item()!r} ours {codes[i].item()} theirs "
-                          f"{theirs[i].item()}; midpoints {mid[max(0, theirs[i].item() - 1)].item()!r} "
+                          f"{theirs[i].item()}; thresholds {mid[max(0, theirs[i].item() - 1)].item()!r} "
                           f"{mid[min(14, theirs[i].item())].item()!r}; byte {i // 2}: theirs {packed[i // 2].item()} "
                           f"again {again.view(-1)[i // 2].item()}", flush=True)  # fmt: skip
         centered = absmax - absmax.mean()

@@ -19,6 +19,8 @@ from tunelab.peft.quant import (
     dequantize_nf4,
     dynamic_code,
     nf4_code,
+    nf4_cuda_thresholds,
+    nf4_midpoints,
     quantize_nf4,
     quantize_nf4_reference,
 )
@@ -57,19 +59,13 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return same_layout and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
-@pytest.mark.parametrize("layout", ["flat", "pairs"])
 @pytest.mark.parametrize("out_dtype", OUT_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_dequantize_kernel_is_bit_identical_to_the_reference(shape, out_dtype, layout):
+def test_dequantize_kernel_is_bit_identical_to_the_reference(shape, out_dtype):
     q = quantize_nf4_reference(weight(shape, torch.bfloat16))
-    if layout == "pairs" and (out_dtype == torch.float32 or q.numel % 2):
-        with pytest.raises(ValueError, match="pairs"):
-            dequantize_nf4_triton(q.to(DEVICE), dtype=out_dtype, layout=layout)
-        return
     expected = dequantize_nf4(q, out_dtype)
-    got = dequantize_nf4_triton(q.to(DEVICE), dtype=out_dtype, layout=layout, block=256)  # several programs
-    assert same_bits(got.cpu(), expected)
-    assert same_bits(dequantize_nf4_triton(q.to(DEVICE), dtype=out_dtype, layout=layout).cpu(), expected)
+    assert same_bits(dequantize_nf4_triton(q.to(DEVICE), dtype=out_dtype).cpu(), expected)
+    assert same_bits(dequantize_nf4_triton(q.to(DEVICE), dtype=out_dtype, block=256).cpu(), expected)  # more programs
 
 
 def test_dequantize_writes_into_out_and_checks_its_size():
@@ -86,13 +82,27 @@ def test_dequantize_writes_into_out_and_checks_its_size():
 def test_4bit_stage_matches_the_reference(shape, dtype):
     w = weight(shape, dtype)
     ref = quantize_nf4_reference(w)
-    packed, absmax = quantize_blocks_triton(w.to(DEVICE), approx_reciprocal=False)
+    packed, absmax = quantize_blocks_triton(w.to(DEVICE), approx_reciprocal=False, thresholds=nf4_midpoints())
     assert torch.equal(absmax.cpu(), block_absmax_true(w))
     # The reference (bitsandbytes on the CPU) divides in a trailing partial block where the kernel multiplies by the
     # reciprocal: compare the full blocks exactly.
     full_bytes = (w.numel() // 64) * 32
     assert torch.equal(packed.cpu()[:full_bytes], ref.packed[:full_bytes])
     assert packed.numel() == ref.packed.numel()
+
+
+def test_cuda_thresholds_decide_ties_as_bitsandbytes_cuda_does():
+    # absmax 1, so x = w exactly. On the CPU's fp32 midpoints 0.50166345 and -0.84809637 bitsandbytes' CUDA
+    # thresholds lie one ulp below (codes 13 and 1, not 12 and 0); on its threshold 0.12025525, one ulp above the
+    # midpoint, x is not above it (code 8, not 9); the midpoint 0.03979015 it kept (code 7 both ways).
+    mid = nf4_midpoints()
+    w = torch.zeros(64)
+    w[0], w[1:5] = 1.0, torch.stack([mid[12], mid[0], nf4_cuda_thresholds()[8], mid[7]])
+    cuda, _ = quantize_blocks_triton(w.to(DEVICE), approx_reciprocal=False)
+    cpu, _ = quantize_blocks_triton(w.to(DEVICE), approx_reciprocal=False, thresholds=mid)
+    unpack = lambda p: torch.stack((p >> 4, p & 15), 1).view(-1)[:5].tolist()  # noqa: E731
+    assert unpack(cuda.cpu()) == [15, 13, 1, 8, 7]
+    assert unpack(cpu.cpu()) == [15, 12, 0, 9, 7] == unpack(quantize_nf4_reference(w).packed)
 
 
 def block_absmax_true(w):

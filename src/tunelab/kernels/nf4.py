@@ -1,18 +1,21 @@
 """NF4 weights with double quantization on the GPU (the format of `tunelab.peft.quant`): Triton kernels that
 dequantize a whole weight in one pass, and that quantize one bit for bit as bitsandbytes' CUDA kernels do.
 
-Dequantize: per weight, absmax = code8[absmax_q] * absmax2 + offset of its 64-block, w = code4[nibble] * absmax,
-rounded once to the output dtype. For bf16/fp16 of an even count, one lane takes a packed byte and writes its two
-weights as one 32-bit word ("pairs"); otherwise one lane makes one weight ("flat"). The small tables and the
-per-block state are read through L1; DRAM traffic is 0.5 byte in and 2 out per weight plus 1.06 bytes per 64.
+Dequantize: one lane per weight reads its byte and its 64-block's absmax state (the small tables and the per-block
+state come through L1), computes absmax = code8[absmax_q] * absmax2 + offset and w = code4[nibble] * absmax, and
+rounds once to the output dtype. DRAM traffic: 0.5 byte in and 2 (bf16) out per weight, plus 1.06 bytes per 64.
+On an H200, 11008 x 4096 to bf16 takes ~58 us (~2.0 TB/s by that count; a device copy of as many bytes runs at
+2.8 TB/s) against ~95-120 us for bitsandbytes' dequantize_4bit (three kernels). Laying a lane per packed byte that
+writes both weights as one 32-bit word, or 64-weight tiles interleaved with tl.join, measured no faster.
 Kernels run with fp fusion off: bitsandbytes multiplies, rounds, then adds the offset, and an FMA would round once
 and differ in the last bit.
 
 Quantize follows bitsandbytes' CUDA kernels, which are built with fast math: the block absmax is inverted with the
-approximate reciprocal (`rcp.approx.ftz.f32`) and multiplied in; the NF4 code is the number of fp32 midpoints strictly
-below (their decision tree); the 8-bit absmax code is their binary search over the sorted dynamic code followed by a
-midpoint test. A zero block gives 0 * inf = NaN, which every comparison rejects: code 0 (-1.0), as there. Pass
-`approx_reciprocal=False` for a correctly rounded 1 / absmax (Triton's interpreter has no PTX).
+approximate reciprocal (`rcp.approx.ftz.f32`: their SASS is MUFU.RCP then FMUL) and multiplied in; the NF4 code is
+the number of their decision tree's thresholds strictly below (`nf4_cuda_thresholds`); the 8-bit absmax code is their
+binary search over the sorted dynamic code followed by a midpoint test. A zero block gives 0 * inf = NaN, which
+every comparison rejects: code 0 (-1.0), as there. Pass `approx_reciprocal=False` for a correctly rounded
+1 / absmax (Triton's interpreter has no PTX).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tunelab.peft.quant import ABSMAX_BLOCK, BLOCK, NF4Weight, dynamic_code, nf4_code, nf4_midpoints
+from tunelab.peft.quant import ABSMAX_BLOCK, BLOCK, NF4Weight, dynamic_code, nf4_code, nf4_cuda_thresholds
 
-DEQUANT_BLOCK = 4096  # weights per program ("flat") or bytes per program ("pairs")
+DEQUANT_BLOCK = 4096  # weights per program (fastest of 1024..8192 x 4 or 8 warps on an H200)
 DEQUANT_WARPS = 4
 QUANT_BLOCKS = 32
 
@@ -40,7 +43,6 @@ def _absmax_of(absmax_q_ptr, absmax2_ptr, offset_ptr, code8_ptr, block, live):
 def _dequantize_kernel(
     packed_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out_ptr, n, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """Any output dtype and size: one lane per weight, reading its own byte and its block's absmax state."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = offs < n
     byte = tl.load(packed_ptr + offs // 2, mask=live, other=0).to(tl.int32)
@@ -48,22 +50,6 @@ def _dequantize_kernel(
     absmax = _absmax_of(absmax_q_ptr, absmax2_ptr, offset_ptr, code8_ptr, offs // 64, live)
     w = tl.load(code4_ptr + nibble) * absmax
     tl.store(out_ptr + offs, w.to(out_ptr.dtype.element_ty), mask=live)  # rounds to nearest even
-
-
-@triton.jit
-def _dequantize_pairs_kernel(
-    packed_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out32_ptr, n_bytes,
-    OUT_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    """16-bit outputs of an even count: one lane per packed byte, writing its two weights as one 32-bit word
-    (contiguous loads and stores, no interleaving shuffle). Little-endian: element 2i in the low half."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = offs < n_bytes
-    byte = tl.load(packed_ptr + offs, mask=live, other=0).to(tl.int32)
-    absmax = _absmax_of(absmax_q_ptr, absmax2_ptr, offset_ptr, code8_ptr, offs // 32, live)
-    first = (tl.load(code4_ptr + (byte >> 4)) * absmax).to(OUT_DTYPE).to(tl.uint16, bitcast=True).to(tl.uint32)
-    second = (tl.load(code4_ptr + (byte & 15)) * absmax).to(OUT_DTYPE).to(tl.uint16, bitcast=True).to(tl.uint32)
-    tl.store(out32_ptr + offs, (first | (second << 16)).to(tl.int32, bitcast=True), mask=live)
 
 
 @triton.jit
@@ -77,7 +63,9 @@ def _reciprocal(x, APPROX: tl.constexpr):
 
 
 @triton.jit
-def _quantize_kernel(w_ptr, mid_ptr, packed_ptr, absmax_ptr, n, n_blocks, BLOCKS: tl.constexpr, APPROX: tl.constexpr):
+def _quantize_kernel(
+    w_ptr, threshold_ptr, packed_ptr, absmax_ptr, n, n_blocks, BLOCKS: tl.constexpr, APPROX: tl.constexpr,
+):  # fmt: skip
     blocks = tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)  # (BLOCKS,)
     elem = blocks[:, None] * 64 + tl.arange(0, 64)[None, :]  # (BLOCKS, 64)
     x = tl.load(w_ptr + elem, mask=elem < n, other=0.0).to(tl.float32)  # padding 0: code 7, as bitsandbytes pads
@@ -85,8 +73,8 @@ def _quantize_kernel(w_ptr, mid_ptr, packed_ptr, absmax_ptr, n, n_blocks, BLOCKS
     tl.store(absmax_ptr + blocks, absmax, mask=blocks < n_blocks)
     scaled = x * _reciprocal(absmax, APPROX)[:, None]
     code = tl.zeros((BLOCKS, 64), dtype=tl.int32)
-    for k in tl.static_range(15):  # code = number of midpoints strictly below (bitsandbytes' tree of x > m tests)
-        code += (scaled > tl.load(mid_ptr + k)).to(tl.int32)
+    for k in tl.static_range(15):  # code = number of thresholds strictly below (bitsandbytes' tree of x > t tests)
+        code += (scaled > tl.load(threshold_ptr + k)).to(tl.int32)
     high, low = tl.split(code.reshape(BLOCKS, 32, 2))
     byte = blocks[:, None] * 32 + tl.arange(0, 32)[None, :]
     tl.store(packed_ptr + byte, ((high << 4) | low).to(tl.uint8), mask=byte < (n + 1) // 2)
@@ -129,48 +117,40 @@ def dequantize_nf4_triton(
     q: NF4Weight,
     out: torch.Tensor | None = None,
     dtype: torch.dtype = torch.bfloat16,
-    layout: str | None = None,
     block: int = DEQUANT_BLOCK,
     num_warps: int = DEQUANT_WARPS,
 ) -> torch.Tensor:
     """The weight of `q` in `dtype` (or in `out`'s dtype, written into `out`), shape q.shape, in one kernel.
 
-    Bit-identical to `tunelab.peft.quant.dequantize_nf4` and to bitsandbytes' `dequantize_4bit`. `layout` picks the
-    kernel: "pairs" (16-bit outputs of an even count, 4-byte aligned; the default for those) or "flat" (any).
+    Bit-identical to `tunelab.peft.quant.dequantize_nf4` and to bitsandbytes' `dequantize_4bit`.
     """
     if out is None:
         out = torch.empty(q.shape, dtype=dtype, device=q.device)
     if out.numel() != q.numel or not out.is_contiguous():
         shape = tuple(out.shape)
         raise ValueError(f"dequantize_nf4_triton: out must be contiguous with {q.numel} elements, not {shape}")
-    pairs_fit = out.element_size() == 2 and q.numel % 2 == 0 and out.data_ptr() % 4 == 0
-    layout = layout or ("pairs" if pairs_fit else "flat")
-    state = (q.packed, q.absmax_q, q.absmax2, q.offset, q.code4, q.code8)
-    if layout == "pairs":
-        if not pairs_fit:
-            raise ValueError("dequantize_nf4_triton: 'pairs' needs a 16-bit, 4-byte aligned output of even size")
-        out_dtype = tl.bfloat16 if out.dtype == torch.bfloat16 else tl.float16
-        n_bytes = q.numel // 2
-        grid = (triton.cdiv(n_bytes, block),)
-        _dequantize_pairs_kernel[grid](
-            *state, out.view(-1).view(torch.int32), n_bytes, OUT_DTYPE=out_dtype, BLOCK=block, num_warps=num_warps,
-            enable_fp_fusion=False,
-        )  # fmt: skip
-    else:
-        grid = (triton.cdiv(q.numel, block),)
-        _dequantize_kernel[grid](*state, out, q.numel, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)
+    _dequantize_kernel[(triton.cdiv(q.numel, block),)](
+        q.packed, q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, q.numel, BLOCK=block, num_warps=num_warps,
+        enable_fp_fusion=False,
+    )  # fmt: skip
     return out
 
 
-def quantize_blocks_triton(w: torch.Tensor, approx_reciprocal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 4-bit stage: packed codes ((n + 1) // 2,) uint8 and block absmaxes (ceil(n / 64),) fp32 of flattened w."""
+def quantize_blocks_triton(
+    w: torch.Tensor, approx_reciprocal: bool = True, thresholds: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4-bit stage: packed codes ((n + 1) // 2,) uint8 and block absmaxes (ceil(n / 64),) fp32 of flattened w.
+
+    `thresholds` (15,) fp32 defaults to bitsandbytes' CUDA ones; `nf4_midpoints()` gives its CPU rule instead.
+    """
     flat = w.detach().contiguous().view(-1)
     n = flat.numel()
     n_blocks = triton.cdiv(n, BLOCK)
     packed = torch.empty((n + 1) // 2, dtype=torch.uint8, device=w.device)
     absmax = torch.empty(n_blocks, dtype=torch.float32, device=w.device)
     _quantize_kernel[(triton.cdiv(n_blocks, QUANT_BLOCKS),)](
-        flat, nf4_midpoints(w.device), packed, absmax, n, n_blocks, BLOCKS=QUANT_BLOCKS, APPROX=approx_reciprocal,
+        flat, nf4_cuda_thresholds(w.device) if thresholds is None else thresholds.to(w.device), packed, absmax, n,
+        n_blocks, BLOCKS=QUANT_BLOCKS, APPROX=approx_reciprocal,
         enable_fp_fusion=False,
     )  # fmt: skip
     return packed, absmax

@@ -3,8 +3,10 @@ them, so that `bitsandbytes.functional.dequantize_4bit` and `dequantize_nf4` giv
 
 The format (bitsandbytes `quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)`):
   - w is flattened and cut into blocks of BLOCK = 64; absmax[b] = max |w| over block b (fp32);
-  - each w / absmax[b] is replaced by the index of the nearest of the 16 NF4 values (`NF4_VALUES`); "nearest" is
-    decided against the fp32 midpoints of neighbouring values, a value equal to a midpoint taking the lower index;
+  - each w / absmax[b] is replaced by the index of the nearest of the 16 NF4 values (`NF4_VALUES`): the number of
+    thresholds strictly below it. On the CPU the thresholds are the fp32 midpoints of neighbouring values; bitsandbytes'
+    CUDA kernel writes them as decimal literals that the compiler rounds straight to fp32, and 4 of the 15 (the
+    midpoints that fall on an fp32 tie) land one unit in the last place away (`nf4_cuda_thresholds`);
   - two 4-bit indices per byte, element 2i in the HIGH nibble, 2i+1 in the low one (an odd count pads with index 7,
     the value 0);
   - double quantization: offset = mean(absmax); absmax - offset is quantized blockwise (ABSMAX_BLOCK = 256) to 8 bits
@@ -17,10 +19,11 @@ Quantizing is bit-identical to bitsandbytes (0.50) on the same device. bitsandby
 the CPU (4-bit stage: reciprocal then multiply, but a division in a trailing partial block; 8-bit stage: a 65536-bin
 lookup table) and on CUDA (kernels built with fast math: an approximate reciprocal then a multiply; the 8-bit code by
 binary search and a midpoint test). `quantize_nf4_reference` follows the CPU rules; on CUDA `quantize_nf4` runs the
-Triton kernels of `tunelab.kernels.nf4`, which follow the CUDA ones. The two may differ in the last bit of an input
-that sits on a decision boundary; each is decoded the same way everywhere. A block of zeros is stored as index 7 on
-the CPU (decoded as 0) and as index 0 on CUDA (0 * (1 / 0) is NaN and fails every test), decoded as -1.0 times its
-absmax as it comes back from 8 bits (about 1e-3 of the weight scale rather than 0), as bitsandbytes does.
+Triton kernels of `tunelab.kernels.nf4`, which follow the CUDA ones. The two rules pick different codes only for values
+very near a decision boundary (4-bit: about an ulp, a few fp32 weights in 10^7; 8-bit: the CPU table's bins, 3e-5 of
+absmax2 wide); bytes decode the same way everywhere. A block of zeros is stored as index 7 on the CPU (decoded as 0)
+and as index 0 on CUDA (0 * (1 / 0) is NaN and fails every test), decoded as -1.0 times its absmax as it comes back
+from 8 bits (about 1e-3 of the weight scale rather than 0), as bitsandbytes does.
 
 `NF4Linear` is the frozen leaf module holding such a weight as buffers; it never keeps a 16-bit copy. Its forward
 dequantizes into a scratch buffer (`DequantWorkspace`, shared by all layers of a model) and runs one cuBLAS GEMM; the
@@ -30,8 +33,10 @@ autograd nodes here (`nf4_linear`, `nf4_lora_linear`) dequantize again in backwa
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +66,38 @@ def nf4_code(device: torch.device | str | None = None) -> torch.Tensor:
 
 
 def nf4_midpoints(device: torch.device | str | None = None) -> torch.Tensor:
-    """(15,) fp32 midpoints between neighbouring NF4 values: code = number of midpoints strictly below w / absmax.
-
-    Computed in fp32 they equal, bit for bit, the constants of bitsandbytes' CUDA decision tree (`dQuantizeNF4`).
-    """
+    """(15,) fp32 midpoints between neighbouring NF4 values, computed in fp32: bitsandbytes' CPU thresholds."""
     code = nf4_code(device)
     return (code[:-1] + code[1:]) / 2
+
+
+# The thresholds of bitsandbytes' CUDA decision tree (`dQuantizeNF4` in csrc/kernels.cu), as written there.
+NF4_CUDA_TREE = (
+    "-0.8480964004993439", "-0.6106329262256622", "-0.4599952697753906", "-0.33967943489551544", "-0.23460740596055984",
+    "-0.13791173323988914", "-0.045525018125772476", "0.03979014977812767", "0.1202552504837513", "0.2035212516784668",
+    "0.2920137718319893", "0.3893125355243683", "0.5016634166240692", "0.6427869200706482", "0.8614784181118011",
+)  # fmt: skip
+
+
+def nf4_cuda_thresholds(device: torch.device | str | None = None) -> torch.Tensor:
+    """(15,) fp32: `NF4_CUDA_TREE`, each decimal rounded once to the nearest fp32 as nvcc rounds an `f` literal.
+
+    Reading them through a double first (Python's float) would round twice and give back the fp32 midpoints: the
+    literals are 16-digit forms of midpoints that lie exactly between two fp32 values, and 4 of them sit just below or
+    above that tie. These values are the constants in bitsandbytes' compiled kernel (its SASS, read with cuobjdump).
+    """
+    return torch.tensor([_decimal_to_float32(t) for t in NF4_CUDA_TREE], dtype=torch.float32, device=device)
+
+
+def _decimal_to_float32(text: str) -> float:
+    """The fp32 nearest to the decimal `text` (ties to even), rounded once."""
+    exact = Fraction(text)
+    bits = struct.unpack("<I", struct.pack("<f", float(text)))[0]  # within one unit of the answer
+
+    def value(b: int) -> float:
+        return struct.unpack("<f", struct.pack("<I", b))[0]
+
+    return value(min((bits - 1, bits, bits + 1), key=lambda b: (abs(Fraction(value(b)) - exact), b & 1)))
 
 
 def dynamic_code(device: torch.device | str | None = None) -> torch.Tensor:
