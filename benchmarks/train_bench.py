@@ -74,6 +74,7 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str):
     from tunelab.kernels import select
     from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
     from tunelab.peft.lora import attach_lora
+    from tunelab.peft.quant import materialize_quantized_
 
     config = LlamaConfig.from_hf(SHAPES[shape])
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -84,10 +85,13 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str):
             model = LlamaForCausalLM(config, select("auto"))
     finally:
         torch.set_default_dtype(default)
-    model = model.to_empty(device=device)
     torch.manual_seed(0)
-    model.init_weights(std=0.02)
-    if method == "lora":
+    if method == "qlora":  # each linear is drawn in 16 bits on the device, quantized to NF4 and dropped: 70B fits
+        materialize_quantized_(model, device, init_std=0.02)
+    else:
+        model = model.to_empty(device=device)
+        model.init_weights(std=0.02)
+    if method in ("lora", "qlora"):
         attach_lora(model, TARGETS, r=r, alpha=r)
     model.gradient_checkpointing = checkpointing
     model.train()
@@ -134,7 +138,7 @@ def run(args) -> dict:
     median = statistics.median(steady)
     tokens_per_s = args.batch * args.seq / median
     flops = flops_per_token(SHAPES[args.shape], args.seq, args.r)
-    name = f"tunelab_{args.method}_bf16" + ("_offload" if args.offload else "" if args.checkpointing else "_nogc")
+    name = f"tunelab_{args.method}_{'nf4' if args.method == 'qlora' else 'bf16'}" + ("_offload" if args.offload else "" if args.checkpointing else "_nogc")
     record = {
         "config": name, "shape": args.shape, "seq": args.seq, "batch": args.batch, "checkpointing": args.checkpointing,
         "steps": args.steps, "median_s": round(median, 4), "tokens_per_s": round(tokens_per_s, 1),
@@ -179,7 +183,7 @@ def table(path: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama2-7b")
-    ap.add_argument("--method", choices=["lora"], default="lora")
+    ap.add_argument("--method", choices=["lora", "qlora"], default="lora")
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=4)

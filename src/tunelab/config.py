@@ -65,6 +65,7 @@ class MethodConfig:
     dropout: float = opt(0.0, "dropout on the LoRA input", min=0.0, max=0.9)
     target_modules: list[str] = opt(["all-linear"], "linear layers that get adapters (names like q_proj, or all-linear)")
     top_layers: int = opt(2, "for method=layers: how many of the last decoder layers to train", min=1)
+    quantize_base: str = opt("none", "QLoRA: keep the frozen base linear layers in 4-bit NF4 with double quantization (bitsandbytes' format); needs name lora", choices=("none", "nf4"))
 
 
 @dataclass

@@ -26,6 +26,7 @@ from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import RUN_FILE, open_run, read_run_info
 from tunelab.models.load import materialize, resolve_source
+from tunelab.peft.quant import NF4Linear
 from tunelab.peft.lora import LoRALinear, lora_modules
 from tunelab.peft.save import CONFIG_FILE, WEIGHTS_FILE
 
@@ -128,6 +129,8 @@ def base_float_weight(layer: nn.Module) -> torch.Tensor:
     trained against the dequantized weight, is added to exactly that."""
     if type(layer) is nn.Linear:
         return layer.weight.detach().float()
+    if isinstance(layer, NF4Linear):
+        return layer.dequantized(torch.float32)
     raise RunDirError(
         f"cannot merge an adapter into a {type(layer).__name__} base layer yet; only plain nn.Linear bases "
         "(LoRA on a float model) can be merged."
@@ -141,7 +144,8 @@ def fold_adapters(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Modu
     for name, m in list(lora_modules(model)):
         base = m.base_layer
         w = base_float_weight(base) + m.scale * (m.lora_B.weight.float() @ m.lora_A.weight.float())  # (out, in) + (out, r) @ (r, in)
-        out_dtype = dtype or (base.weight.dtype if base.weight.dtype.is_floating_point else torch.float32)
+        base_dtype = base.weight_dtype if isinstance(base, NF4Linear) else base.weight.dtype
+        out_dtype = dtype or (base_dtype if base_dtype.is_floating_point else torch.float32)
         merged = nn.utils.skip_init(nn.Linear, m.in_features, m.out_features, bias=base.bias is not None, device=w.device, dtype=out_dtype)
         merged.weight.copy_(w)
         if base.bias is not None:

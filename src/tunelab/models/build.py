@@ -20,6 +20,7 @@ from tunelab.models.hf_adapter import from_hf_model
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype
 from tunelab.peft.lora import attach_lora
+from tunelab.peft.quant import NF4Linear, quantize_model_
 
 
 @dataclass
@@ -41,7 +42,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return max(lists, key=len)
 
 
-def apply_method(model: nn.Module, method: MethodConfig) -> None:
+def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | None = None) -> None:
+    if method.quantize_base == "nf4":
+        if method.name != "lora":
+            raise ConfigError(
+                f"option 'method.quantize_base' is nf4 (QLoRA), which freezes the base in 4 bits; it needs method.name "
+                f"lora, not {method.name}."
+            )
+        quantize_model_(model, device=device)  # layer by layer, before the adapters wrap the layers
     if method.name == "lora":
         attach_lora(model, method.target_modules, method.r, method.alpha, method.dropout)
     elif method.name == "full":
@@ -64,20 +72,26 @@ def build_model(source: ModelSource, model_cfg: ModelConfig, method: MethodConfi
     dtype = pick_dtype(model_cfg.dtype, device)
     if method.name in ("full", "layers") and dtype == torch.float16:
         raise ConfigError("option 'model.dtype' fp16 cannot train full weights without loss scaling; use bf16 or fp32.")
-    model = load_hf_model(source, dtype, device, model_cfg.trust_remote_code)
+    # QLoRA loads the 16-bit model into CPU memory and quantizes it onto the device one layer at a time.
+    quantize = method.quantize_base != "none"
+    model = load_hf_model(source, dtype, torch.device("cpu") if quantize else device, model_cfg.trust_remote_code)
     hf_config = model.config
     impl = pick_impl(model_cfg.impl, hf_config)
     if impl == "fast":
-        model = from_hf_model(model, select_ops("auto")).to(device)
+        model = from_hf_model(model, select_ops("auto"))
+        if not quantize:
+            model = model.to(device)
         model.gradient_checkpointing = checkpointing
     else:
         hf_config.use_cache = False  # no KV cache while training
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    apply_method(model, method)
+    apply_method(model, method, device)
+    model.to(device)  # what quantization left behind (embeddings, norms, head)
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, NF4Linear))  # buffers
     return BuiltModel(model, impl, hf_config, device, dtype, trainable, total)
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from tunelab.errors import ConfigError
 from tunelab.kernels.lora import lora_linear as fused_lora_linear
+from tunelab.peft.quant import NF4Linear, nf4_lora_linear
 
 
 class LoRALinear(nn.Module):
@@ -25,8 +26,9 @@ class LoRALinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r, self.alpha = r, alpha
         self.scale = alpha / r
-        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=base.weight.device, dtype=torch.float32)
-        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=base.weight.device, dtype=torch.float32)
+        device = base.weight_packed.device if isinstance(base, NF4Linear) else base.weight.device
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=torch.float32)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=torch.float32)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
         # PEFT's default init: A Kaiming-uniform, B zero, so training starts from the base model exactly.
@@ -39,10 +41,13 @@ class LoRALinear(nn.Module):
         if not self.enabled:
             return self.base_layer(x)
         a, b = self.lora_A.weight, self.lora_B.weight
-        if x.is_cuda and type(self.base_layer) is nn.Linear:
+        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        base = self.base_layer
+        if isinstance(base, NF4Linear):
+            # QLoRA, CPU and CUDA: W is dequantized in forward and again in backward, never saved.
+            return nf4_lora_linear(x, base.nf4(), base.bias, a, b, self.scale, p, self.training, base.workspace)
+        if x.is_cuda and type(base) is nn.Linear:
             # One autograd node that saves only x and the (N, r) product; matmuls in x's dtype.
-            p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
-            base = self.base_layer
             return fused_lora_linear(x, base.weight, base.bias, a, b, self.scale, p, self.training)
         y = self.base_layer(x)
         update = (self.dropout(x).to(a.dtype) @ a.T) @ b.T  # (..., r) then (..., out)
@@ -50,9 +55,11 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
-        """W + scale * B A, in the base weight's dtype."""
-        w = self.base_layer.weight
-        return (w.float() + self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())).to(w.dtype)
+        """W + scale * B A, in the base weight's dtype (an NF4 base: the dtype it was quantized from)."""
+        base = self.base_layer
+        w = base.dequantized(torch.float32) if isinstance(base, NF4Linear) else base.weight.float()
+        dtype = base.weight_dtype if isinstance(base, NF4Linear) else base.weight.dtype
+        return (w + self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())).to(dtype)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}"
@@ -61,7 +68,7 @@ class LoRALinear(nn.Module):
 def linear_names(model: nn.Module, targets: list[str]) -> list[str]:
     """Qualified names of the linear layers that `targets` selects; "all-linear" means every decoder linear but the head."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not output and not isinstance(m, LoRALinear)]
+    linears = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, NF4Linear)) and m is not output and not isinstance(m, LoRALinear)]
     linears = [n for n in linears if ".lora_" not in n and not n.endswith("lm_head")]
     if "all-linear" in targets:
         chosen = linears
@@ -115,6 +122,12 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight and put the plain linear back. In place; returns the model."""
     for name, m in list(lora_modules(model)):
         base = m.base_layer
+        if isinstance(base, NF4Linear):  # the merged weight is 16-bit: a plain nn.Linear replaces the NF4 layer
+            plain = nn.Linear(m.in_features, m.out_features, bias=base.bias is not None, device=base.weight_packed.device,
+                              dtype=base.weight_dtype)
+            if base.bias is not None:
+                plain.bias.data = base.bias.data.to(base.weight_dtype)
+            base = plain
         base.weight.data = m.merged_weight()
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
