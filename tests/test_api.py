@@ -10,9 +10,9 @@ import tunelab
 
 def test_api_names_are_not_shadowed_by_subpackages():
     for module in pkgutil.walk_packages(tunelab.__path__, "tunelab."):
-        if not module.name.startswith(("tunelab.kernels.", "tunelab.export.", "tunelab.eval.")):
+        if not module.name.startswith("tunelab.kernels."):
             importlib.import_module(module.name)
-    for name in ("train", "compare", "generate", "chat"):
+    for name in ("train", "compare", "generate", "chat", "evaluate", "report", "merge", "export_gguf"):
         assert callable(getattr(tunelab, name)), name
 
 

@@ -83,3 +83,18 @@ def test_unknown_flag_exits_2(capsys):
 def test_compare_on_missing_run_dir(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope"), "--question", "hi"]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_eval_report_merge_export_through_the_cli(tiny_run_dir, tmp_path, capsys):
+    data = tmp_path / "e.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Code of box {i}?", "expected": f"Box {i}: {1000 + 37 * i}."}) + "\n" for i in range(3)))
+    assert main(["eval", str(tiny_run_dir), "--data", str(data), "--max-new-tokens", "4", "--device", "cpu", "--out", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())
+    assert main(["report", str(tiny_run_dir), "--out", str(tmp_path / "r.html")]) == 0
+    assert "<svg" in (tmp_path / "r.html").read_text()
+    assert main(["merge", str(tiny_run_dir), "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert main(["merge", str(tiny_run_dir), "--out", str(tmp_path / "merged")]) == 2  # exists: not overwritten
+    assert main(["export", str(tiny_run_dir), "--gguf", str(tmp_path / "m.gguf"), "--type", "q8_0"]) == 0
+    assert (tmp_path / "m.gguf").stat().st_size > 0 and (tmp_path / "Modelfile").is_file()
+    assert "error" in capsys.readouterr().err  # the refused merge said why

@@ -15,7 +15,7 @@ from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 from tunelab.training.recipe import TrainResult, train
 
-__all__ = ["train", "compare", "generate", "chat", "open_run", "TrainResult", "Comparison", "GenerationSettings", "LoadedRun"]
+__all__ = ["train", "compare", "generate", "chat", "evaluate", "report", "merge", "export_gguf", "open_run", "TrainResult", "Comparison", "GenerationSettings", "LoadedRun"]
 
 
 def _open(run: str | Path | LoadedRun, device: str) -> LoadedRun:
@@ -63,3 +63,35 @@ def chat(run: str | Path | LoadedRun, settings: GenerationSettings | None = None
     from tunelab.infer.chat import chat as _chat
 
     return _chat(_open(run, device), settings or GenerationSettings())
+
+
+def evaluate(run: str | Path | LoadedRun, data: str | Path, settings: GenerationSettings | None = None, refusal: str | None = None,
+             device: str = "auto", save: bool = True, out: str | Path | None = None, overwrite: bool = False, show: bool = False):
+    """Eval loss and perplexity, answer metrics (exact, contains, ROUGE-L, refusal) and label metrics, base and tuned."""
+    from tunelab.eval.evaluate import evaluate_run, format_eval
+
+    result = evaluate_run(run, data, settings, refusal, device, save=save, out=out, overwrite=overwrite)
+    if show:
+        print(format_eval(result))
+    return result
+
+
+def report(run: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """A self-contained HTML page of the run: curves, metrics, answers side by side, config, data report."""
+    from tunelab.eval.report import build_report
+
+    return build_report(run, out=out, overwrite=overwrite)
+
+
+def merge(run: str | Path, out: str | Path, overwrite: bool = False, dtype: str | None = None) -> Path:
+    """The adapter folded into the base weights, saved as a Hugging Face directory."""
+    from tunelab.export.merge import merge_run
+
+    return merge_run(run, out, overwrite=overwrite, dtype=dtype)
+
+
+def export_gguf(run: str | Path, out: str | Path, qtype: str = "f16", overwrite: bool = False) -> Path:
+    """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0) and an Ollama Modelfile beside it."""
+    from tunelab.export.gguf import export_gguf as _export
+
+    return _export(run, out, qtype=qtype, overwrite=overwrite)

@@ -79,6 +79,32 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--system", help="a system message")
     generate.add_argument("--base", action="store_true", help="answer with the base model instead of the tuned one")
     _generation_options(generate)
+    evaluate = sub.add_parser("eval", help="loss, answer and label metrics of base and tuned model on a file")
+    evaluate.add_argument("run_dir", help="a finished run directory")
+    evaluate.add_argument("--data", required=True, help="eval file: question/expected rows or any training format")
+    evaluate.add_argument("--refusal", help="the refusal sentence (default: the run's eval.refusal)")
+    evaluate.add_argument("--out", help="where to write the results (default: RUN_DIR/eval.json)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    evaluate.add_argument("--no-save", action="store_true", help="print only")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="questions generated together (default: 16)")
+    _generation_options(evaluate)
+
+    report = sub.add_parser("report", help="one self-contained HTML page about a run")
+    report.add_argument("run_dir", help="a finished run directory")
+    report.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
+    report.add_argument("--overwrite", action="store_true", help="replace an existing file")
+
+    merge = sub.add_parser("merge", help="fold the adapter into the base weights: a Hugging Face model directory")
+    merge.add_argument("run_dir", help="a finished run directory")
+    merge.add_argument("--out", required=True, help="the output directory")
+    merge.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="weight dtype (default: as saved)")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+    export = sub.add_parser("export", help="write a GGUF file (llama.cpp, Ollama) and an Ollama Modelfile beside it")
+    export.add_argument("run_dir", help="a finished run directory")
+    export.add_argument("--gguf", "--out", dest="out", required=True, help="the .gguf file to write")
+    export.add_argument("--type", "--qtype", dest="qtype", default="f16", choices=("f32", "f16", "bf16", "q8_0", "q4_0"), help="tensor type (default: f16)")
+    export.add_argument("--overwrite", action="store_true", help="replace existing files")
     return parser
 
 
@@ -91,8 +117,22 @@ def _run(args: argparse.Namespace) -> int:
             overrides["overwrite"] = True
         api.train(args.config, overrides, resume=args.resume)
         return 0
+    if args.command == "report":
+        print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
+        return 0
+    if args.command == "merge":
+        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype))
+        return 0
+    if args.command == "export":
+        path = api.export_gguf(args.run_dir, args.out, qtype=args.qtype, overwrite=args.overwrite)
+        print(f"{path}\nOllama: ollama create NAME -f {path.parent / 'Modelfile'}")
+        return 0
     settings = _settings(args)
-    if args.command == "compare":
+    if args.command == "eval":
+        settings.batch_size = args.batch_size
+        api.evaluate(args.run_dir, args.data, settings=settings, refusal=args.refusal, device=args.device,
+                     save=not args.no_save, out=args.out, overwrite=args.overwrite, show=True)
+    elif args.command == "compare":
         if not args.questions and not args.question:
             raise TunelabError("tunelab compare needs --questions FILE or at least one --question TEXT.")
         api.compare(args.run_dir, questions=args.questions, question=args.question, settings=settings, device=args.device, save=not args.no_save, show=True, refusal=args.refusal)
