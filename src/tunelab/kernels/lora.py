@@ -20,16 +20,42 @@ import torch.nn.functional as F
 from tunelab.kernels.reference import dropout_keep_mask
 
 
+def lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p):
+    """The forward shared with the NF4 variant: x2 (N, in), weight (out, in) in x2's dtype -> (out (N, out), xa (N, r))."""
+    a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)  # (r, in), (out, r)
+    dropped = x2 if keep is None else x2 * keep.reshape(x2.shape) / (1.0 - dropout_p)
+    xa = dropped @ a.T  # (N, r)
+    del dropped
+    out = F.linear(x2, weight, bias)  # (N, out)
+    out.addmm_(xa, b.T, alpha=scale)
+    return out, xa
+
+
+def lora_backward(g, x2, xa, lora_a, lora_b, weight_fn, scale, keep, dropout_p, need_x, need_a, need_b):
+    """Gradients (dx (N, in), dA, dB) for g = dy (N, out); `weight_fn()` gives W in g's dtype, called only for dx."""
+    a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)
+    gxa = (g @ b).mul_(scale)  # (N, r)
+    keep2 = None if keep is None else keep.reshape(x2.shape)
+    dx = da = db = None
+    if need_b:
+        db = torch.mm(g.T, xa).mul_(scale).to(lora_b.dtype)  # (out, r)
+    if need_a:
+        dropped = x2 if keep2 is None else x2 * keep2 / (1.0 - dropout_p)
+        da = torch.mm(gxa.T, dropped).to(lora_a.dtype)  # (r, in)
+    if need_x:
+        dx = g @ weight_fn()  # (N, in)
+        if keep2 is None:
+            dx.addmm_(gxa, a)
+        else:
+            dx.add_((gxa @ a) * keep2, alpha=1.0 / (1.0 - dropout_p))
+    return dx, da, db
+
+
 class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale, keep, dropout_p):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)  # (r, in), (out, r)
-        dropped = x2 if keep is None else x2 * keep.reshape(x2.shape) / (1.0 - dropout_p)
-        xa = dropped @ a.T  # (N, r)
-        del dropped
-        out = F.linear(x2, weight, bias)  # (N, out)
-        out.addmm_(xa, b.T, alpha=scale)
+        out, xa = lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p)
         ctx.save_for_backward(x2, weight, lora_a, lora_b, xa, keep)
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -39,28 +65,12 @@ class LoRALinearFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x2, weight, lora_a, lora_b, xa, keep = ctx.saved_tensors
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
-        scale, p = ctx.scale, ctx.dropout_p
-        a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)
         g = dy.reshape(-1, dy.shape[-1])  # (N, out)
-        gxa = (g @ b).mul_(scale)  # (N, r)
-        keep2 = None if keep is None else keep.reshape(x2.shape)
-        dx = dw = dbias = da = db = None
-        if need_b:
-            db = torch.mm(g.T, xa).mul_(scale).to(lora_b.dtype)  # (out, r)
-        if need_a:
-            dropped = x2 if keep2 is None else x2 * keep2 / (1.0 - p)
-            da = torch.mm(gxa.T, dropped).to(lora_a.dtype)  # (r, in)
-        if need_x:
-            dx = g @ weight.to(g.dtype)  # (N, in)
-            if keep2 is None:
-                dx.addmm_(gxa, a)
-            else:
-                dx.add_((gxa @ a) * keep2, alpha=1.0 / (1.0 - p))
-            dx = dx.view(ctx.x_shape)
-        if need_w:
-            dw = torch.mm(g.T, x2).to(weight.dtype)  # (out, in)
-        if need_bias:
-            dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        dx, da, db = lora_backward(g, x2, xa, lora_a, lora_b, lambda: weight.to(g.dtype), ctx.scale, keep,
+                                   ctx.dropout_p, need_x, need_a, need_b)
+        dx = None if dx is None else dx.view(ctx.x_shape)
+        dw = torch.mm(g.T, x2).to(weight.dtype) if need_w else None  # (out, in)
+        dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_bias else None
         return dx, dw, dbias, da, db, None, None, None
 
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.errors import ConfigError
+from tunelab.kernels.lora import lora_backward, lora_forward
 from tunelab.kernels.reference import dropout_keep_mask
 
 BLOCK = 64
@@ -323,43 +324,23 @@ class NF4LoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)  # (r, in), (out, r)
-        dropped = x2 if keep is None else x2 * keep.reshape(x2.shape) / (1.0 - dropout_p)
-        xa = dropped @ a.T  # (N, r)
-        del dropped
         weight = dequantize(q, x.dtype, workspace)  # (out, in), in the workspace: dead once the GEMM is queued
-        out = F.linear(x2, weight, None if bias is None else bias.to(x.dtype))  # (N, out)
-        out.addmm_(xa, b.T, alpha=scale)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        out, xa = lora_forward(x2, weight, None if bias is None else bias.to(x.dtype), lora_a, lora_b, scale, keep, dropout_p)
         ctx.save_for_backward(x2, lora_a, lora_b, xa, keep)
         ctx.q, ctx.workspace = q, workspace
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
-        ctx.bias_dtype = None if bias is None else bias.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
         x2, lora_a, lora_b, xa, keep = ctx.saved_tensors
         need_x, need_bias, need_a, need_b = ctx.needs_input_grad[:4]
-        scale, p = ctx.scale, ctx.dropout_p
-        a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)
         g = dy.reshape(-1, dy.shape[-1])  # (N, out)
-        gxa = (g @ b).mul_(scale)  # (N, r)
-        keep2 = None if keep is None else keep.reshape(x2.shape)
-        dx = dbias = da = db = None
-        if need_b:
-            db = torch.mm(g.T, xa).mul_(scale).to(lora_b.dtype)  # (out, r)
-        if need_a:
-            dropped = x2 if keep2 is None else x2 * keep2 / (1.0 - p)
-            da = torch.mm(gxa.T, dropped).to(lora_a.dtype)  # (r, in)
-        if need_x:
-            dx = g @ dequantize(ctx.q, g.dtype, ctx.workspace)  # (N, in)
-            if keep2 is None:
-                dx.addmm_(gxa, a)
-            else:
-                dx.add_((gxa @ a) * keep2, alpha=1.0 / (1.0 - p))
-            dx = dx.view(ctx.x_shape)
-        if need_bias:
-            dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        dx, da, db = lora_backward(g, x2, xa, lora_a, lora_b, lambda: dequantize(ctx.q, g.dtype, ctx.workspace),
+                                   ctx.scale, keep, ctx.dropout_p, need_x, need_a, need_b)
+        dx = None if dx is None else dx.view(ctx.x_shape)
+        dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_bias else None
         return dx, dbias, da, db, None, None, None, None, None
 
 
