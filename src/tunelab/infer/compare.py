@@ -1,6 +1,6 @@
 """Base model beside tuned model on the same questions, with scores when expected answers are given.
 
-A question file holds `question` (or `prompt`) and optionally `expected` and `kind` columns (jsonl, json, csv).
+A question file holds `question` (or `prompt`) and optionally `expected` (or `label`) and `kind` columns (jsonl, json, csv).
 An answer is correct when it contains the expected text, compared case-insensitively with whitespace collapsed.
 Scores are given per kind (e.g. fact / off_topic), so "answers the facts" and "refuses the rest" read separately.
 """
@@ -54,9 +54,10 @@ def read_questions(path: str | Path) -> list[Question]:
         text = row.get("question", row.get("prompt"))
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{record.path}, line {record.line}: field 'question' is missing or empty (a questions file needs a question or prompt column).")
-        expected = row.get("expected")
+        key = "expected" if "expected" in row else "label"  # a label task's label is the answer it expects
+        expected = row.get(key)
         if expected is not None and (not isinstance(expected, str) or not expected.strip()):
-            raise DataError(f"{record.path}, line {record.line}: field 'expected' must be non-empty text when present.")
+            raise DataError(f"{record.path}, line {record.line}: field '{key}' must be non-empty text when present.")
         questions.append(Question(text.strip(), expected, str(row.get("kind") or "all")))
     if not questions:
         raise DataError(f"{path}: no questions found.")
