@@ -41,11 +41,6 @@ def domain_of(domains_path: Path) -> dict[str, str]:
     return mapping
 
 
-def labels_in_order(domains_path: Path) -> list[str]:
-    """The 10 domains in the file's order, then "oos"."""
-    return [*json.loads(domains_path.read_text(encoding="utf-8")), OOS]
-
-
 def draw(pairs: list[list[str]], domain: dict[str, str], per_label: int, rng: random.Random, skip: set[str]) -> list[tuple[str, str]]:
     """per_label (text, label) rows of each label, round-robin over the intents of each domain ("oos" is one intent)."""
     by_label: dict[str, dict[str, list[str]]] = {}  # label -> intent -> texts, in file order
