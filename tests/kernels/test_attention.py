@@ -130,3 +130,17 @@ def test_packed_needs_a_batch_of_one():
     q = torch.randn(2, 5, 2, 8)
     with pytest.raises(ValueError, match="batch of one row"):
         attention(q, q, q, cu_seqlens=torch.tensor([0, 5], dtype=torch.int32))
+
+
+def test_varlen_boundaries_are_read_once_per_cu_seqlens_and_follow_changes():
+    from tunelab.kernels import attention as fused
+
+    cu_seqlens = torch.tensor([0, 3, 7], dtype=torch.int32)
+    cu, longest = fused._bounds(cu_seqlens, 10, torch.device("cpu"))
+    assert cu.tolist() == [0, 3, 7, 10] and longest == 4  # the trailing 3 positions form one more document
+    assert fused._bounds(cu_seqlens, 10, torch.device("cpu"))[0] is cu  # every layer after the first: no re-read
+    cu_seqlens[2] = 8  # changed in place: read again
+    assert fused._bounds(cu_seqlens, 10, torch.device("cpu"))[1] == 5
+    ident = id(cu_seqlens)
+    del cu_seqlens
+    assert ident not in fused._BOUNDS  # the entry goes with its tensor

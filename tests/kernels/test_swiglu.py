@@ -81,3 +81,27 @@ def test_triton_takes_halves_of_a_fused_projection():
     gate_up = torch.randn(3, 7, 2 * 577, device=DEVICE, dtype=torch.bfloat16)
     gate, up = gate_up.chunk(2, dim=-1)  # non-contiguous views
     assert rel_error(swiglu(gate, up), reference.swiglu(gate, up)) < TOL[torch.bfloat16]
+
+
+@needs_triton
+def test_triton_reusing_its_inputs_gives_the_same_gradients_and_refuses_a_second_backward():
+    pytest.importorskip("triton")
+    from tunelab.kernels.swiglu import swiglu
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 32, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(2, 96, 32, device=DEVICE, dtype=torch.bfloat16)
+    dout = torch.randn(64, 96, device=DEVICE, dtype=torch.bfloat16)
+    grads = []
+    for reuse in (False, True):
+        gate, up = x @ w[0].T, x @ w[1].T  # fresh intermediates, as in the MLP
+        out = swiglu(gate, up, reuse_inputs=reuse)
+        grads.append(torch.autograd.grad(out, x, dout, retain_graph=True)[0])
+        if reuse:
+            with pytest.raises(RuntimeError, match="overwrote"):
+                torch.autograd.grad(out, x, dout)
+    assert torch.equal(grads[0], grads[1])
+    leaf = torch.randn(8, 16, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    before = leaf.detach().clone()
+    swiglu(leaf, leaf * 2, reuse_inputs=True).sum().backward()
+    assert torch.equal(leaf.detach(), before)  # a leaf is never overwritten

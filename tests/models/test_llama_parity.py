@@ -200,8 +200,8 @@ def test_gradients_match_transformers_and_checkpointing(pair):
         torch.testing.assert_close(ours[name], theirs[name], **GRAD_TOL, msg=lambda m: f"{name}: {m}")
     # Recomputing each layer in backward must give the same gradients; only the saved activations differ.
     calls = []
-    # A pre-hook: recomputation stops as soon as the saved tensors are rebuilt, before forward hooks would run.
-    hook = pair.ours.model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    # On the attention: the recomputation calls the layer's forward_for_backward, which calls its submodules.
+    hook = pair.ours.model.layers[0].self_attn.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
         recomputed = our_grads(pair, ids, mask, labels, checkpointing=True)
     finally:

@@ -20,14 +20,20 @@ import torch.nn.functional as F
 from tunelab.kernels.reference import dropout_keep_mask
 
 
-def lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p):
-    """The forward shared with the NF4 variant: x2 (N, in), weight (out, in) in x2's dtype -> (out (N, out), xa (N, r))."""
-    a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)  # (r, in), (out, r)
+def lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, out_features, output=True):
+    """The forward shared with the NF4 variant: x2 (N, in), weight (out, in) in x2's dtype -> (out (N, out), xa (N, r)).
+
+    output=False (checkpointing's recomputation, for a layer's last projection, whose result backward never reads):
+    only xa, which backward needs, is computed; `out` is left uninitialised and `weight` may be None.
+    """
+    a = lora_a.to(x2.dtype)  # (r, in)
     dropped = x2 if keep is None else x2 * keep.reshape(x2.shape) / (1.0 - dropout_p)
     xa = dropped @ a.T  # (N, r)
     del dropped
+    if not output:
+        return x2.new_empty(x2.shape[0], out_features), xa
     out = F.linear(x2, weight, bias)  # (N, out)
-    out.addmm_(xa, b.T, alpha=scale)
+    out.addmm_(xa, lora_b.to(x2.dtype).T, alpha=scale)
     return out, xa
 
 
@@ -53,9 +59,9 @@ def lora_backward(g, x2, xa, lora_a, lora_b, weight_fn, scale, keep, dropout_p, 
 
 class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scale, keep, dropout_p):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        out, xa = lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p)
+        out, xa = lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, weight.shape[0], output)
         ctx.save_for_backward(x2, weight, lora_a, lora_b, xa, keep)
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -71,7 +77,7 @@ class LoRALinearFunction(torch.autograd.Function):
         dx = None if dx is None else dx.view(ctx.x_shape)
         dw = torch.mm(g.T, x2).to(weight.dtype) if need_w else None  # (out, in)
         dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_bias else None
-        return dx, dw, dbias, da, db, None, None, None
+        return dx, dw, dbias, da, db, None, None, None, None
 
 
 def lora_linear(
@@ -83,10 +89,12 @@ def lora_linear(
     scale: float,
     dropout_p: float = 0.0,
     training: bool = False,
+    output: bool = True,
 ) -> torch.Tensor:
     """x @ W^T (+ b) + scale * (dropout(x) @ A^T) @ B^T. x (..., in), W (out, in), A (r, in), B (out, r).
 
     Same contract as `reference.lora_linear`; see the module docstring for what it saves and why no Triton.
+    output=False records the node for backward without computing the result (its values are undefined).
     """
     keep = dropout_keep_mask(x, dropout_p) if training and dropout_p > 0 else None
-    return LoRALinearFunction.apply(x, weight, bias, lora_a, lora_b, scale, keep, dropout_p)
+    return LoRALinearFunction.apply(x, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output)

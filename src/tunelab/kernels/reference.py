@@ -29,8 +29,9 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     return q_out, k_out
 
 
-def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up, the gated MLP activation."""
+def swiglu(gate: torch.Tensor, up: torch.Tensor, reuse_inputs: bool = False) -> torch.Tensor:
+    """silu(gate) * up, the gated MLP activation. reuse_inputs=True lets a fused version overwrite gate and up with
+    their gradients in backward (the caller promises nothing else reads them); here it changes nothing."""
     return (F.silu(gate.float()) * up.float()).to(gate.dtype)
 
 

@@ -27,10 +27,10 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from tunelab.errors import ModelError
-from tunelab.models.offload import HostActivations, offloaded_layer
+from tunelab.models.offload import HostActivations
+from tunelab.models.recompute import recomputed_layer
 
 IGNORE_INDEX = -100
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -320,6 +320,31 @@ def reference_ops() -> SimpleNamespace:
 # Modules
 
 
+class _GradOnlyLinear(torch.autograd.Function):
+    """F.linear's autograd node without its result: saves x and W, returns an uninitialised (..., out) tensor."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        g = dy.reshape(-1, dy.shape[-1])  # (N, out)
+        dx = (dy @ weight.to(dy.dtype)) if need_x else None  # (..., in)
+        dw = (g.T @ x.reshape(-1, x.shape[-1]).to(g.dtype)).to(weight.dtype) if need_w else None  # (out, in)
+        db = g.sum(0) if need_b and ctx.has_bias else None
+        return dx, dw, db
+
+
+def linear_grad_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for backward only: the gradients are F.linear's, the returned values undefined."""
+    return _GradOnlyLinear.apply(x, weight, bias)
+
+
 class RMSNorm(nn.Module):
     """y = x / rms(x) * weight over the last dimension."""
 
@@ -380,8 +405,19 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.ops = ops
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))
+    def forward(self, x: torch.Tensor, output: bool = True) -> torch.Tensor:
+        """output=False (recomputation for backward): the down projection's autograd node is recorded but its GEMM
+        skipped, so the result's values are undefined; only its gradient path is real."""
+        # The projections' outputs feed only the activation: its backward may reuse their memory for its gradients.
+        act = self.ops.swiglu(self.gate_proj(x), self.up_proj(x), reuse_inputs=True)
+        if output:
+            return self.down_proj(act)
+        grad_only = getattr(self.down_proj, "grad_only", None)  # adapters and quantized layers provide one
+        if grad_only is not None:
+            return grad_only(act)
+        if type(self.down_proj) is nn.Linear:
+            return linear_grad_only(act, self.down_proj.weight, self.down_proj.bias)
+        return self.down_proj(act)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -405,6 +441,19 @@ class LlamaDecoderLayer(nn.Module):
     ) -> torch.Tensor:
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, attention_mask)
         return h + self.mlp(self.post_attention_layernorm(h))
+
+    def forward_for_backward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checkpointing's recomputation: (h, mlp(norm(h))) whose gradients are both the output's; the MLP's values
+        are not computed (backward reads neither them nor the output), which saves the down projection's GEMM."""
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, attention_mask)
+        return h, self.mlp(self.post_attention_layernorm(h), output=False)
 
 
 class LlamaModel(nn.Module):
@@ -439,17 +488,16 @@ class LlamaModel(nn.Module):
         h = self.embed_tokens(input_ids)  # (B, T, d)
         inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
         cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, T, D) each
+        recompute = bool(self.gradient_checkpointing) and torch.is_grad_enabled()
         store = None
-        if self.gradient_checkpointing == "offload" and h.is_cuda and torch.is_grad_enabled():
+        if recompute and self.gradient_checkpointing == "offload" and h.is_cuda:
             if self._offload_stream is None:
                 self._offload_stream = torch.cuda.Stream(h.device)
             store = HostActivations(h.device, self._offload_stream)  # layer inputs wait in pinned host memory
         for index, layer in enumerate(self.layers):
-            if store is not None:
-                h = offloaded_layer(layer, store, index, h, cos, sin, cu_seqlens, attention_mask)
-            elif self.gradient_checkpointing and torch.is_grad_enabled():
-                # Keep only each layer's input; recompute its activations during backward.
-                h = checkpoint(layer, h, cos, sin, cu_seqlens, attention_mask, use_reentrant=False)
+            if recompute:
+                # Keep only each layer's input (on the device or in `store`); recompute the rest during backward.
+                h = recomputed_layer(layer, store, index, h, cos, sin, cu_seqlens, attention_mask)
             else:
                 h = layer(h, cos, sin, cu_seqlens, attention_mask)
         return self.norm(h)
@@ -476,7 +524,7 @@ class LlamaForCausalLM(nn.Module):
 
     @property
     def gradient_checkpointing(self) -> bool:
-        """Recompute each decoder layer during backward (torch.utils.checkpoint, non-reentrant) to save memory."""
+        """Recompute each decoder layer during backward (`models.recompute`) to save memory."""
         return self.model.gradient_checkpointing
 
     @gradient_checkpointing.setter

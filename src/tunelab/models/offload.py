@@ -1,16 +1,12 @@
-"""Activation checkpointing with the layer inputs parked in pinned host memory.
+"""Layer inputs parked in pinned host memory between forward and backward (activation offload).
 
 Per-layer checkpointing keeps one (B, T, d) input per decoder layer on the GPU: 2 GiB for a 7B model at 4 x 2048
-tokens, a seventh of a LoRA run's memory. Here each layer runs without saving anything, its input is copied to
-pinned host memory on a side stream (overlapping the next layers' compute), and in backward it is brought back one
-layer ahead of its recomputation, so the copies hide behind the matmuls of the layer being recomputed.
-
-The recomputation re-runs the layer under the RNG state of its forward, so dropout draws the same mask.
+tokens, a seventh of a LoRA run's memory. With offload each layer's input is copied to pinned host memory on a side
+stream (overlapping the next layers' compute), and in backward it is brought back one layer ahead of its
+recomputation, so the copies hide behind the matmuls of the layer being recomputed. `models.recompute` drives it.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
@@ -54,35 +50,3 @@ class HostActivations:
         x, ready, _ = self.fetched.pop(index)
         torch.cuda.current_stream(self.device).wait_event(ready)
         return x
-
-
-class _OffloadedLayer(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, run: Callable, store: HostActivations, index: int, x: torch.Tensor, *args):
-        ctx.run, ctx.store, ctx.index, ctx.args = run, store, index, args
-        ctx.rng = torch.cuda.get_rng_state(x.device)
-        with torch.no_grad():
-            out = run(x, *args)
-        store.park(index, x)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        store = ctx.store
-        x = store.take(ctx.index).detach().requires_grad_(True)
-        store.fetch(ctx.index - 1)  # the next layer back starts coming home while this one is recomputed
-        with torch.random.fork_rng(devices=[x.device]):
-            torch.cuda.set_rng_state(ctx.rng, x.device)
-            with torch.enable_grad():
-                out = ctx.run(x, *ctx.args)
-        torch.autograd.backward(out, grad_out)
-        return (None, None, None, x.grad) + (None,) * len(ctx.args)
-
-
-def offloaded_layer(run: Callable, store: HostActivations, index: int, x: torch.Tensor, *args) -> torch.Tensor:
-    """run(x, *args) with x parked on the host until backward recomputes it. `args` must not need gradients."""
-    if not x.requires_grad:
-        # The first layer's input comes from a frozen embedding; the autograd node needs an input that requires
-        # grad to be part of the graph at all.
-        x = x.detach().requires_grad_(True)
-    return _OffloadedLayer.apply(run, store, index, x, *args)

@@ -37,7 +37,8 @@ class LoRALinear(nn.Module):
         for p in self.base_layer.parameters():
             p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output: bool = True) -> torch.Tensor:
+        """output=False: see `grad_only`."""
         if not self.enabled:
             return self.base_layer(x)
         a, b = self.lora_A.weight, self.lora_B.weight
@@ -45,13 +46,18 @@ class LoRALinear(nn.Module):
         base = self.base_layer
         if isinstance(base, NF4Linear):
             # QLoRA, CPU and CUDA: W is dequantized in forward and again in backward, never saved.
-            return nf4_lora_linear(x, base.nf4(), base.bias, a, b, self.scale, p, self.training, base.workspace)
+            return nf4_lora_linear(x, base.nf4(), base.bias, a, b, self.scale, p, self.training, base.workspace, output)
         if x.is_cuda and type(base) is nn.Linear:
             # One autograd node that saves only x and the (N, r) product; matmuls in x's dtype.
-            return fused_lora_linear(x, base.weight, base.bias, a, b, self.scale, p, self.training)
+            return fused_lora_linear(x, base.weight, base.bias, a, b, self.scale, p, self.training, output)
         y = self.base_layer(x)
         update = (self.dropout(x).to(a.dtype) @ a.T) @ b.T  # (..., r) then (..., out)
         return y + (self.scale * update).to(y.dtype)
+
+    def grad_only(self, x: torch.Tensor) -> torch.Tensor:
+        """forward's autograd node, with the result left uncomputed where the fused paths allow (its values are then
+        undefined): checkpointing's recomputation of a layer's last projection, whose output backward never reads."""
+        return self.forward(x, output=False)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:

@@ -289,12 +289,13 @@ class NF4LinearFunction(torch.autograd.Function):
     """y = x W^T + b with W dequantized from q; saves nothing but references to q (frozen): dx = dy W."""
 
     @staticmethod
-    def forward(ctx, x, bias, q, workspace):
-        weight = dequantize(q, x.dtype, workspace)  # (out, in)
-        out = F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+    def forward(ctx, x, bias, q, workspace, output):
         ctx.q, ctx.workspace = q, workspace
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return out
+        if not output:  # recomputation for backward only: the result is never read
+            return x.new_empty(*x.shape[:-1], q.shape[0])
+        weight = dequantize(q, x.dtype, workspace)  # (out, in)
+        return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
 
     @staticmethod
     def backward(ctx, dy):
@@ -303,14 +304,19 @@ class NF4LinearFunction(torch.autograd.Function):
             dx = dy @ dequantize(ctx.q, dy.dtype, ctx.workspace)  # (..., in)
         if ctx.needs_input_grad[1]:
             dbias = dy.reshape(-1, dy.shape[-1]).sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-        return dx, dbias, None, None
+        return dx, dbias, None, None, None
 
 
 def nf4_linear(
-    x: torch.Tensor, q: NF4Weight, bias: torch.Tensor | None = None, workspace: DequantWorkspace | None = None
+    x: torch.Tensor,
+    q: NF4Weight,
+    bias: torch.Tensor | None = None,
+    workspace: DequantWorkspace | None = None,
+    output: bool = True,
 ) -> torch.Tensor:
-    """x @ W^T (+ b) with W = dequantize(q) in x's dtype. x (..., in) -> (..., out). The weight takes no gradient."""
-    return NF4LinearFunction.apply(x, bias, q, workspace)
+    """x @ W^T (+ b) with W = dequantize(q) in x's dtype. x (..., in) -> (..., out). The weight takes no gradient.
+    output=False records the node for backward without computing the result (its values are undefined)."""
+    return NF4LinearFunction.apply(x, bias, q, workspace, output)
 
 
 class NF4LoRALinearFunction(torch.autograd.Function):
@@ -322,11 +328,13 @@ class NF4LoRALinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p):
+    def forward(ctx, x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p, output):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        weight = dequantize(q, x.dtype, workspace)  # (out, in), in the workspace: dead once the GEMM is queued
+        # (out, in), in the workspace: dead once the GEMM is queued; not needed at all when the output is not
+        weight = dequantize(q, x.dtype, workspace) if output else None
         ctx.bias_dtype = None if bias is None else bias.dtype
-        out, xa = lora_forward(x2, weight, None if bias is None else bias.to(x.dtype), lora_a, lora_b, scale, keep, dropout_p)
+        out, xa = lora_forward(x2, weight, None if bias is None else bias.to(x.dtype), lora_a, lora_b, scale, keep,
+                               dropout_p, q.shape[0], output)
         ctx.save_for_backward(x2, lora_a, lora_b, xa, keep)
         ctx.q, ctx.workspace = q, workspace
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
@@ -341,7 +349,7 @@ class NF4LoRALinearFunction(torch.autograd.Function):
                                    ctx.scale, keep, ctx.dropout_p, need_x, need_a, need_b)
         dx = None if dx is None else dx.view(ctx.x_shape)
         dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_bias else None
-        return dx, dbias, da, db, None, None, None, None, None
+        return dx, dbias, da, db, None, None, None, None, None, None
 
 
 def nf4_lora_linear(
@@ -354,14 +362,16 @@ def nf4_lora_linear(
     dropout_p: float = 0.0,
     training: bool = False,
     workspace: DequantWorkspace | None = None,
+    output: bool = True,
 ) -> torch.Tensor:
     """x @ W^T (+ b) + scale * (dropout(x) @ A^T) @ B^T with W = dequantize(q) in x's dtype.
 
     x (..., in), A (r, in), B (out, r); the same contract as `kernels.lora.lora_linear` with the weight in NF4.
     Dropout draws its mask with `reference.dropout_keep_mask`, so one seed drops the same elements as there.
+    output=False records the node for backward without computing the result (its values are undefined).
     """
     keep = dropout_keep_mask(x, dropout_p) if training and dropout_p > 0 else None
-    return NF4LoRALinearFunction.apply(x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p)
+    return NF4LoRALinearFunction.apply(x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p, output)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -422,6 +432,10 @@ class NF4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nf4_linear(x, self.nf4(), self.bias, self.workspace)
+
+    def grad_only(self, x: torch.Tensor) -> torch.Tensor:
+        """forward's autograd node without its result (uninitialised): for a recomputation whose output is unread."""
+        return nf4_linear(x, self.nf4(), self.bias, self.workspace, output=False)
 
     def _apply(self, fn, recurse=True):
         # Learn where fn sends tensors from an empty probe, move the quantization state there uncast, and let

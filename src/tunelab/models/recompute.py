@@ -1,0 +1,77 @@
+"""Activation checkpointing per decoder layer: keep the layer's input, recompute in backward only what backward needs.
+
+Forward runs the layer without recording anything and keeps its input, on the GPU or parked in pinned host memory
+(`offload.HostActivations`). Backward re-runs the layer under the RNG state of its forward (dropout draws the same
+mask) through the layer's `forward_for_backward`, which returns the tensors whose gradient is the layer output's
+gradient without computing the output itself: a pre-norm block's output is h + mlp(h), and backward reads neither
+its value nor that of the MLP's down projection, so the recomputation records that projection's autograd node but
+skips its GEMM (a fifth of a Llama layer's matmul FLOPs, a fifteenth of the step's). A layer without
+`forward_for_backward` is recomputed whole.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from tunelab.models.offload import HostActivations
+
+
+@contextmanager
+def _rng_of(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device):
+    """Run the block under the CPU (and CUDA) RNG state captured by `_rng_state`, restoring the current one after."""
+    cuda = [device] if state[1] is not None else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+class _RecomputedLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, layer: nn.Module, store: HostActivations | None, index: int, x_needs_grad: bool, x, *args):
+        ctx.layer, ctx.store, ctx.index, ctx.args, ctx.x_needs_grad = layer, store, index, args, x_needs_grad
+        ctx.rng = _rng_state(x.device)
+        with torch.no_grad():
+            out = layer(x, *args)
+        if store is None:
+            ctx.save_for_backward(x)
+        else:
+            store.park(index, x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        if ctx.store is None:
+            (x,) = ctx.saved_tensors
+        else:
+            x = ctx.store.take(ctx.index)
+            ctx.store.fetch(ctx.index - 1)  # the next layer back starts coming home while this one is recomputed
+        x = x.detach().requires_grad_(ctx.x_needs_grad)
+        with _rng_of(ctx.rng, x.device), torch.enable_grad():
+            run = getattr(ctx.layer, "forward_for_backward", None)
+            outputs = run(x, *ctx.args) if run is not None else (ctx.layer(x, *ctx.args),)
+        torch.autograd.backward(outputs, [grad_out] * len(outputs))
+        return (None, None, None, None, x.grad if ctx.x_needs_grad else None) + (None,) * len(ctx.args)
+
+
+def recomputed_layer(layer: nn.Module, store: HostActivations | None, index: int, x: torch.Tensor, *args) -> torch.Tensor:
+    """layer(x, *args), checkpointed: x kept (in `store` when given, else on its device) and the layer recomputed in
+    backward. `args` must not need gradients; index orders the layers for the store's prefetch (index - 1 comes next)."""
+    trains = any(p.requires_grad for p in layer.parameters())
+    if not x.requires_grad and not trains:
+        return layer(x, *args)  # nothing to backpropagate into: a frozen layer below every trained one
+    # The node joins the graph only through an input that requires grad; the layer's parameters are not inputs.
+    # The first layer's input comes from a frozen embedding: it is made to require grad here, and backward then
+    # recomputes it without asking for its gradient.
+    x_needs_grad = x.requires_grad
+    if not x_needs_grad:
+        x = x.detach().requires_grad_(True)
+    return _RecomputedLayer.apply(layer, store, index, x_needs_grad, x, *args)

@@ -1,0 +1,97 @@
+"""Checkpointing's recomputation gives the gradients of a plain backward, for every way a layer can be trained.
+
+The recomputation skips the down projection's GEMM (`forward_for_backward`), keeps dropout's masks (RNG replay), and
+leaves frozen layers below every trained one out of backward. Everything on the CPU in fp32 with the reference ops;
+the offloaded variant is compared on CUDA in test_offload.py.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from tunelab.models.llama import LlamaConfig, LlamaForCausalLM, linear_grad_only
+from tunelab.peft.lora import attach_lora
+from tunelab.peft.quant import quantize_model_
+
+CONFIG = dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=200, rms_norm_eps=1e-5, max_position_embeddings=128, rope_theta=10000.0,
+              mlp_bias=True)
+
+
+def _model(method: str, checkpointing: bool) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig.from_hf(CONFIG))
+    model.init_weights(std=0.1)
+    if method == "qlora":
+        quantize_model_(model)
+    if method in ("lora", "qlora"):
+        attach_lora(model, ["all-linear"], r=4, alpha=8, dropout=0.2)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                nn.init.normal_(p, std=0.05)  # B = 0 would hide the update's contribution to the input gradients
+    elif method == "layers":  # only the top layer trains: the two below need no backward at all
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.model.layers[-1].parameters():
+            p.requires_grad_(True)
+    model.gradient_checkpointing = checkpointing
+    return model.train()
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "layers"])
+def test_checkpointed_gradients_equal_plain_ones(method):
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(1))
+    grads, losses = {}, {}
+    for checkpointing in (False, True):
+        model = _model(method, checkpointing)
+        torch.manual_seed(5)  # the same dropout masks in both runs, which the recomputation must draw again
+        loss_sum, count = model(ids, labels=ids)
+        (loss_sum / count).backward()
+        losses[checkpointing] = loss_sum.item()
+        grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for name, g in grads[False].items():
+        assert g is not None and g.abs().sum() > 0, name
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_packed_batch_checkpointed_gradients_equal_plain_ones():
+    ids = torch.randint(0, 200, (1, 30), generator=torch.Generator().manual_seed(2))
+    cu_seqlens = torch.tensor([0, 7, 19, 30], dtype=torch.int32)
+    grads = {}
+    for checkpointing in (False, True):
+        model = _model("lora", checkpointing)
+        torch.manual_seed(5)
+        loss_sum, count = model(ids, cu_seqlens=cu_seqlens, labels=ids)
+        (loss_sum / count).backward()
+        grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_frozen_layers_below_the_trained_ones_are_not_recomputed():
+    model = _model("layers", True)
+    recomputed = []
+    for index, layer in enumerate(model.model.layers):
+        run = layer.forward_for_backward
+        layer.forward_for_backward = lambda *args, _run=run, _i=index: recomputed.append(_i) or _run(*args)
+    ids = torch.randint(0, 200, (1, 16))
+    loss_sum, count = model(ids, labels=ids)
+    loss_sum.backward()
+    assert recomputed == [2]  # the trained top layer only
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is None
+    assert model.model.layers[2].mlp.down_proj.weight.grad is not None
+
+
+def test_linear_grad_only_has_the_gradients_of_linear():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    w = torch.randn(6, 8, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    dy = torch.randn(3, 5, 6)
+    expected = torch.autograd.grad(torch.nn.functional.linear(x, w, b), (x, w, b), dy)
+    out = linear_grad_only(x, w, b)
+    assert out.shape == (3, 5, 6)
+    for got, want in zip(torch.autograd.grad(out, (x, w, b), dy), expected, strict=True):
+        torch.testing.assert_close(got, want)
