@@ -109,6 +109,8 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     checkpointing = "offload" if args.offload else args.checkpointing
     model = build(args.shape, args.method, args.r, checkpointing, device)
+    for layer in model.model.layers:
+        layer.mlp_chunk_tokens = args.mlp_chunk or None
     load_s = time.perf_counter() - t0
     alloc_after_load = torch.cuda.memory_allocated() / GIB if cuda else 0.0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -128,6 +130,8 @@ def run(args) -> dict:
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if cuda and args.release_cache:
+            torch.cuda.empty_cache()  # as `tunelab train` does with train.release_memory
         if cuda:
             torch.cuda.synchronize()
         step_times.append(time.perf_counter() - tic)
@@ -139,9 +143,10 @@ def run(args) -> dict:
     tokens_per_s = args.batch * args.seq / median
     flops = flops_per_token(SHAPES[args.shape], args.seq, args.r)
     name = f"tunelab_{args.method}_{'nf4' if args.method == 'qlora' else 'bf16'}" + ("_offload" if args.offload else "" if args.checkpointing else "_nogc")
+    name += "_release" if args.release_cache else ""
     record = {
         "config": name, "shape": args.shape, "seq": args.seq, "batch": args.batch, "checkpointing": args.checkpointing,
-        "steps": args.steps, "median_s": round(median, 4), "tokens_per_s": round(tokens_per_s, 1),
+        "steps": args.steps, "mlp_chunk_tokens": args.mlp_chunk, "median_s": round(median, 4), "tokens_per_s": round(tokens_per_s, 1),
         "train_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
         "train_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
         "alloc_after_load_gib": round(alloc_after_load, 2), "load_s": round(load_s, 1),
@@ -191,6 +196,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     ap.add_argument("--offload", action="store_true", help="checkpointing with layer inputs in pinned host memory")
+    ap.add_argument("--release-cache", action="store_true", help="return cached free GPU memory after every step")
+    ap.add_argument("--mlp-chunk", type=int, default=4096, help="tokens per MLP chunk in checkpointed backward (0: all)")
     ap.add_argument("--ceiling", type=float, default=None, help="bf16 matmul TFLOP/s (default: measured now)")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON record to this file")
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")

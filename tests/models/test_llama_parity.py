@@ -200,7 +200,7 @@ def test_gradients_match_transformers_and_checkpointing(pair):
         torch.testing.assert_close(ours[name], theirs[name], **GRAD_TOL, msg=lambda m: f"{name}: {m}")
     # Recomputing each layer in backward must give the same gradients; only the saved activations differ.
     calls = []
-    # On the attention: the recomputation calls the layer's forward_for_backward, which calls its submodules.
+    # On the attention: the recomputation calls the layer's backward_through, which calls its submodules.
     hook = pair.ours.model.layers[0].self_attn.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
         recomputed = our_grads(pair, ids, mask, labels, checkpointing=True)
@@ -208,4 +208,5 @@ def test_gradients_match_transformers_and_checkpointing(pair):
         hook.remove()
     assert len(calls) == 2  # the layer ran again during backward: checkpointing was really on
     for name in ours:
-        torch.testing.assert_close(recomputed[name], ours[name], rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
+        # The recomputation sums the residual's and the MLP's gradients itself: another order, roundings of 1e-7.
+        torch.testing.assert_close(recomputed[name], ours[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")

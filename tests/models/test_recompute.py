@@ -1,6 +1,7 @@
 """Checkpointing's recomputation gives the gradients of a plain backward, for every way a layer can be trained.
 
-The recomputation skips the down projection's GEMM (`forward_for_backward`), keeps dropout's masks (RNG replay), and
+The recomputation (`backward_through`) skips the down projection's GEMM and backpropagates the MLP in token chunks,
+keeps dropout's masks (RNG replay), and
 leaves frozen layers below every trained one out of backward. Everything on the CPU in fp32 with the reference ops;
 the offloaded variant is compared on CUDA in test_offload.py.
 """
@@ -18,14 +19,14 @@ CONFIG = dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidd
               mlp_bias=True)
 
 
-def _model(method: str, checkpointing: bool) -> LlamaForCausalLM:
+def _model(method: str, checkpointing: bool, chunk: int | None = 4096, dropout: float = 0.2) -> LlamaForCausalLM:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig.from_hf(CONFIG))
     model.init_weights(std=0.1)
     if method == "qlora":
         quantize_model_(model)
     if method in ("lora", "qlora"):
-        attach_lora(model, ["all-linear"], r=4, alpha=8, dropout=0.2)
+        attach_lora(model, ["all-linear"], r=4, alpha=8, dropout=dropout)
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 nn.init.normal_(p, std=0.05)  # B = 0 would hide the update's contribution to the input gradients
@@ -35,15 +36,18 @@ def _model(method: str, checkpointing: bool) -> LlamaForCausalLM:
         for p in model.model.layers[-1].parameters():
             p.requires_grad_(True)
     model.gradient_checkpointing = checkpointing
+    for layer in model.model.layers:
+        layer.mlp_chunk_tokens = chunk
     return model.train()
 
 
+@pytest.mark.parametrize("chunk", [None, 7])  # all tokens at once; chunks of 7 of the 48 tokens, the last one short
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "layers"])
-def test_checkpointed_gradients_equal_plain_ones(method):
+def test_checkpointed_gradients_equal_plain_ones(method, chunk):
     ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(1))
     grads, losses = {}, {}
     for checkpointing in (False, True):
-        model = _model(method, checkpointing)
+        model = _model(method, checkpointing, chunk, dropout=0.0 if chunk else 0.2)  # chunks: see test_dropout_...
         torch.manual_seed(5)  # the same dropout masks in both runs, which the recomputation must draw again
         loss_sum, count = model(ids, labels=ids)
         (loss_sum / count).backward()
@@ -61,7 +65,7 @@ def test_packed_batch_checkpointed_gradients_equal_plain_ones():
     cu_seqlens = torch.tensor([0, 7, 19, 30], dtype=torch.int32)
     grads = {}
     for checkpointing in (False, True):
-        model = _model("lora", checkpointing)
+        model = _model("lora", checkpointing, chunk=8, dropout=0.0)
         torch.manual_seed(5)
         loss_sum, count = model(ids, cu_seqlens=cu_seqlens, labels=ids)
         (loss_sum / count).backward()
@@ -74,8 +78,8 @@ def test_frozen_layers_below_the_trained_ones_are_not_recomputed():
     model = _model("layers", True)
     recomputed = []
     for index, layer in enumerate(model.model.layers):
-        run = layer.forward_for_backward
-        layer.forward_for_backward = lambda *args, _run=run, _i=index: recomputed.append(_i) or _run(*args)
+        run = layer.backward_through
+        layer.backward_through = lambda *args, _run=run, _i=index: recomputed.append(_i) or _run(*args)
     ids = torch.randint(0, 200, (1, 16))
     loss_sum, count = model(ids, labels=ids)
     loss_sum.backward()
@@ -95,3 +99,16 @@ def test_linear_grad_only_has_the_gradients_of_linear():
     assert out.shape == (3, 5, 6)
     for got, want in zip(torch.autograd.grad(out, (x, w, b), dy), expected, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_dropout_in_the_mlp_turns_chunking_off_so_the_masks_match_forward():
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(1))
+    grads = {}
+    for checkpointing in (False, True):
+        model = _model("lora", checkpointing, chunk=7, dropout=0.2)
+        torch.manual_seed(5)
+        loss_sum, count = model(ids, labels=ids)
+        (loss_sum / count).backward()
+        grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)

@@ -430,6 +430,8 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config, ops)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        # Tokens per MLP chunk in checkpointing's backward (None: all at once); see `backward_through`.
+        self.mlp_chunk_tokens: int | None = 4096
 
     def forward(
         self,
@@ -442,18 +444,38 @@ class LlamaDecoderLayer(nn.Module):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, attention_mask)
         return h + self.mlp(self.post_attention_layernorm(h))
 
-    def forward_for_backward(
+    def backward_through(
         self,
         x: torch.Tensor,
+        grad_out: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
         cu_seqlens: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Checkpointing's recomputation: (h, mlp(norm(h))) whose gradients are both the output's; the MLP's values
-        are not computed (backward reads neither them nor the output), which saves the down projection's GEMM."""
+    ) -> None:
+        """Checkpointing's recomputation and backward, for grad_out = d loss / d output: gradients accumulate into
+        the parameters and, if it requires grad, into x.grad.
+
+        Backward reads neither the output h + mlp(norm(h)) nor the MLP's result, so the down projection's GEMM is
+        skipped (`LlamaMLP.forward(output=False)`). The MLP works token by token: it is recomputed and
+        backpropagated `mlp_chunk_tokens` tokens at a time (unless dropout is on in it), so its widest activations
+        (gate, up, their product and gradients) exist for one chunk only; attention then gets the summed gradient.
+        """
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, attention_mask)
-        return h, self.mlp(self.post_attention_layernorm(h), output=False)
+        flat_h = h.detach().reshape(-1, h.shape[-1])  # (N, d)
+        flat_g = grad_out.reshape(-1, grad_out.shape[-1])  # (N, d)
+        grad_h = torch.empty_like(flat_g)  # grad_out + the MLP path's gradient
+        # Dropout draws its masks over the whole tensor in forward; chunks would draw other ones.
+        draws = self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.mlp.modules())
+        step = (None if draws else self.mlp_chunk_tokens) or flat_h.shape[0]
+        for start in range(0, flat_h.shape[0], step):
+            h_chunk = flat_h[start : start + step].detach().requires_grad_(True)
+            g_chunk = flat_g[start : start + step]
+            part = self.mlp(self.post_attention_layernorm(h_chunk), output=False)
+            torch.autograd.backward(part, g_chunk)
+            torch.add(g_chunk, h_chunk.grad, out=grad_h[start : start + step])
+            del part, h_chunk
+        torch.autograd.backward(h, grad_h.view_as(h))
 
 
 class LlamaModel(nn.Module):

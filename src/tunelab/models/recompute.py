@@ -2,11 +2,11 @@
 
 Forward runs the layer without recording anything and keeps its input, on the GPU or parked in pinned host memory
 (`offload.HostActivations`). Backward re-runs the layer under the RNG state of its forward (dropout draws the same
-mask) through the layer's `forward_for_backward`, which returns the tensors whose gradient is the layer output's
-gradient without computing the output itself: a pre-norm block's output is h + mlp(h), and backward reads neither
-its value nor that of the MLP's down projection, so the recomputation records that projection's autograd node but
-skips its GEMM (a fifth of a Llama layer's matmul FLOPs, a fifteenth of the step's). A layer without
-`forward_for_backward` is recomputed whole.
+mask) through the layer's `backward_through(x, grad_out, *args)`, which recomputes and backpropagates in one go and
+so can skip what backward never reads: a pre-norm block's output is h + mlp(norm(h)), and neither it nor the MLP's
+down projection is needed, which saves that projection's GEMM (a fifth of a Llama layer's matmul FLOPs, a fifteenth
+of the step's), and the token-wise MLP can be backpropagated in chunks. A layer without `backward_through` is
+recomputed whole and backpropagated from its output.
 """
 
 from __future__ import annotations
@@ -56,9 +56,11 @@ class _RecomputedLayer(torch.autograd.Function):
             ctx.store.fetch(ctx.index - 1)  # the next layer back starts coming home while this one is recomputed
         x = x.detach().requires_grad_(ctx.x_needs_grad)
         with _rng_of(ctx.rng, x.device), torch.enable_grad():
-            run = getattr(ctx.layer, "forward_for_backward", None)
-            outputs = run(x, *ctx.args) if run is not None else (ctx.layer(x, *ctx.args),)
-        torch.autograd.backward(outputs, [grad_out] * len(outputs))
+            backward_through = getattr(ctx.layer, "backward_through", None)
+            if backward_through is not None:
+                backward_through(x, grad_out, *ctx.args)
+            else:
+                torch.autograd.backward(ctx.layer(x, *ctx.args), grad_out)
         return (None, None, None, None, x.grad if ctx.x_needs_grad else None) + (None,) * len(ctx.args)
 
 
