@@ -490,6 +490,7 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.gradient_checkpointing = False
         self._offload_stream = None  # created on first use by activation offload
+        self._offload_buffers: list[torch.Tensor | None] = [None, None]  # where offloaded inputs come back to
 
     def forward(
         self,
@@ -515,7 +516,8 @@ class LlamaModel(nn.Module):
         if recompute and self.gradient_checkpointing == "offload" and h.is_cuda:
             if self._offload_stream is None:
                 self._offload_stream = torch.cuda.Stream(h.device)
-            store = HostActivations(h.device, self._offload_stream)  # layer inputs wait in pinned host memory
+            store = HostActivations(h.device, self._offload_stream, self._offload_buffers)  # layer inputs wait on the host
+            store.reserve(h)  # before this step's activations: the two landing buffers stay low in the allocator
         for index, layer in enumerate(self.layers):
             if recompute:
                 # Keep only each layer's input (on the device or in `store`); recompute the rest during backward.
