@@ -33,14 +33,18 @@ class HostActivations:
             host.copy_(x, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self.stream)
-        # x stays referenced until its copy is done, rather than `record_stream`: blocks freed with a recorded stream
-        # wait in the allocator's pending list, unusable, and the segments grow around them.
+        # x stays referenced until the next layer's park, then the compute stream waits for its copy and drops it.
+        # Not `record_stream`: the CPU runs many layers ahead of the GPU, so blocks freed with a recorded stream sat
+        # in the allocator's pending list, unusable, while the segments grew around them (reserved 1.2 GiB above
+        # allocated for a 7B model). Waiting costs nothing: the copy of layer i's input runs beside layer i + 1.
         self.parked[index] = (host, done, x)
 
     def _release_copied(self) -> None:
-        """Drop the device tensors whose copy to the host has finished; they go back to the compute stream's pool."""
+        """Give the parked device tensors back to the compute stream, ordered after their copies to the host."""
+        current = torch.cuda.current_stream(self.device)
         for index, (host, done, x) in list(self.parked.items()):
-            if x is not None and done.query():
+            if x is not None:
+                current.wait_event(done)
                 self.parked[index] = (host, done, None)
 
     def fetch(self, index: int) -> None:
