@@ -4,6 +4,7 @@ export PYTHONPATH=src OUT
 python3 -m pytest -q -p no:warnings tests/models/test_offload.py tests/models/test_recompute.py 2>&1 | tail -1
 R=$OUT/results.jsonl
 B="python3 benchmarks/train_bench.py --shape llama2-7b --out $R"
+$B 2>&1 | grep SUMMARY
 $B --offload 2>&1 | grep SUMMARY
 $B --method qlora --offload 2>&1 | grep SUMMARY
 $B --method qlora --offload --batch 1 2>&1 | grep SUMMARY
