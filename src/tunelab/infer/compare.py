@@ -1,7 +1,9 @@
 """Base model beside tuned model on the same questions, with scores when expected answers are given.
 
 A question file holds `question` (or `prompt`) and optionally `expected` (or `label`) and `kind` columns (jsonl, json, csv).
-An answer is correct when it contains the expected text, compared case-insensitively with whitespace collapsed.
+An answer is correct when it contains the expected text, compared case-insensitively with whitespace collapsed; in a
+label file (a `label` column) when the label it gives (`eval.metrics.predict_label` over the file's labels: whole
+words, the earliest named) is the expected one, as `tunelab eval` scores it.
 Scores are given per kind (e.g. fact / off_topic), so "answers the facts" and "refuses the rest" read separately.
 """
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from tunelab.data.sources import read_records
 from tunelab.errors import DataError
+from tunelab.eval.metrics import predict_label
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun
 
@@ -25,6 +28,7 @@ class Question:
     text: str
     expected: str | None = None
     kind: str = "all"
+    is_label: bool = False  # the expected answer is a label of a label task
 
 
 @dataclass
@@ -58,7 +62,7 @@ def read_questions(path: str | Path) -> list[Question]:
         expected = row.get(key)
         if expected is not None and (not isinstance(expected, str) or not expected.strip()):
             raise DataError(f"{record.path}, line {record.line}: field '{key}' must be non-empty text when present.")
-        questions.append(Question(text.strip(), expected, str(row.get("kind") or "all")))
+        questions.append(Question(text.strip(), expected, str(row.get("kind") or "all"), key == "label" and expected is not None))
     if not questions:
         raise DataError(f"{path}: no questions found.")
     return questions
@@ -72,17 +76,25 @@ def is_correct(answer: str, expected: str) -> bool:
     return _normal(expected) in _normal(answer)
 
 
+def answers_correctly(question: Question, answer: str, labels: list[str]) -> bool:
+    """A label question: the answer gives its label (among `labels`, the file's); else it contains the expected text."""
+    if question.is_label:
+        return predict_label(answer, labels) == question.expected
+    return is_correct(answer, question.expected or "")
+
+
 def compare(run: LoadedRun, questions: list[Question], settings: GenerationSettings, refusal: str | None = None) -> Comparison:
     """Answer every question with the tuned and the base model. `refusal`, when known, adds refusal rates per kind."""
     conversations = [_conversation(q.text, run.system_prompt) for q in questions]
     tuned = generate_answers(run.model, run.tokenizer, run.template, conversations, settings)
     with run.base_model() as base_model:
         base = generate_answers(base_model, run.tokenizer, run.template, conversations, settings)
+    labels = list(dict.fromkeys(q.expected for q in questions if q.is_label))
     rows = []
     for q, b, t in zip(questions, base, tuned):
         row = Row(q.text, q.expected, q.kind, b, t)
         if q.expected is not None:
-            row.base_ok, row.tuned_ok = is_correct(b, q.expected), is_correct(t, q.expected)
+            row.base_ok, row.tuned_ok = answers_correctly(q, b, labels), answers_correctly(q, t, labels)
         rows.append(row)
     return Comparison(rows, score(rows, refusal))
 
