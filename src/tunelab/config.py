@@ -84,7 +84,7 @@ class TrainConfig:
     save_every: int = opt(0, "write a checkpoint every N optimizer steps (0: only at the end)", min=0)
     keep_checkpoints: int = opt(2, "how many step checkpoints to keep", min=1)
     log_every: int = opt(1, "append metrics every N optimizer steps", min=1)
-    checkpointing: bool = opt(False, "recompute each decoder layer in backward instead of keeping its activations (less memory, ~30% slower)")
+    checkpointing: bool = opt(False, "recompute each decoder layer in backward instead of keeping its activations (less memory; each layer runs forward twice)")
     offload_activations: bool = opt(False, "with checkpointing on CUDA: keep the layer inputs in pinned CPU memory until backward")
 
 
