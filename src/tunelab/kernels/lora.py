@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tunelab.kernels.reference import dropout_keep_mask
 
 
-def lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, out_features, output=True):
+def lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output=True):
     """The forward shared with the NF4 variant: x2 (N, in), weight (out, in) in x2's dtype -> (out (N, out), xa (N, r)).
 
     output=False (checkpointing's recomputation, for a layer's last projection, whose result backward never reads):
@@ -31,7 +31,7 @@ def lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, out_f
     xa = dropped @ a.T  # (N, r)
     del dropped
     if not output:
-        return x2.new_empty(x2.shape[0], out_features), xa
+        return x2.new_empty(x2.shape[0], lora_b.shape[0]), xa
     out = F.linear(x2, weight, bias)  # (N, out)
     out.addmm_(xa, lora_b.to(x2.dtype).T, alpha=scale)
     return out, xa
@@ -61,7 +61,7 @@ class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        out, xa = lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, weight.shape[0], output)
+        out, xa = lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output)
         ctx.save_for_backward(x2, weight, lora_a, lora_b, xa, keep)
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
         ctx.bias_dtype = None if bias is None else bias.dtype

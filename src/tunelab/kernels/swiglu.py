@@ -44,11 +44,10 @@ class SwiGLUFunction(torch.autograd.Function):
     def forward(ctx, gate: torch.Tensor, up: torch.Tensor, reuse_inputs: bool) -> torch.Tensor:
         if gate.shape != up.shape:
             raise ValueError(f"swiglu: gate {tuple(gate.shape)} and up {tuple(up.shape)} must have one shape")
-        gate_c, up_c = gate.contiguous(), up.contiguous()  # flat elementwise indexing below
         # Never overwrite a leaf (a user's own tensor), whatever the caller says.
         ctx.reuse = reuse_inputs and gate.grad_fn is not None and up.grad_fn is not None
         ctx.done = False
-        gate, up = gate_c, up_c
+        gate, up = gate.contiguous(), up.contiguous()  # flat elementwise indexing below
         out = torch.empty_like(gate)
         n = gate.numel()
         if n:

@@ -334,7 +334,7 @@ class NF4LoRALinearFunction(torch.autograd.Function):
         weight = dequantize(q, x.dtype, workspace) if output else None
         ctx.bias_dtype = None if bias is None else bias.dtype
         out, xa = lora_forward(x2, weight, None if bias is None else bias.to(x.dtype), lora_a, lora_b, scale, keep,
-                               dropout_p, q.shape[0], output)
+                               dropout_p, output)
         ctx.save_for_backward(x2, lora_a, lora_b, xa, keep)
         ctx.q, ctx.workspace = q, workspace
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
