@@ -78,6 +78,7 @@ class TrainConfig:
     warmup_ratio: float = opt(0.05, "fraction of steps spent warming the learning rate up linearly from 0", min=0.0, max=1.0)
     scheduler: str = opt("cosine", "learning-rate schedule after warmup", choices=("constant", "linear", "cosine"))
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to norms and biases)", min=0.0)
+    optimizer: str = opt("adamw", "adamw keeps its two moments in fp32 (8 bytes per trainable parameter); adamw_8bit in block-wise 8-bit codes (2.03 bytes; tensors under 4096 values stay fp32): 0.30 -> 0.08 GiB for r=16 LoRA on all linears of a 7B model", choices=("adamw", "adamw_8bit"))
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
     seed: int = opt(42, "seed for initialisation, shuffling and dropout")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: only at the end)", min=0)

@@ -1,16 +1,28 @@
-"""The optimizer: AdamW over the trainable parameters, with no weight decay on norms, biases and 1-D tensors."""
+"""The optimizer: AdamW over the trainable parameters, with no weight decay on norms, biases and 1-D tensors.
+
+`kind` "adamw" is torch's AdamW (fused on CUDA); "adamw_8bit" is `AdamW8bit`, the same update with both moments
+stored in 8 bits (imported here only when chosen).
+"""
 
 import torch
 from torch import nn
 
+from tunelab.errors import ConfigError
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, kind: str = "adamw") -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
+    if kind == "adamw_8bit":
+        from tunelab.training.adamw8bit import AdamW8bit
+
+        return AdamW8bit(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    if kind != "adamw":
+        raise ConfigError(f"option 'train.optimizer': unknown optimizer {kind!r}; choose adamw or adamw_8bit.")
     fused = all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 

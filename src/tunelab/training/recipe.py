@@ -130,7 +130,7 @@ def train(config: str | Path | RunConfig | ResolvedConfig | None = None, overrid
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     warmup = int(t.warmup_ratio * total_steps)
-    optimizer = build_optimizer(model, t.lr, t.weight_decay)
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler))
     eval_batches = [_to_device(b, built.device) for b in make_batches(data.eval, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0)]
 
