@@ -114,7 +114,12 @@ def run(args) -> dict:
     load_s = time.perf_counter() - t0
     alloc_after_load = torch.cuda.memory_allocated() / GIB if cuda else 0.0
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, fused=cuda or None)
+    if args.optimizer == "adamw_8bit":
+        from tunelab.training.adamw8bit import AdamW8bit
+
+        optimizer = AdamW8bit(params, lr=args.lr)  # torch AdamW's defaults, moments in 8 bits
+    else:
+        optimizer = torch.optim.AdamW(params, lr=args.lr, fused=cuda or None)
     gen = torch.Generator().manual_seed(0)
     vocab = SHAPES[args.shape]["vocab_size"]
     ids = torch.randint(0, vocab, (args.batch, args.seq), generator=gen).to(device)
@@ -144,9 +149,10 @@ def run(args) -> dict:
     flops = flops_per_token(SHAPES[args.shape], args.seq, args.r)
     name = f"tunelab_{args.method}_{'nf4' if args.method == 'qlora' else 'bf16'}" + ("_offload" if args.offload else "" if args.checkpointing else "_nogc")
     name += "_release" if args.release_cache else ""
+    name += "_adamw8bit" if args.optimizer == "adamw_8bit" else ""
     record = {
         "config": name, "shape": args.shape, "seq": args.seq, "batch": args.batch, "checkpointing": args.checkpointing,
-        "steps": args.steps, "mlp_chunk_tokens": args.mlp_chunk, "median_s": round(median, 4), "tokens_per_s": round(tokens_per_s, 1),
+        "steps": args.steps, "mlp_chunk_tokens": args.mlp_chunk, "optimizer": args.optimizer, "median_s": round(median, 4), "tokens_per_s": round(tokens_per_s, 1),
         "train_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
         "train_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
         "alloc_after_load_gib": round(alloc_after_load, 2), "load_s": round(load_s, 1),
@@ -198,6 +204,8 @@ def main() -> None:
     ap.add_argument("--offload", action="store_true", help="checkpointing with layer inputs in pinned host memory")
     ap.add_argument("--release-cache", action="store_true", help="return cached free GPU memory after every step")
     ap.add_argument("--mlp-chunk", type=int, default=4096, help="tokens per MLP chunk in checkpointed backward (0: all)")
+    ap.add_argument("--optimizer", choices=["adamw", "adamw_8bit"], default="adamw",
+                    help="torch's AdamW (fused on CUDA) or tunelab's AdamW8bit (both moments in 8 bits)")
     ap.add_argument("--ceiling", type=float, default=None, help="bf16 matmul TFLOP/s (default: measured now)")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON record to this file")
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")
