@@ -2,12 +2,14 @@
 via Block-wise Quantization"), written in plain PyTorch here and as one Triton kernel for CUDA parameters.
 
 State of a parameter with n >= MIN_8BIT_SIZE elements, its flattened values cut into blocks of BLOCK = 256:
-  - exp_avg_q (n,) uint8, exp_avg_absmax (ceil(n / 256),) fp32: m = SIGNED_CODE[q] * absmax of its block, where the
-    signed code is bitsandbytes' dynamic code (`tunelab.peft.quant.dynamic_code`);
-  - exp_avg_sq_q, exp_avg_sq_absmax: v the same way with the unsigned dynamic code (`unsigned_dynamic_code`);
+  - exp_avg_q (n,) uint8, exp_avg_absmax (ceil(n / 256),) fp32: m = code_s[q] * absmax of its block, where code_s is
+    bitsandbytes' signed dynamic code (`tunelab.peft.quant.dynamic_code`);
+  - exp_avg_sq_q, exp_avg_sq_absmax: v the same way with code_u, the unsigned dynamic code (`unsigned_dynamic_code`);
   - step: a 0-dim fp32 tensor, as torch's AdamW keeps it.
 That is 2 + 8 / 256 = 2.03125 bytes per parameter instead of AdamW's 8. Smaller parameters keep fp32 exp_avg and
-exp_avg_sq and take torch's single-tensor AdamW update (bit-identical to torch.optim.AdamW(foreach=False) for fp32).
+exp_avg_sq (also for bf16 parameters) and take torch's single-tensor AdamW update (bit-identical to
+torch.optim.AdamW(foreach=False) for fp32 ones). `load_state_dict` keeps every state tensor in its saved dtype, where
+torch's would cast the codes and absmaxes to the parameter's dtype.
 
 One step of an 8-bit parameter, per block, all in fp32 (each operation rounded on its own, no fused multiply-add):
     m = code_s[m_q] * m_absmax,    v = code_u[v_q] * v_absmax                       (dequantize)
@@ -17,15 +19,16 @@ One step of an 8-bit parameter, per block, all in fp32 (each operation rounded o
 The parameter moves with the fresh fp32 m and v; only what is carried to the next step is rounded to 8 bits (as in
 bitsandbytes). Nearest means no other code is closer; an exact tie between two codes goes to the lower one.
 `adamw8bit_update_reference` does this vectorised over the whole parameter; on CUDA (with Triton importable)
-`tunelab.kernels.adamw8bit.adamw8bit_update` does the same in one kernel, one program per block, and matches the
-reference bit for bit where the same fp32 operations are available (the interpreter; on the GPU too, with its
-correctly rounded division and square root and fp fusion off).
+`tunelab.kernels.adamw8bit.adamw8bit_update` does the same in one kernel, one program per block. It equals the
+reference bit for bit in Triton's interpreter; on the GPU it runs the same correctly rounded fp32 operations with fp
+fusion off, so it should there too (the CUDA test asserts it).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import struct
 from collections.abc import Iterable
 from itertools import chain
 from typing import Any
@@ -97,14 +100,17 @@ def dequantize_blockwise(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tens
 
 
 def _f32(x: float) -> float:
-    """x rounded to fp32 (the precision the kernel receives its scalars in), as a Python float."""
-    return torch.tensor(x, dtype=torch.float32).item()
+    """x rounded to the nearest fp32 (the precision the kernel receives its scalars in), as a Python float."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
-def update_scalars(lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int) -> dict[str, float]:
-    """The fp32 scalars of one step, shared by the reference and the kernel so both see the same values."""
+def update_scalars(
+    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int
+) -> dict[str, float]:
+    """The fp32 scalars of one step (computed in fp64, rounded once), shared by the reference and the kernel."""
     return {
-        "beta1": _f32(beta1), "one_minus_beta1": _f32(1 - beta1), "beta2": _f32(beta2), "one_minus_beta2": _f32(1 - beta2),
+        "beta1": _f32(beta1), "one_minus_beta1": _f32(1 - beta1),
+        "beta2": _f32(beta2), "one_minus_beta2": _f32(1 - beta2),
         "decay": _f32(1 - lr * weight_decay), "step_size": _f32(lr / (1 - beta1**step)),
         "bc2_sqrt": _f32(math.sqrt(1 - beta2**step)), "eps": _f32(eps),
     }  # fmt: skip
@@ -138,7 +144,8 @@ def adamw8bit_update_reference(
     root = v.double().sqrt().float()
     p = p - s["step_size"] * (m / (root / s["bc2_sqrt"] + s["eps"]))
     param.copy_(p.view_as(param))  # one rounding to bf16 (nearest even) where the parameter is bf16
-    for (q, absmax), fresh, code in (((exp_avg_q, exp_avg_absmax), m, signed_code), ((exp_avg_sq_q, exp_avg_sq_absmax), v, unsigned_code)):
+    moments = ((exp_avg_q, exp_avg_absmax, m, signed_code), (exp_avg_sq_q, exp_avg_sq_absmax, v, unsigned_code))
+    for q, absmax, fresh, code in moments:  # requantized with the new block absmaxes
         new_q, new_absmax = quantize_blockwise(fresh, code)
         q.copy_(new_q)
         absmax.copy_(new_absmax)
@@ -165,15 +172,16 @@ class AdamW8bit(torch.optim.Optimizer):
         min_8bit_size: int = MIN_8BIT_SIZE,
     ) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"AdamW8bit: invalid hyper-parameters lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
+            raise ValueError(f"AdamW8bit: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.min_8bit_size = min_8bit_size
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dtype not in SUPPORTED_DTYPES:
                     raise ConfigError(
-                        f"train.optimizer adamw_8bit: a trainable parameter of shape {tuple(p.shape)} is {p.dtype}; the "
-                        "8-bit AdamW updates fp32 or bf16 parameters. Set model.dtype to bf16 or fp32, or train.optimizer to adamw."
+                        f"train.optimizer adamw_8bit: a trainable parameter of shape {tuple(p.shape)} is {p.dtype}; "
+                        "the 8-bit AdamW updates fp32 or bf16 parameters. Set model.dtype to bf16 or fp32, or "
+                        "train.optimizer to adamw."
                     )
         self._codes: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -248,7 +256,9 @@ class AdamW8bit(torch.optim.Optimizer):
                     self.state[p][key] = value.clone() if key == "step" else value.to(device=p.device, copy=True)
 
 
-def _step_fp32(p: torch.Tensor, state: dict[str, torch.Tensor], lr: float, beta1: float, beta2: float, eps: float, wd: float, step: int) -> None:
+def _step_fp32(
+    p: torch.Tensor, state: dict[str, torch.Tensor], lr: float, beta1: float, beta2: float, eps: float, wd: float, step: int
+) -> None:
     """torch's single-tensor AdamW step on fp32 moments (the parameter updated through an fp32 copy if it is bf16)."""
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     work = p if p.dtype == torch.float32 else p.float()
