@@ -111,6 +111,7 @@ def run(args) -> dict:
     model = build(args.shape, args.method, args.r, checkpointing, device)
     for layer in model.model.layers:
         layer.mlp_chunk_tokens = args.mlp_chunk or None
+        layer.self_attn.group_lora = layer.mlp.group_lora = False if args.no_group else None
     load_s = time.perf_counter() - t0
     alloc_after_load = torch.cuda.memory_allocated() / GIB if cuda else 0.0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -149,6 +150,7 @@ def run(args) -> dict:
     flops = flops_per_token(SHAPES[args.shape], args.seq, args.r)
     name = f"tunelab_{args.method}_{'nf4' if args.method == 'qlora' else 'bf16'}" + ("_offload" if args.offload else "" if args.checkpointing else "_nogc")
     name += "_release" if args.release_cache else ""
+    name += "_nogroup" if args.no_group else ""
     name += "_adamw8bit" if args.optimizer == "adamw_8bit" else ""
     record = {
         "config": name, "shape": args.shape, "seq": args.seq, "batch": args.batch, "checkpointing": args.checkpointing,
@@ -203,6 +205,7 @@ def main() -> None:
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     ap.add_argument("--offload", action="store_true", help="checkpointing with layer inputs in pinned host memory")
     ap.add_argument("--release-cache", action="store_true", help="return cached free GPU memory after every step")
+    ap.add_argument("--no-group", action="store_true", help="run q/k/v and gate/up adapters one by one (peft.group off)")
     ap.add_argument("--mlp-chunk", type=int, default=4096, help="tokens per MLP chunk in checkpointed backward (0: all)")
     ap.add_argument("--optimizer", choices=["adamw", "adamw_8bit"], default="adamw",
                     help="torch's AdamW (fused on CUDA) or tunelab's AdamW8bit (both moments in 8 bits)")

@@ -191,3 +191,15 @@ def test_bit_identical_to_bitsandbytes_on_cuda(shape, dtype):
         expected = bnb_functional.dequantize_4bit(theirs, state)
         assert same_bits(dequantize_nf4_triton(from_theirs, dtype=out_dtype), expected)
         assert same_bits(dequantize_nf4(from_theirs, out_dtype), expected)  # the reference, with torch on CUDA
+
+
+def test_dequantize_writes_into_the_rows_of_a_wider_matrix():
+    """Grouped LoRA projections dequantize each weight into its rows of one (O, in + R) matrix (`peft.group`)."""
+    q = quantize_nf4_reference(weight((33, 100))).to(DEVICE)
+    wide = torch.full((40, 107), float("nan"), device=DEVICE)
+    rows = wide[5:38, :100]  # row stride 107
+    assert dequantize_nf4_triton(q, out=rows) is rows
+    assert torch.equal(rows.cpu(), dequantize_nf4(q.to("cpu"), torch.float32))
+    assert wide[:5].isnan().all() and wide[38:].isnan().all() and wide[:, 100:].isnan().all()  # nothing else written
+    with pytest.raises(ValueError, match="unit column stride"):
+        dequantize_nf4_triton(q, out=torch.empty(100, 33, device=DEVICE).T)

@@ -93,3 +93,21 @@ def test_triton_handles_strided_rows_and_fp32_weight_over_bf16_input():
     x = base[:, :1000]  # row stride 2000: the kernel reads it without a copy
     w = torch.randn(1000, device=DEVICE)
     assert rel_error(rms_norm(x, w, EPS), reference.rms_norm(x, w, EPS)) < TOL[torch.bfloat16]
+
+
+@needs_triton
+def test_triton_leaves_spare_columns_after_its_output():
+    pytest.importorskip("triton")
+    from tunelab.kernels.rms_norm import rms_norm
+    from tunelab.kernels.spare import spare_columns
+
+    x = torch.randn(2, 3, 1000, device=DEVICE, requires_grad=True)
+    w = torch.randn(1000, device=DEVICE)
+    y = rms_norm(x, w, EPS, spare_columns=24)
+    assert spare_columns(y) == 24 and y.shape == x.shape and y.stride() == (3 * 1024, 1024, 1)
+    assert rel_error(y, reference.rms_norm(x, w, EPS)) < TOL[torch.float32]
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    x_ref = x.detach().clone().requires_grad_()
+    reference.rms_norm(x_ref, w, EPS).backward(dy)
+    assert rel_error(x.grad, x_ref.grad) < TOL[torch.float32]

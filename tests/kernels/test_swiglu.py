@@ -105,3 +105,25 @@ def test_triton_reusing_its_inputs_gives_the_same_gradients_and_refuses_a_second
     before = leaf.detach().clone()
     swiglu(leaf, leaf * 2, reuse_inputs=True).sum().backward()
     assert torch.equal(leaf.detach(), before)  # a leaf is never overwritten
+
+
+@needs_triton
+def test_triton_reuses_column_slices_of_one_buffer_in_place():
+    """`peft.group` hands gate and up over as column slices of one (N, 2I + R) buffer; the in-place gradients must
+    land side by side in that buffer, and nothing be copied."""
+    pytest.importorskip("triton")
+    from tunelab.kernels.swiglu import swiglu
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16, device=DEVICE, requires_grad=True)
+    w = torch.randn(2 * 1100 + 8, 16, device=DEVICE)
+    dout = torch.randn(2, 5, 1100, device=DEVICE)
+    buf = x @ w.T  # (2, 5, 2208): gate, up, 8 spare columns
+    gate, up = buf[..., :1100], buf[..., 1100:2200]
+    want = torch.autograd.grad(reference.swiglu(gate, up), (gate, up), dout, retain_graph=True)
+    out = swiglu(gate, up, reuse_inputs=True)
+    assert rel_error(out, reference.swiglu(gate, up)) < TOL[torch.float32]
+    got = torch.autograd.grad(out, (gate, up), dout)
+    assert got[0].data_ptr() == gate.data_ptr() and got[1].data_ptr() == up.data_ptr()  # written in place
+    for g, w_ in zip(got, want):
+        assert rel_error(g, w_) < TOL[torch.float32]

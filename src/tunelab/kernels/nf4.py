@@ -41,7 +41,8 @@ def _absmax_of(absmax_q_ptr, absmax2_ptr, offset_ptr, code8_ptr, block, live):
 
 @triton.jit
 def _dequantize_kernel(
-    packed_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out_ptr, n, BLOCK: tl.constexpr,
+    packed_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out_ptr, n, out_row_stride,
+    N_COLS: tl.constexpr, STRIDED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = offs < n
@@ -49,7 +50,11 @@ def _dequantize_kernel(
     nibble = tl.where(offs % 2 == 0, byte >> 4, byte & 15)  # element 2i is the high nibble
     absmax = _absmax_of(absmax_q_ptr, absmax2_ptr, offset_ptr, code8_ptr, offs // 64, live)
     w = tl.load(code4_ptr + nibble) * absmax
-    tl.store(out_ptr + offs, w.to(out_ptr.dtype.element_ty), mask=live)  # rounds to nearest even
+    if STRIDED:  # rows of N_COLS weights, out_row_stride apart (a constant divisor: a multiply and a shift)
+        dest = (offs // N_COLS) * out_row_stride + offs % N_COLS
+    else:
+        dest = offs
+    tl.store(out_ptr + dest, w.to(out_ptr.dtype.element_ty), mask=live)  # rounds to nearest even
 
 
 @triton.jit
@@ -122,15 +127,22 @@ def dequantize_nf4_triton(
 ) -> torch.Tensor:
     """The weight of `q` in `dtype` (or in `out`'s dtype, written into `out`), shape q.shape, in one kernel.
 
-    Bit-identical to `tunelab.peft.quant.dequantize_nf4` and to bitsandbytes' `dequantize_4bit`.
+    `out` may be contiguous with q's element count, or a 2-D (rows, cols) = q.shape view with unit column stride and
+    any row stride (the rows of a wider matrix). Bit-identical to `tunelab.peft.quant.dequantize_nf4` and to
+    bitsandbytes' `dequantize_4bit`.
     """
     if out is None:
         out = torch.empty(q.shape, dtype=dtype, device=q.device)
-    if out.numel() != q.numel or not out.is_contiguous():
-        shape = tuple(out.shape)
-        raise ValueError(f"dequantize_nf4_triton: out must be contiguous with {q.numel} elements, not {shape}")
+    strided = not out.is_contiguous()
+    if out.numel() != q.numel or (strided and (tuple(out.shape) != tuple(q.shape) or out.dim() != 2 or out.stride(1) != 1)):
+        shape, strides = tuple(out.shape), out.stride()
+        raise ValueError(
+            f"dequantize_nf4_triton: out must be contiguous with {q.numel} elements, or {tuple(q.shape)} with unit "
+            f"column stride; got shape {shape}, strides {strides}"
+        )
     _dequantize_kernel[(triton.cdiv(q.numel, block),)](
-        q.packed, q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, q.numel, BLOCK=block, num_warps=num_warps,
+        q.packed, q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, q.numel, out.stride(0) if strided else 0,
+        N_COLS=out.shape[1] if strided else 1, STRIDED=strided, BLOCK=block, num_warps=num_warps,
         enable_fp_fusion=False,
     )  # fmt: skip
     return out

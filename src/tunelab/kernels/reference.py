@@ -8,12 +8,16 @@ packed sequences given as `cu_seqlens` (cumulative lengths, int32, starting at 0
 import torch
 import torch.nn.functional as F
 
+from tunelab.kernels.spare import with_spare_columns
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back to x's dtype."""
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back to x's dtype.
+
+    spare_columns > 0: y is returned as the first columns of a wider buffer, marked (`kernels.spare`)."""
     x32 = x.float()
     y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * weight.float()).to(x.dtype)
+    return with_spare_columns((y * weight.float()).to(x.dtype), spare_columns)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tunelab.kernels.spare import mark_spare
+
 
 @triton.jit
 def _rms_norm_forward_kernel(
@@ -85,12 +87,12 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
 
-def _forward(x2, weight, eps, block_m=None, warps=None):
-    """y (M, D) and rstd (M,) fp32 for x2 (M, D)."""
+def _forward(x2, weight, eps, block_m=None, warps=None, spare=0):
+    """y (M, D) and rstd (M,) fp32 for x2 (M, D); y is the first D columns of an (M, D + spare) buffer."""
     n_rows, n_cols = x2.shape
     block, default_m, default_warps = _launch_shape(n_cols)
     block_m, warps = block_m or default_m, warps or default_warps
-    y = torch.empty((n_rows, n_cols), dtype=x2.dtype, device=x2.device)
+    y = torch.empty((n_rows, n_cols + spare), dtype=x2.dtype, device=x2.device)[:, :n_cols]
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x2.device)
     if n_rows:
         _rms_norm_forward_kernel[(triton.cdiv(n_rows, block_m),)](
@@ -122,10 +124,10 @@ def _backward(dy2, x2, weight, rstd, compute_dw, block_m=None, warps=None, progr
 
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, spare: int) -> torch.Tensor:
         x2 = _rows(x)  # (M, D)
         weight = weight.contiguous()
-        y, rstd = _forward(x2, weight, eps)
+        y, rstd = _forward(x2, weight, eps, spare=spare)
         ctx.save_for_backward(x2, weight, rstd)
         ctx.x_shape = x.shape
         return y.view(x.shape)
@@ -134,9 +136,12 @@ class RMSNormFunction(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):
         x2, weight, rstd = ctx.saved_tensors
         dx, dw = _backward(_rows(dy), x2, weight, rstd, ctx.needs_input_grad[1])
-        return dx.view(ctx.x_shape), dw, None
+        return dx.view(ctx.x_shape), dw, None, None
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """y = x / sqrt(mean(x^2) + eps) * weight over the last dim, fp32 inside, in x's dtype. x (..., D), weight (D,)."""
-    return RMSNormFunction.apply(x, weight, eps)
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last dim, fp32 inside, in x's dtype. x (..., D), weight (D,).
+
+    spare_columns > 0: y is written as the first D columns of a (..., D + spare_columns) buffer and marked
+    (`kernels.spare`), for a consumer that wants room after x (`peft.group`)."""
+    return mark_spare(RMSNormFunction.apply(x, weight, eps, spare_columns), spare_columns)

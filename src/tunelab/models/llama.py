@@ -345,6 +345,22 @@ def linear_grad_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return _GradOnlyLinear.apply(x, weight, bias)
 
 
+def _group_rank(projections: tuple[nn.Module, ...], x: torch.Tensor, force: bool | None) -> int:
+    from tunelab.peft.group import group_rank
+
+    return group_rank(projections, x, force)
+
+
+def _project(projections: tuple[nn.Module, ...], x: torch.Tensor, force: bool | None) -> tuple[torch.Tensor, ...]:
+    """Each projection applied to x: as one LoRA group (`peft.group`) when they qualify, else one by one."""
+    from tunelab.peft.group import group_members, lora_group
+
+    members = group_members(projections, x, force)
+    if members is None:
+        return tuple(p(x) for p in projections)
+    return lora_group(x, members)
+
+
 class RMSNorm(nn.Module):
     """y = x / rms(x) * weight over the last dimension."""
 
@@ -354,7 +370,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.ops = ops
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spare_columns: int = 0) -> torch.Tensor:
+        """spare_columns > 0: the result is the first columns of a wider buffer, for a projection group to use."""
+        if spare_columns:
+            return self.ops.rms_norm(x, self.weight, self.eps, spare_columns=spare_columns)
         return self.ops.rms_norm(x, self.weight, self.eps)
 
 
@@ -375,6 +394,11 @@ class LlamaAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
         self.ops = ops
+        self.group_lora: bool | None = None  # q/k/v adapters as one GEMM (`peft.group`); None: on CUDA
+
+    def input_spare_columns(self, x: torch.Tensor) -> int:
+        """Columns the q/k/v group wants after its input (0: the projections run one by one)."""
+        return _group_rank((self.q_proj, self.k_proj, self.v_proj), x, self.group_lora)
 
     def forward(
         self,
@@ -385,9 +409,10 @@ class LlamaAttention(nn.Module):
         attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
+        q, k, v = _project((self.q_proj, self.k_proj, self.v_proj), x, self.group_lora)
+        q = q.view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.ops.apply_rope(q, k, cos, sin)
@@ -404,12 +429,18 @@ class LlamaMLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.ops = ops
+        self.group_lora: bool | None = None  # gate/up adapters as one GEMM (`peft.group`); None: on CUDA
+
+    def input_spare_columns(self, x: torch.Tensor) -> int:
+        """Columns the gate/up group wants after its input (0: the projections run one by one)."""
+        return _group_rank((self.gate_proj, self.up_proj), x, self.group_lora)
 
     def forward(self, x: torch.Tensor, output: bool = True) -> torch.Tensor:
         """output=False (recomputation for backward): the down projection's autograd node is recorded but its GEMM
         skipped, so the result's values are undefined; only its gradient path is real."""
+        gate, up = _project((self.gate_proj, self.up_proj), x, self.group_lora)
         # The projections' outputs feed only the activation: its backward may reuse their memory for its gradients.
-        act = self.ops.swiglu(self.gate_proj(x), self.up_proj(x), reuse_inputs=True)
+        act = self.ops.swiglu(gate, up, reuse_inputs=True)
         if output:
             return self.down_proj(act)
         grad_only = getattr(self.down_proj, "grad_only", None)  # adapters and quantized layers provide one
@@ -441,8 +472,9 @@ class LlamaDecoderLayer(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, attention_mask)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
+        h = x + self.self_attn(normed, cos, sin, cu_seqlens, attention_mask)
+        return h + self.mlp(self.post_attention_layernorm(h, self.mlp.input_spare_columns(h)))
 
     def backward_through(
         self,
@@ -461,7 +493,8 @@ class LlamaDecoderLayer(nn.Module):
         backpropagated `mlp_chunk_tokens` tokens at a time (unless dropout is on in it), so its widest activations
         (gate, up, their product and gradients) exist for one chunk only; attention then gets the summed gradient.
         """
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, attention_mask)
+        normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
+        h = x + self.self_attn(normed, cos, sin, cu_seqlens, attention_mask)
         flat_h = h.detach().reshape(-1, h.shape[-1])  # (N, d)
         flat_g = grad_out.reshape(-1, grad_out.shape[-1])  # (N, d)
         grad_h = torch.empty_like(flat_g)  # grad_out + the MLP path's gradient
@@ -471,7 +504,8 @@ class LlamaDecoderLayer(nn.Module):
         for start in range(0, flat_h.shape[0], step):
             h_chunk = flat_h[start : start + step].detach().requires_grad_(True)
             g_chunk = flat_g[start : start + step]
-            part = self.mlp(self.post_attention_layernorm(h_chunk), output=False)
+            normed = self.post_attention_layernorm(h_chunk, self.mlp.input_spare_columns(h_chunk))
+            part = self.mlp(normed, output=False)
             torch.autograd.backward(part, g_chunk)
             torch.add(g_chunk, h_chunk.grad, out=grad_h[start : start + step])
             del part, h_chunk
@@ -500,6 +534,9 @@ class LlamaModel(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """See `LlamaForCausalLM.forward` for the arguments."""
+        from tunelab.peft.group import begin_pass
+
+        begin_pass()  # adapters may have changed since the last pass: grouped projections rebuild their weights
         B, T = input_ids.shape
         if cu_seqlens is not None and B != 1:
             raise ValueError(f"packed sequences (cu_seqlens) need a batch of one row, got {B} rows")

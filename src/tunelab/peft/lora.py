@@ -16,11 +16,12 @@ from torch import nn
 
 from tunelab.errors import ConfigError
 from tunelab.kernels.lora import lora_linear as fused_lora_linear
+from tunelab.peft.group import GroupWeights
 from tunelab.peft.quant import NF4Linear, nf4_lora_linear
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, group_weights: GroupWeights | None = None):
         super().__init__()
         self.base_layer = base
         self.in_features, self.out_features = base.in_features, base.out_features
@@ -31,6 +32,8 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=torch.float32)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
+        # Where grouped projections (`peft.group`) build their stacked weight: shared by all layers of a model.
+        self.group_weights = group_weights or GroupWeights()
         # PEFT's default init: A Kaiming-uniform, B zero, so training starts from the base model exactly.
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
@@ -98,10 +101,11 @@ def attach_lora(model: nn.Module, targets: list[str], r: int, alpha: float, drop
     for p in model.parameters():
         p.requires_grad_(False)
     names = linear_names(model, targets)
+    group_weights = GroupWeights()  # one stacked-weight buffer for the whole model
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout))
+        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout, group_weights))
     return names
 
 

@@ -251,6 +251,17 @@ def dequantize(q: NF4Weight, dtype: torch.dtype, workspace: DequantWorkspace | N
     return kernels.dequantize_nf4_triton(q, out=out, dtype=dtype)
 
 
+def dequantize_into(q: NF4Weight, out: torch.Tensor) -> torch.Tensor:
+    """Write the weight into `out` (q.shape, unit column stride, any row stride), in out's dtype: the Triton kernel
+    on CUDA (straight into out's rows), else `dequantize_nf4` and a copy. Returns out."""
+    if tuple(out.shape) != tuple(q.shape) or out.stride(-1) != 1:
+        raise ValueError(f"dequantize_into: out must have shape {tuple(q.shape)} and unit column stride")
+    kernels = _triton_kernels() if q.packed.is_cuda else None
+    if kernels is None:
+        return out.copy_(dequantize_nf4(q, out.dtype))
+    return kernels.dequantize_nf4_triton(q, out=out, dtype=out.dtype)
+
+
 def _triton_kernels():
     """`tunelab.kernels.nf4`, or None where Triton does not import."""
     try:

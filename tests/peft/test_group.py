@@ -1,0 +1,191 @@
+"""Grouped LoRA projections (q/k/v, gate/up as one GEMM) give the outputs and gradients of the projections run one by
+one: 16-bit and NF4 bases, biases, grouped-query widths, both backward paths (gradients side by side in the forward's
+buffer, and apart), spare columns used in place, and a whole model with and without checkpointing. CPU, fp32."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import tunelab.peft.group as group_module
+from tunelab.kernels import reference
+from tunelab.kernels.spare import spare_columns
+from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
+from tunelab.peft.group import group_members, group_rank, lora_group
+from tunelab.peft.lora import LoRALinear, attach_lora
+from tunelab.peft.quant import NF4Linear, quantize_model_
+
+IN = 48
+
+
+def _members(kind: str, outs=(48, 16, 16), ranks=(4, 4, 4), bias=False) -> list[LoRALinear]:
+    torch.manual_seed(0)
+    members = []
+    for out, r in zip(outs, ranks):
+        base = nn.Linear(IN, out, bias=bias)
+        nn.init.normal_(base.weight, std=0.2)
+        if bias:
+            nn.init.normal_(base.bias, std=0.2)
+        if kind == "nf4":
+            base = NF4Linear.from_linear(base)
+        m = LoRALinear(base, r=r, alpha=2.0 * r)
+        nn.init.normal_(m.lora_B.weight, std=0.1)  # B = 0 would hide the update's share of every gradient
+        members.append(m)
+    return members
+
+
+def _one_by_one(members, x, grads):
+    outs = [m(x) for m in members]
+    torch.autograd.backward(outs, grads)
+    return outs
+
+
+@pytest.mark.parametrize("adjacent", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("kind", ["linear", "nf4"])
+def test_group_matches_projections_one_by_one(kind, bias, adjacent, monkeypatch):
+    joined = []
+    real = group_module._joined
+    monkeypatch.setattr(group_module, "_joined", lambda *a: joined.append(real(*a)) or joined[-1])
+    members = _members(kind, bias=bias)
+    twins = copy.deepcopy(members)
+    x = torch.randn(2, 5, IN, requires_grad=True)
+    x_twin = x.detach().clone().requires_grad_(True)
+    grads = [torch.randn(2, 5, m.out_features) for m in members]
+
+    expected = _one_by_one(twins, x_twin, grads)
+    outs = lora_group(x, group_members(members, x, force=True))
+    for out, want in zip(outs, expected):
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    if adjacent:
+        # Gradients written over the outputs themselves: side by side in the group's buffer, as SwiGLU's kernel
+        # leaves them (through .data: a kernel's write bumps no version counter either).
+        for out, g in zip(outs, grads):
+            out.data.copy_(g)
+        torch.autograd.backward(outs, list(outs))
+    else:
+        torch.autograd.backward(outs, grads)
+
+    assert len(joined) == 1 and (joined[0] is not None) == adjacent  # the backward path under test ran
+    torch.testing.assert_close(x.grad, x_twin.grad, rtol=1e-5, atol=1e-5)
+    for m, twin in zip(members, twins):
+        for name in ("lora_A", "lora_B"):
+            got, want = getattr(m, name).weight.grad, getattr(twin, name).weight.grad
+            assert want.abs().sum() > 0
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_group_writes_its_low_rank_products_into_the_spare_columns():
+    members = _members("linear")
+    x = torch.randn(7, IN, requires_grad=True)
+    R = group_rank(members, x, force=True)
+    assert R == 12
+    normed = reference.rms_norm(x, torch.ones(IN), 1e-6, spare_columns=R)
+    assert spare_columns(normed) == R and normed.stride(0) == IN + R
+    lora_group(normed, group_members(members, normed, force=True))
+    room = normed.as_strided((7, IN + R), normed.stride())[:, IN:]  # the columns after each row
+    a_cat = torch.cat([m.lora_A.weight for m in members])
+    torch.testing.assert_close(room, normed.detach() @ a_cat.T)
+
+
+def test_groups_only_form_where_they_are_exact():
+    members = _members("linear")
+    x = torch.randn(3, IN)
+    assert group_members(members, x) is None  # CPU: off unless forced
+    assert group_members(members, x, force=True) == members
+    members[1].enabled = False  # adapters_disabled
+    assert group_members(members, x, force=True) is None
+    members[1].enabled = True
+    with_dropout = LoRALinear(nn.Linear(IN, 16), r=4, alpha=8, dropout=0.1).train()
+    assert group_members([members[0], with_dropout], x, force=True) is None
+    assert group_members([members[0], with_dropout.eval()], x, force=True) is not None  # no dropout in eval
+    assert group_members([members[0], _members("nf4")[1]], x, force=True) is None  # mixed bases
+    assert group_members([members[0], nn.Linear(IN, 16)], x, force=True) is None  # no adapter
+    assert group_rank([members[0], nn.Linear(IN, 16)], x, force=True) == 0
+
+
+CONFIG = dict(model_type="qwen2", hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=120, rms_norm_eps=1e-5, max_position_embeddings=64)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_model_gradients_equal_with_and_without_groups(method, checkpointing):
+    """Qwen2: q/k/v carry biases, k/v are narrower than q (grouped-query attention)."""
+    ids = torch.randint(0, 120, (2, 12), generator=torch.Generator().manual_seed(1))
+    results = {}
+    for grouped in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig.from_hf(CONFIG))
+        model.init_weights(std=0.1)
+        if method == "qlora":
+            quantize_model_(model)
+        attach_lora(model, ["all-linear"], r=4, alpha=8)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                nn.init.normal_(p, std=0.05)
+        model.gradient_checkpointing = checkpointing
+        for layer in model.model.layers:
+            layer.self_attn.group_lora = layer.mlp.group_lora = grouped
+            layer.mlp_chunk_tokens = 5
+        # Two steps: the second must see the adapters the update changed (the stacked weights are rebuilt), even
+        # though the update, like CUDA's fused AdamW, moves no version counter (it writes through .data).
+        params = [p for p in model.parameters() if p.requires_grad]
+        for _ in range(2):
+            model.zero_grad()
+            loss_sum, count = model.train()(ids, labels=ids)
+            (loss_sum / count).backward()
+            for p in params:
+                p.data.sub_(p.grad, alpha=0.5)
+        results[grouped] = loss_sum.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-6)
+    for name, g in results[False][1].items():
+        assert g.abs().sum() > 0, name
+        torch.testing.assert_close(results[True][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels need CUDA")
+@pytest.mark.parametrize("checkpointing", [False, True, "offload"])
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_model_gradients_equal_with_and_without_groups_on_cuda(method, checkpointing, monkeypatch):
+    """The GPU path: Triton RMSNorm writing into spare columns, SwiGLU over column slices with its gradients written
+    in place (the one-GEMM backward), NF4 dequantized into the rows of a wider matrix; packed rows."""
+    pytest.importorskip("triton")
+    joined = []
+    real = group_module._joined
+    monkeypatch.setattr(group_module, "_joined", lambda *a: joined.append(real(*a) is not None) or real(*a))
+    from tunelab.kernels import select
+
+    config = dict(CONFIG, model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2)
+    ids = torch.randint(0, 120, (1, 96), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    cu_seqlens = torch.tensor([0, 40, 96], dtype=torch.int32, device="cuda")
+    results = {}
+    for grouped in (False, None):  # None: the default, on for CUDA
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig.from_hf(config), ops=select("auto")).cuda()
+        model.init_weights(std=0.1)
+        if method == "qlora":
+            quantize_model_(model)
+        attach_lora(model, ["all-linear"], r=4, alpha=8)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                nn.init.normal_(p, std=0.05)
+        model.gradient_checkpointing = checkpointing
+        for layer in model.model.layers:
+            layer.self_attn.group_lora = layer.mlp.group_lora = grouped
+            layer.mlp_chunk_tokens = 40
+        params = [p for p in model.parameters() if p.requires_grad]
+        for _ in range(2):  # an update that moves no version counter, as fused AdamW's, between the two steps
+            model.zero_grad()
+            loss_sum, count = model.train()(ids, labels=ids, cu_seqlens=cu_seqlens)
+            (loss_sum / count).backward()
+            for p in params:
+                p.data.sub_(p.grad, alpha=0.5)
+        results[grouped] = loss_sum.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert any(joined) and not all(joined)  # gate/up backward as one GEMM; q/k/v's gradients come apart
+    assert results[None][0] == pytest.approx(results[False][0], rel=1e-5)
+    for name, g in results[False][1].items():
+        assert g.abs().sum() > 0, name
+        torch.testing.assert_close(results[None][1][name], g, rtol=1e-4, atol=1e-5, msg=name)
