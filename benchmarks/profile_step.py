@@ -78,6 +78,34 @@ def kernels(args, step) -> None:
     print("  top kernels (ms/step, calls/step):")
     for name, (t, n) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"    {t / 2e3:7.2f} {n // 2:5d}  {name[:150]}")
+    gaps(prof)
+
+
+def gaps(prof) -> None:
+    """Where the GPU's compute work pauses: gaps between consecutive kernels (copies and memsets left out, they run
+    beside), summed by the pair of kernels around them. A pause means the CPU had not queued the next kernel yet
+    (launch overhead, Python, or a host wait); the profiler's own overhead inflates them somewhat."""
+    spans = sorted(
+        (e.time_range.start, e.time_range.end, e.name)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and not re.search(r"Memcpy|Memset", e.name)
+    )
+    sites: dict[str, list] = {}
+    total, busy_end = 0.0, None
+    previous = ""
+    for start, end, name in spans:
+        if busy_end is not None and start - busy_end > 20:  # us
+            gap = start - busy_end
+            total += gap
+            key = f"{previous[:45]} -> {name[:45]}"
+            sites.setdefault(key, [0.0, 0])
+            sites[key][0] += gap
+            sites[key][1] += 1
+        if busy_end is None or end > busy_end:
+            busy_end, previous = end, name
+    print(f"  GPU compute pauses over 20 us: {total / 2e3:.1f} ms/step; largest sites (ms/step, count/step):")
+    for key, (t, n) in sorted(sites.items(), key=lambda kv: -kv[1][0])[:15]:
+        print(f"    {t / 2e3:7.2f} {n // 2:5d}  {key}")
 
 
 def memory(args, step) -> None:

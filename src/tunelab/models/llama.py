@@ -534,9 +534,9 @@ class LlamaModel(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """See `LlamaForCausalLM.forward` for the arguments."""
-        from tunelab.peft.group import begin_pass
+        from tunelab.peft.quant import begin_pass
 
-        begin_pass()  # adapters may have changed since the last pass: grouped projections rebuild their weights
+        begin_pass()  # weights may have changed since the last pass: buffers holding them are rebuilt
         B, T = input_ids.shape
         if cu_seqlens is not None and B != 1:
             raise ValueError(f"packed sequences (cu_seqlens) need a batch of one row, got {B} rows")

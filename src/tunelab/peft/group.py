@@ -7,15 +7,16 @@ base GEMM by widening its inner dimension (R = sum of the ranks, O = sum of the 
 
   forward:   xa = x [A_1; ...; A_k]^T (N, R), written into R spare columns after x: x_ext = [x | xa] (N, in + R);
              [y_1 | ... | y_k] = x_ext W_ext^T,  W_ext (O, in + R) = rows [W_i | s_i B_i placed under xa_i's columns]
-  backward:  gxa = [g_1 s_1 B_1 | ... | g_k s_k B_k] (N, R);  dB_i = s_i g_i^T xa_i;  [dA_1; ...; dA_k] = gxa^T x;
-             dx = [g_1 | ... | g_k | gxa] [W_1; ...; W_k; A_1; ...; A_k]   (one GEMM when the g_i are adjacent
-             columns of one buffer with R spare columns, as SwiGLU's in-place backward leaves gate/up; else the g_i
-             GEMMs accumulate into one dx)
+  backward:  [g_1 | ... | g_k] W_ext = [sum_i g_i W_i | gxa] with gxa = [g_1 s_1 B_1 | ... | g_k s_k B_k] (N, R):
+             the input gradient's base part and the adapters' gxa come out of one pass over the g_i (one GEMM
+             when they are adjacent columns of one buffer, as SwiGLU's in-place backward leaves gate/up; else the
+             GEMMs accumulate into one output); then dx += gxa [A_1; ...; A_k], [dA_1; ...; dA_k] = gxa^T x and
+             dB_i = s_i g_i^T xa_i.
 
-W_ext and the backward's stacked weight are built in a scratch buffer (`DequantWorkspace`): an NF4 weight is
-dequantized straight into its rows (it is dequantized into a scratch buffer anyway), a 16-bit one copied. The
-(N, out) passes saved outweigh that copy: for q/k/v of a 7B model at 8192 tokens, 3 x 128 MiB of output traffic
-against 2 x 96 MiB of weight copy.
+W_ext (with A stacked under it) is built in one buffer per model (`GroupWeights`) and kept for the pass: an NF4
+weight is dequantized straight into its rows (it is dequantized into a scratch buffer anyway), a 16-bit one copied.
+The (N, out) passes saved outweigh that copy: for q/k/v of a 7B model at 8192 tokens, 3 x 128 MiB of output
+traffic against 2 x 96 MiB of weight copy.
 
 x gets its spare columns from whoever produced it: `RMSNorm(x, spare_columns=R)` writes its output as the first
 columns of an (N, in + R) buffer and marks the view (`kernels.spare`); any other x is copied into a new buffer.
@@ -33,7 +34,7 @@ from torch import nn
 from typing import TYPE_CHECKING
 
 from tunelab.kernels.spare import spare_columns
-from tunelab.peft.quant import DequantWorkspace, NF4Linear, dequantize_into
+from tunelab.peft.quant import DequantWorkspace, NF4Linear, current_pass, dequantize_into
 
 if TYPE_CHECKING:
     from tunelab.peft.lora import LoRALinear
@@ -91,32 +92,21 @@ def _write_weight(member: LoRALinear, out: torch.Tensor) -> None:
         out.copy_(base.weight)
 
 
-_pass = 0
-
-
-def begin_pass() -> None:
-    """Start a new forward pass: stacked weights built before it are stale. The model calls this at the top of each
-    forward; an optimizer step (which changes A and B, and whose fused kernels move no version counter) can only come
-    between passes, so within one forward and its backward the weights are fixed."""
-    global _pass
-    _pass += 1
-
-
 def _state_versions(member: LoRALinear) -> tuple[int, ...]:
     """Version counters of what the stacked matrix is built from: a change in place within a pass (a load, a merge)
-    moves them. (Fused optimizer steps do not, hence `begin_pass`.)"""
+    moves them. (Fused optimizer steps do not, hence `quant.begin_pass`.)"""
     base = member.base_layer
     frozen = base.weight_packed if isinstance(base, NF4Linear) else base.weight
     return frozen._version, member.lora_A.weight._version, member.lora_B.weight._version
 
 
 class GroupWeights:
-    """The stacked matrix of the last group that ran, kept within one pass (`begin_pass`) until another group needs
+    """The stacked matrix of the last group that ran, kept within one pass (`quant.begin_pass`) until another group needs
     the room.
 
     W_all (O + R, in + R) = [[W_1 | s_1 B_1 | 0 ...], ..., [W_k | ... | s_k B_k], [A_1; ...; A_k | 0]]:
-    forward reads its first O rows (x_ext W_all[:O]^T), backward its first `in` columns ([g | gxa] W_all[:, :in]),
-    and both read A_cat = W_all[O:, :in]. Checkpointing runs a gated MLP's group 2 + 2 * chunks times per step
+    forward reads its first O rows (x_ext W_all[:O]^T), backward the same rows (g W_all[:O]) and A_cat =
+    W_all[O:, :in], which forward reads too. Checkpointing runs a gated MLP's group 2 + 2 * chunks times per step
     (forward, then recomputation and backward per token chunk) with no other group in between, so it is built
     (an NF4 weight dequantized) twice instead of 2 + 2 * chunks times. One per model, shared by all its groups.
     """
@@ -129,7 +119,7 @@ class GroupWeights:
         width = members[0].in_features
         R, O = sum(m.r for m in members), sum(m.out_features for m in members)
         w_all = self._buffer.get((O + R, width + R), dtype, device)
-        key = (_pass, tuple(map(id, members)), tuple(map(_state_versions, members)), w_all.data_ptr(), w_all.shape, dtype)
+        key = (current_pass(), tuple(map(id, members)), tuple(map(_state_versions, members)), w_all.data_ptr(), w_all.shape, dtype)
         if key == self._key:
             return w_all
         self._key = None  # half-built until the end
@@ -157,8 +147,7 @@ class LoRAGroupFunction(torch.autograd.Function):
         w_all = weights.get(members, x2.dtype, x2.device)  # (O + R, in + R)
         x_ext = _extended(x2, room, R)  # (N, in + R)
         torch.mm(x2, w_all[O:, :width].T, out=x_ext[:, width:])  # xa = x A_cat^T, next to x
-        y_buf = x2.new_empty(n, O + R)  # R spare columns: room for gxa in backward (see the module docstring)
-        y = y_buf[:, :O]
+        y = x2.new_empty(n, O)
         biases = [m.base_layer.bias for m in members]
         if any(bias is not None for bias in biases):
             dtype = x2.dtype
@@ -168,7 +157,7 @@ class LoRAGroupFunction(torch.autograd.Function):
             torch.mm(x_ext, w_all[:O].T, out=y)
         ctx.save_for_backward(x_ext, *lora)
         ctx.members, ctx.weights, ctx.x_shape = members, weights, x.shape
-        ctx.y_ptr, ctx.y_stride = y_buf.data_ptr(), y_buf.stride(0)
+        ctx.y_ptr, ctx.y_stride = y.data_ptr(), y.stride(0)
         results, start = [], 0
         for m in members:
             results.append(y[:, start : start + m.out_features].view(*x.shape[:-1], m.out_features))
@@ -181,23 +170,31 @@ class LoRAGroupFunction(torch.autograd.Function):
         members = ctx.members
         width = ctx.x_shape[-1]
         n = x_ext.shape[0]
-        dtype = x_ext.dtype
         ranks = [m.r for m in members]
         outs = [m.out_features for m in members]
         R, O = sum(ranks), sum(outs)
         x2, xa = x_ext[:, :width], x_ext[:, width:]
         gs = [x_ext.new_zeros(n, o) if g is None else g.reshape(n, o) for g, o in zip(grads, outs)]
-        joined = _joined(gs, ctx.y_ptr, ctx.y_stride, O + R)  # (N, O + R) over the g_i, or None
-        w_all = ctx.weights.get(members, dtype, x_ext.device)  # the forward's, unless another group ran since
-        b_block = w_all[:O, width:]  # (O, R): s_i B_i on the block diagonal
-        if joined is not None:
-            gxa = joined[:, O:]
-            torch.mm(joined[:, :O], b_block, out=gxa)
+        w_all = ctx.weights.get(members, x_ext.dtype, x_ext.device)  # the forward's, unless another group ran since
+        need_x = ctx.needs_input_grad[0]
+        if need_x:
+            # [g_1 | ... | g_k] [W | s B] = [g W | gxa]: the base input gradient and the adapters' gxa in one pass
+            # over the g_i (one GEMM when they lie side by side, as SwiGLU's in-place backward leaves gate/up).
+            joined = _joined(gs, ctx.y_ptr, ctx.y_stride, O)
+            if joined is not None:
+                dx_ext = joined @ w_all[:O]  # (N, in + R)
+            else:
+                dx_ext = gs[0] @ w_all[: outs[0]]
+                row = outs[0]
+                for g, out in zip(gs[1:], outs[1:]):
+                    dx_ext.addmm_(g, w_all[row : row + out])
+                    row += out
+            gxa = dx_ext[:, width:]
         else:
             gxa = x_ext.new_empty(n, R)
             row = col = 0
             for g, out, r in zip(gs, outs, ranks):
-                torch.mm(g, b_block[row : row + out, col : col + r], out=gxa[:, col : col + r])
+                torch.mm(g, w_all[row : row + out, width + col : width + col + r], out=gxa[:, col : col + r])
                 row, col = row + out, col + r
         grads_lora = []
         col = 0
@@ -210,23 +207,14 @@ class LoRAGroupFunction(torch.autograd.Function):
             grads_lora += [da, db]
             col += r
         dx = None
-        if ctx.needs_input_grad[0]:
-            if joined is not None:
-                dx = joined @ w_all[:, :width]  # [g | gxa] [W; A_cat]: one GEMM
-            else:
-                dx = gs[0] @ w_all[: outs[0], :width]
-                row = outs[0]
-                for g, out in zip(gs[1:], outs[1:]):
-                    dx.addmm_(g, w_all[row : row + out, :width])
-                    row += out
-                dx.addmm_(gxa, w_all[O:, :width])
+        if need_x:
+            dx = dx_ext[:, :width].addmm_(gxa, w_all[O:, :width])  # + gxa A_cat (other columns: no overlap)
             dx = dx.view(ctx.x_shape)
         return (dx, None, None, None, *grads_lora)
 
 
 def _joined(gs: list[torch.Tensor], y_ptr: int, y_stride: int, width: int) -> torch.Tensor | None:
-    """The g_i as one (N, width) view when they lie side by side in forward's output buffer (whose R spare
-    columns follow them), else None."""
+    """The g_i as one (N, width) view when they lie side by side where forward wrote its outputs, else None."""
     first = gs[0]
     if first.data_ptr() != y_ptr or first.stride() != (y_stride, 1) or y_stride != width:
         return None

@@ -247,8 +247,9 @@ def dequantize(q: NF4Weight, dtype: torch.dtype, workspace: DequantWorkspace | N
     kernels = _triton_kernels() if q.packed.is_cuda else None
     if kernels is None:
         return dequantize_nf4(q, dtype)
-    out = workspace.get(q.shape, dtype, q.device) if workspace is not None else None
-    return kernels.dequantize_nf4_triton(q, out=out, dtype=dtype)
+    if workspace is not None:
+        return workspace.weight(q, dtype)
+    return kernels.dequantize_nf4_triton(q, dtype=dtype)
 
 
 def dequantize_into(q: NF4Weight, out: torch.Tensor) -> torch.Tensor:
@@ -281,8 +282,25 @@ class DequantWorkspace:
 
     def __init__(self) -> None:
         self._flat: torch.Tensor | None = None
+        self._held: tuple | None = None  # what `weight` last left in the buffer
 
     def get(self, shape: Iterable[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A (shape) view of the buffer for the caller to write; whatever `weight` left there is forgotten."""
+        self._held = None
+        return self._view(shape, dtype, device)
+
+    def weight(self, q: NF4Weight, dtype: torch.dtype) -> torch.Tensor:
+        """q dequantized to `dtype` in the buffer: left as it is when the buffer already holds it from this pass
+        (`begin_pass`), as for the down projection in each token chunk of checkpointing's MLP backward."""
+        out = self._view(q.shape, dtype, q.device)
+        key = (_pass, q.packed.data_ptr(), q.packed._version, out.data_ptr(), tuple(q.shape), dtype)
+        if key != self._held:
+            self._held = None
+            _triton_kernels().dequantize_nf4_triton(q, out=out, dtype=dtype)
+            self._held = key
+        return out
+
+    def _view(self, shape: Iterable[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         shape = tuple(shape)
         n = math.prod(shape)
         flat = self._flat
@@ -290,6 +308,21 @@ class DequantWorkspace:
             self._flat = flat = None  # free the old buffer before allocating the new one
             self._flat = flat = torch.empty(n, dtype=dtype, device=device)
         return flat[:n].view(shape)
+
+
+_pass = 0
+
+
+def begin_pass() -> None:
+    """Start a new forward pass: dequantized or stacked weights kept in buffers before it are stale. The model calls
+    this at the top of each forward. Weights change only between passes (an optimizer step, whose fused kernels move
+    no version counter), so within one forward and its backward a buffer's content stays valid."""
+    global _pass
+    _pass += 1
+
+
+def current_pass() -> int:
+    return _pass
 
 
 # --------------------------------------------------------------------------------------------------------------------
