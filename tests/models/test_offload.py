@@ -9,14 +9,14 @@ from tunelab.peft.lora import attach_lora
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="offloading activations needs CUDA")
 
 
-def _model(mode):
+def _model(mode, dropout=0.1):
     config = LlamaConfig.from_hf(dict(model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=3,
                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=500, rms_norm_eps=1e-5,
                                       max_position_embeddings=512, rope_theta=10000.0))
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).cuda()
     model.init_weights()
-    attach_lora(model, ["all-linear"], r=4, alpha=8, dropout=0.1)
+    attach_lora(model, ["all-linear"], r=4, alpha=8, dropout=dropout)
     torch.manual_seed(1)
     for name, p in model.named_parameters():
         if "lora_B" in name:
@@ -25,11 +25,12 @@ def _model(mode):
     return model.train()
 
 
-def test_offloaded_checkpointing_matches_plain_checkpointing():
+@pytest.mark.parametrize("dropout", [0.1, 0.0])  # 0.0: each layer's midpoint is parked too (backward from h)
+def test_offloaded_checkpointing_matches_plain_checkpointing(dropout):
     ids = torch.randint(0, 500, (2, 64), device="cuda")
     grads = {}
     for mode in (True, "offload"):
-        model = _model(mode)
+        model = _model(mode, dropout)
         torch.cuda.manual_seed(7)  # the same dropout masks in both runs
         for step in range(2):  # the second step reuses the landing buffers of the first
             model.zero_grad(set_to_none=True)

@@ -112,3 +112,38 @@ def test_dropout_in_the_mlp_turns_chunking_off_so_the_masks_match_forward():
         grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     for name, g in grads[False].items():
         torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_backward_from_the_midpoint_equals_backward_through(method):
+    """Offload's midpoint path (MLP from a given h, then attention for its gradients only, o_proj's GEMM skipped)
+    gives the gradients of the whole-layer recomputation."""
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(1))
+    grads = {}
+    for split in (False, True):
+        model = _model(method, checkpointing=False, chunk=7, dropout=0.0)
+        layer = model.model.layers[1]
+        with torch.no_grad():
+            x = model.model.embed_tokens(ids) * 3
+            args = _rope_args(model, ids)
+            h = x + layer.self_attn(layer.input_layernorm(x), *args)
+        x = x.detach().requires_grad_(True)
+        grad_out = torch.randn_like(x)
+        if split:
+            grad_h = layer.backward_mlp(h, grad_out)
+            layer.backward_attention(x, grad_h, *args)
+        else:
+            layer.backward_through(x, grad_out, *args)
+        grads[split] = {"x": x.grad} | {n: p.grad for n, p in layer.named_parameters() if p.requires_grad}
+    for name, g in grads[False].items():
+        assert g is not None and g.abs().sum() > 0, name
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _rope_args(model, ids):
+    from tunelab.models.llama import rope_cos_sin, rope_inv_freq
+
+    config = model.config
+    positions = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(config.rope, config.head_dim), torch.float32)
+    return cos, sin, None, None

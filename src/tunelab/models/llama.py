@@ -20,7 +20,7 @@ No distributed, compile or quantization code lives here: those are applied to th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -345,6 +345,18 @@ def linear_grad_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return _GradOnlyLinear.apply(x, weight, bias)
 
 
+def _last_projection(projection: nn.Module, x: torch.Tensor, output: bool) -> torch.Tensor:
+    """projection(x); output=False: its autograd node without its GEMM where the layer allows (values undefined)."""
+    if output:
+        return projection(x)
+    grad_only = getattr(projection, "grad_only", None)  # adapters and quantized layers provide one
+    if grad_only is not None:
+        return grad_only(x)
+    if type(projection) is nn.Linear:
+        return linear_grad_only(x, projection.weight, projection.bias)
+    return projection(x)
+
+
 def _group_rank(projections: tuple[nn.Module, ...], x: torch.Tensor, force: bool | None) -> int:
     from tunelab.peft.group import group_rank
 
@@ -407,7 +419,9 @@ class LlamaAttention(nn.Module):
         sin: torch.Tensor,
         cu_seqlens: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
+        output: bool = True,
     ) -> torch.Tensor:
+        """output=False (recomputation for backward): o_proj's autograd node is recorded but its GEMM skipped."""
         B, T, _ = x.shape
         q, k, v = _project((self.q_proj, self.k_proj, self.v_proj), x, self.group_lora)
         q = q.view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
@@ -417,7 +431,7 @@ class LlamaAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.ops.apply_rope(q, k, cos, sin)
         out = self.ops.attention(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask)  # (B, T, H, D)
-        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
+        return _last_projection(self.o_proj, out.reshape(B, T, self.num_heads * self.head_dim), output)
 
 
 class LlamaMLP(nn.Module):
@@ -441,14 +455,7 @@ class LlamaMLP(nn.Module):
         gate, up = _project((self.gate_proj, self.up_proj), x, self.group_lora)
         # The projections' outputs feed only the activation: its backward may reuse their memory for its gradients.
         act = self.ops.swiglu(gate, up, reuse_inputs=True)
-        if output:
-            return self.down_proj(act)
-        grad_only = getattr(self.down_proj, "grad_only", None)  # adapters and quantized layers provide one
-        if grad_only is not None:
-            return grad_only(act)
-        if type(self.down_proj) is nn.Linear:
-            return linear_grad_only(act, self.down_proj.weight, self.down_proj.bias)
-        return self.down_proj(act)
+        return _last_projection(self.down_proj, act, output)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -471,10 +478,18 @@ class LlamaDecoderLayer(nn.Module):
         sin: torch.Tensor,
         cu_seqlens: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        keep_mid: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
+        """keep_mid: called with h = x + attn(norm(x)) as soon as it exists (activation offload parks it)."""
         normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
         h = x + self.self_attn(normed, cos, sin, cu_seqlens, attention_mask)
+        if keep_mid is not None:
+            keep_mid(h)
         return h + self.mlp(self.post_attention_layernorm(h, self.mlp.input_spare_columns(h)))
+
+    def draws_random(self) -> bool:
+        """True when training with dropout somewhere in the layer (its recomputation must replay the draws in order)."""
+        return self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules())
 
     def backward_through(
         self,
@@ -489,13 +504,19 @@ class LlamaDecoderLayer(nn.Module):
         the parameters and, if it requires grad, into x.grad.
 
         Backward reads neither the output h + mlp(norm(h)) nor the MLP's result, so the down projection's GEMM is
-        skipped (`LlamaMLP.forward(output=False)`). The MLP works token by token: it is recomputed and
-        backpropagated `mlp_chunk_tokens` tokens at a time (unless dropout is on in it), so its widest activations
-        (gate, up, their product and gradients) exist for one chunk only; attention then gets the summed gradient.
+        skipped (`LlamaMLP.forward(output=False)`); the MLP's part is `backward_mlp`.
         """
         normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
         h = x + self.self_attn(normed, cos, sin, cu_seqlens, attention_mask)
-        flat_h = h.detach().reshape(-1, h.shape[-1])  # (N, d)
+        grad_h = self.backward_mlp(h.detach(), grad_out)
+        torch.autograd.backward(h, grad_h)
+
+    def backward_mlp(self, h: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+        """The MLP half of the recomputation and backward, from h = x + attn(norm(x)) (no grad): returns d loss / d h,
+        grad_out plus the MLP path's gradient. The MLP works token by token: it is recomputed and backpropagated
+        `mlp_chunk_tokens` tokens at a time (unless dropout is on in it), so its widest activations (gate, up, their
+        product and gradients) exist for one chunk only."""
+        flat_h = h.reshape(-1, h.shape[-1])  # (N, d)
         flat_g = grad_out.reshape(-1, grad_out.shape[-1])  # (N, d)
         grad_h = torch.empty_like(flat_g)  # grad_out + the MLP path's gradient
         # Dropout draws its masks over the whole tensor in forward; chunks would draw other ones.
@@ -509,7 +530,26 @@ class LlamaDecoderLayer(nn.Module):
             torch.autograd.backward(part, g_chunk)
             torch.add(g_chunk, h_chunk.grad, out=grad_h[start : start + step])
             del part, h_chunk
-        torch.autograd.backward(h, grad_h.view_as(h))
+        return grad_h.view_as(grad_out)
+
+    def backward_attention(
+        self,
+        x: torch.Tensor,
+        grad_h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> None:
+        """The attention half, given d loss / d h from `backward_mlp` (h itself came from elsewhere): attention is
+        recomputed for its gradients only (o_proj's GEMM skipped: nothing reads its output), and grad_h also flows to
+        x through the residual. Gradients accumulate into the parameters and x.grad."""
+        normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
+        attn = self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, output=False)
+        if x.requires_grad:
+            torch.autograd.backward([attn, x], [grad_h, grad_h])
+        else:
+            torch.autograd.backward(attn, grad_h)
 
 
 class LlamaModel(nn.Module):
@@ -553,7 +593,9 @@ class LlamaModel(nn.Module):
         if recompute and self.gradient_checkpointing == "offload" and h.is_cuda:
             if self._offload_stream is None:
                 self._offload_stream = torch.cuda.Stream(h.device)
-            store = HostActivations(h.device, self._offload_stream, self._offload_buffers)  # layer inputs wait on the host
+            # Layer inputs (and, where no dropout draws, each layer's midpoint) wait on the host.
+            with_mid = not any(layer.draws_random() for layer in self.layers)
+            store = HostActivations(h.device, self._offload_stream, self._offload_buffers, with_mid)
             store.reserve(h)  # before this step's activations: the two landing buffers stay low in the allocator
         for index, layer in enumerate(self.layers):
             if recompute:

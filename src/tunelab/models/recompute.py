@@ -39,21 +39,30 @@ class _RecomputedLayer(torch.autograd.Function):
     def forward(ctx, layer: nn.Module, store: HostActivations | None, index: int, x_needs_grad: bool, x, *args):
         ctx.layer, ctx.store, ctx.index, ctx.args, ctx.x_needs_grad = layer, store, index, args, x_needs_grad
         ctx.rng = _rng_state(x.device)
+        # With a store, a layer that can (`backward_mlp`, no random draws) also parks its midpoint h = x + attn(...),
+        # so that backward needs neither o_proj's GEMM nor the residual add to rebuild it.
+        ctx.mid = store is not None and store.with_mid and hasattr(layer, "backward_mlp") and not layer.draws_random()
         with torch.no_grad():
-            out = layer(x, *args)
+            if ctx.mid:
+                out = layer(x, *args, keep_mid=lambda h: store.park((index, "h"), h))
+            else:
+                out = layer(x, *args)
         if store is None:
             ctx.save_for_backward(x)
         else:
-            store.park(index, x)
+            store.park((index, "x"), x)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        if ctx.store is None:
+        store, index = ctx.store, ctx.index
+        if ctx.mid:
+            return _RecomputedLayer._backward_from_mid(ctx, grad_out)
+        if store is None:
             (x,) = ctx.saved_tensors
         else:
-            x = ctx.store.take(ctx.index)
-            ctx.store.fetch(ctx.index - 1)  # the next layer back starts coming home while this one is recomputed
+            x = store.take((index, "x"))
+            store.fetch((index - 1, "x"))  # the next layer back starts coming home while this one is recomputed
         x = x.detach().requires_grad_(ctx.x_needs_grad)
         with _rng_of(ctx.rng, x.device), torch.enable_grad():
             backward_through = getattr(ctx.layer, "backward_through", None)
@@ -61,6 +70,21 @@ class _RecomputedLayer(torch.autograd.Function):
                 backward_through(x, grad_out, *ctx.args)
             else:
                 torch.autograd.backward(ctx.layer(x, *ctx.args), grad_out)
+        return (None, None, None, None, x.grad if ctx.x_needs_grad else None) + (None,) * len(ctx.args)
+
+    @staticmethod
+    def _backward_from_mid(ctx, grad_out: torch.Tensor):
+        """The MLP from the parked h first (meanwhile x comes home), then attention from x. The two parts use the two
+        landing buffers: h's is refilled with the next layer back's h as soon as this MLP's work is queued."""
+        store, index, layer = ctx.store, ctx.index, ctx.layer
+        h = store.take((index, "h"))
+        store.fetch((index, "x"))
+        with torch.enable_grad():  # no random draws (checked in forward): no RNG to replay
+            grad_h = layer.backward_mlp(h, grad_out)
+            del h
+            store.fetch((index - 1, "h"))
+            x = store.take((index, "x")).detach().requires_grad_(ctx.x_needs_grad)
+            layer.backward_attention(x, grad_h, *ctx.args)
         return (None, None, None, None, x.grad if ctx.x_needs_grad else None) + (None,) * len(ctx.args)
 
 
