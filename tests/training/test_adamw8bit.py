@@ -1,8 +1,11 @@
 """AdamW8bit: its codes, its block-wise quantization, its trajectory beside torch's AdamW, its state through
-state_dict and checkpoints, a resumed QLoRA run, and the Triton kernel against the PyTorch reference.
+state_dict and checkpoints, a resumed QLoRA run, the multi-tensor tables, and the Triton kernels (one parameter, many
+parameters in one launch) against the PyTorch reference.
 
 The kernel tests need Triton and a CUDA device, or `TRITON_INTERPRET=1` (Triton's interpreter on the CPU), where the
 kernel must equal the reference bit for bit (bf16 parameters only on CUDA: the interpreter truncates fp32 -> bf16).
+The optimizer tests marked needs_cuda run only on a CUDA device (the optimizer takes the kernel path for CUDA
+parameters only).
 """
 
 import copy
@@ -24,8 +27,10 @@ from tunelab.training.adamw8bit import (
     QUANTIZED_KEYS,
     AdamW8bit,
     adamw8bit_update_reference,
+    block_maps,
     dequantize_blockwise,
     nearest_code,
+    pointer_table,
     quantize_blockwise,
     unsigned_dynamic_code,
     update_scalars,
@@ -347,3 +352,127 @@ def test_optimizer_on_cuda_equals_the_cpu_reference():
         assert torch.equal(a, b.cpu())
         for key in QUANTIZED_KEYS:
             assert torch.equal(opt_cpu.state[a][key], opt_gpu.state[b][key].cpu()), key
+
+
+def test_block_maps_lay_the_tensors_blocks_end_to_end():
+    numels = [4173, 256, 1, 512 * 3, 257]  # blocks: 17, 1, 1, 6, 2
+    index, first = block_maps(numels)
+    assert index.dtype == torch.int32 and first.dtype == torch.int64
+    assert index.tolist() == [0] * 17 + [1] + [2] + [3] * 6 + [4] * 2
+    assert first.tolist() == [0, 17, 18, 19, 25]
+    # Global block i is local block i - first[index[i]] of its tensor: each tensor's local blocks are 0, 1, ...
+    local = torch.arange(index.numel()) - first[index.long()]
+    assert local.tolist() == list(range(17)) + [0, 0] + list(range(6)) + [0, 1]
+    empty_index, empty_first = block_maps([])
+    assert empty_index.shape == (0,) and empty_first.shape == (0,)
+
+
+def test_pointer_table_rows_follow_the_kernel_order():
+    params = [torch.zeros(4173), torch.zeros(300, dtype=torch.bfloat16)]
+    zeros = [torch.zeros(p.numel()) for p in params]
+    states = [dict(zip(QUANTIZED_KEYS, quantize_blockwise(z, SIGNED) + quantize_blockwise(z, UNSIGNED))) for z in zeros]
+    table = pointer_table(params, states)
+    assert table.dtype == torch.int64 and table.shape == (7, 2)
+    assert table[0].tolist() == [p.data_ptr() for p in params]
+    for row, key in enumerate(QUANTIZED_KEYS, start=1):
+        assert table[row].tolist() == [s[key].data_ptr() for s in states], key
+    assert table[5].tolist() == [4173, 300] and table[6].tolist() == [0, 17]
+
+
+def _multi_case(dtype, seed):
+    """Parameters of several sizes (partial last blocks, a single partial block, exact blocks) and their states."""
+    shapes = [(4173,), (3, 5, 300), (1, 256 * 17), (70,), (2, 257)]
+    cases = [_kernel_case(shape, dtype, seed + i) for i, shape in enumerate(shapes)]
+    return [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32] + ([torch.bfloat16] if CUDA else []))
+def test_multi_tensor_kernel_equals_reference(dtype):
+    pytest.importorskip("triton")
+    from tunelab.kernels.adamw8bit import TABLE_ROWS, adamw8bit_update_multi
+
+    assert TABLE_ROWS[1:5] == QUANTIZED_KEYS
+    params, states, grads = _multi_case(dtype, seed=11)
+    ref_params, ref_states = [p.clone() for p in params], [[t.clone() for t in s] for s in states]
+    before = ref_params[3].clone()
+    dev = KERNEL_DEVICE
+    k_params, k_states = [p.to(dev) for p in params], [[t.to(dev) for t in s] for s in states]
+    index = block_maps([p.numel() for p in params])[0].to(dev)
+    table = pointer_table(k_params, [dict(zip(QUANTIZED_KEYS, s)) for s in k_states]).to(dev)
+    codes = SIGNED.to(dev), UNSIGNED.to(dev)
+    for step in range(1, 4):
+        scalars = update_scalars(3e-3, 0.9, 0.999, 1e-8, 0.01, step)
+        k_grads = [g[step - 1].to(dev) for g in grads]  # fresh gradient tensors each step, as after zero_grad
+        grad_ptrs = torch.tensor([g.data_ptr() for g in k_grads], dtype=torch.int64).to(dev)
+        adamw8bit_update_multi(table, grad_ptrs, index, *codes, scalars, dtype, dtype)
+        for p, s, g in zip(ref_params, ref_states, grads):
+            adamw8bit_update_reference(p, g[step - 1], *s, SIGNED, UNSIGNED, scalars)
+        for i, (kp, rp, ks, rs) in enumerate(zip(k_params, ref_params, k_states, ref_states)):
+            assert torch.equal(kp.cpu(), rp), (step, i)
+            for name, a, b in zip(QUANTIZED_KEYS, ks, rs):
+                assert torch.equal(a.cpu(), b), (step, i, name)
+    assert not torch.equal(ref_params[3], before)  # the one-partial-block tensor moved (and the kernel's with it)
+
+
+def _many_params():
+    """8-bit parameters of both dtypes in two groups (two weight decays), an fp32-moment one and one without grads."""
+    torch.manual_seed(5)
+    shapes = [(64, 100), (4173,), (17, 300), (4096,), (80, 70)]
+    decayed = [torch.nn.Parameter(torch.randn(s)) for s in shapes[:3]]
+    decayed.append(torch.nn.Parameter(torch.randn(shapes[3]).to(torch.bfloat16)))
+    plain = [torch.nn.Parameter(torch.randn(shapes[4]).to(torch.bfloat16)), torch.nn.Parameter(torch.randn(9, 9))]
+    plain.append(torch.nn.Parameter(torch.randn(5000)))  # never gets a gradient
+    return decayed + plain
+
+
+def _many_grads(step, params):
+    g = torch.Generator().manual_seed(200 + step)
+    for p in params[:-1]:
+        p.grad = torch.randn(p.shape, generator=g).to(device=p.device, dtype=p.dtype)
+
+
+def _make_many(params):
+    groups = [{"params": params[:4], "weight_decay": 0.05}, {"params": params[4:], "weight_decay": 0.0}]
+    return AdamW8bit(groups, lr=3e-3)
+
+
+@needs_cuda
+def test_optimizer_on_cuda_launches_once_per_dtype_and_group_and_equals_the_cpu_reference(monkeypatch):
+    pytest.importorskip("triton")
+    import tunelab.kernels.adamw8bit as kernels
+
+    launches = []
+    real = kernels.adamw8bit_update_multi
+
+    def counting(table, *args, **kwargs):
+        launches.append(table.shape[1])
+        return real(table, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "adamw8bit_update_multi", counting)
+    cpu = _many_params()
+    gpu = [torch.nn.Parameter(p.detach().cuda()) for p in cpu]
+    opt_cpu, opt_gpu = _make_many(cpu), _make_many(gpu)
+    for step in range(4):  # new gradient tensors each step: the kernel must read each step's (its pointer table)
+        _many_grads(step, cpu)
+        _many_grads(step, gpu)
+        opt_cpu.step()
+        opt_gpu.step()
+    # Per step: fp32 group 0 (3 tensors), bf16 group 0 (1), bf16 group 1 (1); the fp32-moment one takes torch ops.
+    assert sorted(launches[:3]) == [1, 1, 3] and len(launches) == 12
+    assert len(opt_gpu._tables) == 3
+    for i, (a, b) in enumerate(zip(cpu[:5], gpu[:5])):
+        assert torch.equal(a, b.cpu()), i
+        for key in QUANTIZED_KEYS:
+            assert torch.equal(opt_cpu.state[a][key], opt_gpu.state[b][key].cpu()), (i, key)
+    # Loaded state lives in new tensors: new tables, and the next steps still equal the CPU's.
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in gpu]
+    restored = _make_many(twins)
+    restored.load_state_dict(opt_gpu.state_dict())
+    for step in range(4, 6):
+        _many_grads(step, cpu)
+        _many_grads(step, twins)
+        opt_cpu.step()
+        restored.step()
+    for i, (a, b) in enumerate(zip(cpu[:5], twins[:5])):
+        assert torch.equal(a, b.cpu()), i
