@@ -115,3 +115,33 @@ def test_dropout_is_off_outside_training_and_keeps_one_minus_p():
     assert abs(kept - 0.75) < 0.01  # 100k draws: standard error 0.0014
     train_out = lora_linear(x, weight, bias, lora_a, lora_b, SCALE, 0.5, True)
     assert not torch.allclose(train_out, plain)
+
+
+@pytest.mark.parametrize("nf4", [False, True])
+def test_residual_is_added_inside_the_gemm_with_its_gradient(nf4):
+    """lora_linear / nf4_lora_linear(..., residual=r) == r + the same call without it, values and gradients
+    (the residual's own gradient is dy); the decoder adds its residual stream this way."""
+    from tunelab.kernels.lora import lora_linear
+    from tunelab.peft.quant import dequantize_nf4, nf4_lora_linear, quantize_nf4_reference
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 16) * 0.2
+    q = quantize_nf4_reference(w)
+    weight = dequantize_nf4(q, torch.float32)
+    results = []
+    for with_residual in (False, True):
+        x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        r = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+        a = (torch.randn(4, 16, generator=torch.Generator().manual_seed(3)) * 0.1).requires_grad_(True)
+        b = (torch.randn(24, 4, generator=torch.Generator().manual_seed(4)) * 0.1).requires_grad_(True)
+        extra = r if with_residual else None
+        if nf4:
+            y = nf4_lora_linear(x, q, None, a, b, 2.0, residual=extra)
+        else:
+            y = lora_linear(x, weight, None, a, b, 2.0, residual=extra)
+        if not with_residual:
+            y = r + y
+        y.backward(torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(5)))
+        results.append((y.detach(), x.grad, r.grad, a.grad, b.grad))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -137,7 +137,8 @@ def test_backward_from_the_midpoint_equals_backward_through(method):
         grads[split] = {"x": x.grad} | {n: p.grad for n, p in layer.named_parameters() if p.requires_grad}
     for name, g in grads[False].items():
         assert g is not None and g.abs().sum() > 0, name
-        torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)
+        # x's gradient sums the residual and attention paths in another order: fp32 rounding of values up to ~10
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def _rope_args(model, ids):

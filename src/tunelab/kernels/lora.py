@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from tunelab.kernels.reference import dropout_keep_mask
 
 
-def lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output=True):
+def lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output=True, residual=None):
     """The forward shared with the NF4 variant: x2 (N, in), weight (out, in) in x2's dtype -> (out (N, out), xa (N, r)).
 
     output=False (checkpointing's recomputation, for a layer's last projection, whose result backward never reads):
     only xa, which backward needs, is computed; `out` is left uninitialised and `weight` may be None.
+    residual (N, out): added to the result by the GEMM itself (its C operand), instead of by a separate pass.
     """
     a = lora_a.to(x2.dtype)  # (r, in)
     dropped = x2 if keep is None else x2 * keep.reshape(x2.shape) / (1.0 - dropout_p)
@@ -32,7 +33,10 @@ def lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, outpu
     del dropped
     if not output:
         return x2.new_empty(x2.shape[0], lora_b.shape[0]), xa
-    out = F.linear(x2, weight, bias)  # (N, out)
+    if residual is None:
+        out = F.linear(x2, weight, bias)  # (N, out)
+    else:
+        out = torch.addmm(residual if bias is None else residual + bias, x2, weight.T)  # residual + x2 W^T (+ b)
     out.addmm_(xa, lora_b.to(x2.dtype).T, alpha=scale)
     return out, xa
 
@@ -59,9 +63,10 @@ def lora_backward(g, x2, xa, lora_a, lora_b, weight_fn, scale, keep, dropout_p, 
 
 class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output, residual):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        out, xa = lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output)
+        residual2 = None if residual is None else residual.reshape(x2.shape[0], -1)
+        out, xa = lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output, residual2)
         ctx.save_for_backward(x2, weight, lora_a, lora_b, xa, keep)
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -77,7 +82,7 @@ class LoRALinearFunction(torch.autograd.Function):
         dx = None if dx is None else dx.view(ctx.x_shape)
         dw = torch.mm(g.T, x2).to(weight.dtype) if need_w else None  # (out, in)
         dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_bias else None
-        return dx, dw, dbias, da, db, None, None, None, None
+        return dx, dw, dbias, da, db, None, None, None, None, dy if ctx.needs_input_grad[9] else None
 
 
 def lora_linear(
@@ -90,11 +95,13 @@ def lora_linear(
     dropout_p: float = 0.0,
     training: bool = False,
     output: bool = True,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x @ W^T (+ b) + scale * (dropout(x) @ A^T) @ B^T. x (..., in), W (out, in), A (r, in), B (out, r).
+    """x @ W^T (+ b) + scale * (dropout(x) @ A^T) @ B^T (+ residual). x (..., in), W (out, in), A (r, in), B (out, r),
+    residual (..., out).
 
     Same contract as `reference.lora_linear`; see the module docstring for what it saves and why no Triton.
     output=False records the node for backward without computing the result (its values are undefined).
     """
     keep = dropout_keep_mask(x, dropout_p) if training and dropout_p > 0 else None
-    return LoRALinearFunction.apply(x, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output)
+    return LoRALinearFunction.apply(x, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output, residual)

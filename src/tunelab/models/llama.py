@@ -345,10 +345,17 @@ def linear_grad_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return _GradOnlyLinear.apply(x, weight, bias)
 
 
-def _last_projection(projection: nn.Module, x: torch.Tensor, output: bool) -> torch.Tensor:
-    """projection(x); output=False: its autograd node without its GEMM where the layer allows (values undefined)."""
+def _last_projection(
+    projection: nn.Module, x: torch.Tensor, output: bool, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """residual + projection(x) (an adapter adds the residual inside its GEMM); output=False: projection(x)'s
+    autograd node without its GEMM where the layer allows (values undefined, residual ignored)."""
     if output:
-        return projection(x)
+        if residual is None:
+            return projection(x)
+        if getattr(projection, "takes_residual", False):  # LoRALinear
+            return projection(x, residual=residual)
+        return residual + projection(x)
     grad_only = getattr(projection, "grad_only", None)  # adapters and quantized layers provide one
     if grad_only is not None:
         return grad_only(x)
@@ -420,8 +427,10 @@ class LlamaAttention(nn.Module):
         cu_seqlens: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         output: bool = True,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """output=False (recomputation for backward): o_proj's autograd node is recorded but its GEMM skipped."""
+        """Returns residual + attention (when residual is given). output=False (recomputation for backward): o_proj's
+        autograd node is recorded but its GEMM skipped."""
         B, T, _ = x.shape
         q, k, v = _project((self.q_proj, self.k_proj, self.v_proj), x, self.group_lora)
         q = q.view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
@@ -431,7 +440,7 @@ class LlamaAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.ops.apply_rope(q, k, cos, sin)
         out = self.ops.attention(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask)  # (B, T, H, D)
-        return _last_projection(self.o_proj, out.reshape(B, T, self.num_heads * self.head_dim), output)
+        return _last_projection(self.o_proj, out.reshape(B, T, self.num_heads * self.head_dim), output, residual)
 
 
 class LlamaMLP(nn.Module):
@@ -449,13 +458,14 @@ class LlamaMLP(nn.Module):
         """Columns the gate/up group wants after its input (0: the projections run one by one)."""
         return _group_rank((self.gate_proj, self.up_proj), x, self.group_lora)
 
-    def forward(self, x: torch.Tensor, output: bool = True) -> torch.Tensor:
-        """output=False (recomputation for backward): the down projection's autograd node is recorded but its GEMM
-        skipped, so the result's values are undefined; only its gradient path is real."""
+    def forward(self, x: torch.Tensor, output: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns residual + mlp(x) (when residual is given). output=False (recomputation for backward): the down
+        projection's autograd node is recorded but its GEMM skipped, so the result's values are undefined; only its
+        gradient path is real."""
         gate, up = _project((self.gate_proj, self.up_proj), x, self.group_lora)
         # The projections' outputs feed only the activation: its backward may reuse their memory for its gradients.
         act = self.ops.swiglu(gate, up, reuse_inputs=True)
-        return _last_projection(self.down_proj, act, output)
+        return _last_projection(self.down_proj, act, output, residual)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -482,10 +492,10 @@ class LlamaDecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """keep_mid: called with h = x + attn(norm(x)) as soon as it exists (activation offload parks it)."""
         normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
-        h = x + self.self_attn(normed, cos, sin, cu_seqlens, attention_mask)
+        h = self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, residual=x)  # x + attn(norm(x))
         if keep_mid is not None:
             keep_mid(h)
-        return h + self.mlp(self.post_attention_layernorm(h, self.mlp.input_spare_columns(h)))
+        return self.mlp(self.post_attention_layernorm(h, self.mlp.input_spare_columns(h)), residual=h)
 
     def draws_random(self) -> bool:
         """True when training with dropout somewhere in the layer (its recomputation must replay the draws in order)."""
@@ -507,7 +517,7 @@ class LlamaDecoderLayer(nn.Module):
         skipped (`LlamaMLP.forward(output=False)`); the MLP's part is `backward_mlp`.
         """
         normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
-        h = x + self.self_attn(normed, cos, sin, cu_seqlens, attention_mask)
+        h = self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, residual=x)  # x + attn(norm(x))
         grad_h = self.backward_mlp(h.detach(), grad_out)
         torch.autograd.backward(h, grad_h)
 

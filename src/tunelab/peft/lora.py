@@ -21,6 +21,8 @@ from tunelab.peft.quant import NF4Linear, nf4_lora_linear
 
 
 class LoRALinear(nn.Module):
+    takes_residual = True  # forward(x, residual=...) adds it inside the GEMM (see forward)
+
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, group_weights: GroupWeights | None = None):
         super().__init__()
         self.base_layer = base
@@ -40,22 +42,26 @@ class LoRALinear(nn.Module):
         for p in self.base_layer.parameters():
             p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, output: bool = True) -> torch.Tensor:
-        """output=False: see `grad_only`."""
+    def forward(self, x: torch.Tensor, output: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """output=False: see `grad_only`. residual (..., out): returned added to the result; the fused paths add it
+        inside the base GEMM (no separate pass over the output)."""
         if not self.enabled:
-            return self.base_layer(x)
+            y = self.base_layer(x)
+            return y if residual is None else residual + y
         a, b = self.lora_A.weight, self.lora_B.weight
         p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
         base = self.base_layer
         if isinstance(base, NF4Linear):
             # QLoRA, CPU and CUDA: W is dequantized in forward and again in backward, never saved.
-            return nf4_lora_linear(x, base.nf4(), base.bias, a, b, self.scale, p, self.training, base.workspace, output)
+            return nf4_lora_linear(x, base.nf4(), base.bias, a, b, self.scale, p, self.training, base.workspace, output,
+                                   residual)  # fmt: skip
         if x.is_cuda and type(base) is nn.Linear:
             # One autograd node that saves only x and the (N, r) product; matmuls in x's dtype.
-            return fused_lora_linear(x, base.weight, base.bias, a, b, self.scale, p, self.training, output)
+            return fused_lora_linear(x, base.weight, base.bias, a, b, self.scale, p, self.training, output, residual)
         y = self.base_layer(x)
         update = (self.dropout(x).to(a.dtype) @ a.T) @ b.T  # (..., r) then (..., out)
-        return y + (self.scale * update).to(y.dtype)
+        y = y + (self.scale * update).to(y.dtype)
+        return y if residual is None else residual + y
 
     def grad_only(self, x: torch.Tensor) -> torch.Tensor:
         """forward's autograd node, with the result left uncomputed where the fused paths allow (its values are then

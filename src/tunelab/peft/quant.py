@@ -372,13 +372,14 @@ class NF4LoRALinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p, output):
+    def forward(ctx, x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p, output, residual):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        residual2 = None if residual is None else residual.reshape(x2.shape[0], -1)
         # (out, in), in the workspace: dead once the GEMM is queued; not needed at all when the output is not
         weight = dequantize(q, x.dtype, workspace) if output else None
         ctx.bias_dtype = None if bias is None else bias.dtype
         out, xa = lora_forward(x2, weight, None if bias is None else bias.to(x.dtype), lora_a, lora_b, scale, keep,
-                               dropout_p, output)
+                               dropout_p, output, residual2)
         ctx.save_for_backward(x2, lora_a, lora_b, xa, keep)
         ctx.q, ctx.workspace = q, workspace
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
@@ -393,7 +394,7 @@ class NF4LoRALinearFunction(torch.autograd.Function):
                                    ctx.scale, keep, ctx.dropout_p, need_x, need_a, need_b)
         dx = None if dx is None else dx.view(ctx.x_shape)
         dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_bias else None
-        return dx, dbias, da, db, None, None, None, None, None, None
+        return dx, dbias, da, db, None, None, None, None, None, None, dy if ctx.needs_input_grad[10] else None
 
 
 def nf4_lora_linear(
@@ -407,15 +408,16 @@ def nf4_lora_linear(
     training: bool = False,
     workspace: DequantWorkspace | None = None,
     output: bool = True,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x @ W^T (+ b) + scale * (dropout(x) @ A^T) @ B^T with W = dequantize(q) in x's dtype.
+    """x @ W^T (+ b) + scale * (dropout(x) @ A^T) @ B^T (+ residual) with W = dequantize(q) in x's dtype.
 
     x (..., in), A (r, in), B (out, r); the same contract as `kernels.lora.lora_linear` with the weight in NF4.
     Dropout draws its mask with `reference.dropout_keep_mask`, so one seed drops the same elements as there.
     output=False records the node for backward without computing the result (its values are undefined).
     """
     keep = dropout_keep_mask(x, dropout_p) if training and dropout_p > 0 else None
-    return NF4LoRALinearFunction.apply(x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p, output)
+    return NF4LoRALinearFunction.apply(x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p, output, residual)
 
 
 # --------------------------------------------------------------------------------------------------------------------
