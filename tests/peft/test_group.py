@@ -189,3 +189,19 @@ def test_model_gradients_equal_with_and_without_groups_on_cuda(method, checkpoin
     for name, g in results[False][1].items():
         assert g.abs().sum() > 0, name
         torch.testing.assert_close(results[None][1][name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_reserve_scratch_sizes_the_buffers_for_the_largest_group_and_weight():
+    attention = _members("nf4")  # 48 + 16 + 16 outputs over 48 inputs, ranks 4
+    mlp = _members("nf4", outs=(96, 96), ranks=(4, 4))
+    shared = attention[0].group_weights
+    for m in attention + mlp:
+        m.group_weights = shared
+    single = NF4Linear.from_linear(nn.Linear(96, 48))
+    x = torch.randn(3, IN)
+    group_module.reserve_scratch([(attention, True), (mlp, True)], [single], x)
+    assert shared._buffer._flat.numel() == (192 + 8) * (IN + 8)  # the MLP's stacked weight, the larger
+    assert single.workspace is None  # a layer without a workspace is left alone
+    single.workspace = attention[0].base_layer.workspace or group_module.DequantWorkspace()
+    group_module.reserve_scratch([(attention, False)], [single], x)  # not grouped: its members count as singles
+    assert single.workspace._flat.numel() == 96 * 48

@@ -497,6 +497,15 @@ class LlamaDecoderLayer(nn.Module):
             keep_mid(h)
         return self.mlp(self.post_attention_layernorm(h, self.mlp.input_spare_columns(h)), residual=h)
 
+    def reserve_scratch(self, x: torch.Tensor) -> None:
+        """Size the weight buffers this layer's projections fill (all layers share them) before a step's activations
+        are allocated; see `peft.group.reserve_scratch`."""
+        from tunelab.peft.group import reserve_scratch
+
+        attn, mlp = self.self_attn, self.mlp
+        groups = (((attn.q_proj, attn.k_proj, attn.v_proj), attn.group_lora), ((mlp.gate_proj, mlp.up_proj), mlp.group_lora))
+        reserve_scratch(groups, (attn.o_proj, mlp.down_proj), x)
+
     def draws_random(self) -> bool:
         """True when training with dropout somewhere in the layer (its recomputation must replay the draws in order)."""
         return self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules())
@@ -607,6 +616,8 @@ class LlamaModel(nn.Module):
             with_mid = not any(layer.draws_random() for layer in self.layers)
             store = HostActivations(h.device, self._offload_stream, self._offload_buffers, with_mid)
             store.reserve(h)  # before this step's activations: the two landing buffers stay low in the allocator
+        if h.is_cuda and self.layers:
+            self.layers[0].reserve_scratch(h)  # likewise the dequantized and stacked weight buffers
         for index, layer in enumerate(self.layers):
             if recompute:
                 # Keep only each layer's input (on the device or in `store`); recompute the rest during backward.

@@ -135,6 +135,35 @@ class GroupWeights:
         return w_all
 
 
+def reserve_scratch(
+    groups: Sequence[tuple[Sequence[nn.Module], bool | None]], singles: Sequence[nn.Module], x: torch.Tensor
+) -> None:
+    """Size, before a step allocates anything else, the buffers a layer's projections will fill: the stacked weight
+    of the largest of `groups` ((modules, force) pairs, as for `group_members`) that runs as a group, and the NF4
+    workspace for the largest of `singles` and of the members of groups that do not run as one. Grown mid-step,
+    first for the attention and then for the MLP, they leave the smaller buffers as holes in the allocator's
+    segments (0.1 GiB of peak reserved memory at 7B, micro-batch 1)."""
+    stacked, weights, alone = 0, None, list(singles)
+    for modules, force in groups:
+        members = group_members(modules, x, force)
+        if members is None:
+            alone += modules
+            continue
+        width = members[0].in_features
+        R, O = sum(m.r for m in members), sum(m.out_features for m in members)
+        stacked, weights = max(stacked, (O + R) * (width + R)), members[0].group_weights
+    if weights is not None:
+        weights._buffer.reserve(stacked, x.dtype, x.device)
+    largest: dict[int, tuple[DequantWorkspace, int]] = {}  # id(workspace) -> (workspace, elements)
+    for module in alone:
+        base = getattr(module, "base_layer", module)
+        if isinstance(base, NF4Linear) and base.workspace is not None:
+            numel = max(largest.get(id(base.workspace), (None, 0))[1], base.out_features * base.in_features)
+            largest[id(base.workspace)] = (base.workspace, numel)
+    for workspace, numel in largest.values():
+        workspace.reserve(numel, x.dtype, x.device)
+
+
 class LoRAGroupFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, members, weights, room, *lora):

@@ -300,6 +300,11 @@ class DequantWorkspace:
             self._held = key
         return out
 
+    def reserve(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Grow the buffer to `numel` now (before a step's activations), so that it is not grown mid-step, which
+        leaves the smaller buffer's block as a hole in the allocator's segments."""
+        self._view((numel,), dtype, device)
+
     def _view(self, shape: Iterable[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         shape = tuple(shape)
         n = math.prod(shape)
