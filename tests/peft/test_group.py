@@ -109,6 +109,36 @@ CONFIG = dict(model_type="qwen2", hidden_size=64, intermediate_size=96, num_hidd
               num_key_value_heads=2, vocab_size=120, rms_norm_eps=1e-5, max_position_embeddings=64)
 
 
+def _lora_model(config, method, checkpointing, grouped, chunk, ops=None, device="cpu") -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig.from_hf(config), ops=ops).to(device)
+    model.init_weights(std=0.1)
+    if method == "qlora":
+        quantize_model_(model)
+    attach_lora(model, ["all-linear"], r=4, alpha=8)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(p, std=0.05)
+    model.gradient_checkpointing = checkpointing
+    for layer in model.model.layers:
+        layer.self_attn.group_lora = layer.mlp.group_lora = grouped
+        layer.mlp_chunk_tokens = chunk
+    return model.train()
+
+
+def _two_steps(model, ids, **kwargs) -> tuple[float, dict[str, torch.Tensor]]:
+    """The second step's loss and gradients. It must see the adapters the first update changed (the stacked weights
+    are rebuilt), though the update, like CUDA's fused AdamW, moves no version counter (it writes through .data)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for _ in range(2):
+        model.zero_grad()
+        loss_sum, count = model(ids, labels=ids, **kwargs)
+        (loss_sum / count).backward()
+        for p in params:
+            p.data.sub_(p.grad, alpha=0.5)
+    return loss_sum.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_model_gradients_equal_with_and_without_groups(method, checkpointing):
@@ -116,29 +146,8 @@ def test_model_gradients_equal_with_and_without_groups(method, checkpointing):
     ids = torch.randint(0, 120, (2, 12), generator=torch.Generator().manual_seed(1))
     results = {}
     for grouped in (False, True):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig.from_hf(CONFIG))
-        model.init_weights(std=0.1)
-        if method == "qlora":
-            quantize_model_(model)
-        attach_lora(model, ["all-linear"], r=4, alpha=8)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                nn.init.normal_(p, std=0.05)
-        model.gradient_checkpointing = checkpointing
-        for layer in model.model.layers:
-            layer.self_attn.group_lora = layer.mlp.group_lora = grouped
-            layer.mlp_chunk_tokens = 5
-        # Two steps: the second must see the adapters the update changed (the stacked weights are rebuilt), even
-        # though the update, like CUDA's fused AdamW, moves no version counter (it writes through .data).
-        params = [p for p in model.parameters() if p.requires_grad]
-        for _ in range(2):
-            model.zero_grad()
-            loss_sum, count = model.train()(ids, labels=ids)
-            (loss_sum / count).backward()
-            for p in params:
-                p.data.sub_(p.grad, alpha=0.5)
-        results[grouped] = loss_sum.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        model = _lora_model(CONFIG, method, checkpointing, grouped, chunk=5)
+        results[grouped] = _two_steps(model, ids)
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-6)
     for name, g in results[False][1].items():
         assert g.abs().sum() > 0, name
@@ -163,27 +172,8 @@ def test_model_gradients_equal_with_and_without_groups_on_cuda(method, checkpoin
     cu_seqlens = torch.tensor([0, 40, 96], dtype=torch.int32, device="cuda")
     results = {}
     for grouped in (False, None):  # None: the default, on for CUDA
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig.from_hf(config), ops=select("auto")).cuda()
-        model.init_weights(std=0.1)
-        if method == "qlora":
-            quantize_model_(model)
-        attach_lora(model, ["all-linear"], r=4, alpha=8)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                nn.init.normal_(p, std=0.05)
-        model.gradient_checkpointing = checkpointing
-        for layer in model.model.layers:
-            layer.self_attn.group_lora = layer.mlp.group_lora = grouped
-            layer.mlp_chunk_tokens = 40
-        params = [p for p in model.parameters() if p.requires_grad]
-        for _ in range(2):  # an update that moves no version counter, as fused AdamW's, between the two steps
-            model.zero_grad()
-            loss_sum, count = model.train()(ids, labels=ids, cu_seqlens=cu_seqlens)
-            (loss_sum / count).backward()
-            for p in params:
-                p.data.sub_(p.grad, alpha=0.5)
-        results[grouped] = loss_sum.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        model = _lora_model(config, method, checkpointing, grouped, chunk=40, ops=select("auto"), device="cuda")
+        results[grouped] = _two_steps(model, ids, cu_seqlens=cu_seqlens)
     assert any(joined) and not all(joined)  # gate/up backward as one GEMM; q/k/v's gradients come apart
     assert results[None][0] == pytest.approx(results[False][0], rel=1e-5)
     for name, g in results[False][1].items():
