@@ -39,6 +39,7 @@ from tunelab.peft.quant import DequantWorkspace, NF4Linear, current_pass, dequan
 if TYPE_CHECKING:
     from tunelab.peft.lora import LoRALinear
 
+
 def _extended(x2: torch.Tensor, room: int, spare: int) -> torch.Tensor:
     """(N, in + spare) whose first columns are x2: x2's own buffer when it has `room` >= spare marked columns after
     each row, else a copy."""
@@ -70,9 +71,7 @@ def group_members(modules: Sequence[nn.Module], x: torch.Tensor, force: bool | N
         return None
     if len({m.in_features for m in modules}) != 1:
         return None
-    if any(m.base_layer.bias is not None and m.base_layer.bias.requires_grad for m in modules):
-        return None
-    if any(p.requires_grad for m in modules for p in m.base_layer.parameters()):
+    if any(p.requires_grad for m in modules for p in m.base_layer.parameters()):  # a trainable weight or bias
         return None
     return list(modules)
 
@@ -134,6 +133,10 @@ class GroupWeights:
         self._key = key
         return w_all
 
+    def reserve(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Grow the buffer to `numel` elements now (see `reserve_scratch`)."""
+        self._buffer.reserve(numel, dtype, device)
+
 
 def reserve_scratch(
     groups: Sequence[tuple[Sequence[nn.Module], bool | None]], singles: Sequence[nn.Module], x: torch.Tensor
@@ -153,7 +156,7 @@ def reserve_scratch(
         R, O = sum(m.r for m in members), sum(m.out_features for m in members)
         stacked, weights = max(stacked, (O + R) * (width + R)), members[0].group_weights
     if weights is not None:
-        weights._buffer.reserve(stacked, x.dtype, x.device)
+        weights.reserve(stacked, x.dtype, x.device)
     largest: dict[int, tuple[DequantWorkspace, int]] = {}  # id(workspace) -> (workspace, elements)
     for module in alone:
         base = getattr(module, "base_layer", module)
