@@ -319,7 +319,14 @@ def _kernel_case(shape, dtype, seed):
 @pytest.mark.parametrize("dtype", [torch.float32] + ([torch.bfloat16] if CUDA else []))
 def test_triton_kernel_equals_reference(shape, dtype):
     pytest.importorskip("triton")
-    from tunelab.kernels.adamw8bit import adamw8bit_update
+    from tunelab.kernels.adamw8bit import adamw8bit_update_multi
+
+    def adamw8bit_update(param, grad, *rest):  # one tensor through the multi-tensor kernel
+        *state, signed, unsigned, scalars = rest
+        table = pointer_table([param], [dict(zip(QUANTIZED_KEYS, state))]).to(param.device)
+        index = block_maps([param.numel()])[0].to(param.device)
+        grad_ptrs = torch.tensor([grad.data_ptr()], dtype=torch.int64).to(param.device)
+        adamw8bit_update_multi(table, grad_ptrs, index, signed, unsigned, scalars, param.dtype, grad.dtype)
 
     param, state, grads = _kernel_case(shape, dtype, seed=sum(shape))
     ref_param, ref_state = param.clone(), [t.clone() for t in state]

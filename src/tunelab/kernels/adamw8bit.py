@@ -1,7 +1,7 @@
 """The 8-bit AdamW step (`tunelab.training.adamw8bit`) in Triton: dequantize both moments, update them and the
-parameter in fp32, requantize, one program per block of 256 elements. `adamw8bit_update` steps one parameter;
-`adamw8bit_update_multi` steps any number of parameters of one dtype in ONE launch (a 7B QLoRA model has ~450
-adapter tensors: one launch each costs more CPU time than the GPU spends on the whole update).
+parameter in fp32, requantize, one program per block of 256 elements. `adamw8bit_update_multi` steps any number of
+parameters of one dtype in ONE launch (a 7B QLoRA model has ~450 adapter tensors: one launch each cost 124 ms of CPU
+time per step, more than the GPU spends on the whole update).
 
 Per element it reads the parameter and the gradient (4 + 4 bytes for fp32) and two code bytes, and writes the
 parameter and two code bytes; per block two fp32 absmaxes each way. The moments never exist in fp32 outside
@@ -11,9 +11,9 @@ count of codes below x), then the nearer of that code and the one below it, ties
 
 The multi-tensor kernel runs one program per block of the concatenation of all parameters' blocks; a per-block map
 gives its tensor, whose addresses come from int64 tables of data pointers (cast to typed pointers in the kernel,
-`tl.load(...).to(tl.pointer_type(dtype))`: LLVM's inttoptr). Both kernels share the per-block body, `_step_block`.
+`tl.load(...).to(tl.pointer_type(dtype))`: LLVM's inttoptr); the per-block body is `_step_block`.
 
-The kernels run with fp fusion off, a correctly rounded division and square root, so every operation rounds as the
+The kernel runs with fp fusion off, a correctly rounded division and square root, so every operation rounds as the
 PyTorch reference's does on the CPU; `adamw8bit_update_reference` is the ground truth and the fallback.
 """
 
@@ -72,18 +72,6 @@ def _step_block(
 
 
 @triton.jit
-def _adamw8bit_kernel(
-    p_ptr, g_ptr, m_q_ptr, m_absmax_ptr, v_q_ptr, v_absmax_ptr, signed_ptr, unsigned_ptr, n,
-    beta1, one_minus_beta1, beta2, one_minus_beta2, decay, step_size, bc2_sqrt, eps, BLOCK: tl.constexpr,
-):  # fmt: skip
-    _step_block(
-        p_ptr, g_ptr, m_q_ptr, m_absmax_ptr, v_q_ptr, v_absmax_ptr, signed_ptr, unsigned_ptr,
-        tl.program_id(0).to(tl.int64), n,
-        beta1, one_minus_beta1, beta2, one_minus_beta2, decay, step_size, bc2_sqrt, eps, BLOCK,
-    )  # fmt: skip
-
-
-@triton.jit
 def _adamw8bit_multi_kernel(
     table_ptr, grad_ptrs, block_tensor_ptr, n_tensors, signed_ptr, unsigned_ptr,
     beta1, one_minus_beta1, beta2, one_minus_beta2, decay, step_size, bc2_sqrt, eps,
@@ -107,37 +95,6 @@ def _adamw8bit_multi_kernel(
     )  # fmt: skip
 
 
-def adamw8bit_update(
-    param: torch.Tensor,
-    grad: torch.Tensor,
-    exp_avg_q: torch.Tensor,
-    exp_avg_absmax: torch.Tensor,
-    exp_avg_sq_q: torch.Tensor,
-    exp_avg_sq_absmax: torch.Tensor,
-    signed_code: torch.Tensor,
-    unsigned_code: torch.Tensor,
-    scalars: dict[str, float],
-    num_warps: int = 4,
-) -> None:
-    """`tunelab.training.adamw8bit.adamw8bit_update_reference` in one kernel: same arguments, same in-place result.
-
-    param and grad contiguous (fp32 or bf16), all tensors on one device.
-    """
-    n = param.numel()
-    n_blocks = triton.cdiv(n, BLOCK)
-    if not (param.is_contiguous() and grad.is_contiguous()) or exp_avg_q.numel() != n or exp_avg_absmax.numel() != n_blocks:
-        raise ValueError(
-            f"adamw8bit_update: param and grad must be contiguous with codes ({n},) and absmaxes ({n_blocks},); got "
-            f"codes {tuple(exp_avg_q.shape)}, absmaxes {tuple(exp_avg_absmax.shape)}"
-        )
-    _adamw8bit_kernel[(n_blocks,)](
-        param, grad, exp_avg_q, exp_avg_absmax, exp_avg_sq_q, exp_avg_sq_absmax, signed_code, unsigned_code, n,
-        scalars["beta1"], scalars["one_minus_beta1"], scalars["beta2"], scalars["one_minus_beta2"], scalars["decay"],
-        scalars["step_size"], scalars["bc2_sqrt"], scalars["eps"], BLOCK=BLOCK, num_warps=num_warps,
-        enable_fp_fusion=False,
-    )  # fmt: skip
-
-
 TABLE_ROWS = ("param", "exp_avg_q", "exp_avg_absmax", "exp_avg_sq_q", "exp_avg_sq_absmax", "numel", "first_block")
 """Rows of `adamw8bit_update_multi`'s table (`tunelab.training.adamw8bit.pointer_table` builds it in this order)."""
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
@@ -154,7 +111,8 @@ def adamw8bit_update_multi(
     grad_dtype: torch.dtype,
     num_warps: int = 4,
 ) -> None:
-    """`adamw8bit_update` of T parameters in one launch, all on the device of the tables, with the same scalars.
+    """`tunelab.training.adamw8bit.adamw8bit_update_reference` of T parameters in one launch, all on the device of
+    the tables, with the same scalars.
 
     table: (7, T) int64 on the device, rows TABLE_ROWS: data pointers of each parameter (param_dtype, contiguous)
     and of its four state tensors, its element count and the index of its first block in the concatenation of all
