@@ -24,9 +24,18 @@ def mini_model(tokenizer_dir: str, folder: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
@@ -47,9 +56,17 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="parity-"))
     model = mini_model(args.tokenizer, work / "mini")
     common = {
-        "model.name": str(model), "model.dtype": args.dtype, "data.train": [args.data], "data.max_length": 256,
-        "method.name": args.method, "method.r": 16, "method.alpha": 32, "train.max_steps": args.steps,
-        "train.micro_batch": 8, "train.lr": 1e-3 if args.method == "full" else 3e-3, "train.seed": 0,
+        "model.name": str(model),
+        "model.dtype": args.dtype,
+        "data.train": [args.data],
+        "data.max_length": 256,
+        "method.name": args.method,
+        "method.r": 16,
+        "method.alpha": 32,
+        "train.max_steps": args.steps,
+        "train.micro_batch": 8,
+        "train.lr": 1e-3 if args.method == "full" else 3e-3,
+        "train.seed": 0,
     }
     curves = {}
     for impl in ("fast", "generic"):
@@ -63,8 +80,10 @@ def main() -> int:
         if i <= 5 or i % 10 == 0:
             print(f"{i:4d}  {a:.5f}  {b:.5f}  {abs(a - b) / abs(b):.2e}")
     verdict = "PASS" if worst <= args.tolerance and len(fast) == len(generic) == args.steps else "FAIL"
-    print(f"PARITY {verdict}: {args.method} {args.dtype}, {args.steps} steps, loss {fast[0]:.4f} -> {fast[-1]:.4f}, "
-          f"largest relative difference {worst:.2e} (tolerance {args.tolerance})")
+    print(
+        f"PARITY {verdict}: {args.method} {args.dtype}, {args.steps} steps, loss {fast[0]:.4f} -> {fast[-1]:.4f}, "
+        f"largest relative difference {worst:.2e} (tolerance {args.tolerance})"
+    )
     return 0 if verdict == "PASS" else 1
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from train_bench import SHAPES, build  # noqa: E402
 
 GIB = 2**30
@@ -71,8 +70,10 @@ def kernels(args, step) -> None:
         by_name[e.key] = (t, e.count)
     wall = sum(walls) * 1e6
     busy = sum(by_kind.values())
-    print(f"KERNELS {args.shape} {args.method} batch {args.batch}: step {statistics.mean(walls) * 1e3:.1f} ms; "
-          f"GPU busy {busy / wall:.1%} of the wall time (kernel times summed; overlap counts twice)")
+    print(
+        f"KERNELS {args.shape} {args.method} batch {args.batch}: step {statistics.mean(walls) * 1e3:.1f} ms; "
+        f"GPU busy {busy / wall:.1%} of the wall time (kernel times summed; overlap counts twice)"
+    )
     for kind, t in by_kind.most_common():
         print(f"  {kind:12s} {t / 2e3:8.1f} ms/step  {t / busy:6.1%}")
     print("  top kernels (ms/step, calls/step):")
@@ -113,9 +114,11 @@ def memory(args, step) -> None:
         step()
         torch.cuda.synchronize()
         stats = torch.cuda.memory_stats()
-        print(f"  after step {i + 1}: peak alloc {stats['allocated_bytes.all.peak'] / GIB:.2f} reserved "
-              f"{stats['reserved_bytes.all.peak'] / GIB:.2f} (large pool {stats['reserved_bytes.large_pool.peak'] / GIB:.2f}, "
-              f"small pool {stats['reserved_bytes.small_pool.peak'] / GIB:.2f}) GiB")
+        print(
+            f"  after step {i + 1}: peak alloc {stats['allocated_bytes.all.peak'] / GIB:.2f} reserved "
+            f"{stats['reserved_bytes.all.peak'] / GIB:.2f} (large pool {stats['reserved_bytes.large_pool.peak'] / GIB:.2f}, "
+            f"small pool {stats['reserved_bytes.small_pool.peak'] / GIB:.2f}) GiB"
+        )
     snap = torch.cuda.memory._snapshot()
     allocated, reserved = 0, 0
     growth: dict[str, list] = {}
@@ -128,7 +131,9 @@ def memory(args, step) -> None:
             allocated -= size
         elif action in ("segment_alloc", "segment_map"):
             reserved += size
-            frames = [f for f in event.get("frames", []) if "/tunelab/" in f["filename"] or "benchmarks/" in f["filename"]]
+            frames = [
+                f for f in event.get("frames", []) if "/tunelab/" in f["filename"] or "benchmarks/" in f["filename"]
+            ]
             where = " < ".join(f"{Path(f['filename']).name}:{f['line']}:{f['name']}" for f in frames[:4]) or "?"
             if where not in growth:
                 growth[where] = [0, 0, 0.0]
@@ -139,19 +144,25 @@ def memory(args, step) -> None:
             entry[2] = max(entry[2], allocated / GIB)
         elif action in ("segment_free", "segment_unmap"):
             reserved -= size
-    print(f"MEMORY {args.shape} {args.method} batch {args.batch} offload {args.offload}: peak alloc "
-          f"{torch.cuda.max_memory_allocated() / GIB:.2f} GiB, peak reserved {torch.cuda.max_memory_reserved() / GIB:.2f} GiB, "
-          f"now alloc {torch.cuda.memory_allocated() / GIB:.2f} reserved {torch.cuda.memory_reserved() / GIB:.2f}")
+    print(
+        f"MEMORY {args.shape} {args.method} batch {args.batch} offload {args.offload}: peak alloc "
+        f"{torch.cuda.max_memory_allocated() / GIB:.2f} GiB, peak reserved {torch.cuda.max_memory_reserved() / GIB:.2f} GiB, "
+        f"now alloc {torch.cuda.memory_allocated() / GIB:.2f} reserved {torch.cuda.memory_reserved() / GIB:.2f}"
+    )
     print("  reserve growth, in order of first growth: times, GiB, allocated GiB at the latest growth, where")
     for where in order:
         n, size, alloc = growth[where]
         print(f"    {n:5d} {size / GIB:7.3f} {alloc:7.2f}  {where[:220]}")
     free_in_segments = sum(b["size"] for s in snap["segments"] for b in s["blocks"] if b["state"] != "active_allocated")
-    print(f"  segments {len(snap['segments'])}, free inside them {free_in_segments / GIB:.3f} GiB; "
-          f"largest free blocks (MiB): {sorted((b['size'] >> 20 for s in snap['segments'] for b in s['blocks'] if b['state'] != 'active_allocated'), reverse=True)[:8]}")
+    print(
+        f"  segments {len(snap['segments'])}, free inside them {free_in_segments / GIB:.3f} GiB; "
+        f"largest free blocks (MiB): {sorted((b['size'] >> 20 for s in snap['segments'] for b in s['blocks'] if b['state'] != 'active_allocated'), reverse=True)[:8]}"
+    )
     stats = torch.cuda.memory_stats()
-    print(f"  num_alloc_retries {stats.get('num_alloc_retries')}, inactive_split peak "
-          f"{stats.get('inactive_split_bytes.all.peak', 0) / GIB:.3f} GiB")
+    print(
+        f"  num_alloc_retries {stats.get('num_alloc_retries')}, inactive_split peak "
+        f"{stats.get('inactive_split_bytes.all.peak', 0) / GIB:.3f} GiB"
+    )
 
 
 def main() -> None:
@@ -174,11 +185,15 @@ def main() -> None:
         torch.cuda.memory._record_memory_history(max_entries=2_000_000)
     checkpointing = "offload" if args.offload else args.checkpointing
     model = build(args.shape, args.method, 16, checkpointing, "cuda")
-    print(f"  after build: alloc {torch.cuda.memory_allocated() / GIB:.2f} GiB, reserved {torch.cuda.memory_reserved() / GIB:.2f} GiB, "
-          f"peak reserved {torch.cuda.max_memory_reserved() / GIB:.2f} GiB")
+    print(
+        f"  after build: alloc {torch.cuda.memory_allocated() / GIB:.2f} GiB, reserved {torch.cuda.memory_reserved() / GIB:.2f} GiB, "
+        f"peak reserved {torch.cuda.max_memory_reserved() / GIB:.2f} GiB"
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-4, fused=True)
-    ids = torch.randint(0, SHAPES[args.shape]["vocab_size"], (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).cuda()
+    ids = torch.randint(
+        0, SHAPES[args.shape]["vocab_size"], (args.batch, args.seq), generator=torch.Generator().manual_seed(0)
+    ).cuda()
     step = step_fn(model, params, optimizer, ids)
     if args.kernels:
         kernels(args, step)

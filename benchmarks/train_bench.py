@@ -26,14 +26,54 @@ import torch  # noqa: E402
 
 SHAPES = {
     # Llama-2-7B as ../shared/bench builds it (rope_theta 10000)
-    "llama2-7b": dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                      intermediate_size=11008, vocab_size=32000, rms_norm_eps=1e-5, max_position_embeddings=4096, rope_theta=10000.0),
-    "llama3-8b": dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                      intermediate_size=14336, vocab_size=128256, rms_norm_eps=1e-5, max_position_embeddings=8192, rope_theta=500000.0),
-    "llama3-70b": dict(model_type="llama", hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
-                       intermediate_size=28672, vocab_size=128256, rms_norm_eps=1e-5, max_position_embeddings=8192, rope_theta=500000.0),
-    "tiny": dict(model_type="llama", hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                 intermediate_size=688, vocab_size=32000, rms_norm_eps=1e-5, max_position_embeddings=4096, rope_theta=10000.0),
+    "llama2-7b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        intermediate_size=11008,
+        vocab_size=32000,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+    ),
+    "llama3-8b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+    ),
+    "llama3-70b": dict(
+        model_type="llama",
+        hidden_size=8192,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        intermediate_size=28672,
+        vocab_size=128256,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+    ),
+    "tiny": dict(
+        model_type="llama",
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=688,
+        vocab_size=32000,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+    ),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GIB = 2**30
@@ -148,25 +188,41 @@ def run(args) -> dict:
     median = statistics.median(steady)
     tokens_per_s = args.batch * args.seq / median
     flops = flops_per_token(SHAPES[args.shape], args.seq, args.r)
-    name = f"tunelab_{args.method}_{'nf4' if args.method == 'qlora' else 'bf16'}" + ("_offload" if args.offload else "" if args.checkpointing else "_nogc")
+    name = f"tunelab_{args.method}_{'nf4' if args.method == 'qlora' else 'bf16'}" + (
+        "_offload" if args.offload else "" if args.checkpointing else "_nogc"
+    )
     name += "_release" if args.release_cache else ""
     name += "_nogroup" if args.no_group else ""
     name += "_adamw8bit" if args.optimizer == "adamw_8bit" else ""
     record = {
-        "config": name, "shape": args.shape, "seq": args.seq, "batch": args.batch, "checkpointing": args.checkpointing,
-        "steps": args.steps, "mlp_chunk_tokens": args.mlp_chunk, "optimizer": args.optimizer, "median_s": round(median, 4), "tokens_per_s": round(tokens_per_s, 1),
+        "config": name,
+        "shape": args.shape,
+        "seq": args.seq,
+        "batch": args.batch,
+        "checkpointing": args.checkpointing,
+        "steps": args.steps,
+        "mlp_chunk_tokens": args.mlp_chunk,
+        "optimizer": args.optimizer,
+        "median_s": round(median, 4),
+        "tokens_per_s": round(tokens_per_s, 1),
         "train_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
         "train_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
-        "alloc_after_load_gib": round(alloc_after_load, 2), "load_s": round(load_s, 1),
+        "alloc_after_load_gib": round(alloc_after_load, 2),
+        "load_s": round(load_s, 1),
         "ceiling_tflops": round(ceiling, 1) if ceiling else None,
         "mfu_useful": round(tokens_per_s * flops["useful"] / 1e12 / ceiling, 4) if ceiling else None,
-        "hfu_recompute": round(tokens_per_s * flops["with_recompute"] / 1e12 / ceiling, 4) if ceiling and args.checkpointing else None,
-        "losses": [round(x, 4) for x in losses], "grad_norms": [round(x, 4) for x in norms],
+        "hfu_recompute": round(tokens_per_s * flops["with_recompute"] / 1e12 / ceiling, 4)
+        if ceiling and args.checkpointing
+        else None,
+        "losses": [round(x, 4) for x in losses],
+        "grad_norms": [round(x, 4) for x in norms],
         "versions": {"torch": torch.__version__, "gpu": torch.cuda.get_device_name() if cuda else "cpu"},
     }
     # A benchmark of a model that does not train proves nothing.
     assert all(map(lambda n: n == n and 0 < n < float("inf"), norms)), f"gradient norm not finite and positive: {norms}"
-    assert statistics.mean(losses[-3:]) < statistics.mean(losses[:3]), f"loss did not fall on a repeated batch: {losses}"
+    assert statistics.mean(losses[-3:]) < statistics.mean(losses[:3]), (
+        f"loss did not fall on a repeated batch: {losses}"
+    )
     return record
 
 
@@ -177,7 +233,9 @@ def table(path: Path) -> str:
     lines = ["| config | shape | tokens/s | peak alloc / reserved GiB | MFU (useful) |", "|---|---|---:|---|---:|"]
     for r in rows:
         mfu = f"{100 * r['mfu_useful']:.1f}%" if r.get("mfu_useful") else "-"
-        lines.append(f"| {r['config']} | {r.get('shape', '')} | {r['tokens_per_s']:,.0f} | {r.get('train_peak_alloc_gib')} / {r.get('train_peak_reserved_gib')} | {mfu} |")
+        lines.append(
+            f"| {r['config']} | {r.get('shape', '')} | {r['tokens_per_s']:,.0f} | {r.get('train_peak_alloc_gib')} / {r.get('train_peak_reserved_gib')} | {mfu} |"
+        )
     ours = [r for r in rows if r["config"].startswith("tunelab_")]
     theirs = [r for r in rows if not r["config"].startswith("tunelab_")]
     lines.append("")
@@ -186,8 +244,14 @@ def table(path: Path) -> str:
             if t.get("shape", "").split("-tiny")[0] != o["shape"]:
                 continue
             speed = o["tokens_per_s"] / t["tokens_per_s"]
-            mem = (o["train_peak_reserved_gib"] / t["train_peak_reserved_gib"]) if t.get("train_peak_reserved_gib") else float("nan")
-            lines.append(f"{o['config']} vs {t['config']} [{o['shape']}]: tokens/s x{speed:.2f}, peak reserved x{mem:.2f}")
+            mem = (
+                (o["train_peak_reserved_gib"] / t["train_peak_reserved_gib"])
+                if t.get("train_peak_reserved_gib")
+                else float("nan")
+            )
+            lines.append(
+                f"{o['config']} vs {t['config']} [{o['shape']}]: tokens/s x{speed:.2f}, peak reserved x{mem:.2f}"
+            )
     if ceiling:
         lines.append(f"\nceiling (baseline script): bf16 matmul {ceiling['matmul_tflops']} TFLOP/s")
     return "\n".join(lines)
@@ -205,10 +269,18 @@ def main() -> None:
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     ap.add_argument("--offload", action="store_true", help="checkpointing with layer inputs in pinned host memory")
     ap.add_argument("--release-cache", action="store_true", help="return cached free GPU memory after every step")
-    ap.add_argument("--no-group", action="store_true", help="run q/k/v and gate/up adapters one by one (peft.group off)")
-    ap.add_argument("--mlp-chunk", type=int, default=4096, help="tokens per MLP chunk in checkpointed backward (0: all)")
-    ap.add_argument("--optimizer", choices=["adamw", "adamw_8bit"], default="adamw",
-                    help="torch's AdamW (fused on CUDA) or tunelab's AdamW8bit (both moments in 8 bits)")
+    ap.add_argument(
+        "--no-group", action="store_true", help="run q/k/v and gate/up adapters one by one (peft.group off)"
+    )
+    ap.add_argument(
+        "--mlp-chunk", type=int, default=4096, help="tokens per MLP chunk in checkpointed backward (0: all)"
+    )
+    ap.add_argument(
+        "--optimizer",
+        choices=["adamw", "adamw_8bit"],
+        default="adamw",
+        help="torch's AdamW (fused on CUDA) or tunelab's AdamW8bit (both moments in 8 bits)",
+    )
     ap.add_argument("--ceiling", type=float, default=None, help="bf16 matmul TFLOP/s (default: measured now)")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON record to this file")
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")
@@ -219,9 +291,12 @@ def main() -> None:
     record = run(args)
     line = json.dumps(record)
     print(line, flush=True)
-    print(f"SUMMARY {record['config']} [{args.shape}]: {record['tokens_per_s']:,.0f} tok/s, median {record['median_s'] * 1e3:.1f} ms, "
-          f"peak alloc {record['train_peak_alloc_gib']} GiB reserved {record['train_peak_reserved_gib']} GiB, MFU {record['mfu_useful']}, "
-          f"loss {record['losses'][0]} -> {record['losses'][-1]}", flush=True)
+    print(
+        f"SUMMARY {record['config']} [{args.shape}]: {record['tokens_per_s']:,.0f} tok/s, median {record['median_s'] * 1e3:.1f} ms, "
+        f"peak alloc {record['train_peak_alloc_gib']} GiB reserved {record['train_peak_reserved_gib']} GiB, MFU {record['mfu_useful']}, "
+        f"loss {record['losses'][0]} -> {record['losses'][-1]}",
+        flush=True,
+    )
     if args.out:
         with args.out.open("a") as f:
             f.write(line + "\n")

@@ -103,13 +103,15 @@ def bench_kernels(results: dict) -> None:
             out.zero_()
             dequantize_nf4_triton(q, out=out, block=block, num_warps=warps)
             assert torch.equal(out, reference), f"block {block}, {warps} warps: not the reference's bits"
-            ms = median_ms(lambda: dequantize_nf4_triton(q, out=out, block=block, num_warps=warps))
+            ms = median_ms(
+                lambda block=block, warps=warps: dequantize_nf4_triton(q, out=out, block=block, num_warps=warps)
+            )
             rows.append({"block": block, "num_warps": warps, "ms": round(ms, 4), "GB_s": round(moved / ms / 1e6, 1)})
     copies = {}
     for nbytes in (int(moved), 2**30):
         src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
         dst = torch.empty_like(src)
-        copies[nbytes] = median_ms(lambda: dst.copy_(src))  # reads and writes nbytes / 2 each
+        copies[nbytes] = median_ms(lambda dst=dst, src=src: dst.copy_(src))  # reads and writes nbytes / 2 each
         del src, dst
     best = min(rows, key=lambda r: r["ms"])
     default = dequantize_nf4_triton.__defaults__  # (out, dtype, block, num_warps)

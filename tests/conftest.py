@@ -44,7 +44,9 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
 def qa_file(tmp_path):
     """24 question/answer pairs about made-up numbers: enough for a few optimizer steps."""
     path = tmp_path / "qa.jsonl"
-    rows = [{"question": f"What is the code of box {i}?", "answer": f"Box {i} has code {1000 + 37 * i}."} for i in range(24)]
+    rows = [
+        {"question": f"What is the code of box {i}?", "answer": f"Box {i} has code {1000 + 37 * i}."} for i in range(24)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -73,7 +75,20 @@ def tiny_run_dir(tmp_path_factory, tiny_model_dir):
 
     folder = tmp_path_factory.mktemp("tiny-run")
     data = folder / "qa.jsonl"
-    data.write_text("".join(json.dumps({"question": f"Code of box {i}?", "answer": f"Box {i}: {1000 + 37 * i}."}) + "\n" for i in range(16)))
-    overrides = {"model.name": str(tiny_model_dir), "data.train": [str(data)], "data.max_length": 64, "method.r": 4,
-                 "train.micro_batch": 4, "train.max_steps": 3, "train.lr": 1e-3, "output_dir": str(folder / "run")}
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"Code of box {i}?", "answer": f"Box {i}: {1000 + 37 * i}."}) + "\n"
+            for i in range(16)
+        )
+    )
+    overrides = {
+        "model.name": str(tiny_model_dir),
+        "data.train": [str(data)],
+        "data.max_length": 64,
+        "method.r": 4,
+        "train.micro_batch": 4,
+        "train.max_steps": 3,
+        "train.lr": 1e-3,
+        "output_dir": str(folder / "run"),
+    }
     return train(None, overrides).run_dir

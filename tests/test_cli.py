@@ -13,7 +13,14 @@ from tunelab.cli import main
 
 def _tunelab(*args, cwd=None):
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "tunelab.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def _flags(overrides: dict) -> list[str]:
@@ -25,19 +32,33 @@ def _flags(overrides: dict) -> list[str]:
 
 def test_train_compare_generate_through_the_cli(tiny_overrides, tmp_path):
     questions = tmp_path / "q.jsonl"
-    questions.write_text(json.dumps({"question": "What is the code of box 3?", "expected": "1111", "kind": "fact"}) + "\n")
+    questions.write_text(
+        json.dumps({"question": "What is the code of box 3?", "expected": "1111", "kind": "fact"}) + "\n"
+    )
     overrides = tiny_overrides | {"train.max_steps": 3, "eval.questions": str(questions), "eval.max_new_tokens": 5}
     done = _tunelab("train", *_flags(overrides))
     assert done.returncode == 0, done.stderr[-2000:]
     run = Path(overrides["output_dir"])
-    for name in ("config.yaml", "run.json", "metrics.jsonl", "loss.png", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "data_report.json", "compare.json"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "metrics.jsonl",
+        "loss.png",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "data_report.json",
+        "compare.json",
+    ):
         assert (run / name).is_file(), name
     assert "resolved config" in done.stdout and "(--train.max_steps)" in done.stdout
     assert "correct: base" in done.stdout  # the scores printed at the end
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[:3] == [1, 2, 3]
 
-    done = _tunelab("generate", run, "--prompt", "What is the code of box 3?", "--max-new-tokens", "4", "--device", "cpu")
+    done = _tunelab(
+        "generate", run, "--prompt", "What is the code of box 3?", "--max-new-tokens", "4", "--device", "cpu"
+    )
     assert done.returncode == 0, done.stderr[-2000:]  # a random model may well answer with an end token at once
 
 
@@ -69,7 +90,9 @@ def test_bad_input_exits_2_without_traceback(args, message, capsys, tmp_path):
 def test_unreadable_json_line_is_located(tmp_path, capsys, tiny_model_dir):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"question": "a", "answer": "b"}\n{"question": "c", answer: "d"}\n')
-    code = main(["train", "--model.name", str(tiny_model_dir), "--data.train", str(data), "--output_dir", str(tmp_path / "r")])
+    code = main(
+        ["train", "--model.name", str(tiny_model_dir), "--data.train", str(data), "--output_dir", str(tmp_path / "r")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "bad.jsonl:2" in err and "not valid JSON" in err
 
@@ -87,8 +110,29 @@ def test_compare_on_missing_run_dir(tmp_path, capsys):
 
 def test_eval_report_merge_export_through_the_cli(tiny_run_dir, tmp_path, capsys):
     data = tmp_path / "e.jsonl"
-    data.write_text("".join(json.dumps({"question": f"Code of box {i}?", "expected": f"Box {i}: {1000 + 37 * i}."}) + "\n" for i in range(3)))
-    assert main(["eval", str(tiny_run_dir), "--data", str(data), "--max-new-tokens", "4", "--device", "cpu", "--out", str(tmp_path / "eval.json")]) == 0
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"Code of box {i}?", "expected": f"Box {i}: {1000 + 37 * i}."}) + "\n"
+            for i in range(3)
+        )
+    )
+    assert (
+        main(
+            [
+                "eval",
+                str(tiny_run_dir),
+                "--data",
+                str(data),
+                "--max-new-tokens",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "eval.json").read_text())
     assert main(["report", str(tiny_run_dir), "--out", str(tmp_path / "r.html")]) == 0
     assert "<svg" in (tmp_path / "r.html").read_text()

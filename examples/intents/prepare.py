@@ -41,7 +41,9 @@ def domain_of(domains_path: Path) -> dict[str, str]:
     return mapping
 
 
-def draw(pairs: list[list[str]], domain: dict[str, str], per_label: int, rng: random.Random, skip: set[str]) -> list[tuple[str, str]]:
+def draw(
+    pairs: list[list[str]], domain: dict[str, str], per_label: int, rng: random.Random, skip: set[str]
+) -> list[tuple[str, str]]:
     """per_label (text, label) rows of each label, round-robin over the intents of each domain ("oos" is one intent)."""
     by_label: dict[str, dict[str, list[str]]] = {}  # label -> intent -> texts, in file order
     for text, intent in pairs:
@@ -72,7 +74,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def prepare(data: Path, domains: Path, out: Path, train_per_label: int = 40, test_per_label: int = 20, seed: int = 0) -> tuple[Path, Path]:
+def prepare(
+    data: Path, domains: Path, out: Path, train_per_label: int = 40, test_per_label: int = 20, seed: int = 0
+) -> tuple[Path, Path]:
     """Write out/train.jsonl and out/test.jsonl; returns their paths."""
     splits = json.loads(data.read_text(encoding="utf-8"))
     domain = domain_of(domains)
@@ -91,16 +95,26 @@ def prepare(data: Path, domains: Path, out: Path, train_per_label: int = 40, tes
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=CLINC / "data_full.json", help="CLINC150 data_full.json (default: %(default)s)")
-    parser.add_argument("--domains", type=Path, default=CLINC / "domains.json", help="CLINC150 domains.json (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for train.jsonl and test.jsonl (default: this example's folder)")
-    parser.add_argument("--train-per-label", type=int, default=40, help="training rows per label (default: %(default)s)")
+    parser.add_argument(
+        "--data", type=Path, default=CLINC / "data_full.json", help="CLINC150 data_full.json (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--domains", type=Path, default=CLINC / "domains.json", help="CLINC150 domains.json (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="folder for train.jsonl and test.jsonl (default: this example's folder)"
+    )
+    parser.add_argument(
+        "--train-per-label", type=int, default=40, help="training rows per label (default: %(default)s)"
+    )
     parser.add_argument("--test-per-label", type=int, default=20, help="test rows per label (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draw and the shuffles (default: %(default)s)")
     args = parser.parse_args()
     for path in (args.data, args.domains):
         if not path.is_file():
-            raise SystemExit(f"{path}: not found. Pass --data/--domains pointing at the CLINC150 files (github.com/clinc/oos-eval, data/).")
+            raise SystemExit(
+                f"{path}: not found. Pass --data/--domains pointing at the CLINC150 files (github.com/clinc/oos-eval, data/)."
+            )
     for path in prepare(args.data, args.domains, args.out, args.train_per_label, args.test_per_label, args.seed):
         print(f"wrote {path} ({sum(1 for _ in path.open(encoding='utf-8'))} rows)")
 

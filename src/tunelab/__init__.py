@@ -6,7 +6,18 @@ The API is imported on first use, so `import tunelab` stays fast: `tunelab.train
 
 __version__ = "0.1.0"
 
-_API = {"train", "compare", "generate", "chat", "evaluate", "report", "merge", "export_gguf", "open_run", "GenerationSettings"}
+_API = {
+    "train",
+    "compare",
+    "generate",
+    "chat",
+    "evaluate",
+    "report",
+    "merge",
+    "export_gguf",
+    "open_run",
+    "GenerationSettings",
+}
 
 
 def __getattr__(name: str):

@@ -1,21 +1,36 @@
 """The Python API: what each CLI subcommand calls.
 
-    import tunelab
-    result = tunelab.train("examples/company_faq/config.yaml", {"train.max_steps": 20})
-    comparison = tunelab.compare(result.run_dir, questions="examples/company_faq/heldout.jsonl")
-    print(tunelab.generate(result.run_dir, "Where is your office?"))
+import tunelab
+result = tunelab.train("examples/company_faq/config.yaml", {"train.max_steps": 20})
+comparison = tunelab.compare(result.run_dir, questions="examples/company_faq/heldout.jsonl")
+print(tunelab.generate(result.run_dir, "Where is your office?"))
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.infer.compare import Comparison, Question, compare as _compare, format_comparison, read_questions, save_comparison
+from tunelab.infer.compare import Comparison, Question, format_comparison, read_questions, save_comparison
+from tunelab.infer.compare import compare as _compare
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 from tunelab.training.recipe import TrainResult, train
 
-__all__ = ["train", "compare", "generate", "chat", "evaluate", "report", "merge", "export_gguf", "open_run", "TrainResult", "Comparison", "GenerationSettings", "LoadedRun"]
+__all__ = [
+    "train",
+    "compare",
+    "generate",
+    "chat",
+    "evaluate",
+    "report",
+    "merge",
+    "export_gguf",
+    "open_run",
+    "TrainResult",
+    "Comparison",
+    "GenerationSettings",
+    "LoadedRun",
+]
 
 
 def _open(run: str | Path | LoadedRun, device: str) -> LoadedRun:
@@ -46,7 +61,14 @@ def compare(
     return result
 
 
-def generate(run: str | Path | LoadedRun, prompt: str, system: str | None = None, base: bool = False, settings: GenerationSettings | None = None, device: str = "auto") -> str:
+def generate(
+    run: str | Path | LoadedRun,
+    prompt: str,
+    system: str | None = None,
+    base: bool = False,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+) -> str:
     """One answer from the tuned model (or the base model with base=True)."""
     loaded = _open(run, device)
     system = system if system is not None else loaded.system_prompt
@@ -65,8 +87,17 @@ def chat(run: str | Path | LoadedRun, settings: GenerationSettings | None = None
     return _chat(_open(run, device), settings or GenerationSettings())
 
 
-def evaluate(run: str | Path | LoadedRun, data: str | Path, settings: GenerationSettings | None = None, refusal: str | None = None,
-             device: str = "auto", save: bool = True, out: str | Path | None = None, overwrite: bool = False, show: bool = False):
+def evaluate(
+    run: str | Path | LoadedRun,
+    data: str | Path,
+    settings: GenerationSettings | None = None,
+    refusal: str | None = None,
+    device: str = "auto",
+    save: bool = True,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    show: bool = False,
+):
     """Eval loss and perplexity, answer metrics (exact, contains, ROUGE-L, refusal) and label metrics, base and tuned."""
     from tunelab.eval.evaluate import evaluate_run, format_eval
 

@@ -28,7 +28,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if meta.get("choices"):
             extra.append("one of: " + ", ".join(map(str, meta["choices"])))
         extra.append(f"default: {default!r}")
-        kwargs = {"dest": name, "default": argparse.SUPPRESS, "metavar": "VALUE", "help": f"{meta['help']} ({'; '.join(extra)})"}
+        kwargs = {
+            "dest": name,
+            "default": argparse.SUPPRESS,
+            "metavar": "VALUE",
+            "help": f"{meta['help']} ({'; '.join(extra)})",
+        }
         if hint is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         group.add_argument(f"--{name}", **kwargs)
@@ -55,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune open LLMs on your own data.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="fine-tune a model as a YAML config says", description="Fine-tune a model. Options given as flags override the YAML file.")
+    train = sub.add_parser(
+        "train",
+        help="fine-tune a model as a YAML config says",
+        description="Fine-tune a model. Options given as flags override the YAML file.",
+    )
     train.add_argument("config", nargs="?", help="YAML config file (optional: flags alone work too)")
     train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -63,9 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="base and tuned model answer the same questions, side by side")
     compare.add_argument("run_dir", help="a finished run directory")
-    compare.add_argument("--questions", help="jsonl/json/csv file with a question column and optional expected and kind columns")
+    compare.add_argument(
+        "--questions", help="jsonl/json/csv file with a question column and optional expected and kind columns"
+    )
     compare.add_argument("--question", action="append", default=[], help="a question (repeatable)")
-    compare.add_argument("--refusal", help="the refusal sentence, to report refusal rates (default: the run's eval.refusal)")
+    compare.add_argument(
+        "--refusal", help="the refusal sentence, to report refusal rates (default: the run's eval.refusal)"
+    )
     compare.add_argument("--no-save", action="store_true", help="do not write compare.json into the run directory")
     _generation_options(compare)
 
@@ -103,7 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a GGUF file (llama.cpp, Ollama) and an Ollama Modelfile beside it")
     export.add_argument("run_dir", help="a finished run directory")
     export.add_argument("--gguf", "--out", dest="out", required=True, help="the .gguf file to write")
-    export.add_argument("--type", "--qtype", dest="qtype", default="f16", choices=("f32", "f16", "bf16", "q8_0", "q4_0"), help="tensor type (default: f16)")
+    export.add_argument(
+        "--type",
+        "--qtype",
+        dest="qtype",
+        default="f16",
+        choices=("f32", "f16", "bf16", "q8_0", "q4_0"),
+        help="tensor type (default: f16)",
+    )
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
     return parser
 
@@ -130,16 +150,38 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.command == "eval":
         settings.batch_size = args.batch_size
-        api.evaluate(args.run_dir, args.data, settings=settings, refusal=args.refusal, device=args.device,
-                     save=not args.no_save, out=args.out, overwrite=args.overwrite, show=True)
+        api.evaluate(
+            args.run_dir,
+            args.data,
+            settings=settings,
+            refusal=args.refusal,
+            device=args.device,
+            save=not args.no_save,
+            out=args.out,
+            overwrite=args.overwrite,
+            show=True,
+        )
     elif args.command == "compare":
         if not args.questions and not args.question:
             raise TunelabError("tunelab compare needs --questions FILE or at least one --question TEXT.")
-        api.compare(args.run_dir, questions=args.questions, question=args.question, settings=settings, device=args.device, save=not args.no_save, show=True, refusal=args.refusal)
+        api.compare(
+            args.run_dir,
+            questions=args.questions,
+            question=args.question,
+            settings=settings,
+            device=args.device,
+            save=not args.no_save,
+            show=True,
+            refusal=args.refusal,
+        )
     elif args.command == "chat":
         api.chat(args.run_dir, settings=settings, device=args.device)
     elif args.command == "generate":
-        print(api.generate(args.run_dir, args.prompt, system=args.system, base=args.base, settings=settings, device=args.device))
+        print(
+            api.generate(
+                args.run_dir, args.prompt, system=args.system, base=args.base, settings=settings, device=args.device
+            )
+        )
     return 0
 
 

@@ -30,10 +30,18 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | N
 
 @dataclass
 class ModelConfig:
-    name: str = opt("smollm2-135m-instruct", "hub id, local Hugging Face directory, .gguf file, or the alias smollm2-135m-instruct")
-    dtype: str = opt("auto", "weight and compute dtype (auto: bf16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16", "fp16"))
+    name: str = opt(
+        "smollm2-135m-instruct", "hub id, local Hugging Face directory, .gguf file, or the alias smollm2-135m-instruct"
+    )
+    dtype: str = opt(
+        "auto", "weight and compute dtype (auto: bf16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16", "fp16")
+    )
     device: str = opt("auto", "where to train (auto: CUDA when present, else CPU)", choices=("auto", "cpu", "cuda"))
-    impl: str = opt("auto", "model code: our fast Llama-family path, the generic transformers one, or auto", choices=("auto", "fast", "generic"))
+    impl: str = opt(
+        "auto",
+        "model code: our fast Llama-family path, the generic transformers one, or auto",
+        choices=("auto", "fast", "generic"),
+    )
     trust_remote_code: bool = opt(False, "run code shipped with a hub model (only if you trust its author)")
 
 
@@ -47,25 +55,43 @@ class DataConfig:
         "record format (auto: detected from the fields)",
         choices=("auto", "prompt_completion", "question_answer", "alpaca", "messages", "sharegpt", "text"),
     )
-    fields: dict[str, str] = opt({}, "map format fields to your column names, e.g. {prompt: question, completion: answer}")
-    template: str = opt("auto", "prompt template (auto: the tokenizer's chat template, else chatml)", choices=("auto", "tokenizer", "chatml", "llama2", "alpaca"))
+    fields: dict[str, str] = opt(
+        {}, "map format fields to your column names, e.g. {prompt: question, completion: answer}"
+    )
+    template: str = opt(
+        "auto",
+        "prompt template (auto: the tokenizer's chat template, else chatml)",
+        choices=("auto", "tokenizer", "chatml", "llama2", "alpaca"),
+    )
     system_prompt: str | None = opt(None, "system message added to every example that has none")
     max_length: int = opt(512, "maximum tokens per example (text is cut into blocks of this length)", min=8)
     overlong: str = opt("drop", "what to do with chat examples longer than max_length", choices=("drop", "truncate"))
     train_on_prompt: bool = opt(False, "also compute the loss on prompt tokens (default: answers only)")
-    packing: bool = opt(False, "pack several examples into each row of max_length tokens, without attention across them")
+    packing: bool = opt(
+        False, "pack several examples into each row of max_length tokens, without attention across them"
+    )
     shuffle: bool = opt(True, "shuffle the training examples each epoch (seeded)")
 
 
 @dataclass
 class MethodConfig:
-    name: str = opt("lora", "what to train: LoRA adapters, all weights, or only the top decoder layers", choices=("lora", "full", "layers"))
+    name: str = opt(
+        "lora",
+        "what to train: LoRA adapters, all weights, or only the top decoder layers",
+        choices=("lora", "full", "layers"),
+    )
     r: int = opt(16, "LoRA rank", min=1)
     alpha: float = opt(32.0, "LoRA alpha; the update is scaled by alpha / r", min=0.0)
     dropout: float = opt(0.0, "dropout on the LoRA input", min=0.0, max=0.9)
-    target_modules: list[str] = opt(["all-linear"], "linear layers that get adapters (names like q_proj, or all-linear)")
+    target_modules: list[str] = opt(
+        ["all-linear"], "linear layers that get adapters (names like q_proj, or all-linear)"
+    )
     top_layers: int = opt(2, "for method=layers: how many of the last decoder layers to train", min=1)
-    quantize_base: str = opt("none", "QLoRA: keep the frozen base linear layers in 4-bit NF4 with double quantization (bitsandbytes' format); needs name lora", choices=("none", "nf4"))
+    quantize_base: str = opt(
+        "none",
+        "QLoRA: keep the frozen base linear layers in 4-bit NF4 with double quantization (bitsandbytes' format); needs name lora",
+        choices=("none", "nf4"),
+    )
 
 
 @dataclass
@@ -75,23 +101,36 @@ class TrainConfig:
     micro_batch: int = opt(8, "examples per forward pass", min=1)
     grad_accum: int = opt(1, "micro-batches per optimizer step", min=1)
     lr: float = opt(2e-4, "peak learning rate", min=0.0)
-    warmup_ratio: float = opt(0.05, "fraction of steps spent warming the learning rate up linearly from 0", min=0.0, max=1.0)
+    warmup_ratio: float = opt(
+        0.05, "fraction of steps spent warming the learning rate up linearly from 0", min=0.0, max=1.0
+    )
     scheduler: str = opt("cosine", "learning-rate schedule after warmup", choices=("constant", "linear", "cosine"))
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to norms and biases)", min=0.0)
-    optimizer: str = opt("adamw", "adamw keeps its two moments in fp32 (8 bytes per trainable parameter); adamw_8bit in block-wise 8-bit codes (2.03 bytes; tensors under 4096 values stay fp32): 0.30 -> 0.08 GiB for r=16 LoRA on all linears of a 7B model", choices=("adamw", "adamw_8bit"))
+    optimizer: str = opt(
+        "adamw",
+        "adamw keeps its two moments in fp32 (8 bytes per trainable parameter); adamw_8bit in block-wise 8-bit codes (2.03 bytes; tensors under 4096 values stay fp32): 0.30 -> 0.08 GiB for r=16 LoRA on all linears of a 7B model",
+        choices=("adamw", "adamw_8bit"),
+    )
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
     seed: int = opt(42, "seed for initialisation, shuffling and dropout")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: only at the end)", min=0)
     save_every: int = opt(0, "write a checkpoint every N optimizer steps (0: only at the end)", min=0)
     keep_checkpoints: int = opt(2, "how many step checkpoints to keep", min=1)
     log_every: int = opt(1, "append metrics every N optimizer steps", min=1)
-    checkpointing: bool = opt(False, "recompute each decoder layer in backward instead of keeping its activations (less memory; each layer runs forward twice)")
-    offload_activations: bool = opt(False, "with checkpointing on CUDA: keep the layer inputs in pinned CPU memory until backward")
+    checkpointing: bool = opt(
+        False,
+        "recompute each decoder layer in backward instead of keeping its activations (less memory; each layer runs forward twice)",
+    )
+    offload_activations: bool = opt(
+        False, "with checkpointing on CUDA: keep the layer inputs in pinned CPU memory until backward"
+    )
 
 
 @dataclass
 class EvalConfig:
-    questions: str | None = opt(None, "file of questions (with an optional expected column) answered by base and tuned model after training")
+    questions: str | None = opt(
+        None, "file of questions (with an optional expected column) answered by base and tuned model after training"
+    )
     refusal: str | None = opt(None, "the fixed refusal sentence; answers containing it count as refusals")
     max_new_tokens: int = opt(64, "tokens to generate per answer", min=1)
 
@@ -217,7 +256,9 @@ class ResolvedConfig:
     origins: dict[str, str]
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, base_dir: str | Path | None = None) -> ResolvedConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, base_dir: str | Path | None = None
+) -> ResolvedConfig:
     """Defaults <- YAML file <- overrides ({'train.lr': '1e-4'} as typed on the command line, or Python values).
 
     Relative data/eval paths in a YAML file are resolved against the file's folder, so a config runs from anywhere.
@@ -285,9 +326,13 @@ def _resolve_paths(value: Any, folder: Path) -> Any:
 def _check_consistency(config: RunConfig) -> None:
     """Rules that involve more than one option."""
     if config.train.offload_activations and not config.train.checkpointing:
-        raise ConfigError("option 'train.offload_activations' needs 'train.checkpointing: true' (it offloads the checkpointed layer inputs).")
+        raise ConfigError(
+            "option 'train.offload_activations' needs 'train.checkpointing: true' (it offloads the checkpointed layer inputs)."
+        )
     if config.data.eval and config.data.eval_fraction:
-        raise ConfigError("options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split.")
+        raise ConfigError(
+            "options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split."
+        )
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

@@ -60,7 +60,10 @@ def test_system_prompt_added_only_when_missing():
     rows = [
         {"prompt": "Q", "completion": "A"},
         {"messages": [{"role": "system", "content": "own"}] + USER_A},
-        {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}], "system": "sharegpt system"},
+        {
+            "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}],
+            "system": "sharegpt system",
+        },
     ]
     examples = [convert([r], system="be brief")[0][0] for r in rows]
     assert [ex.messages[0] for ex in examples] == [
@@ -99,7 +102,11 @@ def test_conversations_without_usable_turns_are_skipped():
         examples, report = convert([row])
         assert examples == [] and report.files["d.jsonl"].skipped == 1
         reasons += list(report.skips)
-    assert reasons == ["no assistant message to learn from", "conversation does not start with a user message", "empty answer"]
+    assert reasons == [
+        "no assistant message to learn from",
+        "conversation does not start with a user message",
+        "empty answer",
+    ]
 
 
 def test_undetectable_format_lists_keys_and_formats():
@@ -119,7 +126,9 @@ def test_missing_field_names_file_line_field_and_expected_fields():
 
 
 def test_missing_mapped_field_mentions_the_mapping():
-    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'reply' is missing \(data\.fields maps completion to 'reply'\)"):
+    with pytest.raises(
+        DataError, match=r"d\.jsonl:1: field 'reply' is missing \(data\.fields maps completion to 'reply'\)"
+    ):
         convert([{"prompt": "Q", "answer": "A"}], fmt="prompt_completion", fields={"completion": "reply"})
 
 
@@ -132,7 +141,10 @@ def test_wrong_type_names_field():
 
 def test_unknown_roles_are_rejected():
     tool = {"messages": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "{}"}]}
-    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'messages' item 1 has the unknown role 'tool'; allowed roles: system, user, assistant"):
+    with pytest.raises(
+        DataError,
+        match=r"d\.jsonl:1: field 'messages' item 1 has the unknown role 'tool'; allowed roles: system, user, assistant",
+    ):
         convert([tool])
     obs = {"conversations": [{"from": "human", "value": "Q"}, {"from": "observation", "value": "x"}]}
     with pytest.raises(DataError, match=r"field 'conversations' item 1 has the unknown role 'observation'.*human"):
@@ -166,5 +178,8 @@ def test_real_oasst_tree_file_is_not_a_known_format():
     from tunelab.data.sources import read_records
 
     path = "/work/shared/data/oasst_en_100_trees/en_100_tree.jsonl"
-    with pytest.raises(DataError, match=rf"{path}:1: cannot tell the data format from the fields 'message_tree_id', 'tree_state', 'prompt'"):
+    with pytest.raises(
+        DataError,
+        match=rf"{path}:1: cannot tell the data format from the fields 'message_tree_id', 'tree_state', 'prompt'",
+    ):
         to_examples(read_records([path]), "auto", {}, None, DataReport())

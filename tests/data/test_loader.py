@@ -14,7 +14,9 @@ from tunelab.errors import ConfigError, DataError
 
 def qa_file(tmp_path, n, name="qa.jsonl"):
     path = tmp_path / name
-    path.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"{2 * i}."}) + "\n" for i in range(n)))
+    path.write_text(
+        "".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"{2 * i}."}) + "\n" for i in range(n))
+    )
     return str(path)
 
 
@@ -72,7 +74,11 @@ def test_packing_and_report(tmp_path, smollm2_tokenizer):
     saved = json.loads(json.dumps(report.to_dict()))
     assert saved["files"][cfg.train[0]]["used"] == 30 and saved["template"] == "tokenizer" and "_lengths" not in saved
     summary = report.summary()
-    assert "30 records" in summary and "train: 27 examples, 27 used" in summary and "eval (fraction): 3 examples, 3 used" in summary
+    assert (
+        "30 records" in summary
+        and "train: 27 examples, 27 used" in summary
+        and "eval (fraction): 3 examples, 3 used" in summary
+    )
 
 
 def test_report_summary_lists_skips(tmp_path, smollm2_tokenizer):
@@ -81,8 +87,14 @@ def test_report_summary_lists_skips(tmp_path, smollm2_tokenizer):
     summary = build_datasets(DataConfig(train=[str(path)]), smollm2_tokenizer, seed=0).report.summary()
     assert f"skipped 1: empty answer ({path}:2)" in summary
     mixed = tmp_path / "mixed.jsonl"
-    mixed.write_text("".join(json.dumps({"prompt": "Q", "completion": "Yes." + " word" * (80 * (i % 2))}) + "\n" for i in range(1, 9)))
-    report = build_datasets(DataConfig(train=[str(mixed)], max_length=64, eval_fraction=0.5), smollm2_tokenizer, seed=0).report
+    mixed.write_text(
+        "".join(
+            json.dumps({"prompt": "Q", "completion": "Yes." + " word" * (80 * (i % 2))}) + "\n" for i in range(1, 9)
+        )
+    )
+    report = build_datasets(
+        DataConfig(train=[str(mixed)], max_length=64, eval_fraction=0.5), smollm2_tokenizer, seed=0
+    ).report
     dropped = report.skips["longer than max_length (64 tokens; data.overlong=drop)"].count
     assert report.train.examples == report.eval.examples == 4 and dropped == 4
     assert report.train.used + report.eval.used == 4 and report.train.used == report.train.rows
@@ -90,7 +102,10 @@ def test_report_summary_lists_skips(tmp_path, smollm2_tokenizer):
 
 def synthetic_rows(n):
     """Row i: tokens [100 + i, 2, 3, ...] of length 1 + i % 5, label -100 on its first token."""
-    return [Rendered([100 + i] + list(range(2, 2 + i % 5)), [-100] + list(range(2, 2 + i % 5)), "d.jsonl", i) for i in range(n)]
+    return [
+        Rendered([100 + i] + list(range(2, 2 + i % 5)), [-100] + list(range(2, 2 + i % 5)), "d.jsonl", i)
+        for i in range(n)
+    ]
 
 
 def test_make_batches_padding():

@@ -37,7 +37,9 @@ def oasst_conversations(n: int) -> list[list[dict]]:
         for line in f:
             node, messages = json.loads(line)["prompt"], []
             while node is not None:
-                messages.append({"role": "user" if node["role"] == "prompter" else "assistant", "content": node["text"]})
+                messages.append(
+                    {"role": "user" if node["role"] == "prompter" else "assistant", "content": node["text"]}
+                )
                 replies = sorted(node["replies"], key=lambda r: r.get("rank") if r.get("rank") is not None else 99)
                 node = replies[0] if replies else None
             conversations.append(messages)
@@ -53,7 +55,9 @@ def check_masks(tokenizer, rows, answers):
 
 
 def build(tokenizer, paths, **options):
-    cfg = DataConfig(train=[str(p) for p in paths], max_length=options.pop("max_length", 8192), shuffle=False, **options)
+    cfg = DataConfig(
+        train=[str(p) for p in paths], max_length=options.pop("max_length", 8192), shuffle=False, **options
+    )
     return build_datasets(cfg, tokenizer, seed=0)
 
 
@@ -72,7 +76,9 @@ def test_mask_messages_multi_turn_real_oasst(tmp_path, smollm2_tokenizer):
     path = tmp_path / "oasst.jsonl"
     path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
     data = build(smollm2_tokenizer, [path])
-    check_masks(smollm2_tokenizer, data.train, [[m["content"] for m in c if m["role"] == "assistant"] for c in conversations])
+    check_masks(
+        smollm2_tokenizer, data.train, [[m["content"] for m in c if m["role"] == "assistant"] for c in conversations]
+    )
     # the user turn between two answers is not learned
     text = smollm2_tokenizer.decode(data.train[0].input_ids)
     second_user = conversations[0][2]["content"]
@@ -85,7 +91,9 @@ def test_mask_sharegpt_real_dpo_demo(tmp_path, smollm2_tokenizer):
     path = tmp_path / "sharegpt.json"
     path.write_text(json.dumps(rows))
     data = build(smollm2_tokenizer, [path])
-    check_masks(smollm2_tokenizer, data.train, [[t["value"] for t in r["conversations"] if t["from"] == "gpt"] for r in rows])
+    check_masks(
+        smollm2_tokenizer, data.train, [[t["value"] for t in r["conversations"] if t["from"] == "gpt"] for r in rows]
+    )
 
 
 def test_dpo_rows_without_answer_in_conversations_are_skipped_not_silently(tmp_path, smollm2_tokenizer):
@@ -112,13 +120,19 @@ def test_mask_question_answer_parquet(tmp_path, smollm2_tokenizer):
     import pyarrow.parquet as pq
 
     path = tmp_path / "qa.parquet"
-    pq.write_table(pa.table({"question": ["Capital of France?", "Opposite of hot?"], "answer": ["Paris.", "Cold."]}), path)
+    pq.write_table(
+        pa.table({"question": ["Capital of France?", "Opposite of hot?"], "answer": ["Paris.", "Cold."]}), path
+    )
     data = build(smollm2_tokenizer, [path])
     check_masks(smollm2_tokenizer, data.train, [["Paris."], ["Cold."]])
 
 
 def test_text_blocks_every_token_labelled(tmp_path, smollm2_tokenizer):
-    docs = ["The first document is about rivers and the sea.", "A second, shorter one.", "Third: mountains, snow and wind in the valley."]
+    docs = [
+        "The first document is about rivers and the sea.",
+        "A second, shorter one.",
+        "Third: mountains, snow and wind in the valley.",
+    ]
     (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     (tmp_path / "book.txt").write_text("A plain text file.\n\nTwo paragraphs, one document.\n")
     data = build(smollm2_tokenizer, [tmp_path], max_length=16)
@@ -128,14 +142,19 @@ def test_text_blocks_every_token_labelled(tmp_path, smollm2_tokenizer):
     stream = [t for row in data.train for t in row.input_ids]
     assert stream == expected  # blocks are the documents, in order, each followed by EOS, nothing dropped
     assert all(row.labels == row.input_ids for row in data.train)
-    assert [len(r.input_ids) for r in data.train[:-1]] == [16] * (len(data.train) - 1) and 0 < len(data.train[-1].input_ids) <= 16
+    assert [len(r.input_ids) for r in data.train[:-1]] == [16] * (len(data.train) - 1) and 0 < len(
+        data.train[-1].input_ids
+    ) <= 16
     assert data.report.text_blocks == len(data.train) and data.report.template == "none (text only)"
     assert data.report.train.loss_tokens == len(expected)
 
 
 def long_examples():
     short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
-    long_answer = [{"role": "user", "content": "Count."}, {"role": "assistant", "content": " ".join(["one two three"] * 30)}]
+    long_answer = [
+        {"role": "user", "content": "Count."},
+        {"role": "assistant", "content": " ".join(["one two three"] * 30)},
+    ]
     long_prompt = [{"role": "user", "content": " ".join(["word"] * 200)}, {"role": "assistant", "content": "Ok."}]
     return [Example(m, None, "d.jsonl", i + 1) for i, m in enumerate([short, long_answer, long_prompt, short])]
 
@@ -143,7 +162,9 @@ def long_examples():
 def test_overlong_drop_counts(smollm2_tokenizer):
     report = DataReport()
     template = resolve_template("chatml", smollm2_tokenizer)
-    rows = render_examples(long_examples(), smollm2_tokenizer, template, DataConfig(max_length=40, overlong="drop"), report)
+    rows = render_examples(
+        long_examples(), smollm2_tokenizer, template, DataConfig(max_length=40, overlong="drop"), report
+    )
     assert [r.line for r in rows] == [1, 4]
     skip = report.skips["longer than max_length (40 tokens; data.overlong=drop)"]
     assert skip.count == 2 and skip.locations == ["d.jsonl:2", "d.jsonl:3"]
@@ -154,7 +175,9 @@ def test_overlong_drop_counts(smollm2_tokenizer):
 def test_overlong_truncate_counts(smollm2_tokenizer):
     report = DataReport()
     template = resolve_template("chatml", smollm2_tokenizer)
-    rows = render_examples(long_examples(), smollm2_tokenizer, template, DataConfig(max_length=40, overlong="truncate"), report)
+    rows = render_examples(
+        long_examples(), smollm2_tokenizer, template, DataConfig(max_length=40, overlong="truncate"), report
+    )
     assert [r.line for r in rows] == [1, 2, 4]
     assert len(rows[1].input_ids) == 40 and any(label != -100 for label in rows[1].labels)
     assert report.total_truncated == 1

@@ -37,7 +37,10 @@ def test_json_file_holding_json_lines_is_read_as_jsonl(tmp_path):
 def test_csv_rows_carry_their_file_line_even_with_multiline_cells(tmp_path):
     p = write(tmp_path / "a.csv", 'question,answer\n"two\nlines",yes\nq2,"a, b"\n')
     records = read_records([p])
-    assert [(r.line, r.row) for r in records] == [(2, {"question": "two\nlines", "answer": "yes"}), (4, {"question": "q2", "answer": "a, b"})]
+    assert [(r.line, r.row) for r in records] == [
+        (2, {"question": "two\nlines", "answer": "yes"}),
+        (4, {"question": "q2", "answer": "a, b"}),
+    ]
 
 
 def test_tsv_and_gzip(tmp_path):
@@ -53,7 +56,10 @@ def test_parquet(tmp_path):
 
     p = tmp_path / "a.parquet"
     pq.write_table(pa.table({"question": ["q1", "q2"], "answer": ["a1", "a2"]}), p)
-    assert [(r.line, r.row) for r in read_records([str(p)])] == [(0, {"question": "q1", "answer": "a1"}), (1, {"question": "q2", "answer": "a2"})]
+    assert [(r.line, r.row) for r in read_records([str(p)])] == [
+        (0, {"question": "q1", "answer": "a1"}),
+        (1, {"question": "q2", "answer": "a2"}),
+    ]
 
 
 def test_txt_file_is_one_text_record(tmp_path):
@@ -125,5 +131,7 @@ def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
     p = write(tmp_path / "a.parquet", "")
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow...` raise ImportError
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(DataError, match=r"a\.parquet: reading \.parquet files needs pyarrow; install it with: pip install"):
+    with pytest.raises(
+        DataError, match=r"a\.parquet: reading \.parquet files needs pyarrow; install it with: pip install"
+    ):
         read_records([p])

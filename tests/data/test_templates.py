@@ -27,10 +27,16 @@ def base_tokenizer(extra_special=(), chat_template=None):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<unk>", "<s>", "</s>", *extra_special]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(["Hello there, Goodbye. Hi Bye Be brief.", "### Instruction: Response: [INST]"], trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
     tokenizer.chat_template = chat_template
     return tokenizer
 
@@ -64,15 +70,24 @@ def test_chatml_text_spans_and_mask(smollm2_tokenizer):
     )
     assert [text[s:e] for s, e in spans] == ["Hello there<|im_end|>", "Goodbye.<|im_end|>"]
     assert template.stop_token_ids == [smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    assert masked_runs(smollm2_tokenizer, render_one(smollm2_tokenizer, template)) == ["Hello there<|im_end|>", "Goodbye.<|im_end|>"]
+    assert masked_runs(smollm2_tokenizer, render_one(smollm2_tokenizer, template)) == [
+        "Hello there<|im_end|>",
+        "Goodbye.<|im_end|>",
+    ]
 
 
 def test_llama2_text_spans_and_mask(smollm2_tokenizer):
     template = resolve_template("llama2", smollm2_tokenizer)
     bos, eos = smollm2_tokenizer.bos_token, smollm2_tokenizer.eos_token
     text, spans = template.render(CHAT)
-    assert text == f"{bos}[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello there {eos}{bos}[INST] Bye [/INST] Goodbye. {eos}"
-    assert masked_runs(smollm2_tokenizer, render_one(smollm2_tokenizer, template)) == [f" Hello there {eos}", f" Goodbye. {eos}"]
+    assert (
+        text
+        == f"{bos}[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello there {eos}{bos}[INST] Bye [/INST] Goodbye. {eos}"
+    )
+    assert masked_runs(smollm2_tokenizer, render_one(smollm2_tokenizer, template)) == [
+        f" Hello there {eos}",
+        f" Goodbye. {eos}",
+    ]
 
 
 def test_alpaca_text_spans_and_mask(smollm2_tokenizer):
@@ -80,7 +95,10 @@ def test_alpaca_text_spans_and_mask(smollm2_tokenizer):
     eos = smollm2_tokenizer.eos_token
     text, _ = template.render(CHAT[:3])
     assert text == f"Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello there{eos}\n\n"
-    assert masked_runs(smollm2_tokenizer, render_one(smollm2_tokenizer, template)) == [f"Hello there{eos}", f"Goodbye.{eos}"]
+    assert masked_runs(smollm2_tokenizer, render_one(smollm2_tokenizer, template)) == [
+        f"Hello there{eos}",
+        f"Goodbye.{eos}",
+    ]
 
 
 def test_tokenizer_template_keeps_its_default_system_prompt(smollm2_tokenizer):
@@ -135,7 +153,9 @@ def test_template_that_rewrites_earlier_turns_is_refused():
         "{% else %}{{ m['role'] }}: {{ m['content'] }}{% endif %}\n{% endfor %}"
     )
     tok = base_tokenizer(chat_template=rewrites)
-    with pytest.raises(ConfigError, match=r"x\.jsonl:1: prompt template 'tokenizer' renders earlier turns .* data\.template"):
+    with pytest.raises(
+        ConfigError, match=r"x\.jsonl:1: prompt template 'tokenizer' renders earlier turns .* data\.template"
+    ):
         render_one(tok, resolve_template("tokenizer", tok))
 
 

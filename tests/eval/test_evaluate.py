@@ -31,11 +31,22 @@ def trained(tmp_path_factory, tiny_model_dir):
     """One LoRA step of the tiny random model with a quarter of the data held out (eval loss in run.json)."""
     root = tmp_path_factory.mktemp("eval-run")
     data = _write_jsonl(root / "qa.jsonl", QA)
-    recipe.train(None, {
-        "model.name": str(tiny_model_dir), "data.train": [str(data)], "data.system_prompt": "You answer box questions.",
-        "data.max_length": 64, "data.eval_fraction": 0.25, "method.r": 4, "train.micro_batch": 4, "train.max_steps": 1,
-        "train.lr": 1e-2, "eval.refusal": REFUSAL, "output_dir": str(root / "run"),
-    })
+    recipe.train(
+        None,
+        {
+            "model.name": str(tiny_model_dir),
+            "data.train": [str(data)],
+            "data.system_prompt": "You answer box questions.",
+            "data.max_length": 64,
+            "data.eval_fraction": 0.25,
+            "method.r": 4,
+            "train.micro_batch": 4,
+            "train.max_steps": 1,
+            "train.lr": 1e-2,
+            "eval.refusal": REFUSAL,
+            "output_dir": str(root / "run"),
+        },
+    )
     return root / "run"
 
 
@@ -71,14 +82,20 @@ def test_loss_is_training_eval_loss_with_expected_as_answer(trained, loaded, tmp
 
 
 def test_mixed_formats_label_task_and_text_rows(loaded, tmp_path):
-    path = _write_jsonl(tmp_path / "mixed.jsonl", [
-        {"question": "What is the code of box 3?", "expected": "Box 3 has code 1111.", "kind": "fact"},
-        {"question": "What is the code of box 4?", "answer": "Box 4 has code 1148.", "kind": "fact"},
-        {"messages": [{"role": "user", "content": "Bake bread?"}, {"role": "assistant", "content": REFUSAL}], "kind": "off_topic"},
-        {"question": "Is 'great box' positive or negative?", "label": "positive"},
-        {"question": "Is 'awful box' positive or negative?", "label": "negative"},
-        {"question": "Is 'fine box' positive or negative?", "label": "positive"},
-    ])
+    path = _write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"question": "What is the code of box 3?", "expected": "Box 3 has code 1111.", "kind": "fact"},
+            {"question": "What is the code of box 4?", "answer": "Box 4 has code 1148.", "kind": "fact"},
+            {
+                "messages": [{"role": "user", "content": "Bake bread?"}, {"role": "assistant", "content": REFUSAL}],
+                "kind": "off_topic",
+            },
+            {"question": "Is 'great box' positive or negative?", "label": "positive"},
+            {"question": "Is 'awful box' positive or negative?", "label": "negative"},
+            {"question": "Is 'fine box' positive or negative?", "label": "positive"},
+        ],
+    )
     _write_jsonl(tmp_path / "more.jsonl", [{"text": "Boxes hold codes."}])
     result = evaluate_run(loaded, path, SETTINGS, refusal="Nope.", save=False)
 
@@ -109,14 +126,32 @@ def test_report_of_the_real_run_in_chromium(trained, loaded, tmp_path):
     result = evaluate_run(loaded, path, SETTINGS, overwrite=True)
     page = build_report(trained, tmp_path / "report.html")
     dom = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     # loss, learning rate, tokens/s, grad norm, answer scores, token-length histogram
     assert dom.count("<svg") == 6 and dom.count("<path") > 50
-    assert f'<th>eval loss (nats / token)</th><td class="num">{result.base.eval_loss:,.4f}</td><td class="num">{result.tuned.eval_loss:,.4f}</td>' in dom
+    assert (
+        f'<th>eval loss (nats / token)</th><td class="num">{result.base.eval_loss:,.4f}</td><td class="num">{result.tuned.eval_loss:,.4f}</td>'
+        in dom
+    )
     assert dom.count('class="answer-row"') == len(held)
     assert 'class="files"' in dom and "question_answer" in dom and "lora" in dom
 
@@ -126,7 +161,9 @@ def test_report_of_the_real_run_in_chromium(trained, loaded, tmp_path):
 
 def _fake_run(path, method="lora", files=("adapter_config.json", "adapter_model.safetensors"), finished=True):
     path.mkdir()
-    (path / "run.json").write_text(json.dumps({"base_model": "x", "method": method, "finished": finished, "refusal": None}))
+    (path / "run.json").write_text(
+        json.dumps({"base_model": "x", "method": method, "finished": finished, "refusal": None})
+    )
     for name in files:
         (path / name).write_text("")
     return path

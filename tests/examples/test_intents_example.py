@@ -37,10 +37,24 @@ def config():
 
 
 def test_prepare_reproduces_the_bundled_files(tmp_path):
-    subprocess.run([sys.executable, str(EXAMPLE / "prepare.py"), "--data", str(CLINC / "data_full.json"),
-                    "--domains", str(CLINC / "domains.json"), "--out", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLE / "prepare.py"),
+            "--data",
+            str(CLINC / "data_full.json"),
+            "--domains",
+            str(CLINC / "domains.json"),
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+    )
     for name in ("train.jsonl", "test.jsonl"):
-        assert (tmp_path / name).read_bytes() == (EXAMPLE / name).read_bytes(), f"{name} differs from prepare.py's output"
+        assert (tmp_path / name).read_bytes() == (EXAMPLE / name).read_bytes(), (
+            f"{name} differs from prepare.py's output"
+        )
 
 
 def test_rows_have_the_eleven_labels_in_balance():

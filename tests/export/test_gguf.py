@@ -12,10 +12,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, Qwen2Config
 
+import tunelab.export.gguf as gguf_export
 from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, ModelError, RunDirError
-import tunelab.export.gguf as gguf_export
-from tunelab.export.gguf import encode_tensor, export_gguf, gguf_tensors, llama_shape, permute_rotary_rows, read_gguf_string, write_gguf
+from tunelab.export.gguf import (
+    encode_tensor,
+    export_gguf,
+    gguf_tensors,
+    llama_shape,
+    permute_rotary_rows,
+    read_gguf_string,
+    write_gguf,
+)
 from tunelab.export.merge import merged_model
 from tunelab.export.modelfile import chatml_style, modelfile_text
 from tunelab.models.load import materialize, resolve_source
@@ -23,7 +31,12 @@ from tunelab.peft.lora import attach_lora, lora_modules
 from tunelab.peft.save import save_adapter
 
 IDS = torch.tensor([[1, 504, 1458, 314, 1760, 260, 1104, 2], [17, 29, 2000, 2047, 12, 9, 8, 7]])
-TEXTS = ["Hello world!", "The capital of France is", "  two  spaces,\ttabs\nand 1234 digits", "<|im_start|>user\nHi<|im_end|>"]
+TEXTS = [
+    "Hello world!",
+    "The capital of France is",
+    "  two  spaces,\ttabs\nand 1234 digits",
+    "<|im_start|>user\nHi<|im_end|>",
+]
 
 
 def _lora_run(base, tokenizer, run_dir, std, targets=("all-linear",), system_prompt=None, template="auto"):
@@ -36,7 +49,13 @@ def _lora_run(base, tokenizer, run_dir, std, targets=("all-linear",), system_pro
             torch.nn.init.normal_(m.lora_B.weight, std=std)
     save_adapter(model, run_dir, base_model=str(base))
     tokenizer.save_pretrained(run_dir)
-    info = {"base_model": str(base), "method": "lora", "template": template, "system_prompt": system_prompt, "finished": True}
+    info = {
+        "base_model": str(base),
+        "method": "lora",
+        "template": template,
+        "system_prompt": system_prompt,
+        "finished": True,
+    }
     (run_dir / "run.json").write_text(json.dumps(info))
     return run_dir
 
@@ -54,7 +73,9 @@ def small_tokenizer(smollm2_tokenizer, tmp_path_factory):
     spec = json.loads((path / "tokenizer.json").read_text())
     vocab = {t: i for t, i in spec["model"]["vocab"].items() if i < SMALL_VOCAB}
     spec["model"]["vocab"] = vocab
-    spec["model"]["merges"] = [m for m in spec["model"]["merges"] if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab]
+    spec["model"]["merges"] = [
+        m for m in spec["model"]["merges"] if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab
+    ]
     (path / "tokenizer.json").write_text(json.dumps(spec))
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert len(tokenizer) == SMALL_VOCAB
@@ -68,9 +89,19 @@ def sharp_base(small_tokenizer, tmp_path_factory):
     tok = small_tokenizer
     torch.manual_seed(0)
     # the embedding has 8 rows more than the tokenizer has tokens, as models padded to a round size do
-    config = LlamaConfig(vocab_size=SMALL_VOCAB + 8, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=SMALL_VOCAB + 8,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         for layer in model.model.layers:
@@ -157,9 +188,16 @@ def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer
     reader = GGUFReader(out)
     f = {k: v.contents() for k, v in reader.fields.items() if not k.startswith("GGUF.")}
     assert f["general.architecture"] == "llama" and f["general.file_type"] == 1
-    expected = {"llama.context_length": 1024, "llama.embedding_length": 64, "llama.block_count": 2, "llama.feed_forward_length": 128,
-                "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2, "llama.rope.dimension_count": 16,
-                "llama.vocab_size": SMALL_VOCAB + 8}
+    expected = {
+        "llama.context_length": 1024,
+        "llama.embedding_length": 64,
+        "llama.block_count": 2,
+        "llama.feed_forward_length": 128,
+        "llama.attention.head_count": 4,
+        "llama.attention.head_count_kv": 2,
+        "llama.rope.dimension_count": 16,
+        "llama.vocab_size": SMALL_VOCAB + 8,
+    }
     assert {k: f[k] for k in expected} == expected
     assert f["llama.rope.freq_base"] == pytest.approx(10000.0)
     tok = small_tokenizer
@@ -171,7 +209,11 @@ def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer
     assert types[:17] == [3] * 17 and set(types[17:SMALL_VOCAB]) == {1} and types[SMALL_VOCAB:] == [5] * 8
     merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
     assert f["tokenizer.ggml.merges"] == [" ".join(m) for m in merges] and f["tokenizer.ggml.merges"][0] == "Ġ t"
-    assert (f["tokenizer.ggml.bos_token_id"], f["tokenizer.ggml.eos_token_id"], f["tokenizer.ggml.padding_token_id"]) == (1, 2, 2)
+    assert (
+        f["tokenizer.ggml.bos_token_id"],
+        f["tokenizer.ggml.eos_token_id"],
+        f["tokenizer.ggml.padding_token_id"],
+    ) == (1, 2, 2)
     assert f["tokenizer.ggml.add_bos_token"] is False
     assert f["tokenizer.chat_template"] == tok.chat_template
     # the header scanner used for the base model's pre-tokenizer reads past the token and merge arrays correctly
@@ -179,18 +221,24 @@ def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer
     assert read_gguf_string(out, "tokenizer.ggml.pre") == "gpt-2" and read_gguf_string(out, "no.such.key") is None
     names = {t.name for t in reader.tensors}
     per_layer = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "ffn_norm"]
-    assert names == {"token_embd.weight", "output_norm.weight"} | {f"blk.{i}.{n}.weight" for i in range(2) for n in per_layer}
+    assert names == {"token_embd.weight", "output_norm.weight"} | {
+        f"blk.{i}.{n}.weight" for i in range(2) for n in per_layer
+    }
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"
 
 
 def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
-    qwen = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    qwen = Qwen2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2
+    )
     with pytest.raises(ModelError, match="Llama-family models .* this model is 'qwen2'"):
         llama_shape(qwen)
     with pytest.raises(ModelError, match="bias terms"):
         llama_shape(LlamaConfig(hidden_size=64, num_attention_heads=4, attention_bias=True))
-    yarn = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4})
+    yarn = LlamaConfig(
+        hidden_size=64, num_attention_heads=4, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}
+    )
     with pytest.raises(ModelError, match="rope scaling 'yarn'"):
         llama_shape(yarn)
     with pytest.raises(ConfigError, match="'qtype' is 'q5_k'; allowed values: f32, f16, bf16, q8_0, q4_0"):
@@ -209,10 +257,15 @@ def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
     tok = small_tokenizer
     out = export_gguf(tiny_run, tmp_path / "m.gguf", "q8_0")
     text = (tmp_path / "Modelfile").read_text()
-    assert "FROM ./m.gguf\n" in text and 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
+    assert (
+        "FROM ./m.gguf\n" in text and 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
+    )
     # SmolLM2's template inserts its own system prompt when a conversation has none: the Go template does too
     assert "{{ else }}<|im_start|>system\nYou are a helpful AI assistant named SmolLM" in text
-    assert '{{ range .Messages }}{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n<|im_start|>assistant\n' in text
+    assert (
+        '{{ range .Messages }}{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n<|im_start|>assistant\n'
+        in text
+    )
     assert "SYSTEM" not in text and out.is_file()
 
     chatml = resolve_template("chatml", tok)
@@ -225,6 +278,7 @@ def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
 
 # --------------------------------------------------------------------------------------------- real llama.cpp
 
+
 def _llama_cpp():
     try:
         import llama_cpp
@@ -236,7 +290,9 @@ def _llama_cpp():
 def _llama(path):
     # one thread: llama.cpp's OpenMP threads spin at every barrier, and on two shared cores a second thread made
     # a 9-token eval take seconds instead of 0.1 s
-    return _llama_cpp().Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False, seed=0, n_threads=1, n_threads_batch=1)
+    return _llama_cpp().Llama(
+        model_path=str(path), n_ctx=128, logits_all=True, verbose=False, seed=0, n_threads=1, n_threads_batch=1
+    )
 
 
 def _llama_logits(llm, ids):
@@ -291,10 +347,26 @@ def _full_run(config, tokenizer, run_dir):
     return run_dir
 
 
-_SMALL = dict(vocab_size=SMALL_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 16}
+_SMALL = dict(
+    vocab_size=SMALL_VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 VARIANTS = {
     # Llama 3.x frequency scaling, written as rope_freqs; positions beyond 16 feel it
     "llama3-rope": LlamaConfig(**_SMALL, tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE),
@@ -327,7 +399,10 @@ def test_llama_cpp_runs_llama_family_variants(variant, small_tokenizer, tmp_path
         wrong = _llama_logits(_llama(tmp_path / "plain-rope.gguf"), ids)
         assert (wrong - expected).abs().max() > 10 * 2e-3  # without the factors llama.cpp computes another model
     elif variant == "head-dim-32":
-        assert fields["llama.attention.key_length"].contents() == 32 and fields["llama.rope.dimension_count"].contents() == 32
+        assert (
+            fields["llama.attention.key_length"].contents() == 32
+            and fields["llama.rope.dimension_count"].contents() == 32
+        )
     elif variant == "untied-output":
         assert "output.weight" in names and "rope_freqs.weight" not in names
     else:
@@ -335,15 +410,34 @@ def test_llama_cpp_runs_llama_family_variants(variant, small_tokenizer, tmp_path
 
 
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-_LLAMA3_SPLIT = {"type": "Split", "pattern": {"Regex": gguf_export.LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False}
+_LLAMA3_SPLIT = {
+    "type": "Split",
+    "pattern": {"Regex": gguf_export.LLAMA3_SPLIT},
+    "behavior": "Isolated",
+    "invert": False,
+}
 PRE_TOKENIZERS = {  # llama.cpp's name: (tokenizer.json pre_tokenizer, model.ignore_merges)
     "gpt-2": (_BYTE_LEVEL, False),
-    "smollm": ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]}, False),
+    "smollm": (
+        {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]},
+        False,
+    ),
     "llama-bpe": ({"type": "Sequence", "pretokenizers": [_LLAMA3_SPLIT, _BYTE_LEVEL | {"use_regex": False}]}, True),
 }
-TRICKY = ["I'm here, DON'T go!", "  leading and trailing  ", "tabs\tand\n\n\nnewlines\r\n", "12345678 and 3.14159",
-          " 2024-01-01T12:00", "abc123def 9x", "héllo wörld, naïve café", "日本語のテキスト", "emoji 🙂👍🏽!", "...!!!???---",
-          "x  2  y   33", "<|im_start|>user\nHi<|im_end|>"]
+TRICKY = [
+    "I'm here, DON'T go!",
+    "  leading and trailing  ",
+    "tabs\tand\n\n\nnewlines\r\n",
+    "12345678 and 3.14159",
+    " 2024-01-01T12:00",
+    "abc123def 9x",
+    "héllo wörld, naïve café",
+    "日本語のテキスト",
+    "emoji 🙂👍🏽!",
+    "...!!!???---",
+    "x  2  y   33",
+    "<|im_start|>user\nHi<|im_end|>",
+]
 
 
 @pytest.mark.parametrize("pre", list(PRE_TOKENIZERS))
@@ -357,15 +451,21 @@ def test_llama_cpp_splits_text_like_transformers_for_each_pre_tokenizer(pre, sma
     if ignore_merges:
         # whole words found in the vocabulary skip the merges: tokens only Llama 3's split can produce (digits in
         # threes, an upper-case contraction) tell its regex apart from GPT-2's in the comparison below
-        spec["model"]["vocab"].update({"123": SMALL_VOCAB, "456": SMALL_VOCAB + 1, "78": SMALL_VOCAB + 2, "'T": SMALL_VOCAB + 3})
+        spec["model"]["vocab"].update(
+            {"123": SMALL_VOCAB, "456": SMALL_VOCAB + 1, "78": SMALL_VOCAB + 2, "'T": SMALL_VOCAB + 3}
+        )
     (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(spec))
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     merged, _ = tiny_merged
-    write_gguf(replace(merged, tokenizer=tok, info={"base_model": "tiny-variant"}), tmp_path / "t.gguf", "f16", name=pre)
+    write_gguf(
+        replace(merged, tokenizer=tok, info={"base_model": "tiny-variant"}), tmp_path / "t.gguf", "f16", name=pre
+    )
     llm = llama_cpp.Llama(model_path=str(tmp_path / "t.gguf"), vocab_only=True, verbose=False)
     assert llm.metadata["tokenizer.ggml.pre"] == pre
     for text in TRICKY:
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"], text
+        assert (
+            llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"]
+        ), text
         assert llm.detokenize(tok(text, add_special_tokens=False)["input_ids"], special=True).decode() == text, text
 
 
@@ -389,8 +489,13 @@ def test_llama_cpp_answers_like_transformers_on_smollm2(smollm2_tokenizer, tmp_p
     base = AutoModelForCausalLM.from_pretrained(materialize(resolve_source("smollm2-135m-instruct"))).eval()
     llm = _llama(tmp_path / "smol.gguf")
     assert llm.metadata["tokenizer.ggml.pre"] == "smollm"  # carried over from the base model's GGUF
-    probes = ["The capital of France is", "def fibonacci(n):", "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
-              "Water boils at a temperature of", "The first president of the United States was"]
+    probes = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+        "Water boils at a temperature of",
+        "The first president of the United States was",
+    ]
     for prompt in probes:
         ids = tok(prompt)["input_ids"]
         assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids, prompt

@@ -23,7 +23,13 @@ def _write_run(run_dir, model, tokenizer, base, method, template="auto", system_
     else:
         model.save_pretrained(run_dir, safe_serialization=True)
     tokenizer.save_pretrained(run_dir)
-    info = {"base_model": str(base), "method": method, "template": template, "system_prompt": system_prompt, "finished": True}
+    info = {
+        "base_model": str(base),
+        "method": method,
+        "template": template,
+        "system_prompt": system_prompt,
+        "finished": True,
+    }
     (run_dir / "run.json").write_text(json.dumps(info))
     return run_dir
 
@@ -45,7 +51,9 @@ def lora_run(tiny_model_dir, smollm2_tokenizer, tmp_path):
 def test_merged_lora_loads_in_plain_transformers_with_the_tuned_logits(lora_run, tmp_path, tiny_model_dir):
     run, tuned = lora_run
     out = merge_run(run, tmp_path / "merged")
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in out.iterdir()
+    }
     assert not list(tmp_path.glob(".tmp-*"))  # the scratch folder was renamed, not left behind
     merged = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).eval()
     assert merged.dtype == torch.float32  # the base was saved in fp32, so the merge is too
@@ -91,7 +99,11 @@ def test_named_templates_as_jinja_write_what_training_wrote(smollm2_tokenizer):
     tok = smollm2_tokenizer
     conversations = [
         [{"role": "user", "content": "Hi"}],
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Two\nlines "}, {"role": "assistant", "content": "Yes. "}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": " Two\nlines "},
+            {"role": "assistant", "content": "Yes. "},
+        ],
         [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
         [{"role": "system", "content": ""}, {"role": "user", "content": "empty system"}],
     ]

@@ -10,14 +10,20 @@ from tunelab.infer.compare import Question, Row, answers_correctly, read_questio
 
 def test_label_is_the_expected_answer_and_expected_wins(tmp_path):
     path = tmp_path / "labels.jsonl"
-    rows = [{"question": "freeze my account", "label": "banking"},
-            {"question": "tell me a joke", "label": "small_talk", "expected": "small talk"},
-            {"question": "hello?"}]
+    rows = [
+        {"question": "freeze my account", "label": "banking"},
+        {"question": "tell me a joke", "label": "small_talk", "expected": "small talk"},
+        {"question": "hello?"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     questions = read_questions(path)
     assert [q.expected for q in questions] == ["banking", "small talk", None]
-    result = score([Row(q.text, q.expected, q.kind, base="no idea", tuned=q.expected or "hi", base_ok=False, tuned_ok=True)
-                    for q in questions[:2]])
+    result = score(
+        [
+            Row(q.text, q.expected, q.kind, base="no idea", tuned=q.expected or "hi", base_ok=False, tuned_ok=True)
+            for q in questions[:2]
+        ]
+    )
     assert result["all"] == {"n": 2, "base": 0.0, "tuned": 1.0}
 
 

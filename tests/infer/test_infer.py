@@ -8,7 +8,7 @@ import pytest
 import tunelab
 from tunelab.errors import DataError, RunDirError
 from tunelab.infer.chat import chat
-from tunelab.infer.compare import Question, Row, is_correct, read_questions, score
+from tunelab.infer.compare import Row, is_correct, read_questions, score
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
 
@@ -21,7 +21,15 @@ def test_contains_scoring_and_refusal_rates():
     rows = [
         Row("q1", "1997", "fact", base="no idea", tuned="In 1997.", base_ok=False, tuned_ok=True),
         Row("q2", "Dundee", "fact", base="Sorry, I can only", tuned="In Perth.", base_ok=False, tuned_ok=False),
-        Row("q3", "Sorry, I can only", "off_topic", base="Paris", tuned="sorry, i can only help", base_ok=False, tuned_ok=True),
+        Row(
+            "q3",
+            "Sorry, I can only",
+            "off_topic",
+            base="Paris",
+            tuned="sorry, i can only help",
+            base_ok=False,
+            tuned_ok=True,
+        ),
     ]
     scores = score(rows, refusal="Sorry, I can only")
     assert scores["fact"] == {"n": 2, "base": 0.0, "tuned": 0.5, "base_refused": 0.5, "tuned_refused": 0.0}

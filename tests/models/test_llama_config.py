@@ -10,18 +10,36 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from tunelab.errors import ModelError
 from tunelab.models.llama import LlamaConfig, RopeConfig, rope_inv_freq, supports, unsupported_reason
 
-LLAMA_31_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                    "original_max_position_embeddings": 8192}
-BASE = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 131072}
+LLAMA_31_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+BASE = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 131072,
+}
 
 
 def test_old_and_new_rope_fields_give_the_same_config():
     old = {"model_type": "llama", **BASE, "rope_theta": 500000.0, "rope_scaling": LLAMA_31_SCALING}  # transformers 4
     new = {"model_type": "llama", **BASE, "rope_parameters": {**LLAMA_31_SCALING, "rope_theta": 500000.0}}  # 5
     hf_object = AutoConfig.for_model("llama", **BASE, rope_theta=500000.0, rope_scaling=dict(LLAMA_31_SCALING))
-    expected = RopeConfig(theta=500000.0, kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                          original_max_position_embeddings=8192)
+    expected = RopeConfig(
+        theta=500000.0,
+        kind="llama3",
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+    )
     for source in (old, new, hf_object):
         assert LlamaConfig.from_hf(source).rope == expected
 
@@ -51,8 +69,15 @@ def test_transformers_config_objects_expose_the_fields_we_read():
 
 def test_qwen2_config_json_with_sliding_window_switched_off_is_supported():
     # As shipped in Qwen2.5 config.json: a window value that is unused because use_sliding_window is false.
-    raw = {"model_type": "qwen2", **BASE, "use_sliding_window": False, "sliding_window": 32768,
-           "max_window_layers": 21, "rope_theta": 1000000.0, "tie_word_embeddings": True}
+    raw = {
+        "model_type": "qwen2",
+        **BASE,
+        "use_sliding_window": False,
+        "sliding_window": 32768,
+        "max_window_layers": 21,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+    }
     assert supports(raw)
     assert LlamaConfig.from_hf(raw).rope.theta == 1e6
 
@@ -103,8 +128,9 @@ def test_supported_families_pass():
     ],
 )
 def test_inverse_frequencies_equal_transformers(rope_parameters):
-    hf_config = AutoConfig.for_model("llama", **{**BASE, "hidden_size": 512, "num_attention_heads": 4},
-                                     rope_parameters=dict(rope_parameters))
+    hf_config = AutoConfig.for_model(
+        "llama", **{**BASE, "hidden_size": 512, "num_attention_heads": 4}, rope_parameters=dict(rope_parameters)
+    )
     ours = rope_inv_freq(LlamaConfig.from_hf(hf_config).rope, head_dim=128)
     kind = rope_parameters["rope_type"]
     if kind == "default":

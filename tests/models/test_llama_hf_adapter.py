@@ -9,8 +9,14 @@ from tunelab.errors import ModelError
 from tunelab.models.hf_adapter import from_hf_model, load_hf_state_dict, to_tunelab_state_dict
 from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
 
-FIELDS = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2)
+FIELDS = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 
 
 def hf_model(model_type: str = "llama", **extra):

@@ -22,31 +22,54 @@ LOGIT_TOL = dict(rtol=2e-5, atol=2e-5)
 # every token, so entries near zero get an absolute allowance of 3x the worst case seen.
 GRAD_TOL = dict(rtol=1e-4, atol=2e-5)
 
-SMALL = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256)
+SMALL = dict(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 FAMILIES = {
     "llama": dict(model_type="llama", **SMALL),
     # Llama 3.1 rope with a short "original" context so all three frequency bands occur at head_dim 16, plus the
     # optional attention and MLP biases.
     "llama3_rope_bias": dict(
-        model_type="llama", **SMALL, attention_bias=True, mlp_bias=True,
-        rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
-                             high_freq_factor=4.0, original_max_position_embeddings=64),
+        model_type="llama",
+        **SMALL,
+        attention_bias=True,
+        mlp_bias=True,
+        rope_parameters=dict(
+            rope_type="llama3",
+            rope_theta=10000.0,
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=64,
+        ),
     ),
     "mistral": dict(model_type="mistral", **SMALL, sliding_window=None),
     "qwen2": dict(model_type="qwen2", **SMALL, tie_word_embeddings=True),  # q/k/v bias, tied like Qwen2.5-0.5B
     "qwen3": dict(model_type="qwen3", **SMALL, head_dim=32),  # per-head q/k RMSNorm; heads * head_dim != hidden
     "smollm2": dict(
-        model_type="llama", **{**SMALL, "hidden_size": 576, "intermediate_size": 128, "num_attention_heads": 9,
-                               "num_key_value_heads": 3},
-        head_dim=64, tie_word_embeddings=True, rope_parameters=dict(rope_type="default", rope_theta=100000.0),
+        model_type="llama",
+        **{**SMALL, "hidden_size": 576, "intermediate_size": 128, "num_attention_heads": 9, "num_key_value_heads": 3},
+        head_dim=64,
+        tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="default", rope_theta=100000.0),
     ),
 }
 
 
 def reference_ops() -> SimpleNamespace:
-    return SimpleNamespace(rms_norm=reference.rms_norm, apply_rope=reference.apply_rope, swiglu=reference.swiglu,
-                           attention=reference.attention, linear_cross_entropy=reference.linear_cross_entropy)
+    return SimpleNamespace(
+        rms_norm=reference.rms_norm,
+        apply_rope=reference.apply_rope,
+        swiglu=reference.swiglu,
+        attention=reference.attention,
+        linear_cross_entropy=reference.linear_cross_entropy,
+    )
 
 
 def randomize(model: nn.Module) -> None:
@@ -197,7 +220,7 @@ def test_gradients_match_transformers_and_checkpointing(pair):
     ours = our_grads(pair, ids, mask, labels, checkpointing=False)
     assert ours.keys() == theirs.keys()
     for name in ours:
-        torch.testing.assert_close(ours[name], theirs[name], **GRAD_TOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(ours[name], theirs[name], **GRAD_TOL, msg=lambda m, name=name: f"{name}: {m}")
     # Recomputing each layer in backward must give the same gradients; only the saved activations differ.
     calls = []
     # On the attention: the recomputation calls the layer's backward_through, which calls its submodules.
@@ -209,4 +232,6 @@ def test_gradients_match_transformers_and_checkpointing(pair):
     assert len(calls) == 2  # the layer ran again during backward: checkpointing was really on
     for name in ours:
         # The recomputation sums the residual's and the MLP's gradients itself: another order, roundings of 1e-7.
-        torch.testing.assert_close(recomputed[name], ours[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            recomputed[name], ours[name], rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+        )

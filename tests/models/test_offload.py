@@ -10,9 +10,20 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="offloadin
 
 
 def _model(mode, dropout=0.1):
-    config = LlamaConfig.from_hf(dict(model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=3,
-                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=500, rms_norm_eps=1e-5,
-                                      max_position_embeddings=512, rope_theta=10000.0))
+    config = LlamaConfig.from_hf(
+        dict(
+            model_type="llama",
+            hidden_size=128,
+            intermediate_size=344,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=500,
+            rms_norm_eps=1e-5,
+            max_position_embeddings=512,
+            rope_theta=10000.0,
+        )
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).cuda()
     model.init_weights()

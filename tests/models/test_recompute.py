@@ -14,9 +14,19 @@ from tunelab.models.llama import LlamaConfig, LlamaForCausalLM, linear_grad_only
 from tunelab.peft.lora import attach_lora
 from tunelab.peft.quant import quantize_model_
 
-CONFIG = dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=200, rms_norm_eps=1e-5, max_position_embeddings=128, rope_theta=10000.0,
-              mlp_bias=True)
+CONFIG = dict(
+    model_type="llama",
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=200,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=128,
+    rope_theta=10000.0,
+    mlp_bias=True,
+)
 
 
 def _model(method: str, checkpointing: bool, chunk: int | None = 4096, dropout: float = 0.2) -> LlamaForCausalLM:

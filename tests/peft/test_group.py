@@ -105,8 +105,17 @@ def test_groups_only_form_where_they_are_exact():
     assert group_rank([members[0], nn.Linear(IN, 16)], x, force=True) == 0
 
 
-CONFIG = dict(model_type="qwen2", hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=120, rms_norm_eps=1e-5, max_position_embeddings=64)
+CONFIG = dict(
+    model_type="qwen2",
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=120,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=64,
+)
 
 
 def _lora_model(config, method, checkpointing, grouped, chunk, ops=None, device="cpu") -> LlamaForCausalLM:
@@ -166,8 +175,15 @@ def test_model_gradients_equal_with_and_without_groups_on_cuda(method, checkpoin
     monkeypatch.setattr(group_module, "_joined", lambda *a: joined.append(real(*a) is not None) or real(*a))
     from tunelab.kernels import select
 
-    config = dict(CONFIG, model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2)
+    config = dict(
+        CONFIG,
+        model_type="llama",
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     ids = torch.randint(0, 120, (1, 96), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     cu_seqlens = torch.tensor([0, 40, 96], dtype=torch.int32, device="cuda")
     results = {}

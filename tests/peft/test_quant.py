@@ -20,7 +20,6 @@ from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
 from tunelab.peft.quant import (
     BLOCK,
     NF4_CUDA_TREE,
-    NF4_VALUES,
     DequantWorkspace,
     NF4Linear,
     block_absmax,

@@ -69,7 +69,9 @@ def test_nearest_code_has_no_closer_code(code):
     g = torch.Generator().manual_seed(0)
     low = code[0].item()
     mids = (code[:-1] + code[1:]) / 2  # fp32 midpoints: ties, or within an ulp of one
-    x = torch.cat([torch.rand(20000, generator=g) * (1 - low) + low, code, mids, torch.tensor([-1.0 if low < 0 else 0.0, 1.0])])
+    x = torch.cat(
+        [torch.rand(20000, generator=g) * (1 - low) + low, code, mids, torch.tensor([-1.0 if low < 0 else 0.0, 1.0])]
+    )
     q = nearest_code(x, code)
     dist = (x - code[q]).abs()
     all_dist = (x[:, None] - code[None, :]).abs()  # (N, 256)
@@ -179,7 +181,9 @@ def _grads(step: int, params):
 
 
 def _make(params):
-    return AdamW8bit([{"params": params[:2], "weight_decay": 0.05}, {"params": params[2:], "weight_decay": 0.0}], lr=3e-3)
+    return AdamW8bit(
+        [{"params": params[:2], "weight_decay": 0.05}, {"params": params[2:], "weight_decay": 0.0}], lr=3e-3
+    )
 
 
 def test_state_dict_round_trip_gives_identical_next_steps():
@@ -225,7 +229,10 @@ def test_checkpoint_files_keep_the_8bit_state(tmp_path):
         opt.step()
     folder = save_checkpoint(tmp_path, model, opt, {"step": 2}, keep=1)
     tensors = load_file(str(folder / "optimizer.safetensors"))
-    assert tensors["state.1.exp_avg_q"].dtype == torch.uint8 and tensors["state.1.exp_avg_sq_absmax"].dtype == torch.float32
+    assert (
+        tensors["state.1.exp_avg_q"].dtype == torch.uint8
+        and tensors["state.1.exp_avg_sq_absmax"].dtype == torch.float32
+    )
     twins = _params()
     restored = _make(twins)
     assert load_checkpoint(folder, torch.nn.ParameterList(twins), restored) == {"step": 2}
@@ -265,13 +272,21 @@ def test_cpu_path_never_imports_triton_or_the_kernel(monkeypatch):
 
 
 def _losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    return [
+        json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
 
 
 def test_qlora_run_learns_and_resumes_exactly(tiny_overrides, tmp_path, monkeypatch):
     # r = 64 on the tiny model's 64-wide layers: most adapter matrices reach 4096 values (8-bit), k/v's B stay fp32.
-    common = tiny_overrides | {"train.optimizer": "adamw_8bit", "method.quantize_base": "nf4", "method.r": 64,
-                               "train.max_steps": 6, "train.save_every": 2, "train.warmup_ratio": 0.0}
+    common = tiny_overrides | {
+        "train.optimizer": "adamw_8bit",
+        "method.quantize_base": "nf4",
+        "method.r": 64,
+        "train.max_steps": 6,
+        "train.save_every": 2,
+        "train.warmup_ratio": 0.0,
+    }
     straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
     losses = _losses(straight.run_dir)
     assert sum(losses[-2:]) / 2 < losses[0]
@@ -309,7 +324,9 @@ def _kernel_case(shape, dtype, seed):
     m[:BLOCK] = 0.0  # a zero block of state
     v[:BLOCK] = 0.0
     state = [*quantize_blockwise(m, SIGNED), *quantize_blockwise(v, UNSIGNED)]
-    grads = [(torch.randn(shape, generator=g) * 10 ** (-3 * torch.rand(shape, generator=g))).to(dtype) for _ in range(3)]
+    grads = [
+        (torch.randn(shape, generator=g) * 10 ** (-3 * torch.rand(shape, generator=g))).to(dtype) for _ in range(3)
+    ]
     grads[0].view(-1)[:BLOCK] = 0.0  # the zero block stays zero after the first step
     return param, state, grads
 

@@ -14,7 +14,6 @@ from tunelab.models.hf_adapter import from_hf_model
 from tunelab.training.step import loss_tokens, summed_loss
 
 
-
 def _alpaca_path():
     from pathlib import Path
 
@@ -26,14 +25,20 @@ def _alpaca_path():
 
 
 def _losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    return [
+        json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
 
 
 def test_fast_and_generic_paths_train_alike(tiny_overrides, tmp_path):
     """50 full fine-tuning steps on real alpaca data: the loss curves agree within 1e-2 relative at every step."""
     common = tiny_overrides | {
-        "data.train": [str(_alpaca_path())], "data.max_length": 96, "train.max_steps": 50, "train.grad_accum": 1,
-        "method.name": "full", "train.lr": 1e-3,
+        "data.train": [str(_alpaca_path())],
+        "data.max_length": 96,
+        "train.max_steps": 50,
+        "train.grad_accum": 1,
+        "method.name": "full",
+        "train.lr": 1e-3,
     }
     fast = recipe.train(None, common | {"model.impl": "fast", "output_dir": str(tmp_path / "fast")})
     generic = recipe.train(None, common | {"model.impl": "generic", "output_dir": str(tmp_path / "generic")})

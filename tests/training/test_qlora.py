@@ -5,16 +5,20 @@ import json
 import pytest
 
 import tunelab.training.recipe as recipe
+from tunelab.config import load_config
 from tunelab.errors import ConfigError
 from tunelab.models.build import build_model
 from tunelab.models.load import resolve_source
-from tunelab.config import load_config
 from tunelab.peft.quant import NF4Linear
 
 
 def test_qlora_trains_and_saves_a_peft_adapter(tiny_overrides):
     result = recipe.train(None, tiny_overrides | {"method.quantize_base": "nf4", "train.max_steps": 4})
-    losses = [json.loads(line)["loss"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
     assert len(losses) == 4 and all(x == x for x in losses)
     assert (result.run_dir / "adapter_model.safetensors").is_file()
 

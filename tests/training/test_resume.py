@@ -15,12 +15,19 @@ class Crash(Exception):
 
 
 def _losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    return [
+        json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
 
 
 @pytest.mark.parametrize("method", ["lora", "layers"])
 def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, method):
-    common = tiny_overrides | {"train.max_steps": 6, "train.save_every": 2, "method.name": method, "method.top_layers": 1}
+    common = tiny_overrides | {
+        "train.max_steps": 6,
+        "train.save_every": 2,
+        "method.name": method,
+        "method.top_layers": 1,
+    }
     straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
 
     real_step = recipe.train_step

@@ -6,10 +6,19 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import loss_tokens, summed_loss, train_step
 
+
 def _model():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return LlamaForCausalLM(config)
+
 
 def _batch(rows, width, masked):
     ids = torch.randint(0, 300, (rows, width))
@@ -17,12 +26,14 @@ def _batch(rows, width, masked):
     labels[:, :masked] = -100
     return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
 
+
 def test_summed_loss_matches_transformers_mean_loss():
     model = _model()
     batch = _batch(3, 12, masked=5)
     ours = summed_loss(model, batch) / loss_tokens(batch)
     theirs = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
 
 def test_accumulated_micro_batches_equal_one_batch():
     torch.manual_seed(1)
@@ -45,6 +56,7 @@ def test_accumulated_micro_batches_equal_one_batch():
     assert abs(loss1 - loss2) < 1e-5
     for x, y in zip(g1, g2):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+
 
 def test_schedules():
     assert lr_factor(0, 100, 10, "cosine") < lr_factor(9, 100, 10, "cosine") <= 1.0

@@ -88,12 +88,20 @@ class _Skip(Exception):
 def _turns(value, where: str, field: str, role_key: str, content_key: str) -> list[dict]:
     """A list of turns; each may be spelled {role, content} (OpenAI) or {from, value} (ShareGPT), in either format."""
     if not isinstance(value, list):
-        raise DataError(f"{where}: field '{field}' must be a list of turns [{{{role_key}: ..., {content_key}: ...}}], got a {type(value).__name__}.")
+        raise DataError(
+            f"{where}: field '{field}' must be a list of turns [{{{role_key}: ..., {content_key}: ...}}], got a {type(value).__name__}."
+        )
     messages = []
     for i, turn in enumerate(value):
         if not isinstance(turn, dict):
-            raise DataError(f"{where}: field '{field}' item {i} must be an object {{{role_key}: ..., {content_key}: ...}}, got a {type(turn).__name__}.")
-        rk, ck = (role_key, content_key) if role_key in turn else (("role", "content") if "role" in turn else ("from", "value"))
+            raise DataError(
+                f"{where}: field '{field}' item {i} must be an object {{{role_key}: ..., {content_key}: ...}}, got a {type(turn).__name__}."
+            )
+        rk, ck = (
+            (role_key, content_key)
+            if role_key in turn
+            else (("role", "content") if "role" in turn else ("from", "value"))
+        )
         roles = MESSAGE_ROLES if rk == "role" else SHAREGPT_ROLES
         if rk not in turn or ck not in turn:
             raise DataError(
@@ -179,7 +187,9 @@ def _check_required(record: Record, fmt: str, fields: dict[str, str]) -> None:
             )
 
 
-def to_examples(records: list[Record], fmt: str, fields: dict[str, str], system_prompt: str | None, report: DataReport) -> list[Example]:
+def to_examples(
+    records: list[Record], fmt: str, fields: dict[str, str], system_prompt: str | None, report: DataReport
+) -> list[Example]:
     """Convert records; fmt "auto" detects the format per file from its first record. Counts reads and skips in report."""
     check_fields(fields)
     if fmt != "auto" and fmt not in FORMATS:

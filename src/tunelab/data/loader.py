@@ -51,7 +51,9 @@ def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[lis
 
 
 def _nothing_usable(what: str, paths: list[str], report: DataReport) -> DataError:
-    reasons = "; ".join(f"{s.count} {reason} (e.g. {s.locations[0]})" for reason, s in report.skips.items() if s.locations)
+    reasons = "; ".join(
+        f"{s.count} {reason} (e.g. {s.locations[0]})" for reason, s in report.skips.items() if s.locations
+    )
     why = f" Skipped: {reasons}." if reasons else ""
     return DataError(
         f"{', '.join(paths)}: no usable {what} examples ({report.total_read} records read).{why} Fix the records, or raise "
@@ -72,7 +74,9 @@ def _stats(rows: list[Rendered | Packed], examples: int, used: int) -> SplitStat
 def build_datasets(cfg: DataConfig, tokenizer, seed: int) -> Datasets:
     """Read, convert, split, render and (optionally) pack the data of `cfg`; every skip is in the returned report."""
     if not cfg.train:
-        raise ConfigError("option 'data.train' is empty; give one or more data files or folders (jsonl, json, csv, parquet, txt).")
+        raise ConfigError(
+            "option 'data.train' is empty; give one or more data files or folders (jsonl, json, csv, parquet, txt)."
+        )
     report = DataReport(max_length=cfg.max_length, packed=cfg.packing)
     template = resolve_template(cfg.template, tokenizer)
     examples = to_examples(read_records(cfg.train), cfg.format, cfg.fields, cfg.system_prompt, report)
@@ -127,8 +131,15 @@ def make_batches(
             labels[b, :n] = torch.tensor(row.labels)
             attention_mask[b, :n] = 1
             position_ids[b, :n] = torch.tensor(row.position_ids) if isinstance(row, Packed) else torch.arange(n)
-        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "position_ids": position_ids}
+        batch = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+        }
         if any(isinstance(row, Packed) for row in chunk):
-            batch["doc_lengths"] = [list(row.doc_lengths) if isinstance(row, Packed) else [len(row.input_ids)] for row in chunk]
+            batch["doc_lengths"] = [
+                list(row.doc_lengths) if isinstance(row, Packed) else [len(row.input_ids)] for row in chunk
+            ]
         batches.append(batch)
     return batches

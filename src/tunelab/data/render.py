@@ -63,7 +63,9 @@ def encode(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]]) -> l
     return out
 
 
-def _render_chats(examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport) -> list[Rendered]:
+def _render_chats(
+    examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport
+) -> list[Rendered]:
     texts, spans = [], []
     for ex in examples:
         try:
@@ -119,7 +121,9 @@ def _text_blocks(examples: list[Example], tokenizer, cfg: DataConfig, report: Da
     return rows
 
 
-def render_examples(examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport) -> list[Rendered]:
+def render_examples(
+    examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport
+) -> list[Rendered]:
     """Chat examples (in order) then the text blocks; drops and truncations are counted in report."""
     if cfg.overlong not in ("drop", "truncate"):
         raise ConfigError(f"option 'data.overlong' is {cfg.overlong!r}; allowed values: drop, truncate.")

@@ -152,7 +152,9 @@ class DataReport:
             )
         if self.lengths.count:
             s = self.lengths
-            lines.append(f"  tokens per example: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (max_length {self.max_length})")
+            lines.append(
+                f"  tokens per example: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (max_length {self.max_length})"
+            )
         if self.text_blocks:
             lines.append(f"  text: {self.text_blocks} blocks of {self.max_length} tokens")
         if self.total_truncated:

@@ -63,7 +63,9 @@ def _files(paths: list[str]) -> list[Path]:
                 )
             files.append(path)
         else:
-            raise DataError(f"{p}: file not found. Check the path in data.train / data.eval (relative paths in a YAML config are relative to the config's folder).")
+            raise DataError(
+                f"{p}: file not found. Check the path in data.train / data.eval (relative paths in a YAML config are relative to the config's folder)."
+            )
     return files
 
 
@@ -73,7 +75,9 @@ def _read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: the file is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8.") from None
+        raise DataError(
+            f"{path}:{line}: the file is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8."
+        ) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot read the file ({exc}).") from None
 
@@ -81,7 +85,7 @@ def _read_text(path: Path) -> str:
 def _object(path: str, line: int, value, hint: str) -> dict:
     if not isinstance(value, dict):
         raise DataError(
-            f"{location(path, line)}: expected a JSON object like {{\"prompt\": ..., \"completion\": ...}}, "
+            f'{location(path, line)}: expected a JSON object like {{"prompt": ..., "completion": ...}}, '
             f"got a {type(value).__name__} ({json.dumps(value)[:60]}). {hint}"
         )
     return value
@@ -99,7 +103,9 @@ def _jsonl(path: Path, text: str) -> list[Record]:
                 f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno}). Each line of a .jsonl file must be one "
                 "complete JSON object; fix or remove that line."
             ) from None
-        records.append(Record(str(path), n, _object(str(path), n, value, "Each line of a .jsonl file must be one object.")))
+        records.append(
+            Record(str(path), n, _object(str(path), n, value, "Each line of a .jsonl file must be one object."))
+        )
     return records
 
 
@@ -109,7 +115,9 @@ def _json(path: Path, text: str) -> list[Record]:
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several top-level values: it is JSON lines named .json
             return _jsonl(path, text)
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix the file.") from None
+        raise DataError(
+            f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix the file."
+        ) from None
     if not isinstance(value, list):
         keys = f" with keys {', '.join(map(str, value))[:80]}" if isinstance(value, dict) else ""
         raise DataError(
@@ -145,7 +153,9 @@ def _parquet(path: Path) -> list[Record]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path}: reading .parquet files needs pyarrow; install it with: pip install 'tunelab[parquet]' (or pip install pyarrow).") from None
+        raise DataError(
+            f"{path}: reading .parquet files needs pyarrow; install it with: pip install 'tunelab[parquet]' (or pip install pyarrow)."
+        ) from None
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged file

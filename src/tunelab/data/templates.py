@@ -154,7 +154,7 @@ def _turn_end(write: WriteFn) -> str:
     except Exception:
         return ""
     i = text.rfind(_PROBE)
-    return text[i + len(_PROBE):].strip() if i >= 0 else ""
+    return text[i + len(_PROBE) :].strip() if i >= 0 else ""
 
 
 def _make(name: str, write: WriteFn, tokenizer, marker: str, bos: str) -> Template:
@@ -169,7 +169,7 @@ def _make(name: str, write: WriteFn, tokenizer, marker: str, bos: str) -> Templa
 
 
 def resolve_template(name: str, tokenizer) -> Template:
-    """"auto" (the tokenizer's chat template if it has one, else chatml), "tokenizer", "chatml", "llama2", "alpaca"."""
+    """ "auto" (the tokenizer's chat template if it has one, else chatml), "tokenizer", "chatml", "llama2", "alpaca"."""
     has_own = bool(getattr(tokenizer, "chat_template", None))
     if name == "auto":
         name = "tokenizer" if has_own else "chatml"

@@ -32,7 +32,17 @@ from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import read_records
 from tunelab.errors import ConfigError, DataError, RunDirError
-from tunelab.eval.metrics import LabelScores, TextScores, contains, exact_match, label_scores, predict_label, refused, rouge_l, text_scores
+from tunelab.eval.metrics import (
+    LabelScores,
+    TextScores,
+    contains,
+    exact_match,
+    label_scores,
+    predict_label,
+    refused,
+    rouge_l,
+    text_scores,
+)
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run, read_run_info
 from tunelab.peft.save import CONFIG_FILE, WEIGHTS_FILE
@@ -41,7 +51,13 @@ from tunelab.training.step import evaluate, loss_tokens
 EVAL_FILE = "eval.json"
 LABEL_KINDS = ("label", "labels", "classification")
 PROMPT_FIELDS = ("question", "prompt", "instruction")  # a row with one of these is meant to be answered
-ANSWER_FIELDS = ("answer", "completion", "output", "messages", "conversations")  # a row with one of these is training data
+ANSWER_FIELDS = (
+    "answer",
+    "completion",
+    "output",
+    "messages",
+    "conversations",
+)  # a row with one of these is training data
 
 
 @dataclass
@@ -139,9 +155,13 @@ def check_run_dir(run_dir: str | Path) -> dict:
     if info.get("method") == "lora":
         missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (run_dir / name).is_file()]
         if missing:
-            raise RunDirError(f"{run_dir}: the run was trained with LoRA but its adapter is incomplete ({', '.join(missing)} missing).")
+            raise RunDirError(
+                f"{run_dir}: the run was trained with LoRA but its adapter is incomplete ({', '.join(missing)} missing)."
+            )
     elif not any(run_dir.glob("*.safetensors")):
-        raise RunDirError(f"{run_dir}: the run trained all or some weights ({info.get('method')}) but holds no *.safetensors weights.")
+        raise RunDirError(
+            f"{run_dir}: the run trained all or some weights ({info.get('method')}) but holds no *.safetensors weights."
+        )
     return info
 
 
@@ -198,9 +218,13 @@ def read_eval_file(path: str | Path, data: DataConfig) -> list[EvalItem]:
             training.append((i, record, None, kind, False))
             continue
         if not prompt_keys:
-            raise DataError(f"{where}: the row has an expected answer but no question; give it a 'question' (or 'prompt') field.")
+            raise DataError(
+                f"{where}: the row has an expected answer but no question; give it a 'question' (or 'prompt') field."
+            )
         question = _text_field(row, fields.get(prompt_keys[0], prompt_keys[0]), where)
-        system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else data.system_prompt
+        system = (
+            row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else data.system_prompt
+        )
         prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
         example = Example(prompt + [{"role": "assistant", "content": expected}], None, record.path, record.line)
         items[i] = EvalItem(example, prompt, expected, kind, is_label)
@@ -247,31 +271,58 @@ def _stop_ids(run: LoadedRun) -> set[int]:
     return ids
 
 
-def _timed_answers(model, run: LoadedRun, prompts: list[list[dict]], settings: GenerationSettings) -> tuple[list[str], int, float]:
+def _timed_answers(
+    model, run: LoadedRun, prompts: list[list[dict]], settings: GenerationSettings
+) -> tuple[list[str], int, float]:
     """Answers, generated tokens and seconds; a 2-token warm-up first so one-time costs are not timed."""
     if not prompts:
         return [], 0, 0.0
-    generate_answers(model, run.tokenizer, run.template, prompts[:1], dataclasses.replace(settings, max_new_tokens=2, batch_size=1))
+    generate_answers(
+        model, run.tokenizer, run.template, prompts[:1], dataclasses.replace(settings, max_new_tokens=2, batch_size=1)
+    )
     counting = _CountingModel(model, _stop_ids(run))
     tic = time.perf_counter()
     answers = generate_answers(counting, run.tokenizer, run.template, prompts, settings)
     return answers, counting.tokens, time.perf_counter() - tic
 
 
-def _score_answers(answers: list[str], items: list[EvalItem], refusal: str | None, labels: dict[str, list[str]]) -> list[Answer]:
+def _score_answers(
+    answers: list[str], items: list[EvalItem], refusal: str | None, labels: dict[str, list[str]]
+) -> list[Answer]:
     rouge = rouge_l(answers, [it.expected for it in items])
     out = []
     for text, item, r in zip(answers, items, rouge):
         label = predict_label(text, labels[item.kind]) if item.is_label else None
-        out.append(Answer(text, exact_match(text, item.expected), contains(text, item.expected), r,
-                          refused(text, refusal) if refusal else None, label))
+        out.append(
+            Answer(
+                text,
+                exact_match(text, item.expected),
+                contains(text, item.expected),
+                r,
+                refused(text, refusal) if refusal else None,
+                label,
+            )
+        )
     return out
 
 
-def _model_scores(loss: float | None, answers: list[str], items: list[EvalItem], refusal: str | None,
-                  labels: dict[str, list[str]], tokens: int, seconds: float) -> ModelScores:
-    scores = ModelScores(loss, _perplexity(loss), None, generated_tokens=tokens, generation_s=seconds,
-                         tokens_per_s=tokens / seconds if seconds > 0 else None)
+def _model_scores(
+    loss: float | None,
+    answers: list[str],
+    items: list[EvalItem],
+    refusal: str | None,
+    labels: dict[str, list[str]],
+    tokens: int,
+    seconds: float,
+) -> ModelScores:
+    scores = ModelScores(
+        loss,
+        _perplexity(loss),
+        None,
+        generated_tokens=tokens,
+        generation_s=seconds,
+        tokens_per_s=tokens / seconds if seconds > 0 else None,
+    )
     if not items:
         return scores
     scores.overall = text_scores(answers, [it.expected for it in items], refusal)
@@ -322,12 +373,16 @@ def evaluate_run(
     run = loaded or open_run(run_dir, device=device)
     report = DataReport(max_length=data.max_length)
     rendered = render_examples([it.example for it in items], run.tokenizer, run.template, data, report)
-    batches = [{k: v.to(run.device) if torch.is_tensor(v) else v for k, v in b.items()}
-               for b in make_batches(rendered, micro_batch, run.tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)]
+    batches = [
+        {k: v.to(run.device) if torch.is_tensor(v) else v for k, v in b.items()}
+        for b in make_batches(rendered, micro_batch, run.tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
+    ]
     asked = [it for it in items if it.prompt is not None]
     prompts = [it.prompt for it in asked]
-    labels = {kind: list(dict.fromkeys(it.expected for it in asked if it.kind == kind and it.is_label))
-              for kind in dict.fromkeys(it.kind for it in asked if it.is_label)}
+    labels = {
+        kind: list(dict.fromkeys(it.expected for it in asked if it.kind == kind and it.is_label))
+        for kind in dict.fromkeys(it.kind for it in asked if it.is_label)
+    }
 
     tuned_loss = evaluate(run.model, batches) if batches else None
     tuned_answers, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings)
@@ -337,8 +392,10 @@ def evaluate_run(
 
     base_scored = _score_answers(base_answers, asked, refusal, labels) if asked else []
     tuned_scored = _score_answers(tuned_answers, asked, refusal, labels) if asked else []
-    rows = [EvalRow(_question(it.prompt), it.expected, it.kind, "label" if it.is_label else "text", it.where, b, t)
-            for it, b, t in zip(asked, base_scored, tuned_scored)]
+    rows = [
+        EvalRow(_question(it.prompt), it.expected, it.kind, "label" if it.is_label else "text", it.where, b, t)
+        for it, b, t in zip(asked, base_scored, tuned_scored)
+    ]
     result = EvalResult(
         run_dir=str(run_dir),
         data_file=str(data_file),
@@ -372,26 +429,39 @@ def _num(value: float | None, digits: int = 4) -> str:
 def format_eval(result: EvalResult) -> str:
     """The numbers as a small text table, base beside tuned, for the terminal."""
     b, t = result.base, result.tuned
-    lines = [f"eval of {result.run_dir} on {result.data_file}: {result.rows_read} rows, {len(result.rows)} answered, "
-             f"loss on {result.loss_rows} rows ({result.loss_tokens:,} answer tokens)"]
-    table = [("eval loss", _num(b.eval_loss), _num(t.eval_loss)), ("perplexity", _num(b.perplexity, 2), _num(t.perplexity, 2))]
-    scopes = [("", b.overall, t.overall)] + ([(f"[{k}] ", b.by_kind[k], t.by_kind[k]) for k in t.by_kind] if len(t.by_kind) > 1 else [])
+    lines = [
+        f"eval of {result.run_dir} on {result.data_file}: {result.rows_read} rows, {len(result.rows)} answered, "
+        f"loss on {result.loss_rows} rows ({result.loss_tokens:,} answer tokens)"
+    ]
+    table = [
+        ("eval loss", _num(b.eval_loss), _num(t.eval_loss)),
+        ("perplexity", _num(b.perplexity, 2), _num(t.perplexity, 2)),
+    ]
+    scopes = [("", b.overall, t.overall)] + (
+        [(f"[{k}] ", b.by_kind[k], t.by_kind[k]) for k in t.by_kind] if len(t.by_kind) > 1 else []
+    )
     for prefix, bs, ts in scopes:
         if bs is None or ts is None:
             continue
-        table += [(f"{prefix}exact match", _pct(bs.exact_match), _pct(ts.exact_match)),
-                  (f"{prefix}contains", _pct(bs.contains), _pct(ts.contains)),
-                  (f"{prefix}ROUGE-L F1", _num(bs.rouge_l, 3), _num(ts.rouge_l, 3))]
+        table += [
+            (f"{prefix}exact match", _pct(bs.exact_match), _pct(ts.exact_match)),
+            (f"{prefix}contains", _pct(bs.contains), _pct(ts.contains)),
+            (f"{prefix}ROUGE-L F1", _num(bs.rouge_l, 3), _num(ts.rouge_l, 3)),
+        ]
         if ts.refusal_rate is not None:
             table.append((f"{prefix}refusal rate", _pct(bs.refusal_rate), _pct(ts.refusal_rate)))
     for kind, ts in t.label_tasks.items():
         bs = b.label_tasks[kind]
-        table += [(f"[{kind}] accuracy", _pct(bs.accuracy), _pct(ts.accuracy)), (f"[{kind}] macro F1", _num(bs.macro_f1, 3), _num(ts.macro_f1, 3))]
+        table += [
+            (f"[{kind}] accuracy", _pct(bs.accuracy), _pct(ts.accuracy)),
+            (f"[{kind}] macro F1", _num(bs.macro_f1, 3), _num(ts.macro_f1, 3)),
+        ]
     table.append(("tokens/s (generation)", _num(b.tokens_per_s, 1), _num(t.tokens_per_s, 1)))
     width = max(len(name) for name, _, _ in table)
     lines.append(f"  {'':<{width}}  {'base':>10}  {'tuned':>10}")
     lines += [f"  {name:<{width}}  {bv:>10}  {tv:>10}" for name, bv, tv in table]
     if result.loss_skipped:
-        lines.append("  not in the loss: " + "; ".join(f"{s['count']} {reason}" for reason, s in result.loss_skipped.items()))
+        lines.append(
+            "  not in the loss: " + "; ".join(f"{s['count']} {reason}" for reason, s in result.loss_skipped.items())
+        )
     return "\n".join(lines)
-

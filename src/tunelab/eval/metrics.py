@@ -60,9 +60,14 @@ def rouge_l(answers: list[str], expected: list[str]) -> list[float]:
     except ImportError:
         from tunelab.errors import TunelabError
 
-        raise TunelabError("ROUGE-L needs the 'rouge-score' package. Install it with: pip install rouge-score") from None
+        raise TunelabError(
+            "ROUGE-L needs the 'rouge-score' package. Install it with: pip install rouge-score"
+        ) from None
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_WordTokenizer())
-    return [scorer.score(target, prediction)["rougeL"].fmeasure for prediction, target in zip(answers, expected, strict=True)]
+    return [
+        scorer.score(target, prediction)["rougeL"].fmeasure
+        for prediction, target in zip(answers, expected, strict=True)
+    ]
 
 
 @dataclass
@@ -133,7 +138,9 @@ class LabelScores:
 def label_scores(expected: list[str], predicted: list[str], labels: list[str] | None = None) -> LabelScores:
     """Accuracy, per-class precision/recall/F1 and the confusion counts of predicted labels against expected ones."""
     if not expected or len(expected) != len(predicted):
-        raise ValueError(f"need as many predictions as expected labels, at least one (got {len(predicted)} and {len(expected)})")
+        raise ValueError(
+            f"need as many predictions as expected labels, at least one (got {len(predicted)} and {len(expected)})"
+        )
     labels = list(labels) if labels is not None else list(dict.fromkeys(expected))
     confusion: dict[str, dict[str, int]] = {}
     for want, got in zip(expected, predicted):

@@ -127,7 +127,9 @@ def _figure(width: float = 6.4, height: float = 3.4):
     return fig, ax
 
 
-def _curve_plot(series: list[tuple[str, list[tuple[float, float]], str]], ylabel: str, caption: str, log: bool = False) -> str:
+def _curve_plot(
+    series: list[tuple[str, list[tuple[float, float]], str]], ylabel: str, caption: str, log: bool = False
+) -> str:
     fig, ax = _figure()
     for name, points, style in series:
         xs, ys = zip(*points)
@@ -145,7 +147,13 @@ def _training_plots(records: list[dict]) -> str:
     def points(key: str) -> list[tuple[float, float]]:
         return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
 
-    train, evals, lr, speed, grad = points("loss"), points("eval_loss"), points("lr"), points("tokens_per_s"), points("grad_norm")
+    train, evals, lr, speed, grad = (
+        points("loss"),
+        points("eval_loss"),
+        points("lr"),
+        points("tokens_per_s"),
+        points("grad_norm"),
+    )
     figures = []
     if train or evals:
         series = ([("train loss", train, "-")] if train else []) + ([("eval loss", evals, "o-")] if evals else [])
@@ -153,10 +161,18 @@ def _training_plots(records: list[dict]) -> str:
     if lr:
         figures.append(_curve_plot([("learning rate", lr, "-")], "learning rate", "Learning rate schedule"))
     if speed:
-        figures.append(_curve_plot([("tokens/s", speed, "-")], "tokens / s", "Training throughput (real tokens per second of each step)"))
+        figures.append(
+            _curve_plot(
+                [("tokens/s", speed, "-")], "tokens / s", "Training throughput (real tokens per second of each step)"
+            )
+        )
     if grad:
         figures.append(_curve_plot([("grad norm", grad, "-")], "gradient norm (before clipping)", "Gradient norm"))
-    return f'<div class="plots">{"".join(figures)}</div>' if figures else '<p class="missing">metrics.jsonl holds no records to plot.</p>'
+    return (
+        f'<div class="plots">{"".join(figures)}</div>'
+        if figures
+        else '<p class="missing">metrics.jsonl holds no records to plot.</p>'
+    )
 
 
 def _histogram_plot(lengths: dict, max_length: int | None) -> str:
@@ -164,7 +180,14 @@ def _histogram_plot(lengths: dict, max_length: int | None) -> str:
     if len(edges) != len(counts) + 1 or not counts:
         return '<p class="missing">No token-length histogram in data_report.json.</p>'
     fig, ax = _figure(6.4, 3.0)
-    ax.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges, edges[1:])], align="edge", color="#4c78a8", edgecolor="white")
+    ax.bar(
+        edges[:-1],
+        counts,
+        width=[b - a for a, b in zip(edges, edges[1:])],
+        align="edge",
+        color="#4c78a8",
+        edgecolor="white",
+    )
     if max_length:
         ax.axvline(max_length, color="#c62828", linestyle="--", label=f"max_length {max_length}")
         ax.legend()
@@ -243,22 +266,30 @@ def _label_tables(kind: str, b: dict, t: dict) -> str:
     body = ""
     for label in labels:
         bc, tc = (b.get("per_class") or {}).get(label, {}), (t.get("per_class") or {}).get(label, {})
-        cells = "".join(f'<td class="num">{_fmt(c.get(k), "f")}</td>' for c in (bc, tc) for k in ("precision", "recall", "f1"))
+        cells = "".join(
+            f'<td class="num">{_fmt(c.get(k), "f")}</td>' for c in (bc, tc) for k in ("precision", "recall", "f1")
+        )
         body += f'<tr><th>{esc(label)}</th>{cells}<td class="num">{_fmt(tc.get("support"), "int")}</td></tr>'
-    per_class = (f'<h3>Label task “{esc(kind)}”: per class</h3><table class="per-class"><thead><tr><th rowspan="2">label</th>'
-                 f'<th colspan="3">base</th><th colspan="3">tuned</th><th rowspan="2" class="num">support</th></tr>'
-                 f'<tr>{sub_head}</tr></thead><tbody>{body}</tbody></table>')
+    per_class = (
+        f'<h3>Label task “{esc(kind)}”: per class</h3><table class="per-class"><thead><tr><th rowspan="2">label</th>'
+        f'<th colspan="3">base</th><th colspan="3">tuned</th><th rowspan="2" class="num">support</th></tr>'
+        f"<tr>{sub_head}</tr></thead><tbody>{body}</tbody></table>"
+    )
     confusion = ""
     for name, scores in (("base", b), ("tuned", t)):
         matrix = scores.get("confusion") or {}
         columns = labels + sorted({p for row in matrix.values() for p in row} - set(labels))
         head_row = "".join(f'<th class="num">{esc(c)}</th>' for c in columns)
         rows = "".join(
-            f'<tr><th>{esc(want)}</th>' + "".join(f'<td class="num">{matrix.get(want, {}).get(c, 0)}</td>' for c in columns) + "</tr>"
+            f"<tr><th>{esc(want)}</th>"
+            + "".join(f'<td class="num">{matrix.get(want, {}).get(c, 0)}</td>' for c in columns)
+            + "</tr>"
             for want in labels + [w for w in matrix if w not in labels]
         )
-        confusion += (f'<div><h3>Confusion, {name} (rows: expected, columns: predicted)</h3><table class="confusion">'
-                      f'<thead><tr><th></th>{head_row}</tr></thead><tbody>{rows}</tbody></table></div>')
+        confusion += (
+            f'<div><h3>Confusion, {name} (rows: expected, columns: predicted)</h3><table class="confusion">'
+            f"<thead><tr><th></th>{head_row}</tr></thead><tbody>{rows}</tbody></table></div>"
+        )
     return per_class + f'<div style="display:flex;gap:28px;flex-wrap:wrap">{confusion}</div>'
 
 
@@ -270,31 +301,54 @@ def _eval_section(ev: _Input, cmp: _Input) -> str:
         d: dict = ev.data
         b, t = d.get("base") or {}, d.get("tuned") or {}
         refusal = f"Refusal sentence: “{esc(d['refusal'])}”" if d.get("refusal") else "No refusal sentence."
-        parts.append(f'<p class="sub">{esc(d.get("rows_read", "?"))} rows of {esc(d.get("data_file", "?"))}; '
-                     f'{esc(len(d.get("rows") or []))} answered with at most {esc((d.get("settings") or {}).get("max_new_tokens", "?"))} new tokens; '
-                     f'loss on {esc(d.get("loss_rows", "?"))} rows ({_fmt(d.get("loss_tokens"), "int")} answer tokens). {refusal}</p>')
-        rows = [("eval loss (nats / token)", b.get("eval_loss"), t.get("eval_loss"), "loss", False),
-                ("perplexity", b.get("perplexity"), t.get("perplexity"), "ppl", False)]
+        parts.append(
+            f'<p class="sub">{esc(d.get("rows_read", "?"))} rows of {esc(d.get("data_file", "?"))}; '
+            f"{esc(len(d.get('rows') or []))} answered with at most {esc((d.get('settings') or {}).get('max_new_tokens', '?'))} new tokens; "
+            f"loss on {esc(d.get('loss_rows', '?'))} rows ({_fmt(d.get('loss_tokens'), 'int')} answer tokens). {refusal}</p>"
+        )
+        rows = [
+            ("eval loss (nats / token)", b.get("eval_loss"), t.get("eval_loss"), "loss", False),
+            ("perplexity", b.get("perplexity"), t.get("perplexity"), "ppl", False),
+        ]
         rows += _text_score_rows("", b.get("overall"), t.get("overall"))
         kinds, label_tasks = t.get("by_kind") or {}, t.get("label_tasks") or {}
         for kind, ts in kinds.items():
             if kind in label_tasks:  # a label task reads as accuracy and F1; its text scores say the same less well
                 bs = (b.get("label_tasks") or {}).get(kind) or {}
-                rows += [(f"[{kind}] accuracy", bs.get("accuracy"), label_tasks[kind].get("accuracy"), "pct", True),
-                         (f"[{kind}] macro F1", bs.get("macro_f1"), label_tasks[kind].get("macro_f1"), "f", True)]
+                rows += [
+                    (f"[{kind}] accuracy", bs.get("accuracy"), label_tasks[kind].get("accuracy"), "pct", True),
+                    (f"[{kind}] macro F1", bs.get("macro_f1"), label_tasks[kind].get("macro_f1"), "f", True),
+                ]
             elif len(kinds) > 1:
                 rows += _text_score_rows(f"[{kind}] ", (b.get("by_kind") or {}).get(kind), ts)
-        rows += [("generated tokens / s", b.get("tokens_per_s"), t.get("tokens_per_s"), "rate", True),
-                 ("generated tokens", b.get("generated_tokens"), t.get("generated_tokens"), "int", None)]
+        rows += [
+            ("generated tokens / s", b.get("tokens_per_s"), t.get("tokens_per_s"), "rate", True),
+            ("generated tokens", b.get("generated_tokens"), t.get("generated_tokens"), "int", None),
+        ]
         overall_b, overall_t = b.get("overall") or {}, t.get("overall") or {}
-        plot = _scores_plot([(name, overall_b.get(key), overall_t.get(key)) for name, key in
-                             (("exact match", "exact_match"), ("contains", "contains"), ("ROUGE-L F1", "rouge_l"), ("refusal rate", "refusal_rate"))])
+        plot = _scores_plot(
+            [
+                (name, overall_b.get(key), overall_t.get(key))
+                for name, key in (
+                    ("exact match", "exact_match"),
+                    ("contains", "contains"),
+                    ("ROUGE-L F1", "rouge_l"),
+                    ("refusal rate", "refusal_rate"),
+                )
+            ]
+        )
         parts.append(f'<div class="side">{_metric_rows(rows)}{plot}</div>')
         for kind, ts in (t.get("label_tasks") or {}).items():
             parts.append(_label_tables(kind, (b.get("label_tasks") or {}).get(kind) or {}, ts))
         if d.get("loss_skipped"):
-            parts.append("<p>Rows left out of the loss: " + "; ".join(
-                f"{esc(s.get('count'))} {esc(reason)} ({esc(', '.join(s.get('locations') or []))})" for reason, s in d["loss_skipped"].items()) + "</p>")
+            parts.append(
+                "<p>Rows left out of the loss: "
+                + "; ".join(
+                    f"{esc(s.get('count'))} {esc(reason)} ({esc(', '.join(s.get('locations') or []))})"
+                    for reason, s in d["loss_skipped"].items()
+                )
+                + "</p>"
+            )
     parts.append("<h3>tunelab compare</h3>")
     if cmp.data is None:
         parts.append(cmp.missing("compare scores"))
@@ -307,7 +361,11 @@ def _eval_section(ev: _Input, cmp: _Input) -> str:
                 rows.append((label + "correct (contains expected)", s.get("base"), s.get("tuned"), "pct", True))
             if "tuned_refused" in s:
                 rows.append((label + "refused", s.get("base_refused"), s.get("tuned_refused"), "pct", None))
-        parts.append(_metric_rows(rows) if rows else '<p class="missing">compare.json holds no scores (no expected answers or refusal sentence).</p>')
+        parts.append(
+            _metric_rows(rows)
+            if rows
+            else '<p class="missing">compare.json holds no scores (no expected answers or refusal sentence).</p>'
+        )
     return "".join(parts)
 
 
@@ -364,16 +422,36 @@ def _answer_rows(ev: _Input, cmp: _Input) -> str:
         for r in ev.data["rows"]:
             b, t = r.get("base") or {}, r.get("tuned") or {}
 
-            rows.append((r.get("question", ""), r.get("expected"), r.get("kind", ""), r.get("location", ""),
-                         b.get("text", ""), t.get("text", ""), _verdict(r, b), _verdict(r, t)))
+            rows.append(
+                (
+                    r.get("question", ""),
+                    r.get("expected"),
+                    r.get("kind", ""),
+                    r.get("location", ""),
+                    b.get("text", ""),
+                    t.get("text", ""),
+                    _verdict(r, b),
+                    _verdict(r, t),
+                )
+            )
     elif cmp.data is not None and cmp.data.get("rows"):
         source = "compare.json"
         for r in cmp.data["rows"]:
-            rows.append((r.get("question", ""), r.get("expected"), r.get("kind", ""), "", r.get("base", ""), r.get("tuned", ""),
-                         (r.get("base_ok"), "contains expected", []), (r.get("tuned_ok"), "contains expected", [])))
+            rows.append(
+                (
+                    r.get("question", ""),
+                    r.get("expected"),
+                    r.get("kind", ""),
+                    "",
+                    r.get("base", ""),
+                    r.get("tuned", ""),
+                    (r.get("base_ok"), "contains expected", []),
+                    (r.get("tuned_ok"), "contains expected", []),
+                )
+            )
     if not rows:
         problems = "; ".join(p for p in (ev.problem, cmp.problem) if p) or "eval.json and compare.json hold no answers"
-        return f'<p class="missing">No answers to show: {esc(problems)}. Run \'tunelab eval\' or \'tunelab compare\'.</p>'
+        return f"<p class=\"missing\">No answers to show: {esc(problems)}. Run 'tunelab eval' or 'tunelab compare'.</p>"
     shown = rows[:MAX_ANSWER_ROWS]
     body = []
     for i, (question, expected, kind, where, base, tuned, bv, tv) in enumerate(shown, 1):
@@ -381,14 +459,20 @@ def _answer_rows(ev: _Input, cmp: _Input) -> str:
         meta = f'<span class="expected">expected: {esc(expected)}</span>' if expected is not None else ""
         loc = f'<span class="loc">#{i} · {esc(kind)}{" · " + esc(where) if where else ""}</span>'
         same = ["same as base"] if base == tuned else []
-        body.append(f'<tr class="answer-row"><td>{esc(question)}{meta}{loc}</td>'
-                    f'{_answer_cell(base_html, not base, bv[0], bv[1], bv[2])}{_answer_cell(tuned_html, not tuned, tv[0], tv[1], tv[2] + same)}</tr>')
+        body.append(
+            f'<tr class="answer-row"><td>{esc(question)}{meta}{loc}</td>'
+            f"{_answer_cell(base_html, not base, bv[0], bv[1], bv[2])}{_answer_cell(tuned_html, not tuned, tv[0], tv[1], tv[2] + same)}</tr>"
+        )
     more = f"<p>{len(rows) - len(shown)} more rows are in {source}.</p>" if len(rows) > len(shown) else ""
-    legend = (f'<p class="sub">From {source}. ✓/✗: the answer contains the expected text (label tasks: the predicted label is '
-              'the expected one); hover a mark for details. <del>struck</del> words of the base answer are gone from the '
-              'tuned one, <ins>highlighted</ins> words are new in it.</p>')
-    return (legend + '<table class="answers"><colgroup><col class="q"><col class="a"><col class="a"></colgroup><thead><tr>'
-            f'<th>question</th><th>base</th><th>tuned</th></tr></thead><tbody>{"".join(body)}</tbody></table>{more}')
+    legend = (
+        f'<p class="sub">From {source}. ✓/✗: the answer contains the expected text (label tasks: the predicted label is '
+        "the expected one); hover a mark for details. <del>struck</del> words of the base answer are gone from the "
+        "tuned one, <ins>highlighted</ins> words are new in it.</p>"
+    )
+    return (
+        legend + '<table class="answers"><colgroup><col class="q"><col class="a"><col class="a"></colgroup><thead><tr>'
+        f"<th>question</th><th>base</th><th>tuned</th></tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+    )
 
 
 # ---------------------------------------------------------------- run, config, data
@@ -407,15 +491,22 @@ def _run_summary(run: _Input) -> str:
     def loss(value) -> str | None:
         return f"{value:.4f}" if isinstance(value, int | float) else None
 
-    return _kv_table([
-        ("base model", d.get("base_model")), ("method", d.get("method")), ("implementation", d.get("impl")),
-        ("template", d.get("template")), ("system prompt", d.get("system_prompt")), ("refusal sentence", d.get("refusal")),
-        ("finished", "yes" if d.get("finished") else "no (the run stopped early or is still training)"),
-        ("optimizer steps", f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"),
-        ("final train loss", loss(d.get("final_loss"))), ("final eval loss", loss(d.get("eval_loss"))),
-        ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) else None),
-        ("training time", f"{d['elapsed_s']:.0f} s" if isinstance(d.get("elapsed_s"), int | float) else None),
-    ])
+    return _kv_table(
+        [
+            ("base model", d.get("base_model")),
+            ("method", d.get("method")),
+            ("implementation", d.get("impl")),
+            ("template", d.get("template")),
+            ("system prompt", d.get("system_prompt")),
+            ("refusal sentence", d.get("refusal")),
+            ("finished", "yes" if d.get("finished") else "no (the run stopped early or is still training)"),
+            ("optimizer steps", f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"),
+            ("final train loss", loss(d.get("final_loss"))),
+            ("final eval loss", loss(d.get("eval_loss"))),
+            ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) else None),
+            ("training time", f"{d['elapsed_s']:.0f} s" if isinstance(d.get("elapsed_s"), int | float) else None),
+        ]
+    )
 
 
 def _data_section(report: _Input) -> str:
@@ -423,37 +514,55 @@ def _data_section(report: _Input) -> str:
         return report.missing("data report")
     d: dict = report.data
     files = "".join(
-        f'<tr><td>{esc(path)}</td><td>{esc((d.get("formats") or {}).get(path, "?"))}</td>'
-        + "".join(f'<td class="num">{_fmt(c.get(k), "int")}</td>' for k in ("read", "used", "skipped", "truncated")) + "</tr>"
+        f"<tr><td>{esc(path)}</td><td>{esc((d.get('formats') or {}).get(path, '?'))}</td>"
+        + "".join(f'<td class="num">{_fmt(c.get(k), "int")}</td>' for k in ("read", "used", "skipped", "truncated"))
+        + "</tr>"
         for path, c in (d.get("files") or {}).items()
     )
-    parts = [f'<p class="sub">template {esc(d.get("template") or "?")}, max_length {esc(d.get("max_length"))}, '
-             f'packing {"on" if d.get("packed") else "off"}, eval split: {esc(d.get("eval_source", "none"))}.</p>',
-             '<table class="files"><thead><tr><th>file</th><th>format</th><th class="num">read</th><th class="num">used</th>'
-             f'<th class="num">skipped</th><th class="num">truncated</th></tr></thead><tbody>{files}</tbody></table>']
+    parts = [
+        f'<p class="sub">template {esc(d.get("template") or "?")}, max_length {esc(d.get("max_length"))}, '
+        f"packing {'on' if d.get('packed') else 'off'}, eval split: {esc(d.get('eval_source', 'none'))}.</p>",
+        '<table class="files"><thead><tr><th>file</th><th>format</th><th class="num">read</th><th class="num">used</th>'
+        f'<th class="num">skipped</th><th class="num">truncated</th></tr></thead><tbody>{files}</tbody></table>',
+    ]
     splits = "".join(
-        f"<tr><th>{name}</th>" + "".join(f'<td class="num">{_fmt((d.get(name) or {}).get(k), "int")}</td>'
-                                         for k in ("examples", "used", "rows", "tokens", "loss_tokens")) + "</tr>"
+        f"<tr><th>{name}</th>"
+        + "".join(
+            f'<td class="num">{_fmt((d.get(name) or {}).get(k), "int")}</td>'
+            for k in ("examples", "used", "rows", "tokens", "loss_tokens")
+        )
+        + "</tr>"
         for name in ("train", "eval")
     )
-    parts.append('<table class="splits"><thead><tr><th>split</th><th class="num">examples</th><th class="num">used</th>'
-                 '<th class="num">rows</th><th class="num">tokens</th><th class="num">tokens with loss</th></tr></thead>'
-                 f"<tbody>{splits}</tbody></table>")
+    parts.append(
+        '<table class="splits"><thead><tr><th>split</th><th class="num">examples</th><th class="num">used</th>'
+        '<th class="num">rows</th><th class="num">tokens</th><th class="num">tokens with loss</th></tr></thead>'
+        f"<tbody>{splits}</tbody></table>"
+    )
     skips = d.get("skips") or {}
     if skips:
         items = "".join(
             f'<tr><td>{esc(reason)}</td><td class="num">{_fmt(s.get("count"), "int")}</td><td>{esc(", ".join(s.get("locations") or []))}'
-            f'{" …" if (s.get("count") or 0) > len(s.get("locations") or []) else ""}</td></tr>'
+            f"{' …' if (s.get('count') or 0) > len(s.get('locations') or []) else ''}</td></tr>"
             for reason, s in skips.items()
         )
-        parts.append('<h3>Skipped rows</h3><table class="skips"><thead><tr><th>reason</th><th class="num">rows</th>'
-                     f"<th>first locations</th></tr></thead><tbody>{items}</tbody></table>")
+        parts.append(
+            '<h3>Skipped rows</h3><table class="skips"><thead><tr><th>reason</th><th class="num">rows</th>'
+            f"<th>first locations</th></tr></thead><tbody>{items}</tbody></table>"
+        )
     else:
         parts.append("<p>No rows were skipped.</p>")
     lengths = d.get("lengths") or {}
     if lengths.get("count"):
-        parts.append("<h3>Token lengths</h3>" + _kv_table([(k, lengths.get(k) if k != "mean" else f"{lengths['mean']:.1f}")
-                                                          for k in ("count", "min", "median", "mean", "p95", "max")]))
+        parts.append(
+            "<h3>Token lengths</h3>"
+            + _kv_table(
+                [
+                    (k, lengths.get(k) if k != "mean" else f"{lengths['mean']:.1f}")
+                    for k in ("count", "min", "median", "mean", "p95", "max")
+                ]
+            )
+        )
         parts.append(_histogram_plot(lengths, d.get("max_length")))
     return "".join(parts)
 
@@ -468,19 +577,29 @@ def render_report(run_dir: str | Path) -> str:
     config, data = _load(run_dir, "config.yaml"), _load(run_dir, "data_report.json")
     sections = [
         ("run", "Run", _run_summary(run)),
-        ("training", "Training curves", _training_plots(metrics.data) if metrics.data is not None else metrics.missing("training metrics")),
+        (
+            "training",
+            "Training curves",
+            _training_plots(metrics.data) if metrics.data is not None else metrics.missing("training metrics"),
+        ),
         ("evaluation", "Evaluation: base vs tuned", _eval_section(ev, cmp)),
         ("answers", "Answers side by side", _answer_rows(ev, cmp)),
         ("data", "Data", _data_section(data)),
-        ("config", "Resolved config", f"<pre>{esc(config.data)}</pre>" if config.data is not None else config.missing("config")),
+        (
+            "config",
+            "Resolved config",
+            f"<pre>{esc(config.data)}</pre>" if config.data is not None else config.missing("config"),
+        ),
     ]
     title = f"tunelab report — {run_dir.resolve().name}"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{esc(name)}</h2>{content}</section>' for sid, name, content in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body><main><h1>{esc(title)}</h1>"
-            f'<p class="sub">{esc(run_dir.resolve())} · generated {when}</p><nav>{nav}</nav>{body}</main></body></html>\n')
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body><main><h1>{esc(title)}</h1>"
+        f'<p class="sub">{esc(run_dir.resolve())} · generated {when}</p><nav>{nav}</nav>{body}</main></body></html>\n'
+    )
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:

@@ -26,9 +26,9 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -115,7 +115,9 @@ def llama_shape(config) -> LlamaShape:
     if rope["rope_type"] not in _FREQ_ONLY_ROPE:
         refusals.append(f"rope scaling {rope['rope_type']!r} (supported: {', '.join(_FREQ_ONLY_ROPE)})")
     if refusals:
-        raise ModelError(f"GGUF export: this {kind} model has {'; '.join(refusals)}, which the export does not write yet.")
+        raise ModelError(
+            f"GGUF export: this {kind} model has {'; '.join(refusals)}, which the export does not write yet."
+        )
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     context = config.max_position_embeddings
@@ -149,9 +151,13 @@ def rope_freq_factors(model: nn.Module, shape: LlamaShape) -> torch.Tensor | Non
     """(head_dim / 2,) factors llama.cpp divides each rotary frequency by, or None when they are all 1."""
     rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
     if rotary is None or not hasattr(rotary, "inv_freq"):
-        raise ModelError("GGUF export: the model has no rotary embedding module (model.rotary_emb) to read frequencies from.")
+        raise ModelError(
+            "GGUF export: the model has no rotary embedding module (model.rotary_emb) to read frequencies from."
+        )
     if float(getattr(rotary, "attention_scaling", 1.0)) != 1.0:
-        raise ModelError(f"GGUF export: rope type {shape.rope_type!r} scales attention, which llama.cpp's llama does not.")
+        raise ModelError(
+            f"GGUF export: rope type {shape.rope_type!r} scales attention, which llama.cpp's llama does not."
+        )
     default = 1.0 / (shape.rope_theta ** (torch.arange(0, shape.head_dim, 2, dtype=torch.float64) / shape.head_dim))
     factors = (default / rotary.inv_freq.double()).float()
     return None if torch.allclose(factors, torch.ones_like(factors), rtol=1e-6, atol=0) else factors
@@ -220,7 +226,12 @@ def tokenizer_spec(tokenizer) -> dict:
 
 
 def _is_byte_level(node: dict | None, use_regex: bool) -> bool:
-    return bool(node) and node.get("type") == "ByteLevel" and bool(node.get("use_regex", True)) == use_regex and not node.get("add_prefix_space")
+    return (
+        bool(node)
+        and node.get("type") == "ByteLevel"
+        and bool(node.get("use_regex", True)) == use_regex
+        and not node.get("add_prefix_space")
+    )
 
 
 def pre_tokenizer_name(spec: dict, clean_up_spaces: bool = False) -> str | None:
@@ -239,8 +250,11 @@ def pre_tokenizer_name(spec: dict, clean_up_spaces: bool = False) -> str | None:
         return "starcoder" if clean_up_spaces else "smollm"
     pattern = (first.get("pattern") or {}).get("Regex")
     if (
-        first.get("type") == "Split" and pattern == LLAMA3_SPLIT and first.get("behavior") == "Isolated"
-        and not first.get("invert") and _is_byte_level(second, use_regex=False)
+        first.get("type") == "Split"
+        and pattern == LLAMA3_SPLIT
+        and first.get("behavior") == "Isolated"
+        and not first.get("invert")
+        and _is_byte_level(second, use_regex=False)
         and spec["model"].get("ignore_merges")
     ):
         return "llama-bpe"
@@ -256,7 +270,19 @@ def source_pre_tokenizer(base_model: str) -> str | None:
     return read_gguf_string(Path(source.path) / source.gguf_file, "tokenizer.ggml.pre") if source.is_gguf else None
 
 
-_SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}  # GGUFValueType
+_SCALAR_FORMATS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}  # GGUFValueType
 _STRING, _ARRAY = 8, 9
 
 
@@ -320,7 +346,9 @@ def gguf_vocab(tokenizer, vocab_size: int, pre: str | None = None) -> GGUFVocab:
         by_id[added["id"]] = added["content"]  # raw text: llama.cpp matches added tokens before byte-level splitting
         types[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
     if max(by_id) >= vocab_size:
-        raise ModelError(f"GGUF export: the tokenizer has token id {max(by_id)} but the model's embedding has only {vocab_size} rows.")
+        raise ModelError(
+            f"GGUF export: the tokenizer has token id {max(by_id)} but the model's embedding has only {vocab_size} rows."
+        )
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
     token_types = [int(types.get(i, gguf.TokenType.UNUSED)) for i in range(vocab_size)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
@@ -346,7 +374,13 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     shape = llama_shape(model.config)
     vocab = gguf_vocab(tok, shape.vocab_size, source_pre_tokenizer(merged.info["base_model"]))
     w = gguf.GGUFWriter(path, "llama")
-    file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}[qtype]
+    file_type = {
+        "f32": "ALL_F32",
+        "f16": "MOSTLY_F16",
+        "bf16": "MOSTLY_BF16",
+        "q8_0": "MOSTLY_Q8_0",
+        "q4_0": "MOSTLY_Q4_0",
+    }[qtype]
 
     w.add_type("model")
     w.add_name(name)
@@ -373,8 +407,12 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     w.add_token_list(vocab.tokens)
     w.add_token_types(vocab.types)
     w.add_token_merges(vocab.merges)
-    for add, token_id in ((w.add_bos_token_id, tok.bos_token_id), (w.add_eos_token_id, tok.eos_token_id),
-                          (w.add_unk_token_id, tok.unk_token_id), (w.add_pad_token_id, tok.pad_token_id)):
+    for add, token_id in (
+        (w.add_bos_token_id, tok.bos_token_id),
+        (w.add_eos_token_id, tok.eos_token_id),
+        (w.add_unk_token_id, tok.unk_token_id),
+        (w.add_pad_token_id, tok.pad_token_id),
+    ):
         if token_id is not None:
             add(token_id)
     turn_end = [i for i in merged.template.stop_token_ids if i != tok.eos_token_id]
@@ -421,7 +459,9 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, qtype: str = "f16", o
     scratch_mf = out.with_name(f".tmp-{MODELFILE}-{os.getpid()}")
     try:
         write_gguf(merged, scratch, qtype, name=run_dir.resolve().name)
-        scratch_mf.write_text(modelfile_text(out.name, merged.template, merged.tokenizer, merged.info.get("system_prompt")))
+        scratch_mf.write_text(
+            modelfile_text(out.name, merged.template, merged.tokenizer, merged.info.get("system_prompt"))
+        )
         os.replace(scratch, out)
         os.replace(scratch_mf, modelfile)
     finally:

@@ -26,8 +26,8 @@ from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import RUN_FILE, open_run, read_run_info
 from tunelab.models.load import materialize, resolve_source
-from tunelab.peft.quant import NF4Linear
 from tunelab.peft.lora import LoRALinear, lora_modules
+from tunelab.peft.quant import NF4Linear
 from tunelab.peft.save import CONFIG_FILE, WEIGHTS_FILE
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,8 +48,7 @@ _SPLIT_SYSTEM = (
     "{%- else -%}{%- set system = none -%}{%- set rest = messages -%}{%- endif -%}"
 )
 LLAMA2_JINJA = (
-    _SPLIT_SYSTEM
-    + "{%- set ns = namespace(first=true) -%}"
+    _SPLIT_SYSTEM + "{%- set ns = namespace(first=true) -%}"
     "{%- for message in rest -%}"
     "{%- set content = message['content'] | trim -%}"
     "{%- if message['role'] == 'user' -%}"
@@ -61,8 +60,7 @@ LLAMA2_JINJA = (
     "{%- endfor -%}"
 )
 ALPACA_JINJA = (
-    _SPLIT_SYSTEM
-    + "{%- if system -%}{{ system + '\\n\\n' }}{%- endif -%}"
+    _SPLIT_SYSTEM + "{%- if system -%}{{ system + '\\n\\n' }}{%- endif -%}"
     "{%- for message in rest -%}"
     "{%- if message['role'] == 'user' -%}"
     "{{ '### Instruction:\\n' + message['content'] + '\\n\\n### Response:\\n' }}"
@@ -91,14 +89,22 @@ def check_run(run_dir: str | Path) -> dict:
     if method in ADAPTER_METHODS:
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (run_dir / name).is_file():
-                raise RunDirError(f"{run_dir}: the run was trained with {method} but {name} is missing, so there is no adapter to merge.")
+                raise RunDirError(
+                    f"{run_dir}: the run was trained with {method} but {name} is missing, so there is no adapter to merge."
+                )
     elif method in WEIGHT_METHODS:
         if not (run_dir / "config.json").is_file() or not any(run_dir.glob("*.safetensors")):
-            raise RunDirError(f"{run_dir}: the run was trained with method {method} but holds no weights (config.json and *.safetensors).")
+            raise RunDirError(
+                f"{run_dir}: the run was trained with method {method} but holds no weights (config.json and *.safetensors)."
+            )
     elif method == "qlora":
-        raise RunDirError(f"{run_dir}: merging a QLoRA run is not supported yet (its NF4 base must be dequantized first).")
+        raise RunDirError(
+            f"{run_dir}: merging a QLoRA run is not supported yet (its NF4 base must be dequantized first)."
+        )
     else:
-        raise RunDirError(f"{run_dir / RUN_FILE}: unknown method {method!r}; expected one of {', '.join(ADAPTER_METHODS + WEIGHT_METHODS)}.")
+        raise RunDirError(
+            f"{run_dir / RUN_FILE}: unknown method {method!r}; expected one of {', '.join(ADAPTER_METHODS + WEIGHT_METHODS)}."
+        )
     return info
 
 
@@ -143,10 +149,14 @@ def fold_adapters(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Modu
     (default: the base weight's dtype). In place."""
     for name, m in list(lora_modules(model)):
         base = m.base_layer
-        w = base_float_weight(base) + m.scale * (m.lora_B.weight.float() @ m.lora_A.weight.float())  # (out, in) + (out, r) @ (r, in)
+        w = base_float_weight(base) + m.scale * (
+            m.lora_B.weight.float() @ m.lora_A.weight.float()
+        )  # (out, in) + (out, r) @ (r, in)
         base_dtype = base.weight_dtype if isinstance(base, NF4Linear) else base.weight.dtype
         out_dtype = dtype or (base_dtype if base_dtype.is_floating_point else torch.float32)
-        merged = nn.utils.skip_init(nn.Linear, m.in_features, m.out_features, bias=base.bias is not None, device=w.device, dtype=out_dtype)
+        merged = nn.utils.skip_init(
+            nn.Linear, m.in_features, m.out_features, bias=base.bias is not None, device=w.device, dtype=out_dtype
+        )
         merged.weight.copy_(w)
         if base.bias is not None:
             merged.bias.copy_(base.bias)
@@ -190,7 +200,9 @@ def check_output(out: Path, run_dir: Path, overwrite: bool) -> None:
         raise RunDirError(f"{out}: the output would replace the run directory {run_dir}; choose another output path.")
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
         if not overwrite:
-            raise RunDirError(f"{out}: exists and is not empty. Pass --overwrite to replace it, or choose another output path.")
+            raise RunDirError(
+                f"{out}: exists and is not empty. Pass --overwrite to replace it, or choose another output path."
+            )
 
 
 def replace_atomically(scratch: Path, target: Path) -> None:
@@ -206,7 +218,9 @@ def replace_atomically(scratch: Path, target: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def merge_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False, dtype: str | torch.dtype | None = None) -> Path:
+def merge_run(
+    run_dir: str | Path, out_dir: str | Path, overwrite: bool = False, dtype: str | torch.dtype | None = None
+) -> Path:
     """Write the run's model as one Hugging Face directory (safetensors, config, generation config, tokenizer with
     chat template) that `AutoModelForCausalLM.from_pretrained(out_dir)` loads. Returns out_dir.
 
@@ -222,7 +236,9 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False,
         merged.model.save_pretrained(scratch, safe_serialization=True)
         merged.tokenizer.save_pretrained(scratch)
         provenance = {k: merged.info.get(k) for k in ("base_model", "method", "template", "system_prompt")}
-        (scratch / "tunelab_merge.json").write_text(json.dumps(provenance | {"run_dir": str(run_dir.resolve())}, indent=2))
+        (scratch / "tunelab_merge.json").write_text(
+            json.dumps(provenance | {"run_dir": str(run_dir.resolve())}, indent=2)
+        )
         replace_atomically(scratch, out)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)

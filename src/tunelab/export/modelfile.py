@@ -84,7 +84,9 @@ def go_template(style: ChatmlStyle) -> str:
 
 def _triple_quoted(text: str, what: str) -> str:
     if '"""' in text:
-        raise ConfigError(f'the {what} contains """, which an Ollama Modelfile cannot quote; remove it or export without it.')
+        raise ConfigError(
+            f'the {what} contains """, which an Ollama Modelfile cannot quote; remove it or export without it.'
+        )
     return f'"""{text}"""'
 
 
@@ -103,7 +105,9 @@ def modelfile_text(gguf_name: str, template: Template, tokenizer, system_prompt:
     if style is not None:
         lines.append(f"TEMPLATE {_triple_quoted(go_template(style), 'chat template')}")
     else:
-        lines.append(f"# No TEMPLATE: the run's template ({template.name}) is not ChatML-style; Ollama picks one from the chat template in the GGUF.")
+        lines.append(
+            f"# No TEMPLATE: the run's template ({template.name}) is not ChatML-style; Ollama picks one from the chat template in the GGUF."
+        )
     for token in stop_tokens(template, tokenizer, style is not None):
         lines.append(f'PARAMETER stop "{token}"')
     if system_prompt:

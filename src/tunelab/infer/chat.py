@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from tunelab.infer.generate import GenerationSettings, stream_answer
 from tunelab.infer.run import LoadedRun
 
 
-def chat(run: LoadedRun, settings: GenerationSettings, read: Callable[[str], str] = input, out: TextIO = sys.stdout) -> list[dict]:
+def chat(
+    run: LoadedRun, settings: GenerationSettings, read: Callable[[str], str] = input, out: TextIO = sys.stdout
+) -> list[dict]:
     """Loop until /exit or end of input; returns the conversation."""
     system = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
     messages = list(system)

@@ -45,7 +45,9 @@ class Row:
 @dataclass
 class Comparison:
     rows: list[Row]
-    scores: dict[str, dict] = field(default_factory=dict)  # kind -> {n, base, tuned[, base_refused, tuned_refused]} fractions
+    scores: dict[str, dict] = field(
+        default_factory=dict
+    )  # kind -> {n, base, tuned[, base_refused, tuned_refused]} fractions
 
     def to_dict(self) -> dict:
         return {"rows": [asdict(r) for r in self.rows], "scores": self.scores}
@@ -57,12 +59,16 @@ def read_questions(path: str | Path) -> list[Question]:
         row = record.row
         text = row.get("question", row.get("prompt"))
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{record.path}, line {record.line}: field 'question' is missing or empty (a questions file needs a question or prompt column).")
+            raise DataError(
+                f"{record.path}, line {record.line}: field 'question' is missing or empty (a questions file needs a question or prompt column)."
+            )
         key = "expected" if "expected" in row else "label"  # a label task's label is the answer it expects
         expected = row.get(key)
         if expected is not None and (not isinstance(expected, str) or not expected.strip()):
             raise DataError(f"{record.path}, line {record.line}: field '{key}' must be non-empty text when present.")
-        questions.append(Question(text.strip(), expected, str(row.get("kind") or "all"), key == "label" and expected is not None))
+        questions.append(
+            Question(text.strip(), expected, str(row.get("kind") or "all"), key == "label" and expected is not None)
+        )
     if not questions:
         raise DataError(f"{path}: no questions found.")
     return questions
@@ -83,7 +89,9 @@ def answers_correctly(question: Question, answer: str, labels: list[str]) -> boo
     return is_correct(answer, question.expected or "")
 
 
-def compare(run: LoadedRun, questions: list[Question], settings: GenerationSettings, refusal: str | None = None) -> Comparison:
+def compare(
+    run: LoadedRun, questions: list[Question], settings: GenerationSettings, refusal: str | None = None
+) -> Comparison:
     """Answer every question with the tuned and the base model. `refusal`, when known, adds refusal rates per kind."""
     conversations = [_conversation(q.text, run.system_prompt) for q in questions]
     tuned = generate_answers(run.model, run.tokenizer, run.template, conversations, settings)

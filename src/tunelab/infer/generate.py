@@ -7,8 +7,8 @@ of different lengths is answered in one `generate` call. Greedy decoding by defa
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -45,7 +45,9 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, template: Template, conversations: list[list[dict]], settings: GenerationSettings) -> list[str]:
+def generate_answers(
+    model, tokenizer, template: Template, conversations: list[list[dict]], settings: GenerationSettings
+) -> list[str]:
     """One answer per conversation (each a list of {role, content} ending with a user turn)."""
     answers: list[str] = []
     pad = tokenizer.pad_token_id
@@ -60,13 +62,19 @@ def generate_answers(model, tokenizer, template: Template, conversations: list[l
     return answers
 
 
-def stream_answer(model, tokenizer, template: Template, messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
+def stream_answer(
+    model, tokenizer, template: Template, messages: list[dict], settings: GenerationSettings
+) -> Iterator[str]:
     """Yield the answer's text piece by piece as it is generated."""
     from transformers import TextIteratorStreamer
 
     prompt = torch.tensor([render_prompt(messages, tokenizer, template)], device=_device(model))
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = settings.kwargs(template, tokenizer) | {"input_ids": prompt, "attention_mask": torch.ones_like(prompt), "streamer": streamer}
+    kwargs = settings.kwargs(template, tokenizer) | {
+        "input_ids": prompt,
+        "attention_mask": torch.ones_like(prompt),
+        "streamer": streamer,
+    }
     worker = threading.Thread(target=lambda: torch.no_grad()(model.generate)(**kwargs), daemon=True)
     worker.start()
     yield from streamer

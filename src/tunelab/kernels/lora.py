@@ -77,8 +77,20 @@ class LoRALinearFunction(torch.autograd.Function):
         x2, weight, lora_a, lora_b, xa, keep = ctx.saved_tensors
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
         g = dy.reshape(-1, dy.shape[-1])  # (N, out)
-        dx, da, db = lora_backward(g, x2, xa, lora_a, lora_b, lambda: weight.to(g.dtype), ctx.scale, keep,
-                                   ctx.dropout_p, need_x, need_a, need_b)
+        dx, da, db = lora_backward(
+            g,
+            x2,
+            xa,
+            lora_a,
+            lora_b,
+            lambda: weight.to(g.dtype),
+            ctx.scale,
+            keep,
+            ctx.dropout_p,
+            need_x,
+            need_a,
+            need_b,
+        )
         dx = None if dx is None else dx.view(ctx.x_shape)
         dw = torch.mm(g.T, x2).to(weight.dtype) if need_w else None  # (out, in)
         dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_bias else None

@@ -134,7 +134,9 @@ def dequantize_nf4_triton(
     if out is None:
         out = torch.empty(q.shape, dtype=dtype, device=q.device)
     strided = not out.is_contiguous()
-    if out.numel() != q.numel or (strided and (tuple(out.shape) != tuple(q.shape) or out.dim() != 2 or out.stride(1) != 1)):
+    if out.numel() != q.numel or (
+        strided and (tuple(out.shape) != tuple(q.shape) or out.dim() != 2 or out.stride(1) != 1)
+    ):
         shape, strides = tuple(out.shape), out.stride()
         raise ValueError(
             f"dequantize_nf4_triton: out must be contiguous with {q.numel} elements, or {tuple(q.shape)} with unit "

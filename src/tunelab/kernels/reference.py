@@ -25,7 +25,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_rope(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding in the "rotate half" layout. q (B, T, H, D), k (B, T, Hk, D), cos/sin (B, T, D)."""
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (B, T, 1, D): broadcast over heads
     q_out = (q.float() * cos + _rotate_half(q.float()) * sin).to(q.dtype)

@@ -110,7 +110,9 @@ class RopeFunction(torch.autograd.Function):
         return dq_in, dk_in, None, None
 
 
-def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_rope(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding in the "rotate half" layout. q (B, T, H, D), k (B, T, Hk, D), cos/sin (B, T, D).
 
     cos and sin get no gradient (they are buffers computed from positions).

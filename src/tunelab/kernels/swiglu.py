@@ -91,7 +91,10 @@ class SwiGLUFunction(torch.autograd.Function):
             dgate, dup = gate, up  # in place: see the module docstring
             ctx.done = True
         else:
-            dgate, dup = torch.empty_like(gate, memory_format=torch.contiguous_format), torch.empty_like(up, memory_format=torch.contiguous_format)
+            dgate, dup = (
+                torch.empty_like(gate, memory_format=torch.contiguous_format),
+                torch.empty_like(up, memory_format=torch.contiguous_format),
+            )
         if gate.numel():
             _swiglu_backward_kernel[_grid(gate)](
                 dout, gate, up, dgate, dup, gate.shape[1],

@@ -58,7 +58,9 @@ def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | 
     elif method.name == "layers":
         layers = decoder_layers(model)
         if method.top_layers > len(layers):
-            raise ConfigError(f"option 'method.top_layers' is {method.top_layers}, but the model has {len(layers)} layers.")
+            raise ConfigError(
+                f"option 'method.top_layers' is {method.top_layers}, but the model has {len(layers)} layers."
+            )
         for p in model.parameters():
             p.requires_grad_(False)
         for layer in layers[len(layers) - method.top_layers :]:
@@ -66,7 +68,9 @@ def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | 
                 p.requires_grad_(True)
 
 
-def build_model(source: ModelSource, model_cfg: ModelConfig, method: MethodConfig, checkpointing: bool | str = False) -> BuiltModel:
+def build_model(
+    source: ModelSource, model_cfg: ModelConfig, method: MethodConfig, checkpointing: bool | str = False
+) -> BuiltModel:
     """checkpointing: False, True, or "offload" (checkpointed layer inputs kept in CPU memory; fast path on CUDA)."""
     device = pick_device(model_cfg.device)
     dtype = pick_dtype(model_cfg.dtype, device)
@@ -99,7 +103,9 @@ def pick_impl(requested: str, hf_config) -> str:
     """'fast' for the Llama family (unless the user asks for generic), 'generic' for everything else."""
     reason = unsupported_reason(hf_config)
     if requested == "fast" and reason:
-        raise ConfigError(f"option 'model.impl' is fast, but this model cannot use the fast path: {reason}. Use auto or generic.")
+        raise ConfigError(
+            f"option 'model.impl' is fast, but this model cannot use the fast path: {reason}. Use auto or generic."
+        )
     if requested == "generic" or reason:
         return "generic"
     return "fast"

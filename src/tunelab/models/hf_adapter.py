@@ -60,7 +60,8 @@ def load_hf_state_dict(model: LlamaForCausalLM, state_dict: Mapping[str, torch.T
     if problems:
         raise ModelError(
             f"the checkpoint does not match the {model.config.family} config "
-            f"({model.config.num_layers} layers, hidden {model.config.hidden_size}): " + "; ".join(problems)
+            f"({model.config.num_layers} layers, hidden {model.config.hidden_size}): "
+            + "; ".join(problems)
             + ". Check that config.json belongs to these weights."
         )
     model.load_state_dict(weights, strict=False, assign=assign)

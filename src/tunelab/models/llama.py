@@ -294,7 +294,10 @@ class LlamaDecoderLayer(nn.Module):
         from tunelab.peft.group import reserve_scratch
 
         attn, mlp = self.self_attn, self.mlp
-        groups = (((attn.q_proj, attn.k_proj, attn.v_proj), attn.group_lora), ((mlp.gate_proj, mlp.up_proj), mlp.group_lora))
+        groups = (
+            ((attn.q_proj, attn.k_proj, attn.v_proj), attn.group_lora),
+            ((mlp.gate_proj, mlp.up_proj), mlp.group_lora),
+        )
         reserve_scratch(groups, (attn.o_proj, mlp.down_proj), x)
 
     def draws_random(self) -> bool:

@@ -47,7 +47,9 @@ def resolve_source(name: str) -> ModelSource:
         package, filename, install = EMBEDDED[name]
         spec = importlib.util.find_spec(package)  # locate without importing: the package's __init__ needs extras
         if spec is None or not spec.submodule_search_locations:
-            raise ModelError(f"model '{name}' is the embedded default model, but its package is not installed. Install it with: {install}")
+            raise ModelError(
+                f"model '{name}' is the embedded default model, but its package is not installed. Install it with: {install}"
+            )
         folder = Path(spec.submodule_search_locations[0])
         if not (folder / filename).is_file():
             raise ModelError(f"model '{name}': {folder / filename} is missing; reinstall with: {install}")
@@ -59,7 +61,9 @@ def resolve_source(name: str) -> ModelSource:
         return ModelSource(name, str(path.resolve().parent), path.name)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"model '{name}': the directory has no config.json, so it is not a Hugging Face model directory.")
+            raise ModelError(
+                f"model '{name}': the directory has no config.json, so it is not a Hugging Face model directory."
+            )
         return ModelSource(name, str(path.resolve()))
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model '{name}': not a Hugging Face model directory, a .gguf file, or a hub id (org/name).")
@@ -90,7 +94,9 @@ def materialize(source: ModelSource) -> str:
         tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
     except ImportError as exc:
-        raise ModelError(f"model '{source.name}': reading GGUF needs the 'gguf' package ({exc}). Install it with: pip install gguf") from None
+        raise ModelError(
+            f"model '{source.name}': reading GGUF needs the 'gguf' package ({exc}). Install it with: pip install gguf"
+        ) from None
     except (ValueError, KeyError, OSError) as exc:
         raise ModelError(f"model '{source.name}': transformers could not read this GGUF file ({exc}).") from None
     target.parent.mkdir(parents=True, exist_ok=True)

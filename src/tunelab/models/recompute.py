@@ -88,7 +88,9 @@ class _RecomputedLayer(torch.autograd.Function):
         return (None, None, None, None, x.grad if ctx.x_needs_grad else None) + (None,) * len(ctx.args)
 
 
-def recomputed_layer(layer: nn.Module, store: HostActivations | None, index: int, x: torch.Tensor, *args) -> torch.Tensor:
+def recomputed_layer(
+    layer: nn.Module, store: HostActivations | None, index: int, x: torch.Tensor, *args
+) -> torch.Tensor:
     """layer(x, *args), checkpointed: x kept (in `store` when given, else on its device) and the layer recomputed in
     backward. `args` must not need gradients; index orders the layers for the store's prefetch (index - 1 comes next)."""
     trains = any(p.requires_grad for p in layer.parameters())

@@ -27,11 +27,10 @@ are used only when the adapters' dropout is off.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-
-from typing import TYPE_CHECKING
 
 from tunelab.kernels.spare import spare_columns
 from tunelab.peft.quant import DequantWorkspace, NF4Linear, current_pass, dequantize_into
@@ -118,7 +117,14 @@ class GroupWeights:
         width = members[0].in_features
         R, O = sum(m.r for m in members), sum(m.out_features for m in members)
         w_all = self._buffer.get((O + R, width + R), dtype, device)
-        key = (current_pass(), tuple(map(id, members)), tuple(map(_state_versions, members)), w_all.data_ptr(), w_all.shape, dtype)
+        key = (
+            current_pass(),
+            tuple(map(id, members)),
+            tuple(map(_state_versions, members)),
+            w_all.data_ptr(),
+            w_all.shape,
+            dtype,
+        )
         if key == self._key:
             return w_all
         self._key = None  # half-built until the end
@@ -183,7 +189,9 @@ class LoRAGroupFunction(torch.autograd.Function):
         biases = [m.base_layer.bias for m in members]
         if any(bias is not None for bias in biases):
             dtype = x2.dtype
-            bias = torch.cat([x2.new_zeros(m.out_features) if b is None else b.to(dtype) for m, b in zip(members, biases)])
+            bias = torch.cat(
+                [x2.new_zeros(m.out_features) if b is None else b.to(dtype) for m, b in zip(members, biases)]
+            )
             torch.addmm(bias, x_ext, w_all[:O].T, out=y)
         else:
             torch.mm(x_ext, w_all[:O].T, out=y)

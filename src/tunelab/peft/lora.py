@@ -8,8 +8,8 @@ by name on any model, ours or transformers', so the same code serves the fast an
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -23,7 +23,9 @@ from tunelab.peft.quant import NF4Linear, nf4_lora_linear
 class LoRALinear(nn.Module):
     takes_residual = True  # forward(x, residual=...) adds it inside the GEMM (see forward)
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, group_weights: GroupWeights | None = None):
+    def __init__(
+        self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, group_weights: GroupWeights | None = None
+    ):
         super().__init__()
         self.base_layer = base
         self.in_features, self.out_features = base.in_features, base.out_features
@@ -83,7 +85,11 @@ class LoRALinear(nn.Module):
 def linear_names(model: nn.Module, targets: list[str]) -> list[str]:
     """Qualified names of the linear layers that `targets` selects; "all-linear" means every decoder linear but the head."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    linears = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, NF4Linear)) and m is not output and not isinstance(m, LoRALinear)]
+    linears = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, NF4Linear)) and m is not output and not isinstance(m, LoRALinear)
+    ]
     linears = [n for n in linears if ".lora_" not in n and not n.endswith("lm_head")]
     if "all-linear" in targets:
         chosen = linears
@@ -139,8 +145,13 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for name, m in list(lora_modules(model)):
         base = m.base_layer
         if isinstance(base, NF4Linear):  # the merged weight is 16-bit: a plain nn.Linear replaces the NF4 layer
-            plain = nn.Linear(m.in_features, m.out_features, bias=base.bias is not None, device=base.weight_packed.device,
-                              dtype=base.weight_dtype)
+            plain = nn.Linear(
+                m.in_features,
+                m.out_features,
+                bias=base.bias is not None,
+                device=base.weight_packed.device,
+                dtype=base.weight_dtype,
+            )
             if base.bias is not None:
                 plain.bias.data = base.bias.data.to(base.weight_dtype)
             base = plain

@@ -383,8 +383,18 @@ class NF4LoRALinearFunction(torch.autograd.Function):
         # (out, in), in the workspace: dead once the GEMM is queued; not needed at all when the output is not
         weight = dequantize(q, x.dtype, workspace) if output else None
         ctx.bias_dtype = None if bias is None else bias.dtype
-        out, xa = lora_forward(x2, weight, None if bias is None else bias.to(x.dtype), lora_a, lora_b, scale, keep,
-                               dropout_p, output, residual2)
+        out, xa = lora_forward(
+            x2,
+            weight,
+            None if bias is None else bias.to(x.dtype),
+            lora_a,
+            lora_b,
+            scale,
+            keep,
+            dropout_p,
+            output,
+            residual2,
+        )
         ctx.save_for_backward(x2, lora_a, lora_b, xa, keep)
         ctx.q, ctx.workspace = q, workspace
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
@@ -395,8 +405,20 @@ class NF4LoRALinearFunction(torch.autograd.Function):
         x2, lora_a, lora_b, xa, keep = ctx.saved_tensors
         need_x, need_bias, need_a, need_b = ctx.needs_input_grad[:4]
         g = dy.reshape(-1, dy.shape[-1])  # (N, out)
-        dx, da, db = lora_backward(g, x2, xa, lora_a, lora_b, lambda: dequantize(ctx.q, g.dtype, ctx.workspace),
-                                   ctx.scale, keep, ctx.dropout_p, need_x, need_a, need_b)
+        dx, da, db = lora_backward(
+            g,
+            x2,
+            xa,
+            lora_a,
+            lora_b,
+            lambda: dequantize(ctx.q, g.dtype, ctx.workspace),
+            ctx.scale,
+            keep,
+            ctx.dropout_p,
+            need_x,
+            need_a,
+            need_b,
+        )
         dx = None if dx is None else dx.view(ctx.x_shape)
         dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_bias else None
         return dx, dbias, da, db, None, None, None, None, None, None, dy if ctx.needs_input_grad[10] else None

@@ -66,8 +66,12 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
         raise RunDirError(f"{folder}: no {CONFIG_FILE}, so it holds no adapter.")
     config = json.loads(config_path.read_text())
     if config.get("peft_type") != "LORA" or config.get("use_dora"):
-        raise RunDirError(f"{config_path}: only plain LoRA adapters can be loaded (peft_type {config.get('peft_type')!r}).")
-    attach_lora(model, list(config["target_modules"]), config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0))
+        raise RunDirError(
+            f"{config_path}: only plain LoRA adapters can be loaded (peft_type {config.get('peft_type')!r})."
+        )
+    attach_lora(
+        model, list(config["target_modules"]), config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0)
+    )
     state = load_file(str(folder / WEIGHTS_FILE))
     # PEFT may store keys with or without the adapter name ("default"); accept both.
     state = {k.replace(".default.weight", ".weight"): v for k, v in state.items()}

@@ -33,8 +33,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import struct
-from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
@@ -335,7 +335,14 @@ class AdamW8bit(torch.optim.Optimizer):
 
 
 def _step_fp32(
-    p: torch.Tensor, state: dict[str, torch.Tensor], lr: float, beta1: float, beta2: float, eps: float, wd: float, step: int
+    p: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    wd: float,
+    step: int,
 ) -> None:
     """torch's single-tensor AdamW step on fp32 moments (the parameter updated through an fp32 copy if it is bf16)."""
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]

@@ -38,7 +38,9 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, position: dict, keep: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, position: dict, keep: int
+) -> Path:
     folder = Path(run_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{STEP_PREFIX}{position['step']:07d}"
@@ -69,7 +71,9 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     params = dict(model.named_parameters())
     mismatch = sorted(set(trainable) ^ {n for n, p in params.items() if p.requires_grad})
     if mismatch:
-        raise RunDirError(f"{folder}: checkpoint does not match the model being trained (e.g. {mismatch[0]}); was the config changed?")
+        raise RunDirError(
+            f"{folder}: checkpoint does not match the model being trained (e.g. {mismatch[0]}); was the config changed?"
+        )
     with torch.no_grad():
         for name, value in trainable.items():
             params[name].copy_(value)

@@ -15,7 +15,9 @@ class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            kept = [
+                line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None:
             self.path.write_text("")

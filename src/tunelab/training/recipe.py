@@ -42,7 +42,9 @@ class TrainResult:
     eval_loss: float | None
 
 
-def resolve(config: str | Path | RunConfig | ResolvedConfig | None, overrides: dict[str, Any] | None = None) -> ResolvedConfig:
+def resolve(
+    config: str | Path | RunConfig | ResolvedConfig | None, overrides: dict[str, Any] | None = None
+) -> ResolvedConfig:
     """Accept a YAML path, a RunConfig, or an already resolved config, and apply overrides."""
     if isinstance(config, ResolvedConfig):
         if overrides:
@@ -53,7 +55,11 @@ def resolve(config: str | Path | RunConfig | ResolvedConfig | None, overrides: d
 
         flat = {}
         for section, value in dataclasses.asdict(config).items():
-            if isinstance(value, dict) and hasattr(config, section) and dataclasses.is_dataclass(getattr(config, section)):
+            if (
+                isinstance(value, dict)
+                and hasattr(config, section)
+                and dataclasses.is_dataclass(getattr(config, section))
+            ):
                 flat.update({f"{section}.{k}": v for k, v in value.items()})
             else:
                 flat[section] = value
@@ -66,11 +72,15 @@ def resolve(config: str | Path | RunConfig | ResolvedConfig | None, overrides: d
 def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     if resume:
         if latest_checkpoint(run_dir) is None:
-            raise RunDirError(f"{run_dir}: nothing to resume from (no checkpoints/ with a completed checkpoint). Set train.save_every to write them.")
+            raise RunDirError(
+                f"{run_dir}: nothing to resume from (no checkpoints/ with a completed checkpoint). Set train.save_every to write them."
+            )
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            raise RunDirError(f"{run_dir}: the run directory exists and is not empty. Pass --overwrite to replace it, --resume to continue it, or choose another output_dir.")
+            raise RunDirError(
+                f"{run_dir}: the run directory exists and is not empty. Pass --overwrite to replace it, --resume to continue it, or choose another output_dir."
+            )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -99,7 +109,12 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def train(config: str | Path | RunConfig | ResolvedConfig | None = None, overrides: dict[str, Any] | None = None, *, resume: bool = False) -> TrainResult:
+def train(
+    config: str | Path | RunConfig | ResolvedConfig | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+) -> TrainResult:
     """Fine-tune as the config says and write the run directory. `overrides` are {'train.lr': 1e-4, ...}."""
     resolved = resolve(config, overrides)
     cfg = resolved.config
@@ -119,10 +134,15 @@ def train(config: str | Path | RunConfig | ResolvedConfig | None = None, overrid
     built = build_model(source, cfg.model, cfg.method, checkpointing)
     model = built.model
     if cfg.data.packing and built.impl != "fast":
-        raise ConfigError("option 'data.packing' needs the fast path (a Llama-family model with model.impl auto or fast); "
-                          f"{cfg.model.name} runs on the generic path. Set data.packing to false.")
-    print(f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); trainable parameters "
-          f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)", flush=True)
+        raise ConfigError(
+            "option 'data.packing' needs the fast path (a Llama-family model with model.impl auto or fast); "
+            f"{cfg.model.name} runs on the generic path. Set data.packing to false."
+        )
+    print(
+        f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); trainable parameters "
+        f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)",
+        flush=True,
+    )
 
     t = cfg.train
     pad_id = tokenizer.pad_token_id
@@ -132,43 +152,68 @@ def train(config: str | Path | RunConfig | ResolvedConfig | None = None, overrid
     warmup = int(t.warmup_ratio * total_steps)
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler))
-    eval_batches = [_to_device(b, built.device) for b in make_batches(data.eval, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0)]
+    eval_batches = [
+        _to_device(b, built.device)
+        for b in make_batches(data.eval, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0)
+    ]
 
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0}
     if resume:
         checkpoint = latest_checkpoint(run_dir)
         position = load_checkpoint(checkpoint, model, optimizer)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
+        )
         print(f"resuming from {checkpoint} (step {position['step']} of {total_steps})", flush=True)
     else:
         _write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
         _write_atomic(run_dir / "data_report.json", json.dumps(data.report.to_dict(), indent=2))
     log = MetricsLog(run_dir, resume_step=position["step"] if resume else None)
-    run_info = {"base_model": cfg.model.name, "method": cfg.method.name, "template": data.template.name,
-                "system_prompt": cfg.data.system_prompt, "refusal": cfg.eval.refusal, "impl": built.impl, "total_steps": total_steps, "finished": False}
+    run_info = {
+        "base_model": cfg.model.name,
+        "method": cfg.method.name,
+        "template": data.template.name,
+        "system_prompt": cfg.data.system_prompt,
+        "refusal": cfg.eval.refusal,
+        "impl": built.impl,
+        "total_steps": total_steps,
+        "finished": False,
+    }
     _write_atomic(run_dir / RUN_FILE, json.dumps(run_info, indent=2))
 
     last_loss = eval_loss = None
     bar = tqdm(total=total_steps, initial=position["step"], desc="train", unit="step", dynamic_ncols=True)
     started = time.perf_counter() - position["elapsed_s"]
     while position["step"] < total_steps:
-        batches = make_batches(data.train, t.micro_batch, pad_id, shuffle=cfg.data.shuffle, seed=t.seed, epoch=position["epoch"])
+        batches = make_batches(
+            data.train, t.micro_batch, pad_id, shuffle=cfg.data.shuffle, seed=t.seed, epoch=position["epoch"]
+        )
         while position["batch_in_epoch"] < len(batches) and position["step"] < total_steps:
             group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
             tic = time.perf_counter()
-            stats = train_step(model, [_to_device(b, built.device) for b in group], optimizer, scheduler, t.max_grad_norm)
+            stats = train_step(
+                model, [_to_device(b, built.device) for b in group], optimizer, scheduler, t.max_grad_norm
+            )
             tokens = sum(int(b["attention_mask"].sum()) for b in group)
             position["step"] += 1
             position["batch_in_epoch"] += len(group)
             position["tokens"] += tokens
             position["elapsed_s"] = time.perf_counter() - started
             last_loss = stats["loss"]
-            record = {"step": position["step"], "epoch": position["epoch"] + position["batch_in_epoch"] / len(batches),
-                      "loss": stats["loss"], "lr": scheduler.get_last_lr()[0], "grad_norm": stats["grad_norm"],
-                      "tokens_per_s": tokens / (time.perf_counter() - tic), "elapsed_s": position["elapsed_s"]}
+            record = {
+                "step": position["step"],
+                "epoch": position["epoch"] + position["batch_in_epoch"] / len(batches),
+                "loss": stats["loss"],
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": stats["grad_norm"],
+                "tokens_per_s": tokens / (time.perf_counter() - tic),
+                "elapsed_s": position["elapsed_s"],
+            }
             if position["step"] % t.log_every == 0 or position["step"] == total_steps:
                 log.write(record)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.set_postfix(
+                loss=f"{stats['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
+            )
             bar.update(1)
             if eval_batches and t.eval_every and position["step"] % t.eval_every == 0:
                 eval_loss = evaluate(model, eval_batches)
@@ -188,10 +233,19 @@ def train(config: str | Path | RunConfig | ResolvedConfig | None = None, overrid
     model.eval()
     save_final(run_dir, built, tokenizer, cfg)
     plot_losses(run_dir)
-    run_info.update(finished=True, steps=position["step"], final_loss=last_loss, eval_loss=eval_loss,
-                    tokens=position["tokens"], elapsed_s=round(position["elapsed_s"], 1))
+    run_info.update(
+        finished=True,
+        steps=position["step"],
+        final_loss=last_loss,
+        eval_loss=eval_loss,
+        tokens=position["tokens"],
+        elapsed_s=round(position["elapsed_s"], 1),
+    )
     _write_atomic(run_dir / RUN_FILE, json.dumps(run_info, indent=2))
-    print(f"saved to {run_dir} ({position['step']} steps, {position['tokens']:,} tokens, {position['elapsed_s']:.0f} s)", flush=True)
+    print(
+        f"saved to {run_dir} ({position['step']} steps, {position['tokens']:,} tokens, {position['elapsed_s']:.0f} s)",
+        flush=True,
+    )
     if cfg.eval.questions:
         _compare_after_training(run_dir, cfg)
     return TrainResult(run_dir, position["step"], last_loss, eval_loss)
@@ -204,6 +258,11 @@ def _compare_after_training(run_dir: Path, cfg: RunConfig) -> None:
     from tunelab.infer.run import open_run
 
     run = open_run(run_dir, device=cfg.model.device)
-    result = compare(run, read_questions(cfg.eval.questions), GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens), cfg.eval.refusal)
+    result = compare(
+        run,
+        read_questions(cfg.eval.questions),
+        GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens),
+        cfg.eval.refusal,
+    )
     save_comparison(result, run_dir)
     print(format_comparison(result), flush=True)

@@ -29,7 +29,9 @@ def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     if isinstance(model, LlamaForCausalLM):  # our model: the LM head fused with the loss
         if "doc_lengths" in batch:
             return model(**packed_inputs(batch)).loss_sum
-        return model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"]).loss_sum
+        return model(
+            batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"]
+        ).loss_sum
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     if getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
         # Apply the LM head only where a loss is taken: answers are often a third of the tokens.
@@ -43,7 +45,9 @@ def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
     ).logits  # (B, T, V)
     logits = logits[:, :-1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
 
 
 def packed_inputs(batch: dict) -> dict[str, torch.Tensor]:
