@@ -52,7 +52,7 @@ def compare(
     loaded = _open(run, device)
     items = read_questions(questions) if questions else []
     items += [Question(q) for q in (question or [])]
-    refusal = refusal if refusal is not None else loaded.info.get("refusal")
+    refusal = refusal if refusal is not None else loaded.info.refusal
     result = _compare(loaded, items, settings or GenerationSettings(), refusal)
     if show:
         print(format_comparison(result))

@@ -11,10 +11,11 @@ import pytest
 import tunelab.training.recipe as recipe
 from tunelab.data.loader import split_eval
 from tunelab.errors import DataError, RunDirError
-from tunelab.eval.evaluate import EVAL_FILE, check_run_dir, evaluate_run, format_eval
+from tunelab.eval.evaluate import EVAL_FILE, evaluate_run, format_eval
 from tunelab.eval.report import build_report
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
+from tunelab.rundir import open_info
 
 REFUSAL = "I cannot say."
 QA = [{"question": f"What is the code of box {i}?", "answer": f"Box {i} has code {1000 + 37 * i}."} for i in range(24)]
@@ -177,17 +178,19 @@ def test_unknown_run_dir(tmp_path):
 def test_not_a_run_dir_and_unfinished_run(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunDirError, match="no run.json"):
-        check_run_dir(tmp_path / "empty")
+        open_info(tmp_path / "empty")
     with pytest.raises(RunDirError, match="did not finish"):
-        check_run_dir(_fake_run(tmp_path / "unfinished", finished=False))
+        open_info(_fake_run(tmp_path / "unfinished", finished=False))
 
 
 def test_run_without_adapter_or_weights(tmp_path):
     with pytest.raises(RunDirError, match="adapter_model.safetensors missing"):
-        check_run_dir(_fake_run(tmp_path / "lora", files=("adapter_config.json",)))
-    with pytest.raises(RunDirError, match=r"no \*.safetensors weights"):
-        check_run_dir(_fake_run(tmp_path / "full", method="full", files=("config.json",)))
-    check_run_dir(_fake_run(tmp_path / "ok", method="full", files=("model.safetensors",)))
+        open_info(_fake_run(tmp_path / "lora", files=("adapter_config.json",)))
+    with pytest.raises(RunDirError, match=r"no config.json and \*.safetensors weights"):
+        open_info(_fake_run(tmp_path / "full", method="full", files=("config.json",)))
+    with pytest.raises(RunDirError, match=r"no config.json and \*.safetensors weights"):
+        open_info(_fake_run(tmp_path / "weights", method="full", files=("model.safetensors",)))
+    open_info(_fake_run(tmp_path / "ok", method="full", files=("config.json", "model.safetensors")))
 
 
 def test_rows_without_expected_answers_name_file_and_line(tmp_path):

@@ -458,7 +458,10 @@ def test_llama_cpp_splits_text_like_transformers_for_each_pre_tokenizer(pre, sma
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     merged, _ = tiny_merged
     write_gguf(
-        replace(merged, tokenizer=tok, info={"base_model": "tiny-variant"}), tmp_path / "t.gguf", "f16", name=pre
+        replace(merged, tokenizer=tok, info=replace(merged.info, base_model="tiny-variant")),
+        tmp_path / "t.gguf",
+        "f16",
+        name=pre,
     )
     llm = llama_cpp.Llama(model_path=str(tmp_path / "t.gguf"), vocab_only=True, verbose=False)
     assert llm.metadata["tokenizer.ggml.pre"] == pre

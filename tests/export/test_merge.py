@@ -143,7 +143,7 @@ def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".old-", ".tmp-"))]
 
     (run / "adapter_model.safetensors").unlink()
-    with pytest.raises(RunDirError, match="adapter_model.safetensors is missing"):
+    with pytest.raises(RunDirError, match="adapter_model.safetensors missing"):
         merge_run(run, tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
 

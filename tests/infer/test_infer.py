@@ -76,5 +76,5 @@ def test_unfinished_or_foreign_directories_are_refused(tmp_path, tiny_run_dir):
     noadapter = tmp_path / "noadapter"
     noadapter.mkdir()
     (noadapter / "run.json").write_text(json.dumps(info | {"finished": True}))
-    with pytest.raises(RunDirError, match="holds no adapter"):
+    with pytest.raises(RunDirError, match="adapter is incomplete"):
         open_run(noadapter)

@@ -156,7 +156,11 @@ def test_packed_documents_equal_documents_alone(pair):
     with torch.no_grad():
         ours = pair.ours(packed, position_ids=positions, cu_seqlens=cu_seqlens)
         alone = torch.cat((pair.hf(doc_a).logits, pair.hf(doc_b).logits), dim=1)
-        torch.testing.assert_close(ours, alone, **LOGIT_TOL)
+        # The packed row goes through a masked attention over all 16 keys, each document alone through a causal one
+        # over its own: the same sums in another blocking. At smollm2's width (576) the logits differ by up to 4.1e-5
+        # absolute (seen on one 2-core x86 CPU; 2.9e-5 on another) where they are about 1 in size: fp32 roundoff of
+        # two 576-wide layers, not a leak across documents, which would move them by the logits' own size.
+        torch.testing.assert_close(ours, alone, rtol=2e-5, atol=1e-4)
         # Without position_ids the model derives the restarting positions from cu_seqlens.
         torch.testing.assert_close(pair.ours(packed, cu_seqlens=cu_seqlens), ours, rtol=0, atol=0)
 

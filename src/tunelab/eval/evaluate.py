@@ -15,9 +15,7 @@ the labels, and each generated answer is mapped to one. Text rows (continued pre
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from tunelab.atomic import write_json
 from tunelab.config import DataConfig, load_config
 from tunelab.data.formats import Example, to_examples
 from tunelab.data.loader import make_batches
@@ -44,8 +43,8 @@ from tunelab.eval.metrics import (
     text_scores,
 )
 from tunelab.infer.generate import GenerationSettings, generate_answers
-from tunelab.infer.run import LoadedRun, open_run, read_run_info
-from tunelab.peft.save import CONFIG_FILE, WEIGHTS_FILE
+from tunelab.infer.run import LoadedRun, open_run
+from tunelab.rundir import RunInfo, open_info
 from tunelab.training.step import evaluate, loss_tokens
 
 EVAL_FILE = "eval.json"
@@ -135,10 +134,7 @@ class EvalResult:
         """Write eval.json (default: in the run directory), atomically."""
         path = Path(path) if path is not None else Path(self.run_dir) / EVAL_FILE
         _check_writable(path, overwrite)
-        tmp = path.with_name(f".tmp-{path.name}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict())
 
 
 def _check_writable(path: Path, overwrite: bool) -> None:
@@ -148,28 +144,11 @@ def _check_writable(path: Path, overwrite: bool) -> None:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
 
 
-def check_run_dir(run_dir: str | Path) -> dict:
-    """run.json of a finished run that holds its result (adapter or weights); RunDirError otherwise."""
-    run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
-    if info.get("method") == "lora":
-        missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (run_dir / name).is_file()]
-        if missing:
-            raise RunDirError(
-                f"{run_dir}: the run was trained with LoRA but its adapter is incomplete ({', '.join(missing)} missing)."
-            )
-    elif not any(run_dir.glob("*.safetensors")):
-        raise RunDirError(
-            f"{run_dir}: the run trained all or some weights ({info.get('method')}) but holds no *.safetensors weights."
-        )
-    return info
-
-
-def _run_data_config(run_dir: Path, info: dict) -> tuple[DataConfig, int]:
+def _run_data_config(run_dir: Path, info: RunInfo) -> tuple[DataConfig, int]:
     """The run's data options (for rendering exactly as in training) and its micro-batch size."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        return DataConfig(system_prompt=info.get("system_prompt")), 8
+        return DataConfig(system_prompt=info.system_prompt), 8
     try:
         cfg = load_config(path).config
     except ConfigError as exc:
@@ -361,14 +340,14 @@ def evaluate_run(
     `out` (default RUN_DIR/eval.json); an existing file is an error unless `overwrite`."""
     loaded = run_dir if isinstance(run_dir, LoadedRun) else None
     run_dir = loaded.run_dir if loaded else Path(run_dir)
-    info = loaded.info if loaded else check_run_dir(run_dir)
+    info = loaded.info if loaded else open_info(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     if save:
         _check_writable(target, overwrite)
     data, micro_batch = _run_data_config(run_dir, info)
     items = read_eval_file(data_file, data)
     settings = settings or GenerationSettings()
-    refusal = refusal if refusal is not None else info.get("refusal")
+    refusal = refusal if refusal is not None else info.refusal
 
     run = loaded or open_run(run_dir, device=device)
     report = DataReport(max_length=data.max_length)
@@ -399,8 +378,8 @@ def evaluate_run(
     result = EvalResult(
         run_dir=str(run_dir),
         data_file=str(data_file),
-        base_model=info.get("base_model", ""),
-        method=info.get("method", ""),
+        base_model=info.base_model,
+        method=info.method,
         refusal=refusal,
         settings=asdict(settings),
         device=str(run.device),

@@ -17,13 +17,14 @@ import difflib
 import html
 import io
 import json
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tunelab.atomic import write_text
 from tunelab.errors import RunDirError
+from tunelab.rundir import RUN_FILE, read_info
 
 REPORT_FILE = "report.html"
 MAX_ANSWER_ROWS = 500  # answers shown; the rest are counted
@@ -573,7 +574,7 @@ def _data_section(report: _Input) -> str:
 def render_report(run_dir: str | Path) -> str:
     """The report of `run_dir` as one HTML string."""
     run_dir = Path(run_dir)
-    run, metrics, ev, cmp = (_load(run_dir, n) for n in ("run.json", "metrics.jsonl", "eval.json", "compare.json"))
+    run, metrics, ev, cmp = (_load(run_dir, n) for n in (RUN_FILE, "metrics.jsonl", "eval.json", "compare.json"))
     config, data = _load(run_dir, "config.yaml"), _load(run_dir, "data_report.json")
     sections = [
         ("run", "Run", _run_summary(run)),
@@ -605,16 +606,10 @@ def render_report(run_dir: str | Path) -> str:
 def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write the report of `run_dir` to `out` (default RUN_DIR/report.html) and return its path."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run directory.")
-    if not (run_dir / "run.json").is_file():
-        raise RunDirError(f"{run_dir}: not a tunelab run directory (no run.json).")
+    read_info(run_dir, require_finished=False)  # a run directory, even an unfinished one: its curves are worth seeing
     path = Path(out) if out is not None else run_dir / REPORT_FILE
     if path.exists() and not overwrite:
         raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
     page = render_report(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, page)

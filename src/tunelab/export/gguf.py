@@ -372,7 +372,7 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     gguf = _gguf()
     model, tok = merged.model, merged.tokenizer
     shape = llama_shape(model.config)
-    vocab = gguf_vocab(tok, shape.vocab_size, source_pre_tokenizer(merged.info["base_model"]))
+    vocab = gguf_vocab(tok, shape.vocab_size, source_pre_tokenizer(merged.info.base_model))
     w = gguf.GGUFWriter(path, "llama")
     file_type = {
         "f32": "ALL_F32",
@@ -385,7 +385,7 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     w.add_type("model")
     w.add_name(name)
     w.add_base_model_count(1)
-    w.add_base_model_name(0, str(merged.info["base_model"]))
+    w.add_base_model_name(0, str(merged.info.base_model))
     w.add_context_length(shape.context)
     w.add_embedding_length(shape.hidden)
     w.add_block_count(shape.layers)
@@ -459,9 +459,7 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, qtype: str = "f16", o
     scratch_mf = out.with_name(f".tmp-{MODELFILE}-{os.getpid()}")
     try:
         write_gguf(merged, scratch, qtype, name=run_dir.resolve().name)
-        scratch_mf.write_text(
-            modelfile_text(out.name, merged.template, merged.tokenizer, merged.info.get("system_prompt"))
-        )
+        scratch_mf.write_text(modelfile_text(out.name, merged.template, merged.tokenizer, merged.info.system_prompt))
         os.replace(scratch, out)
         os.replace(scratch_mf, modelfile)
     finally:

@@ -24,15 +24,13 @@ from torch import nn
 
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, RunDirError
-from tunelab.infer.run import RUN_FILE, open_run, read_run_info
+from tunelab.infer.run import open_run
 from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.lora import LoRALinear, lora_modules
 from tunelab.peft.quant import NF4Linear
-from tunelab.peft.save import CONFIG_FILE, WEIGHTS_FILE
+from tunelab.rundir import RunInfo, open_info
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ADAPTER_METHODS = ("lora",)
-WEIGHT_METHODS = ("full", "layers")
 
 # Jinja equivalents of the named templates in tunelab.data.templates (same text for every conversation; a test
 # renders both). Whitespace control (`{%-`/`-%}`) on every tag keeps the literal text exactly what is written.
@@ -76,36 +74,14 @@ class MergedModel:
 
     model: nn.Module  # a plain transformers *ForCausalLM
     tokenizer: object  # carries `chat_template` = the template the run was trained with
-    info: dict  # run.json
+    info: RunInfo
     template: Template
     dtype: torch.dtype
 
 
-def check_run(run_dir: str | Path) -> dict:
-    """run.json of a finished run whose result (adapter or weights) is present; RunDirError otherwise."""
-    run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
-    method = info.get("method")
-    if method in ADAPTER_METHODS:
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (run_dir / name).is_file():
-                raise RunDirError(
-                    f"{run_dir}: the run was trained with {method} but {name} is missing, so there is no adapter to merge."
-                )
-    elif method in WEIGHT_METHODS:
-        if not (run_dir / "config.json").is_file() or not any(run_dir.glob("*.safetensors")):
-            raise RunDirError(
-                f"{run_dir}: the run was trained with method {method} but holds no weights (config.json and *.safetensors)."
-            )
-    elif method == "qlora":
-        raise RunDirError(
-            f"{run_dir}: merging a QLoRA run is not supported yet (its NF4 base must be dequantized first)."
-        )
-    else:
-        raise RunDirError(
-            f"{run_dir / RUN_FILE}: unknown method {method!r}; expected one of {', '.join(ADAPTER_METHODS + WEIGHT_METHODS)}."
-        )
-    return info
+def check_run(run_dir: str | Path) -> RunInfo:
+    """The RunInfo of a finished run whose result (adapter or weights) is present; RunDirError otherwise."""
+    return open_info(run_dir)
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -116,11 +92,11 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
-def stored_dtype(run_dir: str | Path, info: dict) -> torch.dtype:
+def stored_dtype(run_dir: str | Path, info: RunInfo) -> torch.dtype:
     """The dtype the weights were saved in (the base model's for a LoRA run); fp32 when the config does not say."""
     from transformers import AutoConfig
 
-    where = materialize(resolve_source(info["base_model"])) if info["method"] in ADAPTER_METHODS else str(run_dir)
+    where = materialize(resolve_source(info.base_model)) if info.is_adapter else str(run_dir)
     config = AutoConfig.from_pretrained(where)
     value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(value, str):
@@ -235,7 +211,7 @@ def merge_run(
     try:
         merged.model.save_pretrained(scratch, safe_serialization=True)
         merged.tokenizer.save_pretrained(scratch)
-        provenance = {k: merged.info.get(k) for k in ("base_model", "method", "template", "system_prompt")}
+        provenance = {k: getattr(merged.info, k) for k in ("base_model", "method", "template", "system_prompt")}
         (scratch / "tunelab_merge.json").write_text(
             json.dumps(provenance | {"run_dir": str(run_dir.resolve())}, indent=2)
         )

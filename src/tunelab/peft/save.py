@@ -15,9 +15,9 @@ from torch import nn
 
 from tunelab.errors import RunDirError
 from tunelab.peft.lora import attach_lora, lora_modules
+from tunelab.rundir import ADAPTER_CONFIG_FILE as CONFIG_FILE
+from tunelab.rundir import ADAPTER_WEIGHTS_FILE as WEIGHTS_FILE
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 
 

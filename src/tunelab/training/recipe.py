@@ -7,7 +7,6 @@ same steps as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -19,19 +18,19 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from tunelab.atomic import write_json, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config
 from tunelab.data.loader import build_datasets, make_batches
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.build import BuiltModel, build_model, save_full_weights
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import save_adapter
+from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.training.metrics import MetricsLog, plot_losses
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import evaluate, train_step
-
-RUN_FILE = "run.json"
 
 
 @dataclass
@@ -83,12 +82,6 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig) -> None:
@@ -166,20 +159,21 @@ def train(
         )
         print(f"resuming from {checkpoint} (step {position['step']} of {total_steps})", flush=True)
     else:
-        _write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
-        _write_atomic(run_dir / "data_report.json", json.dumps(data.report.to_dict(), indent=2))
+        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+        write_json(run_dir / "data_report.json", data.report.to_dict())
     log = MetricsLog(run_dir, resume_step=position["step"] if resume else None)
-    run_info = {
-        "base_model": cfg.model.name,
-        "method": cfg.method.name,
-        "template": data.template.name,
-        "system_prompt": cfg.data.system_prompt,
-        "refusal": cfg.eval.refusal,
-        "impl": built.impl,
-        "total_steps": total_steps,
-        "finished": False,
-    }
-    _write_atomic(run_dir / RUN_FILE, json.dumps(run_info, indent=2))
+    info = RunInfo(
+        base_model=cfg.model.name,
+        method=cfg.method.name,
+        template=data.template.name,
+        system_prompt=cfg.data.system_prompt,
+        refusal=cfg.eval.refusal,
+        impl=built.impl,
+        quantize_base=cfg.method.quantize_base,
+        trust_remote_code=cfg.model.trust_remote_code,
+        total_steps=total_steps,
+    )
+    write_info(run_dir, info)
 
     last_loss = eval_loss = None
     bar = tqdm(total=total_steps, initial=position["step"], desc="train", unit="step", dynamic_ncols=True)
@@ -233,15 +227,9 @@ def train(
     model.eval()
     save_final(run_dir, built, tokenizer, cfg)
     plot_losses(run_dir)
-    run_info.update(
-        finished=True,
-        steps=position["step"],
-        final_loss=last_loss,
-        eval_loss=eval_loss,
-        tokens=position["tokens"],
-        elapsed_s=round(position["elapsed_s"], 1),
-    )
-    _write_atomic(run_dir / RUN_FILE, json.dumps(run_info, indent=2))
+    info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
+    info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
+    write_info(run_dir, info)
     print(
         f"saved to {run_dir} ({position['step']} steps, {position['tokens']:,} tokens, {position['elapsed_s']:.0f} s)",
         flush=True,

@@ -1,0 +1,144 @@
+"""The run directory: what `tunelab train` writes, and the one place that reads its description, `run.json`.
+
+    config.yaml          the resolved config (its saved form; `tunelab train CONFIG --resume` compares against it)
+    run.json             `RunInfo`: what was trained and how to open it; `finished` once the result is complete
+    data_report.json     what happened to every record (data/report.py)
+    metrics.jsonl        one record per logged step and per eval
+    adapter_config.json  + adapter_model.safetensors: the result of an adapter method (PEFT's layout), or
+    config.json          + model.safetensors: the result of full or layer-wise training (a Hugging Face directory)
+    checkpoints/         step-N/ folders for --resume
+
+Every command that opens a finished run (compare, chat, generate, eval, report, merge, export) goes through
+`read_info` and `check_result`, so "is this a run, did it finish, is its result there" is answered once. `run.json`
+doubles as the marker that tunelab wrote the folder: a folder without it is never treated as a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab import __version__
+from tunelab.atomic import write_json
+from tunelab.errors import RunDirError
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's names (peft/save.py writes them)
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_METHODS = ("lora",)
+WEIGHT_METHODS = ("full", "layers")
+
+
+@dataclass
+class RunInfo:
+    """Everything a later command needs to know about a run without re-reading its config."""
+
+    base_model: str
+    """The model the run started from, as the config named it (alias, hub id, directory or .gguf file)."""
+    method: str
+    """lora | full | layers: whether the result is an adapter or whole weights."""
+    task: str = "sft"
+    """What the model was trained to do (sft: generate answers)."""
+    template: str = "auto"
+    """The prompt template the data was rendered with (its resolved name)."""
+    system_prompt: str | None = None
+    refusal: str | None = None
+    impl: str = "generic"
+    """fast (tunelab's Llama-family model) or generic (the transformers model)."""
+    quantize_base: str = "none"
+    """nf4 for QLoRA: the adapter was trained over the 4-bit base, and is evaluated over it by default."""
+    trust_remote_code: bool = False
+    """The model's own code ran in training, so opening the run needs it too."""
+    total_steps: int = 0
+    finished: bool = False
+    steps: int = 0
+    final_loss: float | None = None
+    eval_loss: float | None = None
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    tunelab_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Facts particular to a task or feature, saved and read back as they are (keys unknown to this version too)."""
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.method in ADAPTER_METHODS
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = RUN_FILE) -> RunInfo:
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [name for name in ("base_model", "method") if name not in raw]
+        if missing:
+            raise RunDirError(f"{where}: not a complete run description ({', '.join(missing)} missing).")
+        values = {k: v for k, v in raw.items() if k in known}
+        values["extra"] = dict(raw.get("extra") or {}) | {k: v for k, v in raw.items() if k not in known}
+        return cls(**values)
+
+
+def run_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RUN_FILE
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True when `path` is a folder that tunelab wrote as a run directory (it holds run.json)."""
+    return run_file(path).is_file()
+
+
+def write_info(run_dir: str | Path, info: RunInfo) -> Path:
+    return write_json(run_file(run_dir), info.to_dict())
+
+
+def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
+    """The run's RunInfo; RunDirError when the folder is missing, is no run directory, or (by default) the run did
+    not finish."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory.")
+    path = run_file(run_dir)
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: not a tunelab run directory (no {RUN_FILE}).")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: damaged ({exc}); the run directory cannot be opened.") from None
+    if not isinstance(raw, dict):
+        raise RunDirError(f"{path}: damaged (expected a JSON object); the run directory cannot be opened.")
+    info = RunInfo.from_dict(raw, str(path))
+    if require_finished and not info.finished:
+        raise RunDirError(f"{run_dir}: the run did not finish; resume it with 'tunelab train CONFIG --resume' first.")
+    return info
+
+
+def check_result(run_dir: str | Path, info: RunInfo) -> None:
+    """RunDirError unless the run's result is present: the adapter files for an adapter method, else the weights."""
+    run_dir = Path(run_dir)
+    if info.is_adapter:
+        missing = [name for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE) if not (run_dir / name).is_file()]
+        if missing:
+            raise RunDirError(
+                f"{run_dir}: the run was trained with {info.method} but its adapter is incomplete "
+                f"({', '.join(missing)} missing)."
+            )
+    elif info.method in WEIGHT_METHODS:
+        if not (run_dir / "config.json").is_file() or not any(run_dir.glob("*.safetensors")):
+            raise RunDirError(
+                f"{run_dir}: the run trained weights (method {info.method}) but holds no config.json and "
+                "*.safetensors weights."
+            )
+    else:
+        allowed = ", ".join(ADAPTER_METHODS + WEIGHT_METHODS)
+        raise RunDirError(f"{run_file(run_dir)}: unknown method {info.method!r}; expected one of {allowed}.")
+
+
+def open_info(run_dir: str | Path) -> RunInfo:
+    """read_info + check_result: a finished run whose result is there."""
+    info = read_info(run_dir)
+    check_result(run_dir, info)
+    return info

@@ -1,0 +1,41 @@
+"""The run directory's description: written and read in one place, damaged or foreign folders refused by name."""
+
+import json
+
+import pytest
+
+from tunelab.errors import RunDirError
+from tunelab.rundir import RUN_FILE, RunInfo, is_run_dir, open_info, read_info, write_info
+
+
+def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
+    info = RunInfo(base_model="m", method="lora", quantize_base="nf4", trust_remote_code=True, total_steps=3)
+    write_info(tmp_path, info)
+    assert is_run_dir(tmp_path)
+    assert read_info(tmp_path, require_finished=False) == info
+    raw = json.loads((tmp_path / RUN_FILE).read_text()) | {"from_a_later_version": [1, 2]}
+    (tmp_path / RUN_FILE).write_text(json.dumps(raw))
+    again = read_info(tmp_path, require_finished=False)
+    assert again.extra == {"from_a_later_version": [1, 2]} and again.quantize_base == "nf4"
+    write_info(tmp_path, again)  # what a later version wrote survives this one's rewrite
+    assert json.loads((tmp_path / RUN_FILE).read_text())["extra"] == {"from_a_later_version": [1, 2]}
+
+
+def test_damaged_incomplete_and_foreign_folders_are_refused(tmp_path):
+    with pytest.raises(RunDirError, match="no such run directory"):
+        read_info(tmp_path / "missing")
+    assert not is_run_dir(tmp_path)
+    with pytest.raises(RunDirError, match="not a tunelab run directory"):
+        read_info(tmp_path)
+    (tmp_path / RUN_FILE).write_text('{"base_model": "m", "meth')
+    with pytest.raises(RunDirError, match=r"run\.json: damaged"):
+        read_info(tmp_path)
+    (tmp_path / RUN_FILE).write_text('{"base_model": "m"}')
+    with pytest.raises(RunDirError, match="method missing"):
+        read_info(tmp_path)
+    write_info(tmp_path, RunInfo(base_model="m", method="lora"))
+    with pytest.raises(RunDirError, match="did not finish"):
+        read_info(tmp_path)
+    write_info(tmp_path, RunInfo(base_model="m", method="lora", finished=True))
+    with pytest.raises(RunDirError, match="adapter is incomplete"):
+        open_info(tmp_path)
