@@ -25,12 +25,6 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
 FUSED_TOL = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2, torch.float16: 2e-3}
 
 
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    assert actual.shape == expected.shape and torch.isfinite(actual).all()
-    a, e = actual.double(), expected.double()
-    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
-
-
 def make_inputs(shape, dtype, device="cpu", frozen=True):
     lead, n_in, n_out, rank = shape
     g = torch.Generator().manual_seed(zlib.crc32(repr((shape, dtype)).encode()))
@@ -60,7 +54,7 @@ def ground_truth(x, weight, bias, lora_a, lora_b, scale, dropout_p, training):
     return x64 @ weight.double().T + bias.double() + scale * (dropped @ lora_a.double().T) @ lora_b.double().T
 
 
-def check(got, want, tol, frozen):
+def check(got, want, tol, frozen, rel_error):
     assert got[0].dtype == want[0].dtype
     for i, (g, w) in enumerate(zip(got, want)):
         if frozen and i in (2, 3):  # W and b
@@ -72,7 +66,7 @@ def check(got, want, tol, frozen):
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_reference_matches_float64_ground_truth(shape, dtype, dropout_p):
+def test_reference_matches_float64_ground_truth(shape, dtype, dropout_p, rel_error):
     inputs, dy = make_inputs(shape, dtype)
     got = run(reference.lora_linear, inputs, dy, dropout_p)
     want = run(ground_truth, inputs, dy, dropout_p)
@@ -87,21 +81,21 @@ def test_reference_matches_float64_ground_truth(shape, dtype, dropout_p):
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_fused_matches_reference_on_cpu(shape, dtype, dropout_p, frozen):
+def test_fused_matches_reference_on_cpu(shape, dtype, dropout_p, frozen, rel_error):
     inputs, dy = make_inputs(shape, dtype, frozen=frozen)
     check(run(lora_linear, inputs, dy, dropout_p), run(reference.lora_linear, inputs, dy, dropout_p), FUSED_TOL[dtype],
-          frozen)  # fmt: skip
+          frozen, rel_error)  # fmt: skip
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("frozen", [True, False])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES + [((2, 13), 97, 4099, 16), ((4, 512), 4096, 4096, 16)])
-def test_fused_matches_reference_on_cuda(shape, dtype, dropout_p, frozen):
+def test_fused_matches_reference_on_cuda(shape, dtype, dropout_p, frozen, rel_error):
     inputs, dy = make_inputs(shape, dtype, "cuda", frozen=frozen)
     check(run(lora_linear, inputs, dy, dropout_p), run(reference.lora_linear, inputs, dy, dropout_p), FUSED_TOL[dtype],
-          frozen)  # fmt: skip
+          frozen, rel_error)  # fmt: skip
 
 
 def test_dropout_is_off_outside_training_and_keeps_one_minus_p():

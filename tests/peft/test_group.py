@@ -163,13 +163,13 @@ def test_model_gradients_equal_with_and_without_groups(method, checkpointing):
         torch.testing.assert_close(results[True][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels need CUDA")
+@pytest.mark.gpu  # the fused kernels
+@pytest.mark.triton
 @pytest.mark.parametrize("checkpointing", [False, True, "offload"])
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_model_gradients_equal_with_and_without_groups_on_cuda(method, checkpointing, monkeypatch):
     """The GPU path: Triton RMSNorm writing into spare columns, SwiGLU over column slices with its gradients written
     in place (the one-GEMM backward), NF4 dequantized into the rows of a wider matrix; packed rows."""
-    pytest.importorskip("triton")
     joined = []
     real = group_module._joined
     monkeypatch.setattr(group_module, "_joined", lambda *a: joined.append(real(*a) is not None) or real(*a))

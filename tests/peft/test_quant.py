@@ -223,18 +223,12 @@ SCALE = 2.0
 FUSED_TOL = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2}
 
 
-def rel_error(actual, expected):
-    assert actual.shape == expected.shape and torch.isfinite(actual).all()
-    a, e = actual.double(), expected.double()
-    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("train_bias", [False, True])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [((7,), 1000, 129, 1), ((2, 13), 97, 1031, 16), ((3, 5), 64, 48, 4)])
-def test_nf4_lora_linear_matches_autograd_reference(shape, dtype, dropout_p, train_bias, device):
+def test_nf4_lora_linear_matches_autograd_reference(shape, dtype, dropout_p, train_bias, device, rel_error):
     lead, n_in, n_out, rank = shape
     g = torch.Generator().manual_seed(zlib.crc32(repr((shape, dtype)).encode()))
     q = quantize_nf4((torch.randn(n_out, n_in, generator=g) / n_in**0.5).to(device, dtype))
@@ -267,7 +261,7 @@ def test_nf4_lora_linear_matches_autograd_reference(shape, dtype, dropout_p, tra
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_nf4_linear_gradient_of_x_uses_the_dequantized_weight(device):
+def test_nf4_linear_gradient_of_x_uses_the_dequantized_weight(device, rel_error):
     q = quantize_nf4(weight((40, 72), device=device))
     x = torch.randn(6, 72, device=device, requires_grad=True)
     bias = torch.randn(40, device=device, requires_grad=True)
@@ -348,7 +342,7 @@ def test_materialize_quantized_builds_a_random_nf4_model_from_meta():
     assert torch.isfinite(loss_sum) and abs(loss_sum.item() / count - math.log(128)) < 0.5
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_quantize_model_onto_the_gpu_holds_one_16_bit_weight_at_a_time():
     config = dict(TINY, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=8)  # fmt: skip

@@ -4,13 +4,12 @@ parameters in one launch) against the PyTorch reference.
 
 The kernel tests need Triton and a CUDA device, or `TRITON_INTERPRET=1` (Triton's interpreter on the CPU), where the
 kernel must equal the reference bit for bit (bf16 parameters only on CUDA: the interpreter truncates fp32 -> bf16).
-The optimizer tests marked needs_cuda run only on a CUDA device (the optimizer takes the kernel path for CUDA
+The optimizer tests marked gpu run only on a CUDA device (the optimizer takes the kernel path for CUDA
 parameters only).
 """
 
 import copy
 import json
-import os
 import sys
 
 import pytest
@@ -40,9 +39,6 @@ from tunelab.training.optim import build_optimizer
 
 SIGNED, UNSIGNED = dynamic_code(), unsigned_dynamic_code()
 CUDA = torch.cuda.is_available()
-KERNEL_DEVICE = "cuda" if CUDA else "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
-needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs a CUDA device (or TRITON_INTERPRET=1)")
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 
 def moments(n: int, seed: int) -> torch.Tensor:
@@ -331,11 +327,10 @@ def _kernel_case(shape, dtype, seed):
     return param, state, grads
 
 
-@needs_kernel
+@pytest.mark.triton
 @pytest.mark.parametrize("shape", [(4173,), (3, 5, 300), (1, 256 * 17)])
 @pytest.mark.parametrize("dtype", [torch.float32] + ([torch.bfloat16] if CUDA else []))
-def test_triton_kernel_equals_reference(shape, dtype):
-    pytest.importorskip("triton")
+def test_triton_kernel_equals_reference(shape, dtype, triton_device):
     from tunelab.kernels.adamw8bit import adamw8bit_update_multi
 
     def adamw8bit_update(param, grad, *rest):  # one tensor through the multi-tensor kernel
@@ -347,7 +342,7 @@ def test_triton_kernel_equals_reference(shape, dtype):
 
     param, state, grads = _kernel_case(shape, dtype, seed=sum(shape))
     ref_param, ref_state = param.clone(), [t.clone() for t in state]
-    dev = KERNEL_DEVICE
+    dev = triton_device
     k_param, k_state = param.to(dev), [t.to(dev) for t in state]
     for step, grad in enumerate(grads, start=1):
         scalars = update_scalars(3e-3, 0.9, 0.999, 1e-8, 0.01, step)
@@ -361,9 +356,9 @@ def test_triton_kernel_equals_reference(shape, dtype):
             assert ref_state[1][0] == 0 and bool((ref_state[0][:BLOCK] == int((SIGNED == 0).nonzero())).all())
 
 
-@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_optimizer_on_cuda_equals_the_cpu_reference():
-    pytest.importorskip("triton")
     cpu = _params()
     gpu = [torch.nn.Parameter(p.detach().cuda()) for p in cpu]
     opt_cpu, opt_gpu = _make(cpu), _make(gpu)
@@ -410,17 +405,16 @@ def _multi_case(dtype, seed):
     return [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases]
 
 
-@needs_kernel
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype", [torch.float32] + ([torch.bfloat16] if CUDA else []))
-def test_multi_tensor_kernel_equals_reference(dtype):
-    pytest.importorskip("triton")
+def test_multi_tensor_kernel_equals_reference(dtype, triton_device):
     from tunelab.kernels.adamw8bit import TABLE_ROWS, adamw8bit_update_multi
 
     assert TABLE_ROWS[1:5] == QUANTIZED_KEYS
     params, states, grads = _multi_case(dtype, seed=11)
     ref_params, ref_states = [p.clone() for p in params], [[t.clone() for t in s] for s in states]
     before = ref_params[3].clone()
-    dev = KERNEL_DEVICE
+    dev = triton_device
     k_params, k_states = [p.to(dev) for p in params], [[t.to(dev) for t in s] for s in states]
     index = block_maps([p.numel() for p in params])[0].to(dev)
     table = pointer_table(k_params, [dict(zip(QUANTIZED_KEYS, s)) for s in k_states]).to(dev)
@@ -461,9 +455,9 @@ def _make_many(params):
     return AdamW8bit(groups, lr=3e-3)
 
 
-@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_optimizer_on_cuda_launches_once_per_dtype_and_group_and_equals_the_cpu_reference(monkeypatch):
-    pytest.importorskip("triton")
     import tunelab.kernels.adamw8bit as kernels
 
     launches = []
