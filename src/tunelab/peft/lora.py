@@ -3,6 +3,10 @@
 `LoRALinear` is a leaf module we construct around an existing `nn.Linear` (or NF4 linear); `attach_lora` swaps it in
 by name on any model, ours or transformers', so the same code serves the fast and the generic path. Parameter names
 (`<path>.lora_A.weight`, `<path>.lora_B.weight`) follow PEFT's so adapters round-trip through its file format.
+
+The projection itself is computed in one of two places: `kernels.reference.lora_linear` (plain autograd: a 16-bit
+base on the CPU) or the fused node `kernels.lora.lora_linear` (on CUDA, and for an NF4 base everywhere). Folding an
+adapter into its base is `merged_linear`, used by `merge_lora` and by the export.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import torch
 from torch import nn
 
 from tunelab.errors import ConfigError
+from tunelab.kernels import reference
 from tunelab.kernels.lora import lora_linear as fused_lora_linear
 from tunelab.peft.group import GroupWeights
-from tunelab.peft.quant import NF4Linear, nf4_lora_linear
+from tunelab.peft.quant import NF4Linear
 
 
 class LoRALinear(nn.Module):
@@ -34,6 +39,8 @@ class LoRALinear(nn.Module):
         device = base.weight_packed.device if isinstance(base, NF4Linear) else base.weight.device
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=torch.float32)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=torch.float32)
+        # Declares the dropout on the adapter's input (and so, to the model, that training draws random numbers);
+        # the LoRA ops apply it with their own keep-mask, drawn alike on every path.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
         # Where grouped projections (`peft.group`) build their stacked weight: shared by all layers of a model.
@@ -45,38 +52,26 @@ class LoRALinear(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, output: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """output=False: see `grad_only`. residual (..., out): returned added to the result; the fused paths add it
+        """output=False: see `grad_only`. residual (..., out): returned added to the result; the fused node adds it
         inside the base GEMM (no separate pass over the output)."""
+        base = self.base_layer
         if not self.enabled:
-            y = self.base_layer(x)
+            y = base(x)
             return y if residual is None else residual + y
         a, b = self.lora_A.weight, self.lora_B.weight
         p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
-        base = self.base_layer
-        if isinstance(base, NF4Linear):
-            # QLoRA, CPU and CUDA: W is dequantized in forward and again in backward, never saved.
-            return nf4_lora_linear(x, base.nf4(), base.bias, a, b, self.scale, p, self.training, base.workspace, output,
-                                   residual)  # fmt: skip
-        if x.is_cuda and type(base) is nn.Linear:
-            # One autograd node that saves only x and the (N, r) product; matmuls in x's dtype.
+        if type(base) is NF4Linear:  # QLoRA, CPU and CUDA: W dequantized in forward and again in backward, never saved
+            weight = base.frozen_weight()
+            return fused_lora_linear(x, weight, base.bias, a, b, self.scale, p, self.training, output, residual)
+        if x.is_cuda and type(base) is nn.Linear:  # one node that saves only x and the (N, r) product
             return fused_lora_linear(x, base.weight, base.bias, a, b, self.scale, p, self.training, output, residual)
-        y = self.base_layer(x)
-        update = (self.dropout(x).to(a.dtype) @ a.T) @ b.T  # (..., r) then (..., out)
-        y = y + (self.scale * update).to(y.dtype)
+        y = reference.lora_linear(x, base.weight, base.bias, a, b, self.scale, p, self.training)
         return y if residual is None else residual + y
 
     def grad_only(self, x: torch.Tensor) -> torch.Tensor:
-        """forward's autograd node, with the result left uncomputed where the fused paths allow (its values are then
+        """forward's autograd node, with the result left uncomputed where the fused node allows (its values are then
         undefined): checkpointing's recomputation of a layer's last projection, whose output backward never reads."""
         return self.forward(x, output=False)
-
-    @torch.no_grad()
-    def merged_weight(self) -> torch.Tensor:
-        """W + scale * B A, in the base weight's dtype (an NF4 base: the dtype it was quantized from)."""
-        base = self.base_layer
-        w = base.dequantized(torch.float32) if isinstance(base, NF4Linear) else base.weight.float()
-        dtype = base.weight_dtype if isinstance(base, NF4Linear) else base.weight.dtype
-        return (w + self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())).to(dtype)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}"
@@ -140,23 +135,34 @@ def adapters_disabled(model: nn.Module):
             m.enabled = True
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight and put the plain linear back. In place; returns the model."""
+def _float_weight(base: nn.Module) -> torch.Tensor:
+    """A frozen base layer's (out, in) weight in fp32: an NF4 one dequantized, exactly as training saw it."""
+    if isinstance(base, NF4Linear):
+        return base.dequantized(torch.float32)
+    return base.weight.detach().float()
+
+
+@torch.no_grad()
+def merged_linear(layer: LoRALinear, dtype: torch.dtype | None = None) -> nn.Linear:
+    """A frozen nn.Linear holding W + scale * B A, summed in fp32 and rounded once to `dtype` (default: the base
+    weight's dtype; for an NF4 base, the dtype it was quantized from), with the base's bias in that dtype."""
+    base = layer.base_layer
+    w = _float_weight(base) + layer.scale * (layer.lora_B.weight.float() @ layer.lora_A.weight.float())  # (out, in)
+    base_dtype = base.weight_dtype if isinstance(base, NF4Linear) else base.weight.dtype
+    out_dtype = dtype or (base_dtype if base_dtype.is_floating_point else torch.float32)
+    merged = nn.utils.skip_init(
+        nn.Linear, layer.in_features, layer.out_features, bias=base.bias is not None, device=w.device, dtype=out_dtype
+    )
+    merged.weight.copy_(w)
+    if base.bias is not None:
+        merged.bias.copy_(base.bias)
+    return merged.requires_grad_(False)
+
+
+def merge_lora(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace every LoRALinear by its `merged_linear` (in `dtype`, default each base's). In place; returns the model."""
     for name, m in list(lora_modules(model)):
-        base = m.base_layer
-        if isinstance(base, NF4Linear):  # the merged weight is 16-bit: a plain nn.Linear replaces the NF4 layer
-            plain = nn.Linear(
-                m.in_features,
-                m.out_features,
-                bias=base.bias is not None,
-                device=base.weight_packed.device,
-                dtype=base.weight_dtype,
-            )
-            if base.bias is not None:
-                plain.bias.data = base.bias.data.to(base.weight_dtype)
-            base = plain
-        base.weight.data = m.merged_weight()
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, base)
+        setattr(parent, child, merged_linear(m, dtype))
     return model

@@ -26,25 +26,25 @@ and as index 0 on CUDA (0 * (1 / 0) is NaN and fails every test), decoded as -1.
 from 8 bits (about 1e-3 of the weight scale rather than 0), as bitsandbytes does.
 
 `NF4Linear` is the frozen leaf module holding such a weight as buffers; it never keeps a 16-bit copy. Its forward
-dequantizes into a scratch buffer (`DequantWorkspace`, shared by all layers of a model) and runs one cuBLAS GEMM; the
-autograd nodes here (`nf4_linear`, `nf4_lora_linear`) dequantize again in backward instead of saving the weight.
+dequantizes into a scratch buffer (`DequantWorkspace`, shared by all layers of a model) and runs one cuBLAS GEMM; its
+autograd node (`nf4_linear`) dequantizes again in backward instead of saving the weight, and so does the fused LoRA
+node (`kernels.lora`) over an NF4 base, given the weight as a function (`NF4Linear.frozen_weight`).
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tunelab.errors import ConfigError
-from tunelab.kernels.lora import lora_backward, lora_forward
-from tunelab.kernels.reference import dropout_keep_mask
 
 BLOCK = 64
 """Weights per 4-bit block (one absmax each)."""
@@ -368,85 +368,6 @@ def nf4_linear(
     return NF4LinearFunction.apply(x, bias, q, workspace, output)
 
 
-class NF4LoRALinearFunction(torch.autograd.Function):
-    """`kernels.lora.LoRALinearFunction` over an NF4 base: saves x, xa = drop(x) A^T (N, r) and the dropout mask.
-
-    Backward, with g = dy (N, out) and gxa = scale * g B (N, r):
-      dB = scale * g^T xa,   dA = gxa^T drop(x),   dx = g W + (gxa A) * keep / (1 - p),   db = sum g,
-    W dequantized again for dx.
-    """
-
-    @staticmethod
-    def forward(ctx, x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p, output, residual):
-        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        residual2 = None if residual is None else residual.reshape(x2.shape[0], -1)
-        # (out, in), in the workspace: dead once the GEMM is queued; not needed at all when the output is not
-        weight = dequantize(q, x.dtype, workspace) if output else None
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        out, xa = lora_forward(
-            x2,
-            weight,
-            None if bias is None else bias.to(x.dtype),
-            lora_a,
-            lora_b,
-            scale,
-            keep,
-            dropout_p,
-            output,
-            residual2,
-        )
-        ctx.save_for_backward(x2, lora_a, lora_b, xa, keep)
-        ctx.q, ctx.workspace = q, workspace
-        ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
-        return out.view(*x.shape[:-1], out.shape[-1])
-
-    @staticmethod
-    def backward(ctx, dy):
-        x2, lora_a, lora_b, xa, keep = ctx.saved_tensors
-        need_x, need_bias, need_a, need_b = ctx.needs_input_grad[:4]
-        g = dy.reshape(-1, dy.shape[-1])  # (N, out)
-        dx, da, db = lora_backward(
-            g,
-            x2,
-            xa,
-            lora_a,
-            lora_b,
-            lambda: dequantize(ctx.q, g.dtype, ctx.workspace),
-            ctx.scale,
-            keep,
-            ctx.dropout_p,
-            need_x,
-            need_a,
-            need_b,
-        )
-        dx = None if dx is None else dx.view(ctx.x_shape)
-        dbias = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_bias else None
-        return dx, dbias, da, db, None, None, None, None, None, None, dy if ctx.needs_input_grad[10] else None
-
-
-def nf4_lora_linear(
-    x: torch.Tensor,
-    q: NF4Weight,
-    bias: torch.Tensor | None,
-    lora_a: torch.Tensor,
-    lora_b: torch.Tensor,
-    scale: float,
-    dropout_p: float = 0.0,
-    training: bool = False,
-    workspace: DequantWorkspace | None = None,
-    output: bool = True,
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """x @ W^T (+ b) + scale * (dropout(x) @ A^T) @ B^T (+ residual) with W = dequantize(q) in x's dtype.
-
-    x (..., in), A (r, in), B (out, r); the same contract as `kernels.lora.lora_linear` with the weight in NF4.
-    Dropout draws its mask with `reference.dropout_keep_mask`, so one seed drops the same elements as there.
-    output=False records the node for backward without computing the result (its values are undefined).
-    """
-    keep = dropout_keep_mask(x, dropout_p) if training and dropout_p > 0 else None
-    return NF4LoRALinearFunction.apply(x, bias, lora_a, lora_b, q, workspace, scale, keep, dropout_p, output, residual)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # The module, and putting it into a model
 
@@ -502,6 +423,11 @@ class NF4Linear(nn.Module):
         if self.weight_packed.is_cuda:
             return dequantize(self.nf4(), dtype)  # a fresh tensor: no workspace
         return dequantize_nf4(self.nf4(), dtype)
+
+    def frozen_weight(self) -> Callable[[torch.dtype], torch.Tensor]:
+        """A function dtype -> the (out, in) weight in that dtype, dequantized on each call (into the workspace on
+        CUDA: valid until the workspace's next use), for a node that must not keep the weight (`kernels.lora`)."""
+        return partial(dequantize, self.nf4(), workspace=self.workspace)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nf4_linear(x, self.nf4(), self.bias, self.workspace)
