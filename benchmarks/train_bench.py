@@ -114,7 +114,7 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str):
     from tunelab.kernels import select
     from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
     from tunelab.peft.lora import attach_lora
-    from tunelab.peft.quant import materialize_quantized_
+    from tunelab.quant.linear import materialize_quantized_
 
     config = LlamaConfig.from_hf(SHAPES[shape])
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

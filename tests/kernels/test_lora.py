@@ -12,7 +12,8 @@ import torch
 
 from tunelab.kernels import reference
 from tunelab.kernels.lora import lora_linear
-from tunelab.peft.quant import DequantWorkspace, dequantize, dequantize_nf4, quantize_nf4, quantize_nf4_reference
+from tunelab.quant.nf4 import dequantize_nf4, quantize_nf4_reference
+from tunelab.quant.nf4_ops import DequantWorkspace, dequantize, quantize_nf4
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from tunelab.models.llama import LlamaConfig, LlamaForCausalLM, linear_grad_only
 from tunelab.peft.lora import attach_lora
-from tunelab.peft.quant import quantize_model_
+from tunelab.quant.linear import quantize_model_
 
 CONFIG = dict(
     model_type="llama",

@@ -14,7 +14,7 @@ from tunelab.kernels.spare import spare_columns
 from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
 from tunelab.peft.group import group_members, group_rank, lora_group
 from tunelab.peft.lora import LoRALinear, attach_lora
-from tunelab.peft.quant import NF4Linear, quantize_model_
+from tunelab.quant.linear import NF4Linear, quantize_model_
 
 IN = 48
 

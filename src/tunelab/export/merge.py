@@ -27,7 +27,7 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.lora import LoRALinear, lora_modules
-from tunelab.peft.quant import NF4Linear
+from tunelab.quant.linear import NF4Linear
 from tunelab.rundir import RunInfo, open_info
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

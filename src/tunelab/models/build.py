@@ -20,7 +20,7 @@ from tunelab.models.hf_adapter import from_hf_model
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype
 from tunelab.peft.lora import attach_lora
-from tunelab.peft.quant import NF4Linear, quantize_model_
+from tunelab.quant.linear import NF4Linear, quantize_model_
 
 
 @dataclass

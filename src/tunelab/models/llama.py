@@ -386,7 +386,7 @@ class LlamaModel(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """See `LlamaForCausalLM.forward` for the arguments."""
-        from tunelab.peft.quant import begin_pass
+        from tunelab.quant.nf4_ops import begin_pass
 
         begin_pass()  # weights may have changed since the last pass: buffers holding them are rebuilt
         B, T = input_ids.shape

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from tunelab.kernels.spare import spare_columns
-from tunelab.peft.quant import DequantWorkspace, NF4Linear, current_pass, dequantize_into
+from tunelab.quant.linear import NF4Linear
+from tunelab.quant.nf4_ops import DequantWorkspace, current_pass, dequantize_into
 
 if TYPE_CHECKING:
     from tunelab.peft.lora import LoRALinear
@@ -92,14 +93,14 @@ def _write_weight(member: LoRALinear, out: torch.Tensor) -> None:
 
 def _state_versions(member: LoRALinear) -> tuple[int, ...]:
     """Version counters of what the stacked matrix is built from: a change in place within a pass (a load, a merge)
-    moves them. (Fused optimizer steps do not, hence `quant.begin_pass`.)"""
+    moves them. (Fused optimizer steps do not, hence `begin_pass`.)"""
     base = member.base_layer
     frozen = base.weight_packed if isinstance(base, NF4Linear) else base.weight
     return frozen._version, member.lora_A.weight._version, member.lora_B.weight._version
 
 
 class GroupWeights:
-    """The stacked matrix of the last group that ran, kept within one pass (`quant.begin_pass`) until another group needs
+    """The stacked matrix of the last group that ran, kept within one pass (`begin_pass`) until another group needs
     the room.
 
     W_all (O + R, in + R) = [[W_1 | s_1 B_1 | 0 ...], ..., [W_k | ... | s_k B_k], [A_1; ...; A_k | 0]]:

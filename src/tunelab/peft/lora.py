@@ -22,7 +22,7 @@ from tunelab.errors import ConfigError
 from tunelab.kernels import reference
 from tunelab.kernels.lora import lora_linear as fused_lora_linear
 from tunelab.peft.group import GroupWeights
-from tunelab.peft.quant import NF4Linear
+from tunelab.quant.linear import NF4Linear
 
 
 class LoRALinear(nn.Module):

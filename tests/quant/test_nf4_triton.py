@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from tunelab.peft.quant import (
+from tunelab.quant.codes import dynamic_code
+from tunelab.quant.nf4 import (
     NF4Weight,
     block_absmax,
     dequantize_nf4,
-    dynamic_code,
     nf4_code,
     nf4_cuda_thresholds,
     nf4_midpoints,
-    quantize_nf4,
     quantize_nf4_reference,
 )
+from tunelab.quant.nf4_ops import quantize_nf4
 
 pytest.importorskip("triton")
-from tunelab.kernels.nf4 import (  # noqa: E402
+from tunelab.quant.nf4_triton import (  # noqa: E402
     dequantize_nf4_triton,
     quantize_absmax_triton,
     quantize_blocks_triton,
