@@ -260,7 +260,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h))."""
+    """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h)).
+
+    The block is written once, as its two halves `attend` and `feed_forward`: forward runs them in turn, and
+    checkpointing's recomputation (`backward_through`, and offload's `backward_mlp` then `backward_attention`) runs them
+    again, for their gradients only where backward never reads a result (output=False).
+    """
 
     def __init__(self, config: LlamaConfig, ops: Any):
         super().__init__()
@@ -269,8 +274,29 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config, ops)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        # Tokens per MLP chunk in checkpointing's backward (None: all at once); see `backward_through`.
+        # Tokens per MLP chunk in checkpointing's backward (None: all at once); see `backward_mlp`.
         self.mlp_chunk_tokens: int | None = 4096
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output: bool = True,
+    ) -> torch.Tensor:
+        """The first half, h = x + attn(norm(x)). output=False: attn(norm(x))'s autograd node alone, o_proj's GEMM
+        skipped (values undefined, no residual): for a recomputation whose result backward never reads."""
+        normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
+        residual = x if output else None
+        return self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, output=output, residual=residual)
+
+    def feed_forward(self, h: torch.Tensor, output: bool = True) -> torch.Tensor:
+        """The second half, h + mlp(norm(h)). output=False: mlp(norm(h))'s autograd node alone, the down projection's
+        GEMM skipped (values undefined, no residual)."""
+        normed = self.post_attention_layernorm(h, self.mlp.input_spare_columns(h))
+        return self.mlp(normed, output=output, residual=h if output else None)
 
     def forward(
         self,
@@ -282,11 +308,10 @@ class LlamaDecoderLayer(nn.Module):
         keep_mid: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """keep_mid: called with h = x + attn(norm(x)) as soon as it exists (activation offload parks it)."""
-        normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
-        h = self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, residual=x)  # x + attn(norm(x))
+        h = self.attend(x, cos, sin, cu_seqlens, attention_mask)
         if keep_mid is not None:
             keep_mid(h)
-        return self.mlp(self.post_attention_layernorm(h, self.mlp.input_spare_columns(h)), residual=h)
+        return self.feed_forward(h)
 
     def reserve_scratch(self, x: torch.Tensor) -> None:
         """Size the weight buffers this layer's projections fill (all layers share them) before a step's activations
@@ -304,31 +329,23 @@ class LlamaDecoderLayer(nn.Module):
         """True when training with dropout somewhere in the layer (its recomputation must replay the draws in order)."""
         return _draws_random(self)
 
-    def backward_through(
-        self,
-        x: torch.Tensor,
-        grad_out: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cu_seqlens: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> None:
+    def backward_through(self, x: torch.Tensor, grad_out: torch.Tensor, *rope_and_packing: Any) -> None:
         """Checkpointing's recomputation and backward, for grad_out = d loss / d output: gradients accumulate into
-        the parameters and, if it requires grad, into x.grad.
+        the parameters and, if it requires grad, into x.grad. `rope_and_packing`: forward's (cos, sin, cu_seqlens,
+        attention_mask).
 
         Backward reads neither the output h + mlp(norm(h)) nor the MLP's result, so the down projection's GEMM is
-        skipped (`LlamaMLP.forward(output=False)`); the MLP's part is `backward_mlp`.
+        skipped; the MLP's part is `backward_mlp`.
         """
-        normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
-        h = self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, residual=x)  # x + attn(norm(x))
+        h = self.attend(x, *rope_and_packing)
         grad_h = self.backward_mlp(h.detach(), grad_out)
         torch.autograd.backward(h, grad_h)
 
     def backward_mlp(self, h: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-        """The MLP half of the recomputation and backward, from h = x + attn(norm(x)) (no grad): returns d loss / d h,
-        grad_out plus the MLP path's gradient. The MLP works token by token: it is recomputed and backpropagated
-        `mlp_chunk_tokens` tokens at a time (unless dropout is on in it), so its widest activations (gate, up, their
-        product and gradients) exist for one chunk only."""
+        """The second half recomputed and backpropagated from h = x + attn(norm(x)) (no grad): returns d loss / d h,
+        grad_out plus the MLP path's gradient. The MLP works token by token: it runs `mlp_chunk_tokens` tokens at a
+        time (unless dropout is on in it), so its widest activations (gate, up, their product and gradients) exist
+        for one chunk only."""
         flat_h = h.reshape(-1, h.shape[-1])  # (N, d)
         flat_g = grad_out.reshape(-1, grad_out.shape[-1])  # (N, d)
         grad_h = torch.empty_like(flat_g)  # grad_out + the MLP path's gradient
@@ -337,27 +354,17 @@ class LlamaDecoderLayer(nn.Module):
         for start in range(0, flat_h.shape[0], step):
             h_chunk = flat_h[start : start + step].detach().requires_grad_(True)
             g_chunk = flat_g[start : start + step]
-            normed = self.post_attention_layernorm(h_chunk, self.mlp.input_spare_columns(h_chunk))
-            part = self.mlp(normed, output=False)
+            part = self.feed_forward(h_chunk, output=False)  # mlp(norm(h)): the residual's gradient is g_chunk
             torch.autograd.backward(part, g_chunk)
             torch.add(g_chunk, h_chunk.grad, out=grad_h[start : start + step])
             del part, h_chunk
         return grad_h.view_as(grad_out)
 
-    def backward_attention(
-        self,
-        x: torch.Tensor,
-        grad_h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cu_seqlens: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> None:
-        """The attention half, given d loss / d h from `backward_mlp` (h itself came from elsewhere): attention is
-        recomputed for its gradients only (o_proj's GEMM skipped: nothing reads its output), and grad_h also flows to
-        x through the residual. Gradients accumulate into the parameters and x.grad."""
-        normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
-        attn = self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, output=False)
+    def backward_attention(self, x: torch.Tensor, grad_h: torch.Tensor, *rope_and_packing: Any) -> None:
+        """The first half, given d loss / d h from `backward_mlp` (h itself came from elsewhere): attention is
+        recomputed for its gradients only, and grad_h also flows to x through the residual. Gradients accumulate
+        into the parameters and x.grad."""
+        attn = self.attend(x, *rope_and_packing, output=False)  # attn(norm(x)): the residual's gradient is grad_h
         if x.requires_grad:
             torch.autograd.backward([attn, x], [grad_h, grad_h])
         else:
