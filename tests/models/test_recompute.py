@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from tunelab.models.llama import LlamaConfig, LlamaForCausalLM, linear_grad_only
+from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
+from tunelab.models.slots import linear_grad_only
 from tunelab.peft.lora import attach_lora
 from tunelab.quant.linear import quantize_model_
 

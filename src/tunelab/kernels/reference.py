@@ -8,16 +8,19 @@ packed sequences given as `cu_seqlens` (cumulative lengths, int32, starting at 0
 import torch
 import torch.nn.functional as F
 
-from tunelab.kernels.spare import with_spare_columns
-
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0) -> torch.Tensor:
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back to x's dtype.
 
-    spare_columns > 0: y is returned as the first columns of a wider buffer, marked (`kernels.spare`)."""
+    spare_columns > 0: y (..., D) is the first D columns of a new (..., D + spare_columns) buffer whose last columns
+    nothing else reads or writes: room for a consumer to write next to y (`models.slots`)."""
     x32 = x.float()
     y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return with_spare_columns((y * weight.float()).to(x.dtype), spare_columns)
+    y = (y * weight.float()).to(x.dtype)
+    if not spare_columns:
+        return y
+    # Out of place (cat, then a slice), so that autograd sees no in-place write into a view.
+    return torch.cat((y, y.new_empty(*y.shape[:-1], spare_columns)), dim=-1)[..., : y.shape[-1]]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

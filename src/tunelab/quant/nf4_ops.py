@@ -79,10 +79,11 @@ class DequantWorkspace:
         return self._view(shape, dtype, device)
 
     def weight(self, q: NF4Weight, dtype: torch.dtype) -> torch.Tensor:
-        """q dequantized to `dtype` in the buffer: left as it is when the buffer already holds it from this pass
-        (`begin_pass`), as for the down projection in each token chunk of checkpointing's MLP backward."""
+        """q dequantized to `dtype` in the buffer: left as it is when the buffer already holds it, as for the down
+        projection in each token chunk of checkpointing's MLP backward. The NF4 state is frozen: only a write into
+        it (a load, which moves its version counter) or another use of the buffer makes the content stale."""
         out = self._view(q.shape, dtype, q.device)
-        key = (_pass, q.packed.data_ptr(), q.packed._version, out.data_ptr(), tuple(q.shape), dtype)
+        key = (q.packed.data_ptr(), q.packed._version, out.data_ptr(), tuple(q.shape), dtype)
         if key != self._held:
             self._held = None
             _triton_kernels().dequantize_nf4_triton(q, out=out, dtype=dtype)
@@ -99,21 +100,8 @@ class DequantWorkspace:
         n = math.prod(shape)
         flat = self._flat
         if flat is None or flat.numel() < n or flat.dtype != dtype or flat.device != torch.device(device):
-            self._flat = flat = None  # free the old buffer before allocating the new one
+            # Free the old buffer before allocating the new one, which may then start at the same address: what it
+            # held is forgotten.
+            self._flat = flat = self._held = None
             self._flat = flat = torch.empty(n, dtype=dtype, device=device)
         return flat[:n].view(shape)
-
-
-_pass = 0
-
-
-def begin_pass() -> None:
-    """Start a new forward pass: dequantized or stacked weights kept in buffers before it are stale. The model calls
-    this at the top of each forward. Weights change only between passes (an optimizer step, whose fused kernels move
-    no version counter), so within one forward and its backward a buffer's content stays valid."""
-    global _pass
-    _pass += 1
-
-
-def current_pass() -> int:
-    return _pass
