@@ -116,6 +116,8 @@ def test_packed_takes_cu_seqlens_on_either_device(rel_error):
     on_gpu = attention(q, k, v, **kwargs)
     on_cpu = attention(q, k, v, cu_seqlens=kwargs["cu_seqlens"].cpu())
     assert torch.equal(on_gpu, on_cpu)
+    bounds, longest = reference.document_bounds(kwargs["cu_seqlens"], q.shape[1])  # as the model passes them
+    assert torch.equal(attention(q, k, v, cu_seqlens=bounds, max_seqlen=longest), on_gpu)
     assert rel_error(on_gpu, reference.attention(q, k, v, **kwargs), RMS_FLOOR) < FAST_TOL[torch.bfloat16]
 
 
@@ -125,15 +127,13 @@ def test_packed_needs_a_batch_of_one():
         attention(q, q, q, cu_seqlens=torch.tensor([0, 5], dtype=torch.int32))
 
 
-def test_varlen_boundaries_are_read_once_per_cu_seqlens_and_follow_changes():
-    from tunelab.kernels import attention as fused
-
+def test_document_bounds_add_the_trailing_positions_as_a_document():
+    """What the model reads once per packed forward and hands to every layer (max_seqlen) instead of each layer's
+    attention reading the boundaries again."""
     cu_seqlens = torch.tensor([0, 3, 7], dtype=torch.int32)
-    cu, longest = fused._bounds(cu_seqlens, 10, torch.device("cpu"))
+    cu, longest = reference.document_bounds(cu_seqlens, 10)
     assert cu.tolist() == [0, 3, 7, 10] and longest == 4  # the trailing 3 positions form one more document
-    assert fused._bounds(cu_seqlens, 10, torch.device("cpu"))[0] is cu  # every layer after the first: no re-read
+    assert cu.dtype == torch.int32 and cu.device == cu_seqlens.device
     cu_seqlens[2] = 8  # changed in place: read again
-    assert fused._bounds(cu_seqlens, 10, torch.device("cpu"))[1] == 5
-    ident = id(cu_seqlens)
-    del cu_seqlens
-    assert ident not in fused._BOUNDS  # the entry goes with its tensor
+    assert reference.document_bounds(cu_seqlens, 10)[1] == 5
+    assert reference.document_bounds(torch.tensor([0, 4, 10], dtype=torch.int32), 10)[0].tolist() == [0, 4, 10]

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from tunelab.kernels import reference
 from tunelab.models.llama_config import (  # noqa: F401  (supports, unsupported_reason: re-exported)
     LlamaConfig,
     RopeConfig,
@@ -97,8 +98,6 @@ def shift_labels(labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -
 
 def reference_ops() -> SimpleNamespace:
     """The pure-PyTorch ops, as the object the model expects (`tunelab.kernels.select("reference")` gives the same)."""
-    from tunelab.kernels import reference
-
     return SimpleNamespace(
         rms_norm=reference.rms_norm,
         apply_rope=reference.apply_rope,
@@ -164,6 +163,7 @@ class LlamaAttention(nn.Module):
         sin: torch.Tensor,
         cu_seqlens: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
+        max_seqlen: int | None = None,
         output: bool = True,
         residual: torch.Tensor | None = None,
         room: int = 0,
@@ -178,7 +178,7 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.ops.apply_rope(q, k, cos, sin)
-        out = self.ops.attention(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask)  # (B, T, H, D)
+        out = self.ops.attention(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask, max_seqlen=max_seqlen)
         return self.o(out.reshape(B, T, self.num_heads * self.head_dim), residual, output)
 
     def extra_repr(self) -> str:
@@ -239,6 +239,7 @@ class LlamaDecoderLayer(nn.Module):
         sin: torch.Tensor,
         cu_seqlens: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
         output: bool = True,
     ) -> torch.Tensor:
         """The first half, h = x + attn(norm(x)). output=False: attn(norm(x))'s autograd node alone, o_proj's GEMM
@@ -246,7 +247,9 @@ class LlamaDecoderLayer(nn.Module):
         room = self.self_attn.qkv.spare_columns(x)
         normed = self.input_layernorm(x, room)
         residual = x if output else None
-        return self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, output=output, residual=residual, room=room)
+        return self.self_attn(
+            normed, cos, sin, cu_seqlens, attention_mask, max_seqlen, output=output, residual=residual, room=room
+        )
 
     def feed_forward(self, h: torch.Tensor, output: bool = True) -> torch.Tensor:
         """The second half, h + mlp(norm(h)). output=False: mlp(norm(h))'s autograd node alone, the down projection's
@@ -262,10 +265,11 @@ class LlamaDecoderLayer(nn.Module):
         sin: torch.Tensor,
         cu_seqlens: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
         keep_mid: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """keep_mid: called with h = x + attn(norm(x)) as soon as it exists (activation offload parks it)."""
-        h = self.attend(x, cos, sin, cu_seqlens, attention_mask)
+        h = self.attend(x, cos, sin, cu_seqlens, attention_mask, max_seqlen)
         if keep_mid is not None:
             keep_mid(h)
         return self.feed_forward(h)
@@ -281,7 +285,7 @@ class LlamaDecoderLayer(nn.Module):
     def backward_through(self, x: torch.Tensor, grad_out: torch.Tensor, *rope_and_packing: Any) -> None:
         """Checkpointing's recomputation and backward, for grad_out = d loss / d output: gradients accumulate into
         the parameters and, if it requires grad, into x.grad. `rope_and_packing`: forward's (cos, sin, cu_seqlens,
-        attention_mask).
+        attention_mask, max_seqlen).
 
         Backward reads neither the output h + mlp(norm(h)) nor the MLP's result, so the down projection's GEMM is
         skipped; the MLP's part is `backward_mlp`.
@@ -366,12 +370,16 @@ class LlamaModel(nn.Module):
             store.reserve(h)  # before this step's activations: the two landing buffers stay low in the allocator
         if h.is_cuda and self.layers:
             reserve_scratch(self.layers[0].slots(), h)  # likewise the buffers the slots fill (all layers share them)
+        max_seqlen = None
+        if cu_seqlens is not None:
+            # The boundaries read once (a device sync on CUDA) for every layer's attention and its recomputation.
+            cu_seqlens, max_seqlen = reference.document_bounds(cu_seqlens, T)
         for index, layer in enumerate(self.layers):
             if recompute:
                 # Keep only each layer's input (on the device or in `store`); recompute the rest during backward.
-                h = recomputed_layer(layer, store, index, h, cos, sin, cu_seqlens, attention_mask)
+                h = recomputed_layer(layer, store, index, h, cos, sin, cu_seqlens, attention_mask, max_seqlen)
             else:
-                h = layer(h, cos, sin, cu_seqlens, attention_mask)
+                h = layer(h, cos, sin, cu_seqlens, attention_mask, max_seqlen)
         return self.norm(h)
 
 
