@@ -4,8 +4,9 @@ import torch
 
 from tunelab.kernels import select
 from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
+from tunelab.peft.group import set_grouping
 from tunelab.peft.lora import attach_lora
-from tunelab.peft.quant import materialize_quantized_
+from tunelab.quant.linear import materialize_quantized_
 
 cfg = dict(
     model_type="llama",
@@ -34,8 +35,8 @@ for method in ("qlora",):
                 model.init_weights(std=0.02)
             attach_lora(model, ["all-linear"], r=16, alpha=16)
             model.gradient_checkpointing = ckpt
+            set_grouping(model, group)
             for layer in model.model.layers:
-                layer.self_attn.group_lora = layer.mlp.group_lora = group
                 layer.mlp_chunk_tokens = chunk
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=2e-4, fused=True)

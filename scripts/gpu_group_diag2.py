@@ -4,8 +4,9 @@ import torch
 
 from tunelab.kernels import select
 from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
+from tunelab.peft.group import set_grouping
 from tunelab.peft.lora import attach_lora
-from tunelab.peft.quant import materialize_quantized_
+from tunelab.quant.linear import materialize_quantized_
 
 cfg = dict(
     model_type="llama",
@@ -29,8 +30,7 @@ for group in (False, None):
     materialize_quantized_(model, "cuda", init_std=0.02)
     attach_lora(model, ["all-linear"], r=16, alpha=16)
     model.gradient_checkpointing = "offload"
-    for layer in model.model.layers:
-        layer.self_attn.group_lora = layer.mlp.group_lora = group
+    set_grouping(model, group)
     loss_sum, count = model.train()(ids, labels=ids)
     (loss_sum / count).backward()
     grads[group] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Kernel tests and a timing table on a CUDA machine, from the repository root:
-#   scripts/gpu_kernel_tests.sh                 # pytest tests/kernels -x, then the table
+#   scripts/gpu_kernel_tests.sh                 # pytest tests/kernels tests/quant -x, then the table
 #   PYTEST_ARGS="--maxfail=30" scripts/gpu_kernel_tests.sh
 # tunelab need not be installed (PYTHONPATH=src). If pytest is missing, wheels in .whl/ (see the device notes)
 # are installed into /tmp/site first. Logs go to $OUT when it is set. Exit status: pytest's.
@@ -32,9 +32,9 @@ EOF
 # Parallel workers when pytest-xdist is there: Triton compiles each kernel variant once per process.
 XDIST=""
 if $PY -c "import xdist" 2>/dev/null; then XDIST="-n 4"; fi
-# --confcutdir: the kernel tests need none of the repository-wide fixtures (they load models).
+# The kernel tests take rel_error, triton_device and the gpu/triton marks from tests/conftest.py.
 # shellcheck disable=SC2086
-$PY -m pytest -q tests/kernels --confcutdir=tests/kernels -rfE --tb=short -p no:benchmark $XDIST ${PYTEST_ARGS:--x} 2>&1 \
+$PY -m pytest -q tests/kernels tests/quant -rfE --tb=short -p no:benchmark $XDIST ${PYTEST_ARGS:--x} 2>&1 \
     | tee "$LOG_DIR/pytest_kernels.log" | tail -n 60
 status=${PIPESTATUS[0]}
 

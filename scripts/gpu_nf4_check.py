@@ -4,11 +4,11 @@
 
 1. Unpacks bitsandbytes from .pk/sites.tar.xz (into .site/) for the comparisons, and pytest from .whl_nf4/*.whl when
    the image has none.
-2. Runs tests/kernels/test_nf4.py and tests/peft/test_quant.py on the GPU (bit-identity with bitsandbytes included).
+2. Runs tests/quant/test_nf4*.py and test_linear.py on the GPU (bit-identity with bitsandbytes included).
 3. Times, on a 4096 x 11008 weight: the dequantization kernel (GB/s against the bytes it must move, several launch
    shapes) beside a device copy of as many bytes and bitsandbytes' dequantize_4bit; quantization, ours and theirs;
    and counts bytes that differ from bitsandbytes with the approximate and the exact reciprocal.
-4. Times one forward + backward of nf4_lora_linear against bf16 lora_linear at x (8192 x 4096), W (11008 x 4096),
+4. Times one forward + backward of lora_linear over an NF4 weight against one over a bf16 weight at x (8192 x 4096), W (11008 x 4096),
    r = 16, and the memory each holds for its backward.
 5. Builds a random Llama-2-7B in NF4 from the meta device (materialize_quantized_) and reports memory and time.
 
@@ -55,7 +55,7 @@ def setup() -> dict[str, str]:
 
 def run_tests(env: dict[str, str]) -> int:
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "--tb=short", "--durations=8",
-           "tests/kernels/test_nf4.py", "tests/peft/test_quant.py"]  # fmt: skip
+           "tests/quant/test_nf4_triton.py", "tests/quant/test_nf4.py", "tests/quant/test_linear.py"]  # fmt: skip
     log_path = (OUT or Path("/tmp")) / "pytest_nf4.log"
     with log_path.open("w") as log:  # written as it runs: a run cut short still leaves its log
         status = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -86,8 +86,8 @@ def median_ms(fn, iters: int = 30, warmup: int = 5, inner: int = 1) -> float:
 def bench_kernels(results: dict) -> None:
     import torch
 
-    from tunelab.kernels.nf4 import dequantize_nf4_triton, quantize_nf4_triton
-    from tunelab.peft.quant import dequantize_nf4
+    from tunelab.quant.nf4 import dequantize_nf4
+    from tunelab.quant.nf4_triton import dequantize_nf4_triton, quantize_nf4_triton
 
     torch.manual_seed(0)
     shape = (11008, 4096)  # (out, in) of Llama-2-7B's gate/up projection: 45.1M weights
@@ -153,8 +153,9 @@ def reciprocal_experiment(bnb, results: dict) -> None:
     against theirs; the 8-bit stage is compared through our library's two modes."""
     import torch
 
-    from tunelab.kernels.nf4 import quantize_absmax_triton, quantize_blocks_triton
-    from tunelab.peft.quant import dynamic_code, nf4_cuda_thresholds
+    from tunelab.quant.codes import dynamic_code
+    from tunelab.quant.nf4 import nf4_cuda_thresholds
+    from tunelab.quant.nf4_triton import quantize_absmax_triton, quantize_blocks_triton
 
     kernel = _codes_kernel()
     rows = []
@@ -279,10 +280,12 @@ def sass_of_bitsandbytes(results: dict) -> None:
 
 
 def bench_lora(results: dict) -> None:
+    from functools import partial
+
     import torch
 
     from tunelab.kernels.lora import lora_linear
-    from tunelab.peft.quant import DequantWorkspace, nf4_lora_linear, quantize_nf4
+    from tunelab.quant.nf4_ops import DequantWorkspace, dequantize, quantize_nf4
 
     torch.manual_seed(0)
     N, D, F, r, bf16 = 8192, 4096, 11008, 16, torch.bfloat16
@@ -295,8 +298,8 @@ def bench_lora(results: dict) -> None:
     ws = DequantWorkspace()
     cases = {
         "lora_linear (bf16 W)": lambda: lora_linear(x, w, None, a, b, 2.0),
-        "nf4_lora_linear": lambda: nf4_lora_linear(x, q, None, a, b, 2.0, workspace=ws),
-        "nf4_lora_linear (no workspace)": lambda: nf4_lora_linear(x, q, None, a, b, 2.0),
+        "nf4_lora_linear": lambda: lora_linear(x, partial(dequantize, q, workspace=ws), None, a, b, 2.0),
+        "nf4_lora_linear (no workspace)": lambda: lora_linear(x, partial(dequantize, q), None, a, b, 2.0),
     }
     rows = {}
     for name, fn in cases.items():
@@ -337,7 +340,7 @@ def bench_materialize(results: dict) -> None:
 
     from tunelab.kernels import select
     from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
-    from tunelab.peft.quant import materialize_quantized_
+    from tunelab.quant.linear import materialize_quantized_
 
     hf = dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
               num_key_value_heads=32, intermediate_size=11008, vocab_size=32000, rms_norm_eps=1e-5,

@@ -2,7 +2,7 @@
 # QLoRA and LoRA with offload, micro-batch 1 with either optimizer.
 export PYTHONPATH=src OUT
 python3 -m pytest -q -p no:cacheprovider tests/peft/test_group.py tests/models/test_recompute.py tests/models/test_offload.py \
-  tests/kernels/test_lora.py tests/training/test_adamw8bit.py 2>&1 | grep -E "passed|failed|FAILED|Error" | grep -v "ModelError\|embedded" | tail -8
+  tests/kernels/test_lora.py tests/quant/test_adamw8bit.py tests/training/test_adamw8bit.py 2>&1 | grep -E "passed|failed|FAILED|Error" | grep -v "ModelError\|embedded" | tail -8
 R=$OUT/speed.jsonl
 B="python3 benchmarks/train_bench.py --shape llama2-7b --out $R"
 $B --method qlora --offload 2>&1 | grep -E "SUMMARY|Error"
