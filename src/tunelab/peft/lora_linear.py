@@ -1,4 +1,4 @@
-"""The LoRA layer: a frozen linear layer plus a trainable low-rank update, y = x W^T + b + (alpha / r) dropout(x) A^T B^T.
+"""The LoRA layer: a frozen linear layer plus a trainable low-rank update, y = x W^T + b + (alpha/r) dropout(x) A^T B^T.
 
 `LoRALinear` is a leaf module constructed around an existing `nn.Linear` or `NF4Linear` (`peft.lora.attach_lora` swaps
 it in by name on any model, ours or transformers'). Parameter names (`<path>.lora_A.weight`, `<path>.lora_B.weight`)

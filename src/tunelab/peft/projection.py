@@ -33,7 +33,8 @@ class FusedProjection(Projection):
 
 
 def workspace_need(projection: nn.Module) -> list[tuple[Scratch, int]]:
-    """The NF4 workspace a projection (an NF4Linear, or a LoRA layer over one) dequantizes into, and its weight's size."""
+    """The NF4 workspace that a projection (an NF4Linear, or a LoRA layer over one) dequantizes into, and the size of
+    its weight."""
     base = getattr(projection, "base_layer", projection)
     if isinstance(base, NF4Linear) and base.workspace is not None:
         return [(base.workspace, base.out_features * base.in_features)]

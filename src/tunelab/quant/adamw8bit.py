@@ -6,7 +6,8 @@ kernel (`quant.adamw8bit_triton`). The optimizer that keeps the state and picks 
 State of an 8-bit parameter of n elements, its flattened values cut into blocks of BLOCK = 256:
   - exp_avg_q (n,) uint8, exp_avg_absmax (ceil(n / 256),) fp32: m = code_s[q] * absmax of its block, where code_s is
     bitsandbytes' signed dynamic code (`quant.codes.dynamic_code`);
-  - exp_avg_sq_q, exp_avg_sq_absmax: v the same way with code_u, the unsigned dynamic code (`quant.codes.unsigned_dynamic_code`).
+  - exp_avg_sq_q, exp_avg_sq_absmax: v the same way with code_u, the unsigned dynamic code
+    (`quant.codes.unsigned_dynamic_code`).
 That is 2 + 8 / 256 = 2.03125 bytes per parameter instead of AdamW's 8.
 
 One step of an 8-bit parameter, per block, all in fp32 (each operation rounded on its own, no fused multiply-add):

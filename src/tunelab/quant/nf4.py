@@ -10,7 +10,7 @@ The format (bitsandbytes `quantize_4bit(w, blocksize=64, quant_type="nf4", compr
   - two 4-bit indices per byte, element 2i in the HIGH nibble, 2i+1 in the low one (an odd count pads with index 7,
     the value 0);
   - double quantization: offset = mean(absmax); absmax - offset is quantized blockwise (ABSMAX_BLOCK = 256) to 8 bits
-    with bitsandbytes' signed dynamic code (`dynamic_code`), one fp32 absmax2 per 256 block.
+    with bitsandbytes' signed dynamic code (`quant.codes.dynamic_code`), one fp32 absmax2 per 256 block.
   Dequantization, every step an fp32 operation rounded on its own (no fused multiply-add):
       absmax[b] = code8[absmax_q[b]] * absmax2[b // 256] + offset,    w[i] = code4[nibble(i)] * absmax[i // 64],
   then one rounding to the output dtype.
@@ -19,11 +19,11 @@ Quantizing is bit-identical to bitsandbytes (0.50) on the same device. bitsandby
 the CPU (4-bit stage: reciprocal then multiply, but a division in a trailing partial block; 8-bit stage: a 65536-bin
 lookup table) and on CUDA (kernels built with fast math: an approximate reciprocal then a multiply; the 8-bit code by
 binary search and a midpoint test). `quantize_nf4_reference` follows the CPU rules; the Triton kernels of
-`quant.nf4_triton` follow the CUDA ones (`quant.nf4_ops.quantize_nf4` picks by device). The two rules pick different codes only for values
-very near a decision boundary (4-bit: about an ulp, a few fp32 weights in 10^7; 8-bit: the CPU table's bins, 3e-5 of
-absmax2 wide); bytes decode the same way everywhere. A block of zeros is stored as index 7 on the CPU (decoded as 0)
-and as index 0 on CUDA (0 * (1 / 0) is NaN and fails every test), decoded as -1.0 times its absmax as it comes back
-from 8 bits (about 1e-3 of the weight scale rather than 0), as bitsandbytes does.
+`quant.nf4_triton` follow the CUDA ones (`quant.nf4_ops.quantize_nf4` picks by device). The two rules pick different
+codes only for values very near a decision boundary (4-bit: about an ulp, a few fp32 weights in 10^7; 8-bit: the CPU
+table's bins, 3e-5 of absmax2 wide); bytes decode the same way everywhere. A block of zeros is stored as index 7 on
+the CPU (decoded as 0) and as index 0 on CUDA (0 * (1 / 0) is NaN and fails every test), decoded as -1.0 times its
+absmax as it comes back from 8 bits (about 1e-3 of the weight scale rather than 0), as bitsandbytes does.
 
 This module is the format and its pure-PyTorch reference (the CPU path and the ground truth of the kernels):
 `quant.nf4_triton` holds the Triton kernels, `quant.nf4_ops` the switch between the two and the scratch buffer weights
