@@ -9,12 +9,22 @@ print(tunelab.generate(result.run_dir, "Where is your office?"))
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from tunelab.infer.compare import Comparison, Question, format_comparison, read_questions, save_comparison
+from tunelab.config import ResolvedConfig, RunConfig
+from tunelab.infer.compare import (
+    Comparison,
+    Question,
+    compare_after_training,
+    format_comparison,
+    read_questions,
+    save_comparison,
+)
 from tunelab.infer.compare import compare as _compare
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
-from tunelab.training.recipe import TrainResult, train
+from tunelab.training.recipe import TrainResult, resolve
+from tunelab.training.recipe import train as _train
 
 __all__ = [
     "train",
@@ -31,6 +41,21 @@ __all__ = [
     "GenerationSettings",
     "LoadedRun",
 ]
+
+
+def train(
+    config: str | Path | RunConfig | ResolvedConfig | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+) -> TrainResult:
+    """Fine-tune as the config says and write the run directory; `overrides` are {'train.lr': 1e-4, ...}. When
+    eval.questions is set, the base and the tuned model then answer them (compare.json, scores printed)."""
+    resolved = resolve(config, overrides)
+    result = _train(resolved, resume=resume)
+    if resolved.config.eval.questions:
+        compare_after_training(result.run_dir, resolved.config)
+    return result
 
 
 def _open(run: str | Path | LoadedRun, device: str) -> LoadedRun:

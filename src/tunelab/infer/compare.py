@@ -14,11 +14,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tunelab.config import RunConfig
 from tunelab.data.sources import read_records
 from tunelab.errors import DataError
 from tunelab.eval.metrics import predict_label
 from tunelab.infer.generate import GenerationSettings, generate_answers
-from tunelab.infer.run import LoadedRun
+from tunelab.infer.run import LoadedRun, open_run
 
 COMPARE_FILE = "compare.json"
 
@@ -160,3 +161,17 @@ def save_comparison(result: Comparison, run_dir: Path) -> Path:
     path = Path(run_dir) / COMPARE_FILE
     path.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     return path
+
+
+def compare_after_training(run_dir: Path, cfg: RunConfig) -> Comparison:
+    """Answer the run's eval.questions with the base and the saved tuned model, save compare.json, print the scores."""
+    run = open_run(run_dir, device=cfg.model.device)
+    result = compare(
+        run,
+        read_questions(cfg.eval.questions),
+        GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens),
+        cfg.eval.refusal,
+    )
+    save_comparison(result, run_dir)
+    print(format_comparison(result), flush=True)
+    return result
