@@ -12,15 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import ResolvedConfig, RunConfig
-from tunelab.infer.compare import (
-    Comparison,
-    Question,
-    compare_after_training,
-    format_comparison,
-    read_questions,
-    save_comparison,
-)
-from tunelab.infer.compare import compare as _compare
+from tunelab.eval.compare import Comparison, compare_after_training, format_comparison, save_comparison
+from tunelab.eval.compare import compare as _compare
+from tunelab.eval.questions import Question, read_questions, run_data_config
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 from tunelab.training.recipe import TrainResult, resolve
@@ -75,8 +69,8 @@ def compare(
     """Base and tuned model answer the same questions (from a file and/or given directly); scored where expected
     answers exist. `refusal` defaults to the run's configured refusal sentence."""
     loaded = _open(run, device)
-    items = read_questions(questions) if questions else []
-    items += [Question(q) for q in (question or [])]
+    items = read_questions(questions, run_data_config(loaded.run_dir, loaded.info)) if questions else []
+    items += [Question.ask(q, loaded.system_prompt) for q in (question or [])]
     refusal = refusal if refusal is not None else loaded.info.refusal
     result = _compare(loaded, items, settings or GenerationSettings(), refusal)
     if show:

@@ -23,7 +23,8 @@ from typing import Any
 
 from tunelab import __version__
 from tunelab.atomic import write_json
-from tunelab.errors import RunDirError
+from tunelab.config import RunConfig, load_config
+from tunelab.errors import ConfigError, RunDirError
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -142,3 +143,15 @@ def open_info(run_dir: str | Path) -> RunInfo:
     info = read_info(run_dir)
     check_result(run_dir, info)
     return info
+
+
+def read_config(run_dir: str | Path) -> RunConfig | None:
+    """The run's saved config (config.yaml); None when the run directory holds none (written by an older version or
+    by hand); RunDirError when it cannot be read."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path).config
+    except ConfigError as exc:
+        raise RunDirError(f"{path}: the run's saved config cannot be read ({exc}).") from None

@@ -207,7 +207,7 @@ def test_rows_without_expected_answers_name_file_and_line(tmp_path):
     _write_jsonl(path, [{"expected": "A."}])
     with pytest.raises(DataError, match=r"q\.jsonl:1: .*no question"):
         evaluate_run(run, path)
-    with pytest.raises(DataError, match="eval file not found"):
+    with pytest.raises(DataError, match="question file not found"):
         evaluate_run(run, tmp_path / "missing.jsonl")
 
 

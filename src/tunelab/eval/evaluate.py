@@ -6,10 +6,10 @@ Two kinds of numbers per model:
   generation  greedy answers (batched, KV cache) scored against the expected answers (see eval/metrics.py), per
               kind of row, with label tasks scored as classification, and the generation speed in tokens/s.
 
-Rows may be in any training format (the last assistant turn is the expected answer; an `expected` column overrides
-it) or `question`/`prompt` + `expected` rows as for `tunelab compare`, whose expected text is then also the answer the
-loss is taken on. A `label` column (or a `kind` of label/classification) marks a label task: the expected answers are
-the labels, and each generated answer is mapped to one. Text rows (continued pretraining) count for the loss only.
+The rows are read by eval/questions.py, the reader `tunelab compare` uses: question + expected, question + label (a
+label task: each generated answer is mapped to one of the labels), any training format (the last assistant turn is
+the expected answer), or text rows (continued pretraining), which count for the loss only. Each answer also gets the
+verdict `tunelab compare` gives it (`correct`).
 """
 
 from __future__ import annotations
@@ -24,17 +24,15 @@ from pathlib import Path
 import torch
 
 from tunelab.atomic import write_json
-from tunelab.config import DataConfig, load_config
-from tunelab.data.formats import Example, to_examples
 from tunelab.data.loader import make_batches
 from tunelab.data.render import render_examples
-from tunelab.data.report import DataReport, location
-from tunelab.data.sources import read_records
-from tunelab.errors import ConfigError, DataError, RunDirError
+from tunelab.data.report import DataReport
+from tunelab.errors import RunDirError
 from tunelab.eval.metrics import (
     LabelScores,
     TextScores,
     contains,
+    correct,
     exact_match,
     label_scores,
     predict_label,
@@ -42,36 +40,13 @@ from tunelab.eval.metrics import (
     rouge_l,
     text_scores,
 )
+from tunelab.eval.questions import Question, read_questions, run_data_config, task_labels
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
-from tunelab.rundir import RunInfo, open_info
+from tunelab.rundir import open_info, read_config
 from tunelab.training.step import evaluate, loss_tokens
 
 EVAL_FILE = "eval.json"
-LABEL_KINDS = ("label", "labels", "classification")
-PROMPT_FIELDS = ("question", "prompt", "instruction")  # a row with one of these is meant to be answered
-ANSWER_FIELDS = (
-    "answer",
-    "completion",
-    "output",
-    "messages",
-    "conversations",
-)  # a row with one of these is training data
-
-
-@dataclass
-class EvalItem:
-    """One row of the eval file: the example the loss is taken on, and what generation is asked and expected."""
-
-    example: Example
-    prompt: list[dict] | None  # the conversation up to the answer (ends with a user turn); None: loss only
-    expected: str | None
-    kind: str
-    is_label: bool
-
-    @property
-    def where(self) -> str:
-        return location(self.example.path, self.example.line)
 
 
 @dataclass
@@ -82,6 +57,7 @@ class Answer:
     rouge_l: float
     refused: bool | None = None  # None when no refusal sentence is known
     label: str | None = None  # the label the answer gives, for label tasks
+    correct: bool = False  # the verdict `tunelab compare` gives it too (eval.metrics.correct)
 
 
 @dataclass
@@ -144,86 +120,6 @@ def _check_writable(path: Path, overwrite: bool) -> None:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
 
 
-def _run_data_config(run_dir: Path, info: RunInfo) -> tuple[DataConfig, int]:
-    """The run's data options (for rendering exactly as in training) and its micro-batch size."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return DataConfig(system_prompt=info.system_prompt), 8
-    try:
-        cfg = load_config(path).config
-    except ConfigError as exc:
-        raise RunDirError(f"{path}: the run's saved config cannot be read ({exc}).") from None
-    return dataclasses.replace(cfg.data, packing=False, eval=None), cfg.train.micro_batch
-
-
-def _text_field(row: dict, key: str, where: str) -> str | None:
-    value = row.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool | int | float):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: field '{key}' must be non-empty text, got {value!r}.")
-    return value.strip()
-
-
-def read_eval_file(path: str | Path, data: DataConfig) -> list[EvalItem]:
-    """Rows of an eval file as EvalItems; DataError (naming file and line) for rows that cannot be evaluated."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: eval file not found.")
-    records = read_records([str(path)])
-    if not records:
-        raise DataError(f"{path}: the eval file holds no rows.")
-    fields = data.fields
-    items: list[EvalItem | None] = [None] * len(records)
-    training = []  # (index, record, expected, kind, is_label) of rows that to_examples converts
-    for i, record in enumerate(records):
-        row, where = record.row, location(record.path, record.line)
-        is_label = "label" in row
-        expected = _text_field(row, "label" if is_label else "expected", where)
-        kind = str(row.get("kind") or ("label" if is_label else "all"))
-        is_label = is_label or kind in LABEL_KINDS
-        if any(fields.get(f, f) in row for f in ANSWER_FIELDS):
-            training.append((i, record, expected, kind, is_label))
-            continue
-        prompt_keys = [k for k in (*PROMPT_FIELDS, "text") if fields.get(k, k) in row]
-        if expected is None and any(k != "text" for k in prompt_keys):
-            raise DataError(
-                f"{where}: the row has no expected answer. Give it an 'expected' field (or 'label' for a label task), "
-                "or an answer in a training format (e.g. question + answer)."
-            )
-        if expected is None:  # text rows, or rows whose format to_examples will name
-            training.append((i, record, None, kind, False))
-            continue
-        if not prompt_keys:
-            raise DataError(
-                f"{where}: the row has an expected answer but no question; give it a 'question' (or 'prompt') field."
-            )
-        question = _text_field(row, fields.get(prompt_keys[0], prompt_keys[0]), where)
-        system = (
-            row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else data.system_prompt
-        )
-        prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
-        example = Example(prompt + [{"role": "assistant", "content": expected}], None, record.path, record.line)
-        items[i] = EvalItem(example, prompt, expected, kind, is_label)
-
-    report = DataReport()
-    # One record at a time, format "auto": each row's format is detected on its own (the run's data.format was
-    # chosen for its training files), so one eval file may mix formats; data.fields still maps column names.
-    examples = [ex for t in training for ex in to_examples([t[1]], "auto", fields, data.system_prompt, report)]
-    if report.skips:
-        reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())
-        raise DataError(f"{path}: rows cannot be evaluated: {reasons}. Fix or remove them.")
-    for (i, _, expected, kind, is_label), ex in zip(training, examples, strict=True):
-        if ex.messages is None:
-            items[i] = EvalItem(ex, None, None, kind, False)
-            continue
-        last = max(k for k, m in enumerate(ex.messages) if m["role"] == "assistant")
-        items[i] = EvalItem(ex, ex.messages[:last], expected or ex.messages[last]["content"].strip(), kind, is_label)
-    return [item for item in items if item is not None]
-
-
 class _CountingModel:
     """Stands in for a model in `generate_answers` and counts the tokens it generates: per row, up to and including
     its first stop token (the padding of rows that finished before the longest one is not counted)."""
@@ -266,12 +162,12 @@ def _timed_answers(
 
 
 def _score_answers(
-    answers: list[str], items: list[EvalItem], refusal: str | None, labels: dict[str, list[str]]
+    answers: list[str], items: list[Question], refusal: str | None, labels: dict[str, list[str]]
 ) -> list[Answer]:
     rouge = rouge_l(answers, [it.expected for it in items])
     out = []
     for text, item, r in zip(answers, items, rouge):
-        label = predict_label(text, labels[item.kind]) if item.is_label else None
+        task = labels[item.kind] if item.is_label else None
         out.append(
             Answer(
                 text,
@@ -279,7 +175,8 @@ def _score_answers(
                 contains(text, item.expected),
                 r,
                 refused(text, refusal) if refusal else None,
-                label,
+                predict_label(text, task) if task else None,
+                correct(text, item.expected, task),
             )
         )
     return out
@@ -288,7 +185,7 @@ def _score_answers(
 def _model_scores(
     loss: float | None,
     answers: list[str],
-    items: list[EvalItem],
+    items: list[Question],
     refusal: str | None,
     labels: dict[str, list[str]],
     tokens: int,
@@ -320,10 +217,6 @@ def _perplexity(loss: float | None) -> float | None:
     return math.exp(loss)
 
 
-def _question(prompt: list[dict]) -> str:
-    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
-
-
 def evaluate_run(
     run_dir: str | Path | LoadedRun,
     data_file: str | Path,
@@ -344,8 +237,10 @@ def evaluate_run(
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     if save:
         _check_writable(target, overwrite)
-    data, micro_batch = _run_data_config(run_dir, info)
-    items = read_eval_file(data_file, data)
+    data = run_data_config(run_dir, info)
+    cfg = read_config(run_dir)
+    micro_batch = cfg.train.micro_batch if cfg else 8
+    items = read_questions(data_file, data, need_expected=True)
     settings = settings or GenerationSettings()
     refusal = refusal if refusal is not None else info.refusal
 
@@ -358,10 +253,7 @@ def evaluate_run(
     ]
     asked = [it for it in items if it.prompt is not None]
     prompts = [it.prompt for it in asked]
-    labels = {
-        kind: list(dict.fromkeys(it.expected for it in asked if it.kind == kind and it.is_label))
-        for kind in dict.fromkeys(it.kind for it in asked if it.is_label)
-    }
+    labels = task_labels(asked)
 
     tuned_loss = evaluate(run.model, batches) if batches else None
     tuned_answers, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings)
@@ -372,7 +264,7 @@ def evaluate_run(
     base_scored = _score_answers(base_answers, asked, refusal, labels) if asked else []
     tuned_scored = _score_answers(tuned_answers, asked, refusal, labels) if asked else []
     rows = [
-        EvalRow(_question(it.prompt), it.expected, it.kind, "label" if it.is_label else "text", it.where, b, t)
+        EvalRow(it.text, it.expected, it.kind, "label" if it.is_label else "text", it.where, b, t)
         for it, b, t in zip(asked, base_scored, tuned_scored)
     ]
     result = EvalResult(

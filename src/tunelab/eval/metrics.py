@@ -1,8 +1,12 @@
-"""Scores of generated answers against expected ones: exact match, contains, ROUGE-L, refusals, and label tasks.
+"""The one scorer of tunelab's answers: exact match, contains, ROUGE-L, refusals, and label tasks.
+
+`tunelab compare`, `tunelab eval` and the comparison after training all judge answers here (`correct` is the verdict
+both print), so one answer gets one verdict whichever command produced it. It needs nothing else of tunelab (its
+errors aside), so whatever produces answers can score them here without an import running up the layers.
 
 Text answers are compared after `normalize`: lower case, runs of whitespace as one space, and punctuation at the end
-stripped ("Dundee." equals "dundee"). `contains` is the score `tunelab compare` reports (the expected text appears in
-the answer), with the same normalisation.
+stripped ("Dundee." equals "dundee"). `contains` asks for the expected text as a whole phrase of the answer: not a
+piece of a longer word or number, so "649" is not found in "£1,649" nor "home" in "homework".
 
 ROUGE-L F1 comes from Google's `rouge-score` package, the reference implementation. Its default tokenizer keeps only
 [a-z0-9] and so scores every non-ASCII answer 0; we give it a Unicode word tokenizer instead (lower-cased `\\w+` runs).
@@ -35,15 +39,36 @@ def exact_match(answer: str, expected: str) -> bool:
     return normalize(answer) == normalize(expected)
 
 
+def _phrase(want: str) -> re.Pattern:
+    """`want` as a whole phrase: where it starts (ends) with a word character, the answer must not continue the word
+    there; where it starts (ends) with a digit, not the number either ("7.5" is not in "17.5", "649" not in "1,649",
+    "27" not in "27.5")."""
+    left = right = ""
+    if _WORD.match(want[0]):
+        left = r"(?<!\w)" + (r"(?<!\d[.,:])" if want[0].isdigit() else "")
+    if _WORD.match(want[-1]):
+        right = r"(?!\w)" + (r"(?![.,:]\d)" if want[-1].isdigit() else "")
+    return re.compile(left + re.escape(want) + right)
+
+
 def contains(answer: str, expected: str) -> bool:
-    """The expected text appears in the answer (both normalised; an empty expected text never matches)."""
+    """The expected text appears in the answer as a whole phrase (both normalised; an empty expected text never
+    matches). A bare substring test would count "£1,649" for "649" and "homework" for "home"."""
     want = normalize(expected)
-    return bool(want) and want in normalize(answer)
+    return bool(want) and _phrase(want).search(normalize(answer)) is not None
 
 
 def refused(answer: str, refusal: str) -> bool:
     """The answer contains the refusal sentence."""
     return contains(answer, refusal)
+
+
+def correct(answer: str, expected: str, labels: list[str] | None = None) -> bool:
+    """The verdict on one answer: for a label question (`labels`: its task's labels) the label the answer names is
+    the expected one; otherwise the answer contains the expected text."""
+    if labels is not None:
+        return predict_label(answer, labels) == expected
+    return contains(answer, expected)
 
 
 class _WordTokenizer:
