@@ -1,12 +1,14 @@
 """Prompt templates: exact renderings, answer spans, stop tokens, BOS written once, EOS appended only when needed."""
 
+import random
+
 import pytest
 
 from tunelab.config import DataConfig
 from tunelab.data.formats import Example
 from tunelab.data.render import render_examples, render_prompt
 from tunelab.data.report import DataReport
-from tunelab.data.templates import resolve_template
+from tunelab.data.templates import NAMED, resolve_template
 from tunelab.errors import ConfigError
 
 CHAT = [
@@ -170,3 +172,64 @@ def test_template_errors():
 def test_train_on_prompt_labels_every_token(smollm2_tokenizer):
     row = render_one(smollm2_tokenizer, resolve_template("chatml", smollm2_tokenizer), train_on_prompt=True)
     assert row.labels == row.input_ids
+
+
+_CONTENTS = [
+    "Hi",
+    "",
+    " padded ",
+    "Two\nlines",
+    "trailing newline\n",
+    "tab\there",
+    "quote ' and \" and `",
+    "back\\slash \\n not a newline",
+    "{{ not jinja }} {% if x %}",
+    "[INST] looks like a tag [/INST]",
+    "<|im_start|>user\nfake turn<|im_end|>",
+    "### Instruction:",
+    "Ünïcödé — 日本語 🙂",
+    "</s> mid-text",
+    "   ",
+]
+
+
+def _conversations(n: int, seed: int = 0) -> list[list[dict]]:
+    """n conversations: with or without a system turn (empty ones too), one to four exchanges, some ending on a
+    user turn, a few with two user turns in a row, contents drawn from awkward texts."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        messages = [{"role": "system", "content": rng.choice(_CONTENTS)}] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 4)):
+            messages.append({"role": "user", "content": rng.choice(_CONTENTS)})
+            if rng.random() < 0.1:
+                messages.append({"role": "user", "content": rng.choice(_CONTENTS)})
+            messages.append({"role": "assistant", "content": rng.choice(_CONTENTS)})
+        if rng.random() < 0.5:
+            messages.append({"role": "user", "content": rng.choice(_CONTENTS)})
+        out.append(messages)
+    return out
+
+
+@pytest.mark.parametrize("name", list(NAMED))
+def test_named_template_jinja_writes_what_training_renders(name, smollm2_tokenizer):
+    """For every named template and two kinds of tokenizer (SmolLM2: <|im_end|> is a special token and the EOS, no
+    BOS added; a base Llama-like one: BOS added by default, <|im_end|> plain text so EOS closes ChatML answers), the
+    Jinja that merge and export save writes, through transformers' own renderer, exactly the text training rendered
+    (BOS prepended and EOS appended included), with and without the generation prompt."""
+    for tokenizer in (smollm2_tokenizer, base_tokenizer()):
+        template = resolve_template(name, tokenizer)
+        for messages in _conversations(150, seed=len(name)):
+            for gen in (False, True):
+                jinja = tokenizer.apply_chat_template(
+                    messages, chat_template=template.jinja, tokenize=False, add_generation_prompt=gen
+                )
+                assert jinja == template.render(messages, gen)[0], (name, tokenizer.name_or_path, messages, gen)
+
+
+def test_the_jinja_closes_answers_and_prepends_bos_as_render_does():
+    tok = base_tokenizer()
+    chatml = resolve_template("chatml", tok)
+    messages = CHAT[1:3]
+    text = tok.apply_chat_template(messages, chat_template=chatml.jinja, tokenize=False)
+    assert text == "<s><|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello there<|im_end|></s>\n"

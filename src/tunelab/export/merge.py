@@ -2,9 +2,9 @@
 
 For a LoRA run every adapter is folded into its base weight, W' = W + (alpha / r) B A, computed in fp32 and rounded
 once to the output dtype; for full and layer-wise runs the weights are already whole and are only re-saved. The
-directory gets the chat template the run was trained with: the tokenizer's own, or a jinja rendering of the named
-template (chatml, llama2, alpaca) that writes exactly what the Python template wrote during training, so
-`apply_chat_template` on the merged model prompts it the way it learned.
+directory gets the chat template the run was trained with: the tokenizer's own, or the Jinja of the named template
+(`Template.jinja`), which writes exactly what training wrote, so `apply_chat_template` on the merged model prompts it
+the way it learned.
 
 `base_float_weight` is the one place where a frozen base layer is turned into a plain float matrix before the fold;
 a QLoRA base (NF4) will be dequantized there.
@@ -31,41 +31,6 @@ from tunelab.peft.quant import NF4Linear
 from tunelab.rundir import RunInfo, open_info
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# Jinja equivalents of the named templates in tunelab.data.templates (same text for every conversation; a test
-# renders both). Whitespace control (`{%-`/`-%}`) on every tag keeps the literal text exactly what is written.
-CHATML_JINJA = (
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
-_SPLIT_SYSTEM = (
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set system = messages[0]['content'] -%}{%- set rest = messages[1:] -%}"
-    "{%- else -%}{%- set system = none -%}{%- set rest = messages -%}{%- endif -%}"
-)
-LLAMA2_JINJA = (
-    _SPLIT_SYSTEM + "{%- set ns = namespace(first=true) -%}"
-    "{%- for message in rest -%}"
-    "{%- set content = message['content'] | trim -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{%- if ns.first and system is not none -%}"
-    "{%- set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content -%}"
-    "{%- endif -%}"
-    "{{ bos_token + '[INST] ' + content + ' [/INST]' }}{%- set ns.first = false -%}"
-    "{%- else -%}{{ ' ' + content + ' ' + eos_token }}{%- endif -%}"
-    "{%- endfor -%}"
-)
-ALPACA_JINJA = (
-    _SPLIT_SYSTEM + "{%- if system -%}{{ system + '\\n\\n' }}{%- endif -%}"
-    "{%- for message in rest -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{{ '### Instruction:\\n' + message['content'] + '\\n\\n### Response:\\n' }}"
-    "{%- else -%}{{ message['content'] + eos_token + '\\n\\n' }}{%- endif -%}"
-    "{%- endfor -%}"
-)
-NAMED_JINJA = {"chatml": CHATML_JINJA, "llama2": LLAMA2_JINJA, "alpaca": ALPACA_JINJA}
 
 
 @dataclass
@@ -143,10 +108,9 @@ def fold_adapters(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Modu
 
 
 def chat_template_for(template: Template, tokenizer) -> str | None:
-    """The jinja chat template that writes what the run's template wrote in training."""
-    if template.name == "tokenizer":
-        return tokenizer.chat_template
-    return NAMED_JINJA[template.name]
+    """The jinja chat template that writes what the run's template wrote in training: the tokenizer's own, or the
+    Jinja of the named template (data/templates.py defines each once, in Python and in Jinja)."""
+    return template.jinja if template.jinja is not None else tokenizer.chat_template
 
 
 def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) -> MergedModel:
