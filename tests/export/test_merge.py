@@ -55,6 +55,13 @@ def test_merged_lora_loads_in_plain_transformers_with_the_tuned_logits(lora_run,
         p.name for p in out.iterdir()
     }
     assert not list(tmp_path.glob(".tmp-*"))  # the scratch folder was renamed, not left behind
+    probe = tmp_path / "probe"
+    probe.touch()  # what the user's umask gives a new file (0644 under the usual 022)
+    file_mode = probe.stat().st_mode & 0o777
+    assert out.stat().st_mode & 0o777 == file_mode | (file_mode & 0o444) >> 2  # not the 0700 of a temporary folder
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == dict.fromkeys(
+        (p.name for p in out.iterdir()), file_mode
+    )  # the weights too (transformers leaves them 0600)
     merged = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).eval()
     assert merged.dtype == torch.float32  # the base was saved in fp32, so the merge is too
     with torch.no_grad():

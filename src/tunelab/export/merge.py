@@ -12,16 +12,13 @@ a QLoRA base (NF4) will be dequantized there.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from tunelab.atomic import scratch_folder, write_json
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
@@ -30,6 +27,7 @@ from tunelab.peft.lora import LoRALinear, lora_modules
 from tunelab.peft.quant import NF4Linear
 from tunelab.rundir import RunInfo, open_info
 
+MERGE_FILE = "tunelab_merge.json"  # where the merged folder came from
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -145,19 +143,6 @@ def check_output(out: Path, run_dir: Path, overwrite: bool) -> None:
             )
 
 
-def replace_atomically(scratch: Path, target: Path) -> None:
-    """Move a finished scratch folder or file onto `target`; an old target is moved aside first and deleted after."""
-    old = None
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
-    elif target.exists():
-        old = target.with_name(f".old-{target.name}-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(scratch, target)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
 def merge_run(
     run_dir: str | Path, out_dir: str | Path, overwrite: bool = False, dtype: str | torch.dtype | None = None
 ) -> Path:
@@ -165,22 +150,15 @@ def merge_run(
     chat template) that `AutoModelForCausalLM.from_pretrained(out_dir)` loads. Returns out_dir.
 
     dtype: fp32, bf16 or fp16; None keeps the dtype the weights were saved in. Written to a scratch folder beside
-    out_dir and renamed into place, so out_dir is never left half written."""
+    out_dir and renamed into place, so out_dir is never left half written; files and folders get the permissions
+    the user's umask gives (not the 0700/0600 of temporary files)."""
     run_dir, out = Path(run_dir), Path(out_dir)
     check_run(run_dir)
     check_output(out, run_dir, overwrite)
     merged = merged_model(run_dir, dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
-    try:
+    with scratch_folder(out) as scratch:
         merged.model.save_pretrained(scratch, safe_serialization=True)
         merged.tokenizer.save_pretrained(scratch)
         provenance = {k: getattr(merged.info, k) for k in ("base_model", "method", "template", "system_prompt")}
-        (scratch / "tunelab_merge.json").write_text(
-            json.dumps(provenance | {"run_dir": str(run_dir.resolve())}, indent=2)
-        )
-        replace_atomically(scratch, out)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+        write_json(scratch / MERGE_FILE, provenance | {"run_dir": str(run_dir.resolve())})
     return out
