@@ -52,6 +52,9 @@ class RunInfo:
     """fast (tunelab's Llama-family model) or generic (the transformers model)."""
     quantize_base: str = "none"
     """nf4 for QLoRA: the adapter was trained over the 4-bit base, and is evaluated over it by default."""
+    dtype: str | None = None
+    """The dtype the model trained in (float32, bfloat16, float16): a QLoRA base is quantized from it again when the
+    run is opened. None in runs written before it was recorded."""
     trust_remote_code: bool = False
     """The model's own code ran in training, so opening the run needs it too."""
     total_steps: int = 0
