@@ -170,6 +170,7 @@ def train(
         refusal=cfg.eval.refusal,
         impl=built.impl,
         quantize_base=cfg.method.quantize_base,
+        dtype=str(built.dtype).removeprefix("torch."),
         trust_remote_code=cfg.model.trust_remote_code,
         total_steps=total_steps,
     )
