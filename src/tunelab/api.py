@@ -52,8 +52,8 @@ def train(
     return result
 
 
-def _open(run: str | Path | LoadedRun, device: str) -> LoadedRun:
-    return run if isinstance(run, LoadedRun) else open_run(run, device=device)
+def _open(run: str | Path | LoadedRun, device: str, base_precision: str) -> LoadedRun:
+    return run if isinstance(run, LoadedRun) else open_run(run, device=device, base_precision=base_precision)
 
 
 def compare(
@@ -65,10 +65,12 @@ def compare(
     save: bool = True,
     show: bool = False,
     refusal: str | None = None,
+    base_precision: str = "trained",
 ) -> Comparison:
     """Base and tuned model answer the same questions (from a file and/or given directly); scored where expected
-    answers exist. `refusal` defaults to the run's configured refusal sentence."""
-    loaded = _open(run, device)
+    answers exist. `refusal` defaults to the run's configured refusal sentence. `base_precision`: trained (a QLoRA
+    adapter over the NF4 base it was trained on) or 16bit (over the unquantized weights)."""
+    loaded = _open(run, device, base_precision)
     items = read_questions(questions, run_data_config(loaded.run_dir, loaded.info)) if questions else []
     items += [Question.ask(q, loaded.system_prompt) for q in (question or [])]
     refusal = refusal if refusal is not None else loaded.info.refusal
@@ -87,9 +89,10 @@ def generate(
     base: bool = False,
     settings: GenerationSettings | None = None,
     device: str = "auto",
+    base_precision: str = "trained",
 ) -> str:
     """One answer from the tuned model (or the base model with base=True)."""
-    loaded = _open(run, device)
+    loaded = _open(run, device, base_precision)
     system = system if system is not None else loaded.system_prompt
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     settings = settings or GenerationSettings()
@@ -99,11 +102,16 @@ def generate(
     return generate_answers(loaded.model, loaded.tokenizer, loaded.template, [messages], settings)[0]
 
 
-def chat(run: str | Path | LoadedRun, settings: GenerationSettings | None = None, device: str = "auto") -> list[dict]:
+def chat(
+    run: str | Path | LoadedRun,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+    base_precision: str = "trained",
+) -> list[dict]:
     """Interactive chat on the terminal; returns the conversation."""
     from tunelab.infer.chat import chat as _chat
 
-    return _chat(_open(run, device), settings or GenerationSettings())
+    return _chat(_open(run, device, base_precision), settings or GenerationSettings())
 
 
 def evaluate(
@@ -116,11 +124,14 @@ def evaluate(
     out: str | Path | None = None,
     overwrite: bool = False,
     show: bool = False,
+    base_precision: str = "trained",
 ):
     """Eval loss and perplexity, answer metrics (exact, contains, ROUGE-L, refusal) and label metrics, base and tuned."""
     from tunelab.eval.evaluate import evaluate_run, format_eval
 
-    result = evaluate_run(run, data, settings, refusal, device, save=save, out=out, overwrite=overwrite)
+    result = evaluate_run(
+        run, data, settings, refusal, device, save=save, out=out, overwrite=overwrite, base_precision=base_precision
+    )
     if show:
         print(format_eval(result))
     return result
@@ -133,11 +144,15 @@ def report(run: str | Path, out: str | Path | None = None, overwrite: bool = Fal
     return build_report(run, out=out, overwrite=overwrite)
 
 
-def merge(run: str | Path, out: str | Path, overwrite: bool = False, dtype: str | None = None) -> Path:
-    """The adapter folded into the base weights, saved as a Hugging Face directory."""
+def merge(
+    run: str | Path, out: str | Path, overwrite: bool = False, dtype: str | None = None, show: bool = False
+) -> Path:
+    """The adapter folded into the base weights (a QLoRA base dequantized first), saved as a Hugging Face directory;
+    how far the merged model's logits are from the adapter's on a probe is saved in tunelab_merge.json (`show`: and
+    printed)."""
     from tunelab.export.merge import merge_run
 
-    return merge_run(run, out, overwrite=overwrite, dtype=dtype)
+    return merge_run(run, out, overwrite=overwrite, dtype=dtype, show=show)
 
 
 def export_gguf(run: str | Path, out: str | Path, qtype: str = "f16", overwrite: bool = False) -> Path:

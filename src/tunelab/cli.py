@@ -46,6 +46,13 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="penalty for repeated tokens (default: 1.0)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    g.add_argument(
+        "--base-precision",
+        default="trained",
+        choices=("trained", "16bit"),
+        help="the base a QLoRA adapter sits on: trained (the NF4 base it was trained over) or 16bit (the unquantized "
+        "weights) (default: trained)",
+    )
 
 
 def _settings(args):
@@ -141,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
         return 0
     if args.command == "merge":
-        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype))
+        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype, show=True))
         return 0
     if args.command == "export":
         path = api.export_gguf(args.run_dir, args.out, qtype=args.qtype, overwrite=args.overwrite)
@@ -160,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
             out=args.out,
             overwrite=args.overwrite,
             show=True,
+            base_precision=args.base_precision,
         )
     elif args.command == "compare":
         if not args.questions and not args.question:
@@ -173,13 +181,20 @@ def _run(args: argparse.Namespace) -> int:
             save=not args.no_save,
             show=True,
             refusal=args.refusal,
+            base_precision=args.base_precision,
         )
     elif args.command == "chat":
-        api.chat(args.run_dir, settings=settings, device=args.device)
+        api.chat(args.run_dir, settings=settings, device=args.device, base_precision=args.base_precision)
     elif args.command == "generate":
         print(
             api.generate(
-                args.run_dir, args.prompt, system=args.system, base=args.base, settings=settings, device=args.device
+                args.run_dir,
+                args.prompt,
+                system=args.system,
+                base=args.base,
+                settings=settings,
+                device=args.device,
+                base_precision=args.base_precision,
             )
         )
     return 0

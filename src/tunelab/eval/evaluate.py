@@ -42,7 +42,7 @@ from tunelab.eval.metrics import (
 )
 from tunelab.eval.questions import Question, read_questions, run_data_config, task_labels
 from tunelab.infer.generate import GenerationSettings, generate_answers
-from tunelab.infer.run import LoadedRun, open_run
+from tunelab.infer.run import LoadedRun, check_base_precision, open_run
 from tunelab.rundir import open_info, read_config
 from tunelab.training.step import evaluate, loss_tokens
 
@@ -227,10 +227,12 @@ def evaluate_run(
     save: bool = True,
     out: str | Path | None = None,
     overwrite: bool = False,
+    base_precision: str = "trained",
 ) -> EvalResult:
     """Base and tuned model of `run_dir` (a path, or a run already opened with `open_run`) on `data_file`: loss,
     perplexity, answer scores, label tasks, speed. `refusal` defaults to the run's eval.refusal. With `save`, writes
-    `out` (default RUN_DIR/eval.json); an existing file is an error unless `overwrite`."""
+    `out` (default RUN_DIR/eval.json); an existing file is an error unless `overwrite`. `base_precision`: see
+    `infer.run.open_run`."""
     loaded = run_dir if isinstance(run_dir, LoadedRun) else None
     run_dir = loaded.run_dir if loaded else Path(run_dir)
     info = loaded.info if loaded else open_info(run_dir)
@@ -244,7 +246,8 @@ def evaluate_run(
     settings = settings or GenerationSettings()
     refusal = refusal if refusal is not None else info.refusal
 
-    run = loaded or open_run(run_dir, device=device)
+    check_base_precision(base_precision)
+    run = loaded or open_run(run_dir, device=device, base_precision=base_precision)
     report = DataReport(max_length=data.max_length)
     rendered = render_examples([it.example for it in items], run.tokenizer, run.template, data, report)
     batches = [
