@@ -12,11 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import ResolvedConfig, RunConfig
-from tunelab.eval.compare import Comparison, compare_after_training, format_comparison, save_comparison
+from tunelab.errors import DataError
+from tunelab.eval.compare import (
+    Comparison,
+    check_writable,
+    compare_after_training,
+    compare_file,
+    format_comparison,
+    save_comparison,
+)
 from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, read_questions, run_data_config
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
+from tunelab.rundir import open_info
 from tunelab.training.recipe import TrainResult, resolve
 from tunelab.training.recipe import train as _train
 
@@ -66,19 +75,27 @@ def compare(
     show: bool = False,
     refusal: str | None = None,
     base_precision: str = "trained",
+    overwrite: bool = False,
+    show_answers: bool = False,
 ) -> Comparison:
     """Base and tuned model answer the same questions (from a file and/or given directly); scored where expected
-    answers exist. `refusal` defaults to the run's configured refusal sentence. `base_precision`: trained (a QLoRA
-    adapter over the NF4 base it was trained on) or 16bit (over the unquantized weights)."""
-    loaded = _open(run, device, base_precision)
-    items = read_questions(questions, run_data_config(loaded.run_dir, loaded.info)) if questions else []
-    items += [Question.ask(q, loaded.system_prompt) for q in (question or [])]
-    refusal = refusal if refusal is not None else loaded.info.refusal
-    result = _compare(loaded, items, settings or GenerationSettings(), refusal)
-    if show:
-        print(format_comparison(result))
+    answers exist. `settings` default to greedy answers of the run's eval.max_new_tokens; `refusal` to the run's
+    refusal sentence. `save` writes RUN_DIR/compare.json, which must not exist unless `overwrite`. `show` prints the
+    scores, and the answers too with `show_answers`. `base_precision`: trained (a QLoRA adapter over the NF4 base it
+    was trained on) or 16bit (over the unquantized weights)."""
+    run_dir = run.run_dir if isinstance(run, LoadedRun) else Path(run)
+    info = run.info if isinstance(run, LoadedRun) else open_info(run_dir)
     if save:
-        save_comparison(result, loaded.run_dir)
+        check_writable(compare_file(run_dir), overwrite)  # before minutes of generation, not after
+    items = read_questions(questions, run_data_config(run_dir, info)) if questions else []
+    items += [Question.ask(q, info.system_prompt) for q in (question or [])]
+    if not items:
+        raise DataError("no questions to compare on: give a questions file or at least one question.")
+    loaded = _open(run, device, base_precision)
+    result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal)
+    path = save_comparison(result, run_dir, overwrite=overwrite) if save else None
+    if show:
+        print(format_comparison(result, path, show_answers))
     return result
 
 
@@ -125,15 +142,18 @@ def evaluate(
     overwrite: bool = False,
     show: bool = False,
     base_precision: str = "trained",
+    show_answers: bool = False,
 ):
-    """Eval loss and perplexity, answer metrics (exact, contains, ROUGE-L, refusal) and label metrics, base and tuned."""
+    """Eval loss and perplexity, answer metrics (exact, contains, ROUGE-L, refusal) and label metrics, base and tuned.
+    `settings` default to greedy answers of the run's eval.max_new_tokens. `show` prints the table (and the answers
+    with `show_answers`); eval.json holds everything."""
     from tunelab.eval.evaluate import evaluate_run, format_eval
 
     result = evaluate_run(
         run, data, settings, refusal, device, save=save, out=out, overwrite=overwrite, base_precision=base_precision
     )
     if show:
-        print(format_eval(result))
+        print(format_eval(result, show_answers))
     return result
 
 

@@ -2,9 +2,14 @@
 
 Two kinds of numbers per model:
   loss        the file rendered exactly as training renders data (the run's template, system prompt, max_length
-              and overlong rule; no packing), mean next-token loss over answer tokens and its perplexity;
-  generation  greedy answers (batched, KV cache) scored against the expected answers (see eval/metrics.py), per
-              kind of row, with label tasks scored as classification, and the generation speed in tokens/s.
+              and overlong rule; no packing), mean next-token loss over the expected answers' tokens and its
+              perplexity. It is the training eval loss only when the file holds the run's kind of answers: on
+              `expected` key strings ("1997" where training taught "We were founded in 1997.") it is much higher,
+              and the table says which it is (`loss_on`) beside the training eval loss from run.json;
+  generation  greedy answers (batched, KV cache, the run's eval.max_new_tokens unless given) scored against the
+              expected answers (see eval/metrics.py), per kind of row, with label tasks scored as classification,
+              and the generation speed in tokens/s. Exact match is scored only where the expected text is a whole
+              answer (training rows, labels): an `expected` column is a text to find, never the whole answer.
 
 The rows are read by eval/questions.py, the reader `tunelab compare` uses: question + expected, question + label (a
 label task: each generated answer is mapped to one of the labels), any training format (the last assistant turn is
@@ -22,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from tunelab.atomic import write_json
 from tunelab.data.loader import make_batches
@@ -40,8 +46,8 @@ from tunelab.eval.metrics import (
     rouge_l,
     text_scores,
 )
-from tunelab.eval.questions import Question, read_questions, run_data_config, task_labels
-from tunelab.infer.generate import GenerationSettings, generate_answers
+from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
+from tunelab.infer.generate import GenerationSettings, answer_progress, generate_answers
 from tunelab.infer.run import LoadedRun, check_base_precision, open_run
 from tunelab.rundir import open_info, read_config
 from tunelab.training.step import evaluate, loss_tokens
@@ -52,7 +58,7 @@ EVAL_FILE = "eval.json"
 @dataclass
 class Answer:
     text: str
-    exact: bool
+    exact: bool | None  # None where the expected text is not a whole answer (an `expected` column)
     contains: bool
     rouge_l: float
     refused: bool | None = None  # None when no refusal sentence is known
@@ -75,7 +81,7 @@ class EvalRow:
 class ModelScores:
     """Everything measured on one model (base or tuned)."""
 
-    eval_loss: float | None  # mean nats per answer token; None when no row could be rendered
+    eval_loss: float | None  # mean nats per expected-answer token (see EvalResult.loss_on); None: no row rendered
     perplexity: float | None  # exp(eval_loss); None when it overflows
     overall: TextScores | None  # all answered rows; None when the file has no rows to answer
     by_kind: dict[str, TextScores] = field(default_factory=dict)
@@ -102,6 +108,9 @@ class EvalResult:
     tuned: ModelScores
     rows: list[EvalRow]
     created: str = ""
+    loss_on: str = "answers"  # what the loss is taken on: "answers", "expected texts", "text" (and combinations)
+    training_eval_loss: float | None = None  # the run's own eval loss (run.json), on its held-out training answers
+    base_weights: str = ""  # what the adapter sat on: "nf4" (a QLoRA run evaluated as trained) or the weights' dtype
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,7 +156,7 @@ def _stop_ids(run: LoadedRun) -> set[int]:
 
 
 def _timed_answers(
-    model, run: LoadedRun, prompts: list[list[dict]], settings: GenerationSettings
+    model, run: LoadedRun, prompts: list[list[dict]], settings: GenerationSettings, progress
 ) -> tuple[list[str], int, float]:
     """Answers, generated tokens and seconds; a 2-token warm-up first so one-time costs are not timed."""
     if not prompts:
@@ -157,7 +166,7 @@ def _timed_answers(
     )
     counting = _CountingModel(model, _stop_ids(run))
     tic = time.perf_counter()
-    answers = generate_answers(counting, run.tokenizer, run.template, prompts, settings)
+    answers = generate_answers(counting, run.tokenizer, run.template, prompts, settings, progress)
     return answers, counting.tokens, time.perf_counter() - tic
 
 
@@ -171,7 +180,7 @@ def _score_answers(
         out.append(
             Answer(
                 text,
-                exact_match(text, item.expected),
+                exact_match(text, item.expected) if item.whole_answer else None,
                 contains(text, item.expected),
                 r,
                 refused(text, refusal) if refusal else None,
@@ -201,10 +210,12 @@ def _model_scores(
     )
     if not items:
         return scores
-    scores.overall = text_scores(answers, [it.expected for it in items], refusal)
+    scores.overall = text_scores(answers, [it.expected for it in items], refusal, [it.whole_answer for it in items])
     for kind in dict.fromkeys(it.kind for it in items):
         group = [(a, it) for a, it in zip(answers, items) if it.kind == kind]
-        scores.by_kind[kind] = text_scores([a for a, _ in group], [it.expected for _, it in group], refusal)
+        scores.by_kind[kind] = text_scores(
+            [a for a, _ in group], [it.expected for _, it in group], refusal, [it.whole_answer for _, it in group]
+        )
         if kind in labels:
             predicted = [predict_label(a, labels[kind]) for a, _ in group]
             scores.label_tasks[kind] = label_scores([it.expected for _, it in group], predicted, labels[kind])
@@ -215,6 +226,12 @@ def _perplexity(loss: float | None) -> float | None:
     if loss is None or loss > 700:  # exp overflows a double past ~709
         return None
     return math.exp(loss)
+
+
+def _loss_on(items: list[Question]) -> str:
+    """What the loss tokens are: the file's whole answers, its `expected` key strings, plain text, or a mixture."""
+    kinds = {"text" if q.prompt is None else "answers" if q.whole_answer else "expected texts" for q in items}
+    return " and ".join(k for k in ("answers", "expected texts", "text") if k in kinds)
 
 
 def evaluate_run(
@@ -243,7 +260,7 @@ def evaluate_run(
     cfg = read_config(run_dir)
     micro_batch = cfg.train.micro_batch if cfg else 8
     items = read_questions(data_file, data, need_expected=True)
-    settings = settings or GenerationSettings()
+    settings = answer_settings(settings, run_dir)
     refusal = refusal if refusal is not None else info.refusal
 
     check_base_precision(base_precision)
@@ -258,11 +275,18 @@ def evaluate_run(
     prompts = [it.prompt for it in asked]
     labels = task_labels(asked)
 
-    tuned_loss = evaluate(run.model, batches) if batches else None
-    tuned_answers, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings)
+    def loss(model, which: str) -> float | None:
+        return (
+            evaluate(model, tqdm(batches, desc=f"loss, {which} model", unit="batch", leave=False)) if batches else None
+        )
+
+    tuned_loss = loss(run.model, "tuned")
+    with answer_progress(len(prompts), "answers, tuned model") as step:
+        tuned_answers, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings, step)
     with run.base_model() as base_model:
-        base_loss = evaluate(base_model, batches) if batches else None
-        base_answers, base_tokens, base_s = _timed_answers(base_model, run, prompts, settings)
+        base_loss = loss(base_model, "base")
+        with answer_progress(len(prompts), "answers, base model") as step:
+            base_answers, base_tokens, base_s = _timed_answers(base_model, run, prompts, settings, step)
 
     base_scored = _score_answers(base_answers, asked, refusal, labels) if asked else []
     tuned_scored = _score_answers(tuned_answers, asked, refusal, labels) if asked else []
@@ -282,6 +306,9 @@ def evaluate_run(
         loss_rows=len(rendered),
         loss_tokens=sum(loss_tokens(b) for b in batches),
         loss_skipped={reason: {"count": s.count, "locations": s.locations} for reason, s in report.skips.items()},
+        loss_on=_loss_on(items),
+        training_eval_loss=info.eval_loss,
+        base_weights="nf4" if run.quantized_base else str(run.dtype).removeprefix("torch."),
         base=_model_scores(base_loss, base_answers, asked, refusal, labels, base_tokens, base_s),
         tuned=_model_scores(tuned_loss, tuned_answers, asked, refusal, labels, tuned_tokens, tuned_s),
         rows=rows,
@@ -300,15 +327,16 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def format_eval(result: EvalResult) -> str:
-    """The numbers as a small text table, base beside tuned, for the terminal."""
+def format_eval(result: EvalResult, show_answers: bool = False) -> str:
+    """The numbers as a small text table, base beside tuned, with what they are taken on; then the answers when
+    asked for."""
     b, t = result.base, result.tuned
     lines = [
         f"eval of {result.run_dir} on {result.data_file}: {result.rows_read} rows, {len(result.rows)} answered, "
-        f"loss on {result.loss_rows} rows ({result.loss_tokens:,} answer tokens)"
+        f"loss on {result.loss_rows} rows ({result.loss_tokens:,} tokens of {result.loss_on})"
     ]
     table = [
-        ("eval loss", _num(b.eval_loss), _num(t.eval_loss)),
+        (f"loss on {result.loss_on}", _num(b.eval_loss), _num(t.eval_loss)),
         ("perplexity", _num(b.perplexity, 2), _num(t.perplexity, 2)),
     ]
     scopes = [("", b.overall, t.overall)] + (
@@ -317,8 +345,9 @@ def format_eval(result: EvalResult) -> str:
     for prefix, bs, ts in scopes:
         if bs is None or ts is None:
             continue
+        if ts.exact_match is not None:
+            table.append((f"{prefix}exact match", _pct(bs.exact_match), _pct(ts.exact_match)))
         table += [
-            (f"{prefix}exact match", _pct(bs.exact_match), _pct(ts.exact_match)),
             (f"{prefix}contains", _pct(bs.contains), _pct(ts.contains)),
             (f"{prefix}ROUGE-L F1", _num(bs.rouge_l, 3), _num(ts.rouge_l, 3)),
         ]
@@ -338,4 +367,39 @@ def format_eval(result: EvalResult) -> str:
         lines.append(
             "  not in the loss: " + "; ".join(f"{s['count']} {reason}" for reason, s in result.loss_skipped.items())
         )
+    lines += _notes(result)
+    if show_answers and result.rows:
+        lines += ["", _format_answers(result.rows)]
+    return "\n".join(lines)
+
+
+def _notes(result: EvalResult) -> list[str]:
+    """What the loss and the missing exact match mean, where they could mislead."""
+    notes = []
+    trained = f" (run.json: {result.training_eval_loss:.4f})" if result.training_eval_loss is not None else ""
+    if "expected texts" in result.loss_on:
+        notes.append(
+            "  loss on expected texts: the file's `expected` strings taken as whole answers. Where they are key "
+            "strings a correct answer contains ('1997' for 'We were founded in 1997.') rather than the answers the "
+            f"run learned to give, this loss is far above the training eval loss{trained} without the model being "
+            "worse: compare base and tuned here, not this with training."
+        )
+    elif trained and result.loss_on:
+        notes.append(f"  training eval loss, on the run's own held-out split{trained}")
+    overall = result.tuned.overall
+    if overall is not None and overall.exact_match is None:
+        notes.append(
+            "  exact match: not scored, as every expected text here is a string a correct answer contains (an "
+            "`expected` column), not a whole answer; it is scored for training-format rows and labels."
+        )
+    return notes
+
+
+def _format_answers(rows: list[EvalRow]) -> str:
+    mark = {True: "✓", False: "✗"}
+    lines = []
+    for i, r in enumerate(rows, 1):
+        lines.append(f"[{i}] {r.question}   (expected: {r.expected}; {r.location})")
+        lines.append(f"  base  {mark[r.base.correct]} {r.base.text}")
+        lines.append(f"  tuned {mark[r.tuned.correct]} {r.tuned.text}")
     return "\n".join(lines)

@@ -97,23 +97,30 @@ def rouge_l(answers: list[str], expected: list[str]) -> list[float]:
 
 @dataclass
 class TextScores:
-    """Means over n answers; refusal_rate is None when no refusal sentence is known."""
+    """Means over n answers; exact_match over those whose expected text is a whole answer (None when none is);
+    refusal_rate is None when no refusal sentence is known."""
 
     n: int
-    exact_match: float
+    exact_match: float | None
     contains: float
     rouge_l: float
     refusal_rate: float | None = None
 
 
-def text_scores(answers: list[str], expected: list[str], refusal: str | None = None) -> TextScores:
+def text_scores(
+    answers: list[str], expected: list[str], refusal: str | None = None, whole: list[bool] | None = None
+) -> TextScores:
+    """`whole[i]`: expected[i] is a whole answer, so exact match can mean something (default: all are). A text the
+    answer should contain ("Dundee" for "We are based in Dundee.") would score 0% exact match by construction."""
     n = len(answers)
     if n == 0 or n != len(expected):
         raise ValueError(f"need as many answers as expected texts, at least one (got {n} and {len(expected)})")
     rouge = rouge_l(answers, expected)
+    whole = whole if whole is not None else [True] * n
+    pairs = [(a, e) for a, e, w in zip(answers, expected, whole, strict=True) if w]
     return TextScores(
         n=n,
-        exact_match=sum(map(exact_match, answers, expected)) / n,
+        exact_match=sum(exact_match(a, e) for a, e in pairs) / len(pairs) if pairs else None,
         contains=sum(map(contains, answers, expected)) / n,
         rouge_l=sum(rouge) / n,
         refusal_rate=sum(refused(a, refusal) for a in answers) / n if refusal else None,

@@ -20,11 +20,12 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.config import DataConfig
+from tunelab.config import DataConfig, EvalConfig
 from tunelab.data.formats import Example, to_examples
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import read_records
 from tunelab.errors import DataError
+from tunelab.infer.generate import GenerationSettings
 from tunelab.rundir import RunInfo, read_config
 
 LABEL_KINDS = ("label", "labels", "classification")
@@ -153,3 +154,13 @@ def run_data_config(run_dir: str | Path, info: RunInfo) -> DataConfig:
     if cfg is None:
         return DataConfig(system_prompt=info.system_prompt)
     return dataclasses.replace(cfg.data, packing=False, eval=None)
+
+
+def answer_settings(settings: GenerationSettings | None, run_dir: str | Path) -> GenerationSettings:
+    """`settings` (default: greedy) with max_new_tokens, where not given, from the run's eval.max_new_tokens: the
+    run's questions are answered at the length the run was configured for."""
+    settings = settings or GenerationSettings()
+    if settings.max_new_tokens is not None:
+        return settings
+    cfg = read_config(run_dir)
+    return dataclasses.replace(settings, max_new_tokens=(cfg.eval if cfg else EvalConfig()).max_new_tokens)
