@@ -20,29 +20,6 @@ CHAT = [
 ]
 
 
-def base_tokenizer(extra_special=(), chat_template=None):
-    """A tiny byte-level BPE tokenizer like a base Llama's: adds <s> by default, eos </s>, no chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<unk>", "<s>", "</s>", *extra_special]
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(["Hello there, Goodbye. Hi Bye Be brief.", "### Instruction: Response: [INST]"], trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
-    )
-    tokenizer.chat_template = chat_template
-    return tokenizer
-
-
 def masked_runs(tokenizer, row) -> list[str]:
     """Decoded text of each contiguous run of labelled tokens."""
     runs, current = [], []
@@ -119,7 +96,7 @@ def test_generation_prompt(smollm2_tokenizer):
     assert smollm2_tokenizer.decode(render_prompt(CHAT[:2], smollm2_tokenizer, llama)).endswith("Hi [/INST]")
 
 
-def test_base_tokenizer_gets_bos_once_and_eos_after_chatml_turns():
+def test_base_tokenizer_gets_bos_once_and_eos_after_chatml_turns(base_tokenizer):
     tok = base_tokenizer()
     template = resolve_template("auto", tok)
     assert template.name == "chatml" and template.stop_token_ids == [tok.eos_token_id]
@@ -129,14 +106,14 @@ def test_base_tokenizer_gets_bos_once_and_eos_after_chatml_turns():
     assert masked_runs(tok, row) == ["Hello there<|im_end|></s>", "Goodbye.<|im_end|></s>"]
 
 
-def test_base_tokenizer_llama2_writes_bos_itself_once_per_turn():
+def test_base_tokenizer_llama2_writes_bos_itself_once_per_turn(base_tokenizer):
     tok = base_tokenizer()
     row = render_one(tok, resolve_template("llama2", tok))
     assert row.input_ids.count(tok.bos_token_id) == 2 and row.input_ids[:2].count(tok.bos_token_id) == 1
     assert masked_runs(tok, row) == [" Hello there </s>", " Goodbye. </s>"]
 
 
-def test_special_end_of_turn_token_is_a_stop_token_and_gets_no_eos():
+def test_special_end_of_turn_token_is_a_stop_token_and_gets_no_eos(base_tokenizer):
     gemma_like = (
         "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
         "{% if add_generation_prompt %}<start_of_turn>assistant\n{% endif %}"
@@ -149,7 +126,7 @@ def test_special_end_of_turn_token_is_a_stop_token_and_gets_no_eos():
     assert masked_runs(tok, row) == ["Hello there<end_of_turn>", "Goodbye.<end_of_turn>"]
 
 
-def test_template_that_rewrites_earlier_turns_is_refused():
+def test_template_that_rewrites_earlier_turns_is_refused(base_tokenizer):
     rewrites = (
         "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}[old answer]"
         "{% else %}{{ m['role'] }}: {{ m['content'] }}{% endif %}\n{% endfor %}"
@@ -161,7 +138,7 @@ def test_template_that_rewrites_earlier_turns_is_refused():
         render_one(tok, resolve_template("tokenizer", tok))
 
 
-def test_template_errors():
+def test_template_errors(base_tokenizer):
     tok = base_tokenizer()
     with pytest.raises(ConfigError, match="'data.template' is 'tokenizer', but this tokenizer has no chat template"):
         resolve_template("tokenizer", tok)
@@ -212,7 +189,7 @@ def _conversations(n: int, seed: int = 0) -> list[list[dict]]:
 
 
 @pytest.mark.parametrize("name", list(NAMED))
-def test_named_template_jinja_writes_what_training_renders(name, smollm2_tokenizer):
+def test_named_template_jinja_writes_what_training_renders(name, smollm2_tokenizer, base_tokenizer):
     """For every named template and two kinds of tokenizer (SmolLM2: <|im_end|> is a special token and the EOS, no
     BOS added; a base Llama-like one: BOS added by default, <|im_end|> plain text so EOS closes ChatML answers), the
     Jinja that merge and export save writes, through transformers' own renderer, exactly the text training rendered
@@ -227,7 +204,7 @@ def test_named_template_jinja_writes_what_training_renders(name, smollm2_tokeniz
                 assert jinja == template.render(messages, gen)[0], (name, tokenizer.name_or_path, messages, gen)
 
 
-def test_the_jinja_closes_answers_and_prepends_bos_as_render_does():
+def test_the_jinja_closes_answers_and_prepends_bos_as_render_does(base_tokenizer):
     tok = base_tokenizer()
     chatml = resolve_template("chatml", tok)
     messages = CHAT[1:3]
