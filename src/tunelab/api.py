@@ -2,7 +2,7 @@
 
 import tunelab
 result = tunelab.train("examples/company_faq/config.yaml", {"train.max_steps": 20})
-comparison = tunelab.compare(result.run_dir, questions="examples/company_faq/heldout.jsonl")
+comparison = tunelab.compare(result.run_dir, questions="examples/company_faq/heldout.jsonl", save=False)
 print(tunelab.generate(result.run_dir, "Where is your office?"))
 """
 
