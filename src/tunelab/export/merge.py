@@ -40,15 +40,15 @@ class MergeCheck:
     """The merged model beside the model it was merged from (the adapter over the base it was trained on), on one
     probe prompt: how far their logits are apart."""
 
-    base: str  # what the adapter sat on before the merge: "nf4 (dequantized for the merge)" or the weights' dtype
+    base: str  # what the adapter sat on before the merge: "nf4" (dequantized for the merge) or the weights' dtype
     tokens: int  # positions of the probe
     max_abs_logit_diff: float
     same_next_token: float  # share of positions whose most likely next token agrees
 
     def describe(self) -> str:
         return (
-            f"merge check on a {self.tokens}-token probe: logits of the merged model vs the adapter over the {self.base} "
-            f"base differ by at most {self.max_abs_logit_diff:.3g}; same next token at "
+            f"merge check on a {self.tokens}-token probe: logits of the merged model and of the adapter over the "
+            f"{self.base} base differ by at most {self.max_abs_logit_diff:.3g}; same next token at "
             f"{100 * self.same_next_token:.1f}% of positions"
         )
 
@@ -151,12 +151,13 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     qlora = info.is_adapter and info.quantize_base == "nf4"
     name = "auto" if qlora else next(k for k, v in DTYPES.items() if v == load_dtype)
     run = open_run(run_dir, device="cpu", dtype=name)
-    check, probe = None, _probe(run) if info.is_adapter else None
-    before = run.model(probe).logits.float() if probe is not None else None
+    check = None
+    probe = _probe(run) if info.is_adapter else None
+    before = run.model(probe).logits.float() if probe is not None else None  # the adapter over its trained base
     model = fold_adapters(run.model, out_dtype).to(out_dtype).eval()
-    if before is not None:
+    if probe is not None:
         after = model(probe).logits.float()
-        base = "nf4 (dequantized for the merge)" if qlora else str(run.dtype).removeprefix("torch.")
+        base = "nf4" if qlora else str(run.dtype).removeprefix("torch.")
         check = MergeCheck(
             base,
             probe.shape[1],
