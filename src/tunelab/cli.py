@@ -39,19 +39,28 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{name}", **kwargs)
 
 
-def _generation_options(parser: argparse.ArgumentParser) -> None:
+def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "128") -> None:
     g = parser.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per answer (default: 128)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=None, help=f"tokens to generate per answer (default: {tokens_default})"
+    )
     g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="penalty for repeated tokens (default: 1.0)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    g.add_argument(
+        "--base-precision",
+        default="trained",
+        choices=("trained", "16bit"),
+        help="the base a QLoRA adapter sits on: trained (the NF4 base it was trained over) or 16bit (the unquantized "
+        "weights) (default: trained)",
+    )
 
 
 def _settings(args):
     from tunelab.infer.generate import GenerationSettings
 
-    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
+    if (args.max_new_tokens is not None and args.max_new_tokens < 1) or args.temperature < 0 or not 0 < args.top_p <= 1:
         raise TunelabError("options --max-new-tokens >= 1, --temperature >= 0 and 0 < --top-p <= 1 are required.")
     return GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty)
 
@@ -80,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--refusal", help="the refusal sentence, to report refusal rates (default: the run's eval.refusal)"
     )
     compare.add_argument("--no-save", action="store_true", help="do not write compare.json into the run directory")
-    _generation_options(compare)
+    compare.add_argument("--overwrite", action="store_true", help="replace the run's existing compare.json")
+    compare.add_argument(
+        "--show-answers", action="store_true", help="print every answer after the scores (they are in compare.json)"
+    )
+    _generation_options(compare, "the run's eval.max_new_tokens")
 
     chat = sub.add_parser("chat", help="chat with the tuned model (multi-turn, streaming)")
     chat.add_argument("run_dir", help="a finished run directory")
@@ -100,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     evaluate.add_argument("--no-save", action="store_true", help="print only")
     evaluate.add_argument("--batch-size", type=int, default=16, help="questions generated together (default: 16)")
-    _generation_options(evaluate)
+    evaluate.add_argument(
+        "--show-answers", action="store_true", help="print every answer after the scores (they are in eval.json)"
+    )
+    _generation_options(evaluate, "the run's eval.max_new_tokens")
 
     report = sub.add_parser("report", help="one self-contained HTML page about a run")
     report.add_argument("run_dir", help="a finished run directory")
@@ -141,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
         return 0
     if args.command == "merge":
-        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype))
+        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype, show=True))
         return 0
     if args.command == "export":
         path = api.export_gguf(args.run_dir, args.out, qtype=args.qtype, overwrite=args.overwrite)
@@ -160,6 +176,8 @@ def _run(args: argparse.Namespace) -> int:
             out=args.out,
             overwrite=args.overwrite,
             show=True,
+            base_precision=args.base_precision,
+            show_answers=args.show_answers,
         )
     elif args.command == "compare":
         if not args.questions and not args.question:
@@ -173,13 +191,22 @@ def _run(args: argparse.Namespace) -> int:
             save=not args.no_save,
             show=True,
             refusal=args.refusal,
+            base_precision=args.base_precision,
+            overwrite=args.overwrite,
+            show_answers=args.show_answers,
         )
     elif args.command == "chat":
-        api.chat(args.run_dir, settings=settings, device=args.device)
+        api.chat(args.run_dir, settings=settings, device=args.device, base_precision=args.base_precision)
     elif args.command == "generate":
         print(
             api.generate(
-                args.run_dir, args.prompt, system=args.system, base=args.base, settings=settings, device=args.device
+                args.run_dir,
+                args.prompt,
+                system=args.system,
+                base=args.base,
+                settings=settings,
+                device=args.device,
+                base_precision=args.base_precision,
             )
         )
     return 0

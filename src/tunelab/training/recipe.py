@@ -170,6 +170,7 @@ def train(
         refusal=cfg.eval.refusal,
         impl=built.impl,
         quantize_base=cfg.method.quantize_base,
+        dtype=str(built.dtype).removeprefix("torch."),
         trust_remote_code=cfg.model.trust_remote_code,
         total_steps=total_steps,
     )
@@ -234,23 +235,4 @@ def train(
         f"saved to {run_dir} ({position['step']} steps, {position['tokens']:,} tokens, {position['elapsed_s']:.0f} s)",
         flush=True,
     )
-    if cfg.eval.questions:
-        _compare_after_training(run_dir, cfg)
     return TrainResult(run_dir, position["step"], last_loss, eval_loss)
-
-
-def _compare_after_training(run_dir: Path, cfg: RunConfig) -> None:
-    """Answer eval.questions with the base and the saved tuned model and print the scores."""
-    from tunelab.infer.compare import compare, format_comparison, read_questions, save_comparison
-    from tunelab.infer.generate import GenerationSettings
-    from tunelab.infer.run import open_run
-
-    run = open_run(run_dir, device=cfg.model.device)
-    result = compare(
-        run,
-        read_questions(cfg.eval.questions),
-        GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens),
-        cfg.eval.refusal,
-    )
-    save_comparison(result, run_dir)
-    print(format_comparison(result), flush=True)
