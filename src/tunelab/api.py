@@ -121,8 +121,18 @@ def merge(run: str | Path, out: str | Path, overwrite: bool = False, dtype: str 
     return merge_run(run, out, overwrite=overwrite, dtype=dtype)
 
 
-def export_gguf(run: str | Path, out: str | Path, qtype: str = "f16", overwrite: bool = False) -> Path:
-    """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0) and an Ollama Modelfile beside it."""
+def export_gguf(
+    run: str | Path,
+    out: str | Path,
+    qtype: str = "f16",
+    overwrite: bool = False,
+    check: bool | None = None,
+    check_questions: int = 8,
+    show: bool = False,
+) -> Path:
+    """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k) and an Ollama Modelfile
+    beside it. check: None runs the self-check when llama.cpp imports, True requires it, False skips it; its
+    verdict is written to NAME.check.json beside the file."""
     from tunelab.export.gguf import export_gguf as _export
 
-    return _export(run, out, qtype=qtype, overwrite=overwrite)
+    return _export(run, out, qtype=qtype, overwrite=overwrite, check=check, check_questions=check_questions, show=show)
