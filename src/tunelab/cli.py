@@ -121,10 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--qtype",
         dest="qtype",
         default="f16",
-        choices=("f32", "f16", "bf16", "q8_0", "q4_0"),
-        help="tensor type (default: f16)",
+        help="tensor type: f32, f16, bf16, q8_0, q4_0, or the k-quants q4_k_m, q5_k_m, q6_k (made by llama.cpp's "
+        "quantizer; needs llama-cpp-python) (default: f16)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
+    export.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the self-check (by default, when llama-cpp-python imports, llama.cpp loads the file and its "
+        "answers, tokens, stop tokens and template are compared with tunelab's; the verdict goes to NAME.check.json)",
+    )
+    export.add_argument(
+        "--check-questions", type=int, default=8, help="questions the self-check asks both models (default: 8)"
+    )
     return parser
 
 
@@ -144,7 +153,15 @@ def _run(args: argparse.Namespace) -> int:
         print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype))
         return 0
     if args.command == "export":
-        path = api.export_gguf(args.run_dir, args.out, qtype=args.qtype, overwrite=args.overwrite)
+        path = api.export_gguf(
+            args.run_dir,
+            args.out,
+            qtype=args.qtype,
+            overwrite=args.overwrite,
+            check=False if args.no_check else None,
+            check_questions=args.check_questions,
+            show=True,
+        )
         print(f"{path}\nOllama: ollama create NAME -f {path.parent / 'Modelfile'}")
         return 0
     settings = _settings(args)
