@@ -104,9 +104,14 @@ def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[
         chats = [ex.messages for ex in examples if ex.messages][:limit]
         if chats:
             return chats, "training data"
+        reason = "the training data has no conversations"
     except Exception as exc:  # the data moved, or the run has no config: the probes still test the template
-        return [[{"role": "system", "content": system}, *p] if system else list(p) for p in PROBES], f"probes ({exc})"
-    return [list(p) for p in PROBES], "probes (the training data has no conversations)"
+        reason = str(exc).split("\n")[0][:200]
+    # training added the run's system prompt to every conversation that had none
+    with_system = [
+        [{"role": "system", "content": system}, *p] if system and p[0]["role"] != "system" else list(p) for p in PROBES
+    ]
+    return with_system, f"probes ({reason})"
 
 
 def _questions(run_dir: Path, limit: int) -> tuple[list[str], str]:

@@ -256,7 +256,7 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     w.add_head_count(shape.heads)
     w.add_head_count_kv(shape.kv_heads)
     w.add_rope_dimension_count(shape.head_dim)
-    if shape.head_dim * shape.heads != shape.hidden:
+    if shape.head_dim * shape.heads != shape.hidden or shape.family.arch == "qwen3":  # Qwen3 sets head_dim apart
         w.add_key_length(shape.head_dim)
         w.add_value_length(shape.head_dim)
     w.add_rope_freq_base(shape.rope_theta)
@@ -315,6 +315,8 @@ def export_gguf(
     check_run(run_dir)
     if qtype in KQUANTS:
         llama_cpp.llama_cpp_module(f"the {qtype} export (llama.cpp's own quantizer makes k-quants)")
+    if check:
+        llama_cpp.llama_cpp_module("the export's self-check (--no-check skips it)")
     run_check = llama_cpp.available() if check is None else check
     modelfile = out.with_name(MODELFILE)
     targets = (out, modelfile, check_path(out)) if run_check else (out, modelfile)

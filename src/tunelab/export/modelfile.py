@@ -71,8 +71,10 @@ def _between(text: str, left: str, right: str) -> str | None:
 
 
 def _write(template: Template, messages: list[dict], generation: bool) -> str | None:
+    """The training text (BOS and the EOS the recipe inserts after answers included), None if the template
+    refuses the conversation."""
     try:
-        return template.write([dict(m) for m in messages], generation)
+        return template.render([dict(m) for m in messages], generation)[0]
     except Exception:
         return None
 
