@@ -15,6 +15,7 @@ _API = {
     "report",
     "merge",
     "export_gguf",
+    "serve",
     "open_run",
     "GenerationSettings",
 }

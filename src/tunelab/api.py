@@ -25,6 +25,7 @@ __all__ = [
     "report",
     "merge",
     "export_gguf",
+    "serve",
     "open_run",
     "TrainResult",
     "Comparison",
@@ -136,3 +137,19 @@ def export_gguf(
     from tunelab.export.gguf import export_gguf as _export
 
     return _export(run, out, qtype=qtype, overwrite=overwrite, check=check, check_questions=check_questions, show=show)
+
+
+def serve(
+    run: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+) -> None:
+    """Serve the run over HTTP in OpenAI's chat-completions dialect until interrupted (needs the 'serve' extra).
+    `tunelab.server.serve.start_server` does the same on a background thread and returns its URL."""
+    from tunelab.server.serve import serve as _serve
+
+    _serve(run, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings, device=device)
