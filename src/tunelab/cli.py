@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from tunelab.errors import TunelabError
@@ -134,6 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--check-questions", type=int, default=8, help="questions the self-check asks both models (default: 8)"
     )
+
+    serve = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server for the tuned model (/v1/chat/completions, /v1/models, /health)",
+        description="Serve a run over HTTP in OpenAI's chat-completions dialect (streaming included). Needs the "
+        "'serve' extra: pip install 'tunelab[serve]'.",
+    )
+    serve.add_argument("run_dir", help="a finished run directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("TUNELAB_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1/ routes (default: $TUNELAB_API_KEY, else no key)",
+    )
+    serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")
+    _generation_options(serve)
     return parser
 
 
@@ -190,6 +208,16 @@ def _run(args: argparse.Namespace) -> int:
             save=not args.no_save,
             show=True,
             refusal=args.refusal,
+        )
+    elif args.command == "serve":
+        api.serve(
+            args.run_dir,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            model_name=args.model_name,
+            settings=settings,
+            device=args.device,
         )
     elif args.command == "chat":
         api.chat(args.run_dir, settings=settings, device=args.device)
