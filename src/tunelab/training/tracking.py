@@ -7,7 +7,8 @@ loop knows nothing of them. Records keep their names: `loss`, `lr`, `grad_norm`,
 
 Where they write, offline by default:
 - tensorboard: RUN_DIR/tensorboard (torch.utils.tensorboard); `tensorboard --logdir RUN_DIR/tensorboard`.
-- mlflow: the store in $MLFLOW_TRACKING_URI, else RUN_DIR/mlruns (a local file store); `mlflow ui --backend-store-uri`.
+- mlflow: the store in $MLFLOW_TRACKING_URI, else a local SQLite store, RUN_DIR/mlflow.db (MLflow 3 retired its
+  file store); `mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db`.
 - wandb: online only when $WANDB_MODE says so or $WANDB_API_KEY is set, else offline under RUN_DIR/wandb
   (`wandb sync` uploads it later).
 - trackio: its local database (Trackio is local-first; $TRACKIO_DIR moves it); `trackio show`.
@@ -27,7 +28,7 @@ from tunelab.errors import ConfigError
 # name -> (module that must import, how to install it)
 TRACKERS = {
     "tensorboard": ("tensorboard", "pip install 'tunelab[tensorboard]'   (or: pip install tensorboard)"),
-    "mlflow": ("mlflow", "pip install 'tunelab[mlflow]'   (or: pip install mlflow-skinny)"),
+    "mlflow": ("mlflow", "pip install 'tunelab[mlflow]'   (or: pip install mlflow-skinny sqlalchemy alembic)"),
     "wandb": ("wandb", "pip install 'tunelab[wandb]'   (or: pip install wandb)"),
     "trackio": ("trackio", "pip install 'tunelab[trackio]'   (or: pip install trackio)"),
 }
@@ -41,7 +42,9 @@ def check_trackers(names: list[str]) -> None:
             raise ConfigError(f"option 'train.report_to' has {name!r}; allowed values: {', '.join(TRACKERS)}.")
         module, install = TRACKERS[name]
         if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"option 'train.report_to' has {name!r}, but its library is not installed. Install it with: {install}")
+            raise ConfigError(
+                f"option 'train.report_to' has {name!r}, but its library is not installed. Install it with: {install}"
+            )
 
 
 def _scalars(record: dict) -> tuple[int, dict[str, float]]:
@@ -59,7 +62,9 @@ class TensorBoardSink:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: on resume, events after the checkpoint are dropped, as metrics.jsonl drops its records
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
+        self.writer = SummaryWriter(
+            str(run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1
+        )
         if resume_step is None:
             import yaml
 
@@ -89,7 +94,7 @@ class MLflowSink:
     def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
         self.client = MlflowClient(tracking_uri=uri)  # a client object: no process-wide active run
         experiment = self.client.get_experiment_by_name(PROJECT)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(PROJECT)
@@ -136,7 +141,9 @@ class TrackioSink:
     def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
         import trackio
 
-        self.run = trackio.init(project=os.environ.get("TRACKIO_PROJECT", PROJECT), name=run_dir.resolve().name, config=config)
+        self.run = trackio.init(
+            project=os.environ.get("TRACKIO_PROJECT", PROJECT), name=run_dir.resolve().name, config=config
+        )
 
     def log(self, record: dict) -> None:
         step, scalars = _scalars(record)
