@@ -16,6 +16,9 @@ _API = {
     "merge",
     "export_gguf",
     "serve",
+    "cache_entries",
+    "cache_path",
+    "clear_cache",
     "open_run",
     "GenerationSettings",
 }

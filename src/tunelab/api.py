@@ -26,6 +26,9 @@ __all__ = [
     "merge",
     "export_gguf",
     "serve",
+    "cache_entries",
+    "cache_path",
+    "clear_cache",
     "open_run",
     "TrainResult",
     "Comparison",
@@ -153,3 +156,24 @@ def serve(
     from tunelab.server.serve import serve as _serve
 
     _serve(run, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings, device=device)
+
+
+def cache_entries():
+    """The converted GGUF models in tunelab's cache (name, path, size_bytes, modified, complete), largest first."""
+    from tunelab.conversion_cache import cache_entries as _entries
+
+    return _entries()
+
+
+def cache_path() -> Path:
+    """Where GGUF models are converted to ($TUNELAB_CACHE/gguf, by default ~/.cache/tunelab/gguf)."""
+    from tunelab.conversion_cache import gguf_cache_dir
+
+    return gguf_cache_dir()
+
+
+def clear_cache(names: list[str] | None = None):
+    """Remove converted models from the cache (all when names is None); returns the removed entries."""
+    from tunelab.conversion_cache import clear_cache as _clear
+
+    return _clear(names)
