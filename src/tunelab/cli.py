@@ -152,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")
     _generation_options(serve)
+
+    cache = sub.add_parser(
+        "cache",
+        help="see or clear the GGUF conversion cache (GGUF models converted once to safetensors)",
+        description="List the converted GGUF models with their sizes (default), print where the cache lives, or "
+        "clear it (all entries, or those named); a cleared model is converted again at its next use.",
+    )
+    cache.add_argument("action", nargs="?", default="list", choices=("list", "path", "clear"), help="(default: list)")
+    cache.add_argument("names", nargs="*", help="for clear: the entries to remove (default: all)")
     return parser
 
 
@@ -163,6 +172,23 @@ def _run(args: argparse.Namespace) -> int:
         if args.overwrite:
             overrides["overwrite"] = True
         api.train(args.config, overrides, resume=args.resume)
+        return 0
+    if args.command == "cache":
+        if args.names and args.action != "clear":
+            raise TunelabError("tunelab cache: entry names go with 'clear' only (tunelab cache clear NAME...).")
+        if args.action == "path":
+            print(api.cache_path())
+        elif args.action == "clear":
+            removed = api.clear_cache(args.names or None)
+            freed = sum(e.size_bytes for e in removed) / 1e6
+            print(
+                f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed:.1f} MB): "
+                + (", ".join(e.name for e in removed) or "nothing to remove")
+            )
+        else:
+            from tunelab.conversion_cache import format_entries
+
+            print(format_entries(api.cache_entries()))
         return 0
     if args.command == "report":
         print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
