@@ -235,3 +235,18 @@ def test_missing_llama_cpp_is_a_clear_error_before_writing(qwen2_run, tmp_path, 
     assert list(tmp_path.iterdir()) == []
     export_gguf(run, tmp_path / "u.gguf", "f16")  # check=None: without llama.cpp the export is unchecked
     assert (tmp_path / "u.gguf").is_file() and not (tmp_path / "u.check.json").exists()
+
+
+def test_cli_export_checks_by_default_and_refuses_unknown_types(qwen2_run, tmp_path, capsys, one_thread):
+    from tunelab.cli import main
+
+    assert main(["export", str(qwen2_run), "--gguf", str(tmp_path / "a.gguf"), "--type", "q3_k"]) == 2
+    err = capsys.readouterr().err
+    assert "'qtype' is 'q3_k'; allowed values: f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k" in err
+    args = ["export", str(qwen2_run), "--gguf", str(tmp_path / "a.gguf"), "--type", "Q8_0", "--check-questions", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "with llama.cpp: PASS" in out and (tmp_path / "a.check.json").is_file()
+    # replacing the file without a check removes the old verdict, which spoke of the old file
+    assert main([*args, "--overwrite", "--no-check"]) == 0
+    assert (tmp_path / "a.gguf").is_file() and not (tmp_path / "a.check.json").exists()

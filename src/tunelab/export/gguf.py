@@ -319,8 +319,7 @@ def export_gguf(
         llama_cpp.llama_cpp_module("the export's self-check (--no-check skips it)")
     run_check = llama_cpp.available() if check is None else check
     modelfile = out.with_name(MODELFILE)
-    targets = (out, modelfile, check_path(out)) if run_check else (out, modelfile)
-    for target in targets:
+    for target in (out, modelfile, check_path(out)):
         check_output(target, run_dir, overwrite)
         if target.is_dir():
             raise RunDirError(f"{target}: is a directory; the export writes a file there.")
@@ -341,6 +340,7 @@ def export_gguf(
         scratch_mf.write_text(modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos))
         os.replace(scratch, out)
         os.replace(scratch_mf, modelfile)
+        check_path(out).unlink(missing_ok=True)  # a verdict about the file just replaced (--overwrite) is void
     finally:
         for path in (scratch, scratch_f16, scratch_mf):
             path.unlink(missing_ok=True)
