@@ -164,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def export_verdict(gguf_path) -> str | None:
+    """The self-check's verdict written beside an export (None when it did not run)."""
+    import json
+
+    from tunelab.export.gguf import check_path
+
+    path = check_path(gguf_path)
+    return json.loads(path.read_text())["verdict"] if path.is_file() else None
+
+
 def _run(args: argparse.Namespace) -> int:
     import tunelab.api as api
 
@@ -207,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
             show=True,
         )
         print(f"{path}\nOllama: ollama create NAME -f {path.parent / 'Modelfile'}")
-        return 0
+        return 1 if export_verdict(path) == "fail" else 0  # the files stay, for inspection
     settings = _settings(args)
     if args.command == "eval":
         settings.batch_size = args.batch_size
