@@ -133,3 +133,14 @@ def test_go_subset_renderer():
     assert render("x  {{- .System -}}  y", {"System": "s"}) == "xsy"
     with pytest.raises(ValueError, match="unsupported function"):
         render("{{ printf .System }}", {"System": "s"})
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_llama2_writes_bos_per_turn_and_once_at_the_start(tokenizer, adds_bos):
+    template = resolve_template("llama2", tokenizer)
+    go = go_template_for(template, tokenizer, adds_bos=adds_bos)
+    system = "Be brief."
+    for conversation in CONVERSATIONS:
+        assert renders_like(go, template, conversation, system, tokenizer.bos_token, adds_bos=adds_bos)
+    # llama.cpp's own BOS would be a second one if the template also wrote it first
+    assert go.startswith("{{ $first := true }}") and ("{{ if $first }}{{ else }}" in go) == adds_bos
