@@ -38,6 +38,10 @@ __all__ = [
     "report",
     "merge",
     "export_gguf",
+    "serve",
+    "cache_entries",
+    "cache_path",
+    "clear_cache",
     "open_run",
     "TrainResult",
     "Comparison",
@@ -175,8 +179,55 @@ def merge(
     return merge_run(run, out, overwrite=overwrite, dtype=dtype, show=show)
 
 
-def export_gguf(run: str | Path, out: str | Path, qtype: str = "f16", overwrite: bool = False) -> Path:
-    """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0) and an Ollama Modelfile beside it."""
+def export_gguf(
+    run: str | Path,
+    out: str | Path,
+    qtype: str = "f16",
+    overwrite: bool = False,
+    check: bool | None = None,
+    check_questions: int = 8,
+    show: bool = False,
+) -> Path:
+    """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k) and an Ollama Modelfile
+    beside it. check: None runs the self-check when llama.cpp imports, True requires it, False skips it; its
+    verdict is written to NAME.check.json beside the file."""
     from tunelab.export.gguf import export_gguf as _export
 
-    return _export(run, out, qtype=qtype, overwrite=overwrite)
+    return _export(run, out, qtype=qtype, overwrite=overwrite, check=check, check_questions=check_questions, show=show)
+
+
+def serve(
+    run: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+) -> None:
+    """Serve the run over HTTP in OpenAI's chat-completions dialect until interrupted (needs the 'serve' extra).
+    `tunelab.server.serve.start_server` does the same on a background thread and returns its URL."""
+    from tunelab.server.serve import serve as _serve
+
+    _serve(run, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings, device=device)
+
+
+def cache_entries():
+    """The converted GGUF models in tunelab's cache (name, path, size_bytes, modified, complete), largest first."""
+    from tunelab.conversion_cache import cache_entries as _entries
+
+    return _entries()
+
+
+def cache_path() -> Path:
+    """Where GGUF models are converted to ($TUNELAB_CACHE/gguf, by default ~/.cache/tunelab/gguf)."""
+    from tunelab.conversion_cache import gguf_cache_dir
+
+    return gguf_cache_dir()
+
+
+def clear_cache(names: list[str] | None = None):
+    """Remove converted models from the cache (all when names is None); returns the removed entries."""
+    from tunelab.conversion_cache import clear_cache as _clear
+
+    return _clear(names)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from tunelab.errors import TunelabError
@@ -137,11 +138,56 @@ def build_parser() -> argparse.ArgumentParser:
         "--qtype",
         dest="qtype",
         default="f16",
-        choices=("f32", "f16", "bf16", "q8_0", "q4_0"),
-        help="tensor type (default: f16)",
+        help="tensor type: f32, f16, bf16, q8_0, q4_0, or the k-quants q4_k_m, q5_k_m, q6_k (made by llama.cpp's "
+        "quantizer; needs llama-cpp-python) (default: f16)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
+    export.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the self-check (by default, when llama-cpp-python imports, llama.cpp loads the file and its "
+        "answers, tokens, stop tokens and template are compared with tunelab's; the verdict goes to NAME.check.json)",
+    )
+    export.add_argument(
+        "--check-questions", type=int, default=8, help="questions the self-check asks both models (default: 8)"
+    )
+
+    serve = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server for the tuned model (/v1/chat/completions, /v1/models, /health)",
+        description="Serve a run over HTTP in OpenAI's chat-completions dialect (streaming included). Needs the "
+        "'serve' extra: pip install 'tunelab[serve]'.",
+    )
+    serve.add_argument("run_dir", help="a finished run directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("TUNELAB_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1/ routes (default: $TUNELAB_API_KEY, else no key)",
+    )
+    serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")
+    _generation_options(serve)
+
+    cache = sub.add_parser(
+        "cache",
+        help="see or clear the GGUF conversion cache (GGUF models converted once to safetensors)",
+        description="List the converted GGUF models with their sizes (default), print where the cache lives, or "
+        "clear it (all entries, or those named); a cleared model is converted again at its next use.",
+    )
+    cache.add_argument("action", nargs="?", default="list", choices=("list", "path", "clear"), help="(default: list)")
+    cache.add_argument("names", nargs="*", help="for clear: the entries to remove (default: all)")
     return parser
+
+
+def export_verdict(gguf_path) -> str | None:
+    """The self-check's verdict written beside an export (None when it did not run)."""
+    import json
+
+    from tunelab.export.gguf import check_path
+
+    path = check_path(gguf_path)
+    return json.loads(path.read_text())["verdict"] if path.is_file() else None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -153,6 +199,23 @@ def _run(args: argparse.Namespace) -> int:
             overrides["overwrite"] = True
         api.train(args.config, overrides, resume=args.resume)
         return 0
+    if args.command == "cache":
+        if args.names and args.action != "clear":
+            raise TunelabError("tunelab cache: entry names go with 'clear' only (tunelab cache clear NAME...).")
+        if args.action == "path":
+            print(api.cache_path())
+        elif args.action == "clear":
+            removed = api.clear_cache(args.names or None)
+            freed = sum(e.size_bytes for e in removed) / 1e6
+            print(
+                f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed:.1f} MB): "
+                + (", ".join(e.name for e in removed) or "nothing to remove")
+            )
+        else:
+            from tunelab.conversion_cache import format_entries
+
+            print(format_entries(api.cache_entries()))
+        return 0
     if args.command == "report":
         print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
         return 0
@@ -160,9 +223,17 @@ def _run(args: argparse.Namespace) -> int:
         print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype, show=True))
         return 0
     if args.command == "export":
-        path = api.export_gguf(args.run_dir, args.out, qtype=args.qtype, overwrite=args.overwrite)
+        path = api.export_gguf(
+            args.run_dir,
+            args.out,
+            qtype=args.qtype,
+            overwrite=args.overwrite,
+            check=False if args.no_check else None,
+            check_questions=args.check_questions,
+            show=True,
+        )
         print(f"{path}\nOllama: ollama create NAME -f {path.parent / 'Modelfile'}")
-        return 0
+        return 1 if export_verdict(path) == "fail" else 0  # the files stay, for inspection
     settings = _settings(args)
     if args.command == "eval":
         settings.batch_size = args.batch_size
@@ -194,6 +265,16 @@ def _run(args: argparse.Namespace) -> int:
             base_precision=args.base_precision,
             overwrite=args.overwrite,
             show_answers=args.show_answers,
+        )
+    elif args.command == "serve":
+        api.serve(
+            args.run_dir,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            model_name=args.model_name,
+            settings=settings,
+            device=args.device,
         )
     elif args.command == "chat":
         api.chat(args.run_dir, settings=settings, device=args.device, base_precision=args.base_precision)
