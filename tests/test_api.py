@@ -21,3 +21,18 @@ def test_import_is_light():
     code = "import sys, tunelab; heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; print(heavy)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_comparison_after_training_belongs_to_the_api_not_the_recipe(tiny_overrides, tmp_path, capsys):
+    import json
+
+    from tunelab.training import recipe
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "What is the code of box 3?", "expected": "1111"}) + "\n")
+    overrides = tiny_overrides | {"train.max_steps": 1, "eval.questions": str(questions), "eval.max_new_tokens": 2}
+    plain = recipe.train(None, overrides | {"output_dir": str(tmp_path / "plain")})
+    assert not (plain.run_dir / "compare.json").exists()  # the training loop knows nothing of inference
+    result = tunelab.train(None, overrides | {"output_dir": str(tmp_path / "api")})
+    assert json.loads((result.run_dir / "compare.json").read_text())["rows"][0]["question"].startswith("What is")
+    assert "correct: base" in capsys.readouterr().out

@@ -15,6 +15,10 @@ _API = {
     "report",
     "merge",
     "export_gguf",
+    "serve",
+    "cache_entries",
+    "cache_path",
+    "clear_cache",
     "open_run",
     "GenerationSettings",
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from tunelab.errors import TunelabError
@@ -39,19 +40,28 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{name}", **kwargs)
 
 
-def _generation_options(parser: argparse.ArgumentParser) -> None:
+def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "128") -> None:
     g = parser.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per answer (default: 128)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=None, help=f"tokens to generate per answer (default: {tokens_default})"
+    )
     g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="penalty for repeated tokens (default: 1.0)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    g.add_argument(
+        "--base-precision",
+        default="trained",
+        choices=("trained", "16bit"),
+        help="the base a QLoRA adapter sits on: trained (the NF4 base it was trained over) or 16bit (the unquantized "
+        "weights) (default: trained)",
+    )
 
 
 def _settings(args):
     from tunelab.infer.generate import GenerationSettings
 
-    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
+    if (args.max_new_tokens is not None and args.max_new_tokens < 1) or args.temperature < 0 or not 0 < args.top_p <= 1:
         raise TunelabError("options --max-new-tokens >= 1, --temperature >= 0 and 0 < --top-p <= 1 are required.")
     return GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty)
 
@@ -80,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--refusal", help="the refusal sentence, to report refusal rates (default: the run's eval.refusal)"
     )
     compare.add_argument("--no-save", action="store_true", help="do not write compare.json into the run directory")
-    _generation_options(compare)
+    compare.add_argument("--overwrite", action="store_true", help="replace the run's existing compare.json")
+    compare.add_argument(
+        "--show-answers", action="store_true", help="print every answer after the scores (they are in compare.json)"
+    )
+    _generation_options(compare, "the run's eval.max_new_tokens")
 
     chat = sub.add_parser("chat", help="chat with the tuned model (multi-turn, streaming)")
     chat.add_argument("run_dir", help="a finished run directory")
@@ -100,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     evaluate.add_argument("--no-save", action="store_true", help="print only")
     evaluate.add_argument("--batch-size", type=int, default=16, help="questions generated together (default: 16)")
-    _generation_options(evaluate)
+    evaluate.add_argument(
+        "--show-answers", action="store_true", help="print every answer after the scores (they are in eval.json)"
+    )
+    _generation_options(evaluate, "the run's eval.max_new_tokens")
 
     report = sub.add_parser("report", help="one self-contained HTML page about a run")
     report.add_argument("run_dir", help="a finished run directory")
@@ -121,11 +138,56 @@ def build_parser() -> argparse.ArgumentParser:
         "--qtype",
         dest="qtype",
         default="f16",
-        choices=("f32", "f16", "bf16", "q8_0", "q4_0"),
-        help="tensor type (default: f16)",
+        help="tensor type: f32, f16, bf16, q8_0, q4_0, or the k-quants q4_k_m, q5_k_m, q6_k (made by llama.cpp's "
+        "quantizer; needs llama-cpp-python) (default: f16)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
+    export.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the self-check (by default, when llama-cpp-python imports, llama.cpp loads the file and its "
+        "answers, tokens, stop tokens and template are compared with tunelab's; the verdict goes to NAME.check.json)",
+    )
+    export.add_argument(
+        "--check-questions", type=int, default=8, help="questions the self-check asks both models (default: 8)"
+    )
+
+    serve = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server for the tuned model (/v1/chat/completions, /v1/models, /health)",
+        description="Serve a run over HTTP in OpenAI's chat-completions dialect (streaming included). Needs the "
+        "'serve' extra: pip install 'tunelab[serve]'.",
+    )
+    serve.add_argument("run_dir", help="a finished run directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("TUNELAB_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1/ routes (default: $TUNELAB_API_KEY, else no key)",
+    )
+    serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")
+    _generation_options(serve)
+
+    cache = sub.add_parser(
+        "cache",
+        help="see or clear the GGUF conversion cache (GGUF models converted once to safetensors)",
+        description="List the converted GGUF models with their sizes (default), print where the cache lives, or "
+        "clear it (all entries, or those named); a cleared model is converted again at its next use.",
+    )
+    cache.add_argument("action", nargs="?", default="list", choices=("list", "path", "clear"), help="(default: list)")
+    cache.add_argument("names", nargs="*", help="for clear: the entries to remove (default: all)")
     return parser
+
+
+def export_verdict(gguf_path) -> str | None:
+    """The self-check's verdict written beside an export (None when it did not run)."""
+    import json
+
+    from tunelab.export.gguf import check_path
+
+    path = check_path(gguf_path)
+    return json.loads(path.read_text())["verdict"] if path.is_file() else None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -137,16 +199,41 @@ def _run(args: argparse.Namespace) -> int:
             overrides["overwrite"] = True
         api.train(args.config, overrides, resume=args.resume)
         return 0
+    if args.command == "cache":
+        if args.names and args.action != "clear":
+            raise TunelabError("tunelab cache: entry names go with 'clear' only (tunelab cache clear NAME...).")
+        if args.action == "path":
+            print(api.cache_path())
+        elif args.action == "clear":
+            removed = api.clear_cache(args.names or None)
+            freed = sum(e.size_bytes for e in removed) / 1e6
+            print(
+                f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed:.1f} MB): "
+                + (", ".join(e.name for e in removed) or "nothing to remove")
+            )
+        else:
+            from tunelab.conversion_cache import format_entries
+
+            print(format_entries(api.cache_entries()))
+        return 0
     if args.command == "report":
         print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
         return 0
     if args.command == "merge":
-        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype))
+        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype, show=True))
         return 0
     if args.command == "export":
-        path = api.export_gguf(args.run_dir, args.out, qtype=args.qtype, overwrite=args.overwrite)
+        path = api.export_gguf(
+            args.run_dir,
+            args.out,
+            qtype=args.qtype,
+            overwrite=args.overwrite,
+            check=False if args.no_check else None,
+            check_questions=args.check_questions,
+            show=True,
+        )
         print(f"{path}\nOllama: ollama create NAME -f {path.parent / 'Modelfile'}")
-        return 0
+        return 1 if export_verdict(path) == "fail" else 0  # the files stay, for inspection
     settings = _settings(args)
     if args.command == "eval":
         settings.batch_size = args.batch_size
@@ -160,6 +247,8 @@ def _run(args: argparse.Namespace) -> int:
             out=args.out,
             overwrite=args.overwrite,
             show=True,
+            base_precision=args.base_precision,
+            show_answers=args.show_answers,
         )
     elif args.command == "compare":
         if not args.questions and not args.question:
@@ -173,13 +262,32 @@ def _run(args: argparse.Namespace) -> int:
             save=not args.no_save,
             show=True,
             refusal=args.refusal,
+            base_precision=args.base_precision,
+            overwrite=args.overwrite,
+            show_answers=args.show_answers,
+        )
+    elif args.command == "serve":
+        api.serve(
+            args.run_dir,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            model_name=args.model_name,
+            settings=settings,
+            device=args.device,
         )
     elif args.command == "chat":
-        api.chat(args.run_dir, settings=settings, device=args.device)
+        api.chat(args.run_dir, settings=settings, device=args.device, base_precision=args.base_precision)
     elif args.command == "generate":
         print(
             api.generate(
-                args.run_dir, args.prompt, system=args.system, base=args.base, settings=settings, device=args.device
+                args.run_dir,
+                args.prompt,
+                system=args.system,
+                base=args.base,
+                settings=settings,
+                device=args.device,
+                base_precision=args.base_precision,
             )
         )
     return 0

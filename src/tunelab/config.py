@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from tunelab.errors import ConfigError
+from tunelab.training.tracking import check_trackers
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None, max: float | None = None):
@@ -123,6 +124,11 @@ class TrainConfig:
     )
     offload_activations: bool = opt(
         False, "with checkpointing on CUDA: keep the layer inputs in pinned CPU memory until backward"
+    )
+    report_to: list[str] = opt(
+        [],
+        "experiment trackers that also get every metrics record (each needs its library: pip install 'tunelab[NAME]')",
+        choices=("tensorboard", "mlflow", "wandb", "trackio"),
     )
 
 
@@ -324,7 +330,8 @@ def _resolve_paths(value: Any, folder: Path) -> Any:
 
 
 def _check_consistency(config: RunConfig) -> None:
-    """Rules that involve more than one option."""
+    """Rules that involve more than one option, or the environment (a tracker's library must be installed)."""
+    check_trackers(config.train.report_to)
     if config.train.offload_activations and not config.train.checkpointing:
         raise ConfigError(
             "option 'train.offload_activations' needs 'train.checkpointing: true' (it offloads the checkpointed layer inputs)."

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_model
 
+from tunelab.atomic import scratch_folder, write_json
 from tunelab.errors import ModelError
 
 # alias -> (python package that ships the file, file name inside it, how to install it)
@@ -99,20 +97,19 @@ def materialize(source: ModelSource) -> str:
         ) from None
     except (ValueError, KeyError, OSError) as exc:
         raise ModelError(f"model '{source.name}': transformers could not read this GGUF file ({exc}).") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
-        # transformers refuses to save a model it loaded from GGUF, so write the plain fp32 copy ourselves.
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        (scratch / "config.json").write_text(json.dumps(config, indent=2))
-        save_model(model, str(scratch / "model.safetensors"))  # drops the tied lm_head duplicate
-        if model.generation_config is not None:
-            model.generation_config.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
-        os.replace(scratch, target)  # atomic: a concurrent reader sees all of it or nothing
+        # Whole or not at all: a concurrent reader sees all of it or nothing, and a concurrent converter that
+        # finished first keeps its copy (the rename then fails, and that copy is used).
+        with scratch_folder(target, replace=False) as scratch:
+            # transformers refuses to save a model it loaded from GGUF, so write the plain fp32 copy ourselves.
+            config = model.config.to_dict()
+            config.pop("quantization_config", None)
+            write_json(scratch / "config.json", config)
+            save_model(model, str(scratch / "model.safetensors"))  # drops the tied lm_head duplicate
+            if model.generation_config is not None:
+                model.generation_config.save_pretrained(scratch)
+            tokenizer.save_pretrained(scratch)
     except OSError:
-        shutil.rmtree(scratch, ignore_errors=True)
         if not (target / "config.json").is_file():
             raise
     return str(target)

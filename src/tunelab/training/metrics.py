@@ -1,4 +1,8 @@
-"""Metrics of a run: one JSON object per line in metrics.jsonl, and the loss curves drawn to loss.png."""
+"""Metrics of a run: one JSON object per line in metrics.jsonl, and the loss curves drawn to loss.png.
+
+Every record written also goes to the log's sinks, the experiment trackers of `train.report_to`
+(training/tracking.py), so the loop logs once and knows nothing of trackers.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ PLOT_FILE = "loss.png"
 
 
 class MetricsLog:
-    """Appends records to metrics.jsonl; on resume, records after the checkpoint's step are dropped first."""
+    """Appends records to metrics.jsonl and hands them to its sinks (objects with log(record) and close()); on
+    resume, records after the checkpoint's step are dropped first."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, resume_step: int | None = None, sinks: list | None = None):
         self.path = Path(run_dir) / METRICS_FILE
+        self.sinks = list(sinks or [])
         if resume_step is not None and self.path.exists():
             kept = [
                 line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step
@@ -25,6 +31,14 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.log(record)
+
+    def close(self) -> None:
+        """Finish every tracker's run (flush TensorBoard, mark the MLflow run finished, end the W&B run)."""
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from tunelab.atomic import write_json, write_text
-from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config
+from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.data.loader import build_datasets, make_batches
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.load import load_tokenizer, resolve_source
@@ -31,6 +31,7 @@ from tunelab.training.metrics import MetricsLog, plot_losses
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import evaluate, train_step
+from tunelab.training.tracking import open_trackers
 
 
 @dataclass
@@ -161,7 +162,8 @@ def train(
     else:
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
         write_json(run_dir / "data_report.json", data.report.to_dict())
-    log = MetricsLog(run_dir, resume_step=position["step"] if resume else None)
+    resume_step = position["step"] if resume else None
+    log = MetricsLog(run_dir, resume_step, sinks=open_trackers(t.report_to, run_dir, to_dict(cfg), resume_step))
     info = RunInfo(
         base_model=cfg.model.name,
         method=cfg.method.name,
@@ -170,6 +172,7 @@ def train(
         refusal=cfg.eval.refusal,
         impl=built.impl,
         quantize_base=cfg.method.quantize_base,
+        dtype=str(built.dtype).removeprefix("torch."),
         trust_remote_code=cfg.model.trust_remote_code,
         total_steps=total_steps,
     )
@@ -222,6 +225,7 @@ def train(
     if eval_batches and not (t.eval_every and total_steps % t.eval_every == 0):
         eval_loss = evaluate(model, eval_batches)
         log.write({"step": total_steps, "eval_loss": eval_loss})
+    log.close()
     if eval_loss is not None:
         print(f"eval loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
     model.eval()
@@ -234,23 +238,4 @@ def train(
         f"saved to {run_dir} ({position['step']} steps, {position['tokens']:,} tokens, {position['elapsed_s']:.0f} s)",
         flush=True,
     )
-    if cfg.eval.questions:
-        _compare_after_training(run_dir, cfg)
     return TrainResult(run_dir, position["step"], last_loss, eval_loss)
-
-
-def _compare_after_training(run_dir: Path, cfg: RunConfig) -> None:
-    """Answer eval.questions with the base and the saved tuned model and print the scores."""
-    from tunelab.infer.compare import compare, format_comparison, read_questions, save_comparison
-    from tunelab.infer.generate import GenerationSettings
-    from tunelab.infer.run import open_run
-
-    run = open_run(run_dir, device=cfg.model.device)
-    result = compare(
-        run,
-        read_questions(cfg.eval.questions),
-        GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens),
-        cfg.eval.refusal,
-    )
-    save_comparison(result, run_dir)
-    print(format_comparison(result), flush=True)

@@ -5,7 +5,9 @@ import json
 import pytest
 
 from tunelab.errors import DataError
-from tunelab.infer.compare import Question, Row, answers_correctly, read_questions, score
+from tunelab.eval.compare import Row, score
+from tunelab.eval.metrics import correct
+from tunelab.eval.questions import read_questions
 
 
 def test_label_is_the_expected_answer_and_expected_wins(tmp_path):
@@ -24,22 +26,25 @@ def test_label_is_the_expected_answer_and_expected_wins(tmp_path):
             for q in questions[:2]
         ]
     )
-    assert result["all"] == {"n": 2, "base": 0.0, "tuned": 1.0}
+    assert [(q.kind, q.is_label) for q in questions] == [("label", True), ("all", False), ("all", False)]
+    assert result["label"] == {"n": 1, "base": 0.0, "tuned": 1.0} and result["all"] == {
+        "n": 1,
+        "base": 0.0,
+        "tuned": 1.0,
+    }
 
 
 def test_an_empty_label_is_named_in_the_error(tmp_path):
     path = tmp_path / "labels.jsonl"
     path.write_text(json.dumps({"question": "freeze my account", "label": " "}) + "\n")
-    with pytest.raises(DataError, match=r"line 1: field 'label'"):
+    with pytest.raises(DataError, match=r"labels\.jsonl:1: field 'label'"):
         read_questions(path)
 
 
 def test_a_label_answer_is_judged_by_the_label_it_gives_not_by_substring():
     labels = ["home", "work", "oos"]
-    home = Question("turn on the lights", "home", is_label=True)
-    assert answers_correctly(home, "home", labels)
-    assert answers_correctly(home, "Label: home.", labels)
-    assert not answers_correctly(home, "homework", labels)  # contains "home" but names no label
-    assert not answers_correctly(home, "work, not home", labels)  # the earliest label named is "work"
-    fact = Question("where is the office?", "Leeds")
-    assert answers_correctly(fact, "Our office is in Leeds.", labels)
+    assert correct("home", "home", labels)
+    assert correct("Label: home.", "home", labels)
+    assert not correct("homework", "home", labels)  # contains "home" but names no label
+    assert not correct("work, not home", "home", labels)  # the earliest label named is "work"
+    assert correct("Our office is in Leeds.", "Leeds")  # no labels: a text question
