@@ -1,12 +1,14 @@
-"""Shared fixtures: the embedded model's tokenizer, a tokenizer built on the spot, and a tiny random Llama that loads
-like a real model directory.
+"""Shared fixtures: the embedded model's tokenizer, a tokenizer built on the spot, a tiny random Llama that loads like
+a real model directory, and the numerics and device marks of the kernel tests.
 
 Where the embedded model is not installed (the GPU machine: its image has no `gguf` package, and the model is over
 what a device call carries) the tests that ask for its tokenizer skip, saying so, and the tiny model gets the built
 tokenizer, so the GPU tests that train or open a tiny run still run there.
 """
 
+import importlib.util
 import json
+import os
 
 import pytest
 import torch
@@ -153,3 +155,52 @@ def tiny_run_dir(tmp_path_factory, tiny_model_dir):
         "output_dir": str(folder / "run"),
     }
     return train(None, overrides).run_dir
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Numerics and devices, for the kernel, quant, model and peft tests. Marks (registered in pyproject.toml, applied by
+# `pytest_collection_modifyitems` below): `gpu` needs a CUDA device; `triton` needs Triton and a device it runs on, a
+# CUDA GPU or the CPU through Triton's interpreter (TRITON_INTERPRET=1: slow, for kernel work).
+
+
+def _triton_device() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return None
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
+
+
+TRITON_DEVICE = _triton_device()
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = torch.cuda.is_available()
+    for item in items:
+        if item.get_closest_marker("gpu") is not None and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if item.get_closest_marker("triton") is not None and TRITON_DEVICE is None:
+            item.add_marker(pytest.mark.skip(reason="needs Triton and a CUDA device (or TRITON_INTERPRET=1)"))
+
+
+@pytest.fixture(scope="session")
+def triton_device() -> str:
+    """Where Triton kernels run in this session: "cuda", or "cpu" in Triton's interpreter (tests marked `triton`)."""
+    assert TRITON_DEVICE is not None, "a test that asks for triton_device must be marked @pytest.mark.triton"
+    return TRITON_DEVICE
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor, rms_floor: float = 0.0) -> float:
+    """||actual - expected|| / ||expected|| in float64, after checking that the shapes agree and actual is finite.
+
+    rms_floor > 0 floors ||expected|| at that root-mean-square size (rms_floor * sqrt(numel)), for expected values that
+    are exactly zero while the kernels return rounding noise (attention's dq with a single key)."""
+    assert actual.shape == expected.shape and torch.isfinite(actual).all()
+    a, e = actual.double(), expected.double()
+    return ((a - e).norm() / e.norm().clamp_min(max(1e-30, rms_floor * e.numel() ** 0.5))).item()
+
+
+@pytest.fixture(scope="session")
+def rel_error():
+    """`relative_error`, for the tests (their modules cannot import conftest under --import-mode=importlib)."""
+    return relative_error

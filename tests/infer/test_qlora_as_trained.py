@@ -12,12 +12,12 @@ from tunelab.config import load_config
 from tunelab.errors import ConfigError
 from tunelab.export.merge import merge_run, merged_model
 from tunelab.infer.run import open_run
-from tunelab.models.build import build_model
 from tunelab.models.load import resolve_source
 from tunelab.peft.lora import adapters_disabled, lora_modules
-from tunelab.peft.quant import NF4Linear
 from tunelab.peft.save import PREFIX
+from tunelab.quant.linear import NF4Linear
 from tunelab.rundir import read_info
+from tunelab.training.build import build_model
 from tunelab.training.recipe import train
 
 IDS = torch.tensor([[1, 50, 34, 14, 76, 26, 110, 2], [17, 29, 200, 40, 12, 9, 8, 7]])  # < every test vocabulary

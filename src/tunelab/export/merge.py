@@ -28,7 +28,7 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.lora import LoRALinear, lora_modules
-from tunelab.peft.quant import NF4Linear
+from tunelab.quant.linear import NF4Linear
 from tunelab.rundir import RunInfo, open_info
 
 MERGE_FILE = "tunelab_merge.json"  # where the merged folder came from

@@ -20,8 +20,8 @@ from tunelab.data.templates import Template, resolve_template
 from tunelab.errors import ConfigError
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, pick_dtype, resolve_source
 from tunelab.peft.lora import adapters_disabled
-from tunelab.peft.quant import quantize_model_
 from tunelab.peft.save import load_adapter
+from tunelab.quant.linear import quantize_model_
 from tunelab.rundir import RunInfo, open_info
 
 BASE_PRECISIONS = ("trained", "16bit")

@@ -22,10 +22,10 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.data.loader import build_datasets, make_batches
 from tunelab.errors import ConfigError, RunDirError
-from tunelab.models.build import BuiltModel, build_model, save_full_weights
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import save_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
+from tunelab.training.build import BuiltModel, build_model, save_full_weights
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.training.metrics import MetricsLog, plot_losses
 from tunelab.training.optim import build_optimizer

@@ -1,4 +1,4 @@
-"""The 8-bit AdamW step (`tunelab.training.adamw8bit`) in Triton: dequantize both moments, update them and the
+"""The 8-bit AdamW step (`quant.adamw8bit`) in Triton: dequantize both moments, update them and the
 parameter in fp32, requantize, one program per block of 256 elements. `adamw8bit_update_multi` steps any number of
 parameters of one dtype in ONE launch (a 7B QLoRA model has ~450 adapter tensors: one launch each cost 124 ms of CPU
 time per step, more than the GPU spends on the whole update).
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 256  # tunelab.training.adamw8bit.BLOCK (not imported: that module must not depend on this one)
+from tunelab.quant.adamw8bit import BLOCK
 
 
 @triton.jit
@@ -96,7 +96,7 @@ def _adamw8bit_multi_kernel(
 
 
 TABLE_ROWS = ("param", "exp_avg_q", "exp_avg_absmax", "exp_avg_sq_q", "exp_avg_sq_absmax", "numel", "first_block")
-"""Rows of `adamw8bit_update_multi`'s table (`tunelab.training.adamw8bit.pointer_table` builds it in this order)."""
+"""Rows of `adamw8bit_update_multi`'s table (`tunelab.quant.adamw8bit.pointer_table` builds it in this order)."""
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
 
 
@@ -111,13 +111,13 @@ def adamw8bit_update_multi(
     grad_dtype: torch.dtype,
     num_warps: int = 4,
 ) -> None:
-    """`tunelab.training.adamw8bit.adamw8bit_update_reference` of T parameters in one launch, all on the device of
+    """`tunelab.quant.adamw8bit.adamw8bit_update_reference` of T parameters in one launch, all on the device of
     the tables, with the same scalars.
 
     table: (7, T) int64 on the device, rows TABLE_ROWS: data pointers of each parameter (param_dtype, contiguous)
     and of its four state tensors, its element count and the index of its first block in the concatenation of all
     blocks; grad_ptrs: (T,) int64, data pointers of the contiguous gradients (grad_dtype); block_tensor:
-    (total blocks,) int32, the tensor of each block (`tunelab.training.adamw8bit.block_maps`). The caller keeps the
+    (total blocks,) int32, the tensor of each block (`tunelab.quant.adamw8bit.block_maps`). The caller keeps the
     tensors that the pointers address alive, and unchanged in size, until the kernel has run.
     """
     n_tensors = grad_ptrs.numel()

@@ -1,4 +1,4 @@
-"""NF4 weights with double quantization on the GPU (the format of `tunelab.peft.quant`): Triton kernels that
+"""NF4 weights with double quantization on the GPU (the format of `quant.nf4`): Triton kernels that
 dequantize a whole weight in one pass, and that quantize one bit for bit as bitsandbytes' CUDA kernels do.
 
 Dequantize: one lane per weight reads its byte and its 64-block's absmax state (the small tables and the per-block
@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tunelab.peft.quant import ABSMAX_BLOCK, BLOCK, NF4Weight, dynamic_code, nf4_code, nf4_cuda_thresholds
+from tunelab.quant.codes import dynamic_code
+from tunelab.quant.nf4 import ABSMAX_BLOCK, BLOCK, NF4Weight, nf4_code, nf4_cuda_thresholds
 
 DEQUANT_BLOCK = 4096  # weights per program (fastest of 1024..8192 x 4 or 8 warps on an H200)
 DEQUANT_WARPS = 4
@@ -128,7 +129,7 @@ def dequantize_nf4_triton(
     """The weight of `q` in `dtype` (or in `out`'s dtype, written into `out`), shape q.shape, in one kernel.
 
     `out` may be contiguous with q's element count, or a 2-D (rows, cols) = q.shape view with unit column stride and
-    any row stride (the rows of a wider matrix). Bit-identical to `tunelab.peft.quant.dequantize_nf4` and to
+    any row stride (the rows of a wider matrix). Bit-identical to `quant.nf4.dequantize_nf4` and to
     bitsandbytes' `dequantize_4bit`.
     """
     if out is None:

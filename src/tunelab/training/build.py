@@ -1,7 +1,9 @@
-"""Build the model to train: load it, pick the implementation, then apply the method (LoRA, full, top layers).
+"""Build the model to train: load it (`models.load`), pick the implementation (our decoder, `models.llama`, or the
+transformers model), then apply the method: quantize the frozen base (`quant.linear`) and attach adapters
+(`peft.lora`), or unfreeze all or the top layers.
 
-This is the one place where a model is put together for training; the model code itself knows nothing of adapters,
-freezing or precision.
+This is the one place where those layers meet for training. It sits above them (the import rule in
+docs/architecture.md): the decoder itself knows nothing of adapters, freezing or precision.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tunelab.models.hf_adapter import from_hf_model
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype
 from tunelab.peft.lora import attach_lora
-from tunelab.peft.quant import NF4Linear, quantize_model_
+from tunelab.quant.linear import NF4Linear, quantize_model_
 
 
 @dataclass
