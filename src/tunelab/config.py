@@ -43,6 +43,10 @@ class ModelConfig:
         choices=("auto", "fast", "generic"),
     )
     trust_remote_code: bool = opt(False, "run code shipped with a hub model (only if you trust its author)")
+    fix_untrained_tokens: bool = opt(
+        True,
+        "set embedding (and untied LM-head) rows that were never trained, for tokens the data uses, to the mean of the trained rows (recorded in run.json and repeated at inference)",
+    )
 
 
 @dataclass
@@ -71,6 +75,11 @@ class DataConfig:
         False, "pack several examples into each row of max_length tokens, without attention across them"
     )
     shuffle: bool = opt(True, "shuffle the training examples each epoch (seeded)")
+    delimiter: str = opt(
+        "auto",
+        "field separator of .csv files (auto: detected from the header line among , ; tab |; .tsv files always use tab)",
+        choices=("auto", ",", ";", "tab", "|"),
+    )
 
 
 @dataclass
@@ -114,8 +123,20 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
     seed: int = opt(42, "seed for initialisation, shuffling and dropout")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: only at the end)", min=0)
-    save_every: int = opt(0, "write a checkpoint every N optimizer steps (0: only at the end)", min=0)
-    keep_checkpoints: int = opt(2, "how many step checkpoints to keep", min=1)
+    save_every: int = opt(
+        0,
+        "write a checkpoint for --resume every N optimizer steps (0: none, except when interrupted with Ctrl-C; the result is saved at the end either way)",
+        min=0,
+    )
+    keep_checkpoints: int = opt(2, "how many step checkpoints to keep while training (the newest)", min=1)
+    keep_checkpoints_after_finish: bool = opt(
+        False, "keep the step checkpoints once the run has finished (default: delete them; the result stays)"
+    )
+    max_bad_steps: int = opt(
+        3,
+        "stop the run (exit code 3) after this many optimizer steps in a row whose loss or gradient norm is NaN/inf; each such step's update is skipped",
+        min=1,
+    )
     log_every: int = opt(1, "append metrics every N optimizer steps", min=1)
     checkpointing: bool = opt(
         False,
@@ -339,8 +360,14 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# Options that say what to do with this invocation, not what the run is: never saved with the run's config.
+ACTION_OPTIONS = ("overwrite",)
+
+
 def dump_yaml(config: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
+    """The config's saved form (config.yaml of a run): every option but the ACTION_OPTIONS."""
+    values = {k: v for k, v in to_dict(config).items() if k not in ACTION_OPTIONS}
+    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 
 def describe(resolved: ResolvedConfig) -> str:

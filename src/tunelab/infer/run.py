@@ -11,6 +11,7 @@ from torch import nn
 
 from tunelab.data.templates import Template, resolve_template
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, pick_dtype, resolve_source
+from tunelab.models.untrained import repair_rows
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
 from tunelab.rundir import RunInfo, open_info
@@ -54,6 +55,7 @@ def open_run(run_dir: str | Path, device: str = "auto", dtype: str = "auto") -> 
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)  # saved by train
     if info.is_adapter:
         model = load_hf_model(resolve_source(info.base_model), dt, dev, info.trust_remote_code)
+        repair_rows(model, info.fixed_untrained_tokens)  # the base rows training repaired (models/untrained.py)
         load_adapter(model, run_dir)
         model.to(dev)
     else:
