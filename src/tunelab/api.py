@@ -18,6 +18,7 @@ from tunelab.training.recipe import TrainResult, train
 
 __all__ = [
     "train",
+    "check",
     "compare",
     "generate",
     "chat",
@@ -35,6 +36,33 @@ __all__ = [
 
 def _open(run: str | Path | LoadedRun, device: str) -> LoadedRun:
     return run if isinstance(run, LoadedRun) else open_run(run, device=device)
+
+
+def check(
+    config=None,
+    overrides: dict | None = None,
+    *,
+    resume: bool = False,
+    overwrite_non_run: bool = False,
+    html: str | Path | None = None,
+    examples: int = 3,
+    model: bool = True,
+    show: bool = False,
+):
+    """Everything `tunelab check` checks, for the same arguments as `train`; returns a CheckResult (.passed, .items,
+    .html: where the page was written). Writes nothing into output_dir. model=False skips the checks that load it."""
+    from tunelab.checks.run import run_check
+
+    return run_check(
+        config,
+        overrides,
+        resume=resume,
+        overwrite_non_run=overwrite_non_run,
+        html=html,
+        examples=examples,
+        model=model,
+        show=show,
+    )
 
 
 def compare(

@@ -11,6 +11,7 @@ checks again before anything is written, so no adapter, weight or checkpoint fil
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,14 @@ SHOWN_ROWS = 8  # rows named in the stop message; the rest are counted
 def update_is_finite(loss: float, grad_norm: float) -> bool:
     """May this step's update be applied? Only when both its loss and its gradient norm are finite numbers."""
     return math.isfinite(loss) and math.isfinite(grad_norm)
+
+
+def advance_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """scheduler.step() for a skipped update. torch warns when a scheduler steps before any optimizer step (as after
+    a skipped first step); here that order is meant, so the warning is silenced for this call only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        scheduler.step()
 
 
 @dataclass

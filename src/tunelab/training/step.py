@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.models.llama import LlamaForCausalLM
-from tunelab.training.guard import update_is_finite
+from tunelab.training.guard import advance_schedule, update_is_finite
 
 
 def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -87,7 +87,9 @@ def train_step(
     applied = update_is_finite(loss_sum, norm)
     if applied:
         optimizer.step()
-    scheduler.step()  # also after a skipped step: the schedule follows the step count, as a resumed run does
+        scheduler.step()
+    else:
+        advance_schedule(scheduler)  # the schedule follows the step count, as a resumed run does
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_sum / max(total, 1), "grad_norm": norm, "loss_tokens": total, "skipped": not applied}
 
