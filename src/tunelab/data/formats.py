@@ -59,6 +59,12 @@ def detect_format(row: dict, fields: dict[str, str]) -> str:
     for fmt, (required, _) in FORMATS.items():
         if all(fields.get(name, name) in row for name in required):
             return fmt
+    unmapped = [f"{name} -> '{column}'" for name, column in fields.items() if column not in row]
+    if unmapped:
+        raise DataError(
+            f"option 'data.fields' maps {', '.join(unmapped)}, but the record has no such column; its columns are "
+            f"{', '.join(map(repr, row)) or '(none)'}. Fix the mapping to name columns of your file."
+        )
     known = "; ".join(f"{fmt} ({', '.join(req)})" for fmt, (req, _) in FORMATS.items())
     raise DataError(
         f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "
@@ -156,6 +162,8 @@ def _check_chat(messages: list[dict]) -> None:
         raise _Skip("conversation does not start with a user message")
     if any(m["role"] == "assistant" and not m["content"].strip() for m in rest):
         raise _Skip("empty answer")
+    if any(m["role"] == "user" and not m["content"].strip() for m in rest):
+        raise _Skip("empty question")
 
 
 def _example(record: Record, fmt: str, fields: dict[str, str], system_prompt: str | None) -> Example:

@@ -80,11 +80,13 @@ def build_datasets(cfg: DataConfig, tokenizer, seed: int) -> Datasets:
         )
     report = DataReport(max_length=cfg.max_length, packed=cfg.packing)
     template = resolve_template(cfg.template, tokenizer)
-    examples = to_examples(read_records(cfg.train), cfg.format, cfg.fields, cfg.system_prompt, report)
+    examples = to_examples(read_records(cfg.train, cfg.delimiter), cfg.format, cfg.fields, cfg.system_prompt, report)
     if not examples:
         raise _nothing_usable("training", cfg.train, report)
     if cfg.eval:
-        eval_examples = to_examples(read_records([cfg.eval]), cfg.format, cfg.fields, cfg.system_prompt, report)
+        eval_examples = to_examples(
+            read_records([cfg.eval], cfg.delimiter), cfg.format, cfg.fields, cfg.system_prompt, report
+        )
         if not eval_examples:
             raise _nothing_usable("eval", [cfg.eval], report)
         report.eval_source = "file"

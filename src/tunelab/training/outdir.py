@@ -123,7 +123,7 @@ def plan_output_dir(
             "may be deleted."
         )
     previous = previous_dir(path)
-    if previous.exists() and not is_run_dir(previous):
+    if previous.exists() and not is_run_dir(previous) and not overwrite_non_run:
         raise RunDirError(
             f"{where}: {previous} exists and is not a run directory, so the old run cannot be moved aside there. "
             "Move or delete it, then run again."
@@ -150,7 +150,7 @@ def start_run_dir(plan: OutputPlan) -> None:
 
 def finish_replacement(plan: OutputPlan) -> str | None:
     """Delete the run this one replaced, now that this one has finished; return what was done, to print."""
-    if plan.replace and is_run_dir(plan.previous):
+    if plan.replace and plan.previous.exists():
         shutil.rmtree(plan.previous)
         return f"replaced the previous run in {plan.run_dir}"
     if plan.resume and is_run_dir(plan.previous):

@@ -382,7 +382,10 @@ def _resume_checkpoint(run_dir: Path) -> Path:
         if notes:
             why = "every checkpoint in checkpoints/ is damaged"
         elif read_info(run_dir, require_finished=False).finished:
-            why = "the run finished and its step checkpoints were deleted (train.keep_checkpoints_after_finish)"
+            why = (
+                "the run finished, and its step checkpoints were deleted at the end or never written "
+                "(train.keep_checkpoints_after_finish, train.save_every)"
+            )
         else:
             why = "it has no checkpoint yet (train.save_every writes them)"
         raise RunDirError(f"{run_dir}: nothing to resume from: {why}. Start the run again with --overwrite.")
