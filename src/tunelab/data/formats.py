@@ -55,16 +55,18 @@ def check_fields(fields: dict[str, str]) -> None:
 
 
 def detect_format(row: dict, fields: dict[str, str]) -> str:
-    """The first format whose required fields (after the data.fields mapping) are all keys of `row`."""
-    for fmt, (required, _) in FORMATS.items():
-        if all(fields.get(name, name) in row for name in required):
-            return fmt
-    unmapped = [f"{name} -> '{column}'" for name, column in fields.items() if column not in row]
+    """The first format whose required fields (after the data.fields mapping) are all keys of `row`. A mapping of a
+    required field to a column the row lacks is an error of the mapping (else another format could match quietly)."""
+    required_names = {name for req, _ in FORMATS.values() for name in req}
+    unmapped = [f"{name} -> '{col}'" for name, col in fields.items() if name in required_names and col not in row]
     if unmapped:
         raise DataError(
             f"option 'data.fields' maps {', '.join(unmapped)}, but the record has no such column; its columns are "
             f"{', '.join(map(repr, row)) or '(none)'}. Fix the mapping to name columns of your file."
         )
+    for fmt, (required, _) in FORMATS.items():
+        if all(fields.get(name, name) in row for name in required):
+            return fmt
     known = "; ".join(f"{fmt} ({', '.join(req)})" for fmt, (req, _) in FORMATS.items())
     raise DataError(
         f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "

@@ -85,7 +85,7 @@ def check_model_dir(name: str, path: Path) -> None:
         missing.append(f"weights as *.safetensors{found}")
     if missing:
         raise ModelError(
-            f"model '{name}': the directory has config.json but no {' and no '.join(missing)}. Copy the whole model "
+            f"model '{name}': the directory has config.json but lacks {' and '.join(missing)}. Copy the whole model "
             "folder (config, tokenizer and weights), e.g. with huggingface-cli download."
         )
 
