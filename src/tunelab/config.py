@@ -323,6 +323,8 @@ def suggest(name: str) -> list[str]:
     last = name.rpartition(".")[2].lower().replace("-", "_")
     found = [ALIASES[last]] if last in ALIASES else []
     found += [o for o in options if o.rpartition(".")[2] == last]
+    if found:  # the meaning is known: spelling neighbours would only distract
+        return [o for o in dict.fromkeys(found) if o != name][:3]
     lasts = sorted({o.rpartition(".")[2] for o in options})
     for close in difflib.get_close_matches(last, lasts, n=3, cutoff=0.7):
         found += [o for o in options if o.rpartition(".")[2] == close]
@@ -399,7 +401,7 @@ def load_config(
         for name, value in flat.items():
             where = f"--{name}" if source == "flag" else source
             if name not in options:
-                raise unknown_option(name, where, flag=source == "flag")
+                raise unknown_option(name, where)
             f, hint = options[name]
             value = _coerce(name, value, hint, where)
             _check_constraints(name, value, f, where)

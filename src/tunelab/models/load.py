@@ -71,22 +71,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 
 
 def check_model_dir(name: str, path: Path) -> None:
-    """A local Hugging Face directory needs config.json, a tokenizer and safetensors weights; say which is missing."""
+    """A local Hugging Face directory needs config.json and safetensors weights (the tokenizer is checked where it
+    is loaded: an adapter run's base is opened for its weights only); say what is missing."""
     if not (path / "config.json").is_file():
         raise ModelError(
             f"model '{name}': the directory has no config.json, so it is not a Hugging Face model directory."
         )
-    missing = []
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        missing.append(f"a tokenizer (one of {', '.join(TOKENIZER_FILES)})")
     if not any(path.glob("*.safetensors")):
         pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
         found = f"; it has {', '.join(pickled)}, which tunelab does not load (pickle can run code)" if pickled else ""
-        missing.append(f"weights as *.safetensors{found}")
-    if missing:
         raise ModelError(
-            f"model '{name}': the directory has config.json but lacks {' and '.join(missing)}. Copy the whole model "
-            "folder (config, tokenizer and weights), e.g. with huggingface-cli download."
+            f"model '{name}': the directory has config.json but no weights as *.safetensors{found}. Copy the whole "
+            "model folder (config, tokenizer and weights), e.g. with huggingface-cli download."
         )
 
 
@@ -172,6 +168,12 @@ def materialize(source: ModelSource) -> str:
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    folder = Path(source.path)
+    if not source.is_gguf and folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(
+            f"model '{source.name}': the directory has no tokenizer (none of {', '.join(TOKENIZER_FILES)}). Copy the "
+            "whole model folder (config, tokenizer and weights)."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(materialize(source), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:

@@ -11,7 +11,9 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import math
 import os
 import shutil
@@ -107,7 +109,9 @@ def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig) -> N
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         needed = sum(p.numel() * p.element_size() for _, p in built.model.named_parameters())
-        why = no_space_message("the result", run_dir, needed) if exc.errno == 28 else f"{exc.strerror or exc}."
+        why = (
+            no_space_message("the result", run_dir, needed) if exc.errno == errno.ENOSPC else f"{exc.strerror or exc}."
+        )
         raise RunDirError(
             f"{run_dir}: the result could not be saved: {why} The last checkpoint is kept; continue with --resume."
         ) from None
@@ -226,7 +230,8 @@ def train(
         if note:
             print(note, file=sys.stderr, flush=True)
         info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
-        write_info(run_dir, info)
+        with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
+            write_info(run_dir, info)
         raise
 
     if eval_batches and not (t.eval_every and total_steps % t.eval_every == 0):
