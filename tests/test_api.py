@@ -12,7 +12,7 @@ def test_api_names_are_not_shadowed_by_subpackages():
     for module in pkgutil.walk_packages(tunelab.__path__, "tunelab."):
         if not module.name.startswith("tunelab.kernels."):
             importlib.import_module(module.name)
-    for name in ("train", "compare", "generate", "chat", "evaluate", "report", "merge", "export_gguf"):
+    for name in ("train", "check", "compare", "generate", "chat", "evaluate", "report", "merge", "export_gguf"):
         assert callable(getattr(tunelab, name)), name
 
 
