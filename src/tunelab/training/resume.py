@@ -103,6 +103,8 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> list[str]:
         name = line.split(":")[0]
         if name in LENGTH:
             notes.append(f"resume: {line}; the run continues to the new length, its learning-rate schedule recomputed")
+        elif name == "model.device":
+            notes.append(f"resume: {line} (allowed: the remaining steps run there, not bit-identical to staying put)")
         else:
             notes.append(f"resume: {line} (allowed: it changes how the run is watched or saved, not what it learns)")
     return notes
