@@ -204,3 +204,32 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor, rms_floor: floa
 def rel_error():
     """`relative_error`, for the tests (their modules cannot import conftest under --import-mode=importlib)."""
     return relative_error
+
+
+@pytest.fixture(scope="session")
+def deep_zero_row_model_dir(tmp_path_factory, smollm2_tokenizer):
+    """A 32-layer random Llama whose embedding row of <|im_start|>, the first token of every chat example, is zero:
+    the zero state at position 0 stays zero through every layer and the gradient overflows (models/untrained.py)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        eos_token_id=smollm2_tokenizer.eos_token_id,
+        pad_token_id=smollm2_tokenizer.pad_token_id,
+        bos_token_id=smollm2_tokenizer.bos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[smollm2_tokenizer.convert_tokens_to_ids("<|im_start|>")] = 0.0
+    path = tmp_path_factory.mktemp("deep-llama")
+    model.save_pretrained(path, safe_serialization=True)
+    smollm2_tokenizer.save_pretrained(path)
+    return path

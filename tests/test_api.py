@@ -13,7 +13,7 @@ def test_api_names_are_not_shadowed_by_subpackages():
         needs_triton = module.name.startswith("tunelab.kernels.") or module.name.endswith("_triton")
         if not needs_triton:
             importlib.import_module(module.name)
-    for name in ("train", "compare", "generate", "chat", "evaluate", "report", "merge", "export_gguf"):
+    for name in ("train", "check", "compare", "generate", "chat", "evaluate", "report", "merge", "export_gguf"):
         assert callable(getattr(tunelab, name)), name
 
 

@@ -1,6 +1,6 @@
 """tunelab: fine-tune open LLMs on your own data.
 
-The API is imported on first use, so `import tunelab` stays fast: `tunelab.train(...)`, `tunelab.compare(...)`,
+The API is imported on first use, so `import tunelab` stays fast: `tunelab.train(...)`, `tunelab.check(...)`, `tunelab.compare(...)`,
 `tunelab.generate(...)`, `tunelab.chat(...)`, `tunelab.load_config(...)`.
 """
 
@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 _API = {
     "train",
+    "check",
     "compare",
     "generate",
     "chat",

@@ -31,6 +31,7 @@ from tunelab.training.recipe import train as _train
 
 __all__ = [
     "train",
+    "check",
     "compare",
     "generate",
     "chat",
@@ -55,11 +56,15 @@ def train(
     overrides: dict[str, Any] | None = None,
     *,
     resume: bool = False,
+    check: bool = True,
+    overwrite_non_run: bool = False,
 ) -> TrainResult:
-    """Fine-tune as the config says and write the run directory; `overrides` are {'train.lr': 1e-4, ...}. When
-    eval.questions is set, the base and the tuned model then answer them (compare.json, scores printed)."""
+    """Fine-tune as the config says and write the run directory; `overrides` are {'train.lr': 1e-4, ...}. `check`
+    runs the data checks of `tunelab check` first; `overwrite_non_run` lets `overwrite` replace a folder that is not a
+    tunelab run. When eval.questions is set, the base and the tuned model then answer them (compare.json, scores
+    printed)."""
     resolved = resolve(config, overrides)
-    result = _train(resolved, resume=resume)
+    result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
     if resolved.config.eval.questions:
         compare_after_training(result.run_dir, resolved.config)
     return result
@@ -67,6 +72,33 @@ def train(
 
 def _open(run: str | Path | LoadedRun, device: str, base_precision: str) -> LoadedRun:
     return run if isinstance(run, LoadedRun) else open_run(run, device=device, base_precision=base_precision)
+
+
+def check(
+    config=None,
+    overrides: dict | None = None,
+    *,
+    resume: bool = False,
+    overwrite_non_run: bool = False,
+    html: str | Path | None = None,
+    examples: int = 3,
+    model: bool = True,
+    show: bool = False,
+):
+    """Everything `tunelab check` checks, for the same arguments as `train`; returns a CheckResult (.passed, .items,
+    .html: where the page was written). Writes nothing into output_dir. model=False skips the checks that load it."""
+    from tunelab.checks.run import run_check
+
+    return run_check(
+        config,
+        overrides,
+        resume=resume,
+        overwrite_non_run=overwrite_non_run,
+        html=html,
+        examples=examples,
+        model=model,
+        show=show,
+    )
 
 
 def compare(

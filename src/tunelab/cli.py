@@ -1,7 +1,11 @@
 """The `tunelab` command: argument parsing only; every subcommand is one call into the Python API.
 
 Training options are generated from the config dataclasses, so `tunelab train --help` lists every option with its
-help text, allowed values and default, and a flag `--section.key value` overrides the YAML file.
+help text, allowed values and default, and a flag `--section.key value` overrides the YAML file. A negative number
+after a flag is its value (`--train.lr -1e-4`), and an unknown flag gets suggestions like an unknown YAML key.
+
+Exit codes: 0 done (check: passed), 1 check failed, 2 bad input (one paragraph on stderr, no traceback),
+3 training stopped on NaN/inf (training/guard.py), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ConfigError, Interrupted, TunelabError
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +71,21 @@ def _settings(args):
     return GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty)
 
 
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config file (optional: flags alone work too)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run directory (it must be one tunelab wrote; it is kept until the new run finishes)",
+    )
+    parser.add_argument(
+        "--overwrite-non-run",
+        action="store_true",
+        help="with --overwrite: also replace an output_dir that is not a tunelab run directory, deleting its contents",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune open LLMs on your own data.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -74,11 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="fine-tune a model as a YAML config says",
         description="Fine-tune a model. Options given as flags override the YAML file.",
+        allow_abbrev=False,
     )
-    train.add_argument("config", nargs="?", help="YAML config file (optional: flags alone work too)")
-    train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _run_arguments(train)
+    train.add_argument(
+        "--no-check", action="store_true", help="skip the data checks that run before training (see tunelab check)"
+    )
     _add_config_options(train)
+
+    check = sub.add_parser(
+        "check",
+        help="check a config before training: data, rendering, untrained tokens, one real step; exit 0 or 1",
+        description="Everything that can be known before training, in seconds to a minute. Takes the same config "
+        "and flags as train, writes nothing into output_dir, and ends with one verdict line (exit 0 passed, 1 failed).",
+        allow_abbrev=False,
+    )
+    _run_arguments(check)
+    check.add_argument(
+        "--html",
+        help="where to write the HTML page of the check (default: check.html in a new folder under the system's "
+        "temporary directory; the path is printed)",
+    )
+    check.add_argument("--examples", type=int, default=3, help="rendered examples to preview (default: 3)")
+    check.add_argument(
+        "--data-only", action="store_true", help="skip the checks that load the model (forward/backward, memory)"
+    )
+    _add_config_options(check)
 
     compare = sub.add_parser("compare", help="base and tuned model answer the same questions, side by side")
     compare.add_argument("run_dir", help="a finished run directory")
@@ -190,14 +231,37 @@ def export_verdict(gguf_path) -> str | None:
     return json.loads(path.read_text())["verdict"] if path.is_file() else None
 
 
+_RUN_FLAGS = (
+    "command",
+    "config",
+    "resume",
+    "overwrite",
+    "overwrite_non_run",
+    "no_check",
+    "html",
+    "examples",
+    "data_only",
+)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    overrides = {k: v for k, v in vars(args).items() if k not in _RUN_FLAGS}
+    if args.overwrite:
+        overrides["overwrite"] = True
+    return overrides
+
+
 def _run(args: argparse.Namespace) -> int:
     import tunelab.api as api
 
     if args.command == "train":
-        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "overwrite")}
-        if args.overwrite:
-            overrides["overwrite"] = True
-        api.train(args.config, overrides, resume=args.resume)
+        api.train(
+            args.config,
+            _overrides(args),
+            resume=args.resume,
+            check=not args.no_check,
+            overwrite_non_run=args.overwrite_non_run,
+        )
         return 0
     if args.command == "cache":
         if args.names and args.action != "clear":
@@ -216,6 +280,18 @@ def _run(args: argparse.Namespace) -> int:
 
             print(format_entries(api.cache_entries()))
         return 0
+    if args.command == "check":
+        result = api.check(
+            args.config,
+            _overrides(args),
+            resume=args.resume,
+            overwrite_non_run=args.overwrite_non_run,
+            html=args.html,
+            examples=args.examples,
+            model=not args.data_only,
+            show=True,
+        )
+        return 0 if result.passed else 1
     if args.command == "report":
         print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
         return 0
@@ -293,16 +369,77 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--opt -1e-4` -> `--opt=-1e-4`: argparse takes a value starting with '-' for a flag unless it is joined."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg.startswith("--") and "=" not in arg and nxt.startswith("-") and _is_number(nxt):
+            out.append(f"{arg}={nxt}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, but an unknown flag of train/check is a ConfigError with suggestions (exit 2 like any bad option)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "command", None) in ("train", "check"):
+        from tunelab.config import unknown_option
+
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        if not flag.startswith("-"):
+            raise ConfigError(f"unexpected argument {flag!r}; options are given as --section.key VALUE.")
+        name = flag.lstrip("-").split("=")[0]
+        raise unknown_option(name, f"--{name}", flag=True)
+    if unknown:
+        parser.parse_args(argv)  # argparse's own message and exit code
+    return args
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted `tunelab train ARGV`."""
+    kept = [a for a in argv if a not in ("--overwrite", "--overwrite-non-run", "--resume")]
+    return shlex.join(["tunelab", *kept, "--resume"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Grow CUDA allocator segments instead of caching fixed-size blocks: less fragmentation, lower peak reserved.
+    # Set here, before torch touches CUDA; API users set it themselves (README, Python API).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
+    command = argv[0] if argv else "tunelab"
+    try:
+        args = _parse(build_parser(), argv)
+    except TunelabError as exc:
+        print(f"tunelab {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
     try:
         return _run(args)
+    except Interrupted as exc:
+        print(
+            f"\ntunelab {args.command}: interrupted after step {exc.step}; checkpoint {exc.checkpoint}. Continue with:\n"
+            f"  {resume_command(argv)}",
+            file=sys.stderr,
+        )
+        return exc.exit_code
     except TunelabError as exc:
         print(f"tunelab {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

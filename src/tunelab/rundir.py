@@ -57,6 +57,13 @@ class RunInfo:
     run is opened. None in runs written before it was recorded."""
     trust_remote_code: bool = False
     """The model's own code ran in training, so opening the run needs it too."""
+    fixed_untrained_tokens: dict[str, list[int]] = field(default_factory=dict)
+    """{"embed_tokens": ids, "lm_head": ids}: base rows that were untrained and set to the mean of the trained rows
+    before training (model.fix_untrained_tokens, models/untrained.py); opening an adapter run repeats it on its base."""
+    data_sha256: str = ""
+    """Digest of the tokenized training rows: --resume refuses data that changed since the run started."""
+    skipped_steps: int = 0
+    """Optimizer steps whose update the non-finite guard skipped (training/guard.py)."""
     total_steps: int = 0
     finished: bool = False
     steps: int = 0

@@ -204,6 +204,7 @@ def test_qlora_run_learns_and_resumes_exactly(tiny_overrides, tmp_path, monkeypa
         "train.max_steps": 6,
         "train.save_every": 2,
         "train.warmup_ratio": 0.0,
+        "train.keep_checkpoints_after_finish": True,  # the checkpoint of step 6 is read below
     }
     straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
     losses = _losses(straight.run_dir)

@@ -19,6 +19,7 @@ from torch import nn
 from tunelab.data.templates import Template, resolve_template
 from tunelab.errors import ConfigError
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, pick_dtype, resolve_source
+from tunelab.models.untrained import repair_rows
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
 from tunelab.quant.linear import quantize_model_
@@ -93,6 +94,7 @@ def open_run(
         model = load_hf_model(
             resolve_source(info.base_model), dt, torch.device("cpu") if quantize else dev, info.trust_remote_code
         )
+        repair_rows(model, info.fixed_untrained_tokens)  # the base rows training repaired (models/untrained.py)
         if quantize:
             quantize_model_(model, device=dev)
         load_adapter(model, run_dir)

@@ -2,6 +2,9 @@
 
 Every record written also goes to the log's sinks, the experiment trackers of `train.report_to`
 (training/tracking.py), so the loop logs once and knows nothing of trackers.
+
+A line that does not parse (the last one torn by a crash mid-write) is skipped by readers and dropped on resume.
+A step the non-finite guard skipped has "loss": null and "skipped": true.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ class MetricsLog:
         self.sinks = list(sinks or [])
         if resume_step is not None and self.path.exists():
             kept = [
-                line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step
+                json.dumps(r) for r in _parse(self.path.read_text().splitlines()) if r.get("step", 0) <= resume_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None:
@@ -41,18 +44,30 @@ class MetricsLog:
         self.sinks = []
 
 
+def _parse(lines: list[str]) -> list[dict]:
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse(path.read_text().splitlines())
 
 
 def plot_losses(run_dir: Path) -> Path | None:
     """Train and eval loss against the optimizer step; None when there is nothing to draw."""
     records = read_metrics(run_dir)
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
+    evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), int | float)]
     if not train and not evals:
         return None
     import matplotlib
