@@ -97,6 +97,8 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
         bos_token_id=tiny_tokenizer.bos_token_id,
     )
     model = LlamaForCausalLM(config)
+    with torch.no_grad():  # transformers zeroes the pad row at init; a real checkpoint has trained it (pad = EOS here)
+        model.model.embed_tokens.weight[config.pad_token_id].normal_(std=config.initializer_range)
     path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path, safe_serialization=True)
     tiny_tokenizer.save_pretrained(path)

@@ -91,8 +91,14 @@ def test_answers_without_a_stop_token_fail(tiny_model_dir, tiny_overrides, tmp_p
     assert "qa.jsonl:1: the answer ends with '.'" in item.details[0]
 
 
-def test_untrained_tokens_without_the_repair_fail(tiny_overrides):
-    result = tunelab.check(None, tiny_overrides | {"model.fix_untrained_tokens": False})
+def test_untrained_tokens_without_the_repair_fail(tiny_model_dir, tiny_overrides, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _model_variant(tiny_model_dir, tmp_path)  # with the row of <|im_end|> (id 2) zero, as untrained
+    weights = load_file(folder / "model.safetensors")
+    weights["model.embed_tokens.weight"][2] = 0.0
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    result = tunelab.check(None, tiny_overrides | {"model.name": str(folder), "model.fix_untrained_tokens": False})
     assert _statuses(result)["untrained tokens"] == "fail" and not result.passed
     assert "'<|im_end|>' (id 2" in next(i for i in result.items if i.name == "untrained tokens").summary
 
@@ -107,7 +113,18 @@ def test_nan_gradients_of_a_deep_model_fail(deep_zero_row_model_dir, tiny_overri
     # With the repair the same model trains finite: tests/models/test_untrained.py.
 
 
-def test_packing_and_path_mismatches_fail(tiny_overrides, monkeypatch):
+def test_packing_and_path_mismatches_fail(tiny_model_dir, tiny_overrides, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    # At init scale (std 0.02) attention is nearly uniform and what one document reads of another moves the loss by
+    # less than the check's tolerance: sharpen it (q and k x 30) so that a leak across documents shows.
+    folder = _model_variant(tiny_model_dir, tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    for name in weights:
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            weights[name] *= 30
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    tiny_overrides = tiny_overrides | {"model.name": str(folder)}
     real = step.packed_inputs
 
     def across_documents(batch):  # a packing bug: attention across the documents of a row
