@@ -38,6 +38,13 @@ _TINY_RUN_TEXTS = [
 ]
 
 
+# SmolLM2's chat template in its plain form, so that the stand-in answers apply_chat_template as the real one does.
+_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
 def _base_tokenizer(extra_special=(), chat_template=None, corpus=_CORPUS, vocab_size=300):
     """A tiny byte-level BPE tokenizer like a base Llama's: adds <s> by default, eos </s>, no chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -74,7 +81,9 @@ def tiny_tokenizer():
     try:
         return _embedded_tokenizer()
     except ModelError:
-        return _base_tokenizer(("<|im_start|>", "<|im_end|>"), corpus=_CORPUS + _TINY_RUN_TEXTS * 20, vocab_size=600)
+        return _base_tokenizer(
+            ("<|im_start|>", "<|im_end|>"), _CHATML, corpus=_CORPUS + _TINY_RUN_TEXTS * 20, vocab_size=600
+        )
 
 
 @pytest.fixture(scope="session")

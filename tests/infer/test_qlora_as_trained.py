@@ -112,12 +112,16 @@ def test_an_unknown_base_precision_is_refused(qlora_run):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@torch.no_grad()
 def test_on_cuda_eval_quantizes_the_base_as_training_did(tmp_path, tiny_model_dir):
     """bf16 on the GPU, where NF4 is quantized by the Triton kernels: the generic path (transformers' model, as the
     evaluation uses) trains, and the opened run gives the training model's logits; the 16-bit base does not."""
     run_dir = _train_qlora(tmp_path, tiny_model_dir, device="cuda", impl="generic")
     assert read_info(run_dir).dtype == "bfloat16"
+    with torch.no_grad():
+        _compare_on_cuda(run_dir)
+
+
+def _compare_on_cuda(run_dir):
     cfg = load_config(run_dir / "config.yaml").config
     built = build_model(resolve_source(cfg.model.name), cfg.model, cfg.method)
     state = load_file(str(run_dir / "adapter_model.safetensors"))

@@ -47,7 +47,7 @@ def test_hub_ids_stay_as_they_are():
 
 
 @pytest.mark.slow
-def test_the_embedded_alias_points_at_the_converted_copy(tmp_path):
+def test_the_embedded_alias_points_at_the_converted_copy(tmp_path, smollm2_tokenizer):  # skips without the model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cached = materialize(resolve_source("smollm2-135m-instruct"))

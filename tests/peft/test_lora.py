@@ -21,7 +21,7 @@ def _randomize(model):
 
 def test_fresh_lora_is_the_base_model_and_trains_only_adapters(tiny_model_dir):
     model = _tiny(tiny_model_dir)
-    ids = torch.randint(0, 1000, (2, 9))
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
     before = model(ids).logits
     names = attach_lora(model, ["all-linear"], r=4, alpha=8)
     assert len(names) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
@@ -38,7 +38,7 @@ def test_target_names_are_checked(tiny_model_dir):
 
 def test_disable_and_merge(tiny_model_dir):
     model = _tiny(tiny_model_dir)
-    ids = torch.randint(0, 1000, (2, 9))
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
     base = model(ids).logits
     attach_lora(model, ["q_proj", "v_proj", "down_proj"], r=4, alpha=8)
     _randomize(model)
@@ -59,7 +59,7 @@ def test_saved_adapter_loads_in_peft_with_identical_logits(tiny_model_dir, tmp_p
     attach_lora(ours, ["all-linear"], r=4, alpha=8)
     _randomize(ours)
     save_adapter(ours, tmp_path, base_model=str(tiny_model_dir))
-    ids = torch.randint(0, 1000, (2, 11))
+    ids = torch.randint(0, ours.config.vocab_size, (2, 11))
     expected = ours(ids).logits
 
     peft_model = PeftModel.from_pretrained(_tiny(tiny_model_dir), tmp_path).eval()
