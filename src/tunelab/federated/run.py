@@ -195,4 +195,21 @@ def federate(
     check_run_dir(run_dir, cfg.overwrite, resume)
     check_clients(cfg, clients)
     simulate(resolved, clients, resume)
-    return _result(run_dir)
+    result = _result(run_dir)
+    if cfg.eval.questions and result.rounds_done == cfg.federated.rounds:
+        _compare(run_dir, cfg)
+    return result
+
+
+def _compare(run_dir: Path, cfg: RunConfig) -> None:
+    """As after `tunelab train`: the base model and the global adapter answer eval.questions, scores printed."""
+    from tunelab.api import compare
+    from tunelab.infer.generate import GenerationSettings
+
+    compare(
+        run_dir,
+        questions=cfg.eval.questions,
+        settings=GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens),
+        device=cfg.model.device,
+        show=True,
+    )

@@ -1,0 +1,34 @@
+"""Helpers for the federated tests: Flower messages built without a running federation."""
+
+import time
+
+import pytest
+
+pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+
+from flwr.app import Message, Metadata, MessageType  # noqa: E402
+
+
+def message(content, dst_node_id: int, src_node_id: int = 0, message_id: str = "m") -> Message:
+    """A message with explicit metadata (no Flower run needed)."""
+    metadata = Metadata(
+        run_id=1,
+        message_id=message_id,
+        src_node_id=src_node_id,
+        dst_node_id=dst_node_id,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=MessageType.TRAIN,
+    )
+    return Message(content, metadata=metadata)
+
+
+@pytest.fixture
+def flower_task(monkeypatch):
+    """The identity Flower's messages are stamped with inside a run (a strategy builds messages from it)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
