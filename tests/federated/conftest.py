@@ -4,13 +4,11 @@ import time
 
 import pytest
 
-pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
 
-from flwr.app import Message, Metadata, MessageType  # noqa: E402
+def message(content, dst_node_id: int, src_node_id: int = 0, message_id: str = "m"):
+    """A Flower message with explicit metadata (no Flower run needed)."""
+    from flwr.app import Message, MessageType, Metadata
 
-
-def message(content, dst_node_id: int, src_node_id: int = 0, message_id: str = "m") -> Message:
-    """A message with explicit metadata (no Flower run needed)."""
     metadata = Metadata(
         run_id=1,
         message_id=message_id,
@@ -32,3 +30,9 @@ def flower_task(monkeypatch):
 
     for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
         monkeypatch.setattr(TaskIdentity, name, value)
+
+
+@pytest.fixture
+def flower_message():
+    """`message(content, dst_node_id, src_node_id=0)`: a Flower message outside a run."""
+    return message

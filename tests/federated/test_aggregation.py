@@ -1,12 +1,14 @@
 """The server's side of a round: Flower's FedAvg inside `Recorded`, on replies built by hand."""
 
-import numpy as np
 import pytest
+
+pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Error, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Error, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from tests.federated.conftest import message
 from tunelab.config import FederatedConfig
 from tunelab.errors import ConfigError
 from tunelab.federated.payload import CLIENT, to_record
@@ -20,7 +22,7 @@ def _adapter(seed: int, shape_b=(8, 2)) -> dict[str, torch.Tensor]:
     return {KEYS[0]: torch.randn(2, 6, generator=g), KEYS[1]: torch.randn(*shape_b, generator=g)}
 
 
-def _reply(node: int, name: str, adapter: dict, examples: int, loss: float = 1.0):
+def _reply(message, node: int, name: str, adapter: dict, examples: int, loss: float = 1.0):
     content = RecordDict(
         {
             "arrays": to_record(adapter),
@@ -37,10 +39,10 @@ def _recorded(inner=None, min_clients=2):
     return Recorded(inner, min_clients=min_clients, offset=0, rounds=1, recipe="", layout=layout)
 
 
-def test_fedavg_of_known_adapters_is_the_example_weighted_mean():
+def test_fedavg_of_known_adapters_is_the_example_weighted_mean(flower_message):
     adapters, examples = [_adapter(1), _adapter(2), _adapter(3)], [10, 30, 60]
     recorded = _recorded()
-    replies = [_reply(n + 1, f"c{n}", a, e) for n, (a, e) in enumerate(zip(adapters, examples))]
+    replies = [_reply(flower_message, n + 1, f"c{n}", a, e) for n, (a, e) in enumerate(zip(adapters, examples))]
     arrays, _ = recorded.aggregate_train(1, replies)
     total = sum(examples)
     for key in KEYS:
@@ -52,11 +54,11 @@ def test_fedavg_of_known_adapters_is_the_example_weighted_mean():
     assert all(c.bytes_received > 0 and c.status == "ok" for c in report.clients)
 
 
-def test_mismatched_and_failed_clients_are_reported_and_the_round_goes_on():
+def test_mismatched_and_failed_clients_are_reported_and_the_round_goes_on(flower_message):
     recorded = _recorded()
-    good = [_reply(1, "a", _adapter(1), 10), _reply(2, "b", _adapter(2), 30)]
-    wrong_rank = _reply(3, "c", _adapter(3, shape_b=(8, 4)), 50)  # r=4 instead of 2
-    crashed = message(Error(code=1, reason="ValueError: out of memory"), dst_node_id=0, src_node_id=4)
+    good = [_reply(flower_message, 1, "a", _adapter(1), 10), _reply(flower_message, 2, "b", _adapter(2), 30)]
+    wrong_rank = _reply(flower_message, 3, "c", _adapter(3, shape_b=(8, 4)), 50)  # r=4 instead of 2
+    crashed = flower_message(Error(code=1, reason="ValueError: out of memory"), dst_node_id=0, src_node_id=4)
     arrays, _ = recorded.aggregate_train(1, [*good, wrong_rank, crashed])
     report = recorded.reports[1]
     status = {c.client: (c.status, c.reason) for c in report.clients}
@@ -67,10 +69,10 @@ def test_mismatched_and_failed_clients_are_reported_and_the_round_goes_on():
     np.testing.assert_allclose(arrays[KEYS[1]].numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
 
 
-def test_too_few_usable_updates_leave_the_global_adapter_unchanged():
+def test_too_few_usable_updates_leave_the_global_adapter_unchanged(flower_message):
     recorded = _recorded(min_clients=2)
-    crashed = message(Error(code=1, reason="boom"), dst_node_id=0, src_node_id=2)
-    arrays, metrics = recorded.aggregate_train(1, [_reply(1, "a", _adapter(1), 10), crashed])
+    crashed = flower_message(Error(code=1, reason="boom"), dst_node_id=0, src_node_id=2)
+    arrays, metrics = recorded.aggregate_train(1, [_reply(flower_message, 1, "a", _adapter(1), 10), crashed])
     assert arrays is None and metrics is None
     report = recorded.reports[1]
     assert not report.applied and "fewer than federated.min_clients=2" in report.note
@@ -95,7 +97,7 @@ class _Grid:
         return [1, 2]
 
 
-def test_dp_round_adds_noise_and_reports_epsilon(flower_task):
+def test_dp_round_adds_noise_and_reports_epsilon(flower_task, flower_message):
     pytest.importorskip("dp_accounting")
     cfg = FederatedConfig(dp=True, min_clients=2, dp_noise_multiplier=1.0, dp_clipping_norm=0.5)
     inner, accountant = build_strategy(cfg, 2)
@@ -103,7 +105,9 @@ def test_dp_round_adds_noise_and_reports_epsilon(flower_task):
     recorded = Recorded(inner, min_clients=2, offset=0, rounds=1, recipe="r", layout=layout, accountant=accountant)
     messages = list(recorded.configure_train(1, to_record(_adapter(0)), ConfigRecord(), _Grid()))
     assert [m.content["config"]["clipping_norm"] for m in messages] == [0.5, 0.5]  # what fixedclipping_mod reads
-    arrays, _ = recorded.aggregate_train(1, [_reply(1, "a", _adapter(1), 10), _reply(2, "b", _adapter(2), 30)])
+    arrays, _ = recorded.aggregate_train(
+        1, [_reply(flower_message, 1, "a", _adapter(1), 10), _reply(flower_message, 2, "b", _adapter(2), 30)]
+    )
     mean = (_adapter(1)[KEYS[0]] + _adapter(2)[KEYS[0]]) / 2  # DP weighs clients equally
     noise = arrays[KEYS[0]].numpy() - mean.numpy()
     assert 0.1 < noise.std() < 0.5  # stdv = noise_multiplier * clipping_norm / clients = 0.25

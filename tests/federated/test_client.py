@@ -1,15 +1,17 @@
 """The client's side: what a ClientApp sends back (its adapter and a few numbers, never its data), FedProx, DP
 clipping, and a received adapter that does not fit."""
 
+import pytest
+
+pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+
 import json
 
-import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.common.serde import message_to_proto
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from tests.federated.conftest import message
 from tunelab.config import DataConfig, FederatedConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
 from tunelab.errors import ConfigError
 from tunelab.federated.client import make_client_app
@@ -45,7 +47,7 @@ def secret_client(tmp_path):
     return ClientData("ward-7", (str(path),))
 
 
-def _train_message(config: RunConfig, extra: dict | None = None):
+def _train_message(message, config: RunConfig, extra: dict | None = None):
     torch.manual_seed(0)
     built = build_model(resolve_source(config.model.name), config.model, config.method)
     initial = adapter_state_dict(built.model)
@@ -64,9 +66,9 @@ def _wire(msg) -> bytes:
     return message_to_proto(msg).SerializeToString() + b"".join(o.deflate() for o in objects.values())
 
 
-def test_a_clients_reply_holds_its_adapter_and_numbers_never_its_data(tiny_model_dir, secret_client):
+def test_a_clients_reply_holds_its_adapter_and_numbers_never_its_data(tiny_model_dir, secret_client, flower_message):
     config = _config(tiny_model_dir)
-    initial, msg = _train_message(config)
+    initial, msg = _train_message(flower_message, config)
     sent_to_client = _wire(msg)
     assert b"/server/only" not in sent_to_client  # the recipe carries no server paths either
     reply = _call(make_client_app([secret_client]), msg)
@@ -91,9 +93,9 @@ def test_a_clients_reply_holds_its_adapter_and_numbers_never_its_data(tiny_model
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
 
 
-def test_dp_clipping_bounds_the_update_the_client_sends(tiny_model_dir, secret_client):
+def test_dp_clipping_bounds_the_update_the_client_sends(tiny_model_dir, secret_client, flower_message):
     config = _config(tiny_model_dir)
-    initial, msg = _train_message(config, {"clipping_norm": 0.01})
+    initial, msg = _train_message(flower_message, config, {"clipping_norm": 0.01})
     reply = _call(make_client_app([secret_client]), msg)
     assert not reply.has_error(), reply.error
     trained = from_record(reply.content["arrays"])

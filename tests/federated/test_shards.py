@@ -14,7 +14,9 @@ from tunelab.federated.shards import Shard, client_data, column_owners, from_nod
 def topics_file(tmp_path):
     path = tmp_path / "all.jsonl"
     topics = ["a"] * 7 + ["b"] * 5 + ["c"] * 4 + ["d"] * 2
-    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"x{i}", "topic": t}) + "\n" for i, t in enumerate(topics)))
+    path.write_text(
+        "".join(json.dumps({"question": f"q{i}", "answer": f"x{i}", "topic": t}) + "\n" for i, t in enumerate(topics))
+    )
     return path
 
 

@@ -191,6 +191,11 @@ def federate(
             cfg.data.eval = str(Path(cfg.data.eval).resolve())
         return write_flower_app(app_dir, resolved, resume, overwrite=cfg.overwrite)
     clients = client_data(cfg.federated, cfg.train.seed)
+    if cfg.federated.min_clients > len(clients):
+        raise ConfigError(
+            f"option 'federated.min_clients' is {cfg.federated.min_clients} but the federation has {len(clients)} "
+            "clients; lower min_clients or add clients."
+        )
     run_dir = Path(cfg.output_dir)
     check_run_dir(run_dir, cfg.overwrite, resume)
     check_clients(cfg, clients)

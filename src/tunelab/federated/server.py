@@ -17,20 +17,19 @@ from pathlib import Path
 import torch
 from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from safetensors.torch import load_file
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config
 from tunelab.data.loader import build_datasets, make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
-from tunelab.federated.history import plot_federation, read_state, round_records, write_state
+from tunelab.federated.history import load_round, plot_federation, read_state, round_records, save_round, write_state
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.models.build import build_model
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import adapter_state_dict
-from tunelab.rundir import ADAPTER_WEIGHTS_FILE, CONFIG_FILE, RunInfo, write_info
+from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
 from tunelab.training.metrics import MetricsLog
 from tunelab.training.recipe import prepare_run_dir, save_final
 from tunelab.training.step import evaluate
@@ -97,7 +96,7 @@ def run_federation(
     built = build_model(source, cfg.model, cfg.method)
     model = built.model
     if resume:
-        load_adapter_state(model, load_file(str(run_dir / ADAPTER_WEIGHTS_FILE)))
+        load_adapter_state(model, load_round(run_dir, done))
         print(f"resuming {run_dir} after round {done} of {f.rounds}", flush=True)
     else:
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
@@ -161,7 +160,6 @@ def run_federation(
         if not clients:
             state["clients"] = sorted(set(state["clients"]) | set(recorder.names.values()))
         state["accountant"] = accountant.state_dict() if accountant is not None else None
-        write_state(run_dir, state)
         info.finished, info.steps, info.eval_loss = True, r, loss
         info.final_loss, info.elapsed_s = records[0]["loss"], round(elapsed, 1)
         info.extra["federated"] = {
@@ -175,6 +173,8 @@ def run_federation(
         }
         write_info(run_dir, info)
         plot_federation(run_dir)
+        save_round(run_dir, r, adapter_state_dict(model))
+        write_state(run_dir, state)  # last: federated.json names the round --resume starts from
         print(_line(report, f.rounds, loss), flush=True)
         return MetricRecord({"eval-loss": loss}) if loss is not None else None
 
