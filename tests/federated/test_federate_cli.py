@@ -1,5 +1,5 @@
 """`tunelab federate` end to end on a tiny model: the real CLI, Flower's simulation engine (Ray), 2 clients x 2
-rounds; a server killed after round 1 and resumed; a client that crashes mid-run; bad input giving exit code 2.
+rounds; a server killed after round 1 and resumed; bad input giving exit code 2 (a failing client: test_deployment).
 
 Each federation runs in its own process (as a user runs it), so Ray never starts inside the test process."""
 
@@ -12,36 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
 pytest.importorskip("ray", reason="Flower's simulation engine needs ray")
 
 from safetensors.torch import load_file  # noqa: E402
-
-
-def _rows(start: int, stop: int) -> str:
-    return "".join(
-        json.dumps({"question": f"What is the code of box {i}?", "answer": f"Box {i} has code {1000 + 37 * i}."}) + "\n"
-        for i in range(start, stop)
-    )
-
-
-def _config(folder: Path, model_dir: Path, clients: int = 2, **federated) -> Path:
-    for i in range(clients):
-        (folder / f"site{i}.jsonl").write_text(_rows(12 * i, 12 * i + 12))
-    (folder / "server_eval.jsonl").write_text(_rows(100, 106))
-    config = {
-        "output_dir": str(folder / "run"),
-        "model": {"name": str(model_dir)},
-        "data": {"eval": "server_eval.jsonl", "system_prompt": "You answer box questions.", "max_length": 64},
-        "method": {"r": 4},
-        "train": {"micro_batch": 4, "lr": 1e-3},
-        "federated": {"clients": [f"site{i}.jsonl" for i in range(clients)], "rounds": 2, "local_steps": 3} | federated,
-    }
-    path = folder / "federate.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def _federate(*args, wait=True):
@@ -60,10 +35,10 @@ def _round_records(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_model_dir):
+def uninterrupted(tmp_path_factory, tiny_model_dir, federate_config_module):
     """2 clients x 2 rounds through the CLI, never stopped."""
     folder = tmp_path_factory.mktemp("federate")
-    done = _federate(_config(folder, tiny_model_dir))
+    done = _federate(federate_config_module(folder, tiny_model_dir))
     return folder / "run", done
 
 
@@ -99,8 +74,8 @@ def test_two_clients_two_rounds_through_the_cli(uninterrupted, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_resume_after_the_server_is_stopped(uninterrupted, tmp_path, tiny_model_dir):
-    config = _config(tmp_path, tiny_model_dir)
+def test_resume_after_the_server_is_stopped(uninterrupted, tmp_path, tiny_model_dir, federate_config):
+    config = federate_config(tmp_path, tiny_model_dir)
     process = _federate(config, wait=False)
     state = tmp_path / "run" / "federated.json"
     try:
@@ -130,26 +105,8 @@ def test_resume_after_the_server_is_stopped(uninterrupted, tmp_path, tiny_model_
     assert again.returncode == 0 and "all 2 rounds are done" in again.stdout
 
 
-@pytest.mark.slow
-def test_a_client_crashing_mid_run_is_reported_and_the_rounds_go_on(tmp_path, tiny_model_dir):
-    config = _config(tmp_path, tiny_model_dir, clients=3, rounds=3, min_clients=2, local_steps=4)
-    process = _federate(config, wait=False)
-    state = tmp_path / "run" / "federated.json"
-    while process.poll() is None and not state.is_file():
-        time.sleep(0.05)
-    (tmp_path / "site2.jsonl").unlink()  # site2 loses its data after round 1: it fails from then on
-    assert process.wait(timeout=600) == 0
-    history = json.loads(state.read_text())["history"]
-    last = history[-1]
-    assert last["applied"] and len(last["clients"]) == 3
-    failed = [c for c in last["clients"] if c["status"] == "failed"]
-    assert [c["client"] for c in failed] == ["site2"] and "site2.jsonl" in failed[0]["reason"]
-    assert sorted(c["client"] for c in last["clients"] if c["status"] == "ok") == ["site0", "site1"]
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["extra"]["federated"]["complete"]
-
-
-def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir):
-    config = _config(tmp_path, tiny_model_dir)
+def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, federate_config):
+    config = federate_config(tmp_path, tiny_model_dir)
     (tmp_path / "site1.jsonl").write_text("")
     done = _federate(config)
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -167,19 +124,19 @@ def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir):
         ({"federated.split_file": "all.jsonl"}, "both set"),
     ],
 )
-def test_bad_config_is_refused_before_anything_runs(tmp_path, tiny_model_dir, overrides, message):
+def test_bad_config_is_refused_before_anything_runs(tmp_path, tiny_model_dir, federate_config, overrides, message):
     import tunelab
     from tunelab.errors import TunelabError
 
     with pytest.raises(TunelabError, match=message):
-        tunelab.federate(_config(tmp_path, tiny_model_dir), overrides)
+        tunelab.federate(federate_config(tmp_path, tiny_model_dir), overrides)
 
 
-def test_run_directory_is_never_replaced_silently(tmp_path, tiny_model_dir):
+def test_run_directory_is_never_replaced_silently(tmp_path, tiny_model_dir, federate_config):
     import tunelab
     from tunelab.errors import RunDirError
 
-    config = _config(tmp_path, tiny_model_dir)
+    config = federate_config(tmp_path, tiny_model_dir)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "mine.txt").write_text("keep")
     with pytest.raises(RunDirError, match="--overwrite"):

@@ -112,12 +112,14 @@ def simulate(resolved: ResolvedConfig, clients: list[ClientData], resume: bool) 
 
 
 APP_TOML = """\
-# A Flower App for tunelab's federated fine-tuning; run it with Flower's deployment engine:
-#   flower-superlink --insecure
-#   flower-supernode --insecure --superlink HOST:9092 --clientappio-api-address 127.0.0.1:9094 --node-config "data='/path/to/this/clients/data.jsonl' name='clinic-a'"
-#   (one SuperNode per client; federated.num_clients = {num_clients} of them are waited for)
-#   flwr run {app_dir} CONNECTION --stream
-# The ServerApp writes the run directory {output_dir} on the SuperLink's host.
+# A Flower App for tunelab's federated fine-tuning. Run it with Flower's deployment engine (flwr >= 1.42):
+#   flower-superlink --insecure --host 0.0.0.0 --port 8000          on the server host (writes the run directory)
+#   flower-supernode --insecure --superlink SERVER_HOST:8000 --port 9094 --node-config "data='/path/to/data.jsonl' name='clinic-a'"
+#                                                                    on each client host: its own data, named there
+#   flwr run {app_dir} CONNECTION --stream                         CONNECTION: a [superlink.NAME] entry of
+#                                                                    $FLWR_HOME/config.toml (address = "SERVER_HOST:8000")
+# The server waits for federated.num_clients = {num_clients} SuperNodes, and writes {output_dir}.
+# --insecure is for trying it out: real deployments use TLS (Flower's --ssl-* and --root-certificates options).
 [build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
