@@ -66,6 +66,11 @@ def test_two_clients_two_rounds_through_the_cli(uninterrupted, tiny_model_dir):
     assert info["finished"] and info["steps"] == 2 and info["extra"]["federated"]["complete"]
     assert "round 2/2 | eval loss" in done.stdout
 
+    from tunelab.federated.history import federated_section
+
+    section = federated_section(run)  # the report's section about the federation
+    assert "<svg" in section and "round 2: eval loss" in section and "site1" in section
+
     # a normal run directory: PEFT loads the global adapter
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
