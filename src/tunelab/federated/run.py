@@ -48,6 +48,12 @@ def check_config(cfg: RunConfig) -> None:
             "option 'data.eval_fraction' is set; the server has no training data to hold out from. Give the server "
             "its own eval file in data.eval."
         )
+    f = cfg.federated
+    if f.dp and (f.dp_clipping_norm <= 0 or f.dp_noise_multiplier <= 0 or not 0 < f.dp_delta < 1):
+        raise ConfigError(
+            "option 'federated.dp' needs dp_clipping_norm > 0, dp_noise_multiplier > 0 and 0 < dp_delta < 1 "
+            f"(got {f.dp_clipping_norm}, {f.dp_noise_multiplier}, {f.dp_delta})."
+        )
 
 
 def check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
