@@ -12,8 +12,9 @@
     checkpoints/round-NNNNNNN/adapter_model.safetensors
                      the global adapter after round N (the last two kept), written before federated.json names
                      round N: a server stopped at any point resumes from a round whose adapter is on disk
+                     (server.save_round)
 
-Nothing here imports Flower: a report or plot of a federated run needs only tunelab.
+Nothing here imports Flower or torch: a report or plot of a federated run needs neither.
 """
 
 from __future__ import annotations
@@ -21,15 +22,9 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
-import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
-
 from tunelab.atomic import write_json
-from tunelab.errors import RunDirError
 from tunelab.training.metrics import read_metrics
 
 STATE_FILE = "federated.json"
@@ -45,31 +40,6 @@ def read_state(run_dir: str | Path) -> dict | None:
 
 def write_state(run_dir: str | Path, state: dict) -> Path:
     return write_json(Path(run_dir) / STATE_FILE, state)
-
-
-def _checkpoint(run_dir: str | Path, round_: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"round-{round_:07d}"
-
-
-def save_round(run_dir: str | Path, round_: int, adapter: dict[str, torch.Tensor], keep: int = 2) -> Path:
-    """The global adapter after `round_`, written to a temporary folder and renamed into place."""
-    final = _checkpoint(run_dir, round_)
-    scratch = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    save_file(adapter, str(scratch / "adapter_model.safetensors"), metadata={"format": "pt"})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(scratch, final)
-    for old in sorted(final.parent.glob("round-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_round(run_dir: str | Path, round_: int) -> dict[str, torch.Tensor]:
-    path = _checkpoint(run_dir, round_) / "adapter_model.safetensors"
-    if not path.is_file():
-        raise RunDirError(f"{run_dir}: federated.json says round {round_} is done, but {path} is missing.")
-    return load_file(str(path))
 
 
 def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> list[dict]:

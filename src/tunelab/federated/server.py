@@ -10,6 +10,8 @@ payload.py lists.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -17,13 +19,14 @@ from pathlib import Path
 import torch
 from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from safetensors.torch import load_file, save_file
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config
 from tunelab.data.loader import build_datasets, make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
-from tunelab.federated.history import load_round, plot_federation, read_state, round_records, save_round, write_state
+from tunelab.federated.history import plot_federation, read_state, round_records, write_state
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.models.build import build_model
@@ -35,6 +38,31 @@ from tunelab.training.recipe import prepare_run_dir, save_final
 from tunelab.training.step import evaluate
 
 RUN_CONFIG_KEY, RESUME_KEY = "tunelab-config", "tunelab-resume"  # the Flower App's run config (deployment)
+
+
+def _checkpoint(run_dir: str | Path, round_: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"round-{round_:07d}"
+
+
+def save_round(run_dir: str | Path, round_: int, adapter: dict[str, torch.Tensor], keep: int = 2) -> Path:
+    """The global adapter after `round_`, written to a temporary folder and renamed into place."""
+    final = _checkpoint(run_dir, round_)
+    scratch = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    save_file(adapter, str(scratch / "adapter_model.safetensors"), metadata={"format": "pt"})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(scratch, final)
+    for old in sorted(final.parent.glob("round-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_round(run_dir: str | Path, round_: int) -> dict[str, torch.Tensor]:
+    path = _checkpoint(run_dir, round_) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: federated.json says round {round_} is done, but {path} is missing.")
+    return load_file(str(path))
 
 
 def _eval_batches(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict | None]:
