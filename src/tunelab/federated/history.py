@@ -86,6 +86,7 @@ def _figure(records: list[dict]):
     if not rounds:
         return None
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 3.8), dpi=100, layout="constrained")
     loss_ax, bytes_ax = fig.subplots(1, 2)
@@ -113,6 +114,8 @@ def _figure(records: list[dict]):
         )
         bytes_ax.bar([x + 0.2 for x in xs], [r["bytes_received"] / 1e6 for r in moved], width=0.4, label="received")
         bytes_ax.legend(fontsize=8)
+    for ax in (loss_ax, bytes_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     bytes_ax.set_xlabel("round")
     bytes_ax.set_ylabel("MB (adapter tensors + keys)")
     bytes_ax.grid(alpha=0.3, axis="y")
