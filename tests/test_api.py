@@ -1,6 +1,7 @@
 """The public API stays reachable as functions once every subpackage has been imported."""
 
 import importlib
+import importlib.util
 import pkgutil
 import subprocess
 import sys
@@ -9,11 +10,25 @@ import tunelab
 
 
 def test_api_names_are_not_shadowed_by_subpackages():
+    flower = importlib.util.find_spec("flwr") is not None  # tunelab.federated needs the optional federated extra
     for module in pkgutil.walk_packages(tunelab.__path__, "tunelab."):
+        if module.name.startswith("tunelab.federated.") and not flower:
+            continue
         needs_triton = module.name.startswith("tunelab.kernels.") or module.name.endswith("_triton")
         if not needs_triton:
             importlib.import_module(module.name)
-    for name in ("train", "check", "compare", "generate", "chat", "evaluate", "report", "merge", "export_gguf"):
+    for name in (
+        "train",
+        "check",
+        "compare",
+        "generate",
+        "chat",
+        "evaluate",
+        "report",
+        "merge",
+        "export_gguf",
+        "federate",
+    ):
         assert callable(getattr(tunelab, name)), name
 
 

@@ -23,8 +23,14 @@ LAYERS = [
     ("peft",),  # LoRA layers, their slot implementations, adapter files
     ("training",),  # building the model to train, the step, the loop, checkpoints, optimizers
     ("infer",),  # opening a run as it was trained, generation, chat
-    ("eval", "export", "server", "checks"),  # scoring, comparison, evaluation, reports; merge and GGUF export; the HTTP
-    # server; tunelab check
+    (
+        "eval",
+        "export",
+        "server",
+        "checks",
+        "federated",
+    ),  # scoring, comparison, evaluation, reports; merge, GGUF; the HTTP
+    # server; tunelab check; federated runs on Flower
     ("api", "cli"),  # the Python API and the command line over it
 ]
 

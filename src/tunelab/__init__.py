@@ -1,7 +1,7 @@
 """tunelab: fine-tune open LLMs on your own data.
 
 The API is imported on first use, so `import tunelab` stays fast: `tunelab.train(...)`, `tunelab.check(...)`, `tunelab.compare(...)`,
-`tunelab.generate(...)`, `tunelab.chat(...)`, `tunelab.load_config(...)`.
+`tunelab.generate(...)`, `tunelab.chat(...)`, `tunelab.federate(...)`, `tunelab.load_config(...)`.
 """
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ _API = {
     "cache_entries",
     "cache_path",
     "clear_cache",
+    "federate",
     "open_run",
     "GenerationSettings",
 }

@@ -43,6 +43,7 @@ __all__ = [
     "cache_entries",
     "cache_path",
     "clear_cache",
+    "federate",
     "open_run",
     "TrainResult",
     "Comparison",
@@ -263,3 +264,22 @@ def clear_cache(names: list[str] | None = None):
     from tunelab.conversion_cache import clear_cache as _clear
 
     return _clear(names)
+
+
+def federate(
+    config=None,
+    overrides: dict | None = None,
+    *,
+    resume: bool = False,
+    app_dir: str | Path | None = None,
+):
+    """Federated fine-tuning on Flower: the clients of `federated.clients` (or the shards of federated.split_file)
+    train the LoRA adapter on their own data, the server averages it every round and keeps it in output_dir.
+    Runs in Flower's simulation engine; with `app_dir`, writes a Flower App for its deployment engine instead.
+    Needs the `federated` extra (pip install 'tunelab[federated]')."""
+    from tunelab.federated.setup import require_flower
+
+    require_flower(simulation=app_dir is None)
+    from tunelab.federated.run import federate as _federate
+
+    return _federate(config, overrides, resume=resume, app_dir=app_dir)

@@ -120,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-only", action="store_true", help="skip the checks that load the model (forward/backward, memory)"
     )
     _add_config_options(check)
+    federate = sub.add_parser(
+        "federate",
+        help="federated fine-tuning on Flower: clients train on their own data, a server averages the adapter",
+        description="Federated LoRA fine-tuning on Flower. The federated options name each client's data; by "
+        "default Flower's simulation engine runs the server and every client on this machine. With --app-dir, "
+        "write a Flower App for Flower's deployment engine (flower-superlink, flower-supernode, flwr run) instead.",
+    )
+    federate.add_argument("config", nargs="?", help="YAML config file with a federated: section")
+    federate.add_argument(
+        "--resume", action="store_true", help="continue the federation in output_dir after its last round"
+    )
+    federate.add_argument("--overwrite", action="store_true", help="replace an existing run directory (or app folder)")
+    federate.add_argument("--app-dir", help="write a Flower App here for the deployment engine instead of simulating")
+    _add_config_options(federate)
 
     compare = sub.add_parser("compare", help="base and tuned model answer the same questions, side by side")
     compare.add_argument("run_dir", help="a finished run directory")
@@ -292,6 +306,18 @@ def _run(args: argparse.Namespace) -> int:
             show=True,
         )
         return 0 if result.passed else 1
+    if args.command == "federate":
+        overrides = {
+            k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "overwrite", "app_dir")
+        }
+        if args.overwrite:
+            overrides["overwrite"] = True
+        result = api.federate(args.config, overrides, resume=args.resume, app_dir=args.app_dir)
+        if args.app_dir:
+            print(
+                f"Flower App written to {result}; its pyproject.toml says how to run it with Flower's deployment engine."
+            )
+        return 0
     if args.command == "report":
         print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
         return 0

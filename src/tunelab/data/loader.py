@@ -10,6 +10,7 @@ seeded by (seed, epoch): resuming at an epoch replays exactly the batches it wou
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,7 @@ from tunelab.data.formats import Example, to_examples
 from tunelab.data.packing import Packed, pack
 from tunelab.data.render import IGNORE, Rendered, render_examples
 from tunelab.data.report import DataReport, SplitStats, location
-from tunelab.data.sources import read_records
+from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, resolve_template
 from tunelab.errors import ConfigError, DataError
 
@@ -72,15 +73,23 @@ def _stats(rows: list[Rendered | Packed], examples: int, used: int) -> SplitStat
     )
 
 
-def build_datasets(cfg: DataConfig, tokenizer, seed: int) -> Datasets:
-    """Read, convert, split, render and (optionally) pack the data of `cfg`; every skip is in the returned report."""
+def build_datasets(
+    cfg: DataConfig, tokenizer, seed: int, select: Callable[[list[Record]], list[Record]] | None = None
+) -> Datasets:
+    """Read, convert, split, render and (optionally) pack the data of `cfg`; every skip is in the returned report.
+
+    `select` keeps a subset of the training records before anything else sees them (a federated client's shard of
+    a shared file); the report then describes that subset only."""
     if not cfg.train:
         raise ConfigError(
             "option 'data.train' is empty; give one or more data files or folders (jsonl, json, csv, parquet, txt)."
         )
     report = DataReport(max_length=cfg.max_length, packed=cfg.packing)
     template = resolve_template(cfg.template, tokenizer)
-    examples = to_examples(read_records(cfg.train, cfg.delimiter), cfg.format, cfg.fields, cfg.system_prompt, report)
+    records = read_records(cfg.train, cfg.delimiter)
+    if select is not None:
+        records = select(records)
+    examples = to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report)
     if not examples:
         raise _nothing_usable("training", cfg.train, report)
     if cfg.eval:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tunelab.atomic import write_text
 from tunelab.errors import RunDirError
+from tunelab.federated.history import federated_section
 from tunelab.rundir import RUN_FILE, read_info
 
 REPORT_FILE = "report.html"
@@ -608,6 +609,9 @@ def render_report(run_dir: str | Path) -> str:
             f"<pre>{esc(config.data)}</pre>" if config.data is not None else config.missing("config"),
         ),
     ]
+    federation = federated_section(run_dir)
+    if federation is not None:
+        sections.insert(2, ("federated", "Federated rounds", federation))
     title = f"tunelab report — {run_dir.resolve().name}"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name, _ in sections)
