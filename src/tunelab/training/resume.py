@@ -46,9 +46,10 @@ PATHS = {"data.train", "data.eval", "eval.questions"}
 
 
 def _flat(values: dict) -> dict[str, Any]:
+    sections = {name.partition(".")[0] for name, _, _ in iter_options() if "." in name}
     flat = {}
     for key, value in values.items():
-        if isinstance(value, dict) and key in {"model", "data", "method", "train", "eval"}:
+        if isinstance(value, dict) and key in sections:
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
@@ -60,7 +61,10 @@ def _same(name: str, old: Any, new: Any) -> bool:
         return True
     if name in PATHS and old is not None and new is not None:
         olds, news = (v if isinstance(v, list) else [v] for v in (old, new))
-        return len(olds) == len(news) and all(Path(a).resolve() == Path(b).resolve() for a, b in zip(olds, news))
+        return len(olds) == len(news) and all(
+            Path(a).resolve() == Path(b).resolve() if isinstance(a, str) and isinstance(b, str) else a == b
+            for a, b in zip(olds, news)
+        )
     return False
 
 
