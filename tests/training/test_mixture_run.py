@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import tunelab.training.recipe as recipe
 from tunelab.config import load_config
 from tunelab.data.loader import build_datasets, make_batches
+from tunelab.eval.report import build_report
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import load_adapter
 from tunelab.training.step import evaluate
@@ -48,6 +49,8 @@ def test_eval_loss_per_source_equals_direct_evaluation(mixture_overrides, tiny_m
     assert set(losses) == {"eval_loss", "eval_loss/boxes", "eval_loss/doors"}
     last = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["eval_loss/doors"] == losses["eval_loss/doors"]
+    page = build_report(result.run_dir).read_text()
+    assert "Sources (weights count examples)" in page and "doors" in page
 
     from transformers import AutoModelForCausalLM
 

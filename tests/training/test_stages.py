@@ -14,6 +14,7 @@ from tunelab.api import train
 from tunelab.config import load_config
 from tunelab.data.loader import build_datasets, make_batches
 from tunelab.errors import ConfigError
+from tunelab.eval.report import build_report
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import load_adapter
 from tunelab.rundir import open_info
@@ -60,6 +61,9 @@ def test_stage_two_continues_stage_ones_adapter_bit_for_bit(staged):
     assert all(torch.equal(a, b) for a, b in zip(_adapter(run).values(), second.values()))
     stages = [json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert stages[0] == 1 and stages[-1] == 2
+    page = build_report(run).read_text()
+    matrix = info.extra["forgetting"]["matrix"]
+    assert "Forgetting" in page and "after qa" in page and f"{matrix[1][0]:,.4f}" in page
 
 
 def test_forgetting_matrix_equals_direct_evaluation(staged, tiny_model_dir):
