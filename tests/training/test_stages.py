@@ -140,3 +140,21 @@ def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change,
     with pytest.raises(ConfigError, match=message):
         train(None, staged)
     assert not (tmp_path / "run").exists()
+
+
+def test_check_covers_every_stage_and_the_cli_refuses_a_bad_weight(staged, tmp_path, capsys):
+    from tunelab.checks.run import run_check
+    from tunelab.cli import main
+
+    result = run_check(None, staged, model=False, html=tmp_path / "check.html")
+    names = [item.name for item in result.items]
+    assert result.passed and any(n.startswith("stage 2: ") for n in names)
+    assert not (tmp_path / "run").exists()
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        json.dumps({"output_dir": str(tmp_path / "run"), "data": {"train": [{"path": "x.jsonl", "weight": -1}]}})
+    )
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "weight is -1.0" in err and "Traceback" not in err and not (tmp_path / "run").exists()
