@@ -96,3 +96,15 @@ def test_transform_changes_drops_or_names_the_row(tmp_path, tiny_tokenizer, monk
         build_datasets(cfg, tiny_tokenizer, seed=0)
     with pytest.raises(ConfigError, match="has no function 'nothing'"):
         build_datasets(DataConfig(train=[str(data_file)], transform="shaping:nothing"), tiny_tokenizer, seed=0)
+
+
+def test_an_unreachable_hub_id_leaves_an_existing_run_alone(hub_cache, tiny_overrides):
+    from tunelab.training.recipe import train
+
+    first = train(None, tiny_overrides | {"train.max_steps": 1})
+    adapter = (first.run_dir / "adapter_model.safetensors").read_bytes()
+    bad = tiny_overrides | {"data.train": [{"hub": "acme/not-here"}], "overwrite": True}
+    with pytest.raises(DataError, match="acme/not-here"):
+        train(None, bad)
+    assert (first.run_dir / "adapter_model.safetensors").read_bytes() == adapter
+    assert not first.run_dir.with_name(first.run_dir.name + ".previous").exists()

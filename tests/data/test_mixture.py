@@ -146,3 +146,12 @@ def test_group_by_length_keeps_the_rows_seeded_and_pads_less():
     assert [b["sources"] for b in again] == [b["sources"] for b in grouped]
     other = make_batches(rows, 4, 0, shuffle=True, seed=3, epoch=1, group_by_length=True)
     assert [b["sources"] for b in other] != [b["sources"] for b in grouped]
+
+
+def test_a_packed_mixture_packs_each_epochs_draw():
+    rows, spans = _rows([6, 6], [10, 30])
+    spans[0].weight, spans[1].weight = 2.0, 1.0
+    drawn = plan_mixture(spans, "examples", 1.0, 64).draw(rows, 0, 0)
+    assert all(sum(r.doc_lengths) == len(r.input_ids) <= 64 for r in drawn)
+    lengths = sorted(n for r in drawn for n in r.doc_lengths)
+    assert lengths == [10] * 8 + [30] * 4  # 12 rows drawn, 2 : 1
