@@ -555,7 +555,7 @@ def _stages_section(run: _Input) -> str | None:
         f'<th class="num">steps</th></tr></thead><tbody>{rows}</tbody></table>'
         "<h3>Forgetting: eval loss after each stage on each stage's eval data</h3>"
         '<p class="sub">A row is the model after that stage; a column is a stage\'s eval data. A loss that rises down a '
-        "column is forgetting.</p>"
+        "column is forgetting. The Data section below is the last stage's; each stage-K folder holds its own.</p>"
         f'<table class="forgetting"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
     )
 

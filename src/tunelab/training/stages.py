@@ -3,8 +3,9 @@
     output_dir/
       config.yaml, run.json   the whole config; run.json describes the final result (and, in extra, every stage and
                               the forgetting matrix), so compare, chat, eval, report, merge and export open output_dir
-      adapter or weights      the last stage's result, copied (hard links where the file system allows)
-      metrics.jsonl           every stage's records in turn, each with its "stage" and steps counted across stages
+      adapter or weights      the last stage's result, copied (hard links where the file system allows), with its
+                              data_report.json
+      metrics.jsonl, loss.png every stage's records in turn, each with its "stage" and steps counted across stages
       stage-1/, stage-2/ ...  each a complete run directory (its own config.yaml, run.json, metrics, checkpoints)
       stage-K/merged/         stage K's adapter folded into its base, when stage K+1 says continue: merge
 
@@ -47,6 +48,7 @@ from tunelab.peft.save import load_adapter
 from tunelab.quant.linear import quantize_model_
 from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info, write_info
 from tunelab.training.checkpoint import intact_checkpoint
+from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_note, finish_replacement, plan_output_dir, start_run_dir
 from tunelab.training.prepare import protected_paths
 from tunelab.training.recipe import TrainResult, train
@@ -55,7 +57,7 @@ from tunelab.training.resume import check_resume_config, config_changes
 STAGE_PREFIX = "stage-"
 MERGED = "merged"
 METRICS = "metrics.jsonl"
-STAGE_ONLY = ("checkpoints", METRICS, "data_report.json", CONFIG_FILE, "loss.png", "run.json")  # not the result
+STAGE_ONLY = ("checkpoints", METRICS, CONFIG_FILE, "loss.png", "run.json")  # not the result (nor its data report)
 
 
 def stage_dir(run_dir: Path, k: int) -> Path:
@@ -239,6 +241,7 @@ def train_stages(
     matrix = forgetting(run_dir, len(plans))
     _publish(run_dir, stage_dir(run_dir, len(plans)))
     _metrics(run_dir, len(plans))
+    plot_losses(run_dir)
     info = read_info(stage_dir(run_dir, len(plans)))
     stages = [
         {
