@@ -186,11 +186,13 @@ def forgetting(run_dir: Path, count: int) -> list[list[float | None]]:
 
 
 def format_forgetting(names: list[str], matrix: list[list[float | None]]) -> str:
-    width = max(len(n) for n in names) + 2
-    head = " " * width + "".join(f"{'on ' + n:>{width + 3}}" for n in names)
+    """The matrix as a table: a row per stage's result, a column per stage's eval data."""
+    first = max(len(f"after {n}") for n in names) + 2
+    width = max(10, *(len(f"on {n}") + 2 for n in names))
+    head = " " * first + "".join(f"{'on ' + n:>{width}}" for n in names)
     rows = [
-        f"{'after ' + names[k]:<{width}}"
-        + "".join(f"{v:>{width + 3}.4f}" if v is not None else f"{'-':>{width + 3}}" for v in row)
+        f"{'after ' + names[k]:<{first}}"
+        + "".join(f"{v:>{width}.4f}" if v is not None else f"{'-':>{width}}" for v in row)
         for k, row in enumerate(matrix)
     ]
     return "\n".join(["eval loss after each stage (rows) on each stage's eval data (columns):", head, *rows])
