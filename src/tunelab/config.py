@@ -228,6 +228,11 @@ def _sections() -> dict[str, type]:
     return {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
 
 
+def section_names() -> tuple[str, ...]:
+    """The names of the config's sections (model, data, ...), in declaration order."""
+    return tuple(_sections())
+
+
 def iter_options() -> list[tuple[str, dataclasses.Field, Any]]:
     """Every option as (dotted name, field, type hint), in declaration order: top-level first, then per section."""
     options = []
