@@ -6,7 +6,8 @@ directory gets the chat template the run was trained with: the tokenizer's own, 
 (`Template.jinja`), which writes exactly what training wrote, so `apply_chat_template` on the merged model prompts it
 the way it learned.
 
-The fold is `peft.lora.merge_lora` (each layer's `merged_weight`: LoRA's W + s B A, DoRA's m (W + s B A) / n). A
+The fold is `peft.lora.merge_lora`, the one merge (each layer's `merged_weight`: LoRA's W + s B A, DoRA's
+m (W + s B A) / n; an NF4 base dequantized to fp32 first, as training saw it). A
 QLoRA run is opened over the NF4 base it was trained on (infer/run.py) and each base weight is dequantized there, so
 the adapter is added to the weight it learned to correct, not to the 16-bit weight that was quantized. The merge then
 measures what it changed: the merged model and the model it came from (adapter over the trained base) read one probe
@@ -27,7 +28,7 @@ from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import materialize, resolve_source
-from tunelab.peft.lora import LoRALinear, merge_lora
+from tunelab.peft.lora import merge_lora
 from tunelab.rundir import RunInfo, open_info
 
 MERGE_FILE = "tunelab_merge.json"  # where the merged folder came from
@@ -89,16 +90,6 @@ def stored_dtype(run_dir: str | Path, info: RunInfo) -> torch.dtype:
     return value if value in DTYPES.values() else torch.float32
 
 
-@torch.no_grad()
-def fold_adapters(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every LoRA (DoRA) layer by an nn.Linear holding its adapted weight (W + scale * B A; for DoRA
-    m * (W + scale * B A) / ||W + scale * B A||_row), summed in fp32 and rounded once to `dtype` (default: the base
-    weight's dtype), an NF4 base dequantized first: `peft.lora.merge_lora`, the one merge. In place."""
-    merge_lora(model, dtype)
-    assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    return model
-
-
 def chat_template_for(template: Template, tokenizer) -> str | None:
     """The jinja chat template that writes what the run's template wrote in training: the tokenizer's own, or the
     Jinja of the named template (data/templates.py defines each once, in Python and in Jinja)."""
@@ -125,7 +116,7 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     check = None
     probe = _probe(run) if info.is_adapter else None
     before = run.model(probe).logits.float() if probe is not None else None  # the adapter over its trained base
-    model = fold_adapters(run.model, out_dtype).to(out_dtype).eval()
+    model = merge_lora(run.model, out_dtype).to(out_dtype).eval()
     if probe is not None:
         after = model(probe).logits.float()
         base = "nf4" if qlora else str(run.dtype).removeprefix("torch.")
