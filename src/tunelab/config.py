@@ -627,6 +627,7 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
     values = {k: copy.deepcopy(v) for k, v in entry.items() if k not in STAGE_KEYS}
     _set_values(config, values)
     origins = dict(resolved.origins) | {name: f"stage {index + 1}" for name in values}
+    origins |= {"stages": "the staged run", "output_dir": "the staged run"}
     try:
         _check_consistency(config)
     except ConfigError as exc:
