@@ -158,3 +158,32 @@ def test_check_covers_every_stage_and_the_cli_refuses_a_bad_weight(staged, tmp_p
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err
     assert "weight is -1.0" in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_staged_run_through_the_cli(staged, tmp_path, capsys):
+    """`tunelab train` runs the stages of a config file and prints the forgetting table; `tunelab report` shows it; a
+    second `tunelab train` into the finished run stops with exit 2 and leaves it as it was."""
+    from tunelab.cli import main
+
+    nested: dict = {}
+    for key, value in staged.items():
+        section, _, name = key.partition(".")
+        if name:
+            nested.setdefault(section, {})[name] = value
+        else:
+            nested[key] = value
+    config = tmp_path / "staged.yaml"
+    config.write_text(json.dumps(nested))
+    assert main(["train", str(config)]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    matrix = open_info(run).extra["forgetting"]["matrix"]
+    assert "===== stage 2 of 2: qa" in out and f"{matrix[1][0]:.4f}" in out.split("each stage's eval data")[-1]
+    adapter = (run / "adapter_model.safetensors").read_bytes()
+    assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
+    assert "Forgetting" in (tmp_path / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(run) in err
+    assert (run / "adapter_model.safetensors").read_bytes() == adapter and (run / "stage-2").is_dir()
