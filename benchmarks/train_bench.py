@@ -7,6 +7,7 @@ table with ratios against the baselines found in that file.
 
     python benchmarks/train_bench.py --shape llama2-7b --method lora --out $OUT/results.jsonl
     python benchmarks/train_bench.py --shape llama3-8b --method lora --no-checkpointing --out ...
+    python benchmarks/train_bench.py --shape llama2-7b --method qlora --dora --out ...   # DoRA beside LoRA
     python benchmarks/train_bench.py --table --out $OUT/results.jsonl
 """
 
@@ -110,7 +111,7 @@ def matmul_ceiling() -> float:
     return 2 * 8192**3 / statistics.median(times) / 1e12
 
 
-def build(shape: str, method: str, r: int, checkpointing: bool, device: str):
+def build(shape: str, method: str, r: int, checkpointing: bool, device: str, dora: bool = False):
     from tunelab.kernels import select
     from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
     from tunelab.peft.lora import attach_lora
@@ -132,7 +133,7 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str):
         model = model.to_empty(device=device)
         model.init_weights(std=0.02)
     if method in ("lora", "qlora"):
-        attach_lora(model, TARGETS, r=r, alpha=r)
+        attach_lora(model, TARGETS, r=r, alpha=r, dora=dora)
     model.gradient_checkpointing = checkpointing
     model.train()
     return model
@@ -150,7 +151,7 @@ def run(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     checkpointing = "offload" if args.offload else args.checkpointing
-    model = build(args.shape, args.method, args.r, checkpointing, device)
+    model = build(args.shape, args.method, args.r, checkpointing, device, args.dora)
     for layer in model.model.layers:
         layer.mlp_chunk_tokens = args.mlp_chunk or None
     set_grouping(model, False if args.no_group else None)
@@ -193,6 +194,7 @@ def run(args) -> dict:
     name = f"tunelab_{args.method}_{'nf4' if args.method == 'qlora' else 'bf16'}" + (
         "_offload" if args.offload else "" if args.checkpointing else "_nogc"
     )
+    name += "_dora" if args.dora else ""
     name += "_release" if args.release_cache else ""
     name += "_nogroup" if args.no_group else ""
     name += "_adamw8bit" if args.optimizer == "adamw_8bit" else ""
@@ -264,6 +266,7 @@ def main() -> None:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama2-7b")
     ap.add_argument("--method", choices=["lora", "qlora"], default="lora")
     ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--dora", action="store_true", help="DoRA adapters (peft/dora.py: they run one by one, no groups)")
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=20)

@@ -39,7 +39,7 @@ def test_saved_yaml_round_trips(tmp_path):
         ({"train.micro_batch": "0"}, "'train.micro_batch' is 0; it must be >= 1"),
         ({"data.eval_fraction": "0.9"}, "must be <= 0.5"),
         ({"train.lr": "fast"}, "'train.lr' must be float"),
-        ({"method.name": "qlora2"}, "allowed values: lora, full, layers"),
+        ({"method.name": "qlora2"}, "allowed values: lora, dora, full, layers"),
         ({"data.eval": "e.jsonl", "data.eval_fraction": "0.1"}, "both set"),
     ],
 )

@@ -26,8 +26,9 @@ from tunelab.eval.questions import Question, read_questions, run_data_config
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 from tunelab.rundir import open_info
-from tunelab.training.recipe import TrainResult, resolve
+from tunelab.training.recipe import TrainResult, config_path, resolve
 from tunelab.training.recipe import train as _train
+from tunelab.training.stages import train_stages
 
 __all__ = [
     "train",
@@ -65,7 +66,12 @@ def train(
     tunelab run. When eval.questions is set, the base and the tuned model then answer them (compare.json, scores
     printed)."""
     resolved = resolve(config, overrides)
-    result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
+    if resolved.config.stages:
+        result = train_stages(
+            resolved, config_path(config), resume=resume, check=check, overwrite_non_run=overwrite_non_run
+        )
+    else:
+        result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
     if resolved.config.eval.questions:
         compare_after_training(result.run_dir, resolved.config)
     return result

@@ -7,6 +7,7 @@ run can print and save it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import importlib.util
@@ -44,6 +45,11 @@ class ModelConfig:
         choices=("auto", "fast", "generic"),
     )
     trust_remote_code: bool = opt(False, "run code shipped with a hub model (only if you trust its author)")
+    adapter: str | None = opt(
+        None,
+        "start from this adapter (a run directory or a folder in PEFT's layout) instead of a fresh one; method.r, "
+        "alpha, target_modules and DoRA must match it",
+    )
     fix_untrained_tokens: bool = opt(
         True,
         "set embedding (and untied LM-head) rows that were never trained, for tokens the data uses, to the mean of the trained rows (recorded in run.json and repeated at inference)",
@@ -51,8 +57,33 @@ class ModelConfig:
 
 
 @dataclass
+class DataSource:
+    """One entry of data.train written as a mapping: a file, folder or hub dataset with its own weight and reading
+    options (data/mixture.py draws the epoch from the sources; data/hub.py reads those of the `datasets` library)."""
+
+    path: str | None = opt(None, "a data file or folder, a `save_to_disk` folder or an .arrow file")
+    hub: str | None = opt(None, "a dataset id on the Hugging Face hub (org/name), read through the datasets library")
+    split: str = opt("train", "hub and save_to_disk datasets: the split to read")
+    config: str | None = opt(None, "hub datasets: the configuration (subset) name")
+    streaming: bool = opt(False, "hub datasets: read the rows as they arrive instead of downloading the set first")
+    take: int | None = opt(None, "read only the first N rows of the source (with streaming: the rows fetched)", min=1)
+    weight: float | None = opt(
+        None, "the source's share of each epoch, relative to the other sources' weights (data.mix_by counts it)"
+    )
+    format: str | None = opt(None, "record format of this source (default: data.format)")
+    fields: dict[str, str] | None = opt(None, "column mapping of this source (default: data.fields)")
+    system_prompt: str | None = opt(None, "system message for this source's examples (default: data.system_prompt)")
+    eval: str | None = opt(None, "a separate eval file for this source (eval loss per source)")
+    name: str | None = opt(None, "the source's name in reports and metrics (default: the file or hub id)")
+
+
+@dataclass
 class DataConfig:
-    train: list[str] = opt([], "training files (jsonl, json, csv, parquet, txt) or folders of them")
+    train: list[str | DataSource] = opt(
+        [],
+        "training files (jsonl, json, csv, parquet, txt) or folders of them; an entry may be a mapping {path or hub, "
+        "weight, format, fields, system_prompt, split, config, eval, ...} (README: Mixtures)",
+    )
     eval: str | None = opt(None, "a separate eval file; otherwise eval_fraction of train is held out")
     eval_fraction: float = opt(0.0, "fraction of training examples held out for eval loss", min=0.0, max=0.5)
     format: str = opt(
@@ -76,6 +107,30 @@ class DataConfig:
         False, "pack several examples into each row of max_length tokens, without attention across them"
     )
     shuffle: bool = opt(True, "shuffle the training examples each epoch (seeded)")
+    mix_by: str = opt(
+        "examples",
+        "what data.train weights count: the share of examples, or of tokens, each source gets in an epoch",
+        choices=("examples", "tokens"),
+    )
+    temperature: float = opt(
+        1.0,
+        "mixture temperature T: source i gets a share proportional to weight_i^(1/T) (its size when no source has a "
+        "weight); T > 1 flattens the mixture towards uniform",
+        min=0.01,
+    )
+    transform: str | None = opt(
+        None,
+        "a function applied to every record before its format is read: module:function or file.py:function; it takes "
+        "the row (a dict) and returns a dict, or None to drop the row",
+    )
+
+    def local_paths(self) -> list[str]:
+        """Every local file or folder the data options name (train entries, their eval files, data.eval)."""
+        paths = []
+        for entry in self.train:
+            paths += [entry] if isinstance(entry, str) else [p for p in (entry.path, entry.eval) if p]
+        return paths + ([self.eval] if self.eval else [])
+
     delimiter: str = opt(
         "auto",
         "field separator of .csv files (auto: detected from the header line among , ; tab |; .tsv files always use tab)",
@@ -87,9 +142,12 @@ class DataConfig:
 class MethodConfig:
     name: str = opt(
         "lora",
-        "what to train: LoRA adapters, all weights, or only the top decoder layers",
-        choices=("lora", "full", "layers"),
+        "what to train: LoRA adapters, DoRA adapters (LoRA with a learned magnitude per output row), all weights, "
+        "or only the top decoder layers",
+        choices=("lora", "dora", "full", "layers"),
     )
+    use_dora: bool = opt(False, "with name lora: train DoRA adapters (the same as name dora)")
+    rslora: bool = opt(False, "rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r")
     r: int = opt(16, "LoRA rank", min=1)
     alpha: float = opt(32.0, "LoRA alpha; the update is scaled by alpha / r", min=0.0)
     dropout: float = opt(0.0, "dropout on the LoRA input", min=0.0, max=0.9)
@@ -102,6 +160,15 @@ class MethodConfig:
         "QLoRA: keep the frozen base linear layers in 4-bit NF4 with double quantization (bitsandbytes' format); needs name lora",
         choices=("none", "nf4"),
     )
+
+    @property
+    def is_adapter(self) -> bool:
+        """LoRA or DoRA: the result is an adapter over the frozen base."""
+        return self.name in ("lora", "dora")
+
+    @property
+    def dora(self) -> bool:
+        return self.name == "dora" or (self.name == "lora" and self.use_dora)
 
 
 @dataclass
@@ -122,6 +189,10 @@ class TrainConfig:
         choices=("adamw", "adamw_8bit"),
     )
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
+    group_by_length: bool = opt(
+        False,
+        "put rows of similar length into the same micro-batch (less padding; the order stays seeded per epoch)",
+    )
     seed: int = opt(42, "seed for initialisation, shuffling and dropout")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: only at the end)", min=0)
     save_every: int = opt(
@@ -221,6 +292,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    stages: list[dict[str, Any]] = opt(
+        [],
+        "train in stages, one after another in output_dir (stage-1/, ...): each entry a partial config (sections as "
+        "above) plus continue: adapter | merge, applied over the rest of this config (README: Stages)",
+    )
 
 
 def _sections() -> dict[str, type]:
@@ -260,6 +336,9 @@ def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        for kind in inner:  # a mapping where the union allows a record (an entry of data.train)
+            if dataclasses.is_dataclass(kind) and isinstance(value, (dict, kind)):
+                return _record(name, value, kind, where)
         return _coerce(name, value, inner[0], where)
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -271,7 +350,8 @@ def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: option '{name}' must be a mapping like {{key: value}}, got {value!r}.")
-        return {str(k): str(v) for k, v in value.items()}
+        keep = typing.get_args(hint)[1:] == (Any,)  # dict[str, Any]: values are checked by whoever reads them
+        return {str(k): (v if keep else str(v)) for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -290,6 +370,27 @@ def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {value!r} ({type(value).__name__}).")
+
+
+def _record(name: str, value: Any, kind: type, where: str) -> Any:
+    """A mapping -> an instance of the dataclass `kind`, each key checked like an option ('data.train[].weight')."""
+    if isinstance(value, kind):
+        return value
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    hints = typing.get_type_hints(kind)
+    values = {}
+    for key, item in value.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=2)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"{where}: option '{name}': an entry has the unknown key '{key}'.{hint} Its keys are "
+                f"{', '.join(fields)}."
+            )
+        item = _coerce(f"{name}[].{key}", item, hints[key], where)
+        _check_constraints(f"{name}[].{key}", item, fields[key], where)
+        values[key] = item
+    return kind(**values)
 
 
 def _check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -> None:
@@ -461,25 +562,87 @@ def load_config(
     for source, flat, folder in layers:
         for name, value in flat.items():
             where = f"--{name}" if source == "flag" else source
-            if name not in options:
-                raise unknown_option(name, where)
-            f, hint = options[name]
-            value = _coerce(name, value, hint, where)
-            _check_constraints(name, value, f, where)
-            if folder is not None and source != "flag" and name in _PATH_OPTIONS:
-                value = _resolve_paths(value, folder)
-            values[name] = value
+            values[name] = _option_value(name, value, options, where, folder if source != "flag" else None)
             origins[name] = where if source == "flag" else source
     config = RunConfig()
-    for name, value in values.items():
-        section, _, key = name.rpartition(".")
-        target = getattr(config, section) if section else config
-        setattr(target, key, value)
+    _set_values(config, values)
     _check_consistency(config)
     return ResolvedConfig(config, origins)
 
 
-_PATH_OPTIONS = {"data.train", "data.eval", "eval.questions", "federated.clients", "federated.split_file"}
+def _option_value(name: str, value: Any, options: dict, where: str, folder: Path | None) -> Any:
+    """One option's value checked against its type and constraints, paths resolved against `folder` (a YAML file's)."""
+    if name not in options:
+        raise unknown_option(name, where)
+    f, hint = options[name]
+    value = _coerce(name, value, hint, where)
+    _check_constraints(name, value, f, where)
+    if folder is not None and name == "data.transform" and value is not None:
+        file, _, function = value.rpartition(":")
+        if file.endswith(".py"):  # file.py:function, relative to the YAML file; module:function stays as it is
+            value = f"{_resolve_paths(file, folder)}:{function}"
+    elif folder is not None and name in _PATH_OPTIONS:
+        value = _resolve_paths(value, folder)
+    if name == "stages":
+        value = [_stage_entry(entry, f"{where}: stage {k}", options, folder) for k, entry in enumerate(value, 1)]
+    return value
+
+
+def _set_values(config: RunConfig, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        section, _, key = name.rpartition(".")
+        target = getattr(config, section) if section else config
+        setattr(target, key, value)
+
+
+# What a stage may set besides options, and the options it may not (they belong to the whole run).
+STAGE_KEYS = {"continue": ("adapter", "merge"), "name": None}
+NOT_PER_STAGE = ("output_dir", "overwrite", "stages")
+
+
+def _stage_entry(raw: Any, where: str, options: dict, folder: Path | None) -> dict[str, Any]:
+    """A stage as written (sections, or dotted names) -> {dotted option: checked value, continue, name}."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a stage must be a mapping of options (data:, method:, train:, ...), got {raw!r}.")
+    entry: dict[str, Any] = {}
+    for name, value in _flatten(raw, where).items():
+        if name in STAGE_KEYS:
+            allowed = STAGE_KEYS[name]
+            if allowed and value not in allowed:
+                raise ConfigError(f"{where}: '{name}' is {value!r}; allowed values: {', '.join(allowed)}.")
+            entry[name] = str(value)
+        elif name in NOT_PER_STAGE:
+            raise ConfigError(f"{where}: '{name}' belongs to the whole run; set it outside stages:.")
+        else:
+            entry[name] = _option_value(name, value, options, where, folder)
+    return entry
+
+
+def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> ResolvedConfig:
+    """Stage `index` (0-based) of a staged run as a run config of its own: the run's config without its stages,
+    overlaid with the stage's options; written to `output_dir`."""
+    config = copy.deepcopy(resolved.config)
+    config.stages, config.output_dir, config.overwrite = [], output_dir, False
+    entry = resolved.config.stages[index]
+    values = {k: copy.deepcopy(v) for k, v in entry.items() if k not in STAGE_KEYS}
+    _set_values(config, values)
+    origins = dict(resolved.origins) | {name: f"stage {index + 1}" for name in values}
+    origins |= {"stages": "the staged run", "output_dir": "the staged run"}
+    try:
+        _check_consistency(config)
+    except ConfigError as exc:
+        raise ConfigError(f"stage {index + 1}: {exc}") from None
+    return ResolvedConfig(config, origins)
+
+
+_PATH_OPTIONS = {
+    "data.train",
+    "data.eval",
+    "eval.questions",
+    "model.adapter",
+    "federated.clients",
+    "federated.split_file",
+}
 
 
 def _resolve_paths(value: Any, folder: Path) -> Any:
@@ -487,6 +650,10 @@ def _resolve_paths(value: Any, folder: Path) -> Any:
         return None
     if isinstance(value, list):
         return [_resolve_paths(v, folder) for v in value]
+    if isinstance(value, DataSource):
+        return dataclasses.replace(
+            value, path=_resolve_paths(value.path, folder), eval=_resolve_paths(value.eval, folder)
+        )
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (folder / p))
 
@@ -524,6 +691,29 @@ def _check_consistency(config: RunConfig) -> None:
         raise ConfigError(
             "options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split."
         )
+    _check_sources(config.data)
+    if config.method.use_dora and config.method.name != "lora":
+        raise ConfigError(f"option 'method.use_dora' is for method.name lora; method.name is {config.method.name}.")
+
+
+def _check_sources(data: DataConfig) -> None:
+    """Each mapping entry of data.train names one place to read (path or hub) and a positive weight."""
+    formats = DataConfig.__dataclass_fields__["format"].metadata["choices"]
+    for i, source in enumerate(data.train, 1):
+        if not isinstance(source, DataSource):
+            continue
+        where = f"option 'data.train', entry {i}"
+        if (source.path is None) == (source.hub is None):
+            raise ConfigError(f"{where}: give exactly one of 'path' (a file or folder) and 'hub' (a dataset id).")
+        if source.weight is not None and not source.weight > 0:
+            raise ConfigError(
+                f"{where} ({source.path or source.hub}): weight is {source.weight}; a weight is a positive number (the "
+                "source's share of each epoch relative to the others'). Remove the source instead of weighing it 0."
+            )
+        if source.format is not None and source.format not in formats:
+            raise ConfigError(f"{where}: format is {source.format!r}; allowed values: {', '.join(formats)}.")
+        if source.streaming and source.hub is None:
+            raise ConfigError(f"{where}: streaming reads hub datasets; a local source ({source.path}) is read whole.")
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

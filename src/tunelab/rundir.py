@@ -30,7 +30,7 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's names (peft/save.py writes them)
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-ADAPTER_METHODS = ("lora",)
+ADAPTER_METHODS = ("lora", "dora")
 WEIGHT_METHODS = ("full", "layers")
 
 
@@ -41,7 +41,7 @@ class RunInfo:
     base_model: str
     """The model the run started from, as the config named it (alias, hub id, directory or .gguf file)."""
     method: str
-    """lora | full | layers: whether the result is an adapter or whole weights."""
+    """lora | dora | full | layers: whether the result is an adapter or whole weights."""
     task: str = "sft"
     """What the model was trained to do (sft: generate answers)."""
     template: str = "auto"

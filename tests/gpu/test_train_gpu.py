@@ -29,6 +29,12 @@ CASES = {
         "data": {"packing": True},
         "train": {"lr": 2e-3, "optimizer": "adamw_8bit"},
     },
+    "dora-padded": {"method": {"name": "dora", "r": 16}, "train": {"lr": 2e-3}},
+    "qdora-packed-rslora": {
+        "method": {"name": "dora", "r": 16, "quantize_base": "nf4", "rslora": True},
+        "data": {"packing": True},
+        "train": {"lr": 1e-3, "checkpointing": True},
+    },
     "full-padded": {"method": {"name": "full"}, "train": {"lr": 3e-4}},
     "full-packed": {"method": {"name": "full"}, "data": {"packing": True}, "train": {"lr": 3e-4}},
 }

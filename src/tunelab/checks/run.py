@@ -32,6 +32,7 @@ from tunelab.training.outdir import plan_output_dir
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, resolve
 from tunelab.training.resume import check_resume_config, data_digest
+from tunelab.training.stages import plan_stages
 
 
 def html_path(html: str | Path | None) -> Path:
@@ -126,6 +127,11 @@ def run_check(
     out("tunelab check — resolved config (value, then where it came from):")
     out(describe(resolved))
     items = output_items(cfg, config, resume, overwrite_non_run)
+    later = []
+    if cfg.stages:  # a staged run: stage 1 in full; the later stages' data (their models are results yet to come)
+        first, *later = [plan.config for plan in plan_stages(resolved, Path(cfg.output_dir))]
+        cfg = first
+        out(f"a staged run of {len(later) + 1} stages: stage 1 is checked in full, the others' data")
     inputs = load_inputs(cfg)
     data = inputs.data
     out(data.report.summary())
@@ -136,6 +142,11 @@ def run_check(
     rows = render_examples(data.examples[:examples], inputs.tokenizer, data.template, cfg.data, DataReport())
     out(preview_text(rows, inputs.tokenizer, color=show and sys.stdout.isatty()))
     items += data_checks(cfg, inputs)
+    for k, stage in enumerate(later, 2):
+        stage_inputs = load_inputs(dataclasses.replace(stage, model=cfg.model))  # the same tokenizer as stage 1
+        out(f"stage {k}: " + stage_inputs.data.report.summary())
+        for item in data_checks(stage, stage_inputs):
+            items.append(dataclasses.replace(item, name=f"stage {k}: {item.name}"))
     for item in items:
         out(item.line())
     if model:

@@ -1,27 +1,35 @@
-"""The data pipeline in one call (`build_datasets`) and the batches of one epoch (`make_batches`).
+"""The data pipeline in one call (`build_datasets`) and the batches of one epoch (`epoch_rows`, `make_batches`).
 
-    files -> records -> examples -> [eval split] -> rendered rows (ids + labels) -> [packed rows]
+    files -> records -> [data.transform] -> examples -> [eval split] -> rendered rows (ids + labels) -> [packed rows]
 
 The eval split is taken over examples, before rendering, by a shuffle seeded with the run's seed, so the same
-config and seed always hold out the same examples. The training order is shuffled per epoch in `make_batches`,
-seeded by (seed, epoch): resuming at an epoch replays exactly the batches it would have had.
+config and seed always hold out the same examples. A list of plain paths is one source, read as one; mapping
+entries of data.train are sources of a mixture (data/mixture.py), each read, split (data.eval_fraction per source,
+or its own eval file) and rendered on its own, and their eval rows give an eval loss per source. The training order
+is drawn (a mixture) and shuffled per epoch, seeded by (seed, epoch): resuming at an epoch replays exactly the
+batches it would have had. `group_by_length` puts rows of similar length into one micro-batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from tunelab.config import DataConfig
+from tunelab.config import DataConfig, DataSource
 from tunelab.data.formats import Example, to_examples
+from tunelab.data.hub import is_datasets_path, read_hub, read_local
+from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
 from tunelab.data.render import IGNORE, Rendered, render_examples
-from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.report import DataReport, SourceStats, SplitStats, location
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, resolve_template
+from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import ConfigError, DataError
 
 
@@ -32,6 +40,13 @@ class Datasets:
     template: Template
     report: DataReport
     examples: list[Example] = field(default_factory=list)  # the training examples before rendering (tunelab check)
+    mixture: Mixture | None = None  # mapping sources in data.train: how each epoch draws from them
+    eval_sets: dict[str, list[Rendered | Packed]] = field(default_factory=dict)  # eval rows per source (mixtures)
+
+
+def epoch_rows(data: Datasets, seed: int, epoch: int) -> list[Rendered | Packed]:
+    """The training rows of one epoch, before `make_batches` shuffles them: all rows once, or a mixture's draw."""
+    return data.train if data.mixture is None else data.mixture.draw(data.train, seed, epoch)
 
 
 def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -86,7 +101,12 @@ def build_datasets(
         )
     report = DataReport(max_length=cfg.max_length, packed=cfg.packing)
     template = resolve_template(cfg.template, tokenizer)
-    records = read_records(cfg.train, cfg.delimiter)
+    transform = load_transform(cfg.transform)
+    if any(isinstance(entry, DataSource) for entry in cfg.train):
+        if select is not None:
+            raise ConfigError("option 'data.train': a federated client's shard is taken from plain files only.")
+        return _mixture_datasets(cfg, tokenizer, seed, template, report, transform)
+    records = apply_transform(read_records(cfg.train, cfg.delimiter), transform, cfg.transform, report)
     if select is not None:
         records = select(records)
     examples = to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report)
@@ -119,20 +139,150 @@ def build_datasets(
     return Datasets(train, evals, template, report, examples)
 
 
+def source_name(source: DataSource, index: int) -> str:
+    """A source's name in reports and metric names: its name, else its file's or dataset's name."""
+    name = source.name or (source.hub if source.hub else Path(source.path).name) or f"source-{index}"
+    return "".join(c if c.isalnum() or c in "._-/" else "_" for c in name)
+
+
+def read_source(source: DataSource, cfg: DataConfig, where: str) -> list[Record]:
+    """The records of one source: a hub dataset, a datasets folder or .arrow file, or files and folders."""
+    if source.hub:
+        return read_hub(source, where)
+    if is_datasets_path(source.path):
+        return read_local(source, where)
+    records = read_records([source.path], cfg.delimiter)
+    return records[: source.take] if source.take else records
+
+
+def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template, report: DataReport, transform):
+    """Each source read, split and rendered on its own; their rows side by side, one span each (data/mixture.py)."""
+    train: list[Rendered] = []
+    evals: list[Rendered | Packed] = []
+    spans, eval_sets, all_examples, counts = [], {}, [], [0, 0, 0]  # used train, used eval, eval examples
+    chat = False
+    for i, entry in enumerate(cfg.train, 1):
+        source = entry if isinstance(entry, DataSource) else DataSource(path=entry)
+        name = source_name(source, i)
+        if name in eval_sets or any(s.name == name for s in spans) or name.startswith("stage-"):
+            raise ConfigError(
+                f"option 'data.train', entry {i}: the source name {name!r} is taken (or starts with 'stage-', which "
+                "names the stages of a run); give the entry a name."
+            )
+        where = f"option 'data.train', entry {i}"
+        own = dataclasses.replace(
+            cfg,
+            format=source.format or cfg.format,
+            fields=source.fields if source.fields is not None else cfg.fields,
+            system_prompt=source.system_prompt if source.system_prompt is not None else cfg.system_prompt,
+        )
+        records = apply_transform(read_source(source, cfg, where), transform, cfg.transform, report)
+        examples = to_examples(records, own.format, own.fields, own.system_prompt, report)
+        if not examples:
+            raise _nothing_usable("training", [source.path or source.hub], report)
+        if source.eval:
+            held = to_examples(
+                read_records([source.eval], cfg.delimiter), own.format, own.fields, own.system_prompt, report
+            )
+        elif len(examples) > 1:  # one document (a .txt file) is not split: it trains whole, with no eval part
+            examples, held = split_eval(examples, cfg.eval_fraction, seed)
+        else:
+            held = []
+        chat = chat or any(ex.messages is not None for ex in examples + held)
+        used = report.total_used
+        rows = render_examples(examples, tokenizer, template, own, report)
+        if not rows:
+            raise _nothing_usable("training", [source.path or source.hub], report)
+        counts[0] += report.total_used - used
+        used = report.total_used
+        held_rows = render_examples(held, tokenizer, template, own, report)
+        counts[1] += report.total_used - used
+        counts[2] += len(held)
+        if cfg.packing:
+            held_rows = pack(held_rows, cfg.max_length)
+        if held_rows:
+            eval_sets[name] = held_rows
+        stats = _stats(rows, len(examples), 0)
+        report.sources[name] = SourceStats(
+            weight=source.weight,
+            examples=len(examples),
+            rows=len(rows),
+            tokens=stats.tokens,
+            loss_tokens=stats.loss_tokens,
+            eval_rows=len(held_rows),
+        )
+        spans.append(SourceSpan(name, len(train), len(rows), stats.tokens, source.weight))
+        train += rows
+        evals += held_rows
+        all_examples += examples
+    if cfg.eval:
+        held = to_examples(read_records([cfg.eval], cfg.delimiter), cfg.format, cfg.fields, cfg.system_prompt, report)
+        if not held:
+            raise _nothing_usable("eval", [cfg.eval], report)
+        used = report.total_used
+        rows = render_examples(held, tokenizer, template, cfg, report)
+        counts[1] += report.total_used - used
+        counts[2] += len(held)
+        evals += pack(rows, cfg.max_length) if cfg.packing else rows
+    own_files = cfg.eval or any(isinstance(e, DataSource) and e.eval for e in cfg.train)
+    report.eval_source = "file" if own_files else ("fraction" if evals else "none")
+    report.template = template.name if chat else "none (text only)"
+    mixture = plan_mixture(spans, cfg.mix_by, cfg.temperature, cfg.max_length if cfg.packing else None)
+    report.mix_by = cfg.mix_by
+    for span, share, k in zip(spans, mixture.shares, mixture.drawn):
+        stats = report.sources[span.name]
+        stats.share, stats.drawn_rows = share, k
+        stats.drawn_tokens = round(k * span.tokens / span.rows)
+    report.train = _stats(train, len(all_examples), counts[0])
+    report.eval = _stats(evals, counts[2], counts[1])
+    return Datasets(train, evals, template, report, all_examples, mixture, eval_sets)
+
+
+# group_by_length sorts rows by length within windows of this many micro-batches of the shuffled order (as
+# transformers' LengthGroupedSampler does with 50): the batches stay a random draw, their rows of similar length.
+LENGTH_GROUP = 64
+
+
+def _chunks(order: list[int], rows: list, micro_batch: int, group_by_length: bool, rng: random.Random | None):
+    """The epoch's micro-batches as lists of row indices: consecutive slices of `order`, or, grouped by length,
+    slices of each window sorted longest first, the micro-batches then shuffled (rng) so lengths do not trend."""
+    if not group_by_length:
+        return [order[start : start + micro_batch] for start in range(0, len(order), micro_batch)]
+    window = LENGTH_GROUP * micro_batch
+    chunks = []
+    for begin in range(0, len(order), window):
+        ranked = sorted(
+            order[begin : begin + window], key=lambda i: -len(rows[i].input_ids)
+        )  # stable: ties stay shuffled
+        chunks += [ranked[start : start + micro_batch] for start in range(0, len(ranked), micro_batch)]
+    if rng is not None:
+        rng.shuffle(chunks)
+    return chunks
+
+
 def make_batches(
-    rows: list[Rendered | Packed], micro_batch: int, pad_id: int, *, shuffle: bool, seed: int, epoch: int
+    rows: list[Rendered | Packed],
+    micro_batch: int,
+    pad_id: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    group_by_length: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """One epoch of right-padded batches of `micro_batch` rows (the last may be smaller), in an order fixed by
-    (seed, epoch). Keys: input_ids, labels (-100 on padding), attention_mask, position_ids, all (B, T) int64 with T
+    (seed, epoch); with `group_by_length`, rows of similar length share a batch (`_chunks`). Keys: input_ids, labels
+    (-100 on padding), attention_mask, position_ids, all (B, T) int64 with T
     the longest row of the batch; sources, a list per row of the file:line of its examples (for messages about a
     batch); for packed rows also doc_lengths, a list per row of its documents' lengths (padding not included), from
     which the model builds cu_seqlens."""
     order = list(range(len(rows)))
     if shuffle:
         random.Random(f"tunelab-epoch:{seed}:{epoch}").shuffle(order)  # str seeds hash with sha512: stable across runs
+    rng = random.Random(f"tunelab-lengths:{seed}:{epoch}") if shuffle else None
     batches = []
-    for start in range(0, len(order), micro_batch):
-        chunk = [rows[i] for i in order[start : start + micro_batch]]
+    for indices in _chunks(order, rows, micro_batch, group_by_length, rng):
+        chunk = [rows[i] for i in indices]
         shape = (len(chunk), max(len(r.input_ids) for r in chunk))
         input_ids = torch.full(shape, pad_id, dtype=torch.long)
         labels = torch.full(shape, IGNORE, dtype=torch.long)

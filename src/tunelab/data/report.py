@@ -17,7 +17,7 @@ HISTOGRAM_BINS = 20
 
 def location(path: str, line: int) -> str:
     """`file:line` for line-based files (jsonl, csv, txt), `file[index]` for array-like ones (json array, parquet)."""
-    if path.endswith((".json", ".json.gz", ".parquet")):
+    if path.endswith((".json", ".json.gz", ".parquet", ".arrow", "]")):  # "]": a split of a datasets dataset
         return f"{path}[{line}]"
     return f"{path}:{line}"
 
@@ -82,6 +82,21 @@ class SplitStats:
 
 
 @dataclass
+class SourceStats:
+    """One source of a mixture (data/mixture.py): what it holds and what each epoch draws from it."""
+
+    weight: float | None = None  # as configured (None: none given)
+    share: float = 0.0  # of each epoch, in data.mix_by units
+    examples: int = 0  # training examples (chat) or documents (text)
+    rows: int = 0  # rows before packing
+    tokens: int = 0
+    loss_tokens: int = 0
+    drawn_rows: int = 0  # rows per epoch (repeats counted)
+    drawn_tokens: int = 0  # tokens per epoch, expected
+    eval_rows: int = 0
+
+
+@dataclass
 class DataReport:
     """Counts gathered while reading, converting, rendering and packing; one instance per `build_datasets` call."""
 
@@ -96,6 +111,8 @@ class DataReport:
     train: SplitStats = field(default_factory=SplitStats)
     eval: SplitStats = field(default_factory=SplitStats)
     eval_source: str = "none"  # "none", "file", or "fraction"
+    sources: dict[str, SourceStats] = field(default_factory=dict)  # a mixture's sources, by name
+    mix_by: str = ""  # what the mixture's weights count ("examples" or "tokens"); "" without a mixture
     _lengths: list[int] = field(default_factory=list, repr=False)  # raw lengths behind `lengths`; not saved
 
     def file(self, path: str) -> FileCounts:
@@ -150,6 +167,15 @@ class DataReport:
             lines.append(
                 f"  eval ({self.eval_source}): {self.eval.examples} examples, {self.eval.used} used -> {self.eval.rows} rows, {self.eval.tokens:,} tokens"
             )
+        if self.sources:
+            lines.append(f"  mixture ({self.mix_by}): per source, rows and tokens held, then drawn each epoch")
+            for name, src in self.sources.items():
+                weight = f"weight {src.weight:g}, " if src.weight is not None else ""
+                evals = f", eval {src.eval_rows} rows" if src.eval_rows else ""
+                lines.append(
+                    f"    {name}: {weight}share {100 * src.share:.1f}%: {src.examples} examples -> {src.rows} rows, "
+                    f"{src.tokens:,} tokens; drawn {src.drawn_rows} rows, ~{src.drawn_tokens:,} tokens{evals}"
+                )
         if self.lengths.count:
             s = self.lengths
             lines.append(

@@ -527,6 +527,61 @@ def _run_summary(run: _Input) -> str:
     )
 
 
+def _stages_section(run: _Input) -> str | None:
+    """A staged run (training/stages.py): its stages, and the forgetting matrix, the eval loss after each stage (rows)
+    on each stage's eval data (columns); None for a run of one stage."""
+    extra = (run.data or {}).get("extra") or {}
+    forgetting = extra.get("forgetting")
+    if not isinstance(forgetting, dict) or not isinstance(extra.get("stages"), list):
+        return None
+    rows = "".join(
+        f"<tr><td>{esc(s.get('name'))}</td><td>{esc(s.get('dir'))}</td><td>{esc(s.get('continue') or 'start')}</td>"
+        f'<td>{esc(s.get("method"))}</td><td class="num">{_fmt(s.get("steps"), "int")}</td></tr>'
+        for s in extra["stages"]
+        if isinstance(s, dict)
+    )
+    names = [str(n) for n in forgetting.get("stages") or []]
+    matrix = forgetting.get("matrix") or []
+    head = "".join(f'<th class="num">on {esc(n)}</th>' for n in names)
+    body = "".join(
+        f"<tr><th>after {esc(names[k] if k < len(names) else k + 1)}</th>"
+        + "".join(f'<td class="num">{_fmt(v, "loss")}</td>' for v in row)
+        + "<td></td>" * (len(names) - len(row))
+        + "</tr>"
+        for k, row in enumerate(matrix)
+    )
+    return (
+        '<table class="stages"><thead><tr><th>stage</th><th>folder</th><th>started from</th><th>method</th>'
+        f'<th class="num">steps</th></tr></thead><tbody>{rows}</tbody></table>'
+        "<h3>Forgetting: eval loss after each stage on each stage's eval data</h3>"
+        '<p class="sub">A row is the model after that stage; a column is a stage\'s eval data. A loss that rises down a '
+        "column is forgetting. The Data section below is the last stage's; each stage-K folder holds its own.</p>"
+        f'<table class="forgetting"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
+def _sources_table(d: dict) -> str:
+    """A mixture's sources (data/mixture.py): what each holds and what an epoch draws from it."""
+    sources = d.get("sources") or {}
+    if not sources:
+        return ""
+    keys = ("examples", "rows", "tokens", "drawn_rows", "drawn_tokens", "eval_rows")
+    body = "".join(
+        f'<tr><td>{esc(name)}</td><td class="num">{esc(s.get("weight") if s.get("weight") is not None else "-")}</td>'
+        f'<td class="num">{100 * (s.get("share") or 0):.1f}%</td>'
+        + "".join(f'<td class="num">{_fmt(s.get(k), "int")}</td>' for k in keys)
+        + "</tr>"
+        for name, s in sources.items()
+    )
+    return (
+        f"<h3>Sources (weights count {esc(d.get('mix_by') or 'examples')})</h3>"
+        '<table class="sources"><thead><tr><th>source</th><th class="num">weight</th><th class="num">share</th>'
+        '<th class="num">examples</th><th class="num">rows</th><th class="num">tokens</th>'
+        '<th class="num">rows / epoch</th><th class="num">tokens / epoch</th><th class="num">eval rows</th></tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
 def _data_section(report: _Input) -> str:
     if report.data is None:
         return report.missing("data report")
@@ -557,6 +612,7 @@ def _data_section(report: _Input) -> str:
         '<th class="num">rows</th><th class="num">tokens</th><th class="num">tokens with loss</th></tr></thead>'
         f"<tbody>{splits}</tbody></table>"
     )
+    parts.append(_sources_table(d))
     skips = d.get("skips") or {}
     if skips:
         items = "".join(
@@ -609,6 +665,9 @@ def render_report(run_dir: str | Path) -> str:
             f"<pre>{esc(config.data)}</pre>" if config.data is not None else config.missing("config"),
         ),
     ]
+    stages = _stages_section(run)
+    if stages is not None:
+        sections.insert(1, ("stages", "Stages", stages))
     federation = federated_section(run_dir)
     if federation is not None:
         sections.insert(2, ("federated", "Federated rounds", federation))

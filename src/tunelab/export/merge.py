@@ -6,7 +6,8 @@ directory gets the chat template the run was trained with: the tokenizer's own, 
 (`Template.jinja`), which writes exactly what training wrote, so `apply_chat_template` on the merged model prompts it
 the way it learned.
 
-The fold is `peft.lora.merge_lora`, the one merge (an NF4 base dequantized to fp32 first, as training saw it). A
+The fold is `peft.lora.merge_lora`, the one merge (each layer's `merged_weight`: LoRA's W + s B A, DoRA's
+m (W + s B A) / n; an NF4 base dequantized to fp32 first, as training saw it). A
 QLoRA run is opened over the NF4 base it was trained on (infer/run.py) and each base weight is dequantized there, so
 the adapter is added to the weight it learned to correct, not to the 16-bit weight that was quantized. The merge then
 measures what it changed: the merged model and the model it came from (adapter over the trained base) read one probe

@@ -35,9 +35,9 @@ class FederateResult:
 
 def check_config(cfg: RunConfig) -> None:
     """Rules for a federated run beyond the per-option ones."""
-    if cfg.method.name != "lora":
+    if cfg.method.name != "lora" or cfg.method.use_dora:
         raise ConfigError(
-            f"option 'method.name' is {cfg.method.name}; a federation exchanges LoRA adapters, so it needs lora."
+            f"option 'method.name' is {cfg.method.name}; a federation exchanges LoRA adapters, so it needs lora (without use_dora)."
         )
     if cfg.data.train:
         raise ConfigError(

@@ -114,7 +114,8 @@ class LoRAGroup(ProjectionGroup):
         if grouped is False or (grouped is None and not x.is_cuda):
             return None
         members = self.projections()
-        if not all(isinstance(m, LoRALinear) and m.enabled and not _dropout_active(m) for m in members):
+        # type(), not isinstance(): a DoRA layer (peft/dora.py) scales its rows by m / n and runs one by one.
+        if not all(type(m) is LoRALinear and m.enabled and not _dropout_active(m) for m in members):
             return None
         kind = type(members[0].base_layer)
         if kind is not nn.Linear and kind is not NF4Linear:

@@ -16,6 +16,7 @@ from torch import nn
 
 from tunelab.errors import ConfigError
 from tunelab.models.slots import ProjectionGroup, projection_slots
+from tunelab.peft.dora import DoRALinear
 from tunelab.peft.group import GroupWeights, LoRAGroup
 from tunelab.peft.lora_linear import LoRALinear, merged_linear
 from tunelab.peft.projection import FusedProjection
@@ -48,15 +49,26 @@ def linear_names(model: nn.Module, targets: list[str]) -> list[str]:
     return chosen
 
 
-def attach_lora(model: nn.Module, targets: list[str], r: int, alpha: float, dropout: float = 0.0) -> list[str]:
-    """Freeze the model and replace each selected nn.Linear by a LoRALinear around it. Returns the replaced names."""
+def attach_lora(
+    model: nn.Module,
+    targets: list[str],
+    r: int,
+    alpha: float,
+    dropout: float = 0.0,
+    *,
+    dora: bool = False,
+    rslora: bool = False,
+) -> list[str]:
+    """Freeze the model and replace each selected nn.Linear by a LoRALinear around it (a DoRALinear with `dora`;
+    scaled by alpha / sqrt(r) with `rslora`). Returns the replaced names."""
     for p in model.parameters():
         p.requires_grad_(False)
     names = linear_names(model, targets)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout))
+        layer = DoRALinear if dora else LoRALinear
+        setattr(parent, child, layer(getattr(parent, child), r, alpha, dropout, rslora))
     use_fast_slots(model)
     return names
 

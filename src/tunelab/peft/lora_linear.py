@@ -25,12 +25,12 @@ from tunelab.quant.linear import NF4Linear
 class LoRALinear(nn.Module):
     """y = base(x) + (alpha / r) * dropout(x) A^T B^T, over a frozen `base` (nn.Linear or NF4Linear); A, B in fp32."""
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
         super().__init__()
         self.base_layer = base
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.r, self.alpha = r, alpha
-        self.scale = alpha / r
+        self.r, self.alpha, self.rslora = r, alpha, rslora
+        self.scale = alpha / math.sqrt(r) if rslora else alpha / r  # rsLoRA (Kalajdzievski 2023): alpha / sqrt(r)
         device = base.weight_packed.device if isinstance(base, NF4Linear) else base.weight.device
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=torch.float32)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=torch.float32)
@@ -66,11 +66,16 @@ class LoRALinear(nn.Module):
         undefined): checkpointing's recomputation of a layer's last projection, whose output backward never reads."""
         return self.forward(x, output=False)
 
+    def merged_weight(self) -> torch.Tensor:
+        """The adapted weight W + scale * B A, (out, in) fp32 (what `merged_linear` rounds once)."""
+        return float_weight(self.base_layer) + self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())
+
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}"
+        rs = ", rslora" if self.rslora else ""
+        return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}{rs}"
 
 
-def _float_weight(base: nn.Module) -> torch.Tensor:
+def float_weight(base: nn.Module) -> torch.Tensor:
     """A frozen base layer's (out, in) weight in fp32: an NF4 one dequantized, exactly as training saw it."""
     if isinstance(base, NF4Linear):
         return base.dequantized(torch.float32)
@@ -79,10 +84,10 @@ def _float_weight(base: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def merged_linear(layer: LoRALinear, dtype: torch.dtype | None = None) -> nn.Linear:
-    """A frozen nn.Linear holding W + scale * B A, summed in fp32 and rounded once to `dtype` (default: the base
+    """A frozen nn.Linear holding the layer's adapted weight (`merged_weight`: W + scale * B A for LoRA), summed in fp32 and rounded once to `dtype` (default: the base
     weight's dtype; for an NF4 base, the dtype it was quantized from), with the base's bias in that dtype."""
     base = layer.base_layer
-    w = _float_weight(base) + layer.scale * (layer.lora_B.weight.float() @ layer.lora_A.weight.float())  # (out, in)
+    w = layer.merged_weight()  # (out, in)
     base_dtype = base.weight_dtype if isinstance(base, NF4Linear) else base.weight.dtype
     out_dtype = dtype or (base_dtype if base_dtype.is_floating_point else torch.float32)
     merged = nn.utils.skip_init(

@@ -13,20 +13,29 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunelab.errors import ModelError, RunDirError
+from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.models.load import materialize, resolve_source
+from tunelab.peft.dora import DoRALinear
 from tunelab.peft.lora import attach_lora, lora_modules
 from tunelab.rundir import ADAPTER_CONFIG_FILE as CONFIG_FILE
 from tunelab.rundir import ADAPTER_WEIGHTS_FILE as WEIGHTS_FILE
+from tunelab.rundir import is_run_dir, read_info
 
 PREFIX = "base_model.model."
+
+
+def _adapter_tensors(name: str, m: nn.Module) -> dict[str, torch.Tensor]:
+    """PEFT's keys of one layer: lora_A/B weights, and DoRA's magnitude under `lora_magnitude_vector`."""
+    tensors = {f"{PREFIX}{name}.lora_A.weight": m.lora_A.weight, f"{PREFIX}{name}.lora_B.weight": m.lora_B.weight}
+    if isinstance(m, DoRALinear):
+        tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = m.lora_magnitude_vector
+    return tensors
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     state = {}
     for name, m in lora_modules(model):
-        state[f"{PREFIX}{name}.lora_A.weight"] = m.lora_A.weight.detach().contiguous().cpu()
-        state[f"{PREFIX}{name}.lora_B.weight"] = m.lora_B.weight.detach().contiguous().cpu()
+        state |= {k: v.detach().contiguous().cpu() for k, v in _adapter_tensors(name, m).items()}
     return state
 
 
@@ -55,8 +64,8 @@ def adapter_config(model: nn.Module, base_model: str) -> dict:
         "target_modules": sorted({name.rsplit(".", 1)[-1] for name, _ in lora_modules(model)}),
         "bias": "none",
         "fan_in_fan_out": False,
-        "use_dora": False,
-        "use_rslora": False,
+        "use_dora": isinstance(first, DoRALinear),
+        "use_rslora": first.rslora,
         "init_lora_weights": True,
         "modules_to_save": None,
         "inference_mode": True,
@@ -70,23 +79,87 @@ def save_adapter(model: nn.Module, folder: str | Path, base_model: str) -> None:
     (folder / CONFIG_FILE).write_text(json.dumps(adapter_config(model, base_model), indent=2))
 
 
-def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
-    """Attach LoRA layers as the saved config describes and load their weights (strict: every key must match)."""
+def read_adapter_config(folder: str | Path) -> dict:
+    """adapter_config.json of `folder`; RunDirError unless it is a LoRA (or DoRA) adapter tunelab can load."""
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise RunDirError(f"{folder}: no {CONFIG_FILE}, so it holds no adapter.")
     config = json.loads(config_path.read_text())
-    if config.get("peft_type") != "LORA" or config.get("use_dora"):
+    if config.get("peft_type") != "LORA":
         raise RunDirError(
-            f"{config_path}: only plain LoRA adapters can be loaded (peft_type {config.get('peft_type')!r})."
+            f"{config_path}: only LoRA and DoRA adapters can be loaded (peft_type {config.get('peft_type')!r})."
         )
+    return config
+
+
+def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Attach LoRA (DoRA) layers as the saved config describes and load their weights (strict: every key must
+    match)."""
+    config = read_adapter_config(folder)
     attach_lora(
-        model, list(config["target_modules"]), config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0)
+        model,
+        list(config["target_modules"]),
+        config["r"],
+        config["lora_alpha"],
+        config.get("lora_dropout", 0.0),
+        dora=bool(config.get("use_dora")),
+        rslora=bool(config.get("use_rslora")),
     )
+    return load_adapter_weights(model, folder)
+
+
+def continue_adapter(model: nn.Module, folder: str | Path, method) -> list[int]:
+    """Load the adapter of `folder` (a run directory or a PEFT adapter folder) into the layers `method` (a
+    config.MethodConfig) attached, to train on from there; ConfigError when its settings differ. Returns the base
+    rows that were repaired under it (`run.json`'s fixed_untrained_tokens: repair them again)."""
+    folder = Path(folder).expanduser()
+    try:
+        config = read_adapter_config(folder)
+    except RunDirError as exc:
+        raise ConfigError(f"option 'model.adapter': {exc}") from None
+    saved = {
+        "method.r": config["r"],
+        "method.alpha": float(config["lora_alpha"]),
+        "method.target_modules": sorted(config["target_modules"]),
+        "DoRA": bool(config.get("use_dora")),
+        "method.rslora": bool(config.get("use_rslora")),
+    }
+    targets = sorted({name.rsplit(".", 1)[-1] for name, _ in lora_modules(model)})
+    wanted = {
+        "method.r": method.r,
+        "method.alpha": float(method.alpha),
+        "method.target_modules": targets,
+        "DoRA": method.dora,
+        "method.rslora": method.rslora,
+    }
+    differ = [f"{k} {wanted[k]!r} (the adapter's: {saved[k]!r})" for k in saved if saved[k] != wanted[k]]
+    if differ:
+        raise ConfigError(
+            f"option 'model.adapter': training continues the adapter in {folder}, but this config's method differs "
+            f"from it: {'; '.join(differ)}. Use the adapter's settings, or start a new adapter (in a staged run: "
+            "continue: merge)."
+        )
+    try:
+        load_adapter_weights(model, folder)
+    except RunDirError as exc:
+        raise ConfigError(f"option 'model.adapter': {exc}") from None
+    if not is_run_dir(folder):
+        return []
+    rows = read_info(folder, require_finished=False).fixed_untrained_tokens
+    return sorted({i for ids in rows.values() for i in ids})
+
+
+def load_adapter_weights(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Copy the saved adapter of `folder` into the LoRA layers already attached to `model` (strict: every key must
+    match, and so must the shapes)."""
+    folder = Path(folder)
     state = load_file(str(folder / WEIGHTS_FILE))
     # PEFT may store keys with or without the adapter name ("default"); accept both.
-    state = {k.replace(".default.weight", ".weight"): v for k, v in state.items()}
+    state = {
+        k.replace(".default.weight", ".weight").replace(".lora_magnitude_vector.weight", ".lora_magnitude_vector"): v
+        for k, v in state.items()
+    }
     expected = adapter_state_dict(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -96,6 +169,11 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
             f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})."
         )
     for name, m in lora_modules(model):
-        m.lora_A.weight.data.copy_(state[f"{PREFIX}{name}.lora_A.weight"])
-        m.lora_B.weight.data.copy_(state[f"{PREFIX}{name}.lora_B.weight"])
+        for key, param in _adapter_tensors(name, m).items():
+            if param.shape != state[key].shape:
+                raise RunDirError(
+                    f"{folder / WEIGHTS_FILE}: {key} has shape {tuple(state[key].shape)}, the model's layer "
+                    f"{tuple(param.shape)} (another rank or model)."
+                )
+            param.data.copy_(state[key])
     return model

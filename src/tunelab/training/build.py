@@ -46,14 +46,22 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | None = None) -> None:
     if method.quantize_base == "nf4":
-        if method.name != "lora":
+        if not method.is_adapter:
             raise ConfigError(
                 f"option 'method.quantize_base' is nf4 (QLoRA), which freezes the base in 4 bits; it needs method.name "
-                f"lora, not {method.name}."
+                f"lora or dora, not {method.name}."
             )
         quantize_model_(model, device=device)  # layer by layer, before the adapters wrap the layers
-    if method.name == "lora":
-        attach_lora(model, method.target_modules, method.r, method.alpha, method.dropout)
+    if method.is_adapter:
+        attach_lora(
+            model,
+            method.target_modules,
+            method.r,
+            method.alpha,
+            method.dropout,
+            dora=method.dora,
+            rslora=method.rslora,
+        )
     elif method.name == "full":
         for p in model.parameters():
             p.requires_grad_(True)

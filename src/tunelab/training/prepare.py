@@ -17,6 +17,7 @@ from tunelab.data.loader import Datasets, build_datasets
 from tunelab.errors import ConfigError
 from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
+from tunelab.peft.save import continue_adapter
 from tunelab.training.build import BuiltModel, build_model
 
 
@@ -46,6 +47,9 @@ def load_model(cfg: RunConfig, inputs: Inputs, impl: str | None = None) -> tuple
         )
     vocab = max(len(inputs.tokenizer), built.model.config.vocab_size)
     counts = token_counts(inputs.data.train + inputs.data.eval, vocab)
+    if cfg.model.adapter:  # its weights, and the base rows repaired under it are repaired (and recorded) again
+        inherited = continue_adapter(built.model, cfg.model.adapter, cfg.method)
+        counts[[i for i in inherited if i < vocab]] += 1
     report = UntrainedReport(find_untrained(built.model, counts, inputs.tokenizer))
     if report.tokens and cfg.model.fix_untrained_tokens:
         repair_rows(built.model, report.rows())
@@ -57,7 +61,7 @@ def protected_paths(cfg: RunConfig, config_path: str | Path | None) -> dict[str,
     """The user's files a run directory must never hold (see training/outdir.py)."""
     model = Path(cfg.model.name).expanduser()
     return {
-        "data file": list(cfg.data.train) + ([cfg.data.eval] if cfg.data.eval else []),
+        "data file": cfg.data.local_paths(),
         "config file": [str(config_path)] if config_path else [],
         "eval questions file": [cfg.eval.questions] if cfg.eval.questions else [],
         "model": [str(model)] if model.exists() else [],

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from tunelab.atomic import write_json, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.data.checks import data_checks
-from tunelab.data.loader import make_batches
+from tunelab.data.loader import Datasets, epoch_rows, make_batches
 from tunelab.errors import CheckFailed, ConfigError, Interrupted, RunDirError, TrainingStopped
 from tunelab.peft.save import save_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
@@ -42,6 +42,7 @@ from tunelab.training.checkpoint import (
     no_space_message,
     save_checkpoint,
 )
+from tunelab.training.evals import EvalSets, eval_record, eval_sets
 from tunelab.training.guard import BadSteps, require_finite, stop_message
 from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.metrics import MetricsLog, plot_losses
@@ -50,7 +51,7 @@ from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.resume import check_resume_config, check_same_data, data_digest
 from tunelab.training.schedule import lr_factor
-from tunelab.training.step import evaluate, train_step
+from tunelab.training.step import train_step
 from tunelab.training.tracking import open_trackers
 
 
@@ -95,12 +96,12 @@ def config_path(config: Any) -> Path | None:
 def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig) -> None:
     """The run's result: the adapter (PEFT layout) or the full weights (safetensors), and the tokenizer."""
     params = built.model.named_parameters()
-    written = params if cfg.method.name != "lora" else ((n, p) for n, p in params if p.requires_grad)
+    written = params if not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
     require_finite(written, "the weights to save", f"{run_dir}")
     staging = run_dir / ".tmp-final"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        if cfg.method.name == "lora":
+        if cfg.method.is_adapter:
             save_adapter(built.model, staging, base_model=cfg.model.name)
         else:
             save_full_weights(built, staging)
@@ -145,11 +146,13 @@ def train(
     resume: bool = False,
     check: bool = True,
     overwrite_non_run: bool = False,
+    extra_eval: dict[str, list] | None = None,
 ) -> TrainResult:
     """Fine-tune as the config says and write the run directory. `overrides` are {'train.lr': 1e-4, ...}.
 
     check: run the data checks of `tunelab check` first (CheckFailed when one fails). overwrite_non_run: with
-    overwrite, replace output_dir even when it is not a run directory tunelab wrote."""
+    overwrite, replace output_dir even when it is not a run directory tunelab wrote. extra_eval: more eval data,
+    {name: rendered rows}, evaluated beside the run's own (`eval_loss/<name>`; a staged run's earlier stages)."""
     resolved = resolve(config, overrides)
     cfg, t = resolved.config, resolved.config.train
     plan = plan_output_dir(
@@ -186,15 +189,13 @@ def train(
     print(untrained.summary(), flush=True)
 
     pad_id = tokenizer.pad_token_id
-    batches_per_epoch = len(make_batches(data.train, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
+    first_epoch = epoch_rows(data, t.seed, 0)
+    batches_per_epoch = len(make_batches(first_epoch, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     warmup = int(t.warmup_ratio * total_steps)
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer)
-    eval_batches = [
-        _to_device(b, built.device)
-        for b in make_batches(data.eval, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0)
-    ]
+    evals = eval_sets(data, extra_eval, t.micro_batch, pad_id, built.device)
 
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     if checkpoint is not None:
@@ -210,7 +211,7 @@ def train(
     log = MetricsLog(run_dir, resume_step, sinks=open_trackers(t.report_to, run_dir, to_dict(cfg), resume_step))
     info = RunInfo(
         base_model=cfg.model.name,
-        method=cfg.method.name,
+        method="dora" if cfg.method.dora else cfg.method.name,
         template=data.template.name,
         system_prompt=cfg.data.system_prompt,
         refusal=cfg.eval.refusal,
@@ -224,7 +225,7 @@ def train(
     )
     write_info(run_dir, info)
 
-    run = Run(cfg, run_dir, built, data.train, pad_id, optimizer, scheduler, eval_batches, log, total_steps, position)
+    run = Run(cfg, run_dir, built, data, pad_id, optimizer, scheduler, evals, log, total_steps, position)
     try:
         last_loss, eval_loss = _loop(run)
     except BaseException:
@@ -237,10 +238,14 @@ def train(
         log.close()
         raise
 
-    if eval_batches and not (t.eval_every and total_steps % t.eval_every == 0):
-        eval_loss = evaluate(model, eval_batches)
-        log.write({"step": total_steps, "eval_loss": eval_loss})
+    if evals and not (t.eval_every and total_steps % t.eval_every == 0):
+        run.eval_losses = eval_record(model, evals)
+        eval_loss = run.eval_losses.get("eval_loss")
+        log.write({"step": total_steps, **run.eval_losses})
     log.close()
+    for name, value in run.eval_losses.items():
+        if name != "eval_loss":
+            print(f"{name} {value:.4f}")
     if eval_loss is not None:
         print(f"eval loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
     model.eval()
@@ -249,6 +254,8 @@ def train(
     info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
     info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
     info.skipped_steps = position["skipped_steps"]
+    if len(run.eval_losses) > 1:
+        info.extra["eval_losses"] = run.eval_losses
     write_info(run_dir, info)
     skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
     print(
@@ -267,14 +274,15 @@ class Run:
     cfg: RunConfig
     run_dir: Path
     built: BuiltModel
-    rows: list
+    data: Datasets
     pad_id: int
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    eval_batches: list[dict]
+    evals: EvalSets
     log: MetricsLog
     total_steps: int
     position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps: what a checkpoint saves
+    eval_losses: dict = dataclasses.field(default_factory=dict)  # the last eval_record
 
 
 def _loop(run: Run) -> tuple[float | None, float | None]:
@@ -287,7 +295,13 @@ def _loop(run: Run) -> tuple[float | None, float | None]:
     with graceful_interrupt() as stop:
         while position["step"] < run.total_steps:
             batches = make_batches(
-                run.rows, t.micro_batch, run.pad_id, shuffle=run.cfg.data.shuffle, seed=t.seed, epoch=position["epoch"]
+                epoch_rows(run.data, t.seed, position["epoch"]),
+                t.micro_batch,
+                run.pad_id,
+                shuffle=run.cfg.data.shuffle,
+                seed=t.seed,
+                epoch=position["epoch"],
+                group_by_length=t.group_by_length,
             )
             while position["batch_in_epoch"] < len(batches) and position["step"] < run.total_steps:
                 group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
@@ -315,9 +329,10 @@ def _loop(run: Run) -> tuple[float | None, float | None]:
                 if stopping:
                     bar.close()
                     raise _stopped(run, bad)
-                if run.eval_batches and t.eval_every and position["step"] % t.eval_every == 0:
-                    eval_loss = evaluate(model, run.eval_batches)
-                    run.log.write({"step": position["step"], "eval_loss": eval_loss})
+                if run.evals and t.eval_every and position["step"] % t.eval_every == 0:
+                    run.eval_losses = eval_record(model, run.evals)
+                    eval_loss = run.eval_losses.get("eval_loss")
+                    run.log.write({"step": position["step"], **run.eval_losses})
                 saved = bool(t.save_every) and position["step"] % t.save_every == 0
                 if saved:
                     save_checkpoint(run.run_dir, model, run.optimizer, position, t.keep_checkpoints)

@@ -60,7 +60,10 @@ def _same(name: str, old: Any, new: Any) -> bool:
         return True
     if name in PATHS and old is not None and new is not None:
         olds, news = (v if isinstance(v, list) else [v] for v in (old, new))
-        return len(olds) == len(news) and all(Path(a).resolve() == Path(b).resolve() for a, b in zip(olds, news))
+        return len(olds) == len(news) and all(
+            Path(a).resolve() == Path(b).resolve() if isinstance(a, str) and isinstance(b, str) else a == b
+            for a, b in zip(olds, news)
+        )
     return False
 
 

@@ -1,0 +1,101 @@
+"""Records from the Hugging Face `datasets` library: hub ids, `save_to_disk` folders and .arrow files.
+
+Each row becomes a `Record` like a row of a local file, so formats, column mapping (`data.fields`) and the report
+work unchanged. Where a row came from is named `ID[split]` (or `FOLDER[split]`, `FILE.arrow`) and its 0-based index,
+shown as `acme/faq[train][12]` (`report.location`).
+
+A hub id is read with `datasets.load_dataset`: from the network when there is one, from the library's cache when
+there is none (set HF_HUB_OFFLINE=1 to skip the network and its retries). An id that is neither cached nor reachable
+is a `DataError` naming it. `streaming: true` reads rows as they arrive (no download of the whole set, no Arrow
+copy in the cache) and, with `take: N`, stops after N rows: the way to use the head of a set too large to download.
+The rows read are rendered up front like any other source's, so the epoch's order stays a function of the seed.
+
+The library is an optional extra (`pip install 'tunelab[datasets]'`); it is imported only when a source needs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from pathlib import Path
+
+from tunelab.config import DataSource
+from tunelab.data.sources import Record
+from tunelab.errors import DataError
+
+INSTALL = "pip install 'tunelab[datasets]' (or pip install datasets)"
+
+
+def is_datasets_path(path: str) -> bool:
+    """A local path that only the datasets library reads: an .arrow file or a `save_to_disk` folder."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p.suffix == ".arrow"
+    return p.is_dir() and any((p / name).is_file() for name in ("dataset_dict.json", "state.json"))
+
+
+def _library(what: str):
+    if importlib.util.find_spec("datasets") is None:
+        raise DataError(f"{what}: reading it needs the datasets library; install it with: {INSTALL}.")
+    import datasets
+
+    return datasets
+
+
+def _rows(label: str, rows: Iterable[dict], take: int | None) -> list[Record]:
+    records = []
+    for index, row in enumerate(rows):
+        if take is not None and index >= take:
+            break
+        records.append(Record(label, index, dict(row)))
+    return records
+
+
+def _split(datasets, dataset, split: str, where: str):
+    """The split of a DatasetDict (a Dataset is returned as it is)."""
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise DataError(f"{where}: has no split {split!r}; its splits are {', '.join(dataset.keys())}. Set split.")
+        return dataset[split]
+    return dataset
+
+
+def read_local(source: DataSource, where: str) -> list[Record]:
+    """An .arrow file or a save_to_disk folder."""
+    datasets = _library(f"{where} ({source.path})")
+    path = Path(source.path).expanduser()
+    try:
+        if path.is_file():
+            dataset, label = datasets.Dataset.from_file(str(path)), str(path)
+        else:
+            dataset = _split(datasets, datasets.load_from_disk(str(path)), source.split, f"{where}: {path}")
+            label = f"{path}[{source.split}]"
+    except DataError:
+        raise
+    except Exception as exc:  # the library raises many types for a damaged or foreign folder
+        raise DataError(
+            f"{where}: {path} cannot be read by the datasets library ({type(exc).__name__}: {exc})."
+        ) from None
+    return _rows(label, dataset, source.take)
+
+
+def read_hub(source: DataSource, where: str) -> list[Record]:
+    """A dataset id on the hub, from the network or the local cache; streamed when source.streaming."""
+    datasets = _library(f"{where} ({source.hub})")
+    name = source.hub + (f", config {source.config}" if source.config else "") + f", split {source.split}"
+    try:
+        dataset = datasets.load_dataset(source.hub, name=source.config, split=source.split, streaming=source.streaming)
+    except (ConnectionError, FileNotFoundError) as exc:
+        offline = " (HF_HUB_OFFLINE is set)" if datasets.config.HF_HUB_OFFLINE else ""
+        raise DataError(
+            f"{where}: the dataset {source.hub!r} ({name}) is neither in the local cache "
+            f"({datasets.config.HF_DATASETS_CACHE}) nor reachable on the hub{offline}: {exc}. Load it once with a "
+            "network (or copy the cache), check the id, or give a local file as path."
+        ) from None
+    except ValueError as exc:  # a split or config the dataset does not have, among others
+        raise DataError(f"{where}: the dataset {source.hub!r} ({name}) cannot be read: {exc}") from None
+    label = f"{source.hub}[{source.split}]"
+    try:
+        return _rows(label, dataset, source.take)
+    except (ConnectionError, OSError) as exc:  # a stream that broke off
+        raise DataError(f"{where}: reading {source.hub!r} ({name}) stopped: {exc}.") from None

@@ -1,0 +1,84 @@
+"""`data.transform`: the user's function applied to every record before its format is read.
+
+Named `module:function` (an installed module, or MODULE.py in the working directory) or `file.py:function` (a
+path, relative to the YAML config). The function takes the row (a dict of column -> value) and returns the row to
+use (a dict) or None to drop it; dropped rows are counted in the data report. The function is the user's own code,
+run because the config names it. An exception in it stops the run with a `DataError` naming the row (file and line,
+or dataset and index) and the exception.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+from tunelab.data.report import DataReport, location
+from tunelab.data.sources import Record
+from tunelab.errors import ConfigError, DataError
+
+Transform = Callable[[dict], dict | None]
+
+
+def load_transform(spec: str | None) -> Transform | None:
+    """The function `spec` names; ConfigError when it cannot be found."""
+    if not spec:
+        return None
+    module_name, sep, function = spec.rpartition(":")
+    if not sep or not module_name or not function:
+        raise ConfigError(
+            f"option 'data.transform' is {spec!r}; write module:function (e.g. my_rows:clean) or file.py:function."
+        )
+    try:
+        local = Path(module_name if module_name.endswith(".py") else module_name.replace(".", "/") + ".py")
+        if module_name.endswith(".py") or (local.is_file() and importlib.util.find_spec(module_name) is None):
+            module = _from_file(local.expanduser())  # a file, or a module beside the working directory
+        else:
+            module = importlib.import_module(module_name)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"option 'data.transform': importing {module_name!r} failed ({type(exc).__name__}: {exc})."
+        ) from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise ConfigError(f"option 'data.transform': {module_name!r} has no function {function!r}.")
+    return fn
+
+
+def _from_file(path: Path):
+    if not path.is_file():
+        raise ConfigError(f"option 'data.transform': {path} not found (a path is relative to the config file).")
+    spec = importlib.util.spec_from_file_location(f"tunelab_transform_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def apply_transform(records: list[Record], fn: Transform | None, spec: str | None, report: DataReport) -> list[Record]:
+    """Each record through fn; a None result drops the record (counted in the report)."""
+    if fn is None:
+        return records
+    out = []
+    for record in records:
+        where = location(record.path, record.line)
+        try:
+            row = fn(dict(record.row))
+        except Exception as exc:
+            raise DataError(
+                f"{where}: data.transform {spec} raised {type(exc).__name__}: {exc} on this row. Fix the function, or "
+                "the row."
+            ) from None
+        if row is None:
+            report.read(record.path)
+            report.skip(f"dropped by data.transform {spec}", record.path, record.line)
+            continue
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{where}: data.transform {spec} returned a {type(row).__name__}; it must return the row as a dict, or "
+                "None to drop it."
+            )
+        out.append(Record(record.path, record.line, row))
+    return out

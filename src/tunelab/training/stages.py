@@ -1,0 +1,309 @@
+"""Staged runs: `stages:` trains partial configs one after another in one run directory, each from the result before.
+
+    output_dir/
+      config.yaml, run.json   the whole config; run.json describes the final result (and, in extra, every stage and
+                              the forgetting matrix), so compare, chat, eval, report, merge and export open output_dir
+      adapter or weights      the last stage's result, copied (hard links where the file system allows), with its
+                              data_report.json
+      metrics.jsonl, loss.png every stage's records in turn, each with its "stage" and steps counted across stages
+      stage-1/, stage-2/ ...  each a complete run directory (its own config.yaml, run.json, metrics, checkpoints)
+      stage-K/merged/         stage K's adapter folded into its base, when stage K+1 says continue: merge
+
+Stage k's config is the run's config without `stages`, overlaid with the stage's entry (`config.stage_config`), and
+starts from stage k-1's result:
+- `continue: adapter` (default): the same base, and stage k-1's adapter as the adapter to train on (`model.adapter`,
+  so r, alpha, target_modules and DoRA must stay as they were);
+- `continue: merge`: stage k-1's adapter folded into its base (`peft.lora.merge_lora`, over the base as it was
+  trained: QLoRA's NF4 dequantized) is stage k's base, and stage k starts a fresh adapter (or trains full weights);
+- after a full or layer-wise stage, its weights are the next stage's base, whatever `continue` says.
+A stage may set anything but output_dir (data, format, method settings, train settings, the task); a stage whose
+model.name differs from the run's is refused: its model is the previous stage's result.
+
+Nothing is written before every stage's config and data are loaded and checked. After each stage, its model is
+evaluated on the eval data of every earlier stage (`eval_loss/stage-j` beside its own, recipe's `extra_eval`): row k
+of the forgetting matrix, in run.json and in `tunelab report`. `--resume` skips finished stages (their configs must
+be unchanged), resumes the stage that stopped from its last checkpoint, or starts it again when it had none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from tunelab.atomic import scratch_folder, write_text
+from tunelab.config import ResolvedConfig, describe, dump_yaml, stage_config
+from tunelab.data.loader import build_datasets
+from tunelab.errors import ConfigError, RunDirError
+from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, resolve_source
+from tunelab.models.untrained import repair_rows
+from tunelab.peft.lora import merge_lora
+from tunelab.peft.save import load_adapter
+from tunelab.quant.linear import quantize_model_
+from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info, write_info
+from tunelab.training.checkpoint import intact_checkpoint
+from tunelab.training.metrics import plot_losses
+from tunelab.training.outdir import failure_note, finish_replacement, plan_output_dir, start_run_dir
+from tunelab.training.prepare import protected_paths
+from tunelab.training.recipe import TrainResult, train
+from tunelab.training.resume import check_resume_config, config_changes
+
+STAGE_PREFIX = "stage-"
+MERGED = "merged"
+METRICS = "metrics.jsonl"
+STAGE_ONLY = ("checkpoints", METRICS, CONFIG_FILE, "loss.png", "run.json")  # not the result (nor its data report)
+
+
+def stage_dir(run_dir: Path, k: int) -> Path:
+    return run_dir / f"{STAGE_PREFIX}{k}"
+
+
+def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]:
+    """Every stage's config, chained to the stage before (module docstring); ConfigError for a stage that cannot
+    start from the previous stage's result."""
+    cfg = resolved.config
+    plans: list[ResolvedConfig] = []
+    for index, entry in enumerate(cfg.stages):
+        k = index + 1
+        stage = stage_config(resolved, index, str(stage_dir(run_dir, k)))
+        s = stage.config
+        if index == 0:
+            plans.append(stage)
+            continue
+        if "model.name" in entry and entry["model.name"] != cfg.model.name:
+            raise ConfigError(
+                f"stage {k}: model.name is {entry['model.name']!r}, but stage {k} starts from stage {index}'s result "
+                f"(over {cfg.model.name!r}). Remove model.name from the stage, or train it as a run of its own."
+            )
+        before = plans[-1].config
+        previous = stage_dir(run_dir, index)
+        how = entry.get("continue", "adapter")
+        if not before.method.is_adapter:  # full or layers: its weights are the next base
+            s.model.name = str(previous)
+        elif how == "merge":
+            s.model.name = str(previous / MERGED)
+        else:
+            if not s.method.is_adapter:
+                raise ConfigError(
+                    f"stage {k}: method.name is {s.method.name}, but continue: adapter trains stage {index}'s adapter "
+                    "on. Use continue: merge to fold it into the base first."
+                )
+            same = ("r", "alpha", "target_modules", "rslora")
+            differ = [
+                f"method.{n} {getattr(s.method, n)!r} (stage {index}: {getattr(before.method, n)!r})"
+                for n in same
+                if getattr(s.method, n) != getattr(before.method, n)
+            ]
+            if s.method.dora != before.method.dora:
+                differ.append(f"DoRA {s.method.dora} (stage {index}: {before.method.dora})")
+            if differ:
+                raise ConfigError(
+                    f"stage {k} continues stage {index}'s adapter (continue: adapter), but its method differs: "
+                    f"{'; '.join(differ)}. Keep the adapter's settings, or use continue: merge."
+                )
+            s.model.name = before.model.name
+            s.model.adapter = str(previous)
+        stage.origins["model.name"] = f"stage {index}'s result"
+        plans.append(stage)
+    return plans
+
+
+def _eval_rows(plans: list[ResolvedConfig]) -> list[list]:
+    """Each stage's eval rows, rendered with its own data options and the run's tokenizer (the first stage's model:
+    every later stage's model descends from it). Loading them also checks every stage's data before anything runs."""
+    first = plans[0].config
+    tokenizer = load_tokenizer(resolve_source(first.model.name), first.model.trust_remote_code)
+    rows = []
+    for k, plan in enumerate(plans, 1):
+        try:
+            data = build_datasets(plan.config.data, tokenizer, plan.config.train.seed)
+        except (ConfigError, RunDirError) as exc:
+            raise type(exc)(f"stage {k}: {exc}") from None
+        rows.append(data.eval)
+    return rows
+
+
+@torch.no_grad()
+def merge_stage(run_dir: Path, out: Path) -> None:
+    """Fold the adapter of the finished stage `run_dir` into its base (as trained: QLoRA's base quantized again, then
+    dequantized by the fold; untrained rows repaired as in training) and save it as a Hugging Face directory."""
+    info = read_info(run_dir)
+    dtype = getattr(torch, info.dtype) if info.dtype else torch.float32
+    model = load_hf_model(resolve_source(info.base_model), dtype, torch.device("cpu"), info.trust_remote_code)
+    repair_rows(model, info.fixed_untrained_tokens)
+    if info.quantize_base == "nf4":
+        quantize_model_(model)
+    merge_lora(load_adapter(model, run_dir), dtype)
+    tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)
+    with scratch_folder(out) as scratch:
+        model.save_pretrained(scratch, safe_serialization=True)
+        tokenizer.save_pretrained(scratch)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _publish(run_dir: Path, last: Path) -> None:
+    """The last stage's result (adapter or weights, tokenizer) into the run directory itself."""
+    for item in last.iterdir():
+        if item.is_file() and item.name not in STAGE_ONLY and not item.name.startswith("."):
+            _link_or_copy(item, run_dir / item.name)
+
+
+def _metrics(run_dir: Path, count: int) -> None:
+    """Every stage's metrics.jsonl in turn, each record with its stage and its step counted across the stages."""
+    lines, offset = [], 0
+    for k in range(1, count + 1):
+        path = stage_dir(run_dir, k) / METRICS
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        for record in records:
+            lines.append(json.dumps(record | {"stage": k, "step": record.get("step", 0) + offset}))
+        offset += read_info(stage_dir(run_dir, k)).steps
+    write_text(run_dir / METRICS, "".join(line + "\n" for line in lines))
+
+
+def forgetting(run_dir: Path, count: int) -> list[list[float | None]]:
+    """matrix[k][j]: the eval loss of stage k+1's result on stage j+1's eval data (j <= k), from their run.json."""
+    matrix = []
+    for k in range(1, count + 1):
+        info = read_info(stage_dir(run_dir, k))
+        losses = info.extra.get("eval_losses", {})
+        row = [losses.get(f"eval_loss/{STAGE_PREFIX}{j}") for j in range(1, k)]
+        matrix.append(row + [info.eval_loss])
+    return matrix
+
+
+def format_forgetting(names: list[str], matrix: list[list[float | None]]) -> str:
+    """The matrix as a table: a row per stage's result, a column per stage's eval data."""
+    first = max(len(f"after {n}") for n in names) + 2
+    width = max(10, *(len(f"on {n}") + 2 for n in names))
+    head = " " * first + "".join(f"{'on ' + n:>{width}}" for n in names)
+    rows = [
+        f"{'after ' + names[k]:<{first}}"
+        + "".join(f"{v:>{width}.4f}" if v is not None else f"{'-':>{width}}" for v in row)
+        for k, row in enumerate(matrix)
+    ]
+    return "\n".join(["eval loss after each stage (rows) on each stage's eval data (columns):", head, *rows])
+
+
+def train_stages(
+    resolved: ResolvedConfig,
+    config_file: Path | None = None,
+    *,
+    resume: bool = False,
+    check: bool = True,
+    overwrite_non_run: bool = False,
+) -> TrainResult:
+    """Train every stage of `resolved` into its output_dir (module docstring); returns the last stage's result with
+    the run directory's path."""
+    cfg = resolved.config
+    protected = protected_paths(cfg, config_file)
+    run_dir = Path(cfg.output_dir)
+    plans = plan_stages(resolved, run_dir.expanduser())
+    inside = run_dir.expanduser().resolve()
+    for plan in plans:  # every stage's files too, but not the earlier stages' results it starts from
+        for what, paths in protected_paths(plan.config, None).items():
+            mine = [p for p in paths if not Path(p).expanduser().resolve().is_relative_to(inside)]
+            protected[what] = protected.get(what, []) + mine
+    plan_dir = plan_output_dir(
+        cfg.output_dir, overwrite=cfg.overwrite, resume=resume, protected=protected, overwrite_non_run=overwrite_non_run
+    )
+    run_dir = plan_dir.run_dir
+    if resume:
+        check_resume_config(run_dir, cfg)
+    print("tunelab train — a staged run; the resolved config (value, then where it came from):")
+    print(describe(resolved), flush=True)
+    evals = _eval_rows(plans)  # every stage's data loaded and checked before anything is written
+    names = [cfg.stages[i].get("name") or f"{STAGE_PREFIX}{i + 1}" for i in range(len(plans))]
+    if not resume:
+        start_run_dir(plan_dir)
+        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+    first = plans[0].config
+    write_info(run_dir, RunInfo(base_model=first.model.name, method=first.method.name, extra={"stages": names}))
+
+    try:
+        result = _stages(run_dir, cfg, plans, names, evals, resume=resume, check=check)
+    except BaseException:
+        note = failure_note(plan_dir)
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        raise
+    matrix = forgetting(run_dir, len(plans))
+    _publish(run_dir, stage_dir(run_dir, len(plans)))
+    _metrics(run_dir, len(plans))
+    plot_losses(run_dir)
+    info = read_info(stage_dir(run_dir, len(plans)))
+    stages = [
+        {
+            "name": names[i],
+            "dir": f"{STAGE_PREFIX}{i + 1}",
+            "continue": cfg.stages[i].get("continue", "adapter") if i else None,
+        }
+        | {
+            key: getattr(read_info(stage_dir(run_dir, i + 1)), key)
+            for key in ("method", "steps", "eval_loss", "base_model")
+        }
+        for i in range(len(plans))
+    ]
+    info.extra |= {"stages": stages, "forgetting": {"stages": names, "matrix": matrix}}
+    info.steps = sum(s["steps"] for s in stages)
+    info.total_steps = sum(read_info(stage_dir(run_dir, i + 1)).total_steps for i in range(len(plans)))
+    write_info(run_dir, info)
+    print(format_forgetting(names, matrix), flush=True)
+    message = finish_replacement(plan_dir)
+    if message:
+        print(message, flush=True)
+    return dataclasses.replace(result, run_dir=run_dir, steps=info.steps)
+
+
+def _stages(
+    run_dir: Path, cfg, plans: list[ResolvedConfig], names: list[str], evals: list, *, resume: bool, check: bool
+):
+    result = None
+    for k, plan in enumerate(plans, 1):
+        here = stage_dir(run_dir, k)
+        if k > 1 and cfg.stages[k - 1].get("continue") == "merge" and plans[k - 2].config.method.is_adapter:
+            merged = stage_dir(run_dir, k - 1) / MERGED
+            if not (merged / "config.json").is_file():
+                print(f"stage {k}: folding stage {k - 1}'s adapter into its base ({merged})", flush=True)
+                merge_stage(stage_dir(run_dir, k - 1), merged)
+        extra = {f"{STAGE_PREFIX}{j}": evals[j - 1] for j in range(1, k) if evals[j - 1]}
+        print(f"\n===== stage {k} of {len(plans)}: {names[k - 1]} ({here}) =====", flush=True)
+        result = _run_stage(plan, here, extra, resume=resume, check=check)
+    return result
+
+
+def _run_stage(plan: ResolvedConfig, here: Path, extra: dict, *, resume: bool, check: bool) -> TrainResult:
+    """Train one stage: skipped when finished (its config unchanged), resumed from its checkpoint, or (re)started."""
+    if is_run_dir(here):
+        info = read_info(here, require_finished=False)
+        if info.finished:
+            refused, _ = config_changes(_saved(here), plan.config)
+            if refused:
+                raise ConfigError(
+                    f"{here}: the stage has finished with another config ({'; '.join(refused)}); a resumed staged run "
+                    "keeps its finished stages. Put the options back, or start the run again with --overwrite."
+                )
+            print(f"{here}: finished; skipped", flush=True)
+            return TrainResult(here, info.steps, info.final_loss, info.eval_loss, info.skipped_steps)
+        if resume and intact_checkpoint(here)[0] is not None:
+            return train(plan, resume=True, check=check, extra_eval=extra)
+        print(f"{here}: stopped before its first checkpoint; starting the stage again", flush=True)
+        plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, overwrite=True))
+    return train(plan, check=check, extra_eval=extra)
+
+
+def _saved(here: Path) -> dict:
+    return yaml.safe_load((here / CONFIG_FILE).read_text(encoding="utf-8"))

@@ -1,0 +1,110 @@
+"""Data through the `datasets` library: a save_to_disk folder, an .arrow file and a hub id read offline from the
+cache (prepared here as the library lays it out), with the column mapping of local files; an id that is neither
+cached nor reachable is named. data.transform: rows changed, dropped, or the raising row named."""
+
+import json
+import shutil
+
+import pytest
+
+from tunelab.config import DataConfig, DataSource
+from tunelab.data.loader import build_datasets
+from tunelab.errors import ConfigError, DataError
+
+datasets = pytest.importorskip("datasets")
+
+ROWS = [{"q": f"What is the code of box {i}?", "a": f"Box {i} has code {1000 + i}."} for i in range(12)]
+FIELDS = {"question": "q", "answer": "a"}
+
+
+def _decoded(data, tokenizer):
+    return [tokenizer.decode(r.input_ids) for r in data.train]
+
+
+def test_a_save_to_disk_folder_and_an_arrow_file(tmp_path, tiny_tokenizer):
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(folder))
+    data = build_datasets(
+        DataConfig(train=[DataSource(path=str(folder), fields=FIELDS)], max_length=64), tiny_tokenizer, seed=0
+    )
+    assert len(data.train) == 12 and "Box 3 has code 1003." in _decoded(data, tiny_tokenizer)[3]
+    assert list(data.report.files) == [f"{folder}[train]"]
+
+    arrow = next(folder.rglob("*.arrow"))
+    data = build_datasets(
+        DataConfig(train=[DataSource(path=str(arrow), fields=FIELDS, take=5)], max_length=64), tiny_tokenizer, seed=0
+    )
+    assert len(data.train) == 5
+
+    with pytest.raises(DataError, match="has no split 'test'; its splits are train"):
+        build_datasets(DataConfig(train=[DataSource(path=str(folder), split="test")]), tiny_tokenizer, seed=0)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A cache holding acme/box-codes as `datasets` leaves a hub dataset it has loaded once, with the hub offline."""
+    from datasets.packaged_modules.json.json import Json
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    builder = Json(data_files={"train": str(source)}, dataset_name="box-codes", cache_dir=str(tmp_path / "build"))
+    builder.download_and_prepare()
+    cache = tmp_path / "hf-datasets"
+    shutil.copytree(builder.cache_dir, cache / "acme___box-codes" / "default" / "0.0.0" / "0123abcd")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_a_cached_hub_id_is_read_offline_and_streamed(hub_cache, tiny_tokenizer):
+    cfg = DataConfig(train=[DataSource(hub="acme/box-codes", fields=FIELDS)], max_length=64)
+    data = build_datasets(cfg, tiny_tokenizer, seed=0)
+    assert len(data.train) == 12 and "Box 11 has code 1011." in _decoded(data, tiny_tokenizer)[11]
+    assert list(data.report.files) == ["acme/box-codes[train]"]
+
+    streamed = DataConfig(
+        train=[DataSource(hub="acme/box-codes", fields=FIELDS, streaming=True, take=4)], max_length=64
+    )
+    assert len(build_datasets(streamed, tiny_tokenizer, seed=0).train) == 4
+
+
+def test_a_hub_id_neither_cached_nor_reachable_is_named(hub_cache, tiny_tokenizer):
+    cfg = DataConfig(train=[DataSource(hub="acme/not-here")])
+    with pytest.raises(DataError, match="entry 1: the dataset 'acme/not-here' .* is neither in the local cache"):
+        build_datasets(cfg, tiny_tokenizer, seed=0)
+
+
+def test_transform_changes_drops_or_names_the_row(tmp_path, tiny_tokenizer, monkeypatch):
+    data_file = tmp_path / "rows.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "shaping.py").write_text(
+        "def to_qa(row):\n"
+        "    if row['q'].endswith('box 5?'):\n"
+        "        return None\n"
+        "    return {'question': row['q'].upper(), 'answer': row['a']}\n"
+        "def fragile(row):\n"
+        "    return {'question': row['q'], 'answer': row['a'] + str(1 // (int(row['a'].split()[1]) - 7))}\n"
+    )
+    cfg = DataConfig(train=[str(data_file)], transform=f"{tmp_path / 'shaping.py'}:to_qa", max_length=64)
+    data = build_datasets(cfg, tiny_tokenizer, seed=0)
+    assert len(data.train) == 11 and "WHAT IS THE CODE OF BOX 3?" in _decoded(data, tiny_tokenizer)[3]
+    assert "dropped by data.transform" in data.report.summary()
+
+    monkeypatch.chdir(tmp_path)  # module:function finds shaping.py in the working directory
+    cfg = DataConfig(train=[str(data_file)], transform="shaping:fragile", max_length=64)
+    with pytest.raises(DataError, match=r"rows.jsonl:8: data.transform shaping:fragile raised ZeroDivisionError"):
+        build_datasets(cfg, tiny_tokenizer, seed=0)
+    with pytest.raises(ConfigError, match="has no function 'nothing'"):
+        build_datasets(DataConfig(train=[str(data_file)], transform="shaping:nothing"), tiny_tokenizer, seed=0)
+
+
+def test_an_unreachable_hub_id_leaves_an_existing_run_alone(hub_cache, tiny_overrides):
+    from tunelab.training.recipe import train
+
+    first = train(None, tiny_overrides | {"train.max_steps": 1})
+    adapter = (first.run_dir / "adapter_model.safetensors").read_bytes()
+    bad = tiny_overrides | {"data.train": [{"hub": "acme/not-here"}], "overwrite": True}
+    with pytest.raises(DataError, match="acme/not-here"):
+        train(None, bad)
+    assert (first.run_dir / "adapter_model.safetensors").read_bytes() == adapter
+    assert not first.run_dir.with_name(first.run_dir.name + ".previous").exists()

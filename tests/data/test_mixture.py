@@ -1,0 +1,157 @@
+"""Mixtures: each epoch draws the sources in their weights' proportions (of examples or of tokens), seeded by
+(seed, epoch); temperature flattens the shares; the report and the eval sets are per source; group_by_length."""
+
+import collections
+import json
+
+import pytest
+
+from tunelab.config import DataConfig, DataSource, load_config
+from tunelab.data.loader import build_datasets, epoch_rows, make_batches
+from tunelab.data.mixture import SourceSpan, plan_mixture
+from tunelab.data.render import Rendered
+from tunelab.errors import ConfigError
+
+
+def _rows(sizes, lengths):
+    """Rows of sources side by side; source i's rows have lengths[i] tokens and path f"s{i}"."""
+    rows, spans = [], []
+    for i, (n, length) in enumerate(zip(sizes, lengths)):
+        spans.append(SourceSpan(f"s{i}", len(rows), n, n * length, None))
+        rows += [Rendered([1] * length, [1] * length, f"s{i}", j) for j in range(n)]
+    return rows, spans
+
+
+def _count(drawn, what="rows"):
+    counts = collections.Counter()
+    for row in drawn:
+        counts[row.path] += 1 if what == "rows" else len(row.input_ids)
+    return counts
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 2.0), (5.0, 0.5, 1.0)])
+def test_an_epoch_draws_each_source_in_its_weights_proportion(weights):
+    rows, spans = _rows([10, 40, 100], [5, 5, 5])
+    for span, w in zip(spans, weights):
+        span.weight = w
+    mixture = plan_mixture(spans, "examples", 1.0, None)
+    for epoch in range(3):
+        drawn = mixture.draw(rows, seed=7, epoch=epoch)
+        counts = _count(drawn)
+        assert len(drawn) == 150  # an epoch has as many rows as the sources together
+        for i, w in enumerate(weights):
+            assert abs(counts[f"s{i}"] / 150 - w / sum(weights)) <= 1 / 150  # exact up to rounding
+    assert mixture.draw(rows, 7, 1) == mixture.draw(rows, 7, 1)  # a pure function of (seed, epoch)
+
+
+def test_weighed_down_sources_show_another_subset_each_epoch_and_weighed_up_ones_repeat():
+    rows, spans = _rows([10, 100], [5, 5])
+    spans[0].weight, spans[1].weight = 3.0, 1.0  # 110 rows: 82.5 and 27.5, the tie going to the first source
+    mixture = plan_mixture(spans, "examples", 1.0, None)
+    assert mixture.drawn == [83, 27]
+    seen = [{r.line for r in mixture.draw(rows, 1, e) if r.path == "s1"} for e in range(2)]
+    assert len(seen[0]) == 27 and seen[0] != seen[1]
+    repeats = collections.Counter(r.line for r in mixture.draw(rows, 1, 0) if r.path == "s0")
+    assert sorted(repeats.values()) == [8] * 7 + [9] * 3  # 83 = 8 full passes + 3 more
+
+
+def test_weights_that_count_tokens():
+    rows, spans = _rows([50, 50], [4, 40])  # the second source's rows are 10x longer
+    spans[0].weight = spans[1].weight = 1.0
+    drawn = plan_mixture(spans, "tokens", 1.0, None).draw(rows, 3, 0)
+    tokens = _count(drawn, "tokens")
+    assert abs(tokens["s0"] / (tokens["s0"] + tokens["s1"]) - 0.5) < 0.02
+    rows_drawn = _count(drawn)
+    assert rows_drawn["s0"] > 5 * rows_drawn["s1"]
+
+
+def test_temperature_flattens_natural_shares():
+    rows, spans = _rows([10, 90], [5, 5])
+    plain = plan_mixture(spans, "examples", 1.0, None)
+    assert plain.drawn == [10, 90]  # no weights, T = 1: the concatenation, every row once
+    assert sorted(r.line for r in plain.draw(rows, 0, 0) if r.path == "s1") == list(range(90))
+    flat = plan_mixture(spans, "examples", 2.0, None)  # p ~ sqrt(n): sqrt(10) : sqrt(90) = 1 : 3
+    assert flat.shares == pytest.approx([0.25, 0.75])
+    assert flat.drawn == [25, 75]
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_sources_are_read_split_and_reported_on_their_own(tmp_path, tiny_tokenizer):
+    a = _write(tmp_path / "a.jsonl", [{"question": f"Qa {i}?", "answer": f"Aa {i}."} for i in range(20)])
+    b = _write(tmp_path / "b.jsonl", [{"q": f"Qb {i}?", "a": f"Ab {i}."} for i in range(10)])
+    cfg = DataConfig(
+        train=[
+            DataSource(path=a, weight=1.0),
+            DataSource(
+                path=b, weight=3.0, fields={"question": "q", "answer": "a"}, system_prompt="Be brief.", name="bee"
+            ),
+        ],
+        eval_fraction=0.2,
+        max_length=64,
+    )
+    data = build_datasets(cfg, tiny_tokenizer, seed=1)
+    report = data.report
+    assert list(report.sources) == ["a.jsonl", "bee"]
+    assert report.sources["a.jsonl"].examples == 16 and report.sources["bee"].examples == 8
+    assert report.sources["bee"].share == pytest.approx(0.75) and report.sources["bee"].drawn_rows == 18
+    assert {k: len(v) for k, v in data.eval_sets.items()} == {"a.jsonl": 4, "bee": 2}
+    assert len(data.eval) == 6 and "mixture (examples)" in report.summary()
+    assert "Be brief." in tiny_tokenizer.decode(data.eval_sets["bee"][0].input_ids)
+    drawn = epoch_rows(data, 1, 0)
+    assert sum(r.path == b for r in drawn) == 18 and len(drawn) == 24
+
+
+def test_plain_paths_are_one_source_read_as_before(tmp_path, tiny_tokenizer):
+    a = _write(tmp_path / "a.jsonl", [{"question": f"Qa {i}?", "answer": f"Aa {i}."} for i in range(8)])
+    data = build_datasets(DataConfig(train=[a, a], max_length=64), tiny_tokenizer, seed=1)
+    assert data.mixture is None and epoch_rows(data, 1, 0) is data.train and not data.report.sources
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"path": "a.jsonl", "weight": 0}, "weight is 0.0; a weight is a positive number"),
+        ({"path": "a.jsonl", "weight": -2}, "weight is -2.0"),
+        ({"path": "a.jsonl", "weight": "heavy"}, r"data.train\[\].weight' must be float, got 'heavy'"),
+        ({"path": "a.jsonl", "hub": "org/x"}, "give exactly one of 'path'"),
+        ({"path": "a.jsonl", "wieght": 2}, "unknown key 'wieght'. Did you mean weight?"),
+        ({"path": "a.jsonl", "format": "csv"}, "format is 'csv'; allowed values"),
+    ],
+)
+def test_bad_sources_are_refused_naming_the_entry(entry, message, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"data": {"train": ["b.jsonl", entry]}}))
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)
+
+
+def test_group_by_length_keeps_the_rows_seeded_and_pads_less():
+    rows = [Rendered([1] * n, [1] * n, "f", i) for i, n in enumerate([3, 40, 5, 38, 7, 36, 9, 34] * 8)]
+
+    def padding(batches):
+        return sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+
+    def lines(batches):
+        return sorted(int(s.rsplit(":", 1)[1]) for b in batches for row in b["sources"] for s in row)
+
+    plain = make_batches(rows, 4, 0, shuffle=True, seed=3, epoch=0)
+    grouped = make_batches(rows, 4, 0, shuffle=True, seed=3, epoch=0, group_by_length=True)
+    assert lines(grouped) == lines(plain) == list(range(64))  # every row once
+    assert padding(grouped) < padding(plain) / 4
+    again = make_batches(rows, 4, 0, shuffle=True, seed=3, epoch=0, group_by_length=True)
+    assert [b["sources"] for b in again] == [b["sources"] for b in grouped]
+    other = make_batches(rows, 4, 0, shuffle=True, seed=3, epoch=1, group_by_length=True)
+    assert [b["sources"] for b in other] != [b["sources"] for b in grouped]
+
+
+def test_a_packed_mixture_packs_each_epochs_draw():
+    rows, spans = _rows([6, 6], [10, 30])
+    spans[0].weight, spans[1].weight = 2.0, 1.0
+    drawn = plan_mixture(spans, "examples", 1.0, 64).draw(rows, 0, 0)
+    assert all(sum(r.doc_lengths) == len(r.input_ids) <= 64 for r in drawn)
+    lengths = sorted(n for r in drawn for n in r.doc_lengths)
+    assert lengths == [10] * 8 + [30] * 4  # 12 rows drawn, 2 : 1

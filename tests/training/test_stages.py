@@ -1,0 +1,189 @@
+"""Staged runs: stage 2 starts from stage 1's weights bit for bit (continue: adapter) or from its merged model
+(continue: merge); the forgetting matrix holds what a direct evaluation gives; a run interrupted inside stage 2 and
+resumed equals the uninterrupted one; bad stages are refused before anything is written."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import tunelab.training.recipe as recipe
+from tunelab.api import train
+from tunelab.config import load_config
+from tunelab.data.loader import build_datasets, make_batches
+from tunelab.errors import ConfigError
+from tunelab.eval.report import build_report
+from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.peft.save import load_adapter
+from tunelab.rundir import open_info
+from tunelab.training.step import evaluate
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture
+def staged(tiny_overrides, tmp_path):
+    """Stage 1: raw text about doors (continued pretraining); stage 2: the box questions, with an eval split each."""
+    doors = tmp_path / "doors"
+    doors.mkdir()
+    for i in range(6):
+        (doors / f"door{i}.txt").write_text(f"Door {i} of the depot is painted red and opens inwards. " * 3)
+    base = {k: v for k, v in tiny_overrides.items() if not k.startswith("data.train")}
+    return base | {
+        "data.train": [],
+        "data.eval_fraction": 0.2,
+        "method.dropout": 0.0,
+        "train.save_every": 1,
+        "stages": [
+            {"name": "docs", "data": {"train": [str(doors)], "system_prompt": None}, "train": {"max_steps": 3}},
+            {"name": "qa", "data": {"train": tiny_overrides["data.train"]}, "train": {"max_steps": 3}},
+        ],
+    }
+
+
+def _adapter(folder):
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_stage_two_continues_stage_ones_adapter_bit_for_bit(staged):
+    staged["stages"][1]["train"]["lr"] = 0.0  # stage 2 takes steps that change nothing: it must end where it began
+    result = train(None, staged)
+    run = result.run_dir
+    first, second = _adapter(run / "stage-1"), _adapter(run / "stage-2")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert any(v.abs().sum() > 0 for k, v in first.items() if "lora_B" in k)  # stage 1 did learn
+    info = open_info(run)  # the run directory opens as its final result
+    assert info.finished and info.steps == 6 and [s["name"] for s in info.extra["stages"]] == ["docs", "qa"]
+    assert all(torch.equal(a, b) for a, b in zip(_adapter(run).values(), second.values()))
+    stages = [json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert stages[0] == 1 and stages[-1] == 2
+    page = build_report(run).read_text()
+    matrix = info.extra["forgetting"]["matrix"]
+    assert "Forgetting" in page and "after qa" in page and f"{matrix[1][0]:,.4f}" in page
+
+
+def test_forgetting_matrix_equals_direct_evaluation(staged, tiny_model_dir):
+    result = train(None, staged)
+    matrix = json.loads((result.run_dir / "run.json").read_text())["extra"]["forgetting"]["matrix"]
+    assert len(matrix) == 2 and len(matrix[0]) == 1 and len(matrix[1]) == 2
+    tokenizer = load_tokenizer(resolve_source(str(tiny_model_dir)))
+    resolved = load_config(None, staged)
+    for k, stage_dir in enumerate(["stage-1", "stage-2"]):
+        model = load_adapter(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), result.run_dir / stage_dir
+        )
+        for j, entry in enumerate(resolved.config.stages[: k + 1]):
+            data_cfg = load_config(
+                None, staged | {k2: v for k2, v in entry.items() if k2 not in ("name", "continue")}
+            ).config.data
+            rows = build_datasets(data_cfg, tokenizer, 42).eval
+            direct = evaluate(model, make_batches(rows, 4, tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0))
+            assert direct == pytest.approx(matrix[k][j], rel=1e-5), (k, j)  # fast path vs transformers: fp32
+    assert matrix[1][0] != matrix[0][0]  # stage 2 moved the loss on stage 1's data
+
+
+def test_continue_merge_starts_from_the_merged_model(staged, tiny_model_dir):
+    staged["stages"][1] |= {"continue": "merge", "method": {"r": 8}}
+    staged["stages"][1]["train"]["lr"] = 0.0
+    result = train(None, staged)
+    merged = result.run_dir / "stage-1" / "merged"
+    assert json.loads((result.run_dir / "stage-2" / "run.json").read_text())["base_model"] == str(merged)
+    ids = torch.randint(0, 200, (2, 11))
+    before = load_adapter(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), result.run_dir / "stage-1"
+    )
+    after = load_adapter(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), result.run_dir / "stage-2")
+    # W + s B A folded once in fp32, against x W^T + s (x A^T) B^T: the 1e-6 level
+    torch.testing.assert_close(after.eval()(ids).logits, before.eval()(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, monkeypatch):
+    straight = train(None, staged | {"output_dir": str(tmp_path / "straight")})
+    real_step, calls = recipe.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # stage 2's second step, after its checkpoint of step 1
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        train(None, staged | {"output_dir": str(tmp_path / "resumed")})
+    monkeypatch.setattr(recipe, "train_step", real_step)
+    resumed = train(None, staged | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    a, b = _adapter(straight.run_dir), _adapter(resumed.run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (
+        json.loads((resumed.run_dir / "run.json").read_text())["extra"]["forgetting"]
+        == json.loads((straight.run_dir / "run.json").read_text())["extra"]["forgetting"]
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"trian": {"lr": 1}}, "stage 2: unknown option 'trian'. Did you mean data.train, train.lr"),
+        ({"model": {"name": "other-model"}}, "stage 2: model.name is 'other-model', but stage 2 starts from stage 1"),
+        ({"method": {"r": 8}}, r"continues stage 1's adapter .* method.r 8 \(stage 1: 4\)"),
+        ({"method": {"name": "full"}}, "continue: adapter trains stage 1's adapter on"),
+        ({"continue": "restart"}, "'continue' is 'restart'; allowed values: adapter, merge"),
+        ({"output_dir": "elsewhere"}, "'output_dir' belongs to the whole run"),
+    ],
+)
+def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change, message):
+    staged["stages"][1] |= change
+    with pytest.raises(ConfigError, match=message):
+        train(None, staged)
+    assert not (tmp_path / "run").exists()
+
+
+def test_check_covers_every_stage_and_the_cli_refuses_a_bad_weight(staged, tmp_path, capsys):
+    from tunelab.checks.run import run_check
+    from tunelab.cli import main
+
+    result = run_check(None, staged, model=False, html=tmp_path / "check.html")
+    names = [item.name for item in result.items]
+    assert result.passed and any(n.startswith("stage 2: ") for n in names)
+    assert not (tmp_path / "run").exists()
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        json.dumps({"output_dir": str(tmp_path / "run"), "data": {"train": [{"path": "x.jsonl", "weight": -1}]}})
+    )
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "weight is -1.0" in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_staged_run_through_the_cli(staged, tmp_path, capsys):
+    """`tunelab train` runs the stages of a config file and prints the forgetting table; `tunelab report` shows it; a
+    second `tunelab train` into the finished run stops with exit 2 and leaves it as it was."""
+    from tunelab.cli import main
+
+    nested: dict = {}
+    for key, value in staged.items():
+        section, _, name = key.partition(".")
+        if name:
+            nested.setdefault(section, {})[name] = value
+        else:
+            nested[key] = value
+    config = tmp_path / "staged.yaml"
+    config.write_text(json.dumps(nested))
+    assert main(["train", str(config)]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    matrix = open_info(run).extra["forgetting"]["matrix"]
+    assert "===== stage 2 of 2: qa" in out and f"{matrix[1][0]:.4f}" in out.split("each stage's eval data")[-1]
+    adapter = (run / "adapter_model.safetensors").read_bytes()
+    assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
+    assert "Forgetting" in (tmp_path / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(run) in err
+    assert (run / "adapter_model.safetensors").read_bytes() == adapter and (run / "stage-2").is_dir()
