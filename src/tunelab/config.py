@@ -13,11 +13,16 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from tunelab.errors import ConfigError
+
+AUTO = "auto"
+Auto = Literal["auto"]
+"""An option typed `float | Auto` takes a number or `auto`: chosen at start from the data and the model
+(training/auto.py holds the rules); the chosen value and its reason are printed and saved in run.json."""
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None, max: float | None = None):
@@ -167,6 +172,8 @@ def iter_options() -> list[tuple[str, dataclasses.Field, Any]]:
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(hint))
     return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
 
 
@@ -178,7 +185,17 @@ def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner[0], where)
+        for arm in inner:  # the first type that takes the value: `float | Auto` reads 1e-4 as float, "auto" as Auto
+            try:
+                return _coerce(name, value, arm, where)
+            except ConfigError:
+                pass
+        names = " or ".join(_type_name(a) for a in inner)
+        raise ConfigError(f"{where}: option '{name}' must be {names}, got {value!r} ({type(value).__name__}).")
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {value!r}.")
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
