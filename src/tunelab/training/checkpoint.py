@@ -12,9 +12,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tunelab.atomic import temporary_sibling
 from tunelab.errors import RunDirError
 
 STEP_PREFIX = "step-"
@@ -89,3 +91,31 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     return meta["position"]
+
+
+def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """The trainable tensors alone, in one safetensors file written atomically; `metadata` rides in its header."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    scratch = temporary_sibling(path)
+    save_file(trainable, str(scratch), metadata=metadata)
+    os.replace(scratch, path)
+    return path
+
+
+def read_trainable_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def load_trainable(model: nn.Module, path: Path) -> None:
+    """Copy the tensors of a `save_trainable` file into the model's trainable parameters, in place."""
+    trainable = load_file(str(path))
+    params = dict(model.named_parameters())
+    mismatch = sorted(set(trainable) ^ {n for n, p in params.items() if p.requires_grad})
+    if mismatch:
+        raise RunDirError(f"{path}: the saved weights do not match the model being trained (e.g. {mismatch[0]}).")
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value)
