@@ -119,6 +119,9 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
     seed: int = opt(42, "seed for initialisation, shuffling and dropout")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: only at the end)", min=0)
+    keep_best: bool = opt(
+        True, "with an eval split, save the weights of the lowest eval loss as the result (not those of the last step)"
+    )
     save_every: int = opt(0, "write a checkpoint every N optimizer steps (0: only at the end)", min=0)
     keep_checkpoints: int = opt(2, "how many step checkpoints to keep", min=1)
     log_every: int = opt(1, "append metrics every N optimizer steps", min=1)
