@@ -1,8 +1,14 @@
 """keep_best: the weights of the lowest eval loss are the saved result, whatever order the losses come in."""
 
+import json
+
+import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+import tunelab.training.recipe as recipe
+from tunelab.peft.save import adapter_state_dict
 from tunelab.training.best import BestWeights
 
 
@@ -36,3 +42,40 @@ def test_last_step_best_or_disabled_changes_nothing(tmp_path):
     off = BestWeights(tmp_path / "off", enabled=False)
     assert not off.observe(1, 0.1, model) and off.restore(model, 1, 0.1) is None
     assert not (tmp_path / "off").exists()
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_the_saved_adapter_is_the_best_evaluated_one(tiny_overrides, monkeypatch, capsys, keep_best):
+    scripted = iter([0.9, 0.4, 0.6, 0.8])  # evaluations at steps 2, 4, 6, 8: the best is step 4
+    seen = {}
+
+    def fake_evaluate(model, batches):
+        loss = next(scripted)
+        seen[loss] = {k: v.clone() for k, v in adapter_state_dict(model).items()}
+        return loss
+
+    monkeypatch.setattr(recipe, "evaluate", fake_evaluate)
+    overrides = tiny_overrides | {
+        "data.eval_fraction": 0.25,
+        "train.max_steps": 8,
+        "train.eval_every": 2,
+        "train.keep_best": keep_best,
+    }
+    result = recipe.train(None, overrides)
+    saved = load_file(result.run_dir / "adapter_model.safetensors")
+    expected = seen[0.4] if keep_best else seen[0.8]
+    assert saved.keys() == expected.keys()
+    for key in saved:
+        assert torch.equal(saved[key], expected[key]), key
+    info = json.loads((result.run_dir / "run.json").read_text())
+    out = capsys.readouterr().out
+    if keep_best:
+        assert "keep_best: loaded the weights of step 4" in out
+        assert info["extra"]["best"] == {"step": 4, "eval_loss": 0.4} and info["eval_loss"] == 0.4
+        assert "keep_best saved the weights of step 4" in info["extra"]["verdict"]["text"]  # 0.8 vs 0.4: overfit
+    else:
+        assert "keep_best: loaded" not in out and "best" not in info["extra"] and info["eval_loss"] == 0.8
+        assert "Set train.keep_best: true" in info["extra"]["verdict"]["text"]
+    assert "train.max_steps: 4 (it was 8)" in info["extra"]["verdict"]["text"]
+    assert info["extra"]["verdict"]["kind"] == "overfit"
+    assert not (result.run_dir / "checkpoints" / "best.safetensors").exists()

@@ -26,11 +26,14 @@ from tunelab.models.build import BuiltModel, build_model, save_full_weights
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import save_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
+from tunelab.training.auto import model_width, resolve_auto
+from tunelab.training.best import BestWeights
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from tunelab.training.metrics import MetricsLog, plot_losses
+from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import evaluate, train_step
+from tunelab.training.verdict import judge_metrics
 
 
 @dataclass
@@ -137,7 +140,9 @@ def train(
         flush=True,
     )
 
-    t = cfg.train
+    plan = resolve_auto(cfg.train, cfg.method, len(data.train), model_width(built.hf_config), bool(data.eval))
+    print(plan.describe(), flush=True)
+    t = plan.train
     pad_id = tokenizer.pad_token_id
     batches_per_epoch = len(make_batches(data.train, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
@@ -172,8 +177,10 @@ def train(
         quantize_base=cfg.method.quantize_base,
         trust_remote_code=cfg.model.trust_remote_code,
         total_steps=total_steps,
+        extra={"auto": plan.to_dict()},
     )
     write_info(run_dir, info)
+    best = BestWeights(run_dir, t.keep_best and bool(eval_batches), resume)
 
     last_loss = eval_loss = None
     bar = tqdm(total=total_steps, initial=position["step"], desc="train", unit="step", dynamic_ncols=True)
@@ -212,6 +219,7 @@ def train(
             if eval_batches and t.eval_every and position["step"] % t.eval_every == 0:
                 eval_loss = evaluate(model, eval_batches)
                 log.write({"step": position["step"], "eval_loss": eval_loss})
+                best.observe(position["step"], eval_loss, model)
             if t.save_every and position["step"] % t.save_every == 0:
                 save_checkpoint(run_dir, model, optimizer, position, t.keep_checkpoints)
         if position["batch_in_epoch"] >= len(batches):
@@ -222,11 +230,20 @@ def train(
     if eval_batches and not (t.eval_every and total_steps % t.eval_every == 0):
         eval_loss = evaluate(model, eval_batches)
         log.write({"step": total_steps, "eval_loss": eval_loss})
+        best.observe(total_steps, eval_loss, model)
     if eval_loss is not None:
         print(f"eval loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
+    kept = best.restore(model, position["step"], eval_loss)
+    if kept:
+        print(kept, flush=True)
+        info.extra["best"] = {"step": best.step, "eval_loss": best.loss}
+        eval_loss = best.loss
     model.eval()
     save_final(run_dir, built, tokenizer, cfg)
     plot_losses(run_dir)
+    verdict = judge_metrics(read_metrics(run_dir), steps_per_epoch, t.epochs, t.lr, t.max_steps, best.step)
+    print(verdict.text, flush=True)
+    info.extra["verdict"] = verdict.to_dict()
     info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
     info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
     write_info(run_dir, info)
