@@ -101,13 +101,28 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = opt(3.0, "passes over the training data (ignored when max_steps is set)", min=0.0)
+    epochs: float | Auto = opt(
+        "auto",
+        "passes over the training data (ignored when max_steps is set); auto: 3, more for a small set to reach 100 optimizer steps (at most 10), fewer for a large one (about 25,000 examples seen)",
+        min=0.0,
+    )
     max_steps: int | None = opt(None, "optimizer steps to run; overrides epochs", min=1)
-    micro_batch: int = opt(8, "examples per forward pass", min=1)
+    micro_batch: int | Auto = opt(
+        "auto",
+        "examples per forward pass; auto: 8, or for a small set the power of two <= examples / 32 (at least 1)",
+        min=1,
+    )
     grad_accum: int = opt(1, "micro-batches per optimizer step", min=1)
-    lr: float = opt(2e-4, "peak learning rate", min=0.0)
-    warmup_ratio: float = opt(
-        0.05, "fraction of steps spent warming the learning rate up linearly from 0", min=0.0, max=1.0
+    lr: float | Auto = opt(
+        "auto",
+        "peak learning rate; auto: LoRA 5e-4 x (2000 / hidden size)^0.78 x 32 / alpha (2.6e-4 at hidden 4096), full and layers a tenth of that",
+        min=0.0,
+    )
+    warmup_ratio: float | Auto = opt(
+        "auto",
+        "fraction of steps spent warming the learning rate up linearly from 0; auto: 0.05, at most 100 steps",
+        min=0.0,
+        max=1.0,
     )
     scheduler: str = opt("cosine", "learning-rate schedule after warmup", choices=("constant", "linear", "cosine"))
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to norms and biases)", min=0.0)
@@ -118,7 +133,11 @@ class TrainConfig:
     )
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
     seed: int = opt(42, "seed for initialisation, shuffling and dropout")
-    eval_every: int = opt(0, "evaluate every N optimizer steps (0: only at the end)", min=0)
+    eval_every: int | Auto = opt(
+        "auto",
+        "evaluate every N optimizer steps (0: only at the end); auto: 10 times a run when there is an eval split",
+        min=0,
+    )
     keep_best: bool = opt(
         True, "with an eval split, save the weights of the lowest eval loss as the result (not those of the last step)"
     )

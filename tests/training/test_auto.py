@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 
-from tunelab.config import MethodConfig, TrainConfig
+from tunelab.config import MethodConfig, TrainConfig, load_config
+from tunelab.errors import ConfigError
 from tunelab.training.auto import auto_lr, model_width, resolve_auto
 
 ALL_AUTO = {name: "auto" for name in ("lr", "epochs", "micro_batch", "warmup_ratio", "eval_every")}
@@ -14,6 +15,15 @@ ALL_AUTO = {name: "auto" for name in ("lr", "epochs", "micro_batch", "warmup_rat
 def _plan(examples, method="lora", hidden=576, has_eval=False, **train):
     config = TrainConfig(**(ALL_AUTO | train))
     return resolve_auto(config, MethodConfig(name=method), examples, hidden, has_eval)
+
+
+def test_defaults_are_auto_and_explicit_values_parse():
+    cfg = load_config(None).config.train
+    assert (cfg.lr, cfg.epochs, cfg.micro_batch, cfg.warmup_ratio, cfg.eval_every) == ("auto",) * 5
+    cfg = load_config(None, {"train.lr": "3e-4", "train.micro_batch": "4", "train.epochs": "auto"}).config.train
+    assert (cfg.lr, cfg.micro_batch, cfg.epochs) == (3e-4, 4, "auto")
+    with pytest.raises(ConfigError, match="'train.epochs' must be float or 'auto', got 'lots'"):
+        load_config(None, {"train.epochs": "lots"})
 
 
 @pytest.mark.parametrize(
