@@ -45,6 +45,7 @@ from tunelab.eval.metrics import (
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 from tunelab.rundir import RunInfo, open_info
+from tunelab.training.auto import trained_value
 from tunelab.training.step import evaluate, loss_tokens
 
 EVAL_FILE = "eval.json"
@@ -153,7 +154,8 @@ def _run_data_config(run_dir: Path, info: RunInfo) -> tuple[DataConfig, int]:
         cfg = load_config(path).config
     except ConfigError as exc:
         raise RunDirError(f"{path}: the run's saved config cannot be read ({exc}).") from None
-    return dataclasses.replace(cfg.data, packing=False, eval=None), cfg.train.micro_batch
+    micro_batch = trained_value(info.extra, "train.micro_batch", cfg.train.micro_batch)
+    return dataclasses.replace(cfg.data, packing=False, eval=None), micro_batch
 
 
 def _text_field(row: dict, key: str, where: str) -> str | None:
