@@ -77,5 +77,6 @@ def test_the_saved_adapter_is_the_best_evaluated_one(tiny_overrides, monkeypatch
         assert "keep_best: loaded" not in out and "best" not in info["extra"] and info["eval_loss"] == 0.8
         assert "Set train.keep_best: true" in info["extra"]["verdict"]["text"]
     assert "train.max_steps: 4 (it was 8)" in info["extra"]["verdict"]["text"]
-    assert info["extra"]["verdict"]["kind"] == "overfit"
+    assert info["extra"]["verdict"]["kind"] == "overfit" == result.verdict.kind
+    assert result.auto == info["extra"]["auto"] and set(result.auto) == {"train.warmup_ratio"}  # the rest were given
     assert not (result.run_dir / "checkpoints" / "best.safetensors").exists()

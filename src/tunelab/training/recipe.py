@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import evaluate, train_step
-from tunelab.training.verdict import judge_metrics
+from tunelab.training.verdict import Verdict, judge_metrics
 
 
 @dataclass
@@ -42,6 +42,8 @@ class TrainResult:
     steps: int
     final_loss: float | None
     eval_loss: float | None
+    auto: dict[str, dict] = field(default_factory=dict)  # option -> {value, reason}, for the options that were auto
+    verdict: Verdict | None = None
 
 
 def resolve(
@@ -253,7 +255,7 @@ def train(
     )
     if cfg.eval.questions:
         _compare_after_training(run_dir, cfg)
-    return TrainResult(run_dir, position["step"], last_loss, eval_loss)
+    return TrainResult(run_dir, position["step"], last_loss, eval_loss, plan.to_dict(), verdict)
 
 
 def _compare_after_training(run_dir: Path, cfg: RunConfig) -> None:
