@@ -90,3 +90,14 @@ def test_judge_metrics_reads_metrics_records():
     v = judge_metrics(records, steps_per_epoch=20, epochs=3.0, lr=1e-3)
     assert v.kind == "fine" and v.numbers["eval_best_step"] == 60
     assert judge_metrics([], 20, 3.0, 1e-3).kind == "fine"
+
+
+def test_eval_loss_still_falling_at_the_end_is_underfit():
+    # Train loss low (the phrasings are memorised) but held-out text still getting likelier: more training helps.
+    train = _decay(2.2, 0.1, 72)
+    evals = [(8, 1.2), (16, 0.8), (24, 0.65), (32, 0.55), (40, 0.47), (48, 0.41), (56, 0.36), (64, 0.31), (72, 0.277)]
+    v = _judge(train, evals)
+    assert v.kind == "underfit"
+    assert "eval loss was still falling when training stopped: 0.310 at step 64 -> 0.277 at step 72" in v.text
+    flat = evals[:-2] + [(64, 0.35), (72, 0.345)]
+    assert _judge(train, flat).kind == "fine"

@@ -7,7 +7,8 @@ Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), 
 - underfit: the train loss is still high after the model saw each example at least twice (the last tenth of the
   steps average >= 1.0 nats a token and it has not halved since the first tenth), or it was still falling fast when
   training stopped (down >= 20% and >= 0.1 nats over the last quarter, where a decaying schedule has already slowed
-  it). More epochs or a higher rate is the fix. A single pass over a large, varied set may end above 1 nat and be
+  it), or the eval loss was still falling (its last value is its lowest, >= 10% and 0.02 nats below the one
+  before). More epochs or a higher rate is the fix. A single pass over a large, varied set may end above 1 nat and be
   fine: the text is not yet seen twice, and its loss reflects how predictable it is, not how well it was learned.
 - fine: neither.
 Averages over a tenth of the steps (at least 3) smooth the step-to-step noise of small micro-batches. The
@@ -24,6 +25,8 @@ HIGH_LOSS = 1.0  # nats per token; with HALVED, "still high"
 HALVED = 0.5
 FALLING_RELATIVE = 0.2  # the last quarter's fall that counts as "still learning"
 FALLING_ABSOLUTE = 0.1
+EVAL_FALLING_RELATIVE = 0.10  # the fall between the last two evaluations that counts as "still learning"
+EVAL_FALLING_ABSOLUTE = 0.02
 RISE_RELATIVE = 0.10  # the eval loss rise that counts as overfitting
 RISE_ABSOLUTE = 0.05
 MIN_EVALS = 3
@@ -89,12 +92,23 @@ def judge(
             )
     high = epochs >= 2 and end >= HIGH_LOSS and end > HALVED * start
     falling = before - end >= FALLING_RELATIVE * before and before - end >= FALLING_ABSOLUTE
-    if high or falling:
-        why = (
-            f"the train loss is still high: {start:.3f} -> {end:.3f} nats a token"
-            if high
-            else f"the train loss was still falling when training stopped: {before:.3f} -> {end:.3f} over the last quarter"
+    eval_falling = False
+    if len(evals) >= MIN_EVALS:
+        (prev_step, prev), (last_step, last) = evals[-2], evals[-1]
+        drop = prev - last
+        eval_falling = last <= min(loss for _, loss in evals) and (
+            drop >= EVAL_FALLING_RELATIVE * prev and drop >= EVAL_FALLING_ABSOLUTE
         )
+    if high or falling or eval_falling:
+        if high:
+            why = f"the train loss is still high: {start:.3f} -> {end:.3f} nats a token"
+        elif falling:
+            why = f"the train loss was still falling when training stopped: {before:.3f} -> {end:.3f} over the last quarter"
+        else:
+            why = (
+                f"the eval loss was still falling when training stopped: {prev:.3f} at step {prev_step} -> "
+                f"{last:.3f} at step {last_step} (the {curve})"
+            )
         longer = (
             f"train.max_steps: {2 * max_steps} (it was {max_steps})"
             if max_steps
