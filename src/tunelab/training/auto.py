@@ -112,9 +112,12 @@ def auto_lr(method: MethodConfig, hidden_size: int | None) -> Choice:
 
 def auto_micro_batch(examples: int) -> Choice:
     if examples >= MICRO_BATCH * STEPS_PER_EPOCH:
-        return Choice(MICRO_BATCH, f"{examples} examples")
+        return Choice(MICRO_BATCH, f"{examples} examples, at least {MICRO_BATCH * STEPS_PER_EPOCH}")
     mb = min(MICRO_BATCH, pow2_floor(examples / STEPS_PER_EPOCH))
-    return Choice(mb, f"small set: {examples} examples / {STEPS_PER_EPOCH} steps an epoch, a power of two")
+    return Choice(
+        mb,
+        f"small set: the power of two <= {examples} examples / {STEPS_PER_EPOCH}, for ~{STEPS_PER_EPOCH} steps an epoch",
+    )
 
 
 def steps_per_epoch(examples: int, micro_batch: int, grad_accum: int) -> int:
