@@ -5,15 +5,16 @@ Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), 
 - overfit: the eval loss rose at the end: its last value is at least 10% and 0.05 nats above its lowest, which came
   earlier. More training made held-out text less likely, so fewer epochs (or more data) is the fix.
 - underfit: the train loss is still high after the model saw each example at least twice (the last tenth of the
-  steps average >= 1.0 nats a token and it has not halved since the first tenth), or it was still falling fast when
+  steps average >= 0.5 nats a token), or it was still falling fast when
   training stopped (down >= 20% and >= 0.1 nats over the last quarter, where a decaying schedule has already slowed
   it), or the eval loss was still falling (its last value is its lowest, >= 10% and 0.02 nats below the one
-  before). More epochs or a higher rate is the fix. A single pass over a large, varied set may end above 1 nat and be
+  before). More epochs or a higher rate is the fix. A single pass over a large, varied set may end above 0.5 and be
   fine: the text is not yet seen twice, and its loss reflects how predictable it is, not how well it was learned.
 - fine: neither.
 Averages over a tenth of the steps (at least 3) smooth the step-to-step noise of small micro-batches. The
-thresholds are judgement, checked on the sweeps recorded in README: a FAQ-sized set that answers its held-out
-questions ends below 0.3 nats; the runs that learned nothing ended above 1.
+thresholds are judgement, checked on the runs recorded in README: every run that answered >= 80% of its held-out
+questions ended below 0.1 nats a token; a top-layers run that ended at 0.56 answered 11%, and the run that learned
+nothing at lr 2e-4 ended at 1.3.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-HIGH_LOSS = 1.0  # nats per token; with HALVED, "still high"
-HALVED = 0.5
+HIGH_LOSS = 0.5  # nats per token: "still high" after two passes or more
 FALLING_RELATIVE = 0.2  # the last quarter's fall that counts as "still learning"
 FALLING_ABSOLUTE = 0.1
 EVAL_FALLING_RELATIVE = 0.10  # the fall between the last two evaluations that counts as "still learning"
@@ -90,7 +90,7 @@ def judge(
                 f"Next time set {shorter}, or add more varied examples.",
                 numbers,
             )
-    high = epochs >= 2 and end >= HIGH_LOSS and end > HALVED * start
+    high = epochs >= 2 and end >= HIGH_LOSS
     falling = before - end >= FALLING_RELATIVE * before and before - end >= FALLING_ABSOLUTE
     eval_falling = False
     if len(evals) >= MIN_EVALS:
@@ -101,7 +101,7 @@ def judge(
         )
     if high or falling or eval_falling:
         if high:
-            why = f"the train loss is still high: {start:.3f} -> {end:.3f} nats a token"
+            why = f"the train loss is still high after {epochs:g} passes: {start:.3f} -> {end:.3f} nats a token"
         elif falling:
             why = f"the train loss was still falling when training stopped: {before:.3f} -> {end:.3f} over the last quarter"
         else:
