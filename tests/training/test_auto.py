@@ -7,14 +7,14 @@ import pytest
 
 from tunelab.config import MethodConfig, TrainConfig, load_config
 from tunelab.errors import ConfigError
-from tunelab.training.auto import auto_lr, model_width, resolve_auto
+from tunelab.training.auto import ModelShape, auto_lr, model_shape, resolve_auto
 
 ALL_AUTO = {name: "auto" for name in ("lr", "epochs", "micro_batch", "warmup_ratio", "eval_every")}
 
 
 def _plan(examples, method="lora", hidden=576, has_eval=False, **train):
     config = TrainConfig(**(ALL_AUTO | train))
-    return resolve_auto(config, MethodConfig(name=method), examples, hidden, has_eval)
+    return resolve_auto(config, MethodConfig(name=method), examples, ModelShape(hidden, 30), has_eval)
 
 
 def test_defaults_are_auto_and_explicit_values_parse():
@@ -27,30 +27,43 @@ def test_defaults_are_auto_and_explicit_values_parse():
 
 
 @pytest.mark.parametrize(
-    "method, hidden, expected",
+    "method, hidden, layers, expected",
     [
-        ("lora", 576, 1.32e-3),  # the embedded SmolLM2-135M
-        ("lora", 2048, 4.91e-4),  # 1B class
-        ("lora", 4096, 2.86e-4),  # 7-8B class (Llama-2-7B, Llama-3-8B, Qwen2.5-7B's 3584 gets 3.15e-4)
-        ("lora", 8192, 1.67e-4),  # 70B class
-        ("full", 576, 1.32e-4),
-        ("full", 4096, 2.86e-5),
-        ("layers", 576, 1.32e-4),
-        ("lora", None, 5e-4),  # no hidden size in the config: the rate at width 2000
-        ("lora", 64, 3e-3),  # a tiny test model: kept at the top of the range
+        ("lora", 576, 30, 1.32e-3),  # the embedded SmolLM2-135M
+        ("lora", 2048, 16, 4.91e-4),  # 1B class
+        ("lora", 4096, 32, 2.86e-4),  # 7-8B class (Llama-2-7B, Llama-3-8B; Qwen2.5-7B's 3584 gets 3.15e-4)
+        ("lora", 8192, 80, 1.67e-4),  # 70B class
+        ("full", 576, 30, 1.32e-4),
+        ("full", 4096, 32, 2.86e-5),
+        ("layers", 576, 30, 1.98e-3),  # top 2 of 30: full's rate x 15
+        ("layers", 4096, 32, 4.58e-4),  # top 2 of 32: x 16
+        ("layers", 576, None, 1.32e-4),  # depth unknown: full's rate
+        ("lora", None, None, 5e-4),  # no hidden size in the config: the rate at width 2000
+        ("lora", 64, 2, 3e-3),  # a tiny test model: kept at the top of the range
     ],
 )
-def test_lr_by_method_and_width(method, hidden, expected):
-    choice = auto_lr(MethodConfig(name=method), hidden)
+def test_lr_by_method_width_and_depth(method, hidden, layers, expected):
+    choice = auto_lr(MethodConfig(name=method), ModelShape(hidden, layers))
     assert choice.value == pytest.approx(expected, rel=0.01)
     assert choice.reason.startswith("LoRA") == (method == "lora")
 
 
+def test_layers_lr_follows_the_share_of_layers_trained():
+    shape = ModelShape(576, 30)
+    two, six = (auto_lr(MethodConfig(name="layers", top_layers=k), shape) for k in (2, 6))
+    assert two.value == pytest.approx(3 * six.value, rel=0.01) and "top 6 of 30" in six.reason
+    assert (
+        auto_lr(MethodConfig(name="layers", top_layers=30), shape).value
+        == auto_lr(MethodConfig(name="full"), shape).value
+    )
+    assert auto_lr(MethodConfig(name="layers", top_layers=1), ModelShape(64, 30)).value == 3e-3  # capped
+
+
 def test_lora_lr_scales_with_alpha():
-    base = auto_lr(MethodConfig(alpha=32), 4096).value
-    assert auto_lr(MethodConfig(r=8, alpha=16), 4096).value == pytest.approx(2 * base, rel=0.01)
-    assert auto_lr(MethodConfig(r=64, alpha=128), 4096).value == pytest.approx(base / 4, rel=0.01)
-    assert "32/alpha 16" in auto_lr(MethodConfig(r=8, alpha=16), 4096).reason
+    base = auto_lr(MethodConfig(alpha=32), ModelShape(4096, 32)).value
+    assert auto_lr(MethodConfig(r=8, alpha=16), ModelShape(4096, 32)).value == pytest.approx(2 * base, rel=0.01)
+    assert auto_lr(MethodConfig(r=64, alpha=128), ModelShape(4096, 32)).value == pytest.approx(base / 4, rel=0.01)
+    assert "32/alpha 16" in auto_lr(MethodConfig(r=8, alpha=16), ModelShape(4096, 32)).reason
 
 
 @pytest.mark.parametrize(
@@ -123,12 +136,12 @@ def test_describe_and_record_name_each_choice_with_its_reason():
     assert record["train.micro_batch"] == {"value": 2, "reason": plan.chosen["train.micro_batch"].reason}
 
 
-def test_model_width_reads_text_configs():
+def test_model_shape_reads_text_configs():
     from transformers import LlamaConfig
 
-    assert model_width(LlamaConfig(hidden_size=576)) == 576
+    assert model_shape(LlamaConfig(hidden_size=576, num_hidden_layers=30)) == ModelShape(576, 30)
 
-    class NoWidth:
+    class NoShape:
         pass
 
-    assert model_width(NoWidth()) is None
+    assert model_shape(NoShape()) == ModelShape(None, None)
