@@ -26,7 +26,7 @@ from tunelab.models.build import BuiltModel, build_model, save_full_weights
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import save_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
-from tunelab.training.auto import model_width, resolve_auto
+from tunelab.training.auto import model_shape, resolve_auto
 from tunelab.training.best import BestWeights
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
@@ -142,7 +142,7 @@ def train(
         flush=True,
     )
 
-    plan = resolve_auto(cfg.train, cfg.method, len(data.train), model_width(built.hf_config), bool(data.eval))
+    plan = resolve_auto(cfg.train, cfg.method, len(data.train), model_shape(built.hf_config), bool(data.eval))
     print(plan.describe(), flush=True)
     t = plan.train
     pad_id = tokenizer.pad_token_id
