@@ -20,7 +20,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SETS = {  # folder: (training file, detected format, refusal sentence or None, training rows)
     "lamp_support": ("train.csv", "prompt_completion", "Sorry, I can only help with Lumora lamps and orders.", 120),
     "backup_cli": ("train.json", "alpaca", None, 64),
-    "ferry_chat": ("train.jsonl", "messages", "I can only help with Skerry Line sailings and tickets.", 38),
+    "ferry_chat": ("train.jsonl", "messages", "I can only help with Skerry Line sailings and tickets.", 65),
 }
 
 
