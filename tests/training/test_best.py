@@ -25,12 +25,23 @@ def test_observe_keeps_the_lowest_and_restore_loads_it(tmp_path):
         _set(model, value)
         best.observe(step, loss, model)
     assert (best.step, best.loss) == (2, 0.5)  # a tie later does not replace it; NaN never counts
-    resumed = BestWeights(tmp_path, enabled=True, resume=True)  # a resumed run reads the best so far
+    resumed = BestWeights(tmp_path, enabled=True, resume_step=3)  # a resumed run reads the best so far
     assert (resumed.step, resumed.loss) == (2, 0.5)
     message = best.restore(model, last_step=5, last_loss=float("nan"))
     assert torch.all(model.weight == 2.0) and torch.all(model.bias == 2.0)
     assert "loaded the weights of step 2" in message and "0.5000" in message
     assert not best.path.exists()  # the result now holds these weights
+
+
+def test_a_resumed_run_forgets_a_best_newer_than_its_checkpoint(tmp_path):
+    model = nn.Linear(3, 2)
+    BestWeights(tmp_path, enabled=True).observe(6, 0.2, model)
+    # Resumed from step 4: steps 5 and 6 run again (exactly), so step 6 is evaluated again; until then the best is
+    # whatever the resumed run sees.
+    resumed = BestWeights(tmp_path, enabled=True, resume_step=4)
+    assert resumed.step is None and not resumed.path.exists()
+    (tmp_path / "checkpoints" / "best.safetensors").write_bytes(b"torn")
+    assert BestWeights(tmp_path, enabled=True, resume_step=4).step is None
 
 
 def test_last_step_best_or_disabled_changes_nothing(tmp_path):

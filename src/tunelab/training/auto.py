@@ -1,11 +1,12 @@
 """Training options chosen from the data and the method: the `auto` values of `TrainConfig`.
 
 Each rule is a small pure function that returns the value and the reason for it, in words a user can check.
-`resolve_auto` applies them in dependency order (micro_batch -> epochs -> optimizer steps -> warmup and eval cadence)
-to the options left at `auto` and returns a TrainConfig in which every value is concrete; an explicit value always
-wins, and the rules that depend on it use it.
+They are applied to the options left at `auto` in two stages: `plan_from_data` (micro_batch -> epochs -> optimizer
+steps -> warmup and eval cadence: the data alone, known before the data checks) and `AutoPlan.with_lr` (the model's
+width and depth, known once it is loaded); `resolve_auto` does both. The result is a TrainConfig in which every value
+is concrete; an explicit value always wins, and the rules that depend on it use it.
 
-Where the numbers come from (README, "How auto chooses", has them with links and our own CPU sweeps):
+Where the numbers come from (README, "Defaults that learn", has them with links and our own CPU sweeps):
 - lr, LoRA: 5e-4 x (2000 / hidden size)^0.781, the fit of Thinking Machines' tinker-cookbook
   (`hyperparam_utils.get_lr`: a base of 5e-5 times their LoRA factor of 10, Llama-family exponent) over their LoRA
   sweeps. It gives 2.9e-4 at hidden size 4096 (7-8B), beside QLoRA's 2e-4 (7B/13B) and 1e-4 (33B/65B), torchtune's
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.config import AUTO, MethodConfig, TrainConfig
@@ -73,6 +74,15 @@ class AutoPlan:
     train: TrainConfig
     chosen: dict[str, Choice]  # dotted option name -> choice; only the options that were auto
     total_steps: int
+    kept: dict[str, Choice] = field(default_factory=dict)  # choices a resumed run keeps (plan_from_data)
+
+    def with_lr(self, method: MethodConfig, shape: ModelShape) -> AutoPlan:
+        """The plan with the learning rate chosen too (when it is `auto`): it needs the model's shape."""
+        if self.train.lr != AUTO:
+            return self
+        choice = self.kept.get("train.lr") or auto_lr(method, shape)
+        train = dataclasses.replace(self.train, lr=choice.value)
+        return AutoPlan(train, {"train.lr": choice} | self.chosen, self.total_steps, self.kept)
 
     def describe(self) -> str:
         if not self.chosen:
@@ -186,10 +196,14 @@ def auto_eval_every(total_steps: int, has_eval: bool) -> Choice:
     return Choice(every, f"{EVALS_PER_RUN} evaluations in {total_steps} steps")
 
 
-def resolve_auto(
-    train: TrainConfig, method: MethodConfig, examples: int, shape: ModelShape, has_eval: bool
+def plan_from_data(
+    train: TrainConfig, examples: int, has_eval: bool, kept: dict[str, Choice] | None = None
 ) -> AutoPlan:
-    """Replace every `auto` in `train`; `examples` is the number of training rows (after packing)."""
+    """The options that depend on the data alone, in dependency order: micro_batch -> epochs -> optimizer steps ->
+    warmup and the eval cadence. `examples` is the number of training rows (after packing). `lr` stays `auto` until
+    `AutoPlan.with_lr`, once the model is loaded; the data checks before that read the micro-batch. `kept`: values
+    for options still `auto` that are not chosen again (a resumed run trains on with the values it started with)."""
+    kept = kept or {}
     chosen: dict[str, Choice] = {}
     values: dict[str, Any] = {}
 
@@ -197,12 +211,11 @@ def resolve_auto(
         current = getattr(train, name)
         if current != AUTO:
             return current
-        choice = rule()
+        choice = kept.get(f"train.{name}") or rule()
         chosen[f"train.{name}"] = choice
         values[name] = choice.value
         return choice.value
 
-    pick("lr", lambda: auto_lr(method, shape))
     micro_batch = pick("micro_batch", lambda: auto_micro_batch(examples))
     per_epoch = steps_per_epoch(examples, micro_batch, train.grad_accum)
     if train.max_steps:  # max_steps rules; epochs is not read, but must be a number in the resolved config
@@ -213,7 +226,19 @@ def resolve_auto(
         total = max(1, math.ceil(epochs * per_epoch))
     pick("warmup_ratio", lambda: auto_warmup(total))
     pick("eval_every", lambda: auto_eval_every(total, has_eval))
-    return AutoPlan(dataclasses.replace(train, **values), chosen, total)
+    return AutoPlan(dataclasses.replace(train, **values), chosen, total, kept)
+
+
+def resolve_auto(
+    train: TrainConfig,
+    method: MethodConfig,
+    examples: int,
+    shape: ModelShape,
+    has_eval: bool,
+    kept: dict[str, Choice] | None = None,
+) -> AutoPlan:
+    """Replace every `auto` in `train`: `plan_from_data`, then the learning rate from the method and the model."""
+    return plan_from_data(train, examples, has_eval, kept).with_lr(method, shape)
 
 
 def trained_value(extra: dict, name: str, configured: Any) -> Any:

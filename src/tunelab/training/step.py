@@ -1,7 +1,9 @@
-"""One optimizer step: forward, loss, backward over the micro-batches, clip, step, schedule, zero-grad.
+"""One optimizer step: forward, loss, backward over the micro-batches, clip, guard, step, schedule, zero-grad.
 
 The loss is normalised once per optimizer step: the summed token losses of all micro-batches are divided by the
 number of loss tokens in all of them, so a micro-batch with more answer tokens weighs more, as it should.
+The guard (training/guard.py) skips the update when the loss or the gradient norm is NaN/inf: the gradients are
+dropped and the optimizer never sees them, whatever the optimizer (fused AdamW, AdamW8bit).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.models.llama import LlamaForCausalLM
+from tunelab.training.guard import advance_schedule, update_is_finite
 
 
 def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -71,6 +74,8 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     max_grad_norm: float,
 ) -> dict[str, float]:
+    """Returns loss (mean over the step's loss tokens), grad_norm (before clipping), loss_tokens, and skipped:
+    whether the guard dropped the update because the loss or the gradient norm was not finite."""
     total = sum(loss_tokens(b) for b in micro_batches)
     loss_sum = 0.0
     for batch in micro_batches:
@@ -78,11 +83,15 @@ def train_step(
         (loss / max(total, 1)).backward()
         loss_sum += loss.item()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
-    optimizer.step()
-    scheduler.step()
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf")))
+    applied = update_is_finite(loss_sum, norm)
+    if applied:
+        optimizer.step()
+        scheduler.step()
+    else:
+        advance_schedule(scheduler)  # the schedule follows the step count, as a resumed run does
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss_sum / max(total, 1), "grad_norm": float(norm), "loss_tokens": total}
+    return {"loss": loss_sum / max(total, 1), "grad_norm": norm, "loss_tokens": total, "skipped": not applied}
 
 
 @torch.no_grad()

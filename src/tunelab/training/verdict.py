@@ -56,8 +56,9 @@ def judge(
     max_steps: int | None = None,
     best_kept: int | None = None,
 ) -> Verdict:
-    """train: (step, loss) per logged step; evals: (step, eval loss). max_steps: set when it, not epochs, fixed the
-    length (the advice then names it). best_kept: the step whose weights keep_best saved as the result."""
+    """train: (step, loss) per logged step; evals: (step, eval loss). epochs: the passes over the data the run made.
+    max_steps: set when it, not epochs, fixed the length (the advice then names it). best_kept: the step whose
+    weights keep_best saved as the result."""
     if not train:
         return Verdict("fine", "no train loss was logged: nothing to judge.")
     losses = [loss for _, loss in train]
@@ -136,9 +137,9 @@ def judge_metrics(
     max_steps: int | None = None,
     best_kept: int | None = None,
 ) -> Verdict:
-    """`judge` over the records of metrics.jsonl."""
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    """`judge` over the records of metrics.jsonl; steps the non-finite guard skipped (loss null) are left out."""
+    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
+    evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), int | float)]
     return judge(
         train, evals, steps_per_epoch=steps_per_epoch, epochs=epochs, lr=lr, max_steps=max_steps, best_kept=best_kept
     )
