@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,6 @@ from typing import Any, Literal
 import yaml
 
 from tunelab.errors import ConfigError
-from tunelab.training.tracking import check_trackers
 
 AUTO = "auto"
 Auto = Literal["auto"]
@@ -253,6 +253,11 @@ class RunConfig:
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(RunConfig)
     return {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
+
+
+def section_names() -> tuple[str, ...]:
+    """The names of the config's sections (model, data, ...), in declaration order."""
+    return tuple(_sections())
 
 
 def iter_options() -> list[tuple[str, dataclasses.Field, Any]]:
@@ -528,6 +533,28 @@ def _resolve_paths(value: Any, folder: Path) -> Any:
         return [_resolve_paths(v, folder) for v in value]
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (folder / p))
+
+
+# Experiment trackers of train.report_to: name -> (module that must import, how to install it). training/tracking.py
+# writes to them; their names and install hints sit here, beside the option they validate.
+TRACKERS = {
+    "tensorboard": ("tensorboard", "pip install 'tunelab[tensorboard]'   (or: pip install tensorboard)"),
+    "mlflow": ("mlflow", "pip install 'tunelab[mlflow]'   (or: pip install mlflow-skinny sqlalchemy alembic)"),
+    "wandb": ("wandb", "pip install 'tunelab[wandb]'   (or: pip install wandb)"),
+    "trackio": ("trackio", "pip install 'tunelab[trackio]'   (or: pip install trackio)"),
+}
+
+
+def check_trackers(names: list[str]) -> None:
+    """ConfigError for an unknown tracker or one whose library is not installed (found without importing it)."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"option 'train.report_to' has {name!r}; allowed values: {', '.join(TRACKERS)}.")
+        module, install = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"option 'train.report_to' has {name!r}, but its library is not installed. Install it with: {install}"
+            )
 
 
 def _check_consistency(config: RunConfig) -> None:

@@ -24,6 +24,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    """Until something listens on the port (the SuperLink takes seconds to start, more on a busy machine)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the SuperLink exited: {log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"nothing listened on port {port} after {seconds:.0f} s: {log.read_text()[-2000:]}")
+
+
 def _tool(name: str) -> str:
     found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if found is None:
@@ -40,6 +54,8 @@ def test_deployment_engine_with_a_failing_supernode(tmp_path, tiny_model_dir, fe
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_HOME": str(tmp_path / "flwr-home"),
         "PYTHONUNBUFFERED": "1",
+        # the SuperLink starts flower-superexec from PATH: the venv's bin may not be on it (make test does not activate)
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     done = subprocess.run(
         [sys.executable, "-m", "tunelab.cli", "federate", str(config), "--app-dir", str(app)],
@@ -68,7 +84,7 @@ def test_deployment_engine_with_a_failing_supernode(tmp_path, tiny_model_dir, fe
             )
 
         start("superlink", _tool("flower-superlink"), "--insecure", "--port", str(link))
-        time.sleep(3)
+        _wait_for_port(link, processes[0], logs / "superlink.log")
         for name, data in nodes:
             node_config = f"data='{data}' name='{name}'"
             start(name, _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",

@@ -92,6 +92,11 @@ class GGUFCheck:
         return asdict(self)
 
 
+def check_path(out: Path) -> Path:
+    """Where the self-check's verdict is written: beside the file, `NAME.check.json`."""
+    return out.with_name(f"{out.stem}.check.json")
+
+
 def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[list[dict]], str]:
     """The first training conversations of the run (as rendered in training), or the probe conversations."""
     from tunelab.config import load_config
@@ -297,7 +302,6 @@ def _check_answers(result: GGUFCheck, merged: MergedModel, llm, refs: list[_Refe
 
 def check_export(merged: MergedModel, path: Path, qtype: str, run_dir: Path, questions: int = 8) -> GGUFCheck:
     """Run every check on the exported `path` (its Modelfile beside it) and write NAME.check.json."""
-    from tunelab.export.gguf import check_path
 
     result = GGUFCheck(str(path), qtype)
     modelfile_path = path.with_name(MODELFILE)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import ConfigError, ModelError, RunDirError
+from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.gguf_vocab import adds_special, gguf_vocab, source_pre_tokenizer, write_vocab
 from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
 from tunelab.export.modelfile import MODELFILE, modelfile_text
@@ -287,11 +288,6 @@ def parse_qtype(qtype: str) -> str:
     return q
 
 
-def check_path(out: Path) -> Path:
-    """Where the self-check's verdict is written: beside the file, `NAME.check.json`."""
-    return out.with_name(f"{out.stem}.check.json")
-
-
 def export_gguf(
     run_dir: str | Path,
     out_path: str | Path,
@@ -345,8 +341,6 @@ def export_gguf(
         for path in (scratch, scratch_f16, scratch_mf):
             path.unlink(missing_ok=True)
     if run_check:
-        from tunelab.export.check import check_export, format_check
-
         result = check_export(merged, out, qtype, run_dir, check_questions)
         if show:
             print(format_check(result), flush=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.config import ACTION_OPTIONS, RunConfig, iter_options, to_dict
+from tunelab.config import ACTION_OPTIONS, RunConfig, iter_options, section_names, to_dict
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.rundir import CONFIG_FILE
 
@@ -46,9 +46,9 @@ PATHS = {"data.train", "data.eval", "eval.questions"}
 
 
 def _flat(values: dict) -> dict[str, Any]:
-    flat = {}
+    flat, sections = {}, set(section_names())
     for key, value in values.items():
-        if isinstance(value, dict) and key in {"model", "data", "method", "train", "eval"}:
+        if isinstance(value, dict) and key in sections:
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value

@@ -17,34 +17,14 @@ A tracker that is not installed is a ConfigError naming the pip command, raised 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from tunelab.errors import ConfigError
+from tunelab.config import check_trackers
 
-# name -> (module that must import, how to install it)
-TRACKERS = {
-    "tensorboard": ("tensorboard", "pip install 'tunelab[tensorboard]'   (or: pip install tensorboard)"),
-    "mlflow": ("mlflow", "pip install 'tunelab[mlflow]'   (or: pip install mlflow-skinny sqlalchemy alembic)"),
-    "wandb": ("wandb", "pip install 'tunelab[wandb]'   (or: pip install wandb)"),
-    "trackio": ("trackio", "pip install 'tunelab[trackio]'   (or: pip install trackio)"),
-}
 PROJECT = "tunelab"
-
-
-def check_trackers(names: list[str]) -> None:
-    """ConfigError for an unknown tracker or one whose library is not installed (found without importing it)."""
-    for name in names:
-        if name not in TRACKERS:
-            raise ConfigError(f"option 'train.report_to' has {name!r}; allowed values: {', '.join(TRACKERS)}.")
-        module, install = TRACKERS[name]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(
-                f"option 'train.report_to' has {name!r}, but its library is not installed. Install it with: {install}"
-            )
 
 
 def _scalars(record: dict) -> tuple[int, dict[str, float]]:
