@@ -4,7 +4,9 @@ Each rule is a small pure function that returns the value and the reason for it,
 They are applied to the options left at `auto` in two stages: `plan_from_data` (micro_batch -> epochs -> optimizer
 steps -> warmup and eval cadence: the data alone, known before the data checks) and `AutoPlan.with_lr` (the model's
 width and depth, known once it is loaded); `resolve_auto` does both. The result is a TrainConfig in which every value
-is concrete; an explicit value always wins, and the rules that depend on it use it.
+is concrete; an explicit value always wins, and the rules that depend on it use it. A resumed run does not choose
+again: it keeps the values it started with (training/resume.py, `kept_auto`), so a change of rules between
+versions cannot change a run halfway.
 
 Where the numbers come from (README, "Defaults that learn", has them with links and our own CPU sweeps):
 - lr, LoRA: 5e-4 x (2000 / hidden size)^0.781, the fit of Thinking Machines' tinker-cookbook

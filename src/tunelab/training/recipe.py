@@ -10,7 +10,8 @@ uninterrupted one.
 
 The options left at `auto` are chosen in two stages (training/auto.py): those that depend on the data once it is
 loaded (the data checks read the micro-batch), the learning rate once the model is (it depends on its width). They
-are printed with their reasons and recorded in run.json. At the end, keep_best puts back the weights of the lowest eval loss (training/best.py), and the verdict reads the loss
+are printed with their reasons and recorded in run.json; a resumed run keeps the values it started with. At the
+end, keep_best puts back the weights of the lowest eval loss (training/best.py), and the verdict reads the loss
 curves (training/verdict.py).
 """
 
@@ -55,7 +56,7 @@ from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
 from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement, plan_output_dir, start_run_dir
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
-from tunelab.training.resume import check_resume_config, check_same_data, data_digest
+from tunelab.training.resume import check_resume_config, check_same_data, data_digest, kept_auto
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import evaluate, train_step
 from tunelab.training.tracking import open_trackers
@@ -184,7 +185,8 @@ def train(
     digest = data_digest(data.train)
     if resume:
         check_same_data(run_dir, read_info(run_dir, require_finished=False).data_sha256, digest)
-    auto = plan_from_data(cfg.train, len(data.train), bool(data.eval))
+    kept = kept_auto(run_dir, cfg) if resume else {}
+    auto = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept)
     if check:
         cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs)
     built, untrained = load_model(cfg, inputs)
