@@ -15,11 +15,16 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from tunelab.errors import ConfigError
+
+AUTO = "auto"
+Auto = Literal["auto"]
+"""An option typed `float | Auto` takes a number or `auto`: chosen at start from the data and the model
+(training/auto.py holds the rules); the chosen value and its reason are printed and saved in run.json."""
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None, max: float | None = None):
@@ -173,13 +178,28 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = opt(3.0, "passes over the training data (ignored when max_steps is set)", min=0.0)
+    epochs: float | Auto = opt(
+        "auto",
+        "passes over the training data (ignored when max_steps is set); auto: 3, more for a small set to reach 100 optimizer steps (at most 10), fewer for a large one (about 25,000 examples seen)",
+        min=0.0,
+    )
     max_steps: int | None = opt(None, "optimizer steps to run; overrides epochs", min=1)
-    micro_batch: int = opt(8, "examples per forward pass", min=1)
+    micro_batch: int | Auto = opt(
+        "auto",
+        "examples per forward pass; auto: 8, or for a small set the power of two <= examples / 32 (at least 1)",
+        min=1,
+    )
     grad_accum: int = opt(1, "micro-batches per optimizer step", min=1)
-    lr: float = opt(2e-4, "peak learning rate", min=0.0)
-    warmup_ratio: float = opt(
-        0.05, "fraction of steps spent warming the learning rate up linearly from 0", min=0.0, max=1.0
+    lr: float | Auto = opt(
+        "auto",
+        "peak learning rate; auto: LoRA 5e-4 x (2000 / hidden size)^0.78 x 32 / alpha (1.3e-3 at hidden 576, 2.9e-4 at 4096), full a tenth of LoRA's, layers full's x layers / top_layers",
+        min=0.0,
+    )
+    warmup_ratio: float | Auto = opt(
+        "auto",
+        "fraction of steps spent warming the learning rate up linearly from 0; auto: 0.05, at most 100 steps",
+        min=0.0,
+        max=1.0,
     )
     scheduler: str = opt("cosine", "learning-rate schedule after warmup", choices=("constant", "linear", "cosine"))
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to norms and biases)", min=0.0)
@@ -194,7 +214,14 @@ class TrainConfig:
         "put rows of similar length into the same micro-batch (less padding; the order stays seeded per epoch)",
     )
     seed: int = opt(42, "seed for initialisation, shuffling and dropout")
-    eval_every: int = opt(0, "evaluate every N optimizer steps (0: only at the end)", min=0)
+    eval_every: int | Auto = opt(
+        "auto",
+        "evaluate every N optimizer steps (0: only at the end); auto: 10 times a run when there is an eval split",
+        min=0,
+    )
+    keep_best: bool = opt(
+        True, "with an eval split, save the weights of the lowest eval loss as the result (not those of the last step)"
+    )
     save_every: int = opt(
         0,
         "write a checkpoint for --resume every N optimizer steps (0: none, except when interrupted with Ctrl-C; the result is saved at the end either way)",
@@ -324,7 +351,14 @@ def iter_options() -> list[tuple[str, dataclasses.Field, Any]]:
     return options
 
 
+def auto_options() -> list[str]:
+    """Dotted names of the options that take `auto` (typed `... | Auto`)."""
+    return [name for name, _, hint in iter_options() if Auto in typing.get_args(hint)]
+
+
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(hint))
     return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
 
 
@@ -339,7 +373,17 @@ def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         for kind in inner:  # a mapping where the union allows a record (an entry of data.train)
             if dataclasses.is_dataclass(kind) and isinstance(value, (dict, kind)):
                 return _record(name, value, kind, where)
-        return _coerce(name, value, inner[0], where)
+        for arm in inner:  # the first type that takes the value: `float | Auto` reads 1e-4 as float, "auto" as Auto
+            try:
+                return _coerce(name, value, arm, where)
+            except ConfigError:
+                pass
+        names = " or ".join(_type_name(a) for a in inner)
+        raise ConfigError(f"{where}: option '{name}' must be {names}, got {value!r} ({type(value).__name__}).")
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {value!r}.")
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -27,11 +27,12 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.untrained import UntrainedReport
 from tunelab.rundir import is_run_dir, read_info
+from tunelab.training.auto import AutoPlan, plan_from_data
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, resolve
-from tunelab.training.resume import check_resume_config, data_digest
+from tunelab.training.resume import check_resume_config, data_digest, kept_auto
 from tunelab.training.stages import plan_stages
 
 
@@ -69,6 +70,21 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool) -> list[Che
         return [CheckItem("resume", "pass", f"from {checkpoint}", damaged + notes)]
     except (RunDirError, ConfigError) as exc:
         return [CheckItem("resume" if resume else "output_dir", "fail", str(exc))]
+
+
+def auto_item(cfg, data, resume: bool) -> tuple[AutoPlan, CheckItem]:
+    """The `auto` values train would choose from this data (a resumed run keeps its own); the learning rate is
+    chosen from the model's width when training starts."""
+    kept = {}
+    if resume and is_run_dir(cfg.output_dir):
+        try:
+            kept = kept_auto(cfg.output_dir, cfg)
+        except (RunDirError, ConfigError):  # the resume item reports what is wrong with the run
+            pass
+    plan = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept)
+    later = "; train.lr: from the model's width when training starts" if plan.train.lr == "auto" else ""
+    details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
+    return plan, CheckItem("auto values", "info", f"{len(plan.chosen)} chosen from the data{later}", details)
 
 
 def untrained_item(report: UntrainedReport) -> CheckItem:
@@ -139,6 +155,9 @@ def run_check(
         recorded = read_info(cfg.output_dir, require_finished=False).data_sha256
         if recorded and recorded != data_digest(data.train):
             items.append(CheckItem("resume data", "fail", "the tokenized training rows differ from the run's"))
+    plan, item = auto_item(cfg, data, resume)
+    items.append(item)
+    cfg = dataclasses.replace(cfg, train=plan.train)  # the micro-batch the data checks and the first step use
     rows = render_examples(data.examples[:examples], inputs.tokenizer, data.template, cfg.data, DataReport())
     out(preview_text(rows, inputs.tokenizer, color=show and sys.stdout.isatty()))
     items += data_checks(cfg, inputs)

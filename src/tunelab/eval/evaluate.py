@@ -50,6 +50,7 @@ from tunelab.eval.questions import Question, answer_settings, read_questions, ru
 from tunelab.infer.generate import GenerationSettings, answer_progress, generate_answers
 from tunelab.infer.run import LoadedRun, check_base_precision, open_run
 from tunelab.rundir import open_info, read_config
+from tunelab.training.auto import MICRO_BATCH, trained_value
 from tunelab.training.step import evaluate, loss_tokens
 
 EVAL_FILE = "eval.json"
@@ -258,7 +259,7 @@ def evaluate_run(
         _check_writable(target, overwrite)
     data = run_data_config(run_dir, info)
     cfg = read_config(run_dir)
-    micro_batch = cfg.train.micro_batch if cfg else 8
+    micro_batch = trained_value(info.extra, "train.micro_batch", cfg.train.micro_batch) if cfg else MICRO_BATCH
     items = read_questions(data_file, data, need_expected=True)
     settings = answer_settings(settings, run_dir)
     refusal = refusal if refusal is not None else info.refusal

@@ -6,6 +6,8 @@ A row is one of
   question + label      a label task: the answer must name the label (`label`, or a `kind` of label/classification);
   a training row        any format `tunelab train` reads (question/answer, messages, ...): the last assistant turn is
                         the expected answer, a whole answer rather than a text to find in one;
+  a conversation        `messages` ending with a user turn + `expected`: the conversation is asked as it is (the
+                        earlier turns are its history), and the answer to its last question must contain `expected`;
   a text row            continued pretraining text: no question, so it counts for `tunelab eval`'s loss only.
 `expected` wins over `label` and over a training row's answer when a row has both. A question without any expected
 answer is asked and shown, but not scored (an error where scores are required).
@@ -140,10 +142,18 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
         if ex.messages is None:
             questions[i] = Question(None, None, kind, False, False, ex, location(ex.path, ex.line))
             continue
+        where = location(ex.path, ex.line)
+        if ex.messages[-1]["role"] == "user":  # a conversation to go on with: its last user turn is the question
+            answer = [{"role": "assistant", "content": expected}] if expected is not None else []
+            if expected is None and need_expected:
+                raise DataError(f"{where}: the conversation ends with a question but the row has no 'expected' answer.")
+            example = Example(ex.messages + answer, None, ex.path, ex.line) if answer else None
+            questions[i] = Question(ex.messages, expected, kind, is_label, is_label, example, where)
+            continue
         last = max(k for k, m in enumerate(ex.messages) if m["role"] == "assistant")
         whole = expected is None or is_label
         answer = expected or ex.messages[last]["content"].strip()
-        questions[i] = Question(ex.messages[:last], answer, kind, is_label, whole, ex, location(ex.path, ex.line))
+        questions[i] = Question(ex.messages[:last], answer, kind, is_label, whole, ex, where)
     return [q for q in questions if q is not None]
 
 

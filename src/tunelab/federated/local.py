@@ -8,6 +8,8 @@ resumed federation trains exactly as an uninterrupted one would:
   (train.seed, epoch) as in `tunelab train`; round r's step g (g = (r-1) * local_steps + i) takes micro-batches
   [g * grad_accum, (g+1) * grad_accum) of that stream, so every step holds grad_accum micro-batches;
 - learning rate: the run's schedule over rounds * local_steps steps, at step g;
+- `auto` training options: chosen by tunelab train's rules (training/auto.py) for a run of rounds * local_steps
+  steps: the rate from the model's width (the same on every client), the micro-batch from the client's own rows;
 - optimizer: a fresh AdamW each round (its moments are the client's, and would mix data across rounds unseen by
   the server's average);
 - FedProx: the proximal term (mu/2) ||w - w_global||^2 over the adapter weights enters through the gradients
@@ -33,6 +35,7 @@ from tunelab.federated.payload import load_adapter_state
 from tunelab.federated.shards import ClientData
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import adapter_state_dict
+from tunelab.training.auto import model_shape, resolve_auto
 from tunelab.training.build import build_model
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import lr_factor
@@ -128,14 +131,17 @@ def local_train(
 ) -> LocalResult:
     """Round `round_` (1-based) of `rounds` for this client: returns its adapter after local_steps steps."""
     tic = time.perf_counter()
-    t, steps = config.train, config.federated.local_steps
-    torch.manual_seed(client_seed(t.seed, client.name, round_))
+    steps = config.federated.local_steps
+    torch.manual_seed(client_seed(config.train.seed, client.name, round_))
     source = resolve_source(config.model.name)
     tokenizer = load_tokenizer(source, config.model.trust_remote_code)
-    datasets = client_datasets(config.data, tokenizer, t.seed, client)
-    checkpointing = "offload" if t.offload_activations else t.checkpointing
+    datasets = client_datasets(config.data, tokenizer, config.train.seed, client)
+    checkpointing = "offload" if config.train.offload_activations else config.train.checkpointing
     built = build_model(source, config.model, config.method, checkpointing)
     load_adapter_state(built.model, global_adapter)
+    federation = dataclasses.replace(config.train, max_steps=rounds * steps)
+    t = resolve_auto(federation, config.method, len(datasets.train), model_shape(built.hf_config), False).train
+    config = dataclasses.replace(config, train=t)
 
     optimizer = build_optimizer(built.model, t.lr, t.weight_decay, t.optimizer)
     total, first = rounds * steps, (round_ - 1) * steps

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import load_file, save_file
 
 from tunelab.atomic import write_json, write_text
-from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config
+from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config
 from tunelab.data.loader import build_datasets, make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
@@ -33,6 +33,7 @@ from tunelab.federated.shards import federation_protected
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import adapter_state_dict
 from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
+from tunelab.training.auto import MICRO_BATCH
 from tunelab.training.build import build_model
 from tunelab.training.metrics import MetricsLog
 from tunelab.training.outdir import finish_replacement, plan_output_dir, start_run_dir
@@ -73,7 +74,8 @@ def _eval_batches(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict | None]:
         return [], None
     data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
     data = build_datasets(data_cfg, tokenizer, cfg.train.seed)
-    batches = make_batches(data.train, cfg.train.micro_batch, tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
+    micro_batch = MICRO_BATCH if cfg.train.micro_batch == AUTO else cfg.train.micro_batch  # sizes eval batches only
+    batches = make_batches(data.train, micro_batch, tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
     return batches, data.report.to_dict()
 
 

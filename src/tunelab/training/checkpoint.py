@@ -5,7 +5,8 @@ into place, so a crash mid-write leaves the previous checkpoint intact, and `lat
 state.json records the size and sha256 of each tensor file; `intact_checkpoint` checks them and falls back to the
 previous checkpoint (the reason `keep_checkpoints` keeps more than one) when the newest was damaged afterwards.
 No tensor holding a NaN or inf is ever written (guard.require_finite), and a full disk leaves the earlier
-checkpoints as they were and says how much space was needed.
+checkpoints as they were and says how much space was needed. `save_trainable` writes the trainable tensors alone
+into one file, atomically, with metadata in its header (train.keep_best's weights, training/best.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tunelab.atomic import temporary_sibling
 from tunelab.errors import RunDirError
 from tunelab.training.guard import require_finite
 
@@ -70,7 +72,7 @@ def save_checkpoint(
 ) -> Path:
     folder = Path(run_dir) / "checkpoints"
     final = folder / f"{STEP_PREFIX}{position['step']:07d}"
-    trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    trainable = _trainable(model)
     tensors, groups = _optimizer_tensors(optimizer)
     where = f"checkpoint of step {position['step']}"
     require_finite(trainable.items(), "the trainable weights", where)
@@ -162,15 +164,7 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
         raise RunDirError(
             f"{folder}: the checkpoint cannot be read ({exc}); delete it to resume from an earlier one."
         ) from None
-    params = dict(model.named_parameters())
-    mismatch = sorted(set(trainable) ^ {n for n, p in params.items() if p.requires_grad})
-    if mismatch:
-        raise RunDirError(
-            f"{folder}: checkpoint does not match the model being trained (e.g. {mismatch[0]}); was the config changed?"
-        )
-    with torch.no_grad():
-        for name, value in trainable.items():
-            params[name].copy_(value)
+    _copy_trainable(model, trainable, f"{folder}: checkpoint", "; was the config changed?")
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("state."):
@@ -189,3 +183,54 @@ def delete_checkpoints(run_dir: Path) -> int:
     found = checkpoints(run_dir)
     shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
     return len(found)
+
+
+def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _copy_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], what: str, hint: str = "") -> None:
+    """Copy saved trainable tensors into the model in place; RunDirError when the names differ from its trainable
+    parameters."""
+    params = dict(model.named_parameters())
+    mismatch = sorted(set(tensors) ^ {n for n, p in params.items() if p.requires_grad})
+    if mismatch:
+        raise RunDirError(f"{what} does not match the model being trained (e.g. {mismatch[0]}){hint}")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+
+
+def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """The trainable tensors alone, in one safetensors file written atomically; `metadata` rides in its header."""
+    path = Path(path)
+    trainable = _trainable(model)
+    require_finite(trainable.items(), "the trainable weights", str(path))
+    scratch = temporary_sibling(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(trainable, str(scratch), metadata=metadata)
+        os.replace(scratch, path)
+    except OSError as exc:
+        scratch.unlink(missing_ok=True)
+        why = (
+            no_space_message(path.name, path.parent, sum(t.nbytes for t in trainable.values()))
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else f"cannot write it ({exc.strerror or exc})."
+        )
+        raise RunDirError(f"{path}: {why}") from None
+    return path
+
+
+def read_trainable_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def load_trainable(model: nn.Module, path: Path) -> None:
+    """Copy the tensors of a `save_trainable` file into the model's trainable parameters, in place."""
+    try:
+        trainable = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise RunDirError(f"{path}: the saved weights cannot be read ({exc}).") from None
+    _copy_trainable(model, trainable, f"{path}: the saved weights", ".")

@@ -7,6 +7,12 @@ existing run moves aside until this one finishes, training/outdir.py). The loop 
 optimizer step; the non-finite guard, eval, checkpoint and logging are one-line calls every N steps. Resuming
 restores weights, optimizer, RNG and the position inside the epoch, so a resumed run takes the same steps as an
 uninterrupted one.
+
+The options left at `auto` are chosen in two stages (training/auto.py): those that depend on the data once it is
+loaded (the data checks read the micro-batch), the learning rate once the model is (it depends on its width). They
+are printed with their reasons and recorded in run.json; a resumed run keeps the values it started with. At the
+end, keep_best puts back the weights of the lowest eval loss (training/best.py), and the verdict reads the loss
+curves (training/verdict.py).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,8 @@ from tunelab.data.loader import Datasets, epoch_rows, make_batches
 from tunelab.errors import CheckFailed, ConfigError, Interrupted, RunDirError, TrainingStopped
 from tunelab.peft.save import save_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
+from tunelab.training.auto import model_shape, plan_from_data
+from tunelab.training.best import BestWeights
 from tunelab.training.build import BuiltModel, save_full_weights
 from tunelab.training.checkpoint import (
     delete_checkpoints,
@@ -45,14 +53,15 @@ from tunelab.training.checkpoint import (
 from tunelab.training.evals import EvalSets, eval_record, eval_sets
 from tunelab.training.guard import BadSteps, require_finite, stop_message
 from tunelab.training.interrupt import graceful_interrupt
-from tunelab.training.metrics import MetricsLog, plot_losses
+from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
 from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement, plan_output_dir, start_run_dir
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
-from tunelab.training.resume import check_resume_config, check_same_data, data_digest
+from tunelab.training.resume import check_resume_config, check_same_data, data_digest, kept_auto
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import train_step
 from tunelab.training.tracking import open_trackers
+from tunelab.training.verdict import Verdict, judge_metrics
 
 
 @dataclass
@@ -62,6 +71,8 @@ class TrainResult:
     final_loss: float | None
     eval_loss: float | None
     skipped_steps: int = 0
+    auto: dict[str, dict] = field(default_factory=dict)  # option -> {value, reason}, for the options that were auto
+    verdict: Verdict | None = None
 
 
 def resolve(
@@ -154,7 +165,7 @@ def train(
     overwrite, replace output_dir even when it is not a run directory tunelab wrote. extra_eval: more eval data,
     {name: rendered rows}, evaluated beside the run's own (`eval_loss/<name>`; a staged run's earlier stages)."""
     resolved = resolve(config, overrides)
-    cfg, t = resolved.config, resolved.config.train
+    cfg = resolved.config
     plan = plan_output_dir(
         cfg.output_dir,
         overwrite=cfg.overwrite,
@@ -169,7 +180,7 @@ def train(
     checkpoint = _resume_checkpoint(run_dir) if resume else None
     for note in notes:
         print(note, flush=True)
-    torch.manual_seed(t.seed)
+    torch.manual_seed(cfg.train.seed)
 
     inputs = load_inputs(cfg)
     data, tokenizer = inputs.data, inputs.tokenizer
@@ -177,8 +188,10 @@ def train(
     digest = data_digest(data.train)
     if resume:
         check_same_data(run_dir, read_info(run_dir, require_finished=False).data_sha256, digest)
+    kept = kept_auto(run_dir, cfg) if resume else {}
+    auto = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept)
     if check:
-        cheap_check_gate(cfg, inputs)
+        cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs)
     built, untrained = load_model(cfg, inputs)
     model = built.model
     print(
@@ -187,6 +200,10 @@ def train(
         flush=True,
     )
     print(untrained.summary(), flush=True)
+    auto = auto.with_lr(cfg.method, model_shape(built.hf_config))
+    print(auto.describe(), flush=True)
+    trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
+    t = trained.train
 
     pad_id = tokenizer.pad_token_id
     first_epoch = epoch_rows(data, t.seed, 0)
@@ -208,7 +225,7 @@ def train(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
     )
     resume_step = position["step"] if resume else None
-    log = MetricsLog(run_dir, resume_step, sinks=open_trackers(t.report_to, run_dir, to_dict(cfg), resume_step))
+    log = MetricsLog(run_dir, resume_step, sinks=open_trackers(t.report_to, run_dir, to_dict(trained), resume_step))
     info = RunInfo(
         base_model=cfg.model.name,
         method="dora" if cfg.method.dora else cfg.method.name,
@@ -222,10 +239,12 @@ def train(
         fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
         data_sha256=digest,
         total_steps=total_steps,
+        extra={"auto": auto.to_dict()},
     )
     write_info(run_dir, info)
+    best = BestWeights(run_dir, t.keep_best and bool(evals.own), resume_step)
 
-    run = Run(cfg, run_dir, built, data, pad_id, optimizer, scheduler, evals, log, total_steps, position)
+    run = Run(trained, run_dir, built, data, pad_id, optimizer, scheduler, evals, log, total_steps, position, best)
     try:
         last_loss, eval_loss = _loop(run)
     except BaseException:
@@ -242,15 +261,26 @@ def train(
         run.eval_losses = eval_record(model, evals)
         eval_loss = run.eval_losses.get("eval_loss")
         log.write({"step": total_steps, **run.eval_losses})
+        if eval_loss is not None:
+            best.observe(total_steps, eval_loss, model)
     log.close()
     for name, value in run.eval_losses.items():
         if name != "eval_loss":
             print(f"{name} {value:.4f}")
     if eval_loss is not None:
         print(f"eval loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
+    kept_best = best.restore(model, position["step"], eval_loss)
+    if kept_best:
+        print(kept_best, flush=True)
+        info.extra["best"] = {"step": best.step, "eval_loss": best.loss}
+        eval_loss = best.loss
     model.eval()
     save_final(run_dir, built, tokenizer, cfg)
     plot_losses(run_dir)
+    passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
+    verdict = judge_metrics(read_metrics(run_dir), steps_per_epoch, passes, t.lr, t.max_steps, best.step)
+    print(verdict.text, flush=True)
+    info.extra["verdict"] = verdict.to_dict()
     info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
     info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
     info.skipped_steps = position["skipped_steps"]
@@ -264,7 +294,7 @@ def train(
         flush=True,
     )
     _tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
-    return TrainResult(run_dir, position["step"], last_loss, eval_loss, info.skipped_steps)
+    return TrainResult(run_dir, position["step"], last_loss, eval_loss, info.skipped_steps, auto.to_dict(), verdict)
 
 
 @dataclass
@@ -282,6 +312,7 @@ class Run:
     log: MetricsLog
     total_steps: int
     position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps: what a checkpoint saves
+    best: BestWeights
     eval_losses: dict = dataclasses.field(default_factory=dict)  # the last eval_record
 
 
@@ -333,6 +364,8 @@ def _loop(run: Run) -> tuple[float | None, float | None]:
                     run.eval_losses = eval_record(model, run.evals)
                     eval_loss = run.eval_losses.get("eval_loss")
                     run.log.write({"step": position["step"], **run.eval_losses})
+                    if eval_loss is not None:
+                        run.best.observe(position["step"], eval_loss, model)
                 saved = bool(t.save_every) and position["step"] % t.save_every == 0
                 if saved:
                     save_checkpoint(run.run_dir, model, run.optimizer, position, t.keep_checkpoints)

@@ -9,6 +9,10 @@ The config given to --resume is compared with the run's saved config.yaml, optio
 - every other change (the model, the data, the method, the optimizer and its schedule, the seed) would make the
   resumed run a different run, so it is refused with the list of differences (exit code 2).
 
+Options left at `auto` compare by the value the run trained with: run.json records the values auto chose
+(`extra.auto`), a resumed run keeps them (`kept_auto`), and `auto` given to --resume means "as the run started".
+So `auto` against the number it chose is no change, in either direction; another number is.
+
 The training data is compared by content too: run.json records a digest of the tokenized training rows.
 """
 
@@ -21,9 +25,10 @@ from typing import Any
 
 import yaml
 
-from tunelab.config import ACTION_OPTIONS, RunConfig, iter_options, section_names, to_dict
+from tunelab.config import ACTION_OPTIONS, AUTO, RunConfig, auto_options, iter_options, section_names, to_dict
 from tunelab.errors import ConfigError, RunDirError
-from tunelab.rundir import CONFIG_FILE
+from tunelab.rundir import CONFIG_FILE, read_info
+from tunelab.training.auto import Choice
 
 ALLOWED = {
     "output_dir",
@@ -67,24 +72,33 @@ def _same(name: str, old: Any, new: Any) -> bool:
     return False
 
 
-def config_changes(saved: dict, cfg: RunConfig) -> tuple[list[str], list[str]]:
-    """(refused, allowed): one 'option: old -> new' line per difference between the saved and the new config."""
+def config_changes(saved: dict, cfg: RunConfig, chosen: dict | None = None) -> tuple[list[str], list[str]]:
+    """(refused, allowed): one 'option: old -> new' line per difference between the saved and the new config.
+    chosen: run.json's `extra.auto` ({option: {value, reason}}), what the run's `auto` options became."""
     current = _flat(to_dict(cfg))
     defaults = _flat(to_dict(RunConfig()))
     saved = _flat(saved)
+    chosen = chosen or {}
+    takes_auto = set(auto_options())
     refused, allowed = [], []
     for name, _, _ in iter_options():
         old = saved.get(name, defaults[name])  # an option newer than the run: it ran with the default
         new = current[name]
+        shown = repr(old)
+        if name in takes_auto:
+            if old == AUTO and name in chosen:
+                old = chosen[name]["value"]  # what the run trained with
+                shown = f"auto ({old!r})"
+            if new == AUTO:
+                new = old  # on resume, auto keeps what the run trained with (kept_auto)
         if _same(name, old, new):
             continue
-        line = f"{name}: {old!r} -> {new!r}"
+        line = f"{name}: {shown} -> {new!r}"
         (allowed if name in ALLOWED | LENGTH else refused).append(line)
     return refused, allowed
 
 
-def check_resume_config(run_dir: Path, cfg: RunConfig) -> list[str]:
-    """ConfigError listing the changes that break exactness; otherwise the notes to print about allowed ones."""
+def _saved_config(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG_FILE
     try:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -94,7 +108,36 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> list[str]:
         ) from None
     if not isinstance(saved, dict):
         raise RunDirError(f"{path}: the run's saved config is damaged, so --resume cannot check it.")
-    refused, allowed = config_changes(saved, cfg)
+    return saved
+
+
+def _chosen(run_dir: Path) -> dict:
+    """run.json's record of the values auto chose when the run started ({option: {value, reason}})."""
+    return read_info(run_dir, require_finished=False).extra.get("auto") or {}
+
+
+def kept_auto(run_dir: Path, cfg: RunConfig) -> dict[str, Choice]:
+    """For each option `auto` in `cfg`, the value the run trained with and where it comes from: the value auto chose
+    when the run started (run.json), or the number its config gave. A resumed run keeps these rather than choosing
+    again, so that it ends where an uninterrupted run would."""
+    saved, chosen = _flat(_saved_config(run_dir)), _chosen(run_dir)
+    current = _flat(to_dict(cfg))
+    kept = {}
+    for name in auto_options():
+        if current[name] != AUTO:
+            continue
+        old = saved.get(name, AUTO)
+        if old == AUTO and name in chosen:
+            kept[name] = Choice(chosen[name]["value"], f"as the run chose at its start: {chosen[name]['reason']}")
+        elif old != AUTO:
+            kept[name] = Choice(old, f"as the run's {CONFIG_FILE} gave it")
+    return kept
+
+
+def check_resume_config(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """ConfigError listing the changes that break exactness; otherwise the notes to print about allowed ones."""
+    path = Path(run_dir) / CONFIG_FILE
+    refused, allowed = config_changes(_saved_config(run_dir), cfg, _chosen(run_dir))
     if refused:
         raise ConfigError(
             f"{run_dir}: --resume continues the run with the config it started with, and these options differ from "

@@ -1,0 +1,70 @@
+"""train.keep_best: the trainable weights of the lowest eval loss so far, kept on disk and put back at the end.
+
+Each evaluation that beats the best so far writes the trainable tensors to `checkpoints/best.safetensors`, with the
+step and the eval loss in the file's metadata, in one atomic write (checkpoint.save_trainable), so the weights and
+their step never disagree after a crash. A resumed run reads the best so far from it, unless it is newer than the
+checkpoint resumed from: the run repeats those steps (exactly), so it evaluates them again. At the end, when the best
+is not the last step, its weights are loaded back into the model before the result is saved, and the file, now
+redundant with the result, is removed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from safetensors import SafetensorError
+from torch import nn
+
+from tunelab.training.checkpoint import load_trainable, read_trainable_metadata, save_trainable
+
+BEST_FILE = "best.safetensors"
+
+
+class BestWeights:
+    """Remembers the step with the lowest eval loss; `enabled` is keep_best with an eval split."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None):
+        """resume_step: the step of the checkpoint a resumed run starts from (None for a new run)."""
+        self.path = Path(run_dir) / "checkpoints" / BEST_FILE
+        self.enabled = enabled
+        self.step: int | None = None
+        self.loss = math.inf
+        if not (enabled and resume_step is not None and self.path.is_file()):
+            return
+        try:
+            meta = read_trainable_metadata(self.path)
+            step, loss = int(meta["step"]), float(meta["eval_loss"])
+        except (OSError, ValueError, KeyError, SafetensorError):  # torn or foreign: the evaluations to come replace it
+            self.path.unlink(missing_ok=True)
+            return
+        if step <= resume_step:
+            self.step, self.loss = step, loss
+        else:
+            self.path.unlink()
+
+    def observe(self, step: int, eval_loss: float, model: nn.Module) -> bool:
+        """Keep the model's trainable weights when `eval_loss` is the lowest so far; True when kept."""
+        if not self.enabled or not eval_loss < self.loss:
+            return False
+        save_trainable(model, self.path, {"step": str(step), "eval_loss": repr(eval_loss)})
+        self.step, self.loss = step, eval_loss
+        return True
+
+    def restore(self, model: nn.Module, last_step: int, last_loss: float | None) -> str | None:
+        """Load the best weights back when they are not the last step's; a sentence saying what happened."""
+        if not self.enabled or self.step is None:
+            return None
+        if self.step == last_step:
+            message = (
+                f"keep_best: the last step ({last_step}) had the lowest eval loss ({self.loss:.4f}); it is the result."
+            )
+        else:
+            load_trainable(model, self.path)
+            last = f"{last_loss:.4f}" if last_loss is not None else "?"
+            message = (
+                f"keep_best: loaded the weights of step {self.step}, whose eval loss {self.loss:.4f} was the lowest "
+                f"(the last step, {last_step}, had {last}); they are the saved result."
+            )
+        self.path.unlink(missing_ok=True)
+        return message

@@ -1,0 +1,145 @@
+"""After training, a verdict in plain words on the loss curves: underfit, overfit or fine, with the numbers and the
+option to change.
+
+Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), in this order:
+- overfit: the eval loss rose at the end: its last value is at least 10% and 0.05 nats above its lowest, which came
+  earlier. More training made held-out text less likely, so fewer epochs (or more data) is the fix.
+- underfit: the train loss is still high after the model saw each example at least twice (the last tenth of the
+  steps average >= 0.5 nats a token), or it was still falling fast when
+  training stopped (down >= 20% and >= 0.1 nats over the last quarter, where a decaying schedule has already slowed
+  it), or the eval loss was still falling (its last value is its lowest, >= 10% and 0.02 nats below the one
+  before). More epochs or a higher rate is the fix. A single pass over a large, varied set may end above 0.5 and be
+  fine: the text is not yet seen twice, and its loss reflects how predictable it is, not how well it was learned.
+- fine: neither.
+Averages over a tenth of the steps (at least 3) smooth the step-to-step noise of small micro-batches. The
+thresholds are judgement, checked on the runs recorded in README: every run that answered >= 80% of its held-out
+questions ended below 0.1 nats a token; a top-layers run that ended at 0.56 answered 11%, and the run that learned
+nothing at lr 2e-4 ended at 1.3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+HIGH_LOSS = 0.5  # nats per token: "still high" after two passes or more
+FALLING_RELATIVE = 0.2  # the last quarter's fall that counts as "still learning"
+FALLING_ABSOLUTE = 0.1
+EVAL_FALLING_RELATIVE = 0.10  # the fall between the last two evaluations that counts as "still learning"
+EVAL_FALLING_ABSOLUTE = 0.02
+RISE_RELATIVE = 0.10  # the eval loss rise that counts as overfitting
+RISE_ABSOLUTE = 0.05
+MIN_EVALS = 3
+
+
+@dataclass
+class Verdict:
+    kind: str  # underfit | overfit | fine
+    text: str
+    numbers: dict[str, float | int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def judge(
+    train: list[tuple[int, float]],
+    evals: list[tuple[int, float]],
+    *,
+    steps_per_epoch: int,
+    epochs: float,
+    lr: float,
+    max_steps: int | None = None,
+    best_kept: int | None = None,
+) -> Verdict:
+    """train: (step, loss) per logged step; evals: (step, eval loss). epochs: the passes over the data the run made.
+    max_steps: set when it, not epochs, fixed the length (the advice then names it). best_kept: the step whose
+    weights keep_best saved as the result."""
+    if not train:
+        return Verdict("fine", "no train loss was logged: nothing to judge.")
+    losses = [loss for _, loss in train]
+    window = max(3, len(losses) // 10)
+    start, end = _mean(losses[:window]), _mean(losses[-window:])
+    three_quarters = max(window, (3 * len(losses)) // 4)
+    before = _mean(losses[three_quarters - window : three_quarters])
+    numbers: dict = {"train_start": round(start, 4), "train_end": round(end, 4), "train_at_75pct": round(before, 4)}
+    curve = f"train loss {start:.3f} -> {end:.3f}"
+    if len(evals) >= MIN_EVALS:
+        best_step, best = min(evals, key=lambda e: e[1])
+        last_step, last = evals[-1]
+        numbers |= {"eval_best": round(best, 4), "eval_best_step": best_step, "eval_last": round(last, 4)}
+        if best_step < last_step and last >= best * (1 + RISE_RELATIVE) and last - best >= RISE_ABSOLUTE:
+            best_epoch = best_step / steps_per_epoch
+            kept = (
+                f" train.keep_best saved the weights of step {best_kept} as the result."
+                if best_kept == best_step
+                else " Set train.keep_best: true to save the weights of the lowest eval loss instead of the last."
+            )
+            shorter = (
+                f"train.max_steps: {best_step} (it was {max_steps})"
+                if max_steps
+                else f"train.epochs: {max(1, math.ceil(best_epoch))} (it was {epochs:g})"
+            )
+            return Verdict(
+                "overfit",
+                f"overfit: the eval loss rose from {best:.3f} at step {best_step} (epoch {best_epoch:.1f}) to "
+                f"{last:.3f} at step {last_step} (+{100 * (last / best - 1):.0f}%) while the {curve}.{kept} "
+                f"Next time set {shorter}, or add more varied examples.",
+                numbers,
+            )
+    high = epochs >= 2 and end >= HIGH_LOSS
+    falling = before - end >= FALLING_RELATIVE * before and before - end >= FALLING_ABSOLUTE
+    eval_falling = False
+    if len(evals) >= MIN_EVALS:
+        (prev_step, prev), (last_step, last) = evals[-2], evals[-1]
+        drop = prev - last
+        eval_falling = last <= min(loss for _, loss in evals) and (
+            drop >= EVAL_FALLING_RELATIVE * prev and drop >= EVAL_FALLING_ABSOLUTE
+        )
+    if high or falling or eval_falling:
+        if high:
+            why = f"the train loss is still high after {epochs:g} passes: {start:.3f} -> {end:.3f} nats a token"
+        elif falling:
+            why = f"the train loss was still falling when training stopped: {before:.3f} -> {end:.3f} over the last quarter"
+        else:
+            why = (
+                f"the eval loss was still falling when training stopped: {prev:.3f} at step {prev_step} -> "
+                f"{last:.3f} at step {last_step} (the {curve})"
+            )
+        longer = (
+            f"train.max_steps: {2 * max_steps} (it was {max_steps})"
+            if max_steps
+            else f"train.epochs: {2 * epochs:g} (it was {epochs:g})"
+        )
+        return Verdict(
+            "underfit",
+            f"underfit: {why}. Train longer or faster: set {longer} or train.lr: {2 * lr:.2g} (it was {lr:.2g}).",
+            numbers,
+        )
+    if len(evals) >= MIN_EVALS:
+        evals_text = f"; eval loss lowest at step {numbers['eval_best_step']} ({numbers['eval_best']:.3f}), {numbers['eval_last']:.3f} at the end"
+    elif evals:
+        evals_text = f"; eval loss {evals[-1][1]:.3f} (too few evaluations to see a trend)"
+    else:
+        evals_text = "; no eval split, so overfitting was not checked (set data.eval_fraction: 0.1 to check it)"
+    return Verdict("fine", f"fine: {curve}{evals_text}.", numbers)
+
+
+def judge_metrics(
+    records: list[dict],
+    steps_per_epoch: int,
+    epochs: float,
+    lr: float,
+    max_steps: int | None = None,
+    best_kept: int | None = None,
+) -> Verdict:
+    """`judge` over the records of metrics.jsonl; steps the non-finite guard skipped (loss null) are left out."""
+    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
+    evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), int | float)]
+    return judge(
+        train, evals, steps_per_epoch=steps_per_epoch, epochs=epochs, lr=lr, max_steps=max_steps, best_kept=best_kept
+    )

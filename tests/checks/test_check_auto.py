@@ -1,0 +1,16 @@
+"""`tunelab check` on a config that leaves the training options to auto: it shows what train would choose from the
+data, and its data checks and first step use that micro-batch."""
+
+import tunelab
+
+AUTO_TRAIN = {"train.lr": "auto", "train.micro_batch": "auto", "train.grad_accum": 1}
+
+
+def test_check_shows_the_auto_values_from_the_data(tiny_overrides):
+    result = tunelab.check(None, tiny_overrides | AUTO_TRAIN, model=True)
+    assert result.passed, [i.line() for i in result.items if i.status == "fail"]
+    item = next(i for i in result.items if i.name == "auto values")
+    assert item.status == "info" and "train.lr: from the model's width when training starts" in item.summary
+    # 24 rows: micro-batch 1 (the power of two <= 24 / 32), 24 steps an epoch, 5 epochs for 100 steps
+    assert any(d.startswith("train.micro_batch = 1: small set") for d in item.details)
+    assert any(d.startswith("train.epochs = 5.0") for d in item.details)

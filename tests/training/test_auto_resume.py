@@ -1,0 +1,105 @@
+"""`auto` options across --resume: the resumed run keeps the values its start chose (so it ends bit-identical to an
+uninterrupted run, keep_best included), and `auto` against the number it chose is no change for the resume check."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import tunelab.training.auto as auto
+import tunelab.training.recipe as recipe
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+from tunelab.training.resume import config_changes, kept_auto
+
+AUTO_TRAIN = {"train.lr": "auto", "train.micro_batch": "auto", "train.warmup_ratio": "auto", "train.eval_every": "auto"}
+
+
+class Crash(Exception):
+    pass
+
+
+def _overrides(tiny_overrides, tmp_path, name):
+    # 18 training rows (eval_fraction 0.25 of 24): micro-batch 1; 8 steps, an evaluation after each (10 a run).
+    return (
+        tiny_overrides
+        | AUTO_TRAIN
+        | {
+            "data.eval_fraction": 0.25,
+            "train.grad_accum": 1,
+            "train.max_steps": 8,
+            "train.save_every": 2,
+            "output_dir": str(tmp_path / name),
+        }
+    )
+
+
+def test_a_resumed_run_keeps_its_auto_values_and_ends_where_an_uninterrupted_one_does(
+    tiny_overrides, tmp_path, monkeypatch, capsys
+):
+    straight = recipe.train(None, _overrides(tiny_overrides, tmp_path, "straight"))
+    assert {k: v["value"] for k, v in straight.auto.items()} == {
+        "train.lr": 3e-3,  # width 64: the top of the range
+        "train.micro_batch": 1,
+        "train.warmup_ratio": 0.05,
+        "train.eval_every": 1,
+    }
+
+    real_step, calls = recipe.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # dies during step 6: the checkpoint of step 4 stays, best.safetensors may be of step 5
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    overrides = _overrides(tiny_overrides, tmp_path, "resumed")
+    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        recipe.train(None, overrides)
+    monkeypatch.setattr(recipe, "train_step", real_step)
+    # Were the rules to choose differently now (a new version), the resumed run still trains with the run's values.
+    monkeypatch.setattr(auto, "LR_RANGE", (1e-5, 1e-3))
+    monkeypatch.setattr(auto, "EVALS_PER_RUN", 2)
+    capsys.readouterr()
+    resumed = recipe.train(None, overrides, resume=True)
+    out = capsys.readouterr().out
+    assert "as the run chose at its start: LoRA, hidden size 64" in out
+
+    assert {k: v["value"] for k, v in resumed.auto.items()} == {k: v["value"] for k, v in straight.auto.items()}
+    a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    info = [json.loads((r.run_dir / "run.json").read_text()) for r in (straight, resumed)]
+    assert info[0]["extra"].get("best") == info[1]["extra"].get("best")
+    assert info[0]["eval_loss"] == info[1]["eval_loss"]
+    assert info[0]["extra"]["verdict"]["kind"] == info[1]["extra"]["verdict"]["kind"]
+
+
+def test_auto_against_the_chosen_number_is_no_change(tiny_overrides, tmp_path):
+    overrides = _overrides(tiny_overrides, tmp_path, "run") | {"train.keep_checkpoints_after_finish": True}
+    run_dir = recipe.train(None, overrides).run_dir
+    chosen = json.loads((run_dir / "run.json").read_text())["extra"]["auto"]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["lr"] == "auto"  # config.yaml keeps what was written
+
+    def changes(**train):
+        new = load_config(None, overrides | {f"train.{k}": v for k, v in train.items()}).config
+        return config_changes(saved, new, chosen)
+
+    assert changes() == ([], [])
+    assert changes(lr=3e-3, micro_batch=1, warmup_ratio=0.05) == ([], [])  # the numbers auto chose
+    refused, _ = changes(lr=1e-3)
+    assert refused == ["train.lr: auto (0.003) -> 0.001"]
+    _, allowed = changes(eval_every=4)
+    assert allowed == ["train.eval_every: auto (1) -> 4"]
+
+    # The other way round: a run started with a number, resumed with auto, keeps the number.
+    fixed = recipe.train(None, overrides | {"train.lr": 2e-3, "output_dir": str(tmp_path / "fixed")}).run_dir
+    resumed_cfg = load_config(None, overrides | {"output_dir": str(fixed)}).config
+    kept = kept_auto(fixed, resumed_cfg)
+    assert kept["train.lr"].value == 2e-3 and "config.yaml" in kept["train.lr"].reason
+    assert kept["train.micro_batch"].value == 1 and "as the run chose at its start" in kept["train.micro_batch"].reason
+    with pytest.raises(ConfigError, match=r"train.lr: auto \(0.003\) -> 0.001"):
+        recipe.train(None, overrides | {"train.lr": 1e-3}, resume=True)

@@ -1,0 +1,93 @@
+"""keep_best: the weights of the lowest eval loss are the saved result, whatever order the losses come in."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import tunelab.training.recipe as recipe
+from tunelab.peft.save import adapter_state_dict
+from tunelab.training.best import BestWeights
+
+
+def _set(model, value):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(value)
+
+
+def test_observe_keeps_the_lowest_and_restore_loads_it(tmp_path):
+    model = nn.Linear(3, 2)
+    best = BestWeights(tmp_path, enabled=True)
+    for step, (value, loss) in enumerate([(1.0, 0.9), (2.0, 0.5), (3.0, 0.7), (4.0, 0.5), (5.0, float("nan"))], 1):
+        _set(model, value)
+        best.observe(step, loss, model)
+    assert (best.step, best.loss) == (2, 0.5)  # a tie later does not replace it; NaN never counts
+    resumed = BestWeights(tmp_path, enabled=True, resume_step=3)  # a resumed run reads the best so far
+    assert (resumed.step, resumed.loss) == (2, 0.5)
+    message = best.restore(model, last_step=5, last_loss=float("nan"))
+    assert torch.all(model.weight == 2.0) and torch.all(model.bias == 2.0)
+    assert "loaded the weights of step 2" in message and "0.5000" in message
+    assert not best.path.exists()  # the result now holds these weights
+
+
+def test_a_resumed_run_forgets_a_best_newer_than_its_checkpoint(tmp_path):
+    model = nn.Linear(3, 2)
+    BestWeights(tmp_path, enabled=True).observe(6, 0.2, model)
+    # Resumed from step 4: steps 5 and 6 run again (exactly), so step 6 is evaluated again; until then the best is
+    # whatever the resumed run sees.
+    resumed = BestWeights(tmp_path, enabled=True, resume_step=4)
+    assert resumed.step is None and not resumed.path.exists()
+    (tmp_path / "checkpoints" / "best.safetensors").write_bytes(b"torn")
+    assert BestWeights(tmp_path, enabled=True, resume_step=4).step is None
+
+
+def test_last_step_best_or_disabled_changes_nothing(tmp_path):
+    model = nn.Linear(3, 2)
+    best = BestWeights(tmp_path, enabled=True)
+    _set(model, 1.0)
+    best.observe(4, 0.3, model)
+    assert "the last step (4) had the lowest eval loss" in best.restore(model, 4, 0.3)
+    off = BestWeights(tmp_path / "off", enabled=False)
+    assert not off.observe(1, 0.1, model) and off.restore(model, 1, 0.1) is None
+    assert not (tmp_path / "off").exists()
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_the_saved_adapter_is_the_best_evaluated_one(tiny_overrides, monkeypatch, capsys, keep_best):
+    scripted = iter([0.9, 0.4, 0.6, 0.8])  # evaluations at steps 2, 4, 6, 8: the best is step 4
+    seen = {}
+
+    def fake_evaluate(model, batches):
+        loss = next(scripted)
+        seen[loss] = {k: v.clone() for k, v in adapter_state_dict(model).items()}
+        return loss
+
+    monkeypatch.setattr(recipe, "evaluate", fake_evaluate)
+    overrides = tiny_overrides | {
+        "data.eval_fraction": 0.25,
+        "train.max_steps": 8,
+        "train.eval_every": 2,
+        "train.keep_best": keep_best,
+    }
+    result = recipe.train(None, overrides)
+    saved = load_file(result.run_dir / "adapter_model.safetensors")
+    expected = seen[0.4] if keep_best else seen[0.8]
+    assert saved.keys() == expected.keys()
+    for key in saved:
+        assert torch.equal(saved[key], expected[key]), key
+    info = json.loads((result.run_dir / "run.json").read_text())
+    out = capsys.readouterr().out
+    if keep_best:
+        assert "keep_best: loaded the weights of step 4" in out
+        assert info["extra"]["best"] == {"step": 4, "eval_loss": 0.4} and info["eval_loss"] == 0.4
+        assert "keep_best saved the weights of step 4" in info["extra"]["verdict"]["text"]  # 0.8 vs 0.4: overfit
+    else:
+        assert "keep_best: loaded" not in out and "best" not in info["extra"] and info["eval_loss"] == 0.8
+        assert "Set train.keep_best: true" in info["extra"]["verdict"]["text"]
+    assert "train.max_steps: 4 (it was 8)" in info["extra"]["verdict"]["text"]
+    assert info["extra"]["verdict"]["kind"] == "overfit" == result.verdict.kind
+    assert result.auto == info["extra"]["auto"] and set(result.auto) == {"train.warmup_ratio"}  # the rest were given
+    assert not (result.run_dir / "checkpoints" / "best.safetensors").exists()

@@ -1,0 +1,107 @@
+"""The verdict on synthetic loss curves: underfit (high, or still falling), overfit (eval loss rising), fine."""
+
+import math
+
+from tunelab.training.verdict import judge, judge_metrics
+
+
+def _curve(values):
+    return list(enumerate(values, start=1))
+
+
+def _decay(start, end, n, rate=5.0):
+    """start -> end, flattening exponentially: most of the fall in the first part."""
+    return [end + (start - end) * math.exp(-rate * i / n) for i in range(n)]
+
+
+def _judge(train, evals=(), **kw):
+    return judge(
+        _curve(train) if train and not isinstance(train[0], tuple) else train,
+        list(evals),
+        steps_per_epoch=kw.get("spe", 20),
+        epochs=kw.get("epochs", 3.0),
+        lr=kw.get("lr", 2e-4),
+        max_steps=kw.get("max_steps"),
+        best_kept=kw.get("best_kept"),
+    )
+
+
+def test_high_loss_is_underfit_with_the_numbers_and_the_options():
+    # The issue's failing run: 33 steps at lr 2e-4, loss 2.5 -> 1.3.
+    v = _judge(_decay(2.5, 1.25, 33, rate=2.0))
+    assert v.kind == "underfit"
+    assert "still high" in v.text
+    assert f"after 3 passes: {v.numbers['train_start']:.3f} -> {v.numbers['train_end']:.3f} nats a token" in v.text
+    assert "train.epochs: 6" in v.text and "train.lr: 0.0004" in v.text
+    assert v.numbers["train_end"] > 1.0
+    # A top-layers run of lamp_support ended near 0.56 and answered 11% of its held-out questions.
+    assert _judge(_decay(3.2, 0.55, 180)).kind == "underfit"
+    assert _judge(_decay(3.2, 0.55, 180), epochs=1.0).kind == "fine"
+
+
+def test_still_falling_at_the_end_is_underfit_even_when_low():
+    # A straight line down to 0.3: under the "still high" bar, but the last quarter still drops ~0.4 nats.
+    line = [2.0 - 1.7 * i / 99 for i in range(100)]
+    v = _judge(line)
+    assert v.kind == "underfit" and "still falling" in v.text and v.numbers["train_end"] < 0.5
+    assert "train.max_steps: 200 (it was 100)" in _judge(line, max_steps=100).text
+
+
+def test_a_converged_curve_is_fine_and_says_overfitting_was_not_checked():
+    v = _judge(_decay(2.5, 0.05, 120))
+    assert v.kind == "fine"
+    assert "train loss 2." in v.text and "-> 0.0" in v.text and "data.eval_fraction" in v.text
+
+
+def test_one_pass_over_a_large_set_may_end_above_one_nat():
+    # 1.8 -> 1.2, flat at the end: after one pass that is how predictable the text is; after three, it is unlearned.
+    curve = _decay(1.8, 1.2, 400)
+    assert _judge(curve, epochs=1.0).kind == "fine"
+    assert _judge(curve, epochs=3.0).kind == "underfit"
+
+
+def test_rising_eval_loss_is_overfit_with_the_step_to_stop_at():
+    train = _decay(2.5, 0.02, 100)
+    evals = [(20, 0.9), (40, 0.6), (60, 0.7), (80, 0.8), (100, 0.85)]
+    v = _judge(train, evals, spe=20, epochs=5.0)
+    assert v.kind == "overfit"
+    assert "from 0.600 at step 40 (epoch 2.0) to 0.850 at step 100 (+42%)" in v.text
+    assert "train.epochs: 2 (it was 5)" in v.text and "Set train.keep_best: true" in v.text
+    kept = _judge(train, evals, spe=20, epochs=5.0, best_kept=40)
+    assert kept.kind == "overfit" and "keep_best saved the weights of step 40" in kept.text
+    assert kept.numbers["eval_best_step"] == 40
+
+
+def test_small_eval_wobbles_are_not_overfitting():
+    train = _decay(2.5, 0.05, 100)
+    # +5% at the end: under the 10% threshold.
+    v = _judge(train, [(25, 0.80), (50, 0.60), (75, 0.58), (100, 0.609)])
+    assert v.kind == "fine" and "eval loss lowest at step 75" in v.text
+    # +20% but only 0.02 nats: under the absolute threshold.
+    assert _judge(train, [(25, 0.3), (50, 0.1), (75, 0.11), (100, 0.12)]).kind == "fine"
+    # Two evaluations are too few to call a trend.
+    assert _judge(train, [(50, 0.5), (100, 0.9)]).kind == "fine"
+
+
+def test_overfit_takes_precedence_over_underfit():
+    v = _judge(_decay(2.5, 1.4, 60), [(20, 1.5), (40, 1.3), (60, 1.7)], spe=20)
+    assert v.kind == "overfit"
+
+
+def test_judge_metrics_reads_metrics_records():
+    records = [{"step": i, "loss": loss, "lr": 1e-3} for i, loss in _curve(_decay(2.5, 0.05, 60))]
+    records += [{"step": 20, "eval_loss": 0.5}, {"step": 40, "eval_loss": 0.3}, {"step": 60, "eval_loss": 0.29}]
+    v = judge_metrics(records, steps_per_epoch=20, epochs=3.0, lr=1e-3)
+    assert v.kind == "fine" and v.numbers["eval_best_step"] == 60
+    assert judge_metrics([], 20, 3.0, 1e-3).kind == "fine"
+
+
+def test_eval_loss_still_falling_at_the_end_is_underfit():
+    # Train loss low (the phrasings are memorised) but held-out text still getting likelier: more training helps.
+    train = _decay(2.2, 0.1, 72)
+    evals = [(8, 1.2), (16, 0.8), (24, 0.65), (32, 0.55), (40, 0.47), (48, 0.41), (56, 0.36), (64, 0.31), (72, 0.277)]
+    v = _judge(train, evals)
+    assert v.kind == "underfit"
+    assert "eval loss was still falling when training stopped: 0.310 at step 64 -> 0.277 at step 72" in v.text
+    flat = evals[:-2] + [(64, 0.35), (72, 0.345)]
+    assert _judge(train, flat).kind == "fine"
