@@ -88,3 +88,67 @@ def test_a_measured_step_moves_the_choice():
 def test_no_offload_off_cuda():
     result = plan(LLAMA2_7B, QLORA, 24 * GIB, 4, cuda=False)
     assert not any(s.candidate.offload for s in result.candidates)
+
+
+def _built(tmp_config):
+    import torch
+
+    from tunelab.models.llama import LlamaForCausalLM
+    from tunelab.training.build import BuiltModel
+
+    hf = dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=200, max_position_embeddings=128)  # fmt: skip
+    model = LlamaForCausalLM(LlamaConfig.from_hf(hf))
+    return BuiltModel(model, "fast", hf, torch.device("cpu"), torch.float32, 0, 0)
+
+
+def _auto(**train):
+    from tunelab.config import MethodConfig, RunConfig, TrainConfig
+    from tunelab.training.auto import plan_from_data
+
+    cfg = RunConfig(train=TrainConfig(**train), method=MethodConfig(r=4))
+    return cfg, plan_from_data(cfg.train, 1000, False)
+
+
+def test_auto_values_on_the_cpu_turn_checkpointing_off_and_say_why():
+    from tunelab.training.plan import plan_memory
+
+    cfg, auto = _auto()
+    built = _built(None)
+    out, result = plan_memory(auto, cfg, built, seq=24)
+    assert result is None
+    assert out.train.checkpointing is False and out.train.offload_activations is False
+    assert "budget" in out.chosen["train.checkpointing"].reason
+    assert built.model.gradient_checkpointing is False
+
+
+def test_auto_values_with_a_budget_checkpoint_only_what_must_be_and_apply_it_to_the_model():
+    from tunelab.training.plan import plan_memory
+
+    # Between the all-checkpointed minimum and the no-checkpointing peak of the tiny model at 8 x 64 tokens
+    cfg, auto = _auto(micro_batch=8, gpu_memory="2.2MiB")
+    built = _built(None)
+    out, result = plan_memory(auto, cfg, built, seq=64)
+    assert result is not None and result.chosen.peak <= 2.2 * 1024**2
+    k = result.chosen.candidate.checkpointed
+    assert 0 < k < 3 and out.train.checkpointing is True and out.train.checkpoint_layers == k
+    assert built.model.gradient_checkpointing is True and built.model.checkpoint_layers == k
+    assert out.train.micro_batch == 8  # explicit: kept
+
+
+def test_an_auto_micro_batch_shrinks_when_memory_binds_and_grad_accum_keeps_the_batch():
+    from tunelab.training.plan import plan_memory
+
+    cfg, auto = _auto(checkpointing=False, gpu_memory="1.5MiB")
+    assert auto.train.micro_batch == 8
+    out, result = plan_memory(auto, cfg, _built(None), seq=64)
+    assert out.train.micro_batch < 8 and out.train.micro_batch * out.train.grad_accum == 8
+    assert "does not fit" in out.chosen["train.micro_batch"].reason
+
+
+def test_auto_below_the_minimum_refuses():
+    from tunelab.training.plan import plan_memory
+
+    cfg, auto = _auto(gpu_memory="100KiB")
+    with pytest.raises(BudgetError, match="train.gpu_memory"):
+        plan_memory(auto, cfg, _built(None), seq=64)

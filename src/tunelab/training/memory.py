@@ -40,9 +40,9 @@ step), per-parameter buffers under a kilobyte.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
+from tunelab.config import parse_size  # noqa: F401  (re-exported: sizes in the planner's terms)
 from tunelab.models.llama_config import LlamaConfig
 
 E = 2  # bytes of a bf16 activation
@@ -296,15 +296,6 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     )
     name, (saved_at_peak, transient) = best
     return Estimate(static, dict(saved_at_peak), transient, name, activation_scale)
-
-
-def parse_size(text: str) -> int:
-    """'24GiB', '80GB', '1.5 TiB', '512MiB' or a number of bytes -> bytes. GB and GiB both read as powers of 1024,
-    as GPU makers quote memory. ValueError for anything else."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(text), re.IGNORECASE)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a size like 24GiB, 80GB or 512MiB")
-    return int(float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_"))
 
 
 def gib(n: int | float) -> str:

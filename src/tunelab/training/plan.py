@@ -23,9 +23,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
+
+from tunelab.config import AUTO, RunConfig, TrainConfig, parse_size
 from tunelab.errors import ConfigError
 from tunelab.models.llama_config import LlamaConfig
-from tunelab.training.memory import GIB, PROJECTIONS, E, Estimate, Setup, estimate, gib, projection_shapes
+from tunelab.training.auto import AutoPlan, Choice
+from tunelab.training.build import BuiltModel, checkpoint_mode
+from tunelab.training.memory import GIB, PROJECTIONS, E, Estimate, Setup, calibrate, estimate, gib, projection_shapes
 
 THROUGHPUT = 400e12  # FLOP/s of an H100/H200 step at ~50% of its bf16 ceiling (BENCHMARKS.md: 45-50% useful MFU)
 LAUNCH_S_PER_LAYER = 0.012  # CPU seconds per decoder layer per micro-batch (see the module docstring)
@@ -250,16 +255,157 @@ def require_fit(result: MemoryPlan, where: str) -> Scored:
     )
 
 
-def setup_for(method_name: str, quantized: bool, rank: int, targets: list[str], top_layers: int, optimizer: str,
-              seq: int) -> Setup:  # fmt: skip
-    """A Setup from the config's values (targets "all-linear" meaning the seven projections)."""
-    names = PROJECTIONS if "all-linear" in targets else tuple(t for t in targets if t in PROJECTIONS)
+# ----------------------------------------------------------------------------------------------------------------
+# The config's auto values
+
+
+def device_budget(train: TrainConfig, device: torch.device | None) -> int | None:
+    """train.gpu_memory, else DEFAULT_BUDGET_FRACTION of the CUDA device's memory; None off CUDA without one."""
+    if train.gpu_memory is not None:
+        try:
+            return parse_size(train.gpu_memory)
+        except ValueError as exc:
+            raise ConfigError(f"option 'train.gpu_memory' (--gpu-memory): {exc}.") from None
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * DEFAULT_BUDGET_FRACTION)
+    return None
+
+
+def config_setup(cfg: RunConfig, seq: int) -> Setup:
+    m = cfg.method
+    targets = (
+        PROJECTIONS if "all-linear" in m.target_modules else tuple(t for t in m.target_modules if t in PROJECTIONS)
+    )
     return Setup(
-        method=method_name,
-        quantized=quantized,
-        rank=rank,
-        targets=names,
-        top_layers=top_layers,
-        optimizer=optimizer,
+        method=m.name,
+        quantized=m.quantize_base == "nf4",
+        rank=m.r,
+        targets=targets,
+        top_layers=m.top_layers,
+        optimizer=cfg.train.optimizer,
         seq=seq,
     )
+
+
+def plan_for_config(
+    cfg: RunConfig,
+    train: TrainConfig,
+    shape: LlamaConfig,
+    seq: int,
+    budget: int,
+    micro_batch_auto: bool,
+    cuda: bool = True,
+) -> MemoryPlan:
+    """The planner over the options of `train` (auto values of the data already chosen) that are left to it."""
+    fixed = Fixed(
+        micro_batch=None if micro_batch_auto else train.micro_batch,
+        checkpointing=None if train.checkpointing == AUTO else bool(train.checkpointing),
+        checkpoint_layers=train.checkpoint_layers,
+        offload=None if train.offload_activations == AUTO else bool(train.offload_activations),
+    )
+    return plan(shape, config_setup(cfg, seq), budget, train.micro_batch * train.grad_accum, fixed, cuda=cuda)
+
+
+def plan_memory(auto: AutoPlan, cfg: RunConfig, built: BuiltModel, seq: int) -> tuple[AutoPlan, MemoryPlan | None]:
+    """Choose train.checkpointing, checkpoint_layers and offload_activations where they are auto (and a smaller
+    micro_batch, keeping micro_batch x grad_accum, where micro_batch is auto and memory binds), apply them to the
+    model, and return the plan with those choices. Explicit values win. `seq`: the longest training row."""
+    t = auto.train
+    mb_auto = cfg.train.micro_batch == AUTO and "train.micro_batch" not in auto.kept
+    undecided = t.checkpointing == AUTO or t.offload_activations == AUTO or mb_auto
+    chosen: dict[str, Choice] = {}
+    result = None
+    budget = device_budget(t, built.device) if built.impl == "fast" else None
+    if not undecided:
+        pass
+    elif built.impl != "fast" or budget is None:
+        where = "the generic path has no memory model" if built.impl != "fast" else "no GPU memory budget on the CPU"
+        ckpt = built.impl != "fast" and built.device.type == "cuda"
+        if t.checkpointing == AUTO:
+            chosen["train.checkpointing"] = Choice(ckpt, f"{where}: " + ("on, the safe choice" if ckpt else "off"))
+        if t.offload_activations == AUTO:
+            chosen["train.offload_activations"] = Choice(False, f"{where}: off")
+    else:
+        shape = LlamaConfig.from_hf(built.hf_config)
+        result = plan_for_config(cfg, t, shape, seq, budget, mb_auto, cuda=built.device.type == "cuda")
+        best = require_fit(result, "option 'train.gpu_memory'").candidate
+        why = f"planner: {result.reason}"
+        if t.checkpointing == AUTO:
+            chosen["train.checkpointing"] = Choice(best.checkpointed > 0, why)
+        if t.offload_activations == AUTO:
+            chosen["train.offload_activations"] = Choice(best.offload, why)
+        if mb_auto and best.micro_batch != t.micro_batch:
+            chosen["train.micro_batch"] = Choice(
+                best.micro_batch, f"memory: {t.micro_batch} does not fit; grad_accum {best.grad_accum} keeps the batch"
+            )
+        if t.checkpoint_layers is None and 0 < best.checkpointed < shape.num_layers:
+            chosen["train.checkpoint_layers"] = Choice(best.checkpointed, why)
+        t = dataclasses.replace(t, grad_accum=best.grad_accum if "train.micro_batch" in chosen else t.grad_accum)
+    t = dataclasses.replace(t, **{name.split(".")[1]: c.value for name, c in chosen.items()})
+    if built.impl == "fast":
+        built.model.gradient_checkpointing = checkpoint_mode(t)
+        built.model.checkpoint_layers = t.checkpoint_layers
+    elif t.checkpointing is True:
+        built.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    plan_out = AutoPlan(t, auto.chosen | chosen, auto.total_steps, auto.kept)
+    return plan_out, result
+
+
+def measured_note(result: MemoryPlan | None, measured: int) -> str | None:
+    """After the first step on CUDA: the measured peak against the prediction, and the calibration it gives."""
+    if result is None or result.chosen is None:
+        return None
+    cal = calibrate(result.chosen.estimate, measured)
+    predicted = result.chosen.peak
+    return (
+        f"memory: first step peaked at {gib(measured)} reserved, predicted {gib(predicted)} "
+        f"(ratio {predicted / measured:.2f}; activation scale {cal.activation_scale:.2f} for `tunelab plan`)"
+        + (f"; over the budget of {gib(result.budget)}" if measured > result.budget else "")
+    )
+
+
+@dataclass
+class PlanReport:
+    """What `tunelab plan` prints: the plan, the auto values of the data, and the model's shape."""
+
+    memory: MemoryPlan
+    shape: LlamaConfig
+    seq: int
+    global_batch: int
+
+    def text(self) -> str:
+        lines = [
+            f"model: {self.shape.num_layers} layers, hidden {self.shape.hidden_size}; longest row {self.seq} tokens; "
+            f"{self.global_batch} rows per optimizer step",
+            self.memory.table(),
+            "",
+            self.memory.reason,
+        ]
+        if self.memory.chosen is not None:
+            lines += ["", self.memory.breakdown()]
+        return "\n".join(lines)
+
+
+def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
+    """The planner for a config without loading weights: its data (for auto micro_batch and the longest row) and its
+    model's config (the shapes). BudgetError when nothing fits; ConfigError off the fast path or without a budget."""
+    from tunelab.models.load import load_hf_config
+    from tunelab.training.auto import plan_from_data
+    from tunelab.training.build import pick_impl
+    from tunelab.training.prepare import load_inputs
+
+    train = dataclasses.replace(cfg.train, gpu_memory=gpu_memory or cfg.train.gpu_memory)
+    cuda = torch.device("cuda") if torch.cuda.is_available() else None
+    budget = device_budget(train, cuda)
+    if budget is None:
+        raise ConfigError("no GPU here to read the memory budget from: give --gpu-memory SIZE (like 24GiB).")
+    inputs = load_inputs(cfg)
+    hf_config = load_hf_config(inputs.source, cfg.model.trust_remote_code)
+    if pick_impl(cfg.model.impl, hf_config) != "fast":
+        raise ConfigError(f"model '{cfg.model.name}' trains on the generic path, which the planner has no model of.")
+    shape = LlamaConfig.from_hf(hf_config)
+    auto = plan_from_data(train, len(inputs.data.train), bool(inputs.data.eval))
+    seq = max((len(row.input_ids) for row in inputs.data.train), default=1)
+    result = plan_for_config(cfg, auto.train, shape, seq, budget, cfg.train.micro_batch == AUTO)
+    require_fit(result, f"budget {gib(budget)}")
+    return PlanReport(result, shape, seq, auto.train.micro_batch * auto.train.grad_accum)
