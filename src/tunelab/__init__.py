@@ -1,6 +1,6 @@
 """tunelab: fine-tune open LLMs on your own data.
 
-The API is imported on first use, so `import tunelab` stays fast: `tunelab.train(...)`, `tunelab.check(...)`, `tunelab.compare(...)`,
+The API is imported on first use, so `import tunelab` stays fast: `tunelab.train(...)`, `tunelab.check(...)`, `tunelab.plan(...)`, `tunelab.compare(...)`,
 `tunelab.generate(...)`, `tunelab.chat(...)`, `tunelab.federate(...)`, `tunelab.load_config(...)`.
 """
 
@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 _API = {
     "train",
     "check",
+    "plan",
     "compare",
     "generate",
     "chat",

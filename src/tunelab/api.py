@@ -81,6 +81,16 @@ def _open(run: str | Path | LoadedRun, device: str, base_precision: str) -> Load
     return run if isinstance(run, LoadedRun) else open_run(run, device=device, base_precision=base_precision)
 
 
+def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None = None):
+    """The memory planner for a config (`tunelab plan`): a PlanReport whose .memory holds the candidates with their
+    predicted peak and speed, the chosen one and why; .text() is what the CLI prints. Loads the data and the model's
+    config, not its weights. gpu_memory (like "24GiB") overrides train.gpu_memory; BudgetError (a ConfigError) when
+    nothing fits, naming the minimum and its largest part."""
+    from tunelab.training.plan import plan_run
+
+    return plan_run(resolve(config, overrides).config, gpu_memory)
+
+
 def check(
     config=None,
     overrides: dict | None = None,

@@ -120,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-only", action="store_true", help="skip the checks that load the model (forward/backward, memory)"
     )
     _add_config_options(check)
+    plan = sub.add_parser(
+        "plan",
+        help="the fastest micro-batch, checkpointing and offload that fit the GPU: a table of candidates and why",
+        description="Predict the peak GPU memory and speed of each micro-batch / checkpointed layers / offload "
+        "configuration for a config (data and model shapes; no weights are loaded) and pick the fastest that fits. "
+        "Exit 2 when nothing fits, naming the minimum.",
+        allow_abbrev=False,
+    )
+    plan.add_argument("config", nargs="?", help="YAML config file (optional: flags alone work too)")
+    plan.add_argument("--gpu-memory", help="the budget, like 24GiB or 80GB (default: train.gpu_memory, or this GPU's)")
+    _add_config_options(plan)
     federate = sub.add_parser(
         "federate",
         help="federated fine-tuning on Flower: clients train on their own data, a server averages the adapter",
@@ -306,6 +317,10 @@ def _run(args: argparse.Namespace) -> int:
             show=True,
         )
         return 0 if result.passed else 1
+    if args.command == "plan":
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "gpu_memory")}
+        print(api.plan(args.config, options, gpu_memory=args.gpu_memory).text())
+        return 0
     if args.command == "federate":
         overrides = {
             k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "overwrite", "app_dir")

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import difflib
 import importlib.util
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -237,12 +238,22 @@ class TrainConfig:
         min=1,
     )
     log_every: int = opt(1, "append metrics every N optimizer steps", min=1)
-    checkpointing: bool = opt(
-        False,
-        "recompute each decoder layer in backward instead of keeping its activations (less memory; each layer runs forward twice)",
+    checkpointing: bool | Auto = opt(
+        "auto",
+        "recompute decoder layers in backward instead of keeping their activations (less memory; a recomputed layer runs forward twice); auto: the memory planner keeps as many layers' activations as train.gpu_memory allows (tunelab plan shows it; off on the CPU)",
     )
-    offload_activations: bool = opt(
-        False, "with checkpointing on CUDA: keep the layer inputs in pinned CPU memory until backward"
+    checkpoint_layers: int | None = opt(
+        None,
+        "with checkpointing: recompute only the lowest N decoder layers and keep the others' activations (default: all; chosen by the planner when checkpointing is auto)",
+        min=0,
+    )
+    offload_activations: bool | Auto = opt(
+        "auto",
+        "with checkpointing on CUDA: keep the checkpointed layer inputs in pinned CPU memory until backward; auto: where the planner finds it fits or pays",
+    )
+    gpu_memory: str | None = opt(
+        None,
+        "GPU memory the auto values must fit, like 24GiB or 80GB (default: 0.92 of the GPU's memory)",
     )
     report_to: list[str] = opt(
         [],
@@ -727,10 +738,15 @@ def check_trackers(names: list[str]) -> None:
 def _check_consistency(config: RunConfig) -> None:
     """Rules that involve more than one option, or the environment (a tracker's library must be installed)."""
     check_trackers(config.train.report_to)
-    if config.train.offload_activations and not config.train.checkpointing:
+    if config.train.offload_activations is True and config.train.checkpointing is False:
         raise ConfigError(
             "option 'train.offload_activations' needs 'train.checkpointing: true' (it offloads the checkpointed layer inputs)."
         )
+    if config.train.gpu_memory is not None:
+        try:
+            parse_size(config.train.gpu_memory)
+        except ValueError as exc:
+            raise ConfigError(f"option 'train.gpu_memory': {exc}.") from None
     if config.data.eval and config.data.eval_fraction:
         raise ConfigError(
             "options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split."
@@ -758,6 +774,15 @@ def _check_sources(data: DataConfig) -> None:
             raise ConfigError(f"{where}: format is {source.format!r}; allowed values: {', '.join(formats)}.")
         if source.streaming and source.hub is None:
             raise ConfigError(f"{where}: streaming reads hub datasets; a local source ({source.path}) is read whole.")
+
+
+def parse_size(text: str) -> int:
+    """'24GiB', '80GB', '1.5 TiB', '512MiB' or a number of bytes -> bytes. GB and GiB both read as powers of 1024,
+    as GPU makers quote memory. ValueError for anything else."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(text), re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a size like 24GiB, 80GB or 512MiB")
+    return int(float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_"))
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

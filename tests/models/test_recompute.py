@@ -174,3 +174,34 @@ def _rope_args(model, ids):
     positions = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)
     cos, sin = rope_cos_sin(positions, rope_inv_freq(config.rope, config.head_dim), torch.float32)
     return cos, sin, None, None
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_selective_checkpointing_equals_all_and_no_layers(method):
+    """checkpoint_layers=k recomputes the lowest k layers: loss and gradients equal those of no checkpointing and of
+    every layer checkpointed, and exactly k layers go through the recomputation."""
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(3))
+    results = {}
+    for name, checkpointing, count in (("none", False, None), ("all", True, None), ("lowest 2", True, 2)):
+        model = _model(method, checkpointing, dropout=0.2)
+        model.checkpoint_layers = count
+        recomputed = []
+        for index, layer in enumerate(model.model.layers):
+            original = layer.backward_through
+            layer.backward_through = lambda *a, _i=index, _f=original, _r=recomputed: (_r.append(_i), _f(*a))[1]
+        torch.manual_seed(5)
+        loss_sum, num = model(ids, labels=ids)
+        (loss_sum / num).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        results[name] = (loss_sum.item(), grads, sorted(recomputed))
+    assert results["none"][2] == [] and results["all"][2] == [0, 1, 2] and results["lowest 2"][2] == [0, 1]
+    for name in ("all", "lowest 2"):
+        assert results[name][0] == pytest.approx(results["none"][0], rel=1e-6)
+        for key, g in results["none"][1].items():
+            assert g.abs().sum() > 0, key
+            torch.testing.assert_close(results[name][1][key], g, rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+
+
+def test_checkpoint_layers_rejects_a_negative_count():
+    with pytest.raises(ValueError, match="checkpoint_layers"):
+        _model("lora", True).checkpoint_layers = -1

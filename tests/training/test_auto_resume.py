@@ -45,6 +45,8 @@ def test_a_resumed_run_keeps_its_auto_values_and_ends_where_an_uninterrupted_one
         "train.micro_batch": 1,
         "train.warmup_ratio": 0.05,
         "train.eval_every": 1,
+        "train.checkpointing": False,  # the CPU: no GPU budget to plan for
+        "train.offload_activations": False,
     }
 
     real_step, calls = recipe.train_step, {"n": 0}

@@ -36,7 +36,7 @@ from tunelab.federated.shards import ClientData
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import adapter_state_dict
 from tunelab.training.auto import model_shape, resolve_auto
-from tunelab.training.build import build_model
+from tunelab.training.build import build_model, checkpoint_mode
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import train_step
@@ -136,8 +136,7 @@ def local_train(
     source = resolve_source(config.model.name)
     tokenizer = load_tokenizer(source, config.model.trust_remote_code)
     datasets = client_datasets(config.data, tokenizer, config.train.seed, client)
-    checkpointing = "offload" if config.train.offload_activations else config.train.checkpointing
-    built = build_model(source, config.model, config.method, checkpointing)
+    built = build_model(source, config.model, config.method, checkpoint_mode(config.train))
     load_adapter_state(built.model, global_adapter)
     federation = dataclasses.replace(config.train, max_steps=rounds * steps)
     t = resolve_auto(federation, config.method, len(datasets.train), model_shape(built.hf_config), False).train

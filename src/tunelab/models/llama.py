@@ -336,6 +336,9 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, ops, self.passes) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.gradient_checkpointing = False
+        # With checkpointing: recompute only the lowest this many layers (None: all). The lowest, because backward
+        # reaches them last, when the kept layers above have freed their activations for the recomputation's.
+        self.checkpoint_layers: int | None = None
         self._offload_stream = None  # created on first use by activation offload
         self._offload_buffers: list[torch.Tensor | None] = [None, None]  # where offloaded inputs come back to
 
@@ -360,12 +363,16 @@ class LlamaModel(nn.Module):
         inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
         cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, T, D) each
         recompute = bool(self.gradient_checkpointing) and torch.is_grad_enabled()
+        checkpointed = (
+            len(self.layers) if self.checkpoint_layers is None else min(self.checkpoint_layers, len(self.layers))
+        )
+        recompute = recompute and checkpointed > 0
         store = None
         if recompute and self.gradient_checkpointing == "offload" and h.is_cuda:
             if self._offload_stream is None:
                 self._offload_stream = torch.cuda.Stream(h.device)
             # Layer inputs (and, where no dropout draws, each layer's midpoint) wait on the host.
-            with_mid = not any(layer.draws_random() for layer in self.layers)
+            with_mid = not any(layer.draws_random() for layer in self.layers[:checkpointed])
             store = HostActivations(h.device, self._offload_stream, self._offload_buffers, with_mid)
             store.reserve(h)  # before this step's activations: the two landing buffers stay low in the allocator
         if h.is_cuda and self.layers:
@@ -375,7 +382,7 @@ class LlamaModel(nn.Module):
             # The boundaries read once (a device sync on CUDA) for every layer's attention and its recomputation.
             cu_seqlens, max_seqlen = reference.document_bounds(cu_seqlens, T)
         for index, layer in enumerate(self.layers):
-            if recompute:
+            if recompute and index < checkpointed:
                 # Keep only each layer's input (on the device or in `store`); recompute the rest during backward.
                 h = recomputed_layer(layer, store, index, h, cos, sin, cu_seqlens, attention_mask, max_seqlen)
             else:
@@ -411,6 +418,17 @@ class LlamaForCausalLM(nn.Module):
     def gradient_checkpointing(self, enabled: bool | str) -> None:
         """True, False, or "offload": checkpointing with the layer inputs kept in pinned host memory (CUDA)."""
         self.model.gradient_checkpointing = enabled if enabled == "offload" else bool(enabled)
+
+    @property
+    def checkpoint_layers(self) -> int | None:
+        """With checkpointing: how many decoder layers, from the bottom, are recomputed (None: all)."""
+        return self.model.checkpoint_layers
+
+    @checkpoint_layers.setter
+    def checkpoint_layers(self, count: int | None) -> None:
+        if count is not None and count < 0:
+            raise ValueError(f"checkpoint_layers must be >= 0 or None, got {count}")
+        self.model.checkpoint_layers = count
 
     def init_weights(self, std: float = 0.02) -> None:
         """Random init for training from scratch or benchmarks: N(0, std) matrices, zero biases, unit norms."""

@@ -209,3 +209,15 @@ def load_hf_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
     except ValueError as exc:
         raise _remote_code(source.name, exc) or ModelError(f"model '{source.name}': {exc}") from None
     return model.to(device).eval()
+
+
+def load_hf_config(source: ModelSource, trust_remote_code: bool = False):
+    """The transformers config alone (shapes, no weights): what the memory planner reads."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(materialize(source), trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelError(f"model '{source.name}': could not load its config ({exc}).") from None
+    except ValueError as exc:
+        raise _remote_code(source.name, exc) or ModelError(f"model '{source.name}': {exc}") from None

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from tunelab.config import MethodConfig, ModelConfig
+from tunelab.config import MethodConfig, ModelConfig, TrainConfig
 from tunelab.errors import ConfigError
 from tunelab.kernels import select as select_ops
 from tunelab.models.hf_adapter import from_hf_model
@@ -76,6 +76,14 @@ def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | 
         for layer in layers[len(layers) - method.top_layers :]:
             for p in layer.parameters():
                 p.requires_grad_(True)
+
+
+def checkpoint_mode(train: TrainConfig) -> bool | str:
+    """What `build_model` takes from the config: False, True or "offload"; `auto` values start off (the memory
+    planner, training/plan.py, turns them on once the model is built)."""
+    if train.checkpointing is not True:
+        return False
+    return "offload" if train.offload_activations is True else True
 
 
 def build_model(

@@ -18,7 +18,7 @@ from tunelab.errors import ConfigError
 from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
-from tunelab.training.build import BuiltModel, build_model
+from tunelab.training.build import BuiltModel, build_model, checkpoint_mode
 
 
 @dataclass
@@ -38,8 +38,7 @@ def load_model(cfg: RunConfig, inputs: Inputs, impl: str | None = None) -> tuple
     """The model with the method applied, its untrained rows found and (model.fix_untrained_tokens) repaired.
     `impl` overrides model.impl (tunelab check builds the generic model to compare)."""
     model_cfg = dataclasses.replace(cfg.model, impl=impl) if impl else cfg.model
-    checkpointing = "offload" if cfg.train.offload_activations else cfg.train.checkpointing
-    built = build_model(inputs.source, model_cfg, cfg.method, checkpointing)
+    built = build_model(inputs.source, model_cfg, cfg.method, checkpoint_mode(cfg.train))
     if cfg.data.packing and built.impl != "fast":
         raise ConfigError(
             "option 'data.packing' needs the fast path (a Llama-family model with model.impl auto or fast); "

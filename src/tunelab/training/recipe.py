@@ -56,6 +56,7 @@ from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
 from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement, plan_output_dir, start_run_dir
+from tunelab.training.plan import MemoryPlan, measured_note, plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.resume import check_resume_config, check_same_data, data_digest, kept_auto
 from tunelab.training.schedule import lr_factor
@@ -201,6 +202,8 @@ def train(
     )
     print(untrained.summary(), flush=True)
     auto = auto.with_lr(cfg.method, model_shape(built.hf_config))
+    longest = max((len(row.input_ids) for row in data.train), default=1)
+    auto, memory = plan_memory(auto, cfg, built, longest)  # checkpointing and offload: the memory planner
     print(auto.describe(), flush=True)
     trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
     t = trained.train
@@ -244,7 +247,21 @@ def train(
     write_info(run_dir, info)
     best = BestWeights(run_dir, t.keep_best and bool(evals.own), resume_step)
 
-    run = Run(trained, run_dir, built, data, pad_id, optimizer, scheduler, evals, log, total_steps, position, best)
+    run = Run(
+        trained,
+        run_dir,
+        built,
+        data,
+        pad_id,
+        optimizer,
+        scheduler,
+        evals,
+        log,
+        total_steps,
+        position,
+        best,
+        memory=memory,
+    )
     try:
         last_loss, eval_loss = _loop(run)
     except BaseException:
@@ -314,6 +331,7 @@ class Run:
     position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps: what a checkpoint saves
     best: BestWeights
     eval_losses: dict = dataclasses.field(default_factory=dict)  # the last eval_record
+    memory: MemoryPlan | None = None  # the planner's prediction, checked against the first step's peak (CUDA)
 
 
 def _loop(run: Run) -> tuple[float | None, float | None]:
@@ -345,6 +363,9 @@ def _loop(run: Run) -> tuple[float | None, float | None]:
                     t.max_grad_norm,
                 )
                 tokens = sum(int(b["attention_mask"].sum()) for b in group)
+                if run.memory is not None and run.built.device.type == "cuda":
+                    tqdm.write(measured_note(run.memory, torch.cuda.max_memory_reserved(run.built.device)) or "")
+                    run.memory = None  # one measured step says it
                 position["step"] += 1
                 position["batch_in_epoch"] += len(group)
                 position["tokens"] += tokens

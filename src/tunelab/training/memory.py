@@ -1,0 +1,323 @@
+"""The fast path's GPU memory at its peak, from the model's shapes and the training setup: each part a named number.
+
+Notation: L layers, d hidden size, q = heads x head_dim, kv = kv_heads x head_dim, m intermediate size, V vocab,
+N = micro_batch x seq tokens, e = 2 bytes (bf16 compute), r the LoRA rank, R_qkv = 3r and R_gu = 2r the spare
+columns of the grouped projections (LoRA on q/k/v, gate/up).
+
+Static (alive the whole step):
+- weights: bf16 2 bytes a weight; NF4 (QLoRA's frozen linears) per matrix of n weights ceil(n/2) codes
+  + ceil(n/64) 8-bit absmaxes + 4 ceil(n/64/256) fp32 absmax2 + 4 (offset) + 1088 (the 16 + 256 fp32 code tables).
+  Embedding and head V d e each (one when tied), norms (2L + 1) d e, biases as they come.
+- adapters (fp32 master weights, 4 bytes) and their fp32 gradients (4 bytes): r (in + out) per adapted projection.
+- optimizer: AdamW 8 bytes per trainable parameter (fp32 m and v; full fine-tuning keeps them in the weights' dtype,
+  2 x 2 bytes); adamw_8bit 2 + 8 ceil(n/256)/n for tensors of >= 4096 values, fp32 moments below.
+- scratch: the stacked [W | sB; A] matrix of the widest grouped projection, (O + R)(in + R) e (`peft.group`), and
+  QLoRA's dequantization workspace, the largest ungrouped NF4 weight out x in x e (o_proj and down_proj).
+- offload: the two landing buffers, 2 N d e (`models.offload`).
+- rope tables: cos and sin, 2 N head_dim e, shared by all layers.
+
+Saved per layer for backward (`models.llama` with `kernels/`, counted from their save_for_backward):
+  attention half: x (rms_norm's input) N d e + rstd 4N + the norm's output with its spare columns N (d + R_qkv) e
+      (saved by the grouped GEMM) + the group's output N (q + 2kv) e (v is a view of it, so all of it stays) + rope's
+      q, k N (q + kv) e + attention's output N q e + its logsumexp 4 N heads + o_proj's x A^T N r e
+  MLP half: h N d e + rstd 4N + normed N (d + R_gu) e + gate|up N 2m e (SwiGLU saves both, views of one buffer)
+      + SwiGLU's output N m e + down_proj's x A^T N r e
+  A checkpointed layer keeps only x (N d e), on the host when offloaded; a layer below every trained one nothing.
+
+Transients (the largest wins, on top of what is saved at that moment):
+- head: the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, one chunk of logits
+  min(N, 4096) V e and the fp32 losses 4N (`kernels/cross_entropy.py`);
+- backward of a kept layer: d act N m e + two (N, d) gradients, beside all saved activations;
+- backward of a checkpointed layer, when every kept layer above has freed its activations: the attention half
+  recomputed (its saved set above), the MLP in chunks of min(N, 4096) tokens (its saved set for a chunk, and d act
+  for it), and three (N, d) gradients.
+
+What the model leaves out, on purpose: the CUDA context and library workspaces (outside the allocator's reserved
+memory), the allocator's rounding and fragmentation (`Calibration.activation_scale` takes them from one measured
+step), per-parameter buffers under a kilobyte.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from tunelab.config import parse_size  # noqa: F401  (re-exported: sizes in the planner's terms)
+from tunelab.models.llama_config import LlamaConfig
+
+E = 2  # bytes of a bf16 activation
+LOGITS_CHUNK = 4096  # tokens per chunk of the fused head + loss (`kernels.cross_entropy.linear_cross_entropy`)
+MLP_CHUNK = 4096  # tokens per chunk of checkpointing's MLP backward (`LlamaDecoderLayer.mlp_chunk_tokens`)
+NF4_TABLES = (16 + 256) * 4  # the fp32 code tables every NF4 layer keeps as buffers
+MIN_8BIT = 4096  # adamw_8bit keeps smaller tensors' moments in fp32 (`training.adamw8bit.MIN_8BIT_SIZE`)
+ADAMW8_BLOCK = 256
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the memory depends on besides the model's shape."""
+
+    method: str = "lora"  # lora | full | layers
+    quantized: bool = False  # QLoRA: NF4 frozen linears
+    rank: int = 16
+    targets: tuple[str, ...] = PROJECTIONS  # adapted projections (lora)
+    top_layers: int = 2  # method=layers
+    optimizer: str = "adamw"  # adamw | adamw_8bit
+    micro_batch: int = 1
+    seq: int = 2048
+    checkpointed: int = 0  # the lowest this many decoder layers are recomputed in backward
+    offload: bool = False  # checkpointed inputs wait in host memory
+    grouped: bool = True  # LoRA groups run as one GEMM (CUDA)
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch * self.seq
+
+
+@dataclass
+class Estimate:
+    """Peak memory as named parts (bytes); `peak` = static + saved at the peak + the largest transient."""
+
+    static: dict[str, int]
+    saved: dict[str, int]  # activations alive at the peak
+    transient: dict[str, int]  # the working set at the peak
+    peak_phase: str  # which transient wins: "head", "backward of a kept layer", "recomputation"
+    activation_scale: float = 1.0  # from a measured step (`Calibration`)
+
+    @property
+    def static_bytes(self) -> int:
+        return sum(self.static.values())
+
+    @property
+    def dynamic_bytes(self) -> int:
+        return sum(self.saved.values()) + sum(self.transient.values())
+
+    @property
+    def peak(self) -> int:
+        return self.static_bytes + math.ceil(self.dynamic_bytes * self.activation_scale)
+
+    def components(self) -> dict[str, int]:
+        """Every part by name, the dynamic ones scaled by the calibration."""
+        scale = self.activation_scale
+        dynamic = {k: math.ceil(v * scale) for k, v in (self.saved | self.transient).items()}
+        return self.static | dynamic
+
+    def dominant(self) -> tuple[str, int]:
+        """The largest part and its size."""
+        return max(self.components().items(), key=lambda kv: kv[1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shapes
+
+
+def projection_shapes(c: LlamaConfig) -> dict[str, tuple[int, int]]:
+    """(in, out) of each decoder projection."""
+    q, kv, d, m = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, c.intermediate_size
+    return {
+        "q_proj": (d, q),
+        "k_proj": (d, kv),
+        "v_proj": (d, kv),
+        "o_proj": (q, d),
+        "gate_proj": (d, m),
+        "up_proj": (d, m),
+        "down_proj": (m, d),
+    }
+
+
+def nf4_bytes(n: int) -> int:
+    """One NF4 matrix of n weights with double quantization (`quant.nf4`), its code tables included."""
+    blocks = -(-n // 64)
+    return -(-n // 2) + blocks + 4 * -(-blocks // 256) + 4 + NF4_TABLES
+
+
+def adamw8bit_bytes(n: int) -> int:
+    """adamw_8bit's state for one tensor of n values (`quant.adamw8bit`)."""
+    if n < MIN_8BIT:
+        return 8 * n
+    return 2 * n + 8 * -(-n // ADAMW8_BLOCK)
+
+
+def _bias_count(c: LlamaConfig) -> int:
+    q, kv, d, m = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, c.intermediate_size
+    return (q + 2 * kv) * c.qkv_bias + d * c.o_bias + (2 * m + d) * c.mlp_bias
+
+
+def _ranks(c: LlamaConfig, s: Setup) -> dict[str, int]:
+    """LoRA rank of each projection (0: not adapted)."""
+    adapted = s.method == "lora"
+    return {name: s.rank if adapted and name in s.targets else 0 for name in PROJECTIONS}
+
+
+def _groups(c: LlamaConfig, s: Setup) -> tuple[int, int]:
+    """Spare columns R_qkv, R_gu: the sum of a group's ranks when it runs as one GEMM (every member adapted)."""
+    if not s.grouped or s.method != "lora":
+        return 0, 0
+    r = _ranks(c, s)
+    qkv = sum(r[n] for n in ("q_proj", "k_proj", "v_proj")) if all(r[n] for n in ("q_proj", "k_proj", "v_proj")) else 0
+    gu = r["gate_proj"] + r["up_proj"] if r["gate_proj"] and r["up_proj"] else 0
+    return qkv, gu
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Static parts
+
+
+def weight_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
+    shapes = projection_shapes(c)
+    per_layer = sum(nf4_bytes(i * o) if s.quantized else E * i * o for i, o in shapes.values())
+    per_layer += E * (_bias_count(c) + 2 * c.hidden_size + (2 * c.head_dim if c.qk_norm else 0))
+    head = 0 if c.tie_word_embeddings else E * c.vocab_size * c.hidden_size
+    return {
+        "weights: decoder" + (" (nf4)" if s.quantized else " (bf16)"): c.num_layers * per_layer,
+        "weights: embedding + head + norm": E * c.vocab_size * c.hidden_size + head + E * c.hidden_size,
+    }
+
+
+def trainable_tensors(c: LlamaConfig, s: Setup) -> list[tuple[int, int]]:
+    """(values, bytes per value) of every trainable tensor: the adapters' A and B (fp32), or the trained weights."""
+    shapes = projection_shapes(c)
+    if s.method == "lora":
+        ranks = _ranks(c, s)
+        per_layer = [(ranks[n] * i, 4) for n, (i, _) in shapes.items() if ranks[n]]
+        per_layer += [(ranks[n] * o, 4) for n, (_, o) in shapes.items() if ranks[n]]
+        return per_layer * c.num_layers
+    layer = [(i * o, E) for i, o in shapes.values()] + [(c.hidden_size, E), (c.hidden_size, E)]
+    if s.method == "layers":
+        return layer * min(s.top_layers, c.num_layers)
+    embed = [(c.vocab_size * c.hidden_size, E)] * (1 if c.tie_word_embeddings else 2)
+    return layer * c.num_layers + embed + [(c.hidden_size, E)]
+
+
+def training_state_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
+    tensors = trainable_tensors(c, s)
+    kind = "adapters" if s.method == "lora" else "trained weights"
+    params = sum(n * b for n, b in tensors)
+    if s.optimizer == "adamw_8bit":
+        optim = sum(adamw8bit_bytes(n) for n, _ in tensors)
+    else:
+        optim = sum(2 * n * b for n, b in tensors)  # m and v in the parameter's dtype
+    out = {f"{kind}: gradients": params, f"optimizer ({s.optimizer})": optim}
+    if s.method == "lora":
+        out = {"adapters (fp32)": params} | out  # full/layers: the weights are already counted
+    return out
+
+
+def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
+    shapes = projection_shapes(c)
+    r_qkv, r_gu = _groups(c, s)
+    out: dict[str, int] = {}
+    stacked = []
+    if r_qkv:
+        o = sum(shapes[n][1] for n in ("q_proj", "k_proj", "v_proj"))
+        stacked.append((o + r_qkv) * (c.hidden_size + r_qkv))
+    if r_gu:
+        stacked.append((2 * c.intermediate_size + r_gu) * (c.hidden_size + r_gu))
+    if stacked:
+        out["scratch: stacked group weight"] = E * max(stacked)
+    if s.quantized:
+        grouped = set()
+        if r_qkv:
+            grouped |= {"q_proj", "k_proj", "v_proj"}
+        if r_gu:
+            grouped |= {"gate_proj", "up_proj"}
+        loose = [i * o for n, (i, o) in shapes.items() if n not in grouped]
+        if loose:
+            out["scratch: nf4 dequantization"] = E * max(loose)
+    if s.offload and s.checkpointed:
+        out["offload: landing buffers"] = 2 * s.tokens * c.hidden_size * E
+    out["rope tables"] = 2 * s.tokens * c.head_dim * E
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Activations
+
+
+def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
+    """Bytes the attention half of one kept layer saves for backward, for n tokens."""
+    q, kv, d = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size
+    r_qkv, _ = _groups(c, s)
+    r_o = _ranks(c, s)["o_proj"]
+    return E * n * (d + (d + r_qkv) + (q + 2 * kv) + (q + kv) + q + r_o) + 4 * n + 4 * n * c.num_heads
+
+
+def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
+    """Bytes the MLP half of one kept layer saves for backward, for n tokens."""
+    d, m = c.hidden_size, c.intermediate_size
+    _, r_gu = _groups(c, s)
+    r_down = _ranks(c, s)["down_proj"]
+    return E * n * (d + (d + r_gu) + 2 * m + m + r_down) + 4 * n
+
+
+def layer_saved(c: LlamaConfig, s: Setup, n: int) -> int:
+    return attention_saved(c, s, n) + mlp_saved(c, s, n)
+
+
+def saving_layers(c: LlamaConfig, s: Setup) -> int:
+    """Decoder layers that save anything for backward: all of them, or (method=layers) the trained top ones."""
+    return min(s.top_layers, c.num_layers) if s.method == "layers" else c.num_layers
+
+
+def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimate:
+    """The peak of one training step of the fast path (see the module docstring for every term)."""
+    n, d = s.tokens, c.hidden_size
+    static = weight_bytes(c, s) | training_state_bytes(c, s) | scratch_bytes(c, s)
+    layers = saving_layers(c, s)
+    checkpointed = min(s.checkpointed, layers)
+    kept = layers - checkpointed
+    saved = {
+        "activations: kept layers": kept * layer_saved(c, s, n),
+        "activations: checkpointed inputs": 0 if s.offload else checkpointed * E * n * d,
+    }
+    chunk = min(n, LOGITS_CHUNK)
+    head = E * n * d * 3 + 4 * n + E * chunk * c.vocab_size + 4 * n
+    kept_bwd = E * n * (c.intermediate_size + 2 * d)
+    mlp_chunk = min(n, MLP_CHUNK)
+    recompute = attention_saved(c, s, n) + mlp_saved(c, s, mlp_chunk) + E * mlp_chunk * c.intermediate_size
+    recompute += 3 * E * n * d
+    # The phases: the head (everything saved), a kept layer's backward (everything saved), and the recomputation
+    # of the top checkpointed layer (the kept layers' activations freed, the checkpointed inputs still there).
+    phases = {
+        "head": (saved, {"head: logits chunk, hidden and its gradient": head}),
+        "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd}) if kept else None,
+        "recomputation": (
+            {"activations: checkpointed inputs": saved["activations: checkpointed inputs"]},
+            {"recomputation: one layer and its gradients": recompute},
+        )
+        if checkpointed
+        else None,
+    }
+    best = max(
+        ((name, p) for name, p in phases.items() if p is not None),
+        key=lambda item: sum(item[1][0].values()) + sum(item[1][1].values()),
+    )
+    name, (saved_at_peak, transient) = best
+    return Estimate(static, dict(saved_at_peak), transient, name, activation_scale)
+
+
+def gib(n: int | float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+@dataclass
+class Calibration:
+    """What one measured step says about the model: measured peak = static + activation_scale x dynamic."""
+
+    activation_scale: float = 1.0
+    measured_peak: int | None = None
+    predicted_peak: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def calibrate(predicted: Estimate, measured_peak: int) -> Calibration:
+    """The activation scale that makes `predicted` meet a measured peak (reserved bytes of the same configuration).
+    Static parts are exact sizes of tensors; what the allocator adds lands on the dynamic ones. Kept within
+    [0.5, 3]: a measurement outside says the model missed something, and the note says so."""
+    dynamic = predicted.dynamic_bytes
+    raw = (measured_peak - predicted.static_bytes) / dynamic if dynamic else 1.0
+    scale = min(max(raw, 0.5), 3.0)
+    notes = [] if scale == raw else [f"measured/predicted activation ratio {raw:.2f} clamped to {scale:.2f}"]
+    return Calibration(scale, measured_peak, predicted.peak, notes)

@@ -1,0 +1,411 @@
+"""The memory planner: the fastest micro-batch, checkpointing and offload that fit a GPU memory budget.
+
+Candidates: every micro-batch that divides the global batch (micro_batch x grad_accum, kept), every number of
+checkpointed layers k = 0..L (the lowest k are recomputed: `LlamaModel.checkpoint_layers`), offload of their inputs
+on or off. Each gets its peak from `training.memory.estimate` and a predicted speed from `step_time` below; the
+planner takes the fastest that fits (the smaller peak on a tie). Options the user set stay as they are.
+
+The speed model (coarse on purpose; it ranks candidates, and one measured step scales it):
+- GPU time = FLOPs / THROUGHPUT. Per token and layer the forward is 2 W (W the layer's weights) + 2 T q (causal
+  attention: QK^T and PV over T/2 keys on average). Backward is one forward more for frozen weights (input gradients
+  only; LoRA's products are small) and two for trained ones, attention's backward twice its forward. The head is
+  2 V d forward and again backward (and its weight gradient when trained). A checkpointed layer's recomputation is
+  one more forward without the down projection (and without o_proj where offload parks the midpoint).
+- CPU time: about LAUNCH_S_PER_LAYER of Python and kernel launches per layer per micro-batch (7B QLoRA, micro-batch
+  1 x 2048 on an H100: ~1,000 launches, 541 ms a step of which the GPU worked a third; BENCHMARKS.md). A micro-batch
+  takes max(GPU, CPU): small micro-batches are CPU-bound, which is why the planner prefers the largest that fits.
+- Offload: each checkpointed layer moves 2 N d e bytes each way over PCIe (input and midpoint) at PCIE_BYTES_S,
+  beside the next layer's compute; only the part longer than that compute costs time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from tunelab.config import AUTO, RunConfig, TrainConfig, parse_size
+from tunelab.errors import ConfigError
+from tunelab.models.llama_config import LlamaConfig
+from tunelab.training.auto import AutoPlan, Choice
+from tunelab.training.build import BuiltModel, checkpoint_mode
+from tunelab.training.memory import GIB, PROJECTIONS, E, Estimate, Setup, calibrate, estimate, gib, projection_shapes
+
+THROUGHPUT = 400e12  # FLOP/s of an H100/H200 step at ~50% of its bf16 ceiling (BENCHMARKS.md: 45-50% useful MFU)
+LAUNCH_S_PER_LAYER = 0.012  # CPU seconds per decoder layer per micro-batch (see the module docstring)
+PCIE_BYTES_S = 25e9  # pinned host <-> device copies, one direction, beside compute
+DEFAULT_BUDGET_FRACTION = 0.92  # of the GPU's total memory: the CUDA context and libraries' workspaces live outside
+
+
+class BudgetError(ConfigError):
+    """No configuration fits the memory budget."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    micro_batch: int
+    grad_accum: int
+    checkpointed: int  # the lowest this many layers are recomputed
+    offload: bool
+
+    def describe(self, layers: int) -> str:
+        if not self.checkpointed:
+            ckpt = "no checkpointing"
+        elif self.checkpointed >= layers:
+            ckpt = "checkpointing all layers"
+        else:
+            ckpt = f"checkpointing {self.checkpointed}/{layers} layers"
+        return f"micro_batch {self.micro_batch} x grad_accum {self.grad_accum}, {ckpt}" + (
+            ", offload" if self.offload else ""
+        )
+
+
+@dataclass
+class Scored:
+    candidate: Candidate
+    estimate: Estimate
+    step_s: float  # predicted seconds per optimizer step
+    tokens_per_s: float
+
+    @property
+    def peak(self) -> int:
+        return self.estimate.peak
+
+
+@dataclass
+class Fixed:
+    """What the user set (None: the planner chooses)."""
+
+    micro_batch: int | None = None
+    checkpointing: bool | None = None
+    checkpoint_layers: int | None = None
+    offload: bool | None = None
+
+
+@dataclass
+class MemoryPlan:
+    budget: int
+    layers: int
+    chosen: Scored | None
+    candidates: list[Scored]  # one per (micro_batch, offload): the fewest checkpointed layers that fit, or all
+    smallest: Scored  # the candidate of least memory
+    reason: str
+    calibration: float = 1.0
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The candidates with their predicted peak and speed, the chosen one marked."""
+        rows = [f"{'':2}{'configuration':<66}{'peak':>11}{'tokens/s':>10}  fits {gib(self.budget)}"]
+        for s in self.candidates:
+            mark = "->" if self.chosen is not None and s.candidate == self.chosen.candidate else ""
+            fits = "yes" if s.peak <= self.budget else "no"
+            rows.append(
+                f"{mark:<2}{s.candidate.describe(self.layers):<66}{s.peak / GIB:>7.2f} GiB{s.tokens_per_s:>10,.0f}  {fits}"
+            )
+        return "\n".join(rows)
+
+    def breakdown(self, which: Scored | None = None) -> str:
+        s = which or self.chosen or self.smallest
+        lines = [f"peak of {s.candidate.describe(self.layers)} (at its {s.estimate.peak_phase}):"]
+        for name, size in sorted(s.estimate.components().items(), key=lambda kv: -kv[1]):
+            if size:
+                lines.append(f"  {name:<48}{size / GIB:>8.3f} GiB")
+        lines.append(f"  {'total':<48}{s.peak / GIB:>8.3f} GiB")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Speed
+
+
+def layer_forward_flops(c: LlamaConfig, seq: int) -> tuple[float, float, float, float]:
+    """Per token: (all matmuls of a layer, attention's scores and mixing, the down projection, o_proj), forward."""
+    shapes = projection_shapes(c)
+    matmul = 2.0 * sum(i * o for i, o in shapes.values())
+    attention = 2.0 * seq * c.num_heads * c.head_dim
+    down = 2.0 * c.intermediate_size * c.hidden_size
+    o_proj = 2.0 * c.num_heads * c.head_dim * c.hidden_size
+    return matmul, attention, down, o_proj
+
+
+def step_time(c: LlamaConfig, s: Setup, grad_accum: int) -> float:
+    """Predicted seconds of one optimizer step (see the module docstring)."""
+    matmul, attention, down, o_proj = layer_forward_flops(c, s.seq)
+    trained = s.method != "lora"
+    layers = c.num_layers
+    forward = matmul + attention
+    backward = (2 if trained else 1) * matmul + 2 * attention
+    checkpointed = min(s.checkpointed, layers)
+    recompute = forward - down - (o_proj if s.offload else 0.0)
+    head = 2.0 * c.vocab_size * c.hidden_size * (3 if s.method == "full" else 2)
+    per_token = layers * (forward + backward) + checkpointed * recompute + head
+    n = s.tokens
+    gpu = n * per_token / THROUGHPUT
+    if s.offload and checkpointed:
+        layer_s = n * forward / THROUGHPUT
+        copy_s = 2 * n * c.hidden_size * E / PCIE_BYTES_S
+        gpu += 2 * checkpointed * max(0.0, copy_s - layer_s)
+    cpu = LAUNCH_S_PER_LAYER * (layers + checkpointed)
+    return grad_accum * max(gpu, cpu)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The planner
+
+
+def candidates(layers: int, global_batch: int, fixed: Fixed, cuda: bool) -> list[Candidate]:
+    """Every configuration the fixed options allow."""
+    if fixed.micro_batch is not None:
+        batches = [fixed.micro_batch]
+    else:
+        batches = [b for b in range(1, global_batch + 1) if global_batch % b == 0]
+    if fixed.checkpointing is False:
+        counts = [0]
+    elif fixed.checkpoint_layers is not None:
+        counts = [min(fixed.checkpoint_layers, layers)]
+    elif fixed.checkpointing is True:
+        counts = [layers]
+    else:
+        counts = list(range(layers + 1))
+    offloads = [fixed.offload] if fixed.offload is not None else ([False, True] if cuda else [False])
+    out = []
+    for b in batches:
+        ga = max(1, global_batch // b)
+        for k in counts:
+            for off in offloads:
+                if off and not k and fixed.offload is None:
+                    continue  # offload moves checkpointed inputs: nothing to move
+                out.append(Candidate(b, ga, k, off))
+    return out
+
+
+def plan(
+    c: LlamaConfig,
+    setup: Setup,
+    budget: int,
+    global_batch: int,
+    fixed: Fixed | None = None,
+    cuda: bool = True,
+    calibration: float = 1.0,
+) -> MemoryPlan:
+    """The fastest candidate whose predicted peak fits `budget` bytes. `setup` gives the method, rank, optimizer and
+    sequence length (its micro_batch, checkpointed and offload are replaced per candidate); `global_batch` rows per
+    optimizer step are kept. BudgetError when nothing fits, naming the minimum and its largest part."""
+    fixed = fixed or Fixed()
+    scored = []
+    for cand in candidates(c.num_layers, global_batch, fixed, cuda):
+        s = dataclasses.replace(
+            setup, micro_batch=cand.micro_batch, checkpointed=cand.checkpointed, offload=cand.offload
+        )
+        est = estimate(c, s, calibration)
+        t = step_time(c, s, cand.grad_accum)
+        scored.append(Scored(cand, est, t, cand.micro_batch * cand.grad_accum * s.seq / t))
+    smallest = min(scored, key=lambda x: (x.peak, x.step_s))
+    fitting = [x for x in scored if x.peak <= budget]
+    chosen = min(fitting, key=lambda x: (x.step_s, x.peak)) if fitting else None
+    shown = _shown(scored, budget)
+    if chosen is None:
+        reason = _too_small(budget, smallest, c.num_layers)
+        return MemoryPlan(budget, c.num_layers, None, shown, smallest, reason, calibration)
+    reason = _why(chosen, scored, budget, c.num_layers)
+    return MemoryPlan(budget, c.num_layers, chosen, shown, smallest, reason, calibration)
+
+
+def _shown(scored: list[Scored], budget: int) -> list[Scored]:
+    """One row per (micro_batch, offload): the fastest that fits, else the smallest; fitting rows first, fastest
+    first."""
+    groups: dict[tuple[int, bool], list[Scored]] = {}
+    for s in scored:
+        groups.setdefault((s.candidate.micro_batch, s.candidate.offload), []).append(s)
+    rows = []
+    for members in groups.values():
+        fitting = [s for s in members if s.peak <= budget]
+        rows.append(min(fitting, key=lambda s: (s.step_s, s.peak)) if fitting else min(members, key=lambda s: s.peak))
+    return sorted(rows, key=lambda s: (s.peak > budget, s.step_s, s.peak))
+
+
+def _why(chosen: Scored, scored: list[Scored], budget: int, layers: int) -> str:
+    faster = [s for s in scored if s.step_s < chosen.step_s]
+    why = f"the fastest of {len(scored)} candidates that fits {gib(budget)}: predicted peak {gib(chosen.peak)}"
+    if faster:
+        nearest = min(faster, key=lambda s: s.peak)
+        why += (
+            f"; faster ones need more ({nearest.candidate.describe(layers)} would need {gib(nearest.peak)}, "
+            f"{nearest.estimate.dominant()[0]} the largest part)"
+        )
+    return why
+
+
+def _too_small(budget: int, smallest: Scored, layers: int) -> str:
+    part, size = smallest.estimate.dominant()
+    return (
+        f"no configuration fits {gib(budget)}: the smallest needs {gib(smallest.peak)} "
+        f"({smallest.candidate.describe(layers)}); its largest part is {part} ({gib(size)})."
+    )
+
+
+def require_fit(result: MemoryPlan, where: str) -> Scored:
+    """The chosen candidate, or BudgetError saying the minimum, its dominating part and what to change."""
+    if result.chosen is not None:
+        return result.chosen
+    raise BudgetError(
+        f"{where}: {result.reason} Give more memory, or lower what dominates it (data.max_length for activations, "
+        "method.quantize_base nf4 for weights, train.optimizer adamw_8bit for the optimizer state)."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The config's auto values
+
+
+def device_budget(train: TrainConfig, device: torch.device | None) -> int | None:
+    """train.gpu_memory, else DEFAULT_BUDGET_FRACTION of the CUDA device's memory; None off CUDA without one."""
+    if train.gpu_memory is not None:
+        try:
+            return parse_size(train.gpu_memory)
+        except ValueError as exc:
+            raise ConfigError(f"option 'train.gpu_memory' (--gpu-memory): {exc}.") from None
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * DEFAULT_BUDGET_FRACTION)
+    return None
+
+
+def config_setup(cfg: RunConfig, seq: int) -> Setup:
+    m = cfg.method
+    targets = (
+        PROJECTIONS if "all-linear" in m.target_modules else tuple(t for t in m.target_modules if t in PROJECTIONS)
+    )
+    return Setup(
+        method=m.name,
+        quantized=m.quantize_base == "nf4",
+        rank=m.r,
+        targets=targets,
+        top_layers=m.top_layers,
+        optimizer=cfg.train.optimizer,
+        seq=seq,
+    )
+
+
+def plan_for_config(
+    cfg: RunConfig,
+    train: TrainConfig,
+    shape: LlamaConfig,
+    seq: int,
+    budget: int,
+    micro_batch_auto: bool,
+    cuda: bool = True,
+) -> MemoryPlan:
+    """The planner over the options of `train` (auto values of the data already chosen) that are left to it."""
+    fixed = Fixed(
+        micro_batch=None if micro_batch_auto else train.micro_batch,
+        checkpointing=None if train.checkpointing == AUTO else bool(train.checkpointing),
+        checkpoint_layers=train.checkpoint_layers,
+        offload=None if train.offload_activations == AUTO else bool(train.offload_activations),
+    )
+    return plan(shape, config_setup(cfg, seq), budget, train.micro_batch * train.grad_accum, fixed, cuda=cuda)
+
+
+def plan_memory(auto: AutoPlan, cfg: RunConfig, built: BuiltModel, seq: int) -> tuple[AutoPlan, MemoryPlan | None]:
+    """Choose train.checkpointing, checkpoint_layers and offload_activations where they are auto (and a smaller
+    micro_batch, keeping micro_batch x grad_accum, where micro_batch is auto and memory binds), apply them to the
+    model, and return the plan with those choices. Explicit values win. `seq`: the longest training row."""
+    t = auto.train
+    mb_auto = cfg.train.micro_batch == AUTO and "train.micro_batch" not in auto.kept
+    undecided = t.checkpointing == AUTO or t.offload_activations == AUTO or mb_auto
+    chosen: dict[str, Choice] = {}
+    result = None
+    budget = device_budget(t, built.device) if built.impl == "fast" else None
+    if not undecided:
+        pass
+    elif built.impl != "fast" or budget is None:
+        where = "the generic path has no memory model" if built.impl != "fast" else "no GPU memory budget on the CPU"
+        ckpt = built.impl != "fast" and built.device.type == "cuda"
+        if t.checkpointing == AUTO:
+            chosen["train.checkpointing"] = Choice(ckpt, f"{where}: " + ("on, the safe choice" if ckpt else "off"))
+        if t.offload_activations == AUTO:
+            chosen["train.offload_activations"] = Choice(False, f"{where}: off")
+    else:
+        shape = LlamaConfig.from_hf(built.hf_config)
+        result = plan_for_config(cfg, t, shape, seq, budget, mb_auto, cuda=built.device.type == "cuda")
+        best = require_fit(result, "option 'train.gpu_memory'").candidate
+        why = f"planner: {result.reason}"
+        if t.checkpointing == AUTO:
+            chosen["train.checkpointing"] = Choice(best.checkpointed > 0, why)
+        if t.offload_activations == AUTO:
+            chosen["train.offload_activations"] = Choice(best.offload, why)
+        if mb_auto and best.micro_batch != t.micro_batch:
+            chosen["train.micro_batch"] = Choice(
+                best.micro_batch, f"memory: {t.micro_batch} does not fit; grad_accum {best.grad_accum} keeps the batch"
+            )
+        if t.checkpoint_layers is None and 0 < best.checkpointed < shape.num_layers:
+            chosen["train.checkpoint_layers"] = Choice(best.checkpointed, why)
+        t = dataclasses.replace(t, grad_accum=best.grad_accum if "train.micro_batch" in chosen else t.grad_accum)
+    t = dataclasses.replace(t, **{name.split(".")[1]: c.value for name, c in chosen.items()})
+    if built.impl == "fast":
+        built.model.gradient_checkpointing = checkpoint_mode(t)
+        built.model.checkpoint_layers = t.checkpoint_layers
+    elif t.checkpointing is True:
+        built.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    plan_out = AutoPlan(t, auto.chosen | chosen, auto.total_steps, auto.kept)
+    return plan_out, result
+
+
+def measured_note(result: MemoryPlan | None, measured: int) -> str | None:
+    """After the first step on CUDA: the measured peak against the prediction, and the calibration it gives."""
+    if result is None or result.chosen is None:
+        return None
+    cal = calibrate(result.chosen.estimate, measured)
+    predicted = result.chosen.peak
+    return (
+        f"memory: first step peaked at {gib(measured)} reserved, predicted {gib(predicted)} "
+        f"(ratio {predicted / measured:.2f}; activation scale {cal.activation_scale:.2f} for `tunelab plan`)"
+        + (f"; over the budget of {gib(result.budget)}" if measured > result.budget else "")
+    )
+
+
+@dataclass
+class PlanReport:
+    """What `tunelab plan` prints: the plan, the auto values of the data, and the model's shape."""
+
+    memory: MemoryPlan
+    shape: LlamaConfig
+    seq: int
+    global_batch: int
+
+    def text(self) -> str:
+        lines = [
+            f"model: {self.shape.num_layers} layers, hidden {self.shape.hidden_size}; longest row {self.seq} tokens; "
+            f"{self.global_batch} rows per optimizer step",
+            self.memory.table(),
+            "",
+            self.memory.reason,
+        ]
+        if self.memory.chosen is not None:
+            lines += ["", self.memory.breakdown()]
+        return "\n".join(lines)
+
+
+def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
+    """The planner for a config without loading weights: its data (for auto micro_batch and the longest row) and its
+    model's config (the shapes). BudgetError when nothing fits; ConfigError off the fast path or without a budget."""
+    from tunelab.models.load import load_hf_config
+    from tunelab.training.auto import plan_from_data
+    from tunelab.training.build import pick_impl
+    from tunelab.training.prepare import load_inputs
+
+    train = dataclasses.replace(cfg.train, gpu_memory=gpu_memory or cfg.train.gpu_memory)
+    cuda = torch.device("cuda") if torch.cuda.is_available() else None
+    budget = device_budget(train, cuda)
+    if budget is None:
+        raise ConfigError("no GPU here to read the memory budget from: give --gpu-memory SIZE (like 24GiB).")
+    inputs = load_inputs(cfg)
+    hf_config = load_hf_config(inputs.source, cfg.model.trust_remote_code)
+    if pick_impl(cfg.model.impl, hf_config) != "fast":
+        raise ConfigError(f"model '{cfg.model.name}' trains on the generic path, which the planner has no model of.")
+    shape = LlamaConfig.from_hf(hf_config)
+    auto = plan_from_data(train, len(inputs.data.train), bool(inputs.data.eval))
+    seq = max((len(row.input_ids) for row in inputs.data.train), default=1)
+    result = plan_for_config(cfg, auto.train, shape, seq, budget, cfg.train.micro_batch == AUTO)
+    require_fit(result, f"budget {gib(budget)}")
+    return PlanReport(result, shape, seq, auto.train.micro_batch * auto.train.grad_accum)

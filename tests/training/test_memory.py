@@ -1,0 +1,164 @@
+"""The memory model's arithmetic, part by part, against sizes worked out by hand for a tiny Llama.
+
+Tiny model: L = 3, d = 64, 4 heads x 16 (q = 64), 2 kv heads (kv = 32), m = 96, V = 200, untied. LoRA r = 4 on the
+seven projections, micro_batch 2 x seq 24: N = 48 tokens. Every expected number below is written out from the
+shapes, not computed by the code under test.
+"""
+
+import pytest
+
+from tunelab.models.llama_config import LlamaConfig
+from tunelab.training.memory import (
+    Setup,
+    adamw8bit_bytes,
+    attention_saved,
+    calibrate,
+    estimate,
+    mlp_saved,
+    nf4_bytes,
+    parse_size,
+    scratch_bytes,
+    training_state_bytes,
+    weight_bytes,
+)
+
+TINY = LlamaConfig.from_hf(
+    dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=200,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=128,
+    )
+)
+LORA = Setup(method="lora", rank=4, micro_batch=2, seq=24)
+
+
+def test_bf16_weights():
+    # per layer: q 64x64 + k 64x32 + v 64x32 + o 64x64 + gate, up, down 64x96 = 30720 weights, x 2 bytes,
+    # + two norms of 64 x 2 bytes = 61696; three layers
+    parts = weight_bytes(TINY, LORA)
+    assert parts["weights: decoder (bf16)"] == 3 * (30720 * 2 + 256)
+    # embedding and head 200 x 64 x 2 each, final norm 64 x 2
+    assert parts["weights: embedding + head + norm"] == 2 * 25600 + 128
+
+
+def test_nf4_weights_carry_their_absmaxes_and_tables():
+    # 4096 weights: 2048 bytes of codes, 64 blocks -> 64 absmax bytes, one fp32 absmax2, fp32 offset, 1088 of tables
+    assert nf4_bytes(4096) == 2048 + 64 + 4 + 4 + 1088
+    # 6144 weights: 3072 + 96 + 4 (96 blocks: one absmax2 block) + 4 + 1088
+    assert nf4_bytes(6144) == 3072 + 96 + 4 + 4 + 1088
+    parts = weight_bytes(TINY, Setup(quantized=True))
+    per_layer = 2 * nf4_bytes(4096) + 2 * nf4_bytes(2048) + 3 * nf4_bytes(6144) + 256
+    assert parts["weights: decoder (nf4)"] == 3 * per_layer
+
+
+def test_adapters_gradients_and_optimizer_state():
+    # r (in + out) per projection: q 4x128, k 4x96, v 4x96, o 4x128, gate/up/down 4x160 = 3712 a layer, fp32
+    params = 3 * 3712
+    parts = training_state_bytes(TINY, LORA)
+    assert parts["adapters (fp32)"] == 4 * params
+    assert parts["adapters: gradients"] == 4 * params
+    assert parts["optimizer (adamw)"] == 8 * params
+    # every tiny adapter tensor is under 4096 values: adamw_8bit keeps them in fp32 too
+    eight = training_state_bytes(TINY, Setup(rank=4, optimizer="adamw_8bit"))
+    assert eight["optimizer (adamw_8bit)"] == 8 * params
+    # a large tensor: 2 bytes a value + two fp32 absmaxes per 256 block
+    assert adamw8bit_bytes(5000) == 10000 + 8 * 20
+
+
+def test_full_fine_tuning_keeps_moments_in_the_weights_dtype():
+    parts = training_state_bytes(TINY, Setup(method="full"))
+    weights = 3 * (30720 + 128) + 2 * 12800 + 64
+    assert parts["trained weights: gradients"] == 2 * weights
+    assert parts["optimizer (adamw)"] == 4 * weights
+    assert "adapters (fp32)" not in parts
+
+
+def test_scratch_buffers():
+    parts = scratch_bytes(TINY, LORA)
+    # stacked (O + R)(in + R): qkv (128 + 12)(64 + 12) = 10640, gate/up (192 + 8)(64 + 8) = 14400: the larger, bf16
+    assert parts["scratch: stacked group weight"] == 2 * 14400
+    assert parts["rope tables"] == 2 * 48 * 16 * 2  # cos and sin, (N, head_dim) bf16
+    assert "scratch: nf4 dequantization" not in parts and "offload: landing buffers" not in parts
+    q = scratch_bytes(TINY, Setup(quantized=True, rank=4, micro_batch=2, seq=24, checkpointed=3, offload=True))
+    assert q["scratch: nf4 dequantization"] == 2 * 6144  # down_proj 96 x 64, the largest ungrouped one
+    assert q["offload: landing buffers"] == 2 * 48 * 64 * 2
+
+
+def test_saved_activations_of_one_layer():
+    # attention: x 64 + normed with spare 64 + 12 + qkv 128 + rope q, k 96 + attention out 64 + o's xA 4, bf16;
+    # rstd 4 bytes a token; logsumexp 4 bytes a token and head
+    assert attention_saved(TINY, LORA, 48) == 2 * 48 * (64 + 76 + 128 + 96 + 64 + 4) + 4 * 48 + 4 * 48 * 4
+    # MLP: h 64 + normed 64 + 8 + gate|up 192 + act 96 + down's xA 4, bf16; rstd
+    assert mlp_saved(TINY, LORA, 48) == 2 * 48 * (64 + 72 + 192 + 96 + 4) + 4 * 48
+    # without grouping (the CPU) there are no spare columns
+    plain = Setup(method="lora", rank=4, grouped=False)
+    assert attention_saved(TINY, plain, 48) == 2 * 48 * (64 + 64 + 128 + 96 + 64 + 4) + 4 * 48 * 5
+
+
+def test_peak_without_checkpointing_is_at_the_head():
+    e = estimate(TINY, LORA)
+    layer = 42432 + 41280
+    assert e.saved == {"activations: kept layers": 3 * layer, "activations: checkpointed inputs": 0}
+    # final norm input, its output, grad_hidden (N, d) bf16 + rstd + one logits chunk (N, V) + fp32 losses
+    assert e.transient == {"head: logits chunk, hidden and its gradient": 3 * 2 * 48 * 64 + 192 + 2 * 48 * 200 + 192}
+    assert e.peak_phase == "head"
+    assert e.peak == e.static_bytes + 3 * layer + 38016
+
+
+def test_peak_with_every_layer_checkpointed_is_the_recomputation():
+    e = estimate(TINY, Setup(method="lora", rank=4, micro_batch=2, seq=24, checkpointed=3))
+    assert e.peak_phase == "recomputation"
+    inputs = 3 * 2 * 48 * 64
+    # one layer's attention half and MLP (one chunk: all 48 tokens), d act, three (N, d) gradients
+    recompute = 42432 + 41280 + 2 * 48 * 96 + 3 * 2 * 48 * 64
+    assert e.saved == {"activations: checkpointed inputs": inputs}
+    assert e.peak == e.static_bytes + inputs + recompute
+    off = estimate(TINY, Setup(method="lora", rank=4, micro_batch=2, seq=24, checkpointed=3, offload=True))
+    assert off.saved == {"activations: checkpointed inputs": 0}
+    assert off.static["offload: landing buffers"] == 2 * 48 * 64 * 2
+
+
+def test_selective_checkpointing_sits_between():
+    peaks = [estimate(TINY, Setup(method="lora", rank=4, micro_batch=2, seq=24, checkpointed=k)).peak for k in range(4)]
+    assert peaks[0] > peaks[1] > peaks[2] > peaks[3]
+    # one layer fewer kept, one input kept instead
+    assert peaks[0] - peaks[1] == 42432 + 41280 - 2 * 48 * 64
+
+
+def test_layers_method_saves_only_the_trained_top_layers():
+    e = estimate(TINY, Setup(method="layers", top_layers=1, micro_batch=2, seq=24))
+    assert (
+        e.saved["activations: kept layers"]
+        == 2 * 48 * (64 + 64 + 128 + 96 + 64) + 4 * 48 * 5 + 2 * 48 * (64 + 64 + 192 + 96) + 4 * 48
+    )
+
+
+def test_calibration_scales_the_dynamic_parts_only():
+    e = estimate(TINY, LORA)
+    measured = e.static_bytes + int(1.1 * e.dynamic_bytes)
+    cal = calibrate(e, measured)
+    assert cal.activation_scale == pytest.approx(1.1, rel=1e-6)
+    again = estimate(TINY, LORA, cal.activation_scale)
+    assert again.peak == pytest.approx(measured, abs=2)
+    assert calibrate(e, e.static_bytes + 10 * e.dynamic_bytes).activation_scale == 3.0  # clamped, and noted
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("24GiB", 24 * 1024**3), ("80GB", 80 * 1024**3), ("1.5 TiB", int(1.5 * 1024**4)), ("512MiB", 512 * 1024**2),
+     ("1000", 1000), ("8g", 8 * 1024**3)],
+)  # fmt: skip
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "24 parsecs", "-3GiB", "0GB"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError):
+        parse_size(text)

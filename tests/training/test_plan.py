@@ -1,0 +1,154 @@
+"""The planner's choice: the fastest candidate whose predicted peak fits, the user's options kept, a clear refusal
+when nothing fits, and a measured step moving the choice."""
+
+import dataclasses
+
+import pytest
+
+from tunelab.models.llama_config import LlamaConfig
+from tunelab.training.memory import GIB, Setup, calibrate, estimate
+from tunelab.training.plan import BudgetError, Fixed, plan, require_fit, step_time
+
+LLAMA2_7B = LlamaConfig.from_hf(
+    dict(
+        model_type="llama",
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        intermediate_size=11008,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    )
+)
+QLORA = Setup(method="lora", quantized=True, rank=16, seq=2048)
+
+
+def test_a_large_budget_keeps_every_activation_at_the_largest_micro_batch():
+    result = plan(LLAMA2_7B, QLORA, 80 * GIB, global_batch=4)
+    c = result.chosen.candidate
+    assert (c.micro_batch, c.grad_accum, c.checkpointed, c.offload) == (4, 1, 0, False)
+
+
+def test_a_tight_budget_checkpoints_only_as_many_layers_as_it_must():
+    budget = 24 * GIB
+    result = plan(LLAMA2_7B, QLORA, budget, global_batch=4)
+    chosen = result.chosen
+    assert chosen.peak <= budget
+    assert 0 < chosen.candidate.checkpointed < 32  # selective
+    # one layer fewer checkpointed (same micro-batch and offload) would not fit
+    fewer = dataclasses.replace(
+        QLORA, micro_batch=4, checkpointed=chosen.candidate.checkpointed - 1, offload=chosen.candidate.offload
+    )
+    assert estimate(LLAMA2_7B, fewer).peak > budget
+    # nothing predicted faster fits
+    assert all(s.peak > budget for s in result.candidates if s.step_s < chosen.step_s)
+    assert "->" in result.table() and "fits" in result.reason
+
+
+def test_recomputation_costs_time_and_small_micro_batches_are_cpu_bound():
+    base = dataclasses.replace(QLORA, micro_batch=4)
+    assert step_time(LLAMA2_7B, dataclasses.replace(base, checkpointed=32), 1) > step_time(LLAMA2_7B, base, 1)
+    one = dataclasses.replace(QLORA, micro_batch=1, checkpointed=32)
+    assert 4 * step_time(LLAMA2_7B, one, 1) > step_time(LLAMA2_7B, dataclasses.replace(one, micro_batch=4), 1)
+
+
+def test_explicit_options_win():
+    result = plan(LLAMA2_7B, QLORA, 80 * GIB, 4, Fixed(micro_batch=2, checkpointing=True, offload=False))
+    c = result.chosen.candidate
+    assert (c.micro_batch, c.grad_accum, c.checkpointed, c.offload) == (2, 2, 32, False)
+    c = plan(LLAMA2_7B, QLORA, 80 * GIB, 4, Fixed(checkpoint_layers=5)).chosen.candidate
+    assert c.checkpointed == 5
+
+
+def test_a_budget_below_the_minimum_names_it_and_its_largest_part():
+    result = plan(LLAMA2_7B, dataclasses.replace(QLORA, quantized=False), 8 * GIB, global_batch=4)
+    assert result.chosen is None
+    assert result.smallest.candidate.micro_batch == 1 and result.smallest.candidate.checkpointed == 32
+    with pytest.raises(BudgetError) as err:
+        require_fit(result, "option 'train.gpu_memory'")
+    message = str(err.value)
+    assert "no configuration fits 8.00 GiB" in message and "weights: decoder (bf16)" in message
+    assert f"{result.smallest.peak / GIB:.2f} GiB" in message
+
+
+def test_a_measured_step_moves_the_choice():
+    budget = 24 * GIB
+    first = plan(LLAMA2_7B, QLORA, budget, global_batch=4)
+    # the GPU measured 30% more than predicted for the chosen configuration
+    measured = first.chosen.estimate.static_bytes + int(1.3 * first.chosen.estimate.dynamic_bytes)
+    scale = calibrate(first.chosen.estimate, measured).activation_scale
+    second = plan(LLAMA2_7B, QLORA, budget, global_batch=4, calibration=scale)
+    assert second.chosen.peak <= budget
+    assert second.chosen.candidate.checkpointed > first.chosen.candidate.checkpointed or (
+        second.chosen.candidate.micro_batch < first.chosen.candidate.micro_batch
+    )
+
+
+def test_no_offload_off_cuda():
+    result = plan(LLAMA2_7B, QLORA, 24 * GIB, 4, cuda=False)
+    assert not any(s.candidate.offload for s in result.candidates)
+
+
+def _built(tmp_config):
+    import torch
+
+    from tunelab.models.llama import LlamaForCausalLM
+    from tunelab.training.build import BuiltModel
+
+    hf = dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=200, max_position_embeddings=128)  # fmt: skip
+    model = LlamaForCausalLM(LlamaConfig.from_hf(hf))
+    return BuiltModel(model, "fast", hf, torch.device("cpu"), torch.float32, 0, 0)
+
+
+def _auto(**train):
+    from tunelab.config import MethodConfig, RunConfig, TrainConfig
+    from tunelab.training.auto import plan_from_data
+
+    cfg = RunConfig(train=TrainConfig(**train), method=MethodConfig(r=4))
+    return cfg, plan_from_data(cfg.train, 1000, False)
+
+
+def test_auto_values_on_the_cpu_turn_checkpointing_off_and_say_why():
+    from tunelab.training.plan import plan_memory
+
+    cfg, auto = _auto()
+    built = _built(None)
+    out, result = plan_memory(auto, cfg, built, seq=24)
+    assert result is None
+    assert out.train.checkpointing is False and out.train.offload_activations is False
+    assert "budget" in out.chosen["train.checkpointing"].reason
+    assert built.model.gradient_checkpointing is False
+
+
+def test_auto_values_with_a_budget_checkpoint_only_what_must_be_and_apply_it_to_the_model():
+    from tunelab.training.plan import plan_memory
+
+    # Between the all-checkpointed minimum and the no-checkpointing peak of the tiny model at 8 x 64 tokens
+    cfg, auto = _auto(micro_batch=8, gpu_memory="2.2MiB")
+    built = _built(None)
+    out, result = plan_memory(auto, cfg, built, seq=64)
+    assert result is not None and result.chosen.peak <= 2.2 * 1024**2
+    k = result.chosen.candidate.checkpointed
+    assert 0 < k < 3 and out.train.checkpointing is True and out.train.checkpoint_layers == k
+    assert built.model.gradient_checkpointing is True and built.model.checkpoint_layers == k
+    assert out.train.micro_batch == 8  # explicit: kept
+
+
+def test_an_auto_micro_batch_shrinks_when_memory_binds_and_grad_accum_keeps_the_batch():
+    from tunelab.training.plan import plan_memory
+
+    cfg, auto = _auto(checkpointing=False, gpu_memory="1.5MiB")
+    assert auto.train.micro_batch == 8
+    out, result = plan_memory(auto, cfg, _built(None), seq=64)
+    assert out.train.micro_batch < 8 and out.train.micro_batch * out.train.grad_accum == 8
+    assert "does not fit" in out.chosen["train.micro_batch"].reason
+
+
+def test_auto_below_the_minimum_refuses():
+    from tunelab.training.plan import plan_memory
+
+    cfg, auto = _auto(gpu_memory="100KiB")
+    with pytest.raises(BudgetError, match="train.gpu_memory"):
+        plan_memory(auto, cfg, _built(None), seq=64)
