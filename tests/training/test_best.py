@@ -90,5 +90,9 @@ def test_the_saved_adapter_is_the_best_evaluated_one(tiny_overrides, monkeypatch
         assert "Set train.keep_best: true" in info["extra"]["verdict"]["text"]
     assert "train.max_steps: 4 (it was 8)" in info["extra"]["verdict"]["text"]
     assert info["extra"]["verdict"]["kind"] == "overfit" == result.verdict.kind
-    assert result.auto == info["extra"]["auto"] and set(result.auto) == {"train.warmup_ratio"}  # the rest were given
+    assert result.auto == info["extra"]["auto"] and set(result.auto) == {
+        "train.warmup_ratio",
+        "train.checkpointing",
+        "train.offload_activations",
+    }  # the rest were given
     assert not (result.run_dir / "checkpoints" / "best.safetensors").exists()
