@@ -10,7 +10,8 @@ seeded by (seed, epoch): resuming at an epoch replays exactly the batches it wou
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -30,6 +31,7 @@ class Datasets:
     eval: list[Rendered | Packed]
     template: Template
     report: DataReport
+    facts: dict[str, Any] = field(default_factory=dict)  # what a task learnt from the data (e.g. its labels)
 
 
 def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -107,6 +109,14 @@ def build_datasets(cfg: DataConfig, tokenizer, seed: int) -> Datasets:
     return Datasets(train, evals, template, report)
 
 
+def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> list[int]:
+    """The order of n rows in an epoch: 0..n-1, or a shuffle that is a pure function of (seed, epoch)."""
+    order = list(range(n))
+    if shuffle:
+        random.Random(f"tunelab-epoch:{seed}:{epoch}").shuffle(order)  # str seeds hash with sha512: stable across runs
+    return order
+
+
 def make_batches(
     rows: list[Rendered | Packed], micro_batch: int, pad_id: int, *, shuffle: bool, seed: int, epoch: int
 ) -> list[dict[str, torch.Tensor]]:
@@ -114,9 +124,7 @@ def make_batches(
     (seed, epoch). Keys: input_ids, labels (-100 on padding), attention_mask, position_ids, all (B, T) int64 with T
     the longest row of the batch; for packed rows also doc_lengths, a list per row of its documents' lengths
     (padding not included), from which the model builds cu_seqlens."""
-    order = list(range(len(rows)))
-    if shuffle:
-        random.Random(f"tunelab-epoch:{seed}:{epoch}").shuffle(order)  # str seeds hash with sha512: stable across runs
+    order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
     batches = []
     for start in range(0, len(order), micro_batch):
         chunk = [rows[i] for i in order[start : start + micro_batch]]
