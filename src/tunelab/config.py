@@ -139,6 +139,7 @@ class EvalConfig:
 class RunConfig:
     output_dir: str = opt("runs/run", "run directory for the adapter or weights, checkpoints, metrics and plots")
     overwrite: bool = opt(False, "replace an existing run directory")
+    task: str = opt("sft", "what to train the model to do: generate answers (sft)", choices=("sft",))
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)

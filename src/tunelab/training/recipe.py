@@ -20,17 +20,16 @@ from tqdm import tqdm
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config
-from tunelab.data.loader import build_datasets, make_batches
 from tunelab.errors import ConfigError, RunDirError
-from tunelab.models.build import BuiltModel, build_model, save_full_weights
+from tunelab.models.build import build_model
 from tunelab.models.load import load_tokenizer, resolve_source
-from tunelab.peft.save import save_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
+from tunelab.tasks import get_task
 from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.training.metrics import MetricsLog, plot_losses
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import lr_factor
-from tunelab.training.step import evaluate, train_step
+from tunelab.training.step import train_step
 
 
 @dataclass
@@ -84,20 +83,6 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig) -> None:
-    """The run's result: the adapter (PEFT layout) or the full weights (safetensors), and the tokenizer."""
-    staging = run_dir / ".tmp-final"
-    shutil.rmtree(staging, ignore_errors=True)
-    if cfg.method.name == "lora":
-        save_adapter(built.model, staging, base_model=cfg.model.name)
-    else:
-        save_full_weights(built, staging)
-    tokenizer.save_pretrained(staging)
-    for item in staging.iterdir():
-        os.replace(item, run_dir / item.name)
-    staging.rmdir()
-
-
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
@@ -119,18 +104,20 @@ def train(
     print(describe(resolved), flush=True)
     torch.manual_seed(cfg.train.seed)
 
+    task = get_task(cfg.task)
     source = resolve_source(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
-    data = build_datasets(cfg.data, tokenizer, cfg.train.seed)
+    data = task.build_data(cfg, tokenizer, cfg.train.seed)
     print(data.report.summary(), flush=True)
     checkpointing = "offload" if cfg.train.offload_activations else cfg.train.checkpointing
     built = build_model(source, cfg.model, cfg.method, checkpointing)
-    model = built.model
     if cfg.data.packing and built.impl != "fast":
         raise ConfigError(
             "option 'data.packing' needs the fast path (a Llama-family model with model.impl auto or fast); "
             f"{cfg.model.name} runs on the generic path. Set data.packing to false."
         )
+    task.prepare(built, data, cfg)
+    model = built.model
     print(
         f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); trainable parameters "
         f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)",
@@ -139,7 +126,7 @@ def train(
 
     t = cfg.train
     pad_id = tokenizer.pad_token_id
-    batches_per_epoch = len(make_batches(data.train, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
+    batches_per_epoch = len(task.make_batches(data.train, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     warmup = int(t.warmup_ratio * total_steps)
@@ -147,7 +134,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler))
     eval_batches = [
         _to_device(b, built.device)
-        for b in make_batches(data.eval, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0)
+        for b in task.make_batches(data.eval, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0)
     ]
 
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0}
@@ -165,6 +152,7 @@ def train(
     info = RunInfo(
         base_model=cfg.model.name,
         method=cfg.method.name,
+        task=task.name,
         template=data.template.name,
         system_prompt=cfg.data.system_prompt,
         refusal=cfg.eval.refusal,
@@ -172,21 +160,23 @@ def train(
         quantize_base=cfg.method.quantize_base,
         trust_remote_code=cfg.model.trust_remote_code,
         total_steps=total_steps,
+        extra=dict(data.facts),
     )
     write_info(run_dir, info)
 
     last_loss = eval_loss = None
+    eval_metrics: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=position["step"], desc="train", unit="step", dynamic_ncols=True)
     started = time.perf_counter() - position["elapsed_s"]
     while position["step"] < total_steps:
-        batches = make_batches(
+        batches = task.make_batches(
             data.train, t.micro_batch, pad_id, shuffle=cfg.data.shuffle, seed=t.seed, epoch=position["epoch"]
         )
         while position["batch_in_epoch"] < len(batches) and position["step"] < total_steps:
             group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
             tic = time.perf_counter()
             stats = train_step(
-                model, [_to_device(b, built.device) for b in group], optimizer, scheduler, t.max_grad_norm
+                model, [_to_device(b, built.device) for b in group], optimizer, scheduler, t.max_grad_norm, task
             )
             tokens = sum(int(b["attention_mask"].sum()) for b in group)
             position["step"] += 1
@@ -202,6 +192,7 @@ def train(
                 "grad_norm": stats["grad_norm"],
                 "tokens_per_s": tokens / (time.perf_counter() - tic),
                 "elapsed_s": position["elapsed_s"],
+                **stats["metrics"],
             }
             if position["step"] % t.log_every == 0 or position["step"] == total_steps:
                 log.write(record)
@@ -210,8 +201,8 @@ def train(
             )
             bar.update(1)
             if eval_batches and t.eval_every and position["step"] % t.eval_every == 0:
-                eval_loss = evaluate(model, eval_batches)
-                log.write({"step": position["step"], "eval_loss": eval_loss})
+                eval_metrics = task.evaluate(model, eval_batches)
+                log.write({"step": position["step"], **eval_metrics})
             if t.save_every and position["step"] % t.save_every == 0:
                 save_checkpoint(run_dir, model, optimizer, position, t.keep_checkpoints)
         if position["batch_in_epoch"] >= len(batches):
@@ -220,12 +211,13 @@ def train(
     bar.close()
 
     if eval_batches and not (t.eval_every and total_steps % t.eval_every == 0):
-        eval_loss = evaluate(model, eval_batches)
-        log.write({"step": total_steps, "eval_loss": eval_loss})
-    if eval_loss is not None:
-        print(f"eval loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
+        eval_metrics = task.evaluate(model, eval_batches)
+        log.write({"step": total_steps, **eval_metrics})
+    if eval_metrics:
+        eval_loss = eval_metrics["eval_loss"]
+        print("eval: " + ", ".join(f"{name.removeprefix('eval_')} {value:.4f}" for name, value in eval_metrics.items()))
     model.eval()
-    save_final(run_dir, built, tokenizer, cfg)
+    task.save(run_dir, built, tokenizer, cfg, data)
     plot_losses(run_dir)
     info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
     info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
