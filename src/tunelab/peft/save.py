@@ -1,7 +1,9 @@
 """Adapters on disk in PEFT's layout: `adapter_config.json` + `adapter_model.safetensors`.
 
 Keys are `base_model.model.<module path>.lora_{A,B}.weight`, as `peft.PeftModel.from_pretrained` and vLLM expect, so
-an adapter trained here loads there unchanged, and one trained there loads here.
+an adapter trained here loads there unchanged, and one trained there loads here. Whole modules trained beside the
+adapters (PEFT's `modules_to_save`, e.g. the `score` head of a sequence classifier) are stored as
+`base_model.model.<module path>.<parameter>`, which is where PEFT writes and reads them.
 """
 
 from __future__ import annotations
@@ -21,21 +23,26 @@ from tunelab.rundir import ADAPTER_WEIGHTS_FILE as WEIGHTS_FILE
 PREFIX = "base_model.model."
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def adapter_state_dict(model: nn.Module, modules_to_save: list[str] | tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     state = {}
     for name, m in lora_modules(model):
         state[f"{PREFIX}{name}.lora_A.weight"] = m.lora_A.weight.detach().contiguous().cpu()
         state[f"{PREFIX}{name}.lora_B.weight"] = m.lora_B.weight.detach().contiguous().cpu()
+    for name in modules_to_save:
+        for key, value in model.get_submodule(name).state_dict().items():
+            state[f"{PREFIX}{name}.{key}"] = value.detach().contiguous().cpu()
     return state
 
 
-def adapter_config(model: nn.Module, base_model: str) -> dict:
+def adapter_config(
+    model: nn.Module, base_model: str, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | tuple[str, ...] = ()
+) -> dict:
     layers = [m for _, m in lora_modules(model)]
     first = layers[0]
     dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
     return {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "base_model_name_or_path": base_model,
         "r": first.r,
         "lora_alpha": first.alpha,
@@ -46,20 +53,30 @@ def adapter_config(model: nn.Module, base_model: str) -> dict:
         "use_dora": False,
         "use_rslora": False,
         "init_lora_weights": True,
-        "modules_to_save": None,
+        "modules_to_save": list(modules_to_save) or None,
         "inference_mode": True,
     }
 
 
-def save_adapter(model: nn.Module, folder: str | Path, base_model: str) -> None:
+def save_adapter(
+    model: nn.Module,
+    folder: str | Path,
+    base_model: str,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | tuple[str, ...] = (),
+) -> None:
+    """task_type: PEFT's name for the model class the adapter goes on (CAUSAL_LM, SEQ_CLS); modules_to_save: whole
+    modules of `model` saved beside the adapters (they train fully, e.g. a classification head)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(model), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    (folder / CONFIG_FILE).write_text(json.dumps(adapter_config(model, base_model), indent=2))
+    save_file(adapter_state_dict(model, modules_to_save), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    config = adapter_config(model, base_model, task_type, modules_to_save)
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
 
 def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
-    """Attach LoRA layers as the saved config describes and load their weights (strict: every key must match)."""
+    """Attach LoRA layers as the saved config describes and load their weights (strict: every key must match),
+    and the weights of the config's modules_to_save that `model` has (PEFT lists defaults a model may lack)."""
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
@@ -75,7 +92,8 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     state = load_file(str(folder / WEIGHTS_FILE))
     # PEFT may store keys with or without the adapter name ("default"); accept both.
     state = {k.replace(".default.weight", ".weight"): v for k, v in state.items()}
-    expected = adapter_state_dict(model)
+    names = [n for n in config.get("modules_to_save") or [] if _has_module(model, n)]
+    expected = adapter_state_dict(model, names)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -86,4 +104,15 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     for name, m in lora_modules(model):
         m.lora_A.weight.data.copy_(state[f"{PREFIX}{name}.lora_A.weight"])
         m.lora_B.weight.data.copy_(state[f"{PREFIX}{name}.lora_B.weight"])
+    for name in names:
+        module = model.get_submodule(name)
+        module.load_state_dict({key: state[f"{PREFIX}{name}.{key}"] for key in module.state_dict()})
     return model
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
