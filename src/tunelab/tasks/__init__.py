@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from tunelab.errors import ConfigError
+from tunelab.tasks.classify import CLASSIFY
+from tunelab.tasks.reward import REWARD
 from tunelab.tasks.sft import SFT
 from tunelab.tasks.task import Task
 
-TASKS: dict[str, Task] = {SFT.name: SFT}
+TASKS: dict[str, Task] = {task.name: task for task in (SFT, CLASSIFY, REWARD)}
 
 
 def get_task(name: str) -> Task:
