@@ -15,6 +15,8 @@ _API = {
     "report",
     "merge",
     "export_gguf",
+    "predict",
+    "load_reward_model",
     "open_run",
     "GenerationSettings",
 }
