@@ -21,7 +21,7 @@ $PY -m pytest --version || { echo "pytest is missing: put its wheels in $WHEELS/
 $PY -c "import torch, triton; print(f'torch {torch.__version__}, triton {triton.__version__},', torch.cuda.get_device_name())"
 
 # The folders that hold CUDA tests; quant/ is listed for when NF4 gets its own package.
-DIRS=$(for d in tests/kernels tests/quant tests/peft tests/models tests/training tests/infer; do [ -d "$d" ] && echo "$d"; done)
+DIRS=$(for d in tests/kernels tests/quant tests/peft tests/models tests/training tests/infer tests/tasks; do [ -d "$d" ] && echo "$d"; done)
 # Parallel workers when pytest-xdist is there: Triton compiles each kernel variant once per process.
 XDIST=""
 if $PY -c "import xdist" 2>/dev/null; then XDIST="-n 4"; fi

@@ -21,7 +21,7 @@ LAYERS = [
     ("data",),  # records -> examples -> token ids -> batches
     ("models", "conversion_cache"),  # loading (and the GGUF conversion cache), our decoder, its slots, checkpointing
     ("peft",),  # LoRA layers, their slot implementations, adapter files
-    ("training",),  # building the model to train, the step, the loop, checkpoints, optimizers
+    ("training", "tasks"),  # building the model to train, the step, the loop, checkpoints, optimizers; the objectives
     ("infer",),  # opening a run as it was trained, generation, chat
     (
         "eval",

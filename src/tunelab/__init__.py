@@ -22,6 +22,8 @@ _API = {
     "cache_path",
     "clear_cache",
     "federate",
+    "predict",
+    "load_reward_model",
     "open_run",
     "GenerationSettings",
 }

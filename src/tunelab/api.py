@@ -4,6 +4,9 @@ import tunelab
 result = tunelab.train("examples/company_faq/config.yaml", {"train.max_steps": 20})
 comparison = tunelab.compare(result.run_dir, questions="examples/company_faq/heldout.jsonl", save=False)
 print(tunelab.generate(result.run_dir, "Where is your office?"))
+
+A classify or reward run (`task: classify | reward`) is read by `tunelab.predict` and `tunelab.evaluate`; a reward
+run also serves as a reward function: `tunelab.load_reward_model(run_dir)(prompts, completions) -> list[float]`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, read_questions, run_data_config
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
-from tunelab.rundir import open_info
+from tunelab.rundir import HEAD_TASKS, open_info, read_info
 from tunelab.training.recipe import TrainResult, config_path, resolve
 from tunelab.training.recipe import train as _train
 from tunelab.training.stages import train_stages
@@ -45,6 +48,8 @@ __all__ = [
     "cache_path",
     "clear_cache",
     "federate",
+    "predict",
+    "load_reward_model",
     "open_run",
     "TrainResult",
     "Comparison",
@@ -199,8 +204,19 @@ def evaluate(
 ):
     """Eval loss and perplexity, answer metrics (exact, contains, ROUGE-L, refusal) and label metrics, base and tuned.
     `settings` default to greedy answers of the run's eval.max_new_tokens. `show` prints the table (and the answers
-    with `show_answers`); eval.json holds everything."""
+    with `show_answers`); eval.json holds everything. For a classify run: accuracy, macro-F1, per-class P/R/F1 and
+    the confusion matrix beside the majority class; for a reward run: pairwise accuracy and mean margin beside the
+    untrained head (`eval/heads.py`)."""
     from tunelab.eval.evaluate import evaluate_run, format_eval
+
+    if not isinstance(run, LoadedRun) and read_info(run).task in HEAD_TASKS:
+        from tunelab.eval.heads import evaluate_head_run, format_head_eval
+
+        batch_size = settings.batch_size if settings else 16
+        result = evaluate_head_run(run, data, device, batch_size=batch_size, save=save, out=out, overwrite=overwrite)
+        if show:
+            print(format_head_eval(result))
+        return result
 
     result = evaluate_run(
         run, data, settings, refusal, device, save=save, out=out, overwrite=overwrite, base_precision=base_precision
@@ -299,3 +315,37 @@ def federate(
     from tunelab.federated.run import federate as _federate
 
     return _federate(config, overrides, resume=resume, app_dir=app_dir)
+
+
+def predict(
+    run: str | Path,
+    data: str | Path | None = None,
+    texts: list[str] | None = None,
+    prompt: str | None = None,
+    answers: list[str] | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    batch_size: int = 16,
+    device: str = "auto",
+    show: bool = False,
+):
+    """A classify run's label and label probabilities, or a reward run's score, for the rows of `data`, for `texts`,
+    or (reward) for `answers` to `prompt`. With `out` (.csv or .jsonl) the predictions are also written there."""
+    from tunelab.infer.predict import check_out, format_predictions, save_predictions
+    from tunelab.infer.predict import predict as _predict
+
+    if out is not None:
+        check_out(out, overwrite)
+    predictions = _predict(run, data, texts, prompt, answers, batch_size=batch_size, device=device)
+    if show:
+        print(format_predictions(predictions))
+    if out is not None:
+        save_predictions(predictions, out, overwrite=overwrite)
+    return predictions
+
+
+def load_reward_model(run: str | Path, device: str = "auto", batch_size: int = 16):
+    """A finished reward run as a function (prompts, completions) -> list[float] (see tunelab/infer/predict.py)."""
+    from tunelab.infer.predict import load_reward_model as _load
+
+    return _load(run, device, batch_size)

@@ -185,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _generation_options(evaluate, "the run's eval.max_new_tokens")
 
+    predict = sub.add_parser(
+        "predict", help="a classify run's label and probabilities, or a reward run's score, for texts or a file"
+    )
+    predict.add_argument("run_dir", help="a finished classify or reward run directory")
+    predict.add_argument("--data", help="rows to predict: the run's input columns (text, prompt, messages, ...)")
+    predict.add_argument("--text", action="append", default=[], help="a text to classify or score (repeatable)")
+    predict.add_argument("--prompt", help="reward runs: the prompt the --answer texts answer")
+    predict.add_argument("--answer", action="append", default=[], help="reward runs: an answer to score (repeatable)")
+    predict.add_argument("--out", help="also write the predictions to this .csv or .jsonl file")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    predict.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass (default: 16)")
+    predict.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)"
+    )
+
     report = sub.add_parser("report", help="one self-contained HTML page about a run")
     report.add_argument("run_dir", help="a finished run directory")
     report.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
@@ -332,6 +347,22 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"Flower App written to {result}; its pyproject.toml says how to run it with Flower's deployment engine."
             )
+        return 0
+    if args.command == "predict":
+        api.predict(
+            args.run_dir,
+            data=args.data,
+            texts=args.text,
+            prompt=args.prompt,
+            answers=args.answer,
+            out=args.out,
+            overwrite=args.overwrite,
+            batch_size=args.batch_size,
+            device=args.device,
+            show=True,
+        )
+        if args.out:
+            print(f"written to {args.out}")
         return 0
     if args.command == "report":
         print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))

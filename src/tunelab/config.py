@@ -272,6 +272,18 @@ class EvalConfig:
 
 
 @dataclass
+class ClassifyConfig:
+    class_weights: str = opt(
+        "none",
+        "task classify: weigh each row's loss by its class; balanced gives class c the weight rows / (classes x rows of c)",
+        choices=("none", "balanced"),
+    )
+    label_weights: dict[str, str] = opt(
+        {}, "task classify: loss weight per label, e.g. {spam: 3.0}; it replaces class_weights for the labels it names"
+    )
+
+
+@dataclass
 class FederatedConfig:
     clients: list[str] = opt(
         [],
@@ -324,11 +336,18 @@ class FederatedConfig:
 class RunConfig:
     output_dir: str = opt("runs/run", "run directory for the adapter or weights, checkpoints, metrics and plots")
     overwrite: bool = opt(False, "replace an existing run directory")
+    task: str = opt(
+        "sft",
+        "what to train: generate answers (sft), a label per text with a head on the last token (classify), or a "
+        "scalar reward from preference pairs (reward)",
+        choices=("sft", "classify", "reward"),
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     stages: list[dict[str, Any]] = opt(
         [],

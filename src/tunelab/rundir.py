@@ -43,7 +43,8 @@ class RunInfo:
     method: str
     """lora | dora | full | layers: whether the result is an adapter or whole weights."""
     task: str = "sft"
-    """What the model was trained to do (sft: generate answers)."""
+    """What the model was trained to do: sft (generate answers), or a head on the body (classify, reward: a
+    sequence-classification model, read by `tunelab predict` and `tunelab eval`, not by what generates text)."""
     template: str = "auto"
     """The prompt template the data was rendered with (its resolved name)."""
     system_prompt: str | None = None
@@ -148,9 +149,19 @@ def check_result(run_dir: str | Path, info: RunInfo) -> None:
         raise RunDirError(f"{run_file(run_dir)}: unknown method {info.method!r}; expected one of {allowed}.")
 
 
-def open_info(run_dir: str | Path) -> RunInfo:
-    """read_info + check_result: a finished run whose result is there."""
+HEAD_TASKS = ("classify", "reward")  # tasks/: a head instead of the LM head, so no text generation
+
+
+def open_info(run_dir: str | Path, heads: bool = False) -> RunInfo:
+    """read_info + check_result: a finished run whose result is there. A run with a head (classify, reward) only
+    when `heads`: the commands that generate text, merge or export cannot use one."""
     info = read_info(run_dir)
+    if info.task in HEAD_TASKS and not heads:
+        raise RunDirError(
+            f"{run_dir}: a {info.task} run (a head on the model's last token, saved as a sequence-classification "
+            "model): it does not generate text, and merging or exporting it to GGUF is not supported. Use "
+            "'tunelab predict' or 'tunelab eval' with it; transformers loads it with AutoModelForSequenceClassification."
+        )
     check_result(run_dir, info)
     return info
 

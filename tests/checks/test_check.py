@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tunelab
-import tunelab.training.step as step
+import tunelab.tasks.sft as sft_task
 from tunelab.checks.model import forward_backward
 from tunelab.cli import main
 from tunelab.errors import CheckFailed, ConfigError, DataError
@@ -125,16 +125,16 @@ def test_packing_and_path_mismatches_fail(tiny_model_dir, tiny_overrides, tmp_pa
             weights[name] *= 30
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     tiny_overrides = tiny_overrides | {"model.name": str(folder)}
-    real = step.packed_inputs
+    real = sft_task.packed_inputs
 
     def across_documents(batch):  # a packing bug: attention across the documents of a row
         inputs = real(batch)
         inputs["cu_seqlens"] = inputs["cu_seqlens"][[0, -1]]
         return inputs
 
-    monkeypatch.setattr(step, "packed_inputs", across_documents)
+    monkeypatch.setattr(sft_task, "packed_inputs", across_documents)
     assert _statuses(tunelab.check(None, tiny_overrides))["packing"] == "fail"
-    monkeypatch.setattr(step, "packed_inputs", real)
+    monkeypatch.setattr(sft_task, "packed_inputs", real)
 
     import tunelab.training.build as build
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import tunelab.tasks.sft as sft_task  # the sft task computes the loss train_step takes
 import tunelab.training.step as step
 from tunelab.training.optim import build_optimizer
 
@@ -22,14 +23,14 @@ def test_nan_step_leaves_cuda_optimizer_state_untouched(kind, monkeypatch):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     ids = torch.randint(0, 512, (2, 16), device="cuda")
     batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
-    real, calls = step.summed_loss, {"n": 0}
+    real, calls = sft_task.summed_loss, {"n": 0}
 
     def poisoned(model, batch):
         calls["n"] += 1
         value = real(model, batch)
         return value * float("nan") if calls["n"] == 2 else value
 
-    monkeypatch.setattr(step, "summed_loss", poisoned)
+    monkeypatch.setattr(sft_task, "summed_loss", poisoned)
     assert not step.train_step(model, [batch], optimizer, scheduler, 1.0)["skipped"]
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     state = {(id(p), k): v.clone() for p, s in optimizer.state.items() for k, v in s.items() if torch.is_tensor(v)}

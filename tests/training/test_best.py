@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import tunelab.training.evals as evals
+import tunelab.tasks.sft as sft
 import tunelab.training.recipe as recipe
 from tunelab.peft.save import adapter_state_dict
 from tunelab.training.best import BestWeights
@@ -66,7 +66,7 @@ def test_the_saved_adapter_is_the_best_evaluated_one(tiny_overrides, monkeypatch
         seen[loss] = {k: v.clone() for k, v in adapter_state_dict(model).items()}
         return loss
 
-    monkeypatch.setattr(evals, "evaluate", fake_evaluate)  # the eval losses are computed in training/evals.py
+    monkeypatch.setattr(sft, "mean_loss", fake_evaluate)  # the sft task's eval loss
     overrides = tiny_overrides | {
         "data.eval_fraction": 0.25,
         "train.max_steps": 8,

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import tunelab.tasks.sft as sft_task  # the sft task computes the loss train_step takes
 import tunelab.training.recipe as recipe
 import tunelab.training.step as step
 from tunelab.cli import main
@@ -20,14 +21,14 @@ from tunelab.training.optim import build_optimizer
 
 def _poisoned(monkeypatch, bad_calls):
     """summed_loss times NaN on the listed calls (1-based): a step whose loss and every gradient are NaN."""
-    real, calls = step.summed_loss, {"n": 0}
+    real, calls = sft_task.summed_loss, {"n": 0}
 
     def loss(model, batch):
         calls["n"] += 1
         value = real(model, batch)
         return value * float("nan") if calls["n"] in bad_calls else value
 
-    monkeypatch.setattr(step, "summed_loss", loss)
+    monkeypatch.setattr(sft_task, "summed_loss", loss)
 
 
 def _snapshot(model, optimizer):

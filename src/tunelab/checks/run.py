@@ -139,6 +139,11 @@ def run_check(
 
     resolved = resolve(config, overrides)
     cfg = resolved.config
+    if cfg.task != "sft":
+        raise ConfigError(
+            f"tunelab check covers task sft (answers, prompts, the LM head's loss); option 'task' is {cfg.task}. "
+            f"tunelab train checks a {cfg.task} run's rows as it reads them (inputs, labels or pairs, with file:line)."
+        )
     page = html_path(html)
     out("tunelab check — resolved config (value, then where it came from):")
     out(describe(resolved))

@@ -75,7 +75,7 @@ def detect_format(row: dict, fields: dict[str, str]) -> str:
     )
 
 
-def _text(value, where: str, field: str) -> str:
+def text_field(value, where: str, field: str) -> str:
     """A string field; numbers are accepted as their text, null as empty."""
     if value is None:
         return ""
@@ -93,7 +93,7 @@ class _Skip(Exception):
     """An example that is well formed but cannot be used; the message is the report's reason."""
 
 
-def _turns(value, where: str, field: str, role_key: str, content_key: str) -> list[dict]:
+def parse_turns(value, where: str, field: str, role_key: str, content_key: str) -> list[dict]:
     """A list of turns; each may be spelled {role, content} (OpenAI) or {from, value} (ShareGPT), in either format."""
     if not isinstance(value, list):
         raise DataError(
@@ -121,7 +121,7 @@ def _turns(value, where: str, field: str, role_key: str, content_key: str) -> li
                 f"{where}: field '{field}' item {i} has the unknown role {role!r}; allowed roles: {', '.join(roles)}. "
                 "Tool and function turns are not supported: remove them or rewrite them as user/assistant turns."
             )
-        messages.append({"role": roles[role], "content": _text(turn[ck], where, f"{field}[{i}].{ck}")})
+        messages.append({"role": roles[role], "content": text_field(turn[ck], where, f"{field}[{i}].{ck}")})
     return messages
 
 
@@ -132,14 +132,14 @@ def _single_turn(prompt: str, answer: str, system: str) -> list[dict]:
 
 def _messages(row: dict, fmt: str, fields: dict[str, str], where: str) -> list[dict]:
     def get(name: str) -> str:
-        return _text(row.get(fields.get(name, name)), where, fields.get(name, name))
+        return text_field(row.get(fields.get(name, name)), where, fields.get(name, name))
 
     if fmt == "messages":
         key = fields.get("messages", "messages")
-        return _turns(row[key], where, key, "role", "content")
+        return parse_turns(row[key], where, key, "role", "content")
     if fmt == "sharegpt":
         key = fields.get("conversations", "conversations")
-        messages = _turns(row[key], where, key, "from", "value")
+        messages = parse_turns(row[key], where, key, "from", "value")
         system = get("system")
         if system.strip() and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": system})
@@ -172,7 +172,7 @@ def _example(record: Record, fmt: str, fields: dict[str, str], system_prompt: st
     where = location(record.path, record.line)
     if fmt == "text":
         key = "text" if is_plain_text(record.path) else fields.get("text", "text")
-        text = _text(record.row[key], where, key)
+        text = text_field(record.row[key], where, key)
         if not text.strip():
             raise _Skip("empty text")
         return Example(None, text, record.path, record.line)

@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +43,7 @@ class Datasets:
     examples: list[Example] = field(default_factory=list)  # the training examples before rendering (tunelab check)
     mixture: Mixture | None = None  # mapping sources in data.train: how each epoch draws from them
     eval_sets: dict[str, list[Rendered | Packed]] = field(default_factory=dict)  # eval rows per source (mixtures)
+    facts: dict[str, Any] = field(default_factory=dict)  # what a task learnt from the data (e.g. its labels)
 
 
 def epoch_rows(data: Datasets, seed: int, epoch: int) -> list[Rendered | Packed]:
@@ -260,6 +262,14 @@ def _chunks(order: list[int], rows: list, micro_batch: int, group_by_length: boo
     return chunks
 
 
+def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> list[int]:
+    """The order of n rows in an epoch: 0..n-1, or a shuffle that is a pure function of (seed, epoch)."""
+    order = list(range(n))
+    if shuffle:
+        random.Random(f"tunelab-epoch:{seed}:{epoch}").shuffle(order)  # str seeds hash with sha512: stable across runs
+    return order
+
+
 def make_batches(
     rows: list[Rendered | Packed],
     micro_batch: int,
@@ -276,9 +286,7 @@ def make_batches(
     the longest row of the batch; sources, a list per row of the file:line of its examples (for messages about a
     batch); for packed rows also doc_lengths, a list per row of its documents' lengths (padding not included), from
     which the model builds cu_seqlens."""
-    order = list(range(len(rows)))
-    if shuffle:
-        random.Random(f"tunelab-epoch:{seed}:{epoch}").shuffle(order)  # str seeds hash with sha512: stable across runs
+    order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
     rng = random.Random(f"tunelab-lengths:{seed}:{epoch}") if shuffle else None
     batches = []
     for indices in _chunks(order, rows, micro_batch, group_by_length, rng):

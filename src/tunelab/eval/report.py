@@ -24,8 +24,9 @@ from pathlib import Path
 
 from tunelab.atomic import write_text
 from tunelab.errors import RunDirError
+from tunelab.eval.heads import head_eval_html
 from tunelab.federated.history import federated_section
-from tunelab.rundir import RUN_FILE, read_info
+from tunelab.rundir import HEAD_TASKS, RUN_FILE, read_info
 
 REPORT_FILE = "report.html"
 MAX_ANSWER_ROWS = 500  # answers shown; the rest are counted
@@ -512,6 +513,7 @@ def _run_summary(run: _Input) -> str:
     return _kv_table(
         [
             ("base model", d.get("base_model")),
+            ("task", d.get("task")),
             ("method", d.get("method")),
             ("implementation", d.get("impl")),
             ("template", d.get("template")),
@@ -649,6 +651,13 @@ def render_report(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     run, metrics, ev, cmp = (_load(run_dir, n) for n in (RUN_FILE, "metrics.jsonl", "eval.json", "compare.json"))
     config, data = _load(run_dir, "config.yaml"), _load(run_dir, "data_report.json")
+    if isinstance(run.data, dict) and run.data.get("task") in HEAD_TASKS:  # a classifier or reward model
+        evaluation = [("evaluation", "Evaluation", head_eval_html(ev.data, ev.problem))]
+    else:
+        evaluation = [
+            ("evaluation", "Evaluation: base vs tuned", _eval_section(ev, cmp)),
+            ("answers", "Answers side by side", _answer_rows(ev, cmp)),
+        ]
     sections = [
         ("run", "Run", _run_summary(run)),
         (
@@ -656,8 +665,7 @@ def render_report(run_dir: str | Path) -> str:
             "Training curves",
             _training_plots(metrics.data) if metrics.data is not None else metrics.missing("training metrics"),
         ),
-        ("evaluation", "Evaluation: base vs tuned", _eval_section(ev, cmp)),
-        ("answers", "Answers side by side", _answer_rows(ev, cmp)),
+        *evaluation,
         ("data", "Data", _data_section(data)),
         (
             "config",

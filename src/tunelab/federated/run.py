@@ -35,6 +35,11 @@ class FederateResult:
 
 def check_config(cfg: RunConfig) -> None:
     """Rules for a federated run beyond the per-option ones."""
+    if cfg.task != "sft":
+        raise ConfigError(
+            f"option 'task' is {cfg.task}; a federation trains task sft (the clients' answers), so remove the option "
+            "or set it to sft."
+        )
     if cfg.method.name != "lora" or cfg.method.use_dora:
         raise ConfigError(
             f"option 'method.name' is {cfg.method.name}; a federation exchanges LoRA adapters, so it needs lora (without use_dora)."

@@ -1,7 +1,9 @@
 """Adapters on disk in PEFT's layout: `adapter_config.json` + `adapter_model.safetensors`.
 
 Keys are `base_model.model.<module path>.lora_{A,B}.weight`, as `peft.PeftModel.from_pretrained` and vLLM expect, so
-an adapter trained here loads there unchanged, and one trained there loads here.
+an adapter trained here loads there unchanged, and one trained there loads here. Whole modules trained beside the
+adapters (PEFT's `modules_to_save`, e.g. the `score` head of a sequence classifier) are stored as
+`base_model.model.<module path>.<parameter>`, which is where PEFT writes and reads them.
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ def _adapter_tensors(name: str, m: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def adapter_state_dict(model: nn.Module, modules_to_save: list[str] | tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """PEFT's keys of the LoRA (DoRA) layers, and the whole state of each module in `modules_to_save` (a head)."""
     state = {}
     for name, m in lora_modules(model):
         state |= {k: v.detach().contiguous().cpu() for k, v in _adapter_tensors(name, m).items()}
+    for name in modules_to_save:
+        for key, value in model.get_submodule(name).state_dict().items():
+            state[f"{PREFIX}{name}.{key}"] = value.detach().contiguous().cpu()
     return state
 
 
@@ -50,13 +56,15 @@ def loadable_base(name: str) -> str:
         return name
 
 
-def adapter_config(model: nn.Module, base_model: str) -> dict:
+def adapter_config(
+    model: nn.Module, base_model: str, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | tuple[str, ...] = ()
+) -> dict:
     layers = [m for _, m in lora_modules(model)]
     first = layers[0]
     dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
     return {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "base_model_name_or_path": loadable_base(base_model),
         "r": first.r,
         "lora_alpha": first.alpha,
@@ -67,16 +75,25 @@ def adapter_config(model: nn.Module, base_model: str) -> dict:
         "use_dora": isinstance(first, DoRALinear),
         "use_rslora": first.rslora,
         "init_lora_weights": True,
-        "modules_to_save": None,
+        "modules_to_save": list(modules_to_save) or None,
         "inference_mode": True,
     }
 
 
-def save_adapter(model: nn.Module, folder: str | Path, base_model: str) -> None:
+def save_adapter(
+    model: nn.Module,
+    folder: str | Path,
+    base_model: str,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | tuple[str, ...] = (),
+) -> None:
+    """task_type: PEFT's name for the model class the adapter goes on (CAUSAL_LM, SEQ_CLS); modules_to_save: whole
+    modules of `model` saved beside the adapters (they train fully, e.g. a classification head)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(model), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    (folder / CONFIG_FILE).write_text(json.dumps(adapter_config(model, base_model), indent=2))
+    save_file(adapter_state_dict(model, modules_to_save), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    config = adapter_config(model, base_model, task_type, modules_to_save)
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
 
 def read_adapter_config(folder: str | Path) -> dict:
@@ -160,7 +177,9 @@ def load_adapter_weights(model: nn.Module, folder: str | Path) -> nn.Module:
         k.replace(".default.weight", ".weight").replace(".lora_magnitude_vector.weight", ".lora_magnitude_vector"): v
         for k, v in state.items()
     }
-    expected = adapter_state_dict(model)
+    # modules_to_save (a head) as far as `model` has them: PEFT lists defaults a model may lack
+    names = [n for n in read_adapter_config(folder).get("modules_to_save") or [] if _has_module(model, n)]
+    expected = adapter_state_dict(model, names)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -176,4 +195,15 @@ def load_adapter_weights(model: nn.Module, folder: str | Path) -> nn.Module:
                     f"{tuple(param.shape)} (another rank or model)."
                 )
             param.data.copy_(state[key])
+    for name in names:
+        module = model.get_submodule(name)
+        module.load_state_dict({key: state[f"{PREFIX}{name}.{key}"] for key in module.state_dict()})
     return model
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True

@@ -133,12 +133,12 @@ def auto_lr(method: MethodConfig, shape: ModelShape) -> Choice:
         h = shape.hidden_size
         lora = LORA_LR_AT_2000 * (2000 / h) ** LR_EXPONENT
         width = f"hidden size {h}: 5e-4 x (2000/{h})^{LR_EXPONENT}"
-    if method.name == "lora":
+    if method.is_adapter:  # LoRA and DoRA
         scale = REFERENCE_ALPHA / method.alpha if method.alpha > 0 else 1.0
         lr = _clamp(lora * scale)
         alpha = f" x 32/alpha {method.alpha:g}" if scale != 1.0 else ""
         clamp = " (kept within 1e-5..3e-3)" if lr != lora * scale else ""
-        return Choice(_round(lr), f"LoRA, {width}{alpha}{clamp}")
+        return Choice(_round(lr), f"{'DoRA' if method.dora else 'LoRA'}, {width}{alpha}{clamp}")
     full = _clamp(lora) / LORA_OVER_FULL
     if method.name == "full" or not shape.num_layers or method.top_layers >= shape.num_layers:
         return Choice(_round(full), f"full fine-tuning: a tenth of LoRA's rate ({width})")

@@ -1,8 +1,8 @@
 """What a run needs before its first step, loaded the same way by `tunelab train` and `tunelab check`.
 
-`load_inputs` is the cheap part (model source, tokenizer, the data rendered and reported); `load_model` builds the
-model to train and finds (and by default repairs) the untrained embedding rows of the tokens the data uses.
-Neither writes anything.
+`load_inputs` is the cheap part (model source, tokenizer, the data rendered and reported, as the run's task reads
+it); `load_model` builds the model to train and finds (and by default repairs) the untrained embedding rows of the
+tokens the data uses. Neither writes anything.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import RunConfig
-from tunelab.data.loader import Datasets, build_datasets
+from tunelab.data.loader import Datasets
 from tunelab.errors import ConfigError
 from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
+from tunelab.tasks import get_task
+from tunelab.tasks.task import Task
 from tunelab.training.build import BuiltModel, build_model, checkpoint_mode
 
 
@@ -28,10 +30,12 @@ class Inputs:
     data: Datasets
 
 
-def load_inputs(cfg: RunConfig) -> Inputs:
+def load_inputs(cfg: RunConfig, task: Task | None = None) -> Inputs:
+    """The data as `task` (default: the config's) builds it."""
+    task = task or get_task(cfg.task)
     source = resolve_source(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
-    return Inputs(source, tokenizer, build_datasets(cfg.data, tokenizer, cfg.train.seed))
+    return Inputs(source, tokenizer, task.build_data(cfg, tokenizer, cfg.train.seed))
 
 
 def load_model(cfg: RunConfig, inputs: Inputs, impl: str | None = None) -> tuple[BuiltModel, UntrainedReport]:

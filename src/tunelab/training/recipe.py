@@ -34,14 +34,14 @@ from tqdm import tqdm
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
-from tunelab.data.checks import data_checks
-from tunelab.data.loader import Datasets, epoch_rows, make_batches
+from tunelab.data.loader import Datasets, epoch_rows
 from tunelab.errors import CheckFailed, ConfigError, Interrupted, RunDirError, TrainingStopped
-from tunelab.peft.save import save_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
+from tunelab.tasks import SFT, get_task
+from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
 from tunelab.training.best import BestWeights
-from tunelab.training.build import BuiltModel, save_full_weights
+from tunelab.training.build import BuiltModel
 from tunelab.training.checkpoint import (
     delete_checkpoints,
     intact_checkpoint,
@@ -105,19 +105,18 @@ def config_path(config: Any) -> Path | None:
     return Path(config) if isinstance(config, (str, Path)) else None
 
 
-def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig) -> None:
-    """The run's result: the adapter (PEFT layout) or the full weights (safetensors), and the tokenizer."""
+def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig, task: Task = SFT, data=None) -> None:
+    """The run's result, as the task saves it (sft, the default: the adapter in PEFT's layout or the full weights, and
+    the tokenizer; a head adds its labels), written to a staging folder and moved into the run directory once
+    complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none)."""
     params = built.model.named_parameters()
     written = params if not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
     require_finite(written, "the weights to save", f"{run_dir}")
     staging = run_dir / ".tmp-final"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        if cfg.method.is_adapter:
-            save_adapter(built.model, staging, base_model=cfg.model.name)
-        else:
-            save_full_weights(built, staging)
-        tokenizer.save_pretrained(staging)
+        staging.mkdir()
+        task.save(staging, built, tokenizer, cfg, data)
         for item in staging.iterdir():
             os.replace(item, run_dir / item.name)
         staging.rmdir()
@@ -136,9 +135,10 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def cheap_check_gate(cfg: RunConfig, inputs) -> None:
-    """The data checks of `tunelab check`, before the model is loaded; CheckFailed when one fails."""
-    items = data_checks(cfg, inputs)
+def cheap_check_gate(cfg: RunConfig, inputs, task: Task) -> None:
+    """The task's data checks (those of `tunelab check` for sft), before the model is loaded; CheckFailed when one
+    fails."""
+    items = task.checks(cfg, inputs) if task.checks else []
     for item in items:
         if item.status != "pass":
             print(item.line(), flush=True)
@@ -183,7 +183,8 @@ def train(
         print(note, flush=True)
     torch.manual_seed(cfg.train.seed)
 
-    inputs = load_inputs(cfg)
+    task = get_task(cfg.task)
+    inputs = load_inputs(cfg, task)
     data, tokenizer = inputs.data, inputs.tokenizer
     print(data.report.summary(), flush=True)
     digest = data_digest(data.train)
@@ -192,8 +193,9 @@ def train(
     kept = kept_auto(run_dir, cfg) if resume else {}
     auto = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept)
     if check:
-        cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs)
+        cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task)
     built, untrained = load_model(cfg, inputs)
+    task.prepare(built, data, cfg)
     model = built.model
     print(
         f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); trainable parameters "
@@ -210,12 +212,12 @@ def train(
 
     pad_id = tokenizer.pad_token_id
     first_epoch = epoch_rows(data, t.seed, 0)
-    batches_per_epoch = len(make_batches(first_epoch, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
+    batches_per_epoch = len(task.make_batches(first_epoch, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     warmup = int(t.warmup_ratio * total_steps)
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer)
-    evals = eval_sets(data, extra_eval, t.micro_batch, pad_id, built.device)
+    evals = eval_sets(task, data, extra_eval, t.micro_batch, pad_id, built.device)
 
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     if checkpoint is not None:
@@ -232,6 +234,7 @@ def train(
     info = RunInfo(
         base_model=cfg.model.name,
         method="dora" if cfg.method.dora else cfg.method.name,
+        task=task.name,
         template=data.template.name,
         system_prompt=cfg.data.system_prompt,
         refusal=cfg.eval.refusal,
@@ -242,13 +245,14 @@ def train(
         fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
         data_sha256=digest,
         total_steps=total_steps,
-        extra={"auto": auto.to_dict()},
+        extra=dict(data.facts) | {"auto": auto.to_dict()},
     )
     write_info(run_dir, info)
     best = BestWeights(run_dir, t.keep_best and bool(evals.own), resume_step)
 
     run = Run(
         trained,
+        task,
         run_dir,
         built,
         data,
@@ -263,7 +267,7 @@ def train(
         memory=memory,
     )
     try:
-        last_loss, eval_loss = _loop(run)
+        last_loss = _loop(run)
     except BaseException:
         note = failure_note(plan)
         if note:
@@ -275,24 +279,25 @@ def train(
         raise
 
     if evals and not (t.eval_every and total_steps % t.eval_every == 0):
-        run.eval_losses = eval_record(model, evals)
-        eval_loss = run.eval_losses.get("eval_loss")
-        log.write({"step": total_steps, **run.eval_losses})
-        if eval_loss is not None:
-            best.observe(total_steps, eval_loss, model)
+        run.eval_metrics = eval_record(task, model, evals)
+        log.write({"step": total_steps, **run.eval_metrics})
+        if "eval_loss" in run.eval_metrics:
+            best.observe(total_steps, run.eval_metrics["eval_loss"], model)
     log.close()
-    for name, value in run.eval_losses.items():
-        if name != "eval_loss":
+    eval_metrics = run.eval_metrics
+    eval_loss = eval_metrics.get("eval_loss")
+    for name, value in eval_metrics.items():
+        if name.startswith("eval_loss/"):
             print(f"{name} {value:.4f}")
     if eval_loss is not None:
-        print(f"eval loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
+        print(eval_line(task, eval_metrics))
     kept_best = best.restore(model, position["step"], eval_loss)
     if kept_best:
         print(kept_best, flush=True)
         info.extra["best"] = {"step": best.step, "eval_loss": best.loss}
         eval_loss = best.loss
     model.eval()
-    save_final(run_dir, built, tokenizer, cfg)
+    save_final(run_dir, built, tokenizer, cfg, task, data)
     plot_losses(run_dir)
     passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
     verdict = judge_metrics(read_metrics(run_dir), steps_per_epoch, passes, t.lr, t.max_steps, best.step)
@@ -301,8 +306,9 @@ def train(
     info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
     info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
     info.skipped_steps = position["skipped_steps"]
-    if len(run.eval_losses) > 1:
-        info.extra["eval_losses"] = run.eval_losses
+    losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
+    if len(losses) > 1:  # a mixture's sources, a staged run's earlier stages
+        info.extra["eval_losses"] = losses
     write_info(run_dir, info)
     skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
     print(
@@ -319,6 +325,7 @@ class Run:
     """What the loop works on."""
 
     cfg: RunConfig
+    task: Task
     run_dir: Path
     built: BuiltModel
     data: Datasets
@@ -330,27 +337,28 @@ class Run:
     total_steps: int
     position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps: what a checkpoint saves
     best: BestWeights
-    eval_losses: dict = dataclasses.field(default_factory=dict)  # the last eval_record
+    eval_metrics: dict = dataclasses.field(default_factory=dict)  # the last eval_record
     memory: MemoryPlan | None = None  # the planner's prediction, checked against the first step's peak (CUDA)
 
 
-def _loop(run: Run) -> tuple[float | None, float | None]:
-    """Optimizer steps until total_steps, updating run.position; returns the last finite loss and eval loss."""
-    t, model, position = run.cfg.train, run.built.model, run.position
+def _loop(run: Run) -> float | None:
+    """Optimizer steps until total_steps, updating run.position (and run.eval_metrics at each eval); returns the
+    last finite loss."""
+    t, model, position, task = run.cfg.train, run.built.model, run.position, run.task
     bad = BadSteps(t.max_bad_steps, skipped=position["skipped_steps"])
-    last_loss = eval_loss = None
+    last_loss = None
     bar = tqdm(total=run.total_steps, initial=position["step"], desc="train", unit="step", dynamic_ncols=True)
     started = time.perf_counter() - position["elapsed_s"]
     with graceful_interrupt() as stop:
         while position["step"] < run.total_steps:
-            batches = make_batches(
+            batches = task.make_batches(
                 epoch_rows(run.data, t.seed, position["epoch"]),
                 t.micro_batch,
                 run.pad_id,
                 shuffle=run.cfg.data.shuffle,
                 seed=t.seed,
                 epoch=position["epoch"],
-                group_by_length=t.group_by_length,
+                **({"group_by_length": True} if t.group_by_length else {}),  # sft only (heads refuse the option)
             )
             while position["batch_in_epoch"] < len(batches) and position["step"] < run.total_steps:
                 group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
@@ -361,6 +369,7 @@ def _loop(run: Run) -> tuple[float | None, float | None]:
                     run.optimizer,
                     run.scheduler,
                     t.max_grad_norm,
+                    task,
                 )
                 tokens = sum(int(b["attention_mask"].sum()) for b in group)
                 if run.memory is not None and run.built.device.type == "cuda":
@@ -382,11 +391,10 @@ def _loop(run: Run) -> tuple[float | None, float | None]:
                     bar.close()
                     raise _stopped(run, bad)
                 if run.evals and t.eval_every and position["step"] % t.eval_every == 0:
-                    run.eval_losses = eval_record(model, run.evals)
-                    eval_loss = run.eval_losses.get("eval_loss")
-                    run.log.write({"step": position["step"], **run.eval_losses})
-                    if eval_loss is not None:
-                        run.best.observe(position["step"], eval_loss, model)
+                    run.eval_metrics = eval_record(task, model, run.evals)
+                    run.log.write({"step": position["step"], **run.eval_metrics})
+                    if "eval_loss" in run.eval_metrics:
+                        run.best.observe(position["step"], run.eval_metrics["eval_loss"], model)
                 saved = bool(t.save_every) and position["step"] % t.save_every == 0
                 if saved:
                     save_checkpoint(run.run_dir, model, run.optimizer, position, t.keep_checkpoints)
@@ -397,7 +405,7 @@ def _loop(run: Run) -> tuple[float | None, float | None]:
                 position["epoch"] += 1
                 position["batch_in_epoch"] = 0
     bar.close()
-    return last_loss, eval_loss
+    return last_loss
 
 
 def _record(run: Run, position: dict, batches: int, stats: dict, tokens_per_s: float) -> dict:
@@ -411,12 +419,21 @@ def _record(run: Run, position: dict, batches: int, stats: dict, tokens_per_s: f
         "grad_norm": stats["grad_norm"] if finite else None,
         "tokens_per_s": tokens_per_s,
         "elapsed_s": position["elapsed_s"],
+        **(stats["metrics"] if finite else {}),
     }
     if not finite:
         record |= {"skipped": True, "bad_loss": repr(stats["loss"]), "bad_grad_norm": repr(stats["grad_norm"])}
     if position["skipped_steps"]:
         record["skipped_steps"] = position["skipped_steps"]
     return record
+
+
+def eval_line(task: Task, metrics: dict[str, float]) -> str:
+    """The end-of-training eval line: the loss (with its perplexity for sft's token loss) and the task's metrics."""
+    loss = metrics["eval_loss"]
+    line = f"eval loss {loss:.4f}" + (f" (perplexity {math.exp(min(loss, 50)):.2f})" if task is SFT else "")
+    others = [f"{name.removeprefix('eval_')} {value:.4f}" for name, value in metrics.items() if "eval_loss" not in name]
+    return ", ".join([line, *others])
 
 
 def _postfix(record: dict, skipped: int) -> dict[str, str]:

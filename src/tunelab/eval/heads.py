@@ -1,0 +1,351 @@
+"""`tunelab eval` for a run with a head (classify, reward): scores on a labelled file, saved as eval.json, and the
+report's section for them.
+
+classify  accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the tuned classifier, beside
+          the majority-class baseline (always the most frequent training label); the mean cross-entropy over the rows
+          whose label the run knows. Rows with a label the run never trained on are scored as errors (they cannot be
+          predicted) and listed.
+reward    pairwise accuracy (r_chosen > r_rejected), mean margin and mean -log sigmoid(margin) over the file's
+          preference pairs, beside the untrained head: the base model with the head the run started from (rebuilt
+          from the run's seed), which ranks pairs about as well as a coin.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.atomic import write_json
+from tunelab.data.report import DataReport, location
+from tunelab.errors import DataError, RunDirError
+from tunelab.eval.metrics import label_scores
+from tunelab.infer.predict import HeadRun, head_outputs, open_head_run
+from tunelab.models.load import load_hf_model, resolve_source
+from tunelab.peft.lora import adapters_disabled
+from tunelab.tasks.classify import read_labelled
+from tunelab.tasks.head import SequenceClassifier, new_score
+from tunelab.tasks.reward import read_pairs
+
+EVAL_FILE = "eval.json"
+SHOWN_ROWS = 200  # rows kept in eval.json for the report (the errors first)
+
+
+@dataclass
+class HeadEvalResult:
+    task: str
+    run_dir: str
+    data_file: str
+    base_model: str
+    method: str
+    device: str
+    rows_read: int  # rows (classify) or pairs (reward) scored
+    truncated: int  # inputs cut to the run's max_length (their last tokens kept)
+    tuned: dict  # classify: LabelScores + eval_loss; reward: accuracy, margin, loss, n
+    baseline: dict  # the same numbers for the baseline
+    baseline_name: str
+    skipped: dict[str, dict] = field(default_factory=dict)  # reason -> {count, locations}
+    unseen: dict[str, int] = field(default_factory=dict)  # classify: labels the run never trained on -> rows
+    rows: list[dict] = field(default_factory=list)  # per row, the errors first, at most SHOWN_ROWS
+    created: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_writable(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
+    if not path.parent.is_dir():
+        raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
+
+
+def _skips(report: DataReport) -> dict[str, dict]:
+    return {reason: {"count": s.count, "locations": s.locations} for reason, s in report.skips.items()}
+
+
+def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
+    d, report = run.data, DataReport()
+    rows = read_labelled([data_file], d.fields, d.system_prompt, report, lenient=True)
+    if not rows:
+        raise DataError(f"{data_file}: no rows to evaluate.")
+    wheres = [location(r.path, r.line) for r in rows]
+    logits, cut = head_outputs(run.model, run, [r.input for r in rows], batch_size, wheres)
+    expected = [r.label for r in rows]
+    predicted = [run.labels[i] for i in logits.argmax(dim=-1).tolist()]
+    index = {label: i for i, label in enumerate(run.labels)}
+    known = [i for i, label in enumerate(expected) if label in index]
+    loss = None
+    if known:
+        targets = torch.tensor([index[expected[i]] for i in known])
+        loss = F.cross_entropy(logits[known], targets).item()
+    unseen = Counter(label for label in expected if label not in index)
+    labels = run.labels + sorted(unseen)
+    counts = run.info.extra.get("label_counts") or {}
+    majority = max(run.labels, key=lambda label: counts.get(label, 0))
+    probs = logits.softmax(dim=-1)
+    table = [
+        {"where": w, "input": _shown(r.input), "expected": e, "predicted": p, "p": round(float(pr.max()), 4)}
+        for w, r, e, p, pr in zip(wheres, rows, expected, predicted, probs)
+    ]
+    table.sort(key=lambda t: t["expected"] == t["predicted"])  # errors first, file order otherwise
+    return {
+        "rows_read": len(rows),
+        "truncated": cut,
+        "tuned": label_scores(expected, predicted, labels).to_dict() | {"eval_loss": loss},
+        "baseline": label_scores(expected, [majority] * len(expected), labels).to_dict(),
+        "baseline_name": f"majority class ({majority})",
+        "skipped": _skips(report),
+        "unseen": dict(unseen),
+        "rows": table[:SHOWN_ROWS],
+    }
+
+
+def _shown(item) -> str:
+    if item.messages is None:
+        return item.text or ""
+    return next(m["content"] for m in reversed(item.messages) if m["role"] != "system")
+
+
+@contextmanager
+def untrained_model(run: HeadRun):
+    """The model the run started from: the base body (adapters off, or the base weights loaded) and the head drawn
+    from the run's seed, as a SequenceClassifier."""
+    model = run.model
+    config = model.body.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    score = new_score(
+        model.score.in_features, len(run.labels), run.seed, getattr(config, "initializer_range", 0.02), run.device
+    )
+    if run.info.is_adapter:
+        with adapters_disabled(model):
+            yield SequenceClassifier(model.body, score, model.prefix).eval()
+        return
+    dtype = next(model.parameters()).dtype
+    lm = load_hf_model(resolve_source(run.info.base_model), dtype, run.device, run.info.trust_remote_code)
+    yield SequenceClassifier(lm.base_model, score, lm.base_model_prefix).eval()
+
+
+def _pair_scores(margins: torch.Tensor) -> dict:
+    n = margins.numel()
+    return {
+        "n": n,
+        "accuracy": float((margins > 0).float().mean()) if n else None,
+        "margin": float(margins.mean()) if n else None,
+        "loss": float(F.softplus(-margins).mean()) if n else None,
+    }
+
+
+def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
+    d, report = run.data, DataReport()
+    pairs = read_pairs([data_file], d.fields, d.system_prompt, report, lenient=True)
+    if not pairs:
+        raise DataError(f"{data_file}: no preference pairs to evaluate. Skipped: {_skips(report) or 'none'}.")
+    wheres = [location(p.path, p.line) for p in pairs]
+    inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    n = len(pairs)
+    rewards, cut = head_outputs(run.model, run, inputs, batch_size, wheres + wheres)
+    with untrained_model(run) as untrained:
+        base, _ = head_outputs(untrained, run, inputs, batch_size, wheres + wheres)
+    margins, base_margins = rewards[:n, 0] - rewards[n:, 0], base[:n, 0] - base[n:, 0]
+    table = [
+        {
+            "where": w,
+            "chosen": _shown(p.chosen),
+            "rejected": _shown(p.rejected),
+            "chosen_reward": float(rewards[i, 0]),
+            "rejected_reward": float(rewards[n + i, 0]),
+            "margin": float(margins[i]),
+            "untrained_margin": float(base_margins[i]),
+        }
+        for i, (w, p) in enumerate(zip(wheres, pairs))
+    ]
+    table.sort(key=lambda t: t["margin"] > 0)
+    return {
+        "rows_read": n,
+        "truncated": cut,
+        "tuned": _pair_scores(margins),
+        "baseline": _pair_scores(base_margins),
+        "baseline_name": "untrained head",
+        "skipped": _skips(report),
+        "rows": table[:SHOWN_ROWS],
+    }
+
+
+def evaluate_head_run(
+    run_dir: str | Path,
+    data_file: str | Path,
+    device: str = "auto",
+    *,
+    batch_size: int = 16,
+    save: bool = True,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+) -> HeadEvalResult:
+    """Scores of a classify or reward run on `data_file`; with `save`, written to `out` (default RUN_DIR/eval.json)."""
+    run_dir = Path(run_dir)
+    target = Path(out) if out is not None else run_dir / EVAL_FILE
+    if save:
+        _check_writable(target, overwrite)
+    run = open_head_run(run_dir, device)
+    parts = (_classify if run.info.task == "classify" else _reward)(run, str(data_file), batch_size)
+    result = HeadEvalResult(
+        task=run.info.task,
+        run_dir=str(run_dir),
+        data_file=str(data_file),
+        base_model=run.info.base_model,
+        method=run.info.method,
+        device=str(run.device),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        **parts,
+    )
+    if save:
+        write_json(target, result.to_dict())
+    return result
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_head_eval(r: HeadEvalResult) -> str:
+    """The scores as text tables for the terminal."""
+    what = "rows" if r.task == "classify" else "preference pairs"
+    lines = [f"eval of {r.run_dir} ({r.task}) on {r.data_file}: {r.rows_read} {what}"]
+    if r.truncated:
+        lines.append(f"  {r.truncated} inputs were longer than the run's max_length: their last tokens were kept")
+    for reason, s in r.skipped.items():
+        lines.append(f"  skipped {s['count']}: {reason} ({', '.join(s['locations'])})")
+    t, b = r.tuned, r.baseline
+    name = r.baseline_name
+    width = max(len(name), 10)
+    if r.task == "reward":
+        table = [
+            ("pairwise accuracy", _pct(b["accuracy"]), _pct(t["accuracy"])),
+            ("mean margin", _num(b["margin"]), _num(t["margin"])),
+            ("loss (-log sigmoid)", _num(b["loss"]), _num(t["loss"])),
+        ]
+    else:
+        table = [
+            ("accuracy", _pct(b["accuracy"]), _pct(t["accuracy"])),
+            ("macro F1", _num(b["macro_f1"], 3), _num(t["macro_f1"], 3)),
+            ("eval loss", "-", _num(t["eval_loss"])),
+        ]
+    lines.append(f"  {'':<20}  {name:>{width}}  {'tuned':>10}")
+    lines += [f"  {k:<20}  {bv:>{width}}  {tv:>10}" for k, bv, tv in table]
+    if r.task == "classify":
+        lines += ["", "  per class (tuned)        precision   recall       F1  support  predicted"]
+        for label, c in t["per_class"].items():
+            lines.append(
+                f"  {label[:24]:<24} {c['precision']:>9.3f} {c['recall']:>8.3f} {c['f1']:>8.3f} {c['support']:>8} {c['predicted']:>10}"
+            )
+        lines += ["", "  confusion (rows: expected, columns: predicted)", _confusion_text(t["labels"], t["confusion"])]
+        if r.unseen:
+            shown = ", ".join(f"{label} ({n})" for label, n in r.unseen.items())
+            lines.append(f"  labels the run never trained on, scored as errors: {shown}")
+    return "\n".join(lines)
+
+
+def _confusion_text(labels: list[str], confusion: dict[str, dict[str, int]]) -> str:
+    short = [label[:10] for label in labels]
+    width = max(6, *(len(s) for s in short))
+    head = " " * (width + 2) + " ".join(f"{s:>{width}}" for s in short)
+    rows = [
+        f"  {s:<{width}}" + " ".join(f"{confusion.get(label, {}).get(other, 0):>{width}}" for other in labels)
+        for s, label in zip(short, labels)
+    ]
+    return "\n".join(["  " + head] + rows)
+
+
+# ---------------------------------------------------------------- the report's section (eval/report.py calls it)
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def head_eval_html(data: dict | None, problem: str | None = None) -> str:
+    """The report's evaluation section for a head run's eval.json (a dict as `HeadEvalResult.to_dict` wrote it)."""
+    if not isinstance(data, dict) or data.get("task") not in ("classify", "reward"):
+        why = problem or "eval.json holds no scores of a classify or reward run; run 'tunelab eval RUN --data FILE'"
+        return f'<p class="missing">No evaluation: {_e(why)}.</p>'
+    t, b, name = data["tuned"], data["baseline"], data.get("baseline_name", "baseline")
+    head = (
+        f"<p>{_e(data.get('rows_read'))} {'rows' if data['task'] == 'classify' else 'preference pairs'} of "
+        f"<code>{_e(data.get('data_file'))}</code>.</p>"
+    )
+
+    def row(label: str, bv: str, tv: str) -> str:
+        return f'<tr><th>{_e(label)}</th><td class="num">{_e(bv)}</td><td class="num">{_e(tv)}</td></tr>'
+
+    if data["task"] == "reward":
+        rows = [
+            row("pairwise accuracy", _pct(b["accuracy"]), _pct(t["accuracy"])),
+            row("mean margin", _num(b["margin"]), _num(t["margin"])),
+            row("loss (-log sigmoid margin)", _num(b["loss"]), _num(t["loss"])),
+        ]
+    else:
+        rows = [
+            row("accuracy", _pct(b["accuracy"]), _pct(t["accuracy"])),
+            row("macro F1", _num(b["macro_f1"], 3), _num(t["macro_f1"], 3)),
+        ]
+    parts = [
+        head,
+        f"<table><thead><tr><th></th><th>{_e(name)}</th><th>tuned</th></tr></thead><tbody>{''.join(rows)}</tbody></table>",
+    ]
+    if data["task"] == "classify":
+        per = "".join(
+            f'<tr><th>{_e(label)}</th><td class="num">{c["precision"]:.3f}</td><td class="num">{c["recall"]:.3f}</td>'
+            f'<td class="num">{c["f1"]:.3f}</td><td class="num">{c["support"]}</td><td class="num">{c["predicted"]}</td></tr>'
+            for label, c in t["per_class"].items()
+        )
+        parts.append(
+            "<h3>Per class (tuned)</h3><table><thead><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th>"
+            f"<th>support</th><th>predicted</th></tr></thead><tbody>{per}</tbody></table>"
+        )
+        labels, confusion = t["labels"], t["confusion"]
+        cells = "".join(
+            f"<tr><th>{_e(a)}</th>"
+            + "".join(f'<td class="num">{confusion.get(a, {}).get(p, 0) or ""}</td>' for p in labels)
+            + "</tr>"
+            for a in labels
+        )
+        parts.append(
+            "<h3>Confusion matrix (rows: expected, columns: predicted)</h3><table><thead><tr><th></th>"
+            + "".join(f"<th>{_e(p)}</th>" for p in labels)
+            + f"</tr></thead><tbody>{cells}</tbody></table>"
+        )
+        errors = [r for r in data.get("rows", []) if r["expected"] != r["predicted"]]
+        if errors:
+            body = "".join(
+                f'<tr><td>{_e(r["input"])}<span class="loc">{_e(r["where"])}</span></td><td>{_e(r["expected"])}</td>'
+                f'<td>{_e(r["predicted"])}</td><td class="num">{r["p"]:.3f}</td></tr>'
+                for r in errors
+            )
+            parts.append(
+                f'<h3>Misclassified rows ({len(errors)} shown)</h3><table class="answers"><thead><tr><th>input</th>'
+                f"<th>expected</th><th>predicted</th><th>p</th></tr></thead><tbody>{body}</tbody></table>"
+            )
+    else:
+        wrong = [r for r in data.get("rows", []) if r["margin"] <= 0]
+        if wrong:
+            body = "".join(
+                f'<tr><td>{_e(r["chosen"])}<span class="loc">{_e(r["where"])}</span></td><td>{_e(r["rejected"])}</td>'
+                f'<td class="num">{r["margin"]:+.3f}</td></tr>'
+                for r in wrong
+            )
+            parts.append(
+                f'<h3>Pairs ranked the wrong way ({len(wrong)} shown)</h3><table class="answers"><thead><tr>'
+                f"<th>chosen</th><th>rejected</th><th>margin</th></tr></thead><tbody>{body}</tbody></table>"
+            )
+    return "".join(parts)

@@ -1,0 +1,343 @@
+"""Sequence classification: the body of the LM and a linear head on each row's last real token (`tasks/head.py`).
+
+Rows are an input (`tasks/head_data.py`: a text, a chat, or a prompt) and a `label` (a string; numbers are read as
+their text). The label set is collected from the training rows, sorted, saved with the run (config.json's id2label,
+run.json's facts) and printed when the head is attached. The loss is the cross-entropy of the head's logits, summed
+over the step's rows and divided once by their number; with class weights each row's term is multiplied by its
+class's weight (still divided by the rows, not by the sum of weights as torch's weighted mean does: with balanced
+weights the two agree over the whole data set, and the step keeps one unit).
+
+Eval rows whose label the training rows never had cannot enter a cross-entropy over the known classes: they are
+skipped and counted in the data report (`tunelab eval` scores them, as errors). Packing is refused: each row is one
+example whose last token is read.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.config import ClassifyConfig, RunConfig
+from tunelab.data.loader import Datasets, epoch_order, split_eval
+from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.sources import read_records
+from tunelab.data.templates import resolve_template
+from tunelab.errors import ConfigError, DataError
+from tunelab.tasks.head import attach_head, save_head_run
+from tunelab.tasks.head_data import (
+    INPUT_FIELDS,
+    Input,
+    check_fields,
+    column,
+    fit,
+    is_empty,
+    no_input_error,
+    overlong_reason,
+    pad_rows,
+    read_input,
+    render,
+)
+from tunelab.tasks.task import Task
+from tunelab.training.build import BuiltModel
+
+FIELDS = (*INPUT_FIELDS, "system", "input", "label")
+UNSEEN = "label not among the training labels"
+
+
+@dataclass
+class Labelled:
+    """One row as read: its input and label (None when the file has no label column: prediction only)."""
+
+    input: Input
+    label: str | None
+    path: str
+    line: int
+
+
+@dataclass
+class LabelledRow:
+    """One row as the head sees it."""
+
+    input_ids: list[int]
+    label: int  # index into the run's labels; -1 for a label the run does not know (or none given)
+    weight: float  # the loss weight of its class (1 without class weights)
+    path: str
+    line: int
+
+    @property
+    def labels(self) -> list[int]:
+        """The row's target, as the resume digest reads every task's rows."""
+        return [self.label]
+
+
+def refuse_head_options(cfg: RunConfig) -> None:
+    """The options a head run cannot honour: packing (one example per row), eval.questions (answered by text
+    generation after training), and the sft data recipes (weighted sources, group_by_length, transform)."""
+    if cfg.data.packing:
+        raise ConfigError(
+            f"option 'data.packing' cannot be used with task {cfg.task}: the head reads each row's last token, so every "
+            "row must hold one example. Set data.packing to false."
+        )
+    if cfg.eval.questions:
+        raise ConfigError(
+            f"option 'eval.questions' cannot be used with task {cfg.task}: its questions are answered by generating "
+            f"text, which a {cfg.task} run does not do. Remove it and score held-out rows with "
+            "`tunelab eval RUN_DIR --data FILE` after training."
+        )
+    sources = [i for i, entry in enumerate(cfg.data.train, 1) if not isinstance(entry, str)]
+    if sources:
+        raise ConfigError(
+            f"option 'data.train', entry {sources[0]}: weighted sources (mappings) are read by task sft only; a "
+            f"{cfg.task} run reads a list of files. Give the files as plain paths."
+        )
+    for name, value in (("train.group_by_length", cfg.train.group_by_length), ("data.transform", cfg.data.transform)):
+        if value:
+            raise ConfigError(f"option '{name}' is for task sft; a {cfg.task} run does not use it. Remove it.")
+
+
+def label_text(value, where: str, key: str) -> str:
+    """A label as text: strings stripped, integers and booleans as written; DataError when missing or empty."""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    elif isinstance(value, int | float):
+        value = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    if not isinstance(value, str):
+        got = "nothing (null)" if value is None else f"a {type(value).__name__}"
+        raise DataError(
+            f"{where}: field '{key}' must be a label (text or a number), got {got}. Give every row a label."
+        )
+    if not value.strip():
+        raise DataError(f"{where}: field '{key}' is empty. Give every row a label, or remove the row.")
+    return value.strip()
+
+
+def read_labelled(
+    paths: list[str],
+    fields: dict[str, str],
+    system_prompt: str | None,
+    report: DataReport,
+    *,
+    require_label: bool = True,
+    lenient: bool = False,
+) -> list[Labelled]:
+    """Rows of the files as Labelled; DataError (file:line and field) for a row without input or label."""
+    out = []
+    for record in read_records(paths):
+        report.read(record.path)
+        report.formats.setdefault(record.path, "label rows")
+        where = location(record.path, record.line)
+        item = read_input(record.row, fields, where, system_prompt, lenient)
+        if item is None:
+            raise no_input_error(where, record.row, fields, "classify")
+        key = column(record.row, fields, "label", lenient)
+        if key is None and require_label:
+            mapped = f" (data.fields maps label to '{fields['label']}')" if "label" in fields else ""
+            raise DataError(
+                f"{where}: field '{fields.get('label', 'label')}' is missing{mapped}; every training row needs a label. "
+                f"This row has {', '.join(map(str, record.row))}. Add the label, or map your column with data.fields "
+                "(e.g. {label: category})."
+            )
+        label = label_text(record.row[key], where, key) if key is not None else None
+        if is_empty(item):
+            report.skip("empty input", record.path, record.line)
+            continue
+        out.append(Labelled(item, label, record.path, record.line))
+    return out
+
+
+def class_weights(cfg: ClassifyConfig, labels: list[str], counts: Counter) -> dict[str, float]:
+    """Per-label loss weights: 1, or balanced n / (K * n_c), then label_weights for the labels it names."""
+    n, k = sum(counts.values()), len(labels)
+    weights = {c: (n / (k * counts[c]) if cfg.class_weights == "balanced" else 1.0) for c in labels}
+    for label, value in cfg.label_weights.items():
+        if label not in weights:
+            raise ConfigError(
+                f"option 'classify.label_weights' names the label {label!r}, which no training row has; the labels "
+                f"are {', '.join(labels)}."
+            )
+        try:
+            weights[label] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"option 'classify.label_weights': the weight of {label!r} must be a number, got {value!r}."
+            ) from None
+        if not weights[label] >= 0:
+            raise ConfigError(f"option 'classify.label_weights': the weight of {label!r} must be >= 0, got {value}.")
+    return weights
+
+
+def to_rows(
+    items: list[Labelled],
+    labels: list[str],
+    weights: dict[str, float],
+    tokenizer,
+    template,
+    max_length: int,
+    overlong: str,
+    report: DataReport,
+    *,
+    skip_unseen: bool,
+) -> list[LabelledRow]:
+    """Render, fit to max_length and index the labels; drops are counted in `report`."""
+    index = {label: i for i, label in enumerate(labels)}
+    encoded = render([it.input for it in items], tokenizer, template, [location(it.path, it.line) for it in items])
+    report.add_lengths([len(ids) for ids in encoded])
+    rows = []
+    for item, ids in zip(items, encoded):
+        if item.label is not None and item.label not in index and skip_unseen:
+            report.skip(f"{UNSEEN} ({item.label!r})", item.path, item.line)
+            continue
+        fitted = fit(ids, max_length, overlong)
+        if fitted is None:
+            report.skip(overlong_reason(max_length), item.path, item.line)
+            continue
+        if len(fitted) < len(ids):
+            report.truncated(item.path)
+        report.used(item.path)
+        label = index.get(item.label, -1) if item.label is not None else -1
+        rows.append(LabelledRow(fitted, label, weights.get(item.label, 1.0), item.path, item.line))
+    return rows
+
+
+def _stats(rows: list[LabelledRow], examples: int) -> SplitStats:
+    tokens = sum(len(r.input_ids) for r in rows)
+    return SplitStats(examples=examples, used=len(rows), rows=len(rows), tokens=tokens, loss_tokens=len(rows))
+
+
+def input_kind(items: list[Labelled]) -> str:
+    kinds = {"chat" if it.input.is_chat else "text" for it in items}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
+    refuse_head_options(cfg)
+    d = cfg.data
+    if not d.train:
+        raise ConfigError("option 'data.train' is empty; give one or more files of rows with a text and a label.")
+    check_fields(d.fields, FIELDS, cfg.task)
+    report = DataReport(max_length=d.max_length)
+    template = resolve_template(d.template, tokenizer)
+    items = read_labelled(d.train, d.fields, d.system_prompt, report)
+    if d.eval:
+        held = read_labelled([d.eval], d.fields, d.system_prompt, report, lenient=True)
+        report.eval_source = "file"
+    else:
+        items, held = split_eval(items, d.eval_fraction, seed)
+        report.eval_source = "fraction" if held else "none"
+    counts = Counter(it.label for it in items)
+    labels = sorted(counts)
+    if len(labels) < 2:
+        found = f"only the label {labels[0]!r}" if labels else "no labelled rows"
+        raise DataError(
+            f"{', '.join(d.train)}: the training rows have {found}; a classifier needs at least two classes. Add rows "
+            "of the other classes (or check that data.fields maps the right column to label)."
+        )
+    weights = class_weights(cfg.classify, labels, counts)
+    report.template = template.name if any(it.input.is_chat for it in items + held) else "none (text only)"
+    args = (tokenizer, template, d.max_length, d.overlong, report)
+    train = to_rows(items, labels, weights, *args, skip_unseen=False)
+    if not train:
+        raise DataError(f"{', '.join(d.train)}: no usable training rows. {report.summary()}")
+    evals = to_rows(held, labels, weights, *args, skip_unseen=True)
+    report.train, report.eval = _stats(train, len(items)), _stats(evals, len(held))
+    facts = {
+        "labels": labels,
+        "label_counts": {label: counts[label] for label in labels},
+        "input": input_kind(items),
+    }
+    if cfg.classify.class_weights != "none" or cfg.classify.label_weights:
+        facts["class_weights"] = weights
+    return Datasets(train, evals, template, report, facts=facts)
+
+
+def make_batches(
+    rows: list[LabelledRow], micro_batch: int, pad_id: int, *, shuffle: bool, seed: int, epoch: int
+) -> list[dict]:
+    """Right-padded batches: input_ids, attention_mask, position_ids (B, T); targets (B,) int64; weights (B,) fp32;
+    sources, per row its file:line (in a list, as sft batches give a packed row's several)."""
+    order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
+    batches = []
+    for start in range(0, len(order), micro_batch):
+        chunk = [rows[i] for i in order[start : start + micro_batch]]
+        batch = pad_rows([r.input_ids for r in chunk], pad_id)
+        batch["targets"] = torch.tensor([r.label for r in chunk], dtype=torch.long)
+        batch["weights"] = torch.tensor([r.weight for r in chunk], dtype=torch.float32)
+        batch["sources"] = [[location(r.path, r.line)] for r in chunk]
+        batches.append(batch)
+    return batches
+
+
+def count(batch: dict) -> int:
+    return int(batch["targets"].shape[0])
+
+
+def loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Sum over rows of weight[y] * -log softmax(logits)[y]; the metric is the number of rows predicted right."""
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])  # (B, K) fp32
+    ce = F.cross_entropy(logits, batch["targets"], reduction="none")  # (B,)
+    correct = (logits.argmax(dim=-1) == batch["targets"]).sum()
+    return (ce * batch["weights"]).sum(), {"accuracy": correct.detach()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
+    """Mean loss, accuracy and macro-F1 (over the classes that occur or are predicted) on the eval rows."""
+    was_training = model.training
+    model.eval()
+    total, expected, predicted = 0.0, [], []
+    for batch in batches:
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        total += (F.cross_entropy(logits, batch["targets"], reduction="none") * batch["weights"]).sum().item()
+        expected += batch["targets"].tolist()
+        predicted += logits.argmax(dim=-1).tolist()
+    model.train(was_training)
+    if not expected:
+        return {}
+    accuracy, macro_f1 = accuracy_and_macro_f1(torch.tensor(expected), torch.tensor(predicted))
+    return {"eval_loss": total / len(expected), "eval_accuracy": accuracy, "eval_macro_f1": macro_f1}
+
+
+def accuracy_and_macro_f1(expected: torch.Tensor, predicted: torch.Tensor) -> tuple[float, float]:
+    """Accuracy and macro-F1 of class indices (N,), the mean of the per-class F1 over the classes that occur in
+    either; `tunelab eval` reports the same two numbers through eval/metrics.label_scores (a test holds them equal).
+
+        C[i, j] = rows of class i predicted j;  tp = diag(C);  F1_c = 2 tp_c / (rows of c + predictions of c)
+    """
+    classes, index = torch.unique(torch.cat([expected, predicted]), return_inverse=True)
+    k, n = len(classes), len(expected)
+    confusion = torch.bincount(index[:n] * k + index[n:], minlength=k * k).reshape(k, k).double()
+    tp = confusion.diag()
+    f1 = 2 * tp / (confusion.sum(dim=1) + confusion.sum(dim=0))  # both sums > 0 for every class in `classes`
+    return float(tp.sum() / n), float(f1.mean())
+
+
+def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
+    labels = data.facts["labels"]
+    attach_head(built, len(labels), cfg.train.seed)
+    counts = data.facts["label_counts"]
+    weights = data.facts.get("class_weights")
+    shown = ", ".join(
+        f"{label} {counts[label]}" + (f" (weight {weights[label]:.3g})" if weights else "") for label in labels
+    )
+    print(f"head: {len(labels)} labels on the last real token ({data.facts['input']} input): {shown}", flush=True)
+
+
+def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
+    save_head_run(folder, built, tokenizer, cfg.model.name, cfg.method.name, data.facts["labels"])
+
+
+CLASSIFY = Task(
+    name="classify",
+    build_data=build_data,
+    make_batches=make_batches,
+    count=count,
+    loss=loss,
+    prepare=prepare,
+    save=save,
+    evaluate=evaluate,
+)

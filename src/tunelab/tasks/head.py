@@ -1,0 +1,181 @@
+"""A linear head on each row's last real token: the model side of the classify and reward tasks.
+
+    hidden = body(input_ids, attention_mask)                  # (B, T, d) after the final norm; no LM head at all
+    pooled = hidden[b, last real token of row b]              # (B, d)
+    logits = pooled @ score.weight^T                          # (B, K); K = 1 for a reward model
+
+`SequenceClassifier` holds the body of a causal LM (our fast `LlamaModel`, or the transformers base model) under
+the name transformers gives it (`model` for the Llama family) and the head as `score`, so its parameter names are
+those of transformers' `*ForSequenceClassification`: checkpoints, the saved full weights and the PEFT adapter keys
+(`base_model.model.model.layers...`, the head as `modules_to_save`) are what transformers and PEFT expect.
+
+The last real token is found from the attention mask (the rightmost position whose mask is 1), so right padding (our
+batches) and left padding both work. transformers finds it as the rightmost token that is not the pad token; the two
+agree whenever a row does not end with the pad token itself, which no rendered row here does (chat rows end with the
+template's generation prompt or an end-of-turn newline, text rows with the text's last token, no EOS is appended).
+The head is fp32 (master weights, like the LoRA adapters) and reads the hidden state cast to fp32. Its initial
+weights come from a generator seeded with the run's seed, so the untrained head can be rebuilt for comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from tunelab.errors import ModelError, RunDirError
+from tunelab.models.llama import LlamaForCausalLM, LlamaModel
+from tunelab.models.load import load_hf_model, pick_device, pick_dtype, resolve_source
+from tunelab.models.untrained import repair_rows
+from tunelab.peft.save import load_adapter, save_adapter
+from tunelab.quant.linear import quantize_model_
+from tunelab.rundir import RunInfo
+from tunelab.training.build import BuiltModel
+
+HEAD = "score"  # transformers' name for the head of *ForSequenceClassification (Llama, Mistral, Qwen, Gemma, GPT-2)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of each row's last real token: the largest t with attention_mask[b, t] == 1 (0 for an empty row)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(dim=1)
+
+
+class SequenceClassifier(nn.Module):
+    """body + score: logits (B, K) fp32 from the hidden state of each row's last real token."""
+
+    def __init__(self, body: nn.Module, score: nn.Linear, prefix: str = "model"):
+        super().__init__()
+        self.prefix = prefix
+        self.add_module(prefix, body)  # the name transformers uses, so parameter names match its classifier's
+        self.score = score
+
+    @property
+    def body(self) -> nn.Module:
+        return self.get_submodule(self.prefix)
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, d) after the body's final norm."""
+        body = self.body
+        if isinstance(body, LlamaModel):  # our fast decoder
+            return body(input_ids, position_ids, attention_mask)
+        return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)  # (B, T, d)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        pooled = hidden[rows, last_token_index(attention_mask)]  # (B, d)
+        return self.score(pooled.float())  # (B, K)
+
+
+def new_score(hidden_size: int, num_labels: int, seed: int, std: float, device: torch.device) -> nn.Linear:
+    """An fp32 head N(0, std) drawn from its own generator seeded with `seed`: the same head for the same seed, whatever
+    else consumed random numbers before it (LoRA's initialisation does)."""
+    score = nn.Linear(hidden_size, num_labels, bias=False, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        score.weight.copy_(torch.randn(score.weight.shape, generator=generator) * std)
+    return score.to(device)
+
+
+def _text_config(hf_config):
+    return hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+
+
+def attach_head(built: BuiltModel, num_labels: int, seed: int) -> None:
+    """Replace the causal LM of `built` by its body plus a trainable head of `num_labels` outputs, in place. The LM
+    head is dropped (its weight stays only where it is tied to the embedding)."""
+    lm = built.model
+    if isinstance(lm, LlamaForCausalLM):
+        body, prefix, lm_head = lm.model, "model", lm.lm_head
+    else:
+        body, prefix, lm_head = lm.base_model, lm.base_model_prefix, lm.get_output_embeddings()
+    config = _text_config(built.hf_config)
+    score = new_score(config.hidden_size, num_labels, seed, getattr(config, "initializer_range", 0.02), built.device)
+    kept = {id(p) for p in body.parameters()}
+    dropped = [p for p in (lm_head.parameters() if lm_head is not None else []) if id(p) not in kept]
+    built.model = SequenceClassifier(body, score, prefix)
+    built.total += score.weight.numel() - sum(p.numel() for p in dropped)
+    built.trainable += score.weight.numel() - sum(p.numel() for p in dropped if p.requires_grad)
+
+
+def head_config(hf_config, labels: list[str], pad_token_id: int | None):
+    """The transformers config of the classifier: the causal LM's, with the labels and the sequence-classification
+    architecture (what AutoModelForSequenceClassification reads)."""
+    config = copy.deepcopy(hf_config)
+    config.architectures = [
+        a.replace("ForCausalLM", "ForSequenceClassification") for a in hf_config.architectures or []
+    ]
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.pad_token_id = pad_token_id
+    config.use_cache = True  # training switched it off; inference wants it back
+    return config
+
+
+def save_head_run(folder: Path, built: BuiltModel, tokenizer, base_model: str, method: str, labels: list[str]) -> None:
+    """The run's result, written into `folder`, loadable by transformers + PEFT:
+    lora: adapter_model.safetensors + adapter_config.json (task SEQ_CLS, the head as modules_to_save) and config.json
+          (the classifier's config, for id2label / label2id);
+    full, layers: model.safetensors + config.json of a *ForSequenceClassification model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = built.model
+    if method == "lora":
+        save_adapter(model, folder, base_model=base_model, task_type="SEQ_CLS", modules_to_save=[HEAD])
+    else:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    head_config(built.hf_config, labels, tokenizer.pad_token_id).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: str = "auto") -> SequenceClassifier:
+    """The classifier of a finished classify or reward run, in eval mode, on the generic path (the transformers body):
+    the base model with the adapter and head of a LoRA run (a QLoRA run's base quantized to NF4 again, as it was
+    trained), or the saved weights of a full or layers run."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    dev = pick_device(device)
+    quantize = info.is_adapter and info.quantize_base == "nf4"
+    # A QLoRA base is quantized again from the dtype it trained in, as infer/run.open_run does.
+    dt = getattr(torch, info.dtype) if dtype == "auto" and quantize and info.dtype else pick_dtype(dtype, dev)
+    try:
+        config = AutoConfig.from_pretrained(run_dir, trust_remote_code=info.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{run_dir}: the classifier's config.json cannot be read ({exc}).") from None
+    if info.is_adapter:
+        lm = load_hf_model(
+            resolve_source(info.base_model), dt, torch.device("cpu") if quantize else dev, info.trust_remote_code
+        )
+        repair_rows(lm, info.fixed_untrained_tokens)  # the base rows training repaired (models/untrained.py)
+        if quantize:
+            quantize_model_(lm, device=dev)
+        body, prefix = lm.base_model, lm.base_model_prefix
+        score = nn.Linear(_text_config(config).hidden_size, config.num_labels, bias=False, dtype=torch.float32)
+        model = SequenceClassifier(body, score, prefix)
+        load_adapter(model, run_dir)
+    else:
+        try:
+            hf = AutoModelForSequenceClassification.from_pretrained(
+                run_dir, dtype=dt, use_safetensors=True, trust_remote_code=info.trust_remote_code
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{run_dir}: the classifier's weights cannot be loaded ({exc}).") from None
+        model = SequenceClassifier(hf.base_model, hf.score.float(), hf.base_model_prefix)
+    return model.to(dev).eval()
+
+
+def run_labels(run_dir: Path) -> list[str]:
+    """The labels of a head run, in the order of the head's outputs (config.json's id2label)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(run_dir)
+    return [config.id2label[i] for i in range(config.num_labels)]

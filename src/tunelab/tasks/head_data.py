@@ -1,0 +1,155 @@
+"""What a head reads (the classify and reward tasks): a raw text or a chat, rendered to token ids, and right-padded.
+
+An input is one of (the first present wins; `data.fields` maps these names to your columns):
+
+    text                               raw text, tokenized as it is (with BOS when the tokenizer adds one)
+    messages | conversations           a chat: [{role, content}] or ShareGPT's [{from, value}]
+    prompt | question | instruction    one user turn (+ the row's `system`, else data.system_prompt)
+
+A chat is rendered with the run's prompt template: one that ends with a user turn gets the assistant prefix
+(`add_generation_prompt`), so the pooled last token is where the model would start its answer; one that ends with an
+answer is rendered whole (its end-of-turn marker included). Nothing is appended to a raw text: its last token is the
+pooled one.
+
+Inputs longer than data.max_length are dropped (data.overlong=drop, counted in the report) or cut to their LAST
+max_length tokens (truncate): the pooled token reads the end of the input, where a chat's answer is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tunelab.data.formats import parse_turns, text_field
+from tunelab.data.render import encode
+from tunelab.data.templates import Template, default_bos
+from tunelab.errors import ConfigError, DataError
+
+TEXT_FIELDS = ("text",)
+CHAT_FIELDS = ("messages", "conversations")
+PROMPT_FIELDS = ("prompt", "question", "instruction")
+INPUT_FIELDS = TEXT_FIELDS + CHAT_FIELDS + PROMPT_FIELDS
+
+
+@dataclass
+class Input:
+    """One input of a head: a raw text or a chat (exactly one is set)."""
+
+    text: str | None = None
+    messages: list[dict] | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+
+def column(row: dict, fields: dict[str, str], name: str, lenient: bool = False) -> str | None:
+    """The column holding canonical field `name` in `row` (data.fields applied), or None when absent. `lenient`
+    (eval and predict files) falls back to the canonical name when the mapped column is missing, so a test file with
+    a `label` column serves a run that mapped label to another column of its training file."""
+    key = fields.get(name, name)
+    if key in row:
+        return key
+    return name if lenient and name in row else None
+
+
+def check_fields(fields: dict[str, str], allowed: tuple[str, ...], task: str) -> None:
+    unknown = [k for k in fields if k not in allowed]
+    if unknown:
+        raise ConfigError(
+            f"option 'data.fields' maps unknown field(s) {', '.join(unknown)} for task {task}; the fields you can map "
+            f"are {', '.join(allowed)}."
+        )
+
+
+def as_turns(value, where: str, key: str) -> list[dict]:
+    """A message list in either spelling ({role, content} or {from, value}), or one such message on its own."""
+    if isinstance(value, dict):
+        value = [value]
+    sharegpt = isinstance(value, list) and value and isinstance(value[0], dict) and "from" in value[0]
+    return parse_turns(value, where, key, *(("from", "value") if sharegpt else ("role", "content")))
+
+
+def with_system(messages: list[dict], row: dict, fields: dict[str, str], where: str, system_prompt: str | None):
+    """Prepend the row's system field, else data.system_prompt, unless the chat starts with a system message."""
+    if messages and messages[0]["role"] == "system":
+        return messages
+    key = column(row, fields, "system")
+    system = text_field(row[key], where, key) if key else ""
+    system = system if system.strip() else (system_prompt or "")
+    return ([{"role": "system", "content": system}] if system.strip() else []) + messages
+
+
+def read_input(
+    row: dict, fields: dict[str, str], where: str, system_prompt: str | None, lenient: bool = False
+) -> Input | None:
+    """The row's input, or None when it has none of INPUT_FIELDS; DataError for a field of the wrong type."""
+    for name in INPUT_FIELDS:
+        key = column(row, fields, name, lenient)
+        if key is None:
+            continue
+        if name == "text":
+            return Input(text=text_field(row[key], where, key))
+        if name in CHAT_FIELDS:
+            return Input(messages=with_system(as_turns(row[key], where, key), row, fields, where, system_prompt))
+        prompt = text_field(row[key], where, key)
+        if name == "instruction" and (extra := column(row, fields, "input")):
+            more = text_field(row[extra], where, extra)
+            prompt = f"{prompt}\n\n{more}" if more.strip() else prompt
+        return Input(messages=with_system([{"role": "user", "content": prompt}], row, fields, where, system_prompt))
+    return None
+
+
+def is_empty(item: Input) -> bool:
+    if item.messages is not None:
+        return not any(m["content"].strip() for m in item.messages if m["role"] != "system")
+    return not (item.text or "").strip()
+
+
+def render(inputs: list[Input], tokenizer, template: Template, wheres: list[str] | None = None) -> list[list[int]]:
+    """Token ids of each input (see the module docstring); `wheres` (file:line per input) locates template errors."""
+    bos = [tokenizer.bos_token_id] if default_bos(tokenizer) else []
+    texts = []
+    for i, item in enumerate(inputs):
+        if item.messages is None:
+            texts.append(item.text)
+            continue
+        try:
+            texts.append(template.render(item.messages, add_generation_prompt=item.messages[-1]["role"] == "user")[0])
+        except ConfigError as exc:
+            raise ConfigError(f"{wheres[i]}: {exc}" if wheres else str(exc)) from None
+    encoded = encode(tokenizer, texts, [[] for _ in texts])
+    return [(ids if item.messages is not None else bos + ids) for item, (ids, _) in zip(inputs, encoded)]
+
+
+def fit(ids: list[int], max_length: int, overlong: str) -> list[int] | None:
+    """ids as they are, their last max_length tokens (overlong=truncate), or None (drop)."""
+    if len(ids) <= max_length:
+        return ids
+    return ids[-max_length:] if overlong == "truncate" else None
+
+
+def overlong_reason(max_length: int) -> str:
+    return f"longer than max_length ({max_length} tokens; data.overlong=drop)"
+
+
+def pad_rows(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and position_ids, all (B, T) int64, T the longest row."""
+    shape = (len(rows), max(len(r) for r in rows))
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    for b, ids in enumerate(rows):
+        input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[b, : len(ids)] = 1
+    position_ids = torch.arange(shape[1]).expand(shape).clone()
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+
+def no_input_error(where: str, row: dict, fields: dict[str, str], what: str) -> DataError:
+    mapped = ", ".join(f"{k} -> {v}" for k, v in fields.items())
+    return DataError(
+        f"{where}: the row has no input to {what}: give it one of the fields {', '.join(INPUT_FIELDS)} (this row has "
+        f"{', '.join(map(str, row)) or 'no fields'}{'; data.fields maps ' + mapped if mapped else ''}). Rename the "
+        "column or map it with data.fields, e.g. {text: message}."
+    )

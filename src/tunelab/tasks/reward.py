@@ -1,0 +1,300 @@
+"""A reward model: the head of `tasks/head.py` with one output, trained on preference pairs (Bradley-Terry).
+
+    r_c, r_r = head(prompt + chosen), head(prompt + rejected)        # scalars
+    loss     = -log sigmoid(r_c - r_r) = softplus(r_r - r_c)         # per pair, summed, divided by the step's pairs
+
+Rows hold `chosen` and `rejected` and, optionally, a prompt (`data.fields` maps the names):
+- `prompt` (or question, instruction): text or a message list; `chosen`/`rejected`: text, one message
+  ({role, content} / {from, value}) or a message list; the pair is the prompt's chat plus each answer;
+- LLaMA-Factory's preference format: `conversations` (ShareGPT turns ending with the user's) and `chosen`/`rejected`
+  as {from: gpt, value} messages (`messages` in OpenAI spelling works the same);
+- no prompt: `chosen`/`rejected` are whole texts (e.g. Anthropic HH-RLHF's transcripts) or whole conversations.
+
+A batch holds the P chosen rows then the P rejected rows (one forward pass); `count` is P. Pairs whose two sides are
+the same, or with an empty side, are skipped and counted in the data report. Metrics: pairwise accuracy (the share
+of pairs with r_c > r_r; a tie counts as wrong) and the mean margin r_c - r_r.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.config import RunConfig
+from tunelab.data.formats import text_field
+from tunelab.data.loader import Datasets, epoch_order, split_eval
+from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.sources import read_records
+from tunelab.data.templates import resolve_template
+from tunelab.errors import ConfigError, DataError
+from tunelab.tasks.classify import refuse_head_options
+from tunelab.tasks.head import attach_head, save_head_run
+from tunelab.tasks.head_data import (
+    CHAT_FIELDS,
+    PROMPT_FIELDS,
+    Input,
+    as_turns,
+    check_fields,
+    column,
+    fit,
+    is_empty,
+    overlong_reason,
+    pad_rows,
+    render,
+    with_system,
+)
+from tunelab.tasks.task import Task
+from tunelab.training.build import BuiltModel
+
+FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system")
+SAME = "chosen and rejected are the same"
+LABELS = ["reward"]  # the head's one output, as id2label names it
+
+
+@dataclass
+class Pair:
+    chosen: Input
+    rejected: Input
+    path: str
+    line: int
+
+
+@dataclass
+class PairRow:
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    path: str
+    line: int
+
+    @property
+    def input_ids(self) -> list[int]:
+        """Every token id the pair feeds the model (both sides), as the untrained-token scan reads rows."""
+        return self.chosen_ids + self.rejected_ids
+
+    @property
+    def labels(self) -> list[int]:
+        """Where the rejected side starts in input_ids: with it the resume digest tells the two sides apart."""
+        return [len(self.chosen_ids)]
+
+
+def read_prompt(row: dict, fields: dict[str, str], where: str, lenient: bool = False) -> list[dict] | None:
+    """The prompt's turns (without a system message), or None when the row has no prompt."""
+    for name in (*PROMPT_FIELDS, *CHAT_FIELDS):
+        key = column(row, fields, name, lenient)
+        if key is None:
+            continue
+        value = row[key]
+        if isinstance(value, list | dict):
+            return as_turns(value, where, key)
+        return [{"role": "user", "content": text_field(value, where, key)}]
+    return None
+
+
+def answer_input(
+    value, prompt: list[dict] | None, row: dict, fields: dict[str, str], where: str, key: str, system: str | None
+) -> Input:
+    """One side of a pair: the prompt's chat plus the answer, or a whole text or conversation when there is no prompt."""
+    if isinstance(value, list | dict):
+        turns = as_turns(value, where, key)
+    elif prompt is None:
+        return Input(text=text_field(value, where, key))
+    else:
+        turns = [{"role": "assistant", "content": text_field(value, where, key)}]
+    return Input(messages=with_system((prompt or []) + turns, row, fields, where, system))
+
+
+def read_pairs(
+    paths: list[str], fields: dict[str, str], system_prompt: str | None, report: DataReport, lenient: bool = False
+) -> list[Pair]:
+    """Rows of the files as Pairs; DataError (file:line) for a row without chosen or rejected."""
+    pairs = []
+    for record in read_records(paths):
+        report.read(record.path)
+        report.formats.setdefault(record.path, "preference pairs")
+        row, where = record.row, location(record.path, record.line)
+        keys = {name: column(row, fields, name, lenient) for name in ("chosen", "rejected")}
+        missing = [fields.get(name, name) for name, key in keys.items() if key is None]
+        if missing:
+            raise DataError(
+                f"{where}: field(s) {', '.join(missing)} missing; a preference row needs chosen and rejected (and "
+                f"optionally a prompt). This row has {', '.join(map(str, row)) or 'no fields'}. Map your columns with "
+                "data.fields, e.g. {chosen: better, rejected: worse}."
+            )
+        prompt = read_prompt(row, fields, where, lenient)
+        chosen, rejected = (
+            answer_input(row[keys[side]], prompt, row, fields, where, keys[side], system_prompt)
+            for side in ("chosen", "rejected")
+        )
+        if is_empty(chosen) or is_empty(rejected) or _answer_empty(chosen, prompt) or _answer_empty(rejected, prompt):
+            report.skip("empty chosen or rejected answer", record.path, record.line)
+        elif chosen == rejected:
+            report.skip(SAME, record.path, record.line)
+        else:
+            pairs.append(Pair(chosen, rejected, record.path, record.line))
+    return pairs
+
+
+ANSWER_FIELDS = ("answer", "completion", "response", "output")
+
+
+def read_scored(
+    paths: list[str], fields: dict[str, str], system_prompt: str | None, report: DataReport
+) -> list[tuple[Input, str, int]]:
+    """Rows to score one at a time (tunelab predict): a prompt and an answer (answer, completion, response or
+    output), a whole conversation (messages, conversations) or a whole text; (input, path, line) each."""
+    out = []
+    for record in read_records(paths):
+        report.read(record.path)
+        row, where = record.row, location(record.path, record.line)
+        prompt = read_prompt(row, fields, where, lenient=True)
+        answer = next((key for name in ANSWER_FIELDS if (key := column(row, fields, name, True))), None)
+        text = column(row, fields, "text", True)
+        if prompt is not None and (answer is not None or prompt[-1]["role"] == "assistant"):
+            item = (
+                answer_input(row[answer], prompt, row, fields, where, answer, system_prompt)
+                if answer
+                else Input(messages=with_system(prompt, row, fields, where, system_prompt))
+            )
+        elif text is not None:
+            item = Input(text=text_field(row[text], where, text))
+        else:
+            raise DataError(
+                f"{where}: nothing to score: give the row a prompt and an answer ({', '.join(ANSWER_FIELDS)}), a whole "
+                f"conversation (messages) or a text. It has {', '.join(map(str, row)) or 'no fields'}."
+            )
+        out.append((item, record.path, record.line))
+    return out
+
+
+def _answer_empty(side: Input, prompt: list[dict] | None) -> bool:
+    """The turns after the prompt say nothing (a chat side whose answer is blank)."""
+    if side.messages is None or prompt is None:
+        return False
+    return not any(m["content"].strip() for m in side.messages[-1:] if m["role"] == "assistant")
+
+
+def to_rows(
+    pairs: list[Pair], tokenizer, template, max_length: int, overlong: str, report: DataReport
+) -> list[PairRow]:
+    wheres = [location(p.path, p.line) for p in pairs]
+    sides = render([p.chosen for p in pairs] + [p.rejected for p in pairs], tokenizer, template, wheres + wheres)
+    report.add_lengths([len(ids) for ids in sides])
+    rows = []
+    for pair, chosen, rejected in zip(pairs, sides[: len(pairs)], sides[len(pairs) :]):
+        c, r = fit(chosen, max_length, overlong), fit(rejected, max_length, overlong)
+        if c is None or r is None:
+            report.skip(overlong_reason(max_length), pair.path, pair.line)
+            continue
+        if c == r:  # the same once cut to their last max_length tokens
+            report.skip(f"{SAME} in their last {max_length} tokens", pair.path, pair.line)
+            continue
+        if len(c) < len(chosen) or len(r) < len(rejected):
+            report.truncated(pair.path)
+        report.used(pair.path)
+        rows.append(PairRow(c, r, pair.path, pair.line))
+    return rows
+
+
+def _stats(rows: list[PairRow], examples: int) -> SplitStats:
+    tokens = sum(len(r.chosen_ids) + len(r.rejected_ids) for r in rows)
+    return SplitStats(examples=examples, used=len(rows), rows=2 * len(rows), tokens=tokens, loss_tokens=2 * len(rows))
+
+
+def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
+    refuse_head_options(cfg)
+    d = cfg.data
+    if not d.train:
+        raise ConfigError("option 'data.train' is empty; give one or more files of preference pairs.")
+    check_fields(d.fields, FIELDS, cfg.task)
+    report = DataReport(max_length=d.max_length)
+    template = resolve_template(d.template, tokenizer)
+    pairs = read_pairs(d.train, d.fields, d.system_prompt, report)
+    if d.eval:
+        held = read_pairs([d.eval], d.fields, d.system_prompt, report, lenient=True)
+        report.eval_source = "file"
+    else:
+        pairs, held = split_eval(pairs, d.eval_fraction, seed)
+        report.eval_source = "fraction" if held else "none"
+    report.template = template.name if any(p.chosen.is_chat for p in pairs + held) else "none (text only)"
+    train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)
+    if not train:
+        raise DataError(f"{', '.join(d.train)}: no usable preference pairs. {report.summary()}")
+    evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report)
+    report.train, report.eval = _stats(train, len(pairs)), _stats(evals, len(held))
+    kinds = {"chat" if p.chosen.is_chat else "text" for p in pairs}
+    return Datasets(train, evals, template, report, facts={"input": kinds.pop() if len(kinds) == 1 else "mixed"})
+
+
+def make_batches(
+    rows: list[PairRow], micro_batch: int, pad_id: int, *, shuffle: bool, seed: int, epoch: int
+) -> list[dict]:
+    """micro_batch pairs per batch: input_ids, attention_mask, position_ids (2P, T), the P chosen rows first;
+    sources, per chosen then rejected row the file:line of its pair."""
+    order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
+    batches = []
+    for start in range(0, len(order), micro_batch):
+        chunk = [rows[i] for i in order[start : start + micro_batch]]
+        batch = pad_rows([r.chosen_ids for r in chunk] + [r.rejected_ids for r in chunk], pad_id)
+        batch["sources"] = 2 * [[location(r.path, r.line)] for r in chunk]
+        batches.append(batch)
+    return batches
+
+
+def count(batch: dict) -> int:
+    return int(batch["input_ids"].shape[0]) // 2
+
+
+def margins(model: nn.Module, batch: dict) -> torch.Tensor:
+    """(P,) r_chosen - r_rejected."""
+    rewards = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])[:, 0]  # (2P,)
+    p = rewards.shape[0] // 2
+    return rewards[:p] - rewards[p:]
+
+
+def loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Sum over pairs of -log sigmoid(margin) (as softplus(-margin): no overflow for large margins)."""
+    m = margins(model, batch)
+    return F.softplus(-m).sum(), {"accuracy": (m > 0).sum().detach(), "margin": m.sum().detach()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
+    """Mean loss, pairwise accuracy and mean margin over the eval pairs."""
+    was_training = model.training
+    model.eval()
+    total, correct, margin, n = 0.0, 0, 0.0, 0
+    for batch in batches:
+        m = margins(model, batch)
+        total += F.softplus(-m).sum().item()
+        correct += int((m > 0).sum())
+        margin += m.sum().item()
+        n += m.numel()
+    model.train(was_training)
+    if not n:
+        return {}
+    return {"eval_loss": total / n, "eval_accuracy": correct / n, "eval_margin": margin / n}
+
+
+def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
+    attach_head(built, 1, cfg.train.seed)
+    print(f"head: one reward output on the last real token ({data.facts['input']} input)", flush=True)
+
+
+def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
+    save_head_run(folder, built, tokenizer, cfg.model.name, cfg.method.name, LABELS)
+
+
+REWARD = Task(
+    name="reward",
+    build_data=build_data,
+    make_batches=make_batches,
+    count=count,
+    loss=loss,
+    prepare=prepare,
+    save=save,
+    evaluate=evaluate,
+)

@@ -1,0 +1,66 @@
+"""The task seam: what a training objective supplies to the one loop (`training/recipe.py`) and step
+(`training/step.py`).
+
+A task is a data schema, a collate function, a loss with its metrics, and what gets saved. Each task module
+(`tasks/sft.py`, `tasks/classify.py`, ...) builds one frozen `Task` of plain functions; there is no base class and no
+hook a task could override. The loop calls them in this order:
+
+    data    = task.build_data(cfg, tokenizer, seed)          # rows, DataReport, template, facts (labels, ...)
+    built   = build_model(...)                                # the method (LoRA, full, layers) is applied here
+    task.prepare(built, data, cfg)                            # e.g. swap the LM head for a classification head
+    batches = task.make_batches(data.train, micro_batch, pad_id, shuffle=..., seed=..., epoch=...)
+    per optimizer step: train_step(model, micro_batches, ..., task)
+        total = sum(task.count(b) for b in micro_batches)    # the units the loss is normalised by
+        loss_sum, metric_sums = task.loss(model, batch)       # SUMS over the batch's units; divided once by total
+    every eval: task.evaluate(model, eval_batches) -> {"eval_loss": ..., "eval_<metric>": ...}
+    at the end: task.save(folder, built, tokenizer, cfg, data)     # into a staging folder, moved in once complete
+
+Contracts every task keeps:
+- `make_batches` orders rows by a pure function of (seed, epoch) (see `data.loader.epoch_order`), so a resumed run
+  takes the batches the uninterrupted one took; every batch has an `attention_mask` (B, T) of its real tokens.
+- `loss` returns the SUM over the batch's units (loss tokens for sft, rows for classify, pairs for reward) as a 0-dim
+  fp32 tensor, and metric sums over the same units (tensors or floats); the step divides both by the step's total
+  `count` once (STYLE.md habit 9), so micro-batches of any size weigh as one big batch would.
+- `evaluate` returns means over the eval batches' units, keys prefixed `eval_`, always with `eval_loss`.
+- Every trainable parameter is a parameter of `built.model` after `prepare`, so checkpoints (which save trainable
+  parameters by name) and the optimizer see all of them.
+- `rollout` (online tasks only, None otherwise) turns a batch of prompts into a training batch before the step.
+- Rows of every task carry `input_ids` (every token id the row feeds the model) and `labels` (its targets as ints):
+  the untrained-token scan and the resume digest (`training/resume.data_digest`) read these two. Batches carry
+  `sources`, per row the file:line of its examples, which the non-finite guard names when it stops a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Batch = dict[str, Any]  # tensors (B, ...) and plain per-row lists (e.g. packed doc_lengths)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    build_data: Callable[..., Any]
+    """(cfg: RunConfig, tokenizer, seed) -> Datasets: rows, report, template and facts of the task."""
+    make_batches: Callable[..., list[Batch]]
+    """(rows, micro_batch, pad_id, *, shuffle, seed, epoch) -> one epoch of batches."""
+    count: Callable[[Batch], int]
+    """The units of a batch the loss is normalised by."""
+    loss: Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, Any]]]
+    """(model, batch) -> (loss sum, metric sums), both summed over the batch's units."""
+    prepare: Callable[..., None]
+    """(built: BuiltModel, data, cfg) -> None: adapt the built model to the task, in place (may do nothing)."""
+    save: Callable[..., None]
+    """(folder, built, tokenizer, cfg, data) -> None: write the run's result into `folder` (an empty staging folder;
+    the recipe checks the weights are finite first and moves the files into the run directory once complete)."""
+    evaluate: Callable[[torch.nn.Module, list[Batch]], dict[str, float]]
+    """(model, batches) -> {"eval_loss": mean, "eval_<metric>": mean, ...}."""
+    rollout: Callable[..., Batch] | None = None
+    """(model, prompts_batch) -> batch, for online tasks that generate their training data; None otherwise."""
+    checks: Callable[..., list] | None = None
+    """(cfg, inputs) -> [CheckItem]: the cheap data checks `tunelab train` runs before loading the model (sft: those
+    of `tunelab check`); None when the task has none beyond what build_data refuses."""

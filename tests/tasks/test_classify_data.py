@@ -1,0 +1,148 @@
+"""Rows of the classify task: inputs, labels, the label set, class weights, and the bad input the issue lists."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from tunelab.config import load_config
+from tunelab.errors import ConfigError, DataError
+from tunelab.tasks.classify import CLASSIFY, UNSEEN
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _cfg(train, **over):
+    return load_config(None, {"task": "classify", "data.train": [train], "data.max_length": 64} | over).config
+
+
+def _build(tokenizer, train, **over):
+    return CLASSIFY.build_data(_cfg(train, **over), tokenizer, 0)
+
+
+def test_labels_are_collected_sorted_and_counted(smollm2_tokenizer, tmp_path):
+    rows = [{"text": f"text {i}", "label": ["spam", "ham", "ham"][i % 3]} for i in range(9)]
+    data = _build(smollm2_tokenizer, _write(tmp_path / "d.jsonl", rows))
+    assert data.facts["labels"] == ["ham", "spam"]
+    assert data.facts["label_counts"] == {"ham": 6, "spam": 3}
+    assert data.facts["input"] == "text"
+    assert [r.label for r in data.train] == [1, 0, 0] * 3
+    batch = CLASSIFY.make_batches(data.train, 4, 0, shuffle=False, seed=0, epoch=0)[0]
+    assert batch["targets"].tolist() == [1, 0, 0, 1] and CLASSIFY.count(batch) == 4
+    assert batch["weights"].tolist() == [1.0] * 4
+    assert batch["sources"] == [[f"{tmp_path / 'd.jsonl'}:{n}"] for n in (1, 2, 3, 4)]  # what the guard names
+    assert [r.labels for r in data.train[:2]] == [[1], [0]]  # what the resume digest reads
+
+
+def test_numbers_and_booleans_are_labels_as_written(smollm2_tokenizer, tmp_path):
+    rows = [
+        {"text": "a", "label": 1},
+        {"text": "b", "label": 0},
+        {"text": "c", "label": 2.0},
+        {"text": "d", "label": True},
+    ]
+    data = _build(smollm2_tokenizer, _write(tmp_path / "d.jsonl", rows))
+    assert data.facts["labels"] == ["0", "1", "2", "true"]
+
+
+def test_prompt_rows_become_chats_and_fields_map_columns(smollm2_tokenizer, tmp_path):
+    rows = [{"q": f"question {i}?", "category": "x" if i % 2 else "y"} for i in range(4)]
+    data = _build(
+        smollm2_tokenizer,
+        _write(tmp_path / "d.csv.jsonl", rows),
+        **{"data.fields": {"prompt": "q", "label": "category"}},
+    )
+    assert data.facts["input"] == "chat"
+    text = smollm2_tokenizer.decode(data.train[0].input_ids)
+    assert "question 0?" in text and text.endswith("<|im_start|>assistant\n")  # pooled where the answer would start
+
+
+def test_a_missing_label_names_file_and_line(smollm2_tokenizer, tmp_path):
+    path = _write(tmp_path / "d.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}, {"text": "c"}])
+    with pytest.raises(DataError, match=r"d\.jsonl:3: field 'label' is missing"):
+        _build(smollm2_tokenizer, path)
+
+
+def test_an_empty_label_names_file_and_line(smollm2_tokenizer, tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nhello,x\nworld,\nagain,y\n")
+    with pytest.raises(DataError, match=r"d\.csv:3: field 'label' is empty"):
+        _build(smollm2_tokenizer, str(path))
+
+
+def test_a_row_without_input_names_the_fields(smollm2_tokenizer, tmp_path):
+    path = _write(tmp_path / "d.jsonl", [{"body": "a", "label": "x"}])
+    with pytest.raises(DataError, match=r"d\.jsonl:1: the row has no input.*text, messages"):
+        _build(smollm2_tokenizer, path)
+
+
+def test_one_class_only_is_an_error(smollm2_tokenizer, tmp_path):
+    path = _write(tmp_path / "d.jsonl", [{"text": f"t{i}", "label": "same"} for i in range(5)])
+    with pytest.raises(DataError, match="only the label 'same'.*at least two classes"):
+        _build(smollm2_tokenizer, path)
+
+
+def test_eval_labels_training_never_saw_are_counted_not_fatal(smollm2_tokenizer, tmp_path):
+    train = _write(tmp_path / "t.jsonl", [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(6)])
+    held = _write(tmp_path / "e.jsonl", [{"text": "e1", "label": "a"}, {"text": "e2", "label": "zzz"}])
+    data = _build(smollm2_tokenizer, train, **{"data.eval": held})
+    assert len(data.eval) == 1
+    skip = data.report.skips[f"{UNSEEN} ('zzz')"]
+    assert skip.count == 1 and skip.locations == [f"{held}:2"]
+
+
+def test_balanced_and_explicit_class_weights(smollm2_tokenizer, tmp_path):
+    path = _write(tmp_path / "d.jsonl", [{"text": f"t{i}", "label": "a" if i < 6 else "b"} for i in range(8)])
+    data = _build(smollm2_tokenizer, path, **{"classify.class_weights": "balanced"})
+    assert data.facts["class_weights"] == {"a": 8 / (2 * 6), "b": 8 / (2 * 2)}
+    data = _build(smollm2_tokenizer, path, **{"classify.label_weights": {"b": 5}})
+    assert data.facts["class_weights"] == {"a": 1.0, "b": 5.0}
+    with pytest.raises(ConfigError, match="names the label 'c'.*labels are a, b"):
+        _build(smollm2_tokenizer, path, **{"classify.label_weights": {"c": 2}})
+
+
+def test_the_eval_accuracy_and_macro_f1_are_tunelab_evals():
+    """The metrics logged during training are the ones `tunelab eval` reports (eval/metrics.label_scores), also
+    where a class is never predicted or only predicted."""
+    from tunelab.eval.metrics import label_scores
+    from tunelab.tasks.classify import accuracy_and_macro_f1
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        expected = torch.randint(0, 5, (30,), generator=gen)
+        predicted = torch.where(
+            torch.rand(30, generator=gen) < 0.6, expected, torch.randint(0, 7, (30,), generator=gen)
+        )
+        accuracy, macro_f1 = accuracy_and_macro_f1(expected, predicted)
+        want = label_scores(expected.tolist(), predicted.tolist(), sorted(set(expected.tolist() + predicted.tolist())))
+        assert accuracy == pytest.approx(want.accuracy, abs=1e-12) and macro_f1 == pytest.approx(
+            want.macro_f1, abs=1e-12
+        )
+
+
+def test_weighted_loss_is_the_sum_of_weighted_row_losses():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+
+    def model(ids, mask, positions):
+        return logits
+
+    batch = {"input_ids": None, "attention_mask": None, "position_ids": None}
+    batch |= {"targets": torch.tensor([0, 0, 1]), "weights": torch.tensor([1.0, 3.0, 0.5])}
+    loss, metrics = CLASSIFY.loss(model, batch)
+    by_hand = [-torch.log_softmax(logits[i], 0)[t] for i, t in enumerate([0, 0, 1])]
+    assert loss.item() == pytest.approx(float(by_hand[0] + 3 * by_hand[1] + 0.5 * by_hand[2]), rel=1e-6)
+    assert int(metrics["accuracy"]) == 1  # row 0 right; row 1 wrong; row 2 a tie resolved to class 0: wrong
+
+
+def test_overlong_rows_are_dropped_or_keep_their_end(smollm2_tokenizer, tmp_path):
+    long = " ".join(f"w{i}" for i in range(200))
+    path = _write(tmp_path / "d.jsonl", [{"text": long, "label": "a"}, {"text": "short", "label": "b"}] * 2)
+    data = _build(smollm2_tokenizer, path, **{"data.max_length": 16})
+    assert Counter(r.label for r in data.train) == {1: 2} and data.report.total_skipped == 2
+    data = _build(smollm2_tokenizer, path, **{"data.max_length": 16, "data.overlong": "truncate"})
+    assert len(data.train[0].input_ids) == 16
+    assert smollm2_tokenizer.decode(data.train[0].input_ids).endswith("w199")  # the end is kept

@@ -1,0 +1,131 @@
+"""The head on the last real token: pooling with padding, fast body against the transformers body, packing refused."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+from tunelab.kernels import select as select_ops
+from tunelab.models.hf_adapter import from_hf_model
+from tunelab.tasks import get_task
+from tunelab.tasks.head import SequenceClassifier, attach_head, last_token_index, new_score
+from tunelab.training.build import BuiltModel
+
+
+def _hf_model():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def _built(model, impl):
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return BuiltModel(model, impl, model.config, torch.device("cpu"), torch.float32, trainable, total)
+
+
+def test_last_token_index_with_right_and_left_padding():
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    left = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]])
+    assert last_token_index(right).tolist() == [2, 4, 0]
+    assert last_token_index(left).tolist() == [4, 4]
+
+
+@pytest.mark.parametrize("impl", ["generic", "fast"])
+def test_a_right_padded_row_gets_the_logits_it_gets_alone(impl):
+    hf = _hf_model()
+    lm = from_hf_model(hf, select_ops("auto")) if impl == "fast" else hf
+    built = _built(lm, impl)
+    attach_head(built, 3, seed=7)
+    model = built.model.eval()
+    rows = [[5, 17, 42, 9, 100, 7], [8, 3], [250, 11, 12]]
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)  # pad id 0, which also occurs inside no row
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(row)
+        mask[b, : len(row)] = 1
+    positions = torch.arange(width).expand(len(rows), width)
+    with torch.no_grad():
+        batched = model(ids, mask, positions)
+        alone = torch.cat([model(torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long)) for r in rows])
+        # the head reads the last real token's hidden state and nothing else
+        hidden = model.hidden_states(torch.tensor([rows[0]]), torch.ones(1, 6, dtype=torch.long))[0, -1]
+    assert batched.shape == (3, 3) and batched.dtype == torch.float32
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched[0], model.score(hidden), rtol=1e-5, atol=1e-6)
+
+
+def test_fast_and_generic_bodies_give_the_same_logits():
+    hf = _hf_model()
+    generic, fast = _built(hf, "generic"), _built(from_hf_model(hf, select_ops("auto")), "fast")
+    for built in (generic, fast):
+        attach_head(built, 4, seed=3)
+    ids = torch.tensor([[5, 17, 42, 9], [8, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    with torch.no_grad():
+        a, b = generic.model.eval()(ids, mask), fast.model.eval()(ids, mask)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # two implementations of the same fp32 maths
+
+
+def test_the_head_replaces_the_lm_head_and_trains():
+    hf = _hf_model()
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    built = _built(hf, "generic")
+    before = built.total
+    attach_head(built, 5, seed=1)
+    names = {n for n, _ in built.model.named_parameters()}
+    assert "score.weight" in names and not any("lm_head" in n for n in names)
+    assert all(n.startswith(("model.", "score.")) for n in names)  # transformers' *ForSequenceClassification names
+    assert built.trainable == 5 * 64 == sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+    assert built.total == before - 300 * 64 + 5 * 64  # the untied LM head is gone
+
+
+def test_the_initial_head_is_a_function_of_the_seed():
+    a, b, c = new_score(8, 2, 5, 0.02, "cpu"), new_score(8, 2, 5, 0.02, "cpu"), new_score(8, 2, 6, 0.02, "cpu")
+    assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_packing_is_refused(task, tmp_path):
+    cfg = load_config(None, {"task": task, "data.train": [str(tmp_path / "x.jsonl")], "data.packing": True}).config
+    with pytest.raises(ConfigError, match="data.packing.*last token"):
+        get_task(task).build_data(cfg, None, 0)
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_eval_questions_are_refused(task, tmp_path):
+    """Questions answered by generation after training: a head run generates nothing, so it is said before loading."""
+    over = {"task": task, "data.train": [str(tmp_path / "x.jsonl")], "eval.questions": str(tmp_path / "q.jsonl")}
+    with pytest.raises(ConfigError, match="eval.questions.*tunelab eval RUN_DIR --data"):
+        get_task(task).build_data(load_config(None, over).config, None, 0)
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_tunelab_check_and_federate_say_they_cover_sft(task, tmp_path):
+    from tunelab.checks.run import run_check
+
+    over = {"task": task, "data.train": [str(tmp_path / "x.jsonl")], "output_dir": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match=f"tunelab check covers task sft.*'task' is {task}"):
+        run_check(None, over, show=False)
+    pytest.importorskip("flwr")
+    from tunelab.federated.run import check_config
+
+    with pytest.raises(ConfigError, match=f"option 'task' is {task}; a federation trains task sft"):
+        check_config(load_config(None, {"task": task}).config)
+
+
+def test_sequence_classifier_keeps_the_body_under_transformers_name():
+    body = torch.nn.Linear(2, 2)
+    model = SequenceClassifier(body, torch.nn.Linear(2, 1), prefix="transformer")
+    assert model.body is body and {n for n, _ in model.named_parameters()} >= {"transformer.weight", "score.weight"}

@@ -1,0 +1,280 @@
+"""Head runs end to end on the tiny model: what they save loads in plain transformers + PEFT with the logits tunelab
+computes, a resumed run ends where an uninterrupted one does, and the CLI trains, predicts and evaluates them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tunelab.training.recipe as recipe
+from tunelab.cli import main
+from tunelab.infer.predict import head_outputs, open_head_run, text_input
+from tunelab.tasks.head_data import pad_rows, render
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def label_file(tmp_path):
+    words = {"pos": "great lovely fine", "neg": "awful bad sad", "neu": "table chair door"}
+    rows = [
+        {"prompt": f"{words[lab].split()[i % 3]} number {i}", "label": lab}
+        for i in range(24)
+        for lab in [("pos", "neg", "neu")[i % 3]]
+    ]
+    return _write(tmp_path / "labels.jsonl", rows)
+
+
+@pytest.fixture
+def pair_file(tmp_path):
+    rows = [
+        {"prompt": f"Say something kind {i}", "chosen": f"You are great {i}", "rejected": f"Go away {i}"}
+        for i in range(16)
+    ]
+    return _write(tmp_path / "pairs.jsonl", rows)
+
+
+def _overrides(tiny_model_dir, tmp_path, task, data, **more):
+    return {
+        "task": task,
+        "model.name": str(tiny_model_dir),
+        "data.train": [data],
+        "data.max_length": 64,
+        "method.r": 4,
+        "train.micro_batch": 4,
+        "train.lr": 5e-3,
+        "train.max_steps": 3,
+        "output_dir": str(tmp_path / f"run-{task}"),
+    } | more
+
+
+def _tunelab_and_hf_logits(run_dir, texts):
+    run = open_head_run(run_dir, device="cpu")
+    inputs = [text_input(run, t) for t in texts]
+    ours, _ = head_outputs(run.model, run, inputs)
+    ids = render(inputs, run.tokenizer, run.template)
+    batch = pad_rows(ids, run.tokenizer.pad_token_id)
+    return run, ours, batch
+
+
+@pytest.mark.parametrize("task, impl", [("classify", "fast"), ("reward", "generic")])
+def test_lora_head_loads_in_transformers_and_peft_with_identical_logits(
+    task, impl, tiny_model_dir, tmp_path, label_file, pair_file
+):
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    data = label_file if task == "classify" else pair_file
+    result = recipe.train(None, _overrides(tiny_model_dir, tmp_path, task, data, **{"model.impl": impl}))
+    run_dir = result.run_dir
+    saved = load_file(run_dir / "adapter_model.safetensors")
+    assert "base_model.model.score.weight" in saved
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in saved.items())  # the adapters trained
+    adapter = json.loads((run_dir / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS" and adapter["modules_to_save"] == ["score"]
+
+    config = AutoConfig.from_pretrained(run_dir)  # the run's config.json: labels and pad token
+    hf = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, config=config)
+    hf = PeftModel.from_pretrained(hf, run_dir).eval()
+    run, ours, batch = _tunelab_and_hf_logits(run_dir, ["great number 1", "sad", "door number twelve and more"])
+    with torch.no_grad():
+        theirs = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert ours.shape == (3, 3 if task == "classify" else 1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    if task == "classify":
+        assert config.id2label == {0: "neg", 1: "neu", 2: "pos"} and run.labels == ["neg", "neu", "pos"]
+
+
+def test_full_weights_load_as_a_transformers_classifier(tiny_model_dir, tmp_path, label_file):
+    from transformers import AutoModelForSequenceClassification
+
+    over = _overrides(
+        tiny_model_dir, tmp_path, "classify", label_file, **{"method.name": "layers", "method.top_layers": 1}
+    )
+    run_dir = recipe.train(None, over).run_dir
+    hf = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
+    _, ours, batch = _tunelab_and_hf_logits(run_dir, ["lovely number 3", "chair"])
+    with torch.no_grad():
+        theirs = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_resume_equals_uninterrupted(task, tiny_model_dir, tmp_path, monkeypatch, label_file, pair_file):
+    data = label_file if task == "classify" else pair_file
+    common = _overrides(tiny_model_dir, tmp_path, task, data, **{"train.max_steps": 5, "train.save_every": 2})
+    common |= {"method.dropout": 0.1, "data.eval_fraction": 0.25, "train.eval_every": 2}
+    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
+    real_step, calls = recipe.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # dies in step 4, after the checkpoint of step 2
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
+    monkeypatch.setattr(recipe, "train_step", real_step)
+    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+
+    a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
+    assert a.keys() == b.keys() and "base_model.model.score.weight" in a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    timing = ("tokens_per_s", "elapsed_s")  # wall-clock figures, the only ones allowed to differ
+    records = [
+        [
+            {k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
+        for r in (straight, resumed)
+    ]
+    assert records[0] == records[1]
+    assert any("eval_accuracy" in r for r in records[0]) and any("accuracy" in r for r in records[0])
+
+
+def test_qlora_classifier_trains_and_predicts(tiny_model_dir, tmp_path, label_file):
+    over = _overrides(
+        tiny_model_dir, tmp_path, "classify", label_file, **{"method.quantize_base": "nf4", "train.max_steps": 2}
+    )
+    run_dir = recipe.train(None, over).run_dir
+    run = open_head_run(run_dir, device="cpu")
+    from tunelab.quant.linear import NF4Linear
+
+    assert any(isinstance(m, NF4Linear) for m in run.model.modules())  # evaluated over the 4-bit base it trained on
+    from tunelab.api import predict
+
+    (p,) = predict(run_dir, texts=["awful number 4"], device="cpu")
+    assert p.label in ("neg", "neu", "pos") and sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def _cli(*args):
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def _flags(overrides):
+    return [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+
+
+def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_file, pair_file, capsys):
+    over = _overrides(tiny_model_dir, tmp_path, "classify", label_file, **{"data.eval_fraction": 0.25})
+    done = _cli("train", *_flags(over))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "head: 3 labels on the last real token (chat input): neg 6, neu 6, pos 6" in done.stdout
+    assert "eval loss " in done.stdout and "accuracy" in done.stdout
+    run = tmp_path / "run-classify"
+    info = json.loads((run / "run.json").read_text())
+    assert info["task"] == "classify" and info["extra"]["labels"] == ["neg", "neu", "pos"]
+
+    out = tmp_path / "pred.csv"
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--text",
+                "great number 7",
+                "--data",
+                label_file,
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "(text 1)" in printed and "labels.jsonl:1)" in printed
+    lines = out.read_text().splitlines()
+    assert lines[0] == "where,input,label,p_neg,p_neu,p_pos,expected" and len(lines) == 1 + 24 + 1
+    assert main(["eval", str(run), "--data", label_file, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "majority class" in printed and "confusion" in printed and "macro F1" in printed
+    saved = json.loads((run / "eval.json").read_text())
+    assert (
+        saved["task"] == "classify"
+        and saved["tuned"]["n"] == 24
+        and saved["baseline"]["accuracy"] == pytest.approx(1 / 3)
+    )
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "Confusion matrix" in page and "Per class (tuned)" in page
+
+    over = _overrides(tiny_model_dir, tmp_path, "reward", pair_file, **{"method.name": "full"})
+    done = _cli("train", *_flags(over))
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "run-reward"
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--prompt",
+                "Say something kind",
+                "--answer",
+                "You are great",
+                "--answer",
+                "Go away",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "(answer 1)" in printed and "(answer 2)" in printed
+    assert main(["eval", str(run), "--data", pair_file, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "pairwise accuracy" in printed and "untrained head" in printed
+    # a head run generates no text: the generative commands say so and exit 2
+    assert main(["generate", str(run), "--prompt", "hi"]) == 2
+    assert "tunelab predict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_non_finite_head_steps_stop_the_run_naming_the_rows(task, tiny_model_dir, tmp_path, label_file, pair_file, monkeypatch):  # fmt: skip
+    """The guard of train_step holds for every task: NaN losses are skipped, and max_bad_steps of them stop the run
+    with the rows of the first bad step (the head batches carry their file:line) and nothing written."""
+    import dataclasses
+
+    from tunelab.errors import TrainingStopped
+    from tunelab.tasks import TASKS
+
+    real = TASKS[task]
+
+    def poisoned(model, batch):
+        loss, metrics = real.loss(model, batch)
+        return loss * float("nan"), metrics
+
+    monkeypatch.setitem(TASKS, task, dataclasses.replace(real, loss=poisoned))
+    data = label_file if task == "classify" else pair_file
+    with pytest.raises(TrainingStopped, match=r"steps 1-3.*(labels|pairs)\.jsonl:\d+"):
+        recipe.train(None, _overrides(tiny_model_dir, tmp_path, task, data, **{"train.max_steps": 5}))
+    run_dir = tmp_path / f"run-{task}"
+    assert not (run_dir / "adapter_model.safetensors").exists()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("skipped") for r in records] == [True] * 3 and "accuracy" not in records[0]
+
+
+def test_bad_classify_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path):
+    bad = _write(tmp_path / "bad.jsonl", [{"text": "a", "label": "x"}, {"text": "b"}])
+    done = _cli("train", *_flags(_overrides(tiny_model_dir, tmp_path, "classify", bad)))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "bad.jsonl:2: field 'label' is missing" in done.stderr

@@ -1,0 +1,90 @@
+"""The reward task: the Bradley-Terry loss by hand, the pair formats it reads, and the pairs it skips."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tunelab.config import load_config
+from tunelab.errors import DataError
+from tunelab.tasks.reward import REWARD, SAME
+
+LLAMAFACTORY = "/work/shared/data/llamafactory_dpo_en_demo/dpo_en_demo.json"
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _build(tokenizer, train, **over):
+    cfg = load_config(None, {"task": "reward", "data.train": [train], "data.max_length": 256} | over).config
+    return REWARD.build_data(cfg, tokenizer, 0)
+
+
+def test_the_loss_is_minus_log_sigmoid_of_the_margins_summed():
+    rewards = torch.tensor([[1.5], [-0.2], [0.3], [0.1], [0.4], [0.3]])  # chosen rows 0-2, rejected rows 3-5
+
+    def model(ids, mask, positions):
+        return rewards
+
+    batch = {"input_ids": torch.zeros(6, 4, dtype=torch.long), "attention_mask": None, "position_ids": None}
+    loss, metrics = REWARD.loss(model, batch)
+    margins = [1.5 - 0.1, -0.2 - 0.4, 0.3 - 0.3]
+    by_hand = sum(-math.log(1 / (1 + math.exp(-m))) for m in margins)
+    assert REWARD.count(batch) == 3
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+    assert int(metrics["accuracy"]) == 1  # a tie is not a win
+    assert float(metrics["margin"]) == pytest.approx(sum(margins), abs=1e-6)
+
+
+def test_batches_hold_the_chosen_rows_then_the_rejected_ones(smollm2_tokenizer, tmp_path):
+    rows = [{"prompt": f"Q{i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(3)]
+    data = _build(smollm2_tokenizer, _write(tmp_path / "p.jsonl", rows))
+    (batch,) = REWARD.make_batches(data.train, 3, smollm2_tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
+    texts = [smollm2_tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]  # fmt: skip
+    assert ["good 0" in texts[0], "good 2" in texts[2], "bad 0" in texts[3], "bad 2" in texts[5]] == [True] * 4
+    assert all("Q0?" in t for t in (texts[0], texts[3]))
+    assert texts[0].endswith("<|im_end|>\n")  # the answer's turn closed, as the template writes it
+
+
+def test_llamafactory_preference_format(smollm2_tokenizer):
+    data = _build(smollm2_tokenizer, LLAMAFACTORY, **{"data.max_length": 4096})
+    assert data.report.total_read == 300 and data.facts["input"] == "chat"
+    first = json.loads(open(LLAMAFACTORY).read())[0]
+    text = smollm2_tokenizer.decode(data.train[0].chosen_ids)
+    assert first["conversations"][0]["value"] in text and first["chosen"]["value"].strip()[:80] in text
+    assert first["rejected"]["value"].strip()[:80] in smollm2_tokenizer.decode(data.train[0].rejected_ids)
+
+
+def test_message_lists_and_whole_texts(smollm2_tokenizer, tmp_path):
+    rows = [
+        {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
+         "rejected": [{"role": "assistant", "content": "go away"}]},
+        {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: no"},
+    ]  # fmt: skip
+    data = _build(smollm2_tokenizer, _write(tmp_path / "p.jsonl", rows))
+    assert data.facts["input"] == "mixed" and len(data.train) == 2
+    assert smollm2_tokenizer.decode(data.train[1].chosen_ids) == rows[1]["chosen"]  # a whole text, as it is
+
+
+def test_equal_and_empty_pairs_are_counted_and_skipped(smollm2_tokenizer, tmp_path):
+    rows = [
+        {"prompt": "a", "chosen": "same", "rejected": "same"},
+        {"prompt": "b", "chosen": "yes", "rejected": " "},
+        {"prompt": "c", "chosen": "yes", "rejected": "no"},
+    ]
+    path = _write(tmp_path / "p.jsonl", rows)
+    data = _build(smollm2_tokenizer, path)
+    assert len(data.train) == 1
+    assert data.report.skips[SAME].locations == [f"{path}:1"]
+    assert data.report.skips["empty chosen or rejected answer"].locations == [f"{path}:2"]
+
+
+def test_a_row_without_rejected_names_file_and_line(smollm2_tokenizer, tmp_path):
+    path = _write(
+        tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "a", "chosen": "x"}]
+    )
+    with pytest.raises(DataError, match=r"p\.jsonl:2: field\(s\) rejected missing"):
+        _build(smollm2_tokenizer, path)
