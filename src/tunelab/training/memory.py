@@ -25,8 +25,9 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
   A checkpointed layer keeps only x (N d e), on the host when offloaded; a layer below every trained one nothing.
 
 Transients (the largest wins, on top of what is saved at that moment):
-- head: the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, one chunk of logits
-  min(N, 4096) V e and the fp32 losses 4N (`kernels/cross_entropy.py`);
+- head: the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, two chunks of logits
+  2 min(N, 4096) V e (the kernel holds one at a time; the GPU measured one more) and the fp32 losses 4N
+  (`kernels/cross_entropy.py`);
 - backward of a kept layer: d act N m e + two (N, d) gradients, beside all saved activations;
 - backward of a checkpointed layer, when every kept layer above has freed its activations: the attention half
   recomputed (its saved set above), the MLP in chunks of min(N, 4096) tokens (its saved set for a chunk, and d act
@@ -273,7 +274,9 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         "activations: checkpointed inputs": 0 if s.offload else checkpointed * E * n * d,
     }
     chunk = min(n, LOGITS_CHUNK)
-    head = E * n * d * 3 + 4 * n + E * chunk * c.vocab_size + 4 * n
+    # Two (chunk, V) blocks, not the one the kernel holds at a time: the H200 run of benchmarks/plan_bench.py measured
+    # the head phase one such block above that count, at 7B (V 32000) and at 8B (V 128256) alike (BENCHMARKS.md).
+    head = E * n * d * 3 + 4 * n + 2 * E * chunk * c.vocab_size + 4 * n
     kept_bwd = E * n * (c.intermediate_size + 2 * d)
     mlp_chunk = min(n, MLP_CHUNK)
     recompute = attention_saved(c, s, n) + mlp_saved(c, s, mlp_chunk) + E * mlp_chunk * c.intermediate_size

@@ -195,6 +195,11 @@ def train(
     if check:
         cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task)
     built, untrained = load_model(cfg, inputs)
+    auto = auto.with_lr(cfg.method, model_shape(built.hf_config))
+    longest = max((len(row.input_ids) for row in data.train), default=1)
+    # Checkpointing and offload (the memory planner) are set on the causal LM before the task adapts it: a head keeps
+    # the LM's body, and with it the body's recompute settings.
+    auto, memory = plan_memory(auto, cfg, built, longest)
     task.prepare(built, data, cfg)
     model = built.model
     print(
@@ -203,9 +208,6 @@ def train(
         flush=True,
     )
     print(untrained.summary(), flush=True)
-    auto = auto.with_lr(cfg.method, model_shape(built.hf_config))
-    longest = max((len(row.input_ids) for row in data.train), default=1)
-    auto, memory = plan_memory(auto, cfg, built, longest)  # checkpointing and offload: the memory planner
     print(auto.describe(), flush=True)
     trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
     t = trained.train
