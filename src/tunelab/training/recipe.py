@@ -104,7 +104,7 @@ def train(
     print(describe(resolved), flush=True)
     torch.manual_seed(cfg.train.seed)
 
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, cfg)
     source = resolve_source(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     data = task.build_data(cfg, tokenizer, cfg.train.seed)
