@@ -208,7 +208,7 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "simpo"])
+@pytest.mark.parametrize("loss", ["sigmoid", pytest.param("simpo", marks=pytest.mark.slow)])
 def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch, pair_file, loss):
     common = _overrides(tiny_model_dir, tmp_path, pair_file, **{"train.max_steps": 4, "train.save_every": 2})
     common |= {"dpo.loss": loss, "data.eval_fraction": 0.25, "train.eval_every": 2, "method.dropout": 0.1}
