@@ -108,7 +108,7 @@ def run_tunelab(args) -> dict:
     cache_reference(model, rows, args.pairs, 0, device)
     ref_s = time.perf_counter() - tic
     (batch,) = task.make_batches(rows, args.pairs, 0, shuffle=False, seed=0, epoch=0)
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, fused=device == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)

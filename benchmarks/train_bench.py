@@ -114,7 +114,7 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str):
     from tunelab.kernels import select
     from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
     from tunelab.peft.lora import attach_lora
-    from tunelab.peft.quant import materialize_quantized_
+    from tunelab.quant.linear import materialize_quantized_
 
     config = LlamaConfig.from_hf(SHAPES[shape])
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -139,6 +139,8 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str):
 
 
 def run(args) -> dict:
+    from tunelab.peft.group import set_grouping
+
     # As `tunelab train` does: grow allocator segments instead of caching fixed blocks (less fragmentation).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cuda = torch.cuda.is_available()
@@ -151,7 +153,7 @@ def run(args) -> dict:
     model = build(args.shape, args.method, args.r, checkpointing, device)
     for layer in model.model.layers:
         layer.mlp_chunk_tokens = args.mlp_chunk or None
-        layer.self_attn.group_lora = layer.mlp.group_lora = False if args.no_group else None
+    set_grouping(model, False if args.no_group else None)
     load_s = time.perf_counter() - t0
     alloc_after_load = torch.cuda.memory_allocated() / GIB if cuda else 0.0
     params = [p for p in model.parameters() if p.requires_grad]

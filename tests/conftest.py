@@ -1,27 +1,99 @@
-"""Shared fixtures: the embedded model's tokenizer, and a tiny random Llama that loads like a real model directory."""
+"""Shared fixtures: the embedded model's tokenizer, a tokenizer built on the spot, a tiny random Llama that loads like
+a real model directory, and the numerics and device marks of the kernel tests.
 
+Where the embedded model is not installed (the GPU machine: its image has no `gguf` package, and the model is over
+what a device call carries) the tests that ask for its tokenizer skip, saying so, and the tiny model gets the built
+tokenizer, so the GPU tests that train or open a tiny run still run there.
+"""
+
+import importlib.util
 import json
+import os
 
 import pytest
 import torch
 
+from tunelab.errors import ModelError
 from tunelab.models.load import load_tokenizer, resolve_source
+
+
+def _embedded_tokenizer():
+    return load_tokenizer(resolve_source("smollm2-135m-instruct"))
 
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     """The embedded SmolLM2-135M-Instruct tokenizer (chatml chat template; eos = pad = <|im_end|>)."""
-    return load_tokenizer(resolve_source("smollm2-135m-instruct"))
+    try:
+        return _embedded_tokenizer()
+    except ModelError as exc:
+        pytest.skip(f"the embedded model cannot be loaded here: {exc}")
+
+
+_CORPUS = ["Hello there, Goodbye. Hi Bye Be brief.", "### Instruction: Response: [INST]"]
+# What the tiny runs of the tests say, so that their rows fit max_length 64 with a built tokenizer too.
+_TINY_RUN_TEXTS = [
+    "<|im_start|>system\nYou answer box questions.<|im_end|>\n<|im_start|>user\nWhat is the code of box 12?<|im_end|>\n",
+    "<|im_start|>assistant\nBox 12 has code 1444.<|im_end|>\n Code of box 7? Box 7: 1259. Code 1037 1074 1111 1148.",
+]
+
+
+# SmolLM2's chat template in its plain form, so that the stand-in answers apply_chat_template as the real one does.
+_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _base_tokenizer(extra_special=(), chat_template=None, corpus=_CORPUS, vocab_size=300):
+    """A tiny byte-level BPE tokenizer like a base Llama's: adds <s> by default, eos </s>, no chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<s>", "</s>", *extra_special]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+    tokenizer.chat_template = chat_template
+    return tokenizer
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
-    """A 2-layer random Llama with SmolLM2's tokenizer, saved as a Hugging Face directory (safetensors)."""
+def base_tokenizer():
+    """Builds a tiny byte-level BPE tokenizer like a base Llama's: `base_tokenizer(extra_special=(), chat_template=None)`
+    adds <s> by default, has eos </s> and no chat template unless given."""
+    return _base_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The tiny model's tokenizer: the embedded SmolLM2 one, or (where it cannot be loaded) a built base tokenizer."""
+    try:
+        return _embedded_tokenizer()
+    except ModelError:
+        return _base_tokenizer(
+            ("<|im_start|>", "<|im_end|>"), _CHATML, corpus=_CORPUS + _TINY_RUN_TEXTS * 20, vocab_size=600
+        )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer random Llama with SmolLM2's tokenizer (see tiny_tokenizer), saved as a Hugging Face directory."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
+        vocab_size=len(tiny_tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -29,14 +101,16 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
         num_key_value_heads=2,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
-        eos_token_id=smollm2_tokenizer.eos_token_id,
-        pad_token_id=smollm2_tokenizer.pad_token_id,
-        bos_token_id=smollm2_tokenizer.bos_token_id,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        bos_token_id=tiny_tokenizer.bos_token_id,
     )
     model = LlamaForCausalLM(config)
+    with torch.no_grad():  # transformers zeroes the pad row at init; a real checkpoint has trained it (pad = EOS here)
+        model.model.embed_tokens.weight[config.pad_token_id].normal_(std=config.initializer_range)
     path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path, safe_serialization=True)
-    smollm2_tokenizer.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
     return path
 
 
@@ -92,3 +166,81 @@ def tiny_run_dir(tmp_path_factory, tiny_model_dir):
         "output_dir": str(folder / "run"),
     }
     return train(None, overrides).run_dir
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Numerics and devices, for the kernel, quant, model and peft tests. Marks (registered in pyproject.toml, applied by
+# `pytest_collection_modifyitems` below): `gpu` needs a CUDA device; `triton` needs Triton and a device it runs on, a
+# CUDA GPU or the CPU through Triton's interpreter (TRITON_INTERPRET=1: slow, for kernel work).
+
+
+def _triton_device() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return None
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
+
+
+TRITON_DEVICE = _triton_device()
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = torch.cuda.is_available()
+    for item in items:
+        if item.get_closest_marker("gpu") is not None and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if item.get_closest_marker("triton") is not None and TRITON_DEVICE is None:
+            item.add_marker(pytest.mark.skip(reason="needs Triton and a CUDA device (or TRITON_INTERPRET=1)"))
+
+
+@pytest.fixture(scope="session")
+def triton_device() -> str:
+    """Where Triton kernels run in this session: "cuda", or "cpu" in Triton's interpreter (tests marked `triton`)."""
+    assert TRITON_DEVICE is not None, "a test that asks for triton_device must be marked @pytest.mark.triton"
+    return TRITON_DEVICE
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor, rms_floor: float = 0.0) -> float:
+    """||actual - expected|| / ||expected|| in float64, after checking that the shapes agree and actual is finite.
+
+    rms_floor > 0 floors ||expected|| at that root-mean-square size (rms_floor * sqrt(numel)), for expected values that
+    are exactly zero while the kernels return rounding noise (attention's dq with a single key)."""
+    assert actual.shape == expected.shape and torch.isfinite(actual).all()
+    a, e = actual.double(), expected.double()
+    return ((a - e).norm() / e.norm().clamp_min(max(1e-30, rms_floor * e.numel() ** 0.5))).item()
+
+
+@pytest.fixture(scope="session")
+def rel_error():
+    """`relative_error`, for the tests (their modules cannot import conftest under --import-mode=importlib)."""
+    return relative_error
+
+
+@pytest.fixture(scope="session")
+def deep_zero_row_model_dir(tmp_path_factory, smollm2_tokenizer):
+    """A 32-layer random Llama whose embedding row of <|im_start|>, the first token of every chat example, is zero:
+    the zero state at position 0 stays zero through every layer and the gradient overflows (models/untrained.py)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        eos_token_id=smollm2_tokenizer.eos_token_id,
+        pad_token_id=smollm2_tokenizer.pad_token_id,
+        bos_token_id=smollm2_tokenizer.bos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[smollm2_tokenizer.convert_tokens_to_ids("<|im_start|>")] = 0.0
+    path = tmp_path_factory.mktemp("deep-llama")
+    model.save_pretrained(path, safe_serialization=True)
+    smollm2_tokenizer.save_pretrained(path)
+    return path

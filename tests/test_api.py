@@ -1,6 +1,7 @@
 """The public API stays reachable as functions once every subpackage has been imported."""
 
 import importlib
+import importlib.util
 import pkgutil
 import subprocess
 import sys
@@ -9,10 +10,25 @@ import tunelab
 
 
 def test_api_names_are_not_shadowed_by_subpackages():
+    flower = importlib.util.find_spec("flwr") is not None  # tunelab.federated needs the optional federated extra
     for module in pkgutil.walk_packages(tunelab.__path__, "tunelab."):
-        if not module.name.startswith("tunelab.kernels."):
+        if module.name.startswith("tunelab.federated.") and not flower:
+            continue
+        needs_triton = module.name.startswith("tunelab.kernels.") or module.name.endswith("_triton")
+        if not needs_triton:
             importlib.import_module(module.name)
-    for name in ("train", "compare", "generate", "chat", "evaluate", "report", "merge", "export_gguf"):
+    for name in (
+        "train",
+        "check",
+        "compare",
+        "generate",
+        "chat",
+        "evaluate",
+        "report",
+        "merge",
+        "export_gguf",
+        "federate",
+    ):
         assert callable(getattr(tunelab, name)), name
 
 
@@ -20,3 +36,18 @@ def test_import_is_light():
     code = "import sys, tunelab; heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; print(heavy)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_comparison_after_training_belongs_to_the_api_not_the_recipe(tiny_overrides, tmp_path, capsys):
+    import json
+
+    from tunelab.training import recipe
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "What is the code of box 3?", "expected": "1111"}) + "\n")
+    overrides = tiny_overrides | {"train.max_steps": 1, "eval.questions": str(questions), "eval.max_new_tokens": 2}
+    plain = recipe.train(None, overrides | {"output_dir": str(tmp_path / "plain")})
+    assert not (plain.run_dir / "compare.json").exists()  # the training loop knows nothing of inference
+    result = tunelab.train(None, overrides | {"output_dir": str(tmp_path / "api")})
+    assert json.loads((result.run_dir / "compare.json").read_text())["rows"][0]["question"].startswith("What is")
+    assert "correct: base" in capsys.readouterr().out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.cli import main
+from tunelab.cli import join_negative_values, main, resume_command
 
 
 def _tunelab(*args, cwd=None):
@@ -97,10 +97,38 @@ def test_unreadable_json_line_is_located(tmp_path, capsys, tiny_model_dir):
     assert code == 2 and "bad.jsonl:2" in err and "not valid JSON" in err
 
 
-def test_unknown_flag_exits_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--train.lrr", "1"])
-    assert exc.value.code == 2
+def test_unknown_flag_exits_2_with_suggestions(capsys):
+    assert main(["train", "--train.lrr", "1"]) == 2
+    assert "unknown option 'train.lrr'. Did you mean --train.lr" in capsys.readouterr().err
+    assert main(["train", "--learning_rate", "1e-4"]) == 2
+    assert "Did you mean --train.lr?" in capsys.readouterr().err
+    assert main(["check", "--train.packing", "true"]) == 2
+    assert "Did you mean --data.packing" in capsys.readouterr().err
+
+
+def test_yaml_key_named_as_elsewhere_suggests_our_option(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  learning_rate: 1.0e-4\n  batch_size: 4\n")
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'train.learning_rate'. Did you mean train.lr?" in err and "Traceback" not in err
+
+
+def test_negative_value_is_parsed_and_refused_with_the_range(tmp_path, capsys):
+    assert join_negative_values(["train", "--train.lr", "-1e-4", "--x", "-y"]) == [
+        "train",
+        "--train.lr=-1e-4",
+        "--x",
+        "-y",
+    ]
+    assert main(["train", "--train.lr", "-1e-4", "--output_dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "option 'train.lr' is -0.0001; it must be >= 0.0" in err and "usage:" not in err
+
+
+def test_resume_command_repeats_the_command_line():
+    argv = ["train", "my config.yaml", "--train.lr=1e-4", "--overwrite"]
+    assert resume_command(argv) == "tunelab train 'my config.yaml' --train.lr=1e-4 --resume"
 
 
 def test_compare_on_missing_run_dir(tmp_path, capsys):

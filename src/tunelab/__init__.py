@@ -1,13 +1,14 @@
 """tunelab: fine-tune open LLMs on your own data.
 
-The API is imported on first use, so `import tunelab` stays fast: `tunelab.train(...)`, `tunelab.compare(...)`,
-`tunelab.generate(...)`, `tunelab.chat(...)`, `tunelab.load_config(...)`.
+The API is imported on first use, so `import tunelab` stays fast: `tunelab.train(...)`, `tunelab.check(...)`, `tunelab.compare(...)`,
+`tunelab.generate(...)`, `tunelab.chat(...)`, `tunelab.federate(...)`, `tunelab.load_config(...)`.
 """
 
 __version__ = "0.1.0"
 
 _API = {
     "train",
+    "check",
     "compare",
     "generate",
     "chat",
@@ -15,6 +16,11 @@ _API = {
     "report",
     "merge",
     "export_gguf",
+    "serve",
+    "cache_entries",
+    "cache_path",
+    "clear_cache",
+    "federate",
     "predict",
     "load_reward_model",
     "open_run",

@@ -2,7 +2,7 @@
 
 import tunelab
 result = tunelab.train("examples/company_faq/config.yaml", {"train.max_steps": 20})
-comparison = tunelab.compare(result.run_dir, questions="examples/company_faq/heldout.jsonl")
+comparison = tunelab.compare(result.run_dir, questions="examples/company_faq/heldout.jsonl", save=False)
 print(tunelab.generate(result.run_dir, "Where is your office?"))
 
 A classify or reward run (`task: classify | reward`) is read by `tunelab.predict` and `tunelab.evaluate`; a reward
@@ -12,16 +12,29 @@ run also serves as a reward function: `tunelab.load_reward_model(run_dir)(prompt
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from tunelab.infer.compare import Comparison, Question, format_comparison, read_questions, save_comparison
-from tunelab.infer.compare import compare as _compare
+from tunelab.config import ResolvedConfig, RunConfig
+from tunelab.errors import DataError
+from tunelab.eval.compare import (
+    Comparison,
+    check_writable,
+    compare_after_training,
+    compare_file,
+    format_comparison,
+    save_comparison,
+)
+from tunelab.eval.compare import compare as _compare
+from tunelab.eval.questions import Question, read_questions, run_data_config
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
-from tunelab.rundir import HEAD_TASKS, read_info
-from tunelab.training.recipe import TrainResult, train
+from tunelab.rundir import HEAD_TASKS, open_info, read_info
+from tunelab.training.recipe import TrainResult, resolve
+from tunelab.training.recipe import train as _train
 
 __all__ = [
     "train",
+    "check",
     "compare",
     "generate",
     "chat",
@@ -29,6 +42,11 @@ __all__ = [
     "report",
     "merge",
     "export_gguf",
+    "serve",
+    "cache_entries",
+    "cache_path",
+    "clear_cache",
+    "federate",
     "predict",
     "load_reward_model",
     "open_run",
@@ -39,8 +57,54 @@ __all__ = [
 ]
 
 
-def _open(run: str | Path | LoadedRun, device: str) -> LoadedRun:
-    return run if isinstance(run, LoadedRun) else open_run(run, device=device)
+def train(
+    config: str | Path | RunConfig | ResolvedConfig | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+    check: bool = True,
+    overwrite_non_run: bool = False,
+) -> TrainResult:
+    """Fine-tune as the config says and write the run directory; `overrides` are {'train.lr': 1e-4, ...}. `check`
+    runs the data checks of `tunelab check` first; `overwrite_non_run` lets `overwrite` replace a folder that is not a
+    tunelab run. When eval.questions is set, the base and the tuned model then answer them (compare.json, scores
+    printed)."""
+    resolved = resolve(config, overrides)
+    result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
+    if resolved.config.eval.questions:
+        compare_after_training(result.run_dir, resolved.config)
+    return result
+
+
+def _open(run: str | Path | LoadedRun, device: str, base_precision: str) -> LoadedRun:
+    return run if isinstance(run, LoadedRun) else open_run(run, device=device, base_precision=base_precision)
+
+
+def check(
+    config=None,
+    overrides: dict | None = None,
+    *,
+    resume: bool = False,
+    overwrite_non_run: bool = False,
+    html: str | Path | None = None,
+    examples: int = 3,
+    model: bool = True,
+    show: bool = False,
+):
+    """Everything `tunelab check` checks, for the same arguments as `train`; returns a CheckResult (.passed, .items,
+    .html: where the page was written). Writes nothing into output_dir. model=False skips the checks that load it."""
+    from tunelab.checks.run import run_check
+
+    return run_check(
+        config,
+        overrides,
+        resume=resume,
+        overwrite_non_run=overwrite_non_run,
+        html=html,
+        examples=examples,
+        model=model,
+        show=show,
+    )
 
 
 def compare(
@@ -52,18 +116,28 @@ def compare(
     save: bool = True,
     show: bool = False,
     refusal: str | None = None,
+    base_precision: str = "trained",
+    overwrite: bool = False,
+    show_answers: bool = False,
 ) -> Comparison:
     """Base and tuned model answer the same questions (from a file and/or given directly); scored where expected
-    answers exist. `refusal` defaults to the run's configured refusal sentence."""
-    loaded = _open(run, device)
-    items = read_questions(questions) if questions else []
-    items += [Question(q) for q in (question or [])]
-    refusal = refusal if refusal is not None else loaded.info.refusal
-    result = _compare(loaded, items, settings or GenerationSettings(), refusal)
-    if show:
-        print(format_comparison(result))
+    answers exist. `settings` default to greedy answers of the run's eval.max_new_tokens; `refusal` to the run's
+    refusal sentence. `save` writes RUN_DIR/compare.json, which must not exist unless `overwrite`. `show` prints the
+    scores, and the answers too with `show_answers`. `base_precision`: trained (a QLoRA adapter over the NF4 base it
+    was trained on) or 16bit (over the unquantized weights)."""
+    run_dir = run.run_dir if isinstance(run, LoadedRun) else Path(run)
+    info = run.info if isinstance(run, LoadedRun) else open_info(run_dir)
     if save:
-        save_comparison(result, loaded.run_dir)
+        check_writable(compare_file(run_dir), overwrite)  # before minutes of generation, not after
+    items = read_questions(questions, run_data_config(run_dir, info)) if questions else []
+    items += [Question.ask(q, info.system_prompt) for q in (question or [])]
+    if not items:
+        raise DataError("no questions to compare on: give a questions file or at least one question.")
+    loaded = _open(run, device, base_precision)
+    result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal)
+    path = save_comparison(result, run_dir, overwrite=overwrite) if save else None
+    if show:
+        print(format_comparison(result, path, show_answers))
     return result
 
 
@@ -74,9 +148,10 @@ def generate(
     base: bool = False,
     settings: GenerationSettings | None = None,
     device: str = "auto",
+    base_precision: str = "trained",
 ) -> str:
     """One answer from the tuned model (or the base model with base=True)."""
-    loaded = _open(run, device)
+    loaded = _open(run, device, base_precision)
     system = system if system is not None else loaded.system_prompt
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     settings = settings or GenerationSettings()
@@ -86,11 +161,16 @@ def generate(
     return generate_answers(loaded.model, loaded.tokenizer, loaded.template, [messages], settings)[0]
 
 
-def chat(run: str | Path | LoadedRun, settings: GenerationSettings | None = None, device: str = "auto") -> list[dict]:
+def chat(
+    run: str | Path | LoadedRun,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+    base_precision: str = "trained",
+) -> list[dict]:
     """Interactive chat on the terminal; returns the conversation."""
     from tunelab.infer.chat import chat as _chat
 
-    return _chat(_open(run, device), settings or GenerationSettings())
+    return _chat(_open(run, device, base_precision), settings or GenerationSettings())
 
 
 def evaluate(
@@ -103,10 +183,14 @@ def evaluate(
     out: str | Path | None = None,
     overwrite: bool = False,
     show: bool = False,
+    base_precision: str = "trained",
+    show_answers: bool = False,
 ):
     """Eval loss and perplexity, answer metrics (exact, contains, ROUGE-L, refusal) and label metrics, base and tuned.
-    For a classify run: accuracy, macro-F1, per-class P/R/F1 and the confusion matrix beside the majority class; for a
-    reward run: pairwise accuracy and mean margin beside the untrained head (`eval/heads.py`)."""
+    `settings` default to greedy answers of the run's eval.max_new_tokens. `show` prints the table (and the answers
+    with `show_answers`); eval.json holds everything. For a classify run: accuracy, macro-F1, per-class P/R/F1 and
+    the confusion matrix beside the majority class; for a reward run: pairwise accuracy and mean margin beside the
+    untrained head (`eval/heads.py`)."""
     from tunelab.eval.evaluate import evaluate_run, format_eval
 
     if not isinstance(run, LoadedRun) and read_info(run).task in HEAD_TASKS:
@@ -118,9 +202,11 @@ def evaluate(
             print(format_head_eval(result))
         return result
 
-    result = evaluate_run(run, data, settings, refusal, device, save=save, out=out, overwrite=overwrite)
+    result = evaluate_run(
+        run, data, settings, refusal, device, save=save, out=out, overwrite=overwrite, base_precision=base_precision
+    )
     if show:
-        print(format_eval(result))
+        print(format_eval(result, show_answers))
     return result
 
 
@@ -131,18 +217,88 @@ def report(run: str | Path, out: str | Path | None = None, overwrite: bool = Fal
     return build_report(run, out=out, overwrite=overwrite)
 
 
-def merge(run: str | Path, out: str | Path, overwrite: bool = False, dtype: str | None = None) -> Path:
-    """The adapter folded into the base weights, saved as a Hugging Face directory."""
+def merge(
+    run: str | Path, out: str | Path, overwrite: bool = False, dtype: str | None = None, show: bool = False
+) -> Path:
+    """The adapter folded into the base weights (a QLoRA base dequantized first), saved as a Hugging Face directory;
+    how far the merged model's logits are from the adapter's on a probe is saved in tunelab_merge.json (`show`: and
+    printed)."""
     from tunelab.export.merge import merge_run
 
-    return merge_run(run, out, overwrite=overwrite, dtype=dtype)
+    return merge_run(run, out, overwrite=overwrite, dtype=dtype, show=show)
 
 
-def export_gguf(run: str | Path, out: str | Path, qtype: str = "f16", overwrite: bool = False) -> Path:
-    """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0) and an Ollama Modelfile beside it."""
+def export_gguf(
+    run: str | Path,
+    out: str | Path,
+    qtype: str = "f16",
+    overwrite: bool = False,
+    check: bool | None = None,
+    check_questions: int = 8,
+    show: bool = False,
+) -> Path:
+    """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k) and an Ollama Modelfile
+    beside it. check: None runs the self-check when llama.cpp imports, True requires it, False skips it; its
+    verdict is written to NAME.check.json beside the file."""
     from tunelab.export.gguf import export_gguf as _export
 
-    return _export(run, out, qtype=qtype, overwrite=overwrite)
+    return _export(run, out, qtype=qtype, overwrite=overwrite, check=check, check_questions=check_questions, show=show)
+
+
+def serve(
+    run: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+) -> None:
+    """Serve the run over HTTP in OpenAI's chat-completions dialect until interrupted (needs the 'serve' extra).
+    `tunelab.server.serve.start_server` does the same on a background thread and returns its URL."""
+    from tunelab.server.serve import serve as _serve
+
+    _serve(run, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings, device=device)
+
+
+def cache_entries():
+    """The converted GGUF models in tunelab's cache (name, path, size_bytes, modified, complete), largest first."""
+    from tunelab.conversion_cache import cache_entries as _entries
+
+    return _entries()
+
+
+def cache_path() -> Path:
+    """Where GGUF models are converted to ($TUNELAB_CACHE/gguf, by default ~/.cache/tunelab/gguf)."""
+    from tunelab.conversion_cache import gguf_cache_dir
+
+    return gguf_cache_dir()
+
+
+def clear_cache(names: list[str] | None = None):
+    """Remove converted models from the cache (all when names is None); returns the removed entries."""
+    from tunelab.conversion_cache import clear_cache as _clear
+
+    return _clear(names)
+
+
+def federate(
+    config=None,
+    overrides: dict | None = None,
+    *,
+    resume: bool = False,
+    app_dir: str | Path | None = None,
+):
+    """Federated fine-tuning on Flower: the clients of `federated.clients` (or the shards of federated.split_file)
+    train the LoRA adapter on their own data, the server averages it every round and keeps it in output_dir.
+    Runs in Flower's simulation engine; with `app_dir`, writes a Flower App for its deployment engine instead.
+    Needs the `federated` extra (pip install 'tunelab[federated]')."""
+    from tunelab.federated.setup import require_flower
+
+    require_flower(simulation=app_dir is None)
+    from tunelab.federated.run import federate as _federate
+
+    return _federate(config, overrides, resume=resume, app_dir=app_dir)
 
 
 def predict(

@@ -1,16 +1,22 @@
 """The `tunelab` command: argument parsing only; every subcommand is one call into the Python API.
 
 Training options are generated from the config dataclasses, so `tunelab train --help` lists every option with its
-help text, allowed values and default, and a flag `--section.key value` overrides the YAML file.
+help text, allowed values and default, and a flag `--section.key value` overrides the YAML file. A negative number
+after a flag is its value (`--train.lr -1e-4`), and an unknown flag gets suggestions like an unknown YAML key.
+
+Exit codes: 0 done (check: passed), 1 check failed, 2 bad input (one paragraph on stderr, no traceback),
+3 training stopped on NaN/inf (training/guard.py), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shlex
 import sys
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ConfigError, Interrupted, TunelabError
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -39,21 +45,45 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{name}", **kwargs)
 
 
-def _generation_options(parser: argparse.ArgumentParser) -> None:
+def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "128") -> None:
     g = parser.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per answer (default: 128)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=None, help=f"tokens to generate per answer (default: {tokens_default})"
+    )
     g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="penalty for repeated tokens (default: 1.0)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    g.add_argument(
+        "--base-precision",
+        default="trained",
+        choices=("trained", "16bit"),
+        help="the base a QLoRA adapter sits on: trained (the NF4 base it was trained over) or 16bit (the unquantized "
+        "weights) (default: trained)",
+    )
 
 
 def _settings(args):
     from tunelab.infer.generate import GenerationSettings
 
-    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
+    if (args.max_new_tokens is not None and args.max_new_tokens < 1) or args.temperature < 0 or not 0 < args.top_p <= 1:
         raise TunelabError("options --max-new-tokens >= 1, --temperature >= 0 and 0 < --top-p <= 1 are required.")
     return GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty)
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config file (optional: flags alone work too)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run directory (it must be one tunelab wrote; it is kept until the new run finishes)",
+    )
+    parser.add_argument(
+        "--overwrite-non-run",
+        action="store_true",
+        help="with --overwrite: also replace an output_dir that is not a tunelab run directory, deleting its contents",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,11 +94,46 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="fine-tune a model as a YAML config says",
         description="Fine-tune a model. Options given as flags override the YAML file.",
+        allow_abbrev=False,
     )
-    train.add_argument("config", nargs="?", help="YAML config file (optional: flags alone work too)")
-    train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _run_arguments(train)
+    train.add_argument(
+        "--no-check", action="store_true", help="skip the data checks that run before training (see tunelab check)"
+    )
     _add_config_options(train)
+
+    check = sub.add_parser(
+        "check",
+        help="check a config before training: data, rendering, untrained tokens, one real step; exit 0 or 1",
+        description="Everything that can be known before training, in seconds to a minute. Takes the same config "
+        "and flags as train, writes nothing into output_dir, and ends with one verdict line (exit 0 passed, 1 failed).",
+        allow_abbrev=False,
+    )
+    _run_arguments(check)
+    check.add_argument(
+        "--html",
+        help="where to write the HTML page of the check (default: check.html in a new folder under the system's "
+        "temporary directory; the path is printed)",
+    )
+    check.add_argument("--examples", type=int, default=3, help="rendered examples to preview (default: 3)")
+    check.add_argument(
+        "--data-only", action="store_true", help="skip the checks that load the model (forward/backward, memory)"
+    )
+    _add_config_options(check)
+    federate = sub.add_parser(
+        "federate",
+        help="federated fine-tuning on Flower: clients train on their own data, a server averages the adapter",
+        description="Federated LoRA fine-tuning on Flower. The federated options name each client's data; by "
+        "default Flower's simulation engine runs the server and every client on this machine. With --app-dir, "
+        "write a Flower App for Flower's deployment engine (flower-superlink, flower-supernode, flwr run) instead.",
+    )
+    federate.add_argument("config", nargs="?", help="YAML config file with a federated: section")
+    federate.add_argument(
+        "--resume", action="store_true", help="continue the federation in output_dir after its last round"
+    )
+    federate.add_argument("--overwrite", action="store_true", help="replace an existing run directory (or app folder)")
+    federate.add_argument("--app-dir", help="write a Flower App here for the deployment engine instead of simulating")
+    _add_config_options(federate)
 
     compare = sub.add_parser("compare", help="base and tuned model answer the same questions, side by side")
     compare.add_argument("run_dir", help="a finished run directory")
@@ -80,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--refusal", help="the refusal sentence, to report refusal rates (default: the run's eval.refusal)"
     )
     compare.add_argument("--no-save", action="store_true", help="do not write compare.json into the run directory")
-    _generation_options(compare)
+    compare.add_argument("--overwrite", action="store_true", help="replace the run's existing compare.json")
+    compare.add_argument(
+        "--show-answers", action="store_true", help="print every answer after the scores (they are in compare.json)"
+    )
+    _generation_options(compare, "the run's eval.max_new_tokens")
 
     chat = sub.add_parser("chat", help="chat with the tuned model (multi-turn, streaming)")
     chat.add_argument("run_dir", help="a finished run directory")
@@ -100,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     evaluate.add_argument("--no-save", action="store_true", help="print only")
     evaluate.add_argument("--batch-size", type=int, default=16, help="questions generated together (default: 16)")
-    _generation_options(evaluate)
+    evaluate.add_argument(
+        "--show-answers", action="store_true", help="print every answer after the scores (they are in eval.json)"
+    )
+    _generation_options(evaluate, "the run's eval.max_new_tokens")
 
     predict = sub.add_parser(
         "predict", help="a classify run's label and probabilities, or a reward run's score, for texts or a file"
@@ -136,21 +208,130 @@ def build_parser() -> argparse.ArgumentParser:
         "--qtype",
         dest="qtype",
         default="f16",
-        choices=("f32", "f16", "bf16", "q8_0", "q4_0"),
-        help="tensor type (default: f16)",
+        help="tensor type: f32, f16, bf16, q8_0, q4_0, or the k-quants q4_k_m, q5_k_m, q6_k (made by llama.cpp's "
+        "quantizer; needs llama-cpp-python) (default: f16)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
+    export.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the self-check (by default, when llama-cpp-python imports, llama.cpp loads the file and its "
+        "answers, tokens, stop tokens and template are compared with tunelab's; the verdict goes to NAME.check.json)",
+    )
+    export.add_argument(
+        "--check-questions", type=int, default=8, help="questions the self-check asks both models (default: 8)"
+    )
+
+    serve = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server for the tuned model (/v1/chat/completions, /v1/models, /health)",
+        description="Serve a run over HTTP in OpenAI's chat-completions dialect (streaming included). Needs the "
+        "'serve' extra: pip install 'tunelab[serve]'.",
+    )
+    serve.add_argument("run_dir", help="a finished run directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("TUNELAB_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1/ routes (default: $TUNELAB_API_KEY, else no key)",
+    )
+    serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")
+    _generation_options(serve)
+
+    cache = sub.add_parser(
+        "cache",
+        help="see or clear the GGUF conversion cache (GGUF models converted once to safetensors)",
+        description="List the converted GGUF models with their sizes (default), print where the cache lives, or "
+        "clear it (all entries, or those named); a cleared model is converted again at its next use.",
+    )
+    cache.add_argument("action", nargs="?", default="list", choices=("list", "path", "clear"), help="(default: list)")
+    cache.add_argument("names", nargs="*", help="for clear: the entries to remove (default: all)")
     return parser
+
+
+def export_verdict(gguf_path) -> str | None:
+    """The self-check's verdict written beside an export (None when it did not run)."""
+    import json
+
+    from tunelab.export.gguf import check_path
+
+    path = check_path(gguf_path)
+    return json.loads(path.read_text())["verdict"] if path.is_file() else None
+
+
+_RUN_FLAGS = (
+    "command",
+    "config",
+    "resume",
+    "overwrite",
+    "overwrite_non_run",
+    "no_check",
+    "html",
+    "examples",
+    "data_only",
+)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    overrides = {k: v for k, v in vars(args).items() if k not in _RUN_FLAGS}
+    if args.overwrite:
+        overrides["overwrite"] = True
+    return overrides
 
 
 def _run(args: argparse.Namespace) -> int:
     import tunelab.api as api
 
     if args.command == "train":
-        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "overwrite")}
+        api.train(
+            args.config,
+            _overrides(args),
+            resume=args.resume,
+            check=not args.no_check,
+            overwrite_non_run=args.overwrite_non_run,
+        )
+        return 0
+    if args.command == "cache":
+        if args.names and args.action != "clear":
+            raise TunelabError("tunelab cache: entry names go with 'clear' only (tunelab cache clear NAME...).")
+        if args.action == "path":
+            print(api.cache_path())
+        elif args.action == "clear":
+            removed = api.clear_cache(args.names or None)
+            freed = sum(e.size_bytes for e in removed) / 1e6
+            print(
+                f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed:.1f} MB): "
+                + (", ".join(e.name for e in removed) or "nothing to remove")
+            )
+        else:
+            from tunelab.conversion_cache import format_entries
+
+            print(format_entries(api.cache_entries()))
+        return 0
+    if args.command == "check":
+        result = api.check(
+            args.config,
+            _overrides(args),
+            resume=args.resume,
+            overwrite_non_run=args.overwrite_non_run,
+            html=args.html,
+            examples=args.examples,
+            model=not args.data_only,
+            show=True,
+        )
+        return 0 if result.passed else 1
+    if args.command == "federate":
+        overrides = {
+            k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "overwrite", "app_dir")
+        }
         if args.overwrite:
             overrides["overwrite"] = True
-        api.train(args.config, overrides, resume=args.resume)
+        result = api.federate(args.config, overrides, resume=args.resume, app_dir=args.app_dir)
+        if args.app_dir:
+            print(
+                f"Flower App written to {result}; its pyproject.toml says how to run it with Flower's deployment engine."
+            )
         return 0
     if args.command == "predict":
         api.predict(
@@ -172,12 +353,20 @@ def _run(args: argparse.Namespace) -> int:
         print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
         return 0
     if args.command == "merge":
-        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype))
+        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype, show=True))
         return 0
     if args.command == "export":
-        path = api.export_gguf(args.run_dir, args.out, qtype=args.qtype, overwrite=args.overwrite)
+        path = api.export_gguf(
+            args.run_dir,
+            args.out,
+            qtype=args.qtype,
+            overwrite=args.overwrite,
+            check=False if args.no_check else None,
+            check_questions=args.check_questions,
+            show=True,
+        )
         print(f"{path}\nOllama: ollama create NAME -f {path.parent / 'Modelfile'}")
-        return 0
+        return 1 if export_verdict(path) == "fail" else 0  # the files stay, for inspection
     settings = _settings(args)
     if args.command == "eval":
         settings.batch_size = args.batch_size
@@ -191,6 +380,8 @@ def _run(args: argparse.Namespace) -> int:
             out=args.out,
             overwrite=args.overwrite,
             show=True,
+            base_precision=args.base_precision,
+            show_answers=args.show_answers,
         )
     elif args.command == "compare":
         if not args.questions and not args.question:
@@ -204,28 +395,108 @@ def _run(args: argparse.Namespace) -> int:
             save=not args.no_save,
             show=True,
             refusal=args.refusal,
+            base_precision=args.base_precision,
+            overwrite=args.overwrite,
+            show_answers=args.show_answers,
+        )
+    elif args.command == "serve":
+        api.serve(
+            args.run_dir,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            model_name=args.model_name,
+            settings=settings,
+            device=args.device,
         )
     elif args.command == "chat":
-        api.chat(args.run_dir, settings=settings, device=args.device)
+        api.chat(args.run_dir, settings=settings, device=args.device, base_precision=args.base_precision)
     elif args.command == "generate":
         print(
             api.generate(
-                args.run_dir, args.prompt, system=args.system, base=args.base, settings=settings, device=args.device
+                args.run_dir,
+                args.prompt,
+                system=args.system,
+                base=args.base,
+                settings=settings,
+                device=args.device,
+                base_precision=args.base_precision,
             )
         )
     return 0
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--opt -1e-4` -> `--opt=-1e-4`: argparse takes a value starting with '-' for a flag unless it is joined."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg.startswith("--") and "=" not in arg and nxt.startswith("-") and _is_number(nxt):
+            out.append(f"{arg}={nxt}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, but an unknown flag of train/check is a ConfigError with suggestions (exit 2 like any bad option)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "command", None) in ("train", "check"):
+        from tunelab.config import unknown_option
+
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        if not flag.startswith("-"):
+            raise ConfigError(f"unexpected argument {flag!r}; options are given as --section.key VALUE.")
+        name = flag.lstrip("-").split("=")[0]
+        raise unknown_option(name, f"--{name}", flag=True)
+    if unknown:
+        parser.parse_args(argv)  # argparse's own message and exit code
+    return args
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted `tunelab train ARGV`."""
+    kept = [a for a in argv if a not in ("--overwrite", "--overwrite-non-run", "--resume")]
+    return shlex.join(["tunelab", *kept, "--resume"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Grow CUDA allocator segments instead of caching fixed-size blocks: less fragmentation, lower peak reserved.
+    # Set here, before torch touches CUDA; API users set it themselves (README, Python API).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
+    command = argv[0] if argv else "tunelab"
+    try:
+        args = _parse(build_parser(), argv)
+    except TunelabError as exc:
+        print(f"tunelab {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
     try:
         return _run(args)
+    except Interrupted as exc:
+        print(
+            f"\ntunelab {args.command}: interrupted after step {exc.step}; checkpoint {exc.checkpoint}. Continue with:\n"
+            f"  {resume_command(argv)}",
+            file=sys.stderr,
+        )
+        return exc.exit_code
     except TunelabError as exc:
         print(f"tunelab {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ class ModelConfig:
         choices=("auto", "fast", "generic"),
     )
     trust_remote_code: bool = opt(False, "run code shipped with a hub model (only if you trust its author)")
+    fix_untrained_tokens: bool = opt(
+        True,
+        "set embedding (and untied LM-head) rows that were never trained, for tokens the data uses, to the mean of the trained rows (recorded in run.json and repeated at inference)",
+    )
 
 
 @dataclass
@@ -71,6 +76,11 @@ class DataConfig:
         False, "pack several examples into each row of max_length tokens, without attention across them"
     )
     shuffle: bool = opt(True, "shuffle the training examples each epoch (seeded)")
+    delimiter: str = opt(
+        "auto",
+        "field separator of .csv files (auto: detected from the header line among , ; tab |; .tsv files always use tab)",
+        choices=("auto", ",", ";", "tab", "|"),
+    )
 
 
 @dataclass
@@ -114,8 +124,20 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
     seed: int = opt(42, "seed for initialisation, shuffling and dropout")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: only at the end)", min=0)
-    save_every: int = opt(0, "write a checkpoint every N optimizer steps (0: only at the end)", min=0)
-    keep_checkpoints: int = opt(2, "how many step checkpoints to keep", min=1)
+    save_every: int = opt(
+        0,
+        "write a checkpoint for --resume every N optimizer steps (0: none, except when interrupted with Ctrl-C; the result is saved at the end either way)",
+        min=0,
+    )
+    keep_checkpoints: int = opt(2, "how many step checkpoints to keep while training (the newest)", min=1)
+    keep_checkpoints_after_finish: bool = opt(
+        False, "keep the step checkpoints once the run has finished (default: delete them; the result stays)"
+    )
+    max_bad_steps: int = opt(
+        3,
+        "stop the run (exit code 3) after this many optimizer steps in a row whose loss or gradient norm is NaN/inf; each such step's update is skipped",
+        min=1,
+    )
     log_every: int = opt(1, "append metrics every N optimizer steps", min=1)
     checkpointing: bool = opt(
         False,
@@ -123,6 +145,11 @@ class TrainConfig:
     )
     offload_activations: bool = opt(
         False, "with checkpointing on CUDA: keep the layer inputs in pinned CPU memory until backward"
+    )
+    report_to: list[str] = opt(
+        [],
+        "experiment trackers that also get every metrics record (each needs its library: pip install 'tunelab[NAME]')",
+        choices=("tensorboard", "mlflow", "wandb", "trackio"),
     )
 
 
@@ -164,6 +191,55 @@ class DpoConfig:
 
 
 @dataclass
+class FederatedConfig:
+    clients: list[str] = opt(
+        [],
+        "each client's own data, one entry per client: a file or a folder of files (the entry's name names the client)",
+    )
+    split_file: str | None = opt(
+        None, "instead of clients: one file split into num_clients shards, one per client (for simulations)"
+    )
+    num_clients: int = opt(2, "with split_file: how many clients (shards)", min=1)
+    split: str = opt(
+        "iid",
+        "with split_file: iid (a seeded shuffle dealt out in turn) or column (every row with one value of split_column goes to one client: non-IID)",
+        choices=("iid", "column"),
+    )
+    split_column: str | None = opt(None, "with split: column, the column whose values decide the client")
+    rounds: int = opt(3, "federated rounds: clients train, the server averages their adapters", min=1)
+    local_steps: int = opt(
+        10, "optimizer steps each client trains per round (train.micro_batch x train.grad_accum rows each)", min=1
+    )
+    fraction: float = opt(
+        1.0, "fraction of the clients asked to train each round (never fewer than min_clients)", min=0.0, max=1.0
+    )
+    min_clients: int = opt(
+        2,
+        "a round's average is applied only when at least this many clients return an update; otherwise it is skipped and reported",
+        min=1,
+    )
+    strategy: str = opt(
+        "fedavg",
+        "fedavg: mean of the client adapters weighted by their examples; fedprox: the same, with a proximal term on each client",
+        choices=("fedavg", "fedprox"),
+    )
+    proximal_mu: float = opt(
+        0.01, "fedprox: mu of the term (mu/2)||w - w_global||^2 added to each client's loss", min=0.0
+    )
+    dp: bool = opt(
+        False,
+        "differential privacy: each client clips its update, the server adds Gaussian noise to the mean, clients are weighted equally, and the epsilon spent is reported",
+    )
+    dp_clipping_norm: float = opt(1.0, "dp: L2 bound on each client's adapter update", min=0.0)
+    dp_noise_multiplier: float = opt(1.0, "dp: noise standard deviation as a multiple of the clipping norm", min=0.0)
+    dp_delta: float = opt(1e-5, "dp: the delta at which the epsilon is reported", min=0.0, max=1.0)
+    client_cpus: int = opt(
+        1, "simulation: CPU cores reserved per client; clients train side by side when the cores allow", min=1
+    )
+    round_timeout: float = opt(3600.0, "seconds the server waits for the clients of a round", min=1.0)
+
+
+@dataclass
 class RunConfig:
     output_dir: str = opt("runs/run", "run directory for the adapter or weights, checkpoints, metrics and plots")
     overwrite: bool = opt(False, "replace an existing run directory")
@@ -180,11 +256,17 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
 
 
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(RunConfig)
     return {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
+
+
+def section_names() -> tuple[str, ...]:
+    """The names of the config's sections (model, data, ...), in declaration order."""
+    return tuple(_sections())
 
 
 def iter_options() -> list[tuple[str, dataclasses.Field, Any]]:
@@ -261,10 +343,96 @@ def _check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) 
             raise ConfigError(f"{where}: option '{name}' is {v}; it must be <= {meta['max']}.")
 
 
-def _unknown(name: str, known: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else " Run 'tunelab train --help' for the list."
-    return ConfigError(f"{where}: unknown option '{name}'.{hint}")
+# Names other tools (transformers' TrainingArguments, axolotl, torchtune, PEFT) use for our options: a typo suggestion
+# by meaning, where spelling alone would point elsewhere (learning_rate is closer to warmup_ratio than to lr).
+ALIASES = {
+    "learning_rate": "train.lr",
+    "num_train_epochs": "train.epochs",
+    "num_epochs": "train.epochs",
+    "batch_size": "train.micro_batch",
+    "per_device_train_batch_size": "train.micro_batch",
+    "micro_batch_size": "train.micro_batch",
+    "train_batch_size": "train.micro_batch",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "gradient_accumulation": "train.grad_accum",
+    "warmup_steps": "train.warmup_ratio",
+    "warmup": "train.warmup_ratio",
+    "lr_scheduler_type": "train.scheduler",
+    "lr_scheduler": "train.scheduler",
+    "optim": "train.optimizer",
+    "grad_clip": "train.max_grad_norm",
+    "clip_grad_norm": "train.max_grad_norm",
+    "gradient_clipping": "train.max_grad_norm",
+    "eval_steps": "train.eval_every",
+    "save_steps": "train.save_every",
+    "save_total_limit": "train.keep_checkpoints",
+    "logging_steps": "train.log_every",
+    "gradient_checkpointing": "train.checkpointing",
+    "activation_checkpointing": "train.checkpointing",
+    "lora_r": "method.r",
+    "rank": "method.r",
+    "lora_rank": "method.r",
+    "lora_alpha": "method.alpha",
+    "lora_dropout": "method.dropout",
+    "lora_target_modules": "method.target_modules",
+    "load_in_4bit": "method.quantize_base",
+    "qlora": "method.quantize_base",
+    "model_name_or_path": "model.name",
+    "base_model": "model.name",
+    "model_name": "model.name",
+    "model_id": "model.name",
+    "torch_dtype": "model.dtype",
+    "bf16": "model.dtype",
+    "fp16": "model.dtype",
+    "dataset": "data.train",
+    "datasets": "data.train",
+    "train_file": "data.train",
+    "data_path": "data.train",
+    "dataset_path": "data.train",
+    "eval_file": "data.eval",
+    "validation_file": "data.eval",
+    "val_set_size": "data.eval_fraction",
+    "validation_split": "data.eval_fraction",
+    "test_size": "data.eval_fraction",
+    "max_seq_length": "data.max_length",
+    "max_seq_len": "data.max_length",
+    "sequence_len": "data.max_length",
+    "seq_len": "data.max_length",
+    "cutoff_len": "data.max_length",
+    "model_max_length": "data.max_length",
+    "chat_template": "data.template",
+    "prompt_template": "data.template",
+    "system_message": "data.system_prompt",
+    "sample_packing": "data.packing",
+    "train_on_inputs": "data.train_on_prompt",
+    "separator": "data.delimiter",
+    "sep": "data.delimiter",
+    "out_dir": "output_dir",
+    "output_path": "output_dir",
+    "overwrite_output_dir": "overwrite",
+}
+
+
+def suggest(name: str) -> list[str]:
+    """Up to three options the user may have meant by `name`: by known alias, then by the last part of the name
+    (the right key in the wrong section), then by spelling of the last part, then by spelling of the whole name."""
+    options = [n for n, _, _ in iter_options()]
+    last = name.rpartition(".")[2].lower().replace("-", "_")
+    found = [ALIASES[last]] if last in ALIASES else []
+    found += [o for o in options if o.rpartition(".")[2] == last]
+    if found:  # the meaning is known: spelling neighbours would only distract
+        return [o for o in dict.fromkeys(found) if o != name][:3]
+    lasts = sorted({o.rpartition(".")[2] for o in options})
+    for close in difflib.get_close_matches(last, lasts, n=3, cutoff=0.7):
+        found += [o for o in options if o.rpartition(".")[2] == close]
+    found += difflib.get_close_matches(name, options, n=3)
+    return [o for o in dict.fromkeys(found) if o != name][:3]
+
+
+def unknown_option(name: str, where: str, flag: bool = False) -> ConfigError:
+    close = [f"--{o}" if flag else o for o in suggest(name)]
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"{where}: unknown option '{name}'.{hint} Run 'tunelab train --help' for the list.")
 
 
 def _flatten(raw: dict, where: str) -> dict[str, Any]:
@@ -330,7 +498,7 @@ def load_config(
         for name, value in flat.items():
             where = f"--{name}" if source == "flag" else source
             if name not in options:
-                raise _unknown(name, list(options), where)
+                raise unknown_option(name, where)
             f, hint = options[name]
             value = _coerce(name, value, hint, where)
             _check_constraints(name, value, f, where)
@@ -347,7 +515,7 @@ def load_config(
     return ResolvedConfig(config, origins)
 
 
-_PATH_OPTIONS = {"data.train", "data.eval", "eval.questions"}
+_PATH_OPTIONS = {"data.train", "data.eval", "eval.questions", "federated.clients", "federated.split_file"}
 
 
 def _resolve_paths(value: Any, folder: Path) -> Any:
@@ -359,8 +527,31 @@ def _resolve_paths(value: Any, folder: Path) -> Any:
     return str(p if p.is_absolute() else (folder / p))
 
 
+# Experiment trackers of train.report_to: name -> (module that must import, how to install it). training/tracking.py
+# writes to them; their names and install hints sit here, beside the option they validate.
+TRACKERS = {
+    "tensorboard": ("tensorboard", "pip install 'tunelab[tensorboard]'   (or: pip install tensorboard)"),
+    "mlflow": ("mlflow", "pip install 'tunelab[mlflow]'   (or: pip install mlflow-skinny sqlalchemy alembic)"),
+    "wandb": ("wandb", "pip install 'tunelab[wandb]'   (or: pip install wandb)"),
+    "trackio": ("trackio", "pip install 'tunelab[trackio]'   (or: pip install trackio)"),
+}
+
+
+def check_trackers(names: list[str]) -> None:
+    """ConfigError for an unknown tracker or one whose library is not installed (found without importing it)."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"option 'train.report_to' has {name!r}; allowed values: {', '.join(TRACKERS)}.")
+        module, install = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"option 'train.report_to' has {name!r}, but its library is not installed. Install it with: {install}"
+            )
+
+
 def _check_consistency(config: RunConfig) -> None:
-    """Rules that involve more than one option."""
+    """Rules that involve more than one option, or the environment (a tracker's library must be installed)."""
+    check_trackers(config.train.report_to)
     if config.train.offload_activations and not config.train.checkpointing:
         raise ConfigError(
             "option 'train.offload_activations' needs 'train.checkpointing: true' (it offloads the checkpointed layer inputs)."
@@ -377,8 +568,14 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# Options that say what to do with this invocation, not what the run is: never saved with the run's config.
+ACTION_OPTIONS = ("overwrite",)
+
+
 def dump_yaml(config: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
+    """The config's saved form (config.yaml of a run): every option but the ACTION_OPTIONS."""
+    values = {k: v for k, v in to_dict(config).items() if k not in ACTION_OPTIONS}
+    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 
 def describe(resolved: ResolvedConfig) -> str:

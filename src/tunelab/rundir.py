@@ -23,7 +23,8 @@ from typing import Any
 
 from tunelab import __version__
 from tunelab.atomic import write_json
-from tunelab.errors import RunDirError
+from tunelab.config import RunConfig, load_config
+from tunelab.errors import ConfigError, RunDirError
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -52,8 +53,18 @@ class RunInfo:
     """fast (tunelab's Llama-family model) or generic (the transformers model)."""
     quantize_base: str = "none"
     """nf4 for QLoRA: the adapter was trained over the 4-bit base, and is evaluated over it by default."""
+    dtype: str | None = None
+    """The dtype the model trained in (float32, bfloat16, float16): a QLoRA base is quantized from it again when the
+    run is opened. None in runs written before it was recorded."""
     trust_remote_code: bool = False
     """The model's own code ran in training, so opening the run needs it too."""
+    fixed_untrained_tokens: dict[str, list[int]] = field(default_factory=dict)
+    """{"embed_tokens": ids, "lm_head": ids}: base rows that were untrained and set to the mean of the trained rows
+    before training (model.fix_untrained_tokens, models/untrained.py); opening an adapter run repeats it on its base."""
+    data_sha256: str = ""
+    """Digest of the tokenized training rows: --resume refuses data that changed since the run started."""
+    skipped_steps: int = 0
+    """Optimizer steps whose update the non-finite guard skipped (training/guard.py)."""
     total_steps: int = 0
     finished: bool = False
     steps: int = 0
@@ -153,3 +164,15 @@ def open_info(run_dir: str | Path, heads: bool = False) -> RunInfo:
         )
     check_result(run_dir, info)
     return info
+
+
+def read_config(run_dir: str | Path) -> RunConfig | None:
+    """The run's saved config (config.yaml); None when the run directory holds none (written by an older version or
+    by hand); RunDirError when it cannot be read."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path).config
+    except ConfigError as exc:
+        raise RunDirError(f"{path}: the run's saved config cannot be read ({exc}).") from None

@@ -183,3 +183,21 @@ def test_real_oasst_tree_file_is_not_a_known_format():
         match=rf"{path}:1: cannot tell the data format from the fields 'message_tree_id', 'tree_state', 'prompt'",
     ):
         to_examples(read_records([path]), "auto", {}, None, DataReport())
+
+
+def test_null_or_empty_questions_are_counted_skips():
+    rows = [
+        {"question": None, "answer": "A"},
+        {"question": "  ", "answer": "A"},
+        {"question": "Q", "answer": "A"},
+    ]
+    examples, report = convert(rows)
+    assert len(examples) == 1 and report.skips["empty question"].locations == ["d.jsonl:1", "d.jsonl:2"]
+
+
+def test_a_fields_mapping_to_missing_columns_names_the_mapping_not_the_format():
+    with pytest.raises(DataError) as err:
+        convert([{"question": "Q", "answer": "A"}], fields={"prompt": "q", "completion": "a"})
+    msg = str(err.value)
+    assert "option 'data.fields' maps prompt -> 'q', completion -> 'a'" in msg and "'question', 'answer'" in msg
+    assert "cannot tell the data format" not in msg

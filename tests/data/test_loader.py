@@ -111,8 +111,9 @@ def synthetic_rows(n):
 def test_make_batches_padding():
     rows = synthetic_rows(3)
     (batch,) = make_batches(rows, micro_batch=4, pad_id=7, shuffle=False, seed=0, epoch=0)
-    assert set(batch) == {"input_ids", "labels", "attention_mask", "position_ids"}
-    assert all(t.dtype == torch.long and t.shape == (3, 3) for t in batch.values())
+    assert set(batch) == {"input_ids", "labels", "attention_mask", "position_ids", "sources"}
+    assert all(t.dtype == torch.long and t.shape == (3, 3) for t in batch.values() if torch.is_tensor(t))
+    assert batch["sources"] == [["d.jsonl:0"], ["d.jsonl:1"], ["d.jsonl:2"]]
     assert batch["input_ids"].tolist() == [[100, 7, 7], [101, 2, 7], [102, 2, 3]]
     assert batch["labels"].tolist() == [[-100, -100, -100], [-100, 2, -100], [-100, 2, 3]]
     assert batch["attention_mask"].tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]

@@ -59,3 +59,16 @@ def test_batches_of_packed_rows_carry_doc_lengths():
         assert batch["position_ids"][b, :n].tolist() == p.position_ids
         assert batch["attention_mask"][b].sum().item() == n
         assert (batch["labels"][b, n:] == -100).all()
+
+
+def test_packed_rows_carry_the_location_of_each_document():
+    source = rows([5, 7, 3, 6])
+    packed = pack(source, 12)
+    for p in packed:
+        assert len(p.sources) == len(p.doc_lengths)
+        for where, n in zip(p.sources, p.doc_lengths):
+            line = int(where.rsplit(":", 1)[1])
+            assert where.startswith("d.jsonl:") and len(source[line - 1].input_ids) == n
+    batch = make_batches(packed, len(packed), 0, shuffle=False, seed=0, epoch=0)[0]
+    assert batch["sources"] == [p.sources for p in packed]
+    assert sorted(s for row in batch["sources"] for s in row) == [f"d.jsonl:{i}" for i in range(1, 5)]

@@ -135,3 +135,27 @@ def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
         DataError, match=r"a\.parquet: reading \.parquet files needs pyarrow; install it with: pip install"
     ):
         read_records([p])
+
+
+def test_csv_duplicate_header_names_are_refused_with_the_column(tmp_path):
+    p = write(tmp_path / "a.csv", "question,answer,answer\nq,a1,a2\n")
+    with pytest.raises(
+        DataError, match=r"a\.csv:1: the header names the column 'answer' more than once \(columns 2, 3\)"
+    ):
+        read_records([p])
+
+
+def test_csv_separator_is_detected_or_given(tmp_path):
+    p = write(tmp_path / "a.csv", 'question;answer\n"a, b";c\nd;e\n')
+    assert [r.row for r in read_records([p])] == [{"question": "a, b", "answer": "c"}, {"question": "d", "answer": "e"}]
+    p2 = write(tmp_path / "b.csv", "question|answer\nq|a\n")
+    assert read_records([p2], delimiter="|")[0].row == {"question": "q", "answer": "a"}
+    with pytest.raises(DataError, match=r"separated by ','.*data\.delimiter"):
+        read_records([p2], delimiter=",") and read_records([write(tmp_path / "c.csv", "q,a\n1,2,3\n")], delimiter=",")
+
+
+def test_json_error_position_reads_once(tmp_path):
+    p = write(tmp_path / "a.jsonl", '{"question": "unterminated}\n')
+    with pytest.raises(DataError) as err:
+        read_records([p])
+    assert "Unterminated string starting at column 14" in str(err.value) and "at at" not in str(err.value)

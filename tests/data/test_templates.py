@@ -1,12 +1,14 @@
 """Prompt templates: exact renderings, answer spans, stop tokens, BOS written once, EOS appended only when needed."""
 
+import random
+
 import pytest
 
 from tunelab.config import DataConfig
 from tunelab.data.formats import Example
 from tunelab.data.render import render_examples, render_prompt
 from tunelab.data.report import DataReport
-from tunelab.data.templates import resolve_template
+from tunelab.data.templates import NAMED, resolve_template
 from tunelab.errors import ConfigError
 
 CHAT = [
@@ -16,29 +18,6 @@ CHAT = [
     {"role": "user", "content": "Bye"},
     {"role": "assistant", "content": "Goodbye."},
 ]
-
-
-def base_tokenizer(extra_special=(), chat_template=None):
-    """A tiny byte-level BPE tokenizer like a base Llama's: adds <s> by default, eos </s>, no chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<unk>", "<s>", "</s>", *extra_special]
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(["Hello there, Goodbye. Hi Bye Be brief.", "### Instruction: Response: [INST]"], trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
-    )
-    tokenizer.chat_template = chat_template
-    return tokenizer
 
 
 def masked_runs(tokenizer, row) -> list[str]:
@@ -117,7 +96,7 @@ def test_generation_prompt(smollm2_tokenizer):
     assert smollm2_tokenizer.decode(render_prompt(CHAT[:2], smollm2_tokenizer, llama)).endswith("Hi [/INST]")
 
 
-def test_base_tokenizer_gets_bos_once_and_eos_after_chatml_turns():
+def test_base_tokenizer_gets_bos_once_and_eos_after_chatml_turns(base_tokenizer):
     tok = base_tokenizer()
     template = resolve_template("auto", tok)
     assert template.name == "chatml" and template.stop_token_ids == [tok.eos_token_id]
@@ -127,14 +106,14 @@ def test_base_tokenizer_gets_bos_once_and_eos_after_chatml_turns():
     assert masked_runs(tok, row) == ["Hello there<|im_end|></s>", "Goodbye.<|im_end|></s>"]
 
 
-def test_base_tokenizer_llama2_writes_bos_itself_once_per_turn():
+def test_base_tokenizer_llama2_writes_bos_itself_once_per_turn(base_tokenizer):
     tok = base_tokenizer()
     row = render_one(tok, resolve_template("llama2", tok))
     assert row.input_ids.count(tok.bos_token_id) == 2 and row.input_ids[:2].count(tok.bos_token_id) == 1
     assert masked_runs(tok, row) == [" Hello there </s>", " Goodbye. </s>"]
 
 
-def test_special_end_of_turn_token_is_a_stop_token_and_gets_no_eos():
+def test_special_end_of_turn_token_is_a_stop_token_and_gets_no_eos(base_tokenizer):
     gemma_like = (
         "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
         "{% if add_generation_prompt %}<start_of_turn>assistant\n{% endif %}"
@@ -147,7 +126,7 @@ def test_special_end_of_turn_token_is_a_stop_token_and_gets_no_eos():
     assert masked_runs(tok, row) == ["Hello there<end_of_turn>", "Goodbye.<end_of_turn>"]
 
 
-def test_template_that_rewrites_earlier_turns_is_refused():
+def test_template_that_rewrites_earlier_turns_is_refused(base_tokenizer):
     rewrites = (
         "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}[old answer]"
         "{% else %}{{ m['role'] }}: {{ m['content'] }}{% endif %}\n{% endfor %}"
@@ -159,7 +138,7 @@ def test_template_that_rewrites_earlier_turns_is_refused():
         render_one(tok, resolve_template("tokenizer", tok))
 
 
-def test_template_errors():
+def test_template_errors(base_tokenizer):
     tok = base_tokenizer()
     with pytest.raises(ConfigError, match="'data.template' is 'tokenizer', but this tokenizer has no chat template"):
         resolve_template("tokenizer", tok)
@@ -170,3 +149,64 @@ def test_template_errors():
 def test_train_on_prompt_labels_every_token(smollm2_tokenizer):
     row = render_one(smollm2_tokenizer, resolve_template("chatml", smollm2_tokenizer), train_on_prompt=True)
     assert row.labels == row.input_ids
+
+
+_CONTENTS = [
+    "Hi",
+    "",
+    " padded ",
+    "Two\nlines",
+    "trailing newline\n",
+    "tab\there",
+    "quote ' and \" and `",
+    "back\\slash \\n not a newline",
+    "{{ not jinja }} {% if x %}",
+    "[INST] looks like a tag [/INST]",
+    "<|im_start|>user\nfake turn<|im_end|>",
+    "### Instruction:",
+    "Ünïcödé — 日本語 🙂",
+    "</s> mid-text",
+    "   ",
+]
+
+
+def _conversations(n: int, seed: int = 0) -> list[list[dict]]:
+    """n conversations: with or without a system turn (empty ones too), one to four exchanges, some ending on a
+    user turn, a few with two user turns in a row, contents drawn from awkward texts."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        messages = [{"role": "system", "content": rng.choice(_CONTENTS)}] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 4)):
+            messages.append({"role": "user", "content": rng.choice(_CONTENTS)})
+            if rng.random() < 0.1:
+                messages.append({"role": "user", "content": rng.choice(_CONTENTS)})
+            messages.append({"role": "assistant", "content": rng.choice(_CONTENTS)})
+        if rng.random() < 0.5:
+            messages.append({"role": "user", "content": rng.choice(_CONTENTS)})
+        out.append(messages)
+    return out
+
+
+@pytest.mark.parametrize("name", list(NAMED))
+def test_named_template_jinja_writes_what_training_renders(name, smollm2_tokenizer, base_tokenizer):
+    """For every named template and two kinds of tokenizer (SmolLM2: <|im_end|> is a special token and the EOS, no
+    BOS added; a base Llama-like one: BOS added by default, <|im_end|> plain text so EOS closes ChatML answers), the
+    Jinja that merge and export save writes, through transformers' own renderer, exactly the text training rendered
+    (BOS prepended and EOS appended included), with and without the generation prompt."""
+    for tokenizer in (smollm2_tokenizer, base_tokenizer()):
+        template = resolve_template(name, tokenizer)
+        for messages in _conversations(150, seed=len(name)):
+            for gen in (False, True):
+                jinja = tokenizer.apply_chat_template(
+                    messages, chat_template=template.jinja, tokenize=False, add_generation_prompt=gen
+                )
+                assert jinja == template.render(messages, gen)[0], (name, tokenizer.name_or_path, messages, gen)
+
+
+def test_the_jinja_closes_answers_and_prepends_bos_as_render_does(base_tokenizer):
+    tok = base_tokenizer()
+    chatml = resolve_template("chatml", tok)
+    messages = CHAT[1:3]
+    text = tok.apply_chat_template(messages, chat_template=chatml.jinja, tokenize=False)
+    assert text == "<s><|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello there<|im_end|></s>\n"

@@ -78,8 +78,15 @@ def test_loss_is_training_eval_loss_with_expected_as_answer(trained, loaded, tmp
     saved = json.loads((trained / EVAL_FILE).read_text())
     assert saved["tuned"]["eval_loss"] == result.tuned.eval_loss
     assert [r["question"] for r in saved["rows"]] == [r["question"] for r in held]
-    assert {"text", "exact", "contains", "rouge_l", "refused"} <= saved["rows"][0]["base"].keys()
-    assert "eval loss" in format_eval(result)
+    assert {"text", "exact", "contains", "rouge_l", "refused", "correct"} <= saved["rows"][0]["base"].keys()
+    # `expected` texts are what an answer contains: the loss on them is labelled as such, beside training's own, and
+    # exact match, 0% by construction on key strings, is not scored
+    assert result.loss_on == "expected texts" and result.training_eval_loss == info["eval_loss"]
+    assert result.tuned.overall.exact_match is None and saved["rows"][0]["tuned"]["exact"] is None
+    table = format_eval(result)
+    assert "loss on expected texts" in table and f"(run.json: {info['eval_loss']:.4f})" in table
+    assert "exact match: not scored" in table and "  exact match  " not in table
+    assert result.settings["max_new_tokens"] == SETTINGS.max_new_tokens
 
 
 def test_mixed_formats_label_task_and_text_rows(loaded, tmp_path):
@@ -114,6 +121,12 @@ def test_mixed_formats_label_task_and_text_rows(loaded, tmp_path):
         assert sum(sum(row.values()) for row in task.confusion.values()) == 3
         assert 0 <= task.accuracy <= 1
     assert all(r.tuned.label is not None for r in result.rows if r.task == "label")
+
+    assert result.loss_on == "answers and expected texts"
+    # exact match over the rows whose expected text is a whole answer: the training rows and the labels
+    whole = [r for r in result.rows if r.tuned.exact is not None]
+    assert [r.location[-1] for r in whole] == ["2", "3", "4", "5", "6"]
+    assert result.tuned.overall.exact_match == pytest.approx(sum(r.tuned.exact for r in whole) / len(whole))
 
     text_only = evaluate_run(loaded, tmp_path / "more.jsonl", SETTINGS, save=False)
     assert text_only.rows == [] and text_only.tuned.overall is None and text_only.tuned.eval_loss > 0
@@ -150,7 +163,7 @@ def test_report_of_the_real_run_in_chromium(trained, loaded, tmp_path):
     # loss, learning rate, tokens/s, grad norm, answer scores, token-length histogram
     assert dom.count("<svg") == 6 and dom.count("<path") > 50
     assert (
-        f'<th>eval loss (nats / token)</th><td class="num">{result.base.eval_loss:,.4f}</td><td class="num">{result.tuned.eval_loss:,.4f}</td>'
+        f'<th>loss on expected texts (nats / token)</th><td class="num">{result.base.eval_loss:,.4f}</td><td class="num">{result.tuned.eval_loss:,.4f}</td>'
         in dom
     )
     assert dom.count('class="answer-row"') == len(held)
@@ -207,7 +220,7 @@ def test_rows_without_expected_answers_name_file_and_line(tmp_path):
     _write_jsonl(path, [{"expected": "A."}])
     with pytest.raises(DataError, match=r"q\.jsonl:1: .*no question"):
         evaluate_run(run, path)
-    with pytest.raises(DataError, match="eval file not found"):
+    with pytest.raises(DataError, match="question file not found"):
         evaluate_run(run, tmp_path / "missing.jsonl")
 
 

@@ -5,6 +5,7 @@ import pytest
 from tunelab.eval.metrics import (
     NO_LABEL,
     contains,
+    correct,
     exact_match,
     label_scores,
     normalize,
@@ -38,6 +39,51 @@ def test_normalize_case_whitespace_and_trailing_punctuation():
 def test_exact_match_and_contains(answer, expected, exact, within):
     assert exact_match(answer, expected) is exact
     assert contains(answer, expected) is within
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("The Burrowbot costs £1,649.", "649"),  # a piece of a longer number
+        ("The Burrowbot costs £1649.", "649"),
+        ("It runs for 17.5 hours on a charge.", "7.5 hours"),
+        ("It weighs 111 kg.", "11 kg"),
+        ("The warranty is 27.5 months.", "27"),
+        ("Phone support opens at 17:30am.", "7:30am"),
+        ("Please do your homework.", "home"),  # a piece of a longer word
+        ("We use the Rootmapper app.", "Rootmap"),
+    ],
+)
+def test_contains_needs_the_whole_phrase_not_a_piece_of_a_word_or_number(answer, expected):
+    """These answers only share a piece of the expected text; a substring test (the scorer `tunelab compare` used)
+    counted every one of them as correct."""
+    assert expected.lower() in answer.lower()
+    assert not contains(answer, expected)
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("The Burrowbot costs £649.", "649"),
+        ("It costs 649 pounds", "649"),
+        ("Our office is in Dundee's old town.", "Dundee"),
+        ("Call 01632 960418, weekdays.", "01632 960418"),
+        ("Email help@tallowmere.example.", "help@tallowmere.example"),
+        ("It runs for 7.5 hours.", "7.5 hours"),
+        ("(Dundee)", "Dundee"),
+        ("Price: £649", "£649"),
+    ],
+)
+def test_contains_finds_the_phrase_between_spaces_and_punctuation(answer, expected):
+    assert contains(answer, expected)
+
+
+def test_compare_and_eval_give_one_verdict():
+    """`correct` is the verdict of both commands: the final full stop of the expected text is not required (the old
+    compare scorer required it), and a label question is judged by the label named."""
+    assert correct("It is in Dundee", "Dundee.")
+    assert correct("Label: home.", "home", ["home", "work"]) and not correct("homework", "home", ["home", "work"])
+    assert not correct("work, not home", "home", ["home", "work"])
 
 
 def test_refused():

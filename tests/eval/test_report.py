@@ -261,7 +261,7 @@ def test_rendered_dom_has_plots_tables_and_answers(tmp_path):
     # loss, learning rate, tokens/s, grad norm, answer scores, token-length histogram; each drawn with paths
     assert len(svgs) == 6 and all(svg.count("<path") > 10 for svg in svgs)
     for row in (
-        "eval loss (nats / token)",
+        "loss on answers (nats / token)",
         "perplexity",
         "exact match",
         "contains expected",
@@ -273,7 +273,7 @@ def test_rendered_dom_has_plots_tables_and_answers(tmp_path):
     ):
         assert f"<th>{row}</th>" in dom, row
     assert (
-        '<th>eval loss (nats / token)</th><td class="num">2.9100</td><td class="num">0.5800</td><td class="num better">-2.3300</td>'
+        '<th>loss on answers (nats / token)</th><td class="num">2.9100</td><td class="num">0.5800</td><td class="num better">-2.3300</td>'
         in dom
     )
     assert dom.count('class="answer-row"') == len(ANSWERS)

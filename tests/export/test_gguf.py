@@ -10,7 +10,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    Qwen2Config,
+)
 
 import tunelab.export.gguf as gguf_export
 from tunelab.data.templates import resolve_template
@@ -18,14 +26,14 @@ from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.gguf import (
     encode_tensor,
     export_gguf,
+    gguf_shape,
     gguf_tensors,
-    llama_shape,
     permute_rotary_rows,
-    read_gguf_string,
     write_gguf,
 )
+from tunelab.export.gguf_vocab import LLAMA3_SPLIT, read_gguf_string
 from tunelab.export.merge import merged_model
-from tunelab.export.modelfile import chatml_style, modelfile_text
+from tunelab.export.modelfile import modelfile_text
 from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.lora import attach_lora, lora_modules
 from tunelab.peft.save import save_adapter
@@ -60,26 +68,7 @@ def _lora_run(base, tokenizer, run_dir, std, targets=("all-linear",), system_pro
     return run_dir
 
 
-SMALL_VOCAB = 2048
-
-
-@pytest.fixture(scope="module")
-def small_tokenizer(smollm2_tokenizer, tmp_path_factory):
-    """SmolLM2's tokenizer cut to its first 2048 tokens and the merges among them: still a real byte-level BPE
-    with the same special tokens and chat template, but GGUF readers (transformers parses every token string in
-    Python) load it in a tenth of the time."""
-    path = tmp_path_factory.mktemp("small-tokenizer")
-    smollm2_tokenizer.save_pretrained(path)
-    spec = json.loads((path / "tokenizer.json").read_text())
-    vocab = {t: i for t, i in spec["model"]["vocab"].items() if i < SMALL_VOCAB}
-    spec["model"]["vocab"] = vocab
-    spec["model"]["merges"] = [
-        m for m in spec["model"]["merges"] if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab
-    ]
-    (path / "tokenizer.json").write_text(json.dumps(spec))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    assert len(tokenizer) == SMALL_VOCAB
-    return tokenizer
+SMALL_VOCAB = 2048  # the small tokenizer's size (tests/export/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +118,7 @@ def _simulated(model, qtype):
     """The merged model with every weight rounded as the GGUF file stores it (dequantize(quantize(W)))."""
     import gguf
 
-    shape = llama_shape(model.config)
+    shape = gguf_shape(model.config)
     sim = AutoModelForCausalLM.from_config(model.config).eval()
     state = {}
     hf_names = [n for n in model.state_dict() if not (shape.tied and n == "lm_head.weight")]
@@ -170,7 +159,7 @@ TOLERANCES = {
 @pytest.mark.parametrize("qtype", ["f16", "q8_0"])
 def test_transformers_reads_back_the_merged_model(tiny_run, tiny_merged, tmp_path, qtype):
     merged, expected = tiny_merged
-    out = export_gguf(tiny_run, tmp_path / f"tiny-{qtype}.gguf", qtype)
+    out = export_gguf(tiny_run, tmp_path / f"tiny-{qtype}.gguf", qtype, check=False)
     # transformers un-permutes q and k when it reads a llama GGUF, so this also checks the permutation's inverse
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -184,7 +173,7 @@ def test_transformers_reads_back_the_merged_model(tiny_run, tiny_merged, tmp_pat
 def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer):
     from gguf import GGUFReader
 
-    out = export_gguf(tiny_run, tmp_path / "tiny.gguf", "f16")
+    out = export_gguf(tiny_run, tmp_path / "tiny.gguf", "f16", check=False)
     reader = GGUFReader(out)
     f = {k: v.contents() for k, v in reader.fields.items() if not k.startswith("GGUF.")}
     assert f["general.architecture"] == "llama" and f["general.file_type"] == 1
@@ -229,19 +218,23 @@ def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer
 
 
 def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
-    qwen = Qwen2Config(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2
-    )
-    with pytest.raises(ModelError, match="Llama-family models .* this model is 'qwen2'"):
-        llama_shape(qwen)
+    gemma = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4)
+    with pytest.raises(
+        ModelError, match="supports the model types llama, mistral, qwen2, qwen3 .* this model is 'gemma3_text'"
+    ):
+        gguf_shape(gemma)
+    with pytest.raises(ModelError, match="sliding-window attention"):
+        gguf_shape(Qwen2Config(hidden_size=64, num_attention_heads=4, use_sliding_window=True, sliding_window=16))
     with pytest.raises(ModelError, match="bias terms"):
-        llama_shape(LlamaConfig(hidden_size=64, num_attention_heads=4, attention_bias=True))
+        gguf_shape(LlamaConfig(hidden_size=64, num_attention_heads=4, attention_bias=True))
     yarn = LlamaConfig(
         hidden_size=64, num_attention_heads=4, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}
     )
     with pytest.raises(ModelError, match="rope scaling 'yarn'"):
-        llama_shape(yarn)
-    with pytest.raises(ConfigError, match="'qtype' is 'q5_k'; allowed values: f32, f16, bf16, q8_0, q4_0"):
+        gguf_shape(yarn)
+    with pytest.raises(
+        ConfigError, match="'qtype' is 'q5_k'; allowed values: f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k"
+    ):
         export_gguf(tiny_run, tmp_path / "x.gguf", "q5_k")
     with pytest.raises(ConfigError, match="ending in .gguf"):
         export_gguf(tiny_run, tmp_path / "x.bin")
@@ -255,7 +248,7 @@ def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
 
 def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
     tok = small_tokenizer
-    out = export_gguf(tiny_run, tmp_path / "m.gguf", "q8_0")
+    out = export_gguf(tiny_run, tmp_path / "m.gguf", "q8_0", check=False)
     text = (tmp_path / "Modelfile").read_text()
     assert (
         "FROM ./m.gguf\n" in text and 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
@@ -266,14 +259,11 @@ def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
         '{{ range .Messages }}{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n<|im_start|>assistant\n'
         in text
     )
-    assert "SYSTEM" not in text and out.is_file()
+    assert "SYSTEM" not in text and out.is_file() and not (tmp_path / "m.check.json").exists()
 
     chatml = resolve_template("chatml", tok)
-    assert chatml_style(chatml, tok.bos_token).default_system is None
     with_system = modelfile_text("a.gguf", chatml, tok, "Answer box questions.")
     assert 'SYSTEM """Answer box questions."""' in with_system and "{{ else }}" not in with_system
-    alpaca = modelfile_text("a.gguf", resolve_template("alpaca", tok), tok, None)
-    assert "\nTEMPLATE" not in alpaca and "not ChatML-style" in alpaca
 
 
 # --------------------------------------------------------------------------------------------- real llama.cpp
@@ -412,7 +402,7 @@ def test_llama_cpp_runs_llama_family_variants(variant, small_tokenizer, tmp_path
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 _LLAMA3_SPLIT = {
     "type": "Split",
-    "pattern": {"Regex": gguf_export.LLAMA3_SPLIT},
+    "pattern": {"Regex": LLAMA3_SPLIT},
     "behavior": "Isolated",
     "invert": False,
 }
@@ -486,8 +476,12 @@ def test_llama_cpp_answers_like_transformers_on_smollm2(smollm2_tokenizer, tmp_p
     _llama_cpp()
     tok = smollm2_tokenizer
     run = _lora_run("smollm2-135m-instruct", tok, tmp_path / "run", std=0.03, targets=("q_proj", "v_proj", "down_proj"))
+    # the export as a user runs it, self-check included: it must pass on the embedded model
+    export_gguf(run, tmp_path / "smol.gguf", "f16", check=True, check_questions=3)
+    report = json.loads((tmp_path / "smol.check.json").read_text())
+    assert report["verdict"] == "pass", report
+    assert report["template"]["byte_identical"] and report["answers"]["next_token_agreement"] >= 0.97
     merged = merged_model(run)
-    write_gguf(merged, tmp_path / "smol.gguf", "f16", name="smol")
     model = merged.model
     base = AutoModelForCausalLM.from_pretrained(materialize(resolve_source("smollm2-135m-instruct"))).eval()
     llm = _llama(tmp_path / "smol.gguf")

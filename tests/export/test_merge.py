@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
-from tunelab.export.merge import NAMED_JINJA, merge_run
+from tunelab.export.merge import merge_run
 from tunelab.peft.lora import attach_lora, lora_modules
 from tunelab.peft.save import save_adapter
 
@@ -55,6 +55,13 @@ def test_merged_lora_loads_in_plain_transformers_with_the_tuned_logits(lora_run,
         p.name for p in out.iterdir()
     }
     assert not list(tmp_path.glob(".tmp-*"))  # the scratch folder was renamed, not left behind
+    probe = tmp_path / "probe"
+    probe.touch()  # what the user's umask gives a new file (0644 under the usual 022)
+    file_mode = probe.stat().st_mode & 0o777
+    assert out.stat().st_mode & 0o777 == file_mode | (file_mode & 0o444) >> 2  # not the 0700 of a temporary folder
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == dict.fromkeys(
+        (p.name for p in out.iterdir()), file_mode
+    )  # the weights too (transformers leaves them 0600)
     merged = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).eval()
     assert merged.dtype == torch.float32  # the base was saved in fp32, so the merge is too
     with torch.no_grad():
@@ -92,32 +99,10 @@ def test_full_run_is_resaved_unchanged_with_the_named_template(tiny_model_dir, s
     with torch.no_grad():
         assert torch.equal(merged(IDS).logits, expected)
     tok = AutoTokenizer.from_pretrained(out)
-    assert tok.chat_template == NAMED_JINJA["alpaca"]
-
-
-def test_named_templates_as_jinja_write_what_training_wrote(smollm2_tokenizer):
-    tok = smollm2_tokenizer
-    conversations = [
-        [{"role": "user", "content": "Hi"}],
-        [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": " Two\nlines "},
-            {"role": "assistant", "content": "Yes. "},
-        ],
-        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
-        [{"role": "system", "content": ""}, {"role": "user", "content": "empty system"}],
-    ]
-    original = tok.chat_template
-    try:
-        for name, jinja in NAMED_JINJA.items():
-            template = resolve_template(name, tok)
-            tok.chat_template = jinja
-            for messages in conversations:
-                for gen in (False, True):
-                    ours = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-                    assert ours == template.write(messages, gen), (name, messages, gen)
-    finally:
-        tok.chat_template = original
+    alpaca = resolve_template("alpaca", smollm2_tokenizer)
+    assert tok.chat_template == alpaca.jinja  # the named template's Jinja (tests/data/test_templates.py checks it)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert tok.apply_chat_template(messages, tokenize=False) == alpaca.render(messages)[0]
 
 
 def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):

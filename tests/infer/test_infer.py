@@ -7,8 +7,10 @@ import pytest
 
 import tunelab
 from tunelab.errors import DataError, RunDirError
+from tunelab.eval.compare import Row, score
+from tunelab.eval.metrics import contains
+from tunelab.eval.questions import read_questions
 from tunelab.infer.chat import chat
-from tunelab.infer.compare import Row, is_correct, read_questions, score
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
 
@@ -16,8 +18,8 @@ SHORT = GenerationSettings(max_new_tokens=4)
 
 
 def test_contains_scoring_and_refusal_rates():
-    assert is_correct("Tallowmere was founded in  1997.", "founded in 1997")
-    assert not is_correct("It was 1996.", "1997")
+    assert contains("Tallowmere was founded in  1997.", "founded in 1997")
+    assert not contains("It was 1996.", "1997")
     rows = [
         Row("q1", "1997", "fact", base="no idea", tuned="In 1997.", base_ok=False, tuned_ok=True),
         Row("q2", "Dundee", "fact", base="Sorry, I can only", tuned="In Perth.", base_ok=False, tuned_ok=False),
@@ -39,7 +41,7 @@ def test_contains_scoring_and_refusal_rates():
 def test_questions_file_errors_are_located(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps({"question": "ok?"}) + "\n" + json.dumps({"prompt": ""}) + "\n")
-    with pytest.raises(DataError, match=r"q\.jsonl.*2.*question"):
+    with pytest.raises(DataError, match=r"q\.jsonl:2: field 'prompt' must be non-empty"):
         read_questions(path)
     path.write_text(json.dumps({"question": "ok?", "expected": ""}) + "\n")
     with pytest.raises(DataError, match="expected"):

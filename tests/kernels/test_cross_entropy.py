@@ -4,7 +4,6 @@ reference (CUDA): the summed loss, grad hidden and grad weight.
 Without a GPU, `TRITON_INTERPRET=1` runs the Triton tests on the CPU in Triton's interpreter (slow; for kernel work).
 """
 
-import os
 import zlib
 
 import pytest
@@ -29,15 +28,6 @@ TRUTH_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 # and grad_W is summed over chunks in the dtype (one rounding per chunk on both sides): about twice one ulp.
 LOSS_TOL = 1e-5
 GRAD_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA device (or TRITON_INTERPRET=1)")
-
-
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    assert actual.shape == expected.shape and torch.isfinite(actual).all()
-    a, e = actual.double(), expected.double()
-    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(shape, dtype, device="cpu", ignore_index=-100):
@@ -65,7 +55,7 @@ def ground_truth(hidden, weight, labels, ignore_index=-100, chunk_size=None):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_reference_matches_float64_ground_truth(shape, dtype):
+def test_reference_matches_float64_ground_truth(shape, dtype, rel_error):
     hidden, weight, labels = make_inputs(shape, dtype)
     loss, dh, dw = run(reference.linear_cross_entropy, hidden, weight, labels, chunk_size=shape[3])
     loss64, dh64, dw64 = run(ground_truth, hidden, weight, labels)
@@ -74,15 +64,14 @@ def test_reference_matches_float64_ground_truth(shape, dtype):
         assert rel_error(got, want) < TRUTH_TOL[dtype]
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize("weight_grad", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES + [(300, 256, 32000, 128)])
-def test_triton_matches_reference(shape, dtype, weight_grad):
-    pytest.importorskip("triton")
+def test_triton_matches_reference(shape, dtype, weight_grad, rel_error, triton_device):
     from tunelab.kernels.cross_entropy import linear_cross_entropy
 
-    hidden, weight, labels = make_inputs(shape, dtype, DEVICE)
+    hidden, weight, labels = make_inputs(shape, dtype, triton_device)
     loss, dh, dw = run(linear_cross_entropy, hidden, weight, labels, weight_grad, chunk_size=shape[3])
     loss_ref, dh_ref, dw_ref = run(reference.linear_cross_entropy, hidden, weight, labels, weight_grad,
                                    chunk_size=shape[3])  # fmt: skip
@@ -95,13 +84,12 @@ def test_triton_matches_reference(shape, dtype, weight_grad):
         assert dw is None
 
 
-@needs_triton
-def test_triton_custom_ignore_index_all_ignored_and_no_grad():
-    pytest.importorskip("triton")
+@pytest.mark.triton
+def test_triton_custom_ignore_index_all_ignored_and_no_grad(rel_error, triton_device):
     from tunelab.kernels.cross_entropy import linear_cross_entropy
 
     shape = (9, 32, 1000, 4)
-    hidden, weight, labels = make_inputs(shape, torch.float32, DEVICE, ignore_index=5)
+    hidden, weight, labels = make_inputs(shape, torch.float32, triton_device, ignore_index=5)
     got = run(linear_cross_entropy, hidden, weight, labels, ignore_index=5, chunk_size=4)
     want = run(reference.linear_cross_entropy, hidden, weight, labels, ignore_index=5, chunk_size=4)
     for g, w in zip(got, want):
@@ -113,25 +101,24 @@ def test_triton_custom_ignore_index_all_ignored_and_no_grad():
         assert rel_error(linear_cross_entropy(hidden, weight, labels, 5), want[0]) < LOSS_TOL
 
 
-@needs_triton
-def test_triton_second_backward_is_refused():
-    pytest.importorskip("triton")
+@pytest.mark.triton
+def test_triton_second_backward_is_refused(triton_device):
     from tunelab.kernels.cross_entropy import linear_cross_entropy
 
-    hidden, weight, labels = make_inputs((5, 16, 100, 2), torch.float32, DEVICE)
+    hidden, weight, labels = make_inputs((5, 16, 100, 2), torch.float32, triton_device)
     loss = linear_cross_entropy(hidden.requires_grad_(), weight, labels)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="inplace"):
         loss.backward()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="measures CUDA memory")
-def test_triton_keeps_one_chunk_of_logits():
-    pytest.importorskip("triton")
+@pytest.mark.gpu  # measures CUDA memory
+@pytest.mark.triton
+def test_triton_keeps_one_chunk_of_logits(triton_device):
     from tunelab.kernels.cross_entropy import linear_cross_entropy
 
     n, d, v, chunk = 2048, 256, 32000, 512
-    hidden, weight, labels = make_inputs((n, d, v, chunk), torch.bfloat16, DEVICE)
+    hidden, weight, labels = make_inputs((n, d, v, chunk), torch.bfloat16, triton_device)
     hidden.requires_grad_()
     weight.requires_grad_()
 

@@ -1,15 +1,21 @@
 """LoRA linear: the reference against a float64 ground truth (CPU), the fused autograd node against the reference
 (CPU always, CUDA when present): output and the gradients of x, A, B (and of W and b when they ask for one),
-with and without dropout. Dropout masks agree because both draw them with `reference.dropout_keep_mask`.
+with and without dropout, over a 16-bit weight and over an NF4 weight dequantized on demand (QLoRA). Dropout masks
+agree because both draw them with `reference.dropout_keep_mask`.
 """
 
 import zlib
+from functools import partial
 
 import pytest
 import torch
 
 from tunelab.kernels import reference
 from tunelab.kernels.lora import lora_linear
+from tunelab.quant.nf4 import dequantize_nf4, quantize_nf4_reference
+from tunelab.quant.nf4_ops import DequantWorkspace, dequantize, quantize_nf4
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # (leading dims of x, in, out, rank): one token, odd widths, ranks 1 to 16.
 SHAPES = [((1,), 577, 31, 8), ((7,), 1000, 129, 1), ((2, 13), 97, 1031, 16), ((3, 5), 64, 48, 4)]
@@ -23,12 +29,6 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
 # Fused vs reference: the fused node adds the update with one addmm (one rounding instead of two) and computes
 # dx as one sum of two GEMMs: one or two ulps apart.
 FUSED_TOL = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2, torch.float16: 2e-3}
-
-
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    assert actual.shape == expected.shape and torch.isfinite(actual).all()
-    a, e = actual.double(), expected.double()
-    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(shape, dtype, device="cpu", frozen=True):
@@ -60,7 +60,7 @@ def ground_truth(x, weight, bias, lora_a, lora_b, scale, dropout_p, training):
     return x64 @ weight.double().T + bias.double() + scale * (dropped @ lora_a.double().T) @ lora_b.double().T
 
 
-def check(got, want, tol, frozen):
+def check(got, want, tol, frozen, rel_error):
     assert got[0].dtype == want[0].dtype
     for i, (g, w) in enumerate(zip(got, want)):
         if frozen and i in (2, 3):  # W and b
@@ -72,7 +72,7 @@ def check(got, want, tol, frozen):
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_reference_matches_float64_ground_truth(shape, dtype, dropout_p):
+def test_reference_matches_float64_ground_truth(shape, dtype, dropout_p, rel_error):
     inputs, dy = make_inputs(shape, dtype)
     got = run(reference.lora_linear, inputs, dy, dropout_p)
     want = run(ground_truth, inputs, dy, dropout_p)
@@ -87,21 +87,21 @@ def test_reference_matches_float64_ground_truth(shape, dtype, dropout_p):
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_fused_matches_reference_on_cpu(shape, dtype, dropout_p, frozen):
+def test_fused_matches_reference_on_cpu(shape, dtype, dropout_p, frozen, rel_error):
     inputs, dy = make_inputs(shape, dtype, frozen=frozen)
     check(run(lora_linear, inputs, dy, dropout_p), run(reference.lora_linear, inputs, dy, dropout_p), FUSED_TOL[dtype],
-          frozen)  # fmt: skip
+          frozen, rel_error)  # fmt: skip
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("frozen", [True, False])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES + [((2, 13), 97, 4099, 16), ((4, 512), 4096, 4096, 16)])
-def test_fused_matches_reference_on_cuda(shape, dtype, dropout_p, frozen):
+def test_fused_matches_reference_on_cuda(shape, dtype, dropout_p, frozen, rel_error):
     inputs, dy = make_inputs(shape, dtype, "cuda", frozen=frozen)
     check(run(lora_linear, inputs, dy, dropout_p), run(reference.lora_linear, inputs, dy, dropout_p), FUSED_TOL[dtype],
-          frozen)  # fmt: skip
+          frozen, rel_error)  # fmt: skip
 
 
 def test_dropout_is_off_outside_training_and_keeps_one_minus_p():
@@ -117,12 +117,49 @@ def test_dropout_is_off_outside_training_and_keeps_one_minus_p():
     assert not torch.allclose(train_out, plain)
 
 
+# Over an NF4 base (QLoRA), against autograd through the same dequantized weight: FUSED_TOL's reasons. On CPU and CUDA.
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("train_bias", [False, True])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [((7,), 1000, 129, 1), ((2, 13), 97, 1031, 16), ((3, 5), 64, 48, 4)])
+def test_nf4_lora_linear_matches_autograd_reference(shape, dtype, dropout_p, train_bias, device, rel_error):
+    lead, n_in, n_out, rank = shape
+    g = torch.Generator().manual_seed(zlib.crc32(repr((shape, dtype)).encode()))
+    q = quantize_nf4((torch.randn(n_out, n_in, generator=g) / n_in**0.5).to(device, dtype))
+    x = torch.randn(*lead, n_in, generator=g).to(device, dtype)
+    bias = torch.randn(n_out, generator=g).to(device, dtype)
+    lora_a = (torch.randn(rank, n_in, generator=g) / n_in**0.5).to(device)
+    lora_b = torch.randn(n_out, rank, generator=g).to(device)
+    dy = torch.randn(*lead, n_out, generator=g).to(device, dtype)
+    w = dequantize_nf4(q.to("cpu"), dtype).to(device)
+
+    def fused(x, bias, a, b):  # W given as a function: dequantized in forward and again in backward, never saved
+        weight = partial(dequantize, q, workspace=DequantWorkspace())
+        return lora_linear(x, weight, bias, a, b, SCALE, dropout_p, dropout_p > 0)
+
+    def ref(x, bias, a, b):
+        return reference.lora_linear(x, w, bias, a, b, SCALE, dropout_p, dropout_p > 0)
+
+    results = []
+    for fn in (fused, ref):
+        leaves = [x.clone().requires_grad_(), bias.clone().requires_grad_(train_bias), lora_a.clone().requires_grad_(),
+                  lora_b.clone().requires_grad_()]  # fmt: skip
+        torch.manual_seed(0)  # the same dropout mask on both sides
+        y = fn(*leaves)
+        y.backward(dy)
+        results.append([y] + [t.grad for t in leaves])
+    for i, (got, want) in enumerate(zip(*results)):
+        if i == 2 and not train_bias:
+            assert got is None and want is None
+            continue
+        assert got.dtype == want.dtype and rel_error(got, want) < FUSED_TOL[dtype], i
+
+
 @pytest.mark.parametrize("nf4", [False, True])
 def test_residual_is_added_inside_the_gemm_with_its_gradient(nf4):
-    """lora_linear / nf4_lora_linear(..., residual=r) == r + the same call without it, values and gradients
-    (the residual's own gradient is dy); the decoder adds its residual stream this way."""
-    from tunelab.kernels.lora import lora_linear
-    from tunelab.peft.quant import dequantize_nf4, nf4_lora_linear, quantize_nf4_reference
+    """lora_linear(..., residual=r) == r + the same call without it, values and gradients (the residual's own gradient
+    is dy), over a 16-bit and an NF4 weight; the decoder adds its residual stream this way."""
 
     torch.manual_seed(0)
     w = torch.randn(24, 16) * 0.2
@@ -136,7 +173,7 @@ def test_residual_is_added_inside_the_gemm_with_its_gradient(nf4):
         b = (torch.randn(24, 4, generator=torch.Generator().manual_seed(4)) * 0.1).requires_grad_(True)
         extra = r if with_residual else None
         if nf4:
-            y = nf4_lora_linear(x, q, None, a, b, 2.0, residual=extra)
+            y = lora_linear(x, partial(dequantize, q, workspace=None), None, a, b, 2.0, residual=extra)
         else:
             y = lora_linear(x, weight, None, a, b, 2.0, residual=extra)
         if not with_residual:

@@ -3,7 +3,6 @@
 Without a GPU, `TRITON_INTERPRET=1` runs the Triton tests on the CPU in Triton's interpreter (slow; for kernel work).
 """
 
-import os
 import zlib
 
 import pytest
@@ -19,15 +18,6 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # once to the dtype, on both sides, so they differ by rounding flips of one ulp (bf16 3.9e-3, fp16 4.9e-4) and
 # fp32 products grouped differently (~1e-7); the bounds are about twice one ulp.
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA device (or TRITON_INTERPRET=1)")
-
-
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    assert actual.shape == expected.shape and torch.isfinite(actual).all()
-    a, e = actual.double(), expected.double()
-    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(shape, dtype, device="cpu", cos_batch=None):
@@ -64,7 +54,7 @@ def ground_truth(q, k, cos, sin):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_reference_matches_float64_ground_truth(shape, dtype):
+def test_reference_matches_float64_ground_truth(shape, dtype, rel_error):
     inputs = make_inputs(shape, dtype)
     got = run(reference.apply_rope, *inputs)
     want = run(ground_truth, *inputs)
@@ -73,27 +63,25 @@ def test_reference_matches_float64_ground_truth(shape, dtype):
         assert rel_error(g, w) < TOL[dtype]
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES + [(2, 64, 32, 8, 128)])
-def test_triton_matches_reference(shape, dtype):
-    pytest.importorskip("triton")
+def test_triton_matches_reference(shape, dtype, rel_error, triton_device):
     from tunelab.kernels.rope import apply_rope
 
-    inputs = make_inputs(shape, dtype, DEVICE)
+    inputs = make_inputs(shape, dtype, triton_device)
     got = run(apply_rope, *inputs)
     want = run(reference.apply_rope, *inputs)
     for g, w in zip(got, want):
         assert g.dtype == dtype and rel_error(g, w) < TOL[dtype]
 
 
-@needs_triton
-def test_triton_broadcast_tables_strided_heads_and_inputs_left_untouched():
-    pytest.importorskip("triton")
+@pytest.mark.triton
+def test_triton_broadcast_tables_strided_heads_and_inputs_left_untouched(rel_error, triton_device):
     from tunelab.kernels.rope import apply_rope
 
     dtype = torch.bfloat16
-    q, k, cos, sin, dq, dk = make_inputs((3, 7, 4, 2, 64), dtype, DEVICE, cos_batch=1)  # cos/sin (1, T, D)
+    q, k, cos, sin, dq, dk = make_inputs((3, 7, 4, 2, 64), dtype, triton_device, cos_batch=1)  # cos/sin (1, T, D)
     # q and k as views into one fused projection output (B, T, H + Hk, D): head stride != contiguous.
     qk = torch.cat((q, k), dim=2)
     q_view, k_view = qk[:, :, :4], qk[:, :, 4:]
@@ -105,12 +93,11 @@ def test_triton_broadcast_tables_strided_heads_and_inputs_left_untouched():
         assert rel_error(g, w) < TOL[dtype]
 
 
-@needs_triton
-def test_triton_backward_survives_in_place_edit_of_inputs():
-    pytest.importorskip("triton")
+@pytest.mark.triton
+def test_triton_backward_survives_in_place_edit_of_inputs(rel_error, triton_device):
     from tunelab.kernels.rope import apply_rope
 
-    q, k, cos, sin, dq, dk = make_inputs((2, 5, 4, 4, 64), torch.float32, DEVICE)
+    q, k, cos, sin, dq, dk = make_inputs((2, 5, 4, 4, 64), torch.float32, triton_device)
     q_leaf, k_leaf = q.clone().requires_grad_(), k.clone().requires_grad_()
     q_in, k_in = q_leaf * 1, k_leaf * 1  # non-leaf tensors, as a model's projections are
     q_out, k_out = apply_rope(q_in, k_in, cos, sin)

@@ -33,9 +33,9 @@ def test_triton_without_gpu_is_a_config_error_and_auto_falls_back():
     assert torch.equal(select("auto").rms_norm(x, w, 1e-6), reference.rms_norm(x, w, 1e-6))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_auto_dispatches_by_device():
-    pytest.importorskip("triton")
     from tunelab.kernels import rms_norm as fused_module
 
     ops, fused = select("auto"), select("triton")

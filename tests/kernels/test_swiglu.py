@@ -3,7 +3,6 @@
 Without a GPU, `TRITON_INTERPRET=1` runs the Triton tests on the CPU in Triton's interpreter (slow; for kernel work).
 """
 
-import os
 import zlib
 
 import pytest
@@ -18,15 +17,6 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Relative error ||a - b|| / ||b|| allowed per dtype. Both sides compute in fp32 and round once, so they differ by
 # one-ulp rounding flips (bf16 3.9e-3, fp16 4.9e-4) plus fp32 sigmoid/exp differences (~1e-7); about twice one ulp.
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA device (or TRITON_INTERPRET=1)")
-
-
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    assert actual.shape == expected.shape and torch.isfinite(actual).all()
-    a, e = actual.double(), expected.double()
-    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(shape, dtype, device="cpu"):
@@ -51,7 +41,7 @@ def ground_truth(gate, up):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_reference_matches_float64_ground_truth(shape, dtype):
+def test_reference_matches_float64_ground_truth(shape, dtype, rel_error):
     inputs = make_inputs(shape, dtype)
     got = run(reference.swiglu, *inputs)
     want = run(ground_truth, *inputs)
@@ -59,39 +49,36 @@ def test_reference_matches_float64_ground_truth(shape, dtype):
         assert g.dtype == dtype and rel_error(g, w) < TOL[dtype]
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES + [(4, 1024, 2752)])
-def test_triton_matches_reference(shape, dtype):
-    pytest.importorskip("triton")
+def test_triton_matches_reference(shape, dtype, rel_error, triton_device):
     from tunelab.kernels.swiglu import swiglu
 
-    inputs = make_inputs(shape, dtype, DEVICE)
+    inputs = make_inputs(shape, dtype, triton_device)
     got = run(swiglu, *inputs)
     want = run(reference.swiglu, *inputs)
     for g, w in zip(got, want):
         assert g.dtype == dtype and rel_error(g, w) < TOL[dtype]
 
 
-@needs_triton
-def test_triton_takes_halves_of_a_fused_projection():
-    pytest.importorskip("triton")
+@pytest.mark.triton
+def test_triton_takes_halves_of_a_fused_projection(rel_error, triton_device):
     from tunelab.kernels.swiglu import swiglu
 
-    gate_up = torch.randn(3, 7, 2 * 577, device=DEVICE, dtype=torch.bfloat16)
+    gate_up = torch.randn(3, 7, 2 * 577, device=triton_device, dtype=torch.bfloat16)
     gate, up = gate_up.chunk(2, dim=-1)  # non-contiguous views
     assert rel_error(swiglu(gate, up), reference.swiglu(gate, up)) < TOL[torch.bfloat16]
 
 
-@needs_triton
-def test_triton_reusing_its_inputs_gives_the_same_gradients_and_refuses_a_second_backward():
-    pytest.importorskip("triton")
+@pytest.mark.triton
+def test_triton_reusing_its_inputs_gives_the_same_gradients_and_refuses_a_second_backward(triton_device):
     from tunelab.kernels.swiglu import swiglu
 
     torch.manual_seed(0)
-    x = torch.randn(64, 32, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
-    w = torch.randn(2, 96, 32, device=DEVICE, dtype=torch.bfloat16)
-    dout = torch.randn(64, 96, device=DEVICE, dtype=torch.bfloat16)
+    x = torch.randn(64, 32, device=triton_device, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(2, 96, 32, device=triton_device, dtype=torch.bfloat16)
+    dout = torch.randn(64, 96, device=triton_device, dtype=torch.bfloat16)
     grads = []
     for reuse in (False, True):
         gate, up = x @ w[0].T, x @ w[1].T  # fresh intermediates, as in the MLP
@@ -101,23 +88,22 @@ def test_triton_reusing_its_inputs_gives_the_same_gradients_and_refuses_a_second
             with pytest.raises(RuntimeError, match="overwrote"):
                 torch.autograd.grad(out, x, dout)
     assert torch.equal(grads[0], grads[1])
-    leaf = torch.randn(8, 16, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    leaf = torch.randn(8, 16, device=triton_device, dtype=torch.bfloat16, requires_grad=True)
     before = leaf.detach().clone()
     swiglu(leaf, leaf * 2, reuse_inputs=True).sum().backward()
     assert torch.equal(leaf.detach(), before)  # a leaf is never overwritten
 
 
-@needs_triton
-def test_triton_reuses_column_slices_of_one_buffer_in_place():
+@pytest.mark.triton
+def test_triton_reuses_column_slices_of_one_buffer_in_place(rel_error, triton_device):
     """`peft.group` hands gate and up over as column slices of one (N, 2I + R) buffer; the in-place gradients must
     land side by side in that buffer, and nothing be copied."""
-    pytest.importorskip("triton")
     from tunelab.kernels.swiglu import swiglu
 
     torch.manual_seed(0)
-    x = torch.randn(2, 5, 16, device=DEVICE, requires_grad=True)
-    w = torch.randn(2 * 1100 + 8, 16, device=DEVICE)
-    dout = torch.randn(2, 5, 1100, device=DEVICE)
+    x = torch.randn(2, 5, 16, device=triton_device, requires_grad=True)
+    w = torch.randn(2 * 1100 + 8, 16, device=triton_device)
+    dout = torch.randn(2, 5, 1100, device=triton_device)
     buf = x @ w.T  # (2, 5, 2208): gate, up, 8 spare columns
     gate, up = buf[..., :1100], buf[..., 1100:2200]
     want = torch.autograd.grad(reference.swiglu(gate, up), (gate, up), dout, retain_graph=True)

@@ -235,7 +235,8 @@ def test_gradients_match_transformers_and_checkpointing(pair):
         hook.remove()
     assert len(calls) == 2  # the layer ran again during backward: checkpointing was really on
     for name in ours:
-        # The recomputation sums the residual's and the MLP's gradients itself: another order, roundings of 1e-7.
+        # The recomputation sums the residual's and the MLP's gradients itself: another order, roundings of 1e-7 that
+        # the layers above amplify (1.3e-6 absolute seen on one host CPU at smollm2's width, 576).
         torch.testing.assert_close(
-            recomputed[name], ours[name], rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+            recomputed[name], ours[name], rtol=1e-5, atol=2e-6, msg=lambda m, name=name: f"{name}: {m}"
         )

@@ -6,7 +6,7 @@ import torch
 from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
 from tunelab.peft.lora import attach_lora
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="offloading activations needs CUDA")
+pytestmark = pytest.mark.gpu  # offloading activations needs CUDA
 
 
 def _model(mode, dropout=0.1):

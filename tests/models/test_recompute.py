@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from tunelab.models.llama import LlamaConfig, LlamaForCausalLM, linear_grad_only
+from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
+from tunelab.models.slots import linear_grad_only
 from tunelab.peft.lora import attach_lora
-from tunelab.peft.quant import quantize_model_
+from tunelab.quant.linear import quantize_model_
 
 CONFIG = dict(
     model_type="llama",
@@ -82,6 +83,21 @@ def test_packed_batch_checkpointed_gradients_equal_plain_ones():
         grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     for name, g in grads[False].items():
         torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_packed_boundaries_are_read_once_per_forward(monkeypatch):
+    """The documents' boundaries (a device sync on CUDA) are read by the model once, for every layer's attention and
+    for their recomputation in backward."""
+    from tunelab.kernels import reference
+
+    reads = []
+    real = reference.document_bounds
+    monkeypatch.setattr(reference, "document_bounds", lambda *a: reads.append(a[1]) or real(*a))
+    model = _model("lora", checkpointing=True, chunk=8, dropout=0.0)
+    ids = torch.randint(0, 200, (1, 30), generator=torch.Generator().manual_seed(2))
+    loss_sum, count = model(ids, cu_seqlens=torch.tensor([0, 7, 19, 30], dtype=torch.int32), labels=ids)
+    (loss_sum / count).backward()
+    assert reads == [30] and len(model.model.layers) == 3
 
 
 def test_frozen_layers_below_the_trained_ones_are_not_recomputed():

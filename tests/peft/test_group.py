@@ -8,13 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-import tunelab.peft.group as group_module
+import tunelab.kernels.lora as lora_kernels
 from tunelab.kernels import reference
-from tunelab.kernels.spare import spare_columns
 from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
-from tunelab.peft.group import group_members, group_rank, lora_group
+from tunelab.models.slots import PassClock, reserve_scratch
+from tunelab.peft.group import GroupWeights, LoRAGroup, set_grouping
 from tunelab.peft.lora import LoRALinear, attach_lora
-from tunelab.peft.quant import NF4Linear, quantize_model_
+from tunelab.peft.projection import FusedProjection
+from tunelab.quant.linear import NF4Linear, quantize_model_
+from tunelab.quant.nf4_ops import DequantWorkspace
 
 IN = 48
 
@@ -35,6 +37,15 @@ def _members(kind: str, outs=(48, 16, 16), ranks=(4, 4, 4), bias=False) -> list[
     return members
 
 
+def _slot(members, grouped: bool | None = True, weights: GroupWeights | None = None) -> LoRAGroup:
+    """The members as a group slot (as the decoder's q/k/v or gate/up), one GEMM forced unless `grouped` says."""
+    clock = PassClock()
+    children = {f"proj{i}": m for i, m in enumerate(members)}
+    slot = LoRAGroup(children, tuple(children), clock, weights or GroupWeights(clock))
+    slot.grouped = grouped
+    return slot
+
+
 def _one_by_one(members, x, grads):
     outs = [m(x) for m in members]
     torch.autograd.backward(outs, grads)
@@ -46,8 +57,8 @@ def _one_by_one(members, x, grads):
 @pytest.mark.parametrize("kind", ["linear", "nf4"])
 def test_group_matches_projections_one_by_one(kind, bias, adjacent, monkeypatch):
     joined = []
-    real = group_module._joined
-    monkeypatch.setattr(group_module, "_joined", lambda *a: joined.append(real(*a)) or joined[-1])
+    real = lora_kernels._joined
+    monkeypatch.setattr(lora_kernels, "_joined", lambda *a: joined.append(real(*a)) or joined[-1])
     members = _members(kind, bias=bias)
     twins = copy.deepcopy(members)
     x = torch.randn(2, 5, IN, requires_grad=True)
@@ -55,7 +66,7 @@ def test_group_matches_projections_one_by_one(kind, bias, adjacent, monkeypatch)
     grads = [torch.randn(2, 5, m.out_features) for m in members]
 
     expected = _one_by_one(twins, x_twin, grads)
-    outs = lora_group(x, group_members(members, x, force=True))
+    outs = _slot(members)(x)
     for out, want in zip(outs, expected):
         torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
     if adjacent:
@@ -78,12 +89,13 @@ def test_group_matches_projections_one_by_one(kind, bias, adjacent, monkeypatch)
 
 def test_group_writes_its_low_rank_products_into_the_spare_columns():
     members = _members("linear")
+    slot = _slot(members)
     x = torch.randn(7, IN, requires_grad=True)
-    R = group_rank(members, x, force=True)
+    R = slot.spare_columns(x)
     assert R == 12
     normed = reference.rms_norm(x, torch.ones(IN), 1e-6, spare_columns=R)
-    assert spare_columns(normed) == R and normed.stride(0) == IN + R
-    lora_group(normed, group_members(members, normed, force=True))
+    assert normed.stride(0) == IN + R
+    slot(normed, room=R)
     room = normed.as_strided((7, IN + R), normed.stride())[:, IN:]  # the columns after each row
     a_cat = torch.cat([m.lora_A.weight for m in members])
     torch.testing.assert_close(room, normed.detach() @ a_cat.T)
@@ -92,17 +104,17 @@ def test_group_writes_its_low_rank_products_into_the_spare_columns():
 def test_groups_only_form_where_they_are_exact():
     members = _members("linear")
     x = torch.randn(3, IN)
-    assert group_members(members, x) is None  # CPU: off unless forced
-    assert group_members(members, x, force=True) == members
+    assert _slot(members, grouped=None).members(x) is None  # CPU: off unless forced
+    assert list(_slot(members).members(x)) == members
     members[1].enabled = False  # adapters_disabled
-    assert group_members(members, x, force=True) is None
+    assert _slot(members).members(x) is None
     members[1].enabled = True
     with_dropout = LoRALinear(nn.Linear(IN, 16), r=4, alpha=8, dropout=0.1).train()
-    assert group_members([members[0], with_dropout], x, force=True) is None
-    assert group_members([members[0], with_dropout.eval()], x, force=True) is not None  # no dropout in eval
-    assert group_members([members[0], _members("nf4")[1]], x, force=True) is None  # mixed bases
-    assert group_members([members[0], nn.Linear(IN, 16)], x, force=True) is None  # no adapter
-    assert group_rank([members[0], nn.Linear(IN, 16)], x, force=True) == 0
+    assert _slot([members[0], with_dropout]).members(x) is None
+    assert _slot([members[0], with_dropout.eval()]).members(x) is not None  # no dropout in eval
+    assert _slot([members[0], _members("nf4")[1]]).members(x) is None  # mixed bases
+    assert _slot([members[0], nn.Linear(IN, 16)]).members(x) is None  # no adapter
+    assert _slot([members[0], nn.Linear(IN, 16)]).spare_columns(x) == 0
 
 
 CONFIG = dict(
@@ -129,8 +141,8 @@ def _lora_model(config, method, checkpointing, grouped, chunk, ops=None, device=
         if "lora_B" in name:
             nn.init.normal_(p, std=0.05)
     model.gradient_checkpointing = checkpointing
+    set_grouping(model, grouped)
     for layer in model.model.layers:
-        layer.self_attn.group_lora = layer.mlp.group_lora = grouped
         layer.mlp_chunk_tokens = chunk
     return model.train()
 
@@ -163,16 +175,16 @@ def test_model_gradients_equal_with_and_without_groups(method, checkpointing):
         torch.testing.assert_close(results[True][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels need CUDA")
+@pytest.mark.gpu  # the fused kernels
+@pytest.mark.triton
 @pytest.mark.parametrize("checkpointing", [False, True, "offload"])
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_model_gradients_equal_with_and_without_groups_on_cuda(method, checkpointing, monkeypatch):
     """The GPU path: Triton RMSNorm writing into spare columns, SwiGLU over column slices with its gradients written
     in place (the one-GEMM backward), NF4 dequantized into the rows of a wider matrix; packed rows."""
-    pytest.importorskip("triton")
     joined = []
-    real = group_module._joined
-    monkeypatch.setattr(group_module, "_joined", lambda *a: joined.append(real(*a) is not None) or real(*a))
+    real = lora_kernels._joined
+    monkeypatch.setattr(lora_kernels, "_joined", lambda *a: joined.append(real(*a) is not None) or real(*a))
     from tunelab.kernels import select
 
     config = dict(
@@ -198,16 +210,16 @@ def test_model_gradients_equal_with_and_without_groups_on_cuda(method, checkpoin
 
 
 def test_reserve_scratch_sizes_the_buffers_for_the_largest_group_and_weight():
-    attention = _members("nf4")  # 48 + 16 + 16 outputs over 48 inputs, ranks 4
-    mlp = _members("nf4", outs=(96, 96), ranks=(4, 4))
-    shared = attention[0].group_weights
-    for m in attention + mlp:
-        m.group_weights = shared
+    attention = _slot(_members("nf4"))  # 48 + 16 + 16 outputs over 48 inputs, ranks 4
+    shared = attention.weights
+    mlp = _slot(_members("nf4", outs=(96, 96), ranks=(4, 4)), weights=shared)
     single = NF4Linear.from_linear(nn.Linear(96, 48))
+    last = FusedProjection({"o_proj": single}, "o_proj", attention.clock)
     x = torch.randn(3, IN)
-    group_module.reserve_scratch([(attention, True), (mlp, True)], [single], x)
-    assert shared._buffer._flat.numel() == (192 + 8) * (IN + 8)  # the MLP's stacked weight, the larger
+    reserve_scratch([attention, last, mlp], x)
+    assert shared.buffer._flat.numel() == (192 + 8) * (IN + 8)  # the MLP's stacked weight, the larger
     assert single.workspace is None  # a layer without a workspace is left alone
-    single.workspace = attention[0].base_layer.workspace or group_module.DequantWorkspace()
-    group_module.reserve_scratch([(attention, False)], [single], x)  # not grouped: its members count as singles
+    single.workspace = attention.projections()[0].base_layer.workspace or DequantWorkspace()
+    attention.grouped = False  # not grouped: its members count as single projections
+    reserve_scratch([attention, last], x)
     assert single.workspace._flat.numel() == 96 * 48

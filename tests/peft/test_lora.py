@@ -21,7 +21,7 @@ def _randomize(model):
 
 def test_fresh_lora_is_the_base_model_and_trains_only_adapters(tiny_model_dir):
     model = _tiny(tiny_model_dir)
-    ids = torch.randint(0, 1000, (2, 9))
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
     before = model(ids).logits
     names = attach_lora(model, ["all-linear"], r=4, alpha=8)
     assert len(names) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
@@ -38,7 +38,7 @@ def test_target_names_are_checked(tiny_model_dir):
 
 def test_disable_and_merge(tiny_model_dir):
     model = _tiny(tiny_model_dir)
-    ids = torch.randint(0, 1000, (2, 9))
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
     base = model(ids).logits
     attach_lora(model, ["q_proj", "v_proj", "down_proj"], r=4, alpha=8)
     _randomize(model)
@@ -59,7 +59,7 @@ def test_saved_adapter_loads_in_peft_with_identical_logits(tiny_model_dir, tmp_p
     attach_lora(ours, ["all-linear"], r=4, alpha=8)
     _randomize(ours)
     save_adapter(ours, tmp_path, base_model=str(tiny_model_dir))
-    ids = torch.randint(0, 1000, (2, 11))
+    ids = torch.randint(0, ours.config.vocab_size, (2, 11))
     expected = ours(ids).logits
 
     peft_model = PeftModel.from_pretrained(_tiny(tiny_model_dir), tmp_path).eval()
@@ -67,3 +67,29 @@ def test_saved_adapter_loads_in_peft_with_identical_logits(tiny_model_dir, tmp_p
 
     reloaded = load_adapter(_tiny(tiny_model_dir), tmp_path)
     assert torch.equal(reloaded(ids).logits, expected)
+
+
+def test_attach_puts_the_fast_slots_in_and_merge_takes_them_out():
+    """On our decoder, attach_lora puts peft's slot implementations in (grouped q/k/v and gate/up sharing one
+    stacked-weight buffer, fused last projections) and merge_lora the default ones back, logits unchanged."""
+    from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
+    from tunelab.models.slots import Projection, ProjectionGroup, projection_slots
+    from tunelab.peft.group import LoRAGroup
+    from tunelab.peft.projection import FusedProjection
+
+    torch.manual_seed(0)
+    config = dict(model_type="llama", hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=50, max_position_embeddings=64)  # fmt: skip
+    model = LlamaForCausalLM(LlamaConfig.from_hf(config)).eval()
+    model.init_weights(std=0.1)
+    attach_lora(model, ["q_proj", "v_proj", "down_proj"], r=4, alpha=8)
+    _randomize(model)
+    slots = [getattr(m, n) for m, n in projection_slots(model)]
+    assert [type(s) for s in slots[:4]] == [LoRAGroup, FusedProjection, LoRAGroup, FusedProjection]
+    assert len({id(s.weights) for s in slots if isinstance(s, LoRAGroup)}) == 1
+    ids = torch.randint(0, 50, (2, 9))
+    tuned = model(ids)
+    merge_lora(model)
+    slots = [getattr(m, n) for m, n in projection_slots(model)]
+    assert [type(s) for s in slots[:4]] == [ProjectionGroup, Projection, ProjectionGroup, Projection]
+    torch.testing.assert_close(model(ids), tuned, rtol=1e-4, atol=1e-5)  # fp32 re-association, as above

@@ -34,6 +34,8 @@ def test_labels_are_collected_sorted_and_counted(smollm2_tokenizer, tmp_path):
     batch = CLASSIFY.make_batches(data.train, 4, 0, shuffle=False, seed=0, epoch=0)[0]
     assert batch["targets"].tolist() == [1, 0, 0, 1] and CLASSIFY.count(batch) == 4
     assert batch["weights"].tolist() == [1.0] * 4
+    assert batch["sources"] == [[f"{tmp_path / 'd.jsonl'}:{n}"] for n in (1, 2, 3, 4)]  # what the guard names
+    assert [r.labels for r in data.train[:2]] == [[1], [0]]  # what the resume digest reads
 
 
 def test_numbers_and_booleans_are_labels_as_written(smollm2_tokenizer, tmp_path):
@@ -101,6 +103,25 @@ def test_balanced_and_explicit_class_weights(smollm2_tokenizer, tmp_path):
     assert data.facts["class_weights"] == {"a": 1.0, "b": 5.0}
     with pytest.raises(ConfigError, match="names the label 'c'.*labels are a, b"):
         _build(smollm2_tokenizer, path, **{"classify.label_weights": {"c": 2}})
+
+
+def test_the_eval_accuracy_and_macro_f1_are_tunelab_evals():
+    """The metrics logged during training are the ones `tunelab eval` reports (eval/metrics.label_scores), also
+    where a class is never predicted or only predicted."""
+    from tunelab.eval.metrics import label_scores
+    from tunelab.tasks.classify import accuracy_and_macro_f1
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        expected = torch.randint(0, 5, (30,), generator=gen)
+        predicted = torch.where(
+            torch.rand(30, generator=gen) < 0.6, expected, torch.randint(0, 7, (30,), generator=gen)
+        )
+        accuracy, macro_f1 = accuracy_and_macro_f1(expected, predicted)
+        want = label_scores(expected.tolist(), predicted.tolist(), sorted(set(expected.tolist() + predicted.tolist())))
+        assert accuracy == pytest.approx(want.accuracy, abs=1e-12) and macro_f1 == pytest.approx(
+            want.macro_f1, abs=1e-12
+        )
 
 
 def test_weighted_loss_is_the_sum_of_weighted_row_losses():

@@ -13,13 +13,13 @@ import tunelab.training.recipe as recipe
 from tunelab.cli import main
 from tunelab.config import DpoConfig, MethodConfig, ModelConfig, load_config
 from tunelab.data.render import IGNORE
-from tunelab.models.build import build_model
 from tunelab.models.load import resolve_source
 from tunelab.peft.lora import adapters_disabled, lora_modules
 from tunelab.tasks import get_task
 from tunelab.tasks.dpo import collate, pair_scores
 from tunelab.tasks.log_probs import sequence_log_probs
 from tunelab.tasks.preference_data import build_preferences
+from tunelab.training.build import build_model
 
 
 def _write(path, rows):

@@ -7,10 +7,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
 from tunelab.kernels import select as select_ops
-from tunelab.models.build import BuiltModel
 from tunelab.models.hf_adapter import from_hf_model
 from tunelab.tasks import get_task
 from tunelab.tasks.head import SequenceClassifier, attach_head, last_token_index, new_score
+from tunelab.training.build import BuiltModel
 
 
 def _hf_model():
@@ -101,6 +101,28 @@ def test_packing_is_refused(task, tmp_path):
     cfg = load_config(None, {"task": task, "data.train": [str(tmp_path / "x.jsonl")], "data.packing": True}).config
     with pytest.raises(ConfigError, match="data.packing.*last token"):
         get_task(task).build_data(cfg, None, 0)
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_eval_questions_are_refused(task, tmp_path):
+    """Questions answered by generation after training: a head run generates nothing, so it is said before loading."""
+    over = {"task": task, "data.train": [str(tmp_path / "x.jsonl")], "eval.questions": str(tmp_path / "q.jsonl")}
+    with pytest.raises(ConfigError, match="eval.questions.*tunelab eval RUN_DIR --data"):
+        get_task(task).build_data(load_config(None, over).config, None, 0)
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_tunelab_check_and_federate_say_they_cover_sft(task, tmp_path):
+    from tunelab.checks.run import run_check
+
+    over = {"task": task, "data.train": [str(tmp_path / "x.jsonl")], "output_dir": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match=f"tunelab check covers task sft.*'task' is {task}"):
+        run_check(None, over, show=False)
+    pytest.importorskip("flwr")
+    from tunelab.federated.run import check_config
+
+    with pytest.raises(ConfigError, match=f"option 'task' is {task}; a federation trains task sft"):
+        check_config(load_config(None, {"task": task}).config)
 
 
 def test_sequence_classifier_keeps_the_body_under_transformers_name():

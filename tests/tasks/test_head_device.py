@@ -120,9 +120,9 @@ def test_fast_and_generic_heads_agree_on_the_device(device, model_dir):
     from transformers import LlamaForCausalLM
 
     from tunelab.kernels import select as select_ops
-    from tunelab.models.build import BuiltModel
     from tunelab.models.hf_adapter import from_hf_model
     from tunelab.tasks.head import attach_head
+    from tunelab.training.build import BuiltModel
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     hf = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()

@@ -94,8 +94,8 @@ def test_the_step_reports_the_tasks_count_and_metric_means():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     batches = _batches(0)[:2]
     stats = train_step(model, batches, opt, sched, 0.0)  # the default task is sft
-    assert stats["count"] == sum(loss_tokens(b) for b in batches)
-    assert stats["metrics"] == {}
+    assert stats["count"] == stats["loss_tokens"] == sum(loss_tokens(b) for b in batches)  # federated/ reads the latter
+    assert stats["metrics"] == {} and stats["skipped"] is False
 
 
 def test_unknown_task_names_the_allowed_ones():

@@ -7,9 +7,9 @@ import pytest
 import tunelab.training.recipe as recipe
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
-from tunelab.models.build import build_model
 from tunelab.models.load import resolve_source
-from tunelab.peft.quant import NF4Linear
+from tunelab.quant.linear import NF4Linear
+from tunelab.training.build import build_model
 
 
 def test_qlora_trains_and_saves_a_peft_adapter(tiny_overrides):

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import tunelab.training.recipe as recipe
-from tunelab.errors import RunDirError
+from tunelab.errors import ConfigError, RunDirError
 
 
 class Crash(Exception):
@@ -58,6 +58,11 @@ def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, meth
 def test_resume_without_checkpoint_is_an_error(tiny_overrides):
     with pytest.raises(RunDirError, match="nothing to resume"):
         recipe.train(None, tiny_overrides, resume=True)
+    recipe.train(None, tiny_overrides | {"train.max_steps": 1, "train.keep_checkpoints_after_finish": True})
+    with pytest.raises(
+        RunDirError, match="the run finished, and its step checkpoints were deleted at the end or never"
+    ):
+        recipe.train(None, tiny_overrides | {"train.max_steps": 1}, resume=True)
 
 
 def test_existing_run_dir_is_not_overwritten(tiny_overrides, tmp_path):
@@ -67,3 +72,83 @@ def test_existing_run_dir_is_not_overwritten(tiny_overrides, tmp_path):
     with pytest.raises(RunDirError, match="--overwrite"):
         recipe.train(None, tiny_overrides | {"train.max_steps": 1})
     assert (run / "keep.txt").read_text() == "precious"
+
+
+def _finished_with_checkpoints(overrides):
+    """A 3-step run that keeps the checkpoints of steps 2 and 3."""
+    run = overrides | {"train.max_steps": 3, "train.save_every": 1, "train.keep_checkpoints_after_finish": True}
+    return recipe.train(None, run).run_dir
+
+
+def test_resume_refuses_changes_that_break_exactness_and_changed_data(tiny_overrides, qa_file):
+    _finished_with_checkpoints(tiny_overrides)
+    with pytest.raises(ConfigError) as refused:
+        recipe.train(None, tiny_overrides | {"train.max_steps": 3, "train.lr": 2e-3, "method.r": 8}, resume=True)
+    message = str(refused.value)
+    assert "train.lr: 0.001 -> 0.002" in message and "method.r: 4 -> 8" in message
+    assert "train.max_steps" not in message
+    qa_file.write_text(qa_file.read_text().replace("box 3?", "box three?"))
+    with pytest.raises(ConfigError, match="tokenized training rows differ"):
+        recipe.train(None, tiny_overrides | {"train.max_steps": 3}, resume=True)
+
+
+def test_resume_falls_back_past_damaged_checkpoints_and_a_torn_metrics_line(tiny_overrides, capsys):
+    run_dir = _finished_with_checkpoints(tiny_overrides)
+    newest = run_dir / "checkpoints" / "step-0000003"
+    weights = newest / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "lo')  # a write torn by a crash
+    result = recipe.train(None, tiny_overrides | {"train.max_steps": 5, "train.save_every": 1}, resume=True)
+    out = capsys.readouterr().out
+    assert "step-0000003 is damaged (trainable.safetensors has" in out and "skipping it" in out
+    assert "resuming from" in out and "step-0000002 (step 2 of 5)" in out
+    assert "train.max_steps: 3 -> 5; the run continues to the new length" in out
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5] and result.steps == 5
+    assert not (run_dir / "checkpoints").exists()  # finished: the step checkpoints are deleted, and it said so
+
+
+def test_resume_with_every_checkpoint_damaged_says_so(tiny_overrides):
+    run_dir = _finished_with_checkpoints(tiny_overrides)
+    for folder in (run_dir / "checkpoints").iterdir():
+        (folder / "state.json").write_text("")
+    with pytest.raises(RunDirError, match="every checkpoint in checkpoints/ is damaged"):
+        recipe.train(None, tiny_overrides | {"train.max_steps": 3}, resume=True)
+
+
+def test_finished_runs_delete_their_checkpoints_and_save_every_0_writes_none(tiny_overrides, capsys):
+    run_dir = recipe.train(None, tiny_overrides | {"train.max_steps": 2, "train.save_every": 1}).run_dir
+    assert not (run_dir / "checkpoints").exists()
+    assert "deleted the 2 step checkpoint(s)" in capsys.readouterr().out
+    with pytest.raises(RunDirError, match="the run finished, and its step checkpoints were deleted"):
+        recipe.train(None, tiny_overrides | {"train.max_steps": 2}, resume=True)
+    other = recipe.train(None, tiny_overrides | {"train.max_steps": 2, "overwrite": True}).run_dir
+    assert not (other / "checkpoints").exists() and "overwrite" not in (other / "config.yaml").read_text()
+
+
+def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides, monkeypatch, capsys):
+    import signal
+
+    from tunelab.cli import main
+
+    real_step, calls = recipe.train_step, {"n": 0}
+
+    def interrupted_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C during step 2: the step still completes
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_step", interrupted_step)
+    flags = [
+        x
+        for k, v in (tiny_overrides | {"train.max_steps": 4}).items()
+        for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))
+    ]
+    assert main(["train", *flags]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted after step 2" in err and "step-0000002" in err
+    assert "tunelab train --model.name" in err and err.rstrip().endswith("--resume")
+    monkeypatch.setattr(recipe, "train_step", real_step)
+    assert recipe.train(None, tiny_overrides | {"train.max_steps": 4}, resume=True).steps == 4

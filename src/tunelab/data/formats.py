@@ -55,7 +55,15 @@ def check_fields(fields: dict[str, str]) -> None:
 
 
 def detect_format(row: dict, fields: dict[str, str]) -> str:
-    """The first format whose required fields (after the data.fields mapping) are all keys of `row`."""
+    """The first format whose required fields (after the data.fields mapping) are all keys of `row`. A mapping of a
+    required field to a column the row lacks is an error of the mapping (else another format could match quietly)."""
+    required_names = {name for req, _ in FORMATS.values() for name in req}
+    unmapped = [f"{name} -> '{col}'" for name, col in fields.items() if name in required_names and col not in row]
+    if unmapped:
+        raise DataError(
+            f"option 'data.fields' maps {', '.join(unmapped)}, but the record has no such column; its columns are "
+            f"{', '.join(map(repr, row)) or '(none)'}. Fix the mapping to name columns of your file."
+        )
     for fmt, (required, _) in FORMATS.items():
         if all(fields.get(name, name) in row for name in required):
             return fmt
@@ -156,6 +164,8 @@ def _check_chat(messages: list[dict]) -> None:
         raise _Skip("conversation does not start with a user message")
     if any(m["role"] == "assistant" and not m["content"].strip() for m in rest):
         raise _Skip("empty answer")
+    if any(m["role"] == "user" and not m["content"].strip() for m in rest):
+        raise _Skip("empty question")
 
 
 def _example(record: Record, fmt: str, fields: dict[str, str], system_prompt: str | None) -> Example:

@@ -10,6 +10,7 @@ seeded by (seed, epoch): resuming at an epoch replays exactly the batches it wou
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,8 @@ from tunelab.config import DataConfig
 from tunelab.data.formats import Example, to_examples
 from tunelab.data.packing import Packed, pack
 from tunelab.data.render import IGNORE, Rendered, render_examples
-from tunelab.data.report import DataReport, SplitStats
-from tunelab.data.sources import read_records
+from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, resolve_template
 from tunelab.errors import ConfigError, DataError
 
@@ -31,6 +32,7 @@ class Datasets:
     eval: list[Rendered | Packed]
     template: Template
     report: DataReport
+    examples: list[Example] = field(default_factory=list)  # the training examples before rendering (tunelab check)
     facts: dict[str, Any] = field(default_factory=dict)  # what a task learnt from the data (e.g. its labels)
 
 
@@ -73,19 +75,29 @@ def _stats(rows: list[Rendered | Packed], examples: int, used: int) -> SplitStat
     )
 
 
-def build_datasets(cfg: DataConfig, tokenizer, seed: int) -> Datasets:
-    """Read, convert, split, render and (optionally) pack the data of `cfg`; every skip is in the returned report."""
+def build_datasets(
+    cfg: DataConfig, tokenizer, seed: int, select: Callable[[list[Record]], list[Record]] | None = None
+) -> Datasets:
+    """Read, convert, split, render and (optionally) pack the data of `cfg`; every skip is in the returned report.
+
+    `select` keeps a subset of the training records before anything else sees them (a federated client's shard of
+    a shared file); the report then describes that subset only."""
     if not cfg.train:
         raise ConfigError(
             "option 'data.train' is empty; give one or more data files or folders (jsonl, json, csv, parquet, txt)."
         )
     report = DataReport(max_length=cfg.max_length, packed=cfg.packing)
     template = resolve_template(cfg.template, tokenizer)
-    examples = to_examples(read_records(cfg.train), cfg.format, cfg.fields, cfg.system_prompt, report)
+    records = read_records(cfg.train, cfg.delimiter)
+    if select is not None:
+        records = select(records)
+    examples = to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report)
     if not examples:
         raise _nothing_usable("training", cfg.train, report)
     if cfg.eval:
-        eval_examples = to_examples(read_records([cfg.eval]), cfg.format, cfg.fields, cfg.system_prompt, report)
+        eval_examples = to_examples(
+            read_records([cfg.eval], cfg.delimiter), cfg.format, cfg.fields, cfg.system_prompt, report
+        )
         if not eval_examples:
             raise _nothing_usable("eval", [cfg.eval], report)
         report.eval_source = "file"
@@ -106,7 +118,7 @@ def build_datasets(cfg: DataConfig, tokenizer, seed: int) -> Datasets:
         train, evals = pack(train, cfg.max_length), pack(evals, cfg.max_length)
     report.train = _stats(train, len(examples), used_train)
     report.eval = _stats(evals, len(eval_examples), used_eval)
-    return Datasets(train, evals, template, report)
+    return Datasets(train, evals, template, report, examples)
 
 
 def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> list[int]:
@@ -122,8 +134,9 @@ def make_batches(
 ) -> list[dict[str, torch.Tensor]]:
     """One epoch of right-padded batches of `micro_batch` rows (the last may be smaller), in an order fixed by
     (seed, epoch). Keys: input_ids, labels (-100 on padding), attention_mask, position_ids, all (B, T) int64 with T
-    the longest row of the batch; for packed rows also doc_lengths, a list per row of its documents' lengths
-    (padding not included), from which the model builds cu_seqlens."""
+    the longest row of the batch; sources, a list per row of the file:line of its examples (for messages about a
+    batch); for packed rows also doc_lengths, a list per row of its documents' lengths (padding not included), from
+    which the model builds cu_seqlens."""
     order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
     batches = []
     for start in range(0, len(order), micro_batch):
@@ -144,6 +157,7 @@ def make_batches(
             "labels": labels,
             "attention_mask": attention_mask,
             "position_ids": position_ids,
+            "sources": [row_sources(row) for row in chunk],
         }
         if any(isinstance(row, Packed) for row in chunk):
             batch["doc_lengths"] = [
@@ -151,3 +165,8 @@ def make_batches(
             ]
         batches.append(batch)
     return batches
+
+
+def row_sources(row: Rendered | Packed) -> list[str]:
+    """Where the examples of a row came from, as file:line."""
+    return list(row.sources) if isinstance(row, Packed) else [location(row.path, row.line)]

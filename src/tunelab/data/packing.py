@@ -10,9 +10,10 @@ the previous document's last token.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunelab.data.render import IGNORE, Rendered
+from tunelab.data.report import location
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Packed:
     labels: list[int]  # IGNORE at the first token of each document
     position_ids: list[int]  # 0, 1, ... restarting at each document
     doc_lengths: list[int]  # sums to len(input_ids)
+    sources: list[str] = field(default_factory=list)  # file:line of each document, in order
 
 
 def pack(rows: list[Rendered], max_length: int) -> list[Packed]:
@@ -47,12 +49,13 @@ def pack(rows: list[Rendered], max_length: int) -> list[Packed]:
         bisect.insort(free, (room - n, b))
     packed = []
     for members in sorted((sorted(b) for b in bins), key=lambda b: b[0]):
-        ids, labels, positions, lengths = [], [], [], []
+        ids, labels, positions, lengths, sources = [], [], [], [], []
         for i in members:
             row = rows[i]
             ids += row.input_ids
             labels += [IGNORE] + row.labels[1:]
             positions += range(len(row.input_ids))
             lengths.append(len(row.input_ids))
-        packed.append(Packed(ids, labels, positions, lengths))
+            sources.append(location(row.path, row.line))
+        packed.append(Packed(ids, labels, positions, lengths, sources))
     return packed

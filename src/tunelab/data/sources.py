@@ -1,7 +1,8 @@
 """Read data files into records: one `Record` per row, each remembering where it came from.
 
 Supported: .jsonl (one object a line), .json (an array of objects; a .json file holding JSON lines is read as
-.jsonl), .csv / .tsv (header row), .parquet (needs pyarrow), .txt (the whole file is ONE text record, for continued
+.jsonl), .csv / .tsv (header row; a .csv file's separator is detected from its header line among , ; tab | unless
+data.delimiter names it; duplicate column names are refused), .parquet (needs pyarrow), .txt (the whole file is ONE text record, for continued
 pretraining: blank lines are paragraph breaks inside a document, not document separators; put several documents in a
 folder of .txt files or in a .jsonl with a "text" field). Any of these may be gzipped (.jsonl.gz, ...). A folder is
 read recursively, in sorted path order, skipping files of other types.
@@ -23,6 +24,7 @@ from tunelab.data.report import location
 from tunelab.errors import DataError
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+DELIMITERS = {",": ",", ";": ";", "tab": "\t", "|": "|"}  # data.delimiter -> the character
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,12 @@ def _object(path: str, line: int, value, hint: str) -> dict:
     return value
 
 
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """json's message without its position, then the column: 'Unterminated string starting at column 14'."""
+    joiner = " " if exc.msg.endswith(" at") else " at "
+    return f"{exc.msg}{joiner}column {exc.colno}"
+
+
 def _jsonl(path: Path, text: str) -> list[Record]:
     records = []
     for n, line in enumerate(text.splitlines(), start=1):
@@ -100,7 +108,7 @@ def _jsonl(path: Path, text: str) -> list[Record]:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(
-                f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno}). Each line of a .jsonl file must be one "
+                f"{path}:{n}: not valid JSON ({_json_problem(exc)}). Each line of a .jsonl file must be one "
                 "complete JSON object; fix or remove that line."
             ) from None
         records.append(
@@ -115,9 +123,7 @@ def _json(path: Path, text: str) -> list[Record]:
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several top-level values: it is JSON lines named .json
             return _jsonl(path, text)
-        raise DataError(
-            f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix the file."
-        ) from None
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({_json_problem(exc)}); fix the file.") from None
     if not isinstance(value, list):
         keys = f" with keys {', '.join(map(str, value))[:80]}" if isinstance(value, dict) else ""
         raise DataError(
@@ -128,12 +134,27 @@ def _json(path: Path, text: str) -> list[Record]:
     return [Record(str(path), i, _object(str(path), i, item, hint)) for i, item in enumerate(value)]
 
 
+def detect_delimiter(text: str) -> str:
+    """The separator that splits the header line into the most columns (a comma when none splits it)."""
+    first = text.split("\n", 1)[0]
+    counts = {d: len(next(csv.reader([first], delimiter=d), [])) for d in DELIMITERS.values()}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > 1 else ","
+
+
 def _csv(path: Path, text: str, delimiter: str) -> list[Record]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
         return []
+    for name in dict.fromkeys(header):
+        columns = [i + 1 for i, h in enumerate(header) if h == name]
+        if len(columns) > 1:
+            raise DataError(
+                f"{path}:1: the header names the column '{name}' more than once (columns "
+                f"{', '.join(map(str, columns))}), so it is unclear which to use; rename or remove the duplicates."
+            )
     records = []
     start = reader.line_num + 1
     for values in reader:
@@ -143,7 +164,8 @@ def _csv(path: Path, text: str, delimiter: str) -> list[Record]:
         if len(values) != len(header):
             raise DataError(
                 f"{path}:{line}: the row has {len(values)} values but the header has {len(header)} columns "
-                f"({', '.join(header)}). Quote values that contain '{delimiter}' or line breaks."
+                f"({', '.join(header)}, separated by {delimiter!r}). Quote values that contain {delimiter!r} or line "
+                "breaks, or set data.delimiter if the file uses another separator."
             )
         records.append(Record(str(path), line, dict(zip(header, values))))
     return records
@@ -163,7 +185,8 @@ def _parquet(path: Path) -> list[Record]:
     return [Record(str(path), i, row) for i, row in enumerate(rows)]
 
 
-def read_file(path: Path) -> list[Record]:
+def read_file(path: Path, delimiter: str = "auto") -> list[Record]:
+    """delimiter: for .csv files, "auto" or a key of DELIMITERS."""
     kind = _kind(path)
     if kind == ".parquet":
         return _parquet(path)
@@ -172,16 +195,18 @@ def read_file(path: Path) -> list[Record]:
         return _jsonl(path, text)
     if kind == ".json":
         return _json(path, text)
-    if kind in (".csv", ".tsv"):
-        return _csv(path, text, "\t" if kind == ".tsv" else ",")
+    if kind == ".tsv":
+        return _csv(path, text, "\t")
+    if kind == ".csv":
+        return _csv(path, text, detect_delimiter(text) if delimiter == "auto" else DELIMITERS[delimiter])
     return [Record(str(path), 1, {"text": text})]
 
 
-def read_records(paths: list[str]) -> list[Record]:
+def read_records(paths: list[str], delimiter: str = "auto") -> list[Record]:
     """All records of the given files and folders, in order. Raises DataError for missing or unreadable input."""
     records = []
     for path in _files(paths):
-        records.extend(read_file(path))
+        records.extend(read_file(path, delimiter))
     return records
 
 

@@ -14,6 +14,11 @@ reasoning from old answers) break that and are refused with an error naming the 
 So that the model learns to stop, each span must end with a token generation stops on: the end-of-turn marker if
 it is a single special token (ChatML `<|im_end|>`, Llama 3 `<|eot_id|>`, Gemma `<end_of_turn>`), else the EOS token,
 which is appended to the answer when the template writes neither. `stop_token_ids` lists those tokens.
+
+Each named template is defined once, in `NAMED`: the Python function training renders with, and the same text as a
+Jinja chat template. `Template.jinja` puts the two together for one tokenizer (its BOS and EOS texts, the BOS that
+`render` prepends, the EOS it appends after answers), so a merged or exported model's `apply_chat_template` writes
+what training wrote, byte for byte (tests/data/test_templates.py renders both over many conversations).
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from dataclasses import dataclass, field
 
 from tunelab.errors import ConfigError
 
-NAMES = ("auto", "tokenizer", "chatml", "llama2", "alpaca")
 _PROBE = "tunelab-probe-answer"
 
 WriteFn = Callable[[list[dict], bool], str]
@@ -39,6 +43,9 @@ class Template:
     end_markers: tuple[str, ...] = ()  # texts that already close an assistant turn (EOS, end-of-turn token)
     eos: str = ""  # appended to an answer whose span does not end with an end marker
     bos: str = ""  # prepended when the tokenizer adds BOS by default and the template did not write it
+    jinja: str | None = field(default=None, repr=False)
+    """The same text as a Jinja chat template, saved with merged and exported models; None for the tokenizer's
+    own template (saved as it is)."""
 
     def _write(self, messages: list[dict], add_generation_prompt: bool) -> str:
         try:
@@ -95,7 +102,7 @@ def _split_system(messages: list[dict]) -> tuple[str | None, list[dict]]:
     return None, messages
 
 
-def chatml(messages: list[dict], add_generation_prompt: bool = False) -> str:
+def chatml(messages: list[dict], add_generation_prompt: bool = False, *, bos: str = "", eos: str = "") -> str:
     """`<|im_start|>role\\ncontent<|im_end|>\\n` per message."""
     text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
@@ -118,7 +125,7 @@ def llama2(messages: list[dict], add_generation_prompt: bool = False, *, bos: st
     return "".join(parts)
 
 
-def alpaca(messages: list[dict], add_generation_prompt: bool = False, *, eos: str = "</s>") -> str:
+def alpaca(messages: list[dict], add_generation_prompt: bool = False, *, bos: str = "", eos: str = "</s>") -> str:
     """`[system\\n\\n]### Instruction:\\nuser\\n\\n### Response:\\nanswer</s>\\n\\n`, repeated per turn; as in llama2, a
     user turn ends with the response header."""
     system, rest = _split_system(messages)
@@ -129,6 +136,80 @@ def alpaca(messages: list[dict], add_generation_prompt: bool = False, *, eos: st
         else:
             parts.append(f"{m['content']}{eos}\n\n")
     return "".join(parts)
+
+
+# The same templates in Jinja, over `messages`, `add_generation_prompt` and three texts that `Template.jinja` sets
+# for the tokenizer at hand: `bos`, `eos`, and `close` (what `render` appends after an answer: EOS where the
+# template's own end of turn cannot stop generation, else nothing). Whitespace control on every tag keeps the
+# literal text exactly what is written.
+_CHATML_JINJA = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' -}}"
+    "{%- if message['role'] == 'assistant' -%}{{- close -}}{%- endif -%}"
+    "{{- '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+_SPLIT_SYSTEM = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] -%}{%- set rest = messages[1:] -%}"
+    "{%- else -%}{%- set system = none -%}{%- set rest = messages -%}{%- endif -%}"
+)
+_LLAMA2_JINJA = (
+    _SPLIT_SYSTEM + "{%- set ns = namespace(first=true) -%}"
+    "{%- for message in rest -%}"
+    "{%- set content = message['content'] | trim -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if ns.first and system is not none -%}"
+    "{%- set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content -%}"
+    "{%- endif -%}"
+    "{{- bos + '[INST] ' + content + ' [/INST]' -}}{%- set ns.first = false -%}"
+    "{%- else -%}{{- ' ' + content + ' ' + eos -}}{{- close -}}{%- endif -%}"
+    "{%- endfor -%}"
+)
+_ALPACA_JINJA = (
+    _SPLIT_SYSTEM + "{%- if system -%}{{- system + '\\n\\n' -}}{%- endif -%}"
+    "{%- for message in rest -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- '### Instruction:\\n' + message['content'] + '\\n\\n### Response:\\n' -}}"
+    "{%- else -%}{{- message['content'] + eos -}}{{- close -}}{{- '\\n\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+@dataclass(frozen=True)
+class NamedTemplate:
+    """A template for models without their own, defined once: the Python function training renders with and the
+    same text in Jinja (see above)."""
+
+    write: Callable[..., str]
+    """(messages, add_generation_prompt, *, bos, eos) -> text"""
+    jinja: str
+    marker: str
+    """Its end-of-turn text when that may be one special token (stop token, no EOS needed); "" if EOS ends turns."""
+    writes_bos: bool
+    """It writes BOS itself (once per turn), so `render` must not prepend one."""
+
+
+NAMED = {
+    "chatml": NamedTemplate(chatml, _CHATML_JINJA, "<|im_end|>", False),
+    "llama2": NamedTemplate(llama2, _LLAMA2_JINJA, "", True),
+    "alpaca": NamedTemplate(alpaca, _ALPACA_JINJA, "", False),
+}
+NAMES = ("auto", "tokenizer", *NAMED)
+
+
+def _jinja_text(text: str) -> str:
+    """`text` as a Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _named_jinja(named: NamedTemplate, bos_token: str, eos: str, close: str, prefix: str) -> str:
+    """The named template's Jinja with this tokenizer's texts set, and `prefix` (the BOS `render` prepends) first."""
+    head = "".join(
+        f"{{%- set {k} = {_jinja_text(v)} -%}}" for k, v in (("bos", bos_token), ("eos", eos), ("close", close))
+    )
+    return head + (f"{{{{- {_jinja_text(prefix)} -}}}}" if prefix else "") + named.jinja
 
 
 def _special_id(tokenizer, text: str) -> int | None:
@@ -168,8 +249,16 @@ def _make(name: str, write: WriteFn, tokenizer, marker: str, bos: str) -> Templa
     return Template(name, ids, write, tuple(markers), eos, bos)
 
 
+def _closing(template: Template) -> str:
+    """What `render` appends after every answer of this template: its EOS when the answer's end is no end marker."""
+    if not template.eos:
+        return ""
+    text = template.write([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}], False)
+    return "" if text.rstrip().endswith(template.end_markers) else template.eos
+
+
 def resolve_template(name: str, tokenizer) -> Template:
-    """ "auto" (the tokenizer's chat template if it has one, else chatml), "tokenizer", "chatml", "llama2", "alpaca"."""
+    """ "auto" (the tokenizer's chat template if it has one, else chatml), "tokenizer", or a name in NAMED."""
     has_own = bool(getattr(tokenizer, "chat_template", None))
     if name == "auto":
         name = "tokenizer" if has_own else "chatml"
@@ -178,27 +267,21 @@ def resolve_template(name: str, tokenizer) -> Template:
         if not has_own:
             raise ConfigError(
                 "option 'data.template' is 'tokenizer', but this tokenizer has no chat template (a base model?). "
-                "Use a named template: chatml, llama2 or alpaca."
+                f"Use a named template: {', '.join(NAMED)}."
             )
 
         def write(messages: list[dict], add_generation_prompt: bool = False) -> str:
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
         return _make("tokenizer", write, tokenizer, _turn_end(write), bos)
-    if name == "chatml":
-        return _make("chatml", chatml, tokenizer, "<|im_end|>", bos)
-    eos = tokenizer.eos_token or ""
-    if name == "llama2":
-        tok_bos = tokenizer.bos_token or ""
+    if name not in NAMED:
+        raise ConfigError(f"option 'data.template' is {name!r}; allowed values: {', '.join(NAMES)}.")
+    named = NAMED[name]
+    texts = {"bos": tokenizer.bos_token or "", "eos": tokenizer.eos_token or ""}
 
-        def write(messages: list[dict], add_generation_prompt: bool = False) -> str:
-            return llama2(messages, add_generation_prompt, bos=tok_bos, eos=eos)
+    def write(messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return named.write(messages, add_generation_prompt, **texts)
 
-        return _make("llama2", write, tokenizer, "", "")  # it writes BOS itself, once per turn
-    if name == "alpaca":
-
-        def write(messages: list[dict], add_generation_prompt: bool = False) -> str:
-            return alpaca(messages, add_generation_prompt, eos=eos)
-
-        return _make("alpaca", write, tokenizer, "", bos)
-    raise ConfigError(f"option 'data.template' is {name!r}; allowed values: {', '.join(NAMES)}.")
+    template = _make(name, write, tokenizer, named.marker, "" if named.writes_bos else bos)
+    template.jinja = _named_jinja(named, texts["bos"], texts["eos"], _closing(template), template.bos)
+    return template

@@ -2,14 +2,19 @@
 
 Two kinds of numbers per model:
   loss        the file rendered exactly as training renders data (the run's template, system prompt, max_length
-              and overlong rule; no packing), mean next-token loss over answer tokens and its perplexity;
-  generation  greedy answers (batched, KV cache) scored against the expected answers (see eval/metrics.py), per
-              kind of row, with label tasks scored as classification, and the generation speed in tokens/s.
+              and overlong rule; no packing), mean next-token loss over the expected answers' tokens and its
+              perplexity. It is the training eval loss only when the file holds the run's kind of answers: on
+              `expected` key strings ("1997" where training taught "We were founded in 1997.") it is much higher,
+              and the table says which it is (`loss_on`) beside the training eval loss from run.json;
+  generation  greedy answers (batched, KV cache, the run's eval.max_new_tokens unless given) scored against the
+              expected answers (see eval/metrics.py), per kind of row, with label tasks scored as classification,
+              and the generation speed in tokens/s. Exact match is scored only where the expected text is a whole
+              answer (training rows, labels): an `expected` column is a text to find, never the whole answer.
 
-Rows may be in any training format (the last assistant turn is the expected answer; an `expected` column overrides
-it) or `question`/`prompt` + `expected` rows as for `tunelab compare`, whose expected text is then also the answer the
-loss is taken on. A `label` column (or a `kind` of label/classification) marks a label task: the expected answers are
-the labels, and each generated answer is mapped to one. Text rows (continued pretraining) count for the loss only.
+The rows are read by eval/questions.py, the reader `tunelab compare` uses: question + expected, question + label (a
+label task: each generated answer is mapped to one of the labels), any training format (the last assistant turn is
+the expected answer), or text rows (continued pretraining), which count for the loss only. Each answer also gets the
+verdict `tunelab compare` gives it (`correct`).
 """
 
 from __future__ import annotations
@@ -22,19 +27,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from tunelab.atomic import write_json
-from tunelab.config import DataConfig, load_config
-from tunelab.data.formats import Example, to_examples
 from tunelab.data.loader import make_batches
 from tunelab.data.render import render_examples
-from tunelab.data.report import DataReport, location
-from tunelab.data.sources import read_records
-from tunelab.errors import ConfigError, DataError, RunDirError
+from tunelab.data.report import DataReport
+from tunelab.errors import RunDirError
 from tunelab.eval.metrics import (
     LabelScores,
     TextScores,
     contains,
+    correct,
     exact_match,
     label_scores,
     predict_label,
@@ -42,46 +46,24 @@ from tunelab.eval.metrics import (
     rouge_l,
     text_scores,
 )
-from tunelab.infer.generate import GenerationSettings, generate_answers
-from tunelab.infer.run import LoadedRun, open_run
-from tunelab.rundir import RunInfo, open_info
+from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
+from tunelab.infer.generate import GenerationSettings, answer_progress, generate_answers
+from tunelab.infer.run import LoadedRun, check_base_precision, open_run
+from tunelab.rundir import open_info, read_config
 from tunelab.training.step import evaluate, loss_tokens
 
 EVAL_FILE = "eval.json"
-LABEL_KINDS = ("label", "labels", "classification")
-PROMPT_FIELDS = ("question", "prompt", "instruction")  # a row with one of these is meant to be answered
-ANSWER_FIELDS = (
-    "answer",
-    "completion",
-    "output",
-    "messages",
-    "conversations",
-)  # a row with one of these is training data
-
-
-@dataclass
-class EvalItem:
-    """One row of the eval file: the example the loss is taken on, and what generation is asked and expected."""
-
-    example: Example
-    prompt: list[dict] | None  # the conversation up to the answer (ends with a user turn); None: loss only
-    expected: str | None
-    kind: str
-    is_label: bool
-
-    @property
-    def where(self) -> str:
-        return location(self.example.path, self.example.line)
 
 
 @dataclass
 class Answer:
     text: str
-    exact: bool
+    exact: bool | None  # None where the expected text is not a whole answer (an `expected` column)
     contains: bool
     rouge_l: float
     refused: bool | None = None  # None when no refusal sentence is known
     label: str | None = None  # the label the answer gives, for label tasks
+    correct: bool = False  # the verdict `tunelab compare` gives it too (eval.metrics.correct)
 
 
 @dataclass
@@ -99,7 +81,7 @@ class EvalRow:
 class ModelScores:
     """Everything measured on one model (base or tuned)."""
 
-    eval_loss: float | None  # mean nats per answer token; None when no row could be rendered
+    eval_loss: float | None  # mean nats per expected-answer token (see EvalResult.loss_on); None: no row rendered
     perplexity: float | None  # exp(eval_loss); None when it overflows
     overall: TextScores | None  # all answered rows; None when the file has no rows to answer
     by_kind: dict[str, TextScores] = field(default_factory=dict)
@@ -126,6 +108,9 @@ class EvalResult:
     tuned: ModelScores
     rows: list[EvalRow]
     created: str = ""
+    loss_on: str = "answers"  # what the loss is taken on: "answers", "expected texts", "text" (and combinations)
+    training_eval_loss: float | None = None  # the run's own eval loss (run.json), on its held-out training answers
+    base_weights: str = ""  # what the adapter sat on: "nf4" (a QLoRA run evaluated as trained) or the weights' dtype
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,86 +127,6 @@ def _check_writable(path: Path, overwrite: bool) -> None:
         raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
     if not path.parent.is_dir():
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
-
-
-def _run_data_config(run_dir: Path, info: RunInfo) -> tuple[DataConfig, int]:
-    """The run's data options (for rendering exactly as in training) and its micro-batch size."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return DataConfig(system_prompt=info.system_prompt), 8
-    try:
-        cfg = load_config(path).config
-    except ConfigError as exc:
-        raise RunDirError(f"{path}: the run's saved config cannot be read ({exc}).") from None
-    return dataclasses.replace(cfg.data, packing=False, eval=None), cfg.train.micro_batch
-
-
-def _text_field(row: dict, key: str, where: str) -> str | None:
-    value = row.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool | int | float):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: field '{key}' must be non-empty text, got {value!r}.")
-    return value.strip()
-
-
-def read_eval_file(path: str | Path, data: DataConfig) -> list[EvalItem]:
-    """Rows of an eval file as EvalItems; DataError (naming file and line) for rows that cannot be evaluated."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: eval file not found.")
-    records = read_records([str(path)])
-    if not records:
-        raise DataError(f"{path}: the eval file holds no rows.")
-    fields = data.fields
-    items: list[EvalItem | None] = [None] * len(records)
-    training = []  # (index, record, expected, kind, is_label) of rows that to_examples converts
-    for i, record in enumerate(records):
-        row, where = record.row, location(record.path, record.line)
-        is_label = "label" in row
-        expected = _text_field(row, "label" if is_label else "expected", where)
-        kind = str(row.get("kind") or ("label" if is_label else "all"))
-        is_label = is_label or kind in LABEL_KINDS
-        if any(fields.get(f, f) in row for f in ANSWER_FIELDS):
-            training.append((i, record, expected, kind, is_label))
-            continue
-        prompt_keys = [k for k in (*PROMPT_FIELDS, "text") if fields.get(k, k) in row]
-        if expected is None and any(k != "text" for k in prompt_keys):
-            raise DataError(
-                f"{where}: the row has no expected answer. Give it an 'expected' field (or 'label' for a label task), "
-                "or an answer in a training format (e.g. question + answer)."
-            )
-        if expected is None:  # text rows, or rows whose format to_examples will name
-            training.append((i, record, None, kind, False))
-            continue
-        if not prompt_keys:
-            raise DataError(
-                f"{where}: the row has an expected answer but no question; give it a 'question' (or 'prompt') field."
-            )
-        question = _text_field(row, fields.get(prompt_keys[0], prompt_keys[0]), where)
-        system = (
-            row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else data.system_prompt
-        )
-        prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
-        example = Example(prompt + [{"role": "assistant", "content": expected}], None, record.path, record.line)
-        items[i] = EvalItem(example, prompt, expected, kind, is_label)
-
-    report = DataReport()
-    # One record at a time, format "auto": each row's format is detected on its own (the run's data.format was
-    # chosen for its training files), so one eval file may mix formats; data.fields still maps column names.
-    examples = [ex for t in training for ex in to_examples([t[1]], "auto", fields, data.system_prompt, report)]
-    if report.skips:
-        reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())
-        raise DataError(f"{path}: rows cannot be evaluated: {reasons}. Fix or remove them.")
-    for (i, _, expected, kind, is_label), ex in zip(training, examples, strict=True):
-        if ex.messages is None:
-            items[i] = EvalItem(ex, None, None, kind, False)
-            continue
-        last = max(k for k, m in enumerate(ex.messages) if m["role"] == "assistant")
-        items[i] = EvalItem(ex, ex.messages[:last], expected or ex.messages[last]["content"].strip(), kind, is_label)
-    return [item for item in items if item is not None]
 
 
 class _CountingModel:
@@ -251,7 +156,7 @@ def _stop_ids(run: LoadedRun) -> set[int]:
 
 
 def _timed_answers(
-    model, run: LoadedRun, prompts: list[list[dict]], settings: GenerationSettings
+    model, run: LoadedRun, prompts: list[list[dict]], settings: GenerationSettings, progress
 ) -> tuple[list[str], int, float]:
     """Answers, generated tokens and seconds; a 2-token warm-up first so one-time costs are not timed."""
     if not prompts:
@@ -261,25 +166,26 @@ def _timed_answers(
     )
     counting = _CountingModel(model, _stop_ids(run))
     tic = time.perf_counter()
-    answers = generate_answers(counting, run.tokenizer, run.template, prompts, settings)
+    answers = generate_answers(counting, run.tokenizer, run.template, prompts, settings, progress)
     return answers, counting.tokens, time.perf_counter() - tic
 
 
 def _score_answers(
-    answers: list[str], items: list[EvalItem], refusal: str | None, labels: dict[str, list[str]]
+    answers: list[str], items: list[Question], refusal: str | None, labels: dict[str, list[str]]
 ) -> list[Answer]:
     rouge = rouge_l(answers, [it.expected for it in items])
     out = []
     for text, item, r in zip(answers, items, rouge):
-        label = predict_label(text, labels[item.kind]) if item.is_label else None
+        task = labels[item.kind] if item.is_label else None
         out.append(
             Answer(
                 text,
-                exact_match(text, item.expected),
+                exact_match(text, item.expected) if item.whole_answer else None,
                 contains(text, item.expected),
                 r,
                 refused(text, refusal) if refusal else None,
-                label,
+                predict_label(text, task) if task else None,
+                correct(text, item.expected, task),
             )
         )
     return out
@@ -288,7 +194,7 @@ def _score_answers(
 def _model_scores(
     loss: float | None,
     answers: list[str],
-    items: list[EvalItem],
+    items: list[Question],
     refusal: str | None,
     labels: dict[str, list[str]],
     tokens: int,
@@ -304,10 +210,12 @@ def _model_scores(
     )
     if not items:
         return scores
-    scores.overall = text_scores(answers, [it.expected for it in items], refusal)
+    scores.overall = text_scores(answers, [it.expected for it in items], refusal, [it.whole_answer for it in items])
     for kind in dict.fromkeys(it.kind for it in items):
         group = [(a, it) for a, it in zip(answers, items) if it.kind == kind]
-        scores.by_kind[kind] = text_scores([a for a, _ in group], [it.expected for _, it in group], refusal)
+        scores.by_kind[kind] = text_scores(
+            [a for a, _ in group], [it.expected for _, it in group], refusal, [it.whole_answer for _, it in group]
+        )
         if kind in labels:
             predicted = [predict_label(a, labels[kind]) for a, _ in group]
             scores.label_tasks[kind] = label_scores([it.expected for _, it in group], predicted, labels[kind])
@@ -320,8 +228,10 @@ def _perplexity(loss: float | None) -> float | None:
     return math.exp(loss)
 
 
-def _question(prompt: list[dict]) -> str:
-    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+def _loss_on(items: list[Question]) -> str:
+    """What the loss tokens are: the file's whole answers, its `expected` key strings, plain text, or a mixture."""
+    kinds = {"text" if q.prompt is None else "answers" if q.whole_answer else "expected texts" for q in items}
+    return " and ".join(k for k in ("answers", "expected texts", "text") if k in kinds)
 
 
 def evaluate_run(
@@ -334,22 +244,27 @@ def evaluate_run(
     save: bool = True,
     out: str | Path | None = None,
     overwrite: bool = False,
+    base_precision: str = "trained",
 ) -> EvalResult:
     """Base and tuned model of `run_dir` (a path, or a run already opened with `open_run`) on `data_file`: loss,
     perplexity, answer scores, label tasks, speed. `refusal` defaults to the run's eval.refusal. With `save`, writes
-    `out` (default RUN_DIR/eval.json); an existing file is an error unless `overwrite`."""
+    `out` (default RUN_DIR/eval.json); an existing file is an error unless `overwrite`. `base_precision`: see
+    `infer.run.open_run`."""
     loaded = run_dir if isinstance(run_dir, LoadedRun) else None
     run_dir = loaded.run_dir if loaded else Path(run_dir)
     info = loaded.info if loaded else open_info(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     if save:
         _check_writable(target, overwrite)
-    data, micro_batch = _run_data_config(run_dir, info)
-    items = read_eval_file(data_file, data)
-    settings = settings or GenerationSettings()
+    data = run_data_config(run_dir, info)
+    cfg = read_config(run_dir)
+    micro_batch = cfg.train.micro_batch if cfg else 8
+    items = read_questions(data_file, data, need_expected=True)
+    settings = answer_settings(settings, run_dir)
     refusal = refusal if refusal is not None else info.refusal
 
-    run = loaded or open_run(run_dir, device=device)
+    check_base_precision(base_precision)
+    run = loaded or open_run(run_dir, device=device, base_precision=base_precision)
     report = DataReport(max_length=data.max_length)
     rendered = render_examples([it.example for it in items], run.tokenizer, run.template, data, report)
     batches = [
@@ -358,21 +273,25 @@ def evaluate_run(
     ]
     asked = [it for it in items if it.prompt is not None]
     prompts = [it.prompt for it in asked]
-    labels = {
-        kind: list(dict.fromkeys(it.expected for it in asked if it.kind == kind and it.is_label))
-        for kind in dict.fromkeys(it.kind for it in asked if it.is_label)
-    }
+    labels = task_labels(asked)
 
-    tuned_loss = evaluate(run.model, batches) if batches else None
-    tuned_answers, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings)
+    def loss(model, which: str) -> float | None:
+        return (
+            evaluate(model, tqdm(batches, desc=f"loss, {which} model", unit="batch", leave=False)) if batches else None
+        )
+
+    tuned_loss = loss(run.model, "tuned")
+    with answer_progress(len(prompts), "answers, tuned model") as step:
+        tuned_answers, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings, step)
     with run.base_model() as base_model:
-        base_loss = evaluate(base_model, batches) if batches else None
-        base_answers, base_tokens, base_s = _timed_answers(base_model, run, prompts, settings)
+        base_loss = loss(base_model, "base")
+        with answer_progress(len(prompts), "answers, base model") as step:
+            base_answers, base_tokens, base_s = _timed_answers(base_model, run, prompts, settings, step)
 
     base_scored = _score_answers(base_answers, asked, refusal, labels) if asked else []
     tuned_scored = _score_answers(tuned_answers, asked, refusal, labels) if asked else []
     rows = [
-        EvalRow(_question(it.prompt), it.expected, it.kind, "label" if it.is_label else "text", it.where, b, t)
+        EvalRow(it.text, it.expected, it.kind, "label" if it.is_label else "text", it.where, b, t)
         for it, b, t in zip(asked, base_scored, tuned_scored)
     ]
     result = EvalResult(
@@ -387,6 +306,9 @@ def evaluate_run(
         loss_rows=len(rendered),
         loss_tokens=sum(loss_tokens(b) for b in batches),
         loss_skipped={reason: {"count": s.count, "locations": s.locations} for reason, s in report.skips.items()},
+        loss_on=_loss_on(items),
+        training_eval_loss=info.eval_loss,
+        base_weights="nf4" if run.quantized_base else str(run.dtype).removeprefix("torch."),
         base=_model_scores(base_loss, base_answers, asked, refusal, labels, base_tokens, base_s),
         tuned=_model_scores(tuned_loss, tuned_answers, asked, refusal, labels, tuned_tokens, tuned_s),
         rows=rows,
@@ -405,15 +327,16 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def format_eval(result: EvalResult) -> str:
-    """The numbers as a small text table, base beside tuned, for the terminal."""
+def format_eval(result: EvalResult, show_answers: bool = False) -> str:
+    """The numbers as a small text table, base beside tuned, with what they are taken on; then the answers when
+    asked for."""
     b, t = result.base, result.tuned
     lines = [
         f"eval of {result.run_dir} on {result.data_file}: {result.rows_read} rows, {len(result.rows)} answered, "
-        f"loss on {result.loss_rows} rows ({result.loss_tokens:,} answer tokens)"
+        f"loss on {result.loss_rows} rows ({result.loss_tokens:,} tokens of {result.loss_on})"
     ]
     table = [
-        ("eval loss", _num(b.eval_loss), _num(t.eval_loss)),
+        (f"loss on {result.loss_on}", _num(b.eval_loss), _num(t.eval_loss)),
         ("perplexity", _num(b.perplexity, 2), _num(t.perplexity, 2)),
     ]
     scopes = [("", b.overall, t.overall)] + (
@@ -422,8 +345,9 @@ def format_eval(result: EvalResult) -> str:
     for prefix, bs, ts in scopes:
         if bs is None or ts is None:
             continue
+        if ts.exact_match is not None:
+            table.append((f"{prefix}exact match", _pct(bs.exact_match), _pct(ts.exact_match)))
         table += [
-            (f"{prefix}exact match", _pct(bs.exact_match), _pct(ts.exact_match)),
             (f"{prefix}contains", _pct(bs.contains), _pct(ts.contains)),
             (f"{prefix}ROUGE-L F1", _num(bs.rouge_l, 3), _num(ts.rouge_l, 3)),
         ]
@@ -443,4 +367,39 @@ def format_eval(result: EvalResult) -> str:
         lines.append(
             "  not in the loss: " + "; ".join(f"{s['count']} {reason}" for reason, s in result.loss_skipped.items())
         )
+    lines += _notes(result)
+    if show_answers and result.rows:
+        lines += ["", _format_answers(result.rows)]
+    return "\n".join(lines)
+
+
+def _notes(result: EvalResult) -> list[str]:
+    """What the loss and the missing exact match mean, where they could mislead."""
+    notes = []
+    trained = f" (run.json: {result.training_eval_loss:.4f})" if result.training_eval_loss is not None else ""
+    if "expected texts" in result.loss_on:
+        notes.append(
+            "  loss on expected texts: the file's `expected` strings taken as whole answers. Where they are key "
+            "strings a correct answer contains ('1997' for 'We were founded in 1997.') rather than the answers the "
+            f"run learned to give, this loss is far above the training eval loss{trained} without the model being "
+            "worse: compare base and tuned here, not this with training."
+        )
+    elif trained and result.loss_on:
+        notes.append(f"  training eval loss, on the run's own held-out split{trained}")
+    overall = result.tuned.overall
+    if overall is not None and overall.exact_match is None:
+        notes.append(
+            "  exact match: not scored, as every expected text here is a string a correct answer contains (an "
+            "`expected` column), not a whole answer; it is scored for training-format rows and labels."
+        )
+    return notes
+
+
+def _format_answers(rows: list[EvalRow]) -> str:
+    mark = {True: "✓", False: "✗"}
+    lines = []
+    for i, r in enumerate(rows, 1):
+        lines.append(f"[{i}] {r.question}   (expected: {r.expected}; {r.location})")
+        lines.append(f"  base  {mark[r.base.correct]} {r.base.text}")
+        lines.append(f"  tuned {mark[r.tuned.correct]} {r.tuned.text}")
     return "\n".join(lines)

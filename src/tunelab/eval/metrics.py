@@ -1,8 +1,12 @@
-"""Scores of generated answers against expected ones: exact match, contains, ROUGE-L, refusals, and label tasks.
+"""The one scorer of tunelab's answers: exact match, contains, ROUGE-L, refusals, and label tasks.
+
+`tunelab compare`, `tunelab eval` and the comparison after training all judge answers here (`correct` is the verdict
+both print), so one answer gets one verdict whichever command produced it. It needs nothing else of tunelab (its
+errors aside), so whatever produces answers can score them here without an import running up the layers.
 
 Text answers are compared after `normalize`: lower case, runs of whitespace as one space, and punctuation at the end
-stripped ("Dundee." equals "dundee"). `contains` is the score `tunelab compare` reports (the expected text appears in
-the answer), with the same normalisation.
+stripped ("Dundee." equals "dundee"). `contains` asks for the expected text as a whole phrase of the answer: not a
+piece of a longer word or number, so "649" is not found in "£1,649" nor "home" in "homework".
 
 ROUGE-L F1 comes from Google's `rouge-score` package, the reference implementation. Its default tokenizer keeps only
 [a-z0-9] and so scores every non-ASCII answer 0; we give it a Unicode word tokenizer instead (lower-cased `\\w+` runs).
@@ -35,15 +39,36 @@ def exact_match(answer: str, expected: str) -> bool:
     return normalize(answer) == normalize(expected)
 
 
+def _phrase(want: str) -> re.Pattern:
+    """`want` as a whole phrase: where it starts (ends) with a word character, the answer must not continue the word
+    there; where it starts (ends) with a digit, not the number either ("7.5" is not in "17.5", "649" not in "1,649",
+    "27" not in "27.5")."""
+    left = right = ""
+    if _WORD.match(want[0]):
+        left = r"(?<!\w)" + (r"(?<!\d[.,:])" if want[0].isdigit() else "")
+    if _WORD.match(want[-1]):
+        right = r"(?!\w)" + (r"(?![.,:]\d)" if want[-1].isdigit() else "")
+    return re.compile(left + re.escape(want) + right)
+
+
 def contains(answer: str, expected: str) -> bool:
-    """The expected text appears in the answer (both normalised; an empty expected text never matches)."""
+    """The expected text appears in the answer as a whole phrase (both normalised; an empty expected text never
+    matches). A bare substring test would count "£1,649" for "649" and "homework" for "home"."""
     want = normalize(expected)
-    return bool(want) and want in normalize(answer)
+    return bool(want) and _phrase(want).search(normalize(answer)) is not None
 
 
 def refused(answer: str, refusal: str) -> bool:
     """The answer contains the refusal sentence."""
     return contains(answer, refusal)
+
+
+def correct(answer: str, expected: str, labels: list[str] | None = None) -> bool:
+    """The verdict on one answer: for a label question (`labels`: its task's labels) the label the answer names is
+    the expected one; otherwise the answer contains the expected text."""
+    if labels is not None:
+        return predict_label(answer, labels) == expected
+    return contains(answer, expected)
 
 
 class _WordTokenizer:
@@ -72,23 +97,30 @@ def rouge_l(answers: list[str], expected: list[str]) -> list[float]:
 
 @dataclass
 class TextScores:
-    """Means over n answers; refusal_rate is None when no refusal sentence is known."""
+    """Means over n answers; exact_match over those whose expected text is a whole answer (None when none is);
+    refusal_rate is None when no refusal sentence is known."""
 
     n: int
-    exact_match: float
+    exact_match: float | None
     contains: float
     rouge_l: float
     refusal_rate: float | None = None
 
 
-def text_scores(answers: list[str], expected: list[str], refusal: str | None = None) -> TextScores:
+def text_scores(
+    answers: list[str], expected: list[str], refusal: str | None = None, whole: list[bool] | None = None
+) -> TextScores:
+    """`whole[i]`: expected[i] is a whole answer, so exact match can mean something (default: all are). A text the
+    answer should contain ("Dundee" for "We are based in Dundee.") would score 0% exact match by construction."""
     n = len(answers)
     if n == 0 or n != len(expected):
         raise ValueError(f"need as many answers as expected texts, at least one (got {n} and {len(expected)})")
     rouge = rouge_l(answers, expected)
+    whole = whole if whole is not None else [True] * n
+    pairs = [(a, e) for a, e, w in zip(answers, expected, whole, strict=True) if w]
     return TextScores(
         n=n,
-        exact_match=sum(map(exact_match, answers, expected)) / n,
+        exact_match=sum(exact_match(a, e) for a, e in pairs) / len(pairs) if pairs else None,
         contains=sum(map(contains, answers, expected)) / n,
         rouge_l=sum(rouge) / n,
         refusal_rate=sum(refused(a, refusal) for a in answers) / n if refusal else None,

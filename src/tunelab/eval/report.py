@@ -25,6 +25,7 @@ from pathlib import Path
 from tunelab.atomic import write_text
 from tunelab.errors import RunDirError
 from tunelab.eval.heads import head_eval_html
+from tunelab.federated.history import federated_section
 from tunelab.rundir import HEAD_TASKS, RUN_FILE, read_info
 
 REPORT_FILE = "report.html"
@@ -280,8 +281,10 @@ def _metric_rows(rows: list[tuple[str, object, object, str, bool | None]]) -> st
 def _text_score_rows(prefix: str, b: dict | None, t: dict | None) -> list:
     if not b or not t:
         return []
-    rows = [
-        (f"{prefix}exact match", b.get("exact_match"), t.get("exact_match"), "pct", True),
+    rows = [(f"{prefix}exact match", b.get("exact_match"), t.get("exact_match"), "pct", True)]
+    if t.get("exact_match") is None:  # not scored: the expected texts are strings to find, not whole answers
+        rows = []
+    rows += [
         (f"{prefix}contains expected", b.get("contains"), t.get("contains"), "pct", True),
         (f"{prefix}ROUGE-L F1", b.get("rouge_l"), t.get("rouge_l"), "f", True),
     ]
@@ -336,8 +339,20 @@ def _eval_section(ev: _Input, cmp: _Input) -> str:
             f"{esc(len(d.get('rows') or []))} answered with at most {esc((d.get('settings') or {}).get('max_new_tokens', '?'))} new tokens; "
             f"loss on {esc(d.get('loss_rows', '?'))} rows ({_fmt(d.get('loss_tokens'), 'int')} answer tokens). {refusal}</p>"
         )
+        if "expected texts" in (d.get("loss_on") or ""):
+            parts.append(
+                '<p class="sub">The loss is taken on the file\'s <code>expected</code> texts as whole answers: on key '
+                "strings a correct answer contains, it is far above the training eval loss without the model being "
+                "worse. Compare base and tuned with it, not training. Exact match is not scored for such rows.</p>"
+            )
         rows = [
-            ("eval loss (nats / token)", b.get("eval_loss"), t.get("eval_loss"), "loss", False),
+            (
+                f"loss on {d.get('loss_on') or 'answers'} (nats / token)",
+                b.get("eval_loss"),
+                t.get("eval_loss"),
+                "loss",
+                False,
+            ),
             ("perplexity", b.get("perplexity"), t.get("perplexity"), "ppl", False),
         ]
         rows += _text_score_rows("", b.get("overall"), t.get("overall"))
@@ -438,7 +453,9 @@ def _verdict(row: dict, answer: dict) -> tuple[bool | None, str, list[str]]:
         got = answer.get("label") or _NO_LABEL
         return got == row.get("expected"), f"predicted label: {got}", tags + [f"label: {got}"]
     yes = {True: "yes", False: "no"}
-    detail = f"contains expected: {yes[bool(answer.get('contains'))]}; exact match: {yes[bool(answer.get('exact'))]}"
+    detail = f"contains expected: {yes[bool(answer.get('contains'))]}"
+    if answer.get("exact") is not None:
+        detail += f"; exact match: {yes[bool(answer['exact'])]}"
     if isinstance(answer.get("rouge_l"), int | float):
         detail += f"; ROUGE-L F1: {answer['rouge_l']:.3f}"
     return answer.get("contains"), detail, tags
@@ -633,6 +650,9 @@ def render_report(run_dir: str | Path) -> str:
             f"<pre>{esc(config.data)}</pre>" if config.data is not None else config.missing("config"),
         ),
     ]
+    federation = federated_section(run_dir)
+    if federation is not None:
+        sections.insert(2, ("federated", "Federated rounds", federation))
     title = f"tunelab report — {run_dir.resolve().name}"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name, _ in sections)

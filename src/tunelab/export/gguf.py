@@ -1,31 +1,26 @@
 """Export a finished run as one GGUF file for llama.cpp, Ollama and LM Studio, plus an Ollama Modelfile beside it.
 
-The run is merged first (`tunelab.export.merge`), then written with the `gguf` package's GGUFWriter in llama.cpp's
-"llama" architecture (Llama and Mistral checkpoints): hyper-parameters, the tokenizer (GPT-2-style byte-level BPE:
-tokens, types, merges, special ids, and the pre-tokenizer name llama.cpp selects its splitting regex by), the chat
-template, and the tensors under llama.cpp's names.
+The run is merged first (`tunelab.export.merge`), then written with the `gguf` package's GGUFWriter in the llama.cpp
+architecture of its family: `llama` for Llama 2/3, Mistral and SmolLM2, `qwen2` for Qwen2/2.5 (q/k/v biases), `qwen3`
+for Qwen3 (per-head q/k RMSNorm): hyper-parameters, the tokenizer (export/gguf_vocab.py), the chat template, and the
+tensors under llama.cpp's names. k-quants (q4_k_m, q5_k_m, q6_k) are made from an f16 file by llama.cpp's own
+quantizer (export/llama_cpp.py), which picks the per-tensor mix those names stand for.
 
 What is unusual:
-- q_proj and k_proj rows are permuted. Hugging Face stores each head's rotary pairs as two halves (rotate-half:
-  dimension i pairs with i + d/2); llama.cpp rotates adjacent rows (2i with 2i+1). Each head's (d, in) block is
-  viewed as (2, d/2, in), the two axes swapped and flattened back, so row 2i is old row i and row 2i+1 is old row
-  i + d/2. transformers' GGUF reader applies the inverse when it loads the file.
+- For `llama`, q_proj and k_proj rows are permuted. Hugging Face stores each head's rotary pairs as two halves
+  (rotate-half: dimension i pairs with i + d/2); llama.cpp's llama rotates adjacent rows (2i with 2i+1). Each head's
+  (d, in) block is viewed as (2, d/2, in), the two axes swapped and flattened back, so row 2i is old row i and row
+  2i+1 is old row i + d/2. transformers' GGUF reader applies the inverse when it loads the file. llama.cpp's qwen2
+  and qwen3 rotate halves ("neox" order), so their rows are written as they are.
 - Rotary scaling that only rescales frequencies (linear, llama3) is written as llama.cpp's `rope_freqs` tensor:
   per frequency, default inverse frequency / the model's, which llama.cpp divides its frequencies by.
-- The pre-tokenizer name is read from the base model's GGUF when the run started from one (that name was chosen by
-  llama.cpp's converter from the original tokenizer; transformers' GGUF reader rebuilds a plainer one), else it is
-  recognised from the tokenizer's pre-tokenizer structure; anything else is refused rather than silently split
-  differently.
-- Quantized types (q8_0, q4_0) quantize 2-D weights only; norms stay f32, as llama.cpp's converter does. q4_0 keeps
-  the token embedding and output matrices at q8_0 (they are the most sensitive to rounding).
+- Quantized types (q8_0, q4_0) quantize 2-D weights only; norms and biases stay f32, as llama.cpp's converter does.
+  q4_0 keeps the token embedding and output matrices at q8_0 (they are the most sensitive to rounding).
 """
 
 from __future__ import annotations
 
-import json
-import mmap
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,22 +30,40 @@ import torch
 from torch import nn
 
 from tunelab.errors import ConfigError, ModelError, RunDirError
+from tunelab.export.check import check_export, check_path, format_check
+from tunelab.export.gguf_vocab import adds_special, gguf_vocab, source_pre_tokenizer, write_vocab
 from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
 from tunelab.export.modelfile import MODELFILE, modelfile_text
-from tunelab.models.load import resolve_source
 
-LLAMA_MODEL_TYPES = ("llama", "mistral")
-QTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+@dataclass(frozen=True)
+class Family:
+    """How one Hugging Face model_type is written: llama.cpp's architecture name and what its layers carry."""
+
+    arch: str
+    permute_rotary: bool  # llama.cpp's llama rotates adjacent pairs (see the module docstring)
+    qkv_bias: bool = False
+    qk_norm: bool = False
+
+
+FAMILIES = {
+    "llama": Family("llama", permute_rotary=True),  # Llama 2/3/3.x, SmolLM2
+    "mistral": Family("llama", permute_rotary=True),
+    "qwen2": Family("qwen2", permute_rotary=False, qkv_bias=True),  # Qwen2, Qwen2.5
+    "qwen3": Family("qwen3", permute_rotary=False, qk_norm=True),
+}
+FLOAT_QTYPES = ("f32", "f16", "bf16")
+KQUANTS = {"q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M", "q6_k": "MOSTLY_Q6_K"}  # made by llama.cpp
+QTYPES = (*FLOAT_QTYPES, "q8_0", "q4_0", *KQUANTS)
 _FREQ_ONLY_ROPE = ("default", "linear", "llama3")  # rope types that change frequencies only (no attention scaling)
-
-# llama.cpp's regex for Llama 3 tokenizers, as Llama 3's tokenizer.json writes it.
-LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 _LAYER_NAMES = {
     "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
@@ -71,9 +84,10 @@ def _gguf():
 
 
 @dataclass(frozen=True)
-class LlamaShape:
-    """The hyper-parameters llama.cpp's llama architecture reads, from a transformers config."""
+class GGUFShape:
+    """The hyper-parameters llama.cpp reads for the model's architecture, from a transformers config."""
 
+    family: Family
     vocab_size: int
     hidden: int
     ffn: int
@@ -98,19 +112,23 @@ def _rope_parameters(config) -> dict:
     return params
 
 
-def llama_shape(config) -> LlamaShape:
-    """Check that llama.cpp's llama architecture computes what this config does, and read its shape."""
+def gguf_shape(config) -> GGUFShape:
+    """Check that llama.cpp's architecture for this family computes what this config does, and read its shape."""
     kind = getattr(config, "model_type", None)
-    if kind not in LLAMA_MODEL_TYPES:
+    family = FAMILIES.get(kind)
+    if family is None:
         raise ModelError(
-            f"GGUF export supports Llama-family models ({', '.join(LLAMA_MODEL_TYPES)}) so far; this model is {kind!r}. "
-            "Use 'tunelab merge' and convert the merged directory with llama.cpp's convert_hf_to_gguf.py."
+            f"GGUF export supports the model types {', '.join(FAMILIES)} (Llama 2/3, Mistral, SmolLM2, Qwen2/2.5, "
+            f"Qwen3); this model is {kind!r}. Use 'tunelab merge' and convert the merged directory with llama.cpp's "
+            "convert_hf_to_gguf.py."
         )
     refusals = []
     if getattr(config, "hidden_act", "silu") != "silu":
-        refusals.append(f"activation {config.hidden_act!r} (llama.cpp's llama uses silu)")
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        refusals.append(f"activation {config.hidden_act!r} (llama.cpp's {family.arch} uses silu)")
+    if (kind != "qwen2" and getattr(config, "attention_bias", False)) or getattr(config, "mlp_bias", False):
         refusals.append("bias terms in attention or MLP")
+    if getattr(config, "use_sliding_window", False):
+        refusals.append("sliding-window attention")
     rope = _rope_parameters(config)
     if rope["rope_type"] not in _FREQ_ONLY_ROPE:
         refusals.append(f"rope scaling {rope['rope_type']!r} (supported: {', '.join(_FREQ_ONLY_ROPE)})")
@@ -121,10 +139,11 @@ def llama_shape(config) -> LlamaShape:
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     context = config.max_position_embeddings
-    window = getattr(config, "sliding_window", None)
+    window = getattr(config, "sliding_window", None) if kind == "mistral" else None
     if window and window < context:
         context = window  # llama.cpp's llama has no sliding window; within the window both attend to the same keys
-    return LlamaShape(
+    return GGUFShape(
+        family=family,
         vocab_size=config.vocab_size,
         hidden=config.hidden_size,
         ffn=config.intermediate_size,
@@ -147,7 +166,7 @@ def permute_rotary_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, half, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def rope_freq_factors(model: nn.Module, shape: LlamaShape) -> torch.Tensor | None:
+def rope_freq_factors(model: nn.Module, shape: GGUFShape) -> torch.Tensor | None:
     """(head_dim / 2,) factors llama.cpp divides each rotary frequency by, or None when they are all 1."""
     rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
     if rotary is None or not hasattr(rotary, "inv_freq"):
@@ -155,16 +174,16 @@ def rope_freq_factors(model: nn.Module, shape: LlamaShape) -> torch.Tensor | Non
             "GGUF export: the model has no rotary embedding module (model.rotary_emb) to read frequencies from."
         )
     if float(getattr(rotary, "attention_scaling", 1.0)) != 1.0:
-        raise ModelError(
-            f"GGUF export: rope type {shape.rope_type!r} scales attention, which llama.cpp's llama does not."
-        )
+        raise ModelError(f"GGUF export: rope type {shape.rope_type!r} scales attention, which llama.cpp does not.")
     default = 1.0 / (shape.rope_theta ** (torch.arange(0, shape.head_dim, 2, dtype=torch.float64) / shape.head_dim))
     factors = (default / rotary.inv_freq.double()).float()
     return None if torch.allclose(factors, torch.ones_like(factors), rtol=1e-6, atol=0) else factors
 
 
-def gguf_tensors(model: nn.Module, shape: LlamaShape) -> Iterator[tuple[str, torch.Tensor]]:
-    """(llama.cpp name, fp32 tensor) for every weight, q and k permuted; unknown weights are an error."""
+def gguf_tensors(model: nn.Module, shape: GGUFShape) -> Iterator[tuple[str, torch.Tensor]]:
+    """(llama.cpp name, fp32 tensor) for every weight and bias, q and k permuted where the family needs it;
+    unknown tensors are an error."""
+    arch = shape.family.arch
     for name, tensor in model.state_dict().items():
         t = tensor.detach().float()
         if name == "model.embed_tokens.weight":
@@ -174,18 +193,19 @@ def gguf_tensors(model: nn.Module, shape: LlamaShape) -> Iterator[tuple[str, tor
         elif name == "lm_head.weight":
             if not shape.tied:
                 yield "output.weight", t
-        elif name.startswith("model.layers.") and name.endswith(".weight"):
-            index, _, rest = name[len("model.layers.") : -len(".weight")].partition(".")
+        elif name.startswith("model.layers.") and name.endswith((".weight", ".bias")):
+            stem, _, kind = name[len("model.layers.") :].rpartition(".")
+            index, _, rest = stem.partition(".")
             short = _LAYER_NAMES.get(rest)
-            if short is None:
-                raise ModelError(f"GGUF export: the model has a weight llama.cpp's llama does not know: {name}.")
-            if short == "attn_q":
-                t = permute_rotary_rows(t, shape.heads)
-            elif short == "attn_k":
-                t = permute_rotary_rows(t, shape.kv_heads)
-            yield f"blk.{index}.{short}.weight", t
+            if short is None or (
+                kind == "bias" and not (shape.family.qkv_bias and short in ("attn_q", "attn_k", "attn_v"))
+            ):
+                raise ModelError(f"GGUF export: the model has a tensor llama.cpp's {arch} does not know: {name}.")
+            if shape.family.permute_rotary and short in ("attn_q", "attn_k"):
+                t = permute_rotary_rows(t, shape.heads if short == "attn_q" else shape.kv_heads)
+            yield f"blk.{index}.{short}.{kind}", t
         else:
-            raise ModelError(f"GGUF export: the model has a weight llama.cpp's llama does not know: {name}.")
+            raise ModelError(f"GGUF export: the model has a tensor llama.cpp's {arch} does not know: {name}.")
 
 
 def encode_tensor(name: str, t: torch.Tensor, qtype: str) -> tuple[np.ndarray, object]:
@@ -207,173 +227,17 @@ def encode_tensor(name: str, t: torch.Tensor, qtype: str) -> tuple[np.ndarray, o
     return gguf.quants.quantize(data, target), target
 
 
-# ------------------------------------------------------------------------------------------------ the tokenizer
-
-
-@dataclass
-class GGUFVocab:
-    tokens: list[str]
-    types: list[int]
-    merges: list[str]
-    pre: str
-
-
-def tokenizer_spec(tokenizer) -> dict:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise ModelError("GGUF export needs a fast (tokenizers-backed) tokenizer; this one has no tokenizer.json.")
-    return json.loads(backend.to_str())
-
-
-def _is_byte_level(node: dict | None, use_regex: bool) -> bool:
-    return (
-        bool(node)
-        and node.get("type") == "ByteLevel"
-        and bool(node.get("use_regex", True)) == use_regex
-        and not node.get("add_prefix_space")
-    )
-
-
-def pre_tokenizer_name(spec: dict, clean_up_spaces: bool = False) -> str | None:
-    """llama.cpp's name for this byte-level BPE pre-tokenizer, recognised by structure; None if not recognised."""
-    if spec.get("normalizer"):
-        return None
-    pre = spec.get("pre_tokenizer") or {}
-    if _is_byte_level(pre, use_regex=True):
-        return "gpt-2"
-    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
-    if not steps or len(steps) != 2:
-        return None
-    first, second = steps
-    if first.get("type") == "Digits" and first.get("individual_digits") and _is_byte_level(second, use_regex=True):
-        # llama.cpp splits digits then applies the GPT-2 regex for both; smollm also keeps spaces when decoding.
-        return "starcoder" if clean_up_spaces else "smollm"
-    pattern = (first.get("pattern") or {}).get("Regex")
-    if (
-        first.get("type") == "Split"
-        and pattern == LLAMA3_SPLIT
-        and first.get("behavior") == "Isolated"
-        and not first.get("invert")
-        and _is_byte_level(second, use_regex=False)
-        and spec["model"].get("ignore_merges")
-    ):
-        return "llama-bpe"
-    return None
-
-
-def source_pre_tokenizer(base_model: str) -> str | None:
-    """tokenizer.ggml.pre of the base model's GGUF file, when the run started from one."""
-    try:
-        source = resolve_source(base_model)
-    except ModelError:
-        return None
-    return read_gguf_string(Path(source.path) / source.gguf_file, "tokenizer.ggml.pre") if source.is_gguf else None
-
-
-_SCALAR_FORMATS = {
-    0: "B",
-    1: "b",
-    2: "H",
-    3: "h",
-    4: "I",
-    5: "i",
-    6: "f",
-    7: "?",
-    10: "Q",
-    11: "q",
-    12: "d",
-}  # GGUFValueType
-_STRING, _ARRAY = 8, 9
-
-
-def read_gguf_string(path: Path, key: str) -> str | None:
-    """One string value from a GGUF header, skipping the others without decoding them (GGUFReader parses every
-    token string first: seconds for a 49k vocabulary)."""
-    with open(path, "rb") as f:
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        if data[:4] != b"GGUF" or struct.unpack_from("<I", data, 4)[0] < 2:
-            return None
-        (n_kv,) = struct.unpack_from("<Q", data, 16)
-        pos = 24
-
-        def skip(kind: int, pos: int) -> int:
-            if kind == _STRING:
-                return pos + 8 + struct.unpack_from("<Q", data, pos)[0]
-            if kind == _ARRAY:
-                item, count = struct.unpack_from("<IQ", data, pos)
-                pos += 12
-                if item in _SCALAR_FORMATS:
-                    return pos + count * struct.calcsize(_SCALAR_FORMATS[item])
-                for _ in range(count):
-                    pos = skip(item, pos)
-                return pos
-            return pos + struct.calcsize(_SCALAR_FORMATS[kind])
-
-        for _ in range(n_kv):
-            (length,) = struct.unpack_from("<Q", data, pos)
-            name = data[pos + 8 : pos + 8 + length].decode()
-            (kind,) = struct.unpack_from("<I", data, pos + 8 + length)
-            pos += 12 + length
-            if name == key and kind == _STRING:
-                (size,) = struct.unpack_from("<Q", data, pos)
-                return data[pos + 8 : pos + 8 + size].decode()
-            pos = skip(kind, pos)
-        return None
-    finally:
-        data.close()
-
-
-def gguf_vocab(tokenizer, vocab_size: int, pre: str | None = None) -> GGUFVocab:
-    """Tokens in id order (padded to the embedding size with unused [PADi]), their types, merges, pre-tokenizer."""
-    gguf = _gguf()
-    spec = tokenizer_spec(tokenizer)
-    model = spec["model"]
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise ModelError(
-            f"GGUF export writes byte-level BPE tokenizers (GPT-2 style: SmolLM, Llama 3, ...) so far; this tokenizer is "
-            f"{model.get('type')}{' with byte fallback (SentencePiece style)' if model.get('byte_fallback') else ''}."
-        )
-    pre = pre or pre_tokenizer_name(spec, bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)))
-    if pre is None:
-        raise ModelError(
-            f"GGUF export: llama.cpp has no name this exporter knows for the tokenizer's pre-tokenizer "
-            f"({json.dumps(spec.get('pre_tokenizer'))[:200]}); known: gpt-2, smollm, starcoder, llama-bpe."
-        )
-    by_id = {i: tok for tok, i in model["vocab"].items()}
-    types = {i: gguf.TokenType.NORMAL for i in by_id}
-    for added in spec.get("added_tokens", []):
-        by_id[added["id"]] = added["content"]  # raw text: llama.cpp matches added tokens before byte-level splitting
-        types[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
-    if max(by_id) >= vocab_size:
-        raise ModelError(
-            f"GGUF export: the tokenizer has token id {max(by_id)} but the model's embedding has only {vocab_size} rows."
-        )
-    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
-    token_types = [int(types.get(i, gguf.TokenType.UNUSED)) for i in range(vocab_size)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return GGUFVocab(tokens, token_types, merges, pre)
-
-
-def _adds(tokenizer, token_id: int | None, first: bool) -> bool:
-    """Whether the tokenizer puts this special token at the start (first) or end of plain text by itself."""
-    if token_id is None:
-        return False
-    ids = tokenizer("a")["input_ids"]
-    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-    return ids != bare and (ids[0] if first else ids[-1]) == token_id
-
-
 # ---------------------------------------------------------------------------------------------------- the file
 
 
 def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
-    """Write `merged` to `path` (which must not be the final name if atomicity matters: see export_gguf)."""
+    """Write `merged` to `path` in a type this module writes itself (f32, f16, bf16, q8_0, q4_0). `path` should
+    not be the final name if atomicity matters: see export_gguf."""
     gguf = _gguf()
     model, tok = merged.model, merged.tokenizer
-    shape = llama_shape(model.config)
+    shape = gguf_shape(model.config)
     vocab = gguf_vocab(tok, shape.vocab_size, source_pre_tokenizer(merged.info.base_model))
-    w = gguf.GGUFWriter(path, "llama")
+    w = gguf.GGUFWriter(path, shape.family.arch)
     file_type = {
         "f32": "ALL_F32",
         "f16": "MOSTLY_F16",
@@ -393,7 +257,7 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     w.add_head_count(shape.heads)
     w.add_head_count_kv(shape.kv_heads)
     w.add_rope_dimension_count(shape.head_dim)
-    if shape.head_dim * shape.heads != shape.hidden:
+    if shape.head_dim * shape.heads != shape.hidden or shape.family.arch == "qwen3":  # Qwen3 sets head_dim apart
         w.add_key_length(shape.head_dim)
         w.add_value_length(shape.head_dim)
     w.add_rope_freq_base(shape.rope_theta)
@@ -401,28 +265,7 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     w.add_vocab_size(shape.vocab_size)
     w.add_file_type(getattr(gguf.LlamaFileType, file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(vocab.pre)
-    w.add_token_list(vocab.tokens)
-    w.add_token_types(vocab.types)
-    w.add_token_merges(vocab.merges)
-    for add, token_id in (
-        (w.add_bos_token_id, tok.bos_token_id),
-        (w.add_eos_token_id, tok.eos_token_id),
-        (w.add_unk_token_id, tok.unk_token_id),
-        (w.add_pad_token_id, tok.pad_token_id),
-    ):
-        if token_id is not None:
-            add(token_id)
-    turn_end = [i for i in merged.template.stop_token_ids if i != tok.eos_token_id]
-    if turn_end:
-        w.add_eot_token_id(turn_end[0])  # e.g. <|im_end|> when EOS is another token: llama.cpp stops on both
-    w.add_add_bos_token(_adds(tok, tok.bos_token_id, first=True))
-    w.add_add_eos_token(_adds(tok, tok.eos_token_id, first=False))
-    w.add_add_space_prefix(False)
-    if tok.chat_template:
-        w.add_chat_template(tok.chat_template)
+    write_vocab(w, vocab, tok, list(merged.template.stop_token_ids))
 
     factors = rope_freq_factors(model, shape)
     if factors is not None:
@@ -438,31 +281,67 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
         w.close()
 
 
-def export_gguf(run_dir: str | Path, out_path: str | Path, qtype: str = "f16", overwrite: bool = False) -> Path:
-    """Merge the run and write it as a GGUF file (qtype f32, f16, bf16, q8_0 or q4_0), with an Ollama `Modelfile`
-    in the same folder. Both are written under temporary names and renamed into place. Returns the GGUF path."""
-    run_dir, out = Path(run_dir), Path(out_path)
-    if qtype not in QTYPES:
+def parse_qtype(qtype: str) -> str:
+    q = qtype.lower()
+    if q not in QTYPES:
         raise ConfigError(f"option 'qtype' is {qtype!r}; allowed values: {', '.join(QTYPES)}.")
+    return q
+
+
+def export_gguf(
+    run_dir: str | Path,
+    out_path: str | Path,
+    qtype: str = "f16",
+    overwrite: bool = False,
+    check: bool | None = None,
+    check_questions: int = 8,
+    show: bool = False,
+) -> Path:
+    """Merge the run and write it as a GGUF file (see QTYPES), with an Ollama `Modelfile` in the same folder; both
+    are written under temporary names and renamed into place. Returns the GGUF path.
+
+    check: None runs the self-check (export/check.py) when llama.cpp imports, True requires it, False skips it; its
+    verdict goes to NAME.check.json beside the file (and is printed when `show`)."""
+    from tunelab.export import llama_cpp
+
+    run_dir, out = Path(run_dir), Path(out_path)
+    qtype = parse_qtype(qtype)
     if out.suffix != ".gguf":
         raise ConfigError(f"option 'out': {out} must be a file name ending in .gguf.")
     check_run(run_dir)
+    if qtype in KQUANTS:
+        llama_cpp.llama_cpp_module(f"the {qtype} export (llama.cpp's own quantizer makes k-quants)")
+    if check:
+        llama_cpp.llama_cpp_module("the export's self-check (--no-check skips it)")
+    run_check = llama_cpp.available() if check is None else check
     modelfile = out.with_name(MODELFILE)
-    for target in (out, modelfile):
+    for target in (out, modelfile, check_path(out)):
         check_output(target, run_dir, overwrite)
         if target.is_dir():
             raise RunDirError(f"{target}: is a directory; the export writes a file there.")
     merged = merged_model(run_dir, torch.float32)  # export from fp32 so that every qtype rounds only once
-    llama_shape(merged.model.config)  # refuse unsupported models before writing anything
+    gguf_shape(merged.model.config)  # refuse unsupported models before writing anything
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    scratch_f16 = out.with_name(f".tmp-f16-{out.name}-{os.getpid()}")
     scratch_mf = out.with_name(f".tmp-{MODELFILE}-{os.getpid()}")
     try:
-        write_gguf(merged, scratch, qtype, name=run_dir.resolve().name)
-        scratch_mf.write_text(modelfile_text(out.name, merged.template, merged.tokenizer, merged.info.system_prompt))
+        if qtype in KQUANTS:
+            write_gguf(merged, scratch_f16, "f16", name=run_dir.resolve().name)
+            llama_cpp.quantize(scratch_f16, scratch, KQUANTS[qtype])
+        else:
+            write_gguf(merged, scratch, qtype, name=run_dir.resolve().name)
+        tok = merged.tokenizer
+        adds_bos = adds_special(tok, tok.bos_token_id, first=True)
+        scratch_mf.write_text(modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos))
         os.replace(scratch, out)
         os.replace(scratch_mf, modelfile)
+        check_path(out).unlink(missing_ok=True)  # a verdict about the file just replaced (--overwrite) is void
     finally:
-        scratch.unlink(missing_ok=True)
-        scratch_mf.unlink(missing_ok=True)
+        for path in (scratch, scratch_f16, scratch_mf):
+            path.unlink(missing_ok=True)
+    if run_check:
+        result = check_export(merged, out, qtype, run_dir, check_questions)
+        if show:
+            print(format_check(result), flush=True)
     return out

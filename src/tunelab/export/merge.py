@@ -2,70 +2,54 @@
 
 For a LoRA run every adapter is folded into its base weight, W' = W + (alpha / r) B A, computed in fp32 and rounded
 once to the output dtype; for full and layer-wise runs the weights are already whole and are only re-saved. The
-directory gets the chat template the run was trained with: the tokenizer's own, or a jinja rendering of the named
-template (chatml, llama2, alpaca) that writes exactly what the Python template wrote during training, so
-`apply_chat_template` on the merged model prompts it the way it learned.
+directory gets the chat template the run was trained with: the tokenizer's own, or the Jinja of the named template
+(`Template.jinja`), which writes exactly what training wrote, so `apply_chat_template` on the merged model prompts it
+the way it learned.
 
-`base_float_weight` is the one place where a frozen base layer is turned into a plain float matrix before the fold;
-a QLoRA base (NF4) will be dequantized there.
+The fold is `peft.lora.merge_lora`, the one merge (an NF4 base dequantized to fp32 first, as training saw it). A
+QLoRA run is opened over the NF4 base it was trained on (infer/run.py) and each base weight is dequantized there, so
+the adapter is added to the weight it learned to correct, not to the 16-bit weight that was quantized. The merge then
+measures what it changed: the merged model and the model it came from (adapter over the trained base) read one probe
+prompt, and the largest difference of their logits is reported (`MergeCheck`) and saved in tunelab_merge.json.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from tunelab.atomic import scratch_folder, write_json
+from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import materialize, resolve_source
-from tunelab.peft.lora import LoRALinear, lora_modules
-from tunelab.peft.quant import NF4Linear
+from tunelab.peft.lora import merge_lora
 from tunelab.rundir import RunInfo, open_info
 
+MERGE_FILE = "tunelab_merge.json"  # where the merged folder came from
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Jinja equivalents of the named templates in tunelab.data.templates (same text for every conversation; a test
-# renders both). Whitespace control (`{%-`/`-%}`) on every tag keeps the literal text exactly what is written.
-CHATML_JINJA = (
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
-_SPLIT_SYSTEM = (
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set system = messages[0]['content'] -%}{%- set rest = messages[1:] -%}"
-    "{%- else -%}{%- set system = none -%}{%- set rest = messages -%}{%- endif -%}"
-)
-LLAMA2_JINJA = (
-    _SPLIT_SYSTEM + "{%- set ns = namespace(first=true) -%}"
-    "{%- for message in rest -%}"
-    "{%- set content = message['content'] | trim -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{%- if ns.first and system is not none -%}"
-    "{%- set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content -%}"
-    "{%- endif -%}"
-    "{{ bos_token + '[INST] ' + content + ' [/INST]' }}{%- set ns.first = false -%}"
-    "{%- else -%}{{ ' ' + content + ' ' + eos_token }}{%- endif -%}"
-    "{%- endfor -%}"
-)
-ALPACA_JINJA = (
-    _SPLIT_SYSTEM + "{%- if system -%}{{ system + '\\n\\n' }}{%- endif -%}"
-    "{%- for message in rest -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{{ '### Instruction:\\n' + message['content'] + '\\n\\n### Response:\\n' }}"
-    "{%- else -%}{{ message['content'] + eos_token + '\\n\\n' }}{%- endif -%}"
-    "{%- endfor -%}"
-)
-NAMED_JINJA = {"chatml": CHATML_JINJA, "llama2": LLAMA2_JINJA, "alpaca": ALPACA_JINJA}
+
+@dataclass
+class MergeCheck:
+    """The merged model beside the model it was merged from (the adapter over the base it was trained on), on one
+    probe prompt: how far their logits are apart."""
+
+    base: str  # what the adapter sat on before the merge: "nf4" (dequantized for the merge) or the weights' dtype
+    tokens: int  # positions of the probe
+    max_abs_logit_diff: float
+    same_next_token: float  # share of positions whose most likely next token agrees
+
+    def describe(self) -> str:
+        return (
+            f"merge check on a {self.tokens}-token probe: logits of the merged model and of the adapter over the "
+            f"{self.base} base differ by at most {self.max_abs_logit_diff:.3g}; same next token at "
+            f"{100 * self.same_next_token:.1f}% of positions"
+        )
 
 
 @dataclass
@@ -77,6 +61,7 @@ class MergedModel:
     info: RunInfo
     template: Template
     dtype: torch.dtype
+    check: MergeCheck | None = None  # None for full and layer-wise runs (nothing was folded)
 
 
 def check_run(run_dir: str | Path) -> RunInfo:
@@ -104,59 +89,42 @@ def stored_dtype(run_dir: str | Path, info: RunInfo) -> torch.dtype:
     return value if value in DTYPES.values() else torch.float32
 
 
-def base_float_weight(layer: nn.Module) -> torch.Tensor:
-    """The frozen base weight of an adapted layer as a plain float tensor (out_features, in_features).
+def chat_template_for(template: Template, tokenizer) -> str | None:
+    """The jinja chat template that writes what the run's template wrote in training: the tokenizer's own, or the
+    Jinja of the named template (data/templates.py defines each once, in Python and in Jinja)."""
+    return template.jinja if template.jinja is not None else tokenizer.chat_template
 
-    The seam for quantized bases: a QLoRA layer (NF4) must be dequantized here, so that the adapter, which was
-    trained against the dequantized weight, is added to exactly that."""
-    if type(layer) is nn.Linear:
-        return layer.weight.detach().float()
-    if isinstance(layer, NF4Linear):
-        return layer.dequantized(torch.float32)
-    raise RunDirError(
-        f"cannot merge an adapter into a {type(layer).__name__} base layer yet; only plain nn.Linear bases "
-        "(LoRA on a float model) can be merged."
-    )
+
+def _probe(run) -> torch.Tensor:
+    """(1, T) token ids of a short prompt in the run's template: the input the merge check reads."""
+    system = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
+    messages = system + [{"role": "user", "content": "Hello! What can you tell me about yourself?"}]
+    return torch.tensor([render_prompt(messages, run.tokenizer, run.template)])
 
 
 @torch.no_grad()
-def fold_adapters(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every LoRALinear by an nn.Linear holding W + scale * B A, summed in fp32 and rounded once to `dtype`
-    (default: the base weight's dtype). In place."""
-    for name, m in list(lora_modules(model)):
-        base = m.base_layer
-        w = base_float_weight(base) + m.scale * (
-            m.lora_B.weight.float() @ m.lora_A.weight.float()
-        )  # (out, in) + (out, r) @ (r, in)
-        base_dtype = base.weight_dtype if isinstance(base, NF4Linear) else base.weight.dtype
-        out_dtype = dtype or (base_dtype if base_dtype.is_floating_point else torch.float32)
-        merged = nn.utils.skip_init(
-            nn.Linear, m.in_features, m.out_features, bias=base.bias is not None, device=w.device, dtype=out_dtype
-        )
-        merged.weight.copy_(w)
-        if base.bias is not None:
-            merged.bias.copy_(base.bias)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, merged)
-    assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    return model
-
-
-def chat_template_for(template: Template, tokenizer) -> str | None:
-    """The jinja chat template that writes what the run's template wrote in training."""
-    if template.name == "tokenizer":
-        return tokenizer.chat_template
-    return NAMED_JINJA[template.name]
-
-
 def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) -> MergedModel:
-    """Load a finished run on the CPU and fold its adapter in; `dtype` None keeps the dtype the weights were saved in."""
+    """Load a finished run on the CPU and fold its adapter in; `dtype` None keeps the dtype the weights were saved in.
+    A QLoRA run is loaded over its NF4 base (quantized from the dtype it trained in) and dequantized by the fold."""
     info = check_run(run_dir)
     load_dtype = stored_dtype(run_dir, info)  # fold at the stored precision, round once at the end
     out_dtype = parse_dtype(dtype) or load_dtype
-    name = next(k for k, v in DTYPES.items() if v == load_dtype)
+    qlora = info.is_adapter and info.quantize_base == "nf4"
+    name = "auto" if qlora else next(k for k, v in DTYPES.items() if v == load_dtype)
     run = open_run(run_dir, device="cpu", dtype=name)
-    model = fold_adapters(run.model, out_dtype).to(out_dtype).eval()
+    check = None
+    probe = _probe(run) if info.is_adapter else None
+    before = run.model(probe).logits.float() if probe is not None else None  # the adapter over its trained base
+    model = merge_lora(run.model, out_dtype).to(out_dtype).eval()
+    if probe is not None:
+        after = model(probe).logits.float()
+        base = "nf4" if qlora else str(run.dtype).removeprefix("torch.")
+        check = MergeCheck(
+            base,
+            probe.shape[1],
+            (after - before).abs().max().item(),
+            (after.argmax(-1) == before.argmax(-1)).float().mean().item(),
+        )
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = True  # training switches the KV cache off; inference wants it
     tokenizer = run.tokenizer
@@ -166,7 +134,7 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
         stops = list(run.template.stop_token_ids)
         gen.eos_token_id = stops[0] if len(stops) == 1 else stops  # so generate() stops where the run learned to
         gen.pad_token_id = tokenizer.pad_token_id
-    return MergedModel(model, tokenizer, run.info, run.template, out_dtype)
+    return MergedModel(model, tokenizer, run.info, run.template, out_dtype, check)
 
 
 def check_output(out: Path, run_dir: Path, overwrite: bool) -> None:
@@ -181,42 +149,30 @@ def check_output(out: Path, run_dir: Path, overwrite: bool) -> None:
             )
 
 
-def replace_atomically(scratch: Path, target: Path) -> None:
-    """Move a finished scratch folder or file onto `target`; an old target is moved aside first and deleted after."""
-    old = None
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
-    elif target.exists():
-        old = target.with_name(f".old-{target.name}-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(scratch, target)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
 def merge_run(
-    run_dir: str | Path, out_dir: str | Path, overwrite: bool = False, dtype: str | torch.dtype | None = None
+    run_dir: str | Path,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    dtype: str | torch.dtype | None = None,
+    show: bool = False,
 ) -> Path:
     """Write the run's model as one Hugging Face directory (safetensors, config, generation config, tokenizer with
     chat template) that `AutoModelForCausalLM.from_pretrained(out_dir)` loads. Returns out_dir.
 
     dtype: fp32, bf16 or fp16; None keeps the dtype the weights were saved in. Written to a scratch folder beside
-    out_dir and renamed into place, so out_dir is never left half written."""
+    out_dir and renamed into place, so out_dir is never left half written; files and folders get the permissions
+    the user's umask gives (not the 0700/0600 of temporary files). `show` prints the merge check (`MergeCheck`)."""
     run_dir, out = Path(run_dir), Path(out_dir)
     check_run(run_dir)
     check_output(out, run_dir, overwrite)
     merged = merged_model(run_dir, dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
-    try:
+    with scratch_folder(out) as scratch:
         merged.model.save_pretrained(scratch, safe_serialization=True)
         merged.tokenizer.save_pretrained(scratch)
-        provenance = {k: getattr(merged.info, k) for k in ("base_model", "method", "template", "system_prompt")}
-        (scratch / "tunelab_merge.json").write_text(
-            json.dumps(provenance | {"run_dir": str(run_dir.resolve())}, indent=2)
-        )
-        replace_atomically(scratch, out)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+        keys = ("base_model", "method", "quantize_base", "template", "system_prompt")
+        provenance = {k: getattr(merged.info, k) for k in keys} | {"run_dir": str(run_dir.resolve())}
+        check = asdict(merged.check) if merged.check else None
+        write_json(scratch / MERGE_FILE, provenance | {"check": check})
+    if show and merged.check:
+        print(merged.check.describe())
     return out

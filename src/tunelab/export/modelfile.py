@@ -1,62 +1,111 @@
 """An Ollama Modelfile for an exported GGUF: FROM the file, the prompt TEMPLATE in Go template syntax, stop tokens,
 and the run's SYSTEM prompt.
 
-The template is not parsed from jinja. The run's template is rendered on probe conversations and accepted as
-ChatML-style only if it writes exactly `<|im_start|>role\\ncontent<|im_end|>\\n` per message, allowing a leading BOS
-and a default system block inserted when the conversation has none (SmolLM2 does this); the Go template then
-writes the same text. Other templates get no TEMPLATE line: Ollama then chooses one from the chat template stored
-in the GGUF.
+The TEMPLATE is not translated from jinja. Most chat templates (ChatML and SmolLM2's, Qwen2/2.5, Llama 3, Mistral's
+`[INST]`, tunelab's chatml and alpaca) write every message inside a fixed wrapper:
+
+    HEAD [SYSTEM_PRE system SYSTEM_SUF | DEFAULT_SYSTEM] (USER_PRE user USER_SUF ASSISTANT_PRE answer ASSISTANT_SUF)*
+
+`turn_style` finds those pieces by rendering the run's own template on marker conversations, then re-renders
+several conversations both ways (the run's template, and the Go template through export/gotemplate.py) and accepts
+the style only if every one matches byte for byte. Llama 2's template (the system prompt inside the first user turn)
+has its own Go template. Templates that fit neither (they rewrite earlier turns, put the system prompt in the last
+turn, ...) get no TEMPLATE line: Ollama then picks one from the chat template stored in the GGUF, and the export's
+self-check reports it.
+
+A BOS the template writes at the very start is left out of the Go template when llama.cpp adds BOS itself
+(`tokenizer.ggml.add_bos_token`), so the model sees it once, as in training.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from tunelab.data.templates import Template, chatml
+from tunelab.data.templates import Template
 from tunelab.errors import ConfigError
+from tunelab.export.gotemplate import ollama_values, render
 
 MODELFILE = "Modelfile"
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+IM_START = "<|im_start|>"
 
-_PROBES = (
-    [{"role": "user", "content": "Q1"}],
-    [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}],
+# Marker texts: plain words that no template rewrites and that do not occur in template text.
+_S, _Q1, _A1, _Q2, _A2 = "SYSTEMMARKER", "QUESTIONONE", "ANSWERONE", "QUESTIONTWO", "ANSWERTWO"
+
+
+def _u(text):
+    return {"role": "user", "content": text}
+
+
+def _a(text):
+    return {"role": "assistant", "content": text}
+
+
+def _sys(text):
+    return {"role": "system", "content": text}
+
+
+PROBES = (
+    [_u("Hello")],
+    [_u("What is 2+2?"), _a("4"), _u("And 3+3?")],
+    [_sys("Be brief."), _u("Hi"), _a("Hello!"), _u("Bye")],
+    [_sys("Be brief."), _u("Hi"), _a("Hello!")],
+    [_u("Line one\nline two"), _a("Yes:\n- a\n- b"), _u("More?"), _a("No.")],
 )
-_WITH_SYSTEM = [{"role": "system", "content": "S0"}, *_PROBES[1]]
-_SYSTEM_BLOCK = re.compile(re.escape(f"{IM_START}system\n") + "(.*)" + re.escape(f"{IM_END}\n"), re.DOTALL)
 
 
 @dataclass(frozen=True)
-class ChatmlStyle:
-    bos: str  # what the template writes before the first message ("" or the BOS token text)
-    default_system: str | None  # the system prompt it inserts when the conversation has none
+class TurnStyle:
+    """The fixed pieces a wrapper-style template writes (see the module docstring)."""
+
+    head: str
+    system: tuple[str, str] | None  # (prefix, suffix) around a system message; None: the template takes none
+    default_system: str  # what it writes when there is no system message ("" when nothing)
+    user: tuple[str, str]
+    assistant: tuple[str, str]
 
 
-def chatml_style(template: Template, bos_token: str | None) -> ChatmlStyle | None:
-    """How the template writes ChatML, or None if it writes anything else (see the module docstring)."""
+def _between(text: str, left: str, right: str) -> str | None:
+    i = text.find(left)
+    j = text.find(right, i + len(left)) if i >= 0 else -1
+    return text[i + len(left) : j] if j >= 0 else None
+
+
+def _write(template: Template, messages: list[dict], generation: bool) -> str | None:
+    """The training text (BOS and the EOS the recipe inserts after answers included), None if the template
+    refuses the conversation."""
     try:
-        first = template.write(list(_PROBES[0]), True)
-        with_system = template.write(list(_WITH_SYSTEM), True)
-        multi = template.write(list(_PROBES[1]), True)
+        return template.render([dict(m) for m in messages], generation)[0]
     except Exception:
         return None
-    expected = chatml(_PROBES[0], True)
-    if not first.endswith(expected):
+
+
+def infer_style(template: Template, head: str) -> TurnStyle | None:
+    """The wrapper pieces of `template`, read from marker conversations, for a given HEAD (what it writes before
+    everything: "" or BOS); None if it does not look like a wrapper template."""
+    r_gen = _write(template, [_u(_Q1)], True)
+    r_user = _write(template, [_u(_Q1)], False)
+    r_pair = _write(template, [_u(_Q1), _a(_A1)], False)
+    r_two = _write(template, [_u(_Q1), _a(_A1), _u(_Q2)], True)
+    if None in (r_gen, r_user, r_pair, r_two):
         return None
-    prefix = first[: len(first) - len(expected)]
-    for bos in dict.fromkeys(("", bos_token or "")):  # SmolLM2's BOS is <|im_start|> itself: try without BOS first
-        if not prefix.startswith(bos):
-            continue
-        block, default = prefix[len(bos) :], None
-        if block:
-            match = _SYSTEM_BLOCK.fullmatch(block)
-            if match is None or IM_START in match.group(1):
-                continue
-            default = match.group(1)
-        if with_system == bos + chatml(_WITH_SYSTEM, True) and multi == prefix + chatml(_PROBES[1], True):
-            return ChatmlStyle(bos, default)
-    return None
+    user_suf = r_user.partition(_Q1)[2]
+    assistant_suf = r_pair.partition(_A1)[2]
+    between = _between(r_two, _A1, _Q2)
+    gen = r_gen.partition(_Q1)[2]
+    if between is None or not between.startswith(assistant_suf) or not gen.startswith(user_suf):
+        return None
+    user_pre = between[len(assistant_suf) :]
+    lead = r_gen.partition(_Q1)[0]
+    if not lead.endswith(user_pre) or not lead.startswith(head):
+        return None
+    lead = lead[len(head) : len(lead) - len(user_pre)]  # the default system block
+    r_sys = _write(template, [_sys(_S), _u(_Q1)], True)
+    system = None
+    if r_sys is not None and _S in r_sys:
+        before, _, after = r_sys.partition(_S)
+        if before.startswith(head) and user_pre + _Q1 in after:
+            system = (before[len(head) :], after[: after.index(user_pre + _Q1)])
+    return TurnStyle(head, system, lead, (user_pre, user_suf), (gen[len(user_suf) :], assistant_suf))
 
 
 def _go_literal(text: str) -> str:
@@ -64,22 +113,86 @@ def _go_literal(text: str) -> str:
     return text.replace("{{", '{{ "{{" }}')
 
 
-def go_template(style: ChatmlStyle) -> str:
+def wrapper_template(style: TurnStyle, adds_bos: bool) -> str:
     """Ollama's variables: .System (SYSTEM or the conversation's system messages), .Messages (.Role, .Content);
     system messages are skipped in the loop because .System already holds them."""
-    system = f"{IM_START}system\n{{{{ .System }}}}{IM_END}\n"
-    if style.default_system is not None:
-        head = f"{{{{ if .System }}}}{system}{{{{ else }}}}{IM_START}system\n{_go_literal(style.default_system)}{IM_END}\n{{{{ end }}}}"
+    g = _go_literal
+    head = "" if adds_bos else g(style.head)
+    if style.system is not None:
+        pre, suf = style.system
+        head += f"{{{{ if .System }}}}{g(pre)}{{{{ .System }}}}{g(suf)}"
+        head += f"{{{{ else }}}}{g(style.default_system)}{{{{ end }}}}" if style.default_system else "{{ end }}"
     else:
-        head = f"{{{{ if .System }}}}{system}{{{{ end }}}}"
+        head += g(style.default_system)
+    (u_pre, u_suf), (a_pre, a_suf) = style.user, style.assistant
     turns = (
-        '{{ range .Messages }}{{ if eq .Role "user" }}'
-        f"{IM_START}user\n{{{{ .Content }}}}{IM_END}\n{IM_START}assistant\n"
-        '{{ else if eq .Role "assistant" }}'
-        f"{{{{ .Content }}}}{IM_END}\n"
-        "{{ end }}{{ end }}"
+        f'{{{{ range .Messages }}}}{{{{ if eq .Role "user" }}}}{g(u_pre)}{{{{ .Content }}}}{g(u_suf + a_pre)}'
+        f'{{{{ else if eq .Role "assistant" }}}}{{{{ .Content }}}}{g(a_suf)}{{{{ end }}}}{{{{ end }}}}'
     )
-    return _go_literal(style.bos) + head + turns
+    return head + turns
+
+
+def llama2_template(bos: str, eos: str, adds_bos: bool) -> str:
+    """tunelab's llama2 template in Go: BOS before every user turn (but the first when llama.cpp adds it), the
+    system prompt inside the first user turn, contents stripped as the Python template does (Go cannot strip, so a
+    conversation with padded contents would differ: the self-check would say so)."""
+    g = _go_literal
+    first_bos = "" if adds_bos else g(bos)
+    return (
+        "{{ $first := true }}{{ range .Messages }}"
+        f'{{{{ if eq .Role "user" }}}}{{{{ if $first }}}}{first_bos}{{{{ else }}}}{g(bos)}{{{{ end }}}}[INST] '
+        "{{ if and $first $.System }}<<SYS>>\n{{ $.System }}\n<</SYS>>\n\n{{ end }}"
+        "{{ .Content }} [/INST]{{ $first = false }}"
+        f'{{{{ else if eq .Role "assistant" }}}} {{{{ .Content }}}} {g(eos)}{{{{ end }}}}{{{{ end }}}}'
+    )
+
+
+def training_text(template: Template, messages: list[dict], generation: bool) -> str:
+    """What the model saw in training for this conversation (BOS and EOS the recipe adds included)."""
+    text, _ = template.render([dict(m) for m in messages], generation)
+    return text
+
+
+def ollama_text(go_template: str, messages: list[dict], system: str | None, bos: str, adds_bos: bool) -> str:
+    """What llama.cpp tokenizes when Ollama prompts with this TEMPLATE: the rendering, after BOS if llama.cpp adds it."""
+    return (bos if adds_bos else "") + render(go_template, ollama_values(messages, system))
+
+
+def go_template_for(template: Template, tokenizer, adds_bos: bool) -> str | None:
+    """A Go template that renders what `template` does on every probe conversation, or None."""
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+    if template.name == "llama2":
+        candidates = [llama2_template(bos, eos, adds_bos)]
+    else:  # a head of "" first: SmolLM2's BOS is <|im_start|>, which its template writes as part of the system block
+        styles = [infer_style(template, head) for head in dict.fromkeys(("", bos))]
+        candidates = [wrapper_template(style, adds_bos) for style in styles if style is not None]
+    probes = [p for p in PROBES if style_accepts(template, p)]
+    for candidate in candidates:
+        if probes and all(renders_like(candidate, template, p, None, bos, adds_bos) for p in probes):
+            return candidate
+    return None
+
+
+def renders_like(
+    go_template: str, template: Template, messages: list[dict], system: str | None, bos: str, adds_bos: bool
+) -> bool:
+    """Whether Ollama's text equals the training text for this conversation: the prompt up to each answer (what
+    generation starts from) and, when it ends with an answer, the whole conversation."""
+    trained = messages  # training added data.system_prompt to conversations without one; Ollama adds SYSTEM
+    if system and not any(m["role"] == "system" for m in messages):
+        trained = [_sys(system), *messages]
+    ends_with_answer = messages[-1]["role"] == "assistant"
+    prompt, trained_prompt = (messages[:-1], trained[:-1]) if ends_with_answer else (messages, trained)
+    if ollama_text(go_template, prompt, system, bos, adds_bos) != training_text(template, trained_prompt, True):
+        return False
+    if not ends_with_answer:
+        return True
+    return ollama_text(go_template, messages, system, bos, adds_bos) == training_text(template, trained, False)
+
+
+def style_accepts(template: Template, messages: list[dict]) -> bool:
+    """Whether the run's template renders this conversation at all (Mistral's refuses system messages)."""
+    return _write(template, messages, False) is not None
 
 
 def _triple_quoted(text: str, what: str) -> str:
@@ -90,26 +203,51 @@ def _triple_quoted(text: str, what: str) -> str:
     return f'"""{text}"""'
 
 
-def stop_tokens(template: Template, tokenizer, chatml_like: bool) -> list[str]:
+def stop_tokens(template: Template, tokenizer, go_template: str | None) -> list[str]:
+    """The trained end-of-turn tokens, and <|im_start|> for ChatML-style templates (a new turn ends the answer)."""
     ids = list(template.stop_token_ids) or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
     tokens = [tokenizer.convert_ids_to_tokens(i) for i in ids]
-    if chatml_like and IM_START in tokenizer.get_added_vocab() and IM_START not in tokens:
-        tokens.append(IM_START)  # a new turn starting means the answer is over
+    if go_template and IM_START in go_template and IM_START in tokenizer.get_added_vocab() and IM_START not in tokens:
+        tokens.append(IM_START)
     return tokens
 
 
-def modelfile_text(gguf_name: str, template: Template, tokenizer, system_prompt: str | None) -> str:
+def modelfile_text(
+    gguf_name: str, template: Template, tokenizer, system_prompt: str | None, adds_bos: bool = False
+) -> str:
     """The Modelfile for `gguf_name` in the same folder (`ollama create NAME -f Modelfile`)."""
-    style = chatml_style(template, tokenizer.bos_token)
+    go = go_template_for(template, tokenizer, adds_bos)
     lines = ["# Ollama Modelfile written by tunelab export: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}", ""]
-    if style is not None:
-        lines.append(f"TEMPLATE {_triple_quoted(go_template(style), 'chat template')}")
+    if go is not None:
+        lines.append(f"TEMPLATE {_triple_quoted(go, 'chat template')}")
     else:
         lines.append(
-            f"# No TEMPLATE: the run's template ({template.name}) is not ChatML-style; Ollama picks one from the chat template in the GGUF."
+            f"# No TEMPLATE: the run's template ({template.name}) does not write each message in a fixed wrapper; "
+            "Ollama picks one from the chat template in the GGUF."
         )
-    for token in stop_tokens(template, tokenizer, style is not None):
+    for token in stop_tokens(template, tokenizer, go):
         lines.append(f'PARAMETER stop "{token}"')
     if system_prompt:
         lines.append(f"SYSTEM {_triple_quoted(system_prompt, 'system prompt')}")
     return "\n".join(lines) + "\n"
+
+
+def modelfile_template(text: str) -> str | None:
+    """The TEMPLATE of a Modelfile written by modelfile_text, or None."""
+    start = text.find('TEMPLATE """')
+    if start < 0:
+        return None
+    start += len('TEMPLATE """')
+    return text[start : text.index('"""', start)]
+
+
+def modelfile_system(text: str) -> str | None:
+    start = text.find('SYSTEM """')
+    if start < 0:
+        return None
+    start += len('SYSTEM """')
+    return text[start : text.index('"""', start)]
+
+
+def modelfile_stops(text: str) -> list[str]:
+    return [line[len('PARAMETER stop "') : -1] for line in text.splitlines() if line.startswith('PARAMETER stop "')]

@@ -1,24 +1,29 @@
 """Text generation with a KV cache: batched answers for compare/eval, and a token stream for chat.
 
 Prompts are rendered with the same template the model was trained with and left-padded, so a batch of questions
-of different lengths is answered in one `generate` call. Greedy decoding by default.
+of different lengths is answered in one `generate` call. Greedy decoding by default. Answering hundreds of questions
+takes minutes on a CPU, so `answer_progress` shows a bar that `generate_answers` advances batch by batch.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template
 
+DEFAULT_MAX_NEW_TOKENS = 128  # chat and generate; compare and eval default to the run's eval.max_new_tokens
+
 
 @dataclass
 class GenerationSettings:
-    max_new_tokens: int = 128
+    max_new_tokens: int | None = None  # None: the run's eval.max_new_tokens (compare, eval), else 128
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     repetition_penalty: float = 1.0
@@ -27,7 +32,7 @@ class GenerationSettings:
     def kwargs(self, template: Template, tokenizer) -> dict:
         sampling = self.temperature > 0
         out = {
-            "max_new_tokens": self.max_new_tokens,
+            "max_new_tokens": self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
             "do_sample": sampling,
             "eos_token_id": list(template.stop_token_ids) or tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
@@ -44,11 +49,28 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+@contextmanager
+def answer_progress(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar over `total` answers on stderr; yields the function that advances it (pass it to
+    `generate_answers` as `progress`)."""
+    bar = tqdm(total=total, desc=what, unit="answer", dynamic_ncols=True)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
 @torch.no_grad()
 def generate_answers(
-    model, tokenizer, template: Template, conversations: list[list[dict]], settings: GenerationSettings
+    model,
+    tokenizer,
+    template: Template,
+    conversations: list[list[dict]],
+    settings: GenerationSettings,
+    progress: Callable[[int], object] | None = None,
 ) -> list[str]:
-    """One answer per conversation (each a list of {role, content} ending with a user turn)."""
+    """One answer per conversation (each a list of {role, content} ending with a user turn). `progress` is called
+    with the number of answers after each batch."""
     answers: list[str] = []
     pad = tokenizer.pad_token_id
     for start in range(0, len(conversations), settings.batch_size):
@@ -59,6 +81,8 @@ def generate_answers(
         out = model.generate(input_ids=ids, attention_mask=mask, **settings.kwargs(template, tokenizer))
         for row in out[:, width:]:
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        if progress is not None:
+            progress(len(prompts))
     return answers
 
 

@@ -1,4 +1,11 @@
-"""Open a finished run directory for inference: the tuned model, its tokenizer and template, and the base model."""
+"""Open a finished run directory for inference: the tuned model, its tokenizer and template, and the base model.
+
+A QLoRA adapter (run.json: `quantize_base: nf4`) learned to correct the 4-bit base it was trained over, not the 16-bit
+weights that base was quantized from. So by default the base is quantized again exactly as training did it (same
+weights, same dtype, same NF4 code) before the adapter is attached, and compare, chat, generate and eval see the model
+that was trained. `base_precision="16bit"` puts the adapter on the unquantized weights instead, to measure what the
+quantization costs or to answer faster on a CPU; merge always starts from the trained model and dequantizes.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,15 @@ import torch
 from torch import nn
 
 from tunelab.data.templates import Template, resolve_template
+from tunelab.errors import ConfigError
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, pick_dtype, resolve_source
+from tunelab.models.untrained import repair_rows
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
+from tunelab.quant.linear import quantize_model_
 from tunelab.rundir import RunInfo, open_info
+
+BASE_PRECISIONS = ("trained", "16bit")
 
 
 @dataclass
@@ -25,14 +37,22 @@ class LoadedRun:
     template: Template
     device: torch.device
     dtype: torch.dtype
+    base_precision: str = "trained"
+    """trained: the base as the adapter was trained over (NF4 for QLoRA); 16bit: the unquantized base weights."""
 
     @property
     def system_prompt(self) -> str | None:
         return self.info.system_prompt
 
+    @property
+    def quantized_base(self) -> bool:
+        """The adapter sits on an NF4 base, as it did in training."""
+        return self.info.is_adapter and self.info.quantize_base == "nf4" and self.base_precision == "trained"
+
     @contextmanager
     def base_model(self):
-        """The model before tuning: the adapter switched off, or the base weights loaded beside the tuned ones."""
+        """The model before tuning: the adapter switched off (over the same base the tuned model uses), or the base
+        weights loaded beside the tuned ones."""
         if self.info.is_adapter:
             with adapters_disabled(self.model):
                 yield self.model
@@ -46,18 +66,41 @@ class LoadedRun:
                 del base
 
 
-def open_run(run_dir: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedRun:
+def check_base_precision(base_precision: str) -> None:
+    if base_precision not in BASE_PRECISIONS:
+        raise ConfigError(
+            f"option 'base_precision' is {base_precision!r}; allowed values: {', '.join(BASE_PRECISIONS)}."
+        )
+
+
+def open_run(
+    run_dir: str | Path, device: str = "auto", dtype: str = "auto", base_precision: str = "trained"
+) -> LoadedRun:
+    """The run's tuned model in eval mode, ready to generate. `dtype` auto: for a QLoRA base the dtype it was trained
+    in (it is quantized from that dtype, as in training), else bf16 on CUDA and fp32 on the CPU. `base_precision`:
+    trained (default) or 16bit, see the module docstring."""
+    check_base_precision(base_precision)
     run_dir = Path(run_dir)
     info = open_info(run_dir)
     dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
+    quantize = info.is_adapter and info.quantize_base == "nf4" and base_precision == "trained"
+    if dtype == "auto" and quantize and info.dtype:
+        dt = getattr(torch, info.dtype)
+    else:
+        dt = pick_dtype(dtype, dev)
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)  # saved by train
     if info.is_adapter:
-        model = load_hf_model(resolve_source(info.base_model), dt, dev, info.trust_remote_code)
+        # A QLoRA base is loaded in host memory and reaches the device in NF4, layer by layer, as in training.
+        model = load_hf_model(
+            resolve_source(info.base_model), dt, torch.device("cpu") if quantize else dev, info.trust_remote_code
+        )
+        repair_rows(model, info.fixed_untrained_tokens)  # the base rows training repaired (models/untrained.py)
+        if quantize:
+            quantize_model_(model, device=dev)
         load_adapter(model, run_dir)
         model.to(dev)
     else:
         model = load_hf_model(resolve_source(str(run_dir)), dt, dev, info.trust_remote_code)
     model.eval()
     template = resolve_template(info.template, tokenizer)
-    return LoadedRun(run_dir, info, model, tokenizer, template, dev, dt)
+    return LoadedRun(run_dir, info, model, tokenizer, template, dev, dt, base_precision)

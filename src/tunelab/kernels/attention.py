@@ -9,10 +9,11 @@
   4.40; with 8 kv heads cuDNN takes enable_gqa itself (1.32 ms; 1.46 with k/v expanded first).
 - Packed batches (`cu_seqlens`, B == 1): `torch.nn.attention.varlen.varlen_attn` (torch >= 2.10), causal flash
   attention per document over (T, H, D). Positions past the last boundary form one more document, as in the
-  reference. The kernel needs the longest document as a Python int: it is read once per `cu_seqlens` tensor and
-  kept beside it (a weak reference), so a forward and its recomputation cost one device sync in all, not one per
-  layer; a `cu_seqlens` on the CPU costs none. fp32, head dims that are not a multiple of 8 or over 256, and
-  torch without varlen_attn fall back to the reference (a dense (T, T) mask). torch 2.11's varlen_attn has no
+  reference. The kernel needs the longest document as a Python int: the model reads it once per forward with
+  `reference.document_bounds` and passes it as `max_seqlen` to every layer (and their recomputation), so a packed
+  forward costs one device sync in all, not one per layer; a `cu_seqlens` on the CPU costs none. fp32, head dims
+  that are not a multiple of 8 or over 256, and torch without varlen_attn fall back to the reference (a dense
+  (T, T) mask). torch 2.11's varlen_attn has no
   enable_gqa (later versions do), so grouped k/v are expanded for it when needed. 12 documents in 8192 tokens,
   32 heads x 128, bf16, fwd+bwd on an H200: 1.9 ms, against 31.6 ms for the reference's masked SDPA.
 
@@ -20,7 +21,6 @@ No Triton here: these backends are faster than a hand-written kernel would be, a
 """
 
 import inspect
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -56,28 +56,9 @@ def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
     return out.transpose(1, 2)
 
 
-# id(cu_seqlens) -> (a weak reference to it, a key of what the entry depends on, its boundaries on the device with
-# the trailing document added, the longest document); an entry leaves with its tensor.
-_BOUNDS: dict[int, tuple] = {}
-
-
-def _bounds(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> tuple[torch.Tensor, int]:
-    key = (cu_seqlens._version, total, device)
-    cached = _BOUNDS.get(id(cu_seqlens))
-    if cached is not None and cached[0]() is cu_seqlens and cached[1] == key:
-        return cached[2], cached[3]
-    bounds = [int(b) for b in cu_seqlens.tolist()]  # free on CPU, one sync on GPU
-    if bounds[-1] < total:
-        bounds.append(total)  # trailing positions: one more document, attending among themselves
-    max_len = max((b - a for a, b in zip(bounds, bounds[1:])), default=0)
-    cu = torch.tensor(bounds, dtype=torch.int32).to(device, non_blocking=True)
-    ident = id(cu_seqlens)
-    ref = weakref.ref(cu_seqlens, lambda _, ident=ident: _BOUNDS.pop(ident, None))
-    _BOUNDS[ident] = (ref, key, cu, max_len)
-    return cu, max_len
-
-
-def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor | None:
+def _varlen(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | None
+) -> torch.Tensor | None:
     """Packed causal attention through varlen_attn; None when this torch has no varlen_attn."""
     try:
         from torch.nn.attention.varlen import varlen_attn
@@ -86,7 +67,11 @@ def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch
     D = q.shape[-1]
     if q.dtype not in (torch.float16, torch.bfloat16) or D % 8 or D > 256:
         return None  # outside what the flash kernel under varlen_attn takes
-    cu, max_len = _bounds(cu_seqlens, q.shape[1], q.device)
+    if max_seqlen is None:
+        cu, max_len = reference.document_bounds(cu_seqlens, q.shape[1])  # one read of the boundaries
+        cu = cu.to(q.device, non_blocking=True)
+    else:
+        cu, max_len = cu_seqlens.to(q.device, non_blocking=True), max_seqlen  # read once by the caller
     q3, k3, v3 = q[0], k[0], v[0]  # (T, H, D), (T, Hk, D)
     params = inspect.signature(varlen_attn).parameters
     kwargs = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
@@ -106,17 +91,20 @@ def attention(
     v: torch.Tensor,
     cu_seqlens: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor:
     """Causal attention. q (B, T, H, D), k/v (B, T, Hk, D) with H a multiple of Hk (grouped-query). Returns (B, T, H, D).
 
     `cu_seqlens` (packing, B == 1): tokens attend only within their own document. `attention_mask` (B, T) of 1/0 marks
-    real tokens of a right-padded batch; padded positions only produce finite values.
+    real tokens of a right-padded batch; padded positions only produce finite values. `max_seqlen`: the longest
+    document, given with cu_seqlens as `reference.document_bounds` returns them (on q's device, covering all T
+    positions); without it the boundaries are read here, one device sync per call.
     """
     if cu_seqlens is not None:
         if q.shape[0] != 1:
             raise ValueError(f"attention: cu_seqlens needs a packed batch of one row, got batch {q.shape[0]}")
         if q.is_cuda:
-            out = _varlen(q, k, v, cu_seqlens)
+            out = _varlen(q, k, v, cu_seqlens, max_seqlen)
             if out is not None:
                 return out
         return reference.attention(q, k, v, cu_seqlens=cu_seqlens)

@@ -8,16 +8,19 @@ packed sequences given as `cu_seqlens` (cumulative lengths, int32, starting at 0
 import torch
 import torch.nn.functional as F
 
-from tunelab.kernels.spare import with_spare_columns
-
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0) -> torch.Tensor:
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back to x's dtype.
 
-    spare_columns > 0: y is returned as the first columns of a wider buffer, marked (`kernels.spare`)."""
+    spare_columns > 0: y (..., D) is the first D columns of a new (..., D + spare_columns) buffer whose last columns
+    nothing else reads or writes: room for a consumer to write next to y (`models.slots`)."""
     x32 = x.float()
     y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return with_spare_columns((y * weight.float()).to(x.dtype), spare_columns)
+    y = (y * weight.float()).to(x.dtype)
+    if not spare_columns:
+        return y
+    # Out of place (cat, then a slice), so that autograd sees no in-place write into a view.
+    return torch.cat((y, y.new_empty(*y.shape[:-1], spare_columns)), dim=-1)[..., : y.shape[-1]]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -47,11 +50,14 @@ def attention(
     v: torch.Tensor,
     cu_seqlens: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor:
     """Causal attention. q (B, T, H, D), k/v (B, T, Hk, D) with H a multiple of Hk (grouped-query). Returns (B, T, H, D).
 
-    `cu_seqlens` (packing, B == 1): tokens attend only within their own document. `attention_mask` (B, T) of 1/0 marks
-    real tokens of a right-padded batch; padded positions only need to produce finite values.
+    `cu_seqlens` (packing, B == 1): tokens attend only within their own document; positions past the last boundary
+    form one more. `attention_mask` (B, T) of 1/0 marks real tokens of a right-padded batch; padded positions only need
+    to produce finite values. `max_seqlen`: the longest document, for kernels that need it on the host (see
+    `document_bounds`); unused here.
     """
     B, T, H, D = q.shape
     groups = H // k.shape[2]
@@ -74,6 +80,17 @@ def attention(
         mask = mask[:, None]  # (B, 1, T, T)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
     return out.transpose(1, 2)
+
+
+def document_bounds(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, int]:
+    """cu_seqlens with the positions past its last boundary (up to `total`) as one more document, on cu_seqlens'
+    device, and the longest document as a Python int: read from the device once (a sync on CUDA), so that a packed
+    forward can hand both to every layer's attention instead of each layer reading them again."""
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    if bounds[-1] < total:
+        bounds.append(total)  # trailing positions: one more document, attending among themselves
+    longest = max((b - a for a, b in zip(bounds, bounds[1:])), default=0)
+    return torch.tensor(bounds, dtype=torch.int32).to(cu_seqlens.device, non_blocking=True), longest
 
 
 def document_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:

@@ -18,8 +18,6 @@ import torch
 import triton
 import triton.language as tl
 
-from tunelab.kernels.spare import mark_spare
-
 
 @triton.jit
 def _rms_norm_forward_kernel(
@@ -142,6 +140,6 @@ class RMSNormFunction(torch.autograd.Function):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0) -> torch.Tensor:
     """y = x / sqrt(mean(x^2) + eps) * weight over the last dim, fp32 inside, in x's dtype. x (..., D), weight (D,).
 
-    spare_columns > 0: y is written as the first D columns of a (..., D + spare_columns) buffer and marked
-    (`kernels.spare`), for a consumer that wants room after x (`peft.group`)."""
-    return mark_spare(RMSNormFunction.apply(x, weight, eps, spare_columns), spare_columns)
+    spare_columns > 0: y is written as the first D columns of a new (..., D + spare_columns) buffer whose last
+    columns nothing else reads or writes, for a consumer that wants room after each row (`models.slots`)."""
+    return RMSNormFunction.apply(x, weight, eps, spare_columns)

@@ -8,8 +8,8 @@ before the same program writes it, and the MLP's backward peak then holds three 
 of five (344 MiB less for a 7B model at 8192 tokens). Such a node refuses a second backward (retain_graph), which
 would read gradients as inputs. fp32 inside, rounded once on the store, as in `reference.swiglu`.
 
-gate and up may be column slices of one wider buffer (`peft.group` returns them so): the kernels take row strides,
-so nothing is copied, and in-place gradients land where the group's backward reads them as one matrix.
+gate and up may be column slices of one wider buffer (`lora.lora_group` returns them so): the kernels take row
+strides, so nothing is copied, and in-place gradients land where the group's backward reads them as one matrix.
 """
 
 import torch

@@ -13,8 +13,13 @@ chosen by whoever builds the model. What is unusual here:
   document, and the loss never asks a document's last token to predict the next document's first token.
 - Rope cos/sin are recomputed on every forward from the config in fp32: there is no `inv_freq` buffer for `.to(bf16)`
   to round, and nothing to initialise when the model is built on the meta device.
+- Every linear layer but the head is called through a projection slot (`models.slots`): q/k/v and gate/up as groups
+  that read one input, o_proj and down_proj as last projections that join the residual stream. By default they run
+  one by one; `tunelab.peft` puts in its own implementations (adapters grouped into one GEMM, fused last projections).
+- Each decoder block is written once, as two halves (`LlamaDecoderLayer.attend`, `.feed_forward`) that checkpointing's
+  recomputation (`models.recompute`, `models.offload`) runs again for their gradients.
 
-No distributed, compile or quantization code lives here: those are applied to the modules from outside.
+No adapter, quantization, distributed or compile code lives here: those are applied to the modules from outside.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from tunelab.kernels import reference
 from tunelab.models.llama_config import (  # noqa: F401  (supports, unsupported_reason: re-exported)
     LlamaConfig,
     RopeConfig,
@@ -35,6 +41,7 @@ from tunelab.models.llama_config import (  # noqa: F401  (supports, unsupported_
 )
 from tunelab.models.offload import HostActivations
 from tunelab.models.recompute import recomputed_layer
+from tunelab.models.slots import PassClock, Projection, ProjectionGroup, reserve_scratch
 
 IGNORE_INDEX = -100
 
@@ -91,8 +98,6 @@ def shift_labels(labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -
 
 def reference_ops() -> SimpleNamespace:
     """The pure-PyTorch ops, as the object the model expects (`tunelab.kernels.select("reference")` gives the same)."""
-    from tunelab.kernels import reference
-
     return SimpleNamespace(
         rms_norm=reference.rms_norm,
         apply_rope=reference.apply_rope,
@@ -107,69 +112,9 @@ def reference_ops() -> SimpleNamespace:
 # Modules
 
 
-class _GradOnlyLinear(torch.autograd.Function):
-    """F.linear's autograd node without its result: saves x and W, returns an uninitialised (..., out) tensor."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        g = dy.reshape(-1, dy.shape[-1])  # (N, out)
-        dx = (dy @ weight.to(dy.dtype)) if need_x else None  # (..., in)
-        dw = (g.T @ x.reshape(-1, x.shape[-1]).to(g.dtype)).to(weight.dtype) if need_w else None  # (out, in)
-        db = g.sum(0) if need_b and ctx.has_bias else None
-        return dx, dw, db
-
-
-def linear_grad_only(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) for backward only: the gradients are F.linear's, the returned values undefined."""
-    return _GradOnlyLinear.apply(x, weight, bias)
-
-
-def _last_projection(
-    projection: nn.Module, x: torch.Tensor, output: bool, residual: torch.Tensor | None = None
-) -> torch.Tensor:
-    """residual + projection(x) (an adapter adds the residual inside its GEMM); output=False: projection(x)'s
-    autograd node without its GEMM where the layer allows (values undefined, residual ignored)."""
-    if output:
-        if residual is None:
-            return projection(x)
-        if getattr(projection, "takes_residual", False):  # LoRALinear
-            return projection(x, residual=residual)
-        return residual + projection(x)
-    grad_only = getattr(projection, "grad_only", None)  # adapters and quantized layers provide one
-    if grad_only is not None:
-        return grad_only(x)
-    if type(projection) is nn.Linear:
-        return linear_grad_only(x, projection.weight, projection.bias)
-    return projection(x)
-
-
 def _draws_random(module: nn.Module) -> bool:
     """True when `module` is training with dropout somewhere inside it."""
     return module.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in module.modules())
-
-
-def _group_rank(projections: tuple[nn.Module, ...], x: torch.Tensor, force: bool | None) -> int:
-    from tunelab.peft.group import group_rank
-
-    return group_rank(projections, x, force)
-
-
-def _project(projections: tuple[nn.Module, ...], x: torch.Tensor, force: bool | None) -> tuple[torch.Tensor, ...]:
-    """Each projection applied to x: as one LoRA group (`peft.group`) when they qualify, else one by one."""
-    from tunelab.peft.group import group_members, lora_group
-
-    members = group_members(projections, x, force)
-    if members is None:
-        return tuple(p(x) for p in projections)
-    return lora_group(x, members)
 
 
 class RMSNorm(nn.Module):
@@ -189,9 +134,13 @@ class RMSNorm(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    """Grouped-query causal self-attention with rope; optional qkv/o bias and per-head q/k RMSNorm (Qwen3)."""
+    """Grouped-query causal self-attention with rope; optional qkv/o bias and per-head q/k RMSNorm (Qwen3).
 
-    def __init__(self, config: LlamaConfig, ops: Any):
+    q/k/v run through the slot `qkv`, o_proj through `o` (`models.slots`)."""
+
+    projection_slots = ("qkv", "o")
+
+    def __init__(self, config: LlamaConfig, ops: Any, clock: PassClock):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         q_dim, kv_dim = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
@@ -205,11 +154,8 @@ class LlamaAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
         self.ops = ops
-        self.group_lora: bool | None = None  # q/k/v adapters as one GEMM (`peft.group`); None: on CUDA
-
-    def input_spare_columns(self, x: torch.Tensor) -> int:
-        """Columns the q/k/v group wants after its input (0: the projections run one by one)."""
-        return _group_rank((self.q_proj, self.k_proj, self.v_proj), x, self.group_lora)
+        self.qkv = ProjectionGroup(self._modules, ("q_proj", "k_proj", "v_proj"), clock)
+        self.o = Projection(self._modules, "o_proj", clock)
 
     def forward(
         self,
@@ -218,60 +164,100 @@ class LlamaAttention(nn.Module):
         sin: torch.Tensor,
         cu_seqlens: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
+        max_seqlen: int | None = None,
         output: bool = True,
         residual: torch.Tensor | None = None,
+        room: int = 0,
     ) -> torch.Tensor:
         """Returns residual + attention (when residual is given). output=False (recomputation for backward): o_proj's
-        autograd node is recorded but its GEMM skipped."""
+        autograd node is recorded but its GEMM skipped. room: spare columns after x's rows (`models.slots`)."""
         B, T, _ = x.shape
-        q, k, v = _project((self.q_proj, self.k_proj, self.v_proj), x, self.group_lora)
+        q, k, v = self.qkv(x, room)
         q = q.view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
         k = k.view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
         v = v.view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.ops.apply_rope(q, k, cos, sin)
-        out = self.ops.attention(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask)  # (B, T, H, D)
-        return _last_projection(self.o_proj, out.reshape(B, T, self.num_heads * self.head_dim), output, residual)
+        out = self.ops.attention(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask, max_seqlen=max_seqlen)
+        return self.o(out.reshape(B, T, self.num_heads * self.head_dim), residual, output)
+
+    def extra_repr(self) -> str:
+        return f"qkv={self.qkv!r}, o={self.o!r}"
 
 
 class LlamaMLP(nn.Module):
-    """down_proj(silu(gate_proj(x)) * up_proj(x))."""
+    """down_proj(silu(gate_proj(x)) * up_proj(x)); gate/up run through the slot `gate_up`, down_proj through `down`."""
 
-    def __init__(self, config: LlamaConfig, ops: Any):
+    projection_slots = ("gate_up", "down")
+
+    def __init__(self, config: LlamaConfig, ops: Any, clock: PassClock):
         super().__init__()
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.ops = ops
-        self.group_lora: bool | None = None  # gate/up adapters as one GEMM (`peft.group`); None: on CUDA
+        self.gate_up = ProjectionGroup(self._modules, ("gate_proj", "up_proj"), clock)
+        self.down = Projection(self._modules, "down_proj", clock)
 
-    def input_spare_columns(self, x: torch.Tensor) -> int:
-        """Columns the gate/up group wants after its input (0: the projections run one by one)."""
-        return _group_rank((self.gate_proj, self.up_proj), x, self.group_lora)
-
-    def forward(self, x: torch.Tensor, output: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, output: bool = True, residual: torch.Tensor | None = None, room: int = 0
+    ) -> torch.Tensor:
         """Returns residual + mlp(x) (when residual is given). output=False (recomputation for backward): the down
         projection's autograd node is recorded but its GEMM skipped, so the result's values are undefined; only its
-        gradient path is real."""
-        gate, up = _project((self.gate_proj, self.up_proj), x, self.group_lora)
+        gradient path is real. room: spare columns after x's rows (`models.slots`)."""
+        gate, up = self.gate_up(x, room)
         # The projections' outputs feed only the activation: its backward may reuse their memory for its gradients.
         act = self.ops.swiglu(gate, up, reuse_inputs=True)
-        return _last_projection(self.down_proj, act, output, residual)
+        return self.down(act, residual, output)
+
+    def extra_repr(self) -> str:
+        return f"gate_up={self.gate_up!r}, down={self.down!r}"
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h))."""
+    """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h)).
 
-    def __init__(self, config: LlamaConfig, ops: Any):
+    The block is written once, as its two halves `attend` and `feed_forward`: forward runs them in turn, and
+    checkpointing's recomputation (`backward_through`, and offload's `backward_mlp` then `backward_attention`) runs them
+    again, for their gradients only where backward never reads a result (output=False).
+    """
+
+    def __init__(self, config: LlamaConfig, ops: Any, clock: PassClock):
         super().__init__()
         # Registered in Hugging Face's order, so that parameter lists and saved files list them alike.
-        self.self_attn = LlamaAttention(config, ops)
-        self.mlp = LlamaMLP(config, ops)
+        self.self_attn = LlamaAttention(config, ops, clock)
+        self.mlp = LlamaMLP(config, ops, clock)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        # Tokens per MLP chunk in checkpointing's backward (None: all at once); see `backward_through`.
+        # Tokens per MLP chunk in checkpointing's backward (None: all at once); see `backward_mlp`.
         self.mlp_chunk_tokens: int | None = 4096
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cu_seqlens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        output: bool = True,
+    ) -> torch.Tensor:
+        """The first half, h = x + attn(norm(x)). output=False: attn(norm(x))'s autograd node alone, o_proj's GEMM
+        skipped (values undefined, no residual): for a recomputation whose result backward never reads."""
+        room = self.self_attn.qkv.spare_columns(x)
+        normed = self.input_layernorm(x, room)
+        residual = x if output else None
+        return self.self_attn(
+            normed, cos, sin, cu_seqlens, attention_mask, max_seqlen, output=output, residual=residual, room=room
+        )
+
+    def feed_forward(self, h: torch.Tensor, output: bool = True) -> torch.Tensor:
+        """The second half, h + mlp(norm(h)). output=False: mlp(norm(h))'s autograd node alone, the down projection's
+        GEMM skipped (values undefined, no residual)."""
+        room = self.mlp.gate_up.spare_columns(h)
+        normed = self.post_attention_layernorm(h, room)
+        return self.mlp(normed, output=output, residual=h if output else None, room=room)
 
     def forward(
         self,
@@ -280,56 +266,40 @@ class LlamaDecoderLayer(nn.Module):
         sin: torch.Tensor,
         cu_seqlens: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
         keep_mid: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """keep_mid: called with h = x + attn(norm(x)) as soon as it exists (activation offload parks it)."""
-        normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
-        h = self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, residual=x)  # x + attn(norm(x))
+        h = self.attend(x, cos, sin, cu_seqlens, attention_mask, max_seqlen)
         if keep_mid is not None:
             keep_mid(h)
-        return self.mlp(self.post_attention_layernorm(h, self.mlp.input_spare_columns(h)), residual=h)
+        return self.feed_forward(h)
 
-    def reserve_scratch(self, x: torch.Tensor) -> None:
-        """Size the weight buffers this layer's projections fill (all layers share them) before a step's activations
-        are allocated; see `peft.group.reserve_scratch`."""
-        from tunelab.peft.group import reserve_scratch
-
-        attn, mlp = self.self_attn, self.mlp
-        groups = (
-            ((attn.q_proj, attn.k_proj, attn.v_proj), attn.group_lora),
-            ((mlp.gate_proj, mlp.up_proj), mlp.group_lora),
-        )
-        reserve_scratch(groups, (attn.o_proj, mlp.down_proj), x)
+    def slots(self) -> tuple[ProjectionGroup | Projection, ...]:
+        """The layer's projection slots, in the order they run."""
+        return self.self_attn.qkv, self.self_attn.o, self.mlp.gate_up, self.mlp.down
 
     def draws_random(self) -> bool:
         """True when training with dropout somewhere in the layer (its recomputation must replay the draws in order)."""
         return _draws_random(self)
 
-    def backward_through(
-        self,
-        x: torch.Tensor,
-        grad_out: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cu_seqlens: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> None:
+    def backward_through(self, x: torch.Tensor, grad_out: torch.Tensor, *rope_and_packing: Any) -> None:
         """Checkpointing's recomputation and backward, for grad_out = d loss / d output: gradients accumulate into
-        the parameters and, if it requires grad, into x.grad.
+        the parameters and, if it requires grad, into x.grad. `rope_and_packing`: forward's (cos, sin, cu_seqlens,
+        attention_mask, max_seqlen).
 
         Backward reads neither the output h + mlp(norm(h)) nor the MLP's result, so the down projection's GEMM is
-        skipped (`LlamaMLP.forward(output=False)`); the MLP's part is `backward_mlp`.
+        skipped; the MLP's part is `backward_mlp`.
         """
-        normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
-        h = self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, residual=x)  # x + attn(norm(x))
+        h = self.attend(x, *rope_and_packing)
         grad_h = self.backward_mlp(h.detach(), grad_out)
         torch.autograd.backward(h, grad_h)
 
     def backward_mlp(self, h: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-        """The MLP half of the recomputation and backward, from h = x + attn(norm(x)) (no grad): returns d loss / d h,
-        grad_out plus the MLP path's gradient. The MLP works token by token: it is recomputed and backpropagated
-        `mlp_chunk_tokens` tokens at a time (unless dropout is on in it), so its widest activations (gate, up, their
-        product and gradients) exist for one chunk only."""
+        """The second half recomputed and backpropagated from h = x + attn(norm(x)) (no grad): returns d loss / d h,
+        grad_out plus the MLP path's gradient. The MLP works token by token: it runs `mlp_chunk_tokens` tokens at a
+        time (unless dropout is on in it), so its widest activations (gate, up, their product and gradients) exist
+        for one chunk only."""
         flat_h = h.reshape(-1, h.shape[-1])  # (N, d)
         flat_g = grad_out.reshape(-1, grad_out.shape[-1])  # (N, d)
         grad_h = torch.empty_like(flat_g)  # grad_out + the MLP path's gradient
@@ -338,27 +308,17 @@ class LlamaDecoderLayer(nn.Module):
         for start in range(0, flat_h.shape[0], step):
             h_chunk = flat_h[start : start + step].detach().requires_grad_(True)
             g_chunk = flat_g[start : start + step]
-            normed = self.post_attention_layernorm(h_chunk, self.mlp.input_spare_columns(h_chunk))
-            part = self.mlp(normed, output=False)
+            part = self.feed_forward(h_chunk, output=False)  # mlp(norm(h)): the residual's gradient is g_chunk
             torch.autograd.backward(part, g_chunk)
             torch.add(g_chunk, h_chunk.grad, out=grad_h[start : start + step])
             del part, h_chunk
         return grad_h.view_as(grad_out)
 
-    def backward_attention(
-        self,
-        x: torch.Tensor,
-        grad_h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cu_seqlens: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> None:
-        """The attention half, given d loss / d h from `backward_mlp` (h itself came from elsewhere): attention is
-        recomputed for its gradients only (o_proj's GEMM skipped: nothing reads its output), and grad_h also flows to
-        x through the residual. Gradients accumulate into the parameters and x.grad."""
-        normed = self.input_layernorm(x, self.self_attn.input_spare_columns(x))
-        attn = self.self_attn(normed, cos, sin, cu_seqlens, attention_mask, output=False)
+    def backward_attention(self, x: torch.Tensor, grad_h: torch.Tensor, *rope_and_packing: Any) -> None:
+        """The first half, given d loss / d h from `backward_mlp` (h itself came from elsewhere): attention is
+        recomputed for its gradients only, and grad_h also flows to x through the residual. Gradients accumulate
+        into the parameters and x.grad."""
+        attn = self.attend(x, *rope_and_packing, output=False)  # attn(norm(x)): the residual's gradient is grad_h
         if x.requires_grad:
             torch.autograd.backward([attn, x], [grad_h, grad_h])
         else:
@@ -373,7 +333,8 @@ class LlamaModel(nn.Module):
         ops = ops if ops is not None else reference_ops()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, ops) for _ in range(config.num_layers))
+        self.passes = PassClock()  # ticked by every forward; read by slots that keep copies of weights
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, ops, self.passes) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.gradient_checkpointing = False
         self._offload_stream = None  # created on first use by activation offload
@@ -387,9 +348,7 @@ class LlamaModel(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """See `LlamaForCausalLM.forward` for the arguments."""
-        from tunelab.peft.quant import begin_pass
-
-        begin_pass()  # weights may have changed since the last pass: buffers holding them are rebuilt
+        self.passes.tick()  # weights may have changed since the last pass: copies of them in slots are rebuilt
         B, T = input_ids.shape
         if cu_seqlens is not None and B != 1:
             raise ValueError(f"packed sequences (cu_seqlens) need a batch of one row, got {B} rows")
@@ -411,13 +370,17 @@ class LlamaModel(nn.Module):
             store = HostActivations(h.device, self._offload_stream, self._offload_buffers, with_mid)
             store.reserve(h)  # before this step's activations: the two landing buffers stay low in the allocator
         if h.is_cuda and self.layers:
-            self.layers[0].reserve_scratch(h)  # likewise the dequantized and stacked weight buffers
+            reserve_scratch(self.layers[0].slots(), h)  # likewise the buffers the slots fill (all layers share them)
+        max_seqlen = None
+        if cu_seqlens is not None:
+            # The boundaries read once (a device sync on CUDA) for every layer's attention and its recomputation.
+            cu_seqlens, max_seqlen = reference.document_bounds(cu_seqlens, T)
         for index, layer in enumerate(self.layers):
             if recompute:
                 # Keep only each layer's input (on the device or in `store`); recompute the rest during backward.
-                h = recomputed_layer(layer, store, index, h, cos, sin, cu_seqlens, attention_mask)
+                h = recomputed_layer(layer, store, index, h, cos, sin, cu_seqlens, attention_mask, max_seqlen)
             else:
-                h = layer(h, cos, sin, cu_seqlens, attention_mask)
+                h = layer(h, cos, sin, cu_seqlens, attention_mask, max_seqlen)
         return self.norm(h)
 
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_model
 
+from tunelab.atomic import scratch_folder, write_json
 from tunelab.errors import ModelError
 
 # alias -> (python package that ships the file, file name inside it, how to install it)
@@ -60,14 +58,60 @@ def resolve_source(name: str) -> ModelSource:
             raise ModelError(f"model '{name}': GGUF file not found.")
         return ModelSource(name, str(path.resolve().parent), path.name)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(
-                f"model '{name}': the directory has no config.json, so it is not a Hugging Face model directory."
-            )
+        check_model_dir(name, path)
         return ModelSource(name, str(path.resolve()))
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model '{name}': not a Hugging Face model directory, a .gguf file, or a hub id (org/name).")
     return ModelSource(name, name)  # a hub id; transformers downloads it (or reads its cache)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_model_dir(name: str, path: Path) -> None:
+    """A local Hugging Face directory needs config.json and safetensors weights (the tokenizer is checked where it
+    is loaded: an adapter run's base is opened for its weights only); say what is missing."""
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"model '{name}': the directory has no config.json, so it is not a Hugging Face model directory."
+        )
+    if not any(path.glob("*.safetensors")):
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        found = f"; it has {', '.join(pickled)}, which tunelab does not load (pickle can run code)" if pickled else ""
+        raise ModelError(
+            f"model '{name}': the directory has config.json but no weights as *.safetensors{found}. Copy the whole "
+            "model folder (config, tokenizer and weights), e.g. with huggingface-cli download."
+        )
+
+
+def check_gguf(source: ModelSource) -> None:
+    """A damaged or cut GGUF file is named as such, before transformers fails somewhere inside it."""
+    path = Path(source.path) / source.gguf_file
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"model '{source.name}': {path} is not a GGUF file (it does not start with 'GGUF').")
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return  # materialize says that the package is missing
+    try:
+        GGUFReader(path)
+    except Exception as exc:  # the reader fails with struct, index or reshape errors on a cut file
+        raise ModelError(
+            f"model '{source.name}': {path} is damaged or cut short ({size:,} bytes): its header or tensor data ends "
+            f"before what the header describes ({type(exc).__name__}: {exc}). Download or copy the file again."
+        ) from None
+
+
+def _remote_code(name: str, exc: Exception) -> ModelError | None:
+    if "trust_remote_code" in str(exc):
+        return ModelError(
+            f"model '{name}' ships its own Python code, which tunelab runs only when asked: set "
+            "model.trust_remote_code: true (--model.trust_remote_code true) if you trust its author."
+        )
+    return None
 
 
 def cache_root() -> Path:
@@ -88,6 +132,7 @@ def materialize(source: ModelSource) -> str:
     target = _gguf_cache_dir(source)
     if (target / "config.json").is_file():
         return str(target)
+    check_gguf(source)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -99,20 +144,19 @@ def materialize(source: ModelSource) -> str:
         ) from None
     except (ValueError, KeyError, OSError) as exc:
         raise ModelError(f"model '{source.name}': transformers could not read this GGUF file ({exc}).") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
-        # transformers refuses to save a model it loaded from GGUF, so write the plain fp32 copy ourselves.
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        (scratch / "config.json").write_text(json.dumps(config, indent=2))
-        save_model(model, str(scratch / "model.safetensors"))  # drops the tied lm_head duplicate
-        if model.generation_config is not None:
-            model.generation_config.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
-        os.replace(scratch, target)  # atomic: a concurrent reader sees all of it or nothing
+        # Whole or not at all: a concurrent reader sees all of it or nothing, and a concurrent converter that
+        # finished first keeps its copy (the rename then fails, and that copy is used).
+        with scratch_folder(target, replace=False) as scratch:
+            # transformers refuses to save a model it loaded from GGUF, so write the plain fp32 copy ourselves.
+            config = model.config.to_dict()
+            config.pop("quantization_config", None)
+            write_json(scratch / "config.json", config)
+            save_model(model, str(scratch / "model.safetensors"))  # drops the tied lm_head duplicate
+            if model.generation_config is not None:
+                model.generation_config.save_pretrained(scratch)
+            tokenizer.save_pretrained(scratch)
     except OSError:
-        shutil.rmtree(scratch, ignore_errors=True)
         if not (target / "config.json").is_file():
             raise
     return str(target)
@@ -121,10 +165,18 @@ def materialize(source: ModelSource) -> str:
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    folder = Path(source.path)
+    if not source.is_gguf and folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(
+            f"model '{source.name}': the directory has no tokenizer (none of {', '.join(TOKENIZER_FILES)}). Copy the "
+            "whole model folder (config, tokenizer and weights)."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(materialize(source), trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ModelError(f"model '{source.name}': could not load its tokenizer ({exc}).") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise _remote_code(source.name, exc) or ModelError(
+            f"model '{source.name}': could not load its tokenizer ({exc})."
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -155,5 +207,5 @@ def load_hf_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
     except OSError as exc:
         raise ModelError(f"model '{source.name}': could not load its weights ({exc}).") from None
     except ValueError as exc:
-        raise ModelError(f"model '{source.name}': {exc}") from None
+        raise _remote_code(source.name, exc) or ModelError(f"model '{source.name}': {exc}") from None
     return model.to(device).eval()

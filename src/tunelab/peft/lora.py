@@ -1,13 +1,13 @@
-"""LoRA: a frozen linear layer plus a trainable low-rank update, y = x W^T + b + (alpha / r) * dropout(x) A^T B^T.
-
-`LoRALinear` is a leaf module we construct around an existing `nn.Linear` (or NF4 linear); `attach_lora` swaps it in
-by name on any model, ours or transformers', so the same code serves the fast and the generic path. Parameter names
-(`<path>.lora_A.weight`, `<path>.lora_B.weight`) follow PEFT's so adapters round-trip through its file format.
+"""LoRA on a model: `attach_lora` freezes it and swaps a `LoRALinear` (`peft.lora_linear`) in for each selected linear
+layer, by name, on any model, ours or transformers', so the same code serves the fast and the generic path; on our
+decoder it also puts peft's implementations into the projection slots (`models.slots`): the q/k/v and gate/up
+adapters grouped into one GEMM (`peft.group.LoRAGroup`) and the last projections through the fused nodes
+(`peft.projection.FusedProjection`). `merge_lora` folds the adapters back (`merged_linear`) and restores the default
+slots; `adapters_disabled` runs the base model.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,71 +15,11 @@ import torch
 from torch import nn
 
 from tunelab.errors import ConfigError
-from tunelab.kernels.lora import lora_linear as fused_lora_linear
-from tunelab.peft.group import GroupWeights
-from tunelab.peft.quant import NF4Linear, nf4_lora_linear
-
-
-class LoRALinear(nn.Module):
-    takes_residual = True  # forward(x, residual=...) adds it inside the GEMM (see forward)
-
-    def __init__(
-        self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, group_weights: GroupWeights | None = None
-    ):
-        super().__init__()
-        self.base_layer = base
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.r, self.alpha = r, alpha
-        self.scale = alpha / r
-        device = base.weight_packed.device if isinstance(base, NF4Linear) else base.weight.device
-        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=torch.float32)
-        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=torch.float32)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.enabled = True
-        # Where grouped projections (`peft.group`) build their stacked weight: shared by all layers of a model.
-        self.group_weights = group_weights or GroupWeights()
-        # PEFT's default init: A Kaiming-uniform, B zero, so training starts from the base model exactly.
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B.weight)
-        for p in self.base_layer.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor, output: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """output=False: see `grad_only`. residual (..., out): returned added to the result; the fused paths add it
-        inside the base GEMM (no separate pass over the output)."""
-        if not self.enabled:
-            y = self.base_layer(x)
-            return y if residual is None else residual + y
-        a, b = self.lora_A.weight, self.lora_B.weight
-        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
-        base = self.base_layer
-        if isinstance(base, NF4Linear):
-            # QLoRA, CPU and CUDA: W is dequantized in forward and again in backward, never saved.
-            return nf4_lora_linear(x, base.nf4(), base.bias, a, b, self.scale, p, self.training, base.workspace, output,
-                                   residual)  # fmt: skip
-        if x.is_cuda and type(base) is nn.Linear:
-            # One autograd node that saves only x and the (N, r) product; matmuls in x's dtype.
-            return fused_lora_linear(x, base.weight, base.bias, a, b, self.scale, p, self.training, output, residual)
-        y = self.base_layer(x)
-        update = (self.dropout(x).to(a.dtype) @ a.T) @ b.T  # (..., r) then (..., out)
-        y = y + (self.scale * update).to(y.dtype)
-        return y if residual is None else residual + y
-
-    def grad_only(self, x: torch.Tensor) -> torch.Tensor:
-        """forward's autograd node, with the result left uncomputed where the fused paths allow (its values are then
-        undefined): checkpointing's recomputation of a layer's last projection, whose output backward never reads."""
-        return self.forward(x, output=False)
-
-    @torch.no_grad()
-    def merged_weight(self) -> torch.Tensor:
-        """W + scale * B A, in the base weight's dtype (an NF4 base: the dtype it was quantized from)."""
-        base = self.base_layer
-        w = base.dequantized(torch.float32) if isinstance(base, NF4Linear) else base.weight.float()
-        dtype = base.weight_dtype if isinstance(base, NF4Linear) else base.weight.dtype
-        return (w + self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())).to(dtype)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}"
+from tunelab.models.slots import ProjectionGroup, projection_slots
+from tunelab.peft.group import GroupWeights, LoRAGroup
+from tunelab.peft.lora_linear import LoRALinear, merged_linear
+from tunelab.peft.projection import FusedProjection
+from tunelab.quant.linear import NF4Linear
 
 
 def linear_names(model: nn.Module, targets: list[str]) -> list[str]:
@@ -113,12 +53,25 @@ def attach_lora(model: nn.Module, targets: list[str], r: int, alpha: float, drop
     for p in model.parameters():
         p.requires_grad_(False)
     names = linear_names(model, targets)
-    group_weights = GroupWeights()  # one stacked-weight buffer for the whole model
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout, group_weights))
+        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout))
+    use_fast_slots(model)
     return names
+
+
+def use_fast_slots(model: nn.Module) -> None:
+    """Put peft's implementations into every projection slot of `model` (none in a transformers model): groups as
+    `LoRAGroup`s sharing one stacked-weight buffer, last projections as `FusedProjection`s."""
+    weights = None
+    for module, name in projection_slots(model):
+        slot = getattr(module, name).as_default()
+        if isinstance(slot, ProjectionGroup):
+            weights = weights or GroupWeights(slot.clock)  # one stacked-weight buffer for the whole model
+            setattr(module, name, LoRAGroup(slot.children, slot.names, slot.clock, weights))
+        else:
+            setattr(module, name, FusedProjection(slot.children, slot.name, slot.clock))
 
 
 def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
@@ -140,23 +93,13 @@ def adapters_disabled(model: nn.Module):
             m.enabled = True
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight and put the plain linear back. In place; returns the model."""
+def merge_lora(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace every LoRALinear by its `merged_linear` (in `dtype`, default each base's) and put the default
+    projection slots back. In place; returns the model."""
     for name, m in list(lora_modules(model)):
-        base = m.base_layer
-        if isinstance(base, NF4Linear):  # the merged weight is 16-bit: a plain nn.Linear replaces the NF4 layer
-            plain = nn.Linear(
-                m.in_features,
-                m.out_features,
-                bias=base.bias is not None,
-                device=base.weight_packed.device,
-                dtype=base.weight_dtype,
-            )
-            if base.bias is not None:
-                plain.bias.data = base.bias.data.to(base.weight_dtype)
-            base = plain
-        base.weight.data = m.merged_weight()
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, base)
+        setattr(parent, child, merged_linear(m, dtype))
+    for module, name in projection_slots(model):
+        setattr(module, name, getattr(module, name).as_default())
     return model

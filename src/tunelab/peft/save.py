@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunelab.errors import RunDirError
+from tunelab.errors import ModelError, RunDirError
+from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.lora import attach_lora, lora_modules
 from tunelab.rundir import ADAPTER_CONFIG_FILE as CONFIG_FILE
 from tunelab.rundir import ADAPTER_WEIGHTS_FILE as WEIGHTS_FILE
@@ -34,6 +35,17 @@ def adapter_state_dict(model: nn.Module, modules_to_save: list[str] | tuple[str,
     return state
 
 
+def loadable_base(name: str) -> str:
+    """The base as other tools can load it (`peft.AutoPeftModelForCausalLM` reads `base_model_name_or_path`): a
+    hub id as it is, a directory as its absolute path, a GGUF file or tunelab's alias as the safetensors copy
+    tunelab converted it to (in its cache; `tunelab cache` shows it). The run's own name stays in run.json."""
+    try:
+        source = resolve_source(name)
+        return materialize(source) if source.is_gguf else source.path
+    except ModelError:
+        return name
+
+
 def adapter_config(
     model: nn.Module, base_model: str, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | tuple[str, ...] = ()
 ) -> dict:
@@ -43,7 +55,7 @@ def adapter_config(
     return {
         "peft_type": "LORA",
         "task_type": task_type,
-        "base_model_name_or_path": base_model,
+        "base_model_name_or_path": loadable_base(base_model),
         "r": first.r,
         "lora_alpha": first.alpha,
         "lora_dropout": dropout,

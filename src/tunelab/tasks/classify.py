@@ -28,8 +28,6 @@ from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, DataError
-from tunelab.eval.metrics import label_scores
-from tunelab.models.build import BuiltModel
 from tunelab.tasks.head import attach_head, save_head_run
 from tunelab.tasks.head_data import (
     INPUT_FIELDS,
@@ -45,6 +43,7 @@ from tunelab.tasks.head_data import (
     render,
 )
 from tunelab.tasks.task import Task
+from tunelab.training.build import BuiltModel
 
 FIELDS = (*INPUT_FIELDS, "system", "input", "label")
 UNSEEN = "label not among the training labels"
@@ -70,12 +69,25 @@ class LabelledRow:
     path: str
     line: int
 
+    @property
+    def labels(self) -> list[int]:
+        """The row's target, as the resume digest reads every task's rows."""
+        return [self.label]
 
-def refuse_packing(cfg: RunConfig) -> None:
+
+def refuse_head_options(cfg: RunConfig) -> None:
+    """The options a head run cannot honour: packing (one example per row) and eval.questions (answered by text
+    generation after training)."""
     if cfg.data.packing:
         raise ConfigError(
             f"option 'data.packing' cannot be used with task {cfg.task}: the head reads each row's last token, so every "
             "row must hold one example. Set data.packing to false."
+        )
+    if cfg.eval.questions:
+        raise ConfigError(
+            f"option 'eval.questions' cannot be used with task {cfg.task}: its questions are answered by generating "
+            f"text, which a {cfg.task} run does not do. Remove it and score held-out rows with "
+            "`tunelab eval RUN_DIR --data FILE` after training."
         )
 
 
@@ -194,7 +206,7 @@ def input_kind(items: list[Labelled]) -> str:
 
 
 def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
-    refuse_packing(cfg)
+    refuse_head_options(cfg)
     d = cfg.data
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of rows with a text and a label.")
@@ -231,13 +243,14 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     }
     if cfg.classify.class_weights != "none" or cfg.classify.label_weights:
         facts["class_weights"] = weights
-    return Datasets(train, evals, template, report, facts)
+    return Datasets(train, evals, template, report, facts=facts)
 
 
 def make_batches(
     rows: list[LabelledRow], micro_batch: int, pad_id: int, *, shuffle: bool, seed: int, epoch: int
 ) -> list[dict]:
-    """Right-padded batches: input_ids, attention_mask, position_ids (B, T); targets (B,) int64; weights (B,) fp32."""
+    """Right-padded batches: input_ids, attention_mask, position_ids (B, T); targets (B,) int64; weights (B,) fp32;
+    sources, per row its file:line (in a list, as sft batches give a packed row's several)."""
     order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
     batches = []
     for start in range(0, len(order), micro_batch):
@@ -245,6 +258,7 @@ def make_batches(
         batch = pad_rows([r.input_ids for r in chunk], pad_id)
         batch["targets"] = torch.tensor([r.label for r in chunk], dtype=torch.long)
         batch["weights"] = torch.tensor([r.weight for r in chunk], dtype=torch.float32)
+        batch["sources"] = [[location(r.path, r.line)] for r in chunk]
         batches.append(batch)
     return batches
 
@@ -275,8 +289,22 @@ def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
     model.train(was_training)
     if not expected:
         return {}
-    scores = label_scores(expected, predicted, sorted(set(expected) | set(predicted)))
-    return {"eval_loss": total / len(expected), "eval_accuracy": scores.accuracy, "eval_macro_f1": scores.macro_f1}
+    accuracy, macro_f1 = accuracy_and_macro_f1(torch.tensor(expected), torch.tensor(predicted))
+    return {"eval_loss": total / len(expected), "eval_accuracy": accuracy, "eval_macro_f1": macro_f1}
+
+
+def accuracy_and_macro_f1(expected: torch.Tensor, predicted: torch.Tensor) -> tuple[float, float]:
+    """Accuracy and macro-F1 of class indices (N,), the mean of the per-class F1 over the classes that occur in
+    either; `tunelab eval` reports the same two numbers through eval/metrics.label_scores (a test holds them equal).
+
+        C[i, j] = rows of class i predicted j;  tp = diag(C);  F1_c = 2 tp_c / (rows of c + predictions of c)
+    """
+    classes, index = torch.unique(torch.cat([expected, predicted]), return_inverse=True)
+    k, n = len(classes), len(expected)
+    confusion = torch.bincount(index[:n] * k + index[n:], minlength=k * k).reshape(k, k).double()
+    tp = confusion.diag()
+    f1 = 2 * tp / (confusion.sum(dim=1) + confusion.sum(dim=0))  # both sums > 0 for every class in `classes`
+    return float(tp.sum() / n), float(f1.mean())
 
 
 def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
@@ -290,8 +318,8 @@ def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
     print(f"head: {len(labels)} labels on the last real token ({data.facts['input']} input): {shown}", flush=True)
 
 
-def save(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
-    save_head_run(run_dir, built, tokenizer, cfg.model.name, cfg.method.name, data.facts["labels"])
+def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
+    save_head_run(folder, built, tokenizer, cfg.model.name, cfg.method.name, data.facts["labels"])
 
 
 CLASSIFY = Task(

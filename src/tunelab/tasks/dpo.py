@@ -33,12 +33,13 @@ from torch import nn
 from tunelab.config import DpoConfig, RunConfig
 from tunelab.data.loader import Datasets, epoch_order
 from tunelab.data.render import IGNORE
-from tunelab.models.build import BuiltModel
+from tunelab.data.report import location
 from tunelab.peft.lora import adapters_disabled
 from tunelab.tasks import sft
 from tunelab.tasks.log_probs import sequence_log_probs
 from tunelab.tasks.preference_data import PreferenceRow, build_preferences
 from tunelab.tasks.task import Task
+from tunelab.training.build import BuiltModel
 
 METRICS = ("margin", "accuracy", "chosen_logp", "rejected_logp")
 
@@ -100,7 +101,7 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
 
 def collate(chunk: list[PreferenceRow], pad_id: int) -> dict:
     """input_ids, labels, attention_mask, position_ids (2P, T), right-padded, the P chosen rows first; `reference`
-    (2P,) when the rows carry their reference log-probs."""
+    (2P,) when the rows carry their reference log-probs; sources, per row the file:line of its pair."""
     ids = [r.chosen_ids for r in chunk] + [r.rejected_ids for r in chunk]
     batch = {
         "input_ids": _pad(ids, pad_id),
@@ -108,6 +109,7 @@ def collate(chunk: list[PreferenceRow], pad_id: int) -> dict:
         "attention_mask": _pad([[1] * len(r) for r in ids], 0),
     }
     batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]).clone()
+    batch["sources"] = 2 * [[location(r.path, r.line)] for r in chunk]
     if all(r.reference is not None for r in chunk):
         batch["reference"] = torch.tensor(
             [r.reference[0] for r in chunk] + [r.reference[1] for r in chunk], dtype=torch.float32
@@ -145,7 +147,7 @@ def cache_reference(model: nn.Module, rows: list[PreferenceRow], micro_batch: in
     with adapters_disabled(model):
         for start in range(0, len(rows), micro_batch):
             chunk = rows[start : start + micro_batch]
-            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items() if torch.is_tensor(v)}
             logp = sequence_log_probs(model, batch)[0].tolist()
             for i, row in enumerate(chunk):
                 row.reference = (logp[i], logp[len(chunk) + i])

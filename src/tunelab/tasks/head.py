@@ -20,8 +20,6 @@ weights come from a generator seeded with the run's seed, so the untrained head 
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -29,12 +27,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tunelab.errors import ModelError, RunDirError
-from tunelab.models.build import BuiltModel
 from tunelab.models.llama import LlamaForCausalLM, LlamaModel
 from tunelab.models.load import load_hf_model, pick_device, pick_dtype, resolve_source
-from tunelab.peft.quant import quantize_model_
+from tunelab.models.untrained import repair_rows
 from tunelab.peft.save import load_adapter, save_adapter
+from tunelab.quant.linear import quantize_model_
 from tunelab.rundir import RunInfo
+from tunelab.training.build import BuiltModel
 
 HEAD = "score"  # transformers' name for the head of *ForSequenceClassification (Llama, Mistral, Qwen, Gemma, GPT-2)
 
@@ -122,26 +121,20 @@ def head_config(hf_config, labels: list[str], pad_token_id: int | None):
     return config
 
 
-def save_head_run(run_dir: Path, built: BuiltModel, tokenizer, base_model: str, method: str, labels: list[str]) -> None:
-    """The run's result, loadable by transformers + PEFT:
+def save_head_run(folder: Path, built: BuiltModel, tokenizer, base_model: str, method: str, labels: list[str]) -> None:
+    """The run's result, written into `folder`, loadable by transformers + PEFT:
     lora: adapter_model.safetensors + adapter_config.json (task SEQ_CLS, the head as modules_to_save) and config.json
           (the classifier's config, for id2label / label2id);
-    full, layers: model.safetensors + config.json of a *ForSequenceClassification model.
-    Written to a staging folder and moved in once complete."""
-    staging = run_dir / ".tmp-final"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    full, layers: model.safetensors + config.json of a *ForSequenceClassification model."""
+    folder.mkdir(parents=True, exist_ok=True)
     model = built.model
     if method == "lora":
-        save_adapter(model, staging, base_model=base_model, task_type="SEQ_CLS", modules_to_save=[HEAD])
+        save_adapter(model, folder, base_model=base_model, task_type="SEQ_CLS", modules_to_save=[HEAD])
     else:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-    head_config(built.hf_config, labels, tokenizer.pad_token_id).save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    for item in staging.iterdir():
-        os.replace(item, run_dir / item.name)
-    staging.rmdir()
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    head_config(built.hf_config, labels, tokenizer.pad_token_id).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: str = "auto") -> SequenceClassifier:
@@ -151,16 +144,18 @@ def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: s
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
+    quantize = info.is_adapter and info.quantize_base == "nf4"
+    # A QLoRA base is quantized again from the dtype it trained in, as infer/run.open_run does.
+    dt = getattr(torch, info.dtype) if dtype == "auto" and quantize and info.dtype else pick_dtype(dtype, dev)
     try:
         config = AutoConfig.from_pretrained(run_dir, trust_remote_code=info.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise RunDirError(f"{run_dir}: the classifier's config.json cannot be read ({exc}).") from None
     if info.is_adapter:
-        quantize = info.quantize_base == "nf4"
         lm = load_hf_model(
             resolve_source(info.base_model), dt, torch.device("cpu") if quantize else dev, info.trust_remote_code
         )
+        repair_rows(lm, info.fixed_untrained_tokens)  # the base rows training repaired (models/untrained.py)
         if quantize:
             quantize_model_(lm, device=dev)
         body, prefix = lm.base_model, lm.base_model_prefix

@@ -61,6 +61,16 @@ class PreferenceRow:
     line: int
     reference: tuple[float, float] | None = None  # summed log p of (chosen, rejected) under the reference model
 
+    @property
+    def input_ids(self) -> list[int]:
+        """Every token id the pair feeds the model (both sides), as the untrained-token scan reads rows."""
+        return self.chosen_ids + self.rejected_ids
+
+    @property
+    def labels(self) -> list[int]:
+        """Both sides' labels: with input_ids, what the resume digest compares."""
+        return self.chosen_labels + self.rejected_labels
+
 
 def _shared_turns(a: list[dict], b: list[dict]) -> int:
     n = 0
@@ -226,6 +236,5 @@ def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         raise DataError(f"{', '.join(d.train)}: no usable preference pairs. {report.summary()}")
     evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report)
     report.train, report.eval = _stats(train, len(pairs)), _stats(evals, len(held))
-    return Datasets(
-        train, evals, template, report, {"input": "chat" if chat else "text", "pad_id": tokenizer.pad_token_id}
-    )
+    facts = {"input": "chat" if chat else "text", "pad_id": tokenizer.pad_token_id}
+    return Datasets(train, evals, template, report, facts=facts)

@@ -31,8 +31,7 @@ from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, DataError
-from tunelab.models.build import BuiltModel
-from tunelab.tasks.classify import refuse_packing
+from tunelab.tasks.classify import refuse_head_options
 from tunelab.tasks.head import attach_head, save_head_run
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
@@ -49,6 +48,7 @@ from tunelab.tasks.head_data import (
     with_system,
 )
 from tunelab.tasks.task import Task
+from tunelab.training.build import BuiltModel
 
 FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system")
 SAME = "chosen and rejected are the same"
@@ -69,6 +69,16 @@ class PairRow:
     rejected_ids: list[int]
     path: str
     line: int
+
+    @property
+    def input_ids(self) -> list[int]:
+        """Every token id the pair feeds the model (both sides), as the untrained-token scan reads rows."""
+        return self.chosen_ids + self.rejected_ids
+
+    @property
+    def labels(self) -> list[int]:
+        """Where the rejected side starts in input_ids: with it the resume digest tells the two sides apart."""
+        return [len(self.chosen_ids)]
 
 
 def read_prompt(row: dict, fields: dict[str, str], where: str, lenient: bool = False) -> list[dict] | None:
@@ -195,7 +205,7 @@ def _stats(rows: list[PairRow], examples: int) -> SplitStats:
 
 
 def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
-    refuse_packing(cfg)
+    refuse_head_options(cfg)
     d = cfg.data
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of preference pairs.")
@@ -216,18 +226,21 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report)
     report.train, report.eval = _stats(train, len(pairs)), _stats(evals, len(held))
     kinds = {"chat" if p.chosen.is_chat else "text" for p in pairs}
-    return Datasets(train, evals, template, report, {"input": kinds.pop() if len(kinds) == 1 else "mixed"})
+    return Datasets(train, evals, template, report, facts={"input": kinds.pop() if len(kinds) == 1 else "mixed"})
 
 
 def make_batches(
     rows: list[PairRow], micro_batch: int, pad_id: int, *, shuffle: bool, seed: int, epoch: int
 ) -> list[dict]:
-    """micro_batch pairs per batch: input_ids, attention_mask, position_ids (2P, T), the P chosen rows first."""
+    """micro_batch pairs per batch: input_ids, attention_mask, position_ids (2P, T), the P chosen rows first;
+    sources, per chosen then rejected row the file:line of its pair."""
     order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
     batches = []
     for start in range(0, len(order), micro_batch):
         chunk = [rows[i] for i in order[start : start + micro_batch]]
-        batches.append(pad_rows([r.chosen_ids for r in chunk] + [r.rejected_ids for r in chunk], pad_id))
+        batch = pad_rows([r.chosen_ids for r in chunk] + [r.rejected_ids for r in chunk], pad_id)
+        batch["sources"] = 2 * [[location(r.path, r.line)] for r in chunk]
+        batches.append(batch)
     return batches
 
 
@@ -271,8 +284,8 @@ def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
     print(f"head: one reward output on the last real token ({data.facts['input']} input)", flush=True)
 
 
-def save(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
-    save_head_run(run_dir, built, tokenizer, cfg.model.name, cfg.method.name, LABELS)
+def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
+    save_head_run(folder, built, tokenizer, cfg.model.name, cfg.method.name, LABELS)
 
 
 REWARD = Task(

@@ -9,8 +9,6 @@ families whose logits are exactly lm_head(final hidden state). The result is a P
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -18,11 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import RunConfig
+from tunelab.data.checks import data_checks
 from tunelab.data.loader import Datasets, build_datasets, make_batches
-from tunelab.models.build import BuiltModel, save_full_weights
 from tunelab.models.llama import LlamaForCausalLM
 from tunelab.peft.save import save_adapter
 from tunelab.tasks.task import Task
+from tunelab.training.build import BuiltModel, save_full_weights
 
 
 def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -99,18 +98,13 @@ def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
     """Nothing to add: the model keeps its LM head."""
 
 
-def save(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
-    """The adapter (PEFT layout) or the full weights (safetensors), and the tokenizer, moved in once complete."""
-    staging = run_dir / ".tmp-final"
-    shutil.rmtree(staging, ignore_errors=True)
+def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
+    """The adapter (PEFT layout) or the full weights (safetensors), and the tokenizer."""
     if cfg.method.name == "lora":
-        save_adapter(built.model, staging, base_model=cfg.model.name)
+        save_adapter(built.model, folder, base_model=cfg.model.name)
     else:
-        save_full_weights(built, staging)
-    tokenizer.save_pretrained(staging)
-    for item in staging.iterdir():
-        os.replace(item, run_dir / item.name)
-    staging.rmdir()
+        save_full_weights(built, folder)
+    tokenizer.save_pretrained(folder)
 
 
 def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
@@ -126,4 +120,5 @@ SFT = Task(
     prepare=prepare,
     save=save,
     evaluate=evaluate,
+    checks=data_checks,
 )

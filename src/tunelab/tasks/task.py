@@ -13,7 +13,7 @@ hook a task could override. The loop calls them in this order:
         total = sum(task.count(b) for b in micro_batches)    # the units the loss is normalised by
         loss_sum, metric_sums = task.loss(model, batch)       # SUMS over the batch's units; divided once by total
     every eval: task.evaluate(model, eval_batches) -> {"eval_loss": ..., "eval_<metric>": ...}
-    at the end: task.save(run_dir, built, tokenizer, cfg, data)
+    at the end: task.save(folder, built, tokenizer, cfg, data)     # into a staging folder, moved in once complete
 
 Contracts every task keeps:
 - `make_batches` orders rows by a pure function of (seed, epoch) (see `data.loader.epoch_order`), so a resumed run
@@ -25,6 +25,9 @@ Contracts every task keeps:
 - Every trainable parameter is a parameter of `built.model` after `prepare`, so checkpoints (which save trainable
   parameters by name) and the optimizer see all of them.
 - `rollout` (online tasks only, None otherwise) turns a batch of prompts into a training batch before the step.
+- Rows of every task carry `input_ids` (every token id the row feeds the model) and `labels` (its targets as ints):
+  the untrained-token scan and the resume digest (`training/resume.data_digest`) read these two. Batches carry
+  `sources`, per row the file:line of its examples, which the non-finite guard names when it stops a run.
 """
 
 from __future__ import annotations
@@ -52,8 +55,12 @@ class Task:
     prepare: Callable[..., None]
     """(built: BuiltModel, data, cfg) -> None: adapt the built model to the task, in place (may do nothing)."""
     save: Callable[..., None]
-    """(run_dir, built, tokenizer, cfg, data) -> None: the run's result."""
+    """(folder, built, tokenizer, cfg, data) -> None: write the run's result into `folder` (an empty staging folder;
+    the recipe checks the weights are finite first and moves the files into the run directory once complete)."""
     evaluate: Callable[[torch.nn.Module, list[Batch]], dict[str, float]]
     """(model, batches) -> {"eval_loss": mean, "eval_<metric>": mean, ...}."""
     rollout: Callable[..., Batch] | None = None
     """(model, prompts_batch) -> batch, for online tasks that generate their training data; None otherwise."""
+    checks: Callable[..., list] | None = None
+    """(cfg, inputs) -> [CheckItem]: the cheap data checks `tunelab train` runs before loading the model (sft: those
+    of `tunelab check`); None when the task has none beyond what build_data refuses."""

@@ -1,23 +1,33 @@
-"""Checkpoints: trainable weights, optimizer state, RNG states and the loop position, written atomically.
+"""Checkpoints: trainable weights, optimizer state, RNG states and the loop position, written atomically and verified.
 
 Everything is safetensors or JSON (nothing is pickled). A checkpoint is written to a temporary folder and renamed
 into place, so a crash mid-write leaves the previous checkpoint intact, and `latest` never names a partial one.
+state.json records the size and sha256 of each tensor file; `intact_checkpoint` checks them and falls back to the
+previous checkpoint (the reason `keep_checkpoints` keeps more than one) when the newest was damaged afterwards.
+No tensor holding a NaN or inf is ever written (guard.require_finite), and a full disk leaves the earlier
+checkpoints as they were and says how much space was needed.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.errors import RunDirError
+from tunelab.training.guard import require_finite
 
 STEP_PREFIX = "step-"
+STATE_FILE = "state.json"
+TENSOR_FILES = ("trainable.safetensors", "optimizer.safetensors")
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -38,36 +48,120 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _digest(path: Path) -> dict:
+    with path.open("rb") as f:
+        return {"bytes": path.stat().st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**28 else f"{n / 2**20:.1f} MB"
+
+
+def no_space_message(what: str, where: Path, needed: int) -> str:
+    free = shutil.disk_usage(where if where.exists() else where.parent).free
+    return (
+        f"no space left on the device while writing {what} in {where}: it needs about {_gb(needed)} and "
+        f"{_gb(free)} are free."
+    )
+
+
 def save_checkpoint(
     run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, position: dict, keep: int
 ) -> Path:
     folder = Path(run_dir) / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{STEP_PREFIX}{position['step']:07d}"
-    scratch = folder / f".tmp-{final.name}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
     trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, str(scratch / "trainable.safetensors"))
     tensors, groups = _optimizer_tensors(optimizer)
-    save_file(tensors | _rng_tensors(), str(scratch / "optimizer.safetensors"))
-    (scratch / "state.json").write_text(json.dumps({"position": position, "param_groups": groups}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(scratch, final)
-    for old in sorted(folder.glob(f"{STEP_PREFIX}*"))[:-keep]:
+    where = f"checkpoint of step {position['step']}"
+    require_finite(trainable.items(), "the trainable weights", where)
+    require_finite(tensors.items(), "the optimizer state", where)
+    scratch = folder / f".tmp-{final.name}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
+        save_file(trainable, str(scratch / TENSOR_FILES[0]))
+        save_file(tensors | _rng_tensors(), str(scratch / TENSOR_FILES[1]))
+        files = {name: _digest(scratch / name) for name in TENSOR_FILES}
+        state = {"position": position, "param_groups": groups, "files": files}
+        (scratch / STATE_FILE).write_text(json.dumps(state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(scratch, final)
+    except OSError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise RunDirError(f"{final}: cannot write the checkpoint ({exc.strerror or exc}).") from None
+        needed = sum(t.nbytes for t in trainable.values()) + sum(t.nbytes for t in tensors.values())
+        earlier = [p.name for p in checkpoints(run_dir)]
+        kept = f"The earlier checkpoints are intact ({', '.join(earlier)})" if earlier else "No earlier checkpoint"
+        raise RunDirError(
+            f"{no_space_message(where, folder, needed)} {kept}; free some space, then continue with --resume."
+        ) from None
+    for old in checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Completed checkpoint folders, oldest first."""
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob(f"{STEP_PREFIX}*") if p.is_dir())
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((Path(run_dir) / "checkpoints").glob(f"{STEP_PREFIX}*"))
+    found = checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def verify_checkpoint(folder: Path) -> str | None:
+    """What is wrong with a checkpoint folder, or None when it is intact (sizes and sha256 as state.json records)."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        position = state["position"]
+        int(position["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{STATE_FILE} is missing or damaged ({type(exc).__name__}: {exc})"
+    for name in TENSOR_FILES:
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        recorded = state.get("files", {}).get(name)
+        if recorded is None:  # written before checksums were recorded: the safetensors header is all we can check
+            try:
+                with open(path, "rb") as f:
+                    header = int.from_bytes(f.read(8), "little")
+                if header <= 0 or 8 + header > path.stat().st_size:
+                    return f"{name} is cut short"
+            except OSError as exc:
+                return f"{name} cannot be read ({exc})"
+            continue
+        if path.stat().st_size != recorded["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {recorded['bytes']} were written"
+        if _digest(path)["sha256"] != recorded["sha256"]:
+            return f"{name} does not match its sha256 in {STATE_FILE}"
+    return None
+
+
+def intact_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies, and a note for each newer one that did not."""
+    notes = []
+    for folder in reversed(checkpoints(run_dir)):
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            return folder, notes
+        notes.append(f"checkpoint {folder} is damaged ({problem}); skipping it")
+    return None, notes
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore weights, optimizer and RNG states in place; return the saved loop position."""
-    meta = json.loads((folder / "state.json").read_text())
-    trainable = load_file(str(folder / "trainable.safetensors"))
+    meta = json.loads((folder / STATE_FILE).read_text())
+    try:
+        trainable = load_file(str(folder / TENSOR_FILES[0]))
+        tensors = load_file(str(folder / TENSOR_FILES[1]))
+    except (SafetensorError, OSError) as exc:
+        raise RunDirError(
+            f"{folder}: the checkpoint cannot be read ({exc}); delete it to resume from an earlier one."
+        ) from None
     params = dict(model.named_parameters())
     mismatch = sorted(set(trainable) ^ {n for n, p in params.items() if p.requires_grad})
     if mismatch:
@@ -77,7 +171,6 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     with torch.no_grad():
         for name, value in trainable.items():
             params[name].copy_(value)
-    tensors = load_file(str(folder / "optimizer.safetensors"))
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("state."):
@@ -89,3 +182,10 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     return meta["position"]
+
+
+def delete_checkpoints(run_dir: Path) -> int:
+    """Remove the step checkpoints of a finished run; returns how many there were."""
+    found = checkpoints(run_dir)
+    shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
+    return len(found)

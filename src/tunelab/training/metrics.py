@@ -1,4 +1,11 @@
-"""Metrics of a run: one JSON object per line in metrics.jsonl, and the loss curves drawn to loss.png."""
+"""Metrics of a run: one JSON object per line in metrics.jsonl, and the loss curves drawn to loss.png.
+
+Every record written also goes to the log's sinks, the experiment trackers of `train.report_to`
+(training/tracking.py), so the loop logs once and knows nothing of trackers.
+
+A line that does not parse (the last one torn by a crash mid-write) is skipped by readers and dropped on resume.
+A step the non-finite guard skipped has "loss": null and "skipped": true.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +17,15 @@ PLOT_FILE = "loss.png"
 
 
 class MetricsLog:
-    """Appends records to metrics.jsonl; on resume, records after the checkpoint's step are dropped first."""
+    """Appends records to metrics.jsonl and hands them to its sinks (objects with log(record) and close()); on
+    resume, records after the checkpoint's step are dropped first."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, resume_step: int | None = None, sinks: list | None = None):
         self.path = Path(run_dir) / METRICS_FILE
+        self.sinks = list(sinks or [])
         if resume_step is not None and self.path.exists():
             kept = [
-                line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step
+                json.dumps(r) for r in _parse(self.path.read_text().splitlines()) if r.get("step", 0) <= resume_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None:
@@ -25,20 +34,40 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.log(record)
+
+    def close(self) -> None:
+        """Finish every tracker's run (flush TensorBoard, mark the MLflow run finished, end the W&B run)."""
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
+
+
+def _parse(lines: list[str]) -> list[dict]:
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse(path.read_text().splitlines())
 
 
 def plot_losses(run_dir: Path) -> Path | None:
     """Train and eval loss against the optimizer step; None when there is nothing to draw."""
     records = read_metrics(run_dir)
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
+    evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), int | float)]
     if not train and not evals:
         return None
     import matplotlib

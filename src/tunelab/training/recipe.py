@@ -1,15 +1,23 @@
 """The training recipe: config -> model, data, optimizer -> the loop -> a run directory.
 
-The loop is plain: one `train_step` per optimizer step; eval, checkpoint and logging are one-line calls every N
-steps. Resuming restores weights, optimizer, RNG and the position inside the epoch, so a resumed run takes the
-same steps as an uninterrupted one.
+In order: the config is resolved and output_dir checked (nothing written); with --resume the config is compared
+with the run's and an intact checkpoint chosen; the data is loaded and the cheap checks run (`tunelab check` has
+them all); the model is built and its untrained token rows repaired. Only then is the run directory made (an
+existing run moves aside until this one finishes, training/outdir.py). The loop is plain: one `train_step` per
+optimizer step; the non-finite guard, eval, checkpoint and logging are one-line calls every N steps. Resuming
+restores weights, optimizer, RNG and the position inside the epoch, so a resumed run takes the same steps as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +27,30 @@ import torch
 from tqdm import tqdm
 
 from tunelab.atomic import write_json, write_text
-from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config
-from tunelab.errors import ConfigError, RunDirError
-from tunelab.models.build import build_model
-from tunelab.models.load import load_tokenizer, resolve_source
-from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
-from tunelab.tasks import get_task
-from tunelab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
+from tunelab.errors import CheckFailed, ConfigError, Interrupted, RunDirError, TrainingStopped
+from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
+from tunelab.tasks import SFT, get_task
+from tunelab.tasks.task import Task
+from tunelab.training.build import BuiltModel
+from tunelab.training.checkpoint import (
+    delete_checkpoints,
+    intact_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    no_space_message,
+    save_checkpoint,
+)
+from tunelab.training.guard import BadSteps, require_finite, stop_message
+from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.metrics import MetricsLog, plot_losses
 from tunelab.training.optim import build_optimizer
+from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement, plan_output_dir, start_run_dir
+from tunelab.training.prepare import load_inputs, load_model, protected_paths
+from tunelab.training.resume import check_resume_config, check_same_data, data_digest
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import train_step
+from tunelab.training.tracking import open_trackers
 
 
 @dataclass
@@ -38,6 +59,7 @@ class TrainResult:
     steps: int
     final_loss: float | None
     eval_loss: float | None
+    skipped_steps: int = 0
 
 
 def resolve(
@@ -49,8 +71,6 @@ def resolve(
             raise ValueError("apply overrides when loading the config")
         return config
     if isinstance(config, RunConfig):
-        import dataclasses
-
         flat = {}
         for section, value in dataclasses.asdict(config).items():
             if (
@@ -67,24 +87,54 @@ def resolve(
     return load_config(config, overrides)
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
-    if resume:
-        if latest_checkpoint(run_dir) is None:
-            raise RunDirError(
-                f"{run_dir}: nothing to resume from (no checkpoints/ with a completed checkpoint). Set train.save_every to write them."
-            )
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunDirError(
-                f"{run_dir}: the run directory exists and is not empty. Pass --overwrite to replace it, --resume to continue it, or choose another output_dir."
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def config_path(config: Any) -> Path | None:
+    return Path(config) if isinstance(config, (str, Path)) else None
+
+
+def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig, task: Task = SFT, data=None) -> None:
+    """The run's result, as the task saves it (sft, the default: the adapter in PEFT's layout or the full weights, and
+    the tokenizer; a head adds its labels), written to a staging folder and moved into the run directory once
+    complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none)."""
+    params = built.model.named_parameters()
+    written = params if cfg.method.name != "lora" else ((n, p) for n, p in params if p.requires_grad)
+    require_finite(written, "the weights to save", f"{run_dir}")
+    staging = run_dir / ".tmp-final"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        task.save(staging, built, tokenizer, cfg, data)
+        for item in staging.iterdir():
+            os.replace(item, run_dir / item.name)
+        staging.rmdir()
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        needed = sum(p.numel() * p.element_size() for _, p in built.model.named_parameters())
+        why = (
+            no_space_message("the result", run_dir, needed) if exc.errno == errno.ENOSPC else f"{exc.strerror or exc}."
+        )
+        raise RunDirError(
+            f"{run_dir}: the result could not be saved: {why} The last checkpoint is kept; continue with --resume."
+        ) from None
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def cheap_check_gate(cfg: RunConfig, inputs, task: Task) -> None:
+    """The task's data checks (those of `tunelab check` for sft), before the model is loaded; CheckFailed when one
+    fails."""
+    items = task.checks(cfg, inputs) if task.checks else []
+    for item in items:
+        if item.status != "pass":
+            print(item.line(), flush=True)
+    failed = [item for item in items if item.status == "fail"]
+    if failed:
+        raise CheckFailed(
+            "the checks before training failed: "
+            + "; ".join(f"{item.name}: {item.summary}" for item in failed)
+            + ". Run `tunelab check` with the same config and flags for the details, or pass --no-check to train anyway."
+        )
 
 
 def train(
@@ -92,30 +142,41 @@ def train(
     overrides: dict[str, Any] | None = None,
     *,
     resume: bool = False,
+    check: bool = True,
+    overwrite_non_run: bool = False,
 ) -> TrainResult:
-    """Fine-tune as the config says and write the run directory. `overrides` are {'train.lr': 1e-4, ...}."""
+    """Fine-tune as the config says and write the run directory. `overrides` are {'train.lr': 1e-4, ...}.
+
+    check: run the data checks of `tunelab check` first (CheckFailed when one fails). overwrite_non_run: with
+    overwrite, replace output_dir even when it is not a run directory tunelab wrote."""
     resolved = resolve(config, overrides)
-    cfg = resolved.config
-    # Grow CUDA allocator segments instead of caching fixed-size blocks: less fragmentation, lower peak reserved.
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    run_dir = Path(cfg.output_dir)
-    prepare_run_dir(run_dir, cfg.overwrite, resume)
+    cfg, t = resolved.config, resolved.config.train
+    plan = plan_output_dir(
+        cfg.output_dir,
+        overwrite=cfg.overwrite,
+        resume=resume,
+        protected=protected_paths(cfg, config_path(config)),
+        overwrite_non_run=overwrite_non_run,
+    )
+    run_dir = plan.run_dir
+    notes = check_resume_config(run_dir, cfg) if resume else []
     print("tunelab train — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
-    torch.manual_seed(cfg.train.seed)
+    checkpoint = _resume_checkpoint(run_dir) if resume else None
+    for note in notes:
+        print(note, flush=True)
+    torch.manual_seed(t.seed)
 
     task = get_task(cfg.task, cfg)
-    source = resolve_source(cfg.model.name)
-    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
-    data = task.build_data(cfg, tokenizer, cfg.train.seed)
+    inputs = load_inputs(cfg, task)
+    data, tokenizer = inputs.data, inputs.tokenizer
     print(data.report.summary(), flush=True)
-    checkpointing = "offload" if cfg.train.offload_activations else cfg.train.checkpointing
-    built = build_model(source, cfg.model, cfg.method, checkpointing)
-    if cfg.data.packing and built.impl != "fast":
-        raise ConfigError(
-            "option 'data.packing' needs the fast path (a Llama-family model with model.impl auto or fast); "
-            f"{cfg.model.name} runs on the generic path. Set data.packing to false."
-        )
+    digest = data_digest(data.train)
+    if resume:
+        check_same_data(run_dir, read_info(run_dir, require_finished=False).data_sha256, digest)
+    if check:
+        cheap_check_gate(cfg, inputs, task)
+    built, untrained = load_model(cfg, inputs)
     task.prepare(built, data, cfg)
     model = built.model
     print(
@@ -123,32 +184,31 @@ def train(
         f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)",
         flush=True,
     )
+    print(untrained.summary(), flush=True)
 
-    t = cfg.train
     pad_id = tokenizer.pad_token_id
     batches_per_epoch = len(task.make_batches(data.train, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     warmup = int(t.warmup_ratio * total_steps)
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler))
     eval_batches = [
         _to_device(b, built.device)
         for b in task.make_batches(data.eval, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0)
     ]
 
-    position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0}
-    if resume:
-        checkpoint = latest_checkpoint(run_dir)
-        position = load_checkpoint(checkpoint, model, optimizer)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
-        )
-        print(f"resuming from {checkpoint} (step {position['step']} of {total_steps})", flush=True)
+    position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
+    if checkpoint is not None:
+        position |= _load_position(checkpoint, model, optimizer, total_steps)
     else:
+        start_run_dir(plan)
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
         write_json(run_dir / "data_report.json", data.report.to_dict())
-    log = MetricsLog(run_dir, resume_step=position["step"] if resume else None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # resumed: at the checkpoint's step (param groups restored)
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
+    )
+    resume_step = position["step"] if resume else None
+    log = MetricsLog(run_dir, resume_step, sinks=open_trackers(t.report_to, run_dir, to_dict(cfg), resume_step))
     info = RunInfo(
         base_model=cfg.model.name,
         method=cfg.method.name,
@@ -158,91 +218,226 @@ def train(
         refusal=cfg.eval.refusal,
         impl=built.impl,
         quantize_base=cfg.method.quantize_base,
+        dtype=str(built.dtype).removeprefix("torch."),
         trust_remote_code=cfg.model.trust_remote_code,
+        fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
+        data_sha256=digest,
         total_steps=total_steps,
         extra=dict(data.facts),
     )
     write_info(run_dir, info)
 
-    last_loss = eval_loss = None
-    eval_metrics: dict[str, float] = {}
-    bar = tqdm(total=total_steps, initial=position["step"], desc="train", unit="step", dynamic_ncols=True)
-    started = time.perf_counter() - position["elapsed_s"]
-    while position["step"] < total_steps:
-        batches = task.make_batches(
-            data.train, t.micro_batch, pad_id, shuffle=cfg.data.shuffle, seed=t.seed, epoch=position["epoch"]
-        )
-        while position["batch_in_epoch"] < len(batches) and position["step"] < total_steps:
-            group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
-            tic = time.perf_counter()
-            stats = train_step(
-                model, [_to_device(b, built.device) for b in group], optimizer, scheduler, t.max_grad_norm, task
-            )
-            tokens = sum(int(b["attention_mask"].sum()) for b in group)
-            position["step"] += 1
-            position["batch_in_epoch"] += len(group)
-            position["tokens"] += tokens
-            position["elapsed_s"] = time.perf_counter() - started
-            last_loss = stats["loss"]
-            record = {
-                "step": position["step"],
-                "epoch": position["epoch"] + position["batch_in_epoch"] / len(batches),
-                "loss": stats["loss"],
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": stats["grad_norm"],
-                "tokens_per_s": tokens / (time.perf_counter() - tic),
-                "elapsed_s": position["elapsed_s"],
-                **stats["metrics"],
-            }
-            if position["step"] % t.log_every == 0 or position["step"] == total_steps:
-                log.write(record)
-            bar.set_postfix(
-                loss=f"{stats['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
-            )
-            bar.update(1)
-            if eval_batches and t.eval_every and position["step"] % t.eval_every == 0:
-                eval_metrics = task.evaluate(model, eval_batches)
-                log.write({"step": position["step"], **eval_metrics})
-            if t.save_every and position["step"] % t.save_every == 0:
-                save_checkpoint(run_dir, model, optimizer, position, t.keep_checkpoints)
-        if position["batch_in_epoch"] >= len(batches):
-            position["epoch"] += 1
-            position["batch_in_epoch"] = 0
-    bar.close()
+    run = Run(
+        cfg, task, run_dir, built, data.train, pad_id, optimizer, scheduler, eval_batches, log, total_steps, position
+    )
+    try:
+        last_loss, eval_metrics = _loop(run)
+    except BaseException:
+        note = failure_note(plan)
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
+        with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
+            write_info(run_dir, info)
+        log.close()
+        raise
 
     if eval_batches and not (t.eval_every and total_steps % t.eval_every == 0):
         eval_metrics = task.evaluate(model, eval_batches)
         log.write({"step": total_steps, **eval_metrics})
-    if eval_metrics:
-        eval_loss = eval_metrics["eval_loss"]
-        print("eval: " + ", ".join(f"{name.removeprefix('eval_')} {value:.4f}" for name, value in eval_metrics.items()))
+    log.close()
+    eval_loss = eval_metrics.get("eval_loss")
+    if eval_loss is not None:
+        print(eval_line(task, eval_metrics))
     model.eval()
-    task.save(run_dir, built, tokenizer, cfg, data)
+    save_final(run_dir, built, tokenizer, cfg, task, data)
     plot_losses(run_dir)
     info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
     info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
+    info.skipped_steps = position["skipped_steps"]
     write_info(run_dir, info)
+    skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
     print(
-        f"saved to {run_dir} ({position['step']} steps, {position['tokens']:,} tokens, {position['elapsed_s']:.0f} s)",
+        f"saved to {run_dir} ({position['step']} steps{skipped}, {position['tokens']:,} tokens, "
+        f"{position['elapsed_s']:.0f} s)",
         flush=True,
     )
-    if cfg.eval.questions:
-        _compare_after_training(run_dir, cfg)
-    return TrainResult(run_dir, position["step"], last_loss, eval_loss)
+    _tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
+    return TrainResult(run_dir, position["step"], last_loss, eval_loss, info.skipped_steps)
 
 
-def _compare_after_training(run_dir: Path, cfg: RunConfig) -> None:
-    """Answer eval.questions with the base and the saved tuned model and print the scores."""
-    from tunelab.infer.compare import compare, format_comparison, read_questions, save_comparison
-    from tunelab.infer.generate import GenerationSettings
-    from tunelab.infer.run import open_run
+@dataclass
+class Run:
+    """What the loop works on."""
 
-    run = open_run(run_dir, device=cfg.model.device)
-    result = compare(
-        run,
-        read_questions(cfg.eval.questions),
-        GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens),
-        cfg.eval.refusal,
+    cfg: RunConfig
+    task: Task
+    run_dir: Path
+    built: BuiltModel
+    rows: list
+    pad_id: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    eval_batches: list[dict]
+    log: MetricsLog
+    total_steps: int
+    position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps: what a checkpoint saves
+
+
+def _loop(run: Run) -> tuple[float | None, dict[str, float]]:
+    """Optimizer steps until total_steps, updating run.position; returns the last finite loss and the last eval
+    metrics ({} when there was no eval)."""
+    t, model, position, task = run.cfg.train, run.built.model, run.position, run.task
+    bad = BadSteps(t.max_bad_steps, skipped=position["skipped_steps"])
+    last_loss, eval_metrics = None, {}
+    bar = tqdm(total=run.total_steps, initial=position["step"], desc="train", unit="step", dynamic_ncols=True)
+    started = time.perf_counter() - position["elapsed_s"]
+    with graceful_interrupt() as stop:
+        while position["step"] < run.total_steps:
+            batches = task.make_batches(
+                run.rows, t.micro_batch, run.pad_id, shuffle=run.cfg.data.shuffle, seed=t.seed, epoch=position["epoch"]
+            )
+            while position["batch_in_epoch"] < len(batches) and position["step"] < run.total_steps:
+                group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
+                tic = time.perf_counter()
+                stats = train_step(
+                    model,
+                    [_to_device(b, run.built.device) for b in group],
+                    run.optimizer,
+                    run.scheduler,
+                    t.max_grad_norm,
+                    task,
+                )
+                tokens = sum(int(b["attention_mask"].sum()) for b in group)
+                position["step"] += 1
+                position["batch_in_epoch"] += len(group)
+                position["tokens"] += tokens
+                position["elapsed_s"] = time.perf_counter() - started
+                stopping = bad.record(position["step"], stats, [s for b in group for row in b["sources"] for s in row])
+                position["skipped_steps"] = bad.skipped
+                record = _record(run, position, len(batches), stats, tokens / (time.perf_counter() - tic))
+                last_loss = last_loss if stats["skipped"] else stats["loss"]
+                if position["step"] % t.log_every == 0 or position["step"] == run.total_steps or stats["skipped"]:
+                    run.log.write(record)
+                bar.set_postfix(_postfix(record, bad.skipped))
+                bar.update(1)
+                if stopping:
+                    bar.close()
+                    raise _stopped(run, bad)
+                if run.eval_batches and t.eval_every and position["step"] % t.eval_every == 0:
+                    eval_metrics = task.evaluate(model, run.eval_batches)
+                    run.log.write({"step": position["step"], **eval_metrics})
+                saved = bool(t.save_every) and position["step"] % t.save_every == 0
+                if saved:
+                    save_checkpoint(run.run_dir, model, run.optimizer, position, t.keep_checkpoints)
+                if stop.requested:
+                    bar.close()
+                    raise _interrupted(run, saved)
+            if position["batch_in_epoch"] >= len(batches):
+                position["epoch"] += 1
+                position["batch_in_epoch"] = 0
+    bar.close()
+    return last_loss, eval_metrics
+
+
+def _record(run: Run, position: dict, batches: int, stats: dict, tokens_per_s: float) -> dict:
+    """One line of metrics.jsonl. A skipped step has no loss (null) and says so; NaN is not JSON."""
+    finite = not stats["skipped"]
+    record = {
+        "step": position["step"],
+        "epoch": position["epoch"] + position["batch_in_epoch"] / batches,
+        "loss": stats["loss"] if finite else None,
+        "lr": run.scheduler.get_last_lr()[0],
+        "grad_norm": stats["grad_norm"] if finite else None,
+        "tokens_per_s": tokens_per_s,
+        "elapsed_s": position["elapsed_s"],
+        **(stats["metrics"] if finite else {}),
+    }
+    if not finite:
+        record |= {"skipped": True, "bad_loss": repr(stats["loss"]), "bad_grad_norm": repr(stats["grad_norm"])}
+    if position["skipped_steps"]:
+        record["skipped_steps"] = position["skipped_steps"]
+    return record
+
+
+def eval_line(task: Task, metrics: dict[str, float]) -> str:
+    """The end-of-training eval line: the loss (with its perplexity for sft's token loss) and the task's metrics."""
+    loss = metrics["eval_loss"]
+    line = f"eval loss {loss:.4f}" + (f" (perplexity {math.exp(min(loss, 50)):.2f})" if task is SFT else "")
+    others = [f"{name.removeprefix('eval_')} {value:.4f}" for name, value in metrics.items() if name != "eval_loss"]
+    return ", ".join([line, *others])
+
+
+def _postfix(record: dict, skipped: int) -> dict[str, str]:
+    loss = record["loss"]
+    postfix = {"loss": f"{loss:.4f}" if loss is not None else record.get("bad_loss", "?")}
+    postfix |= {"lr": f"{record['lr']:.2e}", "tok_s": f"{record['tokens_per_s']:.0f}"}
+    if skipped:
+        postfix["skipped"] = str(skipped)
+    return postfix
+
+
+def _stopped(run: Run, bad: BadSteps) -> TrainingStopped:
+    checkpoint = intact_checkpoint(run.run_dir)[0]
+    return TrainingStopped(
+        stop_message(bad.streak, run.total_steps, run.cfg.train.lr, str(checkpoint) if checkpoint else None)
     )
-    save_comparison(result, run_dir)
-    print(format_comparison(result), flush=True)
+
+
+def _interrupted(run: Run, saved: bool) -> Interrupted:
+    """Ctrl-C between steps: write a checkpoint of the step just completed (unless one was), say how to resume."""
+    position = run.position
+    if not saved:
+        save_checkpoint(run.run_dir, run.built.model, run.optimizer, position, run.cfg.train.keep_checkpoints)
+    checkpoint = latest_checkpoint(run.run_dir)
+    return Interrupted(
+        f"interrupted after step {position['step']} of {run.total_steps}; checkpoint {checkpoint}. Continue with "
+        "the same command and --resume (in Python: train(..., resume=True)).",
+        step=position["step"],
+        checkpoint=str(checkpoint),
+    )
+
+
+def _resume_checkpoint(run_dir: Path) -> Path:
+    """The newest intact checkpoint, saying which newer ones are damaged; RunDirError when there is none."""
+    checkpoint, notes = intact_checkpoint(run_dir)
+    for note in notes:
+        print(note, flush=True)
+    if checkpoint is None:
+        if notes:
+            why = "every checkpoint in checkpoints/ is damaged"
+        elif read_info(run_dir, require_finished=False).finished:
+            why = (
+                "the run finished, and its step checkpoints were deleted at the end or never written "
+                "(train.keep_checkpoints_after_finish, train.save_every)"
+            )
+        else:
+            why = "it has no checkpoint yet (train.save_every writes them)"
+        raise RunDirError(f"{run_dir}: nothing to resume from: {why}. Start the run again with --overwrite.")
+    return checkpoint
+
+
+def _load_position(checkpoint: Path, model, optimizer, total_steps: int) -> dict:
+    position = load_checkpoint(checkpoint, model, optimizer)
+    if position["step"] > total_steps:
+        raise ConfigError(
+            f"{checkpoint}: the checkpoint is at step {position['step']}, past the {total_steps} steps this config "
+            "asks for (train.max_steps / train.epochs); ask for at least as many steps to resume."
+        )
+    print(f"resuming from {checkpoint} (step {position['step']} of {total_steps})", flush=True)
+    return position
+
+
+def _tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:
+    """After a finished run: step checkpoints go (unless kept), and the run this one replaced."""
+    if not keep_checkpoints:
+        deleted = delete_checkpoints(run_dir)
+        if deleted:
+            print(
+                f"deleted the {deleted} step checkpoint(s): the run is finished and its result saved "
+                "(train.keep_checkpoints_after_finish: true keeps them)",
+                flush=True,
+            )
+    message = finish_replacement(plan)
+    if message:
+        print(message, flush=True)

@@ -1,8 +1,10 @@
-"""One optimizer step: forward, loss, backward over the micro-batches, clip, step, schedule, zero-grad.
+"""One optimizer step: forward, loss, backward over the micro-batches, clip, guard, step, schedule, zero-grad.
 
 The loss is normalised once per optimizer step: the task's summed losses of all micro-batches are divided by the
 number of units in all of them (loss tokens for sft, rows for classify, pairs for reward; `task.count`), so a
 micro-batch with more answer tokens weighs more, as it should. The task's metric sums are divided the same way.
+The guard (training/guard.py) skips the update when the loss or the gradient norm is NaN/inf: the gradients are
+dropped and the optimizer never sees them, whatever the optimizer (fused AdamW, AdamW8bit).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import torch
 from torch import nn
 
 from tunelab.tasks.sft import SFT, loss_tokens, summed_loss  # noqa: F401  (loss_tokens, summed_loss: re-exported)
-from tunelab.tasks.sft import mean_loss as evaluate  # noqa: F401  (re-exported: the sft eval loss of eval/)
+from tunelab.tasks.sft import mean_loss as evaluate  # noqa: F401  (re-exported: the sft eval loss of eval/, federated/)
 from tunelab.tasks.task import Task
+from tunelab.training.guard import advance_schedule, update_is_finite
 
 
 def train_step(
@@ -23,6 +26,9 @@ def train_step(
     max_grad_norm: float,
     task: Task = SFT,
 ) -> dict:
+    """Returns loss (mean over the step's units), grad_norm (before clipping), count (the units: loss tokens, rows,
+    pairs), loss_tokens (the same number, under the name sft callers read), metrics (the task's metric means) and
+    skipped: whether the guard dropped the update because the loss or the gradient norm was not finite."""
     total = sum(task.count(b) for b in micro_batches)
     loss_sum, metric_sums = 0.0, {}
     for batch in micro_batches:
@@ -32,9 +38,20 @@ def train_step(
         for name, value in metrics.items():
             metric_sums[name] = metric_sums.get(name, 0.0) + float(value)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
-    optimizer.step()
-    scheduler.step()
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf")))
+    applied = update_is_finite(loss_sum, norm)
+    if applied:
+        optimizer.step()
+        scheduler.step()
+    else:
+        advance_schedule(scheduler)  # the schedule follows the step count, as a resumed run does
     optimizer.zero_grad(set_to_none=True)
     metrics = {name: value / max(total, 1) for name, value in metric_sums.items()}
-    return {"loss": loss_sum / max(total, 1), "grad_norm": float(norm), "count": total, "metrics": metrics}
+    return {
+        "loss": loss_sum / max(total, 1),
+        "grad_norm": norm,
+        "count": total,
+        "loss_tokens": total,
+        "metrics": metrics,
+        "skipped": not applied,
+    }

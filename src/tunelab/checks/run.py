@@ -1,0 +1,156 @@
+"""`tunelab check CONFIG`: the checks in order, printed as they go, one verdict line, and an HTML page.
+
+It takes the same config and flags as `tunelab train` and never writes into output_dir: the page goes where --html
+says, or to check.html in a new folder under the system's temporary directory. A config that cannot be resolved,
+or data that cannot be read or rendered, is bad input (TunelabError, exit 2), as for train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.atomic import write_text
+from tunelab.checks.model import compared, documents, eval_comparisons, first_batch, forward_backward, mean_loss, padded
+from tunelab.checks.preview import HTML_MARK, check_html, preview_text
+from tunelab.config import describe
+from tunelab.data.checks import CheckItem, CheckResult, data_checks
+from tunelab.data.render import render_examples
+from tunelab.data.report import DataReport
+from tunelab.errors import ConfigError, RunDirError
+from tunelab.models.llama import unsupported_reason
+from tunelab.models.untrained import UntrainedReport
+from tunelab.rundir import is_run_dir, read_info
+from tunelab.training.checkpoint import intact_checkpoint
+from tunelab.training.outdir import plan_output_dir
+from tunelab.training.prepare import load_inputs, load_model, protected_paths
+from tunelab.training.recipe import config_path, resolve
+from tunelab.training.resume import check_resume_config, data_digest
+
+
+def html_path(html: str | Path | None) -> Path:
+    """Where the page goes: the given path (never into a run directory, never over a file check did not write) or
+    a new temporary folder."""
+    if html is None:
+        return Path(tempfile.mkdtemp(prefix="tunelab-check-")) / "check.html"
+    path = Path(html).expanduser()
+    if is_run_dir(path.parent):
+        raise RunDirError(f"--html {html}: {path.parent} is a run directory, which check never writes into.")
+    if path.is_dir() or (path.exists() and HTML_MARK not in path.read_text(errors="replace")[:2000]):
+        raise RunDirError(f"--html {html}: exists and is not a page tunelab check wrote; choose another path.")
+    return path
+
+
+def output_items(cfg, config, resume: bool, overwrite_non_run: bool) -> list[CheckItem]:
+    """What train would do with output_dir, as a check: refusals fail, the rest informs."""
+    try:
+        plan = plan_output_dir(
+            cfg.output_dir,
+            overwrite=cfg.overwrite,
+            resume=resume,
+            protected=protected_paths(cfg, config_path(config)),
+            overwrite_non_run=overwrite_non_run,
+        )
+        if not resume:
+            what = "an existing run: train replaces it, keeping it as {} until the new run finishes"
+            summary = what.format(plan.previous) if plan.replace else "new: train creates it"
+            return [CheckItem("output_dir", "pass", f"{plan.run_dir}: {summary}")]
+        notes = check_resume_config(plan.run_dir, cfg)
+        checkpoint, damaged = intact_checkpoint(plan.run_dir)
+        if checkpoint is None:
+            return [CheckItem("resume", "fail", f"{plan.run_dir}: no intact checkpoint to resume from", damaged)]
+        return [CheckItem("resume", "pass", f"from {checkpoint}", damaged + notes)]
+    except (RunDirError, ConfigError) as exc:
+        return [CheckItem("resume" if resume else "output_dir", "fail", str(exc))]
+
+
+def untrained_item(report: UntrainedReport) -> CheckItem:
+    status = "pass" if not report.tokens or report.repaired else "fail"
+    return CheckItem("untrained tokens", status, report.summary().removeprefix("untrained tokens: "))
+
+
+def _free(*objects) -> None:
+    del objects
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def model_items(cfg, inputs) -> list[CheckItem]:
+    pad = inputs.tokenizer.pad_token_id
+    built, untrained = load_model(cfg, inputs)
+    batch = first_batch(cfg, inputs.data, pad)
+    items = [untrained_item(untrained), *forward_backward(built, batch)]
+    comparisons, fast_loss = eval_comparisons(built, batch, pad)
+    items += comparisons
+    name = "fast path = generic path"
+    if built.impl != "fast":
+        reason = unsupported_reason(built.hf_config) or "model.impl is generic"
+        return items + [CheckItem(name, "info", f"not applicable: the model trains on the generic path ({reason})")]
+    dtype = built.dtype
+    _free(built)
+    # The same model, method and repairs through transformers' code; LoRA's B starts at zero and dropout is off in
+    # eval mode, so both compute the base model's loss (quantized alike under QLoRA).
+    generic_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, packing=False))
+    generic, _ = load_model(generic_cfg, inputs, impl="generic")
+    generic.model.eval()
+    generic_loss = mean_loss(generic.model, padded(documents(batch), pad), generic.device)
+    _free(generic)
+    return items + [compared(name, "the first micro-batch", fast_loss, generic_loss, dtype)]
+
+
+def run_check(
+    config: Any = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+    overwrite_non_run: bool = False,
+    html: str | Path | None = None,
+    examples: int = 3,
+    model: bool = True,
+    show: bool = True,
+) -> CheckResult:
+    def out(text: str) -> None:
+        if show:
+            print(text, flush=True)
+
+    resolved = resolve(config, overrides)
+    cfg = resolved.config
+    if cfg.task != "sft":
+        raise ConfigError(
+            f"tunelab check covers task sft (answers, prompts, the LM head's loss); option 'task' is {cfg.task}. "
+            f"tunelab train checks a {cfg.task} run's rows as it reads them (inputs, labels or pairs, with file:line)."
+        )
+    page = html_path(html)
+    out("tunelab check — resolved config (value, then where it came from):")
+    out(describe(resolved))
+    items = output_items(cfg, config, resume, overwrite_non_run)
+    inputs = load_inputs(cfg)
+    data = inputs.data
+    out(data.report.summary())
+    if resume and is_run_dir(cfg.output_dir):
+        recorded = read_info(cfg.output_dir, require_finished=False).data_sha256
+        if recorded and recorded != data_digest(data.train):
+            items.append(CheckItem("resume data", "fail", "the tokenized training rows differ from the run's"))
+    rows = render_examples(data.examples[:examples], inputs.tokenizer, data.template, cfg.data, DataReport())
+    out(preview_text(rows, inputs.tokenizer, color=show and sys.stdout.isatty()))
+    items += data_checks(cfg, inputs)
+    for item in items:
+        out(item.line())
+    if model:
+        more = model_items(cfg, inputs)
+        for item in more:
+            out(item.line())
+        items += more
+    result = CheckResult(items, page)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    write_text(page, check_html(result, rows, inputs.tokenizer, describe(resolved), data.report.summary()))
+    out(f"page: {page}")
+    out(result.verdict())
+    return result

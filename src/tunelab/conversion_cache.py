@@ -1,0 +1,93 @@
+"""The GGUF conversion cache: see it and clear it (`tunelab cache`).
+
+A GGUF base model (the embedded one included) is converted once to a safetensors directory, about 517 MB for the
+135M model in fp32, under `cache_root()/gguf/` (`~/.cache/tunelab`, or $TUNELAB_CACHE). Clearing it costs one
+conversion (~25 s for the 135M model) at the next use. Only folders that look like tunelab's conversions (a
+config.json beside safetensors weights, or an unfinished `.tmp-` folder) are listed and removed, so pointing
+$TUNELAB_CACHE at a folder holding other things never deletes them.
+
+Adapters of runs on a GGUF base name the converted folder as their base for other tools
+(`peft.AutoPeftModelForCausalLM`); after clearing, the next tunelab command that loads the model recreates it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import ConfigError
+from tunelab.models.load import cache_root
+
+
+@dataclass
+class CacheEntry:
+    name: str
+    path: Path
+    size_bytes: int
+    modified: float  # seconds since the epoch
+    complete: bool  # False for a conversion that was interrupted (a .tmp- folder)
+
+
+def gguf_cache_dir() -> Path:
+    return cache_root() / "gguf"
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _is_ours(folder: Path) -> bool:
+    if folder.name.startswith(".tmp-"):
+        return True
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def cache_entries() -> list[CacheEntry]:
+    """Every converted model in the cache, largest first."""
+    root = gguf_cache_dir()
+    if not root.is_dir():
+        return []
+    entries = [
+        CacheEntry(f.name, f, _size(f), f.stat().st_mtime, not f.name.startswith(".tmp-"))
+        for f in root.iterdir()
+        if f.is_dir() and not f.is_symlink() and _is_ours(f)
+    ]
+    return sorted(entries, key=lambda e: -e.size_bytes)
+
+
+def clear_cache(names: list[str] | None = None) -> list[CacheEntry]:
+    """Remove the named entries (all when None); returns what was removed. An unknown name is a ConfigError."""
+    entries = cache_entries()
+    if names:
+        by_name = {e.name: e for e in entries}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            listed = ", ".join(by_name) or "none"
+            raise ConfigError(f"tunelab cache clear: no cache entry named {', '.join(unknown)}; entries: {listed}.")
+        entries = [by_name[n] for n in names]
+    for entry in entries:
+        shutil.rmtree(entry.path)
+    return entries
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def format_entries(entries: list[CacheEntry]) -> str:
+    lines = [f"GGUF conversion cache: {gguf_cache_dir()}  (moved by $TUNELAB_CACHE)"]
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.modified))
+        state = "" if e.complete else "  (unfinished conversion)"
+        lines.append(f"  {_human(e.size_bytes):>9}  {when}  {e.name}{state}")
+    total = sum(e.size_bytes for e in entries)
+    lines.append(
+        f"  {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_human(total)} in all" if entries else "  empty"
+    )
+    return "\n".join(lines)

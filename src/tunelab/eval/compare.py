@@ -1,0 +1,171 @@
+"""Base model beside tuned model on the same questions, with scores where expected answers are given.
+
+Questions come from a question file (`eval.questions`: see eval/questions.py for the rows it takes) or are given
+directly. Each answer gets the verdict `eval.metrics.correct` gives it, as in `tunelab eval`: it contains the expected
+text as a whole phrase, or, for a label task, it names the expected label (among the file's labels). Scores are given
+per kind (e.g. fact / off_topic), so "answers the facts" and "refuses the rest" read separately.
+
+The result is saved as compare.json in the run directory, which the report reads. The comparison after training
+writes it first; `tunelab compare` refuses to replace it unless asked (`overwrite`), like every other command. The
+terminal gets the scores; the answers go to the file (or to the terminal too, with `show_answers`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tunelab.atomic import write_json
+from tunelab.config import RunConfig
+from tunelab.errors import DataError, RunDirError
+from tunelab.eval.metrics import correct, refused
+from tunelab.eval.questions import Question, answer_settings, read_questions, task_labels
+from tunelab.infer.generate import GenerationSettings, answer_progress, generate_answers
+from tunelab.infer.run import LoadedRun, open_run
+
+COMPARE_FILE = "compare.json"
+
+
+@dataclass
+class Row:
+    question: str
+    expected: str | None
+    kind: str
+    base: str
+    tuned: str
+    base_ok: bool | None = None
+    tuned_ok: bool | None = None
+
+
+@dataclass
+class Comparison:
+    rows: list[Row]
+    scores: dict[str, dict] = field(default_factory=dict)
+    """kind -> {n, base, tuned[, base_refused, tuned_refused]}: shares of correct (and refusing) answers"""
+    settings: dict = field(default_factory=dict)  # the GenerationSettings the answers were generated with
+    base: str = ""  # what the adapter sat on: "nf4" for a QLoRA run evaluated as trained, else the weights' dtype
+
+    def to_dict(self) -> dict:
+        return {
+            "rows": [asdict(r) for r in self.rows],
+            "scores": self.scores,
+            "settings": self.settings,
+            "base": self.base,
+        }
+
+
+def compare_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / COMPARE_FILE
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an earlier comparison (the report reads it) unless asked; say how to keep both."""
+    if path.exists() and not overwrite:
+        raise RunDirError(
+            f"{path} exists (an earlier comparison, which the report shows). Pass --overwrite to replace it, or "
+            "--no-save to print the scores without saving."
+        )
+
+
+def compare(
+    run: LoadedRun, questions: list[Question], settings: GenerationSettings | None = None, refusal: str | None = None
+) -> Comparison:
+    """Answer every question with the tuned and the base model, a progress bar on stderr meanwhile. `settings`
+    default to greedy with the run's eval.max_new_tokens; `refusal`, when known, adds refusal rates per kind."""
+    for q in questions:
+        if q.prompt is None:
+            raise DataError(f"{q.where}: a text row holds no question to ask; compare needs question rows.")
+    settings = answer_settings(settings, run.run_dir)
+    conversations = [q.prompt for q in questions]
+    with answer_progress(len(conversations), "answers, tuned model") as step:
+        tuned = generate_answers(run.model, run.tokenizer, run.template, conversations, settings, step)
+    with run.base_model() as base_model, answer_progress(len(conversations), "answers, base model") as step:
+        base = generate_answers(base_model, run.tokenizer, run.template, conversations, settings, step)
+    labels = task_labels(questions)
+    rows = []
+    for q, b, t in zip(questions, base, tuned):
+        row = Row(q.text, q.expected, q.kind, b, t)
+        if q.expected is not None:
+            task = labels[q.kind] if q.is_label else None
+            row.base_ok, row.tuned_ok = correct(b, q.expected, task), correct(t, q.expected, task)
+        rows.append(row)
+    weights = "nf4" if run.quantized_base else str(run.dtype).removeprefix("torch.")
+    return Comparison(rows, score(rows, refusal), asdict(settings), weights)
+
+
+def score(rows: list[Row], refusal: str | None = None) -> dict[str, dict]:
+    scores = {}
+    for kind in dict.fromkeys(r.kind for r in rows):
+        group = [r for r in rows if r.kind == kind]
+        scored = [r for r in group if r.expected is not None]
+        entry: dict = {"n": len(group)}
+        if scored:
+            entry["base"] = sum(r.base_ok for r in scored) / len(scored)
+            entry["tuned"] = sum(r.tuned_ok for r in scored) / len(scored)
+        if refusal:
+            entry["base_refused"] = sum(refused(r.base, refusal) for r in group) / len(group)
+            entry["tuned_refused"] = sum(refused(r.tuned, refusal) for r in group) / len(group)
+        if len(entry) > 1:
+            scores[kind] = entry
+    return scores
+
+
+def format_answers(result: Comparison) -> str:
+    """Side by side as text: each question, then the base and the tuned answer, marked when they can be scored."""
+    mark = {True: "✓", False: "✗", None: " "}
+    lines = []
+    for i, r in enumerate(result.rows, 1):
+        lines.append(f"[{i}] {r.question}" + (f"   (expected: {r.expected})" if r.expected else ""))
+        lines.append(f"  base  {mark[r.base_ok]} {r.base}")
+        lines.append(f"  tuned {mark[r.tuned_ok]} {r.tuned}")
+    return "\n".join(lines)
+
+
+def format_scores(scores: dict[str, dict]) -> str:
+    """One line per kind: share of answers judged correct, and the refusal rate when known."""
+    lines = [
+        "scores: 'correct' = the answer contains the expected text (a label task: names the expected label); "
+        "'refused' = it contains the refusal sentence"
+    ]
+    for kind, s in scores.items():
+        parts = [f"  {kind:<12} (n={s['n']:>3})"]
+        if "tuned" in s:
+            parts.append(f"correct: base {100 * s['base']:5.1f}% -> tuned {100 * s['tuned']:5.1f}%")
+        if "tuned_refused" in s:
+            parts.append(f"refused: base {100 * s['base_refused']:5.1f}% -> tuned {100 * s['tuned_refused']:5.1f}%")
+        lines.append("   ".join(parts))
+    return "\n".join(lines)
+
+
+def format_comparison(result: Comparison, saved: Path | None = None, show_answers: bool = False) -> str:
+    """The scores first; then the answers when asked for (or when nothing could be scored), else where they are."""
+    parts = [format_scores(result.scores)] if result.scores else []
+    if show_answers or not result.scores:
+        parts.append(format_answers(result))
+    elif saved is not None:
+        parts.append(f"answers of base and tuned model: {saved} ('tunelab compare --show-answers' prints them)")
+    else:
+        parts.append("answers not saved; --show-answers prints them")
+    return "\n\n".join(parts)
+
+
+def save_comparison(result: Comparison, run_dir: str | Path, overwrite: bool = False) -> Path:
+    path = compare_file(run_dir)
+    check_writable(path, overwrite)
+    return write_json(path, result.to_dict())
+
+
+def compare_after_training(run_dir: Path, cfg: RunConfig) -> Comparison:
+    """Answer the run's eval.questions with the base and the saved tuned model, save compare.json (the run's first:
+    training has just written the directory), print the scores."""
+    run = open_run(run_dir, device=cfg.model.device)
+    print(f"comparing base and tuned model on {cfg.eval.questions}", flush=True)
+    result = compare(
+        run,
+        read_questions(cfg.eval.questions, cfg.data),
+        GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens),
+        cfg.eval.refusal,
+    )
+    path = save_comparison(result, run_dir, overwrite=True)
+    print(format_comparison(result, path), flush=True)
+    return result

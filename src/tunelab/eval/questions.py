@@ -1,0 +1,166 @@
+"""Question files: the one reader behind `tunelab compare`, `tunelab eval` and the comparison after training.
+
+A row is one of
+  question + expected   `question` (or `prompt`, `instruction`, as mapped by the run's data.fields) and the text a
+                        correct answer contains (`expected`); optional `kind` (scores per kind) and `system`;
+  question + label      a label task: the answer must name the label (`label`, or a `kind` of label/classification);
+  a training row        any format `tunelab train` reads (question/answer, messages, ...): the last assistant turn is
+                        the expected answer, a whole answer rather than a text to find in one;
+  a text row            continued pretraining text: no question, so it counts for `tunelab eval`'s loss only.
+`expected` wins over `label` and over a training row's answer when a row has both. A question without any expected
+answer is asked and shown, but not scored (an error where scores are required).
+
+Every question carries the conversation it is asked as (the run's system prompt unless the row has its own), and the
+example the eval loss is taken on: that conversation with the expected answer as the assistant's turn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.config import DataConfig, EvalConfig
+from tunelab.data.formats import Example, to_examples
+from tunelab.data.report import DataReport, location
+from tunelab.data.sources import read_records
+from tunelab.errors import DataError
+from tunelab.infer.generate import GenerationSettings
+from tunelab.rundir import RunInfo, read_config
+
+LABEL_KINDS = ("label", "labels", "classification")
+PROMPT_FIELDS = ("question", "prompt", "instruction")  # a row with one of these is meant to be answered
+ANSWER_FIELDS = ("answer", "completion", "output", "messages", "conversations")  # a row with one is training data
+
+
+@dataclass
+class Question:
+    """One row of a question file (or one question given directly)."""
+
+    prompt: list[dict] | None
+    """The conversation up to the answer, ending with a user turn; None for a text row (loss only)."""
+    expected: str | None
+    """What a correct answer contains (or, for a label task, the label it names); None: not scored."""
+    kind: str = "all"
+    is_label: bool = False
+    whole_answer: bool = False
+    """The expected text is a complete answer (a training row's, or a label), so exact match can mean something;
+    an `expected` column is only a text a correct answer contains."""
+    example: Example | None = None
+    """What the eval loss is taken on; None when there is no expected answer (or no file)."""
+    where: str = ""
+    """file:line of the row; empty for a question given directly."""
+
+    @property
+    def text(self) -> str:
+        """The question: the last user turn."""
+        return next(m["content"] for m in reversed(self.prompt or []) if m["role"] == "user")
+
+    @classmethod
+    def ask(cls, text: str, system_prompt: str | None = None, expected: str | None = None) -> Question:
+        """A question given directly (no file): asked with the run's system prompt."""
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        return cls(system + [{"role": "user", "content": text}], expected)
+
+
+def task_labels(questions: list[Question]) -> dict[str, list[str]]:
+    """kind -> the labels its label questions expect, in order of appearance: an answer to a label question is judged
+    by the label it names among those of its kind (`eval.metrics.correct`)."""
+    kinds = dict.fromkeys(q.kind for q in questions if q.is_label)
+    return {k: list(dict.fromkeys(q.expected for q in questions if q.is_label and q.kind == k)) for k in kinds}
+
+
+def _text_field(row: dict, key: str, where: str) -> str | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool | int | float):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field '{key}' must be non-empty text, got {value!r}.")
+    return value.strip()
+
+
+def read_questions(path: str | Path, data: DataConfig | None = None, need_expected: bool = False) -> list[Question]:
+    """The rows of a question file; DataError (naming file and line) for rows that cannot be asked.
+
+    `data` is the run's data config: its `fields` map column names, its system prompt is asked with every question
+    that has none. `need_expected`: a question row without an expected answer is an error (eval scores every one)."""
+    data = data or DataConfig()
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: question file not found.")
+    records = read_records([str(path)])
+    if not records:
+        raise DataError(f"{path}: the question file holds no rows.")
+    fields = data.fields
+    questions: list[Question | None] = [None] * len(records)
+    training = []  # (index, record, expected, kind, is_label) of rows that to_examples converts
+    for i, record in enumerate(records):
+        row, where = record.row, location(record.path, record.line)
+        key = "expected" if "expected" in row else "label"
+        expected = _text_field(row, key, where)
+        kind = str(row.get("kind") or ("label" if key == "label" and expected else "all"))
+        is_label = (key == "label" and expected is not None) or kind in LABEL_KINDS
+        if any(fields.get(f, f) in row for f in ANSWER_FIELDS):
+            training.append((i, record, expected, kind, is_label))
+            continue
+        asks = [k for k in PROMPT_FIELDS if fields.get(k, k) in row]
+        if not asks:
+            if expected is not None:
+                raise DataError(
+                    f"{where}: the row has an expected answer but no question; give it a 'question' (or 'prompt') "
+                    "field."
+                )
+            training.append((i, record, None, kind, False))  # a text row, or a format to_examples will name
+            continue
+        if expected is None and need_expected:
+            raise DataError(
+                f"{where}: the row has no expected answer. Give it an 'expected' field (or 'label' for a label task), "
+                "or an answer in a training format (e.g. question + answer)."
+            )
+        question = _text_field(row, fields.get(asks[0], asks[0]), where)
+        if question is None:
+            raise DataError(f"{where}: field '{fields.get(asks[0], asks[0])}' must be non-empty text, got None.")
+        system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else None
+        system = system or data.system_prompt
+        prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+        answer = [{"role": "assistant", "content": expected}] if expected is not None else []
+        example = Example(prompt + answer, None, record.path, record.line) if answer else None
+        questions[i] = Question(prompt, expected, kind, is_label, is_label, example, where)
+
+    report = DataReport()
+    # One record at a time, format "auto": each row's format is detected on its own (the run's data.format was
+    # chosen for its training files), so one file may mix formats; data.fields still maps column names.
+    examples = [ex for t in training for ex in to_examples([t[1]], "auto", fields, data.system_prompt, report)]
+    if report.skips:
+        reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())
+        raise DataError(f"{path}: rows cannot be used: {reasons}. Fix or remove them.")
+    for (i, _, expected, kind, is_label), ex in zip(training, examples, strict=True):
+        if ex.messages is None:
+            questions[i] = Question(None, None, kind, False, False, ex, location(ex.path, ex.line))
+            continue
+        last = max(k for k, m in enumerate(ex.messages) if m["role"] == "assistant")
+        whole = expected is None or is_label
+        answer = expected or ex.messages[last]["content"].strip()
+        questions[i] = Question(ex.messages[:last], answer, kind, is_label, whole, ex, location(ex.path, ex.line))
+    return [q for q in questions if q is not None]
+
+
+def run_data_config(run_dir: str | Path, info: RunInfo) -> DataConfig:
+    """The run's data options, to read its questions and render them as training rendered its data (column mapping,
+    system prompt, template, max_length and overlong rule; no packing)."""
+    cfg = read_config(run_dir)
+    if cfg is None:
+        return DataConfig(system_prompt=info.system_prompt)
+    return dataclasses.replace(cfg.data, packing=False, eval=None)
+
+
+def answer_settings(settings: GenerationSettings | None, run_dir: str | Path) -> GenerationSettings:
+    """`settings` (default: greedy) with max_new_tokens, where not given, from the run's eval.max_new_tokens: the
+    run's questions are answered at the length the run was configured for."""
+    settings = settings or GenerationSettings()
+    if settings.max_new_tokens is not None:
+        return settings
+    cfg = read_config(run_dir)
+    return dataclasses.replace(settings, max_new_tokens=(cfg.eval if cfg else EvalConfig()).max_new_tokens)

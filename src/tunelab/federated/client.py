@@ -1,0 +1,92 @@
+"""The ClientApp: Flower calls it with the global adapter; it trains locally (local.py) and replies with its own.
+
+The same ClientApp runs in the simulation engine (where the SuperNode's `partition-id` picks the client from the
+config's list) and on a real SuperNode (where `--node-config "data='...'"` names the node's own files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+
+# The key Flower's DP strategy wrappers put in the train config; importing it keeps the two sides in step.
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+from tunelab.federated.local import local_train
+from tunelab.federated.payload import (
+    ARRAYS,
+    CLIENT,
+    CONFIG,
+    METRICS,
+    RECIPE,
+    ROUND,
+    ROUNDS,
+    UNIFORM_WEIGHT,
+    WEIGHT,
+    from_record,
+    recipe_config,
+    to_record,
+)
+from tunelab.federated.shards import ClientData, from_node_config
+
+
+def clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's fixedclipping_mod (clip the update to the server's clipping_norm) when the server runs DP; a
+    plain pass-through otherwise, so one ClientApp serves both."""
+    config = msg.content.config_records.get(CONFIG)
+    if config is not None and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+def train_reply(msg: Message, client: ClientData) -> Message:
+    """Train this client on the message's global adapter; the reply holds the new adapter and a few numbers."""
+    config = msg.content[CONFIG]
+    round_ = int(config[ROUND])
+    received = msg.content[ARRAYS]
+    result = local_train(
+        recipe_config(str(config[RECIPE])),
+        client,
+        from_record(received),
+        round_,
+        int(config[ROUNDS]),
+        float(config.get("proximal-mu", 0.0)),
+    )
+    print(
+        f"{client.name}: round {round_}: {result.steps} steps on {result.examples} examples, "
+        f"train loss {result.loss:.4f}, {result.seconds:.0f} s",
+        flush=True,
+    )
+    metrics = MetricRecord(
+        {
+            WEIGHT: result.examples,
+            UNIFORM_WEIGHT: 1,
+            "train-loss": result.loss,
+            "local-steps": result.steps,
+            "loss-tokens": result.loss_tokens,
+            "train-seconds": result.seconds,
+        }
+    )
+    arrays = to_record({key: result.adapter[key] for key in received.keys()})  # the order the server sent
+    content = RecordDict({ARRAYS: arrays, METRICS: metrics, CLIENT: ConfigRecord({"name": client.name})})
+    return Message(content, reply_to=msg)
+
+
+def make_client_app(clients: Sequence[ClientData] | None = None) -> ClientApp:
+    """`clients` for the simulation engine (SuperNode partition i is clients[i]); None on real SuperNodes, which
+    name their data in their node config."""
+    app = ClientApp(mods=[clip_when_asked])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        if clients is not None:
+            client = clients[int(context.node_config["partition-id"])]
+        else:
+            client = from_node_config(dict(context.node_config))
+        return train_reply(msg, client)
+
+    return app

@@ -1,0 +1,179 @@
+"""A federation's records in its run directory, its plot, and the HTML section of `tunelab report` about it.
+
+    federated.json   the federation's state after each round: rounds done, the clients, each round's report
+                     (every client's status, loss, examples, bytes) and the DP accountant's state; --resume reads it
+    metrics.jsonl    one record per round: {"step": round, "round", "loss" (the clients' example-weighted train
+                     loss), "eval_loss" (the global adapter on the server's eval set), "clients_used",
+                     "clients_failed", "bytes_sent", "bytes_received", "epsilon"}, and one per client and round:
+                     {"step": round, "round", "client", "client_loss", "status", "examples", "bytes_sent",
+                     "bytes_received", "reason"}; "step" is the round, so the tools that read metrics.jsonl
+                     (plots, report) draw the federation's curves as they draw a training run's
+    federated.png    eval loss of the global adapter and each client's train loss by round, and the bytes moved
+    checkpoints/round-NNNNNNN/adapter_model.safetensors
+                     the global adapter after round N (the last two kept), written before federated.json names
+                     round N: a server stopped at any point resumes from a round whose adapter is on disk
+                     (server.save_round)
+
+Nothing here imports Flower or torch: a report or plot of a federated run needs neither.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+
+from tunelab.atomic import write_json
+from tunelab.training.metrics import read_metrics
+
+STATE_FILE = "federated.json"
+PLOT_FILE = "federated.png"
+
+
+def read_state(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_state(run_dir: str | Path, state: dict) -> Path:
+    return write_json(Path(run_dir) / STATE_FILE, state)
+
+
+def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> list[dict]:
+    """metrics.jsonl records of one round (a RoundReport as a dict): the round's, then one per client."""
+    used = [c for c in report["clients"] if c["status"] == "ok" and c["train_loss"] is not None]
+    weight = sum(c["examples"] for c in used)
+    loss = sum(c["train_loss"] * c["examples"] for c in used) / weight if weight else None
+    r = report["round"]
+    records = [
+        {
+            "step": r,
+            "round": r,
+            "loss": loss,
+            "eval_loss": eval_loss,
+            "applied": report["applied"],
+            "clients_used": len(used),
+            "clients_failed": sum(c["status"] != "ok" for c in report["clients"]),
+            "bytes_sent": sum(c["bytes_sent"] for c in report["clients"]),
+            "bytes_received": sum(c["bytes_received"] for c in report["clients"]),
+            "epsilon": report["epsilon"],
+            "elapsed_s": round(elapsed_s, 1),
+        }
+    ]
+    for c in report["clients"]:
+        records.append(
+            {
+                "step": r,
+                "round": r,
+                "client": c["client"],
+                "client_loss": c["train_loss"],
+                "status": c["status"],
+                "examples": c["examples"],
+                "bytes_sent": c["bytes_sent"],
+                "bytes_received": c["bytes_received"],
+                "reason": c["reason"],
+            }
+        )
+    return records
+
+
+def _figure(records: list[dict]):
+    """Two panels: losses by round, and megabytes moved by round (None when there is nothing to draw)."""
+    rounds = [r for r in records if "round" in r and "client" not in r]
+    if not rounds:
+        return None
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(10, 3.8), dpi=100, layout="constrained")
+    loss_ax, bytes_ax = fig.subplots(1, 2)
+    evals = [(r["round"], r["eval_loss"]) for r in rounds if r.get("eval_loss") is not None]
+    if evals:
+        loss_ax.plot(*zip(*evals), "o-", linewidth=2, color="black", label="global adapter: eval loss (server)")
+    clients = sorted({r["client"] for r in records if "client" in r})
+    for name in clients:
+        points = [
+            (r["round"], r["client_loss"])
+            for r in records
+            if r.get("client") == name and r.get("client_loss") is not None
+        ]
+        if points:
+            loss_ax.plot(*zip(*points), ".--", linewidth=1, label=f"{name}: train loss")
+    loss_ax.set_xlabel("round")
+    loss_ax.set_ylabel("loss (nats / token)")
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8)
+    moved = [r for r in rounds if r["round"] > 0]
+    if moved:
+        xs = [r["round"] for r in moved]
+        bytes_ax.bar(
+            [x - 0.2 for x in xs], [r["bytes_sent"] / 1e6 for r in moved], width=0.4, label="sent by the server"
+        )
+        bytes_ax.bar([x + 0.2 for x in xs], [r["bytes_received"] / 1e6 for r in moved], width=0.4, label="received")
+        bytes_ax.legend(fontsize=8)
+    for ax in (loss_ax, bytes_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bytes_ax.set_xlabel("round")
+    bytes_ax.set_ylabel("MB (adapter tensors + keys)")
+    bytes_ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def plot_federation(run_dir: str | Path) -> Path | None:
+    fig = _figure(read_metrics(Path(run_dir)))
+    if fig is None:
+        return None
+    out = Path(run_dir) / PLOT_FILE
+    fig.savefig(out)
+    return out
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def federated_section(run_dir: str | Path) -> str | None:
+    """An HTML fragment for `tunelab report`: the federation's plot (inline SVG) and a table per round of each
+    client's status, train loss, examples and bytes; None when the run is not a federation."""
+    state = read_state(run_dir)
+    if state is None:
+        return None
+    records = read_metrics(Path(run_dir))
+    parts = [
+        f"<p>{_esc(state['strategy'])} over {len(state['clients'])} clients "
+        f"({_esc(', '.join(state['clients']))}): {state['rounds_done']} of {state['rounds']} rounds done, "
+        f"{state['local_steps']} local steps per round.</p>"
+    ]
+    fig = _figure(records)
+    if fig is not None:
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+        svg = buf.getvalue()
+        parts.append(f"<figure>{svg[svg.index('<svg') :]}<figcaption>Loss and bytes by round</figcaption></figure>")
+    rows = []
+    by_round = {r["round"]: r for r in records if "round" in r and "client" not in r}
+    for report in state["history"]:
+        r = report["round"]
+        summary = by_round.get(r, {})
+        eval_loss = summary.get("eval_loss")
+        head = f"round {r}: eval loss {eval_loss:.4f}" if eval_loss is not None else f"round {r}"
+        if report.get("epsilon") is not None:
+            head += f", epsilon {report['epsilon']:.3f}"
+        if report.get("note"):
+            head += f" — {report['note']}"
+        rows.append(f'<tr><th colspan="6">{_esc(head)}</th></tr>')
+        for c in report["clients"]:
+            loss = f"{c['train_loss']:.4f}" if c["train_loss"] is not None else ""
+            rows.append(
+                f"<tr><td>{_esc(c['client'])}</td><td>{_esc(c['status'])}{': ' + _esc(c['reason']) if c['reason'] else ''}</td>"
+                f'<td class="num">{loss}</td><td class="num">{c["examples"]}</td>'
+                f'<td class="num">{c["bytes_sent"]:,}</td><td class="num">{c["bytes_received"]:,}</td></tr>'
+            )
+    parts.append(
+        "<table><tr><th>client</th><th>status</th><th>train loss</th><th>examples</th><th>bytes sent to it</th>"
+        f"<th>bytes received</th></tr>{''.join(rows)}</table>"
+    )
+    return "".join(parts)

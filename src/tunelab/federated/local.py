@@ -1,0 +1,159 @@
+"""A client's local training for one round: tunelab's model build, data pipeline and train step, on its own data.
+
+The client starts from the global adapter, trains `federated.local_steps` optimizer steps and returns its adapter.
+Everything that decides a step is a pure function of (seed, client name, round), so a round can be re-run, and a
+resumed federation trains exactly as an uninterrupted one would:
+
+- data: the client's micro-batches form one endless stream, epoch after epoch, each epoch shuffled by
+  (train.seed, epoch) as in `tunelab train`; round r's step g (g = (r-1) * local_steps + i) takes micro-batches
+  [g * grad_accum, (g+1) * grad_accum) of that stream, so every step holds grad_accum micro-batches;
+- learning rate: the run's schedule over rounds * local_steps steps, at step g;
+- optimizer: a fresh AdamW each round (its moments are the client's, and would mix data across rounds unseen by
+  the server's average);
+- FedProx: the proximal term (mu/2) ||w - w_global||^2 over the adapter weights enters through the gradients
+  (see `proximal_term`), so `train_step` itself is the one every tunelab run uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tunelab.config import DataConfig, RunConfig
+from tunelab.data.loader import Datasets, build_datasets, make_batches
+from tunelab.data.sources import Record
+from tunelab.errors import DataError
+from tunelab.federated.payload import load_adapter_state
+from tunelab.federated.shards import ClientData
+from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.peft.save import adapter_state_dict
+from tunelab.training.build import build_model
+from tunelab.training.optim import build_optimizer
+from tunelab.training.schedule import lr_factor
+from tunelab.training.step import train_step
+
+
+@dataclass
+class LocalResult:
+    adapter: dict[str, torch.Tensor]
+    examples: int  # training examples the client holds (FedAvg's weight)
+    loss: float  # mean token loss over the round's steps
+    loss_tokens: int
+    steps: int
+    seconds: float
+
+
+def client_datasets(data_cfg: DataConfig, tokenizer, seed: int, client: ClientData) -> Datasets:
+    """The client's rows through tunelab's data pipeline: its files, or its shard of a shared file; no eval split
+    (the server evaluates)."""
+    select = None
+    if client.shard is not None:
+        shard = client.shard
+
+        def select(records: list[Record]) -> list[Record]:
+            kept = shard.select(records)
+            if not kept:
+                raise DataError(
+                    f"{', '.join(client.paths)}: {client.name}'s shard is empty ({len(records)} rows for "
+                    f"{shard.count} clients); lower federated.num_clients."
+                )
+            return kept
+
+    cfg = dataclasses.replace(data_cfg, train=list(client.paths), eval=None, eval_fraction=0.0)
+    return build_datasets(cfg, tokenizer, seed, select=select)
+
+
+def client_seed(seed: int, name: str, round_: int) -> int:
+    """A seed per (run seed, client, round) for dropout: stable across processes (no Python hash)."""
+    digest = 0
+    for ch in f"{seed}:{name}:{round_}":
+        digest = (digest * 131 + ord(ch)) % (2**61 - 1)
+    return digest
+
+
+class BatchStream:
+    """Micro-batches of one client, epoch after epoch; `step(g)` is the g-th optimizer step's grad_accum of them."""
+
+    def __init__(self, datasets: Datasets, config: RunConfig, pad_id: int):
+        self.rows, self.t, self.shuffle, self.pad_id = datasets.train, config.train, config.data.shuffle, pad_id
+        self.per_epoch = -(-len(self.rows) // self.t.micro_batch)
+        self.epochs: dict[int, list[dict]] = {}
+
+    def _epoch(self, epoch: int) -> list[dict]:
+        if epoch not in self.epochs:
+            self.epochs = {
+                epoch: make_batches(
+                    self.rows, self.t.micro_batch, self.pad_id, shuffle=self.shuffle, seed=self.t.seed, epoch=epoch
+                )
+            }
+        return self.epochs[epoch]
+
+    def step(self, g: int) -> list[dict]:
+        first = g * self.t.grad_accum
+        return [self._epoch(i // self.per_epoch)[i % self.per_epoch] for i in range(first, first + self.t.grad_accum)]
+
+
+@contextmanager
+def proximal_term(model: nn.Module, mu: float, micro_batches: int) -> Iterator[None]:
+    """FedProx: add the gradient of (mu/2) ||w - w_global||^2, i.e. mu (w - w_global), to each trainable weight.
+
+    w_global is the weight as the block starts (the global adapter just loaded). `train_step` runs backward once
+    per micro-batch and the gradients add up, so each backward adds mu (w - w_global) / micro_batches: the step's
+    gradient then holds the term once, before clipping and the optimizer, exactly as if it were in the loss."""
+    if mu <= 0:
+        yield
+        return
+    handles = []
+    for p in model.parameters():
+        if p.requires_grad:
+            anchor = p.detach().clone()
+            handles.append(
+                p.register_hook(lambda g, p=p, anchor=anchor: g + (mu / micro_batches) * (p.detach() - anchor))
+            )
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def local_train(
+    config: RunConfig, client: ClientData, global_adapter: dict[str, torch.Tensor], round_: int, rounds: int, mu: float
+) -> LocalResult:
+    """Round `round_` (1-based) of `rounds` for this client: returns its adapter after local_steps steps."""
+    tic = time.perf_counter()
+    t, steps = config.train, config.federated.local_steps
+    torch.manual_seed(client_seed(t.seed, client.name, round_))
+    source = resolve_source(config.model.name)
+    tokenizer = load_tokenizer(source, config.model.trust_remote_code)
+    datasets = client_datasets(config.data, tokenizer, t.seed, client)
+    checkpointing = "offload" if t.offload_activations else t.checkpointing
+    built = build_model(source, config.model, config.method, checkpointing)
+    load_adapter_state(built.model, global_adapter)
+
+    optimizer = build_optimizer(built.model, t.lr, t.weight_decay, t.optimizer)
+    total, first = rounds * steps, (round_ - 1) * steps
+    warmup = int(t.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(first + s, total, warmup, t.scheduler))
+    stream = BatchStream(datasets, config, tokenizer.pad_token_id)
+    loss_sum, tokens = 0.0, 0
+    with proximal_term(built.model, mu, t.grad_accum):
+        for g in range(first, first + steps):
+            group = [{k: v.to(built.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in stream.step(g)]
+            stats = train_step(built.model, group, optimizer, scheduler, t.max_grad_norm)
+            loss_sum += stats["loss"] * stats["loss_tokens"]
+            tokens += stats["loss_tokens"]
+    return LocalResult(
+        adapter=adapter_state_dict(built.model),
+        examples=datasets.report.train.used or len(datasets.train),
+        loss=loss_sum / max(tokens, 1),
+        loss_tokens=tokens,
+        steps=steps,
+        seconds=time.perf_counter() - tic,
+    )

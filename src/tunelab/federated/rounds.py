@@ -1,0 +1,216 @@
+"""The server's strategy: Flower's FedAvg or FedProx (inside Flower's client-side-clipping DP wrapper when asked),
+wrapped in `Recorded`, which checks every reply before Flower averages and records what each client did.
+
+Flower runs the rounds (`Strategy.start`), samples the clients, sends and receives, and averages: the global
+adapter after a round is sum_k (n_k / sum_j n_j) * adapter_k over the clients k whose update is used, n_k their
+examples (or 1 each with DP, whose accounting needs equal weights). `Recorded` adds what tunelab needs:
+- a reply whose adapter does not match the global one (keys, shapes, dtypes) is skipped and reported, before
+  numpy could broadcast it into the mean;
+- failed clients (their reply is Flower's error message) are reported with Flower's reason;
+- with fewer than federated.min_clients usable updates the round's average is not applied (the global adapter
+  stays as it was) and the report says why;
+- bytes sent and received per client, each client's train loss, and the epsilon spent so far.
+Round numbers given to the inner strategy start at 1 on every start; `offset` turns them into the run's rounds
+when a federation resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedProx, Strategy
+
+from tunelab.config import FederatedConfig
+from tunelab.errors import ConfigError
+from tunelab.federated.payload import (
+    ARRAYS,
+    CLIENT,
+    METRICS,
+    RECIPE,
+    ROUND,
+    ROUNDS,
+    UNIFORM_WEIGHT,
+    WEIGHT,
+    mismatch,
+    payload_bytes,
+)
+
+
+@dataclass
+class ClientRound:
+    client: str
+    node_id: int
+    status: str  # ok | failed | skipped
+    reason: str | None = None
+    examples: int = 0
+    train_loss: float | None = None
+    steps: int = 0
+    seconds: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+@dataclass
+class RoundReport:
+    round: int
+    sampled: int = 0
+    applied: bool = False
+    note: str | None = None
+    epsilon: float | None = None
+    clients: list[ClientRound] = field(default_factory=list)
+
+    @property
+    def used(self) -> list[ClientRound]:
+        return [c for c in self.clients if c.status == "ok"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sampled_clients(cfg: FederatedConfig, population: int) -> int:
+    """How many clients FedAvg asks each round: max(int(population * fraction), min_clients)."""
+    return max(int(population * cfg.fraction), cfg.min_clients)
+
+
+def build_strategy(cfg: FederatedConfig, population: int) -> tuple[Strategy, RdpAccountant | None]:
+    """Flower's strategy for the config, and its privacy accountant when DP is on."""
+    if cfg.min_clients > population:
+        raise ConfigError(
+            f"option 'federated.min_clients' is {cfg.min_clients} but the federation has {population} clients; "
+            "lower min_clients or add clients."
+        )
+    common = {
+        "fraction_train": cfg.fraction,
+        "fraction_evaluate": 0.0,  # the server evaluates the global adapter itself
+        "min_train_nodes": cfg.min_clients,
+        "min_evaluate_nodes": 0,
+        "min_available_nodes": population,
+        "weighted_by_key": UNIFORM_WEIGHT if cfg.dp else WEIGHT,
+    }
+    if cfg.strategy == "fedprox":
+        strategy: Strategy = FedProx(**common, proximal_mu=cfg.proximal_mu)
+    else:
+        strategy = FedAvg(**common)
+    if not cfg.dp:
+        return strategy, None
+    if cfg.dp_clipping_norm <= 0 or cfg.dp_noise_multiplier <= 0 or not 0 < cfg.dp_delta < 1:
+        raise ConfigError(
+            "federated.dp needs dp_clipping_norm > 0, dp_noise_multiplier > 0 and 0 < dp_delta < 1 "
+            f"(got {cfg.dp_clipping_norm}, {cfg.dp_noise_multiplier}, {cfg.dp_delta})."
+        )
+    accountant = RdpAccountant(
+        PrivacyConfig(
+            target_delta=cfg.dp_delta,
+            population_size=population,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,  # sampling is not counted on: a conservative epsilon
+        )
+    )
+    wrapped = DifferentialPrivacyClientSideFixedClipping(
+        strategy,
+        noise_multiplier=cfg.dp_noise_multiplier,
+        clipping_norm=cfg.dp_clipping_norm,
+        num_sampled_clients=sampled_clients(cfg, population),
+        accountant=accountant,
+    )
+    return wrapped, accountant
+
+
+class Recorded(Strategy):
+    """`inner` with replies checked and every round recorded in `reports` (see the module docstring)."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        min_clients: int,
+        offset: int,
+        rounds: int,
+        recipe: str,
+        layout: dict[str, tuple[tuple[int, ...], str]],
+        accountant: RdpAccountant | None = None,
+    ):
+        self.inner, self.min_clients, self.offset, self.rounds = inner, min_clients, offset, rounds
+        self.recipe, self.layout, self.accountant = recipe, layout, accountant
+        self.reports: dict[int, RoundReport] = {}
+        self.names: dict[int, str] = {}  # node id -> client name, learnt from replies
+        self._sent: dict[int, dict[int, int]] = {}
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        round_ = server_round + self.offset
+        config[ROUND], config[ROUNDS], config[RECIPE] = round_, self.rounds, self.recipe
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self._sent[round_] = {m.metadata.dst_node_id: payload_bytes(m.content) for m in messages}
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        round_ = server_round + self.offset
+        sent = self._sent.pop(round_, {})
+        report = RoundReport(round_, sampled=len(sent))
+        usable = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                name = self.names.get(node, f"node-{node}")
+                report.clients.append(
+                    ClientRound(name, node, "failed", reply.error.reason, bytes_sent=sent.get(node, 0))
+                )
+                continue
+            content = reply.content
+            name = str(content[CLIENT]["name"]) if CLIENT in content.config_records else f"node-{node}"
+            self.names[node] = name
+            entry = ClientRound(name, node, "ok", bytes_sent=sent.get(node, 0), bytes_received=payload_bytes(content))
+            metrics = content.metric_records.get(METRICS)
+            if metrics is not None:
+                entry.examples = int(metrics.get(WEIGHT, 0))
+                entry.train_loss = float(metrics["train-loss"]) if "train-loss" in metrics else None
+                entry.steps = int(metrics.get("local-steps", 0))
+                entry.seconds = float(metrics.get("train-seconds", 0.0))
+            if ARRAYS not in content.array_records or metrics is None:
+                entry.status, entry.reason = "skipped", "the reply holds no adapter or no metrics"
+            elif (why := mismatch(content[ARRAYS], self.layout)) is not None:
+                entry.status, entry.reason = "skipped", f"mismatched adapter: {why}"
+            else:
+                usable.append(reply)
+            report.clients.append(entry)
+        for node, size in sent.items():  # sampled, but no reply at all within the round's timeout
+            if not any(c.node_id == node for c in report.clients):
+                name = self.names.get(node, f"node-{node}")
+                report.clients.append(
+                    ClientRound(name, node, "failed", "no reply before federated.round_timeout", bytes_sent=size)
+                )
+        self.reports[round_] = report
+        if len(usable) < self.min_clients:
+            report.note = (
+                f"{len(usable)} of {report.sampled} clients returned a usable adapter, fewer than "
+                f"federated.min_clients={self.min_clients}: the global adapter is unchanged this round"
+            )
+            return None, None
+        arrays, metrics = self.inner.aggregate_train(server_round, usable)
+        if arrays is None:
+            report.note = (
+                "the aggregation strategy skipped this round (DP accounting needs every sampled client's update)"
+            )
+            return None, None
+        report.applied = True
+        if self.accountant is not None:
+            report.epsilon = self.accountant.get_privacy_spent().epsilon
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)

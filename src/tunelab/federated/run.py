@@ -1,0 +1,219 @@
+"""`tunelab federate`: check the config and every client's data, then run the federation on Flower.
+
+Two engines, one ServerApp and one ClientApp:
+- simulation (the default): Flower's simulation engine runs the server and one virtual SuperNode per client on
+  this machine (Ray workers; `federated.client_cpus` cores each). Every client reads only its own files.
+- deployment: `app_dir` writes a Flower App that names the same ServerApp and ClientApp (tunelab.federated.app)
+  and carries the resolved config; Flower's own tools run it on real, separate processes or hosts:
+  `flower-superlink`, one `flower-supernode --node-config "data='...'"` per client, and `flwr run APP_DIR`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import ResolvedConfig, RunConfig, dump_yaml
+from tunelab.errors import ConfigError, RunDirError, TunelabError
+from tunelab.eval.compare import compare_after_training
+from tunelab.federated.history import read_state
+from tunelab.federated.setup import require_accountant
+from tunelab.federated.shards import ClientData, client_data, federation_protected
+from tunelab.rundir import read_info
+from tunelab.training.outdir import plan_output_dir
+
+
+@dataclass
+class FederateResult:
+    run_dir: Path
+    rounds_done: int
+    eval_loss: float | None
+    epsilon: float | None
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Rules for a federated run beyond the per-option ones."""
+    if cfg.task != "sft":
+        raise ConfigError(
+            f"option 'task' is {cfg.task}; a federation trains task sft (the clients' answers), so remove the option "
+            "or set it to sft."
+        )
+    if cfg.method.name != "lora":
+        raise ConfigError(
+            f"option 'method.name' is {cfg.method.name}; a federation exchanges LoRA adapters, so it needs lora."
+        )
+    if cfg.data.train:
+        raise ConfigError(
+            "option 'data.train' is set, but a federated run takes each client's data from federated.clients or "
+            "federated.split_file; move the files there (data.eval stays: it is the server's eval set)."
+        )
+    if cfg.data.eval_fraction:
+        raise ConfigError(
+            "option 'data.eval_fraction' is set; the server has no training data to hold out from. Give the server "
+            "its own eval file in data.eval."
+        )
+    f = cfg.federated
+    if f.dp and (f.dp_clipping_norm <= 0 or f.dp_noise_multiplier <= 0 or not 0 < f.dp_delta < 1):
+        raise ConfigError(
+            "option 'federated.dp' needs dp_clipping_norm > 0, dp_noise_multiplier > 0 and 0 < dp_delta < 1 "
+            f"(got {f.dp_clipping_norm}, {f.dp_noise_multiplier}, {f.dp_delta})."
+        )
+
+
+def check_run_dir(cfg: RunConfig, resume: bool, config: Any) -> None:
+    """Fail before any client starts, and delete nothing here (the server replaces the folder, as tunelab train does:
+    training/outdir.py)."""
+    run_dir = Path(cfg.output_dir)
+    if resume:
+        if read_state(run_dir) is None:
+            raise RunDirError(f"{run_dir}: nothing to resume (no federated.json: no round finished there).")
+        return
+    plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg, config))
+
+
+def check_clients(cfg: RunConfig, clients: list[ClientData]) -> None:
+    """Read every client's data through the pipeline (on this machine, as the simulation will): a client with no
+    usable data stops the run here, naming the client and its files."""
+    from tunelab.federated.local import client_datasets
+    from tunelab.models.load import load_tokenizer, resolve_source
+
+    tokenizer = load_tokenizer(resolve_source(cfg.model.name), cfg.model.trust_remote_code)
+    for client in clients:
+        try:
+            data = client_datasets(cfg.data, tokenizer, cfg.train.seed, client)
+        except TunelabError as exc:
+            raise type(exc)(f"client {client.name}: {exc}") from None
+        print(
+            f"client {client.name}: {data.report.train.used} examples, {len(data.train)} rows "
+            f"({', '.join(client.paths)}{f', shard {client.shard.index + 1} of {client.shard.count}' if client.shard else ''})",
+            flush=True,
+        )
+
+
+def _result(run_dir: Path) -> FederateResult:
+    info = read_info(run_dir, require_finished=False)
+    fed = info.extra.get("federated", {})
+    return FederateResult(run_dir, int(fed.get("rounds_done", 0)), info.eval_loss, fed.get("epsilon"))
+
+
+def simulate(resolved: ResolvedConfig, clients: list[ClientData], resume: bool) -> None:
+    """Flower's simulation engine: this process runs the ServerApp; Ray workers run one ClientApp per client."""
+    import torch
+    from flwr.simulation import run_simulation
+
+    from tunelab.federated.client import make_client_app
+    from tunelab.federated.server import make_server_app
+
+    f = resolved.config.federated
+    cores = os.cpu_count() or 1
+    if f.client_cpus > cores:
+        raise ConfigError(f"option 'federated.client_cpus' is {f.client_cpus}, but this machine has {cores} cores.")
+    gpu = resolved.config.model.device != "cpu" and torch.cuda.is_available()
+    run_simulation(
+        server_app=make_server_app(resolved, clients=[c.name for c in clients], resume=resume),
+        client_app=make_client_app(clients),
+        num_supernodes=len(clients),
+        backend_config={
+            "client_resources": {"num_cpus": f.client_cpus, "num_gpus": 1.0 if gpu else 0.0},
+            "init_args": {"num_cpus": cores, "num_gpus": torch.cuda.device_count() if gpu else 0},
+        },
+    )
+
+
+APP_TOML = """\
+# A Flower App for tunelab's federated fine-tuning. Run it with Flower's deployment engine (flwr >= 1.42):
+#   flower-superlink --insecure --host 0.0.0.0 --port 8000          on the server host (writes the run directory)
+#   flower-supernode --insecure --superlink SERVER_HOST:8000 --port 9094 --node-config "data='/path/to/data.jsonl' name='clinic-a'"
+#                                                                    on each client host: its own data, named there
+#   flwr run {app_dir} CONNECTION --stream                         CONNECTION: a [superlink.NAME] entry of
+#                                                                    $FLWR_HOME/config.toml (address = "SERVER_HOST:8000")
+# The server waits for federated.num_clients = {num_clients} SuperNodes, and writes {output_dir}.
+# --insecure is for trying it out: real deployments use TLS (Flower's --ssl-* and --root-certificates options).
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "tunelab-federation"
+version = "1.0.0"
+description = "tunelab federated fine-tuning: the ServerApp and ClientApp of tunelab.federated.app"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "tunelab"
+
+[tool.flwr.app.components]
+serverapp = "tunelab.federated.app:server_app"
+clientapp = "tunelab.federated.app:client_app"
+
+[tool.flwr.app.config]
+{config_lines}
+"""
+
+
+def write_flower_app(app_dir: str | Path, resolved: ResolvedConfig, resume: bool, overwrite: bool = False) -> Path:
+    """A Flower App folder whose run config holds the resolved config (absolute paths, read on the server host)."""
+    import tomli_w
+
+    from tunelab.federated.server import RESUME_KEY, RUN_CONFIG_KEY
+
+    app_dir = Path(app_dir)
+    toml = app_dir / "pyproject.toml"
+    if toml.exists() and not overwrite:
+        raise RunDirError(f"{toml} exists. Pass --overwrite to replace it, or choose another --app-dir.")
+    app_dir.mkdir(parents=True, exist_ok=True)
+    cfg = resolved.config
+    config_lines = tomli_w.dumps({RUN_CONFIG_KEY: dump_yaml(cfg), RESUME_KEY: resume}, multiline_strings=True)
+    toml.write_text(
+        APP_TOML.format(
+            num_clients=cfg.federated.num_clients,
+            app_dir=app_dir.resolve(),
+            output_dir=Path(cfg.output_dir).resolve(),
+            config_lines=config_lines,
+        ),
+        encoding="utf-8",
+    )
+    return app_dir
+
+
+def federate(
+    config: str | Path | RunConfig | ResolvedConfig | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+    app_dir: str | Path | None = None,
+) -> FederateResult | Path:
+    """Run the federation of `config` in Flower's simulation engine, or with `app_dir` write the Flower App for its
+    deployment engine (and return that folder)."""
+    from tunelab.training.recipe import resolve
+
+    resolved = resolve(config, overrides)
+    cfg = resolved.config
+    check_config(cfg)
+    if cfg.federated.dp:
+        require_accountant()
+    cfg.output_dir = str(Path(cfg.output_dir).resolve())
+    if app_dir is not None:
+        if cfg.data.eval:
+            cfg.data.eval = str(Path(cfg.data.eval).resolve())
+        return write_flower_app(app_dir, resolved, resume, overwrite=cfg.overwrite)
+    clients = client_data(cfg.federated, cfg.train.seed)
+    if cfg.federated.min_clients > len(clients):
+        raise ConfigError(
+            f"option 'federated.min_clients' is {cfg.federated.min_clients} but the federation has {len(clients)} "
+            "clients; lower min_clients or add clients."
+        )
+    run_dir = Path(cfg.output_dir)
+    check_run_dir(cfg, resume, config)
+    check_clients(cfg, clients)
+    simulate(resolved, clients, resume)
+    result = _result(run_dir)
+    if cfg.eval.questions and result.rounds_done == cfg.federated.rounds:
+        compare_after_training(run_dir, cfg)  # as after tunelab train: scores printed, compare.json
+    return result

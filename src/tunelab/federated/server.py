@@ -1,0 +1,252 @@
+"""The ServerApp: holds the global adapter, runs Flower's rounds, evaluates and saves after every round.
+
+After each round the run directory is a complete tunelab run (run.json, config.yaml, the global adapter in PEFT
+layout, the tokenizer), so compare, chat, eval, merge and export work on it while later rounds still run;
+run.json's `steps` is the rounds done and `extra.federated` says how far the federation got. The server never
+sees a client's data: it evaluates on its own eval set (data.eval) and learns from clients only what
+payload.py lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from safetensors.torch import load_file, save_file
+
+from tunelab.atomic import write_json, write_text
+from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config
+from tunelab.data.loader import build_datasets, make_batches
+from tunelab.data.templates import resolve_template
+from tunelab.errors import RunDirError
+from tunelab.federated.history import plot_federation, read_state, round_records, write_state
+from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
+from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
+from tunelab.federated.shards import federation_protected
+from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.peft.save import adapter_state_dict
+from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
+from tunelab.training.build import build_model
+from tunelab.training.metrics import MetricsLog
+from tunelab.training.outdir import finish_replacement, plan_output_dir, start_run_dir
+from tunelab.training.recipe import save_final
+from tunelab.training.step import evaluate
+
+RUN_CONFIG_KEY, RESUME_KEY = "tunelab-config", "tunelab-resume"  # the Flower App's run config (deployment)
+
+
+def _checkpoint(run_dir: str | Path, round_: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"round-{round_:07d}"
+
+
+def save_round(run_dir: str | Path, round_: int, adapter: dict[str, torch.Tensor], keep: int = 2) -> Path:
+    """The global adapter after `round_`, written to a temporary folder and renamed into place."""
+    final = _checkpoint(run_dir, round_)
+    scratch = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    save_file(adapter, str(scratch / "adapter_model.safetensors"), metadata={"format": "pt"})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(scratch, final)
+    for old in sorted(final.parent.glob("round-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_round(run_dir: str | Path, round_: int) -> dict[str, torch.Tensor]:
+    path = _checkpoint(run_dir, round_) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: federated.json says round {round_} is done, but {path} is missing.")
+    return load_file(str(path))
+
+
+def _eval_batches(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict | None]:
+    """The server's own eval set (data.eval) as batches, and its data report; none without data.eval."""
+    if not cfg.data.eval:
+        return [], None
+    data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
+    data = build_datasets(data_cfg, tokenizer, cfg.train.seed)
+    batches = make_batches(data.train, cfg.train.micro_batch, tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
+    return batches, data.report.to_dict()
+
+
+def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
+    parts = [f"round {report.round}/{rounds}"]
+    parts.append(f"eval loss {eval_loss:.4f}" if eval_loss is not None else "no eval set")
+    for c in report.clients:
+        if c.status == "ok":
+            parts.append(f"{c.client}: train loss {c.train_loss:.4f} ({c.examples} examples, {c.seconds:.0f} s)")
+        else:
+            parts.append(f"{c.client}: {c.status.upper()} ({c.reason})")
+    sent = sum(c.bytes_sent for c in report.clients) / 1e6
+    received = sum(c.bytes_received for c in report.clients) / 1e6
+    parts.append(f"sent {sent:.1f} MB, received {received:.1f} MB")
+    if report.epsilon is not None:
+        parts.append(f"epsilon {report.epsilon:.3f}")
+    if report.note:
+        parts.append(report.note)
+    return " | ".join(parts)
+
+
+def run_federation(
+    grid: Grid, resolved: ResolvedConfig, population: int, clients: list[str] | None, resume: bool
+) -> Path:
+    """Run (or resume) the federation of `resolved` over `population` clients on Flower's `grid`. `clients` are
+    their names when the server knows them (simulation); real SuperNodes name themselves in their replies."""
+    cfg = resolved.config
+    f = cfg.federated
+    run_dir = Path(cfg.output_dir)
+    if resume:
+        state = read_state(run_dir)
+        if state is None:
+            raise RunDirError(f"{run_dir}: nothing to resume (no federated.json: no round finished there).")
+    else:
+        # The overwrite rules of tunelab train (training/outdir.py): a run directory only, kept aside until this one ends.
+        plan = plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg))
+        start_run_dir(plan)
+        state = {"rounds_done": 0, "history": [], "accountant": None, "elapsed_s": 0.0}
+    done = int(state["rounds_done"])
+    state.update(rounds=f.rounds, local_steps=f.local_steps, strategy=f.strategy + (" + DP" if f.dp else ""))
+    state["clients"] = clients or state.get("clients", [])
+    print("tunelab federate — resolved config (value, then where it came from):")
+    print(describe(resolved), flush=True)
+    if done >= f.rounds:
+        print(f"{run_dir}: all {f.rounds} rounds are done; raise federated.rounds to train more.", flush=True)
+        return run_dir
+
+    torch.manual_seed(cfg.train.seed)  # the LoRA initialisation every client starts from
+    source = resolve_source(cfg.model.name)
+    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+    eval_batches, eval_report = _eval_batches(cfg, tokenizer)
+    built = build_model(source, cfg.model, cfg.method)
+    model = built.model
+    if resume:
+        load_adapter_state(model, load_round(run_dir, done))
+        print(f"resuming {run_dir} after round {done} of {f.rounds}", flush=True)
+    else:
+        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+        if eval_report is not None:
+            write_json(run_dir / "data_report.json", eval_report)
+    initial = to_record(adapter_state_dict(model))
+    print(
+        f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); the adapter clients exchange: "
+        f"{built.trainable:,} parameters, {initial.count_bytes() / 1e6:.1f} MB",
+        flush=True,
+    )
+
+    strategy, accountant = build_strategy(f, population)
+    if accountant is not None and state.get("accountant"):
+        accountant.load_state_dict(state["accountant"])
+    recorder = Recorded(
+        strategy,
+        min_clients=f.min_clients,
+        offset=done,
+        rounds=f.rounds,
+        recipe=recipe_text(cfg),
+        layout=layout(initial),
+        accountant=accountant,
+    )
+    log = MetricsLog(run_dir, resume_step=done if resume else None)
+    info = RunInfo(
+        base_model=cfg.model.name,
+        method=cfg.method.name,
+        template=resolve_template(cfg.data.template, tokenizer).name,
+        system_prompt=cfg.data.system_prompt,
+        refusal=cfg.eval.refusal,
+        impl=built.impl,
+        quantize_base=cfg.method.quantize_base,
+        trust_remote_code=cfg.model.trust_remote_code,
+        total_steps=f.rounds,
+    )
+    started = time.perf_counter() - float(state.get("elapsed_s", 0.0))
+
+    def on_round(server_round: int, arrays) -> MetricRecord | None:
+        """Flower calls this with the global adapter before round 1 and after every round."""
+        if server_round == 0:
+            if resume or not eval_batches:
+                return None
+            loss = evaluate(model, [_on(b, built.device) for b in eval_batches])
+            log.write({"step": 0, "round": 0, "eval_loss": loss})
+            print(f"round 0 (the base model, adapter untrained): eval loss {loss:.4f}", flush=True)
+            return MetricRecord({"eval-loss": loss})
+        r = server_round + done
+        report = recorder.reports.pop(r, RoundReport(r, note="no client was asked to train"))
+        load_adapter_state(model, from_record(arrays))
+        loss = evaluate(model, [_on(b, built.device) for b in eval_batches]) if eval_batches else None
+        model.eval()
+        save_final(run_dir, built, tokenizer, cfg)
+        model.train()
+        elapsed = time.perf_counter() - started
+        records = round_records(report.to_dict(), loss, elapsed)
+        for record in records:
+            log.write(record)
+        state["history"].append(report.to_dict())
+        state.update(rounds_done=r, elapsed_s=round(elapsed, 1))
+        if not clients:
+            state["clients"] = sorted(set(state["clients"]) | set(recorder.names.values()))
+        state["accountant"] = accountant.state_dict() if accountant is not None else None
+        info.finished, info.steps, info.eval_loss = True, r, loss
+        info.final_loss, info.elapsed_s = records[0]["loss"], round(elapsed, 1)
+        info.extra["federated"] = {
+            "rounds_done": r,
+            "rounds": f.rounds,
+            "complete": r == f.rounds,
+            "clients": state["clients"],
+            "strategy": state["strategy"],
+            "epsilon": report.epsilon,
+            "delta": f.dp_delta if f.dp else None,
+        }
+        write_info(run_dir, info)
+        plot_federation(run_dir)
+        save_round(run_dir, r, adapter_state_dict(model))
+        write_state(run_dir, state)  # last: federated.json names the round --resume starts from
+        print(_line(report, f.rounds, loss), flush=True)
+        return MetricRecord({"eval-loss": loss}) if loss is not None else None
+
+    recorder.start(
+        grid=grid, initial_arrays=initial, num_rounds=f.rounds - done, timeout=f.round_timeout, evaluate_fn=on_round
+    )
+    print(f"saved to {run_dir} ({f.rounds} rounds, {time.perf_counter() - started:.0f} s)", flush=True)
+    if not resume:
+        message = finish_replacement(plan)
+        if message:
+            print(message, flush=True)
+    return run_dir
+
+
+def _on(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def config_from_run_config(run_config: dict) -> ResolvedConfig:
+    """The resolved config the Flower App carries in its run config (deployment engine)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "tunelab.yaml"
+        path.write_text(str(run_config[RUN_CONFIG_KEY]), encoding="utf-8")
+        return load_config(path)
+
+
+def make_server_app(
+    resolved: ResolvedConfig | None = None, *, clients: list[str] | None = None, resume: bool = False
+) -> ServerApp:
+    """With `resolved`: the simulation's ServerApp for those clients. Without: the deployment engine's, which
+    reads the config from the run config and waits for federated.num_clients SuperNodes."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        if resolved is not None:
+            run_federation(grid, resolved, len(clients or []), list(clients or []), resume)
+            return
+        config = config_from_run_config(dict(context.run_config))
+        population = config.config.federated.num_clients
+        run_federation(grid, config, population, None, bool(context.run_config.get(RESUME_KEY, False)))
+
+    return app

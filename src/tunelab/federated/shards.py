@@ -1,0 +1,143 @@
+"""Which records each federated client trains on: its own files, or its shard of one shared file.
+
+A client is a name and a way to find its records; nothing here moves data. The shard of a shared file is a pure
+function of (file, number of clients, split, column, seed), so every client computes its own shard and no one
+hands out rows:
+
+    iid      a seeded shuffle of the row indices, dealt out in turn: client i keeps positions i, i+N, i+2N, ...
+    column   rows grouped by the value of one column; groups go whole to clients, largest group first, each to the
+             client holding the fewest rows so far (ties: the lower index). Every client sees only its own values:
+             the non-IID case federated learning is for.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import FederatedConfig, RunConfig
+from tunelab.data.report import location
+from tunelab.data.sources import Record
+from tunelab.errors import ConfigError, DataError
+from tunelab.training.prepare import protected_paths
+from tunelab.training.recipe import config_path
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Client `index` of `count`, over the rows of one shared file."""
+
+    index: int
+    count: int
+    split: str  # iid | column
+    column: str | None
+    seed: int
+
+    def select(self, records: list[Record]) -> list[Record]:
+        if self.split == "iid":
+            order = list(range(len(records)))
+            random.Random(f"tunelab-shard:{self.seed}").shuffle(order)  # str seeds hash with sha512: stable
+            return [records[i] for i in sorted(order[self.index :: self.count])]
+        owner = column_owners(records, self.column, self.count)
+        return [r for r in records if owner[_value(r, self.column)] == self.index]
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's data: files or folders (read by data.sources), optionally only a shard of their rows."""
+
+    name: str
+    paths: tuple[str, ...]
+    shard: Shard | None = None
+
+
+def _value(record: Record, column: str) -> str:
+    if column not in record.row:
+        raise DataError(
+            f"{location(record.path, record.line)}: no field '{column}', which option 'federated.split_column' names; "
+            "every row of federated.split_file needs it."
+        )
+    return str(record.row[column])
+
+
+def column_owners(records: list[Record], column: str, count: int) -> dict[str, int]:
+    """Column value -> client index: whole groups, largest first, each to the least-loaded client."""
+    sizes = Counter(_value(r, column) for r in records)
+    if len(sizes) < count:
+        path = records[0].path if records else "federated.split_file"
+        raise ConfigError(
+            f"{path}: column '{column}' (federated.split_column) has {len(sizes)} distinct values, fewer than "
+            f"federated.num_clients={count}, so a client would hold no data. Lower num_clients, or split by another "
+            "column or with split: iid."
+        )
+    load = [0] * count
+    owner = {}
+    for value, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        client = min(range(count), key=lambda i: (load[i], i))
+        owner[value] = client
+        load[client] += size
+    return owner
+
+
+def _name(entry: str) -> str:
+    name = Path(entry).name
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"):
+        name = name.removesuffix(suffix)
+    return name or "client"
+
+
+def client_data(cfg: FederatedConfig, seed: int) -> list[ClientData]:
+    """The clients of a federated config, in order (client i is simulated SuperNode partition i)."""
+    if cfg.clients and cfg.split_file:
+        raise ConfigError(
+            "options 'federated.clients' and 'federated.split_file' are both set; give each client its own data "
+            "(clients) or split one file (split_file), not both."
+        )
+    if cfg.clients:
+        names: list[str] = []
+        for entry in cfg.clients:
+            name = base = _name(entry)
+            n = 2
+            while name in names:
+                name, n = f"{base}-{n}", n + 1
+            names.append(name)
+        return [ClientData(name, (entry,)) for name, entry in zip(names, cfg.clients)]
+    if cfg.split_file:
+        if cfg.split == "column" and not cfg.split_column:
+            raise ConfigError("option 'federated.split' is column; set 'federated.split_column' to the column's name.")
+        return [
+            ClientData(
+                f"client-{i + 1}",
+                (cfg.split_file,),
+                Shard(i, cfg.num_clients, cfg.split, cfg.split_column if cfg.split == "column" else None, seed),
+            )
+            for i in range(cfg.num_clients)
+        ]
+    raise ConfigError(
+        "a federated run needs clients: set 'federated.clients' (one data file or folder per client) or "
+        "'federated.split_file' (one file split into federated.num_clients shards)."
+    )
+
+
+def from_node_config(node_config: dict) -> ClientData:
+    """A SuperNode's data in the deployment engine: `--node-config "data='a.jsonl,b.jsonl' name='clinic-a'"`."""
+    data = str(node_config.get("data", "")).strip()
+    if not data:
+        raise ConfigError(
+            "this SuperNode has no data: start it with --node-config \"data='/path/to/file.jsonl'\" (comma-separated "
+            "files or folders; optionally name='NAME')."
+        )
+    paths = tuple(p.strip() for p in data.split(",") if p.strip())
+    return ClientData(str(node_config.get("name") or _name(paths[0])), paths)
+
+
+def federation_protected(cfg: RunConfig, config: Any = None) -> dict[str, list[str]]:
+    """The user's files a federation's run directory must never hold: tunelab train's list (training/prepare.py)
+    and every client's data."""
+    protected = protected_paths(cfg, config_path(config))
+    f = cfg.federated
+    protected["client data file"] = list(f.clients) + ([f.split_file] if f.split_file else [])
+    return protected

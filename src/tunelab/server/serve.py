@@ -1,0 +1,134 @@
+"""Start the OpenAI-compatible server for a run: the port is bound first (a port in use is an error before a
+minute of model loading), then the run is loaded once, then uvicorn serves on the bound socket.
+
+`serve` blocks until Ctrl-C (the CLI); `start_server` runs the same server on a background thread and returns a
+handle with its URL (tests and notebooks).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import ConfigError, TunelabError
+from tunelab.infer.generate import GenerationSettings
+from tunelab.infer.run import LoadedRun, open_run
+
+INSTALL = "pip install 'tunelab[serve]'   (FastAPI and uvicorn)"
+
+
+def _check_installed() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise TunelabError(f"tunelab serve needs FastAPI and uvicorn ({exc}). Install them with: {INSTALL}") from None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on (host, port); ConfigError naming the option when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart may reuse TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"option '--port': port {port} on {host} is in use by another program; choose another with --port."
+            ) from None
+        raise ConfigError(f"option '--host'/'--port': cannot listen on {host}:{port} ({exc.strerror}).") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_app(
+    run: str | Path | LoadedRun,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+):
+    """The FastAPI application for a run (loaded here unless given loaded)."""
+    _check_installed()
+    from tunelab.server.app import create_app
+    from tunelab.server.engine import Engine
+
+    loaded = run if isinstance(run, LoadedRun) else open_run(run, device=device)
+    engine = Engine(loaded, model_name or loaded.run_dir.resolve().name)
+    return create_app(engine, api_key=api_key, defaults=settings)
+
+
+def _server(app, log_level: str):
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+
+
+def serve(
+    run_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+) -> None:
+    """Serve the run until interrupted. Refuses a port in use before loading anything."""
+    _check_installed()
+    sock = bind(host, port)
+    name = model_name or Path(run_dir).resolve().name
+    try:
+        app = build_app(run_dir, api_key, name, settings, device)
+        print(f"tunelab serve: {run_dir} as model {name!r}{' (API key required)' if api_key else ''}")
+        print(f"  OpenAI base URL: http://{host}:{port}/v1   (health: http://{host}:{port}/health)", flush=True)
+        _server(app, "info").run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+@dataclass
+class RunningServer:
+    """A server on a background thread: `url` is its base URL (…/v1 for OpenAI clients); `stop()` ends it."""
+
+    url: str
+    server: object
+    thread: threading.Thread
+    sock: socket.socket
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def start_server(
+    run: str | Path | LoadedRun,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+) -> RunningServer:
+    """Serve on a background thread (port 0: a free one) and return once it accepts connections."""
+    sock = bind(host, port)
+    try:
+        server = _server(build_app(run, api_key, model_name, settings, device), "warning")
+    except BaseException:
+        sock.close()
+        raise
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise TunelabError("tunelab serve: the server did not start (see the messages above).")
+        time.sleep(0.02)
+    return RunningServer(f"http://{host}:{sock.getsockname()[1]}", server, thread, sock)

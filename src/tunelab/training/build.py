@@ -1,0 +1,126 @@
+"""Build the model to train: load it (`models.load`), pick the implementation (our decoder, `models.llama`, or the
+transformers model), then apply the method: quantize the frozen base (`quant.linear`) and attach adapters
+(`peft.lora`), or unfreeze all or the top layers.
+
+This is the one place where those layers meet for training. It sits above them (the import rule in
+docs/architecture.md): the decoder itself knows nothing of adapters, freezing or precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from tunelab.config import MethodConfig, ModelConfig
+from tunelab.errors import ConfigError
+from tunelab.kernels import select as select_ops
+from tunelab.models.hf_adapter import from_hf_model
+from tunelab.models.llama import unsupported_reason
+from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype
+from tunelab.peft.lora import attach_lora
+from tunelab.quant.linear import NF4Linear, quantize_model_
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    impl: str  # "fast" (our Llama-family code) or "generic" (the transformers model)
+    hf_config: object  # the transformers config, saved beside full weights
+    device: torch.device
+    dtype: torch.dtype
+    trainable: int
+    total: int
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of decoder blocks: the longest nn.ModuleList in the model."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ConfigError("option 'method.name' is layers, but this model has no list of decoder layers.")
+    return max(lists, key=len)
+
+
+def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | None = None) -> None:
+    if method.quantize_base == "nf4":
+        if method.name != "lora":
+            raise ConfigError(
+                f"option 'method.quantize_base' is nf4 (QLoRA), which freezes the base in 4 bits; it needs method.name "
+                f"lora, not {method.name}."
+            )
+        quantize_model_(model, device=device)  # layer by layer, before the adapters wrap the layers
+    if method.name == "lora":
+        attach_lora(model, method.target_modules, method.r, method.alpha, method.dropout)
+    elif method.name == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif method.name == "layers":
+        layers = decoder_layers(model)
+        if method.top_layers > len(layers):
+            raise ConfigError(
+                f"option 'method.top_layers' is {method.top_layers}, but the model has {len(layers)} layers."
+            )
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer in layers[len(layers) - method.top_layers :]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+
+
+def build_model(
+    source: ModelSource, model_cfg: ModelConfig, method: MethodConfig, checkpointing: bool | str = False
+) -> BuiltModel:
+    """checkpointing: False, True, or "offload" (checkpointed layer inputs kept in CPU memory; fast path on CUDA)."""
+    device = pick_device(model_cfg.device)
+    dtype = pick_dtype(model_cfg.dtype, device)
+    if method.name in ("full", "layers") and dtype == torch.float16:
+        raise ConfigError("option 'model.dtype' fp16 cannot train full weights without loss scaling; use bf16 or fp32.")
+    # QLoRA loads the 16-bit model into CPU memory and quantizes it onto the device one layer at a time.
+    quantize = method.quantize_base != "none"
+    model = load_hf_model(source, dtype, torch.device("cpu") if quantize else device, model_cfg.trust_remote_code)
+    hf_config = model.config
+    impl = pick_impl(model_cfg.impl, hf_config)
+    if impl == "fast":
+        model = from_hf_model(model, select_ops("auto"))
+        if not quantize:
+            model = model.to(device)
+        model.gradient_checkpointing = checkpointing
+    else:
+        hf_config.use_cache = False  # no KV cache while training
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    apply_method(model, method, device)
+    model.to(device)  # what quantization left behind (embeddings, norms, head)
+    model.train()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, NF4Linear))  # buffers
+    return BuiltModel(model, impl, hf_config, device, dtype, trainable, total)
+
+
+def pick_impl(requested: str, hf_config) -> str:
+    """'fast' for the Llama family (unless the user asks for generic), 'generic' for everything else."""
+    reason = unsupported_reason(hf_config)
+    if requested == "fast" and reason:
+        raise ConfigError(
+            f"option 'model.impl' is fast, but this model cannot use the fast path: {reason}. Use auto or generic."
+        )
+    if requested == "generic" or reason:
+        return "generic"
+    return "fast"
+
+
+def save_full_weights(built: BuiltModel, folder: Path) -> None:
+    """All weights as a Hugging Face directory (config.json + model.safetensors) that transformers loads."""
+    if built.impl == "generic":
+        built.model.save_pretrained(folder, safe_serialization=True)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in built.model.state_dict().items()}
+    if getattr(built.hf_config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # shared with the embedding; transformers re-ties it
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    built.hf_config.save_pretrained(folder)

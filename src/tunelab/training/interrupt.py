@@ -1,0 +1,44 @@
+"""Ctrl-C during training: finish the step under way, write a checkpoint, and stop with the way to resume.
+
+While `graceful_interrupt()` is active, the first SIGINT only sets `requested`; the loop sees it between steps, so
+the checkpoint it writes is of a completed step (weights and optimizer state consistent). A second SIGINT stops at
+once, as usual. Outside the main thread (where signal handlers cannot be set) it does nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+@dataclass
+class StopRequest:
+    requested: bool = False
+
+
+@contextmanager
+def graceful_interrupt() -> Iterator[StopRequest]:
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handle(signum, frame):
+        if request.requested:
+            raise KeyboardInterrupt
+        request.requested = True
+        print(
+            "\ninterrupt: stopping after the current step and writing a checkpoint (Ctrl-C again stops at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,68 @@
+"""What a run needs before its first step, loaded the same way by `tunelab train` and `tunelab check`.
+
+`load_inputs` is the cheap part (model source, tokenizer, the data rendered and reported, as the run's task reads
+it); `load_model` builds the model to train and finds (and by default repairs) the untrained embedding rows of the
+tokens the data uses. Neither writes anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig
+from tunelab.data.loader import Datasets
+from tunelab.errors import ConfigError
+from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
+from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
+from tunelab.tasks import get_task
+from tunelab.tasks.task import Task
+from tunelab.training.build import BuiltModel, build_model
+
+
+@dataclass
+class Inputs:
+    source: ModelSource
+    tokenizer: Any
+    data: Datasets
+
+
+def load_inputs(cfg: RunConfig, task: Task | None = None) -> Inputs:
+    """The data as `task` (default: the config's) builds it."""
+    task = task or get_task(cfg.task, cfg)
+    source = resolve_source(cfg.model.name)
+    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+    return Inputs(source, tokenizer, task.build_data(cfg, tokenizer, cfg.train.seed))
+
+
+def load_model(cfg: RunConfig, inputs: Inputs, impl: str | None = None) -> tuple[BuiltModel, UntrainedReport]:
+    """The model with the method applied, its untrained rows found and (model.fix_untrained_tokens) repaired.
+    `impl` overrides model.impl (tunelab check builds the generic model to compare)."""
+    model_cfg = dataclasses.replace(cfg.model, impl=impl) if impl else cfg.model
+    checkpointing = "offload" if cfg.train.offload_activations else cfg.train.checkpointing
+    built = build_model(inputs.source, model_cfg, cfg.method, checkpointing)
+    if cfg.data.packing and built.impl != "fast":
+        raise ConfigError(
+            "option 'data.packing' needs the fast path (a Llama-family model with model.impl auto or fast); "
+            f"{cfg.model.name} runs on the generic path. Set data.packing to false."
+        )
+    vocab = max(len(inputs.tokenizer), built.model.config.vocab_size)
+    counts = token_counts(inputs.data.train + inputs.data.eval, vocab)
+    report = UntrainedReport(find_untrained(built.model, counts, inputs.tokenizer))
+    if report.tokens and cfg.model.fix_untrained_tokens:
+        repair_rows(built.model, report.rows())
+        report.repaired = True
+    return built, report
+
+
+def protected_paths(cfg: RunConfig, config_path: str | Path | None) -> dict[str, list[str]]:
+    """The user's files a run directory must never hold (see training/outdir.py)."""
+    model = Path(cfg.model.name).expanduser()
+    return {
+        "data file": list(cfg.data.train) + ([cfg.data.eval] if cfg.data.eval else []),
+        "config file": [str(config_path)] if config_path else [],
+        "eval questions file": [cfg.eval.questions] if cfg.eval.questions else [],
+        "model": [str(model)] if model.exists() else [],
+    }

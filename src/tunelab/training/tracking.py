@@ -1,0 +1,142 @@
+"""Experiment trackers: every record the metrics log writes also goes to TensorBoard, MLflow, Weights & Biases or
+Trackio, through each project's own library (`train.report_to: [tensorboard, mlflow, wandb, trackio]`).
+
+Each tracker is a sink with `log(record)` and `close()`; `training/metrics.MetricsLog` calls them, so the training
+loop knows nothing of them. Records keep their names: `loss`, `lr`, `grad_norm`, `tokens_per_s`, `epoch`,
+`elapsed_s` under `train/`, `eval_loss` as `eval/loss`, against the optimizer step.
+
+Where they write, offline by default:
+- tensorboard: RUN_DIR/tensorboard (torch.utils.tensorboard); `tensorboard --logdir RUN_DIR/tensorboard`.
+- mlflow: the store in $MLFLOW_TRACKING_URI, else a local SQLite store, RUN_DIR/mlflow.db (MLflow 3 retired its
+  file store); `mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db`.
+- wandb: online only when $WANDB_MODE says so or $WANDB_API_KEY is set, else offline under RUN_DIR/wandb
+  (`wandb sync` uploads it later).
+- trackio: its local database (Trackio is local-first; $TRACKIO_DIR moves it); `trackio show`.
+A tracker that is not installed is a ConfigError naming the pip command, raised when the config is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import check_trackers
+
+PROJECT = "tunelab"
+
+
+def _scalars(record: dict) -> tuple[int, dict[str, float]]:
+    """(step, {tracker name: value}) for the numeric fields of a metrics record."""
+    out = {}
+    for key, value in record.items():
+        if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        out["eval/loss" if key == "eval_loss" else f"train/{key}"] = float(value)
+    return int(record["step"]), out
+
+
+class TensorBoardSink:
+    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: on resume, events after the checkpoint are dropped, as metrics.jsonl drops its records
+        self.writer = SummaryWriter(
+            str(run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1
+        )
+        if resume_step is None:
+            import yaml
+
+            self.writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
+
+    def log(self, record: dict) -> None:
+        step, scalars = _scalars(record)
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()  # visible to a running `tensorboard` at once, and on disk if the run is killed
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value and prefix == "":
+            out.update(_flat(value, f"{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value)[:500]  # MLflow caps parameter values at 500 characters
+    return out
+
+
+class MLflowSink:
+    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+        from mlflow.tracking import MlflowClient
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        self.client = MlflowClient(tracking_uri=uri)  # a client object: no process-wide active run
+        experiment = self.client.get_experiment_by_name(PROJECT)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(PROJECT)
+        self.run_id = self.client.create_run(experiment_id, run_name=run_dir.resolve().name).info.run_id
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in _flat(config).items()])
+
+    def log(self, record: dict) -> None:
+        from mlflow.entities import Metric
+
+        step, scalars = _scalars(record)
+        now = int(time.time() * 1000)
+        metrics = [Metric(key.replace("/", "_"), value, now, step) for key, value in scalars.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+class WandbSink:
+    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+        import wandb
+
+        online = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", PROJECT),
+            name=run_dir.resolve().name,
+            dir=str(run_dir),
+            config=config,
+            mode=online,
+            reinit="create_new",
+        )
+
+    def log(self, record: dict) -> None:
+        step, scalars = _scalars(record)
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class TrackioSink:
+    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+        import trackio
+
+        self.run = trackio.init(
+            project=os.environ.get("TRACKIO_PROJECT", PROJECT), name=run_dir.resolve().name, config=config
+        )
+
+    def log(self, record: dict) -> None:
+        step, scalars = _scalars(record)
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+SINKS = {"tensorboard": TensorBoardSink, "mlflow": MLflowSink, "wandb": WandbSink, "trackio": TrackioSink}
+
+
+def open_trackers(names: list[str], run_dir: Path, config: dict[str, Any], resume_step: int | None = None) -> list:
+    """One sink per tracker named in train.report_to (checked again here: the API accepts configs built in code)."""
+    check_trackers(names)
+    return [SINKS[name](Path(run_dir), config, resume_step) for name in names]

@@ -1,0 +1,193 @@
+"""`tunelab check`: passes a good config, and fails each class of problem on a config built to have it."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import tunelab
+import tunelab.tasks.sft as sft_task
+from tunelab.checks.model import forward_backward
+from tunelab.cli import main
+from tunelab.errors import CheckFailed, ConfigError, DataError
+from tunelab.training.build import BuiltModel
+from tunelab.training.recipe import train
+
+
+def _flags(overrides: dict) -> list[str]:
+    return [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+
+
+def _statuses(result) -> dict[str, str]:
+    return {item.name: item.status for item in result.items}
+
+
+def _model_variant(tiny_model_dir: Path, tmp_path: Path, template: str | None = None, **tokenizer) -> Path:
+    """The tiny model with another chat template and/or tokenizer settings."""
+    folder = tmp_path / "variant"
+    shutil.copytree(tiny_model_dir, folder)
+    if template is not None:
+        (folder / "chat_template.jinja").write_text(template)
+    if tokenizer:
+        config = json.loads((folder / "tokenizer_config.json").read_text()) | tokenizer
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_good_config_passes_through_the_cli(tiny_overrides, tmp_path, capsys):
+    page = tmp_path / "page.html"
+    assert main(["check", *_flags(tiny_overrides | {"data.packing": "true"}), "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "[[Box 0 has code 1000.<|im_end|>]]" in out  # the loss tokens, bracketed off a terminal
+    for name in ("prompt rendering", "answers end with a stop token", "padding", "untrained tokens", "gradients"):
+        assert f"[PASS] {name}" in out, name
+    assert "[PASS] packing" in out and "[PASS] fast path = generic path" in out
+    assert out.rstrip().splitlines()[-1].startswith("check: PASSED")
+    assert 'class="loss"' in page.read_text() and not Path(tiny_overrides["output_dir"]).exists()
+
+
+def test_existing_output_dir_fails_the_check_with_exit_1(tiny_overrides, capsys):
+    Path(tiny_overrides["output_dir"]).mkdir()
+    (Path(tiny_overrides["output_dir"]) / "notes.txt").write_text("mine")
+    assert main(["check", *_flags(tiny_overrides), "--data-only"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] output_dir" in out and "check: FAILED: 1 of" in out and "(output_dir)" in out
+
+
+def test_resume_with_a_changed_option_fails(tiny_overrides):
+    train(
+        None,
+        tiny_overrides | {"train.max_steps": 1, "train.save_every": 1, "train.keep_checkpoints_after_finish": True},
+    )
+    result = tunelab.check(None, tiny_overrides | {"train.max_steps": 1, "train.lr": 0.5}, resume=True, model=False)
+    assert _statuses(result)["resume"] == "fail" and "train.lr: 0.001 -> 0.5" in result.items[0].summary
+
+
+def test_a_prompt_that_tokenizes_differently_at_inference_fails(tiny_model_dir, tiny_overrides, tmp_path, capsys):
+    # The generation prompt ends with a space: in training the space merges into the answer's first token.
+    template = (
+        "{% for m in messages %}{% if m.role == 'assistant' %}Assistant: {{ m.content }}<|im_end|>\n"
+        "{% else %}{{ m.role }}: {{ m.content }}\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}Assistant: {% endif %}"
+    )
+    overrides = tiny_overrides | {"model.name": str(_model_variant(tiny_model_dir, tmp_path, template))}
+    result = tunelab.check(None, overrides, model=False)
+    item = next(i for i in result.items if i.name.startswith("prompt rendering"))
+    assert item.status == "fail" and "20 of 20 answers" in item.summary  # the first 20 examples are compared
+    assert "in training but" in item.details[0] and "qa.jsonl:1 answer 1" in item.details[0]
+    with pytest.raises(CheckFailed, match="prompt rendering.*--no-check"):
+        train(None, overrides | {"train.max_steps": 1})  # train runs the same check before loading the model
+    assert not Path(overrides["output_dir"]).exists()
+    assert train(None, overrides | {"train.max_steps": 1}, check=False).steps == 1
+
+
+def test_answers_without_a_stop_token_fail(tiny_model_dir, tiny_overrides, tmp_path):
+    model = _model_variant(tiny_model_dir, tmp_path, eos_token=None, pad_token="<|endoftext|>")
+    result = tunelab.check(None, tiny_overrides | {"model.name": str(model), "data.template": "alpaca"}, model=False)
+    item = next(i for i in result.items if i.name == "answers end with a stop token")
+    assert item.status == "fail" and "24 of 24 answers do not end with a stop token" in item.summary
+    assert "qa.jsonl:1: the answer ends with '.'" in item.details[0]
+
+
+def test_untrained_tokens_without_the_repair_fail(tiny_model_dir, tiny_overrides, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _model_variant(tiny_model_dir, tmp_path)  # with the row of <|im_end|> (id 2) zero, as untrained
+    weights = load_file(folder / "model.safetensors")
+    weights["model.embed_tokens.weight"][2] = 0.0
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    result = tunelab.check(None, tiny_overrides | {"model.name": str(folder), "model.fix_untrained_tokens": False})
+    assert _statuses(result)["untrained tokens"] == "fail" and not result.passed
+    assert "'<|im_end|>' (id 2" in next(i for i in result.items if i.name == "untrained tokens").summary
+
+
+@pytest.mark.slow
+def test_nan_gradients_of_a_deep_model_fail(deep_zero_row_model_dir, tiny_overrides):
+    overrides = tiny_overrides | {"model.name": str(deep_zero_row_model_dir), "model.fix_untrained_tokens": False}
+    result = tunelab.check(None, overrides)
+    statuses = _statuses(result)
+    assert statuses["untrained tokens"] == "fail" and statuses["gradients"] == "fail"
+    assert "gradient norm nan" in " ".join(next(i for i in result.items if i.name == "gradients").details)
+    # With the repair the same model trains finite: tests/models/test_untrained.py.
+
+
+def test_packing_and_path_mismatches_fail(tiny_model_dir, tiny_overrides, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    # At init scale (std 0.02) attention is nearly uniform and what one document reads of another moves the loss by
+    # less than the check's tolerance: sharpen it (q and k x 30) so that a leak across documents shows.
+    folder = _model_variant(tiny_model_dir, tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    for name in weights:
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            weights[name] *= 30
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    tiny_overrides = tiny_overrides | {"model.name": str(folder)}
+    real = sft_task.packed_inputs
+
+    def across_documents(batch):  # a packing bug: attention across the documents of a row
+        inputs = real(batch)
+        inputs["cu_seqlens"] = inputs["cu_seqlens"][[0, -1]]
+        return inputs
+
+    monkeypatch.setattr(sft_task, "packed_inputs", across_documents)
+    assert _statuses(tunelab.check(None, tiny_overrides))["packing"] == "fail"
+    monkeypatch.setattr(sft_task, "packed_inputs", real)
+
+    import tunelab.training.build as build
+
+    real_convert = build.from_hf_model
+
+    def wrong_norm(hf_model, ops):  # a fast-path bug: one norm scaled
+        model = real_convert(hf_model, ops)
+        model.model.norm.weight.data *= 1.5
+        return model
+
+    monkeypatch.setattr(build, "from_hf_model", wrong_norm)
+    statuses = _statuses(tunelab.check(None, tiny_overrides))
+    assert statuses["fast path = generic path"] == "fail" and statuses["packing"] == "pass"
+
+
+def test_a_tensor_without_gradient_fails():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    model.unused = torch.nn.Parameter(torch.ones(3))
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.unused = model, torch.nn.Parameter(torch.ones(3))
+            self.config = type("C", (), {"model_type": "toy"})()
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            return type("O", (), {"logits": self.body(torch.nn.functional.one_hot(input_ids, 4).float())})()
+
+    built = BuiltModel(Tiny(), "generic", None, torch.device("cpu"), torch.float32, 0, 0)
+    ids = torch.tensor([[0, 1, 2, 3]])
+    items = forward_backward(built, {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+    grads = next(i for i in items if i.name == "gradients")
+    assert grads.status == "fail" and any("unused: no gradient" in d for d in grads.details)
+
+
+def test_data_that_cannot_be_checked_is_bad_input(tiny_model_dir, tiny_overrides, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"question": "q", "answer": ""}\n')
+    assert main(["check", *_flags(tiny_overrides | {"data.train": [str(empty)]})]) == 2
+    assert "no usable training examples" in capsys.readouterr().err
+    # A template that writes the last answer differently from earlier ones: the answers cannot be located.
+    template = (
+        "{% for m in messages %}{% if loop.last and m.role == 'assistant' %}FINAL {{ m.content }}<|im_end|>"
+        "{% else %}{{ m.role }}: {{ m.content }}\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    chats = tmp_path / "chats.jsonl"
+    turns = [
+        {"role": r, "content": c} for r, c in (("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"))
+    ]
+    chats.write_text(json.dumps({"messages": turns}) + "\n")
+    model = _model_variant(tiny_model_dir, tmp_path, template)
+    with pytest.raises(ConfigError, match="renders earlier turns of a conversation differently"):
+        tunelab.check(None, tiny_overrides | {"model.name": str(model), "data.train": [str(chats)]}, model=False)
+    with pytest.raises(DataError):
+        tunelab.check(None, tiny_overrides | {"data.train": [str(tmp_path / "missing.jsonl")]})

@@ -1,0 +1,88 @@
+"""`tunelab compare` and `tunelab eval` as a user meets them: the run's compare.json is never replaced silently, the
+scores come first and the answers go to the file (or behind --show-answers), progress shows while answering, and the
+run's eval.max_new_tokens is the default answer length."""
+
+import json
+import shutil
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.config import dump_yaml, load_config
+from tunelab.data.templates import resolve_template
+from tunelab.errors import RunDirError
+from tunelab.eval.compare import Comparison, Row, format_comparison, save_comparison
+from tunelab.eval.questions import answer_settings
+from tunelab.infer.generate import GenerationSettings
+
+TOKENS = 3  # the run's eval.max_new_tokens in these tests
+
+
+@pytest.fixture
+def run(tiny_run_dir, tmp_path):
+    """A copy of the tiny finished run whose config asks for TOKENS new tokens per answer."""
+    copy = shutil.copytree(tiny_run_dir, tmp_path / "run")
+    cfg = load_config(copy / "config.yaml").config
+    cfg.eval.max_new_tokens = TOKENS
+    (copy / "config.yaml").write_text(dump_yaml(cfg))
+    return copy
+
+
+@pytest.fixture
+def questions(tmp_path):
+    path = tmp_path / "q.jsonl"
+    rows = [{"question": f"Code of box {i}?", "expected": f"{1000 + 37 * i}", "kind": "fact"} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_runs_answer_length_is_the_default(run, smollm2_tokenizer):
+    assert answer_settings(None, run).max_new_tokens == TOKENS
+    assert answer_settings(GenerationSettings(max_new_tokens=7), run).max_new_tokens == 7
+    template = resolve_template("chatml", smollm2_tokenizer)
+    assert GenerationSettings().kwargs(template, smollm2_tokenizer)["max_new_tokens"] == 128  # chat and generate
+
+
+def test_compare_prints_scores_first_and_never_replaces_compare_json_silently(run, questions, capsys):
+    assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("scores:") and "fact" in out
+    assert "Code of box 1?" not in out  # the answers are in the file, not on the terminal
+    assert f"{run / 'compare.json'} ('tunelab compare --show-answers' prints them)" in out
+    assert "answers, tuned model" in err and "answers, base model" in err  # progress while answering
+    saved = json.loads((run / "compare.json").read_text())
+    assert len(saved["rows"]) == 3 and saved["settings"]["max_new_tokens"] == TOKENS
+
+    before = (run / "compare.json").read_text()
+    assert main(["compare", str(run), "--question", "Hi?", "--device", "cpu"]) == 2
+    out, err = capsys.readouterr()
+    assert "compare.json exists" in err and "--overwrite" in err and "Traceback" not in err
+    assert "answers, tuned model" not in err  # refused before generating anything
+    assert (run / "compare.json").read_text() == before
+
+    args = ["compare", str(run), "--questions", str(questions), "--device", "cpu", "--max-new-tokens", "2"]
+    assert main([*args, "--overwrite", "--show-answers"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("scores:") < out.index("[1] Code of box 0?")
+    assert json.loads((run / "compare.json").read_text())["settings"]["max_new_tokens"] == 2
+
+    assert main(["compare", str(run), "--question", "Hi?", "--no-save", "--device", "cpu"]) == 0
+    assert "[1] Hi?" in capsys.readouterr().out  # nothing to score: the answers are the result
+
+
+def test_eval_defaults_to_the_runs_answer_length(run, questions, capsys):
+    assert main(["eval", str(run), "--data", str(questions), "--device", "cpu", "--show-answers"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads((run / "eval.json").read_text())["settings"]["max_new_tokens"] == TOKENS
+    assert "loss on expected texts" in out and "[1] Code of box 0?" in out
+    assert "answers, tuned model" in err
+
+
+def test_save_comparison_refuses_an_existing_file(tmp_path):
+    result = Comparison([Row("q", "a", "all", "b", "a", False, True)], {"all": {"n": 1, "base": 0.0, "tuned": 1.0}})
+    save_comparison(result, tmp_path)
+    with pytest.raises(RunDirError, match="compare.json exists"):
+        save_comparison(result, tmp_path)
+    save_comparison(result, tmp_path, overwrite=True)
+    assert "[1] q" in format_comparison(result, show_answers=True)
+    assert "[1] q" not in format_comparison(result, tmp_path / "compare.json")

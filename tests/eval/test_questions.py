@@ -1,0 +1,100 @@
+"""The one question reader: every row kind, the run's column mapping and system prompt, errors with file and line; and
+compare and eval, fed the same answers, giving each the same verdict."""
+
+import json
+
+import pytest
+
+import tunelab.eval.compare as compare_module
+import tunelab.eval.evaluate as evaluate_module
+from tunelab.config import DataConfig
+from tunelab.errors import DataError
+from tunelab.eval.compare import compare
+from tunelab.eval.evaluate import evaluate_run
+from tunelab.eval.questions import Question, read_questions, task_labels
+from tunelab.infer.generate import GenerationSettings
+from tunelab.infer.run import open_run
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_every_row_kind(tmp_path):
+    path = _write(
+        tmp_path / "q.jsonl",
+        [
+            {"question": "Where is the office?", "expected": "Dundee", "kind": "fact"},
+            {"question": "Which app?", "expected": "Rootmap", "system": "Be terse."},
+            {"question": "freeze my card", "label": "banking"},
+            {"question": "What year?", "answer": "Founded in 1997."},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+            {"question": "Anything?"},
+            {"text": "Plain text for the loss."},
+        ],
+    )
+    rows = read_questions(path, DataConfig(system_prompt="You help."))
+    assert [q.expected for q in rows] == ["Dundee", "Rootmap", "banking", "Founded in 1997.", "Hello.", None, None]
+    assert [q.kind for q in rows] == ["fact", "all", "label", "all", "all", "all", "all"]
+    assert [q.is_label for q in rows] == [False, False, True, False, False, False, False]
+    # exact match can mean something only where the expected text is a whole answer (or a label)
+    assert [q.whole_answer for q in rows] == [False, False, True, True, True, False, False]
+    assert rows[0].prompt == [
+        {"role": "system", "content": "You help."},
+        {"role": "user", "content": "Where is the office?"},
+    ]
+    assert rows[1].prompt[0] == {"role": "system", "content": "Be terse."} and rows[1].text == "Which app?"
+    assert rows[0].example.messages[-1] == {"role": "assistant", "content": "Dundee"}  # the loss is on the expected
+    assert rows[5].example is None and rows[6].prompt is None and rows[6].example.text
+    assert [q.where for q in rows] == [f"{path}:{i}" for i in range(1, 8)]
+    assert task_labels(rows) == {"label": ["banking"]}
+    assert Question.ask("Hi?", "You help.").prompt[0]["content"] == "You help."
+
+    mapped = _write(
+        tmp_path / "mapped.jsonl", [{"q": "Which app?", "a": "Rootmap."}, {"q": "Where?", "expected": "Dundee"}]
+    )
+    rows = read_questions(mapped, DataConfig(fields={"question": "q", "answer": "a"}))  # the run's data.fields
+    assert [(q.text, q.expected) for q in rows] == [("Which app?", "Rootmap."), ("Where?", "Dundee")]
+
+
+def test_errors_name_file_line_and_field(tmp_path):
+    path = tmp_path / "q.jsonl"
+    with pytest.raises(DataError, match="question file not found"):
+        read_questions(path)
+    _write(path, [{"question": "a?", "expected": "a"}, {"question": "b?"}])
+    assert read_questions(path)[1].expected is None  # compare asks it unscored
+    with pytest.raises(DataError, match=r"q\.jsonl:2: the row has no expected answer"):
+        read_questions(path, need_expected=True)  # eval scores every row
+    _write(path, [{"expected": "A."}])
+    with pytest.raises(DataError, match=r"q\.jsonl:1: .*no question"):
+        read_questions(path)
+    _write(path, [{"question": "a?", "label": " "}])
+    with pytest.raises(DataError, match=r"q\.jsonl:1: field 'label' must be non-empty"):
+        read_questions(path)
+
+
+def test_compare_and_eval_judge_the_same_answers_alike(tiny_run_dir, tmp_path, monkeypatch):
+    """Both commands fed the same answers (generation replaced by a table) give every row the same verdict."""
+    path = _write(
+        tmp_path / "q.jsonl",
+        [
+            {"question": "Where?", "expected": "Dundee."},  # the final full stop is not required by either
+            {"question": "Price?", "expected": "649"},
+            {"question": "Lights on", "label": "home"},
+            {"question": "Meeting at 3", "label": "work"},
+        ],
+    )
+    answers = {"Where?": "It is in Dundee", "Price?": "£1,649", "Lights on": "homework", "Meeting at 3": "Label: work."}
+
+    def fake(model, tokenizer, template, conversations, settings, progress=None):
+        return [answers[c[-1]["content"]] for c in conversations]
+
+    monkeypatch.setattr(compare_module, "generate_answers", fake)
+    monkeypatch.setattr(evaluate_module, "generate_answers", fake)
+    run = open_run(tiny_run_dir, device="cpu")
+    settings = GenerationSettings(max_new_tokens=2)
+    compared = compare(run, read_questions(path), settings)
+    evaluated = evaluate_run(run, path, settings, save=False)
+    assert [r.tuned_ok for r in compared.rows] == [True, False, False, True]
+    assert [r.tuned.correct for r in evaluated.rows] == [True, False, False, True]

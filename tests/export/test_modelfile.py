@@ -1,0 +1,146 @@
+"""Modelfile TEMPLATEs: for each chat template family, the Go template rendered as Ollama does (with the Modelfile's
+SYSTEM) gives the training text byte for byte; templates that fit no Go form get none; the Go subset renderer
+behaves as Go's text/template does on the constructs the writer emits."""
+
+import pytest
+
+from tunelab.data.templates import resolve_template
+from tunelab.export.gotemplate import ollama_values, render
+from tunelab.export.modelfile import (
+    go_template_for,
+    modelfile_stops,
+    modelfile_system,
+    modelfile_template,
+    modelfile_text,
+    renders_like,
+)
+
+# Chat templates of the families tunelab trains, as their tokenizer_config.json write them (shortened where a part
+# only concerns tools).
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+QWEN25 = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
+    "(message.role == 'assistant') %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+LLAMA3 = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+MISTRAL = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
+    "'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles "
+    "are supported!') }}{% endif %}{% endfor %}"
+)
+REWRITES = (  # drops earlier answers: no fixed wrapper per message
+    "{% for m in messages %}{% if m['role'] == 'user' or loop.last %}{{ m['role'] + ': ' + m['content'] + '\\n' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Where is the office?"}, {"role": "assistant", "content": "In Tallowmere."}],
+    [
+        {"role": "system", "content": "Answer in one line."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Who are you?\nTell me."},
+        {"role": "assistant", "content": "An assistant:\n- brief"},
+    ],
+]
+
+
+@pytest.fixture
+def tokenizer(smollm2_tokenizer):
+    before = smollm2_tokenizer.chat_template
+    yield smollm2_tokenizer
+    smollm2_tokenizer.chat_template = before
+
+
+@pytest.mark.parametrize(
+    "family, jinja, named",
+    [
+        ("smollm2", None, "tokenizer"),  # the tokenizer's own: ChatML with a default system prompt
+        ("chatml-jinja", CHATML, "tokenizer"),
+        ("qwen2.5", QWEN25, "tokenizer"),
+        ("llama3", LLAMA3, "tokenizer"),
+        ("chatml", None, "chatml"),
+        ("llama2", None, "llama2"),
+        ("alpaca", None, "alpaca"),
+    ],
+)
+@pytest.mark.parametrize("system", [None, "You answer questions about Tallowmere Robotics."])
+def test_the_go_template_renders_the_training_text(tokenizer, family, jinja, named, system):
+    if jinja is not None:
+        tokenizer.chat_template = jinja
+    template = resolve_template(named, tokenizer)
+    go = go_template_for(template, tokenizer, adds_bos=False)
+    assert go is not None, family
+    text = modelfile_text("m.gguf", template, tokenizer, system)
+    assert modelfile_template(text) == go and modelfile_system(text) == system
+    assert tokenizer.convert_ids_to_tokens(template.stop_token_ids[0]) in modelfile_stops(text)
+    for conversation in CONVERSATIONS:
+        assert renders_like(go, template, conversation, system, tokenizer.bos_token, adds_bos=False), family
+    # and the check can fail: an answer rendered without its end-of-turn marker is not the training text
+    broken = go.replace("{{ .Content }}", "{{ .Content }}X", 2)
+    assert not renders_like(broken, template, CONVERSATIONS[0], system, tokenizer.bos_token, adds_bos=False)
+
+
+def test_mistral_takes_no_system_and_bos_is_left_to_llama_cpp(tokenizer):
+    tokenizer.chat_template = MISTRAL
+    template = resolve_template("tokenizer", tokenizer)
+    go = go_template_for(template, tokenizer, adds_bos=False)
+    assert go.startswith("<|im_start|>[INST] ") is False and "{{ if .System }}" not in go
+    assert renders_like(go, template, CONVERSATIONS[0], None, tokenizer.bos_token, adds_bos=False)
+    # where llama.cpp adds BOS itself (tokenizer.ggml.add_bos_token), the template must not write it again
+    with_bos = go_template_for(template, tokenizer, adds_bos=True)
+    assert not with_bos.startswith(tokenizer.bos_token) and go.startswith(tokenizer.bos_token)
+
+
+def test_templates_that_fit_no_wrapper_get_no_template_line(tokenizer):
+    tokenizer.chat_template = REWRITES
+    template = resolve_template("tokenizer", tokenizer)
+    assert go_template_for(template, tokenizer, adds_bos=False) is None
+    text = modelfile_text("m.gguf", template, tokenizer, None)
+    assert modelfile_template(text) is None and "# No TEMPLATE" in text
+
+
+def test_go_subset_renderer():
+    values = ollama_values([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "S")
+    assert values["System"] == "S" and [m["Role"] for m in values["Messages"]] == ["system", "user", "assistant"]
+    source = (
+        '{{ $first := true }}{{ range .Messages }}{{ if eq .Role "user" }}{{ if $first }}F{{ else }}N{{ end }}'
+        "{{ if and $first $.System }}[{{ $.System }}]{{ end }}{{ .Content }}{{ $first = false }}"
+        '{{ else if eq .Role "assistant" }}<{{ .Content }}>{{ end }}{{ end }}'
+        '{{ "{{" }}-{{ if not .System }}none{{ end }}'
+    )
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    assert render(source, ollama_values(messages, "S")) == "F[S]a<b>Nc{{-"
+    assert render(source, ollama_values(messages, None)) == "Fa<b>Nc{{-none"
+    assert render("x  {{- .System -}}  y", {"System": "s"}) == "xsy"
+    with pytest.raises(ValueError, match="unsupported function"):
+        render("{{ printf .System }}", {"System": "s"})
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_llama2_writes_bos_per_turn_and_once_at_the_start(tokenizer, adds_bos):
+    template = resolve_template("llama2", tokenizer)
+    go = go_template_for(template, tokenizer, adds_bos=adds_bos)
+    system = "Be brief."
+    for conversation in CONVERSATIONS:
+        assert renders_like(go, template, conversation, system, tokenizer.bos_token, adds_bos=adds_bos)
+    # llama.cpp's own BOS would be a second one if the template also wrote it first
+    assert go.startswith("{{ $first := true }}") and ("{{ if $first }}{{ else }}" in go) == adds_bos

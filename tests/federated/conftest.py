@@ -1,0 +1,77 @@
+"""Helpers for the federated tests: Flower messages built without a running federation."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def message(content, dst_node_id: int, src_node_id: int = 0, message_id: str = "m"):
+    """A Flower message with explicit metadata (no Flower run needed)."""
+    from flwr.app import Message, MessageType, Metadata
+
+    metadata = Metadata(
+        run_id=1,
+        message_id=message_id,
+        src_node_id=src_node_id,
+        dst_node_id=dst_node_id,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=MessageType.TRAIN,
+    )
+    return Message(content, metadata=metadata)
+
+
+@pytest.fixture
+def flower_task(monkeypatch):
+    """The identity Flower's messages are stamped with inside a run (a strategy builds messages from it)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+@pytest.fixture
+def flower_message():
+    """`message(content, dst_node_id, src_node_id=0)`: a Flower message outside a run."""
+    return message
+
+
+def _rows(start: int, stop: int) -> str:
+    return "".join(
+        json.dumps({"question": f"What is the code of box {i}?", "answer": f"Box {i} has code {1000 + 37 * i}."}) + "\n"
+        for i in range(start, stop)
+    )
+
+
+def write_federate_config(folder: Path, model_dir: Path, clients: int = 2, **federated) -> Path:
+    for i in range(clients):
+        (folder / f"site{i}.jsonl").write_text(_rows(12 * i, 12 * i + 12))
+    (folder / "server_eval.jsonl").write_text(_rows(100, 106))
+    config = {
+        "output_dir": str(folder / "run"),
+        "model": {"name": str(model_dir)},
+        "data": {"eval": "server_eval.jsonl", "system_prompt": "You answer box questions.", "max_length": 64},
+        "method": {"r": 4},
+        "train": {"micro_batch": 4, "lr": 1e-3},
+        "federated": {"clients": [f"site{i}.jsonl" for i in range(clients)], "rounds": 2, "local_steps": 3} | federated,
+    }
+    path = folder / "federate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def federate_config():
+    """`federate_config(folder, model_dir, clients=2, **federated)`: client files, a server eval file and a
+    federate.yaml in `folder` (the run goes to folder/run); returns the YAML's path."""
+    return write_federate_config
+
+
+@pytest.fixture(scope="module")
+def federate_config_module():
+    return write_federate_config

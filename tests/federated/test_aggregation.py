@@ -1,0 +1,116 @@
+"""The server's side of a round: Flower's FedAvg inside `Recorded`, on replies built by hand."""
+
+import pytest
+
+pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Error, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from tunelab.config import FederatedConfig
+from tunelab.errors import ConfigError
+from tunelab.federated.payload import CLIENT, to_record
+from tunelab.federated.rounds import Recorded, build_strategy
+
+KEYS = ("base_model.model.layers.0.q_proj.lora_A.weight", "base_model.model.layers.0.q_proj.lora_B.weight")
+
+
+def _adapter(seed: int, shape_b=(8, 2)) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {KEYS[0]: torch.randn(2, 6, generator=g), KEYS[1]: torch.randn(*shape_b, generator=g)}
+
+
+def _reply(message, node: int, name: str, adapter: dict, examples: int, loss: float = 1.0):
+    content = RecordDict(
+        {
+            "arrays": to_record(adapter),
+            "metrics": MetricRecord({"num-examples": examples, "uniform-weight": 1, "train-loss": loss}),
+            CLIENT: ConfigRecord({"name": name}),
+        }
+    )
+    return message(content, dst_node_id=0, src_node_id=node)
+
+
+def _recorded(inner=None, min_clients=2):
+    inner = inner or FedAvg(fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
+    layout = {k: (tuple(v.shape), "float32") for k, v in _adapter(0).items()}
+    return Recorded(inner, min_clients=min_clients, offset=0, rounds=1, recipe="", layout=layout)
+
+
+def test_fedavg_of_known_adapters_is_the_example_weighted_mean(flower_message):
+    adapters, examples = [_adapter(1), _adapter(2), _adapter(3)], [10, 30, 60]
+    recorded = _recorded()
+    replies = [_reply(flower_message, n + 1, f"c{n}", a, e) for n, (a, e) in enumerate(zip(adapters, examples))]
+    arrays, _ = recorded.aggregate_train(1, replies)
+    total = sum(examples)
+    for key in KEYS:
+        by_hand = sum(a[key].double() * (e / total) for a, e in zip(adapters, examples))
+        np.testing.assert_allclose(arrays[key].numpy(), by_hand.numpy(), rtol=1e-6, atol=1e-7)
+    report = recorded.reports[1]
+    assert report.applied and [c.client for c in report.clients] == ["c0", "c1", "c2"]
+    assert [c.examples for c in report.clients] == examples
+    assert all(c.bytes_received > 0 and c.status == "ok" for c in report.clients)
+
+
+def test_mismatched_and_failed_clients_are_reported_and_the_round_goes_on(flower_message):
+    recorded = _recorded()
+    good = [_reply(flower_message, 1, "a", _adapter(1), 10), _reply(flower_message, 2, "b", _adapter(2), 30)]
+    wrong_rank = _reply(flower_message, 3, "c", _adapter(3, shape_b=(8, 4)), 50)  # r=4 instead of 2
+    crashed = flower_message(Error(code=1, reason="ValueError: out of memory"), dst_node_id=0, src_node_id=4)
+    arrays, _ = recorded.aggregate_train(1, [*good, wrong_rank, crashed])
+    report = recorded.reports[1]
+    status = {c.client: (c.status, c.reason) for c in report.clients}
+    assert status["c"][0] == "skipped" and "lora_B.weight is float32[8, 4]" in status["c"][1]
+    assert status["node-4"] == ("failed", "ValueError: out of memory")
+    assert report.applied
+    expected = (_adapter(1)[KEYS[1]] * 10 + _adapter(2)[KEYS[1]] * 30) / 40  # only the usable two
+    np.testing.assert_allclose(arrays[KEYS[1]].numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_too_few_usable_updates_leave_the_global_adapter_unchanged(flower_message):
+    recorded = _recorded(min_clients=2)
+    crashed = flower_message(Error(code=1, reason="boom"), dst_node_id=0, src_node_id=2)
+    arrays, metrics = recorded.aggregate_train(1, [_reply(flower_message, 1, "a", _adapter(1), 10), crashed])
+    assert arrays is None and metrics is None
+    report = recorded.reports[1]
+    assert not report.applied and "fewer than federated.min_clients=2" in report.note
+
+
+def test_strategy_choice_and_dp_wrapper():
+    strategy, accountant = build_strategy(FederatedConfig(strategy="fedprox", proximal_mu=0.1, min_clients=2), 3)
+    assert type(strategy).__name__ == "FedProx" and strategy.proximal_mu == 0.1 and accountant is None
+    assert strategy.weighted_by_key == "num-examples"
+    pytest.importorskip("dp_accounting")
+    strategy, accountant = build_strategy(FederatedConfig(dp=True, min_clients=2), 3)
+    assert type(strategy).__name__ == "DifferentialPrivacyClientSideFixedClipping"
+    assert strategy.strategy.weighted_by_key == "uniform-weight" and strategy.num_sampled_clients == 3
+    with pytest.raises(ConfigError, match="min_clients"):
+        build_strategy(FederatedConfig(min_clients=4), 3)
+
+
+class _Grid:
+    """What FedAvg's sampling asks of a Grid."""
+
+    def get_node_ids(self):
+        return [1, 2]
+
+
+def test_dp_round_adds_noise_and_reports_epsilon(flower_task, flower_message):
+    pytest.importorskip("dp_accounting")
+    cfg = FederatedConfig(dp=True, min_clients=2, dp_noise_multiplier=1.0, dp_clipping_norm=0.5)
+    inner, accountant = build_strategy(cfg, 2)
+    layout = {k: (tuple(v.shape), "float32") for k, v in _adapter(0).items()}
+    recorded = Recorded(inner, min_clients=2, offset=0, rounds=1, recipe="r", layout=layout, accountant=accountant)
+    messages = list(recorded.configure_train(1, to_record(_adapter(0)), ConfigRecord(), _Grid()))
+    assert [m.content["config"]["clipping_norm"] for m in messages] == [0.5, 0.5]  # what fixedclipping_mod reads
+    arrays, _ = recorded.aggregate_train(
+        1, [_reply(flower_message, 1, "a", _adapter(1), 10), _reply(flower_message, 2, "b", _adapter(2), 30)]
+    )
+    mean = (_adapter(1)[KEYS[0]] + _adapter(2)[KEYS[0]]) / 2  # DP weighs clients equally
+    noise = arrays[KEYS[0]].numpy() - mean.numpy()
+    assert 0.1 < noise.std() < 0.5  # stdv = noise_multiplier * clipping_norm / clients = 0.25
+    report = recorded.reports[1]
+    assert report.epsilon is not None and report.epsilon > 0
+    assert report.epsilon == pytest.approx(accountant.get_privacy_spent().epsilon)

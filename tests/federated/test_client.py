@@ -1,0 +1,126 @@
+"""The client's side: what a ClientApp sends back (its adapter and a few numbers, never its data), FedProx, DP
+clipping, and a received adapter that does not fit."""
+
+import pytest
+
+pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+
+import json
+
+import torch
+from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.common.serde import message_to_proto
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from tunelab.config import DataConfig, FederatedConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
+from tunelab.errors import ConfigError
+from tunelab.federated.client import make_client_app
+from tunelab.federated.local import proximal_term
+from tunelab.federated.payload import RECIPE, ROUND, ROUNDS, from_record, load_adapter_state, recipe_text, to_record
+from tunelab.federated.shards import ClientData
+from tunelab.models.load import resolve_source
+from tunelab.peft.save import adapter_state_dict
+from tunelab.training.build import build_model
+
+SECRETS = [
+    (f"What is the Quillfeather account number of patient {name}?", f"Patient {name} holds account QF-{code}.")
+    for name, code in (("Ermintrude Oakhollow", 81723), ("Barnaby Wexcombe", 55190), ("Ysolde Pennyroyal", 90311))
+]
+
+
+def _config(model_dir, **federated) -> RunConfig:
+    return RunConfig(
+        output_dir="/server/only/runs/x",
+        model=ModelConfig(name=str(model_dir)),
+        data=DataConfig(train=[], eval="/server/only/eval.jsonl", system_prompt="You keep records.", max_length=64),
+        method=MethodConfig(r=4),
+        train=TrainConfig(micro_batch=2, grad_accum=2, lr=1e-2),
+        federated=FederatedConfig(local_steps=2, rounds=2, clients=["/server/only/list.jsonl"], **federated),
+    )
+
+
+@pytest.fixture
+def secret_client(tmp_path):
+    path = tmp_path / "hospital_private" / "patients.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in SECRETS * 3))
+    return ClientData("ward-7", (str(path),))
+
+
+def _train_message(message, config: RunConfig, extra: dict | None = None):
+    torch.manual_seed(0)
+    built = build_model(resolve_source(config.model.name), config.model, config.method)
+    initial = adapter_state_dict(built.model)
+    fields = {ROUND: 1, ROUNDS: 2, RECIPE: recipe_text(config)} | (extra or {})
+    return initial, message(RecordDict({"arrays": to_record(initial), "config": ConfigRecord(fields)}), dst_node_id=5)
+
+
+def _call(app, msg):
+    context = Context(run_id=1, node_id=5, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    return app(msg, context)
+
+
+def _wire(msg) -> bytes:
+    """Every byte Flower sends for a message: its protobuf form and each of its objects as deflated for transport."""
+    objects = get_all_nested_objects(msg)
+    return message_to_proto(msg).SerializeToString() + b"".join(o.deflate() for o in objects.values())
+
+
+def test_a_clients_reply_holds_its_adapter_and_numbers_never_its_data(tiny_model_dir, secret_client, flower_message):
+    config = _config(tiny_model_dir)
+    initial, msg = _train_message(flower_message, config)
+    sent_to_client = _wire(msg)
+    assert b"/server/only" not in sent_to_client  # the recipe carries no server paths either
+    reply = _call(make_client_app([secret_client]), msg)
+    assert not reply.has_error(), reply.error
+    content = reply.content
+    assert list(content["arrays"].keys()) == list(initial)  # exactly the PEFT adapter tensors, in order
+    assert set(content.array_records) == {"arrays"} and set(content.config_records) == {"client"}
+    assert dict(content["client"]) == {"name": "ward-7"}
+    assert set(content["metrics"]) == {
+        "num-examples", "uniform-weight", "train-loss", "local-steps", "loss-tokens", "train-seconds"
+    }  # fmt: skip
+    assert content["metrics"]["num-examples"] == 9 and content["metrics"]["local-steps"] == 2
+    wire = _wire(reply)
+    assert len(wire) > sum(v.numel() * 4 for v in initial.values())  # the tensors themselves are in it
+    for question, answer in SECRETS:
+        for text in (question, answer, *question.split(), *answer.split()):
+            if len(text) > 5:
+                assert text.encode() not in wire, text
+    for text in (secret_client.paths[0], "hospital_private", "patients"):
+        assert text.encode() not in wire
+    trained = from_record(content["arrays"])
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)
+
+
+def test_dp_clipping_bounds_the_update_the_client_sends(tiny_model_dir, secret_client, flower_message):
+    config = _config(tiny_model_dir)
+    initial, msg = _train_message(flower_message, config, {"clipping_norm": 0.01})
+    reply = _call(make_client_app([secret_client]), msg)
+    assert not reply.has_error(), reply.error
+    trained = from_record(reply.content["arrays"])
+    norm = torch.sqrt(sum(((trained[k] - initial[k]) ** 2).sum() for k in initial))
+    assert 0.009 < float(norm) <= 0.01 + 1e-6
+
+
+def test_proximal_term_adds_mu_times_the_drift_to_each_gradient():
+    layer = torch.nn.Linear(3, 2)
+    with proximal_term(layer, mu=0.5, micro_batches=2):
+        with torch.no_grad():
+            layer.weight.add_(1.0)  # drift of +1 from where the block started
+        layer(torch.zeros(1, 3)).sum().backward()  # zero input: the data gradient of the weight is 0
+        layer(torch.zeros(1, 3)).sum().backward()  # a second micro-batch
+    assert torch.allclose(layer.weight.grad, torch.full((2, 3), 0.5))  # mu * drift, once over the two
+    layer.weight.grad = None
+    layer(torch.zeros(1, 3)).sum().backward()  # outside the block: no term
+    assert torch.equal(layer.weight.grad, torch.zeros(2, 3))
+
+
+def test_an_adapter_of_another_shape_is_refused(tiny_model_dir):
+    config = _config(tiny_model_dir)
+    built = build_model(resolve_source(config.model.name), config.model, config.method)
+    other = {k: torch.zeros(v.shape[0] * 2, *v.shape[1:]) for k, v in adapter_state_dict(built.model).items()}
+    with pytest.raises(ConfigError, match="same method.r"):
+        load_adapter_state(built.model, other)
+    with pytest.raises(ConfigError, match="does not fit"):
+        load_adapter_state(built.model, dict(list(other.items())[:3]))

@@ -1,0 +1,152 @@
+"""`tunelab federate` end to end on a tiny model: the real CLI, Flower's simulation engine (Ray), 2 clients x 2
+rounds; a server killed after round 1 and resumed; bad input giving exit code 2 (a failing client: test_deployment).
+
+Each federation runs in its own process (as a user runs it), so Ray never starts inside the test process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+pytest.importorskip("ray", reason="Flower's simulation engine needs ray")
+
+from safetensors.torch import load_file  # noqa: E402
+
+
+def _federate(*args, wait=True):
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    command = [sys.executable, "-m", "tunelab.cli", "federate", *map(str, args)]
+    if wait:
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+
+
+def _round_records(run: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "client" not in r]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, federate_config_module):
+    """2 clients x 2 rounds through the CLI, never stopped."""
+    folder = tmp_path_factory.mktemp("federate")
+    done = _federate(federate_config_module(folder, tiny_model_dir))
+    return folder / "run", done
+
+
+@pytest.mark.slow
+def test_two_clients_two_rounds_through_the_cli(uninterrupted, tiny_model_dir):
+    run, done = uninterrupted
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("run.json", "config.yaml", "adapter_config.json", "adapter_model.safetensors", "federated.json"):
+        assert (run / name).is_file(), name
+    assert (run / "federated.png").stat().st_size > 1000
+    rounds = _round_records(run)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[2]["eval_loss"] < rounds[0]["eval_loss"]  # the global adapter learnt from both clients
+    assert all(r["clients_used"] == 2 and r["bytes_sent"] > 0 and r["bytes_received"] > 0 for r in rounds[1:])
+    clients = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    clients = [r for r in clients if "client" in r]
+    assert sorted((r["round"], r["client"]) for r in clients) == [
+        (1, "site0"),
+        (1, "site1"),
+        (2, "site0"),
+        (2, "site1"),
+    ]
+    assert all(r["client_loss"] > 0 and r["examples"] == 12 for r in clients)
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] and info["steps"] == 2 and info["extra"]["federated"]["complete"]
+    assert "round 2/2 | eval loss" in done.stdout
+
+    from tunelab.federated.history import federated_section
+
+    section = federated_section(run)  # the report's section about the federation
+    assert "<svg" in section and "round 2: eval loss" in section and "site1" in section
+
+    # a normal run directory: PEFT loads the global adapter
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run)
+
+
+@pytest.mark.slow
+def test_resume_after_the_server_is_stopped(uninterrupted, tmp_path, tiny_model_dir, federate_config):
+    config = federate_config(tmp_path, tiny_model_dir)
+    process = _federate(config, wait=False)
+    state = tmp_path / "run" / "federated.json"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            if state.is_file() and json.loads(state.read_text())["rounds_done"] >= 1:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the server and every worker it started
+        process.wait()
+    assert json.loads(state.read_text())["rounds_done"] == 1, "the run ended before it could be stopped"
+
+    done = _federate(config, "--resume")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming" in done.stdout
+    run = tmp_path / "run"
+    assert [r["round"] for r in _round_records(run)] == [0, 1, 2]  # no round twice
+    assert json.loads(state.read_text())["rounds_done"] == 2
+    # the same rounds as the uninterrupted run: data order, learning rate and seeds are functions of the round
+    resumed = load_file(str(run / "adapter_model.safetensors"))
+    straight = load_file(str(uninterrupted[0] / "adapter_model.safetensors"))
+    for key, value in straight.items():
+        assert (resumed[key] - value).abs().max() < 1e-5, key
+
+    again = _federate(config, "--resume")  # nothing left to do
+    assert again.returncode == 0 and "all 2 rounds are done" in again.stdout
+
+
+def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, federate_config):
+    config = federate_config(tmp_path, tiny_model_dir)
+    (tmp_path / "site1.jsonl").write_text("")
+    done = _federate(config)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "client site1" in done.stderr and "site1.jsonl" in done.stderr
+    assert not (tmp_path / "run").exists()  # stopped before any client or server started
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"federated.min_clients": 3}, "'federated.min_clients' is 3 but the federation has 2 clients"),
+        ({"federated.strategy": "fedsgd"}, "allowed values: fedavg, fedprox"),
+        ({"method.name": "full"}, "needs lora"),
+        ({"data.train": ["x.jsonl"]}, "federated.clients or federated.split_file"),
+        ({"federated.split_file": "all.jsonl"}, "both set"),
+        ({"federated.dp": True, "federated.dp_noise_multiplier": 0.0}, "dp_noise_multiplier > 0"),
+    ],
+)
+def test_bad_config_is_refused_before_anything_runs(tmp_path, tiny_model_dir, federate_config, overrides, message):
+    import tunelab
+    from tunelab.errors import TunelabError
+
+    with pytest.raises(TunelabError, match=message):
+        tunelab.federate(federate_config(tmp_path, tiny_model_dir), overrides)
+
+
+def test_run_directory_is_never_replaced_silently(tmp_path, tiny_model_dir, federate_config):
+    import tunelab
+    from tunelab.errors import RunDirError
+
+    config = federate_config(tmp_path, tiny_model_dir)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.txt").write_text("keep")
+    with pytest.raises(RunDirError, match="--overwrite"):
+        tunelab.federate(config)
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        tunelab.federate(config, resume=True)
+    assert (tmp_path / "run" / "mine.txt").read_text() == "keep"

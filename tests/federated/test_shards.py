@@ -1,0 +1,71 @@
+"""Which rows each client holds: IID shards, non-IID shards by a column, client names, and the errors."""
+
+import json
+
+import pytest
+
+from tunelab.config import FederatedConfig
+from tunelab.data.sources import read_records
+from tunelab.errors import ConfigError, DataError
+from tunelab.federated.shards import Shard, client_data, column_owners, from_node_config
+
+
+@pytest.fixture
+def topics_file(tmp_path):
+    path = tmp_path / "all.jsonl"
+    topics = ["a"] * 7 + ["b"] * 5 + ["c"] * 4 + ["d"] * 2
+    path.write_text(
+        "".join(json.dumps({"question": f"q{i}", "answer": f"x{i}", "topic": t}) + "\n" for i, t in enumerate(topics))
+    )
+    return path
+
+
+def test_iid_shards_partition_every_row_once_and_are_deterministic(topics_file):
+    records = read_records([str(topics_file)])
+    shards = [Shard(i, 3, "iid", None, seed=7).select(records) for i in range(3)]
+    lines = sorted(r.line for shard in shards for r in shard)
+    assert lines == sorted(r.line for r in records)  # each row in exactly one shard
+    assert [len(s) for s in shards] == [6, 6, 6]
+    assert [r.line for r in Shard(1, 3, "iid", None, seed=7).select(records)] == [r.line for r in shards[1]]
+    assert [r.line for r in Shard(1, 3, "iid", None, seed=8).select(records)] != [r.line for r in shards[1]]
+
+
+def test_column_shards_give_each_value_to_one_client_balanced(topics_file):
+    records = read_records([str(topics_file)])
+    # groups 7, 5, 4, 2 over 3 clients: 7 -> 0, 5 -> 1, 4 -> 2, 2 -> the lightest (2, holding 4)
+    assert column_owners(records, "topic", 3) == {"a": 0, "b": 1, "c": 2, "d": 2}
+    shards = [Shard(i, 3, "column", "topic", seed=0).select(records) for i in range(3)]
+    assert [sorted({r.row["topic"] for r in s}) for s in shards] == [["a"], ["b"], ["c", "d"]]
+
+
+def test_column_split_errors_name_the_option(topics_file, tmp_path):
+    records = read_records([str(topics_file)])
+    with pytest.raises(ConfigError, match="4 distinct values, fewer than federated.num_clients=5"):
+        column_owners(records, "topic", 5)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a", "topic": "t"}\n{"question": "q2", "answer": "a2"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: no field 'topic'.*federated.split_column"):
+        column_owners(read_records([str(bad)]), "topic", 1)
+
+
+def test_client_data_from_config(tmp_path):
+    clients = client_data(FederatedConfig(clients=["x/north.jsonl", "y/north.jsonl", "south.csv"]), seed=0)
+    assert [c.name for c in clients] == ["north", "north-2", "south"]
+    assert clients[1].paths == ("y/north.jsonl",) and clients[1].shard is None
+    split = client_data(FederatedConfig(split_file="all.jsonl", num_clients=2, split="column", split_column="t"), 3)
+    assert [c.name for c in split] == ["client-1", "client-2"]
+    assert split[1].shard == Shard(1, 2, "column", "t", 3)
+    with pytest.raises(ConfigError, match="both set"):
+        client_data(FederatedConfig(clients=["a.jsonl"], split_file="b.jsonl"), 0)
+    with pytest.raises(ConfigError, match="needs clients"):
+        client_data(FederatedConfig(), 0)
+    with pytest.raises(ConfigError, match="split_column"):
+        client_data(FederatedConfig(split_file="b.jsonl", split="column"), 0)
+
+
+def test_node_config_names_a_supernodes_data():
+    client = from_node_config({"data": "/d/a.jsonl, /d/b.jsonl", "name": "clinic-a"})
+    assert client.name == "clinic-a" and client.paths == ("/d/a.jsonl", "/d/b.jsonl")
+    assert from_node_config({"data": "/d/site.jsonl"}).name == "site"
+    with pytest.raises(ConfigError, match="no data"):
+        from_node_config({"partition-id": 0})

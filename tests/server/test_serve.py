@@ -1,0 +1,161 @@
+"""`tunelab serve` spoken to with the official `openai` client: models, answers with and without streaming (the
+streamed text equals the plain answer), OpenAI-shaped 4xx errors for an unknown model, bad JSON, bad options and a
+missing API key; concurrent requests all answered; a port in use refused with exit code 2."""
+
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+openai = pytest.importorskip("openai", reason="the official openai client is not installed: pip install openai")
+
+from tunelab.cli import main  # noqa: E402
+from tunelab.infer.generate import GenerationSettings  # noqa: E402
+from tunelab.infer.run import open_run  # noqa: E402
+from tunelab.server.serve import start_server  # noqa: E402
+
+KEY = "test-key-123"
+QUESTION = [{"role": "user", "content": "Code of box 3?"}]
+# The tiny random model answers greedily with newlines only; seeded sampling gives it text to compare.
+SAMPLED = {"temperature": 1.0, "seed": 7}
+
+
+def _http(method: str, url: str, body: bytes | None = None, key: str | None = KEY) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of a raw request, for what the openai client never sends (bad JSON, no key)."""
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run_dir):
+    run = open_run(tiny_run_dir, device="cpu")
+    running = start_server(run, api_key=KEY, model_name="tiny", settings=GenerationSettings(max_new_tokens=12))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def test_models_and_health(server, client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert client.models.retrieve("tiny").owned_by == "tunelab"
+    status, _, health = _http("GET", f"{server.url}/health", key=None)  # no key needed
+    assert status == 200 and json.loads(health) == {"status": "ok", "model": "tiny"}
+
+
+def test_answers_with_and_without_streaming_agree(client, tiny_run_dir):
+    plain = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=10, **SAMPLED)
+    choice = plain.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    assert 0 < plain.usage.completion_tokens <= 10 and plain.usage.prompt_tokens > 5
+    assert len(choice.message.content) > 3
+    # the answer tunelab generate gives with the same seed and settings
+    import torch
+
+    from tunelab.api import generate
+
+    run = open_run(tiny_run_dir, device="cpu")
+    torch.manual_seed(SAMPLED["seed"])
+    settings = GenerationSettings(max_new_tokens=10, temperature=1.0)
+    assert choice.message.content == generate(run, "Code of box 3?", settings=settings)
+
+    chunks = list(
+        client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=10, stream=True, **SAMPLED)
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed.strip() == choice.message.content and len(chunks) > 3
+    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_stop_strings_end_the_answer(client):
+    ask = dict(model="tiny", messages=QUESTION, max_tokens=12, **SAMPLED)
+    full = client.chat.completions.create(**ask).choices[0].message.content
+    assert len(full) > 6
+    cut = client.chat.completions.create(**ask, stop=[full[4:6]])
+    assert cut.choices[0].message.content == full[: full.index(full[4:6])].strip()
+    assert cut.choices[0].finish_reason == "stop"
+    chunks = client.chat.completions.create(**ask, stop=[full[4:6]], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == cut.choices[0].message.content
+
+
+def test_bad_requests_get_openai_shaped_4xx_errors(server, client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)
+    assert err.value.body["code"] == "model_not_found" and "'tiny'" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=QUESTION, temperature=5)
+    assert err.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny", messages=[])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
+
+    url = f"{server.url}/v1/chat/completions"
+    status, _, body = _http("POST", url, b"{not json")
+    assert status == 400 and json.loads(body)["error"]["code"] == "invalid_json"
+    last = json.dumps({"model": "tiny", "messages": [*QUESTION, {"role": "assistant", "content": "x"}]}).encode()
+    status, _, body = _http("POST", url, last)
+    assert status == 400 and json.loads(body)["error"]["param"] == "messages"
+    status, _, body = _http("POST", url, json.dumps({"model": "tiny", "messages": QUESTION}).encode(), key=None)
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    status, _, body = _http("GET", f"{server.url}/v1/nothing")
+    assert status == 404 and set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
+    # and the server still answers
+    assert client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2).choices[0].message
+
+
+def test_concurrent_requests_are_all_answered(client):
+    answers, errors = [], []
+
+    def ask(i: int):
+        try:
+            stream = i % 2 == 1
+            out = client.chat.completions.create(
+                model="tiny", messages=QUESTION, max_tokens=6, stream=stream, **SAMPLED
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in out) if stream else out.choices[0].message.content
+            answers.append(text.strip())
+        except Exception as exc:  # collected: a crash in a thread must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(answers) == 6
+    assert len(set(answers)) == 1 and answers[0]  # one seed, one answer, however the requests were interleaved
+
+
+def test_a_port_in_use_is_refused_with_exit_2(tiny_run_dir, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tiny_run_dir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is in use" in err and "--port" in err and "Traceback" not in err
+
+
+def test_stream_chunks_are_server_sent_events(server):
+    body = json.dumps({"model": "tiny", "messages": QUESTION, "max_tokens": 3, "stream": True}).encode()
+    status, headers, raw = _http("POST", f"{server.url}/v1/chat/completions", body)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    lines = [line for line in raw.decode().split("\n") if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"

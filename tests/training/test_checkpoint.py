@@ -1,0 +1,49 @@
+"""Checkpoints: verified by size and sha256, and a full disk leaves the earlier ones intact and says what it needed."""
+
+import errno
+import json
+from pathlib import Path
+
+import torch
+
+import tunelab.training.checkpoint as checkpoint
+from tunelab.cli import main
+from tunelab.training.checkpoint import save_checkpoint, verify_checkpoint
+
+
+def test_disk_full_while_checkpointing_keeps_the_earlier_ones(tiny_overrides, monkeypatch, capsys):
+    real_save, calls = checkpoint.save_file, {"n": 0}
+
+    def filling_save(tensors, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= 3:  # the checkpoint of step 2 (two files per checkpoint)
+            with open(path, "wb") as f:
+                f.write(b"\0" * 100)  # a partial write, then the device is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", filling_save)
+    overrides = tiny_overrides | {"train.max_steps": 4, "train.save_every": 1}
+    flags = [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+    assert main(["train", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing checkpoint of step 2" in err and "it needs about" in err
+    assert "are free" in err and "The earlier checkpoints are intact (step-0000001)" in err and "--resume" in err
+    folder = Path(tiny_overrides["output_dir"]) / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-0000001"]  # no partial folder left
+    assert verify_checkpoint(folder / "step-0000001") is None
+
+
+def test_verify_names_what_is_damaged(tmp_path):
+    model = torch.nn.Linear(3, 3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    folder = save_checkpoint(tmp_path, model, optimizer, {"step": 1}, keep=2)
+    assert verify_checkpoint(folder) is None
+    data = bytearray((folder / "optimizer.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # same size, one bit pattern changed
+    (folder / "optimizer.safetensors").write_bytes(bytes(data))
+    assert verify_checkpoint(folder) == "optimizer.safetensors does not match its sha256 in state.json"
+    (folder / "state.json").write_text("")
+    assert verify_checkpoint(folder).startswith("state.json is missing or damaged")

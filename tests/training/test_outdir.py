@@ -1,0 +1,130 @@
+"""--overwrite never destroys what is not a run, and never the old run before the new one can start."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import tunelab.training.recipe as recipe
+from tunelab.errors import DataError, ModelError, RunDirError
+from tunelab.rundir import RunInfo, write_info
+from tunelab.training.outdir import plan_output_dir
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def previous_run(tiny_run_dir, tmp_path):
+    """A copy of a finished run, where a new run will be asked to go."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+    return run
+
+
+def test_overwrite_of_the_working_directory_is_refused(tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    for output_dir in (".", str(tmp_path.parent)):
+        with pytest.raises(RunDirError, match="working directory"):
+            recipe.train(None, tiny_overrides | {"output_dir": output_dir, "overwrite": True})
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "qa.jsonl").is_file()
+
+
+def test_output_dir_holding_the_data_or_the_config_is_refused(tiny_overrides, qa_file, tmp_path):
+    data_dir = qa_file.parent
+    with pytest.raises(RunDirError, match=r"holds the data file .*qa\.jsonl"):
+        recipe.train(None, tiny_overrides | {"output_dir": str(data_dir), "overwrite": True})
+    config = tmp_path / "cfg" / "c.yaml"
+    config.parent.mkdir()
+    config.write_text(f"model:\n  name: {tiny_overrides['model.name']}\n")
+    write_info(config.parent, RunInfo(base_model="m", method="lora"))  # even a run directory
+    with pytest.raises(RunDirError, match=r"holds the config file .*c\.yaml"):
+        recipe.train(config, {"data.train": [str(qa_file)], "output_dir": str(config.parent), "overwrite": True})
+    with pytest.raises(RunDirError, match="inside the data folder"):
+        recipe.train(None, tiny_overrides | {"data.train": [str(data_dir)], "output_dir": str(data_dir / "runs/x")})
+    assert qa_file.is_file() and config.is_file()
+
+
+def test_a_folder_tunelab_did_not_write_is_replaced_only_when_forced(tiny_overrides, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("precious")
+    with pytest.raises(RunDirError, match="--overwrite"):
+        recipe.train(None, tiny_overrides | {"train.max_steps": 1})
+    with pytest.raises(RunDirError, match="not a run directory tunelab wrote.*--overwrite-non-run"):
+        recipe.train(None, tiny_overrides | {"train.max_steps": 1, "overwrite": True})
+    assert (run / "keep.txt").read_text() == "precious"
+    recipe.train(None, tiny_overrides | {"train.max_steps": 1, "overwrite": True}, overwrite_non_run=True)
+    assert not (run / "keep.txt").exists() and (run / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "run.previous").exists()
+
+
+def test_a_good_run_survives_a_new_config_with_bad_data_or_a_bad_model(tiny_overrides, previous_run, tmp_path):
+    before = _tree(previous_run)
+    with pytest.raises(DataError, match="missing.jsonl: file not found"):
+        recipe.train(None, tiny_overrides | {"data.train": [str(tmp_path / "missing.jsonl")], "overwrite": True})
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    shutil.copy(Path(tiny_overrides["model.name"]) / "config.json", config_only)
+    with pytest.raises(ModelError):
+        recipe.train(None, tiny_overrides | {"model.name": str(config_only), "overwrite": True})
+    assert _tree(previous_run) == before and not (tmp_path / "run.previous").exists()
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tiny_overrides, previous_run, tmp_path, monkeypatch):
+    before = _tree(previous_run)
+    real_step, calls = recipe.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("crash")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    with pytest.raises(RuntimeError):
+        recipe.train(None, tiny_overrides | {"train.max_steps": 3, "overwrite": True})
+    previous = tmp_path / "run.previous"
+    assert _tree(previous) == before  # moved aside whole, not deleted
+    assert json.loads((previous_run / "run.json").read_text())["finished"] is False  # the failed attempt
+
+    monkeypatch.setattr(recipe, "train_step", real_step)
+    recipe.train(None, tiny_overrides | {"train.max_steps": 2, "overwrite": True})
+    assert not previous.exists()  # a replacement finished: the old run goes now
+    assert json.loads((previous_run / "run.json").read_text())["steps"] == 2
+
+
+def test_output_dir_that_is_a_file_or_cannot_be_created(tiny_overrides, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(RunDirError, match="is a file, not a folder"):
+        recipe.train(None, tiny_overrides | {"output_dir": str(blocker)})
+    with pytest.raises(RunDirError, match="is a file, so no folder can be created there"):
+        recipe.train(None, tiny_overrides | {"output_dir": str(blocker / "run")})
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_output_dir(tiny_overrides, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(RunDirError, match="is not writable"):
+            plan_output_dir(locked / "run", overwrite=False, resume=False, protected={})
+    finally:
+        locked.chmod(0o700)
+
+
+def test_check_never_writes_into_an_existing_run(tiny_overrides, previous_run, tmp_path):
+    import tunelab
+
+    before = _tree(previous_run)
+    result = tunelab.check(None, tiny_overrides | {"overwrite": True}, model=False, html=tmp_path / "c.html")
+    assert result.passed and (tmp_path / "c.html").is_file()
+    assert _tree(previous_run) == before and not (tmp_path / "run.previous").exists()
+    with pytest.raises(RunDirError, match="run directory, which check never writes into"):
+        tunelab.check(None, tiny_overrides, model=False, html=previous_run / "check.html")

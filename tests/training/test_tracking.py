@@ -1,0 +1,130 @@
+"""train.report_to: a tiny run's metrics read back from TensorBoard's event files (and from MLflow's, W&B's and
+Trackio's stores where those libraries are installed) equal metrics.jsonl; a resumed run drops the events after
+its checkpoint; a tracker that is not installed stops the run before anything is loaded, naming the pip command."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.errors import ConfigError
+from tunelab.training.metrics import MetricsLog, read_metrics
+from tunelab.training.recipe import train
+from tunelab.training.tracking import _scalars, open_trackers
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _events(logdir):
+    """{tag: [(step, value)]} from TensorBoard's event files, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_hold_the_run_metrics(tiny_overrides):
+    pytest.importorskip("tensorboard", reason="pip install tensorboard")
+    overrides = tiny_overrides | {"train.max_steps": 4, "train.eval_every": 2, "data.eval_fraction": 0.2}
+    result = train(None, overrides | {"train.report_to": ["tensorboard"]})
+    events = _events(result.run_dir / "tensorboard")
+    records = read_metrics(result.run_dir)
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    assert [s for s, _ in events["train/loss"]] == [1, 2, 3, 4]
+    assert [v for _, v in events["train/loss"]] == pytest.approx([v for _, v in losses], rel=1e-6)  # float32 there
+    assert [s for s, _ in events["eval/loss"]] == [2, 4]
+    assert events["eval/loss"][-1][1] == pytest.approx(result.eval_loss, rel=1e-6)
+    assert {"train/lr", "train/grad_norm", "train/tokens_per_s"} <= set(events)
+
+
+def test_a_resumed_log_drops_events_after_the_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install tensorboard")
+    log = MetricsLog(tmp_path, sinks=open_trackers(["tensorboard"], tmp_path, {"train": {"lr": 1.0}}))
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": float(step)})
+    log.close()
+    resumed = MetricsLog(tmp_path, resume_step=1, sinks=open_trackers(["tensorboard"], tmp_path, {}, resume_step=1))
+    resumed.write({"step": 2, "loss": 20.0})
+    resumed.close()
+    assert _events(tmp_path / "tensorboard")["train/loss"] == [(1, 1.0), (2, 20.0)]
+    assert [r["loss"] for r in read_metrics(tmp_path)] == [1.0, 20.0]
+
+
+def test_a_tracker_that_is_not_installed_stops_before_loading(tiny_overrides, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="'wandb', but its library is not installed. Install it with: pip install"):
+        train(None, tiny_overrides | {"train.report_to": ["wandb"]})
+    assert not os.path.exists(tiny_overrides["output_dir"])  # nothing written, no model loaded
+    args = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in tiny_overrides.items()]
+    assert main(["train", *args, "--train.report_to", "[wandb]"]) == 2
+    assert "pip install 'tunelab[wandb]'" in capsys.readouterr().err
+    with pytest.raises(
+        ConfigError, match="'train.report_to' is 'comet'; allowed values: tensorboard, mlflow, wandb, trackio"
+    ):
+        train(None, tiny_overrides | {"train.report_to": ["comet"]})
+
+
+RECORDS = [{"step": 1, "loss": 2.5, "lr": 1e-3, "epoch": 0.5}, {"step": 2, "loss": 2.0}, {"step": 2, "eval_loss": 2.2}]
+
+
+@pytest.mark.slow  # MLflow creates its SQLite schema: ~10 s
+def test_mlflow_store_holds_the_metrics(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="pip install mlflow-skinny")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    log = MetricsLog(tmp_path, sinks=open_trackers(["mlflow"], tmp_path, {"train": {"lr": 1e-3}}))
+    for record in RECORDS:
+        log.write(record)
+    sink = log.sinks[0]
+    log.close()
+    history = sink.client.get_metric_history(sink.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.5), (2, 2.0)]
+    assert sink.client.get_metric_history(sink.run_id, "eval_loss")[0].value == 2.2
+    run = sink.client.get_run(sink.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.lr"] == "0.001"
+    assert (tmp_path / "mlflow.db").is_file()
+
+
+def test_wandb_offline_run_is_written_under_the_run_dir(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="pip install wandb")
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    log = MetricsLog(tmp_path, sinks=open_trackers(["wandb"], tmp_path, {"train": {"lr": 1e-3}}))
+    for record in RECORDS:
+        log.write(record)
+    run = log.sinks[0].run
+    # W&B commits a step when the next one starts: step 1's loss is in the summary, step 2's (shared with the
+    # eval record) is committed by finish()
+    assert run.settings.mode == "offline" and run.summary["train/loss"] == 2.5 and run.summary["train/lr"] == 1e-3
+    log.close()
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_trackio_keeps_the_metrics_locally(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is first imported
+    trackio = pytest.importorskip("trackio", reason="pip install trackio")
+    from trackio.sqlite_storage import SQLiteStorage
+
+    if not str(trackio.utils.TRACKIO_DIR).startswith(str(tmp_path)):
+        pytest.skip("trackio was imported earlier in this session with another TRACKIO_DIR")
+    monkeypatch.setenv("TRACKIO_PROJECT", "tunelab-test")
+    log = MetricsLog(tmp_path, sinks=open_trackers(["trackio"], tmp_path / "run", {"train": {"lr": 1e-3}}))
+    for record in RECORDS:
+        log.write(record)
+    log.close()
+    logs = SQLiteStorage.get_logs("tunelab-test", "run")
+    assert [(r["step"], r["train/loss"]) for r in logs if "train/loss" in r] == [(1, 2.5), (2, 2.0)]
+
+
+def test_scalar_names():
+    assert _scalars({"step": 3, "loss": 1.0, "eval_loss": 2.0, "note": "x", "flag": True}) == (
+        3,
+        {"train/loss": 1.0, "eval/loss": 2.0},
+    )
