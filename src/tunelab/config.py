@@ -245,7 +245,7 @@ class RunConfig:
     overwrite: bool = opt(False, "replace an existing run directory")
     task: str = opt(
         "sft",
-        "what to train: generate answers (sft), a label per text with a head on the last token (classify), or a "
+        "what to train: generate answers (sft), a label per text with a head on the last token (classify), a "
         "scalar reward from preference pairs (reward), or prefer chosen over rejected answers (dpo)",
         choices=("sft", "classify", "reward", "dpo"),
     )
