@@ -284,6 +284,22 @@ class ClassifyConfig:
 
 
 @dataclass
+class DpoConfig:
+    loss: str = opt(
+        "sigmoid",
+        "task dpo: the preference loss: sigmoid (DPO), ipo (IPO, per-token log ratios), simpo (SimPO, no reference)",
+        choices=("sigmoid", "ipo", "simpo"),
+    )
+    beta: float = opt(
+        0.1, "task dpo: how far the policy may move from the reference (larger: stays closer); simpo uses ~2", min=0.0
+    )
+    label_smoothing: float = opt(
+        0.0, "task dpo: assumed share of pairs whose preference is wrong (sigmoid and simpo losses)", min=0.0, max=0.5
+    )
+    simpo_gamma: float = opt(0.5, "task dpo, loss simpo: the target reward margin gamma", min=0.0)
+
+
+@dataclass
 class FederatedConfig:
     clients: list[str] = opt(
         [],
@@ -338,9 +354,9 @@ class RunConfig:
     overwrite: bool = opt(False, "replace an existing run directory")
     task: str = opt(
         "sft",
-        "what to train: generate answers (sft), a label per text with a head on the last token (classify), or a "
-        "scalar reward from preference pairs (reward)",
-        choices=("sft", "classify", "reward"),
+        "what to train: generate answers (sft), a label per text with a head on the last token (classify), a "
+        "scalar reward from preference pairs (reward), or prefer chosen over rejected answers (dpo)",
+        choices=("sft", "classify", "reward", "dpo"),
     )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -348,6 +364,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     stages: list[dict[str, Any]] = opt(
         [],
@@ -766,6 +783,8 @@ def _check_consistency(config: RunConfig) -> None:
             parse_size(config.train.gpu_memory)
         except ValueError as exc:
             raise ConfigError(f"option 'train.gpu_memory': {exc}.") from None
+    if config.task == "dpo" and config.dpo.beta <= 0:
+        raise ConfigError("option 'dpo.beta' must be > 0 (it scales the log ratios, and ipo divides by it).")
     if config.data.eval and config.data.eval_fraction:
         raise ConfigError(
             "options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split."

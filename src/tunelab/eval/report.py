@@ -178,6 +178,34 @@ def _training_plots(records: list[dict]) -> str:
     )
 
 
+def _preference_plots(records: list[dict]) -> str:
+    """Task dpo: the implicit reward margin and accuracy, and the policy's log p of chosen and rejected answers."""
+
+    def points(key: str) -> list[tuple[float, float]]:
+        return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
+
+    def series(keys: list[tuple[str, str]]) -> list:
+        return [(name, points(key), "o-" if key.startswith("eval_") else "-") for key, name in keys if points(key)]
+
+    figures = []
+    for keys, ylabel, caption in (
+        ([("margin", "train"), ("eval_margin", "eval")], "reward margin", "Reward margin: chosen - rejected"),
+        ([("accuracy", "train"), ("eval_accuracy", "eval")], "share of pairs", "Reward accuracy: margin > 0"),
+        (
+            [("chosen_logp", "chosen"), ("rejected_logp", "rejected")],
+            "summed log p per answer",
+            "Log-probability of chosen and rejected answers under the policy (train)",
+        ),
+    ):
+        if found := series(keys):
+            figures.append(_curve_plot(found, ylabel, caption))
+    return (
+        f'<div class="plots">{"".join(figures)}</div>'
+        if figures
+        else '<p class="missing">metrics.jsonl holds no preference metrics.</p>'
+    )
+
+
 def _histogram_plot(lengths: dict, max_length: int | None) -> str:
     edges, counts = lengths.get("bin_edges") or [], lengths.get("counts") or []
     if len(edges) != len(counts) + 1 or not counts:
@@ -664,6 +692,11 @@ def render_report(run_dir: str | Path) -> str:
             "training",
             "Training curves",
             _training_plots(metrics.data) if metrics.data is not None else metrics.missing("training metrics"),
+        ),
+        *(
+            [("preference", "Preference training", _preference_plots(metrics.data))]
+            if isinstance(run.data, dict) and run.data.get("task") == "dpo" and metrics.data is not None
+            else []
         ),
         *evaluation,
         ("data", "Data", _data_section(data)),

@@ -28,6 +28,7 @@ _FUSED = {
     "swiglu": ("swiglu", True),
     "attention": ("attention", False),
     "linear_cross_entropy": ("cross_entropy", True),
+    "linear_log_probs": ("log_probs", True),
     "lora_linear": ("lora", False),
 }
 
@@ -41,6 +42,7 @@ class Ops:
     swiglu: Callable[..., Any]
     attention: Callable[..., Any]
     linear_cross_entropy: Callable[..., Any]
+    linear_log_probs: Callable[..., Any]
     lora_linear: Callable[..., Any]
 
 

@@ -122,6 +122,23 @@ def linear_cross_entropy(
     return total
 
 
+def linear_log_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """(N,) fp32 log softmax(hidden @ weight.T)[i, labels[i]] (0 where labels[i] == ignore_index). hidden (N, d),
+    weight (V, d). Chunked over N like `linear_cross_entropy`; autograd keeps each chunk's logits for backward."""
+    parts = [hidden.new_zeros(0, dtype=torch.float32)]
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = (hidden[start : start + chunk_size] @ weight.T).float()  # (n, V)
+        y = labels[start : start + chunk_size]
+        parts.append(-F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="none"))
+    return torch.cat(parts)
+
+
 def dropout_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """(..., in) bool mask of the elements dropout keeps (each with probability 1 - p).
 

@@ -104,6 +104,7 @@ def reference_ops() -> SimpleNamespace:
         swiglu=reference.swiglu,
         attention=reference.attention,
         linear_cross_entropy=reference.linear_cross_entropy,
+        linear_log_probs=reference.linear_log_probs,
     )
 
 

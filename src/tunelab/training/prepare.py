@@ -32,7 +32,7 @@ class Inputs:
 
 def load_inputs(cfg: RunConfig, task: Task | None = None) -> Inputs:
     """The data as `task` (default: the config's) builds it."""
-    task = task or get_task(cfg.task)
+    task = task or get_task(cfg.task, cfg)
     source = resolve_source(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     return Inputs(source, tokenizer, task.build_data(cfg, tokenizer, cfg.train.seed))

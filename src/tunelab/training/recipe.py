@@ -183,7 +183,7 @@ def train(
         print(note, flush=True)
     torch.manual_seed(cfg.train.seed)
 
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, cfg)
     inputs = load_inputs(cfg, task)
     data, tokenizer = inputs.data, inputs.tokenizer
     print(data.report.summary(), flush=True)

@@ -1,0 +1,195 @@
+"""Preference optimisation (task dpo): raise the likelihood of the chosen answer over the rejected one, relative to
+a frozen reference, with no reward model and no sampling.
+
+With pi = summed log p of an answer's tokens under the policy, ref the same under the reference, and |y| its length:
+
+    sigmoid (DPO)   z = beta * ((pi_c - ref_c) - (pi_r - ref_r))
+                    loss = -(1 - eps) * log sigmoid(z) - eps * log sigmoid(-z)      (eps: label smoothing)
+    ipo (IPO)       h = (pi_c - ref_c) / |y_c| - (pi_r - ref_r) / |y_r|             (per-token log ratios)
+                    loss = (h - 1 / (2 beta))^2
+    simpo (SimPO)   z = beta * (pi_c / |y_c| - pi_r / |y_r|) - gamma                (no reference at all)
+                    loss = -(1 - eps) * log sigmoid(z) - eps * log sigmoid(-z)
+
+The implicit reward of an answer is beta times the log ratio the loss reads (beta * pi / |y| for simpo); the metrics
+are the reward margin (chosen - rejected), the reward accuracy (share of pairs with margin > 0; a tie is wrong), and
+the chosen and rejected summed log p. All are summed over pairs here and divided once by the step's pairs.
+
+The reference is the model being trained with its adapters switched off (`peft.lora.adapters_disabled`), so no
+second copy sits in memory; its log-probs never change, so `prepare` computes them once for every train and eval
+row before the first step and the rows carry them (full fine-tuning: from the starting weights, before any update).
+A batch holds the P chosen rows then the P rejected rows, scored in one forward through the fused head + log-prob
+op (`tasks/log_probs.py`). The result is saved as the sft task saves it (a PEFT adapter or full weights), so
+compare, chat, merge and export read it unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.config import DpoConfig, RunConfig
+from tunelab.data.loader import Datasets, epoch_order
+from tunelab.data.render import IGNORE
+from tunelab.data.report import location
+from tunelab.peft.lora import adapters_disabled
+from tunelab.tasks import sft
+from tunelab.tasks.log_probs import sequence_log_probs
+from tunelab.tasks.preference_data import PreferenceRow, build_preferences
+from tunelab.tasks.task import Task
+from tunelab.training.build import BuiltModel
+
+METRICS = ("margin", "accuracy", "chosen_logp", "rejected_logp")
+
+
+@dataclass
+class PairScores:
+    """Per pair (P,): the loss, both implicit rewards, and the policy's summed log p of both answers."""
+
+    loss: torch.Tensor
+    chosen_reward: torch.Tensor
+    rejected_reward: torch.Tensor
+    chosen_logp: torch.Tensor
+    rejected_logp: torch.Tensor
+
+
+def _smoothed(z: torch.Tensor, eps: float) -> torch.Tensor:
+    # -log sigmoid(z) = softplus(-z): no overflow for large |z|
+    return (1 - eps) * F.softplus(-z) + eps * F.softplus(z)
+
+
+def pair_scores(
+    policy: torch.Tensor, reference: torch.Tensor | None, lengths: torch.Tensor, cfg: DpoConfig
+) -> PairScores:
+    """policy, reference, lengths: (2P,) summed log p and answer tokens, the P chosen rows first."""
+    p = policy.shape[0] // 2
+    lengths = lengths.to(policy.dtype).clamp_min(1)
+    if cfg.loss == "simpo":
+        ratio = policy / lengths  # (2P,) mean log p per token; no reference
+    elif cfg.loss == "ipo":
+        ratio = (policy - reference) / lengths
+    else:
+        ratio = policy - reference
+    rewards = cfg.beta * ratio
+    if cfg.loss == "ipo":
+        loss = (ratio[:p] - ratio[p:] - 1 / (2 * cfg.beta)) ** 2
+    elif cfg.loss == "simpo":
+        loss = _smoothed(rewards[:p] - rewards[p:] - cfg.simpo_gamma, cfg.label_smoothing)
+    else:
+        loss = _smoothed(rewards[:p] - rewards[p:], cfg.label_smoothing)
+    return PairScores(loss, rewards[:p], rewards[p:], policy[:p], policy[p:])
+
+
+def metric_sums(s: PairScores) -> dict[str, torch.Tensor]:
+    margin = (s.chosen_reward - s.rejected_reward).detach()
+    return {
+        "margin": margin.sum(),
+        "accuracy": (margin > 0).sum().float(),
+        "chosen_logp": s.chosen_logp.detach().sum(),
+        "rejected_logp": s.rejected_logp.detach().sum(),
+    }
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
+    for b, ids in enumerate(rows):
+        out[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def collate(chunk: list[PreferenceRow], pad_id: int) -> dict:
+    """input_ids, labels, attention_mask, position_ids (2P, T), right-padded, the P chosen rows first; `reference`
+    (2P,) when the rows carry their reference log-probs; sources, per row the file:line of its pair."""
+    ids = [r.chosen_ids for r in chunk] + [r.rejected_ids for r in chunk]
+    batch = {
+        "input_ids": _pad(ids, pad_id),
+        "labels": _pad([r.chosen_labels for r in chunk] + [r.rejected_labels for r in chunk], IGNORE),
+        "attention_mask": _pad([[1] * len(r) for r in ids], 0),
+    }
+    batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]).clone()
+    batch["sources"] = 2 * [[location(r.path, r.line)] for r in chunk]
+    if all(r.reference is not None for r in chunk):
+        batch["reference"] = torch.tensor(
+            [r.reference[0] for r in chunk] + [r.reference[1] for r in chunk], dtype=torch.float32
+        )
+    return batch
+
+
+def make_batches(
+    rows: list[PreferenceRow], micro_batch: int, pad_id: int, *, shuffle: bool, seed: int, epoch: int
+) -> list[dict]:
+    order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
+    return [
+        collate([rows[i] for i in order[start : start + micro_batch]], pad_id)
+        for start in range(0, len(order), micro_batch)
+    ]
+
+
+def count(batch: dict) -> int:
+    return int(batch["input_ids"].shape[0]) // 2
+
+
+def scores(model: nn.Module, batch: dict, cfg: DpoConfig) -> PairScores:
+    policy, lengths = sequence_log_probs(model, batch)  # (2P,) each: one forward for chosen and rejected
+    reference = batch.get("reference")
+    if cfg.loss != "simpo" and reference is None:
+        raise ValueError("dpo: the batch has no reference log-probs; the task's prepare computes them")
+    return pair_scores(policy, reference, lengths, cfg)
+
+
+@torch.no_grad()
+def cache_reference(model: nn.Module, rows: list[PreferenceRow], micro_batch: int, pad_id: int, device) -> None:
+    """Set row.reference = (log p chosen, log p rejected) under the model with its adapters off, in eval mode."""
+    was_training = model.training
+    model.eval()
+    with adapters_disabled(model):
+        for start in range(0, len(rows), micro_batch):
+            chunk = rows[start : start + micro_batch]
+            batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items() if torch.is_tensor(v)}
+            logp = sequence_log_probs(model, batch)[0].tolist()
+            for i, row in enumerate(chunk):
+                row.reference = (logp[i], logp[len(chunk) + i])
+    model.train(was_training)
+
+
+def make_task(cfg: DpoConfig) -> Task:
+    """The dpo task with its loss settings bound."""
+
+    def loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        s = scores(model, batch, cfg)
+        return s.loss.sum(), metric_sums(s)
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        sums, pairs = {"loss": 0.0} | dict.fromkeys(METRICS, 0.0), 0
+        for batch in batches:
+            s = scores(model, batch, cfg)
+            sums["loss"] += s.loss.sum().item()
+            for name, value in metric_sums(s).items():
+                sums[name] += value.item()
+            pairs += count(batch)
+        model.train(was_training)
+        return {f"eval_{name}": value / pairs for name, value in sums.items()} if pairs else {}
+
+    def prepare(built: BuiltModel, data: Datasets, run: RunConfig) -> None:
+        if cfg.loss == "simpo":
+            print("dpo: loss simpo needs no reference model", flush=True)
+            return
+        rows = data.train + data.eval
+        print(f"dpo: reference log-probs of {len(rows)} pairs (the base, adapters off) ...", flush=True)
+        cache_reference(built.model, rows, run.train.micro_batch, data.facts["pad_id"], built.device)
+
+    return Task(
+        name="dpo",
+        build_data=build_preferences,
+        make_batches=make_batches,
+        count=count,
+        loss=loss,
+        prepare=prepare,
+        save=sft.save,
+        evaluate=evaluate,
+    )

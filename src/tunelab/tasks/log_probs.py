@@ -1,0 +1,48 @@
+"""Log-probabilities of given answers under the model, summed per row: what preference and policy-gradient losses
+(tasks/dpo.py) are made of.
+
+    logp[b] = sum_t log p(labels[b, t+1] | tokens <= t)     over the t where labels[b, t+1] != -100
+
+Only the positions that carry a label go through the LM head. On our fast model they go through the fused head +
+log-prob op (`kernels/log_probs.py`, reference on the CPU): the (N, V) logits never exist at once. On the generic
+path the head is applied only at those positions for the families whose logits are exactly lm_head(hidden)
+(`tasks/sft.PLAIN_HEAD_FAMILIES`), else the full logits are taken from the model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.models.llama import IGNORE_INDEX, LlamaForCausalLM, shift_labels
+from tunelab.tasks.sft import PLAIN_HEAD_FAMILIES
+
+
+def token_log_probs(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n,) fp32 log p of every labelled target token of the batch, and (n,) the row each belongs to, row-major."""
+    input_ids, mask, positions = batch["input_ids"], batch["attention_mask"], batch.get("position_ids")
+    if isinstance(model, LlamaForCausalLM):
+        targets = shift_labels(batch["labels"])  # (B, T): position t predicts labels[:, t + 1]
+        keep = targets != IGNORE_INDEX
+        hidden = model.model(input_ids, positions, mask)  # (B, T, d)
+        logp = model.ops.linear_log_probs(hidden[keep], model.lm_head.weight, targets[keep])  # (n,)
+        return logp, keep.nonzero()[:, 0]
+    targets = batch["labels"][:, 1:]  # (B, T-1)
+    keep = targets != IGNORE_INDEX
+    if getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=positions)
+        logits = model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep]).float()  # (n, V)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, :-1][keep].float()
+    logp = -F.cross_entropy(logits, targets[keep], reduction="none")  # (n,)
+    return logp, keep.nonzero()[:, 0]
+
+
+def sequence_log_probs(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) fp32 summed log p of each row's labelled tokens, and (B,) how many tokens that is."""
+    logp, rows = token_log_probs(model, batch)
+    rows_count = batch["input_ids"].shape[0]
+    sums = logp.new_zeros(rows_count).index_add(0, rows, logp)
+    counts = torch.bincount(rows, minlength=rows_count)
+    return sums, counts

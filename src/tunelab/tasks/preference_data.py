@@ -1,0 +1,240 @@
+"""Preference pairs for policy training (task dpo): a prompt, a chosen and a rejected answer, rendered with the chat
+template into two token rows that share the prompt, with labels on the answer tokens only.
+
+Accepted rows (`data.fields` maps the names to your columns):
+- `prompt` (or question, instruction): a text or a message list; `chosen`/`rejected`: a text, one message
+  ({role, content} / ShareGPT {from, value}) or a message list (the answer turns that follow the prompt);
+- LLaMA-Factory's preference format: `conversations` (ShareGPT turns ending with the user's) with `chosen` and
+  `rejected` as {from: gpt, value} messages (`messages` in OpenAI spelling works the same);
+- no prompt: `chosen`/`rejected` are two whole conversations (the turns they share are the prompt) or two whole texts
+  (the tokens they share from the start are the prompt, as in Anthropic HH-RLHF's transcripts).
+
+The row's `system` (else data.system_prompt) is prepended to a chat that has none. Labels: the tokens of the answer
+turns (each with its end-of-turn marker, `data/templates.py`), -100 elsewhere. A pair longer than data.max_length is
+dropped or has its answers cut at max_length (data.overlong); a prompt that leaves no room for an answer is an error
+naming the row, since no setting could train on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunelab.config import RunConfig
+from tunelab.data.formats import text_field
+from tunelab.data.loader import Datasets, split_eval
+from tunelab.data.render import IGNORE, encode
+from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.sources import read_records
+from tunelab.data.templates import Template, default_bos, resolve_template
+from tunelab.errors import ConfigError, DataError
+from tunelab.tasks.head_data import CHAT_FIELDS, PROMPT_FIELDS, as_turns, check_fields, column, with_system
+from tunelab.tasks.reward import read_prompt
+
+FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system")
+
+
+@dataclass
+class Side:
+    """One answer in context: a chat whose messages from index `answer_from` on are the answer, or a whole text whose
+    tokens after the part shared with the other side are the answer (`messages` None)."""
+
+    messages: list[dict] | None = None
+    answer_from: int = 0
+    text: str | None = None
+
+
+@dataclass
+class Preference:
+    chosen: Side
+    rejected: Side
+    path: str
+    line: int
+
+
+@dataclass
+class PreferenceRow:
+    chosen_ids: list[int]
+    chosen_labels: list[int]
+    rejected_ids: list[int]
+    rejected_labels: list[int]
+    path: str
+    line: int
+    reference: tuple[float, float] | None = None  # summed log p of (chosen, rejected) under the reference model
+
+    @property
+    def input_ids(self) -> list[int]:
+        """Every token id the pair feeds the model (both sides), as the untrained-token scan reads rows."""
+        return self.chosen_ids + self.rejected_ids
+
+    @property
+    def labels(self) -> list[int]:
+        """Both sides' labels: with input_ids, what the resume digest compares."""
+        return self.chosen_labels + self.rejected_labels
+
+
+def _shared_turns(a: list[dict], b: list[dict]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def read_sides(row: dict, fields: dict[str, str], where: str, system: str | None, lenient: bool) -> tuple[Side, Side]:
+    keys = {name: column(row, fields, name, lenient) for name in ("chosen", "rejected")}
+    missing = [fields.get(name, name) for name, key in keys.items() if key is None]
+    if missing:
+        raise DataError(
+            f"{where}: field(s) {', '.join(missing)} missing; a preference row needs chosen and rejected (and a prompt "
+            f"unless both are whole conversations or texts). This row has {', '.join(map(str, row)) or 'no fields'}. "
+            "Map your columns with data.fields, e.g. {chosen: better, rejected: worse}."
+        )
+    values = [row[keys["chosen"]], row[keys["rejected"]]]
+    prompt = read_prompt(row, fields, where, lenient)
+    if prompt is not None:
+        sides = []
+        for key, value in zip(keys.values(), values):
+            turns = (
+                as_turns(value, where, key)
+                if isinstance(value, list | dict)
+                else [{"role": "assistant", "content": text_field(value, where, key)}]
+            )
+            context = with_system(prompt, row, fields, where, system)
+            sides.append(Side(messages=context + turns, answer_from=len(context)))
+        return sides[0], sides[1]
+    if all(isinstance(v, list | dict) for v in values):
+        chats = [with_system(as_turns(v, where, k), row, fields, where, system) for k, v in zip(keys.values(), values)]
+        shared = _shared_turns(*chats)
+        return Side(messages=chats[0], answer_from=shared), Side(messages=chats[1], answer_from=shared)
+    texts = [text_field(v, where, k) for k, v in zip(keys.values(), values)]
+    return Side(text=texts[0]), Side(text=texts[1])
+
+
+def _answer_text(side: Side) -> str:
+    if side.messages is None:
+        return side.text or ""
+    return "".join(m["content"] for m in side.messages[side.answer_from :] if m["role"] == "assistant")
+
+
+def read_preferences(
+    paths: list[str], fields: dict[str, str], system: str | None, report: DataReport, lenient: bool = False
+) -> list[Preference]:
+    """Rows of the files as Preferences; DataError (file:line) for a row without chosen or rejected."""
+    out = []
+    for record in read_records(paths):
+        report.read(record.path)
+        report.formats.setdefault(record.path, "preference pairs")
+        chosen, rejected = read_sides(record.row, fields, location(record.path, record.line), system, lenient)
+        if not _answer_text(chosen).strip() or not _answer_text(rejected).strip():
+            report.skip("empty chosen or rejected answer", record.path, record.line)
+        elif chosen == rejected:
+            report.skip("chosen and rejected are the same", record.path, record.line)
+        else:
+            out.append(Preference(chosen, rejected, record.path, record.line))
+    return out
+
+
+def _chat_text(side: Side, template: Template, where: str) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered chat and the char spans of the answer's assistant turns (those from side.answer_from on)."""
+    try:
+        text, spans = template.render(side.messages)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    assistant = [i for i, m in enumerate(side.messages) if m["role"] == "assistant"]
+    return text, [span for i, span in zip(assistant, spans) if i >= side.answer_from]
+
+
+def render_pair(pair: Preference, tokenizer, template: Template) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(chosen ids, chosen labels, rejected ids, rejected labels), untruncated."""
+    where = location(pair.path, pair.line)
+    if pair.chosen.messages is not None:
+        rendered = [_chat_text(side, template, where) for side in (pair.chosen, pair.rejected)]
+        (c_ids, c_in), (r_ids, r_in) = encode(tokenizer, [t for t, _ in rendered], [s for _, s in rendered])
+        c_labels = [t if keep else IGNORE for t, keep in zip(c_ids, c_in)]
+        r_labels = [t if keep else IGNORE for t, keep in zip(r_ids, r_in)]
+        return c_ids, c_labels, r_ids, r_labels
+    bos = [tokenizer.bos_token_id] if default_bos(tokenizer) else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    (c, _), (r, _) = encode(tokenizer, [pair.chosen.text, pair.rejected.text], [[], []])
+    c_ids, r_ids = bos + c + eos, bos + r + eos
+    shared = 0
+    while shared < min(len(c_ids), len(r_ids)) and c_ids[shared] == r_ids[shared]:
+        shared += 1
+    return (
+        c_ids,
+        [IGNORE] * shared + c_ids[shared:],
+        r_ids,
+        [IGNORE] * shared + r_ids[shared:],
+    )
+
+
+def _first_label(labels: list[int]) -> int:
+    return next((i for i, t in enumerate(labels) if t != IGNORE), len(labels))
+
+
+def to_rows(
+    pairs: list[Preference], tokenizer, template: Template, max_length: int, overlong: str, report: DataReport
+) -> list[PreferenceRow]:
+    rows = []
+    for pair in pairs:
+        c_ids, c_labels, r_ids, r_labels = render_pair(pair, tokenizer, template)
+        report.add_lengths([len(c_ids), len(r_ids)])
+        prompt = min(_first_label(c_labels), _first_label(r_labels))
+        if prompt >= max_length:
+            raise DataError(
+                f"{location(pair.path, pair.line)}: the prompt is {prompt} tokens, which leaves no room for an answer "
+                f"within data.max_length ({max_length}). Raise data.max_length or shorten or remove this row."
+            )
+        if max(len(c_ids), len(r_ids)) > max_length:
+            if overlong == "drop":
+                report.skip(f"longer than max_length ({max_length} tokens; data.overlong=drop)", pair.path, pair.line)
+                continue
+            c_ids, c_labels, r_ids, r_labels = (x[:max_length] for x in (c_ids, c_labels, r_ids, r_labels))
+            report.truncated(pair.path)
+        if all(t == IGNORE for t in c_labels) or all(t == IGNORE for t in r_labels):
+            report.skip("no answer token after rendering", pair.path, pair.line)
+            continue
+        if c_ids == r_ids:
+            report.skip(f"chosen and rejected are the same in their first {max_length} tokens", pair.path, pair.line)
+            continue
+        report.used(pair.path)
+        rows.append(PreferenceRow(c_ids, c_labels, r_ids, r_labels, pair.path, pair.line))
+    return rows
+
+
+def _stats(rows: list[PreferenceRow], examples: int) -> SplitStats:
+    tokens = sum(len(r.chosen_ids) + len(r.rejected_ids) for r in rows)
+    answer = sum(sum(t != IGNORE for t in r.chosen_labels + r.rejected_labels) for r in rows)
+    return SplitStats(examples=examples, used=len(rows), rows=2 * len(rows), tokens=tokens, loss_tokens=answer)
+
+
+def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
+    """Train and eval rows of preference pairs, with the data report."""
+    d = cfg.data
+    if d.packing:
+        raise ConfigError(
+            f"option 'data.packing' cannot be used with task {cfg.task}: the chosen and rejected answers of a pair are "
+            "scored as whole rows beside each other, one pair per two rows. Set data.packing to false."
+        )
+    if not d.train:
+        raise ConfigError("option 'data.train' is empty; give one or more files of preference pairs.")
+    if d.overlong not in ("drop", "truncate"):
+        raise ConfigError(f"option 'data.overlong' is {d.overlong!r}; allowed values: drop, truncate.")
+    check_fields(d.fields, FIELDS, cfg.task)
+    report = DataReport(max_length=d.max_length)
+    template = resolve_template(d.template, tokenizer)
+    pairs = read_preferences(d.train, d.fields, d.system_prompt, report)
+    if d.eval:
+        held = read_preferences([d.eval], d.fields, d.system_prompt, report, lenient=True)
+        report.eval_source = "file"
+    else:
+        pairs, held = split_eval(pairs, d.eval_fraction, seed)
+        report.eval_source = "fraction" if held else "none"
+    chat = any(p.chosen.messages is not None for p in pairs + held)
+    report.template = template.name if chat else "none (text only)"
+    train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)
+    if not train:
+        raise DataError(f"{', '.join(d.train)}: no usable preference pairs. {report.summary()}")
+    evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report)
+    report.train, report.eval = _stats(train, len(pairs)), _stats(evals, len(held))
+    facts = {"input": "chat" if chat else "text", "pad_id": tokenizer.pad_token_id}
+    return Datasets(train, evals, template, report, facts=facts)

@@ -1,0 +1,264 @@
+"""Task dpo: the three losses against hand computations on fixed log-probs, the per-token log-probs against
+transformers' logits, the cached reference against a live reference forward, the data formats and their answer-only
+labels, a CLI run, resume, and bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tunelab.training.recipe as recipe
+from tunelab.cli import main
+from tunelab.config import DpoConfig, MethodConfig, ModelConfig, load_config
+from tunelab.data.render import IGNORE
+from tunelab.models.load import resolve_source
+from tunelab.peft.lora import adapters_disabled, lora_modules
+from tunelab.tasks import get_task
+from tunelab.tasks.dpo import collate, pair_scores
+from tunelab.tasks.log_probs import sequence_log_probs
+from tunelab.tasks.preference_data import build_preferences
+from tunelab.training.build import build_model
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def pair_file(tmp_path):
+    rows = [
+        {
+            "prompt": f"What is the code of box {i}?",
+            "chosen": f"Box {i} has code {1000 + 37 * i}.",
+            "rejected": "No idea.",
+        }
+        for i in range(12)
+    ]
+    return _write(tmp_path / "pairs.jsonl", rows)
+
+
+def _overrides(model_dir, tmp_path, data, **extra):
+    return {
+        "task": "dpo",
+        "model.name": str(model_dir),
+        "data.train": [data],
+        "data.max_length": 64,
+        "method.r": 4,
+        "train.micro_batch": 2,
+        "train.grad_accum": 2,
+        "train.lr": 1e-3,
+        "train.max_steps": 3,
+        "output_dir": str(tmp_path / "run"),
+    } | extra
+
+
+# Fixed log-probs of two pairs: policy and reference summed log p, and answer lengths, chosen rows first.
+POLICY = torch.tensor([-10.0, -22.0, -14.0, -20.0])
+REFERENCE = torch.tensor([-12.0, -21.0, -13.0, -23.0])
+LENGTHS = torch.tensor([5, 8, 4, 10])
+
+
+def _log_sigmoid(x):
+    return -math.log1p(math.exp(-x))
+
+
+def test_sigmoid_loss_with_label_smoothing_by_hand():
+    s = pair_scores(POLICY, REFERENCE, LENGTHS, DpoConfig(loss="sigmoid", beta=0.1, label_smoothing=0.2))
+    # pair 0: ((-10 + 12) - (-14 + 13)) = 3 -> z = 0.3; pair 1: ((-22 + 21) - (-20 + 23)) = -4 -> z = -0.4
+    for z, got in zip((0.3, -0.4), s.loss.tolist()):
+        assert got == pytest.approx(-0.8 * _log_sigmoid(z) - 0.2 * _log_sigmoid(-z), rel=1e-6)
+    assert s.chosen_reward.tolist() == pytest.approx([0.2, -0.1])
+    assert s.rejected_reward.tolist() == pytest.approx([-0.1, 0.3])
+
+
+def test_ipo_loss_by_hand():
+    s = pair_scores(POLICY, REFERENCE, LENGTHS, DpoConfig(loss="ipo", beta=0.5))
+    # per-token log ratios: chosen 2/5, -1/8; rejected -1/4, 3/10; target 1 / (2 * 0.5) = 1
+    expected = [(2 / 5 + 1 / 4 - 1) ** 2, (-1 / 8 - 3 / 10 - 1) ** 2]
+    assert s.loss.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_simpo_loss_by_hand_needs_no_reference():
+    s = pair_scores(POLICY, None, LENGTHS, DpoConfig(loss="simpo", beta=2.0, simpo_gamma=0.5))
+    # z = 2 * (mean log p chosen - mean log p rejected) - 0.5
+    expected = [-_log_sigmoid(2 * (-10 / 5 + 14 / 4) - 0.5), -_log_sigmoid(2 * (-22 / 8 + 20 / 10) - 0.5)]
+    assert s.loss.tolist() == pytest.approx(expected, rel=1e-6)
+    assert s.chosen_reward.tolist() == pytest.approx([2 * -10 / 5, 2 * -22 / 8])
+
+
+def test_loss_gradient_flows_only_through_the_policy():
+    policy = POLICY.clone().requires_grad_()
+    pair_scores(policy, REFERENCE, LENGTHS, DpoConfig()).loss.sum().backward()
+    # d/dpi_c of softplus(-z) = -beta * sigmoid(-z): chosen pushed up, rejected down
+    z = torch.tensor([0.3, -0.4])
+    want = torch.cat([-0.1 * torch.sigmoid(-z), 0.1 * torch.sigmoid(-z)])
+    assert torch.allclose(policy.grad, want, atol=1e-7)
+
+
+def _data(tiny_model_dir, data, **extra):
+    from tunelab.models.load import load_tokenizer
+
+    cfg = load_config(None, {"task": "dpo", "data.train": [data], "data.max_length": 64} | extra).config
+    tokenizer = load_tokenizer(resolve_source(str(tiny_model_dir)))
+    return cfg, tokenizer, build_preferences(cfg, tokenizer, 0)
+
+
+@pytest.mark.parametrize("impl", ["fast", "generic"])
+def test_sequence_log_probs_match_transformers_logits(tiny_model_dir, pair_file, impl):
+    from transformers import AutoModelForCausalLM
+
+    cfg, tok, data = _data(tiny_model_dir, pair_file)
+    batch = collate(data.train[:3], tok.pad_token_id)
+    built = build_model(resolve_source(str(tiny_model_dir)), ModelConfig(impl=impl), MethodConfig(name="full"))
+    built.model.eval()
+    got, lengths = sequence_log_probs(built.model, batch)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1)
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    picked = logp[:, :-1].gather(2, targets.clamp(min=0)[..., None])[..., 0]  # (B, T-1)
+    want = (picked * keep).sum(1)
+    assert torch.equal(lengths, keep.sum(1))
+    assert torch.allclose(got.detach(), want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_cached_reference_equals_a_live_reference_forward(tiny_model_dir, pair_file, method):
+    cfg, tok, data = _data(tiny_model_dir, pair_file, **{"method.name": method, "train.micro_batch": 3})
+    source = resolve_source(str(tiny_model_dir))
+    built = build_model(source, cfg.model, cfg.method)
+    task = get_task("dpo", cfg)
+    task.prepare(built, data, cfg)
+    with torch.no_grad():  # the policy moves away from the base
+        for p in built.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    batches = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=True, seed=1, epoch=0)
+    base = build_model(source, cfg.model, cfg.method).model.eval()  # a fresh copy of the starting weights
+    for batch in batches:
+        with torch.no_grad():
+            if method == "lora":
+                assert any(m.lora_B.weight.abs().sum() > 0 for _, m in lora_modules(built.model))
+                with adapters_disabled(built.model):
+                    live = sequence_log_probs(built.model.eval(), batch)[0]
+            else:
+                live = sequence_log_probs(base, batch)[0]
+            policy = sequence_log_probs(built.model, batch)[0]
+        assert torch.allclose(batch["reference"], live, atol=1e-4, rtol=1e-5)
+        assert not torch.allclose(policy, live, atol=1e-2)
+
+
+def test_formats_put_labels_on_the_answers_only(tiny_model_dir, tmp_path):
+    rows = [
+        {"prompt": "Say yes.", "chosen": "Yes indeed.", "rejected": "No way."},
+        {  # LLaMA-Factory's ShareGPT preference format
+            "conversations": [{"from": "human", "value": "Say yes."}],
+            "chosen": {"from": "gpt", "value": "Yes indeed."},
+            "rejected": {"from": "gpt", "value": "No way."},
+        },
+        {  # two whole conversations: the shared turns are the prompt
+            "chosen": [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "Yes indeed."}],
+            "rejected": [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "No way."}],
+        },
+    ]
+    cfg, tok, data = _data(tiny_model_dir, _write(tmp_path / "f.jsonl", rows), **{"data.system_prompt": "Be brief."})
+    assert len(data.train) == 3
+    first = data.train[0]
+    for row in data.train:
+        assert (row.chosen_ids, row.chosen_labels) == (first.chosen_ids, first.chosen_labels)
+        assert (row.rejected_ids, row.rejected_labels) == (first.rejected_ids, first.rejected_labels)
+    answer = tok.decode([t for t in first.chosen_labels if t != IGNORE])
+    assert (
+        answer.startswith("Yes indeed.")
+        and "Say yes" not in answer
+        and "Be brief" not in tok.decode([t for t in first.rejected_labels if t != IGNORE])
+    )
+    assert "Be brief." in tok.decode(first.chosen_ids)
+
+    texts = [{"chosen": "Human: hi\n\nAssistant: hello there", "rejected": "Human: hi\n\nAssistant: go away"}]
+    _, _, text_data = _data(tiny_model_dir, _write(tmp_path / "t.jsonl", texts))
+    row = text_data.train[0]
+    assert "hello there" in tok.decode([t for t in row.chosen_labels if t != IGNORE])
+    assert "Human" not in tok.decode([t for t in row.chosen_labels if t != IGNORE])
+
+
+def test_cli_run_trains_and_saves_a_peft_adapter(tiny_model_dir, tmp_path, pair_file):
+    args = ["train", "--task", "dpo", "--model.name", str(tiny_model_dir), "--data.train", pair_file]
+    args += ["--data.eval_fraction", "0.25", "--data.max_length", "64", "--method.r", "4", "--train.max_steps", "3"]
+    args += ["--train.micro_batch", "3", "--train.lr", "2e-3", "--output_dir", str(tmp_path / "run")]
+    assert main(args) == 0
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]  # the eval records (auto eval_every) sit between them
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 1: z = 0
+    assert steps[0]["margin"] == pytest.approx(0.0, abs=1e-5)
+    assert {"margin", "accuracy", "chosen_logp", "rejected_logp"} <= set(steps[1])
+    assert {"eval_loss", "eval_margin", "eval_accuracy"} <= set(records[-1])
+    config = json.loads((run / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and "lora_A" in next(iter(load_file(run / "adapter_model.safetensors")))
+    assert json.loads((run / "run.json").read_text())["task"] == "dpo"
+    assert main(["report", str(run)]) == 0
+    assert "Preference" in (run / "report.html").read_text()
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", pytest.param("simpo", marks=pytest.mark.slow)])
+def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch, pair_file, loss):
+    common = _overrides(tiny_model_dir, tmp_path, pair_file, **{"train.max_steps": 4, "train.save_every": 2})
+    common |= {"dpo.loss": loss, "data.eval_fraction": 0.25, "train.eval_every": 2, "method.dropout": 0.1}
+    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
+    real_step, calls = recipe.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # dies in step 3, after the checkpoint of step 2
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
+    monkeypatch.setattr(recipe, "train_step", real_step)
+    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    timing = ("tokens_per_s", "elapsed_s")
+    records = [
+        [
+            {k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (r.run_dir / "metrics.jsonl").open()
+        ]
+        for r in (straight, resumed)
+    ]
+    assert records[0] == records[1] and any("eval_margin" in r for r in records[0])
+
+
+def test_bad_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, pair_file, capsys):
+    base = ["train", "--task", "dpo", "--model.name", str(tiny_model_dir), "--output_dir", str(tmp_path / "r")]
+    bad = _write(
+        tmp_path / "bad.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}]
+    )
+    assert main([*base, "--data.train", bad]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2" in err and "rejected" in err and "Traceback" not in err
+
+    long = _write(tmp_path / "long.jsonl", [{"prompt": "word " * 200, "chosen": "b", "rejected": "c"}])
+    assert main([*base, "--data.train", long, "--data.max_length", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "long.jsonl:1" in err and "max_length" in err
+
+    assert main([*base, "--data.train", pair_file, "--dpo.loss", "kto"]) == 2
+    err = capsys.readouterr().err
+    assert "dpo.loss" in err and "sigmoid, ipo, simpo" in err
+
+    assert main([*base, "--data.train", pair_file, "--data.packing", "true"]) == 2
+    assert "packing" in capsys.readouterr().err
