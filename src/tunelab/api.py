@@ -26,6 +26,7 @@ from tunelab.eval.questions import Question, read_questions, run_data_config
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 from tunelab.rundir import open_info
+from tunelab.training.distributed import from_environment
 from tunelab.training.recipe import TrainResult, resolve
 from tunelab.training.recipe import train as _train
 
@@ -66,7 +67,7 @@ def train(
     printed)."""
     resolved = resolve(config, overrides)
     result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
-    if resolved.config.eval.questions:
+    if resolved.config.eval.questions and from_environment().main:  # under torchrun, rank 0 compares
         compare_after_training(result.run_dir, resolved.config)
     return result
 

@@ -146,6 +146,11 @@ class TrainConfig:
     offload_activations: bool = opt(
         False, "with checkpointing on CUDA: keep the layer inputs in pinned CPU memory until backward"
     )
+    sharding: str = opt(
+        "auto",
+        "with several processes (torchrun, --nproc): ddp keeps the whole model on every rank and sums the gradients; fsdp2 shards weights, gradients and optimizer state across ranks (full and layers only); auto is fsdp2 for method full, ddp otherwise",
+        choices=("auto", "ddp", "fsdp2"),
+    )
     report_to: list[str] = opt(
         [],
         "experiment trackers that also get every metrics record (each needs its library: pip install 'tunelab[NAME]')",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from tunelab.atomic import write_json, write_text
@@ -34,14 +35,8 @@ from tunelab.errors import CheckFailed, ConfigError, Interrupted, RunDirError, T
 from tunelab.peft.save import save_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.training.build import BuiltModel, save_full_weights
-from tunelab.training.checkpoint import (
-    delete_checkpoints,
-    intact_checkpoint,
-    latest_checkpoint,
-    load_checkpoint,
-    no_space_message,
-    save_checkpoint,
-)
+from tunelab.training.checkpoint import delete_checkpoints, intact_checkpoint, latest_checkpoint, no_space_message
+from tunelab.training.distributed import Ranks, backend, parallelize, pick_sharding, session, unwrap
 from tunelab.training.guard import BadSteps, require_finite, stop_message
 from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.metrics import MetricsLog, plot_losses
@@ -50,6 +45,9 @@ from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.resume import check_resume_config, check_same_data, data_digest
 from tunelab.training.schedule import lr_factor
+from tunelab.training.sharded_checkpoint import full_weights
+from tunelab.training.sharded_checkpoint import load as load_checkpoint
+from tunelab.training.sharded_checkpoint import save as save_checkpoint
 from tunelab.training.step import evaluate, train_step
 from tunelab.training.tracking import open_trackers
 
@@ -92,9 +90,10 @@ def config_path(config: Any) -> Path | None:
     return Path(config) if isinstance(config, (str, Path)) else None
 
 
-def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig) -> None:
-    """The run's result: the adapter (PEFT layout) or the full weights (safetensors), and the tokenizer."""
-    params = built.model.named_parameters()
+def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig, weights: dict | None = None) -> None:
+    """The run's result: the adapter (PEFT layout) or the full weights (safetensors), and the tokenizer. `weights`:
+    the full weights gathered from FSDP2's shards (training/sharded_checkpoint.full_weights), else the model's."""
+    params = weights.items() if weights is not None else built.model.named_parameters()
     written = params if cfg.method.name != "lora" else ((n, p) for n, p in params if p.requires_grad)
     require_finite(written, "the weights to save", f"{run_dir}")
     staging = run_dir / ".tmp-final"
@@ -103,7 +102,7 @@ def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig) -> N
         if cfg.method.name == "lora":
             save_adapter(built.model, staging, base_model=cfg.model.name)
         else:
-            save_full_weights(built, staging)
+            save_full_weights(built, staging, weights)
         tokenizer.save_pretrained(staging)
         for item in staging.iterdir():
             os.replace(item, run_dir / item.name)
@@ -149,14 +148,24 @@ def train(
     """Fine-tune as the config says and write the run directory. `overrides` are {'train.lr': 1e-4, ...}.
 
     check: run the data checks of `tunelab check` first (CheckFailed when one fails). overwrite_non_run: with
-    overwrite, replace output_dir even when it is not a run directory tunelab wrote."""
+    overwrite, replace output_dir even when it is not a run directory tunelab wrote.
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 alone prints and writes (training/distributed.py)."""
     resolved = resolve(config, overrides)
+    with session(resolved.config) as ranks:
+        return _train(resolved, config_path(config), ranks, resume, check, overwrite_non_run)
+
+
+def _train(
+    resolved: ResolvedConfig, path: Path | None, ranks: Ranks, resume: bool, check: bool, overwrite_non_run: bool
+) -> TrainResult:
     cfg, t = resolved.config, resolved.config.train
+    sharding = pick_sharding(cfg) if ranks.world > 1 else None
     plan = plan_output_dir(
         cfg.output_dir,
         overwrite=cfg.overwrite,
         resume=resume,
-        protected=protected_paths(cfg, config_path(config)),
+        protected=protected_paths(cfg, path),
         overwrite_non_run=overwrite_non_run,
     )
     run_dir = plan.run_dir
@@ -184,6 +193,10 @@ def train(
         flush=True,
     )
     print(untrained.summary(), flush=True)
+    train_model = parallelize(model, sharding, ranks)  # the model itself on one rank
+    if ranks.world > 1:
+        _describe_ranks(cfg, ranks, sharding)
+        torch.manual_seed(t.seed + ranks.rank)  # each rank its own dropout draws
 
     pad_id = tokenizer.pad_token_id
     batches_per_epoch = len(make_batches(data.train, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
@@ -198,16 +211,21 @@ def train(
 
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     if checkpoint is not None:
-        position |= _load_position(checkpoint, model, optimizer, total_steps)
-    else:
+        position |= _load_position(checkpoint, train_model, optimizer, total_steps, ranks)
+    elif ranks.main:
         start_run_dir(plan)
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
         write_json(run_dir / "data_report.json", data.report.to_dict())
+    ranks.barrier()  # the run directory exists before any rank writes a checkpoint into it
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # resumed: at the checkpoint's step (param groups restored)
         optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
     )
     resume_step = position["step"] if resume else None
-    log = MetricsLog(run_dir, resume_step, sinks=open_trackers(t.report_to, run_dir, to_dict(cfg), resume_step))
+    log = (
+        MetricsLog(run_dir, resume_step, sinks=open_trackers(t.report_to, run_dir, to_dict(cfg), resume_step))
+        if ranks.main
+        else Unlogged()
+    )
     info = RunInfo(
         base_model=cfg.model.name,
         method=cfg.method.name,
@@ -222,41 +240,62 @@ def train(
         data_sha256=digest,
         total_steps=total_steps,
     )
-    write_info(run_dir, info)
+    if ranks.main:
+        write_info(run_dir, info)
 
-    run = Run(cfg, run_dir, built, data.train, pad_id, optimizer, scheduler, eval_batches, log, total_steps, position)
+    run = Run(
+        cfg,
+        run_dir,
+        built,
+        data.train,
+        pad_id,
+        optimizer,
+        scheduler,
+        eval_batches,
+        log,
+        total_steps,
+        position,
+        train_model,
+        ranks,
+    )
     try:
         last_loss, eval_loss = _loop(run)
     except BaseException:
-        note = failure_note(plan)
+        note = failure_note(plan) if ranks.main else None
         if note:
             print(note, file=sys.stderr, flush=True)
         info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
         with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
-            write_info(run_dir, info)
+            if ranks.main:
+                write_info(run_dir, info)
         log.close()
         raise
 
     if eval_batches and not (t.eval_every and total_steps % t.eval_every == 0):
-        eval_loss = evaluate(model, eval_batches)
+        eval_loss = evaluate(unwrap(train_model), eval_batches)
         log.write({"step": total_steps, "eval_loss": eval_loss})
     log.close()
     if eval_loss is not None:
         print(f"eval loss {eval_loss:.4f} (perplexity {math.exp(min(eval_loss, 50)):.2f})")
     model.eval()
-    save_final(run_dir, built, tokenizer, cfg)
-    plot_losses(run_dir)
+    weights = full_weights(train_model, ranks)  # FSDP2: every rank sends its shards to rank 0
+    if ranks.main:
+        save_final(run_dir, built, tokenizer, cfg, weights)
+        plot_losses(run_dir)
     info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
     info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
     info.skipped_steps = position["skipped_steps"]
-    write_info(run_dir, info)
+    if ranks.main:
+        write_info(run_dir, info)
     skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
     print(
         f"saved to {run_dir} ({position['step']} steps{skipped}, {position['tokens']:,} tokens, "
         f"{position['elapsed_s']:.0f} s)",
         flush=True,
     )
-    _tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
+    if ranks.main:
+        _tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
+    ranks.barrier()  # no rank returns before the result is saved
     return TrainResult(run_dir, position["step"], last_loss, eval_loss, info.skipped_steps)
 
 
@@ -275,14 +314,23 @@ class Run:
     log: MetricsLog
     total_steps: int
     position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps: what a checkpoint saves
+    train_model: nn.Module  # the model as the ranks train it (DDP, FSDP2): on one rank, the model itself
+    ranks: Ranks
 
 
 def _loop(run: Run) -> tuple[float | None, float | None]:
     """Optimizer steps until total_steps, updating run.position; returns the last finite loss and eval loss."""
-    t, model, position = run.cfg.train, run.built.model, run.position
+    t, model, position = run.cfg.train, unwrap(run.train_model), run.position
     bad = BadSteps(t.max_bad_steps, skipped=position["skipped_steps"])
     last_loss = eval_loss = None
-    bar = tqdm(total=run.total_steps, initial=position["step"], desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=run.total_steps,
+        initial=position["step"],
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not run.ranks.main,
+    )
     started = time.perf_counter() - position["elapsed_s"]
     with graceful_interrupt() as stop:
         while position["step"] < run.total_steps:
@@ -293,13 +341,14 @@ def _loop(run: Run) -> tuple[float | None, float | None]:
                 group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
                 tic = time.perf_counter()
                 stats = train_step(
-                    model,
-                    [_to_device(b, run.built.device) for b in group],
+                    run.train_model,
+                    [_to_device(b, run.built.device) for b in run.ranks.shard(group)],  # this rank's part
                     run.optimizer,
                     run.scheduler,
                     t.max_grad_norm,
+                    run.ranks,
                 )
-                tokens = sum(int(b["attention_mask"].sum()) for b in group)
+                tokens = sum(int(b["attention_mask"].sum()) for b in group)  # all ranks': tokens/s is global
                 position["step"] += 1
                 position["batch_in_epoch"] += len(group)
                 position["tokens"] += tokens
@@ -316,12 +365,14 @@ def _loop(run: Run) -> tuple[float | None, float | None]:
                     bar.close()
                     raise _stopped(run, bad)
                 if run.eval_batches and t.eval_every and position["step"] % t.eval_every == 0:
-                    eval_loss = evaluate(model, run.eval_batches)
+                    eval_loss = evaluate(model, run.eval_batches)  # every rank: FSDP2 gathers together
                     run.log.write({"step": position["step"], "eval_loss": eval_loss})
                 saved = bool(t.save_every) and position["step"] % t.save_every == 0
                 if saved:
-                    save_checkpoint(run.run_dir, model, run.optimizer, position, t.keep_checkpoints)
-                if stop.requested:
+                    save_checkpoint(
+                        run.run_dir, run.train_model, run.optimizer, position, t.keep_checkpoints, run.ranks
+                    )
+                if run.ranks.any(stop.requested):  # all ranks stop after the same step
                     bar.close()
                     raise _interrupted(run, saved)
             if position["batch_in_epoch"] >= len(batches):
@@ -370,7 +421,9 @@ def _interrupted(run: Run, saved: bool) -> Interrupted:
     """Ctrl-C between steps: write a checkpoint of the step just completed (unless one was), say how to resume."""
     position = run.position
     if not saved:
-        save_checkpoint(run.run_dir, run.built.model, run.optimizer, position, run.cfg.train.keep_checkpoints)
+        save_checkpoint(
+            run.run_dir, run.train_model, run.optimizer, position, run.cfg.train.keep_checkpoints, run.ranks
+        )
     checkpoint = latest_checkpoint(run.run_dir)
     return Interrupted(
         f"interrupted after step {position['step']} of {run.total_steps}; checkpoint {checkpoint}. Continue with "
@@ -399,8 +452,8 @@ def _resume_checkpoint(run_dir: Path) -> Path:
     return checkpoint
 
 
-def _load_position(checkpoint: Path, model, optimizer, total_steps: int) -> dict:
-    position = load_checkpoint(checkpoint, model, optimizer)
+def _load_position(checkpoint: Path, model, optimizer, total_steps: int, ranks: Ranks) -> dict:
+    position = load_checkpoint(checkpoint, model, optimizer, ranks)
     if position["step"] > total_steps:
         raise ConfigError(
             f"{checkpoint}: the checkpoint is at step {position['step']}, past the {total_steps} steps this config "
@@ -408,6 +461,31 @@ def _load_position(checkpoint: Path, model, optimizer, total_steps: int) -> dict
         )
     print(f"resuming from {checkpoint} (step {position['step']} of {total_steps})", flush=True)
     return position
+
+
+def _describe_ranks(cfg: RunConfig, ranks: Ranks, sharding: str) -> None:
+    t = cfg.train
+    print(
+        f"ranks: {ranks.world} ({backend(cfg.model.device)}, {sharding}); each optimizer step takes {t.grad_accum} "
+        f"micro-batches of {t.micro_batch} rows over all ranks (the same steps as one process)",
+        flush=True,
+    )
+    if t.grad_accum % ranks.world:
+        print(
+            f"note: train.grad_accum {t.grad_accum} is not a multiple of the {ranks.world} ranks, so some ranks run a "
+            "blank micro-batch in each step; a multiple uses every rank fully.",
+            flush=True,
+        )
+
+
+class Unlogged:
+    """The metrics log of ranks other than 0: they write nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:

@@ -1,7 +1,9 @@
 """One optimizer step: forward, loss, backward over the micro-batches, clip, guard, step, schedule, zero-grad.
 
 The loss is normalised once per optimizer step: the summed token losses of all micro-batches are divided by the
-number of loss tokens in all of them, so a micro-batch with more answer tokens weighs more, as it should.
+number of loss tokens in all of them, so a micro-batch with more answer tokens weighs more, as it should. With
+several ranks (training/distributed.py) the count is summed over every rank's micro-batches before the division and
+the gradients are summed across ranks, so the step is the one of a single process with all the micro-batches.
 The guard (training/guard.py) skips the update when the loss or the gradient norm is NaN/inf: the gradients are
 dropped and the optimizer never sees them, whatever the optimizer (fused AdamW, AdamW8bit).
 """
@@ -15,12 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.models.llama import LlamaForCausalLM
+from tunelab.training.distributed import ONE_PROCESS, Ranks, gradient_sync, is_parallel, replicated, unwrap, weight
 from tunelab.training.guard import advance_schedule, update_is_finite
 
 
 def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens that carry a loss after the shift by one (labels[:, 1:] are the targets)."""
-    return int((batch["labels"][:, 1:] != -100).sum())
+    """Tokens that carry a loss after the shift by one (labels[:, 1:] are the targets); none in a blank batch."""
+    return int((batch["labels"][:, 1:] != -100).sum()) if weight(batch) else 0
 
 
 # Families whose logits are exactly lm_head(final hidden state): no soft-capping or scaling after the head.
@@ -28,15 +31,16 @@ PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of next-token cross-entropy over the batch's loss tokens (fp32 scalar)."""
-    if isinstance(model, LlamaForCausalLM):  # our model: the LM head fused with the loss
+    """Sum of next-token cross-entropy over the batch's loss tokens (fp32 scalar). A model wrapped for several
+    ranks is called through its own forward (DDP and FSDP2 hook it), so it gets the full logits on the generic path."""
+    if isinstance(unwrap(model), LlamaForCausalLM):  # our model: the LM head fused with the loss
         if "doc_lengths" in batch:
             return model(**packed_inputs(batch)).loss_sum
         return model(
             batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"]
         ).loss_sum
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
-    if getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
+    if not is_parallel(model) and getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
         # Apply the LM head only where a loss is taken: answers are often a third of the tokens.
         hidden = model.get_decoder()(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")
@@ -73,18 +77,23 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     max_grad_norm: float,
+    ranks: Ranks = ONE_PROCESS,
 ) -> dict[str, float]:
     """Returns loss (mean over the step's loss tokens), grad_norm (before clipping), loss_tokens, and skipped:
-    whether the guard dropped the update because the loss or the gradient norm was not finite."""
-    total = sum(loss_tokens(b) for b in micro_batches)
+    whether the guard dropped the update because the loss or the gradient norm was not finite. With several ranks,
+    `micro_batches` are this rank's (training/distributed.py) and the figures are the whole step's."""
+    total = int(ranks.sum(sum(loss_tokens(b) for b in micro_batches)))  # every rank's loss tokens
     loss_sum = 0.0
-    for batch in micro_batches:
-        loss = summed_loss(model, batch)
-        (loss / max(total, 1)).backward()
+    for i, batch in enumerate(micro_batches):
+        with gradient_sync(model, sync=i == len(micro_batches) - 1):  # ranks exchange (sum) gradients once
+            loss = summed_loss(model, batch) * weight(batch)
+            (loss / max(total, 1)).backward()
         loss_sum += loss.item()
+    loss_sum = ranks.sum(loss_sum)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf")))
-    applied = update_is_finite(loss_sum, norm)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    norm = float(replicated(norm))
+    applied = ranks.all(update_is_finite(loss_sum, norm))  # all ranks apply or skip together
     if applied:
         optimizer.step()
         scheduler.step()
