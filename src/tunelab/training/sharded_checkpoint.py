@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -111,7 +112,9 @@ def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ranks
         raise RunDirError(
             f"{folder}: checkpoint does not match the model being trained (e.g. {differ[0]}); was the config changed?"
         )
-    dcp.load(tensors, storage_reader=reader, no_dist=ranks.world == 1)  # in place, each rank its slices
+    with warnings.catch_warnings():  # one process loading is meant here; DCP warns about it every time
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        dcp.load(tensors, storage_reader=reader, no_dist=ranks.world == 1)  # in place, each rank its slices
     _apply(model, optimizer, tensors, meta["param_groups"], StateDictOptions(ignore_frozen_params=True, strict=False))
     rng = folder / f"rng-{ranks.rank}.safetensors"
     if meta["world_size"] == ranks.world and rng.is_file():
