@@ -25,8 +25,9 @@ from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, read_questions, run_data_config
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
-from tunelab.rundir import open_info
+from tunelab.rundir import open_info, read_info
 from tunelab.training.distributed import from_environment
+from tunelab.training.launch import train_on_ranks
 from tunelab.training.recipe import TrainResult, resolve
 from tunelab.training.recipe import train as _train
 
@@ -60,13 +61,21 @@ def train(
     resume: bool = False,
     check: bool = True,
     overwrite_non_run: bool = False,
+    nproc: int | None = None,
 ) -> TrainResult:
     """Fine-tune as the config says and write the run directory; `overrides` are {'train.lr': 1e-4, ...}. `check`
     runs the data checks of `tunelab check` first; `overwrite_non_run` lets `overwrite` replace a folder that is not a
     tunelab run. When eval.questions is set, the base and the tuned model then answer them (compare.json, scores
-    printed)."""
+    printed). `nproc`: train with that many processes on this host (as `tunelab train --nproc`); a script started
+    by torchrun trains on its ranks without it."""
     resolved = resolve(config, overrides)
-    result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
+    if nproc is not None and from_environment().world == 1:
+        train_on_ranks(resolved.config, nproc, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
+        info_dir = Path(resolved.config.output_dir)
+        info = read_info(info_dir)
+        result = TrainResult(info_dir, info.steps, info.final_loss, info.eval_loss, info.skipped_steps)
+    else:
+        result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
     if resolved.config.eval.questions and from_environment().main:  # under torchrun, rank 0 compares
         compare_after_training(result.run_dir, resolved.config)
     return result

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import uuid
+from pathlib import Path
 
 import torch
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from tunelab.config import RunConfig
-from tunelab.errors import ConfigError
+from tunelab.config import RunConfig, dump_yaml
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.training.distributed import backend, pick_sharding
 
 
@@ -60,3 +62,25 @@ def launch(worker_args: list[str], nproc: int) -> int:
     except SignalException:  # Ctrl-C: the agent has stopped the ranks
         return 130
     return 0
+
+
+class RanksFailed(TunelabError):
+    """A rank of `train_on_ranks` failed; it printed its error, and its exit code is this error's."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"training on several processes stopped (exit code {exit_code}); the error is printed above.")
+        self.exit_code = exit_code
+
+
+def train_on_ranks(cfg: RunConfig, nproc: int, *, resume: bool, check: bool, overwrite_non_run: bool) -> None:
+    """The Python API's `train(..., nproc=N)`: the resolved config, saved to a temporary YAML file, trained by
+    `nproc` ranks of `tunelab train` on this host. RanksFailed when one fails."""
+    check_launch(cfg, nproc)
+    flags = ["--overwrite"] * cfg.overwrite + ["--resume"] * resume + ["--no-check"] * (not check)
+    flags += ["--overwrite-non-run"] * overwrite_non_run
+    with tempfile.TemporaryDirectory(prefix="tunelab-launch-") as folder:
+        config = Path(folder) / "config.yaml"
+        config.write_text(dump_yaml(cfg))
+        code = launch(["train", str(config), *flags], nproc)
+    if code:
+        raise RanksFailed(code)
