@@ -4,7 +4,7 @@ rank counts. Launched as users launch them: `tunelab train CONFIG --nproc 2` in 
 The tolerances: losses relative 1e-6, gradient norms relative 1e-4. Both runs take the same micro-batches and the
 same float32 maths; what differs is the order of additions (two ranks' partial gradient sums, FSDP2's norm summed
 shard by shard, the tied embedding's two gradient contributions), which Adam carries into later steps. Measured
-over 4 steps: losses within 4e-8 relative; gradient norms within 3e-5 (a norm of 3.2M squares, accumulated in
+over 4 steps: losses within 4e-8 relative; gradient norms within 4e-5 (a norm of 3.2M squares, accumulated in
 another order, is the figure float32 moves most). A normalisation error is far outside both: averaging instead of
 summing across ranks halves a gradient norm, and dividing by one rank's tokens instead of all ranks' weighs the
 micro-batches wrongly by tens of percent: here they carry different numbers of loss tokens and, with grad_accum 3

@@ -22,6 +22,7 @@ global gradient norm and agreed with `Ranks.all`, so all ranks skip the same ste
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 from collections.abc import Iterator
@@ -201,7 +202,11 @@ def parallelize(model: nn.Module, sharding: str | None, ranks: Ranks) -> nn.Modu
                 unit.set_force_sum_reduction_for_comms(True)  # a plain SUM collective (gloo has no scaled sum)
         return model
     cuda = next(model.parameters()).is_cuda
-    ddp = DistributedDataParallel(model, device_ids=[ranks.local_rank] if cuda else None)
+    # Buffers are never trained and are the same on every rank (QLoRA's NF4 weights are buffers): no broadcast of
+    # them before each forward. Newer torch names the option forward_sync_buffers and deprecates the older name.
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    quiet_buffers = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+    ddp = DistributedDataParallel(model, device_ids=[ranks.local_rank] if cuda else None, **quiet_buffers)
     ddp.register_comm_hook(None, _sum_hook)
     return ddp
 

@@ -210,6 +210,7 @@ def _train(
     ]
 
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
+    ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
         position |= _load_position(checkpoint, train_model, optimizer, total_steps, ranks)
     elif ranks.main:
