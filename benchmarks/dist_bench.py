@@ -36,33 +36,38 @@ from tunelab.training.step import train_step  # noqa: E402
 
 def run(args) -> dict | None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    cuda = torch.cuda.is_available()  # the CPU (gloo) runs only to check the script: --shape tiny
+    device = "cuda" if cuda else "cpu"
     with session(RunConfig()) as ranks:
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         sharding = "fsdp2" if args.method == "full" else "ddp"
         checkpointing = args.checkpointing and sharding == "ddp"  # FSDP2 does not take tunelab's recompute yet
-        model = build(args.shape, args.method, args.r, checkpointing, "cuda")
+        model = build(args.shape, args.method, args.r, checkpointing, device)
         trained = parallelize(model, sharding, ranks)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=args.lr, fused=True)
+        optimizer = torch.optim.AdamW(params, lr=args.lr, fused=cuda or None)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
         gen = torch.Generator().manual_seed(ranks.rank)
         vocab = model.config.vocab_size
-        ids = torch.randint(0, vocab, (args.batch, args.seq), generator=gen).cuda()
+        ids = torch.randint(0, vocab, (args.batch, args.seq), generator=gen).to(device)
         batch = {
             "input_ids": ids,
             "labels": ids,
             "attention_mask": torch.ones_like(ids),
-            "position_ids": torch.arange(args.seq, device="cuda").expand(args.batch, -1),
+            "position_ids": torch.arange(args.seq, device=device).expand(args.batch, -1),
         }
         times, losses = [], []
         for _ in range(args.steps):
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
             tic = time.perf_counter()
             stats = train_step(trained, [batch], optimizer, scheduler, 1.0, ranks)
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - tic)
             losses.append(stats["loss"])
-        peak = torch.tensor([torch.cuda.max_memory_allocated() / GIB], device="cuda")
+        peak = torch.tensor([torch.cuda.max_memory_allocated() / GIB if cuda else 0.0], device=device)
         if ranks.world > 1:
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         steady = times[3:] if len(times) > 4 else times
@@ -78,7 +83,7 @@ def run(args) -> dict | None:
             "tokens_per_s": round(ranks.world * args.batch * args.seq / median, 1),
             "peak_alloc_gib_per_gpu": round(float(peak.item()), 2),
             "losses": [round(x, 4) for x in losses],
-            "versions": {"torch": torch.__version__, "gpu": torch.cuda.get_device_name()},
+            "versions": {"torch": torch.__version__, "gpu": torch.cuda.get_device_name() if cuda else "cpu"},
         }
         assert statistics.mean(losses[-3:]) < statistics.mean(losses[:3]), f"loss did not fall: {losses}"
         return record if ranks.main else None

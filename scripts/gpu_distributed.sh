@@ -22,6 +22,7 @@ status=${PIPESTATUS[0]}
 if [ -z "${SKIP_BENCH:-}" ]; then
     R=$OUT/dist_results.jsonl
     B="benchmarks/dist_bench.py --shape ${SHAPE:-llama2-7b} --out $R"
+    # shellcheck disable=SC2086
     $PY -m torch.distributed.run --standalone --nproc-per-node 1 $B --method lora 2>&1 | grep -E "SUMMARY|Error"
     if [ "$GPUS" -ge 2 ]; then
         $PY -m torch.distributed.run --standalone --nproc-per-node 2 $B --method lora 2>&1 | grep -E "SUMMARY|Error"
