@@ -29,9 +29,12 @@ from tunelab.eval.questions import Question, read_questions, run_data_config
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 from tunelab.rundir import HEAD_TASKS, open_info, read_info
+from tunelab.training.distributed import from_environment
+from tunelab.training.launch import check_launch, train_on_ranks
 from tunelab.training.recipe import TrainResult, config_path, resolve
 from tunelab.training.recipe import train as _train
 from tunelab.training.stages import train_stages
+from tunelab.training.verdict import Verdict
 
 __all__ = [
     "train",
@@ -65,19 +68,37 @@ def train(
     resume: bool = False,
     check: bool = True,
     overwrite_non_run: bool = False,
+    nproc: int | None = None,
 ) -> TrainResult:
     """Fine-tune as the config says and write the run directory; `overrides` are {'train.lr': 1e-4, ...}. `check`
     runs the data checks of `tunelab check` first; `overwrite_non_run` lets `overwrite` replace a folder that is not a
     tunelab run. When eval.questions is set, the base and the tuned model then answer them (compare.json, scores
-    printed)."""
+    printed). `nproc`: train with that many processes on this host (as `tunelab train --nproc`); a script started
+    by torchrun trains on its ranks without it."""
     resolved = resolve(config, overrides)
+    if nproc is not None and from_environment().world == 1:
+        check_launch(resolved.config, nproc)  # stages and head tasks train in one process
     if resolved.config.stages:
         result = train_stages(
             resolved, config_path(config), resume=resume, check=check, overwrite_non_run=overwrite_non_run
         )
+    elif nproc is not None and from_environment().world == 1:
+        train_on_ranks(resolved.config, nproc, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
+        info_dir = Path(resolved.config.output_dir)
+        info = read_info(info_dir)
+        verdict = info.extra.get("verdict")
+        result = TrainResult(
+            info_dir,
+            info.steps,
+            info.final_loss,
+            info.eval_loss,
+            info.skipped_steps,
+            info.extra.get("auto", {}),
+            Verdict(**verdict) if verdict else None,
+        )
     else:
         result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
-    if resolved.config.eval.questions:
+    if resolved.config.eval.questions and from_environment().main:  # under torchrun, rank 0 compares
         compare_after_training(result.run_dir, resolved.config)
     return result
 

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--no-check", action="store_true", help="skip the data checks that run before training (see tunelab check)"
     )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        help="train with this many processes on this host (one per GPU on CUDA; gloo on the CPU), started through "
+        "torch's elastic launcher like torchrun; see train.sharding (default: one process)",
+    )
     _add_config_options(train)
 
     check = sub.add_parser(
@@ -278,6 +284,7 @@ _RUN_FLAGS = (
     "overwrite",
     "overwrite_non_run",
     "no_check",
+    "nproc",
     "html",
     "examples",
     "data_only",
@@ -291,9 +298,33 @@ def _overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def _run(args: argparse.Namespace) -> int:
+def _launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """`tunelab train --nproc N`: check what can be checked once, then start N ranks of the command without --nproc."""
+    from tunelab.training.launch import check_launch, launch
+    from tunelab.training.recipe import resolve
+
+    check_launch(resolve(args.config, _overrides(args)).config, args.nproc)
+    worker = [a for i, a in enumerate(argv) if not _is_nproc(argv, i)]
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))  # as torchrun does
+    return launch(worker, args.nproc)
+
+
+def _is_nproc(argv: list[str], i: int) -> bool:
+    """Is argv[i] the --nproc flag or its value?"""
+    return argv[i] == "--nproc" or argv[i].startswith("--nproc=") or (i > 0 and argv[i - 1] == "--nproc")
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     import tunelab.api as api
 
+    if args.command == "train" and args.nproc is not None:
+        world = os.environ.get("WORLD_SIZE")
+        if world is None:
+            return _launch(args, argv or [])
+        if int(world) != args.nproc:
+            raise ConfigError(
+                f"option '--nproc' is {args.nproc}, but torchrun started {world} processes; drop --nproc."
+            )
     if args.command == "train":
         api.train(
             args.config,
@@ -500,9 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 reports errors (all ranks reach the same)
     try:
-        return _run(args)
+        return _run(args, argv)
     except Interrupted as exc:
+        if quiet:
+            return exc.exit_code
         print(
             f"\ntunelab {args.command}: interrupted after step {exc.step}; checkpoint {exc.checkpoint}. Continue with:\n"
             f"  {resume_command(argv)}",
@@ -510,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return exc.exit_code
     except TunelabError as exc:
-        print(f"tunelab {args.command}: error: {exc}", file=sys.stderr)
+        if not quiet:
+            print(f"tunelab {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -255,6 +255,11 @@ class TrainConfig:
         None,
         "GPU memory the auto values must fit, like 24GiB or 80GB (default: 0.92 of the GPU's memory)",
     )
+    sharding: str = opt(
+        "auto",
+        "with several processes (torchrun, --nproc): ddp keeps the whole model on every rank and sums the gradients; fsdp2 shards weights, gradients and optimizer state across ranks (full and layers only); auto is fsdp2 for method full, ddp otherwise",
+        choices=("auto", "ddp", "fsdp2"),
+    )
     report_to: list[str] = opt(
         [],
         "experiment trackers that also get every metrics record (each needs its library: pip install 'tunelab[NAME]')",

@@ -22,6 +22,7 @@ from tunelab.models.llama import LlamaForCausalLM
 from tunelab.peft.save import save_adapter
 from tunelab.tasks.task import Task
 from tunelab.training.build import BuiltModel, save_full_weights
+from tunelab.training.distributed import is_parallel, unwrap
 
 
 def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -34,15 +35,16 @@ PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 def summed_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of next-token cross-entropy over the batch's loss tokens (fp32 scalar)."""
-    if isinstance(model, LlamaForCausalLM):  # our model: the LM head fused with the loss
+    """Sum of next-token cross-entropy over the batch's loss tokens (fp32 scalar). A model wrapped for several
+    ranks is called through its own forward (DDP and FSDP2 hook it), so it gets the full logits on the generic path."""
+    if isinstance(unwrap(model), LlamaForCausalLM):  # our model: the LM head fused with the loss
         if "doc_lengths" in batch:
             return model(**packed_inputs(batch)).loss_sum
         return model(
             batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"]
         ).loss_sum
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
-    if getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
+    if not is_parallel(model) and getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
         # Apply the LM head only where a loss is taken: answers are often a third of the tokens.
         hidden = model.get_decoder()(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids")

@@ -129,13 +129,15 @@ def pick_impl(requested: str, hf_config) -> str:
     return "fast"
 
 
-def save_full_weights(built: BuiltModel, folder: Path) -> None:
-    """All weights as a Hugging Face directory (config.json + model.safetensors) that transformers loads."""
+def save_full_weights(built: BuiltModel, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """All weights as a Hugging Face directory (config.json + model.safetensors) that transformers loads. `weights`:
+    the whole state dict when the model holds only a shard of it (FSDP2)."""
     if built.impl == "generic":
-        built.model.save_pretrained(folder, safe_serialization=True)
+        built.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
         return
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in built.model.state_dict().items()}
+    weights = built.model.state_dict() if weights is None else weights
+    state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     if getattr(built.hf_config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # shared with the embedding; transformers re-ties it
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})

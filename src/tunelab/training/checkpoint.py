@@ -42,7 +42,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, sd["param_groups"]
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
+def rng_tensors() -> dict[str, torch.Tensor]:
     tensors = {"rng.cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -50,7 +50,7 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _digest(path: Path) -> dict:
+def file_digest(path: Path) -> dict:
     with path.open("rb") as f:
         return {"bytes": path.stat().st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
@@ -83,8 +83,8 @@ def save_checkpoint(
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir()
         save_file(trainable, str(scratch / TENSOR_FILES[0]))
-        save_file(tensors | _rng_tensors(), str(scratch / TENSOR_FILES[1]))
-        files = {name: _digest(scratch / name) for name in TENSOR_FILES}
+        save_file(tensors | rng_tensors(), str(scratch / TENSOR_FILES[1]))
+        files = {name: file_digest(scratch / name) for name in TENSOR_FILES}
         state = {"position": position, "param_groups": groups, "files": files}
         (scratch / STATE_FILE).write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
@@ -122,7 +122,8 @@ def verify_checkpoint(folder: Path) -> str | None:
         int(position["step"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{STATE_FILE} is missing or damaged ({type(exc).__name__}: {exc})"
-    for name in TENSOR_FILES:
+    sharded = state.get("format") == "sharded"  # several ranks' checkpoint (training/sharded_checkpoint.py)
+    for name in state["files"] if sharded else TENSOR_FILES:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
@@ -138,7 +139,7 @@ def verify_checkpoint(folder: Path) -> str | None:
             continue
         if path.stat().st_size != recorded["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, {recorded['bytes']} were written"
-        if _digest(path)["sha256"] != recorded["sha256"]:
+        if file_digest(path)["sha256"] != recorded["sha256"]:
             return f"{name} does not match its sha256 in {STATE_FILE}"
     return None
 

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from tunelab.atomic import write_json, write_text
-from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
+from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.data.loader import Datasets, epoch_rows
 from tunelab.errors import CheckFailed, ConfigError, Interrupted, RunDirError, TrainingStopped
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
@@ -41,15 +42,9 @@ from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
 from tunelab.training.best import BestWeights
-from tunelab.training.build import BuiltModel
-from tunelab.training.checkpoint import (
-    delete_checkpoints,
-    intact_checkpoint,
-    latest_checkpoint,
-    load_checkpoint,
-    no_space_message,
-    save_checkpoint,
-)
+from tunelab.training.build import BuiltModel, save_full_weights
+from tunelab.training.checkpoint import delete_checkpoints, intact_checkpoint, latest_checkpoint, no_space_message
+from tunelab.training.distributed import Ranks, backend, parallelize, pick_sharding, session, unwrap
 from tunelab.training.evals import EvalSets, eval_record, eval_sets
 from tunelab.training.guard import BadSteps, require_finite, stop_message
 from tunelab.training.interrupt import graceful_interrupt
@@ -60,6 +55,9 @@ from tunelab.training.plan import MemoryPlan, measured_note, plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.resume import check_resume_config, check_same_data, data_digest, kept_auto
 from tunelab.training.schedule import lr_factor
+from tunelab.training.sharded_checkpoint import full_weights
+from tunelab.training.sharded_checkpoint import load as load_checkpoint
+from tunelab.training.sharded_checkpoint import save as save_checkpoint
 from tunelab.training.step import train_step
 from tunelab.training.tracking import open_trackers
 from tunelab.training.verdict import Verdict, judge_metrics
@@ -105,18 +103,31 @@ def config_path(config: Any) -> Path | None:
     return Path(config) if isinstance(config, (str, Path)) else None
 
 
-def save_final(run_dir: Path, built: BuiltModel, tokenizer, cfg: RunConfig, task: Task = SFT, data=None) -> None:
+def save_final(
+    run_dir: Path,
+    built: BuiltModel,
+    tokenizer,
+    cfg: RunConfig,
+    task: Task = SFT,
+    data=None,
+    weights: dict | None = None,
+) -> None:
     """The run's result, as the task saves it (sft, the default: the adapter in PEFT's layout or the full weights, and
     the tokenizer; a head adds its labels), written to a staging folder and moved into the run directory once
-    complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none)."""
-    params = built.model.named_parameters()
+    complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none).
+    `weights`: the full weights gathered from FSDP2's shards (training/sharded_checkpoint.full_weights; task sft)."""
+    params = weights.items() if weights is not None else built.model.named_parameters()
     written = params if not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
     require_finite(written, "the weights to save", f"{run_dir}")
     staging = run_dir / ".tmp-final"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
-        task.save(staging, built, tokenizer, cfg, data)
+        if weights is not None:
+            save_full_weights(built, staging, weights)
+            tokenizer.save_pretrained(staging)
+        else:
+            task.save(staging, built, tokenizer, cfg, data)
         for item in staging.iterdir():
             os.replace(item, run_dir / item.name)
         staging.rmdir()
@@ -164,14 +175,30 @@ def train(
 
     check: run the data checks of `tunelab check` first (CheckFailed when one fails). overwrite_non_run: with
     overwrite, replace output_dir even when it is not a run directory tunelab wrote. extra_eval: more eval data,
-    {name: rendered rows}, evaluated beside the run's own (`eval_loss/<name>`; a staged run's earlier stages)."""
+    {name: rendered rows}, evaluated beside the run's own (`eval_loss/<name>`; a staged run's earlier stages).
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 alone prints and writes (training/distributed.py)."""
     resolved = resolve(config, overrides)
+    with session(resolved.config) as ranks:
+        return _train(resolved, config_path(config), ranks, resume, check, overwrite_non_run, extra_eval)
+
+
+def _train(
+    resolved: ResolvedConfig,
+    path: Path | None,
+    ranks: Ranks,
+    resume: bool,
+    check: bool,
+    overwrite_non_run: bool,
+    extra_eval: dict[str, list] | None,
+) -> TrainResult:
     cfg = resolved.config
+    sharding = pick_sharding(cfg) if ranks.world > 1 else None
     plan = plan_output_dir(
         cfg.output_dir,
         overwrite=cfg.overwrite,
         resume=resume,
-        protected=protected_paths(cfg, config_path(config)),
+        protected=protected_paths(cfg, path),
         overwrite_non_run=overwrite_non_run,
     )
     run_dir = plan.run_dir
@@ -199,6 +226,9 @@ def train(
     longest = max((len(row.input_ids) for row in data.train), default=1)
     # Checkpointing and offload (the memory planner) are set on the causal LM before the task adapts it: a head keeps
     # the LM's body, and with it the body's recompute settings.
+    if sharding == "fsdp2":  # our recomputation runs outside FSDP2's gathers: auto means off there
+        off = {k: False for k in ("checkpointing", "offload_activations") if getattr(auto.train, k) == AUTO}
+        auto.train = dataclasses.replace(auto.train, **off)
     auto, memory = plan_memory(auto, cfg, built, longest)
     task.prepare(built, data, cfg)
     model = built.model
@@ -211,6 +241,10 @@ def train(
     print(auto.describe(), flush=True)
     trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
     t = trained.train
+    train_model = parallelize(model, sharding, ranks)  # the model itself on one rank
+    if ranks.world > 1:
+        _describe_ranks(trained, ranks, sharding)
+        torch.manual_seed(t.seed + ranks.rank)  # each rank its own dropout draws
 
     pad_id = tokenizer.pad_token_id
     first_epoch = epoch_rows(data, t.seed, 0)
@@ -222,17 +256,23 @@ def train(
     evals = eval_sets(task, data, extra_eval, t.micro_batch, pad_id, built.device)
 
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
+    ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
-        position |= _load_position(checkpoint, model, optimizer, total_steps)
-    else:
+        position |= _load_position(checkpoint, train_model, optimizer, total_steps, ranks)
+    elif ranks.main:
         start_run_dir(plan)
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
         write_json(run_dir / "data_report.json", data.report.to_dict())
+    ranks.barrier()  # the run directory exists before any rank writes a checkpoint into it
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # resumed: at the checkpoint's step (param groups restored)
         optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
     )
     resume_step = position["step"] if resume else None
-    log = MetricsLog(run_dir, resume_step, sinks=open_trackers(t.report_to, run_dir, to_dict(trained), resume_step))
+    log = (
+        MetricsLog(run_dir, resume_step, sinks=open_trackers(t.report_to, run_dir, to_dict(trained), resume_step))
+        if ranks.main
+        else Unlogged()
+    )
     info = RunInfo(
         base_model=cfg.model.name,
         method="dora" if cfg.method.dora else cfg.method.name,
@@ -249,8 +289,10 @@ def train(
         total_steps=total_steps,
         extra=dict(data.facts) | {"auto": auto.to_dict()},
     )
-    write_info(run_dir, info)
-    best = BestWeights(run_dir, t.keep_best and bool(evals.own), resume_step)
+    if ranks.main:
+        write_info(run_dir, info)
+    # keep_best saves and loads the trainable weights whole: rank 0's replica under DDP; not under FSDP2's shards
+    best = BestWeights(run_dir, t.keep_best and bool(evals.own) and ranks.main and sharding != "fsdp2", resume_step)
 
     run = Run(
         trained,
@@ -266,22 +308,25 @@ def train(
         total_steps,
         position,
         best,
+        train_model,
+        ranks,
         memory=memory,
     )
     try:
         last_loss = _loop(run)
     except BaseException:
-        note = failure_note(plan)
+        note = failure_note(plan) if ranks.main else None
         if note:
             print(note, file=sys.stderr, flush=True)
         info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
         with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
-            write_info(run_dir, info)
+            if ranks.main:
+                write_info(run_dir, info)
         log.close()
         raise
 
     if evals and not (t.eval_every and total_steps % t.eval_every == 0):
-        run.eval_metrics = eval_record(task, model, evals)
+        run.eval_metrics = eval_record(task, unwrap(train_model), evals)  # every rank: FSDP2 gathers together
         log.write({"step": total_steps, **run.eval_metrics})
         if "eval_loss" in run.eval_metrics:
             best.observe(total_steps, run.eval_metrics["eval_loss"], model)
@@ -299,8 +344,10 @@ def train(
         info.extra["best"] = {"step": best.step, "eval_loss": best.loss}
         eval_loss = best.loss
     model.eval()
-    save_final(run_dir, built, tokenizer, cfg, task, data)
-    plot_losses(run_dir)
+    weights = full_weights(train_model, ranks)  # FSDP2: every rank sends its shards to rank 0
+    if ranks.main:
+        save_final(run_dir, built, tokenizer, cfg, task, data, weights)
+        plot_losses(run_dir)
     passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
     verdict = judge_metrics(read_metrics(run_dir), steps_per_epoch, passes, t.lr, t.max_steps, best.step)
     print(verdict.text, flush=True)
@@ -311,14 +358,17 @@ def train(
     losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
     if len(losses) > 1:  # a mixture's sources, a staged run's earlier stages
         info.extra["eval_losses"] = losses
-    write_info(run_dir, info)
+    if ranks.main:
+        write_info(run_dir, info)
     skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
     print(
         f"saved to {run_dir} ({position['step']} steps{skipped}, {position['tokens']:,} tokens, "
         f"{position['elapsed_s']:.0f} s)",
         flush=True,
     )
-    _tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
+    if ranks.main:
+        _tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
+    ranks.barrier()  # no rank returns before the result is saved
     return TrainResult(run_dir, position["step"], last_loss, eval_loss, info.skipped_steps, auto.to_dict(), verdict)
 
 
@@ -339,6 +389,8 @@ class Run:
     total_steps: int
     position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps: what a checkpoint saves
     best: BestWeights
+    train_model: nn.Module  # the model as the ranks train it (DDP, FSDP2): on one rank, the model itself
+    ranks: Ranks
     eval_metrics: dict = dataclasses.field(default_factory=dict)  # the last eval_record
     memory: MemoryPlan | None = None  # the planner's prediction, checked against the first step's peak (CUDA)
 
@@ -346,10 +398,17 @@ class Run:
 def _loop(run: Run) -> float | None:
     """Optimizer steps until total_steps, updating run.position (and run.eval_metrics at each eval); returns the
     last finite loss."""
-    t, model, position, task = run.cfg.train, run.built.model, run.position, run.task
+    t, model, position, task = run.cfg.train, unwrap(run.train_model), run.position, run.task
     bad = BadSteps(t.max_bad_steps, skipped=position["skipped_steps"])
     last_loss = None
-    bar = tqdm(total=run.total_steps, initial=position["step"], desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=run.total_steps,
+        initial=position["step"],
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not run.ranks.main,
+    )
     started = time.perf_counter() - position["elapsed_s"]
     with graceful_interrupt() as stop:
         while position["step"] < run.total_steps:
@@ -366,14 +425,15 @@ def _loop(run: Run) -> float | None:
                 group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
                 tic = time.perf_counter()
                 stats = train_step(
-                    model,
-                    [_to_device(b, run.built.device) for b in group],
+                    run.train_model,
+                    [_to_device(b, run.built.device) for b in run.ranks.shard(group)],  # this rank's part
                     run.optimizer,
                     run.scheduler,
                     t.max_grad_norm,
                     task,
+                    run.ranks,
                 )
-                tokens = sum(int(b["attention_mask"].sum()) for b in group)
+                tokens = sum(int(b["attention_mask"].sum()) for b in group)  # all ranks': tokens/s is global
                 if run.memory is not None and run.built.device.type == "cuda":
                     tqdm.write(measured_note(run.memory, torch.cuda.max_memory_reserved(run.built.device)) or "")
                     run.memory = None  # one measured step says it
@@ -393,14 +453,16 @@ def _loop(run: Run) -> float | None:
                     bar.close()
                     raise _stopped(run, bad)
                 if run.evals and t.eval_every and position["step"] % t.eval_every == 0:
-                    run.eval_metrics = eval_record(task, model, run.evals)
+                    run.eval_metrics = eval_record(task, model, run.evals)  # every rank: FSDP2 gathers together
                     run.log.write({"step": position["step"], **run.eval_metrics})
                     if "eval_loss" in run.eval_metrics:
                         run.best.observe(position["step"], run.eval_metrics["eval_loss"], model)
                 saved = bool(t.save_every) and position["step"] % t.save_every == 0
                 if saved:
-                    save_checkpoint(run.run_dir, model, run.optimizer, position, t.keep_checkpoints)
-                if stop.requested:
+                    save_checkpoint(
+                        run.run_dir, run.train_model, run.optimizer, position, t.keep_checkpoints, run.ranks
+                    )
+                if run.ranks.any(stop.requested):  # all ranks stop after the same step
                     bar.close()
                     raise _interrupted(run, saved)
             if position["batch_in_epoch"] >= len(batches):
@@ -458,7 +520,9 @@ def _interrupted(run: Run, saved: bool) -> Interrupted:
     """Ctrl-C between steps: write a checkpoint of the step just completed (unless one was), say how to resume."""
     position = run.position
     if not saved:
-        save_checkpoint(run.run_dir, run.built.model, run.optimizer, position, run.cfg.train.keep_checkpoints)
+        save_checkpoint(
+            run.run_dir, run.train_model, run.optimizer, position, run.cfg.train.keep_checkpoints, run.ranks
+        )
     checkpoint = latest_checkpoint(run.run_dir)
     return Interrupted(
         f"interrupted after step {position['step']} of {run.total_steps}; checkpoint {checkpoint}. Continue with "
@@ -487,8 +551,8 @@ def _resume_checkpoint(run_dir: Path) -> Path:
     return checkpoint
 
 
-def _load_position(checkpoint: Path, model, optimizer, total_steps: int) -> dict:
-    position = load_checkpoint(checkpoint, model, optimizer)
+def _load_position(checkpoint: Path, model, optimizer, total_steps: int, ranks: Ranks) -> dict:
+    position = load_checkpoint(checkpoint, model, optimizer, ranks)
     if position["step"] > total_steps:
         raise ConfigError(
             f"{checkpoint}: the checkpoint is at step {position['step']}, past the {total_steps} steps this config "
@@ -496,6 +560,31 @@ def _load_position(checkpoint: Path, model, optimizer, total_steps: int) -> dict
         )
     print(f"resuming from {checkpoint} (step {position['step']} of {total_steps})", flush=True)
     return position
+
+
+def _describe_ranks(cfg: RunConfig, ranks: Ranks, sharding: str) -> None:
+    t = cfg.train
+    print(
+        f"ranks: {ranks.world} ({backend(cfg.model.device)}, {sharding}); each optimizer step takes {t.grad_accum} "
+        f"micro-batches of {t.micro_batch} rows over all ranks (the same steps as one process)",
+        flush=True,
+    )
+    if t.grad_accum % ranks.world:
+        print(
+            f"note: train.grad_accum {t.grad_accum} is not a multiple of the {ranks.world} ranks, so some ranks run a "
+            "blank micro-batch in each step; a multiple uses every rank fully.",
+            flush=True,
+        )
+
+
+class Unlogged:
+    """The metrics log of ranks other than 0: they write nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:

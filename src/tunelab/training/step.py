@@ -2,7 +2,9 @@
 
 The loss is normalised once per optimizer step: the task's summed losses of all micro-batches are divided by the
 number of units in all of them (loss tokens for sft, rows for classify, pairs for reward; `task.count`), so a
-micro-batch with more answer tokens weighs more, as it should. The task's metric sums are divided the same way.
+micro-batch with more answer tokens weighs more, as it should. The task's metric sums are divided the same way. With
+several ranks (training/distributed.py) the count is summed over every rank's micro-batches before the division and
+the gradients are summed across ranks, so the step is the one of a single process with all the micro-batches.
 The guard (training/guard.py) skips the update when the loss or the gradient norm is NaN/inf: the gradients are
 dropped and the optimizer never sees them, whatever the optimizer (fused AdamW, AdamW8bit).
 """
@@ -15,6 +17,7 @@ from torch import nn
 from tunelab.tasks.sft import SFT, loss_tokens, summed_loss  # noqa: F401  (loss_tokens, summed_loss: re-exported)
 from tunelab.tasks.sft import mean_loss as evaluate  # noqa: F401  (re-exported: the sft eval loss of eval/, federated/)
 from tunelab.tasks.task import Task
+from tunelab.training.distributed import ONE_PROCESS, Ranks, gradient_sync, replicated, weight
 from tunelab.training.guard import advance_schedule, update_is_finite
 
 
@@ -25,21 +28,29 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     max_grad_norm: float,
     task: Task = SFT,
+    ranks: Ranks = ONE_PROCESS,
 ) -> dict:
     """Returns loss (mean over the step's units), grad_norm (before clipping), count (the units: loss tokens, rows,
     pairs), loss_tokens (the same number, under the name sft callers read), metrics (the task's metric means) and
-    skipped: whether the guard dropped the update because the loss or the gradient norm was not finite."""
-    total = sum(task.count(b) for b in micro_batches)
+    skipped: whether the guard dropped the update because the loss or the gradient norm was not finite. With several
+    ranks, `micro_batches` are this rank's (training/distributed.py) and the figures are the whole step's."""
+    # every rank's units; a blank batch (a rank with one micro-batch fewer runs a copy) counts none
+    total = int(ranks.sum(sum(task.count(b) for b in micro_batches if weight(b))))
     loss_sum, metric_sums = 0.0, {}
-    for batch in micro_batches:
-        loss, metrics = task.loss(model, batch)
-        (loss / max(total, 1)).backward()
+    for i, batch in enumerate(micro_batches):
+        with gradient_sync(model, sync=i == len(micro_batches) - 1):  # ranks exchange (sum) gradients once
+            loss, metrics = task.loss(model, batch)
+            loss = loss * weight(batch)
+            (loss / max(total, 1)).backward()
         loss_sum += loss.item()
         for name, value in metrics.items():
-            metric_sums[name] = metric_sums.get(name, 0.0) + float(value)
+            metric_sums[name] = metric_sums.get(name, 0.0) + float(value) * weight(batch)
+    loss_sum = ranks.sum(loss_sum)
+    metric_sums = {name: ranks.sum(value) for name, value in sorted(metric_sums.items())}
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf")))
-    applied = update_is_finite(loss_sum, norm)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    norm = float(replicated(norm))
+    applied = ranks.all(update_is_finite(loss_sum, norm))  # all ranks apply or skip together
     if applied:
         optimizer.step()
         scheduler.step()

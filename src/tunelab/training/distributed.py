@@ -1,0 +1,244 @@
+"""Several processes, one run: the ranks torchrun starts, how a step's micro-batches are dealt out, and how the model
+is wrapped (DDP or FSDP2) so that the ranks' gradients add up to one process's.
+
+A run is distributed when torchrun (or `tunelab train --nproc N`, training/launch.py) sets WORLD_SIZE > 1; `session`
+then joins the process group (gloo on the CPU, nccl on CUDA, one GPU per rank) and leaves it at the end. Without
+it, `Ranks()` is the one process and every function here is the identity, so the single-process path is unchanged.
+
+The global batch does not depend on the rank count: an optimizer step takes `train.grad_accum` micro-batches of
+the epoch, as one process would, and rank r runs micro-batches r, r + N, r + 2N, ... of them (`shard`). Every rank
+runs the same number of forwards (DDP and FSDP2 need it): where grad_accum is not a multiple of N, the ranks that
+would run one fewer take a blank micro-batch, a copy whose loss is multiplied by 0 (`weight`). The step divides
+each rank's summed loss by the loss tokens of ALL ranks (`Ranks.sum`) and the wrappers SUM the gradients (not
+average), so the update is the one of a single process with the same micro-batches:
+
+    grad = sum over ranks r, micro-batches b of r: d loss_sum(b) / d w  /  sum over all b of loss_tokens(b)
+
+up to the order of the floating-point additions. The same config therefore trains the same run on 1 or N ranks,
+and a run may resume on another rank count. The non-finite guard's decision is taken on the summed loss and the
+global gradient norm and agreed with `Ranks.all`, so all ranks skip the same steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from tunelab.config import RunConfig
+from tunelab.errors import ConfigError
+from tunelab.training.build import decoder_layers
+
+BLANK = "blank"  # key of a micro-batch that only keeps a rank in step with the others (its loss counts 0 times)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the run: rank of world, and its local rank (its GPU on this host)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 alone prints, logs and writes the run directory."""
+        return self.rank == 0
+
+    def _tensor(self, values: list[float]) -> torch.Tensor:
+        device = torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+        return torch.tensor(values, dtype=torch.float64, device=device)  # exact for token counts below 2**53
+
+    def sum(self, value: float) -> float:
+        """The sum of `value` over all ranks."""
+        if self.world == 1:
+            return value
+        t = self._tensor([value])
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def all(self, flag: bool) -> bool:
+        """True when `flag` is True on every rank."""
+        if self.world == 1:
+            return flag
+        t = self._tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def any(self, flag: bool) -> bool:
+        return not self.all(not flag)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def shard(self, group: list[dict]) -> list[dict]:
+        """This rank's micro-batches of a step's `group`: every world-th from its rank on, padded with blanks to the
+        count every rank runs, ceil(len(group) / world)."""
+        mine = group[self.rank :: self.world]
+        count = math.ceil(len(group) / self.world)
+        return mine + [{**group[0], BLANK: True}] * (count - len(mine))
+
+
+ONE_PROCESS = Ranks()  # frozen: the run without a process group
+
+
+def weight(batch: dict) -> float:
+    """1 for a real micro-batch, 0 for a blank one (its forward and backward run; its loss and tokens count 0)."""
+    return 0.0 if batch.get(BLANK) else 1.0
+
+
+def from_environment() -> Ranks:
+    """The ranks torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK), or the one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return ONE_PROCESS
+    return Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def backend(device: str) -> str:
+    """nccl where the run trains on CUDA, gloo on the CPU."""
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "nccl" if cuda else "gloo"
+
+
+@contextlib.contextmanager
+def session(cfg: RunConfig) -> Iterator[Ranks]:
+    """Join the process group for the run (unless the caller already did) and leave it afterwards; on CUDA, rank r
+    trains on GPU local_rank. Ranks other than 0 print nothing: their stdout goes to os.devnull for the run."""
+    ranks = from_environment()
+    if ranks.world == 1:
+        yield ranks
+        return
+    kind = backend(cfg.model.device)
+    if kind == "nccl":
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"rank {ranks.rank} is local rank {ranks.local_rank}, but this host has {torch.cuda.device_count()} "
+                "CUDA device(s); start at most one process per GPU (--nproc / torchrun --nproc-per-node)."
+            )
+        torch.cuda.set_device(ranks.local_rank)
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group(kind)
+    try:
+        with contextlib.ExitStack() as stack:
+            if not ranks.main:
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            yield ranks
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def pick_sharding(cfg: RunConfig) -> str:
+    """ddp or fsdp2 for this config (train.sharding auto: fsdp2 for full fine-tuning, ddp otherwise); ConfigError
+    for a combination not supported yet."""
+    if cfg.task != "sft":
+        raise ConfigError(
+            f"option 'task' is {cfg.task}; several processes train task sft only for now. Train it in one process "
+            "(no --nproc, or --nproc 1)."
+        )
+    if cfg.stages:
+        raise ConfigError(
+            "option 'stages' is set; a staged run trains in one process for now. Drop --nproc, or train each stage's "
+            "config on its own with --nproc."
+        )
+    sharding = cfg.train.sharding
+    if sharding == "auto":
+        sharding = "fsdp2" if cfg.method.name == "full" else "ddp"
+    if sharding == "fsdp2":
+        if cfg.method.is_adapter:
+            what = "QLoRA (method.quantize_base nf4)" if cfg.method.quantize_base != "none" else "LoRA"
+            raise ConfigError(
+                f"option 'train.sharding' is fsdp2, which is not supported for {what} yet: the NF4 base and the "
+                "adapters' fused projections are not sharded. Use train.sharding ddp (or auto) with method.name lora; "
+                "fsdp2 trains method.name full or layers."
+            )
+        if cfg.train.checkpointing is True or cfg.train.offload_activations is True:  # auto: off under fsdp2
+            raise ConfigError(
+                "option 'train.checkpointing' (or train.offload_activations) is true, which train.sharding fsdp2 does "
+                "not support yet (the recomputation runs outside FSDP2's gathers); set it to false, or use ddp."
+            )
+        if cfg.train.optimizer != "adamw":
+            raise ConfigError(
+                f"option 'train.optimizer' is {cfg.train.optimizer}, which does not take FSDP2's sharded tensors; "
+                "with train.sharding fsdp2 use adamw."
+            )
+    return sharding
+
+
+def is_parallel(model: nn.Module) -> bool:
+    """Is `model` wrapped for several ranks (its forward must be the entry point, never a submodule's)?"""
+    return isinstance(model, (DistributedDataParallel, FSDPModule))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP; FSDP2 shards in place, so its model is itself."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _sum_hook(_state, bucket):  # unannotated: DDP checks the annotations' objects, which postponed ones are not
+    """DDP's all-reduce of a gradient bucket (dist.GradBucket) without its division by the world size: the step
+    already divided by all ranks' loss tokens."""
+    work = dist.all_reduce(bucket.buffer(), async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+def parallelize(model: nn.Module, sharding: str | None, ranks: Ranks) -> nn.Module:
+    """The module the loop trains: `model` itself on one rank; DDP around it (the whole model on every rank,
+    gradients summed in buckets during backward); or, for fsdp2, the model sharded in place, one FSDP unit per
+    decoder layer plus the root (embeddings, final norm, head: tied weights stay in one unit), gradients
+    reduce-scattered as sums."""
+    if ranks.world == 1:
+        return model
+    if sharding == "fsdp2":
+        for layer in decoder_layers(model):
+            fully_shard(layer)
+        fully_shard(model)
+        for unit in model.modules():  # each unit reduces its own gradients: every one sums, as DDP's hook below
+            if isinstance(unit, FSDPModule):
+                unit.set_gradient_divide_factor(1.0)
+                unit.set_force_sum_reduction_for_comms(True)  # a plain SUM collective (gloo has no scaled sum)
+        return model
+    cuda = next(model.parameters()).is_cuda
+    # Buffers are never trained and are the same on every rank (QLoRA's NF4 weights are buffers): no broadcast of
+    # them before each forward. Newer torch names the option forward_sync_buffers and deprecates the older name.
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    quiet_buffers = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+    ddp = DistributedDataParallel(model, device_ids=[ranks.local_rank] if cuda else None, **quiet_buffers)
+    ddp.register_comm_hook(None, _sum_hook)
+    return ddp
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    """Accumulate this backward's gradients locally (sync False) or exchange them across ranks (sync True: the
+    step's last micro-batch)."""
+    if isinstance(model, DistributedDataParallel) and not sync:
+        with model.no_sync():
+            yield
+        return
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
+    yield
+
+
+def replicated(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor of a DTensor result (FSDP2's gradient norm), the same on every rank."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded tensor (the tensor itself when it is not sharded)."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor

@@ -1,0 +1,86 @@
+"""`tunelab train --nproc N`: start N ranks of the same command on this host through torch's elastic launcher.
+
+This is `torchrun --standalone --nproc-per-node N -m tunelab.cli train ...` from inside tunelab: the launcher
+(`torch.distributed.launcher.api.elastic_launch`) runs a local rendezvous on a free port, starts the workers with
+RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT set, watches them, and stops the others when one fails. Each
+worker is `python -m tunelab.cli train ...` without --nproc, so it is the same code path as under torchrun.
+
+What can be checked before any process starts is checked here (`check_launch`), so bad input gets one message and
+exit code 2 rather than N copies of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from tunelab.config import RunConfig, dump_yaml
+from tunelab.errors import ConfigError, TunelabError
+from tunelab.training.distributed import backend, pick_sharding
+
+
+def check_launch(cfg: RunConfig, nproc: int) -> None:
+    """ConfigError when `nproc` ranks cannot train this config on this host."""
+    if nproc < 1:
+        raise ConfigError(f"option '--nproc' is {nproc}; give the number of processes to start (1 or more).")
+    if backend(cfg.model.device) == "nccl" and nproc > torch.cuda.device_count():
+        raise ConfigError(
+            f"option '--nproc' is {nproc}, but this host has {torch.cuda.device_count()} CUDA device(s); each rank "
+            f"needs its own GPU. Use --nproc {torch.cuda.device_count()} or fewer (or model.device cpu)."
+        )
+    if nproc > 1:
+        pick_sharding(cfg)
+
+
+def launch(worker_args: list[str], nproc: int) -> int:
+    """Run `python -m tunelab.cli *worker_args` as `nproc` ranks; the exit code of the first failed rank (its
+    error already printed by that rank), or 0."""
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"tunelab-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port, as torchrun --standalone picks
+        max_restarts=0,  # a failed rank fails the run: its error is the user's to fix
+    )
+    # The agent logs each failure with a banner of its own; the rank has printed the error, so keep the agent quiet.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        elastic_launch(config, sys.executable)("-m", "tunelab.cli", *worker_args)
+    except ChildFailedError as exc:
+        first = min(exc.failures.values(), key=lambda failure: failure.timestamp)
+        return first.exitcode if first.exitcode > 0 else 1
+    except SignalException:  # Ctrl-C: the agent has stopped the ranks
+        return 130
+    return 0
+
+
+class RanksFailed(TunelabError):
+    """A rank of `train_on_ranks` failed; it printed its error, and its exit code is this error's."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"training on several processes stopped (exit code {exit_code}); the error is printed above.")
+        self.exit_code = exit_code
+
+
+def train_on_ranks(cfg: RunConfig, nproc: int, *, resume: bool, check: bool, overwrite_non_run: bool) -> None:
+    """The Python API's `train(..., nproc=N)`: the resolved config, saved to a temporary YAML file, trained by
+    `nproc` ranks of `tunelab train` on this host. RanksFailed when one fails."""
+    check_launch(cfg, nproc)
+    flags = ["--overwrite"] * cfg.overwrite + ["--resume"] * resume + ["--no-check"] * (not check)
+    flags += ["--overwrite-non-run"] * overwrite_non_run
+    with tempfile.TemporaryDirectory(prefix="tunelab-launch-") as folder:
+        config = Path(folder) / "config.yaml"
+        config.write_text(dump_yaml(cfg))
+        code = launch(["train", str(config), *flags], nproc)
+    if code:
+        raise RanksFailed(code)

@@ -1,0 +1,211 @@
+"""Two ranks on the CPU (gloo) train the run one process trains, write what one process writes, and resume across
+rank counts. Launched as users launch them: `tunelab train CONFIG --nproc 2` in a subprocess.
+
+The tolerances: losses relative 1e-6, gradient norms relative 1e-4. Both runs take the same micro-batches and the
+same float32 maths; what differs is the order of additions (two ranks' partial gradient sums, FSDP2's norm summed
+shard by shard, the tied embedding's two gradient contributions), which Adam carries into later steps. Measured
+over 4 steps: losses within 4e-8 relative; gradient norms within 4e-5 (a norm of 3.2M squares, accumulated in
+another order, is the figure float32 moves most). A normalisation error is far outside both: averaging instead of
+summing across ranks halves a gradient norm, and dividing by one rank's tokens instead of all ranks' weighs the
+micro-batches wrongly by tens of percent: here they carry different numbers of loss tokens and, with grad_accum 3
+on 2 ranks, rank 0 runs two micro-batches, rank 1 one and a blank.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import tunelab
+from tunelab.cli import main
+from tunelab.training import recipe
+from tunelab.training.distributed import BLANK, Ranks
+from tunelab.training.sharded_checkpoint import _split_optim_key
+
+LOSS_RTOL, NORM_RTOL = 1e-6, 1e-4
+
+
+def _write_config(folder: Path, model_dir: Path, method: str) -> Path:
+    rows = [  # answers of different lengths, so that micro-batches carry different numbers of loss tokens
+        {
+            "question": f"What is the code of box {i}?",
+            "answer": f"Box {i} has code {1000 + 37 * i}." + " Yes." * (i % 5),
+        }
+        for i in range(24)
+    ]
+    data = folder / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "model": {"name": str(model_dir)},
+        "data": {"train": [str(data)], "system_prompt": "You answer box questions.", "max_length": 64},
+        # The LoRA runs are QLoRA: DDP with the NF4 base's buffers, which no rank broadcasts.
+        "method": {"name": method, "r": 4, "dropout": 0.0, "quantize_base": "nf4" if method == "lora" else "none"},
+        "train": {
+            "micro_batch": 4,
+            "grad_accum": 3,  # 6 micro-batches an epoch: 2 steps; on 2 ranks rank 1 runs a blank in each step
+            "lr": 1e-3,
+            "max_steps": 4,
+            "save_every": 2,
+            "keep_checkpoints_after_finish": True,
+            "checkpointing": method == "lora",  # DDP over tunelab's recomputed layers (FSDP2 refuses it for now)
+        },
+    }
+    path = folder / f"{method}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _launch(config: Path, run_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    src = os.pathsep.join([str(Path(tunelab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    env = os.environ | {"PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "tunelab.cli", "train", str(config), "--output_dir", str(run_dir), *flags]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_curve(one: Path, other: Path) -> None:
+    a, b = _metrics(one), _metrics(other)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=LOSS_RTOL), (x, y)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=NORM_RTOL), (x, y)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir):
+    """Configs, and each run made once on demand: ("one"|"two", "lora"|"full") -> run directory."""
+    folder = tmp_path_factory.mktemp("distributed")
+    configs = {method: _write_config(folder, tiny_model_dir, method) for method in ("lora", "full")}
+    made: dict = {}
+
+    def run(ranks: str, method: str) -> Path:
+        if (ranks, method) not in made:
+            run_dir = folder / f"{ranks}-{method}"
+            if ranks == "one":
+                recipe.train(configs[method], {"output_dir": str(run_dir)})
+            else:
+                done = _launch(configs[method], run_dir, "--nproc", "2")
+                assert done.returncode == 0, done.stderr[-3000:]
+                made[("log", method)] = done
+            made[(ranks, method)] = run_dir
+        return made[(ranks, method)]
+
+    run.configs, run.made, run.folder = configs, made, folder
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_two_ranks_train_what_one_process_trains(runs, method):
+    """DDP (QLoRA) and FSDP2 (full): the same losses and gradient norms, and the same saved result."""
+    one, two = runs("one", method), runs("two", method)
+    _assert_same_curve(one, two)
+    result = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    a, b = load_file(one / result), load_file(two / result)
+    assert a.keys() == b.keys()
+    # Adam's update is about lr * sign(m) where |m| ~ sqrt(v): elements with a near-zero gradient may move by up to
+    # ~2 lr in one run and not the other; the bound is a few steps' learning rate (lr 1e-3, 4 steps).
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 4e-3
+
+
+@pytest.mark.slow
+def test_rank_zero_alone_prints_and_writes(runs):
+    two = runs("two", "lora")
+    log = runs.made[("log", "lora")]
+    assert log.stdout.count("resolved config") == 1
+    assert log.stdout.count("saved to") == 1
+    assert "ranks: 2 (gloo, ddp)" in log.stdout
+    assert len(_metrics(two)) == 4  # one writer: no line twice
+    info = json.loads((two / "run.json").read_text())
+    assert info["finished"] and info["steps"] == 4
+    checkpoint = two / "checkpoints" / "step-0000004"
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["format"] == "sharded" and state["world_size"] == 2
+    assert sorted(state["files"]) == sorted(str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*.safetensors"))
+    assert {"rng-0.safetensors", "rng-1.safetensors"} <= set(state["files"])
+    assert not list(two.glob(".tmp*")) and not list((two / "checkpoints").glob(".tmp*"))
+
+
+def _cut_after_step_2(run_dir: Path, to: Path) -> Path:
+    """A copy of a finished run as if it had been stopped after the checkpoint of step 2."""
+    shutil.copytree(run_dir, to)
+    shutil.rmtree(to / "checkpoints" / "step-0000004")
+    return to
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_two_ranks_resume_on_one(runs, method, tmp_path):
+    two = runs("two", method)
+    resumed = _cut_after_step_2(two, tmp_path / "resumed")
+    recipe.train(runs.configs[method], {"output_dir": str(resumed)}, resume=True)
+    _assert_same_curve(two, resumed)
+    _assert_same_curve(runs("one", method), resumed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_one_process_resumes_on_two_ranks(runs, method, tmp_path, capfd):
+    one = runs("one", method)
+    resumed = _cut_after_step_2(one, tmp_path / "resumed")
+    if method == "full":  # the command line
+        done = _launch(runs.configs[method], resumed, "--nproc", "2", "--resume")
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = done.stdout
+    else:  # the Python API
+        result = tunelab.train(runs.configs[method], {"output_dir": str(resumed)}, resume=True, nproc=2)
+        assert result.steps == 4 and result.final_loss == pytest.approx(_metrics(one)[-1]["loss"], rel=LOSS_RTOL)
+        out = capfd.readouterr().out
+    assert out.count("resuming from") == 1
+    _assert_same_curve(one, resumed)
+    assert (resumed / "checkpoints" / "step-0000004" / "shards").is_dir()  # written by two ranks
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--train.sharding", "fsdp2", "--method.quantize_base", "none"], "not supported for LoRA yet"),
+        (["--train.sharding", "fsdp2", "--method.quantize_base", "nf4"], "not supported for QLoRA"),
+        (["--method.name", "full", "--train.checkpointing", "true"], "train.checkpointing"),
+        (["--model.device", "cuda", "--nproc", "9"], "CUDA device"),
+        (["--nproc", "0"], "--nproc"),
+    ],
+)
+def test_bad_launch_is_refused_before_any_process_starts(runs, tmp_path, capsys, flags, message):
+    if "--model.device" in flags and torch.cuda.device_count() >= 9:
+        pytest.skip("this host has 9 GPUs")
+    nproc = [] if "--nproc" in flags else ["--nproc", "2"]
+    code = main(["train", str(runs.configs["lora"]), "--output_dir", str(tmp_path / "run"), *nproc, *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_shards_deal_every_micro_batch_once_and_keep_ranks_in_step():
+    group = [{"id": i} for i in range(5)]
+    parts = [Ranks(rank, 2).shard(group) for rank in range(2)]
+    assert [len(p) for p in parts] == [3, 3]  # every rank runs the same number of forwards
+    real = [b["id"] for p in parts for b in p if not b.get(BLANK)]
+    assert sorted(real) == list(range(5))  # disjoint, and together the whole group
+    assert sum(bool(b.get(BLANK)) for p in parts for b in p) == 1
+    assert Ranks().shard(group) == group
+
+
+def test_optimizer_keys_split_at_the_parameter_name():
+    names = {"model.layers.0.mlp.up_proj.weight", "model.norm.weight"}
+    assert _split_optim_key("model.layers.0.mlp.up_proj.weight.exp_avg", names) == (
+        "model.layers.0.mlp.up_proj.weight",
+        "exp_avg",
+    )
+    assert _split_optim_key("model.norm.weight.step", names) == ("model.norm.weight", "step")
