@@ -31,6 +31,7 @@ from tunelab.infer.run import LoadedRun, open_run
 from tunelab.rundir import HEAD_TASKS, open_info, read_info
 from tunelab.training.distributed import from_environment
 from tunelab.training.launch import check_launch, train_on_ranks
+from tunelab.training.plan import plan_run
 from tunelab.training.recipe import TrainResult, config_path, resolve
 from tunelab.training.recipe import train as _train
 from tunelab.training.stages import train_stages
@@ -112,8 +113,6 @@ def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None =
     predicted peak and speed, the chosen one and why; .text() is what the CLI prints. Loads the data and the model's
     config, not its weights. gpu_memory (like "24GiB") overrides train.gpu_memory; BudgetError (a ConfigError) when
     nothing fits, naming the minimum and its largest part."""
-    from tunelab.training.plan import plan_run
-
     return plan_run(resolve(config, overrides).config, gpu_memory)
 
 
