@@ -39,7 +39,6 @@ import yaml
 
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, describe, dump_yaml, stage_config
-from tunelab.data.loader import build_datasets
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, resolve_source
 from tunelab.models.untrained import repair_rows
@@ -47,6 +46,7 @@ from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
 from tunelab.quant.linear import quantize_model_
 from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info, write_info
+from tunelab.tasks import get_task
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_note, finish_replacement, plan_output_dir, start_run_dir
@@ -121,8 +121,8 @@ def _eval_rows(plans: list[ResolvedConfig]) -> list[list]:
     tokenizer = load_tokenizer(resolve_source(first.model.name), first.model.trust_remote_code)
     rows = []
     for k, plan in enumerate(plans, 1):
-        try:
-            data = build_datasets(plan.config.data, tokenizer, plan.config.train.seed)
+        try:  # as the stage's task reads its data (an sft stage, a dpo stage after it, ...)
+            data = get_task(plan.config.task, plan.config).build_data(plan.config, tokenizer, plan.config.train.seed)
         except (ConfigError, RunDirError) as exc:
             raise type(exc)(f"stage {k}: {exc}") from None
         rows.append(data.eval)
@@ -279,7 +279,12 @@ def _stages(
             if not (merged / "config.json").is_file():
                 print(f"stage {k}: folding stage {k - 1}'s adapter into its base ({merged})", flush=True)
                 merge_stage(stage_dir(run_dir, k - 1), merged)
-        extra = {f"{STAGE_PREFIX}{j}": evals[j - 1] for j in range(1, k) if evals[j - 1]}
+        # the forgetting matrix's row: earlier stages' eval rows of the same task (a dpo stage cannot score sft rows)
+        extra = {
+            f"{STAGE_PREFIX}{j}": evals[j - 1]
+            for j in range(1, k)
+            if evals[j - 1] and plans[j - 1].config.task == plan.config.task
+        }
         print(f"\n===== stage {k} of {len(plans)}: {names[k - 1]} ({here}) =====", flush=True)
         result = _run_stage(plan, here, extra, resume=resume, check=check)
     return result
