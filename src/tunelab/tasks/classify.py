@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import ClassifyConfig, RunConfig
-from tunelab.data.loader import Datasets, epoch_order, split_eval
+from tunelab.data.loader import Datasets, epoch_order
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
@@ -41,6 +41,7 @@ from tunelab.tasks.head_data import (
     pad_rows,
     read_input,
     render,
+    train_and_held,
 )
 from tunelab.tasks.task import Task
 from tunelab.training.build import BuiltModel
@@ -222,13 +223,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     check_fields(d.fields, FIELDS, cfg.task)
     report = DataReport(max_length=d.max_length)
     template = resolve_template(d.template, tokenizer)
-    items = read_labelled(d.train, d.fields, d.system_prompt, report)
-    if d.eval:
-        held = read_labelled([d.eval], d.fields, d.system_prompt, report, lenient=True)
-        report.eval_source = "file"
-    else:
-        items, held = split_eval(items, d.eval_fraction, seed)
-        report.eval_source = "fraction" if held else "none"
+    items, held = train_and_held(read_labelled, d, seed, report)
     counts = Counter(it.label for it in items)
     labels = sorted(counts)
     if len(labels) < 2:

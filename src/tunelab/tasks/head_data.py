@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.formats import parse_turns, text_field
+from tunelab.data.loader import split_eval
 from tunelab.data.render import encode
 from tunelab.data.templates import Template, default_bos
 from tunelab.errors import ConfigError, DataError
@@ -153,3 +154,17 @@ def no_input_error(where: str, row: dict, fields: dict[str, str], what: str) -> 
         f"{', '.join(map(str, row)) or 'no fields'}{'; data.fields maps ' + mapped if mapped else ''}). Rename the "
         "column or map it with data.fields, e.g. {text: message}."
     )
+
+
+def train_and_held(read, data, seed: int, report) -> tuple[list, list]:
+    """The training items and the held-out ones: data.eval's file (read leniently) or data.eval_fraction of the
+    training items, with report.eval_source saying which. `read(paths, fields, system_prompt, report, lenient=...)`
+    is the task's reader (labelled rows, preference pairs)."""
+    items = read(data.train, data.fields, data.system_prompt, report)
+    if data.eval:
+        held = read([data.eval], data.fields, data.system_prompt, report, lenient=True)
+        report.eval_source = "file"
+        return items, held
+    items, held = split_eval(items, data.eval_fraction, seed)
+    report.eval_source = "fraction" if held else "none"
+    return items, held

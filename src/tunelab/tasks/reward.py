@@ -26,7 +26,7 @@ from torch import nn
 
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
-from tunelab.data.loader import Datasets, epoch_order, split_eval
+from tunelab.data.loader import Datasets, epoch_order
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
@@ -45,6 +45,7 @@ from tunelab.tasks.head_data import (
     overlong_reason,
     pad_rows,
     render,
+    train_and_held,
     with_system,
 )
 from tunelab.tasks.task import Task
@@ -212,13 +213,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     check_fields(d.fields, FIELDS, cfg.task)
     report = DataReport(max_length=d.max_length)
     template = resolve_template(d.template, tokenizer)
-    pairs = read_pairs(d.train, d.fields, d.system_prompt, report)
-    if d.eval:
-        held = read_pairs([d.eval], d.fields, d.system_prompt, report, lenient=True)
-        report.eval_source = "file"
-    else:
-        pairs, held = split_eval(pairs, d.eval_fraction, seed)
-        report.eval_source = "fraction" if held else "none"
+    pairs, held = train_and_held(read_pairs, d, seed, report)
     report.template = template.name if any(p.chosen.is_chat for p in pairs + held) else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)
     if not train:
