@@ -8,7 +8,11 @@ table with ratios against the baselines found in that file.
     python benchmarks/train_bench.py --shape llama2-7b --method lora --out $OUT/results.jsonl
     python benchmarks/train_bench.py --shape llama3-8b --method lora --no-checkpointing --out ...
     python benchmarks/train_bench.py --shape llama2-7b --method qlora --dora --out ...   # DoRA beside LoRA
+    python benchmarks/train_bench.py --shape llama2-7b --method qlora --budget 24 --out ...   # the planner's choice
     python benchmarks/train_bench.py --table --out $OUT/results.jsonl
+
+--budget GIB hands micro-batch, gradient accumulation (keeping --batch rows a step), checkpointed layers and offload
+to the planner (`training.plan.plan`), as `tunelab train` with train.gpu_memory does, and prints its table.
 """
 
 from __future__ import annotations
@@ -139,6 +143,27 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str, dor
     return model
 
 
+def planned(args) -> tuple[int, int, int | None, bool | str]:
+    """(micro_batch, grad_accum, checkpoint_layers, checkpointing) for the run: the planner's choice under --budget,
+    else what the flags say."""
+    checkpointing = "offload" if args.offload else args.checkpointing
+    if args.budget is None:
+        return args.batch, 1, args.checkpoint_layers, checkpointing
+    from tunelab.models.llama_config import LlamaConfig
+    from tunelab.training.memory import GIB as PLAN_GIB
+    from tunelab.training.memory import Setup
+    from tunelab.training.plan import plan
+
+    setup = Setup(method="lora", quantized=args.method == "qlora", rank=args.r, optimizer=args.optimizer, seq=args.seq)
+    result = plan(LlamaConfig.from_hf(SHAPES[args.shape]), setup, int(args.budget * PLAN_GIB), args.batch)
+    print(result.table(), flush=True)
+    c = result.chosen
+    if c is None:
+        raise SystemExit(result.reason)
+    mode = ("offload" if c.candidate.offload else True) if c.candidate.checkpointed else False
+    return c.candidate.micro_batch, c.candidate.grad_accum, c.candidate.checkpointed, mode
+
+
 def run(args) -> dict:
     from tunelab.peft.group import set_grouping
 
@@ -150,8 +175,9 @@ def run(args) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    checkpointing = "offload" if args.offload else args.checkpointing
+    micro_batch, grad_accum, checkpoint_layers, checkpointing = planned(args)
     model = build(args.shape, args.method, args.r, checkpointing, device, args.dora)
+    model.model.checkpoint_layers = checkpoint_layers
     for layer in model.model.layers:
         layer.mlp_chunk_tokens = args.mlp_chunk or None
     set_grouping(model, False if args.no_group else None)
@@ -173,9 +199,12 @@ def run(args) -> dict:
         if cuda:
             torch.cuda.synchronize()
         tic = time.perf_counter()
-        loss_sum, count = model(ids, labels=ids)
-        loss = loss_sum / count
-        loss.backward()
+        total = 0.0
+        for part in ids.split(micro_batch):  # grad_accum micro-batches, the loss divided once by all their tokens
+            loss_sum, count = model(part, labels=part)
+            (loss_sum / (count * grad_accum)).backward()
+            total += loss_sum.detach() / (count * grad_accum)
+        loss = total
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -198,12 +227,20 @@ def run(args) -> dict:
     name += "_release" if args.release_cache else ""
     name += "_nogroup" if args.no_group else ""
     name += "_adamw8bit" if args.optimizer == "adamw_8bit" else ""
+    if args.budget is not None or checkpoint_layers is not None or micro_batch != args.batch:
+        ckpt = "offload" if checkpointing == "offload" else "" if checkpointing else "none"
+        name += f"_mb{micro_batch}x{grad_accum}_ckpt{checkpoint_layers if checkpointing else 0}{ckpt}"
+        name += f"_plan{args.budget:g}" if args.budget is not None else ""
     record = {
         "config": name,
         "shape": args.shape,
         "seq": args.seq,
         "batch": args.batch,
-        "checkpointing": args.checkpointing,
+        "checkpointing": checkpointing,
+        "micro_batch": micro_batch,
+        "grad_accum": grad_accum,
+        "checkpoint_layers": checkpoint_layers,
+        "budget_gib": args.budget,
         "steps": args.steps,
         "mlp_chunk_tokens": args.mlp_chunk,
         "optimizer": args.optimizer,
@@ -216,7 +253,7 @@ def run(args) -> dict:
         "ceiling_tflops": round(ceiling, 1) if ceiling else None,
         "mfu_useful": round(tokens_per_s * flops["useful"] / 1e12 / ceiling, 4) if ceiling else None,
         "hfu_recompute": round(tokens_per_s * flops["with_recompute"] / 1e12 / ceiling, 4)
-        if ceiling and args.checkpointing
+        if ceiling and checkpointing and checkpoint_layers is None
         else None,
         "losses": [round(x, 4) for x in losses],
         "grad_norms": [round(x, 4) for x in norms],
@@ -273,6 +310,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     ap.add_argument("--offload", action="store_true", help="checkpointing with layer inputs in pinned host memory")
+    ap.add_argument(
+        "--checkpoint-layers", type=int, default=None, help="recompute only the lowest K layers (default: all)"
+    )
+    ap.add_argument(
+        "--budget", type=float, default=None, help="GiB: let the planner choose micro-batch/checkpointing/offload"
+    )
     ap.add_argument("--release-cache", action="store_true", help="return cached free GPU memory after every step")
     ap.add_argument(
         "--no-group", action="store_true", help="run q/k/v and gate/up adapters one by one (peft.group off)"

@@ -5,15 +5,21 @@ checkpointed layers k = 0..L (the lowest k are recomputed: `LlamaModel.checkpoin
 on or off. Each gets its peak from `training.memory.estimate` and a predicted speed from `step_time` below; the
 planner takes the fastest that fits (the smaller peak on a tie). Options the user set stay as they are.
 
-The speed model (coarse on purpose; it ranks candidates, and one measured step scales it):
+The speed model (coarse on purpose; it ranks candidates). Its three constants were fitted to one H200 call
+(`benchmarks/launch_count.py` and `train_bench.py`, 7B QLoRA, seq 2048; BENCHMARKS.md, "planner speed model"):
 - GPU time = FLOPs / THROUGHPUT. Per token and layer the forward is 2 W (W the layer's weights) + 2 T q (causal
   attention: QK^T and PV over T/2 keys on average). Backward is one forward more for frozen weights (input gradients
   only; LoRA's products are small) and two for trained ones, attention's backward twice its forward. The head is
   2 V d forward and again backward (and its weight gradient when trained). A checkpointed layer's recomputation is
   one more forward without the down projection (and without o_proj where offload parks the midpoint).
-- CPU time: about LAUNCH_S_PER_LAYER of Python and kernel launches per layer per micro-batch (7B QLoRA, micro-batch
-  1 x 2048 on an H100: ~1,000 launches, 541 ms a step of which the GPU worked a third; BENCHMARKS.md). A micro-batch
-  takes max(GPU, CPU): small micro-batches are CPU-bound, which is why the planner prefers the largest that fits.
+- Weights: every pass over a layer (forward, recomputation, backward) reads its frozen weights and writes them into
+  the grouped GEMM's stacked matrix (an NF4 weight dequantized on the way): about WEIGHT_BYTES per parameter at
+  HBM_BYTES_S, per micro-batch. It is why, of two micro-batches both GPU-bound, the larger one is faster.
+- CPU time: HOST_S_PER_LAYER of Python and kernel launches per layer per micro-batch, and HOST_S_PER_RECOMPUTE more
+  per checkpointed layer (7B QLoRA, micro-batch 1 x 2048: ~4,900 launches a step; 190 ms a step without
+  checkpointing, 238 ms with every layer checkpointed and offloaded, while the GPU needs 115-155 ms of it). A
+  micro-batch takes max(GPU, CPU): small micro-batches are CPU-bound. The host matters: the same step took up to
+  twice as long on slower hosts (BENCHMARKS.md), so on those the planner is optimistic about small micro-batches.
 - Offload: each checkpointed layer moves 2 N d e bytes each way over PCIe (input and midpoint) at PCIE_BYTES_S,
   beside the next layer's compute; only the part longer than that compute costs time.
 """
@@ -32,8 +38,11 @@ from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode
 from tunelab.training.memory import GIB, PROJECTIONS, E, Estimate, Setup, calibrate, estimate, gib, projection_shapes
 
-THROUGHPUT = 400e12  # FLOP/s of an H100/H200 step at ~50% of its bf16 ceiling (BENCHMARKS.md: 45-50% useful MFU)
-LAUNCH_S_PER_LAYER = 0.012  # CPU seconds per decoder layer per micro-batch (see the module docstring)
+THROUGHPUT = 540e12  # FLOP/s of the matmuls (recompute counted): fits four measured H200 steps within 4%
+HOST_S_PER_LAYER = 0.006  # CPU seconds per decoder layer per micro-batch (see the module docstring)
+HOST_S_PER_RECOMPUTE = 0.0015  # CPU seconds more per checkpointed layer per micro-batch
+WEIGHT_BYTES = 5  # per frozen parameter and pass: NF4 or bf16 read, bf16 written, read again by the GEMM
+HBM_BYTES_S = 4e12  # device memory bandwidth reached by those copies (an H200 has 4.8e12 peak, an H100 3.35e12)
 PCIE_BYTES_S = 25e9  # pinned host <-> device copies, one direction, beside compute
 DEFAULT_BUDGET_FRACTION = 0.92  # of the GPU's total memory: the CUDA context and libraries' workspaces live outside
 
@@ -142,11 +151,13 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int) -> float:
     per_token = layers * (forward + backward) + checkpointed * recompute + head
     n = s.tokens
     gpu = n * per_token / THROUGHPUT
+    weights = sum(i * o for i, o in projection_shapes(c).values())  # one layer's frozen parameters
+    gpu += (2 * layers + checkpointed) * weights * WEIGHT_BYTES / HBM_BYTES_S
     if s.offload and checkpointed:
         layer_s = n * forward / THROUGHPUT
         copy_s = 2 * n * c.hidden_size * E / PCIE_BYTES_S
         gpu += 2 * checkpointed * max(0.0, copy_s - layer_s)
-    cpu = LAUNCH_S_PER_LAYER * (layers + checkpointed)
+    cpu = HOST_S_PER_LAYER * layers + HOST_S_PER_RECOMPUTE * checkpointed
     return grad_accum * max(gpu, cpu)
 
 
