@@ -18,6 +18,7 @@ to the planner (`training.plan.plan`), as `tunelab train` with train.gpu_memory 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -155,12 +156,14 @@ def planned(args) -> tuple[int, int, int | None, bool | str]:
     from tunelab.training.plan import plan
 
     setup = Setup(method="lora", quantized=args.method == "qlora", rank=args.r, optimizer=args.optimizer, seq=args.seq)
+    setup = dataclasses.replace(setup, graphs=args.graphs)
     result = plan(LlamaConfig.from_hf(SHAPES[args.shape]), setup, int(args.budget * PLAN_GIB), args.batch)
     print(result.table(), flush=True)
     c = result.chosen
     if c is None:
         raise SystemExit(result.reason)
     mode = ("offload" if c.candidate.offload else True) if c.candidate.checkpointed else False
+    args.graphs = args.graphs and mode != "offload"  # offload waits on host copies: no graphs (training/graphs.py)
     return c.candidate.micro_batch, c.candidate.grad_accum, c.candidate.checkpointed, mode
 
 
@@ -194,6 +197,13 @@ def run(args) -> dict:
     vocab = SHAPES[args.shape]["vocab_size"]
     ids = torch.randint(0, vocab, (args.batch, args.seq), generator=gen).to(device)
 
+    captured = None
+    if args.graphs:
+        from tunelab.training.graphs import CapturedLoss
+
+        captured = CapturedLoss(lambda m, b: m(b["ids"], labels=b["ids"]), params)
+    scale = 1.0 / (micro_batch * (args.seq - 1) * grad_accum)  # every row's labels but its first token count
+
     step_times, losses, norms = [], [], []
     for _ in range(args.steps):
         if cuda:
@@ -201,13 +211,19 @@ def run(args) -> dict:
         tic = time.perf_counter()
         total = 0.0
         for part in ids.split(micro_batch):  # grad_accum micro-batches, the loss divided once by all their tokens
-            loss_sum, count = model(part, labels=part)
-            (loss_sum / (count * grad_accum)).backward()
-            total += loss_sum.detach() / (count * grad_accum)
+            if captured is not None:
+                loss_sum, _ = captured(model, {"ids": part}, scale)
+            else:
+                loss_sum, _ = model(part, labels=part)
+                (loss_sum * scale).backward()
+            total += loss_sum.detach() * scale
         loss = total
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if captured is not None:
+            captured.zero_grads()
+        else:
+            optimizer.zero_grad(set_to_none=True)
         if cuda and args.release_cache:
             torch.cuda.empty_cache()  # as `tunelab train` does with train.release_memory
         if cuda:
@@ -227,6 +243,7 @@ def run(args) -> dict:
     name += "_release" if args.release_cache else ""
     name += "_nogroup" if args.no_group else ""
     name += "_adamw8bit" if args.optimizer == "adamw_8bit" else ""
+    name += "_graphs" if args.graphs else ""
     if args.budget is not None or checkpoint_layers is not None or micro_batch != args.batch:
         ckpt = "offload" if checkpointing == "offload" else "" if checkpointing else "none"
         name += f"_mb{micro_batch}x{grad_accum}_ckpt{checkpoint_layers if checkpointing else 0}{ckpt}"
@@ -244,6 +261,7 @@ def run(args) -> dict:
         "steps": args.steps,
         "mlp_chunk_tokens": args.mlp_chunk,
         "optimizer": args.optimizer,
+        "graphs": args.graphs,
         "median_s": round(median, 4),
         "tokens_per_s": round(tokens_per_s, 1),
         "train_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
@@ -316,6 +334,7 @@ def main() -> None:
     ap.add_argument(
         "--budget", type=float, default=None, help="GiB: let the planner choose micro-batch/checkpointing/offload"
     )
+    ap.add_argument("--graphs", action="store_true", help="replay each micro-batch from a CUDA graph")
     ap.add_argument("--release-cache", action="store_true", help="return cached free GPU memory after every step")
     ap.add_argument(
         "--no-group", action="store_true", help="run q/k/v and gate/up adapters one by one (peft.group off)"

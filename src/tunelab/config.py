@@ -255,6 +255,10 @@ class TrainConfig:
         None,
         "GPU memory the auto values must fit, like 24GiB or 80GB (default: 0.92 of the GPU's memory)",
     )
+    cuda_graphs: bool | Auto = opt(
+        "auto",
+        "replay each micro-batch's forward and backward from a CUDA graph: one launch instead of thousands, 1.6-1.8x faster at micro-batch 1 on a 7B model; needs the fast path on one CUDA device, task sft, no packing, no LoRA dropout, no activation offload; auto: on where it applies",
+    )
     sharding: str = opt(
         "auto",
         "with several processes (torchrun, --nproc): ddp keeps the whole model on every rank and sums the gradients; fsdp2 shards weights, gradients and optimizer state across ranks (full and layers only); auto is fsdp2 for method full, ddp otherwise",

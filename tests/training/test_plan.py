@@ -163,3 +163,18 @@ def test_with_room_for_every_activation_a_smaller_micro_batch_beats_recomputatio
     result = plan(LLAMA2_7B, QLORA, 24 * GIB, global_batch=4)
     c = result.chosen.candidate
     assert (c.micro_batch, c.grad_accum, c.checkpointed) == (2, 2, 0)
+
+
+def test_graphs_make_small_micro_batches_gpu_bound():
+    # With CUDA graphs the host no longer binds micro-batch 1 (BENCHMARKS.md: 124 ms a step measured, 122 predicted),
+    # so at 16 GiB micro-batch 1 without recomputation beats micro-batch 2 with half the layers recomputed.
+    graphed = dataclasses.replace(QLORA, graphs=True)
+    c = plan(LLAMA2_7B, graphed, 16 * GIB, global_batch=4).chosen.candidate
+    assert (c.micro_batch, c.checkpointed) == (1, 0)
+    eager = plan(LLAMA2_7B, QLORA, 16 * GIB, global_batch=4).chosen.candidate
+    assert eager.micro_batch == 2 and eager.checkpointed > 0
+    one = dataclasses.replace(graphed, micro_batch=1)
+    assert step_time(LLAMA2_7B, one, 1) < step_time(LLAMA2_7B, dataclasses.replace(one, graphs=False), 1)
+    # offload waits on host copies: no graphs there
+    off = dataclasses.replace(one, checkpointed=32, offload=True)
+    assert step_time(LLAMA2_7B, off, 1) == step_time(LLAMA2_7B, dataclasses.replace(off, graphs=False), 1)

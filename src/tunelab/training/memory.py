@@ -71,6 +71,7 @@ class Setup:
     checkpointed: int = 0  # the lowest this many decoder layers are recomputed in backward
     offload: bool = False  # checkpointed inputs wait in host memory
     grouped: bool = True  # LoRA groups run as one GEMM (CUDA)
+    graphs: bool = False  # micro-batches may replay from CUDA graphs (training/graphs.py; not with offload)
 
     @property
     def tokens(self) -> int:

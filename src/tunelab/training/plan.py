@@ -3,7 +3,8 @@
 Candidates: every micro-batch that divides the global batch (micro_batch x grad_accum, kept), every number of
 checkpointed layers k = 0..L (the lowest k are recomputed: `LlamaModel.checkpoint_layers`), offload of their inputs
 on or off. Each gets its peak from `training.memory.estimate` and a predicted speed from `step_time` below; the
-planner takes the fastest that fits (the smaller peak on a tie). Options the user set stay as they are.
+planner takes the fastest that fits (on a tie, the fewer recomputed layers, then the smaller peak). Options the user
+set stay as they are.
 
 The speed model (coarse on purpose; it ranks candidates). Its three constants were fitted to one H200 call
 (`benchmarks/launch_count.py` and `train_bench.py`, 7B QLoRA, seq 2048; BENCHMARKS.md, "planner speed model"):
@@ -20,6 +21,9 @@ The speed model (coarse on purpose; it ranks candidates). Its three constants we
   checkpointing, 238 ms with every layer checkpointed and offloaded, while the GPU needs 115-155 ms of it). A
   micro-batch takes max(GPU, CPU): small micro-batches are CPU-bound. The host matters: the same step took up to
   twice as long on slower hosts (BENCHMARKS.md), so on those the planner is optimistic about small micro-batches.
+  A micro-batch replayed from a CUDA graph (train.cuda_graphs; not with offload) costs the host HOST_S_GRAPH: the
+  measured graphed steps ran at the GPU times this model predicts (124 and 166 ms at micro-batch 1, against 122
+  and 167 predicted).
 - Offload: each checkpointed layer moves 2 N d e bytes each way over PCIe (input and midpoint) at PCIE_BYTES_S,
   beside the next layer's compute; only the part longer than that compute costs time.
 """
@@ -41,6 +45,7 @@ from tunelab.training.memory import GIB, PROJECTIONS, E, Estimate, Setup, calibr
 THROUGHPUT = 540e12  # FLOP/s of the matmuls (recompute counted): fits four measured H200 steps within 4%
 HOST_S_PER_LAYER = 0.006  # CPU seconds per decoder layer per micro-batch (see the module docstring)
 HOST_S_PER_RECOMPUTE = 0.0015  # CPU seconds more per checkpointed layer per micro-batch
+HOST_S_GRAPH = 0.002  # CPU seconds per micro-batch replayed from a CUDA graph (copy the batch in, launch)
 WEIGHT_BYTES = 5  # per frozen parameter and pass: NF4 or bf16 read, bf16 written, read again by the GEMM
 HBM_BYTES_S = 4e12  # device memory bandwidth reached by those copies (an H200 has 4.8e12 peak, an H100 3.35e12)
 PCIE_BYTES_S = 25e9  # pinned host <-> device copies, one direction, beside compute
@@ -157,7 +162,10 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int) -> float:
         layer_s = n * forward / THROUGHPUT
         copy_s = 2 * n * c.hidden_size * E / PCIE_BYTES_S
         gpu += 2 * checkpointed * max(0.0, copy_s - layer_s)
-    cpu = HOST_S_PER_LAYER * layers + HOST_S_PER_RECOMPUTE * checkpointed
+    if s.graphs and not s.offload:
+        cpu = HOST_S_GRAPH
+    else:
+        cpu = HOST_S_PER_LAYER * layers + HOST_S_PER_RECOMPUTE * checkpointed
     return grad_accum * max(gpu, cpu)
 
 
@@ -204,6 +212,7 @@ def plan(
     sequence length (its micro_batch, checkpointed and offload are replaced per candidate); `global_batch` rows per
     optimizer step are kept. BudgetError when nothing fits, naming the minimum and its largest part."""
     fixed = fixed or Fixed()
+    setup = dataclasses.replace(setup, graphs=setup.graphs and cuda)  # CUDA graphs exist on CUDA only
     scored = []
     for cand in candidates(c.num_layers, global_batch, fixed, cuda):
         s = dataclasses.replace(
@@ -214,7 +223,7 @@ def plan(
         scored.append(Scored(cand, est, t, cand.micro_batch * cand.grad_accum * s.seq / t))
     smallest = min(scored, key=lambda x: (x.peak, x.step_s))
     fitting = [x for x in scored if x.peak <= budget]
-    chosen = min(fitting, key=lambda x: (x.step_s, x.peak)) if fitting else None
+    chosen = min(fitting, key=lambda x: (x.step_s, x.candidate.checkpointed, x.peak)) if fitting else None
     shown = _shown(scored, budget)
     if chosen is None:
         reason = _too_small(budget, smallest, c.num_layers)
@@ -295,7 +304,14 @@ def config_setup(cfg: RunConfig, seq: int) -> Setup:
         top_layers=m.top_layers,
         optimizer=cfg.train.optimizer,
         seq=seq,
+        graphs=graphs_possible(cfg),
     )
+
+
+def graphs_possible(cfg: RunConfig) -> bool:
+    """Whether a run of this config on one CUDA device would replay from CUDA graphs where it does not offload
+    (training/graphs.py decides for the run itself)."""
+    return cfg.train.cuda_graphs is not False and cfg.task == "sft" and not cfg.data.packing and cfg.method.dropout == 0
 
 
 def plan_for_config(

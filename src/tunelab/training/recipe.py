@@ -46,6 +46,7 @@ from tunelab.training.build import BuiltModel, save_full_weights
 from tunelab.training.checkpoint import delete_checkpoints, intact_checkpoint, latest_checkpoint, no_space_message
 from tunelab.training.distributed import Ranks, backend, parallelize, pick_sharding, session, unwrap
 from tunelab.training.evals import EvalSets, eval_record, eval_sets
+from tunelab.training.graphs import CapturedLoss, bucket_width, pad_to, use_graphs
 from tunelab.training.guard import BadSteps, require_finite, stop_message
 from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
@@ -241,6 +242,8 @@ def _train(
     print(auto.describe(), flush=True)
     trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
     t = trained.train
+    graphs_on, graphs_why = use_graphs(trained, built.impl, built.device, task.name, ranks.world)
+    print(f"cuda graphs: {graphs_why}", flush=True)
     train_model = parallelize(model, sharding, ranks)  # the model itself on one rank
     if ranks.world > 1:
         _describe_ranks(trained, ranks, sharding)
@@ -311,6 +314,8 @@ def _train(
         train_model,
         ranks,
         memory=memory,
+        captured=CapturedLoss(task.loss, [p for p in model.parameters() if p.requires_grad]) if graphs_on else None,
+        graph_width=bucket_width(cfg.data.max_length),
     )
     try:
         last_loss = _loop(run)
@@ -393,6 +398,14 @@ class Run:
     ranks: Ranks
     eval_metrics: dict = dataclasses.field(default_factory=dict)  # the last eval_record
     memory: MemoryPlan | None = None  # the planner's prediction, checked against the first step's peak (CUDA)
+    captured: CapturedLoss | None = None  # micro-batches replayed from CUDA graphs (training/graphs.py)
+    graph_width: int = 64  # with graphs: batches are padded to a multiple of this many tokens
+
+
+def _on_device(run: Run, batch: dict) -> dict:
+    """The batch on the model's device; with CUDA graphs, padded to the run's width buckets (one graph per width)."""
+    batch = _to_device(batch, run.built.device)
+    return pad_to(batch, run.graph_width, run.pad_id) if run.captured is not None else batch
 
 
 def _loop(run: Run) -> float | None:
@@ -426,12 +439,13 @@ def _loop(run: Run) -> float | None:
                 tic = time.perf_counter()
                 stats = train_step(
                     run.train_model,
-                    [_to_device(b, run.built.device) for b in run.ranks.shard(group)],  # this rank's part
+                    [_on_device(run, b) for b in run.ranks.shard(group)],  # this rank's part
                     run.optimizer,
                     run.scheduler,
                     t.max_grad_norm,
                     task,
                     run.ranks,
+                    run.captured,
                 )
                 tokens = sum(int(b["attention_mask"].sum()) for b in group)  # all ranks': tokens/s is global
                 if run.memory is not None and run.built.device.type == "cuda":

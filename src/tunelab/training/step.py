@@ -18,6 +18,7 @@ from tunelab.tasks.sft import SFT, loss_tokens, summed_loss  # noqa: F401  (loss
 from tunelab.tasks.sft import mean_loss as evaluate  # noqa: F401  (re-exported: the sft eval loss of eval/, federated/)
 from tunelab.tasks.task import Task
 from tunelab.training.distributed import ONE_PROCESS, Ranks, gradient_sync, replicated, weight
+from tunelab.training.graphs import CapturedLoss
 from tunelab.training.guard import advance_schedule, update_is_finite
 
 
@@ -29,6 +30,7 @@ def train_step(
     max_grad_norm: float,
     task: Task = SFT,
     ranks: Ranks = ONE_PROCESS,
+    captured: CapturedLoss | None = None,
 ) -> dict:
     """Returns loss (mean over the step's units), grad_norm (before clipping), count (the units: loss tokens, rows,
     pairs), loss_tokens (the same number, under the name sft callers read), metrics (the task's metric means) and
@@ -38,10 +40,13 @@ def train_step(
     total = int(ranks.sum(sum(task.count(b) for b in micro_batches if weight(b))))
     loss_sum, metric_sums = 0.0, {}
     for i, batch in enumerate(micro_batches):
-        with gradient_sync(model, sync=i == len(micro_batches) - 1):  # ranks exchange (sum) gradients once
-            loss, metrics = task.loss(model, batch)
-            loss = loss * weight(batch)
-            (loss / max(total, 1)).backward()
+        if captured is not None:  # one process, every batch weighs 1 (training/graphs.py)
+            loss, metrics = captured(model, batch, 1.0 / max(total, 1))
+        else:
+            with gradient_sync(model, sync=i == len(micro_batches) - 1):  # ranks exchange (sum) gradients once
+                loss, metrics = task.loss(model, batch)
+                loss = loss * weight(batch)
+                (loss / max(total, 1)).backward()
         loss_sum += loss.item()
         for name, value in metrics.items():
             metric_sums[name] = metric_sums.get(name, 0.0) + float(value) * weight(batch)
