@@ -81,3 +81,21 @@ def test_graph_replay_equals_eager_bit_for_bit(quantized, checkpointing):
     assert graph_losses == eager_losses
     for a, b in zip(eager_grads, graph_grads):
         assert torch.equal(a, b)
+
+
+def test_shapes_beyond_the_graph_limit_run_eagerly_with_the_same_result(monkeypatch):
+    from tunelab.training import graphs
+
+    monkeypatch.setattr(graphs, "MAX_GRAPHS", 1)
+    model = _model(quantized=False, checkpointing=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    captured = graphs.CapturedLoss(lambda m, b: m(b["ids"], labels=b["ids"]), params)
+    ids = torch.randint(0, SHAPE["vocab_size"], (2, 128), generator=torch.Generator().manual_seed(3)).cuda()
+    captured(model, {"ids": ids[:1]}, 1.0)  # captured: the one graph allowed
+    first = [p.grad.clone() for p in params]
+    captured.zero_grads()
+    loss, _ = captured(model, {"ids": ids[:, :64]}, 1.0)  # another shape: eager
+    assert len(captured.graphs) == 1 and torch.isfinite(loss)
+    captured.zero_grads()
+    captured(model, {"ids": ids[:1]}, 1.0)  # the graph again, unchanged
+    assert all(torch.equal(a, p.grad) for a, p in zip(first, params))

@@ -37,7 +37,7 @@ from tunelab.config import AUTO, RunConfig
 from tunelab.errors import ConfigError
 
 WARMUP = 2  # eager passes before a capture (PyTorch's whole-network capture example uses a few)
-MAX_GRAPHS = 8  # batch shapes captured at most; each graph keeps its activations' memory
+MAX_GRAPHS = 8  # batch shapes captured at most (later shapes run eagerly); the graphs share one memory pool
 
 Batch = dict[str, Any]
 
@@ -144,8 +144,10 @@ class CapturedLoss:
         self.attach_grads()
         key = _shape_key(batch)
         if key not in self.graphs:
-            if len(self.graphs) >= MAX_GRAPHS:
-                raise RuntimeError(f"more than {MAX_GRAPHS} batch shapes to capture; pad batches to fewer widths")
+            if len(self.graphs) >= MAX_GRAPHS:  # e.g. a short last batch in every width: that one runs eagerly
+                loss_sum, metric_sums = self.loss_fn(model, batch)
+                (loss_sum * scale).backward()
+                return loss_sum.detach(), _detached(metric_sums)
             self.graphs[key] = self._capture(model, batch)
         graph, inputs, scale_t, outputs = self.graphs[key]
         for name, value in batch.items():
