@@ -76,6 +76,15 @@ class Ranks:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return bool(t.item())
 
+    def each(self, value: float) -> list[float]:
+        """`value` of every rank, in rank order."""
+        if self.world == 1:
+            return [value]
+        t = self._tensor([value])
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t)
+        return [float(x.item()) for x in out]
+
     def any(self, flag: bool) -> bool:
         return not self.all(not flag)
 
