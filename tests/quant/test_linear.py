@@ -1,6 +1,6 @@
 """The frozen NF4 linear layer (QLoRA's base): its forward is F.linear of the dequantized weight, its state dict and
-dtype moves keep the format, its input gradient uses the dequantized weight, the workspace is reused, and putting NF4
-layers into a model (from 16-bit weights, or from the meta device) frees the 16-bit weights one at a time.
+dtype moves keep the format, its input gradient uses the dequantized weight, the workspace is reused (or, for FSDP2,
+not), its state can be held as frozen Parameters (which FSDP2 shards), and putting NF4 layers into a model (from 16-bit weights, or from the meta device) frees the 16-bit weights one at a time.
 Runs on CUDA too when there is one (NF4 layers then dequantize with the Triton kernel).
 """
 
