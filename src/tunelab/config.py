@@ -261,7 +261,7 @@ class TrainConfig:
     )
     sharding: str = opt(
         "auto",
-        "with several processes (torchrun, --nproc): ddp keeps the whole model on every rank and sums the gradients; fsdp2 shards weights, gradients and optimizer state across ranks (full and layers only); auto is fsdp2 for method full, ddp otherwise",
+        "with several processes (torchrun, --nproc): ddp keeps the whole model on every rank and sums the gradients; fsdp2 shards weights, gradients and optimizer state across ranks (full, layers, and QLoRA: its NF4 base too); auto is fsdp2 for method full, ddp otherwise",
         choices=("auto", "ddp", "fsdp2"),
     )
     report_to: list[str] = opt(

@@ -1,6 +1,6 @@
 """The frozen NF4 linear layer (QLoRA's base): its forward is F.linear of the dequantized weight, its state dict and
-dtype moves keep the format, its input gradient uses the dequantized weight, the workspace is reused, and putting NF4
-layers into a model (from 16-bit weights, or from the meta device) frees the 16-bit weights one at a time.
+dtype moves keep the format, its input gradient uses the dequantized weight, the workspace is reused (or, for FSDP2,
+not), its state can be held as frozen Parameters (which FSDP2 shards), and putting NF4 layers into a model (from 16-bit weights, or from the meta device) frees the 16-bit weights one at a time.
 Runs on CUDA too when there is one (NF4 layers then dequantize with the Triton kernel).
 """
 
@@ -68,6 +68,43 @@ def test_nf4_linear_state_dict_round_trip_and_dtype_moves_keep_the_format():
     assert torch.equal(layer.dequantized(), before)
     x = torch.randn(2, 64, dtype=torch.bfloat16)
     assert layer(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nf4_state_as_parameters_keeps_names_tensors_and_results(device):
+    """What FSDP2 shards (`as_parameters_`): the same tensors under the same names, now frozen Parameters; the forward,
+    the state dict and dtype moves are unchanged."""
+    layer = NF4Linear.from_linear(make_linear(64, 48, torch.float32, device))
+    x = torch.randn(3, 64, device=device)
+    before, state = layer(x), {k: v.clone() for k, v in layer.state_dict().items()}
+    packed = layer.weight_packed
+    layer.as_parameters_(DequantWorkspace(reuse=False))
+    assert layer.weight_packed is not None and layer.weight_packed.data_ptr() == packed.data_ptr()
+    names = {n for n, p in layer.named_parameters() if not p.requires_grad}
+    assert names == {"weight_packed", "weight_absmax_q", "weight_absmax2", "bias"}
+    assert {n for n, _ in layer.named_buffers()} == {"weight_offset", "nf4_code", "absmax_code"}
+    assert layer.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in layer.state_dict().items())
+    assert torch.equal(layer(x), before)
+    layer.to(torch.bfloat16)
+    assert isinstance(layer.weight_packed, nn.Parameter) and not layer.weight_packed.requires_grad
+    assert layer.weight_packed.dtype == torch.uint8 and layer.weight_absmax2.dtype == torch.float32
+    assert torch.equal(
+        layer.dequantized(torch.float32),
+        NF4Linear.from_linear(make_linear(64, 48, torch.float32, device)).dequantized(torch.float32),
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the workspace holds Triton dequantizations: needs CUDA")
+def test_workspace_without_reuse_dequantizes_every_time():
+    """reuse=False (FSDP2): a weight is written again even when its (address, version) key says it is held."""
+    q = quantize_nf4(weight((48, 64), device="cuda"))
+    for reuse in (True, False):
+        ws = DequantWorkspace(reuse=reuse)
+        first = ws.weight(q, torch.bfloat16).clone()
+        ws.weight(q, torch.bfloat16).fill_(7.0)  # someone else's weight at the same address (FSDP2's next gather)
+        again = ws.weight(q, torch.bfloat16)
+        assert torch.equal(again, first) != reuse
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -32,7 +32,11 @@ from tunelab.training.sharded_checkpoint import _split_optim_key
 LOSS_RTOL, NORM_RTOL = 1e-6, 1e-4
 
 
-def _write_config(folder: Path, model_dir: Path, method: str) -> Path:
+CASES = ("lora", "full", "qlora_fsdp2")  # DDP over QLoRA, FSDP2 over full weights, FSDP2 over QLoRA (NF4 sharded)
+
+
+def _write_config(folder: Path, model_dir: Path, case: str) -> Path:
+    qlora = case in ("lora", "qlora_fsdp2")
     rows = [  # answers of different lengths, so that micro-batches carry different numbers of loss tokens
         {
             "question": f"What is the code of box {i}?",
@@ -45,19 +49,26 @@ def _write_config(folder: Path, model_dir: Path, method: str) -> Path:
     config = {
         "model": {"name": str(model_dir)},
         "data": {"train": [str(data)], "system_prompt": "You answer box questions.", "max_length": 64},
-        # The LoRA runs are QLoRA: DDP with the NF4 base's buffers, which no rank broadcasts.
-        "method": {"name": method, "r": 4, "dropout": 0.0, "quantize_base": "nf4" if method == "lora" else "none"},
+        # The LoRA runs are QLoRA: under DDP the NF4 base's buffers, which no rank broadcasts; under FSDP2 the NF4
+        # codes and absmaxes as frozen parameters, each rank holding half of them.
+        "method": {
+            "name": "lora" if qlora else "full",
+            "r": 4,
+            "dropout": 0.0,
+            "quantize_base": "nf4" if qlora else "none",
+        },
         "train": {
+            "sharding": "fsdp2" if case == "qlora_fsdp2" else "auto",
             "micro_batch": 4,
             "grad_accum": 3,  # 6 micro-batches an epoch: 2 steps; on 2 ranks rank 1 runs a blank in each step
             "lr": 1e-3,
             "max_steps": 4,
             "save_every": 2,
             "keep_checkpoints_after_finish": True,
-            "checkpointing": method == "lora",  # DDP over tunelab's recomputed layers (FSDP2 refuses it for now)
+            "checkpointing": case == "lora",  # DDP over tunelab's recomputed layers (FSDP2 refuses it for now)
         },
     }
-    path = folder / f"{method}.yaml"
+    path = folder / f"{case}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -83,9 +94,9 @@ def _assert_same_curve(one: Path, other: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
-    """Configs, and each run made once on demand: ("one"|"two", "lora"|"full") -> run directory."""
+    """Configs, and each run made once on demand: ("one"|"two", a case of CASES) -> run directory."""
     folder = tmp_path_factory.mktemp("distributed")
-    configs = {method: _write_config(folder, tiny_model_dir, method) for method in ("lora", "full")}
+    configs = {case: _write_config(folder, tiny_model_dir, case) for case in CASES}
     made: dict = {}
 
     def run(ranks: str, method: str) -> Path:
@@ -105,17 +116,93 @@ def runs(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", CASES)
 def test_two_ranks_train_what_one_process_trains(runs, method):
-    """DDP (QLoRA) and FSDP2 (full): the same losses and gradient norms, and the same saved result."""
+    """DDP (QLoRA), FSDP2 (full) and FSDP2 (QLoRA): the same losses and gradient norms, and the same saved result
+    (for QLoRA under FSDP2, the adapters gathered from their shards into PEFT's single file)."""
     one, two = runs("one", method), runs("two", method)
     _assert_same_curve(one, two)
-    result = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    result = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     a, b = load_file(one / result), load_file(two / result)
     assert a.keys() == b.keys()
     # Adam's update is about lr * sign(m) where |m| ~ sqrt(v): elements with a near-zero gradient may move by up to
     # ~2 lr in one run and not the other; the bound is a few steps' learning rate (lr 1e-3, 4 steps).
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 4e-3
+    if method == "qlora_fsdp2":
+        out = runs.made[("log", method)].stdout
+        assert "ranks: 2 (gloo, fsdp2)" in out
+        assert "NF4 base: 37.2 KiB, sharded; the ranks hold 18.6 KiB, 18.6 KiB of it between layers" in out
+        shards = (two / "checkpoints" / "step-0000004" / "shards").glob("*.safetensors")
+        keys = {k for f in shards for k in load_file(f)}
+        assert keys and all(".lora_" in k for k in keys)  # adapters and their Adam state: the NF4 base is not saved
+
+
+@pytest.mark.slow
+def test_qlora_fsdp2_adapter_loads_in_peft_with_tunelabs_logits(runs, tiny_model_dir):
+    """The adapter two FSDP2 ranks gathered into PEFT's file: plain transformers + PEFT over the 16-bit base give
+    the logits tunelab gives over the same base (base_precision 16bit), and the adapter moves them."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.infer.run import open_run
+
+    two = runs("two", "qlora_fsdp2")
+    ids = torch.tensor([[1, 17, 42, 99, 5, 300, 7, 64]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        plain = base(ids).logits
+        peft_logits = PeftModel.from_pretrained(base, two).eval()(ids).logits
+        ours = open_run(two, device="cpu", dtype="fp32", base_precision="16bit").model(ids).logits
+    torch.testing.assert_close(peft_logits, ours, rtol=1e-5, atol=1e-5)
+    assert float((peft_logits - plain).abs().max()) > 1e-3  # the trained adapter is in the file, not zeros
+
+
+def _shard_worker(rank: int, world: int, model_dir: str, store: str, out: str) -> None:
+    """One of `world` gloo ranks: build the QLoRA model as `tunelab train` does, shard it with FSDP2, and write what
+    this rank holds of the NF4 base and the loss of one batch, sharded and unsharded."""
+    import torch.distributed as dist
+
+    from tunelab.config import load_config
+    from tunelab.models.load import resolve_source
+    from tunelab.training.build import build_model
+    from tunelab.training.distributed import nf4_bytes_held, parallelize
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        cfg = load_config(None, {"model.name": model_dir, "method.quantize_base": "nf4", "model.device": "cpu"}).config
+        model = build_model(resolve_source(model_dir), cfg.model, cfg.method).model
+        ids = torch.arange(3, 35).view(2, 16)
+        batch = (ids, torch.arange(16).expand(2, -1), torch.ones_like(ids))
+        before = nf4_bytes_held(model)
+        with torch.no_grad():
+            whole_loss = float(model(*batch, labels=ids).loss_sum)
+        sharded = parallelize(model, "fsdp2", Ranks(rank, world))
+        with torch.no_grad():
+            sharded_loss = float(sharded(*batch, labels=ids).loss_sum)
+        record = {"before": before, "after": nf4_bytes_held(model), "whole": whole_loss, "sharded": sharded_loss}
+        Path(out, f"rank-{rank}.json").write_text(json.dumps(record))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_each_rank_holds_half_of_the_nf4_base(tiny_model_dir, tmp_path):
+    """FSDP2 over QLoRA on 2 gloo ranks: each holds about half the NF4 codes and absmaxes (dim 0 of each tensor cut
+    in two, the first rank taking the odd element), together all of it, and the sharded model computes the loss the
+    whole one does."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_shard_worker, args=(2, str(tiny_model_dir), str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    records = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    whole = records[0]["before"][1]
+    assert whole > 0 and all(r["before"] == [whole, whole] for r in records)  # unsharded: every rank holds it all
+    held = [r["after"][0] for r in records]
+    assert all(r["after"][1] == whole for r in records)
+    assert sum(held) == whole
+    # 14 layers x 3 tensors: each cut is uneven by at most one element (4 bytes for the fp32 absmax2)
+    assert all(abs(h - whole / 2) <= 14 * 3 * 4 for h in held), (held, whole)
+    for r in records:
+        assert r["sharded"] == pytest.approx(r["whole"], rel=1e-6)
 
 
 @pytest.mark.slow
@@ -144,7 +231,7 @@ def _cut_after_step_2(run_dir: Path, to: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", CASES)
 def test_two_ranks_resume_on_one(runs, method, tmp_path):
     two = runs("two", method)
     resumed = _cut_after_step_2(two, tmp_path / "resumed")
@@ -154,11 +241,11 @@ def test_two_ranks_resume_on_one(runs, method, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", CASES)
 def test_one_process_resumes_on_two_ranks(runs, method, tmp_path, capfd):
     one = runs("one", method)
     resumed = _cut_after_step_2(one, tmp_path / "resumed")
-    if method == "full":  # the command line
+    if method != "lora":  # the command line
         done = _launch(runs.configs[method], resumed, "--nproc", "2", "--resume")
         assert done.returncode == 0, done.stderr[-3000:]
         out = done.stdout
@@ -174,8 +261,8 @@ def test_one_process_resumes_on_two_ranks(runs, method, tmp_path, capfd):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--train.sharding", "fsdp2", "--method.quantize_base", "none"], "not supported for LoRA yet"),
-        (["--train.sharding", "fsdp2", "--method.quantize_base", "nf4"], "not supported for QLoRA"),
+        (["--train.sharding", "fsdp2", "--method.quantize_base", "none"], "not supported for LoRA over a 16-bit"),
+        (["--train.sharding", "fsdp2", "--method.use_dora", "true"], "not supported for DoRA"),
         (["--method.name", "full", "--train.checkpointing", "true"], "train.checkpointing"),
         (["--model.device", "cuda", "--nproc", "9"], "CUDA device"),
         (["--nproc", "0"], "--nproc"),

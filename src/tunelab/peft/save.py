@@ -34,11 +34,17 @@ def _adapter_tensors(name: str, m: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def adapter_state_dict(model: nn.Module, modules_to_save: list[str] | tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """PEFT's keys of the LoRA (DoRA) layers, and the whole state of each module in `modules_to_save` (a head)."""
+def adapter_state_dict(
+    model: nn.Module, modules_to_save: list[str] | tuple[str, ...] = (), weights: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """PEFT's keys of the LoRA (DoRA) layers, and the whole state of each module in `modules_to_save` (a head).
+    `weights`: the adapters' whole tensors by parameter name, where `model` holds only shards of them (FSDP2)."""
     state = {}
     for name, m in lora_modules(model):
-        state |= {k: v.detach().contiguous().cpu() for k, v in _adapter_tensors(name, m).items()}
+        tensors = _adapter_tensors(name, m)
+        if weights is not None:  # PEFT's key "<PREFIX><name>.lora_A.weight" is the parameter "<name>.lora_A.weight"
+            tensors = {k: weights[k.removeprefix(PREFIX)] for k in tensors}
+        state |= {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     for name in modules_to_save:
         for key, value in model.get_submodule(name).state_dict().items():
             state[f"{PREFIX}{name}.{key}"] = value.detach().contiguous().cpu()
@@ -86,12 +92,15 @@ def save_adapter(
     base_model: str,
     task_type: str = "CAUSAL_LM",
     modules_to_save: list[str] | tuple[str, ...] = (),
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """task_type: PEFT's name for the model class the adapter goes on (CAUSAL_LM, SEQ_CLS); modules_to_save: whole
-    modules of `model` saved beside the adapters (they train fully, e.g. a classification head)."""
+    modules of `model` saved beside the adapters (they train fully, e.g. a classification head); weights: see
+    `adapter_state_dict`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(model, modules_to_save), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    state = adapter_state_dict(model, modules_to_save, weights)
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     config = adapter_config(model, base_model, task_type, modules_to_save)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
 

@@ -3,6 +3,12 @@ copy. Its forward dequantizes into a scratch buffer (`quant.nf4_ops.DequantWorks
 model) and runs one cuBLAS GEMM; its autograd node dequantizes again in backward instead of saving the weight, and so
 does the fused LoRA node (`kernels.lora`) over an NF4 base, given the weight as a function (`frozen_weight`).
 `quantize_model_` and `materialize_quantized_` put such layers into any model, one layer at a time.
+
+FSDP2 shards parameters, not buffers: `shardable_nf4_` re-registers the packed codes and both absmax levels of every
+layer as frozen 1-D Parameters, which `fully_shard` cuts on dim 0 like any weight (uint8 and fp32 side by side: its
+all-gather sends mixed dtypes as bytes). Inside the layer's forward and backward they are the gathered whole tensors,
+so the dequantization (reference or Triton) reads the format unchanged. The offset (a 0-dim tensor, which FSDP2
+refuses to shard) and the code tables (1 KiB) stay replicated buffers.
 """
 
 from __future__ import annotations
@@ -58,13 +64,15 @@ def nf4_linear(
 
 _STATE = ("weight_packed", "weight_absmax_q", "weight_absmax2", "weight_offset")
 _TABLES = ("nf4_code", "absmax_code")
+SHARDABLE = _STATE[:3]  # 1-D, the bulk of the state: (ceil(n / 2),) uint8, (n / 64,) uint8, (n / 16384,) fp32
 
 
 class NF4Linear(nn.Module):
     """A frozen linear layer whose weight is stored in NF4 (`NF4Weight`), with an optional frozen bias.
 
     Buffers (in the state dict): weight_packed, weight_absmax_q, weight_absmax2, weight_offset; the two code tables
-    travel with `.to()` but are not saved. There is no `.weight`: `dequantized()` builds the 16-bit matrix on request.
+    travel with `.to()` but are not saved. `as_parameters_` makes the first three frozen Parameters (for FSDP2),
+    under the same names. There is no `.weight`: `dequantized()` builds the 16-bit matrix on request.
     `.to(dtype)`, `.half()` and the like move the quantization state but never cast it (a bf16 absmax2 would lose the
     format); they do cast the bias.
     """
@@ -121,18 +129,30 @@ class NF4Linear(nn.Module):
         """forward's autograd node without its result (uninitialised): for a recomputation whose output is unread."""
         return nf4_linear(x, self.nf4(), self.bias, self.workspace, output=False)
 
+    def as_parameters_(self, workspace: DequantWorkspace | None = None) -> None:
+        """Hold the `SHARDABLE` state as Parameters without gradient (same names, same tensors), so that FSDP2
+        shards it; dequantize into `workspace` from now on (one with reuse=False under FSDP2, see DequantWorkspace)."""
+        for name in SHARDABLE:
+            if name in self._buffers:
+                self.register_parameter(name, nn.Parameter(self._buffers.pop(name), requires_grad=False))
+        self.workspace = workspace
+
     def _apply(self, fn, recurse=True):
         # Learn where fn sends tensors from an empty probe, move the quantization state there uncast, and let
         # nn.Module apply fn to everything else (the bias) as usual.
         probe = fn(torch.empty(0, device=self.weight_packed.device))
-        kept = {name: self._buffers[name] for name in _STATE + _TABLES}
-        for name in kept:
-            self._buffers[name] = None
+        kept = [(self._parameters if name in self._parameters else self._buffers, name) for name in _STATE + _TABLES]
+        kept = [(owner, name, owner[name]) for owner, name in kept]
+        for owner, name, _ in kept:
+            owner[name] = None
         try:
             super()._apply(fn, recurse)
         finally:
-            for name, tensor in kept.items():
-                self._buffers[name] = tensor.to(probe.device)
+            for owner, name, tensor in kept:
+                moved = tensor.to(probe.device)
+                if isinstance(tensor, nn.Parameter) and moved is not tensor:
+                    moved = nn.Parameter(moved, requires_grad=False)
+                owner[name] = moved
         return self
 
     def extra_repr(self) -> str:
@@ -149,6 +169,16 @@ def quantizable_names(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> l
         for name, m in model.named_modules()
         if isinstance(m, nn.Linear) and m is not output and ".lora_" not in f".{name}" and _last(name) not in skip
     ]
+
+
+def shardable_nf4_(model: nn.Module) -> int:
+    """Prepare `model`'s NF4 layers for FSDP2's `fully_shard` (`NF4Linear.as_parameters_`), all dequantizing into
+    one new workspace that never reuses what it holds (see DequantWorkspace). Returns the number of layers."""
+    layers = [m for m in model.modules() if isinstance(m, NF4Linear)]
+    workspace = DequantWorkspace(reuse=False)
+    for layer in layers:
+        layer.as_parameters_(workspace)
+    return len(layers)
 
 
 def _last(name: str) -> str:

@@ -67,9 +67,14 @@ class DequantWorkspace:
 
     Safe because each use ends before the next starts on the same CUDA stream (dequantize, then the GEMM that reads
     it); do not share one workspace between streams or threads.
+
+    reuse=False dequantizes on every `weight` call. FSDP2 needs it: it frees a layer's gathered NF4 state after use
+    and gathers the next layer's into memory the allocator may hand out at the same address, keeping the version
+    counters as they were, so the (address, version) key of a held weight no longer names one weight.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reuse: bool = True) -> None:
+        self.reuse = reuse
         self._flat: torch.Tensor | None = None
         self._held: tuple | None = None  # what `weight` last left in the buffer
 
@@ -84,7 +89,7 @@ class DequantWorkspace:
         it (a load, which moves its version counter) or another use of the buffer makes the content stale."""
         out = self._view(q.shape, dtype, q.device)
         key = (q.packed.data_ptr(), q.packed._version, out.data_ptr(), tuple(q.shape), dtype)
-        if key != self._held:
+        if key != self._held or not self.reuse:
             self._held = None
             _triton_kernels().dequantize_nf4_triton(q, out=out, dtype=dtype)
             self._held = key

@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError
+from tunelab.quant.linear import SHARDABLE, NF4Linear, shardable_nf4_
 from tunelab.training.build import decoder_layers
 
 BLANK = "blank"  # key of a micro-batch that only keeps a rank in step with the others (its loss counts 0 times)
@@ -74,6 +75,15 @@ class Ranks:
         t = self._tensor([1.0 if flag else 0.0])
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return bool(t.item())
+
+    def each(self, value: float) -> list[float]:
+        """`value` of every rank, in rank order."""
+        if self.world == 1:
+            return [value]
+        t = self._tensor([value])
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t)
+        return [float(x.item()) for x in out]
 
     def any(self, flag: bool) -> bool:
         return not self.all(not flag)
@@ -158,12 +168,13 @@ def pick_sharding(cfg: RunConfig) -> str:
     if sharding == "auto":
         sharding = "fsdp2" if cfg.method.name == "full" else "ddp"
     if sharding == "fsdp2":
-        if cfg.method.is_adapter:
-            what = "QLoRA (method.quantize_base nf4)" if cfg.method.quantize_base != "none" else "LoRA"
+        m = cfg.method
+        if m.is_adapter and (m.quantize_base != "nf4" or m.dora):
+            what = "DoRA" if m.dora else "LoRA over a 16-bit base (method.quantize_base none)"
             raise ConfigError(
-                f"option 'train.sharding' is fsdp2, which is not supported for {what} yet: the NF4 base and the "
-                "adapters' fused projections are not sharded. Use train.sharding ddp (or auto) with method.name lora; "
-                "fsdp2 trains method.name full or layers."
+                f"option 'train.sharding' is fsdp2, which is not supported for {what} yet. fsdp2 trains method.name "
+                "full or layers, and QLoRA (method.name lora with method.quantize_base nf4: the NF4 base sharded "
+                "too); use train.sharding ddp (or auto) for this one."
             )
         if cfg.train.checkpointing is True or cfg.train.offload_activations is True:  # auto: off under fsdp2
             raise ConfigError(
@@ -197,20 +208,11 @@ def _sum_hook(_state, bucket):  # unannotated: DDP checks the annotations' objec
 
 def parallelize(model: nn.Module, sharding: str | None, ranks: Ranks) -> nn.Module:
     """The module the loop trains: `model` itself on one rank; DDP around it (the whole model on every rank,
-    gradients summed in buckets during backward); or, for fsdp2, the model sharded in place, one FSDP unit per
-    decoder layer plus the root (embeddings, final norm, head: tied weights stay in one unit), gradients
-    reduce-scattered as sums."""
+    gradients summed in buckets during backward); or, for fsdp2, the model sharded in place (`shard`)."""
     if ranks.world == 1:
         return model
     if sharding == "fsdp2":
-        for layer in decoder_layers(model):
-            fully_shard(layer)
-        fully_shard(model)
-        for unit in model.modules():  # each unit reduces its own gradients: every one sums, as DDP's hook below
-            if isinstance(unit, FSDPModule):
-                unit.set_gradient_divide_factor(1.0)
-                unit.set_force_sum_reduction_for_comms(True)  # a plain SUM collective (gloo has no scaled sum)
-        return model
+        return shard(model)
     cuda = next(model.parameters()).is_cuda
     # Buffers are never trained and are the same on every rank (QLoRA's NF4 weights are buffers): no broadcast of
     # them before each forward. Newer torch names the option forward_sync_buffers and deprecates the older name.
@@ -219,6 +221,38 @@ def parallelize(model: nn.Module, sharding: str | None, ranks: Ranks) -> nn.Modu
     ddp = DistributedDataParallel(model, device_ids=[ranks.local_rank] if cuda else None, **quiet_buffers)
     ddp.register_comm_hook(None, _sum_hook)
     return ddp
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """FSDP2 in place (the process group must exist): one unit per decoder layer plus the root (embeddings, final
+    norm, head: tied weights stay in one unit), every parameter cut on dim 0 across the ranks, trainable or not.
+    A unit's parameters are gathered whole before its forward, freed after it (reshard_after_forward, the default
+    for the layers; the root keeps them until backward) and gathered again for its backward; gradients are
+    reduce-scattered as sums. A QLoRA base's NF4 codes and absmaxes are first made frozen Parameters
+    (`quant.linear.shardable_nf4_`), so each rank holds 1/N of them between its layers' uses; its LoRA adapters are
+    sharded as the other trainable parameters are, and only they have gradients and optimizer state."""
+    shardable_nf4_(model)
+    for layer in decoder_layers(model):
+        fully_shard(layer)
+    fully_shard(model)
+    for unit in model.modules():  # each unit reduces its own gradients: every one sums, as DDP's hook does
+        if isinstance(unit, FSDPModule):
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)  # a plain SUM collective (gloo has no scaled sum)
+    return model
+
+
+def nf4_bytes_held(model: nn.Module) -> tuple[int, int]:
+    """(held here, in all): bytes of the NF4 codes and absmaxes (`quant.linear.SHARDABLE`) this rank holds between
+    layers, and their whole size. Under FSDP2 the first is about the second / N; otherwise they are equal."""
+    held = whole = 0
+    for layer in model.modules():
+        if isinstance(layer, NF4Linear):
+            for name in SHARDABLE:
+                tensor = getattr(layer, name)
+                held += local(tensor).numel() * tensor.element_size()
+                whole += tensor.numel() * tensor.element_size()
+    return held, whole
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.data.loader import Datasets, epoch_rows
 from tunelab.errors import CheckFailed, ConfigError, Interrupted, RunDirError, TrainingStopped
+from tunelab.peft.save import save_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
@@ -44,7 +45,7 @@ from tunelab.training.auto import model_shape, plan_from_data
 from tunelab.training.best import BestWeights
 from tunelab.training.build import BuiltModel, save_full_weights
 from tunelab.training.checkpoint import delete_checkpoints, intact_checkpoint, latest_checkpoint, no_space_message
-from tunelab.training.distributed import Ranks, backend, parallelize, pick_sharding, session, unwrap
+from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session, unwrap
 from tunelab.training.evals import EvalSets, eval_record, eval_sets
 from tunelab.training.graphs import CapturedLoss, bucket_width, pad_to, use_graphs
 from tunelab.training.guard import BadSteps, require_finite, stop_message
@@ -116,16 +117,22 @@ def save_final(
     """The run's result, as the task saves it (sft, the default: the adapter in PEFT's layout or the full weights, and
     the tokenizer; a head adds its labels), written to a staging folder and moved into the run directory once
     complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none).
-    `weights`: the full weights gathered from FSDP2's shards (training/sharded_checkpoint.full_weights; task sft)."""
+    `weights`: the full weights gathered from FSDP2's shards (training/sharded_checkpoint.full_weights; task sft),
+    the trainable ones alone for an adapter (QLoRA)."""
     params = weights.items() if weights is not None else built.model.named_parameters()
-    written = params if not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
+    written = (
+        params if weights is not None or not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
+    )
     require_finite(written, "the weights to save", f"{run_dir}")
     staging = run_dir / ".tmp-final"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
         if weights is not None:
-            save_full_weights(built, staging, weights)
+            if cfg.method.is_adapter:
+                save_adapter(built.model, staging, base_model=cfg.model.name, weights=weights)
+            else:
+                save_full_weights(built, staging, weights)
             tokenizer.save_pretrained(staging)
         else:
             task.save(staging, built, tokenizer, cfg, data)
@@ -246,7 +253,7 @@ def _train(
     print(f"cuda graphs: {graphs_why}", flush=True)
     train_model = parallelize(model, sharding, ranks)  # the model itself on one rank
     if ranks.world > 1:
-        _describe_ranks(trained, ranks, sharding)
+        _describe_ranks(trained, ranks, sharding, train_model)
         torch.manual_seed(t.seed + ranks.rank)  # each rank its own dropout draws
 
     pad_id = tokenizer.pad_token_id
@@ -349,7 +356,7 @@ def _train(
         info.extra["best"] = {"step": best.step, "eval_loss": best.loss}
         eval_loss = best.loss
     model.eval()
-    weights = full_weights(train_model, ranks)  # FSDP2: every rank sends its shards to rank 0
+    weights = full_weights(train_model, ranks, cfg.method.is_adapter)  # FSDP2: every rank sends its shards to rank 0
     if ranks.main:
         save_final(run_dir, built, tokenizer, cfg, task, data, weights)
         plot_losses(run_dir)
@@ -576,19 +583,28 @@ def _load_position(checkpoint: Path, model, optimizer, total_steps: int, ranks: 
     return position
 
 
-def _describe_ranks(cfg: RunConfig, ranks: Ranks, sharding: str) -> None:
+def _describe_ranks(cfg: RunConfig, ranks: Ranks, sharding: str, model: nn.Module) -> None:
     t = cfg.train
     print(
         f"ranks: {ranks.world} ({backend(cfg.model.device)}, {sharding}); each optimizer step takes {t.grad_accum} "
         f"micro-batches of {t.micro_batch} rows over all ranks (the same steps as one process)",
         flush=True,
     )
+    held, whole = nf4_bytes_held(model)
+    each = ranks.each(held)  # every rank takes part
+    if whole and sharding == "fsdp2":
+        shares = ", ".join(_size(b) for b in each)
+        print(f"NF4 base: {_size(whole)}, sharded; the ranks hold {shares} of it between layers", flush=True)
     if t.grad_accum % ranks.world:
         print(
             f"note: train.grad_accum {t.grad_accum} is not a multiple of the {ranks.world} ranks, so some ranks run a "
             "blank micro-batch in each step; a multiple uses every rank fully.",
             flush=True,
         )
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 class Unlogged:

@@ -122,13 +122,17 @@ def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ranks
     return meta["position"]
 
 
-def full_weights(model: nn.Module, ranks: Ranks) -> dict[str, torch.Tensor] | None:
+def full_weights(model: nn.Module, ranks: Ranks, trainable_only: bool = False) -> dict[str, torch.Tensor] | None:
     """All weights gathered on rank 0's CPU (None on the others) where FSDP2 shards them; None on one rank or
-    under DDP, where rank 0's model holds them whole. Every rank must call it."""
+    under DDP, where rank 0's model holds them whole. `trainable_only`: the trainable ones alone (a QLoRA run's
+    adapters: its NF4 base is never gathered). Every rank must call it."""
     if ranks.world == 1 or unwrap(model) is not model:
         return None
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
     state = get_model_state_dict(model, options=options)
+    if trainable_only:  # the frozen parameters are left out above; buffers (NF4 offsets) are dropped here
+        names = {name for name, p in model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in names}
     return state if ranks.main else None
 
 
