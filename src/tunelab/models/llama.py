@@ -131,8 +131,9 @@ class KVCache:
         keys = torch.arange(end, device=self.valid.device)
         queries = torch.arange(start, end, device=self.valid.device)
         allowed = self.valid[:, None, :end] & (keys[None, :] <= queries[:, None])  # (B, new, end)
-        # A pad position would read no key at all (softmax of nothing: NaN, which then flows into the cached values
-        # that masked weights of 0 still multiply); let it read itself. Real positions never read a pad.
+        # A pad position would read no key at all: a softmax over nothing, NaN in some attention kernels, which would
+        # flow into cached values that masked weights of 0 still multiply. It reads itself; real positions never
+        # read a pad.
         allowed |= keys[None, None, :] == queries[None, :, None]
         return allowed[:, None]
 
