@@ -184,6 +184,18 @@ def test_adapters_and_nf4_bases_decode_as_without_cache(variant):
     assert base != answers
 
 
+def test_generic_path_runs_a_peft_model_as_its_generate_does():
+    from peft import LoraConfig, get_peft_model
+
+    hf = build("llama").hf
+    peft_model = get_peft_model(hf, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.eval()
+    answers = sample(peft_model, PROMPTS, GREEDY, pad_id=0)
+    assert answers == [generate_alone(peft_model, p, GREEDY.max_new_tokens) for p in PROMPTS]
+    with peft_model.disable_adapter():
+        assert sample(peft_model, PROMPTS, GREEDY, pad_id=0) != answers
+
+
 def test_modes_are_given_back_module_by_module(llama):
     model = llama.ours
     model.train()
