@@ -224,6 +224,13 @@ def test_seeded_sampling_is_reproducible_and_seeds_differ(llama, path):
     assert first != sample(model, PROMPTS, SampleSettings(max_new_tokens=12, temperature=0.0), pad_id=0)
 
 
+def test_a_generator_on_another_device_is_named(llama):
+    with pytest.raises(ValueError, match="torch.Generator"):
+        sample(
+            llama.ours, PROMPTS, GREEDY, pad_id=0, generator=SimpleNamespace(device=torch.device("cuda"))
+        )  # checked before any draw
+
+
 def test_tiny_top_p_is_greedy(llama):
     greedy = sample(llama.ours, PROMPTS, SampleSettings(max_new_tokens=12, temperature=0.0), pad_id=0)
     assert draws(llama.ours, 3, temperature=5.0, top_p=1e-6) == greedy

@@ -64,6 +64,11 @@ def sample(
     model.eval()
     try:
         stepper = _FastStepper(model) if isinstance(model, LlamaForCausalLM) else _HFStepper(model)
+        if generator is not None and generator.device.type != stepper.device.type:
+            raise ValueError(
+                f"sample: the generator is on {generator.device} and the model on {stepper.device}; draw with "
+                f"torch.Generator(device={str(stepper.device)!r}).manual_seed(seed)"
+            )
         return _generate(stepper, prompts, settings, pad_id, generator)
     finally:
         for module, training in modes:
