@@ -490,7 +490,7 @@ class LlamaModel(nn.Module):
         """Inference only: the final-norm hidden state (B, d) of the last of the new tokens input_ids (B, t), at
         rope positions position_ids (B, t), appended to `cache`. attention_mask (B, t) of 1/0 marks real tokens
         (left padding of a prompt; default all real)."""
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         if cache.length == 0:
             self.passes.tick()  # a new generation: the weights may have changed since the last pass; not within one
         start = cache.length
