@@ -18,6 +18,8 @@ chosen by whoever builds the model. What is unusual here:
   one by one; `tunelab.peft` puts in its own implementations (adapters grouped into one GEMM, fused last projections).
 - Each decoder block is written once, as two halves (`LlamaDecoderLayer.attend`, `.feed_forward`) that checkpointing's
   recomputation (`models.recompute`, `models.offload`) runs again for their gradients.
+- Generation (`models.decode`) runs beside training, never through it: `forward_cached` on each module extends a
+  preallocated `KVCache` and returns the last position's logits only; the training forward does not know it exists.
 
 No adapter, quantization, distributed or compile code lives here: those are applied to the modules from outside.
 """
@@ -30,6 +32,7 @@ from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tunelab.kernels import reference
@@ -108,6 +111,39 @@ def reference_ops() -> SimpleNamespace:
     )
 
 
+class KVCache:
+    """Keys and values of every layer for a batch being generated (`LlamaForCausalLM.forward_cached`).
+
+    Preallocated once: per layer (B, Hk, S, D) keys and values in the model's dtype, S = the longest prompt plus the
+    new tokens. `valid` (B, S) marks the positions that hold a real token (a left-padded prompt's pads do not);
+    the first `length` positions are filled."""
+
+    def __init__(self, config: LlamaConfig, batch: int, capacity: int, dtype: torch.dtype, device: torch.device):
+        shape = (batch, config.num_kv_heads, capacity, config.head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        self.length = 0
+
+    def attention_mask(self, new: int) -> torch.Tensor:
+        """(B, 1, new, length + new) bool: which keys the `new` next positions may read (real ones, causally)."""
+        start, end = self.length, self.length + new
+        keys = torch.arange(end, device=self.valid.device)
+        queries = torch.arange(start, end, device=self.valid.device)
+        allowed = self.valid[:, None, :end] & (keys[None, :] <= queries[:, None])  # (B, new, end)
+        # A pad position would read no key at all: a softmax over nothing, NaN in some attention kernels, which would
+        # flow into cached values that masked weights of 0 still multiply. It reads itself; real positions never
+        # read a pad.
+        allowed |= keys[None, None, :] == queries[None, :, None]
+        return allowed[:, None]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows `rows` (indices, e.g. those still generating); one layer copied at a time."""
+        for i in range(len(self.keys)):
+            self.keys[i], self.values[i] = self.keys[i][rows], self.values[i][rows]
+        self.valid = self.valid[rows]
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Modules
 
@@ -181,6 +217,44 @@ class LlamaAttention(nn.Module):
         q, k = self.ops.apply_rope(q, k, cos, sin)
         out = self.ops.attention(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask, max_seqlen=max_seqlen)
         return self.o(out.reshape(B, T, self.num_heads * self.head_dim), residual, output)
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        start: int,
+        mask: torch.Tensor,
+        residual: torch.Tensor,
+    ) -> torch.Tensor:
+        """Inference only: residual + attention for the new tokens x (B, t, d) at cache positions start..start+t,
+        whose keys and values are written into this layer's cache `keys`/`values` (B, Hk, S, D) first. mask
+        (B, 1, t, start + t) from `KVCache.attention_mask`.
+
+        q/k/v run one by one (the default group): a grouped slot would rebuild its stacked weight matrix for every few
+        tokens, a copy of the weights per step where the GEMMs themselves only read them once."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv.as_default()(x)
+        q = q.view(B, T, self.num_heads, self.head_dim)  # (B, t, H, D)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim)  # (B, t, Hk, D)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim)  # (B, t, Hk, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.ops.apply_rope(q, k, cos, sin)
+        end = start + T
+        keys[:, :, start:end] = k.transpose(1, 2)
+        values[:, :, start:end] = v.transpose(1, 2)
+        # Grouped-query without copying the cache: query head h reads key head h // G (G = H / Hk), so the G query
+        # heads of one key head become G * t rows of one attention over that head's keys (row g * t + i).
+        G = self.num_heads // self.num_kv_heads
+        q = q.transpose(1, 2).reshape(B, self.num_kv_heads, G * T, self.head_dim)  # (B, Hk, G * t, D)
+        out = F.scaled_dot_product_attention(
+            q, keys[:, :, :end], values[:, :, :end], attn_mask=mask.repeat(1, 1, G, 1)
+        )  # (B, Hk, G * t, D)
+        out = out.reshape(B, self.num_heads, T, self.head_dim).transpose(1, 2)  # (B, t, H, D)
+        return self.o(out.reshape(B, T, self.num_heads * self.head_dim), residual)
 
     def extra_repr(self) -> str:
         return f"qkv={self.qkv!r}, o={self.o!r}"
@@ -274,6 +348,22 @@ class LlamaDecoderLayer(nn.Module):
         if keep_mid is not None:
             keep_mid(h)
         return self.feed_forward(h)
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        start: int,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Inference only: the block over the new tokens x (B, t, d), reading and extending this layer's cache (see
+        `LlamaAttention.forward_cached`). gate/up run one by one, for the reason q/k/v do there."""
+        h = self.self_attn.forward_cached(self.input_layernorm(x), cos, sin, keys, values, start, mask, residual=x)
+        gate, up = self.mlp.gate_up.as_default()(self.post_attention_layernorm(h))
+        return self.mlp.down(self.mlp.ops.swiglu(gate, up), h)
 
     def slots(self) -> tuple[ProjectionGroup | Projection, ...]:
         """The layer's projection slots, in the order they run."""
@@ -390,6 +480,30 @@ class LlamaModel(nn.Module):
                 h = layer(h, cos, sin, cu_seqlens, attention_mask, max_seqlen)
         return self.norm(h)
 
+    def forward_cached(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: KVCache,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Inference only: the final-norm hidden state (B, d) of the last of the new tokens input_ids (B, t), at
+        rope positions position_ids (B, t), appended to `cache`. attention_mask (B, t) of 1/0 marks real tokens
+        (left padding of a prompt; default all real)."""
+        T = input_ids.shape[1]
+        if cache.length == 0:
+            self.passes.tick()  # a new generation: the weights may have changed since the last pass; not within one
+        start = cache.length
+        cache.valid[:, start : start + T] = True if attention_mask is None else attention_mask.bool()
+        mask = cache.attention_mask(T)  # (B, 1, t, start + t)
+        h = self.embed_tokens(input_ids)  # (B, t, d)
+        inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
+        cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, t, D) each
+        for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
+            h = layer.forward_cached(h, cos, sin, keys, values, start, mask)
+        cache.length = start + T
+        return self.norm(h[:, -1])  # (B, d): only the last position feeds the head
+
 
 class LossOutput(NamedTuple):
     """Summed cross-entropy over the tokens that count, and how many they are (both 0-dim tensors)."""
@@ -471,3 +585,15 @@ class LlamaForCausalLM(nn.Module):
             hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
         return LossOutput(loss_sum, (targets != IGNORE_INDEX).sum())
+
+    def forward_cached(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: KVCache,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Inference only (`models.decode`): the logits (B, V) of the last position of input_ids (B, t), whose keys
+        and values are appended to `cache`; the head runs on that position alone, never on (B, t, V). See
+        `LlamaModel.forward_cached` for the arguments."""
+        return self.lm_head(self.model.forward_cached(input_ids, position_ids, cache, attention_mask))
