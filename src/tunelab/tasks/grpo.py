@@ -9,7 +9,9 @@ Before each optimizer step the loop calls `rollout` (training/recipe.py, one lin
    as DeepSeekMath's GRPO); a group whose answers all score the same has A = 0 and teaches nothing (counted);
 4. builds rows prompt + answer with labels on the answer tokens only (the stop token included), and, without
    gradients, the per-token log-probs of the answers under the policy as it sampled (old) and under the reference
-   (the base: adapters off for LoRA/DoRA; for full and layers the starting weights, kept at `prepare`).
+   (the base: adapters off for LoRA/DoRA; for full and layers the starting weights, kept at `prepare`). When no
+   dropout draws in the model (method.dropout 0), the policy as it sampled is the policy of the training forward,
+   weights and all, so old = that forward's log p, detached: the same numbers without a forward of their own.
 
 The loss, per answer token t of answer i (o: old, r: reference log p, logp the policy's now, with gradient):
 
@@ -111,6 +113,11 @@ class Online:
     def reference(self, model: nn.Module) -> Iterator[None]:
         with adapters_disabled(model) if self.adapters else starting_weights(model, self.starting or {}):
             yield
+
+
+def _draws_random(model: nn.Module) -> bool:
+    """Dropout with p > 0 anywhere in the model: its training forward differs from the eval-mode one."""
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
 
 
 def _samples(rows: list[PromptRow], answers: list[list[int]], stops: set[int], tokenizer, group: int):
@@ -233,31 +240,33 @@ def make_task(cfg: GrpoConfig) -> Task:
             )
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             batch["advantages"] = advantages[start : start + micro_batch].to(device)
-            batch["old"], batch["ref"] = _fixed_log_probs(model, batch)
+            batch |= _fixed_log_probs(model, batch)
             batches.append(batch)
         for batch in batches:
             batch["step_figures"] = figures
         return batches
 
     @torch.no_grad()
-    def _fixed_log_probs(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(n,) log p of the answer tokens under the policy as it sampled, and under the reference (beta > 0)."""
+    def _fixed_log_probs(model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """(n,) log p of the answer tokens under the policy as it sampled ("old", only when dropout draws in the
+        training forward) and under the reference ("ref", when beta > 0)."""
         was_training = model.training
+        out = {}
         model.eval()
         try:
-            old = token_log_probs(model, batch)[0]
-            if cfg.beta == 0:
-                return old, None
-            with online.reference(model):
-                return old, token_log_probs(model, batch)[0]
+            if _draws_random(model):
+                out["old"] = token_log_probs(model, batch)[0]
+            if cfg.beta > 0:
+                with online.reference(model):
+                    out["ref"] = token_log_probs(model, batch)[0]
         finally:
             model.train(was_training)
+        return out
 
     def loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         logp, rows = token_log_probs(model, batch)  # (n,), (n,)
-        per_token, kl = token_losses(
-            logp, batch["old"], batch.get("ref"), batch["advantages"][rows], cfg.epsilon, cfg.beta
-        )
+        old = batch["old"] if "old" in batch else logp.detach()  # no dropout: the sampling policy is this one
+        per_token, kl = token_losses(logp, old, batch.get("ref"), batch["advantages"][rows], cfg.epsilon, cfg.beta)
         n = count(batch)
         # The step's figures are one value each; the step divides every metric sum by its answer tokens, so each is
         # returned as value x this batch's tokens, which sums over the step's batches back to value x their tokens.
