@@ -11,12 +11,13 @@ from safetensors.torch import load_file
 
 import tunelab.training.recipe as recipe
 from tunelab.cli import main
-from tunelab.config import RewardSpec, load_config
+from tunelab.config import MethodConfig, ModelConfig, RewardSpec, load_config
 from tunelab.errors import ConfigError
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.tasks import get_task
 from tunelab.tasks import rewards as R
 from tunelab.tasks.grpo import RewardError, group_advantages, token_losses
+from tunelab.tasks.log_probs import token_log_probs
 from tunelab.training.build import build_model
 
 REWARD_MODULE = '''
@@ -300,3 +301,20 @@ def test_bad_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, prompt_f
     assert main([*args, "--grpo.max_new_tokens", "2", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "prompts.jsonl:" in err and "reward text returned 'high'" in err and "on_reward_error" in err
+
+
+def test_full_fine_tuning_reference_is_the_starting_weights(tiny_model_dir, tmp_path, prompt_file, reward_module):
+    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.name": "full"})
+    with torch.no_grad():  # the policy moves away from where it started
+        for p in built.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    moved = {n: p.clone() for n, p in built.model.named_parameters()}
+    group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=False, seed=0, epoch=0)[:1]
+    batch = task.rollout(built.model, group, 0, 8)[0]
+    base = build_model(resolve_source(str(tiny_model_dir)), ModelConfig(), MethodConfig(name="full")).model.eval()
+    with torch.no_grad():
+        live = token_log_probs(base, batch)[0]
+        policy = token_log_probs(built.model.eval(), batch)[0]
+    assert torch.allclose(batch["ref"], live, atol=1e-5)
+    assert not torch.allclose(policy, live, atol=1e-2)
+    assert all(torch.equal(p, moved[n]) for n, p in built.model.named_parameters())  # put back after the reference
