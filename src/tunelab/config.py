@@ -739,6 +739,8 @@ def _option_value(name: str, value: Any, options: dict, where: str, folder: Path
         file, _, function = value.rpartition(":")
         if file.endswith(".py"):  # file.py:function, relative to the YAML file; module:function stays as it is
             value = f"{_resolve_paths(file, folder)}:{function}"
+    elif folder is not None and name == "grpo.rewards":  # a function's file.py and a reward run, as data.transform
+        value = [_reward_paths(entry, folder) for entry in value]
     elif folder is not None and name in _PATH_OPTIONS:
         value = _resolve_paths(value, folder)
     if name == "stages":
@@ -791,6 +793,16 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
     except ConfigError as exc:
         raise ConfigError(f"stage {index + 1}: {exc}") from None
     return ResolvedConfig(config, origins)
+
+
+def _reward_paths(entry: str | RewardSpec, folder: Path) -> str | RewardSpec:
+    if not isinstance(entry, RewardSpec):
+        return entry
+    function = entry.function
+    if function and function.rpartition(":")[0].endswith(".py"):
+        file, _, name = function.rpartition(":")
+        function = f"{_resolve_paths(file, folder)}:{name}"
+    return dataclasses.replace(entry, function=function, run=_resolve_paths(entry.run, folder))
 
 
 _PATH_OPTIONS = {

@@ -146,7 +146,7 @@ def test_user_function_rewards_and_their_failures(reward_module):
     assert math.isnan(values[0]) and "raised ValueError: no score for 42" in failures[0].reason
     _, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:text"), [_sample("x")])
     assert "returned 'high' (str), not a number" in failures[0].reason
-    with pytest.raises(ConfigError, match="cannot be imported"):
+    with pytest.raises(ConfigError, match="has no function .missing."):
         R.specs([RewardSpec(kind="function", function=f"{reward_module}:missing")])
     with pytest.raises(ConfigError, match="module:function"):
         R.specs([RewardSpec(kind="function", function="no_colon")])
@@ -318,3 +318,16 @@ def test_full_fine_tuning_reference_is_the_starting_weights(tiny_model_dir, tmp_
     assert torch.allclose(batch["ref"], live, atol=1e-5)
     assert not torch.allclose(policy, live, atol=1e-2)
     assert all(torch.equal(p, moved[n]) for n, p in built.model.named_parameters())  # put back after the reference
+
+
+def test_a_reward_file_and_run_are_relative_to_the_config(tmp_path):
+    (tmp_path / "mine.py").write_text("def score(prompt, answer, row):\n    return float(len(answer))\n")
+    (tmp_path / "config.yaml").write_text(
+        "task: grpo\ngrpo:\n  rewards:\n    - {kind: function, function: 'mine.py:score'}\n"
+        "    - {kind: model, run: rm}\n    - contains\n"
+    )
+    rewards = load_config(tmp_path / "config.yaml").config.grpo.rewards
+    assert rewards[0].function == f"{tmp_path / 'mine.py'}:score" and rewards[1].run == str(tmp_path / "rm")
+    assert rewards[2] == "contains"
+    (spec,) = R.specs(rewards[:1])
+    assert R.build(spec).score([_sample("abc")]) == [3.0]

@@ -8,7 +8,7 @@ Built-in kinds (`grpo.rewards` entries; a bare kind takes the defaults):
                normalised first: lower case, runs of white space as one space, no surrounding space or final period
     regex      1 if `pattern` matches anywhere in the answer (re.search; write ^...$ and (?m) as you need), else 0
     length     0 up to `max_tokens` answer tokens, then -(tokens - max_tokens) / max_tokens (-1 at twice the limit)
-    function   a user's `module:function` (importable from the working directory or PYTHONPATH), called as
+    function   a user's `module:function` or `file.py:function` (relative to the YAML config), called as
                f(prompt, answer, row) -> float: prompt as the row gives it (text or message list), the answer text,
                the whole row (a dict: expected and any other column)
     model      a finished `task: reward` run (its directory), loaded with `infer.predict.load_reward_model`
@@ -20,11 +20,9 @@ and the task stops the run or skips the prompt's group as grpo.on_reward_error s
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 import torch
 
 from tunelab.config import RewardSpec
+from tunelab.data.transform import load_transform
 from tunelab.errors import ConfigError
 from tunelab.infer import predict  # the module, read when a reward model is loaded: predict imports the tasks package
 
@@ -107,19 +106,9 @@ def specs(entries: list[str | RewardSpec]) -> list[RewardSpec]:
 
 
 def user_function(path: str, where: str) -> Callable:
-    """`module:function`, imported (the working directory first on the path, as `python -m` would)."""
-    module, _, name = path.partition(":")
-    if not module or not name:
-        raise ConfigError(f"{where}: function {path!r} must be written module:function, e.g. my_rewards:score.")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        found = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{where}: function {path!r} cannot be imported ({exc}).") from None
-    if not callable(found):
-        raise ConfigError(f"{where}: {path!r} is not a function.")
-    return found
+    """`module:function` (an installed module, or MODULE.py in the working directory) or `file.py:function`,
+    loaded as data.transform loads its function."""
+    return load_transform(path, where)
 
 
 def _each(fn: Callable[[Sample], Any]) -> Callable[[list[Sample]], list[Any]]:
