@@ -17,6 +17,7 @@ from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.tasks import get_task
 from tunelab.tasks import rewards as R
 from tunelab.tasks.grpo import RewardError, group_advantages, token_losses
+from tunelab.tasks.head_run import load_reward_model
 from tunelab.tasks.log_probs import token_log_probs
 from tunelab.training.build import build_model
 
@@ -331,3 +332,29 @@ def test_a_reward_file_and_run_are_relative_to_the_config(tmp_path):
     assert rewards[2] == "contains"
     (spec,) = R.specs(rewards[:1])
     assert R.build(spec).score([_sample("abc")]) == [3.0]
+
+
+def test_a_reward_run_scores_answers_as_its_reward_function(tiny_model_dir, tmp_path):
+    pairs = [{"prompt": f"Say {i}.", "chosen": f"{i}", "rejected": "no"} for i in range(8)]
+    run = recipe.train(
+        None,
+        {
+            "task": "reward",
+            "model.name": str(tiny_model_dir),
+            "data.train": [_write(tmp_path / "pairs.jsonl", pairs)],
+            "data.max_length": 64,
+            "method.r": 4,
+            "train.micro_batch": 4,
+            "train.max_steps": 2,
+            "output_dir": str(tmp_path / "rm"),
+        },
+    ).run_dir
+    (spec,) = R.specs([RewardSpec(kind="model", run=str(run), name="rm")])
+    samples = [
+        _sample("42", prompt="Say 42."),
+        _sample("no", prompt="Say 42."),
+        _sample("7", prompt=[{"role": "user", "content": "Say 7."}]),
+    ]
+    got = R.score([R.build(spec)], samples)[0][:, 0].tolist()
+    want = load_reward_model(run)(["Say 42.", "Say 42.", [{"role": "user", "content": "Say 7."}]], ["42", "no", "7"])
+    assert got == pytest.approx(want, rel=1e-6) and len(set(got)) == 3

@@ -11,7 +11,7 @@ Built-in kinds (`grpo.rewards` entries; a bare kind takes the defaults):
     function   a user's `module:function` or `file.py:function` (relative to the YAML config), called as
                f(prompt, answer, row) -> float: prompt as the row gives it (text or message list), the answer text,
                the whole row (a dict: expected and any other column)
-    model      a finished `task: reward` run (its directory), loaded with `infer.predict.load_reward_model`
+    model      a finished `task: reward` run (its directory), loaded with `tasks.head_run.load_reward_model`
 
 The total reward of an answer is the weighted sum of its rewards. A function that raises or returns anything but a
 finite real number is a failure of that answer: `score` reports each failure with the reward's name and the row,
@@ -33,7 +33,7 @@ import torch
 from tunelab.config import RewardSpec
 from tunelab.data.transform import load_transform
 from tunelab.errors import ConfigError
-from tunelab.infer import predict  # the module, read when a reward model is loaded: predict imports the tasks package
+from tunelab.tasks.head_run import load_reward_model
 
 KINDS = RewardSpec.__dataclass_fields__["kind"].metadata["choices"]
 
@@ -155,7 +155,7 @@ def build(spec: RewardSpec, device: torch.device | str = "cpu") -> Reward:
         user = user_function(spec.function, f"reward {spec.name}")
         fn = _each(lambda s: user(s.prompt, s.answer, s.row))
     else:
-        from_model = predict.load_reward_model(spec.run, device=str(device))
+        from_model = load_reward_model(spec.run, device=str(device))
 
         def fn(samples: list[Sample]) -> list[Any]:
             return from_model([s.prompt for s in samples], [s.answer for s in samples])
