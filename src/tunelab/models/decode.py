@@ -64,6 +64,11 @@ def sample(
     model.eval()
     try:
         stepper = _FastStepper(model) if isinstance(model, LlamaForCausalLM) else _HFStepper(model)
+        if generator is not None and generator.device.type != stepper.device.type:
+            raise ValueError(
+                f"sample: the generator is on {generator.device} and the model on {stepper.device}; draw with "
+                f"torch.Generator(device={str(stepper.device)!r}).manual_seed(seed)"
+            )
         return _generate(stepper, prompts, settings, pad_id, generator)
     finally:
         for module, training in modes:
@@ -119,17 +124,18 @@ def _generate(
         tokens = _pick(logits, settings, generator)  # (b,)
         ended = torch.isin(tokens, stops)  # (b,)
         # One device -> host copy per step, of b tokens and b flags: the loop needs both on the host anyway.
-        drawn, ended_host = tokens.tolist(), ended.tolist()
+        drawn, ended_host = torch.stack((tokens, ended.long())).tolist()
         for row, token in zip(running.tolist(), drawn, strict=True):
             answers[row].append(token)
         if made == settings.max_new_tokens:
             break
         if any(ended_host):
-            keep = (~ended).nonzero().squeeze(1)  # (b',) on the device
-            if keep.numel() == 0:
+            kept = torch.tensor([i for i, end in enumerate(ended_host) if not end], dtype=torch.long)  # (b',)
+            if kept.numel() == 0:
                 break
-            running = running[keep.cpu()]
-            logits = stepper.step(tokens[keep], keep)
+            running = running[kept]
+            kept = kept.to(device)
+            logits = stepper.step(tokens[kept], kept)
         else:
             logits = stepper.step(tokens, None)
     return answers

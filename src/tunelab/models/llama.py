@@ -131,8 +131,9 @@ class KVCache:
         keys = torch.arange(end, device=self.valid.device)
         queries = torch.arange(start, end, device=self.valid.device)
         allowed = self.valid[:, None, :end] & (keys[None, :] <= queries[:, None])  # (B, new, end)
-        # A pad position would read no key at all (softmax of nothing: NaN, which then flows into the cached values
-        # that masked weights of 0 still multiply); let it read itself. Real positions never read a pad.
+        # A pad position would read no key at all: a softmax over nothing, NaN in some attention kernels, which would
+        # flow into cached values that masked weights of 0 still multiply. It reads itself; real positions never
+        # read a pad.
         allowed |= keys[None, None, :] == queries[None, :, None]
         return allowed[:, None]
 
@@ -245,14 +246,15 @@ class LlamaAttention(nn.Module):
         end = start + T
         keys[:, :, start:end] = k.transpose(1, 2)
         values[:, :, start:end] = v.transpose(1, 2)
+        # Grouped-query without copying the cache: query head h reads key head h // G (G = H / Hk), so the G query
+        # heads of one key head become G * t rows of one attention over that head's keys (row g * t + i).
+        G = self.num_heads // self.num_kv_heads
+        q = q.transpose(1, 2).reshape(B, self.num_kv_heads, G * T, self.head_dim)  # (B, Hk, G * t, D)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),  # (B, H, t, D)
-            keys[:, :, :end],  # (B, Hk, end, D): each key head serves H / Hk query heads
-            values[:, :, :end],
-            attn_mask=mask,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )  # (B, H, t, D)
-        return self.o(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim), residual)
+            q, keys[:, :, :end], values[:, :, :end], attn_mask=mask.repeat(1, 1, G, 1)
+        )  # (B, Hk, G * t, D)
+        out = out.reshape(B, self.num_heads, T, self.head_dim).transpose(1, 2)  # (B, t, H, D)
+        return self.o(out.reshape(B, T, self.num_heads * self.head_dim), residual)
 
     def extra_repr(self) -> str:
         return f"qkv={self.qkv!r}, o={self.o!r}"
