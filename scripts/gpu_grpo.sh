@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # GRPO on a CUDA machine, from the repository root, in one device call (about 5 minutes):
 #   1. `tunelab train --task grpo` through the CLI on a tiny random Llama with LoRA, QLoRA and full fine-tuning on
-#      the fast path (tests/tasks/test_grpo_device.py), the sampler's and the log-prob kernel's tests
-#      (tests/test_decode*.py when present, tests/kernels/test_log_probs.py), and the CPU-sized grpo tests on the GPU
-#      machine's torch (tests/tasks/test_grpo.py, embedded-model tests skip there);
+#      the fast path (tests/tasks/test_grpo_device.py) and the log-prob kernel's tests (tests/kernels/test_log_probs.py);
+#      the sampler has its own script, scripts/gpu_decode.sh;
 #   2. benchmarks/grpo_bench.py on the Llama-2-7B shape, QLoRA (NF4 base) and LoRA (bf16 base): generation tokens/s
 #      (8 prompts x 8 answers of 256 tokens, KV cache) and training tokens/s (the grpo step on those 64 rows).
 # If the image lacks pytest, carry its wheels in .whl/. Results: $OUT/grpo.jsonl and the lines printed.
@@ -22,8 +21,7 @@ if ! $PY -m pytest --version >/dev/null 2>&1 && ls .whl/*.whl >/dev/null 2>&1; t
 fi
 if $PY -m pytest --version >/dev/null 2>&1; then
     $PY -m pytest -q -rfEs --tb=short -p no:cacheprovider -m "not slow" tests/tasks/test_grpo_device.py \
-        tests/tasks/test_grpo.py tests/kernels/test_log_probs.py $(ls tests/test_decode*.py tests/models/test_decode*.py 2>/dev/null) \
-        2>&1 | tee "$OUT/pytest_grpo.log" | tail -n 15
+        tests/kernels/test_log_probs.py 2>&1 | tee "$OUT/pytest_grpo.log" | tail -n 15
 else
     echo "pytest is missing (carry its wheels in .whl/): tests skipped"
 fi
