@@ -309,6 +309,66 @@ class DpoConfig:
 
 
 @dataclass
+class RewardSpec:
+    """One reward function of task grpo, written as a mapping in grpo.rewards (or just its kind, e.g. `contains`)."""
+
+    kind: str = opt(
+        "contains",
+        "contains (the answer holds the row's expected text), equals (the answer, or the pattern's first group, equals it once normalised), regex (1 when pattern matches the answer), length (minus the share of answer tokens beyond max_tokens), function (module:function), model (a task: reward run)",
+        choices=("contains", "equals", "regex", "length", "function", "model"),
+    )
+    weight: float = opt(1.0, "the reward's weight in the total (the weighted sum)")
+    name: str | None = opt(
+        None, "its name in metrics and messages (default: the kind, or the function's name; numbered when repeated)"
+    )
+    column: str = opt("expected", "contains and equals: the row's column holding the expected answer")
+    pattern: str | None = opt(
+        None, "regex: the pattern an answer must match (re.search); equals: a pattern whose first group is compared"
+    )
+    max_tokens: int = opt(
+        64, "length: answers up to this many tokens get 0, longer ones -(tokens - max_tokens) / max_tokens", min=1
+    )
+    function: str | None = opt(
+        None,
+        "function: module:function, importable, called as f(prompt, answer, row) -> float (prompt as the row gives it)",
+    )
+    run: str | None = opt(None, "model: the run directory of a finished `task: reward` run")
+
+
+@dataclass
+class GrpoConfig:
+    num_generations: int = opt(
+        4, "task grpo: answers sampled per prompt (the group G its advantages are relative to)", min=2
+    )
+    prompts_per_step: int = opt(
+        4,
+        "task grpo: prompts per optimizer step; the step trains on prompts x num_generations answers in micro-batches of train.micro_batch rows",
+        min=1,
+    )
+    max_new_tokens: int = opt(64, "task grpo: the longest answer sampled (and answered greedily on eval)", min=1)
+    temperature: float = opt(1.0, "task grpo: sampling temperature of the rollouts", min=0.01)
+    top_p: float = opt(
+        1.0,
+        "task grpo: nucleus sampling of the rollouts: keep the smallest set of tokens of this mass",
+        min=0.01,
+        max=1.0,
+    )
+    beta: float = opt(
+        0.04, "task grpo: weight of the KL term to the base (the adapter off); 0: no reference at all", min=0.0
+    )
+    epsilon: float = opt(0.2, "task grpo: clip the probability ratio to [1 - epsilon, 1 + epsilon]", min=0.0)
+    rewards: list[str | RewardSpec] = opt(
+        ["contains"],
+        "task grpo: reward functions, summed with their weights: kinds or mappings {kind, weight, name, column, pattern, max_tokens, function, run} (README: GRPO)",
+    )
+    on_reward_error: str = opt(
+        "stop",
+        "task grpo: a reward function that raises or returns a non-number: stop the run (exit 2), or skip the prompt's group, counted in metrics",
+        choices=("stop", "skip"),
+    )
+
+
+@dataclass
 class FederatedConfig:
     clients: list[str] = opt(
         [],
@@ -364,8 +424,9 @@ class RunConfig:
     task: str = opt(
         "sft",
         "what to train: generate answers (sft), a label per text with a head on the last token (classify), a "
-        "scalar reward from preference pairs (reward), or prefer chosen over rejected answers (dpo)",
-        choices=("sft", "classify", "reward", "dpo"),
+        "scalar reward from preference pairs (reward), prefer chosen over rejected answers (dpo), or learn from rewards "
+        "of sampled answers (grpo)",
+        choices=("sft", "classify", "reward", "dpo", "grpo"),
     )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -374,6 +435,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     stages: list[dict[str, Any]] = opt(
         [],
@@ -681,6 +743,8 @@ def _option_value(name: str, value: Any, options: dict, where: str, folder: Path
         file, _, function = value.rpartition(":")
         if file.endswith(".py"):  # file.py:function, relative to the YAML file; module:function stays as it is
             value = f"{_resolve_paths(file, folder)}:{function}"
+    elif folder is not None and name == "grpo.rewards":  # a function's file.py and a reward run, as data.transform
+        value = [_reward_paths(entry, folder) for entry in value]
     elif folder is not None and name in _PATH_OPTIONS:
         value = _resolve_paths(value, folder)
     if name == "stages":
@@ -733,6 +797,16 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
     except ConfigError as exc:
         raise ConfigError(f"stage {index + 1}: {exc}") from None
     return ResolvedConfig(config, origins)
+
+
+def _reward_paths(entry: str | RewardSpec, folder: Path) -> str | RewardSpec:
+    if not isinstance(entry, RewardSpec):
+        return entry
+    function = entry.function
+    if function and function.rpartition(":")[0].endswith(".py"):
+        file, _, name = function.rpartition(":")
+        function = f"{_resolve_paths(file, folder)}:{name}"
+    return dataclasses.replace(entry, function=function, run=_resolve_paths(entry.run, folder))
 
 
 _PATH_OPTIONS = {
@@ -794,6 +868,11 @@ def _check_consistency(config: RunConfig) -> None:
             raise ConfigError(f"option 'train.gpu_memory': {exc}.") from None
     if config.task == "dpo" and config.dpo.beta <= 0:
         raise ConfigError("option 'dpo.beta' must be > 0 (it scales the log ratios, and ipo divides by it).")
+    if config.task == "grpo" and config.train.grad_accum != 1:
+        raise ConfigError(
+            "option 'train.grad_accum' must be 1 with task grpo: a step trains on grpo.prompts_per_step prompts x "
+            "grpo.num_generations answers, in micro-batches of train.micro_batch rows. Set the prompts per step instead."
+        )
     if config.data.eval and config.data.eval_fraction:
         raise ConfigError(
             "options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split."

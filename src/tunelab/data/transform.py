@@ -21,36 +21,33 @@ from tunelab.errors import ConfigError, DataError
 Transform = Callable[[dict], dict | None]
 
 
-def load_transform(spec: str | None) -> Transform | None:
-    """The function `spec` names; ConfigError when it cannot be found."""
+def load_transform(spec: str | None, option: str = "option 'data.transform'") -> Transform | None:
+    """The function `spec` names (module:function or file.py:function); ConfigError, naming `option`, when it cannot
+    be found. Other options that name a user's function (grpo.rewards) load it here too."""
     if not spec:
         return None
     module_name, sep, function = spec.rpartition(":")
     if not sep or not module_name or not function:
-        raise ConfigError(
-            f"option 'data.transform' is {spec!r}; write module:function (e.g. my_rows:clean) or file.py:function."
-        )
+        raise ConfigError(f"{option} is {spec!r}; write module:function (e.g. my_rows:clean) or file.py:function.")
     try:
         local = Path(module_name if module_name.endswith(".py") else module_name.replace(".", "/") + ".py")
         if module_name.endswith(".py") or (local.is_file() and importlib.util.find_spec(module_name) is None):
-            module = _from_file(local.expanduser())  # a file, or a module beside the working directory
+            module = _from_file(local.expanduser(), option)  # a file, or a module beside the working directory
         else:
             module = importlib.import_module(module_name)
     except ConfigError:
         raise
     except Exception as exc:
-        raise ConfigError(
-            f"option 'data.transform': importing {module_name!r} failed ({type(exc).__name__}: {exc})."
-        ) from None
+        raise ConfigError(f"{option}: importing {module_name!r} failed ({type(exc).__name__}: {exc}).") from None
     fn = getattr(module, function, None)
     if not callable(fn):
-        raise ConfigError(f"option 'data.transform': {module_name!r} has no function {function!r}.")
+        raise ConfigError(f"{option}: {module_name!r} has no function {function!r}.")
     return fn
 
 
-def _from_file(path: Path):
+def _from_file(path: Path, option: str):
     if not path.is_file():
-        raise ConfigError(f"option 'data.transform': {path} not found (a path is relative to the config file).")
+        raise ConfigError(f"{option}: {path} not found (a path is relative to the config file).")
     spec = importlib.util.spec_from_file_location(f"tunelab_transform_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -25,6 +25,7 @@ from pathlib import Path
 from tunelab.atomic import write_text
 from tunelab.errors import RunDirError
 from tunelab.eval.heads import head_eval_html
+from tunelab.eval.reward_curves import reward_section
 from tunelab.federated.history import federated_section
 from tunelab.rundir import HEAD_TASKS, RUN_FILE, read_info
 
@@ -696,6 +697,11 @@ def render_report(run_dir: str | Path) -> str:
         *(
             [("preference", "Preference training", _preference_plots(metrics.data))]
             if isinstance(run.data, dict) and run.data.get("task") == "dpo" and metrics.data is not None
+            else []
+        ),
+        *(
+            [("rewards", "Rewards (grpo)", reward_section(metrics.data, _curve_plot))]
+            if isinstance(run.data, dict) and run.data.get("task") == "grpo" and metrics.data is not None
             else []
         ),
         *evaluation,

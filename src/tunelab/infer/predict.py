@@ -1,18 +1,10 @@
 """`tunelab predict`: what a head run (classify or reward) says about texts: a label with the probability of every
-label, or a reward. Also the reward model as a reward function for other training (`load_reward_model`).
+label, or a reward. The run is opened, and the reward model made a reward function (`load_reward_model`), by
+tasks/head_run.py, which task grpo uses too; its names are importable from here as before.
 
 Inputs are rendered exactly as the run rendered its training rows (its template, system prompt, max_length and
 field mapping): a `--text` given to a run that was trained on prompts becomes that prompt's user turn. Inputs longer
 than the run's max_length are cut to their last max_length tokens and counted (prediction never drops a row).
-
-The reward function, for trainers that score sampled answers (GRPO):
-
-    reward = load_reward_model(run_dir, device="cuda")            # a finished `task: reward` run
-    scores = reward(prompts, completions)                         # list[float], one per (prompt, completion)
-
-`prompts[i]` is a user message (str) or a conversation so far (list of {role, content}); `completions[i]` the answer
-text. Each pair is rendered as the chat prompt + assistant answer (a run trained on whole texts scores
-prompt + completion as one text), in batches of `batch_size`, without gradients.
 """
 
 from __future__ import annotations
@@ -23,78 +15,20 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from tunelab.atomic import write_text
-from tunelab.config import DataConfig, load_config
 from tunelab.data.report import DataReport, location
-from tunelab.data.templates import Template, resolve_template
 from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError
-from tunelab.models.load import ModelSource, load_tokenizer
-from tunelab.rundir import RunInfo, open_info
 from tunelab.tasks.classify import read_labelled
-from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
-from tunelab.tasks.head_data import Input, fit, pad_rows, render
+from tunelab.tasks.head_data import Input
+from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_model: importable from here as before)
+    HeadRun,
+    RewardModel,
+    head_outputs,
+    load_reward_model,
+    open_head_run,
+    scored_input,
+)
 from tunelab.tasks.reward import read_scored
-
-
-@dataclass
-class HeadRun:
-    """A finished classify or reward run, opened for inference."""
-
-    run_dir: Path
-    info: RunInfo
-    model: SequenceClassifier
-    tokenizer: object
-    template: Template
-    labels: list[str]  # the head's outputs in order (["reward"] for a reward model)
-    data: DataConfig  # the run's data options: fields, system prompt, max_length
-    seed: int  # the run's seed: the untrained head is rebuilt from it
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def chat_input(self) -> bool:
-        """The run read chats (prompts, messages), not raw texts."""
-        return self.info.extra.get("input", "text") != "text"
-
-
-def open_head_run(run_dir: str | Path, device: str = "auto") -> HeadRun:
-    run_dir = Path(run_dir)
-    info = open_info(run_dir, heads=True)
-    if info.task not in ("classify", "reward"):
-        raise RunDirError(
-            f"{run_dir}: a {info.task} run generates text; 'tunelab predict' needs a classify or reward run. Use "
-            "'tunelab generate' or 'tunelab compare' for it."
-        )
-    try:
-        cfg = load_config(run_dir / "config.yaml").config
-    except ConfigError as exc:
-        raise RunDirError(f"{run_dir / 'config.yaml'}: the run's saved config cannot be read ({exc}).") from None
-    tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)
-    model = load_head_model(run_dir, info, device)
-    template = resolve_template(info.template, tokenizer)
-    return HeadRun(run_dir, info, model, tokenizer, template, run_labels(run_dir), cfg.data, cfg.train.seed)
-
-
-@torch.no_grad()
-def head_outputs(
-    model: SequenceClassifier, run: HeadRun, inputs: list[Input], batch_size: int = 16, wheres: list[str] | None = None
-) -> tuple[torch.Tensor, int]:
-    """Logits (N, K) fp32 on the CPU for `inputs`, and how many inputs were cut to max_length."""
-    ids = render(inputs, run.tokenizer, run.template, wheres)
-    fitted = [fit(row, run.data.max_length, "truncate") for row in ids]
-    cut = sum(len(a) < len(b) for a, b in zip(fitted, ids))
-    out = []
-    for start in range(0, len(fitted), batch_size):
-        batch = {
-            k: v.to(run.device)
-            for k, v in pad_rows(fitted[start : start + batch_size], run.tokenizer.pad_token_id).items()
-        }
-        out.append(model(batch["input_ids"], batch["attention_mask"], batch["position_ids"]).float().cpu())
-    return (torch.cat(out) if out else torch.zeros(0, len(run.labels))), cut
 
 
 @dataclass
@@ -120,17 +54,6 @@ def text_input(run: HeadRun, text: str) -> Input:
         return Input(text=text)
     system = [{"role": "system", "content": run.data.system_prompt}] if run.data.system_prompt else []
     return Input(messages=system + [{"role": "user", "content": text}])
-
-
-def scored_input(run: HeadRun, prompt: str | list[dict], answer: str) -> Input:
-    """A prompt and its answer as the reward model reads them (a chat, or one text for a run trained on texts)."""
-    if not run.chat_input:
-        shown = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-        return Input(text=shown + answer)
-    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if run.data.system_prompt and not (turns and turns[0]["role"] == "system"):
-        turns = [{"role": "system", "content": run.data.system_prompt}] + turns
-    return Input(messages=turns + [{"role": "assistant", "content": answer}])
 
 
 def predict(
@@ -221,24 +144,3 @@ def save_predictions(predictions: list[Prediction], path: str | Path, overwrite:
             for p in predictions
         )
     return write_text(path, buf.getvalue())
-
-
-class RewardModel:
-    """A finished reward run as a reward function: (prompts, completions) -> one float per pair."""
-
-    def __init__(self, run: HeadRun, batch_size: int = 16):
-        if run.info.task != "reward":
-            raise RunDirError(f"{run.run_dir}: a {run.info.task} run, not a reward model (task: reward).")
-        self.run, self.batch_size = run, batch_size
-
-    def __call__(self, prompts: list[str | list[dict]], completions: list[str]) -> list[float]:
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        inputs = [scored_input(self.run, p, c) for p, c in zip(prompts, completions)]
-        rewards, _ = head_outputs(self.run.model, self.run, inputs, self.batch_size)
-        return rewards[:, 0].tolist()
-
-
-def load_reward_model(run_dir: str | Path, device: str = "auto", batch_size: int = 16) -> RewardModel:
-    """The reward function of a finished `task: reward` run (see the module docstring)."""
-    return RewardModel(open_head_run(run_dir, device), batch_size)

@@ -1,23 +1,25 @@
 """Training objectives behind one seam (`tasks/task.py` states it): each task module exposes a frozen `Task`, or a
-`make_task(options)` when its functions depend on the task's own config section (dpo)."""
+`make_task(options)` when its functions depend on the task's own config section (dpo, grpo)."""
 
 from __future__ import annotations
 
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError
-from tunelab.tasks import dpo
+from tunelab.tasks import dpo, grpo
 from tunelab.tasks.classify import CLASSIFY
 from tunelab.tasks.reward import REWARD
 from tunelab.tasks.sft import SFT
 from tunelab.tasks.task import Task
 
 TASKS: dict[str, Task] = {task.name: task for task in (SFT, CLASSIFY, REWARD)}
-CONFIGURED = ("dpo",)  # tasks built from their config section by get_task
+CONFIGURED = ("dpo", "grpo")  # tasks built from their config section by get_task
 
 
 def get_task(name: str, cfg: RunConfig | None = None) -> Task:
     if name == "dpo":
         return dpo.make_task((cfg or RunConfig()).dpo)
+    if name == "grpo":
+        return grpo.make_task((cfg or RunConfig()).grpo)
     if name not in TASKS:
         raise ConfigError(f"option 'task' is {name!r}; allowed values: {', '.join([*TASKS, *CONFIGURED])}.")
     return TASKS[name]

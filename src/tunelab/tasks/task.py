@@ -24,7 +24,8 @@ Contracts every task keeps:
 - `evaluate` returns means over the eval batches' units, keys prefixed `eval_`, always with `eval_loss`.
 - Every trainable parameter is a parameter of `built.model` after `prepare`, so checkpoints (which save trainable
   parameters by name) and the optimizer see all of them.
-- `rollout` (online tasks only, None otherwise) turns a batch of prompts into a training batch before the step.
+- `rollout` (online tasks only, None otherwise) turns the step's batches of prompts into its training micro-batches
+  before the step (grpo samples answers, scores them and attaches what its loss reads); one named line in the loop.
 - Rows of every task carry `input_ids` (every token id the row feeds the model) and `labels` (its targets as ints):
   the untrained-token scan and the resume digest (`training/resume.data_digest`) read these two. Batches carry
   `sources`, per row the file:line of its examples, which the non-finite guard names when it stops a run.
@@ -59,8 +60,10 @@ class Task:
     the recipe checks the weights are finite first and moves the files into the run directory once complete)."""
     evaluate: Callable[[torch.nn.Module, list[Batch]], dict[str, float]]
     """(model, batches) -> {"eval_loss": mean, "eval_<metric>": mean, ...}."""
-    rollout: Callable[..., Batch] | None = None
-    """(model, prompts_batch) -> batch, for online tasks that generate their training data; None otherwise."""
+    rollout: Callable[..., list[Batch]] | None = None
+    """(model, prompt_batches, step, micro_batch) -> the step's micro-batches, for online tasks that generate their
+    training data (the step number seeds the sampling, so a resumed run draws what an uninterrupted one drew); None
+    otherwise."""
     checks: Callable[..., list] | None = None
     """(cfg, inputs) -> [CheckItem]: the cheap data checks `tunelab train` runs before loading the model (sft: those
     of `tunelab check`); None when the task has none beyond what build_data refuses."""

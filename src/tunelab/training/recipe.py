@@ -443,10 +443,11 @@ def _loop(run: Run) -> float | None:
             )
             while position["batch_in_epoch"] < len(batches) and position["step"] < run.total_steps:
                 group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
+                step_batches = rollout(task, model, group, position["step"], t.micro_batch)  # grpo: sample, score
                 tic = time.perf_counter()
                 stats = train_step(
                     run.train_model,
-                    [_on_device(run, b) for b in run.ranks.shard(group)],  # this rank's part
+                    [_on_device(run, b) for b in run.ranks.shard(step_batches)],  # this rank's part
                     run.optimizer,
                     run.scheduler,
                     t.max_grad_norm,
@@ -454,7 +455,7 @@ def _loop(run: Run) -> float | None:
                     run.ranks,
                     run.captured,
                 )
-                tokens = sum(int(b["attention_mask"].sum()) for b in group)  # all ranks': tokens/s is global
+                tokens = sum(int(b["attention_mask"].sum()) for b in step_batches)  # all ranks': tokens/s is global
                 if run.memory is not None and run.built.device.type == "cuda":
                     tqdm.write(measured_note(run.memory, torch.cuda.max_memory_reserved(run.built.device)) or "")
                     run.memory = None  # one measured step says it
@@ -462,7 +463,9 @@ def _loop(run: Run) -> float | None:
                 position["batch_in_epoch"] += len(group)
                 position["tokens"] += tokens
                 position["elapsed_s"] = time.perf_counter() - started
-                stopping = bad.record(position["step"], stats, [s for b in group for row in b["sources"] for s in row])
+                stopping = bad.record(
+                    position["step"], stats, [s for b in step_batches for row in b["sources"] for s in row]
+                )
                 position["skipped_steps"] = bad.skipped
                 record = _record(run, position, len(batches), stats, tokens / (time.perf_counter() - tic))
                 last_loss = last_loss if stats["skipped"] else stats["loss"]
@@ -491,6 +494,12 @@ def _loop(run: Run) -> float | None:
                 position["batch_in_epoch"] = 0
     bar.close()
     return last_loss
+
+
+def rollout(task: Task, model: nn.Module, group: list[dict], step: int, micro_batch: int) -> list[dict]:
+    """The micro-batches a step trains on: the group itself, or what an online task (grpo) makes of its prompts by
+    sampling and scoring answers with the model as it is before the step."""
+    return task.rollout(model, group, step, micro_batch) if task.rollout else group
 
 
 def _record(run: Run, position: dict, batches: int, stats: dict, tokens_per_s: float) -> dict:
@@ -525,6 +534,8 @@ def _postfix(record: dict, skipped: int) -> dict[str, str]:
     loss = record["loss"]
     postfix = {"loss": f"{loss:.4f}" if loss is not None else record.get("bad_loss", "?")}
     postfix |= {"lr": f"{record['lr']:.2e}", "tok_s": f"{record['tokens_per_s']:.0f}"}
+    if "reward" in record:  # grpo: the mean reward of the step's sampled answers
+        postfix["reward"] = f"{record['reward']:.3f}"
     if skipped:
         postfix["skipped"] = str(skipped)
     return postfix

@@ -1,0 +1,135 @@
+"""Prompts for online training (task grpo): each row a prompt the policy answers, plus whatever its rewards read.
+
+A row has a prompt (`prompt`, `question` or `instruction` as text, or `messages`/`conversations` as a message list
+ending with the user's turn; `data.fields` maps the names) and any other columns: `expected` for the contains and
+equals rewards, anything a user's reward function reads. The prompt is rendered with the run's chat template as sft
+renders a chat, with the assistant prefix added (`add_generation_prompt`), so sampling starts where the answer does;
+the row's `system` (else data.system_prompt) is prepended to a chat that has none.
+
+A row without a prompt, or whose prompt leaves no room for an answer within data.max_length, is an error naming its
+file and line: no setting could train on it. The rewards' columns (e.g. `expected`) must be in every row that trains.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from tunelab.config import RunConfig
+from tunelab.data.loader import Datasets
+from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.sources import read_records
+from tunelab.data.templates import resolve_template
+from tunelab.errors import ConfigError, DataError
+from tunelab.tasks.head_data import CHAT_FIELDS, PROMPT_FIELDS, Input, check_fields, render, train_and_held, with_system
+from tunelab.tasks.reward import read_prompt
+
+FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "system")
+
+
+@dataclass
+class Prompt:
+    prompt: str | list[dict]  # as the row gives it: what reward functions receive
+    messages: list[dict]  # the chat to render (system message included)
+    row: dict
+    path: str
+    line: int
+
+
+@dataclass
+class PromptRow:
+    prompt_ids: list[int]  # the rendered chat up to the assistant prefix
+    prompt: str | list[dict]
+    row: dict
+    path: str
+    line: int
+
+    @property
+    def input_ids(self) -> list[int]:
+        """The tokens the row feeds the model before sampling (the untrained-token scan reads them)."""
+        return self.prompt_ids
+
+    @property
+    def labels(self) -> list[int]:
+        """The row's columns as UTF-8 bytes: what the rewards read, so the resume digest sees a changed answer key."""
+        return list(json.dumps(self.row, sort_keys=True, ensure_ascii=False).encode())
+
+
+def read_prompts(
+    paths: list[str], fields: dict[str, str], system: str | None, report: DataReport, lenient: bool = False
+) -> list[Prompt]:
+    out = []
+    for record in read_records(paths):
+        report.read(record.path)
+        report.formats.setdefault(record.path, "prompts")
+        where = location(record.path, record.line)
+        turns = read_prompt(record.row, fields, where, lenient)
+        if turns is None:
+            names = ", ".join((*PROMPT_FIELDS, *CHAT_FIELDS))
+            raise DataError(
+                f"{where}: the row has no prompt: give it one of the fields {names} (it has "
+                f"{', '.join(map(str, record.row)) or 'no fields'}). Map your column with data.fields, e.g. "
+                "{prompt: question_text}."
+            )
+        if turns[-1]["role"] != "user":
+            raise DataError(
+                f"{where}: the prompt's chat ends with a {turns[-1]['role']} turn; it must end with the user's."
+            )
+        key = next(k for n in (*PROMPT_FIELDS, *CHAT_FIELDS) if (k := fields.get(n, n)) in record.row)
+        messages = with_system(turns, record.row, fields, where, system)
+        out.append(Prompt(record.row[key], messages, record.row, record.path, record.line))
+    return out
+
+
+def to_rows(prompts: list[Prompt], tokenizer, template, max_length: int, columns: list[str], report) -> list[PromptRow]:
+    wheres = [location(p.path, p.line) for p in prompts]
+    ids = render([Input(messages=p.messages) for p in prompts], tokenizer, template, wheres)
+    report.add_lengths([len(i) for i in ids])
+    rows = []
+    for p, prompt_ids, where in zip(prompts, ids, wheres):
+        if len(prompt_ids) >= max_length:
+            raise DataError(
+                f"{where}: the prompt is {len(prompt_ids)} tokens, which leaves no room for an answer within "
+                f"data.max_length ({max_length}). Raise data.max_length or shorten or remove this row."
+            )
+        missing = [c for c in columns if c not in p.row]
+        if missing:
+            raise DataError(
+                f"{where}: column(s) {', '.join(missing)} missing; grpo.rewards read them (contains and equals compare "
+                "the answer with the row's expected text). Add them, or set the reward's column."
+            )
+        report.used(p.path)
+        rows.append(PromptRow(prompt_ids, p.prompt, p.row, p.path, p.line))
+    return rows
+
+
+def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> Datasets:
+    """Train and eval prompts, with the data report. `columns`: what the rewards read from every row."""
+    d = cfg.data
+    if d.packing:
+        raise ConfigError(
+            "option 'data.packing' cannot be used with task grpo: each prompt's answers are sampled and scored as rows "
+            "of their own. Set data.packing to false."
+        )
+    if not d.train:
+        raise ConfigError("option 'data.train' is empty; give one or more files of prompts.")
+    if any(not isinstance(entry, str) for entry in d.train):
+        raise ConfigError("option 'data.train': task grpo reads a list of files; give them as plain paths.")
+    for name, value in (("train.group_by_length", cfg.train.group_by_length), ("data.transform", d.transform)):
+        if value:
+            raise ConfigError(f"option '{name}' is for task sft; a grpo run does not use it. Remove it.")
+    check_fields(d.fields, FIELDS, cfg.task)
+    report = DataReport(max_length=d.max_length)
+    template = resolve_template(d.template, tokenizer)
+    prompts, held = train_and_held(read_prompts, d, seed, report)
+    report.template = template.name
+    train = to_rows(prompts, tokenizer, template, d.max_length, columns, report)
+    evals = to_rows(held, tokenizer, template, d.max_length, columns, report)
+    tokens = [sum(len(r.prompt_ids) for r in rows) for rows in (train, evals)]
+    report.train = SplitStats(examples=len(prompts), used=len(train), rows=len(train), tokens=tokens[0])
+    report.eval = SplitStats(examples=len(held), used=len(evals), rows=len(evals), tokens=tokens[1])
+    stops = sorted(
+        {*template.stop_token_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
+    )
+    facts = {"input": "chat", "pad_id": tokenizer.pad_token_id, "stop_ids": stops}
+    return Datasets(train, evals, template, report, facts=facts)

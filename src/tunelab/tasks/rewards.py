@@ -1,0 +1,189 @@
+"""Reward functions of task grpo: what a sampled answer is worth, as one float per answer.
+
+Built-in kinds (`grpo.rewards` entries; a bare kind takes the defaults):
+
+    contains   1 if the row's expected text (column `expected`, or `column`) occurs in the answer, else 0
+    equals     1 if the answer equals the expected text, else 0; with `pattern`, the first group of its LAST match in
+               the answer is compared instead (e.g. "Answer:\\s*(-?\\d+)" reads the final number). Both sides are
+               normalised first: lower case, runs of white space as one space, no surrounding space or final period
+    regex      1 if `pattern` matches anywhere in the answer (re.search; write ^...$ and (?m) as you need), else 0
+    length     0 up to `max_tokens` answer tokens, then -(tokens - max_tokens) / max_tokens (-1 at twice the limit)
+    function   a user's `module:function` or `file.py:function` (relative to the YAML config), called as
+               f(prompt, answer, row) -> float: prompt as the row gives it (text or message list), the answer text,
+               the whole row (a dict: expected and any other column)
+    model      a finished `task: reward` run (its directory), loaded with `tasks.head_run.load_reward_model`
+
+The total reward of an answer is the weighted sum of its rewards. A function that raises or returns anything but a
+finite real number is a failure of that answer: `score` reports each failure with the reward's name and the row,
+and the task stops the run or skips the prompt's group as grpo.on_reward_error says.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config import RewardSpec
+from tunelab.data.transform import load_transform
+from tunelab.errors import ConfigError
+from tunelab.tasks.head_run import load_reward_model
+
+KINDS = RewardSpec.__dataclass_fields__["kind"].metadata["choices"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled answer to score."""
+
+    prompt: str | list[dict]  # as the row gives it
+    answer: str  # the decoded answer, without its stop token
+    row: dict  # the whole data row
+    tokens: int  # answer tokens (its stop token included)
+    where: str  # file:line of the row
+
+
+@dataclass(frozen=True)
+class Reward:
+    name: str
+    weight: float
+    score: Callable[[list[Sample]], list[Any]]  # one value per sample; a value may be an Exception (a failure)
+
+
+@dataclass(frozen=True)
+class Failure:
+    sample: int  # index into the scored samples
+    reward: str  # the reward's name
+    reason: str  # what it did: raised X, returned Y
+
+
+def normalise(text: str) -> str:
+    return " ".join(str(text).lower().split()).removesuffix(".").strip()
+
+
+def specs(entries: list[str | RewardSpec]) -> list[RewardSpec]:
+    """The grpo.rewards entries as checked RewardSpecs with unique names; ConfigError naming the entry otherwise. A
+    `function` entry's module is imported here, so a typo stops the run before the model loads."""
+    if not entries:
+        raise ConfigError("option 'grpo.rewards' is empty; give at least one reward, e.g. [contains].")
+    out = []
+    for i, entry in enumerate(entries, 1):
+        spec = entry if isinstance(entry, RewardSpec) else RewardSpec(kind=str(entry))
+        where = f"option 'grpo.rewards', entry {i}"
+        if spec.kind not in KINDS:
+            raise ConfigError(f"{where}: kind {spec.kind!r}; allowed values: {', '.join(KINDS)}.")
+        need = {"regex": "pattern", "function": "function", "model": "run"}.get(spec.kind)
+        if need and not getattr(spec, need):
+            raise ConfigError(f"{where} ({spec.kind}) needs '{need}', e.g. {{kind: {spec.kind}, {need}: ...}}.")
+        if spec.pattern is not None:
+            try:
+                compiled = re.compile(spec.pattern)
+            except re.error as exc:
+                raise ConfigError(f"{where}: pattern {spec.pattern!r} is not a regular expression ({exc}).") from None
+            if spec.kind == "equals" and compiled.groups < 1:
+                raise ConfigError(f"{where}: equals compares the pattern's first group; {spec.pattern!r} has none.")
+        if spec.kind == "function":
+            user_function(spec.function, where)
+        if spec.kind == "model" and not Path(spec.run).is_dir():
+            raise ConfigError(f"{where}: run {spec.run!r} is not a directory; give a finished `task: reward` run.")
+        out.append(spec)
+    counts: dict[str, int] = {}
+    named = []
+    for spec in out:
+        base = spec.name or (spec.function.partition(":")[2] if spec.kind == "function" else spec.kind)
+        counts[base] = counts.get(base, 0) + 1
+        named.append((spec, base if counts[base] == 1 else f"{base}{counts[base]}"))
+    names = [n for _, n in named]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"option 'grpo.rewards': the names {names} repeat; give each entry its own name.")
+    return [RewardSpec(**{**vars(spec), "name": name}) for spec, name in named]
+
+
+def user_function(path: str, where: str) -> Callable:
+    """`module:function` (an installed module, or MODULE.py in the working directory) or `file.py:function`,
+    loaded as data.transform loads its function."""
+    return load_transform(path, where)
+
+
+def _each(fn: Callable[[Sample], Any]) -> Callable[[list[Sample]], list[Any]]:
+    """A per-sample function as a batch one; what it raises becomes that sample's value (a failure)."""
+
+    def score(samples: list[Sample]) -> list[Any]:
+        out = []
+        for s in samples:
+            try:
+                out.append(fn(s))
+            except Exception as exc:  # a user's function may raise anything: the row and the function are reported
+                out.append(exc)
+        return out
+
+    return score
+
+
+def _expected(s: Sample, column: str) -> str:
+    return normalise(s.row[column])
+
+
+def _final_group(pattern: re.Pattern, answer: str) -> str | None:
+    matches = list(pattern.finditer(answer))
+    return matches[-1].group(1) if matches else None
+
+
+def build(spec: RewardSpec, device: torch.device | str = "cpu") -> Reward:
+    """The scoring function of a checked spec (a reward model is loaded here, onto `device`)."""
+    pattern = re.compile(spec.pattern) if spec.pattern is not None else None
+    if spec.kind == "contains":
+        fn = _each(lambda s: float(_expected(s, spec.column) in normalise(s.answer)))
+    elif spec.kind == "equals":
+
+        def equals(s: Sample) -> float:
+            got = _final_group(pattern, s.answer) if pattern is not None else s.answer
+            return float(got is not None and normalise(got) == _expected(s, spec.column))
+
+        fn = _each(equals)
+    elif spec.kind == "regex":
+        fn = _each(lambda s: float(pattern.search(s.answer) is not None))
+    elif spec.kind == "length":
+        fn = _each(lambda s: -max(0, s.tokens - spec.max_tokens) / spec.max_tokens)
+    elif spec.kind == "function":
+        user = user_function(spec.function, f"reward {spec.name}")
+        fn = _each(lambda s: user(s.prompt, s.answer, s.row))
+    else:
+        from_model = load_reward_model(spec.run, device=str(device))
+
+        def fn(samples: list[Sample]) -> list[Any]:
+            return from_model([s.prompt for s in samples], [s.answer for s in samples])
+
+    return Reward(spec.name, spec.weight, fn)
+
+
+def _reason(value: Any) -> str | None:
+    """Why a reward value is not usable, or None when it is a finite real number."""
+    if isinstance(value, Exception):
+        return f"raised {type(value).__name__}: {value}"
+    if not isinstance(value, numbers.Real):
+        return f"returned {value!r} ({type(value).__name__}), not a number"
+    if not math.isfinite(float(value)):
+        return f"returned {value!r}, not a finite number"
+    return None
+
+
+def score(rewards: list[Reward], samples: list[Sample]) -> tuple[torch.Tensor, list[Failure]]:
+    """(N, R) fp32 rewards of N samples under R functions (NaN where one failed), and the failures."""
+    values = torch.full((len(samples), len(rewards)), float("nan"))
+    failures = []
+    for j, reward in enumerate(rewards):
+        got = reward.score(samples)
+        for i, value in enumerate(got):
+            reason = _reason(value)
+            if reason is None:
+                values[i, j] = float(value)
+            else:
+                failures.append(Failure(i, reward.name, reason))
+    return values, failures

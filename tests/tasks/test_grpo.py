@@ -1,0 +1,360 @@
+"""Task grpo: the group advantages, the clipped loss and the k3 KL against hand computations, the rewards (built-ins,
+module:function, failures stopped or skipped), a seeded rollout drawn twice, a CLI run on a tiny model, resume, and
+bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tunelab.training.recipe as recipe
+from tunelab.cli import main
+from tunelab.config import MethodConfig, ModelConfig, RewardSpec, load_config
+from tunelab.errors import ConfigError
+from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.tasks import get_task
+from tunelab.tasks import rewards as R
+from tunelab.tasks.grpo import RewardError, group_advantages, token_losses
+from tunelab.tasks.head_run import load_reward_model
+from tunelab.tasks.log_probs import token_log_probs
+from tunelab.training.build import build_model
+
+REWARD_MODULE = '''
+def letters(prompt, answer, row):
+    """A reward with spread on random answers: the share of distinct characters."""
+    return len(set(answer)) / (1 + len(answer))
+
+def broken(prompt, answer, row):
+    raise ValueError("no score for " + row["expected"])
+
+def text(prompt, answer, row):
+    return "high"
+'''
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    (tmp_path / "grpo_test_rewards.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "grpo_test_rewards"
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    rows = [{"prompt": f"What is {i} plus {i + 1}?", "expected": str(2 * i + 1)} for i in range(12)]
+    return _write(tmp_path / "prompts.jsonl", rows)
+
+
+def _overrides(model_dir, tmp_path, data, module, **extra):
+    return {
+        "task": "grpo",
+        "model.name": str(model_dir),
+        "data.train": [data],
+        "data.max_length": 64,
+        "method.r": 4,
+        "grpo.num_generations": 3,
+        "grpo.prompts_per_step": 2,
+        "grpo.max_new_tokens": 6,
+        "grpo.rewards": [{"kind": "function", "function": f"{module}:letters"}, {"kind": "contains", "weight": 0.5}],
+        "train.micro_batch": 4,
+        "train.lr": 1e-2,
+        "train.max_steps": 3,
+        "output_dir": str(tmp_path / "run"),
+    } | extra
+
+
+# ---------------------------------------------------------------- maths by hand
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 2.0, 2.0, 2.0])
+    got = group_advantages(r, 3)
+    mean, std = 1 / 3, math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)  # Bessel: divide by G - 1
+    want = [(1 - mean) / (std + 1e-4), -mean / (std + 1e-4), -mean / (std + 1e-4), 0.0, 0.0, 0.0]
+    assert got.tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_token_loss_and_k3_kl_by_hand():
+    logp = torch.tensor([-1.0, -2.0, -0.5, -3.0], requires_grad=True)
+    old = torch.tensor([-1.0, -2.5, -0.2, -3.0])
+    ref = torch.tensor([-1.5, -2.0, -0.4, -2.0])
+    adv = torch.tensor([1.0, 1.0, -2.0, 0.5])
+    loss, kl = token_losses(logp, old, ref, adv, eps=0.2, beta=0.1)
+    want_kl, want = [], []
+    for lp, o, r, a in zip(logp.tolist(), old.tolist(), ref.tolist(), adv.tolist()):
+        ratio = math.exp(lp - o)
+        surr = -min(ratio * a, min(max(ratio, 0.8), 1.2) * a)
+        k3 = math.exp(r - lp) - (r - lp) - 1
+        want_kl.append(k3)
+        want.append(surr + 0.1 * k3)
+    assert kl.tolist() == pytest.approx(want_kl, rel=1e-6)
+    assert loss.tolist() == pytest.approx(want, rel=1e-6)
+    assert all(k >= 0 for k in kl.tolist()) and kl[1].item() == 0.0  # ref == logp: no divergence
+
+    # token 1: ratio exp(0.5) = 1.65 > 1.2 with A > 0: clipped, so only the KL term (zero slope there) has gradient
+    # token 0: ratio 1: d/dlogp = -A + beta * (1 - exp(ref - logp))
+    loss.sum().backward()
+    assert logp.grad[0].item() == pytest.approx(-1.0 + 0.1 * (1 - math.exp(-0.5)), rel=1e-6)
+    assert logp.grad[1].item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_at_ratio_one_the_surrogate_gradient_is_the_policy_gradient():
+    logp = torch.tensor([-1.0, -2.0, -0.7], requires_grad=True)
+    adv = torch.tensor([0.5, -1.5, 2.0])
+    loss, _ = token_losses(logp, logp.detach(), None, adv, eps=0.2, beta=0.0)
+    assert loss.tolist() == pytest.approx((-adv).tolist())  # ratio = 1 in value
+    loss.sum().backward()
+    assert torch.allclose(logp.grad, -adv)
+
+
+# ---------------------------------------------------------------- rewards
+
+
+def _sample(answer, expected="42", tokens=5, prompt="What is 40 plus 2?"):
+    return R.Sample(prompt, answer, {"prompt": prompt, "expected": expected}, tokens, "f.jsonl:1")
+
+
+def _scores(entry, samples):
+    (spec,) = R.specs([entry])
+    values, failures = R.score([R.build(spec)], samples)
+    return values[:, 0].tolist(), failures
+
+
+def test_built_in_rewards():
+    answers = [_sample("The result is 42."), _sample("It is 41"), _sample("  answer: 42 ."), _sample("ANSWER: 42")]
+    assert _scores("contains", answers)[0] == [1.0, 0.0, 1.0, 1.0]
+    assert _scores("equals", [_sample(" 42. "), _sample("42 apples")])[0] == [1.0, 0.0]
+    final = RewardSpec(kind="equals", pattern=r"answer:\s*(\d+)")
+    assert _scores(final, [_sample("answer: 7\nanswer: 42"), _sample("answer: 41"), _sample("42")])[0] == [1, 0, 0]
+    fmt = RewardSpec(kind="regex", pattern=r"(?i)answer: \d+\s*$")
+    assert _scores(fmt, answers)[0] == [0.0, 0.0, 0.0, 1.0]  # "42 ." does not end in digits
+    length = RewardSpec(kind="length", max_tokens=4)
+    assert _scores(length, [_sample("a", tokens=3), _sample("a", tokens=4), _sample("a", tokens=6)])[0] == [0, 0, -0.5]
+    assert _scores(RewardSpec(kind="contains", column="gold"), [R.Sample("p", "x 7", {"gold": 7}, 2, "w")])[0] == [1]
+
+
+def test_user_function_rewards_and_their_failures(reward_module):
+    values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:letters"), [_sample("aab")])
+    assert values == pytest.approx([2 / 4]) and not failures
+    values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:broken"), [_sample("x")])
+    assert math.isnan(values[0]) and "raised ValueError: no score for 42" in failures[0].reason
+    _, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:text"), [_sample("x")])
+    assert "returned 'high' (str), not a number" in failures[0].reason
+    with pytest.raises(ConfigError, match="has no function .missing."):
+        R.specs([RewardSpec(kind="function", function=f"{reward_module}:missing")])
+    with pytest.raises(ConfigError, match="module:function"):
+        R.specs([RewardSpec(kind="function", function="no_colon")])
+    with pytest.raises(ConfigError, match="allowed values"):
+        R.specs(["bleu"])
+    with pytest.raises(ConfigError, match="needs 'pattern'"):
+        R.specs(["regex"])
+    names = [s.name for s in R.specs(["contains", "contains", RewardSpec(kind="length", name="short")])]
+    assert names == ["contains", "contains2", "short"]
+
+
+# ---------------------------------------------------------------- rollout
+
+
+def _task(tiny_model_dir, tmp_path, data, module, **extra):
+    cfg = load_config(None, _overrides(tiny_model_dir, tmp_path, data, module, **extra)).config
+    source = resolve_source(str(tiny_model_dir))
+    tokenizer = load_tokenizer(source)
+    task = get_task("grpo", cfg)
+    data = task.build_data(cfg, tokenizer, 0)
+    built = build_model(source, cfg.model, cfg.method)
+    task.prepare(built, data, cfg)
+    return task, data, built, tokenizer
+
+
+def test_rollout_is_seeded_by_the_step(tiny_model_dir, tmp_path, prompt_file, reward_module):
+    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module)
+    group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=True, seed=0, epoch=0)[:1]
+    a, b, c = (task.rollout(built.model, group, step, 4) for step in (5, 5, 6))
+    assert len(a) == 2 and [x["input_ids"].shape[0] for x in a] == [4, 2]  # 2 prompts x 3 answers, micro-batch 4
+    for x, y in zip(a, b):
+        assert torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["advantages"], y["advantages"])
+    assert not all(
+        torch.equal(x["input_ids"], y["input_ids"])
+        for x, y in zip(a, c)
+        if x["input_ids"].shape == y["input_ids"].shape
+    )
+    first = a[0]
+    n = int((first["labels"][:, 1:] != -100).sum())
+    assert "old" not in first and first["ref"].shape == (n,)  # no dropout: old is the training forward's own
+    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.dropout": 0.1})
+    (first, _) = task.rollout(built.model, group, 5, 4)
+    assert first["old"].shape == first["ref"].shape == (n,)
+    assert torch.allclose(first["old"], first["ref"], atol=1e-5)  # an untrained adapter: the policy is the base
+    assert {"reward", "reward_letters", "reward_contains", "zero_std_groups", "answer_tokens"} <= set(
+        first["step_figures"]
+    )
+    adv = torch.cat([x["advantages"] for x in a]).view(2, 3)
+    assert torch.allclose(adv.sum(1), torch.zeros(2), atol=1e-4)  # centred within each group
+
+
+def test_reward_failures_stop_or_skip(tiny_model_dir, tmp_path, prompt_file, reward_module):
+    broken = [{"kind": "function", "function": f"{reward_module}:broken"}]
+    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.rewards": broken})
+    group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=False, seed=0, epoch=0)[:1]
+    with pytest.raises(RewardError, match=r"prompts\.jsonl:1: reward broken raised ValueError: no score for 1"):
+        task.rollout(built.model, group, 0, 4)
+    task, data, built, tok = _task(
+        tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.rewards": broken, "grpo.on_reward_error": "skip"}
+    )
+    assert task.rollout(built.model, group, 0, 4) == []  # both groups skipped: nothing to train on this step
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_cli_run_logs_rewards_and_saves_a_peft_adapter(tiny_model_dir, tmp_path, prompt_file, reward_module):
+    rewards = json.dumps([{"kind": "function", "function": f"{reward_module}:letters"}, "contains"])
+    args = ["train", "--task", "grpo", "--model.name", str(tiny_model_dir), "--data.train", prompt_file]
+    args += ["--data.eval_fraction", "0.25", "--data.max_length", "64", "--method.r", "4", "--train.max_steps", "3"]
+    args += ["--grpo.num_generations", "3", "--grpo.prompts_per_step", "2", "--grpo.max_new_tokens", "6"]
+    args += ["--grpo.rewards", rewards, "--train.micro_batch", "4", "--output_dir", str(tmp_path / "run")]
+    assert main(args) == 0
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == 3 and all(math.isfinite(r["loss"]) for r in steps)
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step's policy is the base
+    assert {"reward", "reward_std", "reward_letters", "reward_contains", "zero_std_groups", "answer_tokens"} <= set(
+        steps[0]
+    )
+    assert any(s["kl"] > 0 for s in steps[1:])  # the policy moved
+    assert {"eval_loss", "eval_reward", "eval_reward_letters"} <= set(records[-1])
+    assert records[-1]["eval_loss"] == -records[-1]["eval_reward"]
+    config = json.loads((run / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and "lora_A" in next(iter(load_file(run / "adapter_model.safetensors")))
+    assert json.loads((run / "run.json").read_text())["task"] == "grpo"
+    assert main(["report", str(run)]) == 0
+    assert "Rewards" in (run / "report.html").read_text()
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch, prompt_file, reward_module):
+    common = _overrides(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"train.max_steps": 4})
+    common |= {"train.save_every": 2, "data.eval_fraction": 0.25, "train.eval_every": 2, "method.dropout": 0.1}
+    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
+    real_step, calls = recipe.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # dies in step 3, after the checkpoint of step 2
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
+    monkeypatch.setattr(recipe, "train_step", real_step)
+    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    timing = ("tokens_per_s", "elapsed_s", "gen_tokens_per_s")
+    records = [
+        [
+            {k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (r.run_dir / "metrics.jsonl").open()
+        ]
+        for r in (straight, resumed)
+    ]
+    assert records[0] == records[1] and any("eval_reward" in r for r in records[0])
+    assert len({r["reward"] for r in records[0] if "reward" in r}) > 1  # the steps drew different answers
+
+
+def test_bad_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, prompt_file, reward_module, capsys):
+    base = ["train", "--task", "grpo", "--model.name", str(tiny_model_dir), "--output_dir", str(tmp_path / "r")]
+    bad = _write(tmp_path / "bad.jsonl", [{"prompt": "a", "expected": "1"}, {"question_text": "b", "expected": "2"}])
+    assert main([*base, "--data.train", bad]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2" in err and "no prompt" in err and "Traceback" not in err
+
+    long = _write(tmp_path / "long.jsonl", [{"prompt": "word " * 200, "expected": "1"}])
+    assert main([*base, "--data.train", long, "--data.max_length", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "long.jsonl:1" in err and "max_length" in err
+
+    no_key = _write(tmp_path / "nokey.jsonl", [{"prompt": "a"}])
+    assert main([*base, "--data.train", no_key]) == 2
+    assert "nokey.jsonl:1" in (err := capsys.readouterr().err) and "expected" in err
+
+    assert main([*base, "--data.train", prompt_file, "--grpo.rewards", "bleu"]) == 2
+    assert "contains, equals, regex, length, function, model" in capsys.readouterr().err
+
+    assert main([*base, "--data.train", prompt_file, "--train.grad_accum", "2"]) == 2
+    assert "grad_accum" in capsys.readouterr().err
+
+    failing = json.dumps([{"kind": "function", "function": f"{reward_module}:text"}])
+    args = [*base, "--data.train", prompt_file, "--grpo.rewards", failing, "--train.max_steps", "1"]
+    assert main([*args, "--grpo.max_new_tokens", "2", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "prompts.jsonl:" in err and "reward text returned 'high'" in err and "on_reward_error" in err
+
+
+def test_full_fine_tuning_reference_is_the_starting_weights(tiny_model_dir, tmp_path, prompt_file, reward_module):
+    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.name": "full"})
+    with torch.no_grad():  # the policy moves away from where it started
+        for p in built.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    moved = {n: p.clone() for n, p in built.model.named_parameters()}
+    group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=False, seed=0, epoch=0)[:1]
+    batch = task.rollout(built.model, group, 0, 8)[0]
+    base = build_model(resolve_source(str(tiny_model_dir)), ModelConfig(), MethodConfig(name="full")).model.eval()
+    with torch.no_grad():
+        live = token_log_probs(base, batch)[0]
+        policy = token_log_probs(built.model.eval(), batch)[0]
+    assert torch.allclose(batch["ref"], live, atol=1e-5)
+    assert not torch.allclose(policy, live, atol=1e-2)
+    assert all(torch.equal(p, moved[n]) for n, p in built.model.named_parameters())  # put back after the reference
+
+
+def test_a_reward_file_and_run_are_relative_to_the_config(tmp_path):
+    (tmp_path / "mine.py").write_text("def score(prompt, answer, row):\n    return float(len(answer))\n")
+    (tmp_path / "config.yaml").write_text(
+        "task: grpo\ngrpo:\n  rewards:\n    - {kind: function, function: 'mine.py:score'}\n"
+        "    - {kind: model, run: rm}\n    - contains\n"
+    )
+    rewards = load_config(tmp_path / "config.yaml").config.grpo.rewards
+    assert rewards[0].function == f"{tmp_path / 'mine.py'}:score" and rewards[1].run == str(tmp_path / "rm")
+    assert rewards[2] == "contains"
+    (spec,) = R.specs(rewards[:1])
+    assert R.build(spec).score([_sample("abc")]) == [3.0]
+
+
+def test_a_reward_run_scores_answers_as_its_reward_function(tiny_model_dir, tmp_path):
+    pairs = [{"prompt": f"Say {i}.", "chosen": f"{i}", "rejected": "no"} for i in range(8)]
+    run = recipe.train(
+        None,
+        {
+            "task": "reward",
+            "model.name": str(tiny_model_dir),
+            "data.train": [_write(tmp_path / "pairs.jsonl", pairs)],
+            "data.max_length": 64,
+            "method.r": 4,
+            "train.micro_batch": 4,
+            "train.max_steps": 2,
+            "output_dir": str(tmp_path / "rm"),
+        },
+    ).run_dir
+    (spec,) = R.specs([RewardSpec(kind="model", run=str(run), name="rm")])
+    samples = [
+        _sample("42", prompt="Say 42."),
+        _sample("no", prompt="Say 42."),
+        _sample("7", prompt=[{"role": "user", "content": "Say 7."}]),
+    ]
+    got = R.score([R.build(spec)], samples)[0][:, 0].tolist()
+    want = load_reward_model(run)(["Say 42.", "Say 42.", [{"role": "user", "content": "Say 7."}]], ["42", "no", "7"])
+    assert got == pytest.approx(want, rel=1e-6) and len(set(got)) == 3
