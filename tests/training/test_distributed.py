@@ -296,3 +296,23 @@ def test_optimizer_keys_split_at_the_parameter_name():
         "exp_avg",
     )
     assert _split_optim_key("model.norm.weight.step", names) == ("model.norm.weight", "step")
+
+
+def test_qlora_under_fsdp2_is_refused_where_torch_cannot_shard_integer_parameters(monkeypatch):
+    import dataclasses
+
+    from tunelab.config import RunConfig
+    from tunelab.errors import ConfigError
+    from tunelab.training import distributed
+
+    cfg = RunConfig()
+    cfg = dataclasses.replace(
+        cfg,
+        method=dataclasses.replace(cfg.method, quantize_base="nf4"),
+        train=dataclasses.replace(cfg.train, sharding="fsdp2"),
+    )
+    monkeypatch.setattr(distributed.torch, "__version__", "2.11.0+cu130")
+    with pytest.raises(ConfigError, match=r"fsdp2 with QLoRA, which needs torch 2.13 or newer \(this is 2.11.0"):
+        distributed.pick_sharding(cfg)
+    monkeypatch.setattr(distributed.torch, "__version__", "2.13.0+cpu")
+    assert distributed.pick_sharding(cfg) == "fsdp2"

@@ -176,6 +176,12 @@ def pick_sharding(cfg: RunConfig) -> str:
                 "full or layers, and QLoRA (method.name lora with method.quantize_base nf4: the NF4 base sharded "
                 "too); use train.sharding ddp (or auto) for this one."
             )
+        if m.quantize_base == "nf4" and not fsdp2_holds_integer_parameters():
+            raise ConfigError(
+                f"option 'train.sharding' is fsdp2 with QLoRA, which needs torch 2.13 or newer (this is "
+                f"{torch.__version__}: its FSDP2 makes every sharded parameter require gradients, which the NF4 "
+                "base's integer tensors cannot). Upgrade torch, or use train.sharding ddp (or auto)."
+            )
         if cfg.train.checkpointing is True or cfg.train.offload_activations is True:  # auto: off under fsdp2
             raise ConfigError(
                 "option 'train.checkpointing' (or train.offload_activations) is true, which train.sharding fsdp2 does "
@@ -187,6 +193,13 @@ def pick_sharding(cfg: RunConfig) -> str:
                 "with train.sharding fsdp2 use adamw."
             )
     return sharding
+
+
+def fsdp2_holds_integer_parameters() -> bool:
+    """Whether this torch's FSDP2 can shard frozen integer parameters (the NF4 codes). Torch 2.11's creates each
+    sharded parameter with requires_grad=True, which fails for uint8; 2.13's keeps the parameter's own flag."""
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 13)
 
 
 def is_parallel(model: nn.Module) -> bool:
