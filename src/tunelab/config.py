@@ -650,9 +650,12 @@ def load_config(
         for name, value in overrides.items():
             if isinstance(value, str):
                 try:
-                    value = yaml.safe_load(value) if value.strip() else value
+                    parsed = yaml.safe_load(value) if value.strip() else value
                 except yaml.YAMLError:
-                    pass
+                    parsed = value
+                # A text option keeps its text when YAML would make a mapping or list of it ('Q: {text} A:')
+                text = name in options and options[name][1] in (str, str | None)
+                value = value if text and isinstance(parsed, dict | list) else parsed
             flags[name] = value
         layers.append(("flag", flags, Path(base_dir) if base_dir else None))
     for source, flat, folder in layers:
