@@ -75,6 +75,11 @@ class SequenceClassifier(nn.Module):
         return self.score(pooled.float())  # (B, K)
 
 
+def head_learning_rates(cfg) -> dict[str, float]:
+    """The head's own learning rate (classify.head_lr) for the optimizer, when one is set."""
+    return {HEAD: cfg.classify.head_lr} if cfg.classify.head_lr is not None else {}
+
+
 def new_score(hidden_size: int, num_labels: int, seed: int, std: float, device: torch.device) -> nn.Linear:
     """An fp32 head N(0, std) drawn from its own generator seeded with `seed`: the same head for the same seed, whatever
     else consumed random numbers before it (LoRA's initialisation does)."""
@@ -106,9 +111,10 @@ def attach_head(built: BuiltModel, num_labels: int, seed: int) -> None:
     built.trainable += score.weight.numel() - sum(p.numel() for p in dropped if p.requires_grad)
 
 
-def head_config(hf_config, labels: list[str], pad_token_id: int | None):
+def head_config(hf_config, labels: list[str], pad_token_id: int | None, prompt_format: str | None = None):
     """The transformers config of the classifier: the causal LM's, with the labels and the sequence-classification
-    architecture (what AutoModelForSequenceClassification reads)."""
+    architecture (what AutoModelForSequenceClassification reads), and the run's classify.prompt_format when it has
+    one (`prompt_format`: transformers keeps the extra key; a user formats texts with it before tokenizing)."""
     config = copy.deepcopy(hf_config)
     config.architectures = [
         a.replace("ForCausalLM", "ForSequenceClassification") for a in hf_config.architectures or []
@@ -118,10 +124,20 @@ def head_config(hf_config, labels: list[str], pad_token_id: int | None):
     config.label2id = {label: i for i, label in enumerate(labels)}
     config.pad_token_id = pad_token_id
     config.use_cache = True  # training switched it off; inference wants it back
+    if prompt_format is not None:
+        config.prompt_format = prompt_format
     return config
 
 
-def save_head_run(folder: Path, built: BuiltModel, tokenizer, base_model: str, method: str, labels: list[str]) -> None:
+def save_head_run(
+    folder: Path,
+    built: BuiltModel,
+    tokenizer,
+    base_model: str,
+    method: str,
+    labels: list[str],
+    prompt_format: str | None = None,
+) -> None:
     """The run's result, written into `folder`, loadable by transformers + PEFT:
     lora: adapter_model.safetensors + adapter_config.json (task SEQ_CLS, the head as modules_to_save) and config.json
           (the classifier's config, for id2label / label2id);
@@ -133,7 +149,7 @@ def save_head_run(folder: Path, built: BuiltModel, tokenizer, base_model: str, m
     else:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    head_config(built.hf_config, labels, tokenizer.pad_token_id).save_pretrained(folder)
+    head_config(built.hf_config, labels, tokenizer.pad_token_id, prompt_format).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
