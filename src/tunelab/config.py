@@ -295,6 +295,12 @@ class ClassifyConfig:
     head_lr: float | None = opt(
         None, "tasks classify and reward: the head's learning rate (default: train.lr, as the adapters')", min=0.0
     )
+    head_init: str = opt(
+        "random",
+        "task classify: the head's first weights: random, or label_words (label k's row is the mean of the LM head's "
+        "rows of the label's tokens, _ read as a space: the head starts as the model's own scores of the label words)",
+        choices=("random", "label_words"),
+    )
 
 
 @dataclass
@@ -816,13 +822,19 @@ PLACEHOLDER = "{text}"  # where classify.prompt_format puts the row's text
 
 
 def check_head_options(config: RunConfig) -> None:
-    """classify.prompt_format holds {text} once; it and classify.head_lr are for the head tasks only."""
+    """classify.prompt_format holds {text} once; it and classify.head_lr are for the head tasks only, head_init for
+    classify."""
     c = config.classify
     for name, value in (("prompt_format", c.prompt_format), ("head_lr", c.head_lr)):
         if value is not None and config.task not in ("classify", "reward"):
             raise ConfigError(
                 f"option 'classify.{name}' is for tasks classify and reward; option 'task' is {config.task}. Remove it."
             )
+    if c.head_init != "random" and config.task != "classify":
+        raise ConfigError(
+            f"option 'classify.head_init' {c.head_init} is for task classify (a reward head has no label words); "
+            f"option 'task' is {config.task}. Remove it."
+        )
     if c.prompt_format is not None and c.prompt_format.count(PLACEHOLDER) != 1:
         found = "has no" if PLACEHOLDER not in c.prompt_format else "has more than one"
         raise ConfigError(

@@ -109,3 +109,44 @@ def test_predict_and_eval_read_texts_in_the_run_format(tiny_model_dir, tmp_path)
     )
     predicted = {r["where"]: r["predicted"] for r in result.rows}
     assert predicted == {f"{data}:{i + 1}": run.labels[int(k)] for i, k in enumerate(logits.argmax(dim=-1))}
+
+
+@pytest.mark.parametrize("impl", ["generic", "fast"])
+def test_a_label_word_head_starts_as_the_lm_scores_of_the_label_words(impl):
+    """head_init label_words: logit_k = mean over label k's tokens of the LM's next-token logit, at the pooled token."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunelab.kernels import select as select_ops
+    from tunelab.models.hf_adapter import from_hf_model
+    from tunelab.tasks.head import attach_head
+    from tunelab.training.build import BuiltModel
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    hf = LlamaForCausalLM(config).eval()
+    lm = from_hf_model(hf, select_ops("auto")) if impl == "fast" else hf
+    ids = torch.tensor([[5, 17, 42, 9]])
+    with torch.no_grad():
+        lm_logits = hf(input_ids=ids).logits[0, -1]  # (V,) the next-token logits after the last token
+    built = BuiltModel(lm, impl, config, torch.device("cpu"), torch.float32, 0, 1)
+    words = [[7], [11, 12, 13], [250]]
+    attach_head(built, 3, seed=1, label_tokens=words)
+    with torch.no_grad():
+        head = built.model.eval()(ids, torch.ones_like(ids))[0]
+    expected = torch.stack([lm_logits[w].mean() for w in words])
+    torch.testing.assert_close(head, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_label_words_are_read_with_underscores_as_spaces_and_only_for_classify(tiny_tokenizer):
+    from tunelab.tasks.classify import label_words
+
+    assert label_words(tiny_tokenizer, "credit_cards") == tiny_tokenizer.encode(
+        " credit cards", add_special_tokens=False
+    )
+    with pytest.raises(ConfigError, match="'classify.head_init' label_words is for task classify"):
+        load_config(None, {"task": "reward", "classify.head_init": "label_words"})
+    with pytest.raises(ConfigError, match="allowed values: random, label_words"):
+        load_config(None, {"task": "classify", "classify.head_init": "words"})

@@ -209,6 +209,11 @@ def to_rows(
     return rows
 
 
+def label_words(tokenizer, label: str) -> list[int]:
+    """The token ids of a label read as words (' credit cards' for credit_cards), as they follow a cue like 'Domain:'."""
+    return tokenizer.encode(" " + label.replace("_", " ").strip(), add_special_tokens=False)
+
+
 def _stats(rows: list[LabelledRow], examples: int) -> SplitStats:
     tokens = sum(len(r.input_ids) for r in rows)
     return SplitStats(examples=examples, used=len(rows), rows=len(rows), tokens=tokens, loss_tokens=len(rows))
@@ -255,6 +260,8 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     }
     if cfg.classify.class_weights != "none" or cfg.classify.label_weights:
         facts["class_weights"] = weights
+    if cfg.classify.head_init == "label_words":
+        facts["label_tokens"] = {label: label_words(tokenizer, label) for label in labels}
     return Datasets(train, evals, template, report, facts=facts)
 
 
@@ -321,13 +328,17 @@ def accuracy_and_macro_f1(expected: torch.Tensor, predicted: torch.Tensor) -> tu
 
 def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
     labels = data.facts["labels"]
-    attach_head(built, len(labels), cfg.train.seed)
+    words = data.facts.get("label_tokens")
+    attach_head(built, len(labels), cfg.train.seed, [words[label] for label in labels] if words else None)
     counts = data.facts["label_counts"]
     weights = data.facts.get("class_weights")
     shown = ", ".join(
         f"{label} {counts[label]}" + (f" (weight {weights[label]:.3g})" if weights else "") for label in labels
     )
-    print(f"head: {len(labels)} labels on the last real token ({data.facts['input']} input): {shown}", flush=True)
+    start = "; the head starts from the label words" if words else ""
+    print(
+        f"head: {len(labels)} labels on the last real token ({data.facts['input']} input){start}: {shown}", flush=True
+    )
 
 
 def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:

@@ -30,6 +30,7 @@ from tunelab.errors import ModelError, RunDirError
 from tunelab.models.llama import LlamaForCausalLM, LlamaModel
 from tunelab.models.load import load_hf_model, pick_device, pick_dtype, resolve_source
 from tunelab.models.untrained import repair_rows
+from tunelab.peft.lora_linear import float_weight
 from tunelab.peft.save import load_adapter, save_adapter
 from tunelab.quant.linear import quantize_model_
 from tunelab.rundir import RunInfo
@@ -94,9 +95,15 @@ def _text_config(hf_config):
     return hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
 
 
-def attach_head(built: BuiltModel, num_labels: int, seed: int) -> None:
+def attach_head(built: BuiltModel, num_labels: int, seed: int, label_tokens: list[list[int]] | None = None) -> None:
     """Replace the causal LM of `built` by its body plus a trainable head of `num_labels` outputs, in place. The LM
-    head is dropped (its weight stays only where it is tied to the embedding)."""
+    head is dropped (its weight stays only where it is tied to the embedding). `label_tokens` (classify.head_init
+    label_words): per output, token ids whose LM-head rows it starts from, averaged:
+
+        score.weight[k] = mean_t W_lm[label_tokens[k][t]]       # (d,): logit_k = mean_t (h . W_lm[t])
+
+    so the untrained head gives each label the mean of the LM's next-token logits of its words, at the pooled token
+    (with a prompt ending in a cue, the model's own guess of the label; prompt-based fine-tuning, Gao et al. 2021)."""
     lm = built.model
     if isinstance(lm, LlamaForCausalLM):
         body, prefix, lm_head = lm.model, "model", lm.lm_head
@@ -104,6 +111,13 @@ def attach_head(built: BuiltModel, num_labels: int, seed: int) -> None:
         body, prefix, lm_head = lm.base_model, lm.base_model_prefix, lm.get_output_embeddings()
     config = _text_config(built.hf_config)
     score = new_score(config.hidden_size, num_labels, seed, getattr(config, "initializer_range", 0.02), built.device)
+    if label_tokens is not None:
+        if lm_head is None:
+            raise ModelError("classify.head_init label_words needs the model's LM head; this model has none.")
+        weight = float_weight(lm_head)  # (V, d) fp32; an NF4 head dequantized
+        with torch.no_grad():
+            for k, ids in enumerate(label_tokens):
+                score.weight[k].copy_(weight[ids].mean(dim=0))
     kept = {id(p) for p in body.parameters()}
     dropped = [p for p in (lm_head.parameters() if lm_head is not None else []) if id(p) not in kept]
     built.model = SequenceClassifier(body, score, prefix)
