@@ -290,6 +290,21 @@ class ClassifyConfig:
     label_weights: dict[str, str] = opt(
         {}, "task classify: loss weight per label, e.g. {spam: 3.0}; it replaces class_weights for the labels it names"
     )
+    prompt_format: str | None = opt(
+        None,
+        "tasks classify and reward: read each text input as this text, its {text} replaced by the row's text, e.g. "
+        "'Request: {text}\\nDomain:' (the head reads the last token: a closing cue makes it one that sums up the text); "
+        "kept with the run, so predict and eval read alike",
+    )
+    head_lr: float | None = opt(
+        None, "tasks classify and reward: the head's learning rate (default: train.lr, as the adapters')", min=0.0
+    )
+    head_init: str = opt(
+        "random",
+        "task classify: the head's first weights: random, or label_words (label k's row is the mean of the LM head's "
+        "rows of the label's tokens, _ read as a space: the head starts as the model's own scores of the label words)",
+        choices=("random", "label_words"),
+    )
 
 
 @dataclass
@@ -716,9 +731,12 @@ def load_config(
         for name, value in overrides.items():
             if isinstance(value, str):
                 try:
-                    value = yaml.safe_load(value) if value.strip() else value
+                    parsed = yaml.safe_load(value) if value.strip() else value
                 except yaml.YAMLError:
-                    pass
+                    parsed = value
+                # A text option keeps its text when YAML would make a mapping or list of it ('Q: {text} A:')
+                text = name in options and options[name][1] in (str, str | None)
+                value = value if text and isinstance(parsed, dict | list) else parsed
             flags[name] = value
         layers.append(("flag", flags, Path(base_dir) if base_dir else None))
     for source, flat, folder in layers:
@@ -866,6 +884,7 @@ def _check_consistency(config: RunConfig) -> None:
             parse_size(config.train.gpu_memory)
         except ValueError as exc:
             raise ConfigError(f"option 'train.gpu_memory': {exc}.") from None
+    check_head_options(config)
     if config.task == "dpo" and config.dpo.beta <= 0:
         raise ConfigError("option 'dpo.beta' must be > 0 (it scales the log ratios, and ipo divides by it).")
     if config.task == "grpo" and config.train.grad_accum != 1:
@@ -880,6 +899,31 @@ def _check_consistency(config: RunConfig) -> None:
     _check_sources(config.data)
     if config.method.use_dora and config.method.name != "lora":
         raise ConfigError(f"option 'method.use_dora' is for method.name lora; method.name is {config.method.name}.")
+
+
+PLACEHOLDER = "{text}"  # where classify.prompt_format puts the row's text
+
+
+def check_head_options(config: RunConfig) -> None:
+    """classify.prompt_format holds {text} once; it and classify.head_lr are for the head tasks only, head_init for
+    classify."""
+    c = config.classify
+    for name, value in (("prompt_format", c.prompt_format), ("head_lr", c.head_lr)):
+        if value is not None and config.task not in ("classify", "reward"):
+            raise ConfigError(
+                f"option 'classify.{name}' is for tasks classify and reward; option 'task' is {config.task}. Remove it."
+            )
+    if c.head_init != "random" and config.task != "classify":
+        raise ConfigError(
+            f"option 'classify.head_init' {c.head_init} is for task classify (a reward head has no label words); "
+            f"option 'task' is {config.task}. Remove it."
+        )
+    if c.prompt_format is not None and c.prompt_format.count(PLACEHOLDER) != 1:
+        found = "has no" if PLACEHOLDER not in c.prompt_format else "has more than one"
+        raise ConfigError(
+            f"option 'classify.prompt_format' is {c.prompt_format!r}: it {found} {PLACEHOLDER} placeholder; write it "
+            f"once where the row's text goes, e.g. 'Request: {PLACEHOLDER}\\nDomain:'."
+        )
 
 
 def _check_sources(data: DataConfig) -> None:

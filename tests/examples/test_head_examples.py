@@ -43,6 +43,9 @@ def test_intents_head_variant_reads_the_generative_variants_files(smollm2_tokeni
     assert data.facts["labels"] == sorted({r["answer"] for r in train}) and len(data.facts["labels"]) == 11
     assert len(data.train) + len(data.eval) == len(train) == 440
     assert data.facts["input"] == "text"  # the request as plain text: short rows, cheap steps
+    first = smollm2_tokenizer.decode(data.train[0].input_ids)
+    assert first.startswith("Request: ") and first.endswith("\nDomain:")  # classify.prompt_format
+    assert cfg.classify.head_lr > cfg.train.lr  # the new head learns faster than the adapters
     test = read_labelled([str(EXAMPLES / "intents" / "test.jsonl")], cfg.data.fields, None, DataReport(), lenient=True)
     assert [r.label for r in test] == [r["label"] for r in _rows(EXAMPLES / "intents" / "test.jsonl")]
     assert len(test) == 220

@@ -112,12 +112,7 @@ def test_eval_questions_are_refused(task, tmp_path):
 
 
 @pytest.mark.parametrize("task", ["classify", "reward"])
-def test_tunelab_check_and_federate_say_they_cover_sft(task, tmp_path):
-    from tunelab.checks.run import run_check
-
-    over = {"task": task, "data.train": [str(tmp_path / "x.jsonl")], "output_dir": str(tmp_path / "run")}
-    with pytest.raises(ConfigError, match=f"tunelab check covers task sft.*'task' is {task}"):
-        run_check(None, over, show=False)
+def test_federate_says_it_covers_sft(task):
     pytest.importorskip("flwr")
     from tunelab.federated.run import check_config
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tunelab.atomic import write_text
+from tunelab.checks.heads import HEAD_TASKS, head_data_checks, head_model_items, head_preview
 from tunelab.checks.model import compared, documents, eval_comparisons, first_batch, forward_backward, mean_loss, padded
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
 from tunelab.config import describe
@@ -122,6 +123,37 @@ def model_items(cfg, inputs) -> list[CheckItem]:
     return items + [compared(name, "the first micro-batch", fast_loss, generic_loss, dtype)]
 
 
+def _head_check(resolved, config, resume: bool, overwrite_non_run: bool, page: Path, examples: int, model: bool, out):
+    """run_check for a classify or reward run (checks/heads.py): its data items, then one step through the head."""
+    cfg = resolved.config
+    out("tunelab check — resolved config (value, then where it came from):")
+    out(describe(resolved))
+    items = output_items(cfg, config, resume, overwrite_non_run)
+    inputs = load_inputs(cfg)  # DataError (file:line) for a row without input or label, one class only
+    data = inputs.data
+    out(data.report.summary())
+    plan, item = auto_item(cfg, data, resume)
+    items.append(item)
+    cfg = dataclasses.replace(cfg, train=plan.train)
+    preview = head_preview(cfg, inputs, examples)
+    out(preview)
+    items += head_data_checks(cfg, inputs)
+    for item in items:
+        out(item.line())
+    if model:
+        more = head_model_items(cfg, inputs)
+        for item in more:
+            out(item.line())
+        items += more
+    result = CheckResult(items, page)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    text = preview + "\n\n" + data.report.summary()
+    write_text(page, check_html(result, [], inputs.tokenizer, describe(resolved), text))
+    out(f"page: {page}")
+    out(result.verdict())
+    return result
+
+
 def run_check(
     config: Any = None,
     overrides: dict[str, Any] | None = None,
@@ -139,12 +171,15 @@ def run_check(
 
     resolved = resolve(config, overrides)
     cfg = resolved.config
-    if cfg.task != "sft":
+    head = cfg.task in HEAD_TASKS and not cfg.stages
+    if cfg.task != "sft" and not head:
         raise ConfigError(
-            f"tunelab check covers task sft (answers, prompts, the LM head's loss); option 'task' is {cfg.task}. "
-            f"tunelab train checks a {cfg.task} run's rows as it reads them (inputs, labels or pairs, with file:line)."
+            f"tunelab check covers tasks sft, classify and reward (a staged run: sft stages); option 'task' is "
+            f"{cfg.task}. tunelab train checks a {cfg.task} run's rows as it reads them (with file:line)."
         )
     page = html_path(html)
+    if head:
+        return _head_check(resolved, config, resume, overwrite_non_run, page, examples, model, out)
     out("tunelab check — resolved config (value, then where it came from):")
     out(describe(resolved))
     items = output_items(cfg, config, resume, overwrite_non_run)

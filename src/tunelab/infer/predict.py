@@ -2,8 +2,8 @@
 label, or a reward. The run is opened, and the reward model made a reward function (`load_reward_model`), by
 tasks/head_run.py, which task grpo uses too; its names are importable from here as before.
 
-Inputs are rendered exactly as the run rendered its training rows (its template, system prompt, max_length and
-field mapping): a `--text` given to a run that was trained on prompts becomes that prompt's user turn. Inputs longer
+Inputs are rendered exactly as the run rendered its training rows (its template, system prompt, prompt format,
+max_length and field mapping): a `--text` given to a run that was trained on prompts becomes that prompt's user turn. Inputs longer
 than the run's max_length are cut to their last max_length tokens and counted (prediction never drops a row).
 """
 

@@ -28,7 +28,7 @@ from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, DataError
-from tunelab.tasks.head import attach_head, save_head_run
+from tunelab.tasks.head import attach_head, head_learning_rates, save_head_run
 from tunelab.tasks.head_data import (
     INPUT_FIELDS,
     Input,
@@ -40,6 +40,7 @@ from tunelab.tasks.head_data import (
     overlong_reason,
     pad_rows,
     read_input,
+    refuse_chat_format,
     render,
     train_and_held,
 )
@@ -183,10 +184,13 @@ def to_rows(
     report: DataReport,
     *,
     skip_unseen: bool,
+    text_format: str | None = None,
 ) -> list[LabelledRow]:
-    """Render, fit to max_length and index the labels; drops are counted in `report`."""
+    """Render (text inputs put into `text_format`, classify.prompt_format), fit to max_length and index the labels;
+    drops are counted in `report`."""
     index = {label: i for i, label in enumerate(labels)}
-    encoded = render([it.input for it in items], tokenizer, template, [location(it.path, it.line) for it in items])
+    wheres = [location(it.path, it.line) for it in items]
+    encoded = render([it.input for it in items], tokenizer, template, wheres, text_format)
     report.add_lengths([len(ids) for ids in encoded])
     rows = []
     for item, ids in zip(items, encoded):
@@ -203,6 +207,11 @@ def to_rows(
         label = index.get(item.label, -1) if item.label is not None else -1
         rows.append(LabelledRow(fitted, label, weights.get(item.label, 1.0), item.path, item.line))
     return rows
+
+
+def label_words(tokenizer, label: str) -> list[int]:
+    """The token ids of a label read as words (' credit cards' for credit_cards), as they follow a cue like 'Domain:'."""
+    return tokenizer.encode(" " + label.replace("_", " ").strip(), add_special_tokens=False)
 
 
 def _stats(rows: list[LabelledRow], examples: int) -> SplitStats:
@@ -224,6 +233,10 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     report = DataReport(max_length=d.max_length)
     template = resolve_template(d.template, tokenizer)
     items, held = train_and_held(read_labelled, d, seed, report)
+    text_format = cfg.classify.prompt_format
+    refuse_chat_format(
+        [it.input for it in items + held], text_format, ", ".join(d.train + ([d.eval] if d.eval else []))
+    )
     counts = Counter(it.label for it in items)
     labels = sorted(counts)
     if len(labels) < 2:
@@ -235,10 +248,10 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     weights = class_weights(cfg.classify, labels, counts)
     report.template = template.name if any(it.input.is_chat for it in items + held) else "none (text only)"
     args = (tokenizer, template, d.max_length, d.overlong, report)
-    train = to_rows(items, labels, weights, *args, skip_unseen=False)
+    train = to_rows(items, labels, weights, *args, skip_unseen=False, text_format=text_format)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable training rows. {report.summary()}")
-    evals = to_rows(held, labels, weights, *args, skip_unseen=True)
+    evals = to_rows(held, labels, weights, *args, skip_unseen=True, text_format=text_format)
     report.train, report.eval = _stats(train, len(items)), _stats(evals, len(held))
     facts = {
         "labels": labels,
@@ -247,6 +260,8 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     }
     if cfg.classify.class_weights != "none" or cfg.classify.label_weights:
         facts["class_weights"] = weights
+    if cfg.classify.head_init == "label_words":
+        facts["label_tokens"] = {label: label_words(tokenizer, label) for label in labels}
     return Datasets(train, evals, template, report, facts=facts)
 
 
@@ -313,17 +328,23 @@ def accuracy_and_macro_f1(expected: torch.Tensor, predicted: torch.Tensor) -> tu
 
 def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
     labels = data.facts["labels"]
-    attach_head(built, len(labels), cfg.train.seed)
+    words = data.facts.get("label_tokens")
+    attach_head(built, len(labels), cfg.train.seed, [words[label] for label in labels] if words else None)
     counts = data.facts["label_counts"]
     weights = data.facts.get("class_weights")
     shown = ", ".join(
         f"{label} {counts[label]}" + (f" (weight {weights[label]:.3g})" if weights else "") for label in labels
     )
-    print(f"head: {len(labels)} labels on the last real token ({data.facts['input']} input): {shown}", flush=True)
+    start = "; the head starts from the label words" if words else ""
+    print(
+        f"head: {len(labels)} labels on the last real token ({data.facts['input']} input){start}: {shown}", flush=True
+    )
 
 
 def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
-    save_head_run(folder, built, tokenizer, cfg.model.name, cfg.method.name, data.facts["labels"])
+    save_head_run(
+        folder, built, tokenizer, cfg.model.name, cfg.method.name, data.facts["labels"], cfg.classify.prompt_format
+    )
 
 
 CLASSIFY = Task(
@@ -335,4 +356,5 @@ CLASSIFY = Task(
     prepare=prepare,
     save=save,
     evaluate=evaluate,
+    learning_rates=head_learning_rates,
 )

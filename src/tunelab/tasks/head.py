@@ -30,6 +30,7 @@ from tunelab.errors import ModelError, RunDirError
 from tunelab.models.llama import LlamaForCausalLM, LlamaModel
 from tunelab.models.load import load_hf_model, pick_device, pick_dtype, resolve_source
 from tunelab.models.untrained import repair_rows
+from tunelab.peft.lora_linear import float_weight
 from tunelab.peft.save import load_adapter, save_adapter
 from tunelab.quant.linear import quantize_model_
 from tunelab.rundir import RunInfo
@@ -75,6 +76,11 @@ class SequenceClassifier(nn.Module):
         return self.score(pooled.float())  # (B, K)
 
 
+def head_learning_rates(cfg) -> dict[str, float]:
+    """The head's own learning rate (classify.head_lr) for the optimizer, when one is set."""
+    return {HEAD: cfg.classify.head_lr} if cfg.classify.head_lr is not None else {}
+
+
 def new_score(hidden_size: int, num_labels: int, seed: int, std: float, device: torch.device) -> nn.Linear:
     """An fp32 head N(0, std) drawn from its own generator seeded with `seed`: the same head for the same seed, whatever
     else consumed random numbers before it (LoRA's initialisation does)."""
@@ -89,9 +95,15 @@ def _text_config(hf_config):
     return hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
 
 
-def attach_head(built: BuiltModel, num_labels: int, seed: int) -> None:
+def attach_head(built: BuiltModel, num_labels: int, seed: int, label_tokens: list[list[int]] | None = None) -> None:
     """Replace the causal LM of `built` by its body plus a trainable head of `num_labels` outputs, in place. The LM
-    head is dropped (its weight stays only where it is tied to the embedding)."""
+    head is dropped (its weight stays only where it is tied to the embedding). `label_tokens` (classify.head_init
+    label_words): per output, token ids whose LM-head rows it starts from, averaged:
+
+        score.weight[k] = mean_t W_lm[label_tokens[k][t]]       # (d,): logit_k = mean_t (h . W_lm[t])
+
+    so the untrained head gives each label the mean of the LM's next-token logits of its words, at the pooled token
+    (with a prompt ending in a cue, the model's own guess of the label; prompt-based fine-tuning, Gao et al. 2021)."""
     lm = built.model
     if isinstance(lm, LlamaForCausalLM):
         body, prefix, lm_head = lm.model, "model", lm.lm_head
@@ -99,6 +111,13 @@ def attach_head(built: BuiltModel, num_labels: int, seed: int) -> None:
         body, prefix, lm_head = lm.base_model, lm.base_model_prefix, lm.get_output_embeddings()
     config = _text_config(built.hf_config)
     score = new_score(config.hidden_size, num_labels, seed, getattr(config, "initializer_range", 0.02), built.device)
+    if label_tokens is not None:
+        if lm_head is None:
+            raise ModelError("classify.head_init label_words needs the model's LM head; this model has none.")
+        weight = float_weight(lm_head)  # (V, d) fp32; an NF4 head dequantized
+        with torch.no_grad():
+            for k, ids in enumerate(label_tokens):
+                score.weight[k].copy_(weight[ids].mean(dim=0))
     kept = {id(p) for p in body.parameters()}
     dropped = [p for p in (lm_head.parameters() if lm_head is not None else []) if id(p) not in kept]
     built.model = SequenceClassifier(body, score, prefix)
@@ -106,9 +125,10 @@ def attach_head(built: BuiltModel, num_labels: int, seed: int) -> None:
     built.trainable += score.weight.numel() - sum(p.numel() for p in dropped if p.requires_grad)
 
 
-def head_config(hf_config, labels: list[str], pad_token_id: int | None):
+def head_config(hf_config, labels: list[str], pad_token_id: int | None, prompt_format: str | None = None):
     """The transformers config of the classifier: the causal LM's, with the labels and the sequence-classification
-    architecture (what AutoModelForSequenceClassification reads)."""
+    architecture (what AutoModelForSequenceClassification reads), and the run's classify.prompt_format when it has
+    one (`prompt_format`: transformers keeps the extra key; a user formats texts with it before tokenizing)."""
     config = copy.deepcopy(hf_config)
     config.architectures = [
         a.replace("ForCausalLM", "ForSequenceClassification") for a in hf_config.architectures or []
@@ -118,10 +138,20 @@ def head_config(hf_config, labels: list[str], pad_token_id: int | None):
     config.label2id = {label: i for i, label in enumerate(labels)}
     config.pad_token_id = pad_token_id
     config.use_cache = True  # training switched it off; inference wants it back
+    if prompt_format is not None:
+        config.prompt_format = prompt_format
     return config
 
 
-def save_head_run(folder: Path, built: BuiltModel, tokenizer, base_model: str, method: str, labels: list[str]) -> None:
+def save_head_run(
+    folder: Path,
+    built: BuiltModel,
+    tokenizer,
+    base_model: str,
+    method: str,
+    labels: list[str],
+    prompt_format: str | None = None,
+) -> None:
     """The run's result, written into `folder`, loadable by transformers + PEFT:
     lora: adapter_model.safetensors + adapter_config.json (task SEQ_CLS, the head as modules_to_save) and config.json
           (the classifier's config, for id2label / label2id);
@@ -133,7 +163,7 @@ def save_head_run(folder: Path, built: BuiltModel, tokenizer, base_model: str, m
     else:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    head_config(built.hf_config, labels, tokenizer.pad_token_id).save_pretrained(folder)
+    head_config(built.hf_config, labels, tokenizer.pad_token_id, prompt_format).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 

@@ -9,7 +9,9 @@ An input is one of (the first present wins; `data.fields` maps these names to yo
 A chat is rendered with the run's prompt template: one that ends with a user turn gets the assistant prefix
 (`add_generation_prompt`), so the pooled last token is where the model would start its answer; one that ends with an
 answer is rendered whole (its end-of-turn marker included). Nothing is appended to a raw text: its last token is the
-pooled one.
+pooled one, unless classify.prompt_format puts it into a fixed text first: "Request: {text}\nDomain:" makes the
+last token a cue whose hidden state sums the request up (as PromptEOL does for sentence embeddings, Jiang et al. 2023,
+"Scaling Sentence Embeddings with Large Language Models"). Training, predict and eval format alike (`render`).
 
 Inputs longer than data.max_length are dropped (data.overlong=drop, counted in the report) or cut to their LAST
 max_length tokens (truncate): the pooled token reads the end of the input, where a chat's answer is.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tunelab.config import PLACEHOLDER
 from tunelab.data.formats import parse_turns, text_field
 from tunelab.data.loader import split_eval
 from tunelab.data.render import encode
@@ -108,13 +111,36 @@ def is_empty(item: Input) -> bool:
     return not (item.text or "").strip()
 
 
-def render(inputs: list[Input], tokenizer, template: Template, wheres: list[str] | None = None) -> list[list[int]]:
-    """Token ids of each input (see the module docstring); `wheres` (file:line per input) locates template errors."""
+def formatted(text: str, text_format: str | None) -> str:
+    """`text` put into classify.prompt_format's {text} (str.replace: other braces stay as written), or as it is."""
+    return text_format.replace(PLACEHOLDER, text) if text_format else text
+
+
+def refuse_chat_format(items: list[Input], text_format: str | None, where: str) -> None:
+    """ConfigError when classify.prompt_format is set and the inputs are chats: the template already ends a chat at
+    the answer's position, and wrapping the rendered template in more text would not be a chat any more."""
+    if text_format and any(item.is_chat for item in items):
+        raise ConfigError(
+            f"option 'classify.prompt_format' formats text inputs, but {where} holds chats (messages, prompts or "
+            "questions, rendered with the prompt template). Remove the option, or give the rows as text (data.fields, "
+            "e.g. {text: question}); in a chat, data.system_prompt says the same."
+        )
+
+
+def render(
+    inputs: list[Input],
+    tokenizer,
+    template: Template,
+    wheres: list[str] | None = None,
+    text_format: str | None = None,
+) -> list[list[int]]:
+    """Token ids of each input (see the module docstring); `wheres` (file:line per input) locates template errors;
+    `text_format` (classify.prompt_format) wraps each text input."""
     bos = [tokenizer.bos_token_id] if default_bos(tokenizer) else []
     texts = []
     for i, item in enumerate(inputs):
         if item.messages is None:
-            texts.append(item.text)
+            texts.append(formatted(item.text, text_format))
             continue
         try:
             texts.append(template.render(item.messages, add_generation_prompt=item.messages[-1]["role"] == "user")[0])

@@ -43,6 +43,7 @@ class HeadRun:
     labels: list[str]  # the head's outputs in order (["reward"] for a reward model)
     data: DataConfig  # the run's data options: fields, system prompt, max_length
     seed: int  # the run's seed: the untrained head is rebuilt from it
+    prompt_format: str | None = None  # classify.prompt_format: text inputs are read as training read them
 
     @property
     def device(self) -> torch.device:
@@ -69,7 +70,10 @@ def open_head_run(run_dir: str | Path, device: str = "auto") -> HeadRun:
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)
     model = load_head_model(run_dir, info, device)
     template = resolve_template(info.template, tokenizer)
-    return HeadRun(run_dir, info, model, tokenizer, template, run_labels(run_dir), cfg.data, cfg.train.seed)
+    labels = run_labels(run_dir)
+    return HeadRun(
+        run_dir, info, model, tokenizer, template, labels, cfg.data, cfg.train.seed, cfg.classify.prompt_format
+    )
 
 
 @torch.no_grad()
@@ -77,7 +81,7 @@ def head_outputs(
     model: SequenceClassifier, run: HeadRun, inputs: list[Input], batch_size: int = 16, wheres: list[str] | None = None
 ) -> tuple[torch.Tensor, int]:
     """Logits (N, K) fp32 on the CPU for `inputs`, and how many inputs were cut to max_length."""
-    ids = render(inputs, run.tokenizer, run.template, wheres)
+    ids = render(inputs, run.tokenizer, run.template, wheres, run.prompt_format)
     fitted = [fit(row, run.data.max_length, "truncate") for row in ids]
     cut = sum(len(a) < len(b) for a, b in zip(fitted, ids))
     out = []

@@ -32,7 +32,7 @@ from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.classify import refuse_head_options
-from tunelab.tasks.head import attach_head, save_head_run
+from tunelab.tasks.head import attach_head, head_learning_rates, save_head_run
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
@@ -44,6 +44,7 @@ from tunelab.tasks.head_data import (
     is_empty,
     overlong_reason,
     pad_rows,
+    refuse_chat_format,
     render,
     train_and_held,
     with_system,
@@ -179,10 +180,18 @@ def _answer_empty(side: Input, prompt: list[dict] | None) -> bool:
 
 
 def to_rows(
-    pairs: list[Pair], tokenizer, template, max_length: int, overlong: str, report: DataReport
+    pairs: list[Pair],
+    tokenizer,
+    template,
+    max_length: int,
+    overlong: str,
+    report: DataReport,
+    text_format: str | None = None,
 ) -> list[PairRow]:
     wheres = [location(p.path, p.line) for p in pairs]
-    sides = render([p.chosen for p in pairs] + [p.rejected for p in pairs], tokenizer, template, wheres + wheres)
+    sides = render(
+        [p.chosen for p in pairs] + [p.rejected for p in pairs], tokenizer, template, wheres + wheres, text_format
+    )
     report.add_lengths([len(ids) for ids in sides])
     rows = []
     for pair, chosen, rejected in zip(pairs, sides[: len(pairs)], sides[len(pairs) :]):
@@ -214,11 +223,14 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     report = DataReport(max_length=d.max_length)
     template = resolve_template(d.template, tokenizer)
     pairs, held = train_and_held(read_pairs, d, seed, report)
+    text_format = cfg.classify.prompt_format
+    sides = [side for p in pairs + held for side in (p.chosen, p.rejected)]
+    refuse_chat_format(sides, text_format, ", ".join(d.train + ([d.eval] if d.eval else [])))
     report.template = template.name if any(p.chosen.is_chat for p in pairs + held) else "none (text only)"
-    train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)
+    train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report, text_format)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable preference pairs. {report.summary()}")
-    evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report)
+    evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report, text_format)
     report.train, report.eval = _stats(train, len(pairs)), _stats(evals, len(held))
     kinds = {"chat" if p.chosen.is_chat else "text" for p in pairs}
     return Datasets(train, evals, template, report, facts={"input": kinds.pop() if len(kinds) == 1 else "mixed"})
@@ -280,7 +292,7 @@ def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
 
 
 def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
-    save_head_run(folder, built, tokenizer, cfg.model.name, cfg.method.name, LABELS)
+    save_head_run(folder, built, tokenizer, cfg.model.name, cfg.method.name, LABELS, cfg.classify.prompt_format)
 
 
 REWARD = Task(
@@ -292,4 +304,5 @@ REWARD = Task(
     prepare=prepare,
     save=save,
     evaluate=evaluate,
+    learning_rates=head_learning_rates,
 )

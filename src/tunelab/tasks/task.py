@@ -64,6 +64,9 @@ class Task:
     """(model, prompt_batches, step, micro_batch) -> the step's micro-batches, for online tasks that generate their
     training data (the step number seeds the sampling, so a resumed run draws what an uninterrupted one drew); None
     otherwise."""
+    learning_rates: Callable[..., dict[str, float]] | None = None
+    """(cfg) -> {parameter-name prefix: learning rate} for parameters that do not take train.lr (a head's
+    classify.head_lr); None when every trainable parameter takes train.lr."""
     checks: Callable[..., list] | None = None
     """(cfg, inputs) -> [CheckItem]: the cheap data checks `tunelab train` runs before loading the model (sft: those
     of `tunelab check`); None when the task has none beyond what build_data refuses."""

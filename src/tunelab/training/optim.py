@@ -10,12 +10,24 @@ from torch import nn
 from tunelab.errors import ConfigError
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, kind: str = "adamw") -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, kind: str = "adamw", lrs: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """`lrs`: {parameter-name prefix: learning rate} for parameters that do not take `lr` (a head's classify.head_lr);
+    they get groups of their own after the others, so param_groups[0] keeps `lr` (the one the metrics log)."""
+    lrs = lrs or {}
+    decay, no_decay, own = [], [], {prefix: ([], []) for prefix in lrs}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            prefix = next((k for k in lrs if name == k or name.startswith(k + ".")), None)
+            pair = own[prefix] if prefix is not None else (decay, no_decay)
+            pair[0 if p.ndim >= 2 else 1].append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for prefix, (d, n) in own.items():
+        groups += [
+            {"params": d, "weight_decay": weight_decay, "lr": lrs[prefix]},
+            {"params": n, "weight_decay": 0.0, "lr": lrs[prefix]},
+        ]
     groups = [g for g in groups if g["params"]]
     if kind == "adamw_8bit":
         from tunelab.training.adamw8bit import AdamW8bit

@@ -262,7 +262,8 @@ def _train(
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     warmup = int(t.warmup_ratio * total_steps)
-    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer)
+    lrs = task.learning_rates(trained) if task.learning_rates else None
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer, lrs)
     evals = eval_sets(task, data, extra_eval, t.micro_batch, pad_id, built.device)
 
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}

@@ -1,0 +1,161 @@
+"""`tunelab check` for the head tasks (classify, reward): what their rows hold, before any training.
+
+Reading the data (`task.build_data`) already refuses what cannot train, with the file, line and field: a row without
+an input, a label missing or empty, a single class, no usable pair. Those are bad input (exit 2), as in train. The
+items here report what does train but deserves a look:
+
+- labels (classify): the label set with each label's rows; a warning when the smallest class has under a tenth of
+  the largest's rows (classify.class_weights: balanced evens their weight);
+- eval labels (classify): eval rows whose label training never saw, counted and skipped from the eval metrics;
+- pairs (reward): the pairs used, and those skipped because chosen equals rejected or a side is empty, with where;
+- lengths: tokens per input against data.max_length, with the inputs cut (truncate) or dropped (drop);
+- head input: the first training input as the head reads it (classify.prompt_format applied) and the token it pools.
+
+With the model, one forward and backward of the first micro-batch through the head: its loss and gradients must be
+finite, and a classifier's untrained head should start near ln(K) for K labels (its logits are close to 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tunelab.config import RunConfig
+from tunelab.data.checks import CheckItem
+from tunelab.tasks import get_task
+from tunelab.tasks.classify import UNSEEN
+from tunelab.tasks.reward import SAME
+from tunelab.training.prepare import Inputs, load_model
+
+HEAD_TASKS = ("classify", "reward")
+IMBALANCE = 10  # warn when the largest class has more than this many times the rows of the smallest
+SHOWN = 5  # locations listed per skip reason
+
+
+def _skips(inputs: Inputs, match) -> tuple[int, list[str]]:
+    """Rows skipped for the reasons `match` accepts: their count and their first locations."""
+    count, where = 0, []
+    for reason, skip in inputs.data.report.skips.items():
+        if match(reason):
+            count += skip.count
+            where += skip.locations
+    return count, where[:SHOWN]
+
+
+def label_items(inputs: Inputs) -> list[CheckItem]:
+    counts = inputs.data.facts["label_counts"]
+    shown = [f"{label}: {n} rows" for label, n in counts.items()]
+    items = [CheckItem("labels", "info", f"{len(counts)} labels in the training rows", shown)]
+    smallest, largest = min(counts, key=counts.get), max(counts, key=counts.get)
+    if counts[largest] > IMBALANCE * counts[smallest]:
+        items.append(
+            CheckItem(
+                "class balance",
+                "warn",
+                f"{largest} has {counts[largest]} rows, {smallest} {counts[smallest]}: a head trained on this mostly "
+                "learns the large classes; classify.class_weights: balanced weighs each class alike",
+            )
+        )
+    unseen, where = _skips(inputs, lambda reason: reason.startswith(UNSEEN))
+    status = "warn" if unseen else "pass"
+    summary = (
+        f"{unseen} eval row(s) have a label the training rows do not: skipped from the eval metrics"
+        if unseen
+        else "every eval row's label is among the training labels"
+    )
+    items.append(CheckItem("eval labels", status, summary, where))
+    return items
+
+
+def pair_items(inputs: Inputs) -> list[CheckItem]:
+    report = inputs.data.report
+    same, same_where = _skips(inputs, lambda reason: reason.startswith(SAME))
+    empty, empty_where = _skips(inputs, lambda reason: reason.startswith("empty"))
+    used = report.train.used + report.eval.used
+    details = [f"chosen = rejected: {same} ({', '.join(same_where)})"] if same else []
+    details += [f"an empty side: {empty} ({', '.join(empty_where)})"] if empty else []
+    status = "warn" if same or empty else "pass"
+    summary = f"{used} pairs used" + (f"; {same + empty} skipped" if same or empty else "; none skipped")
+    return [CheckItem("pairs", status, summary, details)]
+
+
+def length_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
+    report = inputs.data.report
+    s = report.lengths
+    dropped, where = _skips(inputs, lambda reason: reason.startswith("longer than max_length"))
+    cut = report.total_truncated
+    summary = (
+        f"tokens per input: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (data.max_length "
+        f"{cfg.data.max_length})"
+    )
+    if not dropped and not cut:
+        return CheckItem("lengths", "pass", summary + "; none over it")
+    details = [f"cut to their last {cfg.data.max_length} tokens: {cut}"] if cut else []
+    details += [f"dropped (data.overlong drop): {dropped} ({', '.join(where)})"] if dropped else []
+    return CheckItem("lengths", "warn", summary, details)
+
+
+def head_input_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
+    """The first training input decoded as the head reads it, and its pooled (last) token."""
+    row = inputs.data.train[0]
+    ids = row.input_ids if cfg.task == "classify" else row.chosen_ids
+    decode = inputs.tokenizer.decode
+    fmt = cfg.classify.prompt_format
+    how = f"classify.prompt_format {fmt!r}" if fmt else "no classify.prompt_format"
+    return CheckItem(
+        "head input",
+        "info",
+        f"{how}; the head reads the last token, {decode(ids[-1:], skip_special_tokens=False)!r}",
+        [f"{row.path}:{row.line}: {decode(ids, skip_special_tokens=False)!r} ({len(ids)} tokens)"],
+    )
+
+
+def head_data_checks(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
+    """The data items of a classify or reward run."""
+    items = label_items(inputs) if cfg.task == "classify" else pair_items(inputs)
+    return [*items, length_item(cfg, inputs), head_input_item(cfg, inputs)]
+
+
+def head_model_items(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
+    """One forward/backward of the first micro-batch through the head, as the first training step takes it."""
+    task = get_task(cfg.task, cfg)
+    built, untrained = load_model(cfg, inputs)
+    task.prepare(built, inputs.data, cfg)
+    micro = cfg.train.micro_batch  # resolved from auto by the caller
+    rows = inputs.data.train[:micro]
+    batch = task.make_batches(rows, micro, inputs.tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)[0]
+    batch = {k: (v.to(built.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    built.model.train()
+    loss_sum, _ = task.loss(built.model, batch)
+    loss = loss_sum / task.count(batch)
+    loss.backward()
+    value = float(loss.detach())
+    grads = [p.grad for p in built.model.parameters() if p.requires_grad and p.grad is not None]
+    finite = math.isfinite(value) and all(bool(torch.isfinite(g).all()) for g in grads)
+    name = "forward/backward (head)"
+    if not finite:
+        return [CheckItem(name, "fail", f"the loss ({value:g}) or a gradient is not finite on the first batch")]
+    expected = ""
+    if cfg.task == "classify":
+        k = len(inputs.data.facts["labels"])
+        expected = f" (an untrained head of {k} labels starts near ln {k} = {math.log(k):.3f})"
+    untrained_status = "pass" if not untrained.tokens or untrained.repaired else "fail"
+    return [
+        CheckItem("untrained tokens", untrained_status, untrained.summary().removeprefix("untrained tokens: ")),
+        CheckItem(name, "pass", f"first micro-batch: loss {value:.4f}{expected}, gradients finite"),
+    ]
+
+
+def head_preview(cfg: RunConfig, inputs: Inputs, examples: int) -> str:
+    """The first training rows as the head reads them: the decoded input, then its label (classify)."""
+    data, decode = inputs.data, inputs.tokenizer.decode
+    labels = data.facts.get("labels")
+    lines = [f"preview of the first {min(examples, len(data.train))} training rows as the head reads them:"]
+    for row in data.train[:examples]:
+        if cfg.task == "classify":
+            lines.append(f"  {row.path}:{row.line}: {decode(row.input_ids)!r} -> {labels[row.label]}")
+        else:
+            lines.append(f"  {row.path}:{row.line}: chosen {decode(row.chosen_ids)!r}")
+            lines.append(f"  {' ' * len(f'{row.path}:{row.line}')}  rejected {decode(row.rejected_ids)!r}")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""`tunelab check` on classify and reward data: a good file passes with its labels, lengths and head input shown;
+each bad input is refused with its file:line and exit 2; counted skips (chosen = rejected, unseen eval labels) are
+warnings with where they are."""
+
+import json
+
+import pytest
+
+from tunelab.cli import main
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _flags(overrides: dict) -> list[str]:
+    return [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+
+
+def _labels(n: int = 12) -> list[dict]:
+    return [{"text": f"row {i} is {lab}", "label": lab} for i in range(n) for lab in [("pos", "neg", "neu")[i % 3]]]
+
+
+def _over(tiny_model_dir, tmp_path, task, data, **more):
+    return {
+        "task": task,
+        "model.name": str(tiny_model_dir),
+        "data.train": [data],
+        "data.max_length": 64,
+        "train.micro_batch": 4,
+        "output_dir": str(tmp_path / "run"),
+    } | more
+
+
+def test_a_good_label_file_passes_with_labels_lengths_and_the_head_input(tiny_model_dir, tmp_path, capsys):
+    data = _write(tmp_path / "labels.jsonl", _labels())
+    page = tmp_path / "page.html"
+    over = _over(tiny_model_dir, tmp_path, "classify", data, **{"classify.prompt_format": "Says: {text} =>"})
+    assert main(["check", *_flags(over), "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "[INFO] labels: 3 labels in the training rows" in out and "neg: 4 rows" in out and "pos: 4 rows" in out
+    assert "[PASS] lengths: tokens per input: min " in out and "(data.max_length 64); none over it" in out
+    assert "[INFO] head input: classify.prompt_format 'Says: {text} =>'" in out
+    assert f"{data}:1: 'Says: row 0 is pos =>' -> pos" in out  # the preview, formatted as the head reads it
+    assert "[PASS] forward/backward (head): first micro-batch: loss " in out and "near ln 3 = 1.099" in out
+    assert out.rstrip().splitlines()[-1].startswith("check: PASSED")
+    assert "Says: row 0 is pos" in page.read_text() and not (tmp_path / "run").exists()
+
+
+def test_overlong_rows_and_unseen_eval_labels_are_warnings_with_where(tiny_model_dir, tmp_path, capsys):
+    rows = _labels()
+    rows[4]["text"] = " ".join(["word"] * 80)
+    data = _write(tmp_path / "labels.jsonl", rows)
+    held = _write(tmp_path / "held.jsonl", [{"text": "new", "label": "other"}, {"text": "fine", "label": "pos"}])
+    over = _over(tiny_model_dir, tmp_path, "classify", data, **{"data.eval": held, "data.eval_fraction": 0.0})
+    assert main(["check", *_flags(over), "--data-only"]) == 0
+    out = capsys.readouterr().out
+    assert "[WARN] lengths:" in out and f"dropped (data.overlong drop): 1 ({data}:5)" in out
+    assert "[WARN] eval labels: 1 eval row(s) have a label the training rows do not" in out and f"{held}:1" in out
+
+
+def test_an_imbalanced_label_set_is_a_warning(tiny_model_dir, tmp_path, capsys):
+    rows = [{"text": f"a {i}", "label": "big"} for i in range(22)] + [{"text": "b 1", "label": "small"}] * 2
+    data = _write(tmp_path / "labels.jsonl", rows)
+    over = _over(tiny_model_dir, tmp_path, "classify", data, **{"data.eval_fraction": 0.0})
+    assert main(["check", *_flags(over), "--data-only"]) == 0
+    assert "[WARN] class balance: big has 22 rows, small 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"text": "a", "label": "x"}, {"text": "b"}], r"labels.jsonl:2: field 'label' is missing"),
+        ([{"text": "a", "label": "x"}, {"text": "b", "label": "  "}], r"labels.jsonl:2: field 'label' is empty"),
+        ([{"text": "a", "label": "x"}, {"text": "b", "label": None}], r"labels.jsonl:2: field 'label' must be a label"),
+        (
+            [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}],
+            r"only the label 'x'; a classifier needs at least",
+        ),
+        ([{"text": "a", "label": "x"}, {"label": "y"}], r"labels.jsonl:2: the row has no input to classify"),
+    ],
+    ids=["missing label", "empty label", "null label", "one class", "no input"],
+)
+def test_bad_label_data_is_bad_input_with_exit_2(rows, message, tiny_model_dir, tmp_path, capsys):
+    data = _write(tmp_path / "labels.jsonl", rows)
+    over = _over(tiny_model_dir, tmp_path, "classify", data, **{"data.eval_fraction": 0.0})
+    assert main(["check", *_flags(over), "--data-only"]) == 2
+    err = capsys.readouterr().err
+    assert pytest.importorskip("re").search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_pairs_with_chosen_equal_to_rejected_are_counted_with_where(tiny_model_dir, tmp_path, capsys):
+    rows = [{"prompt": f"q {i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
+    rows[2]["rejected"] = rows[2]["chosen"]
+    rows[4]["chosen"] = " "
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    over = _over(tiny_model_dir, tmp_path, "reward", data, **{"data.eval_fraction": 0.0})
+    assert main(["check", *_flags(over)]) == 0
+    out = capsys.readouterr().out
+    assert "[WARN] pairs: 4 pairs used; 2 skipped" in out
+    assert f"chosen = rejected: 1 ({data}:3)" in out and f"an empty side: 1 ({data}:5)" in out
+    assert "[PASS] forward/backward (head)" in out
+
+
+def test_a_pair_row_without_rejected_is_bad_input(tiny_model_dir, tmp_path, capsys):
+    data = _write(tmp_path / "pairs.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"chosen": "a"}])
+    over = _over(tiny_model_dir, tmp_path, "reward", data, **{"data.eval_fraction": 0.0})
+    assert main(["check", *_flags(over), "--data-only"]) == 2
+    assert f"{data}:2: field(s) rejected missing" in capsys.readouterr().err
+
+
+def test_a_prompt_format_on_chat_rows_is_bad_input(tiny_model_dir, tmp_path, capsys):
+    data = _write(tmp_path / "labels.jsonl", [{"prompt": "a", "label": "x"}, {"prompt": "b", "label": "y"}])
+    over = _over(tiny_model_dir, tmp_path, "classify", data, **{"classify.prompt_format": "Q: {text} A:"})
+    assert main(["check", *_flags(over), "--data-only"]) == 2
+    assert "option 'classify.prompt_format' formats text inputs" in capsys.readouterr().err
+
+
+def test_check_still_refuses_task_dpo(tmp_path, capsys):
+    over = {"task": "dpo", "data.train": [str(tmp_path / "x.jsonl")], "output_dir": str(tmp_path / "run")}
+    assert main(["check", *_flags(over), "--data-only"]) == 2
+    assert "tunelab check covers tasks sft, classify and reward" in capsys.readouterr().err
