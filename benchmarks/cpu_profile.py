@@ -18,8 +18,9 @@ import torch  # noqa: E402
 from train_bench import build  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str) -> argparse.Namespace:
+    """The options this script and launch_count.py share: the shape, method, batch and checkpointing of the step."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="llama2-7b")
     ap.add_argument("--method", choices=["lora", "qlora"], default="qlora")
     ap.add_argument("--batch", type=int, default=1)
@@ -27,7 +28,11 @@ def main() -> None:
     ap.add_argument("--offload", action="store_true")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=35)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def training_step(args: argparse.Namespace):
+    """A function running one training step of the model `args` describe (warmed up twice), for profilers to wrap."""
     model = build(args.shape, args.method, 16, "offload" if args.offload else True, "cuda")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
@@ -38,14 +43,21 @@ def main() -> None:
         (loss_sum / count).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
 
     for _ in range(2):
         step()
+    torch.cuda.synchronize()
+    return step
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    step = training_step(args)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(args.steps):
         step()
+        torch.cuda.synchronize()
     profiler.disable()
     stats = pstats.Stats(profiler).sort_stats("tottime")
     stats.print_stats(args.top)

@@ -9,7 +9,6 @@ name (top rows), so a change that cuts launches can be measured by its count as 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import sys
 import time
@@ -18,35 +17,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from cpu_profile import arguments, training_step  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
-from train_bench import build  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="llama2-7b")
-    ap.add_argument("--method", choices=["lora", "qlora"], default="qlora")
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--offload", action="store_true")
-    ap.add_argument("--top", type=int, default=25)
-    args = ap.parse_args()
-    model = build(args.shape, args.method, 16, "offload" if args.offload else True, "cuda")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
-    ids = torch.randint(0, 1000, (args.batch, args.seq), device="cuda")
-
-    def step() -> None:
-        loss_sum, count = model(ids, labels=ids)
-        (loss_sum / count).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(3):
-        step()
+    args = arguments(__doc__)
+    step = training_step(args)
     torch.cuda.synchronize()
-    # Host time of a step when the GPU never makes it wait: the time to issue the work (queue is deep enough on
-    # an H100/H200 for a 7B step? not always; so also report the synchronised step time).
+    # The time to issue one step's work, and to finish it: when issuing takes as long as finishing, the GPU has been
+    # waiting for the host (CPU-bound).
     tic = time.perf_counter()
     step()
     issued = time.perf_counter() - tic

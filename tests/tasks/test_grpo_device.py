@@ -13,37 +13,17 @@ import torch
 
 from tunelab.cli import main
 
+from .word_llama import WORDS, save_word_llama
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-WORDS = "good great fine happy nice bad awful sad poor ugly the a is it very was movie day food".split()
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
-    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"  # words only, no markers
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-        eos_token_id=2,
-        bos_token_id=None,
-        tie_word_embeddings=True,
+    # words only, no chat markers
+    return save_word_llama(
+        tmp_path_factory.mktemp("word-llama-grpo"), "{% for m in messages %}{{ m['content'] }} {% endfor %}"
     )
-    path = tmp_path_factory.mktemp("word-llama-grpo")
-    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
