@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tunelab.training.recipe as recipe
 from tunelab.cli import main
 from tunelab.config import DpoConfig, MethodConfig, ModelConfig, load_config
 from tunelab.data.render import IGNORE
@@ -20,6 +19,8 @@ from tunelab.tasks.dpo import collate, pair_scores
 from tunelab.tasks.log_probs import sequence_log_probs
 from tunelab.tasks.preference_data import build_preferences
 from tunelab.training.build import build_model
+
+from .interrupted import straight_and_resumed
 
 
 def _write(path, rows):
@@ -205,28 +206,13 @@ def test_cli_run_trains_and_saves_a_peft_adapter(tiny_model_dir, tmp_path, pair_
     assert "Preference" in (run / "report.html").read_text()
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("loss", ["sigmoid", pytest.param("simpo", marks=pytest.mark.slow)])
 def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch, pair_file, loss):
     common = _overrides(tiny_model_dir, tmp_path, pair_file, **{"train.max_steps": 4, "train.save_every": 2})
     common |= {"dpo.loss": loss, "data.eval_fraction": 0.25, "train.eval_every": 2, "method.dropout": 0.1}
-    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
-    real_step, calls = recipe.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # dies in step 3, after the checkpoint of step 2
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(recipe, "train_step", crashing_step)
-    with pytest.raises(Crash):
-        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(recipe, "train_step", real_step)
-    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    straight, resumed = straight_and_resumed(
+        common, tmp_path, monkeypatch, crash_at=3
+    )  # dies in step 3, after the checkpoint of step 2
     a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
     assert a.keys() == b.keys()
     for key in a:

@@ -15,6 +15,8 @@ from tunelab.cli import main
 from tunelab.infer.predict import head_outputs, open_head_run, text_input
 from tunelab.tasks.head_data import pad_rows, render
 
+from .interrupted import straight_and_resumed
+
 
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -106,29 +108,14 @@ def test_full_weights_load_as_a_transformers_classifier(tiny_model_dir, tmp_path
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("task", ["classify", "reward"])
 def test_resume_equals_uninterrupted(task, tiny_model_dir, tmp_path, monkeypatch, label_file, pair_file):
     data = label_file if task == "classify" else pair_file
     common = _overrides(tiny_model_dir, tmp_path, task, data, **{"train.max_steps": 5, "train.save_every": 2})
     common |= {"method.dropout": 0.1, "data.eval_fraction": 0.25, "train.eval_every": 2}
-    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
-    real_step, calls = recipe.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # dies in step 4, after the checkpoint of step 2
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(recipe, "train_step", crashing_step)
-    with pytest.raises(Crash):
-        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(recipe, "train_step", real_step)
-    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    straight, resumed = straight_and_resumed(
+        common, tmp_path, monkeypatch, crash_at=4
+    )  # dies in step 4, after the checkpoint of step 2
 
     a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
     assert a.keys() == b.keys() and "base_model.model.score.weight" in a
