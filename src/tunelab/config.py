@@ -215,6 +215,11 @@ class TrainConfig:
         "put rows of similar length into the same micro-batch (less padding; the order stays seeded per epoch)",
     )
     seed: int = opt(42, "seed for initialisation, shuffling and dropout")
+    neftune_alpha: float = opt(
+        0.0,
+        "NEFTune: uniform noise of scale alpha / sqrt(length x hidden size) on the input embeddings of each training forward (the paper uses 5 to 15; 0: off); task sft",
+        min=0.0,
+    )
     eval_every: int | Auto = opt(
         "auto",
         "evaluate every N optimizer steps (0: only at the end); auto: 10 times a run when there is an eval split",
@@ -257,7 +262,7 @@ class TrainConfig:
     )
     cuda_graphs: bool | Auto = opt(
         "auto",
-        "replay each micro-batch's forward and backward from a CUDA graph: one launch instead of thousands, 1.6-1.8x faster at micro-batch 1 on a 7B model; needs the fast path on one CUDA device, task sft, no packing, no LoRA dropout, no activation offload; auto: on where it applies",
+        "replay each micro-batch's forward and backward from a CUDA graph: one launch instead of thousands, 1.6-1.8x faster at micro-batch 1 on a 7B model; needs the fast path on one CUDA device, task sft, no packing, no LoRA dropout or NEFTune noise, no activation offload; auto: on where it applies",
     )
     sharding: str = opt(
         "auto",
@@ -891,6 +896,11 @@ def _check_consistency(config: RunConfig) -> None:
         raise ConfigError(
             "option 'train.grad_accum' must be 1 with task grpo: a step trains on grpo.prompts_per_step prompts x "
             "grpo.num_generations answers, in micro-batches of train.micro_batch rows. Set the prompts per step instead."
+        )
+    if config.train.neftune_alpha and config.task != "sft":
+        raise ConfigError(
+            f"option 'train.neftune_alpha' adds noise to the embeddings of task sft; option 'task' is {config.task}. "
+            "Remove it or set it to 0."
         )
     if config.data.eval and config.data.eval_fraction:
         raise ConfigError(

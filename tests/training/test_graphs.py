@@ -35,6 +35,7 @@ def test_graphs_apply_to_the_fast_sft_path_on_one_cuda_device():
         (_cfg(), "fast", CUDA, "sft", 2, "several processes"),
         (_cfg(data={"packing": True}), "fast", CUDA, "sft", 1, "data.packing"),
         (_cfg(method={"dropout": 0.1}), "fast", CUDA, "sft", 1, "method.dropout"),
+        (_cfg(train={"neftune_alpha": 5.0}), "fast", CUDA, "sft", 1, "train.neftune_alpha"),
         (
             _cfg(train={"checkpointing": True, "offload_activations": True}),
             "fast",

@@ -57,6 +57,8 @@ def unsupported_reason(cfg: RunConfig, impl: str, device: torch.device, task: st
         return "packed rows change the attention call per batch (data.packing)"
     if cfg.method.dropout > 0:
         return "LoRA dropout draws random numbers (method.dropout)"
+    if t.neftune_alpha > 0:
+        return "NEFTune draws random numbers (train.neftune_alpha)"
     if t.checkpointing is True and t.offload_activations is True:
         return "activation offload waits on host copies (train.offload_activations)"
     return None

@@ -51,6 +51,7 @@ from tunelab.training.graphs import CapturedLoss, bucket_width, pad_to, use_grap
 from tunelab.training.guard import BadSteps, require_finite, stop_message
 from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
+from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement, plan_output_dir, start_run_dir
 from tunelab.training.plan import MemoryPlan, measured_note, plan_memory
@@ -240,6 +241,8 @@ def _train(
     auto, memory = plan_memory(auto, cfg, built, longest)
     task.prepare(built, data, cfg)
     model = built.model
+    if cfg.train.neftune_alpha:
+        add_embedding_noise(model, cfg.train.neftune_alpha)
     print(
         f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); trainable parameters "
         f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)",
