@@ -2,6 +2,7 @@
 their labels, the 220 test rows with theirs), and the spam and HH-RLHF reward examples' prepare scripts make the
 same reproducible, leak-free splits from the shared data, which their configs read."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -41,11 +42,11 @@ def test_intents_head_variant_reads_the_generative_variants_files(smollm2_tokeni
     data = get_task("classify").build_data(cfg, smollm2_tokenizer, cfg.train.seed)
     train = _rows(EXAMPLES / "intents" / "train.jsonl")
     assert data.facts["labels"] == sorted({r["answer"] for r in train}) and len(data.facts["labels"]) == 11
-    assert len(data.train) + len(data.eval) == len(train) == 440
+    assert len(data.train) == len(train) == 440 and not data.eval  # every row trains, as cross-validated
     assert data.facts["input"] == "text"  # the request as plain text: short rows, cheap steps
     first = smollm2_tokenizer.decode(data.train[0].input_ids)
     assert first.startswith("Request: ") and first.endswith("\nDomain:")  # classify.prompt_format
-    assert cfg.classify.head_lr > cfg.train.lr  # the new head learns faster than the adapters
+    assert cfg.classify.head_lr is None  # head and adapters at one rate: sweep_cv.py's best setting
     test = read_labelled([str(EXAMPLES / "intents" / "test.jsonl")], cfg.data.fields, None, DataReport(), lenient=True)
     assert [r.label for r in test] == [r["label"] for r in _rows(EXAMPLES / "intents" / "test.jsonl")]
     assert len(test) == 220
@@ -85,3 +86,16 @@ def test_hh_reward_prepare_makes_prompt_and_answer_pairs(tmp_path, smollm2_token
     assert cfg.task == "reward"
     pairs = read_pairs([str(tmp_path / "a" / "test.jsonl")], cfg.data.fields, cfg.data.system_prompt, DataReport())
     assert len(pairs) == 200 and pairs[0].chosen.messages[-1] == {"role": "assistant", "content": first["chosen"]}
+
+
+def test_intents_cross_validation_folds_are_disjoint_label_balanced_and_seeded():
+    spec = importlib.util.spec_from_file_location("sweep_cv", EXAMPLES / "intents" / "sweep_cv.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    rows = (EXAMPLES / "intents" / "train.jsonl").read_text().splitlines(keepends=True)
+    parts = sweep.folds(rows)
+    assert parts == sweep.folds(rows) and len(parts) == sweep.FOLDS == 5
+    assert sorted(r for p in parts for r in p) == sorted(rows)  # each row held out exactly once
+    for part in parts:
+        labels = [json.loads(r)["answer"] for r in part]
+        assert len(part) == 88 and all(labels.count(label) == 8 for label in set(labels)) and len(set(labels)) == 11
