@@ -105,3 +105,37 @@ def test_eval_loss_still_falling_at_the_end_is_underfit():
     assert "eval loss was still falling when training stopped: 0.310 at step 64 -> 0.277 at step 72" in v.text
     flat = evals[:-2] + [(64, 0.35), (72, 0.345)]
     assert _judge(train, flat).kind == "fine"
+
+
+def _grpo_records(rewards, held_out=()):
+    """metrics.jsonl of a grpo run: a surrogate loss near zero whatever happens, and the rewards."""
+    records = [{"step": i, "loss": 0.001 * (-1) ** i, "reward": r, "zero_std_groups": 0.2} for i, r in _curve(rewards)]
+    return records + [{"step": s, "eval_reward": r, "eval_loss": -r} for s, r in held_out]
+
+
+def test_a_grpo_run_is_judged_on_its_rewards_not_its_loss():
+    rising_then_flat = [0.2 + 0.5 * (1 - math.exp(-6 * i / 60)) for i in range(60)]
+    v = judge_metrics(_grpo_records(rising_then_flat, [(20, 0.5), (40, 0.62), (60, 0.63)]), 20, 3.0, 1e-5)
+    assert v.kind == "fine" and v.text.startswith("fine: train reward 0.305 -> 0.698")  # tenth-of-the-run means
+    assert v.numbers["eval_reward_best_step"] == 60
+    assert "loss" not in v.text
+
+
+def test_a_reward_that_never_moves_is_underfit_and_names_the_groups_that_scored_alike():
+    v = judge_metrics(_grpo_records([0.4, 0.41, 0.39] * 20), 20, 3.0, 1e-5)
+    assert v.kind == "underfit" and "did not move" in v.text and "zero_std_groups" in v.text
+
+
+def test_a_reward_still_rising_at_the_end_is_underfit_with_twice_the_length():
+    v = judge_metrics(_grpo_records([0.1 + 0.01 * i for i in range(60)]), 20, 3.0, 1e-5, max_steps=60)
+    assert v.kind == "underfit" and "still rising" in v.text and "train.max_steps: 120 (it was 60)" in v.text
+
+
+def test_a_falling_held_out_reward_is_overfit_and_names_keep_best():
+    flat = [0.6] * 60
+    v = judge_metrics(_grpo_records(flat, [(20, 0.5), (40, 0.7), (60, 0.6)]), 20, 3.0, 1e-5, best_kept=40)
+    assert v.kind == "overfit" and "fell from 0.700 at step 40 to 0.600" in v.text
+    assert "keep_best saved the weights of step 40" in v.text
+    learnt = [0.2 + 0.5 * (1 - math.exp(-6 * i / 60)) for i in range(60)]
+    small = judge_metrics(_grpo_records(learnt, [(20, 0.5), (40, 0.62), (60, 0.6)]), 20, 3.0, 1e-5)
+    assert small.kind == "fine"  # a fall under REWARD_FALL is noise

@@ -11,6 +11,12 @@ Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), 
   before). More epochs or a higher rate is the fix. A single pass over a large, varied set may end above 0.5 and be
   fine: the text is not yet seen twice, and its loss reflects how predictable it is, not how well it was learned.
 - fine: neither.
+A run that logs rewards (task grpo) is judged on them instead (`judge_rewards`): its loss is a clipped surrogate
+plus a KL term, near zero whatever was learned, so a loss curve says nothing there. Overfit: the held-out reward fell
+at the end (its last value at least REWARD_FALL below its highest, which came earlier). Underfit: the reward did not
+rise at all (by less than REWARD_MOVE from the first tenth of the steps to the last), or it was still rising when
+training stopped (by REWARD_MOVE or more over the last quarter, or the last held-out reward the highest and
+REWARD_MOVE above the one before). Rewards are on the reward functions' scale (most give 0..1).
 Averages over a tenth of the steps (at least 3) smooth the step-to-step noise of small micro-batches. The
 thresholds are judgement, checked on the runs recorded in README: every run that answered >= 80% of its held-out
 questions ended below 0.1 nats a token; a top-layers run that ended at 0.56 answered 11%, and the run that learned
@@ -30,6 +36,8 @@ EVAL_FALLING_ABSOLUTE = 0.02
 RISE_RELATIVE = 0.10  # the eval loss rise that counts as overfitting
 RISE_ABSOLUTE = 0.05
 MIN_EVALS = 3
+REWARD_MOVE = 0.02  # a change of the mean reward that counts as moving (most rewards are on 0..1)
+REWARD_FALL = 0.05  # the fall of the held-out reward from its highest that counts as overfitting
 
 
 @dataclass
@@ -137,9 +145,89 @@ def judge_metrics(
     max_steps: int | None = None,
     best_kept: int | None = None,
 ) -> Verdict:
-    """`judge` over the records of metrics.jsonl; steps the non-finite guard skipped (loss null) are left out."""
+    """`judge` over the records of metrics.jsonl (`judge_rewards` when they hold rewards); steps the non-finite guard
+    skipped (loss null) are left out."""
+    rewards = [(r["step"], r["reward"]) for r in records if isinstance(r.get("reward"), int | float)]
+    if rewards:
+        held_out = [(r["step"], r["eval_reward"]) for r in records if isinstance(r.get("eval_reward"), int | float)]
+        return judge_rewards(rewards, held_out, epochs=epochs, max_steps=max_steps, best_kept=best_kept)
     train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
     evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), int | float)]
     return judge(
         train, evals, steps_per_epoch=steps_per_epoch, epochs=epochs, lr=lr, max_steps=max_steps, best_kept=best_kept
     )
+
+
+def judge_rewards(
+    train: list[tuple[int, float]],
+    evals: list[tuple[int, float]],
+    *,
+    epochs: float,
+    max_steps: int | None = None,
+    best_kept: int | None = None,
+) -> Verdict:
+    """The verdict of a run that maximises a reward: train: (step, mean reward of its sampled answers); evals: (step,
+    mean reward of the greedy answers to the held-out prompts)."""
+    rewards = [r for _, r in train]
+    window = max(3, len(rewards) // 10)
+    start, end = _mean(rewards[:window]), _mean(rewards[-window:])
+    three_quarters = max(window, (3 * len(rewards)) // 4)
+    before = _mean(rewards[three_quarters - window : three_quarters])
+    numbers: dict = {"reward_start": round(start, 4), "reward_end": round(end, 4), "reward_at_75pct": round(before, 4)}
+    curve = f"train reward {start:.3f} -> {end:.3f}"
+    length = "train.max_steps" if max_steps else "train.epochs"
+    was = max_steps if max_steps else epochs
+    if len(evals) >= MIN_EVALS:
+        best_step, best = max(evals, key=lambda e: e[1])
+        last_step, last = evals[-1]
+        numbers |= {
+            "eval_reward_best": round(best, 4),
+            "eval_reward_best_step": best_step,
+            "eval_reward_last": round(last, 4),
+        }
+        if best_step < last_step and best - last >= REWARD_FALL:
+            kept = (
+                f" train.keep_best saved the weights of step {best_kept} as the result."
+                if best_kept == best_step
+                else " Set train.keep_best: true to save the weights of the best held-out reward instead of the last."
+            )
+            return Verdict(
+                "overfit",
+                f"overfit: the held-out reward fell from {best:.3f} at step {best_step} to {last:.3f} at step "
+                f"{last_step} while the {curve}.{kept} Next time train for fewer steps ({length}, it was {was:g}) or "
+                "keep the policy nearer the base (a larger grpo.beta).",
+                numbers,
+            )
+    flat = abs(end - start) < REWARD_MOVE
+    rising = end - before >= REWARD_MOVE
+    eval_rising = False
+    if len(evals) >= MIN_EVALS:
+        (prev_step, prev), (last_step, last) = evals[-2], evals[-1]
+        eval_rising = last >= max(r for _, r in evals) and last - prev >= REWARD_MOVE
+    if flat:
+        return Verdict(
+            "underfit",
+            f"underfit: the reward did not move ({curve}). If most groups scored all alike (zero_std_groups "
+            "in metrics.jsonl), no answer was better than its siblings: make the reward tell answers apart, raise "
+            "grpo.temperature or grpo.num_generations, or train.lr.",
+            numbers,
+        )
+    if rising or eval_rising:
+        why = (
+            f"the train reward was still rising when training stopped: {before:.3f} -> {end:.3f} over the last quarter"
+            if rising
+            else f"the held-out reward was still rising: {prev:.3f} at step {prev_step} -> {last:.3f} at step {last_step}"
+        )
+        return Verdict(
+            "underfit", f"underfit: {why}. Train longer: set {length}: {2 * was:g} (it was {was:g}).", numbers
+        )
+    if len(evals) >= MIN_EVALS:
+        evals_text = (
+            f"; held-out reward highest at step {numbers['eval_reward_best_step']} ({numbers['eval_reward_best']:.3f}), "
+            f"{numbers['eval_reward_last']:.3f} at the end"
+        )
+    elif evals:
+        evals_text = f"; held-out reward {evals[-1][1]:.3f} (too few evaluations to see a trend)"
+    else:
+        evals_text = "; no held-out prompts, so a falling held-out reward was not checked"
+    return Verdict("fine", f"fine: {curve}{evals_text}.", numbers)
