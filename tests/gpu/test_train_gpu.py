@@ -18,6 +18,7 @@ from tunelab.cli import main
 CASES = {
     "lora-padded": {"method": {"name": "lora", "r": 16}, "train": {"lr": 2e-3}},
     "lora-packed": {"method": {"name": "lora", "r": 16}, "data": {"packing": True}, "train": {"lr": 2e-3}},
+    "lora-padded-neftune": {"method": {"name": "lora", "r": 16}, "train": {"lr": 2e-3, "neftune_alpha": 5.0}},
     "lora-packed-offload": {
         "method": {"name": "lora", "r": 16},
         "data": {"packing": True},
