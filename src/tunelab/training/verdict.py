@@ -54,6 +54,13 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _landmarks(values: list[float]) -> tuple[float, float, float]:
+    """Means over a tenth of the steps (at least 3): at the start, ending at three quarters of the run, at the end."""
+    window = max(3, len(values) // 10)
+    three_quarters = max(window, (3 * len(values)) // 4)
+    return _mean(values[:window]), _mean(values[three_quarters - window : three_quarters]), _mean(values[-window:])
+
+
 def judge(
     train: list[tuple[int, float]],
     evals: list[tuple[int, float]],
@@ -69,11 +76,7 @@ def judge(
     weights keep_best saved as the result."""
     if not train:
         return Verdict("fine", "no train loss was logged: nothing to judge.")
-    losses = [loss for _, loss in train]
-    window = max(3, len(losses) // 10)
-    start, end = _mean(losses[:window]), _mean(losses[-window:])
-    three_quarters = max(window, (3 * len(losses)) // 4)
-    before = _mean(losses[three_quarters - window : three_quarters])
+    start, before, end = _landmarks([loss for _, loss in train])
     numbers: dict = {"train_start": round(start, 4), "train_end": round(end, 4), "train_at_75pct": round(before, 4)}
     curve = f"train loss {start:.3f} -> {end:.3f}"
     if len(evals) >= MIN_EVALS:
@@ -168,11 +171,7 @@ def judge_rewards(
 ) -> Verdict:
     """The verdict of a run that maximises a reward: train: (step, mean reward of its sampled answers); evals: (step,
     mean reward of the greedy answers to the held-out prompts)."""
-    rewards = [r for _, r in train]
-    window = max(3, len(rewards) // 10)
-    start, end = _mean(rewards[:window]), _mean(rewards[-window:])
-    three_quarters = max(window, (3 * len(rewards)) // 4)
-    before = _mean(rewards[three_quarters - window : three_quarters])
+    start, before, end = _landmarks([r for _, r in train])
     numbers: dict = {"reward_start": round(start, 4), "reward_end": round(end, 4), "reward_at_75pct": round(before, 4)}
     curve = f"train reward {start:.3f} -> {end:.3f}"
     length = "train.max_steps" if max_steps else "train.epochs"
