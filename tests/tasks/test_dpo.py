@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tunelab.api import train
 from tunelab.cli import main
 from tunelab.config import DpoConfig, MethodConfig, ModelConfig, load_config
 from tunelab.data.render import IGNORE
@@ -248,3 +249,13 @@ def test_bad_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, pair_fil
 
     assert main([*base, "--data.train", pair_file, "--data.packing", "true"]) == 2
     assert "packing" in capsys.readouterr().err
+
+
+def test_a_run_that_leaves_the_training_options_to_auto(tiny_model_dir, tmp_path, pair_file):
+    """The reference log-probs are cached in micro-batches of the size auto chose (the option itself reads 'auto')."""
+    overrides = _overrides(tiny_model_dir, tmp_path, pair_file)
+    for name in ("train.micro_batch", "train.grad_accum", "train.lr"):
+        del overrides[name]
+    result = train(None, overrides)
+    assert result.auto["train.micro_batch"]["value"] == 1 and "train.lr" in result.auto  # 12 pairs: 12 / 32 -> 1
+    assert result.steps == 3

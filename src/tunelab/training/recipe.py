@@ -239,7 +239,8 @@ def _train(
         off = {k: False for k in ("checkpointing", "offload_activations") if getattr(auto.train, k) == AUTO}
         auto.train = dataclasses.replace(auto.train, **off)
     auto, memory = plan_memory(auto, cfg, built, longest)
-    task.prepare(built, data, cfg)
+    trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
+    task.prepare(built, data, trained)  # dpo caches its reference in micro-batches of the chosen size
     model = built.model
     if cfg.train.neftune_alpha:
         add_embedding_noise(model, cfg.train.neftune_alpha)
@@ -250,7 +251,6 @@ def _train(
     )
     print(untrained.summary(), flush=True)
     print(auto.describe(), flush=True)
-    trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
     t = trained.train
     graphs_on, graphs_why = use_graphs(trained, built.impl, built.device, task.name, ranks.world)
     print(f"cuda graphs: {graphs_why}", flush=True)
