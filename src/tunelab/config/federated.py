@@ -1,0 +1,57 @@
+"""The federated: section (FederatedConfig): the clients' data, the rounds, the aggregation strategy and differential
+privacy of `tunelab federate` (federated/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunelab.config.options import opt
+
+
+@dataclass
+class FederatedConfig:
+    clients: list[str] = opt(
+        [],
+        "each client's own data, one entry per client: a file or a folder of files (the entry's name names the client)",
+    )
+    split_file: str | None = opt(
+        None, "instead of clients: one file split into num_clients shards, one per client (for simulations)"
+    )
+    num_clients: int = opt(2, "with split_file: how many clients (shards)", min=1)
+    split: str = opt(
+        "iid",
+        "with split_file: iid (a seeded shuffle dealt out in turn) or column (every row with one value of split_column goes to one client: non-IID)",
+        choices=("iid", "column"),
+    )
+    split_column: str | None = opt(None, "with split: column, the column whose values decide the client")
+    rounds: int = opt(3, "federated rounds: clients train, the server averages their adapters", min=1)
+    local_steps: int = opt(
+        10, "optimizer steps each client trains per round (train.micro_batch x train.grad_accum rows each)", min=1
+    )
+    fraction: float = opt(
+        1.0, "fraction of the clients asked to train each round (never fewer than min_clients)", min=0.0, max=1.0
+    )
+    min_clients: int = opt(
+        2,
+        "a round's average is applied only when at least this many clients return an update; otherwise it is skipped and reported",
+        min=1,
+    )
+    strategy: str = opt(
+        "fedavg",
+        "fedavg: mean of the client adapters weighted by their examples; fedprox: the same, with a proximal term on each client",
+        choices=("fedavg", "fedprox"),
+    )
+    proximal_mu: float = opt(
+        0.01, "fedprox: mu of the term (mu/2)||w - w_global||^2 added to each client's loss", min=0.0
+    )
+    dp: bool = opt(
+        False,
+        "differential privacy: each client clips its update, the server adds Gaussian noise to the mean, clients are weighted equally, and the epsilon spent is reported",
+    )
+    dp_clipping_norm: float = opt(1.0, "dp: L2 bound on each client's adapter update", min=0.0)
+    dp_noise_multiplier: float = opt(1.0, "dp: noise standard deviation as a multiple of the clipping norm", min=0.0)
+    dp_delta: float = opt(1e-5, "dp: the delta at which the epsilon is reported", min=0.0, max=1.0)
+    client_cpus: int = opt(
+        1, "simulation: CPU cores reserved per client; clients train side by side when the cores allow", min=1
+    )
+    round_timeout: float = opt(3600.0, "seconds the server waits for the clients of a round", min=1.0)

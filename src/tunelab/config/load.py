@@ -1,0 +1,160 @@
+"""Resolving a run's config: defaults <- YAML file <- overrides (flags as typed, or Python values), each value checked
+and its origin recorded (`load_config` -> ResolvedConfig); and a staged run's stages, read the same way, each turned
+into a config of its own (`stage_config`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.config.paths import PATH_OPTIONS, resolve_paths, reward_paths
+from tunelab.config.run import RunConfig, iter_options, section_types
+from tunelab.config.suggest import unknown_option
+from tunelab.config.validate import check_consistency
+from tunelab.config.values import check_constraints, coerce
+from tunelab.errors import ConfigError
+
+
+def _flatten(raw: dict, where: str) -> dict[str, Any]:
+    """YAML mapping -> {'train.lr': 1e-4, ...}. Section mappings are flattened one level; dict-valued fields stay whole."""
+    sections = section_types()
+    flat = {}
+    for key, value in raw.items():
+        if key in sections:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: section '{key}' must be a mapping of options, got {value!r}.")
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+@dataclass
+class ResolvedConfig:
+    """The config and, for each dotted option, where its value came from ('default', a file, or a flag)."""
+
+    config: RunConfig
+    origins: dict[str, str]
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, base_dir: str | Path | None = None
+) -> ResolvedConfig:
+    """Defaults <- YAML file <- overrides ({'train.lr': '1e-4'} as typed on the command line, or Python values).
+
+    Relative data/eval paths in a YAML file are resolved against the file's folder, so a config runs from anywhere.
+    """
+    options = {name: (f, hint) for name, f, hint in iter_options()}
+    values: dict[str, Any] = {}
+    origins = {name: "default" for name in options}
+    layers: list[tuple[str, dict[str, Any], Path | None]] = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found.")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f", line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)}).") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of sections (model:, data:, train:, ...).")
+        layers.append((str(path), _flatten(raw, str(path)), path.parent))
+    if overrides:
+        flags = {}
+        for name, value in overrides.items():
+            if isinstance(value, str):
+                try:
+                    parsed = yaml.safe_load(value) if value.strip() else value
+                except yaml.YAMLError:
+                    parsed = value
+                # A text option keeps its text when YAML would make a mapping or list of it ('Q: {text} A:')
+                text = name in options and options[name][1] in (str, str | None)
+                value = value if text and isinstance(parsed, dict | list) else parsed
+            flags[name] = value
+        layers.append(("flag", flags, Path(base_dir) if base_dir else None))
+    for source, flat, folder in layers:
+        for name, value in flat.items():
+            where = f"--{name}" if source == "flag" else source
+            values[name] = _option_value(name, value, options, where, folder if source != "flag" else None)
+            origins[name] = where if source == "flag" else source
+    config = RunConfig()
+    _set_values(config, values)
+    check_consistency(config)
+    return ResolvedConfig(config, origins)
+
+
+def _option_value(name: str, value: Any, options: dict, where: str, folder: Path | None) -> Any:
+    """One option's value checked against its type and constraints, paths resolved against `folder` (a YAML file's)."""
+    if name not in options:
+        raise unknown_option(name, where)
+    f, hint = options[name]
+    value = coerce(name, value, hint, where)
+    check_constraints(name, value, f, where)
+    if folder is not None and name == "data.transform" and value is not None:
+        file, _, function = value.rpartition(":")
+        if file.endswith(".py"):  # file.py:function, relative to the YAML file; module:function stays as it is
+            value = f"{resolve_paths(file, folder)}:{function}"
+    elif folder is not None and name == "grpo.rewards":  # a function's file.py and a reward run, as data.transform
+        value = [reward_paths(entry, folder) for entry in value]
+    elif folder is not None and name in PATH_OPTIONS:
+        value = resolve_paths(value, folder)
+    if name == "stages":
+        value = [_stage_entry(entry, f"{where}: stage {k}", options, folder) for k, entry in enumerate(value, 1)]
+    return value
+
+
+def _set_values(config: RunConfig, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        section, _, key = name.rpartition(".")
+        target = getattr(config, section) if section else config
+        setattr(target, key, value)
+
+
+# What a stage may set besides options, and the options it may not (they belong to the whole run).
+STAGE_KEYS = {"continue": ("adapter", "merge"), "name": None}
+NOT_PER_STAGE = ("output_dir", "overwrite", "stages")
+
+
+def _stage_entry(raw: Any, where: str, options: dict, folder: Path | None) -> dict[str, Any]:
+    """A stage as written (sections, or dotted names) -> {dotted option: checked value, continue, name}."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a stage must be a mapping of options (data:, method:, train:, ...), got {raw!r}.")
+    entry: dict[str, Any] = {}
+    for name, value in _flatten(raw, where).items():
+        if name in STAGE_KEYS:
+            allowed = STAGE_KEYS[name]
+            if allowed and value not in allowed:
+                raise ConfigError(f"{where}: '{name}' is {value!r}; allowed values: {', '.join(allowed)}.")
+            entry[name] = str(value)
+        elif name in NOT_PER_STAGE:
+            raise ConfigError(f"{where}: '{name}' belongs to the whole run; set it outside stages:.")
+        else:
+            entry[name] = _option_value(name, value, options, where, folder)
+    return entry
+
+
+def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> ResolvedConfig:
+    """Stage `index` (0-based) of a staged run as a run config of its own: the run's config without its stages,
+    overlaid with the stage's options; written to `output_dir`."""
+    config = copy.deepcopy(resolved.config)
+    config.stages, config.output_dir, config.overwrite = [], output_dir, False
+    entry = resolved.config.stages[index]
+    values = {k: copy.deepcopy(v) for k, v in entry.items() if k not in STAGE_KEYS}
+    _set_values(config, values)
+    origins = dict(resolved.origins) | {name: f"stage {index + 1}" for name in values}
+    origins |= {"stages": "the staged run", "output_dir": "the staged run"}
+    try:
+        check_consistency(config)
+    except ConfigError as exc:
+        raise ConfigError(f"stage {index + 1}: {exc}") from None
+    return ResolvedConfig(config, origins)

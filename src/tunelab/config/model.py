@@ -1,0 +1,67 @@
+"""The model: and method: sections: which model trains (ModelConfig), and what of it trains (MethodConfig: LoRA or
+DoRA adapters, all weights or the top layers, over a 16-bit or an NF4 base)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunelab.config.options import opt
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt(
+        "smollm2-135m-instruct", "hub id, local Hugging Face directory, .gguf file, or the alias smollm2-135m-instruct"
+    )
+    dtype: str = opt(
+        "auto", "weight and compute dtype (auto: bf16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16", "fp16")
+    )
+    device: str = opt("auto", "where to train (auto: CUDA when present, else CPU)", choices=("auto", "cpu", "cuda"))
+    impl: str = opt(
+        "auto",
+        "model code: our fast Llama-family path, the generic transformers one, or auto",
+        choices=("auto", "fast", "generic"),
+    )
+    trust_remote_code: bool = opt(False, "run code shipped with a hub model (only if you trust its author)")
+    adapter: str | None = opt(
+        None,
+        "start from this adapter (a run directory or a folder in PEFT's layout) instead of a fresh one; method.r, "
+        "alpha, target_modules and DoRA must match it",
+    )
+    fix_untrained_tokens: bool = opt(
+        True,
+        "set embedding (and untied LM-head) rows that were never trained, for tokens the data uses, to the mean of the trained rows (recorded in run.json and repeated at inference)",
+    )
+
+
+@dataclass
+class MethodConfig:
+    name: str = opt(
+        "lora",
+        "what to train: LoRA adapters, DoRA adapters (LoRA with a learned magnitude per output row), all weights, "
+        "or only the top decoder layers",
+        choices=("lora", "dora", "full", "layers"),
+    )
+    use_dora: bool = opt(False, "with name lora: train DoRA adapters (the same as name dora)")
+    rslora: bool = opt(False, "rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r")
+    r: int = opt(16, "LoRA rank", min=1)
+    alpha: float = opt(32.0, "LoRA alpha; the update is scaled by alpha / r", min=0.0)
+    dropout: float = opt(0.0, "dropout on the LoRA input", min=0.0, max=0.9)
+    target_modules: list[str] = opt(
+        ["all-linear"], "linear layers that get adapters (names like q_proj, or all-linear)"
+    )
+    top_layers: int = opt(2, "for method=layers: how many of the last decoder layers to train", min=1)
+    quantize_base: str = opt(
+        "none",
+        "QLoRA: keep the frozen base linear layers in 4-bit NF4 with double quantization (bitsandbytes' format); needs name lora",
+        choices=("none", "nf4"),
+    )
+
+    @property
+    def is_adapter(self) -> bool:
+        """LoRA or DoRA: the result is an adapter over the frozen base."""
+        return self.name in ("lora", "dora")
+
+    @property
+    def dora(self) -> bool:
+        return self.name == "dora" or (self.name == "lora" and self.use_dora)

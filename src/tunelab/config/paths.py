@@ -1,0 +1,45 @@
+"""Relative paths in a YAML file resolved against the file's folder, so a config runs from anywhere: the options that
+name files (PATH_OPTIONS), the files and eval files of data.train's sources, a data.transform or reward function's
+file.py, and a reward run. Paths given as flags are kept as typed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from tunelab.config.data import DataSource
+from tunelab.config.tasks import RewardSpec
+
+
+def reward_paths(entry: str | RewardSpec, folder: Path) -> str | RewardSpec:
+    if not isinstance(entry, RewardSpec):
+        return entry
+    function = entry.function
+    if function and function.rpartition(":")[0].endswith(".py"):
+        file, _, name = function.rpartition(":")
+        function = f"{resolve_paths(file, folder)}:{name}"
+    return dataclasses.replace(entry, function=function, run=resolve_paths(entry.run, folder))
+
+
+PATH_OPTIONS = {
+    "data.train",
+    "data.eval",
+    "eval.questions",
+    "model.adapter",
+    "federated.clients",
+    "federated.split_file",
+}
+
+
+def resolve_paths(value: Any, folder: Path) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [resolve_paths(v, folder) for v in value]
+    if isinstance(value, DataSource):
+        return dataclasses.replace(
+            value, path=resolve_paths(value.path, folder), eval=resolve_paths(value.eval, folder)
+        )
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (folder / p))

@@ -1,0 +1,36 @@
+"""The config written out: its saved form (`dump_yaml`, a run's config.yaml, without the ACTION_OPTIONS) and its printed
+form (`describe`: one option a line, with where its value came from)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import yaml
+
+from tunelab.config.load import ResolvedConfig
+from tunelab.config.run import RunConfig, iter_options
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+# Options that say what to do with this invocation, not what the run is: never saved with the run's config.
+ACTION_OPTIONS = ("overwrite",)
+
+
+def dump_yaml(config: RunConfig) -> str:
+    """The config's saved form (config.yaml of a run): every option but the ACTION_OPTIONS."""
+    values = {k: v for k, v in to_dict(config).items() if k not in ACTION_OPTIONS}
+    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+
+
+def describe(resolved: ResolvedConfig) -> str:
+    """The resolved config, one option a line, with where each value came from."""
+    lines = []
+    for name, _, _ in iter_options():
+        section, _, key = name.rpartition(".")
+        target = getattr(resolved.config, section) if section else resolved.config
+        lines.append(f"  {name:<24} = {getattr(target, key)!r:<40} ({resolved.origins[name]})")
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""The train: section (TrainConfig: the loop, its schedule, checkpoints, memory and trackers) and the eval: section
+(EvalConfig: the questions answered after training).
+
+Two values of train: options need more than their type to be valid, and their readers sit here beside the options:
+the trackers of train.report_to (their libraries and install hints) and the sizes of train.gpu_memory (`parse_size`,
+which the memory planner reads as well).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+
+from tunelab.config.options import Auto, opt
+from tunelab.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    epochs: float | Auto = opt(
+        "auto",
+        "passes over the training data (ignored when max_steps is set); auto: 3, more for a small set to reach 100 optimizer steps (at most 10), fewer for a large one (about 25,000 examples seen)",
+        min=0.0,
+    )
+    max_steps: int | None = opt(None, "optimizer steps to run; overrides epochs", min=1)
+    micro_batch: int | Auto = opt(
+        "auto",
+        "examples per forward pass; auto: 8, or for a small set the power of two <= examples / 32 (at least 1)",
+        min=1,
+    )
+    grad_accum: int = opt(1, "micro-batches per optimizer step", min=1)
+    lr: float | Auto = opt(
+        "auto",
+        "peak learning rate; auto: LoRA 5e-4 x (2000 / hidden size)^0.78 x 32 / alpha (1.3e-3 at hidden 576, 2.9e-4 at 4096), full a tenth of LoRA's, layers full's x layers / top_layers",
+        min=0.0,
+    )
+    warmup_ratio: float | Auto = opt(
+        "auto",
+        "fraction of steps spent warming the learning rate up linearly from 0; auto: 0.05, at most 100 steps",
+        min=0.0,
+        max=1.0,
+    )
+    scheduler: str = opt("cosine", "learning-rate schedule after warmup", choices=("constant", "linear", "cosine"))
+    weight_decay: float = opt(0.0, "AdamW weight decay (not applied to norms and biases)", min=0.0)
+    optimizer: str = opt(
+        "adamw",
+        "adamw keeps its two moments in fp32 (8 bytes per trainable parameter); adamw_8bit in block-wise 8-bit codes (2.03 bytes; tensors under 4096 values stay fp32): 0.30 -> 0.08 GiB for r=16 LoRA on all linears of a 7B model",
+        choices=("adamw", "adamw_8bit"),
+    )
+    max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
+    group_by_length: bool = opt(
+        False,
+        "put rows of similar length into the same micro-batch (less padding; the order stays seeded per epoch)",
+    )
+    seed: int = opt(42, "seed for initialisation, shuffling and dropout")
+    neftune_alpha: float = opt(
+        0.0,
+        "NEFTune: uniform noise of scale alpha / sqrt(length x hidden size) on the input embeddings of each training forward (the paper uses 5 to 15; 0: off); task sft",
+        min=0.0,
+    )
+    eval_every: int | Auto = opt(
+        "auto",
+        "evaluate every N optimizer steps (0: only at the end); auto: 10 times a run when there is an eval split",
+        min=0,
+    )
+    keep_best: bool = opt(
+        True, "with an eval split, save the weights of the lowest eval loss as the result (not those of the last step)"
+    )
+    save_every: int = opt(
+        0,
+        "write a checkpoint for --resume every N optimizer steps (0: none, except when interrupted with Ctrl-C; the result is saved at the end either way)",
+        min=0,
+    )
+    keep_checkpoints: int = opt(2, "how many step checkpoints to keep while training (the newest)", min=1)
+    keep_checkpoints_after_finish: bool = opt(
+        False, "keep the step checkpoints once the run has finished (default: delete them; the result stays)"
+    )
+    max_bad_steps: int = opt(
+        3,
+        "stop the run (exit code 3) after this many optimizer steps in a row whose loss or gradient norm is NaN/inf; each such step's update is skipped",
+        min=1,
+    )
+    log_every: int = opt(1, "append metrics every N optimizer steps", min=1)
+    checkpointing: bool | Auto = opt(
+        "auto",
+        "recompute decoder layers in backward instead of keeping their activations (less memory; a recomputed layer runs forward twice); auto: the memory planner keeps as many layers' activations as train.gpu_memory allows (tunelab plan shows it; off on the CPU)",
+    )
+    checkpoint_layers: int | None = opt(
+        None,
+        "with checkpointing: recompute only the lowest N decoder layers and keep the others' activations (default: all; chosen by the planner when checkpointing is auto)",
+        min=0,
+    )
+    offload_activations: bool | Auto = opt(
+        "auto",
+        "with checkpointing on CUDA: keep the checkpointed layer inputs in pinned CPU memory until backward; auto: where the planner finds it fits or pays",
+    )
+    gpu_memory: str | None = opt(
+        None,
+        "GPU memory the auto values must fit, like 24GiB or 80GB (default: 0.92 of the GPU's memory)",
+    )
+    cuda_graphs: bool | Auto = opt(
+        "auto",
+        "replay each micro-batch's forward and backward from a CUDA graph: one launch instead of thousands, 1.6-1.8x faster at micro-batch 1 on a 7B model; needs the fast path on one CUDA device, task sft, no packing, no LoRA dropout or NEFTune noise, no activation offload; auto: on where it applies",
+    )
+    sharding: str = opt(
+        "auto",
+        "with several processes (torchrun, --nproc): ddp keeps the whole model on every rank and sums the gradients; fsdp2 shards weights, gradients and optimizer state across ranks (full, layers, and QLoRA: its NF4 base too); auto is fsdp2 for method full, ddp otherwise",
+        choices=("auto", "ddp", "fsdp2"),
+    )
+    report_to: list[str] = opt(
+        [],
+        "experiment trackers that also get every metrics record (each needs its library: pip install 'tunelab[NAME]')",
+        choices=("tensorboard", "mlflow", "wandb", "trackio"),
+    )
+
+
+# Experiment trackers of train.report_to: name -> (module that must import, how to install it). training/tracking.py
+# writes to them; their names and install hints sit here, beside the option they validate.
+TRACKERS = {
+    "tensorboard": ("tensorboard", "pip install 'tunelab[tensorboard]'   (or: pip install tensorboard)"),
+    "mlflow": ("mlflow", "pip install 'tunelab[mlflow]'   (or: pip install mlflow-skinny sqlalchemy alembic)"),
+    "wandb": ("wandb", "pip install 'tunelab[wandb]'   (or: pip install wandb)"),
+    "trackio": ("trackio", "pip install 'tunelab[trackio]'   (or: pip install trackio)"),
+}
+
+
+def check_trackers(names: list[str]) -> None:
+    """ConfigError for an unknown tracker or one whose library is not installed (found without importing it)."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"option 'train.report_to' has {name!r}; allowed values: {', '.join(TRACKERS)}.")
+        module, install = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"option 'train.report_to' has {name!r}, but its library is not installed. Install it with: {install}"
+            )
+
+
+def parse_size(text: str) -> int:
+    """'24GiB', '80GB', '1.5 TiB', '512MiB' or a number of bytes -> bytes. GB and GiB both read as powers of 1024,
+    as GPU makers quote memory. ValueError for anything else."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(text), re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a size like 24GiB, 80GB or 512MiB")
+    return int(float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_"))
+
+
+@dataclass
+class EvalConfig:
+    questions: str | None = opt(
+        None, "file of questions (with an optional expected column) answered by base and tuned model after training"
+    )
+    refusal: str | None = opt(None, "the fixed refusal sentence; answers containing it count as refusals")
+    max_new_tokens: int = opt(64, "tokens to generate per answer", min=1)

@@ -1,0 +1,111 @@
+"""One option's value read against its field: its type hint (converting where that is unambiguous: int -> float, a
+scalar -> a list of one, a mapping -> a record such as DataSource) and its allowed values and range.
+
+Rules that involve more than one option are config/validate.py's; unknown names are config/suggest.py's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal
+
+from tunelab.errors import ConfigError
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(hint))
+    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+
+
+def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against the type hint, converting where it is unambiguous (int -> float, scalar -> list)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        for kind in inner:  # a mapping where the union allows a record (an entry of data.train)
+            if dataclasses.is_dataclass(kind) and isinstance(value, (dict, kind)):
+                return _record(name, value, kind, where)
+        for arm in inner:  # the first type that takes the value: `float | Auto` reads 1e-4 as float, "auto" as Auto
+            try:
+                return coerce(name, value, arm, where)
+            except ConfigError:
+                pass
+        names = " or ".join(_type_name(a) for a in inner)
+        raise ConfigError(f"{where}: option '{name}' must be {names}, got {value!r} ({type(value).__name__}).")
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {value!r}.")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: option '{name}' must be a list of {_type_name(item)}, got {value!r}.")
+        return [coerce(name, v, item, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: option '{name}' must be a mapping like {{key: value}}, got {value!r}.")
+        keep = typing.get_args(hint)[1:] == (Any,)  # dict[str, Any]: values are checked by whoever reads them
+        return {str(k): (v if keep else str(v)) for k, v in value.items()}
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {value!r} ({type(value).__name__}).")
+
+
+def _record(name: str, value: Any, kind: type, where: str) -> Any:
+    """A mapping -> an instance of the dataclass `kind`, each key checked like an option ('data.train[].weight')."""
+    if isinstance(value, kind):
+        return value
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    hints = typing.get_type_hints(kind)
+    values = {}
+    for key, item in value.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=2)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"{where}: option '{name}': an entry has the unknown key '{key}'.{hint} Its keys are "
+                f"{', '.join(fields)}."
+            )
+        item = coerce(f"{name}[].{key}", item, hints[key], where)
+        check_constraints(f"{name}[].{key}", item, fields[key], where)
+        values[key] = item
+    return kind(**values)
+
+
+def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -> None:
+    meta = f.metadata
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if v is None:
+            continue
+        if meta.get("choices") and v not in meta["choices"]:
+            allowed = ", ".join(map(str, meta["choices"]))
+            raise ConfigError(f"{where}: option '{name}' is {v!r}; allowed values: {allowed}.")
+        if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
+            raise ConfigError(f"{where}: option '{name}' is {v}; it must be >= {meta['min']}.")
+        if meta.get("max") is not None and isinstance(v, (int, float)) and v > meta["max"]:
+            raise ConfigError(f"{where}: option '{name}' is {v}; it must be <= {meta['max']}.")
