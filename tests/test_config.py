@@ -71,3 +71,8 @@ def test_every_example_config_loads(path):
             assert Path(file).exists(), file
     if cfg.eval.questions:
         assert Path(cfg.eval.questions).exists()
+
+
+def test_a_mapping_where_a_list_of_sources_goes_names_the_types_without_module_paths():
+    with pytest.raises(ConfigError, match=r"'data.train' must be a list of str \| DataSource, got \{'path': 'a'\}"):
+        load_config(None, {"data.train": {"path": "a"}})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -18,7 +19,9 @@ from tunelab.errors import ConfigError
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
         return " or ".join(repr(v) for v in typing.get_args(hint))
-    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+    if isinstance(hint, type):
+        return hint.__name__
+    return re.sub(r"\b(?:typing|tunelab(?:\.\w+)*)\.", "", str(hint))  # list[str | DataSource], not module paths
 
 
 def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
