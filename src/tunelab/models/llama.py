@@ -193,6 +193,20 @@ class LlamaAttention(nn.Module):
         self.qkv = ProjectionGroup(self._modules, ("q_proj", "k_proj", "v_proj"), clock)
         self.o = Projection(self._modules, "o_proj", clock)
 
+    def to_heads(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The projections (B, T, H * D), (B, T, Hk * D) x 2 split into heads, q and k normed (Qwen3) and rotated:
+        q (B, T, H, D), k and v (B, T, Hk, D). The training forward and `forward_cached` both start here."""
+        B, T, _ = q.shape
+        q = q.view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.ops.apply_rope(q, k, cos, sin)
+        return q, k, v
+
     def forward(
         self,
         x: torch.Tensor,
@@ -208,13 +222,7 @@ class LlamaAttention(nn.Module):
         """Returns residual + attention (when residual is given). output=False (recomputation for backward): o_proj's
         autograd node is recorded but its GEMM skipped. room: spare columns after x's rows (`models.slots`)."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x, room)
-        q = q.view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
-        k = k.view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
-        v = v.view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, Hk, D)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.ops.apply_rope(q, k, cos, sin)
+        q, k, v = self.to_heads(*self.qkv(x, room), cos, sin)
         out = self.ops.attention(q, k, v, cu_seqlens=cu_seqlens, attention_mask=attention_mask, max_seqlen=max_seqlen)
         return self.o(out.reshape(B, T, self.num_heads * self.head_dim), residual, output)
 
@@ -236,13 +244,7 @@ class LlamaAttention(nn.Module):
         q/k/v run one by one (the default group): a grouped slot would rebuild its stacked weight matrix for every few
         tokens, a copy of the weights per step where the GEMMs themselves only read them once."""
         B, T, _ = x.shape
-        q, k, v = self.qkv.as_default()(x)
-        q = q.view(B, T, self.num_heads, self.head_dim)  # (B, t, H, D)
-        k = k.view(B, T, self.num_kv_heads, self.head_dim)  # (B, t, Hk, D)
-        v = v.view(B, T, self.num_kv_heads, self.head_dim)  # (B, t, Hk, D)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.ops.apply_rope(q, k, cos, sin)
+        q, k, v = self.to_heads(*self.qkv.as_default()(x), cos, sin)  # (B, t, H, D), (B, t, Hk, D) x 2
         end = start + T
         keys[:, :, start:end] = k.transpose(1, 2)
         values[:, :, start:end] = v.transpose(1, 2)
