@@ -110,13 +110,30 @@ def linear_cross_entropy(
     Returns the summed loss (fp32 scalar). Gradients for hidden and (unless frozen) weight are computed during the
     forward, chunk by chunk; see the module docstring.
     """
+    return apply_fused_head(
+        LinearCrossEntropyFunction, "linear_cross_entropy", hidden, weight, labels, ignore_index, chunk_size
+    )
+
+
+def apply_fused_head(
+    function: type[torch.autograd.Function],
+    name: str,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int,
+    chunk_size: int,
+) -> torch.Tensor:
+    """`function.apply` for a fused LM-head op (this one, `log_probs.linear_log_probs`) once its arguments are
+    checked (ValueError naming the op `name`), telling its forward which of hidden and weight need a gradient."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"linear_cross_entropy: hidden (N, d) and weight (V, d), got {tuple(hidden.shape)} and "
-                         f"{tuple(weight.shape)}")  # fmt: skip
+        raise ValueError(
+            f"{name}: hidden (N, d) and weight (V, d), got {tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
     if chunk_size < 1:
-        raise ValueError(f"linear_cross_entropy: chunk_size must be >= 1, got {chunk_size}")
+        raise ValueError(f"{name}: chunk_size must be >= 1, got {chunk_size}")
     grad_on = torch.is_grad_enabled()
-    return LinearCrossEntropyFunction.apply(
+    return function.apply(
         hidden, weight, labels, ignore_index, chunk_size, grad_on and hidden.requires_grad,
         grad_on and weight.requires_grad,
     )  # fmt: skip

@@ -22,7 +22,7 @@ outside [0, V) other than `ignore_index` gives NaN; ignored tokens get log p = 0
 import torch
 import triton
 
-from tunelab.kernels.cross_entropy import _logsumexp_grad_kernel
+from tunelab.kernels.cross_entropy import _logsumexp_grad_kernel, apply_fused_head
 
 
 def _chunk_grad(h, weight, labels, losses, ignore_index, block, compute_grad):
@@ -95,13 +95,6 @@ def linear_log_probs(
 ) -> torch.Tensor:
     """(N,) fp32 log softmax(hidden @ weight.T)[i, labels[i]], 0 where labels[i] == ignore_index. hidden (N, d),
     weight (V, d). See the module docstring for how the gradients are formed."""
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"linear_log_probs: hidden (N, d) and weight (V, d), got {tuple(hidden.shape)} and "
-                         f"{tuple(weight.shape)}")  # fmt: skip
-    if chunk_size < 1:
-        raise ValueError(f"linear_log_probs: chunk_size must be >= 1, got {chunk_size}")
-    grad_on = torch.is_grad_enabled()
-    return LinearLogProbsFunction.apply(
-        hidden, weight, labels, ignore_index, chunk_size, grad_on and hidden.requires_grad,
-        grad_on and weight.requires_grad,
-    )  # fmt: skip
+    return apply_fused_head(
+        LinearLogProbsFunction, "linear_log_probs", hidden, weight, labels, ignore_index, chunk_size
+    )
