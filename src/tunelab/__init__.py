@@ -6,7 +6,8 @@ The API is imported on first use, so `import tunelab` stays fast: `tunelab.train
 
 __version__ = "0.1.0"
 
-_API = {
+# The names of the Python API: tunelab/api.py exports these (its __all__) and the package forwards them.
+_API = (
     "train",
     "check",
     "plan",
@@ -25,8 +26,11 @@ _API = {
     "predict",
     "load_reward_model",
     "open_run",
+    "TrainResult",
+    "Comparison",
     "GenerationSettings",
-}
+    "LoadedRun",
+)
 
 
 def __getattr__(name: str):

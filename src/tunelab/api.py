@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig
 from tunelab.errors import DataError
 from tunelab.eval.compare import (
@@ -37,29 +38,7 @@ from tunelab.training.recipe import train as _train
 from tunelab.training.stages import train_stages
 from tunelab.training.verdict import Verdict
 
-__all__ = [
-    "train",
-    "check",
-    "compare",
-    "generate",
-    "chat",
-    "evaluate",
-    "report",
-    "merge",
-    "export_gguf",
-    "serve",
-    "cache_entries",
-    "cache_path",
-    "clear_cache",
-    "federate",
-    "predict",
-    "load_reward_model",
-    "open_run",
-    "TrainResult",
-    "Comparison",
-    "GenerationSettings",
-    "LoadedRun",
-]
+__all__ = list(_API)
 
 
 def train(
