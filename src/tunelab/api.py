@@ -7,6 +7,9 @@ print(tunelab.generate(result.run_dir, "Where is your office?"))
 
 A classify or reward run (`task: classify | reward`) is read by `tunelab.predict` and `tunelab.evaluate`; a reward
 run also serves as a reward function: `tunelab.load_reward_model(run_dir)(prompts, completions) -> list[float]`.
+
+Where a module's function takes exactly the API's arguments it is the API's, imported here rather than wrapped:
+`export_gguf` (export/gguf.py), `serve` (server/serve.py), `open_run` (infer/run.py).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from tunelab.eval.compare import (
 )
 from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, read_questions, run_data_config
+from tunelab.export.gguf import export_gguf as export_gguf
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 from tunelab.rundir import HEAD_TASKS, open_info, read_info
+from tunelab.server.serve import serve as serve
 from tunelab.training.distributed import from_environment
 from tunelab.training.launch import check_launch, train_on_ranks
 from tunelab.training.plan import plan_run
@@ -241,39 +246,6 @@ def merge(
     from tunelab.export.merge import merge_run
 
     return merge_run(run, out, overwrite=overwrite, dtype=dtype, show=show)
-
-
-def export_gguf(
-    run: str | Path,
-    out: str | Path,
-    qtype: str = "f16",
-    overwrite: bool = False,
-    check: bool | None = None,
-    check_questions: int = 8,
-    show: bool = False,
-) -> Path:
-    """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k) and an Ollama Modelfile
-    beside it. check: None runs the self-check when llama.cpp imports, True requires it, False skips it; its
-    verdict is written to NAME.check.json beside the file."""
-    from tunelab.export.gguf import export_gguf as _export
-
-    return _export(run, out, qtype=qtype, overwrite=overwrite, check=check, check_questions=check_questions, show=show)
-
-
-def serve(
-    run: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    api_key: str | None = None,
-    model_name: str | None = None,
-    settings: GenerationSettings | None = None,
-    device: str = "auto",
-) -> None:
-    """Serve the run over HTTP in OpenAI's chat-completions dialect until interrupted (needs the 'serve' extra).
-    `tunelab.server.serve.start_server` does the same on a background thread and returns its URL."""
-    from tunelab.server.serve import serve as _serve
-
-    _serve(run, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings, device=device)
 
 
 def cache_entries():

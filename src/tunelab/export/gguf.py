@@ -289,22 +289,22 @@ def parse_qtype(qtype: str) -> str:
 
 
 def export_gguf(
-    run_dir: str | Path,
-    out_path: str | Path,
+    run: str | Path,
+    out: str | Path,
     qtype: str = "f16",
     overwrite: bool = False,
     check: bool | None = None,
     check_questions: int = 8,
     show: bool = False,
 ) -> Path:
-    """Merge the run and write it as a GGUF file (see QTYPES), with an Ollama `Modelfile` in the same folder; both
-    are written under temporary names and renamed into place. Returns the GGUF path.
+    """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k: QTYPES) and an Ollama
+    `Modelfile` beside it; both are written under temporary names and renamed into place. Returns the GGUF path.
 
     check: None runs the self-check (export/check.py) when llama.cpp imports, True requires it, False skips it; its
-    verdict goes to NAME.check.json beside the file (and is printed when `show`)."""
+    verdict is written to NAME.check.json beside the file (and printed when `show`)."""
     from tunelab.export import llama_cpp
 
-    run_dir, out = Path(run_dir), Path(out_path)
+    run_dir, out = Path(run), Path(out)
     qtype = parse_qtype(qtype)
     if out.suffix != ".gguf":
         raise ConfigError(f"option 'out': {out} must be a file name ending in .gguf.")

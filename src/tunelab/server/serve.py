@@ -71,7 +71,7 @@ def _server(app, log_level: str):
 
 
 def serve(
-    run_dir: str | Path,
+    run: str | Path,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
@@ -79,13 +79,15 @@ def serve(
     settings: GenerationSettings | None = None,
     device: str = "auto",
 ) -> None:
-    """Serve the run until interrupted. Refuses a port in use before loading anything."""
+    """Serve the run over HTTP in OpenAI's chat-completions dialect until interrupted (needs the 'serve' extra).
+    Refuses a port in use before loading anything. `start_server` does the same on a background thread and returns
+    its URL."""
     _check_installed()
     sock = bind(host, port)
-    name = model_name or Path(run_dir).resolve().name
+    name = model_name or Path(run).resolve().name
     try:
-        app = build_app(run_dir, api_key, name, settings, device)
-        print(f"tunelab serve: {run_dir} as model {name!r}{' (API key required)' if api_key else ''}")
+        app = build_app(run, api_key, name, settings, device)
+        print(f"tunelab serve: {run} as model {name!r}{' (API key required)' if api_key else ''}")
         print(f"  OpenAI base URL: http://{host}:{port}/v1   (health: http://{host}:{port}/health)", flush=True)
         _server(app, "info").run(sockets=[sock])
     finally:
