@@ -18,12 +18,11 @@ from torch import nn
 
 from tunelab.data.templates import Template, resolve_template
 from tunelab.errors import ConfigError
-from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, pick_dtype, resolve_source
-from tunelab.models.untrained import repair_rows
+from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
-from tunelab.quant.linear import quantize_model_
 from tunelab.rundir import RunInfo, open_info
+from tunelab.training.build import run_dtype, trained_base
 
 BASE_PRECISIONS = ("trained", "16bit")
 
@@ -84,19 +83,10 @@ def open_run(
     info = open_info(run_dir)
     dev = pick_device(device)
     quantize = info.is_adapter and info.quantize_base == "nf4" and base_precision == "trained"
-    if dtype == "auto" and quantize and info.dtype:
-        dt = getattr(torch, info.dtype)
-    else:
-        dt = pick_dtype(dtype, dev)
+    dt = run_dtype(info, dtype, dev, quantize)
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)  # saved by train
     if info.is_adapter:
-        # A QLoRA base is loaded in host memory and reaches the device in NF4, layer by layer, as in training.
-        model = load_hf_model(
-            resolve_source(info.base_model), dt, torch.device("cpu") if quantize else dev, info.trust_remote_code
-        )
-        repair_rows(model, info.fixed_untrained_tokens)  # the base rows training repaired (models/untrained.py)
-        if quantize:
-            quantize_model_(model, device=dev)
+        model = trained_base(info, dt, dev, quantize)
         load_adapter(model, run_dir)
         model.to(dev)
     else:

@@ -28,13 +28,11 @@ from torch import nn
 
 from tunelab.errors import ModelError, RunDirError
 from tunelab.models.llama import LlamaForCausalLM, LlamaModel
-from tunelab.models.load import load_hf_model, pick_device, pick_dtype, resolve_source
-from tunelab.models.untrained import repair_rows
+from tunelab.models.load import pick_device
 from tunelab.peft.lora_linear import float_weight
 from tunelab.peft.save import load_adapter, save_adapter
-from tunelab.quant.linear import quantize_model_
 from tunelab.rundir import RunInfo
-from tunelab.training.build import BuiltModel
+from tunelab.training.build import BuiltModel, run_dtype, trained_base
 
 HEAD = "score"  # transformers' name for the head of *ForSequenceClassification (Llama, Mistral, Qwen, Gemma, GPT-2)
 
@@ -175,19 +173,13 @@ def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: s
 
     dev = pick_device(device)
     quantize = info.is_adapter and info.quantize_base == "nf4"
-    # A QLoRA base is quantized again from the dtype it trained in, as infer/run.open_run does.
-    dt = getattr(torch, info.dtype) if dtype == "auto" and quantize and info.dtype else pick_dtype(dtype, dev)
+    dt = run_dtype(info, dtype, dev, quantize)
     try:
         config = AutoConfig.from_pretrained(run_dir, trust_remote_code=info.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise RunDirError(f"{run_dir}: the classifier's config.json cannot be read ({exc}).") from None
     if info.is_adapter:
-        lm = load_hf_model(
-            resolve_source(info.base_model), dt, torch.device("cpu") if quantize else dev, info.trust_remote_code
-        )
-        repair_rows(lm, info.fixed_untrained_tokens)  # the base rows training repaired (models/untrained.py)
-        if quantize:
-            quantize_model_(lm, device=dev)
+        lm = trained_base(info, dt, dev, quantize)
         body, prefix = lm.base_model, lm.base_model_prefix
         score = nn.Linear(_text_config(config).hidden_size, config.num_labels, bias=False, dtype=torch.float32)
         model = SequenceClassifier(body, score, prefix)

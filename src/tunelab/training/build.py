@@ -20,9 +20,11 @@ from tunelab.errors import ConfigError
 from tunelab.kernels import select as select_ops
 from tunelab.models.hf_adapter import from_hf_model
 from tunelab.models.llama import unsupported_reason
-from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype
+from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype, resolve_source
+from tunelab.models.untrained import repair_rows
 from tunelab.peft.lora import attach_lora
 from tunelab.quant.linear import NF4Linear, quantize_model_
+from tunelab.rundir import RunInfo
 
 
 @dataclass
@@ -115,6 +117,26 @@ def build_model(
     total = sum(p.numel() for p in model.parameters())
     total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, NF4Linear))  # buffers
     return BuiltModel(model, impl, hf_config, device, dtype, trainable, total)
+
+
+def run_dtype(info: RunInfo, dtype: str, device: torch.device, quantize: bool) -> torch.dtype:
+    """The dtype to open a finished run in: `dtype` as `pick_dtype` reads it, except that auto, for a base quantized
+    again (`quantize`: QLoRA), is the dtype the run trained in, since NF4 is quantized from that dtype as in training."""
+    if dtype == "auto" and quantize and info.dtype:
+        return getattr(torch, info.dtype)
+    return pick_dtype(dtype, device)
+
+
+def trained_base(info: RunInfo, dtype: torch.dtype, device: torch.device, quantize: bool) -> nn.Module:
+    """The base model an adapter run trained over, as it trained: the embedding rows training repaired repaired again
+    (`models.untrained`) and, with `quantize` (QLoRA), loaded in host memory and quantized onto `device` one layer at
+    a time as `build_model` does (the modules that stay 16-bit are left there for the caller to move)."""
+    source = resolve_source(info.base_model)
+    model = load_hf_model(source, dtype, torch.device("cpu") if quantize else device, info.trust_remote_code)
+    repair_rows(model, info.fixed_untrained_tokens)
+    if quantize:
+        quantize_model_(model, device=device)
+    return model
 
 
 def pick_impl(requested: str, hf_config) -> str:

@@ -40,13 +40,12 @@ import yaml
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, describe, dump_yaml, stage_config
 from tunelab.errors import ConfigError, RunDirError
-from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, resolve_source
-from tunelab.models.untrained import repair_rows
+from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
-from tunelab.quant.linear import quantize_model_
 from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info, write_info
 from tunelab.tasks import get_task
+from tunelab.training.build import trained_base
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_note, finish_replacement, plan_output_dir, start_run_dir
@@ -135,10 +134,7 @@ def merge_stage(run_dir: Path, out: Path) -> None:
     dequantized by the fold; untrained rows repaired as in training) and save it as a Hugging Face directory."""
     info = read_info(run_dir)
     dtype = getattr(torch, info.dtype) if info.dtype else torch.float32
-    model = load_hf_model(resolve_source(info.base_model), dtype, torch.device("cpu"), info.trust_remote_code)
-    repair_rows(model, info.fixed_untrained_tokens)
-    if info.quantize_base == "nf4":
-        quantize_model_(model)
+    model = trained_base(info, dtype, torch.device("cpu"), info.quantize_base == "nf4")
     merge_lora(load_adapter(model, run_dir), dtype)
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)
     with scratch_folder(out) as scratch:
