@@ -25,7 +25,6 @@ from torch import nn
 from tunelab.config import ClassifyConfig, RunConfig
 from tunelab.data.loader import Datasets, epoch_order
 from tunelab.data.report import DataReport, SplitStats, location
-from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.head import attach_head, head_learning_rates, save_head_run
@@ -34,6 +33,7 @@ from tunelab.tasks.head_data import (
     Input,
     check_fields,
     column,
+    counted_records,
     fit,
     is_empty,
     no_input_error,
@@ -129,9 +129,7 @@ def read_labelled(
 ) -> list[Labelled]:
     """Rows of the files as Labelled; DataError (file:line and field) for a row without input or label."""
     out = []
-    for record in read_records(paths):
-        report.read(record.path)
-        report.formats.setdefault(record.path, "label rows")
+    for record in counted_records(paths, report, "label rows"):
         where = location(record.path, record.line)
         item = read_input(record.row, fields, where, system_prompt, lenient)
         if item is None:

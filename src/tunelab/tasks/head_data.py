@@ -19,6 +19,7 @@ max_length tokens (truncate): the pooled token reads the end of the input, where
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ from tunelab.config import PLACEHOLDER
 from tunelab.data.formats import parse_turns, text_field
 from tunelab.data.loader import split_eval
 from tunelab.data.render import encode
+from tunelab.data.report import DataReport
+from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, default_bos
 from tunelab.errors import ConfigError, DataError
 
@@ -180,6 +183,15 @@ def no_input_error(where: str, row: dict, fields: dict[str, str], what: str) -> 
         f"{', '.join(map(str, row)) or 'no fields'}{'; data.fields maps ' + mapped if mapped else ''}). Rename the "
         "column or map it with data.fields, e.g. {text: message}."
     )
+
+
+def counted_records(paths: list[str], report: DataReport, kind: str) -> Iterator[Record]:
+    """The records of `paths` (`data.sources`) for a task's reader, each counted as read in `report`, which names the
+    files' format `kind` (label rows, preference pairs, prompts)."""
+    for record in read_records(paths):
+        report.read(record.path)
+        report.formats.setdefault(record.path, kind)
+        yield record
 
 
 def train_and_held(read, data, seed: int, report) -> tuple[list, list]:

@@ -24,10 +24,17 @@ from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets, split_eval
 from tunelab.data.render import IGNORE, encode
 from tunelab.data.report import DataReport, SplitStats, location
-from tunelab.data.sources import read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
 from tunelab.errors import ConfigError, DataError
-from tunelab.tasks.head_data import CHAT_FIELDS, PROMPT_FIELDS, as_turns, check_fields, column, with_system
+from tunelab.tasks.head_data import (
+    CHAT_FIELDS,
+    PROMPT_FIELDS,
+    as_turns,
+    check_fields,
+    column,
+    counted_records,
+    with_system,
+)
 from tunelab.tasks.reward import read_prompt
 
 FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system")
@@ -120,9 +127,7 @@ def read_preferences(
 ) -> list[Preference]:
     """Rows of the files as Preferences; DataError (file:line) for a row without chosen or rejected."""
     out = []
-    for record in read_records(paths):
-        report.read(record.path)
-        report.formats.setdefault(record.path, "preference pairs")
+    for record in counted_records(paths, report, "preference pairs"):
         chosen, rejected = read_sides(record.row, fields, location(record.path, record.line), system, lenient)
         if not _answer_text(chosen).strip() or not _answer_text(rejected).strip():
             report.skip("empty chosen or rejected answer", record.path, record.line)

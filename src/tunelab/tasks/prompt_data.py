@@ -18,10 +18,18 @@ from dataclasses import dataclass
 from tunelab.config import RunConfig
 from tunelab.data.loader import Datasets
 from tunelab.data.report import DataReport, SplitStats, location
-from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, DataError
-from tunelab.tasks.head_data import CHAT_FIELDS, PROMPT_FIELDS, Input, check_fields, render, train_and_held, with_system
+from tunelab.tasks.head_data import (
+    CHAT_FIELDS,
+    PROMPT_FIELDS,
+    Input,
+    check_fields,
+    counted_records,
+    render,
+    train_and_held,
+    with_system,
+)
 from tunelab.tasks.reward import read_prompt
 
 FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "system")
@@ -59,9 +67,7 @@ def read_prompts(
     paths: list[str], fields: dict[str, str], system: str | None, report: DataReport, lenient: bool = False
 ) -> list[Prompt]:
     out = []
-    for record in read_records(paths):
-        report.read(record.path)
-        report.formats.setdefault(record.path, "prompts")
+    for record in counted_records(paths, report, "prompts"):
         where = location(record.path, record.line)
         turns = read_prompt(record.row, fields, where, lenient)
         if turns is None:

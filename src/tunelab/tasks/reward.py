@@ -40,6 +40,7 @@ from tunelab.tasks.head_data import (
     as_turns,
     check_fields,
     column,
+    counted_records,
     fit,
     is_empty,
     overlong_reason,
@@ -114,9 +115,7 @@ def read_pairs(
 ) -> list[Pair]:
     """Rows of the files as Pairs; DataError (file:line) for a row without chosen or rejected."""
     pairs = []
-    for record in read_records(paths):
-        report.read(record.path)
-        report.formats.setdefault(record.path, "preference pairs")
+    for record in counted_records(paths, report, "preference pairs"):
         row, where = record.row, location(record.path, record.line)
         keys = {name: column(row, fields, name, lenient) for name in ("chosen", "rejected")}
         missing = [fields.get(name, name) for name, key in keys.items() if key is None]
