@@ -25,24 +25,23 @@ from torch import nn
 from tunelab.config import ClassifyConfig, RunConfig
 from tunelab.data.loader import Datasets, epoch_order
 from tunelab.data.report import DataReport, SplitStats, location
-from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.head import attach_head, head_learning_rates, save_head_run
 from tunelab.tasks.head_data import (
     INPUT_FIELDS,
     Input,
-    check_fields,
     column,
     counted_records,
     fit,
+    input_kind,
     is_empty,
     no_input_error,
     overlong_reason,
     pad_rows,
     read_input,
+    read_task_data,
     refuse_chat_format,
     render,
-    train_and_held,
 )
 from tunelab.tasks.task import Task
 from tunelab.training.build import BuiltModel
@@ -217,24 +216,14 @@ def _stats(rows: list[LabelledRow], examples: int) -> SplitStats:
     return SplitStats(examples=examples, used=len(rows), rows=len(rows), tokens=tokens, loss_tokens=len(rows))
 
 
-def input_kind(items: list[Labelled]) -> str:
-    kinds = {"chat" if it.input.is_chat else "text" for it in items}
-    return kinds.pop() if len(kinds) == 1 else "mixed"
-
-
 def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     refuse_head_options(cfg)
     d = cfg.data
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of rows with a text and a label.")
-    check_fields(d.fields, FIELDS, cfg.task)
-    report = DataReport(max_length=d.max_length)
-    template = resolve_template(d.template, tokenizer)
-    items, held = train_and_held(read_labelled, d, seed, report)
+    items, held, report, template = read_task_data(cfg, tokenizer, seed, read_labelled, FIELDS)
+    refuse_chat_format([it.input for it in items + held], cfg)
     text_format = cfg.classify.prompt_format
-    refuse_chat_format(
-        [it.input for it in items + held], text_format, ", ".join(d.train + ([d.eval] if d.eval else []))
-    )
     counts = Counter(it.label for it in items)
     labels = sorted(counts)
     if len(labels) < 2:
@@ -254,7 +243,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     facts = {
         "labels": labels,
         "label_counts": {label: counts[label] for label in labels},
-        "input": input_kind(items),
+        "input": input_kind([it.input for it in items]),
     }
     if cfg.classify.class_weights != "none" or cfg.classify.label_weights:
         facts["class_weights"] = weights

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-from tunelab.config import PLACEHOLDER
+from tunelab.config import PLACEHOLDER, RunConfig
 from tunelab.data.formats import parse_turns, text_field
 from tunelab.data.loader import split_eval
 from tunelab.data.render import encode
 from tunelab.data.report import DataReport
 from tunelab.data.sources import Record, read_records
-from tunelab.data.templates import Template, default_bos
+from tunelab.data.templates import Template, default_bos, resolve_template
 from tunelab.errors import ConfigError, DataError
 
 TEXT_FIELDS = ("text",)
@@ -119,10 +119,18 @@ def formatted(text: str, text_format: str | None) -> str:
     return text_format.replace(PLACEHOLDER, text) if text_format else text
 
 
-def refuse_chat_format(items: list[Input], text_format: str | None, where: str) -> None:
-    """ConfigError when classify.prompt_format is set and the inputs are chats: the template already ends a chat at
-    the answer's position, and wrapping the rendered template in more text would not be a chat any more."""
-    if text_format and any(item.is_chat for item in items):
+def input_kind(inputs: list[Input]) -> str:
+    """What the inputs are, as a run's facts record it: chat, text or mixed."""
+    kinds = {"chat" if item.is_chat else "text" for item in inputs}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def refuse_chat_format(items: list[Input], cfg: RunConfig) -> None:
+    """ConfigError when classify.prompt_format is set and the inputs (those of data.train and data.eval) are chats:
+    the template already ends a chat at the answer's position, and wrapping the rendered template in more text would
+    not be a chat any more."""
+    if cfg.classify.prompt_format and any(item.is_chat for item in items):
+        where = ", ".join(cfg.data.train + ([cfg.data.eval] if cfg.data.eval else []))
         raise ConfigError(
             f"option 'classify.prompt_format' formats text inputs, but {where} holds chats (messages, prompts or "
             "questions, rendered with the prompt template). Remove the option, or give the rows as text (data.fields, "
@@ -192,6 +200,18 @@ def counted_records(paths: list[str], report: DataReport, kind: str) -> Iterator
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
         yield record
+
+
+def read_task_data(cfg: RunConfig, tokenizer, seed: int, read, fields: tuple[str, ...]):
+    """What the data of every task but sft starts as: data.fields checked against the task's `fields`, a report, the
+    prompt template, and the training and held-out items `read` gives (`train_and_held`). Returns (items, held, report,
+    template)."""
+    d = cfg.data
+    check_fields(d.fields, fields, cfg.task)
+    report = DataReport(max_length=d.max_length)
+    template = resolve_template(d.template, tokenizer)
+    items, held = train_and_held(read, d, seed, report)
+    return items, held, report, template
 
 
 def train_and_held(read, data, seed: int, report) -> tuple[list, list]:

@@ -21,18 +21,18 @@ from dataclasses import dataclass
 
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
-from tunelab.data.loader import Datasets, split_eval
+from tunelab.data.loader import Datasets
 from tunelab.data.render import IGNORE, encode
 from tunelab.data.report import DataReport, SplitStats, location
-from tunelab.data.templates import Template, default_bos, resolve_template
+from tunelab.data.templates import Template, default_bos
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
     as_turns,
-    check_fields,
     column,
     counted_records,
+    read_task_data,
     with_system,
 )
 from tunelab.tasks.reward import read_prompt
@@ -224,16 +224,7 @@ def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         raise ConfigError("option 'data.train' is empty; give one or more files of preference pairs.")
     if d.overlong not in ("drop", "truncate"):
         raise ConfigError(f"option 'data.overlong' is {d.overlong!r}; allowed values: drop, truncate.")
-    check_fields(d.fields, FIELDS, cfg.task)
-    report = DataReport(max_length=d.max_length)
-    template = resolve_template(d.template, tokenizer)
-    pairs = read_preferences(d.train, d.fields, d.system_prompt, report)
-    if d.eval:
-        held = read_preferences([d.eval], d.fields, d.system_prompt, report, lenient=True)
-        report.eval_source = "file"
-    else:
-        pairs, held = split_eval(pairs, d.eval_fraction, seed)
-        report.eval_source = "fraction" if held else "none"
+    pairs, held, report, template = read_task_data(cfg, tokenizer, seed, read_preferences, FIELDS)
     chat = any(p.chosen.messages is not None for p in pairs + held)
     report.template = template.name if chat else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)

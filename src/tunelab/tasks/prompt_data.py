@@ -18,16 +18,14 @@ from dataclasses import dataclass
 from tunelab.config import RunConfig
 from tunelab.data.loader import Datasets
 from tunelab.data.report import DataReport, SplitStats, location
-from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
     Input,
-    check_fields,
     counted_records,
+    read_task_data,
     render,
-    train_and_held,
     with_system,
 )
 from tunelab.tasks.reward import read_prompt
@@ -124,10 +122,7 @@ def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> D
     for name, value in (("train.group_by_length", cfg.train.group_by_length), ("data.transform", d.transform)):
         if value:
             raise ConfigError(f"option '{name}' is for task sft; a grpo run does not use it. Remove it.")
-    check_fields(d.fields, FIELDS, cfg.task)
-    report = DataReport(max_length=d.max_length)
-    template = resolve_template(d.template, tokenizer)
-    prompts, held = train_and_held(read_prompts, d, seed, report)
+    prompts, held, report, template = read_task_data(cfg, tokenizer, seed, read_prompts, FIELDS)
     report.template = template.name
     train = to_rows(prompts, tokenizer, template, d.max_length, columns, report)
     evals = to_rows(held, tokenizer, template, d.max_length, columns, report)

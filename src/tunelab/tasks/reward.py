@@ -29,7 +29,6 @@ from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets, epoch_order
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
-from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.classify import refuse_head_options
 from tunelab.tasks.head import attach_head, head_learning_rates, save_head_run
@@ -38,16 +37,16 @@ from tunelab.tasks.head_data import (
     PROMPT_FIELDS,
     Input,
     as_turns,
-    check_fields,
     column,
     counted_records,
     fit,
+    input_kind,
     is_empty,
     overlong_reason,
     pad_rows,
+    read_task_data,
     refuse_chat_format,
     render,
-    train_and_held,
     with_system,
 )
 from tunelab.tasks.task import Task
@@ -218,21 +217,16 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     d = cfg.data
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of preference pairs.")
-    check_fields(d.fields, FIELDS, cfg.task)
-    report = DataReport(max_length=d.max_length)
-    template = resolve_template(d.template, tokenizer)
-    pairs, held = train_and_held(read_pairs, d, seed, report)
+    pairs, held, report, template = read_task_data(cfg, tokenizer, seed, read_pairs, FIELDS)
+    refuse_chat_format([side for p in pairs + held for side in (p.chosen, p.rejected)], cfg)
     text_format = cfg.classify.prompt_format
-    sides = [side for p in pairs + held for side in (p.chosen, p.rejected)]
-    refuse_chat_format(sides, text_format, ", ".join(d.train + ([d.eval] if d.eval else [])))
     report.template = template.name if any(p.chosen.is_chat for p in pairs + held) else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report, text_format)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable preference pairs. {report.summary()}")
     evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report, text_format)
     report.train, report.eval = _stats(train, len(pairs)), _stats(evals, len(held))
-    kinds = {"chat" if p.chosen.is_chat else "text" for p in pairs}
-    return Datasets(train, evals, template, report, facts={"input": kinds.pop() if len(kinds) == 1 else "mixed"})
+    return Datasets(train, evals, template, report, facts={"input": input_kind([p.chosen for p in pairs])})
 
 
 def make_batches(
