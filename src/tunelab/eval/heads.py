@@ -70,12 +70,18 @@ def _skips(report: DataReport) -> dict[str, dict]:
     return {reason: {"count": s.count, "locations": s.locations} for reason, s in report.skips.items()}
 
 
+def _read(run: HeadRun, data_file: str, read) -> tuple[list, list[str], DataReport]:
+    """The items of `data_file` as the task's reader `read` gives them (read_labelled, read_pairs), read leniently
+    with the run's data.fields and system prompt; their file:line locations; the report of what was skipped."""
+    report = DataReport()
+    items = read([data_file], run.data.fields, run.data.system_prompt, report, lenient=True)
+    return items, [location(item.path, item.line) for item in items], report
+
+
 def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
-    d, report = run.data, DataReport()
-    rows = read_labelled([data_file], d.fields, d.system_prompt, report, lenient=True)
+    rows, wheres, report = _read(run, data_file, read_labelled)
     if not rows:
         raise DataError(f"{data_file}: no rows to evaluate.")
-    wheres = [location(r.path, r.line) for r in rows]
     logits, cut = head_outputs(run.model, run, [r.input for r in rows], batch_size, wheres)
     expected = [r.label for r in rows]
     predicted = [run.labels[i] for i in logits.argmax(dim=-1).tolist()]
@@ -143,11 +149,9 @@ def _pair_scores(margins: torch.Tensor) -> dict:
 
 
 def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
-    d, report = run.data, DataReport()
-    pairs = read_pairs([data_file], d.fields, d.system_prompt, report, lenient=True)
+    pairs, wheres, report = _read(run, data_file, read_pairs)
     if not pairs:
         raise DataError(f"{data_file}: no preference pairs to evaluate. Skipped: {_skips(report) or 'none'}.")
-    wheres = [location(p.path, p.line) for p in pairs]
     inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     n = len(pairs)
     rewards, cut = head_outputs(run.model, run, inputs, batch_size, wheres + wheres)
