@@ -123,37 +123,6 @@ def model_items(cfg, inputs) -> list[CheckItem]:
     return items + [compared(name, "the first micro-batch", fast_loss, generic_loss, dtype)]
 
 
-def _head_check(resolved, config, resume: bool, overwrite_non_run: bool, page: Path, examples: int, model: bool, out):
-    """run_check for a classify or reward run (checks/heads.py): its data items, then one step through the head."""
-    cfg = resolved.config
-    out("tunelab check — resolved config (value, then where it came from):")
-    out(describe(resolved))
-    items = output_items(cfg, config, resume, overwrite_non_run)
-    inputs = load_inputs(cfg)  # DataError (file:line) for a row without input or label, one class only
-    data = inputs.data
-    out(data.report.summary())
-    plan, item = auto_item(cfg, data, resume)
-    items.append(item)
-    cfg = dataclasses.replace(cfg, train=plan.train)
-    preview = head_preview(cfg, inputs, examples)
-    out(preview)
-    items += head_data_checks(cfg, inputs)
-    for item in items:
-        out(item.line())
-    if model:
-        more = head_model_items(cfg, inputs)
-        for item in more:
-            out(item.line())
-        items += more
-    result = CheckResult(items, page)
-    page.parent.mkdir(parents=True, exist_ok=True)
-    text = preview + "\n\n" + data.report.summary()
-    write_text(page, check_html(result, [], inputs.tokenizer, describe(resolved), text))
-    out(f"page: {page}")
-    out(result.verdict())
-    return result
-
-
 def run_check(
     config: Any = None,
     overrides: dict[str, Any] | None = None,
@@ -178,8 +147,6 @@ def run_check(
             f"{cfg.task}. tunelab train checks a {cfg.task} run's rows as it reads them (with file:line)."
         )
     page = html_path(html)
-    if head:
-        return _head_check(resolved, config, resume, overwrite_non_run, page, examples, model, out)
     out("tunelab check — resolved config (value, then where it came from):")
     out(describe(resolved))
     items = output_items(cfg, config, resume, overwrite_non_run)
@@ -188,34 +155,41 @@ def run_check(
         first, *later = [plan.config for plan in plan_stages(resolved, Path(cfg.output_dir))]
         cfg = first
         out(f"a staged run of {len(later) + 1} stages: stage 1 is checked in full, the others' data")
-    inputs = load_inputs(cfg)
+    inputs = load_inputs(cfg)  # DataError (file:line) for a row without input (or label), a classifier of one class
     data = inputs.data
     out(data.report.summary())
-    if resume and is_run_dir(cfg.output_dir):
+    if resume and not head and is_run_dir(cfg.output_dir):
         recorded = read_info(cfg.output_dir, require_finished=False).data_sha256
         if recorded and recorded != data_digest(data.train):
             items.append(CheckItem("resume data", "fail", "the tokenized training rows differ from the run's"))
     plan, item = auto_item(cfg, data, resume)
     items.append(item)
     cfg = dataclasses.replace(cfg, train=plan.train)  # the micro-batch the data checks and the first step use
-    rows = render_examples(data.examples[:examples], inputs.tokenizer, data.template, cfg.data, DataReport())
-    out(preview_text(rows, inputs.tokenizer, color=show and sys.stdout.isatty()))
-    items += data_checks(cfg, inputs)
-    for k, stage in enumerate(later, 2):
-        stage_inputs = load_inputs(dataclasses.replace(stage, model=cfg.model))  # the same tokenizer as stage 1
-        out(f"stage {k}: " + stage_inputs.data.report.summary())
-        for item in data_checks(stage, stage_inputs):
-            items.append(dataclasses.replace(item, name=f"stage {k}: {item.name}"))
+    if head:  # classify or reward (checks/heads.py): the rows as the head reads them, then its data checks
+        rows, preview = [], head_preview(cfg, inputs, examples)
+        out(preview)
+        items += head_data_checks(cfg, inputs)
+        page_text = preview + "\n\n" + data.report.summary()
+    else:
+        rows = render_examples(data.examples[:examples], inputs.tokenizer, data.template, cfg.data, DataReport())
+        out(preview_text(rows, inputs.tokenizer, color=show and sys.stdout.isatty()))
+        items += data_checks(cfg, inputs)
+        for k, stage in enumerate(later, 2):
+            stage_inputs = load_inputs(dataclasses.replace(stage, model=cfg.model))  # the same tokenizer as stage 1
+            out(f"stage {k}: " + stage_inputs.data.report.summary())
+            for item in data_checks(stage, stage_inputs):
+                items.append(dataclasses.replace(item, name=f"stage {k}: {item.name}"))
+        page_text = data.report.summary()
     for item in items:
         out(item.line())
     if model:
-        more = model_items(cfg, inputs)
+        more = (head_model_items if head else model_items)(cfg, inputs)
         for item in more:
             out(item.line())
         items += more
     result = CheckResult(items, page)
     page.parent.mkdir(parents=True, exist_ok=True)
-    write_text(page, check_html(result, rows, inputs.tokenizer, describe(resolved), data.report.summary()))
+    write_text(page, check_html(result, rows, inputs.tokenizer, describe(resolved), page_text))
     out(f"page: {page}")
     out(result.verdict())
     return result
