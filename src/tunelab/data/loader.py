@@ -270,6 +270,13 @@ def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> list[int]:
     return order
 
 
+def epoch_chunks(rows: list, size: int, *, shuffle: bool, seed: int, epoch: int) -> list[list]:
+    """The rows of one epoch in `epoch_order`, cut into consecutive chunks of `size` (the last may be shorter): what
+    the tasks that batch whole rows (classify, reward, dpo, grpo) collate, one batch per chunk."""
+    order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
+    return [[rows[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
+
+
 def make_batches(
     rows: list[Rendered | Packed],
     micro_batch: int,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import ClassifyConfig, RunConfig
-from tunelab.data.loader import Datasets, epoch_order
+from tunelab.data.loader import Datasets, epoch_chunks
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.head import attach_head, head_learning_rates, save_head_run
@@ -257,10 +257,8 @@ def make_batches(
 ) -> list[dict]:
     """Right-padded batches: input_ids, attention_mask, position_ids (B, T); targets (B,) int64; weights (B,) fp32;
     sources, per row its file:line (in a list, as sft batches give a packed row's several)."""
-    order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
     batches = []
-    for start in range(0, len(order), micro_batch):
-        chunk = [rows[i] for i in order[start : start + micro_batch]]
+    for chunk in epoch_chunks(rows, micro_batch, shuffle=shuffle, seed=seed, epoch=epoch):
         batch = pad_rows([r.input_ids for r in chunk], pad_id)
         batch["targets"] = torch.tensor([r.label for r in chunk], dtype=torch.long)
         batch["weights"] = torch.tensor([r.weight for r in chunk], dtype=torch.float32)

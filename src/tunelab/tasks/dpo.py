@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import DpoConfig, RunConfig
-from tunelab.data.loader import Datasets, epoch_order
+from tunelab.data.loader import Datasets, epoch_chunks
 from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.peft.lora import adapters_disabled
@@ -120,11 +120,8 @@ def collate(chunk: list[PreferenceRow], pad_id: int) -> dict:
 def make_batches(
     rows: list[PreferenceRow], micro_batch: int, pad_id: int, *, shuffle: bool, seed: int, epoch: int
 ) -> list[dict]:
-    order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
-    return [
-        collate([rows[i] for i in order[start : start + micro_batch]], pad_id)
-        for start in range(0, len(order), micro_batch)
-    ]
+    chunks = epoch_chunks(rows, micro_batch, shuffle=shuffle, seed=seed, epoch=epoch)
+    return [collate(chunk, pad_id) for chunk in chunks]
 
 
 def count(batch: dict) -> int:

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from tunelab.config import GrpoConfig, RunConfig
-from tunelab.data.loader import Datasets, epoch_order
+from tunelab.data.loader import Datasets, epoch_chunks
 from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.errors import TunelabError
@@ -185,10 +185,8 @@ def make_task(cfg: GrpoConfig) -> Task:
     ) -> list[dict]:
         """grpo.prompts_per_step prompts per batch (one batch per step; the rollout splits its answers into
         micro-batches): the prompts padded (input_ids, attention_mask, position_ids), the rows, their sources."""
-        order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
         batches = []
-        for start in range(0, len(order), cfg.prompts_per_step):
-            chunk = [rows[i] for i in order[start : start + cfg.prompts_per_step]]
+        for chunk in epoch_chunks(rows, cfg.prompts_per_step, shuffle=shuffle, seed=seed, epoch=epoch):
             batch = pad_rows([r.prompt_ids for r in chunk], pad_id)
             batch["rows"] = chunk
             batch["sources"] = [[location(r.path, r.line)] for r in chunk]

@@ -26,7 +26,7 @@ from torch import nn
 
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
-from tunelab.data.loader import Datasets, epoch_order
+from tunelab.data.loader import Datasets, epoch_chunks
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
 from tunelab.errors import ConfigError, DataError
@@ -234,10 +234,8 @@ def make_batches(
 ) -> list[dict]:
     """micro_batch pairs per batch: input_ids, attention_mask, position_ids (2P, T), the P chosen rows first;
     sources, per chosen then rejected row the file:line of its pair."""
-    order = epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)
     batches = []
-    for start in range(0, len(order), micro_batch):
-        chunk = [rows[i] for i in order[start : start + micro_batch]]
+    for chunk in epoch_chunks(rows, micro_batch, shuffle=shuffle, seed=seed, epoch=epoch):
         batch = pad_rows([r.chosen_ids for r in chunk] + [r.rejected_ids for r in chunk], pad_id)
         batch["sources"] = 2 * [[location(r.path, r.line)] for r in chunk]
         batches.append(batch)

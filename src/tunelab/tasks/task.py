@@ -16,8 +16,9 @@ hook a task could override. The loop calls them in this order:
     at the end: task.save(folder, built, tokenizer, cfg, data)     # into a staging folder, moved in once complete
 
 Contracts every task keeps:
-- `make_batches` orders rows by a pure function of (seed, epoch) (see `data.loader.epoch_order`), so a resumed run
-  takes the batches the uninterrupted one took; every batch has an `attention_mask` (B, T) of its real tokens.
+- `make_batches` orders rows by a pure function of (seed, epoch) (see `data.loader.epoch_order`; `epoch_chunks` cuts
+  that order into batches of whole rows), so a resumed run takes the batches the uninterrupted one took; every batch
+  has an `attention_mask` (B, T) of its real tokens.
 - `loss` returns the SUM over the batch's units (loss tokens for sft, rows for classify, pairs for reward) as a 0-dim
   fp32 tensor, and metric sums over the same units (tensors or floats); the step divides both by the step's total
   `count` once (STYLE.md habit 9), so micro-batches of any size weigh as one big batch would.
