@@ -108,6 +108,20 @@ def read_input(
     return None
 
 
+def pair_columns(row: dict, fields: dict[str, str], where: str, lenient: bool, prompt: str) -> tuple[str, str]:
+    """The columns of `row` holding chosen and rejected (a preference pair: dpo, reward); DataError naming those
+    missing, whose message says in `prompt` when a row needs a prompt."""
+    keys = {name: column(row, fields, name, lenient) for name in ("chosen", "rejected")}
+    missing = [fields.get(name, name) for name, key in keys.items() if key is None]
+    if missing:
+        raise DataError(
+            f"{where}: field(s) {', '.join(missing)} missing; a preference row needs chosen and rejected ({prompt}). "
+            f"This row has {', '.join(map(str, row)) or 'no fields'}. Map your columns with data.fields, e.g. "
+            "{chosen: better, rejected: worse}."
+        )
+    return keys["chosen"], keys["rejected"]
+
+
 def is_empty(item: Input) -> bool:
     if item.messages is not None:
         return not any(m["content"].strip() for m in item.messages if m["role"] != "system")

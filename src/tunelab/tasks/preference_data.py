@@ -30,8 +30,8 @@ from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
     as_turns,
-    column,
     counted_records,
+    pair_columns,
     read_task_data,
     with_system,
 )
@@ -87,19 +87,12 @@ def _shared_turns(a: list[dict], b: list[dict]) -> int:
 
 
 def read_sides(row: dict, fields: dict[str, str], where: str, system: str | None, lenient: bool) -> tuple[Side, Side]:
-    keys = {name: column(row, fields, name, lenient) for name in ("chosen", "rejected")}
-    missing = [fields.get(name, name) for name, key in keys.items() if key is None]
-    if missing:
-        raise DataError(
-            f"{where}: field(s) {', '.join(missing)} missing; a preference row needs chosen and rejected (and a prompt "
-            f"unless both are whole conversations or texts). This row has {', '.join(map(str, row)) or 'no fields'}. "
-            "Map your columns with data.fields, e.g. {chosen: better, rejected: worse}."
-        )
-    values = [row[keys["chosen"]], row[keys["rejected"]]]
+    keys = pair_columns(row, fields, where, lenient, "and a prompt unless both are whole conversations or texts")
+    values = [row[key] for key in keys]
     prompt = read_prompt(row, fields, where, lenient)
     if prompt is not None:
         sides = []
-        for key, value in zip(keys.values(), values):
+        for key, value in zip(keys, values):
             turns = (
                 as_turns(value, where, key)
                 if isinstance(value, list | dict)
@@ -109,10 +102,10 @@ def read_sides(row: dict, fields: dict[str, str], where: str, system: str | None
             sides.append(Side(messages=context + turns, answer_from=len(context)))
         return sides[0], sides[1]
     if all(isinstance(v, list | dict) for v in values):
-        chats = [with_system(as_turns(v, where, k), row, fields, where, system) for k, v in zip(keys.values(), values)]
+        chats = [with_system(as_turns(v, where, k), row, fields, where, system) for k, v in zip(keys, values)]
         shared = _shared_turns(*chats)
         return Side(messages=chats[0], answer_from=shared), Side(messages=chats[1], answer_from=shared)
-    texts = [text_field(v, where, k) for k, v in zip(keys.values(), values)]
+    texts = [text_field(v, where, k) for k, v in zip(keys, values)]
     return Side(text=texts[0]), Side(text=texts[1])
 
 

@@ -44,6 +44,7 @@ from tunelab.tasks.head_data import (
     is_empty,
     overlong_reason,
     pad_rows,
+    pair_columns,
     read_task_data,
     refuse_chat_format,
     render,
@@ -116,19 +117,9 @@ def read_pairs(
     pairs = []
     for record in counted_records(paths, report, "preference pairs"):
         row, where = record.row, location(record.path, record.line)
-        keys = {name: column(row, fields, name, lenient) for name in ("chosen", "rejected")}
-        missing = [fields.get(name, name) for name, key in keys.items() if key is None]
-        if missing:
-            raise DataError(
-                f"{where}: field(s) {', '.join(missing)} missing; a preference row needs chosen and rejected (and "
-                f"optionally a prompt). This row has {', '.join(map(str, row)) or 'no fields'}. Map your columns with "
-                "data.fields, e.g. {chosen: better, rejected: worse}."
-            )
+        keys = pair_columns(row, fields, where, lenient, "and optionally a prompt")
         prompt = read_prompt(row, fields, where, lenient)
-        chosen, rejected = (
-            answer_input(row[keys[side]], prompt, row, fields, where, keys[side], system_prompt)
-            for side in ("chosen", "rejected")
-        )
+        chosen, rejected = (answer_input(row[key], prompt, row, fields, where, key, system_prompt) for key in keys)
         if is_empty(chosen) or is_empty(rejected) or _answer_empty(chosen, prompt) or _answer_empty(rejected, prompt):
             report.skip("empty chosen or rejected answer", record.path, record.line)
         elif chosen == rejected:
