@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+import tunelab
 from tunelab.cli import main
+from tunelab.training.recipe import train
 
 
 def _write(path, rows):
@@ -122,3 +124,14 @@ def test_check_still_refuses_task_dpo(tmp_path, capsys):
     over = {"task": "dpo", "data.train": [str(tmp_path / "x.jsonl")], "output_dir": str(tmp_path / "run")}
     assert main(["check", *_flags(over), "--data-only"]) == 2
     assert "tunelab check covers tasks sft, classify and reward" in capsys.readouterr().err
+
+
+def test_resume_with_changed_label_data_fails_as_for_sft(tiny_model_dir, tmp_path):
+    data = _write(tmp_path / "labels.jsonl", _labels())
+    over = _over(tiny_model_dir, tmp_path, "classify", data, **{"train.max_steps": 1, "train.save_every": 1})
+    train(None, over | {"train.keep_checkpoints_after_finish": True})
+    same = tunelab.check(None, over, resume=True, model=False)
+    assert {i.name: i.status for i in same.items}.get("resume data") is None  # the rows the run started with
+    _write(tmp_path / "labels.jsonl", _labels()[:-1] + [{"text": "row 11 is new", "label": "neu"}])
+    changed = tunelab.check(None, over, resume=True, model=False)
+    assert {i.name: i.status for i in changed.items}["resume data"] == "fail"

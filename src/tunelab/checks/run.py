@@ -158,7 +158,7 @@ def run_check(
     inputs = load_inputs(cfg)  # DataError (file:line) for a row without input (or label), a classifier of one class
     data = inputs.data
     out(data.report.summary())
-    if resume and not head and is_run_dir(cfg.output_dir):
+    if resume and is_run_dir(cfg.output_dir):
         recorded = read_info(cfg.output_dir, require_finished=False).data_sha256
         if recorded and recorded != data_digest(data.train):
             items.append(CheckItem("resume data", "fail", "the tokenized training rows differ from the run's"))
