@@ -11,18 +11,15 @@ an uninterrupted one.
 The options left at `auto` are chosen in two stages (training/auto.py): those that depend on the data once it is
 loaded (the data checks read the micro-batch), the learning rate once the model is (it depends on its width). They
 are printed with their reasons and recorded in run.json; a resumed run keeps the values it started with. At the
-end, keep_best puts back the weights of the lowest eval loss (training/best.py), and the verdict reads the loss
-curves (training/verdict.py).
+end, keep_best puts back the weights of the lowest eval loss (training/best.py), the result is saved and the step
+checkpoints removed (training/result.py), and the verdict reads the loss curves (training/verdict.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import math
-import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,25 +32,23 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.data.loader import epoch_rows
 from tunelab.errors import CheckFailed, ConfigError, RunDirError
-from tunelab.peft.save import save_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
 from tunelab.training.best import BestWeights
-from tunelab.training.build import BuiltModel, save_full_weights
-from tunelab.training.checkpoint import delete_checkpoints, intact_checkpoint, no_space_message
+from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session, unwrap
 from tunelab.training.evals import eval_record, eval_sets
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
-from tunelab.training.guard import require_finite
 from tunelab.training.loop import Run, loop
 from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
 from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
-from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement, plan_output_dir, start_run_dir
+from tunelab.training.outdir import failure_note, plan_output_dir, start_run_dir
 from tunelab.training.plan import plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
+from tunelab.training.result import save_final, tidy_up
 from tunelab.training.resume import check_resume_config, check_same_data, data_digest, kept_auto
 from tunelab.training.schedule import lr_factor
 from tunelab.training.sharded_checkpoint import full_weights
@@ -100,51 +95,6 @@ def resolve(
 
 def config_path(config: Any) -> Path | None:
     return Path(config) if isinstance(config, (str, Path)) else None
-
-
-def save_final(
-    run_dir: Path,
-    built: BuiltModel,
-    tokenizer,
-    cfg: RunConfig,
-    task: Task = SFT,
-    data=None,
-    weights: dict | None = None,
-) -> None:
-    """The run's result, as the task saves it (sft, the default: the adapter in PEFT's layout or the full weights, and
-    the tokenizer; a head adds its labels), written to a staging folder and moved into the run directory once
-    complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none).
-    `weights`: the full weights gathered from FSDP2's shards (training/sharded_checkpoint.full_weights; task sft),
-    the trainable ones alone for an adapter (QLoRA)."""
-    params = weights.items() if weights is not None else built.model.named_parameters()
-    written = (
-        params if weights is not None or not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
-    )
-    require_finite(written, "the weights to save", f"{run_dir}")
-    staging = run_dir / ".tmp-final"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
-        if weights is not None:
-            if cfg.method.is_adapter:
-                save_adapter(built.model, staging, base_model=cfg.model.name, weights=weights)
-            else:
-                save_full_weights(built, staging, weights)
-            tokenizer.save_pretrained(staging)
-        else:
-            task.save(staging, built, tokenizer, cfg, data)
-        for item in staging.iterdir():
-            os.replace(item, run_dir / item.name)
-        staging.rmdir()
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        needed = sum(p.numel() * p.element_size() for _, p in built.model.named_parameters())
-        why = (
-            no_space_message("the result", run_dir, needed) if exc.errno == errno.ENOSPC else f"{exc.strerror or exc}."
-        )
-        raise RunDirError(
-            f"{run_dir}: the result could not be saved: {why} The last checkpoint is kept; continue with --resume."
-        ) from None
 
 
 def cheap_check_gate(cfg: RunConfig, inputs, task: Task) -> None:
@@ -375,7 +325,7 @@ def _train(
         flush=True,
     )
     if ranks.main:
-        _tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
+        tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
     ranks.barrier()  # no rank returns before the result is saved
     return TrainResult(run_dir, position["step"], last_loss, eval_loss, info.skipped_steps, auto.to_dict(), verdict)
 
@@ -450,18 +400,3 @@ class Unlogged:
 
     def close(self) -> None:
         pass
-
-
-def _tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:
-    """After a finished run: step checkpoints go (unless kept), and the run this one replaced."""
-    if not keep_checkpoints:
-        deleted = delete_checkpoints(run_dir)
-        if deleted:
-            print(
-                f"deleted the {deleted} step checkpoint(s): the run is finished and its result saved "
-                "(train.keep_checkpoints_after_finish: true keeps them)",
-                flush=True,
-            )
-    message = finish_replacement(plan)
-    if message:
-        print(message, flush=True)
