@@ -1,12 +1,12 @@
 """The training recipe: config -> model, data, optimizer -> the loop -> a run directory.
 
 In order: the config is resolved and output_dir checked (nothing written); with --resume the config is compared
-with the run's and an intact checkpoint chosen; the data is loaded and the cheap checks run (`tunelab check` has
-them all); the model is built and its untrained token rows repaired. Only then is the run directory made (an
-existing run moves aside until this one finishes, training/outdir.py). The loop (training/loop.py) is plain: one
-`train_step` per optimizer step; the non-finite guard, eval, checkpoint and logging are one-line calls every N steps.
-Resuming restores weights, optimizer, RNG and the position inside the epoch, so a resumed run takes the same steps as
-an uninterrupted one.
+with the run's and an intact checkpoint chosen (training/resume.py); the data is loaded and the cheap checks run
+(`tunelab check` has them all); the model is built and its untrained token rows repaired. Only then is the run
+directory made (an existing run moves aside until this one finishes, training/outdir.py). The loop
+(training/loop.py) is plain: one `train_step` per optimizer step; the non-finite guard, eval, checkpoint and logging
+are one-line calls every N steps. Resuming restores weights, optimizer, RNG and the position inside the epoch, so a
+resumed run takes the same steps as an uninterrupted one.
 
 The options left at `auto` are chosen in two stages (training/auto.py): those that depend on the data once it is
 loaded (the data checks read the micro-batch), the learning rate once the model is (it depends on its width). They
@@ -31,13 +31,12 @@ from torch import nn
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.data.loader import epoch_rows
-from tunelab.errors import CheckFailed, ConfigError, RunDirError
+from tunelab.errors import CheckFailed
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
 from tunelab.training.best import BestWeights
-from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session, unwrap
 from tunelab.training.evals import eval_record, eval_sets
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
@@ -49,10 +48,16 @@ from tunelab.training.outdir import failure_note, plan_output_dir, start_run_dir
 from tunelab.training.plan import plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.result import save_final, tidy_up
-from tunelab.training.resume import check_resume_config, check_same_data, data_digest, kept_auto
+from tunelab.training.resume import (
+    check_resume_config,
+    check_same_data,
+    data_digest,
+    kept_auto,
+    load_position,
+    resume_checkpoint,
+)
 from tunelab.training.schedule import lr_factor
 from tunelab.training.sharded_checkpoint import full_weights
-from tunelab.training.sharded_checkpoint import load as load_checkpoint
 from tunelab.training.tracking import open_trackers
 from tunelab.training.verdict import Verdict, judge_metrics
 
@@ -156,7 +161,7 @@ def _train(
     notes = check_resume_config(run_dir, cfg) if resume else []
     print("tunelab train — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
-    checkpoint = _resume_checkpoint(run_dir) if resume else None
+    checkpoint = resume_checkpoint(run_dir) if resume else None
     for note in notes:
         print(note, flush=True)
     torch.manual_seed(cfg.train.seed)
@@ -214,7 +219,7 @@ def _train(
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
-        position |= _load_position(checkpoint, train_model, optimizer, total_steps, ranks)
+        position |= load_position(checkpoint, train_model, optimizer, total_steps, ranks)
     elif ranks.main:
         start_run_dir(plan)
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
@@ -336,36 +341,6 @@ def eval_line(task: Task, metrics: dict[str, float]) -> str:
     line = f"eval loss {loss:.4f}" + (f" (perplexity {math.exp(min(loss, 50)):.2f})" if task is SFT else "")
     others = [f"{name.removeprefix('eval_')} {value:.4f}" for name, value in metrics.items() if "eval_loss" not in name]
     return ", ".join([line, *others])
-
-
-def _resume_checkpoint(run_dir: Path) -> Path:
-    """The newest intact checkpoint, saying which newer ones are damaged; RunDirError when there is none."""
-    checkpoint, notes = intact_checkpoint(run_dir)
-    for note in notes:
-        print(note, flush=True)
-    if checkpoint is None:
-        if notes:
-            why = "every checkpoint in checkpoints/ is damaged"
-        elif read_info(run_dir, require_finished=False).finished:
-            why = (
-                "the run finished, and its step checkpoints were deleted at the end or never written "
-                "(train.keep_checkpoints_after_finish, train.save_every)"
-            )
-        else:
-            why = "it has no checkpoint yet (train.save_every writes them)"
-        raise RunDirError(f"{run_dir}: nothing to resume from: {why}. Start the run again with --overwrite.")
-    return checkpoint
-
-
-def _load_position(checkpoint: Path, model, optimizer, total_steps: int, ranks: Ranks) -> dict:
-    position = load_checkpoint(checkpoint, model, optimizer, ranks)
-    if position["step"] > total_steps:
-        raise ConfigError(
-            f"{checkpoint}: the checkpoint is at step {position['step']}, past the {total_steps} steps this config "
-            "asks for (train.max_steps / train.epochs); ask for at least as many steps to resume."
-        )
-    print(f"resuming from {checkpoint} (step {position['step']} of {total_steps})", flush=True)
-    return position
 
 
 def _describe_ranks(cfg: RunConfig, ranks: Ranks, sharding: str, model: nn.Module) -> None:
