@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.training import recipe
+from tunelab.training import loop, recipe
 
 
 class Crash(Exception):
@@ -16,7 +16,7 @@ def straight_and_resumed(common: dict, tmp_path: Path, monkeypatch, crash_at: in
     """(the uninterrupted run, the resumed one): `common` overrides, the second run crashing in call `crash_at` of
     train_step (after a checkpoint) and then resumed."""
     straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
-    real_step, calls = recipe.train_step, {"n": 0}
+    real_step, calls = loop.train_step, {"n": 0}
 
     def crashing_step(*args, **kwargs):
         calls["n"] += 1
@@ -24,9 +24,9 @@ def straight_and_resumed(common: dict, tmp_path: Path, monkeypatch, crash_at: in
             raise Crash()
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    monkeypatch.setattr(loop, "train_step", crashing_step)
     with pytest.raises(Crash):
         recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(recipe, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
     return straight, resumed

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
@@ -215,7 +216,7 @@ def test_qlora_run_learns_and_resumes_exactly(tiny_overrides, tmp_path, monkeypa
     fp32 = [k for k in checkpoint if k.endswith(".exp_avg")]
     assert len(codes) >= 10 and len(fp32) >= 2
 
-    real_step = recipe.train_step
+    real_step = loop.train_step
     calls = {"n": 0}
 
     def crashing_step(*args, **kwargs):
@@ -224,10 +225,10 @@ def test_qlora_run_learns_and_resumes_exactly(tiny_overrides, tmp_path, monkeypa
             raise RuntimeError("crash")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    monkeypatch.setattr(loop, "train_step", crashing_step)
     with pytest.raises(RuntimeError, match="crash"):
         recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(recipe, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
     a = load_file(str(straight.run_dir / "adapter_model.safetensors"))
     b = load_file(str(resumed.run_dir / "adapter_model.safetensors"))

@@ -9,6 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 import tunelab.training.auto as auto
+import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
@@ -49,7 +50,7 @@ def test_a_resumed_run_keeps_its_auto_values_and_ends_where_an_uninterrupted_one
         "train.offload_activations": False,
     }
 
-    real_step, calls = recipe.train_step, {"n": 0}
+    real_step, calls = loop.train_step, {"n": 0}
 
     def crashing_step(*args, **kwargs):
         calls["n"] += 1
@@ -58,10 +59,10 @@ def test_a_resumed_run_keeps_its_auto_values_and_ends_where_an_uninterrupted_one
         return real_step(*args, **kwargs)
 
     overrides = _overrides(tiny_overrides, tmp_path, "resumed")
-    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    monkeypatch.setattr(loop, "train_step", crashing_step)
     with pytest.raises(Crash):
         recipe.train(None, overrides)
-    monkeypatch.setattr(recipe, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     # Were the rules to choose differently now (a new version), the resumed run still trains with the run's values.
     monkeypatch.setattr(auto, "LR_RANGE", (1e-5, 1e-3))
     monkeypatch.setattr(auto, "EVALS_PER_RUN", 2)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.config import load_config
 from tunelab.data.loader import build_datasets, make_batches
@@ -65,7 +66,7 @@ def test_eval_loss_per_source_equals_direct_evaluation(mixture_overrides, tiny_m
 
 def test_a_resumed_mixture_run_equals_the_uninterrupted_one(mixture_overrides, tmp_path, monkeypatch):
     straight = recipe.train(None, mixture_overrides | {"output_dir": str(tmp_path / "straight")})
-    real_step, calls = recipe.train_step, {"n": 0}
+    real_step, calls = loop.train_step, {"n": 0}
 
     def crashing_step(*args, **kwargs):
         calls["n"] += 1
@@ -73,10 +74,10 @@ def test_a_resumed_mixture_run_equals_the_uninterrupted_one(mixture_overrides, t
             raise Crash()
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    monkeypatch.setattr(loop, "train_step", crashing_step)
     with pytest.raises(Crash):
         recipe.train(None, mixture_overrides | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(recipe, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     resumed = recipe.train(None, mixture_overrides | {"output_dir": str(tmp_path / "resumed")}, resume=True)
     a = load_file(straight.run_dir / "adapter_model.safetensors")
     b = load_file(resumed.run_dir / "adapter_model.safetensors")

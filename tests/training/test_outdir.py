@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.errors import DataError, ModelError, RunDirError
 from tunelab.rundir import RunInfo, write_info
@@ -77,7 +78,7 @@ def test_a_good_run_survives_a_new_config_with_bad_data_or_a_bad_model(tiny_over
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tiny_overrides, previous_run, tmp_path, monkeypatch):
     before = _tree(previous_run)
-    real_step, calls = recipe.train_step, {"n": 0}
+    real_step, calls = loop.train_step, {"n": 0}
 
     def crashing_step(*args, **kwargs):
         calls["n"] += 1
@@ -85,14 +86,14 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tiny_overrides, 
             raise RuntimeError("crash")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    monkeypatch.setattr(loop, "train_step", crashing_step)
     with pytest.raises(RuntimeError):
         recipe.train(None, tiny_overrides | {"train.max_steps": 3, "overwrite": True})
     previous = tmp_path / "run.previous"
     assert _tree(previous) == before  # moved aside whole, not deleted
     assert json.loads((previous_run / "run.json").read_text())["finished"] is False  # the failed attempt
 
-    monkeypatch.setattr(recipe, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     recipe.train(None, tiny_overrides | {"train.max_steps": 2, "overwrite": True})
     assert not previous.exists()  # a replacement finished: the old run goes now
     assert json.loads((previous_run / "run.json").read_text())["steps"] == 2

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.errors import ConfigError, RunDirError
 
@@ -30,7 +31,7 @@ def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, meth
     }
     straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
 
-    real_step = recipe.train_step
+    real_step = loop.train_step
     calls = {"n": 0}
 
     def crashing_step(*args, **kwargs):
@@ -39,11 +40,11 @@ def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, meth
             raise Crash()
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    monkeypatch.setattr(loop, "train_step", crashing_step)
     resumed_dir = tmp_path / "resumed"
     with pytest.raises(Crash):
         recipe.train(None, common | {"output_dir": str(resumed_dir)})
-    monkeypatch.setattr(recipe, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     resumed = recipe.train(None, common | {"output_dir": str(resumed_dir)}, resume=True)
 
     assert resumed.steps == straight.steps == 6
@@ -132,7 +133,7 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides
 
     from tunelab.cli import main
 
-    real_step, calls = recipe.train_step, {"n": 0}
+    real_step, calls = loop.train_step, {"n": 0}
 
     def interrupted_step(*args, **kwargs):
         calls["n"] += 1
@@ -140,7 +141,7 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides
             signal.raise_signal(signal.SIGINT)  # as Ctrl-C during step 2: the step still completes
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "train_step", interrupted_step)
+    monkeypatch.setattr(loop, "train_step", interrupted_step)
     flags = [
         x
         for k, v in (tiny_overrides | {"train.max_steps": 4}).items()
@@ -150,5 +151,5 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides
     err = capsys.readouterr().err
     assert "interrupted after step 2" in err and "step-0000002" in err
     assert "tunelab train --model.name" in err and err.rstrip().endswith("--resume")
-    monkeypatch.setattr(recipe, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     assert recipe.train(None, tiny_overrides | {"train.max_steps": 4}, resume=True).steps == 4

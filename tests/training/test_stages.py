@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import tunelab.training.recipe as recipe
+import tunelab.training.loop as loop
 from tunelab.api import train
 from tunelab.config import load_config
 from tunelab.data.loader import build_datasets, make_batches
@@ -103,7 +103,7 @@ def test_continue_merge_starts_from_the_merged_model(staged, tiny_model_dir):
 
 def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, monkeypatch):
     straight = train(None, staged | {"output_dir": str(tmp_path / "straight")})
-    real_step, calls = recipe.train_step, {"n": 0}
+    real_step, calls = loop.train_step, {"n": 0}
 
     def crashing_step(*args, **kwargs):
         calls["n"] += 1
@@ -111,10 +111,10 @@ def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, 
             raise Crash()
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "train_step", crashing_step)
+    monkeypatch.setattr(loop, "train_step", crashing_step)
     with pytest.raises(Crash):
         train(None, staged | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(recipe, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     resumed = train(None, staged | {"output_dir": str(tmp_path / "resumed")}, resume=True)
     a, b = _adapter(straight.run_dir), _adapter(resumed.run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

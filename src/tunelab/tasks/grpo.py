@@ -1,7 +1,7 @@
 """Online policy optimisation with group-relative advantages (task grpo): the policy answers each prompt G times,
 reward functions score the answers, and the answers better than their group's mean are made more likely.
 
-Before each optimizer step the loop calls `rollout` (training/recipe.py, one line), which for the step's P prompts:
+Before each optimizer step the loop calls `rollout` (training/loop.py, one line), which for the step's P prompts:
 1. samples G answers per prompt with the current policy (adapter on, eval mode, `models.decode.sample` with a KV
    cache), from a generator seeded by (train.seed, step): a resumed run draws what the uninterrupted one drew;
 2. scores them (`tasks/rewards.py`): r_i = sum_k w_k r_ik; a reward that fails stops the run or skips the group;

@@ -1,5 +1,5 @@
-"""The task seam: what a training objective supplies to the one loop (`training/recipe.py`) and step
-(`training/step.py`).
+"""The task seam: what a training objective supplies to the one loop (`training/loop.py`, set up by
+`training/recipe.py`) and step (`training/step.py`).
 
 A task is a data schema, a collate function, a loss with its metrics, and what gets saved. Each task module
 (`tasks/sft.py`, `tasks/classify.py`, ...) builds one frozen `Task` of plain functions; there is no base class and no
@@ -58,7 +58,8 @@ class Task:
     """(built: BuiltModel, data, cfg) -> None: adapt the built model to the task, in place (may do nothing)."""
     save: Callable[..., None]
     """(folder, built, tokenizer, cfg, data) -> None: write the run's result into `folder` (an empty staging folder;
-    the recipe checks the weights are finite first and moves the files into the run directory once complete)."""
+    `training/result.save_final` checks the weights are finite first and moves the files into the run directory once
+    complete)."""
     evaluate: Callable[[torch.nn.Module, list[Batch]], dict[str, float]]
     """(model, batches) -> {"eval_loss": mean, "eval_<metric>": mean, ...}."""
     rollout: Callable[..., list[Batch]] | None = None

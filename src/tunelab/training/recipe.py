@@ -1,67 +1,63 @@
 """The training recipe: config -> model, data, optimizer -> the loop -> a run directory.
 
 In order: the config is resolved and output_dir checked (nothing written); with --resume the config is compared
-with the run's and an intact checkpoint chosen; the data is loaded and the cheap checks run (`tunelab check` has
-them all); the model is built and its untrained token rows repaired. Only then is the run directory made (an
-existing run moves aside until this one finishes, training/outdir.py). The loop is plain: one `train_step` per
-optimizer step; the non-finite guard, eval, checkpoint and logging are one-line calls every N steps. Resuming
-restores weights, optimizer, RNG and the position inside the epoch, so a resumed run takes the same steps as an
-uninterrupted one.
+with the run's and an intact checkpoint chosen (training/resume.py); the data is loaded and the cheap checks run
+(`tunelab check` has them all); the model is built and its untrained token rows repaired. Only then is the run
+directory made (an existing run moves aside until this one finishes, training/outdir.py). The loop
+(training/loop.py) is plain: one `train_step` per optimizer step; the non-finite guard, eval, checkpoint and logging
+are one-line calls every N steps. Resuming restores weights, optimizer, RNG and the position inside the epoch, so a
+resumed run takes the same steps as an uninterrupted one.
 
 The options left at `auto` are chosen in two stages (training/auto.py): those that depend on the data once it is
 loaded (the data checks read the micro-batch), the learning rate once the model is (it depends on its width). They
 are printed with their reasons and recorded in run.json; a resumed run keeps the values it started with. At the
-end, keep_best puts back the weights of the lowest eval loss (training/best.py), and the verdict reads the loss
-curves (training/verdict.py).
+end, keep_best puts back the weights of the lowest eval loss (training/best.py), the result is saved and the step
+checkpoints removed (training/result.py), and the verdict reads the loss curves (training/verdict.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import math
-import os
-import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
-from tunelab.data.loader import Datasets, epoch_rows
-from tunelab.errors import CheckFailed, ConfigError, Interrupted, RunDirError, TrainingStopped
-from tunelab.peft.save import save_adapter
+from tunelab.data.loader import epoch_rows
+from tunelab.errors import CheckFailed
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
 from tunelab.training.best import BestWeights
-from tunelab.training.build import BuiltModel, save_full_weights
-from tunelab.training.checkpoint import delete_checkpoints, intact_checkpoint, latest_checkpoint, no_space_message
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session, unwrap
-from tunelab.training.evals import EvalSets, eval_record, eval_sets
-from tunelab.training.graphs import CapturedLoss, bucket_width, pad_to, use_graphs
-from tunelab.training.guard import BadSteps, require_finite, stop_message
-from tunelab.training.interrupt import graceful_interrupt
+from tunelab.training.evals import eval_record, eval_sets
+from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
+from tunelab.training.loop import Run, loop
 from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
 from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
-from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement, plan_output_dir, start_run_dir
-from tunelab.training.plan import MemoryPlan, measured_note, plan_memory
+from tunelab.training.outdir import failure_note, plan_output_dir, start_run_dir
+from tunelab.training.plan import plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
-from tunelab.training.resume import check_resume_config, check_same_data, data_digest, kept_auto
+from tunelab.training.result import save_final, tidy_up
+from tunelab.training.resume import (
+    check_resume_config,
+    check_same_data,
+    data_digest,
+    kept_auto,
+    load_position,
+    resume_checkpoint,
+)
 from tunelab.training.schedule import lr_factor
 from tunelab.training.sharded_checkpoint import full_weights
-from tunelab.training.sharded_checkpoint import load as load_checkpoint
-from tunelab.training.sharded_checkpoint import save as save_checkpoint
-from tunelab.training.step import train_step
 from tunelab.training.tracking import open_trackers
 from tunelab.training.verdict import Verdict, judge_metrics
 
@@ -104,55 +100,6 @@ def resolve(
 
 def config_path(config: Any) -> Path | None:
     return Path(config) if isinstance(config, (str, Path)) else None
-
-
-def save_final(
-    run_dir: Path,
-    built: BuiltModel,
-    tokenizer,
-    cfg: RunConfig,
-    task: Task = SFT,
-    data=None,
-    weights: dict | None = None,
-) -> None:
-    """The run's result, as the task saves it (sft, the default: the adapter in PEFT's layout or the full weights, and
-    the tokenizer; a head adds its labels), written to a staging folder and moved into the run directory once
-    complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none).
-    `weights`: the full weights gathered from FSDP2's shards (training/sharded_checkpoint.full_weights; task sft),
-    the trainable ones alone for an adapter (QLoRA)."""
-    params = weights.items() if weights is not None else built.model.named_parameters()
-    written = (
-        params if weights is not None or not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
-    )
-    require_finite(written, "the weights to save", f"{run_dir}")
-    staging = run_dir / ".tmp-final"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
-        if weights is not None:
-            if cfg.method.is_adapter:
-                save_adapter(built.model, staging, base_model=cfg.model.name, weights=weights)
-            else:
-                save_full_weights(built, staging, weights)
-            tokenizer.save_pretrained(staging)
-        else:
-            task.save(staging, built, tokenizer, cfg, data)
-        for item in staging.iterdir():
-            os.replace(item, run_dir / item.name)
-        staging.rmdir()
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        needed = sum(p.numel() * p.element_size() for _, p in built.model.named_parameters())
-        why = (
-            no_space_message("the result", run_dir, needed) if exc.errno == errno.ENOSPC else f"{exc.strerror or exc}."
-        )
-        raise RunDirError(
-            f"{run_dir}: the result could not be saved: {why} The last checkpoint is kept; continue with --resume."
-        ) from None
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def cheap_check_gate(cfg: RunConfig, inputs, task: Task) -> None:
@@ -214,7 +161,7 @@ def _train(
     notes = check_resume_config(run_dir, cfg) if resume else []
     print("tunelab train — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
-    checkpoint = _resume_checkpoint(run_dir) if resume else None
+    checkpoint = resume_checkpoint(run_dir) if resume else None
     for note in notes:
         print(note, flush=True)
     torch.manual_seed(cfg.train.seed)
@@ -272,7 +219,7 @@ def _train(
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
-        position |= _load_position(checkpoint, train_model, optimizer, total_steps, ranks)
+        position |= load_position(checkpoint, train_model, optimizer, total_steps, ranks)
     elif ranks.main:
         start_run_dir(plan)
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
@@ -329,7 +276,7 @@ def _train(
         graph_width=bucket_width(cfg.data.max_length),
     )
     try:
-        last_loss = _loop(run)
+        last_loss = loop(run)
     except BaseException:
         note = failure_note(plan) if ranks.main else None
         if note:
@@ -383,147 +330,9 @@ def _train(
         flush=True,
     )
     if ranks.main:
-        _tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
+        tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
     ranks.barrier()  # no rank returns before the result is saved
     return TrainResult(run_dir, position["step"], last_loss, eval_loss, info.skipped_steps, auto.to_dict(), verdict)
-
-
-@dataclass
-class Run:
-    """What the loop works on."""
-
-    cfg: RunConfig
-    task: Task
-    run_dir: Path
-    built: BuiltModel
-    data: Datasets
-    pad_id: int
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    evals: EvalSets
-    log: MetricsLog
-    total_steps: int
-    position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps: what a checkpoint saves
-    best: BestWeights
-    train_model: nn.Module  # the model as the ranks train it (DDP, FSDP2): on one rank, the model itself
-    ranks: Ranks
-    eval_metrics: dict = dataclasses.field(default_factory=dict)  # the last eval_record
-    memory: MemoryPlan | None = None  # the planner's prediction, checked against the first step's peak (CUDA)
-    captured: CapturedLoss | None = None  # micro-batches replayed from CUDA graphs (training/graphs.py)
-    graph_width: int = 64  # with graphs: batches are padded to a multiple of this many tokens
-
-
-def _on_device(run: Run, batch: dict) -> dict:
-    """The batch on the model's device; with CUDA graphs, padded to the run's width buckets (one graph per width)."""
-    batch = _to_device(batch, run.built.device)
-    return pad_to(batch, run.graph_width, run.pad_id) if run.captured is not None else batch
-
-
-def _loop(run: Run) -> float | None:
-    """Optimizer steps until total_steps, updating run.position (and run.eval_metrics at each eval); returns the
-    last finite loss."""
-    t, model, position, task = run.cfg.train, unwrap(run.train_model), run.position, run.task
-    bad = BadSteps(t.max_bad_steps, skipped=position["skipped_steps"])
-    last_loss = None
-    bar = tqdm(
-        total=run.total_steps,
-        initial=position["step"],
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-        disable=not run.ranks.main,
-    )
-    started = time.perf_counter() - position["elapsed_s"]
-    with graceful_interrupt() as stop:
-        while position["step"] < run.total_steps:
-            batches = task.make_batches(
-                epoch_rows(run.data, t.seed, position["epoch"]),
-                t.micro_batch,
-                run.pad_id,
-                shuffle=run.cfg.data.shuffle,
-                seed=t.seed,
-                epoch=position["epoch"],
-                **({"group_by_length": True} if t.group_by_length else {}),  # sft only (heads refuse the option)
-            )
-            while position["batch_in_epoch"] < len(batches) and position["step"] < run.total_steps:
-                group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
-                step_batches = rollout(task, model, group, position["step"], t.micro_batch)  # grpo: sample, score
-                tic = time.perf_counter()
-                stats = train_step(
-                    run.train_model,
-                    [_on_device(run, b) for b in run.ranks.shard(step_batches)],  # this rank's part
-                    run.optimizer,
-                    run.scheduler,
-                    t.max_grad_norm,
-                    task,
-                    run.ranks,
-                    run.captured,
-                )
-                tokens = sum(int(b["attention_mask"].sum()) for b in step_batches)  # all ranks': tokens/s is global
-                if run.memory is not None and run.built.device.type == "cuda":
-                    tqdm.write(measured_note(run.memory, torch.cuda.max_memory_reserved(run.built.device)) or "")
-                    run.memory = None  # one measured step says it
-                position["step"] += 1
-                position["batch_in_epoch"] += len(group)
-                position["tokens"] += tokens
-                position["elapsed_s"] = time.perf_counter() - started
-                stopping = bad.record(
-                    position["step"], stats, [s for b in step_batches for row in b["sources"] for s in row]
-                )
-                position["skipped_steps"] = bad.skipped
-                record = _record(run, position, len(batches), stats, tokens / (time.perf_counter() - tic))
-                last_loss = last_loss if stats["skipped"] else stats["loss"]
-                if position["step"] % t.log_every == 0 or position["step"] == run.total_steps or stats["skipped"]:
-                    run.log.write(record)
-                bar.set_postfix(_postfix(record, bad.skipped))
-                bar.update(1)
-                if stopping:
-                    bar.close()
-                    raise _stopped(run, bad)
-                if run.evals and t.eval_every and position["step"] % t.eval_every == 0:
-                    run.eval_metrics = eval_record(task, model, run.evals)  # every rank: FSDP2 gathers together
-                    run.log.write({"step": position["step"], **run.eval_metrics})
-                    if "eval_loss" in run.eval_metrics:
-                        run.best.observe(position["step"], run.eval_metrics["eval_loss"], model)
-                saved = bool(t.save_every) and position["step"] % t.save_every == 0
-                if saved:
-                    save_checkpoint(
-                        run.run_dir, run.train_model, run.optimizer, position, t.keep_checkpoints, run.ranks
-                    )
-                if run.ranks.any(stop.requested):  # all ranks stop after the same step
-                    bar.close()
-                    raise _interrupted(run, saved)
-            if position["batch_in_epoch"] >= len(batches):
-                position["epoch"] += 1
-                position["batch_in_epoch"] = 0
-    bar.close()
-    return last_loss
-
-
-def rollout(task: Task, model: nn.Module, group: list[dict], step: int, micro_batch: int) -> list[dict]:
-    """The micro-batches a step trains on: the group itself, or what an online task (grpo) makes of its prompts by
-    sampling and scoring answers with the model as it is before the step."""
-    return task.rollout(model, group, step, micro_batch) if task.rollout else group
-
-
-def _record(run: Run, position: dict, batches: int, stats: dict, tokens_per_s: float) -> dict:
-    """One line of metrics.jsonl. A skipped step has no loss (null) and says so; NaN is not JSON."""
-    finite = not stats["skipped"]
-    record = {
-        "step": position["step"],
-        "epoch": position["epoch"] + position["batch_in_epoch"] / batches,
-        "loss": stats["loss"] if finite else None,
-        "lr": run.scheduler.get_last_lr()[0],
-        "grad_norm": stats["grad_norm"] if finite else None,
-        "tokens_per_s": tokens_per_s,
-        "elapsed_s": position["elapsed_s"],
-        **(stats["metrics"] if finite else {}),
-    }
-    if not finite:
-        record |= {"skipped": True, "bad_loss": repr(stats["loss"]), "bad_grad_norm": repr(stats["grad_norm"])}
-    if position["skipped_steps"]:
-        record["skipped_steps"] = position["skipped_steps"]
-    return record
 
 
 def eval_line(task: Task, metrics: dict[str, float]) -> str:
@@ -532,70 +341,6 @@ def eval_line(task: Task, metrics: dict[str, float]) -> str:
     line = f"eval loss {loss:.4f}" + (f" (perplexity {math.exp(min(loss, 50)):.2f})" if task is SFT else "")
     others = [f"{name.removeprefix('eval_')} {value:.4f}" for name, value in metrics.items() if "eval_loss" not in name]
     return ", ".join([line, *others])
-
-
-def _postfix(record: dict, skipped: int) -> dict[str, str]:
-    loss = record["loss"]
-    postfix = {"loss": f"{loss:.4f}" if loss is not None else record.get("bad_loss", "?")}
-    postfix |= {"lr": f"{record['lr']:.2e}", "tok_s": f"{record['tokens_per_s']:.0f}"}
-    if "reward" in record:  # grpo: the mean reward of the step's sampled answers
-        postfix["reward"] = f"{record['reward']:.3f}"
-    if skipped:
-        postfix["skipped"] = str(skipped)
-    return postfix
-
-
-def _stopped(run: Run, bad: BadSteps) -> TrainingStopped:
-    checkpoint = intact_checkpoint(run.run_dir)[0]
-    return TrainingStopped(
-        stop_message(bad.streak, run.total_steps, run.cfg.train.lr, str(checkpoint) if checkpoint else None)
-    )
-
-
-def _interrupted(run: Run, saved: bool) -> Interrupted:
-    """Ctrl-C between steps: write a checkpoint of the step just completed (unless one was), say how to resume."""
-    position = run.position
-    if not saved:
-        save_checkpoint(
-            run.run_dir, run.train_model, run.optimizer, position, run.cfg.train.keep_checkpoints, run.ranks
-        )
-    checkpoint = latest_checkpoint(run.run_dir)
-    return Interrupted(
-        f"interrupted after step {position['step']} of {run.total_steps}; checkpoint {checkpoint}. Continue with "
-        "the same command and --resume (in Python: train(..., resume=True)).",
-        step=position["step"],
-        checkpoint=str(checkpoint),
-    )
-
-
-def _resume_checkpoint(run_dir: Path) -> Path:
-    """The newest intact checkpoint, saying which newer ones are damaged; RunDirError when there is none."""
-    checkpoint, notes = intact_checkpoint(run_dir)
-    for note in notes:
-        print(note, flush=True)
-    if checkpoint is None:
-        if notes:
-            why = "every checkpoint in checkpoints/ is damaged"
-        elif read_info(run_dir, require_finished=False).finished:
-            why = (
-                "the run finished, and its step checkpoints were deleted at the end or never written "
-                "(train.keep_checkpoints_after_finish, train.save_every)"
-            )
-        else:
-            why = "it has no checkpoint yet (train.save_every writes them)"
-        raise RunDirError(f"{run_dir}: nothing to resume from: {why}. Start the run again with --overwrite.")
-    return checkpoint
-
-
-def _load_position(checkpoint: Path, model, optimizer, total_steps: int, ranks: Ranks) -> dict:
-    position = load_checkpoint(checkpoint, model, optimizer, ranks)
-    if position["step"] > total_steps:
-        raise ConfigError(
-            f"{checkpoint}: the checkpoint is at step {position['step']}, past the {total_steps} steps this config "
-            "asks for (train.max_steps / train.epochs); ask for at least as many steps to resume."
-        )
-    print(f"resuming from {checkpoint} (step {position['step']} of {total_steps})", flush=True)
-    return position
 
 
 def _describe_ranks(cfg: RunConfig, ranks: Ranks, sharding: str, model: nn.Module) -> None:
@@ -630,18 +375,3 @@ class Unlogged:
 
     def close(self) -> None:
         pass
-
-
-def _tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:
-    """After a finished run: step checkpoints go (unless kept), and the run this one replaced."""
-    if not keep_checkpoints:
-        deleted = delete_checkpoints(run_dir)
-        if deleted:
-            print(
-                f"deleted the {deleted} step checkpoint(s): the run is finished and its result saved "
-                "(train.keep_checkpoints_after_finish: true keeps them)",
-                flush=True,
-            )
-    message = finish_replacement(plan)
-    if message:
-        print(message, flush=True)

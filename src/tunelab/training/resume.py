@@ -14,6 +14,9 @@ Options left at `auto` compare by the value the run trained with: run.json recor
 So `auto` against the number it chose is no change, in either direction; another number is.
 
 The training data is compared by content too: run.json records a digest of the tokenized training rows.
+
+The run continues from the newest checkpoint that verifies (`resume_checkpoint`, which names the damaged ones it
+passes over), at the position that checkpoint saved (`load_position`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from tunelab.config import ACTION_OPTIONS, AUTO, RunConfig, auto_options, iter_o
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.rundir import CONFIG_FILE, read_info
 from tunelab.training.auto import Choice
+from tunelab.training.checkpoint import intact_checkpoint
+from tunelab.training.distributed import Ranks
+from tunelab.training.sharded_checkpoint import load as load_checkpoint
 
 ALLOWED = {
     "output_dir",
@@ -173,3 +179,35 @@ def check_same_data(run_dir: Path, recorded: str, digest: str) -> None:
             f"{run_dir}: --resume needs the training data the run started with, but the tokenized training rows "
             "differ (a data file, the tokenizer or the template changed). Restore the data, or start a new run."
         )
+
+
+def resume_checkpoint(run_dir: Path) -> Path:
+    """The newest intact checkpoint, saying which newer ones are damaged; RunDirError when there is none."""
+    checkpoint, notes = intact_checkpoint(run_dir)
+    for note in notes:
+        print(note, flush=True)
+    if checkpoint is None:
+        if notes:
+            why = "every checkpoint in checkpoints/ is damaged"
+        elif read_info(run_dir, require_finished=False).finished:
+            why = (
+                "the run finished, and its step checkpoints were deleted at the end or never written "
+                "(train.keep_checkpoints_after_finish, train.save_every)"
+            )
+        else:
+            why = "it has no checkpoint yet (train.save_every writes them)"
+        raise RunDirError(f"{run_dir}: nothing to resume from: {why}. Start the run again with --overwrite.")
+    return checkpoint
+
+
+def load_position(checkpoint: Path, model, optimizer, total_steps: int, ranks: Ranks) -> dict:
+    """Load the checkpoint into the model and optimizer and return the position it saved; ConfigError when that is
+    past the steps this config asks for."""
+    position = load_checkpoint(checkpoint, model, optimizer, ranks)
+    if position["step"] > total_steps:
+        raise ConfigError(
+            f"{checkpoint}: the checkpoint is at step {position['step']}, past the {total_steps} steps this config "
+            "asks for (train.max_steps / train.epochs); ask for at least as many steps to resume."
+        )
+    print(f"resuming from {checkpoint} (step {position['step']} of {total_steps})", flush=True)
+    return position

@@ -1,0 +1,64 @@
+"""The files `tunelab report` reads from a run directory, each parsed, or the reason it is not there.
+
+An input that is missing or unreadable is not an error: its section of the page says why (`Input.missing`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.eval.report_html import esc
+from tunelab.rundir import RUN_FILE
+
+
+@dataclass
+class Input:
+    """One input file of the report: its parsed content, or why there is none."""
+
+    name: str
+    data: object = None
+    problem: str | None = None  # set when the file is missing or unreadable
+
+    def missing(self, what: str) -> str:
+        return f'<p class="missing">No {esc(what)}: {esc(self.problem or "")}</p>'
+
+
+def load_input(run_dir: Path, name: str) -> Input:
+    path = run_dir / name
+    if not path.is_file():
+        return Input(name, problem=f"{name} is not in the run directory")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if name.endswith(".jsonl"):
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        elif name.endswith(".json"):
+            data = json.loads(text)
+        else:
+            data = text
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return Input(name, problem=f"{name} could not be read ({exc})")
+    return Input(name, data)
+
+
+@dataclass
+class Inputs:
+    """Every input of the report, read at once."""
+
+    run: Input  # run.json: what was trained
+    metrics: Input  # metrics.jsonl: the training curves
+    eval: Input  # eval.json: `tunelab eval` scores and answers
+    compare: Input  # compare.json: `tunelab compare` scores and answers
+    config: Input  # config.yaml: the resolved config
+    data: Input  # data_report.json: counts, skipped rows, token lengths
+
+    @property
+    def task(self) -> str | None:
+        """The run's task as run.json names it; None when run.json is unreadable."""
+        return self.run.data.get("task") if isinstance(self.run.data, dict) else None
+
+
+def read_inputs(run_dir: Path) -> Inputs:
+    run, metrics, ev, cmp = (load_input(run_dir, n) for n in (RUN_FILE, "metrics.jsonl", "eval.json", "compare.json"))
+    return Inputs(run, metrics, ev, cmp, load_input(run_dir, "config.yaml"), load_input(run_dir, "data_report.json"))

@@ -1,0 +1,144 @@
+"""The plots of `tunelab report`, each an inline SVG figure drawn by matplotlib: training curves, the preference
+curves of a dpo run, the token-length histogram of the data and the base / tuned score bars.
+
+Text is drawn as paths, so the page needs no fonts; matplotlib escapes what it writes into the SVG itself. Figures
+come from `matplotlib.figure.Figure`, never pyplot: no global figure state, no GUI backend.
+"""
+
+from __future__ import annotations
+
+import io
+
+from tunelab.eval.report_html import esc
+
+
+def _svg(fig, label: str) -> str:
+    """The figure as an inline <svg> element (the XML prolog and doctype dropped)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    svg = text[text.index("<svg") :]
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{esc(label)}" ', 1)
+
+
+def _figure(width: float = 6.4, height: float = 3.4):
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def curve_plot(
+    series: list[tuple[str, list[tuple[float, float]], str]], ylabel: str, caption: str, log: bool = False
+) -> str:
+    fig, ax = _figure()
+    for name, points, style in series:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, style, label=name, linewidth=1.4, markersize=4)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    if len(series) > 1:
+        ax.legend()
+    return f"<figure>{_svg(fig, caption)}<figcaption>{esc(caption)}</figcaption></figure>"
+
+
+def training_plots(records: list[dict]) -> str:
+    def points(key: str) -> list[tuple[float, float]]:
+        return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
+
+    train, evals, lr, speed, grad = (
+        points("loss"),
+        points("eval_loss"),
+        points("lr"),
+        points("tokens_per_s"),
+        points("grad_norm"),
+    )
+    figures = []
+    if train or evals:
+        series = ([("train loss", train, "-")] if train else []) + ([("eval loss", evals, "o-")] if evals else [])
+        figures.append(curve_plot(series, "loss (nats / token)", "Loss: train (every logged step) and eval"))
+    if lr:
+        figures.append(curve_plot([("learning rate", lr, "-")], "learning rate", "Learning rate schedule"))
+    if speed:
+        figures.append(
+            curve_plot(
+                [("tokens/s", speed, "-")], "tokens / s", "Training throughput (real tokens per second of each step)"
+            )
+        )
+    if grad:
+        figures.append(curve_plot([("grad norm", grad, "-")], "gradient norm (before clipping)", "Gradient norm"))
+    return (
+        f'<div class="plots">{"".join(figures)}</div>'
+        if figures
+        else '<p class="missing">metrics.jsonl holds no records to plot.</p>'
+    )
+
+
+def preference_plots(records: list[dict]) -> str:
+    """Task dpo: the implicit reward margin and accuracy, and the policy's log p of chosen and rejected answers."""
+
+    def points(key: str) -> list[tuple[float, float]]:
+        return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
+
+    def series(keys: list[tuple[str, str]]) -> list:
+        return [(name, points(key), "o-" if key.startswith("eval_") else "-") for key, name in keys if points(key)]
+
+    figures = []
+    for keys, ylabel, caption in (
+        ([("margin", "train"), ("eval_margin", "eval")], "reward margin", "Reward margin: chosen - rejected"),
+        ([("accuracy", "train"), ("eval_accuracy", "eval")], "share of pairs", "Reward accuracy: margin > 0"),
+        (
+            [("chosen_logp", "chosen"), ("rejected_logp", "rejected")],
+            "summed log p per answer",
+            "Log-probability of chosen and rejected answers under the policy (train)",
+        ),
+    ):
+        if found := series(keys):
+            figures.append(curve_plot(found, ylabel, caption))
+    return (
+        f'<div class="plots">{"".join(figures)}</div>'
+        if figures
+        else '<p class="missing">metrics.jsonl holds no preference metrics.</p>'
+    )
+
+
+def histogram_plot(lengths: dict, max_length: int | None) -> str:
+    edges, counts = lengths.get("bin_edges") or [], lengths.get("counts") or []
+    if len(edges) != len(counts) + 1 or not counts:
+        return '<p class="missing">No token-length histogram in data_report.json.</p>'
+    fig, ax = _figure(6.4, 3.0)
+    ax.bar(
+        edges[:-1],
+        counts,
+        width=[b - a for a, b in zip(edges, edges[1:])],
+        align="edge",
+        color="#4c78a8",
+        edgecolor="white",
+    )
+    if max_length:
+        ax.axvline(max_length, color="#c62828", linestyle="--", label=f"max_length {max_length}")
+        ax.legend()
+    ax.set_xlabel("tokens per example (rendered, before truncation)")
+    ax.set_ylabel("examples")
+    caption = "Token lengths of the examples"
+    return f'<div class="plots"><figure>{_svg(fig, caption)}<figcaption>{esc(caption)}</figcaption></figure></div>'
+
+
+def scores_plot(rows: list[tuple[str, float | None, float | None]]) -> str:
+    """Grouped bars, base beside tuned, for the [0, 1] scores."""
+    rows = [r for r in rows if r[1] is not None and r[2] is not None]
+    if not rows:
+        return ""
+    fig, ax = _figure(5.6, 3.4)
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r[1] for r in rows], width=0.4, label="base", color="#9aa5b4")
+    ax.bar([x + 0.2 for x in xs], [r[2] for r in rows], width=0.4, label="tuned", color="#2457a6")
+    ax.set_xticks(list(xs), [r[0] for r in rows], rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    caption = "Answer scores, base vs tuned"
+    return f'<div class="plots"><figure>{_svg(fig, caption)}<figcaption>{esc(caption)}</figcaption></figure></div>'

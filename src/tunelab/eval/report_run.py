@@ -1,0 +1,151 @@
+"""The report's sections about the run itself: what was trained (run.json), the stages of a staged run with its
+forgetting matrix, and the data it trained on (data_report.json: files, splits, a mixture's sources, skipped rows,
+token lengths).
+"""
+
+from __future__ import annotations
+
+from tunelab.eval.report_html import esc, fmt, kv_table
+from tunelab.eval.report_inputs import Input
+from tunelab.eval.report_plots import histogram_plot
+
+
+def run_summary(run: Input) -> str:
+    if run.data is None:
+        return run.missing("run summary")
+    d: dict = run.data
+
+    def loss(value) -> str | None:
+        return f"{value:.4f}" if isinstance(value, int | float) else None
+
+    return kv_table(
+        [
+            ("base model", d.get("base_model")),
+            ("task", d.get("task")),
+            ("method", d.get("method")),
+            ("implementation", d.get("impl")),
+            ("template", d.get("template")),
+            ("system prompt", d.get("system_prompt")),
+            ("refusal sentence", d.get("refusal")),
+            ("finished", "yes" if d.get("finished") else "no (the run stopped early or is still training)"),
+            ("optimizer steps", f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"),
+            ("final train loss", loss(d.get("final_loss"))),
+            ("final eval loss", loss(d.get("eval_loss"))),
+            ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) else None),
+            ("training time", f"{d['elapsed_s']:.0f} s" if isinstance(d.get("elapsed_s"), int | float) else None),
+        ]
+    )
+
+
+def stages_section(run: Input) -> str | None:
+    """A staged run (training/stages.py): its stages, and the forgetting matrix, the eval loss after each stage (rows)
+    on each stage's eval data (columns); None for a run of one stage."""
+    extra = (run.data or {}).get("extra") or {}
+    forgetting = extra.get("forgetting")
+    if not isinstance(forgetting, dict) or not isinstance(extra.get("stages"), list):
+        return None
+    rows = "".join(
+        f"<tr><td>{esc(s.get('name'))}</td><td>{esc(s.get('dir'))}</td><td>{esc(s.get('continue') or 'start')}</td>"
+        f'<td>{esc(s.get("method"))}</td><td class="num">{fmt(s.get("steps"), "int")}</td></tr>'
+        for s in extra["stages"]
+        if isinstance(s, dict)
+    )
+    names = [str(n) for n in forgetting.get("stages") or []]
+    matrix = forgetting.get("matrix") or []
+    head = "".join(f'<th class="num">on {esc(n)}</th>' for n in names)
+    body = "".join(
+        f"<tr><th>after {esc(names[k] if k < len(names) else k + 1)}</th>"
+        + "".join(f'<td class="num">{fmt(v, "loss")}</td>' for v in row)
+        + "<td></td>" * (len(names) - len(row))
+        + "</tr>"
+        for k, row in enumerate(matrix)
+    )
+    return (
+        '<table class="stages"><thead><tr><th>stage</th><th>folder</th><th>started from</th><th>method</th>'
+        f'<th class="num">steps</th></tr></thead><tbody>{rows}</tbody></table>'
+        "<h3>Forgetting: eval loss after each stage on each stage's eval data</h3>"
+        '<p class="sub">A row is the model after that stage; a column is a stage\'s eval data. A loss that rises down a '
+        "column is forgetting. The Data section below is the last stage's; each stage-K folder holds its own.</p>"
+        f'<table class="forgetting"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
+def _sources_table(d: dict) -> str:
+    """A mixture's sources (data/mixture.py): what each holds and what an epoch draws from it."""
+    sources = d.get("sources") or {}
+    if not sources:
+        return ""
+    keys = ("examples", "rows", "tokens", "drawn_rows", "drawn_tokens", "eval_rows")
+    body = "".join(
+        f'<tr><td>{esc(name)}</td><td class="num">{esc(s.get("weight") if s.get("weight") is not None else "-")}</td>'
+        f'<td class="num">{100 * (s.get("share") or 0):.1f}%</td>'
+        + "".join(f'<td class="num">{fmt(s.get(k), "int")}</td>' for k in keys)
+        + "</tr>"
+        for name, s in sources.items()
+    )
+    return (
+        f"<h3>Sources (weights count {esc(d.get('mix_by') or 'examples')})</h3>"
+        '<table class="sources"><thead><tr><th>source</th><th class="num">weight</th><th class="num">share</th>'
+        '<th class="num">examples</th><th class="num">rows</th><th class="num">tokens</th>'
+        '<th class="num">rows / epoch</th><th class="num">tokens / epoch</th><th class="num">eval rows</th></tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
+def data_section(report: Input) -> str:
+    if report.data is None:
+        return report.missing("data report")
+    d: dict = report.data
+    files = "".join(
+        f"<tr><td>{esc(path)}</td><td>{esc((d.get('formats') or {}).get(path, '?'))}</td>"
+        + "".join(f'<td class="num">{fmt(c.get(k), "int")}</td>' for k in ("read", "used", "skipped", "truncated"))
+        + "</tr>"
+        for path, c in (d.get("files") or {}).items()
+    )
+    parts = [
+        f'<p class="sub">template {esc(d.get("template") or "?")}, max_length {esc(d.get("max_length"))}, '
+        f"packing {'on' if d.get('packed') else 'off'}, eval split: {esc(d.get('eval_source', 'none'))}.</p>",
+        '<table class="files"><thead><tr><th>file</th><th>format</th><th class="num">read</th><th class="num">used</th>'
+        f'<th class="num">skipped</th><th class="num">truncated</th></tr></thead><tbody>{files}</tbody></table>',
+    ]
+    splits = "".join(
+        f"<tr><th>{name}</th>"
+        + "".join(
+            f'<td class="num">{fmt((d.get(name) or {}).get(k), "int")}</td>'
+            for k in ("examples", "used", "rows", "tokens", "loss_tokens")
+        )
+        + "</tr>"
+        for name in ("train", "eval")
+    )
+    parts.append(
+        '<table class="splits"><thead><tr><th>split</th><th class="num">examples</th><th class="num">used</th>'
+        '<th class="num">rows</th><th class="num">tokens</th><th class="num">tokens with loss</th></tr></thead>'
+        f"<tbody>{splits}</tbody></table>"
+    )
+    parts.append(_sources_table(d))
+    skips = d.get("skips") or {}
+    if skips:
+        items = "".join(
+            f'<tr><td>{esc(reason)}</td><td class="num">{fmt(s.get("count"), "int")}</td><td>{esc(", ".join(s.get("locations") or []))}'
+            f"{' …' if (s.get('count') or 0) > len(s.get('locations') or []) else ''}</td></tr>"
+            for reason, s in skips.items()
+        )
+        parts.append(
+            '<h3>Skipped rows</h3><table class="skips"><thead><tr><th>reason</th><th class="num">rows</th>'
+            f"<th>first locations</th></tr></thead><tbody>{items}</tbody></table>"
+        )
+    else:
+        parts.append("<p>No rows were skipped.</p>")
+    lengths = d.get("lengths") or {}
+    if lengths.get("count"):
+        parts.append(
+            "<h3>Token lengths</h3>"
+            + kv_table(
+                [
+                    (k, lengths.get(k) if k != "mean" else f"{lengths['mean']:.1f}")
+                    for k in ("count", "min", "median", "mean", "p95", "max")
+                ]
+            )
+        )
+        parts.append(histogram_plot(lengths, d.get("max_length")))
+    return "".join(parts)

@@ -1,0 +1,146 @@
+"""The report's evaluation section of a text run: base against tuned, from eval.json (`tunelab eval`: loss,
+perplexity, answer scores overall and per kind, label tasks with per-class scores and confusion matrices) and
+compare.json (`tunelab compare`: the share of answers containing the expected text, refusals).
+"""
+
+from __future__ import annotations
+
+from tunelab.eval.report_html import esc, fmt, metric_rows
+from tunelab.eval.report_inputs import Input
+from tunelab.eval.report_plots import scores_plot
+
+
+def _text_score_rows(prefix: str, b: dict | None, t: dict | None) -> list:
+    if not b or not t:
+        return []
+    rows = [(f"{prefix}exact match", b.get("exact_match"), t.get("exact_match"), "pct", True)]
+    if t.get("exact_match") is None:  # not scored: the expected texts are strings to find, not whole answers
+        rows = []
+    rows += [
+        (f"{prefix}contains expected", b.get("contains"), t.get("contains"), "pct", True),
+        (f"{prefix}ROUGE-L F1", b.get("rouge_l"), t.get("rouge_l"), "f", True),
+    ]
+    if t.get("refusal_rate") is not None:
+        rows.append((f"{prefix}refusal rate", b.get("refusal_rate"), t.get("refusal_rate"), "pct", None))
+    return rows
+
+
+def _label_tables(kind: str, b: dict, t: dict) -> str:
+    labels = t.get("labels") or []
+    sub_head = "".join(f'<th class="num">{name}</th>' for name in ("precision", "recall", "F1") * 2)
+    body = ""
+    for label in labels:
+        bc, tc = (b.get("per_class") or {}).get(label, {}), (t.get("per_class") or {}).get(label, {})
+        cells = "".join(
+            f'<td class="num">{fmt(c.get(k), "f")}</td>' for c in (bc, tc) for k in ("precision", "recall", "f1")
+        )
+        body += f'<tr><th>{esc(label)}</th>{cells}<td class="num">{fmt(tc.get("support"), "int")}</td></tr>'
+    per_class = (
+        f'<h3>Label task “{esc(kind)}”: per class</h3><table class="per-class"><thead><tr><th rowspan="2">label</th>'
+        f'<th colspan="3">base</th><th colspan="3">tuned</th><th rowspan="2" class="num">support</th></tr>'
+        f"<tr>{sub_head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+    confusion = ""
+    for name, scores in (("base", b), ("tuned", t)):
+        matrix = scores.get("confusion") or {}
+        columns = labels + sorted({p for row in matrix.values() for p in row} - set(labels))
+        head_row = "".join(f'<th class="num">{esc(c)}</th>' for c in columns)
+        rows = "".join(
+            f"<tr><th>{esc(want)}</th>"
+            + "".join(f'<td class="num">{matrix.get(want, {}).get(c, 0)}</td>' for c in columns)
+            + "</tr>"
+            for want in labels + [w for w in matrix if w not in labels]
+        )
+        confusion += (
+            f'<div><h3>Confusion, {name} (rows: expected, columns: predicted)</h3><table class="confusion">'
+            f"<thead><tr><th></th>{head_row}</tr></thead><tbody>{rows}</tbody></table></div>"
+        )
+    return per_class + f'<div style="display:flex;gap:28px;flex-wrap:wrap">{confusion}</div>'
+
+
+def eval_section(ev: Input, cmp: Input) -> str:
+    parts = []
+    if ev.data is None:
+        parts.append(ev.missing("eval scores (run 'tunelab eval RUN_DIR --data FILE')"))
+    else:
+        d: dict = ev.data
+        b, t = d.get("base") or {}, d.get("tuned") or {}
+        refusal = f"Refusal sentence: “{esc(d['refusal'])}”" if d.get("refusal") else "No refusal sentence."
+        parts.append(
+            f'<p class="sub">{esc(d.get("rows_read", "?"))} rows of {esc(d.get("data_file", "?"))}; '
+            f"{esc(len(d.get('rows') or []))} answered with at most {esc((d.get('settings') or {}).get('max_new_tokens', '?'))} new tokens; "
+            f"loss on {esc(d.get('loss_rows', '?'))} rows ({fmt(d.get('loss_tokens'), 'int')} answer tokens). {refusal}</p>"
+        )
+        if "expected texts" in (d.get("loss_on") or ""):
+            parts.append(
+                '<p class="sub">The loss is taken on the file\'s <code>expected</code> texts as whole answers: on key '
+                "strings a correct answer contains, it is far above the training eval loss without the model being "
+                "worse. Compare base and tuned with it, not training. Exact match is not scored for such rows.</p>"
+            )
+        rows = [
+            (
+                f"loss on {d.get('loss_on') or 'answers'} (nats / token)",
+                b.get("eval_loss"),
+                t.get("eval_loss"),
+                "loss",
+                False,
+            ),
+            ("perplexity", b.get("perplexity"), t.get("perplexity"), "ppl", False),
+        ]
+        rows += _text_score_rows("", b.get("overall"), t.get("overall"))
+        kinds, label_tasks = t.get("by_kind") or {}, t.get("label_tasks") or {}
+        for kind, ts in kinds.items():
+            if kind in label_tasks:  # a label task reads as accuracy and F1; its text scores say the same less well
+                bs = (b.get("label_tasks") or {}).get(kind) or {}
+                rows += [
+                    (f"[{kind}] accuracy", bs.get("accuracy"), label_tasks[kind].get("accuracy"), "pct", True),
+                    (f"[{kind}] macro F1", bs.get("macro_f1"), label_tasks[kind].get("macro_f1"), "f", True),
+                ]
+            elif len(kinds) > 1:
+                rows += _text_score_rows(f"[{kind}] ", (b.get("by_kind") or {}).get(kind), ts)
+        rows += [
+            ("generated tokens / s", b.get("tokens_per_s"), t.get("tokens_per_s"), "rate", True),
+            ("generated tokens", b.get("generated_tokens"), t.get("generated_tokens"), "int", None),
+        ]
+        overall_b, overall_t = b.get("overall") or {}, t.get("overall") or {}
+        plot = scores_plot(
+            [
+                (name, overall_b.get(key), overall_t.get(key))
+                for name, key in (
+                    ("exact match", "exact_match"),
+                    ("contains", "contains"),
+                    ("ROUGE-L F1", "rouge_l"),
+                    ("refusal rate", "refusal_rate"),
+                )
+            ]
+        )
+        parts.append(f'<div class="side">{metric_rows(rows)}{plot}</div>')
+        for kind, ts in (t.get("label_tasks") or {}).items():
+            parts.append(_label_tables(kind, (b.get("label_tasks") or {}).get(kind) or {}, ts))
+        if d.get("loss_skipped"):
+            parts.append(
+                "<p>Rows left out of the loss: "
+                + "; ".join(
+                    f"{esc(s.get('count'))} {esc(reason)} ({esc(', '.join(s.get('locations') or []))})"
+                    for reason, s in d["loss_skipped"].items()
+                )
+                + "</p>"
+            )
+    parts.append("<h3>tunelab compare</h3>")
+    if cmp.data is None:
+        parts.append(cmp.missing("compare scores"))
+    else:
+        scores = cmp.data.get("scores") or {}
+        rows = []
+        for kind, s in scores.items():
+            label = f"[{kind}] (n={s.get('n')}) "
+            if "tuned" in s:
+                rows.append((label + "correct (contains expected)", s.get("base"), s.get("tuned"), "pct", True))
+            if "tuned_refused" in s:
+                rows.append((label + "refused", s.get("base_refused"), s.get("tuned_refused"), "pct", None))
+        parts.append(
+            metric_rows(rows)
+            if rows
+            else '<p class="missing">compare.json holds no scores (no expected answers or refusal sentence).</p>'
+        )
+    return "".join(parts)

@@ -1,0 +1,214 @@
+"""The loop: one `train_step` per optimizer step, until the run's last step, over a `Run` that the recipe
+(training/recipe.py) has set up.
+
+Each step takes the next `grad_accum` micro-batches of the epoch (for grpo, what `rollout` samples from them),
+trains on this rank's share of them, then advances `Run.position` (step, epoch, batch in the epoch, tokens, time,
+skipped steps: what a checkpoint saves and a resumed run starts from, so it takes the same steps as an uninterrupted
+one). Around the step, one line each: the non-finite guard's count (training/guard.py), the metrics record, eval
+every N steps (and keep_best's check), a checkpoint every N steps, and Ctrl-C, which stops after the step with a
+checkpoint of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from tunelab.config import RunConfig
+from tunelab.data.loader import Datasets, epoch_rows
+from tunelab.errors import Interrupted, TrainingStopped
+from tunelab.tasks.task import Task
+from tunelab.training.best import BestWeights
+from tunelab.training.build import BuiltModel
+from tunelab.training.checkpoint import intact_checkpoint, latest_checkpoint
+from tunelab.training.distributed import Ranks, unwrap
+from tunelab.training.evals import EvalSets, eval_record
+from tunelab.training.graphs import CapturedLoss, pad_to
+from tunelab.training.guard import BadSteps, stop_message
+from tunelab.training.interrupt import graceful_interrupt
+from tunelab.training.metrics import MetricsLog
+from tunelab.training.plan import MemoryPlan, measured_note
+from tunelab.training.sharded_checkpoint import save as save_checkpoint
+from tunelab.training.step import train_step
+
+
+@dataclass
+class Run:
+    """What the loop works on."""
+
+    cfg: RunConfig
+    task: Task
+    run_dir: Path
+    built: BuiltModel
+    data: Datasets
+    pad_id: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    evals: EvalSets
+    log: MetricsLog
+    total_steps: int
+    position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps: what a checkpoint saves
+    best: BestWeights
+    train_model: nn.Module  # the model as the ranks train it (DDP, FSDP2): on one rank, the model itself
+    ranks: Ranks
+    eval_metrics: dict = dataclasses.field(default_factory=dict)  # the last eval_record
+    memory: MemoryPlan | None = None  # the planner's prediction, checked against the first step's peak (CUDA)
+    captured: CapturedLoss | None = None  # micro-batches replayed from CUDA graphs (training/graphs.py)
+    graph_width: int = 64  # with graphs: batches are padded to a multiple of this many tokens
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _on_device(run: Run, batch: dict) -> dict:
+    """The batch on the model's device; with CUDA graphs, padded to the run's width buckets (one graph per width)."""
+    batch = _to_device(batch, run.built.device)
+    return pad_to(batch, run.graph_width, run.pad_id) if run.captured is not None else batch
+
+
+def loop(run: Run) -> float | None:
+    """Optimizer steps until total_steps, updating run.position (and run.eval_metrics at each eval); returns the
+    last finite loss."""
+    t, model, position, task = run.cfg.train, unwrap(run.train_model), run.position, run.task
+    bad = BadSteps(t.max_bad_steps, skipped=position["skipped_steps"])
+    last_loss = None
+    bar = tqdm(
+        total=run.total_steps,
+        initial=position["step"],
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not run.ranks.main,
+    )
+    started = time.perf_counter() - position["elapsed_s"]
+    with graceful_interrupt() as stop:
+        while position["step"] < run.total_steps:
+            batches = task.make_batches(
+                epoch_rows(run.data, t.seed, position["epoch"]),
+                t.micro_batch,
+                run.pad_id,
+                shuffle=run.cfg.data.shuffle,
+                seed=t.seed,
+                epoch=position["epoch"],
+                **({"group_by_length": True} if t.group_by_length else {}),  # sft only (heads refuse the option)
+            )
+            while position["batch_in_epoch"] < len(batches) and position["step"] < run.total_steps:
+                group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
+                step_batches = rollout(task, model, group, position["step"], t.micro_batch)  # grpo: sample, score
+                tic = time.perf_counter()
+                stats = train_step(
+                    run.train_model,
+                    [_on_device(run, b) for b in run.ranks.shard(step_batches)],  # this rank's part
+                    run.optimizer,
+                    run.scheduler,
+                    t.max_grad_norm,
+                    task,
+                    run.ranks,
+                    run.captured,
+                )
+                tokens = sum(int(b["attention_mask"].sum()) for b in step_batches)  # all ranks': tokens/s is global
+                if run.memory is not None and run.built.device.type == "cuda":
+                    tqdm.write(measured_note(run.memory, torch.cuda.max_memory_reserved(run.built.device)) or "")
+                    run.memory = None  # one measured step says it
+                position["step"] += 1
+                position["batch_in_epoch"] += len(group)
+                position["tokens"] += tokens
+                position["elapsed_s"] = time.perf_counter() - started
+                stopping = bad.record(
+                    position["step"], stats, [s for b in step_batches for row in b["sources"] for s in row]
+                )
+                position["skipped_steps"] = bad.skipped
+                record = _record(run, position, len(batches), stats, tokens / (time.perf_counter() - tic))
+                last_loss = last_loss if stats["skipped"] else stats["loss"]
+                if position["step"] % t.log_every == 0 or position["step"] == run.total_steps or stats["skipped"]:
+                    run.log.write(record)
+                bar.set_postfix(_postfix(record, bad.skipped))
+                bar.update(1)
+                if stopping:
+                    bar.close()
+                    raise _stopped(run, bad)
+                if run.evals and t.eval_every and position["step"] % t.eval_every == 0:
+                    run.eval_metrics = eval_record(task, model, run.evals)  # every rank: FSDP2 gathers together
+                    run.log.write({"step": position["step"], **run.eval_metrics})
+                    if "eval_loss" in run.eval_metrics:
+                        run.best.observe(position["step"], run.eval_metrics["eval_loss"], model)
+                saved = bool(t.save_every) and position["step"] % t.save_every == 0
+                if saved:
+                    save_checkpoint(
+                        run.run_dir, run.train_model, run.optimizer, position, t.keep_checkpoints, run.ranks
+                    )
+                if run.ranks.any(stop.requested):  # all ranks stop after the same step
+                    bar.close()
+                    raise _interrupted(run, saved)
+            if position["batch_in_epoch"] >= len(batches):
+                position["epoch"] += 1
+                position["batch_in_epoch"] = 0
+    bar.close()
+    return last_loss
+
+
+def rollout(task: Task, model: nn.Module, group: list[dict], step: int, micro_batch: int) -> list[dict]:
+    """The micro-batches a step trains on: the group itself, or what an online task (grpo) makes of its prompts by
+    sampling and scoring answers with the model as it is before the step."""
+    return task.rollout(model, group, step, micro_batch) if task.rollout else group
+
+
+def _record(run: Run, position: dict, batches: int, stats: dict, tokens_per_s: float) -> dict:
+    """One line of metrics.jsonl. A skipped step has no loss (null) and says so; NaN is not JSON."""
+    finite = not stats["skipped"]
+    record = {
+        "step": position["step"],
+        "epoch": position["epoch"] + position["batch_in_epoch"] / batches,
+        "loss": stats["loss"] if finite else None,
+        "lr": run.scheduler.get_last_lr()[0],
+        "grad_norm": stats["grad_norm"] if finite else None,
+        "tokens_per_s": tokens_per_s,
+        "elapsed_s": position["elapsed_s"],
+        **(stats["metrics"] if finite else {}),
+    }
+    if not finite:
+        record |= {"skipped": True, "bad_loss": repr(stats["loss"]), "bad_grad_norm": repr(stats["grad_norm"])}
+    if position["skipped_steps"]:
+        record["skipped_steps"] = position["skipped_steps"]
+    return record
+
+
+def _postfix(record: dict, skipped: int) -> dict[str, str]:
+    loss = record["loss"]
+    postfix = {"loss": f"{loss:.4f}" if loss is not None else record.get("bad_loss", "?")}
+    postfix |= {"lr": f"{record['lr']:.2e}", "tok_s": f"{record['tokens_per_s']:.0f}"}
+    if "reward" in record:  # grpo: the mean reward of the step's sampled answers
+        postfix["reward"] = f"{record['reward']:.3f}"
+    if skipped:
+        postfix["skipped"] = str(skipped)
+    return postfix
+
+
+def _stopped(run: Run, bad: BadSteps) -> TrainingStopped:
+    checkpoint = intact_checkpoint(run.run_dir)[0]
+    return TrainingStopped(
+        stop_message(bad.streak, run.total_steps, run.cfg.train.lr, str(checkpoint) if checkpoint else None)
+    )
+
+
+def _interrupted(run: Run, saved: bool) -> Interrupted:
+    """Ctrl-C between steps: write a checkpoint of the step just completed (unless one was), say how to resume."""
+    position = run.position
+    if not saved:
+        save_checkpoint(
+            run.run_dir, run.train_model, run.optimizer, position, run.cfg.train.keep_checkpoints, run.ranks
+        )
+    checkpoint = latest_checkpoint(run.run_dir)
+    return Interrupted(
+        f"interrupted after step {position['step']} of {run.total_steps}; checkpoint {checkpoint}. Continue with "
+        "the same command and --resume (in Python: train(..., resume=True)).",
+        step=position["step"],
+        checkpoint=str(checkpoint),
+    )

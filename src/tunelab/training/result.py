@@ -1,0 +1,83 @@
+"""The end of a finished run: its result saved into the run directory (`save_final`), then what is no longer needed
+removed (`tidy_up`): the step checkpoints, unless kept, and the run this one replaced.
+
+Weights are checked finite before anything is written; the result is written to a staging folder inside the run
+directory and moved into place once complete, so a failure leaves no half-written result.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+from tunelab.config import RunConfig
+from tunelab.errors import RunDirError
+from tunelab.peft.save import save_adapter
+from tunelab.tasks import SFT
+from tunelab.tasks.task import Task
+from tunelab.training.build import BuiltModel, save_full_weights
+from tunelab.training.checkpoint import delete_checkpoints, no_space_message
+from tunelab.training.guard import require_finite
+from tunelab.training.outdir import OutputPlan, finish_replacement
+
+
+def save_final(
+    run_dir: Path,
+    built: BuiltModel,
+    tokenizer,
+    cfg: RunConfig,
+    task: Task = SFT,
+    data=None,
+    weights: dict | None = None,
+) -> None:
+    """The run's result, as the task saves it (sft, the default: the adapter in PEFT's layout or the full weights, and
+    the tokenizer; a head adds its labels), written to a staging folder and moved into the run directory once
+    complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none).
+    `weights`: the full weights gathered from FSDP2's shards (training/sharded_checkpoint.full_weights; task sft),
+    the trainable ones alone for an adapter (QLoRA)."""
+    params = weights.items() if weights is not None else built.model.named_parameters()
+    written = (
+        params if weights is not None or not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
+    )
+    require_finite(written, "the weights to save", f"{run_dir}")
+    staging = run_dir / ".tmp-final"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        if weights is not None:
+            if cfg.method.is_adapter:
+                save_adapter(built.model, staging, base_model=cfg.model.name, weights=weights)
+            else:
+                save_full_weights(built, staging, weights)
+            tokenizer.save_pretrained(staging)
+        else:
+            task.save(staging, built, tokenizer, cfg, data)
+        for item in staging.iterdir():
+            os.replace(item, run_dir / item.name)
+        staging.rmdir()
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        needed = sum(p.numel() * p.element_size() for _, p in built.model.named_parameters())
+        why = (
+            no_space_message("the result", run_dir, needed) if exc.errno == errno.ENOSPC else f"{exc.strerror or exc}."
+        )
+        raise RunDirError(
+            f"{run_dir}: the result could not be saved: {why} The last checkpoint is kept; continue with --resume."
+        ) from None
+
+
+def tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:
+    """After a finished run: step checkpoints go (unless kept), and the run this one replaced."""
+    if not keep_checkpoints:
+        deleted = delete_checkpoints(run_dir)
+        if deleted:
+            print(
+                f"deleted the {deleted} step checkpoint(s): the run is finished and its result saved "
+                "(train.keep_checkpoints_after_finish: true keeps them)",
+                flush=True,
+            )
+    message = finish_replacement(plan)
+    if message:
+        print(message, flush=True)
