@@ -11,6 +11,7 @@ from tunelab.models.hf_adapter import from_hf_model
 from tunelab.peft.lora import attach_lora
 from tunelab.tasks import get_task
 from tunelab.tasks.sft import SFT, loss_tokens, summed_loss
+from tunelab.tasks.task import eval_mode
 from tunelab.training.step import train_step
 
 
@@ -103,3 +104,16 @@ def test_unknown_task_names_the_allowed_ones():
 
     with pytest.raises(ConfigError, match="allowed values: sft"):
         get_task("summarise")
+
+
+def test_eval_mode_restores_the_mode_the_model_was_in_even_when_the_block_raises():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    for training in (True, False):
+        model.train(training)
+        with eval_mode(model):
+            assert not model.training and not model[1].training
+        assert model.training is training
+    model.train()
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError("an eval that fails")
+    assert model.training

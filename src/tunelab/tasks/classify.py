@@ -43,7 +43,7 @@ from tunelab.tasks.head_data import (
     refuse_chat_format,
     render,
 )
-from tunelab.tasks.task import Task
+from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
 FIELDS = (*INPUT_FIELDS, "system", "input", "label")
@@ -282,15 +282,13 @@ def loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
     """Mean loss, accuracy and macro-F1 (over the classes that occur or are predicted) on the eval rows."""
-    was_training = model.training
-    model.eval()
     total, expected, predicted = 0.0, [], []
-    for batch in batches:
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-        total += (F.cross_entropy(logits, batch["targets"], reduction="none") * batch["weights"]).sum().item()
-        expected += batch["targets"].tolist()
-        predicted += logits.argmax(dim=-1).tolist()
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in batches:
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+            total += (F.cross_entropy(logits, batch["targets"], reduction="none") * batch["weights"]).sum().item()
+            expected += batch["targets"].tolist()
+            predicted += logits.argmax(dim=-1).tolist()
     if not expected:
         return {}
     accuracy, macro_f1 = accuracy_and_macro_f1(torch.tensor(expected), torch.tensor(predicted))

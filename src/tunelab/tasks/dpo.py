@@ -38,7 +38,7 @@ from tunelab.peft.lora import adapters_disabled
 from tunelab.tasks import sft
 from tunelab.tasks.log_probs import sequence_log_probs
 from tunelab.tasks.preference_data import PreferenceRow, build_preferences
-from tunelab.tasks.task import Task
+from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
 METRICS = ("margin", "accuracy", "chosen_logp", "rejected_logp")
@@ -139,16 +139,13 @@ def scores(model: nn.Module, batch: dict, cfg: DpoConfig) -> PairScores:
 @torch.no_grad()
 def cache_reference(model: nn.Module, rows: list[PreferenceRow], micro_batch: int, pad_id: int, device) -> None:
     """Set row.reference = (log p chosen, log p rejected) under the model with its adapters off, in eval mode."""
-    was_training = model.training
-    model.eval()
-    with adapters_disabled(model):
+    with eval_mode(model), adapters_disabled(model):
         for start in range(0, len(rows), micro_batch):
             chunk = rows[start : start + micro_batch]
             batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items() if torch.is_tensor(v)}
             logp = sequence_log_probs(model, batch)[0].tolist()
             for i, row in enumerate(chunk):
                 row.reference = (logp[i], logp[len(chunk) + i])
-    model.train(was_training)
 
 
 def make_task(cfg: DpoConfig) -> Task:
@@ -160,16 +157,14 @@ def make_task(cfg: DpoConfig) -> Task:
 
     @torch.no_grad()
     def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         sums, pairs = {"loss": 0.0} | dict.fromkeys(METRICS, 0.0), 0
-        for batch in batches:
-            s = scores(model, batch, cfg)
-            sums["loss"] += s.loss.sum().item()
-            for name, value in metric_sums(s).items():
-                sums[name] += value.item()
-            pairs += count(batch)
-        model.train(was_training)
+        with eval_mode(model):
+            for batch in batches:
+                s = scores(model, batch, cfg)
+                sums["loss"] += s.loss.sum().item()
+                for name, value in metric_sums(s).items():
+                    sums[name] += value.item()
+                pairs += count(batch)
         return {f"eval_{name}": value / pairs for name, value in sums.items()} if pairs else {}
 
     def prepare(built: BuiltModel, data: Datasets, run: RunConfig) -> None:

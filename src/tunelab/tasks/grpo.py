@@ -53,7 +53,7 @@ from tunelab.tasks import sft
 from tunelab.tasks.head_data import pad_rows
 from tunelab.tasks.log_probs import token_log_probs
 from tunelab.tasks.prompt_data import PromptRow, build_prompts
-from tunelab.tasks.task import Task
+from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
 STD_EPS = 1e-4
@@ -248,17 +248,13 @@ def make_task(cfg: GrpoConfig) -> Task:
     def _fixed_log_probs(model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """(n,) log p of the answer tokens under the policy as it sampled ("old", only when dropout draws in the
         training forward) and under the reference ("ref", when beta > 0)."""
-        was_training = model.training
         out = {}
-        model.eval()
-        try:
+        with eval_mode(model):
             if _draws_random(model):
                 out["old"] = token_log_probs(model, batch)[0]
             if cfg.beta > 0:
                 with online.reference(model):
                     out["ref"] = token_log_probs(model, batch)[0]
-        finally:
-            model.train(was_training)
         return out
 
     def loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:

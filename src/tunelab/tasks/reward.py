@@ -50,7 +50,7 @@ from tunelab.tasks.head_data import (
     render,
     with_system,
 )
-from tunelab.tasks.task import Task
+from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
 FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system")
@@ -253,16 +253,14 @@ def loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
     """Mean loss, pairwise accuracy and mean margin over the eval pairs."""
-    was_training = model.training
-    model.eval()
     total, correct, margin, n = 0.0, 0, 0.0, 0
-    for batch in batches:
-        m = margins(model, batch)
-        total += F.softplus(-m).sum().item()
-        correct += int((m > 0).sum())
-        margin += m.sum().item()
-        n += m.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in batches:
+            m = margins(model, batch)
+            total += F.softplus(-m).sum().item()
+            correct += int((m > 0).sum())
+            margin += m.sum().item()
+            n += m.numel()
     if not n:
         return {}
     return {"eval_loss": total / n, "eval_accuracy": correct / n, "eval_margin": margin / n}

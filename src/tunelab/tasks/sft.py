@@ -20,7 +20,7 @@ from tunelab.data.checks import data_checks
 from tunelab.data.loader import Datasets, build_datasets, make_batches
 from tunelab.models.llama import LlamaForCausalLM
 from tunelab.peft.save import save_adapter
-from tunelab.tasks.task import Task
+from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel, save_full_weights
 from tunelab.training.distributed import is_parallel, unwrap
 
@@ -78,13 +78,11 @@ def packed_inputs(batch: dict) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def mean_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
     """Mean token loss over the batches (eval mode while it runs)."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for batch in batches:
-        total += summed_loss(model, batch).item()
-        count += loss_tokens(batch)
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in batches:
+            total += summed_loss(model, batch).item()
+            count += loss_tokens(batch)
     return total / max(count, 1)
 
 

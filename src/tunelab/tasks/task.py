@@ -34,11 +34,13 @@ Contracts every task keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 Batch = dict[str, Any]  # tensors (B, ...) and plain per-row lists (e.g. packed doc_lengths)
 
@@ -72,3 +74,15 @@ class Task:
     checks: Callable[..., list] | None = None
     """(cfg, inputs) -> [CheckItem]: the cheap data checks `tunelab train` runs before loading the model (sft: those
     of `tunelab check`); None when the task has none beyond what build_data refuses."""
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (no dropout, no training-only noise) for the block, then back in the mode it was in,
+    also when the block raises: how every task evaluates and computes its fixed log-probs."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
