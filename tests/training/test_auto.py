@@ -59,6 +59,18 @@ def test_layers_lr_follows_the_share_of_layers_trained():
     assert auto_lr(MethodConfig(name="layers", top_layers=1), ModelShape(64, 30)).value == 3e-3  # capped
 
 
+def test_dpo_takes_a_fortieth_of_the_sft_rate_after_its_range():
+    for method, shape in ((MethodConfig(), ModelShape(4096, 32)), (MethodConfig(name="full"), ModelShape(576, 30))):
+        sft, dpo = auto_lr(method, shape), auto_lr(method, shape, "dpo")
+        assert dpo.value == pytest.approx(sft.value / 40, rel=0.01) and dpo.reason.startswith(
+            "task dpo: SFT's rate / 40"
+        )
+    assert auto_lr(MethodConfig(), ModelShape(4096, 32), "dpo").value == pytest.approx(
+        7.15e-6, rel=0.01
+    )  # 2.86e-4 / 40: not floored
+    assert auto_lr(MethodConfig(), ModelShape(576, 30), "grpo") == auto_lr(MethodConfig(), ModelShape(576, 30))
+
+
 def test_lora_lr_scales_with_alpha():
     base = auto_lr(MethodConfig(alpha=32), ModelShape(4096, 32)).value
     assert auto_lr(MethodConfig(r=8, alpha=16), ModelShape(4096, 32)).value == pytest.approx(2 * base, rel=0.01)

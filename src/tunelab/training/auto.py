@@ -25,6 +25,11 @@ Where the numbers come from (README, "Defaults that learn", has them with links 
 - lr, DoRA: LoRA's rate. On the company-FAQ example DoRA and LoRA scored the same at lr 2e-3 (README); its authors'
   runs use 1e-4 to 2e-4 where LoRA uses 3e-4 (NVlabs/DoRA, commonsense reasoning on LLaMA-7B, Llama-2-7B,
   Llama-3-8B), so a 7B model may want half; not measured here.
+- lr, task dpo: a fortieth of the rule above, the ratio of the alignment-handbook's zephyr-7b recipes (QLoRA r=16
+  alpha 16: SFT 2e-4, DPO 5e-6; full: SFT 2e-5, DPO 5e-7). A preference loss drives the two answers' log-ratio apart
+  without bound, so at the SFT rate it runs away: on examples/concise_dpo with the other options auto (126 steps) the
+  loss was 0.0000 by step 9 at the SFT rate, a tenth of it left 30% of the held-out answers on topic, a fortieth
+  shortened 70% of them to 25 words or fewer with 70% on topic (README).
 - micro_batch: 8 (the effective batch of Unsloth's notebooks, 2 x 4, and of the LoRA paper's GPT-2 runs); for a
   small set the power of two <= examples / 32, so that an epoch still has ~32 optimizer steps. OpenAI's fine-tuning
   API sizes its batch at ~0.2% of the examples (1 for sets under 500), and LoRA loses more than full fine-tuning
@@ -53,6 +58,7 @@ LR_EXPONENT = 0.781  # how the best lr falls with the hidden size (tinker-cookbo
 REFERENCE_ALPHA = 32.0  # the LoRA alpha the lr fit was made with
 LORA_OVER_FULL = 10.0  # best LoRA lr / best full fine-tuning lr ("LoRA Without Regret")
 LR_RANGE = (1e-5, 3e-3)  # the LoRA lr is kept in here: tiny test models would otherwise get huge rates
+PREFERENCE_DIVISOR = 40.0  # task dpo: SFT's rate over this (alignment-handbook's zephyr-7b recipes: 2e-4 -> 5e-6)
 
 MICRO_BATCH = 8
 STEPS_PER_EPOCH = 32  # a small set's micro-batch is cut until an epoch has about this many steps
@@ -80,11 +86,11 @@ class AutoPlan:
     total_steps: int
     kept: dict[str, Choice] = field(default_factory=dict)  # choices a resumed run keeps (plan_from_data)
 
-    def with_lr(self, method: MethodConfig, shape: ModelShape) -> AutoPlan:
+    def with_lr(self, method: MethodConfig, shape: ModelShape, task: str = "sft") -> AutoPlan:
         """The plan with the learning rate chosen too (when it is `auto`): it needs the model's shape."""
         if self.train.lr != AUTO:
             return self
-        choice = self.kept.get("train.lr") or auto_lr(method, shape)
+        choice = self.kept.get("train.lr") or auto_lr(method, shape, task)
         train = dataclasses.replace(self.train, lr=choice.value)
         return AutoPlan(train, {"train.lr": choice} | self.chosen, self.total_steps, self.kept)
 
@@ -126,8 +132,17 @@ def pow2_floor(x: float) -> int:
     return 1 << max(0, math.floor(math.log2(x))) if x >= 1 else 1
 
 
-def auto_lr(method: MethodConfig, shape: ModelShape) -> Choice:
-    """Peak learning rate from the method, the model's width and depth, and (LoRA) alpha."""
+def auto_lr(method: MethodConfig, shape: ModelShape, task: str = "sft") -> Choice:
+    """Peak learning rate from the method, the model's width and depth, (LoRA) alpha and the task."""
+    choice = _sft_lr(method, shape)
+    if task != "dpo":
+        return choice
+    return Choice(
+        _round(choice.value / PREFERENCE_DIVISOR), f"task dpo: SFT's rate / {PREFERENCE_DIVISOR:g} ({choice.reason})"
+    )
+
+
+def _sft_lr(method: MethodConfig, shape: ModelShape) -> Choice:
     if shape.hidden_size is None:
         lora, width = LORA_LR_AT_2000, "hidden size unknown: the rate for width 2000"
     else:

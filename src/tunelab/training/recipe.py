@@ -178,7 +178,7 @@ def _train(
     if check:
         cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task)
     built, untrained = load_model(cfg, inputs)
-    auto = auto.with_lr(cfg.method, model_shape(built.hf_config))
+    auto = auto.with_lr(cfg.method, model_shape(built.hf_config), cfg.task)
     longest = max((len(row.input_ids) for row in data.train), default=1)
     # Checkpointing and offload (the memory planner) are set on the causal LM before the task adapts it: a head keeps
     # the LM's body, and with it the body's recompute settings.
