@@ -120,10 +120,29 @@ def test_a_prompt_format_on_chat_rows_is_bad_input(tiny_model_dir, tmp_path, cap
     assert "option 'classify.prompt_format' formats text inputs" in capsys.readouterr().err
 
 
-def test_check_still_refuses_task_dpo(tmp_path, capsys):
-    over = {"task": "dpo", "data.train": [str(tmp_path / "x.jsonl")], "output_dir": str(tmp_path / "run")}
+def test_check_refuses_task_grpo(tmp_path, capsys):
+    over = {"task": "grpo", "data.train": [str(tmp_path / "x.jsonl")], "output_dir": str(tmp_path / "run")}
     assert main(["check", *_flags(over), "--data-only"]) == 2
-    assert "tunelab check covers tasks sft, classify and reward" in capsys.readouterr().err
+    assert "tunelab check covers tasks sft, classify, reward and dpo" in capsys.readouterr().err
+
+
+def test_dpo_pairs_are_checked_and_the_first_loss_is_ln2_with_the_policy_its_reference(
+    tiny_model_dir, tmp_path, capsys
+):
+    rows = [
+        {"prompt": f"What is the code of box {i}?", "chosen": f"Box {i} has code {1000 + i}.", "rejected": "No."}
+        for i in range(8)
+    ]
+    rows[3]["rejected"] = rows[3]["chosen"]
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    over = _over(tiny_model_dir, tmp_path, "dpo", data, **{"method.r": 4, "data.eval_fraction": 0.0})
+    assert main(["check", *_flags(over)]) == 0
+    out = capsys.readouterr().out
+    assert "training rows as dpo scores them:" in out and f"{data}:1: chosen " in out
+    assert "[WARN] pairs: 7 pairs used; 1 skipped" in out and f"chosen = rejected: 1 ({data}:4)" in out
+    assert "[PASS] lengths: tokens per input" in out
+    assert "[PASS] forward/backward (dpo): first micro-batch: loss 0.6931, gradients finite" in out
+    assert out.rstrip().splitlines()[-1].startswith("check: PASSED") and not (tmp_path / "run").exists()
 
 
 def test_resume_with_changed_label_data_fails_as_for_sft(tiny_model_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""`tunelab check` for the head tasks (classify, reward): what their rows hold, before any training.
+"""`tunelab check` for the tasks whose rows are not sft text: the head tasks (classify, reward) and the preference
+pairs of dpo: what their rows hold, before any training.
 
 Reading the data (`task.build_data`) already refuses what cannot train, with the file, line and field: a row without
 an input, a label missing or empty, a single class, no usable pair. Those are bad input (exit 2), as in train. The
@@ -7,16 +8,21 @@ items here report what does train but deserves a look:
 - labels (classify): the label set with each label's rows; a warning when the smallest class has under a tenth of
   the largest's rows (classify.class_weights: balanced evens their weight);
 - eval labels (classify): eval rows whose label training never saw, counted and skipped from the eval metrics;
-- pairs (reward): the pairs used, and those skipped because chosen equals rejected or a side is empty, with where;
+- pairs (reward, dpo): the pairs used, and those skipped because chosen equals rejected or a side is empty, with
+  where;
 - lengths: tokens per input against data.max_length, with the inputs cut (truncate) or dropped (drop);
 - head input: the first training input as the head reads it (classify.prompt_format applied) and the token it pools.
 
 With the model, one forward and backward of the first micro-batch through the head: its loss and gradients must be
-finite, and a classifier's untrained head should start near ln(K) for K labels (its logits are close to 0).
+finite, and a classifier's untrained head should start near ln(K) for K labels (its logits are close to 0). For dpo
+the reference log-probs of that micro-batch are computed as training computes them, and before the first update the
+policy is its reference: the sigmoid loss must be ln 2 = 0.693 (margin 0), or the reference and the policy disagree
+(a warning: the adapters do not start at zero, or the two forwards differ).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -29,6 +35,8 @@ from tunelab.tasks.reward import SAME
 from tunelab.training.prepare import Inputs, load_model
 
 HEAD_TASKS = ("classify", "reward")
+CHECKED_TASKS = (*HEAD_TASKS, "dpo")  # the tasks this module checks (sft: checks/run.py and data/checks.py)
+REFERENCE_TOLERANCE = 1e-3  # |first sigmoid dpo loss - ln 2| beyond this: the policy is not its reference
 IMBALANCE = 10  # warn when the largest class has more than this many times the rows of the smallest
 SHOWN = 5  # locations listed per skip reason
 
@@ -112,18 +120,24 @@ def head_input_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
 
 
 def head_data_checks(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
-    """The data items of a classify or reward run."""
+    """The data items of a classify, reward or dpo run."""
+    if cfg.task == "dpo":
+        return [*pair_items(inputs), length_item(cfg, inputs)]
     items = label_items(inputs) if cfg.task == "classify" else pair_items(inputs)
     return [*items, length_item(cfg, inputs), head_input_item(cfg, inputs)]
 
 
 def head_model_items(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
-    """One forward/backward of the first micro-batch through the head, as the first training step takes it."""
+    """One forward/backward of the first micro-batch through the head (or dpo's loss), as the first training step
+    takes it."""
     task = get_task(cfg.task, cfg)
     built, untrained = load_model(cfg, inputs)
-    task.prepare(built, inputs.data, cfg)
     micro = cfg.train.micro_batch  # resolved from auto by the caller
     rows = inputs.data.train[:micro]
+    # dpo caches the reference log-probs of the rows it is given: those of this micro-batch, not the whole set
+    task.prepare(
+        built, dataclasses.replace(inputs.data, train=rows, eval=[]) if cfg.task == "dpo" else inputs.data, cfg
+    )
     batch = task.make_batches(rows, micro, inputs.tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)[0]
     batch = {k: (v.to(built.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     built.model.train()
@@ -133,25 +147,33 @@ def head_model_items(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
     value = float(loss.detach())
     grads = [p.grad for p in built.model.parameters() if p.requires_grad and p.grad is not None]
     finite = math.isfinite(value) and all(bool(torch.isfinite(g).all()) for g in grads)
-    name = "forward/backward (head)"
+    name = "forward/backward (dpo)" if cfg.task == "dpo" else "forward/backward (head)"
     if not finite:
         return [CheckItem(name, "fail", f"the loss ({value:g}) or a gradient is not finite on the first batch")]
+    untrained_item = CheckItem(
+        "untrained tokens",
+        "pass" if not untrained.tokens or untrained.repaired else "fail",
+        untrained.summary().removeprefix("untrained tokens: "),
+    )
+    if cfg.task == "dpo" and cfg.dpo.loss == "sigmoid" and cfg.dpo.label_smoothing == 0:
+        off = abs(value - math.log(2)) > REFERENCE_TOLERANCE
+        text = f"first micro-batch: loss {value:.4f}, gradients finite; before any update the policy is its reference"
+        if off:
+            text += f", so the loss should be ln 2 = {math.log(2):.4f}: the policy and the reference disagree"
+        return [untrained_item, CheckItem(name, "warn" if off else "pass", text + ("" if off else " (ln 2)"))]
     expected = ""
     if cfg.task == "classify":
         k = len(inputs.data.facts["labels"])
         expected = f" (an untrained head of {k} labels starts near ln {k} = {math.log(k):.3f})"
-    untrained_status = "pass" if not untrained.tokens or untrained.repaired else "fail"
-    return [
-        CheckItem("untrained tokens", untrained_status, untrained.summary().removeprefix("untrained tokens: ")),
-        CheckItem(name, "pass", f"first micro-batch: loss {value:.4f}{expected}, gradients finite"),
-    ]
+    return [untrained_item, CheckItem(name, "pass", f"first micro-batch: loss {value:.4f}{expected}, gradients finite")]
 
 
 def head_preview(cfg: RunConfig, inputs: Inputs, examples: int) -> str:
     """The first training rows as the head reads them: the decoded input, then its label (classify)."""
     data, decode = inputs.data, inputs.tokenizer.decode
     labels = data.facts.get("labels")
-    lines = [f"preview of the first {min(examples, len(data.train))} training rows as the head reads them:"]
+    reader = "dpo scores them" if cfg.task == "dpo" else "the head reads them"
+    lines = [f"preview of the first {min(examples, len(data.train))} training rows as {reader}:"]
     for row in data.train[:examples]:
         if cfg.task == "classify":
             lines.append(f"  {row.path}:{row.line}: {decode(row.input_ids)!r} -> {labels[row.label]}")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from tunelab.atomic import write_text
-from tunelab.checks.heads import HEAD_TASKS, head_data_checks, head_model_items, head_preview
+from tunelab.checks.heads import CHECKED_TASKS, head_data_checks, head_model_items, head_preview
 from tunelab.checks.model import compared, documents, eval_comparisons, first_batch, forward_backward, mean_loss, padded
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
 from tunelab.config import describe
@@ -140,10 +140,10 @@ def run_check(
 
     resolved = resolve(config, overrides)
     cfg = resolved.config
-    head = cfg.task in HEAD_TASKS and not cfg.stages
+    head = cfg.task in CHECKED_TASKS and not cfg.stages  # classify, reward, dpo: checks/heads.py
     if cfg.task != "sft" and not head:
         raise ConfigError(
-            f"tunelab check covers tasks sft, classify and reward (a staged run: sft stages); option 'task' is "
+            f"tunelab check covers tasks sft, classify, reward and dpo (a staged run: sft stages); option 'task' is "
             f"{cfg.task}. tunelab train checks a {cfg.task} run's rows as it reads them (with file:line)."
         )
     page = html_path(html)
