@@ -5,9 +5,10 @@ import dataclasses
 
 import pytest
 
-from tunelab.config import MethodConfig, TrainConfig, load_config
+from tunelab.config import GrpoConfig, MethodConfig, RunConfig, TrainConfig, load_config
 from tunelab.errors import ConfigError
-from tunelab.training.auto import ModelShape, auto_lr, model_shape, resolve_auto
+from tunelab.training.auto import ModelShape, auto_lr, model_shape, plan_from_data, resolve_auto
+from tunelab.training.plan import longest_row
 
 ALL_AUTO = {name: "auto" for name in ("lr", "epochs", "micro_batch", "warmup_ratio", "eval_every")}
 
@@ -157,3 +158,25 @@ def test_model_shape_reads_text_configs():
         pass
 
     assert model_shape(NoShape()) == ModelShape(None, None)
+
+
+def test_grpo_counts_a_steps_answers_for_the_micro_batch_and_its_prompts_for_the_epochs():
+    grpo = GrpoConfig(prompts_per_step=8, num_generations=8)
+    plan = plan_from_data(TrainConfig(), 40, False, grpo=grpo)  # 40 prompts: 5 steps an epoch
+    assert plan.train.micro_batch == 8 and "8 x 8 = 64 answers" in plan.chosen["train.micro_batch"].reason
+    assert plan.train.epochs == 10 and "5 steps an epoch" in plan.chosen["train.epochs"].reason  # 100 steps, capped
+    small = plan_from_data(TrainConfig(), 40, False, grpo=GrpoConfig(prompts_per_step=2, num_generations=3))
+    assert small.train.micro_batch == 6  # all of a step's answers in one forward
+    assert plan_from_data(TrainConfig(), 40, False).train.micro_batch == 1  # the sft rule counts rows
+
+
+def test_a_grpo_row_is_its_prompt_and_answer_for_the_memory_planner():
+    class Row:
+        input_ids = [0] * 100
+
+    sft = RunConfig()
+    grpo = dataclasses.replace(sft, task="grpo", grpo=GrpoConfig(max_new_tokens=256))
+    assert longest_row(sft, [Row()]) == 100
+    assert longest_row(grpo, [Row()]) == 356
+    short = dataclasses.replace(grpo, data=dataclasses.replace(grpo.data, max_length=300))
+    assert longest_row(short, [Row()]) == 300  # the rollout cuts the answer at data.max_length

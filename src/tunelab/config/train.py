@@ -26,7 +26,7 @@ class TrainConfig:
     max_steps: int | None = opt(None, "optimizer steps to run; overrides epochs", min=1)
     micro_batch: int | Auto = opt(
         "auto",
-        "examples per forward pass; auto: 8, or for a small set the power of two <= examples / 32 (at least 1)",
+        "examples per forward pass; auto: 8, or for a small set the power of two <= examples / 32 (at least 1); task grpo: a step's prompts x num_generations answers, at most 8",
         min=1,
     )
     grad_accum: int = opt(1, "micro-batches per optimizer step", min=1)

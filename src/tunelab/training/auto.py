@@ -35,6 +35,8 @@ Where the numbers come from (README, "Defaults that learn", has them with links 
   API sizes its batch at ~0.2% of the examples (1 for sets under 500), and LoRA loses more than full fine-tuning
   at large batch sizes ("LoRA Without Regret"). Rows are counted, not the answers a chat row holds: counting
   ferry_chat's 2.3 answers a conversation (micro-batch 1, 195 steps instead of 132) was no better on three seeds.
+- micro_batch, task grpo: the rows a step trains on are its prompts_per_step x num_generations answers; up to 8 of
+  them a forward (the rule above would count prompts: 1 for a set of under 64 prompts, 64 forwards a step).
 - epochs: 3, as OpenAI's fine-tuning API, Alpaca and LLaMA-Factory's examples, unless that gives fewer than 100
   optimizer steps: then enough epochs for 100 steps, at most 10 (OpenAI's rule raises epochs until 100 examples
   are seen, up to 25; LIMA trained 1,000 examples for 15 epochs). A large set (3 epochs over 25,000 examples) gets
@@ -51,7 +53,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunelab.config import AUTO, MethodConfig, TrainConfig
+from tunelab.config import AUTO, GrpoConfig, MethodConfig, TrainConfig
 
 LORA_LR_AT_2000 = 5e-4  # LoRA's best lr at hidden size 2000 (tinker-cookbook: 5e-5 x 10)
 LR_EXPONENT = 0.781  # how the best lr falls with the hidden size (tinker-cookbook's Llama-family fit)
@@ -186,6 +188,15 @@ def auto_micro_batch(examples: int) -> Choice:
     )
 
 
+def auto_rollout_micro_batch(grpo: GrpoConfig) -> Choice:
+    """Task grpo: the rows a step trains on are its answers, not its prompts."""
+    rows = grpo.prompts_per_step * grpo.num_generations
+    mb = min(MICRO_BATCH, rows)
+    return Choice(
+        mb, f"grpo: a step's {grpo.prompts_per_step} x {grpo.num_generations} = {rows} answers, {mb} a forward"
+    )
+
+
 def steps_per_epoch(examples: int, micro_batch: int, grad_accum: int) -> int:
     """Optimizer steps in one pass: ceil(examples / micro_batch) micro-batches, grad_accum of them a step."""
     return max(1, math.ceil(math.ceil(examples / micro_batch) / grad_accum))
@@ -216,12 +227,18 @@ def auto_eval_every(total_steps: int, has_eval: bool) -> Choice:
 
 
 def plan_from_data(
-    train: TrainConfig, examples: int, has_eval: bool, kept: dict[str, Choice] | None = None
+    train: TrainConfig,
+    examples: int,
+    has_eval: bool,
+    kept: dict[str, Choice] | None = None,
+    grpo: GrpoConfig | None = None,
 ) -> AutoPlan:
     """The options that depend on the data alone, in dependency order: micro_batch -> epochs -> optimizer steps ->
     warmup and the eval cadence. `examples` is the number of training rows (after packing). `lr` stays `auto` until
     `AutoPlan.with_lr`, once the model is loaded; the data checks before that read the micro-batch. `kept`: values
-    for options still `auto` that are not chosen again (a resumed run trains on with the values it started with)."""
+    for options still `auto` that are not chosen again (a resumed run trains on with the values it started with).
+    `grpo` (task grpo): the examples are prompts, a step takes grpo.prompts_per_step of them and trains on their
+    prompts x num_generations answers, so the micro-batch and the steps an epoch are counted from those."""
     kept = kept or {}
     chosen: dict[str, Choice] = {}
     values: dict[str, Any] = {}
@@ -235,8 +252,12 @@ def plan_from_data(
         values[name] = choice.value
         return choice.value
 
-    micro_batch = pick("micro_batch", lambda: auto_micro_batch(examples))
-    per_epoch = steps_per_epoch(examples, micro_batch, train.grad_accum)
+    if grpo is None:
+        micro_batch = pick("micro_batch", lambda: auto_micro_batch(examples))
+        per_epoch = steps_per_epoch(examples, micro_batch, train.grad_accum)
+    else:
+        pick("micro_batch", lambda: auto_rollout_micro_batch(grpo))
+        per_epoch = max(1, math.ceil(examples / grpo.prompts_per_step))  # one step per prompts_per_step prompts
     if train.max_steps:  # max_steps rules; epochs is not read, but must be a number in the resolved config
         values["epochs"] = float(TARGET_EPOCHS) if train.epochs == AUTO else train.epochs
         total = train.max_steps

@@ -333,6 +333,15 @@ def plan_for_config(
     return plan(shape, config_setup(cfg, seq), budget, train.micro_batch * train.grad_accum, fixed, cuda=cuda)
 
 
+def longest_row(cfg: RunConfig, rows: list) -> int:
+    """The longest row a step trains on: a grpo row is its prompt and up to grpo.max_new_tokens answer tokens (the
+    rollout cuts an answer at data.max_length)."""
+    longest = max((len(row.input_ids) for row in rows), default=1)
+    if cfg.task == "grpo":
+        longest = min(longest + cfg.grpo.max_new_tokens, cfg.data.max_length)
+    return longest
+
+
 def plan_memory(auto: AutoPlan, cfg: RunConfig, built: BuiltModel, seq: int) -> tuple[AutoPlan, MemoryPlan | None]:
     """Choose train.checkpointing, checkpoint_layers and offload_activations where they are auto (and a smaller
     micro_batch, keeping micro_batch x grad_accum, where micro_batch is auto and memory binds), apply them to the
@@ -431,8 +440,10 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
     if pick_impl(cfg.model.impl, hf_config) != "fast":
         raise ConfigError(f"model '{cfg.model.name}' trains on the generic path, which the planner has no model of.")
     shape = LlamaConfig.from_hf(hf_config)
-    auto = plan_from_data(train, len(inputs.data.train), bool(inputs.data.eval))
-    seq = max((len(row.input_ids) for row in inputs.data.train), default=1)
+    auto = plan_from_data(
+        train, len(inputs.data.train), bool(inputs.data.eval), grpo=cfg.grpo if cfg.task == "grpo" else None
+    )
+    seq = longest_row(cfg, inputs.data.train)
     result = plan_for_config(cfg, auto.train, shape, seq, budget, cfg.train.micro_batch == AUTO)
     require_fit(result, f"budget {gib(budget)}")
     return PlanReport(result, shape, seq, auto.train.micro_batch * auto.train.grad_accum)

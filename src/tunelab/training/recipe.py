@@ -45,7 +45,7 @@ from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
 from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import failure_note, plan_output_dir, start_run_dir
-from tunelab.training.plan import plan_memory
+from tunelab.training.plan import longest_row, plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.result import save_final, tidy_up
 from tunelab.training.resume import (
@@ -174,12 +174,12 @@ def _train(
     if resume:
         check_same_data(run_dir, read_info(run_dir, require_finished=False).data_sha256, digest)
     kept = kept_auto(run_dir, cfg) if resume else {}
-    auto = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept)
+    auto = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
     if check:
         cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task)
     built, untrained = load_model(cfg, inputs)
     auto = auto.with_lr(cfg.method, model_shape(built.hf_config), cfg.task)
-    longest = max((len(row.input_ids) for row in data.train), default=1)
+    longest = longest_row(cfg, data.train)  # grpo: the prompt and its answer
     # Checkpointing and offload (the memory planner) are set on the causal LM before the task adapts it: a head keeps
     # the LM's body, and with it the body's recompute settings.
     if sharding == "fsdp2":  # our recomputation runs outside FSDP2's gathers: auto means off there
