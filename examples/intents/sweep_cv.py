@@ -18,6 +18,8 @@ import random
 import time
 from pathlib import Path
 
+from tunelab.api import train
+
 HERE = Path(__file__).resolve().parent
 FOLDS = 5
 
@@ -48,8 +50,6 @@ def folds(rows: list[str], seed: int = 0) -> list[list[str]]:
 
 
 def run_one(name: str, fold: int, parts: list[list[str]], work: Path, max_steps: int | None = None) -> dict:
-    from tunelab.api import train
-
     folder = work / f"{name.replace(' ', '_')}_fold{fold}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.jsonl").write_text("".join(r for i, p in enumerate(parts) if i != fold for r in p))
