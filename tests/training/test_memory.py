@@ -113,6 +113,20 @@ def test_peak_without_checkpointing_is_at_the_head():
     assert e.peak == e.static_bytes + 3 * layer + 38016 + 2 * 48 * 200
 
 
+def test_head_logits_chunk_follows_the_vocabulary():
+    # V 131072 = 2^17: a chunk of 2^27 / 2^17 = 1024 tokens, so 2 x 1024 x V bf16 logits however many tokens a step has
+    big = LlamaConfig.from_hf(
+        dict(
+            model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=131072, rms_norm_eps=1e-5, max_position_embeddings=8192,
+        )
+    )  # fmt: skip
+    n = 4 * 2048
+    e = estimate(big, Setup(method="lora", rank=4, micro_batch=4, seq=2048))
+    head = 3 * 2 * n * 64 + 4 * n + 2 * 2 * 1024 * 131072 + 4 * n
+    assert e.transient == {"head: logits chunk, hidden and its gradient": head}
+
+
 def test_peak_with_every_layer_checkpointed_is_the_recomputation():
     e = estimate(TINY, Setup(method="lora", rank=4, micro_batch=2, seq=24, checkpointed=3))
     assert e.peak_phase == "recomputation"

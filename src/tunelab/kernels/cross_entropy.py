@@ -1,6 +1,7 @@
 """Fused LM head + cross-entropy that never holds more than one (chunk, V) block of logits.
 
-For each chunk of `chunk_size` tokens (h (n, d), labels (n,)):
+For each chunk of `chunk_size` tokens (h (n, d), labels (n,); by default `kernels.head_chunk_tokens(V)`, which keeps
+a (n, V) block within 256 MiB in bf16):
     logits = h @ W^T                                    (n, V) in the input dtype, the only large buffer
     one Triton pass per row: online logsumexp over V, loss = lse - logits[label], then overwrites the row in
         place with dloss/dlogits = softmax(logits) - onehot(label)   (zero for ignored rows)
@@ -21,6 +22,8 @@ assert. Because the backward rescales its saved gradients in place, a second bac
 import torch
 import triton
 import triton.language as tl
+
+from tunelab.kernels import head_chunk_tokens
 
 
 @triton.jit
@@ -103,12 +106,13 @@ def linear_cross_entropy(
     weight: torch.Tensor,
     labels: torch.Tensor,
     ignore_index: int = -100,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Sum over tokens of cross-entropy(hidden @ weight.T, labels), skipping `ignore_index`. hidden (N, d), weight (V, d).
 
     Returns the summed loss (fp32 scalar). Gradients for hidden and (unless frozen) weight are computed during the
-    forward, chunk by chunk; see the module docstring.
+    forward, chunk by chunk (chunk_size tokens; None sizes it to the vocabulary, `kernels.head_chunk_tokens`); see
+    the module docstring.
     """
     return apply_fused_head(
         LinearCrossEntropyFunction, "linear_cross_entropy", hidden, weight, labels, ignore_index, chunk_size
@@ -122,14 +126,17 @@ def apply_fused_head(
     weight: torch.Tensor,
     labels: torch.Tensor,
     ignore_index: int,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> torch.Tensor:
     """`function.apply` for a fused LM-head op (this one, `log_probs.linear_log_probs`) once its arguments are
-    checked (ValueError naming the op `name`), telling its forward which of hidden and weight need a gradient."""
+    checked (ValueError naming the op `name`), telling its forward which of hidden and weight need a gradient.
+    chunk_size None: `head_chunk_tokens` of the vocabulary."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
             f"{name}: hidden (N, d) and weight (V, d), got {tuple(hidden.shape)} and {tuple(weight.shape)}"
         )
+    if chunk_size is None:
+        chunk_size = head_chunk_tokens(weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"{name}: chunk_size must be >= 1, got {chunk_size}")
     grad_on = torch.is_grad_enabled()

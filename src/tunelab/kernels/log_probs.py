@@ -91,7 +91,7 @@ def linear_log_probs(
     weight: torch.Tensor,
     labels: torch.Tensor,
     ignore_index: int = -100,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """(N,) fp32 log softmax(hidden @ weight.T)[i, labels[i]], 0 where labels[i] == ignore_index. hidden (N, d),
     weight (V, d). See the module docstring for how the gradients are formed."""

@@ -8,6 +8,8 @@ packed sequences given as `cu_seqlens` (cumulative lengths, int32, starting at 0
 import torch
 import torch.nn.functional as F
 
+from tunelab.kernels import head_chunk_tokens
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0) -> torch.Tensor:
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back to x's dtype.
@@ -105,7 +107,7 @@ def linear_cross_entropy(
     weight: torch.Tensor,
     labels: torch.Tensor,
     ignore_index: int = -100,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Sum over tokens of cross-entropy(hidden @ weight.T, labels), skipping `ignore_index`. hidden (N, d), weight (V, d).
 
@@ -113,6 +115,7 @@ def linear_cross_entropy(
     Works chunk by chunk over N so that only (chunk_size, V) logits exist at a time; the reference keeps autograd's
     saved logits per chunk, so it saves time over memory only in the forward. The Triton version never stores them.
     """
+    chunk_size = head_chunk_tokens(weight.shape[0]) if chunk_size is None else chunk_size
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
         h = hidden[start : start + chunk_size]
@@ -127,10 +130,11 @@ def linear_log_probs(
     weight: torch.Tensor,
     labels: torch.Tensor,
     ignore_index: int = -100,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """(N,) fp32 log softmax(hidden @ weight.T)[i, labels[i]] (0 where labels[i] == ignore_index). hidden (N, d),
     weight (V, d). Chunked over N like `linear_cross_entropy`; autograd keeps each chunk's logits for backward."""
+    chunk_size = head_chunk_tokens(weight.shape[0]) if chunk_size is None else chunk_size
     parts = [hidden.new_zeros(0, dtype=torch.float32)]
     for start in range(0, hidden.shape[0], chunk_size):
         logits = (hidden[start : start + chunk_size] @ weight.T).float()  # (n, V)

@@ -26,8 +26,8 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
 
 Transients (the largest wins, on top of what is saved at that moment):
 - head: the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, two chunks of logits
-  2 min(N, 4096) V e (the kernel holds one at a time; the GPU measured one more) and the fp32 losses 4N
-  (`kernels/cross_entropy.py`);
+  2 min(N, C) V e, C = `kernels.head_chunk_tokens(V)` (4096 tokens at V 32,000, 1024 at 128,256; the kernel holds
+  one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
 - backward of a kept layer: d act N m e + two (N, d) gradients, beside all saved activations;
 - backward of a checkpointed layer, when every kept layer above has freed its activations: the attention half
   recomputed (its saved set above), the MLP in chunks of min(N, 4096) tokens (its saved set for a chunk, and d act
@@ -44,10 +44,10 @@ import math
 from dataclasses import dataclass, field
 
 from tunelab.config import parse_size  # noqa: F401  (re-exported: sizes in the planner's terms)
+from tunelab.kernels import head_chunk_tokens
 from tunelab.models.llama_config import LlamaConfig
 
 E = 2  # bytes of a bf16 activation
-LOGITS_CHUNK = 4096  # tokens per chunk of the fused head + loss (`kernels.cross_entropy.linear_cross_entropy`)
 MLP_CHUNK = 4096  # tokens per chunk of checkpointing's MLP backward (`LlamaDecoderLayer.mlp_chunk_tokens`)
 NF4_TABLES = (16 + 256) * 4  # the fp32 code tables every NF4 layer keeps as buffers
 MIN_8BIT = 4096  # adamw_8bit keeps smaller tensors' moments in fp32 (`training.adamw8bit.MIN_8BIT_SIZE`)
@@ -274,9 +274,10 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         "activations: kept layers": kept * layer_saved(c, s, n),
         "activations: checkpointed inputs": 0 if s.offload else checkpointed * E * n * d,
     }
-    chunk = min(n, LOGITS_CHUNK)
+    chunk = min(n, head_chunk_tokens(c.vocab_size))
     # Two (chunk, V) blocks, not the one the kernel holds at a time: the H200 run of benchmarks/plan_bench.py measured
-    # the head phase one such block above that count, at 7B (V 32000) and at 8B (V 128256) alike (BENCHMARKS.md).
+    # the head phase one such block above that count, at 7B (V 32000) and at 8B (V 128256) alike, with 4096-token
+    # chunks at both (BENCHMARKS.md).
     head = E * n * d * 3 + 4 * n + 2 * E * chunk * c.vocab_size + 4 * n
     kept_bwd = E * n * (c.intermediate_size + 2 * d)
     mlp_chunk = min(n, MLP_CHUNK)
