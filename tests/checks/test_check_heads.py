@@ -120,12 +120,6 @@ def test_a_prompt_format_on_chat_rows_is_bad_input(tiny_model_dir, tmp_path, cap
     assert "option 'classify.prompt_format' formats text inputs" in capsys.readouterr().err
 
 
-def test_check_refuses_task_grpo(tmp_path, capsys):
-    over = {"task": "grpo", "data.train": [str(tmp_path / "x.jsonl")], "output_dir": str(tmp_path / "run")}
-    assert main(["check", *_flags(over), "--data-only"]) == 2
-    assert "tunelab check covers tasks sft, classify, reward and dpo" in capsys.readouterr().err
-
-
 def test_dpo_pairs_are_checked_and_the_first_loss_is_ln2_with_the_policy_its_reference(
     tiny_model_dir, tmp_path, capsys
 ):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tunelab.atomic import write_text
+from tunelab.checks.grpo import grpo_data_checks, grpo_model_items, grpo_preview
 from tunelab.checks.heads import CHECKED_TASKS, head_data_checks, head_model_items, head_preview
 from tunelab.checks.model import compared, documents, eval_comparisons, first_batch, forward_backward, mean_loss, padded
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
@@ -28,6 +29,7 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.untrained import UntrainedReport
 from tunelab.rundir import is_run_dir, read_info
+from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, plan_from_data
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.outdir import plan_output_dir
@@ -82,7 +84,7 @@ def auto_item(cfg, data, resume: bool) -> tuple[AutoPlan, CheckItem]:
             kept = kept_auto(cfg.output_dir, cfg)
         except (RunDirError, ConfigError):  # the resume item reports what is wrong with the run
             pass
-    plan = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept)
+    plan = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
     later = "; train.lr: from the model's width when training starts" if plan.train.lr == "auto" else ""
     details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
     return plan, CheckItem("auto values", "info", f"{len(plan.chosen)} chosen from the data{later}", details)
@@ -141,10 +143,11 @@ def run_check(
     resolved = resolve(config, overrides)
     cfg = resolved.config
     head = cfg.task in CHECKED_TASKS and not cfg.stages  # classify, reward, dpo: checks/heads.py
-    if cfg.task != "sft" and not head:
+    grpo = cfg.task == "grpo" and not cfg.stages  # checks/grpo.py
+    if cfg.task != "sft" and not (head or grpo):
         raise ConfigError(
-            f"tunelab check covers tasks sft, classify, reward and dpo (a staged run: sft stages); option 'task' is "
-            f"{cfg.task}. tunelab train checks a {cfg.task} run's rows as it reads them (with file:line)."
+            f"tunelab check covers tasks sft, classify, reward, dpo and grpo (a staged run: sft stages); option "
+            f"'task' is {cfg.task}. tunelab train checks a {cfg.task} run's rows as it reads them (with file:line)."
         )
     page = html_path(html)
     out("tunelab check — resolved config (value, then where it came from):")
@@ -155,7 +158,10 @@ def run_check(
         first, *later = [plan.config for plan in plan_stages(resolved, Path(cfg.output_dir))]
         cfg = first
         out(f"a staged run of {len(later) + 1} stages: stage 1 is checked in full, the others' data")
-    inputs = load_inputs(cfg)  # DataError (file:line) for a row without input (or label), a classifier of one class
+    task = get_task("grpo", cfg) if grpo else None  # grpo's rollout reads what its build_data saw
+    inputs = load_inputs(
+        cfg, task
+    )  # DataError (file:line) for a row without input (or label), a classifier of one class
     data = inputs.data
     out(data.report.summary())
     if resume and is_run_dir(cfg.output_dir):
@@ -165,10 +171,11 @@ def run_check(
     plan, item = auto_item(cfg, data, resume)
     items.append(item)
     cfg = dataclasses.replace(cfg, train=plan.train)  # the micro-batch the data checks and the first step use
-    if head:  # classify or reward (checks/heads.py): the rows as the head reads them, then its data checks
-        rows, preview = [], head_preview(cfg, inputs, examples)
+    if head or grpo:  # checks/heads.py, checks/grpo.py: the rows as the task reads them, then its data checks
+        preview = head_preview(cfg, inputs, examples) if head else grpo_preview(inputs, examples)
+        rows = []
         out(preview)
-        items += head_data_checks(cfg, inputs)
+        items += head_data_checks(cfg, inputs) if head else grpo_data_checks(cfg, inputs)
         page_text = preview + "\n\n" + data.report.summary()
     else:
         rows = render_examples(data.examples[:examples], inputs.tokenizer, data.template, cfg.data, DataReport())
@@ -183,7 +190,10 @@ def run_check(
     for item in items:
         out(item.line())
     if model:
-        more = (head_model_items if head else model_items)(cfg, inputs)
+        if grpo:
+            more = grpo_model_items(cfg, inputs, task)
+        else:
+            more = (head_model_items if head else model_items)(cfg, inputs)
         for item in more:
             out(item.line())
         items += more

@@ -238,6 +238,8 @@ def make_task(cfg: GrpoConfig) -> Task:
             )
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             batch["advantages"] = advantages[start : start + micro_batch].to(device)
+            batch["rewards"] = total[start : start + micro_batch]  # (n,) on the CPU: shown by `tunelab check`
+            batch["answers"] = [samples[i].answer for i in part]  # the texts the rewards read
             batch |= _fixed_log_probs(model, batch)
             batches.append(batch)
         for batch in batches:
