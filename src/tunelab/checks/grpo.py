@@ -20,10 +20,7 @@ backward of the first micro-batch of answers through grpo's loss: it and the gra
 
 from __future__ import annotations
 
-import math
-
-import torch
-
+from tunelab.checks.model import task_step, untrained_item
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
 from tunelab.tasks import rewards as reward_fns
@@ -102,13 +99,7 @@ def grpo_model_items(cfg: RunConfig, inputs: Inputs, task: Task) -> list[CheckIt
     pad = inputs.tokenizer.pad_token_id
     group = task.make_batches(inputs.data.train, cfg.train.micro_batch, pad, shuffle=False, seed=0, epoch=0)[:1]
     prompts, g = len(group[0]["rows"]), cfg.grpo.num_generations
-    items = [
-        CheckItem(
-            "untrained tokens",
-            "pass" if not untrained.tokens or untrained.repaired else "fail",
-            untrained.summary().removeprefix("untrained tokens: "),
-        )
-    ]
+    items = [untrained_item(untrained)]
     name = "first rollout"
     try:
         batches = task.rollout(built.model, group, 0, cfg.train.micro_batch)
@@ -138,13 +129,7 @@ def grpo_model_items(cfg: RunConfig, inputs: Inputs, task: Task) -> list[CheckIt
         )
     )
     items.append(_spread_item(figures, prompts - int(figures["reward_errors"])))
-    built.model.train()
-    loss_sum, _ = task.loss(built.model, first)
-    loss = loss_sum / task.count(first)
-    loss.backward()
-    value = float(loss.detach())
-    grads = [p.grad for p in built.model.parameters() if p.requires_grad and p.grad is not None]
-    finite = math.isfinite(value) and all(bool(torch.isfinite(g).all()) for g in grads)
+    value, finite = task_step(task, built.model, first)
     check = "forward/backward (grpo)"
     if not finite:
         return items + [

@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from tunelab.checks.model import task_step, untrained_item
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
 from tunelab.tasks import get_task
@@ -140,32 +141,25 @@ def head_model_items(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
     )
     batch = task.make_batches(rows, micro, inputs.tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)[0]
     batch = {k: (v.to(built.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    built.model.train()
-    loss_sum, _ = task.loss(built.model, batch)
-    loss = loss_sum / task.count(batch)
-    loss.backward()
-    value = float(loss.detach())
-    grads = [p.grad for p in built.model.parameters() if p.requires_grad and p.grad is not None]
-    finite = math.isfinite(value) and all(bool(torch.isfinite(g).all()) for g in grads)
+    value, finite = task_step(task, built.model, batch)
     name = "forward/backward (dpo)" if cfg.task == "dpo" else "forward/backward (head)"
     if not finite:
         return [CheckItem(name, "fail", f"the loss ({value:g}) or a gradient is not finite on the first batch")]
-    untrained_item = CheckItem(
-        "untrained tokens",
-        "pass" if not untrained.tokens or untrained.repaired else "fail",
-        untrained.summary().removeprefix("untrained tokens: "),
-    )
+    untrained_check = untrained_item(untrained)
     if cfg.task == "dpo" and cfg.dpo.loss == "sigmoid" and cfg.dpo.label_smoothing == 0:
         off = abs(value - math.log(2)) > REFERENCE_TOLERANCE
         text = f"first micro-batch: loss {value:.4f}, gradients finite; before any update the policy is its reference"
         if off:
             text += f", so the loss should be ln 2 = {math.log(2):.4f}: the policy and the reference disagree"
-        return [untrained_item, CheckItem(name, "warn" if off else "pass", text + ("" if off else " (ln 2)"))]
+        return [untrained_check, CheckItem(name, "warn" if off else "pass", text + ("" if off else " (ln 2)"))]
     expected = ""
     if cfg.task == "classify":
         k = len(inputs.data.facts["labels"])
         expected = f" (an untrained head of {k} labels starts near ln {k} = {math.log(k):.3f})"
-    return [untrained_item, CheckItem(name, "pass", f"first micro-batch: loss {value:.4f}{expected}, gradients finite")]
+    return [
+        untrained_check,
+        CheckItem(name, "pass", f"first micro-batch: loss {value:.4f}{expected}, gradients finite"),
+    ]
 
 
 def head_preview(cfg: RunConfig, inputs: Inputs, examples: int) -> str:

@@ -20,12 +20,15 @@ Tolerances, on the mean loss per token (|a - b| <= tol * max(1, |b|)):
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tunelab.data.checks import CheckItem
 from tunelab.data.loader import make_batches
 from tunelab.data.packing import pack
 from tunelab.data.render import IGNORE, Rendered
+from tunelab.models.untrained import UntrainedReport
 from tunelab.training.step import loss_tokens, summed_loss
 
 
@@ -182,3 +185,20 @@ def eval_comparisons(built, batch: dict, pad_id: int) -> tuple[list[CheckItem], 
 @torch.no_grad()
 def summed_loss_of(model, batch: dict, device: torch.device) -> float:
     return float(summed_loss(model, _to(batch, device)))
+
+
+def untrained_item(report: UntrainedReport) -> CheckItem:
+    status = "pass" if not report.tokens or report.repaired else "fail"
+    return CheckItem("untrained tokens", status, report.summary().removeprefix("untrained tokens: "))
+
+
+def task_step(task, model: torch.nn.Module, batch: dict) -> tuple[float, bool]:
+    """One forward/backward of `batch` through a task's loss in training mode: the mean loss, and whether it and
+    every gradient are finite."""
+    model.train()
+    loss_sum, _ = task.loss(model, batch)
+    loss = loss_sum / task.count(batch)
+    loss.backward()
+    value = float(loss.detach())
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    return value, math.isfinite(value) and all(bool(torch.isfinite(g).all()) for g in grads)

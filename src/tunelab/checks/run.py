@@ -19,7 +19,16 @@ import torch
 from tunelab.atomic import write_text
 from tunelab.checks.grpo import grpo_data_checks, grpo_model_items, grpo_preview
 from tunelab.checks.heads import CHECKED_TASKS, head_data_checks, head_model_items, head_preview
-from tunelab.checks.model import compared, documents, eval_comparisons, first_batch, forward_backward, mean_loss, padded
+from tunelab.checks.model import (
+    compared,
+    documents,
+    eval_comparisons,
+    first_batch,
+    forward_backward,
+    mean_loss,
+    padded,
+    untrained_item,
+)
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
 from tunelab.config import describe
 from tunelab.data.checks import CheckItem, CheckResult, data_checks
@@ -27,7 +36,6 @@ from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.llama import unsupported_reason
-from tunelab.models.untrained import UntrainedReport
 from tunelab.rundir import is_run_dir, read_info
 from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, plan_from_data
@@ -88,11 +96,6 @@ def auto_item(cfg, data, resume: bool) -> tuple[AutoPlan, CheckItem]:
     later = "; train.lr: from the model's width when training starts" if plan.train.lr == "auto" else ""
     details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
     return plan, CheckItem("auto values", "info", f"{len(plan.chosen)} chosen from the data{later}", details)
-
-
-def untrained_item(report: UntrainedReport) -> CheckItem:
-    status = "pass" if not report.tokens or report.repaired else "fail"
-    return CheckItem("untrained tokens", status, report.summary().removeprefix("untrained tokens: "))
 
 
 def _free(*objects) -> None:
