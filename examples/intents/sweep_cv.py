@@ -23,6 +23,12 @@ from tunelab.api import train
 HERE = Path(__file__).resolve().parent
 FOLDS = 5
 
+# The shipped prompt with the label set named before the request, so that the position the head reads has seen them.
+LABELS_PROMPT = (
+    "Domains: banking, credit cards, kitchen and dining, home, auto and commute, travel, utility, work, small talk, "
+    "meta, or out of scope.\nRequest: {text}\nDomain:"
+)
+
 # name -> overrides of config_head.yaml (each changes one thing, or two that belong together)
 SETTINGS: dict[str, dict] = {
     "shipped": {},
@@ -38,6 +44,11 @@ SETTINGS: dict[str, dict] = {
     "full lr 1e-4": {"method.name": "full", "train.lr": 1e-4},
     "full lr 3e-5": {"method.name": "full", "train.lr": 3e-5},
     "full lr 3e-5 epochs 10": {"method.name": "full", "train.lr": 3e-5, "train.epochs": 10},
+    "plain text": {"classify.prompt_format": None},
+    "labels in the prompt": {"classify.prompt_format": LABELS_PROMPT},
+    "labels in the prompt, label_words": {"classify.prompt_format": LABELS_PROMPT, "classify.head_init": "label_words"},
+    "weight decay 0.1": {"train.weight_decay": 0.1},
+    "epochs 7": {"train.epochs": 7},
 }
 
 
