@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tunelab.kernels import head_chunk_tokens, reference
+from tunelab.kernels import reference
+from tunelab.kernels.head_chunk import head_chunk_tokens
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Fused LM head + cross-entropy that never holds more than one (chunk, V) block of logits.
 
-For each chunk of `chunk_size` tokens (h (n, d), labels (n,); by default `kernels.head_chunk_tokens(V)`, which keeps
-a (n, V) block within 256 MiB in bf16):
+For each chunk of `chunk_size` tokens (h (n, d), labels (n,); by default `kernels.head_chunk.head_chunk_tokens(V)`,
+which keeps a (n, V) block within 256 MiB in bf16):
     logits = h @ W^T                                    (n, V) in the input dtype, the only large buffer
     one Triton pass per row: online logsumexp over V, loss = lse - logits[label], then overwrites the row in
         place with dloss/dlogits = softmax(logits) - onehot(label)   (zero for ignored rows)
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tunelab.kernels import head_chunk_tokens
+from tunelab.kernels.head_chunk import head_chunk_tokens
 
 
 @triton.jit
@@ -111,8 +111,8 @@ def linear_cross_entropy(
     """Sum over tokens of cross-entropy(hidden @ weight.T, labels), skipping `ignore_index`. hidden (N, d), weight (V, d).
 
     Returns the summed loss (fp32 scalar). Gradients for hidden and (unless frozen) weight are computed during the
-    forward, chunk by chunk (chunk_size tokens; None sizes it to the vocabulary, `kernels.head_chunk_tokens`); see
-    the module docstring.
+    forward, chunk by chunk (chunk_size tokens; None sizes it to the vocabulary: `kernels.head_chunk`); see the
+    module docstring.
     """
     return apply_fused_head(
         LinearCrossEntropyFunction, "linear_cross_entropy", hidden, weight, labels, ignore_index, chunk_size

@@ -8,7 +8,7 @@ packed sequences given as `cu_seqlens` (cumulative lengths, int32, starting at 0
 import torch
 import torch.nn.functional as F
 
-from tunelab.kernels import head_chunk_tokens
+from tunelab.kernels.head_chunk import head_chunk_tokens
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0) -> torch.Tensor:

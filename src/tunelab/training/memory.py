@@ -26,8 +26,8 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
 
 Transients (the largest wins, on top of what is saved at that moment):
 - head: the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, two chunks of logits
-  2 min(N, C) V e, C = `kernels.head_chunk_tokens(V)` (4096 tokens at V 32,000, 1024 at 128,256; the kernel holds
-  one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
+  2 min(N, C) V e, C = `kernels.head_chunk.head_chunk_tokens(V)` (4096 tokens at V 32,000, 1024 at 128,256; the
+  kernel holds one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
 - backward of a kept layer: d act N m e + two (N, d) gradients, beside all saved activations;
 - backward of a checkpointed layer, when every kept layer above has freed its activations: the attention half
   recomputed (its saved set above), the MLP in chunks of min(N, 4096) tokens (its saved set for a chunk, and d act
@@ -44,7 +44,7 @@ import math
 from dataclasses import dataclass, field
 
 from tunelab.config import parse_size  # noqa: F401  (re-exported: sizes in the planner's terms)
-from tunelab.kernels import head_chunk_tokens
+from tunelab.kernels.head_chunk import head_chunk_tokens
 from tunelab.models.llama_config import LlamaConfig
 
 E = 2  # bytes of a bf16 activation
