@@ -2,7 +2,7 @@
 # The rows of the speed targets that the 7B table does not cover, each beside its baseline in the same call:
 #   8b     Llama-3-8B QLoRA, 4 x 2048: unsloth_qlora, then tunelab with offload and the planner at unsloth's memory
 #   16k    Llama-3-8B QLoRA, 1 x 16384: unsloth_qlora, then tunelab with checkpointing (offload on and off)
-#   70b    Llama-3-70B QLoRA, 1 x 2048 (tunelab only: the baseline has no 70B shape)
+#   70b    Llama-3-70B QLoRA, 1 x 2048, AdamW and 8-bit AdamW (tunelab only: the baseline has no 70B shape)
 #
 #   OUT=DIR bash scripts/gpu_targets_bench.sh 8b 16k 70b       # from the repository root, baselines set up as
 #                                                              # ../shared/bench's README says (.anchors, .pk)
@@ -29,6 +29,9 @@ for group in "$@"; do
             ;;
         70b)
             $B --shape llama3-70b --method qlora --batch 1 --offload --steps 10 --out "$D/results.jsonl" 2>&1 | grep -E "SUMMARY|Error"
+            # 8-bit AdamW (Unsloth's notebooks' default): the memory model puts AdamW's state at 1.54 GiB, 8-bit 0.39
+            $B --shape llama3-70b --method qlora --batch 1 --offload --steps 10 --optimizer adamw_8bit \
+                --out "$D/results.jsonl" 2>&1 | grep -E "SUMMARY|Error"
             ;;
         *) echo "unknown group $group (8b, 16k, 70b)"; exit 2 ;;
     esac
