@@ -17,6 +17,15 @@ from typing import Any
 import torch
 
 from tunelab.atomic import write_text
+from tunelab.checks.federated import (
+    client_inputs,
+    client_items,
+    clients_of,
+    is_federated,
+    label,
+    output_item,
+    server_eval_item,
+)
 from tunelab.checks.grpo import grpo_data_checks, grpo_model_items, grpo_preview
 from tunelab.checks.heads import CHECKED_TASKS, head_data_checks, head_model_items, head_preview
 from tunelab.checks.model import (
@@ -155,6 +164,9 @@ def run_check(
     page = html_path(html)
     out("tunelab check — resolved config (value, then where it came from):")
     out(describe(resolved))
+    if is_federated(cfg):
+        color = show and sys.stdout.isatty()
+        return federated_check(cfg, config, resume, page, examples, model, out, color, describe(resolved))
     items = output_items(cfg, config, resume, overwrite_non_run)
     later = []
     if cfg.stages:  # a staged run: stage 1 in full; the later stages' data (their models are results yet to come)
@@ -203,6 +215,43 @@ def run_check(
     result = CheckResult(items, page)
     page.parent.mkdir(parents=True, exist_ok=True)
     write_text(page, check_html(result, rows, inputs.tokenizer, describe(resolved), page_text))
+    out(f"page: {page}")
+    out(result.verdict())
+    return result
+
+
+def federated_check(
+    cfg, config, resume: bool, page: Path, examples: int, model: bool, out, color: bool, described: str
+) -> CheckResult:
+    """`tunelab check` of a federated config (checks/federated.py): the federation's rules and output_dir, every
+    client's data as that client reads it, the server's eval set, and the model checks on the first client's data."""
+    clients = clients_of(cfg)  # ConfigError (exit 2) as tunelab federate would raise it
+    items = [output_item(cfg, config, resume)]
+    summaries = []
+    first = None
+    for client, inputs in client_inputs(cfg, clients):  # DataError naming the client (exit 2)
+        summary = f"{label(client)}:\n" + inputs.data.report.summary()
+        out(summary)
+        summaries.append(summary)
+        local, more = client_items(cfg, client, inputs)
+        items += more
+        first = first or (client, local, inputs)
+    client, local, inputs = first
+    rows = render_examples(
+        inputs.data.examples[:examples], inputs.tokenizer, inputs.data.template, cfg.data, DataReport()
+    )
+    out(f"{label(client)}, " + preview_text(rows, inputs.tokenizer, color=color))
+    items.append(server_eval_item(cfg, inputs.tokenizer))
+    for item in items:
+        out(item.line())
+    if model:
+        more = [dataclasses.replace(i, name=f"{label(client)}: {i.name}") for i in model_items(local, inputs)]
+        for item in more:
+            out(item.line())
+        items += more
+    result = CheckResult(items, page)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    write_text(page, check_html(result, rows, inputs.tokenizer, described, "\n\n".join(summaries)))
     out(f"page: {page}")
     out(result.verdict())
     return result

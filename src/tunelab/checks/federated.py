@@ -1,0 +1,108 @@
+"""`tunelab check` for a federated config (federated.clients or federated.split_file): what `tunelab federate`
+checks before any client trains, then each client's data as tunelab train checks its own.
+
+- the federation's rules (task sft, LoRA, no data.train, ...) and the clients: bad input, exit 2, as for federate;
+- output_dir: what federate would do with it (it never holds a client's data file);
+- per client, its rows read through the pipeline as that client reads them (its files, or its shard of the shared
+  file), its data report, the auto values its local training would choose, and the data checks (prompt rendering,
+  answer ends, padding), each item named after the client;
+- the server's eval set (data.eval), read as the server reads it;
+- with the model: the sft model checks (one forward/backward, the padded and packed comparisons, fast against
+  generic) on the first client's first micro-batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunelab.config import RunConfig
+from tunelab.data.checks import CheckItem, data_checks
+from tunelab.data.loader import build_datasets
+from tunelab.errors import ConfigError, RunDirError, TunelabError
+from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.training.auto import plan_from_data
+from tunelab.training.prepare import Inputs
+
+if TYPE_CHECKING:
+    from tunelab.federated.shards import ClientData
+
+# tunelab.federated's modules are imported where they are used: they load Flower, which a check of an ordinary
+# config does not need.
+
+
+def label(client: ClientData) -> str:
+    """How items name a client: "client-2" (a shard of split_file) or "client clinic-a" (a file's name)."""
+    return client.name if client.name.startswith("client") else f"client {client.name}"
+
+
+def is_federated(cfg: RunConfig) -> bool:
+    return bool(cfg.federated.clients or cfg.federated.split_file)
+
+
+def clients_of(cfg: RunConfig) -> list[ClientData]:
+    """The federation's rules and its clients, as `tunelab federate` checks them first (ConfigError: exit 2)."""
+    from tunelab.federated.run import check_config
+    from tunelab.federated.shards import client_data
+
+    check_config(cfg)
+    clients = client_data(cfg.federated, cfg.train.seed)
+    if cfg.federated.min_clients > len(clients):
+        raise ConfigError(
+            f"option 'federated.min_clients' is {cfg.federated.min_clients} but the federation has {len(clients)} "
+            "clients; lower min_clients or add clients."
+        )
+    return clients
+
+
+def output_item(cfg: RunConfig, config: Any, resume: bool) -> CheckItem:
+    from tunelab.federated.run import check_run_dir
+
+    name = "resume" if resume else "output_dir"
+    try:
+        check_run_dir(cfg, resume, config)
+    except (RunDirError, ConfigError) as exc:
+        return CheckItem(name, "fail", str(exc))
+    if resume:
+        return CheckItem(name, "pass", f"{cfg.output_dir}: federate resumes after its last finished round")
+    exists = Path(cfg.output_dir).exists()
+    return CheckItem(name, "pass", f"{cfg.output_dir}: " + ("federate replaces it" if exists else "new"))
+
+
+def client_inputs(cfg: RunConfig, clients: list[ClientData]) -> list[tuple[ClientData, Inputs]]:
+    """Every client's rows as that client reads them; a client without usable data is bad input naming it."""
+    from tunelab.federated.local import client_datasets
+
+    source = resolve_source(cfg.model.name)
+    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+    out = []
+    for client in clients:
+        try:
+            data = client_datasets(cfg.data, tokenizer, cfg.train.seed, client)
+        except TunelabError as exc:
+            raise type(exc)(f"client {client.name}: {exc}") from None
+        out.append((client, Inputs(source, tokenizer, data)))
+    return out
+
+
+def client_items(cfg: RunConfig, client: ClientData, inputs: Inputs) -> tuple[RunConfig, list[CheckItem]]:
+    """The auto values this client's local training would choose (training/auto.py over rounds x local_steps steps,
+    as federated/local.py resolves them) and its data checks, named after the client."""
+    f = cfg.federated
+    federation = dataclasses.replace(cfg.train, max_steps=f.rounds * f.local_steps)
+    plan = plan_from_data(federation, len(inputs.data.train), False)
+    local = dataclasses.replace(cfg, train=plan.train)
+    prefix = f"{label(client)}: "
+    details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
+    items = [CheckItem(prefix + "auto values", "info", f"{len(plan.chosen)} chosen from its data", details)]
+    items += [dataclasses.replace(item, name=prefix + item.name) for item in data_checks(local, inputs)]
+    return local, items
+
+
+def server_eval_item(cfg: RunConfig, tokenizer) -> CheckItem:
+    if not cfg.data.eval:
+        return CheckItem("server eval", "info", "no data.eval: the server reports no eval loss after each round")
+    data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
+    data = build_datasets(data_cfg, tokenizer, cfg.train.seed)
+    return CheckItem("server eval", "pass", f"{cfg.data.eval}: {len(data.train)} rows, read as the server reads them")

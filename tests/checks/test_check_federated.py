@@ -1,0 +1,77 @@
+"""`tunelab check` on a federated config: the federation's rules, output_dir, every client's data as that client
+reads it (its file, or its shard of a shared file), the server's eval set, and the model checks on the first client's
+first micro-batch; bad input exits 2 naming the client, as `tunelab federate` does."""
+
+import json
+
+import yaml
+
+from tunelab.cli import main
+
+
+def _rows(start: int, stop: int, **extra) -> str:
+    return "".join(
+        json.dumps({"question": f"Code of box {i}?", "answer": f"Box {i} has code {1000 + i}."} | extra) + "\n"
+        for i in range(start, stop)
+    )
+
+
+def _config(folder, model_dir, **federated) -> str:
+    for i in range(2):
+        (folder / f"site{i}.jsonl").write_text(_rows(10 * i, 10 * i + 10))
+    (folder / "server_eval.jsonl").write_text(_rows(100, 104))
+    config = {
+        "output_dir": "run",
+        "model": {"name": str(model_dir)},
+        "data": {"eval": "server_eval.jsonl", "max_length": 64},
+        "method": {"r": 4},
+        "train": {"lr": 1e-3},
+        "federated": {"clients": ["site0.jsonl", "site1.jsonl"], "rounds": 2, "local_steps": 3} | federated,
+    }
+    path = folder / "federate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _check(config, tmp_path, *more) -> list[str]:
+    return ["check", config, "--html", str(tmp_path / "page.html"), *more]
+
+
+def test_every_client_is_checked_and_the_model_on_the_first(tiny_model_dir, tmp_path, capsys):
+    config = _config(tmp_path, tiny_model_dir)
+    assert main(_check(config, tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "[PASS] output_dir: " in out and "run: new" in out
+    for name in ("site0", "site1"):
+        assert f"client {name}:\ndata: 1 file(s), 10 records" in out
+        assert f"[INFO] client {name}: auto values: " in out and "train.micro_batch = " in out
+        assert f"[PASS] client {name}: answers end with a stop token: 10 of 10 answers" in out
+    assert "[PASS] server eval: " in out and "server_eval.jsonl: 4 rows" in out
+    assert "[PASS] client site0: forward/backward loss: " in out and "client site1: forward/backward" not in out
+    assert out.rstrip().splitlines()[-1].startswith("check: PASSED")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_shared_file_is_checked_shard_by_shard(tiny_model_dir, tmp_path, capsys):
+    config = _config(tmp_path, tiny_model_dir, clients=[], split_file="all.jsonl", num_clients=3)
+    (tmp_path / "all.jsonl").write_text(_rows(0, 30))
+    assert main(_check(config, tmp_path, "--data-only")) == 0
+    out = capsys.readouterr().out
+    for k in (1, 2, 3):
+        assert f"client-{k}:\ndata: 1 file(s), 10 records" in out and f"[PASS] client-{k}: padding: " in out  # 30 / 3
+
+
+def test_a_client_without_usable_rows_is_bad_input_naming_it(tiny_model_dir, tmp_path, capsys):
+    config = _config(tmp_path, tiny_model_dir)
+    (tmp_path / "site1.jsonl").write_text(json.dumps({"question": "no answer here"}) + "\n")
+    assert main(_check(config, tmp_path, "--data-only")) == 2
+    err = capsys.readouterr().err
+    assert "client site1: " in err and "site1.jsonl" in err
+
+
+def test_the_federations_rules_are_bad_input_as_for_federate(tiny_model_dir, tmp_path, capsys):
+    config = _config(tmp_path, tiny_model_dir)
+    assert main(_check(config, tmp_path, "--data-only", "--method.name", "full")) == 2
+    assert "needs lora" in capsys.readouterr().err
+    assert main(_check(config, tmp_path, "--data-only", "--federated.min_clients", "3")) == 2
+    assert "'federated.min_clients' is 3 but the federation has 2 clients" in capsys.readouterr().err
