@@ -37,7 +37,7 @@ from tunelab.rundir import HEAD_TASKS, open_info, read_info
 from tunelab.server.serve import serve as serve
 from tunelab.training.distributed import from_environment
 from tunelab.training.launch import check_launch, train_on_ranks
-from tunelab.training.plan import plan_run
+from tunelab.training.plan import plan_config
 from tunelab.training.recipe import TrainResult, config_path, resolve
 from tunelab.training.recipe import train as _train
 from tunelab.training.stages import train_stages
@@ -94,10 +94,11 @@ def _open(run: str | Path | LoadedRun, device: str, base_precision: str) -> Load
 
 def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None = None):
     """The memory planner for a config (`tunelab plan`): a PlanReport whose .memory holds the candidates with their
-    predicted peak and speed, the chosen one and why; .text() is what the CLI prints. Loads the data and the model's
-    config, not its weights. gpu_memory (like "24GiB") overrides train.gpu_memory; BudgetError (a ConfigError) when
-    nothing fits, naming the minimum and its largest part."""
-    return plan_run(resolve(config, overrides).config, gpu_memory)
+    predicted peak and speed, the chosen one and why; .text() is what the CLI prints. A staged config gives a
+    StagesPlanReport: .stages, each stage's (name, PlanReport). Loads the data and the model's config, not its
+    weights. gpu_memory (like "24GiB") overrides train.gpu_memory; BudgetError (a ConfigError) when nothing fits,
+    naming the minimum and its largest part."""
+    return plan_config(resolve(config, overrides), gpu_memory)
 
 
 def check(

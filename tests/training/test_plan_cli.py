@@ -38,3 +38,34 @@ def test_plan_below_the_minimum_exits_2_naming_it(tiny_overrides, tmp_path, caps
 def test_plan_refuses_a_malformed_budget(tiny_overrides, tmp_path, capsys):
     code = main(["plan", _config(tmp_path, tiny_overrides), "--gpu-memory", "lots"])
     assert code == 2 and "gpu_memory" in capsys.readouterr().err
+
+
+def test_a_staged_config_is_planned_stage_by_stage(tiny_overrides, tmp_path, capsys):
+    path = _config(tmp_path, tiny_overrides)
+    config = yaml.safe_load(open(path))
+    train = config["data"].pop("train")
+    config["stages"] = [
+        {"name": "first", "data": {"train": train}},
+        {"name": "second", "data": {"train": train, "max_length": 48}, "train": {"micro_batch": 2}},
+    ]
+    open(path, "w").write(yaml.safe_dump(config))
+    code = main(["plan", path, "--gpu-memory", "1GiB"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    first, second = out.split("=== stage 2: second")
+    assert first.startswith("=== stage 1: first") and "8 rows per optimizer step" in first  # 4 x 2
+    assert "4 rows per optimizer step" in second  # the stage's micro-batch 2 x 2
+    assert "longest row" in second and "->" in second
+    config["stages"][1]["data"]["max_length"] = 8  # every row of stage 2 is longer: bad input, named by its stage
+    open(path, "w").write(yaml.safe_dump(config))
+    assert main(["plan", path, "--gpu-memory", "1GiB"]) == 2
+    assert "stage 2: " in capsys.readouterr().err
+
+
+def test_a_federated_config_is_refused_with_where_its_values_are_shown(tiny_overrides, tmp_path, capsys):
+    path = _config(tmp_path, tiny_overrides)
+    config = yaml.safe_load(open(path))
+    config["federated"] = {"split_file": config["data"].pop("train")[0]}
+    open(path, "w").write(yaml.safe_dump(config))
+    assert main(["plan", path, "--gpu-memory", "1GiB"]) == 2
+    assert "tunelab check CONFIG shows them, client by client" in capsys.readouterr().err
