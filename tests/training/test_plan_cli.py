@@ -1,5 +1,6 @@
-"""`tunelab plan` through the CLI on the tiny model: the table and the choice, and exit 2 with the minimum named when
-the budget is too small."""
+"""`tunelab plan` through the CLI on the tiny model: the table and the choice, exit 2 with the minimum named when
+the budget is too small, a staged config stage by stage, and a federated config sent where it belongs (plan and
+train refuse it, naming federate and check)."""
 
 import yaml
 
@@ -69,3 +70,14 @@ def test_a_federated_config_is_refused_with_where_its_values_are_shown(tiny_over
     open(path, "w").write(yaml.safe_dump(config))
     assert main(["plan", path, "--gpu-memory", "1GiB"]) == 2
     assert "tunelab check CONFIG shows them, client by client" in capsys.readouterr().err
+
+
+def test_train_on_a_federated_config_points_to_federate(tiny_overrides, tmp_path, capsys):
+    path = _config(tmp_path, tiny_overrides)
+    config = yaml.safe_load(open(path))
+    config["federated"] = {"split_file": config["data"].pop("train")[0]}
+    config["output_dir"] = str(tmp_path / "run")
+    open(path, "w").write(yaml.safe_dump(config))
+    assert main(["train", path]) == 2
+    assert "Run it with `tunelab federate CONFIG`" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -31,7 +31,7 @@ from torch import nn
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.data.loader import epoch_rows
-from tunelab.errors import CheckFailed
+from tunelab.errors import CheckFailed, ConfigError
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
@@ -135,6 +135,13 @@ def train(
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 alone prints and writes (training/distributed.py)."""
     resolved = resolve(config, overrides)
+    f = resolved.config.federated
+    if f.clients or f.split_file:
+        what = "federated.clients" if f.clients else "federated.split_file"
+        raise ConfigError(
+            f"option '{what}' is set: this config is a federation, whose clients train on their own data. Run it "
+            "with `tunelab federate CONFIG` (tunelab.federate); tunelab train trains one model on data.train."
+        )
     with session(resolved.config) as ranks:
         return _train(resolved, config_path(config), ranks, resume, check, overwrite_non_run, extra_eval)
 
