@@ -2,6 +2,7 @@
 the budget is too small, a staged config stage by stage, and a federated config sent where it belongs (plan and
 train refuse it, naming federate and check)."""
 
+import pytest
 import yaml
 
 from tunelab.cli import main
@@ -63,21 +64,19 @@ def test_a_staged_config_is_planned_stage_by_stage(tiny_overrides, tmp_path, cap
     assert "stage 2: " in capsys.readouterr().err
 
 
-def test_a_federated_config_is_refused_with_where_its_values_are_shown(tiny_overrides, tmp_path, capsys):
-    path = _config(tmp_path, tiny_overrides)
-    config = yaml.safe_load(open(path))
-    config["federated"] = {"split_file": config["data"].pop("train")[0]}
-    open(path, "w").write(yaml.safe_dump(config))
-    assert main(["plan", path, "--gpu-memory", "1GiB"]) == 2
-    assert "tunelab check CONFIG shows them, client by client" in capsys.readouterr().err
-
-
-def test_train_on_a_federated_config_points_to_federate(tiny_overrides, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["plan", "--gpu-memory", "1GiB"], "tunelab check CONFIG shows them, client by client"),
+        (["train"], "Run it with `tunelab federate CONFIG`"),
+    ],
+)
+def test_plan_and_train_send_a_federated_config_to_federate(tiny_overrides, tmp_path, capsys, command, message):
     path = _config(tmp_path, tiny_overrides)
     config = yaml.safe_load(open(path))
     config["federated"] = {"split_file": config["data"].pop("train")[0]}
     config["output_dir"] = str(tmp_path / "run")
     open(path, "w").write(yaml.safe_dump(config))
-    assert main(["train", path]) == 2
-    assert "Run it with `tunelab federate CONFIG`" in capsys.readouterr().err
+    assert main([command[0], path, *command[1:]]) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
