@@ -95,7 +95,8 @@ def client_items(cfg: RunConfig, client: ClientData, inputs: Inputs) -> tuple[Ru
     local = dataclasses.replace(cfg, train=plan.train)
     prefix = f"{label(client)}: "
     details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
-    items = [CheckItem(prefix + "auto values", "info", f"{len(plan.chosen)} chosen from its data", details)]
+    later = "; train.lr: from the model's width when the client trains" if plan.train.lr == "auto" else ""
+    items = [CheckItem(prefix + "auto values", "info", f"{len(plan.chosen)} chosen from its data{later}", details)]
     items += [dataclasses.replace(item, name=prefix + item.name) for item in data_checks(local, inputs)]
     return local, items
 
