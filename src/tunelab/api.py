@@ -37,7 +37,7 @@ from tunelab.rundir import HEAD_TASKS, open_info, read_info
 from tunelab.server.serve import serve as serve
 from tunelab.training.distributed import from_environment
 from tunelab.training.launch import check_launch, train_on_ranks
-from tunelab.training.plan import plan_config
+from tunelab.training.plan_config import plan_config
 from tunelab.training.recipe import TrainResult, config_path, resolve
 from tunelab.training.recipe import train as _train
 from tunelab.training.stages import train_stages

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunelab.config import AUTO, RunConfig, TrainConfig, parse_size
-from tunelab.errors import ConfigError, TunelabError
+from tunelab.errors import ConfigError
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode
@@ -420,45 +420,6 @@ class PlanReport:
         if self.memory.chosen is not None:
             lines += ["", self.memory.breakdown()]
         return "\n".join(lines)
-
-
-@dataclass
-class StagesPlanReport:
-    """What `tunelab plan` prints for a staged config: each stage's plan, as each stage's `tunelab train` plans it."""
-
-    stages: list[tuple[str, PlanReport]]
-
-    def text(self) -> str:
-        return "\n\n".join(f"=== stage {k}: {name}\n{report.text()}" for k, (name, report) in enumerate(self.stages, 1))
-
-
-def plan_config(resolved, gpu_memory: str | None = None) -> PlanReport | StagesPlanReport:
-    """`tunelab plan`: one run's plan, or each stage's for a staged config. A stage's model is the stage before's
-    result, of the first stage's shapes, so every stage is planned over the first stage's model config."""
-    from pathlib import Path
-
-    from tunelab.training.stages import plan_stages
-
-    cfg = resolved.config
-    if cfg.federated.clients or cfg.federated.split_file:
-        raise ConfigError(
-            "tunelab plan plans a tunelab train run; a federated config's clients choose their auto values from "
-            "their own data when they train (tunelab check CONFIG shows them, client by client)."
-        )
-    if not cfg.stages:
-        return plan_run(cfg, gpu_memory)
-    plans = plan_stages(resolved, Path(cfg.output_dir))
-    base = plans[0].config.model
-    reports = []
-    for k, stage in enumerate(plans, 1):
-        s = dataclasses.replace(
-            stage.config, model=dataclasses.replace(stage.config.model, name=base.name, adapter=None)
-        )
-        try:
-            reports.append((cfg.stages[k - 1].get("name") or s.task, plan_run(s, gpu_memory)))
-        except TunelabError as exc:  # bad data or config of this stage, or nothing fits: named by its stage
-            raise type(exc)(f"stage {k}: {exc}") from None
-    return StagesPlanReport(reports)
 
 
 def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
