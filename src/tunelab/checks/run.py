@@ -174,9 +174,8 @@ def run_check(
         cfg = first
         out(f"a staged run of {len(later) + 1} stages: stage 1 is checked in full, the others' data")
     task = get_task("grpo", cfg) if grpo else None  # grpo's rollout reads what its build_data saw
-    inputs = load_inputs(
-        cfg, task
-    )  # DataError (file:line) for a row without input (or label), a classifier of one class
+    # DataError (file:line) for a row without input (or label), a classifier of one class
+    inputs = load_inputs(cfg, task)
     data = inputs.data
     out(data.report.summary())
     if resume and is_run_dir(cfg.output_dir):
