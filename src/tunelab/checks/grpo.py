@@ -7,8 +7,8 @@ column a reward reads that a row lacks. Those are bad input (exit 2), as in trai
 - prompts: how many train and eval prompts are used;
 - room: tokens per prompt, and the prompts whose prompt + grpo.max_new_tokens is over data.max_length (their answers
   are cut to fit), with where;
-- rewards: each reward built as train builds it (a `function` reward's file or module imported, a reward model
-  loaded), with its weight.
+- rewards: each reward read as train reads it (a `function` reward's file or module imported, a reward model's run
+  folder found), with its weight.
 
 With the model, the first grpo.prompts_per_step prompts of the training file are rolled out as the first step rolls
 out its prompts: grpo.num_generations answers each, sampled and scored. The check shows the first prompt's answers
@@ -58,10 +58,11 @@ def room_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
 
 
 def reward_item(cfg: RunConfig) -> CheckItem:
-    """Each reward built as train builds it: a broken function file or reward run fails here, not at step 1."""
-    built = [reward_fns.build(spec) for spec in reward_fns.specs(cfg.grpo.rewards)]
-    names = ", ".join(f"{r.name} x {r.weight:g}" for r in built)
-    return CheckItem("rewards", "pass", f"{len(built)} reward(s) load: {names} (the total is their weighted sum)")
+    """The rewards as training reads them (`rewards.specs`: a `function` reward's file or module is imported, a
+    reward model's run must be a folder; the model itself loads with the model checks)."""
+    specs = reward_fns.specs(cfg.grpo.rewards)
+    names = ", ".join(f"{s.name} x {s.weight:g}" for s in specs)
+    return CheckItem("rewards", "pass", f"{len(specs)} reward(s) load: {names} (the total is their weighted sum)")
 
 
 def grpo_data_checks(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
