@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem, data_checks
-from tunelab.data.loader import build_datasets
-from tunelab.errors import ConfigError, RunDirError, TunelabError
-from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.errors import ConfigError, RunDirError
+from tunelab.models.load import resolve_source
 from tunelab.training.auto import plan_from_data
 from tunelab.training.prepare import Inputs
 
@@ -43,17 +42,9 @@ def is_federated(cfg: RunConfig) -> bool:
 
 def clients_of(cfg: RunConfig) -> list[ClientData]:
     """The federation's rules and its clients, as `tunelab federate` checks them first (ConfigError: exit 2)."""
-    from tunelab.federated.run import check_config
-    from tunelab.federated.shards import client_data
+    from tunelab.federated.run import federation_clients
 
-    check_config(cfg)
-    clients = client_data(cfg.federated, cfg.train.seed)
-    if cfg.federated.min_clients > len(clients):
-        raise ConfigError(
-            f"option 'federated.min_clients' is {cfg.federated.min_clients} but the federation has {len(clients)} "
-            "clients; lower min_clients or add clients."
-        )
-    return clients
+    return federation_clients(cfg)
 
 
 def output_item(cfg: RunConfig, config: Any, resume: bool) -> CheckItem:
@@ -72,18 +63,11 @@ def output_item(cfg: RunConfig, config: Any, resume: bool) -> CheckItem:
 
 def client_inputs(cfg: RunConfig, clients: list[ClientData]) -> list[tuple[ClientData, Inputs]]:
     """Every client's rows as that client reads them; a client without usable data is bad input naming it."""
-    from tunelab.federated.local import client_datasets
+    from tunelab.federated.run import read_clients
 
+    tokenizer, sets = read_clients(cfg, clients)
     source = resolve_source(cfg.model.name)
-    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
-    out = []
-    for client in clients:
-        try:
-            data = client_datasets(cfg.data, tokenizer, cfg.train.seed, client)
-        except TunelabError as exc:
-            raise type(exc)(f"client {client.name}: {exc}") from None
-        out.append((client, Inputs(source, tokenizer, data)))
-    return out
+    return [(client, Inputs(source, tokenizer, data)) for client, data in zip(clients, sets)]
 
 
 def client_items(cfg: RunConfig, client: ClientData, inputs: Inputs) -> tuple[RunConfig, list[CheckItem]]:
@@ -104,6 +88,7 @@ def client_items(cfg: RunConfig, client: ClientData, inputs: Inputs) -> tuple[Ru
 def server_eval_item(cfg: RunConfig, tokenizer) -> CheckItem:
     if not cfg.data.eval:
         return CheckItem("server eval", "info", "no data.eval: the server reports no eval loss after each round")
-    data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
-    data = build_datasets(data_cfg, tokenizer, cfg.train.seed)
+    from tunelab.federated.local import server_eval_datasets
+
+    data = server_eval_datasets(cfg, tokenizer)
     return CheckItem("server eval", "pass", f"{cfg.data.eval}: {len(data.train)} rows, read as the server reads them")

@@ -72,6 +72,12 @@ def client_datasets(data_cfg: DataConfig, tokenizer, seed: int, client: ClientDa
     return build_datasets(cfg, tokenizer, seed, select=select)
 
 
+def server_eval_datasets(cfg: RunConfig, tokenizer) -> Datasets:
+    """The server's own eval set (data.eval) through the pipeline, as its training rows: no split of it."""
+    data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
+    return build_datasets(data_cfg, tokenizer, cfg.train.seed)
+
+
 def client_seed(seed: int, name: str, round_: int) -> int:
     """A seed per (run seed, client, round) for dropout: stable across processes (no Python hash)."""
     digest = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.config import ResolvedConfig, RunConfig, dump_yaml
 from tunelab.errors import ConfigError, RunDirError, TunelabError
@@ -23,6 +23,9 @@ from tunelab.federated.setup import require_accountant
 from tunelab.federated.shards import ClientData, client_data, federation_protected
 from tunelab.rundir import read_info
 from tunelab.training.outdir import plan_output_dir
+
+if TYPE_CHECKING:
+    from tunelab.data.loader import Datasets
 
 
 @dataclass
@@ -73,18 +76,38 @@ def check_run_dir(cfg: RunConfig, resume: bool, config: Any) -> None:
     plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg, config))
 
 
-def check_clients(cfg: RunConfig, clients: list[ClientData]) -> None:
-    """Read every client's data through the pipeline (on this machine, as the simulation will): a client with no
-    usable data stops the run here, naming the client and its files."""
+def federation_clients(cfg: RunConfig) -> list[ClientData]:
+    """The federation's rules (`check_config`) and its clients; ConfigError when fewer than min_clients."""
+    check_config(cfg)
+    clients = client_data(cfg.federated, cfg.train.seed)
+    if cfg.federated.min_clients > len(clients):
+        raise ConfigError(
+            f"option 'federated.min_clients' is {cfg.federated.min_clients} but the federation has {len(clients)} "
+            "clients; lower min_clients or add clients."
+        )
+    return clients
+
+
+def read_clients(cfg: RunConfig, clients: list[ClientData]) -> tuple[Any, list[Datasets]]:
+    """The tokenizer and every client's data through the pipeline (on this machine, as the simulation will read
+    it): a client with no usable data is bad input naming the client and its files."""
     from tunelab.federated.local import client_datasets
     from tunelab.models.load import load_tokenizer, resolve_source
 
     tokenizer = load_tokenizer(resolve_source(cfg.model.name), cfg.model.trust_remote_code)
+    sets = []
     for client in clients:
         try:
-            data = client_datasets(cfg.data, tokenizer, cfg.train.seed, client)
+            sets.append(client_datasets(cfg.data, tokenizer, cfg.train.seed, client))
         except TunelabError as exc:
             raise type(exc)(f"client {client.name}: {exc}") from None
+    return tokenizer, sets
+
+
+def check_clients(cfg: RunConfig, clients: list[ClientData]) -> None:
+    """Read every client's data (`read_clients`) before anything starts, and say what each holds."""
+    _, sets = read_clients(cfg, clients)
+    for client, data in zip(clients, sets):
         print(
             f"client {client.name}: {data.report.train.used} examples, {len(data.train)} rows "
             f"({', '.join(client.paths)}{f', shard {client.shard.index + 1} of {client.shard.count}' if client.shard else ''})",
@@ -203,12 +226,7 @@ def federate(
         if cfg.data.eval:
             cfg.data.eval = str(Path(cfg.data.eval).resolve())
         return write_flower_app(app_dir, resolved, resume, overwrite=cfg.overwrite)
-    clients = client_data(cfg.federated, cfg.train.seed)
-    if cfg.federated.min_clients > len(clients):
-        raise ConfigError(
-            f"option 'federated.min_clients' is {cfg.federated.min_clients} but the federation has {len(clients)} "
-            "clients; lower min_clients or add clients."
-        )
+    clients = federation_clients(cfg)
     run_dir = Path(cfg.output_dir)
     check_run_dir(cfg, resume, config)
     check_clients(cfg, clients)

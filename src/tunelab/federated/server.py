@@ -9,7 +9,6 @@ payload.py lists.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -23,10 +22,11 @@ from safetensors.torch import load_file, save_file
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config
-from tunelab.data.loader import build_datasets, make_batches
+from tunelab.data.loader import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
 from tunelab.federated.history import plot_federation, read_state, round_records, write_state
+from tunelab.federated.local import server_eval_datasets
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.federated.shards import federation_protected
@@ -72,8 +72,7 @@ def _eval_batches(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict | None]:
     """The server's own eval set (data.eval) as batches, and its data report; none without data.eval."""
     if not cfg.data.eval:
         return [], None
-    data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
-    data = build_datasets(data_cfg, tokenizer, cfg.train.seed)
+    data = server_eval_datasets(cfg, tokenizer)
     micro_batch = MICRO_BATCH if cfg.train.micro_batch == AUTO else cfg.train.micro_batch  # sizes eval batches only
     batches = make_batches(data.train, micro_batch, tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
     return batches, data.report.to_dict()

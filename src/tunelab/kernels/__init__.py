@@ -20,7 +20,6 @@ from tunelab.errors import ConfigError
 
 IMPLS = ("auto", "triton", "reference")
 
-
 # Field name -> (module under tunelab.kernels holding the fused version, whether that module needs Triton).
 # Attention (torch's flash/cuDNN kernels) and LoRA (cuBLAS matmuls) are fast paths written in plain torch.
 _FUSED = {
