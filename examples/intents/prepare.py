@@ -8,6 +8,9 @@ label, and takes a small balanced subset:
                  as {"question": request, "answer": label}  (the question_answer format: loss on the label only)
     test.jsonl   --test-per-label rows of each label from the `test` / `oos_test` splits,
                  as {"question": request, "label": label}   (`tunelab eval` scores label rows as classification)
+    train_more.jsonl  --more-per-label further rows of each label from the training splits, the ones the same draw
+                 takes after train.jsonl's (so train.jsonl + train_more.jsonl is the draw of 40 + 40 a label); the
+                 head variant trains on both files, the generative one on train.jsonl
 
 Within a domain the rows are drawn round-robin over its intents (in a seeded order), so every intent is represented
 about equally. Test requests whose text also occurs in CLINC150's train split are skipped. Both files are shuffled
@@ -75,9 +78,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def prepare(
-    data: Path, domains: Path, out: Path, train_per_label: int = 40, test_per_label: int = 20, seed: int = 0
-) -> tuple[Path, Path]:
-    """Write out/train.jsonl and out/test.jsonl; returns their paths."""
+    data: Path,
+    domains: Path,
+    out: Path,
+    train_per_label: int = 40,
+    test_per_label: int = 20,
+    seed: int = 0,
+    more_per_label: int = 40,
+    more_name: str = "train_more.jsonl",
+) -> tuple[Path, Path, Path]:
+    """Write out/train.jsonl, out/test.jsonl and out/<more_name>; returns their paths."""
     splits = json.loads(data.read_text(encoding="utf-8"))
     domain = domain_of(domains)
     unknown = {intent for split in ("train", "test") for _, intent in splits[split]} - set(domain)
@@ -85,12 +95,19 @@ def prepare(
         raise SystemExit(f"{data}: intents not in {domains}: {', '.join(sorted(unknown))}")
     # one generator per file, so that changing the size of one leaves the other as it was
     train = draw(splits["train"] + splits["oos_train"], domain, train_per_label, random.Random(seed), skip=set())
+    # the same draw, taken further: its first train_per_label rows of each label are train.jsonl's
+    further = draw(
+        splits["train"] + splits["oos_train"], domain, train_per_label + more_per_label, random.Random(seed), skip=set()
+    )
+    taken = {text for text, _ in train}
+    more = [(text, label) for text, label in further if text not in taken]
     seen = {text for text, _ in splits["train"] + splits["oos_train"]}  # a test request must be new to the model
     test = draw(splits["test"] + splits["oos_test"], domain, test_per_label, random.Random(seed + 1), skip=seen)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "train.jsonl", [{"question": text, "answer": label} for text, label in train])
     write_jsonl(out / "test.jsonl", [{"question": text, "label": label} for text, label in test])
-    return out / "train.jsonl", out / "test.jsonl"
+    write_jsonl(out / more_name, [{"question": text, "answer": label} for text, label in more])
+    return out / "train.jsonl", out / "test.jsonl", out / more_name
 
 
 def main() -> None:
@@ -108,6 +125,12 @@ def main() -> None:
         "--train-per-label", type=int, default=40, help="training rows per label (default: %(default)s)"
     )
     parser.add_argument("--test-per-label", type=int, default=20, help="test rows per label (default: %(default)s)")
+    parser.add_argument(
+        "--more-per-label", type=int, default=40, help="further training rows per label (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--more-name", default="train_more.jsonl", help="file name of the further rows (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the draw and the shuffles (default: %(default)s)")
     args = parser.parse_args()
     for path in (args.data, args.domains):
@@ -115,7 +138,16 @@ def main() -> None:
             raise SystemExit(
                 f"{path}: not found. Pass --data/--domains pointing at the CLINC150 files (github.com/clinc/oos-eval, data/)."
             )
-    for path in prepare(args.data, args.domains, args.out, args.train_per_label, args.test_per_label, args.seed):
+    for path in prepare(
+        args.data,
+        args.domains,
+        args.out,
+        args.train_per_label,
+        args.test_per_label,
+        args.seed,
+        args.more_per_label,
+        args.more_name,
+    ):
         print(f"wrote {path} ({sum(1 for _ in path.open(encoding='utf-8'))} rows)")
 
 

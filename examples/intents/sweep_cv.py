@@ -31,7 +31,7 @@ LABELS_PROMPT = (
 
 # name -> overrides of config_head.yaml (each changes one thing, or two that belong together)
 SETTINGS: dict[str, dict] = {
-    "shipped": {},
+    "shipped": {},  # config_head.yaml's options on the fold's rows alone (before train_more.jsonl: as shipped)
     "epochs 10": {"train.epochs": 10},
     "epochs 3": {"train.epochs": 3},
     "lr 1e-3": {"train.lr": 1e-3},
@@ -49,6 +49,12 @@ SETTINGS: dict[str, dict] = {
     "labels in the prompt, label_words": {"classify.prompt_format": LABELS_PROMPT, "classify.head_init": "label_words"},
     "weight decay 0.1": {"train.weight_decay": 0.1},
     "epochs 7": {"train.epochs": 7},
+    # More rows: "+rows" names a file of further CLINC150 training rows in --rows-dir, added to the training part of
+    # every fold and never scored, so the held-out folds stay those of train.jsonl. train_more.jsonl is prepare.py's
+    # (40 a label); train_more60.jsonl comes from `prepare.py --more-per-label 60 --more-name train_more60.jsonl`.
+    "80 a label, 3 epochs": {"+rows": "train_more.jsonl", "train.epochs": 3},
+    "80 a label, 5 epochs": {"+rows": "train_more.jsonl"},
+    "100 a label, 3 epochs": {"+rows": "train_more60.jsonl", "train.epochs": 3},
 }
 
 
@@ -60,10 +66,14 @@ def folds(rows: list[str], seed: int = 0) -> list[list[str]]:
     return [order[i::FOLDS] for i in range(FOLDS)]
 
 
-def run_one(name: str, fold: int, parts: list[list[str]], work: Path, max_steps: int | None = None) -> dict:
-    folder = work / f"{name.replace(' ', '_')}_fold{fold}"
+def run_one(
+    name: str, fold: int, parts: list[list[str]], work: Path, max_steps: int | None = None, rows_dir: Path = HERE
+) -> dict:
+    folder = work / f"{name.replace(' ', '_').replace(',', '')}_fold{fold}"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.jsonl").write_text("".join(r for i, p in enumerate(parts) if i != fold for r in p))
+    setting = dict(SETTINGS[name])
+    more = (rows_dir / setting.pop("+rows")).read_text() if "+rows" in setting else ""
+    (folder / "train.jsonl").write_text("".join(r for i, p in enumerate(parts) if i != fold for r in p) + more)
     (folder / "eval.jsonl").write_text("".join(parts[fold]))
     overrides = {
         "data.train": [str(folder / "train.jsonl")],
@@ -74,7 +84,7 @@ def run_one(name: str, fold: int, parts: list[list[str]], work: Path, max_steps:
         "train.keep_best": False,  # the last step's weights, scored once
         "output_dir": str(folder / "run"),
         "overwrite": True,
-    } | SETTINGS[name]
+    } | setting
     if max_steps:
         overrides["train.max_steps"] = max_steps  # a smoke test of the script, not a measurement
     start = time.perf_counter()
@@ -96,18 +106,18 @@ def run_one(name: str, fold: int, parts: list[list[str]], work: Path, max_steps:
 
 def table(path: Path) -> str:
     records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    by: dict[str, list[dict]] = {}
-    for r in records:
-        by.setdefault(r["setting"], []).append(r)
-    lines = ["| setting | folds | cv accuracy | per fold | mean eval loss |", "|---|---|---|---|---|"]
+    by: dict[tuple[str, str], list[dict]] = {}  # (setting, where it ran): a setting's name may have meant another
+    for r in records:  # config then ("shipped"), and the same setting gives other figures on a CPU than on a GPU
+        by.setdefault((r["setting"], r.get("device", "gpu bf16")), []).append(r)
+    lines = ["| setting | device | folds | cv accuracy | per fold | mean eval loss |", "|---|---|---|---|---|---|"]
     scored = []
-    for name, rs in by.items():
+    for (name, device), rs in by.items():
         rs.sort(key=lambda r: r["fold"])
         rows = sum(r["eval_rows"] for r in rs)
         acc = sum(r["eval_accuracy"] * r["eval_rows"] for r in rs) / rows
         loss = sum(r["eval_loss"] for r in rs) / len(rs)
         per = " / ".join(f"{100 * r['eval_accuracy']:.1f}" for r in rs)
-        scored.append((acc, f"| {name} | {len(rs)} | {100 * acc:.1f}% (n={rows}) | {per} | {loss:.3f} |"))
+        scored.append((acc, f"| {name} | {device} | {len(rs)} | {100 * acc:.1f}% (n={rows}) | {per} | {loss:.3f} |"))
     return "\n".join(lines + [line for _, line in sorted(scored, reverse=True)])
 
 
@@ -120,6 +130,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/intents_cv/results.jsonl")
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")
     ap.add_argument("--max-steps", type=int, default=None, help="cut each run short (to try the script)")
+    ap.add_argument("--rows-dir", type=Path, default=HERE, help="where a setting's +rows files are (default: here)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.table:
@@ -132,7 +143,7 @@ def main() -> None:
     jobs = [(name, fold) for name in args.settings for fold in range(FOLDS)]
     out.parent.mkdir(parents=True, exist_ok=True)
     for name, fold in jobs[args.worker :: args.workers]:
-        record = run_one(name, fold, parts, Path(args.work) / f"w{args.worker}", args.max_steps)
+        record = run_one(name, fold, parts, Path(args.work) / f"w{args.worker}", args.max_steps, args.rows_dir)
         with out.open("a") as f:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)

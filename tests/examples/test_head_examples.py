@@ -36,13 +36,14 @@ def _prepare(example: str, data: Path, out: Path) -> None:
     )
 
 
-def test_intents_head_variant_reads_the_generative_variants_files(smollm2_tokenizer):
+def test_intents_head_variant_reads_the_generative_variants_files_and_the_further_rows(smollm2_tokenizer):
     cfg = load_config(EXAMPLES / "intents" / "config_head.yaml").config
     assert cfg.task == "classify" and cfg.method.name == "lora"
+    assert [Path(p).name for p in cfg.data.train] == ["train.jsonl", "train_more.jsonl"]
     data = get_task("classify").build_data(cfg, smollm2_tokenizer, cfg.train.seed)
-    train = _rows(EXAMPLES / "intents" / "train.jsonl")
+    train = _rows(EXAMPLES / "intents" / "train.jsonl") + _rows(EXAMPLES / "intents" / "train_more.jsonl")
     assert data.facts["labels"] == sorted({r["answer"] for r in train}) and len(data.facts["labels"]) == 11
-    assert len(data.train) == len(train) == 440 and not data.eval  # every row trains, as cross-validated
+    assert len(data.train) == len(train) == 880 and not data.eval  # every row trains, as cross-validated
     assert data.facts["input"] == "text"  # the request as plain text: short rows, cheap steps
     first = smollm2_tokenizer.decode(data.train[0].input_ids)
     assert first.startswith("Request: ") and first.endswith("\nDomain:")  # classify.prompt_format
@@ -99,3 +100,7 @@ def test_intents_cross_validation_folds_are_disjoint_label_balanced_and_seeded()
     for part in parts:
         labels = [json.loads(r)["answer"] for r in part]
         assert len(part) == 88 and all(labels.count(label) == 8 for label in set(labels)) and len(set(labels)) == 11
+    # a setting's further rows train in every fold and are never held out
+    assert all(not Path(s["+rows"]).is_absolute() for s in sweep.SETTINGS.values() if "+rows" in s)
+    more = (EXAMPLES / "intents" / "train_more.jsonl").read_text().splitlines(keepends=True)
+    assert not set(more) & set(rows)

@@ -50,7 +50,7 @@ def test_prepare_reproduces_the_bundled_files(tmp_path):
         check=True,
         capture_output=True,
     )
-    for name in ("train.jsonl", "test.jsonl"):
+    for name in ("train.jsonl", "test.jsonl", "train_more.jsonl"):
         assert (tmp_path / name).read_bytes() == (EXAMPLE / name).read_bytes(), (
             f"{name} differs from prepare.py's output"
         )
@@ -66,6 +66,12 @@ def test_rows_have_the_eleven_labels_in_balance():
     assert Counter(r["label"] for r in test) == {label: TEST_PER_LABEL for label in labels}
     questions = Counter(r["question"] for r in train + test)
     assert max(questions.values()) == 1, questions.most_common(2)  # no request twice, none shared by train and test
+    # the head variant's further rows: as many again of each label, none already in train.jsonl or test.jsonl
+    more = _rows("train_more.jsonl")
+    assert all(set(r) == {"question", "answer"} and r["question"].strip() for r in more)
+    assert Counter(r["answer"] for r in more) == {label: TRAIN_PER_LABEL for label in labels}
+    assert not {r["question"] for r in more} & set(questions)
+    assert len({r["question"] for r in more}) == len(more)
     # shuffled: the first 33 training rows already hold most labels (a sorted file would hold one or two)
     assert len({r["answer"] for r in train[:33]}) >= 8
 
