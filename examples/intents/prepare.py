@@ -13,7 +13,7 @@ label, and takes a small balanced subset:
                  head variant trains on both files, the generative one on train.jsonl
 
 Within a domain the rows are drawn round-robin over its intents (in a seeded order), so every intent is represented
-about equally. Test requests whose text also occurs in CLINC150's train split are skipped. Both files are shuffled
+about equally. Test requests whose text also occurs in CLINC150's train split are skipped. The files are shuffled
 with the same seed, so the output depends only on the arguments and the input files.
 
     python examples/intents/prepare.py [--data data_full.json] [--domains domains.json] [--out DIR]

@@ -31,7 +31,7 @@ LABELS_PROMPT = (
 
 # name -> overrides of config_head.yaml (each changes one thing, or two that belong together)
 SETTINGS: dict[str, dict] = {
-    "shipped": {},  # config_head.yaml's options on the fold's rows alone (before train_more.jsonl: as shipped)
+    "shipped": {},  # config_head.yaml's options on the fold's rows alone, without train_more.jsonl
     "epochs 10": {"train.epochs": 10},
     "epochs 3": {"train.epochs": 3},
     "lr 1e-3": {"train.lr": 1e-3},
