@@ -36,10 +36,6 @@ def label(client: ClientData) -> str:
     return client.name if client.name.startswith("client") else f"client {client.name}"
 
 
-def is_federated(cfg: RunConfig) -> bool:
-    return bool(cfg.federated.clients or cfg.federated.split_file)
-
-
 def clients_of(cfg: RunConfig) -> list[ClientData]:
     """The federation's rules and its clients, as `tunelab federate` checks them first (ConfigError: exit 2)."""
     from tunelab.federated.run import federation_clients

@@ -21,7 +21,6 @@ from tunelab.checks.federated import (
     client_inputs,
     client_items,
     clients_of,
-    is_federated,
     label,
     output_item,
     server_eval_item,
@@ -164,7 +163,7 @@ def run_check(
     page = html_path(html)
     out("tunelab check — resolved config (value, then where it came from):")
     out(describe(resolved))
-    if is_federated(cfg):
+    if cfg.federated.enabled:
         color = show and sys.stdout.isatty()
         return federated_check(cfg, config, resume, page, examples, model, out, color, describe(resolved))
     items = output_items(cfg, config, resume, overwrite_non_run)
@@ -211,12 +210,7 @@ def run_check(
         for item in more:
             out(item.line())
         items += more
-    result = CheckResult(items, page)
-    page.parent.mkdir(parents=True, exist_ok=True)
-    write_text(page, check_html(result, rows, inputs.tokenizer, describe(resolved), page_text))
-    out(f"page: {page}")
-    out(result.verdict())
-    return result
+    return finish(items, page, rows, inputs.tokenizer, describe(resolved), page_text, out)
 
 
 def federated_check(
@@ -248,9 +242,14 @@ def federated_check(
         for item in more:
             out(item.line())
         items += more
+    return finish(items, page, rows, inputs.tokenizer, described, "\n\n".join(summaries), out)
+
+
+def finish(items: list[CheckItem], page: Path, rows, tokenizer, described: str, page_text: str, out) -> CheckResult:
+    """The result of the items: its HTML page written, where it is and the verdict printed."""
     result = CheckResult(items, page)
     page.parent.mkdir(parents=True, exist_ok=True)
-    write_text(page, check_html(result, rows, inputs.tokenizer, described, "\n\n".join(summaries)))
+    write_text(page, check_html(result, rows, tokenizer, described, page_text))
     out(f"page: {page}")
     out(result.verdict())
     return result

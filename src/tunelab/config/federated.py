@@ -55,3 +55,8 @@ class FederatedConfig:
         1, "simulation: CPU cores reserved per client; clients train side by side when the cores allow", min=1
     )
     round_timeout: float = opt(3600.0, "seconds the server waits for the clients of a round", min=1.0)
+
+    @property
+    def enabled(self) -> bool:
+        """A federation (`tunelab federate`): clients or split_file name the clients' data."""
+        return bool(self.clients or self.split_file)

@@ -31,7 +31,7 @@ def plan_config(resolved: ResolvedConfig, gpu_memory: str | None = None) -> Plan
     """The plan of `resolved`: a PlanReport, or for a staged config a StagesPlanReport. A stage's error (bad data,
     nothing fits) names the stage."""
     cfg = resolved.config
-    if cfg.federated.clients or cfg.federated.split_file:
+    if cfg.federated.enabled:
         raise ConfigError(
             "tunelab plan plans a tunelab train run; a federated config's clients choose their auto values from "
             "their own data when they train (tunelab check CONFIG shows them, client by client)."

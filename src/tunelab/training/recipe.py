@@ -136,7 +136,7 @@ def train(
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 alone prints and writes (training/distributed.py)."""
     resolved = resolve(config, overrides)
     f = resolved.config.federated
-    if f.clients or f.split_file:
+    if f.enabled:
         what = "federated.clients" if f.clients else "federated.split_file"
         raise ConfigError(
             f"option '{what}' is set: this config is a federation, whose clients train on their own data. Run it "
