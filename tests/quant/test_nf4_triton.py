@@ -66,6 +66,8 @@ def test_dequantize_kernel_is_bit_identical_to_the_reference(shape, out_dtype, t
     assert same_bits(
         dequantize_nf4_triton(q.to(triton_device), dtype=out_dtype, block=256).cpu(), expected
     )  # more programs
+    # the lane-per-weight kernel, which the word kernel replaces where the count is a multiple of 8
+    assert same_bits(dequantize_nf4_triton(q.to(triton_device), dtype=out_dtype, words=False).cpu(), expected)
 
 
 def test_dequantize_writes_into_out_and_checks_its_size(triton_device):
@@ -203,3 +205,14 @@ def test_dequantize_writes_into_the_rows_of_a_wider_matrix(triton_device):
     assert wide[:5].isnan().all() and wide[38:].isnan().all() and wide[:, 100:].isnan().all()  # nothing else written
     with pytest.raises(ValueError, match="unit column stride"):
         dequantize_nf4_triton(q, out=torch.empty(100, 33, device=triton_device).T)
+
+
+@pytest.mark.parametrize("words", [True, False])
+def test_both_kernels_write_the_rows_of_a_wider_matrix_with_rows_of_eight(words, triton_device):
+    """A row width divisible by 8 (every Llama matrix) takes the word kernel: a word's 8 weights in one row."""
+    q = quantize_nf4_reference(weight((24, 136))).to(triton_device)  # 3264 weights: 408 words, 51 blocks
+    wide = torch.full((30, 152), float("nan"), device=triton_device)
+    rows = wide[3:27, :136]  # row stride 152
+    dequantize_nf4_triton(q, out=rows, words=words)
+    assert torch.equal(rows.cpu(), dequantize_nf4(q.to("cpu"), torch.float32))
+    assert wide[:3].isnan().all() and wide[27:].isnan().all() and wide[:, 136:].isnan().all()

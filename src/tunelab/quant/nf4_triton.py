@@ -59,6 +59,31 @@ def _dequantize_kernel(
 
 
 @triton.jit
+def _dequantize_words_kernel(
+    words_ptr, absmax_q_ptr, absmax2_ptr, offset_ptr, code4_ptr, code8_ptr, out_ptr, n_words, out_row_stride,
+    N_COLS: tl.constexpr, STRIDED: tl.constexpr, WORDS: tl.constexpr,
+):  # fmt: skip
+    """As `_dequantize_kernel`, a lane per 32-bit word of codes: 8 weights from one load, one absmax for them (a
+    64-block is 8 words), one 16-byte store. Needs n % 8 == 0 and, strided, N_COLS % 8 == 0 (a word's weights then
+    lie in one row)."""
+    w = tl.program_id(0).to(tl.int64) * WORDS + tl.arange(0, WORDS)  # (WORDS,)
+    live = w < n_words
+    word = tl.load(words_ptr + w, mask=live, other=0)  # int32: bytes 4w..4w+3, little-endian
+    j = tl.arange(0, 8)
+    shift = 8 * (j // 2) + 4 * (1 - j % 2)  # weight 2i is byte i's high nibble
+    nibble = (word[:, None] >> shift[None, :]) & 15  # (WORDS, 8)
+    absmax = _absmax_of(absmax_q_ptr, absmax2_ptr, offset_ptr, code8_ptr, w // 8, live)  # (WORDS,)
+    v = tl.load(code4_ptr + nibble) * absmax[:, None]
+    first = w * 8  # the word's first weight
+    if STRIDED:
+        start = (first // N_COLS) * out_row_stride + first % N_COLS
+    else:
+        start = first
+    start = tl.multiple_of(start, 8)
+    tl.store(out_ptr + start[:, None] + j[None, :], v.to(out_ptr.dtype.element_ty), mask=live[:, None])
+
+
+@triton.jit
 def _reciprocal(x, APPROX: tl.constexpr):
     if APPROX:
         return tl.inline_asm_elementwise(
@@ -125,12 +150,14 @@ def dequantize_nf4_triton(
     dtype: torch.dtype = torch.bfloat16,
     block: int = DEQUANT_BLOCK,
     num_warps: int = DEQUANT_WARPS,
+    words: bool = True,
 ) -> torch.Tensor:
     """The weight of `q` in `dtype` (or in `out`'s dtype, written into `out`), shape q.shape, in one kernel.
 
     `out` may be contiguous with q's element count, or a 2-D (rows, cols) = q.shape view with unit column stride and
     any row stride (the rows of a wider matrix). Bit-identical to `quant.nf4.dequantize_nf4` and to
-    bitsandbytes' `dequantize_4bit`.
+    bitsandbytes' `dequantize_4bit`. `words` takes the word kernel (8 weights a lane) where the layout allows it (a
+    weight count and a row width divisible by 8: every Llama-family matrix), else the lane-per-weight one.
     """
     if out is None:
         out = torch.empty(q.shape, dtype=dtype, device=q.device)
@@ -143,9 +170,18 @@ def dequantize_nf4_triton(
             f"dequantize_nf4_triton: out must be contiguous with {q.numel} elements, or {tuple(q.shape)} with unit "
             f"column stride; got shape {shape}, strides {strides}"
         )
+    n_cols = out.shape[1] if strided else 1
+    row_stride = out.stride(0) if strided else 0
+    if words and q.numel % 8 == 0 and (not strided or n_cols % 8 == 0) and q.packed.data_ptr() % 4 == 0:
+        _dequantize_words_kernel[(triton.cdiv(q.numel // 8, block // 8),)](
+            q.packed.view(torch.int32), q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, q.numel // 8,
+            row_stride, N_COLS=n_cols, STRIDED=strided, WORDS=block // 8, num_warps=num_warps,
+            enable_fp_fusion=False,
+        )  # fmt: skip
+        return out
     _dequantize_kernel[(triton.cdiv(q.numel, block),)](
-        q.packed, q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, q.numel, out.stride(0) if strided else 0,
-        N_COLS=out.shape[1] if strided else 1, STRIDED=strided, BLOCK=block, num_warps=num_warps,
+        q.packed, q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, q.numel, row_stride,
+        N_COLS=n_cols, STRIDED=strided, BLOCK=block, num_warps=num_warps,
         enable_fp_fusion=False,
     )  # fmt: skip
     return out
