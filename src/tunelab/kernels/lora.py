@@ -9,8 +9,9 @@ Plain torch matmuls, no Triton: every step is a GEMM that cuBLAS already runs ne
 rank-r products are too thin for a fused Triton GEMM to win. Measured on an H200 (bf16, 8192 tokens, 4096 -> 4096,
 r = 16) it runs at the reference's speed (fwd+bwd 1.12 vs 1.07 ms, within run-to-run noise); what it gains is
 memory, with dropout on (96 vs 160 MiB held for backward: no dropped copy of x), and fewer passes:
-  - saved for backward: x (shared with whoever else saved it), xa = drop(x) A^T (N, r) and, with dropout on, a
-    bool keep-mask (1 byte an element); never drop(x) itself nor anything of size (N, out);
+  - saved for backward: x (shared with whoever else saved it), xa = drop(x) A^T (N, r), A and B in x's dtype (cast
+    once, in forward) and, with dropout on, a bool keep-mask (1 byte an element); never drop(x) itself nor anything
+    of size (N, out);
   - the adapter update is added into the base output by one addmm (no (N, out) temporary for scale * xa B^T);
   - a residual (the decoder's residual stream) rides in the base GEMM as its C operand (no pass over the output);
   - W gets no gradient unless it asks for one (a frozen base skips the (out, in) GEMM).
@@ -48,38 +49,37 @@ import torch.nn.functional as F
 from tunelab.kernels.reference import dropout_keep_mask
 
 
-def _lora_forward(x2, weight, bias, lora_a, lora_b, scale, keep, dropout_p, output=True, residual=None):
-    """x2 (N, in), weight (out, in) in x2's dtype -> (out (N, out), xa (N, r)).
+def _lora_forward(x2, weight, bias, a, b, scale, keep, dropout_p, output=True, residual=None):
+    """x2 (N, in), weight (out, in), a (r, in) and b (out, r), all in x2's dtype -> (out (N, out), xa (N, r)).
 
     output=False (checkpointing's recomputation, for a layer's last projection, whose result backward never reads):
     only xa, which backward needs, is computed; `out` is left uninitialised and `weight` may be None.
     residual (N, out): added to the result by the GEMM itself (its C operand), instead of by a separate pass.
     """
-    a = lora_a.to(x2.dtype)  # (r, in)
     dropped = x2 if keep is None else x2 * keep.reshape(x2.shape) / (1.0 - dropout_p)
     xa = dropped @ a.T  # (N, r)
     del dropped
     if not output:
-        return x2.new_empty(x2.shape[0], lora_b.shape[0]), xa
+        return x2.new_empty(x2.shape[0], b.shape[0]), xa
     if residual is None:
         out = F.linear(x2, weight, bias)  # (N, out)
     else:
         out = torch.addmm(residual if bias is None else residual + bias, x2, weight.T)  # residual + x2 W^T (+ b)
-    out.addmm_(xa, lora_b.to(x2.dtype).T, alpha=scale)
+    out.addmm_(xa, b.T, alpha=scale)
     return out, xa
 
 
-def _lora_backward(g, x2, xa, lora_a, lora_b, weight_fn, scale, keep, dropout_p, need_x, need_a, need_b):
-    """Gradients (dx (N, in), dA, dB) for g = dy (N, out); `weight_fn()` gives W in g's dtype, called only for dx."""
-    a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)
+def _lora_backward(g, x2, xa, a, b, weight_fn, scale, keep, dropout_p, need_x, need_a, need_b, a_dtype, b_dtype):
+    """Gradients (dx (N, in), dA in a_dtype, dB in b_dtype) for g = dy (N, out), with a and b in x2's dtype;
+    `weight_fn()` gives W in g's dtype, called only for dx."""
     gxa = (g @ b).mul_(scale)  # (N, r)
     keep2 = None if keep is None else keep.reshape(x2.shape)
     dx = da = db = None
     if need_b:
-        db = torch.mm(g.T, xa).mul_(scale).to(lora_b.dtype)  # (out, r)
+        db = torch.mm(g.T, xa).mul_(scale).to(b_dtype)  # (out, r)
     if need_a:
         dropped = x2 if keep2 is None else x2 * keep2 / (1.0 - dropout_p)
-        da = torch.mm(gxa.T, dropped).to(lora_a.dtype)  # (r, in)
+        da = torch.mm(gxa.T, dropped).to(a_dtype)  # (r, in)
     if need_x:
         dx = g @ weight_fn()  # (N, in)
         if keep2 is None:
@@ -98,8 +98,11 @@ class LoRALinearFunction(torch.autograd.Function):
         # (out, in) in x's dtype; a produced one is dead once the GEMM is queued, and not needed without an output
         w = (weight(x.dtype) if output else None) if produced else weight
         bias_x = None if bias is None else bias.to(x.dtype)
-        out, xa = _lora_forward(x2, w, bias_x, lora_a, lora_b, scale, keep, dropout_p, output, residual2)
-        ctx.save_for_backward(x2, lora_a, lora_b, xa, keep, None if produced else weight)
+        # The adapter in x's dtype, cast once and kept for backward ((r + out) x r elements, no second cast there)
+        a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
+        out, xa = _lora_forward(x2, w, bias_x, a, b, scale, keep, dropout_p, output, residual2)
+        ctx.save_for_backward(x2, a, b, xa, keep, None if produced else weight)
+        ctx.a_dtype, ctx.b_dtype = lora_a.dtype, lora_b.dtype
         ctx.produce = weight if produced else None
         ctx.scale, ctx.dropout_p, ctx.x_shape = scale, dropout_p, x.shape
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -107,7 +110,7 @@ class LoRALinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x2, lora_a, lora_b, xa, keep, weight = ctx.saved_tensors
+        x2, a, b, xa, keep, weight = ctx.saved_tensors
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
         g = dy.reshape(-1, dy.shape[-1])  # (N, out)
         produce = ctx.produce
@@ -115,8 +118,8 @@ class LoRALinearFunction(torch.autograd.Function):
             g,
             x2,
             xa,
-            lora_a,
-            lora_b,
+            a,
+            b,
             (lambda: produce(g.dtype)) if produce is not None else (lambda: weight.to(g.dtype)),
             ctx.scale,
             keep,
@@ -124,6 +127,8 @@ class LoRALinearFunction(torch.autograd.Function):
             need_x,
             need_a,
             need_b,
+            ctx.a_dtype,
+            ctx.b_dtype,
         )
         dx = None if dx is None else dx.view(ctx.x_shape)
         dw = torch.mm(g.T, x2).to(weight.dtype) if need_w else None  # (out, in)

@@ -79,7 +79,7 @@ class GroupWeights:
             row, col = 0, width
             for m in members:
                 _write_weight(m, w_all[row : row + m.out_features, :width])
-                w_all[row : row + m.out_features, col : col + m.r].copy_(m.lora_B.weight * m.scale)
+                torch.mul(m.lora_B.weight, m.scale, out=w_all[row : row + m.out_features, col : col + m.r])
                 w_all[O + col - width : O + col - width + m.r, :width].copy_(m.lora_A.weight)
                 row, col = row + m.out_features, col + m.r
         self._key = key
