@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py --shape llama2-7b --method lora --kernels   # GPU time by kernel and by kind
     python benchmarks/profile_step.py --shape llama2-7b --method qlora --offload --memory   # what grew the reserve
+    python benchmarks/profile_step.py --shape llama2-7b --method qlora --batch 2 --no-checkpointing --graphs --kernels
 
 --kernels profiles two steps after three warm-up steps and prints the CUDA time per kernel family (GEMM, attention,
 our Triton kernels, elementwise, copies) and the GPU's idle share of the step. --memory records the allocator's
@@ -34,13 +35,25 @@ KINDS = [  # (kind, pattern on the kernel name), first match wins
 ]
 
 
-def step_fn(model, params, optimizer, ids):
+def step_fn(model, params, optimizer, ids, graphs: bool = False):
+    if graphs:  # the micro-batch replayed from a CUDA graph, as `tunelab train` runs it (`training/graphs.py`)
+        from tunelab.training.graphs import CapturedLoss
+
+        captured = CapturedLoss(lambda m, b: m(b["ids"], labels=b["ids"]), params)
+        scale = 1.0 / (ids.shape[0] * (ids.shape[1] - 1))
+
     def step():
-        loss_sum, count = model(ids, labels=ids)
-        (loss_sum / count).backward()
+        if graphs:
+            captured(model, {"ids": ids}, scale)
+        else:
+            loss_sum, count = model(ids, labels=ids)
+            (loss_sum / count).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if graphs:
+            captured.zero_grads()
+        else:
+            optimizer.zero_grad(set_to_none=True)
 
     return step
 
@@ -176,6 +189,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--offload", action="store_true")
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
+    ap.add_argument("--graphs", action="store_true", help="replay the forward and backward from a CUDA graph")
     ap.add_argument("--kernels", action="store_true")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--top", type=int, default=30)
@@ -194,7 +208,7 @@ def main() -> None:
     ids = torch.randint(
         0, SHAPES[args.shape]["vocab_size"], (args.batch, args.seq), generator=torch.Generator().manual_seed(0)
     ).cuda()
-    step = step_fn(model, params, optimizer, ids)
+    step = step_fn(model, params, optimizer, ids, args.graphs)
     if args.kernels:
         kernels(args, step)
     if args.memory:
