@@ -1,12 +1,13 @@
 """NF4 weights with double quantization on the GPU (the format of `quant.nf4`): Triton kernels that
 dequantize a whole weight in one pass, and that quantize one bit for bit as bitsandbytes' CUDA kernels do.
 
-Dequantize: one lane per weight reads its byte and its 64-block's absmax state (the small tables and the per-block
-state come through L1), computes absmax = code8[absmax_q] * absmax2 + offset and w = code4[nibble] * absmax, and
-rounds once to the output dtype. DRAM traffic: 0.5 byte in and 2 (bf16) out per weight, plus 1.06 bytes per 64.
-On an H200, 11008 x 4096 to bf16 takes ~58 us (~2.0 TB/s by that count; a device copy of as many bytes runs at
-2.8 TB/s) against ~95-120 us for bitsandbytes' dequantize_4bit (three kernels). Laying a lane per packed byte that
-writes both weights as one 32-bit word, or 64-weight tiles interleaved with tl.join, measured no faster.
+Dequantize: the word kernel gives each lane a 32-bit word of codes (8 weights): one load of the codes, one absmax for
+the 8 (a 64-block is 8 words: absmax = code8[absmax_q] * absmax2 + offset), w = code4[nibble] * absmax, rounded once
+to the output dtype, and one 16-byte store. Weight counts or row widths not divisible by 8 take the lane-per-weight
+kernel. DRAM traffic: 0.5 byte in and 2 (bf16) out per weight, plus 1.06 bytes per 64. On an H200, timed from CUDA
+graphs (`benchmarks/dequant_bench.py`; a launch from Python takes longer than the kernel), 11008 x 4096 to bf16 takes
+33.7 us (3.35 TB/s by that count) and 4096 x 4096 11.9 us (3.54 TB/s), against 36.7 and 14.1 us for the
+lane-per-weight kernel; bitsandbytes' dequantize_4bit runs three kernels.
 Kernels run with fp fusion off: bitsandbytes multiplies, rounds, then adds the offset, and an FMA would round once
 and differ in the last bit.
 
