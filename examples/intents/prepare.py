@@ -24,12 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CLINC = REPO.parent / "shared" / "data" / "clinc150_oos"  # the shared data folder beside the repository
 OOS = "oos"
+
+
+class BadInput(Exception):
+    """Input this script cannot use: the message says which file or option and why (exit status 2)."""
 
 
 def domain_of(domains_path: Path) -> dict[str, str]:
@@ -39,7 +44,7 @@ def domain_of(domains_path: Path) -> dict[str, str]:
     for domain, intents in domains.items():
         for intent in intents:
             if intent in mapping:
-                raise SystemExit(f"{domains_path}: intent {intent!r} is in both {mapping[intent]!r} and {domain!r}")
+                raise BadInput(f"{domains_path}: intent {intent!r} is in both {mapping[intent]!r} and {domain!r}")
             mapping[intent] = domain
     return mapping
 
@@ -65,7 +70,9 @@ def draw(
                 if queues[intent] and len(taken) < per_label:
                     taken.append(queues[intent].pop())
         if len(taken) < per_label:
-            raise SystemExit(f"label {label!r} has only {len(taken)} usable rows, fewer than the {per_label} asked for")
+            raise BadInput(
+                f"label {label!r} has only {len(taken)} usable rows, fewer than the {per_label} asked for (lower --train-per-label, --more-per-label or --test-per-label)"
+            )
         rows += [(text, label) for text in taken]
     rng.shuffle(rows)
     return rows
@@ -92,7 +99,7 @@ def prepare(
     domain = domain_of(domains)
     unknown = {intent for split in ("train", "test") for _, intent in splits[split]} - set(domain)
     if unknown:
-        raise SystemExit(f"{data}: intents not in {domains}: {', '.join(sorted(unknown))}")
+        raise BadInput(f"{data}: intents not in {domains}: {', '.join(sorted(unknown))}")
     # one generator per file, so that changing the size of one leaves the other as it was
     train = draw(splits["train"] + splits["oos_train"], domain, train_per_label, random.Random(seed), skip=set())
     # the same draw, taken further: its first train_per_label rows of each label are train.jsonl's
@@ -133,21 +140,27 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the draw and the shuffles (default: %(default)s)")
     args = parser.parse_args()
-    for path in (args.data, args.domains):
-        if not path.is_file():
-            raise SystemExit(
-                f"{path}: not found. Pass --data/--domains pointing at the CLINC150 files (github.com/clinc/oos-eval, data/)."
-            )
-    for path in prepare(
-        args.data,
-        args.domains,
-        args.out,
-        args.train_per_label,
-        args.test_per_label,
-        args.seed,
-        args.more_per_label,
-        args.more_name,
-    ):
+    try:
+        for path in (args.data, args.domains):
+            if not path.is_file():
+                raise BadInput(
+                    f"{path}: not found. Pass --data/--domains pointing at the CLINC150 files "
+                    "(github.com/clinc/oos-eval, data/)."
+                )
+        paths = prepare(
+            args.data,
+            args.domains,
+            args.out,
+            args.train_per_label,
+            args.test_per_label,
+            args.seed,
+            args.more_per_label,
+            args.more_name,
+        )
+    except BadInput as error:
+        print(f"prepare.py: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for path in paths:
         print(f"wrote {path} ({sum(1 for _ in path.open(encoding='utf-8'))} rows)")
 
 

@@ -56,6 +56,25 @@ def test_prepare_reproduces_the_bundled_files(tmp_path):
         )
 
 
+def test_prepare_refuses_what_it_cannot_draw_with_exit_status_2(tmp_path):
+    base = [
+        sys.executable,
+        str(EXAMPLE / "prepare.py"),
+        "--domains",
+        str(CLINC / "domains.json"),
+        "--out",
+        str(tmp_path),
+    ]
+    too_many = subprocess.run(
+        [*base, "--data", str(CLINC / "data_full.json"), "--more-per-label", "100000"], capture_output=True, text=True
+    )
+    assert too_many.returncode == 2, too_many.stderr
+    assert "fewer than the 100040 asked for" in too_many.stderr and "--more-per-label" in too_many.stderr
+    missing = subprocess.run([*base, "--data", str(tmp_path / "nope.json")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "nope.json: not found" in missing.stderr
+    assert not list(tmp_path.glob("*.jsonl"))  # nothing written
+
+
 def test_rows_have_the_eleven_labels_in_balance():
     labels = _labels()
     assert len(labels) == 11
