@@ -7,6 +7,7 @@ line per config (and appends it to --out), then a SUMMARY line.
 
     python benchmarks/decode_bench.py --impl tunelab --method lora --out $OUT/decode.jsonl    # bf16 base + LoRA
     python benchmarks/decode_bench.py --impl tunelab --method qlora --out ...                 # NF4 base + LoRA
+    python benchmarks/decode_bench.py --impl tunelab --method qlora --dynamic --out ...       # the same, no graph
     python benchmarks/decode_bench.py --impl tunelab --method full --out ...                  # bf16, no adapter
     python benchmarks/decode_bench.py --impl hf --out ...           # a transformers model, our sampler's generic path
     python benchmarks/decode_bench.py --impl hf_generate --out ...  # the same model through transformers' generate
@@ -62,7 +63,7 @@ def run(args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.impl == "tunelab":
         model = build(args.shape, args.method, args.r, False, device)
-        name = f"tunelab_{args.method}"
+        name = f"tunelab_{args.method}" + ("" if args.dynamic else "_static")
     else:
         model = build_hf(args.shape, device)
         name = args.impl
@@ -85,7 +86,9 @@ def run(args) -> dict:
                 min_new_tokens=new,
             )
             return out[:, args.prompt :].tolist()
-        return sample(model, prompts, SampleSettings(new, 1.0, args.top_p), pad_id=0, generator=draws)
+        static = False if args.dynamic else None  # None: fixed shapes, replayed from a CUDA graph on CUDA
+        settings = SampleSettings(new, 1.0, args.top_p)
+        return sample(model, prompts, settings, pad_id=0, generator=draws, static=static)
 
     go(4)  # warm-up: kernels compiled, workspaces grown
     prefill_s = statistics.median(timed(lambda: go(1), device)[0] for _ in range(3))
@@ -127,6 +130,11 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="tunelab: ended rows leave the batch, no CUDA graph (sample static=False)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="append the JSON record to this file")
     args = ap.parse_args()
     record = run(args)

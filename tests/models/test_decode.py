@@ -120,10 +120,11 @@ def greedy_without_cache(model: nn.Module, prompt: list[int], new: int) -> list[
 # Greedy answers against transformers and against no cache
 
 
-@pytest.mark.parametrize("path", ["fast", "generic"])
+@pytest.mark.parametrize("path", ["fast", "fast-static", "generic"])
 def test_greedy_batch_equals_transformers_generate_alone(pair, path):
-    model = pair.ours if path == "fast" else pair.hf
-    answers = sample(model, PROMPTS, GREEDY, pad_id=0)
+    model = pair.hf if path == "generic" else pair.ours
+    static = {"fast": False, "fast-static": True}.get(path)
+    answers = sample(model, PROMPTS, GREEDY, pad_id=0, static=static)
     expected = [generate_alone(pair.hf, p, GREEDY.max_new_tokens) for p in PROMPTS]
     assert answers == expected
     assert len({tuple(a) for a in answers}) == len(PROMPTS)  # the prompts do lead to different answers
@@ -159,12 +160,38 @@ def test_cached_logits_equal_full_forward_at_each_position(pair):
     assert cache.length == T + len(continuation[0])
 
 
+def test_fixed_shape_step_equals_the_cached_step(pair):
+    """`forward_step` (the position a tensor, the whole cache read with later positions masked: what a CUDA graph
+    replays) gives the logits of `forward_cached` step by step, from the same prefill of a left-padded batch."""
+    prompts, continuation = [PROMPTS[0], PROMPTS[1]], [[8, 99, 150, 31], [61, 2, 77, 120]]
+    config, T = pair.ours.config, max(map(len, prompts))
+    ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
+    mask = (torch.arange(T)[None] >= torch.tensor([[T - len(p)] for p in prompts])).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    caches = [KVCache(config, 2, T + len(continuation[0]), torch.float32, torch.device("cpu")) for _ in range(2)]
+    at = torch.tensor(T - 1)
+    with torch.no_grad():
+        for cache in caches:
+            pair.ours.forward_cached(ids, positions, cache, mask)
+        for t in range(len(continuation[0])):
+            tokens = torch.tensor([[c[t]] for c in continuation])
+            step_positions = positions[:, -1:] + t + 1
+            cached = pair.ours.forward_cached(tokens, step_positions, caches[0])
+            at += 1
+            fixed = pair.ours.forward_step(tokens, step_positions, caches[1], at)
+            torch.testing.assert_close(fixed, cached, **CACHE_TOL)
+    for keys_a, keys_b in zip(caches[0].keys, caches[1].keys, strict=True):
+        torch.testing.assert_close(keys_a, keys_b)  # the same keys, written at the same positions
+    assert torch.equal(caches[0].valid, caches[1].valid)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Adapters and quantized bases on the fast path
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("variant", ["lora", "dora", "nf4_lora"])
-def test_adapters_and_nf4_bases_decode_as_without_cache(variant):
+def test_adapters_and_nf4_bases_decode_as_without_cache(variant, static):
     model = build("llama").ours
     if variant == "nf4_lora":
         quantize_model_(model)
@@ -174,12 +201,12 @@ def test_adapters_and_nf4_bases_decode_as_without_cache(variant):
             nn.init.normal_(m.lora_B.weight, std=0.5)  # far from zero, so the adapters change the answers
     model.train()  # dropout would draw here: sampling must switch it off
     prompts = PROMPTS[:3]
-    answers = sample(model, prompts, GREEDY, pad_id=0)
+    answers = sample(model, prompts, GREEDY, pad_id=0, static=static)
     assert model.training and all(m.training for m in model.modules())  # modes given back
     model.eval()
     assert answers == [greedy_without_cache(model, p, GREEDY.max_new_tokens) for p in prompts]
     with adapters_disabled(model):
-        base = sample(model, prompts, GREEDY, pad_id=0)
+        base = sample(model, prompts, GREEDY, pad_id=0, static=static)
         assert base == [greedy_without_cache(model, p, GREEDY.max_new_tokens) for p in prompts]
     assert base != answers
 
@@ -209,18 +236,19 @@ def test_modes_are_given_back_module_by_module(llama):
 # The sampling loop
 
 
-def draws(model: nn.Module, seed: int, **settings) -> list[list[int]]:
+def draws(model: nn.Module, seed: int, static: bool | None = None, **settings) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     full = dict(max_new_tokens=12, temperature=1.0) | settings
-    return sample(model, PROMPTS, SampleSettings(**full), pad_id=0, generator=generator)
+    return sample(model, PROMPTS, SampleSettings(**full), pad_id=0, generator=generator, static=static)
 
 
-@pytest.mark.parametrize("path", ["fast", "generic"])
+@pytest.mark.parametrize("path", ["fast", "fast-static", "generic"])
 def test_seeded_sampling_is_reproducible_and_seeds_differ(llama, path):
-    model = llama.ours if path == "fast" else llama.hf
-    first = draws(model, 1, temperature=2.0, top_p=0.95)
-    assert draws(model, 1, temperature=2.0, top_p=0.95) == first
-    assert draws(model, 2, temperature=2.0, top_p=0.95) != first
+    model = llama.hf if path == "generic" else llama.ours
+    static = {"fast": False, "fast-static": True}.get(path)
+    first = draws(model, 1, temperature=2.0, top_p=0.95, static=static)
+    assert draws(model, 1, temperature=2.0, top_p=0.95, static=static) == first
+    assert draws(model, 2, temperature=2.0, top_p=0.95, static=static) != first
     assert first != sample(model, PROMPTS, SampleSettings(max_new_tokens=12, temperature=0.0), pad_id=0)
 
 
@@ -246,13 +274,19 @@ def test_nucleus_keeps_the_fewest_likeliest_tokens_reaching_top_p():
     assert abs(share.item() - 0.5 / 0.8) < 0.05  # renormalised within the nucleus: 0.625
 
 
-def test_stop_id_ends_its_row_and_is_kept_while_others_run_on(llama):
+@pytest.mark.parametrize("static", [False, True])
+def test_stop_id_ends_its_row_and_is_kept_while_others_run_on(llama, static):
+    """Without `static` an ended row leaves the batch; with it, it steps on and its draws are dropped."""
     greedy = sample(llama.ours, PROMPTS, GREEDY, pad_id=0)
     # A token that row 0 draws for the first time at step k >= 1 (the others may draw it too, or not).
     k = next(i for i in range(1, len(greedy[0])) if greedy[0][i] not in greedy[0][:i])
     stop = greedy[0][k]
     stopped = sample(
-        llama.ours, PROMPTS, SampleSettings(max_new_tokens=10, temperature=0.0, stop_ids=(stop,)), pad_id=0
+        llama.ours,
+        PROMPTS,
+        SampleSettings(max_new_tokens=10, temperature=0.0, stop_ids=(stop,)),
+        pad_id=0,
+        static=static,
     )
     expected = [a[: a.index(stop) + 1] if stop in a else a for a in greedy]
     assert stopped == expected

@@ -7,6 +7,11 @@ for both kinds of model; only a "stepper" differs, which turns tokens into the l
 - `_FastStepper`, for `models.llama.LlamaForCausalLM`: its `forward_cached` over a preallocated `KVCache`; the head
   runs on the last position only. Projections go through the model's slots, so adapters (LoRA, DoRA, NF4 bases) are
   those of training, and `peft.lora.adapters_disabled` switches them off here too.
+- `_StaticStepper`, the same model with fixed shapes (`forward_step`): every row steps until the last one ends (a
+  finished row's draws are dropped), the attention reads the whole cache with later positions masked, and the new
+  position is a tensor moved in place. On CUDA the step is captured once as a CUDA graph and replayed: a 7B step
+  issues over two thousand small kernels (per projection an NF4 dequantization, the base GEMM and the adapter's two
+  thin ones), which the host launches more slowly than the GPU runs them. The default on CUDA.
 - `_HFStepper`, for a transformers model (or a PEFT model around one): its own cache, stepped as its `generate` does.
 
 Left padding must not change an answer: each row's rope positions are cumsum(mask) - 1 (its first real token at 0,
@@ -49,21 +54,30 @@ def sample(
     *,
     pad_id: int,
     generator: torch.Generator | None = None,
+    static: bool | None = None,
 ) -> list[list[int]]:
     """For each prompt (token ids), the generated ids: up to max_new_tokens, ending with the first stop id (kept)
     when one is drawn. Prompts are left-padded into one batch; one prefill, then one token per step for the rows
     still running.
 
     `generator` (on the model's device) seeds the draws: the same seed gives the same answers. Greedy answers
-    (temperature 0) do not depend on which prompts share the batch. The model runs in eval mode (no dropout) and
-    gets its previous modes back afterwards."""
+    (temperature 0) do not depend on which prompts share the batch, nor on `static`. The model runs in eval mode (no
+    dropout) and gets its previous modes back afterwards.
+
+    `static` (tunelab's decoder only): step every row with fixed shapes, replayed from a CUDA graph on CUDA (module
+    docstring); None: on CUDA. Finished rows still draw there, so at temperature > 0 the rows that run on see other
+    draws than without it, once a row has ended."""
     _check(prompts, settings)
     if not prompts or settings.max_new_tokens == 0:
         return [[] for _ in prompts]
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        stepper = _FastStepper(model) if isinstance(model, LlamaForCausalLM) else _HFStepper(model)
+        if isinstance(model, LlamaForCausalLM):
+            fixed = model.lm_head.weight.is_cuda if static is None else static
+            stepper = _StaticStepper(model) if fixed else _FastStepper(model)
+        else:
+            stepper = _HFStepper(model)
         if generator is not None and generator.device.type != stepper.device.type:
             raise ValueError(
                 f"sample: the generator is on {generator.device} and the model on {stepper.device}; draw with "
@@ -93,6 +107,7 @@ def _check(prompts: list[list[int]], settings: SampleSettings) -> None:
 
 class _Stepper(Protocol):
     device: torch.device  # where the model's inputs go
+    fixed_batch: bool  # every row steps to the end (step gets all B tokens, rows None); else finished rows leave
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """ids, mask (B, T) left-padded prompts -> logits (B, V) of each row's last token."""
@@ -119,20 +134,23 @@ def _generate(
     stops = torch.tensor(settings.stop_ids, dtype=torch.long, device=device)
     answers: list[list[int]] = [[] for _ in prompts]
     running = torch.arange(B)  # (b,) which prompt each row of the batch is, on the host
+    alive = [True] * B  # which prompts still generate (a fixed batch keeps stepping the others)
     logits = stepper.prefill(ids.to(device), mask.to(device), settings.max_new_tokens)  # (B, V)
     for made in range(1, settings.max_new_tokens + 1):
         tokens = _pick(logits, settings, generator)  # (b,)
         ended = torch.isin(tokens, stops)  # (b,)
         # One device -> host copy per step, of b tokens and b flags: the loop needs both on the host anyway.
         drawn, ended_host = torch.stack((tokens, ended.long())).tolist()
-        for row, token in zip(running.tolist(), drawn, strict=True):
-            answers[row].append(token)
-        if made == settings.max_new_tokens:
+        for row, token, end in zip(running.tolist(), drawn, ended_host, strict=True):
+            if alive[row]:
+                answers[row].append(token)
+                alive[row] = not end
+        if made == settings.max_new_tokens or not any(alive):
             break
-        if any(ended_host):
+        if stepper.fixed_batch:
+            logits = stepper.step(tokens, None)
+        elif any(ended_host):
             kept = torch.tensor([i for i, end in enumerate(ended_host) if not end], dtype=torch.long)  # (b',)
-            if kept.numel() == 0:
-                break
             running = running[kept]
             kept = kept.to(device)
             logits = stepper.step(tokens[kept], kept)
@@ -164,6 +182,8 @@ def _pick(logits: torch.Tensor, settings: SampleSettings, generator: torch.Gener
 class _FastStepper:
     """tunelab's decoder over a `KVCache` sized for the prompt and every new token."""
 
+    fixed_batch = False
+
     def __init__(self, model: LlamaForCausalLM):
         self.model = model
         embedding = model.model.embed_tokens.weight  # never quantized: its dtype is the compute dtype
@@ -186,9 +206,56 @@ class _FastStepper:
         return self.model.forward_cached(tokens[:, None], self.positions[:, None], self.cache)
 
 
+class _StaticStepper(_FastStepper):
+    """`_FastStepper` with fixed shapes: the prefill as there, then `forward_step` for all B rows at a cache position
+    held in a tensor, moved in place; on CUDA captured as a CUDA graph at the first step and replayed after.
+
+    Capture follows PyTorch's rules: eager warm-up passes on a side stream first (lazily sized buffers, the NF4
+    scratch, reach their size outside the graph's memory pool), then the capture. A warm-up pass computes exactly the
+    step that the capture then records (same token, same position), so what it writes into the cache is written
+    again, unchanged. The graph belongs to this call: adapters trained between two calls are read afresh."""
+
+    fixed_batch = True
+    WARMUP = 2
+    capture = True  # on CUDA: replay a CUDA graph (False: the same fixed-shape steps run eagerly, for comparisons)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        logits = super().prefill(ids, mask, max_new_tokens)
+        self.tokens = torch.zeros(ids.shape[0], 1, dtype=torch.long, device=self.device)  # (B, 1) the step's input
+        self.step_positions = self.positions[:, None].clone()  # (B, 1) rope position of each row's new token
+        self.at = torch.tensor(self.cache.length - 1, dtype=torch.long, device=self.device)  # its cache position
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+        return logits
+
+    def step(self, tokens: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        self.tokens.copy_(tokens[:, None])
+        self.step_positions.add_(1)
+        self.at.add_(1)
+        if self.device.type != "cuda" or not self.capture:
+            return self._forward()
+        if self.graph is None:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP):
+                    self._forward()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._forward()
+        self.graph.replay()
+        return self.logits.clone()  # the graph's output buffer is rewritten by the next replay
+
+    def _forward(self) -> torch.Tensor:
+        return self.model.forward_step(self.tokens, self.step_positions, self.cache, self.at)
+
+
 class _HFStepper:
     """A transformers causal LM stepped through its own cache, with the inputs its `generate` would give it: the
     attention mask over every position so far, and position ids cumsum(mask) - 1 (pads at 0)."""
+
+    fixed_batch = False
 
     def __init__(self, model: nn.Module):
         self.model = model

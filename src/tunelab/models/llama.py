@@ -116,12 +116,13 @@ class KVCache:
 
     Preallocated once: per layer (B, Hk, S, D) keys and values in the model's dtype, S = the longest prompt plus the
     new tokens. `valid` (B, S) marks the positions that hold a real token (a left-padded prompt's pads do not);
-    the first `length` positions are filled."""
+    the first `length` positions are filled. Zeros at first: `forward_step` attends over all S positions, and a
+    masked weight of 0 times an unwritten value must stay 0 (uninitialised memory may hold NaN)."""
 
     def __init__(self, config: LlamaConfig, batch: int, capacity: int, dtype: torch.dtype, device: torch.device):
         shape = (batch, config.num_kv_heads, capacity, config.head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.length = 0
 
@@ -233,21 +234,27 @@ class LlamaAttention(nn.Module):
         sin: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        start: int,
+        start: int | torch.Tensor,
         mask: torch.Tensor,
         residual: torch.Tensor,
     ) -> torch.Tensor:
         """Inference only: residual + attention for the new tokens x (B, t, d) at cache positions start..start+t,
         whose keys and values are written into this layer's cache `keys`/`values` (B, Hk, S, D) first. mask
-        (B, 1, t, start + t) from `KVCache.attention_mask`.
+        (B, 1, t, start + t) from `KVCache.attention_mask`. A 0-dim tensor `start` (one new token, t = 1): written
+        there by index, and the attention reads all S positions, mask (B, 1, 1, S) (`LlamaModel.forward_step`).
 
         q/k/v run one by one (the default group): a grouped slot would rebuild its stacked weight matrix for every few
         tokens, a copy of the weights per step where the GEMMs themselves only read them once."""
         B, T, _ = x.shape
         q, k, v = self.to_heads(*self.qkv.as_default()(x), cos, sin)  # (B, t, H, D), (B, t, Hk, D) x 2
-        end = start + T
-        keys[:, :, start:end] = k.transpose(1, 2)
-        values[:, :, start:end] = v.transpose(1, 2)
+        if isinstance(start, torch.Tensor):
+            keys.index_copy_(2, start.view(1), k.transpose(1, 2))
+            values.index_copy_(2, start.view(1), v.transpose(1, 2))
+            end = keys.shape[2]
+        else:
+            end = start + T
+            keys[:, :, start:end] = k.transpose(1, 2)
+            values[:, :, start:end] = v.transpose(1, 2)
         # Grouped-query without copying the cache: query head h reads key head h // G (G = H / Hk), so the G query
         # heads of one key head become G * t rows of one attention over that head's keys (row g * t + i).
         G = self.num_heads // self.num_kv_heads
@@ -358,7 +365,7 @@ class LlamaDecoderLayer(nn.Module):
         sin: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        start: int,
+        start: int | torch.Tensor,
         mask: torch.Tensor,
     ) -> torch.Tensor:
         """Inference only: the block over the new tokens x (B, t, d), reading and extending this layer's cache (see
@@ -506,6 +513,24 @@ class LlamaModel(nn.Module):
         cache.length = start + T
         return self.norm(h[:, -1])  # (B, d): only the last position feeds the head
 
+    def forward_step(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, at: torch.Tensor
+    ) -> torch.Tensor:
+        """Inference only: `forward_cached` for one new token a row, input_ids and position_ids (B, 1), written at
+        cache position `at` (a 0-dim long tensor). Every shape is fixed and every index a tensor, so a CUDA graph
+        can replay it step after step with `at` moved in place (`models.decode`): the attention reads the cache's
+        whole capacity, with the positions after `at` masked. `cache.length` is left to the caller."""
+        capacity = cache.valid.shape[1]
+        cache.valid.index_fill_(1, at.view(1), True)
+        seen = torch.arange(capacity, device=at.device) <= at  # (S,)
+        mask = (cache.valid & seen)[:, None, None, :]  # (B, 1, 1, S)
+        h = self.embed_tokens(input_ids)  # (B, 1, d)
+        inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
+        cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, 1, D) each
+        for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
+            h = layer.forward_cached(h, cos, sin, keys, values, at, mask)
+        return self.norm(h[:, -1])  # (B, d)
+
 
 class LossOutput(NamedTuple):
     """Summed cross-entropy over the tokens that count, and how many they are (both 0-dim tensors)."""
@@ -599,3 +624,10 @@ class LlamaForCausalLM(nn.Module):
         and values are appended to `cache`; the head runs on that position alone, never on (B, t, V). See
         `LlamaModel.forward_cached` for the arguments."""
         return self.lm_head(self.model.forward_cached(input_ids, position_ids, cache, attention_mask))
+
+    def forward_step(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, at: torch.Tensor
+    ) -> torch.Tensor:
+        """Inference only: the logits (B, V) of one new token a row at cache position `at` (a 0-dim tensor), with
+        fixed shapes for a CUDA graph; see `LlamaModel.forward_step`."""
+        return self.lm_head(self.model.forward_step(input_ids, position_ids, cache, at))
