@@ -17,39 +17,16 @@ Prints median times of 50 repeats and, for the overlap, the share of the dequant
 
 from __future__ import annotations
 
-import statistics
+import sys
+from pathlib import Path
 
 import torch
 
 from tunelab.quant.nf4_ops import quantize_nf4
 from tunelab.quant.nf4_triton import dequantize_nf4_triton
 
-
-def graphed_ms(fn, repeats: int = 20) -> float:
-    """GPU time of one fn() from a CUDA graph of `repeats` calls (a ~50 us launch from Python would hide a kernel
-    of that length: the GPU would wait for the host)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(repeats):
-            fn()
-    return median_ms(graph.replay) / repeats
-
-
-def median_ms(fn, iters: int = 50, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_timing import graphed_ms  # noqa: E402
 
 
 def probe(tokens: int, d: int, ff: int) -> None:

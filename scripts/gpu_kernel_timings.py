@@ -6,8 +6,9 @@ relative error of the output against the reference. N = 8192 tokens (4 x 2048), 
 MLP 11008.
 """
 
-import statistics
+import sys
 import traceback
+from pathlib import Path
 
 import torch
 import triton
@@ -20,23 +21,11 @@ from tunelab.kernels.rms_norm import rms_norm
 from tunelab.kernels.rope import apply_rope
 from tunelab.kernels.swiglu import swiglu
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cuda_timing import median_ms  # noqa: E402
+
 dev, bf16 = "cuda", torch.bfloat16
 torch.manual_seed(0)
-
-
-def median_ms(fn, iters=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def peak_mb(fn):
