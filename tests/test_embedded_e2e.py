@@ -1,31 +1,29 @@
-"""The real CLI on the embedded SmolLM2 model: a few LoRA steps on the company FAQ, then compare with scores."""
+"""The real CLI on the embedded SmolLM2 model: a few LoRA steps on the company FAQ, then compare with scores.
+
+The CLI's `main` runs in this process: the embedded model is what is tested here, not a Python start-up (the tiny
+model's `python -m tunelab.cli train` in test_cli.py is that)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tunelab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 FAQ = ROOT / "examples" / "company_faq"
 
 
 @pytest.mark.slow
-def test_company_faq_few_steps_through_the_cli(tmp_path):
+def test_company_faq_few_steps_through_the_cli(tmp_path, capsys):
     questions = tmp_path / "q.jsonl"
     lines = (FAQ / "heldout.jsonl").read_text().splitlines()
     kinds = [json.loads(line)["kind"] for line in lines]
     picked = [lines[kinds.index("fact")], lines[kinds.index("off_topic")]]
     questions.write_text("\n".join(picked) + "\n")
     run = tmp_path / "run"
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
+    code = main(
         [
-            sys.executable,
-            "-m",
-            "tunelab.cli",
             "train",
             str(FAQ / "config.yaml"),
             "--output_dir",
@@ -38,13 +36,10 @@ def test_company_faq_few_steps_through_the_cli(tmp_path):
             str(questions),
             "--eval.max_new_tokens",
             "24",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
+        ]
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    out = capsys.readouterr().out
+    assert code == 0
     info = json.loads((run / "run.json").read_text())
     assert (
         info["finished"]
@@ -56,4 +51,4 @@ def test_company_faq_few_steps_through_the_cli(tmp_path):
     assert [r["kind"] for r in comparison["rows"]] == ["fact", "off_topic"]
     assert all(r["base"] and r["tuned"] for r in comparison["rows"])  # the real model answers in words
     assert set(comparison["scores"]) == {"fact", "off_topic"}
-    assert "refused: base" in done.stdout
+    assert "refused: base" in out

@@ -1,7 +1,9 @@
 """`tunelab federate` end to end on a tiny model: the real CLI, Flower's simulation engine (Ray), 2 clients x 2
 rounds; a server killed after round 1 and resumed; bad input giving exit code 2 (a failing client: test_deployment).
 
-Each federation runs in its own process (as a user runs it), so Ray never starts inside the test process."""
+Each federation runs in its own process (as a user runs it), so Ray never starts inside the test process. What
+starts no federation (bad input, a resume with no round left) runs the CLI's `main` here, with `simulate` replaced
+by a failure so that it cannot start Ray by mistake."""
 
 import json
 import os
@@ -18,6 +20,9 @@ pytest.importorskip("ray", reason="Flower's simulation engine needs ray")
 
 from safetensors.torch import load_file  # noqa: E402
 
+import tunelab.federated.run as federated_run  # noqa: E402
+from tunelab.cli import main  # noqa: E402
+
 
 def _federate(*args, wait=True):
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
@@ -27,6 +32,16 @@ def _federate(*args, wait=True):
     return subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
     )
+
+
+@pytest.fixture
+def no_simulation(monkeypatch):
+    """The CLI in this process, where no federation may start: `simulate` fails the test if it is reached."""
+
+    def simulate(*args, **kwargs):
+        raise AssertionError("a federation was started in the test process")
+
+    monkeypatch.setattr(federated_run, "simulate", simulate)
 
 
 def _round_records(run: Path) -> list[dict]:
@@ -79,7 +94,9 @@ def test_two_clients_two_rounds_through_the_cli(uninterrupted, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_resume_after_the_server_is_stopped(uninterrupted, tmp_path, tiny_model_dir, federate_config):
+def test_resume_after_the_server_is_stopped(
+    uninterrupted, tmp_path, tiny_model_dir, federate_config, no_simulation, capsys
+):
     config = federate_config(tmp_path, tiny_model_dir)
     process = _federate(config, wait=False)
     state = tmp_path / "run" / "federated.json"
@@ -106,16 +123,17 @@ def test_resume_after_the_server_is_stopped(uninterrupted, tmp_path, tiny_model_
     for key, value in straight.items():
         assert (resumed[key] - value).abs().max() < 1e-5, key
 
-    again = _federate(config, "--resume")  # nothing left to do
-    assert again.returncode == 0 and "all 2 rounds are done" in again.stdout
+    capsys.readouterr()
+    assert main(["federate", str(config), "--resume"]) == 0  # nothing left to do, and no simulation started for it
+    assert "all 2 rounds are done" in capsys.readouterr().out
 
 
-def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, federate_config):
+def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, federate_config, no_simulation, capsys):
     config = federate_config(tmp_path, tiny_model_dir)
     (tmp_path / "site1.jsonl").write_text("")
-    done = _federate(config)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "client site1" in done.stderr and "site1.jsonl" in done.stderr
+    assert main(["federate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "client site1" in err and "site1.jsonl" in err
     assert not (tmp_path / "run").exists()  # stopped before any client or server started
 
 

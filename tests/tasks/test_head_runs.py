@@ -2,9 +2,6 @@
 computes, a resumed run ends where an uninterrupted one does, and the CLI trains, predicts and evaluates them."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -148,23 +145,16 @@ def test_qlora_classifier_trains_and_predicts(tiny_model_dir, tmp_path, label_fi
     assert p.label in ("neg", "neu", "pos") and sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def _cli(*args):
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "tunelab.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=600
-    )
-
-
 def _flags(overrides):
     return [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
 
 
 def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_file, pair_file, capsys):
     over = _overrides(tiny_model_dir, tmp_path, "classify", label_file, **{"data.eval_fraction": 0.25})
-    done = _cli("train", *_flags(over))
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "head: 3 labels on the last real token (chat input): neg 6, neu 6, pos 6" in done.stdout
-    assert "eval loss " in done.stdout and "accuracy" in done.stdout
+    assert main(["train", *_flags(over)]) == 0
+    printed = capsys.readouterr().out
+    assert "head: 3 labels on the last real token (chat input): neg 6, neu 6, pos 6" in printed
+    assert "eval loss " in printed and "accuracy" in printed
     run = tmp_path / "run-classify"
     info = json.loads((run / "run.json").read_text())
     assert info["task"] == "classify" and info["extra"]["labels"] == ["neg", "neu", "pos"]
@@ -205,8 +195,7 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     assert "Confusion matrix" in page and "Per class (tuned)" in page
 
     over = _overrides(tiny_model_dir, tmp_path, "reward", pair_file, **{"method.name": "full"})
-    done = _cli("train", *_flags(over))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert main(["train", *_flags(over)]) == 0
     run = tmp_path / "run-reward"
     assert (
         main(
@@ -260,8 +249,8 @@ def test_non_finite_head_steps_stop_the_run_naming_the_rows(task, tiny_model_dir
     assert [r.get("skipped") for r in records] == [True] * 3 and "accuracy" not in records[0]
 
 
-def test_bad_classify_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path):
+def test_bad_classify_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, capsys):
     bad = _write(tmp_path / "bad.jsonl", [{"text": "a", "label": "x"}, {"text": "b"}])
-    done = _cli("train", *_flags(_overrides(tiny_model_dir, tmp_path, "classify", bad)))
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "bad.jsonl:2: field 'label' is missing" in done.stderr
+    assert main(["train", *_flags(_overrides(tiny_model_dir, tmp_path, "classify", bad))]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "bad.jsonl:2: field 'label' is missing" in err

@@ -73,11 +73,15 @@ def _write_config(folder: Path, model_dir: Path, case: str) -> Path:
     return path
 
 
-def _launch(config: Path, run_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+def _rank_env() -> dict[str, str]:
+    """What every rank gets: this checkout's tunelab on its path, and one thread (two ranks share two cores)."""
     src = os.pathsep.join([str(Path(tunelab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
-    env = os.environ | {"PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    return {"PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+
+
+def _launch(config: Path, run_dir: Path, *flags: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "tunelab.cli", "train", str(config), "--output_dir", str(run_dir), *flags]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=os.environ | _rank_env(), capture_output=True, text=True, timeout=300)
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -242,17 +246,20 @@ def test_two_ranks_resume_on_one(runs, method, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", CASES)
-def test_one_process_resumes_on_two_ranks(runs, method, tmp_path, capfd):
+def test_one_process_resumes_on_two_ranks(runs, method, tmp_path, capfd, monkeypatch):
+    """The launcher runs in this process (the `runs` fixture launches `tunelab train` as a process of its own);
+    its ranks are processes of their own, writing to this process's stdout."""
     one = runs("one", method)
     resumed = _cut_after_step_2(one, tmp_path / "resumed")
+    for name, value in _rank_env().items():
+        monkeypatch.setenv(name, value)
     if method != "lora":  # the command line
-        done = _launch(runs.configs[method], resumed, "--nproc", "2", "--resume")
-        assert done.returncode == 0, done.stderr[-3000:]
-        out = done.stdout
+        code = main(["train", str(runs.configs[method]), "--output_dir", str(resumed), "--nproc", "2", "--resume"])
+        assert code == 0, capfd.readouterr().err[-3000:]
     else:  # the Python API
         result = tunelab.train(runs.configs[method], {"output_dir": str(resumed)}, resume=True, nproc=2)
         assert result.steps == 4 and result.final_loss == pytest.approx(_metrics(one)[-1]["loss"], rel=LOSS_RTOL)
-        out = capfd.readouterr().out
+    out = capfd.readouterr().out
     assert out.count("resuming from") == 1
     _assert_same_curve(one, resumed)
     assert (resumed / "checkpoints" / "step-0000004" / "shards").is_dir()  # written by two ranks

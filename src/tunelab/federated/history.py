@@ -42,6 +42,14 @@ def write_state(run_dir: str | Path, state: dict) -> Path:
     return write_json(Path(run_dir) / STATE_FILE, state)
 
 
+def all_rounds_done(run_dir: str | Path, rounds: int) -> str | None:
+    """What --resume says when federated.json already counts `rounds` rounds (None while some are left)."""
+    state = read_state(run_dir)
+    if state is None or int(state["rounds_done"]) < rounds:
+        return None
+    return f"{run_dir}: all {rounds} rounds are done; raise federated.rounds to train more."
+
+
 def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> list[dict]:
     """metrics.jsonl records of one round (a RoundReport as a dict): the round's, then one per client."""
     used = [c for c in report["clients"] if c["status"] == "ok" and c["train_loss"] is not None]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.config import ResolvedConfig, RunConfig, dump_yaml
 from tunelab.errors import ConfigError, RunDirError, TunelabError
 from tunelab.eval.compare import compare_after_training
-from tunelab.federated.history import read_state
+from tunelab.federated.history import all_rounds_done, read_state
 from tunelab.federated.setup import require_accountant
 from tunelab.federated.shards import ClientData, client_data, federation_protected
 from tunelab.rundir import read_info
@@ -229,8 +229,12 @@ def federate(
     clients = federation_clients(cfg)
     run_dir = Path(cfg.output_dir)
     check_run_dir(cfg, resume, config)
-    check_clients(cfg, clients)
-    simulate(resolved, clients, resume)
+    finished = all_rounds_done(run_dir, cfg.federated.rounds) if resume else None
+    if finished:  # nothing to train: say so without starting the simulation engine (Ray) for it
+        print(finished, flush=True)
+    else:
+        check_clients(cfg, clients)
+        simulate(resolved, clients, resume)
     result = _result(run_dir)
     if cfg.eval.questions and result.rounds_done == cfg.federated.rounds:
         compare_after_training(run_dir, cfg)  # as after tunelab train: scores printed, compare.json

@@ -25,7 +25,7 @@ from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml,
 from tunelab.data.loader import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
-from tunelab.federated.history import plot_federation, read_state, round_records, write_state
+from tunelab.federated.history import all_rounds_done, plot_federation, read_state, round_records, write_state
 from tunelab.federated.local import server_eval_datasets
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
@@ -119,7 +119,7 @@ def run_federation(
     print("tunelab federate — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
     if done >= f.rounds:
-        print(f"{run_dir}: all {f.rounds} rounds are done; raise federated.rounds to train more.", flush=True)
+        print(all_rounds_done(run_dir, f.rounds), flush=True)
         return run_dir
 
     torch.manual_seed(cfg.train.seed)  # the LoRA initialisation every client starts from

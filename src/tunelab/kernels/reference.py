@@ -114,7 +114,15 @@ def linear_cross_entropy(
     Returns the summed loss (fp32 scalar); the caller divides by the token count of the whole optimizer step.
     Works chunk by chunk over N so that only (chunk_size, V) logits exist at a time; the reference keeps autograd's
     saved logits per chunk, so it saves time over memory only in the forward. The Triton version never stores them.
+    On the CPU only the rows that carry a loss go through the head: prompts and padding are often most of a batch
+    (an ignored row adds 0 to the sum and gets a zero gradient either way). Elsewhere N stays as given, so that a
+    CUDA graph replays fixed shapes; and so it does for a batch with no loss at all (a rank's blank micro-batch),
+    whose zero gradients must still reach every parameter.
     """
+    if hidden.device.type == "cpu":
+        keep = labels != ignore_index
+        if keep.any():
+            hidden, labels = hidden[keep], labels[keep]
     chunk_size = head_chunk_tokens(weight.shape[0]) if chunk_size is None else chunk_size
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
