@@ -11,10 +11,13 @@ exit code 2 rather than N copies of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -40,6 +43,24 @@ def check_launch(cfg: RunConfig, nproc: int) -> None:
         pick_sharding(cfg)
 
 
+@contextlib.contextmanager
+def threads_per_rank(nproc: int) -> Iterator[int | None]:
+    """While the ranks start: OMP_NUM_THREADS = this process's cores / nproc (at least 1) in the environment they
+    inherit, unless the user set it (then None). Each rank's torch would otherwise take every core, and N ranks on
+    one host would run N times as many threads as cores, waiting on each other (torchrun sets 1 for the same
+    reason). The environment is given back afterwards: the Python API's caller keeps its own."""
+    if nproc < 2 or "OMP_NUM_THREADS" in os.environ:
+        yield None
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // nproc)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        yield threads
+    finally:
+        os.environ.pop("OMP_NUM_THREADS", None)
+
+
 def launch(worker_args: list[str], nproc: int) -> int:
     """Run `python -m tunelab.cli *worker_args` as `nproc` ranks; the exit code of the first failed rank (its
     error already printed by that rank), or 0."""
@@ -55,7 +76,10 @@ def launch(worker_args: list[str], nproc: int) -> int:
     # The agent logs each failure with a banner of its own; the rank has printed the error, so keep the agent quiet.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
-        elastic_launch(config, sys.executable)("-m", "tunelab.cli", *worker_args)
+        with threads_per_rank(nproc) as threads:
+            if threads is not None:
+                print(f"{nproc} ranks, {threads} CPU thread(s) each (OMP_NUM_THREADS; set it to choose)", flush=True)
+            elastic_launch(config, sys.executable)("-m", "tunelab.cli", *worker_args)
     except ChildFailedError as exc:
         first = min(exc.failures.values(), key=lambda failure: failure.timestamp)
         return first.exitcode if first.exitcode > 0 else 1

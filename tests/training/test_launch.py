@@ -1,0 +1,44 @@
+"""`tunelab train --nproc N`'s launcher (`training/launch.py`): the CPU threads each rank starts with."""
+
+import os
+
+import pytest
+
+from tunelab.training import launch as launch_module
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """Replace torch's elastic launcher by one that records the environment the ranks would inherit."""
+    seen = []
+
+    def fake_elastic_launch(config, entrypoint):
+        def run(*args):
+            seen.append((config.nproc_per_node, os.environ.get("OMP_NUM_THREADS")))
+
+        return run
+
+    monkeypatch.setattr(launch_module, "elastic_launch", fake_elastic_launch)
+    return seen
+
+
+def test_ranks_share_the_cores_unless_the_user_chose(started, monkeypatch, capsys):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launch_module.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert launch_module.launch(["train", "config.yaml"], 2) == 0
+    assert started[-1] == (2, "4")  # 8 cores / 2 ranks
+    assert "2 ranks, 4 CPU thread(s) each" in capsys.readouterr().out
+    assert "OMP_NUM_THREADS" not in os.environ  # given back after the launch
+    assert launch_module.launch(["train", "config.yaml"], 16) == 0
+    assert started[-1] == (16, "1")  # at least one
+    capsys.readouterr()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert launch_module.launch(["train", "config.yaml"], 2) == 0
+    assert started[-1] == (2, "3") and os.environ["OMP_NUM_THREADS"] == "3"  # the user's value, untouched
+    assert "CPU thread" not in capsys.readouterr().out
+
+
+def test_one_rank_keeps_the_environment(started, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert launch_module.launch(["train", "config.yaml"], 1) == 0
+    assert started[-1] == (1, None)
