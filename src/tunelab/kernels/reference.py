@@ -141,7 +141,14 @@ def linear_log_probs(
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """(N,) fp32 log softmax(hidden @ weight.T)[i, labels[i]] (0 where labels[i] == ignore_index). hidden (N, d),
-    weight (V, d). Chunked over N like `linear_cross_entropy`; autograd keeps each chunk's logits for backward."""
+    weight (V, d). Chunked over N like `linear_cross_entropy`; autograd keeps each chunk's logits for backward.
+    On the CPU only the rows with a label go through the head (as in `linear_cross_entropy`), the others get their
+    0 without it."""
+    if hidden.device.type == "cpu":
+        keep = labels != ignore_index
+        if keep.any() and not keep.all():
+            kept = linear_log_probs(hidden[keep], weight, labels[keep], ignore_index, chunk_size)
+            return hidden.new_zeros(labels.shape[0], dtype=torch.float32).masked_scatter(keep, kept)
     chunk_size = head_chunk_tokens(weight.shape[0]) if chunk_size is None else chunk_size
     parts = [hidden.new_zeros(0, dtype=torch.float32)]
     for start in range(0, hidden.shape[0], chunk_size):
