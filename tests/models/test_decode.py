@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from tunelab.errors import ConfigError
 from tunelab.models.decode import SampleSettings, _pick, sample
 from tunelab.models.hf_adapter import from_hf_model
-from tunelab.models.llama import KVCache
+from tunelab.models.kv_cache import KVCache
 from tunelab.peft.lora import adapters_disabled, attach_lora, lora_modules
 from tunelab.quant.linear import quantize_model_
 

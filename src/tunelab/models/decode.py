@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from tunelab.errors import ConfigError
-from tunelab.models.llama import KVCache, LlamaForCausalLM
+from tunelab.models.kv_cache import KVCache
+from tunelab.models.llama import LlamaForCausalLM
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.kernels import reference
+from tunelab.models.kv_cache import KVCache
 from tunelab.models.llama_config import (  # noqa: F401  (supports, unsupported_reason: re-exported)
     LlamaConfig,
     RopeConfig,
@@ -109,40 +110,6 @@ def reference_ops() -> SimpleNamespace:
         linear_cross_entropy=reference.linear_cross_entropy,
         linear_log_probs=reference.linear_log_probs,
     )
-
-
-class KVCache:
-    """Keys and values of every layer for a batch being generated (`LlamaForCausalLM.forward_cached`).
-
-    Preallocated once: per layer (B, Hk, S, D) keys and values in the model's dtype, S = the longest prompt plus the
-    new tokens. `valid` (B, S) marks the positions that hold a real token (a left-padded prompt's pads do not);
-    the first `length` positions are filled. Zeros at first: `forward_step` attends over all S positions, and a
-    masked weight of 0 times an unwritten value must stay 0 (uninitialised memory may hold NaN)."""
-
-    def __init__(self, config: LlamaConfig, batch: int, capacity: int, dtype: torch.dtype, device: torch.device):
-        shape = (batch, config.num_kv_heads, capacity, config.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
-        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
-        self.length = 0
-
-    def attention_mask(self, new: int) -> torch.Tensor:
-        """(B, 1, new, length + new) bool: which keys the `new` next positions may read (real ones, causally)."""
-        start, end = self.length, self.length + new
-        keys = torch.arange(end, device=self.valid.device)
-        queries = torch.arange(start, end, device=self.valid.device)
-        allowed = self.valid[:, None, :end] & (keys[None, :] <= queries[:, None])  # (B, new, end)
-        # A pad position would read no key at all: a softmax over nothing, NaN in some attention kernels, which would
-        # flow into cached values that masked weights of 0 still multiply. It reads itself; real positions never
-        # read a pad.
-        allowed |= keys[None, None, :] == queries[None, :, None]
-        return allowed[:, None]
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only the batch rows `rows` (indices, e.g. those still generating); one layer copied at a time."""
-        for i in range(len(self.keys)):
-            self.keys[i], self.values[i] = self.keys[i][rows], self.values[i][rows]
-        self.valid = self.valid[rows]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -504,14 +471,9 @@ class LlamaModel(nn.Module):
             self.passes.tick()  # a new generation: the weights may have changed since the last pass; not within one
         start = cache.length
         cache.valid[:, start : start + T] = True if attention_mask is None else attention_mask.bool()
-        mask = cache.attention_mask(T)  # (B, 1, t, start + t)
-        h = self.embed_tokens(input_ids)  # (B, t, d)
-        inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
-        cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, t, D) each
-        for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
-            h = layer.forward_cached(h, cos, sin, keys, values, start, mask)
+        h = self._through_cache(input_ids, position_ids, cache, start, cache.attention_mask(T))
         cache.length = start + T
-        return self.norm(h[:, -1])  # (B, d): only the last position feeds the head
+        return h
 
     def forward_step(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, at: torch.Tensor
@@ -520,16 +482,19 @@ class LlamaModel(nn.Module):
         cache position `at` (a 0-dim long tensor). Every shape is fixed and every index a tensor, so a CUDA graph
         can replay it step after step with `at` moved in place (`models.decode`): the attention reads the cache's
         whole capacity, with the positions after `at` masked. `cache.length` is left to the caller."""
-        capacity = cache.valid.shape[1]
-        cache.valid.index_fill_(1, at.view(1), True)
-        seen = torch.arange(capacity, device=at.device) <= at  # (S,)
-        mask = (cache.valid & seen)[:, None, None, :]  # (B, 1, 1, S)
-        h = self.embed_tokens(input_ids)  # (B, 1, d)
+        return self._through_cache(input_ids, position_ids, cache, at, cache.step_mask(at))
+
+    def _through_cache(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, start: int | torch.Tensor, mask
+    ) -> torch.Tensor:
+        """The layers over the new tokens (B, t), each reading its cache and writing their keys and values at
+        `start`; the final-norm hidden state (B, d) of the last position, the only one that feeds the head."""
+        h = self.embed_tokens(input_ids)  # (B, t, d)
         inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
-        cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, 1, D) each
+        cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, t, D) each
         for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
-            h = layer.forward_cached(h, cos, sin, keys, values, at, mask)
-        return self.norm(h[:, -1])  # (B, d)
+            h = layer.forward_cached(h, cos, sin, keys, values, start, mask)
+        return self.norm(h[:, -1])
 
 
 class LossOutput(NamedTuple):
