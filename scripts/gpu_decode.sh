@@ -3,7 +3,8 @@
 #   1. its tests: the CPU suite of tests/models/test_decode.py, then tests/gpu/test_decode_gpu.py (the fast path in
 #      bf16 with the Triton ops, plain and over an NF4 base with LoRA, against the generic path; a throughput print);
 #   2. benchmarks/decode_bench.py on the Llama-2-7B shape, batch 16 x 128 new tokens after 128-token prompts: the fast
-#      path with a bf16 base, bf16 + LoRA and NF4 + LoRA, beside a transformers model through our sampler's generic
+#      path (fixed shapes, CUDA graph) with a bf16 base, bf16 + LoRA and NF4 + LoRA, NF4 + LoRA without the graph
+#      (--dynamic), beside a transformers model through our sampler's generic
 #      path and through transformers' own generate.
 # If the image lacks pytest, carry its wheels in .whl/. Results: $OUT/decode.jsonl; the log of the tests in
 # $OUT/pytest_decode.log.
@@ -31,7 +32,7 @@ fi
 
 B="$PY benchmarks/decode_bench.py --shape llama2-7b --batch 16 --prompt 128 --new 128 --out $R"
 for args in "--impl tunelab --method full" "--impl tunelab --method lora" "--impl tunelab --method qlora" \
-            "--impl hf" "--impl hf_generate"; do
+            "--impl tunelab --method qlora --dynamic" "--impl hf" "--impl hf_generate"; do
     # shellcheck disable=SC2086
     timeout 150 $B $args 2>&1 | grep -E "SUMMARY|Error|error" | tail -3
 done
