@@ -121,7 +121,7 @@ def linear_cross_entropy(
     """
     if hidden.device.type == "cpu":
         keep = labels != ignore_index
-        if keep.any():
+        if keep.any() and not keep.all():
             hidden, labels = hidden[keep], labels[keep]
     chunk_size = head_chunk_tokens(weight.shape[0]) if chunk_size is None else chunk_size
     total = hidden.new_zeros((), dtype=torch.float32)
