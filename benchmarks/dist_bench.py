@@ -47,7 +47,7 @@ def run(args) -> dict | None:
             torch.cuda.reset_peak_memory_stats()
         sharding = args.sharding or ("fsdp2" if args.method == "full" else "ddp")
         checkpointing = args.checkpointing and sharding == "ddp"  # FSDP2 does not take tunelab's recompute yet
-        model = build(args.shape, args.method, args.r, checkpointing, device)
+        model = build(args.shape, args.method, args.r, checkpointing, device, one_process=False)  # DDP/FSDP2 hooks
         trained = parallelize(model, sharding, ranks)
         nf4_held = nf4_bytes_held(model)[0]
         build_peak = torch.cuda.max_memory_allocated() if cuda else 0

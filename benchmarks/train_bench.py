@@ -116,8 +116,9 @@ def matmul_ceiling() -> float:
     return 2 * 8192**3 / statistics.median(times) / 1e12
 
 
-def build(shape: str, method: str, r: int, checkpointing: bool, device: str, dora: bool = False):
+def build(shape: str, method: str, r: int, checkpointing: bool, device: str, dora: bool = False, one_process=True):
     from tunelab.kernels import select
+    from tunelab.kernels.lora import accumulate_into_grads
     from tunelab.models.llama import LlamaConfig, LlamaForCausalLM
     from tunelab.peft.lora import attach_lora
     from tunelab.quant.linear import materialize_quantized_
@@ -139,6 +140,8 @@ def build(shape: str, method: str, r: int, checkpointing: bool, device: str, dor
         model.init_weights(std=0.02)
     if method in ("lora", "qlora"):
         attach_lora(model, TARGETS, r=r, alpha=r, dora=dora)
+        # as `tunelab train` in one process: the adapters' GEMMs add their gradients into .grad
+        accumulate_into_grads([p for p in model.parameters() if p.requires_grad], one_process)
     model.gradient_checkpointing = checkpointing
     model.train()
     return model

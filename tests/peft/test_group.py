@@ -175,6 +175,41 @@ def test_model_gradients_equal_with_and_without_groups(method, checkpointing):
         torch.testing.assert_close(results[True][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapter_gradients_added_into_grad_by_the_gemm(method, checkpointing, device):
+    """`accumulate_into_grads`: the nodes add dA and dB into .grad themselves and hand autograd None for them (so
+    `torch.autograd.grad` sees none, the reason the trainer turns it on for `backward()` only), and the gradients
+    are those autograd would have summed, over two steps and chunked checkpointing."""
+    ids = torch.randint(0, 120, (2, 12), generator=torch.Generator().manual_seed(1)).to(device)
+    results, handed = {}, {}
+    for on in (False, True):
+        model = _lora_model(CONFIG, method, checkpointing, True, chunk=5, device=device)
+        adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+        assert lora_kernels.accumulate_into_grads(adapters, on) == (len(adapters) if on else 0)
+        loss, grads = _two_steps(model, ids)
+        results[on] = loss, {name: g.clone() for name, g in grads.items()}
+        if not checkpointing:  # (recomputation runs its own backward: autograd.grad sees no adapter there)
+            loss_sum, _ = model(ids, labels=ids)
+            handed[on] = sum(g is None for g in torch.autograd.grad(loss_sum, adapters, allow_unused=True))
+    if not checkpointing:  # q/k/v and gate/up are grouped nodes; o and down fused ones over NF4 or on CUDA
+        assert handed == {False: 0, True: 2 * 2 * (7 if method == "qlora" or device == "cuda" else 5)}
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-6)
+    for name, g in results[False][1].items():
+        assert g.abs().sum() > 0, name
+        torch.testing.assert_close(results[True][1][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_parameters_with_hooks_keep_autograd_accumulation():
+    hooked, plain, half = (torch.zeros(2, 3, requires_grad=True) for _ in range(3))
+    hooked.register_hook(lambda g: g * 2)
+    half.data = half.data.half()
+    assert lora_kernels.accumulate_into_grads([hooked, plain, half]) == 1
+    assert lora_kernels.accumulate_into_grads([hooked, plain, half], on=False) == 0
+    assert not any(hasattr(p, "_accumulate_into_grad") for p in (hooked, plain, half))
+
+
 @pytest.mark.gpu  # the fused kernels
 @pytest.mark.triton
 @pytest.mark.parametrize("checkpointing", [False, True, "offload"])

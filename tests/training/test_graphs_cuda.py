@@ -43,11 +43,13 @@ def _model(quantized: bool, checkpointing: bool):
     return model.train()
 
 
-def _train(graphs: bool, quantized: bool, checkpointing: bool, steps: int = 5, grad_accum: int = 2):
+def _train(graphs: bool, quantized: bool, checkpointing: bool, into_grads: bool, steps: int = 5, grad_accum: int = 2):
+    from tunelab.kernels.lora import accumulate_into_grads
     from tunelab.training.graphs import CapturedLoss
 
     model = _model(quantized, checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
+    accumulate_into_grads(params, into_grads)  # as `tunelab train` in one process
     optimizer = torch.optim.AdamW(params, lr=1e-3, fused=True)
     ids = torch.randint(0, SHAPE["vocab_size"], (grad_accum, 256), generator=torch.Generator().manual_seed(2)).cuda()
     scale = 1.0 / (grad_accum * 255)
@@ -72,11 +74,12 @@ def _train(graphs: bool, quantized: bool, checkpointing: bool, steps: int = 5, g
     return losses, grads
 
 
+@pytest.mark.parametrize("into_grads", [False, True], ids=["autograd-sums", "gemm-adds"])
 @pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["keep", "recompute"])
-def test_graph_replay_equals_eager_bit_for_bit(quantized, checkpointing):
-    eager_losses, eager_grads = _train(False, quantized, checkpointing)
-    graph_losses, graph_grads = _train(True, quantized, checkpointing)
+def test_graph_replay_equals_eager_bit_for_bit(quantized, checkpointing, into_grads):
+    eager_losses, eager_grads = _train(False, quantized, checkpointing, into_grads)
+    graph_losses, graph_grads = _train(True, quantized, checkpointing, into_grads)
     assert eager_losses[-1] < eager_losses[0]  # it trains
     assert graph_losses == eager_losses
     for a, b in zip(eager_grads, graph_grads):

@@ -159,6 +159,14 @@ class CapturedLoss:
         graph.replay()
         return outputs
 
+    def _eager_pass(self, model: torch.nn.Module, inputs: Batch, scale_t: torch.Tensor) -> None:
+        """One warm-up pass. Nothing of it outlives the call: a loss kept alive would keep its autograd graph, whose
+        AccumulateGrad nodes (created on this side stream) the capture would then reuse, and the captured backward
+        would wait on the side stream's uncaptured work (an error where an adapter's gradient skips them,
+        `kernels.lora.accumulate_into_grads`; a needless wait elsewhere)."""
+        loss_sum, _ = self.loss_fn(model, inputs)
+        (loss_sum * scale_t).backward()
+
     def _capture(self, model: torch.nn.Module, batch: Batch):
         inputs = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         scale_t = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
@@ -167,8 +175,7 @@ class CapturedLoss:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP):
-                loss_sum, _ = self.loss_fn(model, inputs)
-                (loss_sum * scale_t).backward()
+                self._eager_pass(model, inputs, scale_t)
         torch.cuda.current_stream().wait_stream(side)
         self.zero_grads()
         graph = torch.cuda.CUDAGraph()

@@ -32,6 +32,7 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.data.loader import epoch_rows
 from tunelab.errors import CheckFailed, ConfigError
+from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
@@ -209,6 +210,10 @@ def _train(
     graphs_on, graphs_why = use_graphs(trained, built.impl, built.device, task.name, ranks.world)
     print(f"cuda graphs: {graphs_why}", flush=True)
     train_model = parallelize(model, sharding, ranks)  # the model itself on one rank
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # One process: the adapters' GEMMs add their gradients into .grad themselves (kernels/lora.py); DDP and FSDP2
+    # must see every gradient pass through autograd
+    accumulate_into_grads(trainable, ranks.world == 1)
     if ranks.world > 1:
         _describe_ranks(trained, ranks, sharding, train_model)
         torch.manual_seed(t.seed + ranks.rank)  # each rank its own dropout draws
@@ -279,7 +284,7 @@ def _train(
         train_model,
         ranks,
         memory=memory,
-        captured=CapturedLoss(task.loss, [p for p in model.parameters() if p.requires_grad]) if graphs_on else None,
+        captured=CapturedLoss(task.loss, trainable) if graphs_on else None,
         graph_width=bucket_width(cfg.data.max_length),
     )
     try:
@@ -294,6 +299,8 @@ def _train(
                 write_info(run_dir, info)
         log.close()
         raise
+    finally:
+        accumulate_into_grads(trainable, on=False)  # the model goes back to plain autograd for whoever holds it
 
     if evals and not (t.eval_every and total_steps % t.eval_every == 0):
         run.eval_metrics = eval_record(task, unwrap(train_model), evals)  # every rank: FSDP2 gathers together
