@@ -23,6 +23,25 @@ def test_qlora_trains_and_saves_a_peft_adapter(tiny_overrides):
     assert (result.run_dir / "adapter_model.safetensors").is_file()
 
 
+def test_one_process_run_adds_adapter_gradients_in_the_gemm_and_stops_after(tiny_overrides, monkeypatch):
+    """`tunelab train` in one process lets the LoRA nodes add dA and dB into .grad (kernels.lora), and takes that
+    back when the run ends, whatever happens."""
+    import tunelab.kernels.lora as lora_kernels
+
+    added, calls, real_grad = [], [], lora_kernels._grad
+    monkeypatch.setattr(lora_kernels, "_grad", lambda *a: added.append(real_grad(*a) is None) or None)
+
+    def spy(params, on=True):
+        calls.append((on, list(params)))
+        return lora_kernels.accumulate_into_grads(params, on)
+
+    monkeypatch.setattr(recipe, "accumulate_into_grads", spy)
+    recipe.train(None, tiny_overrides | {"method.quantize_base": "nf4", "train.max_steps": 2})
+    assert [on for on, _ in calls] == [True, False]
+    assert added and all(added)  # every adapter gradient went into .grad by the GEMM
+    assert not any(hasattr(p, "_accumulate_into_grad") for p in calls[0][1])
+
+
 def test_qlora_quantizes_every_decoder_linear(tiny_model_dir):
     cfg = load_config(None, {"model.name": str(tiny_model_dir), "method.quantize_base": "nf4"}).config
     built = build_model(resolve_source(cfg.model.name), cfg.model, cfg.method)
