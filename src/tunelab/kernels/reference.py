@@ -102,6 +102,15 @@ def document_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     return torch.where(positions < cu_seqlens[-1], doc, torch.full_like(doc, -1))
 
 
+def _some_rows_labelled(hidden: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor | None:
+    """On the CPU, the (N,) mask of the rows with a label when some have one and some not (only they need the head);
+    None otherwise: every row goes through (see `linear_cross_entropy` for why not on the GPU, nor with none)."""
+    if hidden.device.type != "cpu":
+        return None
+    keep = labels != ignore_index
+    return keep if keep.any() and not keep.all() else None
+
+
 def linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -119,10 +128,9 @@ def linear_cross_entropy(
     CUDA graph replays fixed shapes; and so it does for a batch with no loss at all (a rank's blank micro-batch),
     whose zero gradients must still reach every parameter.
     """
-    if hidden.device.type == "cpu":
-        keep = labels != ignore_index
-        if keep.any() and not keep.all():
-            hidden, labels = hidden[keep], labels[keep]
+    keep = _some_rows_labelled(hidden, labels, ignore_index)
+    if keep is not None:
+        hidden, labels = hidden[keep], labels[keep]
     chunk_size = head_chunk_tokens(weight.shape[0]) if chunk_size is None else chunk_size
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
@@ -144,11 +152,10 @@ def linear_log_probs(
     weight (V, d). Chunked over N like `linear_cross_entropy`; autograd keeps each chunk's logits for backward.
     On the CPU only the rows with a label go through the head (as in `linear_cross_entropy`), the others get their
     0 without it."""
-    if hidden.device.type == "cpu":
-        keep = labels != ignore_index
-        if keep.any() and not keep.all():
-            kept = linear_log_probs(hidden[keep], weight, labels[keep], ignore_index, chunk_size)
-            return hidden.new_zeros(labels.shape[0], dtype=torch.float32).masked_scatter(keep, kept)
+    keep = _some_rows_labelled(hidden, labels, ignore_index)
+    if keep is not None:
+        kept = linear_log_probs(hidden[keep], weight, labels[keep], ignore_index, chunk_size)
+        return hidden.new_zeros(labels.shape[0], dtype=torch.float32).masked_scatter(keep, kept)
     chunk_size = head_chunk_tokens(weight.shape[0]) if chunk_size is None else chunk_size
     parts = [hidden.new_zeros(0, dtype=torch.float32)]
     for start in range(0, hidden.shape[0], chunk_size):
