@@ -97,3 +97,43 @@ def test_triton_leaves_spare_columns_after_its_output(rel_error, triton_device):
     x_ref = x.detach().clone().requires_grad_()
     reference.rms_norm(x_ref, w, EPS).backward(dy)
     assert rel_error(x.grad, x_ref.grad) < TOL[torch.float32]
+
+
+def _with_residual_grads(fn, x, w, dy, dres):
+    """x.grad and w.grad of  sum(dy * y) + sum(dres * r)  for (y, r) = fn(x, w, with_residual=True)."""
+    x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    y, r = fn(x, w, EPS, with_residual=True)
+    torch.autograd.backward([y, r], [dy, dres])
+    return y, r, x.grad, w.grad
+
+
+def test_reference_with_residual_returns_x_itself():
+    x, w, _ = make_inputs((3, 64), torch.float32)
+    y, r = reference.rms_norm(x, w, EPS, with_residual=True)
+    assert r is x and torch.equal(y, reference.rms_norm(x, w, EPS))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7, 1000), (3, 5, 4099)])
+def test_triton_with_residual_adds_the_residual_gradient_in_its_backward(shape, dtype, rel_error, triton_device):
+    from tunelab.kernels.rms_norm import rms_norm
+
+    x, w, dy = make_inputs(shape, dtype, triton_device)
+    dres = torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(triton_device, dtype)
+    y, r, dx, dw = _with_residual_grads(rms_norm, x, w, dy, dres)
+    y_ref, r_ref, dx_ref, dw_ref = _with_residual_grads(reference.rms_norm, x, w, dy, dres)
+    assert torch.equal(r, x) and r.shape == x.shape
+    assert rel_error(y, y_ref) < TOL[dtype]
+    # One fp32 sum rounded once against the reference's two roundings (its dx, then dx + dres).
+    assert dx.dtype == dtype and rel_error(dx, dx_ref) < TOL[dtype]
+    assert rel_error(dw, dw_ref) < TOL[dtype]
+    # Only y differentiated (the residual output unused), and only the residual one: each alone is right too.
+    x1 = x.detach().clone().requires_grad_()
+    y1, _ = rms_norm(x1, w.detach(), EPS, with_residual=True)
+    y1.backward(dy)
+    assert rel_error(x1.grad, run(reference.rms_norm, x, w, dy)[1]) < TOL[dtype]
+    x2 = x.detach().clone().requires_grad_()
+    _, r2 = rms_norm(x2, w.detach(), EPS, with_residual=True)
+    r2.backward(dres)
+    assert torch.equal(x2.grad, dres)

@@ -11,18 +11,23 @@ import torch.nn.functional as F
 from tunelab.kernels.head_chunk import head_chunk_tokens
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0) -> torch.Tensor:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0, with_residual: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back to x's dtype.
+
+    with_residual: returns (y, x), x for the residual stream (the fused kernel adds that use's gradient in its
+    backward; here autograd sums the two uses).
 
     spare_columns > 0: y (..., D) is the first D columns of a new (..., D + spare_columns) buffer whose last columns
     nothing else reads or writes: room for a consumer to write next to y (`models.slots`)."""
     x32 = x.float()
     y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     y = (y * weight.float()).to(x.dtype)
-    if not spare_columns:
-        return y
-    # Out of place (cat, then a slice), so that autograd sees no in-place write into a view.
-    return torch.cat((y, y.new_empty(*y.shape[:-1], spare_columns)), dim=-1)[..., : y.shape[-1]]
+    if spare_columns:
+        # Out of place (cat, then a slice), so that autograd sees no in-place write into a view.
+        y = torch.cat((y, y.new_empty(*y.shape[:-1], spare_columns)), dim=-1)[..., : y.shape[-1]]
+    return (y, x) if with_residual else y
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

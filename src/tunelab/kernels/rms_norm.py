@@ -38,11 +38,12 @@ def _rms_norm_forward_kernel(
 
 @triton.jit
 def _rms_norm_backward_kernel(
-    dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr,
-    dy_stride, x_stride, dx_stride, n_rows, n_cols,
-    BLOCK_M: tl.constexpr, BLOCK: tl.constexpr, COMPUTE_DW: tl.constexpr,
+    dy_ptr, x_ptr, w_ptr, rstd_ptr, dres_ptr, dx_ptr, dw_partial_ptr,
+    dy_stride, x_stride, dres_stride, dx_stride, n_rows, n_cols,
+    BLOCK_M: tl.constexpr, BLOCK: tl.constexpr, COMPUTE_DW: tl.constexpr, HAS_RES: tl.constexpr,
 ):  # fmt: skip
-    """Persistent: program p takes row blocks p, p + P, p + 2P, ... and keeps its share of dw in registers."""
+    """Persistent: program p takes row blocks p, p + P, p + 2P, ... and keeps its share of dw in registers.
+    HAS_RES: dx also gets dres, the gradient x receives through the residual stream (one pass instead of an add)."""
     pid = tl.program_id(0)
     step = tl.num_programs(0) * BLOCK_M
     cols = tl.arange(0, BLOCK)[None, :]  # (1, BLOCK)
@@ -59,6 +60,8 @@ def _rms_norm_backward_kernel(
         x_hat = x * rstd
         g = dy * w
         dx = rstd * (g - x_hat * (tl.sum(g * x_hat, axis=1) / n_cols)[:, None])
+        if HAS_RES:
+            dx += tl.load(dres_ptr + rows64 * dres_stride + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows64 * dx_stride + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if COMPUTE_DW:
             dw += tl.sum(dy * x_hat, axis=0)
@@ -100,8 +103,8 @@ def _forward(x2, weight, eps, block_m=None, warps=None, spare=0):
     return y, rstd
 
 
-def _backward(dy2, x2, weight, rstd, compute_dw, block_m=None, warps=None, programs_per_sm=4):
-    """dx (M, D) and dw (D,) in weight's dtype (None unless compute_dw)."""
+def _backward(dy2, x2, weight, rstd, compute_dw, dres2=None, block_m=None, warps=None, programs_per_sm=4):
+    """dx (M, D) and dw (D,) in weight's dtype (None unless compute_dw). dres2 (M, D): added to dx (fp32 sum)."""
     n_rows, n_cols = x2.shape
     block, default_m, default_warps = _launch_shape(n_cols)
     block_m, warps = block_m or default_m, warps or default_warps
@@ -110,9 +113,10 @@ def _backward(dy2, x2, weight, rstd, compute_dw, block_m=None, warps=None, progr
     dw_partial = torch.empty((programs, n_cols) if compute_dw else (1,), dtype=torch.float32, device=x2.device)
     if n_rows:
         _rms_norm_backward_kernel[(programs,)](
-            dy2, x2, weight, rstd, dx, dw_partial,
-            dy2.stride(0), x2.stride(0), dx.stride(0), n_rows, n_cols,
-            BLOCK_M=block_m, BLOCK=block, COMPUTE_DW=compute_dw, num_warps=warps,
+            dy2, x2, weight, rstd, dy2 if dres2 is None else dres2, dx, dw_partial,
+            dy2.stride(0), x2.stride(0), dy2.stride(0) if dres2 is None else dres2.stride(0), dx.stride(0),
+            n_rows, n_cols,
+            BLOCK_M=block_m, BLOCK=block, COMPUTE_DW=compute_dw, HAS_RES=dres2 is not None, num_warps=warps,
         )  # fmt: skip
     if not compute_dw:
         return dx, None
@@ -122,24 +126,35 @@ def _backward(dy2, x2, weight, rstd, compute_dw, block_m=None, warps=None, progr
 
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, spare: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, spare: int, with_residual: bool):
         x2 = _rows(x)  # (M, D)
         weight = weight.contiguous()
         y, rstd = _forward(x2, weight, eps, spare=spare)
         ctx.save_for_backward(x2, weight, rstd)
         ctx.x_shape = x.shape
-        return y.view(x.shape)
+        ctx.set_materialize_grads(False)
+        y = y.view(x.shape)
+        # The second output is x itself (a view of it): the residual stream's use of x, whose gradient backward adds
+        # to dx in the same kernel instead of autograd summing the two uses in a pass of its own.
+        return (y, x.view_as(x)) if with_residual else y
 
     @staticmethod
-    def backward(ctx, dy: torch.Tensor):
+    def backward(ctx, dy: torch.Tensor | None, dres: torch.Tensor | None = None):
         x2, weight, rstd = ctx.saved_tensors
-        dx, dw = _backward(_rows(dy), x2, weight, rstd, ctx.needs_input_grad[1])
-        return dx.view(ctx.x_shape), dw, None, None
+        if dy is None:  # only the residual's use of x was differentiated
+            return dres, None, None, None, None
+        dres2 = None if dres is None else _rows(dres)
+        dx, dw = _backward(_rows(dy), x2, weight, rstd, ctx.needs_input_grad[1], dres2)
+        return dx.view(ctx.x_shape), dw, None, None, None
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0) -> torch.Tensor:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, spare_columns: int = 0, with_residual: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """y = x / sqrt(mean(x^2) + eps) * weight over the last dim, fp32 inside, in x's dtype. x (..., D), weight (D,).
 
     spare_columns > 0: y is written as the first D columns of a new (..., D + spare_columns) buffer whose last
-    columns nothing else reads or writes, for a consumer that wants room after each row (`models.slots`)."""
-    return RMSNormFunction.apply(x, weight, eps, spare_columns)
+    columns nothing else reads or writes, for a consumer that wants room after each row (`models.slots`).
+    with_residual: returns (y, x) where the second is x for the residual stream to read; its gradient is added to
+    x's by the backward kernel (same values as using x directly)."""
+    return RMSNormFunction.apply(x, weight, eps, spare_columns, with_residual)

@@ -130,11 +130,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.ops = ops
 
-    def forward(self, x: torch.Tensor, spare_columns: int = 0) -> torch.Tensor:
-        """spare_columns > 0: the result is the first columns of a wider buffer, for a projection group to use."""
+    def forward(self, x: torch.Tensor, spare_columns: int = 0, with_residual: bool = False) -> Any:
+        """spare_columns > 0: the result is the first columns of a wider buffer, for a projection group to use.
+        with_residual: returns (norm(x), x), the second for the residual stream: the fused kernel then adds that
+        use's gradient to x's in its own backward pass."""
+        options = {}
         if spare_columns:
-            return self.ops.rms_norm(x, self.weight, self.eps, spare_columns=spare_columns)
-        return self.ops.rms_norm(x, self.weight, self.eps)
+            options["spare_columns"] = spare_columns
+        if with_residual:
+            options["with_residual"] = True
+        return self.ops.rms_norm(x, self.weight, self.eps, **options)
 
 
 class LlamaAttention(nn.Module):
@@ -296,8 +301,9 @@ class LlamaDecoderLayer(nn.Module):
         """The first half, h = x + attn(norm(x)). output=False: attn(norm(x))'s autograd node alone, o_proj's GEMM
         skipped (values undefined, no residual): for a recomputation whose result backward never reads."""
         room = self.self_attn.qkv.spare_columns(x)
-        normed = self.input_layernorm(x, room)
-        residual = x if output else None
+        # The residual stream reads x through the norm's second output, so that one kernel sums x's two gradients.
+        norm = self.input_layernorm
+        normed, residual = norm(x, room, with_residual=True) if output else (norm(x, room), None)
         return self.self_attn(
             normed, cos, sin, cu_seqlens, attention_mask, max_seqlen, output=output, residual=residual, room=room
         )
@@ -306,8 +312,9 @@ class LlamaDecoderLayer(nn.Module):
         """The second half, h + mlp(norm(h)). output=False: mlp(norm(h))'s autograd node alone, the down projection's
         GEMM skipped (values undefined, no residual)."""
         room = self.mlp.gate_up.spare_columns(h)
-        normed = self.post_attention_layernorm(h, room)
-        return self.mlp(normed, output=output, residual=h if output else None, room=room)
+        norm = self.post_attention_layernorm
+        normed, residual = norm(h, room, with_residual=True) if output else (norm(h, room), None)
+        return self.mlp(normed, output=output, residual=residual, room=room)
 
     def forward(
         self,
