@@ -258,3 +258,32 @@ def test_reserve_scratch_sizes_the_buffers_for_the_largest_group_and_weight():
     attention.grouped = False  # not grouped: its members count as single projections
     reserve_scratch([attention, last], x)
     assert single.workspace._flat.numel() == 96 * 48
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("ranks", [(4,), (8, 4), (4, 16, 4)])
+def test_stacking_kernel_writes_the_torch_ops_values_bit_for_bit(ranks, dtype, triton_device):
+    """`kernels.lora_stack` (one kernel) against `_write_adapters`' torch ops on the CPU, over a buffer full of junk:
+    every element but the frozen weights' is written, each rounded as torch rounds it."""
+    from tunelab.kernels.lora_stack import stack_adapters
+    from tunelab.peft.group import _write_adapters
+
+    outs = (48, 16, 24)[: len(ranks)]
+    members = _members("linear", outs, ranks)
+    for m, s in zip(members, (0.3, 2.0, 1.7)):
+        m.scale = s  # distinct scales: a member written with another's shows
+    O, R = sum(outs), sum(ranks)
+    junk = torch.randn(O + R, IN + R + 5, generator=torch.Generator().manual_seed(1)).to(dtype)
+    want = junk[:, : IN + R].clone()
+    with torch.no_grad():
+        _write_adapters(want, IN, O, members)
+        got = junk.to(triton_device)[:, : IN + R]  # row stride IN + R + 5: a view, as the workspace gives
+        stack_adapters(got, IN, [(m.lora_B.weight.to(triton_device), m.lora_A.weight.to(triton_device), m.scale)
+                                 for m in members])  # fmt: skip
+    if dtype == torch.bfloat16 and triton_device == "cpu":
+        # Triton's interpreter truncates fp32 to bf16 where the GPU rounds to nearest: within one bf16 step there.
+        torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=0)
+    else:
+        assert torch.equal(got.cpu(), want)
+    assert torch.equal(want[:O, :IN], junk[:O, :IN])  # the frozen weights' place untouched by both

@@ -37,6 +37,23 @@ def _write_weight(member: LoRALinear, out: torch.Tensor) -> None:
         out.copy_(base.weight)
 
 
+def _write_adapters(w_all: torch.Tensor, width: int, O: int, members: Sequence[LoRALinear]) -> None:
+    """Everything of W_all but the frozen weights: on CUDA one Triton kernel (`kernels.lora_stack`), elsewhere the
+    same values by 2k + 1 torch ops."""
+    if w_all.is_cuda:
+        from tunelab.kernels.lora_stack import MAX_MEMBERS, stack_adapters  # imports Triton: on CUDA only
+
+        if len(members) <= MAX_MEMBERS:
+            stack_adapters(w_all, width, [(m.lora_B.weight, m.lora_A.weight, m.scale) for m in members])
+            return
+    w_all[:, width:].zero_()
+    row, col = 0, width
+    for m in members:
+        torch.mul(m.lora_B.weight, m.scale, out=w_all[row : row + m.out_features, col : col + m.r])
+        w_all[O + col - width : O + col - width + m.r, :width].copy_(m.lora_A.weight)
+        row, col = row + m.out_features, col + m.r
+
+
 def _state_versions(member: LoRALinear) -> tuple[int, ...]:
     """Version counters of what the stacked matrix is built from: a change in place within a pass (a load, a merge)
     moves them. (Fused optimizer steps do not, hence the pass clock.)"""
@@ -75,13 +92,11 @@ class GroupWeights:
             return w_all
         self._key = None  # half-built until the end
         with torch.no_grad():
-            w_all[:, width:].zero_()
-            row, col = 0, width
+            row = 0
             for m in members:
                 _write_weight(m, w_all[row : row + m.out_features, :width])
-                torch.mul(m.lora_B.weight, m.scale, out=w_all[row : row + m.out_features, col : col + m.r])
-                w_all[O + col - width : O + col - width + m.r, :width].copy_(m.lora_A.weight)
-                row, col = row + m.out_features, col + m.r
+                row += m.out_features
+            _write_adapters(w_all, width, O, members)
         self._key = key
         return w_all
 
