@@ -65,7 +65,8 @@ def kernels(args, step) -> None:
         step()
     torch.cuda.synchronize()
     walls = []
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.who else [])
+    with profile(activities=activities) as prof:
         for _ in range(2):
             torch.cuda.synchronize()
             tic = time.perf_counter()
@@ -75,6 +76,8 @@ def kernels(args, step) -> None:
     by_kind: dict[str, float] = collections.Counter()
     by_name: dict[str, tuple[float, int]] = {}
     for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CPU:  # torch ops (recorded for --who): not kernels
+            continue
         t = e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total  # us over both steps
         if t <= 0:
             continue
@@ -93,6 +96,24 @@ def kernels(args, step) -> None:
     for name, (t, n) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"    {t / 2e3:7.2f} {n // 2:5d}  {name[:150]}")
     gaps(prof)
+    if args.who:
+        launchers(prof, args.who)
+
+
+def launchers(prof, pattern: str) -> None:
+    """Which torch ops launched the kernels whose name matches `pattern`: each launching op with its enclosing ops
+    (innermost last), by count per step. Eager steps only: a graph's replay launches its kernels with no op around."""
+    sites: collections.Counter = collections.Counter()
+    for event in prof.events():
+        if any(re.search(pattern, k.name) for k in getattr(event, "kernels", ())):
+            chain, parent = [], event
+            while parent is not None and len(chain) < 4:
+                chain.append(parent.name)
+                parent = parent.cpu_parent
+            sites[" < ".join(chain)] += 1
+    print(f"  ops launching /{pattern}/ (count/step, op < enclosing ops):")
+    for chain, n in sites.most_common(12):
+        print(f"    {n // 2:5d}  {chain[:200]}")
 
 
 def gaps(prof) -> None:
@@ -193,6 +214,7 @@ def main() -> None:
     ap.add_argument("--kernels", action="store_true")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--who", default=None, help="with --kernels: the ops that launch kernels matching this regex")
     args = ap.parse_args()
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if args.memory:
