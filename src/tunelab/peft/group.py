@@ -14,6 +14,7 @@ against 2 x 96 MiB of weight copy.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -38,9 +39,9 @@ def _write_weight(member: LoRALinear, out: torch.Tensor) -> None:
 
 
 def _write_adapters(w_all: torch.Tensor, width: int, O: int, members: Sequence[LoRALinear]) -> None:
-    """Everything of W_all but the frozen weights: on CUDA one Triton kernel (`kernels.lora_stack`), elsewhere the
-    same values by 2k + 1 torch ops."""
-    if w_all.is_cuda:
+    """Everything of W_all but the frozen weights: on CUDA one Triton kernel (`kernels.lora_stack`), elsewhere (or
+    without Triton) the same values by 2k + 1 torch ops."""
+    if w_all.is_cuda and importlib.util.find_spec("triton") is not None:
         from tunelab.kernels.lora_stack import MAX_MEMBERS, stack_adapters  # imports Triton: on CUDA only
 
         if len(members) <= MAX_MEMBERS:
