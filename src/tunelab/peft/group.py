@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping, Sequence
-from functools import partial
+from functools import cache, partial
 
 import torch
 from torch import nn
@@ -38,10 +38,15 @@ def _write_weight(member: LoRALinear, out: torch.Tensor) -> None:
         out.copy_(base.weight)
 
 
+@cache
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _write_adapters(w_all: torch.Tensor, width: int, O: int, members: Sequence[LoRALinear]) -> None:
     """Everything of W_all but the frozen weights: on CUDA one Triton kernel (`kernels.lora_stack`), elsewhere (or
     without Triton) the same values by 2k + 1 torch ops."""
-    if w_all.is_cuda and importlib.util.find_spec("triton") is not None:
+    if w_all.is_cuda and _has_triton():
         from tunelab.kernels.lora_stack import MAX_MEMBERS, stack_adapters  # imports Triton: on CUDA only
 
         if len(members) <= MAX_MEMBERS:
