@@ -216,3 +216,29 @@ def test_both_kernels_write_the_rows_of_a_wider_matrix_with_rows_of_eight(words,
     dequantize_nf4_triton(q, out=rows, words=words)
     assert torch.equal(rows.cpu(), dequantize_nf4(q.to("cpu"), torch.float32))
     assert wide[:3].isnan().all() and wide[27:].isnan().all() and wide[:, 136:].isnan().all()
+
+
+class _Refused:
+    """Stands in for the word kernel where it must not run: launching it fails the test."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("the word kernel was launched on rows it cannot store to aligned")
+
+
+@pytest.mark.parametrize("row_stride", [76, 72])
+def test_rows_not_eight_apart_take_the_lane_kernel(row_stride, triton_device, monkeypatch):
+    """A stacked q/k/v matrix whose ranks sum to 12 has rows 64 + 12 = 76 wide: the word kernel's 16-byte stores
+    would start off alignment on every other row (a misaligned-address fault on the GPU), so the lane-per-weight
+    kernel writes them; rows 72 apart keep the word kernel. Either way the values are the reference's."""
+    import tunelab.quant.nf4_triton as nf4_triton
+
+    if row_stride % 8:
+        monkeypatch.setattr(nf4_triton, "_dequantize_words_kernel", _Refused())
+    # bf16 where it faults; Triton's interpreter rounds fp32 to bf16 otherwise than torch, so fp32 there.
+    dtype = torch.bfloat16 if triton_device == "cuda" else torch.float32
+    q = quantize_nf4_reference(weight((48, 64))).to(triton_device)
+    wide = torch.full((50, row_stride), float("nan"), device=triton_device, dtype=dtype)
+    rows = wide[1:49, :64]
+    dequantize_nf4_triton(q, out=rows)
+    assert torch.equal(rows.cpu(), dequantize_nf4(q.to("cpu"), dtype))
+    assert wide[0].isnan().all() and wide[49].isnan().all() and wide[:, 64:].isnan().all()

@@ -173,7 +173,11 @@ def dequantize_nf4_triton(
         )
     n_cols = out.shape[1] if strided else 1
     row_stride = out.stride(0) if strided else 0
-    if words and q.numel % 8 == 0 and (not strided or n_cols % 8 == 0) and q.packed.data_ptr() % 4 == 0:
+    # The word kernel stores 8 weights at once at element offsets it declares multiples of 8 (`tl.multiple_of`), so
+    # every row must start 8 elements apart from the last and the buffer must start 16-byte aligned: a stacked group
+    # matrix whose ranks sum to 12 has rows 64 + 12 = 76 wide, and 16-byte stores there fault (misaligned address).
+    aligned = out.data_ptr() % 16 == 0 and (not strided or (n_cols % 8 == 0 and row_stride % 8 == 0))
+    if words and q.numel % 8 == 0 and aligned and q.packed.data_ptr() % 4 == 0:
         _dequantize_words_kernel[(triton.cdiv(q.numel // 8, block // 8),)](
             q.packed.view(torch.int32), q.absmax_q, q.absmax2, q.offset, q.code4, q.code8, out, q.numel // 8,
             row_stride, N_COLS=n_cols, STRIDED=strided, WORDS=block // 8, num_warps=num_warps,
