@@ -25,6 +25,7 @@ DIRS=$(for d in tests/kernels tests/quant tests/peft tests/models tests/training
 # Parallel workers when pytest-xdist is there: Triton compiles each kernel variant once per process.
 XDIST=""
 if $PY -c "import xdist" 2>/dev/null; then XDIST="-n 4"; fi
+# -v: each test's outcome goes to the log as it finishes, so a run cut short still says which tests failed.
 # shellcheck disable=SC2086
-$PY -m pytest -q -rfEs --tb=short -p no:cacheprovider $XDIST ${PYTEST_ARGS:-} $DIRS 2>&1 | tee "${OUT:-/tmp}/pytest_gpu.log" | tail -n 80
+$PY -m pytest -v -rfEs --tb=short -p no:cacheprovider $XDIST ${PYTEST_ARGS:-} $DIRS 2>&1 | tee "${OUT:-/tmp}/pytest_gpu.log" | tail -n 80
 exit "${PIPESTATUS[0]}"
