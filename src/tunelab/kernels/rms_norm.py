@@ -111,11 +111,11 @@ def _backward(dy2, x2, weight, rstd, compute_dw, dres2=None, block_m=None, warps
     dx = torch.empty_like(x2)
     programs = max(1, min(triton.cdiv(n_rows, block_m), programs_per_sm * _sm_count(x2.device)))
     dw_partial = torch.empty((programs, n_cols) if compute_dw else (1,), dtype=torch.float32, device=x2.device)
+    res = dy2 if dres2 is None else dres2  # without a residual gradient: a placeholder the kernel never reads
     if n_rows:
         _rms_norm_backward_kernel[(programs,)](
-            dy2, x2, weight, rstd, dy2 if dres2 is None else dres2, dx, dw_partial,
-            dy2.stride(0), x2.stride(0), dy2.stride(0) if dres2 is None else dres2.stride(0), dx.stride(0),
-            n_rows, n_cols,
+            dy2, x2, weight, rstd, res, dx, dw_partial,
+            dy2.stride(0), x2.stride(0), res.stride(0), dx.stride(0), n_rows, n_cols,
             BLOCK_M=block_m, BLOCK=block, COMPUTE_DW=compute_dw, HAS_RES=dres2 is not None, num_warps=warps,
         )  # fmt: skip
     if not compute_dw:

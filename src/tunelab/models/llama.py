@@ -134,12 +134,7 @@ class RMSNorm(nn.Module):
         """spare_columns > 0: the result is the first columns of a wider buffer, for a projection group to use.
         with_residual: returns (norm(x), x), the second for the residual stream: the fused kernel then adds that
         use's gradient to x's in its own backward pass."""
-        options = {}
-        if spare_columns:
-            options["spare_columns"] = spare_columns
-        if with_residual:
-            options["with_residual"] = True
-        return self.ops.rms_norm(x, self.weight, self.eps, **options)
+        return self.ops.rms_norm(x, self.weight, self.eps, spare_columns=spare_columns, with_residual=with_residual)
 
 
 class LlamaAttention(nn.Module):
