@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
@@ -245,9 +246,13 @@ def shard(model: nn.Module) -> nn.Module:
     (`quant.linear.shardable_nf4_`), so each rank holds 1/N of them between its layers' uses; its LoRA adapters are
     sharded as the other trainable parameters are, and only they have gradients and optimizer state."""
     shardable_nf4_(model)
+    # The mesh on the model's own device: left to itself, FSDP2 meshes on the machine's accelerator, so gloo ranks
+    # training on the CPU of a host with a GPU would each claim a CUDA device.
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for layer in decoder_layers(model):
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     for unit in model.modules():  # each unit reduces its own gradients: every one sums, as DDP's hook does
         if isinstance(unit, FSDPModule):
             unit.set_gradient_divide_factor(1.0)
