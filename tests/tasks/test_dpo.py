@@ -17,7 +17,7 @@ from tunelab.models.load import resolve_source
 from tunelab.peft.lora import adapters_disabled, lora_modules
 from tunelab.tasks import get_task
 from tunelab.tasks.dpo import collate, pair_scores
-from tunelab.tasks.log_probs import sequence_log_probs
+from tunelab.tasks.log_probs import row_sums, sequence_log_probs
 from tunelab.tasks.preference_data import build_preferences
 from tunelab.training.build import build_model
 
@@ -108,13 +108,33 @@ def _data(tiny_model_dir, data, **extra):
     return cfg, tokenizer, build_preferences(cfg, tokenizer, 0)
 
 
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+)
+def test_row_sums_are_the_rows_sums_and_repeat_bit_for_bit(device):
+    torch.manual_seed(0)
+    counts = torch.tensor([700, 0, 1, 512, 1023])
+    rows = torch.repeat_interleave(torch.arange(5), counts).to(device)
+    values = (torch.randn(rows.numel(), dtype=torch.float64) * 40).float().to(device).requires_grad_()
+    sums, got_counts = row_sums(values, rows, torch.Size((5, 1024)))
+    want = torch.stack([v.double().sum() for v in values.detach().cpu().split(counts.tolist())])
+    assert torch.equal(got_counts.cpu(), counts)
+    assert torch.allclose(sums.detach().cpu().double(), want, rtol=1e-6, atol=1e-3) and sums[1] == 0
+    (sums * torch.arange(5.0, device=device)).sum().backward()
+    assert torch.equal(values.grad, rows.float())  # each value's gradient is its row's weight
+    # the same sums every time (CUDA's index_add, with atomics, changes its order of additions between calls)
+    assert all(torch.equal(row_sums(values, rows, torch.Size((5, 1024)))[0], sums) for _ in range(20))
+
+
 @pytest.mark.parametrize("impl", ["fast", "generic"])
 def test_sequence_log_probs_match_transformers_logits(tiny_model_dir, pair_file, impl):
     from transformers import AutoModelForCausalLM
 
     cfg, tok, data = _data(tiny_model_dir, pair_file)
     batch = collate(data.train[:3], tok.pad_token_id)
-    built = build_model(resolve_source(str(tiny_model_dir)), ModelConfig(impl=impl), MethodConfig(name="full"))
+    built = build_model(
+        resolve_source(str(tiny_model_dir)), ModelConfig(impl=impl, device="cpu"), MethodConfig(name="full")
+    )
     built.model.eval()
     got, lengths = sequence_log_probs(built.model, batch)
     hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -130,7 +150,9 @@ def test_sequence_log_probs_match_transformers_logits(tiny_model_dir, pair_file,
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_cached_reference_equals_a_live_reference_forward(tiny_model_dir, pair_file, method):
-    cfg, tok, data = _data(tiny_model_dir, pair_file, **{"method.name": method, "train.micro_batch": 3})
+    # on the CPU in fp32: the live forward batches rows differently from the cache, which bf16 would round apart
+    over = {"method.name": method, "train.micro_batch": 3, "model.device": "cpu"}
+    cfg, tok, data = _data(tiny_model_dir, pair_file, **over)
     source = resolve_source(str(tiny_model_dir))
     built = build_model(source, cfg.model, cfg.method)
     task = get_task("dpo", cfg)

@@ -42,7 +42,16 @@ def token_log_probs(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.
 def sequence_log_probs(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) fp32 summed log p of each row's labelled tokens, and (B,) how many tokens that is."""
     logp, rows = token_log_probs(model, batch)
-    rows_count = batch["input_ids"].shape[0]
-    sums = logp.new_zeros(rows_count).index_add(0, rows, logp)
-    counts = torch.bincount(rows, minlength=rows_count)
-    return sums, counts
+    return row_sums(logp, rows, batch["input_ids"].shape)
+
+
+def row_sums(values: torch.Tensor, rows: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) sums of `values` (n,) per row and (B,) how many there are, `rows` (n,) ascending, at most T per row of
+    a (B, T) batch. The values are laid out in a (B, T) grid, each row's first, and summed along T: index_add on CUDA
+    adds with atomics in an order that changes between runs, so a row's sum (and a resumed run) would not repeat."""
+    b, t = shape
+    counts = torch.bincount(rows, minlength=b)
+    starts = counts.cumsum(0) - counts
+    cols = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+    grid = values.new_zeros(b, t).index_put((rows, cols), values)  # unique places: no accumulation
+    return grid.sum(1), counts
