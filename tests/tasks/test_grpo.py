@@ -198,7 +198,7 @@ def test_rollout_is_seeded_by_the_step(tiny_model_dir, tmp_path, prompt_file, re
         first["step_figures"]
     )
     adv = torch.cat([x["advantages"] for x in a]).view(2, 3)
-    assert torch.allclose(adv.sum(1), torch.zeros(2), atol=1e-4)  # centred within each group
+    assert torch.allclose(adv.sum(1), torch.zeros(2, device=adv.device), atol=1e-4)  # centred within each group
 
 
 def test_reward_failures_stop_or_skip(tiny_model_dir, tmp_path, prompt_file, reward_module):
@@ -343,5 +343,7 @@ def test_a_reward_run_scores_answers_as_its_reward_function(tiny_model_dir, tmp_
         _sample("7", prompt=[{"role": "user", "content": "Say 7."}]),
     ]
     got = R.score([R.build(spec)], samples)[0][:, 0].tolist()
-    want = load_reward_model(run)(["Say 42.", "Say 42.", [{"role": "user", "content": "Say 7."}]], ["42", "no", "7"])
+    want = load_reward_model(run, device="cpu")(
+        ["Say 42.", "Say 42.", [{"role": "user", "content": "Say 7."}]], ["42", "no", "7"]
+    )
     assert got == pytest.approx(want, rel=1e-6) and len(set(got)) == 3

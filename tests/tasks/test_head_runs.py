@@ -80,7 +80,8 @@ def test_lora_head_loads_in_transformers_and_peft_with_identical_logits(
     assert adapter["task_type"] == "SEQ_CLS" and adapter["modules_to_save"] == ["score"]
 
     config = AutoConfig.from_pretrained(run_dir)  # the run's config.json: labels and pad token
-    hf = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, config=config)
+    # fp32, as open_head_run on the CPU computes (a run trained on a GPU saves bf16 as its config's dtype)
+    hf = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, config=config, dtype=torch.float32)
     hf = PeftModel.from_pretrained(hf, run_dir).eval()
     run, ours, batch = _tunelab_and_hf_logits(run_dir, ["great number 1", "sad", "door number twelve and more"])
     with torch.no_grad():
@@ -98,7 +99,7 @@ def test_full_weights_load_as_a_transformers_classifier(tiny_model_dir, tmp_path
         tiny_model_dir, tmp_path, "classify", label_file, **{"method.name": "layers", "method.top_layers": 1}
     )
     run_dir = recipe.train(None, over).run_dir
-    hf = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
+    hf = AutoModelForSequenceClassification.from_pretrained(run_dir, dtype=torch.float32).eval()
     _, ours, batch = _tunelab_and_hf_logits(run_dir, ["lovely number 3", "chair"])
     with torch.no_grad():
         theirs = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -277,7 +277,10 @@ def test_one_process_resumes_on_two_ranks(runs, method, tmp_path, capfd, monkeyp
     [
         (["--train.sharding", "fsdp2", "--method.quantize_base", "none"], "not supported for LoRA over a 16-bit"),
         (["--train.sharding", "fsdp2", "--method.use_dora", "true"], "not supported for DoRA"),
-        (["--method.name", "full", "--train.checkpointing", "true"], "train.checkpointing"),
+        (
+            ["--method.name", "full", "--method.quantize_base", "none", "--train.checkpointing", "true"],
+            "train.checkpointing",
+        ),
         (["--model.device", "cuda", "--nproc", "9"], "CUDA device"),
         (["--nproc", "0"], "--nproc"),
     ],
