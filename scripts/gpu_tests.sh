@@ -6,7 +6,8 @@
 #   PYTEST_ARGS="-x -k nf4" bash scripts/gpu_tests.sh
 #
 # The GPU image lacks the embedded model and the gguf package, so the tests that need them skip (saying so) and the
-# tiny test model gets a small tokenizer built on the spot. If pytest is missing, wheels in $WHEELS (default .whl) are
+# tiny test model gets a small tokenizer built on the spot. Carry .pk (the baseline's bundle) for the NF4 tests that
+# compare with bitsandbytes. If pytest is missing, wheels in $WHEELS (default .whl) are
 # installed into /tmp/site first. The log goes to $OUT/pytest_gpu.log when OUT is set. Exit status: pytest's.
 set -u
 cd "$(dirname "$0")/.."
@@ -18,6 +19,12 @@ if ! $PY -m pytest --version >/dev/null 2>&1 && ls "$WHEELS"/*.whl >/dev/null 2>
     export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 $PY -m pytest --version || { echo "pytest is missing: put its wheels in $WHEELS/"; exit 3; }
+# The NF4 tests compare with bitsandbytes, which the GPU image lacks: take it from the baseline's package bundle
+# (../shared/bench/make_sites.sh writes .pk/sites.tar.xz) when that was carried.
+if ! $PY -c "import bitsandbytes" 2>/dev/null && [ -f .pk/sites.tar.xz ]; then
+    mkdir -p /tmp/bnb && tar -xJf .pk/sites.tar.xz -C /tmp/bnb --wildcards '.site/bitsandbytes*'
+    export PYTHONPATH="$PYTHONPATH:/tmp/bnb/.site"
+fi
 $PY -c "import torch, triton; print(f'torch {torch.__version__}, triton {triton.__version__},', torch.cuda.get_device_name())"
 
 # The folders that hold CUDA tests; quant/ is listed for when NF4 gets its own package.
