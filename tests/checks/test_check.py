@@ -170,7 +170,10 @@ def test_a_tensor_without_gradient_fails():
     assert grads.status == "fail" and any("unused: no gradient" in d for d in grads.details)
 
 
-def test_data_that_cannot_be_checked_is_bad_input(tiny_model_dir, tiny_overrides, tmp_path, capsys):
+def test_data_that_cannot_be_checked_is_bad_input(tiny_model_dir, tiny_overrides, tmp_path, capsys, monkeypatch):
+    temp = tmp_path / "temp"  # where a page without --html would go: nothing is left there by a stopped check
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"question": "q", "answer": ""}\n')
     assert main(["check", *_flags(tiny_overrides | {"data.train": [str(empty)]})]) == 2
@@ -191,3 +194,4 @@ def test_data_that_cannot_be_checked_is_bad_input(tiny_model_dir, tiny_overrides
         tunelab.check(None, tiny_overrides | {"model.name": str(model), "data.train": [str(chats)]}, model=False)
     with pytest.raises(DataError):
         tunelab.check(None, tiny_overrides | {"data.train": [str(tmp_path / "missing.jsonl")]})
+    assert list(temp.iterdir()) == []

@@ -1,20 +1,31 @@
 """`tunelab train --nproc N`'s launcher (`training/launch.py`): the CPU threads each rank starts with."""
 
 import os
+from pathlib import Path
 
 import pytest
 
 from tunelab.training import launch as launch_module
 
 
+class _Launches(list):
+    """(ranks, OMP_NUM_THREADS) of each launch, and the log folder each was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.logs: list[Path] = []
+
+
 @pytest.fixture
 def started(monkeypatch):
     """Replace torch's elastic launcher by one that records the environment the ranks would inherit."""
-    seen = []
+    seen = _Launches()
 
     def fake_elastic_launch(config, entrypoint):
         def run(*args):
             seen.append((config.nproc_per_node, os.environ.get("OMP_NUM_THREADS")))
+            seen.logs.append(Path(config.logs_specs.root_log_dir))
+            assert seen.logs[-1].is_dir()
 
         return run
 
@@ -42,3 +53,12 @@ def test_one_rank_keeps_the_environment(started, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert launch_module.launch(["train", "config.yaml"], 1) == 0
     assert started[-1] == (1, None)
+
+
+def test_the_ranks_log_folder_is_removed_afterwards(started, monkeypatch):
+    """torch's agent would make a torchelastic_* folder in the temporary directory and leave it there."""
+    monkeypatch.setattr(launch_module.tempfile, "tempdir", None)
+    assert launch_module.launch(["train", "config.yaml"], 2) == 0
+    folder = started.logs[-1]
+    assert folder.name.startswith("tunelab-ranks-")
+    assert not folder.exists()

@@ -55,11 +55,11 @@ from tunelab.training.resume import check_resume_config, data_digest, kept_auto
 from tunelab.training.stages import plan_stages
 
 
-def html_path(html: str | Path | None) -> Path:
-    """Where the page goes: the given path (never into a run directory, never over a file check did not write) or
-    a new temporary folder."""
+def html_path(html: str | Path | None) -> Path | None:
+    """Where the page goes: the given path (never into a run directory, never over a file check did not write), or
+    None for a new temporary folder, made when the page is written (a check that stops on bad input leaves none)."""
     if html is None:
-        return Path(tempfile.mkdtemp(prefix="tunelab-check-")) / "check.html"
+        return None
     path = Path(html).expanduser()
     if is_run_dir(path.parent):
         raise RunDirError(f"--html {html}: {path.parent} is a run directory, which check never writes into.")
@@ -214,7 +214,7 @@ def run_check(
 
 
 def federated_check(
-    cfg, config, resume: bool, page: Path, examples: int, model: bool, out, color: bool, described: str
+    cfg, config, resume: bool, page: Path | None, examples: int, model: bool, out, color: bool, described: str
 ) -> CheckResult:
     """`tunelab check` of a federated config (checks/federated.py): the federation's rules and output_dir, every
     client's data as that client reads it, the server's eval set, and the model checks on the first client's data."""
@@ -245,8 +245,12 @@ def federated_check(
     return finish(items, page, rows, inputs.tokenizer, described, "\n\n".join(summaries), out)
 
 
-def finish(items: list[CheckItem], page: Path, rows, tokenizer, described: str, page_text: str, out) -> CheckResult:
+def finish(
+    items: list[CheckItem], page: Path | None, rows, tokenizer, described: str, page_text: str, out
+) -> CheckResult:
     """The result of the items: its HTML page written, where it is and the verdict printed."""
+    if page is None:
+        page = Path(tempfile.mkdtemp(prefix="tunelab-check-")) / "check.html"
     result = CheckResult(items, page)
     page.parent.mkdir(parents=True, exist_ok=True)
     write_text(page, check_html(result, rows, tokenizer, described, page_text))

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -64,19 +64,22 @@ def threads_per_rank(nproc: int) -> Iterator[int | None]:
 def launch(worker_args: list[str], nproc: int) -> int:
     """Run `python -m tunelab.cli *worker_args` as `nproc` ranks; the exit code of the first failed rank (its
     error already printed by that rank), or 0."""
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=f"tunelab-{uuid.uuid4().hex[:12]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",  # a free port, as torchrun --standalone picks
-        max_restarts=0,  # a failed rank fails the run: its error is the user's to fix
-    )
     # The agent logs each failure with a banner of its own; the rank has printed the error, so keep the agent quiet.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
-        with threads_per_rank(nproc) as threads:
+        # The agent keeps each rank's error file in a log folder, a new torchelastic_* one under the system's
+        # temporary directory unless told, and never removes it: here it is ours, removed when the ranks are done.
+        with tempfile.TemporaryDirectory(prefix="tunelab-ranks-") as logs, threads_per_rank(nproc) as threads:
+            config = LaunchConfig(
+                min_nodes=1,
+                max_nodes=1,
+                nproc_per_node=nproc,
+                logs_specs=DefaultLogsSpecs(log_dir=logs),
+                run_id=f"tunelab-{uuid.uuid4().hex[:12]}",
+                rdzv_backend="c10d",
+                rdzv_endpoint="localhost:0",  # a free port, as torchrun --standalone picks
+                max_restarts=0,  # a failed rank fails the run: its error is the user's to fix
+            )
             if threads is not None:
                 print(f"{nproc} ranks, {threads} CPU thread(s) each (OMP_NUM_THREADS; set it to choose)", flush=True)
             elastic_launch(config, sys.executable)("-m", "tunelab.cli", *worker_args)
