@@ -6,6 +6,7 @@ fp32 on the CPU: greedy tokens must agree exactly (logits differ by rounding, ~1
 that the top two logits are far apart), and cached logits must agree with the full forward within a stated tolerance.
 """
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -252,6 +253,39 @@ def test_seeded_sampling_is_reproducible_and_seeds_differ(llama, path):
     assert first != sample(model, PROMPTS, SampleSettings(max_new_tokens=12, temperature=0.0), pad_id=0)
 
 
+@pytest.mark.parametrize("path", ["fast", "fast-static", "generic"])
+def test_a_rows_draws_are_its_own_whatever_shares_the_batch(llama, path):
+    """Prompts sampled in one call, or split between calls that pass their rows of the same width and seed (as the
+    ranks of a grpo step do), draw the same answers; so do the fixed-shape and dynamic batches with rows ending."""
+    model = llama.hf if path == "generic" else llama.ours
+    static = {"fast": False, "fast-static": True}.get(path)
+    settings = SampleSettings(max_new_tokens=12, temperature=1.5, top_p=0.95)
+
+    def draw(prompts, **rows):
+        generator = torch.Generator().manual_seed(7)
+        return sample(model, prompts, settings, pad_id=0, generator=generator, static=static, **rows)
+
+    whole = draw(PROMPTS)
+    odd = draw(PROMPTS[1::2], rows=[1, 3], width=4)
+    even = draw(PROMPTS[0::2], rows=[0, 2], width=4)
+    assert [even[0], odd[0], even[1], odd[1]] == whole
+    assert draw(PROMPTS[::-1], rows=[3, 2, 1, 0]) == whole[::-1]
+    if path != "generic":  # both batch kinds of our decoder, with a stop id that ends some rows early
+        stop = whole[1][2]
+        ending = dataclasses.replace(settings, stop_ids=(stop,))
+        answers = [
+            sample(model, PROMPTS, ending, pad_id=0, generator=torch.Generator().manual_seed(7), static=fixed)
+            for fixed in (False, True)
+        ]
+        assert answers[0] == answers[1] == [a[: a.index(stop) + 1] if stop in a else a for a in whole]
+
+
+def test_bad_rows_are_named(llama):
+    for rows, width in (([0, 0, 1, 2], None), ([0, 1, 2], None), ([0, 1, 2, 4], 4), ([-1, 0, 1, 2], None)):
+        with pytest.raises(ValueError, match="rows must be 4 distinct numbers"):
+            sample(llama.ours, PROMPTS, GREEDY, pad_id=0, rows=rows, width=width)
+
+
 def test_a_generator_on_another_device_is_named(llama):
     with pytest.raises(ValueError, match="torch.Generator"):
         sample(
@@ -267,11 +301,27 @@ def test_tiny_top_p_is_greedy(llama):
 def test_nucleus_keeps_the_fewest_likeliest_tokens_reaching_top_p():
     logits = torch.tensor([0.5, 0.3, 0.2]).log()[None].expand(2000, 3)  # probabilities 0.5, 0.3, 0.2
     generator = torch.Generator().manual_seed(0)
+
+    def uniforms():
+        return torch.rand(2000, generator=generator, dtype=torch.float64)
+
     for top_p, allowed in ((0.6, {0, 1}), (0.5, {0}), (0.81, {0, 1, 2})):
-        picked = _pick(logits, SampleSettings(max_new_tokens=1, top_p=top_p), generator)
+        picked = _pick(logits, SampleSettings(max_new_tokens=1, top_p=top_p), uniforms())
         assert set(picked.tolist()) == allowed
-    share = (_pick(logits, SampleSettings(max_new_tokens=1, top_p=0.6), generator) == 0).float().mean()
+    share = (_pick(logits, SampleSettings(max_new_tokens=1, top_p=0.6), uniforms()) == 0).float().mean()
     assert abs(share.item() - 0.5 / 0.8) < 0.05  # renormalised within the nucleus: 0.625
+    picked = _pick(logits, SampleSettings(max_new_tokens=1), uniforms())  # all three, at their probabilities
+    assert torch.bincount(picked, minlength=3).div(2000).tolist() == pytest.approx([0.5, 0.3, 0.2], abs=0.04)
+
+
+def test_the_inverse_cdf_picks_by_hand():
+    """u x total falls in a token's stretch of the cumulative sum: 0.1, 0.6, 0.3 -> [0, 0.1), [0.1, 0.7), [0.7, 1)."""
+    logits = torch.tensor([0.1, 0.6, 0.3]).log()[None].expand(5, 3)
+    u = torch.tensor([0.0, 0.0999, 0.1001, 0.6999, 0.9999], dtype=torch.float64)
+    assert _pick(logits, SampleSettings(max_new_tokens=1), u).tolist() == [0, 0, 1, 1, 2]
+    # nucleus 0.6: tokens 1 (0.6) alone reaches it; top_p 0.7: 1 then 2 (0.3) -> renormalised [0, 2/3), [2/3, 1)
+    assert _pick(logits, SampleSettings(max_new_tokens=1, top_p=0.6), u).tolist() == [1] * 5
+    assert _pick(logits, SampleSettings(max_new_tokens=1, top_p=0.7), u).tolist() == [1, 1, 1, 2, 2]
 
 
 @pytest.mark.parametrize("static", [False, True])

@@ -56,19 +56,26 @@ def sample(
     pad_id: int,
     generator: torch.Generator | None = None,
     static: bool | None = None,
+    rows: list[int] | None = None,
+    width: int | None = None,
 ) -> list[list[int]]:
     """For each prompt (token ids), the generated ids: up to max_new_tokens, ending with the first stop id (kept)
     when one is drawn. Prompts are left-padded into one batch; one prefill, then one token per step for the rows
     still running.
 
-    `generator` (on the model's device) seeds the draws: the same seed gives the same answers. Greedy answers
-    (temperature 0) do not depend on which prompts share the batch, nor on `static`. The model runs in eval mode (no
-    dropout) and gets its previous modes back afterwards.
+    `generator` (on the model's device) seeds the draws: the same seed gives the same answers. Each new token of a
+    prompt is drawn by one uniform number (inverse CDF, `_pick`): at its k-th token, every call draws `width`
+    uniforms (default: one per prompt) and prompt i takes number `rows[i]` of them (default: i). So a prompt's draws
+    depend on the seed and its row alone, not on which prompts share the batch, nor on `static`, nor on when the others
+    end: prompts 0..n-1 sampled in one call, or split between calls (or ranks) that each pass their `rows` and the
+    same `width` and seed, get the same answers (up to the float rounding that a batch's other widths may bring to
+    the logits). Greedy answers (temperature 0) draw nothing. The model runs in eval mode (no dropout) and gets its
+    previous modes back afterwards.
 
     `static` (tunelab's decoder only): step every row with fixed shapes, replayed from a CUDA graph on CUDA (module
-    docstring); None: on CUDA. Finished rows still draw there, so at temperature > 0 the rows that run on see other
-    draws than without it, once a row has ended."""
+    docstring); None: on CUDA."""
     _check(prompts, settings)
+    keys = _row_keys(rows, width, len(prompts))
     if not prompts or settings.max_new_tokens == 0:
         return [[] for _ in prompts]
     modes = [(m, m.training) for m in model.modules()]
@@ -84,7 +91,7 @@ def sample(
                 f"sample: the generator is on {generator.device} and the model on {stepper.device}; draw with "
                 f"torch.Generator(device={str(stepper.device)!r}).manual_seed(seed)"
             )
-        return _generate(stepper, prompts, settings, pad_id, generator)
+        return _generate(stepper, prompts, settings, pad_id, generator, keys)
     finally:
         for module, training in modes:
             module.training = training
@@ -100,6 +107,17 @@ def _check(prompts: list[list[int]], settings: SampleSettings) -> None:
     empty = [i for i, p in enumerate(prompts) if not p]
     if empty:
         raise ConfigError(f"sampling: prompt {empty[0]} is empty; every prompt needs at least one token.")
+
+
+def _row_keys(rows: list[int] | None, width: int | None, count: int) -> tuple[torch.Tensor, int]:
+    """(count,) the uniform each prompt takes of the `width` drawn per token, and width."""
+    if rows is None:
+        width = count if width is None else width
+        rows = list(range(count))
+    width = max(rows, default=-1) + 1 if width is None else width
+    if len(rows) != count or len(set(rows)) != count or any(not 0 <= r < width for r in rows):
+        raise ValueError(f"sample: rows must be {count} distinct numbers in [0, {width}), got {rows}")
+    return torch.tensor(rows, dtype=torch.long), width
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -124,8 +142,10 @@ def _generate(
     settings: SampleSettings,
     pad_id: int,
     generator: torch.Generator | None,
+    keys: tuple[torch.Tensor, int],
 ) -> list[list[int]]:
     device = stepper.device
+    keyed, width = keys[0].to(device), keys[1]  # (b,) the uniform each running row takes of the width drawn
     B, T = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.long)
@@ -138,7 +158,11 @@ def _generate(
     alive = [True] * B  # which prompts still generate (a fixed batch keeps stepping the others)
     logits = stepper.prefill(ids.to(device), mask.to(device), settings.max_new_tokens)  # (B, V)
     for made in range(1, settings.max_new_tokens + 1):
-        tokens = _pick(logits, settings, generator)  # (b,)
+        uniforms = None
+        if settings.temperature > 0:  # the width numbers of this token; each running row takes its own
+            drawn_all = torch.rand(width, generator=generator, device=device, dtype=torch.float64)
+            uniforms = drawn_all[keyed]
+        tokens = _pick(logits, settings, uniforms)  # (b,)
         ended = torch.isin(tokens, stops)  # (b,)
         # One device -> host copy per step, of b tokens and b flags: the loop needs both on the host anyway.
         drawn, ended_host = torch.stack((tokens, ended.long())).tolist()
@@ -154,26 +178,34 @@ def _generate(
             kept = torch.tensor([i for i, end in enumerate(ended_host) if not end], dtype=torch.long)  # (b',)
             running = running[kept]
             kept = kept.to(device)
+            keyed = keyed[kept]
             logits = stepper.step(tokens[kept], kept)
         else:
             logits = stepper.step(tokens, None)
     return answers
 
 
-def _pick(logits: torch.Tensor, settings: SampleSettings, generator: torch.Generator | None) -> torch.Tensor:
+def _pick(logits: torch.Tensor, settings: SampleSettings, uniforms: torch.Tensor | None) -> torch.Tensor:
     """(b, V) logits -> (b,) token ids: argmax at temperature 0, else a draw from softmax(logits / temperature)
-    restricted to the nucleus, the fewest most likely tokens whose probabilities sum to at least top_p."""
+    restricted to the nucleus, the fewest most likely tokens whose probabilities sum to at least top_p.
+
+    The draw is by inverse CDF with one uniform number u in [0, 1) a row: the first token whose cumulative
+    probability exceeds u x the total (the nucleus's mass, so it is renormalised). One number a token, whatever the
+    vocabulary, is what lets a row's draws be keyed to the row (`sample`)."""
     logits = logits.float()
     if settings.temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / settings.temperature, dim=-1)  # (b, V)
+    order = None
     if settings.top_p < 1:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        before = sorted_probs.cumsum(-1) - sorted_probs  # (b, V) the mass of the likelier tokens
+        probs, order = probs.sort(dim=-1, descending=True)
+        before = probs.cumsum(-1) - probs  # (b, V) the mass of the likelier tokens
         # A token is in the nucleus when the likelier ones have not reached top_p yet; the likeliest always is.
-        sorted_probs = sorted_probs.masked_fill(before >= settings.top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # renormalises the nucleus itself
+        probs = probs.masked_fill(before >= settings.top_p, 0.0)
+    cdf = probs.double().cumsum(-1)  # (b, V) in float64: the sum of 128k probabilities keeps its small ones
+    threshold = uniforms.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]  # (b, 1)
+    picked = torch.searchsorted(cdf, threshold, right=True).clamp_(max=probs.shape[-1] - 1)  # (b, 1)
+    return (picked if order is None else order.gather(-1, picked)).squeeze(1)
 
 
 # --------------------------------------------------------------------------------------------------------------------
