@@ -25,14 +25,17 @@ from safetensors.torch import load_file
 
 import tunelab
 from tunelab.cli import main
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
 from tunelab.training import recipe
-from tunelab.training.distributed import BLANK, Ranks, fsdp2_holds_integer_parameters
+from tunelab.training.distributed import BLANK, Ranks, fsdp2_holds_integer_parameters, pick_sharding
 from tunelab.training.sharded_checkpoint import _split_optim_key
 
 LOSS_RTOL, NORM_RTOL = 1e-6, 1e-4
 
 
 CASES = ("lora", "full", "qlora_fsdp2")  # DDP over QLoRA, FSDP2 over full weights, FSDP2 over QLoRA (NF4 sharded)
+TASK_CASES = ("dpo", "grpo")  # other tasks: dpo as the full case (FSDP2), grpo as the lora case (QLoRA, DDP)
 # Sharding the NF4 codes needs torch 2.13's FSDP2 (the GPU image's 2.11 refuses it, and tunelab says so).
 SHARDS_NF4 = pytest.mark.skipif(
     not fsdp2_holds_integer_parameters(), reason=f"torch {torch.__version__}'s FSDP2 cannot shard integer tensors"
@@ -41,7 +44,7 @@ CASE_PARAMS = [pytest.param(case, marks=SHARDS_NF4) if case == "qlora_fsdp2" els
 
 
 def _write_config(folder: Path, model_dir: Path, case: str) -> Path:
-    qlora = case in ("lora", "qlora_fsdp2")
+    qlora = case in ("lora", "qlora_fsdp2", "grpo")
     rows = [  # answers of different lengths, so that micro-batches carry different numbers of loss tokens
         {
             "question": f"What is the code of box {i}?",
@@ -73,9 +76,35 @@ def _write_config(folder: Path, model_dir: Path, case: str) -> Path:
             "checkpointing": case == "lora",  # DDP over tunelab's recomputed layers (FSDP2 refuses it for now)
         },
     }
+    if case in TASK_CASES:
+        config = _task_config(folder, config, case)
     path = folder / f"{case}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def _task_config(folder: Path, config: dict, task: str) -> dict:
+    """A dpo or grpo run of the config: preference pairs whose answers differ in length, or prompts whose
+    sampled answers two regex rewards score apart (3 prompts x 4 answers a step, 3 micro-batches of 4 answers: on
+    2 ranks rank 1 trains one and a blank, and each rank samples 6 of the 12 answers)."""
+    data = folder / f"{task}.jsonl"
+    if task == "dpo":
+        rows = [
+            {
+                "prompt": f"Code of box {i}?",
+                "chosen": f"Box {i}: {1000 + 37 * i}." + " Yes." * (i % 4),
+                "rejected": "No.",
+            }
+            for i in range(24)
+        ]
+        extra = {"dpo": {"beta": 0.5}}
+    else:
+        rows = [{"prompt": f"Code of box {i}?", "expected": str(1000 + 37 * i)} for i in range(12)]
+        rewards = [{"kind": "regex", "pattern": "[kqxz]"}, {"kind": "regex", "pattern": "^ ", "weight": 0.5}]
+        extra = {"grpo": {"num_generations": 4, "prompts_per_step": 3, "max_new_tokens": 6, "rewards": rewards}}
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = config["train"] | ({"micro_batch": 4, "grad_accum": 1, "max_steps": 4} if task == "grpo" else {})
+    return config | extra | {"task": task, "data": config["data"] | {"train": [str(data)]}, "train": train}
 
 
 def _rank_env() -> dict[str, str]:
@@ -105,7 +134,7 @@ def _assert_same_curve(one: Path, other: Path) -> None:
 def runs(tmp_path_factory, tiny_model_dir):
     """Configs, and each run made once on demand: ("one"|"two", a case of CASES) -> run directory."""
     folder = tmp_path_factory.mktemp("distributed")
-    configs = {case: _write_config(folder, tiny_model_dir, case) for case in CASES}
+    configs = {case: _write_config(folder, tiny_model_dir, case) for case in CASES + TASK_CASES}
     made: dict = {}
 
     def run(ranks: str, method: str) -> Path:
@@ -147,6 +176,29 @@ def test_two_ranks_train_what_one_process_trains(runs, method):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASK_CASES)
+def test_two_ranks_train_the_tasks_one_process_trains(runs, task):
+    """dpo: each rank scores its pairs against the reference cached before the first step. grpo: each rank samples
+    and scores half of a step's answers and the ranks swap them, then each trains its micro-batches. Both: the
+    curve of one process, with every step learning something (a gradient), and the same adapter."""
+    one, two = runs("one", task), runs("two", task)
+    _assert_same_curve(one, two)
+    a, b = _metrics(one), _metrics(two)
+    assert all(r["grad_norm"] > 0 for r in a)
+    metrics = ("accuracy", "margin") if task == "dpo" else ("reward", "reward_regex", "kl", "answer_tokens")
+    for x, y in zip(a, b):
+        for name in metrics:
+            assert y[name] == pytest.approx(x[name], rel=NORM_RTOL, abs=1e-9), (name, x, y)  # kl: 3e-6 measured
+    if task == "grpo":  # the rewards told the answers apart: the advantages were not all zero
+        assert min(r["zero_std_groups"] for r in a) < 1
+    result = "model.safetensors" if task == "dpo" else "adapter_model.safetensors"  # FSDP2's full weights, gathered
+    saved_a, saved_b = load_file(one / result), load_file(two / result)
+    assert saved_a.keys() == saved_b.keys()
+    assert max(float((saved_a[k] - saved_b[k]).abs().max()) for k in saved_a) < 4e-3
+    assert f"ranks: 2 (gloo, {'fsdp2' if task == 'dpo' else 'ddp'})" in runs.made[("log", task)].stdout
+
+
 @SHARDS_NF4
 def test_qlora_fsdp2_adapter_loads_in_peft_with_tunelabs_logits(runs, tiny_model_dir):
     """The adapter two FSDP2 ranks gathered into PEFT's file: plain transformers + PEFT over the 16-bit base give
@@ -304,6 +356,20 @@ def test_shards_deal_every_micro_batch_once_and_keep_ranks_in_step():
     assert sorted(real) == list(range(5))  # disjoint, and together the whole group
     assert sum(bool(b.get(BLANK)) for p in parts for b in p) == 1
     assert Ranks().shard(group) == group
+    assert [list(Ranks(1, 3).mine(7)), list(Ranks(1, 3).mine(7, rank=2))] == [[1, 4], [2, 5]]
+
+
+def test_the_tasks_get_the_sharding_they_can_run_under():
+    def sharding(task, **options):
+        return pick_sharding(load_config(None, {"task": task, **options}).config)
+
+    assert sharding("dpo", **{"method.name": "full"}) == "fsdp2"
+    assert sharding("grpo", **{"method.name": "full"}) == "ddp"  # auto: the sampler needs the whole model
+    assert sharding("grpo") == "ddp"
+    with pytest.raises(ConfigError, match="task grpo does not support"):
+        sharding("grpo", **{"method.name": "full", "train.sharding": "fsdp2"})
+    with pytest.raises(ConfigError, match="tasks sft, dpo and grpo only"):
+        sharding("classify")
 
 
 def test_optimizer_keys_split_at_the_parameter_name():

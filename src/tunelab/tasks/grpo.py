@@ -55,6 +55,7 @@ from tunelab.tasks.log_probs import token_log_probs
 from tunelab.tasks.prompt_data import PromptRow, build_prompts
 from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
+from tunelab.training.distributed import ONE_PROCESS, Ranks
 
 STD_EPS = 1e-4
 
@@ -120,10 +121,11 @@ def _draws_random(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
 
 
-def _samples(rows: list[PromptRow], answers: list[list[int]], stops: set[int], tokenizer, group: int):
+def _samples(rows: list[PromptRow], answers: list[list[int]], stops: set[int], tokenizer, group: int, first: int = 0):
+    """The samples to score: answers[k] is answer first + k of the step, to prompt rows[(first + k) // group]."""
     out = []
-    for i, ids in enumerate(answers):
-        row = rows[i // group]
+    for k, ids in enumerate(answers):
+        row = rows[(first + k) // group]
         text_ids = ids[:-1] if ids and ids[-1] in stops else ids
         text = tokenizer.decode(text_ids, skip_special_tokens=True)
         out.append(reward_fns.Sample(row.prompt, text, row.row, len(ids), location(row.path, row.line)))
@@ -193,30 +195,69 @@ def make_task(cfg: GrpoConfig) -> Task:
             batches.append(batch)
         return batches
 
-    def score(samples: list[reward_fns.Sample]) -> tuple[torch.Tensor, list[reward_fns.Failure]]:
-        values, failures = reward_fns.score(online.rewards, samples)
+    def stop_on(failures: list[reward_fns.Failure], samples: list[reward_fns.Sample]) -> None:
         if failures and cfg.on_reward_error == "stop":
             raise RewardError(
                 _failure_message(failures[0], samples)
                 + ". Fix the function (it must return a finite number), or set grpo.on_reward_error: skip to skip "
                 "the prompts it fails on (counted in the metrics)."
             )
+
+    def score(samples: list[reward_fns.Sample]) -> tuple[torch.Tensor, list[reward_fns.Failure]]:
+        values, failures = reward_fns.score(online.rewards, samples)
+        stop_on(failures, samples)
         return values, failures
 
-    def rollout(model: nn.Module, prompt_batches: list[dict], step: int, micro_batch: int) -> list[dict]:
-        """The step's prompt batches -> its training micro-batches of micro_batch rows (see the module docstring)."""
+    def sample_and_score(model: nn.Module, rows: list[PromptRow], step: int, ranks: Ranks):
+        """The step's prompts (G per row), their answers (cut to fit data.max_length), the samples, the (N, R)
+        rewards, the failures and the seconds it took. With several ranks, each samples and scores its share of the
+        answers (every world-th) and the ranks swap them: an answer's draws are keyed to its place in the step
+        (`models.decode.sample`'s rows), so the answers do not depend on the rank count."""
         device = next(model.parameters()).device
-        rows = [r for b in prompt_batches for r in b["rows"]]
-        g = cfg.num_generations
+        g, stops = cfg.num_generations, set(online.stop_ids)
         prompts = [r.prompt_ids for r in rows for _ in range(g)]
         settings = SampleSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, online.stop_ids)
         generator = torch.Generator(device).manual_seed(1_000_003 * online.seed + step)
         tic = time.perf_counter()
-        answers = sample(model, prompts, settings, pad_id=online.pad_id, generator=generator)
-        seconds = time.perf_counter() - tic
-        answers = [_fit(p, a, online.max_length) for p, a in zip(prompts, answers)]
-        samples = _samples(rows, answers, set(online.stop_ids), online.tokenizer, g)
-        values, failures = score(samples)
+        mine = list(ranks.mine(len(prompts)))
+        drawn = sample(
+            model,
+            [prompts[i] for i in mine],
+            settings,
+            pad_id=online.pad_id,
+            generator=generator,
+            rows=mine,
+            width=len(prompts),
+        )
+        drawn = [_fit(prompts[i], a, online.max_length) for i, a in zip(mine, drawn)]
+        if ranks.world == 1:
+            samples = _samples(rows, drawn, stops, online.tokenizer, g)
+            return prompts, drawn, samples, *score(samples), time.perf_counter() - tic
+        own = [_samples(rows, [a], stops, online.tokenizer, g, i)[0] for i, a in zip(mine, drawn)]
+        values, failures = reward_fns.score(online.rewards, own)
+        found = [[mine[f.sample], f.reward, f.reason] for f in failures]
+        answers, table, failures = [[]] * len(prompts), [[]] * len(prompts), []
+        for rank, part in enumerate(ranks.gather([drawn, values.tolist(), found])):
+            for i, answer, value in zip(ranks.mine(len(prompts), rank), part[0], part[1], strict=True):
+                answers[i], table[i] = answer, value
+            failures += [reward_fns.Failure(*f) for f in part[2]]
+        order = {r.name: j for j, r in enumerate(online.rewards)}
+        failures.sort(key=lambda f: (order[f.reward], f.sample))  # as one process lists them
+        samples = _samples(rows, answers, stops, online.tokenizer, g)
+        stop_on(failures, samples)
+        values = torch.tensor(table, dtype=torch.float32).view(len(prompts), len(online.rewards))
+        return prompts, answers, samples, values, failures, time.perf_counter() - tic
+
+    def rollout(
+        model: nn.Module, prompt_batches: list[dict], step: int, micro_batch: int, ranks: Ranks = ONE_PROCESS
+    ) -> list[dict]:
+        """The step's prompt batches -> its training micro-batches of micro_batch rows (see the module docstring).
+        With several ranks (DDP: each holds the whole model) each samples its share of the answers; every rank gets
+        all the micro-batches, and the fixed log-probs only of those it trains (`Ranks.shard`)."""
+        device = next(model.parameters()).device
+        rows = [r for b in prompt_batches for r in b["rows"]]
+        g = cfg.num_generations
+        prompts, answers, samples, values, failures, seconds = sample_and_score(model, rows, step, ranks)
         for f in failures:
             print(f"grpo: skipped the group of {_failure_message(f, samples)}", flush=True)
         failed = {f.sample // g for f in failures}
@@ -240,8 +281,9 @@ def make_task(cfg: GrpoConfig) -> Task:
             batch["advantages"] = advantages[start : start + micro_batch].to(device)
             batch["rewards"] = total[start : start + micro_batch]  # (n,) on the CPU: shown by `tunelab check`
             batch["answers"] = [samples[i].answer for i in part]  # the texts the rewards read
-            batch |= _fixed_log_probs(model, batch)
             batches.append(batch)
+        for j in ranks.mine(len(batches)):  # a blank micro-batch (training/distributed.py) counts 0: none needed
+            batches[j] |= _fixed_log_probs(model, batches[j])
         for batch in batches:
             batch["step_figures"] = figures
         return batches

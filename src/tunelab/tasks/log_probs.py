@@ -15,22 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.models.llama import IGNORE_INDEX, LlamaForCausalLM, shift_labels
+from tunelab.models.llama import IGNORE_INDEX, LlamaForCausalLM
 from tunelab.tasks.sft import PLAIN_HEAD_FAMILIES
+from tunelab.training.distributed import is_parallel, unwrap
 
 
 def token_log_probs(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n,) fp32 log p of every labelled target token of the batch, and (n,) the row each belongs to, row-major."""
+    """(n,) fp32 log p of every labelled target token of the batch, and (n,) the row each belongs to, row-major. A
+    model wrapped for several ranks is called through its own forward (DDP and FSDP2 hook it)."""
     input_ids, mask, positions = batch["input_ids"], batch["attention_mask"], batch.get("position_ids")
-    if isinstance(model, LlamaForCausalLM):
-        targets = shift_labels(batch["labels"])  # (B, T): position t predicts labels[:, t + 1]
-        keep = targets != IGNORE_INDEX
-        hidden = model.model(input_ids, positions, mask)  # (B, T, d)
-        logp = model.ops.linear_log_probs(hidden[keep], model.lm_head.weight, targets[keep])  # (n,)
-        return logp, keep.nonzero()[:, 0]
+    if isinstance(unwrap(model), LlamaForCausalLM):
+        return model(input_ids, positions, mask, labels=batch["labels"], token_log_probs=True)
     targets = batch["labels"][:, 1:]  # (B, T-1)
     keep = targets != IGNORE_INDEX
-    if getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
+    if not is_parallel(model) and getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
         hidden = model.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=positions)
         logits = model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep]).float()  # (n, V)
     else:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -57,9 +59,11 @@ class Ranks:
         """Rank 0 alone prints, logs and writes the run directory."""
         return self.rank == 0
 
+    def _device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+
     def _tensor(self, values: list[float]) -> torch.Tensor:
-        device = torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
-        return torch.tensor(values, dtype=torch.float64, device=device)  # exact for token counts below 2**53
+        return torch.tensor(values, dtype=torch.float64, device=self._device())  # exact for token counts below 2**53
 
     def sum(self, value: float) -> float:
         """The sum of `value` over all ranks."""
@@ -89,6 +93,23 @@ class Ranks:
     def any(self, flag: bool) -> bool:
         return not self.all(not flag)
 
+    def gather(self, value: Any) -> list[Any]:
+        """`value` of every rank, in rank order: any JSON value (NaN included), sent as UTF-8 JSON bytes through
+        all_gather, so nothing is pickled."""
+        if self.world == 1:
+            return [value]
+        data = torch.frombuffer(bytearray(json.dumps(value).encode()), dtype=torch.uint8).to(self._device())
+        sizes = [int(n) for n in self.each(float(data.numel()))]
+        padded = torch.zeros(max(sizes), dtype=torch.uint8, device=data.device)
+        padded[: data.numel()] = data
+        out = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(out, padded)
+        return [json.loads(o[:n].cpu().numpy().tobytes()) for o, n in zip(out, sizes)]
+
+    def mine(self, count: int, rank: int | None = None) -> range:
+        """This rank's (or `rank`'s) items of `count` dealt out in turn: r, r + N, r + 2N, ..."""
+        return range(self.rank if rank is None else rank, count, self.world)
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
@@ -96,7 +117,7 @@ class Ranks:
     def shard(self, group: list[dict]) -> list[dict]:
         """This rank's micro-batches of a step's `group`: every world-th from its rank on, padded with blanks to the
         count every rank runs, ceil(len(group) / world)."""
-        mine = group[self.rank :: self.world]
+        mine = [group[i] for i in self.mine(len(group))]
         count = math.ceil(len(group) / self.world)
         return mine + [{**group[0], BLANK: True}] * (count - len(mine))
 
@@ -155,10 +176,10 @@ def session(cfg: RunConfig) -> Iterator[Ranks]:
 def pick_sharding(cfg: RunConfig) -> str:
     """ddp or fsdp2 for this config (train.sharding auto: fsdp2 for full fine-tuning, ddp otherwise); ConfigError
     for a combination not supported yet."""
-    if cfg.task != "sft":
+    if cfg.task not in ("sft", "dpo", "grpo"):
         raise ConfigError(
-            f"option 'task' is {cfg.task}; several processes train task sft only for now. Train it in one process "
-            "(no --nproc, or --nproc 1)."
+            f"option 'task' is {cfg.task}; several processes train tasks sft, dpo and grpo only for now. Train it in "
+            "one process (no --nproc, or --nproc 1)."
         )
     if cfg.stages:
         raise ConfigError(
@@ -166,8 +187,14 @@ def pick_sharding(cfg: RunConfig) -> str:
             "config on its own with --nproc."
         )
     sharding = cfg.train.sharding
-    if sharding == "auto":
-        sharding = "fsdp2" if cfg.method.name == "full" else "ddp"
+    if sharding == "auto":  # grpo samples through the model outside its forward, which FSDP2's gathers need
+        sharding = "fsdp2" if cfg.method.name == "full" and cfg.task != "grpo" else "ddp"
+    if sharding == "fsdp2" and cfg.task == "grpo":
+        raise ConfigError(
+            "option 'train.sharding' is fsdp2, which task grpo does not support: its sampler steps the model outside "
+            "the forward that FSDP2 gathers the weights in. Use train.sharding ddp (or auto): every rank holds the "
+            "whole model and samples its share of the answers."
+        )
     if sharding == "fsdp2":
         m = cfg.method
         if m.is_adapter and (m.quantize_base != "nf4" or m.dora):

@@ -101,7 +101,7 @@ def loop(run: Run) -> float | None:
             )
             while position["batch_in_epoch"] < len(batches) and position["step"] < run.total_steps:
                 group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
-                step_batches = rollout(task, model, group, position["step"], t.micro_batch)  # grpo: sample, score
+                step_batches = rollout(task, model, group, position["step"], t.micro_batch, run.ranks)  # grpo
                 tic = time.perf_counter()
                 stats = train_step(
                     run.train_model,
@@ -154,10 +154,10 @@ def loop(run: Run) -> float | None:
     return last_loss
 
 
-def rollout(task: Task, model: nn.Module, group: list[dict], step: int, micro_batch: int) -> list[dict]:
+def rollout(task: Task, model: nn.Module, group: list[dict], step: int, micro_batch: int, ranks: Ranks) -> list[dict]:
     """The micro-batches a step trains on: the group itself, or what an online task (grpo) makes of its prompts by
-    sampling and scoring answers with the model as it is before the step."""
-    return task.rollout(model, group, step, micro_batch) if task.rollout else group
+    sampling and scoring answers with the model as it is before the step (the ranks share the sampling)."""
+    return task.rollout(model, group, step, micro_batch, ranks) if task.rollout else group
 
 
 def _record(run: Run, position: dict, batches: int, stats: dict, tokens_per_s: float) -> dict:
