@@ -35,7 +35,8 @@ LOSS_RTOL, NORM_RTOL = 1e-6, 1e-4
 
 
 CASES = ("lora", "full", "qlora_fsdp2")  # DDP over QLoRA, FSDP2 over full weights, FSDP2 over QLoRA (NF4 sharded)
-TASK_CASES = ("dpo", "grpo")  # other tasks: dpo as the full case (FSDP2), grpo as the lora case (QLoRA, DDP)
+# Other tasks: dpo as the full case (FSDP2), grpo and classify as the lora case (QLoRA, DDP).
+TASK_CASES = ("dpo", "grpo", "classify")
 # Sharding the NF4 codes needs torch 2.13's FSDP2 (the GPU image's 2.11 refuses it, and tunelab says so).
 SHARDS_NF4 = pytest.mark.skipif(
     not fsdp2_holds_integer_parameters(), reason=f"torch {torch.__version__}'s FSDP2 cannot shard integer tensors"
@@ -44,7 +45,7 @@ CASE_PARAMS = [pytest.param(case, marks=SHARDS_NF4) if case == "qlora_fsdp2" els
 
 
 def _write_config(folder: Path, model_dir: Path, case: str) -> Path:
-    qlora = case in ("lora", "qlora_fsdp2", "grpo")
+    qlora = case in ("lora", "qlora_fsdp2", "grpo", "classify")
     rows = [  # answers of different lengths, so that micro-batches carry different numbers of loss tokens
         {
             "question": f"What is the code of box {i}?",
@@ -98,6 +99,9 @@ def _task_config(folder: Path, config: dict, task: str) -> dict:
             for i in range(24)
         ]
         extra = {"dpo": {"beta": 0.5}}
+    elif task == "classify":  # three labels, texts of different lengths: the head reads each row's last token
+        rows = [{"text": f"Box {i} is" + " very" * (i % 5) + " full.", "label": "abc"[i % 3]} for i in range(24)]
+        extra = {}
     else:
         rows = [{"prompt": f"Code of box {i}?", "expected": str(1000 + 37 * i)} for i in range(12)]
         rewards = [{"kind": "regex", "pattern": "[kqxz]"}, {"kind": "regex", "pattern": "^ ", "weight": 0.5}]
@@ -186,7 +190,7 @@ def test_two_ranks_train_the_tasks_one_process_trains(runs, task):
     _assert_same_curve(one, two)
     a, b = _metrics(one), _metrics(two)
     assert all(r["grad_norm"] > 0 for r in a)
-    metrics = ("accuracy", "margin") if task == "dpo" else ("reward", "reward_regex", "kl", "answer_tokens")
+    metrics = {"dpo": ("accuracy", "margin"), "classify": ("accuracy",)}.get(task, ("reward", "kl", "answer_tokens"))
     for x, y in zip(a, b):
         for name in metrics:
             assert y[name] == pytest.approx(x[name], rel=NORM_RTOL, abs=1e-9), (name, x, y)  # kl: 3e-6 measured
@@ -194,6 +198,9 @@ def test_two_ranks_train_the_tasks_one_process_trains(runs, task):
         assert min(r["zero_std_groups"] for r in a) < 1
     result = "model.safetensors" if task == "dpo" else "adapter_model.safetensors"  # FSDP2's full weights, gathered
     saved_a, saved_b = load_file(one / result), load_file(two / result)
+    if task == "classify":  # the head is in the adapter (PEFT's modules_to_save), the labels in config.json
+        assert any(".score." in k for k in saved_b)
+        assert json.loads((two / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c"}
     assert saved_a.keys() == saved_b.keys()
     assert max(float((saved_a[k] - saved_b[k]).abs().max()) for k in saved_a) < 4e-3
     assert f"ranks: 2 (gloo, {'fsdp2' if task == 'dpo' else 'ddp'})" in runs.made[("log", task)].stdout
@@ -368,8 +375,9 @@ def test_the_tasks_get_the_sharding_they_can_run_under():
     assert sharding("grpo") == "ddp"
     with pytest.raises(ConfigError, match="task grpo does not support"):
         sharding("grpo", **{"method.name": "full", "train.sharding": "fsdp2"})
-    with pytest.raises(ConfigError, match="tasks sft, dpo and grpo only"):
-        sharding("classify")
+    assert sharding("classify", **{"method.name": "full"}) == sharding("reward") == "ddp"
+    with pytest.raises(ConfigError, match="task classify does not support: a head run's result"):
+        sharding("classify", **{"train.sharding": "fsdp2"})
 
 
 def test_optimizer_keys_split_at_the_parameter_name():

@@ -173,27 +173,29 @@ def session(cfg: RunConfig) -> Iterator[Ranks]:
             dist.destroy_process_group()
 
 
+WHOLE_MODEL_TASKS = {  # the tasks that train under ddp only, and why
+    "grpo": "its sampler steps the model outside the forward that FSDP2 gathers the weights in",
+    "classify": "a head run's result (the head, its labels) is saved from the whole model, not gathered from shards",
+    "reward": "a head run's result (the head, its labels) is saved from the whole model, not gathered from shards",
+}
+
+
 def pick_sharding(cfg: RunConfig) -> str:
     """ddp or fsdp2 for this config (train.sharding auto: fsdp2 for full fine-tuning, ddp otherwise); ConfigError
     for a combination not supported yet."""
-    if cfg.task not in ("sft", "dpo", "grpo"):
-        raise ConfigError(
-            f"option 'task' is {cfg.task}; several processes train tasks sft, dpo and grpo only for now. Train it in "
-            "one process (no --nproc, or --nproc 1)."
-        )
     if cfg.stages:
         raise ConfigError(
             "option 'stages' is set; a staged run trains in one process for now. Drop --nproc, or train each stage's "
             "config on its own with --nproc."
         )
+    whole = WHOLE_MODEL_TASKS.get(cfg.task)  # why the task needs the whole model on every rank
     sharding = cfg.train.sharding
-    if sharding == "auto":  # grpo samples through the model outside its forward, which FSDP2's gathers need
-        sharding = "fsdp2" if cfg.method.name == "full" and cfg.task != "grpo" else "ddp"
-    if sharding == "fsdp2" and cfg.task == "grpo":
+    if sharding == "auto":
+        sharding = "fsdp2" if cfg.method.name == "full" and whole is None else "ddp"
+    if sharding == "fsdp2" and whole is not None:
         raise ConfigError(
-            "option 'train.sharding' is fsdp2, which task grpo does not support: its sampler steps the model outside "
-            "the forward that FSDP2 gathers the weights in. Use train.sharding ddp (or auto): every rank holds the "
-            "whole model and samples its share of the answers."
+            f"option 'train.sharding' is fsdp2, which task {cfg.task} does not support: {whole}. Use "
+            "train.sharding ddp (or auto): every rank holds the whole model."
         )
     if sharding == "fsdp2":
         m = cfg.method
