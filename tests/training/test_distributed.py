@@ -126,11 +126,13 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _assert_same_curve(one: Path, other: Path) -> None:
+def _assert_same_curve(one: Path, other: Path, loss_abs: float = 0.0) -> None:
+    """loss_abs: for a loss that is a small difference of terms near 1 (grpo's surrogate sums to about 0 over a group:
+    7.5e-5 out of terms of size 1, where another machine's CPU ranks differed by 7.6e-10), an absolute tolerance."""
     a, b = _metrics(one), _metrics(other)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
     for x, y in zip(a, b):
-        assert y["loss"] == pytest.approx(x["loss"], rel=LOSS_RTOL), (x, y)
+        assert y["loss"] == pytest.approx(x["loss"], rel=LOSS_RTOL, abs=loss_abs), (x, y)
         assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=NORM_RTOL), (x, y)
 
 
@@ -187,7 +189,7 @@ def test_two_ranks_train_the_tasks_one_process_trains(runs, task):
     and scores half of a step's answers and the ranks swap them, then each trains its micro-batches. Both: the
     curve of one process, with every step learning something (a gradient), and the same adapter."""
     one, two = runs("one", task), runs("two", task)
-    _assert_same_curve(one, two)
+    _assert_same_curve(one, two, loss_abs=1e-7 if task == "grpo" else 0.0)
     a, b = _metrics(one), _metrics(two)
     assert all(r["grad_norm"] > 0 for r in a)
     metrics = {"dpo": ("accuracy", "margin"), "classify": ("accuracy",)}.get(task, ("reward", "kl", "answer_tokens"))
