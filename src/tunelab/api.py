@@ -65,10 +65,17 @@ def train(
         check_launch(resolved.config, nproc)  # stages and head tasks train in one process
     if resolved.config.stages:
         result = train_stages(
-            resolved, config_path(config), resume=resume, check=check, overwrite_non_run=overwrite_non_run
+            resolved, config_path(resolved), resume=resume, check=check, overwrite_non_run=overwrite_non_run
         )
     elif nproc is not None and from_environment().world == 1:
-        train_on_ranks(resolved.config, nproc, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
+        train_on_ranks(
+            resolved.config,
+            nproc,
+            resume=resume,
+            check=check,
+            overwrite_non_run=overwrite_non_run,
+            config_file=config_path(resolved),
+        )
         info_dir = Path(resolved.config.output_dir)
         info = read_info(info_dir)
         verdict = info.extra.get("verdict")

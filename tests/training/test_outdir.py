@@ -50,6 +50,24 @@ def test_output_dir_holding_the_data_or_the_config_is_refused(tiny_overrides, qa
     assert qa_file.is_file() and config.is_file()
 
 
+def test_the_config_file_is_kept_out_of_output_dir_through_the_api_and_cli(tiny_overrides, previous_run, capsys):
+    """A config saved inside the run it writes to: tunelab.train, `tunelab train` and train(nproc=2) refuse, exit 2,
+    and the file stays (the API resolves the config before training: the path must travel with it)."""
+    import tunelab
+    from tunelab.cli import main
+
+    config = previous_run / "my.yaml"
+    options = {k: v for k, v in tiny_overrides.items() if k != "output_dir"} | {"output_dir": str(previous_run)}
+    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in options.items()))
+    before = _tree(previous_run)
+    for nproc in (None, 2):
+        with pytest.raises(RunDirError, match=r"holds the config file .*my\.yaml"):
+            tunelab.train(config, {"overwrite": True}, nproc=nproc, overwrite_non_run=True)
+    assert main(["train", str(config), "--overwrite", "--overwrite-non-run"]) == 2
+    assert "holds the config file" in capsys.readouterr().err
+    assert _tree(previous_run) == before
+
+
 def test_a_folder_tunelab_did_not_write_is_replaced_only_when_forced(tiny_overrides, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

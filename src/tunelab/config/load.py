@@ -39,10 +39,12 @@ def _flatten(raw: dict, where: str) -> dict[str, Any]:
 
 @dataclass
 class ResolvedConfig:
-    """The config and, for each dotted option, where its value came from ('default', a file, or a flag)."""
+    """The config, for each dotted option where its value came from ('default', a file, or a flag), and the YAML file
+    it was read from (None for a config made in Python): a run directory must never hold that file."""
 
     config: RunConfig
     origins: dict[str, str]
+    path: Path | None = None
 
 
 def load_config(
@@ -90,7 +92,7 @@ def load_config(
     config = RunConfig()
     _set_values(config, values)
     check_consistency(config)
-    return ResolvedConfig(config, origins)
+    return ResolvedConfig(config, origins, path)
 
 
 def _option_value(name: str, value: Any, options: dict, where: str, folder: Path | None) -> Any:
@@ -157,4 +159,4 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
         check_consistency(config)
     except ConfigError as exc:
         raise ConfigError(f"stage {index + 1}: {exc}") from None
-    return ResolvedConfig(config, origins)
+    return ResolvedConfig(config, origins, resolved.path)

@@ -28,6 +28,8 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from tunelab.config import RunConfig, dump_yaml
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.training.distributed import backend, pick_sharding
+from tunelab.training.outdir import plan_output_dir
+from tunelab.training.prepare import protected_paths
 
 
 def check_launch(cfg: RunConfig, nproc: int) -> None:
@@ -99,10 +101,26 @@ class RanksFailed(TunelabError):
         self.exit_code = exit_code
 
 
-def train_on_ranks(cfg: RunConfig, nproc: int, *, resume: bool, check: bool, overwrite_non_run: bool) -> None:
+def train_on_ranks(
+    cfg: RunConfig,
+    nproc: int,
+    *,
+    resume: bool,
+    check: bool,
+    overwrite_non_run: bool,
+    config_file: Path | None = None,
+) -> None:
     """The Python API's `train(..., nproc=N)`: the resolved config, saved to a temporary YAML file, trained by
-    `nproc` ranks of `tunelab train` on this host. RanksFailed when one fails."""
+    `nproc` ranks of `tunelab train` on this host. RanksFailed when one fails. The ranks read the copy, so the
+    user's `config_file` is kept out of output_dir here (RunDirError), as each rank keeps its data files out."""
     check_launch(cfg, nproc)
+    plan_output_dir(
+        cfg.output_dir,
+        overwrite=cfg.overwrite,
+        resume=resume,
+        protected=protected_paths(cfg, config_file),
+        overwrite_non_run=overwrite_non_run,
+    )
     flags = ["--overwrite"] * cfg.overwrite + ["--resume"] * resume + ["--no-check"] * (not check)
     flags += ["--overwrite-non-run"] * overwrite_non_run
     with tempfile.TemporaryDirectory(prefix="tunelab-launch-") as folder:

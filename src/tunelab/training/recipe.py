@@ -100,6 +100,9 @@ def resolve(
 
 
 def config_path(config: Any) -> Path | None:
+    """The YAML file a config was read from: the path itself, or the one a resolved config remembers."""
+    if isinstance(config, ResolvedConfig):
+        return config.path
     return Path(config) if isinstance(config, (str, Path)) else None
 
 
