@@ -8,7 +8,7 @@ import pytest
 
 from tunelab.config import DataConfig, DataSource, load_config
 from tunelab.data.loader import build_datasets, epoch_rows, make_batches
-from tunelab.data.mixture import SourceSpan, plan_mixture
+from tunelab.data.mixture import SourceSpan, plan_mixture, shares
 from tunelab.data.render import Rendered
 from tunelab.errors import ConfigError
 
@@ -73,6 +73,19 @@ def test_temperature_flattens_natural_shares():
     flat = plan_mixture(spans, "examples", 2.0, None)  # p ~ sqrt(n): sqrt(10) : sqrt(90) = 1 : 3
     assert flat.shares == pytest.approx([0.25, 0.75])
     assert flat.drawn == [25, 75]
+
+
+def test_shares_at_a_low_temperature_neither_overflow_nor_vanish():
+    """w^(1/T) at T 0.01: 100000^100 overflows a float and 0.0001^100 is 0 for both sources; the shares are still
+    the limit they tend to (all to the heaviest source) or equal."""
+    _, spans = _rows([10, 10], [5, 5])
+    spans[0].weight, spans[1].weight = 100000.0, 1.0
+    assert shares(spans, "examples", 0.01) == pytest.approx([1.0, 0.0])
+    spans[0].weight = spans[1].weight = 0.0001
+    assert shares(spans, "examples", 0.01) == [0.5, 0.5]
+    _, spans = _rows([1200, 1300], [5, 5])  # no weights: the sizes, 1300^100 overflows too
+    ratio = (1200 / 1300) ** 100  # 3.4e-4
+    assert shares(spans, "examples", 0.01) == pytest.approx([ratio / (1 + ratio), 1 / (1 + ratio)])
 
 
 def _write(path, rows):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -24,6 +25,9 @@ def _type_name(hint: Any) -> str:
     return re.sub(r"\b(?:typing|tunelab(?:\.\w+)*)\.", "", str(hint))  # list[str | DataSource], not module paths
 
 
+FINITE = "it must be a finite number."
+
+
 def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
     """Check `value` against the type hint, converting where it is unambiguous (int -> float, scalar -> list)."""
     origin = typing.get_origin(hint)
@@ -38,8 +42,9 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         for arm in inner:  # the first type that takes the value: `float | Auto` reads 1e-4 as float, "auto" as Auto
             try:
                 return coerce(name, value, arm, where)
-            except ConfigError:
-                pass
+            except ConfigError as exc:
+                if str(exc).endswith(FINITE):  # a number, but not a finite one: say that, not "must be float"
+                    raise
         names = " or ".join(_type_name(a) for a in inner)
         raise ConfigError(f"{where}: option '{name}' must be {names}, got {value!r} ({type(value).__name__}).")
     if origin is Literal:
@@ -65,13 +70,18 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and not math.isfinite(number):  # nan passes every range check (nan < 0 is False)
+            raise ConfigError(f"{where}: option '{name}' is {value!r}; {FINITE}")
+        if number is not None:
+            return number
     elif hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

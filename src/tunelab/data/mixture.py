@@ -66,7 +66,10 @@ def shares(spans: list[SourceSpan], mix_by: str, temperature: float) -> list[flo
         weights = [s.weight if s.weight is not None else 1.0 for s in spans]
     else:
         weights = [float(s.tokens if mix_by == "tokens" else s.rows) for s in spans]
-    scaled = [w ** (1.0 / temperature) for w in weights]
+    # w^(1/T) overflows (or underflows to 0 for all) at a low temperature: work with logs, the largest taken out
+    logs = [math.log(w) / temperature for w in weights]
+    top = max(logs)
+    scaled = [math.exp(x - top) for x in logs]
     total = sum(scaled)
     return [w / total for w in scaled]
 
