@@ -197,6 +197,9 @@ def run_check(
         for k, stage in enumerate(later, 2):
             stage_inputs = load_inputs(dataclasses.replace(stage, model=cfg.model))  # the same tokenizer as stage 1
             out(f"stage {k}: " + stage_inputs.data.report.summary())
+            stage_data = stage_inputs.data  # its auto values, as train will choose them from the stage's data
+            stage_plan = plan_from_data(stage.train, len(stage_data.train), bool(stage_data.eval), {}, None)
+            stage = dataclasses.replace(stage, train=stage_plan.train)
             for item in data_checks(stage, stage_inputs):
                 items.append(dataclasses.replace(item, name=f"stage {k}: {item.name}"))
         page_text = data.report.summary()
