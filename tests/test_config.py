@@ -41,6 +41,8 @@ def test_saved_yaml_round_trips(tmp_path):
         ({"data.eval_fraction": "0.9"}, "must be <= 0.5"),
         ({"train.lr": "fast"}, "'train.lr' must be float"),
         ({"train.lr": "nan"}, "'train.lr' is 'nan'; it must be a finite number"),
+        ({"data.train": ["a.jsonl", ""]}, "option 'data.train', entry 2, is an empty path"),
+        ({"data.train": [{"path": " "}]}, "option 'data.train', entry 1, is an empty path"),
         ({"train.epochs": "inf"}, "'train.epochs' is 'inf'; it must be a finite number"),
         ({"train.max_grad_norm": float("nan")}, "'train.max_grad_norm' is nan; it must be a finite number"),
         ({"data.train": [{"path": "a.jsonl", "weight": float("inf")}]}, "'data.train[].weight' is inf; it must be"),

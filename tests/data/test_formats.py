@@ -195,6 +195,15 @@ def test_null_or_empty_questions_are_counted_skips():
     assert len(examples) == 1 and report.skips["empty question"].locations == ["d.jsonl:1", "d.jsonl:2"]
 
 
+def test_nan_is_a_missing_value_and_infinity_is_refused():
+    """NaN is how pandas and parquet write a missing value (and json reads the bare NaN of Python's json.dumps): an
+    empty field, skipped and counted, never the text 'nan'."""
+    examples, report = convert([{"question": "Q", "answer": float("nan")}, {"question": "Q", "answer": 1.5}])
+    assert len(examples) == 1 and report.skips["empty answer"].locations == ["d.jsonl:1"]
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'answer' is inf"):
+        convert([{"question": "Q", "answer": float("inf")}])
+
+
 def test_a_fields_mapping_to_missing_columns_names_the_mapping_not_the_format():
     with pytest.raises(DataError) as err:
         convert([{"question": "Q", "answer": "A"}], fields={"prompt": "q", "completion": "a"})

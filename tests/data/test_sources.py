@@ -76,6 +76,29 @@ def test_folder_is_read_recursively_in_sorted_order_ignoring_other_files(tmp_pat
     assert [r.row["text"] for r in read_records([str(tmp_path)])] == ["b", "a"]
 
 
+def test_hidden_folders_are_not_read(tmp_path):
+    write(tmp_path / "a.jsonl", '{"text": "a"}\n')
+    write(tmp_path / ".hidden.jsonl", '{"text": "hidden"}\n')
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    write(tmp_path / ".ipynb_checkpoints" / "a-checkpoint.jsonl", '{"text": "a copy"}\n')
+    assert [r.row["text"] for r in read_records([str(tmp_path)])] == ["a"]
+
+
+def test_jsonl_lines_end_at_newlines_only(tmp_path):
+    """U+2028, U+2029 and U+0085 may stand unescaped inside a JSON string; str.splitlines would cut the line there."""
+    rows = [{"question": "line\u2028sep\u2029para\u0085next?", "answer": "B"}, {"question": "q", "answer": "A"}]
+    p = write(tmp_path / "a.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows))
+    assert [(r.line, r.row) for r in read_records([p])] == [(1, rows[0]), (2, rows[1])]
+
+
+def test_text_after_a_json_array_is_named_at_its_line(tmp_path):
+    p = write(
+        tmp_path / "a.json", json.dumps([{"text": "x"}, {"text": "y"}], indent=2) + "\n]\n"
+    )  # a stray ] on line 9
+    with pytest.raises(DataError, match=r"a\.json:9: text after the end of the JSON array"):
+        read_records([p])
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"nope\.jsonl: file not found"):
         read_records([str(tmp_path / "nope.jsonl")])

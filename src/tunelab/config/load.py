@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.config.paths import PATH_OPTIONS, resolve_paths, reward_paths
+from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths
 from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import unknown_option
 from tunelab.config.validate import check_consistency
@@ -102,6 +102,11 @@ def _option_value(name: str, value: Any, options: dict, where: str, folder: Path
     f, hint = options[name]
     value = coerce(name, value, hint, where)
     check_constraints(name, value, f, where)
+    if name in PATH_OPTIONS and (entry := empty_path_entry(value)) is not None:
+        raise ConfigError(
+            f"{where}: option '{name}', entry {entry}, is an empty path (an unset variable in --{name} \"$DATA\"?); "
+            "it would read the whole folder it resolves to. Give a file or folder name."
+        )
     if folder is not None and name == "data.transform" and value is not None:
         file, _, function = value.rpartition(":")
         if file.endswith(".py"):  # file.py:function, relative to the YAML file; module:function stays as it is

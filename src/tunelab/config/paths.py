@@ -32,6 +32,17 @@ PATH_OPTIONS = {
 }
 
 
+def empty_path_entry(value: Any) -> int | None:
+    """The 1-based entry of a path option that is an empty string (which would name the current folder, or the
+    config's, and read everything under it), or None."""
+    entries = value if isinstance(value, list) else [value]
+    for i, entry in enumerate(entries, 1):
+        paths = [entry.path, entry.eval] if isinstance(entry, DataSource) else [entry]
+        if any(isinstance(p, str) and not p.strip() for p in paths):
+            return i
+    return None
+
+
 def resolve_paths(value: Any, folder: Path) -> Any:
     if value is None:
         return None

@@ -16,6 +16,7 @@ well formed but unusable (empty answer, no assistant turn) are skipped and count
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tunelab.data.report import DataReport, location
@@ -76,9 +77,14 @@ def detect_format(row: dict, fields: dict[str, str]) -> str:
 
 
 def text_field(value, where: str, field: str) -> str:
-    """A string field; numbers are accepted as their text, null as empty."""
-    if value is None:
+    """A string field; numbers are accepted as their text, null (and NaN, how pandas and parquet write a missing
+    value) as empty; an infinite number is refused."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, float) and math.isinf(value):
+        raise DataError(
+            f"{where}: field '{field}' is {value}, a number with no text to train on; give it text or null."
+        )
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -50,7 +50,12 @@ def _files(paths: list[str]) -> list[Path]:
     for p in paths:
         path = Path(p).expanduser()
         if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.is_file() and _kind(f) and not f.name.startswith("."))
+            # Hidden files and folders are not data (.ipynb_checkpoints/ holds copies of the same files)
+            found = sorted(
+                f
+                for f in path.rglob("*")
+                if f.is_file() and _kind(f) and not any(part.startswith(".") for part in f.relative_to(path).parts)
+            )
             if not found:
                 raise DataError(
                     f"{p}: the folder holds no data files; tunelab reads {', '.join(EXTENSIONS)} files (optionally gzipped). "
@@ -101,7 +106,9 @@ def _json_problem(exc: json.JSONDecodeError) -> str:
 
 def _jsonl(path: Path, text: str) -> list[Record]:
     records = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    # Lines end at \n (and \r\n) only: str.splitlines also breaks at U+2028, U+2029 and U+0085, which JSON strings
+    # may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so).
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -121,8 +128,12 @@ def _json(path: Path, text: str) -> list[Record]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data":  # several top-level values: it is JSON lines named .json
+        if exc.msg == "Extra data" and text.lstrip().startswith("{"):  # several objects: JSON lines named .json
             return _jsonl(path, text)
+        if exc.msg == "Extra data":
+            raise DataError(
+                f"{path}:{exc.lineno}: text after the end of the JSON array ({_json_problem(exc)}); remove it."
+            ) from None
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({_json_problem(exc)}); fix the file.") from None
     if not isinstance(value, list):
         keys = f" with keys {', '.join(map(str, value))[:80]}" if isinstance(value, dict) else ""

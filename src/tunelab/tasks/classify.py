@@ -14,6 +14,7 @@ example whose last token is read.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,9 +104,11 @@ def refuse_head_options(cfg: RunConfig) -> None:
 
 def label_text(value, where: str, key: str) -> str:
     """A label as text: strings stripped, integers and booleans as written; DataError when missing or empty."""
+    if isinstance(value, float) and not math.isfinite(value):  # NaN: a missing value as pandas and parquet write it
+        value = None if math.isnan(value) else value
     if isinstance(value, bool):
         value = str(value).lower()
-    elif isinstance(value, int | float):
+    elif isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
         value = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     if not isinstance(value, str):
         got = "nothing (null)" if value is None else f"a {type(value).__name__}"
