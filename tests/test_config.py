@@ -65,6 +65,20 @@ def test_bad_yaml_names_file_and_line(tmp_path):
         load_config(path)
 
 
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    """YAML keeps the last of two equal keys: the first section's options would vanish without a word."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("data:\n  max_length: 64\ntrain:\n  lr: 1.0e-4\ndata:\n  train: [a.jsonl]\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml, line 5: key 'data' is given twice .*first on line 1"):
+        load_config(path)
+    path.write_text("train: {lr: 1.0e-4, max_steps: 1, lr: 1.0e-2}\n")
+    with pytest.raises(ConfigError, match="key 'lr' is given twice"):
+        load_config(path)
+    path.write_text("train: {lr: 1.0e-4}\ntrain.lr: 1.0e-2\n")
+    with pytest.raises(ConfigError, match="option 'train.lr' is given twice"):
+        load_config(path)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.parent.name for p in EXAMPLES])
 def test_every_example_config_loads(path):
     cfg = load_config(path).config

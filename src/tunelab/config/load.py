@@ -31,10 +31,38 @@ def _flatten(raw: dict, where: str) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: section '{key}' must be a mapping of options, got {value!r}.")
             for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
+                _put(flat, f"{key}.{sub}", v, where)
         else:
-            flat[str(key)] = value
+            _put(flat, str(key), value, where)
     return flat
+
+
+def _put(flat: dict[str, Any], name: str, value: Any, where: str) -> None:
+    if name in flat:  # 'train.lr' at the top and 'lr' under train:
+        raise ConfigError(f"{where}: option '{name}' is given twice (once as '{name}', once in its section); keep one.")
+    flat[name] = value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (it keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"{self.name}, line {key_node.start_mark.line + 1}: key '{key}' is given twice in one mapping (first "
+                    f"on line {seen[key] + 1}); YAML would keep only the last. Keep one."
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's value, safely (no object construction), refusing a key given twice in one mapping."""
+    with open(path, encoding="utf-8") as stream:
+        return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 @dataclass
@@ -63,7 +91,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found.")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = read_yaml(path) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f", line {mark.line + 1}" if mark else ""
