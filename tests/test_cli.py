@@ -98,6 +98,22 @@ def test_unreadable_json_line_is_located(tmp_path, capsys, tiny_model_dir):
     assert code == 2 and "bad.jsonl:2" in err and "not valid JSON" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["check", "--examples", "-1"], "--examples: -1 is out of range; give an integer 0 or more"),
+        (["serve", "run", "--port", "70000"], "--port: 70000 is out of range; give an integer from 0 to 65535"),
+        (["chat", "run", "--temperature", "nan"], "--temperature: nan is not a finite number"),
+        (["eval", "run", "--batch-size", "0"], "--batch-size: 0 is out of range"),
+        (["generate", "run", "--max-new-tokens", "x"], "--max-new-tokens: invalid integer value: 'x'"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_by_the_parser(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:  # argparse's own exit, status 2
+        main(argv)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_unknown_flag_exits_2_with_suggestions(capsys):
     assert main(["train", "--train.lrr", "1"]) == 2
     assert "unknown option 'train.lrr'. Did you mean --train.lr" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shlex
 import sys
@@ -45,14 +46,42 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{name}", **kwargs)
 
 
+def whole(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high]; argparse reports anything else (exit 2)."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # ValueError: argparse says "invalid integer value"
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give an integer {allowed}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number (nan passes every range check downstream)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+finite.__name__ = "number"
+
+
 def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "128") -> None:
     g = parser.add_argument_group("generation")
     g.add_argument(
-        "--max-new-tokens", type=int, default=None, help=f"tokens to generate per answer (default: {tokens_default})"
+        "--max-new-tokens",
+        type=whole(1),
+        default=None,
+        help=f"tokens to generate per answer (default: {tokens_default})",
     )
-    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="penalty for repeated tokens (default: 1.0)")
+    g.add_argument("--temperature", type=finite, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
+    g.add_argument("--top-p", type=finite, default=1.0, help="nucleus sampling threshold (default: 1.0)")
+    g.add_argument("--repetition-penalty", type=finite, default=1.0, help="penalty for repeated tokens (default: 1.0)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     g.add_argument(
         "--base-precision",
@@ -121,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the HTML page of the check (default: check.html in a new folder under the system's "
         "temporary directory; the path is printed)",
     )
-    check.add_argument("--examples", type=int, default=3, help="rendered examples to preview (default: 3)")
+    check.add_argument("--examples", type=whole(0), default=3, help="rendered examples to preview (default: 3)")
     check.add_argument(
         "--data-only", action="store_true", help="skip the checks that load the model (forward/backward, memory)"
     )
@@ -185,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="where to write the results (default: RUN_DIR/eval.json)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     evaluate.add_argument("--no-save", action="store_true", help="print only")
-    evaluate.add_argument("--batch-size", type=int, default=16, help="questions generated together (default: 16)")
+    evaluate.add_argument("--batch-size", type=whole(1), default=16, help="questions generated together (default: 16)")
     evaluate.add_argument(
         "--show-answers", action="store_true", help="print every answer after the scores (they are in eval.json)"
     )
@@ -201,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--answer", action="append", default=[], help="reward runs: an answer to score (repeatable)")
     predict.add_argument("--out", help="also write the predictions to this .csv or .jsonl file")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    predict.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass (default: 16)")
+    predict.add_argument("--batch-size", type=whole(1), default=16, help="inputs per forward pass (default: 16)")
     predict.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)"
     )
@@ -236,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         "answers, tokens, stop tokens and template are compared with tunelab's; the verdict goes to NAME.check.json)",
     )
     export.add_argument(
-        "--check-questions", type=int, default=8, help="questions the self-check asks both models (default: 8)"
+        "--check-questions", type=whole(1), default=8, help="questions the self-check asks both models (default: 8)"
     )
 
     serve = sub.add_parser(
@@ -247,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("run_dir", help="a finished run directory")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument("--port", type=whole(0, 65535), default=8000, help="port to listen on (default: 8000)")
     serve.add_argument(
         "--api-key",
         default=os.environ.get("TUNELAB_API_KEY"),

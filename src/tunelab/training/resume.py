@@ -196,7 +196,10 @@ def resume_checkpoint(run_dir: Path) -> Path:
             )
         else:
             why = "it has no checkpoint yet (train.save_every writes them)"
-        raise RunDirError(f"{run_dir}: nothing to resume from: {why}. Start the run again with --overwrite.")
+        raise RunDirError(
+            f"{run_dir}: nothing to resume from: {why}. To start the run again, drop --resume and give --overwrite "
+            "(--resume alone continues from a checkpoint and never replaces the run)."
+        )
     return checkpoint
 
 
