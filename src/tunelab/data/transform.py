@@ -47,7 +47,10 @@ def load_transform(spec: str | None, option: str = "option 'data.transform'") ->
 
 def _from_file(path: Path, option: str):
     if not path.is_file():
-        raise ConfigError(f"{option}: {path} not found (a path is relative to the config file).")
+        raise ConfigError(
+            f"{option}: {path} not found (a path in a YAML config is relative to its folder, one given as a flag to "
+            "the working directory)."
+        )
     spec = importlib.util.spec_from_file_location(f"tunelab_transform_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
