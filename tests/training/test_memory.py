@@ -14,6 +14,7 @@ from tunelab.training.memory import (
     attention_saved,
     calibrate,
     estimate,
+    gib,
     mlp_saved,
     nf4_bytes,
     parse_size,
@@ -172,6 +173,10 @@ def test_calibration_scales_the_dynamic_parts_only():
 )  # fmt: skip
 def test_parse_size(text, value):
     assert parse_size(text) == value
+
+
+def test_sizes_are_shown_in_mib_below_a_tenth_of_a_gib():
+    assert [gib(24 * 2**30), gib(2**30 / 10), gib(37 * 2**20)] == ["24.00 GiB", "0.10 GiB", "37.0 MiB"]
 
 
 @pytest.mark.parametrize("text", ["", "GiB", "24 parsecs", "-3GiB", "0GB"])

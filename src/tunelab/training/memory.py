@@ -304,7 +304,8 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
 
 
 def gib(n: int | float) -> str:
-    return f"{n / GIB:.2f} GiB"
+    """Bytes in GiB to two places; below 0.1 GiB in MiB, so that a small model's figures do not all read 0.00."""
+    return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 2**20:.1f} MiB"
 
 
 @dataclass
