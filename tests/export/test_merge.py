@@ -123,8 +123,16 @@ def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):
     with pytest.raises(RunDirError, match="would replace the run directory"):
         merge_run(run, run.parent, overwrite=True)
 
-    merge_run(run, occupied, overwrite=True)
-    assert (occupied / "model.safetensors").is_file() and not (occupied / "keep.txt").exists()
+    with pytest.raises(RunDirError, match="not a merged model tunelab wrote"):  # --overwrite: earlier merges only
+        merge_run(run, occupied, overwrite=True)
+    assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
+    with pytest.raises(RunDirError, match="is a file"):
+        merge_run(run, occupied / "keep.txt", overwrite=True)
+    merged = tmp_path / "merged"
+    merge_run(run, merged)
+    (merged / "model.safetensors").write_bytes(b"stale")
+    merge_run(run, merged, overwrite=True)  # an earlier merge is replaced
+    assert (merged / "model.safetensors").stat().st_size > 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".old-", ".tmp-"))]
 
     (run / "adapter_model.safetensors").unlink()

@@ -166,6 +166,13 @@ def merge_run(
     run_dir, out = Path(run_dir), Path(out_dir)
     check_run(run_dir)
     check_output(out, run_dir, overwrite)
+    if out.is_file():
+        raise RunDirError(f"{out}: is a file; the merge writes a folder there. Choose a folder name.")
+    if out.is_dir() and any(out.iterdir()) and not (out / MERGE_FILE).is_file():
+        raise RunDirError(
+            f"{out}: holds files that are not a merged model tunelab wrote (no {MERGE_FILE}); --overwrite replaces "
+            "only an earlier merge, never other folders. Choose a new or empty folder."
+        )
     merged = merged_model(run_dir, dtype)
     with scratch_folder(out) as scratch:
         merged.model.save_pretrained(scratch, safe_serialization=True)
