@@ -99,8 +99,17 @@ def run_file(run_dir: str | Path) -> Path:
 
 
 def is_run_dir(path: str | Path) -> bool:
-    """True when `path` is a folder that tunelab wrote as a run directory (it holds run.json)."""
-    return run_file(path).is_file()
+    """True when `path` is a folder that tunelab wrote as a run directory: it holds a run.json that describes a run
+    (a JSON object with its base model and method). Any other file of that name is not proof: --overwrite would
+    delete what is beside it."""
+    file = run_file(path)
+    if not file.is_file():
+        return False
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(raw, dict) and all(isinstance(raw.get(key), str) for key in ("base_model", "method"))
 
 
 def write_info(run_dir: str | Path, info: RunInfo) -> Path:

@@ -72,6 +72,7 @@ def test_a_folder_tunelab_did_not_write_is_replaced_only_when_forced(tiny_overri
     run = tmp_path / "run"
     run.mkdir()
     (run / "keep.txt").write_text("precious")
+    (run / "run.json").write_text('{"hello": 1}')  # a file of that name is not a run's description
     with pytest.raises(RunDirError, match="--overwrite"):
         recipe.train(None, tiny_overrides | {"train.max_steps": 1})
     with pytest.raises(RunDirError, match="not a run directory tunelab wrote.*--overwrite-non-run"):
