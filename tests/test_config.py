@@ -65,6 +65,18 @@ def test_bad_yaml_names_file_and_line(tmp_path):
         load_config(path)
 
 
+def test_paths_are_kept_absolute(tmp_path, monkeypatch):
+    """A YAML file's relative paths are its folder's, a flag's the working directory's; both are stored absolute, so
+    the run's saved config.yaml names the same files from any working directory (export's check, --resume)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "c.yaml").write_text("data:\n  train: [qa.jsonl, {path: more.jsonl}]\n")
+    cfg = load_config("cfg/c.yaml", {"eval.questions": "q.jsonl"}).config
+    assert cfg.data.train[0] == str(tmp_path / "cfg" / "qa.jsonl")
+    assert cfg.data.train[1].path == str(tmp_path / "cfg" / "more.jsonl")
+    assert cfg.eval.questions == str(tmp_path / "q.jsonl")
+
+
 def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
     """YAML keeps the last of two equal keys: the first section's options would vanish without a word."""
     path = tmp_path / "twice.yaml"

@@ -80,7 +80,9 @@ def load_config(
 ) -> ResolvedConfig:
     """Defaults <- YAML file <- overrides ({'train.lr': '1e-4'} as typed on the command line, or Python values).
 
-    Relative data/eval paths in a YAML file are resolved against the file's folder, so a config runs from anywhere.
+    Relative data/eval paths in a YAML file are resolved against the file's folder, so a config runs from anywhere;
+    those of flags against base_dir, or the working directory. Both are kept absolute, so that the run's saved
+    config.yaml names the same files wherever a later command (resume, export's self-check) runs.
     """
     options = {name: (f, hint) for name, f, hint in iter_options()}
     values: dict[str, Any] = {}
@@ -115,7 +117,8 @@ def load_config(
     for source, flat, folder in layers:
         for name, value in flat.items():
             where = f"--{name}" if source == "flag" else source
-            values[name] = _option_value(name, value, options, where, folder if source != "flag" else None)
+            # A flag's relative path is the working directory's (or base_dir's), a YAML file's its folder's
+            values[name] = _option_value(name, value, options, where, folder or Path.cwd())
             origins[name] = where if source == "flag" else source
     config = RunConfig()
     _set_values(config, values)

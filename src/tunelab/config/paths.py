@@ -1,6 +1,6 @@
-"""Relative paths in a YAML file resolved against the file's folder, so a config runs from anywhere: the options that
-name files (PATH_OPTIONS), the files and eval files of data.train's sources, a data.transform or reward function's
-file.py, and a reward run. Paths given as flags are kept as typed."""
+"""Relative paths in a YAML file resolved against the file's folder, so a config runs from anywhere (those given as
+flags against the working directory), and kept absolute: the options that name files (PATH_OPTIONS), the files and
+eval files of data.train's sources, a data.transform or reward function's file.py, and a reward run."""
 
 from __future__ import annotations
 
@@ -53,4 +53,4 @@ def resolve_paths(value: Any, folder: Path) -> Any:
             value, path=resolve_paths(value.path, folder), eval=resolve_paths(value.eval, folder)
         )
     p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (folder / p))
+    return str(p if p.is_absolute() else (folder / p).absolute())
