@@ -246,6 +246,25 @@ def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
         export_gguf(tmp_path / "missing", tmp_path / "y.gguf")
 
 
+def test_a_missing_questions_file_stops_the_export_before_it_writes(tiny_run, tmp_path):
+    """The self-check asks the run's eval.questions; when that file is gone the export stops before writing the
+    GGUF file (a retry then needs no --overwrite)."""
+    pytest.importorskip("llama_cpp")
+    import shutil
+
+    from tunelab.config import RunConfig, dump_yaml
+    from tunelab.errors import DataError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = RunConfig()
+    cfg.eval.questions = str(tmp_path / "gone.jsonl")
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    with pytest.raises(DataError, match="gone.jsonl"):
+        export_gguf(run, tmp_path / "out" / "m.gguf", "f16", check=True)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
     tok = small_tokenizer
     out = export_gguf(tiny_run, tmp_path / "m.gguf", "q8_0", check=False)

@@ -121,7 +121,7 @@ def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[
     return with_system, f"probes ({reason})"
 
 
-def _questions(run_dir: Path, limit: int) -> tuple[list[str], str]:
+def check_questions(run_dir: Path, limit: int) -> tuple[list[str], str]:
     """The run's eval.questions (its first `limit` that are questions), else the probe questions. A questions file
     the run names but that cannot be read is an error, not a silent fall-back to the probes."""
     config = read_config(run_dir)
@@ -306,7 +306,7 @@ def check_export(merged: MergedModel, path: Path, qtype: str, run_dir: Path, que
     result = GGUFCheck(str(path), qtype)
     modelfile_path = path.with_name(MODELFILE)
     modelfile = modelfile_path.read_text(encoding="utf-8") if modelfile_path.is_file() else ""
-    texts, source = _questions(run_dir, questions)
+    texts, source = check_questions(run_dir, questions)
     refs = _references(merged, texts)
     context = getattr(merged.model.config, "max_position_embeddings", None) or 2048
     need = max((len(r.prompt) + len(r.answer) for r in refs), default=0) + 8

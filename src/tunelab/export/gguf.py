@@ -31,6 +31,7 @@ from torch import nn
 
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.check import check_export, check_path, format_check
+from tunelab.export.check import check_questions as asked_questions
 from tunelab.export.gguf_vocab import adds_special, gguf_vocab, source_pre_tokenizer, write_vocab
 from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
 from tunelab.export.modelfile import MODELFILE, modelfile_text
@@ -314,6 +315,8 @@ def export_gguf(
     if check:
         llama_cpp.llama_cpp_module("the export's self-check (--no-check skips it)")
     run_check = llama_cpp.available() if check is None else check
+    if run_check:  # a questions file the run names but that is gone stops the export here, before anything is written
+        asked_questions(run_dir, check_questions)
     modelfile = out.with_name(MODELFILE)
     for target in (out, modelfile, check_path(out)):
         check_output(target, run_dir, overwrite)
