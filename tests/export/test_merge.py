@@ -158,3 +158,27 @@ def test_a_bf16_base_merged_for_export_keeps_the_adapter_in_fp32(tiny_model_dir,
     weight = merged.model.model.layers[0].self_attn.q_proj.weight
     assert weight.dtype == torch.float32 and torch.equal(weight, expected)  # no bf16 rounding between sum and export
     assert merged_model(run).dtype == torch.bfloat16  # by default the merge keeps the stored dtype
+
+
+def test_a_damaged_adapter_is_refused_naming_the_file(lora_run, tmp_path):
+    """A NaN in the adapter, a truncated weights file or a broken adapter_config.json: merge (and every command
+    that opens the run) stops with the file named, and writes nothing."""
+    from safetensors.torch import load_file, save_file
+
+    run, _ = lora_run
+    weights = run / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    state = load_file(str(weights))
+    key = next(k for k in state if "lora_B" in k)
+    state[key][0, 0] = float("nan")
+    save_file(state, str(weights))
+    with pytest.raises(RunDirError, match=rf"adapter_model\.safetensors: the adapter holds NaN or inf values .*{key}"):
+        merge_run(run, tmp_path / "m1")
+    weights.write_bytes(good[:1000])
+    with pytest.raises(RunDirError, match=r"adapter_model\.safetensors: the adapter cannot be read"):
+        merge_run(run, tmp_path / "m2")
+    weights.write_bytes(good)
+    (run / "adapter_config.json").write_text("{bad")
+    with pytest.raises(RunDirError, match=r"adapter_config\.json: damaged"):
+        merge_run(run, tmp_path / "m3")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("m1", "m2", "m3", ".tmp-"))]

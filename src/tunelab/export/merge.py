@@ -30,6 +30,7 @@ from tunelab.infer.run import open_run
 from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.lora import merge_lora
 from tunelab.rundir import RunInfo, open_info
+from tunelab.training.guard import first_non_finite
 
 MERGE_FILE = "tunelab_merge.json"  # where the merged folder came from
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -117,6 +118,12 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     probe = _probe(run) if info.is_adapter else None
     before = run.model(probe).logits.float() if probe is not None else None  # the adapter over its trained base
     model = merge_lora(run.model, out_dtype).to(out_dtype).eval()
+    bad = first_non_finite(model.state_dict().items())  # the weights of a full run, or rounding to fp16 (65504 max)
+    if bad is not None:
+        raise RunDirError(
+            f"{run_dir}: the merged weights hold NaN or inf values (first: {bad}), so nothing is written; the run's "
+            "weights are damaged" + (", or too large for fp16 (try bf16)." if out_dtype == torch.float16 else ".")
+        )
     if probe is not None:
         after = model(probe).logits.float()
         base = "nf4" if qlora else str(run.dtype).removeprefix("torch.")

@@ -111,7 +111,12 @@ def read_adapter_config(folder: str | Path) -> dict:
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise RunDirError(f"{folder}: no {CONFIG_FILE}, so it holds no adapter.")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{config_path}: damaged ({exc}); the adapter cannot be loaded.") from None
+    if not isinstance(config, dict):
+        raise RunDirError(f"{config_path}: damaged (expected a JSON object); the adapter cannot be loaded.")
     if config.get("peft_type") != "LORA":
         raise RunDirError(
             f"{config_path}: only LoRA and DoRA adapters can be loaded (peft_type {config.get('peft_type')!r})."
@@ -176,11 +181,24 @@ def continue_adapter(model: nn.Module, folder: str | Path, method) -> list[int]:
     return sorted({i for ids in rows.values() for i in ids})
 
 
+def read_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; RunDirError naming the file when it cannot be read (truncated, not
+    safetensors) or holds a NaN or inf, which no file tunelab writes ever does."""
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ValueError for damaged files
+        raise RunDirError(f"{path}: the {what} cannot be read ({exc}); the file is damaged or incomplete.") from None
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise RunDirError(f"{path}: the {what} holds NaN or inf values (first: {bad}); the file is damaged.")
+    return state
+
+
 def load_adapter_weights(model: nn.Module, folder: str | Path) -> nn.Module:
     """Copy the saved adapter of `folder` into the LoRA layers already attached to `model` (strict: every key must
     match, and so must the shapes)."""
     folder = Path(folder)
-    state = load_file(str(folder / WEIGHTS_FILE))
+    state = read_weights(folder / WEIGHTS_FILE, "adapter")
     # PEFT may store keys with or without the adapter name ("default"); accept both.
     state = {
         k.replace(".default.weight", ".weight").replace(".lora_magnitude_vector.weight", ".lora_magnitude_vector"): v
