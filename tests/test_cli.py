@@ -104,6 +104,10 @@ def test_unreadable_json_line_is_located(tmp_path, capsys, tiny_model_dir):
         (["check", "--examples", "-1"], "--examples: -1 is out of range; give an integer 0 or more"),
         (["serve", "run", "--port", "70000"], "--port: 70000 is out of range; give an integer from 0 to 65535"),
         (["chat", "run", "--temperature", "nan"], "--temperature: nan is not a finite number"),
+        (
+            ["serve", "run", "--repetition-penalty", "0"],
+            "--repetition-penalty: 0 is out of range; give a number above 0",
+        ),
         (["eval", "run", "--batch-size", "0"], "--batch-size: 0 is out of range"),
         (["generate", "run", "--max-new-tokens", "x"], "--max-new-tokens: invalid integer value: 'x'"),
     ],

@@ -71,6 +71,17 @@ def finite(text: str) -> float:
 finite.__name__ = "number"
 
 
+def positive(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; give a number above 0")
+    return value
+
+
+positive.__name__ = "number"
+
+
 def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "128") -> None:
     g = parser.add_argument_group("generation")
     g.add_argument(
@@ -81,7 +92,9 @@ def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "
     )
     g.add_argument("--temperature", type=finite, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
     g.add_argument("--top-p", type=finite, default=1.0, help="nucleus sampling threshold (default: 1.0)")
-    g.add_argument("--repetition-penalty", type=finite, default=1.0, help="penalty for repeated tokens (default: 1.0)")
+    g.add_argument(
+        "--repetition-penalty", type=positive, default=1.0, help="penalty for repeated tokens (default: 1.0)"
+    )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     g.add_argument(
         "--base-precision",

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import pytest
 
@@ -80,3 +81,20 @@ def test_unfinished_or_foreign_directories_are_refused(tmp_path, tiny_run_dir):
     (noadapter / "run.json").write_text(json.dumps(info | {"finished": True}))
     with pytest.raises(RunDirError, match="adapter is incomplete"):
         open_run(noadapter)
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"repetition_penalty": 0.0}, "repetition_penalty is 0.0; it must be above 0"),
+        ({"temperature": float("nan")}, "temperature is nan"),
+        ({"top_p": 1.5}, "top_p is 1.5; it must be in (0, 1]"),
+        ({"max_new_tokens": 0}, "max_new_tokens is 0"),
+    ],
+)
+def test_generation_settings_out_of_range_are_refused_when_made(settings, says):
+    """Before any model runs: transformers would raise mid-answer (chat's worker thread, a server's 500)."""
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        GenerationSettings(**settings)

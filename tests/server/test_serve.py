@@ -111,6 +111,12 @@ def test_bad_requests_get_openai_shaped_4xx_errors(server, client):
     last = json.dumps({"model": "tiny", "messages": [*QUESTION, {"role": "assistant", "content": "x"}]}).encode()
     status, _, body = _http("POST", url, last)
     assert status == 400 and json.loads(body)["error"]["param"] == "messages"
+    no_content = json.dumps({"model": "tiny", "messages": [{"role": "user"}]}).encode()
+    status, _, body = _http("POST", url, no_content)
+    assert status == 400 and "needs its content" in json.loads(body)["error"]["message"]
+    huge_seed = json.dumps({"model": "tiny", "messages": QUESTION, "seed": 10**23}).encode()
+    status, _, body = _http("POST", url, huge_seed)
+    assert status == 400 and json.loads(body)["error"]["param"] == "seed"
     status, _, body = _http("POST", url, json.dumps({"model": "tiny", "messages": QUESTION}).encode(), key=None)
     assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
     status, _, body = _http("GET", f"{server.url}/v1/nothing")

@@ -7,6 +7,7 @@ takes minutes on a CPU, so `answer_progress` shows a bar that `generate_answers`
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template
+from tunelab.errors import ConfigError
 
 DEFAULT_MAX_NEW_TOKENS = 128  # chat and generate; compare and eval default to the run's eval.max_new_tokens
 
@@ -28,6 +30,26 @@ class GenerationSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        """ConfigError (exit 2) for settings generation would fail on later, mid-answer (a server answers 500)."""
+        checks = {
+            "max_new_tokens": self.max_new_tokens is None or self.max_new_tokens >= 1,
+            "temperature": math.isfinite(self.temperature) and self.temperature >= 0,
+            "top_p": 0 < self.top_p <= 1,
+            "repetition_penalty": math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+            "batch_size": self.batch_size >= 1,
+        }
+        allowed = {
+            "max_new_tokens": "1 or more",
+            "temperature": "0 (greedy) or more",
+            "top_p": "in (0, 1]",
+            "repetition_penalty": "above 0",
+            "batch_size": "1 or more",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"generation: {name} is {getattr(self, name)!r}; it must be {allowed[name]}.")
 
     def kwargs(self, template: Template, tokenizer) -> dict:
         sampling = self.temperature > 0

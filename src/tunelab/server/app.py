@@ -53,12 +53,15 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**63)  # torch's generator takes a 64-bit seed
 
 
-def _text(content) -> str:
-    """A message's content: a string, or OpenAI's list of parts of which the text ones are joined."""
+def _text(content, role: str) -> str:
+    """A message's content: a string, or OpenAI's list of parts of which the text ones are joined. Only an
+    assistant's turn may come without one (OpenAI's tool calls, which this server does not make)."""
     if content is None:
+        if role != "assistant":
+            raise ValueError(f"a {role} message needs its content")
         return ""
     if isinstance(content, str):
         return content
@@ -135,7 +138,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             )
         try:
             messages = [
-                {"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
+                {"role": "system" if m.role == "developer" else m.role, "content": _text(m.content, m.role)}
                 for m in body.messages
             ]
         except ValueError as exc:
@@ -144,12 +147,15 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             return _error(
                 400, "the last message must be the user's (this server writes the assistant's turn)", param="messages"
             )
-        settings = GenerationSettings(
-            max_new_tokens=body.max_completion_tokens or body.max_tokens or defaults.max_new_tokens,
-            temperature=defaults.temperature if body.temperature is None else body.temperature,
-            top_p=defaults.top_p if body.top_p is None else body.top_p,
-            repetition_penalty=defaults.repetition_penalty,
-        )
+        try:
+            settings = GenerationSettings(
+                max_new_tokens=body.max_completion_tokens or body.max_tokens or defaults.max_new_tokens,
+                temperature=defaults.temperature if body.temperature is None else body.temperature,
+                top_p=defaults.top_p if body.top_p is None else body.top_p,
+                repetition_penalty=defaults.repetition_penalty,
+            )
+        except TunelabError as exc:
+            return _error(400, str(exc))
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
