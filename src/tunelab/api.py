@@ -61,6 +61,8 @@ def train(
     printed). `nproc`: train with that many processes on this host (as `tunelab train --nproc`); a script started
     by torchrun trains on its ranks without it."""
     resolved = resolve(config, overrides)
+    if resolved.config.eval.questions:  # asked after training: a file that cannot be read must not wait for that
+        read_questions(resolved.config.eval.questions, resolved.config.data)
     if nproc is not None and from_environment().world == 1:
         check_launch(resolved.config, nproc)  # stages and head tasks train in one process
     if resolved.config.stages:

@@ -68,6 +68,14 @@ def test_the_config_file_is_kept_out_of_output_dir_through_the_api_and_cli(tiny_
     assert _tree(previous_run) == before
 
 
+def test_a_missing_questions_file_stops_the_run_before_training(tiny_overrides, tmp_path):
+    import tunelab
+
+    with pytest.raises(DataError, match=r"nothere\.jsonl: question file not found"):
+        tunelab.train(None, tiny_overrides | {"eval.questions": str(tmp_path / "nothere.jsonl")})
+    assert not Path(tiny_overrides["output_dir"]).exists()
+
+
 def test_a_folder_tunelab_did_not_write_is_replaced_only_when_forced(tiny_overrides, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
