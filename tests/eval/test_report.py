@@ -240,6 +240,16 @@ def test_missing_inputs_are_said_not_fatal(tmp_path):
     assert "No config" in page and "no (the run stopped early" in page
 
 
+def test_a_torn_metrics_line_or_a_damaged_data_report_leave_the_rest(tmp_path):
+    run = make_run(tmp_path / "run")
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 99, "loss"')  # a line torn by a crash
+    (run / "data_report.json").write_text("[]")
+    page = build_report(run).read_text()
+    assert "No training metrics" not in page
+    assert "No data report: data_report.json is damaged (not a JSON object)" in page
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

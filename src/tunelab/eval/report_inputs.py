@@ -31,15 +31,26 @@ def load_input(run_dir: Path, name: str) -> Input:
         return Input(name, problem=f"{name} is not in the run directory")
     try:
         text = path.read_text(encoding="utf-8")
-        if name.endswith(".jsonl"):
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if name.endswith(".jsonl"):  # a line torn by a crash is left out, as --resume leaves it out
+            data = [row for row in map(_json_line, text.split("\n")) if isinstance(row, dict)]
+            if not data:
+                return Input(name, problem=f"{name} could not be read (no line of it is a JSON object)")
         elif name.endswith(".json"):
             data = json.loads(text)
+            if not isinstance(data, dict):
+                return Input(name, problem=f"{name} is damaged (not a JSON object)")
         else:
             data = text
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return Input(name, problem=f"{name} could not be read ({exc})")
     return Input(name, data)
+
+
+def _json_line(line: str):
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
 
 
 @dataclass
