@@ -1,6 +1,7 @@
 """The run directory's description: written and read in one place, damaged or foreign folders refused by name."""
 
 import json
+import re
 
 import pytest
 
@@ -39,3 +40,26 @@ def test_damaged_incomplete_and_foreign_folders_are_refused(tmp_path):
     write_info(tmp_path, RunInfo(base_model="m", method="lora", finished=True))
     with pytest.raises(RunDirError, match="adapter is incomplete"):
         open_info(tmp_path)
+
+
+def test_a_result_file_never_replaces_the_run_its_input_or_a_folder(tmp_path):
+    from tunelab.rundir import check_output_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (run / "eval.json").write_text("{}")
+    data = tmp_path / "q.jsonl"
+    data.write_text("")
+    cases = [
+        (run, True, "is a folder"),
+        (data, True, "is this command's input"),
+        (run / "run.json", True, "is a file of the run itself; --overwrite replaces only its eval.json"),
+        (run / "eval.json", False, "exists. Pass --overwrite"),
+        (tmp_path / "nowhere" / "e.json", False, "no such directory"),
+    ]
+    for path, overwrite, says in cases:
+        with pytest.raises(RunDirError, match=re.escape(says)):
+            check_output_file(path, overwrite, run, "eval.json", (data,))
+    check_output_file(run / "eval.json", True, run, "eval.json", (data,))  # its own file, with --overwrite
+    check_output_file(tmp_path / "nowhere" / "r.html", False, run, "report.html", mkdir=True)

@@ -185,3 +185,23 @@ def read_config(run_dir: str | Path) -> RunConfig | None:
         return load_config(path).config
     except ConfigError as exc:
         raise RunDirError(f"{path}: the run's saved config cannot be read ({exc}).") from None
+
+
+def check_output_file(
+    path: Path, overwrite: bool, run_dir: Path, own: str, inputs: tuple[str | Path, ...] = (), mkdir: bool = False
+) -> None:
+    """RunDirError before any work when a command (eval, report) cannot write its result file `path`: it is a
+    folder, it is one of the command's `inputs`, it would replace a file of the run other than the command's `own`
+    one (run.json, the weights: --overwrite never allows that), it exists and `overwrite` is off, or its folder is
+    missing (made when `mkdir`)."""
+    if path.is_dir():
+        raise RunDirError(f"{path}: is a folder; give a file name to write to.")
+    target = path.resolve()
+    if any(target == Path(p).resolve() for p in inputs):
+        raise RunDirError(f"{path}: is this command's input; write the result elsewhere.")
+    if path.exists() and target.parent == Path(run_dir).resolve() and path.name != own:
+        raise RunDirError(f"{path}: is a file of the run itself; --overwrite replaces only its {own}. Write elsewhere.")
+    if path.exists() and not overwrite:
+        raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
+    if not path.parent.is_dir() and not mkdir:
+        raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")

@@ -33,7 +33,6 @@ from tunelab.atomic import write_json
 from tunelab.data.loader import make_batches
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
-from tunelab.errors import RunDirError
 from tunelab.eval.metrics import (
     LabelScores,
     TextScores,
@@ -49,7 +48,7 @@ from tunelab.eval.metrics import (
 from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
 from tunelab.infer.generate import GenerationSettings, answer_progress, generate_answers
 from tunelab.infer.run import LoadedRun, check_base_precision, open_run
-from tunelab.rundir import open_info, read_config
+from tunelab.rundir import check_output_file, open_info, read_config
 from tunelab.training.auto import MICRO_BATCH, trained_value
 from tunelab.training.step import evaluate, loss_tokens
 
@@ -119,15 +118,8 @@ class EvalResult:
     def save(self, path: str | Path | None = None, overwrite: bool = False) -> Path:
         """Write eval.json (default: in the run directory), atomically."""
         path = Path(path) if path is not None else Path(self.run_dir) / EVAL_FILE
-        _check_writable(path, overwrite)
+        check_output_file(path, overwrite, Path(self.run_dir), EVAL_FILE, (self.data_file,))
         return write_json(path, self.to_dict())
-
-
-def _check_writable(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
-    if not path.parent.is_dir():
-        raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
 
 
 class _CountingModel:
@@ -256,7 +248,7 @@ def evaluate_run(
     info = loaded.info if loaded else open_info(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     if save:
-        _check_writable(target, overwrite)
+        check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,))
     data = run_data_config(run_dir, info)
     cfg = read_config(run_dir)
     micro_batch = trained_value(info.extra, "train.micro_batch", cfg.train.micro_batch) if cfg else MICRO_BATCH

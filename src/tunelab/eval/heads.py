@@ -24,11 +24,12 @@ import torch.nn.functional as F
 
 from tunelab.atomic import write_json
 from tunelab.data.report import DataReport, location
-from tunelab.errors import DataError, RunDirError
+from tunelab.errors import DataError
 from tunelab.eval.metrics import label_scores
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run
 from tunelab.models.load import load_hf_model, resolve_source
 from tunelab.peft.lora import adapters_disabled
+from tunelab.rundir import check_output_file
 from tunelab.tasks.classify import read_labelled
 from tunelab.tasks.head import SequenceClassifier, new_score
 from tunelab.tasks.reward import read_pairs
@@ -57,13 +58,6 @@ class HeadEvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _check_writable(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
-    if not path.parent.is_dir():
-        raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
 
 
 def _skips(report: DataReport) -> dict[str, dict]:
@@ -196,7 +190,7 @@ def evaluate_head_run(
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     if save:
-        _check_writable(target, overwrite)
+        check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,))
     run = open_head_run(run_dir, device)
     parts = (_classify if run.info.task == "classify" else _reward)(run, str(data_file), batch_size)
     result = HeadEvalResult(

@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tunelab.atomic import write_text
-from tunelab.errors import RunDirError
 from tunelab.eval.heads import head_eval_html
 from tunelab.eval.report_answers import answer_rows, word_diff
 from tunelab.eval.report_html import document, esc
@@ -40,7 +39,7 @@ from tunelab.eval.report_run import data_section, run_summary, stages_section
 from tunelab.eval.report_scores import eval_section
 from tunelab.eval.reward_curves import reward_section
 from tunelab.federated.history import federated_section
-from tunelab.rundir import HEAD_TASKS, read_info
+from tunelab.rundir import HEAD_TASKS, check_output_file, read_info
 
 __all__ = ["REPORT_FILE", "build_report", "render_report", "word_diff"]
 
@@ -100,8 +99,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: 
     run_dir = Path(run_dir)
     read_info(run_dir, require_finished=False)  # a run directory, even an unfinished one: its curves are worth seeing
     path = Path(out) if out is not None else run_dir / REPORT_FILE
-    if path.exists() and not overwrite:
-        raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
+    check_output_file(path, overwrite, run_dir, REPORT_FILE, mkdir=True)
     page = render_report(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text(path, page)
