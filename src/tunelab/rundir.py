@@ -116,6 +116,17 @@ def write_info(run_dir: str | Path, info: RunInfo) -> Path:
     return write_json(run_file(run_dir), info.to_dict())
 
 
+def read_json_object(path: Path, consequence: str) -> dict:
+    """A JSON file holding an object; RunDirError naming the file and `consequence` when it is damaged."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: damaged ({exc}); {consequence}.") from None
+    if not isinstance(raw, dict):
+        raise RunDirError(f"{path}: damaged (expected a JSON object); {consequence}.")
+    return raw
+
+
 def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
     """The run's RunInfo; RunDirError when the folder is missing, is no run directory, or (by default) the run did
     not finish."""
@@ -125,13 +136,7 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
     path = run_file(run_dir)
     if not path.is_file():
         raise RunDirError(f"{run_dir}: not a tunelab run directory (no {RUN_FILE}).")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path}: damaged ({exc}); the run directory cannot be opened.") from None
-    if not isinstance(raw, dict):
-        raise RunDirError(f"{path}: damaged (expected a JSON object); the run directory cannot be opened.")
-    info = RunInfo.from_dict(raw, str(path))
+    info = RunInfo.from_dict(read_json_object(path, "the run directory cannot be opened"), str(path))
     if require_finished and not info.finished:
         raise RunDirError(f"{run_dir}: the run did not finish; resume it with 'tunelab train CONFIG --resume' first.")
     return info

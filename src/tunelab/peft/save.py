@@ -21,7 +21,7 @@ from tunelab.peft.dora import DoRALinear
 from tunelab.peft.lora import attach_lora, lora_modules
 from tunelab.rundir import ADAPTER_CONFIG_FILE as CONFIG_FILE
 from tunelab.rundir import ADAPTER_WEIGHTS_FILE as WEIGHTS_FILE
-from tunelab.rundir import is_run_dir, read_info
+from tunelab.rundir import is_run_dir, read_info, read_json_object
 
 PREFIX = "base_model.model."
 
@@ -111,12 +111,7 @@ def read_adapter_config(folder: str | Path) -> dict:
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise RunDirError(f"{folder}: no {CONFIG_FILE}, so it holds no adapter.")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{config_path}: damaged ({exc}); the adapter cannot be loaded.") from None
-    if not isinstance(config, dict):
-        raise RunDirError(f"{config_path}: damaged (expected a JSON object); the adapter cannot be loaded.")
+    config = read_json_object(config_path, "the adapter cannot be loaded")
     if config.get("peft_type") != "LORA":
         raise RunDirError(
             f"{config_path}: only LoRA and DoRA adapters can be loaded (peft_type {config.get('peft_type')!r})."
