@@ -106,10 +106,10 @@ def is_run_dir(path: str | Path) -> bool:
     if not file.is_file():
         return False
     try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raw = read_json_object(file, "not a run")
+    except (OSError, RunDirError):
         return False
-    return isinstance(raw, dict) and all(isinstance(raw.get(key), str) for key in ("base_model", "method"))
+    return all(isinstance(raw.get(key), str) for key in ("base_model", "method"))
 
 
 def write_info(run_dir: str | Path, info: RunInfo) -> Path:

@@ -33,23 +33,16 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         """ConfigError (exit 2) for settings generation would fail on later, mid-answer (a server answers 500)."""
-        checks = {
-            "max_new_tokens": self.max_new_tokens is None or self.max_new_tokens >= 1,
-            "temperature": math.isfinite(self.temperature) and self.temperature >= 0,
-            "top_p": 0 < self.top_p <= 1,
-            "repetition_penalty": math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
-            "batch_size": self.batch_size >= 1,
-        }
-        allowed = {
-            "max_new_tokens": "1 or more",
-            "temperature": "0 (greedy) or more",
-            "top_p": "in (0, 1]",
-            "repetition_penalty": "above 0",
-            "batch_size": "1 or more",
-        }
-        for name, ok in checks.items():
+        checks = (  # (setting, whether its value is allowed, the values allowed)
+            ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "1 or more"),
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "0 (greedy) or more"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("repetition_penalty", math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "above 0"),
+            ("batch_size", self.batch_size >= 1, "1 or more"),
+        )
+        for name, ok, allowed in checks:
             if not ok:
-                raise ConfigError(f"generation: {name} is {getattr(self, name)!r}; it must be {allowed[name]}.")
+                raise ConfigError(f"generation: {name} is {getattr(self, name)!r}; it must be {allowed}.")
 
     def kwargs(self, template: Template, tokenizer) -> dict:
         sampling = self.temperature > 0

@@ -111,9 +111,7 @@ def _check(prompts: list[list[int]], settings: SampleSettings) -> None:
 
 def _row_keys(rows: list[int] | None, width: int | None, count: int) -> tuple[torch.Tensor, int]:
     """(count,) the uniform each prompt takes of the `width` drawn per token, and width."""
-    if rows is None:
-        width = count if width is None else width
-        rows = list(range(count))
+    rows = list(range(count)) if rows is None else rows
     width = max(rows, default=-1) + 1 if width is None else width
     if len(rows) != count or len(set(rows)) != count or any(not 0 <= r < width for r in rows):
         raise ValueError(f"sample: rows must be {count} distinct numbers in [0, {width}), got {rows}")
