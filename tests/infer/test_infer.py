@@ -98,3 +98,65 @@ def test_generation_settings_out_of_range_are_refused_when_made(settings, says):
 
     with pytest.raises(ConfigError, match=re.escape(says)):
         GenerationSettings(**settings)
+
+
+def _words_for(run, room: int) -> str:
+    """A question whose prompt leaves `room` positions of the tiny model's 1024 (negative: too long by that much)."""
+    from tunelab.data.render import render_prompt
+
+    def text(n: int) -> str:
+        return "Code" + " box" * n
+
+    def length(n: int) -> int:
+        return len(render_prompt([{"role": "user", "content": text(n)}], run.tokenizer, run.template))
+
+    n = 1024 - room - length(0)
+    assert length(n) == 1024 - room  # the tokenizer reads " box" as one token
+    return text(n)
+
+
+def test_prompts_beyond_the_models_context_are_refused_or_cut(tiny_run_dir):
+    """The tiny model reads 1024 positions. Past them it would answer from positions it never learned (a server
+    answered an empty text with status 200): a prompt that leaves no room is refused, naming it, before any answer;
+    one that leaves less room than max_new_tokens is answered as far as the context allows."""
+    from tunelab.infer.generate import ContextTooLong, fit_context, generate_answers
+
+    run = open_run(tiny_run_dir, device="cpu")
+    over = _words_for(run, -5)
+    with pytest.raises(ContextTooLong, match=r"the prompt is 1029 tokens .* at most 1024"):
+        tunelab.generate(run, over, settings=SHORT)
+    asked = [[{"role": "user", "content": q}] for q in ("Code of box 1?", over)]
+    with pytest.raises(ContextTooLong, match=r"^heldout.jsonl:2: the prompt is 1029 tokens"):
+        generate_answers(
+            run.model, run.tokenizer, run.template, asked, SHORT, names=["heldout.jsonl:1", "heldout.jsonl:2"]
+        )
+
+    ten = GenerationSettings(max_new_tokens=10)
+    assert fit_context(run.model, 1014, ten) is ten
+    assert fit_context(run.model, 1021, ten).max_new_tokens == 3
+    # a near-limit question is answered alone with the room it has; the others keep their settings and order
+    near = _words_for(run, 3)
+    calls = []
+    model = run.model
+    real = model.generate
+
+    def spy(**kwargs):
+        calls.append((kwargs["input_ids"].shape, kwargs["max_new_tokens"]))
+        return real(**kwargs)
+
+    model.generate = spy
+    try:
+        conversations = [[{"role": "user", "content": q}] for q in ("Code of box 1?", near, "Code of box 2?")]
+        answers = generate_answers(model, run.tokenizer, run.template, conversations, ten)
+    finally:
+        del model.generate
+    assert len(answers) == 3
+    assert [(shape[0], new) for shape, new in calls] == [(1, 10), (1, 3), (1, 10)]
+    assert calls[1][0][1] == 1021
+
+    # chat: the message is not sent, the conversation goes on
+    inputs = iter([over, "Code of box 5?", "/exit"])
+    out = io.StringIO()
+    history = chat(run, SHORT, read=lambda prompt: next(inputs), out=out)
+    assert [m["content"] for m in history if m["role"] == "user"] == ["Code of box 5?"]
+    assert "(not sent: the prompt is 1029 tokens" in out.getvalue() and out.getvalue().count("model> ") == 1

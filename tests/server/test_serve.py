@@ -165,3 +165,21 @@ def test_stream_chunks_are_server_sent_events(server):
     lines = [line for line in raw.decode().split("\n") if line]
     assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
     assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_a_conversation_beyond_the_models_context(server, client):
+    """The tiny model reads 1024 positions. A conversation that leaves no room is a 400 (OpenAI's
+    context_length_exceeded), streamed or not, instead of an empty answer with 200; one that leaves less room than
+    max_tokens is answered up to the context, finish_reason "length"."""
+    url = f"{server.url}/v1/chat/completions"
+    over = [{"role": "user", "content": "box " * 1100}]
+    for stream in (False, True):
+        status, _, body = _http("POST", url, json.dumps({"model": "tiny", "messages": over, "stream": stream}).encode())
+        error = json.loads(body)["error"]
+        assert status == 400 and error["code"] == "context_length_exceeded" and error["param"] == "messages"
+        assert "at most 1024" in error["message"]
+    prompt = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=1).usage.prompt_tokens
+    near = [{"role": "user", "content": QUESTION[0]["content"] + " box" * (1024 - 3 - prompt)}]
+    done = client.chat.completions.create(model="tiny", messages=near, max_tokens=10, **SAMPLED)
+    assert done.usage.prompt_tokens + done.usage.completion_tokens <= 1024 and done.usage.completion_tokens <= 3
+    assert done.usage.prompt_tokens > 1000 and done.choices[0].finish_reason in ("length", "stop")

@@ -76,11 +76,11 @@ def compare(
         if q.prompt is None:
             raise DataError(f"{q.where}: a text row holds no question to ask; compare needs question rows.")
     settings = answer_settings(settings, run.run_dir)
-    conversations = [q.prompt for q in questions]
+    conversations, names = [q.prompt for q in questions], [q.where for q in questions]
     with answer_progress(len(conversations), "answers, tuned model") as step:
-        tuned = generate_answers(run.model, run.tokenizer, run.template, conversations, settings, step)
+        tuned = generate_answers(run.model, run.tokenizer, run.template, conversations, settings, step, names)
     with run.base_model() as base_model, answer_progress(len(conversations), "answers, base model") as step:
-        base = generate_answers(base_model, run.tokenizer, run.template, conversations, settings, step)
+        base = generate_answers(base_model, run.tokenizer, run.template, conversations, settings, step, names)
     labels = task_labels(questions)
     rows = []
     for q, b, t in zip(questions, base, tuned):

@@ -46,7 +46,7 @@ from tunelab.eval.metrics import (
     text_scores,
 )
 from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
-from tunelab.infer.generate import GenerationSettings, answer_progress, generate_answers
+from tunelab.infer.generate import GenerationSettings, answer_progress, fit_prompts, generate_answers
 from tunelab.infer.run import LoadedRun, check_base_precision, open_run
 from tunelab.rundir import check_output_file, open_info, read_config
 from tunelab.training.auto import MICRO_BATCH, trained_value
@@ -132,6 +132,10 @@ class _CountingModel:
     def parameters(self):
         return self.model.parameters()
 
+    @property
+    def config(self):  # generate_answers reads the model's context length from it
+        return self.model.config
+
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
         out = self.model.generate(input_ids=input_ids, **kwargs)  # (B, T + new)
         for row in out[:, input_ids.shape[1] :].tolist():
@@ -149,17 +153,16 @@ def _stop_ids(run: LoadedRun) -> set[int]:
 
 
 def _timed_answers(
-    model, run: LoadedRun, prompts: list[list[dict]], settings: GenerationSettings, progress
+    model, run: LoadedRun, prompts: list[list[dict]], settings: GenerationSettings, progress, names: list[str]
 ) -> tuple[list[str], int, float]:
     """Answers, generated tokens and seconds; a 2-token warm-up first so one-time costs are not timed."""
     if not prompts:
         return [], 0, 0.0
-    generate_answers(
-        model, run.tokenizer, run.template, prompts[:1], dataclasses.replace(settings, max_new_tokens=2, batch_size=1)
-    )
+    warm_up = dataclasses.replace(settings, max_new_tokens=2, batch_size=1)
+    generate_answers(model, run.tokenizer, run.template, prompts[:1], warm_up, names=names[:1])
     counting = _CountingModel(model, _stop_ids(run))
     tic = time.perf_counter()
-    answers = generate_answers(counting, run.tokenizer, run.template, prompts, settings, progress)
+    answers = generate_answers(counting, run.tokenizer, run.template, prompts, settings, progress, names)
     return answers, counting.tokens, time.perf_counter() - tic
 
 
@@ -265,7 +268,8 @@ def evaluate_run(
         for b in make_batches(rendered, micro_batch, run.tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
     ]
     asked = [it for it in items if it.prompt is not None]
-    prompts = [it.prompt for it in asked]
+    prompts, names = [it.prompt for it in asked], [it.where for it in asked]
+    fit_prompts(run.model, run.tokenizer, run.template, prompts, settings, names)  # too long: refused before any work
     labels = task_labels(asked)
 
     def loss(model, which: str) -> float | None:
@@ -275,11 +279,11 @@ def evaluate_run(
 
     tuned_loss = loss(run.model, "tuned")
     with answer_progress(len(prompts), "answers, tuned model") as step:
-        tuned_answers, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings, step)
+        tuned_answers, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings, step, names)
     with run.base_model() as base_model:
         base_loss = loss(base_model, "base")
         with answer_progress(len(prompts), "answers, base model") as step:
-            base_answers, base_tokens, base_s = _timed_answers(base_model, run, prompts, settings, step)
+            base_answers, base_tokens, base_s = _timed_answers(base_model, run, prompts, settings, step, names)
 
     base_scored = _score_answers(base_answers, asked, refusal, labels) if asked else []
     tuned_scored = _score_answers(tuned_answers, asked, refusal, labels) if asked else []

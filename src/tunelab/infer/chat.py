@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from tunelab.infer.generate import GenerationSettings, stream_answer
+from tunelab.infer.generate import ContextTooLong, GenerationSettings, stream_answer
 from tunelab.infer.run import LoadedRun
 
 
@@ -30,9 +30,15 @@ def chat(
         if not text:
             continue
         messages.append({"role": "user", "content": text})
+        try:
+            answer = stream_answer(run.model, run.tokenizer, run.template, messages, settings)
+        except ContextTooLong as exc:
+            messages.pop()
+            out.write(f"(not sent: {exc} /reset starts a new conversation.)\n")
+            continue
         out.write("model> ")
         pieces = []
-        for piece in stream_answer(run.model, run.tokenizer, run.template, messages, settings):
+        for piece in answer:
             out.write(piece)
             out.flush()
             pieces.append(piece)

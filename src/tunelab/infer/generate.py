@@ -11,7 +11,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
@@ -64,6 +64,34 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+class ContextTooLong(ConfigError):
+    """A prompt that leaves the model no room to answer within its context."""
+
+
+def context_length(model) -> int | None:
+    """The most positions the model reads (its config's max_position_embeddings), or None where it does not say."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def fit_context(
+    model, prompt_tokens: int, settings: GenerationSettings, where: str | None = None
+) -> GenerationSettings:
+    """`settings` with max_new_tokens cut to the room the model's context leaves after a prompt of `prompt_tokens`
+    (the answer then ends with finish reason "length"); ContextTooLong, naming `where` (e.g. file:line), when the
+    prompt leaves none. A model past its context does not fail: it answers from positions it never learned."""
+    limit = context_length(model)
+    wanted = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    if limit is None or prompt_tokens + wanted <= limit:
+        return settings
+    if prompt_tokens >= limit:
+        raise ContextTooLong(
+            f"{where + ': ' if where else ''}the prompt is {prompt_tokens} tokens as the model reads it; the model "
+            f"reads at most {limit} (max_position_embeddings), the answer included: shorten it."
+        )
+    return replace(settings, max_new_tokens=limit - prompt_tokens)
+
+
 @contextmanager
 def answer_progress(total: int, what: str) -> Iterator[Callable[[int], None]]:
     """A progress bar over `total` answers on stderr; yields the function that advances it (pass it to
@@ -83,31 +111,66 @@ def generate_answers(
     conversations: list[list[dict]],
     settings: GenerationSettings,
     progress: Callable[[int], object] | None = None,
+    names: list[str] | None = None,
 ) -> list[str]:
     """One answer per conversation (each a list of {role, content} ending with a user turn). `progress` is called
-    with the number of answers after each batch."""
+    with the number of answers after each batch. A prompt too long for the model's context is refused before any
+    answer, named by `names` (e.g. the questions' file and line) or its position; one that leaves less room than
+    max_new_tokens is answered alone, as far as the context allows."""
+    prompts, fitted = fit_prompts(model, tokenizer, template, conversations, settings, names)
+    # Rows keep their order; each batch holds rows of one setting (all but the overlong ones share the given one).
     answers: list[str] = []
-    pad = tokenizer.pad_token_id
-    for start in range(0, len(conversations), settings.batch_size):
-        prompts = [render_prompt(c, tokenizer, template) for c in conversations[start : start + settings.batch_size]]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=_device(model))  # (B, T) left-padded
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=ids.device)
-        out = model.generate(input_ids=ids, attention_mask=mask, **settings.kwargs(template, tokenizer))
-        for row in out[:, width:]:
-            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    start = 0
+    while start < len(prompts):
+        end = start + 1
+        while end < len(prompts) and end - start < settings.batch_size and fitted[end] == fitted[start]:
+            end += 1
+        answers += _answer_batch(model, tokenizer, template, prompts[start:end], fitted[start])
         if progress is not None:
-            progress(len(prompts))
+            progress(end - start)
+        start = end
     return answers
+
+
+def fit_prompts(
+    model,
+    tokenizer,
+    template: Template,
+    conversations: list[list[dict]],
+    settings: GenerationSettings,
+    names: list[str] | None = None,
+) -> tuple[list[list[int]], list[GenerationSettings]]:
+    """The conversations' prompt ids, and the settings each is answered with (`fit_context`): raises
+    ContextTooLong, naming the first prompt too long, before anything is answered."""
+    prompts = [render_prompt(c, tokenizer, template) for c in conversations]
+    if names is None and len(prompts) > 1:
+        names = [f"conversation {i + 1} of {len(prompts)}" for i in range(len(prompts))]
+    fitted = [fit_context(model, len(p), settings, names[i] if names else None) for i, p in enumerate(prompts)]
+    return prompts, fitted
+
+
+def _answer_batch(model, tokenizer, template: Template, prompts: list[list[int]], settings: GenerationSettings):
+    pad = tokenizer.pad_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=_device(model))  # (B, T) left-padded
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=ids.device)
+    out = model.generate(input_ids=ids, attention_mask=mask, **settings.kwargs(template, tokenizer))
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, width:]]
 
 
 def stream_answer(
     model, tokenizer, template: Template, messages: list[dict], settings: GenerationSettings
 ) -> Iterator[str]:
-    """Yield the answer's text piece by piece as it is generated."""
+    """The answer's text piece by piece as it is generated. ContextTooLong, raised here rather than by the first
+    piece, when the conversation leaves the model no room to answer."""
+    prompt = torch.tensor([render_prompt(messages, tokenizer, template)], device=_device(model))
+    settings = fit_context(model, prompt.shape[1], settings)
+    return _stream(model, tokenizer, template, prompt, settings)
+
+
+def _stream(model, tokenizer, template: Template, prompt: torch.Tensor, settings: GenerationSettings) -> Iterator[str]:
     from transformers import TextIteratorStreamer
 
-    prompt = torch.tensor([render_prompt(messages, tokenizer, template)], device=_device(model))
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = settings.kwargs(template, tokenizer) | {
         "input_ids": prompt,

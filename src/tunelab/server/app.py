@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from tunelab.errors import TunelabError
-from tunelab.infer.generate import GenerationSettings
+from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine
 
 MAX_TOKENS_CAP = 4096
@@ -166,6 +166,8 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                     _events(pieces, request_id, created, engine.model_id), media_type="text/event-stream"
                 )
             done = engine.complete(messages, settings, stop, body.seed)
+        except ContextTooLong as exc:
+            return _error(400, str(exc), param="messages", code="context_length_exceeded")
         except TunelabError as exc:
             return _error(400, str(exc))
         return {

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.render import render_prompt
-from tunelab.infer.generate import GenerationSettings
+from tunelab.infer.generate import GenerationSettings, fit_context
 from tunelab.infer.run import LoadedRun
 
 
@@ -52,11 +52,14 @@ class Engine:
         self.lock = threading.Lock()  # one generation at a time; the others wait here, in arrival order
         self.created = int(time.time())
 
-    def _prompt(self, messages: list[dict]) -> torch.Tensor:
+    def _prompt(self, messages: list[dict], settings: GenerationSettings) -> tuple[torch.Tensor, GenerationSettings]:
+        """The prompt's ids, and the settings with max_new_tokens cut to the room the model's context leaves
+        (ContextTooLong when it leaves none)."""
         if self.run.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.run.system_prompt}, *messages]  # as in training
         ids = render_prompt(messages, self.run.tokenizer, self.run.template)
-        return torch.tensor([ids], device=self.run.device)
+        settings = fit_context(self.run.model, len(ids), settings)
+        return torch.tensor([ids], device=self.run.device), settings
 
     def _kwargs(self, prompt: torch.Tensor, settings: GenerationSettings, cancel: threading.Event, seed: int | None):
         from transformers import StoppingCriteriaList
@@ -77,7 +80,7 @@ class Engine:
     def complete(
         self, messages: list[dict], settings: GenerationSettings, stop: list[str], seed: int | None = None
     ) -> Completion:
-        prompt = self._prompt(messages)
+        prompt, settings = self._prompt(messages, settings)
         with self.lock:
             out = self.run.model.generate(**self._kwargs(prompt, settings, threading.Event(), seed))
         new = out[0, prompt.shape[1] :].tolist()
@@ -90,10 +93,16 @@ class Engine:
         self, messages: list[dict], settings: GenerationSettings, stop: list[str], seed: int | None = None
     ) -> Iterator[str | Completion]:
         """Text pieces as they are generated, then a Completion (its text empty) with the counts and finish reason.
-        Closing the iterator early (the client left) cancels the generation."""
+        Closing the iterator early (the client left) cancels the generation. A conversation too long for the model
+        is refused here (ContextTooLong), before the response starts."""
+        prompt, settings = self._prompt(messages, settings)
+        return self._pieces(prompt, settings, stop, seed)
+
+    def _pieces(
+        self, prompt: torch.Tensor, settings: GenerationSettings, stop: list[str], seed: int | None
+    ) -> Iterator[str | Completion]:
         from transformers import TextIteratorStreamer
 
-        prompt = self._prompt(messages)
         cancel = threading.Event()
         streamer = TextIteratorStreamer(self.run.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
