@@ -149,6 +149,13 @@ def test_unknown_roles_are_rejected():
     obs = {"conversations": [{"from": "human", "value": "Q"}, {"from": "observation", "value": "x"}]}
     with pytest.raises(DataError, match=r"field 'conversations' item 1 has the unknown role 'observation'.*human"):
         convert([obs])
+    # an assistant turn that calls a tool has no text (content null): named as a tool turn, not skipped as empty
+    call = {"type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    calls = {"messages": [USER_A[0], {"role": "assistant", "content": None, "tool_calls": [call]}]}
+    with pytest.raises(
+        DataError, match=r"d\.jsonl:1: field 'messages' item 1 is a turn that calls tools.*not supported"
+    ):
+        convert([calls])
 
 
 def test_turn_without_keys_and_non_list_conversation():

@@ -11,6 +11,7 @@ import html
 
 from tunelab.data.checks import CheckResult
 from tunelab.data.render import IGNORE
+from tunelab.data.report import location
 
 LOSS_ON, LOSS_OFF = "\033[1;32m", "\033[0m"  # bold green on a terminal
 HTML_MARK = '<meta name="generator" content="tunelab check">'  # lets a later check replace its own page
@@ -30,7 +31,7 @@ def preview_text(rows: list, tokenizer, color: bool) -> str:
     legend = "loss tokens in green" if color else "loss tokens in [[double brackets]]"
     lines = [f"preview of the first {len(rows)} training examples as rendered ({legend}):"]
     for k, row in enumerate(rows, 1):
-        lines.append(f"--- example {k} ({row.path}:{row.line}, {len(row.input_ids)} tokens) ---")
+        lines.append(f"--- example {k} ({location(row.path, row.line)}, {len(row.input_ids)} tokens) ---")
         text = "".join(
             (f"{LOSS_ON}{t}{LOSS_OFF}" if color else f"[[{t}]]") if loss else t
             for t, loss in segments(row.input_ids, row.labels, tokenizer)
@@ -52,7 +53,7 @@ def check_html(result: CheckResult, rows: list, tokenizer, config_text: str, dat
         for i in result.items
     )
     examples = "".join(
-        f"<h3>{html.escape(f'{row.path}:{row.line}')} ({len(row.input_ids)} tokens)</h3><pre>"
+        f"<h3>{html.escape(location(row.path, row.line))} ({len(row.input_ids)} tokens)</h3><pre>"
         + "".join(
             f'<span class="loss">{html.escape(t)}</span>' if loss else html.escape(t)
             for t, loss in segments(row.input_ids, row.labels, tokenizer)

@@ -99,6 +99,9 @@ class _Skip(Exception):
     """An example that is well formed but cannot be used; the message is the report's reason."""
 
 
+TOOLS = "Tool and function turns are not supported: remove them or rewrite them as user/assistant turns."
+
+
 def parse_turns(value, where: str, field: str, role_key: str, content_key: str) -> list[dict]:
     """A list of turns; each may be spelled {role, content} (OpenAI) or {from, value} (ShareGPT), in either format."""
     if not isinstance(value, list):
@@ -125,7 +128,11 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str) 
         if not isinstance(role, str) or role not in roles:
             raise DataError(
                 f"{where}: field '{field}' item {i} has the unknown role {role!r}; allowed roles: {', '.join(roles)}. "
-                "Tool and function turns are not supported: remove them or rewrite them as user/assistant turns."
+                + TOOLS
+            )
+        if turn.get("tool_calls") or turn.get("function_call"):
+            raise DataError(
+                f"{where}: field '{field}' item {i} is a turn that calls tools ('tool_calls'/'function_call'). {TOOLS}"
             )
         messages.append({"role": roles[role], "content": text_field(turn[ck], where, f"{field}[{i}].{ck}")})
     return messages
