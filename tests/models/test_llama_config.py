@@ -8,7 +8,8 @@ from transformers import AutoConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from tunelab.errors import ModelError
-from tunelab.models.llama import LlamaConfig, RopeConfig, rope_inv_freq, supports, unsupported_reason
+from tunelab.models.llama import LlamaConfig, RopeConfig, supports, unsupported_reason
+from tunelab.models.rope import rope_inv_freq
 
 LLAMA_31_SCALING = {
     "rope_type": "llama3",

@@ -168,7 +168,7 @@ def test_backward_from_the_midpoint_equals_backward_through(method):
 
 
 def _rope_args(model, ids):
-    from tunelab.models.llama import rope_cos_sin, rope_inv_freq
+    from tunelab.models.rope import rope_cos_sin, rope_inv_freq
 
     config = model.config
     positions = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)

@@ -11,7 +11,7 @@ chosen by whoever builds the model. What is unusual here:
   step (all micro-batches, all ranks).
 - Packed rows (several documents in one row of a batch of one, delimited by `cu_seqlens`) attend only within their own
   document, and the loss never asks a document's last token to predict the next document's first token.
-- Rope cos/sin are recomputed on every forward from the config in fp32: there is no `inv_freq` buffer for `.to(bf16)`
+- Rope cos/sin are recomputed on every forward from the config in fp32 (`models.rope`): no `inv_freq` buffer for `.to(bf16)`
   to round, and nothing to initialise when the model is built on the meta device.
 - Every linear layer but the head is called through a projection slot (`models.slots`): q/k/v and gate/up as groups
   that read one input, o_proj and down_proj as last projections that join the residual stream. By default they run
@@ -26,7 +26,6 @@ No adapter, quantization, distributed or compile code lives here: those are appl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -45,48 +44,14 @@ from tunelab.models.llama_config import (  # noqa: F401  (supports, unsupported_
 )
 from tunelab.models.offload import HostActivations
 from tunelab.models.recompute import recomputed_layer
+from tunelab.models.rope import packed_position_ids, rope_cos_sin, rope_inv_freq
 from tunelab.models.slots import PassClock, Projection, ProjectionGroup, reserve_scratch
 
 IGNORE_INDEX = -100
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Rope and packing helpers
-
-
-def rope_inv_freq(rope: RopeConfig, head_dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """(head_dim // 2,) fp32 inverse frequencies theta^(-2i/D), rescaled as `rope.kind` says."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
-    inv_freq = 1.0 / (rope.theta**exponents)
-    if rope.kind == "linear":
-        return inv_freq / rope.factor
-    if rope.kind == "llama3":
-        # Llama 3.1, with L the pretraining context: wavelengths shorter than L / high_freq_factor are kept, longer
-        # than L / low_freq_factor are stretched by `factor`, and those between are interpolated by
-        # s = (L / wavelength - low) / (high - low), which the clamp sends to 1 and 0 in the outer bands.
-        context = rope.original_max_position_embeddings
-        wavelength = 2 * math.pi / inv_freq
-        smooth = (context / wavelength - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
-        smooth = smooth.clamp(0.0, 1.0)
-        return (1 - smooth) * inv_freq / rope.factor + smooth * inv_freq
-    return inv_freq
-
-
-def rope_cos_sin(
-    position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin (B, T, D) for position_ids (B, T), computed in fp32 and cast to the compute dtype."""
-    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, D/2)
-    angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, D): "rotate half" pairs dimension i with i + D/2
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def packed_position_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """(1, total) positions restarting at 0 at each document start; positions past the last boundary keep counting."""
-    positions = torch.arange(total, device=cu_seqlens.device)
-    starts = cu_seqlens.to(positions.dtype)
-    doc = torch.searchsorted(starts[1:], positions, right=True).clamp(max=starts.numel() - 2)
-    return (positions - starts[doc])[None]
+# Helpers
 
 
 def shift_labels(labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
