@@ -234,6 +234,10 @@ def test_cli_run_logs_rewards_and_saves_a_peft_adapter(tiny_model_dir, tmp_path,
     assert any(s["kl"] > 0 for s in steps[1:])  # the policy moved
     assert {"eval_loss", "eval_reward", "eval_reward_letters"} <= set(records[-1])
     assert records[-1]["eval_loss"] == -records[-1]["eval_reward"]
+    # the model before training is evaluated too, as step 0, for the verdict to compare with
+    assert records[0]["step"] == 0 and "eval_reward" in records[0] and records[1]["step"] == 1
+    verdict = json.loads((run / "run.json").read_text())["extra"]["verdict"]
+    assert verdict["numbers"]["eval_reward_before"] == round(records[0]["eval_reward"], 4)
     config = json.loads((run / "adapter_config.json").read_text())
     assert config["task_type"] == "CAUSAL_LM" and "lora_A" in next(iter(load_file(run / "adapter_model.safetensors")))
     assert json.loads((run / "run.json").read_text())["task"] == "grpo"

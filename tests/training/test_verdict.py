@@ -139,3 +139,17 @@ def test_a_falling_held_out_reward_is_overfit_and_names_keep_best():
     learnt = [0.2 + 0.5 * (1 - math.exp(-6 * i / 60)) for i in range(60)]
     small = judge_metrics(_grpo_records(learnt, [(20, 0.5), (40, 0.62), (60, 0.6)]), 20, 3.0, 1e-5)
     assert small.kind == "fine"  # a fall under REWARD_FALL is noise
+
+
+def test_a_held_out_reward_below_the_models_own_before_training_is_overfit_with_two_evaluations():
+    """grpo evaluates at step 0 too: a run whose train reward rose while its held-out reward ended below where it
+    began (examples/arithmetic_grpo at seed 42: 0.404 -> 0.016) was called fine, with one evaluation to go on."""
+    learnt = [0.2 + 0.5 * (1 - math.exp(-6 * i / 24)) for i in range(24)]
+    v = judge_metrics(_grpo_records(learnt, [(0, 0.404), (24, 0.016)]), 100, 0.24, 2e-3, max_steps=24)
+    assert v.kind == "overfit" and "below the model's own before training, 0.404 -> 0.016 at step 24" in v.text
+    assert "lower train.lr" in v.text and "train.max_steps, it was 24" in v.text
+    assert v.numbers["eval_reward_before"] == 0.404
+    better = judge_metrics(_grpo_records(learnt, [(0, 0.404), (24, 0.75)]), 100, 0.24, 2e-3, max_steps=24)
+    assert better.kind == "fine" and "held-out reward 0.404 before training, 0.750 at the end" in better.text
+    one = judge_metrics(_grpo_records(learnt, [(24, 0.016)]), 100, 0.24, 2e-3, max_steps=24)
+    assert one.kind == "fine" and "too few evaluations" in one.text  # no step 0: nothing to compare with

@@ -368,4 +368,5 @@ def make_task(cfg: GrpoConfig) -> Task:
         save=sft.save,
         evaluate=evaluate,
         rollout=rollout,
+        eval_at_start=True,
     )

@@ -74,6 +74,10 @@ class Task:
     checks: Callable[..., list] | None = None
     """(cfg, inputs) -> [CheckItem]: the cheap data checks `tunelab train` runs before loading the model (sft: those
     of `tunelab check`); None when the task has none beyond what build_data refuses."""
+    eval_at_start: bool = False
+    """With an eval split, evaluate once before the first step too (logged as step 0), so that the verdict can tell
+    a run whose held-out figure ended below the model's own before training (grpo: its train reward can rise while
+    the held-out reward falls)."""
 
 
 @contextmanager

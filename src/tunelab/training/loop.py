@@ -135,10 +135,7 @@ def loop(run: Run) -> float | None:
                     bar.close()
                     raise _stopped(run, bad)
                 if run.evals and t.eval_every and position["step"] % t.eval_every == 0:
-                    run.eval_metrics = eval_record(task, model, run.evals)  # every rank: FSDP2 gathers together
-                    run.log.write({"step": position["step"], **run.eval_metrics})
-                    if "eval_loss" in run.eval_metrics:
-                        run.best.observe(position["step"], run.eval_metrics["eval_loss"], model)
+                    evaluate_at(run, position["step"])
                 saved = bool(t.save_every) and position["step"] % t.save_every == 0
                 if saved:
                     save_checkpoint(
@@ -152,6 +149,16 @@ def loop(run: Run) -> float | None:
                 position["batch_in_epoch"] = 0
     bar.close()
     return last_loss
+
+
+def evaluate_at(run: Run, step: int) -> None:
+    """Evaluate on the eval sets, log the figures as `step`'s and let keep_best see them. Every rank: FSDP2 gathers
+    the weights together."""
+    model = unwrap(run.train_model)
+    run.eval_metrics = eval_record(run.task, model, run.evals)
+    run.log.write({"step": step, **run.eval_metrics})
+    if "eval_loss" in run.eval_metrics:
+        run.best.observe(step, run.eval_metrics["eval_loss"], model)
 
 
 def rollout(task: Task, model: nn.Module, group: list[dict], step: int, micro_batch: int, ranks: Ranks) -> list[dict]:

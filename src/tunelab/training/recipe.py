@@ -38,10 +38,10 @@ from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
 from tunelab.training.best import BestWeights
-from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session, unwrap
-from tunelab.training.evals import eval_record, eval_sets
+from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session
+from tunelab.training.evals import eval_sets
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
-from tunelab.training.loop import Run, loop
+from tunelab.training.loop import Run, evaluate_at, loop
 from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
 from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
@@ -291,6 +291,8 @@ def _train(
         graph_width=bucket_width(cfg.data.max_length),
     )
     try:
+        if evals and task.eval_at_start and position["step"] == 0:  # the model before training, as step 0
+            evaluate_at(run, 0)
         last_loss = loop(run)
     except BaseException:
         note = failure_note(plan) if ranks.main else None
@@ -306,10 +308,7 @@ def _train(
         accumulate_into_grads(trainable, on=False)  # the model goes back to plain autograd for whoever holds it
 
     if evals and not (t.eval_every and total_steps % t.eval_every == 0):
-        run.eval_metrics = eval_record(task, unwrap(train_model), evals)  # every rank: FSDP2 gathers together
-        log.write({"step": total_steps, **run.eval_metrics})
-        if "eval_loss" in run.eval_metrics:
-            best.observe(total_steps, run.eval_metrics["eval_loss"], model)
+        evaluate_at(run, total_steps)
     log.close()
     eval_metrics = run.eval_metrics
     eval_loss = eval_metrics.get("eval_loss")

@@ -13,7 +13,8 @@ Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), 
 - fine: neither.
 A run that logs rewards (task grpo) is judged on them instead (`judge_rewards`): its loss is a clipped surrogate
 plus a KL term, near zero whatever was learned, so a loss curve says nothing there. Overfit: the held-out reward fell
-at the end (its last value at least REWARD_FALL below its highest, which came earlier). Underfit: the reward did not
+at the end (its last value at least REWARD_FALL below its highest, which came earlier; grpo evaluates the model
+before training too, as step 0, so a run that ends below where it started is caught with two evaluations). Underfit: the reward did not
 rise at all (by less than REWARD_MOVE from the first tenth of the steps to the last), or it was still rising when
 training stopped (by REWARD_MOVE or more over the last quarter, or the last held-out reward the highest and
 REWARD_MOVE above the one before). Rewards are on the reward functions' scale (most give 0..1).
@@ -176,7 +177,10 @@ def judge_rewards(
     curve = f"train reward {start:.3f} -> {end:.3f}"
     length = "train.max_steps" if max_steps else "train.epochs"
     was = max_steps if max_steps else epochs
-    if len(evals) >= MIN_EVALS:
+    before_training = evals[0][1] if evals and evals[0][0] == 0 else None  # the task evaluated the model at step 0
+    if before_training is not None:
+        numbers["eval_reward_before"] = round(before_training, 4)
+    if len(evals) >= MIN_EVALS or (before_training is not None and len(evals) >= 2):
         best_step, best = max(evals, key=lambda e: e[1])
         last_step, last = evals[-1]
         numbers |= {
@@ -190,6 +194,16 @@ def judge_rewards(
                 if best_kept == best_step
                 else " Set train.keep_best: true to save the weights of the best held-out reward instead of the last."
             )
+            if best_step == 0:
+                return Verdict(
+                    "overfit",
+                    f"overfit: the held-out reward ended below the model's own before training, {best:.3f} -> "
+                    f"{last:.3f} at step {last_step}, while the {curve}: the policy learned to score on its training "
+                    f"prompts, not on new ones.{kept} Next time lower train.lr, keep the policy nearer the base (a "
+                    f"larger grpo.beta), or train for fewer steps ({length}, it was {was:g}); evaluate more often "
+                    "(train.eval_every) to see when the fall began.",
+                    numbers,
+                )
             return Verdict(
                 "overfit",
                 f"overfit: the held-out reward fell from {best:.3f} at step {best_step} to {last:.3f} at step "
@@ -225,6 +239,8 @@ def judge_rewards(
             f"; held-out reward highest at step {numbers['eval_reward_best_step']} ({numbers['eval_reward_best']:.3f}), "
             f"{numbers['eval_reward_last']:.3f} at the end"
         )
+    elif before_training is not None and len(evals) >= 2:
+        evals_text = f"; held-out reward {before_training:.3f} before training, {evals[-1][1]:.3f} at the end"
     elif evals:
         evals_text = f"; held-out reward {evals[-1][1]:.3f} (too few evaluations to see a trend)"
     else:
