@@ -92,7 +92,7 @@ def train(
         )
     else:
         result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
-    if resolved.config.eval.questions and from_environment().main:  # under torchrun, rank 0 compares
+    if resolved.config.eval.questions and from_environment().main and not result.interrupted:  # torchrun: rank 0
         compare_after_training(result.run_dir, resolved.config)
     return result
 

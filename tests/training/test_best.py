@@ -96,3 +96,19 @@ def test_the_saved_adapter_is_the_best_evaluated_one(tiny_overrides, monkeypatch
         "train.offload_activations",
     }  # the rest were given
     assert not (result.run_dir / "checkpoints" / "best.safetensors").exists()
+
+
+def test_the_best_is_kept_beside_checkpoints_kept_after_the_run(tmp_path):
+    """A finished run that keeps its checkpoints may be resumed to train on; the best it chose must survive, or the
+    longer run calls a later, worse step the lowest."""
+    from torch import nn
+
+    model = nn.Linear(2, 2)
+    best = BestWeights(tmp_path, enabled=True)
+    best.observe(2, 0.5, model)
+    best.observe(4, 0.9, model)
+    best.restore(model, 6, 1.2, keep_file=True)
+    again = BestWeights(tmp_path, enabled=True, resume_step=6)
+    assert (again.step, again.loss) == (2, 0.5)
+    again.restore(model, 8, 1.0)
+    assert not again.path.exists()

@@ -153,3 +153,76 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides
     assert "tunelab train --model.name" in err and err.rstrip().endswith("--resume")
     monkeypatch.setattr(loop, "train_step", real_step)
     assert recipe.train(None, tiny_overrides | {"train.max_steps": 4}, resume=True).steps == 4
+
+
+def test_a_finished_run_is_not_resumed_to_its_own_length_and_a_longer_one_keeps_its_config(tiny_overrides, capsys):
+    """--resume on a finished run asked for no more steps replaced its result (and what keep_best chose) with exit 0;
+    after a resume that trained on, config.yaml still gave the old length, so a later --resume shrank the run."""
+    run_dir = _finished_with_checkpoints(tiny_overrides)
+    before = (run_dir / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"the run is finished \(3 steps\) and this config asks for 3, so --resume"):
+        recipe.train(None, tiny_overrides | {"train.max_steps": 3}, resume=True)
+    assert (run_dir / "adapter_model.safetensors").read_bytes() == before
+    assert json.loads((run_dir / "run.json").read_text())["finished"]
+    longer = tiny_overrides | {"train.max_steps": 5, "train.keep_checkpoints_after_finish": True}
+    assert recipe.train(None, longer, resume=True).steps == 5
+    assert "max_steps: 5" in (run_dir / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"finished \(5 steps\) and this config asks for 5"):
+        recipe.train(None, longer, resume=True)  # the saved config now says 5: no change, nothing to do
+    with pytest.raises(ConfigError, match=r"finished \(5 steps\) and this config asks for 3"):
+        recipe.train(None, tiny_overrides | {"train.max_steps": 3}, resume=True)  # and never a silent shrink
+    capsys.readouterr()
+    notes = tiny_overrides | {"train.max_steps": 6, "train.epochs": 2}
+    recipe.train(None, notes, resume=True)
+    epochs = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("resume: train.epochs"))
+    assert epochs.endswith("-> 2.0; no change: train.max_steps (6) sets the length")
+
+
+def test_resumed_at_its_last_step_the_run_reports_what_the_uninterrupted_one_did(tiny_overrides, tmp_path, monkeypatch):
+    """A run stopped after its last step's checkpoint and resumed trains nothing: its final loss and eval loss come
+    from its metrics (run.json had them null)."""
+    common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "data.eval_fraction": 0.25}
+    common |= {"train.eval_every": 2}
+    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
+    real_save = recipe.save_final
+
+    def crash(*args, **kwargs):
+        raise Crash()
+
+    monkeypatch.setattr(recipe, "save_final", crash)  # dies while saving the result, after the step-4 checkpoint
+    with pytest.raises(Crash):
+        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
+    monkeypatch.setattr(recipe, "save_final", real_save)
+    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    assert resumed.final_loss == straight.final_loss is not None
+    assert resumed.eval_loss == straight.eval_loss is not None
+    info = json.loads((resumed.run_dir / "run.json").read_text())
+    assert info["final_loss"] == straight.final_loss and info["eval_loss"] == straight.eval_loss
+
+
+def test_ctrl_c_after_the_last_step_lets_the_result_be_saved(tiny_overrides, monkeypatch, capsys):
+    """With save_every 0 no checkpoint exists: Ctrl-C during the final evaluation used to lose the whole run."""
+    import signal
+
+    real = recipe.evaluate_at
+
+    def interrupted_eval(run, step):
+        signal.raise_signal(signal.SIGINT)  # as Ctrl-C during the final evaluation
+        real(run, step)
+
+    monkeypatch.setattr(recipe, "evaluate_at", interrupted_eval)
+    overrides = tiny_overrides | {"train.max_steps": 2, "train.save_every": 0, "data.eval_fraction": 0.25}
+    result = recipe.train(None, overrides | {"train.eval_every": 0})
+    err = capsys.readouterr().err
+    assert "the training is done: finishing the evaluation and saving the result first" in err
+    assert f"the result is saved in {result.run_dir}" in err and result.interrupted
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert info["finished"] and info["steps"] == 2 and info["eval_loss"] is not None
+    assert (result.run_dir / "adapter_model.safetensors").is_file()
+
+
+def test_the_logged_rate_is_the_one_the_step_ran_at(tiny_overrides):
+    """metrics.jsonl gave each step the rate of the step after it (step 1 of a cosine run showed less than lr)."""
+    run_dir = recipe.train(None, tiny_overrides | {"train.max_steps": 4, "train.warmup_ratio": 0.0}).run_dir
+    rates = [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] > 0 and rates == sorted(rates, reverse=True)

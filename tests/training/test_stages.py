@@ -211,3 +211,22 @@ def test_a_dpo_stage_after_an_sft_stage(staged, tmp_path):
     dpo_steps = [r for r in records if r.get("stage") == 2 and "loss" in r]
     assert dpo_steps and "margin" in dpo_steps[0] and all("eval_loss/stage-1" not in r for r in records)
     assert open_info(run).finished
+
+
+def test_a_flag_wins_over_the_stages_values(tmp_path):
+    """README: flags win. A stage's own train.max_steps silently beat --train.max_steps."""
+    from tunelab.config import stage_config
+
+    config = tmp_path / "staged.yaml"
+    config.write_text(
+        "model: {name: smollm2-135m-instruct}\n"
+        "stages:\n"
+        "  - {data: {train: [a.jsonl]}, train: {max_steps: 3, lr: 1.0e-3}}\n"
+        "  - {data: {train: [b.jsonl]}, train: {max_steps: 3}}\n"
+    )
+    resolved = load_config(config, {"train.max_steps": "2"})
+    for index in (0, 1):
+        stage = stage_config(resolved, index, str(tmp_path / f"stage-{index + 1}"))
+        assert stage.config.train.max_steps == 2 and stage.origins["train.max_steps"] == "--train.max_steps"
+    first = stage_config(resolved, 0, str(tmp_path / "stage-1"))
+    assert first.config.train.lr == 1e-3 and first.origins["train.lr"] == "stage 1"  # the others as the stage says

@@ -21,7 +21,7 @@ class TrainConfig:
     epochs: float | Auto = opt(
         "auto",
         "passes over the training data (ignored when max_steps is set); auto: 3, more for a small set to reach 100 optimizer steps (at most 10), fewer for a large one (about 25,000 examples seen)",
-        min=0.0,
+        min=0.01,
     )
     max_steps: int | None = opt(None, "optimizer steps to run; overrides epochs", min=1)
     micro_batch: int | Auto = opt(

@@ -51,8 +51,10 @@ class BestWeights:
         self.step, self.loss = step, eval_loss
         return True
 
-    def restore(self, model: nn.Module, last_step: int, last_loss: float | None) -> str | None:
-        """Load the best weights back when they are not the last step's; a sentence saying what happened."""
+    def restore(self, model: nn.Module, last_step: int, last_loss: float | None, keep_file: bool = False) -> str | None:
+        """Load the best weights back when they are not the last step's; a sentence saying what happened. keep_file:
+        leave the best's file beside the step checkpoints kept after the run, so that a --resume that trains on
+        still knows it."""
         if not self.enabled or self.step is None:
             return None
         if self.step == last_step:
@@ -66,5 +68,6 @@ class BestWeights:
                 f"keep_best: loaded the weights of step {self.step}, whose eval loss {self.loss:.4f} was the lowest "
                 f"(the last step, {last_step}, had {last}); they are the saved result."
             )
-        self.path.unlink(missing_ok=True)
+        if not keep_file:
+            self.path.unlink(missing_ok=True)
         return message

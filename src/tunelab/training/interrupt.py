@@ -20,8 +20,12 @@ class StopRequest:
     requested: bool = False
 
 
+STEP = "stopping after the current step and writing a checkpoint"
+
+
 @contextmanager
-def graceful_interrupt() -> Iterator[StopRequest]:
+def graceful_interrupt(doing: str = STEP) -> Iterator[StopRequest]:
+    """`doing`: what the first Ctrl-C lets finish, as the message to it says."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -32,7 +36,7 @@ def graceful_interrupt() -> Iterator[StopRequest]:
             raise KeyboardInterrupt
         request.requested = True
         print(
-            "\ninterrupt: stopping after the current step and writing a checkpoint (Ctrl-C again stops at once)",
+            f"\ninterrupt: {doing} (Ctrl-C again stops at once)",
             file=sys.stderr,
             flush=True,
         )

@@ -102,6 +102,7 @@ def loop(run: Run) -> float | None:
             while position["batch_in_epoch"] < len(batches) and position["step"] < run.total_steps:
                 group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
                 step_batches = rollout(task, model, group, position["step"], t.micro_batch, run.ranks)  # grpo
+                lr = run.scheduler.get_last_lr()[0]  # the rate this step runs at (the step moves the schedule on)
                 tic = time.perf_counter()
                 stats = train_step(
                     run.train_model,
@@ -125,7 +126,7 @@ def loop(run: Run) -> float | None:
                     position["step"], stats, [s for b in step_batches for row in b["sources"] for s in row]
                 )
                 position["skipped_steps"] = bad.skipped
-                record = _record(run, position, len(batches), stats, tokens / (time.perf_counter() - tic))
+                record = _record(position, len(batches), stats, lr, tokens / (time.perf_counter() - tic))
                 last_loss = last_loss if stats["skipped"] else stats["loss"]
                 if position["step"] % t.log_every == 0 or position["step"] == run.total_steps or stats["skipped"]:
                     run.log.write(record)
@@ -167,14 +168,14 @@ def rollout(task: Task, model: nn.Module, group: list[dict], step: int, micro_ba
     return task.rollout(model, group, step, micro_batch, ranks) if task.rollout else group
 
 
-def _record(run: Run, position: dict, batches: int, stats: dict, tokens_per_s: float) -> dict:
+def _record(position: dict, batches: int, stats: dict, lr: float, tokens_per_s: float) -> dict:
     """One line of metrics.jsonl. A skipped step has no loss (null) and says so; NaN is not JSON."""
     finite = not stats["skipped"]
     record = {
         "step": position["step"],
         "epoch": position["epoch"] + position["batch_in_epoch"] / batches,
         "loss": stats["loss"] if finite else None,
-        "lr": run.scheduler.get_last_lr()[0],
+        "lr": lr,
         "grad_norm": stats["grad_norm"] if finite else None,
         "tokens_per_s": tokens_per_s,
         "elapsed_s": position["elapsed_s"],

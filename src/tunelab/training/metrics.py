@@ -63,6 +63,15 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return _parse(path.read_text().splitlines())
 
 
+def logged_at(records: list[dict], step: int) -> tuple[float | None, dict]:
+    """The last train loss logged up to `step`, and the evaluation logged at `step` (its figures, without the step):
+    what a run resumed at its last step reports, which ran neither there."""
+    losses = [r["loss"] for r in records if r.get("step", 0) <= step and isinstance(r.get("loss"), int | float)]
+    evals = [r for r in records if r.get("step") == step and "eval_loss" in r]
+    figures = {k: v for k, v in evals[-1].items() if k != "step"} if evals else {}
+    return (losses[-1] if losses else None), figures
+
+
 def plot_losses(run_dir: Path) -> Path | None:
     """Train and eval loss against the optimizer step; None when there is nothing to draw."""
     records = read_metrics(run_dir)

@@ -41,8 +41,9 @@ from tunelab.training.best import BestWeights
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session
 from tunelab.training.evals import eval_sets
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
+from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.loop import Run, evaluate_at, loop
-from tunelab.training.metrics import MetricsLog, plot_losses, read_metrics
+from tunelab.training.metrics import MetricsLog, logged_at, plot_losses, read_metrics
 from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import failure_note, plan_output_dir, start_run_dir
@@ -50,6 +51,7 @@ from tunelab.training.plan import longest_row, plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.result import save_final, tidy_up
 from tunelab.training.resume import (
+    check_more_steps,
     check_resume_config,
     check_same_data,
     data_digest,
@@ -72,6 +74,7 @@ class TrainResult:
     skipped_steps: int = 0
     auto: dict[str, dict] = field(default_factory=dict)  # option -> {value, reason}, for the options that were auto
     verdict: Verdict | None = None
+    interrupted: bool = False  # Ctrl-C came after the steps: the result is saved, what follows training is skipped
 
 
 def resolve(
@@ -226,6 +229,8 @@ def _train(
     batches_per_epoch = len(task.make_batches(first_epoch, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    if resume:
+        check_more_steps(run_dir, total_steps)
     warmup = int(t.warmup_ratio * total_steps)
     lrs = task.learning_rates(trained) if task.learning_rates else None
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer, lrs)
@@ -235,6 +240,8 @@ def _train(
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
         position |= load_position(checkpoint, train_model, optimizer, total_steps, ranks)
+        if ranks.main:  # the run is now this config's (allowed changes included): a later --resume compares with it
+            write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
     elif ranks.main:
         start_run_dir(plan)
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
@@ -307,48 +314,58 @@ def _train(
     finally:
         accumulate_into_grads(trainable, on=False)  # the model goes back to plain autograd for whoever holds it
 
-    if evals and not (t.eval_every and total_steps % t.eval_every == 0):
-        evaluate_at(run, total_steps)
-    log.close()
-    eval_metrics = run.eval_metrics
-    eval_loss = eval_metrics.get("eval_loss")
-    for name, value in eval_metrics.items():
-        if name.startswith("eval_loss/"):
-            print(f"{name} {value:.4f}")
-    if eval_loss is not None:
-        print(eval_line(task, eval_metrics))
-    kept_best = best.restore(model, position["step"], eval_loss)
-    if kept_best:
-        print(kept_best, flush=True)
-        info.extra["best"] = {"step": best.step, "eval_loss": best.loss}
-        eval_loss = best.loss
-    model.eval()
-    weights = full_weights(train_model, ranks, cfg.method.is_adapter)  # FSDP2: every rank sends its shards to rank 0
-    if ranks.main:
-        save_final(run_dir, built, tokenizer, cfg, task, data, weights)
-        plot_losses(run_dir)
-    passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
-    verdict = judge_metrics(read_metrics(run_dir), steps_per_epoch, passes, t.lr, t.max_steps, best.step)
-    print(verdict.text, flush=True)
-    info.extra["verdict"] = verdict.to_dict()
-    info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
-    info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
-    info.skipped_steps = position["skipped_steps"]
-    losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
-    if len(losses) > 1:  # a mixture's sources, a staged run's earlier stages
-        info.extra["eval_losses"] = losses
-    if ranks.main:
-        write_info(run_dir, info)
-    skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
-    print(
-        f"saved to {run_dir} ({position['step']} steps{skipped}, {position['tokens']:,} tokens, "
-        f"{position['elapsed_s']:.0f} s)",
-        flush=True,
-    )
-    if ranks.main:
-        tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
+    if resume_step == total_steps:  # resumed at the last step: this process ran no step and no evaluation
+        last_loss, run.eval_metrics = logged_at(read_metrics(run_dir), total_steps)
+    # Ctrl-C from here on lets the evaluation and the save finish: the steps are done, and a checkpoint of the last
+    # one may not exist (train.save_every), so stopping now would lose the run.
+    with graceful_interrupt("the training is done: finishing the evaluation and saving the result first") as stop:
+        if evals and not (t.eval_every and total_steps % t.eval_every == 0):
+            evaluate_at(run, total_steps)
+        log.close()
+        eval_metrics = run.eval_metrics
+        eval_loss = eval_metrics.get("eval_loss")
+        for name, value in eval_metrics.items():
+            if name.startswith("eval_loss/"):
+                print(f"{name} {value:.4f}")
+        if eval_loss is not None:
+            print(eval_line(task, eval_metrics))
+        kept_best = best.restore(model, position["step"], eval_loss, keep_file=t.keep_checkpoints_after_finish)
+        if kept_best:
+            print(kept_best, flush=True)
+            info.extra["best"] = {"step": best.step, "eval_loss": best.loss}
+            eval_loss = best.loss
+        model.eval()
+        # FSDP2: every rank sends its shards to rank 0
+        weights = full_weights(train_model, ranks, cfg.method.is_adapter)
+        if ranks.main:
+            save_final(run_dir, built, tokenizer, cfg, task, data, weights)
+            plot_losses(run_dir)
+        passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
+        verdict = judge_metrics(read_metrics(run_dir), steps_per_epoch, passes, t.lr, t.max_steps, best.step)
+        print(verdict.text, flush=True)
+        info.extra["verdict"] = verdict.to_dict()
+        info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
+        info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
+        info.skipped_steps = position["skipped_steps"]
+        losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
+        if len(losses) > 1:  # a mixture's sources, a staged run's earlier stages
+            info.extra["eval_losses"] = losses
+        if ranks.main:
+            write_info(run_dir, info)
+        skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
+        print(
+            f"saved to {run_dir} ({position['step']} steps{skipped}, {position['tokens']:,} tokens, "
+            f"{position['elapsed_s']:.0f} s)",
+            flush=True,
+        )
+        if ranks.main:
+            tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
     ranks.barrier()  # no rank returns before the result is saved
-    return TrainResult(run_dir, position["step"], last_loss, eval_loss, info.skipped_steps, auto.to_dict(), verdict)
+    if stop.requested:
+        print(f"interrupt: the result is saved in {run_dir}; nothing after training runs.", file=sys.stderr, flush=True)
+    return TrainResult(
+        run_dir, position["step"], last_loss, eval_loss, info.skipped_steps, auto.to_dict(), verdict, stop.requested
+    )
 
 
 def eval_line(task: Task, metrics: dict[str, float]) -> str:

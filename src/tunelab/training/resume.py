@@ -55,6 +55,7 @@ ALLOWED = {
     *ACTION_OPTIONS,
 }
 LENGTH = {"train.max_steps", "train.epochs"}
+KEPT = "as the run chose at its start: "
 PATHS = {"data.train", "data.eval", "eval.questions"}
 
 
@@ -136,7 +137,8 @@ def kept_auto(run_dir: Path, cfg: RunConfig) -> dict[str, Choice]:
             continue
         old = saved.get(name, AUTO)
         if old == AUTO and name in chosen:
-            kept[name] = Choice(chosen[name]["value"], f"as the run chose at its start: {chosen[name]['reason']}")
+            reason = chosen[name]["reason"].removeprefix(KEPT)  # a run resumed before says it already
+            kept[name] = Choice(chosen[name]["value"], f"{KEPT}{reason}")
         elif old != AUTO:
             kept[name] = Choice(old, f"as the run's {CONFIG_FILE} gave it")
     return kept
@@ -155,13 +157,28 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> list[str]:
     notes = []
     for line in allowed:
         name = line.split(":")[0]
-        if name in LENGTH:
+        if name == "train.epochs" and cfg.train.max_steps:
+            notes.append(f"resume: {line}; no change: train.max_steps ({cfg.train.max_steps}) sets the length")
+        elif name in LENGTH:
             notes.append(f"resume: {line}; the run continues to the new length, its learning-rate schedule recomputed")
         elif name == "model.device":
             notes.append(f"resume: {line} (allowed: the remaining steps run there, not bit-identical to staying put)")
         else:
             notes.append(f"resume: {line} (allowed: it changes how the run is watched or saved, not what it learns)")
     return notes
+
+
+def check_more_steps(run_dir: Path, total_steps: int) -> None:
+    """ConfigError when the run is finished and this config asks for no more steps than it took: --resume would only
+    save the result again (and lose what keep_best chose, the final figures)."""
+    info = read_info(run_dir, require_finished=False)
+    if info.finished and total_steps <= info.steps:
+        raise ConfigError(
+            f"{run_dir}: the run is finished ({info.steps} steps) and this config asks for {total_steps}, so --resume "
+            "has nothing to continue. To train on from its last checkpoint, ask for more steps (train.max_steps or "
+            "train.epochs); to score it, use tunelab compare or tunelab eval; to train it again from the start, drop "
+            "--resume and give --overwrite."
+        )
 
 
 def data_digest(rows: list) -> str:

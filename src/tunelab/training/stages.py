@@ -39,7 +39,7 @@ import yaml
 
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, describe, dump_yaml, stage_config
-from tunelab.errors import ConfigError, RunDirError
+from tunelab.errors import ConfigError, Interrupted, RunDirError
 from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
@@ -283,6 +283,13 @@ def _stages(
         }
         print(f"\n===== stage {k} of {len(plans)}: {names[k - 1]} ({here}) =====", flush=True)
         result = _run_stage(plan, here, extra, resume=resume, check=check)
+        if result.interrupted and k < len(plans):  # Ctrl-C while the stage saved its result: the next one waits
+            raise Interrupted(
+                f"interrupted after stage {k} of {len(plans)} was saved; continue with the same command and --resume "
+                "(in Python: train(..., resume=True)), which starts the next stage.",
+                step=result.steps,
+                checkpoint=None,
+            )
     return result
 
 
