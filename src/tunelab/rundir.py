@@ -63,6 +63,9 @@ class RunInfo:
     before training (model.fix_untrained_tokens, models/untrained.py); opening an adapter run repeats it on its base."""
     data_sha256: str = ""
     """Digest of the tokenized training rows: --resume refuses data that changed since the run started."""
+    eval_sha256: str = ""
+    """Digest of the tokenized eval rows (empty: none, or a run written before it was recorded): --resume refuses
+    eval data that changed, whose figures keep_best and the verdict would compare with the earlier ones."""
     skipped_steps: int = 0
     """Optimizer steps whose update the non-finite guard skipped (training/guard.py)."""
     total_steps: int = 0

@@ -226,3 +226,14 @@ def test_the_logged_rate_is_the_one_the_step_ran_at(tiny_overrides):
     run_dir = recipe.train(None, tiny_overrides | {"train.max_steps": 4, "train.warmup_ratio": 0.0}).run_dir
     rates = [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rates[0] == pytest.approx(1e-3) and rates[-1] > 0 and rates == sorted(rates, reverse=True)
+
+
+def test_resume_refuses_changed_eval_data(tiny_overrides, qa_file, tmp_path):
+    """Only the training rows were compared: a shortened eval file mixed two eval sets in one run's curve, which
+    keep_best and the verdict then compared."""
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(qa_file.read_text().splitlines(keepends=True)[:6]))
+    _finished_with_checkpoints(tiny_overrides | {"data.eval": str(held_out)})
+    held_out.write_text("".join(qa_file.read_text().splitlines(keepends=True)[:2]))
+    with pytest.raises(ConfigError, match="the tokenized eval rows differ"):
+        recipe.train(None, tiny_overrides | {"data.eval": str(held_out), "train.max_steps": 4}, resume=True)

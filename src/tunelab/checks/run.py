@@ -178,9 +178,11 @@ def run_check(
     data = inputs.data
     out(data.report.summary())
     if resume and is_run_dir(cfg.output_dir):
-        recorded = read_info(cfg.output_dir, require_finished=False).data_sha256
-        if recorded and recorded != data_digest(data.train):
+        before = read_info(cfg.output_dir, require_finished=False)
+        if before.data_sha256 and before.data_sha256 != data_digest(data.train):
             items.append(CheckItem("resume data", "fail", "the tokenized training rows differ from the run's"))
+        if before.eval_sha256 and before.eval_sha256 != (data_digest(data.eval) if data.eval else ""):
+            items.append(CheckItem("resume data", "fail", "the tokenized eval rows differ from the run's"))
     plan, item = auto_item(cfg, data, resume)
     items.append(item)
     cfg = dataclasses.replace(cfg, train=plan.train)  # the micro-batch the data checks and the first step use

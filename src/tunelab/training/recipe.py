@@ -184,9 +184,11 @@ def _train(
     inputs = load_inputs(cfg, task)
     data, tokenizer = inputs.data, inputs.tokenizer
     print(data.report.summary(), flush=True)
-    digest = data_digest(data.train)
+    digest, eval_digest = data_digest(data.train), (data_digest(data.eval) if data.eval else "")
     if resume:
-        check_same_data(run_dir, read_info(run_dir, require_finished=False).data_sha256, digest)
+        before = read_info(run_dir, require_finished=False)
+        check_same_data(run_dir, before.data_sha256, digest)
+        check_same_data(run_dir, before.eval_sha256, eval_digest, "eval")
     kept = kept_auto(run_dir, cfg) if resume else {}
     auto = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
     if check:
@@ -269,6 +271,7 @@ def _train(
         trust_remote_code=cfg.model.trust_remote_code,
         fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
         data_sha256=digest,
+        eval_sha256=eval_digest,
         total_steps=total_steps,
         extra=dict(data.facts) | {"auto": auto.to_dict()},
     )

@@ -13,7 +13,7 @@ Options left at `auto` compare by the value the run trained with: run.json recor
 (`extra.auto`), a resumed run keeps them (`kept_auto`), and `auto` given to --resume means "as the run started".
 So `auto` against the number it chose is no change, in either direction; another number is.
 
-The training data is compared by content too: run.json records a digest of the tokenized training rows.
+The data is compared by content too: run.json records digests of the tokenized training and eval rows.
 
 The run continues from the newest checkpoint that verifies (`resume_checkpoint`, which names the damaged ones it
 passes over), at the position that checkpoint saved (`load_position`).
@@ -190,11 +190,12 @@ def data_digest(rows: list) -> str:
     return h.hexdigest()
 
 
-def check_same_data(run_dir: Path, recorded: str, digest: str) -> None:
+def check_same_data(run_dir: Path, recorded: str, digest: str, what: str = "training") -> None:
+    """`what`: training or eval (data.eval, data.eval_fraction's split)."""
     if recorded and recorded != digest:
         raise ConfigError(
-            f"{run_dir}: --resume needs the training data the run started with, but the tokenized training rows "
-            "differ (a data file, the tokenizer or the template changed). Restore the data, or start a new run."
+            f"{run_dir}: --resume needs the {what} data the run started with, but the tokenized {what} rows differ "
+            "(a data file, the tokenizer or the template changed). Restore the data, or start a new run."
         )
 
 
