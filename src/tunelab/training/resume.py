@@ -163,6 +163,11 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> list[str]:
             notes.append(f"resume: {line}; the run continues to the new length, its learning-rate schedule recomputed")
         elif name == "model.device":
             notes.append(f"resume: {line} (allowed: the remaining steps run there, not bit-identical to staying put)")
+        elif name == "train.eval_every" and cfg.train.keep_best:
+            notes.append(
+                f"resume: {line} (allowed: it changes when the run is evaluated, not what it learns; with "
+                "train.keep_best those evaluations choose the step saved as the result)"
+            )
         else:
             notes.append(f"resume: {line} (allowed: it changes how the run is watched or saved, not what it learns)")
     return notes
