@@ -74,3 +74,22 @@ def test_a_cut_gguf_file_is_named_damaged(keep, tmp_path, monkeypatch, capsys):
     )
     err = capsys.readouterr().err
     assert f"is damaged or cut short ({keep:,} bytes)" in err and "Traceback" not in err
+
+
+def test_the_converted_embedded_model_stores_its_tied_embedding_as_transformers_does(tmp_path):
+    """The conversion kept the tied embedding only as lm_head.weight: a sequence classifier loaded from it in plain
+    transformers (README's PEFT snippet for classify runs) started from a random embedding."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from tunelab.models.load import materialize, resolve_source
+
+    _embedded_gguf()
+    folder = Path(materialize(resolve_source("smollm2-135m-instruct")))
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    causal = AutoModelForCausalLM.from_pretrained(folder)
+    assert torch.equal(classifier.model.embed_tokens.weight, causal.model.embed_tokens.weight)
+    assert torch.equal(causal.lm_head.weight, causal.model.embed_tokens.weight)

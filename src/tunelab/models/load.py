@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
 from tunelab.errors import ModelError
@@ -114,6 +114,9 @@ def _remote_code(name: str, exc: Exception) -> ModelError | None:
     return None
 
 
+CONVERSION = 2  # 2: a tied embedding under model.embed_tokens.weight (1 kept it as lm_head.weight only)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
 
@@ -121,8 +124,19 @@ def cache_root() -> Path:
 def _gguf_cache_dir(source: ModelSource) -> Path:
     file = Path(source.path) / source.gguf_file
     stat = file.stat()
-    key = hashlib.sha256(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # CONVERSION names the layout written below: a new one converts again rather than read an older copy.
+    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_root() / "gguf" / f"{file.stem}-{key}"
+
+
+def _hf_state(model) -> dict[str, torch.Tensor]:
+    """The weights as transformers saves them: a head tied to the embedding is stored once, under the embedding's
+    name, which every model class of the family reads (a sequence classifier has no lm_head to find it under)."""
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return {name: tensor.contiguous() for name, tensor in state.items()}
 
 
 def materialize(source: ModelSource) -> str:
@@ -152,7 +166,7 @@ def materialize(source: ModelSource) -> str:
             config = model.config.to_dict()
             config.pop("quantization_config", None)
             write_json(scratch / "config.json", config)
-            save_model(model, str(scratch / "model.safetensors"))  # drops the tied lm_head duplicate
+            save_file(_hf_state(model), str(scratch / "model.safetensors"), metadata={"format": "pt"})
             if model.generation_config is not None:
                 model.generation_config.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
