@@ -151,5 +151,9 @@ def test_a_held_out_reward_below_the_models_own_before_training_is_overfit_with_
     assert v.numbers["eval_reward_before"] == 0.404
     better = judge_metrics(_grpo_records(learnt, [(0, 0.404), (24, 0.75)]), 100, 0.24, 2e-3, max_steps=24)
     assert better.kind == "fine" and "held-out reward 0.404 before training, 0.750 at the end" in better.text
+    assert "learned to score on its training prompts, not on new ones" in v.text
+    falling = [0.5 - 0.4 * i / 24 for i in range(24)]
+    worse = judge_metrics(_grpo_records(falling, [(0, 0.404), (24, 0.11)]), 100, 0.24, 2e-3, max_steps=24)
+    assert worse.kind == "overfit" and "training made the policy worse on its own prompts too" in worse.text
     one = judge_metrics(_grpo_records(learnt, [(24, 0.016)]), 100, 0.24, 2e-3, max_steps=24)
     assert one.kind == "fine" and "too few evaluations" in one.text  # no step 0: nothing to compare with

@@ -198,8 +198,13 @@ def judge_rewards(
                 return Verdict(
                     "overfit",
                     f"overfit: the held-out reward ended below the model's own before training, {best:.3f} -> "
-                    f"{last:.3f} at step {last_step}, while the {curve}: the policy learned to score on its training "
-                    f"prompts, not on new ones.{kept} Next time lower train.lr, keep the policy nearer the base (a "
+                    f"{last:.3f} at step {last_step}, while the {curve}: "
+                    + (
+                        "the policy learned to score on its training prompts, not on new ones."
+                        if end - start >= REWARD_MOVE
+                        else "training made the policy worse on its own prompts too."
+                    )
+                    + f"{kept} Next time lower train.lr, keep the policy nearer the base (a "
                     f"larger grpo.beta), or train for fewer steps ({length}, it was {was:g}); evaluate more often "
                     "(train.eval_every) to see when the fall began.",
                     numbers,
