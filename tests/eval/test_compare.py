@@ -48,7 +48,7 @@ def test_compare_prints_scores_first_and_never_replaces_compare_json_silently(ru
     out, err = capsys.readouterr()
     assert out.startswith("scores:") and "fact" in out
     assert "Code of box 1?" not in out  # the answers are in the file, not on the terminal
-    assert f"{run / 'compare.json'} ('tunelab compare --show-answers' prints them)" in out
+    assert f"{run / 'compare.json'} ('tunelab report {run}' shows them side by side)" in out
     assert "answers, tuned model" in err and "answers, base model" in err  # progress while answering
     saved = json.loads((run / "compare.json").read_text())
     assert len(saved["rows"]) == 3 and saved["settings"]["max_new_tokens"] == TOKENS

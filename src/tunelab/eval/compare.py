@@ -143,7 +143,9 @@ def format_comparison(result: Comparison, saved: Path | None = None, show_answer
     if show_answers or not result.scores:
         parts.append(format_answers(result))
     elif saved is not None:
-        parts.append(f"answers of base and tuned model: {saved} ('tunelab compare --show-answers' prints them)")
+        parts.append(
+            f"answers of base and tuned model: {saved} ('tunelab report {saved.parent}' shows them side by side)"
+        )
     else:
         parts.append("answers not saved; --show-answers prints them")
     return "\n\n".join(parts)
