@@ -62,7 +62,8 @@ def test_the_config_file_is_kept_out_of_output_dir_through_the_api_and_cli(tiny_
     before = _tree(previous_run)
     for nproc in (None, 2):
         with pytest.raises(RunDirError, match=r"holds the config file .*my\.yaml"):
-            tunelab.train(config, {"overwrite": True}, nproc=nproc, overwrite_non_run=True)
+            # model.device cpu: a GPU host with one device refuses two ranks on it before the output_dir check
+            tunelab.train(config, {"overwrite": True, "model.device": "cpu"}, nproc=nproc, overwrite_non_run=True)
     assert main(["train", str(config), "--overwrite", "--overwrite-non-run"]) == 2
     assert "holds the config file" in capsys.readouterr().err
     assert _tree(previous_run) == before

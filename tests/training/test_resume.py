@@ -164,12 +164,12 @@ def test_a_finished_run_is_not_resumed_to_its_own_length_and_a_longer_one_keeps_
         recipe.train(None, tiny_overrides | {"train.max_steps": 3}, resume=True)
     assert (run_dir / "adapter_model.safetensors").read_bytes() == before
     assert json.loads((run_dir / "run.json").read_text())["finished"]
-    longer = tiny_overrides | {"train.max_steps": 5, "train.keep_checkpoints_after_finish": True}
+    longer = tiny_overrides | {"train.max_steps": 5, "train.save_every": 1, "train.keep_checkpoints_after_finish": True}
     assert recipe.train(None, longer, resume=True).steps == 5
     assert "max_steps: 5" in (run_dir / "config.yaml").read_text()
     with pytest.raises(ConfigError, match=r"finished \(5 steps\) and this config asks for 5"):
         recipe.train(None, longer, resume=True)  # the saved config now says 5: no change, nothing to do
-    with pytest.raises(ConfigError, match=r"finished \(5 steps\) and this config asks for 3"):
+    with pytest.raises(ConfigError, match="past the 3 steps this config asks for"):
         recipe.train(None, tiny_overrides | {"train.max_steps": 3}, resume=True)  # and never a silent shrink
     capsys.readouterr()
     notes = tiny_overrides | {"train.max_steps": 6, "train.epochs": 2}

@@ -187,11 +187,13 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
     config = copy.deepcopy(resolved.config)
     config.stages, config.output_dir, config.overwrite = [], output_dir, False
     entry = resolved.config.stages[index]
-    # A flag wins over the file, its stages included: a stage's value for an option given as a flag is dropped.
+    # A flag wins over the file, its stages included: a stage's value for an option given as a flag is dropped
+    # (unless the stages themselves came as a flag: then the stage's own value is the more specific one).
+    flagged = not resolved.origins.get("stages", "").startswith("--")
     values = {
         k: copy.deepcopy(v)
         for k, v in entry.items()
-        if k not in STAGE_KEYS and not resolved.origins.get(k, "").startswith("--")
+        if k not in STAGE_KEYS and not (flagged and resolved.origins.get(k, "").startswith("--"))
     }
     _set_values(config, values)
     origins = dict(resolved.origins) | {name: f"stage {index + 1}" for name in values}

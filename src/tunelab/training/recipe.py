@@ -231,8 +231,6 @@ def _train(
     batches_per_epoch = len(task.make_batches(first_epoch, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    if resume:
-        check_more_steps(run_dir, total_steps)
     warmup = int(t.warmup_ratio * total_steps)
     lrs = task.learning_rates(trained) if task.learning_rates else None
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer, lrs)
@@ -242,6 +240,7 @@ def _train(
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
         position |= load_position(checkpoint, train_model, optimizer, total_steps, ranks)
+        check_more_steps(run_dir, total_steps, position["step"])
         if ranks.main:  # the run is now this config's (allowed changes included): a later --resume compares with it
             write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
     elif ranks.main:

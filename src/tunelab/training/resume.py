@@ -173,11 +173,11 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> list[str]:
     return notes
 
 
-def check_more_steps(run_dir: Path, total_steps: int) -> None:
-    """ConfigError when the run is finished and this config asks for no more steps than it took: --resume would only
-    save the result again (and lose what keep_best chose, the final figures)."""
+def check_more_steps(run_dir: Path, total_steps: int, step: int) -> None:
+    """ConfigError when the run is finished and its checkpoint (at `step`) leaves none of this config's steps to
+    train: --resume would only save the result again (and lose the final figures)."""
     info = read_info(run_dir, require_finished=False)
-    if info.finished and total_steps <= info.steps:
+    if info.finished and step >= total_steps:
         raise ConfigError(
             f"{run_dir}: the run is finished ({info.steps} steps) and this config asks for {total_steps}, so --resume "
             "has nothing to continue. To train on from its last checkpoint, ask for more steps (train.max_steps or "
