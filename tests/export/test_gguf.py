@@ -50,8 +50,8 @@ TEXTS = [
 def _lora_run(base, tokenizer, run_dir, std, targets=("all-linear",), system_prompt=None, template="auto"):
     """A finished LoRA run on model `base` (a directory or alias) whose B matrices are N(0, std)."""
     model = AutoModelForCausalLM.from_pretrained(materialize(resolve_source(str(base))), dtype=torch.float32).eval()
+    torch.manual_seed(3)  # A's random init too: the run must not depend on what earlier tests drew
     attach_lora(model, list(targets), r=4, alpha=8)
-    torch.manual_seed(3)
     for _, m in lora_modules(model):
         if std:
             torch.nn.init.normal_(m.lora_B.weight, std=std)
