@@ -66,6 +66,10 @@ class RunInfo:
     eval_sha256: str = ""
     """Digest of the tokenized eval rows (empty: none, or a run written before it was recorded): --resume refuses
     eval data that changed, whose figures keep_best and the verdict would compare with the earlier ones."""
+    data_files: dict[str, str] = field(default_factory=dict)
+    """Per training file, a short digest of its tokenized rows: names the file when data_sha256 differs."""
+    eval_files: dict[str, str] = field(default_factory=dict)
+    """The same for the eval rows."""
     skipped_steps: int = 0
     """Optimizer steps whose update the non-finite guard skipped (training/guard.py)."""
     total_steps: int = 0

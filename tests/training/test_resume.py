@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.errors import ConfigError, RunDirError
+from tunelab.rundir import read_info
 
 
 class Crash(Exception):
@@ -89,8 +90,9 @@ def test_resume_refuses_changes_that_break_exactness_and_changed_data(tiny_overr
     assert "train.lr: 0.001 -> 0.002" in message and "method.r: 4 -> 8" in message
     assert "train.max_steps" not in message
     qa_file.write_text(qa_file.read_text().replace("box 3?", "box three?"))
-    with pytest.raises(ConfigError, match="tokenized training rows differ"):
+    with pytest.raises(ConfigError, match="tokenized training rows differ") as refused:
         recipe.train(None, tiny_overrides | {"train.max_steps": 3}, resume=True)
+    assert f"{qa_file} changed" in str(refused.value)  # the file is named
 
 
 def test_resume_falls_back_past_damaged_checkpoints_and_a_torn_metrics_line(tiny_overrides, capsys):
@@ -237,3 +239,41 @@ def test_resume_refuses_changed_eval_data(tiny_overrides, qa_file, tmp_path):
     held_out.write_text("".join(qa_file.read_text().splitlines(keepends=True)[:2]))
     with pytest.raises(ConfigError, match="the tokenized eval rows differ"):
         recipe.train(None, tiny_overrides | {"data.eval": str(held_out), "train.max_steps": 4}, resume=True)
+
+
+def test_changed_data_names_the_file_that_changed(tiny_overrides, qa_file, tmp_path):
+    """With two training files and one edited, the refusal names that one, and tunelab check --resume says so too."""
+    lines = qa_file.read_text().splitlines(keepends=True)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("".join(lines[:4]))
+    second.write_text("".join(lines[4:]))
+    both = tiny_overrides | {"data.train": [str(first), str(second)]}
+    run_dir = _finished_with_checkpoints(both)
+    assert set(read_info(run_dir).data_files) == {str(first), str(second)}
+    second.write_text("".join(lines[4:]).replace("box", "crate"))
+    with pytest.raises(ConfigError) as refused:
+        recipe.train(None, both | {"train.max_steps": 3}, resume=True)
+    assert f"{second} changed" in str(refused.value) and str(first) not in str(refused.value)
+
+
+def test_file_digests_follow_packed_documents_to_their_files():
+    """A packed row's documents are digested with their own files, so packing does not hide which file changed."""
+    from tunelab.data.packing import Packed
+    from tunelab.data.render import Rendered
+    from tunelab.training.resume import file_digests, what_changed
+
+    a = Rendered(input_ids=[1, 2, 3], labels=[-100, 2, 3], path="a.jsonl", line=1)
+    b = Rendered(input_ids=[4, 5], labels=[-100, 5], path="b.json", line=0)
+    packed = Packed(
+        input_ids=[1, 2, 3, 4, 5],
+        labels=[-100, 2, 3, -100, 5],
+        position_ids=[0, 1, 2, 0, 1],
+        doc_lengths=[3, 2],
+        sources=["a.jsonl:1", "b.json[0]"],
+    )
+    assert file_digests([packed]) == file_digests([a, b])
+    edited = Rendered(input_ids=[4, 6], labels=[-100, 6], path="b.json", line=0)
+    assert what_changed(file_digests([a, b]), file_digests([a, edited])) == "b.json changed"
+    assert what_changed(file_digests([a, b]), file_digests([b, a])).startswith("every file gives the rows it gave")
+    assert what_changed(file_digests([a, b]), file_digests([a])) == "b.json is no longer read"
+    assert what_changed({}, file_digests([a])) == ""  # a run written before files were recorded

@@ -51,7 +51,7 @@ from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, resolve
-from tunelab.training.resume import check_resume_config, data_digest, kept_auto
+from tunelab.training.resume import check_resume_config, data_digest, file_digests, kept_auto, what_changed
 from tunelab.training.stages import plan_stages
 
 
@@ -179,10 +179,14 @@ def run_check(
     out(data.report.summary())
     if resume and is_run_dir(cfg.output_dir):
         before = read_info(cfg.output_dir, require_finished=False)
-        if before.data_sha256 and before.data_sha256 != data_digest(data.train):
-            items.append(CheckItem("resume data", "fail", "the tokenized training rows differ from the run's"))
-        if before.eval_sha256 and before.eval_sha256 != (data_digest(data.eval) if data.eval else ""):
-            items.append(CheckItem("resume data", "fail", "the tokenized eval rows differ from the run's"))
+        for what, recorded, files, rows in (
+            ("training", before.data_sha256, before.data_files, data.train),
+            ("eval", before.eval_sha256, before.eval_files, data.eval),
+        ):
+            if recorded and recorded != (data_digest(rows) if rows else ""):
+                which = what_changed(files, file_digests(rows or []))
+                detail = f"the tokenized {what} rows differ from the run's" + (f": {which}" if which else "")
+                items.append(CheckItem("resume data", "fail", detail))
     plan, item = auto_item(cfg, data, resume)
     items.append(item)
     cfg = dataclasses.replace(cfg, train=plan.train)  # the micro-batch the data checks and the first step use

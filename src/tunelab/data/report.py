@@ -22,6 +22,13 @@ def location(path: str, line: int) -> str:
     return f"{path}:{line}"
 
 
+def location_path(where: str) -> str:
+    """The file of a `location` string: `file:line` or `file[index]`."""
+    if where.endswith("]") and "[" in where:
+        return where[: where.rindex("[")]
+    return where[: where.rindex(":")] if ":" in where else where
+
+
 @dataclass
 class FileCounts:
     read: int = 0  # records (rows, lines, array items, documents) read from the file

@@ -55,6 +55,7 @@ from tunelab.training.resume import (
     check_resume_config,
     check_same_data,
     data_digest,
+    file_digests,
     kept_auto,
     load_position,
     resume_checkpoint,
@@ -187,8 +188,10 @@ def _train(
     digest, eval_digest = data_digest(data.train), (data_digest(data.eval) if data.eval else "")
     if resume:
         before = read_info(run_dir, require_finished=False)
-        check_same_data(run_dir, before.data_sha256, digest)
-        check_same_data(run_dir, before.eval_sha256, eval_digest, "eval")
+        check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, file_digests(data.train)))
+        check_same_data(
+            run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, file_digests(data.eval or []))
+        )
     kept = kept_auto(run_dir, cfg) if resume else {}
     auto = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
     if check:
@@ -271,6 +274,8 @@ def _train(
         fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
         data_sha256=digest,
         eval_sha256=eval_digest,
+        data_files=file_digests(data.train),
+        eval_files=file_digests(data.eval) if data.eval else {},
         total_steps=total_steps,
         extra=dict(data.facts) | {"auto": auto.to_dict()},
     )

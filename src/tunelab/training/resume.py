@@ -29,6 +29,8 @@ from typing import Any
 import yaml
 
 from tunelab.config import ACTION_OPTIONS, AUTO, RunConfig, auto_options, iter_options, section_names, to_dict
+from tunelab.data.packing import Packed
+from tunelab.data.report import location_path
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.rundir import CONFIG_FILE, read_info
 from tunelab.training.auto import Choice
@@ -195,12 +197,58 @@ def data_digest(rows: list) -> str:
     return h.hexdigest()
 
 
-def check_same_data(run_dir: Path, recorded: str, digest: str, what: str = "training") -> None:
-    """`what`: training or eval (data.eval, data.eval_fraction's split)."""
+def _pieces(row) -> list[tuple[str, list[int], list[int]]]:
+    """(file, token ids, labels) of each example in a row: a packed row's documents each with its own file."""
+    if isinstance(row, Packed):
+        out, start = [], 0
+        for where, length in zip(row.sources, row.doc_lengths):
+            end = start + length
+            out.append((location_path(where), row.input_ids[start:end], row.labels[start:end]))
+            start = end
+        return out
+    return [(row.path, row.input_ids, row.labels)]
+
+
+def file_digests(rows: list) -> dict[str, str]:
+    """Per data file, a short sha256 over the token ids and labels of its examples in the order trained: what names
+    the file that changed when the whole digest (data_digest) differs."""
+    hashes: dict[str, Any] = {}
+    for row in rows:
+        for path, ids, labels in _pieces(row):
+            h = hashes.setdefault(path, hashlib.sha256())
+            h.update(array("q", ids).tobytes())
+            h.update(array("q", labels).tobytes())
+    return {path: h.hexdigest()[:16] for path, h in sorted(hashes.items())}
+
+
+def what_changed(recorded: dict[str, str], now: dict[str, str]) -> str:
+    """The files whose rows differ, in words; empty when the run recorded none (written before they were)."""
+    if not recorded:
+        return ""
+    changed = [p for p in now if p in recorded and recorded[p] != now[p]]
+    new, gone = [p for p in now if p not in recorded], [p for p in recorded if p not in now]
+    if not (changed or new or gone):
+        return "every file gives the rows it gave, in another order"
+    if changed and len(changed) == len(now) == len(recorded) > 1:
+        return "every file's rows differ (the tokenizer or the template changed, or every file did)"
+    parts = [f"{p} changed" for p in changed] + [f"{p} is new" for p in new] + [f"{p} is no longer read" for p in gone]
+    return "; ".join(parts)
+
+
+def check_same_data(
+    run_dir: Path,
+    recorded: str,
+    digest: str,
+    what: str = "training",
+    files: tuple[dict[str, str], dict[str, str]] = ({}, {}),
+) -> None:
+    """`what`: training or eval (data.eval, data.eval_fraction's split); `files`: the run's and today's file_digests."""
     if recorded and recorded != digest:
+        which = what_changed(*files)
         raise ConfigError(
-            f"{run_dir}: --resume needs the {what} data the run started with, but the tokenized {what} rows differ "
-            "(a data file, the tokenizer or the template changed). Restore the data, or start a new run."
+            f"{run_dir}: --resume needs the {what} data the run started with, but the tokenized {what} rows differ"
+            + (f": {which}" if which else " (a data file, the tokenizer or the template changed)")
+            + ". Restore the data, or start a new run."
         )
 
 
