@@ -17,6 +17,23 @@ from tunelab.errors import ModelError
 from tunelab.models.load import load_tokenizer, resolve_source
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temp_files_under_basetemp(tmp_path_factory):
+    """What the code under test puts in the system's temp folder (check pages, rank logs) goes under pytest's own
+    basetemp, which pytest prunes, in this process and in the CLI processes the tests start."""
+    import tempfile
+
+    folder = tmp_path_factory.mktemp("system-tmp")
+    before = (tempfile.tempdir, os.environ.get("TMPDIR"))
+    tempfile.tempdir, os.environ["TMPDIR"] = str(folder), str(folder)
+    yield
+    tempfile.tempdir = before[0]
+    if before[1] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before[1]
+
+
 def _embedded_tokenizer():
     return load_tokenizer(resolve_source("smollm2-135m-instruct"))
 
