@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -230,3 +231,31 @@ def test_a_flag_wins_over_the_stages_values(tmp_path):
         assert stage.config.train.max_steps == 2 and stage.origins["train.max_steps"] == "--train.max_steps"
     first = stage_config(resolved, 0, str(tmp_path / "stage-1"))
     assert first.config.train.lr == 1e-3 and first.origins["train.lr"] == "stage 1"  # the others as the stage says
+
+
+def test_a_longer_length_on_resume_says_the_finished_stage_keeps_its_steps(staged, tmp_path, monkeypatch, capsys):
+    """A resumed staged run skips its finished stages: --train.max_steps that now asked more of them was passed over
+    silently. The stages come from the file, so the flag sets every stage's length."""
+    from tunelab.training.stages import stage_dir
+
+    config = tmp_path / "staged.yaml"
+    config.write_text(yaml.safe_dump({"stages": staged["stages"]}))
+    flags = {k: v for k, v in staged.items() if k not in ("stages", "data.train")}
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # stage 2's second step
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        train(config, flags)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    result = train(config, flags | {"train.max_steps": 4}, resume=True)
+    out = capsys.readouterr().out
+    assert (
+        "finished; skipped (kept at its 3 steps: train.max_steps: 3 -> 4 applies to the stages still to train)" in out
+    )
+    assert open_info(stage_dir(result.run_dir, 1)).steps == 3 and open_info(stage_dir(result.run_dir, 2)).steps == 4

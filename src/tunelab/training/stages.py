@@ -22,7 +22,8 @@ model.name differs from the run's is refused: its model is the previous stage's 
 Nothing is written before every stage's config and data are loaded and checked. After each stage, its model is
 evaluated on the eval data of every earlier stage (`eval_loss/stage-j` beside its own, recipe's `extra_eval`): row k
 of the forgetting matrix, in run.json and in `tunelab report`. `--resume` skips finished stages (their configs must
-be unchanged), resumes the stage that stopped from its last checkpoint, or starts it again when it had none.
+be unchanged, but for a longer train.max_steps or train.epochs, which is said and applies to the stages still to
+train), resumes the stage that stopped from its last checkpoint, or starts it again when it had none.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_note, finish_replacement, plan_output_dir, start_run_dir
 from tunelab.training.prepare import protected_paths
 from tunelab.training.recipe import TrainResult, train
-from tunelab.training.resume import check_resume_config, config_changes
+from tunelab.training.resume import LENGTH, check_resume_config, config_changes
 
 STAGE_PREFIX = "stage-"
 MERGED = "merged"
@@ -298,13 +299,15 @@ def _run_stage(plan: ResolvedConfig, here: Path, extra: dict, *, resume: bool, c
     if is_run_dir(here):
         info = read_info(here, require_finished=False)
         if info.finished:
-            refused, _ = config_changes(_saved(here), plan.config)
+            refused, allowed = config_changes(_saved(here), plan.config)
             if refused:
                 raise ConfigError(
                     f"{here}: the stage has finished with another config ({'; '.join(refused)}); a resumed staged run "
                     "keeps its finished stages. Put the options back, or start the run again with --overwrite."
                 )
-            print(f"{here}: finished; skipped", flush=True)
+            longer = [line for line in allowed if line.split(":", 1)[0] in LENGTH]
+            kept = f" (kept at its {info.steps} steps: {'; '.join(longer)} applies to the stages still to train)"
+            print(f"{here}: finished; skipped" + (kept if longer else ""), flush=True)
             return TrainResult(here, info.steps, info.final_loss, info.eval_loss, info.skipped_steps)
         if resume and intact_checkpoint(here)[0] is not None:
             return train(plan, resume=True, check=check, extra_eval=extra)
