@@ -79,6 +79,7 @@ def test_help_lists_every_option_with_its_help(capsys):
         (["--train.scheduler", "wavy"], "allowed values: constant, linear, cosine"),
         (["--train.micro_batch", "-1"], "it must be >= 1"),
         (["--model.name", "/nowhere/model.gguf"], "GGUF file not found"),
+        (["--resume", "--overwrite"], "--resume continues the run in output_dir and --overwrite replaces it"),
     ],
 )
 def test_bad_input_exits_2_without_traceback(args, message, capsys, tmp_path):

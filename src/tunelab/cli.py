@@ -550,6 +550,11 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         raise unknown_option(name, f"--{name}", flag=True)
     if unknown:
         parser.parse_args(argv)  # argparse's own message and exit code
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        raise ConfigError(
+            "--resume continues the run in output_dir and --overwrite replaces it; give one of them (to start the run "
+            "again, --overwrite alone)."
+        )
     return args
 
 

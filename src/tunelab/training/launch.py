@@ -121,7 +121,9 @@ def train_on_ranks(
         protected=protected_paths(cfg, config_file),
         overwrite_non_run=overwrite_non_run,
     )
-    flags = ["--overwrite"] * cfg.overwrite + ["--resume"] * resume + ["--no-check"] * (not check)
+    # --resume continues the run and wins over a config's overwrite (the CLI refuses the two flags together)
+    flags = ["--resume"] if resume else ["--overwrite"] * cfg.overwrite
+    flags += ["--no-check"] * (not check)
     flags += ["--overwrite-non-run"] * overwrite_non_run
     with tempfile.TemporaryDirectory(prefix="tunelab-launch-") as folder:
         config = Path(folder) / "config.yaml"
