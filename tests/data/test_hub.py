@@ -89,6 +89,18 @@ def test_transform_changes_drops_or_names_the_row(tmp_path, tiny_tokenizer, monk
     data = build_datasets(cfg, tiny_tokenizer, seed=0)
     assert len(data.train) == 11 and "WHAT IS THE CODE OF BOX 3?" in _decoded(data, tiny_tokenizer)[3]
     assert "dropped by data.transform" in data.report.summary()
+    # eval files go through it too (they did not: their rows kept the raw fields), a mixture source's own one as well
+    with_eval = DataConfig(
+        train=[str(data_file)], eval=str(data_file), transform=f"{tmp_path / 'shaping.py'}:to_qa", max_length=64
+    )
+    held = build_datasets(with_eval, tiny_tokenizer, seed=0)
+    assert len(held.eval) == 11 and "WHAT IS THE CODE OF BOX 3?" in tiny_tokenizer.decode(held.eval[3].input_ids)
+    mixed = DataConfig(
+        train=[DataSource(path=str(data_file), eval=str(data_file))],
+        transform=f"{tmp_path / 'shaping.py'}:to_qa",
+        max_length=64,
+    )
+    assert len(build_datasets(mixed, tiny_tokenizer, seed=0).eval) == 11
 
     monkeypatch.chdir(tmp_path)  # module:function finds shaping.py in the working directory
     cfg = DataConfig(train=[str(data_file)], transform="shaping:fragile", max_length=64)

@@ -115,9 +115,8 @@ def build_datasets(
     if not examples:
         raise _nothing_usable("training", cfg.train, report)
     if cfg.eval:
-        eval_examples = to_examples(
-            read_records([cfg.eval], cfg.delimiter), cfg.format, cfg.fields, cfg.system_prompt, report
-        )
+        held = apply_transform(read_records([cfg.eval], cfg.delimiter), transform, cfg.transform, report)
+        eval_examples = to_examples(held, cfg.format, cfg.fields, cfg.system_prompt, report)
         if not eval_examples:
             raise _nothing_usable("eval", [cfg.eval], report)
         report.eval_source = "file"
@@ -183,9 +182,8 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         if not examples:
             raise _nothing_usable("training", [source.path or source.hub], report)
         if source.eval:
-            held = to_examples(
-                read_records([source.eval], cfg.delimiter), own.format, own.fields, own.system_prompt, report
-            )
+            held_records = apply_transform(read_records([source.eval], cfg.delimiter), transform, cfg.transform, report)
+            held = to_examples(held_records, own.format, own.fields, own.system_prompt, report)
         elif len(examples) > 1:  # one document (a .txt file) is not split: it trains whole, with no eval part
             examples, held = split_eval(examples, cfg.eval_fraction, seed)
         else:
@@ -218,7 +216,8 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         evals += held_rows
         all_examples += examples
     if cfg.eval:
-        held = to_examples(read_records([cfg.eval], cfg.delimiter), cfg.format, cfg.fields, cfg.system_prompt, report)
+        held_records = apply_transform(read_records([cfg.eval], cfg.delimiter), transform, cfg.transform, report)
+        held = to_examples(held_records, cfg.format, cfg.fields, cfg.system_prompt, report)
         if not held:
             raise _nothing_usable("eval", [cfg.eval], report)
         used = report.total_used
