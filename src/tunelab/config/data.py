@@ -24,7 +24,9 @@ class DataSource:
     )
     format: str | None = opt(None, "record format of this source (default: data.format)")
     fields: dict[str, str] | None = opt(None, "column mapping of this source (default: data.fields)")
-    system_prompt: str | None = opt(None, "system message for this source's examples (default: data.system_prompt)")
+    system_prompt: str | None = opt(
+        None, 'system message for this source\'s examples (default: data.system_prompt; "" for none)'
+    )
     eval: str | None = opt(None, "a separate eval file for this source (eval loss per source)")
     name: str | None = opt(None, "the source's name in reports and metrics (default: the file or hub id)")
 
