@@ -115,6 +115,10 @@ def test_warmup_is_five_percent_at_most_100_steps():
 def test_eval_cadence_needs_an_eval_split():
     assert _plan(184).train.eval_every == 0
     assert _plan(184, has_eval=True).train.eval_every == 14  # ceil(138 / 10)
+    from tunelab.training.auto import auto_eval_every
+
+    assert auto_eval_every(138, True).reason == "9 evaluations in 138 steps"  # every 14: not the 10 aimed at
+    assert auto_eval_every(2, True).reason == "2 evaluations in 2 steps"  # said 10
 
 
 def test_explicit_values_win_and_feed_the_rules():

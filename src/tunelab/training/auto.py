@@ -223,7 +223,7 @@ def auto_eval_every(total_steps: int, has_eval: bool) -> Choice:
     if not has_eval:
         return Choice(0, "no eval split (data.eval or data.eval_fraction): nothing to evaluate")
     every = max(1, math.ceil(total_steps / EVALS_PER_RUN))
-    return Choice(every, f"{EVALS_PER_RUN} evaluations in {total_steps} steps")
+    return Choice(every, f"{total_steps // every} evaluations in {total_steps} steps")
 
 
 def plan_from_data(
