@@ -83,3 +83,16 @@ def test_a_resumed_mixture_run_equals_the_uninterrupted_one(mixture_overrides, t
     a = load_file(straight.run_dir / "adapter_model.safetensors")
     b = load_file(resumed.run_dir / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_packed_mixture_is_planned_by_the_rows_it_trains_on(mixture_overrides):
+    """With data.packing the auto rules counted the unpacked rows: a run 'planned' for 10 epochs of 18 steps trained
+    10 epochs of the few packed rows instead, and said otherwise."""
+    over = {k: v for k, v in mixture_overrides.items() if k != "train.max_steps"}
+    packed = {"data.packing": True, "data.max_length": 512, "train.micro_batch": "auto", "train.grad_accum": 1}
+    result = recipe.train(None, over | packed | {"train.save_every": 0, "train.group_by_length": False})
+    info = json.loads((result.run_dir / "run.json").read_text())
+    epochs = info["extra"]["auto"]["train.epochs"]
+    per_epoch = int(epochs["reason"].split(" steps an epoch")[0])
+    assert info["total_steps"] == result.steps == round(epochs["value"] * per_epoch)
+    assert info["extra"]["auto"]["train.micro_batch"]["value"] == 1 and per_epoch < 10  # a few packed rows

@@ -25,7 +25,7 @@ import math
 import torch
 
 from tunelab.data.checks import CheckItem
-from tunelab.data.loader import make_batches
+from tunelab.data.loader import epoch_rows, make_batches
 from tunelab.data.packing import pack
 from tunelab.data.render import IGNORE, Rendered
 from tunelab.models.untrained import UntrainedReport
@@ -47,7 +47,8 @@ def _to(batch: dict, device: torch.device) -> dict:
 def first_batch(cfg, data, pad_id: int) -> dict:
     """The first micro-batch training will see (epoch 0, the same shuffle), on the CPU."""
     t = cfg.train
-    return make_batches(data.train, t.micro_batch, pad_id, shuffle=cfg.data.shuffle, seed=t.seed, epoch=0)[0]
+    rows = epoch_rows(data, t.seed, 0)  # a mixture's draw, packed where asked
+    return make_batches(rows, t.micro_batch, pad_id, shuffle=cfg.data.shuffle, seed=t.seed, epoch=0)[0]
 
 
 def documents(batch: dict) -> list[Rendered]:

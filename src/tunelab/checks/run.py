@@ -40,6 +40,7 @@ from tunelab.checks.model import (
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
 from tunelab.config import describe
 from tunelab.data.checks import CheckItem, CheckResult, data_checks
+from tunelab.data.loader import epoch_rows
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
 from tunelab.errors import ConfigError, RunDirError
@@ -100,7 +101,8 @@ def auto_item(cfg, data, resume: bool) -> tuple[AutoPlan, CheckItem]:
             kept = kept_auto(cfg.output_dir, cfg)
         except (RunDirError, ConfigError):  # the resume item reports what is wrong with the run
             pass
-    plan = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
+    rows = len(epoch_rows(data, cfg.train.seed, 0))  # a mixture's draw, packed where asked, as training counts it
+    plan = plan_from_data(cfg.train, rows, bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
     later = "; train.lr: from the model's width when training starts" if plan.train.lr == "auto" else ""
     details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
     return plan, CheckItem("auto values", "info", f"{len(plan.chosen)} chosen from the data{later}", details)
@@ -204,7 +206,8 @@ def run_check(
             stage_inputs = load_inputs(dataclasses.replace(stage, model=cfg.model))  # the same tokenizer as stage 1
             out(f"stage {k}: " + stage_inputs.data.report.summary())
             stage_data = stage_inputs.data  # its auto values, as train will choose them from the stage's data
-            stage_plan = plan_from_data(stage.train, len(stage_data.train), bool(stage_data.eval), {}, None)
+            stage_rows = len(epoch_rows(stage_data, stage.train.seed, 0))
+            stage_plan = plan_from_data(stage.train, stage_rows, bool(stage_data.eval), {}, None)
             stage = dataclasses.replace(stage, train=stage_plan.train)
             for item in data_checks(stage, stage_inputs):
                 items.append(dataclasses.replace(item, name=f"stage {k}: {item.name}"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.config import RunConfig
-from tunelab.data.loader import make_batches, row_sources
+from tunelab.data.loader import epoch_rows, make_batches, row_sources
 from tunelab.data.packing import Packed
 from tunelab.data.render import IGNORE, encode, render_prompt
 from tunelab.data.report import location
@@ -186,5 +186,5 @@ def data_checks(cfg: RunConfig, inputs) -> list[CheckItem]:
     return [
         render_parity(data.examples, tokenizer, data.template),
         answer_ends(data.train + data.eval, data.template, cfg, tokenizer),
-        padding(data.train, tokenizer, data.template, cfg),
+        padding(epoch_rows(data, cfg.train.seed, 0), tokenizer, data.template, cfg),
     ]

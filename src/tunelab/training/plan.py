@@ -425,6 +425,7 @@ class PlanReport:
 def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
     """The planner for a config without loading weights: its data (for auto micro_batch and the longest row) and its
     model's config (the shapes). BudgetError when nothing fits; ConfigError off the fast path or without a budget."""
+    from tunelab.data.loader import epoch_rows
     from tunelab.models.load import load_hf_config
     from tunelab.training.auto import plan_from_data
     from tunelab.training.build import pick_impl
@@ -440,10 +441,9 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
     if pick_impl(cfg.model.impl, hf_config) != "fast":
         raise ConfigError(f"model '{cfg.model.name}' trains on the generic path, which the planner has no model of.")
     shape = LlamaConfig.from_hf(hf_config)
-    auto = plan_from_data(
-        train, len(inputs.data.train), bool(inputs.data.eval), grpo=cfg.grpo if cfg.task == "grpo" else None
-    )
-    seq = longest_row(cfg, inputs.data.train)
+    first = epoch_rows(inputs.data, cfg.train.seed, 0)  # a mixture's draw, packed where asked
+    auto = plan_from_data(train, len(first), bool(inputs.data.eval), grpo=cfg.grpo if cfg.task == "grpo" else None)
+    seq = longest_row(cfg, first)
     result = plan_for_config(cfg, auto.train, shape, seq, budget, cfg.train.micro_batch == AUTO)
     require_fit(result, f"budget {gib(budget)}")
     return PlanReport(result, shape, seq, auto.train.micro_batch * auto.train.grad_accum)

@@ -193,12 +193,13 @@ def _train(
             run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, file_digests(data.eval or []))
         )
     kept = kept_auto(run_dir, cfg) if resume else {}
-    auto = plan_from_data(cfg.train, len(data.train), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
+    first = epoch_rows(data, cfg.train.seed, 0)  # what a step trains on: a mixture's draw, packed where asked
+    auto = plan_from_data(cfg.train, len(first), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
     if check:
         cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task)
     built, untrained = load_model(cfg, inputs)
     auto = auto.with_lr(cfg.method, model_shape(built.hf_config), cfg.task)
-    longest = longest_row(cfg, data.train)  # grpo: the prompt and its answer
+    longest = longest_row(cfg, first)  # grpo: the prompt and its answer
     # Checkpointing and offload (the memory planner) are set on the causal LM before the task adapts it: a head keeps
     # the LM's body, and with it the body's recompute settings.
     if sharding == "fsdp2":  # our recomputation runs outside FSDP2's gathers: auto means off there
