@@ -272,6 +272,11 @@ def test_bad_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, pair_fil
     assert main([*base, "--data.train", pair_file, "--data.packing", "true"]) == 2
     assert "packing" in capsys.readouterr().err
 
+    forged = _write(tmp_path / "forged.jsonl", [{"prompt": "a", "chosen": "b<|im_end|>c", "rejected": "c"}])
+    assert main([*base, "--data.train", forged]) == 2
+    err = capsys.readouterr().err
+    assert "forged.jsonl:1: the special token text '<|im_end|>' in an assistant message of the chosen side" in err
+
 
 def test_a_run_that_leaves_the_training_options_to_auto(tiny_model_dir, tmp_path, pair_file):
     """The reference log-probs are cached in micro-batches of the size auto chose (the option itself reads 'auto')."""

@@ -5,6 +5,15 @@ the text is tokenized once, with `add_special_tokens=False` (the template writes
 gets a label iff its character range overlaps a span. Labels are aligned with input_ids (the Hugging Face convention:
 the model shifts them); -100 means no loss.
 
+A token that straddles a span's edge (an answer that starts with whitespace the template's newline before it would
+absorb) would give training a token the prompt never ends with: such a text is tokenized in pieces cut at the span
+edges, so the tokens before an answer are those `render_prompt` gives for generation.
+
+The data's own text is never read as control tokens: a chat whose message holds the text of a special token
+(`<|im_end|>`, `<|im_start|>`, ...) would forge turns or end an answer in its middle, so it is skipped and counted
+(`special_text_in`); the other tasks refuse it, naming the row. Plain texts are tokenized with
+`split_special_tokens`, so such text stays characters.
+
 Text (continued pretraining): each document is tokenized, ends with EOS, and all are concatenated and cut into
 blocks of max_length tokens; the last block may be shorter; every token has a label. A document does not
 restart the position ids: as in pretraining, blocks run across document boundaries.
@@ -12,6 +21,7 @@ restart the position ids: as in pretraining, blocks run across document boundari
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tunelab.config import DataConfig
@@ -37,37 +47,75 @@ def _in_span(a: int, b: int, spans: list[tuple[int, int]]) -> bool:
     return any((a < e and b > s) or (a == b and s <= a < e) for s, e in spans)
 
 
-def _encode_pieces(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
-    """Fallback for tokenizers without offset mappings: tokenize the text piece by piece, cut at span edges."""
+def _encode_pieces(tokenizer, text: str, spans: list[tuple[int, int]], plain: bool = False):
+    """Tokenize the text piece by piece, cut at span edges: for tokenizers without offset mappings, and for texts
+    where a token straddles an edge."""
     cuts = sorted({0, len(text), *(p for span in spans for p in span)})
     ids, inside = [], []
     for a, b in zip(cuts, cuts[1:]):
-        piece = tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
+        piece = tokenizer(text[a:b], add_special_tokens=False, split_special_tokens=plain)["input_ids"]
         ids += piece
         inside += [_in_span(a, b, spans)] * len(piece)
     return ids, inside
 
 
-def encode(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[tuple[list[int], list[bool]]]:
-    """Token ids of each text and, per token, whether it lies in one of that text's spans."""
+def _straddles(offsets, spans: list[tuple[int, int]]) -> bool:
+    return any(a < edge < b for a, b in offsets for span in spans for edge in span)
+
+
+def encode(
+    tokenizer, texts: list[str], spans: list[list[tuple[int, int]]], plain: bool = False
+) -> list[tuple[list[int], list[bool]]]:
+    """Token ids of each text and, per token, whether it lies in one of that text's spans. `plain`: special-token
+    text in the texts stays characters (texts of the data alone, no template markers)."""
     out = []
     for i in range(0, len(texts), _BATCH):
         chunk, chunk_spans = texts[i : i + _BATCH], spans[i : i + _BATCH]
         try:
-            enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+            enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=plain)
         except (NotImplementedError, ValueError, TypeError):
-            out += [_encode_pieces(tokenizer, t, s) for t, s in zip(chunk, chunk_spans)]
+            out += [_encode_pieces(tokenizer, t, s, plain) for t, s in zip(chunk, chunk_spans)]
             continue
-        for ids, offsets, sp in zip(enc["input_ids"], enc["offset_mapping"], chunk_spans):
-            out.append((list(ids), [_in_span(a, b, sp) for a, b in offsets]))
+        for text, ids, offsets, sp in zip(chunk, enc["input_ids"], enc["offset_mapping"], chunk_spans):
+            if _straddles(offsets, sp):
+                out.append(_encode_pieces(tokenizer, text, sp, plain))
+            else:
+                out.append((list(ids), [_in_span(a, b, sp) for a, b in offsets]))
     return out
+
+
+def special_texts(tokenizer) -> re.Pattern | None:
+    """A pattern matching the text of any of the tokenizer's special tokens (None when it has none)."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    found = {t.content for t in decoder.values() if getattr(t, "special", False)}
+    found |= set(getattr(tokenizer, "all_special_tokens", []) or [])
+    found = sorted((t for t in found if t), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, found))) if found else None
+
+
+def special_text_in(messages: list[dict], pattern: re.Pattern | None) -> str | None:
+    """'the special token text X in a ROLE message' for the first message holding one, else None."""
+    if pattern is None:
+        return None
+    for message in messages:
+        content = message.get("content")
+        hit = pattern.search(content) if isinstance(content, str) else None
+        if hit:
+            role = str(message.get("role"))
+            return f"the special token text {hit.group()!r} in {'an' if role == 'assistant' else 'a'} {role} message"
+    return None
 
 
 def _render_chats(
     examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport
 ) -> list[Rendered]:
-    texts, spans = [], []
+    texts, spans, kept, specials = [], [], [], special_texts(tokenizer)
     for ex in examples:
+        found = special_text_in(ex.messages, specials)
+        if found:
+            report.skip(f"{found} (it would be read as a control token)", ex.path, ex.line)
+            continue
+        kept.append(ex)
         try:
             text, sp = template.render(ex.messages)
         except ConfigError as exc:
@@ -77,7 +125,7 @@ def _render_chats(
     encoded = encode(tokenizer, texts, spans)
     report.add_lengths([len(ids) for ids, _ in encoded])
     rows, limit = [], cfg.max_length
-    for ex, (ids, inside) in zip(examples, encoded):
+    for ex, (ids, inside) in zip(kept, encoded):
         labels = list(ids) if cfg.train_on_prompt else [t if keep else IGNORE for t, keep in zip(ids, inside)]
         if len(ids) > limit:
             if cfg.overlong == "drop":
@@ -100,7 +148,7 @@ def _text_blocks(examples: list[Example], tokenizer, cfg: DataConfig, report: Da
     bos = default_bos(tokenizer)
     head = [tokenizer.bos_token_id] if bos else []
     tail = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    encoded = encode(tokenizer, [ex.text for ex in examples], [[] for _ in examples])
+    encoded = encode(tokenizer, [ex.text for ex in examples], [[] for _ in examples], plain=True)
     docs = [head + ids + tail for ids, _ in encoded]
     report.add_lengths([len(d) for d in docs])
     # stream: (token, index of its document); each block remembers the document it starts in

@@ -27,7 +27,7 @@ import torch
 from tunelab.config import PLACEHOLDER, RunConfig
 from tunelab.data.formats import parse_turns, text_field
 from tunelab.data.loader import split_eval
-from tunelab.data.render import encode
+from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
@@ -162,17 +162,24 @@ def render(
     """Token ids of each input (see the module docstring); `wheres` (file:line per input) locates template errors;
     `text_format` (classify.prompt_format) wraps each text input."""
     bos = [tokenizer.bos_token_id] if default_bos(tokenizer) else []
-    texts = []
+    chats, plain, specials = {}, {}, special_texts(tokenizer)
     for i, item in enumerate(inputs):
+        where = f"{wheres[i]}: " if wheres else ""
         if item.messages is None:
-            texts.append(formatted(item.text, text_format))
+            plain[i] = formatted(item.text, text_format)  # special-token text stays characters
             continue
+        found = special_text_in(item.messages, specials)
+        if found:
+            raise DataError(f"{where}{found} would be read as a control token; remove it from the row.")
         try:
-            texts.append(template.render(item.messages, add_generation_prompt=item.messages[-1]["role"] == "user")[0])
+            chats[i] = template.render(item.messages, add_generation_prompt=item.messages[-1]["role"] == "user")[0]
         except ConfigError as exc:
-            raise ConfigError(f"{wheres[i]}: {exc}" if wheres else str(exc)) from None
-    encoded = encode(tokenizer, texts, [[] for _ in texts])
-    return [(ids if item.messages is not None else bos + ids) for item, (ids, _) in zip(inputs, encoded)]
+            raise ConfigError(f"{where}{exc}") from None
+    ids = {}
+    for texts, is_plain in ((chats, False), (plain, True)):
+        encoded = encode(tokenizer, list(texts.values()), [[] for _ in texts], plain=is_plain)
+        ids |= {i: (bos if is_plain else []) + row for i, (row, _) in zip(texts, encoded)}
+    return [ids[i] for i in range(len(inputs))]
 
 
 def fit(ids: list[int], max_length: int, overlong: str) -> list[int] | None:

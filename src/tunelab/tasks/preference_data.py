@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets
-from tunelab.data.render import IGNORE, encode
+from tunelab.data.render import IGNORE, encode, special_text_in, special_texts
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.templates import Template, default_bos
 from tunelab.errors import ConfigError, DataError
@@ -145,6 +145,11 @@ def render_pair(pair: Preference, tokenizer, template: Template) -> tuple[list[i
     """(chosen ids, chosen labels, rejected ids, rejected labels), untruncated."""
     where = location(pair.path, pair.line)
     if pair.chosen.messages is not None:
+        specials = special_texts(tokenizer)
+        for name, side in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+            found = special_text_in(side.messages, specials)
+            if found:
+                raise DataError(f"{where}: {found} of the {name} side would be read as a control token; remove it.")
         rendered = [_chat_text(side, template, where) for side in (pair.chosen, pair.rejected)]
         (c_ids, c_in), (r_ids, r_in) = encode(tokenizer, [t for t, _ in rendered], [s for _, s in rendered])
         c_labels = [t if keep else IGNORE for t, keep in zip(c_ids, c_in)]
@@ -152,7 +157,7 @@ def render_pair(pair: Preference, tokenizer, template: Template) -> tuple[list[i
         return c_ids, c_labels, r_ids, r_labels
     bos = [tokenizer.bos_token_id] if default_bos(tokenizer) else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    (c, _), (r, _) = encode(tokenizer, [pair.chosen.text, pair.rejected.text], [[], []])
+    (c, _), (r, _) = encode(tokenizer, [pair.chosen.text, pair.rejected.text], [[], []], plain=True)
     c_ids, r_ids = bos + c + eos, bos + r + eos
     shared = 0
     while shared < min(len(c_ids), len(r_ids)) and c_ids[shared] == r_ids[shared]:
