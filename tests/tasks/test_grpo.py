@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import tunelab.training.recipe as recipe
 from tunelab.cli import main
 from tunelab.config import MethodConfig, ModelConfig, RewardSpec, load_config
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, DataError
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.tasks import get_task
 from tunelab.tasks import rewards as R
@@ -210,7 +210,11 @@ def test_reward_failures_stop_or_skip(tiny_model_dir, tmp_path, prompt_file, rew
     task, data, built, tok = _task(
         tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.rewards": broken, "grpo.on_reward_error": "skip"}
     )
-    assert task.rollout(built.model, group, 0, 4) == []  # both groups skipped: nothing to train on this step
+    # both groups skipped: the step had nothing to train on, and the loop crashed on it (IndexError); now it stops
+    with pytest.raises(
+        DataError, match=r"the reward failed in every group of step 1 \(2 prompts; the first: .*prompts"
+    ):
+        task.rollout(built.model, group, 0, 4)
 
 
 # ---------------------------------------------------------------- the CLI

@@ -47,7 +47,7 @@ from tunelab.config import GrpoConfig, RunConfig
 from tunelab.data.loader import Datasets, epoch_chunks
 from tunelab.data.render import IGNORE
 from tunelab.data.report import location
-from tunelab.errors import TunelabError
+from tunelab.errors import DataError, TunelabError
 from tunelab.models.decode import SampleSettings, sample
 from tunelab.peft.lora import adapters_disabled
 from tunelab.tasks import rewards as reward_fns
@@ -264,6 +264,13 @@ def make_task(cfg: GrpoConfig) -> Task:
             print(f"grpo: skipped the group of {_failure_message(f, samples)}", flush=True)
         failed = {f.sample // g for f in failures}
         keep = [i for i in range(len(samples)) if i // g not in failed]  # whole groups, in order
+        if not keep:
+            raise DataError(
+                f"grpo: the reward failed in every group of step {step + 1} ({len(failed)} prompts; the first: "
+                f"{_failure_message(failures[0], samples)}), so the step has nothing to train on. "
+                "grpo.on_reward_error: skip drops a failing group from its step; fix the reward function, or give a "
+                "step more prompts (grpo.prompts_per_step)."
+            )
         weights = torch.tensor([r.weight for r in online.rewards])
         values = values[keep]
         total = (values * weights).sum(1)  # (N,)

@@ -117,6 +117,8 @@ class Ranks:
     def shard(self, group: list[dict]) -> list[dict]:
         """This rank's micro-batches of a step's `group`: every world-th from its rank on, padded with blanks to the
         count every rank runs, ceil(len(group) / world)."""
+        if not group:
+            return []
         mine = [group[i] for i in self.mine(len(group))]
         count = math.ceil(len(group) / self.world)
         return mine + [{**group[0], BLANK: True}] * (count - len(mine))
