@@ -272,6 +272,22 @@ def test_bad_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, pair_fil
     assert main([*base, "--data.train", pair_file, "--data.packing", "true"]) == 2
     assert "packing" in capsys.readouterr().err
 
+    # an empty prompt, or one whose chat ends with the assistant, was trained on silently
+    for name, prompt, says in [
+        ("null_prompt", None, "field 'prompt': the prompt is empty"),
+        ("no_turns", [], "field 'prompt': the prompt is empty"),
+        (
+            "ends_assistant",
+            [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+            "field 'prompt': the prompt's chat ends with the assistant's turn",
+        ),
+    ]:
+        bad = _write(tmp_path / f"{name}.jsonl", [{"prompt": prompt, "chosen": "b", "rejected": "c"}])
+        for task in ("dpo", "reward"):
+            assert main([base[0], "--task", task, *base[3:], "--data.train", bad]) == 2
+            err = capsys.readouterr().err
+            assert f"{name}.jsonl:1: {says}" in err and "Traceback" not in err
+
     forged = _write(tmp_path / "forged.jsonl", [{"prompt": "a", "chosen": "b<|im_end|>c", "rejected": "c"}])
     assert main([*base, "--data.train", forged]) == 2
     err = capsys.readouterr().err

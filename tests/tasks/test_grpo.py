@@ -140,6 +140,20 @@ def test_built_in_rewards():
     length = RewardSpec(kind="length", max_tokens=4)
     assert _scores(length, [_sample("a", tokens=3), _sample("a", tokens=4), _sample("a", tokens=6)])[0] == [0, 0, -0.5]
     assert _scores(RewardSpec(kind="contains", column="gold"), [R.Sample("p", "x 7", {"gold": 7}, 2, "w")])[0] == [1]
+    # a whole phrase, as tunelab eval scores: a substring test rewarded 142 and 1,042 for 42
+    whole = [_sample("It is 142."), _sample("It is 1,042"), _sample("42!"), _sample("(42)")]
+    assert _scores("contains", whole)[0] == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_an_empty_expected_text_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, reward_module):
+    """contains with an empty expected text gave every answer full credit; null became the text 'none'."""
+    for value in ("", "  ", None, [1, 2]):
+        data = _write(
+            tmp_path / "p.jsonl",
+            [{"prompt": "What is 1 plus 2?", "expected": "3"}, {"prompt": "Hi?", "expected": value}],
+        )
+        with pytest.raises(DataError, match=r"p\.jsonl:2: column\(s\) expected empty or not a text or number"):
+            _task(tiny_model_dir, tmp_path, data, reward_module, **{"data.eval_fraction": 0.0})
 
 
 def test_user_function_rewards_and_their_failures(reward_module):

@@ -31,14 +31,13 @@ from tqdm import tqdm
 
 from tunelab.atomic import write_json
 from tunelab.data.loader import make_batches
+from tunelab.data.match import contains, exact_match
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
 from tunelab.eval.metrics import (
     LabelScores,
     TextScores,
-    contains,
     correct,
-    exact_match,
     label_scores,
     predict_label,
     refused,

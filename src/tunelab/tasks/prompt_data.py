@@ -13,6 +13,7 @@ file and line: no setting could train on it. The rewards' columns (e.g. `expecte
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from tunelab.config import RunConfig
@@ -85,6 +86,15 @@ def read_prompts(
     return out
 
 
+def _expected_text(value) -> bool:
+    """A text with something in it, or a finite number (a bool, null, list or mapping is none)."""
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, int | float):
+        return math.isfinite(value)
+    return isinstance(value, str) and bool(value.strip())
+
+
 def to_rows(prompts: list[Prompt], tokenizer, template, max_length: int, columns: list[str], report) -> list[PromptRow]:
     wheres = [location(p.path, p.line) for p in prompts]
     ids = render([Input(messages=p.messages) for p in prompts], tokenizer, template, wheres)
@@ -101,6 +111,13 @@ def to_rows(prompts: list[Prompt], tokenizer, template, max_length: int, columns
             raise DataError(
                 f"{where}: column(s) {', '.join(missing)} missing; grpo.rewards read them (contains and equals compare "
                 "the answer with the row's expected text). Add them, or set the reward's column."
+            )
+        empty = [c for c in columns if not _expected_text(p.row[c])]
+        if empty:
+            raise DataError(
+                f"{where}: column(s) {', '.join(empty)} empty or not a text or number; contains and equals compare the "
+                "answer with it, and an empty expected text would match every answer. Give the row its expected "
+                "answer, or remove the row."
             )
         report.used(p.path)
         rows.append(PromptRow(prompt_ids, p.prompt, p.row, p.path, p.line))

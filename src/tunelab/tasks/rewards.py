@@ -2,10 +2,12 @@
 
 Built-in kinds (`grpo.rewards` entries; a bare kind takes the defaults):
 
-    contains   1 if the row's expected text (column `expected`, or `column`) occurs in the answer, else 0
+    contains   1 if the row's expected text (column `expected`, or `column`) occurs in the answer as a whole phrase
+               ("4" is not in "14"), else 0: `data.match.contains`, the rule `tunelab eval` scores answers by
     equals     1 if the answer equals the expected text, else 0; with `pattern`, the first group of its LAST match in
                the answer is compared instead (e.g. "Answer:\\s*(-?\\d+)" reads the final number). Both sides are
-               normalised first: lower case, runs of white space as one space, no surrounding space or final period
+               normalised first (`data.match.normalize`: lower case, white space runs as one space, no final
+               punctuation)
     regex      1 if `pattern` matches anywhere in the answer (re.search; write ^...$ and (?m) as you need), else 0
     length     0 up to `max_tokens` answer tokens, then -(tokens - max_tokens) / max_tokens (-1 at twice the limit)
     function   a user's `module:function` or `file.py:function` (relative to the YAML config), called as
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 
 from tunelab.config import RewardSpec
+from tunelab.data.match import contains, exact_match
 from tunelab.data.transform import load_transform
 from tunelab.errors import ConfigError
 from tunelab.tasks.head_run import load_reward_model
@@ -61,10 +64,6 @@ class Failure:
     sample: int  # index into the scored samples
     reward: str  # the reward's name
     reason: str  # what it did: raised X, returned Y
-
-
-def normalise(text: str) -> str:
-    return " ".join(str(text).lower().split()).removesuffix(".").strip()
 
 
 def specs(entries: list[str | RewardSpec]) -> list[RewardSpec]:
@@ -127,7 +126,7 @@ def _each(fn: Callable[[Sample], Any]) -> Callable[[list[Sample]], list[Any]]:
 
 
 def _expected(s: Sample, column: str) -> str:
-    return normalise(s.row[column])
+    return str(s.row[column])
 
 
 def _final_group(pattern: re.Pattern, answer: str) -> str | None:
@@ -139,12 +138,12 @@ def build(spec: RewardSpec, device: torch.device | str = "cpu") -> Reward:
     """The scoring function of a checked spec (a reward model is loaded here, onto `device`)."""
     pattern = re.compile(spec.pattern) if spec.pattern is not None else None
     if spec.kind == "contains":
-        fn = _each(lambda s: float(_expected(s, spec.column) in normalise(s.answer)))
+        fn = _each(lambda s: float(contains(s.answer, _expected(s, spec.column))))
     elif spec.kind == "equals":
 
         def equals(s: Sample) -> float:
             got = _final_group(pattern, s.answer) if pattern is not None else s.answer
-            return float(got is not None and normalise(got) == _expected(s, spec.column))
+            return float(got is not None and exact_match(got, _expected(s, spec.column)))
 
         fn = _each(equals)
     elif spec.kind == "regex":
