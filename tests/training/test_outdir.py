@@ -69,6 +69,22 @@ def test_the_config_file_is_kept_out_of_output_dir_through_the_api_and_cli(tiny_
     assert _tree(previous_run) == before
 
 
+def test_output_dir_holding_a_transform_a_reward_function_or_a_reward_model_is_refused(tiny_overrides, previous_run):
+    """--overwrite deleted a grpo run's reward model run and reward function file, and a data.transform file."""
+    shaping = previous_run / "shaping.py"
+    shaping.write_text("def keep(row):\n    return row\n\ndef score(prompt, answer, row):\n    return 1.0\n")
+    over = tiny_overrides | {"output_dir": str(previous_run), "overwrite": True}
+    with pytest.raises(RunDirError, match=r"holds the function file .*shaping\.py"):
+        recipe.train(None, over | {"data.transform": f"{shaping}:keep"})
+    grpo = over | {"task": "grpo", "train.grad_accum": 1, "data.train": [str(previous_run.parent / "prompts.jsonl")]}
+    (previous_run.parent / "prompts.jsonl").write_text('{"prompt": "Hi?", "expected": "1"}\n')
+    with pytest.raises(RunDirError, match=r"holds the function file .*shaping\.py"):
+        recipe.train(None, grpo | {"grpo.rewards": [{"kind": "function", "function": f"{shaping}:score"}]})
+    with pytest.raises(RunDirError, match=r"holds the reward model run"):
+        recipe.train(None, grpo | {"grpo.rewards": [{"kind": "model", "run": str(previous_run)}]})
+    assert shaping.is_file() and (previous_run / "run.json").is_file()
+
+
 def test_a_missing_questions_file_stops_the_run_before_training(tiny_overrides, tmp_path):
     import tunelab
 

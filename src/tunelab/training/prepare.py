@@ -63,9 +63,20 @@ def load_model(cfg: RunConfig, inputs: Inputs, impl: str | None = None) -> tuple
 def protected_paths(cfg: RunConfig, config_path: str | Path | None) -> dict[str, list[str]]:
     """The user's files a run directory must never hold (see training/outdir.py)."""
     model = Path(cfg.model.name).expanduser()
+    rewards = [r for r in cfg.grpo.rewards if not isinstance(r, str)] if cfg.task == "grpo" else []
+    functions = [cfg.data.transform, *(r.function for r in rewards if r.kind == "function")]
     return {
         "data file": cfg.data.local_paths(),
         "config file": [str(config_path)] if config_path else [],
         "eval questions file": [cfg.eval.questions] if cfg.eval.questions else [],
         "model": [str(model)] if model.exists() else [],
+        "function file": [f for spec in functions if spec and (f := _function_file(spec))],
+        "reward model run": [r.run for r in rewards if r.kind == "model" and r.run],
     }
+
+
+def _function_file(spec: str) -> str | None:
+    """The local file of a `module:function` or `file.py:function` spec (data.transform, a grpo reward), if any."""
+    module, _, _ = spec.rpartition(":")
+    local = Path(module if module.endswith(".py") else module.replace(".", "/") + ".py").expanduser()
+    return str(local) if module and local.is_file() else None
