@@ -146,3 +146,11 @@ def test_label_scores_class_never_predicted_has_zero_precision():
     s = label_scores(["x", "y"], ["x", "x"], ["x", "y"])
     assert s.per_class["y"].precision == 0.0 and s.per_class["y"].recall == 0.0 and s.per_class["y"].f1 == 0.0
     assert s.per_class["x"].precision == 0.5 and s.per_class["x"].recall == 1.0
+
+
+def test_macro_f1_leaves_out_a_label_no_row_has_and_no_answer_names():
+    """tunelab eval averaged a run's label absent from the eval file as F1 0 (0.667 for a perfect run), where the
+    run's own eval reported 1.0; the label stays in the per-class table."""
+    s = label_scores(["pos", "neg", "pos"], ["pos", "neg", "pos"], ["neg", "neu", "pos"])
+    assert s.macro_f1 == 1.0 and s.per_class["neu"].support == 0
+    assert label_scores(["pos", "neg"], ["pos", "neu"], ["neg", "neu", "pos"]).macro_f1 == pytest.approx(1 / 3)

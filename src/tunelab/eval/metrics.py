@@ -158,11 +158,14 @@ def label_scores(expected: list[str], predicted: list[str], labels: list[str] | 
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[label] = ClassScores(precision, recall, f1, support, n_predicted)
     correct = sum(want == got for want, got in zip(expected, predicted))
+    # macro F1 over the classes the rows have or the answers name (as scikit-learn's f1_score without `labels`): a
+    # label of the run absent from both would add an F1 of 0 that says nothing about these rows
+    present = [c.f1 for c in per_class.values() if c.support or c.predicted]
     return LabelScores(
         labels=labels,
         n=len(expected),
         accuracy=correct / len(expected),
-        macro_f1=sum(c.f1 for c in per_class.values()) / len(per_class) if per_class else 0.0,
+        macro_f1=sum(present) / len(present) if present else 0.0,
         per_class=per_class,
         confusion=confusion,
     )
