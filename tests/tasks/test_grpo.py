@@ -33,6 +33,11 @@ def broken(prompt, answer, row):
 
 def text(prompt, answer, row):
     return "high"
+
+def first_fails(prompt, answer, row):
+    if row["expected"] == "1":
+        raise ValueError("no score for 1")
+    return 1.0
 '''
 
 
@@ -215,7 +220,7 @@ def test_rollout_is_seeded_by_the_step(tiny_model_dir, tmp_path, prompt_file, re
     assert torch.allclose(adv.sum(1), torch.zeros(2, device=adv.device), atol=1e-4)  # centred within each group
 
 
-def test_reward_failures_stop_or_skip(tiny_model_dir, tmp_path, prompt_file, reward_module):
+def test_reward_failures_stop_or_skip(tiny_model_dir, tmp_path, prompt_file, reward_module, capsys):
     broken = [{"kind": "function", "function": f"{reward_module}:broken"}]
     task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.rewards": broken})
     group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=False, seed=0, epoch=0)[:1]
@@ -229,6 +234,15 @@ def test_reward_failures_stop_or_skip(tiny_model_dir, tmp_path, prompt_file, rew
         DataError, match=r"the reward failed in every group of step 1 \(2 prompts; the first: .*prompts"
     ):
         task.rollout(built.model, group, 0, 4)
+    # the eval leaves a failed answer out of its mean, and says and counts it (it was dropped silently)
+    some = [{"kind": "function", "function": f"{reward_module}:first_fails"}]
+    task, data, built, tok = _task(
+        tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.rewards": some, "grpo.on_reward_error": "skip"}
+    )
+    rows = sorted(data.train, key=lambda r: r.line)[:3]  # the first row's expected text is "1"
+    figures = task.evaluate(built.model, [{"rows": rows}])
+    assert figures["eval_reward_errors"] == 1.0 and figures["eval_reward"] == 1.0
+    assert "grpo eval: left out" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- the CLI

@@ -335,7 +335,10 @@ def make_task(cfg: GrpoConfig) -> Task:
         answers = [_fit(p, a, online.max_length) for p, a in zip(prompts, answers)]
         samples = _samples(rows, answers, set(online.stop_ids), online.tokenizer, 1)
         values, failures = score(samples)
-        keep = [i for i in range(len(samples)) if i not in {f.sample for f in failures}]
+        for f in failures:  # on_reward_error: skip (stop has raised): said and counted, never dropped silently
+            print(f"grpo eval: left out {_failure_message(f, samples)}", flush=True)
+        failed = {f.sample for f in failures}
+        keep = [i for i in range(len(samples)) if i not in failed]
         if not keep:
             return {}
         values = values[keep]
@@ -343,6 +346,7 @@ def make_task(cfg: GrpoConfig) -> Task:
         out = {"eval_reward": total.mean().item()}
         out |= {f"eval_reward_{r.name}": values[:, j].mean().item() for j, r in enumerate(online.rewards)}
         out["eval_answer_tokens"] = sum(len(answers[i]) for i in keep) / len(keep)
+        out["eval_reward_errors"] = float(len(failed))  # prompts whose answer the mean leaves out
         return {"eval_loss": -out["eval_reward"]} | out
 
     def prepare(built: BuiltModel, data: Datasets, run: RunConfig) -> None:
