@@ -76,10 +76,6 @@ def read_prompts(
                 f"{', '.join(map(str, record.row)) or 'no fields'}). Map your column with data.fields, e.g. "
                 "{prompt: question_text}."
             )
-        if turns[-1]["role"] != "user":
-            raise DataError(
-                f"{where}: the prompt's chat ends with a {turns[-1]['role']} turn; it must end with the user's."
-            )
         key = next(k for n in (*PROMPT_FIELDS, *CHAT_FIELDS) if (k := fields.get(n, n)) in record.row)
         messages = with_system(turns, record.row, fields, where, system)
         out.append(Prompt(record.row[key], messages, record.row, record.path, record.line))

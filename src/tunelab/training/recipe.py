@@ -186,12 +186,11 @@ def _train(
     data, tokenizer = inputs.data, inputs.tokenizer
     print(data.report.summary(), flush=True)
     digest, eval_digest = data_digest(data.train), (data_digest(data.eval) if data.eval else "")
+    files, eval_files = file_digests(data.train), file_digests(data.eval or [])
     if resume:
         before = read_info(run_dir, require_finished=False)
-        check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, file_digests(data.train)))
-        check_same_data(
-            run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, file_digests(data.eval or []))
-        )
+        check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, files))
+        check_same_data(run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, eval_files))
     kept = kept_auto(run_dir, cfg) if resume else {}
     first = epoch_rows(data, cfg.train.seed, 0)  # what a step trains on: a mixture's draw, packed where asked
     auto = plan_from_data(cfg.train, len(first), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
@@ -231,8 +230,7 @@ def _train(
         torch.manual_seed(t.seed + ranks.rank)  # each rank its own dropout draws
 
     pad_id = tokenizer.pad_token_id
-    first_epoch = epoch_rows(data, t.seed, 0)
-    batches_per_epoch = len(task.make_batches(first_epoch, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
+    batches_per_epoch = len(task.make_batches(first, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     warmup = int(t.warmup_ratio * total_steps)
@@ -275,8 +273,8 @@ def _train(
         fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
         data_sha256=digest,
         eval_sha256=eval_digest,
-        data_files=file_digests(data.train),
-        eval_files=file_digests(data.eval) if data.eval else {},
+        data_files=files,
+        eval_files=eval_files,
         total_steps=total_steps,
         extra=dict(data.facts) | {"auto": auto.to_dict()},
     )
