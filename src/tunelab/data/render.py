@@ -21,6 +21,7 @@ restart the position ids: as in pretraining, blocks run across document boundari
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -84,8 +85,10 @@ def encode(
     return out
 
 
+@functools.lru_cache(maxsize=8)
 def special_texts(tokenizer) -> re.Pattern | None:
-    """A pattern matching the text of any of the tokenizer's special tokens (None when it has none)."""
+    """A pattern matching the text of any of the tokenizer's special tokens (None when it has none); built once per
+    tokenizer (a dpo run asks for it per pair)."""
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     found = {t.content for t in decoder.values() if getattr(t, "special", False)}
     found |= set(getattr(tokenizer, "all_special_tokens", []) or [])
