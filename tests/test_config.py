@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.config import RunConfig, describe, dump_yaml, load_config
+from tunelab.config.load import stage_config
 from tunelab.errors import ConfigError
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/*/config*.yaml"))
@@ -53,6 +54,37 @@ def test_saved_yaml_round_trips(tmp_path):
 def test_bad_options_are_named(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"dpo.beta": 0.5}, "option 'dpo.beta' is for task dpo; option 'task' is sft"),
+        (
+            {"task": "dpo", "grpo.num_generations": 8},
+            "option 'grpo.num_generations' is for task grpo; option 'task' is dpo",
+        ),
+        ({"task": "reward", "classify.class_weights": "balanced"}, "'classify.class_weights' is for task classify;"),
+        ({"task": "reward", "classify.label_weights": {"a": 2}}, "'classify.label_weights' is for task classify;"),
+        ({"task": "grpo", "dpo.loss": "ipo"}, "option 'dpo.loss' is for task dpo; option 'task' is grpo"),
+        ({"task": "sft", "classify.head_lr": 0.01}, "'classify.head_lr' is for tasks classify and reward;"),
+        (
+            {"dpo.beta": 0.5, "stages": [{"train": {"lr": 1e-3}}, {"task": "classify"}]},
+            "option 'dpo.beta' is for task dpo; the stages' tasks are classify, sft",
+        ),
+    ],
+)
+def test_an_option_no_task_of_the_run_reads_is_refused_not_ignored(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
+def test_an_option_serves_a_stage_of_its_task():
+    stages = [{"train": {"lr": 1e-3}}, {"task": "dpo", "data": {"train": ["p.jsonl"]}}]
+    resolved = load_config(None, {"dpo.beta": 0.5, "stages": stages})  # dpo.beta is for stage 2
+    sft, dpo = (stage_config(resolved, k, f"runs/s{k}").config for k in (0, 1))  # stage 1 inherits it, unread
+    assert (sft.task, sft.dpo.beta, dpo.task, dpo.dpo.beta) == ("sft", 0.5, "dpo", 0.5)
+    assert load_config(None, {"task": "dpo", "dpo.beta": 0.5}).config.dpo.beta == 0.5
 
 
 def test_bad_yaml_names_file_and_line(tmp_path):

@@ -146,7 +146,7 @@ def test_label_words_are_read_with_underscores_as_spaces_and_only_for_classify(t
     assert label_words(tiny_tokenizer, "credit_cards") == tiny_tokenizer.encode(
         " credit cards", add_special_tokens=False
     )
-    with pytest.raises(ConfigError, match="'classify.head_init' label_words is for task classify"):
+    with pytest.raises(ConfigError, match="'classify.head_init' is for task classify; option 'task' is reward"):
         load_config(None, {"task": "reward", "classify.head_init": "label_words"})
     with pytest.raises(ConfigError, match="allowed values: random, label_words"):
         load_config(None, {"task": "classify", "classify.head_init": "words"})

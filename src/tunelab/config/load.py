@@ -15,7 +15,7 @@ import yaml
 from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths
 from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import unknown_option
-from tunelab.config.validate import check_consistency
+from tunelab.config.validate import check_consistency, misplaced_option
 from tunelab.config.values import check_constraints, coerce
 from tunelab.errors import ConfigError
 
@@ -199,7 +199,10 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
     origins = dict(resolved.origins) | {name: f"stage {index + 1}" for name in values}
     origins |= {"stages": "the staged run", "output_dir": "the staged run"}
     try:
-        check_consistency(config)
+        check_consistency(config, task_options=False)
+        for name in values:
+            if error := misplaced_option(name, {config.task}, f"this stage's task is {config.task}"):
+                raise error
     except ConfigError as exc:
         raise ConfigError(f"stage {index + 1}: {exc}") from None
     return ResolvedConfig(config, origins, resolved.path)

@@ -6,15 +6,19 @@ A single value's type, choices and range are config/values.py's.
 
 from __future__ import annotations
 
+import dataclasses
+
 from tunelab.config.data import DataConfig, DataSource
-from tunelab.config.run import RunConfig
+from tunelab.config.run import RunConfig, iter_options
 from tunelab.config.tasks import PLACEHOLDER
 from tunelab.config.train import check_trackers, parse_size
 from tunelab.errors import ConfigError
 
 
-def check_consistency(config: RunConfig) -> None:
-    """Rules that involve more than one option, or the environment (a tracker's library must be installed)."""
+def check_consistency(config: RunConfig, task_options: bool = True) -> None:
+    """Rules that involve more than one option, or the environment (a tracker's library must be installed).
+    `task_options`: refuse an option of a task section that no task of the run reads (off for a stage's config, which
+    inherits the run's options for its other stages: config/load.py checks the stage's own)."""
     check_trackers(config.train.report_to)
     if config.train.offload_activations is True and config.train.checkpointing is False:
         raise ConfigError(
@@ -25,6 +29,8 @@ def check_consistency(config: RunConfig) -> None:
             parse_size(config.train.gpu_memory)
         except ValueError as exc:
             raise ConfigError(f"option 'train.gpu_memory': {exc}.") from None
+    if task_options:
+        check_task_options(config)
     check_head_options(config)
     if config.task == "dpo" and config.dpo.beta <= 0:
         raise ConfigError("option 'dpo.beta' must be > 0 (it scales the log ratios, and ipo divides by it).")
@@ -47,20 +53,53 @@ def check_consistency(config: RunConfig) -> None:
         raise ConfigError(f"option 'method.use_dora' is for method.name lora; method.name is {config.method.name}.")
 
 
+# The options of the task sections that serve some tasks only; every dpo.* option serves task dpo, every grpo.* grpo.
+TASK_OPTIONS = {
+    "classify.class_weights": ("classify",),
+    "classify.label_weights": ("classify",),
+    "classify.head_init": ("classify",),  # a reward head has no label words
+    "classify.prompt_format": ("classify", "reward"),
+    "classify.head_lr": ("classify", "reward"),
+}
+
+
+def serving_tasks(name: str) -> tuple[str, ...] | None:
+    """The tasks that read option `name`, or None when every task may."""
+    section = name.partition(".")[0]
+    return ("dpo",) if section == "dpo" else ("grpo",) if section == "grpo" else TASK_OPTIONS.get(name)
+
+
+def misplaced_option(name: str, tasks: set[str], where: str) -> ConfigError | None:
+    """The error for option `name` set where no task of `tasks` reads it (`where` says which task the run has), or
+    None when one does."""
+    serves = serving_tasks(name)
+    if serves is None or tasks & set(serves):
+        return None
+    plural = "s" if len(serves) > 1 else ""
+    return ConfigError(
+        f"option '{name}' is for task{plural} {' and '.join(serves)}; {where}. A run of another task would ignore it: "
+        "remove it, or set it in the stage of that task."
+    )
+
+
+def check_task_options(config: RunConfig) -> None:
+    """An option of a task section that no task of the run reads (dpo.beta on an sft run) is refused, not ignored. A
+    staged run's options serve every task among its stages; each stage's own are checked by config/load.py."""
+    tasks = {entry.get("task", config.task) for entry in config.stages} or {config.task}
+    shown = ", ".join(sorted(tasks))
+    where = f"the stages' tasks are {shown}" if config.stages else f"option 'task' is {config.task}"
+    for name, f, _ in iter_options():
+        if serving_tasks(name) is None:
+            continue
+        section, _, key = name.partition(".")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(getattr(config, section), key) != default and (error := misplaced_option(name, tasks, where)):
+            raise error
+
+
 def check_head_options(config: RunConfig) -> None:
-    """classify.prompt_format holds {text} once; it and classify.head_lr are for the head tasks only, head_init for
-    classify."""
+    """classify.prompt_format holds {text} once."""
     c = config.classify
-    for name, value in (("prompt_format", c.prompt_format), ("head_lr", c.head_lr)):
-        if value is not None and config.task not in ("classify", "reward"):
-            raise ConfigError(
-                f"option 'classify.{name}' is for tasks classify and reward; option 'task' is {config.task}. Remove it."
-            )
-    if c.head_init != "random" and config.task != "classify":
-        raise ConfigError(
-            f"option 'classify.head_init' {c.head_init} is for task classify (a reward head has no label words); "
-            f"option 'task' is {config.task}. Remove it."
-        )
     if c.prompt_format is not None and c.prompt_format.count(PLACEHOLDER) != 1:
         found = "has no" if PLACEHOLDER not in c.prompt_format else "has more than one"
         raise ConfigError(
