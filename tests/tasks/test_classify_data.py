@@ -95,6 +95,27 @@ def test_eval_labels_training_never_saw_are_counted_not_fatal(smollm2_tokenizer,
     assert skip.count == 1 and skip.locations == [f"{held}:2"]
 
 
+@pytest.mark.parametrize(
+    "labels, shown",
+    [
+        (["spam", "Spam", "ham"], r"'spam' \(.*d.jsonl:1\) and 'Spam' \(.*d.jsonl:2\)"),
+        ([1, "1.0", 0], r"'1' \(.*d.jsonl:1\) and '1.0' \(.*d.jsonl:2\)"),  # JSON's 1 and a CSV's "1.0"
+        (["no spam", "no  spam", "spam"], r"'no spam' \(.*d.jsonl:1\) and 'no  spam' \(.*d.jsonl:2\)"),
+    ],
+)
+def test_labels_written_two_ways_are_refused_not_split_into_two_classes(smollm2_tokenizer, tmp_path, labels, shown):
+    path = _write(tmp_path / "d.jsonl", [{"text": f"t{i}", "label": labels[i % 3]} for i in range(6)])
+    with pytest.raises(DataError, match=f"the training labels {shown} differ only in case, spacing or how a number"):
+        _build(smollm2_tokenizer, path)
+
+
+def test_an_eval_label_spelled_otherwise_is_named_beside_the_runs(smollm2_tokenizer, tmp_path):
+    train = _write(tmp_path / "t.jsonl", [{"text": f"t{i}", "label": ["spam", "ham"][i % 2]} for i in range(6)])
+    held = _write(tmp_path / "e.jsonl", [{"text": "e1", "label": "Spam"}, {"text": "e2", "label": "ham"}])
+    data = _build(smollm2_tokenizer, train, **{"data.eval": held})
+    assert data.report.skips[f"{UNSEEN} ('Spam'; the run has 'spam')"].locations == [f"{held}:1"]
+
+
 def test_balanced_and_explicit_class_weights(smollm2_tokenizer, tmp_path):
     path = _write(tmp_path / "d.jsonl", [{"text": f"t{i}", "label": "a" if i < 6 else "b"} for i in range(8)])
     data = _build(smollm2_tokenizer, path, **{"classify.class_weights": "balanced"})
@@ -103,6 +124,9 @@ def test_balanced_and_explicit_class_weights(smollm2_tokenizer, tmp_path):
     assert data.facts["class_weights"] == {"a": 1.0, "b": 5.0}
     with pytest.raises(ConfigError, match="names the label 'c'.*labels are a, b"):
         _build(smollm2_tokenizer, path, **{"classify.label_weights": {"c": 2}})
+    for bad in ("inf", "nan", -1):  # an infinite weight made every loss of its rows inf, and the run stop
+        with pytest.raises(ConfigError, match="the weight of 'b' must be a finite number >= 0"):
+            _build(smollm2_tokenizer, path, **{"classify.label_weights": {"b": bad}})
 
 
 def test_the_eval_accuracy_and_macro_f1_are_tunelab_evals():

@@ -152,6 +152,30 @@ def read_labelled(
     return out
 
 
+def label_key(label: str) -> str:
+    """What two spellings of one label share: its number (1 and 1.0, read from JSON and CSV) or its casefolded text."""
+    try:
+        number = float(label)
+    except ValueError:
+        return " ".join(label.casefold().split())
+    return repr(number) if math.isfinite(number) else label.casefold()
+
+
+def refuse_label_spellings(items: list[Labelled]) -> None:
+    """DataError when training labels differ only in case, spacing or the way a number is written ('Spam' and 'spam',
+    1 and 1.0): each spelling would train as a class of its own, splitting one class's rows between them."""
+    first: dict[str, dict[str, Labelled]] = {}
+    for item in items:
+        first.setdefault(label_key(item.label), {}).setdefault(item.label, item)
+    for spellings in first.values():
+        if len(spellings) > 1:
+            shown = " and ".join(f"{label!r} ({location(it.path, it.line)})" for label, it in spellings.items())
+            raise DataError(
+                f"the training labels {shown} differ only in case, spacing or how a number is written; each would be "
+                "a class of its own. Write each label one way in every row."
+            )
+
+
 def class_weights(cfg: ClassifyConfig, labels: list[str], counts: Counter) -> dict[str, float]:
     """Per-label loss weights: 1, or balanced n / (K * n_c), then label_weights for the labels it names."""
     n, k = sum(counts.values()), len(labels)
@@ -168,8 +192,10 @@ def class_weights(cfg: ClassifyConfig, labels: list[str], counts: Counter) -> di
             raise ConfigError(
                 f"option 'classify.label_weights': the weight of {label!r} must be a number, got {value!r}."
             ) from None
-        if not weights[label] >= 0:
-            raise ConfigError(f"option 'classify.label_weights': the weight of {label!r} must be >= 0, got {value}.")
+        if not (math.isfinite(weights[label]) and weights[label] >= 0):
+            raise ConfigError(
+                f"option 'classify.label_weights': the weight of {label!r} must be a finite number >= 0, got {value}."
+            )
     return weights
 
 
@@ -189,13 +215,15 @@ def to_rows(
     """Render (text inputs put into `text_format`, classify.prompt_format), fit to max_length and index the labels;
     drops are counted in `report`."""
     index = {label: i for i, label in enumerate(labels)}
+    spelled = {label_key(label): label for label in labels}
     wheres = [location(it.path, it.line) for it in items]
     encoded = render([it.input for it in items], tokenizer, template, wheres, text_format)
     report.add_lengths([len(ids) for ids in encoded])
     rows = []
     for item, ids in zip(items, encoded):
         if item.label is not None and item.label not in index and skip_unseen:
-            report.skip(f"{UNSEEN} ({item.label!r})", item.path, item.line)
+            near = spelled.get(label_key(item.label))
+            report.skip(f"{UNSEEN} ({item.label!r}{f'; the run has {near!r}' if near else ''})", item.path, item.line)
             continue
         fitted = fit(ids, max_length, overlong)
         if fitted is None:
@@ -235,6 +263,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
             f"{', '.join(d.train)}: the training rows have {found}; a classifier needs at least two classes. Add rows "
             "of the other classes (or check that data.fields maps the right column to label)."
         )
+    refuse_label_spellings(items)
     weights = class_weights(cfg.classify, labels, counts)
     report.template = template.name if any(it.input.is_chat for it in items + held) else "none (text only)"
     args = (tokenizer, template, d.max_length, d.overlong, report)
