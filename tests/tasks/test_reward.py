@@ -88,3 +88,34 @@ def test_a_row_without_rejected_names_file_and_line(smollm2_tokenizer, tmp_path)
     )
     with pytest.raises(DataError, match=r"p\.jsonl:2: field\(s\) rejected missing"):
         _build(smollm2_tokenizer, path)
+
+
+def _chat(user, answer):
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+@pytest.mark.parametrize("task", ["reward", "dpo"])
+def test_pairs_whose_sides_answer_different_prompts_are_refused(smollm2_tokenizer, tmp_path, task):
+    """Two whole conversations with different user turns were a pair of answers to two prompts, trained on as if one
+    answered better than the other."""
+    from tunelab.tasks import get_task
+
+    def build(rows):
+        over = {"task": task, "data.train": [_write(tmp_path / "p.jsonl", rows)], "data.max_length": 256}
+        cfg = load_config(None, over).config
+        return get_task(task, cfg).build_data(cfg, smollm2_tokenizer, 0)
+
+    good = {"chosen": _chat("hi", "hello"), "rejected": _chat("hi", "go away")}
+    assert len(build([good, good | {"rejected": _chat("hi", "no")}]).train) == 2
+    with pytest.raises(DataError, match=r"p\.jsonl:2: the chosen and rejected conversations part at message 1, the "
+                       "chosen side's user turn: their answers follow different prompts"):  # fmt: skip
+        build([good, {"chosen": _chat("hi", "hello"), "rejected": _chat("bye", "hello")}])
+    answers_only = [{"role": "assistant", "content": "hello"}], [{"role": "assistant", "content": "no"}]
+    with pytest.raises(DataError, match=r"p\.jsonl:1: the chosen and rejected conversations share no user turn"):
+        build([{"chosen": answers_only[0], "rejected": answers_only[1]}])
+
+
+def test_a_pair_of_a_conversation_and_a_text_is_refused(smollm2_tokenizer, tmp_path):
+    path = _write(tmp_path / "p.jsonl", [{"chosen": _chat("hi", "hello"), "rejected": "Human: hi Assistant: no"}])
+    with pytest.raises(DataError, match=r"p\.jsonl:1: chosen is a conversation and rejected a text"):
+        _build(smollm2_tokenizer, path)

@@ -122,6 +122,28 @@ def pair_columns(row: dict, fields: dict[str, str], where: str, lenient: bool, p
     return keys["chosen"], keys["rejected"]
 
 
+def shared_prompt(chosen: list[dict], rejected: list[dict], where: str) -> int:
+    """How many turns two whole conversations of a preference pair share: their prompt, which the answers follow.
+    DataError when they part at a turn that is not the assistant's, or share no user turn: the two answers would
+    answer different prompts, and the pair would teach nothing about which answer is better."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    for name, chat in (("chosen", chosen), ("rejected", rejected)):
+        if shared < len(chat) and chat[shared]["role"] != "assistant":
+            raise DataError(
+                f"{where}: the chosen and rejected conversations part at message {shared + 1}, the {name} side's "
+                f"{chat[shared]['role']} turn: their answers follow different prompts. A pair compares two answers to "
+                "one prompt: give both sides the same turns up to the answers (or the prompt in its own field)."
+            )
+    if not any(m["role"] == "user" for m in chosen[:shared]):
+        raise DataError(
+            f"{where}: the chosen and rejected conversations share no user turn before their answers. A pair compares "
+            "two answers to one prompt: give both sides the prompt's turns (or the prompt in its own field)."
+        )
+    return shared
+
+
 def is_empty(item: Input) -> bool:
     if item.messages is not None:
         return not any(m["content"].strip() for m in item.messages if m["role"] != "system")

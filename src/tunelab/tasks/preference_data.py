@@ -33,6 +33,7 @@ from tunelab.tasks.head_data import (
     counted_records,
     pair_columns,
     read_task_data,
+    shared_prompt,
     with_system,
 )
 from tunelab.tasks.reward import read_prompt
@@ -79,13 +80,6 @@ class PreferenceRow:
         return self.chosen_labels + self.rejected_labels
 
 
-def _shared_turns(a: list[dict], b: list[dict]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def read_sides(row: dict, fields: dict[str, str], where: str, system: str | None, lenient: bool) -> tuple[Side, Side]:
     keys = pair_columns(row, fields, where, lenient, "and a prompt unless both are whole conversations or texts")
     values = [row[key] for key in keys]
@@ -103,7 +97,7 @@ def read_sides(row: dict, fields: dict[str, str], where: str, system: str | None
         return sides[0], sides[1]
     if all(isinstance(v, list | dict) for v in values):
         chats = [with_system(as_turns(v, where, k), row, fields, where, system) for k, v in zip(keys, values)]
-        shared = _shared_turns(*chats)
+        shared = shared_prompt(*chats, where)
         return Side(messages=chats[0], answer_from=shared), Side(messages=chats[1], answer_from=shared)
     texts = [text_field(v, where, k) for k, v in zip(keys, values)]
     return Side(text=texts[0]), Side(text=texts[1])

@@ -48,6 +48,7 @@ from tunelab.tasks.head_data import (
     read_task_data,
     refuse_chat_format,
     render,
+    shared_prompt,
     with_system,
 )
 from tunelab.tasks.task import Task, eval_mode
@@ -131,6 +132,14 @@ def read_pairs(
         keys = pair_columns(row, fields, where, lenient, "and optionally a prompt")
         prompt = read_prompt(row, fields, where, lenient)
         chosen, rejected = (answer_input(row[key], prompt, row, fields, where, key, system_prompt) for key in keys)
+        if prompt is None and chosen.is_chat != rejected.is_chat:
+            kinds = ("a conversation", "a text") if chosen.is_chat else ("a text", "a conversation")
+            raise DataError(
+                f"{where}: chosen is {kinds[0]} and rejected {kinds[1]}: the head would score them in two formats. "
+                "Give both sides the same way."
+            )
+        if prompt is None and chosen.is_chat:
+            shared_prompt(chosen.messages, rejected.messages, where)
         if is_empty(chosen) or is_empty(rejected) or _answer_empty(chosen, prompt) or _answer_empty(rejected, prompt):
             report.skip("empty chosen or rejected answer", record.path, record.line)
         elif chosen == rejected:
