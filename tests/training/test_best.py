@@ -112,3 +112,28 @@ def test_the_best_is_kept_beside_checkpoints_kept_after_the_run(tmp_path):
     assert (again.step, again.loss) == (2, 0.5)
     again.restore(model, 8, 1.0)
     assert not again.path.exists()
+
+
+@pytest.mark.parametrize("task", ["sft", "classify"])
+def test_an_eval_split_with_no_usable_row_stops_the_run_before_it_trains(tiny_model_dir, tmp_path, capsys, task):
+    """Every eval row too long (sft) or of a label the training rows lack (classify): the run trained with no eval
+    loss or keep_best, and its verdict said it had no eval split, where the config named one."""
+    from tunelab.cli import main
+
+    if task == "sft":
+        train = [{"question": f"q {i}", "answer": f"a {i}"} for i in range(8)]
+        held = [{"question": "long " * 100, "answer": "x"}] * 2
+    else:
+        train = [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(8)]
+        held = [{"text": "e", "label": "c"}] * 2
+    files = {}
+    for name, rows in (("train", train), ("eval", held)):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["train", "--task", task, "--model.name", str(tiny_model_dir), "--data.train", str(files["train"])]
+    args += ["--data.eval", str(files["eval"]), "--data.max_length", "64", "--output_dir", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    reason = "longer than max_length" if task == "sft" else "label not among the training labels ('c')"
+    assert f"{files['eval']}: the eval split has no usable rows (2 read). Skipped: 2 {reason}" in err
+    assert f"e.g. {files['eval']}:1" in err and not (tmp_path / "run").exists()

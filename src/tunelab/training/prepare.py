@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig
+from tunelab.config import DataConfig, DataSource, RunConfig
 from tunelab.data.loader import Datasets
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, DataError
 from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
@@ -35,7 +35,24 @@ def load_inputs(cfg: RunConfig, task: Task | None = None) -> Inputs:
     task = task or get_task(cfg.task, cfg)
     source = resolve_source(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
-    return Inputs(source, tokenizer, task.build_data(cfg, tokenizer, cfg.train.seed))
+    data = task.build_data(cfg, tokenizer, cfg.train.seed)
+    refuse_unusable_eval(cfg.data, data)
+    return Inputs(source, tokenizer, data)
+
+
+def refuse_unusable_eval(d: DataConfig, data: Datasets) -> None:
+    """DataError when the eval split the config asks for (data.eval, a source's eval file, data.eval_fraction) has no
+    usable row (every row too long, or of a label the training rows lack): the run would go on without the eval loss,
+    keep_best and the overfitting check its config asked for, and its verdict would say it had no eval split."""
+    if data.eval or data.report.eval_source == "none":
+        return
+    files = ([d.eval] if d.eval else []) + [s.eval for s in d.train if isinstance(s, DataSource) and s.eval]
+    asked = ", ".join(files) if files else f"data.eval_fraction {d.eval_fraction}"
+    reasons = "; ".join(f"{s.count} {reason} (e.g. {s.locations[0]})" for reason, s in data.report.skips.items())
+    raise DataError(
+        f"{asked}: the eval split has no usable rows ({data.report.eval.examples} read).{' Skipped: ' + reasons + '.' if reasons else ''} "
+        "Fix those rows (data.max_length and data.overlong apply to them too), or remove the eval option."
+    )
 
 
 def load_model(cfg: RunConfig, inputs: Inputs, impl: str | None = None) -> tuple[BuiltModel, UntrainedReport]:
