@@ -53,6 +53,15 @@ def test_a_converged_curve_is_fine_and_says_overfitting_was_not_checked():
     assert "train loss 2." in v.text and "-> 0.0" in v.text and "data.eval_fraction" in v.text
 
 
+def test_a_short_run_compares_its_first_steps_with_its_last():
+    """Windows of 3 steps on a 2- to 5-step run shared steps: a 2-step run from 2.0 to 1.0 read '1.500 -> 1.500'."""
+    verdict = _judge([2.0, 1.0], epochs=1)
+    assert verdict.kind == "underfit" and "still falling when training stopped: 2.000 -> 1.000" in verdict.text
+    verdict = _judge([2.0, 1.8, 0.4, 0.2], epochs=1)
+    assert (verdict.numbers["train_start"], verdict.numbers["train_end"]) == (1.9, 0.3)
+    assert "fine: train loss 0.060 -> 0.050" in _judge([0.06, 0.05], epochs=1).text
+
+
 def test_one_pass_over_a_large_set_may_end_above_one_nat():
     # 1.8 -> 1.2, flat at the end: after one pass that is how predictable the text is; after three, it is unlearned.
     curve = _decay(1.8, 1.2, 400)

@@ -18,7 +18,7 @@ before training too, as step 0, so a run that ends below where it started is cau
 rise at all (by less than REWARD_MOVE from the first tenth of the steps to the last), or it was still rising when
 training stopped (by REWARD_MOVE or more over the last quarter, or the last held-out reward the highest and
 REWARD_MOVE above the one before). Rewards are on the reward functions' scale (most give 0..1).
-Averages over a tenth of the steps (at least 3) smooth the step-to-step noise of small micro-batches. The
+Averages over a tenth of the steps (at least 3, at most half) smooth the step-to-step noise of small micro-batches. The
 thresholds are judgement, checked on the runs recorded in README: every run that answered >= 80% of its held-out
 questions ended below 0.1 nats a token; a top-layers run that ended at 0.56 answered 11%, and the run that learned
 nothing at lr 2e-4 ended at 1.3.
@@ -56,8 +56,9 @@ def _mean(values: list[float]) -> float:
 
 
 def _landmarks(values: list[float]) -> tuple[float, float, float]:
-    """Means over a tenth of the steps (at least 3): at the start, ending at three quarters of the run, at the end."""
-    window = max(3, len(values) // 10)
+    """Means over a tenth of the steps (at least 3, at most half of them, so that the start and the end of a short run
+    do not share steps): at the start, ending at three quarters of the run, at the end."""
+    window = max(1, min(max(3, len(values) // 10), len(values) // 2))
     three_quarters = max(window, (3 * len(values)) // 4)
     return _mean(values[:window]), _mean(values[three_quarters - window : three_quarters]), _mean(values[-window:])
 
