@@ -35,7 +35,8 @@ import torch
 from tunelab.config import RewardSpec
 from tunelab.data.match import contains, exact_match
 from tunelab.data.transform import load_transform
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, RunDirError
+from tunelab.rundir import open_info
 from tunelab.tasks.head_run import load_reward_model
 
 KINDS = RewardSpec.__dataclass_fields__["kind"].metadata["choices"]
@@ -66,6 +67,22 @@ class Failure:
     reason: str  # what it did: raised X, returned Y
 
 
+def reward_run(run: str, where: str) -> None:
+    """ConfigError naming grpo.rewards' entry unless `run` is a finished `task: reward` run: another task's run (a
+    classifier's scores of K labels, a text model) is no reward."""
+    if not Path(run).is_dir():
+        raise ConfigError(f"{where}: run {run!r} is not a directory; give a finished `task: reward` run.")
+    try:
+        info = open_info(run, heads=True)
+    except RunDirError as exc:
+        raise ConfigError(f"{where}: run {run!r} cannot be used: {exc}") from None
+    if info.task != "reward":
+        raise ConfigError(
+            f"{where}: run {run!r} is a {info.task} run; kind model scores answers with a finished `task: reward` "
+            "run (one score per answer)."
+        )
+
+
 def specs(entries: list[str | RewardSpec]) -> list[RewardSpec]:
     """The grpo.rewards entries as checked RewardSpecs with unique names; ConfigError naming the entry otherwise. A
     `function` entry's module is imported here, so a typo stops the run before the model loads."""
@@ -89,8 +106,8 @@ def specs(entries: list[str | RewardSpec]) -> list[RewardSpec]:
                 raise ConfigError(f"{where}: equals compares the pattern's first group; {spec.pattern!r} has none.")
         if spec.kind == "function":
             user_function(spec.function, where)
-        if spec.kind == "model" and not Path(spec.run).is_dir():
-            raise ConfigError(f"{where}: run {spec.run!r} is not a directory; give a finished `task: reward` run.")
+        if spec.kind == "model":
+            reward_run(spec.run, where)
         out.append(spec)
     counts: dict[str, int] = {}
     named = []
