@@ -144,6 +144,11 @@ def test_qlora_classifier_trains_and_predicts(tiny_model_dir, tmp_path, label_fi
 
     (p,) = predict(run_dir, texts=["awful number 4"], device="cpu")
     assert p.label in ("neg", "neu", "pos") and sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    # rows to predict may leave their label blank (a CSV's empty cell, a null): they were refused as "empty"
+    blank = tmp_path / "blank.csv"
+    blank.write_text("text,label\nawful number 4,\ngreat number 7,pos\nfine number 2, \n")
+    predicted = predict(run_dir, data=str(blank), device="cpu")
+    assert [p.expected for p in predicted] == [None, "pos", None]
 
 
 def _flags(overrides):

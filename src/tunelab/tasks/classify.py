@@ -144,7 +144,12 @@ def read_labelled(
                 f"This row has {', '.join(map(str, record.row))}. Add the label, or map your column with data.fields "
                 "(e.g. {label: category})."
             )
-        label = label_text(record.row[key], where, key) if key is not None else None
+        value = record.row[key] if key is not None else None
+        if not require_label and (
+            value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
+        ):
+            value, key = None, None  # rows to predict may leave the label blank (a CSV's empty cell)
+        label = label_text(value, where, key) if key is not None else None
         if is_empty(item):
             report.skip("empty input", record.path, record.line)
             continue
