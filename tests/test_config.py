@@ -82,8 +82,20 @@ def test_an_option_no_task_of_the_run_reads_is_refused_not_ignored(overrides, me
 def test_an_option_serves_a_stage_of_its_task():
     stages = [{"train": {"lr": 1e-3}}, {"task": "dpo", "data": {"train": ["p.jsonl"]}}]
     resolved = load_config(None, {"dpo.beta": 0.5, "stages": stages})  # dpo.beta is for stage 2
-    sft, dpo = (stage_config(resolved, k, f"runs/s{k}").config for k in (0, 1))  # stage 1 inherits it, unread
-    assert (sft.task, sft.dpo.beta, dpo.task, dpo.dpo.beta) == ("sft", 0.5, "dpo", 0.5)
+    sft, dpo = (stage_config(resolved, k, f"runs/s{k}").config for k in (0, 1))
+    assert (sft.task, sft.dpo.beta, dpo.task, dpo.dpo.beta) == ("sft", 0.1, "dpo", 0.5)  # stage 1 saves its own
+    flagged = load_config(None, {"dpo.beta": "0.5", "stages": stages})  # a flag, as the CLI gives it
+    assert stage_config(flagged, 0, "runs/s0").config.dpo.beta == 0.1
+    assert stage_config(flagged, 1, "runs/s1").config.dpo.beta == 0.5
+
+
+def test_a_saved_config_with_an_option_its_task_does_not_read_still_opens(tmp_path):
+    """A run saved before such options were refused (or by hand) must still open for eval, export and resume."""
+    path = tmp_path / "config.yaml"
+    path.write_text("task: sft\ndpo:\n  beta: 0.5\n")
+    with pytest.raises(ConfigError, match="'dpo.beta' is for task dpo"):
+        load_config(path)
+    assert load_config(path, saved=True).config.dpo.beta == 0.5
     assert load_config(None, {"task": "dpo", "dpo.beta": 0.5}).config.dpo.beta == 0.5
 
 

@@ -194,7 +194,7 @@ def read_config(run_dir: str | Path) -> RunConfig | None:
     if not path.is_file():
         return None
     try:
-        return load_config(path).config
+        return load_config(path, saved=True).config
     except ConfigError as exc:
         raise RunDirError(f"{path}: the run's saved config cannot be read ({exc}).") from None
 

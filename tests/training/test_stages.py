@@ -134,7 +134,7 @@ def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, 
         ({"method": {"name": "full"}}, "continue: adapter trains stage 1's adapter on"),
         ({"continue": "restart"}, "'continue' is 'restart'; allowed values: adapter, merge"),
         ({"output_dir": "elsewhere"}, "'output_dir' belongs to the whole run"),
-        ({"dpo": {"beta": 0.5}}, "stage 2: option 'dpo.beta' is for task dpo; this stage's task is sft"),
+        ({"dpo": {"beta": 0.5}}, "stage 2: option 'dpo.beta' is for task dpo; option 'task' is sft"),
     ],
 )
 def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change, message):

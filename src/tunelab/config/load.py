@@ -15,7 +15,7 @@ import yaml
 from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths
 from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import unknown_option
-from tunelab.config.validate import check_consistency, misplaced_option
+from tunelab.config.validate import check_consistency, misplaced_option, option_default
 from tunelab.config.values import check_constraints, coerce
 from tunelab.errors import ConfigError
 
@@ -76,9 +76,15 @@ class ResolvedConfig:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None, base_dir: str | Path | None = None
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base_dir: str | Path | None = None,
+    *,
+    saved: bool = False,
 ) -> ResolvedConfig:
     """Defaults <- YAML file <- overrides ({'train.lr': '1e-4'} as typed on the command line, or Python values).
+    `saved`: the file is a run's own config.yaml, read back: an option of a task section its task does not read is
+    let be there (a run saved before such options were refused must still open).
 
     Relative data/eval paths in a YAML file are resolved against the file's folder, so a config runs from anywhere;
     those of flags against base_dir, or the working directory. Both are kept absolute, so that the run's saved
@@ -122,7 +128,7 @@ def load_config(
             origins[name] = where if source == "flag" else source
     config = RunConfig()
     _set_values(config, values)
-    check_consistency(config)
+    check_consistency(config, task_options=not saved)
     return ResolvedConfig(config, origins, path)
 
 
@@ -196,13 +202,16 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
         if k not in STAGE_KEYS and not (flagged and resolved.origins.get(k, "").startswith("--"))
     }
     _set_values(config, values)
+    # The run's options for its other stages' tasks (dpo.beta in a run whose stage 2 is dpo) are not this stage's:
+    # they go back to their defaults, so that the stage's saved config holds what it uses. Its own are checked.
+    for name, f, _ in iter_options():
+        if name not in values and misplaced_option(name, {config.task}, ""):
+            section, _, key = name.partition(".")
+            setattr(getattr(config, section), key, copy.deepcopy(option_default(f)))
     origins = dict(resolved.origins) | {name: f"stage {index + 1}" for name in values}
     origins |= {"stages": "the staged run", "output_dir": "the staged run"}
     try:
-        check_consistency(config, task_options=False)
-        for name in values:
-            if error := misplaced_option(name, {config.task}, f"this stage's task is {config.task}"):
-                raise error
+        check_consistency(config)
     except ConfigError as exc:
         raise ConfigError(f"stage {index + 1}: {exc}") from None
     return ResolvedConfig(config, origins, resolved.path)

@@ -17,8 +17,8 @@ from tunelab.errors import ConfigError
 
 def check_consistency(config: RunConfig, task_options: bool = True) -> None:
     """Rules that involve more than one option, or the environment (a tracker's library must be installed).
-    `task_options`: refuse an option of a task section that no task of the run reads (off for a stage's config, which
-    inherits the run's options for its other stages: config/load.py checks the stage's own)."""
+    `task_options`: refuse an option of a task section that no task of the run reads (off for a run's saved config
+    read back)."""
     check_trackers(config.train.report_to)
     if config.train.offload_activations is True and config.train.checkpointing is False:
         raise ConfigError(
@@ -82,9 +82,14 @@ def misplaced_option(name: str, tasks: set[str], where: str) -> ConfigError | No
     )
 
 
+def option_default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def check_task_options(config: RunConfig) -> None:
     """An option of a task section that no task of the run reads (dpo.beta on an sft run) is refused, not ignored. A
-    staged run's options serve every task among its stages; each stage's own are checked by config/load.py."""
+    staged run's options serve every task among its stages (config/load.py's stage_config gives each stage those of
+    its task)."""
     tasks = {entry.get("task", config.task) for entry in config.stages} or {config.task}
     shown = ", ".join(sorted(tasks))
     where = f"the stages' tasks are {shown}" if config.stages else f"option 'task' is {config.task}"
@@ -92,8 +97,9 @@ def check_task_options(config: RunConfig) -> None:
         if serving_tasks(name) is None:
             continue
         section, _, key = name.partition(".")
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if getattr(getattr(config, section), key) != default and (error := misplaced_option(name, tasks, where)):
+        if getattr(getattr(config, section), key) != option_default(f) and (
+            error := misplaced_option(name, tasks, where)
+        ):
             raise error
 
 

@@ -105,7 +105,7 @@ def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[
     from tunelab.data.sources import read_records
 
     try:
-        cfg = load_config(run_dir / "config.yaml").config
+        cfg = load_config(run_dir / "config.yaml", saved=True).config
         records = read_records([e if isinstance(e, str) else e.path for e in cfg.data.train if getattr(e, "path", e)])
         examples = to_examples(records[: 4 * limit], cfg.data.format, cfg.data.fields, system, DataReport())
         chats = [ex.messages for ex in examples if ex.messages][:limit]

@@ -64,7 +64,7 @@ def open_head_run(run_dir: str | Path, device: str = "auto") -> HeadRun:
             "'tunelab generate' or 'tunelab compare' for it."
         )
     try:
-        cfg = load_config(run_dir / "config.yaml").config
+        cfg = load_config(run_dir / "config.yaml", saved=True).config
     except ConfigError as exc:
         raise RunDirError(f"{run_dir / 'config.yaml'}: the run's saved config cannot be read ({exc}).") from None
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)
