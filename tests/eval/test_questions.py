@@ -66,6 +66,9 @@ def test_errors_name_file_line_and_field(tmp_path):
     assert read_questions(path)[1].expected is None  # compare asks it unscored
     with pytest.raises(DataError, match=r"q\.jsonl:2: the row has no expected answer"):
         read_questions(path, need_expected=True)  # eval scores every row
+    _write(path, [{"prompt": "a?", "chosen": "yes", "rejected": "no"}])  # a dpo run's pair file
+    with pytest.raises(DataError, match=r"q\.jsonl:1: a preference pair \(chosen, rejected\) holds no expected answer"):
+        read_questions(path, need_expected=True)
     _write(path, [{"expected": "A."}])
     with pytest.raises(DataError, match=r"q\.jsonl:1: .*no question"):
         read_questions(path)

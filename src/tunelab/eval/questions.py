@@ -116,6 +116,13 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
                 )
             training.append((i, record, None, kind, False))  # a text row, or a format to_examples will name
             continue
+        if expected is None and need_expected and fields.get("chosen", "chosen") in row:
+            raise DataError(
+                f"{where}: a preference pair (chosen, rejected) holds no expected answer to score generated answers "
+                "against. A dpo run scores held-out pairs while it trains (data.eval or data.eval_fraction: eval "
+                "loss, accuracy and margin); here give rows of a question and the text a right answer "
+                "contains (expected)."
+            )
         if expected is None and need_expected:
             raise DataError(
                 f"{where}: the row has no expected answer. Give it an 'expected' field (or 'label' for a label task), "
