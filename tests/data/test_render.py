@@ -99,12 +99,11 @@ def test_mask_sharegpt_real_dpo_demo(tmp_path, smollm2_tokenizer):
 def test_dpo_rows_without_answer_in_conversations_are_skipped_not_silently(tmp_path, smollm2_tokenizer):
     items = json.loads((SHARED / "llamafactory_dpo_en_demo/dpo_en_demo.json").read_text())[:3]
     path = tmp_path / "dpo.json"
-    rows = items + [{"conversations": items[0]["conversations"] + [items[0]["chosen"]]}]
-    path.write_text("[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n")  # an item a line, from line 2
+    path.write_text(json.dumps(items + [{"conversations": items[0]["conversations"] + [items[0]["chosen"]]}]))
     data = build(smollm2_tokenizer, [path])
     assert len(data.train) == 1
     skip = data.report.skips["no assistant message to learn from"]
-    assert skip.count == 3 and skip.locations == [f"{path}:2", f"{path}:3", f"{path}:4"]
+    assert skip.count == 3 and skip.locations == [f"{path}[0]", f"{path}[1]", f"{path}[2]"]
 
 
 def test_mask_prompt_completion_csv_with_fields_and_system_prompt(tmp_path, smollm2_tokenizer):
