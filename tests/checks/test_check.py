@@ -198,12 +198,12 @@ def test_data_that_cannot_be_checked_is_bad_input(tiny_model_dir, tiny_overrides
 
 
 def test_the_preview_names_rows_as_the_data_report_does(tiny_tokenizer):
-    """A parquet row is `file[index]` in the data report and its errors; the preview said `file:index`."""
+    """A JSON array's item is `file[index]` in the data report and its errors; the preview said `file:index`."""
     from types import SimpleNamespace
 
     from tunelab.checks.preview import preview_text
 
     ids = tiny_tokenizer("Q A")["input_ids"]
-    rows = [SimpleNamespace(path=p, line=n, input_ids=ids, labels=ids) for p, n in (("d.parquet", 0), ("d.jsonl", 3))]
+    rows = [SimpleNamespace(path=p, line=n, input_ids=ids, labels=ids) for p, n in (("d.json", 0), ("d.jsonl", 3))]
     out = preview_text(rows, tiny_tokenizer, color=False)
-    assert f"--- example 1 (d.parquet[0], {len(ids)} tokens) ---" in out and "--- example 2 (d.jsonl:3, " in out
+    assert f"--- example 1 (d.json[0], {len(ids)} tokens) ---" in out and "--- example 2 (d.jsonl:3, " in out

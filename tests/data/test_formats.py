@@ -88,7 +88,7 @@ def test_empty_answers_and_texts_are_skipped_with_locations():
     assert skip.count == 2 and skip.locations == ["d.jsonl:2", "d.jsonl:3"]
     assert report.files["d.jsonl"].read == 4 and report.files["d.jsonl"].skipped == 2
     examples, report = convert([{"text": ""}, {"text": "x"}], path="t.json")
-    assert len(examples) == 1 and report.skips["empty text"].locations == ["t.json:1"]
+    assert len(examples) == 1 and report.skips["empty text"].locations == ["t.json[1]"]
 
 
 def test_conversations_without_usable_turns_are_skipped():

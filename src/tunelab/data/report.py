@@ -16,8 +16,8 @@ HISTOGRAM_BINS = 20
 
 
 def location(path: str, line: int) -> str:
-    """`file:line` for text files (jsonl, json, csv, txt), `file[index]` for binary tables (parquet, arrow)."""
-    if path.endswith((".parquet", ".arrow", "]")):  # "]": a split of a datasets dataset
+    """`file:line` for line-based files (jsonl, csv, txt), `file[index]` for array-like ones (json array, parquet)."""
+    if path.endswith((".json", ".json.gz", ".parquet", ".arrow", "]")):  # "]": a split of a datasets dataset
         return f"{path}[{line}]"
     return f"{path}:{line}"
 

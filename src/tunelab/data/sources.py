@@ -7,8 +7,8 @@ pretraining: blank lines are paragraph breaks inside a document, not document se
 folder of .txt files or in a .jsonl with a "text" field). Any of these may be gzipped (.jsonl.gz, ...). A folder is
 read recursively, in sorted path order, skipping files of other types.
 
-`Record.line` is the 1-based line for jsonl and txt, the file line where the row (or the array's item) starts for csv
-and json, and the 0-based row index for parquet (shown as `file[index]`, see report.location).
+`Record.line` is the 1-based line for jsonl and txt, the file line where the row starts for csv, and the 0-based
+item index for json arrays and parquet (shown as `file[index]`, see report.location).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import csv
 import gzip
 import io
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,24 +142,7 @@ def _json(path: Path, text: str) -> list[Record]:
             "Extract the array of examples into its own file, or write one object a line as .jsonl."
         )
     hint = "A .json data file must be an array of objects."
-    lines = _item_lines(text, len(value))
-    return [Record(str(path), n, _object(str(path), n, item, hint)) for n, item in zip(lines, value)]
-
-
-_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
-
-
-def _item_lines(text: str, count: int) -> list[int]:
-    """The 1-based file line on which each of the `count` items of the JSON array `text` starts (`text` parsed
-    before, so it is valid), so that a row is named `file:line` as in the other text formats."""
-    decoder, lines, line, seen = json.JSONDecoder(), [], 1, 0
-    pos = _SPACE.match(text, text.index("[") + 1).end()
-    for _ in range(count):
-        line, seen = line + text.count("\n", seen, pos), pos
-        lines.append(line)
-        pos = _SPACE.match(text, decoder.raw_decode(text, pos)[1]).end()
-        pos = _SPACE.match(text, pos + 1).end() if text.startswith(",", pos) else pos
-    return lines
+    return [Record(str(path), i, _object(str(path), i, item, hint)) for i, item in enumerate(value)]
 
 
 def detect_delimiter(text: str) -> str:
