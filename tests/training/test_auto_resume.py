@@ -106,3 +106,12 @@ def test_auto_against_the_chosen_number_is_no_change(tiny_overrides, tmp_path):
     assert kept["train.micro_batch"].value == 1 and "as the run chose at its start" in kept["train.micro_batch"].reason
     with pytest.raises(ConfigError, match=r"train.lr: auto \(0.003\) -> 0.001"):
         recipe.train(None, overrides | {"train.lr": 1e-3}, resume=True)
+
+
+def test_an_option_the_task_does_not_read_is_no_change_on_resume():
+    """A run saved with dpo.beta on an sft run (accepted before such options were refused): resuming without it was
+    refused as a change of dpo.beta, and resuming with it by the task-option refusal, a dead end."""
+    saved = {"task": "sft", "dpo": {"beta": 0.05}, "train": {"lr": 1e-3}}
+    assert config_changes(saved, load_config(None, {"train.lr": 1e-3}).config) == ([], [])
+    refused, _ = config_changes(saved | {"task": "dpo"}, load_config(None, {"task": "dpo", "train.lr": 1e-3}).config)
+    assert refused == ["dpo.beta: 0.05 -> 0.1"]  # on a dpo run it is a change of what trains

@@ -86,11 +86,16 @@ def option_default(f: dataclasses.Field):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
+def run_tasks(config: RunConfig) -> set[str]:
+    """The tasks a run trains: its stages' (a stage without `task` takes the run's), else its own."""
+    return {entry.get("task", config.task) for entry in config.stages} or {config.task}
+
+
 def check_task_options(config: RunConfig) -> None:
     """An option of a task section that no task of the run reads (dpo.beta on an sft run) is refused, not ignored. A
     staged run's options serve every task among its stages (config/load.py's stage_config gives each stage those of
     its task)."""
-    tasks = {entry.get("task", config.task) for entry in config.stages} or {config.task}
+    tasks = run_tasks(config)
     shown = ", ".join(sorted(tasks))
     where = f"the stages' tasks are {shown}" if config.stages else f"option 'task' is {config.task}"
     for name, f, _ in iter_options():
