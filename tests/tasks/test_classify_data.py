@@ -109,6 +109,16 @@ def test_labels_written_two_ways_are_refused_not_split_into_two_classes(smollm2_
         _build(smollm2_tokenizer, path)
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [["01", "1", "2"], ["3.1", "3.10", "3"], ["90071992547409930", "90071992547409931", "0"], ["Maße", "Masse", "x"]],
+)
+def test_labels_that_only_look_alike_stay_classes_of_their_own(smollm2_tokenizer, tmp_path, labels):
+    """Codes with leading zeros, section numbers, ids beyond a float's precision, words that casefold alike."""
+    path = _write(tmp_path / "d.jsonl", [{"text": f"t{i}", "label": labels[i % 3]} for i in range(6)])
+    assert _build(smollm2_tokenizer, path).facts["labels"] == sorted(labels)
+
+
 def test_an_eval_label_spelled_otherwise_is_named_beside_the_runs(smollm2_tokenizer, tmp_path):
     train = _write(tmp_path / "t.jsonl", [{"text": f"t{i}", "label": ["spam", "ham"][i % 2]} for i in range(6)])
     held = _write(tmp_path / "e.jsonl", [{"text": "e1", "label": "Spam"}, {"text": "e2", "label": "ham"}])

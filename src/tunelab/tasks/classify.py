@@ -15,6 +15,7 @@ example whose last token is read.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,13 +158,14 @@ def read_labelled(
     return out
 
 
+WHOLE_NUMBER = re.compile(r"([+-]?\d+)\.0+")  # 1.0: how a CSV or a float column writes JSON's 1 ("1" here)
+
+
 def label_key(label: str) -> str:
-    """What two spellings of one label share: its number (1 and 1.0, read from JSON and CSV) or its casefolded text."""
-    try:
-        number = float(label)
-    except ValueError:
-        return " ".join(label.casefold().split())
-    return repr(number) if math.isfinite(number) else label.casefold()
+    """What two spellings of one label share: a whole number's digits (a CSV's 1.0 is JSON's 1, which label_text
+    reads as "1"), a text's lowercase words. Other numbers stay as written: 01 and 1, 3.1 and 3.10 may be codes."""
+    whole = WHOLE_NUMBER.fullmatch(label)
+    return whole.group(1) if whole else " ".join(label.lower().split())
 
 
 def refuse_label_spellings(items: list[Labelled]) -> None:
