@@ -135,5 +135,22 @@ def test_an_eval_split_with_no_usable_row_stops_the_run_before_it_trains(tiny_mo
     assert main(args) == 2
     err = capsys.readouterr().err
     reason = "longer than max_length" if task == "sft" else "label not among the training labels ('c')"
-    assert f"{files['eval']}: the eval split has no usable rows (2 read). Skipped: 2 {reason}" in err
-    assert f"e.g. {files['eval']}:1" in err and not (tmp_path / "run").exists()
+    assert f"{files['eval']}: the eval split has no usable rows (2 read; 2 skipped: {reason}" in err
+    assert f"e.g. {files['eval']}:1)" in err and not (tmp_path / "run").exists()
+
+
+def test_an_eval_fraction_with_no_usable_row_is_said_not_refused(capsys):
+    """Which rows a fraction holds out depends on the seed: the same config must not be refused on some seeds."""
+    from types import SimpleNamespace
+
+    from tunelab.config import DataConfig
+    from tunelab.data.report import DataReport
+    from tunelab.training.prepare import refuse_unusable_eval
+
+    report = DataReport()
+    report.skip("longer than max_length", "a.jsonl", 3)  # a training row's skip is not the eval split's
+    report.eval.examples = 2
+    refuse_unusable_eval(DataConfig(train=["a.jsonl"], eval_fraction=0.1), SimpleNamespace(eval=[], report=report))
+    assert "every example data.eval_fraction 0.1 held out is unusable" in capsys.readouterr().out
+    refuse_unusable_eval(DataConfig(train=["a.jsonl"]), SimpleNamespace(eval=[], report=report))
+    assert capsys.readouterr().out == ""

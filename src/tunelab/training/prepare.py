@@ -14,6 +14,7 @@ from typing import Any
 
 from tunelab.config import DataConfig, DataSource, RunConfig
 from tunelab.data.loader import Datasets
+from tunelab.data.report import location_path
 from tunelab.errors import ConfigError, DataError
 from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
@@ -41,18 +42,34 @@ def load_inputs(cfg: RunConfig, task: Task | None = None) -> Inputs:
 
 
 def refuse_unusable_eval(d: DataConfig, data: Datasets) -> None:
-    """DataError when the eval split the config asks for (data.eval, a source's eval file, data.eval_fraction) has no
-    usable row (every row too long, or of a label the training rows lack): the run would go on without the eval loss,
-    keep_best and the overfitting check its config asked for, and its verdict would say it had no eval split."""
-    if data.eval or data.report.eval_source == "none":
+    """DataError when the eval files the config names (data.eval, a source's eval file) have no usable row (every
+    row too long, or of a label the training rows lack): the run would go on without the eval loss, keep_best and the
+    overfitting check its config asked for. A data.eval_fraction whose held-out rows are all unusable is said, not
+    refused: which rows it holds out depends on the seed."""
+    if data.eval:
         return
     files = ([d.eval] if d.eval else []) + [s.eval for s in d.train if isinstance(s, DataSource) and s.eval]
-    asked = ", ".join(files) if files else f"data.eval_fraction {d.eval_fraction}"
-    reasons = "; ".join(f"{s.count} {reason} (e.g. {s.locations[0]})" for reason, s in data.report.skips.items())
-    raise DataError(
-        f"{asked}: the eval split has no usable rows ({data.report.eval.examples} read).{' Skipped: ' + reasons + '.' if reasons else ''} "
-        "Fix those rows (data.max_length and data.overlong apply to them too), or remove the eval option."
-    )
+    report = data.report
+    if files:
+        read = sum(report.files[f].read for f in files if f in report.files)
+        skipped = sum(report.files[f].skipped for f in files if f in report.files)
+        reasons = [
+            f"{reason} (e.g. {where})"
+            for reason, skip in report.skips.items()
+            if (where := next((w for w in skip.locations if location_path(w) in files), None))
+        ]
+        why = f"; {skipped} skipped: {', '.join(reasons)}" if reasons else ""
+        raise DataError(
+            f"{', '.join(files)}: the eval split has no usable rows ({read} read{why}). Fix those rows "
+            "(data.max_length and data.overlong apply to them too), or remove the eval option."
+        )
+    if d.eval_fraction and report.eval.examples:  # a lone .txt document holds nothing out: no note
+        print(
+            f"note: every example data.eval_fraction {d.eval_fraction:g} held out is unusable (too long, or of a label "
+            "the training rows lack), so this run has no eval loss, keep_best or overfitting check. Raise "
+            "data.max_length, set data.overlong: truncate, or give a data.eval file.",
+            flush=True,
+        )
 
 
 def load_model(cfg: RunConfig, inputs: Inputs, impl: str | None = None) -> tuple[BuiltModel, UntrainedReport]:
