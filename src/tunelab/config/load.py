@@ -15,7 +15,7 @@ import yaml
 from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths
 from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import unknown_option
-from tunelab.config.validate import check_consistency, misplaced_option, option_default
+from tunelab.config.validate import check_consistency, option_default, read_by
 from tunelab.config.values import check_constraints, coerce
 from tunelab.errors import ConfigError
 
@@ -205,7 +205,7 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
     # The run's options for its other stages' tasks (dpo.beta in a run whose stage 2 is dpo) are not this stage's:
     # they go back to their defaults, so that the stage's saved config holds what it uses. Its own are checked.
     for name, f, _ in iter_options():
-        if name not in values and misplaced_option(name, {config.task}, ""):
+        if name not in values and not read_by(name, {config.task}):
             section, _, key = name.partition(".")
             setattr(getattr(config, section), key, copy.deepcopy(option_default(f)))
     origins = dict(resolved.origins) | {name: f"stage {index + 1}" for name in values}

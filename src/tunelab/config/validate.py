@@ -69,12 +69,18 @@ def serving_tasks(name: str) -> tuple[str, ...] | None:
     return ("dpo",) if section == "dpo" else ("grpo",) if section == "grpo" else TASK_OPTIONS.get(name)
 
 
+def read_by(name: str, tasks: set[str]) -> bool:
+    """Whether some task of `tasks` reads option `name`."""
+    serves = serving_tasks(name)
+    return serves is None or bool(tasks & set(serves))
+
+
 def misplaced_option(name: str, tasks: set[str], where: str) -> ConfigError | None:
     """The error for option `name` set where no task of `tasks` reads it (`where` says which task the run has), or
     None when one does."""
-    serves = serving_tasks(name)
-    if serves is None or tasks & set(serves):
+    if read_by(name, tasks):
         return None
+    serves = serving_tasks(name)
     plural = "s" if len(serves) > 1 else ""
     return ConfigError(
         f"option '{name}' is for task{plural} {' and '.join(serves)}; {where}. A run of another task would ignore it: "

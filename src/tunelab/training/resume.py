@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from tunelab.config import ACTION_OPTIONS, AUTO, RunConfig, auto_options, iter_options, section_names, to_dict
-from tunelab.config.validate import misplaced_option, run_tasks
+from tunelab.config.validate import read_by, run_tasks
 from tunelab.data.packing import Packed
 from tunelab.data.report import location_path
 from tunelab.errors import ConfigError, RunDirError
@@ -95,7 +95,7 @@ def config_changes(saved: dict, cfg: RunConfig, chosen: dict | None = None) -> t
     tasks = run_tasks(cfg)
     refused, allowed = [], []
     for name, _, _ in iter_options():
-        if misplaced_option(name, tasks, ""):
+        if not read_by(name, tasks):
             continue  # an option no task of the run reads (kept in a config saved before such were refused)
         old = saved.get(name, defaults[name])  # an option newer than the run: it ran with the default
         new = current[name]
