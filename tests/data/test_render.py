@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.config import DataConfig
+from tunelab.data.checks import render_parity
 from tunelab.data.formats import Example
 from tunelab.data.loader import build_datasets
 from tunelab.data.render import render_examples
@@ -205,6 +206,10 @@ def test_special_token_text_in_a_chat_is_skipped_and_counted(smollm2_tokenizer):
         "the special token text '<|im_end|>' in an assistant message (it would be read as a control token)"
     ]
     assert user.locations == ["d.jsonl:1"] and answer.locations == ["d.jsonl:2"]
+    # the check before training compares the prompts of the rows training keeps (it used to meet the refusal that
+    # the forged row gets from render_prompt)
+    item = render_parity(examples, smollm2_tokenizer, resolve_template("chatml", smollm2_tokenizer))
+    assert item.status == "pass", item
 
 
 def test_special_token_text_in_raw_text_stays_characters(tmp_path, smollm2_tokenizer):

@@ -19,7 +19,7 @@ import numpy as np
 from tunelab.config import RunConfig
 from tunelab.data.loader import epoch_rows, make_batches, row_sources
 from tunelab.data.packing import Packed
-from tunelab.data.render import IGNORE, encode, render_prompt
+from tunelab.data.render import IGNORE, encode, render_prompt, special_text_in, special_texts
 from tunelab.data.report import location
 
 STATUSES = ("pass", "warn", "fail", "info")
@@ -70,7 +70,9 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 
 def render_parity(examples: list, tokenizer, template) -> CheckItem:
     name = "prompt rendering (training = chat/generate)"
-    chats = [ex for ex in examples if ex.messages is not None][:PARITY_EXAMPLES]
+    specials = special_texts(tokenizer)  # conversations training skips (their special-token text)
+    chats = [ex for ex in examples if ex.messages is not None and not special_text_in(ex.messages, specials)]
+    chats = chats[:PARITY_EXAMPLES]
     if not chats:
         return CheckItem(name, "info", "no chat examples (text data): there is no prompt to compare")
     problems, turns = [], 0

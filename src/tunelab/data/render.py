@@ -12,7 +12,9 @@ edges, so the tokens before an answer are those `render_prompt` gives for genera
 The data's own text is never read as control tokens: a chat whose message holds the text of a special token
 (`<|im_end|>`, `<|im_start|>`, ...) would forge turns or end an answer in its middle, so it is skipped and counted
 (`special_text_in`); the other tasks refuse it, naming the row. Plain texts are tokenized with
-`split_special_tokens`, so such text stays characters.
+`split_special_tokens`, so such text stays characters. A conversation to be answered (`render_prompt`: chat, serve,
+generate, eval) holding such text is refused (`ControlTokenText`) for the same reason: a user's "<|im_end|>" would
+end their turn and let the rest of the message write the system's or the assistant's.
 
 Text (continued pretraining): each document is tokenized, ends with EOS, and all are concatenated and cut into
 blocks of max_length tokens; the last block may be shorter; every token has a label. A document does not
@@ -183,7 +185,18 @@ def render_examples(
     return _render_chats(chats, tokenizer, template, cfg, report) + _text_blocks(texts, tokenizer, cfg, report)
 
 
+class ControlTokenText(ConfigError):
+    """A conversation to be answered holds the text of one of the tokenizer's special tokens."""
+
+
 def render_prompt(messages: list[dict], tokenizer, template: Template) -> list[int]:
-    """Token ids of the conversation so far plus the assistant prefix, ready for generation."""
+    """Token ids of the conversation so far plus the assistant prefix, ready for generation. ControlTokenText when a
+    message holds special-token text (see the module docstring)."""
+    found = special_text_in(messages, special_texts(tokenizer))
+    if found:
+        raise ControlTokenText(
+            f"{found} would be read as a control token, not as text (it would end or open a turn), so the "
+            "conversation is not answered; training skips such conversations too. Remove it or write it otherwise."
+        )
     text, _ = template.render(messages, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]

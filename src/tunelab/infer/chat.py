@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from tunelab.data.render import ControlTokenText
 from tunelab.infer.generate import ContextTooLong, GenerationSettings, stream_answer
 from tunelab.infer.run import LoadedRun
 
@@ -35,6 +36,10 @@ def chat(
         except ContextTooLong as exc:
             messages.pop()
             out.write(f"(not sent: {exc} /reset starts a new conversation.)\n")
+            continue
+        except ControlTokenText as exc:
+            messages.pop()
+            out.write(f"(not sent: {exc})\n")
             continue
         out.write("model> ")
         pieces = []

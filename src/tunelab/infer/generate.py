@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm import tqdm
 
-from tunelab.data.render import render_prompt
+from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError
 
@@ -141,10 +141,16 @@ def fit_prompts(
     names: list[str] | None = None,
 ) -> tuple[list[list[int]], list[GenerationSettings]]:
     """The conversations' prompt ids, and the settings each is answered with (`fit_context`): raises
-    ContextTooLong, naming the first prompt too long, before anything is answered."""
-    prompts = [render_prompt(c, tokenizer, template) for c in conversations]
-    if names is None and len(prompts) > 1:
-        names = [f"conversation {i + 1} of {len(prompts)}" for i in range(len(prompts))]
+    ContextTooLong, naming the first prompt too long, or ControlTokenText, naming the first conversation holding
+    special-token text, before anything is answered."""
+    if names is None and len(conversations) > 1:
+        names = [f"conversation {i + 1} of {len(conversations)}" for i in range(len(conversations))]
+    prompts = []
+    for i, c in enumerate(conversations):
+        try:
+            prompts.append(render_prompt(c, tokenizer, template))
+        except ControlTokenText as exc:
+            raise ControlTokenText(f"{names[i] + ': ' if names else ''}{exc}") from None
     fitted = [fit_context(model, len(p), settings, names[i] if names else None) for i, p in enumerate(prompts)]
     return prompts, fitted
 

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from tunelab.data.render import ControlTokenText
 from tunelab.errors import TunelabError
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine
@@ -168,6 +169,8 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             done = engine.complete(messages, settings, stop, body.seed)
         except ContextTooLong as exc:
             return _error(400, str(exc), param="messages", code="context_length_exceeded")
+        except ControlTokenText as exc:
+            return _error(400, str(exc), param="messages")
         except TunelabError as exc:
             return _error(400, str(exc))
         return {
