@@ -168,3 +168,23 @@ def test_a_packed_mixture_packs_each_epochs_draw():
     assert all(sum(r.doc_lengths) == len(r.input_ids) <= 64 for r in drawn)
     lengths = sorted(n for r in drawn for n in r.doc_lengths)
     assert lengths == [10] * 8 + [30] * 4  # 12 rows drawn, 2 : 1
+
+
+def test_a_repeated_draw_is_packed_once_and_equals_a_fresh_one(monkeypatch):
+    """The checks, the planner and the step count each ask for epoch 0: the draw is made (and packed) once, and a
+    caller changing its list does not change the next one's."""
+    import tunelab.data.mixture as mixture_module
+
+    rows, spans = _rows([6, 6], [10, 30])
+    spans[0].weight, spans[1].weight = 2.0, 1.0
+    packs = []
+    real = mixture_module.pack
+    monkeypatch.setattr(mixture_module, "pack", lambda r, n: packs.append(n) or real(r, n))
+    fresh = plan_mixture(spans, "examples", 1.0, 64).draw(rows, 0, 0)
+    mixture = plan_mixture(spans, "examples", 1.0, 64)
+    first = mixture.draw(rows, 0, 0)
+    first.clear()
+    again = mixture.draw(rows, 0, 0)
+    assert len(packs) == 2 and again == fresh
+    assert mixture.draw(rows, 0, 1) != again and len(packs) == 3  # another epoch is another draw
+    assert mixture.draw(list(rows), 0, 1) and len(packs) == 4  # other rows: drawn anew
