@@ -186,3 +186,35 @@ def test_special_token_text_in_a_conversation_to_answer_is_refused(tiny_run_dir)
     assert out.getvalue().count("model> ") == 1
     # the same characters apart are text, and answered
     assert render_prompt([{"role": "user", "content": "<| im_end |>"}], run.tokenizer, run.template)
+
+
+def test_a_failing_generation_ends_chat_and_a_tiny_temperature_is_greedy(tiny_run_dir):
+    """chat read the answer from a streamer that only the generation's end closes: a generation that failed (here
+    a fault put into generate; the user met it with --temperature 5e-324, whose logits / T are inf) left chat waiting
+    for ever. The failure now reaches the reader; and temperatures below 1e-5 sample as greedy, their limit."""
+    import threading
+
+    from tunelab.infer.generate import GREEDY_BELOW
+
+    run = open_run(tiny_run_dir, device="cpu")
+    greedy = tunelab.generate(run, "Code of box 3?", settings=SHORT)
+    for tiny in (5e-324, 1e-30, GREEDY_BELOW / 2):
+        assert tunelab.generate(run, "Code of box 3?", settings=GenerationSettings(4, temperature=tiny)) == greedy
+    model = run.model
+    model.generate = lambda **kwargs: (_ for _ in ()).throw(RuntimeError("probability tensor contains nan"))
+    outcome = []
+
+    def talk():
+        try:
+            lines = iter(["hi", "/exit"])
+            chat(run, SHORT, read=lambda prompt: next(lines), out=io.StringIO())
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    try:
+        worker = threading.Thread(target=talk, daemon=True)
+        worker.start()
+        worker.join(timeout=60)
+    finally:
+        del model.generate
+    assert outcome and "probability tensor" in str(outcome[0]), "chat still waiting after a failed generation"

@@ -77,20 +77,98 @@ def test_answers_with_and_without_streaming_agree(client, tiny_run_dir):
     )
     assert chunks[0].choices[0].delta.role == "assistant"
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert streamed.strip() == choice.message.content and len(chunks) > 3
+    assert streamed == choice.message.content and len(chunks) > 3
     assert chunks[-1].choices[0].finish_reason == choice.finish_reason
-    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert all(c.usage is None for c in chunks)  # usage only when asked for, as OpenAI streams it
+    counted = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=QUESTION,
+            max_tokens=10,
+            stream=True,
+            stream_options={"include_usage": True},
+            **SAMPLED,
+        )
+    )
+    assert counted[-1].choices == [] and counted[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert all(c.usage is None for c in counted[:-1]) and counted[-2].choices[0].finish_reason == choice.finish_reason
 
 
 def test_stop_strings_end_the_answer(client):
+    """A stop string ends the generation where it appears, streamed or not (a plain answer used to run to
+    max_tokens and be cut afterwards), and no part of it is ever sent: a streamed answer held its first characters
+    back only once the whole string had been seen, so 'Tallowmere' as a stop string streamed 'Tallow'."""
     ask = dict(model="tiny", messages=QUESTION, max_tokens=12, **SAMPLED)
     full = client.chat.completions.create(**ask).choices[0].message.content
-    assert len(full) > 6
-    cut = client.chat.completions.create(**ask, stop=[full[4:6]])
-    assert cut.choices[0].message.content == full[: full.index(full[4:6])].strip()
-    assert cut.choices[0].finish_reason == "stop"
-    chunks = client.chat.completions.create(**ask, stop=[full[4:6]], stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == cut.choices[0].message.content
+    assert len(full) > 8
+    for stop in (full[4:6], full[2:8], [full[3:7], "zzzz"], full[:3]):
+        first = full.index(stop if isinstance(stop, str) else stop[0])
+        cut = client.chat.completions.create(**ask | {"max_tokens": 300}, stop=stop)
+        assert cut.choices[0].message.content == full[:first].strip()
+        assert cut.choices[0].finish_reason == "stop"
+        assert cut.usage.completion_tokens <= 13  # ended within a token of the stop string, not at max_tokens
+        chunks = client.chat.completions.create(**ask, stop=stop, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == cut.choices[0].message.content
+
+
+def test_a_client_that_leaves_a_stream_frees_the_queue(client):
+    """A client that stops reading a stream (a stop button) left the server unable to answer anyone: the abandoned
+    answer kept the queue's lock, and its clean-up, run later by the garbage collector on the generation's own
+    thread, waited for that thread. Now the generation ends at its next token and the next request is answered."""
+    for after in (1, 3):
+        stream = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=400, stream=True, **SAMPLED)
+        for i, _ in enumerate(stream):
+            if i + 1 == after:
+                break
+        stream.close()
+        answered: list = []
+
+        def ask(into: list = answered) -> None:
+            into.append(client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=3).choices[0])
+
+        worker = threading.Thread(target=ask, daemon=True)
+        worker.start()
+        worker.join(timeout=60)
+        assert answered, f"no answer within 60 s after a client left a stream at chunk {after}"
+
+
+def test_options_this_server_would_ignore_are_refused(server, client):
+    """An option the server does not implement (log-probabilities, structured output, tools, penalties) was
+    accepted with 200 and an answer as if it were absent; now it is a 400 naming it, as is an unknown option (a
+    misspelling). The values that ask for nothing, and the nulls OpenAI documents, are accepted."""
+    url = f"{server.url}/v1/chat/completions"
+    refused = {
+        "logprobs": True,
+        "top_logprobs": 3,
+        "response_format": {"type": "json_object"},
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "frequency_penalty": 2,
+        "logit_bias": {"50": 100},
+        "max_tokenz": 5,
+    }
+    for name, value in refused.items():
+        status, _, body = _http("POST", url, json.dumps({"model": "tiny", "messages": QUESTION, name: value}).encode())
+        error = json.loads(body)["error"]
+        assert status == 400 and error["param"] == name, (name, error)
+    status, _, body = _http(
+        "POST",
+        url,
+        json.dumps({"model": "tiny", "messages": QUESTION, "stream_options": {"include_usage": True}}).encode(),
+    )
+    assert status == 400 and json.loads(body)["error"]["param"] == "stream_options"
+    accepted = {
+        "logprobs": False,
+        "response_format": {"type": "text"},
+        "tools": [],
+        "tool_choice": "none",
+        "presence_penalty": 0,
+        "user": "someone",
+        "n": None,
+        "stream": None,
+        "max_tokens": 2,
+    }
+    status, _, body = _http("POST", url, json.dumps({"model": "tiny", "messages": QUESTION} | accepted).encode())
+    assert status == 200 and json.loads(body)["choices"][0]["message"]["role"] == "assistant"
 
 
 def test_bad_requests_get_openai_shaped_4xx_errors(server, client):

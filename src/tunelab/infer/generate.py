@@ -21,12 +21,15 @@ from tunelab.data.templates import Template
 from tunelab.errors import ConfigError
 
 DEFAULT_MAX_NEW_TOKENS = 128  # chat and generate; compare and eval default to the run's eval.max_new_tokens
+# Temperatures below this sample greedily, their limit: dividing the logits by 5e-324 gives inf and sampling fails
+# (vLLM draws the same line, its _SAMPLING_EPS = 1e-5).
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
 class GenerationSettings:
     max_new_tokens: int | None = None  # None: the run's eval.max_new_tokens (compare, eval), else 128
-    temperature: float = 0.0  # 0 means greedy
+    temperature: float = 0.0  # 0 (or below GREEDY_BELOW) means greedy
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     batch_size: int = 16
@@ -45,7 +48,7 @@ class GenerationSettings:
                 raise ConfigError(f"generation: {name} is {getattr(self, name)!r}; it must be {allowed}.")
 
     def kwargs(self, template: Template, tokenizer) -> dict:
-        sampling = self.temperature > 0
+        sampling = self.temperature >= GREEDY_BELOW
         out = {
             "max_new_tokens": self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
             "do_sample": sampling,
@@ -174,16 +177,63 @@ def stream_answer(
     return _stream(model, tokenizer, template, prompt, settings)
 
 
-def _stream(model, tokenizer, template: Template, prompt: torch.Tensor, settings: GenerationSettings) -> Iterator[str]:
-    from transformers import TextIteratorStreamer
+class _Cancelled:
+    """A transformers stopping criterion that ends generation once `event` is set."""
 
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = settings.kwargs(template, tokenizer) | {
-        "input_ids": prompt,
-        "attention_mask": torch.ones_like(prompt),
-        "streamer": streamer,
-    }
-    worker = threading.Thread(target=lambda: torch.no_grad()(model.generate)(**kwargs), daemon=True)
-    worker.start()
-    yield from streamer
-    worker.join()
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class Streamed:
+    """`model.generate(**kwargs)` on a worker thread, its text read piece by piece as it is generated.
+
+    Iterating gives the text pieces; if generation failed, its exception is raised after the last piece (the worker
+    ends the streamer either way, so a reader never waits for a piece that will not come). `cancel()` ends the
+    generation at its next token, from any thread, without waiting for it. `on_done` runs on the worker once
+    generate has returned or failed, which is where a caller's queue can be released: a reader that stops early
+    need not wait for the generation's end. `output` holds generate's ids once `finished` is set."""
+
+    def __init__(self, model, tokenizer, kwargs: dict, on_done: Callable[[], None] | None = None):
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.cancelled, self.finished = threading.Event(), threading.Event()
+        self.output: torch.Tensor | None = None
+        self.error: BaseException | None = None
+        criteria = StoppingCriteriaList([*kwargs.get("stopping_criteria", []), _Cancelled(self.cancelled)])
+        kwargs = kwargs | {"streamer": self.streamer, "stopping_criteria": criteria}
+        self._on_done = on_done
+        threading.Thread(target=self._work, args=(model, kwargs), daemon=True).start()
+
+    def _work(self, model, kwargs: dict) -> None:
+        try:
+            with torch.no_grad():
+                self.output = model.generate(**kwargs)
+        except BaseException as exc:  # raised to the reader after the last piece
+            self.error = exc
+            self.streamer.end()
+        finally:
+            self.finished.set()
+            if self._on_done is not None:
+                self._on_done()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.streamer
+        self.finished.wait()
+        if self.error is not None:
+            raise self.error
+
+
+def _stream(model, tokenizer, template: Template, prompt: torch.Tensor, settings: GenerationSettings) -> Iterator[str]:
+    kwargs = settings.kwargs(template, tokenizer) | {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
+    generation = Streamed(model, tokenizer, kwargs)
+    try:
+        yield from generation
+    finally:
+        generation.cancel()  # a reader that stopped early (Ctrl-C in chat) ends the generation at its next token

@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import Any, Literal
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -27,7 +28,7 @@ from starlette.exceptions import HTTPException
 from tunelab.data.render import ControlTokenText
 from tunelab.errors import TunelabError
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
-from tunelab.server.engine import Completion, Engine
+from tunelab.server.engine import Completion, Engine, Reply
 
 MAX_TOKENS_CAP = 4096
 
@@ -43,18 +44,62 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool | None = None
+
+
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # OpenAI clients send options this server does not use (user, ...)
+    model_config = ConfigDict(extra="allow")  # checked by `unsupported_option`: OpenAI clients send more than we read
     model: str
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stream: bool = False
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=1)
     seed: int | None = Field(default=None, ge=0, lt=2**63)  # torch's generator takes a 64-bit seed
+
+
+# Options of OpenAI's chat completions that change nothing about a plain text answer: accepted and not used.
+IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier")
+# Options this server does not implement, with the values that ask for nothing (they are accepted); any other value
+# would have been answered as if the option were absent, so it is refused.
+NOT_IMPLEMENTED: dict[str, tuple] = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "response_format": (None, {"type": "text"}),
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "frequency_penalty": (None, 0),
+    "presence_penalty": (None, 0),
+    "logit_bias": (None, {}),
+    "modalities": (None, ["text"]),
+    "reasoning_effort": (None,),
+}
+
+
+def unsupported_option(body: ChatRequest) -> tuple[str, str] | None:
+    """(option, message) for the first option of the request this server would not honour, else None."""
+    for name, value in (body.model_extra or {}).items():
+        if name in IGNORED:
+            continue
+        if name not in NOT_IMPLEMENTED:
+            return name, f"unknown option {name!r}: this server reads {', '.join(ChatRequest.model_fields)}"
+        if value not in NOT_IMPLEMENTED[name]:
+            return name, (
+                f"option {name!r} is {json.dumps(value)[:80]}, which this server does not support (it answers with "
+                "plain text only: no log-probabilities, structured output, tool calls, penalties or logit bias); "
+                "leave it out"
+            )
+    if body.stream_options is not None and not body.stream:
+        return "stream_options", "option 'stream_options' is only allowed with \"stream\": true"
+    return None
 
 
 def _text(content, role: str) -> str:
@@ -128,7 +173,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         return _model_card()
 
     @app.post("/v1/chat/completions")
-    def chat_completions(body: ChatRequest):  # a plain def: FastAPI runs it on a worker thread, so waiting is fine
+    def chat_completions(body: ChatRequest, request: Request):  # a plain def: FastAPI runs it on a worker thread
         if body.model != engine.model_id:
             return _error(
                 404,
@@ -137,6 +182,9 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                 param="model",
                 code="model_not_found",
             )
+        refused = unsupported_option(body)
+        if refused is not None:
+            return _error(400, refused[1], param=refused[0])
         try:
             messages = [
                 {"role": "system" if m.role == "developer" else m.role, "content": _text(m.content, m.role)}
@@ -162,9 +210,10 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         created = int(time.time())
         try:
             if body.stream:
-                pieces = engine.stream(messages, settings, stop, body.seed)
+                reply = engine.stream(messages, settings, stop, body.seed)
+                usage = bool(body.stream_options and body.stream_options.include_usage)
                 return StreamingResponse(
-                    _events(pieces, request_id, created, engine.model_id), media_type="text/event-stream"
+                    _events(reply, request, request_id, created, engine.model_id, usage), media_type="text/event-stream"
                 )
             done = engine.complete(messages, settings, stop, body.seed)
         except ContextTooLong as exc:
@@ -200,31 +249,40 @@ def _usage(done: Completion) -> dict:
     }
 
 
-def _events(pieces, request_id: str, created: int, model_id: str):
-    """Server-sent events as OpenAI streams them: a role chunk, content chunks, a finish chunk, `[DONE]`."""
+async def _events(reply: Reply, request: Request, request_id: str, created: int, model_id: str, usage: bool):
+    """Server-sent events as OpenAI streams them: a role chunk, content chunks, a finish chunk, with
+    `stream_options.include_usage` a chunk of no choices carrying the usage (every other chunk's usage is null),
+    then `[DONE]`. The pieces are read on a worker thread; a client that leaves (the response cancelled, or seen
+    disconnected between pieces) cancels the generation, which ends at its next token and frees the queue."""
 
-    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
-        body = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_id,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-        }
-        if usage is not None:
-            body["usage"] = usage
+    def chunk(choices: list[dict], counts: dict | None = None) -> str:
+        body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
+        body["choices"] = choices
+        if usage:
+            body["usage"] = counts
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
+    def choice(delta: dict, finish: str | None = None) -> list[dict]:
+        return [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+
+    pieces = iter(reply)
     try:
-        for piece in pieces:
+        yield chunk(choice({"role": "assistant", "content": ""}))
+        while True:
+            piece = await anyio.to_thread.run_sync(next, pieces, None)
+            if piece is None:
+                break
             if isinstance(piece, Completion):
-                yield chunk({}, piece.finish_reason, _usage(piece))
+                yield chunk(choice({}, piece.finish_reason))
+                if usage:
+                    yield chunk([], _usage(piece))
             else:
-                yield chunk({"content": piece})
+                yield chunk(choice({"content": piece}))
+            if await request.is_disconnected():
+                return
     except Exception as exc:  # the status line is already sent: report the failure as an error event
         body = {"error": {"message": f"generation failed: {type(exc).__name__}: {exc}", "type": "server_error"}}
         yield f"data: {json.dumps(body)}\n\n"
     finally:
-        pieces.close()
+        reply.cancel()
     yield "data: [DONE]\n\n"

@@ -2,9 +2,13 @@
 
 Requests are queued on a lock rather than batched: a run is usually a small model on a CPU or one GPU, where one
 sequence at a time keeps the latency of each answer low and the memory flat, and the transformers generation loop
-this uses is not safe to enter twice at once on one model. A streamed answer holds the lock until its last token;
-a client that disconnects stops its generation at the next token (a stopping criterion watches a flag), so an
-abandoned stream does not keep the queue waiting.
+this uses is not safe to enter twice at once on one model. An answer, streamed or not, is generated on a worker
+thread (`infer.generate.Streamed`) that releases the lock when generation ends, so a reader that goes away only
+has to cancel (`Reply.cancel`: the generation stops at its next token) and never waits for anything.
+
+Stop strings end the generation as soon as one appears, streamed or not, and are never sent: text that may still
+become a stop string is held back until it cannot, and so is trailing whitespace (answers are stripped), so a streamed
+answer is the plain one piece by piece.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.render import render_prompt
-from tunelab.infer.generate import GenerationSettings, fit_context
+from tunelab.infer.generate import GenerationSettings, Streamed, fit_context
 from tunelab.infer.run import LoadedRun
 
 
@@ -29,20 +33,76 @@ class Completion:
     finish_reason: str  # stop | length
 
 
-def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """Text up to the first stop string, and whether one was found."""
+def visible_text(text: str, stops: list[str], final: bool) -> tuple[str, bool]:
+    """(what of the generated `text` may be sent, whether a stop string ended it). Up to the first stop string;
+    without one, all but a tail that could still grow into a stop string, unless the text is `final`. Leading and
+    trailing whitespace is never part of it (trailing whitespace may yet be followed by more text)."""
+    text = text.lstrip()
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+    if cut >= 0:
+        return text[:cut].rstrip(), True
+    if not final:
+        for stop in stops:
+            for k in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:k]):
+                    text = text[:-k]
+                    break
+    return text.rstrip(), False
 
 
-class _Cancelled:
-    """A transformers stopping criterion that ends generation once `event` is set (client gone, stop string seen)."""
+class Reply:
+    """One answer being generated: iterate for its text pieces, then a Completion (its text empty) with the counts
+    and the finish reason. `cancel()` (a client gone) ends it at the next token, from any thread."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, engine: Engine, prompt: torch.Tensor, settings: GenerationSettings, stop: list[str], seed):
+        self.engine, self.prompt, self.settings, self.stop, self.seed = engine, prompt, settings, stop, seed
+        self.generation: Streamed | None = None
+        self.cancelled = False
 
-    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.generation is not None:
+            self.generation.cancel()
+
+    def __iter__(self) -> Iterator[str | Completion]:
+        engine = self.engine
+        engine.lock.acquire()  # released by the worker when generation ends (or below if it never starts)
+        try:
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            kwargs = self.settings.kwargs(engine.run.template, engine.run.tokenizer) | {
+                "input_ids": self.prompt,
+                "attention_mask": torch.ones_like(self.prompt),
+            }
+            self.generation = Streamed(engine.run.model, engine.run.tokenizer, kwargs, on_done=engine.lock.release)
+        except BaseException:
+            engine.lock.release()
+            raise
+        if self.cancelled:
+            self.generation.cancel()
+        sent, text, stopped = 0, "", False
+        try:
+            for piece in self.generation:
+                text += piece
+                visible, stopped = visible_text(text, self.stop, final=False)
+                if len(visible) > sent:
+                    yield visible[sent:]
+                    sent = len(visible)
+                if stopped:
+                    self.generation.cancel()
+                    break
+            else:
+                visible, _ = visible_text(text, self.stop, final=True)  # what was held back for a stop string
+                if len(visible) > sent:
+                    yield visible[sent:]
+        finally:
+            self.generation.cancel()  # a no-op once generation has ended; else it ends at the next token
+        self.generation.finished.wait()
+        if self.generation.error is not None:
+            raise self.generation.error
+        new = self.generation.output[0, self.prompt.shape[1] :].tolist()
+        reason = "stop" if stopped else engine.finish_reason(new, self.settings)
+        yield Completion("", self.prompt.shape[1], len(new), reason)
 
 
 class Engine:
@@ -61,84 +121,26 @@ class Engine:
         settings = fit_context(self.run.model, len(ids), settings)
         return torch.tensor([ids], device=self.run.device), settings
 
-    def _kwargs(self, prompt: torch.Tensor, settings: GenerationSettings, cancel: threading.Event, seed: int | None):
-        from transformers import StoppingCriteriaList
-
-        if seed is not None:
-            torch.manual_seed(seed)
-        return settings.kwargs(self.run.template, self.run.tokenizer) | {
-            "input_ids": prompt,
-            "attention_mask": torch.ones_like(prompt),
-            "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)]),
-        }
-
-    def _finish(self, new_ids: list[int], settings: GenerationSettings) -> str:
+    def finish_reason(self, new_ids: list[int], settings: GenerationSettings) -> str:
         stops = set(self.run.template.stop_token_ids) | {self.run.tokenizer.eos_token_id}
         return "stop" if (new_ids and new_ids[-1] in stops) or len(new_ids) < settings.max_new_tokens else "length"
 
-    @torch.no_grad()
+    def stream(
+        self, messages: list[dict], settings: GenerationSettings, stop: list[str], seed: int | None = None
+    ) -> Reply:
+        """The answer as it is generated (see Reply). A conversation too long for the model is refused here
+        (ContextTooLong), before the response starts."""
+        prompt, settings = self._prompt(messages, settings)
+        return Reply(self, prompt, settings, stop, seed)
+
     def complete(
         self, messages: list[dict], settings: GenerationSettings, stop: list[str], seed: int | None = None
     ) -> Completion:
-        prompt, settings = self._prompt(messages, settings)
-        with self.lock:
-            out = self.run.model.generate(**self._kwargs(prompt, settings, threading.Event(), seed))
-        new = out[0, prompt.shape[1] :].tolist()
-        text = self.run.tokenizer.decode(new, skip_special_tokens=True)
-        text, stopped = _cut_at_stop(text, stop)
-        reason = "stop" if stopped else self._finish(new, settings)
-        return Completion(text.strip(), prompt.shape[1], len(new), reason)
-
-    def stream(
-        self, messages: list[dict], settings: GenerationSettings, stop: list[str], seed: int | None = None
-    ) -> Iterator[str | Completion]:
-        """Text pieces as they are generated, then a Completion (its text empty) with the counts and finish reason.
-        Closing the iterator early (the client left) cancels the generation. A conversation too long for the model
-        is refused here (ContextTooLong), before the response starts."""
-        prompt, settings = self._prompt(messages, settings)
-        return self._pieces(prompt, settings, stop, seed)
-
-    def _pieces(
-        self, prompt: torch.Tensor, settings: GenerationSettings, stop: list[str], seed: int | None
-    ) -> Iterator[str | Completion]:
-        from transformers import TextIteratorStreamer
-
-        cancel = threading.Event()
-        streamer = TextIteratorStreamer(self.run.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        result: dict = {}
-
-        def work():
-            try:
-                with torch.no_grad():
-                    result["out"] = self.run.model.generate(
-                        **self._kwargs(prompt, settings, cancel, seed), streamer=streamer
-                    )
-            except BaseException as exc:  # surfaced to the request below
-                result["error"] = exc
-                streamer.end()
-
-        with self.lock:
-            worker = threading.Thread(target=work, daemon=True)
-            worker.start()
-            sent, text, stopped, drained = 0, "", False, False
-            try:
-                for piece in streamer:
-                    text += piece
-                    visible, stopped = _cut_at_stop(text.lstrip(), stop)
-                    if len(visible) > sent:
-                        yield visible[sent:]
-                        sent = len(visible)
-                    if stopped:
-                        break
-                else:
-                    drained = True
-            finally:
-                cancel.set()  # ends the generation at its next token when a stop string or a closed client ended us
-                if not drained:
-                    for _ in streamer:  # until the streamer's end signal, so the worker is done before the lock goes
-                        pass
-                worker.join()
-        if "error" in result:
-            raise result["error"]
-        new = result["out"][0, prompt.shape[1] :].tolist()
-        yield Completion("", prompt.shape[1], len(new), "stop" if stopped else self._finish(new, settings))
+        pieces, done = [], None
+        for item in self.stream(messages, settings, stop, seed):
+            if isinstance(item, Completion):
+                done = item
+            else:
+                pieces.append(item)
+        done.text = "".join(pieces)
+        return done
