@@ -87,6 +87,15 @@ def test_forgetting_matrix_equals_direct_evaluation(staged, tiny_model_dir):
     assert matrix[1][0] != matrix[0][0]  # stage 2 moved the loss on stage 1's data
 
 
+def test_a_stage_without_eval_data_of_its_own_keeps_its_loss_on_earlier_stages(staged):
+    """Stage 2 has no eval split, so its only eval loss is the one on stage 1's data: it was computed and logged,
+    but run.json kept eval losses only where there were two or more, and the matrix showed '-'."""
+    staged["stages"][1]["data"]["eval_fraction"] = 0.0
+    result = train(None, staged)
+    matrix = open_info(result.run_dir).extra["forgetting"]["matrix"]
+    assert matrix[1][0] is not None and matrix[1][1] is None and matrix[1][0] != matrix[0][0]
+
+
 def test_continue_merge_starts_from_the_merged_model(staged, tiny_model_dir):
     staged["stages"][1] |= {"continue": "merge", "method": {"r": 8}}
     staged["stages"][1]["train"]["lr"] = 0.0

@@ -354,7 +354,7 @@ def _train(
         info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
         info.skipped_steps = position["skipped_steps"]
         losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
-        if len(losses) > 1:  # a mixture's sources, a staged run's earlier stages
+        if any(name != "eval_loss" for name in losses):  # a mixture's sources, a staged run's earlier stages
             info.extra["eval_losses"] = losses
         if ranks.main:
             write_info(run_dir, info)
