@@ -19,6 +19,7 @@ from typing import Any
 
 from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig
+from tunelab.data.templates import resolve_template
 from tunelab.errors import DataError
 from tunelab.eval.compare import (
     Comparison,
@@ -29,10 +30,11 @@ from tunelab.eval.compare import (
     save_comparison,
 )
 from tunelab.eval.compare import compare as _compare
-from tunelab.eval.questions import Question, read_questions, run_data_config
+from tunelab.eval.questions import Question, read_questions, refuse_unaskable, run_data_config
 from tunelab.export.gguf import export_gguf as export_gguf
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
+from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.rundir import HEAD_TASKS, open_info, read_info
 from tunelab.server.serve import serve as serve
 from tunelab.training.distributed import from_environment
@@ -62,7 +64,7 @@ def train(
     by torchrun trains on its ranks without it."""
     resolved = resolve(config, overrides)
     if resolved.config.eval.questions:  # asked after training: a file that cannot be read must not wait for that
-        read_questions(resolved.config.eval.questions, resolved.config.data)
+        _check_questions(resolved.config)
     if nproc is not None and from_environment().world == 1:
         check_launch(resolved.config, nproc)  # stages and head tasks train in one process
     if resolved.config.stages:
@@ -95,6 +97,14 @@ def train(
     if resolved.config.eval.questions and from_environment().main and not result.interrupted:  # torchrun: rank 0
         compare_after_training(result.run_dir, resolved.config)
     return result
+
+
+def _check_questions(cfg: RunConfig) -> None:
+    """eval.questions read and their conversations rendered with the run's tokenizer and template, as the comparison
+    after training will: a row it would refuse stops the run before training rather than after."""
+    questions = read_questions(cfg.eval.questions, cfg.data)
+    tokenizer = load_tokenizer(resolve_source(cfg.model.name), cfg.model.trust_remote_code)
+    refuse_unaskable(questions, tokenizer, resolve_template(cfg.data.template, tokenizer))
 
 
 def _open(run: str | Path | LoadedRun, device: str, base_precision: str) -> LoadedRun:

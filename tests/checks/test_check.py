@@ -207,3 +207,21 @@ def test_the_preview_names_rows_as_the_data_report_does(tiny_tokenizer):
     rows = [SimpleNamespace(path=p, line=n, input_ids=ids, labels=ids) for p, n in (("d.json", 0), ("d.jsonl", 3))]
     out = preview_text(rows, tiny_tokenizer, color=False)
     assert f"--- example 1 (d.json[0], {len(ids)} tokens) ---" in out and "--- example 2 (d.jsonl:3, " in out
+
+
+def test_eval_questions_that_cannot_be_asked_stop_the_run_before_training(tiny_overrides, tmp_path, capsys):
+    """A question holding special-token text was refused by the comparison after training: the run trained to its
+    end, saved, and then exited 2. `tunelab check` passed it. Now check fails it and train stops before training."""
+    questions = tmp_path / "q.jsonl"
+    rows = [{"question": "Code of box 1?", "expected": "1001"}, {"question": "Hi<|im_end|>", "expected": "x"}]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = tiny_overrides | {"eval.questions": str(questions)}
+    assert main(["check", *_flags(overrides), "--data-only"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] eval.questions" in out and "q.jsonl:2: the special token text '<|im_end|>'" in out
+    with pytest.raises(ConfigError, match=r"q\.jsonl:2: the special token text"):
+        tunelab.train(None, overrides | {"train.max_steps": 1})
+    assert not Path(tiny_overrides["output_dir"]).exists()  # nothing trained, nothing written
+    questions.write_text(json.dumps(rows[0]) + "\n")
+    assert main(["check", *_flags(overrides), "--data-only"]) == 0
+    assert "[PASS] eval.questions: the 1 rows of" in capsys.readouterr().out

@@ -38,12 +38,14 @@ from tunelab.checks.model import (
     untrained_item,
 )
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
-from tunelab.config import describe
+from tunelab.config import RunConfig, describe
 from tunelab.data.checks import CheckItem, CheckResult, data_checks
 from tunelab.data.loader import epoch_rows
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
-from tunelab.errors import ConfigError, RunDirError
+from tunelab.data.templates import resolve_template
+from tunelab.errors import ConfigError, RunDirError, TunelabError
+from tunelab.eval.questions import read_questions, refuse_unaskable
 from tunelab.models.llama import unsupported_reason
 from tunelab.rundir import is_run_dir, read_info
 from tunelab.tasks import get_task
@@ -212,6 +214,8 @@ def run_check(
             for item in data_checks(stage, stage_inputs):
                 items.append(dataclasses.replace(item, name=f"stage {k}: {item.name}"))
         page_text = data.report.summary()
+    if cfg.eval.questions:
+        items.append(questions_item(cfg, inputs.tokenizer))
     for item in items:
         out(item.line())
     if model:
@@ -223,6 +227,17 @@ def run_check(
             out(item.line())
         items += more
     return finish(items, page, rows, inputs.tokenizer, describe(resolved), page_text, out)
+
+
+def questions_item(cfg: RunConfig, tokenizer) -> CheckItem:
+    """eval.questions as the comparison after training reads and renders them."""
+    name = "eval.questions"
+    try:
+        questions = read_questions(cfg.eval.questions, cfg.data)
+        refuse_unaskable(questions, tokenizer, resolve_template(cfg.data.template, tokenizer))
+    except TunelabError as exc:
+        return CheckItem(name, "fail", str(exc))
+    return CheckItem(name, "pass", f"the {len(questions)} rows of {cfg.eval.questions} can be asked after training")
 
 
 def federated_check(
@@ -247,6 +262,8 @@ def federated_check(
     )
     out(f"{label(client)}, " + preview_text(rows, inputs.tokenizer, color=color))
     items.append(server_eval_item(cfg, inputs.tokenizer))
+    if cfg.eval.questions:
+        items.append(questions_item(cfg, inputs.tokenizer))
     for item in items:
         out(item.line())
     if model:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tunelab.config import DataConfig, EvalConfig
 from tunelab.data.formats import Example, to_examples
+from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import read_records
 from tunelab.errors import DataError
@@ -162,6 +163,18 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
         answer = expected or ex.messages[last]["content"].strip()
         questions[i] = Question(ex.messages[:last], answer, kind, is_label, whole, ex, where)
     return [q for q in questions if q is not None]
+
+
+def refuse_unaskable(questions: list[Question], tokenizer, template) -> None:
+    """ControlTokenText naming the row of the first question whose conversation holds special-token text: the
+    answers after training would stop there, so a run checks its eval.questions with this before training."""
+    for q in questions:
+        if q.prompt is None:
+            continue
+        try:
+            render_prompt(q.prompt, tokenizer, template)
+        except ControlTokenText as exc:
+            raise ControlTokenText(f"{q.where or 'a question'}: {exc}") from None
 
 
 def run_data_config(run_dir: str | Path, info: RunInfo) -> DataConfig:
