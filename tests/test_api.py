@@ -6,6 +6,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import tunelab
 
 
@@ -51,3 +53,19 @@ def test_the_comparison_after_training_belongs_to_the_api_not_the_recipe(tiny_ov
     result = tunelab.train(None, overrides | {"output_dir": str(tmp_path / "api")})
     assert json.loads((result.run_dir / "compare.json").read_text())["rows"][0]["question"].startswith("What is")
     assert "correct: base" in capsys.readouterr().out
+
+
+def test_one_question_or_text_given_alone_is_one_not_a_list_of_characters(tiny_run_dir):
+    """tunelab.compare(run, question="Where is your office?") asked 21 one-character questions, and predict(texts=
+    "see you at 6") predicted each character: a text given where a list is expected is a list of one."""
+    from tunelab.api import _texts
+    from tunelab.errors import ConfigError
+    from tunelab.infer.generate import GenerationSettings
+
+    result = tunelab.compare(
+        tiny_run_dir, question="Code of box 3?", settings=GenerationSettings(max_new_tokens=2), save=False
+    )
+    assert [row.question for row in result.rows] == ["Code of box 3?"]
+    assert _texts("see you at 6", "texts") == ["see you at 6"] and _texts(("a", "b"), "texts") == ["a", "b"]
+    with pytest.raises(ConfigError, match="argument 'texts' must be a text or a list of texts, got int"):
+        _texts(3, "texts")

@@ -20,7 +20,7 @@ from typing import Any
 from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig
 from tunelab.data.templates import resolve_template
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 from tunelab.eval.compare import (
     Comparison,
     check_writable,
@@ -99,6 +99,18 @@ def train(
     return result
 
 
+def _texts(value, name: str) -> list[str]:
+    """A list-of-texts argument as a list: one text given alone is a list of one (iterating it would ask each of its
+    characters)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"argument '{name}' must be a text or a list of texts, got {type(value).__name__}.")
+
+
 def _check_questions(cfg: RunConfig) -> None:
     """eval.questions read and their conversations rendered with the run's tokenizer and template, as the comparison
     after training will: a row it would refuse stops the run before training rather than after."""
@@ -150,7 +162,7 @@ def check(
 def compare(
     run: str | Path | LoadedRun,
     questions: str | Path | None = None,
-    question: list[str] | None = None,
+    question: str | list[str] | None = None,
     settings: GenerationSettings | None = None,
     device: str = "auto",
     save: bool = True,
@@ -170,7 +182,7 @@ def compare(
     if save:
         check_writable(compare_file(run_dir), overwrite)  # before minutes of generation, not after
     items = read_questions(questions, run_data_config(run_dir, info)) if questions else []
-    items += [Question.ask(q, info.system_prompt) for q in (question or [])]
+    items += [Question.ask(q, info.system_prompt) for q in _texts(question, "question")]
     if not items:
         raise DataError("no questions to compare on: give a questions file or at least one question.")
     loaded = _open(run, device, base_precision)
@@ -311,9 +323,9 @@ def federate(
 def predict(
     run: str | Path,
     data: str | Path | None = None,
-    texts: list[str] | None = None,
+    texts: str | list[str] | None = None,
     prompt: str | None = None,
-    answers: list[str] | None = None,
+    answers: str | list[str] | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     batch_size: int = 16,
@@ -327,6 +339,8 @@ def predict(
 
     if out is not None:
         check_out(out, overwrite)
+    texts = _texts(texts, "texts") if texts is not None else None
+    answers = _texts(answers, "answers") if answers is not None else None
     predictions = _predict(run, data, texts, prompt, answers, batch_size=batch_size, device=device)
     if show:
         print(format_predictions(predictions))
