@@ -77,6 +77,24 @@ def test_errors_name_file_line_and_field(tmp_path):
         read_questions(path)
 
 
+def test_a_misspelt_column_is_named_not_ignored(tmp_path):
+    """{"question": ..., "expect": ...} was asked unscored (compare exited 0 with refusal rates only), and a misspelt
+    'kind' scored every row under 'all'. A column spelt like one the reader reads is refused; other columns stay."""
+    path = tmp_path / "q.jsonl"
+    for row, key, near in (
+        ({"question": "Where?", "expect": "Dundee"}, "expect", "expected"),
+        ({"question": "Where?", "expected": "Dundee", "Kind": "fact"}, "Kind", "kind"),
+        ({"question": "Where?", "expected": "Dundee", "sytem": "Be brief."}, "sytem", "system"),
+    ):
+        _write(path, [row])
+        with pytest.raises(DataError, match=rf"q\.jsonl:1: column '{key}' is not read; did you mean '{near}'\?"):
+            read_questions(path)
+    _write(path, [{"question": "Where?", "expected": "Dundee", "id": 7, "category": "office", "source": "faq"}])
+    assert read_questions(path)[0].expected == "Dundee"
+    _write(path, [{"q": "Where?", "expected": "Dundee"}])  # a mapped column is read under its own name
+    assert read_questions(path, DataConfig(fields={"question": "q"}))[0].text == "Where?"
+
+
 def test_compare_and_eval_judge_the_same_answers_alike(tiny_run_dir, tmp_path, monkeypatch):
     """Both commands fed the same answers (generation replaced by a table) give every row the same verdict."""
     path = _write(

@@ -19,6 +19,7 @@ example the eval loss is taken on: that conversation with the expected answer as
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,24 @@ def _text_field(row: dict, key: str, where: str) -> str | None:
     return value.strip()
 
 
+QUESTION_KEYS = (*PROMPT_FIELDS, "expected", "label", "kind", "system")  # what a question row is read for
+
+
+def _refuse_misspelt(row: dict, fields: dict[str, str], where: str) -> None:
+    """DataError for a column of a question row that is not read but is spelt like one that is ('expect', 'Kind'):
+    the row would be asked without being scored, or scored under 'all'. Other extra columns (an id) are left alone."""
+    read = {fields.get(k, k) for k in QUESTION_KEYS}
+    for key in row:
+        if key in read:
+            continue
+        near = difflib.get_close_matches(key.lower(), sorted(read), n=1, cutoff=0.75)
+        if near:
+            raise DataError(
+                f"{where}: column '{key}' is not read; did you mean '{near[0]}'? A question row reads "
+                f"{', '.join(sorted(read))}."
+            )
+
+
 def read_questions(path: str | Path, data: DataConfig | None = None, need_expected: bool = False) -> list[Question]:
     """The rows of a question file; DataError (naming file and line) for rows that cannot be asked.
 
@@ -129,6 +148,7 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
                 f"{where}: the row has no expected answer. Give it an 'expected' field (or 'label' for a label task), "
                 "or an answer in a training format (e.g. question + answer)."
             )
+        _refuse_misspelt(row, fields, where)
         question = _text_field(row, fields.get(asks[0], asks[0]), where)
         if question is None:
             raise DataError(f"{where}: field '{fields.get(asks[0], asks[0])}' must be non-empty text, got None.")
