@@ -178,3 +178,26 @@ def test_graphs_make_small_micro_batches_gpu_bound():
     # offload waits on host copies: no graphs there
     off = dataclasses.replace(one, checkpointed=32, offload=True)
     assert step_time(LLAMA2_7B, off, 1) == step_time(LLAMA2_7B, dataclasses.replace(off, graphs=False), 1)
+
+
+def test_the_table_marks_the_choice_when_host_bound_candidates_tie():
+    """For a small model every candidate of a micro-batch is host-bound, so their step times tie: the choice broke
+    the tie by fewer recomputed layers, the table by the smaller peak, and showed a row that was not chosen and no
+    mark at all (`tunelab plan` on the embedded model at 24 GiB)."""
+    small = LlamaConfig.from_hf(
+        dict(
+            model_type="llama",
+            hidden_size=576,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            intermediate_size=1536,
+            vocab_size=49152,
+            max_position_embeddings=8192,
+        )
+    )
+    setup = dataclasses.replace(QLORA, quantized=False, seq=64, graphs=True)  # replayed: host time per micro-batch only
+    result = plan(small, setup, 24 * GIB, global_batch=4)
+    assert result.chosen.candidate.checkpointed == 0
+    assert [s.candidate for s in result.candidates].count(result.chosen.candidate) == 1
+    assert sum(line.lstrip().startswith("->") for line in result.table().splitlines()) == 1

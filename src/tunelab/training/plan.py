@@ -223,7 +223,7 @@ def plan(
         scored.append(Scored(cand, est, t, cand.micro_batch * cand.grad_accum * s.seq / t))
     smallest = min(scored, key=lambda x: (x.peak, x.step_s))
     fitting = [x for x in scored if x.peak <= budget]
-    chosen = min(fitting, key=lambda x: (x.step_s, x.candidate.checkpointed, x.peak)) if fitting else None
+    chosen = min(fitting, key=_preference) if fitting else None
     shown = _shown(scored, budget)
     if chosen is None:
         reason = _too_small(budget, smallest, c.num_layers)
@@ -232,17 +232,23 @@ def plan(
     return MemoryPlan(budget, c.num_layers, chosen, shown, smallest, reason, calibration)
 
 
+def _preference(s: Scored) -> tuple:
+    """The planner's order among fitting candidates: the fastest; on a tie the fewer recomputed layers, then the
+    smaller peak. The table uses it too, so that the row it marks is the one chosen."""
+    return (s.step_s, s.candidate.checkpointed, s.peak)
+
+
 def _shown(scored: list[Scored], budget: int) -> list[Scored]:
-    """One row per (micro_batch, offload): the fastest that fits, else the smallest; fitting rows first, fastest
-    first."""
+    """One row per (micro_batch, offload): the one the planner prefers among those that fit, else the smallest;
+    fitting rows first, in the planner's order."""
     groups: dict[tuple[int, bool], list[Scored]] = {}
     for s in scored:
         groups.setdefault((s.candidate.micro_batch, s.candidate.offload), []).append(s)
     rows = []
     for members in groups.values():
         fitting = [s for s in members if s.peak <= budget]
-        rows.append(min(fitting, key=lambda s: (s.step_s, s.peak)) if fitting else min(members, key=lambda s: s.peak))
-    return sorted(rows, key=lambda s: (s.peak > budget, s.step_s, s.peak))
+        rows.append(min(fitting, key=_preference) if fitting else min(members, key=lambda s: s.peak))
+    return sorted(rows, key=lambda s: (s.peak > budget, *_preference(s)))
 
 
 def _why(chosen: Scored, scored: list[Scored], budget: int, layers: int) -> str:
