@@ -105,6 +105,22 @@ def test_full_run_is_resaved_unchanged_with_the_named_template(tiny_model_dir, s
     assert tok.apply_chat_template(messages, tokenize=False) == alpaca.render(messages)[0]
 
 
+@pytest.mark.parametrize("template", ["auto", "chatml"])
+def test_the_merged_template_writes_the_runs_system_prompt(tiny_model_dir, smollm2_tokenizer, tmp_path, template):
+    """Training wrote data.system_prompt into every conversation without a system message; the merged model's chat
+    template wrote the tokenizer's default instead (SmolLM2: "You are a helpful AI assistant named SmolLM...")."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    system = 'You are the "Tallowmere" assistant.\nAnswer in one sentence: café, naïve, 😀.'
+    run = _write_run(tmp_path / "run", model, smollm2_tokenizer, tiny_model_dir, "full", template, system)
+    tok = AutoTokenizer.from_pretrained(merge_run(run, tmp_path / "merged"))
+    trained = resolve_template(template, smollm2_tokenizer)
+    user = [{"role": "user", "content": "Hi"}]
+    written = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    assert written == trained.render([{"role": "system", "content": system}, *user], add_generation_prompt=True)[0]
+    own = [{"role": "system", "content": "Be brief."}, *user]  # a conversation's own system message stays
+    assert tok.apply_chat_template(own, tokenize=False) == trained.render(own)[0]
+
+
 def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):
     run, _ = lora_run
     with pytest.raises(RunDirError, match="no such run directory"):

@@ -3,8 +3,8 @@
 For a LoRA run every adapter is folded into its base weight, W' = W + (alpha / r) B A, computed in fp32 and rounded
 once to the output dtype; for full and layer-wise runs the weights are already whole and are only re-saved. The
 directory gets the chat template the run was trained with: the tokenizer's own, or the Jinja of the named template
-(`Template.jinja`), which writes exactly what training wrote, so `apply_chat_template` on the merged model prompts it
-the way it learned.
+(`Template.jinja`), which writes exactly what training wrote (the run's system prompt included, where a conversation
+has no system message), so `apply_chat_template` on the merged model prompts it the way it learned.
 
 The fold is `peft.lora.merge_lora`, the one merge (each layer's `merged_weight`: LoRA's W + s B A, DoRA's
 m (W + s B A) / n; an NF4 base dequantized to fp32 first, as training saw it). A
@@ -16,6 +16,7 @@ prompt, and the largest difference of their logits is reported (`MergeCheck`) an
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,6 +96,20 @@ def chat_template_for(template: Template, tokenizer) -> str | None:
     """The jinja chat template that writes what the run's template wrote in training: the tokenizer's own, or the
     Jinja of the named template (data/templates.py defines each once, in Python and in Jinja)."""
     return template.jinja if template.jinja is not None else tokenizer.chat_template
+
+
+def with_system_default(chat_template: str | None, system_prompt: str | None) -> str | None:
+    """`chat_template` writing `system_prompt` as the system message of a conversation that has none, as training
+    wrote it (data.system_prompt): without it a merged SmolLM2 run was prompted with SmolLM2's own default system
+    prompt. The prompt is a Jinja string literal (JSON's escapes are Jinja's)."""
+    if not chat_template or not system_prompt:
+        return chat_template
+    literal = json.dumps(system_prompt, ensure_ascii=False)
+    return (
+        "{%- if not messages or messages[0]['role'] != 'system' %}"
+        f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}"
+        "{%- endif %}" + chat_template
+    )
 
 
 def _probe(run) -> torch.Tensor:
@@ -183,6 +198,7 @@ def merge_run(
     merged = merged_model(run_dir, dtype)
     with scratch_folder(out) as scratch:
         merged.model.save_pretrained(scratch, safe_serialization=True)
+        merged.tokenizer.chat_template = with_system_default(merged.tokenizer.chat_template, merged.info.system_prompt)
         merged.tokenizer.save_pretrained(scratch)
         keys = ("base_model", "method", "quantize_base", "template", "system_prompt")
         provenance = {k: getattr(merged.info, k) for k in keys} | {"run_dir": str(run_dir.resolve())}
