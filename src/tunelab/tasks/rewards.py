@@ -71,7 +71,10 @@ def reward_run(run: str, where: str) -> None:
     """ConfigError naming grpo.rewards' entry unless `run` is a finished `task: reward` run: another task's run (a
     classifier's scores of K labels, a text model) is no reward."""
     if not Path(run).is_dir():
-        raise ConfigError(f"{where}: run {run!r} is not a directory; give a finished `task: reward` run.")
+        raise ConfigError(
+            f"{where}: run {run!r} is not a directory; give a finished `task: reward` run (in a config file the path "
+            "is relative to the file's folder, while output_dir is relative to the folder tunelab runs in)."
+        )
     try:
         info = open_info(run, heads=True)
     except RunDirError as exc:
