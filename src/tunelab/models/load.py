@@ -7,6 +7,7 @@ cores) and cached as a safetensors directory, so later loads take a second. Weig
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import os
@@ -62,6 +63,9 @@ def resolve_source(name: str) -> ModelSource:
         return ModelSource(name, str(path.resolve()))
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model '{name}': not a Hugging Face model directory, a .gguf file, or a hub id (org/name).")
+    near = difflib.get_close_matches(name, list(EMBEDDED), n=1, cutoff=0.7) if "/" not in name else []
+    if near:  # a hub id without an org (gpt2) is possible, but one spelt like the alias is its misspelling
+        raise ModelError(f"model '{name}': no such file or folder; did you mean the embedded model '{near[0]}'?")
     return ModelSource(name, name)  # a hub id; transformers downloads it (or reads its cache)
 
 
