@@ -34,7 +34,7 @@ from tunelab.eval.questions import Question, read_questions, refuse_unaskable, r
 from tunelab.export.gguf import export_gguf as export_gguf
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
-from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.models.load import load_hf_config, load_tokenizer, resolve_source
 from tunelab.rundir import HEAD_TASKS, open_info, read_info
 from tunelab.server.serve import serve as serve
 from tunelab.training.distributed import from_environment
@@ -115,8 +115,10 @@ def _check_questions(cfg: RunConfig) -> None:
     """eval.questions read and their conversations rendered with the run's tokenizer and template, as the comparison
     after training will: a row it would refuse stops the run before training rather than after."""
     questions = read_questions(cfg.eval.questions, cfg.data)
-    tokenizer = load_tokenizer(resolve_source(cfg.model.name), cfg.model.trust_remote_code)
-    refuse_unaskable(questions, tokenizer, resolve_template(cfg.data.template, tokenizer))
+    source = resolve_source(cfg.model.name)
+    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+    context = getattr(load_hf_config(source, cfg.model.trust_remote_code), "max_position_embeddings", None)
+    refuse_unaskable(questions, tokenizer, resolve_template(cfg.data.template, tokenizer), context)
 
 
 def _open(run: str | Path | LoadedRun, device: str, base_precision: str) -> LoadedRun:

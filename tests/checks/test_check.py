@@ -210,8 +210,9 @@ def test_the_preview_names_rows_as_the_data_report_does(tiny_tokenizer):
 
 
 def test_eval_questions_that_cannot_be_asked_stop_the_run_before_training(tiny_overrides, tmp_path, capsys):
-    """A question holding special-token text was refused by the comparison after training: the run trained to its
-    end, saved, and then exited 2. `tunelab check` passed it. Now check fails it and train stops before training."""
+    """A question holding special-token text, or too long for the model's context, was refused by the comparison
+    after training: the run trained to its end, saved, and then exited 2. `tunelab check` passed it. Now check fails
+    it and train stops before training."""
     questions = tmp_path / "q.jsonl"
     rows = [{"question": "Code of box 1?", "expected": "1001"}, {"question": "Hi<|im_end|>", "expected": "x"}]
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -222,6 +223,11 @@ def test_eval_questions_that_cannot_be_asked_stop_the_run_before_training(tiny_o
     with pytest.raises(ConfigError, match=r"q\.jsonl:2: the special token text"):
         tunelab.train(None, overrides | {"train.max_steps": 1})
     assert not Path(tiny_overrides["output_dir"]).exists()  # nothing trained, nothing written
+    questions.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"question": "box " * 1100, "expected": "x"}) + "\n")
+    assert main(["check", *_flags(overrides), "--data-only"]) == 1  # the tiny model reads 1024 positions
+    assert "q.jsonl:2: the prompt is" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"q\.jsonl:2: the prompt is \d+ tokens .* at most 1024"):
+        tunelab.train(None, overrides | {"train.max_steps": 1})
     questions.write_text(json.dumps(rows[0]) + "\n")
     assert main(["check", *_flags(overrides), "--data-only"]) == 0
     assert "[PASS] eval.questions: the 1 rows of" in capsys.readouterr().out

@@ -47,6 +47,7 @@ from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, RunDirError, TunelabError
 from tunelab.eval.questions import read_questions, refuse_unaskable
 from tunelab.models.llama import unsupported_reason
+from tunelab.models.load import load_hf_config
 from tunelab.rundir import is_run_dir, read_info
 from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, plan_from_data
@@ -215,7 +216,7 @@ def run_check(
                 items.append(dataclasses.replace(item, name=f"stage {k}: {item.name}"))
         page_text = data.report.summary()
     if cfg.eval.questions:
-        items.append(questions_item(cfg, inputs.tokenizer))
+        items.append(questions_item(cfg, inputs))
     for item in items:
         out(item.line())
     if model:
@@ -229,12 +230,14 @@ def run_check(
     return finish(items, page, rows, inputs.tokenizer, describe(resolved), page_text, out)
 
 
-def questions_item(cfg: RunConfig, tokenizer) -> CheckItem:
-    """eval.questions as the comparison after training reads and renders them."""
+def questions_item(cfg: RunConfig, inputs) -> CheckItem:
+    """eval.questions as the comparison after training reads and renders them, within the model's context."""
     name = "eval.questions"
+    tokenizer = inputs.tokenizer
     try:
         questions = read_questions(cfg.eval.questions, cfg.data)
-        refuse_unaskable(questions, tokenizer, resolve_template(cfg.data.template, tokenizer))
+        context = getattr(load_hf_config(inputs.source, cfg.model.trust_remote_code), "max_position_embeddings", None)
+        refuse_unaskable(questions, tokenizer, resolve_template(cfg.data.template, tokenizer), context)
     except TunelabError as exc:
         return CheckItem(name, "fail", str(exc))
     return CheckItem(name, "pass", f"the {len(questions)} rows of {cfg.eval.questions} can be asked after training")
@@ -263,7 +266,7 @@ def federated_check(
     out(f"{label(client)}, " + preview_text(rows, inputs.tokenizer, color=color))
     items.append(server_eval_item(cfg, inputs.tokenizer))
     if cfg.eval.questions:
-        items.append(questions_item(cfg, inputs.tokenizer))
+        items.append(questions_item(cfg, inputs))
     for item in items:
         out(item.line())
     if model:

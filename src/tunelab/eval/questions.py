@@ -29,7 +29,7 @@ from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import read_records
 from tunelab.errors import DataError
-from tunelab.infer.generate import GenerationSettings
+from tunelab.infer.generate import GenerationSettings, refuse_no_room
 from tunelab.rundir import RunInfo, read_config
 
 LABEL_KINDS = ("label", "labels", "classification")
@@ -185,16 +185,18 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     return [q for q in questions if q is not None]
 
 
-def refuse_unaskable(questions: list[Question], tokenizer, template) -> None:
-    """ControlTokenText naming the row of the first question whose conversation holds special-token text: the
-    answers after training would stop there, so a run checks its eval.questions with this before training."""
+def refuse_unaskable(questions: list[Question], tokenizer, template, context: int | None = None) -> None:
+    """ControlTokenText or ContextTooLong naming the row of the first question whose conversation holds special-token
+    text, or leaves a model reading `context` positions no room to answer: the answers after training would stop
+    there, so a run checks its eval.questions with this before training."""
     for q in questions:
         if q.prompt is None:
             continue
         try:
-            render_prompt(q.prompt, tokenizer, template)
+            ids = render_prompt(q.prompt, tokenizer, template)
         except ControlTokenText as exc:
             raise ControlTokenText(f"{q.where or 'a question'}: {exc}") from None
+        refuse_no_room(len(ids), context, q.where or None)
 
 
 def run_data_config(run_dir: str | Path, info: RunInfo) -> DataConfig:

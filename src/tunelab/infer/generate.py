@@ -87,12 +87,18 @@ def fit_context(
     wanted = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     if limit is None or prompt_tokens + wanted <= limit:
         return settings
-    if prompt_tokens >= limit:
+    refuse_no_room(prompt_tokens, limit, where)
+    return replace(settings, max_new_tokens=limit - prompt_tokens)
+
+
+def refuse_no_room(prompt_tokens: int, limit: int | None, where: str | None = None) -> None:
+    """ContextTooLong, naming `where`, when a prompt of `prompt_tokens` leaves a model reading `limit` positions no
+    room to answer."""
+    if limit is not None and prompt_tokens >= limit:
         raise ContextTooLong(
             f"{where + ': ' if where else ''}the prompt is {prompt_tokens} tokens as the model reads it; the model "
             f"reads at most {limit} (max_position_embeddings), the answer included: shorten it."
         )
-    return replace(settings, max_new_tokens=limit - prompt_tokens)
 
 
 @contextmanager
