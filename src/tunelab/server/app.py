@@ -115,7 +115,9 @@ def _text(content, role: str) -> str:
     for part in content:
         if part.get("type") != "text":
             raise ValueError(f"content part of type {part.get('type')!r}: this model reads text parts only")
-        parts.append(str(part.get("text", "")))
+        if not isinstance(part.get("text"), str):
+            raise ValueError(f"a content part of type 'text' needs its text as a string, got {part.get('text')!r}")
+        parts.append(part["text"])
     return "".join(parts)
 
 
