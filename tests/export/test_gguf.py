@@ -233,7 +233,8 @@ def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
     with pytest.raises(ModelError, match="rope scaling 'yarn'"):
         gguf_shape(yarn)
     with pytest.raises(
-        ConfigError, match="'qtype' is 'q5_k'; allowed values: f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k"
+        ConfigError,
+        match=r"'qtype' \(--type\) is 'q5_k'; allowed values: f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k",
     ):
         export_gguf(tiny_run, tmp_path / "x.gguf", "q5_k")
     with pytest.raises(ConfigError, match="ending in .gguf"):
