@@ -182,3 +182,47 @@ def test_json_error_position_reads_once(tmp_path):
     with pytest.raises(DataError) as err:
         read_records([p])
     assert "Unterminated string starting at column 14" in str(err.value) and "at at" not in str(err.value)
+
+
+def test_an_unclosed_csv_quote_is_refused_not_read_as_one_value(tmp_path):
+    """Read leniently, one unclosed quote (row 5 of 100) took the 95 rows after it into one answer: the report said
+    5 records and tunelab check passed. Text after a closing quote lost the quotes without a word."""
+    rows = [f"q{i},a{i}" for i in range(100)]
+    rows[4] = 'q4,"Yes, of course'
+    p = write(tmp_path / "a.csv", "question,answer\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"a\.csv:6: a quoted value starts in this row and is never closed"):
+        read_records([p])
+    p = write(tmp_path / "b.csv", 'question,answer\nq1,"Yes" he said\nq2,b\n')
+    with pytest.raises(DataError, match=r"b\.csv:2: a quoted value is followed by more text"):
+        read_records([p])
+    p = write(tmp_path / "c.csv", 'question,answer\nq1,He said "hi"\nq2,"a ""quoted"" word"\n')
+    assert [r.row["answer"] for r in read_records([p])] == ['He said "hi"', 'a "quoted" word']
+
+
+def test_tsv_quotes_are_characters_as_in_the_sms_spam_file(tmp_path):
+    """The SMS Spam Collection is tab-separated without quoting; read with CSV's quotes, a message starting with a
+    quote took the next two messages into it, and about 50 others lost their quote marks."""
+    lines = ['ham\t"Happy valentines day" I know its early', 'spam\t"Hi ...', "ham\tYeah, give me a call", 'ham\tok"']
+    p = write(tmp_path / "sms.tsv", "label\ttext\n" + "\n".join(lines) + "\n")
+    records = read_records([p])
+    assert [r.row["text"] for r in records] == [line.split("\t")[1] for line in lines]
+    assert [r.line for r in records] == [2, 3, 4, 5]
+
+
+def test_a_long_csv_value_a_crlf_text_and_a_json_key_given_twice(tmp_path):
+    """A CSV value over 131,072 characters ended in a traceback; a Windows .txt file trained its \\r; a JSON object
+    giving a field twice kept the last value silently."""
+    long = "word " * 40_000
+    p = write(tmp_path / "a.csv", f"question,answer\nq,{long}\n")
+    assert read_records([p])[0].row["answer"] == long
+    p = tmp_path / "w.txt"
+    p.write_bytes(b"Line one.\r\nLine two.\r\n")
+    assert read_records([str(p)])[0].row["text"] == "Line one.\nLine two.\n"
+    p = write(
+        tmp_path / "d.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b", "prompt": "c"}\n'
+    )
+    with pytest.raises(DataError, match=r"d\.jsonl:2: the object gives the field 'prompt' twice"):
+        read_records([p])
+    p = write(tmp_path / "e.json", json.dumps([{"text": "x"}]).replace('"x"', '"x", "text": "y"'))
+    with pytest.raises(DataError, match=r"e\.json: an object of the array: the object gives the field 'text' twice"):
+        read_records([p])

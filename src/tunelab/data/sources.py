@@ -2,7 +2,8 @@
 
 Supported: .jsonl (one object a line), .json (an array of objects; a .json file holding JSON lines is read as
 .jsonl), .csv / .tsv (header row; a .csv file's separator is detected from its header line among , ; tab | unless
-data.delimiter names it; duplicate column names are refused), .parquet (needs pyarrow), .txt (the whole file is ONE text record, for continued
+data.delimiter names it; duplicate column names are refused; a .csv file's quotes are read strictly, a .tsv file has
+none, as IANA's text/tab-separated-values has none: a value there holds no tab or line break), .parquet (needs pyarrow), .txt (the whole file is ONE text record, for continued
 pretraining: blank lines are paragraph breaks inside a document, not document separators; put several documents in a
 folder of .txt files or in a .jsonl with a "text" field). Any of these may be gzipped (.jsonl.gz, ...). A folder is
 read recursively, in sorted path order, skipping files of other types.
@@ -17,6 +18,7 @@ import csv
 import gzip
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from tunelab.data.report import location
 from tunelab.errors import DataError
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+# The csv module refuses a value longer than 131,072 characters by default; a document in a cell may be longer.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 DELIMITERS = {",": ",", ";": ";", "tab": "\t", "|": "|"}  # data.delimiter -> the character
 
 
@@ -112,21 +116,43 @@ def _jsonl(path: Path, text: str) -> list[Record]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"{path}:{n}: not valid JSON ({_json_problem(exc)}). Each line of a .jsonl file must be one "
                 "complete JSON object; fix or remove that line."
             ) from None
+        except DuplicateKey as exc:
+            raise DataError(f"{path}:{n}: {exc}") from None
         records.append(
             Record(str(path), n, _object(str(path), n, value, "Each line of a .jsonl file must be one object."))
         )
     return records
 
 
+class DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's pairs as a dict; DuplicateKey for a key given twice (json keeps the last one, silently)."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(
+                f"the object gives the field '{key}' twice, so it is unclear which value to use; remove one."
+            )
+        seen[key] = value
+    return seen
+
+
 def _json(path: Path, text: str) -> list[Record]:
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except DuplicateKey as exc:
+        if text.lstrip().startswith("{"):  # JSON lines named .json: _jsonl names the line
+            return _jsonl(path, text)
+        raise DataError(f"{path}: an object of the array: {exc}") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):  # several objects: JSON lines named .json
             return _jsonl(path, text)
@@ -153,12 +179,20 @@ def detect_delimiter(text: str) -> str:
     return best if counts[best] > 1 else ","
 
 
-def _csv(path: Path, text: str, delimiter: str) -> list[Record]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+def _csv(path: Path, text: str, delimiter: str, quoting: bool = True) -> list[Record]:
+    """`quoting`: CSV's quotes, read strictly (an unclosed quote, or text after a closing one, is an error naming the
+    line where its value starts: read leniently, an unclosed quote took every later row into one value); False for
+    .tsv, where a quote is an ordinary character."""
+    if quoting:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=csv.QUOTE_NONE)
     try:
         header = next(reader)
     except StopIteration:
         return []
+    except csv.Error as exc:
+        raise _quoting_error(path, 1, exc) from None
     for name in dict.fromkeys(header):
         columns = [i + 1 for i, h in enumerate(header) if h == name]
         if len(columns) > 1:
@@ -168,7 +202,13 @@ def _csv(path: Path, text: str, delimiter: str) -> list[Record]:
             )
     records = []
     start = reader.line_num + 1
-    for values in reader:
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise _quoting_error(path, start, exc) from None
         line, start = start, reader.line_num + 1
         if not any(v.strip() for v in values):
             continue
@@ -180,6 +220,17 @@ def _csv(path: Path, text: str, delimiter: str) -> list[Record]:
             )
         records.append(Record(str(path), line, dict(zip(header, values))))
     return records
+
+
+def _quoting_error(path: Path, line: int, exc: csv.Error) -> DataError:
+    if "unexpected end of data" in str(exc):
+        what = "a quoted value starts in this row and is never closed (the file ends inside it)"
+    else:
+        what = f"a quoted value is followed by more text before the separator ({exc})"
+    return DataError(
+        f'{path}:{line}: {what}. Close the quote, or double a quote that belongs to the text (""); in a .tsv file '
+        "quotes are plain characters."
+    )
 
 
 def _parquet(path: Path) -> list[Record]:
@@ -207,10 +258,10 @@ def read_file(path: Path, delimiter: str = "auto") -> list[Record]:
     if kind == ".json":
         return _json(path, text)
     if kind == ".tsv":
-        return _csv(path, text, "\t")
+        return _csv(path, text, "\t", quoting=False)
     if kind == ".csv":
         return _csv(path, text, detect_delimiter(text) if delimiter == "auto" else DELIMITERS[delimiter])
-    return [Record(str(path), 1, {"text": text})]
+    return [Record(str(path), 1, {"text": text.replace("\r\n", "\n")})]  # a Windows file's line ends are \n
 
 
 def read_records(paths: list[str], delimiter: str = "auto") -> list[Record]:
