@@ -73,6 +73,13 @@ def test_system_prompt_added_only_when_missing():
     ]
     (ex,), _ = convert([rows[0]])
     assert ex.messages[0]["role"] == "user"  # no system_prompt configured: none added
+    # an empty system message is none, as "system": "" is in the other formats (it trained an empty system block)
+    empty = {"messages": [{"role": "system", "content": " "}] + USER_A}
+    assert convert([empty], system="be brief")[0][0].messages[0] == {"role": "system", "content": "be brief"}
+    assert convert([{"prompt": "Q", "completion": "A", "system": ""}], system="be brief")[0][0].messages[0] == {
+        "role": "system",
+        "content": "be brief",
+    }
 
 
 def test_empty_answers_and_texts_are_skipped_with_locations():

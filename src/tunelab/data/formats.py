@@ -190,7 +190,9 @@ def _example(record: Record, fmt: str, fields: dict[str, str], system_prompt: st
             raise _Skip("empty text")
         return Example(None, text, record.path, record.line)
     messages = _messages(record.row, fmt, fields, where)
-    if system_prompt and not (messages and messages[0]["role"] == "system"):
+    if system_prompt and messages and messages[0]["role"] == "system" and not str(messages[0]["content"]).strip():
+        messages[0] = {**messages[0], "content": system_prompt}  # an empty system message is none, as in other formats
+    elif system_prompt and not (messages and messages[0]["role"] == "system"):
         messages.insert(0, {"role": "system", "content": system_prompt})
     _check_chat(messages)
     return Example(messages, None, record.path, record.line)
