@@ -21,6 +21,11 @@ def test_normalize_case_whitespace_and_trailing_punctuation():
     assert normalize("Yes !?") == "yes"
     assert normalize("完了。") == "完了"
     assert normalize("1.5") == "1.5"  # only trailing punctuation goes
+    assert normalize('He said "Dundee."') == 'he said "dundee'
+    # signs that say something stay: "50%" was contained in "About 50 people", "C#" in "We use C", "B)" in "Option B"
+    assert normalize("50%") == "50%" and normalize("C#") == "c#" and normalize("B)") == "b)"
+    assert not contains("About 50 people.", "50%") and not contains("We use C.", "C#") and not exact_match("50", "50%")
+    assert contains("It rose by 50%.", "50%")
     assert normalize("...") == ""
 
 

@@ -9,16 +9,20 @@ scores, so that a grpo reward and `tunelab eval` judge one answer alike.
 from __future__ import annotations
 
 import re
-import unicodedata
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+# What may end a sentence or close a quoted answer: stripped from the end. Not every punctuation character: "50%",
+# "C#" and "B)" say something "50", "C" and "B" do not.
+_SENTENCE_END = frozenset(".,;:!?…。！？、，；：\"'“”‘’«»「」『』 ")
+
+
 def normalize(text: str) -> str:
-    """Lower case, whitespace collapsed, trailing punctuation (any Unicode P* character) removed."""
+    """Lower case, whitespace collapsed, sentence punctuation and closing quotes at the end removed."""
     text = re.sub(r"\s+", " ", text).strip().lower()
     end = len(text)
-    while end and (unicodedata.category(text[end - 1]).startswith("P") or text[end - 1] == " "):
+    while end and text[end - 1] in _SENTENCE_END:
         end -= 1
     return text[:end]
 

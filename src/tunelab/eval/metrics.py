@@ -5,8 +5,8 @@ both print), so one answer gets one verdict whichever command produced it. It ne
 `data.match` (the matching rule, shared with grpo's rewards), so whatever produces answers can score them here without
 an import running up the layers.
 
-Text answers are compared after `normalize`: lower case, runs of whitespace as one space, and punctuation at the end
-stripped ("Dundee." equals "dundee"). `contains` asks for the expected text as a whole phrase of the answer: not a
+Text answers are compared after `normalize`: lower case, runs of whitespace as one space, and sentence punctuation and
+closing quotes at the end stripped ("Dundee." equals "dundee"; "50%" does not equal "50"). `contains` asks for the expected text as a whole phrase of the answer: not a
 piece of a longer word or number, so "649" is not found in "£1,649" nor "home" in "homework".
 
 ROUGE-L F1 comes from Google's `rouge-score` package, the reference implementation. Its default tokenizer keeps only
