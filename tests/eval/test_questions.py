@@ -95,6 +95,22 @@ def test_a_misspelt_column_is_named_not_ignored(tmp_path):
     assert read_questions(path, DataConfig(fields={"question": "q"}))[0].text == "Where?"
 
 
+def test_labels_written_two_ways_are_refused(tmp_path):
+    """Labels 'Spam' and 'spam' were two labels to the scorer, which matches answers whatever their case: every
+    answer 'spam' was predicted as 'Spam', and the rows labelled 'spam' all counted wrong (accuracy 0.75 where every
+    answer was right)."""
+    path = _write(
+        tmp_path / "q.jsonl",
+        [{"question": "a", "label": "Spam"}, {"question": "b", "label": "ham"}, {"question": "c", "label": "spam"}],
+    )
+    with pytest.raises(
+        DataError, match=r"q\.jsonl:3: the label 'spam' is 'Spam' \(\S*q\.jsonl:1\) written another way"
+    ):
+        read_questions(path)
+    _write(path, [{"question": "a", "label": "Spam", "kind": "x"}, {"question": "c", "label": "spam", "kind": "y"}])
+    assert len(read_questions(path)) == 2  # labels of two kinds are two tasks
+
+
 def test_compare_and_eval_judge_the_same_answers_alike(tiny_run_dir, tmp_path, monkeypatch):
     """Both commands fed the same answers (generation replaced by a table) give every row the same verdict."""
     path = _write(

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import DataConfig, EvalConfig
-from tunelab.data.formats import Example, to_examples
+from tunelab.data.formats import CANONICAL, Example, to_examples
+from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import read_records
@@ -92,10 +93,11 @@ def _refuse_misspelt(row: dict, fields: dict[str, str], where: str) -> None:
     """DataError for a column of a question row that is not read but is spelt like one that is ('expect', 'Kind'):
     the row would be asked without being scored, or scored under 'all'. Other extra columns (an id) are left alone."""
     read = {fields.get(k, k) for k in QUESTION_KEYS}
+    known = {*CANONICAL, "chosen", "rejected", "label", "id"}  # names of the data formats are not misspellings
     for key in row:
-        if key in read:
+        if key in read or key in known:
             continue
-        near = difflib.get_close_matches(key.lower(), sorted(read), n=1, cutoff=0.75)
+        near = difflib.get_close_matches(key.lower(), sorted(read), n=1, cutoff=0.8)
         if near:
             raise DataError(
                 f"{where}: column '{key}' is not read; did you mean '{near[0]}'? A question row reads "
@@ -182,7 +184,24 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
         whole = expected is None or is_label
         answer = expected or ex.messages[last]["content"].strip()
         questions[i] = Question(ex.messages[:last], answer, kind, is_label, whole, ex, where)
-    return [q for q in questions if q is not None]
+    found = [q for q in questions if q is not None]
+    _refuse_label_spellings(found)
+    return found
+
+
+def _refuse_label_spellings(questions: list[Question]) -> None:
+    """DataError for two labels of one kind that are one label to the scorer (answers are matched to labels after
+    `normalize`: 'Spam' and 'spam'): the first would take every answer, and the other's rows would all count wrong."""
+    first: dict[tuple[str, str], Question] = {}
+    for q in questions:
+        if not q.is_label or q.expected is None:
+            continue
+        seen = first.setdefault((q.kind, normalize(q.expected)), q)
+        if seen.expected != q.expected:
+            raise DataError(
+                f"{q.where}: the label {q.expected!r} is {seen.expected!r} ({seen.where}) written another way; answers "
+                "are matched to labels whatever their case, spacing or final punctuation, so write each label one way."
+            )
 
 
 def refuse_unaskable(questions: list[Question], tokenizer, template, context: int | None = None) -> None:
