@@ -236,3 +236,32 @@ def test_an_answer_starting_with_whitespace_keeps_the_prompts_tokens(smollm2_tok
     first = next(i for i, label in enumerate(row.labels) if label != -100)
     assert row.input_ids[:first] == prompt
     assert masked_runs(smollm2_tokenizer, row) == [answer + END]
+
+
+def test_an_openai_weight_of_0_leaves_an_answer_out_of_the_loss(smollm2_tokenizer):
+    """OpenAI's fine-tuning format marks an assistant turn that must not be learnt with "weight": 0; it was trained
+    on like any other. Now it has no loss; a row whose every answer has weight 0 is skipped and counted; a weight
+    that is not 0 or 1, or on a user turn, is refused; and the readers that take no weights refuse one."""
+    from tunelab.data.formats import parse_turns, to_examples
+    from tunelab.data.sources import Record
+    from tunelab.errors import DataError
+
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "BAD ANSWER", "weight": 0},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "Good answer.", "weight": 1},
+    ]
+    report = DataReport()
+    rows = [Record("d.jsonl", 1, {"messages": turns}), Record("d.jsonl", 2, {"messages": turns[:2]})]
+    examples = to_examples(rows, "messages", {}, None, report)
+    template = resolve_template("chatml", smollm2_tokenizer)
+    (row,) = render_examples(examples, smollm2_tokenizer, template, DataConfig(), report)
+    learnt = smollm2_tokenizer.decode([t for t in row.labels if t != -100])
+    assert learnt == "Good answer.<|im_end|>" and "BAD" in smollm2_tokenizer.decode(row.input_ids)
+    assert report.skips["every assistant message has weight 0: nothing to learn from"].locations == ["d.jsonl:2"]
+    for bad, message in (({**turns[1], "weight": 2}, "weight 2"), ({**turns[0], "weight": 0}, "weight 0")):
+        with pytest.raises(DataError, match=rf"d\.jsonl:3: messages\[\d\] has {message}; a weight is 0 .* or 1"):
+            to_examples([Record("d.jsonl", 3, {"messages": [bad, *turns[1:]]})], "messages", {}, None, DataReport())
+    with pytest.raises(DataError, match=r"has a 'weight', which only the chats of an sft run read"):
+        parse_turns(turns, "p.jsonl:1", "chosen", "role", "content")

@@ -102,8 +102,10 @@ class _Skip(Exception):
 TOOLS = "Tool and function turns are not supported: remove them or rewrite them as user/assistant turns."
 
 
-def parse_turns(value, where: str, field: str, role_key: str, content_key: str) -> list[dict]:
-    """A list of turns; each may be spelled {role, content} (OpenAI) or {from, value} (ShareGPT), in either format."""
+def parse_turns(value, where: str, field: str, role_key: str, content_key: str, weights: bool = False) -> list[dict]:
+    """A list of turns; each may be spelled {role, content} (OpenAI) or {from, value} (ShareGPT), in either format.
+    `weights`: an assistant turn's OpenAI `weight` (0 or 1) is read, and a turn of weight 0 keeps `"weight": 0` (no
+    loss on it, `data.render`); elsewhere a `weight` is refused rather than ignored."""
     if not isinstance(value, list):
         raise DataError(
             f"{where}: field '{field}' must be a list of turns [{{{role_key}: ..., {content_key}: ...}}], got a {type(value).__name__}."
@@ -134,8 +136,25 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str) 
             raise DataError(
                 f"{where}: field '{field}' item {i} is a turn that calls tools ('tool_calls'/'function_call'). {TOOLS}"
             )
-        messages.append({"role": roles[role], "content": text_field(turn[ck], where, f"{field}[{i}].{ck}")})
+        message = {"role": roles[role], "content": text_field(turn[ck], where, f"{field}[{i}].{ck}")}
+        if "weight" in turn:
+            message |= _weight(turn["weight"], message["role"], where, f"{field}[{i}]", weights)
+        messages.append(message)
     return messages
+
+
+def _weight(value, role: str, where: str, item: str, read: bool) -> dict:
+    """{"weight": 0} for a turn left out of the loss, {} for weight 1; DataError for anything else."""
+    if not read:
+        raise DataError(
+            f"{where}: {item} has a 'weight', which only the chats of an sft run read (OpenAI's fine-tuning format: "
+            "an assistant turn of weight 0 gets no loss); remove it."
+        )
+    if role != "assistant" or value not in (0, 1):
+        raise DataError(
+            f"{where}: {item} has weight {value!r}; a weight is 0 (no loss on this answer) or 1, on assistant turns only."
+        )
+    return {"weight": 0} if value == 0 else {}
 
 
 def _single_turn(prompt: str, answer: str, system: str) -> list[dict]:
@@ -149,10 +168,10 @@ def _messages(row: dict, fmt: str, fields: dict[str, str], where: str) -> list[d
 
     if fmt == "messages":
         key = fields.get("messages", "messages")
-        return parse_turns(row[key], where, key, "role", "content")
+        return parse_turns(row[key], where, key, "role", "content", weights=True)
     if fmt == "sharegpt":
         key = fields.get("conversations", "conversations")
-        messages = parse_turns(row[key], where, key, "from", "value")
+        messages = parse_turns(row[key], where, key, "from", "value", weights=True)
         system = get("system")
         if system.strip() and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": system})
@@ -173,6 +192,8 @@ def _check_chat(messages: list[dict]) -> None:
     rest = messages[1:] if messages and messages[0]["role"] == "system" else messages
     if not any(m["role"] == "assistant" for m in rest):
         raise _Skip("no assistant message to learn from")
+    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in rest):
+        raise _Skip("every assistant message has weight 0: nothing to learn from")
     if rest[0]["role"] != "user":
         raise _Skip("conversation does not start with a user message")
     if any(m["role"] == "assistant" and not m["content"].strip() for m in rest):

@@ -125,6 +125,8 @@ def _render_chats(
             text, sp = template.render(ex.messages)
         except ConfigError as exc:
             raise ConfigError(f"{location(ex.path, ex.line)}: {exc}") from None
+        weights = [m.get("weight", 1) for m in ex.messages if m["role"] == "assistant"]
+        sp = [span for span, weight in zip(sp, weights, strict=True) if weight]  # OpenAI's weight 0: no loss
         texts.append(text)
         spans.append(sp)
     encoded = encode(tokenizer, texts, spans)
