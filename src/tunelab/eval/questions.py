@@ -132,9 +132,14 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
         asks = [k for k in PROMPT_FIELDS if fields.get(k, k) in row]
         if not asks:
             if expected is not None:
+                names = " or ".join(f"'{fields.get(k, k)}'" for k in PROMPT_FIELDS)
+                mapped = (
+                    " (the run's data.fields maps the question's column)"
+                    if any(k in fields for k in PROMPT_FIELDS)
+                    else ""
+                )
                 raise DataError(
-                    f"{where}: the row has an expected answer but no question; give it a 'question' (or 'prompt') "
-                    "field."
+                    f"{where}: the row has an expected answer but no question; give it a {names} field{mapped}."
                 )
             training.append((i, record, None, kind, False))  # a text row, or a format to_examples will name
             continue
