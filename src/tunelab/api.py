@@ -19,7 +19,6 @@ from typing import Any
 
 from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig
-from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.compare import (
     Comparison,
@@ -30,11 +29,11 @@ from tunelab.eval.compare import (
     save_comparison,
 )
 from tunelab.eval.compare import compare as _compare
-from tunelab.eval.questions import Question, read_questions, refuse_unaskable, run_data_config
+from tunelab.eval.questions import Question, check_questions, read_questions, run_data_config
 from tunelab.export.gguf import export_gguf as export_gguf
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
-from tunelab.models.load import load_hf_config, load_tokenizer, resolve_source
+from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.rundir import HEAD_TASKS, open_info, read_info
 from tunelab.server.serve import serve as serve
 from tunelab.training.distributed import from_environment
@@ -64,7 +63,8 @@ def train(
     by torchrun trains on its ranks without it."""
     resolved = resolve(config, overrides)
     if resolved.config.eval.questions:  # asked after training: a file that cannot be read must not wait for that
-        _check_questions(resolved.config)
+        source = resolve_source(resolved.config.model.name)
+        check_questions(resolved.config, source, load_tokenizer(source, resolved.config.model.trust_remote_code))
     if nproc is not None and from_environment().world == 1:
         check_launch(resolved.config, nproc)  # stages and head tasks train in one process
     if resolved.config.stages:
@@ -109,16 +109,6 @@ def _texts(value, name: str) -> list[str]:
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return list(value)
     raise ConfigError(f"argument '{name}' must be a text or a list of texts, got {type(value).__name__}.")
-
-
-def _check_questions(cfg: RunConfig) -> None:
-    """eval.questions read and their conversations rendered with the run's tokenizer and template, as the comparison
-    after training will: a row it would refuse stops the run before training rather than after."""
-    questions = read_questions(cfg.eval.questions, cfg.data)
-    source = resolve_source(cfg.model.name)
-    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
-    context = getattr(load_hf_config(source, cfg.model.trust_remote_code), "max_position_embeddings", None)
-    refuse_unaskable(questions, tokenizer, resolve_template(cfg.data.template, tokenizer), context)
 
 
 def _open(run: str | Path | LoadedRun, device: str, base_precision: str) -> LoadedRun:

@@ -43,11 +43,9 @@ from tunelab.data.checks import CheckItem, CheckResult, data_checks
 from tunelab.data.loader import epoch_rows
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
-from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, RunDirError, TunelabError
-from tunelab.eval.questions import read_questions, refuse_unaskable
+from tunelab.eval.questions import check_questions
 from tunelab.models.llama import unsupported_reason
-from tunelab.models.load import load_hf_config
 from tunelab.rundir import is_run_dir, read_info
 from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, plan_from_data
@@ -233,11 +231,8 @@ def run_check(
 def questions_item(cfg: RunConfig, inputs) -> CheckItem:
     """eval.questions as the comparison after training reads and renders them, within the model's context."""
     name = "eval.questions"
-    tokenizer = inputs.tokenizer
     try:
-        questions = read_questions(cfg.eval.questions, cfg.data)
-        context = getattr(load_hf_config(inputs.source, cfg.model.trust_remote_code), "max_position_embeddings", None)
-        refuse_unaskable(questions, tokenizer, resolve_template(cfg.data.template, tokenizer), context)
+        questions = check_questions(cfg, inputs.source, inputs.tokenizer)
     except TunelabError as exc:
         return CheckItem(name, "fail", str(exc))
     return CheckItem(name, "pass", f"the {len(questions)} rows of {cfg.eval.questions} can be asked after training")

@@ -183,10 +183,8 @@ def _csv(path: Path, text: str, delimiter: str, quoting: bool = True) -> list[Re
     """`quoting`: CSV's quotes, read strictly (an unclosed quote, or text after a closing one, is an error naming the
     line where its value starts: read leniently, an unclosed quote took every later row into one value); False for
     .tsv, where a quote is an ordinary character."""
-    if quoting:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    else:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=csv.QUOTE_NONE)
+    rule = {"strict": True} if quoting else {"quoting": csv.QUOTE_NONE}
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, **rule)
     try:
         header = next(reader)
     except StopIteration:

@@ -23,14 +23,16 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.config import DataConfig, EvalConfig
+from tunelab.config import DataConfig, EvalConfig, RunConfig
 from tunelab.data.formats import CANONICAL, Example, to_examples
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import read_records
+from tunelab.data.templates import resolve_template
 from tunelab.errors import DataError
 from tunelab.infer.generate import GenerationSettings, refuse_no_room
+from tunelab.models.load import ModelSource, load_hf_config
 from tunelab.rundir import RunInfo, read_config
 
 LABEL_KINDS = ("label", "labels", "classification")
@@ -221,6 +223,15 @@ def refuse_unaskable(questions: list[Question], tokenizer, template, context: in
         except ControlTokenText as exc:
             raise ControlTokenText(f"{q.where or 'a question'}: {exc}") from None
         refuse_no_room(len(ids), context, q.where or None)
+
+
+def check_questions(cfg: RunConfig, source: ModelSource, tokenizer) -> list[Question]:
+    """The run's eval.questions, read and rendered with its tokenizer and template within its model's context, as the
+    comparison after training will ask them: what it would refuse is refused now (train before training, check)."""
+    questions = read_questions(cfg.eval.questions, cfg.data)
+    context = getattr(load_hf_config(source, cfg.model.trust_remote_code), "max_position_embeddings", None)
+    refuse_unaskable(questions, tokenizer, resolve_template(cfg.data.template, tokenizer), context)
+    return questions
 
 
 def run_data_config(run_dir: str | Path, info: RunInfo) -> DataConfig:
