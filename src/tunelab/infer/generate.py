@@ -209,8 +209,10 @@ class Streamed:
         self.cancelled, self.finished = threading.Event(), threading.Event()
         self.output: torch.Tensor | None = None
         self.error: BaseException | None = None
-        criteria = StoppingCriteriaList([*kwargs.get("stopping_criteria", []), _Cancelled(self.cancelled)])
-        kwargs = kwargs | {"streamer": self.streamer, "stopping_criteria": criteria}
+        kwargs = kwargs | {
+            "streamer": self.streamer,
+            "stopping_criteria": StoppingCriteriaList([_Cancelled(self.cancelled)]),
+        }
         self._on_done = on_done
         threading.Thread(target=self._work, args=(model, kwargs), daemon=True).start()
 
