@@ -135,3 +135,18 @@ def test_compare_and_eval_judge_the_same_answers_alike(tiny_run_dir, tmp_path, m
     evaluated = evaluate_run(run, path, settings, save=False)
     assert [r.tuned_ok for r in compared.rows] == [True, False, False, True]
     assert [r.tuned.correct for r in evaluated.rows] == [True, False, False, True]
+
+
+def test_a_missing_expected_falls_back_to_the_label(tmp_path):
+    """A file with both columns, where a row leaves `expected` empty (null, or NaN as pandas writes it) and gives a
+    label, is a label question: the row used to be left unscored, and NaN was read as the expected text 'nan'."""
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"question": "a", "expected": "Dundee", "label": null}\n'
+        '{"question": "b", "expected": null, "label": "spam"}\n'
+        '{"question": "c", "expected": NaN, "label": "ham"}\n'
+        '{"question": "d", "expected": NaN}\n'
+    )
+    rows = read_questions(path)
+    assert [q.expected for q in rows] == ["Dundee", "spam", "ham", None]
+    assert [q.is_label for q in rows] == [False, True, True, False]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def task_labels(questions: list[Question]) -> dict[str, list[str]]:
 
 def _text_field(row: dict, key: str, where: str) -> str | None:
     value = row.get(key)
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: pandas' and parquet's missing value
         return None
     if isinstance(value, bool | int | float):
         value = str(value)
@@ -124,7 +125,7 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     training = []  # (index, record, expected, kind, is_label) of rows that to_examples converts
     for i, record in enumerate(records):
         row, where = record.row, location(record.path, record.line)
-        key = "expected" if "expected" in row else "label"
+        key = "label" if "label" in row and _text_field(row, "expected", where) is None else "expected"
         expected = _text_field(row, key, where)
         kind = str(row.get("kind") or ("label" if key == "label" and expected else "all"))
         is_label = (key == "label" and expected is not None) or kind in LABEL_KINDS
