@@ -11,7 +11,7 @@ from tunelab.cli import main
 from tunelab.config import dump_yaml, load_config
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
-from tunelab.eval.compare import Comparison, Row, format_comparison, save_comparison
+from tunelab.eval.compare import Comparison, Row, format_comparison, format_scores, save_comparison, score
 from tunelab.eval.questions import answer_settings
 from tunelab.infer.generate import GenerationSettings
 
@@ -86,3 +86,17 @@ def test_save_comparison_refuses_an_existing_file(tmp_path):
     save_comparison(result, tmp_path, overwrite=True)
     assert "[1] q" in format_comparison(result, show_answers=True)
     assert "[1] q" not in format_comparison(result, tmp_path / "compare.json")
+
+
+def test_correct_is_a_share_of_the_rows_with_an_expected_answer():
+    """A kind holding rows with and without an expected answer: 'correct' is over the scored rows, and the line
+    says how many those are (it printed n=3 beside a share of 2)."""
+    rows = [
+        Row("a", "x", "fact", "x", "x", True, True),
+        Row("b", "y", "fact", "no", "y", False, True),
+        Row("c", None, "fact", "hm", "hm", None, None),
+    ]
+    scores = score(rows)
+    assert scores["fact"] == {"n": 3, "scored": 2, "base": 0.5, "tuned": 1.0}
+    assert "(n=  3)   2 with an expected answer   correct: base  50.0% -> tuned 100.0%" in format_scores(scores)
+    assert "with an expected" not in format_scores(score(rows[:2]))

@@ -99,13 +99,15 @@ def score(rows: list[Row], refusal: str | None = None) -> dict[str, dict]:
         group = [r for r in rows if r.kind == kind]
         scored = [r for r in group if r.expected is not None]
         entry: dict = {"n": len(group)}
+        if 0 < len(scored) < len(group):  # 'base' and 'tuned' are shares of these rows, not of n
+            entry["scored"] = len(scored)
         if scored:
             entry["base"] = sum(r.base_ok for r in scored) / len(scored)
             entry["tuned"] = sum(r.tuned_ok for r in scored) / len(scored)
         if refusal:
             entry["base_refused"] = sum(refused(r.base, refusal) for r in group) / len(group)
             entry["tuned_refused"] = sum(refused(r.tuned, refusal) for r in group) / len(group)
-        if len(entry) > 1:
+        if "tuned" in entry or "tuned_refused" in entry:
             scores[kind] = entry
     return scores
 
@@ -130,6 +132,8 @@ def format_scores(scores: dict[str, dict]) -> str:
     for kind, s in scores.items():
         parts = [f"  {kind:<12} (n={s['n']:>3})"]
         if "tuned" in s:
+            if "scored" in s:
+                parts.append(f"{s['scored']} with an expected answer")
             parts.append(f"correct: base {100 * s['base']:5.1f}% -> tuned {100 * s['tuned']:5.1f}%")
         if "tuned_refused" in s:
             parts.append(f"refused: base {100 * s['base_refused']:5.1f}% -> tuned {100 * s['tuned_refused']:5.1f}%")

@@ -135,7 +135,8 @@ def eval_section(ev: Input, cmp: Input) -> str:
         for kind, s in scores.items():
             label = f"[{kind}] (n={s.get('n')}) "
             if "tuned" in s:
-                rows.append((label + "correct (contains expected)", s.get("base"), s.get("tuned"), "pct", True))
+                of = f", of the {s['scored']} with an expected answer" if "scored" in s else ""
+                rows.append((label + f"correct (contains expected{of})", s.get("base"), s.get("tuned"), "pct", True))
             if "tuned_refused" in s:
                 rows.append((label + "refused", s.get("base_refused"), s.get("tuned_refused"), "pct", None))
         parts.append(
