@@ -195,6 +195,11 @@ def test_bad_requests_get_openai_shaped_4xx_errors(server, client):
     empty_part = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text"}]}]}).encode()
     status, _, body = _http("POST", url, empty_part)  # was answered as an empty message
     assert status == 400 and "needs its text as a string" in json.loads(body)["error"]["message"]
+    number = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": 5}]}).encode()
+    status, _, body = _http("POST", url, number)  # param was "messages.0.content.str", the union's first member
+    error = json.loads(body)["error"]
+    assert status == 400 and error["param"] == "messages.0.content", error
+    assert "valid string" in error["message"] and "valid list" in error["message"], error
     huge_seed = json.dumps({"model": "tiny", "messages": QUESTION, "seed": 10**23}).encode()
     status, _, body = _http("POST", url, huge_seed)
     assert status == 400 and json.loads(body)["error"]["param"] == "seed"

@@ -13,6 +13,7 @@ generation is a 500 in the same shape, and the server keeps serving.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 import uuid
@@ -102,6 +103,15 @@ def unsupported_option(body: ChatRequest) -> tuple[str, str] | None:
     return None
 
 
+def _field(loc) -> str:
+    """A validation error's place as a dotted path, without "body" and the member types pydantic adds under a union
+    ("messages.0.content.str" is "messages.0.content")."""
+    return ".".join(str(p) for p in loc if p != "body" and not (isinstance(p, str) and _UNION_TAG.search(p)))
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none)$|[\[\]]")
+
+
 def _text(content, role: str) -> str:
     """A message's content: a string, or OpenAI's list of parts of which the text ones are joined. Only an
     assistant's turn may come without one (OpenAI's tool calls, which this server does not make)."""
@@ -129,11 +139,14 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        errors = exc.errors()
+        first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
             return _error(400, "the request body is not valid JSON", code="invalid_json")
-        return _error(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None)
+        where = _field(first.get("loc", ()))
+        # a value a union refused gets one error per member type: say each of them, at the field they name
+        said = dict.fromkeys(e.get("msg", "invalid") for e in errors if _field(e.get("loc", ())) == where)
+        return _error(400, f"{where or 'body'}: {'; or '.join(said) or 'invalid request'}", param=where or None)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
