@@ -232,3 +232,18 @@ def test_existing_output_needs_overwrite(tmp_path):
     (run / "report.html").write_text("")
     with pytest.raises(RunDirError, match="report.html exists"):
         build_report(run)
+
+
+def test_the_loss_is_named_by_what_it_is_taken_on(tmp_path):
+    """A training-format row that also gives `expected` keeps its own answer for the loss: the table said 'loss on
+    expected texts' for it."""
+    from tunelab.eval.evaluate import _loss_on
+    from tunelab.eval.questions import read_questions
+
+    path = _write_jsonl(
+        tmp_path / "q.jsonl",
+        [{"question": "Founded?", "answer": "We were founded in 1997.", "expected": "1997"}],
+    )
+    assert _loss_on(read_questions(path)) == "answers"
+    _write_jsonl(path, [{"question": "Founded?", "expected": "1997"}])
+    assert _loss_on(read_questions(path)) == "expected texts"

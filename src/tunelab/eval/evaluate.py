@@ -223,9 +223,17 @@ def _perplexity(loss: float | None) -> float | None:
     return math.exp(loss)
 
 
+def _loss_on_key(q: Question) -> bool:
+    """The loss is on the row's `expected` key string (a question row's), not on a whole answer: a training-format
+    row that also gives `expected` keeps its own answer for the loss."""
+    if q.whole_answer or q.example is None or q.example.messages is None:
+        return False
+    return q.example.messages[-1]["content"] == q.expected
+
+
 def _loss_on(items: list[Question]) -> str:
     """What the loss tokens are: the file's whole answers, its `expected` key strings, plain text, or a mixture."""
-    kinds = {"text" if q.prompt is None else "answers" if q.whole_answer else "expected texts" for q in items}
+    kinds = {"text" if q.prompt is None else "expected texts" if _loss_on_key(q) else "answers" for q in items}
     return " and ".join(k for k in ("answers", "expected texts", "text") if k in kinds)
 
 
