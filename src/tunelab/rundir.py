@@ -39,9 +39,13 @@ class RunInfo:
     """Everything a later command needs to know about a run without re-reading its config."""
 
     base_model: str
-    """The model the run started from, as the config named it (alias, hub id, directory or .gguf file)."""
+    """The model the run started from: an alias or hub id as the config named it, a local directory or .gguf file
+    as its absolute path (`models.load.recorded_name`)."""
     method: str
     """lora | dora | full | layers: whether the result is an adapter or whole weights."""
+    base_fingerprint: str = ""
+    """`models.load.fingerprint` of the base's weight files when the run started (empty: a hub id, or a run written
+    before it was kept): later commands refuse a base whose weights changed."""
     task: str = "sft"
     """What the model was trained to do: sft (generate answers), or a head on the body (classify, reward: a
     sequence-classification model, read by `tunelab predict` and `tunelab eval`, not by what generates text)."""

@@ -27,7 +27,7 @@ from tunelab.data.report import DataReport, location
 from tunelab.errors import DataError
 from tunelab.eval.metrics import label_scores
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run
-from tunelab.models.load import load_hf_model, resolve_source
+from tunelab.models.load import load_hf_model, run_base
 from tunelab.peft.lora import adapters_disabled
 from tunelab.rundir import check_output_file
 from tunelab.tasks.classify import read_labelled
@@ -128,7 +128,9 @@ def untrained_model(run: HeadRun):
             yield SequenceClassifier(model.body, score, model.prefix).eval()
         return
     dtype = next(model.parameters()).dtype
-    lm = load_hf_model(resolve_source(run.info.base_model), dtype, run.device, run.info.trust_remote_code)
+    lm = load_hf_model(
+        run_base(run.info.base_model, run.info.base_fingerprint), dtype, run.device, run.info.trust_remote_code
+    )
     yield SequenceClassifier(lm.base_model, score, lm.base_model_prefix).eval()
 
 

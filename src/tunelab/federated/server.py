@@ -30,7 +30,7 @@ from tunelab.federated.local import server_eval_datasets
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.federated.shards import federation_protected
-from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.models.load import base_record, load_tokenizer, resolve_source
 from tunelab.peft.save import adapter_state_dict
 from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
 from tunelab.training.auto import MICRO_BATCH
@@ -156,7 +156,7 @@ def run_federation(
     )
     log = MetricsLog(run_dir, resume_step=done if resume else None)
     info = RunInfo(
-        base_model=cfg.model.name,
+        **base_record(cfg.model.name),
         method=cfg.method.name,
         template=resolve_template(cfg.data.template, tokenizer).name,
         system_prompt=cfg.data.system_prompt,

@@ -18,7 +18,7 @@ from torch import nn
 
 from tunelab.data.templates import Template, resolve_template
 from tunelab.errors import ConfigError
-from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source
+from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source, run_base
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
 from tunelab.rundir import RunInfo, open_info
@@ -57,7 +57,10 @@ class LoadedRun:
                 yield self.model
         else:
             base = load_hf_model(
-                resolve_source(self.info.base_model), self.dtype, self.device, self.info.trust_remote_code
+                run_base(self.info.base_model, self.info.base_fingerprint),
+                self.dtype,
+                self.device,
+                self.info.trust_remote_code,
             )
             try:
                 yield base

@@ -69,6 +69,60 @@ def resolve_source(name: str) -> ModelSource:
     return ModelSource(name, name)  # a hub id; transformers downloads it (or reads its cache)
 
 
+def recorded_name(name: str) -> str:
+    """The base model's name as a run records it: a local directory or .gguf file as its absolute path, since later
+    commands open the run from any folder (a relative path would name another model there, or a hub id); an alias
+    or hub id as written."""
+    if name in EMBEDDED:
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+FINGERPRINT_SLICES, FINGERPRINT_SLICE = 16, 1 << 16
+
+
+def fingerprint(source: ModelSource) -> str:
+    """A digest of the weight files' names and sizes and of 16 slices of 64 KiB spread through each: enough to tell
+    that weights were rewritten in place (same names, same sizes, other values) without reading a 15 GB model. ''
+    for a hub id, whose files are transformers' cache's to manage."""
+    folder = Path(source.path)
+    if source.is_gguf:
+        files = [folder / source.gguf_file]
+    elif folder.is_dir():
+        files = sorted(folder.glob("*.safetensors"))
+    else:
+        return ""
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            for k in range(FINGERPRINT_SLICES):
+                handle.seek(size * k // FINGERPRINT_SLICES)
+                digest.update(handle.read(FINGERPRINT_SLICE))
+    return digest.hexdigest()[:16]
+
+
+def base_record(name: str) -> dict[str, str]:
+    """RunInfo's base_model and base_fingerprint for the model the config names."""
+    return {"base_model": recorded_name(name), "base_fingerprint": fingerprint(resolve_source(name))}
+
+
+def run_base(base_model: str, recorded: str = "") -> ModelSource:
+    """The base a run trained over, refused (ModelError) when its weights are no longer those it trained over: an
+    adapter over other weights gives other answers, and a merge would fold it into them without a word. `recorded`:
+    the run's base_fingerprint ('' in runs written before it was kept: not checked)."""
+    source = resolve_source(base_model)
+    if recorded and (now := fingerprint(source)) != recorded:
+        raise ModelError(
+            f"model '{base_model}': its weights are not those the run trained over (fingerprint {now}, the run "
+            f"recorded {recorded}); the files were replaced or changed since. Put the original base back, or train "
+            "again over this one."
+        )
+    return source
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 

@@ -20,7 +20,7 @@ from tunelab.errors import ConfigError
 from tunelab.kernels import select as select_ops
 from tunelab.models.hf_adapter import from_hf_model
 from tunelab.models.llama import unsupported_reason
-from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype, resolve_source
+from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype, run_base
 from tunelab.models.untrained import repair_rows
 from tunelab.peft.lora import attach_lora
 from tunelab.quant.linear import NF4Linear, quantize_model_
@@ -131,7 +131,7 @@ def trained_base(info: RunInfo, dtype: torch.dtype, device: torch.device, quanti
     """The base model an adapter run trained over, as it trained: the embedding rows training repaired repaired again
     (`models.untrained`) and, with `quantize` (QLoRA), loaded in host memory and quantized onto `device` one layer at
     a time as `build_model` does (the modules that stay 16-bit are left there for the caller to move)."""
-    source = resolve_source(info.base_model)
+    source = run_base(info.base_model, info.base_fingerprint)
     model = load_hf_model(source, dtype, torch.device("cpu") if quantize else device, info.trust_remote_code)
     repair_rows(model, info.fixed_untrained_tokens)
     if quantize:

@@ -33,6 +33,7 @@ from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml,
 from tunelab.data.loader import epoch_rows
 from tunelab.errors import CheckFailed, ConfigError
 from tunelab.kernels.lora import accumulate_into_grads
+from tunelab.models.load import base_record, run_base
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
@@ -191,6 +192,7 @@ def _train(
         before = read_info(run_dir, require_finished=False)
         check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, files))
         check_same_data(run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, eval_files))
+        run_base(before.base_model, before.base_fingerprint)  # the checkpoint's adapter trained over these weights
     kept = kept_auto(run_dir, cfg) if resume else {}
     first = epoch_rows(data, cfg.train.seed, 0)  # what a step trains on: a mixture's draw, packed where asked
     auto = plan_from_data(cfg.train, len(first), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
@@ -260,7 +262,7 @@ def _train(
         else Unlogged()
     )
     info = RunInfo(
-        base_model=cfg.model.name,
+        **base_record(cfg.model.name),
         method="dora" if cfg.method.dora else cfg.method.name,
         task=task.name,
         template=data.template.name,

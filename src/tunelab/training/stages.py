@@ -41,7 +41,7 @@ import yaml
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, describe, dump_yaml, stage_config
 from tunelab.errors import ConfigError, Interrupted, RunDirError
-from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
+from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
 from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info, write_info
@@ -228,7 +228,7 @@ def train_stages(
         start_run_dir(plan_dir)
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
     first = plans[0].config
-    write_info(run_dir, RunInfo(base_model=first.model.name, method=first.method.name, extra={"stages": names}))
+    write_info(run_dir, RunInfo(**base_record(first.model.name), method=first.method.name, extra={"stages": names}))
 
     try:
         result = _stages(run_dir, cfg, plans, names, evals, resume=resume, check=check)
