@@ -217,6 +217,20 @@ def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer
     assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"
 
 
+def test_the_files_chat_template_writes_the_runs_system_prompt(sharp_base, small_tokenizer, tmp_path):
+    """llama.cpp, llama-cpp-python and LM Studio prompt with the file's tokenizer.chat_template: without the run's
+    data.system_prompt in it, a conversation without a system message got SmolLM2's default one, not the prompt the
+    run trained with."""
+    from jinja2 import Template
+
+    prompt = 'You answer box questions, "briefly".'
+    run = _lora_run(sharp_base, small_tokenizer, tmp_path / "run", std=0.05, system_prompt=prompt)
+    out = export_gguf(run, tmp_path / "run.gguf", "f16", check=False)
+    template = read_gguf_string(out, "tokenizer.chat_template")
+    text = Template(template).render(messages=[{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    assert text.startswith(f"<|im_start|>system\n{prompt}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n")
+
+
 def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
     gemma = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4)
     with pytest.raises(

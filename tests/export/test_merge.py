@@ -157,6 +157,19 @@ def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+def test_the_runs_own_base_is_never_an_output(lora_run, smollm2_tokenizer, tmp_path):
+    """A run trained over an earlier merge: merging (or exporting) it over that merge with --overwrite replaced the
+    base its adapter needs; every later command then opened the adapter over the wrong weights."""
+    run, _ = lora_run
+    first = merge_run(run, tmp_path / "merged-1")
+    model = AutoModelForCausalLM.from_pretrained(first, dtype=torch.float32)
+    second = _write_run(tmp_path / "run-2", model, smollm2_tokenizer, first, "full")
+    before = (first / "model.safetensors").read_bytes()
+    with pytest.raises(RunDirError, match="the base model the run trained over"):
+        merge_run(second, first, overwrite=True)
+    assert (first / "model.safetensors").read_bytes() == before
+
+
 def test_a_bf16_base_merged_for_export_keeps_the_adapter_in_fp32(tiny_model_dir, smollm2_tokenizer, tmp_path):
     from tunelab.export.merge import merged_model
 

@@ -28,9 +28,9 @@ from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
-from tunelab.models.load import materialize, resolve_source
+from tunelab.models.load import load_hf_config, resolve_source, run_base
 from tunelab.peft.lora import merge_lora
-from tunelab.rundir import RunInfo, open_info
+from tunelab.rundir import RunInfo, open_info, read_info
 from tunelab.training.guard import first_non_finite
 
 MERGE_FILE = "tunelab_merge.json"  # where the merged folder came from
@@ -82,10 +82,8 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 def stored_dtype(run_dir: str | Path, info: RunInfo) -> torch.dtype:
     """The dtype the weights were saved in (the base model's for a LoRA run); fp32 when the config does not say."""
-    from transformers import AutoConfig
-
-    where = materialize(resolve_source(info.base_model)) if info.is_adapter else str(run_dir)
-    config = AutoConfig.from_pretrained(where)
+    source = run_base(info.base_model, info.base_fingerprint) if info.is_adapter else resolve_source(str(run_dir))
+    config = load_hf_config(source, info.trust_remote_code)
     value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(value, str):
         value = getattr(torch, value, None)
@@ -151,7 +149,9 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = True  # training switches the KV cache off; inference wants it
     tokenizer = run.tokenizer
-    tokenizer.chat_template = chat_template_for(run.template, tokenizer)
+    # the template training wrote, with the run's system prompt where a conversation brings none: what the merged
+    # folder's tokenizer and the GGUF file's tokenizer.chat_template (llama.cpp, LM Studio) prompt with
+    tokenizer.chat_template = with_system_default(chat_template_for(run.template, tokenizer), run.info.system_prompt)
     gen = getattr(model, "generation_config", None)
     if gen is not None and run.template.stop_token_ids:
         stops = list(run.template.stop_token_ids)
@@ -161,10 +161,17 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
 
 
 def check_output(out: Path, run_dir: Path, overwrite: bool) -> None:
-    """Refuse to write over the run itself, or over something that exists (unless overwrite)."""
+    """Refuse to write over the run itself or over the base model it trained over (even with overwrite: the run
+    could never be opened as it trained again), or over something that exists (unless overwrite)."""
     out_r, run_r = out.resolve(), run_dir.resolve()
     if run_r.is_relative_to(out_r):
         raise RunDirError(f"{out}: the output would replace the run directory {run_dir}; choose another output path.")
+    base = Path(read_info(run_dir).base_model).expanduser()
+    if base.exists() and base.resolve().is_relative_to(out_r):
+        raise RunDirError(
+            f"{out}: the output would replace {base}, the base model the run trained over (its adapter and every "
+            "later command of the run need it as it was); choose another output path."
+        )
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
         if not overwrite:
             raise RunDirError(
@@ -198,7 +205,6 @@ def merge_run(
     merged = merged_model(run_dir, dtype)
     with scratch_folder(out) as scratch:
         merged.model.save_pretrained(scratch, safe_serialization=True)
-        merged.tokenizer.chat_template = with_system_default(merged.tokenizer.chat_template, merged.info.system_prompt)
         merged.tokenizer.save_pretrained(scratch)
         keys = ("base_model", "method", "quantize_base", "template", "system_prompt")
         provenance = {k: getattr(merged.info, k) for k in keys} | {"run_dir": str(run_dir.resolve())}
