@@ -330,14 +330,14 @@ def predict(
     from tunelab.infer.predict import predict as _predict
 
     if out is not None:
-        check_out(out, overwrite)
+        check_out(out, overwrite, run, data)
     texts = _texts(texts, "texts") if texts is not None else None
     answers = _texts(answers, "answers") if answers is not None else None
     predictions = _predict(run, data, texts, prompt, answers, batch_size=batch_size, device=device)
     if show:
         print(format_predictions(predictions))
     if out is not None:
-        save_predictions(predictions, out, overwrite=overwrite)
+        save_predictions(predictions, out, run, overwrite=overwrite, data=data)
     return predictions
 
 

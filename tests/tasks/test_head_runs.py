@@ -2,6 +2,7 @@
 computes, a resumed run ends where an uninterrupted one does, and the CLI trains, predicts and evaluates them."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,6 +188,13 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     assert "(text 1)" in printed and "labels.jsonl:1)" in printed
     lines = out.read_text().splitlines()
     assert lines[0] == "where,input,label,p_neg,p_neu,p_pos,expected" and len(lines) == 1 + 24 + 1
+    # --overwrite replaced the input data, or the run's own files, with predictions
+    data_before, metrics_before = Path(label_file).read_text(), (run / "metrics.jsonl").read_text()
+    for target in (label_file, str(run / "metrics.jsonl")):
+        args = ["predict", str(run), "--data", label_file, "--out", target, "--overwrite", "--device", "cpu"]
+        assert main(args) == 2
+    assert "is this command's input" in capsys.readouterr().err
+    assert Path(label_file).read_text() == data_before and (run / "metrics.jsonl").read_text() == metrics_before
     assert main(["eval", str(run), "--data", label_file, "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "majority class" in printed and "confusion" in printed and "macro F1" in printed

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tunelab.atomic import write_text
 from tunelab.data.report import DataReport, location
-from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError
+from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.rundir import check_output_file
 from tunelab.tasks.classify import read_labelled
 from tunelab.tasks.head_data import Input
 from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_model: importable from here as before)
@@ -116,19 +117,26 @@ def format_predictions(predictions: list[Prediction], width: int = 70) -> str:
     return "\n".join(lines)
 
 
-def check_out(path: str | Path, overwrite: bool) -> Path:
-    """The predictions file `path`, if it may be written: a .csv or .jsonl, not replacing a file unless overwrite."""
+def check_out(path: str | Path, overwrite: bool, run_dir: str | Path, data: str | Path | None = None) -> Path:
+    """The predictions file `path`, if it may be written: a .csv or .jsonl, not the input `data` nor a file of the
+    run (even with overwrite: both were replaced by predictions), not replacing another file unless overwrite."""
     path = Path(path)
     if path.suffix not in (".csv", ".jsonl"):
         raise ConfigError(f"option '--out' is {path}; predictions are written as .csv or .jsonl.")
-    if path.exists() and not overwrite:
-        raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or choose another --out.")
+    check_output_file(path, overwrite, Path(run_dir), "", (data,) if data is not None else ())
     return path
 
 
-def save_predictions(predictions: list[Prediction], path: str | Path, overwrite: bool = False) -> Path:
-    """A .csv (one column per label's probability) or .jsonl file; an existing file only with overwrite."""
-    path = check_out(path, overwrite)
+def save_predictions(
+    predictions: list[Prediction],
+    path: str | Path,
+    run_dir: str | Path,
+    overwrite: bool = False,
+    data: str | Path | None = None,
+) -> Path:
+    """A .csv (one column per label's probability) or .jsonl file; an existing file only with overwrite, and never
+    the run's own files or the input `data` (`check_out`)."""
+    path = check_out(path, overwrite, run_dir, data)
     if path.suffix == ".jsonl":
         return write_text(path, "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in predictions))
     labels = list(predictions[0].probabilities or {}) if predictions else []

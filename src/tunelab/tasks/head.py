@@ -31,7 +31,7 @@ from tunelab.models.llama import LlamaForCausalLM, LlamaModel
 from tunelab.models.load import pick_device
 from tunelab.peft.lora_linear import float_weight
 from tunelab.peft.save import load_adapter, save_adapter
-from tunelab.rundir import RunInfo
+from tunelab.rundir import RunInfo, read_json_object
 from tunelab.training.build import BuiltModel, run_dtype, trained_base
 
 HEAD = "score"  # transformers' name for the head of *ForSequenceClassification (Llama, Mistral, Qwen, Gemma, GPT-2)
@@ -196,8 +196,11 @@ def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: s
 
 
 def run_labels(run_dir: Path) -> list[str]:
-    """The labels of a head run, in the order of the head's outputs (config.json's id2label)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(run_dir)
-    return [config.id2label[i] for i in range(config.num_labels)]
+    """The labels of a head run, in the order of the head's outputs (config.json's id2label), read as JSON: through
+    AutoConfig, a model with its own code would need that code just to name its labels."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: a head run without its config.json, which names the labels.")
+    config = read_json_object(path, "the head run cannot be opened")
+    id2label = config.get("id2label") or {}
+    return [id2label[str(i)] for i in range(len(id2label))]
