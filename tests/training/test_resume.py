@@ -130,7 +130,10 @@ def test_finished_runs_delete_their_checkpoints_and_save_every_0_writes_none(tin
     assert not (other / "checkpoints").exists() and "overwrite" not in (other / "config.yaml").read_text()
 
 
-def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides, monkeypatch, capsys):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides, monkeypatch, capsys, signame):
+    """SIGTERM (kill, docker stop, a scheduler's preemption) is taken as Ctrl-C: it used to end the run at once,
+    without a checkpoint."""
     import signal
 
     from tunelab.cli import main
@@ -140,7 +143,7 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides
     def interrupted_step(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
-            signal.raise_signal(signal.SIGINT)  # as Ctrl-C during step 2: the step still completes
+            signal.raise_signal(getattr(signal, signame))  # as Ctrl-C during step 2: the step still completes
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train_step", interrupted_step)

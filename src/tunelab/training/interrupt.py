@@ -1,7 +1,10 @@
-"""Ctrl-C during training: finish the step under way, write a checkpoint, and stop with the way to resume.
+"""Ctrl-C (or SIGTERM) during training: finish the step under way, write a checkpoint, and stop with the way to
+resume.
 
-While `graceful_interrupt()` is active, the first SIGINT only sets `requested`; the loop sees it between steps, so
-the checkpoint it writes is of a completed step (weights and optimizer state consistent). A second SIGINT stops at
+While `graceful_interrupt()` is active, the first SIGINT or SIGTERM only sets `requested`; the loop sees it between
+steps, so the checkpoint it writes is of a completed step (weights and optimizer state consistent). SIGTERM is what
+`kill`, `docker stop`, systemd and a batch scheduler's preemption send, most of them with a grace period before
+SIGKILL: it used to end the process at once, losing every step since the last checkpoint. A second signal stops at
 once, as usual. Outside the main thread (where signal handlers cannot be set) it does nothing.
 """
 
@@ -35,14 +38,12 @@ def graceful_interrupt(doing: str = STEP) -> Iterator[StopRequest]:
         if request.requested:
             raise KeyboardInterrupt
         request.requested = True
-        print(
-            f"\ninterrupt: {doing} (Ctrl-C again stops at once)",
-            file=sys.stderr,
-            flush=True,
-        )
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        print(f"\ninterrupt ({name}): {doing} ({name} again stops at once)", file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGINT, handle)
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield request
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
