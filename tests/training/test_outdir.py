@@ -11,7 +11,7 @@ import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.errors import DataError, ModelError, RunDirError
 from tunelab.rundir import RunInfo, write_info
-from tunelab.training.outdir import plan_output_dir
+from tunelab.training.outdir import LOCK_FILE, REPLACED_FILE, plan_output_dir
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -83,6 +83,8 @@ def test_output_dir_holding_a_transform_a_reward_function_or_a_reward_model_is_r
     with pytest.raises(RunDirError, match=r"holds the reward model run"):
         recipe.train(None, grpo | {"grpo.rewards": [{"kind": "model", "run": str(previous_run)}]})
     assert shaping.is_file() and (previous_run / "run.json").is_file()
+    with pytest.raises(RunDirError, match=r"holds the adapter the run starts from"):  # moved aside, then deleted
+        recipe.train(None, over | {"model.adapter": str(previous_run)})
 
 
 def test_a_missing_questions_file_stops_the_run_before_training(tiny_overrides, tmp_path):
@@ -134,7 +136,9 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tiny_overrides, 
     with pytest.raises(RuntimeError):
         recipe.train(None, tiny_overrides | {"train.max_steps": 3, "overwrite": True})
     previous = tmp_path / "run.previous"
-    assert _tree(previous) == before  # moved aside whole, not deleted
+    moved = _tree(previous)
+    assert json.loads(moved.pop(REPLACED_FILE))["replaced_by"] == str(previous_run.resolve())  # tunelab's mark
+    assert moved == before  # moved aside whole, not deleted
     assert json.loads((previous_run / "run.json").read_text())["finished"] is False  # the failed attempt
 
     monkeypatch.setattr(loop, "train_step", real_step)
@@ -173,3 +177,76 @@ def test_check_never_writes_into_an_existing_run(tiny_overrides, previous_run, t
     assert _tree(previous_run) == before and not (tmp_path / "run.previous").exists()
     with pytest.raises(RunDirError, match="run directory, which check never writes into"):
         tunelab.check(None, tiny_overrides, model=False, html=previous_run / "check.html")
+
+
+def _crash_at_step(monkeypatch, step):
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise RuntimeError("crash")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing_step)
+    return real_step
+
+
+def test_overwrite_never_deletes_a_finished_run_or_a_previous_it_did_not_move(
+    tiny_overrides, previous_run, tmp_path, monkeypatch
+):
+    """A replacement interrupted, then resumed to its end, left NAME.previous behind; the next --overwrite took NAME
+    for the unfinished attempt and deleted the finished run at once. And a run of the user's named NAME.previous was
+    deleted by an --overwrite of NAME."""
+    over = tiny_overrides | {"train.max_steps": 3, "train.save_every": 1}
+    real_step = _crash_at_step(monkeypatch, 2)
+    with pytest.raises(RuntimeError):
+        recipe.train(None, over | {"overwrite": True})
+    monkeypatch.setattr(loop, "train_step", real_step)
+    recipe.train(None, over, resume=True)  # the replacement finished on --resume: the run it replaced goes now
+    previous = tmp_path / "run.previous"
+    assert not previous.exists() and json.loads((previous_run / "run.json").read_text())["finished"]
+
+    shutil.copytree(previous_run, previous)  # a run of the user's that happens to have the name
+    finished = _tree(previous_run)
+    with pytest.raises(RunDirError, match="tunelab did not move it there"):
+        recipe.train(None, over | {"overwrite": True})
+    assert _tree(previous_run) == finished and (previous / "run.json").is_file()
+
+    (previous / REPLACED_FILE).write_text("{}")  # as if tunelab had moved it there, and NAME finished since
+    with pytest.raises(RunDirError, match="holds an older run, which the finished run in"):
+        recipe.train(None, over | {"overwrite": True})
+    assert _tree(previous_run) == finished
+
+
+def test_an_overwrite_through_a_symbolic_link_is_refused(tiny_overrides, previous_run, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(previous_run)
+    with pytest.raises(RunDirError, match="is a symbolic link to"):
+        recipe.train(None, tiny_overrides | {"output_dir": str(link), "overwrite": True})
+    assert link.is_symlink() and (previous_run / "run.json").is_file()
+
+
+def test_a_second_process_on_a_run_being_written_is_refused(tiny_overrides, previous_run, tmp_path, monkeypatch):
+    """Two runs on one output_dir at once both exited 0, their metrics interleaved and one's weights beside the
+    other's config. The lock is taken as another process would: a second open file of the same lock."""
+    import fcntl
+
+    held = os.open(previous_run / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        before = _tree(previous_run)
+        with pytest.raises(RunDirError, match="another tunelab process is writing this run"):
+            recipe.train(None, tiny_overrides | {"overwrite": True})
+        assert _tree(previous_run) == before and not (tmp_path / "run.previous").exists()
+    finally:
+        os.close(held)
+    recipe.train(None, tiny_overrides | {"train.max_steps": 1, "overwrite": True})  # free again
+    with pytest.raises(RuntimeError):  # and a run that failed lets go of it: the same process may go on
+        _crash_at_step(monkeypatch, 1)
+        recipe.train(None, tiny_overrides | {"train.max_steps": 2, "overwrite": True})
+    other = os.open(previous_run / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the failed run still held it
+    finally:
+        os.close(other)

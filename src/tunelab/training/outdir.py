@@ -11,21 +11,31 @@
   tunelab wrote (its run.json is the marker) unless --overwrite-non-run says to replace any folder.
 
 `start_run_dir` is called only once the new run can start (config, data and model all loaded): an existing run
-moves aside to `NAME.previous` and is deleted by `finish_replacement` when the new run has finished. If the new
-run fails or is interrupted, the previous one is still there, and the message says how to put it back.
+moves aside to `NAME.previous`, marked as moved there by tunelab (`REPLACED_FILE`), and is deleted by
+`finish_replacement` when the new run has finished (resumed or not). If the new run fails or is interrupted, the
+previous one is still there, and the message says how to put it back. A `NAME.previous` tunelab did not move there
+(a run or folder of the user's) is never deleted, and neither is a finished run in NAME: --overwrite refuses both.
+
+While a run writes its directory it holds a lock on `NAME/.tunelab.lock` (`hold_lock`, where the system has
+`fcntl.flock`): a second run started on the same output_dir, to train, resume or replace it, is refused instead of
+writing its metrics, checkpoints and weights among the first one's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import RunDirError
-from tunelab.rundir import RUN_FILE, is_run_dir
+from tunelab.rundir import RUN_FILE, is_run_dir, read_info
 
 PREVIOUS_SUFFIX = ".previous"
+REPLACED_FILE = ".tunelab-replaced.json"  # in NAME.previous: tunelab moved it there, to be replaced by NAME
+LOCK_FILE = ".tunelab.lock"
+_held: dict[str, int] = {}  # resolved folder -> the open file whose flock this process holds
 
 
 @dataclass
@@ -56,8 +66,10 @@ def _writable_ancestor(path: Path) -> Path:
     return Path("/")
 
 
-def _check_creatable(path: Path) -> None:
-    folder = _writable_ancestor(path.parent if path.is_dir() else path)
+def _check_creatable(path: Path, shown: Path | None = None) -> None:
+    """RunDirError unless files can be written in folder `path` (or, where it does not exist yet, it can be made)."""
+    folder = _writable_ancestor(path)
+    path = shown or path
     if not os.access(folder, os.W_OK | os.X_OK):
         raise RunDirError(
             f"output_dir {path}: {folder} is not writable, so the run cannot be written there; choose a folder you can "
@@ -88,6 +100,7 @@ def plan_output_dir(
                 f"{where}: nothing to resume: it is not a run directory tunelab wrote (no {RUN_FILE}). Drop --resume "
                 "to start a new run, or point output_dir at the run to continue."
             )
+        _check_creatable(path)
         return OutputPlan(path, replace=False, resume=True)
     if Path.cwd().resolve().is_relative_to(target):
         raise RunDirError(
@@ -111,6 +124,11 @@ def plan_output_dir(
     if not exists:
         _check_creatable(path)
         return OutputPlan(path, replace=False, resume=False)
+    if overwrite and path.is_symlink():
+        raise RunDirError(
+            f"{where} is a symbolic link to {target}: --overwrite moves the run aside and writes a new folder in its "
+            f"place, which would replace the link, not the run it points to. Give the folder itself: {target}."
+        )
     if not overwrite:
         raise RunDirError(
             f"{where}: the run directory exists and is not empty. Pass --overwrite to replace it (the old run is kept "
@@ -123,44 +141,108 @@ def plan_output_dir(
             "may be deleted."
         )
     previous = previous_dir(path)
-    if previous.exists() and not is_run_dir(previous) and not overwrite_non_run:
-        raise RunDirError(
-            f"{where}: {previous} exists and is not a run directory, so the old run cannot be moved aside there. "
-            "Move or delete it, then run again."
-        )
-    _check_creatable(path.parent)
+    if previous.exists() or previous.is_symlink():
+        _check_previous(path, previous, where)
+    _check_creatable(path.parent, path)
     return OutputPlan(path, replace=True, resume=False)
 
 
+def _check_previous(path: Path, previous: Path, where: str) -> None:
+    """An existing NAME.previous may stay only as what an unfinished replacement left: the run tunelab moved aside
+    there for the attempt now in NAME, which did not finish (that attempt is what --overwrite replaces, and the run
+    before it stays kept). Anything else would be lost: a folder or run of the user's that happens to have the
+    name, or (NAME being finished) an older run the user may still want, with NAME itself."""
+    if not (previous / REPLACED_FILE).is_file() or previous.is_symlink():
+        raise RunDirError(
+            f"{where}: {previous} exists, and tunelab did not move it there: --overwrite moves the run it replaces "
+            "to that name until the new run finishes, and will not delete what is there. Rename or move it, then "
+            "run again."
+        )
+    if _finished(path):
+        raise RunDirError(
+            f"{where}: {previous} holds an older run, which the finished run in {path} replaced. Delete {previous} "
+            "(or move it) if you no longer need it, then run again: --overwrite keeps one run aside at a time."
+        )
+
+
+def _finished(path: Path) -> bool:
+    try:
+        return read_info(path, require_finished=False).finished
+    except Exception:  # a damaged run.json: not a finished run
+        return False
+
+
+def hold_lock(folder: Path) -> None:
+    """Take the lock of the run in `folder` for this process, until `release_lock` (or the process ends); RunDirError
+    when another process holds it. This process's own earlier hold (a run of the folder that ended or failed) is
+    given up first. Does nothing where the system has no flock."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = str(folder.resolve())
+    release_lock(folder)
+    handle = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(handle)
+        raise RunDirError(
+            f"output_dir {folder}: another tunelab process is writing this run now (it holds {folder / LOCK_FILE}). "
+            "Wait for it to end, or choose another output_dir."
+        ) from None
+    _held[key] = handle
+
+
+def release_lock(folder: Path) -> None:
+    handle = _held.pop(str(folder.resolve()), None)
+    if handle is not None:
+        os.close(handle)
+
+
 def start_run_dir(plan: OutputPlan) -> None:
-    """Make the run directory, moving an existing run aside to NAME.previous. Call only once the run can start."""
+    """Make the run directory and hold its lock, moving an existing run aside to NAME.previous (or, after an
+    unfinished replacement, deleting the unfinished attempt: `_check_previous`). Call only once the run can start;
+    the rules of `plan_output_dir` are checked again, since another process may have written there meanwhile."""
     path = plan.run_dir
     try:
         if plan.replace:
-            if plan.previous.exists():
-                # An earlier replacement did not finish: NAME.previous still holds the last run from before it, and
-                # NAME the unfinished attempt that this run was asked to overwrite.
+            hold_lock(path)  # not while another process writes the run about to be moved aside
+            previous = plan.previous
+            if previous.exists() or previous.is_symlink():
+                _check_previous(path, previous, f"output_dir {path}")
+                release_lock(path)
                 shutil.rmtree(path)
             else:
-                os.replace(path, plan.previous)
+                release_lock(path)
+                os.replace(path, previous)
+                (previous / REPLACED_FILE).write_text(json.dumps({"replaced_by": str(path.resolve())}) + "\n")
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"output_dir {path}: cannot be created ({exc.strerror or exc}).") from None
+    hold_lock(path)
+    if [p for p in path.iterdir() if p.name != LOCK_FILE]:  # filled since plan_output_dir found it empty
+        release_lock(path)
+        raise RunDirError(
+            f"output_dir {path}: another process wrote into it since the run was planned; choose another output_dir."
+        )
 
 
 def finish_replacement(plan: OutputPlan) -> str | None:
-    """Delete the run this one replaced, now that this one has finished; return what was done, to print."""
-    if plan.replace and plan.previous.exists():
+    """Delete the run this one replaced, now that this one has finished (also when it finished on --resume), and let
+    go of the run's lock; return what was done, to print."""
+    release_lock(plan.run_dir)
+    if (plan.replace or plan.resume) and (plan.previous / REPLACED_FILE).is_file() and not plan.previous.is_symlink():
         shutil.rmtree(plan.previous)
         return f"replaced the previous run in {plan.run_dir}"
-    if plan.resume and is_run_dir(plan.previous):
-        return f"{plan.previous} holds the run this one replaces; delete it once you no longer need it"
     return None
 
 
 def failure_note(plan: OutputPlan) -> str | None:
-    """What to tell the user about the previous run when the new one fails after start_run_dir."""
-    if plan.replace and plan.previous.exists():
+    """What to tell the user about the previous run when the new one fails after start_run_dir (whose lock is let
+    go: the run may be resumed, or replaced, by the next command)."""
+    release_lock(plan.run_dir)
+    if plan.replace and (plan.previous / REPLACED_FILE).is_file():
         return (
             f"the previous run is kept in {plan.previous} until a run in {plan.run_dir} finishes; to get it back: "
             f"rm -r {plan.run_dir} && mv {plan.previous} {plan.run_dir}"

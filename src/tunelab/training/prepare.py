@@ -104,6 +104,7 @@ def protected_paths(cfg: RunConfig, config_path: str | Path | None) -> dict[str,
         "config file": [str(config_path)] if config_path else [],
         "eval questions file": [cfg.eval.questions] if cfg.eval.questions else [],
         "model": [str(model)] if model.exists() else [],
+        "adapter the run starts from": [cfg.model.adapter] if cfg.model.adapter else [],
         "function file": [f for spec in functions if spec and (f := _function_file(spec))],
         "reward model run": [r.run for r in rewards if r.kind == "model" and r.run],
     }

@@ -47,7 +47,7 @@ from tunelab.training.loop import Run, evaluate_at, loop
 from tunelab.training.metrics import MetricsLog, logged_at, plot_losses, read_metrics
 from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
-from tunelab.training.outdir import failure_note, plan_output_dir, start_run_dir
+from tunelab.training.outdir import failure_note, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.plan import longest_row, plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.result import save_final, tidy_up
@@ -174,6 +174,8 @@ def _train(
         overwrite_non_run=overwrite_non_run,
     )
     run_dir = plan.run_dir
+    if resume and ranks.main:
+        hold_lock(run_dir)  # a new run takes it in start_run_dir
     notes = check_resume_config(run_dir, cfg) if resume else []
     print("tunelab train — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)

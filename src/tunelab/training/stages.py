@@ -49,7 +49,7 @@ from tunelab.tasks import get_task
 from tunelab.training.build import trained_base
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.metrics import plot_losses
-from tunelab.training.outdir import failure_note, finish_replacement, plan_output_dir, start_run_dir
+from tunelab.training.outdir import failure_note, finish_replacement, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.prepare import protected_paths
 from tunelab.training.recipe import TrainResult, train
 from tunelab.training.resume import LENGTH, check_resume_config, config_changes
@@ -219,6 +219,7 @@ def train_stages(
     )
     run_dir = plan_dir.run_dir
     if resume:
+        hold_lock(run_dir)  # a new run takes it in start_run_dir
         check_resume_config(run_dir, cfg)
     print("tunelab train — a staged run; the resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
