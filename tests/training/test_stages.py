@@ -67,8 +67,15 @@ def test_stage_two_continues_stage_ones_adapter_bit_for_bit(staged):
     assert "Forgetting" in page and "after qa" in page and f"{matrix[1][0]:,.4f}" in page
 
 
-def test_forgetting_matrix_equals_direct_evaluation(staged, tiny_model_dir):
+@pytest.mark.parametrize("overshoot", [False, True])
+def test_forgetting_matrix_equals_direct_evaluation(staged, tiny_model_dir, overshoot):
+    """overshoot: stage 2's lr is far too high, so keep_best keeps an early step; the matrix held the last step's
+    losses on the earlier stages, of weights that were not kept."""
+    if overshoot:
+        staged["stages"][1]["train"] = {"max_steps": 4, "lr": 3.0, "eval_every": 1}
     result = train(None, staged | {"model.device": "cpu"})  # fp32, as the direct evaluation below
+    stage_two = open_info(result.run_dir / "stage-2")
+    assert (stage_two.extra["best"]["step"] < stage_two.steps) == overshoot
     matrix = json.loads((result.run_dir / "run.json").read_text())["extra"]["forgetting"]["matrix"]
     assert len(matrix) == 2 and len(matrix[0]) == 1 and len(matrix[1]) == 2
     tokenizer = load_tokenizer(resolve_source(str(tiny_model_dir)))

@@ -344,6 +344,8 @@ def _train(
             print(kept_best, flush=True)
             info.extra["best"] = {"step": best.step, "eval_loss": best.loss}
             eval_loss = best.loss
+            if best.step != position["step"] and ranks.main:  # every eval set's loss of the weights kept, not the last
+                eval_metrics = logged_at(read_metrics(run_dir), best.step)[1] or {"eval_loss": best.loss}
         model.eval()
         # FSDP2: every rank sends its shards to rank 0
         weights = full_weights(train_model, ranks, cfg.method.is_adapter)
