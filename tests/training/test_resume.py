@@ -170,7 +170,10 @@ def test_a_finished_run_is_not_resumed_to_its_own_length_and_a_longer_one_keeps_
     assert (run_dir / "adapter_model.safetensors").read_bytes() == before
     assert json.loads((run_dir / "run.json").read_text())["finished"]
     longer = tiny_overrides | {"train.max_steps": 5, "train.save_every": 1, "train.keep_checkpoints_after_finish": True}
+    (run_dir / "compare.json").write_text("{}")  # answers of the 3-step weights
     assert recipe.train(None, longer, resume=True).steps == 5
+    assert not (run_dir / "compare.json").exists()  # 'tunelab report' showed them as the 5-step run's answers
+    assert "removed compare.json: they described the weights before this resume" in capsys.readouterr().out
     assert "max_steps: 5" in (run_dir / "config.yaml").read_text()
     with pytest.raises(ConfigError, match=r"finished \(5 steps\) and this config asks for 5"):
         recipe.train(None, longer, resume=True)  # the saved config now says 5: no change, nothing to do
@@ -280,3 +283,12 @@ def test_file_digests_follow_packed_documents_to_their_files():
     assert what_changed(file_digests([a, b]), file_digests([b, a])).startswith("every file gives the rows it gave")
     assert what_changed(file_digests([a, b]), file_digests([a])) == "b.json is no longer read"
     assert what_changed({}, file_digests([a])) == ""  # a run written before files were recorded
+
+
+def test_the_result_files_a_resume_removes_are_those_the_commands_write():
+    from tunelab.eval.compare import COMPARE_FILE
+    from tunelab.eval.evaluate import EVAL_FILE
+    from tunelab.eval.report import REPORT_FILE
+    from tunelab.training.result import RESULT_FILES
+
+    assert set(RESULT_FILES) == {COMPARE_FILE, EVAL_FILE, REPORT_FILE}

@@ -276,3 +276,14 @@ def test_a_longer_length_on_resume_says_the_finished_stage_keeps_its_steps(stage
         "finished; skipped (kept at its 3 steps: train.max_steps: 3 -> 4 applies to the stages still to train)" in out
     )
     assert open_info(stage_dir(result.run_dir, 1)).steps == 3 and open_info(stage_dir(result.run_dir, 2)).steps == 4
+
+
+def test_resuming_a_finished_staged_run_is_refused(staged):
+    """Every stage finished: --resume (even with a longer max_steps, which finished stages do not take) trained
+    nothing, published the result again and exited 0."""
+    run = train(None, staged).run_dir
+    before = (run / "run.json").read_text()
+    for extra in ({}, {"train.max_steps": 5}):
+        with pytest.raises(ConfigError, match="every one of the 2 stages has finished"):
+            train(None, staged | extra, resume=True)
+    assert (run / "run.json").read_text() == before

@@ -68,8 +68,30 @@ def save_final(
         ) from None
 
 
+# What tunelab compare, eval and report write into a run directory (eval/compare.py COMPARE_FILE, eval/evaluate.py
+# EVAL_FILE, eval/report.py REPORT_FILE): figures of the weights they read.
+RESULT_FILES = ("compare.json", "eval.json", "report.html")
+
+
+def drop_stale_results(run_dir: Path) -> None:
+    """After a --resume that trained on: the comparison, evaluation and report of the weights before it are removed,
+    saying so; kept, `tunelab report` showed them as the run's result beside the new step count."""
+    stale = [name for name in RESULT_FILES if (run_dir / name).is_file()]
+    for name in stale:
+        (run_dir / name).unlink()
+    if stale:
+        print(
+            f"removed {', '.join(stale)}: they described the weights before this resume (run tunelab compare, eval "
+            "or report again for the new ones)",
+            flush=True,
+        )
+
+
 def tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:
-    """After a finished run: step checkpoints go (unless kept), and the run this one replaced."""
+    """After a finished run: step checkpoints go (unless kept), the run this one replaced, and (resumed) the
+    results of the weights before."""
+    if plan.resume:
+        drop_stale_results(run_dir)
     if not keep_checkpoints:
         deleted = delete_checkpoints(run_dir)
         if deleted:

@@ -52,6 +52,7 @@ from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_note, finish_replacement, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.prepare import protected_paths
 from tunelab.training.recipe import TrainResult, train
+from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import LENGTH, check_resume_config, config_changes
 
 STAGE_PREFIX = "stage-"
@@ -221,6 +222,7 @@ def train_stages(
     if resume:
         hold_lock(run_dir)  # a new run takes it in start_run_dir
         check_resume_config(run_dir, cfg)
+        _refuse_nothing_to_train(run_dir, len(plans))
     print("tunelab train — a staged run; the resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
     evals = _eval_rows(plans)  # every stage's data loaded and checked before anything is written
@@ -260,6 +262,8 @@ def train_stages(
     info.total_steps = sum(read_info(stage_dir(run_dir, i + 1)).total_steps for i in range(len(plans)))
     write_info(run_dir, info)
     print(format_forgetting(names, matrix), flush=True)
+    if resume:
+        drop_stale_results(run_dir)
     message = finish_replacement(plan_dir)
     if message:
         print(message, flush=True)
@@ -293,6 +297,19 @@ def _stages(
                 checkpoint=None,
             )
     return result
+
+
+def _refuse_nothing_to_train(run_dir: Path, count: int) -> None:
+    """ConfigError for --resume of a staged run whose every stage has finished: a finished stage keeps its steps, so
+    nothing would train, and the run's result used to be published again with exit 0."""
+    for k in range(1, count + 1):
+        here = stage_dir(run_dir, k)
+        if not (is_run_dir(here) and read_info(here, require_finished=False).finished):
+            return
+    raise ConfigError(
+        f"{run_dir}: every one of the {count} stages has finished, so --resume has nothing to train (a finished "
+        "stage keeps its steps). Add a stage to train on, or start the run again with --overwrite."
+    )
 
 
 def _run_stage(plan: ResolvedConfig, here: Path, extra: dict, *, resume: bool, check: bool) -> TrainResult:
