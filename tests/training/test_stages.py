@@ -151,6 +151,8 @@ def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, 
         ({"continue": "restart"}, "'continue' is 'restart'; allowed values: adapter, merge"),
         ({"output_dir": "elsewhere"}, "'output_dir' belongs to the whole run"),
         ({"dpo": {"beta": 0.5}}, "stage 2: option 'dpo.beta' is for task dpo; option 'task' is sft"),
+        ({"eval": {"questions": "q.jsonl"}}, "stage 2: 'eval.questions' belongs to the whole run"),
+        ({"federated": {"rounds": 2}}, "stage 2: 'federated.rounds': a stage is not federated"),
     ],
 )
 def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change, message):

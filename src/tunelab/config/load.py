@@ -182,6 +182,16 @@ def _stage_entry(raw: Any, where: str, options: dict, folder: Path | None) -> di
             entry[name] = str(value)
         elif name in NOT_PER_STAGE:
             raise ConfigError(f"{where}: '{name}' belongs to the whole run; set it outside stages:.")
+        elif name == "eval.questions":  # was accepted, read by tunelab check, and never asked
+            raise ConfigError(
+                f"{where}: 'eval.questions' belongs to the whole run: its questions are asked once, of the last "
+                "stage's model; set it outside stages:."
+            )
+        elif name.startswith("federated."):  # was refused only once the stages before it had trained
+            raise ConfigError(
+                f"{where}: '{name}': a stage is not federated; federated options belong to a tunelab federate "
+                "config, without stages:."
+            )
         else:
             entry[name] = _option_value(name, value, options, where, folder)
     return entry
