@@ -1,6 +1,7 @@
 """A run interrupted after a checkpoint and resumed ends exactly where the uninterrupted run ends."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,6 +157,8 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides
     err = capsys.readouterr().err
     assert "interrupted after step 2" in err and "step-0000002" in err
     assert "tunelab train --model.name" in err and err.rstrip().endswith("--resume")
+    stopped = json.loads((Path(tiny_overrides["output_dir"]) / "run.json").read_text())
+    assert stopped["steps"] == 2 and stopped["tokens"] > 0 and stopped["elapsed_s"] > 0  # the report showed 0 and 0 s
     monkeypatch.setattr(loop, "train_step", real_step)
     assert recipe.train(None, tiny_overrides | {"train.max_steps": 4}, resume=True).steps == 4
 

@@ -316,6 +316,7 @@ def _train(
         if note:
             print(note, file=sys.stderr, flush=True)
         info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
+        info.tokens, info.elapsed_s = position["tokens"], round(position["elapsed_s"], 1)  # the report shows them
         with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
             if ranks.main:
                 write_info(run_dir, info)
