@@ -153,3 +153,42 @@ def test_every_example_config_loads(path):
 def test_a_mapping_where_a_list_of_sources_goes_names_the_types_without_module_paths():
     with pytest.raises(ConfigError, match=r"'data.train' must be a list of str \| DataSource, got \{'path': 'a'\}"):
         load_config(None, {"data.train": {"path": "a"}})
+
+
+@pytest.mark.parametrize(
+    "name, text, value",
+    [
+        ("output_dir", "0010", "0010"),  # YAML 1.1 reads an octal 8: the run would be written into 8/
+        ("output_dir", "1_000", "1_000"),
+        ("output_dir", "2024-05-01", "2024-05-01"),  # a date
+        ("data.system_prompt", "3.10", "3.10"),
+        ("data.system_prompt", "yes", "yes"),  # True
+        ("eval.refusal", "No", "No"),  # False
+        ("data.system_prompt", "Q: {text} A:", "Q: {text} A:"),  # a mapping
+        ("data.system_prompt", "null", None),  # unsets an optional text
+        ("data.train", "0010", ["0010"]),
+        ("data.train", "[0010, b.jsonl]", ["0010", "b.jsonl"]),
+        ("method.target_modules", "[q_proj, 'on']", ["q_proj", "on"]),
+        ("data.fields", "{prompt: yes, completion: 0010}", {"prompt": "yes", "completion": "0010"}),
+        ("train.lr", "1e-4", 1e-4),  # other options read their text as YAML, as before
+        ("data.packing", "true", True),
+        ("train.max_steps", "0010", 8),
+        ("train.micro_batch", "auto", "auto"),
+    ],
+)
+def test_a_text_option_keeps_its_text_as_typed(name, text, value):
+    """A flag's text (or a str in the Python API's overrides) of a text option was read as YAML: --output_dir 0010
+    trained into 8/, --data.system_prompt 3.10 became 3.1, --eval.refusal No was refused as a bool."""
+    cfg = load_config(None, {name: text}, base_dir="/d").config
+    section, _, key = name.rpartition(".")
+    got = getattr(getattr(cfg, section) if section else cfg, key)
+    if name == "data.train":
+        value = [f"/d/{v}" for v in value]
+    assert got == value and type(got) is type(value)
+
+
+def test_text_options_of_a_staged_run_and_a_list_of_sources_read_as_before():
+    stages = load_config(None, {"stages": "[{train: {lr: 1e-3}}, {data: {system_prompt: Be brief.}}]"}).config.stages
+    assert stages == [{"train.lr": 1e-3}, {"data.system_prompt": "Be brief."}]
+    train = load_config(None, {"data.train": "[a.jsonl, {path: b.jsonl, weight: 2}]"}, base_dir="/d").config.data.train
+    assert train[0] == "/d/a.jsonl" and (train[1].path, train[1].weight) == ("/d/b.jsonl", 2.0)

@@ -6,6 +6,8 @@ into a config of its own (`stage_config`).
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,44 @@ def read_yaml(path: Path) -> Any:
         return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+NULL = ("null", "Null", "NULL", "~")
+
+
+def _arms(hint: Any) -> set:
+    """The types a hint allows: a union's members, or the hint itself."""
+    return set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
+
+
+def read_text_value(text: str, hint: Any) -> Any:
+    """An override given as text (a flag's, or a str among the Python API's overrides) as a value for an option of
+    type `hint`. A text option keeps the text as typed, where YAML would read 0010 as 8, 3.10 as 3.1, 1_000 as 1000,
+    2024-05-01 as a date and No as False; an optional one is unset by null (or ~). A list of texts takes one text as a
+    list of one, and the text of each entry of a [flow, list] that is not a mapping; a mapping of texts ({prompt: q}) keeps its keys'
+    and values' text. Any other option reads the text as YAML: 1e-4, true, [a, b], {path: a.jsonl, weight: 2}."""
+    if str in _arms(hint) and _arms(hint) <= {str, type(None)}:
+        return None if type(None) in _arms(hint) and text.strip() in NULL else text
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+    if node is None:  # blank, or only a comment
+        return text
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list and str in _arms(args[0]):
+        if isinstance(node, yaml.ScalarNode):
+            return [text]
+        if isinstance(node, yaml.SequenceNode):
+            return [v.value if isinstance(v, yaml.ScalarNode) else _construct(v) for v in node.value]
+    if origin is dict and args == (str, str) and isinstance(node, yaml.MappingNode):
+        if all(isinstance(n, yaml.ScalarNode) for pair in node.value for n in pair):
+            return {k.value: v.value for k, v in node.value}
+    return _construct(node)
+
+
+def _construct(node: yaml.Node) -> Any:
+    return yaml.SafeLoader("").construct_document(node)
+
+
 @dataclass
 class ResolvedConfig:
     """The config, for each dotted option where its value came from ('default', a file, or a flag), and the YAML file
@@ -111,13 +151,7 @@ def load_config(
         flags = {}
         for name, value in overrides.items():
             if isinstance(value, str):
-                try:
-                    parsed = yaml.safe_load(value) if value.strip() else value
-                except yaml.YAMLError:
-                    parsed = value
-                # A text option keeps its text when YAML would make a mapping or list of it ('Q: {text} A:')
-                text = name in options and options[name][1] in (str, str | None)
-                value = value if text and isinstance(parsed, dict | list) else parsed
+                value = read_text_value(value, options[name][1] if name in options else None)
             flags[name] = value
         layers.append(("flag", flags, Path(base_dir) if base_dir else None))
     for source, flat, folder in layers:
