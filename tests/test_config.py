@@ -192,3 +192,19 @@ def test_text_options_of_a_staged_run_and_a_list_of_sources_read_as_before():
     assert stages == [{"train.lr": 1e-3}, {"data.system_prompt": "Be brief."}]
     train = load_config(None, {"data.train": "[a.jsonl, {path: b.jsonl, weight: 2}]"}, base_dir="/d").config.data.train
     assert train[0] == "/d/a.jsonl" and (train[1].path, train[1].weight) == ("/d/b.jsonl", 2.0)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"data: {train: [qa.jsonl]}\nx: caf\xe9\n", r"c\.yaml, line 2: not UTF-8 text \(byte 0xe9\)"),
+        (b"? [a, b]\n: 1\n", r"c\.yaml, line 1: a key must be a name, not a list"),
+        (b"data:\n  train: [qa.jsonl]\n  {a: 1}: 2\n", r"c\.yaml, line 3: a key must be a name, not a mapping"),
+    ],
+)
+def test_a_file_yaml_cannot_give_options_from_is_named_with_its_line(tmp_path, content, message):
+    """A Latin-1 file stopped with a UnicodeDecodeError, a list or mapping as a key with a TypeError (tracebacks)."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # `? [a, b]` or `{a: 1}: x`: YAML allows it, no option is named so
+                raise ConfigError(
+                    f"{self.name}, line {key_node.start_mark.line + 1}: a key must be a name, not a "
+                    f"{'mapping' if isinstance(key, dict) else type(key).__name__}; write the option's name there."
+                )
             if key in seen:
                 raise ConfigError(
                     f"{self.name}, line {key_node.start_mark.line + 1}: key '{key}' is given twice in one mapping (first "
@@ -62,9 +68,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_yaml(path: Path) -> Any:
-    """A YAML file's value, safely (no object construction), refusing a key given twice in one mapping."""
-    with open(path, encoding="utf-8") as stream:
-        return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    """A YAML file's value, safely (no object construction), refusing a key given twice in one mapping and a file
+    that is not UTF-8 (naming the line of its first undecodable byte)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8."
+        ) from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)  # the marks of its errors name the file
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 NULL = ("null", "Null", "NULL", "~")
