@@ -208,3 +208,27 @@ def test_a_file_yaml_cannot_give_options_from_is_named_with_its_line(tmp_path, c
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_load_config_says_what_it_takes():
+    with pytest.raises(ConfigError, match="load_config takes a YAML file's path"):
+        load_config({"data": {"train": ["qa.jsonl"]}})
+    with pytest.raises(ConfigError, match="overrides must be a mapping of dotted option names"):
+        load_config(None, ["train.lr=1"])
+    with pytest.raises(ConfigError, match="an option's name is text, like 'train.lr'; got 1"):
+        load_config(None, {1: 2})
+
+
+def test_a_path_or_a_tuple_is_taken_where_the_api_takes_paths_or_a_list(tmp_path):
+    """{'data.eval': Path(...)} was refused as "must be str, got PosixPath", a tuple of files as not a list."""
+    cfg = load_config(
+        None,
+        {
+            "data.eval": tmp_path / "e.jsonl",
+            "data.train": ("a.jsonl", tmp_path / "b.jsonl", {"path": tmp_path / "c.jsonl"}),
+            "output_dir": tmp_path / "run",
+        },
+    ).config
+    assert cfg.data.eval == str(tmp_path / "e.jsonl") and cfg.output_dir == str(tmp_path / "run")
+    assert cfg.data.train[:2] == [str(Path.cwd() / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    assert cfg.data.train[2].path == str(tmp_path / "c.jsonl")

@@ -6,9 +6,10 @@ into a config of its own (`stage_config`).
 from __future__ import annotations
 
 import copy
+import os
 import types
 import typing
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,32 @@ def _construct(node: yaml.Node) -> Any:
     return yaml.SafeLoader("").construct_document(node)
 
 
+def check_overrides(overrides: Any) -> dict[str, Any]:
+    """The overrides argument as a dict, or a ConfigError saying what it must be."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(
+            "overrides must be a mapping of dotted option names to values, like {'train.lr': 1e-4}; got a "
+            f"{type(overrides).__name__}."
+        )
+    for name in overrides:
+        if not isinstance(name, str):
+            raise ConfigError(f"overrides: an option's name is text, like 'train.lr'; got {name!r}.")
+    return dict(overrides)
+
+
+def _python_value(value: Any) -> Any:
+    """A Python override as YAML would give it: a path (pathlib.Path) as its text, a tuple as a list."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, list | tuple):
+        return [_python_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _python_value(v) for k, v in value.items()}
+    return value
+
+
 @dataclass
 class ResolvedConfig:
     """The config, for each dotted option where its value came from ('default', a file, or a flag), and the YAML file
@@ -153,6 +180,11 @@ def load_config(
     values: dict[str, Any] = {}
     origins = {name: "default" for name in options}
     layers: list[tuple[str, dict[str, Any], Path | None]] = []
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise ConfigError(
+            f"load_config takes a YAML file's path (or None), got a {type(path).__name__}; options go in overrides, "
+            "with dotted names: load_config(None, {'train.lr': 1e-4})."
+        )
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -166,12 +198,11 @@ def load_config(
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the config must be a mapping of sections (model:, data:, train:, ...).")
         layers.append((str(path), _flatten(raw, str(path)), path.parent))
-    if overrides:
+    if overrides := check_overrides(overrides):
         flags = {}
         for name, value in overrides.items():
-            if isinstance(value, str):
-                value = read_text_value(value, options[name][1] if name in options else None)
-            flags[name] = value
+            hint = options[name][1] if name in options else None
+            flags[name] = read_text_value(value, hint) if isinstance(value, str) else _python_value(value)
         layers.append(("flag", flags, Path(base_dir) if base_dir else None))
     for source, flat, folder in layers:
         for name, value in flat.items():
