@@ -232,3 +232,34 @@ def test_a_path_or_a_tuple_is_taken_where_the_api_takes_paths_or_a_list(tmp_path
     assert cfg.data.eval == str(tmp_path / "e.jsonl") and cfg.output_dir == str(tmp_path / "run")
     assert cfg.data.train[:2] == [str(Path.cwd() / "a.jsonl"), str(tmp_path / "b.jsonl")]
     assert cfg.data.train[2].path == str(tmp_path / "c.jsonl")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("dat: {train: [qa.jsonl]}\n", "c.yaml: unknown section 'dat'. Did you mean 'data'? The sections are model,"),
+        (
+            "stages:\n  - {train: {lr: 1.0e-4}}\n  - {contine: merge}\n",
+            "c.yaml: stage 2: unknown key 'contine'. Did you mean 'continue'?",
+        ),
+        ("fields: {prompt: q}\n", "unknown option 'fields'. Did you mean data.fields?"),  # a key, not a section
+    ],
+)
+def test_a_misspelt_section_or_stage_key_is_named_with_what_was_meant(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # suggested data.train, an option in another section
+        ({"train": {"lr": 1e-4}}, "'train' is a section, not an option; name its options with dots ('train.lr')"),
+        ({"train": 5}, "'train' is a section, not an option; name its options with dots (like 'train.epochs')"),
+    ],
+)
+def test_a_section_given_as_an_override_says_to_name_its_options_with_dots(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)

@@ -6,6 +6,7 @@ into a config of its own (`stage_config`).
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import types
 import typing
@@ -18,7 +19,7 @@ import yaml
 
 from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths
 from tunelab.config.run import RunConfig, iter_options, section_types
-from tunelab.config.suggest import unknown_option
+from tunelab.config.suggest import unknown_option, unknown_section
 from tunelab.config.validate import check_consistency, option_default, read_by
 from tunelab.config.values import check_constraints, coerce
 from tunelab.errors import ConfigError
@@ -37,6 +38,8 @@ def _flatten(raw: dict, where: str) -> dict[str, Any]:
             for sub, v in value.items():
                 _put(flat, f"{key}.{sub}", v, where)
         else:
+            if isinstance(value, dict) and (error := unknown_section(str(key), where)):
+                raise error
             _put(flat, str(key), value, where)
     return flat
 
@@ -219,7 +222,7 @@ def load_config(
 def _option_value(name: str, value: Any, options: dict, where: str, folder: Path | None) -> Any:
     """One option's value checked against its type and constraints, paths resolved against `folder` (a YAML file's)."""
     if name not in options:
-        raise unknown_option(name, where)
+        raise unknown_option(name, where, value=value)
     f, hint = options[name]
     value = coerce(name, value, hint, where)
     check_constraints(name, value, f, where)
@@ -266,6 +269,11 @@ def _stage_entry(raw: Any, where: str, options: dict, folder: Path | None) -> di
             entry[name] = str(value)
         elif name in NOT_PER_STAGE:
             raise ConfigError(f"{where}: '{name}' belongs to the whole run; set it outside stages:.")
+        elif name not in options and (close := difflib.get_close_matches(name, list(STAGE_KEYS), n=1, cutoff=0.7)):
+            raise ConfigError(
+                f"{where}: unknown key '{name}'. Did you mean '{close[0]}'? A stage takes options (data:, train:, "
+                "...), continue: adapter | merge, and name:."
+            )
         else:
             entry[name] = _option_value(name, value, options, where, folder)
     return entry
