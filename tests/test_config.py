@@ -263,3 +263,15 @@ def test_a_misspelt_section_or_stage_key_is_named_with_what_was_meant(tmp_path, 
 def test_a_section_given_as_an_override_says_to_name_its_options_with_dots(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        ("5", "option 'stages' must be a list of mappings, got 5"),  # was: "must be a mapping like {key: value}"
+        ([{"train": {"lr": 1e-4}}, 5], "option 'stages', entry 2, must be a mapping like {key: value}, got 5"),
+    ],
+)
+def test_stages_that_are_not_a_list_of_mappings_say_so(stages, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, {"stages": stages})
