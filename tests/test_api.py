@@ -69,3 +69,21 @@ def test_one_question_or_text_given_alone_is_one_not_a_list_of_characters(tiny_r
     assert _texts("see you at 6", "texts") == ["see you at 6"] and _texts(("a", "b"), "texts") == ["a", "b"]
     with pytest.raises(ConfigError, match="argument 'texts' must be a text or a list of texts, got int"):
         _texts(3, "texts")
+
+
+def test_arguments_of_the_wrong_kind_say_what_train_takes(tmp_path):
+    """A resolved config with overrides raised ValueError, a mapping as the config TypeError (from pathlib) and a list
+    of overrides AttributeError: each is a ConfigError saying what the function takes."""
+    from tunelab.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {train: [qa.jsonl]}\n")
+    resolved = tunelab.load_config(path)
+    with pytest.raises(ConfigError, match="a ResolvedConfig takes no overrides"):
+        tunelab.train(resolved, {"train.lr": 1e-4})
+    with pytest.raises(ConfigError, match="the config must be a YAML file's path, a RunConfig, a ResolvedConfig"):
+        tunelab.train({"data": {"train": ["qa.jsonl"]}})
+    with pytest.raises(ConfigError, match="overrides must be a mapping of dotted option names to values"):
+        tunelab.train(path, ["train.lr=1"])
+    with pytest.raises(ConfigError, match="overrides must be a mapping of dotted option names to values"):
+        tunelab.check(tunelab.config.RunConfig(), ["train.lr=1"])

@@ -136,6 +136,14 @@ def test_yaml_key_named_as_elsewhere_suggests_our_option(tmp_path, capsys):
     assert "unknown option 'train.learning_rate'. Did you mean train.lr?" in err and "Traceback" not in err
 
 
+def test_a_config_file_that_is_not_utf8_exits_2_naming_it(tmp_path, capsys):
+    config = tmp_path / "latin.yaml"
+    config.write_bytes(b"data: {train: [qa.jsonl]}\nx: caf\xe9\n")
+    assert main(["check", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "latin.yaml, line 2: not UTF-8 text" in err and "Traceback" not in err
+
+
 def test_negative_value_is_parsed_and_refused_with_the_range(tmp_path, capsys):
     assert join_negative_values(["train", "--train.lr", "-1e-4", "--x", "-y"]) == [
         "train",

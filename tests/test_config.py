@@ -153,3 +153,125 @@ def test_every_example_config_loads(path):
 def test_a_mapping_where_a_list_of_sources_goes_names_the_types_without_module_paths():
     with pytest.raises(ConfigError, match=r"'data.train' must be a list of str \| DataSource, got \{'path': 'a'\}"):
         load_config(None, {"data.train": {"path": "a"}})
+
+
+@pytest.mark.parametrize(
+    "name, text, value",
+    [
+        ("output_dir", "0010", "0010"),  # YAML 1.1 reads an octal 8: the run would be written into 8/
+        ("output_dir", "1_000", "1_000"),
+        ("output_dir", "2024-05-01", "2024-05-01"),  # a date
+        ("data.system_prompt", "3.10", "3.10"),
+        ("data.system_prompt", "yes", "yes"),  # True
+        ("eval.refusal", "No", "No"),  # False
+        ("data.system_prompt", "Q: {text} A:", "Q: {text} A:"),  # a mapping
+        ("data.system_prompt", "null", None),  # unsets an optional text
+        ("data.train", "0010", ["0010"]),
+        ("data.train", "[0010, b.jsonl]", ["0010", "b.jsonl"]),
+        ("method.target_modules", "[q_proj, 'on']", ["q_proj", "on"]),
+        ("data.fields", "{prompt: yes, completion: 0010}", {"prompt": "yes", "completion": "0010"}),
+        ("train.lr", "1e-4", 1e-4),  # other options read their text as YAML, as before
+        ("data.packing", "true", True),
+        ("train.max_steps", "0010", 8),
+        ("train.micro_batch", "auto", "auto"),
+    ],
+)
+def test_a_text_option_keeps_its_text_as_typed(name, text, value):
+    """A flag's text (or a str in the Python API's overrides) of a text option was read as YAML: --output_dir 0010
+    trained into 8/, --data.system_prompt 3.10 became 3.1, --eval.refusal No was refused as a bool."""
+    cfg = load_config(None, {name: text}, base_dir="/d").config
+    section, _, key = name.rpartition(".")
+    got = getattr(getattr(cfg, section) if section else cfg, key)
+    if name == "data.train":
+        value = [f"/d/{v}" for v in value]
+    assert got == value and type(got) is type(value)
+
+
+def test_text_options_of_a_staged_run_and_a_list_of_sources_read_as_before():
+    stages = load_config(None, {"stages": "[{train: {lr: 1e-3}}, {data: {system_prompt: Be brief.}}]"}).config.stages
+    assert stages == [{"train.lr": 1e-3}, {"data.system_prompt": "Be brief."}]
+    train = load_config(None, {"data.train": "[a.jsonl, {path: b.jsonl, weight: 2}]"}, base_dir="/d").config.data.train
+    assert train[0] == "/d/a.jsonl" and (train[1].path, train[1].weight) == ("/d/b.jsonl", 2.0)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"data: {train: [qa.jsonl]}\nx: caf\xe9\n", r"c\.yaml, line 2: not UTF-8 text \(byte 0xe9\)"),
+        (b"? [a, b]\n: 1\n", r"c\.yaml, line 1: a key must be a name, not a list"),
+        (b"data:\n  train: [qa.jsonl]\n  {a: 1}: 2\n", r"c\.yaml, line 3: a key must be a name, not a mapping"),
+    ],
+)
+def test_a_file_yaml_cannot_give_options_from_is_named_with_its_line(tmp_path, content, message):
+    """A Latin-1 file stopped with a UnicodeDecodeError, a list or mapping as a key with a TypeError (tracebacks)."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_load_config_says_what_it_takes():
+    with pytest.raises(ConfigError, match="load_config takes a YAML file's path"):
+        load_config({"data": {"train": ["qa.jsonl"]}})
+    with pytest.raises(ConfigError, match="overrides must be a mapping of dotted option names"):
+        load_config(None, ["train.lr=1"])
+    with pytest.raises(ConfigError, match="an option's name is text, like 'train.lr'; got 1"):
+        load_config(None, {1: 2})
+
+
+def test_a_path_or_a_tuple_is_taken_where_the_api_takes_paths_or_a_list(tmp_path):
+    """{'data.eval': Path(...)} was refused as "must be str, got PosixPath", a tuple of files as not a list."""
+    cfg = load_config(
+        None,
+        {
+            "data.eval": tmp_path / "e.jsonl",
+            "data.train": ("a.jsonl", tmp_path / "b.jsonl", {"path": tmp_path / "c.jsonl"}),
+            "output_dir": tmp_path / "run",
+        },
+    ).config
+    assert cfg.data.eval == str(tmp_path / "e.jsonl") and cfg.output_dir == str(tmp_path / "run")
+    assert cfg.data.train[:2] == [str(Path.cwd() / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    assert cfg.data.train[2].path == str(tmp_path / "c.jsonl")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("dat: {train: [qa.jsonl]}\n", "c.yaml: unknown section 'dat'. Did you mean 'data'? The sections are model,"),
+        (
+            "stages:\n  - {train: {lr: 1.0e-4}}\n  - {contine: merge}\n",
+            "c.yaml: stage 2: unknown key 'contine'. Did you mean 'continue'?",
+        ),
+        ("fields: {prompt: q}\n", "unknown option 'fields'. Did you mean data.fields?"),  # a key, not a section
+    ],
+)
+def test_a_misspelt_section_or_stage_key_is_named_with_what_was_meant(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # suggested data.train, an option in another section
+        ({"train": {"lr": 1e-4}}, "'train' is a section, not an option; name its options with dots ('train.lr')"),
+        ({"train": 5}, "'train' is a section, not an option; name its options with dots (like 'train.epochs')"),
+    ],
+)
+def test_a_section_given_as_an_override_says_to_name_its_options_with_dots(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        ("5", "option 'stages' must be a list of mappings, got 5"),  # was: "must be a mapping like {key: value}"
+        ([{"train": {"lr": 1e-4}}, 5], "option 'stages', entry 2, must be a mapping like {key: value}, got 5"),
+    ],
+)
+def test_stages_that_are_not_a_list_of_mappings_say_so(stages, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, {"stages": stages})

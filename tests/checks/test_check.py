@@ -231,3 +231,14 @@ def test_eval_questions_that_cannot_be_asked_stop_the_run_before_training(tiny_o
     questions.write_text(json.dumps(rows[0]) + "\n")
     assert main(["check", *_flags(overrides), "--data-only"]) == 0
     assert "[PASS] eval.questions: the 1 rows of" in capsys.readouterr().out
+
+
+def test_a_stage_without_data_is_named(tiny_overrides):
+    """A stage `{}` of a run whose data is in another stage failed with "option 'data.train' is empty", naming no
+    stage (tunelab train named it)."""
+    overrides = {k: v for k, v in tiny_overrides.items() if k != "data.train"}
+    stages = [{"data": {"train": tiny_overrides["data.train"]}}, {}]
+    with pytest.raises(ConfigError, match="stage 2: option 'data.train' is empty"):
+        tunelab.check(None, overrides | {"stages": stages}, model=False, show=False)
+    with pytest.raises(ConfigError, match="stage 1: option 'data.train' is empty"):
+        tunelab.check(None, overrides | {"stages": stages[::-1]}, model=False, show=False)

@@ -144,7 +144,7 @@ def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"trian": {"lr": 1}}, "stage 2: unknown option 'trian'. Did you mean data.train, train.lr"),
+        ({"trian": {"lr": 1}}, "stage 2: unknown section 'trian'. Did you mean 'train'"),
         ({"model": {"name": "other-model"}}, "stage 2: model.name is 'other-model', but stage 2 starts from stage 1"),
         ({"method": {"r": 8}}, r"continues stage 1's adapter .* method.r 8 \(stage 1: 4\)"),
         ({"method": {"name": "full"}}, "continue: adapter trains stage 1's adapter on"),

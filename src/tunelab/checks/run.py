@@ -139,6 +139,14 @@ def model_items(cfg, inputs) -> list[CheckItem]:
     return items + [compared(name, "the first micro-batch", fast_loss, generic_loss, dtype)]
 
 
+def _stage_inputs(cfg: RunConfig, task, k: int):
+    """load_inputs for stage k of a staged run, its errors naming the stage (as tunelab train names them)."""
+    try:
+        return load_inputs(cfg, task)
+    except (ConfigError, RunDirError) as exc:
+        raise type(exc)(f"stage {k}: {exc}") from None
+
+
 def run_check(
     config: Any = None,
     overrides: dict[str, Any] | None = None,
@@ -177,7 +185,7 @@ def run_check(
         out(f"a staged run of {len(later) + 1} stages: stage 1 is checked in full, the others' data")
     task = get_task("grpo", cfg) if grpo else None  # grpo's rollout reads what its build_data saw
     # DataError (file:line) for a row without input (or label), a classifier of one class
-    inputs = load_inputs(cfg, task)
+    inputs = _stage_inputs(cfg, task, 1) if resolved.config.stages else load_inputs(cfg, task)
     data = inputs.data
     out(data.report.summary())
     if resume and is_run_dir(cfg.output_dir):
@@ -204,7 +212,7 @@ def run_check(
         out(preview_text(rows, inputs.tokenizer, color=show and sys.stdout.isatty()))
         items += data_checks(cfg, inputs)
         for k, stage in enumerate(later, 2):
-            stage_inputs = load_inputs(dataclasses.replace(stage, model=cfg.model))  # the same tokenizer as stage 1
+            stage_inputs = _stage_inputs(dataclasses.replace(stage, model=cfg.model), None, k)  # stage 1's tokenizer
             out(f"stage {k}: " + stage_inputs.data.report.summary())
             stage_data = stage_inputs.data  # its auto values, as train will choose them from the stage's data
             stage_rows = len(epoch_rows(stage_data, stage.train.seed, 0))

@@ -6,6 +6,11 @@ into a config of its own (`stage_config`).
 from __future__ import annotations
 
 import copy
+import difflib
+import os
+import types
+import typing
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +19,7 @@ import yaml
 
 from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths
 from tunelab.config.run import RunConfig, iter_options, section_types
-from tunelab.config.suggest import unknown_option
+from tunelab.config.suggest import unknown_option, unknown_section
 from tunelab.config.validate import check_consistency, option_default, read_by
 from tunelab.config.values import check_constraints, coerce
 from tunelab.errors import ConfigError
@@ -33,6 +38,8 @@ def _flatten(raw: dict, where: str) -> dict[str, Any]:
             for sub, v in value.items():
                 _put(flat, f"{key}.{sub}", v, where)
         else:
+            if isinstance(value, dict) and (error := unknown_section(str(key), where)):
+                raise error
             _put(flat, str(key), value, where)
     return flat
 
@@ -50,6 +57,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # `? [a, b]` or `{a: 1}: x`: YAML allows it, no option is named so
+                raise ConfigError(
+                    f"{self.name}, line {key_node.start_mark.line + 1}: a key must be a name, not a "
+                    f"{'mapping' if isinstance(key, dict) else type(key).__name__}; write the option's name there."
+                )
             if key in seen:
                 raise ConfigError(
                     f"{self.name}, line {key_node.start_mark.line + 1}: key '{key}' is given twice in one mapping (first "
@@ -60,9 +72,86 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_yaml(path: Path) -> Any:
-    """A YAML file's value, safely (no object construction), refusing a key given twice in one mapping."""
-    with open(path, encoding="utf-8") as stream:
-        return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    """A YAML file's value, safely (no object construction), refusing a key given twice in one mapping and a file
+    that is not UTF-8 (naming the line of its first undecodable byte)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8."
+        ) from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)  # the marks of its errors name the file
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+NULL = ("null", "Null", "NULL", "~")
+
+
+def _arms(hint: Any) -> set:
+    """The types a hint allows: a union's members, or the hint itself."""
+    return set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
+
+
+def read_text_value(text: str, hint: Any) -> Any:
+    """An override given as text (a flag's, or a str among the Python API's overrides) as a value for an option of
+    type `hint`. A text option keeps the text as typed, where YAML would read 0010 as 8, 3.10 as 3.1, 1_000 as 1000,
+    2024-05-01 as a date and No as False; an optional one is unset by null (or ~). A list of texts takes one text as a
+    list of one, and the text of each entry of a [flow, list] that is not a mapping; a mapping of texts ({prompt: q}) keeps its keys'
+    and values' text. Any other option reads the text as YAML: 1e-4, true, [a, b], {path: a.jsonl, weight: 2}."""
+    if str in _arms(hint) and _arms(hint) <= {str, type(None)}:
+        return None if type(None) in _arms(hint) and text.strip() in NULL else text
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+    if node is None:  # blank, or only a comment
+        return text
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list and str in _arms(args[0]):
+        if isinstance(node, yaml.ScalarNode):
+            return [text]
+        if isinstance(node, yaml.SequenceNode):
+            return [v.value if isinstance(v, yaml.ScalarNode) else _construct(v) for v in node.value]
+    if origin is dict and args == (str, str) and isinstance(node, yaml.MappingNode):
+        if all(isinstance(n, yaml.ScalarNode) for pair in node.value for n in pair):
+            return {k.value: v.value for k, v in node.value}
+    return _construct(node)
+
+
+def _construct(node: yaml.Node) -> Any:
+    return yaml.SafeLoader("").construct_document(node)
+
+
+def check_overrides(overrides: Any) -> dict[str, Any]:
+    """The overrides argument as a dict, or a ConfigError saying what it must be."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(
+            "overrides must be a mapping of dotted option names to values, like {'train.lr': 1e-4}; got a "
+            f"{type(overrides).__name__}."
+        )
+    for name in overrides:
+        if not isinstance(name, str):
+            raise ConfigError(f"overrides: an option's name is text, like 'train.lr'; got {name!r}.")
+    return dict(overrides)
+
+
+def _python_value(value: Any) -> Any:
+    """A Python override as YAML would give it: a path (pathlib.Path) as its text, a tuple as a list."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, list | tuple):
+        return [_python_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _python_value(v) for k, v in value.items()}
+    return value
 
 
 @dataclass
@@ -94,6 +183,11 @@ def load_config(
     values: dict[str, Any] = {}
     origins = {name: "default" for name in options}
     layers: list[tuple[str, dict[str, Any], Path | None]] = []
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise ConfigError(
+            f"load_config takes a YAML file's path (or None), got a {type(path).__name__}; options go in overrides, "
+            "with dotted names: load_config(None, {'train.lr': 1e-4})."
+        )
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -107,18 +201,11 @@ def load_config(
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the config must be a mapping of sections (model:, data:, train:, ...).")
         layers.append((str(path), _flatten(raw, str(path)), path.parent))
-    if overrides:
+    if overrides := check_overrides(overrides):
         flags = {}
         for name, value in overrides.items():
-            if isinstance(value, str):
-                try:
-                    parsed = yaml.safe_load(value) if value.strip() else value
-                except yaml.YAMLError:
-                    parsed = value
-                # A text option keeps its text when YAML would make a mapping or list of it ('Q: {text} A:')
-                text = name in options and options[name][1] in (str, str | None)
-                value = value if text and isinstance(parsed, dict | list) else parsed
-            flags[name] = value
+            hint = options[name][1] if name in options else None
+            flags[name] = read_text_value(value, hint) if isinstance(value, str) else _python_value(value)
         layers.append(("flag", flags, Path(base_dir) if base_dir else None))
     for source, flat, folder in layers:
         for name, value in flat.items():
@@ -135,7 +222,7 @@ def load_config(
 def _option_value(name: str, value: Any, options: dict, where: str, folder: Path | None) -> Any:
     """One option's value checked against its type and constraints, paths resolved against `folder` (a YAML file's)."""
     if name not in options:
-        raise unknown_option(name, where)
+        raise unknown_option(name, where, value=value)
     f, hint = options[name]
     value = coerce(name, value, hint, where)
     check_constraints(name, value, f, where)
@@ -191,6 +278,11 @@ def _stage_entry(raw: Any, where: str, options: dict, folder: Path | None) -> di
             raise ConfigError(
                 f"{where}: '{name}': a stage is not federated; federated options belong to a tunelab federate "
                 "config, without stages:."
+            )
+        elif name not in options and (close := difflib.get_close_matches(name, list(STAGE_KEYS), n=1, cutoff=0.7)):
+            raise ConfigError(
+                f"{where}: unknown key '{name}'. Did you mean '{close[0]}'? A stage takes options (data:, train:, "
+                "...), continue: adapter | merge, and name:."
             )
         else:
             entry[name] = _option_value(name, value, options, where, folder)

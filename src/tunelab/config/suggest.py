@@ -1,11 +1,12 @@
-"""An unknown option name and what the user may have meant: by what other tools call our options (ALIASES), by the
+"""An unknown option or section name and what the user may have meant: by what other tools call our options (ALIASES), by the
 right key in the wrong section, then by spelling. YAML keys and command-line flags get the same suggestions."""
 
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
-from tunelab.config.run import iter_options
+from tunelab.config.run import iter_options, section_names
 from tunelab.errors import ConfigError
 
 # Names other tools (transformers' TrainingArguments, axolotl, torchtune, PEFT) use for our options: a typo suggestion
@@ -94,7 +95,29 @@ def suggest(name: str) -> list[str]:
     return [o for o in dict.fromkeys(found) if o != name][:3]
 
 
-def unknown_option(name: str, where: str, flag: bool = False) -> ConfigError:
+def unknown_option(name: str, where: str, flag: bool = False, value: Any = None) -> ConfigError:
+    """The error for option `name`, unknown, with what may have been meant; `value` is the value it was given."""
+    if name in section_names():  # {'train': {'lr': 1e-4}} among overrides, or --train
+        keys = list(value) if isinstance(value, dict) and value else [_first_key(name)]
+        dotted = ", ".join(f"--{name}.{k}" if flag else f"'{name}.{k}'" for k in keys)
+        like = "" if isinstance(value, dict) and value else "like "
+        return ConfigError(
+            f"{where}: '{name}' is a section, not an option; name its options with dots ({like}{dotted})."
+        )
     close = [f"--{o}" if flag else o for o in suggest(name)]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"{where}: unknown option '{name}'.{hint} Run 'tunelab train --help' for the list.")
+
+
+def _first_key(section: str) -> str:
+    return next(n for n, _, _ in iter_options() if n.startswith(f"{section}.")).partition(".")[2]
+
+
+def unknown_section(name: str, where: str) -> ConfigError | None:
+    """The error for a top-level key holding a mapping that is spelt like a section (`dat:`), or None."""
+    close = difflib.get_close_matches(name.lower(), section_names(), n=1, cutoff=0.7)
+    if not close:
+        return None
+    return ConfigError(
+        f"{where}: unknown section '{name}'. Did you mean '{close[0]}'? The sections are {', '.join(section_names())}."
+    )

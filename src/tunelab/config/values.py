@@ -53,10 +53,17 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {value!r}.")
     if origin is list:
         (item,) = typing.get_args(hint)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        mappings = typing.get_origin(item) is dict  # stages: a scalar is no list of one
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and not mappings:
             value = [value]
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: option '{name}' must be a list of {_type_name(item)}, got {value!r}.")
+            what = "mappings" if mappings else _type_name(item)
+            raise ConfigError(f"{where}: option '{name}' must be a list of {what}, got {value!r}.")
+        for k, v in enumerate(value, 1):
+            if mappings and not isinstance(v, dict):
+                raise ConfigError(
+                    f"{where}: option '{name}', entry {k}, must be a mapping like {{key: value}}, got {v!r}."
+                )
         return [coerce(name, v, item, where) for v in value]
     if origin is dict:
         if not isinstance(value, dict):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from torch import nn
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
+from tunelab.config.load import check_overrides
 from tunelab.data.loader import epoch_rows
 from tunelab.errors import CheckFailed, ConfigError
 from tunelab.kernels.lora import accumulate_into_grads
@@ -85,8 +87,17 @@ def resolve(
     """Accept a YAML path, a RunConfig, or an already resolved config, and apply overrides."""
     if isinstance(config, ResolvedConfig):
         if overrides:
-            raise ValueError("apply overrides when loading the config")
+            raise ConfigError(
+                "a ResolvedConfig takes no overrides: it is already resolved. Give them to load_config(path, "
+                "overrides) that makes it, or pass the YAML path (or a RunConfig) with the overrides."
+            )
         return config
+    if config is not None and not isinstance(config, str | os.PathLike | RunConfig):
+        raise ConfigError(
+            f"the config must be a YAML file's path, a RunConfig, a ResolvedConfig, or None with every option in "
+            f"overrides; got a {type(config).__name__}. Options go in overrides, with dotted names: "
+            "{'train.lr': 1e-4}."
+        )
     if isinstance(config, RunConfig):
         flat = {}
         for section, value in dataclasses.asdict(config).items():
@@ -98,7 +109,7 @@ def resolve(
                 flat.update({f"{section}.{k}": v for k, v in value.items()})
             else:
                 flat[section] = value
-        resolved = load_config(None, flat | (overrides or {}))
+        resolved = load_config(None, flat | check_overrides(overrides))
         resolved.origins = {k: ("python" if v != "default" else v) for k, v in resolved.origins.items()}
         return resolved
     return load_config(config, overrides)
