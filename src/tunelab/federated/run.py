@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from tunelab.config import ResolvedConfig, RunConfig, dump_yaml
 from tunelab.errors import ConfigError, RunDirError, TunelabError
 from tunelab.eval.compare import compare_after_training
-from tunelab.federated.history import all_rounds_done, read_state
+from tunelab.federated.history import all_rounds_done
+from tunelab.federated.resume import check_resume
 from tunelab.federated.setup import require_accountant
 from tunelab.federated.shards import ClientData, client_data, federation_protected
 from tunelab.rundir import read_info
@@ -65,15 +66,15 @@ def check_config(cfg: RunConfig) -> None:
         )
 
 
-def check_run_dir(cfg: RunConfig, resume: bool, config: Any) -> None:
+def check_run_dir(cfg: RunConfig, resume: bool, config: Any) -> list[str]:
     """Fail before any client starts, and delete nothing here (the server replaces the folder, as tunelab train does:
-    training/outdir.py)."""
+    training/outdir.py). With `resume`, the config against the run's (federated/resume.py): the notes about the
+    changes it allows."""
     run_dir = Path(cfg.output_dir)
     if resume:
-        if read_state(run_dir) is None:
-            raise RunDirError(f"{run_dir}: nothing to resume (no federated.json: no round finished there).")
-        return
+        return check_resume(run_dir, cfg)
     plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg, config))
+    return []
 
 
 def federation_clients(cfg: RunConfig) -> list[ClientData]:
