@@ -185,6 +185,21 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path, tiny_model_dir, fe
         tunelab.federate(federate_config(tmp_path, tiny_model_dir), overrides)
 
 
+def test_options_a_federation_does_not_read_are_refused(
+    tmp_path, tiny_model_dir, federate_config, no_simulation, capsys
+):
+    config = federate_config(tmp_path, tiny_model_dir)
+    unread = ["--train.max_steps", "50", "--train.save_every", "1", "--train.eval_every", "2"]
+    unread += ["--stages", f"[{{data: {{train: [{tmp_path / 'site0.jsonl'}]}}, train: {{lr: 0.5}}}}]"]
+    for command in (["federate"], ["check", "--data-only"]):
+        assert main([*command, str(config), *unread]) == 2
+        err = capsys.readouterr().err
+        for name in ("train.max_steps (50)", "train.save_every (1)", "train.eval_every (2)", "stages ("):
+            assert name in err, err
+        assert "federated.rounds x federated.local_steps" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_run_directory_is_never_replaced_silently(tmp_path, tiny_model_dir, federate_config):
     import tunelab
     from tunelab.errors import RunDirError
