@@ -126,6 +126,17 @@ def test_unknown_flag_exits_2_with_suggestions(capsys):
     assert "Did you mean --train.lr?" in capsys.readouterr().err
     assert main(["check", "--train.packing", "true"]) == 2
     assert "Did you mean --data.packing" in capsys.readouterr().err
+    assert main(["plan", "--train.lrr", "1"]) == 2
+    assert "unknown option 'train.lrr'. Did you mean --train.lr" in capsys.readouterr().err
+    assert main(["federate", "fed.yaml", "--federated.round", "3"]) == 2
+    assert "unknown option 'federated.round'. Did you mean --federated.rounds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "check", "plan", "federate"])
+def test_an_abbreviated_flag_is_refused_not_completed(command, capsys):
+    # argparse would take --federated.local for --federated.local_steps and --train.ep for --train.epochs
+    assert main([command, "c.yaml", "--federated.local", "5", "--train.ep", "2"]) == 2
+    assert "unknown option 'federated.local'. Did you mean --federated.local_steps" in capsys.readouterr().err
 
 
 def test_yaml_key_named_as_elsewhere_suggests_our_option(tmp_path, capsys):

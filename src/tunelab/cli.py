@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Federated LoRA fine-tuning on Flower. The federated options name each client's data; by "
         "default Flower's simulation engine runs the server and every client on this machine. With --app-dir, "
         "write a Flower App for Flower's deployment engine (flower-superlink, flower-supernode, flwr run) instead.",
+        allow_abbrev=False,
     )
     federate.add_argument("config", nargs="?", help="YAML config file with a federated: section")
     federate.add_argument(
@@ -538,9 +539,10 @@ def join_negative_values(argv: list[str]) -> list[str]:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """parse_args, but an unknown flag of train/check is a ConfigError with suggestions (exit 2 like any bad option)."""
+    """parse_args, but an unknown flag of a command that takes the config options (train, check, plan, federate) is a
+    ConfigError with suggestions (exit 2 like any bad option)."""
     args, unknown = parser.parse_known_args(argv)
-    if unknown and getattr(args, "command", None) in ("train", "check"):
+    if unknown and getattr(args, "command", None) in ("train", "check", "plan", "federate"):
         from tunelab.config import unknown_option
 
         flag = next((u for u in unknown if u.startswith("-")), unknown[0])

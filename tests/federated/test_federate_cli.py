@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
 pytest.importorskip("ray", reason="Flower's simulation engine needs ray")
@@ -127,6 +128,34 @@ def test_resume_after_the_server_is_stopped(
     assert main(["federate", str(config), "--resume"]) == 0  # nothing left to do, and no simulation started for it
     assert "all 2 rounds are done" in capsys.readouterr().out
 
+    # more rounds may be asked for on resume; config.yaml, federated.json and run.json then say so
+    done = _federate(config, "--resume", "--federated.rounds", "3")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resume: federated.rounds: 2 -> 3" in done.stdout and "round 3/3 | eval loss" in done.stdout
+    assert yaml.safe_load((run / "config.yaml").read_text())["federated"]["rounds"] == 3
+    assert json.loads(state.read_text())["rounds"] == json.loads(state.read_text())["rounds_done"] == 3
+    assert json.loads((run / "run.json").read_text())["extra"]["federated"]["rounds"] == 3
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_config_before_anything_runs(uninterrupted, no_simulation, capsys):
+    run, done = uninterrupted
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    config, saved = run.parent / "federate.yaml", (run / "config.yaml").read_text()
+    west = run.parent / "west.jsonl"
+    west.write_text((run.parent / "site1.jsonl").read_text())
+    changed = ["--train.lr", "0.05", "--train.seed", "9", "--federated.local_steps", "2"]
+    changed += ["--federated.clients", f"[{run.parent / 'site0.jsonl'}, {west}]"]
+    capsys.readouterr()
+    assert main(["federate", str(config), "--resume", "--federated.rounds", "3", *changed]) == 2
+    err = capsys.readouterr().err
+    for line in ("train.lr: 0.001 -> 0.05", "train.seed: 42 -> 9", "federated.local_steps: 3 -> 2", "west.jsonl"):
+        assert line in err, err
+    assert "federated.rounds" not in err  # more rounds are allowed
+    assert main(["federate", str(config), "--resume", "--federated.rounds", "1"]) == 2
+    assert "fewer than the 2 rounds the federation has done" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == saved
+
 
 def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, federate_config, no_simulation, capsys):
     config = federate_config(tmp_path, tiny_model_dir)
@@ -154,6 +183,21 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path, tiny_model_dir, fe
 
     with pytest.raises(TunelabError, match=message):
         tunelab.federate(federate_config(tmp_path, tiny_model_dir), overrides)
+
+
+def test_options_a_federation_does_not_read_are_refused(
+    tmp_path, tiny_model_dir, federate_config, no_simulation, capsys
+):
+    config = federate_config(tmp_path, tiny_model_dir)
+    unread = ["--train.max_steps", "50", "--train.save_every", "1", "--train.eval_every", "2"]
+    unread += ["--stages", f"[{{data: {{train: [{tmp_path / 'site0.jsonl'}]}}, train: {{lr: 0.5}}}}]"]
+    for command in (["federate"], ["check", "--data-only"]):
+        assert main([*command, str(config), *unread]) == 2
+        err = capsys.readouterr().err
+        for name in ("train.max_steps (50)", "train.save_every (1)", "train.eval_every (2)", "stages ("):
+            assert name in err, err
+        assert "federated.rounds x federated.local_steps" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_run_directory_is_never_replaced_silently(tmp_path, tiny_model_dir, federate_config):

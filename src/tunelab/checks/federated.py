@@ -48,11 +48,11 @@ def output_item(cfg: RunConfig, config: Any, resume: bool) -> CheckItem:
 
     name = "resume" if resume else "output_dir"
     try:
-        check_run_dir(cfg, resume, config)
+        notes = check_run_dir(cfg, resume, config)
     except (RunDirError, ConfigError) as exc:
         return CheckItem(name, "fail", str(exc))
     if resume:
-        return CheckItem(name, "pass", f"{cfg.output_dir}: federate resumes after its last finished round")
+        return CheckItem(name, "pass", f"{cfg.output_dir}: federate resumes after its last finished round", notes)
     exists = Path(cfg.output_dir).exists()
     return CheckItem(name, "pass", f"{cfg.output_dir}: " + ("federate replaces it" if exists else "new"))
 

@@ -5,13 +5,16 @@ Everything that decides a step is a pure function of (seed, client name, round),
 resumed federation trains exactly as an uninterrupted one would:
 
 - data: the client's micro-batches form one endless stream, epoch after epoch, each epoch shuffled by
-  (train.seed, epoch) as in `tunelab train`; round r's step g (g = (r-1) * local_steps + i) takes micro-batches
-  [g * grad_accum, (g+1) * grad_accum) of that stream, so every step holds grad_accum micro-batches;
+  (train.seed, epoch) as in `tunelab train` (train.group_by_length too); round r's step g
+  (g = (r-1) * local_steps + i) takes micro-batches [g * grad_accum, (g+1) * grad_accum) of that stream, so every
+  step holds grad_accum micro-batches;
 - learning rate: the run's schedule over rounds * local_steps steps, at step g;
 - `auto` training options: chosen by tunelab train's rules (training/auto.py) for a run of rounds * local_steps
   steps: the rate from the model's width (the same on every client), the micro-batch from the client's own rows;
 - optimizer: a fresh AdamW each round (its moments are the client's, and would mix data across rounds unseen by
   the server's average);
+- NEFTune (train.neftune_alpha): noise on the input embeddings of the client's training forwards, drawn from the
+  round's seed;
 - FedProx: the proximal term (mu/2) ||w - w_global||^2 over the adapter weights enters through the gradients
   (see `proximal_term`), so `train_step` itself is the one every tunelab run uses.
 """
@@ -37,6 +40,7 @@ from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import adapter_state_dict
 from tunelab.training.auto import model_shape, resolve_auto
 from tunelab.training.build import build_model, checkpoint_mode
+from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import train_step
@@ -98,7 +102,13 @@ class BatchStream:
         if epoch not in self.epochs:
             self.epochs = {
                 epoch: make_batches(
-                    self.rows, self.t.micro_batch, self.pad_id, shuffle=self.shuffle, seed=self.t.seed, epoch=epoch
+                    self.rows,
+                    self.t.micro_batch,
+                    self.pad_id,
+                    shuffle=self.shuffle,
+                    seed=self.t.seed,
+                    epoch=epoch,
+                    group_by_length=self.t.group_by_length,
                 )
             }
         return self.epochs[epoch]
@@ -148,6 +158,8 @@ def local_train(
     t = resolve_auto(federation, config.method, len(datasets.train), model_shape(built.hf_config), False).train
     config = dataclasses.replace(config, train=t)
 
+    if t.neftune_alpha:  # on training forwards only; the model is this round's, so the hook is never removed
+        add_embedding_noise(built.model, t.neftune_alpha)
     optimizer = build_optimizer(built.model, t.lr, t.weight_decay, t.optimizer)
     total, first = rounds * steps, (round_ - 1) * steps
     warmup = int(t.warmup_ratio * total)

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.config import ResolvedConfig, RunConfig, dump_yaml
+from tunelab.config import ResolvedConfig, RunConfig, dump_yaml, iter_options
+from tunelab.config.validate import option_default
 from tunelab.errors import ConfigError, RunDirError, TunelabError
 from tunelab.eval.compare import compare_after_training
-from tunelab.federated.history import all_rounds_done, read_state
+from tunelab.federated.history import all_rounds_done
+from tunelab.federated.resume import check_resume
 from tunelab.federated.setup import require_accountant
 from tunelab.federated.shards import ClientData, client_data, federation_protected
 from tunelab.rundir import read_info
@@ -36,8 +38,44 @@ class FederateResult:
     epsilon: float | None
 
 
+# Options of tunelab train that a federation does not read, and what it does instead: set to anything but their
+# default, they are refused rather than ignored.
+NOT_READ = {
+    "stages": "a federation trains one adapter over federated.rounds; it has no stages",
+    "model.adapter": "the server starts every federation from a fresh adapter, initialised by train.seed",
+    "data.mix_by": "each client reads its own files whole, with no mixture weights",
+    "data.temperature": "each client reads its own files whole, with no mixture weights",
+    "train.epochs": "federated.rounds x federated.local_steps set how long it trains",
+    "train.max_steps": "federated.rounds x federated.local_steps set how long it trains",
+    "train.eval_every": "the server evaluates the global adapter on data.eval after every round",
+    "train.save_every": "the server saves the global adapter after every round, and --resume continues from it",
+    "train.keep_checkpoints": "the server keeps the global adapters of the last two rounds",
+    "train.keep_checkpoints_after_finish": "the server keeps the global adapters of the last two rounds",
+    "train.max_bad_steps": "a client's step whose loss or gradient is not finite is skipped, and the round goes on",
+    "train.log_every": "metrics.jsonl holds one record per round and per client and round",
+    "train.checkpoint_layers": "with train.checkpointing: true, clients recompute every decoder layer",
+    "train.gpu_memory": "no memory planner runs for it; set train.micro_batch and train.checkpointing",
+    "train.cuda_graphs": "clients run the plain train step, without CUDA graphs",
+    "train.sharding": "each client trains in one process",
+    "train.report_to": "its metrics go to metrics.jsonl and federated.png",
+}
+
+
 def check_config(cfg: RunConfig) -> None:
     """Rules for a federated run beyond the per-option ones."""
+    defaults = {name: option_default(f) for name, f, _ in iter_options()}
+    unread = []
+    for name, instead in NOT_READ.items():
+        section, _, key = name.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, key)
+        if value != defaults[name]:
+            unread.append(f"{name} ({value!r}): {instead}")
+    if unread:
+        raise ConfigError(
+            f"tunelab federate does not read these options, which are set: {'; '.join(unread)}. Remove them (a "
+            "federation's data is in federated.clients or federated.split_file; its length in federated.rounds and "
+            "federated.local_steps)."
+        )
     if cfg.task != "sft":
         raise ConfigError(
             f"option 'task' is {cfg.task}; a federation trains task sft (the clients' answers), so remove the option "
@@ -65,15 +103,15 @@ def check_config(cfg: RunConfig) -> None:
         )
 
 
-def check_run_dir(cfg: RunConfig, resume: bool, config: Any) -> None:
+def check_run_dir(cfg: RunConfig, resume: bool, config: Any) -> list[str]:
     """Fail before any client starts, and delete nothing here (the server replaces the folder, as tunelab train does:
-    training/outdir.py)."""
+    training/outdir.py). With `resume`, the config against the run's (federated/resume.py): the notes about the
+    changes it allows."""
     run_dir = Path(cfg.output_dir)
     if resume:
-        if read_state(run_dir) is None:
-            raise RunDirError(f"{run_dir}: nothing to resume (no federated.json: no round finished there).")
-        return
+        return check_resume(run_dir, cfg)
     plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg, config))
+    return []
 
 
 def federation_clients(cfg: RunConfig) -> list[ClientData]:

@@ -28,6 +28,7 @@ from tunelab.errors import RunDirError
 from tunelab.federated.history import all_rounds_done, plot_federation, read_state, round_records, write_state
 from tunelab.federated.local import server_eval_datasets
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
+from tunelab.federated.resume import check_resume
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.federated.shards import federation_protected
 from tunelab.models.load import base_record, load_tokenizer, resolve_source
@@ -104,10 +105,10 @@ def run_federation(
     cfg = resolved.config
     f = cfg.federated
     run_dir = Path(cfg.output_dir)
+    notes = []
     if resume:
+        notes = check_resume(run_dir, cfg)  # the deployment engine's server is the first to check it
         state = read_state(run_dir)
-        if state is None:
-            raise RunDirError(f"{run_dir}: nothing to resume (no federated.json: no round finished there).")
     else:
         # The overwrite rules of tunelab train (training/outdir.py): a run directory only, kept aside until this one ends.
         plan = plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg))
@@ -118,6 +119,8 @@ def run_federation(
     state["clients"] = clients or state.get("clients", [])
     print("tunelab federate — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
+    for note in notes:
+        print(note, flush=True)
     if done >= f.rounds:
         print(all_rounds_done(run_dir, f.rounds), flush=True)
         return run_dir
@@ -131,10 +134,9 @@ def run_federation(
     if resume:
         load_adapter_state(model, load_round(run_dir, done))
         print(f"resuming {run_dir} after round {done} of {f.rounds}", flush=True)
-    else:
-        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
-        if eval_report is not None:
-            write_json(run_dir / "data_report.json", eval_report)
+    elif eval_report is not None:
+        write_json(run_dir / "data_report.json", eval_report)
+    write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))  # resumed: with the changes allowed, which a later --resume reads
     initial = to_record(adapter_state_dict(model))
     print(
         f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); the adapter clients exchange: "

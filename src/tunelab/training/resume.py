@@ -5,7 +5,8 @@ The config given to --resume is compared with the run's saved config.yaml, optio
 - options that only say how the run is watched, saved or held in memory (eval/save/log intervals, checkpoints kept,
   activation checkpointing, the questions asked at the end, ...) may change; the change is printed;
 - train.max_steps and train.epochs may change (to no fewer steps than the checkpoint has done): the run continues
-  to the new length, with the learning-rate schedule recomputed for it from the checkpoint on; this is said;
+  to the new length, with the learning-rate schedule recomputed for it from the checkpoint on; this is said (a
+  federation passes its own length option, federated.rounds: federated/resume.py);
 - every other change (the model, the data, the method, the optimizer and its schedule, the seed) would make the
   resumed run a different run, so it is refused with the list of differences (exit code 2).
 
@@ -29,6 +30,7 @@ from typing import Any
 import yaml
 
 from tunelab.config import ACTION_OPTIONS, AUTO, RunConfig, auto_options, iter_options, section_names, to_dict
+from tunelab.config.paths import PATH_OPTIONS
 from tunelab.config.validate import read_by, run_tasks
 from tunelab.data.packing import Packed
 from tunelab.data.report import location_path
@@ -55,11 +57,12 @@ ALLOWED = {
     "eval.questions",
     "eval.refusal",
     "eval.max_new_tokens",
+    "federated.client_cpus",
+    "federated.round_timeout",
     *ACTION_OPTIONS,
 }
 LENGTH = {"train.max_steps", "train.epochs"}
 KEPT = "as the run chose at its start: "
-PATHS = {"data.train", "data.eval", "eval.questions"}
 
 
 def _flat(values: dict) -> dict[str, Any]:
@@ -75,7 +78,7 @@ def _flat(values: dict) -> dict[str, Any]:
 def _same(name: str, old: Any, new: Any) -> bool:
     if old == new:
         return True
-    if name in PATHS and old is not None and new is not None:
+    if name in PATH_OPTIONS and old is not None and new is not None:
         olds, news = (v if isinstance(v, list) else [v] for v in (old, new))
         return len(olds) == len(news) and all(
             Path(a).resolve() == Path(b).resolve() if isinstance(a, str) and isinstance(b, str) else a == b
@@ -84,9 +87,12 @@ def _same(name: str, old: Any, new: Any) -> bool:
     return False
 
 
-def config_changes(saved: dict, cfg: RunConfig, chosen: dict | None = None) -> tuple[list[str], list[str]]:
+def config_changes(
+    saved: dict, cfg: RunConfig, chosen: dict | None = None, length: set[str] = LENGTH
+) -> tuple[list[str], list[str]]:
     """(refused, allowed): one 'option: old -> new' line per difference between the saved and the new config.
-    chosen: run.json's `extra.auto` ({option: {value, reason}}), what the run's `auto` options became."""
+    chosen: run.json's `extra.auto` ({option: {value, reason}}), what the run's `auto` options became; length: the
+    options that set how long the run trains (allowed to change)."""
     current = _flat(to_dict(cfg))
     defaults = _flat(to_dict(RunConfig()))
     saved = _flat(saved)
@@ -109,7 +115,7 @@ def config_changes(saved: dict, cfg: RunConfig, chosen: dict | None = None) -> t
         if _same(name, old, new):
             continue
         line = f"{name}: {shown} -> {new!r}"
-        (allowed if name in ALLOWED | LENGTH else refused).append(line)
+        (allowed if name in ALLOWED | length else refused).append(line)
     return refused, allowed
 
 
@@ -150,10 +156,11 @@ def kept_auto(run_dir: Path, cfg: RunConfig) -> dict[str, Choice]:
     return kept
 
 
-def check_resume_config(run_dir: Path, cfg: RunConfig) -> list[str]:
-    """ConfigError listing the changes that break exactness; otherwise the notes to print about allowed ones."""
+def check_resume_config(run_dir: Path, cfg: RunConfig, length: set[str] = LENGTH) -> list[str]:
+    """ConfigError listing the changes that break exactness; otherwise the notes to print about allowed ones.
+    length: the options that set how long the run trains (train's, or a federation's federated.rounds)."""
     path = Path(run_dir) / CONFIG_FILE
-    refused, allowed = config_changes(_saved_config(run_dir), cfg, _chosen(run_dir))
+    refused, allowed = config_changes(_saved_config(run_dir), cfg, _chosen(run_dir), length)
     if refused:
         raise ConfigError(
             f"{run_dir}: --resume continues the run with the config it started with, and these options differ from "
@@ -165,7 +172,7 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> list[str]:
         name = line.split(":")[0]
         if name == "train.epochs" and cfg.train.max_steps:
             notes.append(f"resume: {line}; no change: train.max_steps ({cfg.train.max_steps}) sets the length")
-        elif name in LENGTH:
+        elif name in length:
             notes.append(f"resume: {line}; the run continues to the new length, its learning-rate schedule recomputed")
         elif name == "model.device":
             notes.append(f"resume: {line} (allowed: the remaining steps run there, not bit-identical to staying put)")
@@ -174,6 +181,8 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> list[str]:
                 f"resume: {line} (allowed: it changes when the run is evaluated, not what it learns; with "
                 "train.keep_best those evaluations choose the step saved as the result)"
             )
+        elif name.startswith("federated."):
+            notes.append(f"resume: {line} (allowed: it changes how the federation is run, not what it learns)")
         else:
             notes.append(f"resume: {line} (allowed: it changes how the run is watched or saved, not what it learns)")
     return notes

@@ -1,0 +1,36 @@
+"""`tunelab federate --resume`: the config is checked against the run's config.yaml by tunelab train's rules
+(training/resume.py), with federated.rounds as the option that sets the length.
+
+So a resumed federation refuses every change that would make it another run (the model, the data, the clients,
+the method, the learning rate, the seed, local_steps, the strategy, ...), listing each as `option: old -> new`;
+federated.rounds may change to no fewer than the rounds done (the schedule over rounds x local_steps is recomputed
+from the next round on); options that only say how the run is watched or run may change. The server writes the
+config it resumes with to config.yaml, so a later --resume compares with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.config import RunConfig
+from tunelab.errors import ConfigError, RunDirError
+from tunelab.federated.history import read_state
+from tunelab.training.resume import check_resume_config
+
+LENGTH = {"federated.rounds"}
+
+
+def check_resume(run_dir: str | Path, cfg: RunConfig) -> list[str]:
+    """RunDirError when nothing can be resumed, ConfigError for a refused change; else the notes about allowed ones."""
+    run_dir = Path(run_dir)
+    state = read_state(run_dir)
+    if state is None:
+        raise RunDirError(f"{run_dir}: nothing to resume (no federated.json: no round finished there).")
+    notes = check_resume_config(run_dir, cfg, length=LENGTH)
+    done = int(state["rounds_done"])
+    if cfg.federated.rounds < done:
+        raise ConfigError(
+            f"{run_dir}: option 'federated.rounds' is {cfg.federated.rounds}, fewer than the {done} rounds the "
+            f"federation has done; ask for at least {done} to resume."
+        )
+    return notes

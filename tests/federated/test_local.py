@@ -1,0 +1,69 @@
+"""A client's local training (federated/local.py) honours the sft options it reads: NEFTune noise on its training
+forwards, and train.group_by_length in its stream of micro-batches."""
+
+import pytest
+
+pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+
+import dataclasses
+import json
+
+import torch
+
+from tunelab.config import DataConfig, FederatedConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
+from tunelab.data.loader import make_batches
+from tunelab.federated.local import BatchStream, client_datasets, local_train
+from tunelab.federated.shards import ClientData
+from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.peft.save import adapter_state_dict
+from tunelab.training.build import build_model
+
+
+@pytest.fixture
+def client(tmp_path):
+    path = tmp_path / "site.jsonl"
+    rows = [
+        {"question": f"Code of box {i}?" + " Please." * (i % 5), "answer": f"Box {i}: {1000 + 37 * i}."}
+        for i in range(16)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ClientData("site", (str(path),))
+
+
+def _config(model_dir, **train) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(name=str(model_dir)),
+        data=DataConfig(train=[], system_prompt="You answer box questions.", max_length=64),
+        method=MethodConfig(r=4),
+        train=TrainConfig(micro_batch=4, lr=1e-2, **train),
+        federated=FederatedConfig(local_steps=2, rounds=2),
+    )
+
+
+def test_neftune_noise_reaches_the_clients_training(tiny_model_dir, client):
+    config = _config(tiny_model_dir)
+    torch.manual_seed(0)
+    initial = adapter_state_dict(build_model(resolve_source(config.model.name), config.model, config.method).model)
+
+    def adapter(cfg):
+        return local_train(cfg, client, initial, 1, 2, 0.0).adapter
+
+    plain, noisy = (
+        adapter(config),
+        adapter(dataclasses.replace(config, train=TrainConfig(micro_batch=4, lr=1e-2, neftune_alpha=5.0))),
+    )
+    again = adapter(config)
+    assert all(torch.equal(plain[k], again[k]) for k in plain)  # a round is a function of its seed
+    assert any(not torch.equal(plain[k], noisy[k]) for k in plain)
+
+
+def test_group_by_length_orders_the_clients_micro_batches(tiny_model_dir, client):
+    config = _config(tiny_model_dir, group_by_length=True)
+    tokenizer = load_tokenizer(resolve_source(config.model.name), False)
+    data = client_datasets(config.data, tokenizer, config.train.seed, client)
+    stream = BatchStream(data, config, tokenizer.pad_token_id)
+    grouped = make_batches(data.train, 4, tokenizer.pad_token_id, shuffle=True, seed=42, epoch=0, group_by_length=True)
+    plain = make_batches(data.train, 4, tokenizer.pad_token_id, shuffle=True, seed=42, epoch=0)
+    assert any(not torch.equal(g["input_ids"], p["input_ids"]) for g, p in zip(grouped, plain))  # the test can tell
+    for step, batch in enumerate(grouped):
+        assert torch.equal(stream.step(step)[0]["input_ids"], batch["input_ids"])
