@@ -549,7 +549,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         if not flag.startswith("-"):
             raise ConfigError(f"unexpected argument {flag!r}; options are given as --section.key VALUE.")
         name = flag.lstrip("-").split("=")[0]
-        raise unknown_option(name, f"--{name}", flag=True)
+        raise unknown_option(name, f"--{name}", flag=True, command=args.command)
     if unknown:
         parser.parse_args(argv)  # argparse's own message and exit code
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):

@@ -95,8 +95,9 @@ def suggest(name: str) -> list[str]:
     return [o for o in dict.fromkeys(found) if o != name][:3]
 
 
-def unknown_option(name: str, where: str, flag: bool = False, value: Any = None) -> ConfigError:
-    """The error for option `name`, unknown, with what may have been meant; `value` is the value it was given."""
+def unknown_option(name: str, where: str, flag: bool = False, value: Any = None, command: str = "train") -> ConfigError:
+    """The error for option `name`, unknown, with what may have been meant; `value` is the value it was given;
+    `command`: the tunelab command whose --help lists what it takes."""
     if name in section_names():  # {'train': {'lr': 1e-4}} among overrides, or --train
         keys = list(value) if isinstance(value, dict) and value else [_first_key(name)]
         dotted = ", ".join(f"--{name}.{k}" if flag else f"'{name}.{k}'" for k in keys)
@@ -106,7 +107,7 @@ def unknown_option(name: str, where: str, flag: bool = False, value: Any = None)
         )
     close = [f"--{o}" if flag else o for o in suggest(name)]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"{where}: unknown option '{name}'.{hint} Run 'tunelab train --help' for the list.")
+    return ConfigError(f"{where}: unknown option '{name}'.{hint} Run 'tunelab {command} --help' for the list.")
 
 
 def _first_key(section: str) -> str:
