@@ -68,10 +68,19 @@ def test_stage_two_continues_stage_ones_adapter_bit_for_bit(staged):
 
 
 @pytest.mark.parametrize("overshoot", [False, True])
-def test_forgetting_matrix_equals_direct_evaluation(staged, tiny_model_dir, overshoot):
-    """overshoot: stage 2's lr is far too high, so keep_best keeps an early step; the matrix held the last step's
-    losses on the earlier stages, of weights that were not kept."""
+def test_forgetting_matrix_equals_direct_evaluation(staged, tiny_model_dir, overshoot, monkeypatch):
+    """overshoot: stage 2's eval loss is lowest at its first step (by a far too high lr; and, so that this does not
+    hang on how a torch build rounds, keep_best sees every later eval loss as higher), so keep_best keeps step 1;
+    the matrix held the last step's losses on the earlier stages, of weights that were not kept."""
     if overshoot:
+        from tunelab.training.best import BestWeights
+
+        real_observe = BestWeights.observe
+
+        def first_is_best(self, step, eval_loss, model):
+            return real_observe(self, step, eval_loss if step == 1 else eval_loss + 1e6, model)
+
+        monkeypatch.setattr(BestWeights, "observe", first_is_best)
         staged["stages"][1]["train"] = {"max_steps": 4, "lr": 3.0, "eval_every": 1}
     result = train(None, staged | {"model.device": "cpu"})  # fp32, as the direct evaluation below
     stage_two = open_info(result.run_dir / "stage-2")
