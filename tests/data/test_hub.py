@@ -40,6 +40,21 @@ def test_a_save_to_disk_folder_and_an_arrow_file(tmp_path, tiny_tokenizer):
         build_datasets(DataConfig(train=[DataSource(path=str(folder), split="test")]), tiny_tokenizer, seed=0)
 
 
+def test_a_saved_dataset_without_splits_and_a_saved_folder_given_as_a_path(tmp_path, tiny_tokenizer):
+    """A Dataset saved whole has no splits: split 'validation' read all of its rows, labelled [validation]. And a
+    save_to_disk folder named as a plain path had its dataset_info.json read as data ("must hold an array")."""
+    folder = tmp_path / "one"
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(folder))
+    data = build_datasets(
+        DataConfig(train=[DataSource(path=str(folder), fields=FIELDS)], max_length=64), tiny_tokenizer, seed=0
+    )
+    assert len(data.train) == 12 and list(data.report.files) == [str(folder)]
+    with pytest.raises(DataError, match="holds one dataset without splits .* split 'validation' cannot be read"):
+        build_datasets(DataConfig(train=[DataSource(path=str(folder), split="validation")]), tiny_tokenizer, seed=0)
+    with pytest.raises(DataError, match=r"a file or folder the datasets library wrote \(save_to_disk\); .*\{path: "):
+        build_datasets(DataConfig(train=[str(folder)], max_length=64), tiny_tokenizer, seed=0)
+
+
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     """A cache holding acme/box-codes as `datasets` leaves a hub dataset it has loaded once, with the hub offline."""

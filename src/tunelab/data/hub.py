@@ -23,6 +23,7 @@ from tunelab.config import DataSource
 from tunelab.data.sources import Record
 from tunelab.errors import DataError
 
+DEFAULT_SPLIT = DataSource.__dataclass_fields__["split"].default
 INSTALL = "pip install 'tunelab[datasets]' (or pip install datasets)"
 
 
@@ -52,11 +53,17 @@ def _rows(label: str, rows: Iterable[dict], take: int | None) -> list[Record]:
 
 
 def _split(datasets, dataset, split: str, where: str):
-    """The split of a DatasetDict (a Dataset is returned as it is)."""
+    """The split of a DatasetDict; a Dataset (one set of rows, no splits) as it is, unless another split than the
+    default is asked for: it was read whole, labelled with the split asked for."""
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
             raise DataError(f"{where}: has no split {split!r}; its splits are {', '.join(dataset.keys())}. Set split.")
         return dataset[split]
+    if split != DEFAULT_SPLIT:
+        raise DataError(
+            f"{where}: holds one dataset without splits (saved from a Dataset, not a DatasetDict), so split {split!r} "
+            "cannot be read from it; remove split to read all of its rows."
+        )
     return dataset
 
 
@@ -68,8 +75,9 @@ def read_local(source: DataSource, where: str) -> list[Record]:
         if path.is_file():
             dataset, label = datasets.Dataset.from_file(str(path)), str(path)
         else:
-            dataset = _split(datasets, datasets.load_from_disk(str(path)), source.split, f"{where}: {path}")
-            label = f"{path}[{source.split}]"
+            loaded = datasets.load_from_disk(str(path))
+            dataset = _split(datasets, loaded, source.split, f"{where}: {path}")
+            label = f"{path}[{source.split}]" if isinstance(loaded, datasets.DatasetDict) else str(path)
     except DataError:
         raise
     except Exception as exc:  # the library raises many types for a damaged or foreign folder
