@@ -93,6 +93,20 @@ def _write(path, rows):
     return str(path)
 
 
+def test_a_packed_mixture_reports_the_rows_an_epoch_trains_on(tmp_path, tiny_tokenizer):
+    """The train line counts rows before the draw; packed, an epoch is far fewer rows, which the report did not say
+    (a plain file's report counts its packed rows)."""
+    a = _write(tmp_path / "a.jsonl", [{"question": f"Qa {i}?", "answer": f"Aa {i}."} for i in range(20)])
+    b = _write(tmp_path / "b.jsonl", [{"question": f"Qb {i}?", "answer": f"Ab {i}."} for i in range(6)])
+    cfg = DataConfig(
+        train=[DataSource(path=a, weight=3.0), DataSource(path=b, weight=1.0)], max_length=128, packing=True
+    )
+    data = build_datasets(cfg, tiny_tokenizer, seed=1)
+    packed = len(epoch_rows(data, 1, 0))
+    assert packed < data.report.train.rows and data.report.packed_epoch_rows == packed
+    assert f"epoch 0 trains on {packed} packed rows" in data.report.summary()
+
+
 def test_sources_are_read_split_and_reported_on_their_own(tmp_path, tiny_tokenizer):
     a = _write(tmp_path / "a.jsonl", [{"question": f"Qa {i}?", "answer": f"Aa {i}."} for i in range(20)])
     b = _write(tmp_path / "b.jsonl", [{"q": f"Qb {i}?", "a": f"Ab {i}."} for i in range(10)])

@@ -236,7 +236,10 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         stats.drawn_tokens = round(k * span.tokens / span.rows)
     report.train = _stats(train, len(all_examples), counts[0])
     report.eval = _stats(evals, counts[2], counts[1])
-    return Datasets(train, evals, template, report, all_examples, mixture, eval_sets)
+    data = Datasets(train, evals, template, report, all_examples, mixture, eval_sets)
+    if cfg.packing:  # the draw is memoized: the step count and the first epoch reuse it
+        report.packed_epoch_rows = len(epoch_rows(data, seed, 0))
+    return data
 
 
 # group_by_length sorts rows by length within windows of this many micro-batches of the shuffled order (as

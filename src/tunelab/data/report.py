@@ -119,6 +119,7 @@ class DataReport:
     eval: SplitStats = field(default_factory=SplitStats)
     eval_source: str = "none"  # "none", "file", or "fraction"
     sources: dict[str, SourceStats] = field(default_factory=dict)  # a mixture's sources, by name
+    packed_epoch_rows: int = 0  # a packed mixture: the rows epoch 0's draw packs into (what a step count is made of)
     mix_by: str = ""  # what the mixture's weights count ("examples" or "tokens"); "" without a mixture
     _lengths: list[int] = field(default_factory=list, repr=False)  # raw lengths behind `lengths`; not saved
 
@@ -183,6 +184,8 @@ class DataReport:
                     f"    {name}: {weight}share {100 * src.share:.1f}%: {src.examples} examples -> {src.rows} rows, "
                     f"{src.tokens:,} tokens; drawn {src.drawn_rows} rows, ~{src.drawn_tokens:,} tokens{evals}"
                 )
+            if self.packed_epoch_rows:  # the train line counts rows before the draw, which is packed each epoch
+                lines.append(f"    each epoch's draw is packed: epoch 0 trains on {self.packed_epoch_rows} packed rows")
         if self.lengths.count:
             s = self.lengths
             lines.append(
