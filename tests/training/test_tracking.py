@@ -128,3 +128,14 @@ def test_scalar_names():
         3,
         {"train/loss": 1.0, "eval/loss": 2.0},
     )
+
+
+def test_every_eval_metric_is_filed_under_eval():
+    # a mixture's per-source losses and a staged run's earlier stages are eval figures too, not training ones
+    record = {"step": 4, "eval_loss": 2.0, "eval_loss/chat": 2.1, "eval_loss/stage-1": 2.4, "eval_accuracy": 0.5}
+    assert _scalars(record)[1] == {
+        "eval/loss": 2.0,
+        "eval/loss/chat": 2.1,
+        "eval/loss/stage-1": 2.4,
+        "eval/accuracy": 0.5,
+    }

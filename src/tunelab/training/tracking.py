@@ -3,7 +3,8 @@ Trackio, through each project's own library (`train.report_to: [tensorboard, mlf
 
 Each tracker is a sink with `log(record)` and `close()`; `training/metrics.MetricsLog` calls them, so the training
 loop knows nothing of them. Records keep their names: `loss`, `lr`, `grad_norm`, `tokens_per_s`, `epoch`,
-`elapsed_s` under `train/`, `eval_loss` as `eval/loss`, against the optimizer step.
+`elapsed_s` under `train/`, every `eval_*` figure under `eval/` (`eval_loss` as `eval/loss`, a mixture's
+`eval_loss/<source>` and a staged run's `eval_loss/stage-j` as `eval/loss/<source>`), against the optimizer step.
 
 Where they write, offline by default:
 - tensorboard: RUN_DIR/tensorboard (torch.utils.tensorboard); `tensorboard --logdir RUN_DIR/tensorboard`.
@@ -33,7 +34,8 @@ def _scalars(record: dict) -> tuple[int, dict[str, float]]:
     for key, value in record.items():
         if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        out["eval/loss" if key == "eval_loss" else f"train/{key}"] = float(value)
+        # eval_loss -> eval/loss, eval_loss/<source> -> eval/loss/<source>: every evaluation figure under eval/
+        out[f"eval/{key.removeprefix('eval_')}" if key.startswith("eval_") else f"train/{key}"] = float(value)
     return int(record["step"]), out
 
 
