@@ -14,18 +14,46 @@ Where they write, offline by default:
   (`wandb sync` uploads it later).
 - trackio: its local database (Trackio is local-first; $TRACKIO_DIR moves it); `trackio show`.
 A tracker that is not installed is a ConfigError naming the pip command, raised when the config is loaded.
+
+A resumed run continues its tracker runs rather than starting new ones: each tracker that starts a run records
+its id in RUN_DIR/trackers.json ({"mlflow": {"run_id", "store"}, "wandb": {"id"}, "trackio": {"project", "name"}}),
+and on resume the run is reopened from it. TensorBoard needs no id (its events are in RUN_DIR/tensorboard; those past
+the checkpoint are purged). W&B resumes a run online only: offline it ignores `resume` (wandb/wandb#2423), so an
+offline run resumed gets a new W&B run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from tunelab.atomic import write_json
 from tunelab.config import check_trackers
 
 PROJECT = "tunelab"
+TRACKER_RUNS = "trackers.json"
+
+
+def _runs(run_dir: Path) -> dict:
+    path = run_dir / TRACKER_RUNS
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:  # torn or edited: the trackers start new runs, as a run without the file does
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
+def kept_run(run_dir: Path, name: str) -> dict:
+    """What tracker `name` recorded in run_dir/trackers.json of the run it started ({} when nothing)."""
+    kept = _runs(run_dir).get(name)
+    return kept if isinstance(kept, dict) else {}
+
+
+def _keep_run(run_dir: Path, name: str, value: dict) -> None:
+    write_json(run_dir / TRACKER_RUNS, _runs(run_dir) | {name: value})
 
 
 def _scalars(record: dict) -> tuple[int, dict[str, float]]:
@@ -76,14 +104,34 @@ class MLflowSink:
     def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        store = os.environ.get("MLFLOW_TRACKING_URI")  # None: the run directory's own SQLite store
+        uri = store or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
         self.client = MlflowClient(tracking_uri=uri)  # a client object: no process-wide active run
-        experiment = self.client.get_experiment_by_name(PROJECT)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(PROJECT)
-        self.run_id = self.client.create_run(experiment_id, run_name=run_dir.resolve().name).info.run_id
+        kept = kept_run(run_dir, "mlflow") if resume_step is not None else {}
+        reopened = self._reopen(kept["run_id"], uri) if kept.get("run_id") and kept.get("store") == store else None
+        self.run_id = reopened or self._start(run_dir, config)
+        if not reopened:
+            _keep_run(run_dir, "mlflow", {"run_id": self.run_id, "store": store})
+
+    def _reopen(self, run_id: str, uri: str) -> str | None:
+        """The resumed run's MLflow run, marked running again; None when the store no longer has it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.update_run(run_id, status="RUNNING")
+        except MlflowException:
+            print(f"mlflow: the run's MLflow run {run_id} is not in {uri}; logging to a new one", flush=True)
+            return None
+        return run_id
+
+    def _start(self, run_dir: Path, config: dict) -> str:
         from mlflow.entities import Param
 
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in _flat(config).items()])
+        experiment = self.client.get_experiment_by_name(PROJECT)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(PROJECT)
+        run_id = self.client.create_run(experiment_id, run_name=run_dir.resolve().name).info.run_id
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in _flat(config).items()])
+        return run_id
 
     def log(self, record: dict) -> None:
         from mlflow.entities import Metric
@@ -101,15 +149,21 @@ class WandbSink:
     def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
         import wandb
 
-        online = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        kept = kept_run(run_dir, "wandb") if resume_step is not None else {}
+        # W&B resumes online runs only (offline it ignores `resume`): an offline run resumed starts a new W&B run
+        again = kept.get("id") if mode not in ("offline", "dryrun", "disabled") else None
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", PROJECT),
             name=run_dir.resolve().name,
             dir=str(run_dir),
-            config=config,
-            mode=online,
+            config=None if again else config,  # a resumed run keeps the config it started with
+            mode=mode,
             reinit="create_new",
+            **({"id": again, "resume": "allow"} if again else {}),
         )
+        if not again:
+            _keep_run(run_dir, "wandb", {"id": self.run.id})
 
     def log(self, record: dict) -> None:
         step, scalars = _scalars(record)
@@ -123,9 +177,14 @@ class TrackioSink:
     def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
         import trackio
 
+        kept = kept_run(run_dir, "trackio") if resume_step is not None else {}
+        project = kept.get("project") or os.environ.get("TRACKIO_PROJECT", PROJECT)
+        name = kept.get("name") or run_dir.resolve().name
+        # Trackio resumes a run by its project and name; "allow" starts it anew when its database lacks it
         self.run = trackio.init(
-            project=os.environ.get("TRACKIO_PROJECT", PROJECT), name=run_dir.resolve().name, config=config
+            project=project, name=name, config=config, resume="allow" if kept.get("name") else "never"
         )
+        _keep_run(run_dir, "trackio", {"project": project, "name": name})
 
     def log(self, record: dict) -> None:
         step, scalars = _scalars(record)
