@@ -13,7 +13,7 @@ from tunelab.cli import main
 from tunelab.errors import ConfigError
 from tunelab.training.metrics import MetricsLog, read_metrics
 from tunelab.training.recipe import train
-from tunelab.training.tracking import SINKS, _scalars, open_trackers
+from tunelab.training.tracking import SINKS, TrackTo, _scalars, open_trackers
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -198,20 +198,20 @@ def fake_mlflow(monkeypatch):
 
 
 def test_a_resumed_run_continues_its_mlflow_run(tmp_path, fake_mlflow):
-    sink = SINKS["mlflow"](tmp_path, {"train": {"lr": 1.0}}, None)
+    sink = SINKS["mlflow"](TrackTo(tmp_path), {"train": {"lr": 1.0}}, None)
     sink.log({"step": 1, "loss": 2.0})
     sink.close()
-    resumed = SINKS["mlflow"](tmp_path, {"train": {"lr": 1.0}}, 1)
+    resumed = SINKS["mlflow"](TrackTo(tmp_path), {"train": {"lr": 1.0}}, 1)
     assert resumed.run_id == sink.run_id and fake_mlflow.runs == {sink.run_id: "RUNNING"}  # one run, running again
     resumed.log({"step": 2, "loss": 1.5})
     resumed.close()
     assert fake_mlflow.metrics == [(sink.run_id, "train_loss", 1), (sink.run_id, "train_loss", 2)]
     assert json.loads((tmp_path / "trackers.json").read_text()) == {"mlflow": {"run_id": sink.run_id, "store": None}}
     fake_mlflow.runs.clear()  # the store lost the run (another $MLFLOW_TRACKING_URI, a deleted database): a new one
-    assert SINKS["mlflow"](tmp_path, {}, 2).run_id == "run1" and fake_mlflow.runs == {"run1": "RUNNING"}
+    assert SINKS["mlflow"](TrackTo(tmp_path), {}, 2).run_id == "run1" and fake_mlflow.runs == {"run1": "RUNNING"}
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    SINKS["mlflow"](fresh, {}, None)  # a run started anew gets its own MLflow run
+    SINKS["mlflow"](TrackTo(fresh), {}, None)  # a run started anew gets its own MLflow run
     assert len(fake_mlflow.runs) == 2
 
 
@@ -229,20 +229,20 @@ def _fake_library(monkeypatch, name):
 def test_a_resumed_run_continues_its_wandb_run_online(tmp_path, monkeypatch):
     calls = _fake_library(monkeypatch, "wandb")
     monkeypatch.setenv("WANDB_MODE", "online")
-    SINKS["wandb"](tmp_path, {"train": {"lr": 1.0}}, None)
-    SINKS["wandb"](tmp_path, {"train": {"lr": 1.0}}, 3)
+    SINKS["wandb"](TrackTo(tmp_path), {"train": {"lr": 1.0}}, None)
+    SINKS["wandb"](TrackTo(tmp_path), {"train": {"lr": 1.0}}, 3)
     assert "id" not in calls[0] and calls[1]["id"] == "id1" and calls[1]["resume"] == "allow"
     monkeypatch.setenv("WANDB_MODE", "offline")  # W&B cannot resume offline: a new run, not an ignored `resume`
-    SINKS["wandb"](tmp_path, {}, 3)
+    SINKS["wandb"](TrackTo(tmp_path), {}, 3)
     assert "id" not in calls[2] and "resume" not in calls[2]
 
 
 def test_a_resumed_run_continues_its_trackio_run(tmp_path, monkeypatch):
     calls = _fake_library(monkeypatch, "trackio")
     monkeypatch.setenv("TRACKIO_PROJECT", "first")
-    SINKS["trackio"](tmp_path, {}, None)
+    SINKS["trackio"](TrackTo(tmp_path), {}, None)
     monkeypatch.setenv("TRACKIO_PROJECT", "second")  # the run stays in the project it started in
-    SINKS["trackio"](tmp_path, {}, 3)
+    SINKS["trackio"](TrackTo(tmp_path), {}, 3)
     assert calls[0]["resume"] == "never"
     assert (calls[1]["project"], calls[1]["name"], calls[1]["resume"]) == ("first", tmp_path.name, "allow")
 
@@ -263,3 +263,13 @@ def test_a_resumed_run_is_one_mlflow_run_in_the_store(tmp_path, monkeypatch):
     history = sink.client.get_metric_history(sink.run_id, "train_loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.5), (2, 2.0)]
     assert sink.client.get_run(sink.run_id).info.status == "FINISHED"
+
+
+def test_a_later_stage_continues_the_staged_runs_mlflow_run_after_the_earlier_steps(tmp_path, fake_mlflow):
+    first = SINKS["mlflow"](TrackTo(tmp_path), {}, None)
+    first.log({"step": 3, "loss": 2.0})
+    first.close()
+    second = SINKS["mlflow"](TrackTo(tmp_path, offset=3, continues=True), {}, None)  # stage 2, after 3 steps
+    second.log({"step": 1, "loss": 1.0})
+    assert second.run_id == first.run_id and len(fake_mlflow.runs) == 1
+    assert fake_mlflow.metrics == [(first.run_id, "train_loss", 3), (first.run_id, "train_loss", 4)]

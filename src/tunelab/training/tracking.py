@@ -20,6 +20,10 @@ its id in RUN_DIR/trackers.json ({"mlflow": {"run_id", "store"}, "wandb": {"id"}
 and on resume the run is reopened from it. TensorBoard needs no id (its events are in RUN_DIR/tensorboard; those past
 the checkpoint are purged). W&B resumes a run online only: offline it ignores `resume` (wandb/wandb#2423), so an
 offline run resumed gets a new W&B run.
+
+A staged run (training/stages.py) has one set of tracker runs, in the run directory, not one per stage directory:
+each stage logs there (`TrackTo`), its steps after the steps of the stages before it, as the run's metrics.jsonl
+counts them, and continues the tracker runs the first stage started.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,32 +61,53 @@ def _keep_run(run_dir: Path, name: str, value: dict) -> None:
     write_json(run_dir / TRACKER_RUNS, _runs(run_dir) | {name: value})
 
 
-def _scalars(record: dict) -> tuple[int, dict[str, float]]:
-    """(step, {tracker name: value}) for the numeric fields of a metrics record."""
+@dataclass(frozen=True)
+class TrackTo:
+    """Where a run's trackers write, and from which step. A plain run: its own directory, its steps as they are. A
+    stage of a staged run: the run directory, with `offset` (the steps of the stages before) added to every step,
+    and `continues` (every stage after the first, and any stage of a resumed run) to reopen the tracker runs kept
+    in trackers.json as a resumed run does."""
+
+    run_dir: Path
+    offset: int = 0
+    continues: bool = False
+
+    def purge_step(self, resume_step: int | None) -> int | None:
+        """The first step this process logs: events from it on, written before, are stale (TensorBoard drops them)."""
+        if resume_step is not None:
+            return self.offset + resume_step + 1
+        return self.offset + 1 if self.continues else None
+
+    def reopens(self, resume_step: int | None) -> bool:
+        return resume_step is not None or self.continues
+
+
+def _scalars(record: dict, offset: int = 0) -> tuple[int, dict[str, float]]:
+    """(step + offset, {tracker name: value}) for the numeric fields of a metrics record."""
     out = {}
     for key, value in record.items():
         if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         # eval_loss -> eval/loss, eval_loss/<source> -> eval/loss/<source>: every evaluation figure under eval/
         out[f"eval/{key.removeprefix('eval_')}" if key.startswith("eval_") else f"train/{key}"] = float(value)
-    return int(record["step"]), out
+    return int(record["step"]) + offset, out
 
 
 class TensorBoardSink:
-    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+    def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step: on resume, events after the checkpoint are dropped, as metrics.jsonl drops its records
-        self.writer = SummaryWriter(
-            str(run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1
-        )
-        if resume_step is None:
+        # purge_step: on resume, events after the checkpoint are dropped, as metrics.jsonl drops its records (and a
+        # stage started again drops what it logged before)
+        self.writer = SummaryWriter(str(to.run_dir / "tensorboard"), purge_step=to.purge_step(resume_step))
+        self.offset = to.offset
+        if resume_step is None:  # each stage's config at its first step
             import yaml
 
-            self.writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
+            self.writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```", to.offset)
 
     def log(self, record: dict) -> None:
-        step, scalars = _scalars(record)
+        step, scalars = _scalars(record, self.offset)
         for key, value in scalars.items():
             self.writer.add_scalar(key, value, step)
         self.writer.flush()  # visible to a running `tensorboard` at once, and on disk if the run is killed
@@ -101,13 +127,14 @@ def _flat(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 class MLflowSink:
-    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+    def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         from mlflow.tracking import MlflowClient
 
+        run_dir, self.offset = to.run_dir, to.offset
         store = os.environ.get("MLFLOW_TRACKING_URI")  # None: the run directory's own SQLite store
         uri = store or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
         self.client = MlflowClient(tracking_uri=uri)  # a client object: no process-wide active run
-        kept = kept_run(run_dir, "mlflow") if resume_step is not None else {}
+        kept = kept_run(run_dir, "mlflow") if to.reopens(resume_step) else {}
         reopened = self._reopen(kept["run_id"], uri) if kept.get("run_id") and kept.get("store") == store else None
         self.run_id = reopened or self._start(run_dir, config)
         if not reopened:
@@ -136,7 +163,7 @@ class MLflowSink:
     def log(self, record: dict) -> None:
         from mlflow.entities import Metric
 
-        step, scalars = _scalars(record)
+        step, scalars = _scalars(record, self.offset)
         now = int(time.time() * 1000)
         metrics = [Metric(key.replace("/", "_"), value, now, step) for key, value in scalars.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
@@ -146,11 +173,12 @@ class MLflowSink:
 
 
 class WandbSink:
-    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+    def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         import wandb
 
+        run_dir, self.offset = to.run_dir, to.offset
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        kept = kept_run(run_dir, "wandb") if resume_step is not None else {}
+        kept = kept_run(run_dir, "wandb") if to.reopens(resume_step) else {}
         # W&B resumes online runs only (offline it ignores `resume`): an offline run resumed starts a new W&B run
         again = kept.get("id") if mode not in ("offline", "dryrun", "disabled") else None
         self.run = wandb.init(
@@ -166,7 +194,7 @@ class WandbSink:
             _keep_run(run_dir, "wandb", {"id": self.run.id})
 
     def log(self, record: dict) -> None:
-        step, scalars = _scalars(record)
+        step, scalars = _scalars(record, self.offset)
         self.run.log(scalars, step=step)
 
     def close(self) -> None:
@@ -174,10 +202,11 @@ class WandbSink:
 
 
 class TrackioSink:
-    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+    def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         import trackio
 
-        kept = kept_run(run_dir, "trackio") if resume_step is not None else {}
+        run_dir, self.offset = to.run_dir, to.offset
+        kept = kept_run(run_dir, "trackio") if to.reopens(resume_step) else {}
         project = kept.get("project") or os.environ.get("TRACKIO_PROJECT", PROJECT)
         name = kept.get("name") or run_dir.resolve().name
         # Trackio resumes a run by its project and name; "allow" starts it anew when its database lacks it
@@ -187,7 +216,7 @@ class TrackioSink:
         _keep_run(run_dir, "trackio", {"project": project, "name": name})
 
     def log(self, record: dict) -> None:
-        step, scalars = _scalars(record)
+        step, scalars = _scalars(record, self.offset)
         self.run.log(scalars, step=step)
 
     def close(self) -> None:
@@ -197,7 +226,11 @@ class TrackioSink:
 SINKS = {"tensorboard": TensorBoardSink, "mlflow": MLflowSink, "wandb": WandbSink, "trackio": TrackioSink}
 
 
-def open_trackers(names: list[str], run_dir: Path, config: dict[str, Any], resume_step: int | None = None) -> list:
-    """One sink per tracker named in train.report_to (checked again here: the API accepts configs built in code)."""
+def open_trackers(
+    names: list[str], where: Path | TrackTo, config: dict[str, Any], resume_step: int | None = None
+) -> list:
+    """One sink per tracker named in train.report_to (checked again here: the API accepts configs built in code),
+    writing into `where`: a run directory, or a stage's place in its staged run's (TrackTo)."""
     check_trackers(names)
-    return [SINKS[name](Path(run_dir), config, resume_step) for name in names]
+    to = where if isinstance(where, TrackTo) else TrackTo(Path(where))
+    return [SINKS[name](to, config, resume_step) for name in names]
