@@ -275,3 +275,10 @@ def test_a_section_given_as_an_override_says_to_name_its_options_with_dots(overr
 def test_stages_that_are_not_a_list_of_mappings_say_so(stages, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, {"stages": stages})
+
+
+def test_a_tracker_named_twice_is_refused():
+    # it would get every record twice (two TensorBoard writers into one directory)
+    message = "option 'train.report_to' names 'tensorboard' more than once ([tensorboard, tensorboard])"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, {"train.report_to": ["tensorboard", "tensorboard"]})

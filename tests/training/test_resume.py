@@ -295,3 +295,14 @@ def test_the_result_files_a_resume_removes_are_those_the_commands_write():
     from tunelab.training.result import RESULT_FILES
 
     assert set(RESULT_FILES) == {COMPARE_FILE, EVAL_FILE, REPORT_FILE}
+
+
+def test_resume_may_add_or_remove_a_tracker():
+    # trackers only watch the run: the README lets such options change on --resume
+    from tunelab.config import load_config, to_dict
+    from tunelab.training.resume import config_changes
+
+    plain = load_config(None, {}).config
+    watched = load_config(None, {"train.report_to": ["tensorboard"]}).config
+    assert config_changes(to_dict(plain), watched) == ([], ["train.report_to: [] -> ['tensorboard']"])
+    assert config_changes(to_dict(watched), plain) == ([], ["train.report_to: ['tensorboard'] -> []"])

@@ -298,3 +298,39 @@ def test_resuming_a_finished_staged_run_is_refused(staged):
         with pytest.raises(ConfigError, match="every one of the 2 stages has finished"):
             train(None, staged | extra, resume=True)
     assert (run / "run.json").read_text() == before
+
+
+def test_a_staged_runs_trackers_log_into_the_run_directory_with_steps_across_stages(staged, monkeypatch):
+    """One TensorBoard log in the run directory, its steps those of the run's metrics.jsonl (stage 2's after stage
+    1's), through a crash inside stage 2 and --resume; the stage directories hold none."""
+    pytest.importorskip("tensorboard", reason="pip install tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    staged = staged | {"train.report_to": ["tensorboard"]}
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # stage 2's second step, after its checkpoint of step 1
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        train(None, staged)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    run = train(None, staged, resume=True).run_dir
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    assert [s for s, _ in losses] == [1, 2, 3, 4, 5, 6]
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in logged] == [s for s, _ in losses]
+    assert [v for _, v in logged] == pytest.approx([v for _, v in losses], rel=1e-6)  # float32 there
+    evals = [r["step"] for r in records if "eval_loss" in r]
+    assert [e.step for e in events.Scalars("eval/loss")] == evals
+    assert [e.step for e in events.Scalars("eval/loss/stage-1")] == [
+        r["step"] for r in records if "eval_loss/stage-1" in r
+    ]
+    assert not list(run.glob("stage-*/tensorboard"))

@@ -5,6 +5,7 @@ its checkpoint; a tracker that is not installed stops the run before anything is
 import json
 import os
 import sys
+import types
 
 import pytest
 
@@ -12,7 +13,7 @@ from tunelab.cli import main
 from tunelab.errors import ConfigError
 from tunelab.training.metrics import MetricsLog, read_metrics
 from tunelab.training.recipe import train
-from tunelab.training.tracking import _scalars, open_trackers
+from tunelab.training.tracking import SINKS, TrackTo, _scalars, open_trackers
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -128,3 +129,147 @@ def test_scalar_names():
         3,
         {"train/loss": 1.0, "eval/loss": 2.0},
     )
+
+
+def test_every_eval_metric_is_filed_under_eval():
+    # a mixture's per-source losses and a staged run's earlier stages are eval figures too, not training ones
+    record = {"step": 4, "eval_loss": 2.0, "eval_loss/chat": 2.1, "eval_loss/stage-1": 2.4, "eval_accuracy": 0.5}
+    assert _scalars(record)[1] == {
+        "eval/loss": 2.0,
+        "eval/loss/chat": 2.1,
+        "eval/loss/stage-1": 2.4,
+        "eval/accuracy": 0.5,
+    }
+
+
+class _FakeMlflow:
+    """The part of MlflowClient the sink uses, over an in-memory store shared by every client."""
+
+    def __init__(self):
+        self.runs, self.metrics = {}, []
+
+    def client(self, tracking_uri):
+        store = self
+
+        class Client:
+            def get_experiment_by_name(self, name):
+                return None
+
+            def create_experiment(self, name):
+                return "0"
+
+            def create_run(self, experiment_id, run_name):
+                run_id = f"run{len(store.runs) + 1}"
+                store.runs[run_id] = "RUNNING"
+                return types.SimpleNamespace(info=types.SimpleNamespace(run_id=run_id))
+
+            def update_run(self, run_id, status):
+                if run_id not in store.runs:
+                    raise store.MlflowException(f"no run {run_id}")
+                store.runs[run_id] = status
+
+            def log_batch(self, run_id, metrics=(), params=()):
+                store.metrics += [(run_id, m[0], m[3]) for m in metrics]
+
+            def set_terminated(self, run_id):
+                store.runs[run_id] = "FINISHED"
+
+        return Client()
+
+    class MlflowException(Exception):
+        pass
+
+
+@pytest.fixture
+def fake_mlflow(monkeypatch):
+    store = _FakeMlflow()
+    modules = {
+        "mlflow": types.ModuleType("mlflow"),
+        "mlflow.tracking": types.SimpleNamespace(MlflowClient=store.client),
+        "mlflow.entities": types.SimpleNamespace(
+            Param=lambda k, v: (k, v), Metric=lambda key, value, ts, step: (key, value, ts, step)
+        ),
+        "mlflow.exceptions": types.SimpleNamespace(MlflowException=_FakeMlflow.MlflowException),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return store
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path, fake_mlflow):
+    sink = SINKS["mlflow"](TrackTo(tmp_path), {"train": {"lr": 1.0}}, None)
+    sink.log({"step": 1, "loss": 2.0})
+    sink.close()
+    resumed = SINKS["mlflow"](TrackTo(tmp_path), {"train": {"lr": 1.0}}, 1)
+    assert resumed.run_id == sink.run_id and fake_mlflow.runs == {sink.run_id: "RUNNING"}  # one run, running again
+    resumed.log({"step": 2, "loss": 1.5})
+    resumed.close()
+    assert fake_mlflow.metrics == [(sink.run_id, "train_loss", 1), (sink.run_id, "train_loss", 2)]
+    assert json.loads((tmp_path / "trackers.json").read_text()) == {"mlflow": {"run_id": sink.run_id, "store": None}}
+    fake_mlflow.runs.clear()  # the store lost the run (another $MLFLOW_TRACKING_URI, a deleted database): a new one
+    assert SINKS["mlflow"](TrackTo(tmp_path), {}, 2).run_id == "run1" and fake_mlflow.runs == {"run1": "RUNNING"}
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    SINKS["mlflow"](TrackTo(fresh), {}, None)  # a run started anew gets its own MLflow run
+    assert len(fake_mlflow.runs) == 2
+
+
+def _fake_library(monkeypatch, name):
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        return types.SimpleNamespace(id=kwargs.get("id") or f"id{len(calls)}", log=lambda *a, **k: None)
+
+    monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(init=init))
+    return calls
+
+
+def test_a_resumed_run_continues_its_wandb_run_online(tmp_path, monkeypatch):
+    calls = _fake_library(monkeypatch, "wandb")
+    monkeypatch.setenv("WANDB_MODE", "online")
+    SINKS["wandb"](TrackTo(tmp_path), {"train": {"lr": 1.0}}, None)
+    SINKS["wandb"](TrackTo(tmp_path), {"train": {"lr": 1.0}}, 3)
+    assert "id" not in calls[0] and calls[1]["id"] == "id1" and calls[1]["resume"] == "allow"
+    monkeypatch.setenv("WANDB_MODE", "offline")  # W&B cannot resume offline: a new run, not an ignored `resume`
+    SINKS["wandb"](TrackTo(tmp_path), {}, 3)
+    assert "id" not in calls[2] and "resume" not in calls[2]
+
+
+def test_a_resumed_run_continues_its_trackio_run(tmp_path, monkeypatch):
+    calls = _fake_library(monkeypatch, "trackio")
+    monkeypatch.setenv("TRACKIO_PROJECT", "first")
+    SINKS["trackio"](TrackTo(tmp_path), {}, None)
+    monkeypatch.setenv("TRACKIO_PROJECT", "second")  # the run stays in the project it started in
+    SINKS["trackio"](TrackTo(tmp_path), {}, 3)
+    assert calls[0]["resume"] == "never"
+    assert (calls[1]["project"], calls[1]["name"], calls[1]["resume"]) == ("first", tmp_path.name, "allow")
+
+
+@pytest.mark.slow  # MLflow creates its SQLite schema: ~10 s
+def test_a_resumed_run_is_one_mlflow_run_in_the_store(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="pip install mlflow-skinny")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    log = MetricsLog(tmp_path, sinks=open_trackers(["mlflow"], tmp_path, {"train": {"lr": 1e-3}}))
+    log.write({"step": 1, "loss": 2.5})
+    log.close()
+    resumed = MetricsLog(tmp_path, resume_step=1, sinks=open_trackers(["mlflow"], tmp_path, {}, resume_step=1))
+    resumed.write({"step": 2, "loss": 2.0})
+    sink = resumed.sinks[0]
+    resumed.close()
+    experiment = sink.client.get_experiment_by_name("tunelab")
+    assert len(sink.client.search_runs([experiment.experiment_id])) == 1
+    history = sink.client.get_metric_history(sink.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.5), (2, 2.0)]
+    assert sink.client.get_run(sink.run_id).info.status == "FINISHED"
+
+
+def test_a_later_stage_continues_the_staged_runs_mlflow_run_after_the_earlier_steps(tmp_path, fake_mlflow):
+    first = SINKS["mlflow"](TrackTo(tmp_path), {}, None)
+    first.log({"step": 3, "loss": 2.0})
+    first.close()
+    second = SINKS["mlflow"](TrackTo(tmp_path, offset=3, continues=True), {}, None)  # stage 2, after 3 steps
+    second.log({"step": 1, "loss": 1.0})
+    assert second.run_id == first.run_id and len(fake_mlflow.runs) == 1
+    assert fake_mlflow.metrics == [(first.run_id, "train_loss", 3), (first.run_id, "train_loss", 4)]

@@ -126,7 +126,13 @@ TRACKERS = {
 
 
 def check_trackers(names: list[str]) -> None:
-    """ConfigError for an unknown tracker or one whose library is not installed (found without importing it)."""
+    """ConfigError for an unknown tracker, one named twice (it would log every record twice) or one whose library is
+    not installed (found without importing it)."""
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(
+            f"option 'train.report_to' names {twice[0]!r} more than once ([{', '.join(names)}]); list each tracker once."
+        )
     for name in names:
         if name not in TRACKERS:
             raise ConfigError(f"option 'train.report_to' has {name!r}; allowed values: {', '.join(TRACKERS)}.")

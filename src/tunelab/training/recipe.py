@@ -65,7 +65,7 @@ from tunelab.training.resume import (
 )
 from tunelab.training.schedule import lr_factor
 from tunelab.training.sharded_checkpoint import full_weights
-from tunelab.training.tracking import open_trackers
+from tunelab.training.tracking import TrackTo, open_trackers
 from tunelab.training.verdict import Verdict, judge_metrics
 
 
@@ -146,12 +146,15 @@ def train(
     check: bool = True,
     overwrite_non_run: bool = False,
     extra_eval: dict[str, list] | None = None,
+    track_to: TrackTo | None = None,
 ) -> TrainResult:
     """Fine-tune as the config says and write the run directory. `overrides` are {'train.lr': 1e-4, ...}.
 
     check: run the data checks of `tunelab check` first (CheckFailed when one fails). overwrite_non_run: with
     overwrite, replace output_dir even when it is not a run directory tunelab wrote. extra_eval: more eval data,
     {name: rendered rows}, evaluated beside the run's own (`eval_loss/<name>`; a staged run's earlier stages).
+    track_to: where train.report_to's trackers write (default: the run directory; a staged run's stage: its place in
+    the staged run's trackers, training/tracking.py).
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 alone prints and writes (training/distributed.py)."""
     resolved = resolve(config, overrides)
@@ -163,7 +166,7 @@ def train(
             "with `tunelab federate CONFIG` (tunelab.federate); tunelab train trains one model on data.train."
         )
     with session(resolved.config) as ranks:
-        return _train(resolved, config_path(config), ranks, resume, check, overwrite_non_run, extra_eval)
+        return _train(resolved, config_path(config), ranks, resume, check, overwrite_non_run, extra_eval, track_to)
 
 
 def _train(
@@ -174,6 +177,7 @@ def _train(
     check: bool,
     overwrite_non_run: bool,
     extra_eval: dict[str, list] | None,
+    track_to: TrackTo | None,
 ) -> TrainResult:
     cfg = resolved.config
     sharding = pick_sharding(cfg) if ranks.world > 1 else None
@@ -270,7 +274,9 @@ def _train(
     )
     resume_step = position["step"] if resume else None
     log = (
-        MetricsLog(run_dir, resume_step, sinks=open_trackers(t.report_to, run_dir, to_dict(trained), resume_step))
+        MetricsLog(
+            run_dir, resume_step, sinks=open_trackers(t.report_to, track_to or run_dir, to_dict(trained), resume_step)
+        )
         if ranks.main
         else Unlogged()
     )

@@ -3,7 +3,8 @@
 The config given to --resume is compared with the run's saved config.yaml, option by option:
 
 - options that only say how the run is watched, saved or held in memory (eval/save/log intervals, checkpoints kept,
-  activation checkpointing, the questions asked at the end, ...) may change; the change is printed;
+  the experiment trackers, activation checkpointing, the questions asked at the end, ...) may change; the change is
+  printed;
 - train.max_steps and train.epochs may change (to no fewer steps than the checkpoint has done): the run continues
   to the new length, with the learning-rate schedule recomputed for it from the checkpoint on; this is said (a
   federation passes its own length option, federated.rounds: federated/resume.py);
@@ -54,6 +55,7 @@ ALLOWED = {
     "train.offload_activations",
     "train.gpu_memory",
     "train.max_bad_steps",
+    "train.report_to",
     "eval.questions",
     "eval.refusal",
     "eval.max_new_tokens",

@@ -6,7 +6,10 @@
       adapter or weights      the last stage's result, copied (hard links where the file system allows), with its
                               data_report.json
       metrics.jsonl, loss.png every stage's records in turn, each with its "stage" and steps counted across stages
-      stage-1/, stage-2/ ...  each a complete run directory (its own config.yaml, run.json, metrics, checkpoints)
+      tensorboard/, mlflow.db, the trackers of train.report_to: one set for the whole run, steps counted across stages
+      wandb/, trackers.json   as in metrics.jsonl (each stage logs here, not into its own directory: training/tracking.py)
+      stage-1/, stage-2/ ...  each a complete run directory (its own config.yaml, run.json, metrics, checkpoints), but
+                              for the trackers
       stage-K/merged/         stage K's adapter folded into its base, when stage K+1 says continue: merge
 
 Stage k's config is the run's config without `stages`, overlaid with the stage's entry (`config.stage_config`), and
@@ -54,6 +57,7 @@ from tunelab.training.prepare import protected_paths
 from tunelab.training.recipe import TrainResult, train
 from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import LENGTH, check_resume_config, config_changes
+from tunelab.training.tracking import TrackTo
 
 STAGE_PREFIX = "stage-"
 MERGED = "merged"
@@ -288,7 +292,10 @@ def _stages(
             if evals[j - 1] and plans[j - 1].config.task == plan.config.task
         }
         print(f"\n===== stage {k} of {len(plans)}: {names[k - 1]} ({here}) =====", flush=True)
-        result = _run_stage(plan, here, extra, resume=resume, check=check)
+        # the trackers log into the run directory, the stage's steps after the earlier stages' (as _metrics counts)
+        offset = sum(read_info(stage_dir(run_dir, j)).steps for j in range(1, k))
+        track_to = TrackTo(run_dir, offset, continues=k > 1 or resume)
+        result = _run_stage(plan, here, extra, track_to, resume=resume, check=check)
         if result.interrupted and k < len(plans):  # Ctrl-C while the stage saved its result: the next one waits
             raise Interrupted(
                 f"interrupted after stage {k} of {len(plans)} was saved; continue with the same command and --resume "
@@ -312,7 +319,9 @@ def _refuse_nothing_to_train(run_dir: Path, count: int) -> None:
     )
 
 
-def _run_stage(plan: ResolvedConfig, here: Path, extra: dict, *, resume: bool, check: bool) -> TrainResult:
+def _run_stage(
+    plan: ResolvedConfig, here: Path, extra: dict, track_to: TrackTo, *, resume: bool, check: bool
+) -> TrainResult:
     """Train one stage: skipped when finished (its config unchanged), resumed from its checkpoint, or (re)started."""
     if is_run_dir(here):
         info = read_info(here, require_finished=False)
@@ -328,10 +337,10 @@ def _run_stage(plan: ResolvedConfig, here: Path, extra: dict, *, resume: bool, c
             print(f"{here}: finished; skipped" + (kept if longer else ""), flush=True)
             return TrainResult(here, info.steps, info.final_loss, info.eval_loss, info.skipped_steps)
         if resume and intact_checkpoint(here)[0] is not None:
-            return train(plan, resume=True, check=check, extra_eval=extra)
+            return train(plan, resume=True, check=check, extra_eval=extra, track_to=track_to)
         print(f"{here}: stopped before its first checkpoint; starting the stage again", flush=True)
         plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, overwrite=True))
-    return train(plan, check=check, extra_eval=extra)
+    return train(plan, check=check, extra_eval=extra, track_to=track_to)
 
 
 def _saved(here: Path) -> dict:

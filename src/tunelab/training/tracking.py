@@ -3,7 +3,8 @@ Trackio, through each project's own library (`train.report_to: [tensorboard, mlf
 
 Each tracker is a sink with `log(record)` and `close()`; `training/metrics.MetricsLog` calls them, so the training
 loop knows nothing of them. Records keep their names: `loss`, `lr`, `grad_norm`, `tokens_per_s`, `epoch`,
-`elapsed_s` under `train/`, `eval_loss` as `eval/loss`, against the optimizer step.
+`elapsed_s` under `train/`, every `eval_*` figure under `eval/` (`eval_loss` as `eval/loss`, a mixture's
+`eval_loss/<source>` and a staged run's `eval_loss/stage-j` as `eval/loss/<source>`), against the optimizer step.
 
 Where they write, offline by default:
 - tensorboard: RUN_DIR/tensorboard (torch.utils.tensorboard); `tensorboard --logdir RUN_DIR/tensorboard`.
@@ -13,45 +14,100 @@ Where they write, offline by default:
   (`wandb sync` uploads it later).
 - trackio: its local database (Trackio is local-first; $TRACKIO_DIR moves it); `trackio show`.
 A tracker that is not installed is a ConfigError naming the pip command, raised when the config is loaded.
+
+A resumed run continues its tracker runs rather than starting new ones: each tracker that starts a run records
+its id in RUN_DIR/trackers.json ({"mlflow": {"run_id", "store"}, "wandb": {"id"}, "trackio": {"project", "name"}}),
+and on resume the run is reopened from it. TensorBoard needs no id (its events are in RUN_DIR/tensorboard; those past
+the checkpoint are purged). W&B resumes a run online only: offline it ignores `resume` (wandb/wandb#2423), so an
+offline run resumed gets a new W&B run.
+
+A staged run (training/stages.py) has one set of tracker runs, in the run directory, not one per stage directory:
+each stage logs there (`TrackTo`), its steps after the steps of the stages before it, as the run's metrics.jsonl
+counts them, and continues the tracker runs the first stage started.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.atomic import write_json
 from tunelab.config import check_trackers
 
 PROJECT = "tunelab"
+TRACKER_RUNS = "trackers.json"
 
 
-def _scalars(record: dict) -> tuple[int, dict[str, float]]:
-    """(step, {tracker name: value}) for the numeric fields of a metrics record."""
+def _runs(run_dir: Path) -> dict:
+    path = run_dir / TRACKER_RUNS
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:  # torn or edited: the trackers start new runs, as a run without the file does
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
+def kept_run(run_dir: Path, name: str) -> dict:
+    """What tracker `name` recorded in run_dir/trackers.json of the run it started ({} when nothing)."""
+    kept = _runs(run_dir).get(name)
+    return kept if isinstance(kept, dict) else {}
+
+
+def _keep_run(run_dir: Path, name: str, value: dict) -> None:
+    write_json(run_dir / TRACKER_RUNS, _runs(run_dir) | {name: value})
+
+
+@dataclass(frozen=True)
+class TrackTo:
+    """Where a run's trackers write, and from which step. A plain run: its own directory, its steps as they are. A
+    stage of a staged run: the run directory, with `offset` (the steps of the stages before) added to every step,
+    and `continues` (every stage after the first, and any stage of a resumed run) to reopen the tracker runs kept
+    in trackers.json as a resumed run does."""
+
+    run_dir: Path
+    offset: int = 0
+    continues: bool = False
+
+    def purge_step(self, resume_step: int | None) -> int | None:
+        """The first step this process logs: events from it on, written before, are stale (TensorBoard drops them)."""
+        if resume_step is not None:
+            return self.offset + resume_step + 1
+        return self.offset + 1 if self.continues else None
+
+    def reopens(self, resume_step: int | None) -> bool:
+        return resume_step is not None or self.continues
+
+
+def _scalars(record: dict, offset: int = 0) -> tuple[int, dict[str, float]]:
+    """(step + offset, {tracker name: value}) for the numeric fields of a metrics record."""
     out = {}
     for key, value in record.items():
         if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        out["eval/loss" if key == "eval_loss" else f"train/{key}"] = float(value)
-    return int(record["step"]), out
+        # eval_loss -> eval/loss, eval_loss/<source> -> eval/loss/<source>: every evaluation figure under eval/
+        out[f"eval/{key.removeprefix('eval_')}" if key.startswith("eval_") else f"train/{key}"] = float(value)
+    return int(record["step"]) + offset, out
 
 
 class TensorBoardSink:
-    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+    def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step: on resume, events after the checkpoint are dropped, as metrics.jsonl drops its records
-        self.writer = SummaryWriter(
-            str(run_dir / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1
-        )
-        if resume_step is None:
+        # purge_step: on resume, events after the checkpoint are dropped, as metrics.jsonl drops its records (and a
+        # stage started again drops what it logged before)
+        self.writer = SummaryWriter(str(to.run_dir / "tensorboard"), purge_step=to.purge_step(resume_step))
+        self.offset = to.offset
+        if resume_step is None:  # each stage's config at its first step
             import yaml
 
-            self.writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
+            self.writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```", to.offset)
 
     def log(self, record: dict) -> None:
-        step, scalars = _scalars(record)
+        step, scalars = _scalars(record, self.offset)
         for key, value in scalars.items():
             self.writer.add_scalar(key, value, step)
         self.writer.flush()  # visible to a running `tensorboard` at once, and on disk if the run is killed
@@ -71,22 +127,43 @@ def _flat(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 class MLflowSink:
-    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+    def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        run_dir, self.offset = to.run_dir, to.offset
+        store = os.environ.get("MLFLOW_TRACKING_URI")  # None: the run directory's own SQLite store
+        uri = store or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
         self.client = MlflowClient(tracking_uri=uri)  # a client object: no process-wide active run
-        experiment = self.client.get_experiment_by_name(PROJECT)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(PROJECT)
-        self.run_id = self.client.create_run(experiment_id, run_name=run_dir.resolve().name).info.run_id
+        kept = kept_run(run_dir, "mlflow") if to.reopens(resume_step) else {}
+        reopened = self._reopen(kept["run_id"], uri) if kept.get("run_id") and kept.get("store") == store else None
+        self.run_id = reopened or self._start(run_dir, config)
+        if not reopened:
+            _keep_run(run_dir, "mlflow", {"run_id": self.run_id, "store": store})
+
+    def _reopen(self, run_id: str, uri: str) -> str | None:
+        """The resumed run's MLflow run, marked running again; None when the store no longer has it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.update_run(run_id, status="RUNNING")
+        except MlflowException:
+            print(f"mlflow: the run's MLflow run {run_id} is not in {uri}; logging to a new one", flush=True)
+            return None
+        return run_id
+
+    def _start(self, run_dir: Path, config: dict) -> str:
         from mlflow.entities import Param
 
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in _flat(config).items()])
+        experiment = self.client.get_experiment_by_name(PROJECT)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(PROJECT)
+        run_id = self.client.create_run(experiment_id, run_name=run_dir.resolve().name).info.run_id
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in _flat(config).items()])
+        return run_id
 
     def log(self, record: dict) -> None:
         from mlflow.entities import Metric
 
-        step, scalars = _scalars(record)
+        step, scalars = _scalars(record, self.offset)
         now = int(time.time() * 1000)
         metrics = [Metric(key.replace("/", "_"), value, now, step) for key, value in scalars.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
@@ -96,21 +173,28 @@ class MLflowSink:
 
 
 class WandbSink:
-    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+    def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         import wandb
 
-        online = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        run_dir, self.offset = to.run_dir, to.offset
+        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        kept = kept_run(run_dir, "wandb") if to.reopens(resume_step) else {}
+        # W&B resumes online runs only (offline it ignores `resume`): an offline run resumed starts a new W&B run
+        again = kept.get("id") if mode not in ("offline", "dryrun", "disabled") else None
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", PROJECT),
             name=run_dir.resolve().name,
             dir=str(run_dir),
-            config=config,
-            mode=online,
+            config=None if again else config,  # a resumed run keeps the config it started with
+            mode=mode,
             reinit="create_new",
+            **({"id": again, "resume": "allow"} if again else {}),
         )
+        if not again:
+            _keep_run(run_dir, "wandb", {"id": self.run.id})
 
     def log(self, record: dict) -> None:
-        step, scalars = _scalars(record)
+        step, scalars = _scalars(record, self.offset)
         self.run.log(scalars, step=step)
 
     def close(self) -> None:
@@ -118,15 +202,21 @@ class WandbSink:
 
 
 class TrackioSink:
-    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+    def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         import trackio
 
+        run_dir, self.offset = to.run_dir, to.offset
+        kept = kept_run(run_dir, "trackio") if to.reopens(resume_step) else {}
+        project = kept.get("project") or os.environ.get("TRACKIO_PROJECT", PROJECT)
+        name = kept.get("name") or run_dir.resolve().name
+        # Trackio resumes a run by its project and name; "allow" starts it anew when its database lacks it
         self.run = trackio.init(
-            project=os.environ.get("TRACKIO_PROJECT", PROJECT), name=run_dir.resolve().name, config=config
+            project=project, name=name, config=config, resume="allow" if kept.get("name") else "never"
         )
+        _keep_run(run_dir, "trackio", {"project": project, "name": name})
 
     def log(self, record: dict) -> None:
-        step, scalars = _scalars(record)
+        step, scalars = _scalars(record, self.offset)
         self.run.log(scalars, step=step)
 
     def close(self) -> None:
@@ -136,7 +226,11 @@ class TrackioSink:
 SINKS = {"tensorboard": TensorBoardSink, "mlflow": MLflowSink, "wandb": WandbSink, "trackio": TrackioSink}
 
 
-def open_trackers(names: list[str], run_dir: Path, config: dict[str, Any], resume_step: int | None = None) -> list:
-    """One sink per tracker named in train.report_to (checked again here: the API accepts configs built in code)."""
+def open_trackers(
+    names: list[str], where: Path | TrackTo, config: dict[str, Any], resume_step: int | None = None
+) -> list:
+    """One sink per tracker named in train.report_to (checked again here: the API accepts configs built in code),
+    writing into `where`: a run directory, or a stage's place in its staged run's (TrackTo)."""
     check_trackers(names)
-    return [SINKS[name](Path(run_dir), config, resume_step) for name in names]
+    to = where if isinstance(where, TrackTo) else TrackTo(Path(where))
+    return [SINKS[name](to, config, resume_step) for name in names]
