@@ -156,3 +156,15 @@ def test_a_whole_conversion_made_before_the_finish_mark_is_kept(tiny_gguf, tmp_p
     assert materialize(resolve_source(str(tiny_gguf))) == str(folder)
     assert "incomplete" not in capsys.readouterr().err and not (folder / COMPLETE).exists()
     assert [e.complete for e in cache_entries()] == [True]
+
+
+def test_a_relative_cache_folder_is_named_by_its_absolute_path(tiny_gguf, tmp_path, monkeypatch):
+    """TUNELAB_CACHE=rc put "rc/gguf/..." in runs' adapter_config.json as their base, which PEFT then looked for
+    under whatever folder the run was opened from."""
+    from tunelab.peft.save import loadable_base
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNELAB_CACHE", "rc")
+    base = Path(loadable_base(str(tiny_gguf)))
+    assert base.is_absolute() and base.parent == (tmp_path / "rc" / "gguf").resolve()
+    assert (base / "model.safetensors").is_file()

@@ -179,7 +179,9 @@ CONVERSION = 2  # 2: a tied embedding under model.embed_tokens.weight (1 kept it
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
+    """$TUNELAB_CACHE (by default ~/.cache/tunelab) as an absolute path: runs record folders under it as their base,
+    and a relative one would name another folder wherever the run is opened."""
+    return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab").expanduser().resolve()
 
 
 def _gguf_cache_dir(source: ModelSource) -> Path:
