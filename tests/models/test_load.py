@@ -168,3 +168,17 @@ def test_a_relative_cache_folder_is_named_by_its_absolute_path(tiny_gguf, tmp_pa
     base = Path(loadable_base(str(tiny_gguf)))
     assert base.is_absolute() and base.parent == (tmp_path / "rc" / "gguf").resolve()
     assert (base / "model.safetensors").is_file()
+
+
+def test_a_gguf_file_is_known_by_its_extension_in_any_case(tiny_gguf, tmp_path, monkeypatch):
+    """Model.GGUF was refused as "not a Hugging Face model directory, a .gguf file, or a hub id"."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    upper = tmp_path / "Model.GGUF"
+    shutil.copy(tiny_gguf, upper)
+    source = resolve_source(str(upper))
+    assert source.gguf_file == "Model.GGUF"
+    assert load_hf_model(source, torch.float32, torch.device("cpu")).config.num_hidden_layers == 2
+    assert len(load_tokenizer(source)) == 301
+    upper.write_bytes(b"PK\3\4 not a GGUF file")
+    with pytest.raises(ModelError, match="Model.GGUF is not a GGUF file \\(it does not start with 'GGUF'\\)"):
+        load_hf_model(resolve_source(str(upper)), torch.float32, torch.device("cpu"))

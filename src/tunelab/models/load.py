@@ -57,7 +57,7 @@ def resolve_source(name: str) -> ModelSource:
             raise ModelError(f"model '{name}': {folder / filename} is missing; reinstall with: {install}")
         return ModelSource(name, str(folder), filename)
     path = Path(name).expanduser()
-    if name.endswith(".gguf"):
+    if path.suffix.lower() == ".gguf":  # Model.GGUF too; check_gguf reads the magic bytes before converting
         if not path.is_file():
             raise ModelError(f"model '{name}': GGUF file not found.")
         return ModelSource(name, str(path.resolve().parent), path.name)
