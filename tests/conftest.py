@@ -1,5 +1,5 @@
 """Shared fixtures: the embedded model's tokenizer, a tokenizer built on the spot, a tiny random Llama that loads like
-a real model directory, and the numerics and device marks of the kernel tests.
+a real model directory (and the same shape as a .gguf file), and the numerics and device marks of the kernel tests.
 
 Where the embedded model is not installed (the GPU machine: its image has no `gguf` package, and the model is over
 what a device call carries) the tests that ask for its tokenizer skip, saying so, and the tiny model gets the built
@@ -128,6 +128,44 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path, safe_serialization=True)
     tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory, base_tokenizer):
+    """A 2-layer random Llama with a 300-token ChatML tokenizer as an f32 .gguf file: 380 KB, converted in a quarter
+    second (the embedded model takes ~25 s, most of it reading its 49k-token vocabulary)."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunelab.export.gguf import write_gguf
+
+    pytest.importorskip("gguf", reason="writing and reading GGUF needs the gguf package")
+    tok = base_tokenizer(("<|im_start|>", "<|im_end|>"), _CHATML)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    # write_gguf reads a merged run's model, tokenizer, base name and stop tokens; nothing else of it.
+    merged = SimpleNamespace(
+        model=LlamaForCausalLM(config).eval(),
+        tokenizer=tok,
+        info=SimpleNamespace(base_model="tiny"),
+        template=SimpleNamespace(stop_token_ids=[tok.eos_token_id]),
+    )
+    path = tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf"
+    write_gguf(merged, path, "f32", "tiny")
     return path
 
 

@@ -1,10 +1,11 @@
-"""`tunelab cache`: lists converted GGUF models with sizes, says where the cache is, clears all or named entries,
-and never touches folders that are not tunelab's conversions."""
+"""`tunelab cache`: lists converted GGUF models with sizes, says where the cache is, clears all or named entries
+(incomplete ones too), and never touches folders that are not tunelab's conversions."""
 
 import pytest
 
 import tunelab
 from tunelab.cli import main
+from tunelab.models.load import COMPLETE, finish_conversion
 
 
 @pytest.fixture
@@ -15,16 +16,19 @@ def cache(tmp_path, monkeypatch):
         (gguf / name).mkdir(parents=True)
         (gguf / name / "config.json").write_text("{}")
         (gguf / name / "model.safetensors").write_bytes(b"\0" * size)
+        finish_conversion(gguf / name)
     (gguf / ".tmp-abc").mkdir()  # an interrupted conversion
-    (gguf / "notes").mkdir()  # not ours: no config.json + safetensors
+    (gguf / "notes").mkdir()  # not ours: neither finished by tunelab nor named as its conversions are
     (gguf / "notes" / "mine.txt").write_text("keep me")
+    (gguf / "notes" / "config.json").write_text("{}")
     return gguf
 
 
 def test_list_path_and_clear(cache, capsys):
     entries = tunelab.cache_entries()
     assert [e.name for e in entries] == ["big-1111", "small-2222", ".tmp-abc"]
-    assert entries[0].size_bytes == 3002 and entries[2].complete is False
+    assert entries[0].size_bytes == 3002 + (cache / "big-1111" / COMPLETE).stat().st_size
+    assert entries[0].complete and entries[2].complete is False
     assert tunelab.cache_path() == cache
 
     assert main(["cache"]) == 0
@@ -40,3 +44,23 @@ def test_list_path_and_clear(cache, capsys):
     assert sorted(p.name for p in cache.iterdir()) == ["notes"]  # what is not ours stays
     assert (cache / "notes" / "mine.txt").read_text() == "keep me"
     assert main(["cache"]) == 0 and "empty" in capsys.readouterr().out
+
+
+def test_incomplete_conversions_are_listed_and_cleared(cache, capsys):
+    """A conversion whose weights were deleted was neither listed nor cleared ("empty") while every run on its model
+    failed on it; one whose weights were cut short was listed as whole."""
+    gone = cache / "mymodel-0123456789abcdef"  # its weights deleted, and made before conversions were marked finished
+    gone.mkdir()
+    (gone / "config.json").write_text("{}")
+    with (cache / "small-2222" / "model.safetensors").open("r+b") as f:
+        f.truncate(400)
+    entries = {e.name: e for e in tunelab.cache_entries()}
+    assert [n for n, e in entries.items() if e.complete] == ["big-1111"]
+
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"{gone.name}  (incomplete: model.safetensors is missing; converted again at next use)" in out
+    assert "small-2222  (incomplete: model.safetensors has 400 bytes, not the 1,000 written" in out
+    assert main(["cache", "clear", gone.name]) == 0 and not gone.exists()
+    assert main(["cache", "clear"]) == 0 and "removed 3 entries" in capsys.readouterr().out
+    assert sorted(p.name for p in cache.iterdir()) == ["notes"]

@@ -2,9 +2,10 @@
 
 A GGUF base model (the embedded one included) is converted once to a safetensors directory, about 517 MB for the
 135M model in fp32, under `cache_root()/gguf/` (`~/.cache/tunelab`, or $TUNELAB_CACHE). Clearing it costs one
-conversion (~25 s for the 135M model) at the next use. Only folders that look like tunelab's conversions (a
-config.json beside safetensors weights, or an unfinished `.tmp-` folder) are listed and removed, so pointing
-$TUNELAB_CACHE at a folder holding other things never deletes them.
+conversion (~25 s for the 135M model) at the next use. Only folders that look like tunelab's conversions (one with
+the file a finished conversion writes last, one named as conversions are with a config.json, or an unfinished `.tmp-`
+folder) are listed and removed, so pointing $TUNELAB_CACHE at a folder holding other things never deletes them. A
+conversion whose files were since deleted or cut short is listed as incomplete; the next use converts it again.
 
 Adapters of runs on a GGUF base name the converted folder as their base for other tools
 (`peft.AutoPeftModelForCausalLM`); after clearing, the next tunelab command that loads the model recreates it.
@@ -12,13 +13,14 @@ Adapters of runs on a GGUF base name the converted folder as their base for othe
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import ConfigError
-from tunelab.models.load import cache_root
+from tunelab.models.load import COMPLETE, cache_root, conversion_problem
 
 
 @dataclass
@@ -27,7 +29,8 @@ class CacheEntry:
     path: Path
     size_bytes: int
     modified: float  # seconds since the epoch
-    complete: bool  # False for a conversion that was interrupted (a .tmp- folder)
+    complete: bool  # False for a conversion that was interrupted (a .tmp- folder) or damaged since (see problem)
+    problem: str | None = None  # what is wrong with a finished conversion that is no longer whole
 
 
 def gguf_cache_dir() -> Path:
@@ -38,10 +41,21 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+_CONVERTED_NAME = re.compile(r".+-[0-9a-f]{16}")  # the GGUF file's stem and 16 hex digits of its key (load.py)
+
+
 def _is_ours(folder: Path) -> bool:
-    if folder.name.startswith(".tmp-"):
+    if folder.name.startswith(".tmp-") or (folder / COMPLETE).is_file():
         return True
-    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+    return _CONVERTED_NAME.fullmatch(folder.name) is not None and (folder / "config.json").is_file()
+
+
+def _entry(folder: Path) -> CacheEntry:
+    unfinished = folder.name.startswith(".tmp-")
+    problem = None if unfinished else conversion_problem(folder)
+    return CacheEntry(
+        folder.name, folder, _size(folder), folder.stat().st_mtime, not unfinished and not problem, problem
+    )
 
 
 def cache_entries() -> list[CacheEntry]:
@@ -49,11 +63,7 @@ def cache_entries() -> list[CacheEntry]:
     root = gguf_cache_dir()
     if not root.is_dir():
         return []
-    entries = [
-        CacheEntry(f.name, f, _size(f), f.stat().st_mtime, not f.name.startswith(".tmp-"))
-        for f in root.iterdir()
-        if f.is_dir() and not f.is_symlink() and _is_ours(f)
-    ]
+    entries = [_entry(f) for f in root.iterdir() if f.is_dir() and not f.is_symlink() and _is_ours(f)]
     return sorted(entries, key=lambda e: -e.size_bytes)
 
 
@@ -84,7 +94,11 @@ def format_entries(entries: list[CacheEntry]) -> str:
     lines = [f"GGUF conversion cache: {gguf_cache_dir()}  (moved by $TUNELAB_CACHE)"]
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.modified))
-        state = "" if e.complete else "  (unfinished conversion)"
+        state = ""
+        if e.name.startswith(".tmp-"):
+            state = "  (unfinished conversion)"
+        elif e.problem:
+            state = f"  (incomplete: {e.problem}; converted again at next use)"
         lines.append(f"  {_human(e.size_bytes):>9}  {when}  {e.name}{state}")
     total = sum(e.size_bytes for e in entries)
     lines.append(

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from tunelab.cli import main
+from tunelab.conversion_cache import cache_entries
 from tunelab.errors import ModelError
-from tunelab.models.load import EMBEDDED, load_hf_model, load_tokenizer, resolve_source
+from tunelab.models.load import COMPLETE, EMBEDDED, load_hf_model, load_tokenizer, materialize, resolve_source
 
 
 def test_a_folder_with_config_json_only_says_what_is_missing(tiny_model_dir, tmp_path):
@@ -105,3 +107,78 @@ def test_a_misspelt_alias_is_named_not_looked_up_on_the_hub(monkeypatch, tmp_pat
             resolve_source(typo)
     assert resolve_source("gpt2").path == "gpt2"  # a hub id without an org stays one
     assert resolve_source("HuggingFaceTB/SmolLM2-135M").path == "HuggingFaceTB/SmolLM2-135M"
+
+
+def _train_on(model: Path, tmp_path: Path) -> int:
+    (tmp_path / "a.jsonl").write_text('{"question": "q", "answer": "a"}\n' * 4)
+    args = ["--data.train", str(tmp_path / "a.jsonl"), "--data.max_length", "64", "--train.max_steps", "1"]
+    return main(["train", "--model.name", str(model), *args, "--output_dir", str(tmp_path / "r"), "--overwrite"])
+
+
+@pytest.mark.parametrize("damage", ["cut", "deleted"])
+def test_a_damaged_conversion_is_listed_and_converted_again(damage, tiny_gguf, tmp_path, monkeypatch, capsys):
+    """A converted copy whose weights were cut short failed inside safetensors with a traceback at every run; one
+    whose weights were deleted passed for finished (only config.json was looked for) and failed at every run, while
+    `tunelab cache` called the cache empty and `tunelab cache clear` removed nothing."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    folder = Path(materialize(resolve_source(str(tiny_gguf))))
+    weights = folder / "model.safetensors"
+    if damage == "cut":
+        os.truncate(weights, weights.stat().st_size // 2)
+    else:
+        weights.unlink()
+    assert [(e.name, e.complete) for e in cache_entries()] == [(folder.name, False)]
+    assert main(["cache"]) == 0 and f"{folder.name}  (incomplete" in capsys.readouterr().out
+
+    assert _train_on(tiny_gguf, tmp_path) == 0
+    assert f"the converted copy {folder} is incomplete" in capsys.readouterr().err
+    assert [(e.name, e.complete) for e in cache_entries()] == [(folder.name, True)]
+
+
+def test_a_conversion_damaged_in_place_names_the_folder_and_the_fix(tiny_gguf, tmp_path, monkeypatch, capsys):
+    """Weights overwritten at their own size cannot be told from whole ones without reading them all: loading says
+    which copy is damaged and how to remove it, with no traceback."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    folder = Path(materialize(resolve_source(str(tiny_gguf))))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"\xff" * weights.stat().st_size)
+    assert _train_on(tiny_gguf, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and f"tunelab cache clear {folder.name}" in err and "Traceback" not in err
+
+
+def test_a_whole_conversion_made_before_the_finish_mark_is_kept(tiny_gguf, tmp_path, monkeypatch, capsys):
+    """Folders converted before COMPLETE was written are checked by their own files, not all converted again."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    folder = Path(materialize(resolve_source(str(tiny_gguf))))
+    (folder / COMPLETE).unlink()
+    capsys.readouterr()
+    assert materialize(resolve_source(str(tiny_gguf))) == str(folder)
+    assert "incomplete" not in capsys.readouterr().err and not (folder / COMPLETE).exists()
+    assert [e.complete for e in cache_entries()] == [True]
+
+
+def test_a_relative_cache_folder_is_named_by_its_absolute_path(tiny_gguf, tmp_path, monkeypatch):
+    """TUNELAB_CACHE=rc put "rc/gguf/..." in runs' adapter_config.json as their base, which PEFT then looked for
+    under whatever folder the run was opened from."""
+    from tunelab.peft.save import loadable_base
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNELAB_CACHE", "rc")
+    base = Path(loadable_base(str(tiny_gguf)))
+    assert base.is_absolute() and base.parent == (tmp_path / "rc" / "gguf").resolve()
+    assert (base / "model.safetensors").is_file()
+
+
+def test_a_gguf_file_is_known_by_its_extension_in_any_case(tiny_gguf, tmp_path, monkeypatch):
+    """Model.GGUF was refused as "not a Hugging Face model directory, a .gguf file, or a hub id"."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    upper = tmp_path / "Model.GGUF"
+    shutil.copy(tiny_gguf, upper)
+    source = resolve_source(str(upper))
+    assert source.gguf_file == "Model.GGUF"
+    assert load_hf_model(source, torch.float32, torch.device("cpu")).config.num_hidden_layers == 2
+    assert len(load_tokenizer(source)) == 301
+    upper.write_bytes(b"PK\3\4 not a GGUF file")
+    with pytest.raises(ModelError, match="Model.GGUF is not a GGUF file \\(it does not start with 'GGUF'\\)"):
+        load_hf_model(resolve_source(str(upper)), torch.float32, torch.device("cpu"))

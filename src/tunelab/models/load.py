@@ -10,11 +10,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.util
+import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
@@ -54,7 +57,7 @@ def resolve_source(name: str) -> ModelSource:
             raise ModelError(f"model '{name}': {folder / filename} is missing; reinstall with: {install}")
         return ModelSource(name, str(folder), filename)
     path = Path(name).expanduser()
-    if name.endswith(".gguf"):
+    if path.suffix.lower() == ".gguf":  # Model.GGUF too; check_gguf reads the magic bytes before converting
         if not path.is_file():
             raise ModelError(f"model '{name}': GGUF file not found.")
         return ModelSource(name, str(path.resolve().parent), path.name)
@@ -176,7 +179,9 @@ CONVERSION = 2  # 2: a tied embedding under model.embed_tokens.weight (1 kept it
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
+    """$TUNELAB_CACHE (by default ~/.cache/tunelab) as an absolute path: runs record folders under it as their base,
+    and a relative one would name another folder wherever the run is opened."""
+    return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab").expanduser().resolve()
 
 
 def _gguf_cache_dir(source: ModelSource) -> Path:
@@ -197,14 +202,77 @@ def _hf_state(model) -> dict[str, torch.Tensor]:
     return {name: tensor.contiguous() for name, tensor in state.items()}
 
 
+COMPLETE = "tunelab-conversion.json"  # written last into a converted folder: the name and size of every other file
+
+
+def finish_conversion(folder: Path) -> None:
+    """Mark a converted folder as whole by writing COMPLETE after every other file, listing each with its size."""
+    files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file() and f.name != COMPLETE}
+    write_json(folder / COMPLETE, {"conversion": CONVERSION, "files": files})
+
+
+def _whole_safetensors(file: Path) -> bool:
+    """The file is as long as its own header says: 8 bytes giving the header's length, the JSON header, then the
+    tensors' data up to the largest end offset."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if length > size:
+                return False
+            header = json.loads(f.read(length))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+    return size == 8 + length + end
+
+
+def _unmarked_problem(folder: Path) -> str | None:
+    """A folder converted before COMPLETE was written: whole when its weights, config and tokenizer config are there
+    and the weights are as long as their header says (a damaged copy is converted again; a whole one is kept)."""
+    for name in ("model.safetensors", "config.json", "tokenizer_config.json"):
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    if not _whole_safetensors(folder / "model.safetensors"):
+        return "model.safetensors is not as long as its header says"
+    return None
+
+
+def conversion_problem(folder: Path) -> str | None:
+    """What is wrong with a converted folder, or None when it is whole: every file COMPLETE lists is there at the size
+    it was written (a folder whose weights were deleted or cut short since is not)."""
+    if not (folder / COMPLETE).is_file():
+        return _unmarked_problem(folder)
+    try:
+        files = json.loads((folder / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{COMPLETE} cannot be read"
+    for name, size in files.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size:,} bytes, not the {size:,} written"
+    return None
+
+
 def materialize(source: ModelSource) -> str:
-    """A directory or hub id transformers can load without GGUF conversion: GGUF files are converted once and cached."""
+    """A directory or hub id transformers can load without GGUF conversion: GGUF files are converted once and cached.
+    A cached copy that is not whole (conversion_problem) is converted again in its place."""
     if not source.is_gguf:
         return source.path
     target = _gguf_cache_dir(source)
-    if (target / "config.json").is_file():
+    problem = conversion_problem(target) if target.exists() else None
+    if target.exists() and problem is None:
         return str(target)
     check_gguf(source)
+    if problem is not None:
+        print(
+            f"model '{source.name}': the converted copy {target} is incomplete ({problem}); converting the GGUF file "
+            "again.",
+            file=sys.stderr,
+            flush=True,
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -218,8 +286,8 @@ def materialize(source: ModelSource) -> str:
         raise ModelError(f"model '{source.name}': transformers could not read this GGUF file ({exc}).") from None
     try:
         # Whole or not at all: a concurrent reader sees all of it or nothing, and a concurrent converter that
-        # finished first keeps its copy (the rename then fails, and that copy is used).
-        with scratch_folder(target, replace=False) as scratch:
+        # finished first keeps its copy (the rename then fails, and that copy is used). A damaged copy is replaced.
+        with scratch_folder(target, replace=problem is not None) as scratch:
             # transformers refuses to save a model it loaded from GGUF, so write the plain fp32 copy ourselves.
             config = model.config.to_dict()
             config.pop("quantization_config", None)
@@ -228,10 +296,22 @@ def materialize(source: ModelSource) -> str:
             if model.generation_config is not None:
                 model.generation_config.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
+            finish_conversion(scratch)
     except OSError:
-        if not (target / "config.json").is_file():
+        if conversion_problem(target) is not None:
             raise
     return str(target)
+
+
+def _damaged(source: ModelSource, exc: Exception) -> ModelError:
+    """Weights that safetensors cannot read: for a GGUF model, its converted copy, which clearing converts again."""
+    if source.is_gguf:
+        folder = _gguf_cache_dir(source)
+        return ModelError(
+            f"model '{source.name}': its converted copy {folder} is damaged ({exc}). Remove it with `tunelab cache "
+            f"clear {folder.name}`; the next run converts the GGUF file again."
+        )
+    return ModelError(f"model '{source.name}': its weights are damaged ({exc}). Copy the model folder again.")
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
@@ -278,6 +358,8 @@ def load_hf_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
         )
     except OSError as exc:
         raise ModelError(f"model '{source.name}': could not load its weights ({exc}).") from None
+    except SafetensorError as exc:
+        raise _damaged(source, exc) from None
     except ValueError as exc:
         raise _remote_code(source.name, exc) or ModelError(f"model '{source.name}': {exc}") from None
     return model.to(device).eval()
