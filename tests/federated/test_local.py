@@ -67,3 +67,21 @@ def test_group_by_length_orders_the_clients_micro_batches(tiny_model_dir, client
     assert any(not torch.equal(g["input_ids"], p["input_ids"]) for g, p in zip(grouped, plain))  # the test can tell
     for step, batch in enumerate(grouped):
         assert torch.equal(stream.step(step)[0]["input_ids"], batch["input_ids"])
+
+
+def test_ray_gets_a_short_temp_root_when_the_system_one_is_too_long(monkeypatch):
+    """Under a long TMPDIR (pytest's basetemp past pytest-99, a scheduler's job folder) Ray could not create its
+    object store's socket (AF_UNIX paths hold 107 bytes) and the simulation crashed."""
+    import os
+
+    from tunelab.federated.run import _short_ray_temp
+
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setenv("TMPDIR", "/tmp/" + "x" * 60)
+    with _short_ray_temp():
+        inside = os.environ["RAY_TMPDIR"]
+        assert inside.startswith("/tmp/tl-ray-") and len(inside) + 68 <= 107 and os.path.isdir(inside)
+    assert "RAY_TMPDIR" not in os.environ and not os.path.exists(inside)
+    monkeypatch.setenv("TMPDIR", "/tmp/short")
+    with _short_ray_temp():
+        assert "RAY_TMPDIR" not in os.environ  # short enough: left alone

@@ -10,7 +10,11 @@ Two engines, one ServerApp and one ClientApp:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,15 +176,43 @@ def simulate(resolved: ResolvedConfig, clients: list[ClientData], resume: bool) 
     if f.client_cpus > cores:
         raise ConfigError(f"option 'federated.client_cpus' is {f.client_cpus}, but this machine has {cores} cores.")
     gpu = resolved.config.model.device != "cpu" and torch.cuda.is_available()
-    run_simulation(
-        server_app=make_server_app(resolved, clients=[c.name for c in clients], resume=resume),
-        client_app=make_client_app(clients),
-        num_supernodes=len(clients),
-        backend_config={
-            "client_resources": {"num_cpus": f.client_cpus, "num_gpus": 1.0 if gpu else 0.0},
-            "init_args": {"num_cpus": cores, "num_gpus": torch.cuda.device_count() if gpu else 0},
-        },
-    )
+    with _short_ray_temp():
+        run_simulation(
+            server_app=make_server_app(resolved, clients=[c.name for c in clients], resume=resume),
+            client_app=make_client_app(clients),
+            num_supernodes=len(clients),
+            backend_config={
+                "client_resources": {"num_cpus": f.client_cpus, "num_gpus": 1.0 if gpu else 0.0},
+                "init_args": {"num_cpus": cores, "num_gpus": torch.cuda.device_count() if gpu else 0},
+            },
+        )
+
+
+# What Ray adds under its temp root for its object store's socket: /ray/session_<date>_<time>_<us>_<pid>/sockets/
+# plasma_store, 68 characters with a 7-digit pid; a Unix socket's path holds at most 107.
+RAY_SOCKET_SUFFIX, UNIX_SOCKET_PATH_MAX = 68, 107
+
+
+@contextlib.contextmanager
+def _short_ray_temp():
+    """Ray's temp root (RAY_TMPDIR, else TMPDIR on Linux, else /tmp), moved to a short folder under /tmp for the
+    simulation when it is too long for Ray's socket paths: Ray then fails to start ("AF_UNIX path length cannot
+    exceed 107 bytes"), which a long TMPDIR (a job scheduler's, a test runner's) is enough for."""
+    root = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    if sys.platform == "win32" or len(root) + RAY_SOCKET_SUFFIX <= UNIX_SOCKET_PATH_MAX:
+        yield
+        return
+    short = tempfile.mkdtemp(prefix="tl-ray-", dir="/tmp")
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = short
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = before
+        shutil.rmtree(short, ignore_errors=True)
 
 
 APP_TOML = """\
