@@ -103,14 +103,12 @@ def tiny_tokenizer():
         )
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
-    """A 2-layer random Llama with SmolLM2's tokenizer (see tiny_tokenizer), saved as a Hugging Face directory."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _tiny_llama_config(tokenizer):
+    """The tiny test model's shape: 2 layers, hidden 64, GQA 4/2, tied embeddings, the tokenizer's special ids."""
+    from transformers import LlamaConfig
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -118,10 +116,19 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
         num_key_value_heads=2,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-        bos_token_id=tiny_tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer random Llama with SmolLM2's tokenizer (see tiny_tokenizer), saved as a Hugging Face directory."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = _tiny_llama_config(tiny_tokenizer)
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # transformers zeroes the pad row at init; a real checkpoint has trained it (pad = EOS here)
         model.model.embed_tokens.weight[config.pad_token_id].normal_(std=config.initializer_range)
@@ -137,26 +144,14 @@ def tiny_gguf(tmp_path_factory, base_tokenizer):
     second (the embedded model takes ~25 s, most of it reading its 49k-token vocabulary)."""
     from types import SimpleNamespace
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from tunelab.export.gguf import write_gguf
 
     pytest.importorskip("gguf", reason="writing and reading GGUF needs the gguf package")
     tok = base_tokenizer(("<|im_start|>", "<|im_end|>"), _CHATML)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
+    config = _tiny_llama_config(tok)
     # write_gguf reads a merged run's model, tokenizer, base name and stop tokens; nothing else of it.
     merged = SimpleNamespace(
         model=LlamaForCausalLM(config).eval(),
