@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.cli import join_negative_values, main, resume_command
+from tunelab.cli import _overrides, build_parser, join_negative_values, main, resume_command
+from tunelab.config import load_config
 
 
 def _tunelab(*args, cwd=None):
@@ -211,3 +212,14 @@ def test_eval_report_merge_export_through_the_cli(tiny_run_dir, tmp_path, capsys
     assert main(["export", str(tiny_run_dir), "--gguf", str(tmp_path / "m.gguf"), "--type", "q8_0"]) == 0
     assert (tmp_path / "m.gguf").stat().st_size > 0 and (tmp_path / "Modelfile").is_file()
     assert "error" in capsys.readouterr().err  # the refused merge said why
+
+
+def test_a_flags_null_unsets_an_optional_text_option_and_is_text_for_a_required_one():
+    """README: on the command line `null` unsets an optional option, a text one included; a required text keeps it."""
+    args = build_parser().parse_args(
+        ["check", "c.yaml", "--data.system_prompt", "null", "--eval.refusal", " ~ ", "--output_dir", "null"]
+    )
+    overrides = _overrides(args)
+    assert (overrides["data.system_prompt"], overrides["eval.refusal"], overrides["output_dir"]) == (None, None, "null")
+    cfg = load_config(None, overrides | {"data.train": "qa.jsonl"}).config
+    assert (cfg.data.system_prompt, cfg.eval.refusal, cfg.output_dir) == (None, None, "null")

@@ -165,7 +165,8 @@ def test_a_mapping_where_a_list_of_sources_goes_names_the_types_without_module_p
         ("data.system_prompt", "yes", "yes"),  # True
         ("eval.refusal", "No", "No"),  # False
         ("data.system_prompt", "Q: {text} A:", "Q: {text} A:"),  # a mapping
-        ("data.system_prompt", "null", None),  # unsets an optional text
+        ("data.system_prompt", "null", "null"),  # a str is its text; the API unsets by None, a flag by null
+        ("eval.refusal", "~", "~"),
         ("data.train", "0010", ["0010"]),
         ("data.train", "[0010, b.jsonl]", ["0010", "b.jsonl"]),
         ("method.target_modules", "[q_proj, 'on']", ["q_proj", "on"]),
@@ -185,6 +186,21 @@ def test_a_text_option_keeps_its_text_as_typed(name, text, value):
     if name == "data.train":
         value = [f"/d/{v}" for v in value]
     assert got == value and type(got) is type(value)
+
+
+def test_a_python_str_null_is_text_and_none_unsets_an_optional_text_option(tmp_path):
+    """The API's str 'null' for an optional text was read as YAML's null and unset the option: a refusal marker or
+    system prompt 'null' was lost, as was one in a RunConfig (resolve passes its values as overrides)."""
+    from tunelab.training.recipe import resolve
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  train: [qa.jsonl]\n  system_prompt: Be brief.\n")
+    cfg = load_config(path, {"data.system_prompt": "null", "eval.refusal": "NULL"}).config
+    assert (cfg.data.system_prompt, cfg.eval.refusal) == ("null", "NULL")
+    assert load_config(path, {"data.system_prompt": None}).config.data.system_prompt is None
+    config = RunConfig()
+    config.data.train, config.data.system_prompt = [str(tmp_path / "qa.jsonl")], "null"
+    assert resolve(config).config.data.system_prompt == "null"
 
 
 def test_text_options_of_a_staged_run_and_a_list_of_sources_read_as_before():

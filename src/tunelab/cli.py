@@ -22,6 +22,7 @@ from tunelab.errors import ConfigError, Interrupted, TunelabError
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     from tunelab.config import iter_options
+    from tunelab.config.load import flag_text, unsets_by_null
 
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, f, hint in iter_options():
@@ -43,6 +44,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         }
         if hint is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif unsets_by_null(hint):
+            kwargs["type"] = flag_text  # --data.system_prompt null unsets it; the API's str 'null' is that text
         group.add_argument(f"--{name}", **kwargs)
 
 

@@ -98,14 +98,27 @@ def _arms(hint: Any) -> set:
     return set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
 
 
+def unsets_by_null(hint: Any) -> bool:
+    """Is an option of type `hint` an optional text, which a flag's null (or ~) unsets (see flag_text)?"""
+    return _arms(hint) == {str, type(None)}
+
+
+def flag_text(text: str) -> str | None:
+    """A command-line flag's text for an optional text option: null (or ~) unsets it, as in a YAML file; any other
+    text is passed on as typed. Only the command line reads text so: in the Python API a str is the text itself
+    ('null' included) and None unsets."""
+    return None if text.strip() in NULL else text
+
+
 def read_text_value(text: str, hint: Any) -> Any:
     """An override given as text (a flag's, or a str among the Python API's overrides) as a value for an option of
     type `hint`. A text option keeps the text as typed, where YAML would read 0010 as 8, 3.10 as 3.1, 1_000 as 1000,
-    2024-05-01 as a date and No as False; an optional one is unset by null (or ~). A list of texts takes one text as a
-    list of one, and the text of each entry of a [flow, list] that is not a mapping; a mapping of texts ({prompt: q}) keeps its keys'
-    and values' text. Any other option reads the text as YAML: 1e-4, true, [a, b], {path: a.jsonl, weight: 2}."""
+    2024-05-01 as a date, No as False and null as None (a flag's null is read before, by flag_text). A list of texts
+    takes one text as a list of one, and the text of each entry of a [flow, list] that is not a mapping; a mapping of
+    texts ({prompt: q}) keeps its keys' and values' text. Any other option reads the text as YAML: 1e-4, true,
+    [a, b], {path: a.jsonl, weight: 2}."""
     if str in _arms(hint) and _arms(hint) <= {str, type(None)}:
-        return None if type(None) in _arms(hint) and text.strip() in NULL else text
+        return text
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
     except yaml.YAMLError:
