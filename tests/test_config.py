@@ -268,6 +268,54 @@ def test_a_misspelt_section_or_stage_key_is_named_with_what_was_meant(tmp_path, 
         load_config(path)
 
 
+LORA = "LoRA options live under method: (method.name: lora, method.r, method.alpha, method.dropout"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("lora: {r: 8, lora_alpha: 16}\n", f"unknown section 'lora'. {LORA}"),  # was: did you mean method.rslora
+        ("lora: {r: 8, lora_alpha: 16}\n", "here: r -> method.r, lora_alpha -> method.alpha."),
+        ("lora: true\n", f"unknown option 'lora'. {LORA}"),
+        ("peft: {r: 8, target_modules: [q_proj]}\n", "here: r -> method.r, target_modules -> method.target_modules"),
+        ("lora_config: {r: 8}\n", LORA),
+        (
+            "training: {learning_rate: 1.0e-4, num_epochs: 3}\n",
+            "unknown section 'training'. Training options live under",
+        ),
+        ("training: {learning_rate: 1.0e-4, num_epochs: 3}\n", "here: learning_rate -> train.lr, num_epochs -> train."),
+        ("trainer: {max_steps: 10}\n", "Training options live under train: (train.lr,"),
+        ("dataset: qa.jsonl\n", "unknown option 'dataset'. Did you mean data.train?"),
+        ("dataset: {path: qa.jsonl}\n", "unknown section 'dataset'. Data options live under data: (data.train:"),
+        ("datasets: [{path: qa.jsonl}]\n", "unknown option 'datasets'. Did you mean data.train?"),  # axolotl's list
+        ("optimizer: adamw\n", "unknown option 'optimizer'. Did you mean train.optimizer?"),
+        ("optimizer: {_component_: torch.optim.AdamW, lr: 2.0e-5}\n", "Optimizer options live under train:"),
+        ("lr_scheduler: cosine\n", "Did you mean train.scheduler?"),
+        ("lr: 1.0e-4\n", "unknown option 'lr'. Did you mean train.lr?"),
+        ("learning_rate: 1.0e-4\n", "unknown option 'learning_rate'. Did you mean train.lr?"),
+        ("epochs: 3\n", "unknown option 'epochs'. Did you mean train.epochs?"),
+        ("num_epochs: 3\n", "Did you mean train.epochs?"),
+        ("batch_size: 4\n", "unknown option 'batch_size'. Did you mean train.micro_batch?"),
+        ("adapter: qlora\n", "Did you mean method.name, model.adapter?"),  # axolotl's adapter is our method
+        ("quantization: {bits: 4}\n", "Did you mean method.quantize_base?"),
+        ("tokenizer: {max_seq_len: 2048}\n", "The tokenizer is the model's: model.name names both"),
+        ("tokenizer: {max_seq_len: 2048}\n", "here: max_seq_len -> data.max_length"),
+    ],
+)
+def test_another_tools_top_level_key_points_to_where_ours_lives(tmp_path, content, message):
+    """Spelling alone answered `lora:` with method.rslora and `peft:` with nothing: a key from PEFT, axolotl,
+    torchtune or TrainingArguments is answered by its meaning, the section holding ours for a group of settings."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {train: [qa.jsonl]}\n" + content)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)
+
+
+def test_another_tools_group_as_an_override_points_to_where_ours_lives():
+    with pytest.raises(ConfigError, match=re.escape(f"--peft: unknown section 'peft'. {LORA}")):
+        load_config(None, {"peft": {"r": 8}})
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

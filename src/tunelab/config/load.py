@@ -38,7 +38,7 @@ def _flatten(raw: dict, where: str) -> dict[str, Any]:
             for sub, v in value.items():
                 _put(flat, f"{key}.{sub}", v, where)
         else:
-            if isinstance(value, dict) and (error := unknown_section(str(key), where)):
+            if isinstance(value, dict) and (error := unknown_section(str(key), where, value)):
                 raise error
             _put(flat, str(key), value, where)
     return flat

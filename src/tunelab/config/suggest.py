@@ -76,6 +76,51 @@ ALIASES = {
     "out_dir": "output_dir",
     "output_path": "output_dir",
     "overwrite_output_dir": "overwrite",
+    "adapter": "method.name",  # axolotl's `adapter: lora | qlora`; ours, model.adapter, is an adapter to start from
+    "quantization": "method.quantize_base",
+    "quantization_config": "method.quantize_base",
+    "bnb_config": "method.quantize_base",
+}
+
+# Whole groups of settings in other tools (PEFT's LoraConfig, axolotl, torchtune, TrainingArguments) and the section
+# that holds ours: spelling alone points at an option that merely looks alike (lora -> method.rslora) or at nothing
+# (peft). A key that is also an option by meaning (`optimizer: adamw`) gets that option unless it holds a mapping.
+_LORA = (
+    "method",
+    "LoRA options live under method: (method.name: lora, method.r, method.alpha, method.dropout, "
+    "method.target_modules)",
+)
+_TRAIN = (
+    "train",
+    "Training options live under train: (train.lr, train.epochs, train.micro_batch, train.optimizer, ...)",
+)
+_DATA = (
+    "data",
+    "Data options live under data: (data.train: [file.jsonl], data.format, data.fields, data.max_length, ...)",
+)
+FOREIGN_SECTIONS = {
+    "lora": _LORA,
+    "peft": _LORA,
+    "lora_config": _LORA,
+    "peft_config": _LORA,
+    "adapter_config": _LORA,
+    "training": _TRAIN,
+    "trainer": _TRAIN,
+    "training_args": _TRAIN,
+    "training_arguments": _TRAIN,
+    "hyperparameters": _TRAIN,
+    "optimizer": (
+        "train",
+        "Optimizer options live under train: (train.optimizer: adamw, train.lr, train.weight_decay, ...)",
+    ),
+    "lr_scheduler": ("train", "Scheduler options live under train: (train.scheduler: cosine, train.warmup_ratio)"),
+    "dataset": _DATA,
+    "datasets": _DATA,
+    "tokenizer": (
+        "data",
+        "The tokenizer is the model's: model.name names both (data.template picks the prompt template, "
+        "data.max_length the longest example)",
+    ),
 }
 
 
@@ -83,16 +128,40 @@ def suggest(name: str) -> list[str]:
     """Up to three options the user may have meant by `name`: by known alias, then by the last part of the name
     (the right key in the wrong section), then by spelling of the last part, then by spelling of the whole name."""
     options = [n for n, _, _ in iter_options()]
-    last = name.rpartition(".")[2].lower().replace("-", "_")
-    found = [ALIASES[last]] if last in ALIASES else []
-    found += [o for o in options if o.rpartition(".")[2] == last]
-    if found:  # the meaning is known: spelling neighbours would only distract
+    last = _key(name)
+    if found := _meant(last):  # the meaning is known: spelling neighbours would only distract
         return [o for o in dict.fromkeys(found) if o != name][:3]
     lasts = sorted({o.rpartition(".")[2] for o in options})
     for close in difflib.get_close_matches(last, lasts, n=3, cutoff=0.7):
         found += [o for o in options if o.rpartition(".")[2] == close]
     found += difflib.get_close_matches(name, options, n=3)
     return [o for o in dict.fromkeys(found) if o != name][:3]
+
+
+def _key(name: str) -> str:
+    """The last part of a dotted name, as ALIASES and FOREIGN_SECTIONS spell it."""
+    return name.rpartition(".")[2].lower().replace("-", "_")
+
+
+def _meant(key: str) -> list[str]:
+    """The options a key (its last part) means: its alias, then the options of that name in any section."""
+    found = [ALIASES[key]] if key in ALIASES else []
+    return found + [o for o, _, _ in iter_options() if o.rpartition(".")[2] == key and o not in found]
+
+
+def _foreign_section(name: str, value: Any) -> str | None:
+    """Where the options of another tool's group of settings `name` live, and for a mapping what each of its keys
+    is called here (r -> method.r); None when `name` is no such group, or is an option by meaning and holds no
+    mapping."""
+    key = _key(name)
+    if key not in FOREIGN_SECTIONS or (_meant(key) and not isinstance(value, dict)):
+        return None
+    section, text = FOREIGN_SECTIONS[key]
+    pairs = []
+    for sub in value if isinstance(value, dict) else ():
+        if meant := _meant(_key(str(sub))):  # by meaning only: a spelling neighbour is the guess this replaces
+            pairs.append(f"{sub} -> {next((o for o in meant if o.startswith(f'{section}.')), meant[0])}")
+    return text + (f"; here: {', '.join(pairs)}" if pairs else "")
 
 
 def unknown_option(name: str, where: str, flag: bool = False, value: Any = None, command: str = "train") -> ConfigError:
@@ -105,6 +174,9 @@ def unknown_option(name: str, where: str, flag: bool = False, value: Any = None,
         return ConfigError(
             f"{where}: '{name}' is a section, not an option; name its options with dots ({like}{dotted})."
         )
+    if foreign := _foreign_section(name, value):
+        what = "section" if isinstance(value, dict) else "option"
+        return ConfigError(f"{where}: unknown {what} '{name}'. {foreign}. Run 'tunelab {command} --help' for the list.")
     close = [f"--{o}" if flag else o for o in suggest(name)]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"{where}: unknown option '{name}'.{hint} Run 'tunelab {command} --help' for the list.")
@@ -114,8 +186,11 @@ def _first_key(section: str) -> str:
     return next(n for n, _, _ in iter_options() if n.startswith(f"{section}.")).partition(".")[2]
 
 
-def unknown_section(name: str, where: str) -> ConfigError | None:
-    """The error for a top-level key holding a mapping that is spelt like a section (`dat:`), or None."""
+def unknown_section(name: str, where: str, value: Any = None) -> ConfigError | None:
+    """The error for a top-level key holding a mapping (`value`) that is another tool's group of settings (`lora:`)
+    or spelt like a section (`dat:`), or None."""
+    if foreign := _foreign_section(name, value if isinstance(value, dict) else {}):
+        return ConfigError(f"{where}: unknown section '{name}'. {foreign}.")
     close = difflib.get_close_matches(name.lower(), section_names(), n=1, cutoff=0.7)
     if not close:
         return None
