@@ -62,6 +62,45 @@ def test_parquet(tmp_path):
     ]
 
 
+def test_a_parquet_integer_column_with_nulls_renders_its_numbers_as_integers(tmp_path):
+    """pandas writes an integer column with a missing value as float64 (10 -> 10.0): its answers were trained as
+    "10.0". A null stays a missing value (an empty answer, skipped); a float column keeps its floats."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from tunelab.data.formats import to_examples
+    from tunelab.data.report import DataReport
+
+    p = tmp_path / "a.parquet"
+    table = pa.table(
+        {
+            "question": ["q1", "q2", "q3"],
+            "answer": pa.array([10.0, None, -3.0]),  # pandas' form of [10, <NA>, -3]
+            "count": pa.array([10, None, 3], pa.int64()),  # pyarrow's and polars' form: ints already
+            "score": pa.array([0.5, None, 2.0]),  # a fraction: a float column
+            "weight": pa.array([1.0, 2.0, 3.0]),  # no null: pandas kept ints as int64, so these are floats
+            "ratio": pa.array([1.0, float("nan"), None]),  # NaN is not a whole number
+        }
+    )
+    pq.write_table(table, p)
+    rows = [r.row for r in read_records([str(p)])]
+    assert [row["answer"] for row in rows] == [10, None, -3] and type(rows[0]["answer"]) is int
+    assert [row["count"] for row in rows] == [10, None, 3]
+    assert [row["score"] for row in rows] == [0.5, None, 2.0]
+    assert [row["weight"] for row in rows] == [1.0, 2.0, 3.0] and type(rows[0]["weight"]) is float
+    assert rows[0]["ratio"] == 1.0 and type(rows[0]["ratio"]) is float
+    report = DataReport()
+    examples = to_examples(read_records([str(p)]), "question_answer", {}, None, report)
+    assert [e.messages[-1]["content"] for e in examples] == ["10", "-3"]
+    assert report.total_skipped == 1
+
+
+def test_a_csv_integer_column_with_empty_cells_keeps_its_text(tmp_path):
+    """The same shape as CSV: a value is its text as written (10 stays 10), an empty cell an empty answer."""
+    p = write(tmp_path / "a.csv", "question,answer\nq1,10\nq2,\nq3,-3\n")
+    assert [r.row["answer"] for r in read_records([p])] == ["10", "", "-3"]
+
+
 def test_txt_file_is_one_text_record(tmp_path):
     p = write(tmp_path / "book.txt", "Chapter one.\n\nIt begins.\n")
     (record,) = read_records([p])

@@ -3,9 +3,11 @@
 Supported: .jsonl (one object a line), .json (an array of objects; a .json file holding JSON lines is read as
 .jsonl), .csv / .tsv (header row; a .csv file's separator is detected from its header line among , ; tab | unless
 data.delimiter names it; duplicate column names are refused; a .csv file's quotes are read strictly, a .tsv file has
-none, as IANA's text/tab-separated-values has none: a value there holds no tab or line break), .parquet (needs pyarrow), .txt (the whole file is ONE text record, for continued
-pretraining: blank lines are paragraph breaks inside a document, not document separators; put several documents in a
-folder of .txt files or in a .jsonl with a "text" field). Any of these may be gzipped (.jsonl.gz, ...). A folder is
+none, as IANA's text/tab-separated-values has none: a value there holds no tab or line break), .parquet (needs
+pyarrow; a float column of whole numbers with nulls, pandas' form of an integer column with missing values, is read
+as integers), .txt (the whole file is ONE text record, for continued pretraining: blank lines are paragraph breaks
+inside a document, not document separators; put several documents in a folder of .txt files or in a .jsonl with a
+"text" field). Any of these may be gzipped (.jsonl.gz, ...). A folder is
 read recursively, in sorted path order, skipping files of other types.
 
 `Record.line` is the 1-based line for jsonl and txt, the file line where the row starts for csv, and the 0-based
@@ -246,10 +248,28 @@ def _parquet(path: Path) -> list[Record]:
             f"{path}: reading .parquet files needs pyarrow; install it with: pip install 'tunelab[parquet]' (or pip install pyarrow)."
         ) from None
     try:
-        rows = pq.read_table(path).to_pylist()
+        rows = _whole_numbers(pq.read_table(path)).to_pylist()
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
         raise DataError(f"{path}: cannot read the parquet file ({exc}).") from None
     return [Record(str(path), i, row) for i, row in enumerate(rows)]
+
+
+def _whole_numbers(table):
+    """The table with each float column that has a null and otherwise only whole numbers as int64. pandas stores an
+    integer column with a missing value so (a numpy int has no null): its 10 would be rendered "10.0". A null stays
+    null; a float column without nulls, or with a fraction, NaN or infinity in it, stays float."""
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        column = table.column(i)
+        if not pa.types.is_floating(field.type) or not 0 < column.null_count < len(column):
+            continue
+        try:
+            whole = column.cast(pa.int64())  # a safe cast: refuses 2.5, NaN, inf and what int64 cannot hold
+        except pa.ArrowInvalid:
+            continue
+        table = table.set_column(i, field.with_type(pa.int64()), whole)
+    return table
 
 
 def read_file(path: Path, delimiter: str = "auto") -> list[Record]:
