@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,45 @@ def test_json_array_uses_item_index(tmp_path):
 def test_json_file_holding_json_lines_is_read_as_jsonl(tmp_path):
     p = write(tmp_path / "a.json", '{"text": "x"}\n{"text": "y"}\n')
     assert [(r.line, r.row["text"]) for r in read_records([p])] == [(1, "x"), (2, "y")]
+
+
+def test_a_json_file_of_json_lines_names_its_rows_by_line_not_by_item_index(tmp_path):
+    """A .json file holding JSON lines is read as the datasets library reads it, but its rows were named `file[N]`, N
+    being the line: to a reader the item index, one off. They are `file:line`; an array's items keep `file[index]`."""
+    from tunelab.data.formats import to_examples
+    from tunelab.data.report import DataReport, location
+
+    p = write(
+        tmp_path / "a.json",
+        '{"prompt": "q1", "completion": "a1"}\n\n{"prompt": "q2", "completion": ""}\n{"prompt": "q3", "completion": [1]}\n',
+    )
+    records = read_records([p])
+    assert [location(r.path, r.line) for r in records] == [f"{p}:1", f"{p}:3", f"{p}:4"]
+    report = DataReport()
+    examples = to_examples(records[:2], "auto", {}, None, report)
+    assert [location(e.path, e.line) for e in examples] == [f"{p}:1"]
+    assert f"empty answer ({p}:3)" in report.summary()
+    with pytest.raises(DataError, match=re.escape(f"{p}:4: field 'completion' must be a string")):
+        to_examples(records, "auto", {}, None, DataReport())
+    array = write(tmp_path / "b.json", json.dumps([{"text": "x"}, {"text": "y"}]))
+    assert [location(r.path, r.line) for r in read_records([array])] == [f"{array}[0]", f"{array}[1]"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"text": "x"}\n[1, 2]\n', ":2: expected a JSON object like"),
+        ('{"text": "x"}\n{"text": "y" "z"}\n', ":2: not valid JSON (Expecting ',' delimiter at column 14)"),
+        ('{"text": "x",\n "label": "a"}\n{"text": "y"}\n', ":1: not valid JSON"),  # one object over two lines
+    ],
+)
+def test_a_bad_row_of_a_json_file_of_json_lines_names_the_line_and_why_it_is_read_so(tmp_path, text, message):
+    """The error named the file as `.jsonl` (or the row as `file[N]`): it says the .json file is read as JSON lines."""
+    p = write(tmp_path / "a.json", text)
+    with pytest.raises(DataError) as err:
+        read_records([p])
+    assert str(err.value).startswith(f"{p}{message}")
+    assert "holds more than one JSON value, so it is read as JSON lines" in str(err.value)
 
 
 def test_csv_rows_carry_their_file_line_even_with_multiline_cells(tmp_path):

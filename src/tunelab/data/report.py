@@ -15,9 +15,15 @@ MAX_LOCATIONS = 5  # locations kept per skip reason; the count is always complet
 HISTOGRAM_BINS = 20
 
 
+class Line(int):
+    """A record's 1-based line in a file that `location` would otherwise take for an array by its name: a .json file
+    that holds JSON lines (read as the datasets library reads it). Its row 2 is `file:2`, not item `file[2]`."""
+
+
 def location(path: str, line: int) -> str:
     """`file:line` for line-based files (jsonl, csv, txt), `file[index]` for array-like ones (json array, parquet)."""
-    if path.endswith((".json", ".json.gz", ".parquet", ".arrow", "]")):  # "]": a split of a datasets dataset
+    array = path.endswith((".json", ".json.gz", ".parquet", ".arrow", "]"))  # "]": a split of a datasets dataset
+    if array and not isinstance(line, Line):
         return f"{path}[{line}]"
     return f"{path}:{line}"
 

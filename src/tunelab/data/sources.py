@@ -1,7 +1,7 @@
 """Read data files into records: one `Record` per row, each remembering where it came from.
 
 Supported: .jsonl (one object a line), .json (an array of objects; a .json file holding JSON lines is read as
-.jsonl), .csv / .tsv (header row; a .csv file's separator is detected from its header line among , ; tab | unless
+.jsonl, as the datasets library reads it), .csv / .tsv (header row; a .csv file's separator is detected from its header line among , ; tab | unless
 data.delimiter names it; duplicate column names are refused; a .csv file's quotes are read strictly, a .tsv file has
 none, as IANA's text/tab-separated-values has none: a value there holds no tab or line break), .parquet (needs
 pyarrow; a float column of whole numbers with nulls, pandas' form of an integer column with missing values, is read
@@ -10,8 +10,9 @@ inside a document, not document separators; put several documents in a folder of
 "text" field). Any of these may be gzipped (.jsonl.gz, ...). A folder is
 read recursively, in sorted path order, skipping files of other types.
 
-`Record.line` is the 1-based line for jsonl and txt, the file line where the row starts for csv, and the 0-based
-item index for json arrays and parquet (shown as `file[index]`, see report.location).
+`Record.line` is the 1-based line for jsonl (a .json file of JSON lines included: a report.Line) and txt, the file
+line where the row starts for csv, and the 0-based item index for json arrays and parquet (shown as `file[index]`,
+see report.location).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.report import location
+from tunelab.data.report import Line, location
 from tunelab.errors import DataError
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
@@ -117,8 +118,15 @@ def _json_problem(exc: json.JSONDecodeError) -> str:
     return f"{exc.msg}{joiner}column {exc.colno}"
 
 
-def _jsonl(path: Path, text: str) -> list[Record]:
+# A .json file that holds more than one JSON value is read as JSON lines, as the datasets library reads any .json
+# file that is not an array; its lines are then named `file:line` (report.Line), and its errors say why.
+AS_JSON_LINES = "The file holds more than one JSON value, so it is read as JSON lines:"
+
+
+def _jsonl(path: Path, text: str, named_json: bool = False) -> list[Record]:
+    """`named_json`: the file is a .json file that holds JSON lines."""
     records = []
+    rule = f"{AS_JSON_LINES} each line" if named_json else "Each line of a .jsonl file"
     # Lines end at \n (and \r\n) only: str.splitlines also breaks at U+2028, U+2029 and U+0085, which JSON strings
     # may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so).
     for n, line in enumerate(text.split("\n"), start=1):
@@ -127,15 +135,15 @@ def _jsonl(path: Path, text: str) -> list[Record]:
         try:
             value = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
+            fix = "fix that line (an object must be on one line, or all of them in one array [...])"
+            fix = fix if named_json else "fix or remove that line"
             raise DataError(
-                f"{path}:{n}: not valid JSON ({_json_problem(exc)}). Each line of a .jsonl file must be one "
-                "complete JSON object; fix or remove that line."
+                f"{path}:{n}: not valid JSON ({_json_problem(exc)}). {rule} must be one complete JSON object; {fix}."
             ) from None
         except DuplicateKey as exc:
             raise DataError(f"{path}:{n}: {exc}") from None
-        records.append(
-            Record(str(path), n, _object(str(path), n, value, "Each line of a .jsonl file must be one object."))
-        )
+        where = Line(n) if named_json else n
+        records.append(Record(str(path), where, _object(str(path), where, value, f"{rule} must be one object.")))
     return records
 
 
@@ -160,11 +168,11 @@ def _json(path: Path, text: str) -> list[Record]:
         value = json.loads(text, object_pairs_hook=_unique_keys)
     except DuplicateKey as exc:
         if text.lstrip().startswith("{"):  # JSON lines named .json: _jsonl names the line
-            return _jsonl(path, text)
+            return _jsonl(path, text, named_json=True)
         raise DataError(f"{path}: an object of the array: {exc}") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):  # several objects: JSON lines named .json
-            return _jsonl(path, text)
+            return _jsonl(path, text, named_json=True)
         if exc.msg == "Extra data":
             raise DataError(
                 f"{path}:{exc.lineno}: text after the end of the JSON array ({_json_problem(exc)}); remove it."
