@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
-from tunelab.errors import ModelError
+from tunelab.errors import ModelError, WriteFailed
 
 # alias -> (python package that ships the file, file name inside it, how to install it)
 EMBEDDED = {
@@ -297,7 +297,7 @@ def materialize(source: ModelSource) -> str:
                 model.generation_config.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
             finish_conversion(scratch)
-    except OSError:
+    except (OSError, WriteFailed):
         if conversion_problem(target) is not None:
             raise
     return str(target)
