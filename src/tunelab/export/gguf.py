@@ -309,7 +309,7 @@ def export_gguf(
 
     run_dir, out = Path(run), Path(out)
     qtype = parse_qtype(qtype)
-    if out.suffix != ".gguf":
+    if out.suffix.lower() != ".gguf":  # model.GGUF too, as models/load.py reads it
         raise ConfigError(f"option 'out' (--gguf): {out} must be a file name ending in .gguf.")
     check_run(run_dir)
     if qtype in KQUANTS:
