@@ -92,14 +92,18 @@ def ordinary_permissions(folder: Path) -> None:
     os.chmod(folder, dir_mode)
 
 
+ASIDE_PREFIX = ".old-"  # replace_folder's name for the old folder: .old-NAME-PID
+
+
 def replace_folder(scratch: Path, target: Path) -> None:
     """Move a finished scratch folder onto `target`; an existing target is moved aside first and deleted after, so
-    `target` is the old folder or the new one at every moment, never a mixture."""
+    `target` is the old folder or the new one at every moment, never a mixture. A process killed in between leaves
+    the old folder under its `ASIDE_PREFIX` name (`tunelab cache` lists and clears those of the conversion cache)."""
     old = None
     if target.is_dir() and not any(target.iterdir()):
         target.rmdir()
     elif target.exists():
-        old = target.with_name(f".old-{target.name}-{os.getpid()}")
+        old = target.with_name(f"{ASIDE_PREFIX}{target.name}-{os.getpid()}")
         os.replace(target, old)
     os.replace(scratch, target)
     if old is not None:
