@@ -1,9 +1,13 @@
 """`tunelab cache`: lists converted GGUF models with sizes, says where the cache is, clears all or named entries
-(incomplete ones too), and never touches folders that are not tunelab's conversions."""
+(incomplete ones and those an interrupted replacement left aside too), and never touches folders that are not
+tunelab's conversions."""
+
+import os
 
 import pytest
 
 import tunelab
+import tunelab.atomic as atomic
 from tunelab.cli import main
 from tunelab.models.load import COMPLETE, finish_conversion
 
@@ -64,3 +68,37 @@ def test_incomplete_conversions_are_listed_and_cleared(cache, capsys):
     assert main(["cache", "clear", gone.name]) == 0 and not gone.exists()
     assert main(["cache", "clear"]) == 0 and "removed 3 entries" in capsys.readouterr().out
     assert sorted(p.name for p in cache.iterdir()) == ["notes"]
+
+
+def test_a_conversion_left_aside_by_an_interrupted_replacement_is_listed_and_cleared(cache, capsys, monkeypatch):
+    """Replacing a damaged conversion moves it aside as .old-NAME-PID first; a process killed there left it, unlisted
+    and never cleared, when it no longer held the file a finished conversion writes last."""
+    target = cache / "mymodel-0123456789abcdef"  # converted before conversions were marked finished
+    target.mkdir()
+    (target / "config.json").write_text("{}")
+    (target / "model.safetensors").write_bytes(b"\0" * 500)
+    new = cache.parent / "new"
+    new.mkdir()
+    real_replace = os.replace
+
+    def killed_once_moved_aside(src, dst):
+        real_replace(src, dst)
+        raise KeyboardInterrupt  # the process ends here
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(atomic.os, "replace", killed_once_moved_aside)
+        atomic.replace_folder(new, target)
+    (aside,) = cache.glob(".old-*")
+    (cache / ".old-notes-1").mkdir()  # not named as the conversions tunelab sets aside: not ours
+    (cache / ".old-notes-1" / "mine.txt").write_text("keep me")
+
+    entry = {e.name: e for e in tunelab.cache_entries()}[aside.name]
+    assert entry.size_bytes == 502 and not entry.complete and entry.problem is None
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if aside.name in line]
+    assert line.strip().startswith("502 B") and "(an old conversion left aside by an interrupted replacement" in line
+    assert ".old-notes-1" not in out and "4 entries" in out
+    assert main(["cache", "clear", aside.name]) == 0 and not aside.exists()
+    assert f"removed 1 entry (0.0 MB): {aside.name}" in capsys.readouterr().out
+    assert (cache / ".old-notes-1" / "mine.txt").read_text() == "keep me"

@@ -3,18 +3,24 @@
 `os.replace` is atomic on POSIX and Windows within one filesystem, so a reader (or a resumed run after a crash) sees
 the old content or the new one, never a mixture. Every file tunelab writes into a run directory goes through here,
 and every folder it writes whole (a merged model, a converted GGUF) is built in `scratch_folder`.
+
+A write the system refuses (a full disk, a read-only file or filesystem) is a `WriteFailed` naming the file, the
+system's reason and what to do (`write_failed`), never a traceback; what the write would have replaced is unchanged.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+from tunelab.errors import WriteFailed
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -22,20 +28,47 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".tmp-{path.name}")
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
+def write_failed(path: Path, exc: OSError) -> WriteFailed:
+    """The error for a write of `path` that the system refused: the file, the system's reason and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = "free some space on its disk (df -h shows what is left)"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        todo = "make it writable, or write somewhere else"
+    else:
+        todo = "check the disk and the folder"
+    return WriteFailed(
+        f"{path}: cannot be written ({exc.strerror or exc}). Its earlier content, if any, is unchanged; {todo}, then "
+        "run the command again."
+    )
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """For a file written in place (metrics.jsonl is appended to): an OSError in the block is `write_failed`'s."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+
+
+def _replace(path: Path, write: Callable[[Path], Any]) -> Path:
     tmp = temporary_sibling(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with suppress(OSError):  # on a read-only filesystem there is nothing to remove, and removing fails
+            tmp.unlink(missing_ok=True)
+        raise write_failed(path, exc) from None
     return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return _replace(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    tmp = temporary_sibling(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return _replace(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def write_json(path: str | Path, value: Any) -> Path:
@@ -59,14 +92,18 @@ def ordinary_permissions(folder: Path) -> None:
     os.chmod(folder, dir_mode)
 
 
+ASIDE_PREFIX = ".old-"  # replace_folder's name for the old folder: .old-NAME-PID
+
+
 def replace_folder(scratch: Path, target: Path) -> None:
     """Move a finished scratch folder onto `target`; an existing target is moved aside first and deleted after, so
-    `target` is the old folder or the new one at every moment, never a mixture."""
+    `target` is the old folder or the new one at every moment, never a mixture. A process killed in between leaves
+    the old folder under its `ASIDE_PREFIX` name (`tunelab cache` lists and clears those of the conversion cache)."""
     old = None
     if target.is_dir() and not any(target.iterdir()):
         target.rmdir()
     elif target.exists():
-        old = target.with_name(f".old-{target.name}-{os.getpid()}")
+        old = target.with_name(f"{ASIDE_PREFIX}{target.name}-{os.getpid()}")
         os.replace(target, old)
     os.replace(scratch, target)
     if old is not None:
@@ -77,16 +114,21 @@ def replace_folder(scratch: Path, target: Path) -> None:
 def scratch_folder(target: str | Path, replace: bool = True) -> Iterator[Path]:
     """A new hidden folder beside `target` to build it in. When the block ends normally the folder gets ordinary
     permissions and is renamed onto `target` (`replace`: an existing target is replaced; otherwise the rename fails
-    with OSError when another writer got there first); when it raises, the folder is deleted."""
+    with OSError when another writer got there first); when it raises, the folder is deleted. Any other OSError (a full
+    disk while the block writes) is `write_failed`'s, naming `target`."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     try:
-        yield scratch
-        ordinary_permissions(scratch)
-        if replace:
-            replace_folder(scratch, target)
-        else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    except OSError as exc:
+        raise write_failed(target, exc) from None
+    try:
+        with writing(target):
+            yield scratch
+            ordinary_permissions(scratch)
+            if replace:
+                replace_folder(scratch, target)
+        if not replace:
             os.replace(scratch, target)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)

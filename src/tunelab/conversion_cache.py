@@ -3,9 +3,10 @@
 A GGUF base model (the embedded one included) is converted once to a safetensors directory, about 517 MB for the
 135M model in fp32, under `cache_root()/gguf/` (`~/.cache/tunelab`, or $TUNELAB_CACHE). Clearing it costs one
 conversion (~25 s for the 135M model) at the next use. Only folders that look like tunelab's conversions (one with
-the file a finished conversion writes last, one named as conversions are with a config.json, or an unfinished `.tmp-`
-folder) are listed and removed, so pointing $TUNELAB_CACHE at a folder holding other things never deletes them. A
-conversion whose files were since deleted or cut short is listed as incomplete; the next use converts it again.
+the file a finished conversion writes last, one named as conversions are with a config.json, an unfinished `.tmp-`
+folder, or an old conversion that a process killed while replacing it left as `.old-NAME-PID`: atomic.replace_folder)
+are listed and removed, so pointing $TUNELAB_CACHE at a folder holding other things never deletes them. A conversion
+whose files were since deleted or cut short is listed as incomplete; the next use converts it again.
 
 Adapters of runs on a GGUF base name the converted folder as their base for other tools
 (`peft.AutoPeftModelForCausalLM`); after clearing, the next tunelab command that loads the model recreates it.
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.atomic import ASIDE_PREFIX
 from tunelab.errors import ConfigError
 from tunelab.models.load import COMPLETE, cache_root, conversion_problem
 
@@ -29,7 +31,8 @@ class CacheEntry:
     path: Path
     size_bytes: int
     modified: float  # seconds since the epoch
-    complete: bool  # False for a conversion that was interrupted (a .tmp- folder) or damaged since (see problem)
+    complete: bool  # False for a conversion that was interrupted (a .tmp- folder), set aside while being replaced (an
+    # .old- folder, never used again) or damaged since (see problem)
     problem: str | None = None  # what is wrong with a finished conversion that is no longer whole
 
 
@@ -42,20 +45,19 @@ def _size(path: Path) -> int:
 
 
 _CONVERTED_NAME = re.compile(r".+-[0-9a-f]{16}")  # the GGUF file's stem and 16 hex digits of its key (load.py)
+_SET_ASIDE = re.compile(rf"{re.escape(ASIDE_PREFIX)}{_CONVERTED_NAME.pattern}-[0-9]+")  # and the PID of its replacer
 
 
 def _is_ours(folder: Path) -> bool:
-    if folder.name.startswith(".tmp-") or (folder / COMPLETE).is_file():
+    if folder.name.startswith(".tmp-") or _SET_ASIDE.fullmatch(folder.name) or (folder / COMPLETE).is_file():
         return True
     return _CONVERTED_NAME.fullmatch(folder.name) is not None and (folder / "config.json").is_file()
 
 
 def _entry(folder: Path) -> CacheEntry:
-    unfinished = folder.name.startswith(".tmp-")
-    problem = None if unfinished else conversion_problem(folder)
-    return CacheEntry(
-        folder.name, folder, _size(folder), folder.stat().st_mtime, not unfinished and not problem, problem
-    )
+    leftover = folder.name.startswith(".tmp-") or _SET_ASIDE.fullmatch(folder.name) is not None
+    problem = None if leftover else conversion_problem(folder)
+    return CacheEntry(folder.name, folder, _size(folder), folder.stat().st_mtime, not leftover and not problem, problem)
 
 
 def cache_entries() -> list[CacheEntry]:
@@ -97,6 +99,8 @@ def format_entries(entries: list[CacheEntry]) -> str:
         state = ""
         if e.name.startswith(".tmp-"):
             state = "  (unfinished conversion)"
+        elif _SET_ASIDE.fullmatch(e.name):
+            state = "  (an old conversion left aside by an interrupted replacement; never used again)"
         elif e.problem:
             state = f"  (incomplete: {e.problem}; converted again at next use)"
         lines.append(f"  {_human(e.size_bytes):>9}  {when}  {e.name}{state}")

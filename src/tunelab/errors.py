@@ -24,6 +24,10 @@ class RunDirError(TunelabError):
     """A run directory is missing, incomplete, or would be overwritten."""
 
 
+class WriteFailed(TunelabError):
+    """A file or folder could not be written (a full disk, a read-only file or filesystem); what it replaced is kept."""
+
+
 class CheckFailed(TunelabError):
     """`tunelab train`'s checks before training found a problem; `tunelab check` shows the details."""
 

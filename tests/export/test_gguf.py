@@ -170,6 +170,13 @@ def test_transformers_reads_back_the_merged_model(tiny_run, tiny_merged, tmp_pat
     torch.testing.assert_close(logits, expected, rtol=0, atol=TOLERANCES[qtype])
 
 
+def test_an_upper_case_suffix_is_a_gguf_file_too(tiny_run, tmp_path):
+    out = export_gguf(tiny_run, tmp_path / "Tiny.GGUF", "f32", check=False)
+    assert out == tmp_path / "Tiny.GGUF" and out.read_bytes()[:4] == b"GGUF"
+    assert resolve_source(str(out)).gguf_file == "Tiny.GGUF"  # tunelab reads it back as a model, as it reads .gguf
+    assert "FROM ./Tiny.GGUF\n" in (tmp_path / "Modelfile").read_text()
+
+
 def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer):
     from gguf import GGUFReader
 

@@ -107,6 +107,19 @@ def test_full_weights_load_as_a_transformers_classifier(tiny_model_dir, tmp_path
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+def test_damaged_full_weights_are_named_not_a_traceback(tiny_model_dir, tmp_path, label_file, capsys):
+    over = _overrides(
+        tiny_model_dir, tmp_path, "classify", label_file, **{"method.name": "layers", "method.top_layers": 1}
+    )
+    weights = recipe.train(None, over).run_dir / "model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size // 2)  # a copy cut short
+    assert main(["predict", str(weights.parent), "--text", "chair", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"its weights ({weights}) are damaged (Error while deserializing header" in err
+    assert "Train the run again" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("task", ["classify", "reward"])
 def test_resume_equals_uninterrupted(task, tiny_model_dir, tmp_path, monkeypatch, label_file, pair_file):
     data = label_file if task == "classify" else pair_file

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tunelab.atomic import writing
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
@@ -307,7 +309,7 @@ def export_gguf(
 
     run_dir, out = Path(run), Path(out)
     qtype = parse_qtype(qtype)
-    if out.suffix != ".gguf":
+    if out.suffix.lower() != ".gguf":  # model.GGUF too, as models/load.py reads it
         raise ConfigError(f"option 'out' (--gguf): {out} must be a file name ending in .gguf.")
     check_run(run_dir)
     if qtype in KQUANTS:
@@ -324,25 +326,27 @@ def export_gguf(
             raise RunDirError(f"{target}: is a directory; the export writes a file there.")
     merged = merged_model(run_dir, torch.float32)  # export from fp32 so that every qtype rounds only once
     gguf_shape(merged.model.config)  # refuse unsupported models before writing anything
-    out.parent.mkdir(parents=True, exist_ok=True)
     scratch = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     scratch_f16 = out.with_name(f".tmp-f16-{out.name}-{os.getpid()}")
     scratch_mf = out.with_name(f".tmp-{MODELFILE}-{os.getpid()}")
     try:
-        if qtype in KQUANTS:
-            write_gguf(merged, scratch_f16, "f16", name=run_dir.resolve().name)
-            llama_cpp.quantize(scratch_f16, scratch, KQUANTS[qtype])
-        else:
-            write_gguf(merged, scratch, qtype, name=run_dir.resolve().name)
-        tok = merged.tokenizer
-        adds_bos = adds_special(tok, tok.bos_token_id, first=True)
-        scratch_mf.write_text(modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos))
-        os.replace(scratch, out)
-        os.replace(scratch_mf, modelfile)
-        check_path(out).unlink(missing_ok=True)  # a verdict about the file just replaced (--overwrite) is void
+        with writing(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if qtype in KQUANTS:
+                write_gguf(merged, scratch_f16, "f16", name=run_dir.resolve().name)
+                llama_cpp.quantize(scratch_f16, scratch, KQUANTS[qtype])
+            else:
+                write_gguf(merged, scratch, qtype, name=run_dir.resolve().name)
+            tok = merged.tokenizer
+            adds_bos = adds_special(tok, tok.bos_token_id, first=True)
+            scratch_mf.write_text(modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos))
+            os.replace(scratch, out)
+            os.replace(scratch_mf, modelfile)
+            check_path(out).unlink(missing_ok=True)  # a verdict about the file just replaced (--overwrite) is void
     finally:
         for path in (scratch, scratch_f16, scratch_mf):
-            path.unlink(missing_ok=True)
+            with suppress(OSError):  # on a read-only filesystem there is nothing to remove, and removing fails
+                path.unlink(missing_ok=True)
     if run_check:
         result = check_export(merged, out, qtype, run_dir, check_questions)
         if show:

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
-from tunelab.errors import ModelError
+from tunelab.errors import ModelError, WriteFailed
 
 # alias -> (python package that ships the file, file name inside it, how to install it)
 EMBEDDED = {
@@ -297,21 +297,24 @@ def materialize(source: ModelSource) -> str:
                 model.generation_config.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
             finish_conversion(scratch)
-    except OSError:
+    except (OSError, WriteFailed):
         if conversion_problem(target) is not None:
             raise
     return str(target)
 
 
-def _damaged(source: ModelSource, exc: Exception) -> ModelError:
-    """Weights that safetensors cannot read: for a GGUF model, its converted copy, which clearing converts again."""
+def damaged_weights(source: ModelSource, exc: Exception, fix: str = "Copy the model folder again.") -> ModelError:
+    """Weights that safetensors cannot read (SafetensorError: cut short, not safetensors): the files of a local folder
+    by name, and `fix`; for a GGUF model, its converted copy, which clearing converts again."""
     if source.is_gguf:
         folder = _gguf_cache_dir(source)
         return ModelError(
             f"model '{source.name}': its converted copy {folder} is damaged ({exc}). Remove it with `tunelab cache "
             f"clear {folder.name}`; the next run converts the GGUF file again."
         )
-    return ModelError(f"model '{source.name}': its weights are damaged ({exc}). Copy the model folder again.")
+    files = sorted(Path(source.path).glob("*.safetensors")) if Path(source.path).is_dir() else []
+    weights = f"its weights ({', '.join(map(str, files))})" if files else "its weights"
+    return ModelError(f"model '{source.name}': {weights} are damaged ({exc}). {fix}")
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
@@ -359,7 +362,7 @@ def load_hf_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
     except OSError as exc:
         raise ModelError(f"model '{source.name}': could not load its weights ({exc}).") from None
     except SafetensorError as exc:
-        raise _damaged(source, exc) from None
+        raise damaged_weights(source, exc) from None
     except ValueError as exc:
         raise _remote_code(source.name, exc) or ModelError(f"model '{source.name}': {exc}") from None
     return model.to(device).eval()

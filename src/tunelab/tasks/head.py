@@ -23,12 +23,13 @@ import copy
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
 from tunelab.errors import ModelError, RunDirError
 from tunelab.models.llama import LlamaForCausalLM, LlamaModel
-from tunelab.models.load import pick_device
+from tunelab.models.load import ModelSource, damaged_weights, pick_device
 from tunelab.peft.lora_linear import float_weight
 from tunelab.peft.save import load_adapter, save_adapter
 from tunelab.rundir import RunInfo, read_json_object
@@ -191,6 +192,9 @@ def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: s
             )
         except (OSError, ValueError) as exc:
             raise ModelError(f"{run_dir}: the classifier's weights cannot be loaded ({exc}).") from None
+        except SafetensorError as exc:
+            source = ModelSource(str(run_dir), str(run_dir))
+            raise damaged_weights(source, exc, "Train the run again (--overwrite), or copy it again.") from None
         model = SequenceClassifier(hf.base_model, hf.score.float(), hf.base_model_prefix)
     return model.to(dev).eval()
 

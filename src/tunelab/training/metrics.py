@@ -9,8 +9,11 @@ A step the non-finite guard skipped has "loss": null and "skipped": true.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+
+from tunelab.atomic import write_bytes, write_text, writing
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -27,12 +30,12 @@ class MetricsLog:
             kept = [
                 json.dumps(r) for r in _parse(self.path.read_text().splitlines()) if r.get("step", 0) <= resume_step
             ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            write_text(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None:
-            self.path.write_text("")
+            write_text(self.path, "")
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
+        with writing(self.path), self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         for sink in self.sinks:
             sink.log(record)
@@ -94,7 +97,7 @@ def plot_losses(run_dir: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(run_dir) / PLOT_FILE
-    fig.savefig(out)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    return out
+    return write_bytes(Path(run_dir) / PLOT_FILE, png.getvalue())

@@ -120,7 +120,7 @@ def plan_output_dir(
                     f"{where} lies inside the data folder {p}: the run's own files (metrics.jsonl, data_report.json) "
                     "would be read as training data by the next run. Choose an output_dir outside it, e.g. runs/NAME."
                 )
-    exists = path.is_dir() and any(path.iterdir())
+    exists = path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())  # a run that failed before any file
     if not exists:
         _check_creatable(path)
         return OutputPlan(path, replace=False, resume=False)

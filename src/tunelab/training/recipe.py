@@ -33,7 +33,7 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.config.load import check_overrides
 from tunelab.data.loader import epoch_rows
-from tunelab.errors import CheckFailed, ConfigError
+from tunelab.errors import CheckFailed, ConfigError, WriteFailed
 from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.load import base_record, run_base
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
@@ -257,29 +257,6 @@ def _train(
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer, lrs)
     evals = eval_sets(task, data, extra_eval, t.micro_batch, pad_id, built.device)
 
-    position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
-    ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
-    if checkpoint is not None:
-        position |= load_position(checkpoint, train_model, optimizer, total_steps, ranks)
-        check_more_steps(run_dir, total_steps, position["step"])
-        if ranks.main:  # the run is now this config's (allowed changes included): a later --resume compares with it
-            write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
-    elif ranks.main:
-        start_run_dir(plan)
-        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
-        write_json(run_dir / "data_report.json", data.report.to_dict())
-    ranks.barrier()  # the run directory exists before any rank writes a checkpoint into it
-    scheduler = torch.optim.lr_scheduler.LambdaLR(  # resumed: at the checkpoint's step (param groups restored)
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
-    )
-    resume_step = position["step"] if resume else None
-    log = (
-        MetricsLog(
-            run_dir, resume_step, sinks=open_trackers(t.report_to, track_to or run_dir, to_dict(trained), resume_step)
-        )
-        if ranks.main
-        else Unlogged()
-    )
     info = RunInfo(
         **base_record(cfg.model.name),
         method="dora" if cfg.method.dora else cfg.method.name,
@@ -299,8 +276,31 @@ def _train(
         total_steps=total_steps,
         extra=dict(data.facts) | {"auto": auto.to_dict()},
     )
-    if ranks.main:
-        write_info(run_dir, info)
+    position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
+    ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
+    if checkpoint is not None:
+        position |= load_position(checkpoint, train_model, optimizer, total_steps, ranks)
+        check_more_steps(run_dir, total_steps, position["step"])
+        if ranks.main:  # the run is now this config's (allowed changes included): a later --resume compares with it
+            write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+            write_info(run_dir, info)
+    elif ranks.main:
+        start_run_dir(plan)
+        write_info(run_dir, info)  # first: a folder with run.json is a run, which a later --overwrite may replace
+        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+        write_json(run_dir / "data_report.json", data.report.to_dict())
+    ranks.barrier()  # the run directory exists before any rank writes a checkpoint into it
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # resumed: at the checkpoint's step (param groups restored)
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
+    )
+    resume_step = position["step"] if resume else None
+    log = (
+        MetricsLog(
+            run_dir, resume_step, sinks=open_trackers(t.report_to, track_to or run_dir, to_dict(trained), resume_step)
+        )
+        if ranks.main
+        else Unlogged()
+    )
     # keep_best saves and loads the trainable weights whole: rank 0's replica under DDP; not under FSDP2's shards
     best = BestWeights(run_dir, t.keep_best and bool(evals.own) and ranks.main and sharding != "fsdp2", resume_step)
 
@@ -334,7 +334,7 @@ def _train(
             print(note, file=sys.stderr, flush=True)
         info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
         info.tokens, info.elapsed_s = position["tokens"], round(position["elapsed_s"], 1)  # the report shows them
-        with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
+        with contextlib.suppress(WriteFailed):  # a full disk must not hide the error that stopped the run
             if ranks.main:
                 write_info(run_dir, info)
         log.close()
