@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
@@ -155,6 +156,28 @@ def test_resume_refuses_a_changed_config_before_anything_runs(uninterrupted, no_
     assert main(["federate", str(config), "--resume", "--federated.rounds", "1"]) == 2
     assert "fewer than the 2 rounds the federation has done" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == saved
+
+
+@pytest.mark.slow
+def test_a_federation_repairs_untrained_rows_as_train_does(tmp_path, zero_row_model_dir, federate_config):
+    """model.fix_untrained_tokens (on by default) was not applied: the server and every client trained and evaluated
+    over the base's zero row, and run.json recorded no repaired rows, so the run opened with the zero row too."""
+    from tunelab.infer.run import open_run
+    from tunelab.models.untrained import embedding_matrices
+
+    model_dir, im_start = zero_row_model_dir
+    done = _federate(federate_config(tmp_path, model_dir))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (
+        f"untrained tokens: 1 token(s) of the tokenizer have untrained rows: '<|im_start|>' (id {im_start}"
+        in done.stdout
+    )
+    assert "repaired on the server and on every client" in done.stdout
+    run = tmp_path / "run"
+    assert json.loads((run / "run.json").read_text())["fixed_untrained_tokens"] == {"embed_tokens": [im_start]}
+    embed = embedding_matrices(open_run(run, device="cpu").model)["embed_tokens"]
+    trained = embed[torch.arange(len(embed)) != im_start]
+    assert torch.allclose(embed[im_start], trained.float().mean(0).to(embed.dtype))  # the mean of the trained rows
 
 
 def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, federate_config, no_simulation, capsys):

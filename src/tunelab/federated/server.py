@@ -26,7 +26,7 @@ from tunelab.data.loader import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
 from tunelab.federated.history import all_rounds_done, plot_federation, read_state, round_records, write_state
-from tunelab.federated.local import server_eval_datasets
+from tunelab.federated.local import server_eval_datasets, untrained_line, untrained_rows
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.resume import check_resume
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
@@ -131,6 +131,8 @@ def run_federation(
     eval_batches, eval_report = _eval_batches(cfg, tokenizer)
     built = build_model(source, cfg.model, cfg.method)
     model = built.model
+    # model.fix_untrained_tokens: the rows every client repairs too, recorded in run.json for whoever opens the run
+    untrained = untrained_rows(model, tokenizer, cfg.model.fix_untrained_tokens)
     if resume:
         load_adapter_state(model, load_round(run_dir, done))
         print(f"resuming {run_dir} after round {done} of {f.rounds}", flush=True)
@@ -143,6 +145,7 @@ def run_federation(
         f"{built.trainable:,} parameters, {initial.count_bytes() / 1e6:.1f} MB",
         flush=True,
     )
+    print(untrained_line(untrained), flush=True)
 
     strategy, accountant = build_strategy(f, population)
     if accountant is not None and state.get("accountant"):
@@ -166,6 +169,7 @@ def run_federation(
         impl=built.impl,
         quantize_base=cfg.method.quantize_base,
         trust_remote_code=cfg.model.trust_remote_code,
+        fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
         total_steps=f.rounds,
     )
     started = time.perf_counter() - float(state.get("elapsed_s", 0.0))
