@@ -75,3 +75,21 @@ def federate_config():
 @pytest.fixture(scope="module")
 def federate_config_module():
     return write_federate_config
+
+
+@pytest.fixture(scope="session")
+def zero_row_model_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny model with a zero embedding row for <|im_start|>, the first token of every chat example, as a base
+    never trained on that token holds it (models/untrained.py): (its folder, the token's id)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    with torch.no_grad():
+        model.model.embed_tokens.weight[im_start] = 0.0
+    path = tmp_path_factory.mktemp("zero-row-llama")
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path, im_start

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
@@ -155,6 +156,55 @@ def test_resume_refuses_a_changed_config_before_anything_runs(uninterrupted, no_
     assert main(["federate", str(config), "--resume", "--federated.rounds", "1"]) == 2
     assert "fewer than the 2 rounds the federation has done" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == saved
+
+
+# `tunelab federate` with the server's eval losses given on the command line, round 0 first: which round
+# train.keep_best keeps then does not hang on what a tiny model happens to learn.
+SCRIPTED_EVAL = """
+import sys
+from tunelab.cli import main
+from tunelab.federated import server
+losses = iter(float(x) for x in sys.argv[1].split(","))
+server.evaluate = lambda model, batches: next(losses)
+sys.exit(main(["federate", *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.slow
+def test_a_federation_repairs_untrained_rows_and_keeps_the_best_round(tmp_path, zero_row_model_dir, federate_config):
+    """model.fix_untrained_tokens (on by default) was not applied: the server and every client trained and evaluated
+    over the base's zero row, and run.json recorded no repaired rows, so the run opened with the zero row too. And
+    train.keep_best (on by default) was ignored: the result was the last round's adapter, whatever its eval loss."""
+    from tunelab.infer.run import open_run
+    from tunelab.models.untrained import embedding_matrices
+
+    model_dir, im_start = zero_row_model_dir
+    config = federate_config(tmp_path, model_dir)
+    (tmp_path / "scripted.py").write_text(SCRIPTED_EVAL)
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    command = [sys.executable, str(tmp_path / "scripted.py"), "9.0,5.0,7.0", str(config)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (
+        f"untrained tokens: 1 token(s) of the tokenizer have untrained rows: '<|im_start|>' (id {im_start}"
+        in done.stdout
+    )
+    assert "repaired on the server and on every client" in done.stdout
+    run = tmp_path / "run"
+    info = json.loads((run / "run.json").read_text())
+    assert info["fixed_untrained_tokens"] == {"embed_tokens": [im_start]}
+    embed = embedding_matrices(open_run(run, device="cpu").model)["embed_tokens"]
+    trained = embed[torch.arange(len(embed)) != im_start]
+    assert torch.allclose(embed[im_start], trained.float().mean(0).to(embed.dtype))  # the mean of the trained rows
+
+    # round 1's eval loss (5.0) is the lowest, round 2's (7.0) the last: round 1's global adapter is the result
+    assert [r["eval_loss"] for r in _round_records(run)] == [9.0, 5.0, 7.0]
+    assert info["steps"] == 2 and info["eval_loss"] == 5.0 and info["extra"]["best"] == {"step": 1, "eval_loss": 5.0}
+    result = load_file(str(run / "adapter_model.safetensors"))
+    first, last = (load_file(str(run / "checkpoints" / f"round-{r:07d}" / "adapter_model.safetensors")) for r in (1, 2))
+    assert all(torch.equal(result[k], first[k]) for k in result)
+    assert any(not torch.equal(result[k], last[k]) for k in result)
+    assert "keep_best: round 1 had the lowest eval loss (5.0000); its global adapter is the result" in done.stdout
 
 
 def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, federate_config, no_simulation, capsys):

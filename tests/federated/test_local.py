@@ -1,5 +1,5 @@
 """A client's local training (federated/local.py) honours the sft options it reads: NEFTune noise on its training
-forwards, and train.group_by_length in its stream of micro-batches."""
+forwards, train.group_by_length in its stream of micro-batches, and model.fix_untrained_tokens on its base."""
 
 import pytest
 
@@ -12,9 +12,11 @@ import torch
 
 from tunelab.config import DataConfig, FederatedConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
 from tunelab.data.loader import make_batches
+from tunelab.federated import local
 from tunelab.federated.local import BatchStream, client_datasets, local_train
 from tunelab.federated.shards import ClientData
 from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.models.untrained import embedding_matrices, untrained_mask
 from tunelab.peft.save import adapter_state_dict
 from tunelab.training.build import build_model
 
@@ -67,6 +69,32 @@ def test_group_by_length_orders_the_clients_micro_batches(tiny_model_dir, client
     assert any(not torch.equal(g["input_ids"], p["input_ids"]) for g, p in zip(grouped, plain))  # the test can tell
     for step, batch in enumerate(grouped):
         assert torch.equal(stream.step(step)[0]["input_ids"], batch["input_ids"])
+
+
+def test_a_client_trains_over_the_base_with_its_untrained_rows_repaired(zero_row_model_dir, client, monkeypatch):
+    """Clients trained over the base as loaded: a zero row of a token every example uses stayed zero (NaN gradients
+    on a deep model), though model.fix_untrained_tokens is on by default and tunelab train repairs that row."""
+    model_dir, im_start = zero_row_model_dir
+    config = _config(model_dir)
+    fresh = build_model(resolve_source(config.model.name), config.model, config.method).model
+    embed = embedding_matrices(fresh)["embed_tokens"]
+    mean = embed[~untrained_mask(embed)].float().mean(0)
+    initial = adapter_state_dict(fresh)
+    built, real = [], local.build_model
+    monkeypatch.setattr(local, "build_model", lambda *args, **kwargs: built.append(real(*args, **kwargs)) or built[-1])
+
+    local_train(config, client, initial, 1, 2, 0.0)
+    assert torch.equal(embedding_matrices(built[-1].model)["embed_tokens"][im_start], mean)
+    # the rows the server repairs and records in run.json: the same, from the base and the tokenizer alone
+    from tunelab.federated.local import untrained_rows
+
+    tokenizer = load_tokenizer(resolve_source(config.model.name), False)
+    report = untrained_rows(fresh, tokenizer, fix=True)
+    assert report.repaired and report.rows() == {"embed_tokens": [im_start]} and torch.equal(embed[im_start], mean)
+
+    off = dataclasses.replace(config, model=dataclasses.replace(config.model, fix_untrained_tokens=False))
+    local_train(off, client, initial, 1, 2, 0.0)
+    assert not embedding_matrices(built[-1].model)["embed_tokens"][im_start].any()  # left as it is, as train does
 
 
 def test_ray_gets_a_short_temp_root_when_the_system_one_is_too_long(monkeypatch):

@@ -1,16 +1,20 @@
 """train.report_to: a tiny run's metrics read back from TensorBoard's event files (and from MLflow's, W&B's and
 Trackio's stores where those libraries are installed) equal metrics.jsonl; a resumed run drops the events after
-its checkpoint; a tracker that is not installed stops the run before anything is loaded, naming the pip command."""
+its checkpoint; a tracker that is not installed stops the run before anything is loaded, naming the pip command; a
+run that crashes or is interrupted ends its tracker runs failed or killed, not finished."""
 
+import importlib.util
 import json
 import os
+import signal
 import sys
 import types
 
 import pytest
 
 from tunelab.cli import main
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, Interrupted, TrainingStopped
+from tunelab.training import loop, recipe
 from tunelab.training.metrics import MetricsLog, read_metrics
 from tunelab.training.recipe import train
 from tunelab.training.tracking import SINKS, TrackTo, _scalars, open_trackers
@@ -171,8 +175,8 @@ class _FakeMlflow:
             def log_batch(self, run_id, metrics=(), params=()):
                 store.metrics += [(run_id, m[0], m[3]) for m in metrics]
 
-            def set_terminated(self, run_id):
-                store.runs[run_id] = "FINISHED"
+            def set_terminated(self, run_id, status="FINISHED"):
+                store.runs[run_id] = status
 
         return Client()
 
@@ -273,3 +277,125 @@ def test_a_later_stage_continues_the_staged_runs_mlflow_run_after_the_earlier_st
     second.log({"step": 1, "loss": 1.0})
     assert second.run_id == first.run_id and len(fake_mlflow.runs) == 1
     assert fake_mlflow.metrics == [(first.run_id, "train_loss", 3), (first.run_id, "train_loss", 4)]
+
+
+class _Ended:
+    """A W&B or Trackio run that keeps how it was finished and the alerts it was sent."""
+
+    def __init__(self, id):
+        self.id, self.finished, self.alerts = id, [], []
+
+    def log(self, *args, **kwargs):
+        pass
+
+    def finish(self, **kwargs):
+        self.finished.append(kwargs)
+
+    def alert(self, **kwargs):
+        self.alerts.append(kwargs)
+
+
+@pytest.fixture
+def fake_trackers(monkeypatch, fake_mlflow):
+    """MLflow, W&B and Trackio stand-ins, found as installed: (the MLflow store, the W&B runs, the Trackio runs)."""
+    runs = {"wandb": [], "trackio": []}
+    for library, started in runs.items():
+
+        def init(started=started, **kwargs):
+            started.append(_Ended(f"id{len(started) + 1}"))
+            return started[-1]
+
+        level = types.SimpleNamespace(WARN="warn", ERROR="error")
+        monkeypatch.setitem(sys.modules, library, types.SimpleNamespace(init=init, AlertLevel=level))
+    real = importlib.util.find_spec
+    fakes = {"mlflow", "wandb", "trackio"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in fakes else real(name, *a))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    return fake_mlflow, runs["wandb"], runs["trackio"]
+
+
+ENDINGS = [  # the exception that stopped the run -> (MLflow status, W&B exit code, Trackio alert level)
+    (None, ("FINISHED", 0, None)),
+    (RuntimeError("CUDA out of memory"), ("FAILED", 1, "error")),
+    (TrainingStopped("non-finite losses"), ("FAILED", 3, "error")),
+    (Interrupted("interrupted after step 2", 2, None), ("KILLED", 130, "warn")),
+    (KeyboardInterrupt(), ("KILLED", 130, "warn")),
+]
+
+
+@pytest.mark.parametrize("error, ended", ENDINGS, ids=["finished", "crash", "guard", "ctrl-c", "ctrl-c-twice"])
+def test_each_tracker_run_ends_as_the_run_did(tmp_path, fake_trackers, error, ended):
+    """A run that crashed or was interrupted was marked FINISHED in MLflow and finished with exit code 0 in W&B."""
+    store, wandb_runs, trackio_runs = fake_trackers
+    log = MetricsLog(tmp_path, sinks=open_trackers(["mlflow", "wandb", "trackio"], tmp_path, {}))
+    log.write({"step": 1, "loss": 2.0})
+    log.close(error)
+    log.close()  # a second close ends nothing again
+    status, code, level = ended
+    assert list(store.runs.values()) == [status]
+    assert wandb_runs[0].finished == [{"exit_code": code}]
+    assert trackio_runs[0].finished == [{}]
+    assert [a["level"] for a in trackio_runs[0].alerts] == ([level] if level else [])
+    if level:
+        assert trackio_runs[0].alerts[0]["text"].startswith(type(error).__name__)
+
+
+def _crash(monkeypatch):
+    real, calls = loop.train_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("CUDA out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+
+
+def _ctrl_c(monkeypatch):
+    real, calls = loop.train_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C during step 2: it completes, is saved, and the run stops
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+
+
+def _full_disk(monkeypatch):
+    def save_final(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(recipe, "save_final", save_final)
+
+
+@pytest.mark.parametrize(
+    "stop, raised, ended",
+    [
+        (_crash, RuntimeError, ("FAILED", 1, "error")),
+        (_ctrl_c, Interrupted, ("KILLED", 130, "warn")),
+        (_full_disk, OSError, ("FAILED", 1, "error")),  # after the steps, while saving the result
+    ],
+    ids=["crash", "ctrl-c", "save-fails"],
+)
+def test_a_run_that_crashes_or_is_interrupted_is_not_finished_in_its_trackers(
+    tiny_overrides, fake_trackers, monkeypatch, stop, raised, ended
+):
+    """`tunelab train` ended its trackers' runs as finished whatever stopped it: MLflow showed a crashed or
+    interrupted run FINISHED beside the runs that were, and W&B one that exited 0."""
+    store, wandb_runs, trackio_runs = fake_trackers
+    real_step = loop.train_step
+    stop(monkeypatch)
+    overrides = tiny_overrides | {"train.max_steps": 3, "train.report_to": ["mlflow", "wandb", "trackio"]}
+    with pytest.raises(raised):
+        train(None, overrides)
+    status, code, level = ended
+    assert list(store.runs.values()) == [status]
+    assert wandb_runs[0].finished == [{"exit_code": code}]
+    assert [a["level"] for a in trackio_runs[0].alerts] == [level] and trackio_runs[0].finished == [{}]
+    if stop is _ctrl_c:  # resumed, the same MLflow run goes on and finishes
+        monkeypatch.setattr(loop, "train_step", real_step)
+        train(None, overrides, resume=True)
+        assert list(store.runs.values()) == ["FINISHED"]

@@ -1,7 +1,8 @@
 """A federation's records in its run directory, its plot, and the HTML section of `tunelab report` about it.
 
     federated.json   the federation's state after each round: rounds done, the clients, each round's report
-                     (every client's status, loss, examples, bytes) and the DP accountant's state; --resume reads it
+                     (every client's status, loss, examples, bytes), the DP accountant's state and, with
+                     train.keep_best, `best` ({"round", "eval_loss"} of the result kept); --resume reads it
     metrics.jsonl    one record per round: {"step": round, "round", "loss" (the clients' example-weighted train
                      loss), "eval_loss" (the global adapter on the server's eval set), "clients_used",
                      "clients_failed", "bytes_sent", "bytes_received", "epsilon"}, and one per client and round:

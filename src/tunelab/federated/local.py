@@ -16,7 +16,9 @@ resumed federation trains exactly as an uninterrupted one would:
 - NEFTune (train.neftune_alpha): noise on the input embeddings of the client's training forwards, drawn from the
   round's seed;
 - FedProx: the proximal term (mu/2) ||w - w_global||^2 over the adapter weights enters through the gradients
-  (see `proximal_term`), so `train_step` itself is the one every tunelab run uses.
+  (see `proximal_term`), so `train_step` itself is the one every tunelab run uses;
+- model.fix_untrained_tokens: the base's untrained embedding rows are repaired before the global adapter is loaded,
+  the same rows as on the server and every other client (`untrained_rows`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tunelab.errors import DataError
 from tunelab.federated.payload import load_adapter_state
 from tunelab.federated.shards import ClientData
 from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows
 from tunelab.peft.save import adapter_state_dict
 from tunelab.training.auto import model_shape, resolve_auto
 from tunelab.training.build import build_model, checkpoint_mode
@@ -80,6 +83,37 @@ def server_eval_datasets(cfg: RunConfig, tokenizer) -> Datasets:
     """The server's own eval set (data.eval) through the pipeline, as its training rows: no split of it."""
     data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
     return build_datasets(data_cfg, tokenizer, cfg.train.seed)
+
+
+def untrained_rows(model: nn.Module, tokenizer, fix: bool) -> UntrainedReport:
+    """model.fix_untrained_tokens in a federation: the untrained embedding (and untied head) rows of every token the
+    tokenizer has, set to the mean of the trained rows when `fix`, as tunelab train repairs those its data uses.
+
+    tunelab train picks the rows its data uses; a federation cannot: the server never sees a client's data, and
+    every client must train over the base the others train over and the server evaluates and saves (its rows go to
+    run.json, and opening the run repeats them). So the rows come from the base and the tokenizer alone, the same
+    on the server and on every client: a superset of the rows any client's data uses (rows past the tokenizer's
+    vocabulary, which no data can use, are left as they are, as train leaves them)."""
+    report = UntrainedReport(find_untrained(model, torch.ones(len(tokenizer), dtype=torch.int64), tokenizer))
+    if report.tokens and fix:
+        repair_rows(model, report.rows())
+        report.repaired = True
+    return report
+
+
+def untrained_line(report: UntrainedReport) -> str:
+    """What the server prints about `untrained_rows`."""
+    if not report.tokens:
+        return "untrained tokens: none in the tokenizer's vocabulary"
+    listed = ", ".join(f"{t.text!r} (id {t.id}, {'+'.join(t.matrices)})" for t in report.tokens[:10])
+    more = f" and {len(report.tokens) - 10} more" if len(report.tokens) > 10 else ""
+    action = (
+        "repaired on the server and on every client: set to the mean of the trained rows (model.fix_untrained_tokens)"
+        if report.repaired
+        else "NOT repaired (model.fix_untrained_tokens is false): expect NaN gradients on deep models"
+    )
+    count = len(report.tokens)
+    return f"untrained tokens: {count} token(s) of the tokenizer have untrained rows: {listed}{more}; {action}"
 
 
 def client_seed(seed: int, name: str, round_: int) -> int:
@@ -153,6 +187,7 @@ def local_train(
     tokenizer = load_tokenizer(source, config.model.trust_remote_code)
     datasets = client_datasets(config.data, tokenizer, config.train.seed, client)
     built = build_model(source, config.model, config.method, checkpoint_mode(config.train))
+    untrained_rows(built.model, tokenizer, config.model.fix_untrained_tokens)  # the server's rows: same base, same ids
     load_adapter_state(built.model, global_adapter)
     federation = dataclasses.replace(config.train, max_steps=rounds * steps)
     t = resolve_auto(federation, config.method, len(datasets.train), model_shape(built.hf_config), False).train

@@ -2,7 +2,11 @@
 
 After each round the run directory is a complete tunelab run (run.json, config.yaml, the global adapter in PEFT
 layout, the tokenizer), so compare, chat, eval, merge and export work on it while later rounds still run;
-run.json's `steps` is the rounds done and `extra.federated` says how far the federation got. The server never
+run.json's `steps` is the rounds done and `extra.federated` says how far the federation got. With train.keep_best
+(and data.eval) the global adapter there is the one of the round with the lowest eval loss so far, as tunelab
+train keeps the step of the lowest: a later round replaces it only by beating it, and federated.json's `best`
+(run.json's `extra.best`) names it; checkpoints/ still holds the last rounds, which --resume continues from. The
+server never
 sees a client's data: it evaluates on its own eval set (data.eval) and learns from clients only what
 payload.py lists.
 """
@@ -26,7 +30,7 @@ from tunelab.data.loader import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
 from tunelab.federated.history import all_rounds_done, plot_federation, read_state, round_records, write_state
-from tunelab.federated.local import server_eval_datasets
+from tunelab.federated.local import server_eval_datasets, untrained_line, untrained_rows
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.resume import check_resume
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
@@ -131,6 +135,8 @@ def run_federation(
     eval_batches, eval_report = _eval_batches(cfg, tokenizer)
     built = build_model(source, cfg.model, cfg.method)
     model = built.model
+    # model.fix_untrained_tokens: the rows every client repairs too, recorded in run.json for whoever opens the run
+    untrained = untrained_rows(model, tokenizer, cfg.model.fix_untrained_tokens)
     if resume:
         load_adapter_state(model, load_round(run_dir, done))
         print(f"resuming {run_dir} after round {done} of {f.rounds}", flush=True)
@@ -143,6 +149,7 @@ def run_federation(
         f"{built.trainable:,} parameters, {initial.count_bytes() / 1e6:.1f} MB",
         flush=True,
     )
+    print(untrained_line(untrained), flush=True)
 
     strategy, accountant = build_strategy(f, population)
     if accountant is not None and state.get("accountant"):
@@ -166,9 +173,12 @@ def run_federation(
         impl=built.impl,
         quantize_base=cfg.method.quantize_base,
         trust_remote_code=cfg.model.trust_remote_code,
+        fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
         total_steps=f.rounds,
     )
     started = time.perf_counter() - float(state.get("elapsed_s", 0.0))
+    keep_best = cfg.train.keep_best and bool(eval_batches)  # as in train: only with an eval set to choose by
+    last_loss: list[float | None] = [None]
 
     def on_round(server_round: int, arrays) -> MetricRecord | None:
         """Flower calls this with the global adapter before round 1 and after every round."""
@@ -183,9 +193,14 @@ def run_federation(
         report = recorder.reports.pop(r, RoundReport(r, note="no client was asked to train"))
         load_adapter_state(model, from_record(arrays))
         loss = evaluate(model, [_on(b, built.device) for b in eval_batches]) if eval_batches else None
-        model.eval()
-        save_final(run_dir, built, tokenizer, cfg)
-        model.train()
+        last_loss[0] = loss
+        best = state.get("best") if keep_best else None
+        if keep_best and loss is not None and (best is None or loss < best["eval_loss"]):
+            best = state["best"] = {"round": r, "eval_loss": loss}
+        if best is None or best["round"] == r:  # the result: this round's adapter, unless keep_best keeps an earlier
+            model.eval()
+            save_final(run_dir, built, tokenizer, cfg)
+            model.train()
         elapsed = time.perf_counter() - started
         records = round_records(report.to_dict(), loss, elapsed)
         for record in records:
@@ -195,7 +210,9 @@ def run_federation(
         if not clients:
             state["clients"] = sorted(set(state["clients"]) | set(recorder.names.values()))
         state["accountant"] = accountant.state_dict() if accountant is not None else None
-        info.finished, info.steps, info.eval_loss = True, r, loss
+        info.finished, info.steps, info.eval_loss = True, r, best["eval_loss"] if best else loss
+        if best:
+            info.extra["best"] = {"step": best["round"], "eval_loss": best["eval_loss"]}
         info.final_loss, info.elapsed_s = records[0]["loss"], round(elapsed, 1)
         info.extra["federated"] = {
             "rounds_done": r,
@@ -216,12 +233,26 @@ def run_federation(
     recorder.start(
         grid=grid, initial_arrays=initial, num_rounds=f.rounds - done, timeout=f.round_timeout, evaluate_fn=on_round
     )
+    if keep_best and state.get("best"):
+        print(_kept(state["best"], int(state["rounds_done"]), last_loss[0]), flush=True)
     print(f"saved to {run_dir} ({f.rounds} rounds, {time.perf_counter() - started:.0f} s)", flush=True)
     if not resume:
         message = finish_replacement(plan)
         if message:
             print(message, flush=True)
     return run_dir
+
+
+def _kept(best: dict, last_round: int, last_loss: float | None) -> str:
+    """What train.keep_best kept as the result, said as tunelab train says it."""
+    if best["round"] == last_round:
+        loss = best["eval_loss"]
+        return f"keep_best: the last round ({last_round}) had the lowest eval loss ({loss:.4f}); it is the result."
+    last = f"{last_loss:.4f}" if last_loss is not None else "?"
+    return (
+        f"keep_best: round {best['round']} had the lowest eval loss ({best['eval_loss']:.4f}); its global adapter is "
+        f"the result (the last round, {last_round}, had {last})."
+    )
 
 
 def _on(batch: dict, device: torch.device) -> dict:

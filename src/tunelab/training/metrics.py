@@ -40,11 +40,19 @@ class MetricsLog:
         for sink in self.sinks:
             sink.log(record)
 
-    def close(self) -> None:
-        """Finish every tracker's run (flush TensorBoard, mark the MLflow run finished, end the W&B run)."""
+    def close(self, error: BaseException | None = None) -> None:
+        """End every tracker's run (flush TensorBoard, end the MLflow and W&B runs), as finished, or (`error`: the
+        exception that stopped the run) as failed or killed. A second close does nothing."""
         for sink in self.sinks:
-            sink.close()
+            sink.close(error)
         self.sinks = []
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        """Leaving a `with log:` block ends the trackers' runs as it ended: finished, or on the error raised."""
+        self.close(error)
 
 
 def _parse(lines: list[str]) -> list[dict]:

@@ -294,6 +294,9 @@ def _train(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
     )
     resume_step = position["step"] if resume else None
+    # keep_best saves and loads the trainable weights whole: rank 0's replica under DDP; not under FSDP2's shards
+    best = BestWeights(run_dir, t.keep_best and bool(evals.own) and ranks.main and sharding != "fsdp2", resume_step)
+    # the trackers' runs start here: from now on every way out ends them, as finished, failed or killed
     log = (
         MetricsLog(
             run_dir, resume_step, sinks=open_trackers(t.report_to, track_to or run_dir, to_dict(trained), resume_step)
@@ -301,8 +304,6 @@ def _train(
         if ranks.main
         else Unlogged()
     )
-    # keep_best saves and loads the trainable weights whole: rank 0's replica under DDP; not under FSDP2's shards
-    best = BestWeights(run_dir, t.keep_best and bool(evals.own) and ranks.main and sharding != "fsdp2", resume_step)
 
     run = Run(
         trained,
@@ -328,7 +329,7 @@ def _train(
         if evals and task.eval_at_start and position["step"] == 0:  # the model before training, as step 0
             evaluate_at(run, 0)
         last_loss = loop(run)
-    except BaseException:
+    except BaseException as exc:
         note = failure_note(plan) if ranks.main else None
         if note:
             print(note, file=sys.stderr, flush=True)
@@ -337,7 +338,7 @@ def _train(
         with contextlib.suppress(WriteFailed):  # a full disk must not hide the error that stopped the run
             if ranks.main:
                 write_info(run_dir, info)
-        log.close()
+        log.close(exc)  # the trackers' runs end failed (killed for Ctrl-C), not finished
         raise
     finally:
         accumulate_into_grads(trainable, on=False)  # the model goes back to plain autograd for whoever holds it
@@ -345,11 +346,11 @@ def _train(
     if resume_step == total_steps:  # resumed at the last step: this process ran no step and no evaluation
         last_loss, run.eval_metrics = logged_at(read_metrics(run_dir), total_steps)
     # Ctrl-C from here on lets the evaluation and the save finish: the steps are done, and a checkpoint of the last
-    # one may not exist (train.save_every), so stopping now would lose the run.
-    with graceful_interrupt("the training is done: finishing the evaluation and saving the result first") as stop:
+    # one may not exist (train.save_every), so stopping now would lose the run. The trackers' runs end with the block:
+    # finished once the result is saved, failed if the evaluation or the save raises.
+    with graceful_interrupt("the training is done: finishing the evaluation and saving the result first") as stop, log:
         if evals and not (t.eval_every and total_steps % t.eval_every == 0):
             evaluate_at(run, total_steps)
-        log.close()
         eval_metrics = run.eval_metrics
         eval_loss = eval_metrics.get("eval_loss")
         for name, value in eval_metrics.items():
@@ -436,5 +437,11 @@ class Unlogged:
     def write(self, record: dict) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        pass
+
+    def __enter__(self) -> Unlogged:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
         pass

@@ -1,8 +1,8 @@
 """Experiment trackers: every record the metrics log writes also goes to TensorBoard, MLflow, Weights & Biases or
 Trackio, through each project's own library (`train.report_to: [tensorboard, mlflow, wandb, trackio]`).
 
-Each tracker is a sink with `log(record)` and `close()`; `training/metrics.MetricsLog` calls them, so the training
-loop knows nothing of them. Records keep their names: `loss`, `lr`, `grad_norm`, `tokens_per_s`, `epoch`,
+Each tracker is a sink with `log(record)` and `close(error=None)`; `training/metrics.MetricsLog` calls them, so
+the training loop knows nothing of them. Records keep their names: `loss`, `lr`, `grad_norm`, `tokens_per_s`, `epoch`,
 `elapsed_s` under `train/`, every `eval_*` figure under `eval/` (`eval_loss` as `eval/loss`, a mixture's
 `eval_loss/<source>` and a staged run's `eval_loss/stage-j` as `eval/loss/<source>`), against the optimizer step.
 
@@ -14,6 +14,12 @@ Where they write, offline by default:
   (`wandb sync` uploads it later).
 - trackio: its local database (Trackio is local-first; $TRACKIO_DIR moves it); `trackio show`.
 A tracker that is not installed is a ConfigError naming the pip command, raised when the config is loaded.
+
+How the run ended reaches the trackers that keep it (`close(error)`, with the exception that stopped the run): a run
+that finished is FINISHED in MLflow and exits 0 in W&B; one stopped by an error (a crash, the non-finite guard) is
+FAILED in MLflow and exits in W&B with the code `tunelab train` exits with (1, or 3 for the guard); one interrupted
+(Ctrl-C, SIGTERM) is KILLED in MLflow and exits 130 in W&B. Trackio's runs have no status: an error alert (a warning
+for an interrupt) says why the run ended before it is finished. TensorBoard's event files have no place for it.
 
 A resumed run continues its tracker runs rather than starting new ones: each tracker that starts a run records
 its id in RUN_DIR/trackers.json ({"mlflow": {"run_id", "store"}, "wandb": {"id"}, "trackio": {"project", "name"}}),
@@ -37,6 +43,7 @@ from typing import Any
 
 from tunelab.atomic import write_json
 from tunelab.config import check_trackers
+from tunelab.errors import Interrupted, TunelabError
 
 PROJECT = "tunelab"
 TRACKER_RUNS = "trackers.json"
@@ -82,6 +89,32 @@ class TrackTo:
         return resume_step is not None or self.continues
 
 
+def _interrupted(error: BaseException | None) -> bool:
+    return isinstance(error, Interrupted | KeyboardInterrupt)
+
+
+def mlflow_status(error: BaseException | None) -> str:
+    """The mlflow.entities.RunStatus of a run that ended on `error` (None: it finished)."""
+    if error is None:
+        return "FINISHED"
+    return "KILLED" if _interrupted(error) else "FAILED"
+
+
+def exit_code(error: BaseException | None) -> int:
+    """The exit code `tunelab train` ends with after `error` (None: it finished); W&B marks a non-zero one failed."""
+    if error is None:
+        return 0
+    if isinstance(error, TunelabError):
+        return error.exit_code
+    return 130 if _interrupted(error) else 1
+
+
+def _why(error: BaseException) -> str:
+    """The error's type and first line, for a tracker that takes a message (Trackio's alert)."""
+    lines = str(error).strip().splitlines()
+    return type(error).__name__ + (f": {lines[0]}" if lines else "")
+
+
 def _scalars(record: dict, offset: int = 0) -> tuple[int, dict[str, float]]:
     """(step + offset, {tracker name: value}) for the numeric fields of a metrics record."""
     out = {}
@@ -112,7 +145,7 @@ class TensorBoardSink:
             self.writer.add_scalar(key, value, step)
         self.writer.flush()  # visible to a running `tensorboard` at once, and on disk if the run is killed
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         self.writer.close()
 
 
@@ -168,8 +201,8 @@ class MLflowSink:
         metrics = [Metric(key.replace("/", "_"), value, now, step) for key, value in scalars.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, error: BaseException | None = None) -> None:
+        self.client.set_terminated(self.run_id, status=mlflow_status(error))
 
 
 class WandbSink:
@@ -197,8 +230,8 @@ class WandbSink:
         step, scalars = _scalars(record, self.offset)
         self.run.log(scalars, step=step)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, error: BaseException | None = None) -> None:
+        self.run.finish(exit_code=exit_code(error))
 
 
 class TrackioSink:
@@ -219,7 +252,14 @@ class TrackioSink:
         step, scalars = _scalars(record, self.offset)
         self.run.log(scalars, step=step)
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        alert = getattr(self.run, "alert", None)  # Trackio's alerts came after its first releases
+        if error is not None and alert is not None:
+            from trackio import AlertLevel
+
+            stopped = _interrupted(error)
+            title, level = ("run interrupted", AlertLevel.WARN) if stopped else ("run failed", AlertLevel.ERROR)
+            alert(title=title, text=_why(error), level=level)
         self.run.finish()
 
 
