@@ -120,6 +120,7 @@ def test_trackio_keeps_the_metrics_locally(tmp_path, monkeypatch):
     if not str(trackio.utils.TRACKIO_DIR).startswith(str(tmp_path)):
         pytest.skip("trackio was imported earlier in this session with another TRACKIO_DIR")
     monkeypatch.setenv("TRACKIO_PROJECT", "tunelab-test")
+    (tmp_path / "run").mkdir()  # the run directory exists before its trackers open (they keep their ids in it)
     log = MetricsLog(tmp_path, sinks=open_trackers(["trackio"], tmp_path / "run", {"train": {"lr": 1e-3}}))
     for record in RECORDS:
         log.write(record)
