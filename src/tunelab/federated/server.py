@@ -6,8 +6,7 @@ run.json's `steps` is the rounds done and `extra.federated` says how far the fed
 (and data.eval) the global adapter there is the one of the round with the lowest eval loss so far, as tunelab
 train keeps the step of the lowest: a later round replaces it only by beating it, and federated.json's `best`
 (run.json's `extra.best`) names it; checkpoints/ still holds the last rounds, which --resume continues from. The
-server never
-sees a client's data: it evaluates on its own eval set (data.eval) and learns from clients only what
+server never sees a client's data: it evaluates on its own eval set (data.eval) and learns from clients only what
 payload.py lists.
 """
 
