@@ -101,21 +101,6 @@ def untrained_rows(model: nn.Module, tokenizer, fix: bool) -> UntrainedReport:
     return report
 
 
-def untrained_line(report: UntrainedReport) -> str:
-    """What the server prints about `untrained_rows`."""
-    if not report.tokens:
-        return "untrained tokens: none in the tokenizer's vocabulary"
-    listed = ", ".join(f"{t.text!r} (id {t.id}, {'+'.join(t.matrices)})" for t in report.tokens[:10])
-    more = f" and {len(report.tokens) - 10} more" if len(report.tokens) > 10 else ""
-    action = (
-        "repaired on the server and on every client: set to the mean of the trained rows (model.fix_untrained_tokens)"
-        if report.repaired
-        else "NOT repaired (model.fix_untrained_tokens is false): expect NaN gradients on deep models"
-    )
-    count = len(report.tokens)
-    return f"untrained tokens: {count} token(s) of the tokenizer have untrained rows: {listed}{more}; {action}"
-
-
 def client_seed(seed: int, name: str, round_: int) -> int:
     """A seed per (run seed, client, round) for dropout: stable across processes (no Python hash)."""
     digest = 0

@@ -29,7 +29,7 @@ from tunelab.data.loader import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
 from tunelab.federated.history import all_rounds_done, plot_federation, read_state, round_records, write_state
-from tunelab.federated.local import server_eval_datasets, untrained_line, untrained_rows
+from tunelab.federated.local import server_eval_datasets, untrained_rows
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.resume import check_resume
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
@@ -148,7 +148,7 @@ def run_federation(
         f"{built.trainable:,} parameters, {initial.count_bytes() / 1e6:.1f} MB",
         flush=True,
     )
-    print(untrained_line(untrained), flush=True)
+    print(untrained.summary(federation=True), flush=True)
 
     strategy, accountant = build_strategy(f, population)
     if accountant is not None and state.get("accountant"):

@@ -50,19 +50,24 @@ class UntrainedReport:
                 out.setdefault(name, []).append(token.id)
         return out
 
-    def summary(self) -> str:
+    def summary(self, federation: bool = False) -> str:
+        """The line printed at start. `federation`: the rows are those of every token the tokenizer has, repaired on the
+        server and on every client (a federation cannot see its clients' data; federated/local.py)."""
         if not self.tokens:
-            return "untrained tokens: none among the tokens the data uses"
-        listed = ", ".join(f"{t.text!r} (id {t.id}, {t.count}x, {'+'.join(t.matrices)})" for t in self.tokens[:10])
+            return (
+                f"untrained tokens: {'none in the tokenizer' if federation else 'none among the tokens the data uses'}"
+            )
+        count = (lambda t: "") if federation else (lambda t: f"{t.count}x, ")
+        listed = ", ".join(f"{t.text!r} (id {t.id}, {count(t)}{'+'.join(t.matrices)})" for t in self.tokens[:10])
         more = f" and {len(self.tokens) - 10} more" if len(self.tokens) > 10 else ""
+        where = " on the server and on every client" if federation else ""
         action = (
-            "repaired: set to the mean of the trained rows (model.fix_untrained_tokens)"
+            f"repaired{where}: set to the mean of the trained rows (model.fix_untrained_tokens)"
             if self.repaired
             else "NOT repaired (model.fix_untrained_tokens is false): expect NaN gradients on deep models"
         )
-        return (
-            f"untrained tokens: {len(self.tokens)} token(s) the data uses have untrained rows: {listed}{more}; {action}"
-        )
+        which = "of the tokenizer" if federation else "the data uses"
+        return f"untrained tokens: {len(self.tokens)} token(s) {which} have untrained rows: {listed}{more}; {action}"
 
 
 def token_counts(rows: Iterable, vocab_size: int) -> torch.Tensor:
