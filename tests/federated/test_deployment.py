@@ -1,7 +1,8 @@
 """The same ServerApp and ClientApp on Flower's deployment engine: a SuperLink, three SuperNodes and `flwr run`,
 each a separate process talking HTTP over localhost as separate hosts would. One SuperNode's data file is missing:
-its ClientApp fails in every round, the failure is reported with its reason, and the rounds go on with the other
-two (federated.min_clients = 2)."""
+its ClientApp fails, the failure is reported with its reason, and the round goes on with the other two
+(federated.min_clients = 2). One round: each ClientApp is a process of its own that loads torch and the model for
+the one message it answers, seconds each on two cores; rounds after the first are the simulation tests' subject."""
 
 import json
 import os
@@ -49,7 +50,7 @@ def _tool(name: str) -> str:
 
 @pytest.mark.slow
 def test_deployment_engine_with_a_failing_supernode(tmp_path, tiny_model_dir, federate_config):
-    config = federate_config(tmp_path, tiny_model_dir, clients=2, num_clients=3, min_clients=2)
+    config = federate_config(tmp_path, tiny_model_dir, clients=2, num_clients=3, min_clients=2, rounds=1)
     app = tmp_path / "app"
     env = os.environ | {
         "HF_HUB_OFFLINE": "1",
@@ -102,7 +103,8 @@ def test_deployment_engine_with_a_failing_supernode(tmp_path, tiny_model_dir, fe
 
     run_dir = tmp_path / "run"
     state = json.loads((run_dir / "federated.json").read_text())
-    assert state["rounds_done"] == 2 and sorted(state["clients"]) == ["site0", "site1"]
+    assert state["rounds_done"] == 1 and len(state["history"]) == 1
+    assert sorted(state["clients"]) == ["site0", "site1"]
     for report in state["history"]:
         assert report["applied"]
         status = {c["client"]: (c["status"], c["reason"] or "") for c in report["clients"]}

@@ -1,5 +1,10 @@
 """`tunelab federate` end to end on a tiny model: the real CLI, Flower's simulation engine (Ray), 2 clients x 2
-rounds; a server killed after round 1 and resumed; bad input giving exit code 2 (a failing client: test_deployment).
+rounds; a server killed after round 1 and resumed, then given a third round; bad input giving exit code 2 (a failing
+client: test_deployment).
+
+The federations start Ray and a worker per client, tens of seconds each on two cores, so each runs once and the tests
+read it: the model is the tiny one with a zero embedding row (model.fix_untrained_tokens repairs it on the server and
+on every client), and the third round's eval loss is scripted (train.keep_best then keeps round 2).
 
 Each federation runs in its own process (as a user runs it), so Ray never starts inside the test process. What
 starts no federation (bad input, a resume with no round left) runs the CLI's `main` here, with `simulate` replaced
@@ -51,17 +56,44 @@ def _round_records(run: Path) -> list[dict]:
     return [r for r in records if "client" not in r]
 
 
+# `tunelab federate` with the server's eval losses of the rounds it runs given on the command line, the first round
+# it runs first: which round train.keep_best keeps then does not hang on what a tiny model happens to learn.
+SCRIPTED_EVAL = """
+import sys
+from tunelab.cli import main
+from tunelab.federated import server
+losses = iter(float(x) for x in sys.argv[1].split(","))
+server.evaluate = lambda model, batches: next(losses)
+sys.exit(main(["federate", *sys.argv[2:]]))
+"""
+
+
+def _federate_scripted(losses: str, *args):
+    script = Path(args[0]).parent / "scripted.py"
+    script.write_text(SCRIPTED_EVAL)
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    command = [sys.executable, str(script), losses, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_model_dir, federate_config_module):
-    """2 clients x 2 rounds through the CLI, never stopped."""
+def uninterrupted(tmp_path_factory, zero_row_model_dir, federate_config_module):
+    """2 clients x 2 rounds through the CLI, never stopped, on the tiny model with a zero row."""
     folder = tmp_path_factory.mktemp("federate")
-    done = _federate(federate_config_module(folder, tiny_model_dir))
+    done = _federate(federate_config_module(folder, zero_row_model_dir[0]))
     return folder / "run", done
 
 
 @pytest.mark.slow
-def test_two_clients_two_rounds_through_the_cli(uninterrupted, tiny_model_dir):
+def test_two_clients_two_rounds_through_the_cli(uninterrupted, zero_row_model_dir):
+    """Also: model.fix_untrained_tokens (on by default) was not applied: the server and every client trained and
+    evaluated over the base's zero row, and run.json recorded no repaired rows, so the run opened with the zero row
+    too."""
+    from tunelab.infer.run import open_run
+    from tunelab.models.untrained import embedding_matrices
+
     run, done = uninterrupted
+    model_dir, im_start = zero_row_model_dir
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for name in ("run.json", "config.yaml", "adapter_config.json", "adapter_model.safetensors", "federated.json"):
         assert (run / name).is_file(), name
@@ -88,18 +120,29 @@ def test_two_clients_two_rounds_through_the_cli(uninterrupted, tiny_model_dir):
     section = federated_section(run)  # the report's section about the federation
     assert "<svg" in section and "round 2: eval loss" in section and "site1" in section
 
+    # the zero row, repaired on the server and on every client, and the run opens with the repaired row
+    assert (
+        f"untrained tokens: 1 token(s) of the tokenizer have untrained rows: '<|im_start|>' (id {im_start}"
+        in done.stdout
+    )
+    assert "repaired on the server and on every client" in done.stdout
+    assert info["fixed_untrained_tokens"] == {"embed_tokens": [im_start]}
+    embed = embedding_matrices(open_run(run, device="cpu").model)["embed_tokens"]
+    trained = embed[torch.arange(len(embed)) != im_start]
+    assert torch.allclose(embed[im_start], trained.float().mean(0).to(embed.dtype))  # the mean of the trained rows
+
     # a normal run directory: PEFT loads the global adapter
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), run)
 
 
 @pytest.mark.slow
 def test_resume_after_the_server_is_stopped(
-    uninterrupted, tmp_path, tiny_model_dir, federate_config, no_simulation, capsys
+    uninterrupted, tmp_path, zero_row_model_dir, federate_config, no_simulation, capsys
 ):
-    config = federate_config(tmp_path, tiny_model_dir)
+    config = federate_config(tmp_path, zero_row_model_dir[0])
     process = _federate(config, wait=False)
     state = tmp_path / "run" / "federated.json"
     try:
@@ -130,12 +173,30 @@ def test_resume_after_the_server_is_stopped(
     assert "all 2 rounds are done" in capsys.readouterr().out
 
     # more rounds may be asked for on resume; config.yaml, federated.json and run.json then say so
-    done = _federate(config, "--resume", "--federated.rounds", "3")
+    losses = [r["eval_loss"] for r in _round_records(run)]
+    assert losses[2] < losses[1] < losses[0], losses  # the real losses: each round learnt
+    done = _federate_scripted("99.0", config, "--resume", "--federated.rounds", "3")  # round 3's loss: the worst
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "resume: federated.rounds: 2 -> 3" in done.stdout and "round 3/3 | eval loss" in done.stdout
+    assert "resume: federated.rounds: 2 -> 3" in done.stdout and "round 3/3 | eval loss 99.0000" in done.stdout
     assert yaml.safe_load((run / "config.yaml").read_text())["federated"]["rounds"] == 3
     assert json.loads(state.read_text())["rounds"] == json.loads(state.read_text())["rounds_done"] == 3
-    assert json.loads((run / "run.json").read_text())["extra"]["federated"]["rounds"] == 3
+    info = json.loads((run / "run.json").read_text())
+    assert info["extra"]["federated"]["rounds"] == 3 and info["steps"] == 3
+
+    # train.keep_best (on by default) was ignored: the result was the last round's adapter, whatever its eval loss.
+    # Round 2's eval loss is the lowest, round 3's the last: round 2's global adapter stays the result.
+    assert [r["eval_loss"] for r in _round_records(run)] == [*losses, 99.0]
+    assert info["eval_loss"] == losses[2] and info["extra"]["best"] == {"step": 2, "eval_loss": losses[2]}
+    result = load_file(str(run / "adapter_model.safetensors"))
+    second, third = (
+        load_file(str(run / "checkpoints" / f"round-{r:07d}" / "adapter_model.safetensors")) for r in (2, 3)
+    )
+    assert all(torch.equal(result[k], second[k]) for k in result)
+    assert any(not torch.equal(result[k], third[k]) for k in result)
+    assert (
+        f"keep_best: round 2 had the lowest eval loss ({losses[2]:.4f}); its global adapter is the result "
+        "(the last round, 3, had 99.0000)" in done.stdout
+    )
 
 
 @pytest.mark.slow
@@ -156,55 +217,6 @@ def test_resume_refuses_a_changed_config_before_anything_runs(uninterrupted, no_
     assert main(["federate", str(config), "--resume", "--federated.rounds", "1"]) == 2
     assert "fewer than the 2 rounds the federation has done" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == saved
-
-
-# `tunelab federate` with the server's eval losses given on the command line, round 0 first: which round
-# train.keep_best keeps then does not hang on what a tiny model happens to learn.
-SCRIPTED_EVAL = """
-import sys
-from tunelab.cli import main
-from tunelab.federated import server
-losses = iter(float(x) for x in sys.argv[1].split(","))
-server.evaluate = lambda model, batches: next(losses)
-sys.exit(main(["federate", *sys.argv[2:]]))
-"""
-
-
-@pytest.mark.slow
-def test_a_federation_repairs_untrained_rows_and_keeps_the_best_round(tmp_path, zero_row_model_dir, federate_config):
-    """model.fix_untrained_tokens (on by default) was not applied: the server and every client trained and evaluated
-    over the base's zero row, and run.json recorded no repaired rows, so the run opened with the zero row too. And
-    train.keep_best (on by default) was ignored: the result was the last round's adapter, whatever its eval loss."""
-    from tunelab.infer.run import open_run
-    from tunelab.models.untrained import embedding_matrices
-
-    model_dir, im_start = zero_row_model_dir
-    config = federate_config(tmp_path, model_dir)
-    (tmp_path / "scripted.py").write_text(SCRIPTED_EVAL)
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
-    command = [sys.executable, str(tmp_path / "scripted.py"), "9.0,5.0,7.0", str(config)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (
-        f"untrained tokens: 1 token(s) of the tokenizer have untrained rows: '<|im_start|>' (id {im_start}"
-        in done.stdout
-    )
-    assert "repaired on the server and on every client" in done.stdout
-    run = tmp_path / "run"
-    info = json.loads((run / "run.json").read_text())
-    assert info["fixed_untrained_tokens"] == {"embed_tokens": [im_start]}
-    embed = embedding_matrices(open_run(run, device="cpu").model)["embed_tokens"]
-    trained = embed[torch.arange(len(embed)) != im_start]
-    assert torch.allclose(embed[im_start], trained.float().mean(0).to(embed.dtype))  # the mean of the trained rows
-
-    # round 1's eval loss (5.0) is the lowest, round 2's (7.0) the last: round 1's global adapter is the result
-    assert [r["eval_loss"] for r in _round_records(run)] == [9.0, 5.0, 7.0]
-    assert info["steps"] == 2 and info["eval_loss"] == 5.0 and info["extra"]["best"] == {"step": 1, "eval_loss": 5.0}
-    result = load_file(str(run / "adapter_model.safetensors"))
-    first, last = (load_file(str(run / "checkpoints" / f"round-{r:07d}" / "adapter_model.safetensors")) for r in (1, 2))
-    assert all(torch.equal(result[k], first[k]) for k in result)
-    assert any(not torch.equal(result[k], last[k]) for k in result)
-    assert "keep_best: round 1 had the lowest eval loss (5.0000); its global adapter is the result" in done.stdout
 
 
 def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, federate_config, no_simulation, capsys):
