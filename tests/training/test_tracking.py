@@ -220,6 +220,38 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path, fake_mlflow):
     assert len(fake_mlflow.runs) == 2
 
 
+def test_steps_trained_again_on_resume_are_not_logged_twice_to_a_reopened_run(tmp_path, fake_mlflow, capsys):
+    """A run stopped at step 4 after the checkpoint of step 2 trains steps 3 and 4 again on resume: MLflow's
+    reopened run was given them again, two points for each step. TensorBoard drops its events after the checkpoint
+    and takes them again; so does a tracker run started anew."""
+    pytest.importorskip("tensorboard", reason="pip install tensorboard")
+
+    def trackers(resume_step):
+        return [SINKS[name](TrackTo(tmp_path), {}, resume_step) for name in ("mlflow", "tensorboard")]
+
+    log = MetricsLog(tmp_path, sinks=trackers(None))
+    for step in (1, 2, 3, 4):
+        log.write({"step": step, "loss": float(step)})
+    log.close(RuntimeError("stopped"))
+    resumed = MetricsLog(tmp_path, resume_step=2, sinks=trackers(2))
+    assert "mlflow: steps 3-4 were logged before the run stopped" in capsys.readouterr().out
+    for step in (3, 4, 5):
+        resumed.write({"step": step, "loss": float(step)})
+    resumed.close()
+    assert [step for _, key, step in fake_mlflow.metrics if key == "train_loss"] == [1, 2, 3, 4, 5]
+    assert _events(tmp_path / "tensorboard")["train/loss"] == [(s, float(s)) for s in (1, 2, 3, 4, 5)]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
+
+    fake_mlflow.runs.clear()  # the store lost the run: the new one gets every step the resumed run logs
+    fake_mlflow.metrics.clear()
+    again = MetricsLog(tmp_path, resume_step=3, sinks=trackers(3))
+    assert "were logged before" not in capsys.readouterr().out
+    for step in (4, 5):
+        again.write({"step": step, "loss": float(step)})
+    again.close()
+    assert [step for _, key, step in fake_mlflow.metrics if key == "train_loss"] == [4, 5]
+
+
 def _fake_library(monkeypatch, name):
     calls = []
 

@@ -21,24 +21,41 @@ PLOT_FILE = "loss.png"
 
 class MetricsLog:
     """Appends records to metrics.jsonl and hands them to its sinks (objects with log(record) and close()); on
-    resume, records after the checkpoint's step are dropped first."""
+    resume, records after the checkpoint's step are dropped first.
+
+    The steps a stopped run logged after its last checkpoint are trained again on resume, with the same records (resume
+    is exact). A sink whose run still holds them (`keeps_logged_steps`: an MLflow, W&B or Trackio run reopened, which
+    keep every point they were given) is not given them again, so that no step is in its run twice; TensorBoard,
+    which drops the events after the checkpoint, and a tracker run started anew are."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None, sinks: list | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         self.sinks = list(sinks or [])
+        self.logged_through = 0  # the last step the sinks were given before this run was resumed
         if resume_step is not None and self.path.exists():
-            kept = [
-                json.dumps(r) for r in _parse(self.path.read_text().splitlines()) if r.get("step", 0) <= resume_step
-            ]
+            records = _parse(self.path.read_text().splitlines())
+            self.logged_through = max((int(r.get("step", 0)) for r in records), default=0)
+            kept = [json.dumps(r) for r in records if r.get("step", 0) <= resume_step]
             write_text(self.path, "".join(line + "\n" for line in kept))
+            kept_by = [
+                getattr(s, "name", type(s).__name__) for s in self.sinks if getattr(s, "keeps_logged_steps", False)
+            ]
+            if kept_by and self.logged_through > resume_step:
+                print(
+                    f"{', '.join(kept_by)}: steps {resume_step + 1}-{self.logged_through} were logged before the run "
+                    "stopped; trained again now, they are not logged a second time",
+                    flush=True,
+                )
         elif resume_step is None:
             write_text(self.path, "")
 
     def write(self, record: dict) -> None:
         with writing(self.path), self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        again = record.get("step", 0) <= self.logged_through
         for sink in self.sinks:
-            sink.log(record)
+            if not again or not getattr(sink, "keeps_logged_steps", False):
+                sink.log(record)
 
     def close(self, error: BaseException | None = None) -> None:
         """End every tracker's run (flush TensorBoard, end the MLflow and W&B runs), as finished, or (`error`: the

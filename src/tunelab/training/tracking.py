@@ -25,7 +25,8 @@ A resumed run continues its tracker runs rather than starting new ones: each tra
 its id in RUN_DIR/trackers.json ({"mlflow": {"run_id", "store"}, "wandb": {"id"}, "trackio": {"project", "name"}}),
 and on resume the run is reopened from it. TensorBoard needs no id (its events are in RUN_DIR/tensorboard; those past
 the checkpoint are purged). W&B resumes a run online only: offline it ignores `resume` (wandb/wandb#2423), so an
-offline run resumed gets a new W&B run.
+offline run resumed gets a new W&B run. The steps logged after the checkpoint, which the resumed run trains again,
+are not logged to MLflow, W&B or Trackio a second time (training/metrics.py): they keep every point they were given.
 
 A staged run (training/stages.py) has one set of tracker runs, in the run directory, not one per stage directory:
 each stage logs there (`TrackTo`), its steps after the steps of the stages before it, as the run's metrics.jsonl
@@ -127,6 +128,9 @@ def _scalars(record: dict, offset: int = 0) -> tuple[int, dict[str, float]]:
 
 
 class TensorBoardSink:
+    name = "tensorboard"
+    keeps_logged_steps = False  # on resume the events after the checkpoint are dropped: the re-done steps are logged
+
     def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
@@ -160,6 +164,8 @@ def _flat(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 class MLflowSink:
+    name = "mlflow"
+
     def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         from mlflow.tracking import MlflowClient
 
@@ -170,6 +176,7 @@ class MLflowSink:
         kept = kept_run(run_dir, "mlflow") if to.reopens(resume_step) else {}
         reopened = self._reopen(kept["run_id"], uri) if kept.get("run_id") and kept.get("store") == store else None
         self.run_id = reopened or self._start(run_dir, config)
+        self.keeps_logged_steps = reopened is not None  # the reopened run holds what it was given before the stop
         if not reopened:
             _keep_run(run_dir, "mlflow", {"run_id": self.run_id, "store": store})
 
@@ -206,6 +213,8 @@ class MLflowSink:
 
 
 class WandbSink:
+    name = "wandb"
+
     def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         import wandb
 
@@ -223,6 +232,7 @@ class WandbSink:
             reinit="create_new",
             **({"id": again, "resume": "allow"} if again else {}),
         )
+        self.keeps_logged_steps = again is not None
         if not again:
             _keep_run(run_dir, "wandb", {"id": self.run.id})
 
@@ -235,6 +245,8 @@ class WandbSink:
 
 
 class TrackioSink:
+    name = "trackio"
+
     def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         import trackio
 
@@ -246,6 +258,7 @@ class TrackioSink:
         self.run = trackio.init(
             project=project, name=name, config=config, resume="allow" if kept.get("name") else "never"
         )
+        self.keeps_logged_steps = bool(kept.get("name"))
         _keep_run(run_dir, "trackio", {"project": project, "name": name})
 
     def log(self, record: dict) -> None:
