@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunelab.atomic import write_text
 from tunelab.config import ResolvedConfig, RunConfig, dump_yaml, iter_options
 from tunelab.config.validate import option_default
 from tunelab.errors import ConfigError, RunDirError, TunelabError
@@ -263,14 +264,14 @@ def write_flower_app(app_dir: str | Path, resolved: ResolvedConfig, resume: bool
     app_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolved.config
     config_lines = tomli_w.dumps({RUN_CONFIG_KEY: dump_yaml(cfg), RESUME_KEY: resume}, multiline_strings=True)
-    toml.write_text(
+    write_text(  # whole or not at all: an --overwrite that fails keeps the app that was there
+        toml,
         APP_TOML.format(
             num_clients=cfg.federated.num_clients,
             app_dir=app_dir.resolve(),
             output_dir=Path(cfg.output_dir).resolve(),
             config_lines=config_lines,
         ),
-        encoding="utf-8",
     )
     return app_dir
 
