@@ -151,7 +151,7 @@ class _FakeMlflow:
     """The part of MlflowClient the sink uses, over an in-memory store shared by every client."""
 
     def __init__(self):
-        self.runs, self.metrics = {}, []
+        self.runs, self.metrics, self.ended = {}, [], []
 
     def client(self, tracking_uri):
         store = self
@@ -178,6 +178,12 @@ class _FakeMlflow:
 
             def set_terminated(self, run_id, status="FINISHED"):
                 store.runs[run_id] = status
+                store.ended.append(status)
+
+            def get_run(self, run_id):
+                if run_id not in store.runs:
+                    raise store.MlflowException(f"no run {run_id}")
+                return types.SimpleNamespace(info=types.SimpleNamespace(status=store.runs[run_id]))
 
         return Client()
 
@@ -310,6 +316,36 @@ def test_a_later_stage_continues_the_staged_runs_mlflow_run_after_the_earlier_st
     second.log({"step": 1, "loss": 1.0})
     assert second.run_id == first.run_id and len(fake_mlflow.runs) == 1
     assert fake_mlflow.metrics == [(first.run_id, "train_loss", 3), (first.run_id, "train_loss", 4)]
+
+
+@pytest.mark.parametrize("stop", [None, "crash", "ctrl-c"])
+def test_a_staged_runs_mlflow_run_ends_once_as_the_run_did(tiny_overrides, fake_trackers, monkeypatch, stop):
+    """Stage 1 ended the staged run's MLflow run FINISHED, and a run that then failed or was interrupted before stage
+    2 trained (here: as stage 2 starts) left it FINISHED. It now ends once: with the last stage, or as the run did."""
+    import tunelab
+    from tunelab.training import stages
+
+    fake_mlflow = fake_trackers[0]
+    overrides = tiny_overrides | {
+        "train.report_to": ["mlflow"],
+        "stages": [{"train": {"max_steps": 1}}, {"train": {"max_steps": 1}}],
+    }
+    real = stages._run_stage
+
+    def run_stage(plan, here, *args, **kwargs):
+        if stop and here.name == "stage-2":
+            raise RuntimeError("disk full") if stop == "crash" else KeyboardInterrupt()
+        return real(plan, here, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "_run_stage", run_stage)
+    if stop:
+        with pytest.raises(RuntimeError if stop == "crash" else KeyboardInterrupt):
+            tunelab.train(None, overrides)
+    else:
+        tunelab.train(None, overrides)
+    assert len(fake_mlflow.runs) == 1
+    assert fake_mlflow.ended == [{None: "FINISHED", "crash": "FAILED", "ctrl-c": "KILLED"}[stop]]
+    assert {step for _, key, step in fake_mlflow.metrics if key == "train_loss"} == ({1} if stop else {1, 2})
 
 
 class _Ended:

@@ -57,7 +57,7 @@ from tunelab.training.prepare import protected_paths
 from tunelab.training.recipe import TrainResult, train
 from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import LENGTH, check_resume_config, config_changes
-from tunelab.training.tracking import TrackTo
+from tunelab.training.tracking import TrackTo, end_running_tracker_runs
 
 STAGE_PREFIX = "stage-"
 MERGED = "merged"
@@ -239,7 +239,8 @@ def train_stages(
 
     try:
         result = _stages(run_dir, cfg, plans, names, evals, resume=resume, check=check)
-    except BaseException:
+    except BaseException as error:
+        end_running_tracker_runs(run_dir, error)
         note = failure_note(plan_dir)
         if note:
             print(note, file=sys.stderr, flush=True)
@@ -294,7 +295,7 @@ def _stages(
         print(f"\n===== stage {k} of {len(plans)}: {names[k - 1]} ({here}) =====", flush=True)
         # the trackers log into the run directory, the stage's steps after the earlier stages' (as _metrics counts)
         offset = sum(read_info(stage_dir(run_dir, j)).steps for j in range(1, k))
-        track_to = TrackTo(run_dir, offset, continues=k > 1 or resume)
+        track_to = TrackTo(run_dir, offset, continues=k > 1 or resume, last=k == len(plans))
         result = _run_stage(plan, here, extra, track_to, resume=resume, check=check)
         if result.interrupted and k < len(plans):  # Ctrl-C while the stage saved its result: the next one waits
             raise Interrupted(

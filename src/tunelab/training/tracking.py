@@ -30,7 +30,9 @@ are not logged to MLflow, W&B or Trackio a second time (training/metrics.py): th
 
 A staged run (training/stages.py) has one set of tracker runs, in the run directory, not one per stage directory:
 each stage logs there (`TrackTo`), its steps after the steps of the stages before it, as the run's metrics.jsonl
-counts them, and continues the tracker runs the first stage started.
+counts them, and continues the tracker runs the first stage started. Its MLflow run stays running from stage to
+stage and ends with the last one, or as the run ended when it stops before (between stages too: a stage that
+finished does not make it FINISHED).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class TrackTo:
     run_dir: Path
     offset: int = 0
     continues: bool = False
+    last: bool = True  # False for a staged run's earlier stages: their MLflow run stays running for the next stage
 
     def purge_step(self, resume_step: int | None) -> int | None:
         """The first step this process logs: events from it on, written before, are stale (TensorBoard drops them)."""
@@ -171,8 +174,9 @@ class MLflowSink:
 
         run_dir, self.offset = to.run_dir, to.offset
         store = os.environ.get("MLFLOW_TRACKING_URI")  # None: the run directory's own SQLite store
-        uri = store or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        uri = _mlflow_uri(run_dir, store)
         self.client = MlflowClient(tracking_uri=uri)  # a client object: no process-wide active run
+        self.last = to.last
         kept = kept_run(run_dir, "mlflow") if to.reopens(resume_step) else {}
         reopened = self._reopen(kept["run_id"], uri) if kept.get("run_id") and kept.get("store") == store else None
         self.run_id = reopened or self._start(run_dir, config)
@@ -209,7 +213,33 @@ class MLflowSink:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def close(self, error: BaseException | None = None) -> None:
+        if error is None and not self.last:  # a staged run's earlier stage: the run goes on in the next stage
+            return
         self.client.set_terminated(self.run_id, status=mlflow_status(error))
+
+
+def _mlflow_uri(run_dir: Path, store: str | None) -> str:
+    return store or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def end_running_tracker_runs(run_dir: Path, error: BaseException) -> None:
+    """A staged run stopped between stages, or in a stage before its trackers opened: the MLflow run the earlier
+    stages left running ends as the run did (FAILED, or KILLED for an interrupt). W&B and Trackio end their runs
+    with each stage; TensorBoard has no status."""
+    kept = kept_run(run_dir, "mlflow")
+    if not kept.get("run_id"):
+        return
+    try:
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        return
+    client = MlflowClient(tracking_uri=_mlflow_uri(run_dir, kept.get("store")))
+    try:
+        if client.get_run(kept["run_id"]).info.status == "RUNNING":
+            client.set_terminated(kept["run_id"], status=mlflow_status(error))
+    except MlflowException:  # the store no longer has the run
+        pass
 
 
 class WandbSink:
