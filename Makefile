@@ -47,8 +47,13 @@ $(TEST_STAMP): $(DEMO_STAMP)
 demo: $(DEMO_STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/tunelab train examples/company_faq/config.yaml --overwrite
 
+# Two workers (pytest-xdist), each given whole modules (their module-scoped runs are made once) in the order
+# tests/conftest.py sets, longest first, and one thread each for torch, as they share the cores. TEST_WORKERS=1 runs
+# the suite in this process.
+TEST_WORKERS ?= 2
 test: $(TEST_STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(if $(filter 1,$(TEST_WORKERS)),,OMP_NUM_THREADS=1) $(PY) -m pytest -q \
+	  $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The defaults checked on an example's held-out questions (minutes of training, hence not in `make test`).
 test-heldout: $(TEST_STAMP)

@@ -239,7 +239,25 @@ TRITON_DEVICE = _triton_device()
 HELDOUT = os.environ.get("TUNELAB_HELDOUT") == "1"  # `make test-heldout` sets it
 
 
+# The modules that take longest on two cores (Flower federations, two-rank runs, the embedded model and llama.cpp end
+# to end), longest first, run before the rest: `make test` deals whole modules to two workers (pytest-xdist,
+# --dist loadfile) in this order, and a long one dealt last would leave one worker running it alone at the end.
+LONGEST_FIRST = (
+    "tests/training/test_distributed.py",
+    "tests/federated/test_federate_cli.py",
+    "tests/federated/test_deployment.py",
+    "tests/training/test_stages.py",
+    "tests/checks/test_check.py",
+    "tests/export/test_gguf.py",
+    "tests/test_embedded_e2e.py",
+    "tests/training/test_resume.py",
+    "tests/test_cli.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    first = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::")[0], len(first)))  # stable: the rest keep their order
     cuda = torch.cuda.is_available()
     for item in items:
         if item.get_closest_marker("heldout") is not None and not HELDOUT:
