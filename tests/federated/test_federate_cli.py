@@ -168,9 +168,10 @@ def test_resume_after_the_server_is_stopped(
     for key, value in straight.items():
         assert (resumed[key] - value).abs().max() < 1e-5, key
 
-    capsys.readouterr()
-    assert main(["federate", str(config), "--resume"]) == 0  # nothing left to do, and no simulation started for it
-    assert "all 2 rounds are done" in capsys.readouterr().out
+    capsys.readouterr()  # nothing left to do: refused, as tunelab train refuses it, and no simulation started for it
+    assert main(["federate", str(config), "--resume"]) == 2
+    assert "all 2 rounds are done and this config asks for 2, so --resume has nothing to" in capsys.readouterr().err
+    assert json.loads(state.read_text())["rounds_done"] == 2
 
     # more rounds may be asked for on resume; config.yaml, federated.json and run.json then say so
     losses = [r["eval_loss"] for r in _round_records(run)]

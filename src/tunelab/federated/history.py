@@ -44,11 +44,16 @@ def write_state(run_dir: str | Path, state: dict) -> Path:
 
 
 def all_rounds_done(run_dir: str | Path, rounds: int) -> str | None:
-    """What --resume says when federated.json already counts `rounds` rounds (None while some are left)."""
+    """Why --resume has nothing to do when federated.json already counts `rounds` rounds (None while some are
+    left)."""
     state = read_state(run_dir)
     if state is None or int(state["rounds_done"]) < rounds:
         return None
-    return f"{run_dir}: all {rounds} rounds are done; raise federated.rounds to train more."
+    return (
+        f"{run_dir}: all {rounds} rounds are done and this config asks for {rounds}, so --resume has nothing to "
+        "continue. To train on, ask for more rounds (federated.rounds); to score it, use tunelab compare or tunelab "
+        "eval; to federate it again from the start, drop --resume and give --overwrite."
+    )
 
 
 def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> list[dict]:

@@ -301,11 +301,10 @@ def federate(
     run_dir = Path(cfg.output_dir)
     check_run_dir(cfg, resume, config)
     finished = all_rounds_done(run_dir, cfg.federated.rounds) if resume else None
-    if finished:  # nothing to train: say so without starting the simulation engine (Ray) for it
-        print(finished, flush=True)
-    else:
-        check_clients(cfg, clients)
-        simulate(resolved, clients, resume)
+    if finished:  # refused, as tunelab train refuses a finished run, before the simulation engine (Ray) starts
+        raise ConfigError(finished)
+    check_clients(cfg, clients)
+    simulate(resolved, clients, resume)
     result = _result(run_dir)
     if cfg.eval.questions and result.rounds_done == cfg.federated.rounds:
         compare_after_training(run_dir, cfg)  # as after tunelab train: scores printed, compare.json
