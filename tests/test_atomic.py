@@ -114,6 +114,8 @@ def test_a_full_disk_during_training_exits_2_unfinished_keeping_the_previous_run
     assert not read_info(run, require_finished=False).finished  # the failed run is not reported as finished
     previous = run.with_name(run.name + ".previous")  # the run it was replacing is all there
     assert read_info(previous).finished and (previous / "adapter_model.safetensors").is_file()
+    # and the error says where it is, at the start and the end as in the loop (it did in the loop only)
+    assert f"the previous run is kept in {previous} until a run in {run} finishes" in err
     monkeypatch.undo()
     assert main(["train", *flags, "--overwrite"]) == 0  # once there is space, the same command runs
     assert read_info(run).finished and not previous.exists()

@@ -263,6 +263,29 @@ def test_options_a_federation_does_not_read_are_refused(
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_a_federation_that_fails_says_where_the_run_it_replaces_is(
+    tmp_path, tiny_model_dir, tiny_run_dir, federate_config, capsys
+):
+    """--overwrite moved the finished run aside to NAME.previous; a federation that then failed (here: its base cannot
+    be opened) kept it there without saying so."""
+    import shutil
+
+    from tunelab.config import load_config
+    from tunelab.errors import TunelabError
+    from tunelab.federated.server import run_federation
+
+    config = federate_config(tmp_path, tiny_model_dir)
+    shutil.copytree(tiny_run_dir, tmp_path / "run")
+    resolved = load_config(config, {"overwrite": True, "model.name": str(tmp_path / "no-such-model")})
+    with pytest.raises(TunelabError, match="no-such-model"):
+        run_federation(None, resolved, 2, ["site0", "site1"], resume=False)  # the ServerApp's work, no Flower grid
+    previous = tmp_path / "run.previous"
+    assert (
+        f"the previous run is kept in {previous} until a run in {tmp_path / 'run'} finishes" in capsys.readouterr().err
+    )
+    assert (previous / "run.json").is_file()
+
+
 def test_run_directory_is_never_replaced_silently(tmp_path, tiny_model_dir, federate_config):
     import tunelab
     from tunelab.errors import RunDirError

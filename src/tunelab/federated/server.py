@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
 from tunelab.training.auto import MICRO_BATCH
 from tunelab.training.build import build_model
 from tunelab.training.metrics import MetricsLog
-from tunelab.training.outdir import finish_replacement, plan_output_dir, start_run_dir
+from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement, plan_output_dir, start_run_dir
 from tunelab.training.recipe import save_final
 from tunelab.training.step import evaluate
 
@@ -106,9 +107,8 @@ def run_federation(
     """Run (or resume) the federation of `resolved` over `population` clients on Flower's `grid`. `clients` are
     their names when the server knows them (simulation); real SuperNodes name themselves in their replies."""
     cfg = resolved.config
-    f = cfg.federated
     run_dir = Path(cfg.output_dir)
-    notes = []
+    notes, plan = [], None
     if resume:
         notes = check_resume(run_dir, cfg)  # the deployment engine's server is the first to check it
         state = read_state(run_dir)
@@ -117,6 +117,28 @@ def run_federation(
         plan = plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg))
         start_run_dir(plan)
         state = {"rounds_done": 0, "history": [], "accountant": None, "elapsed_s": 0.0}
+    try:
+        return _run_rounds(grid, resolved, population, clients, resume, state, notes, plan)
+    except BaseException:
+        note = failure_note(plan) if plan is not None else None  # where the run it replaces was moved aside
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        raise
+
+
+def _run_rounds(
+    grid: Grid,
+    resolved: ResolvedConfig,
+    population: int,
+    clients: list[str] | None,
+    resume: bool,
+    state: dict,
+    notes: list[str],
+    plan: OutputPlan | None,
+) -> Path:
+    cfg = resolved.config
+    f = cfg.federated
+    run_dir = Path(cfg.output_dir)
     done = int(state["rounds_done"])
     state.update(rounds=f.rounds, local_steps=f.local_steps, strategy=f.strategy + (" + DP" if f.dp else ""))
     state["clients"] = clients or state.get("clients", [])
@@ -235,7 +257,7 @@ def run_federation(
     if keep_best and state.get("best"):
         print(_kept(state["best"], int(state["rounds_done"]), last_loss[0]), flush=True)
     print(f"saved to {run_dir} ({f.rounds} rounds, {time.perf_counter() - started:.0f} s)", flush=True)
-    if not resume:
+    if plan is not None:
         message = finish_replacement(plan)
         if message:
             print(message, flush=True)

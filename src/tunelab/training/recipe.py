@@ -49,7 +49,7 @@ from tunelab.training.loop import Run, evaluate_at, loop
 from tunelab.training.metrics import MetricsLog, logged_at, plot_losses, read_metrics
 from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
-from tunelab.training.outdir import failure_note, hold_lock, plan_output_dir, start_run_dir
+from tunelab.training.outdir import OutputPlan, failure_note, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.plan import longest_row, plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.result import save_final, tidy_up
@@ -188,6 +188,28 @@ def _train(
         protected=protected_paths(cfg, path),
         overwrite_non_run=overwrite_non_run,
     )
+    try:
+        return _train_planned(plan, resolved, ranks, sharding, resume, check, extra_eval, track_to)
+    except BaseException:
+        # wherever it stopped (loading, training, saving): the lock let go, for a resume or a replacement by the next
+        # command, and where a run this one replaces was moved aside and how to put it back
+        note = failure_note(plan) if ranks.main else None
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        raise
+
+
+def _train_planned(
+    plan: OutputPlan,
+    resolved: ResolvedConfig,
+    ranks: Ranks,
+    sharding: str | None,
+    resume: bool,
+    check: bool,
+    extra_eval: dict[str, list] | None,
+    track_to: TrackTo | None,
+) -> TrainResult:
+    cfg = resolved.config
     run_dir = plan.run_dir
     if resume and ranks.main:
         hold_lock(run_dir)  # a new run takes it in start_run_dir
@@ -330,9 +352,6 @@ def _train(
             evaluate_at(run, 0)
         last_loss = loop(run)
     except BaseException as exc:
-        note = failure_note(plan) if ranks.main else None
-        if note:
-            print(note, file=sys.stderr, flush=True)
         info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
         info.tokens, info.elapsed_s = position["tokens"], round(position["elapsed_s"], 1)  # the report shows them
         with contextlib.suppress(WriteFailed):  # a full disk must not hide the error that stopped the run
