@@ -219,6 +219,21 @@ def test_resume_refuses_a_changed_config_before_anything_runs(uninterrupted, no_
     assert "fewer than the 2 rounds the federation has done" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == saved
 
+    # a second resume while a process writes the run (here: its lock held by another open file, as another process
+    # holds it) is refused before anything runs; two resumed servers both wrote rounds into the same run
+    import fcntl
+
+    from tunelab.training.outdir import LOCK_FILE
+
+    held = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert main(["federate", str(config), "--resume", "--federated.rounds", "3"]) == 2
+        assert "another tunelab process is writing this run" in capsys.readouterr().err
+    finally:
+        os.close(held)
+    assert (run / "config.yaml").read_text() == saved
+
 
 def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, federate_config, no_simulation, capsys):
     config = federate_config(tmp_path, tiny_model_dir)

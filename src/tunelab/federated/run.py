@@ -29,7 +29,7 @@ from tunelab.federated.resume import check_resume
 from tunelab.federated.setup import require_accountant
 from tunelab.federated.shards import ClientData, client_data, federation_protected
 from tunelab.rundir import read_info
-from tunelab.training.outdir import plan_output_dir
+from tunelab.training.outdir import hold_lock, plan_output_dir, release_lock
 
 if TYPE_CHECKING:
     from tunelab.data.loader import Datasets
@@ -299,12 +299,19 @@ def federate(
         return write_flower_app(app_dir, resolved, resume, overwrite=cfg.overwrite)
     clients = federation_clients(cfg)
     run_dir = Path(cfg.output_dir)
-    check_run_dir(cfg, resume, config)
-    finished = all_rounds_done(run_dir, cfg.federated.rounds) if resume else None
-    if finished:  # refused, as tunelab train refuses a finished run, before the simulation engine (Ray) starts
-        raise ConfigError(finished)
-    check_clients(cfg, clients)
-    simulate(resolved, clients, resume)
+    held = resume and run_dir.is_dir()
+    if held:  # as tunelab train --resume: no other process writes the run while this one resumes it
+        hold_lock(run_dir)
+    try:
+        check_run_dir(cfg, resume, config)
+        finished = all_rounds_done(run_dir, cfg.federated.rounds) if resume else None
+        if finished:  # refused, as tunelab train refuses a finished run, before the simulation engine (Ray) starts
+            raise ConfigError(finished)
+        check_clients(cfg, clients)
+        simulate(resolved, clients, resume)
+    finally:
+        if held:
+            release_lock(run_dir)
     result = _result(run_dir)
     if cfg.eval.questions and result.rounds_done == cfg.federated.rounds:
         compare_after_training(run_dir, cfg)  # as after tunelab train: scores printed, compare.json

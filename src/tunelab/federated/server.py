@@ -41,7 +41,14 @@ from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
 from tunelab.training.auto import MICRO_BATCH
 from tunelab.training.build import build_model
 from tunelab.training.metrics import MetricsLog
-from tunelab.training.outdir import OutputPlan, failure_note, finish_replacement, plan_output_dir, start_run_dir
+from tunelab.training.outdir import (
+    OutputPlan,
+    failure_note,
+    finish_replacement,
+    hold_lock,
+    plan_output_dir,
+    start_run_dir,
+)
 from tunelab.training.recipe import save_final
 from tunelab.training.step import evaluate
 
@@ -110,6 +117,8 @@ def run_federation(
     run_dir = Path(cfg.output_dir)
     notes, plan = [], None
     if resume:
+        if run_dir.is_dir():  # no other process writes the run while this one resumes it (this process's hold is kept)
+            hold_lock(run_dir)
         notes = check_resume(run_dir, cfg)  # the deployment engine's server is the first to check it
         state = read_state(run_dir)
     else:
