@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from tunelab.training.build import build_model
 from tunelab.training.metrics import MetricsLog
 from tunelab.training.outdir import (
     OutputPlan,
-    failure_note,
+    failure_noted,
     finish_replacement,
     hold_lock,
     plan_output_dir,
@@ -126,13 +125,8 @@ def run_federation(
         plan = plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg))
         start_run_dir(plan)
         state = {"rounds_done": 0, "history": [], "accountant": None, "elapsed_s": 0.0}
-    try:
+    with failure_noted(plan):  # where the run it replaces was moved aside
         return _run_rounds(grid, resolved, population, clients, resume, state, notes, plan)
-    except BaseException:
-        note = failure_note(plan) if plan is not None else None  # where the run it replaces was moved aside
-        if note:
-            print(note, file=sys.stderr, flush=True)
-        raise
 
 
 def _run_rounds(

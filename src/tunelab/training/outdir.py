@@ -23,9 +23,12 @@ writing its metrics, checkpoints and weights among the first one's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,6 +239,19 @@ def finish_replacement(plan: OutputPlan) -> str | None:
         shutil.rmtree(plan.previous)
         return f"replaced the previous run in {plan.run_dir}"
     return None
+
+
+@contextlib.contextmanager
+def failure_noted(plan: OutputPlan | None, main: bool = True) -> Iterator[None]:
+    """Around the work after `plan` (from loading to saving): when it raises, `failure_note` on stderr (`main`: the
+    process that writes the run; None: a resume, which replaces nothing), then the error goes on."""
+    try:
+        yield
+    except BaseException:
+        note = failure_note(plan) if plan is not None and main else None
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        raise
 
 
 def failure_note(plan: OutputPlan) -> str | None:

@@ -49,7 +49,7 @@ from tunelab.training.loop import Run, evaluate_at, loop
 from tunelab.training.metrics import MetricsLog, logged_at, plot_losses, read_metrics
 from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
-from tunelab.training.outdir import OutputPlan, failure_note, hold_lock, plan_output_dir, start_run_dir
+from tunelab.training.outdir import OutputPlan, failure_noted, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.plan import longest_row, plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.result import save_final, tidy_up
@@ -188,15 +188,10 @@ def _train(
         protected=protected_paths(cfg, path),
         overwrite_non_run=overwrite_non_run,
     )
-    try:
+    # wherever it stops (loading, training, saving): the lock let go, for a resume or a replacement by the next
+    # command, and where a run this one replaces was moved aside and how to put it back
+    with failure_noted(plan, ranks.main):
         return _train_planned(plan, resolved, ranks, sharding, resume, check, extra_eval, track_to)
-    except BaseException:
-        # wherever it stopped (loading, training, saving): the lock let go, for a resume or a replacement by the next
-        # command, and where a run this one replaces was moved aside and how to put it back
-        note = failure_note(plan) if ranks.main else None
-        if note:
-            print(note, file=sys.stderr, flush=True)
-        raise
 
 
 def _train_planned(

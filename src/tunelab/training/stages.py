@@ -35,7 +35,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -52,7 +51,7 @@ from tunelab.tasks import get_task
 from tunelab.training.build import trained_base
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.metrics import plot_losses
-from tunelab.training.outdir import failure_note, finish_replacement, hold_lock, plan_output_dir, start_run_dir
+from tunelab.training.outdir import failure_noted, finish_replacement, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.prepare import protected_paths
 from tunelab.training.recipe import TrainResult, train
 from tunelab.training.result import drop_stale_results
@@ -237,14 +236,12 @@ def train_stages(
     first = plans[0].config
     write_info(run_dir, RunInfo(**base_record(first.model.name), method=first.method.name, extra={"stages": names}))
 
-    try:
-        result = _stages(run_dir, cfg, plans, names, evals, resume=resume, check=check)
-    except BaseException as error:
-        end_running_tracker_runs(run_dir, error)
-        note = failure_note(plan_dir)
-        if note:
-            print(note, file=sys.stderr, flush=True)
-        raise
+    with failure_noted(plan_dir):
+        try:
+            result = _stages(run_dir, cfg, plans, names, evals, resume=resume, check=check)
+        except BaseException as error:
+            end_running_tracker_runs(run_dir, error)
+            raise
     matrix = forgetting(run_dir, len(plans))
     _publish(run_dir, stage_dir(run_dir, len(plans)))
     _metrics(run_dir, len(plans))
