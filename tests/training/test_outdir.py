@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,21 @@ def test_a_second_process_on_a_run_being_written_is_refused(tiny_overrides, prev
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the failed run still held it
     finally:
         os.close(other)
+
+
+def test_a_lock_held_twice_in_one_process_is_kept_while_a_forked_child_shares_it(tmp_path):
+    """The federation's CLI took the run's lock, then its server (same process) took it again while Ray forked
+    processes: letting go and taking it anew failed with "another tunelab process" while a forked child that had
+    not yet exec'd shared the held file. Here the child holds it for a second."""
+    from tunelab.training.outdir import hold_lock, release_lock
+
+    hold_lock(tmp_path)
+    child = os.fork()
+    if child == 0:  # shares the held file, as a forked child does until it execs
+        time.sleep(1.0)
+        os._exit(0)
+    try:
+        hold_lock(tmp_path)  # the same process again: kept, not refused
+    finally:
+        os.waitpid(child, 0)
+        release_lock(tmp_path)

@@ -178,12 +178,17 @@ def _finished(path: Path) -> bool:
 def hold_lock(folder: Path) -> None:
     """Take the lock of the run in `folder` for this process, until `release_lock` (or the process ends); RunDirError
     when another process holds it. This process's own earlier hold (a run of the folder that ended or failed) is
-    given up first. Does nothing where the system has no flock."""
+    given up first, unless it is a hold of the same lock file: then it is kept, since letting go and taking it again
+    fails while a child this process forked has not yet exec'd (it shares the held file, and so the lock; the
+    federation's server takes the lock its CLI took while Ray starts processes). Does nothing where the system has no
+    flock."""
     try:
         import fcntl
     except ImportError:
         return
     key = str(folder.resolve())
+    if key in _held and _same_file(_held[key], folder / LOCK_FILE):
+        return
     release_lock(folder)
     handle = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -195,6 +200,14 @@ def hold_lock(folder: Path) -> None:
             "Wait for it to end, or choose another output_dir."
         ) from None
     _held[key] = handle
+
+
+def _same_file(handle: int, path: Path) -> bool:
+    try:
+        held, there = os.fstat(handle), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
 def release_lock(folder: Path) -> None:
