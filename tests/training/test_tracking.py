@@ -319,15 +319,17 @@ def test_a_later_stage_continues_the_staged_runs_mlflow_run_after_the_earlier_st
 
 
 @pytest.mark.parametrize("stop", [None, "crash", "ctrl-c"])
-def test_a_staged_runs_mlflow_run_ends_once_as_the_run_did(tiny_overrides, fake_trackers, monkeypatch, stop):
-    """Stage 1 ended the staged run's MLflow run FINISHED, and a run that then failed or was interrupted before stage
-    2 trained (here: as stage 2 starts) left it FINISHED. It now ends once: with the last stage, or as the run did."""
+def test_a_staged_runs_tracker_runs_end_once_as_the_run_did(tiny_overrides, fake_trackers, monkeypatch, stop):
+    """Stage 1 ended the staged run's MLflow run FINISHED and finished its W&B and Trackio runs, and a run that then
+    failed or was interrupted before stage 2 trained (here: as stage 2 starts) left them so; stage 2 then started a
+    second W&B run where W&B could not resume the first (offline). The stages now share one run of each tracker, which
+    ends once: with the last stage, or as the run did."""
     import tunelab
     from tunelab.training import stages
 
-    fake_mlflow = fake_trackers[0]
+    fake_mlflow, wandb_runs, trackio_runs = fake_trackers
     overrides = tiny_overrides | {
-        "train.report_to": ["mlflow"],
+        "train.report_to": ["mlflow", "wandb", "trackio"],
         "stages": [{"train": {"max_steps": 1}}, {"train": {"max_steps": 1}}],
     }
     real = stages._run_stage
@@ -346,16 +348,39 @@ def test_a_staged_runs_mlflow_run_ends_once_as_the_run_did(tiny_overrides, fake_
     assert len(fake_mlflow.runs) == 1
     assert fake_mlflow.ended == [{None: "FINISHED", "crash": "FAILED", "ctrl-c": "KILLED"}[stop]]
     assert {step for _, key, step in fake_mlflow.metrics if key == "train_loss"} == ({1} if stop else {1, 2})
+    assert len(wandb_runs) == 1 and len(trackio_runs) == 1
+    assert wandb_runs[0].finished == [{"exit_code": {None: 0, "crash": 1, "ctrl-c": 130}[stop]}]
+    assert trackio_runs[0].finished == [{}]
+    assert [a["level"] for a in trackio_runs[0].alerts] == {None: [], "crash": ["error"], "ctrl-c": ["warn"]}[stop]
+    for run in (wandb_runs[0], trackio_runs[0]):  # stage 2's steps after stage 1's, in the same run
+        assert sorted({step for step, keys in run.logged if "train/loss" in keys}) == ([1] if stop else [1, 2])
+
+
+def test_a_staged_runs_tensorboard_gets_each_stages_config_once(tmp_path):
+    """A later stage reuses the writer the first opened; its config text is written at its own first step."""
+    pytest.importorskip("tensorboard", reason="pip install tensorboard")
+    held: dict = {}
+    first = open_trackers(["tensorboard"], TrackTo(tmp_path, held=held, last=False), {"stage": 1})
+    first[0].close()  # paused: the run goes on
+    assert not first[0].closed
+    second = open_trackers(["tensorboard"], TrackTo(tmp_path, offset=3, continues=True, held=held), {"stage": 2})
+    assert second[0] is first[0] and second[0].offset == 3
+    second[0].close()
+    assert second[0].closed
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert [t.step for t in events.Tensors("config/text_summary")] == [0, 3]
 
 
 class _Ended:
     """A W&B or Trackio run that keeps how it was finished and the alerts it was sent."""
 
     def __init__(self, id):
-        self.id, self.finished, self.alerts = id, [], []
+        self.id, self.finished, self.alerts, self.logged = id, [], [], []
 
-    def log(self, *args, **kwargs):
-        pass
+    def log(self, scalars, step=None):
+        self.logged.append((step, set(scalars)))
 
     def finish(self, **kwargs):
         self.finished.append(kwargs)

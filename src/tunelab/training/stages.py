@@ -56,7 +56,7 @@ from tunelab.training.prepare import protected_paths
 from tunelab.training.recipe import TrainResult, train
 from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import LENGTH, check_resume_config, config_changes
-from tunelab.training.tracking import TrackTo, end_running_tracker_runs
+from tunelab.training.tracking import TrackTo, end_held, end_running_tracker_runs
 
 STAGE_PREFIX = "stage-"
 MERGED = "merged"
@@ -236,10 +236,12 @@ def train_stages(
     first = plans[0].config
     write_info(run_dir, RunInfo(**base_record(first.model.name), method=first.method.name, extra={"stages": names}))
 
+    held: dict = {}  # the tracker sinks the stages share, by name (training/tracking.py)
     with failure_noted(plan_dir):
         try:
-            result = _stages(run_dir, cfg, plans, names, evals, resume=resume, check=check)
+            result = _stages(run_dir, cfg, plans, names, evals, held, resume=resume, check=check)
         except BaseException as error:
+            end_held(held, error)
             end_running_tracker_runs(run_dir, error)
             raise
     matrix = forgetting(run_dir, len(plans))
@@ -273,7 +275,15 @@ def train_stages(
 
 
 def _stages(
-    run_dir: Path, cfg, plans: list[ResolvedConfig], names: list[str], evals: list, *, resume: bool, check: bool
+    run_dir: Path,
+    cfg,
+    plans: list[ResolvedConfig],
+    names: list[str],
+    evals: list,
+    held: dict,
+    *,
+    resume: bool,
+    check: bool,
 ):
     result = None
     for k, plan in enumerate(plans, 1):
@@ -292,7 +302,7 @@ def _stages(
         print(f"\n===== stage {k} of {len(plans)}: {names[k - 1]} ({here}) =====", flush=True)
         # the trackers log into the run directory, the stage's steps after the earlier stages' (as _metrics counts)
         offset = sum(read_info(stage_dir(run_dir, j)).steps for j in range(1, k))
-        track_to = TrackTo(run_dir, offset, continues=k > 1 or resume, last=k == len(plans))
+        track_to = TrackTo(run_dir, offset, continues=k > 1 or resume, last=k == len(plans), held=held)
         result = _run_stage(plan, here, extra, track_to, resume=resume, check=check)
         if result.interrupted and k < len(plans):  # Ctrl-C while the stage saved its result: the next one waits
             raise Interrupted(

@@ -30,9 +30,11 @@ are not logged to MLflow, W&B or Trackio a second time (training/metrics.py): th
 
 A staged run (training/stages.py) has one set of tracker runs, in the run directory, not one per stage directory:
 each stage logs there (`TrackTo`), its steps after the steps of the stages before it, as the run's metrics.jsonl
-counts them, and continues the tracker runs the first stage started. Its MLflow run stays running from stage to
-stage and ends with the last one, or as the run ended when it stops before (between stages too: a stage that
-finished does not make it FINISHED).
+counts them, and continues the tracker runs the first stage started. Within one process the stages share the same open tracker runs
+(`TrackTo.held`): an earlier stage's end only pauses them, and they end once, with the last stage, or as the run
+ended when it stops before (between stages too: a stage that finished does not make a run FINISHED in MLflow or
+finish it in W&B). So an offline W&B run, which cannot be resumed, is still one run for all the stages trained in
+one command.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,9 @@ class TrackTo:
     run_dir: Path
     offset: int = 0
     continues: bool = False
-    last: bool = True  # False for a staged run's earlier stages: their MLflow run stays running for the next stage
+    last: bool = True  # False for a staged run's earlier stages: their tracker runs stay open for the next stage
+    # a staged run's open sinks by tracker name, shared by its stages (None: a plain run, whose sinks are its own)
+    held: dict | None = field(default=None, compare=False)
 
     def purge_step(self, resume_step: int | None) -> int | None:
         """The first step this process logs: events from it on, written before, are stale (TensorBoard drops them)."""
@@ -130,7 +134,32 @@ def _scalars(record: dict, offset: int = 0) -> tuple[int, dict[str, float]]:
     return int(record["step"]) + offset, out
 
 
-class TensorBoardSink:
+class _Sink:
+    """What the tracker sinks share: the step offset of their stage, and a close that ends the tracker's run once,
+    except that a staged run's earlier stage only pauses it (`_end` is each tracker's own ending)."""
+
+    offset = 0
+    last = True
+    closed = False
+
+    def _place(self, to: TrackTo) -> None:
+        self.offset, self.last = to.offset, to.last
+
+    def next_stage(self, to: TrackTo, config: dict) -> None:
+        """Go on logging for the next stage of a staged run, its steps after the earlier stages' (`to.offset`)."""
+        self._place(to)
+
+    def close(self, error: BaseException | None = None) -> None:
+        if self.closed or (error is None and not self.last):
+            return
+        self.closed = True
+        self._end(error)
+
+    def _end(self, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class TensorBoardSink(_Sink):
     name = "tensorboard"
     keeps_logged_steps = False  # on resume the events after the checkpoint are dropped: the re-done steps are logged
 
@@ -140,11 +169,19 @@ class TensorBoardSink:
         # purge_step: on resume, events after the checkpoint are dropped, as metrics.jsonl drops its records (and a
         # stage started again drops what it logged before)
         self.writer = SummaryWriter(str(to.run_dir / "tensorboard"), purge_step=to.purge_step(resume_step))
-        self.offset = to.offset
-        if resume_step is None:  # each stage's config at its first step
-            import yaml
+        self._place(to)
+        if resume_step is None:
+            self._config_text(config)
 
-            self.writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```", to.offset)
+    def _config_text(self, config: dict) -> None:
+        """The config at the first step (each stage's at its own)."""
+        import yaml
+
+        self.writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```", self.offset)
+
+    def next_stage(self, to: TrackTo, config: dict) -> None:
+        self._place(to)
+        self._config_text(config)
 
     def log(self, record: dict) -> None:
         step, scalars = _scalars(record, self.offset)
@@ -153,6 +190,10 @@ class TensorBoardSink:
         self.writer.flush()  # visible to a running `tensorboard` at once, and on disk if the run is killed
 
     def close(self, error: BaseException | None = None) -> None:
+        self.writer.flush()  # paused between stages, or ended
+        super().close(error)
+
+    def _end(self, error: BaseException | None) -> None:
         self.writer.close()
 
 
@@ -166,17 +207,17 @@ def _flat(config: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-class MLflowSink:
+class MLflowSink(_Sink):
     name = "mlflow"
 
     def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         from mlflow.tracking import MlflowClient
 
-        run_dir, self.offset = to.run_dir, to.offset
+        run_dir = to.run_dir
+        self._place(to)
         store = os.environ.get("MLFLOW_TRACKING_URI")  # None: the run directory's own SQLite store
         uri = _mlflow_uri(run_dir, store)
         self.client = MlflowClient(tracking_uri=uri)  # a client object: no process-wide active run
-        self.last = to.last
         kept = kept_run(run_dir, "mlflow") if to.reopens(resume_step) else {}
         reopened = self._reopen(kept["run_id"], uri) if kept.get("run_id") and kept.get("store") == store else None
         self.run_id = reopened or self._start(run_dir, config)
@@ -212,9 +253,7 @@ class MLflowSink:
         metrics = [Metric(key.replace("/", "_"), value, now, step) for key, value in scalars.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def close(self, error: BaseException | None = None) -> None:
-        if error is None and not self.last:  # a staged run's earlier stage: the run goes on in the next stage
-            return
+    def _end(self, error: BaseException | None) -> None:
         self.client.set_terminated(self.run_id, status=mlflow_status(error))
 
 
@@ -223,9 +262,9 @@ def _mlflow_uri(run_dir: Path, store: str | None) -> str:
 
 
 def end_running_tracker_runs(run_dir: Path, error: BaseException) -> None:
-    """A staged run stopped between stages, or in a stage before its trackers opened: the MLflow run the earlier
-    stages left running ends as the run did (FAILED, or KILLED for an interrupt). W&B and Trackio end their runs
-    with each stage; TensorBoard has no status."""
+    """A staged run stopped before this process opened its trackers (a resumed run whose stage failed to start):
+    an MLflow run that an earlier process left running (killed outright) ends as this one did (FAILED, or KILLED for
+    an interrupt). The runs this process opened end through `end_held`."""
     kept = kept_run(run_dir, "mlflow")
     if not kept.get("run_id"):
         return
@@ -242,13 +281,14 @@ def end_running_tracker_runs(run_dir: Path, error: BaseException) -> None:
         pass
 
 
-class WandbSink:
+class WandbSink(_Sink):
     name = "wandb"
 
     def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         import wandb
 
-        run_dir, self.offset = to.run_dir, to.offset
+        run_dir = to.run_dir
+        self._place(to)
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         kept = kept_run(run_dir, "wandb") if to.reopens(resume_step) else {}
         # W&B resumes online runs only (offline it ignores `resume`): an offline run resumed starts a new W&B run
@@ -270,17 +310,18 @@ class WandbSink:
         step, scalars = _scalars(record, self.offset)
         self.run.log(scalars, step=step)
 
-    def close(self, error: BaseException | None = None) -> None:
+    def _end(self, error: BaseException | None) -> None:
         self.run.finish(exit_code=exit_code(error))
 
 
-class TrackioSink:
+class TrackioSink(_Sink):
     name = "trackio"
 
     def __init__(self, to: TrackTo, config: dict, resume_step: int | None):
         import trackio
 
-        run_dir, self.offset = to.run_dir, to.offset
+        run_dir = to.run_dir
+        self._place(to)
         kept = kept_run(run_dir, "trackio") if to.reopens(resume_step) else {}
         project = kept.get("project") or os.environ.get("TRACKIO_PROJECT", PROJECT)
         name = kept.get("name") or run_dir.resolve().name
@@ -295,7 +336,7 @@ class TrackioSink:
         step, scalars = _scalars(record, self.offset)
         self.run.log(scalars, step=step)
 
-    def close(self, error: BaseException | None = None) -> None:
+    def _end(self, error: BaseException | None) -> None:
         alert = getattr(self.run, "alert", None)  # Trackio's alerts came after its first releases
         if error is not None and alert is not None:
             from trackio import AlertLevel
@@ -316,4 +357,21 @@ def open_trackers(
     writing into `where`: a run directory, or a stage's place in its staged run's (TrackTo)."""
     check_trackers(names)
     to = where if isinstance(where, TrackTo) else TrackTo(Path(where))
-    return [SINKS[name](to, config, resume_step) for name in names]
+    sinks = []
+    for name in names:
+        sink = to.held.get(name) if to.held is not None else None
+        if sink is None or sink.closed:
+            sink = SINKS[name](to, config, resume_step)
+        else:  # a staged run's later stage: the tracker run an earlier stage paused
+            sink.next_stage(to, config)
+        if to.held is not None:
+            to.held[name] = sink
+        sinks.append(sink)
+    return sinks
+
+
+def end_held(held: dict, error: BaseException) -> None:
+    """A staged run stopped (in a stage, or between two): the tracker runs its stages held open (`TrackTo.held`) end
+    as it did."""
+    for sink in held.values():
+        sink.close(error)
