@@ -30,11 +30,11 @@ are not logged to MLflow, W&B or Trackio a second time (training/metrics.py): th
 
 A staged run (training/stages.py) has one set of tracker runs, in the run directory, not one per stage directory:
 each stage logs there (`TrackTo`), its steps after the steps of the stages before it, as the run's metrics.jsonl
-counts them, and continues the tracker runs the first stage started. Within one process the stages share the same open tracker runs
-(`TrackTo.held`): an earlier stage's end only pauses them, and they end once, with the last stage, or as the run
-ended when it stops before (between stages too: a stage that finished does not make a run FINISHED in MLflow or
-finish it in W&B). So an offline W&B run, which cannot be resumed, is still one run for all the stages trained in
-one command.
+counts them, and continues the tracker runs the first stage started. Within one process the stages share the same
+open tracker runs (`TrackTo.held`): an earlier stage's end only pauses them, and they end once, with the last stage,
+or as the run ended when it stops before (between stages too: a stage that finished does not make a run FINISHED in
+MLflow or finish it in W&B). So an offline W&B run, which cannot be resumed, is still one run for all the stages
+trained in one command.
 """
 
 from __future__ import annotations
