@@ -133,3 +133,12 @@ def test_make_batches_deterministic_per_seed_and_epoch():
     assert sorted(order(0, 1)) == sorted(order(0, 0)) == list(range(100, 123))  # every row once per epoch
     unshuffled = make_batches(rows, micro_batch=4, pad_id=0, shuffle=False, seed=0, epoch=5)
     assert [ids[0] for b in unshuffled for ids in b["input_ids"].tolist()] == list(range(100, 123))
+
+
+def test_an_eval_file_that_is_trained_on_is_noted(tmp_path, smollm2_tokenizer):
+    """Its eval loss measures recall of seen rows, which keep_best and the verdict would read as generalization."""
+    train = qa_file(tmp_path, 6)
+    data = build_datasets(DataConfig(train=[str(tmp_path)], eval=train), smollm2_tokenizer, seed=0)
+    assert f"note: the eval file {train} is also a training file" in data.report.summary()
+    apart = build_datasets(DataConfig(train=[train], eval=qa_file(tmp_path, 3, "e.jsonl")), smollm2_tokenizer, seed=0)
+    assert not apart.report.notes

@@ -134,7 +134,8 @@ def test_sources_are_read_split_and_reported_on_their_own(tmp_path, tiny_tokeniz
 
 def test_plain_paths_are_one_source_read_as_before(tmp_path, tiny_tokenizer):
     a = _write(tmp_path / "a.jsonl", [{"question": f"Qa {i}?", "answer": f"Aa {i}."} for i in range(8)])
-    data = build_datasets(DataConfig(train=[a, a], max_length=64), tiny_tokenizer, seed=1)
+    b = _write(tmp_path / "b.jsonl", [{"question": f"Qb {i}?", "answer": f"Ab {i}."} for i in range(8)])
+    data = build_datasets(DataConfig(train=[a, b], max_length=64), tiny_tokenizer, seed=1)
     assert data.mixture is None and epoch_rows(data, 1, 0) is data.train and not data.report.sources
 
 

@@ -305,3 +305,41 @@ def test_a_long_csv_value_a_crlf_text_and_a_json_key_given_twice(tmp_path):
     p = write(tmp_path / "e.json", json.dumps([{"text": "x"}]).replace('"x"', '"x", "text": "y"'))
     with pytest.raises(DataError, match=r"e\.json: an object of the array: the object gives the field 'text' twice"):
         read_records([p])
+
+
+def test_a_csv_with_old_mac_line_ends_is_read_with_its_separator_detected(tmp_path):
+    """A CSV whose lines end with a lone CR: the header was taken to run to the end of the file, and detecting the
+    separator crashed in the csv module."""
+    p = tmp_path / "mac.csv"
+    p.write_bytes(b'question;answer\r"a, b";c\rd;e\r')
+    records = read_records([str(p)])
+    assert [r.row for r in records] == [{"question": "a, b", "answer": "c"}, {"question": "d", "answer": "e"}]
+    assert [r.line for r in records] == [2, 3]
+
+
+def test_a_file_given_twice_is_refused_naming_both_entries(tmp_path):
+    """It would be read, and trained on, twice without a word: listed twice under other spellings, or listed beside
+    the folder that holds it."""
+    p = write(tmp_path / "qa.jsonl", '{"text": "a"}\n')
+    (tmp_path / "sub").mkdir()
+    again = str(tmp_path / "sub" / ".." / "qa.jsonl")
+    with pytest.raises(
+        DataError, match=r"qa\.jsonl: the file is given twice \(as '.*qa\.jsonl' and as '.*/sub/\.\./qa\.jsonl'\)"
+    ):
+        read_records([p, again])
+    with pytest.raises(DataError, match=r"given twice \(as '.*' and as '.*qa\.jsonl'\).*Mixtures"):
+        read_records([str(tmp_path), p])
+    assert len(read_records([p])) == 1
+
+
+def test_a_folders_files_of_other_types_are_noted_in_the_report(tmp_path):
+    from tunelab.data.report import DataReport
+
+    write(tmp_path / "a.jsonl", '{"text": "a"}\n')
+    write(tmp_path / "more.ndjson", '{"text": "b"}\n')
+    write(tmp_path / "a.jsonl.bak", '{"text": "c"}\n')
+    report = DataReport()
+    assert [r.row["text"] for r in read_records([str(tmp_path)], report=report)] == ["a"]
+    (note,) = report.notes
+    assert note.startswith(f"{tmp_path}: 2 file(s) of other types not read (a.jsonl.bak, more.ndjson)")
+    assert "  note: " + note in report.summary()

@@ -108,14 +108,15 @@ def build_datasets(
         if select is not None:
             raise ConfigError("option 'data.train': a federated client's shard is taken from plain files only.")
         return _mixture_datasets(cfg, tokenizer, seed, template, report, transform)
-    records = apply_transform(read_records(cfg.train, cfg.delimiter), transform, cfg.transform, report)
+    records = apply_transform(read_records(cfg.train, cfg.delimiter, report), transform, cfg.transform, report)
     if select is not None:
         records = select(records)
     examples = to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report)
     if not examples:
         raise _nothing_usable("training", cfg.train, report)
     if cfg.eval:
-        held = apply_transform(read_records([cfg.eval], cfg.delimiter), transform, cfg.transform, report)
+        held = apply_transform(read_records([cfg.eval], cfg.delimiter, report), transform, cfg.transform, report)
+        note_trained_eval(held, {r.path for r in records}, report)
         eval_examples = to_examples(held, cfg.format, cfg.fields, cfg.system_prompt, report)
         if not eval_examples:
             raise _nothing_usable("eval", [cfg.eval], report)
@@ -140,19 +141,32 @@ def build_datasets(
     return Datasets(train, evals, template, report, examples)
 
 
+def note_trained_eval(held: list[Record], trained: set[str], report: DataReport) -> None:
+    """A note in `report` for each eval file that is also trained on: its eval loss measures how well the model
+    recalls rows it saw, so it shows no overfitting, and keep_best and the verdict read it."""
+    trained_files = {Path(path).resolve() for path in trained}
+    for path in dict.fromkeys(r.path for r in held):
+        if Path(path).resolve() in trained_files:
+            report.notes.append(
+                f"the eval file {path} is also a training file: its eval loss measures recall of rows the model "
+                "trained on, not how it does on new ones (train.keep_best and the verdict read it); hold out other "
+                "rows, or set data.eval_fraction instead"
+            )
+
+
 def source_name(source: DataSource, index: int) -> str:
     """A source's name in reports and metric names: its name, else its file's or dataset's name."""
     name = source.name or (source.hub if source.hub else Path(source.path).name) or f"source-{index}"
     return "".join(c if c.isalnum() or c in "._-/" else "_" for c in name)
 
 
-def read_source(source: DataSource, cfg: DataConfig, where: str) -> list[Record]:
+def read_source(source: DataSource, cfg: DataConfig, where: str, report: DataReport | None = None) -> list[Record]:
     """The records of one source: a hub dataset, a datasets folder or .arrow file, or files and folders."""
     if source.hub:
         return read_hub(source, where)
     if is_datasets_path(source.path):
         return read_local(source, where)
-    records = read_records([source.path], cfg.delimiter)
+    records = read_records([source.path], cfg.delimiter, report)
     return records[: source.take] if source.take else records
 
 
@@ -161,6 +175,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     train: list[Rendered] = []
     evals: list[Rendered | Packed] = []
     spans, eval_sets, all_examples, counts = [], {}, [], [0, 0, 0]  # used train, used eval, eval examples
+    trained, evaluated = set(), []  # the training records' files; each eval file's records
     chat = False
     for i, entry in enumerate(cfg.train, 1):
         source = entry if isinstance(entry, DataSource) else DataSource(path=entry)
@@ -177,12 +192,16 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             fields=source.fields if source.fields is not None else cfg.fields,
             system_prompt=source.system_prompt if source.system_prompt is not None else cfg.system_prompt,
         )
-        records = apply_transform(read_source(source, cfg, where), transform, cfg.transform, report)
+        records = apply_transform(read_source(source, cfg, where, report), transform, cfg.transform, report)
+        trained |= {r.path for r in records}
         examples = to_examples(records, own.format, own.fields, own.system_prompt, report)
         if not examples:
             raise _nothing_usable("training", [source.path or source.hub], report)
         if source.eval:
-            held_records = apply_transform(read_records([source.eval], cfg.delimiter), transform, cfg.transform, report)
+            held_records = apply_transform(
+                read_records([source.eval], cfg.delimiter, report), transform, cfg.transform, report
+            )
+            evaluated.append(held_records)
             held = to_examples(held_records, own.format, own.fields, own.system_prompt, report)
         elif len(examples) > 1:  # one document (a .txt file) is not split: it trains whole, with no eval part
             examples, held = split_eval(examples, cfg.eval_fraction, seed)
@@ -216,7 +235,10 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         evals += held_rows
         all_examples += examples
     if cfg.eval:
-        held_records = apply_transform(read_records([cfg.eval], cfg.delimiter), transform, cfg.transform, report)
+        held_records = apply_transform(
+            read_records([cfg.eval], cfg.delimiter, report), transform, cfg.transform, report
+        )
+        evaluated.append(held_records)
         held = to_examples(held_records, cfg.format, cfg.fields, cfg.system_prompt, report)
         if not held:
             raise _nothing_usable("eval", [cfg.eval], report)
@@ -225,6 +247,8 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         counts[1] += report.total_used - used
         counts[2] += len(held)
         evals += pack(rows, cfg.max_length) if cfg.packing else rows
+    for held_records in evaluated:
+        note_trained_eval(held_records, trained, report)
     own_files = cfg.eval or any(isinstance(e, DataSource) and e.eval for e in cfg.train)
     report.eval_source = "file" if own_files else ("fraction" if evals else "none")
     report.template = template.name if chat else "none (text only)"

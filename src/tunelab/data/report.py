@@ -127,6 +127,7 @@ class DataReport:
     sources: dict[str, SourceStats] = field(default_factory=dict)  # a mixture's sources, by name
     packed_epoch_rows: int = 0  # a packed mixture: the rows epoch 0's draw packs into (what a step count is made of)
     mix_by: str = ""  # what the mixture's weights count ("examples" or "tokens"); "" without a mixture
+    notes: list[str] = field(default_factory=list)  # what is worth knowing but skips no record (files not read)
     _lengths: list[int] = field(default_factory=list, repr=False)  # raw lengths behind `lengths`; not saved
 
     def file(self, path: str) -> FileCounts:
@@ -204,6 +205,7 @@ class DataReport:
         for reason, entry in self.skips.items():
             more = ", ..." if entry.count > len(entry.locations) else ""
             lines.append(f"  skipped {entry.count}: {reason} ({', '.join(entry.locations)}{more})")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

@@ -21,11 +21,12 @@ import csv
 import gzip
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.report import Line, location
+from tunelab.data.report import DataReport, Line, location
 from tunelab.errors import DataError
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
@@ -52,9 +53,12 @@ def _kind(path: Path) -> str | None:
     return None
 
 
-def _files(paths: list[str]) -> list[Path]:
-    files = []
-    for p in paths:
+def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
+    """The data files the paths name, a folder's in sorted order. A file named twice (itself, or in a folder also
+    named) is refused: it would be read, and trained on, twice without a word. A folder's files of other types are
+    noted in `report`."""
+    files, given = [], {}  # resolved file -> (index, entry) of the entry that names it
+    for k, p in enumerate(paths):
         path = Path(p).expanduser()
         if path.suffix == ".arrow" or (
             path.is_dir() and any((path / name).is_file() for name in ("dataset_dict.json", "state.json"))
@@ -65,28 +69,42 @@ def _files(paths: list[str]) -> list[Path]:
             )
         if path.is_dir():
             # Hidden files and folders are not data (.ipynb_checkpoints/ holds copies of the same files)
-            found = sorted(
+            inside = sorted(
                 f
                 for f in path.rglob("*")
-                if f.is_file() and _kind(f) and not any(part.startswith(".") for part in f.relative_to(path).parts)
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
             )
+            found = [f for f in inside if _kind(f)]
             if not found:
                 raise DataError(
                     f"{p}: the folder holds no data files; tunelab reads {', '.join(EXTENSIONS)} files (optionally gzipped). "
                     "Check data.train."
                 )
-            files.extend(found)
+            if (other := [str(f.relative_to(path)) for f in inside if not _kind(f)]) and report is not None:
+                more = ", ..." if len(other) > 5 else ""
+                report.notes.append(
+                    f"{p}: {len(other)} file(s) of other types not read ({', '.join(other[:5])}{more}); tunelab reads "
+                    f"{', '.join(EXTENSIONS)} files (optionally gzipped)"
+                )
         elif path.is_file():
             if _kind(path) is None:
                 raise DataError(
                     f"{p}: unknown file type '{path.suffix}'; tunelab reads {', '.join(EXTENSIONS)} files (optionally .gz). "
                     "Convert the file or rename it if it already is one of these."
                 )
-            files.append(path)
+            found = [path]
         else:
             raise DataError(
                 f"{p}: file not found. Check the path in data.train / data.eval (relative paths in a YAML config are relative to the config's folder)."
             )
+        for f in found:
+            if (first := given.setdefault(f.resolve(), (k, p)))[0] != k:
+                raise DataError(
+                    f"{f}: the file is given twice (as '{first[1]}' and as '{p}'), so it would be read, and trained on, "
+                    "twice. Remove one; to train on a file more often, give data.train entries weights (README: "
+                    "Mixtures)."
+                )
+        files.extend(found)
     return files
 
 
@@ -189,8 +207,9 @@ def _json(path: Path, text: str) -> list[Record]:
 
 
 def detect_delimiter(text: str) -> str:
-    """The separator that splits the header line into the most columns (a comma when none splits it)."""
-    first = text.split("\n", 1)[0]
+    """The separator that splits the header line into the most columns (a comma when none splits it). The header
+    ends at \n, \r\n or a lone \r (old Mac files), as the csv module's rows do."""
+    first = re.split(r"\r\n?|\n", text, maxsplit=1)[0]
     counts = {d: len(next(csv.reader([first], delimiter=d), [])) for d in DELIMITERS.values()}
     best = max(counts, key=lambda d: counts[d])
     return best if counts[best] > 1 else ","
@@ -297,10 +316,11 @@ def read_file(path: Path, delimiter: str = "auto") -> list[Record]:
     return [Record(str(path), 1, {"text": text.replace("\r\n", "\n")})]  # a Windows file's line ends are \n
 
 
-def read_records(paths: list[str], delimiter: str = "auto") -> list[Record]:
-    """All records of the given files and folders, in order. Raises DataError for missing or unreadable input."""
+def read_records(paths: list[str], delimiter: str = "auto", report: DataReport | None = None) -> list[Record]:
+    """All records of the given files and folders, in order. Raises DataError for missing or unreadable input, or a
+    file given twice; a folder's files of other types are noted in `report`."""
     records = []
-    for path in _files(paths):
+    for path in _files(paths, report):
         records.extend(read_file(path, delimiter))
     return records
 

@@ -239,7 +239,7 @@ def no_input_error(where: str, row: dict, fields: dict[str, str], what: str) -> 
 def counted_records(paths: list[str], report: DataReport, kind: str) -> Iterator[Record]:
     """The records of `paths` (`data.sources`) for a task's reader, each counted as read in `report`, which names the
     files' format `kind` (label rows, preference pairs, prompts)."""
-    for record in read_records(paths):
+    for record in read_records(paths, report=report):
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
         yield record
