@@ -1,4 +1,5 @@
-"""The verdict on synthetic loss curves: underfit (high, or still falling), overfit (eval loss rising), fine."""
+"""The verdict on synthetic loss curves: diverged (train loss rising), underfit (high, or still falling), overfit (eval
+loss rising), fine."""
 
 import math
 
@@ -166,3 +167,20 @@ def test_a_held_out_reward_below_the_models_own_before_training_is_overfit_with_
     assert worse.kind == "overfit" and "training made the policy worse on its own prompts too" in worse.text
     one = judge_metrics(_grpo_records(learnt, [(24, 0.016)]), 100, 0.24, 2e-3, max_steps=24)
     assert one.kind == "fine" and "too few evaluations" in one.text  # no step 0: nothing to compare with
+
+
+def test_a_train_loss_that_rises_is_diverged_not_fine_nor_overfit():
+    """A run at lr 1e4 without clipping climbed from 2.0 to 10.8 (ln of the vocabulary: a uniform guess) and was
+    called fine; with an eval split, its rising eval loss would have been called overfitting."""
+    climb = [2.0, 2.1, 6.0, 9.5] + [10.8] * 16
+    v = _judge(climb, lr=1e4)
+    assert v.kind == "diverged"
+    assert v.text.startswith(
+        "diverged: the train loss rose instead of falling: 2.000 at step 1, 10.800 nats a token at the end (the first "
+        "tenth of the steps averaged 3.367)"
+    )
+    assert "train.lr: 1e+03 (it was 1e+04)" in v.text and "train.max_grad_norm" in v.text
+    assert _judge(climb, [(5, 2.0), (10, 9.0), (20, 10.8)], lr=1e4).kind == "diverged"
+    # noise around a flat loss is not divergence: +5%, or +0.08 nats
+    assert _judge([2.0] * 10 + [2.1] * 10).kind != "diverged"
+    assert _judge([0.5] * 10 + [0.58] * 10, epochs=1.0).kind != "diverged"

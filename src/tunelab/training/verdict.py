@@ -1,7 +1,12 @@
-"""After training, a verdict in plain words on the loss curves: underfit, overfit or fine, with the numbers and the
-option to change.
+"""After training, a verdict in plain words on the loss curves: diverged, underfit, overfit or fine, with the numbers
+and the option to change.
 
 Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), in this order:
+- diverged: the train loss ended higher than it started (the last tenth of the steps average at least 10% and 0.1
+  nats above the first tenth). Fine-tuning starts from a model that already predicts the text well; a loss that
+  rises means the updates were too large (a run at lr 1e4 without clipping climbed from 2.0 to 10.8 = ln(vocab),
+  the loss of a uniform guess). A lower rate (and gradient clipping) is the fix. Judged first: such a run's eval loss
+  rises too, and "overfit" would blame the epochs.
 - overfit: the eval loss rose at the end: its last value is at least 10% and 0.05 nats above its lowest, which came
   earlier. More training made held-out text less likely, so fewer epochs (or more data) is the fix.
 - underfit: the train loss is still high after the model saw each example at least twice (the last tenth of the
@@ -34,6 +39,8 @@ FALLING_RELATIVE = 0.2  # the last quarter's fall that counts as "still learning
 FALLING_ABSOLUTE = 0.1
 EVAL_FALLING_RELATIVE = 0.10  # the fall between the last two evaluations that counts as "still learning"
 EVAL_FALLING_ABSOLUTE = 0.02
+DIVERGED_RELATIVE = 0.10  # the train loss rise, start to end, that counts as diverging
+DIVERGED_ABSOLUTE = 0.1
 RISE_RELATIVE = 0.10  # the eval loss rise that counts as overfitting
 RISE_ABSOLUTE = 0.05
 MIN_EVALS = 3
@@ -43,7 +50,7 @@ REWARD_FALL = 0.05  # the fall of the held-out reward from its highest that coun
 
 @dataclass
 class Verdict:
-    kind: str  # underfit | overfit | fine
+    kind: str  # diverged | underfit | overfit | fine
     text: str
     numbers: dict[str, float | int] = field(default_factory=dict)
 
@@ -81,6 +88,15 @@ def judge(
     start, before, end = _landmarks([loss for _, loss in train])
     numbers: dict = {"train_start": round(start, 4), "train_end": round(end, 4), "train_at_75pct": round(before, 4)}
     curve = f"train loss {start:.3f} -> {end:.3f}"
+    if end >= start * (1 + DIVERGED_RELATIVE) and end - start >= DIVERGED_ABSOLUTE:
+        return Verdict(
+            "diverged",
+            f"diverged: the train loss rose instead of falling: {train[0][1]:.3f} at step {train[0][0]}, {end:.3f} "
+            f"nats a token at the end (the first tenth of the steps averaged {start:.3f}): the updates were too large "
+            f"for this model. Set train.lr: {lr / 10:.2g} "
+            f"(it was {lr:.2g}), and keep train.max_grad_norm above 0 so gradients are clipped.",
+            numbers,
+        )
     if len(evals) >= MIN_EVALS:
         best_step, best = min(evals, key=lambda e: e[1])
         last_step, last = evals[-1]
