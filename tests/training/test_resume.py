@@ -59,7 +59,12 @@ def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, meth
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_overrides):
-    with pytest.raises(RunDirError, match="nothing to resume"):
+    with pytest.raises(RunDirError, match="nothing to resume: the folder does not exist"):
+        recipe.train(None, tiny_overrides, resume=True)
+    Path(tiny_overrides["output_dir"]).mkdir()
+    with pytest.raises(
+        RunDirError, match=r"nothing to resume: it is not a run directory tunelab wrote \(no run.json\)"
+    ):
         recipe.train(None, tiny_overrides, resume=True)
     recipe.train(None, tiny_overrides | {"train.max_steps": 1, "train.keep_checkpoints_after_finish": True})
     with pytest.raises(
@@ -229,6 +234,29 @@ def test_ctrl_c_after_the_last_step_lets_the_result_be_saved(tiny_overrides, mon
     assert f"the result is saved in {result.run_dir}" in err and result.interrupted
     info = json.loads((result.run_dir / "run.json").read_text())
     assert info["finished"] and info["steps"] == 2 and info["eval_loss"] is not None
+    assert (result.run_dir / "adapter_model.safetensors").is_file()
+
+
+def test_ctrl_c_during_the_last_step_finishes_the_run(tiny_overrides, monkeypatch, capsys):
+    """Ctrl-C during the last step stopped with exit 130 and no result, though the steps were all done: the run now
+    ends as after a Ctrl-C that comes after the last step (evaluation and save, then nothing more)."""
+    import signal
+
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def interrupted_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", interrupted_step)
+    overrides = tiny_overrides | {"train.max_steps": 2, "train.save_every": 0}
+    result = recipe.train(None, overrides)
+    assert result.interrupted and result.steps == 2
+    assert f"the result is saved in {result.run_dir}" in capsys.readouterr().err
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert info["finished"] and info["steps"] == 2
     assert (result.run_dir / "adapter_model.safetensors").is_file()
 
 

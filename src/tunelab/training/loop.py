@@ -61,6 +61,7 @@ class Run:
     memory: MemoryPlan | None = None  # the planner's prediction, checked against the first step's peak (CUDA)
     captured: CapturedLoss | None = None  # micro-batches replayed from CUDA graphs (training/graphs.py)
     graph_width: int = 64  # with graphs: batches are padded to a multiple of this many tokens
+    interrupted: bool = False  # Ctrl-C came during the last step: the run finishes (evaluation, save), then stops
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -143,6 +144,9 @@ def loop(run: Run) -> float | None:
                         run.run_dir, run.train_model, run.optimizer, position, t.keep_checkpoints, run.ranks
                     )
                 if run.ranks.any(stop.requested):  # all ranks stop after the same step
+                    if position["step"] == run.total_steps:  # the steps are done: finish as after a later Ctrl-C
+                        run.interrupted = True
+                        break
                     bar.close()
                     raise _interrupted(run, saved)
             if position["batch_in_epoch"] >= len(batches):

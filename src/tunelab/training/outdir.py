@@ -99,8 +99,13 @@ def plan_output_dir(
     target = path.resolve()
     if resume:
         if not is_run_dir(path):
+            why = (
+                f"it is not a run directory tunelab wrote (no {RUN_FILE})"
+                if path.exists()
+                else "the folder does not exist"
+            )
             raise RunDirError(
-                f"{where}: nothing to resume: it is not a run directory tunelab wrote (no {RUN_FILE}). Drop --resume "
+                f"{where}: nothing to resume: {why}. Drop --resume "
                 "to start a new run, or point output_dir at the run to continue."
             )
         _check_creatable(path)

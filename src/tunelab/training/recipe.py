@@ -406,10 +406,11 @@ def _train_planned(
         if ranks.main:
             tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
     ranks.barrier()  # no rank returns before the result is saved
-    if stop.requested:
+    interrupted = stop.requested or run.interrupted
+    if interrupted:
         print(f"interrupt: the result is saved in {run_dir}; nothing after training runs.", file=sys.stderr, flush=True)
     return TrainResult(
-        run_dir, position["step"], last_loss, eval_loss, info.skipped_steps, auto.to_dict(), verdict, stop.requested
+        run_dir, position["step"], last_loss, eval_loss, info.skipped_steps, auto.to_dict(), verdict, interrupted
     )
 
 
