@@ -67,7 +67,7 @@ def test_one_question_or_text_given_alone_is_one_not_a_list_of_characters(tiny_r
     )
     assert [row.question for row in result.rows] == ["Code of box 3?"]
     assert _texts("see you at 6", "texts") == ["see you at 6"] and _texts(("a", "b"), "texts") == ["a", "b"]
-    with pytest.raises(ConfigError, match="argument 'texts' must be a text or a list of texts, got int"):
+    with pytest.raises(ConfigError, match="argument 'texts' must be a text or a list of texts, got an int"):
         _texts(3, "texts")
 
 
@@ -87,3 +87,30 @@ def test_arguments_of_the_wrong_kind_say_what_train_takes(tmp_path):
         tunelab.train(path, ["train.lr=1"])
     with pytest.raises(ConfigError, match="overrides must be a mapping of dotted option names to values"):
         tunelab.check(tunelab.config.RunConfig(), ["train.lr=1"])
+
+
+def test_an_argument_of_the_wrong_type_is_refused_by_name_before_any_work(tmp_path):
+    """train(resume="no") resumed (a text is truthy), merge(run, None) and generate(None, "hi") failed deep inside
+    with a bare TypeError: each is refused, naming the function, the argument and what it takes."""
+    from tunelab.errors import ConfigError
+
+    cases = [
+        (
+            lambda: tunelab.train(None, {}, resume="no"),
+            r"train\(\): argument 'resume' must be bool, got a str \('no'\)",
+        ),
+        (lambda: tunelab.merge(tmp_path, None), r"merge\(\): argument 'out' must be str \| Path, got a NoneType"),
+        (lambda: tunelab.generate(None, "hi"), r"generate\(\): argument 'run' must be str \| Path \| LoadedRun"),
+        (
+            lambda: tunelab.predict(tmp_path, texts=3),
+            r"argument 'texts' must be str \| list\[str\] \| None, got an int",
+        ),
+        (lambda: tunelab.train(None, {}, nproc=True), r"argument 'nproc' must be int \| None, got a bool"),
+        (lambda: tunelab.compare(tmp_path, save=1), r"compare\(\): argument 'save' must be bool, got an int"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            call()
+    assert tunelab.generate.__name__ == "generate" and "prompt" in str(
+        __import__("inspect").signature(tunelab.generate)
+    )

@@ -346,3 +346,22 @@ def test_a_tracker_named_twice_is_refused():
     message = "option 'train.report_to' names 'tensorboard' more than once ([tensorboard, tensorboard])"
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, {"train.report_to": ["tensorboard", "tensorboard"]})
+
+
+def test_a_text_option_holding_a_lone_surrogate_is_refused_naming_file_and_option(tmp_path):
+    """YAML's and JSON's unpaired "\\ud800", or a flag's byte that is not UTF-8, made a text no tokenizer takes: the
+    run crashed later with a TypeError. An optional text (str | None) says so too, not "must be str"."""
+    path = tmp_path / "c.yaml"
+    path.write_text('model:\n  name: m\ndata:\n  train: [a.jsonl]\n  system_prompt: "hi \\ud800"\n')
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(str(path))}: option 'data.system_prompt': character 4 is U\+D800"
+    ):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"^--data.fields: option 'data.fields': character 11 is U\+DCFF.*byte 0xff"):
+        load_config(None, {"data.fields": "{prompt: q\udcff}"})
+    assert load_config(None, {"data.system_prompt": "héllo 😀"}).config.data.system_prompt == "héllo 😀"
+
+
+def test_an_empty_output_dir_is_refused_not_read_as_the_current_folder():
+    with pytest.raises(ConfigError, match=r"--output_dir: option 'output_dir' is empty .*it would name the current"):
+        load_config(None, {"output_dir": " "})

@@ -14,12 +14,16 @@ Where a module's function takes exactly the API's arguments it is the API's, imp
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, not_text
 from tunelab.eval.compare import (
     Comparison,
     check_writable,
@@ -47,6 +51,61 @@ from tunelab.training.verdict import Verdict
 __all__ = list(_API)
 
 
+def _a(value) -> str:
+    """'a str', 'an int': the type of `value` with its article."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
+
+
+def _kinds() -> dict[str, tuple[type, ...]]:
+    """The types an API argument's annotation names (as text: `from __future__ import annotations`)."""
+    return {
+        "bool": (bool,),
+        "str": (str,),
+        "Path": (os.PathLike,),
+        "None": (type(None),),
+        "int": (int,),
+        "LoadedRun": (LoadedRun,),
+        "GenerationSettings": (GenerationSettings,),
+        "RunConfig": (RunConfig,),
+        "ResolvedConfig": (ResolvedConfig,),
+        "dict": (Mapping,),
+        "list": (list, tuple),
+    }
+
+
+def _checked(function: Callable) -> Callable:
+    """Refuse an argument whose type its annotation does not allow, naming it, before any work: `resume="no"` (a
+    truthy text) resumed a run, `merge(run, None)` failed deep inside with a bare TypeError. Generic annotations are
+    checked by their outer type (list[str] -> a list or tuple); `bool` is no `int`. `config` and `overrides` have
+    checks of their own that say more (`resolve`, `check_overrides`)."""
+    signature = inspect.signature(function)
+    kinds = _kinds()
+    allowed = {}
+    for name, parameter in signature.parameters.items():
+        if name in ("config", "overrides"):
+            continue
+        names = [part.strip().split("[")[0] for part in str(parameter.annotation).split("|")]
+        if parameter.annotation is not inspect.Parameter.empty and all(n in kinds for n in names):
+            allowed[name] = (str(parameter.annotation), tuple(t for n in names for t in kinds[n]))
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        for name, value in signature.bind(*args, **kwargs).arguments.items():
+            if name not in allowed:
+                continue
+            annotation, types = allowed[name]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                raise ConfigError(
+                    f"{function.__name__}(): argument '{name}' must be {annotation}, got {_a(value)} ({shown})."
+                )
+        return function(*args, **kwargs)
+
+    return checked
+
+
+@_checked
 def train(
     config: str | Path | RunConfig | ResolvedConfig | None = None,
     overrides: dict[str, Any] | None = None,
@@ -99,22 +158,37 @@ def train(
     return result
 
 
-def _texts(value, name: str) -> list[str]:
+def _texts(value, name: str, blank: bool = True) -> list[str]:
     """A list-of-texts argument as a list: one text given alone is a list of one (iterating it would ask each of its
-    characters)."""
+    characters). Each must be a str that can be tokenized (errors.not_text), and not blank unless `blank`."""
     if value is None:
         return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ConfigError(f"argument '{name}' must be a text or a list of texts, got {type(value).__name__}.")
+    if not isinstance(value, str | list | tuple):
+        raise ConfigError(f"argument '{name}' must be a text or a list of texts, got {_a(value)}.")
+    texts = [value] if isinstance(value, str) else list(value)
+    for i, text in enumerate(texts, 1):
+        which = f"argument '{name}'" if isinstance(value, str) else f"argument '{name}', item {i},"
+        if not isinstance(text, str):
+            raise ConfigError(f"{which} must be a text, got {_a(text)} ({str(text)[:40]!r}).")
+        if problem := not_text(text):
+            raise ConfigError(f"{which}: {problem}.")
+        if not blank and not text.strip():
+            raise ConfigError(f"{which} is empty; give the text itself.")
+    return texts
+
+
+def _text(value, name: str, blank: bool = True) -> str:
+    """A text argument, checked as `_texts` checks each item."""
+    if not isinstance(value, str):
+        raise ConfigError(f"argument '{name}' must be a text, got {_a(value)} ({str(value)[:40]!r}).")
+    return _texts(value, name, blank)[0]
 
 
 def _open(run: str | Path | LoadedRun, device: str, base_precision: str) -> LoadedRun:
     return run if isinstance(run, LoadedRun) else open_run(run, device=device, base_precision=base_precision)
 
 
+@_checked
 def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None = None):
     """The memory planner for a config (`tunelab plan`): a PlanReport whose .memory holds the candidates with their
     predicted peak and speed, the chosen one and why; .text() is what the CLI prints. A staged config gives a
@@ -124,6 +198,7 @@ def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None =
     return plan_config(resolve(config, overrides), gpu_memory)
 
 
+@_checked
 def check(
     config=None,
     overrides: dict | None = None,
@@ -151,6 +226,7 @@ def check(
     )
 
 
+@_checked
 def compare(
     run: str | Path | LoadedRun,
     questions: str | Path | None = None,
@@ -174,7 +250,7 @@ def compare(
     if save:
         check_writable(compare_file(run_dir), overwrite)  # before minutes of generation, not after
     items = read_questions(questions, run_data_config(run_dir, info)) if questions else []
-    items += [Question.ask(q, info.system_prompt) for q in _texts(question, "question")]
+    items += [Question.ask(q, info.system_prompt) for q in _texts(question, "question", blank=False)]
     if not items:
         raise DataError("no questions to compare on: give a questions file or at least one question.")
     loaded = _open(run, device, base_precision)
@@ -185,6 +261,7 @@ def compare(
     return result
 
 
+@_checked
 def generate(
     run: str | Path | LoadedRun,
     prompt: str,
@@ -195,6 +272,8 @@ def generate(
     base_precision: str = "trained",
 ) -> str:
     """One answer from the tuned model (or the base model with base=True)."""
+    prompt = _text(prompt, "prompt")
+    system = _text(system, "system") if system is not None else None
     loaded = _open(run, device, base_precision)
     system = system if system is not None else loaded.system_prompt
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -205,6 +284,7 @@ def generate(
     return generate_answers(loaded.model, loaded.tokenizer, loaded.template, [messages], settings)[0]
 
 
+@_checked
 def chat(
     run: str | Path | LoadedRun,
     settings: GenerationSettings | None = None,
@@ -217,6 +297,7 @@ def chat(
     return _chat(_open(run, device, base_precision), settings or GenerationSettings())
 
 
+@_checked
 def evaluate(
     run: str | Path | LoadedRun,
     data: str | Path,
@@ -254,6 +335,7 @@ def evaluate(
     return result
 
 
+@_checked
 def report(run: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
     """A self-contained HTML page of the run: curves, metrics, answers side by side, config, data report."""
     from tunelab.eval.report import build_report
@@ -261,6 +343,7 @@ def report(run: str | Path, out: str | Path | None = None, overwrite: bool = Fal
     return build_report(run, out=out, overwrite=overwrite)
 
 
+@_checked
 def merge(
     run: str | Path, out: str | Path, overwrite: bool = False, dtype: str | None = None, show: bool = False
 ) -> Path:
@@ -293,6 +376,7 @@ def clear_cache(names: list[str] | None = None):
     return _clear(names)
 
 
+@_checked
 def federate(
     config=None,
     overrides: dict | None = None,
@@ -312,6 +396,7 @@ def federate(
     return _federate(config, overrides, resume=resume, app_dir=app_dir)
 
 
+@_checked
 def predict(
     run: str | Path,
     data: str | Path | None = None,
@@ -331,8 +416,9 @@ def predict(
 
     if out is not None:
         check_out(out, overwrite, run, data)
-    texts = _texts(texts, "texts") if texts is not None else None
-    answers = _texts(answers, "answers") if answers is not None else None
+    texts = _texts(texts, "texts", blank=False) if texts is not None else None
+    answers = _texts(answers, "answers", blank=False) if answers is not None else None
+    prompt = _text(prompt, "prompt", blank=False) if prompt is not None else None
     predictions = _predict(run, data, texts, prompt, answers, batch_size=batch_size, device=device)
     if show:
         print(format_predictions(predictions))
@@ -341,6 +427,7 @@ def predict(
     return predictions
 
 
+@_checked
 def load_reward_model(run: str | Path, device: str = "auto", batch_size: int = 16):
     """A finished reward run as a function (prompts, completions) -> list[float] (see tunelab/infer/predict.py)."""
     from tunelab.infer.predict import load_reward_model as _load

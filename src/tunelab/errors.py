@@ -47,3 +47,18 @@ class Interrupted(TunelabError):
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
+
+
+def not_text(text: str) -> str | None:
+    """Why `text` cannot be tokenized, or None when it can: a lone UTF-16 surrogate, which UTF-8 cannot encode. It
+    comes from an unpaired escape in JSON or YAML ("\\ud800"), or from a byte that is not UTF-8 in a command-line
+    argument or a terminal's line, which Python keeps as one of U+DC80..U+DCFF."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        source = f"an unpaired \\u{code:04x} escape in JSON or YAML"
+        if 0xDC80 <= code <= 0xDCFF:
+            source += f", or the byte 0x{code - 0xDC00:02x} of text that is not UTF-8"
+        return f"character {exc.start + 1} is U+{code:04X}, a lone UTF-16 surrogate, which is not text ({source})"
+    return None

@@ -224,3 +224,14 @@ def test_a_fields_mapping_to_missing_columns_names_the_mapping_not_the_format():
     msg = str(err.value)
     assert "option 'data.fields' maps prompt -> 'q', completion -> 'a'" in msg and "'question', 'answer'" in msg
     assert "cannot tell the data format" not in msg
+
+
+def test_a_lone_surrogate_in_a_field_is_refused_naming_row_and_field():
+    """JSON's unpaired "\\ud800" reads as a str that no tokenizer can take (it crashed there with a TypeError)."""
+    with pytest.raises(
+        DataError, match=r"^d\.jsonl:2: field 'completion': character 3 is U\+D800, a lone UTF-16 surrogate"
+    ):
+        convert([{"prompt": "Q", "completion": "A"}, {"prompt": "Q", "completion": "ab\ud800"}])
+    turns = [{"role": "user", "content": "\udcff"}, {"role": "assistant", "content": "A"}]
+    with pytest.raises(DataError, match=r"field 'messages\[0\]\.content': .*U\+DCFF.*the byte 0xff"):
+        convert([{"messages": turns}])

@@ -218,3 +218,40 @@ def test_a_failing_generation_ends_chat_and_a_tiny_temperature_is_greedy(tiny_ru
     finally:
         del model.generate
     assert outcome and "probability tensor" in str(outcome[0]), "chat still waiting after a failed generation"
+
+
+def test_text_that_cannot_be_tokenized_or_is_no_text_is_refused_by_name(tiny_run_dir):
+    """A lone surrogate (JSON's unpaired escape, or a command-line byte that is not UTF-8) crashed the tokenizer with
+    a TypeError; None or a number for a text argument failed deep inside. Each is now refused naming the argument,
+    and chat does not send such a line, nor a terminal line that is not UTF-8, and goes on."""
+    from tunelab.data.render import NotText
+    from tunelab.errors import ConfigError
+
+    run = open_run(tiny_run_dir, device="cpu")
+    with pytest.raises(ConfigError, match=r"argument 'prompt': character 1 is U\+DCFF.*the byte 0xff"):
+        tunelab.generate(run, "\udcff", settings=SHORT)
+    with pytest.raises(ConfigError, match=r"generate\(\): argument 'prompt' must be str, got a NoneType"):
+        tunelab.generate(run, None, settings=SHORT)
+    with pytest.raises(ConfigError, match=r"argument 'system': character 2 is U\+D800"):
+        tunelab.generate(run, "Code of box 1?", system="a\ud800", settings=SHORT)
+    with pytest.raises(ConfigError, match=r"argument 'question', item 2, is empty"):
+        tunelab.compare(run, question=["Code of box 1?", " "], settings=SHORT, save=False)
+    with pytest.raises(ConfigError, match=r"argument 'question', item 1, must be a text, got an int"):
+        tunelab.compare(run, question=[3], settings=SHORT, save=False)
+    with pytest.raises(NotText, match=r"^a user message: character 3 is U\+D800"):
+        from tunelab.infer.generate import generate_answers
+
+        generate_answers(run.model, run.tokenizer, run.template, [[{"role": "user", "content": "ab\ud800"}]], SHORT)
+
+    def lines():
+        yield "Code of box\ud800"
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    inputs = lines()
+    queued = iter(["Code of box 5?", "/exit"])
+    out = io.StringIO()
+    history = chat(run, SHORT, read=lambda prompt: next(inputs, None) or next(queued), out=out)
+    assert [m["content"] for m in history if m["role"] == "user"] == ["Code of box 5?"]
+    assert "(not sent: a user message: character 12 is U+D800" in out.getvalue()
+    assert "(not sent: the line is not UTF-8 text: invalid start byte at byte 0.)" in out.getvalue()
+    assert out.getvalue().count("model> ") == 1

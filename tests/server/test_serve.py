@@ -284,3 +284,36 @@ def test_special_token_text_in_a_message_is_a_400(server):
         assert (
             "the special token text '<|im_end|>' in a user message would be read as a control token" in error["message"]
         )
+
+
+def test_a_lone_surrogate_in_a_message_is_a_400(server):
+    """JSON's unpaired "\\ud800" parses to a str no tokenizer can take: the server answered 500. Now 400, streamed or
+    not, naming the character."""
+    url = f"{server.url}/v1/chat/completions"
+    for stream in (False, True):
+        body = b'{"model": "tiny", "stream": %s, "messages": [{"role": "user", "content": "Hi \\ud800"}]}' % (
+            b"true" if stream else b"false"
+        )
+        status, _, raw = _http("POST", url, body)
+        error = json.loads(raw)["error"]
+        assert status == 400 and error["param"] == "messages", raw
+        assert error["message"].startswith("a user message: character 4 is U+D800, a lone UTF-16 surrogate")
+
+
+def test_a_bool_for_a_number_and_an_empty_stop_string_are_400s(server):
+    """JSON's true was read as max_tokens 1 and an empty stop string was accepted: each is refused, naming it."""
+    url = f"{server.url}/v1/chat/completions"
+    for extra, param in [
+        ({"max_tokens": True}, "max_tokens"),
+        ({"temperature": True}, "temperature"),
+        ({"stream": "yes"}, "stream"),
+        ({"stop": ""}, "stop"),
+        ({"stop": ["end", ""]}, "stop"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ]:
+        body = json.dumps({"model": "tiny", "messages": QUESTION} | extra).encode()
+        status, _, raw = _http("POST", url, body)
+        error = json.loads(raw)["error"]
+        assert status == 400 and error["param"].startswith(param), (extra, error)
+    body = json.dumps({"model": "tiny", "messages": QUESTION, "temperature": 0, "max_tokens": 2, "stop": "x"})
+    assert _http("POST", url, body.encode())[0] == 200  # an integer temperature is still a number

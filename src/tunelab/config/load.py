@@ -22,7 +22,7 @@ from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import unknown_option, unknown_section
 from tunelab.config.validate import check_consistency, option_default, read_by
 from tunelab.config.values import check_constraints, coerce
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, not_text
 
 
 def _flatten(raw: dict, where: str) -> dict[str, Any]:
@@ -218,6 +218,8 @@ def load_config(
         flags = {}
         for name, value in overrides.items():
             hint = options[name][1] if name in options else None
+            if isinstance(value, str) and (problem := not_text(value)):  # YAML could not read it as a value
+                raise ConfigError(f"--{name}: option '{name}': {problem}. Fix the text.")
             flags[name] = read_text_value(value, hint) if isinstance(value, str) else _python_value(value)
         layers.append(("flag", flags, Path(base_dir) if base_dir else None))
     for source, flat, folder in layers:
@@ -243,6 +245,11 @@ def _option_value(name: str, value: Any, options: dict, where: str, folder: Path
         raise ConfigError(
             f"{where}: option '{name}', entry {entry}, is an empty path (an unset variable in --{name} \"$DATA\"?); "
             "it would read the whole folder it resolves to. Give a file or folder name."
+        )
+    if name == "output_dir" and not value.strip():
+        raise ConfigError(
+            f"{where}: option 'output_dir' is empty (an unset variable in --output_dir \"$OUT\"?); it would name the "
+            "current folder. Give the run directory's path, like runs/faq."
         )
     if folder is not None and name == "data.transform" and value is not None:
         file, _, function = value.rpartition(":")

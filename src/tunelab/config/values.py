@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, not_text
 
 
 def _type_name(hint: Any) -> str:
@@ -26,6 +26,11 @@ def _type_name(hint: Any) -> str:
 
 
 FINITE = "it must be a finite number."
+
+
+class _Refused(ConfigError):
+    """A value of the right type that is still wrong (an infinite number, a text with a lone surrogate): a union's
+    other arms are not tried, so the error says this, not "must be float or str"."""
 
 
 def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
@@ -42,9 +47,10 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         for arm in inner:  # the first type that takes the value: `float | Auto` reads 1e-4 as float, "auto" as Auto
             try:
                 return coerce(name, value, arm, where)
-            except ConfigError as exc:
-                if str(exc).endswith(FINITE):  # a number, but not a finite one: say that, not "must be float"
-                    raise
+            except _Refused:
+                raise
+            except ConfigError:
+                pass
         names = " or ".join(_type_name(a) for a in inner)
         raise ConfigError(f"{where}: option '{name}' must be {names}, got {value!r} ({type(value).__name__}).")
     if origin is Literal:
@@ -69,6 +75,9 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: option '{name}' must be a mapping like {{key: value}}, got {value!r}.")
         keep = typing.get_args(hint)[1:] == (Any,)  # dict[str, Any]: values are checked by whoever reads them
+        texts = [str(k) for k in value] + ([] if keep else [str(v) for v in value.values()])
+        if problem := next(filter(None, map(not_text, texts)), None):
+            raise _Refused(f"{where}: option '{name}': {problem}. Fix the text.")
         return {str(k): (v if keep else str(v)) for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
@@ -86,10 +95,12 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
             except ValueError:
                 pass
         if number is not None and not math.isfinite(number):  # nan passes every range check (nan < 0 is False)
-            raise ConfigError(f"{where}: option '{name}' is {value!r}; {FINITE}")
+            raise _Refused(f"{where}: option '{name}' is {value!r}; {FINITE}")
         if number is not None:
             return number
     elif hint is str:
+        if isinstance(value, str) and (problem := not_text(value)):
+            raise _Refused(f"{where}: option '{name}': {problem}. Fix the text.")
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {value!r} ({type(value).__name__}).")

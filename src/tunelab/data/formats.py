@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import Record, is_plain_text
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, not_text
 
 # format -> (required canonical fields, optional canonical fields); dict order is the detection order
 FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -86,6 +86,8 @@ def text_field(value, where: str, field: str) -> str:
             f"{where}: field '{field}' is {value}, a number with no text to train on; give it text or null."
         )
     if isinstance(value, str):
+        if problem := not_text(value):
+            raise DataError(f"{where}: field '{field}': {problem}. Fix the text or remove the row.")
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)

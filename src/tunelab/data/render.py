@@ -31,7 +31,7 @@ from tunelab.config import DataConfig
 from tunelab.data.formats import Example
 from tunelab.data.report import DataReport, location
 from tunelab.data.templates import Template, default_bos
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, not_text
 
 IGNORE = -100
 _BATCH = 512  # texts per tokenizer call: the fast tokenizer works through a batch in parallel
@@ -191,9 +191,17 @@ class ControlTokenText(ConfigError):
     """A conversation to be answered holds the text of one of the tokenizer's special tokens."""
 
 
+class NotText(ConfigError):
+    """A conversation to be answered holds a lone surrogate (errors.not_text), which no tokenizer can read."""
+
+
 def render_prompt(messages: list[dict], tokenizer, template: Template) -> list[int]:
     """Token ids of the conversation so far plus the assistant prefix, ready for generation. ControlTokenText when a
-    message holds special-token text (see the module docstring)."""
+    message holds special-token text (see the module docstring), NotText when one holds a lone surrogate."""
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and (problem := not_text(content)):
+            raise NotText(f"a {message.get('role')} message: {problem}, so the conversation is not answered.")
     found = special_text_in(messages, special_texts(tokenizer))
     if found:
         raise ControlTokenText(

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from tunelab.data.render import ControlTokenText
+from tunelab.data.render import ControlTokenText, NotText
 from tunelab.infer.generate import ContextTooLong, GenerationSettings, stream_answer
 from tunelab.infer.run import LoadedRun
 
@@ -23,6 +23,9 @@ def chat(
             text = read("you> ").strip()
         except EOFError:
             break
+        except UnicodeDecodeError as exc:  # a terminal line that is not UTF-8 (strict decoding of stdin)
+            out.write(f"(not sent: the line is not UTF-8 text: {exc.reason} at byte {exc.start}.)\n")
+            continue
         if text in ("/exit", "/quit"):
             break
         if text == "/reset":
@@ -37,7 +40,7 @@ def chat(
             messages.pop()
             out.write(f"(not sent: {exc} /reset starts a new conversation.)\n")
             continue
-        except ControlTokenText as exc:
+        except (ControlTokenText, NotText) as exc:
             messages.pop()
             out.write(f"(not sent: {exc})\n")
             continue

@@ -83,6 +83,8 @@ def predict(
         if report.skips:
             reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())
             raise DataError(f"{data}: rows cannot be scored: {reasons}. Fix or remove them.")
+        if not items:
+            raise DataError(f"{data}: the file holds no rows to predict.")
     items += [(text_input(run, t), f"text {i + 1}", None) for i, t in enumerate(texts or [])]
     if answers:
         if run.info.task != "reward":

@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import FastAPI, Request
@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from tunelab.data.render import ControlTokenText
+from tunelab.data.render import ControlTokenText, NotText
 from tunelab.errors import TunelabError
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
@@ -50,19 +50,23 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
+StopText = Annotated[str, Field(min_length=1)]  # an empty stop string would end every answer before it starts
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # checked by `unsupported_option`: OpenAI clients send more than we read
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stream: bool | None = None
+    # strict: JSON's true is not the number 1, nor "true" a bool (a float field still takes an integer)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP, strict=True)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True)
+    stream: bool | None = Field(default=None, strict=True)
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
-    seed: int | None = Field(default=None, ge=0, lt=2**63)  # torch's generator takes a 64-bit seed
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None  # OpenAI's limit: 4 sequences
+    n: int | None = Field(default=None, ge=1, le=1, strict=True)
+    seed: int | None = Field(default=None, ge=0, lt=2**63, strict=True)  # torch's generator takes a 64-bit seed
 
 
 # Options of OpenAI's chat completions that change nothing about a plain text answer: accepted and not used.
@@ -233,7 +237,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             done = engine.complete(messages, settings, stop, body.seed)
         except ContextTooLong as exc:
             return _error(400, str(exc), param="messages", code="context_length_exceeded")
-        except ControlTokenText as exc:
+        except (ControlTokenText, NotText) as exc:
             return _error(400, str(exc), param="messages")
         except TunelabError as exc:
             return _error(400, str(exc))
