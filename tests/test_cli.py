@@ -223,3 +223,47 @@ def test_a_flags_null_unsets_an_optional_text_option_and_is_text_for_a_required_
     assert (overrides["data.system_prompt"], overrides["eval.refusal"], overrides["output_dir"]) == (None, None, "null")
     cfg = load_config(None, overrides | {"data.train": "qa.jsonl"}).config
     assert (cfg.data.system_prompt, cfg.eval.refusal, cfg.output_dir) == (None, None, "null")
+
+
+def test_a_command_line_text_that_is_not_utf8_exits_2_naming_it(tiny_run_dir):
+    """Python keeps a byte that is not UTF-8 in an argument as a lone surrogate, which crashed the tokenizer with a
+    traceback (exit 1); a chat line of such bytes did the same."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunelab.cli",
+            "generate",
+            str(tiny_run_dir),
+            "--prompt",
+            b"Code of box \xff?",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 2, err[-2000:]
+    assert "argument 'prompt': character 13 is U+DCFF" in err and "the byte 0xff" in err and "Traceback" not in err
+    done = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", "chat", str(tiny_run_dir), "--device", "cpu", "--max-new-tokens", "3"],
+        input=b"Code of box \xff?\nCode of box 2?\n/exit\n",
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
+    out = done.stdout.decode(errors="replace")
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert "(not sent: " in out and out.count("model> ") == 1
+
+
+def test_overwrite_never_replaces_the_runs_training_data(tiny_run_dir, capsys):
+    """`tunelab report RUN --out qa.jsonl --overwrite` replaced the file the run was trained on with an HTML page."""
+    data = tiny_run_dir.parent / "qa.jsonl"  # the tiny run's data.train
+    before = data.read_bytes()
+    assert main(["report", str(tiny_run_dir), "--out", str(data), "--overwrite"]) == 2
+    assert "is a file of data.train of the run's config; --overwrite never replaces data" in capsys.readouterr().err
+    assert data.read_bytes() == before

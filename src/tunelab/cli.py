@@ -313,16 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def export_verdict(gguf_path) -> str | None:
-    """The self-check's verdict written beside an export (None when it did not run)."""
-    import json
-
-    from tunelab.export.gguf import check_path
-
-    path = check_path(gguf_path)
-    return json.loads(path.read_text())["verdict"] if path.is_file() else None
-
-
 _RUN_FLAGS = (
     "command",
     "config",
@@ -458,7 +448,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             show=True,
         )
         print(f"{path}\nOllama: ollama create NAME -f {path.parent / 'Modelfile'}")
-        return 1 if export_verdict(path) == "fail" else 0  # the files stay, for inspection
+        from tunelab.export.check import saved_verdict
+
+        return 1 if saved_verdict(path) == "fail" else 0  # the files stay, for inspection
     settings = _settings(args)
     if args.command == "eval":
         settings.batch_size = args.batch_size

@@ -217,7 +217,27 @@ def check_output_file(
         raise RunDirError(f"{path}: is this command's input; write the result elsewhere.")
     if path.exists() and target.parent == Path(run_dir).resolve() and path.name != own:
         raise RunDirError(f"{path}: is a file of the run itself; --overwrite replaces only its {own}. Write elsewhere.")
+    if path.exists() and (source := _data_holding(target, run_dir)):
+        raise RunDirError(f"{path}: is {source} of the run's config; --overwrite never replaces data. Write elsewhere.")
     if path.exists() and not overwrite:
         raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
+
+
+def _data_holding(target: Path, run_dir: Path) -> str | None:
+    """Which data option of the run's saved config names the file `target` (itself, or a folder holding it), as
+    "a file of data.train"; None when none does or the config cannot be read (the other checks still apply)."""
+    try:
+        config = read_config(run_dir)
+    except RunDirError:
+        return None
+    if config is None:
+        return None
+    named = [("data.train", e if isinstance(e, str) else e.path) for e in config.data.train]
+    named += [("data.train", e.eval) for e in config.data.train if not isinstance(e, str)]
+    named += [("data.eval", config.data.eval), ("eval.questions", config.eval.questions)]
+    for option, given in named:
+        if given and (target == Path(given).resolve() or target.is_relative_to(Path(given).resolve())):
+            return f"a file of {option}"
+    return None

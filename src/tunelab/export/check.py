@@ -19,6 +19,7 @@ The verdict (pass / warn / fail) and every number go to NAME.check.json beside t
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,6 +96,12 @@ class GGUFCheck:
 def check_path(out: Path) -> Path:
     """Where the self-check's verdict is written: beside the file, `NAME.check.json`."""
     return out.with_name(f"{out.stem}.check.json")
+
+
+def saved_verdict(out: str | Path) -> str | None:
+    """The self-check's verdict written beside the export `out` (None when the check did not run)."""
+    path = check_path(Path(out))
+    return json.loads(path.read_text())["verdict"] if path.is_file() else None
 
 
 def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[list[dict]], str]:
