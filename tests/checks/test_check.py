@@ -242,3 +242,22 @@ def test_a_stage_without_data_is_named(tiny_overrides):
         tunelab.check(None, overrides | {"stages": stages}, model=False, show=False)
     with pytest.raises(ConfigError, match="stage 1: option 'data.train' is empty"):
         tunelab.check(None, overrides | {"stages": stages[::-1]}, model=False, show=False)
+
+
+def test_a_data_option_error_names_the_config_file_that_set_it(tiny_model_dir, qa_file, tmp_path):
+    """An error the data reader finds in an option (a data.fields mapping to a column the file lacks) named the
+    option but not the YAML file that set it; given as a flag, the flag's name is its place."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        json.dumps(
+            {"model": {"name": str(tiny_model_dir)}, "data": {"train": [str(qa_file)], "fields": {"prompt": "q"}}}
+        )
+    )
+    with pytest.raises(DataError, match=rf"qa.jsonl:1: option 'data.fields' \(set in {config}\) maps prompt -> 'q'"):
+        tunelab.check(config, model=False)
+    with pytest.raises(DataError, match=r"qa.jsonl:1: option 'data.fields' maps prompt -> 'q'"):
+        tunelab.check(
+            None,
+            {"model.name": str(tiny_model_dir), "data.train": [str(qa_file)], "data.fields": {"prompt": "q"}},
+            model=False,
+        )

@@ -39,11 +39,12 @@ from tunelab.checks.model import (
 )
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
 from tunelab.config import RunConfig, describe
+from tunelab.config.load import locate
 from tunelab.data.checks import CheckItem, CheckResult, data_checks
 from tunelab.data.loader import epoch_rows
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
-from tunelab.errors import ConfigError, RunDirError, TunelabError
+from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError
 from tunelab.eval.questions import check_questions
 from tunelab.models.llama import unsupported_reason
 from tunelab.rundir import is_run_dir, read_info
@@ -185,7 +186,10 @@ def run_check(
         out(f"a staged run of {len(later) + 1} stages: stage 1 is checked in full, the others' data")
     task = get_task("grpo", cfg) if grpo else None  # grpo's rollout reads what its build_data saw
     # DataError (file:line) for a row without input (or label), a classifier of one class
-    inputs = _stage_inputs(cfg, task, 1) if resolved.config.stages else load_inputs(cfg, task)
+    try:
+        inputs = _stage_inputs(cfg, task, 1) if resolved.config.stages else load_inputs(cfg, task)
+    except (ConfigError, DataError) as exc:
+        raise locate(exc, resolved.origins) from None
     data = inputs.data
     out(data.report.summary())
     if resume and is_run_dir(cfg.output_dir):

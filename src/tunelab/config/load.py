@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Hashable, Mapping
@@ -22,7 +23,7 @@ from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import unknown_option, unknown_section
 from tunelab.config.validate import check_consistency, option_default, read_by
 from tunelab.config.values import check_constraints, coerce
-from tunelab.errors import ConfigError, not_text
+from tunelab.errors import ConfigError, TunelabError, not_text
 
 
 def _flatten(raw: dict, where: str) -> dict[str, Any]:
@@ -175,6 +176,18 @@ class ResolvedConfig:
     config: RunConfig
     origins: dict[str, str]
     path: Path | None = None
+
+
+def locate(error: TunelabError, origins: dict[str, str]) -> TunelabError:
+    """`error` with the YAML file that set the option it names: "qa.jsonl:1: option 'data.fields' (set in run.yaml)
+    maps ...". The data reader's errors know the option, not where it was set. Kept as it is when the option came
+    from a flag (whose name is its place), from Python or its default."""
+    text = str(error)
+    found = re.search(r"option '([\w.]+)'", text)
+    origin = origins.get(found.group(1), "default") if found else "default"
+    if found and origin not in ("default", "python") and not origin.startswith("--"):
+        error.args = (f"{text[: found.end()]} (set in {origin}){text[found.end() :]}",)
+    return error
 
 
 def load_config(

@@ -31,9 +31,9 @@ from torch import nn
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
-from tunelab.config.load import check_overrides
+from tunelab.config.load import check_overrides, locate
 from tunelab.data.loader import epoch_rows
-from tunelab.errors import CheckFailed, ConfigError, WriteFailed
+from tunelab.errors import CheckFailed, ConfigError, DataError, WriteFailed
 from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.load import base_record, run_base
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
@@ -217,7 +217,10 @@ def _train_planned(
     torch.manual_seed(cfg.train.seed)
 
     task = get_task(cfg.task, cfg)
-    inputs = load_inputs(cfg, task)
+    try:
+        inputs = load_inputs(cfg, task)
+    except (ConfigError, DataError) as exc:
+        raise locate(exc, resolved.origins) from None
     data, tokenizer = inputs.data, inputs.tokenizer
     print(data.report.summary(), flush=True)
     digest, eval_digest = data_digest(data.train), (data_digest(data.eval) if data.eval else "")
