@@ -57,21 +57,20 @@ def _a(value) -> str:
     return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
 
 
-def _kinds() -> dict[str, tuple[type, ...]]:
-    """The types an API argument's annotation names (as text: `from __future__ import annotations`)."""
-    return {
-        "bool": (bool,),
-        "str": (str,),
-        "Path": (os.PathLike,),
-        "None": (type(None),),
-        "int": (int,),
-        "LoadedRun": (LoadedRun,),
-        "GenerationSettings": (GenerationSettings,),
-        "RunConfig": (RunConfig,),
-        "ResolvedConfig": (ResolvedConfig,),
-        "dict": (Mapping,),
-        "list": (list, tuple),
-    }
+# The types an API argument's annotation names (read as text: `from __future__ import annotations`)
+_KINDS: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
+    "str": (str,),
+    "Path": (os.PathLike,),
+    "None": (type(None),),
+    "int": (int,),
+    "LoadedRun": (LoadedRun,),
+    "GenerationSettings": (GenerationSettings,),
+    "RunConfig": (RunConfig,),
+    "ResolvedConfig": (ResolvedConfig,),
+    "dict": (Mapping,),
+    "list": (list, tuple),
+}
 
 
 def _checked(function: Callable) -> Callable:
@@ -80,14 +79,13 @@ def _checked(function: Callable) -> Callable:
     checked by their outer type (list[str] -> a list or tuple); `bool` is no `int`. `config` and `overrides` have
     checks of their own that say more (`resolve`, `check_overrides`)."""
     signature = inspect.signature(function)
-    kinds = _kinds()
     allowed = {}
     for name, parameter in signature.parameters.items():
         if name in ("config", "overrides"):
             continue
         names = [part.strip().split("[")[0] for part in str(parameter.annotation).split("|")]
-        if parameter.annotation is not inspect.Parameter.empty and all(n in kinds for n in names):
-            allowed[name] = (str(parameter.annotation), tuple(t for n in names for t in kinds[n]))
+        if parameter.annotation is not inspect.Parameter.empty and all(n in _KINDS for n in names):
+            allowed[name] = (str(parameter.annotation), tuple(t for n in names for t in _KINDS[n]))
 
     @functools.wraps(function)
     def checked(*args, **kwargs):
@@ -177,10 +175,8 @@ def _texts(value, name: str, blank: bool = True) -> list[str]:
     return texts
 
 
-def _text(value, name: str, blank: bool = True) -> str:
-    """A text argument, checked as `_texts` checks each item."""
-    if not isinstance(value, str):
-        raise ConfigError(f"argument '{name}' must be a text, got {_a(value)} ({str(value)[:40]!r}).")
+def _text(value: str, name: str, blank: bool = True) -> str:
+    """A text argument (its type checked by `_checked`), checked as `_texts` checks each item."""
     return _texts(value, name, blank)[0]
 
 
