@@ -267,3 +267,12 @@ def test_overwrite_never_replaces_the_runs_training_data(tiny_run_dir, capsys):
     assert main(["report", str(tiny_run_dir), "--out", str(data), "--overwrite"]) == 2
     assert "is a file of data.train of the run's config; --overwrite never replaces data" in capsys.readouterr().err
     assert data.read_bytes() == before
+
+
+def test_overwrite_never_replaces_the_base_model(tiny_run_dir, tiny_model_dir, capsys):
+    """`tunelab report RUN --out BASE/model.safetensors --overwrite` replaced the weights the run's adapter sits on."""
+    weights = next(tiny_model_dir.glob("*.safetensors"))
+    before = weights.stat().st_mtime_ns, weights.stat().st_size
+    assert main(["report", str(tiny_run_dir), "--out", str(weights), "--overwrite"]) == 2
+    assert f"is a file of the base model {tiny_model_dir}; --overwrite never replaces it" in capsys.readouterr().err
+    assert (weights.stat().st_mtime_ns, weights.stat().st_size) == before

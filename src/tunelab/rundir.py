@@ -219,10 +219,29 @@ def check_output_file(
         raise RunDirError(f"{path}: is a file of the run itself; --overwrite replaces only its {own}. Write elsewhere.")
     if path.exists() and (source := _data_holding(target, run_dir)):
         raise RunDirError(f"{path}: is {source} of the run's config; --overwrite never replaces data. Write elsewhere.")
+    if path.exists() and (model := _model_holding(target, run_dir)):
+        raise RunDirError(f"{path}: is a file of {model}; --overwrite never replaces it. Write elsewhere.")
     if path.exists() and not overwrite:
         raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
+
+
+def _model_holding(target: Path, run_dir: Path) -> str | None:
+    """Which model the run depends on holds the file `target`: the local base model (a folder or a .gguf file) or
+    the adapter the config started from; None when neither does or the run cannot be read."""
+    try:
+        info, config = read_info(run_dir, require_finished=False), read_config(run_dir)
+    except RunDirError:
+        return None
+    named = [(f"the base model {info.base_model}", info.base_model)]
+    if config is not None and config.model.adapter:
+        named.append((f"the adapter {config.model.adapter} the run started from", config.model.adapter))
+    for what, given in named:
+        local = Path(given).expanduser()
+        if local.exists() and (target == local.resolve() or target.is_relative_to(local.resolve())):
+            return what
+    return None
 
 
 def _data_holding(target: Path, run_dir: Path) -> str | None:
