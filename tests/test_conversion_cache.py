@@ -102,3 +102,11 @@ def test_a_conversion_left_aside_by_an_interrupted_replacement_is_listed_and_cle
     assert main(["cache", "clear", aside.name]) == 0 and not aside.exists()
     assert f"removed 1 entry (0.0 MB): {aside.name}" in capsys.readouterr().out
     assert (cache / ".old-notes-1" / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("manifest", ['{"files": null}', '{"files": ["model.safetensors"]}', '{"files": {"a": "1"}}'])
+def test_a_damaged_manifest_is_an_incomplete_conversion(cache, capsys, manifest):
+    """A finished-conversion file whose list of files was damaged ended `tunelab cache` in an AttributeError."""
+    (cache / "big-1111" / COMPLETE).write_text(manifest)
+    assert main(["cache"]) == 0
+    assert f"big-1111  (incomplete: {COMPLETE} does not list its files with their sizes" in capsys.readouterr().out

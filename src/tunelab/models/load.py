@@ -247,6 +247,8 @@ def conversion_problem(folder: Path) -> str | None:
         files = json.loads((folder / COMPLETE).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"{COMPLETE} cannot be read"
+    if not isinstance(files, dict) or not all(isinstance(n, str) and type(z) is int for n, z in files.items()):
+        return f"{COMPLETE} does not list its files with their sizes"
     for name, size in files.items():
         file = folder / name
         if not file.is_file():
