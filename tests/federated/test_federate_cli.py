@@ -252,6 +252,7 @@ def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, 
         ({"method.name": "full"}, "needs lora"),
         ({"data.train": ["x.jsonl"]}, "federated.clients or federated.split_file"),
         ({"federated.split_file": "all.jsonl"}, "both set"),
+        ({"federated.clients": "null"}, r"'federated.clients' must be a list of str, got None"),
         ({"federated.dp": True, "federated.dp_noise_multiplier": 0.0}, "dp_noise_multiplier > 0"),
     ],
 )

@@ -128,6 +128,8 @@ def read_text_value(text: str, hint: Any) -> Any:
         return text
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list and str in _arms(args[0]):
+        if text.strip() in NULL:  # as YAML's null: no list (refused by name), not a list of one file named null
+            return None
         if isinstance(node, yaml.ScalarNode):
             return [text]
         if isinstance(node, yaml.SequenceNode):

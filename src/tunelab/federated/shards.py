@@ -89,6 +89,18 @@ def _name(entry: str) -> str:
     return name or "client"
 
 
+def _check_distinct(entries: list[str]) -> None:
+    """ConfigError when two clients name the same file or folder: each client's data is its own."""
+    seen: dict[Path, int] = {}
+    for k, entry in enumerate(entries, 1):
+        first = seen.setdefault(Path(entry).resolve(), k)
+        if first != k:
+            raise ConfigError(
+                f"option 'federated.clients': entries {first} and {k} both name {entry}; each client holds its own "
+                "data (to split one file among clients, use federated.split_file)."
+            )
+
+
 def client_data(cfg: FederatedConfig, seed: int) -> list[ClientData]:
     """The clients of a federated config, in order (client i is simulated SuperNode partition i)."""
     if cfg.clients and cfg.split_file:
@@ -97,6 +109,7 @@ def client_data(cfg: FederatedConfig, seed: int) -> list[ClientData]:
             "(clients) or split one file (split_file), not both."
         )
     if cfg.clients:
+        _check_distinct(cfg.clients)
         names: list[str] = []
         for entry in cfg.clients:
             name = base = _name(entry)
