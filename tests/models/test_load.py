@@ -45,6 +45,35 @@ def test_remote_code_error_names_our_option(tiny_model_dir, tmp_path, capsys):
     assert "set model.trust_remote_code: true" in str(err.value) and "trust_remote_code=True" not in str(err.value)
 
 
+def _with_config(tiny_model_dir, folder, **changes) -> Path:
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text()) | changes
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_weights_the_config_asks_for_but_the_files_lack_are_an_error(tiny_model_dir, tmp_path):
+    """A config.json naming 4 layers over weights of 2 loaded, its layers 2 and 3 drawn at random at every load."""
+    source = resolve_source(str(_with_config(tiny_model_dir, tmp_path / "more", num_hidden_layers=4)))
+    with pytest.raises(ModelError, match=r"18 weights the model needs are not in its files \(model\.layers\.2\."):
+        load_hf_model(source, torch.float32, torch.device("cpu"))
+    wider = _with_config(tiny_model_dir, tmp_path / "wider", intermediate_size=96)
+    with pytest.raises(ModelError, match=r"weight model\.layers\.0\.mlp\.down_proj\.weight has shape \(64, \d+\)"):
+        load_hf_model(resolve_source(str(wider)), torch.float32, torch.device("cpu"))
+
+
+def test_unused_weights_are_said(tiny_model_dir, tmp_path, capsys):
+    source = resolve_source(str(_with_config(tiny_model_dir, tmp_path / "fewer", num_hidden_layers=1)))
+    load_hf_model(source, torch.float32, torch.device("cpu"))
+    assert "weights in its files are not used by the model (model.layers.1." in capsys.readouterr().err
+
+
+def test_a_config_field_of_the_wrong_type_names_the_file(tiny_model_dir, tmp_path):
+    folder = _with_config(tiny_model_dir, tmp_path / "text", hidden_size="64")
+    with pytest.raises(ModelError, match=rf"{folder / 'config.json'}: .*'hidden_size'.* Fix the field's value"):
+        load_tokenizer(resolve_source(str(folder)))
+
+
 def _embedded_gguf() -> Path:
     package, filename, _ = EMBEDDED["smollm2-135m-instruct"]
     spec = importlib.util.find_spec(package)

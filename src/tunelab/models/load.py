@@ -319,6 +319,51 @@ def damaged_weights(source: ModelSource, exc: Exception, fix: str = "Copy the mo
     return ModelError(f"model '{source.name}': {weights} are damaged ({exc}). {fix}")
 
 
+try:  # transformers' configs check their fields' types through huggingface_hub's strict dataclasses
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # an older huggingface_hub: type errors surface as TypeError or ValueError
+    StrictDataclassError = TypeError  # type: ignore[misc,assignment]
+
+
+def _config_problem(source: ModelSource, exc: Exception) -> ModelError:
+    """A config.json field of the wrong type (`"hidden_size": "64"`), named with the file."""
+    where = Path(source.path) / "config.json" if not source.is_gguf else Path(source.path) / str(source.gguf_file)
+    detail = " ".join(str(exc).split())
+    return ModelError(f"model '{source.name}': {where}: {detail}. Fix the field's value.")
+
+
+def _check_loaded(source: ModelSource, report: dict) -> None:
+    """ModelError when weights the model needs are not in its files, or are there in another shape: transformers
+    would start them from random numbers, a different model at every load. Weights in the files that the model does
+    not use are said on stderr."""
+    mismatched = sorted(report.get("mismatched_keys") or [])
+    if mismatched:
+        name, found, wanted = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise ModelError(
+            f"model '{source.name}': weight {name} has shape {tuple(found)} in its files, but config.json asks for "
+            f"{tuple(wanted)}{more}. The config does not describe these weights; copy the model folder again."
+        )
+    missing = sorted(report.get("missing_keys") or [])
+    if missing:
+        raise ModelError(
+            f"model '{source.name}': {len(missing)} weights the model needs are not in its files ({_some(missing)}); "
+            "config.json describes a larger model than the weights hold (its num_hidden_layers?). Copy the whole "
+            "model folder again, or fix config.json."
+        )
+    unused = sorted(report.get("unexpected_keys") or [])
+    if unused:
+        print(
+            f"model '{source.name}': {len(unused)} weights in its files are not used by the model ({_some(unused)}).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _some(names: list[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f", ... {len(names) - k} more" if len(names) > k else "")
+
+
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -330,6 +375,8 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(materialize(source), trust_remote_code=trust_remote_code)
+    except StrictDataclassError as exc:
+        raise _config_problem(source, exc) from None
     except (OSError, ValueError, TypeError) as exc:
         raise _remote_code(source.name, exc) or ModelError(
             f"model '{source.name}': could not load its tokenizer ({exc})."
@@ -358,15 +405,23 @@ def load_hf_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            materialize(source), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        model, report = AutoModelForCausalLM.from_pretrained(
+            materialize(source),
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            ignore_mismatched_sizes=True,  # so the report lists them all; _check_loaded refuses them
+            output_loading_info=True,
         )
+    except StrictDataclassError as exc:
+        raise _config_problem(source, exc) from None
     except OSError as exc:
         raise ModelError(f"model '{source.name}': could not load its weights ({exc}).") from None
     except SafetensorError as exc:
         raise damaged_weights(source, exc) from None
     except ValueError as exc:
         raise _remote_code(source.name, exc) or ModelError(f"model '{source.name}': {exc}") from None
+    _check_loaded(source, report)
     return model.to(device).eval()
 
 
@@ -376,6 +431,8 @@ def load_hf_config(source: ModelSource, trust_remote_code: bool = False):
 
     try:
         return AutoConfig.from_pretrained(materialize(source), trust_remote_code=trust_remote_code)
+    except StrictDataclassError as exc:
+        raise _config_problem(source, exc) from None
     except OSError as exc:
         raise ModelError(f"model '{source.name}': could not load its config ({exc}).") from None
     except ValueError as exc:
