@@ -26,7 +26,7 @@ class ModelConfig:
     adapter: str | None = opt(
         None,
         "start from this adapter (a run directory or a folder in PEFT's layout) instead of a fresh one; method.r, "
-        "alpha, target_modules and DoRA must match it",
+        "alpha, target_modules and DoRA must match it, and a tunelab run's adapter needs the base weights it trained over",
     )
     fix_untrained_tokens: bool = opt(
         True,

@@ -15,10 +15,11 @@ from typing import Any
 from tunelab.config import DataConfig, DataSource, RunConfig
 from tunelab.data.loader import Datasets
 from tunelab.data.report import location_path
-from tunelab.errors import ConfigError, DataError
-from tunelab.models.load import ModelSource, load_tokenizer, resolve_source
+from tunelab.errors import ConfigError, DataError, RunDirError
+from tunelab.models.load import ModelSource, fingerprint, load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
+from tunelab.rundir import is_run_dir, read_info
 from tunelab.tasks import get_task
 from tunelab.tasks.task import Task
 from tunelab.training.build import BuiltModel, build_model, checkpoint_mode
@@ -35,10 +36,32 @@ def load_inputs(cfg: RunConfig, task: Task | None = None) -> Inputs:
     """The data as `task` (default: the config's) builds it."""
     task = task or get_task(cfg.task, cfg)
     source = resolve_source(cfg.model.name)
+    if cfg.model.adapter:
+        check_adapter_base(cfg.model.adapter, source)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     data = task.build_data(cfg, tokenizer, cfg.train.seed)
     refuse_unusable_eval(cfg.data, data)
     return Inputs(source, tokenizer, data)
+
+
+def check_adapter_base(adapter: str, source: ModelSource) -> None:
+    """ConfigError when `adapter` is a run directory whose run recorded the fingerprint of its base's weights and
+    model.name has other weights (same shapes or not): the adapter would go on training over a model it never saw.
+    A PEFT folder, or a run over a hub id, records none and is not checked."""
+    folder = Path(adapter).expanduser()
+    if not is_run_dir(folder):
+        return
+    try:
+        info = read_info(folder, require_finished=False)
+    except RunDirError as exc:
+        raise ConfigError(f"option 'model.adapter': {exc}") from None
+    now = fingerprint(source)
+    if info.base_fingerprint and now and now != info.base_fingerprint:
+        raise ConfigError(
+            f"option 'model.adapter': the adapter in {folder} was trained over {info.base_model} (weights "
+            f"fingerprint {info.base_fingerprint}), but model.name {source.name} holds other weights (fingerprint "
+            f"{now}). Set model.name to the adapter's base, or start a new adapter."
+        )
 
 
 def refuse_unusable_eval(d: DataConfig, data: Datasets) -> None:
