@@ -82,6 +82,25 @@ def test_equal_and_empty_pairs_are_counted_and_skipped(smollm2_tokenizer, tmp_pa
     assert data.report.skips["empty chosen or rejected answer"].locations == [f"{path}:2"]
 
 
+@pytest.mark.parametrize("task", ["reward", "dpo"])
+def test_conversations_whose_chosen_side_has_no_answer_are_skipped(smollm2_tokenizer, tmp_path, task):
+    """Without a prompt field, reward trained on a chosen conversation that ends before its answer, or whose answer
+    is blank; dpo skipped the same rows."""
+    user = {"role": "user", "content": "hi"}
+    rows = [
+        {"chosen": [user], "rejected": [user, {"role": "assistant", "content": "no"}]},
+        {"chosen": [user, {"role": "assistant", "content": " "}], "rejected": [user, {"role": "assistant", "content": "no"}]},
+        {"chosen": [user, {"role": "assistant", "content": "hello"}], "rejected": [user, {"role": "assistant", "content": "no"}]},
+    ]  # fmt: skip
+    path = _write(tmp_path / "p.jsonl", rows)
+    cfg = load_config(None, {"task": task, "data.train": [path], "data.max_length": 256}).config
+    from tunelab.tasks import get_task
+
+    data = get_task(task, cfg).build_data(cfg, smollm2_tokenizer, 0)
+    assert len(data.train) == 1
+    assert data.report.skips["empty chosen or rejected answer"].locations == [f"{path}:1", f"{path}:2"]
+
+
 def test_a_row_without_rejected_names_file_and_line(smollm2_tokenizer, tmp_path):
     path = _write(
         tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "a", "chosen": "x"}]

@@ -138,9 +138,12 @@ def read_pairs(
                 f"{where}: chosen is {kinds[0]} and rejected {kinds[1]}: the head would score them in two formats. "
                 "Give both sides the same way."
             )
+        start = None  # where the answers begin in a chat side (after the prompt's turns)
         if prompt is None and chosen.is_chat:
-            shared_prompt(chosen.messages, rejected.messages, where)
-        if is_empty(chosen) or is_empty(rejected) or _answer_empty(chosen, prompt) or _answer_empty(rejected, prompt):
+            start = shared_prompt(chosen.messages, rejected.messages, where)
+        elif prompt is not None:
+            start = len(with_system(prompt, row, fields, where, system_prompt))
+        if is_empty(chosen) or is_empty(rejected) or _answer_empty(chosen, start) or _answer_empty(rejected, start):
             report.skip("empty chosen or rejected answer", record.path, record.line)
         elif chosen == rejected:
             report.skip(SAME, record.path, record.line)
@@ -181,11 +184,11 @@ def read_scored(
     return out
 
 
-def _answer_empty(side: Input, prompt: list[dict] | None) -> bool:
-    """The turns after the prompt say nothing (a chat side whose answer is blank)."""
-    if side.messages is None or prompt is None:
+def _answer_empty(side: Input, start: int | None) -> bool:
+    """A chat side whose turns from `start` on (its answer) hold no assistant text: none at all, or only blanks."""
+    if side.messages is None or start is None:
         return False
-    return not any(m["content"].strip() for m in side.messages[-1:] if m["role"] == "assistant")
+    return not any(m["content"].strip() for m in side.messages[start:] if m["role"] == "assistant")
 
 
 def to_rows(
