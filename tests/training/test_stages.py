@@ -171,6 +171,26 @@ def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"continue": "merge"}, "stage 1: continue: merge has no earlier stage to continue from"),
+        ({"task": "classify"}, "stage 2: stage 1 trains a classify head .* Make the classify stage the last one"),
+        ({"task": "reward"}, "stage 2: stage 1 trains a reward head"),
+    ],
+)
+def test_a_first_stage_nothing_can_follow_is_refused_before_it_trains(staged, tmp_path, change, message):
+    """A classify or reward stage 1 trained, then stage 2 refused its adapter (it holds the head); check passed it."""
+    from tunelab.checks.run import run_check
+
+    staged["stages"][0] |= change
+    with pytest.raises(ConfigError, match=message):
+        train(None, staged)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=message):
+        run_check(None, staged, model=False, html=tmp_path / "check.html")
+
+
 def test_check_covers_every_stage_and_the_cli_refuses_a_bad_weight(staged, tmp_path, capsys):
     from tunelab.checks.run import run_check
     from tunelab.cli import main

@@ -46,7 +46,7 @@ from tunelab.errors import ConfigError, Interrupted, RunDirError
 from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
-from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info, write_info
+from tunelab.rundir import CONFIG_FILE, HEAD_TASKS, RunInfo, is_run_dir, read_info, write_info
 from tunelab.tasks import get_task
 from tunelab.training.build import trained_base
 from tunelab.training.checkpoint import intact_checkpoint
@@ -78,6 +78,11 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
         stage = stage_config(resolved, index, str(stage_dir(run_dir, k)))
         s = stage.config
         if index == 0:
+            if "continue" in entry:
+                raise ConfigError(
+                    f"stage 1: continue: {entry['continue']} has no earlier stage to continue from (stage 1 starts "
+                    "from model.name, and model.adapter when set). Remove continue from stage 1."
+                )
             plans.append(stage)
             continue
         if "model.name" in entry and entry["model.name"] != cfg.model.name:
@@ -86,6 +91,12 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
                 f"(over {cfg.model.name!r}). Remove model.name from the stage, or train it as a run of its own."
             )
         before = plans[-1].config
+        if before.task in HEAD_TASKS:
+            raise ConfigError(
+                f"stage {k}: stage {index} trains a {before.task} head (task: {before.task}), and no stage can start "
+                f"from a head's result: its adapter holds the head, which a later stage's model lacks. Make the "
+                f"{before.task} stage the last one (an sft stage may come before it), or train it as a run of its own."
+            )
         previous = stage_dir(run_dir, index)
         how = entry.get("continue", "adapter")
         if not before.method.is_adapter:  # full or layers: its weights are the next base
