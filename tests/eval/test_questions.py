@@ -150,3 +150,42 @@ def test_a_missing_expected_falls_back_to_the_label(tmp_path):
     rows = read_questions(path)
     assert [q.expected for q in rows] == ["Dundee", "spam", "ham", None]
     assert [q.is_label for q in rows] == [False, True, True, False]
+
+
+def test_numbers_and_flags_are_expected_as_json_writes_them(tmp_path):
+    """`"expected": 1000.0` was the text '1000.0', so the answer '1000' scored wrong; labels 1 and 1.0 were two
+    classes of one label question; true was 'True'."""
+    from tunelab.eval.metrics import correct
+
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"question": "a", "expected": 1000.0}\n'
+        '{"question": "b", "label": 1}\n'
+        '{"question": "c", "label": 1.0}\n'
+        '{"question": "d", "expected": true}\n'
+        '{"question": "e", "expected": 2.5}\n'
+    )
+    rows = read_questions(path)
+    assert [q.expected for q in rows] == ["1000", "1", "1", "true", "2.5"]
+    assert correct("It costs 1000 pounds.", rows[0].expected) and not correct("It costs 100.", rows[0].expected)
+    path.write_text('{"question": "f", "expected": Infinity}\n')
+    with pytest.raises(DataError, match=r"q\.jsonl:1: field 'expected' is inf"):
+        read_questions(path)
+
+
+@pytest.mark.parametrize("kind", ["3", "[1, 2]", "true"])
+def test_a_kind_that_is_not_text_is_named(tmp_path, kind):
+    path = tmp_path / "q.jsonl"
+    path.write_text(f'{{"question": "a", "expected": "b", "kind": {kind}}}\n')
+    with pytest.raises(DataError, match=r"q\.jsonl:1: field 'kind' must be text"):
+        read_questions(path)
+
+
+def test_a_conversation_of_one_user_turn_is_a_question(tmp_path):
+    """A messages row holding only the user's question and an expected answer was refused ("no assistant message
+    to learn from"), though a conversation ending with a user turn after an exchange was asked."""
+    path = tmp_path / "q.jsonl"
+    user = {"role": "user", "content": "What is the fare?"}
+    path.write_text(json.dumps({"messages": [user], "expected": "5"}) + "\n")
+    (question,) = read_questions(path, need_expected=True)
+    assert question.prompt == [user] and question.expected == "5" and question.text == "What is the fare?"

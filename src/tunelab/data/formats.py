@@ -76,6 +76,17 @@ def detect_format(row: dict, fields: dict[str, str]) -> str:
     )
 
 
+def scalar_text(value: bool | int | float) -> str:
+    """A JSON scalar as the text to compare an answer with: true and false as JSON writes them, a whole number
+    without its fraction (1000.0, how a float column or a tool writes 1000, is "1000"), other numbers as Python
+    writes them."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def text_field(value, where: str, field: str) -> str:
     """A string field; numbers are accepted as their text, null (and NaN, how pandas and parquet write a missing
     value) as empty; an infinite number is refused."""
@@ -187,14 +198,16 @@ def _messages(row: dict, fmt: str, fields: dict[str, str], where: str) -> list[d
     return _single_turn(get("question"), get("answer"), get("system"))
 
 
-def _check_chat(messages: list[dict]) -> None:
-    """Raise _Skip for conversations that a prompt template cannot turn into a useful example."""
+def _check_chat(messages: list[dict], questions: bool = False) -> None:
+    """Raise _Skip for conversations that a prompt template cannot turn into a useful example. `questions`: a
+    conversation ending with the user's turn is a question to answer (eval rows), which needs no assistant turn."""
     if any(m["role"] == "system" for m in messages[1:]):
         raise _Skip("system message that is not the first message")
     rest = messages[1:] if messages and messages[0]["role"] == "system" else messages
-    if not any(m["role"] == "assistant" for m in rest):
+    asked = questions and bool(rest) and rest[-1]["role"] == "user"
+    if not asked and not any(m["role"] == "assistant" for m in rest):
         raise _Skip("no assistant message to learn from")
-    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in rest):
+    if not asked and not any(m["role"] == "assistant" and m.get("weight", 1) for m in rest):
         raise _Skip("every assistant message has weight 0: nothing to learn from")
     if rest[0]["role"] != "user":
         raise _Skip("conversation does not start with a user message")
@@ -204,7 +217,9 @@ def _check_chat(messages: list[dict]) -> None:
         raise _Skip("empty question")
 
 
-def _example(record: Record, fmt: str, fields: dict[str, str], system_prompt: str | None) -> Example:
+def _example(
+    record: Record, fmt: str, fields: dict[str, str], system_prompt: str | None, questions: bool = False
+) -> Example:
     where = location(record.path, record.line)
     if fmt == "text":
         key = "text" if is_plain_text(record.path) else fields.get("text", "text")
@@ -217,7 +232,7 @@ def _example(record: Record, fmt: str, fields: dict[str, str], system_prompt: st
         messages[0] = {**messages[0], "content": system_prompt}  # an empty system message is none, as in other formats
     elif system_prompt and not (messages and messages[0]["role"] == "system"):
         messages.insert(0, {"role": "system", "content": system_prompt})
-    _check_chat(messages)
+    _check_chat(messages, questions)
     return Example(messages, None, record.path, record.line)
 
 
@@ -236,9 +251,15 @@ def _check_required(record: Record, fmt: str, fields: dict[str, str]) -> None:
 
 
 def to_examples(
-    records: list[Record], fmt: str, fields: dict[str, str], system_prompt: str | None, report: DataReport
+    records: list[Record],
+    fmt: str,
+    fields: dict[str, str],
+    system_prompt: str | None,
+    report: DataReport,
+    questions: bool = False,
 ) -> list[Example]:
-    """Convert records; fmt "auto" detects the format per file from its first record. Counts reads and skips in report."""
+    """Convert records; fmt "auto" detects the format per file from its first record. Counts reads and skips in report.
+    `questions`: rows to ask (eval), where a conversation may end with the user's question and no answer."""
     check_fields(fields)
     if fmt != "auto" and fmt not in FORMATS:
         raise ConfigError(f"option 'data.format' is {fmt!r}; allowed values: auto, {', '.join(FORMATS)}.")
@@ -261,7 +282,7 @@ def to_examples(
         if not is_plain_text(record.path):
             _check_required(record, chosen, fields)
         try:
-            examples.append(_example(record, chosen, fields, system_prompt))
+            examples.append(_example(record, chosen, fields, system_prompt, questions))
         except _Skip as skip:
             report.skip(str(skip), record.path, record.line)
     return examples

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import DataConfig, EvalConfig, RunConfig
-from tunelab.data.formats import CANONICAL, Example, to_examples
+from tunelab.data.formats import CANONICAL, Example, scalar_text, to_examples
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
@@ -82,8 +82,10 @@ def _text_field(row: dict, key: str, where: str) -> str | None:
     value = row.get(key)
     if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: pandas' and parquet's missing value
         return None
+    if isinstance(value, float) and math.isinf(value):
+        raise DataError(f"{where}: field '{key}' is {value}, a number with no text to compare answers with.")
     if isinstance(value, bool | int | float):
-        value = str(value)
+        value = scalar_text(value)
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{where}: field '{key}' must be non-empty text, got {value!r}.")
     return value.strip()
@@ -127,6 +129,11 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
         row, where = record.row, location(record.path, record.line)
         key = "label" if "label" in row and _text_field(row, "expected", where) is None else "expected"
         expected = _text_field(row, key, where)
+        if not isinstance(row.get("kind"), str | None):
+            raise DataError(
+                f"{where}: field 'kind' must be text (the name of the question's group, 'label' for a label "
+                f"question), got {row['kind']!r}."
+            )
         kind = str(row.get("kind") or ("label" if key == "label" and expected else "all"))
         is_label = (key == "label" and expected is not None) or kind in LABEL_KINDS
         if any(fields.get(f, f) in row for f in ANSWER_FIELDS):
@@ -172,7 +179,9 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     report = DataReport()
     # One record at a time, format "auto": each row's format is detected on its own (the run's data.format was
     # chosen for its training files), so one file may mix formats; data.fields still maps column names.
-    examples = [ex for t in training for ex in to_examples([t[1]], "auto", fields, data.system_prompt, report)]
+    examples = [
+        ex for t in training for ex in to_examples([t[1]], "auto", fields, data.system_prompt, report, questions=True)
+    ]
     if report.skips:
         reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())
         raise DataError(f"{path}: rows cannot be used: {reasons}. Fix or remove them.")

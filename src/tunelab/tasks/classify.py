@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import ClassifyConfig, RunConfig
+from tunelab.data.formats import scalar_text
 from tunelab.data.loader import Datasets, epoch_chunks
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError
@@ -107,10 +108,8 @@ def label_text(value, where: str, key: str) -> str:
     """A label as text: strings stripped, integers and booleans as written; DataError when missing or empty."""
     if isinstance(value, float) and not math.isfinite(value):  # NaN: a missing value as pandas and parquet write it
         value = None if math.isnan(value) else value
-    if isinstance(value, bool):
-        value = str(value).lower()
-    elif isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
-        value = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    if isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
+        value = scalar_text(value)
     if not isinstance(value, str):
         got = "nothing (null)" if value is None else f"a {type(value).__name__}"
         raise DataError(
