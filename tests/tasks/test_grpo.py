@@ -4,6 +4,7 @@ bad input."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -38,6 +39,16 @@ def first_fails(prompt, answer, row):
     if row["expected"] == "1":
         raise ValueError("no score for 1")
     return 1.0
+
+def leaves(prompt, answer, row):
+    import sys
+    sys.exit(1)
+
+def huge(prompt, answer, row):
+    return 1e308
+
+def enormous(prompt, answer, row):
+    return 10**400
 '''
 
 
@@ -161,6 +172,21 @@ def test_an_empty_expected_text_is_refused_before_the_model_loads(tiny_model_dir
             _task(tiny_model_dir, tmp_path, data, reward_module, **{"data.eval_fraction": 0.0})
 
 
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        (RewardSpec(kind="contains", pattern="x"), "(contains): kind contains does not read 'pattern'; it reads name"),
+        (RewardSpec(kind="regex", pattern="x", max_tokens=9), "(regex): kind regex does not read 'max_tokens'"),
+        (RewardSpec(kind="length", column="gold"), "(length): kind length does not read 'column'"),
+        (RewardSpec(kind="contains", column=" "), "(contains): 'column' is empty"),
+    ],
+)
+def test_keys_a_reward_does_not_read_are_refused(spec, says):
+    """A key the kind does not read (a pattern on contains) was ignored: the reward was not what the user wrote."""
+    with pytest.raises(ConfigError, match=re.escape(f"option 'grpo.rewards', entry 1 {says}")):
+        R.specs([spec])
+
+
 def test_user_function_rewards_and_their_failures(reward_module):
     values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:letters"), [_sample("aab")])
     assert values == pytest.approx([2 / 4]) and not failures
@@ -176,6 +202,13 @@ def test_user_function_rewards_and_their_failures(reward_module):
         R.specs(["bleu"])
     with pytest.raises(ConfigError, match="needs 'pattern'"):
         R.specs(["regex"])
+    for name, says in (
+        ("leaves", "called sys.exit(1)"),  # it ended the run with exit 0 or 3, half written
+        ("huge", "returned 1e+308, beyond +-1e+06"),  # finite, but inf once summed in fp32: a traceback
+        ("enormous", "returned a number too large for a float"),  # OverflowError: a traceback
+    ):
+        values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:{name}"), [_sample("x")])
+        assert math.isnan(values[0]) and failures[0].reason.startswith(says), failures
     names = [s.name for s in R.specs(["contains", "contains", RewardSpec(kind="length", name="short")])]
     assert names == ["contains", "contains2", "short"]
 
@@ -243,6 +276,10 @@ def test_reward_failures_stop_or_skip(tiny_model_dir, tmp_path, prompt_file, rew
     figures = task.evaluate(built.model, [{"rows": rows}])
     assert figures["eval_reward_errors"] == 1.0 and figures["eval_reward"] == 1.0
     assert "grpo eval: left out" in capsys.readouterr().out
+    # when every answer's reward fails the eval was an empty {}, said by nothing but the lines above
+    figures = task.evaluate(built.model, [{"rows": rows[:1]}])
+    assert figures == {"eval_reward_errors": 1.0}
+    assert "the reward failed for every one of the 1 eval answers" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- the CLI

@@ -340,7 +340,12 @@ def make_task(cfg: GrpoConfig) -> Task:
         failed = {f.sample for f in failures}
         keep = [i for i in range(len(samples)) if i not in failed]
         if not keep:
-            return {}
+            print(
+                f"grpo eval: the reward failed for every one of the {len(samples)} eval answers, so this evaluation has "
+                "no reward (and keep_best nothing to compare); fix the reward function.",
+                flush=True,
+            )
+            return {"eval_reward_errors": float(len(failed))}
         values = values[keep]
         total = (values * torch.tensor([r.weight for r in online.rewards])).sum(1)
         out = {"eval_reward": total.mean().item()}

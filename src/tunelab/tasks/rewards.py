@@ -15,13 +15,14 @@ Built-in kinds (`grpo.rewards` entries; a bare kind takes the defaults):
                the whole row (a dict: expected and any other column)
     model      a finished `task: reward` run (its directory), loaded with `tasks.head_run.load_reward_model`
 
-The total reward of an answer is the weighted sum of its rewards. A function that raises or returns anything but a
-finite real number is a failure of that answer: `score` reports each failure with the reward's name and the row,
+The total reward of an answer is the weighted sum of its rewards. A function that raises (or calls sys.exit) or
+returns anything but a real number within +-MAX_REWARD is a failure of that answer: `score` reports each failure with the reward's name and the row,
 and the task stops the run or skips the prompt's group as grpo.on_reward_error says.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import re
@@ -97,6 +98,9 @@ def specs(entries: list[str | RewardSpec]) -> list[RewardSpec]:
         where = f"option 'grpo.rewards', entry {i}"
         if spec.kind not in KINDS:
             raise ConfigError(f"{where}: kind {spec.kind!r}; allowed values: {', '.join(KINDS)}.")
+        _refuse_unread(spec, where)
+        if spec.kind in ("contains", "equals") and not spec.column.strip():
+            raise ConfigError(f"{where} ({spec.kind}): 'column' is empty; name the row's column of expected answers.")
         need = {"regex": "pattern", "function": "function", "model": "run"}.get(spec.kind)
         if need and not getattr(spec, need):
             raise ConfigError(f"{where} ({spec.kind}) needs '{need}', e.g. {{kind: {spec.kind}, {need}: ...}}.")
@@ -124,6 +128,30 @@ def specs(entries: list[str | RewardSpec]) -> list[RewardSpec]:
     return [RewardSpec(**{**vars(spec), "name": name}) for spec, name in named]
 
 
+READS = {  # what each kind reads besides kind, name and weight
+    "contains": ("column",),
+    "equals": ("column", "pattern"),
+    "regex": ("pattern",),
+    "length": ("max_tokens",),
+    "function": ("function",),
+    "model": ("run",),
+}
+
+
+def _refuse_unread(spec: RewardSpec, where: str) -> None:
+    """ConfigError for a key the entry's kind does not read (`{kind: contains, pattern: ...}`): the user meant it to
+    change the reward, and it would not."""
+    for field in dataclasses.fields(RewardSpec):
+        if field.name in ("kind", "name", "weight", *READS[spec.kind]):
+            continue
+        if getattr(spec, field.name) != field.default:
+            reads = ", ".join(("name", "weight", *READS[spec.kind]))
+            raise ConfigError(
+                f"{where} ({spec.kind}): kind {spec.kind} does not read '{field.name}'; it reads {reads}. Remove "
+                f"'{field.name}', or choose the kind that reads it."
+            )
+
+
 def user_function(path: str, where: str) -> Callable:
     """`module:function` (an installed module, or MODULE.py in the working directory) or `file.py:function`,
     loaded as data.transform loads its function."""
@@ -140,6 +168,8 @@ def _each(fn: Callable[[Sample], Any]) -> Callable[[list[Sample]], list[Any]]:
                 out.append(fn(s))
             except Exception as exc:  # a user's function may raise anything: the row and the function are reported
                 out.append(exc)
+            except SystemExit as exc:  # sys.exit() in a reward function would end the run half written
+                out.append(RuntimeError(f"called sys.exit({exc.code!r})"))
         return out
 
     return score
@@ -182,14 +212,23 @@ def build(spec: RewardSpec, device: torch.device | str = "cpu") -> Reward:
     return Reward(spec.name, spec.weight, fn)
 
 
+MAX_REWARD = 1e6  # rewards are summed and normalised per group in fp32: larger values overflow there
+
+
 def _reason(value: Any) -> str | None:
-    """Why a reward value is not usable, or None when it is a finite real number."""
+    """Why a reward value is not usable, or None when it is a finite real number within +-MAX_REWARD."""
     if isinstance(value, Exception):
-        return f"raised {type(value).__name__}: {value}"
+        return f"{value}" if str(value).startswith("called sys.exit") else f"raised {type(value).__name__}: {value}"
     if not isinstance(value, numbers.Real):
         return f"returned {value!r} ({type(value).__name__}), not a number"
-    if not math.isfinite(float(value)):
+    try:
+        number = float(value)
+    except OverflowError:
+        return f"returned a number too large for a float, beyond +-{MAX_REWARD:g}"
+    if not math.isfinite(number):
         return f"returned {value!r}, not a finite number"
+    if abs(number) > MAX_REWARD:
+        return f"returned {number:g}, beyond +-{MAX_REWARD:g} (scale the reward down)"
     return None
 
 
