@@ -365,3 +365,12 @@ def test_a_text_option_holding_a_lone_surrogate_is_refused_naming_file_and_optio
 def test_an_empty_output_dir_is_refused_not_read_as_the_current_folder():
     with pytest.raises(ConfigError, match=r"--output_dir: option 'output_dir' is empty .*it would name the current"):
         load_config(None, {"output_dir": " "})
+
+
+@pytest.mark.parametrize("name", ["model.name"])
+def test_an_empty_model_is_refused_not_read_as_the_current_folder(name, tmp_path):
+    with pytest.raises(ConfigError, match=rf"--{name}: option '{name}' is empty .*it would load the current folder"):
+        load_config(None, {name: " "})
+    (tmp_path / "run.yaml").write_text("model: {name: ''}\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: option 'model\.name' is empty"):
+        load_config(tmp_path / "run.yaml")

@@ -261,6 +261,11 @@ def _option_value(name: str, value: Any, options: dict, where: str, folder: Path
             f"{where}: option '{name}', entry {entry}, is an empty path (an unset variable in --{name} \"$DATA\"?); "
             "it would read the whole folder it resolves to. Give a file or folder name."
         )
+    if name == "model.name" and not value.strip():
+        raise ConfigError(
+            f"{where}: option '{name}' is empty (an unset variable in --{name} \"$MODEL\"?); it would load the "
+            "current folder. Give a hub id, a model folder or a .gguf file."
+        )
     if name == "output_dir" and not value.strip():
         raise ConfigError(
             f"{where}: option 'output_dir' is empty (an unset variable in --output_dir \"$OUT\"?); it would name the "

@@ -9,6 +9,7 @@ adapters (PEFT's `modules_to_save`, e.g. the `score` head of a sequence classifi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -116,7 +117,39 @@ def read_adapter_config(folder: str | Path) -> dict:
         raise RunDirError(
             f"{config_path}: only LoRA and DoRA adapters can be loaded (peft_type {config.get('peft_type')!r})."
         )
+    _check_lora_fields(config, config_path)
     return config
+
+
+def _check_lora_fields(config: dict, path: Path) -> None:
+    """RunDirError naming the field of adapter_config.json that loading reads and cannot use: r (a whole number >= 1),
+    lora_alpha (a number), target_modules (a list of module names; PEFT's regular-expression string form is not
+    read), lora_dropout (a number in [0, 1))."""
+
+    def number(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    problems = {
+        "r": None
+        if isinstance(config.get("r"), int) and not isinstance(config["r"], bool) and config["r"] >= 1
+        else "a whole number >= 1",
+        "lora_alpha": None if number(config.get("lora_alpha")) else "a number",
+        "lora_dropout": None
+        if number(config.get("lora_dropout", 0.0)) and 0 <= config.get("lora_dropout", 0.0) < 1
+        else "a number from 0 up to 1",
+    }
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        problems["target_modules"] = (
+            "a list of module names (this adapter gives a regular expression, PEFT's other form, which tunelab does "
+            "not read: list the names it matches, e.g. [q_proj, v_proj])"
+        )
+    elif not (isinstance(targets, list) and targets and all(isinstance(t, str) and t.strip() for t in targets)):
+        problems["target_modules"] = "a non-empty list of module names"
+    for field, wanted in problems.items():
+        if wanted is not None:
+            got = f"{config[field]!r}" if field in config else "missing"
+            raise RunDirError(f"{path}: field '{field}' must be {wanted}; it is {got}.")
 
 
 def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
