@@ -123,6 +123,13 @@ def test_transform_changes_drops_or_names_the_row(tmp_path, tiny_tokenizer, monk
         build_datasets(cfg, tiny_tokenizer, seed=0)
     with pytest.raises(ConfigError, match="has no function 'nothing'"):
         build_datasets(DataConfig(train=[str(data_file)], transform="shaping:nothing"), tiny_tokenizer, seed=0)
+    # sys.exit in the function, or in the module as it is imported, ended tunelab with that code and no word
+    (tmp_path / "leaving.py").write_text("def rows(row):\n    raise SystemExit(4)\n")
+    with pytest.raises(DataError, match=r"rows\.jsonl:1: data\.transform leaving:rows called sys\.exit\(4\)"):
+        build_datasets(DataConfig(train=[str(data_file)], transform="leaving:rows"), tiny_tokenizer, seed=0)
+    (tmp_path / "script.py").write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(ConfigError, match=r"importing 'script' called sys\.exit\(0\)"):
+        build_datasets(DataConfig(train=[str(data_file)], transform="script:rows"), tiny_tokenizer, seed=0)
 
 
 def test_an_unreachable_hub_id_leaves_an_existing_run_alone(hub_cache, tiny_overrides):

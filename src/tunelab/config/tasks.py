@@ -63,7 +63,7 @@ class RewardSpec:
         "contains (the answer holds the row's expected text), equals (the answer, or the pattern's first group, equals it once normalised), regex (1 when pattern matches the answer), length (minus the share of answer tokens beyond max_tokens), function (module:function), model (a task: reward run)",
         choices=("contains", "equals", "regex", "length", "function", "model"),
     )
-    weight: float = opt(1.0, "the reward's weight in the total (the weighted sum)")
+    weight: float = opt(1.0, "the reward's weight in the total (the weighted sum)", min=-1e6, max=1e6)
     name: str | None = opt(
         None, "its name in metrics and messages (default: the kind, or the function's name; numbered when repeated)"
     )

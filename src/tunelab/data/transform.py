@@ -39,6 +39,8 @@ def load_transform(spec: str | None, option: str = "option 'data.transform'") ->
         raise
     except Exception as exc:
         raise ConfigError(f"{option}: importing {module_name!r} failed ({type(exc).__name__}: {exc}).") from None
+    except SystemExit as exc:  # a script's sys.exit() at import would end tunelab without a word
+        raise ConfigError(f"{option}: importing {module_name!r} called sys.exit({exc.code!r}).") from None
     fn = getattr(module, function, None)
     if not callable(fn):
         raise ConfigError(f"{option}: {module_name!r} has no function {function!r}.")
@@ -71,6 +73,8 @@ def apply_transform(records: list[Record], fn: Transform | None, spec: str | Non
                 f"{where}: data.transform {spec} raised {type(exc).__name__}: {exc} on this row. Fix the function, or "
                 "the row."
             ) from None
+        except SystemExit as exc:
+            raise DataError(f"{where}: data.transform {spec} called sys.exit({exc.code!r}) on this row.") from None
         if row is None:
             report.read(record.path)
             report.skip(f"dropped by data.transform {spec}", record.path, record.line)

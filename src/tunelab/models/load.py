@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,8 +322,10 @@ def damaged_weights(source: ModelSource, exc: Exception, fix: str = "Copy the mo
 
 try:  # transformers' configs check their fields' types through huggingface_hub's strict dataclasses
     from huggingface_hub.errors import StrictDataclassError
-except ImportError:  # an older huggingface_hub: type errors surface as TypeError or ValueError
-    StrictDataclassError = TypeError  # type: ignore[misc,assignment]
+except ImportError:  # an older huggingface_hub: configs are not type-checked, nothing raises this
+
+    class StrictDataclassError(Exception):  # type: ignore[no-redef]
+        pass
 
 
 def _config_problem(source: ModelSource, exc: Exception) -> ModelError:
@@ -332,7 +335,7 @@ def _config_problem(source: ModelSource, exc: Exception) -> ModelError:
     return ModelError(f"model '{source.name}': {where}: {detail}. Fix the field's value.")
 
 
-def _check_loaded(source: ModelSource, report: dict) -> None:
+def _check_loaded(source: ModelSource, report: dict, config) -> None:
     """ModelError when weights the model needs are not in its files, or are there in another shape: transformers
     would start them from random numbers, a different model at every load. Weights in the files that the model does
     not use are said on stderr."""
@@ -346,10 +349,14 @@ def _check_loaded(source: ModelSource, report: dict) -> None:
         )
     missing = sorted(report.get("missing_keys") or [])
     if missing:
+        layers = {int(m.group(1)) for name in missing if (m := re.search(r"\.layers\.(\d+)\.", name))}
+        count = getattr(config, "num_hidden_layers", None)
+        why = "config.json describes weights its files do not hold"
+        if layers and count and layers == set(range(min(layers), count)):
+            why = f"config.json says {count} layers (num_hidden_layers), the weights hold {min(layers)}"
         raise ModelError(
-            f"model '{source.name}': {len(missing)} weights the model needs are not in its files ({_some(missing)}); "
-            "config.json describes a larger model than the weights hold (its num_hidden_layers?). Copy the whole "
-            "model folder again, or fix config.json."
+            f"model '{source.name}': {len(missing)} weights the model needs are not in its files ({_some(missing)}): "
+            f"{why}. Copy the whole model folder again, or fix config.json."
         )
     unused = sorted(report.get("unexpected_keys") or [])
     if unused:
@@ -421,7 +428,7 @@ def load_hf_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
         raise damaged_weights(source, exc) from None
     except ValueError as exc:
         raise _remote_code(source.name, exc) or ModelError(f"model '{source.name}': {exc}") from None
-    _check_loaded(source, report)
+    _check_loaded(source, report, model.config)
     return model.to(device).eval()
 
 

@@ -141,8 +141,8 @@ def _check_lora_fields(config: dict, path: Path) -> None:
     targets = config.get("target_modules")
     if isinstance(targets, str):
         problems["target_modules"] = (
-            "a list of module names (this adapter gives a regular expression, PEFT's other form, which tunelab does "
-            "not read: list the names it matches, e.g. [q_proj, v_proj])"
+            "a list of module names (this adapter gives one text, PEFT's form for a regular expression or "
+            "'all-linear', which tunelab does not read: list the names it matches, e.g. [q_proj, v_proj])"
         )
     elif not (isinstance(targets, list) and targets and all(isinstance(t, str) and t.strip() for t in targets)):
         problems["target_modules"] = "a non-empty list of module names"
