@@ -114,3 +114,13 @@ def test_an_argument_of_the_wrong_type_is_refused_by_name_before_any_work(tmp_pa
     assert tunelab.generate.__name__ == "generate" and "prompt" in str(
         __import__("inspect").signature(tunelab.generate)
     )
+
+
+@pytest.mark.parametrize("command", ["compare", "evaluate"])
+def test_an_empty_refusal_sentence_is_refused(tiny_run_dir, tmp_path, command):
+    """compare --refusal '' dropped the refusal rates without a word (every answer contains the empty text)."""
+    from tunelab.errors import TunelabError
+
+    args = {"question": "Code of box 2?"} if command == "compare" else {"data": tmp_path / "q.jsonl"}
+    with pytest.raises(TunelabError, match="argument 'refusal' is empty"):
+        getattr(tunelab, command)(tiny_run_dir, refusal="  ", save=False, **args)

@@ -242,6 +242,7 @@ def compare(
     scores, and the answers too with `show_answers`. `base_precision`: trained (a QLoRA adapter over the NF4 base it
     was trained on) or 16bit (over the unquantized weights)."""
     run_dir = run.run_dir if isinstance(run, LoadedRun) else Path(run)
+    refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
     info = run.info if isinstance(run, LoadedRun) else open_info(run_dir)
     if save:
         check_writable(compare_file(run_dir), overwrite)  # before minutes of generation, not after
@@ -314,6 +315,7 @@ def evaluate(
     untrained head (`eval/heads.py`)."""
     from tunelab.eval.evaluate import evaluate_run, format_eval
 
+    refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
     if not isinstance(run, LoadedRun) and read_info(run).task in HEAD_TASKS:
         from tunelab.eval.heads import evaluate_head_run, format_head_eval
 

@@ -169,7 +169,7 @@ def test_calibration_scales_the_dynamic_parts_only():
 @pytest.mark.parametrize(
     "text, value",
     [("24GiB", 24 * 1024**3), ("80GB", 80 * 1024**3), ("1.5 TiB", int(1.5 * 1024**4)), ("512MiB", 512 * 1024**2),
-     ("1000", 1000), ("8g", 8 * 1024**3)],
+     ("1000B", 1000), ("8g", 8 * 1024**3)],
 )  # fmt: skip
 def test_parse_size(text, value):
     assert parse_size(text) == value
@@ -179,7 +179,7 @@ def test_sizes_are_shown_in_mib_below_a_tenth_of_a_gib():
     assert [gib(24 * 2**30), gib(2**30 / 10), gib(37 * 2**20)] == ["24.00 GiB", "0.10 GiB", "37.0 MiB"]
 
 
-@pytest.mark.parametrize("text", ["", "GiB", "24 parsecs", "-3GiB", "0GB"])
+@pytest.mark.parametrize("text", ["", "GiB", "24 parsecs", "-3GiB", "0GB", "24"])  # 24: 24 bytes, planned as 0 MiB
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError):
         parse_size(text)

@@ -201,3 +201,12 @@ def test_the_table_marks_the_choice_when_host_bound_candidates_tie():
     assert result.chosen.candidate.checkpointed == 0
     assert [s.candidate for s in result.candidates].count(result.chosen.candidate) == 1
     assert sum(line.lstrip().startswith("->") for line in result.table().splitlines()) == 1
+
+
+def test_more_checkpoint_layers_than_the_model_has_are_refused(tiny_overrides):
+    """checkpoint_layers 99 on a 2-layer model was cut to 2 without a word (method.top_layers 99 was refused)."""
+    from tunelab.errors import ConfigError
+    from tunelab.training.recipe import train
+
+    with pytest.raises(ConfigError, match="option 'train.checkpoint_layers' is 99, but the model has 2 layers"):
+        train(None, tiny_overrides | {"train.checkpointing": True, "train.checkpoint_layers": 99, "train.max_steps": 1})

@@ -53,7 +53,7 @@ class TrainConfig:
         False,
         "put rows of similar length into the same micro-batch (less padding; the order stays seeded per epoch)",
     )
-    seed: int = opt(42, "seed for initialisation, shuffling and dropout")
+    seed: int = opt(42, "seed for initialisation, shuffling and dropout", min=0, max=2**63 - 1)
     neftune_alpha: float = opt(
         0.0,
         "NEFTune: uniform noise of scale alpha / sqrt(length x hidden size) on the input embeddings of each training forward (the paper uses 5 to 15; 0: off); task sft",
@@ -144,9 +144,13 @@ def check_trackers(names: list[str]) -> None:
 
 
 def parse_size(text: str) -> int:
-    """'24GiB', '80GB', '1.5 TiB', '512MiB' or a number of bytes -> bytes. GB and GiB both read as powers of 1024,
-    as GPU makers quote memory. ValueError for anything else."""
+    """'24GiB', '80GB', '1.5 TiB', '512MiB' or '1000B' -> bytes. GB and GiB both read as powers of 1024, as GPU makers
+    quote memory. ValueError for anything else, a number without its unit too (24 would be 24 bytes, not 24 GiB)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(text), re.IGNORECASE)
+    if match and not (match.group(2) or match.group(3)):
+        raise ValueError(
+            f"{text!r} has no unit; write it like {str(text).strip()}GiB (or {str(text).strip()}B for bytes)"
+        )
     if not match or float(match.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a size like 24GiB, 80GB or 512MiB")
     return int(float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_"))

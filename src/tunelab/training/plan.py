@@ -330,6 +330,7 @@ def plan_for_config(
     cuda: bool = True,
 ) -> MemoryPlan:
     """The planner over the options of `train` (auto values of the data already chosen) that are left to it."""
+    refuse_layer_count(train, shape.num_layers)
     fixed = Fixed(
         micro_batch=None if micro_batch_auto else train.micro_batch,
         checkpointing=None if train.checkpointing == AUTO else bool(train.checkpointing),
@@ -337,6 +338,14 @@ def plan_for_config(
         offload=None if train.offload_activations == AUTO else bool(train.offload_activations),
     )
     return plan(shape, config_setup(cfg, seq), budget, train.micro_batch * train.grad_accum, fixed, cuda=cuda)
+
+
+def refuse_layer_count(train: TrainConfig, layers: int | None) -> None:
+    """ConfigError when train.checkpoint_layers names more layers than the model has (it was quietly cut down)."""
+    if train.checkpoint_layers is not None and layers is not None and train.checkpoint_layers > layers:
+        raise ConfigError(
+            f"option 'train.checkpoint_layers' is {train.checkpoint_layers}, but the model has {layers} layers."
+        )
 
 
 def longest_row(cfg: RunConfig, rows: list) -> int:
@@ -353,6 +362,7 @@ def plan_memory(auto: AutoPlan, cfg: RunConfig, built: BuiltModel, seq: int) -> 
     micro_batch, keeping micro_batch x grad_accum, where micro_batch is auto and memory binds), apply them to the
     model, and return the plan with those choices. Explicit values win. `seq`: the longest training row."""
     t = auto.train
+    refuse_layer_count(t, getattr(built.hf_config, "num_hidden_layers", None))
     mb_auto = cfg.train.micro_batch == AUTO and "train.micro_batch" not in auto.kept
     undecided = t.checkpointing == AUTO or t.offload_activations == AUTO or mb_auto
     chosen: dict[str, Choice] = {}
