@@ -291,3 +291,24 @@ def test_bad_classify_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path,
     assert main(["train", *_flags(_overrides(tiny_model_dir, tmp_path, "classify", bad))]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "bad.jsonl:2: field 'label' is missing" in err
+
+
+def test_model_adapter_of_a_classify_run(tiny_model_dir, tmp_path, label_file):
+    """A classify run's adapter holds the head (score.weight): a classify run of the same labels trains it on; an sft
+    run, which has no head, and a classify run of other labels are refused by name (they said 'adapter does not fit
+    this model', unexpected score.weight)."""
+    from tunelab.errors import ConfigError
+
+    first = recipe.train(None, _overrides(tiny_model_dir, tmp_path, "classify", label_file)).run_dir
+    again = _overrides(tiny_model_dir, tmp_path, "classify", label_file, **{"model.adapter": str(first)})
+    again |= {"train.lr": 0.0, "classify.head_lr": 0.0, "output_dir": str(tmp_path / "again")}
+    run_dir = recipe.train(None, again).run_dir
+    before, after = (load_file(d / "adapter_model.safetensors") for d in (first, run_dir))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # lr 0: the head and the adapter as they were
+    sft = _overrides(tiny_model_dir, tmp_path, "sft", label_file, **{"model.adapter": str(first)})
+    sft |= {"data.train": [_write(tmp_path / "qa.jsonl", [{"question": f"Q {i}?", "answer": f"A {i}."} for i in range(8)])]}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"saved with score .* only a run of the same task \(classify or reward\)"):
+        recipe.train(None, sft | {"output_dir": str(tmp_path / "sft")})
+    other = _write(tmp_path / "other.jsonl", [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(8)])
+    with pytest.raises(ConfigError, match=r"has the labels \['neg', 'neu', 'pos'\], but this run's head has \['a', 'b'\]"):  # fmt: skip
+        recipe.train(None, again | {"data.train": [other], "output_dir": str(tmp_path / "other")})

@@ -3,6 +3,7 @@
 resumed equals the uninterrupted one; bad stages are refused before anything is written."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from tunelab.errors import ConfigError
 from tunelab.eval.report import build_report
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import load_adapter
-from tunelab.rundir import open_info
+from tunelab.rundir import open_info, read_info
 from tunelab.training.step import evaluate
 
 
@@ -189,6 +190,81 @@ def test_a_first_stage_nothing_can_follow_is_refused_before_it_trains(staged, tm
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match=message):
         run_check(None, staged, model=False, html=tmp_path / "check.html")
+
+
+def _head_files(tmp_path):
+    """Label rows (two sets of texts with the same labels, and rows of other labels) and preference pairs."""
+    files = {}
+    for name, labels in (("labels", ("pos", "neg")), ("more", ("neg", "pos")), ("other", ("a", "b", "c"))):
+        rows = [{"text": f"{name} row {i} says {labels[i % len(labels)]}", "label": labels[i % len(labels)]} for i in range(8)]  # fmt: skip
+        files[name] = str(tmp_path / f"{name}.jsonl")
+        Path(files[name]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = [
+        {"prompt": f"Say something {i}", "chosen": f"Kind words {i}", "rejected": f"Go away {i}"} for i in range(8)
+    ]
+    files["pairs"] = str(tmp_path / "pairs.jsonl")
+    Path(files["pairs"]).write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    return files
+
+
+@pytest.fixture
+def head_staged(staged, tmp_path):
+    """Two classify stages over the same labels, the second taking steps that change nothing (lr 0)."""
+    files = _head_files(tmp_path)
+    return staged | {
+        "task": "classify",
+        "data.eval_fraction": 0.0,
+        "stages": [
+            {"name": "first", "data": {"train": [files["labels"]]}, "train": {"max_steps": 2}},
+            {"name": "second", "data": {"train": [files["more"]]}, "train": {"max_steps": 2, "lr": 0.0}},
+        ],
+    }
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_a_head_stage_continues_the_head_stage_before_it(head_staged, tmp_path, task):
+    """Stage 2 refused stage 1's adapter (it holds the head, score.weight) only after stage 1 had trained, and tunelab
+    check refused a staged classify run outright. Now stage 2 trains stage 1's adapter and head on."""
+    from tunelab.checks.run import run_check
+
+    if task == "reward":
+        pairs = _head_files(tmp_path)["pairs"]
+        for stage in head_staged["stages"]:
+            stage["data"]["train"] = [pairs]
+        head_staged["task"] = "reward"
+    assert run_check(None, head_staged, model=False, html=tmp_path / "check.html").passed
+    run = train(None, head_staged).run_dir
+    first, second = _adapter(run / "stage-1"), _adapter(run / "stage-2")
+    head = "base_model.model.score.weight"
+    assert first.keys() == second.keys() and head in first
+    assert all(torch.equal(first[k], second[k]) for k in first)  # lr 0: stage 2 ends where stage 1 ended
+    assert any(v.abs().sum() > 0 for k, v in first.items() if "lora_B" in k)  # stage 1 did learn
+    assert read_info(run).task == task and torch.equal(_adapter(run)[head], first[head])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"data": {"train": ["other"]}}, r"stage 2: its training rows have the labels \['a', 'b', 'c'\]"),
+        ({"continue": "merge"}, "stage 2: stage 1 trains a classify head .* continue: merge would .* lose the head"),
+        ({"task": "reward", "data": {"train": ["pairs"]}}, "stage 2's task is reward: only a classify stage can"),
+        ({"first": {"method": {"name": "full"}}}, "method.name is full there, so its result is a whole classify model"),
+    ],
+)
+def test_a_stage_that_cannot_follow_a_head_stage_is_refused_before_it_trains(head_staged, tmp_path, change, message):
+    from tunelab.checks.run import run_check
+
+    files = _head_files(tmp_path)
+    change = dict(change)
+    head_staged["stages"][0] |= change.pop("first", {})
+    if "data" in change:
+        change["data"] = {"train": [files[name] for name in change["data"]["train"]]}
+    head_staged["stages"][1] |= change
+    with pytest.raises(ConfigError, match=message):
+        train(None, head_staged)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=message):
+        run_check(None, head_staged, model=False, html=tmp_path / "check.html")
 
 
 def test_check_covers_every_stage_and_the_cli_refuses_a_bad_weight(staged, tmp_path, capsys):

@@ -55,7 +55,7 @@ from tunelab.training.outdir import plan_output_dir
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, resolve
 from tunelab.training.resume import check_resume_config, data_digest, file_digests, kept_auto, what_changed
-from tunelab.training.stages import plan_stages
+from tunelab.training.stages import plan_stages, refuse_other_labels
 
 
 def html_path(html: str | Path | None) -> Path | None:
@@ -165,13 +165,6 @@ def run_check(
 
     resolved = resolve(config, overrides)
     cfg = resolved.config
-    head = cfg.task in CHECKED_TASKS and not cfg.stages  # classify, reward, dpo: checks/heads.py
-    grpo = cfg.task == "grpo" and not cfg.stages  # checks/grpo.py
-    if cfg.task != "sft" and not (head or grpo):
-        raise ConfigError(
-            f"tunelab check covers tasks sft, classify, reward, dpo and grpo (a staged run: sft stages); option "
-            f"'task' is {cfg.task}. tunelab train checks a {cfg.task} run's rows as it reads them (with file:line)."
-        )
     page = html_path(html)
     out("tunelab check — resolved config (value, then where it came from):")
     out(describe(resolved))
@@ -179,11 +172,14 @@ def run_check(
         color = show and sys.stdout.isatty()
         return federated_check(cfg, config, resume, page, examples, model, out, color, describe(resolved))
     items = output_items(cfg, config, resume, overwrite_non_run)
-    later = []
+    plans, later = [], []
     if cfg.stages:  # a staged run: stage 1 in full; the later stages' data (their models are results yet to come)
-        first, *later = [plan.config for plan in plan_stages(resolved, Path(cfg.output_dir))]
+        plans = plan_stages(resolved, Path(cfg.output_dir))
+        first, *later = [plan.config for plan in plans]
         cfg = first
         out(f"a staged run of {len(later) + 1} stages: stage 1 is checked in full, the others' data")
+    head = cfg.task in CHECKED_TASKS  # classify, reward, dpo: checks/heads.py
+    grpo = cfg.task == "grpo"  # checks/grpo.py
     task = get_task("grpo", cfg) if grpo else None  # grpo's rollout reads what its build_data saw
     # DataError (file:line) for a row without input (or label), a classifier of one class
     try:
@@ -215,16 +211,17 @@ def run_check(
         rows = render_examples(data.examples[:examples], inputs.tokenizer, data.template, cfg.data, DataReport())
         out(preview_text(rows, inputs.tokenizer, color=show and sys.stdout.isatty()))
         items += data_checks(cfg, inputs)
-        for k, stage in enumerate(later, 2):
-            stage_inputs = _stage_inputs(dataclasses.replace(stage, model=cfg.model), None, k)  # stage 1's tokenizer
-            out(f"stage {k}: " + stage_inputs.data.report.summary())
-            stage_data = stage_inputs.data  # its auto values, as train will choose them from the stage's data
-            stage_rows = len(epoch_rows(stage_data, stage.train.seed, 0))
-            stage_plan = plan_from_data(stage.train, stage_rows, bool(stage_data.eval), {}, None)
-            stage = dataclasses.replace(stage, train=stage_plan.train)
-            for item in data_checks(stage, stage_inputs):
-                items.append(dataclasses.replace(item, name=f"stage {k}: {item.name}"))
         page_text = data.report.summary()
+    labels = [data.facts.get("labels")]
+    for k, stage in enumerate(later, 2):
+        stage_inputs = _stage_inputs(dataclasses.replace(stage, model=cfg.model), None, k)  # stage 1's tokenizer
+        out(f"stage {k}: " + stage_inputs.data.report.summary())
+        labels.append(stage_inputs.data.facts.get("labels"))
+        items += [
+            dataclasses.replace(item, name=f"stage {k}: {item.name}") for item in _stage_items(stage, stage_inputs)
+        ]
+    if plans:
+        refuse_other_labels(plans, labels)
     if cfg.eval.questions:
         items.append(questions_item(cfg, inputs))
     for item in items:
@@ -238,6 +235,17 @@ def run_check(
             out(item.line())
         items += more
     return finish(items, page, rows, inputs.tokenizer, describe(resolved), page_text, out)
+
+
+def _stage_items(stage: RunConfig, inputs) -> list[CheckItem]:
+    """The data checks of a later stage, as its task reads its data, with its auto values as train will choose them
+    from the stage's data."""
+    grpo = stage.grpo if stage.task == "grpo" else None
+    rows = len(epoch_rows(inputs.data, stage.train.seed, 0))
+    stage = dataclasses.replace(stage, train=plan_from_data(stage.train, rows, bool(inputs.data.eval), {}, grpo).train)
+    if stage.task in CHECKED_TASKS:
+        return head_data_checks(stage, inputs)
+    return grpo_data_checks(stage, inputs) if grpo else data_checks(stage, inputs)
 
 
 def questions_item(cfg: RunConfig, inputs) -> CheckItem:

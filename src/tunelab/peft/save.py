@@ -168,10 +168,11 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     return load_adapter_weights(model, folder)
 
 
-def continue_adapter(model: nn.Module, folder: str | Path, method) -> list[int]:
+def continue_adapter(model: nn.Module, folder: str | Path, method, leave: tuple[str, ...] = ()) -> list[int]:
     """Load the adapter of `folder` (a run directory or a PEFT adapter folder) into the layers `method` (a
-    config.MethodConfig) attached, to train on from there; ConfigError when its settings differ. Returns the base
-    rows that were repaired under it (`run.json`'s fixed_untrained_tokens: repair them again)."""
+    config.MethodConfig) attached, to train on from there; ConfigError when its settings differ. `leave`: saved
+    modules (a head) that the caller loads itself once it has made them. Returns the base rows that were repaired
+    under it (`run.json`'s fixed_untrained_tokens: repair them again)."""
     folder = Path(folder).expanduser()
     try:
         config = read_adapter_config(folder)
@@ -200,7 +201,7 @@ def continue_adapter(model: nn.Module, folder: str | Path, method) -> list[int]:
             "continue: merge)."
         )
     try:
-        load_adapter_weights(model, folder)
+        load_adapter_weights(model, folder, leave)
     except RunDirError as exc:
         raise ConfigError(f"option 'model.adapter': {exc}") from None
     if not is_run_dir(folder):
@@ -222,21 +223,41 @@ def read_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_adapter_weights(model: nn.Module, folder: str | Path) -> nn.Module:
-    """Copy the saved adapter of `folder` into the LoRA layers already attached to `model` (strict: every key must
-    match, and so must the shapes)."""
-    folder = Path(folder)
-    state = read_weights(folder / WEIGHTS_FILE, "adapter")
-    # PEFT may store keys with or without the adapter name ("default"); accept both.
-    state = {
+def saved_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The adapter's tensors by PEFT's key, with or without the adapter name ("default"), which PEFT may write."""
+    state = read_weights(Path(folder) / WEIGHTS_FILE, "adapter")
+    return {
         k.replace(".default.weight", ".weight").replace(".lora_magnitude_vector.weight", ".lora_magnitude_vector"): v
         for k, v in state.items()
     }
+
+
+def saved_module(folder: str | Path, name: str) -> dict[str, torch.Tensor] | None:
+    """The state of the whole module `name` saved beside the adapter (modules_to_save, e.g. a classifier's head), or
+    None when the adapter holds none."""
+    start = f"{PREFIX}{name}."
+    state = {k.removeprefix(start): v for k, v in saved_tensors(folder).items() if k.startswith(start)}
+    return state or None
+
+
+def load_adapter_weights(model: nn.Module, folder: str | Path, leave: tuple[str, ...] = ()) -> nn.Module:
+    """Copy the saved adapter of `folder` into the LoRA layers already attached to `model` (strict: every key must
+    match, and so must the shapes), but the saved modules named in `leave`."""
+    folder = Path(folder)
+    state = {k: v for k, v in saved_tensors(folder).items() if not any(k.startswith(f"{PREFIX}{n}.") for n in leave)}
     # modules_to_save (a head) as far as `model` has them: PEFT lists defaults a model may lack
-    names = [n for n in read_adapter_config(folder).get("modules_to_save") or [] if _has_module(model, n)]
+    saved = read_adapter_config(folder).get("modules_to_save") or []
+    names = [n for n in saved if _has_module(model, n) and n not in leave]
     expected = adapter_state_dict(model, names)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
+    lacked = [n for n in saved if any(k.startswith(f"{PREFIX}{n}.") for k in unexpected)]
+    if lacked and not missing and all(any(k.startswith(f"{PREFIX}{n}.") for n in lacked) for k in unexpected):
+        raise RunDirError(
+            f"{folder}: the adapter was saved with {', '.join(lacked)} (modules_to_save: a classifier's or reward "
+            "model's head), which this model lacks: only a run of the same task (classify or reward) can continue it. "
+            "Set task to the adapter's, or start a new adapter."
+        )
     if missing or unexpected:
         raise RunDirError(
             f"{folder / WEIGHTS_FILE}: adapter does not fit this model "

@@ -29,7 +29,7 @@ from tunelab.data.formats import scalar_text
 from tunelab.data.loader import Datasets, epoch_chunks
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError
-from tunelab.tasks.head import attach_head, head_learning_rates, save_head_run
+from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, save_head_run
 from tunelab.tasks.head_data import (
     INPUT_FIELDS,
     Input,
@@ -351,12 +351,14 @@ def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
     labels = data.facts["labels"]
     words = data.facts.get("label_tokens")
     attach_head(built, len(labels), cfg.train.seed, [words[label] for label in labels] if words else None)
+    continued = continue_head(built, cfg.model.adapter, labels)
     counts = data.facts["label_counts"]
     weights = data.facts.get("class_weights")
     shown = ", ".join(
         f"{label} {counts[label]}" + (f" (weight {weights[label]:.3g})" if weights else "") for label in labels
     )
-    start = "; the head starts from the label words" if words else ""
+    start = f"; the head continues {cfg.model.adapter}'s" if continued else ""
+    start = start or ("; the head starts from the label words" if words else "")
     print(
         f"head: {len(labels)} labels on the last real token ({data.facts['input']} input){start}: {shown}", flush=True
     )

@@ -27,11 +27,11 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
-from tunelab.errors import ModelError, RunDirError
+from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.models.llama import LlamaForCausalLM, LlamaModel
 from tunelab.models.load import ModelSource, damaged_weights, pick_device
 from tunelab.peft.lora_linear import float_weight
-from tunelab.peft.save import load_adapter, save_adapter
+from tunelab.peft.save import load_adapter, save_adapter, saved_module
 from tunelab.rundir import RunInfo, read_json_object
 from tunelab.training.build import BuiltModel, run_dtype, trained_base
 
@@ -122,6 +122,36 @@ def attach_head(built: BuiltModel, num_labels: int, seed: int, label_tokens: lis
     built.model = SequenceClassifier(body, score, prefix)
     built.total += score.weight.numel() - sum(p.numel() for p in dropped)
     built.trainable += score.weight.numel() - sum(p.numel() for p in dropped if p.requires_grad)
+
+
+def continue_head(built: BuiltModel, adapter: str | None, labels: list[str]) -> bool:
+    """Load the head saved with `adapter` (model.adapter: a classify or reward run, or PEFT's adapter of a sequence
+    classifier) into the head `attach_head` made, to train on from there, as the adapter's layers go on training;
+    False when the adapter holds no head (an sft run's: the head is new). ConfigError when the saved head has other
+    labels (config.json's id2label, where the folder has it) or another number of outputs."""
+    if not adapter:
+        return False
+    folder = Path(adapter).expanduser()
+    saved = saved_module(folder, HEAD)
+    if saved is None:
+        return False
+    theirs = run_labels(folder) if (folder / "config.json").is_file() else []
+    if theirs and theirs != labels:
+        raise ConfigError(
+            f"option 'model.adapter': the head saved in {folder} has the labels {theirs}, but this run's head has "
+            f"{labels} (a reward model's: ['reward']); a continued head keeps its labels. Give the training rows the "
+            "same labels (and the run the same task), or start a new adapter."
+        )
+    score = built.model.score
+    if saved.keys() != {"weight"} or saved["weight"].shape != score.weight.shape:
+        shapes = {k: tuple(v.shape) for k, v in saved.items()}
+        raise ConfigError(
+            f"option 'model.adapter': the head saved in {folder} ({shapes}) does not fit this run's head of "
+            f"{score.weight.shape[0]} outputs over {score.weight.shape[1]} features. Start a new adapter."
+        )
+    with torch.no_grad():
+        score.weight.copy_(saved["weight"])
+    return True
 
 
 def head_config(hf_config, labels: list[str], pad_token_id: int | None, prompt_format: str | None = None):

@@ -31,7 +31,7 @@ from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.classify import refuse_head_options
-from tunelab.tasks.head import attach_head, head_learning_rates, save_head_run
+from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, save_head_run
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
@@ -291,7 +291,8 @@ def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
 
 def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
     attach_head(built, 1, cfg.train.seed)
-    print(f"head: one reward output on the last real token ({data.facts['input']} input)", flush=True)
+    continued = f"; the head continues {cfg.model.adapter}'s" if continue_head(built, cfg.model.adapter, LABELS) else ""
+    print(f"head: one reward output on the last real token ({data.facts['input']} input){continued}", flush=True)
 
 
 def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:

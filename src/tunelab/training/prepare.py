@@ -19,8 +19,9 @@ from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.models.load import ModelSource, fingerprint, load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
-from tunelab.rundir import is_run_dir, read_info
+from tunelab.rundir import HEAD_TASKS, is_run_dir, read_info
 from tunelab.tasks import get_task
+from tunelab.tasks.head import HEAD
 from tunelab.tasks.task import Task
 from tunelab.training.build import BuiltModel, build_model, checkpoint_mode
 
@@ -108,7 +109,9 @@ def load_model(cfg: RunConfig, inputs: Inputs, impl: str | None = None) -> tuple
     vocab = max(len(inputs.tokenizer), built.model.config.vocab_size)
     counts = token_counts(inputs.data.train + inputs.data.eval, vocab)
     if cfg.model.adapter:  # its weights, and the base rows repaired under it are repaired (and recorded) again
-        inherited = continue_adapter(built.model, cfg.model.adapter, cfg.method)
+        # a head saved with it (a classify or reward run's) is the task's to load, once it has made its head
+        leave = (HEAD,) if cfg.task in HEAD_TASKS else ()
+        inherited = continue_adapter(built.model, cfg.model.adapter, cfg.method, leave)
         counts[[i for i in inherited if i < vocab]] += 1
     report = UntrainedReport(find_untrained(built.model, counts, inputs.tokenizer))
     if report.tokens and cfg.model.fix_untrained_tokens:

@@ -18,7 +18,9 @@ starts from stage k-1's result:
   so r, alpha, target_modules and DoRA must stay as they were);
 - `continue: merge`: stage k-1's adapter folded into its base (`peft.lora.merge_lora`, over the base as it was
   trained: QLoRA's NF4 dequantized) is stage k's base, and stage k starts a fresh adapter (or trains full weights);
-- after a full or layer-wise stage, its weights are the next stage's base, whatever `continue` says.
+- after a full or layer-wise stage, its weights are the next stage's base, whatever `continue` says;
+- after a classify or reward stage, only a stage of the same task, continuing its adapter and its head (the
+  task's `prepare` loads the head, `tasks.head.continue_head`), with the same labels (`refuse_other_labels`).
 A stage may set anything but output_dir (data, format, method settings, train settings, the task); a stage whose
 model.name differs from the run's is refused: its model is the previous stage's result.
 
@@ -41,7 +43,7 @@ import torch
 import yaml
 
 from tunelab.atomic import scratch_folder, write_text
-from tunelab.config import ResolvedConfig, describe, dump_yaml, stage_config
+from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config
 from tunelab.errors import ConfigError, Interrupted, RunDirError
 from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
 from tunelab.peft.lora import merge_lora
@@ -91,14 +93,10 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
                 f"(over {cfg.model.name!r}). Remove model.name from the stage, or train it as a run of its own."
             )
         before = plans[-1].config
-        if before.task in HEAD_TASKS:
-            raise ConfigError(
-                f"stage {k}: stage {index} trains a {before.task} head (task: {before.task}), and no stage can start "
-                f"from a head's result: its adapter holds the head, which a later stage's model lacks. Make the "
-                f"{before.task} stage the last one (an sft stage may come before it), or train it as a run of its own."
-            )
-        previous = stage_dir(run_dir, index)
         how = entry.get("continue", "adapter")
+        if before.task in HEAD_TASKS:
+            _refuse_after_head(k, before, s, how)
+        previous = stage_dir(run_dir, index)
         if not before.method.is_adapter:  # full or layers: its weights are the next base
             s.model.name = str(previous)
         elif how == "merge":
@@ -129,18 +127,57 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
     return plans
 
 
+def _refuse_after_head(k: int, before: RunConfig, stage: RunConfig, how: str) -> None:
+    """ConfigError for stage k when it cannot start from stage k-1, a classify or reward stage: only a stage of the
+    same task continues its adapter and head (with the same labels: `refuse_other_labels`)."""
+    task = before.task
+    if not before.method.is_adapter:
+        why = (
+            f"method.name is {before.method.name} there, so its result is a whole {task} model, which no stage can take "
+            f"as its base. Make the {task} stage the last one, or train it with method lora"
+        )
+    elif stage.task != task:
+        why = (
+            f"stage {k}'s task is {stage.task}: only a {task} stage can continue its adapter, which holds the head. "
+            f"Make the {task} stage the last one (an sft stage may come before it), or set task: {task} on stage {k}"
+        )
+    elif how == "merge":
+        why = (
+            "continue: merge would fold its adapter into the base and lose the head. Remove continue from stage "
+            f"{k}: continue: adapter (the default) trains the adapter and the head on"
+        )
+    else:
+        return
+    raise ConfigError(f"stage {k}: stage {k - 1} trains a {task} head (task: {task}), and {why}.")
+
+
+def refuse_other_labels(plans: list[ResolvedConfig], labels: list[list[str] | None]) -> None:
+    """ConfigError for a classify stage that continues the head of a classify stage (`plan_stages`) whose training
+    rows have other labels (`labels[k]`: stage k+1's, data.facts["labels"]): the head's outputs are its labels."""
+    for k in range(2, len(plans) + 1):
+        before, now = plans[k - 2].config, plans[k - 1].config
+        if before.task == now.task == "classify" and labels[k - 2] != labels[k - 1]:
+            raise ConfigError(
+                f"stage {k}: its training rows have the labels {labels[k - 1]}, and stage {k - 1}'s have {labels[k - 2]}; "
+                f"stage {k} trains stage {k - 1}'s head on, whose outputs are those labels. Give stage {k} rows of the "
+                "same labels, or train it as a run of its own."
+            )
+
+
 def _eval_rows(plans: list[ResolvedConfig]) -> list[list]:
     """Each stage's eval rows, rendered with its own data options and the run's tokenizer (the first stage's model:
     every later stage's model descends from it). Loading them also checks every stage's data before anything runs."""
     first = plans[0].config
     tokenizer = load_tokenizer(resolve_source(first.model.name), first.model.trust_remote_code)
-    rows = []
+    rows, labels = [], []
     for k, plan in enumerate(plans, 1):
         try:  # as the stage's task reads its data (an sft stage, a dpo stage after it, ...)
             data = get_task(plan.config.task, plan.config).build_data(plan.config, tokenizer, plan.config.train.seed)
         except (ConfigError, RunDirError) as exc:
             raise type(exc)(f"stage {k}: {exc}") from None
         rows.append(data.eval)
+        labels.append(data.facts.get("labels"))
+    refuse_other_labels(plans, labels)
     return rows
 
 
