@@ -8,7 +8,7 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.errors import DataError
-from tunelab.tasks.reward import REWARD, SAME
+from tunelab.tasks.reward import REWARD, SAME, read_pairs
 
 LLAMAFACTORY = "/work/shared/data/llamafactory_dpo_en_demo/dpo_en_demo.json"
 
@@ -99,6 +99,32 @@ def test_conversations_whose_chosen_side_has_no_answer_are_skipped(smollm2_token
     data = get_task(task, cfg).build_data(cfg, smollm2_tokenizer, 0)
     assert len(data.train) == 1
     assert data.report.skips["empty chosen or rejected answer"].locations == [f"{path}:1", f"{path}:2"]
+
+
+def test_reward_and_dpo_skip_the_same_pairs_without_an_answer(tmp_path):
+    """One check (head_data.answer_blank) for both tasks: with or without a prompt field, a side whose answer turns
+    hold no assistant text is skipped by both, and the other rows are kept by both."""
+    from tunelab.data.report import DataReport
+    from tunelab.tasks.preference_data import read_preferences
+
+    user, no = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "no"}
+    rows = [
+        {"chosen": [user], "rejected": [user, no]},  # the chosen conversation ends before its answer
+        {"chosen": [user, {"role": "assistant", "content": "\n "}], "rejected": [user, no]},
+        {"prompt": "hi", "chosen": [{"role": "user", "content": "more?"}], "rejected": "no"},  # no assistant turn
+        {"prompt": "hi", "chosen": " ", "rejected": "no"},
+        {"chosen": "", "rejected": "no"},
+        {"prompt": "hi", "chosen": "yes", "rejected": "no"},
+        {"chosen": [user, {"role": "assistant", "content": "yes"}], "rejected": [user, no]},
+    ]
+    path = _write(tmp_path / "p.jsonl", rows)
+    skipped = {}
+    for name, read in (("reward", read_pairs), ("dpo", read_preferences)):
+        report = DataReport()
+        kept = read([path], {}, None, report)
+        assert [p.line for p in kept] == [6, 7]
+        skipped[name] = report.skips["empty chosen or rejected answer"].locations
+    assert skipped["reward"] == skipped["dpo"] == [f"{path}:{i}" for i in range(1, 6)]
 
 
 def test_a_row_without_rejected_names_file_and_line(smollm2_tokenizer, tmp_path):

@@ -144,6 +144,12 @@ def shared_prompt(chosen: list[dict], rejected: list[dict], where: str) -> int:
     return shared
 
 
+def answer_blank(messages: list[dict], start: int) -> bool:
+    """A pair's chat side whose turns from `start` on (its answer, after the prompt's turns) hold no assistant text:
+    none at all, or only blanks. Reward and dpo skip such a pair alike."""
+    return not any(m["content"].strip() for m in messages[start:] if m["role"] == "assistant")
+
+
 def is_empty(item: Input) -> bool:
     if item.messages is not None:
         return not any(m["content"].strip() for m in item.messages if m["role"] != "system")

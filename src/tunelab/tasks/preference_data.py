@@ -29,6 +29,7 @@ from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
+    answer_blank,
     as_turns,
     counted_records,
     pair_columns,
@@ -103,10 +104,10 @@ def read_sides(row: dict, fields: dict[str, str], where: str, system: str | None
     return Side(text=texts[0]), Side(text=texts[1])
 
 
-def _answer_text(side: Side) -> str:
+def _no_answer(side: Side) -> bool:
     if side.messages is None:
-        return side.text or ""
-    return "".join(m["content"] for m in side.messages[side.answer_from :] if m["role"] == "assistant")
+        return not (side.text or "").strip()
+    return answer_blank(side.messages, side.answer_from)
 
 
 def read_preferences(
@@ -116,7 +117,7 @@ def read_preferences(
     out = []
     for record in counted_records(paths, report, "preference pairs"):
         chosen, rejected = read_sides(record.row, fields, location(record.path, record.line), system, lenient)
-        if not _answer_text(chosen).strip() or not _answer_text(rejected).strip():
+        if _no_answer(chosen) or _no_answer(rejected):
             report.skip("empty chosen or rejected answer", record.path, record.line)
         elif chosen == rejected:
             report.skip("chosen and rejected are the same", record.path, record.line)

@@ -36,6 +36,7 @@ from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
     Input,
+    answer_blank,
     as_turns,
     column,
     counted_records,
@@ -185,10 +186,8 @@ def read_scored(
 
 
 def _answer_empty(side: Input, start: int | None) -> bool:
-    """A chat side whose turns from `start` on (its answer) hold no assistant text: none at all, or only blanks."""
-    if side.messages is None or start is None:
-        return False
-    return not any(m["content"].strip() for m in side.messages[start:] if m["role"] == "assistant")
+    """A chat side without an answer after its prompt's `start` turns (`head_data.answer_blank`)."""
+    return side.messages is not None and start is not None and answer_blank(side.messages, start)
 
 
 def to_rows(
