@@ -173,6 +173,14 @@ def test_numbers_and_flags_are_expected_as_json_writes_them(tmp_path):
         read_questions(path)
 
 
+def test_a_number_answer_of_a_training_row_and_a_huge_float_are_expected_as_json_writes_them(tmp_path):
+    """A question/answer row's answer 1000.0 (its expected text) was '1000.0'; a whole float beyond 2**53 was
+    printed as hundreds of digits that are only its rounding."""
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "a", "answer": 1000.0}\n{"question": "b", "expected": 1.5e300}\n')
+    assert [q.expected for q in read_questions(path)] == ["1000", "1.5e+300"]
+
+
 @pytest.mark.parametrize("kind", ["3", "[1, 2]", "true"])
 def test_a_kind_that_is_not_text_is_named(tmp_path, kind):
     path = tmp_path / "q.jsonl"

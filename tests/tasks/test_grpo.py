@@ -161,6 +161,20 @@ def test_built_in_rewards():
     assert _scores("contains", whole)[0] == [0.0, 0.0, 1.0, 1.0]
 
 
+def test_numbers_and_flags_in_expected_are_read_as_tunelab_eval_reads_them(tiny_model_dir, tmp_path, reward_module):
+    """`"expected": 1000.0` was the text '1000.0', so the answer '1000' earned nothing from contains and equals while
+    `tunelab eval` scored it right; true was refused ("not a text or number") while eval questions read it."""
+    floats = [_sample("It is 1000.", expected=1000.0), _sample("1000", expected=1000.0), _sample("1000.5", expected=1000.0)]  # fmt: skip
+    assert _scores("contains", floats)[0] == [1.0, 1.0, 0.0]
+    assert _scores("equals", floats)[0] == [0.0, 1.0, 0.0]
+    assert _scores("equals", [_sample("True", expected=True), _sample("2.5", expected=2.5)])[0] == [1.0, 1.0]
+    data = _write(
+        tmp_path / "p.jsonl", [{"prompt": "Is 7 prime?", "expected": True}, {"prompt": "2+2?", "expected": 4.0}]
+    )
+    _, built_data, _, _ = _task(tiny_model_dir, tmp_path, data, reward_module, **{"data.eval_fraction": 0.0})
+    assert len(built_data.train) == 2
+
+
 def test_an_empty_expected_text_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, reward_module):
     """contains with an empty expected text gave every answer full credit; null became the text 'none'."""
     for value in ("", "  ", None, [1, 2]):
@@ -168,7 +182,9 @@ def test_an_empty_expected_text_is_refused_before_the_model_loads(tiny_model_dir
             tmp_path / "p.jsonl",
             [{"prompt": "What is 1 plus 2?", "expected": "3"}, {"prompt": "Hi?", "expected": value}],
         )
-        with pytest.raises(DataError, match=r"p\.jsonl:2: column\(s\) expected empty or not a text or number"):
+        with pytest.raises(
+            DataError, match=r"p\.jsonl:2: column\(s\) expected empty, or not a text, a number or true/false"
+        ):
             _task(tiny_model_dir, tmp_path, data, reward_module, **{"data.eval_fraction": 0.0})
 
 

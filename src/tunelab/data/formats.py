@@ -76,20 +76,24 @@ def detect_format(row: dict, fields: dict[str, str]) -> str:
     )
 
 
+EXACT_INTEGERS = 2**53  # a float holds every whole number below this exactly; above, its digits are rounding
+
+
 def scalar_text(value: bool | int | float) -> str:
-    """A JSON scalar as the text to compare an answer with: true and false as JSON writes them, a whole number
-    without its fraction (1000.0, how a float column or a tool writes 1000, is "1000"), other numbers as Python
-    writes them."""
+    """A JSON scalar as the text to compare an answer with (the one rule for labels, expected answers and number
+    fields): true and false as JSON writes them, a whole number without its fraction (1000.0, how a float column or
+    a tool writes 1000, is "1000", so 1, 1.0 and "1" are one label), other numbers as Python writes them (2.5,
+    1e+20: a float that large is not exact digits)."""
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < EXACT_INTEGERS:
         return str(int(value))
     return str(value)
 
 
 def text_field(value, where: str, field: str) -> str:
-    """A string field; numbers are accepted as their text, null (and NaN, how pandas and parquet write a missing
-    value) as empty; an infinite number is refused."""
+    """A string field; numbers are accepted as their text (`scalar_text`: 1000.0 is "1000"), null (and NaN, how
+    pandas and parquet write a missing value) as empty; an infinite number and true/false are refused."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float) and math.isinf(value):
@@ -101,7 +105,7 @@ def text_field(value, where: str, field: str) -> str:
             raise DataError(f"{where}: field '{field}': {problem}. Fix the text or remove the row.")
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+        return scalar_text(value)
     raise DataError(
         f"{where}: field '{field}' must be a string, got a {type(value).__name__} ({str(value)[:60]!r}). "
         "Store the text itself in that field (join lists into one string)."

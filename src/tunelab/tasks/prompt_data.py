@@ -83,9 +83,10 @@ def read_prompts(
 
 
 def _expected_text(value) -> bool:
-    """A text with something in it, or a finite number (a bool, null, list or mapping is none)."""
-    if isinstance(value, bool) or value is None:
-        return False
+    """A text with something in it, a finite number or true/false (read as `tunelab eval` reads them:
+    `data.formats.scalar_text`); null, a list or a mapping is none."""
+    if isinstance(value, bool):
+        return True
     if isinstance(value, int | float):
         return math.isfinite(value)
     return isinstance(value, str) and bool(value.strip())
@@ -111,7 +112,7 @@ def to_rows(prompts: list[Prompt], tokenizer, template, max_length: int, columns
         empty = [c for c in columns if not _expected_text(p.row[c])]
         if empty:
             raise DataError(
-                f"{where}: column(s) {', '.join(empty)} empty or not a text or number; contains and equals compare the "
+                f"{where}: column(s) {', '.join(empty)} empty, or not a text, a number or true/false; contains and equals compare the "
                 "answer with it, and an empty expected text would match every answer. Give the row its expected "
                 "answer, or remove the row."
             )

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from tunelab.config import RewardSpec
+from tunelab.data.formats import scalar_text
 from tunelab.data.match import contains, exact_match
 from tunelab.data.transform import load_transform
 from tunelab.errors import ConfigError, RunDirError
@@ -176,7 +177,9 @@ def _each(fn: Callable[[Sample], Any]) -> Callable[[list[Sample]], list[Any]]:
 
 
 def _expected(s: Sample, column: str) -> str:
-    return str(s.row[column])
+    """The row's expected text; a number or true/false as `tunelab eval` reads it (`data.formats.scalar_text`)."""
+    value = s.row[column]
+    return scalar_text(value) if isinstance(value, bool | int | float) else str(value)
 
 
 def _final_group(pattern: re.Pattern, answer: str) -> str | None:
