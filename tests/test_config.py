@@ -56,6 +56,28 @@ def test_bad_options_are_named(overrides, message):
         load_config(None, overrides)
 
 
+KINDS = "allowed values: contains, equals, regex, length, function, model."
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"task": "grpo", "grpo.rewards": [{"kind": 3}]}, f"'grpo.rewards[].kind' is 3 (a number, not text); {KINDS}"),
+        ({"task": "grpo", "grpo.rewards": [{"kind": [1, 2]}]}, f"is [1, 2] (a list, not text); {KINDS}"),
+        ({"task": "grpo", "grpo.rewards": [{"kind": None}]}, f"'grpo.rewards[].kind' is None; {KINDS}"),
+        ({"method.name": 3}, "'method.name' is 3 (a number, not text); allowed values: lora, dora, full, layers."),
+        ({"train.report_to": ["tensorboard", 1]}, "'train.report_to' is 1 (a number, not text); allowed values:"),
+        ({"data.fields": {"label": " "}}, "option 'data.fields' maps 'label' to an empty column name"),
+        ({"data.fields": {"": "category"}}, "option 'data.fields' has an empty field name"),
+    ],
+)
+def test_a_choice_that_is_not_text_and_an_empty_column_name_are_refused(overrides, message):
+    """A number for an option of fixed choices was taken as its Python text ('3'), a list was refused without the
+    choices; a blank column name in data.fields led to errors naming '' (or nothing)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

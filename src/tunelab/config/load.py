@@ -22,7 +22,7 @@ from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, 
 from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import unknown_option, unknown_section
 from tunelab.config.validate import check_consistency, option_default, read_by
-from tunelab.config.values import check_constraints, coerce
+from tunelab.config.values import checked
 from tunelab.errors import ConfigError, TunelabError, not_text
 
 
@@ -254,8 +254,7 @@ def _option_value(name: str, value: Any, options: dict, where: str, folder: Path
     if name not in options:
         raise unknown_option(name, where, value=value)
     f, hint = options[name]
-    value = coerce(name, value, hint, where)
-    check_constraints(name, value, f, where)
+    value = checked(name, value, hint, f, where)
     if name in PATH_OPTIONS and (entry := empty_path_entry(value)) is not None:
         raise ConfigError(
             f"{where}: option '{name}', entry {entry}, is an empty path (an unset variable in --{name} \"$DATA\"?); "

@@ -55,6 +55,17 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
             "options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split."
         )
     _check_sources(config.data)
+    if any(not name.strip() for name in config.data.fields):
+        raise ConfigError(
+            "option 'data.fields' has an empty field name; its keys are tunelab's fields (label, prompt, ...), its "
+            "values your columns, e.g. {label: category}."
+        )
+    blank = next((name for name, column in config.data.fields.items() if not column.strip()), None)
+    if blank is not None:  # a column of no name: the errors that follow would name '' or nothing at all
+        raise ConfigError(
+            f"option 'data.fields' maps {blank!r} to an empty column name; give the column of your file that holds "
+            f"it (e.g. {{{blank}: my_column}}), or remove {blank!r} from data.fields."
+        )
     if config.method.use_dora and config.method.name != "lora":
         raise ConfigError(f"option 'method.use_dora' is for method.name lora; method.name is {config.method.name}.")
 

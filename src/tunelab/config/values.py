@@ -20,6 +20,8 @@ from tunelab.errors import ConfigError, not_text
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
         return " or ".join(repr(v) for v in typing.get_args(hint))
+    if dataclasses.is_dataclass(hint):  # a record: what the user writes is a mapping of its keys
+        return f"a mapping {{{', '.join(f.name for f in dataclasses.fields(hint))}}}"
     if isinstance(hint, type):
         return hint.__name__
     return re.sub(r"\b(?:typing|tunelab(?:\.\w+)*)\.", "", str(hint))  # list[str | DataSource], not module paths
@@ -31,6 +33,29 @@ FINITE = "it must be a finite number."
 class _Refused(ConfigError):
     """A value of the right type that is still wrong (an infinite number, a text with a lone surrogate): a union's
     other arms are not tried, so the error says this, not "must be float or str"."""
+
+
+def checked(name: str, value: Any, hint: Any, f: dataclasses.Field, where: str) -> Any:
+    """`value` converted by `coerce` and within the field's constraints. An option of fixed choices (all text) takes
+    text only: a number or list there is refused naming the choices, not read as its Python text ('3', '[1, 2]')."""
+    choices = f.metadata.get("choices")
+    items = value if isinstance(value, list) and typing.get_origin(hint) is list else [value]
+    bad = next((v for v in items if v is not None and not isinstance(v, str)), None) if choices else None
+    if bad is not None:
+        what = "a number" if isinstance(bad, int | float) and not isinstance(bad, bool) else f"a {type(bad).__name__}"
+        raise ConfigError(
+            f"{where}: option '{name}' is {bad!r} ({what}, not text); allowed values: {', '.join(choices)}."
+        )
+    try:
+        value = coerce(name, value, hint, where)
+    except _Refused:
+        raise
+    except ConfigError:
+        if not choices:
+            raise
+        raise ConfigError(f"{where}: option '{name}' is {value!r}; allowed values: {', '.join(choices)}.") from None
+    check_constraints(name, value, f, where)
+    return value
 
 
 def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
@@ -121,9 +146,7 @@ def _record(name: str, value: Any, kind: type, where: str) -> Any:
                 f"{where}: option '{name}': an entry has the unknown key '{key}'.{hint} Its keys are "
                 f"{', '.join(fields)}."
             )
-        item = coerce(f"{name}[].{key}", item, hints[key], where)
-        check_constraints(f"{name}[].{key}", item, fields[key], where)
-        values[key] = item
+        values[key] = checked(f"{name}[].{key}", item, hints[key], fields[key], where)
     return kind(**values)
 
 
