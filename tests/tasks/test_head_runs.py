@@ -312,3 +312,16 @@ def test_model_adapter_of_a_classify_run(tiny_model_dir, tmp_path, label_file):
     other = _write(tmp_path / "other.jsonl", [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(8)])
     with pytest.raises(ConfigError, match=r"has the labels \['neg', 'neu', 'pos'\], but this run's head has \['a', 'b'\]"):  # fmt: skip
         recipe.train(None, again | {"data.train": [other], "output_dir": str(tmp_path / "other")})
+
+
+def test_a_dora_classifier_saves_an_adapter_and_predicts(tiny_model_dir, tmp_path, label_file):
+    """method.name dora saved the whole model as model.safetensors (only 'lora' counted as an adapter), which no
+    command could open: predict said the adapter was incomplete."""
+    from tunelab.api import predict
+
+    run_dir = recipe.train(None, _overrides(tiny_model_dir, tmp_path, "classify", label_file, **{"method.name": "dora"})).run_dir  # fmt: skip
+    assert not (run_dir / "model.safetensors").exists()
+    saved = load_file(run_dir / "adapter_model.safetensors")
+    assert "base_model.model.score.weight" in saved and any(k.endswith("lora_magnitude_vector") for k in saved)
+    (p,) = predict(run_dir, texts=["awful number 4"], device="cpu")
+    assert p.label in ("neg", "neu", "pos")

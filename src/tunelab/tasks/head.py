@@ -182,12 +182,12 @@ def save_head_run(
     prompt_format: str | None = None,
 ) -> None:
     """The run's result, written into `folder`, loadable by transformers + PEFT:
-    lora: adapter_model.safetensors + adapter_config.json (task SEQ_CLS, the head as modules_to_save) and config.json
-          (the classifier's config, for id2label / label2id);
+    lora, dora: adapter_model.safetensors + adapter_config.json (task SEQ_CLS, the head as modules_to_save) and
+          config.json (the classifier's config, for id2label / label2id);
     full, layers: model.safetensors + config.json of a *ForSequenceClassification model."""
     folder.mkdir(parents=True, exist_ok=True)
     model = built.model
-    if method == "lora":
+    if method in ("lora", "dora"):  # method.name dora (not only lora with use_dora) trains an adapter too
         save_adapter(model, folder, base_model=base_model, task_type="SEQ_CLS", modules_to_save=[HEAD])
     else:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
