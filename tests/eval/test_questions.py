@@ -197,3 +197,17 @@ def test_a_conversation_of_one_user_turn_is_a_question(tmp_path):
     path.write_text(json.dumps({"messages": [user], "expected": "5"}) + "\n")
     (question,) = read_questions(path, need_expected=True)
     assert question.prompt == [user] and question.expected == "5" and question.text == "What is the fare?"
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Fare?"}]},
+        {"conversations": [{"from": "human", "value": "Fare?"}]},
+    ],
+)
+def test_a_lone_user_turn_after_a_system_turn_or_in_sharegpt_is_a_question(tmp_path, row):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps(row | {"expected": "5"}) + "\n")
+    (question,) = read_questions(path, need_expected=True)
+    assert question.prompt[-1] == {"role": "user", "content": "Fare?"} and question.expected == "5"
