@@ -47,3 +47,36 @@ def test_verify_names_what_is_damaged(tmp_path):
     assert verify_checkpoint(folder) == "optimizer.safetensors does not match its sha256 in state.json"
     (folder / "state.json").write_text("")
     assert verify_checkpoint(folder).startswith("state.json is missing or damaged")
+
+
+def test_an_edited_state_json_is_a_damaged_checkpoint(tmp_path):
+    """An edited step resumed at the wrong place (-3 counted the bar from -50%, 2 trained 8 steps and reported 6);
+    a string step, a files entry of the wrong type and emptied param_groups ended --resume in a traceback."""
+    import pytest
+
+    model = torch.nn.Linear(3, 3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    folder = save_checkpoint(tmp_path, model, optimizer, {"step": 4, "epoch": 0, "batch_in_epoch": 4}, keep=2)
+    good = json.loads((folder / "state.json").read_text())
+    edits = {
+        "step -3": lambda s: s["position"].update(step=-3),
+        "step 2": lambda s: s["position"].update(step=2),
+        "step '4'": lambda s: s["position"].update(step="4"),
+        "epoch -1": lambda s: s["position"].update(epoch=-1),
+        "files 'x'": lambda s: s.update(files="x"),
+        "param_groups []": lambda s: s.update(param_groups=[]),
+    }
+    for what, edit in edits.items():
+        state = json.loads(json.dumps(good))
+        edit(state)
+        (folder / "state.json").write_text(json.dumps(state))
+        assert (verify_checkpoint(folder) or "").startswith("state.json is damaged ("), what
+    (folder / "state.json").write_text(json.dumps(good))
+    assert verify_checkpoint(folder) is None
+    state = json.loads(json.dumps(good))
+    state["param_groups"] = state["param_groups"] * 2  # two groups for an optimizer of one
+    (folder / "state.json").write_text(json.dumps(state))
+    with pytest.raises(checkpoint.RunDirError, match="optimizer state does not fit this run"):
+        checkpoint.load_checkpoint(folder, model, optimizer)

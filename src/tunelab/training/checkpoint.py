@@ -122,6 +122,8 @@ def verify_checkpoint(folder: Path) -> str | None:
         int(position["step"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{STATE_FILE} is missing or damaged ({type(exc).__name__}: {exc})"
+    if problem := _state_problem(state, folder):
+        return f"{STATE_FILE} is damaged ({problem})"
     sharded = state.get("format") == "sharded"  # several ranks' checkpoint (training/sharded_checkpoint.py)
     for name in state["files"] if sharded else TENSOR_FILES:
         path = folder / name
@@ -141,6 +143,32 @@ def verify_checkpoint(folder: Path) -> str | None:
             return f"{name} has {path.stat().st_size} bytes, {recorded['bytes']} were written"
         if file_digest(path)["sha256"] != recorded["sha256"]:
             return f"{name} does not match its sha256 in {STATE_FILE}"
+    return None
+
+
+def _state_problem(state: dict, folder: Path) -> str | None:
+    """What in state.json is not as tunelab writes it: the step a positive whole number equal to the folder's (an
+    edited step resumed at the wrong place), the other counters whole numbers >= 0, the optimizer's parameter
+    groups a non-empty list of mappings, the file records mappings of bytes and sha256."""
+    position = state["position"]
+    if not isinstance(position, dict):
+        return "its position is not a mapping"
+    step = position.get("step")
+    if type(step) is not int or step < 1 or folder.name != f"{STEP_PREFIX}{step:07d}":
+        return f"its step {step!r} is not the folder's"
+    for name in ("epoch", "batch_in_epoch"):
+        if name in position and (type(position[name]) is not int or position[name] < 0):
+            return f"its {name} {position[name]!r} is not a whole number >= 0"
+    groups = state.get("param_groups", [])
+    if not isinstance(groups, list) or (state.get("format") != "sharded" and not groups):
+        return "its param_groups are not a list of the optimizer's groups"
+    if not all(isinstance(g, dict) for g in groups):
+        return "its param_groups are not a list of the optimizer's groups"
+    files = state.get("files", {})
+    if not isinstance(files, dict) or not all(
+        isinstance(r, dict) and type(r.get("bytes")) is int and isinstance(r.get("sha256"), str) for r in files.values()
+    ):
+        return "its files are not recorded with their bytes and sha256"
     return None
 
 
@@ -171,7 +199,13 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
         if key.startswith("state."):
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError, TypeError) as exc:  # another number of parameter groups, an edited state.json
+        raise RunDirError(
+            f"{folder}: the checkpoint's optimizer state does not fit this run ({exc}); delete it to resume from an "
+            "earlier one."
+        ) from None
     torch.set_rng_state(tensors["rng.cpu"])
     cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
     if cuda_states and torch.cuda.is_available():
