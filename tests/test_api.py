@@ -124,3 +124,31 @@ def test_an_empty_refusal_sentence_is_refused(tiny_run_dir, tmp_path, command):
     args = {"question": "Code of box 2?"} if command == "compare" else {"data": tmp_path / "q.jsonl"}
     with pytest.raises(TunelabError, match="argument 'refusal' is empty"):
         getattr(tunelab, command)(tiny_run_dir, refusal="  ", save=False, **args)
+
+
+@pytest.mark.parametrize("command", ["compare", "evaluate"])
+def test_answers_of_a_run_replaced_meanwhile_are_not_saved_into_it(tiny_run_dir, tmp_path, monkeypatch, command):
+    """`train --overwrite` replaced the run while compare generated; compare.json then held the old model's answers
+    as the new run's."""
+    import json
+    import shutil
+
+    import tunelab.eval.compare as compare_module
+    import tunelab.eval.evaluate as evaluate_module
+    from tunelab.errors import RunDirError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+
+    def replacing(model, tokenizer, template, conversations, settings, progress=None, names=None):
+        info = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps(info | {"note": "another run"}))  # what a new run writes there
+        return ["Box 2: 1074." for _ in conversations]
+
+    monkeypatch.setattr(compare_module, "generate_answers", replacing)
+    monkeypatch.setattr(evaluate_module, "generate_answers", replacing)
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question": "Code of box 2?", "expected": "1074"}) + "\n")
+    args = {"question": "Code of box 2?"} if command == "compare" else {"data": tmp_path / "q.jsonl"}
+    with pytest.raises(RunDirError, match="the run was replaced or changed while .* ran"):
+        getattr(tunelab, command)(run, device="cpu", **args)
+    assert not (run / "compare.json").exists() and not (run / "eval.json").exists()

@@ -38,7 +38,7 @@ from tunelab.export.gguf import export_gguf as export_gguf
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 from tunelab.models.load import load_tokenizer, resolve_source
-from tunelab.rundir import HEAD_TASKS, open_info, read_info
+from tunelab.rundir import HEAD_TASKS, check_same_run, open_info, read_info, run_stamp
 from tunelab.server.serve import serve as serve
 from tunelab.training.distributed import from_environment
 from tunelab.training.launch import check_launch, train_on_ranks
@@ -243,6 +243,7 @@ def compare(
     was trained on) or 16bit (over the unquantized weights)."""
     run_dir = run.run_dir if isinstance(run, LoadedRun) else Path(run)
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
+    stamp = run_stamp(run_dir)
     info = run.info if isinstance(run, LoadedRun) else open_info(run_dir)
     if save:
         check_writable(compare_file(run_dir), overwrite)  # before minutes of generation, not after
@@ -252,6 +253,8 @@ def compare(
         raise DataError("no questions to compare on: give a questions file or at least one question.")
     loaded = _open(run, device, base_precision)
     result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal)
+    if save:
+        check_same_run(run_dir, stamp, "compare")
     path = save_comparison(result, run_dir, overwrite=overwrite) if save else None
     if show:
         print(format_comparison(result, path, show_answers))

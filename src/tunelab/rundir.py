@@ -153,6 +153,26 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
     return info
 
 
+def run_stamp(run_dir: str | Path) -> tuple[int, int, int] | None:
+    """Who the run is now: its run.json's inode, modification time and size (None without one). A run replaced by
+    `train --overwrite` (or changed by --resume) has another."""
+    try:
+        st = run_file(run_dir).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def check_same_run(run_dir: str | Path, stamp: tuple[int, int, int] | None, what: str) -> None:
+    """RunDirError when the run is no longer the one `stamp` was taken of: `what` (compare, eval) ran on a model
+    that is not the run's any more, and its result must not be saved into the run as if it were."""
+    if run_stamp(run_dir) != stamp:
+        raise RunDirError(
+            f"{run_dir}: the run was replaced or changed while {what} ran (its {RUN_FILE} differs), so the answers are "
+            f"of a model the run no longer holds; nothing was saved. Run {what} again."
+        )
+
+
 def check_result(run_dir: str | Path, info: RunInfo) -> None:
     """RunDirError unless the run's result is present: the adapter files for an adapter method, else the weights."""
     run_dir = Path(run_dir)

@@ -47,7 +47,7 @@ from tunelab.eval.metrics import (
 from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
 from tunelab.infer.generate import GenerationSettings, answer_progress, fit_prompts, generate_answers
 from tunelab.infer.run import LoadedRun, check_base_precision, open_run
-from tunelab.rundir import check_output_file, open_info, read_config
+from tunelab.rundir import check_output_file, check_same_run, open_info, read_config, run_stamp
 from tunelab.training.auto import MICRO_BATCH, trained_value
 from tunelab.training.step import evaluate, loss_tokens
 
@@ -255,6 +255,7 @@ def evaluate_run(
     `infer.run.open_run`."""
     loaded = run_dir if isinstance(run_dir, LoadedRun) else None
     run_dir = loaded.run_dir if loaded else Path(run_dir)
+    stamp = run_stamp(run_dir)
     info = loaded.info if loaded else open_info(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     if save:
@@ -319,6 +320,7 @@ def evaluate_run(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     if save:
+        check_same_run(run_dir, stamp, "eval")
         result.save(target, overwrite=overwrite)
     return result
 
