@@ -403,13 +403,12 @@ def test_an_empty_model_is_refused_not_read_as_the_current_folder(name, tmp_path
     [
         ({"train.seed": 2**70}, r"option 'train.seed' is 1180591620717411303424; it must be <= 9223372036854775807"),
         ({"train.seed": -1}, r"option 'train.seed' is -1; it must be >= 0"),
-        ({"train.lr": 0}, r"option 'train.lr' is 0: nothing would train"),
         ({"eval.refusal": " "}, r"option 'eval.refusal' is empty"),
         ({"train.gpu_memory": "24"}, r"option 'train.gpu_memory': '24' has no unit; write it like 24GiB"),
     ],
 )
 def test_values_that_passed_the_config_but_failed_or_misled_later_are_refused(overrides, says):
-    """A seed beyond 64 bits passed `check` and crashed torch.manual_seed; lr 0 trained nothing and the verdict said
-    to use lr 0; an empty refusal sentence dropped the refusal rates; --gpu-memory 24 planned for 24 bytes."""
+    """A seed beyond 64 bits passed `check` and crashed torch.manual_seed; an empty refusal sentence dropped the
+    refusal rates; --gpu-memory 24 planned for 24 bytes."""
     with pytest.raises(ConfigError, match=says):
         load_config(None, overrides)

@@ -184,3 +184,11 @@ def test_a_train_loss_that_rises_is_diverged_not_fine_nor_overfit():
     # noise around a flat loss is not divergence: +5%, or +0.08 nats
     assert _judge([2.0] * 10 + [2.1] * 10).kind != "diverged"
     assert _judge([0.5] * 10 + [0.58] * 10, epochs=1.0).kind != "diverged"
+
+
+def test_a_run_at_lr_0_is_told_so_not_to_use_lr_0():
+    """The verdict said 'set train.epochs: 6 (it was 3) or train.lr: 0 (it was 0)'."""
+    from tunelab.training.verdict import judge
+
+    v = judge([(i, 2.0) for i in range(1, 31)], [], steps_per_epoch=10, epochs=3, lr=0.0)
+    assert v.kind == "underfit" and "train.lr was 0, so the weights did not change" in v.text and "lr: 0 " not in v.text

@@ -29,8 +29,6 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
             parse_size(config.train.gpu_memory)
         except ValueError as exc:
             raise ConfigError(f"option 'train.gpu_memory': {exc}.") from None
-    if config.train.lr == 0:
-        raise ConfigError("option 'train.lr' is 0: nothing would train. Give a rate above 0, or auto.")
     if config.eval.refusal is not None and not config.eval.refusal.strip():
         raise ConfigError(
             "option 'eval.refusal' is empty: every answer would contain it. Give the refusal sentence, or null."

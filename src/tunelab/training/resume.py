@@ -80,7 +80,8 @@ def _flat(values: dict) -> dict[str, Any]:
 def _same(name: str, old: Any, new: Any) -> bool:
     if old == new:
         return True
-    if name in PATH_OPTIONS and old is not None and new is not None:
+    local = name == "model.name" and all(isinstance(v, str) and Path(v).exists() for v in (old, new))
+    if (name in PATH_OPTIONS or local) and old is not None and new is not None:
         olds, news = (v if isinstance(v, list) else [v] for v in (old, new))
         return len(olds) == len(news) and all(
             Path(a).resolve() == Path(b).resolve() if isinstance(a, str) and isinstance(b, str) else a == b

@@ -96,7 +96,7 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
         how = entry.get("continue", "adapter")
         if before.task in HEAD_TASKS:
             _refuse_after_head(k, before, s, how)
-        previous = stage_dir(run_dir, index)
+        previous = stage_dir(run_dir, index).absolute()  # resumable from any folder: --resume compares these
         if not before.method.is_adapter:  # full or layers: its weights are the next base
             s.model.name = str(previous)
         elif how == "merge":

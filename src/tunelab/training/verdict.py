@@ -88,6 +88,8 @@ def judge(
     start, before, end = _landmarks([loss for _, loss in train])
     numbers: dict = {"train_start": round(start, 4), "train_end": round(end, 4), "train_at_75pct": round(before, 4)}
     curve = f"train loss {start:.3f} -> {end:.3f}"
+    if lr == 0:  # allowed (a stage that only carries weights on), but nothing trained: no advice to double it
+        return Verdict("underfit", f"train.lr was 0, so the weights did not change ({curve}); give a rate above 0.")
     if end >= start * (1 + DIVERGED_RELATIVE) and end - start >= DIVERGED_ABSOLUTE:
         return Verdict(
             "diverged",
