@@ -315,5 +315,16 @@ def test_a_bool_for_a_number_and_an_empty_stop_string_are_400s(server):
         status, _, raw = _http("POST", url, body)
         error = json.loads(raw)["error"]
         assert status == 400 and error["param"].startswith(param), (extra, error)
+    # NaN said "should be <= 2"; five stop strings named a field 'stop.constrained-str'; [null] did not name stop.0
+    for raw_extra, param, says in [
+        ('"temperature": NaN', "temperature", "Input should be a finite number"),
+        ('"top_p": Infinity', "top_p", "Input should be a finite number"),
+        ('"stop": ["a", "b", "c", "d", "e"]', "stop", "List should have at most 4 items"),
+        ('"stop": [null]', "stop.0", "Input should be a valid string"),
+    ]:
+        body = f'{{"model": "tiny", "messages": {json.dumps(QUESTION)}, {raw_extra}}}'.encode()
+        status, _, raw = _http("POST", url, body)
+        error = json.loads(raw)["error"]
+        assert status == 400 and error["param"] == param and says in error["message"], (raw_extra, error)
     body = json.dumps({"model": "tiny", "messages": QUESTION, "temperature": 0, "max_tokens": 2, "stop": "x"})
     assert _http("POST", url, body.encode())[0] == 200  # an integer temperature is still a number

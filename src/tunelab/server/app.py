@@ -60,8 +60,8 @@ class ChatRequest(BaseModel):
     # strict: JSON's true is not the number 1, nor "true" a bool (a float field still takes an integer)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP, strict=True)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP, strict=True)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True, allow_inf_nan=False)
     stream: bool | None = Field(default=None, strict=True)
     stream_options: StreamOptions | None = None
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None  # OpenAI's limit: 4 sequences
@@ -113,7 +113,7 @@ def _field(loc) -> str:
     return ".".join(str(p) for p in loc if p != "body" and not (isinstance(p, str) and _UNION_TAG.search(p)))
 
 
-_UNION_TAG = re.compile(r"^(str|int|float|bool|none)$|[\[\]]")
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|constrained-str)$|[\[\]]")
 
 
 def _text(content, role: str) -> str:
@@ -147,7 +147,8 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
             return _error(400, "the request body is not valid JSON", code="invalid_json")
-        where = _field(first.get("loc", ()))
+        # the deepest place any member names: a list's item ("stop.0") rather than the list a string member refused
+        where = max((_field(e.get("loc", ())) for e in errors), key=lambda f: f.count("."), default="")
         # a value a union refused gets one error per member type: say each of them, at the field they name
         said = dict.fromkeys(e.get("msg", "invalid") for e in errors if _field(e.get("loc", ())) == where)
         return _error(400, f"{where or 'body'}: {'; or '.join(said) or 'invalid request'}", param=where or None)
