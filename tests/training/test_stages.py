@@ -441,3 +441,4 @@ def test_a_stage_continues_its_predecessor_by_an_absolute_path(staged, tmp_path,
     resolved = load_config(None, staged | {"output_dir": "run"})
     plans = plan_stages(resolved, Path("run"))
     assert plans[1].config.model.adapter == str(tmp_path / "run" / "stage-1")
+    assert plans[1].origins["model.adapter"] == "stage 1's result"  # the printed config said "(default)"

@@ -123,6 +123,8 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
             s.model.name = before.model.name
             s.model.adapter = str(previous)
         stage.origins["model.name"] = f"stage {index}'s result"
+        if s.model.adapter == str(previous):
+            stage.origins["model.adapter"] = f"stage {index}'s result"
         plans.append(stage)
     return plans
 
