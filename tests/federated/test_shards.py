@@ -61,6 +61,8 @@ def test_client_data_from_config(tmp_path):
         client_data(FederatedConfig(), 0)
     with pytest.raises(ConfigError, match="split_column"):
         client_data(FederatedConfig(split_file="b.jsonl", split="column"), 0)
+    with pytest.raises(ConfigError, match="split_column"):  # blank: no column to read
+        client_data(FederatedConfig(split_file="b.jsonl", split="column", split_column="  "), 0)
     with pytest.raises(ConfigError, match="entries 1 and 3 both name x/./a.jsonl; each client holds its own"):
         client_data(FederatedConfig(clients=["x/a.jsonl", "b.jsonl", "x/./a.jsonl"]), 0)
 

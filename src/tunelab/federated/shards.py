@@ -119,7 +119,7 @@ def client_data(cfg: FederatedConfig, seed: int) -> list[ClientData]:
             names.append(name)
         return [ClientData(name, (entry,)) for name, entry in zip(names, cfg.clients)]
     if cfg.split_file:
-        if cfg.split == "column" and not cfg.split_column:
+        if cfg.split == "column" and not (cfg.split_column or "").strip():
             raise ConfigError("option 'federated.split' is column; set 'federated.split_column' to the column's name.")
         return [
             ClientData(
