@@ -159,6 +159,10 @@ def user_function(path: str, where: str) -> Callable:
     return load_transform(path, where)
 
 
+class _Exited(Exception):
+    """A reward function called sys.exit: its failure, said as such (not as an exception it raised)."""
+
+
 def _each(fn: Callable[[Sample], Any]) -> Callable[[list[Sample]], list[Any]]:
     """A per-sample function as a batch one; what it raises becomes that sample's value (a failure)."""
 
@@ -170,7 +174,7 @@ def _each(fn: Callable[[Sample], Any]) -> Callable[[list[Sample]], list[Any]]:
             except Exception as exc:  # a user's function may raise anything: the row and the function are reported
                 out.append(exc)
             except SystemExit as exc:  # sys.exit() in a reward function would end the run half written
-                out.append(RuntimeError(f"called sys.exit({exc.code!r})"))
+                out.append(_Exited(f"called sys.exit({exc.code!r})"))
         return out
 
     return score
@@ -221,7 +225,7 @@ MAX_REWARD = 1e6  # rewards are summed and normalised per group in fp32: larger 
 def _reason(value: Any) -> str | None:
     """Why a reward value is not usable, or None when it is a finite real number within +-MAX_REWARD."""
     if isinstance(value, Exception):
-        return f"{value}" if str(value).startswith("called sys.exit") else f"raised {type(value).__name__}: {value}"
+        return str(value) if isinstance(value, _Exited) else f"raised {type(value).__name__}: {value}"
     if not isinstance(value, numbers.Real):
         return f"returned {value!r} ({type(value).__name__}), not a number"
     try:
