@@ -172,6 +172,17 @@ def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change,
     assert not (tmp_path / "run").exists()
 
 
+def _refused_by_train_and_check(overrides: dict, tmp_path, message: str) -> None:
+    """`train` refuses the config before writing anything, and `tunelab check` refuses it alike."""
+    from tunelab.checks.run import run_check
+
+    with pytest.raises(ConfigError, match=message):
+        train(None, overrides)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=message):
+        run_check(None, overrides, model=False, html=tmp_path / "check.html")
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -182,14 +193,8 @@ def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change,
 )
 def test_a_first_stage_nothing_can_follow_is_refused_before_it_trains(staged, tmp_path, change, message):
     """A classify or reward stage 1 trained, then stage 2 refused its adapter (it holds the head); check passed it."""
-    from tunelab.checks.run import run_check
-
     staged["stages"][0] |= change
-    with pytest.raises(ConfigError, match=message):
-        train(None, staged)
-    assert not (tmp_path / "run").exists()
-    with pytest.raises(ConfigError, match=message):
-        run_check(None, staged, model=False, html=tmp_path / "check.html")
+    _refused_by_train_and_check(staged, tmp_path, message)
 
 
 def _head_files(tmp_path):
@@ -252,19 +257,13 @@ def test_a_head_stage_continues_the_head_stage_before_it(head_staged, tmp_path, 
     ],
 )
 def test_a_stage_that_cannot_follow_a_head_stage_is_refused_before_it_trains(head_staged, tmp_path, change, message):
-    from tunelab.checks.run import run_check
-
     files = _head_files(tmp_path)
     change = dict(change)
     head_staged["stages"][0] |= change.pop("first", {})
     if "data" in change:
         change["data"] = {"train": [files[name] for name in change["data"]["train"]]}
     head_staged["stages"][1] |= change
-    with pytest.raises(ConfigError, match=message):
-        train(None, head_staged)
-    assert not (tmp_path / "run").exists()
-    with pytest.raises(ConfigError, match=message):
-        run_check(None, head_staged, model=False, html=tmp_path / "check.html")
+    _refused_by_train_and_check(head_staged, tmp_path, message)
 
 
 def test_check_covers_every_stage_and_the_cli_refuses_a_bad_weight(staged, tmp_path, capsys):
