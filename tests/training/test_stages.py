@@ -128,7 +128,10 @@ def test_continue_merge_starts_from_the_merged_model(staged, tiny_model_dir):
     torch.testing.assert_close(after.eval()(ids).logits, before.eval()(ids).logits, rtol=1e-4, atol=1e-5)
 
 
-def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, monkeypatch):
+@pytest.mark.parametrize("moved", [False, True])
+def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, monkeypatch, capsys, moved):
+    """moved: the interrupted run is moved to another folder before --resume. Stage 2's saved config named stage 1
+    by the old folder's path, so --resume refused it as another adapter."""
     straight = train(None, staged | {"output_dir": str(tmp_path / "straight")})
     real_step, calls = loop.train_step, {"n": 0}
 
@@ -142,7 +145,14 @@ def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, 
     with pytest.raises(Crash):
         train(None, staged | {"output_dir": str(tmp_path / "resumed")})
     monkeypatch.setattr(loop, "train_step", real_step)
-    resumed = train(None, staged | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    if moved:
+        (tmp_path / "resumed").rename(tmp_path / "moved")
+    where = str(tmp_path / ("moved" if moved else "resumed"))
+    resumed = train(None, staged | {"output_dir": where}, resume=True)
+    if moved:
+        assert "the run was moved; its saved config now names this run's stages" in capsys.readouterr().out
+        saved = yaml.safe_load((resumed.run_dir / "stage-2" / "config.yaml").read_text())
+        assert saved["model"]["adapter"] == str(tmp_path / "moved" / "stage-1")
     a, b = _adapter(straight.run_dir), _adapter(resumed.run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (

@@ -276,6 +276,7 @@ def train_stages(
         hold_lock(run_dir)  # a new run takes it in start_run_dir
         check_resume_config(run_dir, cfg)
         _refuse_nothing_to_train(run_dir, len(plans))
+        _follow_move(run_dir, plans)
     print("tunelab train — a staged run; the resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
     evals = _eval_rows(plans)  # every stage's data loaded and checked before anything is written
@@ -362,6 +363,33 @@ def _stages(
                 checkpoint=None,
             )
     return result
+
+
+def _follow_move(run_dir: Path, plans: list[ResolvedConfig]) -> None:
+    """A staged run moved or copied to another folder: each later stage's saved config names the stage before it by
+    its old absolute path, which --resume would read as another adapter (or base). Point those at this run's own
+    stages, with a note; nothing else in the saved configs changes."""
+    inside = run_dir.expanduser().absolute()
+    for k, plan in enumerate(plans[1:], 2):
+        here = stage_dir(run_dir, k)
+        if not (here / CONFIG_FILE).is_file():
+            continue
+        saved = _saved(here)
+        model = saved.get("model") if isinstance(saved, dict) else None
+        if not isinstance(model, dict):
+            continue  # a damaged config: the stage's own resume check says so
+        moved = []
+        for key in ("name", "adapter"):
+            old, new = model.get(key), getattr(plan.config.model, key)
+            if not (isinstance(old, str) and new and old != new and Path(new).is_relative_to(inside)):
+                continue  # not a path into this run (the base model), or unchanged
+            tail = Path(new).relative_to(inside).parts  # ('stage-1',) or ('stage-1', 'merged')
+            if Path(old).parts[-len(tail) :] == tail:
+                model[key] = new
+                moved.append(f"model.{key} {old} -> {new}")
+        if moved:
+            write_text(here / CONFIG_FILE, yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
+            print(f"{here}: the run was moved; its saved config now names this run's stages ({'; '.join(moved)})")
 
 
 def _refuse_nothing_to_train(run_dir: Path, count: int) -> None:
