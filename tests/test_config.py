@@ -46,7 +46,10 @@ def test_saved_yaml_round_trips(tmp_path):
         ({"data.train": [{"path": " "}]}, "option 'data.train', entry 1, is an empty path"),
         ({"train.epochs": "inf"}, "'train.epochs' is 'inf'; it must be a finite number"),
         ({"train.max_grad_norm": float("nan")}, "'train.max_grad_norm' is nan; it must be a finite number"),
-        ({"data.train": [{"path": "a.jsonl", "weight": float("inf")}]}, "'data.train[].weight' is inf; it must be"),
+        (
+            {"data.train": [{"path": "a.jsonl", "weight": float("inf")}]},
+            "'data.train', entry 1, key 'weight' is inf; it must be",
+        ),
         ({"method.name": "qlora2"}, "allowed values: lora, dora, full, layers"),
         ({"data.eval": "e.jsonl", "data.eval_fraction": "0.1"}, "both set"),
     ],
@@ -62,10 +65,28 @@ KINDS = "allowed values: contains, equals, regex, length, function, model."
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"task": "grpo", "grpo.rewards": [{"kind": 3}]}, f"'grpo.rewards[].kind' is 3 (a number, not text); {KINDS}"),
+        (
+            {"task": "grpo", "grpo.rewards": [{"kind": 3}]},
+            f"'grpo.rewards', entry 1, key 'kind' is 3 (a number, not text); {KINDS}",
+        ),
         ({"task": "grpo", "grpo.rewards": [{"kind": [1, 2]}]}, f"is [1, 2] (a list, not text); {KINDS}"),
-        ({"task": "grpo", "grpo.rewards": [{"kind": None}]}, f"'grpo.rewards[].kind' is None; {KINDS}"),
+        ({"task": "grpo", "grpo.rewards": [{"kind": None}]}, f"'grpo.rewards', entry 1, key 'kind' is None; {KINDS}"),
         ({"method.name": 3}, "'method.name' is 3 (a number, not text); allowed values: lora, dora, full, layers."),
+        # a bare reward entry of another type was read as the kind '3', or named no entry nor kinds
+        (
+            {"task": "grpo", "grpo.rewards": ["contains", 3]},
+            "'grpo.rewards', entry 2, is 3 (a number); it must be text",
+        ),
+        ({"task": "grpo", "grpo.rewards": [True]}, "entry 1, is True (a bool); it must be text or a mapping {kind,"),
+        ({"task": "grpo", "grpo.rewards": [["contains"]]}, "(a bare kind is one of contains, equals, regex, length,"),
+        (
+            {"task": "grpo", "grpo.rewards": [{"kind": "contains", "wieght": 2}]},
+            "entry 1, has the unknown key 'wieght'",
+        ),
+        (
+            {"data.train": ["a.jsonl", 2024.1]},
+            "'data.train', entry 2, is 2024.1 (a number); it must be text or a mapping",
+        ),
         ({"train.report_to": ["tensorboard", 1]}, "'train.report_to' is 1 (a number, not text); allowed values:"),
         ({"data.fields": {"label": " "}}, "option 'data.fields' maps 'label' to an empty column name"),
         ({"data.fields": {"": "category"}}, "option 'data.fields' has an empty field name"),

@@ -144,7 +144,7 @@ def test_plain_paths_are_one_source_read_as_before(tmp_path, tiny_tokenizer):
     [
         ({"path": "a.jsonl", "weight": 0}, "weight is 0.0; a weight is a positive number"),
         ({"path": "a.jsonl", "weight": -2}, "weight is -2.0"),
-        ({"path": "a.jsonl", "weight": "heavy"}, r"data.train\[\].weight' must be float, got 'heavy'"),
+        ({"path": "a.jsonl", "weight": "heavy"}, r"data.train', entry 2, key 'weight' must be float, got 'heavy'"),
         ({"path": "a.jsonl", "hub": "org/x"}, "give exactly one of 'path'"),
         ({"path": "a.jsonl", "wieght": 2}, "unknown key 'wieght'. Did you mean weight?"),
         ({"path": "a.jsonl", "format": "csv"}, "format is 'csv'; allowed values"),

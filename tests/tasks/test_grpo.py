@@ -450,5 +450,7 @@ def test_a_model_reward_that_is_not_a_finished_reward_run_is_named_as_its_entry(
 
 def test_a_reward_weight_that_would_overflow_the_totals_is_refused():
     """weight 3e38 made the fp32 totals inf and the advantages NaN: steps skipped by the guard, exit 0."""
-    with pytest.raises(ConfigError, match=r"option 'grpo.rewards\[\].weight' is 3e\+38; it must be <= 1000000"):
+    with pytest.raises(
+        ConfigError, match=r"option 'grpo.rewards', entry 1, key 'weight' is 3e\+38; it must be <= 1000000"
+    ):
         load_config(None, {"task": "grpo", "grpo.rewards": [{"kind": "contains", "weight": 3e38}]})

@@ -66,9 +66,20 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        for kind in inner:  # a mapping where the union allows a record (an entry of data.train)
-            if dataclasses.is_dataclass(kind) and isinstance(value, (dict, kind)):
+        records = [kind for kind in inner if dataclasses.is_dataclass(kind)]
+        for kind in records:  # a mapping where the union allows a record (an entry of data.train)
+            if isinstance(value, (dict, kind)):
                 return _record(name, value, kind, where)
+        if records and not isinstance(value, str):  # a bare 3 or 2024.10 (read 2024.1) is no kind or path
+            what = (
+                "a number"
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                else "a " + type(value).__name__
+            )
+            raise ConfigError(
+                f"{where}: option '{name}' is {value!r} ({what}); it must be text or {_type_name(records[0])}"
+                f"{_kinds(records[0])}."
+            )
         for arm in inner:  # the first type that takes the value: `float | Auto` reads 1e-4 as float, "auto" as Auto
             try:
                 return coerce(name, value, arm, where)
@@ -95,7 +106,7 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
                 raise ConfigError(
                     f"{where}: option '{name}', entry {k}, must be a mapping like {{key: value}}, got {v!r}."
                 )
-        return [coerce(name, v, item, where) for v in value]
+        return [_entry(name, k, v, item, where) for k, v in enumerate(value, 1)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: option '{name}' must be a mapping like {{key: value}}, got {value!r}.")
@@ -129,6 +140,29 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {value!r} ({type(value).__name__}).")
+
+
+def _entry(name: str, k: int, value: Any, hint: Any, where: str) -> Any:
+    """One entry of a list option, coerced; an error names the entry ('option 'grpo.rewards', entry 2, ...')."""
+    try:
+        return coerce(name, value, hint, where)
+    except ConfigError as error:
+        head, text = f"{where}: option '{name}", str(error)
+        if text.startswith(f"{head}': an entry has"):  # an unknown key of a mapping entry
+            raise type(error)(f"{head}', entry {k}, has{text.partition(': an entry has')[2]}") from None
+        if text.startswith(f"{head}'") and not text.startswith(f"{head}', entry"):
+            raise type(error)(f"{head}', entry {k},{text[len(head) + 1 :]}") from None
+        if text.startswith(f"{head}[]."):  # a key of a mapping entry: 'data.train[].weight'
+            key, _, rest = text[len(head) + 3 :].partition("'")
+            raise type(error)(f"{head}', entry {k}, key '{key}'{rest}") from None
+        raise
+
+
+def _kinds(record: type) -> str:
+    """'; its kind is one of ...' for a record with a field `kind` of fixed choices (a grpo reward), else ''."""
+    field = {f.name: f for f in dataclasses.fields(record)}.get("kind")
+    choices = field.metadata.get("choices") if field else None
+    return f" (a bare kind is one of {', '.join(choices)})" if choices else ""
 
 
 def _record(name: str, value: Any, kind: type, where: str) -> Any:
