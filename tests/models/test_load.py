@@ -130,9 +130,10 @@ def test_the_converted_embedded_model_stores_its_tied_embedding_as_transformers_
 
 
 def test_a_misspelt_alias_is_named_not_looked_up_on_the_hub(monkeypatch, tmp_path):
-    """'smollm2-135m' was taken for a hub id and failed with a network error (or an offline-cache one)."""
+    """'smollm2-135m' was taken for a hub id and failed with a network error (or an offline-cache one); so was the
+    alias cut short, 'smollm2', after a minute of the hub's retries with no network."""
     monkeypatch.chdir(tmp_path)
-    for typo in ("smollm2-135m", "smolm2-135m-instruct", "SmolLM2-135M-Instruct"):
+    for typo in ("smollm2-135m", "smolm2-135m-instruct", "SmolLM2-135M-Instruct", "smollm2", "SmolLM2"):
         with pytest.raises(
             ModelError, match=rf"model '{typo}': .*did you mean the embedded model 'smollm2-135m-instruct'"
         ):

@@ -67,7 +67,11 @@ def resolve_source(name: str) -> ModelSource:
         return ModelSource(name, str(path.resolve()))
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model '{name}': not a Hugging Face model directory, a .gguf file, or a hub id (org/name).")
-    near = difflib.get_close_matches(name, list(EMBEDDED), n=1, cutoff=0.7) if "/" not in name else []
+    near = []
+    if "/" not in name:  # close in spelling, in another case, or the alias cut short ('smollm2')
+        low = name.lower()
+        near = difflib.get_close_matches(low, list(EMBEDDED), n=1, cutoff=0.7)
+        near = near or [e for e in EMBEDDED if len(low) >= 4 and e.startswith(low)][:1]
     if near:  # a hub id without an org (gpt2) is possible, but one spelt like the alias is its misspelling
         raise ModelError(f"model '{name}': no such file or folder; did you mean the embedded model '{near[0]}'?")
     return ModelSource(name, name)  # a hub id; transformers downloads it (or reads its cache)
