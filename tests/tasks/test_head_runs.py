@@ -325,3 +325,25 @@ def test_a_dora_classifier_saves_an_adapter_and_predicts(tiny_model_dir, tmp_pat
     assert "base_model.model.score.weight" in saved and any(k.endswith("lora_magnitude_vector") for k in saved)
     (p,) = predict(run_dir, texts=["awful number 4"], device="cpu")
     assert p.label in ("neg", "neu", "pos")
+
+
+def test_eval_reads_a_label_written_another_way_as_the_runs(tiny_model_dir, tmp_path, capsys):
+    """A CSV's 1.0 for the run's 1 (pandas writes a float column so), or 'Spam' for 'spam', was scored as a label the
+    run never trained on: every such row an error."""
+    rows = [{"prompt": f"{('awful', 'great')[i % 2]} number {i}", "label": i % 2} for i in range(16)]
+    data = _write(tmp_path / "numbers.jsonl", rows)
+    over = _overrides(tiny_model_dir, tmp_path, "classify", data)
+    assert main(["train", *_flags(over)]) == 0
+    run = tmp_path / "run-classify"
+    assert json.loads((run / "run.json").read_text())["extra"]["labels"] == ["0", "1"]
+    test = tmp_path / "test.csv"
+    test.write_text("prompt,label\ngreat number 1,1.0\nawful number 2,0.0\ngreat number 3,1.0\nfine number 4,2.0\n")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(test), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "read as its: 1.0 as 1 (2), 0.0 as 0 (1)" in printed
+    assert "labels the run never trained on, scored as errors: 2.0 (1)" in printed
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["respelt"] == {"1.0": {"label": "1", "rows": 2}, "0.0": {"label": "0", "rows": 1}}
+    assert saved["unseen"] == {"2.0": 1} and saved["tuned"]["eval_loss"] is not None
+    assert {r["expected"] for r in saved["rows"]} == {"0", "1", "2.0"}

@@ -3,8 +3,9 @@ report's section for them.
 
 classify  accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the tuned classifier, beside
           the majority-class baseline (always the most frequent training label); the mean cross-entropy over the rows
-          whose label the run knows. Rows with a label the run never trained on are scored as errors (they cannot be
-          predicted) and listed.
+          whose label the run knows. A label written another way than the run's (a CSV's 1.0 for 1, 'Spam' for
+          'spam', as training's label_key tells them apart) is read as the run's, counted and said. Rows with a label
+          the run never trained on are scored as errors (they cannot be predicted) and listed.
 reward    pairwise accuracy (r_chosen > r_rejected), mean margin and mean -log sigmoid(margin) over the file's
           preference pairs, beside the untrained head: the base model with the head the run started from (rebuilt
           from the run's seed), which ranks pairs about as well as a coin.
@@ -30,7 +31,7 @@ from tunelab.infer.predict import HeadRun, head_outputs, open_head_run
 from tunelab.models.load import load_hf_model, run_base
 from tunelab.peft.lora import adapters_disabled
 from tunelab.rundir import check_output_file
-from tunelab.tasks.classify import read_labelled
+from tunelab.tasks.classify import label_key, read_labelled
 from tunelab.tasks.head import SequenceClassifier, new_score
 from tunelab.tasks.reward import read_pairs
 
@@ -53,6 +54,7 @@ class HeadEvalResult:
     baseline_name: str
     skipped: dict[str, dict] = field(default_factory=dict)  # reason -> {count, locations}
     unseen: dict[str, int] = field(default_factory=dict)  # classify: labels the run never trained on -> rows
+    respelt: dict[str, dict] = field(default_factory=dict)  # classify: a label as the file writes it -> {label, rows}
     rows: list[dict] = field(default_factory=list)  # per row, the errors first, at most SHOWN_ROWS
     created: str = ""
 
@@ -77,7 +79,10 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
     if not rows:
         raise DataError(f"{data_file}: no rows to evaluate.")
     logits, cut = head_outputs(run.model, run, [r.input for r in rows], batch_size, wheres)
-    expected = [r.label for r in rows]
+    ours = {label_key(label): label for label in run.labels}
+    written = [r.label for r in rows]
+    expected = [label if label in run.labels else ours.get(label_key(label), label) for label in written]
+    respelt = Counter((w, e) for w, e in zip(written, expected) if w != e)
     predicted = [run.labels[i] for i in logits.argmax(dim=-1).tolist()]
     index = {label: i for i, label in enumerate(run.labels)}
     known = [i for i, label in enumerate(expected) if label in index]
@@ -103,6 +108,7 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
         "baseline_name": f"majority class ({majority})",
         "skipped": _skips(report),
         "unseen": dict(unseen),
+        "respelt": {w: {"label": e, "rows": n} for (w, e), n in respelt.items()},
         "rows": table[:SHOWN_ROWS],
     }
 
@@ -250,6 +256,11 @@ def format_head_eval(r: HeadEvalResult) -> str:
                 f"  {label[:24]:<24} {c['precision']:>9.3f} {c['recall']:>8.3f} {c['f1']:>8.3f} {c['support']:>8} {c['predicted']:>10}"
             )
         lines += ["", "  confusion (rows: expected, columns: predicted)", _confusion_text(t["labels"], t["confusion"])]
+        if r.respelt:
+            shown = ", ".join(f"{w} as {v['label']} ({v['rows']})" for w, v in r.respelt.items())
+            lines.append(
+                f"  labels written another way than the run's (case, spacing, 1.0 for 1), read as its: {shown}"
+            )
         if r.unseen:
             shown = ", ".join(f"{label} ({n})" for label, n in r.unseen.items())
             lines.append(f"  labels the run never trained on, scored as errors: {shown}")
