@@ -343,3 +343,27 @@ def test_a_folders_files_of_other_types_are_noted_in_the_report(tmp_path):
     (note,) = report.notes
     assert note.startswith(f"{tmp_path}: 2 file(s) of other types not read (a.jsonl.bak, more.ndjson)")
     assert "  note: " + note in report.summary()
+
+
+def test_a_parquet_chat_whose_turns_are_weighted_in_part_reads_the_others_as_unweighted(tmp_path):
+    """Arrow gives every turn of a column the keys of all of them: a turn without OpenAI's "weight" reads back with
+    "weight": None, and such a file was refused ("messages[0] has weight None"). A null weight is no weight."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from tunelab.data.formats import to_examples
+    from tunelab.data.report import DataReport
+
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Skip me", "weight": 0},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "Learn me"},
+    ]
+    p = tmp_path / "chats.parquet"
+    pq.write_table(pa.Table.from_pylist([{"messages": turns}, {"messages": [turns[0], turns[3]]}]), p)
+    records = read_records([str(p)])
+    assert records[1].row["messages"][0]["weight"] is None
+    first, second = to_examples(records, "auto", {}, None, DataReport())
+    assert first.messages == [{k: v for k, v in t.items() if k != "weight" or v == 0} for t in turns]
+    assert second.messages == [turns[0], turns[3]]

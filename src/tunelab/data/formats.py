@@ -122,7 +122,8 @@ TOOLS = "Tool and function turns are not supported: remove them or rewrite them 
 def parse_turns(value, where: str, field: str, role_key: str, content_key: str, weights: bool = False) -> list[dict]:
     """A list of turns; each may be spelled {role, content} (OpenAI) or {from, value} (ShareGPT), in either format.
     `weights`: an assistant turn's OpenAI `weight` (0 or 1) is read, and a turn of weight 0 keeps `"weight": 0` (no
-    loss on it, `data.render`); elsewhere a `weight` is refused rather than ignored."""
+    loss on it, `data.render`); elsewhere a `weight` is refused rather than ignored. A null weight is no weight: Arrow
+    (parquet, the datasets library) gives every turn of a column the keys of all of them, null where a turn had none."""
     if not isinstance(value, list):
         raise DataError(
             f"{where}: field '{field}' must be a list of turns [{{{role_key}: ..., {content_key}: ...}}], got a {type(value).__name__}."
@@ -154,7 +155,7 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str, 
                 f"{where}: field '{field}' item {i} is a turn that calls tools ('tool_calls'/'function_call'). {TOOLS}"
             )
         message = {"role": roles[role], "content": text_field(turn[ck], where, f"{field}[{i}].{ck}")}
-        if "weight" in turn:
+        if turn.get("weight") is not None:
             message |= _weight(turn["weight"], message["role"], where, f"{field}[{i}]", weights)
         messages.append(message)
     return messages
