@@ -142,3 +142,13 @@ def test_an_unreachable_hub_id_leaves_an_existing_run_alone(hub_cache, tiny_over
         train(None, bad)
     assert (first.run_dir / "adapter_model.safetensors").read_bytes() == adapter
     assert not first.run_dir.with_name(first.run_dir.name + ".previous").exists()
+
+
+def test_a_transform_that_drops_the_text_of_a_txt_file_is_named(tmp_path, tiny_tokenizer):
+    """A .txt file is one record {text: ...}; a data.transform that renamed or removed that field stopped the run with
+    a KeyError and a traceback. It is bad input now, naming the file and the fields the row has."""
+    (tmp_path / "notes.txt").write_text("A document.\n")
+    (tmp_path / "shaping.py").write_text("def rename(row):\n    return {'body': row['text']}\n")
+    cfg = DataConfig(train=[str(tmp_path / "notes.txt")], transform=f"{tmp_path / 'shaping.py'}:rename")
+    with pytest.raises(DataError, match=r"notes\.txt:1: a \.txt file is one record .* without it \(body\)"):
+        build_datasets(cfg, tiny_tokenizer, seed=0)

@@ -286,6 +286,12 @@ def to_examples(
             file_format[record.path] = report.formats[record.path] = chosen
         if not is_plain_text(record.path):
             _check_required(record, chosen, fields)
+        elif "text" not in record.row:  # a data.transform's row
+            raise DataError(
+                f"{location(record.path, record.line)}: a .txt file is one record whose text is its field 'text', but "
+                f"data.transform returned a row without it ({', '.join(map(str, record.row)) or 'no fields'}). Keep "
+                "the field 'text' in the rows of .txt files."
+            )
         try:
             examples.append(_example(record, chosen, fields, system_prompt, questions))
         except _Skip as skip:
