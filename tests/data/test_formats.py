@@ -235,3 +235,18 @@ def test_a_lone_surrogate_in_a_field_is_refused_naming_row_and_field():
     turns = [{"role": "user", "content": "\udcff"}, {"role": "assistant", "content": "A"}]
     with pytest.raises(DataError, match=r"field 'messages\[0\]\.content': .*U\+DCFF.*the byte 0xff"):
         convert([{"messages": turns}])
+
+
+def test_a_fields_mapping_of_an_optional_field_to_a_column_no_record_has_is_refused():
+    """{system: sytem} (a typo for the column 'sys') left every example without its system message, silently; a
+    mapping of a required field to a missing column was already refused. A column that some rows have is used."""
+    rows = [{"q": "Q", "a": "A", "sys": "Be brief."}, {"q": "Q2", "a": "A2", "sys": "Be kind."}]
+    fields = {"prompt": "q", "completion": "a", "system": "sytem"}
+    with pytest.raises(
+        DataError, match=r"^d\.jsonl: option 'data.fields' maps system -> 'sytem', but no record .*'sys'"
+    ):
+        convert(rows, fields=fields)
+    examples, _ = convert([{"q": "Q", "a": "A"}, rows[0]], fields=fields | {"system": "sys"})
+    assert [ex.messages[0]["role"] for ex in examples] == ["user", "system"]
+    with pytest.raises(DataError, match=r"maps input -> 'context'"):
+        convert([{"instruction": "Q", "output": "A"}], fields={"input": "context"})

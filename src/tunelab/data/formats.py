@@ -264,12 +264,15 @@ def to_examples(
     questions: bool = False,
 ) -> list[Example]:
     """Convert records; fmt "auto" detects the format per file from its first record. Counts reads and skips in report.
-    `questions`: rows to ask (eval), where a conversation may end with the user's question and no answer."""
+    A data.fields mapping of an optional field (system, input) to a column that no record of a file has is an error,
+    as one of a required field is: it would be left out of every example. `questions`: rows to ask (eval), where a
+    conversation may end with the user's question and no answer, read one at a time (not checked so)."""
     check_fields(fields)
     if fmt != "auto" and fmt not in FORMATS:
         raise ConfigError(f"option 'data.format' is {fmt!r}; allowed values: auto, {', '.join(FORMATS)}.")
     examples = []
     file_format: dict[str, str] = {}
+    unseen: dict[str, tuple[Record, dict[str, str]]] = {}  # file -> its first record, mapped optional fields not found
     for record in records:
         report.read(record.path)
         chosen = file_format.get(record.path)
@@ -284,6 +287,10 @@ def to_examples(
             else:
                 chosen = fmt
             file_format[record.path] = report.formats[record.path] = chosen
+            unseen[record.path] = (record, {name: fields[name] for name in FORMATS[chosen][1] if name in fields})
+        mapped = unseen[record.path][1]
+        for name in [name for name, column in mapped.items() if column in record.row]:
+            del mapped[name]
         if not is_plain_text(record.path):
             _check_required(record, chosen, fields)
         elif "text" not in record.row:  # a data.transform's row
@@ -296,4 +303,11 @@ def to_examples(
             examples.append(_example(record, chosen, fields, system_prompt, questions))
         except _Skip as skip:
             report.skip(str(skip), record.path, record.line)
+    for path, (first, mapped) in unseen.items():
+        if mapped and not questions:
+            raise DataError(
+                f"{path}: option 'data.fields' maps {', '.join(f'{n} -> {c!r}' for n, c in mapped.items())}, but no "
+                f"record of the file has such a column, so the field would be left out of every example; its columns "
+                f"are {', '.join(map(repr, first.row)) or '(none)'}. Fix the mapping to name a column of the file."
+            )
     return examples
