@@ -173,6 +173,7 @@ def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, 
         ({"dpo": {"beta": 0.5}}, "stage 2: option 'dpo.beta' is for task dpo; option 'task' is sft"),
         ({"eval": {"questions": "q.jsonl"}}, "stage 2: 'eval.questions' belongs to the whole run"),
         ({"federated": {"rounds": 2}}, "stage 2: 'federated.rounds': a stage is not federated"),
+        ({"data": {"max_length": 2048}}, "stage 2: option 'data.max_length' is 2048, above the context window"),
     ],
 )
 def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change, message):

@@ -136,8 +136,11 @@ def read_clients(cfg: RunConfig, clients: list[ClientData]) -> tuple[Any, list[D
     it): a client with no usable data is bad input naming the client and its files."""
     from tunelab.federated.local import client_datasets
     from tunelab.models.load import load_tokenizer, resolve_source
+    from tunelab.training.prepare import refuse_beyond_context
 
-    tokenizer = load_tokenizer(resolve_source(cfg.model.name), cfg.model.trust_remote_code)
+    source = resolve_source(cfg.model.name)
+    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+    refuse_beyond_context(cfg, source)
     sets = []
     for client in clients:
         try:

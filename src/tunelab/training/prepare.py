@@ -16,7 +16,7 @@ from tunelab.config import DataConfig, DataSource, RunConfig
 from tunelab.data.loader import Datasets
 from tunelab.data.report import location_path
 from tunelab.errors import ConfigError, DataError, RunDirError
-from tunelab.models.load import ModelSource, fingerprint, load_tokenizer, resolve_source
+from tunelab.models.load import ModelSource, fingerprint, load_hf_config, load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
 from tunelab.rundir import HEAD_TASKS, is_run_dir, read_info
@@ -40,9 +40,24 @@ def load_inputs(cfg: RunConfig, task: Task | None = None) -> Inputs:
     if cfg.model.adapter:
         check_adapter_base(cfg.model.adapter, source)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+    refuse_beyond_context(cfg, source)
     data = task.build_data(cfg, tokenizer, cfg.train.seed)
     refuse_unusable_eval(cfg.data, data)
     return Inputs(source, tokenizer, data)
+
+
+def refuse_beyond_context(cfg: RunConfig, source: ModelSource) -> None:
+    """ConfigError when data.max_length is above the model's context window (its config's max_position_embeddings):
+    text blocks and packed rows are that long, and so may a chat be, so training would put tokens at positions the
+    model was never trained on (past a learned position table's end, an index error). A model whose config says
+    nothing is not checked."""
+    context = getattr(load_hf_config(source, cfg.model.trust_remote_code), "max_position_embeddings", None)
+    if isinstance(context, int) and 0 < context < cfg.data.max_length:
+        raise ConfigError(
+            f"option 'data.max_length' is {cfg.data.max_length}, above the context window of model {cfg.model.name}: "
+            f"{context} tokens (max_position_embeddings in its config), so rows that long would train positions the "
+            f"model never saw. Set data.max_length to {context} or less."
+        )
 
 
 def check_adapter_base(adapter: str, source: ModelSource) -> None:

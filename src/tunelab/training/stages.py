@@ -54,7 +54,7 @@ from tunelab.training.build import trained_base
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_noted, finish_replacement, hold_lock, plan_output_dir, start_run_dir
-from tunelab.training.prepare import protected_paths
+from tunelab.training.prepare import protected_paths, refuse_beyond_context
 from tunelab.training.recipe import TrainResult, train
 from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import LENGTH, check_resume_config, config_changes
@@ -170,10 +170,12 @@ def _eval_rows(plans: list[ResolvedConfig]) -> list[list]:
     """Each stage's eval rows, rendered with its own data options and the run's tokenizer (the first stage's model:
     every later stage's model descends from it). Loading them also checks every stage's data before anything runs."""
     first = plans[0].config
-    tokenizer = load_tokenizer(resolve_source(first.model.name), first.model.trust_remote_code)
+    source = resolve_source(first.model.name)
+    tokenizer = load_tokenizer(source, first.model.trust_remote_code)
     rows, labels = [], []
     for k, plan in enumerate(plans, 1):
         try:  # as the stage's task reads its data (an sft stage, a dpo stage after it, ...)
+            refuse_beyond_context(plan.config, source)
             data = get_task(plan.config.task, plan.config).build_data(plan.config, tokenizer, plan.config.train.seed)
         except (ConfigError, RunDirError) as exc:
             raise type(exc)(f"stage {k}: {exc}") from None
