@@ -12,10 +12,10 @@ from tunelab.data.render import Rendered
 from tunelab.errors import ConfigError, DataError
 
 
-def qa_file(tmp_path, n, name="qa.jsonl"):
+def qa_file(tmp_path, n, name="qa.jsonl", start=0):
     path = tmp_path / name
     path.write_text(
-        "".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"{2 * i}."}) + "\n" for i in range(n))
+        "".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"{2 * i}."}) + "\n" for i in range(start, n))
     )
     return str(path)
 
@@ -140,5 +140,23 @@ def test_an_eval_file_that_is_trained_on_is_noted(tmp_path, smollm2_tokenizer):
     train = qa_file(tmp_path, 6)
     data = build_datasets(DataConfig(train=[str(tmp_path)], eval=train), smollm2_tokenizer, seed=0)
     assert f"note: the eval file {train} is also a training file" in data.report.summary()
-    apart = build_datasets(DataConfig(train=[train], eval=qa_file(tmp_path, 3, "e.jsonl")), smollm2_tokenizer, seed=0)
+    other = qa_file(tmp_path, 9, "e.jsonl", start=6)
+    apart = build_datasets(DataConfig(train=[train], eval=other), smollm2_tokenizer, seed=0)
     assert not apart.report.notes
+
+
+def test_eval_examples_that_repeat_training_examples_are_noted(tmp_path, smollm2_tokenizer):
+    """A row repeated in a file that data.eval_fraction splits lands on both sides, and rows copied into an eval
+    file are trained on too; the eval loss then measures recall, without a word. Now the report says how many."""
+    rows = [{"question": f"Q{i % 4}?", "answer": f"A{i % 4}."} for i in range(12)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = build_datasets(DataConfig(train=[str(tmp_path / "t.jsonl")], eval_fraction=0.25), smollm2_tokenizer, 0)
+    (note,) = data.report.notes
+    assert note.startswith("3 of the 3 eval examples are also training examples, word for word (e.g. ")
+    copied = qa_file(tmp_path, 4, "e.jsonl", start=2)  # sums 2 and 3; qa.jsonl asks 0, 1 and 2
+    data = build_datasets(DataConfig(train=[qa_file(tmp_path, 3)], eval=copied), smollm2_tokenizer, 0)
+    assert data.report.notes == [
+        f"1 of the 2 eval examples are also training examples, word for word (e.g. {copied}:1 repeats "
+        f"{tmp_path / 'qa.jsonl'}:3): their eval loss measures recall of rows the model trained on (train.keep_best "
+        "and the verdict read it); remove the repeated rows"
+    ]

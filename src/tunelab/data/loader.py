@@ -13,6 +13,7 @@ batches it would have had. `group_by_length` puts rows of similar length into on
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ def build_datasets(
     else:
         examples, eval_examples = split_eval(examples, cfg.eval_fraction, seed)
         report.eval_source = "fraction" if eval_examples else "none"
+    note_repeated_eval(examples, eval_examples, report)
     is_chat = any(ex.messages is not None for ex in examples + eval_examples)
     report.template = template.name if is_chat else "none (text only)"
 
@@ -154,6 +156,35 @@ def note_trained_eval(held: list[Record], trained: set[str], report: DataReport)
             )
 
 
+def note_repeated_eval(trained: list[Example], held: list[Example], report: DataReport) -> None:
+    """A note in `report` when eval examples are word for word training examples found elsewhere (a row repeated in a
+    file that data.eval_fraction split, or copied into the eval file): their eval loss measures recall, not how the
+    model does on new rows. An eval file that is itself a training file has its own note (`note_trained_eval`)."""
+    files: dict[str, Path] = {}
+
+    def place(ex: Example) -> tuple[Path, int]:
+        return files.setdefault(ex.path, Path(ex.path).resolve()), ex.line
+
+    def key(ex: Example) -> str:
+        return json.dumps(ex.messages, sort_keys=True) if ex.messages is not None else f"text:{ex.text}"
+
+    seen: dict[str, list[Example]] = {}
+    for ex in trained:
+        seen.setdefault(key(ex), []).append(ex)
+    repeated = []
+    for ex in held:
+        twin = next((t for t in seen.get(key(ex), []) if place(t) != place(ex)), None)
+        if twin is not None:
+            repeated.append((ex, twin))
+    if repeated:
+        (ex, twin), more = repeated[0], ", ..." if len(repeated) > 1 else ""
+        report.notes.append(
+            f"{len(repeated)} of the {len(held)} eval examples are also training examples, word for word (e.g. "
+            f"{location(ex.path, ex.line)} repeats {location(twin.path, twin.line)}{more}): their eval loss measures recall "
+            "of rows the model trained on (train.keep_best and the verdict read it); remove the repeated rows"
+        )
+
+
 def source_name(source: DataSource, index: int) -> str:
     """A source's name in reports and metric names: its name, else its file's or dataset's name."""
     name = source.name or (source.hub if source.hub else Path(source.path).name) or f"source-{index}"
@@ -175,6 +206,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     train: list[Rendered] = []
     evals: list[Rendered | Packed] = []
     spans, eval_sets, all_examples, counts = [], {}, [], [0, 0, 0]  # used train, used eval, eval examples
+    all_held: list[Example] = []
     trained, evaluated = set(), []  # the training records' files; each eval file's records
     chat = False
     for i, entry in enumerate(cfg.train, 1):
@@ -234,6 +266,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         train += rows
         evals += held_rows
         all_examples += examples
+        all_held += held
     if cfg.eval:
         held_records = apply_transform(
             read_records([cfg.eval], cfg.delimiter, report), transform, cfg.transform, report
@@ -242,6 +275,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         held = to_examples(held_records, cfg.format, cfg.fields, cfg.system_prompt, report)
         if not held:
             raise _nothing_usable("eval", [cfg.eval], report)
+        all_held += held
         used = report.total_used
         rows = render_examples(held, tokenizer, template, cfg, report)
         counts[1] += report.total_used - used
@@ -249,6 +283,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         evals += pack(rows, cfg.max_length) if cfg.packing else rows
     for held_records in evaluated:
         note_trained_eval(held_records, trained, report)
+    note_repeated_eval(all_examples, all_held, report)
     own_files = cfg.eval or any(isinstance(e, DataSource) and e.eval for e in cfg.train)
     report.eval_source = "file" if own_files else ("fraction" if evals else "none")
     report.template = template.name if chat else "none (text only)"
