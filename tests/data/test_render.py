@@ -150,6 +150,28 @@ def test_text_blocks_every_token_labelled(tmp_path, smollm2_tokenizer):
     assert data.report.train.loss_tokens == len(expected)
 
 
+def test_packed_text_documents_do_not_attend_to_each_other(tmp_path, smollm2_tokenizer):
+    """data.packing promises no attention across examples, but text documents were first run together into blocks,
+    so one packed document held the end of one text and the start of the next, attending across them, with one
+    source named. With packing each document is cut on its own, and packed rows keep the documents apart."""
+    docs = ["The first document is about rivers and the sea, and it is long.", "A second.", "Third: snow."]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    data = build(smollm2_tokenizer, [tmp_path / "corpus.jsonl"], max_length=12, packing=True)
+    eos = smollm2_tokenizer.eos_token_id
+    pieces = {}
+    for row in data.train:
+        start = 0
+        for n, source in zip(row.doc_lengths, row.sources):
+            assert row.position_ids[start : start + n] == list(range(n))
+            pieces.setdefault(source, []).append(row.input_ids[start : start + n])
+            start += n
+    for line, text in enumerate(docs, 1):  # every piece holds tokens of one document only, together all of them
+        ids = smollm2_tokenizer(text)["input_ids"] + [eos]
+        assert sorted(pieces[f"{tmp_path / 'corpus.jsonl'}:{line}"]) == sorted(
+            ids[i : i + 12] for i in range(0, len(ids), 12)
+        )
+
+
 def long_examples():
     short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
     long_answer = [

@@ -18,7 +18,9 @@ end their turn and let the rest of the message write the system's or the assista
 
 Text (continued pretraining): each document is tokenized, ends with EOS, and all are concatenated and cut into
 blocks of max_length tokens; the last block may be shorter; every token has a label. A document does not
-restart the position ids: as in pretraining, blocks run across document boundaries.
+restart the position ids: as in pretraining, blocks run across document boundaries. With data.packing, which
+promises no attention across examples, each document is cut into blocks on its own instead, and packing.py puts
+them into rows with positions restarting at every document.
 """
 
 from __future__ import annotations
@@ -158,6 +160,13 @@ def _text_blocks(examples: list[Example], tokenizer, cfg: DataConfig, report: Da
     encoded = encode(tokenizer, [ex.text for ex in examples], [[] for _ in examples], plain=True)
     docs = [head + ids + tail for ids, _ in encoded]
     report.add_lengths([len(d) for d in docs])
+    if cfg.packing:
+        rows = [
+            Rendered(d[begin : begin + cfg.max_length], d[begin : begin + cfg.max_length], ex.path, ex.line)
+            for ex, d in zip(examples, docs)
+            for begin in range(0, len(d), cfg.max_length)
+        ]
+        return _text_used(examples, rows, report)
     # stream: (token, index of its document); each block remembers the document it starts in
     stream = [tok for d in docs for tok in d]
     starts, total = [], 0
@@ -170,6 +179,10 @@ def _text_blocks(examples: list[Example], tokenizer, cfg: DataConfig, report: Da
             doc += 1
         block = stream[begin : begin + cfg.max_length]
         rows.append(Rendered(block, list(block), examples[doc].path, examples[doc].line))
+    return _text_used(examples, rows, report)
+
+
+def _text_used(examples: list[Example], rows: list[Rendered], report: DataReport) -> list[Rendered]:
     for ex in examples:
         report.used(ex.path)
     report.text_blocks += len(rows)
