@@ -152,3 +152,17 @@ def test_a_transform_that_drops_the_text_of_a_txt_file_is_named(tmp_path, tiny_t
     cfg = DataConfig(train=[str(tmp_path / "notes.txt")], transform=f"{tmp_path / 'shaping.py'}:rename")
     with pytest.raises(DataError, match=r"notes\.txt:1: a \.txt file is one record .* without it \(body\)"):
         build_datasets(cfg, tiny_tokenizer, seed=0)
+
+
+def test_a_local_file_or_folder_given_as_hub_is_refused(tmp_path, tiny_tokenizer, monkeypatch):
+    """{hub: notes/} read a folder of .txt files through the datasets library, every line a document (one file is
+    one document as a path); {hub: rows.jsonl} was said to be missing from the hub's cache. Both say: give it as path."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("One document,\nover two lines.\n")
+    (tmp_path / "rows.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    for hub, kind in (("notes", "folder"), (str(tmp_path / "rows.jsonl"), "file")):
+        with pytest.raises(
+            DataError, match=rf"entry 1: hub is '{hub}', a local {kind}, not a dataset id .* path: {hub}"
+        ):
+            build_datasets(DataConfig(train=[DataSource(hub=hub)]), tiny_tokenizer, seed=0)

@@ -88,7 +88,16 @@ def read_local(source: DataSource, where: str) -> list[Record]:
 
 
 def read_hub(source: DataSource, where: str) -> list[Record]:
-    """A dataset id on the hub, from the network or the local cache; streamed when source.streaming."""
+    """A dataset id on the hub, from the network or the local cache; streamed when source.streaming. A local file or
+    folder is refused: the library would read it with its own rules (a .txt file's every line a row, rows named by
+    index), not as the files of a `path:` source are read."""
+    local = Path(source.hub).expanduser()
+    if local.exists():
+        raise DataError(
+            f"{where}: hub is {source.hub!r}, a local {'folder' if local.is_dir() else 'file'}, not a dataset id on "
+            f"the hub; give it as path: {source.hub} (the datasets library would read it by its own rules: a .txt "
+            "file line by line, a document a line)."
+        )
     datasets = _library(f"{where} ({source.hub})")
     name = source.hub + (f", config {source.config}" if source.config else "") + f", split {source.split}"
     try:
