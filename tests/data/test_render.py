@@ -287,3 +287,20 @@ def test_an_openai_weight_of_0_leaves_an_answer_out_of_the_loss(smollm2_tokenize
             to_examples([Record("d.jsonl", 3, {"messages": [bad, *turns[1:]]})], "messages", {}, None, DataReport())
     with pytest.raises(DataError, match=r"has a 'weight', which only the chats of an sft run read"):
         parse_turns(turns, "p.jsonl:1", "chosen", "role", "content")
+
+
+def test_a_weight_of_0_with_train_on_prompt_is_refused(smollm2_tokenizer):
+    """data.train_on_prompt labels every token, so an answer of weight 0 was trained on after all, without a word."""
+    from tunelab.errors import ConfigError
+
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "BAD", "weight": 0}]
+    turns += [{"role": "user", "content": "Again"}, {"role": "assistant", "content": "Good."}]
+    examples = [Example(turns, None, "d.jsonl", 4)]
+    template = resolve_template("chatml", smollm2_tokenizer)
+    cfg = DataConfig(train_on_prompt=True)
+    with pytest.raises(
+        ConfigError, match=r"^d\.jsonl:4: an assistant turn has weight 0 .* option 'data.train_on_prompt'"
+    ):
+        render_examples(examples, smollm2_tokenizer, template, cfg, DataReport())
+    (row,) = render_examples([Example(turns[2:], None, "d.jsonl", 5)], smollm2_tokenizer, template, cfg, DataReport())
+    assert row.labels == row.input_ids

@@ -128,6 +128,12 @@ def _render_chats(
         except ConfigError as exc:
             raise ConfigError(f"{location(ex.path, ex.line)}: {exc}") from None
         weights = [m.get("weight", 1) for m in ex.messages if m["role"] == "assistant"]
+        if cfg.train_on_prompt and not all(weights):
+            raise ConfigError(
+                f"{location(ex.path, ex.line)}: an assistant turn has weight 0 (no loss on it), but option "
+                "'data.train_on_prompt' puts a loss on every token, that turn's too. Set data.train_on_prompt to "
+                "false, or remove the weight."
+            )
         sp = [span for span, weight in zip(sp, weights, strict=True) if weight]  # OpenAI's weight 0: no loss
         texts.append(text)
         spans.append(sp)
