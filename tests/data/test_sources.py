@@ -227,6 +227,15 @@ def test_non_utf8_file(tmp_path):
         read_records([str(p)])
 
 
+def test_a_utf16_file_is_named_so(tmp_path):
+    """Excel's "Unicode Text" export and PowerShell's redirection write UTF-16; the error said 'invalid start byte at
+    byte 0' on line 1, which told nothing of why."""
+    p = tmp_path / "a.tsv"
+    p.write_bytes("question\tanswer\nWhat?\tThat.\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"a\.tsv: the file is UTF-16 text \(it starts with a UTF-16 byte order mark\)"):
+        read_records([str(p)])
+
+
 def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
     import sys
 

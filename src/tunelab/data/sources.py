@@ -17,6 +17,7 @@ see report.location).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -113,6 +114,11 @@ def _read_text(path: Path) -> str:
         raw = gzip.open(path, "rb").read() if path.name.lower().endswith(".gz") else path.read_bytes()
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode Text", PowerShell's > file
+            raise DataError(
+                f"{path}: the file is UTF-16 text (it starts with a UTF-16 byte order mark), not UTF-8; re-save it as "
+                "UTF-8."
+            ) from None
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(
             f"{path}:{line}: the file is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8."
