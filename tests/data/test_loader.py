@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tunelab.config import DataConfig
+from tunelab.config import DataConfig, DataSource
 from tunelab.data.loader import build_datasets, make_batches
 from tunelab.data.packing import Packed
 from tunelab.data.render import Rendered
@@ -60,6 +60,19 @@ def test_zero_usable_examples(tmp_path, smollm2_tokenizer):
         build_datasets(DataConfig(train=[qa_file(tmp_path, 2)], max_length=8), smollm2_tokenizer, seed=0)
     with pytest.raises(ConfigError, match="data.train' is empty"):
         build_datasets(DataConfig(), smollm2_tokenizer, seed=0)
+
+
+def test_an_empty_file_is_said_to_hold_no_records(tmp_path, smollm2_tokenizer):
+    """An empty file (or a csv header alone) said 'no usable examples (0 records read)' and to raise data.max_length
+    if they were too long; in a mixture the count was of every source read so far, not of the one that failed."""
+    for name, text in (("empty.jsonl", ""), ("header.csv", "question,answer\n"), ("none.json", "[]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=rf"{name}: no training examples: no records to read \(an empty file"):
+            build_datasets(DataConfig(train=[str(tmp_path / name)]), smollm2_tokenizer, seed=0)
+    (tmp_path / "blank.jsonl").write_text('{"question": "Q", "answer": " "}\n')
+    sources = [DataSource(path=qa_file(tmp_path, 5)), DataSource(path=str(tmp_path / "blank.jsonl"))]
+    with pytest.raises(DataError, match=r"blank.jsonl: no usable training examples \(1 records read\)"):
+        build_datasets(DataConfig(train=sources), smollm2_tokenizer, seed=0)
 
 
 def test_packing_and_report(tmp_path, smollm2_tokenizer):

@@ -28,7 +28,7 @@ from tunelab.data.hub import is_datasets_path, read_hub, read_local
 from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
 from tunelab.data.render import IGNORE, Rendered, render_examples
-from tunelab.data.report import DataReport, SourceStats, SplitStats, location
+from tunelab.data.report import DataReport, SourceStats, SplitStats, location, location_path
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, resolve_template
 from tunelab.data.transform import apply_transform, load_transform
@@ -70,13 +70,25 @@ def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[lis
     return train, [ex for i, ex in enumerate(examples) if i in held]
 
 
-def _nothing_usable(what: str, paths: list[str], report: DataReport) -> DataError:
+def _nothing_usable(what: str, paths: list[str], report: DataReport, read: list[Record]) -> DataError:
+    """`read`: the records of `paths` (those of the other sources of a mixture are not counted), after data.transform."""
+    if not read:
+        dropped = next(
+            (f" ({reason})" for reason in report.skips if reason.startswith("dropped by data.transform")), ""
+        )
+        return DataError(
+            f"{', '.join(paths)}: no {what} examples: no records to read (an empty file, a header alone, an empty "
+            f"array, or rows data.transform dropped{dropped}). Check the path, add rows, or fix the transform."
+        )
+    files = {r.path for r in read}
     reasons = "; ".join(
-        f"{s.count} {reason} (e.g. {s.locations[0]})" for reason, s in report.skips.items() if s.locations
+        f"{s.count} {reason} (e.g. {where})"
+        for reason, s in report.skips.items()
+        if (where := next((w for w in s.locations if location_path(w) in files), None))
     )
     why = f" Skipped: {reasons}." if reasons else ""
     return DataError(
-        f"{', '.join(paths)}: no usable {what} examples ({report.total_read} records read).{why} Fix the records, or raise "
+        f"{', '.join(paths)}: no usable {what} examples ({len(read)} records read).{why} Fix the records, or raise "
         "data.max_length / set data.overlong=truncate if they were too long."
     )
 
@@ -114,13 +126,13 @@ def build_datasets(
         records = select(records)
     examples = to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report)
     if not examples:
-        raise _nothing_usable("training", cfg.train, report)
+        raise _nothing_usable("training", cfg.train, report, records)
     if cfg.eval:
         held = apply_transform(read_records([cfg.eval], cfg.delimiter, report), transform, cfg.transform, report)
         note_trained_eval(held, {r.path for r in records}, report)
         eval_examples = to_examples(held, cfg.format, cfg.fields, cfg.system_prompt, report)
         if not eval_examples:
-            raise _nothing_usable("eval", [cfg.eval], report)
+            raise _nothing_usable("eval", [cfg.eval], report, held)
         report.eval_source = "file"
     else:
         examples, eval_examples = split_eval(examples, cfg.eval_fraction, seed)
@@ -132,7 +144,7 @@ def build_datasets(
     used = report.total_used
     train = render_examples(examples, tokenizer, template, cfg, report)
     if not train:
-        raise _nothing_usable("training", cfg.train, report)
+        raise _nothing_usable("training", cfg.train, report, records)
     used_train, used = report.total_used - used, report.total_used
     evals = render_examples(eval_examples, tokenizer, template, cfg, report)
     used_eval = report.total_used - used
@@ -228,7 +240,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         trained |= {r.path for r in records}
         examples = to_examples(records, own.format, own.fields, own.system_prompt, report)
         if not examples:
-            raise _nothing_usable("training", [source.path or source.hub], report)
+            raise _nothing_usable("training", [source.path or source.hub], report, records)
         if source.eval:
             held_records = apply_transform(
                 read_records([source.eval], cfg.delimiter, report), transform, cfg.transform, report
@@ -243,7 +255,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         used = report.total_used
         rows = render_examples(examples, tokenizer, template, own, report)
         if not rows:
-            raise _nothing_usable("training", [source.path or source.hub], report)
+            raise _nothing_usable("training", [source.path or source.hub], report, records)
         counts[0] += report.total_used - used
         used = report.total_used
         held_rows = render_examples(held, tokenizer, template, own, report)
@@ -274,7 +286,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         evaluated.append(held_records)
         held = to_examples(held_records, cfg.format, cfg.fields, cfg.system_prompt, report)
         if not held:
-            raise _nothing_usable("eval", [cfg.eval], report)
+            raise _nothing_usable("eval", [cfg.eval], report, held_records)
         all_held += held
         used = report.total_used
         rows = render_examples(held, tokenizer, template, cfg, report)
