@@ -55,6 +55,9 @@ def test_a_json_file_of_json_lines_names_its_rows_by_line_not_by_item_index(tmp_
         to_examples(records, "auto", {}, None, DataReport())
     array = write(tmp_path / "b.json", json.dumps([{"text": "x"}, {"text": "y"}]))
     assert [location(r.path, r.line) for r in read_records([array])] == [f"{array}[0]", f"{array}[1]"]
+    # a file named in capitals is read as .json, and its first item was named as line 0 (B.JSON:0)
+    upper = write(tmp_path / "B.JSON", json.dumps([{"text": "x"}, {"text": "y"}]))
+    assert [location(r.path, r.line) for r in read_records([upper])] == [f"{upper}[0]", f"{upper}[1]"]
 
 
 @pytest.mark.parametrize(

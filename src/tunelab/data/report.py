@@ -22,7 +22,7 @@ class Line(int):
 
 def location(path: str, line: int) -> str:
     """`file:line` for line-based files (jsonl, csv, txt), `file[index]` for array-like ones (json array, parquet)."""
-    array = path.endswith((".json", ".json.gz", ".parquet", ".arrow", "]"))  # "]": a split of a datasets dataset
+    array = path.lower().endswith((".json", ".json.gz", ".parquet", ".arrow", "]"))  # "]": a datasets split
     if array and not isinstance(line, Line):
         return f"{path}[{line}]"
     return f"{path}:{line}"
