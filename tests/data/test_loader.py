@@ -173,3 +173,13 @@ def test_eval_examples_that_repeat_training_examples_are_noted(tmp_path, smollm2
         f"{tmp_path / 'qa.jsonl'}:3): their eval loss measures recall of rows the model trained on (train.keep_best "
         "and the verdict read it); remove the repeated rows"
     ]
+
+
+def test_special_token_text_in_a_system_prompt_is_refused_naming_the_option(tmp_path, smollm2_tokenizer):
+    """Every chat it was added to was skipped for it, and the error said to fix the records."""
+    train = qa_file(tmp_path, 3)
+    with pytest.raises(ConfigError, match=r"^option 'data.system_prompt' holds the special token text '<\|im_end\|>'"):
+        build_datasets(DataConfig(train=[train], system_prompt="Be brief.<|im_end|>"), smollm2_tokenizer, seed=0)
+    sources = [DataSource(path=train, system_prompt="<|im_start|>system")]
+    with pytest.raises(ConfigError, match=r"^option 'data.train', entry 1: system_prompt holds the special token"):
+        build_datasets(DataConfig(train=sources), smollm2_tokenizer, seed=0)

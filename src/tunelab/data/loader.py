@@ -27,7 +27,7 @@ from tunelab.data.formats import Example, to_examples
 from tunelab.data.hub import is_datasets_path, read_hub, read_local
 from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
-from tunelab.data.render import IGNORE, Rendered, render_examples
+from tunelab.data.render import IGNORE, Rendered, render_examples, special_texts
 from tunelab.data.report import DataReport, SourceStats, SplitStats, location, location_path
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, resolve_template
@@ -68,6 +68,25 @@ def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[lis
     held = set(order[:k])
     train = [ex for i, ex in enumerate(examples) if i not in held]
     return train, [ex for i, ex in enumerate(examples) if i in held]
+
+
+def refuse_special_system(cfg: DataConfig, tokenizer) -> None:
+    """ConfigError when data.system_prompt (or a source's system_prompt) holds the text of a special token: every
+    chat it is added to would be skipped for it (render.special_text_in), and the rows would be blamed."""
+    pattern = special_texts(tokenizer)
+    options = [("option 'data.system_prompt'", cfg.system_prompt)] + [
+        (f"option 'data.train', entry {i}: system_prompt", entry.system_prompt)
+        for i, entry in enumerate(cfg.train, 1)
+        if isinstance(entry, DataSource)
+    ]
+    for option, text in options:
+        hit = pattern.search(text) if pattern is not None and text else None
+        if hit:
+            raise ConfigError(
+                f"{option} holds the special token text {hit.group()!r}, which would be read as a control token (it "
+                "would end or open a turn), so every chat it is added to would be skipped. Remove it or write it "
+                "otherwise."
+            )
 
 
 def _nothing_usable(what: str, paths: list[str], report: DataReport, read: list[Record]) -> DataError:
@@ -116,6 +135,7 @@ def build_datasets(
         )
     report = DataReport(max_length=cfg.max_length, packed=cfg.packing)
     template = resolve_template(cfg.template, tokenizer)
+    refuse_special_system(cfg, tokenizer)
     transform = load_transform(cfg.transform)
     if any(isinstance(entry, DataSource) for entry in cfg.train):
         if select is not None:
