@@ -105,6 +105,22 @@ def test_parquet(tmp_path):
     ]
 
 
+def test_a_parquet_column_named_twice_is_refused_naming_it(tmp_path):
+    """pyarrow's read_table stopped with 'Multiple matches for FieldRef.Name(answer) in question: string ...'."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "a.parquet"
+    table = pa.Table.from_arrays(
+        [pa.array(["q"]), pa.array(["a1"]), pa.array(["a2"])], ["question", "answer", "answer"]
+    )
+    pq.write_table(table, p)
+    with pytest.raises(
+        DataError, match=r"a\.parquet: the file names the column 'answer' more than once \(columns 2, 3\)"
+    ):
+        read_records([str(p)])
+
+
 def test_a_parquet_integer_column_with_nulls_renders_its_numbers_as_integers(tmp_path):
     """pandas writes an integer column with a missing value as float64 (10 -> 10.0): its answers were trained as
     "10.0". A null stays a missing value (an empty answer, skipped); a float column keeps its floats."""

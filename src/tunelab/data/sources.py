@@ -233,13 +233,8 @@ def _csv(path: Path, text: str, delimiter: str, quoting: bool = True) -> list[Re
         return []
     except csv.Error as exc:
         raise _quoting_error(path, 1, exc) from None
-    for name in dict.fromkeys(header):
-        columns = [i + 1 for i, h in enumerate(header) if h == name]
-        if len(columns) > 1:
-            raise DataError(
-                f"{path}:1: the header names the column '{name}' more than once (columns "
-                f"{', '.join(map(str, columns))}), so it is unclear which to use; rename or remove the duplicates."
-            )
+    if twice := _named_twice(header):
+        raise DataError(f"{path}:1: the header {twice}")
     records = []
     start = reader.line_num + 1
     while True:
@@ -262,6 +257,18 @@ def _csv(path: Path, text: str, delimiter: str, quoting: bool = True) -> list[Re
     return records
 
 
+def _named_twice(names: list[str]) -> str | None:
+    """'names the column X more than once (columns i, j), ...' for the first name given twice, else None."""
+    for name in dict.fromkeys(names):
+        columns = [i + 1 for i, n in enumerate(names) if n == name]
+        if len(columns) > 1:
+            return (
+                f"names the column '{name}' more than once (columns {', '.join(map(str, columns))}), so it is unclear "
+                "which to use; rename or remove the duplicates."
+            )
+    return None
+
+
 def _quoting_error(path: Path, line: int, exc: csv.Error) -> DataError:
     if "unexpected end of data" in str(exc):
         what = "a quoted value starts in this row and is never closed (the file ends inside it)"
@@ -281,9 +288,12 @@ def _parquet(path: Path) -> list[Record]:
             f"{path}: reading .parquet files needs pyarrow; install it with: pip install 'tunelab[parquet]' (or pip install pyarrow)."
         ) from None
     try:
-        rows = _whole_numbers(pq.read_table(path)).to_pylist()
+        twice = _named_twice(pq.read_schema(path).names)  # read_table fails on one, ParquetFile keeps the last
+        rows = [] if twice else _whole_numbers(pq.read_table(path)).to_pylist()
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
         raise DataError(f"{path}: cannot read the parquet file ({exc}).") from None
+    if twice:
+        raise DataError(f"{path}: the file {twice}")
     return [Record(str(path), i, row) for i, row in enumerate(rows)]
 
 
