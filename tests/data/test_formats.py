@@ -56,6 +56,26 @@ def test_alpaca_input_joins_instruction_with_blank_line():
     assert ex.messages[0] == {"role": "user", "content": "Translate.\n\nHallo"}
 
 
+def test_alpaca_history_is_read_as_the_turns_before_the_rows_own():
+    """LLaMA-Factory's alpaca rows carry earlier turns as history: [[instruction, response], ...]; the field was
+    ignored, so a multi-turn row trained as its last turn alone, without a word."""
+    row = {"instruction": "And 3?", "output": "9.", "history": [["Square 2?", "4."]], "system": "Be brief."}
+    (ex,), _ = convert([row])
+    assert ex.messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Square 2?"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3?"},
+        {"role": "assistant", "content": "9."},
+    ]
+    (ex,), _ = convert([{"instruction": "Q", "output": "A", "history": []}])
+    assert ex.messages == USER_A
+    with pytest.raises(
+        DataError, match=r"d\.jsonl:1: field 'history' must be a list of \[instruction, response\] pairs"
+    ):
+        convert([{"instruction": "Q", "output": "A", "history": ["Square 2?", "4."]}])
+
+
 def test_system_prompt_added_only_when_missing():
     rows = [
         {"prompt": "Q", "completion": "A"},

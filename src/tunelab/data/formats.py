@@ -4,7 +4,8 @@ Formats, tried in this order when detecting (each names canonical fields; `data.
 
     messages           messages: [{role: system|user|assistant, content}]
     sharegpt           conversations: [{from: system|human|gpt, value}]   (+ optional system)
-    alpaca             instruction, output, optional input (joined to the instruction by a blank line) (+ optional system)
+    alpaca             instruction, output, optional input (joined to the instruction by a blank line) (+ optional system,
+                       and history: LLaMA-Factory's earlier [instruction, response] pairs, turns before the row's own)
     prompt_completion  prompt, completion (+ optional system)
     question_answer    question, answer (+ optional system)
     text               text (continued pretraining; loss on every token)
@@ -27,7 +28,7 @@ from tunelab.errors import ConfigError, DataError, not_text
 FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "messages": (("messages",), ()),
     "sharegpt": (("conversations",), ("system",)),
-    "alpaca": (("instruction", "output"), ("input", "system")),
+    "alpaca": (("instruction", "output"), ("input", "system", "history")),
     "prompt_completion": (("prompt", "completion"), ("system",)),
     "question_answer": (("question", "answer"), ("system",)),
     "text": (("text",), ()),
@@ -175,9 +176,25 @@ def _weight(value, role: str, where: str, item: str, read: bool) -> dict:
     return {"weight": 0} if value == 0 else {}
 
 
-def _single_turn(prompt: str, answer: str, system: str) -> list[dict]:
+def _single_turn(prompt: str, answer: str, system: str, history: list[dict] = ()) -> list[dict]:
     messages = [{"role": "system", "content": system}] if system.strip() else []
-    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    return messages + [*history, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def _history(value, where: str, field: str) -> list[dict]:
+    """An alpaca row's `history` (LLaMA-Factory's multi-turn alpaca): [instruction, response] pairs before its own."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in value):
+        raise DataError(
+            f"{where}: field '{field}' must be a list of [instruction, response] pairs (the turns before this row's "
+            f"own), got {str(value)[:60]!r}."
+        )
+    turns = []
+    for i, (question, answer) in enumerate(value):
+        turns.append({"role": "user", "content": text_field(question, where, f"{field}[{i}][0]")})
+        turns.append({"role": "assistant", "content": text_field(answer, where, f"{field}[{i}][1]")})
+    return turns
 
 
 def _messages(row: dict, fmt: str, fields: dict[str, str], where: str) -> list[dict]:
@@ -197,7 +214,8 @@ def _messages(row: dict, fmt: str, fields: dict[str, str], where: str) -> list[d
     if fmt == "alpaca":
         instruction, extra = get("instruction"), get("input")
         prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        return _single_turn(prompt, get("output"), get("system"))
+        history = _history(row.get(fields.get("history", "history")), where, fields.get("history", "history"))
+        return _single_turn(prompt, get("output"), get("system"), history)
     if fmt == "prompt_completion":
         return _single_turn(get("prompt"), get("completion"), get("system"))
     return _single_turn(get("question"), get("answer"), get("system"))
