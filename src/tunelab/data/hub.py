@@ -72,6 +72,11 @@ def read_local(source: DataSource, where: str) -> list[Record]:
     datasets = _library(f"{where} ({source.path})")
     path = Path(source.path).expanduser()
     try:
+        if path.is_file() and source.split != DEFAULT_SPLIT:
+            raise DataError(
+                f"{where}: {path} is an .arrow file, which holds the rows of one split, so split {source.split!r} "
+                "cannot be read from it; remove split to read all of its rows."
+            )
         if path.is_file():
             dataset, label = datasets.Dataset.from_file(str(path)), str(path)
         else:
