@@ -132,6 +132,15 @@ def test_sources_are_read_split_and_reported_on_their_own(tmp_path, tiny_tokeniz
     assert sum(r.path == b for r in drawn) == 18 and len(drawn) == 24
 
 
+def test_a_split_or_config_of_a_file_source_is_refused(tmp_path, tiny_tokenizer):
+    """{path: qa.jsonl, split: validation} trained on all the file's rows, the split option ignored without a word."""
+    a = _write(tmp_path / "a.jsonl", [{"question": f"Qa {i}?", "answer": f"Aa {i}."} for i in range(4)])
+    for option, said in (({"split": "validation"}, "split 'validation'"), ({"config": "en"}, "config 'en'")):
+        cfg = DataConfig(train=[DataSource(path=a, **option)], max_length=64)
+        with pytest.raises(ConfigError, match=rf"entry 1 \(.*a\.jsonl\): {said} is read from a hub dataset or"):
+            build_datasets(cfg, tiny_tokenizer, seed=1)
+
+
 def test_plain_paths_are_one_source_read_as_before(tmp_path, tiny_tokenizer):
     a = _write(tmp_path / "a.jsonl", [{"question": f"Qa {i}?", "answer": f"Aa {i}."} for i in range(8)])
     b = _write(tmp_path / "b.jsonl", [{"question": f"Qb {i}?", "answer": f"Ab {i}."} for i in range(8)])

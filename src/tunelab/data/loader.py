@@ -24,7 +24,7 @@ import torch
 
 from tunelab.config import DataConfig, DataSource
 from tunelab.data.formats import Example, to_examples
-from tunelab.data.hub import is_datasets_path, read_hub, read_local
+from tunelab.data.hub import DEFAULT_SPLIT, is_datasets_path, read_hub, read_local
 from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
 from tunelab.data.render import IGNORE, Rendered, render_examples, special_texts
@@ -229,6 +229,12 @@ def read_source(source: DataSource, cfg: DataConfig, where: str, report: DataRep
         return read_hub(source, where)
     if is_datasets_path(source.path):
         return read_local(source, where)
+    if source.split != DEFAULT_SPLIT or source.config:
+        option = f"split {source.split!r}" if not source.config else f"config {source.config!r}"
+        raise ConfigError(
+            f"{where} ({source.path}): {option} is read from a hub dataset or a save_to_disk folder; the rows of "
+            "files are read whole. Remove it, or give each split's rows in a file of their own."
+        )
     records = read_records([source.path], cfg.delimiter, report)
     return records[: source.take] if source.take else records
 
