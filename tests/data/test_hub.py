@@ -38,6 +38,8 @@ def test_a_save_to_disk_folder_and_an_arrow_file(tmp_path, tiny_tokenizer):
     # it holds one split: a split asked of it read all its rows, labelled as the file, without a word
     with pytest.raises(DataError, match=r"is an \.arrow file, which holds the rows of one split, so split 'test'"):
         build_datasets(DataConfig(train=[DataSource(path=str(arrow), split="test")]), tiny_tokenizer, seed=0)
+    with pytest.raises(DataError, match=r"saved by the datasets library, with no configurations .* remove config"):
+        build_datasets(DataConfig(train=[DataSource(path=str(folder), config="en")]), tiny_tokenizer, seed=0)
 
     with pytest.raises(DataError, match="has no split 'test'; its splits are train"):
         build_datasets(DataConfig(train=[DataSource(path=str(folder), split="test")]), tiny_tokenizer, seed=0)

@@ -71,6 +71,11 @@ def read_local(source: DataSource, where: str) -> list[Record]:
     """An .arrow file or a save_to_disk folder."""
     datasets = _library(f"{where} ({source.path})")
     path = Path(source.path).expanduser()
+    if source.config:
+        raise DataError(
+            f"{where}: {path} was saved by the datasets library, with no configurations to choose from (config "
+            f"{source.config!r} names one of a hub dataset); remove config."
+        )
     try:
         if path.is_file() and source.split != DEFAULT_SPLIT:
             raise DataError(
