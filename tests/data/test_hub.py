@@ -58,6 +58,11 @@ def test_a_saved_dataset_without_splits_and_a_saved_folder_given_as_a_path(tmp_p
         build_datasets(DataConfig(train=[DataSource(path=str(folder), split="validation")]), tiny_tokenizer, seed=0)
     with pytest.raises(DataError, match=r"a file or folder the datasets library wrote \(save_to_disk\); .*\{path: "):
         build_datasets(DataConfig(train=[str(folder)], max_length=64), tiny_tokenizer, seed=0)
+    # as data.eval, which takes no mapping, the error told only to give it as {path: ...}
+    train = tmp_path / "t.jsonl"
+    train.write_text(json.dumps({"q": "Q", "a": "A"}) + "\n")
+    with pytest.raises(DataError, match=r"An eval file \(data.eval, a source's eval\) is read as plain files"):
+        build_datasets(DataConfig(train=[str(train)], eval=str(folder), fields=FIELDS), tiny_tokenizer, seed=0)
 
 
 @pytest.fixture

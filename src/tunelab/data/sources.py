@@ -65,8 +65,10 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
             path.is_dir() and any((path / name).is_file() for name in ("dataset_dict.json", "state.json"))
         ):
             raise DataError(  # its files are the library's: dataset_info.json was read as an array of rows
-                f"{p}: a file or folder the datasets library wrote (save_to_disk); give it as a source that library reads: "
-                f"{{path: {p}}} (with split: for a DatasetDict). README: Data through the datasets library."
+                f"{p}: a file or folder the datasets library wrote (save_to_disk); in data.train give it as a source "
+                f"that library reads: {{path: {p}}} (with split: for a DatasetDict). An eval file (data.eval, a "
+                "source's eval) is read as plain files: write its rows to one (dataset.to_json('eval.jsonl')). "
+                "README: Data through the datasets library."
             )
         if path.is_dir():
             # Hidden files and folders are not data (.ipynb_checkpoints/ holds copies of the same files)
