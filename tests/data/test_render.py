@@ -206,6 +206,8 @@ def test_overlong_truncate_counts(smollm2_tokenizer):
     assert report.total_truncated == 1
     skip = report.skips["no answer token left after truncation to max_length (40 tokens)"]
     assert skip.count == 1 and skip.locations == ["d.jsonl:3"]
+    # the report named the skipped rows but not the cut ones: which answers lost their end was not said
+    assert "  truncated to max_length: 1 (d.jsonl:2)" in report.summary().split("\n")
 
 
 def test_special_token_text_in_a_chat_is_skipped_and_counted(smollm2_tokenizer):

@@ -150,7 +150,7 @@ def _render_chats(
             if all(label == IGNORE for label in labels):
                 report.skip(f"no answer token left after truncation to max_length ({limit} tokens)", ex.path, ex.line)
                 continue
-            report.truncated(ex.path)
+            report.truncated(ex.path, ex.line)
         elif all(label == IGNORE for label in labels):
             report.skip("no answer token after rendering", ex.path, ex.line)
             continue

@@ -128,6 +128,7 @@ class DataReport:
     packed_epoch_rows: int = 0  # a packed mixture: the rows epoch 0's draw packs into (what a step count is made of)
     mix_by: str = ""  # what the mixture's weights count ("examples" or "tokens"); "" without a mixture
     notes: list[str] = field(default_factory=list)  # what is worth knowing but skips no record (files not read)
+    truncated_at: list[str] = field(default_factory=list)  # the first MAX_LOCATIONS examples cut to max_length
     _lengths: list[int] = field(default_factory=list, repr=False)  # raw lengths behind `lengths`; not saved
 
     def file(self, path: str) -> FileCounts:
@@ -152,8 +153,11 @@ class DataReport:
         self._lengths.extend(lengths)
         self.lengths = LengthStats.of(self._lengths)
 
-    def truncated(self, path: str) -> None:
+    def truncated(self, path: str, line: int) -> None:
+        """Record that the example at path:line was cut to max_length and kept."""
         self.file(path).truncated += 1
+        if len(self.truncated_at) < MAX_LOCATIONS:
+            self.truncated_at.append(location(path, line))
 
     @property
     def total_read(self) -> int:
@@ -201,7 +205,8 @@ class DataReport:
         if self.text_blocks:
             lines.append(f"  text: {self.text_blocks} blocks of {self.max_length} tokens")
         if self.total_truncated:
-            lines.append(f"  truncated to max_length: {self.total_truncated}")
+            more = ", ..." if self.total_truncated > len(self.truncated_at) else ""
+            lines.append(f"  truncated to max_length: {self.total_truncated} ({', '.join(self.truncated_at)}{more})")
         for reason, entry in self.skips.items():
             more = ", ..." if entry.count > len(entry.locations) else ""
             lines.append(f"  skipped {entry.count}: {reason} ({', '.join(entry.locations)}{more})")

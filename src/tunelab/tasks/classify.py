@@ -236,7 +236,7 @@ def to_rows(
             report.skip(overlong_reason(max_length), item.path, item.line)
             continue
         if len(fitted) < len(ids):
-            report.truncated(item.path)
+            report.truncated(item.path, item.line)
         report.used(item.path)
         label = index.get(item.label, -1) if item.label is not None else -1
         rows.append(LabelledRow(fitted, label, weights.get(item.label, 1.0), item.path, item.line))

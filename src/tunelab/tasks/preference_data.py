@@ -187,7 +187,7 @@ def to_rows(
                 report.skip(f"longer than max_length ({max_length} tokens; data.overlong=drop)", pair.path, pair.line)
                 continue
             c_ids, c_labels, r_ids, r_labels = (x[:max_length] for x in (c_ids, c_labels, r_ids, r_labels))
-            report.truncated(pair.path)
+            report.truncated(pair.path, pair.line)
         if all(t == IGNORE for t in c_labels) or all(t == IGNORE for t in r_labels):
             report.skip("no answer token after rendering", pair.path, pair.line)
             continue

@@ -214,7 +214,7 @@ def to_rows(
             report.skip(f"{SAME} in their last {max_length} tokens", pair.path, pair.line)
             continue
         if len(c) < len(chosen) or len(r) < len(rejected):
-            report.truncated(pair.path)
+            report.truncated(pair.path, pair.line)
         report.used(pair.path)
         rows.append(PairRow(c, r, pair.path, pair.line))
     return rows
