@@ -100,6 +100,9 @@ def test_system_prompt_added_only_when_missing():
         "role": "system",
         "content": "be brief",
     }
+    # ... also without data.system_prompt: it trained an empty system block, where "system": "" trains none
+    assert convert([empty])[0][0].messages == USER_A
+    assert convert([{"prompt": "Q", "completion": "A", "system": ""}])[0][0].messages == USER_A
 
 
 def test_empty_answers_and_texts_are_skipped_with_locations():

@@ -251,9 +251,9 @@ def _example(
             raise _Skip("empty text")
         return Example(None, text, record.path, record.line)
     messages = _messages(record.row, fmt, fields, where)
-    if system_prompt and messages and messages[0]["role"] == "system" and not str(messages[0]["content"]).strip():
-        messages[0] = {**messages[0], "content": system_prompt}  # an empty system message is none, as in other formats
-    elif system_prompt and not (messages and messages[0]["role"] == "system"):
+    if messages and messages[0]["role"] == "system" and not str(messages[0]["content"]).strip():
+        messages = messages[1:]  # an empty system message is none, as "system": "" is in the other formats
+    if system_prompt and not (messages and messages[0]["role"] == "system"):
         messages.insert(0, {"role": "system", "content": system_prompt})
     _check_chat(messages, questions)
     return Example(messages, None, record.path, record.line)
