@@ -316,6 +316,24 @@ def test_tsv_quotes_are_characters_as_in_the_sms_spam_file(tmp_path):
     assert [r.line for r in records] == [2, 3, 4, 5]
 
 
+def test_a_tsv_written_with_csv_quoting_is_refused_saying_to_name_it_csv(tmp_path):
+    """pandas' to_csv(sep="\\t") quotes a value holding a quote or a line break: read as a .tsv (no quoting), the
+    first trained the value with its quotes in and doubled, without a word, and the second stopped with advice to
+    quote the value and set data.delimiter, neither of which a .tsv file reads. Named .csv, both are read."""
+    said = 'prompt\tcompletion\nGreet\t"He said ""hi"""\n'
+    with pytest.raises(
+        DataError, match=r"a\.tsv:2: the value of column 'completion' is in quotes .* rename the file \.csv"
+    ):
+        read_records([write(tmp_path / "a.tsv", said)])
+    broken = 'prompt\tcompletion\nTwo lines\t"one\ntwo"\n'
+    with pytest.raises(
+        DataError, match=r"b\.tsv:3: the row has 1 values .* if it was written with CSV quoting, rename"
+    ):
+        read_records([write(tmp_path / "b.tsv", broken)])
+    rows = [r.row["completion"] for r in read_records([write(tmp_path / "c.csv", said + broken.split("\n", 1)[1])])]
+    assert rows == ['He said "hi"', "one\ntwo"]
+
+
 def test_a_long_csv_value_a_crlf_text_and_a_json_key_given_twice(tmp_path):
     """A CSV value over 131,072 characters ended in a traceback; a Windows .txt file trained its \\r; a JSON object
     giving a field twice kept the last value silently."""

@@ -34,6 +34,11 @@ EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 # The csv module refuses a value longer than 131,072 characters by default; a document in a cell may be longer.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 DELIMITERS = {",": ",", ";": ";", "tab": "\t", "|": "|"}  # data.delimiter -> the character
+_QUOTES_DOUBLED = re.compile(r'(?:[^"]|"")*', re.DOTALL)  # every quote doubled: one pass, no backtracking
+TSV_QUOTING = (
+    "rename the file .csv to read its quotes (its tab separator is detected), or write it without quoting (a .tsv "
+    "value holds no tab or line break)."
+)
 
 
 @dataclass(frozen=True)
@@ -250,13 +255,31 @@ def _csv(path: Path, text: str, delimiter: str, quoting: bool = True) -> list[Re
         if not any(v.strip() for v in values):
             continue
         if len(values) != len(header):
+            fix = (
+                f"Quote values that contain {delimiter!r} or line breaks, or set data.delimiter if the file uses "
+                "another separator."
+                if quoting
+                else f"A .tsv file's quotes are plain characters; if it was written with CSV quoting, {TSV_QUOTING}"
+            )
             raise DataError(
                 f"{path}:{line}: the row has {len(values)} values but the header has {len(header)} columns "
-                f"({', '.join(header)}, separated by {delimiter!r}). Quote values that contain {delimiter!r} or line "
-                "breaks, or set data.delimiter if the file uses another separator."
+                f"({', '.join(header)}, separated by {delimiter!r}). {fix}"
+            )
+        if not quoting and (quoted := next((h for h, v in zip(header, values) if _csv_quoted(v)), None)):
+            raise DataError(
+                f"{path}:{line}: the value of column '{quoted}' is in quotes with the quotes inside it doubled, as CSV "
+                "quoting writes it (pandas' to_csv(sep='\\t') does so), but a .tsv file's quotes are plain "
+                f"characters, so they would be trained on; {TSV_QUOTING}"
             )
         records.append(Record(str(path), line, dict(zip(header, values))))
     return records
+
+
+def _csv_quoted(value: str) -> bool:
+    """A whole value in quotes with the quotes inside it doubled: CSV's quoting, which pandas' to_csv(sep="\t")
+    writes into a .tsv file for a value holding a quote."""
+    inner = value[1:-1]
+    return len(value) > 3 and value[0] == value[-1] == '"' and '""' in inner and bool(_QUOTES_DOUBLED.fullmatch(inner))
 
 
 def _named_twice(names: list[str]) -> str | None:
