@@ -54,6 +54,9 @@ def test_unknown_field_in_mapping_is_a_config_error():
 def test_alpaca_input_joins_instruction_with_blank_line():
     (ex,), _ = convert([{"instruction": "Translate.", "input": "Hallo", "output": "Hello"}])
     assert ex.messages[0] == {"role": "user", "content": "Translate.\n\nHallo"}
+    # an empty instruction put two blank lines before the input, which the prompt then opened with
+    (ex,), _ = convert([{"instruction": "", "input": "Hallo", "output": "Hello"}])
+    assert ex.messages[0] == {"role": "user", "content": "Hallo"}
 
 
 def test_alpaca_history_is_read_as_the_turns_before_the_rows_own():

@@ -213,7 +213,7 @@ def _messages(row: dict, fmt: str, fields: dict[str, str], where: str) -> list[d
         return messages
     if fmt == "alpaca":
         instruction, extra = get("instruction"), get("input")
-        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        prompt = "\n\n".join(part for part in (instruction, extra) if part.strip()) or instruction
         history = _history(row.get(fields.get("history", "history")), where, fields.get("history", "history"))
         return _single_turn(prompt, get("output"), get("system"), history)
     if fmt == "prompt_completion":
