@@ -230,6 +230,13 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert "Confusion matrix" in page and "Per class (tuned)" in page
+    # eval rows that give the label as `expected` (what eval reads of an sft run): told what eval of a classifier
+    # reads, not that "every training row needs a label" (the run's training data is not what was given)
+    as_expected = _write(tmp_path / "expected.jsonl", [{"prompt": "great number 7", "expected": "pos"}])
+    assert main(["eval", str(run), "--data", as_expected, "--no-save", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "expected.jsonl:1: field 'label' is missing; tunelab eval of a classify run" in err
+    assert "name that column 'label'" in err and "training row" not in err and "Traceback" not in err
 
     over = _overrides(tiny_model_dir, tmp_path, "reward", pair_file, **{"method.name": "full"})
     assert main(["train", *_flags(over)]) == 0

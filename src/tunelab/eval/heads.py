@@ -13,6 +13,7 @@ reward    pairwise accuracy (r_chosen > r_rejected), mean margin and mean -log s
 
 from __future__ import annotations
 
+import functools
 import html
 from collections import Counter
 from contextlib import contextmanager
@@ -75,7 +76,7 @@ def _read(run: HeadRun, data_file: str, read) -> tuple[list, list[str], DataRepo
 
 
 def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
-    rows, wheres, report = _read(run, data_file, read_labelled)
+    rows, wheres, report = _read(run, data_file, functools.partial(read_labelled, evaluating=True))
     if not rows:
         raise DataError(f"{data_file}: no rows to evaluate.")
     logits, cut = head_outputs(run.model, run, [r.input for r in rows], batch_size, wheres)

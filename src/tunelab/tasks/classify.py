@@ -128,8 +128,10 @@ def read_labelled(
     *,
     require_label: bool = True,
     lenient: bool = False,
+    evaluating: bool = False,
 ) -> list[Labelled]:
-    """Rows of the files as Labelled; DataError (file:line and field) for a row without input or label."""
+    """Rows of the files as Labelled; DataError (file:line and field) for a row without input or label, whose message
+    says what `tunelab eval` needs when `evaluating` (its file is not a training file: data.fields cannot be changed)."""
     out = []
     for record in counted_records(paths, report, "label rows"):
         where = location(record.path, record.line)
@@ -138,12 +140,7 @@ def read_labelled(
             raise no_input_error(where, record.row, fields, "classify")
         key = column(record.row, fields, "label", lenient)
         if key is None and require_label:
-            mapped = f" (data.fields maps label to '{fields['label']}')" if "label" in fields else ""
-            raise DataError(
-                f"{where}: field '{fields.get('label', 'label')}' is missing{mapped}; every training row needs a label. "
-                f"This row has {', '.join(map(str, record.row))}. Add the label, or map your column with data.fields "
-                "(e.g. {label: category})."
-            )
+            raise _missing_label(where, record.row, fields, evaluating)
         value = record.row[key] if key is not None else None
         if not require_label and (
             value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
@@ -155,6 +152,28 @@ def read_labelled(
             continue
         out.append(Labelled(item, label, record.path, record.line))
     return out
+
+
+def _missing_label(where: str, row: dict, fields: dict[str, str], evaluating: bool) -> DataError:
+    name = fields.get("label", "label")
+    has = ", ".join(map(str, row)) or "no fields"
+    if evaluating:
+        named = f"'{name}' (the run's data.fields) or 'label'" if name != "label" else "'label'"
+        hint = (
+            " 'expected' is what eval reads of a run that generates text; for a classifier, name that column 'label'."
+            if "expected" in row
+            else " Add the column, or use 'tunelab predict' for rows without labels."
+        )
+        return DataError(
+            f"{where}: field '{name}' is missing; tunelab eval of a classify run scores the label it predicts for each "
+            f"row against the row's own, so every row needs its expected label in a column {named}. This row has "
+            f"{has}.{hint}"
+        )
+    mapped = f" (data.fields maps label to '{fields['label']}')" if "label" in fields else ""
+    return DataError(
+        f"{where}: field '{name}' is missing{mapped}; every training row needs a label. This row has {has}. Add the "
+        "label, or map your column with data.fields (e.g. {label: category})."
+    )
 
 
 WHOLE_NUMBER = re.compile(r"([+-]?\d+)\.0+")  # 1.0: how a CSV or a float column writes JSON's 1 ("1" here)
