@@ -318,6 +318,8 @@ def evaluate(
     untrained head (`eval/heads.py`)."""
     from tunelab.eval.evaluate import evaluate_run, format_eval
 
+    if out is not None and not save:  # the results would go nowhere after minutes of answering, without a word
+        raise ConfigError(f"--out {out} names where to save the results and --no-save saves nothing; give one of them.")
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
     if not isinstance(run, LoadedRun) and read_info(run).task in HEAD_TASKS:
         from tunelab.eval.heads import evaluate_head_run, format_head_eval

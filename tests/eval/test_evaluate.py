@@ -234,6 +234,17 @@ def test_existing_output_needs_overwrite(tmp_path):
         build_report(run)
 
 
+def test_out_with_no_save_is_refused_before_any_work(tmp_path, capsys):
+    """`--no-save --out FILE` answered every question and wrote nothing, silently: the two options contradict."""
+    from tunelab.cli import main
+
+    run = _fake_run(tmp_path / "run")
+    out = tmp_path / "results.json"
+    assert main(["eval", str(run), "--data", str(tmp_path / "q.jsonl"), "--no-save", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--no-save saves nothing; give one of them" in err and "Traceback" not in err and not out.exists()
+
+
 def test_the_loss_is_named_by_what_it_is_taken_on(tmp_path):
     """A training-format row that also gives `expected` keeps its own answer for the loss: the table said 'loss on
     expected texts' for it."""
