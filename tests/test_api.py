@@ -116,6 +116,19 @@ def test_an_argument_of_the_wrong_type_is_refused_by_name_before_any_work(tmp_pa
     )
 
 
+def test_predict_refuses_a_prompt_without_answers(tmp_path, capsys):
+    """predict --text T --prompt P predicted T and dropped P without a word (a prompt is only read with --answer)."""
+    from tunelab.cli import main
+    from tunelab.errors import TunelabError
+
+    with pytest.raises(TunelabError, match="--prompt is the prompt that --answer texts answer"):
+        tunelab.predict(tmp_path, texts=["great"], prompt="Say something kind")
+    assert main(["predict", str(tmp_path), "--prompt", "Say something kind"]) == 2
+    assert "no --answer is given" in capsys.readouterr().err
+    with pytest.raises(TunelabError, match="--answer needs the --prompt"):
+        tunelab.predict(tmp_path, answers=["You are great"])
+
+
 @pytest.mark.parametrize("command", ["compare", "evaluate"])
 def test_an_empty_refusal_sentence_is_refused(tiny_run_dir, tmp_path, command):
     """compare --refusal '' dropped the refusal rates without a word (every answer contains the empty text)."""

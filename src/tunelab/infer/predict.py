@@ -68,6 +68,13 @@ def predict(
 ) -> list[Prediction]:
     """Predictions of a head run for the rows of `data` and/or `texts` (classify or reward), or for `answers` to
     `prompt` (reward)."""
+    if prompt is not None and not answers:  # it was dropped without a word, and the texts predicted without it
+        raise TunelabError(
+            "--prompt is the prompt that --answer texts answer (reward runs), and no --answer is given; give the answers "
+            "to score, or drop --prompt (a text of its own is given with --text)."
+        )
+    if answers and prompt is None:
+        raise TunelabError("--answer needs the --prompt it answers.")
     run = run if isinstance(run, HeadRun) else open_head_run(run, device)
     d = run.data
     items: list[tuple[Input, str, str | None]] = []  # (input, where, expected label)
@@ -89,8 +96,6 @@ def predict(
     if answers:
         if run.info.task != "reward":
             raise TunelabError("--prompt/--answer score answers with a reward run; this is a classify run: use --text.")
-        if prompt is None:
-            raise TunelabError("--answer needs the --prompt it answers.")
         items += [(scored_input(run, prompt, a), f"answer {i + 1}", None) for i, a in enumerate(answers)]
     if not items:
         raise TunelabError("nothing to predict: give --data FILE, --text TEXT, or --prompt TEXT with --answer TEXT.")
