@@ -293,6 +293,26 @@ def test_non_finite_head_steps_stop_the_run_naming_the_rows(task, tiny_model_dir
     assert [r.get("skipped") for r in records] == [True] * 3 and "accuracy" not in records[0]
 
 
+def test_head_eval_of_a_run_replaced_meanwhile_saves_nothing(tiny_model_dir, tmp_path, label_file, monkeypatch):
+    """`train --overwrite` replaced a classify run while eval scored it: eval.json then held the old model's scores as
+    the new run's (the eval of runs that generate text already refused that)."""
+    import tunelab.eval.heads as heads
+    from tunelab.errors import RunDirError
+
+    run = recipe.train(None, _overrides(tiny_model_dir, tmp_path, "classify", label_file)).run_dir
+    real = heads.head_outputs
+
+    def replacing(*args, **kwargs):
+        info = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps(info | {"note": "another run"}))  # what a new run writes there
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(heads, "head_outputs", replacing)
+    with pytest.raises(RunDirError, match="the run was replaced or changed while eval ran"):
+        heads.evaluate_head_run(run, label_file, "cpu")
+    assert not (run / "eval.json").exists()
+
+
 def test_bad_classify_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, capsys):
     bad = _write(tmp_path / "bad.jsonl", [{"text": "a", "label": "x"}, {"text": "b"}])
     assert main(["train", *_flags(_overrides(tiny_model_dir, tmp_path, "classify", bad))]) == 2

@@ -31,7 +31,7 @@ from tunelab.eval.metrics import label_scores
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run
 from tunelab.models.load import load_hf_model, run_base
 from tunelab.peft.lora import adapters_disabled
-from tunelab.rundir import check_output_file
+from tunelab.rundir import check_output_file, check_same_run, run_stamp
 from tunelab.tasks.classify import label_key, read_labelled
 from tunelab.tasks.head import SequenceClassifier, new_score
 from tunelab.tasks.reward import read_pairs
@@ -197,6 +197,7 @@ def evaluate_head_run(
 ) -> HeadEvalResult:
     """Scores of a classify or reward run on `data_file`; with `save`, written to `out` (default RUN_DIR/eval.json)."""
     run_dir = Path(run_dir)
+    stamp = run_stamp(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     if save:
         check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,))
@@ -213,6 +214,7 @@ def evaluate_head_run(
         **parts,
     )
     if save:
+        check_same_run(run_dir, stamp, "eval")  # the scores are of the model opened, not of what the run holds now
         write_json(target, result.to_dict())
     return result
 
