@@ -63,3 +63,19 @@ def test_a_result_file_never_replaces_the_run_its_input_or_a_folder(tmp_path):
             check_output_file(path, overwrite, run, "eval.json", (data,))
     check_output_file(run / "eval.json", True, run, "eval.json", (data,))  # its own file, with --overwrite
     check_output_file(tmp_path / "nowhere" / "r.html", False, run, "report.html", mkdir=True)
+
+
+def test_a_result_file_never_goes_into_another_run_as_its_own(tmp_path):
+    """`eval A --out B/eval.json` put A's scores where B's report reads its own: B's report showed A's numbers. The
+    other run's folder takes other names, and a folder that is no run takes any."""
+    from tunelab.rundir import check_output_file
+
+    run, other = tmp_path / "a", tmp_path / "b"
+    for folder in (run, other):
+        folder.mkdir()
+        write_info(folder, RunInfo(base_model="m", method="lora", finished=True))
+    for own in ("eval.json", "report.html"):
+        with pytest.raises(RunDirError, match=re.escape(f"is where the run {other} keeps its own {own}")):
+            check_output_file(other / own, True, run, own)
+    check_output_file(other / "a-eval.json", False, run, "eval.json")
+    check_output_file(tmp_path / "eval.json", False, run, "eval.json")

@@ -228,8 +228,9 @@ def check_output_file(
 ) -> None:
     """RunDirError before any work when a command (eval, report) cannot write its result file `path`: it is a
     folder, it is one of the command's `inputs`, it would replace a file of the run other than the command's `own`
-    one (run.json, the weights: --overwrite never allows that), it exists and `overwrite` is off, or its folder is
-    missing (made when `mkdir`)."""
+    one (run.json, the weights: --overwrite never allows that), it is the `own` file of another run directory (whose
+    report would show it as that run's), it exists and `overwrite` is off, or its folder is missing (made when
+    `mkdir`)."""
     if path.is_dir():
         raise RunDirError(f"{path}: is a folder; give a file name to write to.")
     target = path.resolve()
@@ -237,6 +238,11 @@ def check_output_file(
         raise RunDirError(f"{path}: is this command's input; write the result elsewhere.")
     if path.exists() and target.parent == Path(run_dir).resolve() and path.name != own:
         raise RunDirError(f"{path}: is a file of the run itself; --overwrite replaces only its {own}. Write elsewhere.")
+    if path.name == own and target.parent != Path(run_dir).resolve() and is_run_dir(target.parent):
+        raise RunDirError(
+            f"{path}: is where the run {path.parent} keeps its own {own}, which its report shows as that run's; this "
+            f"is {run_dir}'s. Write elsewhere, or under another name."
+        )
     if path.exists() and (source := _data_holding(target, run_dir)):
         raise RunDirError(f"{path}: is {source} of the run's config; --overwrite never replaces data. Write elsewhere.")
     if path.exists() and (model := _model_holding(target, run_dir)):
