@@ -250,6 +250,25 @@ def test_a_torn_metrics_line_or_a_damaged_data_report_leave_the_rest(tmp_path):
     assert "No data report: data_report.json is damaged (not a JSON object)" in page
 
 
+def test_a_result_file_of_other_shapes_costs_its_section_not_the_report(tmp_path, capsys):
+    """eval.json, compare.json or data_report.json that parse as JSON but hold what tunelab does not write there
+    (edited by hand, written by another version) ended the report in a Python traceback."""
+    from tunelab.cli import main
+
+    run = make_run(tmp_path / "run")
+    (run / "eval.json").write_text('{"rows": [1, 2]}')
+    (run / "data_report.json").write_text('{"files": 3}')
+    assert main(["report", str(run), "--overwrite"]) == 0
+    page = (run / "report.html").read_text()
+    assert "Not shown: eval.json or compare.json holds what tunelab does not write there" in page
+    assert "Not shown: data_report.json holds" in page and "Training curves" in page and "<svg" in page
+    (run / "eval.json").write_text(json.dumps({"task": "classify", "tuned": 3}))
+    (run / "run.json").write_text(json.dumps(json.loads((run / "run.json").read_text()) | {"task": "classify"}))
+    assert main(["report", str(run), "--overwrite"]) == 0
+    assert "Not shown: eval.json holds" in (run / "report.html").read_text()
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

@@ -7,8 +7,9 @@ needed). No script and no network access. Inputs, all read from the run director
     eval.json         `tunelab eval` scores and answers    compare.json    `tunelab compare` scores and answers
     config.yaml       the resolved config                  data_report.json  counts, skipped rows, token lengths
 
-A section whose input is missing or unreadable says so. Every piece of user text (questions, answers, paths, config
-values) passes through html.escape; matplotlib escapes what it writes into the SVG itself.
+A section whose input is missing, unreadable or of shapes tunelab does not write says so (`_drawn`). Every piece of
+user text (questions, answers, paths, config values) passes through html.escape; matplotlib escapes what it writes
+into the SVG itself.
 
 This module reads the inputs, picks the sections the run's task calls for, and writes the page. The sections are
 drawn by their own modules:
@@ -26,6 +27,7 @@ drawn by their own modules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,47 +48,67 @@ __all__ = ["REPORT_FILE", "build_report", "render_report", "word_diff"]
 REPORT_FILE = "report.html"
 
 
+# What drawing a section raises when its file parses as JSON but holds other shapes than tunelab writes (edited by
+# hand, cut short, written by another version): {"rows": [1]}, a loss that is a string.
+_UNREADABLE = (AttributeError, KeyError, IndexError, TypeError, ValueError)
+
+
+def _drawn(draw: Callable[[], str | None], *files: str) -> str | None:
+    """The section `draw()` returns, or a line saying which of its `files` holds what this version cannot draw: one
+    edited file must cost its section, not the report (it ended in a traceback)."""
+    try:
+        return draw()
+    except _UNREADABLE as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        return (
+            f'<p class="missing">Not shown: {esc(" or ".join(files))} holds what tunelab does not write there ({esc(why)}). '
+            "Write it again with the tunelab command that wrote it, or remove it.</p>"
+        )
+
+
 def render_report(run_dir: str | Path) -> str:
     """The report of `run_dir` as one HTML string."""
     run_dir = Path(run_dir)
     inputs = read_inputs(run_dir)
     run, metrics, ev, cmp, config = inputs.run, inputs.metrics, inputs.eval, inputs.compare, inputs.config
     if inputs.task in HEAD_TASKS:  # a classifier or reward model
-        evaluation = [("evaluation", "Evaluation", head_eval_html(ev.data, ev.problem))]
+        evaluation = [("evaluation", "Evaluation", _drawn(lambda: head_eval_html(ev.data, ev.problem), ev.name))]
     else:
         evaluation = [
-            ("evaluation", "Evaluation: base vs tuned", eval_section(ev, cmp)),
-            ("answers", "Answers side by side", answer_rows(ev, cmp)),
+            ("evaluation", "Evaluation: base vs tuned", _drawn(lambda: eval_section(ev, cmp), ev.name, cmp.name)),
+            ("answers", "Answers side by side", _drawn(lambda: answer_rows(ev, cmp), ev.name, cmp.name)),
         ]
     sections = [
-        ("run", "Run", run_summary(run)),
+        ("run", "Run", _drawn(lambda: run_summary(run), run.name)),
         (
             "training",
             "Training curves",
-            training_plots(metrics.data) if metrics.data is not None else metrics.missing("training metrics"),
+            _drawn(lambda: training_plots(metrics.data), metrics.name)
+            if metrics.data is not None
+            else metrics.missing("training metrics"),
         ),
         *(
-            [("preference", "Preference training", preference_plots(metrics.data))]
+            [("preference", "Preference training", _drawn(lambda: preference_plots(metrics.data), metrics.name))]
             if inputs.task == "dpo" and metrics.data is not None
             else []
         ),
         *(
-            [("rewards", "Rewards (grpo)", reward_section(metrics.data, curve_plot))]
+            [("rewards", "Rewards (grpo)", _drawn(lambda: reward_section(metrics.data, curve_plot), metrics.name))]
             if inputs.task == "grpo" and metrics.data is not None
             else []
         ),
         *evaluation,
-        ("data", "Data", data_section(inputs.data)),
+        ("data", "Data", _drawn(lambda: data_section(inputs.data), inputs.data.name)),
         (
             "config",
             "Resolved config",
             f"<pre>{esc(config.data)}</pre>" if config.data is not None else config.missing("config"),
         ),
     ]
-    stages = stages_section(run)
+    stages = _drawn(lambda: stages_section(run), run.name)
     if stages is not None:
         sections.insert(1, ("stages", "Stages", stages))
-    federation = federated_section(run_dir)
+    federation = _drawn(lambda: federated_section(run_dir), "federated.json", metrics.name)
     if federation is not None:
         sections.insert(2, ("federated", "Federated rounds", federation))
     title = f"tunelab report — {run_dir.resolve().name}"
