@@ -321,9 +321,10 @@ def evaluate(
     if out is not None and not save:  # the results would go nowhere after minutes of answering, without a word
         raise ConfigError(f"--out {out} names where to save the results and --no-save saves nothing; give one of them.")
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
-    if not isinstance(run, LoadedRun) and read_info(run).task in HEAD_TASKS:
-        from tunelab.eval.heads import evaluate_head_run, format_head_eval
+    if not isinstance(run, LoadedRun) and (task := read_info(run).task) in HEAD_TASKS:
+        from tunelab.eval.heads import evaluate_head_run, format_head_eval, refuse_text_options
 
+        refuse_text_options(run, task, settings, refusal, base_precision, show_answers)
         batch_size = settings.batch_size if settings else 16
         result = evaluate_head_run(run, data, device, batch_size=batch_size, save=save, out=out, overwrite=overwrite)
         if show:

@@ -245,6 +245,27 @@ def test_out_with_no_save_is_refused_before_any_work(tmp_path, capsys):
     assert "--no-save saves nothing; give one of them" in err and "Traceback" not in err and not out.exists()
 
 
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_options_of_generated_answers_are_refused_for_a_head_run(tmp_path, capsys, task):
+    """A classify or reward run generates no text: --max-new-tokens, --refusal, --show-answers and --base-precision
+    16bit were dropped without a word (the last scored the NF4 base all the same)."""
+    from tunelab.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"base_model": "x", "method": "lora", "finished": True, "task": task}))
+    data = str(tmp_path / "q.jsonl")
+    for flags, named in [
+        (["--show-answers", "--max-new-tokens", "5"], "--max-new-tokens, --show-answers do not apply"),
+        (["--base-precision", "16bit"], "--base-precision does not apply"),
+        (["--refusal", "I cannot say."], "--refusal does not apply"),
+        (["--temperature", "0.7"], "--temperature does not apply"),
+    ]:
+        assert main(["eval", str(run), "--data", data, *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"a {task} run is evaluated by its head's outputs and generates no text" in err and named in err
+
+
 def test_the_loss_is_named_by_what_it_is_taken_on(tmp_path):
     """A training-format row that also gives `expected` keeps its own answer for the loss: the table said 'loss on
     expected texts' for it."""

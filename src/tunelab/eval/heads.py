@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from tunelab.atomic import write_json
 from tunelab.data.report import DataReport, location
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 from tunelab.eval.metrics import label_scores
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run
 from tunelab.models.load import load_hf_model, run_base
@@ -183,6 +183,27 @@ def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
         "skipped": _skips(report),
         "rows": table[:SHOWN_ROWS],
     }
+
+
+def refuse_text_options(run_dir, task: str, settings, refusal, base_precision: str, show_answers: bool) -> None:
+    """ConfigError naming the options of `tunelab eval` that only a run generating text reads, when given for a head
+    run: they were dropped without a word (--base-precision 16bit scored the NF4 base all the same)."""
+    given = [
+        ("--max-new-tokens", settings is not None and settings.max_new_tokens is not None),
+        ("--temperature", settings is not None and settings.temperature != 0),
+        ("--top-p", settings is not None and settings.top_p != 1),
+        ("--repetition-penalty", settings is not None and settings.repetition_penalty != 1),
+        ("--refusal", refusal is not None),
+        ("--base-precision", base_precision != "trained"),
+        ("--show-answers", show_answers),
+    ]
+    unused = [flag for flag, is_given in given if is_given]
+    if unused:
+        raise ConfigError(
+            f"{run_dir}: a {task} run is evaluated by its head's outputs and generates no text, so "
+            f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply; drop {'it' if len(unused) == 1 else 'them'}."
+            + (" eval.json keeps the rows it scored, the errors first." if show_answers else "")
+        )
 
 
 def evaluate_head_run(
