@@ -254,6 +254,7 @@ def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, 
         ({"federated.split_file": "all.jsonl"}, "both set"),
         ({"federated.clients": "null"}, r"'federated.clients' must be a list of str, got None"),
         ({"federated.dp": True, "federated.dp_noise_multiplier": 0.0}, "dp_noise_multiplier > 0"),
+        ({"data.max_length": 2048}, r"'data.max_length' .*is 2048, above the context window .*: 1024 tokens"),
     ],
 )
 def test_bad_config_is_refused_before_anything_runs(tmp_path, tiny_model_dir, federate_config, overrides, message):
