@@ -172,6 +172,19 @@ def test_wrong_type_names_field():
     assert ex.messages[1]["content"] == "4"  # numbers are their text
 
 
+def test_openai_content_parts_are_read_as_their_text():
+    """OpenAI's messages may give a content as a list of parts; tunelab serve read them, training refused them ('must
+    be a string, got a list'). Text parts are joined; an image part is refused, naming the row, not dropped."""
+    parts = [{"type": "text", "text": "Translate: "}, {"type": "text", "text": "Hallo"}]
+    (ex,), _ = convert([{"messages": [{"role": "user", "content": parts}, USER_A[1]]}])
+    assert ex.messages[0] == {"role": "user", "content": "Translate: Hallo"}
+    image = [{"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]
+    with pytest.raises(
+        DataError, match=r"d\.jsonl:1: field 'messages\[0\]\.content' part 0 is .*image_url.* must be text"
+    ):
+        convert([{"messages": [{"role": "user", "content": image}, USER_A[1]]}])
+
+
 def test_unknown_roles_are_rejected():
     tool = {"messages": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "{}"}]}
     with pytest.raises(

@@ -155,11 +155,27 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str, 
             raise DataError(
                 f"{where}: field '{field}' item {i} is a turn that calls tools ('tool_calls'/'function_call'). {TOOLS}"
             )
-        message = {"role": roles[role], "content": text_field(turn[ck], where, f"{field}[{i}].{ck}")}
+        message = {"role": roles[role], "content": _content(turn[ck], where, f"{field}[{i}].{ck}")}
         if turn.get("weight") is not None:
             message |= _weight(turn["weight"], message["role"], where, f"{field}[{i}]", weights)
         messages.append(message)
     return messages
+
+
+def _content(value, where: str, field: str) -> str:
+    """A turn's content: text, or OpenAI's list of content parts, whose text parts are joined (as `tunelab serve`
+    reads a request's); a part of another type (an image) is refused, not dropped."""
+    if not (isinstance(value, list) and value and all(isinstance(part, dict) for part in value)):
+        return text_field(value, where, field)
+    texts = []
+    for k, part in enumerate(value):
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise DataError(
+                f"{where}: field '{field}' part {k} is {str(part)[:60]!r}; a content part must be text "
+                '({"type": "text", "text": ...}): this model reads text only. Remove the row, or that part.'
+            )
+        texts.append(text_field(part["text"], where, f"{field}[{k}].text"))
+    return "".join(texts)
 
 
 def _weight(value, role: str, where: str, item: str, read: bool) -> dict:
