@@ -172,6 +172,19 @@ def test_wrong_type_names_field():
     assert ex.messages[1]["content"] == "4"  # numbers are their text
 
 
+def test_a_sharegpt_system_field_beside_a_system_turn():
+    """The field was used only when the conversation had no system turn at all: beside an empty one it was lost (the
+    row trained with no system message), beside another one it was ignored, without a word."""
+    turns = [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]
+    empty = {"conversations": [{"from": "system", "value": ""}] + turns, "system": "Be brief."}
+    (ex,), _ = convert([empty])
+    assert ex.messages == [{"role": "system", "content": "Be brief."}] + USER_A
+    same = {"conversations": [{"from": "system", "value": "Be brief."}] + turns, "system": "Be brief."}
+    assert convert([same])[0][0].messages == ex.messages
+    with pytest.raises(DataError, match=r"d\.jsonl:1: the row gives its system message twice, differently"):
+        convert([{**same, "system": "Be kind."}])
+
+
 def test_openai_content_parts_are_read_as_their_text():
     """OpenAI's messages may give a content as a list of parts; tunelab serve read them, training refused them ('must
     be a string, got a list'). Text parts are joined; an image part is refused, naming the row, not dropped."""

@@ -224,8 +224,14 @@ def _messages(row: dict, fmt: str, fields: dict[str, str], where: str) -> list[d
         key = fields.get("conversations", "conversations")
         messages = parse_turns(row[key], where, key, "from", "value", weights=True)
         system = get("system")
-        if system.strip() and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": system})
+        own = [m["content"] for m in messages if m["role"] == "system" and m["content"].strip()]
+        if system.strip() and own and own != [system]:
+            raise DataError(
+                f"{where}: the row gives its system message twice, differently: field "
+                f"'{fields.get('system', 'system')}' and a system turn in '{key}'; keep one."
+            )
+        if system.strip() and not own:  # an empty system turn gives way to the field
+            messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
         return messages
     if fmt == "alpaca":
         instruction, extra = get("instruction"), get("input")
