@@ -157,6 +157,23 @@ def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+def test_the_folder_the_command_runs_in_is_never_the_output(lora_run, tmp_path, monkeypatch, capsys):
+    """`tunelab merge RUN --out .` in an empty folder ended in a ValueError traceback ('.' has no name to build the
+    scratch folder beside); in an earlier merge with --overwrite it would pull the folder from under the shell."""
+    from tunelab.cli import main
+
+    run, _ = lora_run
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "..", str(here)):
+        assert main(["merge", str(run), "--out", out, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "is the folder this command runs in" in err and "Traceback" not in err
+    assert list(here.iterdir()) == []
+    assert main(["merge", str(run), "--out", "merged"]) == 0 and (here / "merged" / "tunelab_merge.json").is_file()
+
+
 def test_the_runs_own_base_is_never_an_output(lora_run, smollm2_tokenizer, tmp_path):
     """A run trained over an earlier merge: merging (or exporting) it over that merge with --overwrite replaced the
     base its adapter needs; every later command then opened the adapter over the wrong weights."""

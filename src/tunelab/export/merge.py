@@ -194,6 +194,14 @@ def merge_run(
     the user's umask gives (not the 0700/0600 of temporary files). `show` prints the merge check (`MergeCheck`)."""
     run_dir, out = Path(run_dir), Path(out_dir)
     check_run(run_dir)
+    if out.name in ("", ".."):  # '.', '..': the folder itself, whose scratch folder is built beside it
+        out = out.resolve()
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise RunDirError(
+            f"{out_dir}: is the folder this command runs in{'' if Path.cwd().resolve() == out.resolve() else ', or holds it'}; "
+            "the merge puts a new folder in place of its --out, which would pull the folder from under this shell. "
+            "Name a new folder (e.g. --out merged)."
+        )
     check_output(out, run_dir, overwrite)
     if out.is_file():
         raise RunDirError(f"{out}: is a file; the merge writes a folder there. Choose a folder name.")
