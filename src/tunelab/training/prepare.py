@@ -56,7 +56,8 @@ def refuse_beyond_context(cfg: RunConfig, source: ModelSource) -> None:
         raise ConfigError(
             f"option 'data.max_length' is {cfg.data.max_length}, above the context window of model {cfg.model.name}: "
             f"{context} tokens (max_position_embeddings in its config), so rows that long would train positions the "
-            f"model never saw. Set data.max_length to {context} or less."
+            f"model never saw. Set data.max_length to {context} or less (to train a longer context on purpose, give "
+            "the model's config.json the longer max_position_embeddings with a rope scaling, rope_type linear)."
         )
 
 
