@@ -85,6 +85,12 @@ def test_csv_rows_carry_their_file_line_even_with_multiline_cells(tmp_path):
         (4, {"question": "q2", "answer": "a, b"}),
     ]
 
+    # a file written on Windows: its line breaks inside a quoted value are the platform's too, read as \n as a .txt
+    # file's are (they were kept as \r\n, tokens the same text written elsewhere never has)
+    p = tmp_path / "b.csv"
+    p.write_bytes(b'question,answer\r\n"two\r\nlines",yes\r\n')
+    assert read_records([p])[0].row == {"question": "two\nlines", "answer": "yes"}
+
 
 def test_tsv_and_gzip(tmp_path):
     p = tmp_path / "a.tsv.gz"

@@ -271,6 +271,7 @@ def _csv(path: Path, text: str, delimiter: str, quoting: bool = True) -> list[Re
                 "quoting writes it (pandas' to_csv(sep='\\t') does so), but a .tsv file's quotes are plain "
                 f"characters, so they would be trained on; {TSV_QUOTING}"
             )
+        values = [v.replace("\r\n", "\n") for v in values]  # a Windows file's line breaks inside a quoted value
         records.append(Record(str(path), line, dict(zip(header, values))))
     return records
 
