@@ -160,7 +160,7 @@ def test_qlora_classifier_trains_and_predicts(tiny_model_dir, tmp_path, label_fi
     assert p.label in ("neg", "neu", "pos") and sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     # rows to predict may leave their label blank (a CSV's empty cell, a null): they were refused as "empty"
     blank = tmp_path / "blank.csv"
-    blank.write_text("text,label\nawful number 4,\ngreat number 7,pos\nfine number 2, \n")
+    blank.write_text("prompt,label\nawful number 4,\ngreat number 7,pos\nfine number 2, \n")  # as trained: prompts
     predicted = predict(run_dir, data=str(blank), device="cpu")
     assert [p.expected for p in predicted] == [None, "pos", None]
     # an empty text crashed in a reshape; an empty file was told to "give --data"
@@ -237,6 +237,13 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     err = capsys.readouterr().err
     assert "expected.jsonl:1: field 'label' is missing; tunelab eval of a classify run" in err
     assert "name that column 'label'" in err and "training row" not in err and "Traceback" not in err
+    # the run read prompts (chats, rendered with the template): a `text` row was scored as raw text, a form the head
+    # never read, and its label differed from the same words given as a prompt or with --text, without a word
+    as_text = _write(tmp_path / "as_text.jsonl", [{"text": "great number 7", "label": "pos"}])
+    for command in (["predict", str(run), "--data", as_text], ["eval", str(run), "--data", as_text, "--no-save"]):
+        assert main([*command, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "as_text.jsonl:1: the row gives a text ('text' column), but the run read only chats in training" in err
 
     over = _overrides(tiny_model_dir, tmp_path, "reward", pair_file, **{"method.name": "full"})
     assert main(["train", *_flags(over)]) == 0
@@ -263,6 +270,9 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     assert main(["eval", str(run), "--data", pair_file, "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "pairwise accuracy" in printed and "untrained head" in printed
+    texts = _write(tmp_path / "text_pairs.jsonl", [{"chosen": "You are great", "rejected": "Go away"}])
+    assert main(["eval", str(run), "--data", texts, "--no-save", "--device", "cpu"]) == 2
+    assert "text_pairs.jsonl:1: the row gives whole texts" in capsys.readouterr().err
     # a head run generates no text: the generative commands say so and exit 2
     assert main(["generate", str(run), "--prompt", "hi"]) == 2
     assert "tunelab predict" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from tunelab.atomic import write_json
 from tunelab.data.report import DataReport, location
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.metrics import label_scores
-from tunelab.infer.predict import HeadRun, head_outputs, open_head_run
+from tunelab.infer.predict import HeadRun, head_outputs, open_head_run, refuse_other_input_kind
 from tunelab.models.load import load_hf_model, run_base
 from tunelab.peft.lora import adapters_disabled
 from tunelab.rundir import check_output_file, check_same_run, run_stamp
@@ -79,6 +79,7 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
     rows, wheres, report = _read(run, data_file, functools.partial(read_labelled, evaluating=True))
     if not rows:
         raise DataError(f"{data_file}: no rows to evaluate.")
+    refuse_other_input_kind(run, [r.input for r in rows], wheres)
     logits, cut = head_outputs(run.model, run, [r.input for r in rows], batch_size, wheres)
     ours = {label_key(label): label for label in run.labels}
     written = [r.label for r in rows]
@@ -157,6 +158,7 @@ def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
         raise DataError(f"{data_file}: no preference pairs to evaluate. Skipped: {_skips(report) or 'none'}.")
     inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     n = len(pairs)
+    refuse_other_input_kind(run, inputs, wheres + wheres, pairs=True)
     rewards, cut = head_outputs(run.model, run, inputs, batch_size, wheres + wheres)
     with untrained_model(run) as untrained:
         base, _ = head_outputs(untrained, run, inputs, batch_size, wheres + wheres)

@@ -27,6 +27,7 @@ from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_mo
     head_outputs,
     load_reward_model,
     open_head_run,
+    refuse_other_input_kind,
     scored_input,
 )
 from tunelab.tasks.reward import read_scored
@@ -92,6 +93,7 @@ def predict(
             raise DataError(f"{data}: rows cannot be scored: {reasons}. Fix or remove them.")
         if not items:
             raise DataError(f"{data}: the file holds no rows to predict.")
+        refuse_other_input_kind(run, [x for x, _, _ in items], [w for _, w, _ in items])
     items += [(text_input(run, t), f"text {i + 1}", None) for i, t in enumerate(texts or [])]
     if answers:
         if run.info.task != "reward":

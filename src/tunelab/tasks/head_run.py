@@ -24,7 +24,7 @@ import torch
 
 from tunelab.config import DataConfig, load_config
 from tunelab.data.templates import Template, resolve_template
-from tunelab.errors import ConfigError, RunDirError
+from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.rundir import RunInfo, open_info
 from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
@@ -74,6 +74,34 @@ def open_head_run(run_dir: str | Path, device: str = "auto") -> HeadRun:
     return HeadRun(
         run_dir, info, model, tokenizer, template, labels, cfg.data, cfg.train.seed, cfg.classify.prompt_format
     )
+
+
+def refuse_other_input_kind(run: HeadRun, inputs: list[Input], wheres: list[str], pairs: bool = False) -> None:
+    """DataError naming the first row of a file given as a text to a run that read only chats in training, or as a
+    chat to one that read only texts: a chat is rendered with the prompt template and a text is not, so the head would
+    score a format it never read, and its label or reward would differ without a word. A run of mixed inputs (or one
+    written before the kind was recorded) takes both. `pairs`: the inputs are the sides of preference pairs."""
+    trained = run.info.extra.get("input")
+    if trained not in ("chat", "text"):
+        return
+    for item, where in zip(inputs, wheres):
+        if item.is_chat == (trained == "chat"):
+            continue
+        if pairs:
+            given, hint = (
+                ("a chat (a prompt with its answers, or conversations)", "chosen and rejected as texts, no prompt")
+                if item.is_chat
+                else ("whole texts (chosen and rejected without a prompt)", "a prompt column beside the answers")
+            )
+        elif item.is_chat:
+            given, hint = "a chat (prompt, question, instruction or messages)", "a 'text' column"
+        else:
+            given, hint = "a text ('text' column)", "a prompt, question or messages column (or pass it with --text)"
+        raise DataError(
+            f"{where}: the row gives {given}, but the run read only {trained}s in training, and the head would score "
+            f"it in a form it never read (chats are rendered with the prompt template, texts are not). Give it as "
+            f"the training rows were given: {hint}."
+        )
 
 
 @torch.no_grad()
