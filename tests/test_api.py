@@ -116,6 +116,25 @@ def test_an_argument_of_the_wrong_type_is_refused_by_name_before_any_work(tmp_pa
     )
 
 
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, capsys, monkeypatch):
+    """`tunelab eval RUN --data "$EVAL"` with $EVAL unset read every data file under the current folder as the eval
+    file (Path("") is "."), and scored those rows."""
+    from tunelab.cli import main
+    from tunelab.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    for call in (
+        lambda: tunelab.evaluate(tmp_path, ""),
+        lambda: tunelab.predict(tmp_path, data=" "),
+        lambda: tunelab.compare(tmp_path, questions=""),
+        lambda: tunelab.report("", out=tmp_path / "r.html"),
+    ):
+        with pytest.raises(ConfigError, match=r"argument '(data|questions|run)' is an empty path"):
+            call()
+    assert main(["eval", str(tmp_path), "--data", ""]) == 2
+    assert "argument 'data' is an empty path" in capsys.readouterr().err
+
+
 def test_predict_refuses_a_prompt_without_answers(tmp_path, capsys):
     """predict --text T --prompt P predicted T and dropped P without a word (a prompt is only read with --answer)."""
     from tunelab.cli import main

@@ -77,7 +77,8 @@ def _checked(function: Callable) -> Callable:
     """Refuse an argument whose type its annotation does not allow, naming it, before any work: `resume="no"` (a
     truthy text) resumed a run, `merge(run, None)` failed deep inside with a bare TypeError. Generic annotations are
     checked by their outer type (list[str] -> a list or tuple); `bool` is no `int`. `config` and `overrides` have
-    checks of their own that say more (`resolve`, `check_overrides`)."""
+    checks of their own that say more (`resolve`, `check_overrides`). A path given as an empty text is refused too:
+    Path("") is the current folder."""
     signature = inspect.signature(function)
     allowed = {}
     for name, parameter in signature.parameters.items():
@@ -93,6 +94,11 @@ def _checked(function: Callable) -> Callable:
             if name not in allowed:
                 continue
             annotation, types = allowed[name]
+            if "Path" in annotation and isinstance(value, str) and not value.strip():  # Path("") is the current folder
+                raise ConfigError(
+                    f"{function.__name__}(): argument '{name}' is an empty path (an unset shell variable?), which "
+                    "would name the current folder and read every data file under it; give the file or folder."
+                )
             if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
                 shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
                 raise ConfigError(
