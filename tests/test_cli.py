@@ -276,3 +276,23 @@ def test_overwrite_never_replaces_the_base_model(tiny_run_dir, tiny_model_dir, c
     assert main(["report", str(tiny_run_dir), "--out", str(weights), "--overwrite"]) == 2
     assert f"is a file of the base model {tiny_model_dir}; --overwrite never replaces it" in capsys.readouterr().err
     assert (weights.stat().st_mtime_ns, weights.stat().st_size) == before
+
+
+def test_an_option_of_one_value_given_twice_is_refused(tmp_path, capsys):
+    """argparse keeps the last of a repeated option: `eval --data a.jsonl --data b.jsonl` scored b alone and `export
+    --out a.gguf --gguf b.gguf` wrote b, without a word. Repeatable options (--question, --text) stay repeatable."""
+    from tunelab.config.flags import refuse_repeated
+
+    parser = build_parser()
+    cases = [
+        (["eval", "run", "--data", "a.jsonl", "--data=b.jsonl"], "--data"),
+        (["export", "run", "--out", "a.gguf", "--gguf", "b.gguf"], "--gguf"),
+        (["predict", "run", "--dat", "a.jsonl", "--data", "b.jsonl"], "--data"),  # an abbreviation counts
+        (["merge", "run", "--out", "a", "--out", "b"], "--out"),
+    ]
+    for argv, option in cases:
+        assert main(argv) == 2
+        assert f"option '{option}' is given more than once" in capsys.readouterr().err
+        assert not (tmp_path / "b").exists()
+    refuse_repeated(parser, ["compare", "run", "--question", "a", "--question", "b"], ("compare",))
+    refuse_repeated(parser, ["predict", "run", "--text", "a", "--text", "b", "--answer", "x"], ("predict",))

@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 
+from tunelab.config.flags import join_negative_values, refuse_repeated
 from tunelab.errors import ConfigError, Interrupted, TunelabError
 
 
@@ -510,32 +511,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     return 0
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def join_negative_values(argv: list[str]) -> list[str]:
-    """`--opt -1e-4` -> `--opt=-1e-4`: argparse takes a value starting with '-' for a flag unless it is joined."""
-    out, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        nxt = argv[i + 1] if i + 1 < len(argv) else ""
-        if arg.startswith("--") and "=" not in arg and nxt.startswith("-") and _is_number(nxt):
-            out.append(f"{arg}={nxt}")
-            i += 2
-        else:
-            out.append(arg)
-            i += 1
-    return out
-
-
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """parse_args, but an unknown flag of a command that takes the config options (train, check, plan, federate) is a
     ConfigError with suggestions (exit 2 like any bad option)."""
+    refuse_repeated(parser, argv, ("compare", "chat", "generate", "eval", "predict", "report", "merge", "export"))
     args, unknown = parser.parse_known_args(argv)
     if unknown and getattr(args, "command", None) in ("train", "check", "plan", "federate"):
         from tunelab.config import unknown_option

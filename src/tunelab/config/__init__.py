@@ -16,6 +16,7 @@ The package's modules, each imported only by those after it:
   validate    rules across options (`check_consistency`, `check_head_options`)
   load        `load_config` -> ResolvedConfig (values with their origins), stages (`stage_config`)
   render      `dump_yaml` (the saved form), `describe` (the printed form), `to_dict`, ACTION_OPTIONS
+  flags       the command line's arguments before argparse reads them (`join_negative_values`, `refuse_repeated`)
 
 This module re-exports the names the rest of tunelab, the tests, examples and benchmarks import from `tunelab.config`.
 """
