@@ -255,3 +255,18 @@ def test_text_that_cannot_be_tokenized_or_is_no_text_is_refused_by_name(tiny_run
     assert "(not sent: a user message: character 12 is U+D800" in out.getvalue()
     assert "(not sent: the line is not UTF-8 text: invalid start byte at byte 0.)" in out.getvalue()
     assert out.getvalue().count("model> ") == 1
+
+
+def test_a_device_torch_does_not_know_or_a_missing_gpu_names_the_device_option(tiny_run_dir, capsys):
+    """open_run(device="gpu") ended in torch's RuntimeError traceback, and --device cuda on a machine without one was
+    told about 'model.device', a training option the command does not take."""
+    import torch
+
+    from tunelab.cli import main
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"option '--device' is 'gpu'; allowed values: auto, cpu, cuda"):
+        open_run(tiny_run_dir, device="gpu")
+    if not torch.cuda.is_available():
+        assert main(["generate", str(tiny_run_dir), "--prompt", "hi", "--device", "cuda"]) == 2
+        assert "option '--device' is cuda, but no CUDA device is available" in capsys.readouterr().err

@@ -84,7 +84,7 @@ def open_run(
     check_base_precision(base_precision)
     run_dir = Path(run_dir)
     info = open_info(run_dir)
-    dev = pick_device(device)
+    dev = pick_device(device, "--device")
     quantize = info.is_adapter and info.quantize_base == "nf4" and base_precision == "trained"
     dt = run_dtype(info, dtype, dev, quantize)
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)  # saved by train

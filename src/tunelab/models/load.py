@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
-from tunelab.errors import ModelError, WriteFailed
+from tunelab.errors import ConfigError, ModelError, WriteFailed
 
 # alias -> (python package that ships the file, file name inside it, how to install it)
 EMBEDDED = {
@@ -397,12 +397,18 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     return tokenizer
 
 
-def pick_device(device: str) -> torch.device:
+def pick_device(device: str, option: str = "model.device") -> torch.device:
+    """The device `device` names (auto: CUDA when there is one); ConfigError or ModelError naming `option` (the config's
+    model.device, or the --device of a command that opens a run) for a name torch does not know or a missing GPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("option 'model.device' is cuda, but no CUDA device is available; use auto or cpu.")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's own message lists every device type it was built with
+        raise ConfigError(f"option '{option}' is {device!r}; allowed values: auto, cpu, cuda (or cuda:N).") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"option '{option}' is {device}, but no CUDA device is available; use auto or cpu.")
+    return chosen
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
