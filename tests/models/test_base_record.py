@@ -44,3 +44,18 @@ def test_a_relative_base_is_recorded_whole_and_a_changed_one_refused(tiny_model_
     assert weights.stat().st_size == (tiny_model_dir / "model.safetensors").stat().st_size  # same names and sizes
     with pytest.raises(ModelError, match="not those the run trained over"):
         open_run(run_dir, device="cpu")
+
+
+def test_a_base_moved_away_is_named_as_the_runs_base(tiny_run_dir, tmp_path, capsys):
+    """A run whose local base was moved or deleted was told "not a Hugging Face model directory, a .gguf file, or a hub
+    id", as if the user had named a wrong model."""
+    from tunelab.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"base_model": str(tmp_path / "moved-away")}))
+    with pytest.raises(ModelError, match="the base model the run trained over is not there any more"):
+        open_run(run, device="cpu")
+    assert main(["merge", str(run), "--out", str(tmp_path / "merged")]) == 2
+    assert "is not there any more (moved or deleted)" in capsys.readouterr().err

@@ -121,6 +121,11 @@ def run_base(base_model: str, recorded: str = "") -> ModelSource:
     """The base a run trained over, refused (ModelError) when its weights are no longer those it trained over: an
     adapter over other weights gives other answers, and a merge would fold it into them without a word. `recorded`:
     the run's base_fingerprint ('' in runs written before it was kept: not checked)."""
+    if Path(base_model).is_absolute() and not Path(base_model).exists():  # recorded_name keeps local bases absolute
+        raise ModelError(
+            f"model '{base_model}': the base model the run trained over is not there any more (moved or deleted); "
+            "the run holds only what training changed. Put the base back at that path (or link it there)."
+        )
     source = resolve_source(base_model)
     if recorded and (now := fingerprint(source)) != recorded:
         raise ModelError(
