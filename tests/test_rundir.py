@@ -25,6 +25,12 @@ def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
 def test_damaged_incomplete_and_foreign_folders_are_refused(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         read_info(tmp_path / "missing")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")  # a file of a run given for the run
+    with pytest.raises(
+        RunDirError, match="is a file, not a run directory; give the folder that holds the run's run.json"
+    ):
+        read_info(tmp_path / "adapter_model.safetensors")
+    (tmp_path / "adapter_model.safetensors").unlink()
     assert not is_run_dir(tmp_path)
     with pytest.raises(RunDirError, match="not a tunelab run directory"):
         read_info(tmp_path)

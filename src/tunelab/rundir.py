@@ -142,6 +142,12 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
     """The run's RunInfo; RunDirError when the folder is missing, is no run directory, or (by default) the run did
     not finish."""
     run_dir = Path(run_dir)
+    if (
+        run_dir.is_file()
+    ):  # run.json, the adapter, a merged model's weights: "no such run directory" said it was not there
+        raise RunDirError(
+            f"{run_dir}: is a file, not a run directory; give the folder that holds the run's {RUN_FILE}."
+        )
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory.")
     path = run_file(run_dir)
