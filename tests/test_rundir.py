@@ -31,6 +31,11 @@ def test_damaged_incomplete_and_foreign_folders_are_refused(tmp_path):
     ):
         read_info(tmp_path / "adapter_model.safetensors")
     (tmp_path / "adapter_model.safetensors").unlink()
+    merged = tmp_path / "merged"  # what merge wrote, given for the run it came from
+    merged.mkdir()
+    (merged / "tunelab_merge.json").write_text("{}")
+    with pytest.raises(RunDirError, match="a model 'tunelab merge' wrote .*, not a run directory; give that run"):
+        read_info(merged)
     assert not is_run_dir(tmp_path)
     with pytest.raises(RunDirError, match="not a tunelab run directory"):
         read_info(tmp_path)

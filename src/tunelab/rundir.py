@@ -30,6 +30,7 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's names (peft/save.py writes them)
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+MERGE_FILE = "tunelab_merge.json"  # what `tunelab merge` writes into its folder: where the merged model came from
 ADAPTER_METHODS = ("lora", "dora")
 WEIGHT_METHODS = ("full", "layers")
 
@@ -152,6 +153,11 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
         raise RunDirError(f"{run_dir}: no such run directory.")
     path = run_file(run_dir)
     if not path.is_file():
+        if (run_dir / MERGE_FILE).is_file():  # it holds a plain model: what merge made of a run
+            raise RunDirError(
+                f"{run_dir}: a model 'tunelab merge' wrote ({MERGE_FILE} names the run it came from), not a run "
+                "directory; give that run, or train from this folder (model.name) or load it with transformers."
+            )
         raise RunDirError(f"{run_dir}: not a tunelab run directory (no {RUN_FILE}).")
     info = RunInfo.from_dict(read_json_object(path, "the run directory cannot be opened"), str(path))
     if require_finished and not info.finished:

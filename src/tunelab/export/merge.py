@@ -30,10 +30,9 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
 from tunelab.peft.lora import merge_lora
-from tunelab.rundir import RunInfo, open_info, read_info
+from tunelab.rundir import MERGE_FILE, RunInfo, open_info, read_info
 from tunelab.training.guard import first_non_finite
 
-MERGE_FILE = "tunelab_merge.json"  # where the merged folder came from
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
