@@ -114,6 +114,16 @@ def test_templates_that_fit_no_wrapper_get_no_template_line(tokenizer):
     assert modelfile_template(text) is None and "# No TEMPLATE" in text
 
 
+def test_a_system_prompt_holding_triple_quotes_is_left_out_saying_so(tokenizer):
+    """A system prompt with \"\"\" in it stopped the export with a ConfigError, after the merge and the GGUF were
+    written, advising to 'export without it', which no option does. The Modelfile now says why it has no SYSTEM."""
+    tokenizer.chat_template = CHATML
+    template = resolve_template("tokenizer", tokenizer)
+    text = modelfile_text("m.gguf", template, tokenizer, 'Quote docs as """text""".')
+    assert modelfile_system(text) is None and modelfile_template(text) is not None
+    assert '# No SYSTEM: the run\'s system prompt holds """, which a Modelfile cannot quote; give it as each' in text
+
+
 def test_go_subset_renderer():
     values = ollama_values([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "S")
     assert values["System"] == "S" and [m["Role"] for m in values["Messages"]] == ["system", "user", "assistant"]

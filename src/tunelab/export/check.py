@@ -160,6 +160,10 @@ def _check_template(result: GGUFCheck, merged: MergedModel, llm, modelfile: str,
         result.problems.append(
             f"llama.cpp splits {len(mismatched_tokens)} of {len(conversations)} training texts differently"
         )
+    if merged.info.system_prompt and system is None:
+        result.warnings.append(
+            'the Modelfile has no SYSTEM (the run\'s system prompt holds """): give it as each chat\'s system message'
+        )
     go = modelfile_template(modelfile)
     result.template = {"source": source, "conversations": len(conversations), "has_template": go is not None}
     if go is None:

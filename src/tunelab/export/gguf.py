@@ -36,7 +36,7 @@ from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
 from tunelab.export.gguf_vocab import adds_special, gguf_vocab, source_pre_tokenizer, write_vocab
 from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
-from tunelab.export.modelfile import MODELFILE, modelfile_text
+from tunelab.export.modelfile import MODELFILE, UNQUOTABLE, modelfile_text
 
 
 @dataclass(frozen=True)
@@ -326,6 +326,9 @@ def export_gguf(
             raise RunDirError(f"{target}: is a directory; the export writes a file there.")
     merged = merged_model(run_dir, torch.float32)  # export from fp32 so that every qtype rounds only once
     gguf_shape(merged.model.config)  # refuse unsupported models before writing anything
+    tok = merged.tokenizer
+    adds_bos = adds_special(tok, tok.bos_token_id, first=True)
+    modelfile_body = modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos)
     scratch = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     scratch_f16 = out.with_name(f".tmp-f16-{out.name}-{os.getpid()}")
     scratch_mf = out.with_name(f".tmp-{MODELFILE}-{os.getpid()}")
@@ -337,12 +340,13 @@ def export_gguf(
                 llama_cpp.quantize(scratch_f16, scratch, KQUANTS[qtype])
             else:
                 write_gguf(merged, scratch, qtype, name=run_dir.resolve().name)
-            tok = merged.tokenizer
-            adds_bos = adds_special(tok, tok.bos_token_id, first=True)
-            scratch_mf.write_text(modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos))
+            scratch_mf.write_text(modelfile_body)
             os.replace(scratch, out)
             os.replace(scratch_mf, modelfile)
             check_path(out).unlink(missing_ok=True)  # a verdict about the file just replaced (--overwrite) is void
+        for line in modelfile_body.splitlines():
+            if line.startswith(UNQUOTABLE[:5]):  # '# No ': a TEMPLATE or SYSTEM the Modelfile cannot hold
+                print(f"{modelfile}: {line[2:]}", flush=True)
     finally:
         for path in (scratch, scratch_f16, scratch_mf):
             with suppress(OSError):  # on a read-only filesystem there is nothing to remove, and removing fails

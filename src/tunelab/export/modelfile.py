@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.data.templates import Template
-from tunelab.errors import ConfigError
 from tunelab.export.gotemplate import ollama_values, render
 
 MODELFILE = "Modelfile"
@@ -195,12 +194,15 @@ def style_accepts(template: Template, messages: list[dict]) -> bool:
     return _write(template, messages, False) is not None
 
 
-def _triple_quoted(text: str, what: str) -> str:
+UNQUOTABLE = '# No {key}: the {what} holds """, which a Modelfile cannot quote; '
+
+
+def _triple_quoted(key: str, text: str, what: str, instead: str) -> str:
+    """KEY and the text in triple quotes, or, for a text that holds triple quotes itself, a comment saying what
+    stands in its place."""
     if '"""' in text:
-        raise ConfigError(
-            f'the {what} contains """, which an Ollama Modelfile cannot quote; remove it or export without it.'
-        )
-    return f'"""{text}"""'
+        return UNQUOTABLE.format(key=key, what=what) + instead
+    return f'{key} """{text}"""'
 
 
 def stop_tokens(template: Template, tokenizer, go_template: str | None) -> list[str]:
@@ -219,7 +221,7 @@ def modelfile_text(
     go = go_template_for(template, tokenizer, adds_bos)
     lines = ["# Ollama Modelfile written by tunelab export: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}", ""]
     if go is not None:
-        lines.append(f"TEMPLATE {_triple_quoted(go, 'chat template')}")
+        lines.append(_triple_quoted("TEMPLATE", go, "chat template", "Ollama picks one from the GGUF's chat template."))
     else:
         lines.append(
             f"# No TEMPLATE: the run's template ({template.name}) does not write each message in a fixed wrapper; "
@@ -228,7 +230,9 @@ def modelfile_text(
     for token in stop_tokens(template, tokenizer, go):
         lines.append(f'PARAMETER stop "{token}"')
     if system_prompt:
-        lines.append(f"SYSTEM {_triple_quoted(system_prompt, 'system prompt')}")
+        lines.append(
+            _triple_quoted("SYSTEM", system_prompt, "run's system prompt", "give it as each chat's system message.")
+        )
     return "\n".join(lines) + "\n"
 
 
