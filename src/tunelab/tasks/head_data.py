@@ -26,7 +26,7 @@ import torch
 
 from tunelab.config import PLACEHOLDER, RunConfig
 from tunelab.data.formats import parse_turns, text_field
-from tunelab.data.loader import split_eval
+from tunelab.data.loader import refuse_special_system, split_eval
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport
 from tunelab.data.sources import Record, read_records
@@ -252,11 +252,12 @@ def counted_records(paths: list[str], report: DataReport, kind: str) -> Iterator
 
 
 def read_task_data(cfg: RunConfig, tokenizer, seed: int, read, fields: tuple[str, ...]):
-    """What the data of every task but sft starts as: data.fields checked against the task's `fields`, a report, the
-    prompt template, and the training and held-out items `read` gives (`train_and_held`). Returns (items, held, report,
-    template)."""
+    """What the data of every task but sft starts as: data.fields checked against the task's `fields`, data.system_prompt
+    checked as sft checks it (`refuse_special_system`), a report, the prompt template, and the training and held-out
+    items `read` gives (`train_and_held`). Returns (items, held, report, template)."""
     d = cfg.data
     check_fields(d.fields, fields, cfg.task)
+    refuse_special_system(d, tokenizer)
     report = DataReport(max_length=d.max_length)
     template = resolve_template(d.template, tokenizer)
     items, held = train_and_held(read, d, seed, report)

@@ -1,0 +1,47 @@
+"""What the readers of every task but sft share (`tasks/head_data.py`): the checks of the sft data pipeline, held
+alike by the dpo, reward, classify and grpo readers."""
+
+import json
+
+import pytest
+
+from tunelab.config import load_config
+from tunelab.errors import ConfigError
+from tunelab.tasks.classify import CLASSIFY
+from tunelab.tasks.preference_data import build_preferences
+from tunelab.tasks.prompt_data import build_prompts
+from tunelab.tasks.reward import REWARD
+
+TASKS = ("dpo", "reward", "classify", "grpo")
+
+
+def _row(task: str, i: int) -> dict:
+    if task in ("dpo", "reward"):
+        return {"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}.", "rejected": "No idea."}
+    if task == "classify":
+        return {"prompt": f"What is {i} + {i}?", "label": ["even", "odd"][i % 2]}
+    return {"prompt": f"What is {i} + {i}?"}
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _build(task, tokenizer, train, **over):
+    cfg = load_config(None, {"task": task, "data.train": [train], "data.max_length": 128} | over).config
+    build = {
+        "dpo": build_preferences,
+        "reward": REWARD.build_data,
+        "classify": CLASSIFY.build_data,
+        "grpo": lambda c, t, s: build_prompts(c, t, s, []),
+    }[task]
+    return build(cfg, tokenizer, 0)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_special_token_text_in_a_system_prompt_is_refused_naming_the_option(task, smollm2_tokenizer, tmp_path):
+    """The first row was blamed for the option's text ('...:1: the special token text ... remove it from the row')."""
+    train = _write(tmp_path / "d.jsonl", [_row(task, i) for i in range(6)])
+    with pytest.raises(ConfigError, match=r"^option 'data.system_prompt' holds the special token text '<\|im_end\|>'"):
+        _build(task, smollm2_tokenizer, train, **{"data.system_prompt": "Be brief.<|im_end|>"})
