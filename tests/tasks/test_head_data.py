@@ -45,3 +45,25 @@ def test_special_token_text_in_a_system_prompt_is_refused_naming_the_option(task
     train = _write(tmp_path / "d.jsonl", [_row(task, i) for i in range(6)])
     with pytest.raises(ConfigError, match=r"^option 'data.system_prompt' holds the special token text '<\|im_end\|>'"):
         _build(task, smollm2_tokenizer, train, **{"data.system_prompt": "Be brief.<|im_end|>"})
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_eval_rows_that_repeat_training_rows_are_noted(task, smollm2_tokenizer, tmp_path):
+    """A row repeated in a file that data.eval_fraction splits, or copied into data.eval, was trained on and scored
+    as held out without a word; sft notes it, and now every task does."""
+    train = _write(tmp_path / "t.jsonl", [_row(task, i % 4) for i in range(12)])
+    data = _build(task, smollm2_tokenizer, train, **{"data.eval_fraction": 0.25})
+    (note,) = data.report.notes
+    assert note.startswith("3 of the 3 eval examples are also training examples, word for word (e.g. ")
+    assert "note: 3 of the 3 eval examples" in data.report.summary()
+    held = _write(tmp_path / "e.jsonl", [_row(task, i) for i in range(2, 6)])
+    data = _build(
+        task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", [_row(task, i) for i in range(4)]), **{"data.eval": held}
+    )
+    assert data.report.notes == [
+        f"2 of the 4 eval examples are also training examples, word for word (e.g. {held}:1 repeats {train}:3, ...): "
+        "their eval loss measures recall of rows the model trained on (train.keep_best and the verdict read it); "
+        "remove the repeated rows"
+    ]
+    apart = _write(tmp_path / "e.jsonl", [_row(task, i) for i in range(4, 8)])
+    assert not _build(task, smollm2_tokenizer, train, **{"data.eval": apart}).report.notes

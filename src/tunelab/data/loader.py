@@ -188,17 +188,20 @@ def note_trained_eval(held: list[Record], trained: set[str], report: DataReport)
             )
 
 
-def note_repeated_eval(trained: list[Example], held: list[Example], report: DataReport) -> None:
+def example_key(ex: Example) -> str:
+    """What two word for word equal examples share (their place aside)."""
+    return json.dumps(ex.messages, sort_keys=True) if ex.messages is not None else f"text:{ex.text}"
+
+
+def note_repeated_eval(trained: list, held: list, report: DataReport, key: Callable[[Any], str] = example_key) -> None:
     """A note in `report` when eval examples are word for word training examples found elsewhere (a row repeated in a
     file that data.eval_fraction split, or copied into the eval file): their eval loss measures recall, not how the
-    model does on new rows. An eval file that is itself a training file has its own note (`note_trained_eval`)."""
+    model does on new rows. An eval file that is itself a training file has its own note (`note_trained_eval`). The
+    items are Examples, or another task's items (with `path` and `line`) and the `key` that says what they hold."""
     files: dict[str, Path] = {}
 
-    def place(ex: Example) -> tuple[Path, int]:
+    def place(ex) -> tuple[Path, int]:
         return files.setdefault(ex.path, Path(ex.path).resolve()), ex.line
-
-    def key(ex: Example) -> str:
-        return json.dumps(ex.messages, sort_keys=True) if ex.messages is not None else f"text:{ex.text}"
 
     seen: dict[str, list[Example]] = {}
     for ex in trained:

@@ -19,6 +19,8 @@ max_length tokens (truncate): the pooled token reads the end of the input, where
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,7 +28,7 @@ import torch
 
 from tunelab.config import PLACEHOLDER, RunConfig
 from tunelab.data.formats import parse_turns, text_field
-from tunelab.data.loader import refuse_special_system, split_eval
+from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport
 from tunelab.data.sources import Record, read_records
@@ -272,7 +274,15 @@ def train_and_held(read, data, seed: int, report) -> tuple[list, list]:
     if data.eval:
         held = read([data.eval], data.fields, data.system_prompt, report, lenient=True)
         report.eval_source = "file"
-        return items, held
-    items, held = split_eval(items, data.eval_fraction, seed)
-    report.eval_source = "fraction" if held else "none"
+    else:
+        items, held = split_eval(items, data.eval_fraction, seed)
+        report.eval_source = "fraction" if held else "none"
+    note_repeated_eval(items, held, report, key=item_key)
     return items, held
+
+
+def item_key(item) -> str:
+    """What two word for word equal items of a task share (a label row's input and label, a pair's sides, a prompt's
+    chat and columns): every field of the item's dataclass but its place."""
+    fields = {k: v for k, v in dataclasses.asdict(item).items() if k not in ("path", "line")}
+    return json.dumps(fields, sort_keys=True, default=str)
