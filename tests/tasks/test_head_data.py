@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tunelab.config import load_config
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.classify import CLASSIFY
 from tunelab.tasks.preference_data import build_preferences
 from tunelab.tasks.prompt_data import build_prompts
@@ -67,3 +67,21 @@ def test_eval_rows_that_repeat_training_rows_are_noted(task, smollm2_tokenizer, 
     ]
     apart = _write(tmp_path / "e.jsonl", [_row(task, i) for i in range(4, 8)])
     assert not _build(task, smollm2_tokenizer, train, **{"data.eval": apart}).report.notes
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_fields_mapping_to_a_column_no_row_has_is_refused(task, smollm2_tokenizer, tmp_path):
+    """{system: sytem} (a typo for the column 'sys') left every row without its system message, and the run trained
+    on, without a word; sft refuses it. An eval file may give the field under its own name, as it may any field."""
+    rows = [_row(task, i) | {"sys": "Answer in digits."} for i in range(6)]
+    train = _write(tmp_path / "t.jsonl", rows)
+    with pytest.raises(
+        DataError, match=r"t\.jsonl: option 'data.fields' maps system -> 'sytem', but no record .*'sys'"
+    ):
+        _build(task, smollm2_tokenizer, train, **{"data.fields": {"system": "sytem"}})
+    held = _write(tmp_path / "e.jsonl", [_row(task, i) | {"system": "Answer in digits."} for i in range(6, 8)])
+    data = _build(task, smollm2_tokenizer, train, **{"data.fields": {"system": "sys"}, "data.eval": held})
+    assert data.report.eval.used == 2
+    plain = _write(tmp_path / "p.jsonl", [_row(task, i) for i in range(6, 8)])
+    with pytest.raises(DataError, match=r"p\.jsonl: .* maps system -> 'sys', but no record .* \(nor the field's own"):
+        _build(task, smollm2_tokenizer, train, **{"data.fields": {"system": "sys"}, "data.eval": plain})

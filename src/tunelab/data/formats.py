@@ -77,6 +77,36 @@ def detect_format(row: dict, fields: dict[str, str]) -> str:
     )
 
 
+class UnusedMappings:
+    """The data.fields mappings that no record of a file has used yet, per file: a mapping to a column that no record
+    of a file has (`{system: sytem}`, a typo for 'sys') would leave its field out of every example, silently, so it is
+    an error once the files are read (`refuse`). The sft formats and the readers of the other tasks share it.
+    `lenient` (eval and predict files of a task, read with its training file's mapping): a record that has the
+    field's own name uses the mapping too."""
+
+    def __init__(self, lenient: bool = False) -> None:
+        self.lenient = lenient
+        self.files: dict[str, tuple[Record, dict[str, str]]] = {}  # file -> its first record, mappings not used yet
+
+    def see(self, record: Record, mapped: dict[str, str]) -> None:
+        """Count `record`'s columns as used; `mapped` (name -> column) is what its file is checked for, read at the
+        file's first record."""
+        unused = self.files.setdefault(record.path, (record, dict(mapped)))[1]
+        for name in [n for n, column in unused.items() if column in record.row or (self.lenient and n in record.row)]:
+            del unused[name]
+
+    def refuse(self) -> None:
+        for path, (first, unused) in self.files.items():
+            if unused:
+                also = " (nor the field's own name)" if self.lenient else ""
+                raise DataError(
+                    f"{path}: option 'data.fields' maps {', '.join(f'{n} -> {c!r}' for n, c in unused.items())}, but "
+                    f"no record of the file has such a column{also}, so the field would be left out of every example; "
+                    f"its columns are {', '.join(map(repr, first.row)) or '(none)'}. Fix the mapping to name a column "
+                    "of the file."
+                )
+
+
 EXACT_INTEGERS = 2**53  # a float holds every whole number below this exactly; above, its digits are rounding
 
 
@@ -312,7 +342,7 @@ def to_examples(
         raise ConfigError(f"option 'data.format' is {fmt!r}; allowed values: auto, {', '.join(FORMATS)}.")
     examples = []
     file_format: dict[str, str] = {}
-    unseen: dict[str, tuple[Record, dict[str, str]]] = {}  # file -> its first record, mapped optional fields not found
+    unused = UnusedMappings()
     for record in records:
         report.read(record.path)
         chosen = file_format.get(record.path)
@@ -327,10 +357,7 @@ def to_examples(
             else:
                 chosen = fmt
             file_format[record.path] = report.formats[record.path] = chosen
-            unseen[record.path] = (record, {name: fields[name] for name in FORMATS[chosen][1] if name in fields})
-        mapped = unseen[record.path][1]
-        for name in [name for name, column in mapped.items() if column in record.row]:
-            del mapped[name]
+        unused.see(record, {name: fields[name] for name in FORMATS[chosen][1] if name in fields})
         if not is_plain_text(record.path):
             _check_required(record, chosen, fields)
         elif "text" not in record.row:  # a data.transform's row
@@ -343,11 +370,6 @@ def to_examples(
             examples.append(_example(record, chosen, fields, system_prompt, questions))
         except _Skip as skip:
             report.skip(str(skip), record.path, record.line)
-    for path, (first, mapped) in unseen.items():
-        if mapped and not questions:
-            raise DataError(
-                f"{path}: option 'data.fields' maps {', '.join(f'{n} -> {c!r}' for n, c in mapped.items())}, but no "
-                f"record of the file has such a column, so the field would be left out of every example; its columns "
-                f"are {', '.join(map(repr, first.row)) or '(none)'}. Fix the mapping to name a column of the file."
-            )
+    if not questions:
+        unused.refuse()
     return examples

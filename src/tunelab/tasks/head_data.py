@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.config import PLACEHOLDER, RunConfig
-from tunelab.data.formats import parse_turns, text_field
+from tunelab.data.formats import UnusedMappings, parse_turns, text_field
 from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport
@@ -244,13 +244,20 @@ def no_input_error(where: str, row: dict, fields: dict[str, str], what: str) -> 
     )
 
 
-def counted_records(paths: list[str], report: DataReport, kind: str) -> Iterator[Record]:
+def counted_records(
+    paths: list[str], report: DataReport, kind: str, fields: dict[str, str], lenient: bool = False
+) -> Iterator[Record]:
     """The records of `paths` (`data.sources`) for a task's reader, each counted as read in `report`, which names the
-    files' format `kind` (label rows, preference pairs, prompts)."""
+    files' format `kind` (label rows, preference pairs, prompts). Once they are all read, a mapping of `fields`
+    (data.fields, those the reader reads) to a column that no record of a file has is a DataError naming the file,
+    as in sft (`data.formats.UnusedMappings`; `lenient`: the field's own name serves too)."""
+    unused = UnusedMappings(lenient)
     for record in read_records(paths, report=report):
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
+        unused.see(record, fields)
         yield record
+    unused.refuse()
 
 
 def read_task_data(cfg: RunConfig, tokenizer, seed: int, read, fields: tuple[str, ...]):

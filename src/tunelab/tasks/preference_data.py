@@ -115,7 +115,7 @@ def read_preferences(
 ) -> list[Preference]:
     """Rows of the files as Preferences; DataError (file:line) for a row without chosen or rejected."""
     out = []
-    for record in counted_records(paths, report, "preference pairs"):
+    for record in counted_records(paths, report, "preference pairs", fields, lenient):
         chosen, rejected = read_sides(record.row, fields, location(record.path, record.line), system, lenient)
         if _no_answer(chosen) or _no_answer(rejected):
             report.skip("empty chosen or rejected answer", record.path, record.line)

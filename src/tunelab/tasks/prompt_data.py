@@ -66,7 +66,7 @@ def read_prompts(
     paths: list[str], fields: dict[str, str], system: str | None, report: DataReport, lenient: bool = False
 ) -> list[Prompt]:
     out = []
-    for record in counted_records(paths, report, "prompts"):
+    for record in counted_records(paths, report, "prompts", fields, lenient):
         where = location(record.path, record.line)
         turns = read_prompt(record.row, fields, where, lenient)
         if turns is None:

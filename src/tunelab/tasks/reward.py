@@ -128,7 +128,7 @@ def read_pairs(
 ) -> list[Pair]:
     """Rows of the files as Pairs; DataError (file:line) for a row without chosen or rejected."""
     pairs = []
-    for record in counted_records(paths, report, "preference pairs"):
+    for record in counted_records(paths, report, "preference pairs", fields, lenient):
         row, where = record.row, location(record.path, record.line)
         keys = pair_columns(row, fields, where, lenient, "and optionally a prompt")
         prompt = read_prompt(row, fields, where, lenient)
