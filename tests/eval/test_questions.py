@@ -211,3 +211,25 @@ def test_a_lone_user_turn_after_a_system_turn_or_in_sharegpt_is_a_question(tmp_p
     path.write_text(json.dumps(row | {"expected": "5"}) + "\n")
     (question,) = read_questions(path, need_expected=True)
     assert question.prompt[-1] == {"role": "user", "content": "Fare?"} and question.expected == "5"
+
+
+def test_the_system_message_is_read_through_the_runs_fields_or_under_its_own_name(tmp_path):
+    """A question row's system message was read from 'system' only: with the run's data.fields {system: sys} (its
+    training rows' column), a question file of the same layout was asked with data.system_prompt instead, and a
+    training-format row's 'system' was dropped. Both names are read now; a system that is not text is refused."""
+    fields = {"system": "sys"}
+    path = _write(
+        tmp_path / "q.jsonl",
+        [
+            {"question": "Where?", "expected": "Dundee", "sys": "Be terse."},
+            {"question": "Where?", "expected": "Dundee", "system": "Be kind."},
+            {"question": "What year?", "answer": "1997.", "system": "Be exact."},
+            {"question": "What year?", "answer": "1997.", "sys": "Be short."},
+            {"question": "Where?", "expected": "Dundee"},
+        ],
+    )
+    rows = read_questions(path, DataConfig(fields=fields, system_prompt="You help."))
+    assert [q.prompt[0]["content"] for q in rows] == ["Be terse.", "Be kind.", "Be exact.", "Be short.", "You help."]
+    _write(path, [{"question": "Where?", "expected": "Dundee", "sys": ["Be", "terse."]}])
+    with pytest.raises(DataError, match=r"q\.jsonl:1: field 'sys' must be a string, got a list"):
+        read_questions(path, DataConfig(fields=fields))

@@ -2,7 +2,8 @@
 
 A row is one of
   question + expected   `question` (or `prompt`, `instruction`, as mapped by the run's data.fields) and the text a
-                        correct answer contains (`expected`); optional `kind` (scores per kind) and `system`;
+                        correct answer contains (`expected`); optional `kind` (scores per kind) and `system` (the
+                        column data.fields maps system to, or `system` itself, in every kind of row);
   question + label      a label task: the answer must name the label (`label`, or a `kind` of label/classification);
   a training row        any format `tunelab train` reads (question/answer, messages, ...): the last assistant turn is
                         the expected answer, a whole answer rather than a text to find in one;
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import DataConfig, EvalConfig, RunConfig
-from tunelab.data.formats import CANONICAL, Example, scalar_text, to_examples
+from tunelab.data.formats import CANONICAL, Example, scalar_text, text_field, to_examples
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
@@ -110,11 +111,18 @@ def _refuse_misspelt(row: dict, fields: dict[str, str], where: str) -> None:
             )
 
 
+def system_column(row: dict, fields: dict[str, str]) -> str:
+    """The column of a question row that holds its system message: the one the run's data.fields maps system to, as
+    in its training rows, else 'system' (a question file written apart from the training data)."""
+    mapped = fields.get("system", "system")
+    return mapped if mapped in row else "system"
+
+
 def read_questions(path: str | Path, data: DataConfig | None = None, need_expected: bool = False) -> list[Question]:
     """The rows of a question file; DataError (naming file and line) for rows that cannot be asked.
 
-    `data` is the run's data config: its `fields` map column names, its system prompt is asked with every question
-    that has none. `need_expected`: a question row without an expected answer is an error (eval scores every one)."""
+    `data` is the run's data config: its `fields` map column names (a row may give its system message under the
+    name 'system' too: `system_column`), its system prompt is asked with every question that has none. `need_expected`: a question row without an expected answer is an error (eval scores every one)."""
     data = data or DataConfig()
     path = Path(path)
     if not path.exists():
@@ -137,6 +145,9 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
         kind = str(row.get("kind") or ("label" if key == "label" and expected else "all"))
         is_label = (key == "label" and expected is not None) or kind in LABEL_KINDS
         if any(fields.get(f, f) in row for f in ANSWER_FIELDS):
+            mapped = fields.get("system", "system")
+            if system_column(row, fields) != mapped and "system" in row:  # to_examples reads the mapped column
+                record = dataclasses.replace(record, row=row | {mapped: row["system"]})
             training.append((i, record, expected, kind, is_label))
             continue
         asks = [k for k in PROMPT_FIELDS if fields.get(k, k) in row]
@@ -169,8 +180,9 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
         question = _text_field(row, fields.get(asks[0], asks[0]), where)
         if question is None:
             raise DataError(f"{where}: field '{fields.get(asks[0], asks[0])}' must be non-empty text, got None.")
-        system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else None
-        system = system or data.system_prompt
+        key = system_column(row, fields)
+        system = text_field(row.get(key), where, key)
+        system = system if system.strip() else data.system_prompt
         prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
         answer = [{"role": "assistant", "content": expected}] if expected is not None else []
         example = Example(prompt + answer, None, record.path, record.line) if answer else None
