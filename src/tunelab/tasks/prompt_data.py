@@ -29,7 +29,7 @@ from tunelab.tasks.head_data import (
     render,
     with_system,
 )
-from tunelab.tasks.reward import read_prompt
+from tunelab.tasks.reward import prompt_column, read_prompt
 
 FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "system")
 
@@ -76,7 +76,7 @@ def read_prompts(
                 f"{', '.join(map(str, record.row)) or 'no fields'}). Map your column with data.fields, e.g. "
                 "{prompt: question_text}."
             )
-        key = next(k for n in (*PROMPT_FIELDS, *CHAT_FIELDS) if (k := fields.get(n, n)) in record.row)
+        key = prompt_column(record.row, fields, lenient)
         messages = with_system(turns, record.row, fields, where, system)
         out.append(Prompt(record.row[key], messages, record.row, record.path, record.line))
     return out

@@ -86,28 +86,31 @@ class PairRow:
         return [len(self.chosen_ids)]
 
 
+def prompt_column(row: dict, fields: dict[str, str], lenient: bool = False) -> str | None:
+    """The column of `row` holding its prompt (the first of PROMPT_FIELDS and CHAT_FIELDS there), or None."""
+    return next((key for name in (*PROMPT_FIELDS, *CHAT_FIELDS) if (key := column(row, fields, name, lenient))), None)
+
+
 def read_prompt(row: dict, fields: dict[str, str], where: str, lenient: bool = False) -> list[dict] | None:
     """The prompt's turns (without a system message), or None when the row has no prompt. DataError (file:line and
     field) for a prompt that is empty, or a chat that does not end with the user's turn (the answer follows it)."""
-    for name in (*PROMPT_FIELDS, *CHAT_FIELDS):
-        key = column(row, fields, name, lenient)
-        if key is None:
-            continue
-        value = row[key]
-        turns = (
-            as_turns(value, where, key)
-            if isinstance(value, list | dict)
-            else [{"role": "user", "content": text_field(value, where, key)}]
+    key = prompt_column(row, fields, lenient)
+    if key is None:
+        return None
+    value = row[key]
+    turns = (
+        as_turns(value, where, key)
+        if isinstance(value, list | dict)
+        else [{"role": "user", "content": text_field(value, where, key)}]
+    )
+    if not turns or not turns[-1]["content"].strip():
+        raise DataError(f"{where}: field '{key}': the prompt is empty. Give the row its prompt, or remove the row.")
+    if turns[-1]["role"] != "user":
+        raise DataError(
+            f"{where}: field '{key}': the prompt's chat ends with the {turns[-1]['role']}'s turn; it must end with "
+            "the user's, which the answer follows."
         )
-        if not turns or not str(turns[-1].get("content") or "").strip():
-            raise DataError(f"{where}: field '{key}': the prompt is empty. Give the row its prompt, or remove the row.")
-        if turns[-1]["role"] != "user":
-            raise DataError(
-                f"{where}: field '{key}': the prompt's chat ends with the {turns[-1]['role']}'s turn; it must end with "
-                "the user's, which the answer follows."
-            )
-        return turns
-    return None
+    return turns
 
 
 def answer_input(

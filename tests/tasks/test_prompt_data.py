@@ -1,0 +1,26 @@
+"""The prompts of task grpo (`tasks/prompt_data.py`): what a row's prompt is, and the rows refused."""
+
+import json
+
+from tunelab.config import load_config
+from tunelab.tasks.prompt_data import build_prompts
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _build(tokenizer, train, **over):
+    cfg = load_config(None, {"task": "grpo", "data.train": [train], "data.max_length": 128} | over).config
+    return build_prompts(cfg, tokenizer, 0, [])
+
+
+def test_an_eval_file_may_give_the_prompt_under_its_own_name(smollm2_tokenizer, tmp_path):
+    """With data.fields {prompt: q}, an eval file whose column is 'prompt' was read (as every task's eval file may
+    be) and then stopped the run with a bare StopIteration traceback, looking for its column under 'q' alone."""
+    train = _write(tmp_path / "t.jsonl", [{"q": f"What is {i} + {i}?"} for i in range(4)])
+    held = _write(tmp_path / "e.jsonl", [{"prompt": "What is 9 + 9?"}])
+    data = _build(smollm2_tokenizer, train, **{"data.fields": {"prompt": "q"}, "data.eval": held})
+    assert [r.prompt for r in data.eval] == ["What is 9 + 9?"]
+    assert [r.prompt for r in data.train][:1] == ["What is 0 + 0?"]
