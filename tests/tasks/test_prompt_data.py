@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from tunelab.config import load_config
+from tunelab.errors import DataError
 from tunelab.tasks.prompt_data import build_prompts
 
 
@@ -24,3 +27,11 @@ def test_an_eval_file_may_give_the_prompt_under_its_own_name(smollm2_tokenizer, 
     data = _build(smollm2_tokenizer, train, **{"data.fields": {"prompt": "q"}, "data.eval": held})
     assert [r.prompt for r in data.eval] == ["What is 9 + 9?"]
     assert [r.prompt for r in data.train][:1] == ["What is 0 + 0?"]
+
+
+def test_a_chat_that_ends_with_an_empty_answer_is_named_as_such(smollm2_tokenizer, tmp_path):
+    """It was called an empty prompt, though its question was there."""
+    turns = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": ""}]
+    train = _write(tmp_path / "t.jsonl", [{"messages": turns}])
+    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'messages': the prompt's chat ends with the assistant's"):
+        _build(smollm2_tokenizer, train)

@@ -103,13 +103,13 @@ def read_prompt(row: dict, fields: dict[str, str], where: str, lenient: bool = F
         if isinstance(value, list | dict)
         else [{"role": "user", "content": text_field(value, where, key)}]
     )
-    if not turns or not turns[-1]["content"].strip():
-        raise DataError(f"{where}: field '{key}': the prompt is empty. Give the row its prompt, or remove the row.")
-    if turns[-1]["role"] != "user":
+    if turns and turns[-1]["role"] != "user":
         raise DataError(
             f"{where}: field '{key}': the prompt's chat ends with the {turns[-1]['role']}'s turn; it must end with "
             "the user's, which the answer follows."
         )
+    if not turns or not turns[-1]["content"].strip():
+        raise DataError(f"{where}: field '{key}': the prompt is empty. Give the row its prompt, or remove the row.")
     return turns
 
 
