@@ -85,3 +85,18 @@ def test_a_fields_mapping_to_a_column_no_row_has_is_refused(task, smollm2_tokeni
     plain = _write(tmp_path / "p.jsonl", [_row(task, i) for i in range(6, 8)])
     with pytest.raises(DataError, match=r"p\.jsonl: .* maps system -> 'sys', but no record .* \(nor the field's own"):
         _build(task, smollm2_tokenizer, train, **{"data.fields": {"system": "sys"}, "data.eval": plain})
+
+
+def _first_ids(task, data):
+    row = data.eval[0] if data.eval else data.train[0]
+    return row.prompt_ids if task == "grpo" else (row.chosen_ids if task in ("dpo", "reward") else row.input_ids)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_an_eval_file_gives_its_system_message_under_its_own_name(task, smollm2_tokenizer, tmp_path):
+    """With data.fields {system: sys}, an eval file's 'system' column was accepted (an eval file may give a field
+    under its own name) but not read: its rows were scored without their system message."""
+    train = _write(tmp_path / "t.jsonl", [_row(task, i) | {"sys": "Answer in digits."} for i in range(6)])
+    held = _write(tmp_path / "e.jsonl", [_row(task, 7) | {"system": "Answer in words."}])
+    data = _build(task, smollm2_tokenizer, train, **{"data.fields": {"system": "sys"}, "data.eval": held})
+    assert "Answer in words." in smollm2_tokenizer.decode(_first_ids(task, data))

@@ -80,11 +80,19 @@ def as_turns(value, where: str, key: str) -> list[dict]:
     return parse_turns(value, where, key, *(("from", "value") if sharegpt else ("role", "content")))
 
 
-def with_system(messages: list[dict], row: dict, fields: dict[str, str], where: str, system_prompt: str | None):
-    """Prepend the row's system field, else data.system_prompt, unless the chat starts with a system message."""
+def with_system(
+    messages: list[dict],
+    row: dict,
+    fields: dict[str, str],
+    where: str,
+    system_prompt: str | None,
+    lenient: bool = False,
+):
+    """Prepend the row's system field (`column`, `lenient` as there), else data.system_prompt, unless the chat starts
+    with a system message."""
     if messages and messages[0]["role"] == "system":
         return messages
-    key = column(row, fields, "system")
+    key = column(row, fields, "system", lenient)
     system = text_field(row[key], where, key) if key else ""
     system = system if system.strip() else (system_prompt or "")
     return ([{"role": "system", "content": system}] if system.strip() else []) + messages
@@ -101,12 +109,14 @@ def read_input(
         if name == "text":
             return Input(text=text_field(row[key], where, key))
         if name in CHAT_FIELDS:
-            return Input(messages=with_system(as_turns(row[key], where, key), row, fields, where, system_prompt))
+            turns = as_turns(row[key], where, key)
+            return Input(messages=with_system(turns, row, fields, where, system_prompt, lenient))
         prompt = text_field(row[key], where, key)
-        if name == "instruction" and (extra := column(row, fields, "input")):
+        if name == "instruction" and (extra := column(row, fields, "input", lenient)):
             more = text_field(row[extra], where, extra)
             prompt = f"{prompt}\n\n{more}" if more.strip() else prompt
-        return Input(messages=with_system([{"role": "user", "content": prompt}], row, fields, where, system_prompt))
+        turns = [{"role": "user", "content": prompt}]
+        return Input(messages=with_system(turns, row, fields, where, system_prompt, lenient))
     return None
 
 

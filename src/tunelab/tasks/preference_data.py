@@ -93,11 +93,11 @@ def read_sides(row: dict, fields: dict[str, str], where: str, system: str | None
                 if isinstance(value, list | dict)
                 else [{"role": "assistant", "content": text_field(value, where, key)}]
             )
-            context = with_system(prompt, row, fields, where, system)
+            context = with_system(prompt, row, fields, where, system, lenient)
             sides.append(Side(messages=context + turns, answer_from=len(context)))
         return sides[0], sides[1]
     if all(isinstance(v, list | dict) for v in values):
-        chats = [with_system(as_turns(v, where, k), row, fields, where, system) for k, v in zip(keys, values)]
+        chats = [with_system(as_turns(v, where, k), row, fields, where, system, lenient) for k, v in zip(keys, values)]
         shared = shared_prompt(*chats, where)
         return Side(messages=chats[0], answer_from=shared), Side(messages=chats[1], answer_from=shared)
     texts = [text_field(v, where, k) for k, v in zip(keys, values)]

@@ -77,7 +77,7 @@ def read_prompts(
                 "{prompt: question_text}."
             )
         key = prompt_column(record.row, fields, lenient)
-        messages = with_system(turns, record.row, fields, where, system)
+        messages = with_system(turns, record.row, fields, where, system, lenient)
         out.append(Prompt(record.row[key], messages, record.row, record.path, record.line))
     return out
 

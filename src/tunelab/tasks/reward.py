@@ -114,7 +114,14 @@ def read_prompt(row: dict, fields: dict[str, str], where: str, lenient: bool = F
 
 
 def answer_input(
-    value, prompt: list[dict] | None, row: dict, fields: dict[str, str], where: str, key: str, system: str | None
+    value,
+    prompt: list[dict] | None,
+    row: dict,
+    fields: dict[str, str],
+    where: str,
+    key: str,
+    system: str | None,
+    lenient: bool = False,
 ) -> Input:
     """One side of a pair: the prompt's chat plus the answer, or a whole text or conversation when there is no prompt."""
     if isinstance(value, list | dict):
@@ -123,7 +130,7 @@ def answer_input(
         return Input(text=text_field(value, where, key))
     else:
         turns = [{"role": "assistant", "content": text_field(value, where, key)}]
-    return Input(messages=with_system((prompt or []) + turns, row, fields, where, system))
+    return Input(messages=with_system((prompt or []) + turns, row, fields, where, system, lenient))
 
 
 def read_pairs(
@@ -135,7 +142,9 @@ def read_pairs(
         row, where = record.row, location(record.path, record.line)
         keys = pair_columns(row, fields, where, lenient, "and optionally a prompt")
         prompt = read_prompt(row, fields, where, lenient)
-        chosen, rejected = (answer_input(row[key], prompt, row, fields, where, key, system_prompt) for key in keys)
+        chosen, rejected = (
+            answer_input(row[key], prompt, row, fields, where, key, system_prompt, lenient) for key in keys
+        )
         if prompt is None and chosen.is_chat != rejected.is_chat:
             kinds = ("a conversation", "a text") if chosen.is_chat else ("a text", "a conversation")
             raise DataError(
@@ -146,7 +155,7 @@ def read_pairs(
         if prompt is None and chosen.is_chat:
             start = shared_prompt(chosen.messages, rejected.messages, where)
         elif prompt is not None:
-            start = len(with_system(prompt, row, fields, where, system_prompt))
+            start = len(with_system(prompt, row, fields, where, system_prompt, lenient))
         if is_empty(chosen) or is_empty(rejected) or _answer_empty(chosen, start) or _answer_empty(rejected, start):
             report.skip("empty chosen or rejected answer", record.path, record.line)
         elif chosen == rejected:
@@ -173,9 +182,9 @@ def read_scored(
         text = column(row, fields, "text", True)
         if prompt is not None and (answer is not None or prompt[-1]["role"] == "assistant"):
             item = (
-                answer_input(row[answer], prompt, row, fields, where, answer, system_prompt)
+                answer_input(row[answer], prompt, row, fields, where, answer, system_prompt, True)
                 if answer
-                else Input(messages=with_system(prompt, row, fields, where, system_prompt))
+                else Input(messages=with_system(prompt, row, fields, where, system_prompt, True))
             )
         elif text is not None:
             item = Input(text=text_field(row[text], where, text))
