@@ -100,3 +100,26 @@ def test_an_eval_file_gives_its_system_message_under_its_own_name(task, smollm2_
     held = _write(tmp_path / "e.jsonl", [_row(task, 7) | {"system": "Answer in words."}])
     data = _build(task, smollm2_tokenizer, train, **{"data.fields": {"system": "sys"}, "data.eval": held})
     assert "Answer in words." in smollm2_tokenizer.decode(_first_ids(task, data))
+
+
+def _chat_row(task: str, system: str) -> dict:
+    turns = [{"role": "system", "content": system}, {"role": "user", "content": "What is 1 + 1?"}]
+    if task in ("dpo", "reward"):
+        return {"messages": turns, "chosen": "2.", "rejected": "No idea."}
+    return {"messages": turns} | ({"label": "even"} if task == "classify" else {})
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_an_empty_system_turn_is_none_and_a_second_system_message_is_refused(task, smollm2_tokenizer, tmp_path):
+    """An empty system turn was rendered as an empty system block and kept data.system_prompt out (sft drops it), and
+    a row's system field beside another system turn was dropped without a word (sft refuses it)."""
+    rows = [_chat_row(task, "")] + [_row(task, i) for i in range(1, 6)]
+    data = _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows), **{"data.system_prompt": "Be exact."})
+    assert not data.eval
+    first = smollm2_tokenizer.decode(_first_ids(task, data))
+    assert first.startswith("<|im_start|>system\nBe exact.<|im_end|>") and first.count("system") == 1
+    rows = [_chat_row(task, "Be brief.") | {"system": "Be long."}] + [_row(task, i) for i in range(1, 6)]
+    with pytest.raises(DataError, match=r"t\.jsonl:1: the row gives its system message twice, differently: field "):
+        _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))
+    rows = [_chat_row(task, "Be brief.") | {"system": "Be brief."}] + [_row(task, i) for i in range(1, 6)]
+    assert _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows)).report.train.used >= 5

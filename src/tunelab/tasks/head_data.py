@@ -89,11 +89,19 @@ def with_system(
     lenient: bool = False,
 ):
     """Prepend the row's system field (`column`, `lenient` as there), else data.system_prompt, unless the chat starts
-    with a system message."""
-    if messages and messages[0]["role"] == "system":
-        return messages
+    with a system message, as sft does (`data.formats`): an empty system message is none (never an empty block), and a
+    system field beside another system message of the chat is refused (which one was meant?)."""
+    if messages and messages[0]["role"] == "system" and not messages[0]["content"].strip():
+        messages = messages[1:]
     key = column(row, fields, "system", lenient)
     system = text_field(row[key], where, key) if key else ""
+    if messages and messages[0]["role"] == "system":
+        if system.strip() and system != messages[0]["content"]:
+            raise DataError(
+                f"{where}: the row gives its system message twice, differently: field '{key}' and the chat's system "
+                "turn; keep one."
+            )
+        return messages
     system = system if system.strip() else (system_prompt or "")
     return ([{"role": "system", "content": system}] if system.strip() else []) + messages
 
