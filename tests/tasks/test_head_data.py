@@ -123,3 +123,23 @@ def test_an_empty_system_turn_is_none_and_a_second_system_message_is_refused(tas
         _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))
     rows = [_chat_row(task, "Be brief.") | {"system": "Be brief."}] + [_row(task, i) for i in range(1, 6)]
     assert _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows)).report.train.used >= 5
+
+
+@pytest.mark.parametrize("task", ["dpo", "reward"])
+@pytest.mark.parametrize("role", ["user", "system"])
+def test_an_answer_whose_turns_do_not_start_with_the_assistants_is_refused(task, role, smollm2_tokenizer, tmp_path):
+    """{prompt: Q, chosen: [{user: other question}, {assistant: A}], rejected: B} trained A (an answer to another
+    question) over B, and a system turn in an answer stood in the middle of the chat; two whole conversations that
+    part at a user turn were already refused."""
+    first = {"role": role, "content": "Another question?"}
+    chosen = [first, {"role": "assistant", "content": "2."}]
+    rows = [{"prompt": "What is 1 + 1?", "chosen": chosen, "rejected": "No idea."}] + [_row(task, i) for i in range(5)]
+    with pytest.raises(DataError, match=rf"t\.jsonl:1: field 'chosen' item 0 is a {role} turn; an answer follows"):
+        _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))
+    chosen = [
+        {"role": "assistant", "content": "2."},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "Yes."},
+    ]
+    rows[0]["chosen"] = chosen  # a multi-turn answer goes on after the assistant's turn
+    assert _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows)).report.train.used == 6

@@ -80,6 +80,23 @@ def as_turns(value, where: str, key: str) -> list[dict]:
     return parse_turns(value, where, key, *(("from", "value") if sharegpt else ("role", "content")))
 
 
+def answer_turns(value, where: str, key: str) -> list[dict]:
+    """A pair's answer given as messages (one, or a list): the turns that follow the prompt's last user turn. DataError
+    when they hold a system turn, or an assistant turn after a user turn that comes first: the system message would
+    stand in the middle of the chat, the answer would follow another prompt than the other side's. (Turns without an
+    assistant one are no answer: the pair is skipped, `answer_blank`.)"""
+    turns = as_turns(value, where, key)
+    answers = any(turn["role"] == "assistant" for turn in turns)
+    for i, turn in enumerate(turns):
+        if turn["role"] == "system" or (i == 0 and turn["role"] != "assistant" and answers):
+            raise DataError(
+                f"{where}: field '{key}' item {i} is a {turn['role']} turn; an answer follows the prompt, which ends "
+                "with the user's turn, so its turns start with the assistant's and hold no system message (give that "
+                "in the row's system field). Put the turns before the answer into the prompt."
+            )
+    return turns
+
+
 def with_system(
     messages: list[dict],
     row: dict,

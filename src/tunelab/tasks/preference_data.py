@@ -30,6 +30,7 @@ from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
     answer_blank,
+    answer_turns,
     as_turns,
     counted_records,
     pair_columns,
@@ -89,7 +90,7 @@ def read_sides(row: dict, fields: dict[str, str], where: str, system: str | None
         sides = []
         for key, value in zip(keys, values):
             turns = (
-                as_turns(value, where, key)
+                answer_turns(value, where, key)
                 if isinstance(value, list | dict)
                 else [{"role": "assistant", "content": text_field(value, where, key)}]
             )

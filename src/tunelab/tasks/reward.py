@@ -37,6 +37,7 @@ from tunelab.tasks.head_data import (
     PROMPT_FIELDS,
     Input,
     answer_blank,
+    answer_turns,
     as_turns,
     column,
     counted_records,
@@ -125,7 +126,7 @@ def answer_input(
 ) -> Input:
     """One side of a pair: the prompt's chat plus the answer, or a whole text or conversation when there is no prompt."""
     if isinstance(value, list | dict):
-        turns = as_turns(value, where, key)
+        turns = as_turns(value, where, key) if prompt is None else answer_turns(value, where, key)
     elif prompt is None:
         return Input(text=text_field(value, where, key))
     else:
