@@ -143,3 +143,20 @@ def test_an_answer_whose_turns_do_not_start_with_the_assistants_is_refused(task,
     ]
     rows[0]["chosen"] = chosen  # a multi-turn answer goes on after the assistant's turn
     assert _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows)).report.train.used == 6
+
+
+@pytest.mark.parametrize("task", ["dpo", "reward"])
+def test_whole_conversations_that_are_equal_or_one_the_start_of_the_other_are_skipped_so(
+    task, smollm2_tokenizer, tmp_path
+):
+    """Two equal conversations were skipped as 'empty chosen or rejected answer'; a chosen conversation that is the
+    start of the rejected one stopped the run saying their answers followed different prompts, though the chosen
+    side has no answer of its own after the turns they share."""
+    q, a = {"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2."}
+    more = [{"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes."}]
+    rows = [{"chosen": [q, a], "rejected": [q, a]}, {"chosen": [q, a], "rejected": [q, a, *more]}]
+    rows += [_row(task, i) for i in range(4)]
+    path = _write(tmp_path / "t.jsonl", rows)
+    skips = _build(task, smollm2_tokenizer, path).report.skips
+    assert skips["chosen and rejected are the same"].locations == [f"{path}:1"]
+    assert skips["empty chosen or rejected answer"].locations == [f"{path}:2"]

@@ -162,10 +162,14 @@ def pair_columns(row: dict, fields: dict[str, str], where: str, lenient: bool, p
 def shared_prompt(chosen: list[dict], rejected: list[dict], where: str) -> int:
     """How many turns two whole conversations of a preference pair share: their prompt, which the answers follow.
     DataError when they part at a turn that is not the assistant's, or share no user turn: the two answers would
-    answer different prompts, and the pair would teach nothing about which answer is better."""
+    answer different prompts, and the pair would teach nothing about which answer is better. When one side ends
+    where they part (the two are equal, or one is the start of the other), that side has no answer of its own, and
+    the pair is skipped by its reader (the same, or an empty answer), whatever the other side goes on with."""
     shared = 0
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
         shared += 1
+    if shared in (len(chosen), len(rejected)):  # a side that ends there has no answer: the caller skips the pair
+        return shared
     for name, chat in (("chosen", chosen), ("rejected", rejected)):
         if shared < len(chat) and chat[shared]["role"] != "assistant":
             raise DataError(

@@ -118,10 +118,10 @@ def read_preferences(
     out = []
     for record in counted_records(paths, report, "preference pairs", fields, lenient):
         chosen, rejected = read_sides(record.row, fields, location(record.path, record.line), system, lenient)
-        if _no_answer(chosen) or _no_answer(rejected):
-            report.skip("empty chosen or rejected answer", record.path, record.line)
-        elif chosen == rejected:
+        if chosen == rejected:
             report.skip("chosen and rejected are the same", record.path, record.line)
+        elif _no_answer(chosen) or _no_answer(rejected):
+            report.skip("empty chosen or rejected answer", record.path, record.line)
         else:
             out.append(Preference(chosen, rejected, record.path, record.line))
     return out

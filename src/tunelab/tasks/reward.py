@@ -157,10 +157,10 @@ def read_pairs(
             start = shared_prompt(chosen.messages, rejected.messages, where)
         elif prompt is not None:
             start = len(with_system(prompt, row, fields, where, system_prompt, lenient))
-        if is_empty(chosen) or is_empty(rejected) or _answer_empty(chosen, start) or _answer_empty(rejected, start):
-            report.skip("empty chosen or rejected answer", record.path, record.line)
-        elif chosen == rejected:
+        if chosen == rejected:
             report.skip(SAME, record.path, record.line)
+        elif is_empty(chosen) or is_empty(rejected) or _answer_empty(chosen, start) or _answer_empty(rejected, start):
+            report.skip("empty chosen or rejected answer", record.path, record.line)
         else:
             pairs.append(Pair(chosen, rejected, record.path, record.line))
     return pairs
