@@ -164,3 +164,19 @@ def test_a_pair_of_a_conversation_and_a_text_is_refused(smollm2_tokenizer, tmp_p
     path = _write(tmp_path / "p.jsonl", [{"chosen": _chat("hi", "hello"), "rejected": "Human: hi Assistant: no"}])
     with pytest.raises(DataError, match=r"p\.jsonl:1: chosen is a conversation and rejected a text"):
         _build(smollm2_tokenizer, path)
+
+
+def test_predict_scores_a_whole_conversation(tmp_path):
+    """A row to score that is a whole conversation (its messages ending with the assistant's answer) was refused as a
+    prompt that must end with the user's turn, though read_scored's reader says it scores one."""
+    from tunelab.data.report import DataReport
+    from tunelab.tasks.reward import read_scored
+
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    rows = [{"messages": chat, "system": "Be kind."}, {"prompt": "Hi", "answer": "Hello."}, {"messages": chat[:1]}]
+    path = _write(tmp_path / "s.jsonl", rows)
+    with pytest.raises(DataError, match=r"s\.jsonl:3: nothing to score"):
+        read_scored([path], {}, None, DataReport())
+    (first, _, _), (second, _, _) = read_scored([_write(tmp_path / "s.jsonl", rows[:2])], {}, None, DataReport())
+    assert first.messages == [{"role": "system", "content": "Be kind."}, *chat]
+    assert second.messages == chat

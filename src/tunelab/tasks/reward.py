@@ -178,15 +178,14 @@ def read_scored(
     for record in read_records(paths):
         report.read(record.path)
         row, where = record.row, location(record.path, record.line)
-        prompt = read_prompt(row, fields, where, lenient=True)
         answer = next((key for name in ANSWER_FIELDS if (key := column(row, fields, name, True))), None)
         text = column(row, fields, "text", True)
-        if prompt is not None and (answer is not None or prompt[-1]["role"] == "assistant"):
-            item = (
-                answer_input(row[answer], prompt, row, fields, where, answer, system_prompt, True)
-                if answer
-                else Input(messages=with_system(prompt, row, fields, where, system_prompt, True))
-            )
+        chat = _whole_conversation(row, fields, where) if answer is None else None
+        prompt = read_prompt(row, fields, where, lenient=True) if chat is None else None
+        if chat is not None:
+            item = Input(messages=with_system(chat, row, fields, where, system_prompt, True))
+        elif prompt is not None and answer is not None:
+            item = answer_input(row[answer], prompt, row, fields, where, answer, system_prompt, True)
         elif text is not None:
             item = Input(text=text_field(row[text], where, text))
         else:
@@ -196,6 +195,16 @@ def read_scored(
             )
         out.append((item, record.path, record.line))
     return out
+
+
+def _whole_conversation(row: dict, fields: dict[str, str], where: str) -> list[dict] | None:
+    """The row's chat when it ends with the assistant's turn: a whole conversation, scored as it is (a prompt's chat
+    ends with the user's turn, `read_prompt`)."""
+    key = prompt_column(row, fields, lenient=True)
+    if key is None or not isinstance(row[key], list | dict):
+        return None
+    turns = as_turns(row[key], where, key)
+    return turns if turns and turns[-1]["role"] == "assistant" else None
 
 
 def _answer_empty(side: Input, start: int | None) -> bool:
