@@ -180,3 +180,12 @@ def test_overlong_rows_are_dropped_or_keep_their_end(smollm2_tokenizer, tmp_path
     data = _build(smollm2_tokenizer, path, **{"data.max_length": 16, "data.overlong": "truncate"})
     assert len(data.train[0].input_ids) == 16
     assert smollm2_tokenizer.decode(data.train[0].input_ids).endswith("w199")  # the end is kept
+
+
+def test_an_eval_row_without_a_label_is_named_as_an_eval_row(smollm2_tokenizer, tmp_path):
+    """A data.eval row without a label was told that 'every training row needs a label', pointing at the wrong file's
+    role (and to data.fields, which an eval file may bypass by naming its column 'label')."""
+    train = _write(tmp_path / "t.jsonl", [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(4)])
+    held = _write(tmp_path / "e.jsonl", [{"text": "x"}])
+    with pytest.raises(DataError, match=r"e\.jsonl:1: field 'label' is missing; every row of the eval file \(data"):
+        _build(smollm2_tokenizer, train, **{"data.eval": held})

@@ -141,7 +141,7 @@ def read_labelled(
             raise no_input_error(where, record.row, fields, "classify")
         key = column(record.row, fields, "label", lenient)
         if key is None and require_label:
-            raise _missing_label(where, record.row, fields, evaluating)
+            raise _missing_label(where, record.row, fields, evaluating, lenient)
         value = record.row[key] if key is not None else None
         if not require_label and (
             value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
@@ -155,7 +155,8 @@ def read_labelled(
     return out
 
 
-def _missing_label(where: str, row: dict, fields: dict[str, str], evaluating: bool) -> DataError:
+def _missing_label(where: str, row: dict, fields: dict[str, str], evaluating: bool, held: bool) -> DataError:
+    """`held`: a row of data.eval (read leniently), which the run's eval loss and accuracy score."""
     name = fields.get("label", "label")
     has = ", ".join(map(str, row)) or "no fields"
     if evaluating:
@@ -171,6 +172,13 @@ def _missing_label(where: str, row: dict, fields: dict[str, str], evaluating: bo
             f"{has}.{hint}"
         )
     mapped = f" (data.fields maps label to '{fields['label']}')" if "label" in fields else ""
+    if held:
+        named = f"'{name}' or 'label'" if name != "label" else "'label'"
+        return DataError(
+            f"{where}: field '{name}' is missing{mapped}; every row of the eval file (data.eval) needs its label, in "
+            f"a column {named}: the eval loss and accuracy score the head against it. This row has {has}. Add the "
+            "label, or remove the row."
+        )
     return DataError(
         f"{where}: field '{name}' is missing{mapped}; every training row needs a label. This row has {has}. Add the "
         "label, or map your column with data.fields (e.g. {label: category})."
