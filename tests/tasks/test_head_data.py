@@ -160,3 +160,17 @@ def test_whole_conversations_that_are_equal_or_one_the_start_of_the_other_are_sk
     skips = _build(task, smollm2_tokenizer, path).report.skips
     assert skips["chosen and rejected are the same"].locations == [f"{path}:1"]
     assert skips["empty chosen or rejected answer"].locations == [f"{path}:2"]
+
+
+def test_a_dpo_pair_whose_prompt_fills_max_length_is_dropped_and_counted_with_overlong_drop(
+    smollm2_tokenizer, tmp_path
+):
+    """One long transcript among thousands of pairs stopped the run (fix it, rerun, meet the next one), though
+    data.overlong: drop drops every other pair longer than max_length; with truncate the cut would leave no answer."""
+    rows = [{"prompt": "word " * 200, "chosen": "2.", "rejected": "No idea."}] + [_row("dpo", i) for i in range(4)]
+    path = _write(tmp_path / "t.jsonl", rows)
+    data = _build("dpo", smollm2_tokenizer, path)
+    assert data.report.skips["longer than max_length (128 tokens; data.overlong=drop)"].locations == [f"{path}:1"]
+    assert len(data.train) == 4
+    with pytest.raises(DataError, match=r"t\.jsonl:1: the prompt is \d+ tokens, which leaves no room for an answer"):
+        _build("dpo", smollm2_tokenizer, path, **{"data.overlong": "truncate"})

@@ -11,8 +11,8 @@ Accepted rows (`data.fields` maps the names to your columns):
 
 The row's `system` (else data.system_prompt) is prepended to a chat that has none. Labels: the tokens of the answer
 turns (each with its end-of-turn marker, `data/templates.py`), -100 elsewhere. A pair longer than data.max_length is
-dropped or has its answers cut at max_length (data.overlong); a prompt that leaves no room for an answer is an error
-naming the row, since no setting could train on it.
+dropped or has its answers cut at max_length (data.overlong); with truncate, a prompt that leaves no room for an
+answer is an error naming the row, since the cut would leave no answer to train on.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def to_rows(
         c_ids, c_labels, r_ids, r_labels = render_pair(pair, tokenizer, template)
         report.add_lengths([len(c_ids), len(r_ids)])
         prompt = min(_first_label(c_labels), _first_label(r_labels))
-        if prompt >= max_length:
+        if prompt >= max_length and overlong == "truncate":  # with drop, the pair is dropped below as overlong
             raise DataError(
                 f"{location(pair.path, pair.line)}: the prompt is {prompt} tokens, which leaves no room for an answer "
                 f"within data.max_length ({max_length}). Raise data.max_length or shorten or remove this row."
