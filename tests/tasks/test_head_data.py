@@ -174,3 +174,23 @@ def test_a_dpo_pair_whose_prompt_fills_max_length_is_dropped_and_counted_with_ov
     assert len(data.train) == 4
     with pytest.raises(DataError, match=r"t\.jsonl:1: the prompt is \d+ tokens, which leaves no room for an answer"):
         _build("dpo", smollm2_tokenizer, path, **{"data.overlong": "truncate"})
+
+
+@pytest.mark.parametrize("task", ["dpo", "reward"])
+def test_a_prompt_column_beside_whole_conversations_is_their_shared_start(task, smollm2_tokenizer, tmp_path):
+    """UltraFeedback's binarized pairs give the prompt as text and chosen and rejected as whole conversations that
+    start with it; each side was trained with the question twice (the prompt's user turn, then the conversation's).
+    Now the pair is read as two whole conversations (as TRL reads it); a conversation that starts with another
+    question is refused."""
+    q = {"role": "user", "content": "What is 1 + 1?"}
+    chosen, rejected = [q, {"role": "assistant", "content": "2."}], [q, {"role": "assistant", "content": "No idea."}]
+    rows = [{"prompt": q["content"], "chosen": chosen, "rejected": rejected}] + [_row(task, i) for i in range(2, 6)]
+    data = _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows), **{"data.system_prompt": "Be exact."})
+    first = smollm2_tokenizer.decode(data.train[0].chosen_ids)
+    assert first.count("What is 1 + 1?") == 1 and first.count("Be exact.") == 1 and "2." in first
+    if task == "dpo":
+        answer = [t for t in data.train[0].chosen_labels if t != -100]
+        assert smollm2_tokenizer.decode(answer) == "2.<|im_end|>"
+    rows[0]["prompt"] = "What is 2 + 2?"
+    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'chosen' item 0 is a user turn"):
+        _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))

@@ -97,6 +97,20 @@ def answer_turns(value, where: str, key: str) -> list[dict]:
     return turns
 
 
+def repeats_prompt(prompt: list[dict] | None, values: list, keys: tuple[str, str], where: str) -> bool:
+    """Whether both sides of a pair are message lists that start with the prompt's turns (after a system turn):
+    whole conversations beside a prompt column that repeats their start, as UltraFeedback's binarized pairs are (and
+    TRL reads them). Such a pair is read as two whole conversations, whose shared turns are the prompt."""
+    if prompt is None or not all(isinstance(value, list) for value in values):
+        return False
+    for value, key in zip(values, keys):
+        turns = as_turns(value, where, key)
+        turns = turns[1:] if turns and turns[0]["role"] == "system" else turns
+        if turns[: len(prompt)] != prompt:
+            return False
+    return True
+
+
 def with_system(
     messages: list[dict],
     row: dict,

@@ -35,6 +35,7 @@ from tunelab.tasks.head_data import (
     counted_records,
     pair_columns,
     read_task_data,
+    repeats_prompt,
     shared_prompt,
     with_system,
 )
@@ -86,7 +87,7 @@ def read_sides(row: dict, fields: dict[str, str], where: str, system: str | None
     keys = pair_columns(row, fields, where, lenient, "and a prompt unless both are whole conversations or texts")
     values = [row[key] for key in keys]
     prompt = read_prompt(row, fields, where, lenient)
-    if prompt is not None:
+    if prompt is not None and not repeats_prompt(prompt, values, keys, where):
         sides = []
         for key, value in zip(keys, values):
             turns = (

@@ -50,6 +50,7 @@ from tunelab.tasks.head_data import (
     read_task_data,
     refuse_chat_format,
     render,
+    repeats_prompt,
     shared_prompt,
     with_system,
 )
@@ -143,6 +144,8 @@ def read_pairs(
         row, where = record.row, location(record.path, record.line)
         keys = pair_columns(row, fields, where, lenient, "and optionally a prompt")
         prompt = read_prompt(row, fields, where, lenient)
+        if repeats_prompt(prompt, [row[key] for key in keys], keys, where):
+            prompt = None  # two whole conversations: the turns they share are the prompt
         chosen, rejected = (
             answer_input(row[key], prompt, row, fields, where, key, system_prompt, lenient) for key in keys
         )
