@@ -189,3 +189,10 @@ def test_an_eval_row_without_a_label_is_named_as_an_eval_row(smollm2_tokenizer, 
     held = _write(tmp_path / "e.jsonl", [{"text": "x"}])
     with pytest.raises(DataError, match=r"e\.jsonl:1: field 'label' is missing; every row of the eval file \(data"):
         _build(smollm2_tokenizer, train, **{"data.eval": held})
+
+
+def test_an_infinite_label_is_named_as_such(smollm2_tokenizer, tmp_path):
+    """A label of 1e400 (inf in JSON) was refused as 'a float', though numbers are labels."""
+    rows = [{"text": "x", "label": float("inf")}] + [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(4)]
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'label' must be a label .*, got inf, a number that names"):
+        _build(smollm2_tokenizer, _write(tmp_path / "d.jsonl", rows))

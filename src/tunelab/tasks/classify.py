@@ -112,6 +112,7 @@ def label_text(value, where: str, key: str) -> str:
         value = scalar_text(value)
     if not isinstance(value, str):
         got = "nothing (null)" if value is None else f"a {type(value).__name__}"
+        got = f"{value}, a number that names no label" if isinstance(value, float) else got
         raise DataError(
             f"{where}: field '{key}' must be a label (text or a number), got {got}. Give every row a label."
         )
