@@ -233,3 +233,11 @@ def test_the_system_message_is_read_through_the_runs_fields_or_under_its_own_nam
     _write(path, [{"question": "Where?", "expected": "Dundee", "sys": ["Be", "terse."]}])
     with pytest.raises(DataError, match=r"q\.jsonl:1: field 'sys' must be a string, got a list"):
         read_questions(path, DataConfig(fields=fields))
+
+
+def test_a_dpo_runs_fields_do_not_stop_its_training_format_questions(tmp_path):
+    """A dpo run whose data.fields maps chosen and rejected (its pairs' columns) had its eval.questions refused, the
+    error saying data.fields mapped unknown fields, as soon as a question row was in a training format."""
+    path = _write(tmp_path / "q.jsonl", [{"question": "What year?", "answer": "1997."}])
+    (row,) = read_questions(path, DataConfig(fields={"chosen": "better", "rejected": "worse"}))
+    assert (row.text, row.expected) == ("What year?", "1997.")

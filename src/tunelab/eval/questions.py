@@ -191,8 +191,10 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     report = DataReport()
     # One record at a time, format "auto": each row's format is detected on its own (the run's data.format was
     # chosen for its training files), so one file may mix formats; data.fields still maps column names.
+    # A dpo run's data.fields may map chosen and rejected, which the sft formats do not read: they are left out here.
+    formats = {name: column for name, column in fields.items() if name in CANONICAL}
     examples = [
-        ex for t in training for ex in to_examples([t[1]], "auto", fields, data.system_prompt, report, questions=True)
+        ex for t in training for ex in to_examples([t[1]], "auto", formats, data.system_prompt, report, questions=True)
     ]
     if report.skips:
         reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())
