@@ -35,3 +35,15 @@ def test_a_chat_that_ends_with_an_empty_answer_is_named_as_such(smollm2_tokenize
     train = _write(tmp_path / "t.jsonl", [{"messages": turns}])
     with pytest.raises(DataError, match=r"t\.jsonl:1: field 'messages': the prompt's chat ends with the assistant's"):
         _build(smollm2_tokenizer, train)
+
+
+def test_prompts_that_leave_less_room_than_max_new_tokens_are_noted(smollm2_tokenizer, tmp_path):
+    """Their sampled answers were cut to data.max_length and scored so, step after step, without a word at training
+    (only tunelab check warned)."""
+    rows = [{"prompt": "What is 1 + 1?"}, {"prompt": "word " * 60}]
+    train = _write(tmp_path / "t.jsonl", rows)
+    data = _build(smollm2_tokenizer, train, **{"grpo.max_new_tokens": 32, "data.max_length": 96})
+    (note,) = data.report.notes
+    assert note.startswith("1 of the 2 prompts leave fewer than grpo.max_new_tokens (32) tokens for an answer within ")
+    assert f"(e.g. {train}:2: room for " in note and "note: 1 of the 2 prompts" in data.report.summary()
+    assert not _build(smollm2_tokenizer, train, **{"grpo.max_new_tokens": 4, "data.max_length": 96}).report.notes

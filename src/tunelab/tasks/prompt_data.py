@@ -121,6 +121,20 @@ def to_rows(prompts: list[Prompt], tokenizer, template, max_length: int, columns
     return rows
 
 
+def note_short_room(rows: list[PromptRow], max_length: int, new: int, report: DataReport) -> None:
+    """A note in `report` when prompts leave fewer than grpo.max_new_tokens (`new`) tokens for an answer within
+    data.max_length: their sampled answers are cut to fit, and scored and trained so (`tunelab check` warns alike)."""
+    short = [r for r in rows if len(r.prompt_ids) + new > max_length]
+    if short:
+        first = short[0]
+        report.notes.append(
+            f"{len(short)} of the {len(rows)} prompts leave fewer than grpo.max_new_tokens ({new}) tokens for an answer "
+            f"within data.max_length ({max_length}) (e.g. {location(first.path, first.line)}: room for "
+            f"{max_length - len(first.prompt_ids)}): their answers are cut to fit, and scored and trained so; raise "
+            "data.max_length or lower grpo.max_new_tokens"
+        )
+
+
 def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> Datasets:
     """Train and eval prompts, with the data report. `columns`: what the rewards read from every row."""
     d = cfg.data
@@ -140,6 +154,7 @@ def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> D
     report.template = template.name
     train = to_rows(prompts, tokenizer, template, d.max_length, columns, report)
     evals = to_rows(held, tokenizer, template, d.max_length, columns, report)
+    note_short_room(train + evals, d.max_length, cfg.grpo.max_new_tokens, report)
     tokens = [sum(len(r.prompt_ids) for r in rows) for rows in (train, evals)]
     report.train = SplitStats(examples=len(prompts), used=len(train), rows=len(train), tokens=tokens[0])
     report.eval = SplitStats(examples=len(held), used=len(evals), rows=len(evals), tokens=tokens[1])
