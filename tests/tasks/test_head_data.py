@@ -194,3 +194,17 @@ def test_a_prompt_column_beside_whole_conversations_is_their_shared_start(task, 
     rows[0]["prompt"] = "What is 2 + 2?"
     with pytest.raises(DataError, match=r"t\.jsonl:1: field 'chosen' item 0 is a user turn"):
         _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))
+
+
+def test_training_files_that_give_different_inputs_may_each_use_one_mapping(smollm2_tokenizer, tmp_path):
+    """data.fields {text: body, prompt: ask} over one file of texts and one of prompts: each mapping names a column of
+    one file, and neither is a typo."""
+    texts = _write(tmp_path / "a.jsonl", [{"body": f"text {i}", "label": "ab"[i % 2]} for i in range(4)])
+    asks = _write(tmp_path / "b.jsonl", [{"ask": f"Q{i}?", "label": "ab"[i % 2]} for i in range(4)])
+    cfg = load_config(
+        None, {"task": "classify", "data.train": [texts, asks], "data.fields": {"text": "body", "prompt": "ask"}}
+    ).config
+    assert CLASSIFY.build_data(cfg, smollm2_tokenizer, 0).report.train.used == 8
+    cfg.data.fields = {"text": "body", "prompt": "ask", "system": "sytem"}
+    with pytest.raises(DataError, match=r"a\.jsonl, .*b\.jsonl: option 'data.fields' maps system -> 'sytem', but no"):
+        CLASSIFY.build_data(cfg, smollm2_tokenizer, 0)

@@ -82,28 +82,35 @@ class UnusedMappings:
     of a file has (`{system: sytem}`, a typo for 'sys') would leave its field out of every example, silently, so it is
     an error once the files are read (`refuse`). The sft formats and the readers of the other tasks share it.
     `lenient` (eval and predict files of a task, read with its training file's mapping): a record that has the
-    field's own name uses the mapping too."""
+    field's own name uses the mapping too. `together`: the files are checked as one (a task's rows may each give
+    one of several inputs, and its files differ in which: each mapping needs a column in one of them)."""
 
-    def __init__(self, lenient: bool = False) -> None:
-        self.lenient = lenient
+    def __init__(self, lenient: bool = False, together: bool = False) -> None:
+        self.lenient, self.together = lenient, together
         self.files: dict[str, tuple[Record, dict[str, str]]] = {}  # file -> its first record, mappings not used yet
+        self.paths: list[str] = []
 
     def see(self, record: Record, mapped: dict[str, str]) -> None:
         """Count `record`'s columns as used; `mapped` (name -> column) is what its file is checked for, read at the
         file's first record."""
-        unused = self.files.setdefault(record.path, (record, dict(mapped)))[1]
+        if not self.paths or self.paths[-1] != record.path:
+            self.paths.append(record.path)
+        key = "" if self.together else record.path
+        unused = self.files.setdefault(key, (record, dict(mapped)))[1]
         for name in [n for n, column in unused.items() if column in record.row or (self.lenient and n in record.row)]:
             del unused[name]
 
     def refuse(self) -> None:
-        for path, (first, unused) in self.files.items():
+        for key, (first, unused) in self.files.items():
             if unused:
+                paths = list(dict.fromkeys(self.paths)) if self.together else [key]
+                files, its = ("the file", "its") if len(paths) == 1 else ("these files", "the first one's")
                 also = " (nor the field's own name)" if self.lenient else ""
                 raise DataError(
-                    f"{path}: option 'data.fields' maps {', '.join(f'{n} -> {c!r}' for n, c in unused.items())}, but "
-                    f"no record of the file has such a column{also}, so the field would be left out of every example; "
-                    f"its columns are {', '.join(map(repr, first.row)) or '(none)'}. Fix the mapping to name a column "
-                    "of the file."
+                    f"{', '.join(paths)}: option 'data.fields' maps "
+                    f"{', '.join(f'{n} -> {c!r}' for n, c in unused.items())}, but no record of {files} has such a "
+                    f"column{also}, so the field would be left out of every example; {its} columns are "
+                    f"{', '.join(map(repr, first.row)) or '(none)'}. Fix the mapping to name a column of the data."
                 )
 
 

@@ -302,9 +302,9 @@ def counted_records(
 ) -> Iterator[Record]:
     """The records of `paths` (`data.sources`) for a task's reader, each counted as read in `report`, which names the
     files' format `kind` (label rows, preference pairs, prompts). Once they are all read, a mapping of `fields`
-    (data.fields, those the reader reads) to a column that no record of a file has is a DataError naming the file,
+    (data.fields, those the reader reads) to a column that no record of the files has is a DataError naming them,
     as in sft (`data.formats.UnusedMappings`; `lenient`: the field's own name serves too)."""
-    unused = UnusedMappings(lenient)
+    unused = UnusedMappings(lenient, together=True)
     for record in read_records(paths, report=report):
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
