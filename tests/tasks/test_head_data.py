@@ -208,3 +208,15 @@ def test_training_files_that_give_different_inputs_may_each_use_one_mapping(smol
     cfg.data.fields = {"text": "body", "prompt": "ask", "system": "sytem"}
     with pytest.raises(DataError, match=r"a\.jsonl, .*b\.jsonl: option 'data.fields' maps system -> 'sytem', but no"):
         CLASSIFY.build_data(cfg, smollm2_tokenizer, 0)
+
+
+def test_rows_to_predict_need_not_have_the_training_rows_system_column(smollm2_tokenizer, tmp_path):
+    """tunelab predict reads new rows with the run's data.fields; {system: sys} refused a file of new messages that
+    had no system message at all, and a second input mapping a file that gave the other input."""
+    from tunelab.data.report import DataReport
+    from tunelab.tasks.classify import read_labelled
+
+    path = _write(tmp_path / "new.jsonl", [{"body": "Win a prize now"}])
+    fields = {"text": "body", "prompt": "ask", "system": "sys"}
+    (row,) = read_labelled([path], fields, None, DataReport(), require_label=False, lenient=True)
+    assert row.input.text == "Win a prize now" and row.label is None

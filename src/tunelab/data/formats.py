@@ -82,8 +82,8 @@ class UnusedMappings:
     of a file has (`{system: sytem}`, a typo for 'sys') would leave its field out of every example, silently, so it is
     an error once the files are read (`refuse`). The sft formats and the readers of the other tasks share it.
     `lenient` (eval and predict files of a task, read with its training file's mapping): a record that has the
-    field's own name uses the mapping too. `together`: the files are checked as one (a task's rows may each give
-    one of several inputs, and its files differ in which: each mapping needs a column in one of them)."""
+    field's own name uses the mapping too. `together`: the files are checked as one (a task's training files, read
+    as one data set: each mapping needs a column in one of them)."""
 
     def __init__(self, lenient: bool = False, together: bool = False) -> None:
         self.lenient, self.together = lenient, together

@@ -134,8 +134,8 @@ def read_labelled(
     """Rows of the files as Labelled; DataError (file:line and field) for a row without input or label, whose message
     says what `tunelab eval` needs when `evaluating` (its file is not a training file: data.fields cannot be changed)."""
     out = []
-    read = {name: column for name, column in fields.items() if require_label or name != "label"}
-    for record in counted_records(paths, report, "label rows", read, lenient):
+    checked = fields if require_label else {}  # rows to predict may come without the training rows' columns
+    for record in counted_records(paths, report, "label rows", checked, lenient):
         where = location(record.path, record.line)
         item = read_input(record.row, fields, where, system_prompt, lenient)
         if item is None:

@@ -39,6 +39,7 @@ TEXT_FIELDS = ("text",)
 CHAT_FIELDS = ("messages", "conversations")
 PROMPT_FIELDS = ("prompt", "question", "instruction")
 INPUT_FIELDS = TEXT_FIELDS + CHAT_FIELDS + PROMPT_FIELDS
+OPTIONAL_FIELDS = ("system", "input")  # what a row may leave out: a mapping of one to no column would drop it silently
 
 
 @dataclass
@@ -301,14 +302,15 @@ def counted_records(
     paths: list[str], report: DataReport, kind: str, fields: dict[str, str], lenient: bool = False
 ) -> Iterator[Record]:
     """The records of `paths` (`data.sources`) for a task's reader, each counted as read in `report`, which names the
-    files' format `kind` (label rows, preference pairs, prompts). Once they are all read, a mapping of `fields`
-    (data.fields, those the reader reads) to a column that no record of the files has is a DataError naming them,
-    as in sft (`data.formats.UnusedMappings`; `lenient`: the field's own name serves too)."""
+    files' format `kind` (label rows, preference pairs, prompts). Once they are all read, a mapping in `fields`
+    (data.fields) of an optional field (OPTIONAL_FIELDS) to a column that no record of the files has is a DataError
+    naming them, as in sft (`data.formats.UnusedMappings`; `lenient`: the field's own name serves too). The other
+    fields are an input or a target, which every row needs: a row without one is refused on its own."""
     unused = UnusedMappings(lenient, together=True)
     for record in read_records(paths, report=report):
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
-        unused.see(record, fields)
+        unused.see(record, {name: column for name, column in fields.items() if name in OPTIONAL_FIELDS})
         yield record
     unused.refuse()
 
