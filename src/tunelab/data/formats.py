@@ -35,6 +35,7 @@ FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 CANONICAL = tuple(dict.fromkeys(name for req, opt in FORMATS.values() for name in req + opt))
 
+LATE_SYSTEM = "system message that is not the first message"  # a skip's reason, in every task
 MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -284,7 +285,7 @@ def _check_chat(messages: list[dict], questions: bool = False) -> None:
     """Raise _Skip for conversations that a prompt template cannot turn into a useful example. `questions`: a
     conversation ending with the user's turn is a question to answer (eval rows), which needs no assistant turn."""
     if any(m["role"] == "system" for m in messages[1:]):
-        raise _Skip("system message that is not the first message")
+        raise _Skip(LATE_SYSTEM)
     rest = messages[1:] if messages and messages[0]["role"] == "system" else messages
     asked = questions and bool(rest) and rest[-1]["role"] == "user"
     if not asked and not any(m["role"] == "assistant" for m in rest):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import ClassifyConfig, RunConfig
-from tunelab.data.formats import scalar_text
+from tunelab.data.formats import LATE_SYSTEM, scalar_text
 from tunelab.data.loader import Datasets, epoch_chunks
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError
@@ -38,6 +38,7 @@ from tunelab.tasks.head_data import (
     fit,
     input_kind,
     is_empty,
+    late_system,
     no_input_error,
     overlong_reason,
     pad_rows,
@@ -151,6 +152,9 @@ def read_labelled(
         label = label_text(value, where, key) if key is not None else None
         if is_empty(item):
             report.skip("empty input", record.path, record.line)
+            continue
+        if late_system(item.messages):
+            report.skip(LATE_SYSTEM, record.path, record.line)
             continue
         out.append(Labelled(item, label, record.path, record.line))
     return out
@@ -290,6 +294,8 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     items, held, report, template = read_task_data(cfg, tokenizer, seed, read_labelled, FIELDS)
     refuse_chat_format([it.input for it in items + held], cfg)
     text_format = cfg.classify.prompt_format
+    if not items:  # every row skipped (empty input, ...): the report says why
+        raise DataError(f"{', '.join(d.train)}: no usable training rows. {report.summary()}")
     counts = Counter(it.label for it in items)
     labels = sorted(counts)
     if len(labels) < 2:

@@ -206,6 +206,12 @@ def answer_blank(messages: list[dict], start: int) -> bool:
     return not any(m["content"].strip() for m in messages[start:] if m["role"] == "assistant")
 
 
+def late_system(messages: list[dict] | None) -> bool:
+    """A chat with a system message after its first turn: sft skips it (`data.formats.LATE_SYSTEM`), and so does every
+    task (a template may refuse it, or render it in the middle of the conversation)."""
+    return messages is not None and any(m["role"] == "system" for m in messages[1:])
+
+
 def is_empty(item: Input) -> bool:
     if item.messages is not None:
         return not any(m["content"].strip() for m in item.messages if m["role"] != "system")

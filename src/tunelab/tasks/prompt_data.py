@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from tunelab.config import RunConfig
+from tunelab.data.formats import LATE_SYSTEM
 from tunelab.data.loader import Datasets
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError
@@ -25,6 +26,7 @@ from tunelab.tasks.head_data import (
     PROMPT_FIELDS,
     Input,
     counted_records,
+    late_system,
     read_task_data,
     render,
     with_system,
@@ -78,6 +80,9 @@ def read_prompts(
             )
         key = prompt_column(record.row, fields, lenient)
         messages = with_system(turns, record.row, fields, where, system, lenient)
+        if late_system(messages):
+            report.skip(LATE_SYSTEM, record.path, record.line)
+            continue
         out.append(Prompt(record.row[key], messages, record.row, record.path, record.line))
     return out
 
@@ -153,6 +158,8 @@ def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> D
     prompts, held, report, template = read_task_data(cfg, tokenizer, seed, read_prompts, FIELDS)
     report.template = template.name
     train = to_rows(prompts, tokenizer, template, d.max_length, columns, report)
+    if not train:
+        raise DataError(f"{', '.join(d.train)}: no usable prompts. {report.summary()}")
     evals = to_rows(held, tokenizer, template, d.max_length, columns, report)
     note_short_room(train + evals, d.max_length, cfg.grpo.max_new_tokens, report)
     tokens = [sum(len(r.prompt_ids) for r in rows) for rows in (train, evals)]
