@@ -223,17 +223,23 @@ def test_rows_to_predict_need_not_have_the_training_rows_system_column(smollm2_t
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_a_chat_with_a_system_message_after_its_first_turn_is_skipped_as_in_sft(task, smollm2_tokenizer, tmp_path):
-    """sft skips such a chat and counts it; the other tasks rendered the system turn in the middle of the chat."""
+@pytest.mark.parametrize(
+    "role, content, reason",
+    [("system", "Be brief.", "system message that is not the first message"), ("user", " ", "empty question")],
+)
+def test_a_chat_that_sft_would_skip_is_skipped_as_in_sft(task, role, content, reason, smollm2_tokenizer, tmp_path):
+    """sft skips a chat with a system message after its first turn, or a blank question, and counts it; the other
+    tasks rendered the system turn in the middle of the chat, or the blank user turn."""
     turns = [
         {"role": "user", "content": "What is 1 + 1?"},
-        {"role": "system", "content": "Be brief."},
+        {"role": "assistant", "content": "2."},
+        {"role": role, "content": content},
         {"role": "user", "content": "Well?"},
     ]
     late = {"messages": turns} | {k: v for k, v in _row(task, 1).items() if k != "prompt"}
     path = _write(tmp_path / "t.jsonl", [late] + [_row(task, i) for i in range(2, 6)])
     data = _build(task, smollm2_tokenizer, path)
-    assert data.report.skips["system message that is not the first message"].locations == [f"{path}:1"]
+    assert data.report.skips[reason].locations == [f"{path}:1"]
     assert data.report.train.used == 4
     with pytest.raises(DataError, match=r"t\.jsonl: no usable"):
         _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", [late]))

@@ -35,7 +35,8 @@ FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 CANONICAL = tuple(dict.fromkeys(name for req, opt in FORMATS.values() for name in req + opt))
 
-LATE_SYSTEM = "system message that is not the first message"  # a skip's reason, in every task
+LATE_SYSTEM = "system message that is not the first message"  # reasons of skips, in every task
+EMPTY_QUESTION = "empty question"
 MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -297,7 +298,7 @@ def _check_chat(messages: list[dict], questions: bool = False) -> None:
     if any(m["role"] == "assistant" and not m["content"].strip() for m in rest):
         raise _Skip("empty answer")
     if any(m["role"] == "user" and not m["content"].strip() for m in rest):
-        raise _Skip("empty question")
+        raise _Skip(EMPTY_QUESTION)
 
 
 def _example(

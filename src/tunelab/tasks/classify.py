@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import ClassifyConfig, RunConfig
-from tunelab.data.formats import LATE_SYSTEM, scalar_text
+from tunelab.data.formats import scalar_text
 from tunelab.data.loader import Datasets, epoch_chunks
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError
@@ -33,12 +33,12 @@ from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, 
 from tunelab.tasks.head_data import (
     INPUT_FIELDS,
     Input,
+    chat_flaw,
     column,
     counted_records,
     fit,
     input_kind,
     is_empty,
-    late_system,
     no_input_error,
     overlong_reason,
     pad_rows,
@@ -153,8 +153,8 @@ def read_labelled(
         if is_empty(item):
             report.skip("empty input", record.path, record.line)
             continue
-        if late_system(item.messages):
-            report.skip(LATE_SYSTEM, record.path, record.line)
+        if flaw := chat_flaw(item.messages):
+            report.skip(flaw, record.path, record.line)
             continue
         out.append(Labelled(item, label, record.path, record.line))
     return out

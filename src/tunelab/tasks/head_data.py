@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.config import PLACEHOLDER, RunConfig
-from tunelab.data.formats import UnusedMappings, parse_turns, text_field
+from tunelab.data.formats import EMPTY_QUESTION, LATE_SYSTEM, UnusedMappings, parse_turns, text_field
 from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport
@@ -206,10 +206,16 @@ def answer_blank(messages: list[dict], start: int) -> bool:
     return not any(m["content"].strip() for m in messages[start:] if m["role"] == "assistant")
 
 
-def late_system(messages: list[dict] | None) -> bool:
-    """A chat with a system message after its first turn: sft skips it (`data.formats.LATE_SYSTEM`), and so does every
-    task (a template may refuse it, or render it in the middle of the conversation)."""
-    return messages is not None and any(m["role"] == "system" for m in messages[1:])
+def chat_flaw(*chats: list[dict] | None) -> str | None:
+    """Why sft would skip one of these chats (`data.formats`), which every task skips too: a system message after the
+    first turn (a template may refuse it, or render it in the middle of the conversation), or a blank user turn.
+    None for chats without either, and for texts (None)."""
+    for messages in (m for m in chats if m is not None):
+        if any(m["role"] == "system" for m in messages[1:]):
+            return LATE_SYSTEM
+        if any(m["role"] == "user" and not m["content"].strip() for m in messages):
+            return EMPTY_QUESTION
+    return None
 
 
 def is_empty(item: Input) -> bool:

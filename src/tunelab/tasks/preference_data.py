@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.config import RunConfig
-from tunelab.data.formats import LATE_SYSTEM, text_field
+from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets
 from tunelab.data.render import IGNORE, encode, special_text_in, special_texts
 from tunelab.data.report import DataReport, SplitStats, location
@@ -32,8 +32,8 @@ from tunelab.tasks.head_data import (
     answer_blank,
     answer_turns,
     as_turns,
+    chat_flaw,
     counted_records,
-    late_system,
     pair_columns,
     read_task_data,
     repeats_prompt,
@@ -124,8 +124,8 @@ def read_preferences(
             report.skip("chosen and rejected are the same", record.path, record.line)
         elif _no_answer(chosen) or _no_answer(rejected):
             report.skip("empty chosen or rejected answer", record.path, record.line)
-        elif late_system(chosen.messages) or late_system(rejected.messages):
-            report.skip(LATE_SYSTEM, record.path, record.line)
+        elif flaw := chat_flaw(chosen.messages, rejected.messages):
+            report.skip(flaw, record.path, record.line)
         else:
             out.append(Preference(chosen, rejected, record.path, record.line))
     return out

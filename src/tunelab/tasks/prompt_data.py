@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 from tunelab.config import RunConfig
-from tunelab.data.formats import LATE_SYSTEM
 from tunelab.data.loader import Datasets
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError
@@ -25,8 +24,8 @@ from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
     Input,
+    chat_flaw,
     counted_records,
-    late_system,
     read_task_data,
     render,
     with_system,
@@ -80,8 +79,8 @@ def read_prompts(
             )
         key = prompt_column(record.row, fields, lenient)
         messages = with_system(turns, record.row, fields, where, system, lenient)
-        if late_system(messages):
-            report.skip(LATE_SYSTEM, record.path, record.line)
+        if flaw := chat_flaw(messages):
+            report.skip(flaw, record.path, record.line)
             continue
         out.append(Prompt(record.row[key], messages, record.row, record.path, record.line))
     return out

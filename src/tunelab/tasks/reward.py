@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import RunConfig
-from tunelab.data.formats import LATE_SYSTEM, text_field
+from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets, epoch_chunks
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
@@ -39,12 +39,12 @@ from tunelab.tasks.head_data import (
     answer_blank,
     answer_turns,
     as_turns,
+    chat_flaw,
     column,
     counted_records,
     fit,
     input_kind,
     is_empty,
-    late_system,
     overlong_reason,
     pad_rows,
     pair_columns,
@@ -165,8 +165,8 @@ def read_pairs(
             report.skip(SAME, record.path, record.line)
         elif is_empty(chosen) or is_empty(rejected) or _answer_empty(chosen, start) or _answer_empty(rejected, start):
             report.skip("empty chosen or rejected answer", record.path, record.line)
-        elif late_system(chosen.messages) or late_system(rejected.messages):
-            report.skip(LATE_SYSTEM, record.path, record.line)
+        elif flaw := chat_flaw(chosen.messages, rejected.messages):
+            report.skip(flaw, record.path, record.line)
         else:
             pairs.append(Pair(chosen, rejected, record.path, record.line))
     return pairs
