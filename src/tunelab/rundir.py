@@ -143,9 +143,8 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
     """The run's RunInfo; RunDirError when the folder is missing, is no run directory, or (by default) the run did
     not finish."""
     run_dir = Path(run_dir)
-    if (
-        run_dir.is_file()
-    ):  # run.json, the adapter, a merged model's weights: "no such run directory" said it was not there
+    # run.json, the adapter or a merged model's weights given for the folder: "no such run directory" misled
+    if run_dir.is_file():
         raise RunDirError(
             f"{run_dir}: is a file, not a run directory; give the folder that holds the run's {RUN_FILE}."
         )

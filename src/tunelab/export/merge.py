@@ -195,9 +195,10 @@ def merge_run(
     check_run(run_dir)
     if out.name in ("", ".."):  # '.', '..': the folder itself, whose scratch folder is built beside it
         out = out.resolve()
-    if Path.cwd().resolve().is_relative_to(out.resolve()):
+    here, target = Path.cwd().resolve(), out.resolve()
+    if here.is_relative_to(target):
         raise RunDirError(
-            f"{out_dir}: is the folder this command runs in{'' if Path.cwd().resolve() == out.resolve() else ', or holds it'}; "
+            f"{out_dir}: is the folder this command runs in{'' if here == target else ', or holds it'}; "
             "the merge puts a new folder in place of its --out, which would pull the folder from under this shell. "
             "Name a new folder (e.g. --out merged)."
         )
