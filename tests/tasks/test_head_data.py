@@ -243,3 +243,23 @@ def test_a_chat_that_sft_would_skip_is_skipped_as_in_sft(task, role, content, re
     assert data.report.train.used == 4
     with pytest.raises(DataError, match=r"t\.jsonl: no usable"):
         _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", [late]))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_chat_that_starts_with_the_assistants_turn_is_skipped_as_in_sft(task, smollm2_tokenizer, tmp_path):
+    """sft skips a conversation whose first turn (after the system message) is not the user's, and counts it; the
+    other tasks rendered it, an answer to no question first (templates that require a user turn first refuse it)."""
+    turns = [
+        {"role": "system", "content": "Be exact."},
+        {"role": "assistant", "content": "Hello, ask me a sum."},
+        {"role": "user", "content": "What is 1 + 1?"},
+    ]
+    first = {"messages": turns} | {k: v for k, v in _row(task, 1).items() if k != "prompt"}
+    path = _write(tmp_path / "t.jsonl", [first] + [_row(task, i) for i in range(2, 6)])
+    data = _build(task, smollm2_tokenizer, path)
+    assert data.report.skips["conversation does not start with a user message"].locations == [f"{path}:1"]
+    assert data.report.train.used == 4
+    held = _write(tmp_path / "e.jsonl", [first, _row(task, 7)])
+    data = _build(task, smollm2_tokenizer, path, **{"data.eval": held})
+    assert data.report.skips["conversation does not start with a user message"].locations == [f"{path}:1", f"{held}:1"]
+    assert data.report.eval.used == 1

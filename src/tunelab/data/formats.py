@@ -37,6 +37,7 @@ CANONICAL = tuple(dict.fromkeys(name for req, opt in FORMATS.values() for name i
 
 LATE_SYSTEM = "system message that is not the first message"  # reasons of skips, in every task
 EMPTY_QUESTION = "empty question"
+NO_USER_START = "conversation does not start with a user message"
 MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -294,7 +295,7 @@ def _check_chat(messages: list[dict], questions: bool = False) -> None:
     if not asked and not any(m["role"] == "assistant" and m.get("weight", 1) for m in rest):
         raise _Skip("every assistant message has weight 0: nothing to learn from")
     if rest[0]["role"] != "user":
-        raise _Skip("conversation does not start with a user message")
+        raise _Skip(NO_USER_START)
     if any(m["role"] == "assistant" and not m["content"].strip() for m in rest):
         raise _Skip("empty answer")
     if any(m["role"] == "user" and not m["content"].strip() for m in rest):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.config import PLACEHOLDER, RunConfig
-from tunelab.data.formats import EMPTY_QUESTION, LATE_SYSTEM, UnusedMappings, parse_turns, text_field
+from tunelab.data.formats import EMPTY_QUESTION, LATE_SYSTEM, NO_USER_START, UnusedMappings, parse_turns, text_field
 from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport
@@ -208,11 +208,15 @@ def answer_blank(messages: list[dict], start: int) -> bool:
 
 def chat_flaw(*chats: list[dict] | None) -> str | None:
     """Why sft would skip one of these chats (`data.formats`), which every task skips too: a system message after the
-    first turn (a template may refuse it, or render it in the middle of the conversation), or a blank user turn.
-    None for chats without either, and for texts (None)."""
+    first turn (a template may refuse it, or render it in the middle of the conversation), a first turn (after the
+    system message) that is not the user's (many templates refuse it; the others render an answer to no question),
+    or a blank user turn. None for chats without any, and for texts (None)."""
     for messages in (m for m in chats if m is not None):
         if any(m["role"] == "system" for m in messages[1:]):
             return LATE_SYSTEM
+        rest = messages[1:] if messages and messages[0]["role"] == "system" else messages
+        if rest and rest[0]["role"] != "user":
+            return NO_USER_START
         if any(m["role"] == "user" and not m["content"].strip() for m in messages):
             return EMPTY_QUESTION
     return None
