@@ -8,7 +8,8 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.errors import DataError
-from tunelab.tasks.reward import REWARD, SAME, read_pairs
+from tunelab.tasks.head_data import SAME
+from tunelab.tasks.reward import REWARD, read_pairs
 
 LLAMAFACTORY = "/work/shared/data/llamafactory_dpo_en_demo/dpo_en_demo.json"
 

@@ -32,7 +32,7 @@ from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
 from tunelab.tasks import get_task
 from tunelab.tasks.classify import UNSEEN
-from tunelab.tasks.reward import SAME
+from tunelab.tasks.head_data import SAME
 from tunelab.training.prepare import Inputs, load_model
 
 HEAD_TASKS = ("classify", "reward")

@@ -222,6 +222,21 @@ def chat_flaw(*chats: list[dict] | None) -> str | None:
     return None
 
 
+SAME = "chosen and rejected are the same"
+EMPTY_ANSWER = "empty chosen or rejected answer"
+
+
+def pair_skip(same: bool, empty: bool, chosen: list[dict] | None, rejected: list[dict] | None) -> str | None:
+    """Why a preference pair (dpo, reward) is skipped, the first that holds in this order: its two sides are the
+    same (`same`), a side has no answer (`empty`), a side is a chat sft would skip (`chat_flaw` of the sides' chats,
+    None for texts); None for a pair to use."""
+    if same:
+        return SAME
+    if empty:
+        return EMPTY_ANSWER
+    return chat_flaw(chosen, rejected)
+
+
 def is_empty(item: Input) -> bool:
     if item.messages is not None:
         return not any(m["content"].strip() for m in item.messages if m["role"] != "system")

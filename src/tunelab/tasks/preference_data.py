@@ -32,9 +32,9 @@ from tunelab.tasks.head_data import (
     answer_blank,
     answer_turns,
     as_turns,
-    chat_flaw,
     counted_records,
     pair_columns,
+    pair_skip,
     read_task_data,
     repeats_prompt,
     shared_prompt,
@@ -120,12 +120,9 @@ def read_preferences(
     out = []
     for record in counted_records(paths, report, "preference pairs", fields, lenient):
         chosen, rejected = read_sides(record.row, fields, location(record.path, record.line), system, lenient)
-        if chosen == rejected:
-            report.skip("chosen and rejected are the same", record.path, record.line)
-        elif _no_answer(chosen) or _no_answer(rejected):
-            report.skip("empty chosen or rejected answer", record.path, record.line)
-        elif flaw := chat_flaw(chosen.messages, rejected.messages):
-            report.skip(flaw, record.path, record.line)
+        empty = _no_answer(chosen) or _no_answer(rejected)
+        if reason := pair_skip(chosen == rejected, empty, chosen.messages, rejected.messages):
+            report.skip(reason, record.path, record.line)
         else:
             out.append(Preference(chosen, rejected, record.path, record.line))
     return out

@@ -35,11 +35,11 @@ from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, 
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
+    SAME,
     Input,
     answer_blank,
     answer_turns,
     as_turns,
-    chat_flaw,
     column,
     counted_records,
     fit,
@@ -48,6 +48,7 @@ from tunelab.tasks.head_data import (
     overlong_reason,
     pad_rows,
     pair_columns,
+    pair_skip,
     read_task_data,
     refuse_chat_format,
     render,
@@ -59,7 +60,6 @@ from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
 FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system")
-SAME = "chosen and rejected are the same"
 LABELS = ["reward"]  # the head's one output, as id2label names it
 
 
@@ -161,12 +161,9 @@ def read_pairs(
             start = shared_prompt(chosen.messages, rejected.messages, where)
         elif prompt is not None:
             start = len(with_system(prompt, row, fields, where, system_prompt, lenient))
-        if chosen == rejected:
-            report.skip(SAME, record.path, record.line)
-        elif is_empty(chosen) or is_empty(rejected) or _answer_empty(chosen, start) or _answer_empty(rejected, start):
-            report.skip("empty chosen or rejected answer", record.path, record.line)
-        elif flaw := chat_flaw(chosen.messages, rejected.messages):
-            report.skip(flaw, record.path, record.line)
+        empty = any(is_empty(side) or _answer_empty(side, start) for side in (chosen, rejected))
+        if reason := pair_skip(chosen == rejected, empty, chosen.messages, rejected.messages):
+            report.skip(reason, record.path, record.line)
         else:
             pairs.append(Pair(chosen, rejected, record.path, record.line))
     return pairs
