@@ -263,3 +263,21 @@ def test_a_chat_that_starts_with_the_assistants_turn_is_skipped_as_in_sft(task, 
     data = _build(task, smollm2_tokenizer, path, **{"data.eval": held})
     assert data.report.skips["conversation does not start with a user message"].locations == [f"{path}:1", f"{held}:1"]
     assert data.report.eval.used == 1
+
+
+@pytest.mark.parametrize("task, kept", [("dpo", "first"), ("reward", "last")])
+def test_sides_the_same_as_tokens_say_whether_they_were_cut(task, kept, smollm2_tokenizer, tmp_path):
+    """Answers that differ only in what the template trims ('2.' and ' 2. ' under llama2) were skipped as 'the same
+    in their first (last) 128 tokens', though nothing was cut; that reason is now kept for pairs that were cut."""
+    rows = [{"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": " 2. "}] + [_row(task, i) for i in range(2, 6)]
+    path = _write(tmp_path / "t.jsonl", rows)
+    skips = _build(task, smollm2_tokenizer, path, **{"data.template": "llama2"}).report.skips
+    assert skips["chosen and rejected are the same once rendered to tokens"].locations == [f"{path}:1"]
+    long = "word " * 150  # dpo keeps a pair's first tokens, the reward head its sides' last: they differ past the cut
+    rows[0] = {"prompt": "Say it.", "chosen": long + "a", "rejected": long + "b"}
+    if task == "reward":
+        rows[0] = {"prompt": "Say it.", "chosen": "a " + long, "rejected": "b " + long}
+    skips = _build(
+        task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows), **{"data.overlong": "truncate"}
+    ).report.skips
+    assert skips[f"chosen and rejected are the same in their {kept} 128 tokens"].locations == [f"{path}:1"]

@@ -237,6 +237,12 @@ def pair_skip(same: bool, empty: bool, chosen: list[dict] | None, rejected: list
     return chat_flaw(chosen, rejected)
 
 
+def same_tokens(kept: str | None) -> str:
+    """The reason to skip a pair whose sides became the same token ids: once cut to the `kept` tokens ("first 512",
+    "last 512"), or (None) as rendered, uncut."""
+    return f"{SAME} in their {kept} tokens" if kept else f"{SAME} once rendered to tokens"
+
+
 def is_empty(item: Input) -> bool:
     if item.messages is not None:
         return not any(m["content"].strip() for m in item.messages if m["role"] != "system")

@@ -37,6 +37,7 @@ from tunelab.tasks.head_data import (
     pair_skip,
     read_task_data,
     repeats_prompt,
+    same_tokens,
     shared_prompt,
     with_system,
 )
@@ -184,7 +185,8 @@ def to_rows(
                 f"{location(pair.path, pair.line)}: the prompt is {prompt} tokens, which leaves no room for an answer "
                 f"within data.max_length ({max_length}). Raise data.max_length or shorten or remove this row."
             )
-        if max(len(c_ids), len(r_ids)) > max_length:
+        cut = max(len(c_ids), len(r_ids)) > max_length
+        if cut:
             if overlong == "drop":
                 report.skip(f"longer than max_length ({max_length} tokens; data.overlong=drop)", pair.path, pair.line)
                 continue
@@ -193,8 +195,8 @@ def to_rows(
         if all(t == IGNORE for t in c_labels) or all(t == IGNORE for t in r_labels):
             report.skip("no answer token after rendering", pair.path, pair.line)
             continue
-        if c_ids == r_ids:
-            report.skip(f"chosen and rejected are the same in their first {max_length} tokens", pair.path, pair.line)
+        if c_ids == r_ids:  # sides that differ as read but not as tokens (a template that trims), or once cut
+            report.skip(same_tokens(f"first {max_length}" if cut else None), pair.path, pair.line)
             continue
         report.used(pair.path)
         rows.append(PreferenceRow(c_ids, c_labels, r_ids, r_labels, pair.path, pair.line))

@@ -35,7 +35,6 @@ from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, 
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
-    SAME,
     Input,
     answer_blank,
     answer_turns,
@@ -53,6 +52,7 @@ from tunelab.tasks.head_data import (
     refuse_chat_format,
     render,
     repeats_prompt,
+    same_tokens,
     shared_prompt,
     with_system,
 )
@@ -235,10 +235,11 @@ def to_rows(
         if c is None or r is None:
             report.skip(overlong_reason(max_length), pair.path, pair.line)
             continue
-        if c == r:  # the same once cut to their last max_length tokens
-            report.skip(f"{SAME} in their last {max_length} tokens", pair.path, pair.line)
+        cut = len(c) < len(chosen) or len(r) < len(rejected)
+        if c == r:  # sides that differ as read but not as tokens (a template that trims), or once cut
+            report.skip(same_tokens(f"last {max_length}" if cut else None), pair.path, pair.line)
             continue
-        if len(c) < len(chosen) or len(r) < len(rejected):
+        if cut:
             report.truncated(pair.path, pair.line)
         report.used(pair.path)
         rows.append(PairRow(c, r, pair.path, pair.line))
