@@ -183,3 +183,20 @@ def test_special_token_text_in_a_system_prompt_is_refused_naming_the_option(tmp_
     sources = [DataSource(path=train, system_prompt="<|im_start|>system")]
     with pytest.raises(ConfigError, match=r"^option 'data.train', entry 1: system_prompt holds the special token"):
         build_datasets(DataConfig(train=sources), smollm2_tokenizer, seed=0)
+
+
+def test_a_system_prompt_is_noted_as_not_added_to_text_examples(tmp_path, smollm2_tokenizer):
+    """data.system_prompt went into the chats and was left out of the texts (read as they are, without the chat
+    template) without a word; the report now says how many texts it is not added to."""
+    qa, doc = qa_file(tmp_path, 4), tmp_path / "doc.txt"
+    doc.write_text("Door 1 of the depot is painted red. " * 4)
+    data = build_datasets(DataConfig(train=[qa, str(doc)], system_prompt="Be brief."), smollm2_tokenizer, seed=0)
+    note = (
+        f"option 'data.system_prompt' is not added to the 1 text examples (e.g. {doc}:1): a text is read as it is, "
+        "without the chat template; the system prompt goes into chats only"
+    )
+    assert note in data.report.notes and f"note: {note}" in data.report.summary()
+    assert not build_datasets(DataConfig(train=[qa, str(doc)]), smollm2_tokenizer, seed=0).report.notes
+    sources = [DataSource(path=qa, system_prompt="Be brief."), DataSource(path=str(doc), system_prompt="Be long.")]
+    data = build_datasets(DataConfig(train=sources, max_length=64), smollm2_tokenizer, seed=0)
+    assert [n.split(" is not added")[0] for n in data.report.notes] == ["option 'data.train', entry 2: system_prompt"]

@@ -281,3 +281,44 @@ def test_sides_the_same_as_tokens_say_whether_they_were_cut(task, kept, smollm2_
         task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows), **{"data.overlong": "truncate"}
     ).report.skips
     assert skips[f"chosen and rejected are the same in their {kept} 128 tokens"].locations == [f"{path}:1"]
+
+
+def _text_row(task: str, i: int) -> dict:
+    if task == "classify":
+        return {"text": f"Message {i}.", "label": "ab"[i % 2]}
+    return {
+        "chosen": f"Human: What is {i} + {i}? Assistant: {2 * i}.",
+        "rejected": f"Human: What is {i} + {i}? Assistant: No.",
+    }
+
+
+@pytest.mark.parametrize("task", ["dpo", "reward", "classify"])
+def test_a_text_input_with_a_system_message_is_refused_and_a_system_prompt_noted(task, smollm2_tokenizer, tmp_path):
+    """A text (read as it is, without the chat template) has no turn for a system message: a row's `system` beside
+    a text input was dropped without a word (refused now, naming the row and field, in an eval file too), and
+    data.system_prompt went into the chats only (the report now counts the texts it is not added to)."""
+    name = "text" if task == "classify" else "chosen"
+    rows = [_text_row(task, 0) | {"system": "Be brief."}] + [_text_row(task, i) for i in range(1, 6)]
+    with pytest.raises(
+        DataError,
+        match=rf"t\.jsonl:1: field 'system' gives a system message, but the row's input \(field '{name}'\) is a text",
+    ):
+        _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))
+    train = _write(tmp_path / "t.jsonl", [_text_row(task, i) for i in range(6)])
+    held = _write(tmp_path / "e.jsonl", [_text_row(task, 7) | {"system": "Be brief."}])
+    with pytest.raises(DataError, match=r"e\.jsonl:1: field 'system' gives a system message"):
+        _build(task, smollm2_tokenizer, train, **{"data.eval": held})
+    chats = _write(tmp_path / "c.jsonl", [_row(task, i) for i in range(6)])
+    cfg = {"data.system_prompt": "Be exact.", "data.eval_fraction": 0.0}
+    data = _build(task, smollm2_tokenizer, chats, **cfg | {"data.train": [chats, train]})
+    assert f"option 'data.system_prompt' is not added to the 6 text examples (e.g. {train}:1)" in data.report.summary()
+    assert not _build(task, smollm2_tokenizer, chats, **cfg).report.notes
+
+
+def test_predict_refuses_a_text_with_a_system_message_as_training_does(smollm2_tokenizer, tmp_path):
+    from tunelab.data.report import DataReport
+    from tunelab.tasks.reward import read_scored
+
+    path = _write(tmp_path / "new.jsonl", [{"text": "Human: Hi. Assistant: Hello.", "system": "Be brief."}])
+    with pytest.raises(DataError, match=r"new\.jsonl:1: field 'system' gives a system message, but the row's input"):
+        read_scored([path], {}, None, DataReport())

@@ -89,6 +89,20 @@ def refuse_special_system(cfg: DataConfig, tokenizer) -> None:
             )
 
 
+def note_system_on_texts(
+    system_prompt: str | None, texts: list, report: DataReport, option: str = "option 'data.system_prompt'"
+) -> None:
+    """A note in `report` when a system prompt (`option`) is set and some examples are texts (`texts`, each with
+    `path` and `line`): it goes into chats only, since a text is read as it is, without the chat template. A note,
+    not an error: one system prompt may serve a run's chats and its texts (a stage of documents, a mixture)."""
+    if not (system_prompt or "").strip() or not texts:
+        return
+    report.notes.append(
+        f"{option} is not added to the {len(texts)} text examples (e.g. {location(texts[0].path, texts[0].line)}): a "
+        "text is read as it is, without the chat template; the system prompt goes into chats only"
+    )
+
+
 def _nothing_usable(what: str, paths: list[str], report: DataReport, read: list[Record]) -> DataError:
     """`read`: the records of `paths` (those of the other sources of a mixture are not counted), after data.transform."""
     if not read:
@@ -159,6 +173,8 @@ def build_datasets(
         report.eval_source = "fraction" if eval_examples else "none"
     note_repeated_eval(examples, eval_examples, report)
     is_chat = any(ex.messages is not None for ex in examples + eval_examples)
+    texts = [ex for ex in examples + eval_examples if ex.text is not None]
+    note_system_on_texts(cfg.system_prompt, texts, report)
     report.template = template.name if is_chat else "none (text only)"
 
     used = report.total_used
@@ -250,6 +266,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     all_held: list[Example] = []
     trained, evaluated = set(), []  # the training records' files; each eval file's records
     chat = False
+    texts: dict[str, tuple[str | None, list[Example]]] = {}  # the system prompt's option -> it, the text examples
     for i, entry in enumerate(cfg.train, 1):
         source = entry if isinstance(entry, DataSource) else DataSource(path=entry)
         name = source_name(source, i)
@@ -281,6 +298,8 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         else:
             held = []
         chat = chat or any(ex.messages is not None for ex in examples + held)
+        option = f"{where}: system_prompt" if source.system_prompt is not None else "option 'data.system_prompt'"
+        texts.setdefault(option, (own.system_prompt, []))[1].extend(ex for ex in examples + held if ex.text is not None)
         used = report.total_used
         rows = render_examples(examples, tokenizer, template, own, report)
         if not rows:
@@ -317,6 +336,9 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         if not held:
             raise _nothing_usable("eval", [cfg.eval], report, held_records)
         all_held += held
+        texts.setdefault("option 'data.system_prompt'", (cfg.system_prompt, []))[1].extend(
+            ex for ex in held if ex.text is not None
+        )
         used = report.total_used
         rows = render_examples(held, tokenizer, template, cfg, report)
         counts[1] += report.total_used - used
@@ -325,6 +347,8 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     for held_records in evaluated:
         note_trained_eval(held_records, trained, report)
     note_repeated_eval(all_examples, all_held, report)
+    for option, (system_prompt, unsystemed) in texts.items():
+        note_system_on_texts(system_prompt, unsystemed, report, option)
     own_files = cfg.eval or any(isinstance(e, DataSource) and e.eval for e in cfg.train)
     report.eval_source = "file" if own_files else ("fraction" if evals else "none")
     report.template = template.name if chat else "none (text only)"

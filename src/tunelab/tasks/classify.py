@@ -26,7 +26,7 @@ from torch import nn
 
 from tunelab.config import ClassifyConfig, RunConfig
 from tunelab.data.formats import scalar_text
-from tunelab.data.loader import Datasets, epoch_chunks
+from tunelab.data.loader import Datasets, epoch_chunks, note_system_on_texts
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, save_head_run
@@ -293,6 +293,8 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         raise ConfigError("option 'data.train' is empty; give one or more files of rows with a text and a label.")
     items, held, report, template = read_task_data(cfg, tokenizer, seed, read_labelled, FIELDS)
     refuse_chat_format([it.input for it in items + held], cfg)
+    chat = any(it.input.is_chat for it in items + held)
+    note_system_on_texts(d.system_prompt, [it for it in items + held if not it.input.is_chat], report)
     text_format = cfg.classify.prompt_format
     if not items:  # every row skipped (empty input, ...): the report says why
         raise DataError(f"{', '.join(d.train)}: no usable training rows. {report.summary()}")
@@ -306,7 +308,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         )
     refuse_label_spellings(items)
     weights = class_weights(cfg.classify, labels, counts)
-    report.template = template.name if any(it.input.is_chat for it in items + held) else "none (text only)"
+    report.template = template.name if chat else "none (text only)"
     args = (tokenizer, template, d.max_length, d.overlong, report)
     train = to_rows(items, labels, weights, *args, skip_unseen=False, text_format=text_format)
     if not train:

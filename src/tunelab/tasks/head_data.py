@@ -2,7 +2,8 @@
 
 An input is one of (the first present wins; `data.fields` maps these names to your columns):
 
-    text                               raw text, tokenized as it is (with BOS when the tokenizer adds one)
+    text                               raw text, tokenized as it is (with BOS when the tokenizer adds one); no system
+                                       message (a row's `system` beside it is refused: `plain_text`)
     messages | conversations           a chat: [{role, content}] or ShareGPT's [{from, value}]
     prompt | question | instruction    one user turn (+ the row's `system`, else data.system_prompt)
 
@@ -138,6 +139,21 @@ def with_system(
     return ([{"role": "system", "content": system}] if system.strip() else []) + messages
 
 
+def plain_text(row: dict, fields: dict[str, str], where: str, key: str, lenient: bool = False) -> str:
+    """The text of a raw text input (field `key`), read as it is, without the chat template; DataError when the row
+    also gives a system message (its `system` field, `column`, `lenient` as there): a text has no turn to put it in,
+    and it would be left out without a word."""
+    text = text_field(row[key], where, key)
+    system = column(row, fields, "system", lenient)
+    if system is not None and text_field(row[system], where, system).strip():
+        raise DataError(
+            f"{where}: field '{system}' gives a system message, but the row's input (field '{key}') is a text, read "
+            "as it is without the chat template, so the message would be left out. Give the input as a chat (a "
+            "prompt or messages), or leave the system field empty."
+        )
+    return text
+
+
 def read_input(
     row: dict, fields: dict[str, str], where: str, system_prompt: str | None, lenient: bool = False
 ) -> Input | None:
@@ -147,7 +163,7 @@ def read_input(
         if key is None:
             continue
         if name == "text":
-            return Input(text=text_field(row[key], where, key))
+            return Input(text=plain_text(row, fields, where, key, lenient))
         if name in CHAT_FIELDS:
             turns = as_turns(row[key], where, key)
             return Input(messages=with_system(turns, row, fields, where, system_prompt, lenient))

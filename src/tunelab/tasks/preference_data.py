@@ -9,7 +9,8 @@ Accepted rows (`data.fields` maps the names to your columns):
 - no prompt: `chosen`/`rejected` are two whole conversations (the turns they share are the prompt) or two whole texts
   (the tokens they share from the start are the prompt, as in Anthropic HH-RLHF's transcripts).
 
-The row's `system` (else data.system_prompt) is prepended to a chat that has none. Labels: the tokens of the answer
+The row's `system` (else data.system_prompt) is prepended to a chat that has none; a pair of whole texts takes
+neither (a row's `system` beside it is refused, `head_data.plain_text`; the data report notes data.system_prompt). Labels: the tokens of the answer
 turns (each with its end-of-turn marker, `data/templates.py`), -100 elsewhere. A pair longer than data.max_length is
 dropped or has its answers cut at max_length (data.overlong); with truncate, a prompt that leaves no room for an
 answer is an error naming the row, since the cut would leave no answer to train on.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
-from tunelab.data.loader import Datasets
+from tunelab.data.loader import Datasets, note_system_on_texts
 from tunelab.data.render import IGNORE, encode, special_text_in, special_texts
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.templates import Template, default_bos
@@ -35,6 +36,7 @@ from tunelab.tasks.head_data import (
     counted_records,
     pair_columns,
     pair_skip,
+    plain_text,
     read_task_data,
     repeats_prompt,
     same_tokens,
@@ -104,7 +106,7 @@ def read_sides(row: dict, fields: dict[str, str], where: str, system: str | None
         chats = [with_system(as_turns(v, where, k), row, fields, where, system, lenient) for k, v in zip(keys, values)]
         shared = shared_prompt(*chats, where)
         return Side(messages=chats[0], answer_from=shared), Side(messages=chats[1], answer_from=shared)
-    texts = [text_field(v, where, k) for k, v in zip(keys, values)]
+    texts = [plain_text(row, fields, where, k, lenient) for k in keys]
     return Side(text=texts[0]), Side(text=texts[1])
 
 
@@ -223,6 +225,7 @@ def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         raise ConfigError(f"option 'data.overlong' is {d.overlong!r}; allowed values: drop, truncate.")
     pairs, held, report, template = read_task_data(cfg, tokenizer, seed, read_preferences, FIELDS)
     chat = any(p.chosen.messages is not None for p in pairs + held)
+    note_system_on_texts(d.system_prompt, [p for p in pairs + held if p.chosen.messages is None], report)
     report.template = template.name if chat else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)
     if not train:

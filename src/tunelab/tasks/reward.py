@@ -26,7 +26,7 @@ from torch import nn
 
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
-from tunelab.data.loader import Datasets, epoch_chunks
+from tunelab.data.loader import Datasets, epoch_chunks, note_system_on_texts
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
 from tunelab.errors import ConfigError, DataError
@@ -48,6 +48,7 @@ from tunelab.tasks.head_data import (
     pad_rows,
     pair_columns,
     pair_skip,
+    plain_text,
     read_task_data,
     refuse_chat_format,
     render,
@@ -130,7 +131,7 @@ def answer_input(
     if isinstance(value, list | dict):
         turns = as_turns(value, where, key) if prompt is None else answer_turns(value, where, key)
     elif prompt is None:
-        return Input(text=text_field(value, where, key))
+        return Input(text=plain_text(row, fields, where, key, lenient))
     else:
         turns = [{"role": "assistant", "content": text_field(value, where, key)}]
     return Input(messages=with_system((prompt or []) + turns, row, fields, where, system, lenient))
@@ -190,7 +191,7 @@ def read_scored(
         elif prompt is not None and answer is not None:
             item = answer_input(row[answer], prompt, row, fields, where, answer, system_prompt, True)
         elif text is not None:
-            item = Input(text=text_field(row[text], where, text))
+            item = Input(text=plain_text(row, fields, where, text, True))
         else:
             raise DataError(
                 f"{where}: nothing to score: give the row a prompt and an answer ({', '.join(ANSWER_FIELDS)}), a whole "
@@ -259,7 +260,9 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     pairs, held, report, template = read_task_data(cfg, tokenizer, seed, read_pairs, FIELDS)
     refuse_chat_format([side for p in pairs + held for side in (p.chosen, p.rejected)], cfg)
     text_format = cfg.classify.prompt_format
-    report.template = template.name if any(p.chosen.is_chat for p in pairs + held) else "none (text only)"
+    chat = any(p.chosen.is_chat for p in pairs + held)
+    note_system_on_texts(d.system_prompt, [p for p in pairs + held if not p.chosen.is_chat], report)
+    report.template = template.name if chat else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report, text_format)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable preference pairs. {report.summary()}")
