@@ -134,7 +134,7 @@ def test_dpo_pairs_are_checked_and_the_first_loss_is_ln2_with_the_policy_its_ref
     out = capsys.readouterr().out
     assert "training rows as dpo scores them:" in out and f"{data}:1: chosen " in out
     assert "[WARN] pairs: 7 pairs used; 1 skipped" in out and f"chosen = rejected: 1 ({data}:4)" in out
-    assert "[PASS] lengths: tokens per input" in out
+    assert "[PASS] lengths: tokens per side (chosen or rejected)" in out
     assert "[PASS] forward/backward (dpo): first micro-batch: loss 0.6931, gradients finite" in out
     assert out.rstrip().splitlines()[-1].startswith("check: PASSED") and not (tmp_path / "run").exists()
 

@@ -322,3 +322,19 @@ def test_predict_refuses_a_text_with_a_system_message_as_training_does(smollm2_t
     path = _write(tmp_path / "new.jsonl", [{"text": "Human: Hi. Assistant: Hello.", "system": "Be brief."}])
     with pytest.raises(DataError, match=r"new\.jsonl:1: field 'system' gives a system message, but the row's input"):
         read_scored([path], {}, None, DataReport())
+
+
+@pytest.mark.parametrize("task", ["dpo", "reward"])
+def test_a_pairs_report_counts_pairs_and_the_lengths_of_their_sides(task, smollm2_tokenizer, tmp_path):
+    """The data report of a pair task said '6 examples ... -> 12 rows' and 'tokens per example' over 12 lengths (each
+    pair's chosen and rejected side): the numbers now say pairs and sides, in the summary and the HTML report."""
+    from tunelab.eval.report_inputs import Input
+    from tunelab.eval.report_run import data_section
+
+    data = _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", [_row(task, i) for i in range(6)]))
+    summary = data.report.summary()
+    assert "  train: 6 pairs, 6 used -> 12 rows (chosen and rejected sides), " in summary
+    assert "  tokens per side: min " in summary and data.report.lengths.count == 12
+    page = data_section(Input("data_report.json", data.report.to_dict()))
+    assert '<th class="num">pairs</th>' in page and "Token lengths per side (chosen or rejected)" in page
+    assert "tokens per example" not in summary

@@ -10,7 +10,8 @@ items here report what does train but deserves a look:
 - eval labels (classify): eval rows whose label training never saw, counted and skipped from the eval metrics;
 - pairs (reward, dpo): the pairs used, and those skipped because chosen equals rejected or a side is empty, with
   where;
-- lengths: tokens per input against data.max_length, with the inputs cut (truncate) or dropped (drop);
+- lengths: tokens per input (per side of a pair) against data.max_length, with the inputs cut (truncate) or dropped
+  (drop);
 - head input: the first training input as the head reads it (classify.prompt_format applied) and the token it pools.
 
 With the model, one forward and backward of the first micro-batch through the head: its loss and gradients must be
@@ -94,8 +95,9 @@ def length_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
     s = report.lengths
     dropped, where = _skips(inputs, lambda reason: reason.startswith("longer than max_length"))
     cut = report.total_truncated
+    per = "side (chosen or rejected)" if report.pairs else "input"
     summary = (
-        f"tokens per input: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (data.max_length "
+        f"tokens per {per}: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (data.max_length "
         f"{cfg.data.max_length})"
     )
     if not dropped and not cut:

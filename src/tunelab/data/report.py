@@ -128,6 +128,7 @@ class DataReport:
     packed_epoch_rows: int = 0  # a packed mixture: the rows epoch 0's draw packs into (what a step count is made of)
     mix_by: str = ""  # what the mixture's weights count ("examples" or "tokens"); "" without a mixture
     notes: list[str] = field(default_factory=list)  # what is worth knowing but skips no record (files not read)
+    pairs: bool = False  # examples are preference pairs (dpo, reward): two rows each, lengths those of the sides
     truncated_at: list[str] = field(default_factory=list)  # the first MAX_LOCATIONS examples cut to max_length
     _lengths: list[int] = field(default_factory=list, repr=False)  # raw lengths behind `lengths`; not saved
 
@@ -178,13 +179,17 @@ class DataReport:
     def summary(self) -> str:
         """A few lines for the start of training."""
         formats = ", ".join(sorted(set(self.formats.values()))) or "none"
+        # a pair is two rows, its chosen and its rejected side; their tokens and lengths are counted per side
+        examples, rows, per = (
+            ("pairs", "rows (chosen and rejected sides)", "side") if self.pairs else ("examples", "rows", "example")
+        )
         lines = [
             f"data: {len(self.files)} file(s), {self.total_read} records, format {formats}, template {self.template or 'none'}",
-            f"  train: {self.train.examples} examples, {self.train.used} used -> {self.train.rows} rows, {self.train.tokens:,} tokens ({self.train.loss_tokens:,} with loss)",
+            f"  train: {self.train.examples} {examples}, {self.train.used} used -> {self.train.rows} {rows}, {self.train.tokens:,} tokens ({self.train.loss_tokens:,} with loss)",
         ]
         if self.eval_source != "none":
             lines.append(
-                f"  eval ({self.eval_source}): {self.eval.examples} examples, {self.eval.used} used -> {self.eval.rows} rows, {self.eval.tokens:,} tokens"
+                f"  eval ({self.eval_source}): {self.eval.examples} {examples}, {self.eval.used} used -> {self.eval.rows} {rows}, {self.eval.tokens:,} tokens"
             )
         if self.sources:
             lines.append(f"  mixture ({self.mix_by}): per source, rows and tokens held, then drawn each epoch")
@@ -200,7 +205,7 @@ class DataReport:
         if self.lengths.count:
             s = self.lengths
             lines.append(
-                f"  tokens per example: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (max_length {self.max_length})"
+                f"  tokens per {per}: min {s.min}, median {s.median}, p95 {s.p95}, max {s.max} (max_length {self.max_length})"
             )
         if self.text_blocks:
             lines.append(f"  text: {self.text_blocks} blocks of {self.max_length} tokens")

@@ -106,7 +106,8 @@ def preference_plots(records: list[dict]) -> str:
     )
 
 
-def histogram_plot(lengths: dict, max_length: int | None) -> str:
+def histogram_plot(lengths: dict, max_length: int | None, unit: str = "example") -> str:
+    """The token lengths' histogram; `unit`: what one length is of (an example, a pair's side)."""
     edges, counts = lengths.get("bin_edges") or [], lengths.get("counts") or []
     if len(edges) != len(counts) + 1 or not counts:
         return '<p class="missing">No token-length histogram in data_report.json.</p>'
@@ -122,9 +123,11 @@ def histogram_plot(lengths: dict, max_length: int | None) -> str:
     if max_length:
         ax.axvline(max_length, color="#c62828", linestyle="--", label=f"max_length {max_length}")
         ax.legend()
-    ax.set_xlabel("tokens per example (rendered, before truncation)")
-    ax.set_ylabel("examples")
-    caption = "Token lengths of the examples"
+    ax.set_xlabel(f"tokens per {unit} (rendered, before truncation)")
+    ax.set_ylabel(f"{unit}s")
+    caption = (
+        "Token lengths of the pairs' sides (chosen and rejected)" if unit == "side" else "Token lengths of the examples"
+    )
     return f'<div class="plots"><figure>{_svg(fig, caption)}<figcaption>{esc(caption)}</figcaption></figure></div>'
 
 

@@ -117,9 +117,11 @@ def data_section(report: Input) -> str:
         + "</tr>"
         for name in ("train", "eval")
     )
+    pairs = bool(d.get("pairs"))  # preference pairs: two rows each (chosen, rejected), lengths per side
     parts.append(
-        '<table class="splits"><thead><tr><th>split</th><th class="num">examples</th><th class="num">used</th>'
-        '<th class="num">rows</th><th class="num">tokens</th><th class="num">tokens with loss</th></tr></thead>'
+        f'<table class="splits"><thead><tr><th>split</th><th class="num">{"pairs" if pairs else "examples"}</th>'
+        f'<th class="num">used</th><th class="num">{"rows (both sides)" if pairs else "rows"}</th>'
+        '<th class="num">tokens</th><th class="num">tokens with loss</th></tr></thead>'
         f"<tbody>{splits}</tbody></table>"
     )
     parts.append(_sources_table(d))
@@ -139,7 +141,7 @@ def data_section(report: Input) -> str:
     lengths = d.get("lengths") or {}
     if lengths.get("count"):
         parts.append(
-            "<h3>Token lengths</h3>"
+            ("<h3>Token lengths per side (chosen or rejected)</h3>" if pairs else "<h3>Token lengths</h3>")
             + kv_table(
                 [
                     (k, lengths.get(k) if k != "mean" else f"{lengths['mean']:.1f}")
@@ -147,5 +149,5 @@ def data_section(report: Input) -> str:
                 ]
             )
         )
-        parts.append(histogram_plot(lengths, d.get("max_length")))
+        parts.append(histogram_plot(lengths, d.get("max_length"), "side" if pairs else "example"))
     return "".join(parts)

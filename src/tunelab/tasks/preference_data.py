@@ -224,6 +224,7 @@ def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     if d.overlong not in ("drop", "truncate"):
         raise ConfigError(f"option 'data.overlong' is {d.overlong!r}; allowed values: drop, truncate.")
     pairs, held, report, template = read_task_data(cfg, tokenizer, seed, read_preferences, FIELDS)
+    report.pairs = True
     chat = any(p.chosen.messages is not None for p in pairs + held)
     note_system_on_texts(d.system_prompt, [p for p in pairs + held if p.chosen.messages is None], report)
     report.template = template.name if chat else "none (text only)"

@@ -258,6 +258,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of preference pairs.")
     pairs, held, report, template = read_task_data(cfg, tokenizer, seed, read_pairs, FIELDS)
+    report.pairs = True
     refuse_chat_format([side for p in pairs + held for side in (p.chosen, p.rejected)], cfg)
     text_format = cfg.classify.prompt_format
     chat = any(p.chosen.is_chat for p in pairs + held)
