@@ -105,3 +105,59 @@ def test_deep_model_trains_finite_with_the_repair_and_inference_sees_the_repaire
     merged = merge_run(result.run_dir, tmp_path / "merged")
     weights = load_file(merged / "model.safetensors")
     assert torch.equal(weights["model.embed_tokens.weight"][im_start], embed[im_start])  # merges (and GGUF) carry it
+
+
+@pytest.fixture
+def zero_row_tiny_dir(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """The tiny model with the embedding row of <|im_start|>, which every chat example starts with, set to zero."""
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")] = 0.0
+    model.save_pretrained(tmp_path / "zero-row", safe_serialization=True)
+    tiny_tokenizer.save_pretrained(tmp_path / "zero-row")
+    return tmp_path / "zero-row"
+
+
+@pytest.mark.parametrize("method", ["full", "layers"])
+def test_the_base_beside_a_full_run_is_loaded_with_the_rows_training_repaired(
+    method, zero_row_tiny_dir, qa_file, tmp_path, tiny_tokenizer
+):
+    """eval and compare of a full or layers run loaded the base for the "base" side without the repair training made,
+    so the base answered from a zero row the tuned model never had: not the model the run started from."""
+    from tunelab.infer.run import open_run
+
+    overrides = _deep_overrides(zero_row_tiny_dir, qa_file, tmp_path) | {
+        "method.name": method,
+        "method.top_layers": 1,
+        "train.max_steps": 1,
+    }
+    result = train(None, overrides)
+    im_start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert im_start in json.loads((result.run_dir / "run.json").read_text())["fixed_untrained_tokens"]["embed_tokens"]
+    saved = LlamaForCausalLM.from_pretrained(zero_row_tiny_dir, dtype=torch.float32).model.embed_tokens.weight
+    mean = saved[~untrained_mask(saved)].mean(0)  # what training set the row to
+    run = open_run(result.run_dir, device="cpu")
+    with run.base_model() as base:
+        assert torch.equal(base.get_input_embeddings().weight[im_start], mean) and mean.abs().sum() > 0
+
+
+def test_the_untrained_head_of_a_full_classify_run_sits_on_the_repaired_base(
+    zero_row_tiny_dir, tmp_path, tiny_tokenizer
+):
+    """`tunelab eval` of a full classify run scored its "untrained head" baseline over the base with the zero row."""
+    from tunelab.eval.heads import untrained_model
+    from tunelab.infer.predict import open_head_run
+
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"prompt": f"word {i}", "label": "ab"[i % 2]}) + "\n" for i in range(8)))
+    overrides = _deep_overrides(zero_row_tiny_dir, labels, tmp_path) | {
+        "task": "classify",
+        "method.name": "full",
+        "train.max_steps": 1,
+    }
+    result = train(None, overrides)
+    im_start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert im_start in json.loads((result.run_dir / "run.json").read_text())["fixed_untrained_tokens"]["embed_tokens"]
+    with untrained_model(open_head_run(result.run_dir, device="cpu")) as model:
+        embed = model.body.get_input_embeddings().weight
+        assert embed[im_start].abs().sum() > 0

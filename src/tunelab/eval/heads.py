@@ -29,12 +29,12 @@ from tunelab.data.report import DataReport, location
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.metrics import label_scores
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run, refuse_other_input_kind
-from tunelab.models.load import load_hf_model, run_base
 from tunelab.peft.lora import adapters_disabled
 from tunelab.rundir import check_output_file, check_same_run, run_stamp
 from tunelab.tasks.classify import label_key, read_labelled
 from tunelab.tasks.head import SequenceClassifier, new_score
 from tunelab.tasks.reward import read_pairs
+from tunelab.training.build import trained_base
 
 EVAL_FILE = "eval.json"
 SHOWN_ROWS = 200  # rows kept in eval.json for the report (the errors first)
@@ -136,9 +136,7 @@ def untrained_model(run: HeadRun):
             yield SequenceClassifier(model.body, score, model.prefix).eval()
         return
     dtype = next(model.parameters()).dtype
-    lm = load_hf_model(
-        run_base(run.info.base_model, run.info.base_fingerprint), dtype, run.device, run.info.trust_remote_code
-    )
+    lm = trained_base(run.info, dtype, run.device, quantize=False)  # the untrained rows training repaired, repaired
     yield SequenceClassifier(lm.base_model, score, lm.base_model_prefix).eval()
 
 

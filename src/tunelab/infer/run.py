@@ -18,7 +18,7 @@ from torch import nn
 
 from tunelab.data.templates import Template, resolve_template
 from tunelab.errors import ConfigError
-from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source, run_base
+from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
 from tunelab.rundir import RunInfo, open_info
@@ -51,17 +51,13 @@ class LoadedRun:
     @contextmanager
     def base_model(self):
         """The model before tuning: the adapter switched off (over the same base the tuned model uses), or the base
-        weights loaded beside the tuned ones."""
+        weights loaded beside the tuned ones as training loaded them (the untrained rows it repaired repaired again:
+        a full or layers run is compared with the model it started from, not with the rows it never saw)."""
         if self.info.is_adapter:
             with adapters_disabled(self.model):
                 yield self.model
         else:
-            base = load_hf_model(
-                run_base(self.info.base_model, self.info.base_fingerprint),
-                self.dtype,
-                self.device,
-                self.info.trust_remote_code,
-            )
+            base = trained_base(self.info, self.dtype, self.device, quantize=False)
             try:
                 yield base
             finally:
