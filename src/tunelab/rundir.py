@@ -234,6 +234,19 @@ def read_config(run_dir: str | Path) -> RunConfig | None:
         raise RunDirError(f"{path}: the run's saved config cannot be read ({exc}).") from None
 
 
+def saved_config(run_dir: str | Path, needed_for: str) -> RunConfig:
+    """The run's saved config, which a command needs `needed_for` (what it reads there); RunDirError naming the file
+    when it is missing: run.json does not hold those settings, and defaults in their place would ask and score in
+    another format than the run trained on, without a word."""
+    config = read_config(run_dir)
+    if config is None:
+        raise RunDirError(
+            f"{Path(run_dir) / CONFIG_FILE}: the run's config.yaml is missing; it alone records {needed_for}. Put it "
+            "back (training saved it there; a copy of the run has it), or train the run again."
+        )
+    return config
+
+
 def check_output_file(
     path: Path, overwrite: bool, run_dir: Path, own: str, inputs: tuple[str | Path, ...] = (), mkdir: bool = False
 ) -> None:

@@ -100,3 +100,23 @@ def test_correct_is_a_share_of_the_rows_with_an_expected_answer():
     assert scores["fact"] == {"n": 3, "scored": 2, "base": 0.5, "tuned": 1.0}
     assert "(n=  3)   2 with an expected answer   correct: base  50.0% -> tuned 100.0%" in format_scores(scores)
     assert "with an expected" not in format_scores(score(rows[:2]))
+
+
+def test_a_run_without_its_config_yaml_is_refused_naming_it(run, questions, capsys):
+    """A run whose config.yaml was deleted was asked and scored with the default data settings (no column mapping,
+    the default max_length and answer length): another format than it trained on, without a word."""
+    (run / "config.yaml").unlink()
+    for command in (
+        ["eval", str(run), "--data", str(questions), "--no-save"],
+        ["compare", str(run), "--questions", str(questions), "--no-save"],
+        ["compare", str(run), "--question", "Hi?", "--no-save"],
+    ):
+        assert main([*command, "--device", "cpu"]) == 2
+        out, err = capsys.readouterr()
+        assert f"{run / 'config.yaml'}: the run's config.yaml is missing" in err and "Traceback" not in err
+        assert "answers, tuned model" not in err  # refused before any answer
+    assert "--max-new-tokens gives it instead" in err
+    # a question given directly needs only the answer length from the config
+    assert (
+        main(["compare", str(run), "--question", "Hi?", "--no-save", "--max-new-tokens", "2", "--device", "cpu"]) == 0
+    )

@@ -178,6 +178,7 @@ def _fake_run(path, method="lora", files=("adapter_config.json", "adapter_model.
     (path / "run.json").write_text(
         json.dumps({"base_model": "x", "method": method, "finished": finished, "refusal": None})
     )
+    (path / "config.yaml").write_text("model: {name: x}\ndata: {train: [qa.jsonl]}\n")  # what training saves
     for name in files:
         (path / name).write_text("")
     return path

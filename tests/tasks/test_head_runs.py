@@ -384,3 +384,11 @@ def test_eval_reads_a_label_written_another_way_as_the_runs(tiny_model_dir, tmp_
     assert saved["respelt"] == {"1.0": {"label": "1", "rows": 2}, "0.0": {"label": "0", "rows": 1}}
     assert saved["unseen"] == {"2.0": 1} and saved["tuned"]["eval_loss"] is not None
     assert {r["expected"] for r in saved["rows"]} == {"0", "1", "2.0"}
+
+
+def test_a_head_run_without_its_config_yaml_says_it_is_missing(tiny_model_dir, tmp_path, label_file, capsys):
+    run = recipe.train(None, _overrides(tiny_model_dir, tmp_path, "classify", label_file)).run_dir
+    (run / "config.yaml").unlink()
+    assert main(["predict", str(run), "--text", "great", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'config.yaml'}: the run's config.yaml is missing" in err and "Traceback" not in err

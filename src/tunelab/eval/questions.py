@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.config import DataConfig, EvalConfig, RunConfig
+from tunelab.config import DataConfig, RunConfig
 from tunelab.data.formats import CANONICAL, Example, scalar_text, text_field, to_examples
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
@@ -35,7 +35,7 @@ from tunelab.data.templates import resolve_template
 from tunelab.errors import DataError
 from tunelab.infer.generate import GenerationSettings, refuse_no_room
 from tunelab.models.load import ModelSource, load_hf_config
-from tunelab.rundir import RunInfo, read_config
+from tunelab.rundir import RunInfo, saved_config
 
 LABEL_KINDS = ("label", "labels", "classification")
 PROMPT_FIELDS = ("question", "prompt", "instruction")  # a row with one of these is meant to be answered
@@ -258,20 +258,24 @@ def check_questions(cfg: RunConfig, source: ModelSource, tokenizer) -> list[Ques
     return questions
 
 
+DATA_SETTINGS = (
+    "the data settings its questions are read and rendered with (data.fields, data.system_prompt, max_length)"
+)
+
+
 def run_data_config(run_dir: str | Path, info: RunInfo) -> DataConfig:
     """The run's data options, to read its questions and render them as training rendered its data (column mapping,
-    system prompt, template, max_length and overlong rule; no packing)."""
-    cfg = read_config(run_dir)
-    if cfg is None:
-        return DataConfig(system_prompt=info.system_prompt)
+    system prompt, template, max_length and overlong rule; no packing). RunDirError when its config.yaml is gone."""
+    cfg = saved_config(run_dir, DATA_SETTINGS)
     return dataclasses.replace(cfg.data, packing=False, eval=None)
 
 
 def answer_settings(settings: GenerationSettings | None, run_dir: str | Path) -> GenerationSettings:
     """`settings` (default: greedy) with max_new_tokens, where not given, from the run's eval.max_new_tokens: the
-    run's questions are answered at the length the run was configured for."""
+    run's questions are answered at the length the run was configured for (RunDirError when its config.yaml is gone:
+    --max-new-tokens then says the length)."""
     settings = settings or GenerationSettings()
     if settings.max_new_tokens is not None:
         return settings
-    cfg = read_config(run_dir)
-    return dataclasses.replace(settings, max_new_tokens=(cfg.eval if cfg else EvalConfig()).max_new_tokens)
+    cfg = saved_config(run_dir, "eval.max_new_tokens, the answer length (--max-new-tokens gives it instead)")
+    return dataclasses.replace(settings, max_new_tokens=cfg.eval.max_new_tokens)

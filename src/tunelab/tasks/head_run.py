@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from tunelab.config import DataConfig, load_config
+from tunelab.config import DataConfig
 from tunelab.data.templates import Template, resolve_template
-from tunelab.errors import ConfigError, DataError, RunDirError
+from tunelab.errors import DataError, RunDirError
 from tunelab.models.load import ModelSource, load_tokenizer
-from tunelab.rundir import RunInfo, open_info
+from tunelab.rundir import RunInfo, open_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
 from tunelab.tasks.head_data import Input, fit, pad_rows, render
 
@@ -63,10 +63,7 @@ def open_head_run(run_dir: str | Path, device: str = "auto") -> HeadRun:
             f"{run_dir}: a {info.task} run generates text; 'tunelab predict' needs a classify or reward run. Use "
             "'tunelab generate' or 'tunelab compare' for it."
         )
-    try:
-        cfg = load_config(run_dir / "config.yaml", saved=True).config
-    except ConfigError as exc:
-        raise RunDirError(f"{run_dir / 'config.yaml'}: the run's saved config cannot be read ({exc}).") from None
+    cfg = saved_config(run_dir, "the data settings its inputs are rendered with (data.fields, max_length) and its seed")
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)
     model = load_head_model(run_dir, info, device)
     template = resolve_template(info.template, tokenizer)
