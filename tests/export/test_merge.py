@@ -228,3 +228,50 @@ def test_a_damaged_adapter_is_refused_naming_the_file(lora_run, tmp_path):
     with pytest.raises(RunDirError, match=r"adapter_config\.json: damaged"):
         merge_run(run, tmp_path / "m3")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("m1", "m2", "m3", ".tmp-"))]
+
+
+def test_outputs_inside_the_run_or_the_base_folder_are_refused_naming_the_option(lora_run, tiny_model_dir, capsys):
+    """`merge --out RUN/merged` or `export --gguf RUN/model.gguf` wrote into the run, which `train --overwrite`
+    replaces whole; an output inside the base model's folder put files among the weights the run needs as they
+    were. Both are refused before anything is merged or written, naming the option."""
+    from tunelab.cli import main
+
+    run, _ = lora_run
+    before = sorted(p.name for p in run.iterdir()), sorted(p.name for p in tiny_model_dir.iterdir())
+    cases = [
+        (["merge", str(run), "--out", str(run / "merged")], f"--out {run / 'merged'}: is inside the run directory"),
+        (
+            ["export", str(run), "--gguf", str(run / "m.gguf"), "--no-check"],
+            f"--gguf {run / 'm.gguf'}: is inside the run",
+        ),
+        (["merge", str(run), "--out", str(tiny_model_dir / "merged")], "the folder of the base model"),
+        (["export", str(run), "--gguf", str(tiny_model_dir / "m.gguf"), "--no-check"], "the folder of the base model"),
+    ]
+    for args, says in cases:
+        assert main([*args, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert (sorted(p.name for p in run.iterdir()), sorted(p.name for p in tiny_model_dir.iterdir())) == before
+
+
+def test_the_embedded_base_file_is_never_an_export_output(tmp_path):
+    """A run over the embedded model names it by its alias, which no path check matched: `export --gguf` at the
+    alias's .gguf file with --overwrite replaced the model every run over it needs."""
+    from tunelab.errors import ModelError
+    from tunelab.export.merge import check_output
+    from tunelab.models.load import resolve_source
+
+    try:
+        source = resolve_source("smollm2-135m-instruct")
+    except ModelError as exc:
+        pytest.skip(f"the embedded model is not installed here: {exc}")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(
+        json.dumps({"base_model": "smollm2-135m-instruct", "method": "lora", "finished": True})
+    )
+    target = tmp_path / "link"
+    target.symlink_to(source.path)  # the package's folder by another name
+    with pytest.raises(RunDirError, match="--gguf .*the base model the run trained over"):
+        check_output(target / source.gguf_file, run, True, "--gguf")
+    check_output(tmp_path / "beside.gguf", run, True, "--gguf")  # elsewhere: no objection

@@ -321,7 +321,7 @@ def export_gguf(
         asked_questions(run_dir, check_questions)
     modelfile = out.with_name(MODELFILE)
     for target in (out, modelfile, check_path(out)):
-        check_output(target, run_dir, overwrite)
+        check_output(target, run_dir, overwrite, "--gguf")
         if target.is_dir():
             raise RunDirError(f"{target}: is a directory; the export writes a file there.")
     merged = merged_model(run_dir, torch.float32)  # export from fp32 so that every qtype rounds only once

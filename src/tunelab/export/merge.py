@@ -26,7 +26,7 @@ from torch import nn
 from tunelab.atomic import scratch_folder, write_json
 from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template
-from tunelab.errors import ConfigError, RunDirError
+from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
 from tunelab.peft.lora import merge_lora
@@ -159,22 +159,47 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     return MergedModel(model, tokenizer, run.info, run.template, out_dtype, check)
 
 
-def check_output(out: Path, run_dir: Path, overwrite: bool) -> None:
-    """Refuse to write over the run itself or over the base model it trained over (even with overwrite: the run
-    could never be opened as it trained again), or over something that exists (unless overwrite)."""
+def _base_location(info: RunInfo) -> Path | None:
+    """Where the run's base model lies on this machine: its folder (a Hugging Face directory) or its .gguf file (the
+    embedded alias's too); None for a hub id, whose files are transformers' cache's."""
+    try:
+        source = resolve_source(info.base_model)
+    except ModelError:
+        return None
+    path = Path(source.path) / source.gguf_file if source.is_gguf else Path(source.path)
+    return path.resolve() if path.exists() else None
+
+
+def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out") -> None:
+    """Refuse to write into or over the run itself or the base model it trained over (even with overwrite: the run
+    could never be opened as it trained again, and `train --overwrite` of the run would delete what was written into
+    it), or over something that exists (unless overwrite). `option` names the output in the messages."""
     out_r, run_r = out.resolve(), run_dir.resolve()
     if run_r.is_relative_to(out_r):
-        raise RunDirError(f"{out}: the output would replace the run directory {run_dir}; choose another output path.")
-    base = Path(read_info(run_dir).base_model).expanduser()
-    if base.exists() and base.resolve().is_relative_to(out_r):
         raise RunDirError(
-            f"{out}: the output would replace {base}, the base model the run trained over (its adapter and every "
-            "later command of the run need it as it was); choose another output path."
+            f"{option} {out}: the output would replace the run directory {run_dir}; choose another output path."
+        )
+    if out_r.is_relative_to(run_r):
+        raise RunDirError(
+            f"{option} {out}: is inside the run directory {run_dir}, whose files the run's commands read and which "
+            "'tunelab train --overwrite' replaces whole; write it outside the run (e.g. beside it)."
+        )
+    base = _base_location(read_info(run_dir))
+    if base is not None and base.is_relative_to(out_r):
+        raise RunDirError(
+            f"{option} {out}: the output would replace {base}, the base model the run trained over (its adapter and "
+            "every later command of the run need it as it was); choose another output path."
+        )
+    if base is not None and base.is_dir() and out_r.is_relative_to(base):
+        raise RunDirError(
+            f"{option} {out}: is inside {base}, the folder of the base model the run trained over, which the run needs "
+            "as it was; write it elsewhere."
         )
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
         if not overwrite:
             raise RunDirError(
-                f"{out}: exists and is not empty. Pass --overwrite to replace it, or choose another output path."
+                f"{option} {out}: exists and is not empty. Pass --overwrite to replace it, or choose another output "
+                "path."
             )
 
 
