@@ -63,6 +63,20 @@ def _replace(path: Path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def check_can_write(path: Path) -> None:
+    """`write_failed`'s error unless a file can be written at `path` now, found by creating and removing its temporary
+    sibling as the write will (a read-only folder or filesystem refuses it, for root too): the commands that work for
+    minutes before they write ask first. A folder that does not exist yet is for the caller to check or make."""
+    if not path.parent.is_dir():
+        return
+    tmp = temporary_sibling(path)
+    try:
+        tmp.write_bytes(b"")
+        tmp.unlink()
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return _replace(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab import __version__
-from tunelab.atomic import write_json
+from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import ConfigError, RunDirError
 
@@ -254,7 +254,7 @@ def check_output_file(
     folder, it is one of the command's `inputs`, it would replace a file of the run other than the command's `own`
     one (run.json, the weights: --overwrite never allows that), it is the `own` file of another run directory (whose
     report would show it as that run's), it exists and `overwrite` is off, or its folder is missing (made when
-    `mkdir`)."""
+    `mkdir`); WriteFailed when its folder cannot be written (read-only), said before the work rather than after."""
     if path.is_dir():
         raise RunDirError(f"{path}: is a folder; give a file name to write to.")
     target = path.resolve()
@@ -275,6 +275,7 @@ def check_output_file(
         raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
+    check_can_write(path)  # a read-only folder: said now, not after the work
 
 
 def _model_holding(target: Path, run_dir: Path) -> str | None:

@@ -120,3 +120,35 @@ def test_a_run_without_its_config_yaml_is_refused_naming_it(run, questions, caps
     assert (
         main(["compare", str(run), "--question", "Hi?", "--no-save", "--max-new-tokens", "2", "--device", "cpu"]) == 0
     )
+
+
+def test_an_unwritable_output_is_refused_before_any_answer(run, questions, tmp_path, monkeypatch, capsys):
+    """eval and compare on a run in a read-only folder answered every question, for minutes, and then failed to save;
+    now the folder is tried first, as the save will write it."""
+    import errno
+    import os
+    from pathlib import Path
+
+    real_open = Path.open
+    read_only = {run, tmp_path / "out"}
+
+    def open_in_read_only_folders(self, mode="r", *args, **kwargs):
+        if self.parent in read_only and set(mode) & set("wax"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_in_read_only_folders)
+    (tmp_path / "out").mkdir()
+    for command, path in (
+        (["eval", str(run), "--data", str(questions)], run / "eval.json"),
+        (
+            ["eval", str(run), "--data", str(questions), "--out", str(tmp_path / "out" / "e.json")],
+            tmp_path / "out" / "e.json",
+        ),
+        (["compare", str(run), "--questions", str(questions)], run / "compare.json"),
+    ):
+        assert main([*command, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: cannot be written (Read-only file system)" in err and "Traceback" not in err
+        assert "answers, tuned model" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

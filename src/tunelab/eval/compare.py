@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tunelab.atomic import write_json
+from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig
 from tunelab.errors import DataError, RunDirError
 from tunelab.eval.metrics import correct, refused
@@ -59,12 +59,14 @@ def compare_file(run_dir: str | Path) -> Path:
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an earlier comparison (the report reads it) unless asked; say how to keep both."""
+    """Refuse to replace an earlier comparison (the report reads it) unless asked; say how to keep both. WriteFailed
+    when the run's folder cannot be written (read-only), before the answers rather than after them."""
     if path.exists() and not overwrite:
         raise RunDirError(
             f"{path} exists (an earlier comparison, which the report shows). Pass --overwrite to replace it, or "
             "--no-save to print the scores without saving."
         )
+    check_can_write(path)
 
 
 def compare(
