@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab import _API
-from tunelab.config import ResolvedConfig, RunConfig
+from tunelab.config import ResolvedConfig, RunConfig, stage_config
 from tunelab.errors import ConfigError, DataError, not_text
 from tunelab.eval.compare import (
     Comparison,
@@ -127,7 +127,9 @@ def train(
     resolved = resolve(config, overrides)
     if resolved.config.eval.questions:  # asked after training: a file that cannot be read must not wait for that
         source = resolve_source(resolved.config.model.name)
-        check_questions(resolved.config, source, load_tokenizer(source, resolved.config.model.trust_remote_code))
+        stages = resolved.config.stages  # a staged run's questions are asked of its last stage, with its settings
+        asked = stage_config(resolved, len(stages) - 1, "").config if stages else resolved.config
+        check_questions(asked, source, load_tokenizer(source, resolved.config.model.trust_remote_code))
     if nproc is not None and from_environment().world == 1:
         check_launch(resolved.config, nproc)  # stages and head tasks train in one process
     if resolved.config.stages:

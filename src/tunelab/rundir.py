@@ -235,16 +235,23 @@ def read_config(run_dir: str | Path) -> RunConfig | None:
 
 
 def saved_config(run_dir: str | Path, needed_for: str) -> RunConfig:
-    """The run's saved config, which a command needs `needed_for` (what it reads there); RunDirError naming the file
-    when it is missing: run.json does not hold those settings, and defaults in their place would ask and score in
-    another format than the run trained on, without a word."""
+    """The config the run's result was trained with, which a command needs `needed_for` (what it reads there): its
+    config.yaml, or for a staged run the last stage's (the top one holds the stages, not the settings of the stage
+    whose result the run holds). RunDirError naming the file when it is missing: run.json does not hold those
+    settings, and defaults in their place would ask and score in another format than the run trained on."""
     config = read_config(run_dir)
     if config is None:
         raise RunDirError(
             f"{Path(run_dir) / CONFIG_FILE}: the run's config.yaml is missing; it alone records {needed_for}. Put it "
             "back (training saved it there; a copy of the run has it), or train the run again."
         )
-    return config
+    if not config.stages:
+        return config
+    stages = read_info(run_dir, require_finished=False).extra.get("stages") or [None]
+    last = stages[-1].get("dir") if isinstance(stages[-1], dict) else None
+    if not isinstance(last, str) or not last or Path(last).name != last:
+        raise RunDirError(f"{run_file(run_dir)}: a staged run whose stages are not recorded (extra.stages[].dir).")
+    return saved_config(Path(run_dir) / last, needed_for)
 
 
 def check_output_file(

@@ -19,7 +19,7 @@ from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig
 from tunelab.errors import DataError, RunDirError
 from tunelab.eval.metrics import correct, refused
-from tunelab.eval.questions import Question, answer_settings, read_questions, task_labels
+from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
 from tunelab.infer.generate import GenerationSettings, answer_progress, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 
@@ -165,14 +165,15 @@ def save_comparison(result: Comparison, run_dir: str | Path, overwrite: bool = F
 
 def compare_after_training(run_dir: Path, cfg: RunConfig) -> Comparison:
     """Answer the run's eval.questions with the base and the saved tuned model, save compare.json (the run's first:
-    training has just written the directory), print the scores."""
+    training has just written the directory), print the scores. The questions are read with the data settings of
+    the result (a staged run's last stage's), as `tunelab compare` reads them."""
     run = open_run(run_dir, device=cfg.model.device)
     print(f"comparing base and tuned model on {cfg.eval.questions}", flush=True)
     result = compare(
         run,
-        read_questions(cfg.eval.questions, cfg.data),
-        GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens),
-        cfg.eval.refusal,
+        read_questions(cfg.eval.questions, run_data_config(run_dir, run.info)),
+        answer_settings(None, run_dir),
+        run.info.refusal,
     )
     path = save_comparison(result, run_dir, overwrite=True)
     print(format_comparison(result, path), flush=True)

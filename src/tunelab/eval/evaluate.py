@@ -44,11 +44,18 @@ from tunelab.eval.metrics import (
     rouge_l,
     text_scores,
 )
-from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
+from tunelab.eval.questions import (
+    DATA_SETTINGS,
+    Question,
+    answer_settings,
+    read_questions,
+    run_data_config,
+    task_labels,
+)
 from tunelab.infer.generate import GenerationSettings, answer_progress, fit_prompts, generate_answers
 from tunelab.infer.run import LoadedRun, check_base_precision, open_run
-from tunelab.rundir import check_output_file, check_same_run, open_info, read_config, run_stamp
-from tunelab.training.auto import MICRO_BATCH, trained_value
+from tunelab.rundir import check_output_file, check_same_run, open_info, run_stamp, saved_config
+from tunelab.training.auto import trained_value
 from tunelab.training.step import evaluate, loss_tokens
 
 EVAL_FILE = "eval.json"
@@ -261,8 +268,8 @@ def evaluate_run(
     if save:
         check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,))
     data = run_data_config(run_dir, info)
-    cfg = read_config(run_dir)
-    micro_batch = trained_value(info.extra, "train.micro_batch", cfg.train.micro_batch) if cfg else MICRO_BATCH
+    cfg = saved_config(run_dir, DATA_SETTINGS)
+    micro_batch = trained_value(info.extra, "train.micro_batch", cfg.train.micro_batch)
     items = read_questions(data_file, data, need_expected=True)
     settings = answer_settings(settings, run_dir)
     refusal = refusal if refusal is not None else info.refusal

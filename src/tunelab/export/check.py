@@ -41,7 +41,7 @@ from tunelab.export.modelfile import (
     ollama_text,
     training_text,
 )
-from tunelab.rundir import read_config
+from tunelab.rundir import read_config, saved_config
 
 # Lowest teacher-forced next-token agreement that passes, per file type: float types round each weight by at most
 # 2^-9 (bf16) .. 2^-12 (f16) relative, so only near-ties may flip; 8-bit blocks move logits by ~1%, 4-bit by ~5-10%.
@@ -106,13 +106,12 @@ def saved_verdict(out: str | Path) -> str | None:
 
 def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[list[dict]], str]:
     """The first training conversations of the run (as rendered in training), or the probe conversations."""
-    from tunelab.config import load_config
     from tunelab.data.formats import to_examples
     from tunelab.data.report import DataReport
     from tunelab.data.sources import read_records
 
     try:
-        cfg = load_config(run_dir / "config.yaml", saved=True).config
+        cfg = saved_config(run_dir, "its training data")  # a staged run: its last stage's, whose result it holds
         records = read_records([e if isinstance(e, str) else e.path for e in cfg.data.train if getattr(e, "path", e)])
         examples = to_examples(records[: 4 * limit], cfg.data.format, cfg.data.fields, system, DataReport())
         chats = [ex.messages for ex in examples if ex.messages][:limit]
@@ -135,7 +134,8 @@ def check_questions(run_dir: Path, limit: int) -> tuple[list[str], str]:
     path = config.eval.questions if config is not None else None
     if not path:
         return list(PROBE_QUESTIONS[:limit]), "probes"
-    asked = [q.text for q in read_questions(path, config.data) if q.prompt is not None]
+    data = saved_config(run_dir, "the data settings of its questions").data  # a staged run: its last stage's
+    asked = [q.text for q in read_questions(path, data) if q.prompt is not None]
     return asked[:limit], str(path)
 
 
