@@ -152,3 +152,28 @@ def test_an_unwritable_output_is_refused_before_any_answer(run, questions, tmp_p
         assert f"{path}: cannot be written (Read-only file system)" in err and "Traceback" not in err
         assert "answers, tuned model" not in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_a_full_run_whose_base_is_gone_is_refused_before_any_answer(
+    tiny_model_dir, qa_file, questions, tmp_path, capsys
+):
+    """A full run opens without its base, which eval and compare load only for the base side, after every tuned
+    answer: minutes of answers ended in the error that the base was gone."""
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    overrides = {
+        "model.name": str(base),
+        "data.train": [str(qa_file)],
+        "data.max_length": 64,
+        "method.name": "full",
+        "train.max_steps": 1,
+        "output_dir": str(tmp_path / "full"),
+    }
+    from tunelab.api import train
+
+    run = train(None, overrides).run_dir
+    shutil.rmtree(base)
+    for command in (["eval", str(run), "--data", str(questions)], ["compare", str(run), "--questions", str(questions)]):
+        assert main([*command, "--no-save", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "the base model the run trained over is not there any more" in err and "Traceback" not in err
+        assert "answers, tuned model" not in err

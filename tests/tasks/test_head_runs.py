@@ -392,3 +392,23 @@ def test_a_head_run_without_its_config_yaml_says_it_is_missing(tiny_model_dir, t
     assert main(["predict", str(run), "--text", "great", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert f"{run / 'config.yaml'}: the run's config.yaml is missing" in err and "Traceback" not in err
+
+
+def test_a_full_reward_run_whose_base_is_gone_is_refused_before_scoring(
+    tiny_model_dir, tmp_path, pair_file, capsys, monkeypatch
+):
+    """The untrained-head baseline of a full reward run loads the base after every pair was scored by the tuned
+    model; a base that is gone is now said first."""
+    import shutil
+
+    import tunelab.eval.heads as heads
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    overrides = _overrides(base, tmp_path, "reward", pair_file, **{"method.name": "full", "train.max_steps": 1})
+    run = recipe.train(None, overrides).run_dir
+    shutil.rmtree(base)
+    calls, real = [], heads.head_outputs
+    monkeypatch.setattr(heads, "head_outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["eval", str(run), "--data", pair_file, "--no-save", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "not there any more" in err and "Traceback" not in err and calls == []

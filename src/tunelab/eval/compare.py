@@ -78,6 +78,7 @@ def compare(
         if q.prompt is None:
             raise DataError(f"{q.where}: a text row holds no question to ask; compare needs question rows.")
     settings = answer_settings(settings, run.run_dir)
+    run.check_base()  # a full run's base, loaded after the tuned answers: gone or changed is said before them
     conversations, names = [q.prompt for q in questions], [q.where for q in questions]
     with answer_progress(len(conversations), "answers, tuned model") as step:
         tuned = generate_answers(run.model, run.tokenizer, run.template, conversations, settings, step, names)

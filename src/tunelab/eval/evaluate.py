@@ -285,6 +285,7 @@ def evaluate_run(
     asked = [it for it in items if it.prompt is not None]
     prompts, names = [it.prompt for it in asked], [it.where for it in asked]
     fit_prompts(run.model, run.tokenizer, run.template, prompts, settings, names)  # too long: refused before any work
+    run.check_base()  # a full run's base, loaded after the tuned answers: gone or changed is said before them
     labels = task_labels(asked)
 
     def loss(model, which: str) -> float | None:

@@ -34,7 +34,7 @@ from tunelab.rundir import check_output_file, check_same_run, run_stamp
 from tunelab.tasks.classify import label_key, read_labelled
 from tunelab.tasks.head import SequenceClassifier, new_score
 from tunelab.tasks.reward import read_pairs
-from tunelab.training.build import trained_base
+from tunelab.training.build import check_trained_base, trained_base
 
 EVAL_FILE = "eval.json"
 SHOWN_ROWS = 200  # rows kept in eval.json for the report (the errors first)
@@ -223,6 +223,8 @@ def evaluate_head_run(
     if save:
         check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,))
     run = open_head_run(run_dir, device)
+    if run.info.task == "reward" and not run.info.is_adapter:  # the untrained-head baseline loads the base last
+        check_trained_base(run.info)
     parts = (_classify if run.info.task == "classify" else _reward)(run, str(data_file), batch_size)
     result = HeadEvalResult(
         task=run.info.task,

@@ -22,7 +22,7 @@ from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
 from tunelab.rundir import RunInfo, open_info
-from tunelab.training.build import run_dtype, trained_base
+from tunelab.training.build import check_trained_base, run_dtype, trained_base
 
 BASE_PRECISIONS = ("trained", "16bit")
 
@@ -47,6 +47,12 @@ class LoadedRun:
     def quantized_base(self) -> bool:
         """The adapter sits on an NF4 base, as it did in training."""
         return self.info.is_adapter and self.info.quantize_base == "nf4" and self.base_precision == "trained"
+
+    def check_base(self) -> None:
+        """ModelError now when `base_model` could not load the base (gone, or its weights changed): an adapter run
+        could not have been opened without it, a full or layers run could."""
+        if not self.info.is_adapter:
+            check_trained_base(self.info)
 
     @contextmanager
     def base_model(self):

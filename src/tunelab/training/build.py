@@ -127,6 +127,13 @@ def run_dtype(info: RunInfo, dtype: str, device: torch.device, quantize: bool) -
     return pick_dtype(dtype, device)
 
 
+def check_trained_base(info: RunInfo) -> None:
+    """ModelError now when the base `trained_base` would load is gone or its weights changed (`run_base`): a full or
+    layers run is opened without it, and a command that puts the base beside it (eval, compare) must learn that
+    before answering with the tuned model, not after."""
+    run_base(info.base_model, info.base_fingerprint)
+
+
 def trained_base(info: RunInfo, dtype: torch.dtype, device: torch.device, quantize: bool) -> nn.Module:
     """The base model an adapter run trained over, as it trained: the embedding rows training repaired repaired again
     (`models.untrained`) and, with `quantize` (QLoRA), loaded in host memory and quantized onto `device` one layer at
