@@ -247,11 +247,35 @@ def saved_config(run_dir: str | Path, needed_for: str) -> RunConfig:
         )
     if not config.stages:
         return config
-    stages = read_info(run_dir, require_finished=False).extra.get("stages") or [None]
-    last = stages[-1].get("dir") if isinstance(stages[-1], dict) else None
-    if not isinstance(last, str) or not last or Path(last).name != last:
+    stages = stage_dirs(run_dir)
+    if not stages:
         raise RunDirError(f"{run_file(run_dir)}: a staged run whose stages are not recorded (extra.stages[].dir).")
-    return saved_config(Path(run_dir) / last, needed_for)
+    return saved_config(stages[-1], needed_for)
+
+
+def stage_dirs(run_dir: str | Path) -> list[Path]:
+    """The stage folders a finished staged run records (run.json's extra.stages[].dir), in order; empty for another
+    run, or a staged run that has not finished."""
+    try:
+        stages = read_info(run_dir, require_finished=False).extra.get("stages")
+    except (OSError, RunDirError):
+        return []
+    if not isinstance(stages, list) or not stages:
+        return []
+    names = [s.get("dir") if isinstance(s, dict) else None for s in stages]
+    if not all(isinstance(n, str) and n and Path(n).name == n for n in names):
+        return []
+    return [Path(run_dir) / n for n in names]
+
+
+def _configs(run_dir: Path) -> list[RunConfig]:
+    """The run's saved config and, for a staged run, each stage's: every one names files and models the run read.
+    RunDirError when one cannot be read."""
+    config = read_config(run_dir)
+    if config is None:
+        return []
+    stages = [read_config(d) for d in stage_dirs(run_dir)] if config.stages else []
+    return [config] + [c for c in stages if c is not None]
 
 
 def check_output_file(
@@ -289,12 +313,13 @@ def _model_holding(target: Path, run_dir: Path) -> str | None:
     """Which model the run depends on holds the file `target`: the local base model (a folder or a .gguf file) or
     the adapter the config started from; None when neither does or the run cannot be read."""
     try:
-        info, config = read_info(run_dir, require_finished=False), read_config(run_dir)
+        info, configs = read_info(run_dir, require_finished=False), _configs(run_dir)
     except RunDirError:
         return None
     named = [(f"the base model {info.base_model}", info.base_model)]
-    if config is not None and config.model.adapter:
-        named.append((f"the adapter {config.model.adapter} the run started from", config.model.adapter))
+    named += [
+        (f"the adapter {c.model.adapter} the run started from", c.model.adapter) for c in configs if c.model.adapter
+    ]
     for what, given in named:
         local = Path(given).expanduser()
         if local.exists() and (target == local.resolve() or target.is_relative_to(local.resolve())):
@@ -303,17 +328,18 @@ def _model_holding(target: Path, run_dir: Path) -> str | None:
 
 
 def _data_holding(target: Path, run_dir: Path) -> str | None:
-    """Which data option of the run's saved config names the file `target` (itself, or a folder holding it), as
-    "a file of data.train"; None when none does or the config cannot be read (the other checks still apply)."""
+    """Which data option of the run's saved config (or of a stage's) names the file `target` (itself, or a folder
+    holding it), as "a file of data.train"; None when none does or the config cannot be read (the other checks
+    still apply)."""
     try:
-        config = read_config(run_dir)
+        configs = _configs(run_dir)  # a staged run: the data of every stage
     except RunDirError:
         return None
-    if config is None:
-        return None
-    named = [("data.train", e if isinstance(e, str) else e.path) for e in config.data.train]
-    named += [("data.train", e.eval) for e in config.data.train if not isinstance(e, str)]
-    named += [("data.eval", config.data.eval), ("eval.questions", config.eval.questions)]
+    named = []
+    for config in configs:
+        named += [("data.train", e if isinstance(e, str) else e.path) for e in config.data.train]
+        named += [("data.train", e.eval) for e in config.data.train if not isinstance(e, str)]
+        named += [("data.eval", config.data.eval), ("eval.questions", config.eval.questions)]
     for option, given in named:
         if given and (target == Path(given).resolve() or target.is_relative_to(Path(given).resolve())):
             return f"a file of {option}"
