@@ -90,3 +90,25 @@ def test_a_result_file_never_goes_into_another_run_as_its_own(tmp_path):
             check_output_file(other / own, True, run, own)
     check_output_file(other / "a-eval.json", False, run, "eval.json")
     check_output_file(tmp_path / "eval.json", False, run, "eval.json")
+
+
+def test_a_result_file_never_goes_into_the_data_folder_it_reads(tmp_path, capsys):
+    """`predict --data inputs/ --out inputs/preds.jsonl` wrote into the folder it read, whose every file is data: the
+    next predict read the predictions as input rows (and with --overwrite, a result could replace one of them)."""
+    from tunelab.cli import main
+    from tunelab.rundir import check_output_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(
+        json.dumps({"base_model": "x", "method": "lora", "finished": True, "task": "classify"})
+    )
+    inputs = tmp_path / "inputs"
+    (inputs / "more").mkdir(parents=True)
+    (inputs / "a.jsonl").write_text('{"text": "hi"}\n')
+    for path in (inputs / "preds.jsonl", inputs / "a.jsonl", inputs / "more" / "p.jsonl"):
+        with pytest.raises(RunDirError, match=re.escape(f"{path}: is inside {inputs}, this command's input folder")):
+            check_output_file(path, True, run, "", (inputs,))
+    check_output_file(tmp_path / "preds.jsonl", False, run, "", (inputs,))  # beside it: fine
+    assert main(["predict", str(run), "--data", str(inputs), "--out", str(inputs / "p.jsonl")]) == 2
+    assert "this command's input folder" in capsys.readouterr().err

@@ -282,15 +282,22 @@ def check_output_file(
     path: Path, overwrite: bool, run_dir: Path, own: str, inputs: tuple[str | Path, ...] = (), mkdir: bool = False
 ) -> None:
     """RunDirError before any work when a command (eval, report) cannot write its result file `path`: it is a
-    folder, it is one of the command's `inputs`, it would replace a file of the run other than the command's `own`
-    one (run.json, the weights: --overwrite never allows that), it is the `own` file of another run directory (whose
-    report would show it as that run's), it exists and `overwrite` is off, or its folder is missing (made when
-    `mkdir`); WriteFailed when its folder cannot be written (read-only), said before the work rather than after."""
+    folder, it is one of the command's `inputs` or inside one that is a folder, it would replace a file of the run
+    other than the command's `own` one (run.json, the weights: --overwrite never allows that), it is the `own` file
+    of another run directory (whose report would show it as that run's), it exists and `overwrite` is off, or its
+    folder is missing (made when `mkdir`); WriteFailed when its folder cannot be written (read-only), said before
+    the work rather than after."""
     if path.is_dir():
         raise RunDirError(f"{path}: is a folder; give a file name to write to.")
     target = path.resolve()
     if any(target == Path(p).resolve() for p in inputs):
         raise RunDirError(f"{path}: is this command's input; write the result elsewhere.")
+    for folder in (Path(p) for p in inputs):  # a data folder: every file in it is read, the result too next time
+        if folder.is_dir() and target.is_relative_to(folder.resolve()):
+            raise RunDirError(
+                f"{path}: is inside {folder}, this command's input folder, whose files are all read as data (this "
+                "one too, next time); write the result elsewhere."
+            )
     if path.exists() and target.parent == Path(run_dir).resolve() and path.name != own:
         raise RunDirError(f"{path}: is a file of the run itself; --overwrite replaces only its {own}. Write elsewhere.")
     if path.name == own and target.parent != Path(run_dir).resolve() and is_run_dir(target.parent):
