@@ -112,3 +112,20 @@ def test_a_result_file_never_goes_into_the_data_folder_it_reads(tmp_path, capsys
     check_output_file(tmp_path / "preds.jsonl", False, run, "", (inputs,))  # beside it: fine
     assert main(["predict", str(run), "--data", str(inputs), "--out", str(inputs / "p.jsonl")]) == 2
     assert "this command's input folder" in capsys.readouterr().err
+
+
+def test_a_result_file_never_replaces_a_device_or_a_pipe(tmp_path):
+    """`eval RUN --out /dev/null --overwrite` as root renamed the result onto /dev/null, replacing the device with a
+    file of scores; a pipe or device is refused."""
+    import os
+
+    from tunelab.rundir import check_output_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(RunDirError, match=re.escape(f"{pipe}: is not a regular file (a device, pipe or socket)")):
+        check_output_file(pipe, True, run, "eval.json")
+    assert not pipe.is_file() and pipe.exists()

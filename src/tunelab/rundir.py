@@ -282,13 +282,18 @@ def check_output_file(
     path: Path, overwrite: bool, run_dir: Path, own: str, inputs: tuple[str | Path, ...] = (), mkdir: bool = False
 ) -> None:
     """RunDirError before any work when a command (eval, report) cannot write its result file `path`: it is a
-    folder, it is one of the command's `inputs` or inside one that is a folder, it would replace a file of the run
-    other than the command's `own` one (run.json, the weights: --overwrite never allows that), it is the `own` file
-    of another run directory (whose report would show it as that run's), it exists and `overwrite` is off, or its
-    folder is missing (made when `mkdir`); WriteFailed when its folder cannot be written (read-only), said before
-    the work rather than after."""
+    folder or another file than a regular one, it is one of the command's `inputs` or inside one that is a folder,
+    it would replace a file of the run other than the command's `own` one (run.json, the weights: --overwrite never
+    allows that), it is the `own` file of another run directory (whose report would show it as that run's), it
+    exists and `overwrite` is off, or its folder is missing (made when `mkdir`); WriteFailed when its folder cannot
+    be written (read-only), said before the work rather than after."""
     if path.is_dir():
         raise RunDirError(f"{path}: is a folder; give a file name to write to.")
+    if path.exists() and not path.is_file():  # the result is renamed into place: /dev/null would be replaced
+        raise RunDirError(
+            f"{path}: is not a regular file (a device, pipe or socket), which the result would replace; give a file "
+            "name to write to."
+        )
     target = path.resolve()
     if any(target == Path(p).resolve() for p in inputs):
         raise RunDirError(f"{path}: is this command's input; write the result elsewhere.")
