@@ -275,3 +275,21 @@ def test_the_embedded_base_file_is_never_an_export_output(tmp_path):
     with pytest.raises(RunDirError, match="--gguf .*the base model the run trained over"):
         check_output(target / source.gguf_file, run, True, "--gguf")
     check_output(tmp_path / "beside.gguf", run, True, "--gguf")  # elsewhere: no objection
+
+
+def test_a_device_or_pipe_is_never_an_output(lora_run, tmp_path):
+    """`merge RUN --out /dev/null` needed no --overwrite (neither a file nor a folder with files) and, run as root,
+    moved the device aside and put the merged folder in its place."""
+    import os
+
+    from tunelab.export.merge import check_output
+
+    run, _ = lora_run
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for option, target in (("--out", pipe), ("--gguf", pipe)):
+        with pytest.raises(RunDirError, match=f"{option} {pipe}: is not a regular file or folder"):
+            check_output(target, run, True, option)
+    with pytest.raises(RunDirError, match="is not a regular file or folder"):
+        merge_run(run, pipe)
+    assert pipe.exists() and not pipe.is_file()

@@ -195,6 +195,11 @@ def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out
             f"{option} {out}: is inside {base}, the folder of the base model the run trained over, which the run needs "
             "as it was; write it elsewhere."
         )
+    if out.exists() and not (out.is_file() or out.is_dir()):  # replaced whole: /dev/null would become a model
+        raise RunDirError(
+            f"{option} {out}: is not a regular file or folder (a device, pipe or socket), which the output would "
+            "replace; choose another output path."
+        )
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
         if not overwrite:
             raise RunDirError(
