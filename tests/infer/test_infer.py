@@ -270,3 +270,19 @@ def test_a_device_torch_does_not_know_or_a_missing_gpu_names_the_device_option(t
     if not torch.cuda.is_available():
         assert main(["generate", str(tiny_run_dir), "--prompt", "hi", "--device", "cuda"]) == 2
         assert "option '--device' is cuda, but no CUDA device is available" in capsys.readouterr().err
+
+
+def test_a_run_whose_saved_tokenizer_lost_its_chat_template_says_so(tiny_run_dir, tmp_path, capsys):
+    """A run copied without chat_template.jinja was refused with "option 'data.template' ... Use a named template",
+    an option no reading command has: the run's template is its own."""
+    import shutil
+
+    from tunelab.cli import main
+
+    run = shutil.copytree(tiny_run_dir, tmp_path / "run")
+    assert json.loads((run / "run.json").read_text())["template"] == "tokenizer"
+    (run / "chat_template.jinja").unlink()
+    assert main(["generate", str(run), "--prompt", "hi", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run}: the run was trained with its tokenizer's chat template" in err and "chat_template.jinja" in err
+    assert "Use a named template" not in err and "Traceback" not in err

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, RunDirError
 
 _PROBE = "tunelab-probe-answer"
 
@@ -255,6 +255,19 @@ def _closing(template: Template) -> str:
         return ""
     text = template.write([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}], False)
     return "" if text.rstrip().endswith(template.end_markers) else template.eos
+
+
+def run_template(name: str, tokenizer, run_dir) -> Template:
+    """The template a run trained with (run.json's `template`), over the tokenizer saved in `run_dir`; RunDirError
+    when that tokenizer lost the chat template the run used (a copy without chat_template.jinja): no option of the
+    reading command can change the run's template, so "use a named template" would mislead."""
+    if name == "tokenizer" and not getattr(tokenizer, "chat_template", None):
+        raise RunDirError(
+            f"{run_dir}: the run was trained with its tokenizer's chat template, which the tokenizer saved in the run "
+            "no longer holds (chat_template.jinja, or tokenizer_config.json's chat_template, is missing); copy those "
+            "files from the base model or from the run's original folder."
+        )
+    return resolve_template(name, tokenizer)
 
 
 def resolve_template(name: str, tokenizer) -> Template:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tunelab.data.templates import Template, resolve_template
+from tunelab.data.templates import Template, run_template
 from tunelab.errors import ConfigError
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source
 from tunelab.peft.lora import adapters_disabled
@@ -97,5 +97,5 @@ def open_run(
     else:
         model = load_hf_model(resolve_source(str(run_dir)), dt, dev, info.trust_remote_code)
     model.eval()
-    template = resolve_template(info.template, tokenizer)
+    template = run_template(info.template, tokenizer, run_dir)
     return LoadedRun(run_dir, info, model, tokenizer, template, dev, dt, base_precision)

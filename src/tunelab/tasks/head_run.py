@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from tunelab.config import DataConfig
-from tunelab.data.templates import Template, resolve_template
+from tunelab.data.templates import Template, run_template
 from tunelab.errors import DataError, RunDirError
 from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.rundir import RunInfo, open_info, saved_config
@@ -66,7 +66,7 @@ def open_head_run(run_dir: str | Path, device: str = "auto") -> HeadRun:
     cfg = saved_config(run_dir, "the data settings its inputs are rendered with (data.fields, max_length) and its seed")
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)
     model = load_head_model(run_dir, info, device)
-    template = resolve_template(info.template, tokenizer)
+    template = run_template(info.template, tokenizer, run_dir)
     labels = run_labels(run_dir)
     return HeadRun(
         run_dir, info, model, tokenizer, template, labels, cfg.data, cfg.train.seed, cfg.classify.prompt_format
