@@ -196,3 +196,24 @@ def test_an_infinite_label_is_named_as_such(smollm2_tokenizer, tmp_path):
     rows = [{"text": "x", "label": float("inf")}] + [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(4)]
     with pytest.raises(DataError, match=r"d\.jsonl:1: field 'label' must be a label .*, got inf, a number that names"):
         _build(smollm2_tokenizer, _write(tmp_path / "d.jsonl", rows))
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [("tunelab eval", {"evaluating": True}), ("tunelab predict", {"require_label": False})],
+)
+def test_an_eval_or_predict_row_without_input_names_the_columns_not_data_fields(tmp_path, command, options):
+    """A row of tunelab eval's or predict's file without an input was told to map its column with data.fields, which
+    that file cannot change (it is read with the run's); it is told which column names the file may use."""
+    from tunelab.data.report import DataReport
+    from tunelab.tasks.classify import read_labelled
+
+    path = _write(tmp_path / "test.jsonl", [{"text": "a", "label": "x"}, {"body": "b", "label": "y"}])
+    with pytest.raises(DataError) as err:
+        read_labelled([path], {"text": "message"}, None, DataReport(), lenient=True, **options)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:2: the row has no input to classify: {command} reads each row's input from a column")
+    assert "named text, messages, conversations, prompt, question, instruction" in msg
+    assert "(or a column the run's data.fields maps one of them to: text -> message)" in msg
+    assert f"this row has body, label. Rename the column in {path} to one of those names." in msg
+    assert "map it with data.fields" not in msg

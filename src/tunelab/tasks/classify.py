@@ -133,14 +133,16 @@ def read_labelled(
     evaluating: bool = False,
 ) -> list[Labelled]:
     """Rows of the files as Labelled; DataError (file:line and field) for a row without input or label, whose message
-    says what `tunelab eval` needs when `evaluating` (its file is not a training file: data.fields cannot be changed)."""
+    says what `tunelab eval` needs when `evaluating`, and `tunelab predict` without `require_label` (their file is not
+    a training file: data.fields cannot be changed)."""
     out = []
     checked = fields if require_label else {}  # rows to predict may come without the training rows' columns
+    command = "tunelab eval" if evaluating else (None if require_label else "tunelab predict")  # run's data.fields
     for record in counted_records(paths, report, "label rows", checked, lenient):
         where = location(record.path, record.line)
         item = read_input(record.row, fields, where, system_prompt, lenient)
         if item is None:
-            raise no_input_error(where, record.row, fields, "classify")
+            raise no_input_error(where, record.row, fields, "classify", command)
         key = column(record.row, fields, "label", lenient)
         if key is None and require_label:
             raise _missing_label(where, record.row, fields, evaluating, lenient)

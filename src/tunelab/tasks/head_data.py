@@ -31,7 +31,7 @@ from tunelab.config import PLACEHOLDER, RunConfig
 from tunelab.data.formats import EMPTY_QUESTION, LATE_SYSTEM, NO_USER_START, UnusedMappings, parse_turns, text_field
 from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
 from tunelab.data.render import encode, special_text_in, special_texts
-from tunelab.data.report import DataReport
+from tunelab.data.report import DataReport, location_path
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
 from tunelab.errors import ConfigError, DataError
@@ -342,12 +342,23 @@ def pad_rows(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
 
-def no_input_error(where: str, row: dict, fields: dict[str, str], what: str) -> DataError:
+def no_input_error(where: str, row: dict, fields: dict[str, str], what: str, command: str | None = None) -> DataError:
+    """DataError for a row without an input. `command` (tunelab eval, tunelab predict): the file is read with the
+    run's data.fields, which cannot be changed for it, so the message names the columns it may hold instead."""
+    mapped = ", ".join(f"{k} -> {v}" for k, v in fields.items() if k in INPUT_FIELDS)
+    has = ", ".join(map(str, row)) or "no fields"
+    if command:
+        also = f" (or a column the run's data.fields maps one of them to: {mapped})" if mapped else ""
+        return DataError(
+            f"{where}: the row has no input to {what}: {command} reads each row's input from a column named "
+            f"{', '.join(INPUT_FIELDS)}{also}; this row has {has}. Rename the column in {location_path(where)} to "
+            "one of those names."
+        )
     mapped = ", ".join(f"{k} -> {v}" for k, v in fields.items())
     return DataError(
         f"{where}: the row has no input to {what}: give it one of the fields {', '.join(INPUT_FIELDS)} (this row has "
-        f"{', '.join(map(str, row)) or 'no fields'}{'; data.fields maps ' + mapped if mapped else ''}). Rename the "
-        "column or map it with data.fields, e.g. {text: message}."
+        f"{has}{'; data.fields maps ' + mapped if mapped else ''}). Rename the column or map it with data.fields, "
+        "e.g. {text: message}."
     )
 
 
