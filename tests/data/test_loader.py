@@ -75,6 +75,24 @@ def test_an_empty_file_is_said_to_hold_no_records(tmp_path, smollm2_tokenizer):
         build_datasets(DataConfig(train=sources), smollm2_tokenizer, seed=0)
 
 
+def test_a_failing_source_of_a_mixture_reports_its_own_skips(tmp_path, smollm2_tokenizer):
+    """The skips printed beside a source with no usable example were the totals over every source read so far (7
+    empty answers for a source of 1 row), and a reason whose first locations were all another source's went unsaid."""
+    blanks = [{"question": f"Q{i}", "answer": " "} for i in range(6)]
+    (tmp_path / "a.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in blanks + [{"question": "Q", "answer": "A."}])
+    )
+    (tmp_path / "b.jsonl").write_text(json.dumps({"question": "Q", "answer": ""}) + "\n")
+    sources = [DataSource(path=str(tmp_path / "a.jsonl")), DataSource(path=str(tmp_path / "b.jsonl"))]
+    with pytest.raises(DataError) as err:
+        build_datasets(DataConfig(train=sources), smollm2_tokenizer, seed=0)
+    msg = str(err.value)
+    assert (
+        f"b.jsonl: no usable training examples (1 records read). Skipped: 1 empty answer (e.g. {tmp_path / 'b.jsonl'}:1)."
+        in msg
+    )
+
+
 def test_packing_and_report(tmp_path, smollm2_tokenizer):
     cfg = DataConfig(train=[qa_file(tmp_path, 30)], max_length=128, packing=True, eval_fraction=0.1)
     data = build_datasets(cfg, smollm2_tokenizer, seed=0)

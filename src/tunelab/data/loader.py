@@ -28,7 +28,7 @@ from tunelab.data.hub import DEFAULT_SPLIT, is_datasets_path, read_hub, read_loc
 from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
 from tunelab.data.render import IGNORE, Rendered, render_examples, special_texts
-from tunelab.data.report import DataReport, SourceStats, SplitStats, location, location_path
+from tunelab.data.report import DataReport, SourceStats, SplitStats, location
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, resolve_template
 from tunelab.data.transform import apply_transform, load_transform
@@ -113,12 +113,8 @@ def _nothing_usable(what: str, paths: list[str], report: DataReport, read: list[
             f"{', '.join(paths)}: no {what} examples: no records to read (an empty file, a header alone, an empty "
             f"array, or rows data.transform dropped{dropped}). Check the path, add rows, or fix the transform."
         )
-    files = {r.path for r in read}
-    reasons = "; ".join(
-        f"{s.count} {reason} (e.g. {where})"
-        for reason, s in report.skips.items()
-        if (where := next((w for w in s.locations if location_path(w) in files), None))
-    )
+    skips = report.skips_in(r.path for r in read)
+    reasons = "; ".join(f"{s.count} {reason} (e.g. {s.locations[0]})" for reason, s in skips.items())
     why = f" Skipped: {reasons}." if reasons else ""
     return DataError(
         f"{', '.join(paths)}: no usable {what} examples ({len(read)} records read).{why} Fix the records, or raise "

@@ -131,6 +131,7 @@ class DataReport:
     pairs: bool = False  # examples are preference pairs (dpo, reward): two rows each, lengths those of the sides
     truncated_at: list[str] = field(default_factory=list)  # the first MAX_LOCATIONS examples cut to max_length
     _lengths: list[int] = field(default_factory=list, repr=False)  # raw lengths behind `lengths`; not saved
+    _file_skips: dict[str, dict[str, Skip]] = field(default_factory=dict, repr=False)  # file -> reason; not saved
 
     def file(self, path: str) -> FileCounts:
         return self.files.setdefault(path, FileCounts())
@@ -144,10 +145,24 @@ class DataReport:
     def skip(self, reason: str, path: str, line: int) -> None:
         """Record that the record at path:line is not used, and why."""
         self.file(path).skipped += 1
-        entry = self.skips.setdefault(reason, Skip())
-        entry.count += 1
-        if len(entry.locations) < MAX_LOCATIONS:
-            entry.locations.append(location(path, line))
+        for entry in (
+            self.skips.setdefault(reason, Skip()),
+            self._file_skips.setdefault(path, {}).setdefault(reason, Skip()),
+        ):
+            entry.count += 1
+            if len(entry.locations) < MAX_LOCATIONS:
+                entry.locations.append(location(path, line))
+
+    def skips_in(self, paths) -> dict[str, Skip]:
+        """The skips of the records of `paths` only, by reason (`skips` counts those of every file read): what one
+        source of a mixture, or an eval file, lost."""
+        out: dict[str, Skip] = {}
+        for path in dict.fromkeys(paths):
+            for reason, skip in self._file_skips.get(path, {}).items():
+                entry = out.setdefault(reason, Skip())
+                entry.count += skip.count
+                entry.locations += skip.locations[: MAX_LOCATIONS - len(entry.locations)]
+        return out
 
     def add_lengths(self, lengths: list[int]) -> None:
         """Token lengths of rendered examples (chat) or documents (text), before truncation or drop."""
@@ -220,7 +235,7 @@ class DataReport:
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        del out["_lengths"]
+        del out["_lengths"], out["_file_skips"]
         out["total_read"] = self.total_read
         out["total_used"] = self.total_used
         out["total_skipped"] = self.total_skipped

@@ -14,7 +14,6 @@ from typing import Any
 
 from tunelab.config import DataConfig, DataSource, RunConfig
 from tunelab.data.loader import Datasets
-from tunelab.data.report import location_path
 from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.models.load import ModelSource, fingerprint, load_hf_config, load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
@@ -93,11 +92,7 @@ def refuse_unusable_eval(d: DataConfig, data: Datasets) -> None:
     if files:
         read = sum(report.files[f].read for f in files if f in report.files)
         skipped = sum(report.files[f].skipped for f in files if f in report.files)
-        reasons = [
-            f"{reason} (e.g. {where})"
-            for reason, skip in report.skips.items()
-            if (where := next((w for w in skip.locations if location_path(w) in files), None))
-        ]
+        reasons = [f"{reason} (e.g. {skip.locations[0]})" for reason, skip in report.skips_in(files).items()]
         why = f"; {skipped} skipped: {', '.join(reasons)}" if reasons else ""
         raise DataError(
             f"{', '.join(files)}: the eval split has no usable rows ({read} read{why}). Fix those rows "
