@@ -70,6 +70,21 @@ def test_one_pass_over_a_large_set_may_end_above_one_nat():
     assert _judge(curve, epochs=3.0).kind == "underfit"
 
 
+def test_a_run_max_steps_stopped_before_one_pass_with_a_high_loss_is_not_fine():
+    """A run that train.max_steps stopped at 30 of a pass's 100 steps, its loss still 1.2, was called 'fine': 70% of
+    its rows were never trained on. It says so, with the numbers and the max_steps of one full pass."""
+    curve = _decay(2.5, 1.2, 30)
+    v = _judge(curve, spe=100, epochs=0.3, max_steps=30)
+    assert v.kind == "underfit" and "fine" not in v.text
+    assert (
+        "train.max_steps (30) stopped the run after 0.30 of one pass over the training rows (100 steps a pass)"
+        in v.text
+    )
+    assert "about 70% of them were never trained on" in v.text and "train.max_steps: 100 for one full pass" in v.text
+    assert _judge(curve, spe=100, epochs=0.3).kind == "fine"  # without max_steps: one pass of a 30-step epoch
+    assert _judge(_decay(2.5, 0.05, 30), spe=100, epochs=0.3, max_steps=30).kind == "fine"  # learnt: its loss is low
+
+
 def test_rising_eval_loss_is_overfit_with_the_step_to_stop_at():
     train = _decay(2.5, 0.02, 100)
     evals = [(20, 0.9), (40, 0.6), (60, 0.7), (80, 0.8), (100, 0.85)]
