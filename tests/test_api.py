@@ -144,8 +144,20 @@ def test_predict_refuses_a_prompt_without_answers(tmp_path, capsys):
         tunelab.predict(tmp_path, texts=["great"], prompt="Say something kind")
     assert main(["predict", str(tmp_path), "--prompt", "Say something kind"]) == 2
     assert "no --answer is given" in capsys.readouterr().err
-    with pytest.raises(TunelabError, match="--answer needs the --prompt"):
+    with pytest.raises(
+        TunelabError, match=r"--answer needs the --prompt it answers \(in Python: answers= needs prompt=\)"
+    ):
         tunelab.predict(tmp_path, answers=["You are great"])
+
+
+def test_predict_names_the_python_arguments_beside_the_flags(tmp_path):
+    """tunelab.predict(run, texts=[...], prompt=...) was told of --text and --answer only, options a Python caller never
+    gave; the message names the arguments too."""
+    from tunelab.errors import TunelabError
+
+    with pytest.raises(TunelabError) as err:
+        tunelab.predict(tmp_path, texts=["great"], prompt="Say something kind")
+    assert "In Python: prompt= needs answers=, and a text of its own is given in texts=." in str(err.value)
 
 
 @pytest.mark.parametrize("command", ["compare", "evaluate"])

@@ -72,10 +72,11 @@ def predict(
     if prompt is not None and not answers:  # it was dropped without a word, and the texts predicted without it
         raise TunelabError(
             "--prompt is the prompt that --answer texts answer (reward runs), and no --answer is given; give the answers "
-            "to score, or drop --prompt (a text of its own is given with --text)."
+            "to score, or drop --prompt (a text of its own is given with --text). In Python: prompt= needs answers=, "
+            "and a text of its own is given in texts=."
         )
     if answers and prompt is None:
-        raise TunelabError("--answer needs the --prompt it answers.")
+        raise TunelabError("--answer needs the --prompt it answers (in Python: answers= needs prompt=).")
     run = run if isinstance(run, HeadRun) else open_head_run(run, device)
     d = run.data
     items: list[tuple[Input, str, str | None]] = []  # (input, where, expected label)
@@ -97,10 +98,16 @@ def predict(
     items += [(text_input(run, t), f"text {i + 1}", None) for i, t in enumerate(texts or [])]
     if answers:
         if run.info.task != "reward":
-            raise TunelabError("--prompt/--answer score answers with a reward run; this is a classify run: use --text.")
+            raise TunelabError(
+                "--prompt/--answer score answers with a reward run; this is a classify run: use --text (in Python: "
+                "prompt= and answers= score answers with a reward run; give a classify run texts=)."
+            )
         items += [(scored_input(run, prompt, a), f"answer {i + 1}", None) for i, a in enumerate(answers)]
     if not items:
-        raise TunelabError("nothing to predict: give --data FILE, --text TEXT, or --prompt TEXT with --answer TEXT.")
+        raise TunelabError(
+            "nothing to predict: give --data FILE, --text TEXT, or --prompt TEXT with --answer TEXT (in Python: data=, "
+            "texts=, or prompt= with answers=)."
+        )
     logits, _ = head_outputs(run.model, run, [x for x, _, _ in items], batch_size, [w for _, w, _ in items])
     if run.info.task == "reward":
         return [Prediction(w, _shown(x), reward=float(r)) for (x, w, _), r in zip(items, logits[:, 0])]
