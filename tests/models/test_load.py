@@ -25,7 +25,40 @@ def test_a_folder_with_config_json_only_says_what_is_missing(tiny_model_dir, tmp
     with pytest.raises(ModelError, match="it has pytorch_model.bin, which tunelab does not load"):
         resolve_source(str(folder))
     shutil.copy(tiny_model_dir / "model.safetensors", folder)
-    with pytest.raises(ModelError, match="the directory has no tokenizer"):
+    with pytest.raises(ModelError, match="the folder has no tokenizer; expected tokenizer.json"):
+        load_tokenizer(resolve_source(str(folder)))
+
+
+def test_a_folder_without_tokenizer_json_names_the_folder_and_the_files_expected(
+    tiny_model_dir, tiny_run_dir, qa_file, tmp_path, capsys
+):
+    """A model folder with tokenizer_config.json but no tokenizer.json showed transformers' message, which asks to
+    install sentencepiece or tiktoken; train, check and the run commands now name the folder and the files a
+    tokenizer is read from, and exit 2. A tokenizer.json cut short is named as such."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "tokenizer.json").unlink()
+    flags = ["--model.name", str(folder), "--data.train", str(qa_file), "--output_dir", str(tmp_path / "run")]
+    for command in ("train", "check"):
+        assert main([command, *flags]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "sentencepiece or tiktoken" not in err
+        assert (
+            f"model '{folder}': the folder has no tokenizer vocabulary (it has tokenizer_config.json); expected " in err
+        )
+        assert "tokenizer.json (a fast tokenizer: what most models ship), or tokenizer.model (SentencePiece)" in err
+    run = tmp_path / "run-copy"
+    shutil.copytree(tiny_run_dir, run)
+    (run / "tokenizer.json").unlink()
+    assert main(["generate", str(run), "--prompt", "Code of box 2?"]) == 2
+    err = capsys.readouterr().err
+    assert f"run {run}: the run directory has no tokenizer vocabulary" in err
+    assert "Training saved the tokenizer there: put its files back, or train the run again." in err
+    (folder / "tokenizer.json").write_text((tiny_model_dir / "tokenizer.json").read_text()[:500])
+    with pytest.raises(
+        ModelError,
+        match=rf"{folder / 'tokenizer.json'} is not whole JSON \(.*\): it was cut short or damaged. Copy the model",
+    ):
         load_tokenizer(resolve_source(str(folder)))
 
 

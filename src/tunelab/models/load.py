@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
 from tunelab.errors import ConfigError, ModelError, WriteFailed
+from tunelab.rundir import RUN_FILE
 
 # alias -> (python package that ships the file, file name inside it, how to install it)
 EMBEDDED = {
@@ -380,23 +381,65 @@ def _some(names: list[str], k: int = 3) -> str:
     return ", ".join(names[:k]) + (f", ... {len(names) - k} more" if len(names) > k else "")
 
 
+# What a tokenizer's vocabulary is read from: a fast tokenizer's tokenizer.json (what most models ship), a
+# SentencePiece model (tokenizer.model, spiece.model, ...), a BPE vocab.json (with merges.txt), a WordPiece vocab.txt,
+# tiktoken ranks. tokenizer_config.json alone holds settings and special tokens, no vocabulary.
+VOCAB_PATTERNS = ("tokenizer.json", "*.model", "vocab.json", "vocab.txt", "*.tiktoken")
+EXPECTED_TOKENIZER = (
+    "tokenizer.json (a fast tokenizer: what most models ship), or tokenizer.model (SentencePiece), or vocab.json with "
+    "merges.txt (BPE), beside tokenizer_config.json"
+)
+
+
+def _the_folder(source: ModelSource) -> str:
+    """How a message names a local model's folder: a run directory's, or the model's (by its name, and its path when
+    the name is not that path)."""
+    if (Path(source.path) / RUN_FILE).is_file():
+        return f"run {source.path}: the run directory"
+    return f"model '{source.name}': " + ("the folder" if source.name == source.path else f"its folder {source.path}")
+
+
+def _copy_tokenizer(source: ModelSource) -> str:
+    if (Path(source.path) / RUN_FILE).is_file():
+        return "Training saved the tokenizer there: put its files back, or train the run again."
+    return "Copy the model's tokenizer files into it, or the whole model folder (config, tokenizer and weights)."
+
+
+def _tokenizer_problem(source: ModelSource, exc: Exception) -> ModelError:
+    """The ModelError of a tokenizer that transformers could not load from `source`: a folder without vocabulary
+    files is named with the files expected (transformers' own message suggests installing sentencepiece); a
+    tokenizer.json that is not JSON is named as damaged."""
+    folder = Path(source.path)
+    if not source.is_gguf and folder.is_dir():
+        if not any(next(folder.glob(pattern), None) for pattern in VOCAB_PATTERNS):
+            present = sorted(p.name for p in folder.glob("*token*")) or ["no tokenizer file"]
+            return ModelError(
+                f"{_the_folder(source)} has no tokenizer vocabulary (it has {', '.join(present)}); expected "
+                f"{EXPECTED_TOKENIZER}. {_copy_tokenizer(source)}"
+            )
+        if isinstance(exc, json.JSONDecodeError) and (folder / "tokenizer.json").is_file():
+            return ModelError(
+                f"{folder / 'tokenizer.json'} is not whole JSON ({exc}): it was cut short or damaged. "
+                + _copy_tokenizer(source)
+            )
+        return ModelError(f"model '{source.name}': could not load its tokenizer from {folder} ({exc}).")
+    return ModelError(f"model '{source.name}': could not load its tokenizer ({exc}).")
+
+
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     folder = Path(source.path)
     if not source.is_gguf and folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise ModelError(
-            f"model '{source.name}': the directory has no tokenizer (none of {', '.join(TOKENIZER_FILES)}). Copy the "
-            "whole model folder (config, tokenizer and weights)."
+            f"{_the_folder(source)} has no tokenizer; expected {EXPECTED_TOKENIZER}. {_copy_tokenizer(source)}"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(materialize(source), trust_remote_code=trust_remote_code)
     except StrictDataclassError as exc:
         raise _config_problem(source, exc) from None
     except (OSError, ValueError, TypeError) as exc:
-        raise _remote_code(source.name, exc) or ModelError(
-            f"model '{source.name}': could not load its tokenizer ({exc})."
-        ) from None
+        raise _remote_code(source.name, exc) or _tokenizer_problem(source, exc) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
