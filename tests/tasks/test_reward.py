@@ -136,6 +136,24 @@ def test_a_row_without_rejected_names_file_and_line(smollm2_tokenizer, tmp_path)
         _build(smollm2_tokenizer, path)
 
 
+def test_an_eval_row_without_rejected_names_the_columns_not_data_fields(tmp_path):
+    """tunelab eval of a reward run told a row without rejected to map its columns with data.fields, which the eval
+    file cannot change (it is read with the run's); it is told which column names the file may use."""
+    from types import SimpleNamespace
+
+    from tunelab.config import DataConfig
+    from tunelab.eval.heads import _reward
+
+    path = _write(tmp_path / "test.jsonl", [{"prompt": "a", "good": "x", "bad": "y"}])
+    run = SimpleNamespace(data=DataConfig(fields={"chosen": "better"}))
+    with pytest.raises(DataError) as err:
+        _reward(run, path, 16)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:1: field(s) better, rejected missing; tunelab eval reads each pair from columns")
+    assert "named chosen and rejected (or the columns the run's data.fields maps them to: chosen -> better)" in msg
+    assert f"This row has prompt, good, bad. Rename the columns in {path}." in msg and "data.fields, e.g." not in msg
+
+
 def _chat(user, answer):
     return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 

@@ -151,7 +151,7 @@ def _pair_scores(margins: torch.Tensor) -> dict:
 
 
 def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
-    pairs, wheres, report = _read(run, data_file, read_pairs)
+    pairs, wheres, report = _read(run, data_file, functools.partial(read_pairs, evaluating=True))
     if not pairs:
         raise DataError(f"{data_file}: no preference pairs to evaluate. Skipped: {_skips(report) or 'none'}.")
     inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]

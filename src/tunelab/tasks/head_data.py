@@ -176,16 +176,27 @@ def read_input(
     return None
 
 
-def pair_columns(row: dict, fields: dict[str, str], where: str, lenient: bool, prompt: str) -> tuple[str, str]:
+def pair_columns(
+    row: dict, fields: dict[str, str], where: str, lenient: bool, prompt: str, command: str | None = None
+) -> tuple[str, str]:
     """The columns of `row` holding chosen and rejected (a preference pair: dpo, reward); DataError naming those
-    missing, whose message says in `prompt` when a row needs a prompt."""
+    missing, whose message says in `prompt` when a row needs a prompt. `command` (tunelab eval): the file is read
+    with the run's data.fields, which cannot be changed for it, so the message names the columns it may hold."""
     keys = {name: column(row, fields, name, lenient) for name in ("chosen", "rejected")}
     missing = [fields.get(name, name) for name, key in keys.items() if key is None]
     if missing:
+        has = ", ".join(map(str, row)) or "no fields"
+        if command:
+            mapped = ", ".join(f"{k} -> {fields[k]}" for k in ("chosen", "rejected") if k in fields)
+            also = f" (or the columns the run's data.fields maps them to: {mapped})" if mapped else ""
+            raise DataError(
+                f"{where}: field(s) {', '.join(missing)} missing; {command} reads each pair from columns named "
+                f"chosen and rejected{also} ({prompt}). This row has {has}. Rename the columns in "
+                f"{location_path(where)}."
+            )
         raise DataError(
             f"{where}: field(s) {', '.join(missing)} missing; a preference row needs chosen and rejected ({prompt}). "
-            f"This row has {', '.join(map(str, row)) or 'no fields'}. Map your columns with data.fields, e.g. "
-            "{chosen: better, rejected: worse}."
+            f"This row has {has}. Map your columns with data.fields, e.g. {{chosen: better, rejected: worse}}."
         )
     return keys["chosen"], keys["rejected"]
 

@@ -138,13 +138,20 @@ def answer_input(
 
 
 def read_pairs(
-    paths: list[str], fields: dict[str, str], system_prompt: str | None, report: DataReport, lenient: bool = False
+    paths: list[str],
+    fields: dict[str, str],
+    system_prompt: str | None,
+    report: DataReport,
+    lenient: bool = False,
+    evaluating: bool = False,
 ) -> list[Pair]:
-    """Rows of the files as Pairs; DataError (file:line) for a row without chosen or rejected."""
+    """Rows of the files as Pairs; DataError (file:line) for a row without chosen or rejected, whose message says what
+    `tunelab eval` needs when `evaluating` (its file is not a training file: data.fields cannot be changed)."""
     pairs = []
+    command = "tunelab eval" if evaluating else None
     for record in counted_records(paths, report, "preference pairs", fields, lenient):
         row, where = record.row, location(record.path, record.line)
-        keys = pair_columns(row, fields, where, lenient, "and optionally a prompt")
+        keys = pair_columns(row, fields, where, lenient, "and optionally a prompt", command)
         prompt = read_prompt(row, fields, where, lenient)
         if repeats_prompt(prompt, [row[key] for key in keys], keys, where):
             prompt = None  # two whole conversations: the turns they share are the prompt
