@@ -77,6 +77,18 @@ def test_errors_name_file_line_and_field(tmp_path):
         read_questions(path)
 
 
+def test_a_row_that_is_no_question_names_the_columns_not_data_fields(tmp_path):
+    """A question row of no known columns was told to map them with data.fields or set data.format, which compare
+    and eval read from the run (and data.format not at all); it is told which columns a question file is read from."""
+    path = _write(tmp_path / "q.jsonl", [{"q": "a?", "expected": "a"}, {"body": "b?"}])
+    with pytest.raises(DataError) as err:
+        read_questions(path, DataConfig(fields={"question": "q"}))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:2: the row holds no question: give it in a column named question, prompt or")
+    assert "(or the columns the run's data.fields maps them to: question -> q). This row has body." in msg
+    assert f"Rename its columns in {path}." in msg and "data.format" not in msg and "map them with" not in msg
+
+
 def test_a_misspelt_column_is_named_not_ignored(tmp_path):
     """{"question": ..., "expect": ...} was asked unscored (compare exited 0 with refusal rates only), and a misspelt
     'kind' scored every row under 'all'. A column spelt like one the reader reads is refused; other columns stay."""

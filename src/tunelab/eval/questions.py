@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import DataConfig, RunConfig
-from tunelab.data.formats import CANONICAL, Example, scalar_text, text_field, to_examples
+from tunelab.data.formats import CANONICAL, FORMATS, Example, scalar_text, text_field, to_examples
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
@@ -111,6 +111,20 @@ def _refuse_misspelt(row: dict, fields: dict[str, str], where: str) -> None:
             )
 
 
+def _no_question(where: str, row: dict, fields: dict[str, str], path: Path) -> DataError:
+    """DataError for a row that is neither a question nor a training row: it names the columns a question file is
+    read from (the run's data.fields mapping them), not data.fields or data.format, which the file cannot set."""
+    names = [*PROMPT_FIELDS, *(n for required, _ in FORMATS.values() for n in required)]
+    mapped = ", ".join(f"{k} -> {v}" for k, v in fields.items() if k in names)
+    also = f" (or the columns the run's data.fields maps them to: {mapped})" if mapped else ""
+    return DataError(
+        f"{where}: the row holds no question: give it in a column named question, prompt or instruction (with the "
+        "text a right answer contains in 'expected'), or give a whole training row (messages, conversations, "
+        f"instruction + output, prompt + completion, question + answer, or text){also}. This row has "
+        f"{', '.join(map(str, row)) or 'no fields'}. Rename its columns in {path}."
+    )
+
+
 def system_column(row: dict, fields: dict[str, str]) -> str:
     """The column of a question row that holds its system message: the one the run's data.fields maps system to, as
     in its training rows, else 'system' (a question file written apart from the training data)."""
@@ -162,7 +176,9 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
                 raise DataError(
                     f"{where}: the row has an expected answer but no question; give it a {names} field{mapped}."
                 )
-            training.append((i, record, None, kind, False))  # a text row, or a format to_examples will name
+            if not any(all(fields.get(n, n) in row for n in required) for required, _ in FORMATS.values()):
+                raise _no_question(where, row, fields, path)
+            training.append((i, record, None, kind, False))  # a text row, or a conversation of a training format
             continue
         if expected is None and need_expected and fields.get("chosen", "chosen") in row:
             raise DataError(
