@@ -77,8 +77,11 @@ def test_a_prompt_that_tokenizes_differently_at_inference_fails(tiny_model_dir, 
     item = next(i for i in result.items if i.name.startswith("prompt rendering"))
     assert item.status == "fail" and "20 of 20 answers" in item.summary  # the first 20 examples are compared
     assert "in training but" in item.details[0] and "qa.jsonl:1 answer 1" in item.details[0]
-    with pytest.raises(CheckFailed, match="prompt rendering.*--no-check"):
-        train(None, overrides | {"train.max_steps": 1})  # train runs the same check before loading the model
+    # train runs the same check before loading the model; a Python caller is told its argument, not only the flag
+    with pytest.raises(
+        CheckFailed, match=r"prompt rendering.*--no-check to train anyway \(in Python: train\(\.\.\., check=False\)\)"
+    ):
+        train(None, overrides | {"train.max_steps": 1})
     assert not Path(overrides["output_dir"]).exists()
     assert train(None, overrides | {"train.max_steps": 1}, check=False).steps == 1
 

@@ -134,7 +134,8 @@ def cheap_check_gate(cfg: RunConfig, inputs, task: Task) -> None:
         raise CheckFailed(
             "the checks before training failed: "
             + "; ".join(f"{item.name}: {item.summary}" for item in failed)
-            + ". Run `tunelab check` with the same config and flags for the details, or pass --no-check to train anyway."
+            + ". Run `tunelab check` with the same config and flags for the details, or pass --no-check to train anyway "
+            "(in Python: train(..., check=False))."
         )
 
 
