@@ -327,7 +327,10 @@ def evaluate(
     from tunelab.eval.evaluate import evaluate_run, format_eval
 
     if out is not None and not save:  # the results would go nowhere after minutes of answering, without a word
-        raise ConfigError(f"--out {out} names where to save the results and --no-save saves nothing; give one of them.")
+        raise ConfigError(
+            f"--out {out} names where to save the results and --no-save saves nothing; give one of them (in Python: "
+            "out= or save=False)."
+        )
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
     if not isinstance(run, LoadedRun) and (task := read_info(run).task) in HEAD_TASKS:
         from tunelab.eval.heads import evaluate_head_run, format_head_eval, refuse_text_options

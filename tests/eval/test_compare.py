@@ -177,3 +177,14 @@ def test_a_full_run_whose_base_is_gone_is_refused_before_any_answer(
         err = capsys.readouterr().err
         assert "the base model the run trained over is not there any more" in err and "Traceback" not in err
         assert "answers, tuned model" not in err
+
+
+def test_an_earlier_comparison_names_the_python_arguments_too(tmp_path):
+    """tunelab.compare() beside an earlier compare.json was told of --overwrite and --no-save only."""
+    from tunelab.eval.compare import check_writable
+
+    path = tmp_path / "compare.json"
+    path.write_text("{}")
+    with pytest.raises(RunDirError, match=r"--no-save to print the scores without saving \(in Python: overwrite=True"):
+        check_writable(path, overwrite=False)
+    check_writable(path, overwrite=True)

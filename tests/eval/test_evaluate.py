@@ -8,9 +8,10 @@ import subprocess
 
 import pytest
 
+import tunelab
 import tunelab.training.recipe as recipe
 from tunelab.data.loader import split_eval
-from tunelab.errors import DataError, RunDirError
+from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.eval.evaluate import EVAL_FILE, evaluate_run, format_eval
 from tunelab.eval.report import build_report
 from tunelab.infer.generate import GenerationSettings
@@ -244,6 +245,8 @@ def test_out_with_no_save_is_refused_before_any_work(tmp_path, capsys):
     assert main(["eval", str(run), "--data", str(tmp_path / "q.jsonl"), "--no-save", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--no-save saves nothing; give one of them" in err and "Traceback" not in err and not out.exists()
+    with pytest.raises(ConfigError, match=r"give one of them \(in Python: out= or save=False\)"):  # its arguments
+        tunelab.evaluate(run, tmp_path / "q.jsonl", save=False, out=out)
 
 
 @pytest.mark.parametrize("task", ["classify", "reward"])

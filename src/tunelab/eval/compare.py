@@ -64,7 +64,7 @@ def check_writable(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise RunDirError(
             f"{path} exists (an earlier comparison, which the report shows). Pass --overwrite to replace it, or "
-            "--no-save to print the scores without saving."
+            "--no-save to print the scores without saving (in Python: overwrite=True or save=False)."
         )
     check_can_write(path)
 
