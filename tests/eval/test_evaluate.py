@@ -268,6 +268,8 @@ def test_options_of_generated_answers_are_refused_for_a_head_run(tmp_path, capsy
         assert main(["eval", str(run), "--data", data, *flags]) == 2
         err = capsys.readouterr().err
         assert f"a {task} run is evaluated by its head's outputs and generates no text" in err and named in err
+    with pytest.raises(ConfigError, match=r"--temperature does not apply; drop it \(in Python: settings.temperature\)"):
+        tunelab.evaluate(run, data, settings=GenerationSettings(temperature=0.7))  # its own name for the option
 
 
 def test_the_loss_is_named_by_what_it_is_taken_on(tmp_path):

@@ -188,20 +188,26 @@ def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
 def refuse_text_options(run_dir, task: str, settings, refusal, base_precision: str, show_answers: bool) -> None:
     """ConfigError naming the options of `tunelab eval` that only a run generating text reads, when given for a head
     run: they were dropped without a word (--base-precision 16bit scored the NF4 base all the same)."""
-    given = [
-        ("--max-new-tokens", settings is not None and settings.max_new_tokens is not None),
-        ("--temperature", settings is not None and settings.temperature != 0),
-        ("--top-p", settings is not None and settings.top_p != 1),
-        ("--repetition-penalty", settings is not None and settings.repetition_penalty != 1),
-        ("--refusal", refusal is not None),
-        ("--base-precision", base_precision != "trained"),
-        ("--show-answers", show_answers),
+    given = [  # (flag, the Python API's argument, given)
+        ("--max-new-tokens", "settings.max_new_tokens", settings is not None and settings.max_new_tokens is not None),
+        ("--temperature", "settings.temperature", settings is not None and settings.temperature != 0),
+        ("--top-p", "settings.top_p", settings is not None and settings.top_p != 1),
+        (
+            "--repetition-penalty",
+            "settings.repetition_penalty",
+            settings is not None and settings.repetition_penalty != 1,
+        ),
+        ("--refusal", "refusal=", refusal is not None),
+        ("--base-precision", "base_precision=", base_precision != "trained"),
+        ("--show-answers", "show_answers=", show_answers),
     ]
-    unused = [flag for flag, is_given in given if is_given]
+    unused = [(flag, argument) for flag, argument, is_given in given if is_given]
     if unused:
+        one = len(unused) == 1
         raise ConfigError(
             f"{run_dir}: a {task} run is evaluated by its head's outputs and generates no text, so "
-            f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply; drop {'it' if len(unused) == 1 else 'them'}."
+            f"{', '.join(flag for flag, _ in unused)} {'does' if one else 'do'} not apply; drop {'it' if one else 'them'} "
+            f"(in Python: {', '.join(argument for _, argument in unused)})."
             + (" eval.json keeps the rows it scored, the errors first." if show_answers else "")
         )
 
