@@ -71,6 +71,7 @@ def test_help_lists_every_option_with_its_help(capsys):
     for option in ("--train.lr", "--data.packing", "--method.target_modules", "--model.name", "--eval.questions"):
         assert option in text
     assert "one of: constant, linear, cosine" in text
+    assert "needs name lora or dora (one of: none, nf4" in text  # QLoRA trains DoRA adapters too
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ class MethodConfig:
     top_layers: int = opt(2, "for method=layers: how many of the last decoder layers to train", min=1)
     quantize_base: str = opt(
         "none",
-        "QLoRA: keep the frozen base linear layers in 4-bit NF4 with double quantization (bitsandbytes' format); needs name lora",
+        "QLoRA: keep the frozen base linear layers in 4-bit NF4 with double quantization (bitsandbytes' format); needs name lora or dora",
         choices=("none", "nf4"),
     )
 
