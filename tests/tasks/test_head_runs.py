@@ -244,6 +244,11 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
         assert main([*command, "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert "as_text.jsonl:1: the row gives a text ('text' column), but the run read only chats in training" in err
+    # nothing to predict: a classify run is not told of --prompt with --answer, which score a reward run's answers
+    assert main(["predict", str(run), "--device", "cpu"]) == 2
+    assert (
+        "nothing to predict: give --data FILE or --text TEXT (in Python: data= or texts=)." in capsys.readouterr().err
+    )
 
     over = _overrides(tiny_model_dir, tmp_path, "reward", pair_file, **{"method.name": "full"})
     assert main(["train", *_flags(over)]) == 0

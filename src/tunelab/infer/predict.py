@@ -103,6 +103,8 @@ def predict(
                 "prompt= and answers= score answers with a reward run; give a classify run texts=)."
             )
         items += [(scored_input(run, prompt, a), f"answer {i + 1}", None) for i, a in enumerate(answers)]
+    if not items and run.info.task == "classify":  # --prompt with --answer scores answers of a reward run only
+        raise TunelabError("nothing to predict: give --data FILE or --text TEXT (in Python: data= or texts=).")
     if not items:
         raise TunelabError(
             "nothing to predict: give --data FILE, --text TEXT, or --prompt TEXT with --answer TEXT (in Python: data=, "
