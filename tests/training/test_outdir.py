@@ -101,9 +101,13 @@ def test_a_folder_tunelab_did_not_write_is_replaced_only_when_forced(tiny_overri
     run.mkdir()
     (run / "keep.txt").write_text("precious")
     (run / "run.json").write_text('{"hello": 1}')  # a file of that name is not a run's description
-    with pytest.raises(RunDirError, match="--overwrite"):
+    # a Python caller is told its arguments beside the flags, which it has no way to give
+    python = r"\(in Python: train\(config, \{'overwrite': True\}\) or train\(config, resume=True\)\)"
+    with pytest.raises(RunDirError, match=rf"exists and is not empty\. Pass --overwrite .* {python}"):
         recipe.train(None, tiny_overrides | {"train.max_steps": 1})
-    with pytest.raises(RunDirError, match="not a run directory tunelab wrote.*--overwrite-non-run"):
+    with pytest.raises(
+        RunDirError, match=r"--overwrite-non-run .*\(in Python: train\(\.\.\., overwrite_non_run=True\)\)"
+    ):
         recipe.train(None, tiny_overrides | {"train.max_steps": 1, "overwrite": True})
     assert (run / "keep.txt").read_text() == "precious"
     recipe.train(None, tiny_overrides | {"train.max_steps": 1, "overwrite": True}, overwrite_non_run=True)

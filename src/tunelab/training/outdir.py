@@ -140,13 +140,14 @@ def plan_output_dir(
     if not overwrite:
         raise RunDirError(
             f"{where}: the run directory exists and is not empty. Pass --overwrite to replace it (the old run is kept "
-            "until the new one finishes), --resume to continue it, or choose another output_dir."
+            "until the new one finishes), --resume to continue it, or choose another output_dir (in Python: "
+            "train(config, {'overwrite': True}) or train(config, resume=True))."
         )
     if not is_run_dir(path) and not overwrite_non_run:
         raise RunDirError(
             f"{where} is not a run directory tunelab wrote (it has no {RUN_FILE}), so --overwrite will not replace it: "
             "it may hold files of yours. Choose another output_dir, or add --overwrite-non-run if everything in it "
-            "may be deleted."
+            "may be deleted (in Python: train(..., overwrite_non_run=True))."
         )
     previous = previous_dir(path)
     if previous.exists() or previous.is_symlink():
