@@ -212,3 +212,24 @@ def test_a_repeated_draw_is_packed_once_and_equals_a_fresh_one(monkeypatch):
     assert len(packs) == 2 and again == fresh
     assert mixture.draw(rows, 0, 1) != again and len(packs) == 3  # another epoch is another draw
     assert mixture.draw(list(rows), 0, 1) and len(packs) == 4  # other rows: drawn anew
+
+
+def test_a_sources_own_fields_are_named_by_its_entry_not_as_data_fields(tmp_path, tiny_tokenizer):
+    """A mapping given in a source's `fields` was refused as "option 'data.fields' maps ...", an option the config
+    did not set; the message names the entry of data.train that holds the mapping."""
+    from tunelab.errors import DataError
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) + "\n" for i in range(4)))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"text": f"t{i}", "label": "x"}) + "\n" for i in range(4)))
+    cases = [
+        ({"prompt": "q", "completion": "label"}, DataError, "maps prompt -> 'q', but the record has no such column"),
+        ({"prompt": "text", "completion": "label", "system": "sys"}, DataError, "maps system -> 'sys', but no record"),
+        ({"promt": "text"}, ConfigError, "maps unknown field(s) promt"),
+    ]
+    for fields, error, says in cases:
+        sources = [DataSource(path=str(qa)), DataSource(path=str(labels), fields=fields)]
+        with pytest.raises(error) as err:
+            build_datasets(DataConfig(train=sources, max_length=64), tiny_tokenizer, seed=0)
+        assert f"option 'data.train', entry 2, fields {says}" in str(err.value) and "data.fields" not in str(err.value)

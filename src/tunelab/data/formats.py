@@ -50,23 +50,26 @@ class Example:
     line: int
 
 
-def check_fields(fields: dict[str, str]) -> None:
+FIELDS_OPTION = "option 'data.fields'"  # where a mapping comes from; a mixture's source names its entry
+
+
+def check_fields(fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
     unknown = [k for k in fields if k not in CANONICAL]
     if unknown:
         raise ConfigError(
-            f"option 'data.fields' maps unknown field(s) {', '.join(unknown)}; the fields you can map are "
+            f"{option} maps unknown field(s) {', '.join(unknown)}; the fields you can map are "
             f"{', '.join(CANONICAL)} (e.g. {{prompt: question, completion: answer}})."
         )
 
 
-def detect_format(row: dict, fields: dict[str, str]) -> str:
+def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION) -> str:
     """The first format whose required fields (after the data.fields mapping) are all keys of `row`. A mapping of a
     required field to a column the row lacks is an error of the mapping (else another format could match quietly)."""
     required_names = {name for req, _ in FORMATS.values() for name in req}
     unmapped = [f"{name} -> '{col}'" for name, col in fields.items() if name in required_names and col not in row]
     if unmapped:
         raise DataError(
-            f"option 'data.fields' maps {', '.join(unmapped)}, but the record has no such column; its columns are "
+            f"{option} maps {', '.join(unmapped)}, but the record has no such column; its columns are "
             f"{', '.join(map(repr, row)) or '(none)'}. Fix the mapping to name columns of your file."
         )
     for fmt, (required, _) in FORMATS.items():
@@ -75,9 +78,14 @@ def detect_format(row: dict, fields: dict[str, str]) -> str:
     known = "; ".join(f"{fmt} ({', '.join(req)})" for fmt, (req, _) in FORMATS.items())
     raise DataError(
         f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "
-        f"fields: {known}. Rename your columns, map them with data.fields (e.g. {{prompt: question, completion: answer}}), "
+        f"fields: {known}. Rename your columns, map them with {_short(option)} (e.g. {{prompt: question, completion: answer}}), "
         "or set data.format."
     )
+
+
+def _short(option: str) -> str:
+    """How advice names the mapping: data.fields, or a source's "option 'data.train', entry 2, fields"."""
+    return "data.fields" if option == FIELDS_OPTION else option
 
 
 class UnusedMappings:
@@ -88,8 +96,8 @@ class UnusedMappings:
     field's own name uses the mapping too. `together`: the files are checked as one (a task's training files, read
     as one data set: each mapping needs a column in one of them)."""
 
-    def __init__(self, lenient: bool = False, together: bool = False) -> None:
-        self.lenient, self.together = lenient, together
+    def __init__(self, lenient: bool = False, together: bool = False, option: str = FIELDS_OPTION) -> None:
+        self.lenient, self.together, self.option = lenient, together, option
         self.files: dict[str, tuple[Record, dict[str, str]]] = {}  # file -> its first record, mappings not used yet
         self.paths: list[str] = []
 
@@ -110,7 +118,7 @@ class UnusedMappings:
                 files, its = ("the file", "its") if len(paths) == 1 else ("these files", "the first one's")
                 also = " (nor the field's own name)" if self.lenient else ""
                 raise DataError(
-                    f"{', '.join(paths)}: option 'data.fields' maps "
+                    f"{', '.join(paths)}: {self.option} maps "
                     f"{', '.join(f'{n} -> {c!r}' for n, c in unused.items())}, but no record of {files} has such a "
                     f"column{also}, so the field would be left out of every example; {its} columns are "
                     f"{', '.join(map(repr, first.row)) or '(none)'}. Fix the mapping to name a column of the data."
@@ -321,17 +329,17 @@ def _example(
     return Example(messages, None, record.path, record.line)
 
 
-def _check_required(record: Record, fmt: str, fields: dict[str, str]) -> None:
+def _check_required(record: Record, fmt: str, fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
     required, optional = FORMATS[fmt]
     for name in required:
         key = fields.get(name, name)
         if key not in record.row:
             expected = ", ".join(list(required) + [f"optional {o}" for o in optional])
-            mapped = f" (data.fields maps {name} to '{key}')" if key != name else ""
+            mapped = f" ({_short(option)} maps {name} to '{key}')" if key != name else ""
             raise DataError(
                 f"{location(record.path, record.line)}: field '{key}' is missing{mapped}. The {fmt} format expects the "
                 f"fields {expected}; this record has {', '.join(map(str, record.row)) or 'no fields'}. Add the field, or "
-                f"map your column names with data.fields (e.g. {{{name}: your_column}})."
+                f"map your column names with {_short(option)} (e.g. {{{name}: your_column}})."
             )
 
 
@@ -342,17 +350,19 @@ def to_examples(
     system_prompt: str | None,
     report: DataReport,
     questions: bool = False,
+    option: str = FIELDS_OPTION,
 ) -> list[Example]:
     """Convert records; fmt "auto" detects the format per file from its first record. Counts reads and skips in report.
     A data.fields mapping of an optional field (system, input) to a column that no record of a file has is an error,
     as one of a required field is: it would be left out of every example. `questions`: rows to ask (eval), where a
-    conversation may end with the user's question and no answer, read one at a time (not checked so)."""
-    check_fields(fields)
+    conversation may end with the user's question and no answer, read one at a time (not checked so). `option` names
+    where `fields` was set in the messages (a mixture's source: its entry of data.train)."""
+    check_fields(fields, option)
     if fmt != "auto" and fmt not in FORMATS:
         raise ConfigError(f"option 'data.format' is {fmt!r}; allowed values: auto, {', '.join(FORMATS)}.")
     examples = []
     file_format: dict[str, str] = {}
-    unused = UnusedMappings()
+    unused = UnusedMappings(option=option)
     for record in records:
         report.read(record.path)
         chosen = file_format.get(record.path)
@@ -361,7 +371,7 @@ def to_examples(
                 chosen = "text"
             elif fmt == "auto":
                 try:
-                    chosen = detect_format(record.row, fields)
+                    chosen = detect_format(record.row, fields, option)
                 except DataError as exc:
                     raise DataError(f"{location(record.path, record.line)}: {exc}") from None
             else:
@@ -369,7 +379,7 @@ def to_examples(
             file_format[record.path] = report.formats[record.path] = chosen
         unused.see(record, {name: fields[name] for name in FORMATS[chosen][1] if name in fields})
         if not is_plain_text(record.path):
-            _check_required(record, chosen, fields)
+            _check_required(record, chosen, fields, option)
         elif "text" not in record.row:  # a data.transform's row
             raise DataError(
                 f"{location(record.path, record.line)}: a .txt file is one record whose text is its field 'text', but "

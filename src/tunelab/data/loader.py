@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from tunelab.config import DataConfig, DataSource
-from tunelab.data.formats import Example, to_examples
+from tunelab.data.formats import FIELDS_OPTION, Example, to_examples
 from tunelab.data.hub import DEFAULT_SPLIT, is_datasets_path, read_hub, read_local
 from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
@@ -280,7 +280,8 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         )
         records = apply_transform(read_source(source, cfg, where, report), transform, cfg.transform, report)
         trained |= {r.path for r in records}
-        examples = to_examples(records, own.format, own.fields, own.system_prompt, report)
+        option = f"{where}, fields" if source.fields is not None else FIELDS_OPTION  # the mapping's own option
+        examples = to_examples(records, own.format, own.fields, own.system_prompt, report, option=option)
         if not examples:
             raise _nothing_usable("training", [source.path or source.hub], report, records)
         if source.eval:
@@ -288,7 +289,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
                 read_records([source.eval], cfg.delimiter, report), transform, cfg.transform, report
             )
             evaluated.append(held_records)
-            held = to_examples(held_records, own.format, own.fields, own.system_prompt, report)
+            held = to_examples(held_records, own.format, own.fields, own.system_prompt, report, option=option)
         elif len(examples) > 1:  # one document (a .txt file) is not split: it trains whole, with no eval part
             examples, held = split_eval(examples, cfg.eval_fraction, seed)
         else:
