@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.render import render_prompt
-from tunelab.infer.generate import GenerationSettings, Streamed, fit_context
+from tunelab.infer.generate import DEFAULT_MAX_NEW_TOKENS, GenerationSettings, Streamed, fit_context
 from tunelab.infer.run import LoadedRun
 
 
@@ -123,7 +123,8 @@ class Engine:
 
     def finish_reason(self, new_ids: list[int], settings: GenerationSettings) -> str:
         stops = set(self.run.template.stop_token_ids) | {self.run.tokenizer.eos_token_id}
-        return "stop" if (new_ids and new_ids[-1] in stops) or len(new_ids) < settings.max_new_tokens else "length"
+        limit = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS  # None: the default generate was given
+        return "stop" if (new_ids and new_ids[-1] in stops) or len(new_ids) < limit else "length"
 
     def stream(
         self, messages: list[dict], settings: GenerationSettings, stop: list[str], seed: int | None = None
