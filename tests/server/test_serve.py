@@ -345,3 +345,30 @@ def test_an_answer_that_runs_to_the_default_length_is_answered(tiny_run_dir):
     assert done.json()["choices"][0]["finish_reason"] == "length" and done.json()["usage"]["completion_tokens"] == 128
     events = client.post("/v1/chat/completions", json=body | {"stream": True}).text
     assert '"finish_reason": "length"' in events and "error" not in events and events.endswith("data: [DONE]\n\n")
+
+
+def test_system_messages_are_read_as_training_read_them(server, client, tiny_run_dir):
+    """An empty system message (a client's blank system box) was rendered as an empty system turn, where training
+    reads it as none: the run's data.system_prompt, or the template's own default. A system message after the first,
+    which training skips and the llama2 and alpaca templates write as an answer, was rendered too; now it is a 400."""
+    from dataclasses import replace
+
+    from tunelab.data.render import render_prompt
+    from tunelab.server.engine import Engine
+
+    def prompt_tokens(messages: list[dict]) -> int:
+        return client.chat.completions.create(model="tiny", messages=messages, max_tokens=1).usage.prompt_tokens
+
+    assert prompt_tokens([{"role": "system", "content": " "}, *QUESTION]) == prompt_tokens(QUESTION)
+    run = open_run(tiny_run_dir, device="cpu")
+    told = replace(run, info=replace(run.info, system_prompt="You answer box questions."))
+    ids, _ = Engine(told, "tiny")._prompt([{"role": "system", "content": ""}, *QUESTION], GenerationSettings(4))
+    trained = [{"role": "system", "content": "You answer box questions."}, *QUESTION]
+    assert ids[0].tolist() == render_prompt(trained, run.tokenizer, run.template)
+
+    late = [*QUESTION, {"role": "assistant", "content": "Box 3."}, {"role": "developer", "content": "Be brief."}]
+    for stream in (False, True):
+        body = {"model": "tiny", "messages": [*late, *QUESTION], "stream": stream}
+        status, _, raw = _http("POST", f"{server.url}/v1/chat/completions", json.dumps(body).encode())
+        error = json.loads(raw)["error"]
+        assert status == 400 and error["param"] == "messages" and error["message"].startswith("message 3 is a system")

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from tunelab.data.render import ControlTokenText, NotText
 from tunelab.errors import TunelabError
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
-from tunelab.server.engine import Completion, Engine, Reply
+from tunelab.server.engine import Completion, Engine, LateSystem, Reply
 
 MAX_TOKENS_CAP = 4096
 
@@ -238,7 +238,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             done = engine.complete(messages, settings, stop, body.seed)
         except ContextTooLong as exc:
             return _error(400, str(exc), param="messages", code="context_length_exceeded")
-        except (ControlTokenText, NotText) as exc:
+        except (ControlTokenText, NotText, LateSystem) as exc:
             return _error(400, str(exc), param="messages")
         except TunelabError as exc:
             return _error(400, str(exc))
