@@ -493,6 +493,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             model_name=args.model_name,
             settings=settings,
             device=args.device,
+            base_precision=args.base_precision,
         )
     elif args.command == "chat":
         api.chat(args.run_dir, settings=settings, device=args.device, base_precision=args.base_precision)

@@ -372,3 +372,23 @@ def test_system_messages_are_read_as_training_read_them(server, client, tiny_run
         status, _, raw = _http("POST", f"{server.url}/v1/chat/completions", json.dumps(body).encode())
         error = json.loads(raw)["error"]
         assert status == 400 and error["param"] == "messages" and error["message"].startswith("message 3 is a system")
+
+
+def test_base_precision_reaches_the_served_model(tiny_run_dir, monkeypatch, capsys):
+    """`tunelab serve --base-precision 16bit` was accepted and not used: a QLoRA run was served over its NF4 base
+    all the same. Now the run is opened with it."""
+    import tunelab.server.serve as serve_module
+    from tunelab.errors import TunelabError
+
+    opened = []
+
+    def open_run_stub(run_dir, **kwargs):
+        opened.append(kwargs)
+        raise TunelabError("stub: opened")
+
+    monkeypatch.setattr(serve_module, "open_run", open_run_stub)
+    assert main(["serve", str(tiny_run_dir), "--port", "0", "--base-precision", "16bit"]) == 2
+    assert "stub: opened" in capsys.readouterr().err and opened[0]["base_precision"] == "16bit"
+    with pytest.raises(TunelabError, match="stub: opened"):
+        start_server(tiny_run_dir, base_precision="16bit")
+    assert opened[1]["base_precision"] == "16bit"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.infer.generate import GenerationSettings
-from tunelab.infer.run import LoadedRun, open_run
+from tunelab.infer.run import LoadedRun, check_base_precision, open_run
 
 INSTALL = "pip install 'tunelab[serve]'   (FastAPI and uvicorn)"
 
@@ -53,13 +53,14 @@ def build_app(
     model_name: str | None = None,
     settings: GenerationSettings | None = None,
     device: str = "auto",
+    base_precision: str = "trained",
 ):
-    """The FastAPI application for a run (loaded here unless given loaded)."""
+    """The FastAPI application for a run (loaded here unless given loaded; `base_precision` as in open_run)."""
     _check_installed()
     from tunelab.server.app import create_app
     from tunelab.server.engine import Engine
 
-    loaded = run if isinstance(run, LoadedRun) else open_run(run, device=device)
+    loaded = run if isinstance(run, LoadedRun) else open_run(run, device=device, base_precision=base_precision)
     engine = Engine(loaded, model_name or loaded.run_dir.resolve().name)
     return create_app(engine, api_key=api_key, defaults=settings)
 
@@ -78,15 +79,17 @@ def serve(
     model_name: str | None = None,
     settings: GenerationSettings | None = None,
     device: str = "auto",
+    base_precision: str = "trained",
 ) -> None:
     """Serve the run over HTTP in OpenAI's chat-completions dialect until interrupted (needs the 'serve' extra).
     Refuses a port in use before loading anything. `start_server` does the same on a background thread and returns
     its URL."""
     _check_installed()
+    check_base_precision(base_precision)
     sock = bind(host, port)
     name = model_name or Path(run).resolve().name
     try:
-        app = build_app(run, api_key, name, settings, device)
+        app = build_app(run, api_key, name, settings, device, base_precision)
         print(f"tunelab serve: {run} as model {name!r}{' (API key required)' if api_key else ''}")
         print(f"  OpenAI base URL: http://{host}:{port}/v1   (health: http://{host}:{port}/health)", flush=True)
         _server(app, "info").run(sockets=[sock])
@@ -117,11 +120,12 @@ def start_server(
     model_name: str | None = None,
     settings: GenerationSettings | None = None,
     device: str = "auto",
+    base_precision: str = "trained",
 ) -> RunningServer:
     """Serve on a background thread (port 0: a free one) and return once it accepts connections."""
     sock = bind(host, port)
     try:
-        server = _server(build_app(run, api_key, model_name, settings, device), "warning")
+        server = _server(build_app(run, api_key, model_name, settings, device, base_precision), "warning")
     except BaseException:
         sock.close()
         raise
