@@ -15,6 +15,7 @@ pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed: pip i
 openai = pytest.importorskip("openai", reason="the official openai client is not installed: pip install openai")
 
 from tunelab.cli import main  # noqa: E402
+from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.infer.generate import GenerationSettings  # noqa: E402
 from tunelab.infer.run import open_run  # noqa: E402
 from tunelab.server.serve import start_server  # noqa: E402
@@ -392,3 +393,18 @@ def test_base_precision_reaches_the_served_model(tiny_run_dir, monkeypatch, caps
     with pytest.raises(TunelabError, match="stub: opened"):
         start_server(tiny_run_dir, base_precision="16bit")
     assert opened[1]["base_precision"] == "16bit"
+
+
+def test_an_ipv6_address_gives_a_url_that_works(tiny_run_dir):
+    """Listening on an IPv6 address (--host ::1) gave the URL http://::1:PORT, which no client can open; it is written
+    http://[::1]:PORT, as URLs write such an address."""
+    try:
+        running = start_server(open_run(tiny_run_dir, device="cpu"), host="::1", model_name="tiny")
+    except TunelabError as exc:  # a machine without IPv6
+        pytest.skip(str(exc))
+    try:
+        assert running.url.startswith("http://[::1]:")
+        status, _, body = _http("GET", f"{running.url}/health", key=None)
+        assert status == 200 and json.loads(body)["model"] == "tiny"
+    finally:
+        running.stop()

@@ -47,6 +47,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def base_url(host: str, port: int) -> str:
+    """The server's URL; an IPv6 address goes in brackets (http://[::1]:8000), as URLs write it."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def build_app(
     run: str | Path | LoadedRun,
     api_key: str | None = None,
@@ -91,7 +96,8 @@ def serve(
     try:
         app = build_app(run, api_key, name, settings, device, base_precision)
         print(f"tunelab serve: {run} as model {name!r}{' (API key required)' if api_key else ''}")
-        print(f"  OpenAI base URL: http://{host}:{port}/v1   (health: http://{host}:{port}/health)", flush=True)
+        url = base_url(host, port)
+        print(f"  OpenAI base URL: {url}/v1   (health: {url}/health)", flush=True)
         _server(app, "info").run(sockets=[sock])
     finally:
         sock.close()
@@ -137,4 +143,4 @@ def start_server(
             sock.close()
             raise TunelabError("tunelab serve: the server did not start (see the messages above).")
         time.sleep(0.02)
-    return RunningServer(f"http://{host}:{sock.getsockname()[1]}", server, thread, sock)
+    return RunningServer(base_url(host, sock.getsockname()[1]), server, thread, sock)
