@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=whole(0, 65535), default=8000, help="port to listen on (default: 8000)")
     serve.add_argument(
         "--api-key",
-        default=os.environ.get("TUNELAB_API_KEY"),
+        default=os.environ.get("TUNELAB_API_KEY") or None,  # an empty variable is none
         help="require 'Authorization: Bearer KEY' on /v1/ routes (default: $TUNELAB_API_KEY, else no key)",
     )
     serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")

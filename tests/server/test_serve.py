@@ -408,3 +408,24 @@ def test_an_ipv6_address_gives_a_url_that_works(tiny_run_dir):
         assert status == 200 and json.loads(body)["model"] == "tiny"
     finally:
         running.stop()
+
+
+def test_an_empty_api_key_is_refused(tiny_run_dir, monkeypatch, capsys):
+    """`--api-key "$KEY"` with KEY unset served everyone without a key, saying nothing; a key with a space at its end
+    could never be sent (HTTP drops it). Each is refused before the model loads, exit 2; an empty $TUNELAB_API_KEY is
+    no key."""
+    import tunelab.server.serve as serve_module
+
+    def open_run_stub(run_dir, **kwargs):
+        raise TunelabError("stub: opened")
+
+    monkeypatch.setattr(serve_module, "open_run", open_run_stub)
+    for key, says in [("", "is empty"), ("  ", "is empty"), ("key ", "ends with whitespace")]:
+        assert main(["serve", str(tiny_run_dir), "--port", "0", "--api-key", key]) == 2
+        err = capsys.readouterr().err
+        assert f"option '--api-key' {says}" in err and "stub" not in err, err
+    with pytest.raises(TunelabError, match="is empty"):
+        start_server(tiny_run_dir, api_key="")
+    monkeypatch.setenv("TUNELAB_API_KEY", "")
+    assert main(["serve", str(tiny_run_dir), "--port", "0"]) == 2
+    assert "stub: opened" in capsys.readouterr().err

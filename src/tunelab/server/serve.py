@@ -47,6 +47,23 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_api_key(api_key: str | None) -> None:
+    """ConfigError for a key no client could send: an empty one (`--api-key "$KEY"` with KEY unset) would serve
+    everyone unasked, and one with spaces at its ends could never match, HTTP dropping them from the header."""
+    if api_key is None:
+        return
+    if not api_key.strip():
+        raise ConfigError(
+            "option '--api-key' is empty, which would serve anyone without a key; give the key, or leave the option "
+            "out to serve without one."
+        )
+    if api_key != api_key.strip():
+        raise ConfigError(
+            f"option '--api-key' {'begins' if api_key[0].isspace() else 'ends'} with whitespace, which HTTP drops "
+            "from the Authorization header, so no client could send it; remove the whitespace."
+        )
+
+
 def base_url(host: str, port: int) -> str:
     """The server's URL; an IPv6 address goes in brackets (http://[::1]:8000), as URLs write it."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -62,6 +79,7 @@ def build_app(
 ):
     """The FastAPI application for a run (loaded here unless given loaded; `base_precision` as in open_run)."""
     _check_installed()
+    check_api_key(api_key)
     from tunelab.server.app import create_app
     from tunelab.server.engine import Engine
 
@@ -90,6 +108,7 @@ def serve(
     Refuses a port in use before loading anything. `start_server` does the same on a background thread and returns
     its URL."""
     _check_installed()
+    check_api_key(api_key)
     check_base_precision(base_precision)
     sock = bind(host, port)
     name = model_name or Path(run).resolve().name
@@ -129,6 +148,7 @@ def start_server(
     base_precision: str = "trained",
 ) -> RunningServer:
     """Serve on a background thread (port 0: a free one) and return once it accepts connections."""
+    check_api_key(api_key)
     sock = bind(host, port)
     try:
         server = _server(build_app(run, api_key, model_name, settings, device, base_precision), "warning")
