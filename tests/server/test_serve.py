@@ -429,3 +429,45 @@ def test_an_empty_api_key_is_refused(tiny_run_dir, monkeypatch, capsys):
     monkeypatch.setenv("TUNELAB_API_KEY", "")
     assert main(["serve", str(tiny_run_dir), "--port", "0"]) == 2
     assert "stub: opened" in capsys.readouterr().err
+
+
+def test_a_client_that_leaves_before_a_plain_answer_frees_the_queue(tiny_run_dir):
+    """A client that gave up on a plain (not streamed) answer, a timeout or a closed page, left its generation running
+    to max_tokens while every other request waited behind it (a stream's was already cancelled). Now it ends at its
+    next token too."""
+    import time
+
+    run = open_run(tiny_run_dir, device="cpu")
+    generated, generate = [], run.model.generate
+
+    def counted(**kwargs):
+        out = generate(**kwargs)
+        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    run.model.generate = counted
+    running = start_server(run, model_name="tiny")
+    try:
+        body = json.dumps({"model": "tiny", "messages": QUESTION, "max_tokens": 900, **SAMPLED}).encode()
+        with socket.create_connection(("127.0.0.1", int(running.url.rsplit(":", 1)[1]))) as left:
+            head = "POST /v1/chat/completions HTTP/1.1\r\nHost: tiny\r\nContent-Type: application/json\r\n"
+            left.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            time.sleep(0.5)  # 900 tokens take the tiny model several seconds on a CPU
+        after = json.dumps({"model": "tiny", "messages": QUESTION, "max_tokens": 1}).encode()
+        assert _http("POST", f"{running.url}/v1/chat/completions", after, key=None)[0] == 200  # waited for the first
+    finally:
+        running.stop()
+    assert generated[0] < 900 and generated[1] == 1, generated
+
+    from fastapi.testclient import TestClient
+
+    from tunelab.server.serve import build_app
+
+    def failing(**kwargs):
+        raise RuntimeError("out of memory")
+
+    run.model.generate = failing  # a failure inside generation is still a 500 saying what failed
+    client = TestClient(build_app(run, model_name="tiny"), raise_server_exceptions=False)
+    failed = client.post("/v1/chat/completions", json={"model": "tiny", "messages": QUESTION})
+    assert failed.status_code == 500
+    assert failed.json()["error"]["message"] == "generation failed: RuntimeError: out of memory"

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -193,7 +193,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         return _model_card()
 
     @app.post("/v1/chat/completions")
-    def chat_completions(body: ChatRequest, request: Request):  # a plain def: FastAPI runs it on a worker thread
+    async def chat_completions(body: ChatRequest, request: Request):
         if body.model != engine.model_id:
             return _error(
                 404,
@@ -228,14 +228,16 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        try:
+        try:  # the prompt is tokenized on a worker thread, and the answer read from one: the event loop stays free
+            reply = await anyio.to_thread.run_sync(engine.stream, messages, settings, stop, body.seed)
             if body.stream:
-                reply = engine.stream(messages, settings, stop, body.seed)
                 usage = bool(body.stream_options and body.stream_options.include_usage)
                 return StreamingResponse(
                     _events(reply, request, request_id, created, engine.model_id, usage), media_type="text/event-stream"
                 )
-            done = engine.complete(messages, settings, stop, body.seed)
+            done = await _answer(reply, request)
+            if done is None:
+                return Response(status_code=499)  # the client closed the connection: nobody reads this
         except ContextTooLong as exc:
             return _error(400, str(exc), param="messages", code="context_length_exceeded")
         except (ControlTokenText, NotText, LateSystem) as exc:
@@ -267,6 +269,40 @@ def _usage(done: Completion) -> dict:
         "completion_tokens": done.completion_tokens,
         "total_tokens": done.prompt_tokens + done.completion_tokens,
     }
+
+
+async def _answer(reply: Reply, request: Request) -> Completion | None:
+    """The whole answer of a plain request, read on a worker thread; None when the client left, which cancels the
+    generation (it ends at its next token) as a stream's is."""
+    pieces, items, left = [], iter(reply), False
+
+    async def watch() -> None:  # a disconnect is the only message left once the body is read
+        nonlocal left
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        left = True
+        reply.cancel()
+
+    done = failed = None
+    async with anyio.create_task_group() as watching:
+        watching.start_soon(watch)
+        try:
+            while (item := await anyio.to_thread.run_sync(next, items, None)) is not None:
+                if isinstance(item, Completion):
+                    done = item
+                else:
+                    pieces.append(item)
+        except Exception as exc:  # raised below as it is, not in the task group's ExceptionGroup
+            failed = exc
+        finally:
+            watching.cancel_scope.cancel()
+            reply.cancel()  # a no-op once the generation has ended
+    if failed is not None:
+        raise failed
+    if left or done is None:
+        return None
+    done.text = "".join(pieces)
+    return done
 
 
 async def _events(reply: Reply, request: Request, request_id: str, created: int, model_id: str, usage: bool):

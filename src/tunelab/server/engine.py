@@ -153,15 +153,3 @@ class Engine:
         (ContextTooLong), before the response starts."""
         prompt, settings = self._prompt(messages, settings)
         return Reply(self, prompt, settings, stop, seed)
-
-    def complete(
-        self, messages: list[dict], settings: GenerationSettings, stop: list[str], seed: int | None = None
-    ) -> Completion:
-        pieces, done = [], None
-        for item in self.stream(messages, settings, stop, seed):
-            if isinstance(item, Completion):
-                done = item
-            else:
-                pieces.append(item)
-        done.text = "".join(pieces)
-        return done
