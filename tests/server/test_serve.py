@@ -471,3 +471,41 @@ def test_a_client_that_leaves_before_a_plain_answer_frees_the_queue(tiny_run_dir
     failed = client.post("/v1/chat/completions", json={"model": "tiny", "messages": QUESTION})
     assert failed.status_code == 500
     assert failed.json()["error"]["message"] == "generation failed: RuntimeError: out of memory"
+
+
+def test_health_is_answered_while_requests_wait(tiny_run_dir):
+    """/health and /v1/models ran on the worker threads that queued requests hold while they wait for the model, so a
+    server with a full queue did not answer its health check (a supervisor would restart it) until an answer ended.
+    They are answered at once."""
+    import time
+
+    import anyio
+    from fastapi.testclient import TestClient
+
+    from tunelab.server.serve import build_app
+
+    run = open_run(tiny_run_dir, device="cpu")
+    ended, generate = [], run.model.generate
+
+    def timed(**kwargs):
+        out = generate(**kwargs)
+        ended.append(time.monotonic())
+        return out
+
+    run.model.generate = timed
+    with TestClient(build_app(run, model_name="tiny")) as client:
+        # one worker thread, as when the queue holds as many requests as the pool has threads (40)
+        client.portal.call(lambda: setattr(anyio.to_thread.current_default_thread_limiter(), "total_tokens", 1))
+        body = {"model": "tiny", "messages": QUESTION, "max_tokens": 400}  # greedy: seconds long
+        busy = [
+            threading.Thread(target=client.post, args=("/v1/chat/completions",), kwargs={"json": body}, daemon=True)
+            for _ in range(2)
+        ]
+        for thread in busy:
+            thread.start()
+            time.sleep(0.5)
+        assert client.get("/health").json()["model"] == "tiny" and client.get("/v1/models").status_code == 200
+        answered = time.monotonic()
+        for thread in busy:
+            thread.join(timeout=120)
+    assert answered < ended[0]  # while the first answer was still being written

@@ -171,18 +171,18 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         return await call_next(request)
 
     @app.get("/health")
-    def health():
+    async def health():
         return {"status": "ok", "model": engine.model_id}
 
     def _model_card():
         return {"id": engine.model_id, "object": "model", "created": engine.created, "owned_by": "tunelab"}
 
     @app.get("/v1/models")
-    def models():
+    async def models():
         return {"object": "list", "data": [_model_card()]}
 
     @app.get("/v1/models/{model_id}")
-    def model(model_id: str):
+    async def model(model_id: str):
         if model_id != engine.model_id:
             return _error(
                 404,
