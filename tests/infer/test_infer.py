@@ -286,3 +286,28 @@ def test_a_run_whose_saved_tokenizer_lost_its_chat_template_says_so(tiny_run_dir
     err = capsys.readouterr().err
     assert f"{run}: the run was trained with its tokenizer's chat template" in err and "chat_template.jinja" in err
     assert "Use a named template" not in err and "Traceback" not in err
+
+
+def test_ctrl_c_during_an_answer_stops_the_answer_not_the_chat(tiny_run_dir):
+    """Ctrl-C while the model answered ended `tunelab chat` ("interrupted", exit 130), the conversation lost. It stops
+    that answer, kept as far as it was shown, and the chat goes on."""
+    run = open_run(tiny_run_dir, device="cpu")
+
+    class Interrupting(io.StringIO):
+        """A terminal where Ctrl-C is pressed as the first answer's second piece is shown."""
+
+        shown = 0
+
+        def write(self, text: str) -> int:
+            if "model> " in self.getvalue():
+                self.shown += 1
+                if self.shown == 2:
+                    raise KeyboardInterrupt
+            return super().write(text)
+
+    inputs = iter(["Code of box 1?", "Code of box 2?", "/exit"])
+    out = Interrupting()
+    history = chat(run, GenerationSettings(40, temperature=1.0), read=lambda prompt: next(inputs), out=out)
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert out.getvalue().count(" (stopped)\n") == 1 and out.getvalue().count("model> ") == 2
+    assert history[1]["content"] == out.getvalue().split("model> ")[1].split(" (stopped)")[0].strip()

@@ -1,4 +1,5 @@
-"""An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit leaves."""
+"""An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit leaves,
+Ctrl-C during an answer stops it."""
 
 from __future__ import annotations
 
@@ -46,10 +47,14 @@ def chat(
             continue
         out.write("model> ")
         pieces = []
-        for piece in answer:
-            out.write(piece)
-            out.flush()
-            pieces.append(piece)
+        try:
+            for piece in answer:
+                out.write(piece)
+                out.flush()
+                pieces.append(piece)
+        except KeyboardInterrupt:  # Ctrl-C stops the answer, not the chat: it is kept as far as it was shown
+            answer.close()  # the generation ends at its next token
+            out.write(" (stopped)")
         out.write("\n")
         messages.append({"role": "assistant", "content": "".join(pieces).strip()})
     return messages
