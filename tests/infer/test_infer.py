@@ -311,3 +311,15 @@ def test_ctrl_c_during_an_answer_stops_the_answer_not_the_chat(tiny_run_dir):
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert out.getvalue().count(" (stopped)\n") == 1 and out.getvalue().count("model> ") == 2
     assert history[1]["content"] == out.getvalue().split("model> ")[1].split(" (stopped)")[0].strip()
+
+
+def test_an_unknown_chat_command_is_not_sent(tiny_run_dir):
+    """A mistyped command ("/exti", "/help") was sent to the model as a question and stayed in the conversation. It
+    is reported and not sent; a line that only starts with a slash is a message as before."""
+    run = open_run(tiny_run_dir, device="cpu")
+    inputs = iter(["/exti", "/help", "/etc/hosts?", "/exit"])
+    out = io.StringIO()
+    history = chat(run, SHORT, read=lambda prompt: next(inputs), out=out)
+    assert [m["content"] for m in history if m["role"] == "user"] == ["/etc/hosts?"]
+    assert "(not sent: unknown command /exti; /reset starts over, /exit leaves.)" in out.getvalue()
+    assert "unknown command /help" in out.getvalue()

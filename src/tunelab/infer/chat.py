@@ -3,6 +3,7 @@ Ctrl-C during an answer stops it."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -10,6 +11,8 @@ from typing import TextIO
 from tunelab.data.render import ControlTokenText, NotText
 from tunelab.infer.generate import ContextTooLong, GenerationSettings, stream_answer
 from tunelab.infer.run import LoadedRun
+
+COMMAND = re.compile(r"/[A-Za-z]+")  # a line that is one such word is a command, never a message
 
 
 def chat(
@@ -33,6 +36,9 @@ def chat(
             messages = list(system)
             continue
         if not text:
+            continue
+        if COMMAND.fullmatch(text):  # a mistyped command ("/exti") would be sent to the model as a question
+            out.write(f"(not sent: unknown command {text}; /reset starts over, /exit leaves.)\n")
             continue
         messages.append({"role": "user", "content": text})
         try:
