@@ -128,6 +128,20 @@ def test_continue_merge_starts_from_the_merged_model(staged, tiny_model_dir):
     torch.testing.assert_close(after.eval()(ids).logits, before.eval()(ids).logits, rtol=1e-4, atol=1e-5)
 
 
+def test_continue_merge_starts_a_fresh_adapter_after_a_run_that_started_from_one(staged, tiny_run_dir):
+    """model.adapter (stage 1's start) was kept in stage 2's config after continue: merge, so stage 2 trained that
+    adapter on again over the merged model, which already held it, instead of a fresh adapter."""
+    staged["model.adapter"] = str(tiny_run_dir)
+    staged["stages"][1] |= {"continue": "merge"}
+    staged["stages"][1]["train"]["lr"] = 0.0  # stage 2 ends where it began
+    run = train(None, staged).run_dir
+    saved = yaml.safe_load((run / "stage-2" / "config.yaml").read_text())
+    assert saved["model"]["adapter"] is None
+    assert yaml.safe_load((run / "stage-1" / "config.yaml").read_text())["model"]["adapter"] == str(tiny_run_dir)
+    second = _adapter(run / "stage-2")
+    assert all(not v.any() for k, v in second.items() if "lora_B" in k)  # a fresh adapter: B starts at zero
+
+
 @pytest.mark.parametrize("moved", [False, True])
 def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, monkeypatch, capsys, moved):
     """moved: the interrupted run is moved to another folder before --resume. Stage 2's saved config named stage 1
@@ -166,6 +180,7 @@ def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, 
     [
         ({"trian": {"lr": 1}}, "stage 2: unknown section 'trian'. Did you mean 'train'"),
         ({"model": {"name": "other-model"}}, "stage 2: model.name is 'other-model', but stage 2 starts from stage 1"),
+        ({"model": {"adapter": "runs/other"}}, r"stage 2: model.adapter is '\S*runs/other', but stage 2 starts from"),
         ({"method": {"r": 8}}, r"continues stage 1's adapter .* method.r 8 \(stage 1: 4\)"),
         ({"method": {"name": "full"}}, "continue: adapter trains stage 1's adapter on"),
         ({"continue": "restart"}, "'continue' is 'restart'; allowed values: adapter, merge"),

@@ -92,15 +92,21 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
                 f"stage {k}: model.name is {entry['model.name']!r}, but stage {k} starts from stage {index}'s result "
                 f"(over {cfg.model.name!r}). Remove model.name from the stage, or train it as a run of its own."
             )
+        if "model.adapter" in entry:
+            raise ConfigError(
+                f"stage {k}: model.adapter is {entry['model.adapter']!r}, but stage {k} starts from stage {index}'s "
+                "result (continue: adapter trains its adapter on; continue: merge starts a fresh one over it). Remove "
+                "model.adapter from the stage: only stage 1 starts from an adapter (model.adapter outside stages:)."
+            )
         before = plans[-1].config
         how = entry.get("continue", "adapter")
         if before.task in HEAD_TASKS:
             _refuse_after_head(k, before, s, how)
         previous = stage_dir(run_dir, index).absolute()  # resumable from any folder: --resume compares these
-        if not before.method.is_adapter:  # full or layers: its weights are the next base
-            s.model.name = str(previous)
-        elif how == "merge":
-            s.model.name = str(previous / MERGED)
+        if not before.method.is_adapter:  # full or layers: its weights are the next base, with a fresh adapter
+            s.model.name, s.model.adapter = str(previous), None
+        elif how == "merge":  # the run's model.adapter (stage 1's start) is in the merged weights already
+            s.model.name, s.model.adapter = str(previous / MERGED), None
         else:
             if not s.method.is_adapter:
                 raise ConfigError(
@@ -123,8 +129,7 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
             s.model.name = before.model.name
             s.model.adapter = str(previous)
         stage.origins["model.name"] = f"stage {index}'s result"
-        if s.model.adapter == str(previous):
-            stage.origins["model.adapter"] = f"stage {index}'s result"
+        stage.origins["model.adapter"] = f"stage {index}'s result" if s.model.adapter else "a fresh adapter"
         plans.append(stage)
     return plans
 
