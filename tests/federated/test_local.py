@@ -59,6 +59,23 @@ def test_neftune_noise_reaches_the_clients_training(tiny_model_dir, client):
     assert any(not torch.equal(plain[k], noisy[k]) for k in plain)
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_clients_weight_counts_the_rows_it_trains_on(tiny_model_dir, client, tmp_path, packing):
+    """FedAvg weighed a client by the data report's examples, where a text document is one however long: a client
+    holding one long document weighed as one example beside clients of hundreds of chat rows."""
+    document = tmp_path / "manual.txt"
+    document.write_text(" ".join(f"Door {i} of the depot is painted red and opens inwards." for i in range(40)))
+    config = _config(tiny_model_dir)
+    config.data.packing = packing
+    tokenizer = load_tokenizer(resolve_source(config.model.name), False)
+    text = ClientData("manual", (str(document),))
+    blocks = client_datasets(dataclasses.replace(config.data, packing=False), tokenizer, 42, text).train
+    assert len(blocks) > 4  # one document, many blocks of data.max_length
+    initial = adapter_state_dict(build_model(resolve_source(config.model.name), config.model, config.method).model)
+    assert local_train(config, text, initial, 1, 2, 0.0).examples == len(blocks)
+    assert local_train(config, client, initial, 1, 2, 0.0).examples == 16  # chat rows: one example each, packed or not
+
+
 def test_group_by_length_orders_the_clients_micro_batches(tiny_model_dir, client):
     config = _config(tiny_model_dir, group_by_length=True)
     tokenizer = load_tokenizer(resolve_source(config.model.name), False)

@@ -34,6 +34,7 @@ from torch import nn
 
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.loader import Datasets, build_datasets, make_batches
+from tunelab.data.packing import Packed
 from tunelab.data.sources import Record
 from tunelab.errors import DataError
 from tunelab.federated.payload import load_adapter_state
@@ -52,7 +53,7 @@ from tunelab.training.step import train_step
 @dataclass
 class LocalResult:
     adapter: dict[str, torch.Tensor]
-    examples: int  # training examples the client holds (FedAvg's weight)
+    examples: int  # training examples the client holds (FedAvg's weight: `training_examples`)
     loss: float  # mean token loss over the round's steps
     loss_tokens: int
     steps: int
@@ -77,6 +78,13 @@ def client_datasets(data_cfg: DataConfig, tokenizer, seed: int, client: ClientDa
 
     cfg = dataclasses.replace(data_cfg, train=list(client.paths), eval=None, eval_fraction=0.0)
     return build_datasets(cfg, tokenizer, seed, select=select)
+
+
+def training_examples(datasets: Datasets) -> int:
+    """FedAvg's weight n_k: the rows the client trains on before packing, i.e. its chat examples and its text
+    blocks of data.max_length. A text document is one example of the data report but as many rows as its blocks, so
+    counting documents weighed a client holding one long document as one example."""
+    return sum(len(row.doc_lengths) if isinstance(row, Packed) else 1 for row in datasets.train)
 
 
 def server_eval_datasets(cfg: RunConfig, tokenizer) -> Datasets:
@@ -194,7 +202,7 @@ def local_train(
             tokens += stats["loss_tokens"]
     return LocalResult(
         adapter=adapter_state_dict(built.model),
-        examples=datasets.report.train.used or len(datasets.train),
+        examples=training_examples(datasets),
         loss=loss_sum / max(tokens, 1),
         loss_tokens=tokens,
         steps=steps,
