@@ -255,6 +255,10 @@ def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, 
         ({"federated.clients": "null"}, r"'federated.clients' must be a list of str, got None"),
         ({"federated.dp": True, "federated.dp_noise_multiplier": 0.0}, "dp_noise_multiplier > 0"),
         ({"data.max_length": 2048}, r"'data.max_length' .*is 2048, above the context window .*: 1024 tokens"),
+        ({"federated.proximal_mu": 0.5}, r"federated.proximal_mu \(0.5\): only strategy fedprox reads it"),
+        ({"federated.dp_clipping_norm": 3.0}, r"federated.dp_clipping_norm \(3.0\): only federated.dp: true reads"),
+        ({"federated.split": "column"}, r"federated.split \('column'\): only federated.split_file is split"),
+        ({"federated.num_clients": 5}, "'federated.num_clients' is 5 but federated.clients names 2 clients"),
     ],
 )
 def test_bad_config_is_refused_before_anything_runs(tmp_path, tiny_model_dir, federate_config, overrides, message):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.atomic import write_text
-from tunelab.config import ResolvedConfig, RunConfig, dump_yaml, iter_options
+from tunelab.config import FederatedConfig, ResolvedConfig, RunConfig, dump_yaml, iter_options
 from tunelab.config.validate import option_default
 from tunelab.errors import ConfigError, RunDirError, TunelabError
 from tunelab.eval.compare import compare_after_training
@@ -66,6 +66,23 @@ NOT_READ = {
 }
 
 
+def _unread_federated(f: FederatedConfig, defaults: dict[str, Any]) -> list[str]:
+    """federated.* options that only another setting of the federation reads, set while that setting is off."""
+    idle = {
+        "proximal_mu": (f.strategy != "fedprox", "only strategy fedprox reads it"),
+        "dp_clipping_norm": (not f.dp, "only federated.dp: true reads it"),
+        "dp_noise_multiplier": (not f.dp, "only federated.dp: true reads it"),
+        "dp_delta": (not f.dp, "only federated.dp: true reads it"),
+        "split": (not f.split_file, "only federated.split_file is split"),
+        "split_column": (not f.split_file or f.split != "column", "only federated.split: column reads it"),
+    }
+    return [
+        f"federated.{key} ({getattr(f, key)!r}): {why}"
+        for key, (off, why) in idle.items()
+        if off and getattr(f, key) != defaults[f"federated.{key}"]
+    ]
+
+
 def check_config(cfg: RunConfig) -> None:
     """Rules for a federated run beyond the per-option ones."""
     defaults = {name: option_default(f) for name, f, _ in iter_options()}
@@ -75,6 +92,7 @@ def check_config(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section) if section else cfg, key)
         if value != defaults[name]:
             unread.append(f"{name} ({value!r}): {instead}")
+    unread += _unread_federated(cfg.federated, defaults)
     if unread:
         raise ConfigError(
             f"tunelab federate does not read these options, which are set: {'; '.join(unread)}. Remove them (a "
@@ -123,6 +141,13 @@ def federation_clients(cfg: RunConfig) -> list[ClientData]:
     """The federation's rules (`check_config`) and its clients; ConfigError when fewer than min_clients."""
     check_config(cfg)
     clients = client_data(cfg.federated, cfg.train.seed)
+    f = cfg.federated
+    if f.clients and f.num_clients not in (FederatedConfig().num_clients, len(f.clients)):
+        raise ConfigError(
+            f"option 'federated.num_clients' is {f.num_clients} but federated.clients names {len(f.clients)} "
+            "clients; num_clients counts federated.split_file's shards (and the SuperNodes of --app-dir), so "
+            "remove it or make the two agree."
+        )
     if cfg.federated.min_clients > len(clients):
         raise ConfigError(
             f"option 'federated.min_clients' is {cfg.federated.min_clients} but the federation has {len(clients)} "
