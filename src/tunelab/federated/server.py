@@ -196,6 +196,7 @@ def _run_rounds(
         refusal=cfg.eval.refusal,
         impl=built.impl,
         quantize_base=cfg.method.quantize_base,
+        dtype=str(built.dtype).removeprefix("torch."),  # a QLoRA base is quantized from it again when opened
         trust_remote_code=cfg.model.trust_remote_code,
         fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
         total_steps=f.rounds,

@@ -1,0 +1,38 @@
+"""The ServerApp's run directory without Flower's transport: `Recorded.start` replaced by calls of the server's
+per-round callback with the global adapter unchanged, as Flower makes them (round 0 first)."""
+
+import json
+
+import pytest
+
+pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+
+import tunelab.federated.run as federated_run
+from tunelab.config import load_config
+from tunelab.federated import rounds
+from tunelab.federated.server import run_federation
+
+
+@pytest.fixture
+def rounds_without_clients(monkeypatch):
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        for r in range(num_rounds + 1):
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+
+    def simulate(*args, **kwargs):
+        raise AssertionError("a federation was started in the test process")
+
+    monkeypatch.setattr(federated_run, "simulate", simulate)
+
+
+def test_run_json_records_the_dtype_the_federation_trained_in(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+):
+    """run.json lacked it, so a federated QLoRA run was opened over a base quantized from another dtype than the one
+    it trained over (tunelab train records it)."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config, {"model.dtype": "bf16"}), 2, ["site0", "site1"], resume=False)
+    info = json.loads((run / "run.json").read_text())
+    assert info["dtype"] == "bfloat16" and info["extra"]["federated"]["rounds_done"] == 2
