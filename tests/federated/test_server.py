@@ -7,8 +7,10 @@ import pytest
 
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
 
+import tunelab
 import tunelab.federated.run as federated_run
 from tunelab.config import load_config
+from tunelab.errors import ConfigError
 from tunelab.federated import rounds
 from tunelab.federated.server import run_federation
 
@@ -36,3 +38,23 @@ def test_run_json_records_the_dtype_the_federation_trained_in(
     run = run_federation(None, load_config(config, {"model.dtype": "bf16"}), 2, ["site0", "site1"], resume=False)
     info = json.loads((run / "run.json").read_text())
     assert info["dtype"] == "bfloat16" and info["extra"]["federated"]["rounds_done"] == 2
+
+
+def test_a_resume_refuses_other_eval_rows_under_the_same_name(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+):
+    """run.json kept no record of the server's eval rows: a --resume with another data.eval under the same name went
+    on, and keep_best compared the new rounds' eval losses with the best of the old rounds' (tunelab train refuses)."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
+    run_federation(None, load_config(config, {"federated.rounds": 3}), 2, ["site0", "site1"], resume=True)
+    assert json.loads((run / "federated.json").read_text())["rounds_done"] == 3  # the same eval rows: resumed
+
+    eval_file = tmp_path / "server_eval.jsonl"
+    eval_file.write_text(eval_file.read_text().replace("Box", "Crate"))
+    changed = load_config(config, {"federated.rounds": 4})
+    with pytest.raises(ConfigError, match="--resume needs the eval data the run started with.*server_eval.jsonl"):
+        run_federation(None, changed, 2, ["site0", "site1"], resume=True)
+    with pytest.raises(ConfigError, match="--resume needs the eval data the run started with"):
+        tunelab.federate(config, {"federated.rounds": 4}, resume=True)  # before the simulation starts
+    assert json.loads((run / "federated.json").read_text())["rounds_done"] == 3

@@ -5,7 +5,8 @@ So a resumed federation refuses every change that would make it another run (the
 the method, the learning rate, the seed, local_steps, the strategy, ...), listing each as `option: old -> new`;
 federated.rounds may change to no fewer than the rounds done (the schedule over rounds x local_steps is recomputed
 from the next round on); options that only say how the run is watched or run may change. The server writes the
-config it resumes with to config.yaml, so a later --resume compares with it.
+config it resumes with to config.yaml, so a later --resume compares with it. The server's eval rows are compared
+by content too (`check_same_eval`); the clients' data the server never sees.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.federated.history import read_state
-from tunelab.training.resume import check_resume_config
+from tunelab.rundir import read_info
+from tunelab.training.resume import check_resume_config, check_same_data, data_digest, file_digests
 
 LENGTH = {"federated.rounds"}
 
@@ -34,3 +36,12 @@ def check_resume(run_dir: str | Path, cfg: RunConfig) -> list[str]:
             f"federation has done; ask for at least {done} to resume."
         )
     return notes
+
+
+def check_same_eval(run_dir: str | Path, rows: list) -> None:
+    """ConfigError when the server's eval rows (data.eval as tokenized) differ from those run.json recorded, as
+    tunelab train --resume refuses: each round's eval loss, and keep_best's choice among the rounds, would compare
+    losses on two eval sets. A run that recorded none (written before they were) is not checked."""
+    info = read_info(run_dir, require_finished=False)
+    now = (data_digest(rows), file_digests(rows)) if rows else ("", {})
+    check_same_data(Path(run_dir), info.eval_sha256, now[0], "eval", (info.eval_files, now[1]))

@@ -25,7 +25,7 @@ from tunelab.config.validate import option_default
 from tunelab.errors import ConfigError, RunDirError, TunelabError
 from tunelab.eval.compare import compare_after_training
 from tunelab.federated.history import all_rounds_done
-from tunelab.federated.resume import check_resume
+from tunelab.federated.resume import check_resume, check_same_eval
 from tunelab.federated.setup import require_accountant
 from tunelab.federated.shards import ClientData, client_data, federation_protected
 from tunelab.rundir import read_info
@@ -175,9 +175,14 @@ def read_clients(cfg: RunConfig, clients: list[ClientData]) -> tuple[Any, list[D
     return tokenizer, sets
 
 
-def check_clients(cfg: RunConfig, clients: list[ClientData]) -> None:
-    """Read every client's data (`read_clients`) before anything starts, and say what each holds."""
-    _, sets = read_clients(cfg, clients)
+def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = False) -> None:
+    """Read every client's data (`read_clients`) before anything starts, and say what each holds; resumed, the
+    server's eval rows must be those the run recorded (`check_same_eval`)."""
+    tokenizer, sets = read_clients(cfg, clients)
+    if resume and cfg.data.eval:
+        from tunelab.federated.local import server_eval_datasets
+
+        check_same_eval(cfg.output_dir, server_eval_datasets(cfg, tokenizer).train)
     for client, data in zip(clients, sets):
         print(
             f"client {client.name}: {data.report.train.used} examples, {len(data.train)} rows "
@@ -335,7 +340,7 @@ def federate(
         finished = all_rounds_done(run_dir, cfg.federated.rounds) if resume else None
         if finished:  # refused, as tunelab train refuses a finished run, before the simulation engine (Ray) starts
             raise ConfigError(finished)
-        check_clients(cfg, clients)
+        check_clients(cfg, clients, resume)
         simulate(resolved, clients, resume)
     finally:
         if held:

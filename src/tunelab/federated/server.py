@@ -31,7 +31,7 @@ from tunelab.errors import RunDirError
 from tunelab.federated.history import all_rounds_done, plot_federation, read_state, round_records, write_state
 from tunelab.federated.local import server_eval_datasets, untrained_rows
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
-from tunelab.federated.resume import check_resume
+from tunelab.federated.resume import check_resume, check_same_eval
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.federated.shards import federation_protected
 from tunelab.models.load import base_record, load_tokenizer, resolve_source
@@ -49,6 +49,7 @@ from tunelab.training.outdir import (
     start_run_dir,
 )
 from tunelab.training.recipe import save_final
+from tunelab.training.resume import data_digest, file_digests
 from tunelab.training.step import evaluate
 
 RUN_CONFIG_KEY, RESUME_KEY = "tunelab-config", "tunelab-resume"  # the Flower App's run config (deployment)
@@ -79,14 +80,14 @@ def load_round(run_dir: str | Path, round_: int) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def _eval_batches(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict | None]:
-    """The server's own eval set (data.eval) as batches, and its data report; none without data.eval."""
+def _eval_batches(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict | None, list]:
+    """The server's own eval set (data.eval) as batches, its data report and its rows; none without data.eval."""
     if not cfg.data.eval:
-        return [], None
+        return [], None, []
     data = server_eval_datasets(cfg, tokenizer)
     micro_batch = MICRO_BATCH if cfg.train.micro_batch == AUTO else cfg.train.micro_batch  # sizes eval batches only
     batches = make_batches(data.train, micro_batch, tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
-    return batches, data.report.to_dict()
+    return batches, data.report.to_dict(), data.train
 
 
 def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
@@ -156,7 +157,9 @@ def _run_rounds(
     torch.manual_seed(cfg.train.seed)  # the LoRA initialisation every client starts from
     source = resolve_source(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
-    eval_batches, eval_report = _eval_batches(cfg, tokenizer)
+    eval_batches, eval_report, eval_rows = _eval_batches(cfg, tokenizer)
+    if resume:
+        check_same_eval(run_dir, eval_rows)
     built = build_model(source, cfg.model, cfg.method)
     model = built.model
     # model.fix_untrained_tokens: the rows every client repairs too, recorded in run.json for whoever opens the run
@@ -199,6 +202,8 @@ def _run_rounds(
         dtype=str(built.dtype).removeprefix("torch."),  # a QLoRA base is quantized from it again when opened
         trust_remote_code=cfg.model.trust_remote_code,
         fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
+        eval_sha256=data_digest(eval_rows) if eval_rows else "",
+        eval_files=file_digests(eval_rows),
         total_steps=f.rounds,
     )
     started = time.perf_counter() - float(state.get("elapsed_s", 0.0))
