@@ -69,6 +69,17 @@ def test_mismatched_and_failed_clients_are_reported_and_the_round_goes_on(flower
     np.testing.assert_allclose(arrays[KEYS[1]].numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_two_supernodes_of_one_name_are_kept_apart(flower_message):
+    """Two SuperNodes named alike (each host's data file /srv/records.jsonl gives the default name 'records') were one
+    client in the reports: two rows of one name a round, one line in the plot, one entry in the client list."""
+    recorded = _recorded()
+    for round_ in (1, 2):
+        replies = [_reply(flower_message, node, "records", _adapter(node), 10) for node in (7, 9)]
+        recorded.aggregate_train(round_, replies)
+        assert [c.client for c in recorded.reports[round_].clients] == ["records", "records (node 9)"]
+    assert sorted(recorded.names.values()) == ["records", "records (node 9)"]
+
+
 def test_too_few_usable_updates_leave_the_global_adapter_unchanged(flower_message):
     recorded = _recorded(min_clients=2)
     crashed = flower_message(Error(code=1, reason="boom"), dst_node_id=0, src_node_id=2)

@@ -139,6 +139,13 @@ class Recorded(Strategy):
         self.names: dict[int, str] = {}  # node id -> client name, learnt from replies
         self._sent: dict[int, dict[int, int]] = {}
 
+    def _unique(self, name: str, node: int) -> str:
+        """The name a SuperNode gave itself, unless another node took it first (two hosts' data files of one name, the
+        default name): then with its node id, so that the reports, metrics and plot keep the two apart."""
+        if any(other == name for n, other in self.names.items() if n != node):
+            return f"{name} (node {node})"
+        return name
+
     def summary(self) -> None:
         self.inner.summary()
 
@@ -167,7 +174,9 @@ class Recorded(Strategy):
                 )
                 continue
             content = reply.content
-            name = str(content[CLIENT]["name"]) if CLIENT in content.config_records else f"node-{node}"
+            name = self.names.get(node) or self._unique(
+                str(content[CLIENT]["name"]) if CLIENT in content.config_records else f"node-{node}", node
+            )
             self.names[node] = name
             entry = ClientRound(name, node, "ok", bytes_sent=sent.get(node, 0), bytes_received=payload_bytes(content))
             metrics = content.metric_records.get(METRICS)
