@@ -64,12 +64,14 @@ def _replace(path: Path, write: Callable[[Path], Any]) -> Path:
 
 
 def check_can_write(path: Path) -> None:
-    """`write_failed`'s error unless a file can be written at `path` now, found by creating and removing its temporary
-    sibling as the write will (a read-only folder or filesystem refuses it, for root too): the commands that work for
-    minutes before they write ask first. A folder that does not exist yet is for the caller to check or make."""
-    if not path.parent.is_dir():
+    """`write_failed`'s error unless a file or folder can be written at `path` now, found by creating and removing its
+    temporary sibling as the write will (a read-only folder or filesystem refuses it, for root too): the commands that
+    work for minutes before they write ask first. Where `path`'s folder does not exist yet, the nearest folder above
+    it that does is tried (the folders are made there); a file in the way is for the caller to refuse."""
+    folder = next((f for f in (path.parent, *path.parent.parents) if f.exists()), None)
+    if folder is None or not folder.is_dir():
         return
-    tmp = temporary_sibling(path)
+    tmp = folder / temporary_sibling(path).name
     try:
         tmp.write_bytes(b"")
         tmp.unlink()

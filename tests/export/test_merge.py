@@ -293,3 +293,35 @@ def test_a_device_or_pipe_is_never_an_output(lora_run, tmp_path):
     with pytest.raises(RunDirError, match="is not a regular file or folder"):
         merge_run(run, pipe)
     assert pipe.exists() and not pipe.is_file()
+
+
+def test_a_read_only_output_place_is_refused_before_merging(lora_run, tmp_path, monkeypatch):
+    """merge and export into a read-only folder merged (and converted) the whole model first, minutes for a large
+    one, and failed only when writing; the place is now tried first, as the write will use it."""
+    import errno
+    import os
+    from pathlib import Path
+
+    import tunelab.export.gguf as gguf
+    import tunelab.export.merge as merge
+    from tunelab.errors import WriteFailed
+
+    run, _ = lora_run
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_open, calls = Path.open, []
+
+    def read_only(self, mode="r", *args, **kwargs):
+        if locked in (self, *self.parents) and set(mode) & set("wax"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", read_only)
+    monkeypatch.setattr(merge, "merged_model", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(gguf, "merged_model", lambda *a, **k: calls.append(a))
+    for out in (locked / "merged", locked / "new" / "merged"):
+        with pytest.raises(WriteFailed, match=f"{out}: cannot be written \\(Read-only file system\\)"):
+            merge_run(run, out)
+    with pytest.raises(WriteFailed, match="m.gguf: cannot be written"):
+        gguf.export_gguf(run, locked / "m.gguf", check=False)
+    assert calls == [] and list(locked.iterdir()) == []

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunelab.atomic import writing
+from tunelab.atomic import check_can_write, writing
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
@@ -324,6 +324,7 @@ def export_gguf(
         check_output(target, run_dir, overwrite, "--gguf")
         if target.is_dir():
             raise RunDirError(f"{target}: is a directory; the export writes a file there.")
+    check_can_write(out)  # a read-only place: said before the merge and the conversion, not after them
     merged = merged_model(run_dir, torch.float32)  # export from fp32 so that every qtype rounds only once
     gguf_shape(merged.model.config)  # refuse unsupported models before writing anything
     tok = merged.tokenizer

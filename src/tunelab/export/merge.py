@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tunelab.atomic import scratch_folder, write_json
+from tunelab.atomic import check_can_write, scratch_folder, write_json
 from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, ModelError, RunDirError
@@ -240,6 +240,7 @@ def merge_run(
             f"{out}: holds files that are not a merged model tunelab wrote (no {MERGE_FILE}); --overwrite replaces "
             "only an earlier merge, never other folders. Choose a new or empty folder."
         )
+    check_can_write(out)  # a read-only place: said before the merge, not after it
     merged = merged_model(run_dir, dtype)
     with scratch_folder(out) as scratch:
         merged.model.save_pretrained(scratch, safe_serialization=True)
