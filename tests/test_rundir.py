@@ -129,3 +129,32 @@ def test_a_result_file_never_replaces_a_device_or_a_pipe(tmp_path):
     with pytest.raises(RunDirError, match=re.escape(f"{pipe}: is not a regular file (a device, pipe or socket)")):
         check_output_file(pipe, True, run, "eval.json")
     assert not pipe.is_file() and pipe.exists()
+
+
+def test_a_result_file_never_replaces_a_client_file_or_a_function_file_of_the_run(tmp_path):
+    """The files a result may never replace were those of data.train, data.eval and eval.questions: a federated run's
+    client files and split file, and the .py file of data.transform, were replaced by `eval --out ... --overwrite`."""
+    from tunelab.rundir import check_output_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"base_model": "x", "method": "lora", "finished": True}))
+    files = {name: tmp_path / name for name in ("a.jsonl", "b.jsonl", "shaping.py")}
+    for path in files.values():
+        path.write_text("")
+    (run / "config.yaml").write_text(
+        json.dumps(
+            {
+                "model": {"name": "x"},
+                "data": {"train": [], "transform": f"{files['shaping.py']}:clean"},
+                "federated": {"clients": [str(files["a.jsonl"]), str(files["b.jsonl"])]},
+            }
+        )
+    )
+    for name, option in (
+        ("a.jsonl", "federated.clients"),
+        ("b.jsonl", "federated.clients"),
+        ("shaping.py", "data.transform"),
+    ):
+        with pytest.raises(RunDirError, match=re.escape(f"{files[name]}: is a file of {option} of the run's config")):
+            check_output_file(files[name], True, run, "eval.json")

@@ -24,6 +24,7 @@ from typing import Any
 from tunelab import __version__
 from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig, load_config
+from tunelab.config.paths import function_file
 from tunelab.errors import ConfigError, RunDirError
 
 RUN_FILE = "run.json"
@@ -352,6 +353,11 @@ def _data_holding(target: Path, run_dir: Path) -> str | None:
         named += [("data.train", e if isinstance(e, str) else e.path) for e in config.data.train]
         named += [("data.train", e.eval) for e in config.data.train if not isinstance(e, str)]
         named += [("data.eval", config.data.eval), ("eval.questions", config.eval.questions)]
+        named += [("federated.clients", c) for c in config.federated.clients]
+        named += [("federated.split_file", config.federated.split_file)]
+        functions = [("data.transform", config.data.transform)]
+        functions += [("grpo.rewards", r.function) for r in config.grpo.rewards if not isinstance(r, str)]
+        named += [(option, function_file(spec)) for option, spec in functions if spec]
     for option, given in named:
         if given and (target == Path(given).resolve() or target.is_relative_to(Path(given).resolve())):
             return f"a file of {option}"

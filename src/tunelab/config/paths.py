@@ -54,3 +54,10 @@ def resolve_paths(value: Any, folder: Path) -> Any:
         )
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (folder / p).absolute())
+
+
+def function_file(spec: str) -> str | None:
+    """The local file of a `module:function` or `file.py:function` spec (data.transform, a grpo reward), if any."""
+    module, _, _ = spec.rpartition(":")
+    local = Path(module if module.endswith(".py") else module.replace(".", "/") + ".py").expanduser()
+    return str(local) if module and local.is_file() else None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import DataConfig, DataSource, RunConfig
+from tunelab.config.paths import function_file
 from tunelab.data.loader import Datasets
 from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.models.load import ModelSource, fingerprint, load_hf_config, load_tokenizer, resolve_source
@@ -142,13 +143,6 @@ def protected_paths(cfg: RunConfig, config_path: str | Path | None) -> dict[str,
         "eval questions file": [cfg.eval.questions] if cfg.eval.questions else [],
         "model": [str(model)] if model.exists() else [],
         "adapter the run starts from": [cfg.model.adapter] if cfg.model.adapter else [],
-        "function file": [f for spec in functions if spec and (f := _function_file(spec))],
+        "function file": [f for spec in functions if spec and (f := function_file(spec))],
         "reward model run": [r.run for r in rewards if r.kind == "model" and r.run],
     }
-
-
-def _function_file(spec: str) -> str | None:
-    """The local file of a `module:function` or `file.py:function` spec (data.transform, a grpo reward), if any."""
-    module, _, _ = spec.rpartition(":")
-    local = Path(module if module.endswith(".py") else module.replace(".", "/") + ".py").expanduser()
-    return str(local) if module and local.is_file() else None
