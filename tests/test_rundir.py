@@ -158,3 +158,25 @@ def test_a_result_file_never_replaces_a_client_file_or_a_function_file_of_the_ru
     ):
         with pytest.raises(RunDirError, match=re.escape(f"{files[name]}: is a file of {option} of the run's config")):
             check_output_file(files[name], True, run, "eval.json")
+
+
+def test_a_result_file_never_replaces_a_file_of_another_run_a_stage_or_a_checkpoint(tmp_path):
+    """Only the run's own top-level files were protected: `eval A --out B/adapter_model.safetensors --overwrite` (or
+    `predict A --out B/metrics.jsonl`) replaced another run's files, and an output into A's stage or checkpoint
+    folders replaced what --resume and the stage chain read."""
+    from tunelab.rundir import check_output_file
+
+    run, other = tmp_path / "a", tmp_path / "b"
+    for folder in (run, other, run / "stage-1"):
+        folder.mkdir()
+        write_info(folder, RunInfo(base_model="m", method="lora", finished=True))
+    (run / "checkpoints" / "step-2").mkdir(parents=True)
+    victims = [other / "adapter_model.safetensors", other / "metrics.jsonl", run / "stage-1" / "metrics.jsonl"]
+    victims.append(run / "checkpoints" / "step-2" / "state.json")
+    for path in victims:
+        path.write_text("{}")
+    for path, holder in zip(victims, (other, other, run / "stage-1", run)):
+        with pytest.raises(RunDirError, match=re.escape(f"{path}: is a file of the run directory {holder}")):
+            check_output_file(path, True, run, "eval.json")
+    (run / "eval.json").write_text("{}")
+    check_output_file(run / "eval.json", True, run, "eval.json")  # its own result, with --overwrite

@@ -311,6 +311,12 @@ def check_output_file(
             f"{path}: is where the run {path.parent} keeps its own {own}, which its report shows as that run's; this "
             f"is {run_dir}'s. Write elsewhere, or under another name."
         )
+    holder = next((f for f in target.parents if is_run_dir(f)), None) if path.exists() else None
+    if holder is not None and not (holder == Path(run_dir).resolve() and target.parent == holder and path.name == own):
+        raise RunDirError(  # a stage's or a checkpoint's file, or one of another run: its commands read it as it was
+            f"{path}: is a file of the run directory {holder}; --overwrite never replaces a run's files. Write "
+            "elsewhere."
+        )
     if path.exists() and (source := _data_holding(target, run_dir)):
         raise RunDirError(f"{path}: is {source} of the run's config; --overwrite never replaces data. Write elsewhere.")
     if path.exists() and (model := _model_holding(target, run_dir)):
