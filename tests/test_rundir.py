@@ -180,3 +180,27 @@ def test_a_result_file_never_replaces_a_file_of_another_run_a_stage_or_a_checkpo
             check_output_file(path, True, run, "eval.json")
     (run / "eval.json").write_text("{}")
     check_output_file(run / "eval.json", True, run, "eval.json")  # its own result, with --overwrite
+
+
+def test_a_run_from_before_run_json_recorded_qlora_is_read_as_qlora(tmp_path):
+    """run.json records quantize_base and trust_remote_code since 2026-12-01; a QLoRA run written before was read
+    with the default 'none' and opened over the 16-bit base instead of the NF4 base it trained on. Its config.yaml,
+    which has always held both, fills them in."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"base_model": "m", "method": "lora", "finished": True}))
+    (run / "config.yaml").write_text(
+        "model: {name: m, trust_remote_code: true}\nmethod: {name: lora, quantize_base: nf4}\ndata: {train: []}\n"
+    )
+    info = read_info(run)
+    assert info.quantize_base == "nf4" and info.trust_remote_code is True
+    recorded = {
+        "base_model": "m",
+        "method": "lora",
+        "finished": True,
+        "quantize_base": "none",
+        "trust_remote_code": False,
+    }
+    (run / "run.json").write_text(json.dumps(recorded))
+    info = read_info(run)  # what run.json records wins
+    assert info.quantize_base == "none" and info.trust_remote_code is False

@@ -159,10 +159,28 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
                 "directory; give that run, or train from this folder (model.name) or load it with transformers."
             )
         raise RunDirError(f"{run_dir}: not a tunelab run directory (no {RUN_FILE}).")
-    info = RunInfo.from_dict(read_json_object(path, "the run directory cannot be opened"), str(path))
+    raw = read_json_object(path, "the run directory cannot be opened")
+    info = RunInfo.from_dict(raw, str(path))
+    if not {"quantize_base", "trust_remote_code"} <= raw.keys():  # a run written before run.json recorded them
+        _from_config(info, raw, run_dir)
     if require_finished and not info.finished:
         raise RunDirError(f"{run_dir}: the run did not finish; resume it with 'tunelab train CONFIG --resume' first.")
     return info
+
+
+def _from_config(info: RunInfo, raw: dict, run_dir: Path) -> None:
+    """Fill in what run.json began to record on 2026-12-01 from the run's config.yaml, which has always held it: a
+    QLoRA run of before was opened over the 16-bit base (its default 'none'), not over the NF4 base it trained on."""
+    try:
+        config = read_config(run_dir)
+    except RunDirError:
+        return
+    if config is None:
+        return
+    if "quantize_base" not in raw:
+        info.quantize_base = config.method.quantize_base
+    if "trust_remote_code" not in raw:
+        info.trust_remote_code = config.model.trust_remote_code
 
 
 def run_stamp(run_dir: str | Path) -> tuple[int, int, int] | None:
