@@ -170,7 +170,8 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
 
 def _from_config(info: RunInfo, raw: dict, run_dir: Path) -> None:
     """Fill in what run.json began to record on 2026-12-01 from the run's config.yaml, which has always held it: a
-    QLoRA run of before was opened over the 16-bit base (its default 'none'), not over the NF4 base it trained on."""
+    QLoRA run written before then was otherwise opened over the 16-bit base (the default 'none'), not over the NF4
+    base it trained on."""
     try:
         config = read_config(run_dir)
     except RunDirError:
@@ -303,9 +304,11 @@ def check_output_file(
     """RunDirError before any work when a command (eval, report) cannot write its result file `path`: it is a
     folder or another file than a regular one, it is one of the command's `inputs` or inside one that is a folder,
     it would replace a file of the run other than the command's `own` one (run.json, the weights: --overwrite never
-    allows that), it is the `own` file of another run directory (whose report would show it as that run's), it
-    exists and `overwrite` is off, or its folder is missing (made when `mkdir`); WriteFailed when its folder cannot
-    be written (read-only), said before the work rather than after."""
+    allows that) or any file of another run directory, a stage's or a checkpoint's, it is the `own` file of another
+    run directory (whose report would show it as that run's), it would replace a file the run's config names (data,
+    function files) or of the models it depends on, it exists and `overwrite` is off, or its folder is missing (made
+    when `mkdir`); WriteFailed when its folder cannot be written (read-only), said before the work rather than
+    after."""
     if path.is_dir():
         raise RunDirError(f"{path}: is a folder; give a file name to write to.")
     if path.exists() and not path.is_file():  # the result is renamed into place: /dev/null would be replaced
