@@ -338,3 +338,24 @@ def test_a_pairs_report_counts_pairs_and_the_lengths_of_their_sides(task, smollm
     page = data_section(Input("data_report.json", data.report.to_dict()))
     assert '<th class="num">pairs</th>' in page and "Token lengths per side (chosen or rejected)" in page
     assert "tokens per example" not in summary
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("data.transform", "my_module:fix", r"^option 'data.transform' is for task sft; a \w+ run does not use it"),
+        ("train.group_by_length", True, r"^option 'train.group_by_length' is for task sft; a \w+ run does not use it"),
+        ("data.train", "source", r"^option 'data.train', entry 1: weighted sources \(mappings\) are read by task sft"),
+    ],
+)
+def test_the_data_recipes_of_sft_are_refused_by_every_other_task(
+    task, option, value, message, smollm2_tokenizer, tmp_path
+):
+    """A dpo run passed over data.transform (a transform that drops every row trained on them all) and
+    train.group_by_length without a word, and stopped with a TypeError on a weighted source; the other tasks refused
+    them (grpo with its own message). Every task now refuses them alike."""
+    train = _write(tmp_path / "t.jsonl", [_row(task, i) for i in range(6)])
+    value = [{"path": train, "weight": 2.0}] if value == "source" else value
+    with pytest.raises(ConfigError, match=message):
+        _build(task, smollm2_tokenizer, train, **{option: value})

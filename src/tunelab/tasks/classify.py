@@ -45,6 +45,7 @@ from tunelab.tasks.head_data import (
     read_input,
     read_task_data,
     refuse_chat_format,
+    refuse_sft_recipes,
     render,
 )
 from tunelab.tasks.task import Task, eval_mode
@@ -94,15 +95,7 @@ def refuse_head_options(cfg: RunConfig) -> None:
             f"text, which a {cfg.task} run does not do. Remove it and score held-out rows with "
             "`tunelab eval RUN_DIR --data FILE` after training."
         )
-    sources = [i for i, entry in enumerate(cfg.data.train, 1) if not isinstance(entry, str)]
-    if sources:
-        raise ConfigError(
-            f"option 'data.train', entry {sources[0]}: weighted sources (mappings) are read by task sft only; a "
-            f"{cfg.task} run reads a list of files. Give the files as plain paths."
-        )
-    for name, value in (("train.group_by_length", cfg.train.group_by_length), ("data.transform", cfg.data.transform)):
-        if value:
-            raise ConfigError(f"option '{name}' is for task sft; a {cfg.task} run does not use it. Remove it.")
+    refuse_sft_recipes(cfg)
 
 
 def label_text(value, where: str, key: str) -> str:

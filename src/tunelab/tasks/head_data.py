@@ -390,6 +390,20 @@ def counted_records(
     unused.refuse()
 
 
+def refuse_sft_recipes(cfg: RunConfig) -> None:
+    """ConfigError for the data recipes of task sft, which the readers of the other tasks would pass over without a
+    word: weighted sources (mappings in data.train), train.group_by_length and data.transform."""
+    sources = [i for i, entry in enumerate(cfg.data.train, 1) if not isinstance(entry, str)]
+    if sources:
+        raise ConfigError(
+            f"option 'data.train', entry {sources[0]}: weighted sources (mappings) are read by task sft only; a "
+            f"{cfg.task} run reads a list of files. Give the files as plain paths."
+        )
+    for name, value in (("train.group_by_length", cfg.train.group_by_length), ("data.transform", cfg.data.transform)):
+        if value:
+            raise ConfigError(f"option '{name}' is for task sft; a {cfg.task} run does not use it. Remove it.")
+
+
 def read_task_data(cfg: RunConfig, tokenizer, seed: int, read, fields: tuple[str, ...]):
     """What the data of every task but sft starts as: data.fields checked against the task's `fields`, data.system_prompt
     checked as sft checks it (`refuse_special_system`), a report, the prompt template, and the training and held-out

@@ -38,6 +38,7 @@ from tunelab.tasks.head_data import (
     pair_skip,
     plain_text,
     read_task_data,
+    refuse_sft_recipes,
     repeats_prompt,
     same_tokens,
     shared_prompt,
@@ -221,6 +222,7 @@ def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         )
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of preference pairs.")
+    refuse_sft_recipes(cfg)
     if d.overlong not in ("drop", "truncate"):
         raise ConfigError(f"option 'data.overlong' is {d.overlong!r}; allowed values: drop, truncate.")
     pairs, held, report, template = read_task_data(cfg, tokenizer, seed, read_preferences, FIELDS)

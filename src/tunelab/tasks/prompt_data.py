@@ -27,6 +27,7 @@ from tunelab.tasks.head_data import (
     chat_flaw,
     counted_records,
     read_task_data,
+    refuse_sft_recipes,
     render,
     with_system,
 )
@@ -149,11 +150,7 @@ def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> D
         )
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of prompts.")
-    if any(not isinstance(entry, str) for entry in d.train):
-        raise ConfigError("option 'data.train': task grpo reads a list of files; give them as plain paths.")
-    for name, value in (("train.group_by_length", cfg.train.group_by_length), ("data.transform", d.transform)):
-        if value:
-            raise ConfigError(f"option '{name}' is for task sft; a grpo run does not use it. Remove it.")
+    refuse_sft_recipes(cfg)
     prompts, held, report, template = read_task_data(cfg, tokenizer, seed, read_prompts, FIELDS)
     report.template = template.name
     train = to_rows(prompts, tokenizer, template, d.max_length, columns, report)
