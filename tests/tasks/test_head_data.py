@@ -347,6 +347,8 @@ def test_a_pairs_report_counts_pairs_and_the_lengths_of_their_sides(task, smollm
         ("data.transform", "my_module:fix", r"^option 'data.transform' is for task sft; a \w+ run does not use it"),
         ("train.group_by_length", True, r"^option 'train.group_by_length' is for task sft; a \w+ run does not use it"),
         ("data.train", "source", r"^option 'data.train', entry 1: weighted sources \(mappings\) are read by task sft"),
+        ("data.format", "messages", r"^option 'data.format' is for task sft; a \w+ run does not use it"),
+        ("data.train_on_prompt", True, r"^option 'data.train_on_prompt' is for task sft; a \w+ run does not use it"),
     ],
 )
 def test_the_data_recipes_of_sft_are_refused_by_every_other_task(

@@ -392,14 +392,21 @@ def counted_records(
 
 def refuse_sft_recipes(cfg: RunConfig) -> None:
     """ConfigError for the data recipes of task sft, which the readers of the other tasks would pass over without a
-    word: weighted sources (mappings in data.train), train.group_by_length and data.transform."""
+    word: weighted sources (mappings in data.train), train.group_by_length, data.transform, data.format (each task
+    reads rows of its own kind) and data.train_on_prompt (no task but sft puts a loss on the tokens of a prompt)."""
     sources = [i for i, entry in enumerate(cfg.data.train, 1) if not isinstance(entry, str)]
     if sources:
         raise ConfigError(
             f"option 'data.train', entry {sources[0]}: weighted sources (mappings) are read by task sft only; a "
             f"{cfg.task} run reads a list of files. Give the files as plain paths."
         )
-    for name, value in (("train.group_by_length", cfg.train.group_by_length), ("data.transform", cfg.data.transform)):
+    d = cfg.data
+    for name, value in (
+        ("train.group_by_length", cfg.train.group_by_length),
+        ("data.transform", d.transform),
+        ("data.format", d.format != "auto"),
+        ("data.train_on_prompt", d.train_on_prompt),
+    ):
         if value:
             raise ConfigError(f"option '{name}' is for task sft; a {cfg.task} run does not use it. Remove it.")
 
