@@ -149,3 +149,15 @@ def test_resume_with_changed_label_data_fails_as_for_sft(tiny_model_dir, tmp_pat
     changed = tunelab.check(None, over, resume=True, model=False)
     item = next(i for i in changed.items if i.name == "resume data")
     assert item.status == "fail" and f"{data} changed" in item.summary
+
+
+def test_dpo_pairs_cut_to_max_length_are_said_to_keep_their_first_tokens(tiny_model_dir, tmp_path, capsys):
+    """dpo cuts an overlong pair to its first data.max_length tokens (the prompt and the start of the answers), but
+    the check said the pairs were cut to their last ones, as the heads cut their inputs."""
+    rows = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}.", "rejected": "No idea."} for i in range(6)]
+    rows[2]["chosen"] = " ".join(["word"] * 80)
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    over = _over(tiny_model_dir, tmp_path, "dpo", data, **{"data.overlong": "truncate", "data.eval_fraction": 0.0})
+    assert main(["check", *_flags(over), "--data-only"]) == 0
+    out = capsys.readouterr().out
+    assert "cut to their first 64 tokens: 1" in out and "cut to their last" not in out

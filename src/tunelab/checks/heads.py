@@ -102,7 +102,8 @@ def length_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
     )
     if not dropped and not cut:
         return CheckItem("lengths", "pass", summary + "; none over it")
-    details = [f"cut to their last {cfg.data.max_length} tokens: {cut}"] if cut else []
+    kept = "first" if cfg.task == "dpo" else "last"  # dpo keeps a pair's prompt and the start of its answers
+    details = [f"cut to their {kept} {cfg.data.max_length} tokens: {cut}"] if cut else []
     details += [f"dropped (data.overlong drop): {dropped} ({', '.join(where)})"] if dropped else []
     return CheckItem("lengths", "warn", summary, details)
 
