@@ -361,3 +361,18 @@ def test_the_data_recipes_of_sft_are_refused_by_every_other_task(
     value = [{"path": train, "weight": 2.0}] if value == "source" else value
     with pytest.raises(ConfigError, match=message):
         _build(task, smollm2_tokenizer, train, **{option: value})
+
+
+def test_a_column_mapped_to_another_field_is_that_fields_only(smollm2_tokenizer, tmp_path):
+    """data.fields {prompt: text} over a classify file with a `text` column read the column as a raw text (the
+    field `text` is tried first, under its own name), so the mapping was passed over and no row went through the chat
+    template; the column is now the prompt it was mapped to, in training and in tunelab predict alike."""
+    from tunelab.data.report import DataReport
+    from tunelab.tasks.classify import read_labelled
+
+    train = _write(tmp_path / "t.jsonl", [{"text": f"What is {i} + {i}?", "label": "ab"[i % 2]} for i in range(6)])
+    data = _build("classify", smollm2_tokenizer, train, **{"data.fields": {"prompt": "text"}})
+    assert data.facts["input"] == "chat" and data.report.template != "none (text only)"
+    assert "<|im_start|>user\nWhat is 0 + 0?" in smollm2_tokenizer.decode(data.train[0].input_ids)
+    (row,) = read_labelled([train], {"prompt": "text"}, None, DataReport(), require_label=False, lenient=True)[:1]
+    assert row.input.messages == [{"role": "user", "content": "What is 0 + 0?"}]

@@ -58,11 +58,13 @@ class Input:
 def column(row: dict, fields: dict[str, str], name: str, lenient: bool = False) -> str | None:
     """The column holding canonical field `name` in `row` (data.fields applied), or None when absent. `lenient`
     (eval and predict files) falls back to the canonical name when the mapped column is missing, so a test file with
-    a `label` column serves a run that mapped label to another column of its training file."""
+    a `label` column serves a run that mapped label to another column of its training file. A column that data.fields
+    maps to another field is that field's only: with {prompt: text}, the column `text` is the prompt, not a text."""
     key = fields.get(name, name)
-    if key in row:
+    claimed = {other for field, other in fields.items() if field != name}  # columns that data.fields gives others
+    if key in row and (name in fields or key not in claimed):
         return key
-    return name if lenient and name in row else None
+    return name if lenient and name in row and name not in claimed else None
 
 
 def check_fields(fields: dict[str, str], allowed: tuple[str, ...], task: str) -> None:
