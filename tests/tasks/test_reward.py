@@ -199,3 +199,34 @@ def test_predict_scores_a_whole_conversation(tmp_path):
     (first, _, _), (second, _, _) = read_scored([_write(tmp_path / "s.jsonl", rows[:2])], {}, None, DataReport())
     assert first.messages == [{"role": "system", "content": "Be kind."}, *chat]
     assert second.messages == chat
+
+
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ({"prompt": "What is 1 + 1?", "answer": " "}, "empty answer"),
+        ({"text": " "}, "empty input"),
+        (
+            {
+                "messages": [
+                    {"role": "assistant", "content": "Hi."},
+                    {"role": "user", "content": "Q?"},
+                    {"role": "assistant", "content": "A."},
+                ]
+            },
+            "conversation does not start with a user message",
+        ),
+    ],
+)
+def test_rows_to_score_that_training_would_skip_are_skipped_and_counted(row, reason, tmp_path):
+    """tunelab predict of a reward run scored a blank answer, a blank text or a chat that training skips (one that
+    starts with the assistant's turn), and printed a reward for it; such rows are now skipped and counted, and
+    predict refuses them by name, as it refuses a classify run's."""
+    from tunelab.data.report import DataReport
+    from tunelab.tasks.reward import read_scored
+
+    path = tmp_path / "new.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({"prompt": "What is 2 + 2?", "answer": "4."}) + "\n")
+    report = DataReport()
+    scored = read_scored([str(path)], {}, None, report)
+    assert [line for _, _, line in scored] == [2] and report.skips[reason].locations == [f"{path}:1"]

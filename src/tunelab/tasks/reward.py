@@ -39,6 +39,7 @@ from tunelab.tasks.head_data import (
     answer_blank,
     answer_turns,
     as_turns,
+    chat_flaw,
     column,
     counted_records,
     fit,
@@ -184,7 +185,8 @@ def read_scored(
     paths: list[str], fields: dict[str, str], system_prompt: str | None, report: DataReport
 ) -> list[tuple[Input, str, int]]:
     """Rows to score one at a time (tunelab predict): a prompt and an answer (answer, completion, response or
-    output), a whole conversation (messages, conversations) or a whole text; (input, path, line) each."""
+    output), a whole conversation (messages, conversations) or a whole text; (input, path, line) each. A row that
+    training would skip (an empty input or answer, a chat sft skips: `chat_flaw`) is skipped and counted in `report`."""
     out = []
     for record in read_records(paths):
         report.read(record.path)
@@ -204,8 +206,20 @@ def read_scored(
                 f"{where}: nothing to score: give the row a prompt and an answer ({', '.join(ANSWER_FIELDS)}), a whole "
                 f"conversation (messages) or a text. It has {', '.join(map(str, row)) or 'no fields'}."
             )
+        if reason := _unscorable(item):
+            report.skip(reason, record.path, record.line)  # what training skips is not scored either
+            continue
         out.append((item, record.path, record.line))
     return out
+
+
+def _unscorable(item: Input) -> str | None:
+    """Why training would skip a row to score: an empty input, a chat whose answer is blank, a chat sft skips."""
+    if is_empty(item):
+        return "empty input"
+    if item.is_chat and item.messages[-1]["role"] == "assistant" and not item.messages[-1]["content"].strip():
+        return "empty answer"
+    return chat_flaw(item.messages)
 
 
 def _whole_conversation(row: dict, fields: dict[str, str], where: str) -> list[dict] | None:
