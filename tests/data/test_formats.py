@@ -302,3 +302,15 @@ def test_a_fields_mapping_of_an_optional_field_to_a_column_no_record_has_is_refu
     assert [ex.messages[0]["role"] for ex in examples] == ["user", "system"]
     with pytest.raises(DataError, match=r"maps input -> 'context'"):
         convert([{"instruction": "Q", "output": "A"}], fields={"input": "context"})
+
+
+def test_a_text_row_with_a_system_message_is_refused_as_every_task_refuses_it():
+    """A text (continued pretraining) is read as it is, without the chat template: its row's `system` column was
+    left out without a word; it is refused now, naming the row and field, as the other tasks' readers refuse it."""
+    with pytest.raises(
+        DataError,
+        match=r"d\.jsonl:1: field 'sys' gives a system message, but the row's input \(field 'text'\) is a text",
+    ):
+        convert([{"text": "A document.", "sys": "Be brief."}], fields={"system": "sys"})
+    (ex,), _ = convert([{"text": "A document.", "system": ""}])
+    assert ex.text == "A document."

@@ -161,6 +161,20 @@ def text_field(value, where: str, field: str) -> str:
     )
 
 
+def text_alone(row: dict, key: str, system: str | None, where: str) -> str:
+    """The text of a raw text input (column `key`), read as it is, without the chat template; DataError when the row
+    also gives a system message (column `system`, None for none): a text has no turn to put it in, and it would be
+    left out without a word. Every task reads its texts so."""
+    text = text_field(row[key], where, key)
+    if system is not None and system in row and text_field(row[system], where, system).strip():
+        raise DataError(
+            f"{where}: field '{system}' gives a system message, but the row's input (field '{key}') is a text, read "
+            "as it is without the chat template, so the message would be left out. Give the input as a chat (a "
+            "prompt or messages), or leave the system field empty."
+        )
+    return text
+
+
 class _Skip(Exception):
     """An example that is well formed but cannot be used; the message is the report's reason."""
 
@@ -315,8 +329,9 @@ def _example(
 ) -> Example:
     where = location(record.path, record.line)
     if fmt == "text":
-        key = "text" if is_plain_text(record.path) else fields.get("text", "text")
-        text = text_field(record.row[key], where, key)
+        plain = is_plain_text(record.path)
+        key = "text" if plain else fields.get("text", "text")
+        text = text_alone(record.row, key, None if plain else fields.get("system", "system"), where)
         if not text.strip():
             raise _Skip("empty text")
         return Example(None, text, record.path, record.line)

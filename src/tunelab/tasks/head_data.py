@@ -28,7 +28,15 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.config import PLACEHOLDER, RunConfig
-from tunelab.data.formats import EMPTY_QUESTION, LATE_SYSTEM, NO_USER_START, UnusedMappings, parse_turns, text_field
+from tunelab.data.formats import (
+    EMPTY_QUESTION,
+    LATE_SYSTEM,
+    NO_USER_START,
+    UnusedMappings,
+    parse_turns,
+    text_alone,
+    text_field,
+)
 from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport, location_path
@@ -142,18 +150,9 @@ def with_system(
 
 
 def plain_text(row: dict, fields: dict[str, str], where: str, key: str, lenient: bool = False) -> str:
-    """The text of a raw text input (field `key`), read as it is, without the chat template; DataError when the row
-    also gives a system message (its `system` field, `column`, `lenient` as there): a text has no turn to put it in,
-    and it would be left out without a word."""
-    text = text_field(row[key], where, key)
-    system = column(row, fields, "system", lenient)
-    if system is not None and text_field(row[system], where, system).strip():
-        raise DataError(
-            f"{where}: field '{system}' gives a system message, but the row's input (field '{key}') is a text, read "
-            "as it is without the chat template, so the message would be left out. Give the input as a chat (a "
-            "prompt or messages), or leave the system field empty."
-        )
-    return text
+    """The text of a raw text input (field `key`); DataError when the row gives a system message too (its `system`
+    field, `column`, `lenient` as there), as sft refuses it (`data.formats.text_alone`)."""
+    return text_alone(row, key, column(row, fields, "system", lenient), where)
 
 
 def read_input(
