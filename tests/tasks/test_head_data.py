@@ -376,3 +376,17 @@ def test_a_column_mapped_to_another_field_is_that_fields_only(smollm2_tokenizer,
     assert "<|im_start|>user\nWhat is 0 + 0?" in smollm2_tokenizer.decode(data.train[0].input_ids)
     (row,) = read_labelled([train], {"prompt": "text"}, None, DataReport(), require_label=False, lenient=True)[:1]
     assert row.input.messages == [{"role": "user", "content": "What is 0 + 0?"}]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_an_instruction_takes_its_rows_input_as_in_sft(task, smollm2_tokenizer, tmp_path):
+    """LLaMA-Factory's alpaca preference rows give `instruction` and `input`: dpo, reward and grpo read the
+    instruction alone and left the input out of every prompt without a word (classify and sft join the two)."""
+    rows = []
+    for i in range(6):
+        row = {k: v for k, v in _row(task, i).items() if k != "prompt"}
+        rows.append(row | {"instruction": "Add the two numbers.", "input": f"{i} and {i}"})
+    data = _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))
+    assert "<|im_start|>user\nAdd the two numbers.\n\n0 and 0<|im_end|>" in smollm2_tokenizer.decode(
+        _first_ids(task, data)
+    )

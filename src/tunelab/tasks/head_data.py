@@ -155,6 +155,16 @@ def plain_text(row: dict, fields: dict[str, str], where: str, key: str, lenient:
     return text_alone(row, key, column(row, fields, "system", lenient), where)
 
 
+def user_text(row: dict, fields: dict[str, str], where: str, name: str, key: str, lenient: bool = False) -> str:
+    """The user turn of a prompt field `name` (PROMPT_FIELDS) in column `key`: an `instruction` joined to the row's
+    `input` by a blank line, as sft joins alpaca's (`data.formats`), any other as it is."""
+    prompt = text_field(row[key], where, key)
+    if name == "instruction" and (extra := column(row, fields, "input", lenient)):
+        more = text_field(row[extra], where, extra)
+        return "\n\n".join(part for part in (prompt, more) if part.strip()) or prompt
+    return prompt
+
+
 def read_input(
     row: dict, fields: dict[str, str], where: str, system_prompt: str | None, lenient: bool = False
 ) -> Input | None:
@@ -168,11 +178,7 @@ def read_input(
         if name in CHAT_FIELDS:
             turns = as_turns(row[key], where, key)
             return Input(messages=with_system(turns, row, fields, where, system_prompt, lenient))
-        prompt = text_field(row[key], where, key)
-        if name == "instruction" and (extra := column(row, fields, "input", lenient)):
-            more = text_field(row[extra], where, extra)
-            prompt = f"{prompt}\n\n{more}" if more.strip() else prompt
-        turns = [{"role": "user", "content": prompt}]
+        turns = [{"role": "user", "content": user_text(row, fields, where, name, key, lenient)}]
         return Input(messages=with_system(turns, row, fields, where, system_prompt, lenient))
     return None
 

@@ -56,12 +56,13 @@ from tunelab.tasks.head_data import (
     repeats_prompt,
     same_tokens,
     shared_prompt,
+    user_text,
     with_system,
 )
 from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
-FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system")
+FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system", "input")
 LABELS = ["reward"]  # the head's one output, as id2label names it
 
 
@@ -91,22 +92,32 @@ class PairRow:
         return [len(self.chosen_ids)]
 
 
+def prompt_field(row: dict, fields: dict[str, str], lenient: bool = False) -> tuple[str, str] | None:
+    """The field of `row` holding its prompt (the first of PROMPT_FIELDS and CHAT_FIELDS there) and its column, or
+    None."""
+    names = (*PROMPT_FIELDS, *CHAT_FIELDS)
+    return next(((name, key) for name in names if (key := column(row, fields, name, lenient))), None)
+
+
 def prompt_column(row: dict, fields: dict[str, str], lenient: bool = False) -> str | None:
-    """The column of `row` holding its prompt (the first of PROMPT_FIELDS and CHAT_FIELDS there), or None."""
-    return next((key for name in (*PROMPT_FIELDS, *CHAT_FIELDS) if (key := column(row, fields, name, lenient))), None)
+    """The column of `row` holding its prompt (`prompt_field`), or None."""
+    found = prompt_field(row, fields, lenient)
+    return found[1] if found else None
 
 
 def read_prompt(row: dict, fields: dict[str, str], where: str, lenient: bool = False) -> list[dict] | None:
-    """The prompt's turns (without a system message), or None when the row has no prompt. DataError (file:line and
-    field) for a prompt that is empty, or a chat that does not end with the user's turn (the answer follows it)."""
-    key = prompt_column(row, fields, lenient)
-    if key is None:
+    """The prompt's turns (without a system message), or None when the row has no prompt; an `instruction` takes the
+    row's `input` as sft's alpaca rows do (`head_data.user_text`). DataError (file:line and field) for a prompt that
+    is empty, or a chat that does not end with the user's turn (the answer follows it)."""
+    found = prompt_field(row, fields, lenient)
+    if found is None:
         return None
+    name, key = found
     value = row[key]
     turns = (
         as_turns(value, where, key)
         if isinstance(value, list | dict)
-        else [{"role": "user", "content": text_field(value, where, key)}]
+        else [{"role": "user", "content": user_text(row, fields, where, name, key, lenient)}]
     )
     if turns and turns[-1]["role"] != "user":
         raise DataError(
