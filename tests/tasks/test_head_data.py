@@ -390,3 +390,18 @@ def test_an_instruction_takes_its_rows_input_as_in_sft(task, smollm2_tokenizer, 
     assert "<|im_start|>user\nAdd the two numbers.\n\n0 and 0<|im_end|>" in smollm2_tokenizer.decode(
         _first_ids(task, data)
     )
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_an_instruction_takes_its_rows_history_as_in_sft(task, smollm2_tokenizer, tmp_path):
+    """LLaMA-Factory's alpaca rows give earlier turns as `history` ([instruction, response] pairs); sft puts them
+    before the row's own, the other tasks left them out of the prompt without a word."""
+    rows = [
+        {k: v for k, v in _row(task, i).items() if k != "prompt"} | {"instruction": "Add 2 and 2."} for i in range(6)
+    ]
+    rows[0]["history"] = [["Can you add?", "Yes."]]
+    shown = smollm2_tokenizer.decode(
+        _first_ids(task, _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows)))
+    )
+    assert "<|im_start|>user\nCan you add?<|im_end|>\n<|im_start|>assistant\nYes.<|im_end|>\n" in shown
+    assert shown.index("Can you add?") < shown.index("Add 2 and 2.")

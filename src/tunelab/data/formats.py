@@ -259,7 +259,7 @@ def _single_turn(prompt: str, answer: str, system: str, history: list[dict] = ()
     return messages + [*history, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 
-def _history(value, where: str, field: str) -> list[dict]:
+def history_turns(value, where: str, field: str) -> list[dict]:
     """An alpaca row's `history` (LLaMA-Factory's multi-turn alpaca): [instruction, response] pairs before its own."""
     if value is None:
         return []
@@ -298,7 +298,7 @@ def _messages(row: dict, fmt: str, fields: dict[str, str], where: str) -> list[d
     if fmt == "alpaca":
         instruction, extra = get("instruction"), get("input")
         prompt = "\n\n".join(part for part in (instruction, extra) if part.strip()) or instruction
-        history = _history(row.get(fields.get("history", "history")), where, fields.get("history", "history"))
+        history = history_turns(row.get(fields.get("history", "history")), where, fields.get("history", "history"))
         return _single_turn(prompt, get("output"), get("system"), history)
     if fmt == "prompt_completion":
         return _single_turn(get("prompt"), get("completion"), get("system"))

@@ -51,7 +51,7 @@ from tunelab.tasks.head_data import (
 from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
-FIELDS = (*INPUT_FIELDS, "system", "input", "label")
+FIELDS = (*INPUT_FIELDS, "system", "input", "history", "label")
 UNSEEN = "label not among the training labels"
 
 

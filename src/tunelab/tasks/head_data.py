@@ -5,7 +5,8 @@ An input is one of (the first present wins; `data.fields` maps these names to yo
     text                               raw text, tokenized as it is (with BOS when the tokenizer adds one); no system
                                        message (a row's `system` beside it is refused: `plain_text`)
     messages | conversations           a chat: [{role, content}] or ShareGPT's [{from, value}]
-    prompt | question | instruction    one user turn (+ the row's `system`, else data.system_prompt)
+    prompt | question | instruction    one user turn (+ the row's `system`, else data.system_prompt); an instruction
+                                       takes the row's `input` and `history` as sft's alpaca rows do
 
 A chat is rendered with the run's prompt template: one that ends with a user turn gets the assistant prefix
 (`add_generation_prompt`), so the pooled last token is where the model would start its answer; one that ends with an
@@ -33,6 +34,7 @@ from tunelab.data.formats import (
     LATE_SYSTEM,
     NO_USER_START,
     UnusedMappings,
+    history_turns,
     parse_turns,
     text_alone,
     text_field,
@@ -48,7 +50,11 @@ TEXT_FIELDS = ("text",)
 CHAT_FIELDS = ("messages", "conversations")
 PROMPT_FIELDS = ("prompt", "question", "instruction")
 INPUT_FIELDS = TEXT_FIELDS + CHAT_FIELDS + PROMPT_FIELDS
-OPTIONAL_FIELDS = ("system", "input")  # what a row may leave out: a mapping of one to no column would drop it silently
+OPTIONAL_FIELDS = (
+    "system",
+    "input",
+    "history",
+)  # what a row may leave out: a mapping of one to no column would drop it silently
 
 
 @dataclass
@@ -155,14 +161,19 @@ def plain_text(row: dict, fields: dict[str, str], where: str, key: str, lenient:
     return text_alone(row, key, column(row, fields, "system", lenient), where)
 
 
-def user_text(row: dict, fields: dict[str, str], where: str, name: str, key: str, lenient: bool = False) -> str:
-    """The user turn of a prompt field `name` (PROMPT_FIELDS) in column `key`: an `instruction` joined to the row's
-    `input` by a blank line, as sft joins alpaca's (`data.formats`), any other as it is."""
+def user_turns(row: dict, fields: dict[str, str], where: str, name: str, key: str, lenient: bool = False) -> list[dict]:
+    """The turns of a prompt field `name` (PROMPT_FIELDS) in column `key`: one user turn, which for an `instruction`
+    is joined to the row's `input` by a blank line and follows the turns of its `history` ([instruction, response]
+    pairs), as sft reads alpaca's (`data.formats`)."""
     prompt = text_field(row[key], where, key)
-    if name == "instruction" and (extra := column(row, fields, "input", lenient)):
+    if name != "instruction":
+        return [{"role": "user", "content": prompt}]
+    if extra := column(row, fields, "input", lenient):
         more = text_field(row[extra], where, extra)
-        return "\n\n".join(part for part in (prompt, more) if part.strip()) or prompt
-    return prompt
+        prompt = "\n\n".join(part for part in (prompt, more) if part.strip()) or prompt
+    history = column(row, fields, "history", lenient)
+    earlier = history_turns(row[history], where, history) if history else []
+    return [*earlier, {"role": "user", "content": prompt}]
 
 
 def read_input(
@@ -178,7 +189,7 @@ def read_input(
         if name in CHAT_FIELDS:
             turns = as_turns(row[key], where, key)
             return Input(messages=with_system(turns, row, fields, where, system_prompt, lenient))
-        turns = [{"role": "user", "content": user_text(row, fields, where, name, key, lenient)}]
+        turns = user_turns(row, fields, where, name, key, lenient)
         return Input(messages=with_system(turns, row, fields, where, system_prompt, lenient))
     return None
 

@@ -2,7 +2,7 @@
 template into two token rows that share the prompt, with labels on the answer tokens only.
 
 Accepted rows (`data.fields` maps the names to your columns):
-- `prompt` (or question, instruction + optional input, joined as sft joins alpaca's): a text or a message list; `chosen`/`rejected`: a text, one message
+- `prompt` (or question, instruction + optional input and history, read as sft reads alpaca's): a text or a message list; `chosen`/`rejected`: a text, one message
   ({role, content} / ShareGPT {from, value}) or a message list (the answer turns that follow the prompt);
 - LLaMA-Factory's preference format: `conversations` (ShareGPT turns ending with the user's) with `chosen` and
   `rejected` as {from: gpt, value} messages (`messages` in OpenAI spelling works the same);
@@ -46,7 +46,7 @@ from tunelab.tasks.head_data import (
 )
 from tunelab.tasks.reward import read_prompt
 
-FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system", "input")
+FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system", "input", "history")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Prompts for online training (task grpo): each row a prompt the policy answers, plus whatever its rewards read.
 
-A row has a prompt (`prompt`, `question` or `instruction` (+ `input`, joined as sft joins alpaca's) as text, or `messages`/`conversations` as a message list
+A row has a prompt (`prompt`, `question` or `instruction` (+ `input` and `history`, read as sft reads alpaca's) as text, or `messages`/`conversations` as a message list
 ending with the user's turn; `data.fields` maps the names) and any other columns: `expected` for the contains and
 equals rewards, anything a user's reward function reads. The prompt is rendered with the run's chat template as sft
 renders a chat, with the assistant prefix added (`add_generation_prompt`), so sampling starts where the answer does;
@@ -33,7 +33,7 @@ from tunelab.tasks.head_data import (
 )
 from tunelab.tasks.reward import prompt_column, read_prompt
 
-FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "system", "input")
+FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "system", "input", "history")
 
 
 @dataclass

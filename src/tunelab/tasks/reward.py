@@ -56,13 +56,13 @@ from tunelab.tasks.head_data import (
     repeats_prompt,
     same_tokens,
     shared_prompt,
-    user_text,
+    user_turns,
     with_system,
 )
 from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
-FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system", "input")
+FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "chosen", "rejected", "system", "input", "history")
 LABELS = ["reward"]  # the head's one output, as id2label names it
 
 
@@ -107,18 +107,15 @@ def prompt_column(row: dict, fields: dict[str, str], lenient: bool = False) -> s
 
 def read_prompt(row: dict, fields: dict[str, str], where: str, lenient: bool = False) -> list[dict] | None:
     """The prompt's turns (without a system message), or None when the row has no prompt; an `instruction` takes the
-    row's `input` as sft's alpaca rows do (`head_data.user_text`). DataError (file:line and field) for a prompt that
-    is empty, or a chat that does not end with the user's turn (the answer follows it)."""
+    row's `input` and `history` as sft's alpaca rows do (`head_data.user_turns`). DataError (file:line and field) for
+    a prompt that is empty, or a chat that does not end with the user's turn (the answer follows it)."""
     found = prompt_field(row, fields, lenient)
     if found is None:
         return None
     name, key = found
     value = row[key]
-    turns = (
-        as_turns(value, where, key)
-        if isinstance(value, list | dict)
-        else [{"role": "user", "content": user_text(row, fields, where, name, key, lenient)}]
-    )
+    chat = isinstance(value, list | dict)
+    turns = as_turns(value, where, key) if chat else user_turns(row, fields, where, name, key, lenient)
     if turns and turns[-1]["role"] != "user":
         raise DataError(
             f"{where}: field '{key}': the prompt's chat ends with the {turns[-1]['role']}'s turn; it must end with "
