@@ -161,3 +161,18 @@ def test_dpo_pairs_cut_to_max_length_are_said_to_keep_their_first_tokens(tiny_mo
     assert main(["check", *_flags(over), "--data-only"]) == 0
     out = capsys.readouterr().out
     assert "cut to their first 64 tokens: 1" in out and "cut to their last" not in out
+
+
+@pytest.mark.parametrize("task", ["reward", "dpo"])
+def test_pairs_skipped_for_any_reason_are_counted_by_the_check(task, tiny_model_dir, tmp_path, capsys):
+    """The pairs item counted only pairs whose sides were the same or empty, and said 'none skipped' over pairs the
+    reader skipped as chats sft skips (a conversation that starts with the assistant's turn)."""
+    rows = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}.", "rejected": "No idea."} for i in range(6)]
+    turns = [{"role": "assistant", "content": "Hi."}, {"role": "user", "content": "What is 1 + 1?"}]
+    rows[1] = {"messages": turns, "chosen": "2.", "rejected": "No idea."}
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    over = _over(tiny_model_dir, tmp_path, task, data, **{"data.eval_fraction": 0.0})
+    assert main(["check", *_flags(over), "--data-only"]) == 0
+    out = capsys.readouterr().out
+    assert "[WARN] pairs: 5 pairs used; 1 skipped" in out
+    assert f"conversation does not start with a user message: 1 ({data}:2)" in out

@@ -8,8 +8,8 @@ items here report what does train but deserves a look:
 - labels (classify): the label set with each label's rows; a warning when the smallest class has under a tenth of
   the largest's rows (classify.class_weights: balanced evens their weight);
 - eval labels (classify): eval rows whose label training never saw, counted and skipped from the eval metrics;
-- pairs (reward, dpo): the pairs used, and those skipped because chosen equals rejected or a side is empty, with
-  where;
+- pairs (reward, dpo): the pairs used, and those skipped, by reason (chosen equals rejected, a side is empty, a
+  chat that sft skips), with where;
 - lengths: tokens per input (per side of a pair) against data.max_length, with the inputs cut (truncate) or dropped
   (drop);
 - head input: the first training input as the head reads it (classify.prompt_format applied) and the token it pools.
@@ -33,7 +33,7 @@ from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
 from tunelab.tasks import get_task
 from tunelab.tasks.classify import UNSEEN
-from tunelab.tasks.head_data import SAME
+from tunelab.tasks.head_data import EMPTY_ANSWER, SAME
 from tunelab.training.prepare import Inputs, load_model
 
 HEAD_TASKS = ("classify", "reward")
@@ -79,14 +79,20 @@ def label_items(inputs: Inputs) -> list[CheckItem]:
 
 
 def pair_items(inputs: Inputs) -> list[CheckItem]:
+    """The pairs used and those skipped, by reason; those dropped as too long are the lengths item's."""
     report = inputs.data.report
     same, same_where = _skips(inputs, lambda reason: reason.startswith(SAME))
-    empty, empty_where = _skips(inputs, lambda reason: reason.startswith("empty"))
+    empty, empty_where = _skips(inputs, lambda reason: reason == EMPTY_ANSWER)
     used = report.train.used + report.eval.used
     details = [f"chosen = rejected: {same} ({', '.join(same_where)})"] if same else []
     details += [f"an empty side: {empty} ({', '.join(empty_where)})"] if empty else []
-    status = "warn" if same or empty else "pass"
-    summary = f"{used} pairs used" + (f"; {same + empty} skipped" if same or empty else "; none skipped")
+    skipped = same + empty
+    for reason, skip in report.skips.items():  # the rest: a chat sft skips, an answer lost in rendering
+        if not reason.startswith((SAME, EMPTY_ANSWER, "longer than max_length")):
+            details.append(f"{reason}: {skip.count} ({', '.join(skip.locations[:SHOWN])})")
+            skipped += skip.count
+    status = "warn" if skipped else "pass"
+    summary = f"{used} pairs used" + (f"; {skipped} skipped" if skipped else "; none skipped")
     return [CheckItem("pairs", status, summary, details)]
 
 
