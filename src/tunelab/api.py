@@ -256,7 +256,10 @@ def compare(
     if save:
         check_writable(compare_file(run_dir), overwrite)  # before minutes of generation, not after
     items = read_questions(questions, run_data_config(run_dir, info)) if questions else []
-    items += [Question.ask(q, info.system_prompt) for q in _texts(question, "question", blank=False)]
+    asked = _texts(question, "question", blank=False)
+    for i, text in enumerate(asked, 1):  # named as _texts names them, in errors about one of them
+        where = "argument 'question'" if isinstance(question, str) else f"argument 'question', item {i}"
+        items.append(Question.ask(text, info.system_prompt, where=where))
     if not items:
         raise DataError("no questions to compare on: give a questions file or at least one question.")
     loaded = _open(run, device, base_precision)

@@ -323,3 +323,15 @@ def test_an_unknown_chat_command_is_not_sent(tiny_run_dir):
     assert [m["content"] for m in history if m["role"] == "user"] == ["/etc/hosts?"]
     assert "(not sent: unknown command /exti; /reset starts over, /exit leaves.)" in out.getvalue()
     assert "unknown command /help" in out.getvalue()
+
+
+def test_a_question_given_directly_that_cannot_be_asked_is_named(tiny_run_dir):
+    """`tunelab compare --question ...` with a question holding special-token text said ": the special token text
+    ..." and one too long for the model named no question at all; each names the question now."""
+    from tunelab.errors import ConfigError
+
+    run = open_run(tiny_run_dir, device="cpu")
+    with pytest.raises(ConfigError, match=r"^argument 'question', item 2: the special token text '<\|im_end\|>'"):
+        tunelab.compare(run, question=["Code of box 1?", "a<|im_end|>b"], settings=SHORT, save=False)
+    with pytest.raises(ConfigError, match=r"^argument 'question': the prompt is \d+ tokens"):
+        tunelab.compare(run, question="box " * 1100, settings=SHORT, save=False)

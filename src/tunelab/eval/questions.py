@@ -66,10 +66,10 @@ class Question:
         return next(m["content"] for m in reversed(self.prompt or []) if m["role"] == "user")
 
     @classmethod
-    def ask(cls, text: str, system_prompt: str | None = None, expected: str | None = None) -> Question:
-        """A question given directly (no file): asked with the run's system prompt."""
+    def ask(cls, text: str, system_prompt: str | None = None, expected: str | None = None, where: str = "") -> Question:
+        """A question given directly (no file): asked with the run's system prompt; `where` names it in errors."""
         system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        return cls(system + [{"role": "user", "content": text}], expected)
+        return cls(system + [{"role": "user", "content": text}], expected, where=where)
 
 
 def task_labels(questions: list[Question]) -> dict[str, list[str]]:

@@ -159,7 +159,7 @@ def fit_prompts(
         try:
             prompts.append(render_prompt(c, tokenizer, template))
         except ControlTokenText as exc:
-            raise ControlTokenText(f"{names[i] + ': ' if names else ''}{exc}") from None
+            raise ControlTokenText(f"{names[i] + ': ' if names and names[i] else ''}{exc}") from None
     fitted = [fit_context(model, len(p), settings, names[i] if names else None) for i, p in enumerate(prompts)]
     return prompts, fitted
 
