@@ -509,3 +509,16 @@ def test_health_is_answered_while_requests_wait(tiny_run_dir):
         for thread in busy:
             thread.join(timeout=120)
     assert answered < ended[0]  # while the first answer was still being written
+
+
+def test_a_model_name_with_a_slash_is_found(tiny_run_dir):
+    """--model-name org/tiny (as hub ids are written) was answered, but GET /v1/models/org/tiny, the openai client's
+    models.retrieve, was a bare 404 "Not Found"; it gives the model, and an unknown one the model_not_found error."""
+    from fastapi.testclient import TestClient
+
+    from tunelab.server.serve import build_app
+
+    client = TestClient(build_app(open_run(tiny_run_dir, device="cpu"), model_name="org/tiny"))
+    assert client.get("/v1/models/org/tiny").json()["id"] == "org/tiny"
+    missing = client.get("/v1/models/org/other")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"

@@ -181,7 +181,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
     async def models():
         return {"object": "list", "data": [_model_card()]}
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/v1/models/{model_id:path}")  # a model name may hold slashes ("org/name")
     async def model(model_id: str):
         if model_id != engine.model_id:
             return _error(
