@@ -522,3 +522,21 @@ def test_a_model_name_with_a_slash_is_found(tiny_run_dir):
     assert client.get("/v1/models/org/tiny").json()["id"] == "org/tiny"
     missing = client.get("/v1/models/org/other")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_body_sent_without_the_json_content_type_is_named_so(server):
+    """curl -d sends a JSON body as a form: the answer said "body: Input should be a valid dictionary or object",
+    blaming the JSON. It now names the Content-Type the body came with and the one it needs."""
+    body = json.dumps({"model": "tiny", "messages": QUESTION, "max_tokens": 1}).encode()
+    url = f"{server.url}/v1/chat/completions"
+    for kind in ("application/x-www-form-urlencoded", "text/plain"):
+        request = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": kind, "Authorization": f"Bearer {KEY}"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=60)
+        error = json.loads(err.value.read())["error"]
+        assert err.value.code == 400 and error["code"] == "invalid_content_type", error
+        assert f"this request came with Content-Type: {kind}" in error["message"], error
+    status, _, raw = _http("POST", url, b"[1, 2]")  # JSON that is not an object is still named as such
+    assert status == 400 and "valid dictionary" in json.loads(raw)["error"]["message"]

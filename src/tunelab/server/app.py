@@ -147,6 +147,16 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
             return _error(400, "the request body is not valid JSON", code="invalid_json")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if first.get("loc") == ("body",) and not (kind == "application/json" or kind.endswith("+json")):
+            # the body was never read as JSON: "body: Input should be a valid dictionary" would blame the JSON
+            sent = f"Content-Type: {kind}" if kind else "no Content-Type"
+            return _error(
+                400,
+                f"the request body is read as JSON only when sent with Content-Type: application/json; this request "
+                f"came with {sent} (curl -d needs -H 'Content-Type: application/json')",
+                code="invalid_content_type",
+            )
         # the deepest place any member names: a list's item ("stop.0") rather than the list a string member refused
         where = max((_field(e.get("loc", ())) for e in errors), key=lambda f: f.count("."), default="")
         # a value a union refused gets one error per member type: say each of them, at the field they name
