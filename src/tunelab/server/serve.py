@@ -115,7 +115,7 @@ def serve(
     try:
         app = build_app(run, api_key, name, settings, device, base_precision)
         print(f"tunelab serve: {run} as model {name!r}{' (API key required)' if api_key else ''}")
-        url = base_url(host, port)
+        url = base_url(host, sock.getsockname()[1])  # --port 0: the port the system chose
         print(f"  OpenAI base URL: {url}/v1   (health: {url}/health)", flush=True)
         _server(app, "info").run(sockets=[sock])
     finally:

@@ -1,0 +1,25 @@
+"""`tunelab serve` from the command line: what it prints before serving."""
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+
+from tunelab.cli import main  # noqa: E402
+
+
+def test_port_0_prints_the_port_the_system_chose(tiny_run_dir, monkeypatch, capsys):
+    """`tunelab serve --port 0` printed the base URL http://127.0.0.1:0/v1, which no client can reach; it prints the
+    port the system chose, the one the server listens on."""
+    import tunelab.server.serve as serve_module
+
+    listened = []
+
+    class Server:  # uvicorn's, which would serve until Ctrl-C
+        def run(self, sockets):
+            listened.append(sockets[0].getsockname()[1])
+
+    monkeypatch.setattr(serve_module, "_server", lambda app, level: Server())
+    assert main(["serve", str(tiny_run_dir), "--port", "0", "--device", "cpu"]) == 0
+    port = listened[0]
+    assert port != 0 and f"OpenAI base URL: http://127.0.0.1:{port}/v1 " in capsys.readouterr().out
