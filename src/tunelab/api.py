@@ -9,7 +9,8 @@ A classify or reward run (`task: classify | reward`) is read by `tunelab.predict
 run also serves as a reward function: `tunelab.load_reward_model(run_dir)(prompts, completions) -> list[float]`.
 
 Where a module's function takes exactly the API's arguments it is the API's, imported here rather than wrapped:
-`export_gguf` (export/gguf.py), `serve` (server/serve.py), `open_run` (infer/run.py).
+`export_gguf` (export/gguf.py), `open_run` (infer/run.py); `serve` (server/serve.py) only gets its arguments' types
+checked.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, open_run
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.rundir import HEAD_TASKS, check_same_run, open_info, read_info, run_stamp
-from tunelab.server.serve import serve as serve
+from tunelab.server.serve import serve as _serve
 from tunelab.training.distributed import from_environment
 from tunelab.training.launch import check_launch, train_on_ranks
 from tunelab.training.plan_config import plan_config
@@ -107,6 +108,9 @@ def _checked(function: Callable) -> Callable:
         return function(*args, **kwargs)
 
     return checked
+
+
+serve = _checked(_serve)  # a port given as text failed inside socket.bind with a bare TypeError
 
 
 @_checked

@@ -23,3 +23,19 @@ def test_port_0_prints_the_port_the_system_chose(tiny_run_dir, monkeypatch, caps
     assert main(["serve", str(tiny_run_dir), "--port", "0", "--device", "cpu"]) == 0
     port = listened[0]
     assert port != 0 and f"OpenAI base URL: http://127.0.0.1:{port}/v1 " in capsys.readouterr().out
+
+
+def test_a_port_of_the_wrong_type_or_range_is_named(tiny_run_dir):
+    """tunelab.serve(run, port="8000") (a port read from the environment) failed with a bare TypeError from
+    socket.bind, and port=70000 with an OverflowError; each is a ConfigError naming the port."""
+    import tunelab
+    from tunelab.errors import ConfigError
+    from tunelab.server.serve import start_server
+
+    with pytest.raises(ConfigError, match=r"serve\(\): argument 'port' must be int, got a str \('8000'\)"):
+        tunelab.serve(tiny_run_dir, port="8000")
+    for port in (70000, -1):
+        with pytest.raises(ConfigError, match=rf"option '--port' is {port}; allowed: 0 to 65535"):
+            tunelab.serve(tiny_run_dir, port=port)
+        with pytest.raises(ConfigError, match=rf"option '--port' is {port}"):
+            start_server(tiny_run_dir, port=port)

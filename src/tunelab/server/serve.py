@@ -31,6 +31,8 @@ def _check_installed() -> None:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket on (host, port); ConfigError naming the option when the port is taken."""
+    if not 0 <= port <= 65535:  # socket.bind would raise an OverflowError
+        raise ConfigError(f"option '--port' is {port}; allowed: 0 to 65535 (0: a free port the system chooses).")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart may reuse TIME_WAIT
