@@ -335,3 +335,16 @@ def test_a_question_given_directly_that_cannot_be_asked_is_named(tiny_run_dir):
         tunelab.compare(run, question=["Code of box 1?", "a<|im_end|>b"], settings=SHORT, save=False)
     with pytest.raises(ConfigError, match=r"^argument 'question': the prompt is \d+ tokens"):
         tunelab.compare(run, question="box " * 1100, settings=SHORT, save=False)
+
+
+def test_chat_says_when_the_context_leaves_an_answer_little_room(tiny_run_dir):
+    """A conversation near the model's context got an answer cut to the room left, with nothing said: the user saw a
+    truncated answer, then the next message refused. Chat now says how much room the answer had; an answer with all
+    it asked for gets no such line."""
+    run = open_run(tiny_run_dir, device="cpu")
+    inputs = iter(["Code of box 1?", "/reset", _words_for(run, 3), "/exit"])
+    out = io.StringIO()
+    chat(run, SHORT, read=lambda prompt: next(inputs), out=out)
+    said = "(the model's context left this answer room for 3 of the 4 tokens asked; /reset starts a new conversation.)"
+    first, second = out.getvalue().split("model> ")[1:]
+    assert said not in first and said in second  # the first answer had the 4 tokens it asked for

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from tunelab.data.render import ControlTokenText, NotText
-from tunelab.infer.generate import ContextTooLong, GenerationSettings, stream_answer
+from tunelab.infer.generate import DEFAULT_MAX_NEW_TOKENS, ContextTooLong, GenerationSettings, stream_answer
 from tunelab.infer.run import LoadedRun
 
 COMMAND = re.compile(r"/[A-Za-z]+")  # a line that is one such word is a command, never a message
@@ -42,7 +42,7 @@ def chat(
             continue
         messages.append({"role": "user", "content": text})
         try:
-            answer = stream_answer(run.model, run.tokenizer, run.template, messages, settings)
+            answer, room = stream_answer(run.model, run.tokenizer, run.template, messages, settings)
         except ContextTooLong as exc:
             messages.pop()
             out.write(f"(not sent: {exc} /reset starts a new conversation.)\n")
@@ -62,5 +62,11 @@ def chat(
             answer.close()  # the generation ends at its next token
             out.write(" (stopped)")
         out.write("\n")
+        wanted = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        if room < wanted:  # the answer may have been cut there
+            out.write(
+                f"(the model's context left this answer room for {room} of the {wanted} tokens asked; /reset starts "
+                "a new conversation.)\n"
+            )
         messages.append({"role": "assistant", "content": "".join(pieces).strip()})
     return messages

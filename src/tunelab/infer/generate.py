@@ -175,12 +175,13 @@ def _answer_batch(model, tokenizer, template: Template, prompts: list[list[int]]
 
 def stream_answer(
     model, tokenizer, template: Template, messages: list[dict], settings: GenerationSettings
-) -> Iterator[str]:
-    """The answer's text piece by piece as it is generated. ContextTooLong, raised here rather than by the first
-    piece, when the conversation leaves the model no room to answer."""
+) -> tuple[Iterator[str], int]:
+    """The answer's text piece by piece as it is generated, and the most tokens it may have (max_new_tokens, or less
+    where the model's context leaves less room). ContextTooLong, raised here rather than by the first piece, when the
+    conversation leaves the model no room to answer."""
     prompt = torch.tensor([render_prompt(messages, tokenizer, template)], device=_device(model))
     settings = fit_context(model, prompt.shape[1], settings)
-    return _stream(model, tokenizer, template, prompt, settings)
+    return _stream(model, tokenizer, template, prompt, settings), settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
 
 
 class _Cancelled:
