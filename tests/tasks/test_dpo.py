@@ -176,6 +176,27 @@ def test_cached_reference_equals_a_live_reference_forward(tiny_model_dir, pair_f
         assert not torch.allclose(policy, live, atol=1e-2)
 
 
+def test_a_run_that_continues_an_adapter_takes_it_as_its_reference(tiny_model_dir, pair_file):
+    """model.adapter (an SFT run; a dpo stage after an sft stage, continue: adapter): the reference was the base with
+    that adapter off, so the policy started away from its reference and DPO pulled towards the base, not the SFT
+    model."""
+    cfg, tok, data = _data(tiny_model_dir, pair_file, **{"train.micro_batch": 3, "model.device": "cpu"})
+    cfg.model.adapter = "runs/sft"  # what prepare reads: the adapter below is the one the run starts from
+    built = build_model(resolve_source(str(tiny_model_dir)), cfg.model, cfg.method)
+    with torch.no_grad():  # the continued adapter: away from zero
+        for p in built.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    get_task("dpo", cfg).prepare(built, data, cfg)
+    batch = get_task("dpo", cfg).make_batches(data.train, 4, tok.pad_token_id, shuffle=False, seed=0, epoch=0)[0]
+    with torch.no_grad():
+        policy = sequence_log_probs(built.model.eval(), batch)[0]
+        with adapters_disabled(built.model):
+            base = sequence_log_probs(built.model, batch)[0]
+    assert torch.allclose(batch["reference"], policy, atol=1e-4, rtol=1e-5)
+    assert not torch.allclose(policy, base, atol=1e-2)
+
+
 def test_formats_put_labels_on_the_answers_only(tiny_model_dir, tmp_path):
     rows = [
         {"prompt": "Say yes.", "chosen": "Yes indeed.", "rejected": "No way."},

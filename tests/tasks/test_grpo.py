@@ -397,6 +397,40 @@ def test_full_fine_tuning_reference_is_the_starting_weights(tiny_model_dir, tmp_
     assert all(torch.equal(p, moved[n]) for n, p in built.model.named_parameters())  # put back after the reference
 
 
+def test_a_continued_adapter_is_the_reference_as_it_starts(tiny_model_dir, tmp_path, prompt_file, reward_module):
+    """model.adapter (an SFT run; a grpo stage after an sft stage, continue: adapter): the KL term pulled towards the
+    base with that adapter off, not towards the model the run starts from."""
+    cfg = load_config(None, _overrides(tiny_model_dir, tmp_path, prompt_file, reward_module)).config
+    cfg.model.adapter = "runs/sft"  # what prepare reads: the adapter below is the one the run starts from
+    source = resolve_source(str(tiny_model_dir))
+    tok = load_tokenizer(source)
+    task = get_task("grpo", cfg)
+    data = task.build_data(cfg, tok, 0)
+    built = build_model(source, cfg.model, cfg.method)
+    with torch.no_grad():  # the continued adapter: away from zero
+        for p in built.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    start = {n: p.clone() for n, p in built.model.named_parameters() if p.requires_grad}
+    task.prepare(built, data, cfg)
+    with torch.no_grad():  # then the policy moves on
+        for p in built.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=False, seed=0, epoch=0)[:1]
+    batch = task.rollout(built.model, group, 0, 8)[0]
+    moved = {n: p.data for n, p in built.model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for n, p in built.model.named_parameters():
+            if n in start:
+                p.data = start[n]
+        starting = token_log_probs(built.model.eval(), batch)[0]
+        for n, p in built.model.named_parameters():
+            if n in moved:
+                p.data = moved[n]
+    assert torch.allclose(batch["ref"], starting, atol=1e-5)
+
+
 def test_a_reward_file_and_run_are_relative_to_the_config(tmp_path):
     (tmp_path / "mine.py").write_text("def score(prompt, answer, row):\n    return float(len(answer))\n")
     (tmp_path / "config.yaml").write_text(

@@ -16,7 +16,9 @@ the chosen and rejected summed log p. All are summed over pairs here and divided
 
 The reference is the model being trained with its adapters switched off (`peft.lora.adapters_disabled`), so no
 second copy sits in memory; its log-probs never change, so `prepare` computes them once for every train and eval
-row before the first step and the rows carry them (full fine-tuning: from the starting weights, before any update).
+row before the first step and the rows carry them (full fine-tuning: from the starting weights, before any update;
+a run that continues an adapter, model.adapter or a stage's continue: adapter, keeps it on: the reference is the
+model the run starts from, an SFT stage's result, and the policy equals it at the first step).
 A batch holds the P chosen rows then the P rejected rows, scored in one forward through the fused head + log-prob
 op (`tasks/log_probs.py`). The result is saved as the sft task saves it (a PEFT adapter or full weights), so
 compare, chat, merge and export read it unchanged.
@@ -24,6 +26,7 @@ compare, chat, merge and export read it unchanged.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -137,9 +140,12 @@ def scores(model: nn.Module, batch: dict, cfg: DpoConfig) -> PairScores:
 
 
 @torch.no_grad()
-def cache_reference(model: nn.Module, rows: list[PreferenceRow], micro_batch: int, pad_id: int, device) -> None:
-    """Set row.reference = (log p chosen, log p rejected) under the model with its adapters off, in eval mode."""
-    with eval_mode(model), adapters_disabled(model):
+def cache_reference(
+    model: nn.Module, rows: list[PreferenceRow], micro_batch: int, pad_id: int, device, adapters: bool = False
+) -> None:
+    """Set row.reference = (log p chosen, log p rejected) under the model in eval mode, with its adapters off (the
+    base), or with `adapters` as they are (the adapter the run continues, before its first step)."""
+    with eval_mode(model), adapters_disabled(model) if not adapters else contextlib.nullcontext():
         for start in range(0, len(rows), micro_batch):
             chunk = rows[start : start + micro_batch]
             batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items() if torch.is_tensor(v)}
@@ -172,8 +178,11 @@ def make_task(cfg: DpoConfig) -> Task:
             print("dpo: loss simpo needs no reference model", flush=True)
             return
         rows = data.train + data.eval
-        print(f"dpo: reference log-probs of {len(rows)} pairs (the base, adapters off) ...", flush=True)
-        cache_reference(built.model, rows, run.train.micro_batch, data.facts["pad_id"], built.device)
+        # continuing an adapter (model.adapter, a stage's continue: adapter): the model as it starts, the adapter on
+        starting = bool(run.model.adapter) and run.method.is_adapter
+        which = f"the model it starts from: the base with {run.model.adapter}" if starting else "the base, adapters off"
+        print(f"dpo: reference log-probs of {len(rows)} pairs ({which}) ...", flush=True)
+        cache_reference(built.model, rows, run.train.micro_batch, data.facts["pad_id"], built.device, starting)
 
     return Task(
         name="dpo",

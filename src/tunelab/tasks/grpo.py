@@ -11,9 +11,10 @@ Before each optimizer step the loop calls `rollout` (training/loop.py, one line)
    as DeepSeekMath's GRPO); a group whose answers all score the same has A = 0 and teaches nothing (counted);
 4. builds rows prompt + answer with labels on the answer tokens only (the stop token included), and, without
    gradients, the per-token log-probs of the answers under the policy as it sampled (old) and under the reference
-   (the base: adapters off for LoRA/DoRA; for full and layers the starting weights, kept at `prepare`). When no
-   dropout draws in the model (method.dropout 0), the policy as it sampled is the policy of the training forward,
-   weights and all, so old = that forward's log p, detached: the same numbers without a forward of their own.
+   (the base: adapters off for a new LoRA/DoRA adapter; for full, layers and an adapter the run continues, the
+   starting weights, kept at `prepare`). When no dropout draws in the model (method.dropout 0), the policy as it
+   sampled is the policy of the training forward, weights and all, so old = that forward's log p, detached: the
+   same numbers without a forward of their own.
 
 The loss, per answer token t of answer i (o: old, r: reference log p, logp the policy's now, with gradient):
 
@@ -356,9 +357,11 @@ def make_task(cfg: GrpoConfig) -> Task:
 
     def prepare(built: BuiltModel, data: Datasets, run: RunConfig) -> None:
         online.rewards = [reward_fns.build(spec, built.device) for spec in specs]
-        online.adapters = run.method.is_adapter
+        # continuing an adapter (model.adapter, a stage's continue: adapter): the reference is its starting weights,
+        # the model the run starts from, not the base without it
+        online.adapters = run.method.is_adapter and not run.model.adapter
         if cfg.beta > 0 and not online.adapters:
-            # the reference of full and layers fine-tuning: the trained weights as they start (a copy of them)
+            # the reference of full, layers and a continued adapter: the trained weights as they start (a copy)
             online.starting = {n: p.detach().clone() for n, p in built.model.named_parameters() if p.requires_grad}
         names = ", ".join(f"{r.name} x {r.weight:g}" for r in online.rewards)
         reference = (
