@@ -58,3 +58,17 @@ def test_a_resume_refuses_other_eval_rows_under_the_same_name(
     with pytest.raises(ConfigError, match="--resume needs the eval data the run started with"):
         tunelab.federate(config, {"federated.rounds": 4}, resume=True)  # before the simulation starts
     assert json.loads((run / "federated.json").read_text())["rounds_done"] == 3
+
+
+def test_packing_on_the_generic_path_is_refused_as_train_refuses_it(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+):
+    """tunelab train refuses data.packing on the generic path, whose attention runs across a packed row's documents;
+    a federation trained such rows on it without a word."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    packed_generic = {"data.packing": True, "model.impl": "generic"}
+    with pytest.raises(ConfigError, match="'data.packing' needs the fast path"):
+        tunelab.federate(config, packed_generic)  # before the simulation starts
+    with pytest.raises(ConfigError, match="'data.packing' needs the fast path"):
+        run_federation(None, load_config(config, packed_generic), 2, ["site0", "site1"], resume=False)  # deployment
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -160,12 +160,16 @@ def read_clients(cfg: RunConfig, clients: list[ClientData]) -> tuple[Any, list[D
     """The tokenizer and every client's data through the pipeline (on this machine, as the simulation will read
     it): a client with no usable data is bad input naming the client and its files."""
     from tunelab.federated.local import client_datasets
-    from tunelab.models.load import load_tokenizer, resolve_source
-    from tunelab.training.prepare import refuse_beyond_context
+    from tunelab.models.load import load_hf_config, load_tokenizer, resolve_source
+    from tunelab.training.build import pick_impl
+    from tunelab.training.prepare import refuse_beyond_context, refuse_packing_off_the_fast_path
 
     source = resolve_source(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     refuse_beyond_context(cfg, source)
+    refuse_packing_off_the_fast_path(
+        cfg, pick_impl(cfg.model.impl, load_hf_config(source, cfg.model.trust_remote_code))
+    )
     sets = []
     for client in clients:
         try:

@@ -48,6 +48,7 @@ from tunelab.training.outdir import (
     plan_output_dir,
     start_run_dir,
 )
+from tunelab.training.prepare import refuse_packing_off_the_fast_path
 from tunelab.training.recipe import save_final
 from tunelab.training.resume import data_digest, file_digests
 from tunelab.training.step import evaluate
@@ -161,6 +162,7 @@ def _run_rounds(
     if resume:
         check_same_eval(run_dir, eval_rows)
     built = build_model(source, cfg.model, cfg.method)
+    refuse_packing_off_the_fast_path(cfg, built.impl)  # the deployment engine's server is the first to see the model
     model = built.model
     # model.fix_untrained_tokens: the rows every client repairs too, recorded in run.json for whoever opens the run
     untrained = untrained_rows(model, tokenizer, cfg.model.fix_untrained_tokens)

@@ -61,6 +61,16 @@ def refuse_beyond_context(cfg: RunConfig, source: ModelSource) -> None:
         )
 
 
+def refuse_packing_off_the_fast_path(cfg: RunConfig, impl: str) -> None:
+    """ConfigError for data.packing on the generic path (`impl`), whose attention does not keep a packed row's
+    documents apart."""
+    if cfg.data.packing and impl != "fast":
+        raise ConfigError(
+            "option 'data.packing' needs the fast path (a Llama-family model with model.impl auto or fast); "
+            f"{cfg.model.name} runs on the generic path. Set data.packing to false."
+        )
+
+
 def check_adapter_base(adapter: str, source: ModelSource) -> None:
     """ConfigError when `adapter` is a run directory whose run recorded the fingerprint of its base's weights and
     model.name has other weights (same shapes or not): the adapter would go on training over a model it never saw.
@@ -113,11 +123,7 @@ def load_model(cfg: RunConfig, inputs: Inputs, impl: str | None = None) -> tuple
     `impl` overrides model.impl (tunelab check builds the generic model to compare)."""
     model_cfg = dataclasses.replace(cfg.model, impl=impl) if impl else cfg.model
     built = build_model(inputs.source, model_cfg, cfg.method, checkpoint_mode(cfg.train))
-    if cfg.data.packing and built.impl != "fast":
-        raise ConfigError(
-            "option 'data.packing' needs the fast path (a Llama-family model with model.impl auto or fast); "
-            f"{cfg.model.name} runs on the generic path. Set data.packing to false."
-        )
+    refuse_packing_off_the_fast_path(cfg, built.impl)
     vocab = max(len(inputs.tokenizer), built.model.config.vocab_size)
     counts = token_counts(inputs.data.train + inputs.data.eval, vocab)
     if cfg.model.adapter:  # its weights, and the base rows repaired under it are repaired (and recorded) again
