@@ -125,3 +125,16 @@ def test_dp_round_adds_noise_and_reports_epsilon(flower_task, flower_message):
     report = recorded.reports[1]
     assert report.epsilon is not None and report.epsilon > 0
     assert report.epsilon == pytest.approx(accountant.get_privacy_spent().epsilon)
+
+
+class _Three:
+    def get_node_ids(self):
+        return [1, 2, 3]
+
+
+def test_fraction_zero_asks_min_clients_each_round(flower_task):
+    """Flower reads fraction_train 0 as "train no client": each round asked no one and the global adapter never
+    changed, though the option promises at least min_clients clients a round."""
+    strategy, _ = build_strategy(FederatedConfig(fraction=0.0, min_clients=2), 3)
+    messages = list(strategy.configure_train(1, to_record(_adapter(0)), ConfigRecord(), _Three()))
+    assert len(messages) == 2

@@ -83,7 +83,10 @@ def build_strategy(cfg: FederatedConfig, population: int) -> tuple[Strategy, Rdp
             "lower min_clients or add clients."
         )
     common = {
-        "fraction_train": cfg.fraction,
+        # Flower reads fraction_train 0 as "train no client" (min_train_nodes then 0 too): every round did nothing. The
+        # option promises at least min_clients a round, which any fraction under 1 / population asks for, since
+        # Flower samples max(int(population x fraction), min_train_nodes) clients.
+        "fraction_train": cfg.fraction or 1e-9,
         "fraction_evaluate": 0.0,  # the server evaluates the global adapter itself
         "min_train_nodes": cfg.min_clients,
         "min_evaluate_nodes": 0,
