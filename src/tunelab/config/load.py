@@ -308,10 +308,10 @@ def _stage_entry(raw: Any, where: str, options: dict, folder: Path | None) -> di
             entry[name] = str(value)
         elif name in NOT_PER_STAGE:
             raise ConfigError(f"{where}: '{name}' belongs to the whole run; set it outside stages:.")
-        elif name == "eval.questions":  # was accepted, read by tunelab check, and never asked
+        elif name.startswith("eval."):  # eval.questions was read by tunelab check and never asked; the others unread
             raise ConfigError(
-                f"{where}: 'eval.questions' belongs to the whole run: its questions are asked once, of the last "
-                "stage's model; set it outside stages:."
+                f"{where}: '{name}' belongs to the whole run: eval.questions are asked once, of the last stage's "
+                "model, with the run's eval options; set it outside stages:."
             )
         elif name.startswith("federated."):  # was refused only once the stages before it had trained
             raise ConfigError(
