@@ -15,7 +15,7 @@ import tunelab.training.loop as loop
 from tunelab.api import train
 from tunelab.config import load_config
 from tunelab.data.loader import build_datasets, make_batches
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, RunDirError
 from tunelab.eval.report import build_report
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import load_adapter
@@ -198,6 +198,21 @@ def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change,
     with pytest.raises(ConfigError, match=message):
         train(None, staged)
     assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_never_deletes_a_stages_data_inside_the_run_directory(staged, tmp_path, tiny_run_dir):
+    """Every path inside output_dir was dropped from the files a staged run protects (to let a stage start from the
+    stage before it, inside the run), a stage's data file too: --overwrite replaced the run directory that held it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)  # an earlier run, which --overwrite may replace
+    kept = run / "qa.jsonl"
+    shutil.copy(staged["stages"][1]["data"]["train"][0], kept)
+    staged["stages"][1]["data"]["train"] = [str(kept)]
+    with pytest.raises(RunDirError, match=f"holds the data file {kept}"):
+        train(None, staged | {"overwrite": True})
+    assert kept.is_file() and not (tmp_path / "run.previous").exists()
 
 
 def _refused_by_train_and_check(overrides: dict, tmp_path, message: str) -> None:

@@ -63,6 +63,7 @@ from tunelab.training.tracking import TrackTo, end_held, end_running_tracker_run
 STAGE_PREFIX = "stage-"
 MERGED = "merged"
 METRICS = "metrics.jsonl"
+STARTS_FROM = ("model", "adapter the run starts from")  # protected_paths' names for model.name and model.adapter
 STAGE_ONLY = ("checkpoints", METRICS, CONFIG_FILE, "loss.png", "run.json")  # not the result (nor its data report)
 
 
@@ -273,7 +274,8 @@ def train_stages(
     inside = run_dir.expanduser().resolve()
     for plan in plans:  # every stage's files too, but not the earlier stages' results it starts from
         for what, paths in protected_paths(plan.config, None).items():
-            mine = [p for p in paths if not Path(p).expanduser().resolve().is_relative_to(inside)]
+            chained = what in STARTS_FROM  # plan_stages points these at stage-k/ inside the run
+            mine = [p for p in paths if not (chained and Path(p).expanduser().resolve().is_relative_to(inside))]
             protected[what] = protected.get(what, []) + mine
     plan_dir = plan_output_dir(
         cfg.output_dir, overwrite=cfg.overwrite, resume=resume, protected=protected, overwrite_non_run=overwrite_non_run
