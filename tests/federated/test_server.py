@@ -72,3 +72,21 @@ def test_packing_on_the_generic_path_is_refused_as_train_refuses_it(
     with pytest.raises(ConfigError, match="'data.packing' needs the fast path"):
         run_federation(None, load_config(config, packed_generic), 2, ["site0", "site1"], resume=False)  # deployment
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_run_saved_with_an_option_now_refused_as_unread_resumes(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+):
+    """federated.proximal_mu under fedavg (never read) is refused now; a run whose config.yaml holds it could not be
+    resumed either way: with the option, federate refuses it; without it, --resume called it a change."""
+    from tunelab.federated.resume import check_resume
+
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(saved.replace("proximal_mu: 0.01", "proximal_mu: 0.5"))
+    assert check_resume(run, load_config(config, {"federated.rounds": 3}).config) == [
+        "resume: federated.rounds: 2 -> 3; the run continues to the new length, its learning-rate schedule recomputed"
+    ]
+    with pytest.raises(ConfigError, match="federated.strategy: 'fedavg' -> 'fedprox'"):  # what reads it is compared
+        check_resume(run, load_config(config, {"federated.strategy": "fedprox"}).config)

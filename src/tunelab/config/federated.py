@@ -60,3 +60,18 @@ class FederatedConfig:
     def enabled(self) -> bool:
         """A federation (`tunelab federate`): clients or split_file name the clients' data."""
         return bool(self.clients or self.split_file)
+
+    def idle(self) -> dict[str, str]:
+        """The options this config's other settings leave unread: {name: what reads it}."""
+        idle = {}
+        if self.strategy != "fedprox":
+            idle["proximal_mu"] = "only strategy fedprox reads it"
+        if not self.dp:
+            idle |= dict.fromkeys(
+                ("dp_clipping_norm", "dp_noise_multiplier", "dp_delta"), "only federated.dp: true reads it"
+            )
+        if not self.split_file:
+            idle["split"] = "only federated.split_file is split"
+        if not self.split_file or self.split != "column":
+            idle["split_column"] = "only federated.split: column reads it"
+        return idle

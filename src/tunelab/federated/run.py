@@ -68,18 +68,10 @@ NOT_READ = {
 
 def _unread_federated(f: FederatedConfig, defaults: dict[str, Any]) -> list[str]:
     """federated.* options that only another setting of the federation reads, set while that setting is off."""
-    idle = {
-        "proximal_mu": (f.strategy != "fedprox", "only strategy fedprox reads it"),
-        "dp_clipping_norm": (not f.dp, "only federated.dp: true reads it"),
-        "dp_noise_multiplier": (not f.dp, "only federated.dp: true reads it"),
-        "dp_delta": (not f.dp, "only federated.dp: true reads it"),
-        "split": (not f.split_file, "only federated.split_file is split"),
-        "split_column": (not f.split_file or f.split != "column", "only federated.split: column reads it"),
-    }
     return [
         f"federated.{key} ({getattr(f, key)!r}): {why}"
-        for key, (off, why) in idle.items()
-        if off and getattr(f, key) != defaults[f"federated.{key}"]
+        for key, why in f.idle().items()
+        if getattr(f, key) != defaults[f"federated.{key}"]
     ]
 
 

@@ -91,11 +91,12 @@ def _same(name: str, old: Any, new: Any) -> bool:
 
 
 def config_changes(
-    saved: dict, cfg: RunConfig, chosen: dict | None = None, length: set[str] = LENGTH
+    saved: dict, cfg: RunConfig, chosen: dict | None = None, length: set[str] = LENGTH, unread: set[str] = frozenset()
 ) -> tuple[list[str], list[str]]:
     """(refused, allowed): one 'option: old -> new' line per difference between the saved and the new config.
     chosen: run.json's `extra.auto` ({option: {value, reason}}), what the run's `auto` options became; length: the
-    options that set how long the run trains (allowed to change)."""
+    options that set how long the run trains (allowed to change); unread: options the run does not read (not
+    compared: a config saved before they were refused may hold them)."""
     current = _flat(to_dict(cfg))
     defaults = _flat(to_dict(RunConfig()))
     saved = _flat(saved)
@@ -104,7 +105,7 @@ def config_changes(
     tasks = run_tasks(cfg)
     refused, allowed = [], []
     for name, _, _ in iter_options():
-        if not read_by(name, tasks):
+        if not read_by(name, tasks) or name in unread:
             continue  # an option no task of the run reads (kept in a config saved before such were refused)
         old = saved.get(name, defaults[name])  # an option newer than the run: it ran with the default
         new = current[name]
@@ -159,11 +160,14 @@ def kept_auto(run_dir: Path, cfg: RunConfig) -> dict[str, Choice]:
     return kept
 
 
-def check_resume_config(run_dir: Path, cfg: RunConfig, length: set[str] = LENGTH) -> list[str]:
+def check_resume_config(
+    run_dir: Path, cfg: RunConfig, length: set[str] = LENGTH, unread: set[str] = frozenset()
+) -> list[str]:
     """ConfigError listing the changes that break exactness; otherwise the notes to print about allowed ones.
-    length: the options that set how long the run trains (train's, or a federation's federated.rounds)."""
+    length: the options that set how long the run trains (train's, or a federation's federated.rounds); unread:
+    options the run does not read, not compared."""
     path = Path(run_dir) / CONFIG_FILE
-    refused, allowed = config_changes(_saved_config(run_dir), cfg, _chosen(run_dir), length)
+    refused, allowed = config_changes(_saved_config(run_dir), cfg, _chosen(run_dir), length, unread)
     if refused:
         raise ConfigError(
             f"{run_dir}: --resume continues the run with the config it started with, and these options differ from "
