@@ -84,7 +84,8 @@ def test_a_run_saved_with_an_option_now_refused_as_unread_resumes(
     config = federate_config(tmp_path, tiny_model_dir)
     run = run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
     saved = (run / "config.yaml").read_text()
-    (run / "config.yaml").write_text(saved.replace("proximal_mu: 0.01", "proximal_mu: 0.5"))
+    saved = saved.replace("proximal_mu: 0.01", "proximal_mu: 0.5").replace("num_clients: 2", "num_clients: 5")
+    (run / "config.yaml").write_text(saved)
     assert check_resume(run, load_config(config, {"federated.rounds": 3}).config) == [
         "resume: federated.rounds: 2 -> 3; the run continues to the new length, its learning-rate schedule recomputed"
     ]

@@ -28,9 +28,12 @@ def check_resume(run_dir: str | Path, cfg: RunConfig) -> list[str]:
     state = read_state(run_dir)
     if state is None:
         raise RunDirError(f"{run_dir}: nothing to resume (no federated.json: no round finished there).")
-    # federated options the config's other settings leave unread (proximal_mu under fedavg, ...): a config saved
-    # before they were refused may hold them, and their controlling options are compared
-    unread = {f"federated.{key}" for key in cfg.federated.idle()}
+    # federated options the config's other settings leave unread (proximal_mu under fedavg, ...; num_clients beside
+    # a list of clients, which counts them): a config saved before they were refused may hold them, and what reads
+    # them is compared
+    unread = {f"federated.{key}" for key in cfg.federated.idle()} | (
+        {"federated.num_clients"} if cfg.federated.clients else set()
+    )
     notes = check_resume_config(run_dir, cfg, length=LENGTH, unread=unread)
     done = int(state["rounds_done"])
     if cfg.federated.rounds < done:
