@@ -91,3 +91,21 @@ def test_a_run_saved_with_an_option_now_refused_as_unread_resumes(
     ]
     with pytest.raises(ConfigError, match="federated.strategy: 'fedavg' -> 'fedprox'"):  # what reads it is compared
         check_resume(run, load_config(config, {"federated.strategy": "fedprox"}).config)
+
+
+def test_an_app_dir_never_replaces_a_pyproject_tunelab_did_not_write(tmp_path, tiny_model_dir, federate_config):
+    """--overwrite (meant for the run directory) replaced any pyproject.toml in --app-dir, a project's own too."""
+    from tunelab.errors import RunDirError
+
+    config = federate_config(tmp_path, tiny_model_dir)
+    app = tmp_path / "app"
+    assert tunelab.federate(config, app_dir=app) == app
+    written = (app / "pyproject.toml").read_text()
+    assert tunelab.federate(config, {"overwrite": True, "federated.rounds": 3}, app_dir=app) == app  # its own: replaced
+    assert (app / "pyproject.toml").read_text() != written
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "mine"\n')
+    with pytest.raises(RunDirError, match="not a Flower App tunelab wrote"):
+        tunelab.federate(config, {"overwrite": True}, app_dir=project)
+    assert (project / "pyproject.toml").read_text() == '[project]\nname = "mine"\n'

@@ -245,6 +245,7 @@ def _short_ray_temp():
         shutil.rmtree(short, ignore_errors=True)
 
 
+APP_NAME = "tunelab-federation"
 APP_TOML = """\
 # A Flower App for tunelab's federated fine-tuning. Run it with Flower's deployment engine (flwr >= 1.42):
 #   flower-superlink --insecure --host 0.0.0.0 --port 8000          on the server host (writes the run directory)
@@ -259,7 +260,7 @@ requires = ["hatchling"]
 build-backend = "hatchling.build"
 
 [project]
-name = "tunelab-federation"
+name = "{app_name}"
 version = "1.0.0"
 description = "tunelab federated fine-tuning: the ServerApp and ClientApp of tunelab.federated.app"
 license = "Apache-2.0"
@@ -290,12 +291,18 @@ def write_flower_app(app_dir: str | Path, resolved: ResolvedConfig, resume: bool
     toml = app_dir / "pyproject.toml"
     if toml.exists() and not overwrite:
         raise RunDirError(f"{toml} exists. Pass --overwrite to replace it, or choose another --app-dir.")
+    if toml.is_file() and f'name = "{APP_NAME}"' not in toml.read_text(encoding="utf-8", errors="replace"):
+        raise RunDirError(  # --overwrite replaces an app this wrote, never a project's own pyproject.toml
+            f'{toml} is not a Flower App tunelab wrote (no name = "{APP_NAME}"), so --overwrite will not replace '
+            "it. Choose another --app-dir, e.g. a new folder."
+        )
     app_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolved.config
     config_lines = tomli_w.dumps({RUN_CONFIG_KEY: dump_yaml(cfg), RESUME_KEY: resume}, multiline_strings=True)
     write_text(  # whole or not at all: an --overwrite that fails keeps the app that was there
         toml,
         APP_TOML.format(
+            app_name=APP_NAME,
             num_clients=cfg.federated.num_clients,
             app_dir=app_dir.resolve(),
             output_dir=Path(cfg.output_dir).resolve(),
