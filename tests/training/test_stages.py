@@ -213,6 +213,12 @@ def test_overwrite_never_deletes_a_stages_data_inside_the_run_directory(staged, 
     with pytest.raises(RunDirError, match=f"holds the data file {kept}"):
         train(None, staged | {"overwrite": True})
     assert kept.is_file() and not (tmp_path / "run.previous").exists()
+    staged["stages"][1]["data"]["train"] = [str(tmp_path / "qa.jsonl")]
+    shutil.copytree(tiny_run_dir, run / "start")  # stage 1's own model.adapter, inside output_dir
+    staged["stages"][0]["model"] = {"adapter": str(run / "start")}
+    with pytest.raises(RunDirError, match=f"holds the adapter the run starts from {run / 'start'}"):
+        train(None, staged | {"overwrite": True})
+    assert (run / "start" / "adapter_model.safetensors").is_file() and not (tmp_path / "run.previous").exists()
 
 
 def _refused_by_train_and_check(overrides: dict, tmp_path, message: str) -> None:

@@ -272,9 +272,9 @@ def train_stages(
     run_dir = Path(cfg.output_dir)
     plans = plan_stages(resolved, run_dir.expanduser())
     inside = run_dir.expanduser().resolve()
-    for plan in plans:  # every stage's files too, but not the earlier stages' results it starts from
+    for k, plan in enumerate(plans, 1):  # every stage's files too, but not the earlier stages' results it starts from
         for what, paths in protected_paths(plan.config, None).items():
-            chained = what in STARTS_FROM  # plan_stages points these at stage-k/ inside the run
+            chained = k > 1 and what in STARTS_FROM  # plan_stages points these at stage-(k-1)/ inside the run
             mine = [p for p in paths if not (chained and Path(p).expanduser().resolve().is_relative_to(inside))]
             protected[what] = protected.get(what, []) + mine
     plan_dir = plan_output_dir(
