@@ -485,30 +485,32 @@ def test_health_is_answered_while_requests_wait(tiny_run_dir):
     from tunelab.server.serve import build_app
 
     run = open_run(tiny_run_dir, device="cpu")
-    ended, generate = [], run.model.generate
+    started, release, released, generate = threading.Event(), threading.Event(), [], run.model.generate
 
-    def timed(**kwargs):
-        out = generate(**kwargs)
-        ended.append(time.monotonic())
-        return out
+    def held(**kwargs):
+        """The model busy until the health check is answered (or 30 s pass: the old server answered only then)."""
+        started.set()
+        released.append(release.wait(timeout=30))
+        return generate(**kwargs)
 
-    run.model.generate = timed
+    run.model.generate = held
     with TestClient(build_app(run, model_name="tiny")) as client:
         # one worker thread, as when the queue holds as many requests as the pool has threads (40)
         client.portal.call(lambda: setattr(anyio.to_thread.current_default_thread_limiter(), "total_tokens", 1))
-        body = {"model": "tiny", "messages": QUESTION, "max_tokens": 400}  # greedy: seconds long
+        body = {"model": "tiny", "messages": QUESTION, "max_tokens": 4}
         busy = [
             threading.Thread(target=client.post, args=("/v1/chat/completions",), kwargs={"json": body}, daemon=True)
             for _ in range(2)
         ]
         for thread in busy:
             thread.start()
-            time.sleep(0.5)
+        assert started.wait(timeout=60)
+        time.sleep(0.2)  # the second request queued behind the first
         assert client.get("/health").json()["model"] == "tiny" and client.get("/v1/models").status_code == 200
-        answered = time.monotonic()
+        release.set()
         for thread in busy:
             thread.join(timeout=120)
-    assert answered < ended[0]  # while the first answer was still being written
+    assert released[0]  # answered while the first request still held the model
 
 
 def test_a_model_name_with_a_slash_is_found(tiny_run_dir):
