@@ -438,9 +438,10 @@ def test_a_client_that_leaves_before_a_plain_answer_frees_the_queue(tiny_run_dir
     import time
 
     run = open_run(tiny_run_dir, device="cpu")
-    generated, generate = [], run.model.generate
+    generated, generate, started = [], run.model.generate, threading.Event()
 
     def counted(**kwargs):
+        started.set()
         out = generate(**kwargs)
         generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
         return out
@@ -452,7 +453,8 @@ def test_a_client_that_leaves_before_a_plain_answer_frees_the_queue(tiny_run_dir
         with socket.create_connection(("127.0.0.1", int(running.url.rsplit(":", 1)[1]))) as left:
             head = "POST /v1/chat/completions HTTP/1.1\r\nHost: tiny\r\nContent-Type: application/json\r\n"
             left.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            time.sleep(0.5)  # 900 tokens take the tiny model several seconds on a CPU
+            assert started.wait(timeout=60)  # the client leaves while the answer is written
+            time.sleep(0.2)  # 900 tokens take the tiny model several seconds on a CPU
         after = json.dumps({"model": "tiny", "messages": QUESTION, "max_tokens": 1}).encode()
         assert _http("POST", f"{running.url}/v1/chat/completions", after, key=None)[0] == 200  # waited for the first
     finally:
