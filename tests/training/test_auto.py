@@ -105,6 +105,13 @@ def test_batch_epochs_and_steps_by_dataset_size(examples, micro_batch, epochs, s
     }
 
 
+def test_the_micro_batch_of_a_set_under_32_examples_does_not_claim_32_steps_an_epoch():
+    """A set of 8 examples was told its micro-batch of 1 gave '~32 steps an epoch', beside '8 steps an epoch'."""
+    reason = _plan(8).chosen["train.micro_batch"].reason
+    assert reason == "small set: 8 examples, fewer than 32: one a micro-batch, 8 an epoch"
+    assert "for ~32 steps an epoch" in _plan(120).chosen["train.micro_batch"].reason
+
+
 def test_warmup_is_five_percent_at_most_100_steps():
     assert _plan(184).train.warmup_ratio == 0.05  # 6 of 138 steps
     long = _plan(100_000)  # 12,500 steps

@@ -182,6 +182,10 @@ def auto_micro_batch(examples: int) -> Choice:
     if examples >= MICRO_BATCH * STEPS_PER_EPOCH:
         return Choice(MICRO_BATCH, f"{examples} examples, at least {MICRO_BATCH * STEPS_PER_EPOCH}")
     mb = min(MICRO_BATCH, pow2_floor(examples / STEPS_PER_EPOCH))
+    if examples < STEPS_PER_EPOCH:  # even one example a micro-batch leaves fewer than ~32 steps an epoch
+        return Choice(
+            mb, f"small set: {examples} examples, fewer than {STEPS_PER_EPOCH}: one a micro-batch, {examples} an epoch"
+        )
     return Choice(
         mb,
         f"small set: the power of two <= {examples} examples / {STEPS_PER_EPOCH}, for ~{STEPS_PER_EPOCH} steps an epoch",
