@@ -217,3 +217,24 @@ def test_an_eval_or_predict_row_without_input_names_the_columns_not_data_fields(
     assert "(or a column the run's data.fields maps one of them to: text -> message)" in msg
     assert f"this row has body, label. Rename the column in {path} to one of those names." in msg
     assert "map it with data.fields" not in msg
+
+
+def test_eval_of_a_file_whose_rows_are_all_skipped_says_why(tmp_path):
+    """tunelab eval of a classify run on a file whose every row was skipped said 'no rows to evaluate', nothing
+    more; a reward run's file printed the skips as a Python dict. Both say what was read and skipped, in words."""
+    from types import SimpleNamespace
+
+    from tunelab.config import DataConfig
+    from tunelab.eval.heads import _classify, _reward
+
+    run = SimpleNamespace(data=DataConfig())
+    path = _write(tmp_path / "test.jsonl", [{"text": " ", "label": "x"}, {"text": "", "label": "y"}])
+    with pytest.raises(
+        DataError, match=rf"no rows to evaluate \(2 rows read, skipped: 2 empty input \(e\.g\. {path}:1\)\)"
+    ):
+        _classify(run, path, 16)
+    pairs = _write(tmp_path / "pairs.jsonl", [{"chosen": "same", "rejected": "same"}])
+    with pytest.raises(
+        DataError, match=r"no preference pairs to evaluate \(1 rows read, skipped: 1 chosen and rejected"
+    ):
+        _reward(run, pairs, 16)

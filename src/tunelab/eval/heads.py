@@ -67,6 +67,12 @@ def _skips(report: DataReport) -> dict[str, dict]:
     return {reason: {"count": s.count, "locations": s.locations} for reason, s in report.skips.items()}
 
 
+def _skipped(report: DataReport) -> str:
+    """What the rows of a file that gave nothing to evaluate were skipped for, in words."""
+    reasons = "; ".join(f"{s.count} {reason} (e.g. {s.locations[0]})" for reason, s in report.skips.items())
+    return f"{report.total_read} rows read, skipped: {reasons}" if reasons else f"{report.total_read} rows read"
+
+
 def _read(run: HeadRun, data_file: str, read) -> tuple[list, list[str], DataReport]:
     """The items of `data_file` as the task's reader `read` gives them (read_labelled, read_pairs), read leniently
     with the run's data.fields and system prompt; their file:line locations; the report of what was skipped."""
@@ -78,7 +84,7 @@ def _read(run: HeadRun, data_file: str, read) -> tuple[list, list[str], DataRepo
 def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
     rows, wheres, report = _read(run, data_file, functools.partial(read_labelled, evaluating=True))
     if not rows:
-        raise DataError(f"{data_file}: no rows to evaluate.")
+        raise DataError(f"{data_file}: no rows to evaluate ({_skipped(report)}).")
     refuse_other_input_kind(run, [r.input for r in rows], wheres)
     logits, cut = head_outputs(run.model, run, [r.input for r in rows], batch_size, wheres)
     ours = {label_key(label): label for label in run.labels}
@@ -153,7 +159,7 @@ def _pair_scores(margins: torch.Tensor) -> dict:
 def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
     pairs, wheres, report = _read(run, data_file, functools.partial(read_pairs, evaluating=True))
     if not pairs:
-        raise DataError(f"{data_file}: no preference pairs to evaluate. Skipped: {_skips(report) or 'none'}.")
+        raise DataError(f"{data_file}: no preference pairs to evaluate ({_skipped(report)}).")
     inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     n = len(pairs)
     refuse_other_input_kind(run, inputs, wheres + wheres, pairs=True)
