@@ -230,3 +230,21 @@ def test_rows_to_score_that_training_would_skip_are_skipped_and_counted(row, rea
     report = DataReport()
     scored = read_scored([str(path)], {}, None, report)
     assert [line for _, _, line in scored] == [2] and report.skips[reason].locations == [f"{path}:1"]
+
+
+def test_predict_of_a_pair_file_points_to_eval(tmp_path):
+    """predict of a reward run given its pair file was told to give each row a prompt and an answer, which would have
+    scored one side; it is told that a pair is scored by tunelab eval."""
+    from tunelab.data.report import DataReport
+    from tunelab.tasks.reward import read_scored
+
+    path = _write(tmp_path / "pairs.jsonl", [{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go."}])
+    with pytest.raises(
+        DataError,
+        match=r"pairs\.jsonl:1: nothing to score.* A preference pair \(chosen and rejected\) is scored by 'tunelab eval RUN --data FILE'",
+    ):
+        read_scored([path], {}, None, DataReport())
+    other = _write(tmp_path / "other.jsonl", [{"body": "Hi"}])
+    with pytest.raises(DataError) as err:
+        read_scored([other], {}, None, DataReport())
+    assert "tunelab eval" not in str(err.value)

@@ -210,9 +210,15 @@ def read_scored(
         elif text is not None:
             item = Input(text=plain_text(row, fields, where, text, True))
         else:
+            pair = (
+                " A preference pair (chosen and rejected) is scored by 'tunelab eval RUN --data FILE' (pairwise "
+                "accuracy); predict scores one answer a row."
+                if column(row, fields, "chosen", True) and column(row, fields, "rejected", True)
+                else ""
+            )
             raise DataError(
                 f"{where}: nothing to score: give the row a prompt and an answer ({', '.join(ANSWER_FIELDS)}), a whole "
-                f"conversation (messages) or a text. It has {', '.join(map(str, row)) or 'no fields'}."
+                f"conversation (messages) or a text. It has {', '.join(map(str, row)) or 'no fields'}.{pair}"
             )
         if reason := _unscorable(item):
             report.skip(reason, record.path, record.line)  # what training skips is not scored either
