@@ -238,3 +238,13 @@ def test_eval_of_a_file_whose_rows_are_all_skipped_says_why(tmp_path):
         DataError, match=r"no preference pairs to evaluate \(1 rows read, skipped: 1 chosen and rejected"
     ):
         _reward(run, pairs, 16)
+
+
+def test_data_delimiter_is_read_by_the_training_files_of_a_head_run(smollm2_tokenizer, tmp_path):
+    """data.delimiter was passed to the sft reader only: a classify (reward, dpo, grpo) run detected each .csv
+    file's separator whatever the option said."""
+    path = tmp_path / "d.csv"
+    path.write_text("text;label\n" + "".join(f"row {i};{'ab'[i % 2]}\n" for i in range(6)))
+    assert _build(smollm2_tokenizer, str(path)).facts["labels"] == ["a", "b"]  # detected: ';'
+    with pytest.raises(DataError, match=r"d\.csv:2: the row has no input to classify.*this row has text;label"):
+        _build(smollm2_tokenizer, str(path), **{"data.delimiter": ","})  # as the option says: one column

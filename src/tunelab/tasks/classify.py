@@ -124,6 +124,7 @@ def read_labelled(
     require_label: bool = True,
     lenient: bool = False,
     evaluating: bool = False,
+    delimiter: str = "auto",
 ) -> list[Labelled]:
     """Rows of the files as Labelled; DataError (file:line and field) for a row without input or label, whose message
     says what `tunelab eval` needs when `evaluating`, and `tunelab predict` without `require_label` (their file is not
@@ -131,7 +132,7 @@ def read_labelled(
     out = []
     checked = fields if require_label else {}  # rows to predict may come without the training rows' columns
     command = "tunelab eval" if evaluating else (None if require_label else "tunelab predict")  # run's data.fields
-    for record in counted_records(paths, report, "label rows", checked, lenient):
+    for record in counted_records(paths, report, "label rows", checked, lenient, delimiter):
         where = location(record.path, record.line)
         item = read_input(record.row, fields, where, system_prompt, lenient)
         if item is None:

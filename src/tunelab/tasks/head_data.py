@@ -392,15 +392,21 @@ def no_input_error(where: str, row: dict, fields: dict[str, str], what: str, com
 
 
 def counted_records(
-    paths: list[str], report: DataReport, kind: str, fields: dict[str, str], lenient: bool = False
+    paths: list[str],
+    report: DataReport,
+    kind: str,
+    fields: dict[str, str],
+    lenient: bool = False,
+    delimiter: str = "auto",
 ) -> Iterator[Record]:
     """The records of `paths` (`data.sources`) for a task's reader, each counted as read in `report`, which names the
     files' format `kind` (label rows, preference pairs, prompts). Once they are all read, a mapping in `fields`
     (data.fields) of an optional field (OPTIONAL_FIELDS) to a column that no record of the files has is a DataError
     naming them, as in sft (`data.formats.UnusedMappings`; `lenient`: the field's own name serves too). The other
-    fields are an input or a target, which every row needs: a row without one is refused on its own."""
+    fields are an input or a target, which every row needs: a row without one is refused on its own. `delimiter`:
+    data.delimiter, the separator of the training files' .csv rows."""
     unused = UnusedMappings(lenient, together=True)
-    for record in read_records(paths, report=report):
+    for record in read_records(paths, delimiter, report=report):
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
         unused.see(record, {name: column for name, column in fields.items() if name in OPTIONAL_FIELDS})
@@ -444,11 +450,11 @@ def read_task_data(cfg: RunConfig, tokenizer, seed: int, read, fields: tuple[str
 
 def train_and_held(read, data, seed: int, report) -> tuple[list, list]:
     """The training items and the held-out ones: data.eval's file (read leniently) or data.eval_fraction of the
-    training items, with report.eval_source saying which. `read(paths, fields, system_prompt, report, lenient=...)`
-    is the task's reader (labelled rows, preference pairs)."""
-    items = read(data.train, data.fields, data.system_prompt, report)
+    training items, with report.eval_source saying which. `read(paths, fields, system_prompt, report, lenient=...,
+    delimiter=...)` is the task's reader (labelled rows, preference pairs, prompts)."""
+    items = read(data.train, data.fields, data.system_prompt, report, delimiter=data.delimiter)
     if data.eval:
-        held = read([data.eval], data.fields, data.system_prompt, report, lenient=True)
+        held = read([data.eval], data.fields, data.system_prompt, report, lenient=True, delimiter=data.delimiter)
         report.eval_source = "file"
     else:
         items, held = split_eval(items, data.eval_fraction, seed)

@@ -118,11 +118,16 @@ def _no_answer(side: Side) -> bool:
 
 
 def read_preferences(
-    paths: list[str], fields: dict[str, str], system: str | None, report: DataReport, lenient: bool = False
+    paths: list[str],
+    fields: dict[str, str],
+    system: str | None,
+    report: DataReport,
+    lenient: bool = False,
+    delimiter: str = "auto",
 ) -> list[Preference]:
     """Rows of the files as Preferences; DataError (file:line) for a row without chosen or rejected."""
     out = []
-    for record in counted_records(paths, report, "preference pairs", fields, lenient):
+    for record in counted_records(paths, report, "preference pairs", fields, lenient, delimiter):
         chosen, rejected = read_sides(record.row, fields, location(record.path, record.line), system, lenient)
         empty = _no_answer(chosen) or _no_answer(rejected)
         if reason := pair_skip(chosen == rejected, empty, chosen.messages, rejected.messages):

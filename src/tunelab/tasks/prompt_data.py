@@ -65,10 +65,15 @@ class PromptRow:
 
 
 def read_prompts(
-    paths: list[str], fields: dict[str, str], system: str | None, report: DataReport, lenient: bool = False
+    paths: list[str],
+    fields: dict[str, str],
+    system: str | None,
+    report: DataReport,
+    lenient: bool = False,
+    delimiter: str = "auto",
 ) -> list[Prompt]:
     out = []
-    for record in counted_records(paths, report, "prompts", fields, lenient):
+    for record in counted_records(paths, report, "prompts", fields, lenient, delimiter):
         where = location(record.path, record.line)
         turns = read_prompt(record.row, fields, where, lenient)
         if turns is None:
