@@ -285,3 +285,21 @@ def test_the_loss_is_named_by_what_it_is_taken_on(tmp_path):
     assert _loss_on(read_questions(path)) == "answers"
     _write_jsonl(path, [{"question": "Founded?", "expected": "1997"}])
     assert _loss_on(read_questions(path)) == "expected texts"
+
+
+def test_a_missing_data_file_of_a_head_run_is_named_as_given_to_the_command(tmp_path, capsys):
+    """tunelab eval or predict of a classify run with a --data file that is not there loaded the model, then said
+    'Check the path in data.train / data.eval (relative paths in a YAML config ...)', options it did not come from."""
+    from tunelab.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(
+        json.dumps({"base_model": "x", "method": "lora", "finished": True, "task": "classify"})
+    )
+    missing = tmp_path / "nothere.jsonl"
+    for command in ("eval", "predict"):
+        assert main([command, str(run), "--data", str(missing)]) == 2
+        err = capsys.readouterr().err
+        assert f"{missing}: file not found. Check the path given to {command} (--data; a relative path" in err
+        assert "data.train" not in err and "Traceback" not in err

@@ -358,6 +358,16 @@ def read_file(path: Path, delimiter: str = "auto") -> list[Record]:
     return [Record(str(path), 1, {"text": text.replace("\r\n", "\n")})]  # a Windows file's line ends are \n
 
 
+def refuse_missing_file(path: str | Path, command: str) -> None:
+    """DataError for a file given to a command (tunelab eval, predict) that is not there, before any model loads:
+    the reader's own message points at data.train and data.eval, options the command's file does not come from."""
+    if not Path(path).exists():
+        raise DataError(
+            f"{path}: file not found. Check the path given to {command} (--data; a relative path is read from the "
+            "working directory)."
+        )
+
+
 def read_records(paths: list[str], delimiter: str = "auto", report: DataReport | None = None) -> list[Record]:
     """All records of the given files and folders, in order. Raises DataError for missing or unreadable input, or a
     file given twice; a folder's files of other types are noted in `report`."""

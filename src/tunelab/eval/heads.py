@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from tunelab.atomic import write_json
 from tunelab.data.report import DataReport, location
+from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.metrics import label_scores
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run, refuse_other_input_kind
@@ -232,6 +233,7 @@ def evaluate_head_run(
     run_dir = Path(run_dir)
     stamp = run_stamp(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
+    refuse_missing_file(data_file, "eval")
     if save:
         check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,))
     run = open_head_run(run_dir, device)

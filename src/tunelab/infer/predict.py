@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tunelab.atomic import write_text
 from tunelab.data.report import DataReport, location
+from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.rundir import check_output_file
 from tunelab.tasks.classify import read_labelled
@@ -77,6 +78,8 @@ def predict(
         )
     if answers and prompt is None:
         raise TunelabError("--answer needs the --prompt it answers (in Python: answers= needs prompt=).")
+    if data is not None:
+        refuse_missing_file(data, "predict")
     run = run if isinstance(run, HeadRun) else open_head_run(run, device)
     d = run.data
     items: list[tuple[Input, str, str | None]] = []  # (input, where, expected label)
