@@ -207,3 +207,12 @@ def test_a_run_at_lr_0_is_told_so_not_to_use_lr_0():
 
     v = judge([(i, 2.0) for i in range(1, 31)], [], steps_per_epoch=10, epochs=3, lr=0.0)
     assert v.kind == "underfit" and "train.lr was 0, so the weights did not change" in v.text and "lr: 0 " not in v.text
+
+
+def test_the_loss_is_quoted_per_unit_of_the_task():
+    """A classify, reward or dpo run's verdict said 'nats a token' of a loss averaged over examples or pairs."""
+    records = [{"step": i + 1, "loss": loss} for i, loss in enumerate(_decay(2.5, 1.25, 33, rate=2.0))]
+    said = {task: judge_metrics(records, 20, 3.0, 2e-4, task=task).text for task in ("sft", "classify", "dpo")}
+    assert "nats a token" in said["sft"]
+    assert "nats an example" in said["classify"] and "a token" not in said["classify"]
+    assert "nats a pair" in said["dpo"] and "a token" not in said["dpo"]

@@ -390,7 +390,9 @@ def _train_planned(
             save_final(run_dir, built, tokenizer, cfg, task, data, weights)
             plot_losses(run_dir)
         passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
-        verdict = judge_metrics(read_metrics(run_dir), steps_per_epoch, passes, t.lr, t.max_steps, best.step)
+        verdict = judge_metrics(
+            read_metrics(run_dir), steps_per_epoch, passes, t.lr, t.max_steps, best.step, task=cfg.task
+        )
         print(verdict.text, flush=True)
         info.extra["verdict"] = verdict.to_dict()
         info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]

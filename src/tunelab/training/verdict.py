@@ -46,6 +46,9 @@ DIVERGED_ABSOLUTE = 0.1
 RISE_RELATIVE = 0.10  # the eval loss rise that counts as overfitting
 RISE_ABSOLUTE = 0.05
 MIN_EVALS = 3
+# What a task's loss is averaged over, for the numbers the verdict quotes (sft: tokens; a head: rows; dpo and reward:
+# pairs); grpo is judged on its rewards.
+LOSS_UNITS = {"classify": "an example", "reward": "a pair", "dpo": "a pair"}
 REWARD_MOVE = 0.02  # a change of the mean reward that counts as moving (most rewards are on 0..1)
 REWARD_FALL = 0.05  # the fall of the held-out reward from its highest that counts as overfitting
 
@@ -81,10 +84,11 @@ def judge(
     lr: float,
     max_steps: int | None = None,
     best_kept: int | None = None,
+    unit: str = "a token",
 ) -> Verdict:
     """train: (step, loss) per logged step; evals: (step, eval loss). epochs: the passes over the data the run made.
     max_steps: set when it, not epochs, fixed the length (the advice then names it). best_kept: the step whose
-    weights keep_best saved as the result."""
+    weights keep_best saved as the result. unit: what the loss is averaged over (`LOSS_UNITS`)."""
     if not train:
         return Verdict("fine", "no train loss was logged: nothing to judge.")
     start, before, end = _landmarks([loss for _, loss in train])
@@ -96,7 +100,7 @@ def judge(
         return Verdict(
             "diverged",
             f"diverged: the train loss rose instead of falling: {train[0][1]:.3f} at step {train[0][0]}, {end:.3f} "
-            f"nats a token at the end (the first tenth of the steps averaged {start:.3f}): the updates were too large "
+            f"nats {unit} at the end (the first tenth of the steps averaged {start:.3f}): the updates were too large "
             f"for this model. Set train.lr: {lr / 10:.2g} "
             f"(it was {lr:.2g}), and keep train.max_grad_norm above 0 so gradients are clipped.",
             numbers,
@@ -135,7 +139,7 @@ def judge(
         )
     if high or falling or eval_falling:
         if high:
-            why = f"the train loss is still high after {epochs:g} passes: {start:.3f} -> {end:.3f} nats a token"
+            why = f"the train loss is still high after {epochs:g} passes: {start:.3f} -> {end:.3f} nats {unit}"
         elif falling:
             why = f"the train loss was still falling when training stopped: {before:.3f} -> {end:.3f} over the last quarter"
         else:
@@ -158,7 +162,7 @@ def judge(
             "underfit",
             f"underfit: train.max_steps ({max_steps}) stopped the run after {epochs:.2f} of one pass over the training "
             f"rows ({steps_per_epoch} steps a pass), so about {100 * (1 - epochs):.0f}% of them were never trained on, "
-            f"and the train loss is still high: {start:.3f} -> {end:.3f} nats a token. Set train.max_steps: "
+            f"and the train loss is still high: {start:.3f} -> {end:.3f} nats {unit}. Set train.max_steps: "
             f"{steps_per_epoch} for one full pass, or remove it so that train.epochs sets the length.",
             numbers,
         )
@@ -178,6 +182,7 @@ def judge_metrics(
     lr: float,
     max_steps: int | None = None,
     best_kept: int | None = None,
+    task: str = "sft",
 ) -> Verdict:
     """`judge` over the records of metrics.jsonl (`judge_rewards` when they hold rewards); steps the non-finite guard
     skipped (loss null) are left out."""
@@ -188,7 +193,14 @@ def judge_metrics(
     train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
     evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), int | float)]
     return judge(
-        train, evals, steps_per_epoch=steps_per_epoch, epochs=epochs, lr=lr, max_steps=max_steps, best_kept=best_kept
+        train,
+        evals,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        lr=lr,
+        max_steps=max_steps,
+        best_kept=best_kept,
+        unit=LOSS_UNITS.get(task, "a token"),
     )
 
 
