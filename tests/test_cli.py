@@ -72,6 +72,10 @@ def test_help_lists_every_option_with_its_help(capsys):
         assert option in text
     assert "one of: constant, linear, cosine" in text
     assert "needs name lora or dora (one of: none, nf4" in text  # QLoRA trains DoRA adapters too
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # check said 'exit 0 or 1', though bad input exits 2 as train's
+    assert "exit 0 (passed), 1 (a check failed) or 2 (bad config or data)" in text
 
 
 @pytest.mark.parametrize(

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser(
         "check",
-        help="check a config before training: data, rendering, untrained tokens, one real step; exit 0 or 1",
+        help="check a config before training: data, rendering, untrained tokens, one real step; exit 0 (passed), 1 "
+        "(a check failed) or 2 (bad config or data)",
         description="Everything that can be known before training, in seconds to a minute. Takes the same config "
         "and flags as train, writes nothing into output_dir, and ends with one verdict line (exit 0 passed, 1 failed).",
         allow_abbrev=False,
