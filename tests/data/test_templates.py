@@ -210,3 +210,25 @@ def test_the_jinja_closes_answers_and_prepends_bos_as_render_does(base_tokenizer
     messages = CHAT[1:3]
     text = tok.apply_chat_template(messages, chat_template=chatml.jinja, tokenize=False)
     assert text == "<s><|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello there<|im_end|></s>\n"
+
+
+def test_a_conversation_the_template_refuses_at_inference_is_not_told_to_change_data_template(smollm2_tokenizer):
+    """generate --system, or a server request, that the run's template refuses (Gemma's 'System role not supported')
+    was told to pick a named template with data.template, which only training reads; it is told to give a
+    conversation the run's template accepts. Training keeps the advice, where the option can change."""
+    from tunelab.data.templates import Template, TemplateRefused
+
+    def write(messages, add_generation_prompt):
+        if any(m["role"] == "system" for m in messages):
+            raise ValueError("System role not supported")
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + ("assistant: " * add_generation_prompt)
+
+    template = Template("strict", [smollm2_tokenizer.eos_token_id], write)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    with pytest.raises(TemplateRefused) as err:
+        render_prompt(messages, smollm2_tokenizer, template)
+    assert "cannot render this conversation (System role not supported), so it is not answered" in str(err.value)
+    assert "data.template" not in str(err.value)
+    with pytest.raises(TemplateRefused, match="pick a named template with data.template"):
+        template.render(messages + [{"role": "assistant", "content": "Hello."}])
+    assert render_prompt(messages[1:], smollm2_tokenizer, template)  # a conversation it accepts

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from tunelab.config import DataConfig
 from tunelab.data.formats import Example
 from tunelab.data.report import DataReport, location
-from tunelab.data.templates import Template, default_bos
+from tunelab.data.templates import Template, TemplateRefused, default_bos
 from tunelab.errors import ConfigError, not_text
 
 IGNORE = -100
@@ -227,5 +227,13 @@ def render_prompt(messages: list[dict], tokenizer, template: Template) -> list[i
             f"{found} would be read as a control token, not as text (it would end or open a turn), so the "
             "conversation is not answered; training skips such conversations too. Remove it or write it otherwise."
         )
-    text, _ = template.render(messages, add_generation_prompt=True)
+    try:
+        text, _ = template.render(messages, add_generation_prompt=True)
+    except TemplateRefused as exc:  # a run answers with the template it trained with: data.template is no way out
+        raise TemplateRefused(
+            f"prompt template '{template.name}' cannot render this conversation ({exc.reason}), so it is not "
+            "answered: the run answers with the template it was trained with. Give a conversation that template "
+            "accepts (the roles and system message its training rows had).",
+            exc.reason,
+        ) from None
     return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -33,6 +33,15 @@ _PROBE = "tunelab-probe-answer"
 WriteFn = Callable[[list[dict], bool], str]
 
 
+class TemplateRefused(ConfigError):
+    """A prompt template that cannot render a conversation (a Jinja template's own error, e.g. roles that do not
+    alternate); `reason` is that error, for a message that gives other advice (`data.render.render_prompt`)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass
 class Template:
     """A resolved prompt template; see the module docstring for how spans are found."""
@@ -51,9 +60,10 @@ class Template:
         try:
             return self.write(messages, add_generation_prompt)
         except Exception as exc:  # jinja templates raise their own errors (e.g. "roles must alternate")
-            raise ConfigError(
+            raise TemplateRefused(
                 f"prompt template '{self.name}' cannot render this conversation ({exc}). Use a conversation the "
-                "template accepts, or pick a named template with data.template (chatml, llama2, alpaca)."
+                "template accepts, or pick a named template with data.template (chatml, llama2, alpaca).",
+                str(exc),
             ) from None
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
