@@ -160,6 +160,16 @@ def test_predict_names_the_python_arguments_beside_the_flags(tmp_path):
     assert "In Python: prompt= needs answers=, and a text of its own is given in texts=." in str(err.value)
 
 
+def test_predict_names_the_flag_of_an_empty_text_beside_its_argument(tmp_path, capsys):
+    """tunelab predict --text '' was told that "argument 'texts'" is empty, a name the command line has not."""
+    from tunelab.cli import main
+
+    assert main(["predict", str(tmp_path), "--text", "ok", "--text", ""]) == 2
+    assert "argument 'texts' (--text), item 2, is empty" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--prompt", "p", "--answer", " "]) == 2
+    assert "argument 'answers' (--answer), item 1, is empty" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["compare", "evaluate"])
 def test_an_empty_refusal_sentence_is_refused(tiny_run_dir, tmp_path, command):
     """compare --refusal '' dropped the refusal rates without a word (every answer contains the empty text)."""

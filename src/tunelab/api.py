@@ -168,16 +168,18 @@ def train(
     return result
 
 
-def _texts(value, name: str, blank: bool = True) -> list[str]:
+def _texts(value, name: str, blank: bool = True, flag: str | None = None) -> list[str]:
     """A list-of-texts argument as a list: one text given alone is a list of one (iterating it would ask each of its
-    characters). Each must be a str that can be tokenized (errors.not_text), and not blank unless `blank`."""
+    characters). Each must be a str that can be tokenized (errors.not_text), and not blank unless `blank`. `flag`:
+    the CLI's name for the argument where it is not --name (texts is --text), said beside it."""
     if value is None:
         return []
+    named = f"argument '{name}'" + (f" ({flag})" if flag else "")
     if not isinstance(value, str | list | tuple):
-        raise ConfigError(f"argument '{name}' must be a text or a list of texts, got {_a(value)}.")
+        raise ConfigError(f"{named} must be a text or a list of texts, got {_a(value)}.")
     texts = [value] if isinstance(value, str) else list(value)
     for i, text in enumerate(texts, 1):
-        which = f"argument '{name}'" if isinstance(value, str) else f"argument '{name}', item {i},"
+        which = named if isinstance(value, str) else f"{named}, item {i},"
         if not isinstance(text, str):
             raise ConfigError(f"{which} must be a text, got {_a(text)} ({str(text)[:40]!r}).")
         if problem := not_text(text):
@@ -438,8 +440,8 @@ def predict(
 
     if out is not None:
         check_out(out, overwrite, run, data)
-    texts = _texts(texts, "texts", blank=False) if texts is not None else None
-    answers = _texts(answers, "answers", blank=False) if answers is not None else None
+    texts = _texts(texts, "texts", blank=False, flag="--text") if texts is not None else None
+    answers = _texts(answers, "answers", blank=False, flag="--answer") if answers is not None else None
     prompt = _text(prompt, "prompt", blank=False) if prompt is not None else None
     predictions = _predict(run, data, texts, prompt, answers, batch_size=batch_size, device=device)
     if show:
