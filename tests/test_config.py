@@ -433,3 +433,15 @@ def test_values_that_passed_the_config_but_failed_or_misled_later_are_refused(ov
     refusal rates; --gpu-memory 24 planned for 24 bytes."""
     with pytest.raises(ConfigError, match=says):
         load_config(None, overrides)
+
+
+def test_method_name_qlora_is_told_how_qlora_is_asked_for():
+    """method.name: qlora was refused with the allowed values only, none of which says QLoRA, which the README
+    advertises: it is a LoRA over an NF4 base, asked for with method.quantize_base."""
+    with pytest.raises(
+        ConfigError,
+        match=r"allowed values: lora, dora, full, layers\. QLoRA is method\.name: lora with method\.quantize_base: nf4\.$",
+    ):
+        load_config(None, {"method.name": "qlora"})
+    with pytest.raises(ConfigError, match=r"allowed values: lora, dora, full, layers\.$"):
+        load_config(None, {"method.name": "lorra"})

@@ -184,6 +184,10 @@ def _record(name: str, value: Any, kind: type, where: str) -> Any:
     return kind(**values)
 
 
+# Values users give that name something other options set: (option, value) -> how to ask for it.
+VALUE_HINTS = {("method.name", "qlora"): "QLoRA is method.name: lora with method.quantize_base: nf4"}
+
+
 def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -> None:
     meta = f.metadata
     values = value if isinstance(value, list) else [value]
@@ -192,7 +196,10 @@ def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -
             continue
         if meta.get("choices") and v not in meta["choices"]:
             allowed = ", ".join(map(str, meta["choices"]))
-            raise ConfigError(f"{where}: option '{name}' is {v!r}; allowed values: {allowed}.")
+            hint = VALUE_HINTS.get((name, str(v).lower()))
+            raise ConfigError(
+                f"{where}: option '{name}' is {v!r}; allowed values: {allowed}." + (f" {hint}." if hint else "")
+            )
         if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
             raise ConfigError(f"{where}: option '{name}' is {v}; it must be >= {meta['min']}.")
         if meta.get("max") is not None and isinstance(v, (int, float)) and v > meta["max"]:
