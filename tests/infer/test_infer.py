@@ -348,3 +348,24 @@ def test_chat_says_when_the_context_leaves_an_answer_little_room(tiny_run_dir):
     said = "(the model's context left this answer room for 3 of the 4 tokens asked; /reset starts a new conversation.)"
     first, second = out.getvalue().split("model> ")[1:]
     assert said not in first and said in second  # the first answer had the 4 tokens it asked for
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"max_new_tokens": "5"}, "max_new_tokens is '5'; it must be a whole number"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens is 2.5; it must be a whole number"),
+        ({"batch_size": 2.5}, "batch_size is 2.5; it must be a whole number"),
+        ({"temperature": None}, "temperature is None; it must be a number"),
+        ({"top_p": "0.9"}, "top_p is '0.9'; it must be a number"),
+        ({"repetition_penalty": True}, "repetition_penalty is True; it must be a number"),
+    ],
+)
+def test_generation_settings_of_the_wrong_type_are_refused_by_name(settings, says):
+    """GenerationSettings(temperature=None) or top_p="0.9" raised a bare TypeError from the range check, and
+    max_new_tokens=2.5 generated an empty answer without a word; each is a ConfigError naming the setting."""
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        GenerationSettings(**settings)
+    assert GenerationSettings(max_new_tokens=None, temperature=1, top_p=0.5).temperature == 1  # ints are numbers

@@ -8,6 +8,7 @@ takes minutes on a CPU, so `answer_progress` shows a bar that `generate_answers`
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +36,15 @@ class GenerationSettings:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        """ConfigError (exit 2) for settings generation would fail on later, mid-answer (a server answers 500)."""
+        """ConfigError (exit 2) for settings generation would fail on later, mid-answer (a server answers 500): a
+        value of the wrong type (a text, None, 2.5 tokens) first, then one out of range."""
+        for name in ("max_new_tokens", "batch_size", "temperature", "top_p", "repetition_penalty"):
+            value, whole = getattr(self, name), name in ("max_new_tokens", "batch_size")
+            if name == "max_new_tokens" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+                wanted = "a whole number" if whole else "a number"
+                raise ConfigError(f"generation: {name} is {value!r}; it must be {wanted}.")
         checks = (  # (setting, whether its value is allowed, the values allowed)
             ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "1 or more"),
             ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "0 (greedy) or more"),
