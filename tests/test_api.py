@@ -206,3 +206,27 @@ def test_answers_of_a_run_replaced_meanwhile_are_not_saved_into_it(tiny_run_dir,
     with pytest.raises(RunDirError, match="the run was replaced or changed while .* ran"):
         getattr(tunelab, command)(run, device="cpu", **args)
     assert not (run / "compare.json").exists() and not (run / "eval.json").exists()
+
+
+def test_counts_and_ports_out_of_range_are_refused_as_the_cli_refuses_them(tmp_path):
+    """The CLI refuses --examples -1, --batch-size 0, --check-questions 0 and --port 70000; the API took them:
+    check(examples=-1) previewed all examples but one, export_gguf(check_questions=0) checked nothing,
+    serve(port=-1) raised socket's OverflowError and serve(port="80"), export_gguf(check_questions="3") and
+    open_run(device=3) raised bare TypeErrors. Each is a ConfigError naming the argument."""
+    from tunelab.errors import ConfigError
+
+    run = tmp_path / "run"
+    cases = [
+        (lambda: tunelab.check(None, {}, examples=-1), r"argument 'examples' \(--examples\) is -1"),
+        (lambda: tunelab.predict(run, texts=["a"], batch_size=0), r"argument 'batch_size' \(--batch-size\) is 0"),
+        (lambda: tunelab.load_reward_model(run, batch_size=0), r"argument 'batch_size' \(--batch-size\) is 0"),
+        (lambda: tunelab.export_gguf(run, tmp_path / "m.gguf", check_questions=0), r"'check_questions'.* is 0"),
+        (lambda: tunelab.export_gguf(run, tmp_path / "m.gguf", check_questions="3"), r"'check_questions' must be int"),
+        (lambda: tunelab.serve(run, port="80"), r"serve\(\): argument 'port' must be int, got a str"),
+        (lambda: tunelab.open_run(run, device=3), r"open_run\(\): argument 'device' must be str, got an int"),
+    ]
+    if importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn"):
+        cases.append((lambda: tunelab.serve(run, port=70000), r"option '--port' is 70000; allowed: 0 to 65535"))
+    for call, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            call()

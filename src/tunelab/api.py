@@ -8,9 +8,8 @@ print(tunelab.generate(result.run_dir, "Where is your office?"))
 A classify or reward run (`task: classify | reward`) is read by `tunelab.predict` and `tunelab.evaluate`; a reward
 run also serves as a reward function: `tunelab.load_reward_model(run_dir)(prompts, completions) -> list[float]`.
 
-Where a module's function takes exactly the API's arguments it is the API's, imported here rather than wrapped:
-`export_gguf` (export/gguf.py), `open_run` (infer/run.py); `serve` (server/serve.py) only gets its arguments' types
-checked.
+Where a module's function takes exactly the API's arguments it is the API's, with only its argument types checked
+here: `export_gguf` (export/gguf.py), `serve` (server/serve.py), `open_run` (infer/run.py).
 """
 
 from __future__ import annotations
@@ -35,9 +34,10 @@ from tunelab.eval.compare import (
 )
 from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, check_questions, read_questions, run_data_config
-from tunelab.export.gguf import export_gguf as export_gguf
+from tunelab.export.gguf import export_gguf as _export_gguf
 from tunelab.infer.generate import GenerationSettings, generate_answers
-from tunelab.infer.run import LoadedRun, open_run
+from tunelab.infer.run import LoadedRun
+from tunelab.infer.run import open_run as _open_run
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.rundir import HEAD_TASKS, check_same_run, open_info, read_info, run_stamp
 from tunelab.server.serve import serve as _serve
@@ -110,7 +110,15 @@ def _checked(function: Callable) -> Callable:
     return checked
 
 
-serve = _checked(_serve)  # a port given as text failed inside socket.bind with a bare TypeError
+def _at_least(value: int, name: str, flag: str, low: int) -> None:
+    """ConfigError for a count below `low`, as the CLI's `flag` refuses it (-1 examples previewed all but one)."""
+    if value < low:
+        raise ConfigError(f"argument '{name}' ({flag}) is {value}; give a whole number, {low} or more.")
+
+
+export_gguf = _checked(_export_gguf)
+serve = _checked(_serve)
+open_run = _checked(_open_run)
 
 
 @_checked
@@ -224,6 +232,7 @@ def check(
     .html: where the page was written). Writes nothing into output_dir. model=False skips the checks that load it."""
     from tunelab.checks.run import run_check
 
+    _at_least(examples, "examples", "--examples", 0)
     return run_check(
         config,
         overrides,
@@ -438,6 +447,7 @@ def predict(
     from tunelab.infer.predict import check_out, format_predictions, save_predictions
     from tunelab.infer.predict import predict as _predict
 
+    _at_least(batch_size, "batch_size", "--batch-size", 1)
     if out is not None:
         check_out(out, overwrite, run, data)
     texts = _texts(texts, "texts", blank=False, flag="--text") if texts is not None else None
@@ -456,4 +466,5 @@ def load_reward_model(run: str | Path, device: str = "auto", batch_size: int = 1
     """A finished reward run as a function (prompts, completions) -> list[float] (see tunelab/infer/predict.py)."""
     from tunelab.infer.predict import load_reward_model as _load
 
+    _at_least(batch_size, "batch_size", "--batch-size", 1)
     return _load(run, device, batch_size)

@@ -309,6 +309,8 @@ def export_gguf(
 
     run_dir, out = Path(run), Path(out)
     qtype = parse_qtype(qtype)
+    if check_questions < 1:  # 0 would check nothing and write a verdict all the same
+        raise ConfigError(f"option 'check_questions' (--check-questions) is {check_questions}; give 1 or more.")
     if out.suffix.lower() != ".gguf":  # model.GGUF too, as models/load.py reads it
         raise ConfigError(f"option 'out' (--gguf): {out} must be a file name ending in .gguf.")
     check_run(run_dir)
