@@ -110,3 +110,15 @@ def test_a_damaged_manifest_is_an_incomplete_conversion(cache, capsys, manifest)
     (cache / "big-1111" / COMPLETE).write_text(manifest)
     assert main(["cache"]) == 0
     assert f"big-1111  (incomplete: {COMPLETE} does not list its files with their sizes" in capsys.readouterr().out
+
+
+def test_the_api_clears_only_what_it_is_given(cache):
+    """clear_cache([]) (a filtered list that came out empty) removed every entry, clear_cache("big-1111") was read
+    as the names 'b', 'i', 'g', ... and clear_cache(3) raised a bare TypeError."""
+    from tunelab.errors import ConfigError
+
+    assert tunelab.clear_cache([]) == [] and len(tunelab.cache_entries()) == 3
+    assert [e.name for e in tunelab.clear_cache("big-1111")] == ["big-1111"]
+    with pytest.raises(ConfigError, match=r"clear_cache\(\): argument 'names' must be str \| list\[str\] \| None"):
+        tunelab.clear_cache(3)
+    assert [e.name for e in tunelab.cache_entries()] == ["small-2222", ".tmp-abc"]

@@ -402,11 +402,13 @@ def cache_path() -> Path:
     return gguf_cache_dir()
 
 
-def clear_cache(names: list[str] | None = None):
-    """Remove converted models from the cache (all when names is None); returns the removed entries."""
+@_checked
+def clear_cache(names: str | list[str] | None = None):
+    """Remove converted models from the cache (all when names is None; one name given alone is a list of one, and an
+    empty list removes nothing); returns the removed entries."""
     from tunelab.conversion_cache import clear_cache as _clear
 
-    return _clear(names)
+    return _clear(None if names is None else _texts(names, "names", blank=False))
 
 
 @_checked

@@ -70,9 +70,10 @@ def cache_entries() -> list[CacheEntry]:
 
 
 def clear_cache(names: list[str] | None = None) -> list[CacheEntry]:
-    """Remove the named entries (all when None); returns what was removed. An unknown name is a ConfigError."""
+    """Remove the named entries (all when None; an empty list names none); returns what was removed. An unknown
+    name is a ConfigError."""
     entries = cache_entries()
-    if names:
+    if names is not None:
         by_name = {e.name: e for e in entries}
         unknown = [n for n in names if n not in by_name]
         if unknown:
