@@ -369,3 +369,12 @@ def test_generation_settings_of_the_wrong_type_are_refused_by_name(settings, say
     with pytest.raises(ConfigError, match=re.escape(says)):
         GenerationSettings(**settings)
     assert GenerationSettings(max_new_tokens=None, temperature=1, top_p=0.5).temperature == 1  # ints are numbers
+
+
+def test_open_run_refuses_a_dtype_it_does_not_know(tmp_path):
+    """tunelab.open_run(run, dtype="float16") raised a bare KeyError from the dtype table; it is a ConfigError
+    naming the argument and the allowed values, before the run is read."""
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape("option 'dtype' is 'float16'; allowed values: auto, fp32, bf16")):
+        tunelab.open_run(tmp_path, dtype="float16")

@@ -25,6 +25,7 @@ from tunelab.rundir import RunInfo, open_info
 from tunelab.training.build import check_trained_base, run_dtype, trained_base
 
 BASE_PRECISIONS = ("trained", "16bit")
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # as model.dtype
 
 
 @dataclass
@@ -84,6 +85,8 @@ def open_run(
     in (it is quantized from that dtype, as in training), else bf16 on CUDA and fp32 on the CPU. `base_precision`:
     trained (default) or 16bit, see the module docstring."""
     check_base_precision(base_precision)
+    if dtype not in DTYPES:  # pick_dtype's table lookup would raise a bare KeyError
+        raise ConfigError(f"option 'dtype' is {dtype!r}; allowed values: {', '.join(DTYPES)}.")
     run_dir = Path(run_dir)
     info = open_info(run_dir)
     dev = pick_device(device, "--device")
