@@ -230,3 +230,19 @@ def test_counts_and_ports_out_of_range_are_refused_as_the_cli_refuses_them(tmp_p
     for call, message in cases:
         with pytest.raises(ConfigError, match=message):
             call()
+
+
+def test_resume_with_an_overwrite_override_is_refused_as_the_cli_refuses_it(tiny_overrides):
+    """`tunelab train --resume --overwrite` is refused; train(..., {"overwrite": True}, resume=True) resumed and
+    dropped the overwrite without a word (check and federate likewise)."""
+    from tunelab.errors import ConfigError
+
+    overrides = dict(tiny_overrides, overwrite=True)
+    says = r"--resume continues the run in output_dir and --overwrite replaces it \(in Python: resume=True"
+    with pytest.raises(ConfigError, match=says):
+        tunelab.train(None, overrides, resume=True)
+    with pytest.raises(ConfigError, match=says):
+        tunelab.check(None, overrides, resume=True, model=False)
+    if importlib.util.find_spec("flwr"):
+        with pytest.raises(ConfigError, match=says):
+            tunelab.federate(None, overrides, resume=True)

@@ -44,7 +44,7 @@ from tunelab.server.serve import serve as _serve
 from tunelab.training.distributed import from_environment
 from tunelab.training.launch import check_launch, train_on_ranks
 from tunelab.training.plan_config import plan_config
-from tunelab.training.recipe import TrainResult, config_path, resolve
+from tunelab.training.recipe import TrainResult, config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.recipe import train as _train
 from tunelab.training.stages import train_stages
 from tunelab.training.verdict import Verdict
@@ -137,6 +137,7 @@ def train(
     printed). `nproc`: train with that many processes on this host (as `tunelab train --nproc`); a script started
     by torchrun trains on its ranks without it."""
     resolved = resolve(config, overrides)
+    refuse_resume_and_overwrite(resolved, resume)
     if resolved.config.eval.questions:  # asked after training: a file that cannot be read must not wait for that
         source = resolve_source(resolved.config.model.name)
         stages = resolved.config.stages  # a staged run's questions are asked of its last stage, with its settings

@@ -53,7 +53,7 @@ from tunelab.training.auto import AutoPlan, plan_from_data
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
-from tunelab.training.recipe import config_path, resolve
+from tunelab.training.recipe import config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.resume import check_resume_config, data_digest, file_digests, kept_auto, what_changed
 from tunelab.training.stages import plan_stages, refuse_other_labels
 
@@ -164,6 +164,7 @@ def run_check(
             print(text, flush=True)
 
     resolved = resolve(config, overrides)
+    refuse_resume_and_overwrite(resolved, resume)
     cfg = resolved.config
     page = html_path(html)
     out("tunelab check — resolved config (value, then where it came from):")

@@ -321,9 +321,10 @@ def federate(
 ) -> FederateResult | Path:
     """Run the federation of `config` in Flower's simulation engine, or with `app_dir` write the Flower App for its
     deployment engine (and return that folder)."""
-    from tunelab.training.recipe import resolve
+    from tunelab.training.recipe import refuse_resume_and_overwrite, resolve
 
     resolved = resolve(config, overrides)
+    refuse_resume_and_overwrite(resolved, resume)
     cfg = resolved.config
     check_config(cfg)
     if cfg.federated.dp:

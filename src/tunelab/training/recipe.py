@@ -81,6 +81,17 @@ class TrainResult:
     interrupted: bool = False  # Ctrl-C came after the steps: the result is saved, what follows training is skipped
 
 
+def refuse_resume_and_overwrite(resolved: ResolvedConfig, resume: bool) -> None:
+    """ConfigError for resume with an overwrite given beside it (the flag, or `overwrite` among the API's overrides),
+    as `tunelab train --resume --overwrite` is refused: one continues output_dir, the other replaces it. An
+    `overwrite: true` of the YAML file is left to resume, as the CLI leaves it."""
+    if resume and resolved.config.overwrite and resolved.origins.get("overwrite", "").startswith("--"):
+        raise ConfigError(
+            "--resume continues the run in output_dir and --overwrite replaces it (in Python: resume=True and the "
+            "override 'overwrite'); give one of them (to start the run again, overwrite alone)."
+        )
+
+
 def resolve(
     config: str | Path | RunConfig | ResolvedConfig | None, overrides: dict[str, Any] | None = None
 ) -> ResolvedConfig:
