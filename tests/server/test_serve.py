@@ -544,3 +544,25 @@ def test_a_body_sent_without_the_json_content_type_is_named_so(server):
         assert f"this request came with Content-Type: {kind}" in error["message"], error
     status, _, raw = _http("POST", url, b"[1, 2]")  # JSON that is not an object is still named as such
     assert status == 400 and "valid dictionary" in json.loads(raw)["error"]["message"]
+
+
+def test_serve_from_python_requires_the_key_of_the_environment_as_the_cli_does(tiny_run_dir, monkeypatch):
+    """`tunelab serve RUN` with $TUNELAB_API_KEY set requires that key; tunelab.serve(RUN) served everyone."""
+    import tunelab
+    import tunelab.server.serve as serve_module
+
+    seen = []
+
+    def stop(run, api_key, *args):
+        seen.append(api_key)
+        raise KeyboardInterrupt  # before a model is loaded or a request served
+
+    monkeypatch.setattr(serve_module, "build_app", stop)
+    monkeypatch.setenv("TUNELAB_API_KEY", "from-the-environment")
+    for key in (None, "given"):
+        with pytest.raises(KeyboardInterrupt):
+            tunelab.serve(tiny_run_dir, port=0, api_key=key)
+    monkeypatch.setenv("TUNELAB_API_KEY", "")
+    with pytest.raises(KeyboardInterrupt):
+        tunelab.serve(tiny_run_dir, port=0)
+    assert seen == ["from-the-environment", "given", None]

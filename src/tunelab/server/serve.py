@@ -8,6 +8,7 @@ handle with its URL (tests and notebooks).
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import threading
 import time
@@ -108,8 +109,10 @@ def serve(
 ) -> None:
     """Serve the run over HTTP in OpenAI's chat-completions dialect until interrupted (needs the 'serve' extra).
     Refuses a port in use before loading anything. `start_server` does the same on a background thread and returns
-    its URL."""
+    its URL. `api_key` None: $TUNELAB_API_KEY when it is set and not empty, as `tunelab serve` reads it."""
     _check_installed()
+    if api_key is None:  # an empty variable is none, as for the CLI
+        api_key = os.environ.get("TUNELAB_API_KEY") or None
     check_api_key(api_key)
     check_base_precision(base_precision)
     sock = bind(host, port)
