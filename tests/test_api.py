@@ -246,3 +246,14 @@ def test_resume_with_an_overwrite_override_is_refused_as_the_cli_refuses_it(tiny
     if importlib.util.find_spec("flwr"):
         with pytest.raises(ConfigError, match=says):
             tunelab.federate(None, overrides, resume=True)
+
+
+def test_nproc_other_than_torchruns_processes_is_refused(monkeypatch):
+    """`tunelab train --nproc 4` under a torchrun of 2 processes is refused; train(nproc=4) there trained on the 2
+    ranks as if nproc had not been given."""
+    from tunelab.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="argument 'nproc' is 4, but torchrun started 2 processes; drop nproc"):
+        tunelab.train(None, {}, nproc=4)

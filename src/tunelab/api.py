@@ -136,6 +136,9 @@ def train(
     tunelab run. When eval.questions is set, the base and the tuned model then answer them (compare.json, scores
     printed). `nproc`: train with that many processes on this host (as `tunelab train --nproc`); a script started
     by torchrun trains on its ranks without it."""
+    world = from_environment().world
+    if nproc is not None and world > 1 and nproc != world:  # as the CLI: the processes are torchrun's
+        raise ConfigError(f"argument 'nproc' is {nproc}, but torchrun started {world} processes; drop nproc.")
     resolved = resolve(config, overrides)
     refuse_resume_and_overwrite(resolved, resume)
     if resolved.config.eval.questions:  # asked after training: a file that cannot be read must not wait for that
