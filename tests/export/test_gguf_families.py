@@ -250,3 +250,17 @@ def test_cli_export_checks_by_default_and_refuses_unknown_types(qwen2_run, tmp_p
     # replacing the file without a check removes the old verdict, which spoke of the old file
     assert main([*args, "--overwrite", "--no-check"]) == 0
     assert (tmp_path / "a.gguf").is_file() and not (tmp_path / "a.check.json").exists()
+
+
+def test_a_failed_self_check_is_said_from_python_without_show(tiny_run_dir, tmp_path, monkeypatch, capsys):
+    """`tunelab export` prints a FAIL and exits 1; tunelab.export_gguf(run, out) returned the path without a word,
+    the verdict only in NAME.check.json."""
+    import tunelab.export.gguf as gguf_module
+    import tunelab.export.llama_cpp as llama_cpp_module
+    from tunelab.export.check import GGUFCheck
+
+    monkeypatch.setattr(llama_cpp_module, "available", lambda: True)
+    monkeypatch.setattr(gguf_module, "asked_questions", lambda run_dir, limit: ([], "probes"))
+    monkeypatch.setattr(gguf_module, "check_export", lambda *a: GGUFCheck(str(a[1]), a[2], "fail", ["differs"]))
+    out = export_gguf(tiny_run_dir, tmp_path / "m.gguf", qtype="f32")
+    assert out.is_file() and f"export: the self-check of {out} FAILED; see " in capsys.readouterr().err

@@ -21,6 +21,7 @@ What is unusual:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -304,7 +305,8 @@ def export_gguf(
     `Modelfile` beside it; both are written under temporary names and renamed into place. Returns the GGUF path.
 
     check: None runs the self-check (export/check.py) when llama.cpp imports, True requires it, False skips it; its
-    verdict is written to NAME.check.json beside the file (and printed when `show`)."""
+    verdict is written to NAME.check.json beside the file (and printed when `show`; a FAIL is said on stderr even
+    without `show`)."""
     from tunelab.export import llama_cpp
 
     run_dir, out = Path(run), Path(out)
@@ -358,4 +360,6 @@ def export_gguf(
         result = check_export(merged, out, qtype, run_dir, check_questions)
         if show:
             print(format_check(result), flush=True)
+        elif result.verdict == "fail":  # the CLI exits 1 on it; a script that asked for quiet still hears of it
+            print(f"export: the self-check of {out} FAILED; see {check_path(out)}.", file=sys.stderr, flush=True)
     return out
