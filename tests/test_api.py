@@ -257,3 +257,22 @@ def test_nproc_other_than_torchruns_processes_is_refused(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError, match="argument 'nproc' is 4, but torchrun started 2 processes; drop nproc"):
         tunelab.train(None, {}, nproc=4)
+
+
+def test_a_reward_model_refuses_a_text_alone_and_unequal_lists():
+    """load_reward_model(run)("What is 2+2?", "4.") raised ValueError from the lengths, and ("ab", "cd") scored the
+    pairs ('a', 'c') and ('b', 'd'); each is a ConfigError saying what the function takes."""
+    from types import SimpleNamespace
+
+    from tunelab.errors import ConfigError
+    from tunelab.tasks.head_run import RewardModel
+
+    reward = RewardModel(SimpleNamespace(info=SimpleNamespace(task="reward")))
+    with pytest.raises(ConfigError, match=r"'prompts' must be a list .*got a str; for one pair, give \[prompt\]"):
+        reward("ab", ["cd"])
+    with pytest.raises(
+        ConfigError, match=r"'completions' must be a list .*got a str; for one pair, give \[completion\]"
+    ):
+        reward(["ab"], "cd")
+    with pytest.raises(ConfigError, match="reward model: 2 prompts but 1 completions; give one each"):
+        reward(["a", "b"], ["c"])

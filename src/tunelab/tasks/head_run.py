@@ -24,7 +24,7 @@ import torch
 
 from tunelab.config import DataConfig
 from tunelab.data.templates import Template, run_template
-from tunelab.errors import DataError, RunDirError
+from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.rundir import RunInfo, open_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
@@ -139,8 +139,16 @@ class RewardModel:
         self.run, self.batch_size = run, batch_size
 
     def __call__(self, prompts: list[str | list[dict]], completions: list[str]) -> list[float]:
+        for name, value in (("prompts", prompts), ("completions", completions)):
+            if not isinstance(value, list | tuple):  # a text alone would be scored character by character
+                raise ConfigError(
+                    f"reward model: '{name}' must be a list (one item per pair scored), got a {type(value).__name__}; "
+                    f"for one pair, give [{name[:-1]}]."
+                )
         if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+            raise ConfigError(
+                f"reward model: {len(prompts)} prompts but {len(completions)} completions; give one each."
+            )
         inputs = [scored_input(self.run, p, c) for p, c in zip(prompts, completions)]
         rewards, _ = head_outputs(self.run.model, self.run, inputs, self.batch_size)
         return rewards[:, 0].tolist()
