@@ -36,7 +36,7 @@ from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, check_questions, read_questions, run_data_config
 from tunelab.export.gguf import export_gguf as _export_gguf
 from tunelab.infer.generate import GenerationSettings, generate_answers
-from tunelab.infer.run import LoadedRun
+from tunelab.infer.run import LoadedRun, opened
 from tunelab.infer.run import open_run as _open_run
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.rundir import HEAD_TASKS, check_same_run, open_info, read_info, run_stamp
@@ -206,10 +206,6 @@ def _text(value: str, name: str, blank: bool = True) -> str:
     return _texts(value, name, blank)[0]
 
 
-def _open(run: str | Path | LoadedRun, device: str, base_precision: str) -> LoadedRun:
-    return run if isinstance(run, LoadedRun) else open_run(run, device=device, base_precision=base_precision)
-
-
 @_checked
 def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None = None):
     """The memory planner for a config (`tunelab plan`): a PlanReport whose .memory holds the candidates with their
@@ -281,7 +277,7 @@ def compare(
         items.append(Question.ask(text, info.system_prompt, where=where))
     if not items:
         raise DataError("no questions to compare on: give a questions file or at least one question.")
-    loaded = _open(run, device, base_precision)
+    loaded = opened(run, device, base_precision)
     result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal)
     if save:
         check_same_run(run_dir, stamp, "compare")
@@ -304,7 +300,7 @@ def generate(
     """One answer from the tuned model (or the base model with base=True)."""
     prompt = _text(prompt, "prompt")
     system = _text(system, "system") if system is not None else None
-    loaded = _open(run, device, base_precision)
+    loaded = opened(run, device, base_precision)
     system = system if system is not None else loaded.system_prompt
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     settings = settings or GenerationSettings()
@@ -324,7 +320,7 @@ def chat(
     """Interactive chat on the terminal; returns the conversation."""
     from tunelab.infer.chat import chat as _chat
 
-    return _chat(_open(run, device, base_precision), settings or GenerationSettings())
+    return _chat(opened(run, device, base_precision), settings or GenerationSettings())
 
 
 @_checked

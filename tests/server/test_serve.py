@@ -383,11 +383,11 @@ def test_base_precision_reaches_the_served_model(tiny_run_dir, monkeypatch, caps
 
     opened = []
 
-    def open_run_stub(run_dir, **kwargs):
-        opened.append(kwargs)
+    def open_run_stub(run_dir, device="auto", base_precision="trained"):
+        opened.append({"base_precision": base_precision})
         raise TunelabError("stub: opened")
 
-    monkeypatch.setattr(serve_module, "open_run", open_run_stub)
+    monkeypatch.setattr(serve_module, "opened", open_run_stub)
     assert main(["serve", str(tiny_run_dir), "--port", "0", "--base-precision", "16bit"]) == 2
     assert "stub: opened" in capsys.readouterr().err and opened[0]["base_precision"] == "16bit"
     with pytest.raises(TunelabError, match="stub: opened"):
@@ -416,10 +416,10 @@ def test_an_empty_api_key_is_refused(tiny_run_dir, monkeypatch, capsys):
     no key."""
     import tunelab.server.serve as serve_module
 
-    def open_run_stub(run_dir, **kwargs):
+    def open_run_stub(run_dir, *args):
         raise TunelabError("stub: opened")
 
-    monkeypatch.setattr(serve_module, "open_run", open_run_stub)
+    monkeypatch.setattr(serve_module, "opened", open_run_stub)
     for key, says in [("", "is empty"), ("  ", "is empty"), ("key ", "ends with whitespace")]:
         assert main(["serve", str(tiny_run_dir), "--port", "0", "--api-key", key]) == 2
         err = capsys.readouterr().err

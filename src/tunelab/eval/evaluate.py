@@ -53,7 +53,7 @@ from tunelab.eval.questions import (
     task_labels,
 )
 from tunelab.infer.generate import GenerationSettings, answer_progress, fit_prompts, generate_answers
-from tunelab.infer.run import LoadedRun, check_base_precision, open_run
+from tunelab.infer.run import LoadedRun, check_base_precision, opened
 from tunelab.rundir import check_output_file, check_same_run, open_info, run_stamp, saved_config
 from tunelab.training.auto import trained_value
 from tunelab.training.step import evaluate, loss_tokens
@@ -275,7 +275,7 @@ def evaluate_run(
     refusal = refusal if refusal is not None else info.refusal
 
     check_base_precision(base_precision)
-    run = loaded or open_run(run_dir, device=device, base_precision=base_precision)
+    run = opened(loaded or run_dir, device, base_precision)
     report = DataReport(max_length=data.max_length)
     rendered = render_examples([it.example for it in items], run.tokenizer, run.template, data, report)
     batches = [

@@ -102,3 +102,23 @@ def open_run(
     model.eval()
     template = run_template(info.template, tokenizer, run_dir)
     return LoadedRun(run_dir, info, model, tokenizer, template, dev, dt, base_precision)
+
+
+def opened(run: str | Path | LoadedRun, device: str = "auto", base_precision: str = "trained") -> LoadedRun:
+    """`run` opened with `open_run`, or `run` itself when it is one already; then a `device` or `base_precision`
+    other than the default must be the one it was opened with (ConfigError: they were dropped without a word)."""
+    if not isinstance(run, LoadedRun):
+        return open_run(run, device=device, base_precision=base_precision)
+    check_base_precision(base_precision)
+    if base_precision != "trained" and base_precision != run.base_precision:
+        raise ConfigError(
+            f"option 'base_precision' is {base_precision}, but the run given was opened with {run.base_precision}; "
+            f"open it with open_run(run_dir, base_precision={base_precision!r}), or drop the argument."
+        )
+    wanted = pick_device(device, "device") if device != "auto" else run.device
+    if wanted.type != run.device.type or wanted.index not in (None, run.device.index or 0):
+        raise ConfigError(
+            f"option 'device' is {device}, but the run given was opened on {run.device}; open it with "
+            f"open_run(run_dir, device={device!r}), or drop the argument."
+        )
+    return run

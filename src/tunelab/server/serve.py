@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.infer.generate import GenerationSettings
-from tunelab.infer.run import LoadedRun, check_base_precision, open_run
+from tunelab.infer.run import LoadedRun, check_base_precision, opened
 
 INSTALL = "pip install 'tunelab[serve]'   (FastAPI and uvicorn)"
 
@@ -86,7 +86,7 @@ def build_app(
     from tunelab.server.app import create_app
     from tunelab.server.engine import Engine
 
-    loaded = run if isinstance(run, LoadedRun) else open_run(run, device=device, base_precision=base_precision)
+    loaded = opened(run, device, base_precision)
     engine = Engine(loaded, model_name or loaded.run_dir.resolve().name)
     return create_app(engine, api_key=api_key, defaults=settings)
 
