@@ -276,3 +276,14 @@ def test_a_reward_model_refuses_a_text_alone_and_unequal_lists():
         reward(["ab"], "cd")
     with pytest.raises(ConfigError, match="reward model: 2 prompts but 1 completions; give one each"):
         reward(["a", "b"], ["c"])
+
+
+@pytest.mark.parametrize("command", ["compare", "evaluate"])
+def test_show_answers_without_show_is_refused(tmp_path, command):
+    """compare(run, ..., show_answers=True) printed nothing (show is False by default) without a word; the CLI's
+    --show-answers always prints."""
+    from tunelab.errors import ConfigError
+
+    args = {"question": "Code of box 2?"} if command == "compare" else {"data": tmp_path / "q.jsonl"}
+    with pytest.raises(ConfigError, match=r"argument 'show_answers' prints the answers .* pass show=True too"):
+        getattr(tunelab, command)(tmp_path, show_answers=True, save=False, **args)

@@ -116,6 +116,15 @@ def _at_least(value: int, name: str, flag: str, low: int) -> None:
         raise ConfigError(f"argument '{name}' ({flag}) is {value}; give a whole number, {low} or more.")
 
 
+def _shown_answers(show: bool, show_answers: bool) -> None:
+    """show_answers prints the answers after the printed scores; without show nothing is printed, without a word."""
+    if show_answers and not show:
+        raise ConfigError(
+            "argument 'show_answers' prints the answers after the scores, and show=False prints nothing; pass "
+            "show=True too (the answers are in the result's rows either way)."
+        )
+
+
 export_gguf = _checked(_export_gguf)
 serve = _checked(_serve)
 open_run = _checked(_open_run)
@@ -264,6 +273,7 @@ def compare(
     refusal sentence. `save` writes RUN_DIR/compare.json, which must not exist unless `overwrite`. `show` prints the
     scores, and the answers too with `show_answers`. `base_precision`: trained (a QLoRA adapter over the NF4 base it
     was trained on) or 16bit (over the unquantized weights)."""
+    _shown_answers(show, show_answers)
     run_dir = run.run_dir if isinstance(run, LoadedRun) else Path(run)
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
     stamp = run_stamp(run_dir)
@@ -344,6 +354,7 @@ def evaluate(
     untrained head (`eval/heads.py`)."""
     from tunelab.eval.evaluate import evaluate_run, format_eval
 
+    _shown_answers(show, show_answers)
     if out is not None and not save:  # the results would go nowhere after minutes of answering, without a word
         raise ConfigError(
             f"--out {out} names where to save the results and --no-save saves nothing; give one of them (in Python: "
