@@ -334,3 +334,33 @@ def test_resume_may_add_or_remove_a_tracker():
     watched = load_config(None, {"train.report_to": ["tensorboard"]}).config
     assert config_changes(to_dict(plain), watched) == ([], ["train.report_to: [] -> ['tensorboard']"])
     assert config_changes(to_dict(watched), plain) == ([], ["train.report_to: ['tensorboard'] -> []"])
+
+
+def test_resumed_at_its_last_step_the_final_evaluation_is_logged_once(tiny_overrides, tmp_path, monkeypatch):
+    """With eval_every not dividing the steps, the final evaluation (logged before the save crashed) was run and
+    logged again on resume: metrics.jsonl held step 4's eval loss twice."""
+    common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "data.eval_fraction": 0.25}
+    common |= {"train.eval_every": 3}
+    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
+    real_save = recipe.save_final
+
+    def crash(*args, **kwargs):
+        raise Crash()
+
+    monkeypatch.setattr(recipe, "save_final", crash)
+    with pytest.raises(Crash):
+        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
+    monkeypatch.setattr(recipe, "save_final", real_save)
+    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+
+    def evals(run_dir):
+        return [
+            (r["step"], r["eval_loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if "eval_loss" in r
+        ]
+
+    assert (
+        evals(resumed.run_dir)
+        == evals(straight.run_dir)
+        == [(3, evals(straight.run_dir)[0][1]), (4, straight.eval_loss)]
+    )
+    assert resumed.eval_loss == straight.eval_loss

@@ -372,13 +372,15 @@ def _train_planned(
     finally:
         accumulate_into_grads(trainable, on=False)  # the model goes back to plain autograd for whoever holds it
 
+    final_eval = not (t.eval_every and total_steps % t.eval_every == 0)  # the loop's last evaluation was not the end's
     if resume_step == total_steps:  # resumed at the last step: this process ran no step and no evaluation
         last_loss, run.eval_metrics = logged_at(read_metrics(run_dir), total_steps)
+        final_eval = not run.eval_metrics  # the run before evaluated its last step (and logged it) or did not
     # Ctrl-C from here on lets the evaluation and the save finish: the steps are done, and a checkpoint of the last
     # one may not exist (train.save_every), so stopping now would lose the run. The trackers' runs end with the block:
     # finished once the result is saved, failed if the evaluation or the save raises.
     with graceful_interrupt("the training is done: finishing the evaluation and saving the result first") as stop, log:
-        if evals and not (t.eval_every and total_steps % t.eval_every == 0):
+        if evals and final_eval:
             evaluate_at(run, total_steps)
         eval_metrics = run.eval_metrics
         eval_loss = eval_metrics.get("eval_loss")
