@@ -133,3 +133,30 @@ def test_a_non_finite_weight_is_never_written(tmp_path):
     with pytest.raises(TrainingStopped, match="weight"):
         save_checkpoint(tmp_path, model, optimizer, {"step": 3}, keep=2)
     assert not any((tmp_path / "checkpoints").glob("*"))
+
+
+def test_a_resumed_run_goes_on_counting_the_bad_steps_before_its_checkpoint(tiny_overrides, monkeypatch):
+    """A checkpoint written in a streak of bad steps (save_every, Ctrl-C) forgot the streak: the resumed run
+    counted from zero and trained on past the step where the uninterrupted run stops."""
+    import tunelab.training.loop as loop
+
+    overrides = tiny_overrides | {"train.max_steps": 6, "train.save_every": 3, "train.max_bad_steps": 3}
+    _poisoned(monkeypatch, bad_calls={3, 5})  # grad_accum 2: steps 2 and 3 are bad, then the checkpoint of step 3
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # killed during step 4, after the checkpoint
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(None, overrides)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    _poisoned(monkeypatch, bad_calls={1})  # step 4 is bad too: the third in a row
+    with pytest.raises(TrainingStopped) as stopped:
+        recipe.train(None, overrides, resume=True)
+    message = str(stopped.value)
+    assert "stopped at step 4 of 6" in message and "3 optimizer steps in a row (steps 2-4" in message
+    assert "qa.jsonl:" in message  # the rows of step 2, the first bad one

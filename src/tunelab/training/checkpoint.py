@@ -159,6 +159,12 @@ def _state_problem(state: dict, folder: Path) -> str | None:
     for name in ("epoch", "batch_in_epoch"):
         if name in position and (type(position[name]) is not int or position[name] < 0):
             return f"its {name} {position[name]!r} is not a whole number >= 0"
+    streak = position.get("bad_streak", [])
+    if not isinstance(streak, list) or not all(
+        isinstance(s, dict) and {"step", "loss", "grad_norm"} <= s.keys() and isinstance(s.get("rows"), list)
+        for s in streak
+    ):
+        return "its bad_streak is not a list of skipped steps"
     groups = state.get("param_groups", [])
     if not isinstance(groups, list) or (state.get("format") != "sharded" and not groups):
         return "its param_groups are not a list of the optimizer's groups"

@@ -60,6 +60,22 @@ class BadSteps:
         self.streak.append(BadStep(step, stats["loss"], stats["grad_norm"], rows))
         return len(self.streak) >= self.limit
 
+    def saved(self) -> list[dict]:
+        """The current streak as a checkpoint's position keeps it (`bad_streak`), so that a resumed run goes on
+        counting it and stops at the step an uninterrupted run stops at."""
+        return [
+            {"step": s.step, "loss": repr(s.loss), "grad_norm": repr(s.grad_norm), "rows": s.rows} for s in self.streak
+        ]
+
+    @classmethod
+    def resumed(cls, limit: int, position: dict) -> BadSteps:
+        """The count and the streak a run's position holds (a checkpoint written before streaks were kept: none)."""
+        streak = [
+            BadStep(int(s["step"]), float(s["loss"]), float(s["grad_norm"]), [str(r) for r in s["rows"]])
+            for s in position.get("bad_streak", [])
+        ]
+        return cls(limit, position["skipped_steps"], streak)
+
 
 def _listed(rows: list[str]) -> str:
     shown = ", ".join(rows[:SHOWN_ROWS])

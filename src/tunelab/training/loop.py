@@ -53,7 +53,7 @@ class Run:
     evals: EvalSets
     log: MetricsLog
     total_steps: int
-    position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps: what a checkpoint saves
+    position: dict  # step, epoch, batch_in_epoch, tokens, elapsed_s, skipped_steps, bad_streak: what a checkpoint saves
     best: BestWeights
     train_model: nn.Module  # the model as the ranks train it (DDP, FSDP2): on one rank, the model itself
     ranks: Ranks
@@ -78,7 +78,7 @@ def loop(run: Run) -> float | None:
     """Optimizer steps until total_steps, updating run.position (and run.eval_metrics at each eval); returns the
     last finite loss."""
     t, model, position, task = run.cfg.train, unwrap(run.train_model), run.position, run.task
-    bad = BadSteps(t.max_bad_steps, skipped=position["skipped_steps"])
+    bad = BadSteps.resumed(t.max_bad_steps, position)
     last_loss = None
     bar = tqdm(
         total=run.total_steps,
@@ -126,7 +126,7 @@ def loop(run: Run) -> float | None:
                 stopping = bad.record(
                     position["step"], stats, [s for b in step_batches for row in b["sources"] for s in row]
                 )
-                position["skipped_steps"] = bad.skipped
+                position["skipped_steps"], position["bad_streak"] = bad.skipped, bad.saved()
                 record = _record(position, len(batches), stats, lr, tokens / (time.perf_counter() - tic))
                 last_loss = last_loss if stats["skipped"] else stats["loss"]
                 if position["step"] % t.log_every == 0 or position["step"] == run.total_steps or stats["skipped"]:
