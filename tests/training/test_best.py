@@ -154,3 +154,62 @@ def test_an_eval_fraction_with_no_usable_row_is_said_not_refused(capsys):
     assert "every example data.eval_fraction 0.1 held out is unusable" in capsys.readouterr().out
     refuse_unusable_eval(DataConfig(train=["a.jsonl"]), SimpleNamespace(eval=[], report=report))
     assert capsys.readouterr().out == ""
+
+
+def test_a_resumed_run_keeps_the_best_before_its_checkpoint_that_a_later_one_overwrote(
+    tiny_overrides, tmp_path, monkeypatch
+):
+    """The best of step 2 was overwritten by step 6's, after the checkpoint of step 4; the resume dropped step 6's
+    file, as it repeats those steps, and with them the best of step 2: evaluated at other steps (train.eval_every
+    may change on resume), the run saved a step of a higher eval loss as its result."""
+    import tunelab.training.loop as loop
+
+    losses = iter([0.5, 0.9, 0.4])  # steps 2, 4, 6; then the resumed run's steps 5 and 8
+
+    def scripted(task, model, evals):
+        return {"eval_loss": next(losses)}
+
+    monkeypatch.setattr(loop, "eval_record", scripted)
+    overrides = tiny_overrides | {"train.max_steps": 8, "train.save_every": 4, "data.eval_fraction": 0.25}
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt  # killed during step 7
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(None, overrides | {"train.eval_every": 2})
+    monkeypatch.setattr(loop, "train_step", real_step)
+    losses = iter([0.8, 0.7])
+    result = recipe.train(None, overrides | {"train.eval_every": 5}, resume=True)
+    assert result.eval_loss == 0.5
+    assert json.loads((result.run_dir / "run.json").read_text())["extra"]["best"] == {"step": 2, "eval_loss": 0.5}
+
+
+def test_a_run_resumed_after_its_save_failed_keeps_the_best_of_an_earlier_step(tiny_overrides, monkeypatch):
+    """keep_best loads the best weights and removes their file before the result is saved: a crash in the save, and
+    the run resumed at its last step (which trains and evaluates nothing) saved the last step's weights instead."""
+    import tunelab.training.loop as loop
+
+    losses = iter([0.5, 0.9])  # steps 2 and 4
+
+    def scripted(task, model, evals):
+        return {"eval_loss": next(losses)}
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "eval_record", scripted)
+    overrides = tiny_overrides | {"train.max_steps": 4, "train.save_every": 4, "data.eval_fraction": 0.25}
+    overrides |= {"train.eval_every": 2}
+    real_save = recipe.save_final
+    monkeypatch.setattr(recipe, "save_final", crash)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(None, overrides)
+    monkeypatch.setattr(recipe, "save_final", real_save)
+    result = recipe.train(None, overrides, resume=True)
+    assert result.eval_loss == 0.5
+    assert json.loads((result.run_dir / "run.json").read_text())["extra"]["best"] == {"step": 2, "eval_loss": 0.5}

@@ -3,14 +3,17 @@
 Each evaluation that beats the best so far writes the trainable tensors to `checkpoints/best.safetensors`, with the
 step and the eval loss in the file's metadata, in one atomic write (checkpoint.save_trainable), so the weights and
 their step never disagree after a crash. A resumed run reads the best so far from it, unless it is newer than the
-checkpoint resumed from: the run repeats those steps (exactly), so it evaluates them again. At the end, when the best
-is not the last step, its weights are loaded back into the model before the result is saved, and the file, now
-redundant with the result, is removed.
+checkpoint resumed from: the run repeats those steps (exactly), so it evaluates them again. The best before them,
+which that newer one overwrote, comes from the copy each checkpoint keeps of the best so far (`keep_with`). At the
+end, when the best is not the last step, its weights are loaded back into the model before the result is saved, and
+the file, now redundant with the result, is removed.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -24,24 +27,42 @@ BEST_FILE = "best.safetensors"
 class BestWeights:
     """Remembers the step with the lowest eval loss; `enabled` is keep_best with an eval split."""
 
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None):
-        """resume_step: the step of the checkpoint a resumed run starts from (None for a new run)."""
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None, checkpoint: Path | None = None):
+        """resume_step: the step of the checkpoint a resumed run starts from (None for a new run); checkpoint: its
+        folder, whose copy of the best (`keep_with`) is the best as of that step."""
         self.path = Path(run_dir) / "checkpoints" / BEST_FILE
         self.enabled = enabled
         self.step: int | None = None
         self.loss = math.inf
-        if not (enabled and resume_step is not None and self.path.is_file()):
+        if not (enabled and resume_step is not None):
             return
+        if self.path.is_file() and self._read(self.path, resume_step):
+            return  # the best up to the checkpoint's step (its final evaluation too, which comes after its save)
+        self.path.unlink(missing_ok=True)  # torn, foreign, or newer: the run repeats those steps, evaluating them again
+        kept = checkpoint / BEST_FILE if checkpoint is not None else None
+        if kept is not None and kept.is_file() and self._read(kept, resume_step):
+            shutil.copyfile(kept, self.path)  # the best before the checkpoint, which the newer one had overwritten
+
+    def _read(self, path: Path, resume_step: int) -> bool:
+        """Take the step and loss of a best's file; False when it is unreadable or newer than `resume_step`."""
         try:
-            meta = read_trainable_metadata(self.path)
+            meta = read_trainable_metadata(path)
             step, loss = int(meta["step"]), float(meta["eval_loss"])
-        except (OSError, ValueError, KeyError, SafetensorError):  # torn or foreign: the evaluations to come replace it
-            self.path.unlink(missing_ok=True)
+        except (OSError, ValueError, KeyError, SafetensorError):
+            return False
+        if step > resume_step:
+            return False
+        self.step, self.loss = step, loss
+        return True
+
+    def keep_with(self, checkpoint: Path) -> None:
+        """Copy the best so far into a checkpoint's folder: a later best overwrites the file beside the checkpoints,
+        and a run resumed from this checkpoint, which forgets that later one, still has the best before it."""
+        if not (self.enabled and self.step is not None and self.path.is_file()):
             return
-        if step <= resume_step:
-            self.step, self.loss = step, loss
-        else:
-            self.path.unlink()
+        scratch = checkpoint / f".tmp-{BEST_FILE}"
+        shutil.copyfile(self.path, scratch)
+        os.replace(scratch, checkpoint / BEST_FILE)
 
     def observe(self, step: int, eval_loss: float, model: nn.Module) -> bool:
         """Keep the model's trainable weights when `eval_loss` is the lowest so far; True when kept."""

@@ -140,9 +140,7 @@ def loop(run: Run) -> float | None:
                     evaluate_at(run, position["step"])
                 saved = bool(t.save_every) and position["step"] % t.save_every == 0
                 if saved:
-                    save_checkpoint(
-                        run.run_dir, run.train_model, run.optimizer, position, t.keep_checkpoints, run.ranks
-                    )
+                    _checkpoint(run)
                 if run.ranks.any(stop.requested):  # all ranks stop after the same step
                     if position["step"] == run.total_steps:  # the steps are done: finish as after a later Ctrl-C
                         run.interrupted = True
@@ -210,13 +208,19 @@ def _stopped(run: Run, bad: BadSteps) -> TrainingStopped:
     )
 
 
+def _checkpoint(run: Run) -> None:
+    """A checkpoint of the step in run.position, with a copy of keep_best's best so far."""
+    folder = save_checkpoint(
+        run.run_dir, run.train_model, run.optimizer, run.position, run.cfg.train.keep_checkpoints, run.ranks
+    )
+    run.best.keep_with(folder)
+
+
 def _interrupted(run: Run, saved: bool) -> Interrupted:
     """Ctrl-C between steps: write a checkpoint of the step just completed (unless one was), say how to resume."""
     position = run.position
     if not saved:
-        save_checkpoint(
-            run.run_dir, run.train_model, run.optimizer, position, run.cfg.train.keep_checkpoints, run.ranks
-        )
+        _checkpoint(run)
     checkpoint = latest_checkpoint(run.run_dir)
     return Interrupted(
         f"interrupted after step {position['step']} of {run.total_steps}; checkpoint {checkpoint}. Continue with "

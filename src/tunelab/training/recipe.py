@@ -327,7 +327,8 @@ def _train_planned(
     )
     resume_step = position["step"] if resume else None
     # keep_best saves and loads the trainable weights whole: rank 0's replica under DDP; not under FSDP2's shards
-    best = BestWeights(run_dir, t.keep_best and bool(evals.own) and ranks.main and sharding != "fsdp2", resume_step)
+    keep_best = t.keep_best and bool(evals.own) and ranks.main and sharding != "fsdp2"
+    best = BestWeights(run_dir, keep_best, resume_step, checkpoint)
     # the trackers' runs start here: from now on every way out ends them, as finished, failed or killed
     log = (
         MetricsLog(
@@ -376,6 +377,8 @@ def _train_planned(
     if resume_step == total_steps:  # resumed at the last step: this process ran no step and no evaluation
         last_loss, run.eval_metrics = logged_at(read_metrics(run_dir), total_steps)
         final_eval = not run.eval_metrics  # the run before evaluated its last step (and logged it) or did not
+        if "eval_loss" in run.eval_metrics:  # keep_best saw that evaluation, after the checkpoint's copy of the best
+            best.observe(total_steps, run.eval_metrics["eval_loss"], model)
     # Ctrl-C from here on lets the evaluation and the save finish: the steps are done, and a checkpoint of the last
     # one may not exist (train.save_every), so stopping now would lose the run. The trackers' runs end with the block:
     # finished once the result is saved, failed if the evaluation or the save raises.
