@@ -45,6 +45,24 @@ def test_a_resumed_run_forgets_a_best_newer_than_its_checkpoint(tmp_path):
     assert BestWeights(tmp_path, enabled=True, resume_step=4).step is None
 
 
+def test_a_checkpoint_shares_the_best_file_and_keeps_it_when_a_later_best_replaces_it(tmp_path):
+    """Each checkpoint held its own copy of the best weights (a full fine-tune's size per checkpoint kept)."""
+    model = nn.Linear(3, 2)
+    best = BestWeights(tmp_path, enabled=True)
+    _set(model, 2.0)
+    best.observe(2, 0.5, model)
+    checkpoint = tmp_path / "checkpoints" / "step-0000004"
+    checkpoint.mkdir()
+    best.keep_with(checkpoint)
+    assert (checkpoint / "best.safetensors").stat().st_ino == best.path.stat().st_ino  # no second copy on disk
+    _set(model, 6.0)
+    best.observe(6, 0.2, model)  # replaces the file beside the checkpoints, not the checkpoint's
+    resumed = BestWeights(tmp_path, enabled=True, resume_step=4, checkpoint=checkpoint)
+    assert (resumed.step, resumed.loss) == (2, 0.5)
+    resumed.restore(model, last_step=8, last_loss=0.9)
+    assert torch.all(model.weight == 2.0)
+
+
 def test_last_step_best_or_disabled_changes_nothing(tmp_path):
     model = nn.Linear(3, 2)
     best = BestWeights(tmp_path, enabled=True)

@@ -41,7 +41,7 @@ class BestWeights:
         self.path.unlink(missing_ok=True)  # torn, foreign, or newer: the run repeats those steps, evaluating them again
         kept = checkpoint / BEST_FILE if checkpoint is not None else None
         if kept is not None and kept.is_file() and self._read(kept, resume_step):
-            shutil.copyfile(kept, self.path)  # the best before the checkpoint, which the newer one had overwritten
+            _share(kept, self.path)  # the best before the checkpoint, which the newer one had overwritten
 
     def _read(self, path: Path, resume_step: int) -> bool:
         """Take the step and loss of a best's file; False when it is unreadable or newer than `resume_step`."""
@@ -60,9 +60,7 @@ class BestWeights:
         and a run resumed from this checkpoint, which forgets that later one, still has the best before it."""
         if not (self.enabled and self.step is not None and self.path.is_file()):
             return
-        scratch = checkpoint / f".tmp-{BEST_FILE}"
-        shutil.copyfile(self.path, scratch)
-        os.replace(scratch, checkpoint / BEST_FILE)
+        _share(self.path, checkpoint / BEST_FILE)
 
     def observe(self, step: int, eval_loss: float, model: nn.Module) -> bool:
         """Keep the model's trainable weights when `eval_loss` is the lowest so far; True when kept."""
@@ -92,3 +90,15 @@ class BestWeights:
         if not keep_file:
             self.path.unlink(missing_ok=True)
         return message
+
+
+def _share(source: Path, target: Path) -> None:
+    """`target` holds what `source` does: a hard link (no second copy of the weights on disk; the best's file is
+    only ever replaced, never written in place), or a copy where links are not possible; atomically either way."""
+    scratch = target.with_name(f".tmp-{target.name}")
+    scratch.unlink(missing_ok=True)
+    try:
+        os.link(source, scratch)
+    except OSError:
+        shutil.copyfile(source, scratch)
+    os.replace(scratch, target)
