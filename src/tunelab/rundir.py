@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,9 +164,44 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
     info = RunInfo.from_dict(raw, str(path))
     if not {"quantize_base", "trust_remote_code"} <= raw.keys():  # a run written before run.json recorded them
         _from_config(info, raw, run_dir)
+    info.base_model = _moved_stage_base(info.base_model, run_dir)
     if require_finished and not info.finished:
         raise RunDirError(f"{run_dir}: the run did not finish; resume it with 'tunelab train CONFIG --resume' first.")
     return info
+
+
+STAGE_DIR = re.compile(r"stage-[1-9][0-9]*")  # training/stages.py: STAGE_PREFIX, MERGED
+
+
+def _moved_stage_base(base_model: str, run_dir: Path) -> str:
+    """A staged run's later stages (and the run itself, which describes its last stage) name their base by its
+    absolute path inside the run: stage-K, or stage-K/merged after continue: merge. A staged run moved or copied to
+    another folder keeps the old path, which is gone or another run's: resolve it to the same place inside this run
+    (`run_dir` is the run, or one of its stages)."""
+    old = Path(base_model)
+    if not old.is_absolute():
+        return base_model
+    parts = old.parts
+    tail = parts[-1:] if parts[-1:] and STAGE_DIR.fullmatch(parts[-1]) else ()
+    if not tail and len(parts) >= 2 and parts[-1] == "merged" and STAGE_DIR.fullmatch(parts[-2]):
+        tail = parts[-2:]
+    if not tail:
+        return base_model
+    for root in (run_dir, run_dir.parent):
+        here = root.joinpath(*tail).absolute()
+        if here == old:
+            return base_model  # not moved
+        if here.is_dir() and _is_staged(root):
+            return str(here)
+    return base_model
+
+
+def _is_staged(root: Path) -> bool:
+    try:
+        raw = read_json_object(run_file(root), "not a run")
+    except (OSError, RunDirError):
+        return False
+    return isinstance(raw.get("extra"), dict) and "stages" in raw["extra"]
 
 
 def _from_config(info: RunInfo, raw: dict, run_dir: Path) -> None:

@@ -490,3 +490,20 @@ def test_a_stage_continues_its_predecessor_by_an_absolute_path(staged, tmp_path,
     plans = plan_stages(resolved, Path("run"))
     assert plans[1].config.model.adapter == str(tmp_path / "run" / "stage-1")
     assert plans[1].origins["model.adapter"] == "stage 1's result"  # the printed config said "(default)"
+
+
+def test_a_moved_staged_run_opens_over_its_own_merged_stage(staged, tmp_path):
+    """After continue: merge, run.json named stage 1's merged model by its absolute path: a staged run moved to
+    another folder could not be opened by compare, chat or eval (the base was gone). It is found inside the run."""
+    from tunelab.infer.run import open_run
+
+    staged["stages"][1] |= {"continue": "merge", "method": {"r": 8}}
+    result = train(None, staged | {"model.device": "cpu"})
+    ids = torch.randint(0, 200, (1, 7))
+    before = open_run(result.run_dir, device="cpu").model(ids).logits
+    moved = tmp_path / "moved"
+    result.run_dir.rename(moved)
+    info = read_info(moved)
+    assert info.base_model == str((moved / "stage-1" / "merged").absolute())
+    assert read_info(moved / "stage-2").base_model == info.base_model
+    torch.testing.assert_close(open_run(moved, device="cpu").model(ids).logits, before)
