@@ -278,6 +278,17 @@ def open_info(run_dir: str | Path, heads: bool = False) -> RunInfo:
     return info
 
 
+def start_info(run_dir: str | Path, info: RunInfo) -> RunInfo:
+    """The run whose base is the model this run started from: stage 1 of a staged run (whose run.json describes its
+    last stage, over the previous stage's merged model or weights after continue: merge or a full stage), else the
+    run itself. compare, chat and eval put that model beside the tuned one as "base"."""
+    stages = info.extra.get("stages")
+    first = stages[0] if isinstance(stages, list) and stages else None
+    if isinstance(first, dict) and isinstance(first.get("dir"), str):
+        return read_info(Path(run_dir) / first["dir"])
+    return info
+
+
 def read_config(run_dir: str | Path) -> RunConfig | None:
     """The run's saved config (config.yaml); None when the run directory holds none (written by an older version or
     by hand); RunDirError when it cannot be read."""

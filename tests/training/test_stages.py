@@ -507,3 +507,21 @@ def test_a_moved_staged_run_opens_over_its_own_merged_stage(staged, tmp_path):
     assert info.base_model == str((moved / "stage-1" / "merged").absolute())
     assert read_info(moved / "stage-2").base_model == info.base_model
     torch.testing.assert_close(open_run(moved, device="cpu").model(ids).logits, before)
+
+
+@pytest.mark.parametrize("follow", ["adapter", "merge"])
+def test_the_base_beside_a_staged_run_is_the_model_it_started_from(staged, tiny_model_dir, follow):
+    """After continue: merge, compare, chat and eval put the adapter switched off, which is stage 1's merged model,
+    beside the tuned one as "base": the question "what did the run change" was answered for the last stage only."""
+    from tunelab.infer.run import open_run
+
+    if follow == "merge":
+        staged["stages"][1] |= {"continue": "merge", "method": {"r": 8}}
+    result = train(None, staged | {"model.device": "cpu"})
+    run = open_run(result.run_dir, device="cpu")
+    ids = torch.randint(0, 200, (1, 7))
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    run.check_base()
+    with torch.no_grad(), run.base_model() as base:
+        torch.testing.assert_close(base(ids).logits, start(ids).logits)
+    assert run.base_info.base_model == str(tiny_model_dir)

@@ -310,7 +310,7 @@ def evaluate_run(
     result = EvalResult(
         run_dir=str(run_dir),
         data_file=str(data_file),
-        base_model=info.base_model,
+        base_model=run.base_info.base_model,
         method=info.method,
         refusal=refusal,
         settings=asdict(settings),

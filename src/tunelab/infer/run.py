@@ -21,7 +21,7 @@ from tunelab.errors import ConfigError
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
-from tunelab.rundir import RunInfo, open_info
+from tunelab.rundir import RunInfo, open_info, start_info
 from tunelab.training.build import check_trained_base, run_dtype, trained_base
 
 BASE_PRECISIONS = ("trained", "16bit")
@@ -39,6 +39,17 @@ class LoadedRun:
     dtype: torch.dtype
     base_precision: str = "trained"
     """trained: the base as the adapter was trained over (NF4 for QLoRA); 16bit: the unquantized base weights."""
+    start: RunInfo | None = None
+    """The run whose base "base" is (`rundir.start_info`): stage 1 of a staged run, else this run (None)."""
+
+    @property
+    def base_info(self) -> RunInfo:
+        return self.start or self.info
+
+    @property
+    def _adapter_over_start(self) -> bool:
+        """The model before tuning is this run's model with its adapter switched off."""
+        return self.info.is_adapter and self.base_info.base_model == self.info.base_model
 
     @property
     def system_prompt(self) -> str | None:
@@ -52,19 +63,23 @@ class LoadedRun:
     def check_base(self) -> None:
         """ModelError now when `base_model` could not load the base (gone, or its weights changed): an adapter run
         could not have been opened without it, a full or layers run could."""
-        if not self.info.is_adapter:
-            check_trained_base(self.info)
+        if not self._adapter_over_start:
+            check_trained_base(self.base_info)
 
     @contextmanager
     def base_model(self):
         """The model before tuning: the adapter switched off (over the same base the tuned model uses), or the base
         weights loaded beside the tuned ones as training loaded them (the untrained rows it repaired repaired again:
-        a full or layers run is compared with the model it started from, not with the rows it never saw)."""
-        if self.info.is_adapter:
+        a full or layers run is compared with the model it started from, not with the rows it never saw). A staged
+        run's base is stage 1's: the model the run started from, not the previous stage's merged model or weights."""
+        if self._adapter_over_start:
             with adapters_disabled(self.model):
                 yield self.model
         else:
-            base = trained_base(self.info, self.dtype, self.device, quantize=False)
+            start = self.base_info
+            quantize = start.is_adapter and start.quantize_base == "nf4" and self.base_precision == "trained"
+            base = trained_base(start, self.dtype, self.device, quantize).to(self.device)
+            base.eval()
             try:
                 yield base
             finally:
@@ -101,7 +116,10 @@ def open_run(
         model = load_hf_model(resolve_source(str(run_dir)), dt, dev, info.trust_remote_code)
     model.eval()
     template = run_template(info.template, tokenizer, run_dir)
-    return LoadedRun(run_dir, info, model, tokenizer, template, dev, dt, base_precision)
+    start = start_info(run_dir, info)
+    return LoadedRun(
+        run_dir, info, model, tokenizer, template, dev, dt, base_precision, None if start is info else start
+    )
 
 
 def opened(run: str | Path | LoadedRun, device: str = "auto", base_precision: str = "trained") -> LoadedRun:
