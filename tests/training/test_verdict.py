@@ -216,3 +216,22 @@ def test_the_loss_is_quoted_per_unit_of_the_task():
     assert "nats a token" in said["sft"]
     assert "nats an example" in said["classify"] and "a token" not in said["classify"]
     assert "nats a pair" in said["dpo"] and "a token" not in said["dpo"]
+
+
+def test_the_high_loss_fits_the_scale_of_the_tasks_loss():
+    """The 0.5 'still high' of sft's token loss judged every task: a dpo run whose pair loss barely left ln 2 = 0.693
+    (0.45: the chosen answer preferred with a probability of 0.64) was fine, and a 10-label classify run at 0.6 (better than a guess by
+    far) was called underfit."""
+    import math
+
+    def records(end):
+        return [{"step": i + 1, "loss": loss} for i, loss in enumerate([math.log(2)] * 3 + [end] * 57)]
+
+    assert judge_metrics(records(0.45), 20, 3.0, 1e-5, task="dpo").kind == "underfit"
+    assert judge_metrics(records(0.45), 20, 3.0, 1e-5, task="reward").kind == "underfit"
+    assert judge_metrics(records(0.2), 20, 3.0, 1e-5, task="dpo").kind == "fine"
+    assert "high: 0.347 or more" in judge_metrics(records(0.45), 20, 3.0, 1e-5, task="dpo").text
+    head = [{"step": i + 1, "loss": loss} for i, loss in enumerate([math.log(10)] * 3 + [0.6] * 57)]
+    assert judge_metrics(head, 20, 3.0, 1e-5, task="classify", labels=10).kind == "fine"
+    assert judge_metrics(head, 20, 3.0, 1e-5, task="classify", labels=2).kind == "underfit"
+    assert judge_metrics(head, 20, 3.0, 1e-5, task="sft").kind == "underfit"

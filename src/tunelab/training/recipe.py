@@ -407,7 +407,14 @@ def _train_planned(
             plot_losses(run_dir)
         passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
         verdict = judge_metrics(
-            read_metrics(run_dir), steps_per_epoch, passes, t.lr, t.max_steps, best.step, task=cfg.task
+            read_metrics(run_dir),
+            steps_per_epoch,
+            passes,
+            t.lr,
+            t.max_steps,
+            best.step,
+            task=cfg.task,
+            labels=len(data.facts.get("labels") or []) or None,  # a classify run's labels
         )
         print(verdict.text, flush=True)
         info.extra["verdict"] = verdict.to_dict()

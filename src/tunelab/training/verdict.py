@@ -10,12 +10,12 @@ Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), 
 - overfit: the eval loss rose at the end: its last value is at least 10% and 0.05 nats above its lowest, which came
   earlier. More training made held-out text less likely, so fewer epochs (or more data) is the fix.
 - underfit: the train loss is still high after the model saw each example at least twice (the last tenth of the
-  steps average >= 0.5 nats a token), or it was still falling fast when
+  steps average >= 0.5 nats a token for sft; `high_loss` gives dpo, reward and classify theirs), or it was still falling fast when
   training stopped (down >= 20% and >= 0.1 nats over the last quarter, where a decaying schedule has already slowed
   it), or the eval loss was still falling (its last value is its lowest, >= 10% and 0.02 nats below the one
   before). More epochs or a higher rate is the fix. A single pass over a large, varied set may end above 0.5 and be
   fine: the text is not yet seen twice, and its loss reflects how predictable it is, not how well it was learned.
-  A run that train.max_steps stopped before one pass, its loss still >= 0.5, is underfit too: part of its rows were
+  A run that train.max_steps stopped before one pass, its loss still that high, is underfit too: part of its rows were
   never trained on, and the loss cannot say yet how the rest was learned.
 - fine: neither.
 A run that logs rewards (task grpo) is judged on them instead (`judge_rewards`): its loss is a clipped surrogate
@@ -49,6 +49,25 @@ MIN_EVALS = 3
 # What a task's loss is averaged over, for the numbers the verdict quotes (sft: tokens; a head: rows; dpo and reward:
 # pairs); grpo is judged on its rewards.
 LOSS_UNITS = {"classify": "an example", "reward": "a pair", "dpo": "a pair"}
+PAIR_TASKS = ("dpo", "reward")
+
+
+def high_loss(task: str = "sft", labels: int | None = None) -> float:
+    """The train loss that counts as "still high", on the scale of the task's loss. sft: HIGH_LOSS nats a token (the
+    runs above). The others start near the loss of a guess, not near the model's own text loss, so they are judged
+    against half of that guess's loss:
+    - dpo and reward: -log sigmoid(margin) per pair is ln 2 = 0.693 where chosen and rejected are not told apart (the
+      margin both start from); still high at ln 2 / 2 = 0.347, where the average pair's chosen answer is preferred
+      with a probability below about 0.71. sft's 0.5 was nearly ln 2 itself: a dpo run that learned little passed.
+    - classify: cross-entropy per example is ln K for a uniform guess over K labels; still high at ln K / 2 (2
+      labels: 0.347, 10 labels: 1.15), where the right label gets about 1/sqrt(K) of the probability."""
+    if task in PAIR_TASKS:
+        return math.log(2) / 2
+    if task == "classify" and labels and labels >= 2:
+        return math.log(labels) / 2
+    return HIGH_LOSS
+
+
 REWARD_MOVE = 0.02  # a change of the mean reward that counts as moving (most rewards are on 0..1)
 REWARD_FALL = 0.05  # the fall of the held-out reward from its highest that counts as overfitting
 
@@ -85,10 +104,12 @@ def judge(
     max_steps: int | None = None,
     best_kept: int | None = None,
     unit: str = "a token",
+    high_at: float = HIGH_LOSS,
 ) -> Verdict:
     """train: (step, loss) per logged step; evals: (step, eval loss). epochs: the passes over the data the run made.
     max_steps: set when it, not epochs, fixed the length (the advice then names it). best_kept: the step whose
-    weights keep_best saved as the result. unit: what the loss is averaged over (`LOSS_UNITS`)."""
+    weights keep_best saved as the result. unit: what the loss is averaged over (`LOSS_UNITS`). high_at: the train
+    loss that is still high (`high_loss`)."""
     if not train:
         return Verdict("fine", "no train loss was logged: nothing to judge.")
     start, before, end = _landmarks([loss for _, loss in train])
@@ -128,7 +149,7 @@ def judge(
                 f"Next time set {shorter}, or add more varied examples.",
                 numbers,
             )
-    high = epochs >= 2 and end >= HIGH_LOSS
+    high = epochs >= 2 and end >= high_at
     falling = before - end >= FALLING_RELATIVE * before and before - end >= FALLING_ABSOLUTE
     eval_falling = False
     if len(evals) >= MIN_EVALS:
@@ -139,7 +160,10 @@ def judge(
         )
     if high or falling or eval_falling:
         if high:
-            why = f"the train loss is still high after {epochs:g} passes: {start:.3f} -> {end:.3f} nats {unit}"
+            why = (
+                f"the train loss is still high after {epochs:g} passes: {start:.3f} -> {end:.3f} nats {unit} "
+                f"(high: {high_at:.3f} or more)"
+            )
         elif falling:
             why = f"the train loss was still falling when training stopped: {before:.3f} -> {end:.3f} over the last quarter"
         else:
@@ -157,7 +181,7 @@ def judge(
             f"underfit: {why}. Train longer or faster: set {longer} or train.lr: {2 * lr:.2g} (it was {lr:.2g}).",
             numbers,
         )
-    if max_steps and epochs < 1 and end >= HIGH_LOSS:
+    if max_steps and epochs < 1 and end >= high_at:
         return Verdict(
             "underfit",
             f"underfit: train.max_steps ({max_steps}) stopped the run after {epochs:.2f} of one pass over the training "
@@ -183,9 +207,10 @@ def judge_metrics(
     max_steps: int | None = None,
     best_kept: int | None = None,
     task: str = "sft",
+    labels: int | None = None,
 ) -> Verdict:
     """`judge` over the records of metrics.jsonl (`judge_rewards` when they hold rewards); steps the non-finite guard
-    skipped (loss null) are left out."""
+    skipped (loss null) are left out. labels: a classify run's number of labels (`high_loss`)."""
     rewards = [(r["step"], r["reward"]) for r in records if isinstance(r.get("reward"), int | float)]
     if rewards:
         held_out = [(r["step"], r["eval_reward"]) for r in records if isinstance(r.get("eval_reward"), int | float)]
@@ -201,6 +226,7 @@ def judge_metrics(
         max_steps=max_steps,
         best_kept=best_kept,
         unit=LOSS_UNITS.get(task, "a token"),
+        high_at=high_loss(task, labels),
     )
 
 
