@@ -109,3 +109,19 @@ def test_an_app_dir_never_replaces_a_pyproject_tunelab_did_not_write(tmp_path, t
     with pytest.raises(RunDirError, match="not a Flower App tunelab wrote"):
         tunelab.federate(config, {"overwrite": True}, app_dir=project)
     assert (project / "pyproject.toml").read_text() == '[project]\nname = "mine"\n'
+
+
+def test_a_resume_that_samples_clients_says_it_is_not_the_uninterrupted_run(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+):
+    """README said a resumed federation continues exactly as an uninterrupted run; with federated.fraction < 1 Flower
+    samples each round's clients with Python's unseeded random, so that held only when every client trains."""
+    from tunelab.federated.resume import check_resume
+
+    config = federate_config(tmp_path, tiny_model_dir, clients=3, fraction=0.34, min_clients=1)
+    run = run_federation(None, load_config(config), 3, ["site0", "site1", "site2"], resume=False)
+    notes = check_resume(run, load_config(config, {"federated.rounds": 3}).config)
+    assert any("federated.fraction is 0.34" in n and "other clients than an uninterrupted run" in n for n in notes)
+    every = load_config(config, {"federated.rounds": 3, "federated.min_clients": 3}).config
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("min_clients: 1", "min_clients: 3"))
+    assert not any("federated.fraction" in n for n in check_resume(run, every))  # 3 of 3 clients asked: exact

@@ -41,7 +41,24 @@ def check_resume(run_dir: str | Path, cfg: RunConfig) -> list[str]:
             f"{run_dir}: option 'federated.rounds' is {cfg.federated.rounds}, fewer than the {done} rounds the "
             f"federation has done; ask for at least {done} to resume."
         )
-    return notes
+    return notes + _sampling_note(cfg)
+
+
+def _sampling_note(cfg: RunConfig) -> list[str]:
+    """A note when not every client trains each round: Flower samples them (`strategy_utils.sample_nodes`) with
+    Python's global, unseeded `random`, over node ids that change when the clients connect again, so the rounds after
+    a resume ask other clients than an uninterrupted run would have. Its result is not that run's."""
+    fed = cfg.federated
+    population = len(fed.clients) if fed.clients else fed.num_clients if fed.split_file else None
+    if fed.fraction >= 1 or (
+        population is not None and max(int(population * fed.fraction), fed.min_clients) >= population
+    ):
+        return []
+    return [
+        f"resume: federated.fraction is {fed.fraction:g}, so each round asks a sample of the clients, drawn by Flower "
+        "without a seed: the rounds from here on may ask other clients than an uninterrupted run would have, and its "
+        "result is not that run's (with fraction 1 it is)"
+    ]
 
 
 def check_same_eval(run_dir: str | Path, rows: list) -> None:
