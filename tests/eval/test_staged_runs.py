@@ -14,7 +14,7 @@ from tunelab.rundir import read_info
 
 @pytest.fixture(scope="module")
 def staged_run(tiny_model_dir, tmp_path_factory):
-    """A two-stage run whose second stage maps its columns, sets a system prompt, max_length and answer length; its
+    """A two-stage run whose second stage maps its columns, sets a system prompt and max_length; its
     eval.questions are in the second stage's columns. Returns (run directory, questions file, stage 2's data)."""
     folder = tmp_path_factory.mktemp("staged")
     first = folder / "first.jsonl"
@@ -36,11 +36,11 @@ def staged_run(tiny_model_dir, tmp_path_factory):
         "train.micro_batch": 4,
         "train.max_steps": 1,
         "eval.questions": str(questions),
-        "eval.max_new_tokens": 2,
+        "eval.max_new_tokens": 3,  # eval options belong to the whole run, not to a stage
         "output_dir": str(folder / "run"),
         "stages": [
             {"name": "one", "data": {"train": [str(first)], "max_length": 64}},
-            {"name": "two", "data": stage_two, "eval": {"max_new_tokens": 3}},
+            {"name": "two", "data": stage_two},
         ],
     }
     run = train(None, overrides).run_dir  # the precheck and the comparison after training read q.jsonl's 'ask'
