@@ -148,7 +148,7 @@ def test_bad_yaml_names_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.yaml, line \d+: not valid YAML"):
         load_config(path)
     path.write_text("train:\n  lrr: 1\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown option 'train\.lrr'"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: unknown option 'train\.lrr'"):
         load_config(path)
 
 
@@ -299,7 +299,7 @@ def test_a_path_or_a_tuple_is_taken_where_the_api_takes_paths_or_a_list(tmp_path
         ("dat: {train: [qa.jsonl]}\n", "c.yaml: unknown section 'dat'. Did you mean 'data'? The sections are model,"),
         (
             "stages:\n  - {train: {lr: 1.0e-4}}\n  - {contine: merge}\n",
-            "c.yaml: stage 2: unknown key 'contine'. Did you mean 'continue'?",
+            "c.yaml:1: stage 2: unknown key 'contine'. Did you mean 'continue'?",
         ),
         ("fields: {prompt: q}\n", "unknown option 'fields'. Did you mean data.fields?"),  # a key, not a section
     ],
@@ -397,7 +397,7 @@ def test_a_text_option_holding_a_lone_surrogate_is_refused_naming_file_and_optio
     path = tmp_path / "c.yaml"
     path.write_text('model:\n  name: m\ndata:\n  train: [a.jsonl]\n  system_prompt: "hi \\ud800"\n')
     with pytest.raises(
-        ConfigError, match=rf"^{re.escape(str(path))}: option 'data.system_prompt': character 4 is U\+D800"
+        ConfigError, match=rf"^{re.escape(str(path))}:5: option 'data.system_prompt': character 4 is U\+D800"
     ):
         load_config(path)
     with pytest.raises(ConfigError, match=r"^--data.fields: option 'data.fields': character 11 is U\+DCFF.*byte 0xff"):
@@ -415,7 +415,7 @@ def test_an_empty_model_is_refused_not_read_as_the_current_folder(name, tmp_path
     with pytest.raises(ConfigError, match=rf"--{name}: option '{name}' is empty .*it would load the current folder"):
         load_config(None, {name: " "})
     (tmp_path / "run.yaml").write_text("model: {name: ''}\n")
-    with pytest.raises(ConfigError, match=r"run\.yaml: option 'model\.name' is empty"):
+    with pytest.raises(ConfigError, match=r"run\.yaml:1: option 'model\.name' is empty"):
         load_config(tmp_path / "run.yaml")
 
 
@@ -445,3 +445,21 @@ def test_method_name_qlora_is_told_how_qlora_is_asked_for():
         load_config(None, {"method.name": "qlora"})
     with pytest.raises(ConfigError, match=r"allowed values: lora, dora, full, layers\.$"):
         load_config(None, {"method.name": "lorra"})
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("model: {name: m}\ntrain:\n  epochs: 1\n  lr: fast\n", r"c\.yaml:4: option 'train\.lr' must be"),
+        ("data:\n  max_length: -3\n", r"c\.yaml:2: option 'data\.max_length' is -3; it must be >="),
+        ("train.lr: fast\n", r"c\.yaml:1: option 'train\.lr' must be"),
+        ("train:\n\n  lrr: 1\n", r"c\.yaml:3: unknown option 'train\.lrr'"),
+    ],
+)
+def test_a_bad_value_in_a_yaml_file_names_the_line_of_its_key(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"^--train\.lr: option 'train\.lr' must be"):  # a flag: by its option
+        load_config(None, {"train.lr": "fast"})

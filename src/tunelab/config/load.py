@@ -72,9 +72,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(path: Path) -> Any:
+def read_yaml(path: Path, lines: dict[str, int] | None = None) -> Any:
     """A YAML file's value, safely (no object construction), refusing a key given twice in one mapping and a file
-    that is not UTF-8 (naming the line of its first undecodable byte)."""
+    that is not UTF-8 (naming the line of its first undecodable byte). `lines`, if given, is filled with the line
+    (1-based) of each top-level key and of each key of a top-level mapping, by dotted name ('train.lr')."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
@@ -86,9 +87,29 @@ def read_yaml(path: Path) -> Any:
     loader = _UniqueKeyLoader(text)
     loader.name = str(path)  # the marks of its errors name the file
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if lines is not None:
+            lines.update(_key_lines(node))
+        return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def _key_lines(node: yaml.Node) -> dict[str, int]:
+    """{'train': 3, 'train.lr': 4, ...}: the line of each key of a mapping document, one level into its sections."""
+    lines: dict[str, int] = {}
+    if not isinstance(node, yaml.MappingNode):
+        return lines
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode):
+            lines.setdefault(key.value, key.start_mark.line + 1)
+            if isinstance(value, yaml.MappingNode):
+                for sub, _ in value.value:
+                    if isinstance(sub, yaml.ScalarNode):
+                        lines.setdefault(f"{key.value}.{sub.value}", sub.start_mark.line + 1)
+    return lines
 
 
 NULL = ("null", "Null", "NULL", "~")
@@ -211,6 +232,7 @@ def load_config(
     values: dict[str, Any] = {}
     origins = {name: "default" for name in options}
     layers: list[tuple[str, dict[str, Any], Path | None]] = []
+    lines: dict[str, int] = {}  # a YAML file's option -> the line of its key
     if path is not None and not isinstance(path, str | os.PathLike):
         raise ConfigError(
             f"load_config takes a YAML file's path (or None), got a {type(path).__name__}; options go in overrides, "
@@ -221,7 +243,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found.")
         try:
-            raw = read_yaml(path) or {}
+            raw = read_yaml(path, lines) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f", line {mark.line + 1}" if mark else ""
@@ -239,7 +261,8 @@ def load_config(
         layers.append(("flag", flags, Path(base_dir) if base_dir else None))
     for source, flat, folder in layers:
         for name, value in flat.items():
-            where = f"--{name}" if source == "flag" else source
+            # A flag is named by its option, a YAML file's value by the file and the line of its key (run.yaml:7)
+            where = f"--{name}" if source == "flag" else f"{source}:{lines[name]}" if name in lines else source
             # A flag's relative path is the working directory's (or base_dir's), a YAML file's its folder's
             values[name] = _option_value(name, value, options, where, folder or Path.cwd())
             origins[name] = where if source == "flag" else source
