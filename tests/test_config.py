@@ -7,7 +7,7 @@ import pytest
 
 from tunelab.config import RunConfig, describe, dump_yaml, load_config
 from tunelab.config.load import stage_config
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, article
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/*/config*.yaml"))
 
@@ -463,3 +463,13 @@ def test_a_bad_value_in_a_yaml_file_names_the_line_of_its_key(tmp_path, content,
         load_config(path)
     with pytest.raises(ConfigError, match=r"^--train\.lr: option 'train\.lr' must be"):  # a flag: by its option
         load_config(None, {"train.lr": "fast"})
+
+
+@pytest.mark.parametrize(
+    "word, said",
+    [("sft", "an sft"), ("dpo", "a dpo"), ("grpo", "a grpo"), ("classify", "a classify"), ("int", "an int")]
+    + [("str", "a str"), ("assistant", "an assistant"), ("user", "a user"), ("NoneType", "a NoneType")],
+)
+def test_a_message_puts_the_article_its_word_is_said_with(word, said):
+    """Messages said 'a sft run' (predict on a text run, an sft run as a grpo reward model) and 'got a int'."""
+    assert article(word) == said

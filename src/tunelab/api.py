@@ -23,7 +23,7 @@ from typing import Any
 
 from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig, stage_config
-from tunelab.errors import ConfigError, DataError, not_text
+from tunelab.errors import ConfigError, DataError, article, not_text
 from tunelab.eval.compare import (
     Comparison,
     check_writable,
@@ -54,8 +54,7 @@ __all__ = list(_API)
 
 def _a(value) -> str:
     """'a str', 'an int': the type of `value` with its article."""
-    name = type(value).__name__
-    return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
+    return article(type(value).__name__)
 
 
 # The types an API argument's annotation names (read as text: `from __future__ import annotations`)

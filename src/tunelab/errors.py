@@ -62,3 +62,17 @@ def not_text(text: str) -> str | None:
             source += f", or the byte 0x{code - 0xDC00:02x} of text that is not UTF-8"
         return f"character {exc.start + 1} is U+{code:04X}, a lone UTF-16 surrogate, which is not text ({source})"
     return None
+
+
+# Initialisms read letter by letter that begin with a vowel sound ("an S-F-T run"), and words that begin with a vowel
+# letter but not a vowel sound ("a user message").
+_SPELLED = {"sft", "hf", "lm", "mlp", "rl", "nf4", "llm"}
+_CONSONANT_SOUND = ("user", "use", "uni", "one")
+
+
+def article(word: object) -> str:
+    """`word` with its indefinite article, for messages: 'an sft run', 'a dpo run', 'an int', 'a user message'."""
+    text = str(word)
+    low = text.lower()
+    vowel = low[:1] in tuple("aeiou") and not low.startswith(_CONSONANT_SOUND)
+    return f"{'an' if vowel or low in _SPELLED else 'a'} {text}"

@@ -26,7 +26,7 @@ from tunelab import __version__
 from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig, load_config
 from tunelab.config.paths import function_file
-from tunelab.errors import ConfigError, RunDirError
+from tunelab.errors import ConfigError, RunDirError, article
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -270,7 +270,7 @@ def open_info(run_dir: str | Path, heads: bool = False) -> RunInfo:
     info = read_info(run_dir)
     if info.task in HEAD_TASKS and not heads:
         raise RunDirError(
-            f"{run_dir}: a {info.task} run (a head on the model's last token, saved as a sequence-classification "
+            f"{run_dir}: {article(info.task)} run (a head on the model's last token, saved as a sequence-classification "
             "model): it does not generate text, and merging or exporting it to GGUF is not supported. Use "
             "'tunelab predict' or 'tunelab eval' with it; transformers loads it with AutoModelForSequenceClassification."
         )

@@ -475,7 +475,7 @@ def test_a_reward_run_scores_answers_as_its_reward_function(tiny_model_dir, tmp_
 def test_a_model_reward_that_is_not_a_finished_reward_run_is_named_as_its_entry(tiny_run_dir, tmp_path):
     """An sft run as a reward model failed later with 'tunelab predict needs a classify or reward run'; a classify run
     was loaded, its K label scores read as one reward."""
-    with pytest.raises(ConfigError, match=r"grpo.rewards', entry 1: run '.*' is a sft run; kind model scores answers"):
+    with pytest.raises(ConfigError, match=r"grpo.rewards', entry 1: run '.*' is an sft run; kind model scores answers"):
         R.specs([RewardSpec(kind="model", run=str(tiny_run_dir))])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"grpo.rewards', entry 1: run '.*empty' cannot be used: "):

@@ -23,7 +23,7 @@ from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import unknown_option, unknown_section
 from tunelab.config.validate import check_consistency, option_default, read_by
 from tunelab.config.values import checked
-from tunelab.errors import ConfigError, TunelabError, not_text
+from tunelab.errors import ConfigError, TunelabError, article, not_text
 
 
 def _flatten(raw: dict, where: str) -> dict[str, Any]:
@@ -235,7 +235,7 @@ def load_config(
     lines: dict[str, int] = {}  # a YAML file's option -> the line of its key
     if path is not None and not isinstance(path, str | os.PathLike):
         raise ConfigError(
-            f"load_config takes a YAML file's path (or None), got a {type(path).__name__}; options go in overrides, "
+            f"load_config takes a YAML file's path (or None), got {article(type(path).__name__)}; options go in overrides, "
             "with dotted names: load_config(None, {'train.lr': 1e-4})."
         )
     if path is not None:

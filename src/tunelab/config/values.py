@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from tunelab.errors import ConfigError, not_text
+from tunelab.errors import ConfigError, article, not_text
 
 
 def _type_name(hint: Any) -> str:
@@ -42,7 +42,7 @@ def checked(name: str, value: Any, hint: Any, f: dataclasses.Field, where: str) 
     items = value if isinstance(value, list) and typing.get_origin(hint) is list else [value]
     bad = next((v for v in items if v is not None and not isinstance(v, str)), None) if choices else None
     if bad is not None:
-        what = "a number" if isinstance(bad, int | float) and not isinstance(bad, bool) else f"a {type(bad).__name__}"
+        what = "a number" if isinstance(bad, int | float) and not isinstance(bad, bool) else article(type(bad).__name__)
         raise ConfigError(
             f"{where}: option '{name}' is {bad!r} ({what}, not text); allowed values: {', '.join(choices)}."
         )
@@ -74,7 +74,7 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
             what = (
                 "a number"
                 if isinstance(value, int | float) and not isinstance(value, bool)
-                else "a " + type(value).__name__
+                else article(type(value).__name__)
             )
             raise ConfigError(
                 f"{where}: option '{name}' is {value!r} ({what}); it must be text or {_type_name(records[0])}"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import Record, is_plain_text
-from tunelab.errors import ConfigError, DataError, not_text
+from tunelab.errors import ConfigError, DataError, article, not_text
 
 # format -> (required canonical fields, optional canonical fields); dict order is the detection order
 FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -156,7 +156,7 @@ def text_field(value, where: str, field: str) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return scalar_text(value)
     raise DataError(
-        f"{where}: field '{field}' must be a string, got a {type(value).__name__} ({str(value)[:60]!r}). "
+        f"{where}: field '{field}' must be a string, got {article(type(value).__name__)} ({str(value)[:60]!r}). "
         "Store the text itself in that field (join lists into one string)."
     )
 
@@ -189,13 +189,13 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str, 
     (parquet, the datasets library) gives every turn of a column the keys of all of them, null where a turn had none."""
     if not isinstance(value, list):
         raise DataError(
-            f"{where}: field '{field}' must be a list of turns [{{{role_key}: ..., {content_key}: ...}}], got a {type(value).__name__}."
+            f"{where}: field '{field}' must be a list of turns [{{{role_key}: ..., {content_key}: ...}}], got {article(type(value).__name__)}."
         )
     messages = []
     for i, turn in enumerate(value):
         if not isinstance(turn, dict):
             raise DataError(
-                f"{where}: field '{field}' item {i} must be an object {{{role_key}: ..., {content_key}: ...}}, got a {type(turn).__name__}."
+                f"{where}: field '{field}' item {i} must be an object {{{role_key}: ..., {content_key}: ...}}, got {article(type(turn).__name__)}."
             )
         rk, ck = (
             (role_key, content_key)

@@ -33,7 +33,7 @@ from tunelab.config import DataConfig
 from tunelab.data.formats import Example
 from tunelab.data.report import DataReport, location
 from tunelab.data.templates import Template, TemplateRefused, default_bos
-from tunelab.errors import ConfigError, not_text
+from tunelab.errors import ConfigError, article, not_text
 
 IGNORE = -100
 _BATCH = 512  # texts per tokenizer call: the fast tokenizer works through a batch in parallel
@@ -220,7 +220,7 @@ def render_prompt(messages: list[dict], tokenizer, template: Template) -> list[i
     for message in messages:
         content = message.get("content")
         if isinstance(content, str) and (problem := not_text(content)):
-            raise NotText(f"a {message.get('role')} message: {problem}, so the conversation is not answered.")
+            raise NotText(f"{article(message.get('role'))} message: {problem}, so the conversation is not answered.")
     found = special_text_in(messages, special_texts(tokenizer))
     if found:
         raise ControlTokenText(

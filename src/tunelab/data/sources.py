@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.data.report import DataReport, Line, location
-from tunelab.errors import DataError
+from tunelab.errors import DataError, article
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 # The csv module refuses a value longer than 131,072 characters by default; a document in a cell may be longer.
@@ -138,7 +138,7 @@ def _object(path: str, line: int, value, hint: str) -> dict:
     if not isinstance(value, dict):
         raise DataError(
             f'{location(path, line)}: expected a JSON object like {{"prompt": ..., "completion": ...}}, '
-            f"got a {type(value).__name__} ({json.dumps(value)[:60]}). {hint}"
+            f"got {article(type(value).__name__)} ({json.dumps(value)[:60]}). {hint}"
         )
     return value
 
@@ -212,7 +212,7 @@ def _json(path: Path, text: str) -> list[Record]:
     if not isinstance(value, list):
         keys = f" with keys {', '.join(map(str, value))[:80]}" if isinstance(value, dict) else ""
         raise DataError(
-            f"{path}: a .json data file must hold an array of objects [{{...}}, {{...}}], got a {type(value).__name__}{keys}. "
+            f"{path}: a .json data file must hold an array of objects [{{...}}, {{...}}], got {article(type(value).__name__)}{keys}. "
             "Extract the array of examples into its own file, or write one object a line as .jsonl."
         )
     hint = "A .json data file must be an array of objects."

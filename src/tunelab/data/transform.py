@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import Record
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, article
 
 Transform = Callable[[dict], dict | None]
 
@@ -81,7 +81,7 @@ def apply_transform(records: list[Record], fn: Transform | None, spec: str | Non
             continue
         if not isinstance(row, dict):
             raise DataError(
-                f"{where}: data.transform {spec} returned a {type(row).__name__}; it must return the row as a dict, or "
+                f"{where}: data.transform {spec} returned {article(type(row).__name__)}; it must return the row as a dict, or "
                 "None to drop it."
             )
         out.append(Record(record.path, record.line, row))

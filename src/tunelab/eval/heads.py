@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tunelab.atomic import write_json
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import refuse_missing_file
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, article
 from tunelab.eval.metrics import label_scores
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run, refuse_other_input_kind
 from tunelab.peft.lora import adapters_disabled
@@ -212,7 +212,7 @@ def refuse_text_options(run_dir, task: str, settings, refusal, base_precision: s
     if unused:
         one = len(unused) == 1
         raise ConfigError(
-            f"{run_dir}: a {task} run is evaluated by its head's outputs and generates no text, so "
+            f"{run_dir}: {article(task)} run is evaluated by its head's outputs and generates no text, so "
             f"{', '.join(flag for flag, _ in unused)} {'does' if one else 'do'} not apply; drop {'it' if one else 'them'} "
             f"(in Python: {', '.join(argument for _, argument in unused)})."
             + (" eval.json keeps the rows it scored, the errors first." if show_answers else "")

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from tunelab.data.render import ControlTokenText, NotText
-from tunelab.errors import TunelabError
+from tunelab.errors import TunelabError, article
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, LateSystem, Reply
 
@@ -121,7 +121,7 @@ def _text(content, role: str) -> str:
     assistant's turn may come without one (OpenAI's tool calls, which this server does not make)."""
     if content is None:
         if role != "assistant":
-            raise ValueError(f"a {role} message needs its content")
+            raise ValueError(f"{article(role)} message needs its content")
         return ""
     if isinstance(content, str):
         return content

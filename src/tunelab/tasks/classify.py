@@ -28,7 +28,7 @@ from tunelab.config import ClassifyConfig, RunConfig
 from tunelab.data.formats import scalar_text
 from tunelab.data.loader import Datasets, epoch_chunks, note_system_on_texts
 from tunelab.data.report import DataReport, SplitStats, location
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, article
 from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, save_head_run
 from tunelab.tasks.head_data import (
     INPUT_FIELDS,
@@ -92,7 +92,7 @@ def refuse_head_options(cfg: RunConfig) -> None:
     if cfg.eval.questions:
         raise ConfigError(
             f"option 'eval.questions' cannot be used with task {cfg.task}: its questions are answered by generating "
-            f"text, which a {cfg.task} run does not do. Remove it and score held-out rows with "
+            f"text, which {article(cfg.task)} run does not do. Remove it and score held-out rows with "
             "`tunelab eval RUN_DIR --data FILE` after training."
         )
     refuse_sft_recipes(cfg)
@@ -105,7 +105,7 @@ def label_text(value, where: str, key: str) -> str:
     if isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
         value = scalar_text(value)
     if not isinstance(value, str):
-        got = "nothing (null)" if value is None else f"a {type(value).__name__}"
+        got = "nothing (null)" if value is None else article(type(value).__name__)
         got = f"{value}, a number that names no label" if isinstance(value, float) else got
         raise DataError(
             f"{where}: field '{key}' must be a label (text or a number), got {got}. Give every row a label."

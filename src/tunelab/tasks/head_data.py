@@ -44,7 +44,7 @@ from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport, location_path
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, article
 
 TEXT_FIELDS = ("text",)
 CHAT_FIELDS = ("messages", "conversations")
@@ -108,7 +108,7 @@ def answer_turns(value, where: str, key: str) -> list[dict]:
     for i, turn in enumerate(turns):
         if turn["role"] == "system" or (i == 0 and turn["role"] != "assistant" and answers):
             raise DataError(
-                f"{where}: field '{key}' item {i} is a {turn['role']} turn; an answer follows the prompt, which ends "
+                f"{where}: field '{key}' item {i} is {article(turn['role'])} turn; an answer follows the prompt, which ends "
                 "with the user's turn, so its turns start with the assistant's and hold no system message (give that "
                 "in the row's system field). Put the turns before the answer into the prompt."
             )
@@ -432,7 +432,7 @@ def refuse_sft_recipes(cfg: RunConfig) -> None:
         ("data.train_on_prompt", d.train_on_prompt),
     ):
         if value:
-            raise ConfigError(f"option '{name}' is for task sft; a {cfg.task} run does not use it. Remove it.")
+            raise ConfigError(f"option '{name}' is for task sft; {article(cfg.task)} run does not use it. Remove it.")
 
 
 def read_task_data(cfg: RunConfig, tokenizer, seed: int, read, fields: tuple[str, ...]):

@@ -24,7 +24,7 @@ import torch
 
 from tunelab.config import DataConfig
 from tunelab.data.templates import Template, run_template
-from tunelab.errors import ConfigError, DataError, RunDirError
+from tunelab.errors import ConfigError, DataError, RunDirError, article
 from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.rundir import RunInfo, open_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
@@ -60,7 +60,7 @@ def open_head_run(run_dir: str | Path, device: str = "auto") -> HeadRun:
     info = open_info(run_dir, heads=True)
     if info.task not in ("classify", "reward"):
         raise RunDirError(
-            f"{run_dir}: a {info.task} run generates text; 'tunelab predict' needs a classify or reward run. Use "
+            f"{run_dir}: {article(info.task)} run generates text; 'tunelab predict' needs a classify or reward run. Use "
             "'tunelab generate' or 'tunelab compare' for it."
         )
     cfg = saved_config(run_dir, "the data settings its inputs are rendered with (data.fields, max_length) and its seed")
@@ -135,14 +135,14 @@ class RewardModel:
 
     def __init__(self, run: HeadRun, batch_size: int = 16):
         if run.info.task != "reward":
-            raise RunDirError(f"{run.run_dir}: a {run.info.task} run, not a reward model (task: reward).")
+            raise RunDirError(f"{run.run_dir}: {article(run.info.task)} run, not a reward model (task: reward).")
         self.run, self.batch_size = run, batch_size
 
     def __call__(self, prompts: list[str | list[dict]], completions: list[str]) -> list[float]:
         for name, value in (("prompts", prompts), ("completions", completions)):
             if not isinstance(value, list | tuple):  # a text alone would be scored character by character
                 raise ConfigError(
-                    f"reward model: '{name}' must be a list (one item per pair scored), got a {type(value).__name__}; "
+                    f"reward model: '{name}' must be a list (one item per pair scored), got {article(type(value).__name__)}; "
                     f"for one pair, give [{name[:-1]}]."
                 )
         if len(prompts) != len(completions):

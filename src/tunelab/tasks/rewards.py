@@ -37,7 +37,7 @@ from tunelab.config import RewardSpec
 from tunelab.data.formats import scalar_text
 from tunelab.data.match import contains, exact_match
 from tunelab.data.transform import load_transform
-from tunelab.errors import ConfigError, RunDirError
+from tunelab.errors import ConfigError, RunDirError, article
 from tunelab.rundir import open_info
 from tunelab.tasks.head_run import load_reward_model
 
@@ -83,7 +83,7 @@ def reward_run(run: str, where: str) -> None:
         raise ConfigError(f"{where}: run {run!r} cannot be used: {exc}") from None
     if info.task != "reward":
         raise ConfigError(
-            f"{where}: run {run!r} is a {info.task} run; kind model scores answers with a finished `task: reward` "
+            f"{where}: run {run!r} is {article(info.task)} run; kind model scores answers with a finished `task: reward` "
             "run (one score per answer)."
         )
 

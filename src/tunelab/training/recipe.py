@@ -33,7 +33,7 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.config.load import check_overrides, locate
 from tunelab.data.loader import epoch_rows
-from tunelab.errors import CheckFailed, ConfigError, DataError, WriteFailed
+from tunelab.errors import CheckFailed, ConfigError, DataError, WriteFailed, article
 from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.load import base_record, run_base
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
@@ -106,7 +106,7 @@ def resolve(
     if config is not None and not isinstance(config, str | os.PathLike | RunConfig):
         raise ConfigError(
             f"the config must be a YAML file's path, a RunConfig, a ResolvedConfig, or None with every option in "
-            f"overrides; got a {type(config).__name__}. Options go in overrides, with dotted names: "
+            f"overrides; got {article(type(config).__name__)}. Options go in overrides, with dotted names: "
             "{'train.lr': 1e-4}."
         )
     if isinstance(config, RunConfig):

@@ -44,7 +44,7 @@ import yaml
 
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config
-from tunelab.errors import ConfigError, Interrupted, RunDirError
+from tunelab.errors import ConfigError, Interrupted, RunDirError, article
 from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
@@ -146,7 +146,7 @@ def _refuse_after_head(k: int, before: RunConfig, stage: RunConfig, how: str) ->
         )
     elif stage.task != task:
         why = (
-            f"stage {k}'s task is {stage.task}: only a {task} stage can continue its adapter, which holds the head. "
+            f"stage {k}'s task is {stage.task}: only {article(task)} stage can continue its adapter, which holds the head. "
             f"Make the {task} stage the last one (an sft stage may come before it), or set task: {task} on stage {k}"
         )
     elif how == "merge":
@@ -156,7 +156,7 @@ def _refuse_after_head(k: int, before: RunConfig, stage: RunConfig, how: str) ->
         )
     else:
         return
-    raise ConfigError(f"stage {k}: stage {k - 1} trains a {task} head (task: {task}), and {why}.")
+    raise ConfigError(f"stage {k}: stage {k - 1} trains {article(task)} head (task: {task}), and {why}.")
 
 
 def refuse_other_labels(plans: list[ResolvedConfig], labels: list[list[str] | None]) -> None:
