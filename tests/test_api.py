@@ -287,3 +287,19 @@ def test_show_answers_without_show_is_refused(tmp_path, command):
     args = {"question": "Code of box 2?"} if command == "compare" else {"data": tmp_path / "q.jsonl"}
     with pytest.raises(ConfigError, match=r"argument 'show_answers' prints the answers .* pass show=True too"):
         getattr(tunelab, command)(tmp_path, show_answers=True, save=False, **args)
+
+
+def test_export_refuses_a_question_count_with_the_self_check_skipped(tmp_path, capsys):
+    """`tunelab export --check-questions 3 --no-check` (and export_gguf(check=False, check_questions=3)) exported
+    without a word: the count was dropped with the check that asks them. Both options are named now."""
+    from tunelab.cli import main
+    from tunelab.errors import ConfigError
+
+    message = r"'check_questions' \(--check-questions\) is 3, and check=False \(--no-check\) skips"
+    with pytest.raises(ConfigError, match=message):
+        tunelab.export_gguf(tmp_path / "run", tmp_path / "m.gguf", check=False, check_questions=3)
+    args = ["export", str(tmp_path / "run"), "--gguf", str(tmp_path / "m.gguf")]
+    assert main([*args, "--no-check", "--check-questions", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--check-questions" in err and "--no-check" in err
+    assert not (tmp_path / "m.gguf").exists()

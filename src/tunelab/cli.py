@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         "answers, tokens, stop tokens and template are compared with tunelab's; the verdict goes to NAME.check.json)",
     )
     export.add_argument(
-        "--check-questions", type=whole(1), default=8, help="questions the self-check asks both models (default: 8)"
+        "--check-questions", type=whole(1), help="questions the self-check asks both models (default: 8)"
     )
 
     serve = sub.add_parser(

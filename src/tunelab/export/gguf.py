@@ -292,13 +292,16 @@ def parse_qtype(qtype: str) -> str:
     return q
 
 
+DEFAULT_CHECK_QUESTIONS = 8  # questions the self-check asks both models
+
+
 def export_gguf(
     run: str | Path,
     out: str | Path,
     qtype: str = "f16",
     overwrite: bool = False,
     check: bool | None = None,
-    check_questions: int = 8,
+    check_questions: int | None = None,
     show: bool = False,
 ) -> Path:
     """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k: QTYPES) and an Ollama
@@ -306,11 +309,18 @@ def export_gguf(
 
     check: None runs the self-check (export/check.py) when llama.cpp imports, True requires it, False skips it; its
     verdict is written to NAME.check.json beside the file (and printed when `show`; a FAIL is said on stderr even
-    without `show`)."""
+    without `show`). check_questions: how many questions the self-check asks both models (default 8); refused with
+    check=False, which asks none."""
     from tunelab.export import llama_cpp
 
     run_dir, out = Path(run), Path(out)
     qtype = parse_qtype(qtype)
+    if check is False and check_questions is not None:  # the count would be dropped without a word
+        raise ConfigError(
+            f"option 'check_questions' (--check-questions) is {check_questions}, and check=False (--no-check) skips "
+            "the self-check that asks them; give one or the other."
+        )
+    check_questions = DEFAULT_CHECK_QUESTIONS if check_questions is None else check_questions
     if check_questions < 1:  # 0 would check nothing and write a verdict all the same
         raise ConfigError(f"option 'check_questions' (--check-questions) is {check_questions}; give 1 or more.")
     if out.suffix.lower() != ".gguf":  # model.GGUF too, as models/load.py reads it
