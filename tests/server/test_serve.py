@@ -431,6 +431,25 @@ def test_an_empty_api_key_is_refused(tiny_run_dir, monkeypatch, capsys):
     assert "stub: opened" in capsys.readouterr().err
 
 
+def test_an_empty_model_name_is_refused_not_replaced_by_the_directory_name(tiny_run_dir, monkeypatch, capsys):
+    """`--model-name "$NAME"` with NAME unset served the run as its directory's name, without a word, and clients
+    asking for the intended name got 404. An empty or blank name is refused before the model loads, exit 2."""
+    import tunelab.server.serve as serve_module
+
+    def open_run_stub(run_dir, *args):
+        raise TunelabError("stub: opened")
+
+    monkeypatch.setattr(serve_module, "opened", open_run_stub)
+    for name, says in [("", "is empty"), ("  ", "is blank")]:
+        assert main(["serve", str(tiny_run_dir), "--port", "0", "--model-name", name]) == 2
+        err = capsys.readouterr().err
+        assert f"option '--model-name' {says}" in err and "stub" not in err, err
+    with pytest.raises(TunelabError, match="'--model-name' is empty"):
+        start_server(tiny_run_dir, model_name="")
+    assert main(["serve", str(tiny_run_dir), "--port", "0", "--model-name", "faq"]) == 2
+    assert "stub: opened" in capsys.readouterr().err
+
+
 def test_a_client_that_leaves_before_a_plain_answer_frees_the_queue(tiny_run_dir):
     """A client that gave up on a plain (not streamed) answer, a timeout or a closed page, left its generation running
     to max_tokens while every other request waited behind it (a stream's was already cancelled). Now it ends at its

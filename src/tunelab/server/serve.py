@@ -67,6 +67,16 @@ def check_api_key(api_key: str | None) -> None:
         )
 
 
+def check_model_name(model_name: str | None) -> None:
+    """ConfigError for an empty model name (`--model-name "$NAME"` with NAME unset), which served the run under its
+    directory's name instead, so that clients asking for the intended name got 404."""
+    if model_name is not None and not model_name.strip():
+        raise ConfigError(
+            f"option '--model-name' is {'empty' if not model_name else 'blank'} (an unset variable in --model-name "
+            '"$NAME"?); give the model id clients ask for, or leave the option out to use the run directory\'s name.'
+        )
+
+
 def base_url(host: str, port: int) -> str:
     """The server's URL; an IPv6 address goes in brackets (http://[::1]:8000), as URLs write it."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -83,6 +93,7 @@ def build_app(
     """The FastAPI application for a run (loaded here unless given loaded; `base_precision` as in open_run)."""
     _check_installed()
     check_api_key(api_key)
+    check_model_name(model_name)
     from tunelab.server.app import create_app
     from tunelab.server.engine import Engine
 
@@ -114,6 +125,7 @@ def serve(
     if api_key is None:  # an empty variable is none, as for the CLI
         api_key = os.environ.get("TUNELAB_API_KEY") or None
     check_api_key(api_key)
+    check_model_name(model_name)
     check_base_precision(base_precision)
     sock = bind(host, port)
     name = model_name or Path(run).resolve().name
@@ -154,6 +166,7 @@ def start_server(
 ) -> RunningServer:
     """Serve on a background thread (port 0: a free one) and return once it accepts connections."""
     check_api_key(api_key)
+    check_model_name(model_name)
     sock = bind(host, port)
     try:
         server = _server(build_app(run, api_key, model_name, settings, device, base_precision), "warning")
