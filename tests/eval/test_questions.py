@@ -253,3 +253,26 @@ def test_a_dpo_runs_fields_do_not_stop_its_training_format_questions(tmp_path):
     path = _write(tmp_path / "q.jsonl", [{"question": "What year?", "answer": "1997."}])
     (row,) = read_questions(path, DataConfig(fields={"chosen": "better", "rejected": "worse"}))
     assert (row.text, row.expected) == ("What year?", "1997.")
+
+
+def test_a_question_file_with_canonical_columns_serves_a_run_that_mapped_them(tmp_path):
+    """A run trained with data.fields {question: q, answer: a} refused an eval file whose columns are named question
+    (and answer): "the row has an expected answer but no question", while classify eval reads `label` when the mapped
+    column is absent. A question file falls back to the canonical name the same way."""
+    fields = {"question": "q", "answer": "a"}
+    path = _write(
+        tmp_path / "q.jsonl",
+        [
+            {"question": "Where?", "expected": "Dundee"},
+            {"question": "Which app?", "answer": "Rootmap."},
+            {"q": "Who?", "expected": "Ann"},
+        ],
+    )
+    rows = read_questions(path, DataConfig(fields=fields), need_expected=True)
+    assert [(q.text, q.expected) for q in rows] == [("Where?", "Dundee"), ("Which app?", "Rootmap."), ("Who?", "Ann")]
+    # A column that data.fields gives another field stays that field's: {prompt: question} reads it as the prompt
+    (row,) = read_questions(
+        _write(tmp_path / "p.jsonl", [{"question": "Why?", "expected": "So."}]),
+        DataConfig(fields={"prompt": "question"}),
+    )
+    assert row.text == "Why?"

@@ -132,11 +132,20 @@ def system_column(row: dict, fields: dict[str, str]) -> str:
     return mapped if mapped in row else "system"
 
 
+def row_fields(row: dict, fields: dict[str, str]) -> dict[str, str]:
+    """The run's data.fields for one row of a question file: a field whose mapped column the row lacks but whose
+    canonical column it has (a file with `question` for a run that mapped question to `q`) is read from the canonical
+    column, as eval of a classify run reads `label` (tasks.head_data.column); unless data.fields gives that column
+    to another field."""
+    claimed = set(fields.values())
+    return {k: v for k, v in fields.items() if v in row or k not in row or (k in claimed and k != v)}
+
+
 def read_questions(path: str | Path, data: DataConfig | None = None, need_expected: bool = False) -> list[Question]:
     """The rows of a question file; DataError (naming file and line) for rows that cannot be asked.
 
-    `data` is the run's data config: its `fields` map column names (a row may give its system message under the
-    name 'system' too: `system_column`), its system prompt is asked with every question that has none. `need_expected`: a question row without an expected answer is an error (eval scores every one)."""
+    `data` is the run's data config: its `fields` map column names (a row may give a field under its canonical name
+    instead, 'question' or 'system': `row_fields`, `system_column`), its system prompt is asked with every question that has none. `need_expected`: a question row without an expected answer is an error (eval scores every one)."""
     data = data or DataConfig()
     path = Path(path)
     if not path.exists():
@@ -144,11 +153,11 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     records = read_records([str(path)])
     if not records:
         raise DataError(f"{path}: the question file holds no rows.")
-    fields = data.fields
     questions: list[Question | None] = [None] * len(records)
-    training = []  # (index, record, expected, kind, is_label) of rows that to_examples converts
+    training = []  # (index, record, expected, kind, is_label, fields) of rows that to_examples converts
     for i, record in enumerate(records):
         row, where = record.row, location(record.path, record.line)
+        fields = row_fields(row, data.fields)
         key = "label" if "label" in row and _text_field(row, "expected", where) is None else "expected"
         expected = _text_field(row, key, where)
         if not isinstance(row.get("kind"), str | None):
@@ -162,7 +171,7 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
             mapped = fields.get("system", "system")
             if system_column(row, fields) != mapped and "system" in row:  # to_examples reads the mapped column
                 record = dataclasses.replace(record, row=row | {mapped: row["system"]})
-            training.append((i, record, expected, kind, is_label))
+            training.append((i, record, expected, kind, is_label, fields))
             continue
         asks = [k for k in PROMPT_FIELDS if fields.get(k, k) in row]
         if not asks:
@@ -178,7 +187,9 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
                 )
             if not any(all(fields.get(n, n) in row for n in required) for required, _ in FORMATS.values()):
                 raise _no_question(where, row, fields, path)
-            training.append((i, record, None, kind, False))  # a text row, or a conversation of a training format
+            training.append(
+                (i, record, None, kind, False, fields)
+            )  # a text row, or a conversation of a training format
             continue
         if expected is None and need_expected and fields.get("chosen", "chosen") in row:
             raise DataError(
@@ -208,14 +219,22 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     # One record at a time, format "auto": each row's format is detected on its own (the run's data.format was
     # chosen for its training files), so one file may mix formats; data.fields still maps column names.
     # A dpo run's data.fields may map chosen and rejected, which the sft formats do not read: they are left out here.
-    formats = {name: column for name, column in fields.items() if name in CANONICAL}
     examples = [
-        ex for t in training for ex in to_examples([t[1]], "auto", formats, data.system_prompt, report, questions=True)
+        ex
+        for t in training
+        for ex in to_examples(
+            [t[1]],
+            "auto",
+            {k: v for k, v in t[5].items() if k in CANONICAL},
+            data.system_prompt,
+            report,
+            questions=True,
+        )
     ]
     if report.skips:
         reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())
         raise DataError(f"{path}: rows cannot be used: {reasons}. Fix or remove them.")
-    for (i, _, expected, kind, is_label), ex in zip(training, examples, strict=True):
+    for (i, _, expected, kind, is_label, _), ex in zip(training, examples, strict=True):
         if ex.messages is None:
             questions[i] = Question(None, None, kind, False, False, ex, location(ex.path, ex.line))
             continue
