@@ -35,6 +35,7 @@ from tunelab.eval.compare import (
 from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, check_questions, read_questions, run_data_config
 from tunelab.export.gguf import export_gguf as _export_gguf
+from tunelab.infer.conversation import as_trained
 from tunelab.infer.generate import GenerationSettings, generate_answers
 from tunelab.infer.run import LoadedRun, opened
 from tunelab.infer.run import open_run as _open_run
@@ -310,8 +311,8 @@ def generate(
     prompt = _text(prompt, "prompt")
     system = _text(system, "system") if system is not None else None
     loaded = opened(run, device, base_precision)
-    system = system if system is not None else loaded.system_prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    given = [{"role": "system", "content": system}] if system is not None else []
+    messages = as_trained([*given, {"role": "user", "content": prompt}], loaded.system_prompt)  # blank system: none
     settings = settings or GenerationSettings()
     if base:
         with loaded.base_model() as model:

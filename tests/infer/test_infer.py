@@ -398,3 +398,28 @@ def test_a_loaded_run_refuses_a_device_or_base_precision_it_was_not_opened_with(
     short = GenerationSettings(max_new_tokens=2)
     assert isinstance(tunelab.generate(loaded, "Code of box 1?", settings=short, device="cpu"), str)
     assert isinstance(tunelab.generate(loaded, "Code of box 1?", settings=short), str)
+
+
+def test_a_blank_system_in_generate_is_none_as_in_training(tiny_run_dir, monkeypatch):
+    """`tunelab generate --system ""` sent no system message, so the chat template's own default system prompt
+    (SmolLM2's) took its place, and `--system " "` sent a blank system turn; training reads a blank system message as
+    none and puts the run's data.system_prompt there. generate now does as training (and serve) do."""
+    from dataclasses import replace
+
+    import tunelab.api
+
+    run = open_run(tiny_run_dir, device="cpu")
+    told = replace(run, info=replace(run.info, system_prompt="You answer box questions."))
+    sent = []
+    monkeypatch.setattr(
+        tunelab.api, "generate_answers", lambda model, tok, tpl, convs, settings: sent.extend(convs) or [""]
+    )
+    question = {"role": "user", "content": "Code of box 3?"}
+    trained = [{"role": "system", "content": "You answer box questions."}, question]
+    for system in (None, "", "  "):
+        tunelab.generate(told, "Code of box 3?", system=system, settings=SHORT)
+        assert sent.pop() == trained, system
+    tunelab.generate(told, "Code of box 3?", system="Be brief.", settings=SHORT)
+    assert sent.pop() == [{"role": "system", "content": "Be brief."}, question]
+    tunelab.generate(run, "Code of box 3?", system=" ", settings=SHORT)  # no data.system_prompt: the template's own
+    assert sent.pop() == [question]

@@ -28,8 +28,9 @@ from starlette.exceptions import HTTPException
 
 from tunelab.data.render import ControlTokenText, NotText
 from tunelab.errors import TunelabError, article
+from tunelab.infer.conversation import LateSystem
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
-from tunelab.server.engine import Completion, Engine, LateSystem, Reply
+from tunelab.server.engine import Completion, Engine, Reply
 
 MAX_TOKENS_CAP = 4096
 

@@ -1,0 +1,28 @@
+"""A conversation to answer, read as training read its conversations: the system message where training put it (an
+empty or blank one is none, and none becomes the run's data.system_prompt). Used by generate (the API and the CLI)
+and by the server alike, so each sends the model the prompt it was trained on."""
+
+from __future__ import annotations
+
+from tunelab.errors import ConfigError
+
+
+class LateSystem(ConfigError):
+    """A system message after the first message, which training never shows the model."""
+
+
+def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """The conversation with its system message as training wrote it: an empty or blank first system message is
+    none, and one that is none becomes the run's data.system_prompt. LateSystem for a system message after the first
+    (training skips such conversations, and the llama2 and alpaca templates would write it as an answer)."""
+    start = 1 if messages and messages[0]["role"] == "system" and not messages[0]["content"].strip() else 0
+    rest = messages[start:]
+    late = next((start + i for i, m in enumerate(rest) if i and m["role"] == "system"), None)
+    if late is not None:
+        raise LateSystem(
+            f"message {late + 1} is a system (or developer) message after the first message; the model was trained "
+            "with a system message first only. Join the system messages into the first message."
+        )
+    if system_prompt and not (rest and rest[0]["role"] == "system"):
+        rest = [{"role": "system", "content": system_prompt}, *rest]
+    return rest
