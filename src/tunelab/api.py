@@ -308,7 +308,7 @@ def generate(
     base_precision: str = "trained",
 ) -> str:
     """One answer from the tuned model (or the base model with base=True)."""
-    prompt = _text(prompt, "prompt")
+    prompt = _text(prompt, "prompt", blank=False)  # training skips an empty question: the model never saw one
     system = _text(system, "system") if system is not None else None
     loaded = opened(run, device, base_precision)
     given = [{"role": "system", "content": system}] if system is not None else []

@@ -423,3 +423,14 @@ def test_a_blank_system_in_generate_is_none_as_in_training(tiny_run_dir, monkeyp
     assert sent.pop() == [{"role": "system", "content": "Be brief."}, question]
     tunelab.generate(run, "Code of box 3?", system=" ", settings=SHORT)  # no data.system_prompt: the template's own
     assert sent.pop() == [question]
+
+
+def test_an_empty_prompt_in_generate_is_refused_by_name(tiny_run_dir):
+    """`tunelab generate --prompt " "` answered an empty question, which training skips (the model never saw one);
+    it is refused naming the argument."""
+    from tunelab.errors import ConfigError
+
+    run = open_run(tiny_run_dir, device="cpu")
+    for blank in ("", " \n"):
+        with pytest.raises(ConfigError, match=r"argument 'prompt' is empty"):
+            tunelab.generate(run, blank, settings=SHORT)

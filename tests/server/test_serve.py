@@ -585,3 +585,22 @@ def test_serve_from_python_requires_the_key_of_the_environment_as_the_cli_does(t
     with pytest.raises(KeyboardInterrupt):
         tunelab.serve(tiny_run_dir, port=0)
     assert seen == ["from-the-environment", "given", None]
+
+
+def test_conversations_training_skips_are_refused_by_message(server):
+    """A conversation that starts with the assistant's turn, or holds an empty user message, was answered, though
+    training skips such conversations ("conversation does not start with a user message", "empty question") and the
+    model never saw one; each is now a 400 naming the message, streamed or not."""
+    answer = {"role": "assistant", "content": "Box 3."}
+    cases = [
+        ([answer, *QUESTION], "message 1 is the assistant's before any user message"),
+        ([{"role": "system", "content": "Be brief."}, answer, *QUESTION], "message 2 is the assistant's before any"),
+        ([{"role": "user", "content": " "}, answer, *QUESTION], "message 1 is the user's and is empty"),
+        ([*QUESTION, answer, {"role": "user", "content": ""}], "message 3 is the user's and is empty"),
+    ]
+    for messages, says in cases:
+        for stream in (False, True):
+            body = {"model": "tiny", "messages": messages, "stream": stream}
+            status, _, raw = _http("POST", f"{server.url}/v1/chat/completions", json.dumps(body).encode())
+            error = json.loads(raw)["error"]
+            assert status == 400 and error["param"] == "messages" and error["message"].startswith(says), raw

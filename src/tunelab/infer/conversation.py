@@ -7,14 +7,20 @@ from __future__ import annotations
 from tunelab.errors import ConfigError
 
 
-class LateSystem(ConfigError):
+class Untrained(ConfigError):
+    """A conversation of a shape that training skips, so the model never saw one: its message named (from 1)."""
+
+
+class LateSystem(Untrained):
     """A system message after the first message, which training never shows the model."""
 
 
 def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
     """The conversation with its system message as training wrote it: an empty or blank first system message is
     none, and one that is none becomes the run's data.system_prompt. LateSystem for a system message after the first
-    (training skips such conversations, and the llama2 and alpaca templates would write it as an answer)."""
+    (training skips such conversations, and the llama2 and alpaca templates would write it as an answer); Untrained
+    for a conversation that does not start with the user's message (after the system message) or holds an empty or
+    blank user message, which training skips too."""
     start = 1 if messages and messages[0]["role"] == "system" and not messages[0]["content"].strip() else 0
     rest = messages[start:]
     late = next((start + i for i, m in enumerate(rest) if i and m["role"] == "system"), None)
@@ -22,6 +28,18 @@ def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
         raise LateSystem(
             f"message {late + 1} is a system (or developer) message after the first message; the model was trained "
             "with a system message first only. Join the system messages into the first message."
+        )
+    first = start + (1 if rest and rest[0]["role"] == "system" else 0)
+    if first < len(messages) and messages[first]["role"] != "user":
+        raise Untrained(
+            f"message {first + 1} is the {messages[first]['role']}'s before any user message; the model was trained "
+            "on conversations that start with the user's message (after any system message). Start with the user's."
+        )
+    blank = next((i for i, m in enumerate(messages) if m["role"] == "user" and not m["content"].strip()), None)
+    if blank is not None:
+        raise Untrained(
+            f"message {blank + 1} is the user's and is empty; the model was trained on no empty question. "
+            "Give the text of the question, or leave the message out."
         )
     if system_prompt and not (rest and rest[0]["role"] == "system"):
         rest = [{"role": "system", "content": system_prompt}, *rest]

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 
 from tunelab.data.render import ControlTokenText, NotText
 from tunelab.errors import TunelabError, article
-from tunelab.infer.conversation import LateSystem
+from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
 
@@ -251,7 +251,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                 return Response(status_code=499)  # the client closed the connection: nobody reads this
         except ContextTooLong as exc:
             return _error(400, str(exc), param="messages", code="context_length_exceeded")
-        except (ControlTokenText, NotText, LateSystem) as exc:
+        except (ControlTokenText, NotText, Untrained) as exc:
             return _error(400, str(exc), param="messages")
         except TunelabError as exc:
             return _error(400, str(exc))
