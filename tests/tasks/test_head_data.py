@@ -405,3 +405,24 @@ def test_an_instruction_takes_its_rows_history_as_in_sft(task, smollm2_tokenizer
     )
     assert "<|im_start|>user\nCan you add?<|im_end|>\n<|im_start|>assistant\nYes.<|im_end|>\n" in shown
     assert shown.index("Can you add?") < shown.index("Add 2 and 2.")
+
+
+def test_predict_reads_a_blank_system_prompt_as_training_does():
+    """`tunelab predict --text` (and a reward run's --prompt/--answer, and the reward model as a grpo reward function)
+    put a data.system_prompt made only of spaces into the input as a system block, and kept a prompt's empty system
+    turn, where training adds none and drops it; they now read the input as the training rows were read."""
+    from types import SimpleNamespace
+
+    from tunelab.infer.predict import text_input
+    from tunelab.tasks.head_data import read_input
+    from tunelab.tasks.head_run import scored_input
+
+    question, answer = {"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}
+    for blank in ("  ", "\n"):
+        run = SimpleNamespace(chat_input=True, data=SimpleNamespace(system_prompt=blank))
+        trained = read_input({"prompt": "What is 2 + 2?"}, {}, "t.jsonl:1", blank)
+        assert text_input(run, "What is 2 + 2?").messages == trained.messages == [question]
+        assert scored_input(run, "What is 2 + 2?", "4.").messages == [question, answer]
+    told = SimpleNamespace(chat_input=True, data=SimpleNamespace(system_prompt="Be exact."))
+    asked = [{"role": "system", "content": ""}, question]
+    assert scored_input(told, asked, "4.").messages == [{"role": "system", "content": "Be exact."}, question, answer]

@@ -21,7 +21,7 @@ from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.rundir import check_output_file
 from tunelab.tasks.classify import read_labelled
-from tunelab.tasks.head_data import Input
+from tunelab.tasks.head_data import Input, with_system
 from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_model: importable from here as before)
     HeadRun,
     RewardModel,
@@ -55,8 +55,7 @@ def text_input(run: HeadRun, text: str) -> Input:
     """A text given directly, as the run's training rows were given: a user turn for a run trained on chats."""
     if not run.chat_input:
         return Input(text=text)
-    system = [{"role": "system", "content": run.data.system_prompt}] if run.data.system_prompt else []
-    return Input(messages=system + [{"role": "user", "content": text}])
+    return Input(messages=with_system([{"role": "user", "content": text}], {}, {}, "text", run.data.system_prompt))
 
 
 def predict(

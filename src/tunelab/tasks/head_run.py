@@ -28,7 +28,7 @@ from tunelab.errors import ConfigError, DataError, RunDirError, article
 from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.rundir import RunInfo, open_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
-from tunelab.tasks.head_data import Input, fit, pad_rows, render
+from tunelab.tasks.head_data import Input, fit, pad_rows, render, with_system
 
 
 @dataclass
@@ -125,8 +125,7 @@ def scored_input(run: HeadRun, prompt: str | list[dict], answer: str) -> Input:
         shown = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
         return Input(text=shown + answer)
     turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if run.data.system_prompt and not (turns and turns[0]["role"] == "system"):
-        turns = [{"role": "system", "content": run.data.system_prompt}] + turns
+    turns = with_system(turns, {}, {}, "the prompt", run.data.system_prompt)  # a blank system is none, as in training
     return Input(messages=turns + [{"role": "assistant", "content": answer}])
 
 
