@@ -47,3 +47,26 @@ def test_prompts_that_leave_less_room_than_max_new_tokens_are_noted(smollm2_toke
     assert note.startswith("1 of the 2 prompts leave fewer than grpo.max_new_tokens (32) tokens for an answer within ")
     assert f"(e.g. {train}:2: room for " in note and "note: 1 of the 2 prompts" in data.report.summary()
     assert not _build(smollm2_tokenizer, train, **{"grpo.max_new_tokens": 4, "data.max_length": 96}).report.notes
+
+
+def test_reward_functions_receive_the_prompt_the_model_was_asked(smollm2_tokenizer, tmp_path):
+    """An alpaca row's reward functions (and a reward model) received its instruction alone, though the model was
+    asked the instruction joined with its input, after its history; a sharegpt chat reached them in its own
+    from/value shape. They now receive what the model was asked: the user's text, or the turns as {role, content}."""
+    rows = [
+        {"instruction": "Add the numbers.", "input": "17 and 25"},
+        {"instruction": "And these?", "input": "1 and 2", "history": [["Add 3 and 4.", "7"]]},
+        {"conversations": [{"from": "human", "value": "What is 2 + 2?"}]},
+        {"prompt": "What is 5 + 5?"},
+    ]
+    data = _build(smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows), **{"data.system_prompt": "Be exact."})
+    assert [r.prompt for r in data.train] == [
+        "Add the numbers.\n\n17 and 25",
+        [
+            {"role": "user", "content": "Add 3 and 4."},
+            {"role": "assistant", "content": "7"},
+            {"role": "user", "content": "And these?\n\n1 and 2"},
+        ],
+        [{"role": "user", "content": "What is 2 + 2?"}],
+        "What is 5 + 5?",
+    ]

@@ -76,7 +76,7 @@ class RewardSpec:
     )
     function: str | None = opt(
         None,
-        "function: module:function, importable, called as f(prompt, answer, row) -> float (prompt as the row gives it)",
+        "function: module:function, importable, called as f(prompt, answer, row) -> float (prompt: what the model was asked)",
     )
     run: str | None = opt(None, "model: the run directory of a finished `task: reward` run")
 

@@ -4,7 +4,9 @@ A row has a prompt (`prompt`, `question` or `instruction` (+ `input` and `histor
 ending with the user's turn; `data.fields` maps the names) and any other columns: `expected` for the contains and
 equals rewards, anything a user's reward function reads. The prompt is rendered with the run's chat template as sft
 renders a chat, with the assistant prefix added (`add_generation_prompt`), so sampling starts where the answer does;
-the row's `system` (else data.system_prompt) is prepended to a chat that has none.
+the row's `system` (else data.system_prompt) is prepended to a chat that has none. Reward functions receive the prompt
+the model was asked: the user's text (an `instruction` joined with its `input`), or the turns as {role, content}
+messages for a chat or an instruction with a `history` (data.system_prompt and the row's `system` field are not in it).
 
 A row without a prompt, or whose prompt leaves no room for an answer within data.max_length, is an error naming its
 file and line: no setting could train on it. The rewards' columns (e.g. `expected`) must be in every row that trains.
@@ -38,7 +40,7 @@ FIELDS = (*PROMPT_FIELDS, *CHAT_FIELDS, "system", "input", "history")
 
 @dataclass
 class Prompt:
-    prompt: str | list[dict]  # as the row gives it: what reward functions receive
+    prompt: str | list[dict]  # what reward functions receive: what the model was asked (module doc)
     messages: list[dict]  # the chat to render (system message included)
     row: dict
     path: str
@@ -88,7 +90,8 @@ def read_prompts(
         if flaw := chat_flaw(messages):
             report.skip(flaw, record.path, record.line)
             continue
-        out.append(Prompt(record.row[key], messages, record.row, record.path, record.line))
+        asked = turns[0]["content"] if len(turns) == 1 and isinstance(record.row[key], str) else turns
+        out.append(Prompt(asked, messages, record.row, record.path, record.line))
     return out
 
 

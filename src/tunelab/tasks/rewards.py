@@ -11,8 +11,9 @@ Built-in kinds (`grpo.rewards` entries; a bare kind takes the defaults):
     regex      1 if `pattern` matches anywhere in the answer (re.search; write ^...$ and (?m) as you need), else 0
     length     0 up to `max_tokens` answer tokens, then -(tokens - max_tokens) / max_tokens (-1 at twice the limit)
     function   a user's `module:function` or `file.py:function` (relative to the YAML config), called as
-               f(prompt, answer, row) -> float: prompt as the row gives it (text or message list), the answer text,
-               the whole row (a dict: expected and any other column)
+               f(prompt, answer, row) -> float: the prompt the model was asked (`prompt_data`: the user's text, an
+               instruction joined with its input, or the turns of a chat or history as {role, content} messages),
+               the answer text, the whole row (a dict: expected and any other column)
     model      a finished `task: reward` run (its directory), loaded with `tasks.head_run.load_reward_model`
 
 The total reward of an answer is the weighted sum of its rewards. A function that raises (or calls sys.exit) or
@@ -48,7 +49,7 @@ KINDS = RewardSpec.__dataclass_fields__["kind"].metadata["choices"]
 class Sample:
     """One sampled answer to score."""
 
-    prompt: str | list[dict]  # as the row gives it
+    prompt: str | list[dict]  # what the model was asked (prompt_data.Prompt)
     answer: str  # the decoded answer, without its stop token
     row: dict  # the whole data row
     tokens: int  # answer tokens (its stop token included)
