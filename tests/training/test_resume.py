@@ -364,3 +364,43 @@ def test_resumed_at_its_last_step_the_final_evaluation_is_logged_once(tiny_overr
         == [(3, evals(straight.run_dir)[0][1]), (4, straight.eval_loss)]
     )
     assert resumed.eval_loss == straight.eval_loss
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_resume_may_turn_keep_best_on_or_off_and_trains_the_same_steps(
+    tiny_overrides, tmp_path, monkeypatch, capsys, keep_best
+):
+    """train.keep_best only chooses which weights are saved at the end, but --resume refused a change of it."""
+    common = tiny_overrides | {"train.max_steps": 6, "train.save_every": 2, "data.eval_fraction": 0.25}
+    common |= {"train.eval_every": 2, "train.keep_best": keep_best}
+    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
+    monkeypatch.setattr(loop, "train_step", real_step)
+    capsys.readouterr()
+    flipped = common | {"output_dir": str(tmp_path / "resumed"), "train.keep_best": not keep_best}
+    resumed = recipe.train(None, flipped, resume=True)
+    assert f"resume: train.keep_best: {keep_best!r} -> {not keep_best!r} (allowed" in capsys.readouterr().out
+    assert _losses(resumed.run_dir) == _losses(straight.run_dir)  # the trajectory is the uninterrupted one
+
+
+def test_resume_may_change_cuda_graphs_and_sharding():
+    """CUDA graphs give eager's losses bit for bit, and a checkpoint loads under either sharding (as on another
+    rank count), but --resume refused a change of either."""
+    from tunelab.config import load_config, to_dict
+    from tunelab.training.resume import config_changes
+
+    plain = load_config(None, {}).config
+    other = load_config(None, {"train.cuda_graphs": False, "train.sharding": "fsdp2"}).config
+    refused, allowed = config_changes(to_dict(plain), other)
+    assert refused == []
+    assert allowed == ["train.cuda_graphs: 'auto' -> False", "train.sharding: 'auto' -> 'fsdp2'"]

@@ -4,7 +4,8 @@ The config given to --resume is compared with the run's saved config.yaml, optio
 
 - options that only say how the run is watched, saved or held in memory (eval/save/log intervals, checkpoints kept,
   the experiment trackers, activation checkpointing, the questions asked at the end, ...) may change; the change is
-  printed;
+  printed; so may train.keep_best (which weights are saved at the end), train.cuda_graphs (graphed steps equal eager
+  ones bit for bit) and train.sharding (a checkpoint loads under either, as on another rank count);
 - train.max_steps and train.epochs may change (to no fewer steps than the checkpoint has done): the run continues
   to the new length, with the learning-rate schedule recomputed for it from the checkpoint on; this is said (a
   federation passes its own length option, federated.rounds: federated/resume.py);
@@ -56,6 +57,9 @@ ALLOWED = {
     "train.gpu_memory",
     "train.max_bad_steps",
     "train.report_to",
+    "train.keep_best",
+    "train.cuda_graphs",
+    "train.sharding",
     "eval.questions",
     "eval.refusal",
     "eval.max_new_tokens",
@@ -187,6 +191,20 @@ def check_resume_config(
             notes.append(
                 f"resume: {line} (allowed: it changes when the run is evaluated, not what it learns; with "
                 "train.keep_best those evaluations choose the step saved as the result)"
+            )
+        elif name == "train.keep_best":
+            notes.append(
+                f"resume: {line} (allowed: it changes which weights are saved as the result, not what the run learns"
+                + ("; it chooses among the evaluations from this resume on)" if cfg.train.keep_best else ")")
+            )
+        elif name == "train.cuda_graphs":
+            notes.append(
+                f"resume: {line} (allowed: graphed steps give the losses and gradients of eager ones, bit for bit)"
+            )
+        elif name == "train.sharding":
+            notes.append(
+                f"resume: {line} (allowed: the checkpoint loads under either; the steps are the same within float "
+                "rounding, as on another rank count)"
             )
         elif name.startswith("federated."):
             notes.append(f"resume: {line} (allowed: it changes how the federation is run, not what it learns)")
