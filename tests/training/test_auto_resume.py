@@ -115,3 +115,17 @@ def test_an_option_the_task_does_not_read_is_no_change_on_resume():
     assert config_changes(saved, load_config(None, {"train.lr": 1e-3}).config) == ([], [])
     refused, _ = config_changes(saved | {"task": "dpo"}, load_config(None, {"task": "dpo", "train.lr": 1e-3}).config)
     assert refused == ["dpo.beta: 0.05 -> 0.1"]  # on a dpo run it is a change of what trains
+
+
+def test_a_longer_resume_keeps_the_auto_eval_cadence_and_says_so(tiny_overrides, capsys):
+    """eval_every auto, chosen for 4 steps, stayed on a resume to 6 steps without a word: the user could not tell
+    whether the new length had been given its own 10 evaluations."""
+    common = tiny_overrides | {"data.eval_fraction": 0.25, "train.save_every": 1, "train.eval_every": "auto"}
+    common |= {"train.keep_checkpoints_after_finish": True}
+    recipe.train(None, common | {"train.max_steps": 4})
+    capsys.readouterr()
+    resumed = recipe.train(None, common | {"train.max_steps": 6}, resume=True)
+    out = capsys.readouterr().out
+    assert "train.eval_every stays 1, as auto chose it when the run started" in out
+    records = map(json.loads, (resumed.run_dir / "metrics.jsonl").open())
+    assert [r["step"] for r in records if "eval_loss" in r] == [1, 2, 3, 4, 5, 6]

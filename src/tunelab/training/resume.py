@@ -184,7 +184,10 @@ def check_resume_config(
         if name == "train.epochs" and cfg.train.max_steps:
             notes.append(f"resume: {line}; no change: train.max_steps ({cfg.train.max_steps}) sets the length")
         elif name in length:
-            notes.append(f"resume: {line}; the run continues to the new length, its learning-rate schedule recomputed")
+            notes.append(
+                f"resume: {line}; the run continues to the new length, its learning-rate schedule recomputed"
+                + _kept_cadence(run_dir, cfg)
+            )
         elif name == "model.device":
             notes.append(f"resume: {line} (allowed: the remaining steps run there, not bit-identical to staying put)")
         elif name == "train.eval_every" and cfg.train.keep_best:
@@ -211,6 +214,18 @@ def check_resume_config(
         else:
             notes.append(f"resume: {line} (allowed: it changes how the run is watched or saved, not what it learns)")
     return notes
+
+
+def _kept_cadence(run_dir: Path, cfg: RunConfig) -> str:
+    """What a new length leaves of an `auto` eval cadence: the interval chosen for the run's first length stays (a
+    resume does not choose again), so the evaluations before and after the resume lie on one grid."""
+    every = kept_auto(run_dir, cfg).get("train.eval_every")
+    if every is None or not every.value:
+        return ""
+    return (
+        f"; train.eval_every stays {every.value}, as auto chose it when the run started (give train.eval_every to "
+        "evaluate at another interval)"
+    )
 
 
 def check_more_steps(run_dir: Path, total_steps: int, step: int) -> None:
