@@ -204,3 +204,46 @@ def test_a_run_from_before_run_json_recorded_qlora_is_read_as_qlora(tmp_path):
     (run / "run.json").write_text(json.dumps(recorded))
     info = read_info(run)  # what run.json records wins
     assert info.quantize_base == "none" and info.trust_remote_code is False
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("finished", "false", "true or false"),
+        ("steps", -3, "a whole number >= 0"),
+        ("fixed_untrained_tokens", {"embed_tokens": [-1]}, "an object of lists of whole numbers >= 0"),
+        ("data_files", ["a.jsonl"], "an object of strings"),
+        ("base_model", 7, "a string"),
+        ("final_loss", "0.5", "a number or null"),
+    ],
+)
+def test_a_field_of_the_wrong_type_or_range_is_refused_by_name(tmp_path, field, value, expected):
+    """A hand-edited run.json was read as it was: "finished": "false" counted as finished."""
+    write_info(tmp_path, RunInfo(base_model="m", method="lora", finished=True))
+    raw = json.loads((tmp_path / RUN_FILE).read_text()) | {field: value}
+    (tmp_path / RUN_FILE).write_text(json.dumps(raw))
+    with pytest.raises(RunDirError, match=re.escape(f"{tmp_path / RUN_FILE}: field '{field}' is")) as refused:
+        read_info(tmp_path)
+    assert expected in str(refused.value)
+
+
+def test_every_saved_field_has_a_check():
+    from tunelab.rundir import FIELD_CHECKS, saved_fields
+
+    assert set(saved_fields().values()) <= FIELD_CHECKS.keys()
+    assert "file" not in saved_fields()
+
+
+def test_a_repaired_row_beyond_the_vocabulary_names_the_file(tiny_run_dir, tmp_path):
+    """An edited row id past the base's rows was an IndexError from deep in the repair."""
+    import shutil
+
+    import torch
+
+    from tunelab.training.build import trained_base
+
+    run = shutil.copytree(tiny_run_dir, tmp_path / "run")
+    raw = json.loads((run / RUN_FILE).read_text()) | {"fixed_untrained_tokens": {"embed_tokens": [10**6]}}
+    (run / RUN_FILE).write_text(json.dumps(raw))
+    with pytest.raises(RunDirError, match=r"run\.json: field 'fixed_untrained_tokens' lists row 1000000 of embed_"):
+        trained_base(read_info(run), torch.float32, torch.device("cpu"), quantize=False)

@@ -89,23 +89,68 @@ class RunInfo:
     tunelab_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
     """Facts particular to a task or feature, saved and read back as they are (keys unknown to this version too)."""
+    file: Path | None = field(default=None, compare=False, repr=False, metadata={"saved": False})
+    """The run.json it was read from (not saved): what an error about one of its values names."""
 
     @property
     def is_adapter(self) -> bool:
         return self.method in ADAPTER_METHODS
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in saved_fields()}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = RUN_FILE) -> RunInfo:
-        known = {f.name for f in dataclasses.fields(cls)}
+        """RunDirError naming `where` and the field when one is missing or not of its type and range: a run.json
+        edited by hand or damaged (`"finished": "false"` counted as finished; a negative row id indexed from the
+        end)."""
+        known = saved_fields()
         missing = [name for name in ("base_model", "method") if name not in raw]
         if missing:
             raise RunDirError(f"{where}: not a complete run description ({', '.join(missing)} missing).")
         values = {k: v for k, v in raw.items() if k in known}
+        for name, value in values.items():
+            ok, expected = FIELD_CHECKS[known[name]]
+            if not ok(value):
+                raise RunDirError(
+                    f"{where}: field '{name}' is {json.dumps(value)[:80]}, but must be {expected} (the file was edited "
+                    "or damaged); put back the value tunelab wrote, or train the run again."
+                )
         values["extra"] = dict(raw.get("extra") or {}) | {k: v for k, v in raw.items() if k not in known}
-        return cls(**values)
+        return cls(**values, file=Path(where))
+
+
+def saved_fields() -> dict[str, str]:
+    """{name: type as written} of the RunInfo fields that run.json holds."""
+    return {f.name: f.type for f in dataclasses.fields(RunInfo) if f.metadata.get("saved", True)}
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _mapping(value: Any, item) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and item(v) for k, v in value.items())
+
+
+FIELD_CHECKS = {  # a RunInfo field's type as written -> (the check of its run.json value, the words for it)
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "bool": (lambda v: isinstance(v, bool), "true or false (not a string)"),
+    "int": (_count, "a whole number >= 0"),
+    "float": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "float | None": (lambda v: v is None or _number(v), "a number or null"),
+    "dict[str, str]": (lambda v: _mapping(v, lambda x: isinstance(x, str)), "an object of strings"),
+    "dict[str, list[int]]": (
+        lambda v: _mapping(v, lambda x: isinstance(x, list) and all(map(_count, x))),
+        "an object of lists of whole numbers >= 0",
+    ),
+    "dict[str, Any]": (lambda v: isinstance(v, dict), "an object"),
+}
 
 
 def run_file(run_dir: str | Path) -> Path:

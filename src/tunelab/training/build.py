@@ -16,15 +16,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tunelab.config import MethodConfig, ModelConfig, TrainConfig
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, RunDirError
 from tunelab.kernels import select as select_ops
 from tunelab.models.hf_adapter import from_hf_model
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype, run_base
-from tunelab.models.untrained import repair_rows
+from tunelab.models.untrained import embedding_matrices, repair_rows
 from tunelab.peft.lora import attach_lora
 from tunelab.quant.linear import NF4Linear, quantize_model_
-from tunelab.rundir import RunInfo
+from tunelab.rundir import RUN_FILE, RunInfo
 
 
 @dataclass
@@ -140,10 +140,26 @@ def trained_base(info: RunInfo, dtype: torch.dtype, device: torch.device, quanti
     a time as `build_model` does (the modules that stay 16-bit are left there for the caller to move)."""
     source = run_base(info.base_model, info.base_fingerprint)
     model = load_hf_model(source, dtype, torch.device("cpu") if quantize else device, info.trust_remote_code)
+    _check_rows(model, info)
     repair_rows(model, info.fixed_untrained_tokens)
     if quantize:
         quantize_model_(model, device=device)
     return model
+
+
+def _check_rows(model: nn.Module, info: RunInfo) -> None:
+    """RunDirError naming run.json when a repaired row it lists is not a row of the base (an edited or damaged file,
+    or another base under the same name)."""
+    matrices = embedding_matrices(model)
+    for name, ids in info.fixed_untrained_tokens.items():
+        rows = matrices[name].shape[0] if name in matrices else None
+        beyond = [i for i in ids if rows is not None and i >= rows]
+        if beyond:
+            raise RunDirError(
+                f"{info.file or RUN_FILE}: field 'fixed_untrained_tokens' lists row {beyond[0]} of {name}, but the "
+                f"base model {info.base_model} has {rows} rows (the file was edited or damaged); put back the value "
+                "tunelab wrote, or train the run again."
+            )
 
 
 def pick_impl(requested: str, hf_config) -> str:
