@@ -254,6 +254,27 @@ def test_outputs_inside_the_run_or_the_base_folder_are_refused_naming_the_option
     assert (sorted(p.name for p in run.iterdir()), sorted(p.name for p in tiny_model_dir.iterdir())) == before
 
 
+def test_outputs_inside_another_run_directory_are_refused_naming_the_option(lora_run, tmp_path, capsys):
+    """`merge --out RUN_B/merged` was written into another run, and RUN_B's `train --overwrite` later deleted it."""
+    from tunelab.cli import main
+    from tunelab.rundir import RunInfo, write_info
+
+    run, _ = lora_run
+    other = tmp_path / "other"
+    other.mkdir()
+    write_info(other, RunInfo(base_model="m", method="lora", finished=True))
+    cases = [
+        (["merge", str(run), "--out", str(other / "merged")], f"--out {other / 'merged'}: is inside the run directory"),
+        (["merge", str(run), "--out", str(other / "a" / "b")], f"--out {other / 'a' / 'b'}: is inside the run"),
+        (["export", str(run), "--gguf", str(other / "m.gguf"), "--no-check"], f"--gguf {other / 'm.gguf'}: is inside"),
+    ]
+    for args, says in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert sorted(p.name for p in other.iterdir()) == ["run.json"]
+
+
 def test_the_embedded_base_file_is_never_an_export_output(tmp_path):
     """A run over the embedded model names it by its alias, which no path check matched: `export --gguf` at the
     alias's .gguf file with --overwrite replaced the model every run over it needs."""

@@ -30,7 +30,7 @@ from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
 from tunelab.peft.lora import merge_lora
-from tunelab.rundir import MERGE_FILE, RunInfo, open_info, read_info
+from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, open_info, read_info
 from tunelab.training.guard import first_non_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -171,9 +171,9 @@ def _base_location(info: RunInfo) -> Path | None:
 
 
 def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out") -> None:
-    """Refuse to write into or over the run itself or the base model it trained over (even with overwrite: the run
-    could never be opened as it trained again, and `train --overwrite` of the run would delete what was written into
-    it), or over something that exists (unless overwrite). `option` names the output in the messages."""
+    """Refuse to write into or over the run itself, another run directory or the base model the run trained over
+    (even with overwrite: the run could never be opened as it trained again, and `train --overwrite` of a run would
+    delete what was written into it), or over something that exists (unless overwrite). `option` names the output in the messages."""
     out_r, run_r = out.resolve(), run_dir.resolve()
     if run_r.is_relative_to(out_r):
         raise RunDirError(
@@ -183,6 +183,13 @@ def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out
         raise RunDirError(
             f"{option} {out}: is inside the run directory {run_dir}, whose files the run's commands read and which "
             "'tunelab train --overwrite' replaces whole; write it outside the run (e.g. beside it)."
+        )
+    holder = next((f for f in (out_r, *out_r.parents) if is_run_dir(f)), None)
+    if holder is not None:  # another run's folder: its train --overwrite would delete the output with it
+        raise RunDirError(
+            f"{option} {out}: is {'' if holder == out_r else 'inside '}the run directory {holder} (it holds tunelab's "
+            f"{RUN_FILE}), which 'tunelab train --overwrite' of that run replaces whole; write it outside every run "
+            "directory (e.g. beside them)."
         )
     base = _base_location(read_info(run_dir))
     if base is not None and base.is_relative_to(out_r):
