@@ -60,6 +60,21 @@ def test_a_resume_refuses_other_eval_rows_under_the_same_name(
     assert json.loads((run / "federated.json").read_text())["rounds_done"] == 3
 
 
+def test_keep_best_turned_off_and_on_again_forgets_the_best_whose_adapter_is_gone(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+):
+    """A resume with keep_best off saves each round's adapter as the result; turned on again, the best of the rounds
+    before named round 1 as the result while the folder held a later round's adapter."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
+    assert json.loads((run / "run.json").read_text())["extra"]["best"]["step"] == 1  # the same loss every round
+    off = load_config(config, {"federated.rounds": 3, "train.keep_best": False})
+    run_federation(None, off, 2, ["site0", "site1"], resume=True)
+    on = load_config(config, {"federated.rounds": 4})
+    run_federation(None, on, 2, ["site0", "site1"], resume=True)
+    assert json.loads((run / "run.json").read_text())["extra"]["best"]["step"] == 4
+
+
 def test_packing_on_the_generic_path_is_refused_as_train_refuses_it(
     tmp_path, tiny_model_dir, federate_config, rounds_without_clients
 ):

@@ -226,7 +226,9 @@ def _run_rounds(
         load_adapter_state(model, from_record(arrays))
         loss = evaluate(model, [_on(b, built.device) for b in eval_batches]) if eval_batches else None
         last_loss[0] = loss
-        best = state.get("best") if keep_best else None
+        if not keep_best:  # turned off on --resume: the result files move on, so the best kept before is not theirs
+            state.pop("best", None)
+        best = state.get("best")
         if keep_best and loss is not None and (best is None or loss < best["eval_loss"]):
             best = state["best"] = {"round": r, "eval_loss": loss}
         if best is None or best["round"] == r:  # the result: this round's adapter, unless keep_best keeps an earlier
