@@ -409,3 +409,15 @@ def test_qlora_under_fsdp2_is_refused_where_torch_cannot_shard_integer_parameter
         distributed.pick_sharding(cfg)
     monkeypatch.setattr(distributed.torch, "__version__", "2.13.0+cpu")
     assert distributed.pick_sharding(cfg) == "fsdp2"
+
+
+@pytest.mark.slow
+def test_a_ddp_run_resumes_under_fsdp2(runs, tmp_path):
+    """A checkpoint loads under either sharding, as on another rank count, but --resume refused the change."""
+    ddp = _launch(runs.configs["full"], tmp_path / "ddp", "--nproc", "2", "--train.sharding", "ddp")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    resumed = _cut_after_step_2(tmp_path / "ddp", tmp_path / "resumed")
+    done = _launch(runs.configs["full"], resumed, "--nproc", "2", "--train.sharding", "fsdp2", "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resume: train.sharding: 'ddp' -> 'fsdp2' (allowed" in done.stdout
+    _assert_same_curve(tmp_path / "ddp", resumed)
