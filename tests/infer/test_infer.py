@@ -434,3 +434,40 @@ def test_an_empty_prompt_in_generate_is_refused_by_name(tiny_run_dir):
     for blank in ("", " \n"):
         with pytest.raises(ConfigError, match=r"argument 'prompt' is empty"):
             tunelab.generate(run, blank, settings=SHORT)
+
+
+def test_chat_survives_a_refused_turn_says_reset_and_ends_its_line_on_eof(tiny_run_dir):
+    """A conversation the run's template refused raised out of `tunelab chat`, ending the session; /reset printed
+    nothing; Ctrl-D left the shell's prompt on the "you> " line. The refused message is not sent and the chat goes
+    on, /reset says so, and end of input ends the line."""
+    from dataclasses import replace
+
+    from tunelab.data.templates import TemplateRefused
+
+    run = open_run(tiny_run_dir, device="cpu")
+    real = run.template.write
+
+    def picky(messages, add_generation_prompt):
+        if any("refuse me" in m["content"] for m in messages):
+            raise TemplateRefused("roles must alternate", "roles must alternate")
+        return real(messages, add_generation_prompt)
+
+    run.template = replace(run.template, write=picky)
+    inputs = iter(["refuse me", "Code of box 1?", "/reset", "Code of box 5?"])
+
+    out = io.StringIO()
+
+    def read(prompt):  # as input() does: the prompt goes to the terminal
+        out.write(prompt)
+        try:
+            return next(inputs)
+        except StopIteration:
+            raise EOFError from None
+
+    history = chat(run, SHORT, read=read, out=out)
+    said = out.getvalue()
+    assert [m["content"] for m in history if m["role"] == "user"] == ["Code of box 5?"]
+    assert "(not sent: prompt template" in said and "roles must alternate" in said
+    assert said.count("model> ") == 2
+    assert "(conversation reset" in said
+    assert said.endswith("you> \n")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from tunelab.data.render import ControlTokenText, NotText
+from tunelab.data.templates import TemplateRefused
 from tunelab.infer.generate import DEFAULT_MAX_NEW_TOKENS, ContextTooLong, GenerationSettings, stream_answer
 from tunelab.infer.run import LoadedRun
 
@@ -25,7 +26,8 @@ def chat(
     while True:
         try:
             text = read("you> ").strip()
-        except EOFError:
+        except EOFError:  # Ctrl-D: end the "you> " line, so that the shell's prompt starts on its own
+            out.write("\n")
             break
         except UnicodeDecodeError as exc:  # a terminal line that is not UTF-8 (strict decoding of stdin)
             out.write(f"(not sent: the line is not UTF-8 text: {exc.reason} at byte {exc.start}.)\n")
@@ -34,6 +36,7 @@ def chat(
             break
         if text == "/reset":
             messages = list(system)
+            out.write("(conversation reset: the model no longer sees the earlier messages.)\n")
             continue
         if not text:
             continue
@@ -47,7 +50,7 @@ def chat(
             messages.pop()
             out.write(f"(not sent: {exc} /reset starts a new conversation.)\n")
             continue
-        except (ControlTokenText, NotText) as exc:
+        except (ControlTokenText, NotText, TemplateRefused) as exc:  # this message only; the chat goes on
             messages.pop()
             out.write(f"(not sent: {exc})\n")
             continue
