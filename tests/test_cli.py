@@ -215,7 +215,7 @@ def test_eval_report_merge_export_through_the_cli(tiny_run_dir, tmp_path, capsys
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert main(["merge", str(tiny_run_dir), "--out", str(tmp_path / "merged")]) == 2  # exists: not overwritten
     assert main(["export", str(tiny_run_dir), "--gguf", str(tmp_path / "m.gguf"), "--type", "q8_0"]) == 0
-    assert (tmp_path / "m.gguf").stat().st_size > 0 and (tmp_path / "Modelfile").is_file()
+    assert (tmp_path / "m.gguf").stat().st_size > 0 and (tmp_path / "m.Modelfile").is_file()
     assert "error" in capsys.readouterr().err  # the refused merge said why
 
 

@@ -449,8 +449,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             check_questions=args.check_questions,
             show=True,
         )
-        print(f"{path}\nOllama: ollama create NAME -f {path.parent / 'Modelfile'}")
         from tunelab.export.check import saved_verdict
+        from tunelab.export.modelfile import modelfile_path
+
+        print(f"{path}\nOllama: ollama create NAME -f {modelfile_path(path)}")
 
         return 1 if saved_verdict(path) == "fail" else 0  # the files stay, for inspection
     settings = _settings(args)

@@ -174,7 +174,22 @@ def test_an_upper_case_suffix_is_a_gguf_file_too(tiny_run, tmp_path):
     out = export_gguf(tiny_run, tmp_path / "Tiny.GGUF", "f32", check=False)
     assert out == tmp_path / "Tiny.GGUF" and out.read_bytes()[:4] == b"GGUF"
     assert resolve_source(str(out)).gguf_file == "Tiny.GGUF"  # tunelab reads it back as a model, as it reads .gguf
-    assert "FROM ./Tiny.GGUF\n" in (tmp_path / "Modelfile").read_text()
+    assert "FROM ./Tiny.GGUF\n" in (tmp_path / "Tiny.Modelfile").read_text()
+
+
+def test_two_exports_into_one_folder_each_keep_their_modelfile(tiny_run, tmp_path, capsys):
+    """Both exports wrote one `Modelfile`: a second export into the folder was refused for it (naming a file the user
+    never asked for), and with --overwrite it replaced the first's, whose `ollama create` then built the second
+    GGUF. Each GGUF has its own NAME.Modelfile now, and the printed command names it."""
+    from tunelab.cli import main
+
+    assert main(["export", str(tiny_run), "--gguf", str(tmp_path / "a.gguf"), "--type", "f32", "--no-check"]) == 0
+    assert main(["export", str(tiny_run), "--gguf", str(tmp_path / "b.gguf"), "--type", "f16", "--no-check"]) == 0
+    assert "FROM ./a.gguf\n" in (tmp_path / "a.Modelfile").read_text()
+    assert "FROM ./b.gguf\n" in (tmp_path / "b.Modelfile").read_text()
+    assert "ollama create NAME -f b.Modelfile" in (tmp_path / "b.Modelfile").read_text()
+    assert f"Ollama: ollama create NAME -f {tmp_path / 'b.Modelfile'}" in capsys.readouterr().out
+    assert not (tmp_path / "Modelfile").exists()
 
 
 def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer):
@@ -263,7 +278,7 @@ def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
     (tmp_path / "taken.gguf").write_text("mine")
     with pytest.raises(RunDirError, match="exists and is not empty.*--overwrite"):
         export_gguf(tiny_run, tmp_path / "taken.gguf")
-    assert (tmp_path / "taken.gguf").read_text() == "mine" and not (tmp_path / "Modelfile").exists()
+    assert (tmp_path / "taken.gguf").read_text() == "mine" and not (tmp_path / "taken.Modelfile").exists()
     with pytest.raises(RunDirError, match="no such run directory"):
         export_gguf(tmp_path / "missing", tmp_path / "y.gguf")
 
@@ -290,7 +305,7 @@ def test_a_missing_questions_file_stops_the_export_before_it_writes(tiny_run, tm
 def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
     tok = small_tokenizer
     out = export_gguf(tiny_run, tmp_path / "m.gguf", "q8_0", check=False)
-    text = (tmp_path / "Modelfile").read_text()
+    text = (tmp_path / "m.Modelfile").read_text()
     assert (
         "FROM ./m.gguf\n" in text and 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
     )

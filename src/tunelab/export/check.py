@@ -33,8 +33,8 @@ from tunelab.export import llama_cpp
 from tunelab.export.gguf_vocab import adds_special
 from tunelab.export.merge import MergedModel
 from tunelab.export.modelfile import (
-    MODELFILE,
     PROBES,
+    modelfile_path,
     modelfile_stops,
     modelfile_system,
     modelfile_template,
@@ -312,11 +312,11 @@ def _check_answers(result: GGUFCheck, merged: MergedModel, llm, refs: list[_Refe
 
 
 def check_export(merged: MergedModel, path: Path, qtype: str, run_dir: Path, questions: int = 8) -> GGUFCheck:
-    """Run every check on the exported `path` (its Modelfile beside it) and write NAME.check.json."""
+    """Run every check on the exported `path` (its NAME.Modelfile beside it) and write NAME.check.json."""
 
     result = GGUFCheck(str(path), qtype)
-    modelfile_path = path.with_name(MODELFILE)
-    modelfile = modelfile_path.read_text(encoding="utf-8") if modelfile_path.is_file() else ""
+    modelfile_file = modelfile_path(path)
+    modelfile = modelfile_file.read_text(encoding="utf-8") if modelfile_file.is_file() else ""
     texts, source = check_questions(run_dir, questions)
     refs = _references(merged, texts)
     context = getattr(merged.model.config, "max_position_embeddings", None) or 2048

@@ -1,4 +1,5 @@
-"""Export a finished run as one GGUF file for llama.cpp, Ollama and LM Studio, plus an Ollama Modelfile beside it.
+"""Export a finished run as one GGUF file for llama.cpp, Ollama and LM Studio, plus an Ollama Modelfile beside it
+(NAME.Modelfile for NAME.gguf).
 
 The run is merged first (`tunelab.export.merge`), then written with the `gguf` package's GGUFWriter in the llama.cpp
 architecture of its family: `llama` for Llama 2/3, Mistral and SmolLM2, `qwen2` for Qwen2/2.5 (q/k/v biases), `qwen3`
@@ -37,7 +38,7 @@ from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
 from tunelab.export.gguf_vocab import adds_special, gguf_vocab, source_pre_tokenizer, write_vocab
 from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
-from tunelab.export.modelfile import MODELFILE, UNQUOTABLE, modelfile_text
+from tunelab.export.modelfile import UNQUOTABLE, modelfile_path, modelfile_text
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ def export_gguf(
     show: bool = False,
 ) -> Path:
     """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k: QTYPES) and an Ollama
-    `Modelfile` beside it; both are written under temporary names and renamed into place. Returns the GGUF path.
+    `NAME.Modelfile` beside it (modelfile_path); both are written under temporary names and renamed into place. Returns the GGUF path.
 
     check: None runs the self-check (export/check.py) when llama.cpp imports, True requires it, False skips it; its
     verdict is written to NAME.check.json beside the file (and printed when `show`; a FAIL is said on stderr even
@@ -333,7 +334,7 @@ def export_gguf(
     run_check = llama_cpp.available() if check is None else check
     if run_check:  # a questions file the run names but that is gone stops the export here, before anything is written
         asked_questions(run_dir, check_questions)
-    modelfile = out.with_name(MODELFILE)
+    modelfile = modelfile_path(out)
     for target in (out, modelfile, check_path(out)):
         check_output(target, run_dir, overwrite, "--gguf")
         if target.is_dir():
@@ -346,7 +347,7 @@ def export_gguf(
     modelfile_body = modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos)
     scratch = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     scratch_f16 = out.with_name(f".tmp-f16-{out.name}-{os.getpid()}")
-    scratch_mf = out.with_name(f".tmp-{MODELFILE}-{os.getpid()}")
+    scratch_mf = out.with_name(f".tmp-{modelfile.name}-{os.getpid()}")
     try:
         with writing(out):
             out.parent.mkdir(parents=True, exist_ok=True)

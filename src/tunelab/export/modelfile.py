@@ -20,11 +20,18 @@ A BOS the template writes at the very start is left out of the Go template when 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from tunelab.data.templates import Template
 from tunelab.export.gotemplate import ollama_values, render
 
-MODELFILE = "Modelfile"
+
+def modelfile_path(gguf: Path) -> Path:
+    """The Modelfile of the GGUF file `gguf`: `NAME.Modelfile` beside `NAME.gguf`, so that exports into one folder
+    (a q4_k_m and a q8_0) each keep their own (`ollama create NAME -f NAME.Modelfile`)."""
+    return gguf.with_name(f"{gguf.stem}.Modelfile")
+
+
 IM_START = "<|im_start|>"
 
 # Marker texts: plain words that no template rewrites and that do not occur in template text.
@@ -217,9 +224,13 @@ def stop_tokens(template: Template, tokenizer, go_template: str | None) -> list[
 def modelfile_text(
     gguf_name: str, template: Template, tokenizer, system_prompt: str | None, adds_bos: bool = False
 ) -> str:
-    """The Modelfile for `gguf_name` in the same folder (`ollama create NAME -f Modelfile`)."""
+    """The Modelfile for `gguf_name` in the same folder (`ollama create NAME -f GGUF_STEM.Modelfile`)."""
     go = go_template_for(template, tokenizer, adds_bos)
-    lines = ["# Ollama Modelfile written by tunelab export: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}", ""]
+    lines = [
+        f"# Ollama Modelfile written by tunelab export: ollama create NAME -f {modelfile_path(Path(gguf_name)).name}",
+        f"FROM ./{gguf_name}",
+        "",
+    ]
     if go is not None:
         lines.append(_triple_quoted("TEMPLATE", go, "chat template", "Ollama picks one from the GGUF's chat template."))
     else:
