@@ -299,7 +299,7 @@ def test_a_path_or_a_tuple_is_taken_where_the_api_takes_paths_or_a_list(tmp_path
         ("dat: {train: [qa.jsonl]}\n", "c.yaml: unknown section 'dat'. Did you mean 'data'? The sections are model,"),
         (
             "stages:\n  - {train: {lr: 1.0e-4}}\n  - {contine: merge}\n",
-            "c.yaml:1: stage 2: unknown key 'contine'. Did you mean 'continue'?",
+            "c.yaml:3: stage 2: unknown key 'contine'. Did you mean 'continue'?",
         ),
         ("fields: {prompt: q}\n", "unknown option 'fields'. Did you mean data.fields?"),  # a key, not a section
     ],
@@ -473,3 +473,24 @@ def test_a_bad_value_in_a_yaml_file_names_the_line_of_its_key(tmp_path, content,
 def test_a_message_puts_the_article_its_word_is_said_with(word, said):
     """Messages said 'a sft run' (predict on a text run, an sft run as a grpo reward model) and 'got a int'."""
     assert article(word) == said
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            "model: {name: m}\nstages:\n  - train: {epochs: 1}\n  - name: polish\n    train:\n      epochs: 1\n"
+            "      lr: fast\n",
+            r"c\.yaml:7: stage 2: option 'train\.lr' must be",
+        ),
+        ("stages:\n  - {train: {lr: 1.0e-4}}\n  - train.lr: fast\n", r"c\.yaml:3: stage 2: option 'train\.lr' must be"),
+        ("stages:\n  - {}\n  -\n    continue: fold\n", r"c\.yaml:4: stage 2: 'continue' is 'fold'; allowed values"),
+    ],
+)
+def test_an_error_inside_a_stage_names_its_own_line(tmp_path, content, message):
+    """An error in a stage named the line of the `stages:` key (c.yaml:1: stage 2: ...), leaving the user to search
+    the stages; it names the line of the stage's own option (or of the stage) now."""
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

@@ -11,7 +11,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,18 +97,24 @@ def read_yaml(path: Path, lines: dict[str, int] | None = None) -> Any:
         loader.dispose()
 
 
-def _key_lines(node: yaml.Node) -> dict[str, int]:
-    """{'train': 3, 'train.lr': 4, ...}: the line of each key of a mapping document, one level into its sections."""
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """{'train': 3, 'train.lr': 4, ...}: the line of each key of a mapping document, one level into its sections;
+    and of each stage of `stages:` and its keys, the same way ('stages.2': 9, 'stages.2.train.lr': 11)."""
     lines: dict[str, int] = {}
     if not isinstance(node, yaml.MappingNode):
         return lines
     for key, value in node.value:
         if isinstance(key, yaml.ScalarNode):
-            lines.setdefault(key.value, key.start_mark.line + 1)
+            name = prefix + key.value
+            lines.setdefault(name, key.start_mark.line + 1)
             if isinstance(value, yaml.MappingNode):
                 for sub, _ in value.value:
                     if isinstance(sub, yaml.ScalarNode):
-                        lines.setdefault(f"{key.value}.{sub.value}", sub.start_mark.line + 1)
+                        lines.setdefault(f"{name}.{sub.value}", sub.start_mark.line + 1)
+            elif name == "stages" and isinstance(value, yaml.SequenceNode):
+                for k, item in enumerate(value.value, 1):
+                    lines.setdefault(f"stages.{k}", item.start_mark.line + 1)
+                    lines.update(_key_lines(item, f"stages.{k}."))
     return lines
 
 
@@ -264,7 +270,9 @@ def load_config(
             # A flag is named by its option, a YAML file's value by the file and the line of its key (run.yaml:7)
             where = f"--{name}" if source == "flag" else f"{source}:{lines[name]}" if name in lines else source
             # A flag's relative path is the working directory's (or base_dir's), a YAML file's its folder's
-            values[name] = _option_value(name, value, options, where, folder or Path.cwd())
+            values[name] = _option_value(
+                name, value, options, where, folder or Path.cwd(), None if source == "flag" else (source, lines)
+            )
             origins[name] = where if source == "flag" else source
     config = RunConfig()
     _set_values(config, values)
@@ -272,8 +280,11 @@ def load_config(
     return ResolvedConfig(config, origins, path)
 
 
-def _option_value(name: str, value: Any, options: dict, where: str, folder: Path | None) -> Any:
-    """One option's value checked against its type and constraints, paths resolved against `folder` (a YAML file's)."""
+def _option_value(
+    name: str, value: Any, options: dict, where: str, folder: Path | None, file: tuple[str, dict] | None = None
+) -> Any:
+    """One option's value checked against its type and constraints, paths resolved against `folder` (a YAML file's).
+    `file`: the YAML file the value came from and its key lines (read_yaml), which name a stage's own lines."""
     if name not in options:
         raise unknown_option(name, where, value=value)
     f, hint = options[name]
@@ -302,7 +313,7 @@ def _option_value(name: str, value: Any, options: dict, where: str, folder: Path
     elif folder is not None and name in PATH_OPTIONS:
         value = resolve_paths(value, folder)
     if name == "stages":
-        value = [_stage_entry(entry, f"{where}: stage {k}", options, folder) for k, entry in enumerate(value, 1)]
+        value = [_stage_entry(entry, _stage_where(k, where, file), options, folder) for k, entry in enumerate(value, 1)]
     return value
 
 
@@ -318,36 +329,50 @@ STAGE_KEYS = {"continue": ("adapter", "merge"), "name": None}
 NOT_PER_STAGE = ("output_dir", "overwrite", "stages")
 
 
-def _stage_entry(raw: Any, where: str, options: dict, folder: Path | None) -> dict[str, Any]:
-    """A stage as written (sections, or dotted names) -> {dotted option: checked value, continue, name}."""
+def _stage_where(k: int, where: str, file: tuple[str, dict] | None) -> Callable[[str], str]:
+    """Where stage k's key ('train.lr'; '' for the stage itself) is: its file and own line (c.yaml:11: stage 2)
+    where the file gave them, else `where` (c.yaml:1, --stages) and the stage."""
+
+    def at(key: str) -> str:
+        line = file[1].get(f"stages.{k}.{key}" if key else f"stages.{k}") if file else None
+        return f"{file[0]}:{line}: stage {k}" if file and line else f"{where}: stage {k}"
+
+    return at
+
+
+def _stage_entry(raw: Any, where_of: Callable[[str], str], options: dict, folder: Path | None) -> dict[str, Any]:
+    """A stage as written (sections, or dotted names) -> {dotted option: checked value, continue, name}; `where_of`
+    names where a key of it is (_stage_where)."""
+    where = where_of("")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a stage must be a mapping of options (data:, method:, train:, ...), got {raw!r}.")
     entry: dict[str, Any] = {}
     for name, value in _flatten(raw, where).items():
+        here = where_of(name)
         if name in STAGE_KEYS:
             allowed = STAGE_KEYS[name]
             if allowed and value not in allowed:
-                raise ConfigError(f"{where}: '{name}' is {value!r}; allowed values: {', '.join(allowed)}.")
+                raise ConfigError(f"{here}: '{name}' is {value!r}; allowed values: {', '.join(allowed)}.")
             entry[name] = str(value)
         elif name in NOT_PER_STAGE:
-            raise ConfigError(f"{where}: '{name}' belongs to the whole run; set it outside stages:.")
+            raise ConfigError(f"{here}: '{name}' belongs to the whole run; set it outside stages:.")
         elif name.startswith("eval."):  # eval.questions was read by tunelab check and never asked; the others unread
             raise ConfigError(
-                f"{where}: '{name}' belongs to the whole run: eval.questions are asked once, of the last stage's "
+                f"{here}: '{name}' belongs to the whole run: eval.questions are asked once, of the last stage's "
                 "model, with the run's eval options; set it outside stages:."
             )
         elif name.startswith("federated."):  # was refused only once the stages before it had trained
             raise ConfigError(
-                f"{where}: '{name}': a stage is not federated; federated options belong to a tunelab federate "
+                f"{here}: '{name}': a stage is not federated; federated options belong to a tunelab federate "
                 "config, without stages:."
             )
         elif name not in options and (close := difflib.get_close_matches(name, list(STAGE_KEYS), n=1, cutoff=0.7)):
             raise ConfigError(
-                f"{where}: unknown key '{name}'. Did you mean '{close[0]}'? A stage takes options (data:, train:, "
+                f"{here}: unknown key '{name}'. Did you mean '{close[0]}'? A stage takes options (data:, train:, "
                 "...), continue: adapter | merge, and name:."
             )
         else:
-            entry[name] = _option_value(name, value, options, where, folder)
+            entry[name] = _option_value(name, value, options, here, folder)
     return entry
 
 
