@@ -75,3 +75,29 @@ def test_the_federations_rules_are_bad_input_as_for_federate(tiny_model_dir, tmp
     assert "needs lora" in capsys.readouterr().err
     assert main(_check(config, tmp_path, "--data-only", "--federated.min_clients", "3")) == 2
     assert "'federated.min_clients' is 3 but the federation has 2 clients" in capsys.readouterr().err
+
+
+def test_each_client_is_shown_with_its_weight_in_the_average(tiny_model_dir, tmp_path, capsys):
+    """The check showed each client's data report ("1 examples ... -> N rows"), while the server weighs a client by
+    the rows it trains on: a client holding one long text, one example, weighs as its blocks. Each client's weight in
+    the average is shown now, labelled as such, with its share."""
+    config = _config(tmp_path, tiny_model_dir)
+    words = " ".join(f"word{i}" for i in range(300))
+    (tmp_path / "site1.jsonl").write_text(json.dumps({"text": words}) + "\n")
+    assert main(_check(config, tmp_path, "--data-only")) == 0
+    out = capsys.readouterr().out
+    site1 = out.split("client site1:\n", 1)[1]
+    rows = int(site1.split("1 examples, 1 used -> ", 1)[1].split(" rows", 1)[0])
+    assert rows > 1  # one document, several blocks
+    share = f"{100 * 10 / (10 + rows):.1f}%"
+    assert f"  weight in the average: 10 training rows (chat examples and text blocks), {share} of each round" in out
+    assert f"  weight in the average: {rows} training rows" in site1
+
+    # tunelab federate says the same of each client before it starts
+    from tunelab.config import load_config
+    from tunelab.federated.run import check_clients, federation_clients
+
+    cfg = load_config(config).config
+    check_clients(cfg, federation_clients(cfg))
+    said = capsys.readouterr().out
+    assert f"client site1: 1 examples, {rows} rows" in said and f"weight in the average: {rows} training rows" in said

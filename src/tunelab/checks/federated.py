@@ -66,6 +66,13 @@ def client_inputs(cfg: RunConfig, clients: list[ClientData]) -> list[tuple[Clien
     return [(client, Inputs(source, tokenizer, data)) for client, data in zip(clients, sets)]
 
 
+def client_weights(cfg: RunConfig, read: list[tuple[ClientData, Inputs]]) -> list[str]:
+    """What each client weighs in the server's average (its training rows, not the data report's examples)."""
+    from tunelab.federated.run import average_weights
+
+    return average_weights(cfg.federated, [inputs.data for _, inputs in read])
+
+
 def client_items(cfg: RunConfig, client: ClientData, inputs: Inputs) -> tuple[RunConfig, list[CheckItem]]:
     """The auto values this client's local training would choose (training/auto.py over rounds x local_steps steps,
     as federated/local.py resolves them) and its data checks, named after the client."""

@@ -20,6 +20,7 @@ from tunelab.atomic import write_text
 from tunelab.checks.federated import (
     client_inputs,
     client_items,
+    client_weights,
     clients_of,
     label,
     output_item,
@@ -268,8 +269,10 @@ def federated_check(
     items = [output_item(cfg, config, resume)]
     summaries = []
     first = None
-    for client, inputs in client_inputs(cfg, clients):  # DataError naming the client (exit 2)
-        summary = f"{label(client)}:\n" + inputs.data.report.summary()
+    read = client_inputs(cfg, clients)  # DataError naming the client (exit 2)
+    for (client, inputs), weight in zip(read, client_weights(cfg, read)):
+        # the data report counts examples; the server's average weighs the rows the client trains on
+        summary = f"{label(client)}:\n" + inputs.data.report.summary() + f"\n  {weight}"
         out(summary)
         summaries.append(summary)
         local, more = client_items(cfg, client, inputs)

@@ -171,6 +171,25 @@ def read_clients(cfg: RunConfig, clients: list[ClientData]) -> tuple[Any, list[D
     return tokenizer, sets
 
 
+def average_weights(f: FederatedConfig, sets: list) -> list[str]:
+    """What each client's update weighs in the server's average, one line per client of `sets` (their Datasets):
+    its training rows (federated/local.py training_examples: chat examples, and a text's blocks of data.max_length),
+    and their share; with DP every client weighs the same (federated/rounds.py)."""
+    from tunelab.federated.local import training_examples
+
+    n = len(sets)
+    if f.dp:
+        return [f"weight in the average: 1 of {n} (with federated.dp every client weighs the same)"] * n
+    rows = [training_examples(data) for data in sets]
+    total = sum(rows) or 1
+    sampled = max(int(n * f.fraction), f.min_clients)
+    when = "of each round's average" if sampled >= n else f"when every client takes part (a round samples {sampled})"
+    return [
+        f"weight in the average: {r} training rows (chat examples and text blocks), {100 * r / total:.1f}% {when}"
+        for r in rows
+    ]
+
+
 def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = False) -> None:
     """Read every client's data (`read_clients`) before anything starts, and say what each holds; resumed, the
     server's eval rows must be those the run recorded (`check_same_eval`)."""
@@ -179,10 +198,11 @@ def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = Fals
         from tunelab.federated.local import server_eval_datasets
 
         check_same_eval(cfg.output_dir, server_eval_datasets(cfg, tokenizer).train)
-    for client, data in zip(clients, sets):
+    for client, data, weight in zip(clients, sets, average_weights(cfg.federated, sets)):
         print(
             f"client {client.name}: {data.report.train.used} examples, {len(data.train)} rows "
-            f"({', '.join(client.paths)}{f', shard {client.shard.index + 1} of {client.shard.count}' if client.shard else ''})",
+            f"({', '.join(client.paths)}{f', shard {client.shard.index + 1} of {client.shard.count}' if client.shard else ''}); "
+            f"{weight}",
             flush=True,
         )
 
