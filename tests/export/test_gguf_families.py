@@ -248,7 +248,7 @@ def test_cli_export_checks_by_default_and_refuses_unknown_types(qwen2_run, tmp_p
     out = capsys.readouterr().out
     assert "with llama.cpp: PASS" in out and (tmp_path / "a.check.json").is_file()
     # replacing the file without a check removes the old verdict, which spoke of the old file
-    assert main([*args, "--overwrite", "--no-check"]) == 0
+    assert main([*args[:-2], "--overwrite", "--no-check"]) == 0  # no --check-questions: nothing asks them
     assert (tmp_path / "a.gguf").is_file() and not (tmp_path / "a.check.json").exists()
 
 
