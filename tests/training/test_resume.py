@@ -23,6 +23,26 @@ def _losses(run_dir):
     ]
 
 
+def _straight_and_resumed(common, tmp_path, monkeypatch, where, name, crash_at=1, changed=None):
+    """(the uninterrupted run, the resumed one): the second run dies in call `crash_at` of `where.name` (loop's
+    train_step, recipe's save_final), then resumes with `changed` overrides on top of `common`."""
+    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
+    real, calls = getattr(where, name), {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise Crash()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(where, name, crashing)
+    with pytest.raises(Crash):
+        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
+    monkeypatch.setattr(where, name, real)
+    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")} | (changed or {}), resume=True)
+    return straight, resumed
+
+
 @pytest.mark.parametrize("method", ["lora", "layers"])
 def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, method):
     common = tiny_overrides | {
@@ -31,23 +51,8 @@ def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, meth
         "method.name": method,
         "method.top_layers": 1,
     }
-    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
-
-    real_step = loop.train_step
-    calls = {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # dies during step 4, after the checkpoint of step 2
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
-    resumed_dir = tmp_path / "resumed"
-    with pytest.raises(Crash):
-        recipe.train(None, common | {"output_dir": str(resumed_dir)})
-    monkeypatch.setattr(loop, "train_step", real_step)
-    resumed = recipe.train(None, common | {"output_dir": str(resumed_dir)}, resume=True)
+    # dies during step 4, after the checkpoint of step 2
+    straight, resumed = _straight_and_resumed(common, tmp_path, monkeypatch, loop, "train_step", crash_at=4)
 
     assert resumed.steps == straight.steps == 6
     weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
@@ -199,17 +204,8 @@ def test_resumed_at_its_last_step_the_run_reports_what_the_uninterrupted_one_did
     from its metrics (run.json had them null)."""
     common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "data.eval_fraction": 0.25}
     common |= {"train.eval_every": 2}
-    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
-    real_save = recipe.save_final
-
-    def crash(*args, **kwargs):
-        raise Crash()
-
-    monkeypatch.setattr(recipe, "save_final", crash)  # dies while saving the result, after the step-4 checkpoint
-    with pytest.raises(Crash):
-        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(recipe, "save_final", real_save)
-    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    # dies while saving the result, after the step-4 checkpoint
+    straight, resumed = _straight_and_resumed(common, tmp_path, monkeypatch, recipe, "save_final")
     assert resumed.final_loss == straight.final_loss is not None
     assert resumed.eval_loss == straight.eval_loss is not None
     info = json.loads((resumed.run_dir / "run.json").read_text())
@@ -341,17 +337,7 @@ def test_resumed_at_its_last_step_the_final_evaluation_is_logged_once(tiny_overr
     logged again on resume: metrics.jsonl held step 4's eval loss twice."""
     common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "data.eval_fraction": 0.25}
     common |= {"train.eval_every": 3}
-    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
-    real_save = recipe.save_final
-
-    def crash(*args, **kwargs):
-        raise Crash()
-
-    monkeypatch.setattr(recipe, "save_final", crash)
-    with pytest.raises(Crash):
-        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(recipe, "save_final", real_save)
-    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    straight, resumed = _straight_and_resumed(common, tmp_path, monkeypatch, recipe, "save_final")
 
     def evals(run_dir):
         return [
@@ -373,22 +359,10 @@ def test_resume_may_turn_keep_best_on_or_off_and_trains_the_same_steps(
     """train.keep_best only chooses which weights are saved at the end, but --resume refused a change of it."""
     common = tiny_overrides | {"train.max_steps": 6, "train.save_every": 2, "data.eval_fraction": 0.25}
     common |= {"train.eval_every": 2, "train.keep_best": keep_best}
-    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
-    with pytest.raises(Crash):
-        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(loop, "train_step", real_step)
-    capsys.readouterr()
-    flipped = common | {"output_dir": str(tmp_path / "resumed"), "train.keep_best": not keep_best}
-    resumed = recipe.train(None, flipped, resume=True)
+    flipped = {"train.keep_best": not keep_best}
+    straight, resumed = _straight_and_resumed(
+        common, tmp_path, monkeypatch, loop, "train_step", crash_at=4, changed=flipped
+    )
     assert f"resume: train.keep_best: {keep_best!r} -> {not keep_best!r} (allowed" in capsys.readouterr().out
     assert _losses(resumed.run_dir) == _losses(straight.run_dir)  # the trajectory is the uninterrupted one
 
