@@ -314,3 +314,14 @@ def test_a_text_row_with_a_system_message_is_refused_as_every_task_refuses_it():
         convert([{"text": "A document.", "sys": "Be brief."}], fields={"system": "sys"})
     (ex,), _ = convert([{"text": "A document.", "system": ""}])
     assert ex.text == "A document."
+
+
+@pytest.mark.parametrize("blank", [" ", "  \n", "\t"])
+def test_a_blank_system_prompt_is_none_in_sft_as_in_every_task(blank):
+    """data.system_prompt made only of spaces went into every sft chat as a system block of spaces, where the other
+    tasks, predict and chat add none; it is now none in sft too."""
+    from tunelab.tasks.head_data import read_input
+
+    for row in ({"prompt": "Q", "completion": "A"}, {"messages": USER_A}, {"instruction": "Q", "output": "A"}):
+        assert convert([row], system=blank)[0][0].messages == USER_A
+    assert read_input({"prompt": "Q"}, {}, "d.jsonl:1", blank).messages == USER_A[:1]

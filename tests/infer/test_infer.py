@@ -425,6 +425,23 @@ def test_a_blank_system_in_generate_is_none_as_in_training(tiny_run_dir, monkeyp
     assert sent.pop() == [question]
 
 
+def test_a_blank_data_system_prompt_is_none_in_the_run_as_in_training(tiny_overrides, monkeypatch):
+    """data.system_prompt made only of spaces was saved in run.json, so generate, chat, serve and export put a blank
+    system block before every conversation, where training (every task) adds none; the run now records none."""
+    import tunelab.api
+    from tunelab.training.recipe import train
+
+    run_dir = train(None, tiny_overrides | {"data.system_prompt": " \n", "train.max_steps": 1}).run_dir
+    run = open_run(run_dir, device="cpu")
+    assert run.info.system_prompt is None
+    sent = []
+    monkeypatch.setattr(
+        tunelab.api, "generate_answers", lambda model, tok, tpl, convs, settings: sent.extend(convs) or [""]
+    )
+    tunelab.generate(run, "Code of box 3?", settings=SHORT)
+    assert sent == [[{"role": "user", "content": "Code of box 3?"}]]
+
+
 def test_an_empty_prompt_in_generate_is_refused_by_name(tiny_run_dir):
     """`tunelab generate --prompt " "` answered an empty question, which training skips (the model never saw one);
     it is refused naming the argument."""

@@ -338,7 +338,7 @@ def _example(
     messages = _messages(record.row, fmt, fields, where)
     if messages and messages[0]["role"] == "system" and not str(messages[0]["content"]).strip():
         messages = messages[1:]  # an empty system message is none, as "system": "" is in the other formats
-    if system_prompt and not (messages and messages[0]["role"] == "system"):
+    if (system_prompt or "").strip() and not (messages and messages[0]["role"] == "system"):  # blank: none
         messages.insert(0, {"role": "system", "content": system_prompt})
     _check_chat(messages, questions)
     return Example(messages, None, record.path, record.line)

@@ -294,7 +294,7 @@ def _train_planned(
         method="dora" if cfg.method.dora else cfg.method.name,
         task=task.name,
         template=data.template.name,
-        system_prompt=cfg.data.system_prompt,
+        system_prompt=cfg.data.system_prompt if (cfg.data.system_prompt or "").strip() else None,  # blank: none
         refusal=cfg.eval.refusal,
         impl=built.impl,
         quantize_base=cfg.method.quantize_base,
