@@ -231,6 +231,24 @@ def test_formats_put_labels_on_the_answers_only(tiny_model_dir, tmp_path):
     assert "Human" not in tok.decode([t for t in row.chosen_labels if t != IGNORE])
 
 
+def test_text_pairs_that_share_no_start_are_counted_in_the_report(tiny_model_dir, tmp_path):
+    """Two whole texts sharing no token from the start have no prompt: the loss reads every token of both, as if the
+    answers were asked nothing. A row whose prompt sits in a column no reader knows (a `query`) trained so without a
+    word; such pairs are now counted in the data report, naming the first and the way to map the prompt."""
+    rows = [{"query": f"Code of box {i}?", "chosen": f"Box {i}: {1000 + i}.", "rejected": "No idea."} for i in range(4)]
+    rows.append({"chosen": "Human: hi\n\nAssistant: hello there", "rejected": "Human: hi\n\nAssistant: go away"})
+    path = _write(tmp_path / "t.jsonl", rows)
+    _, _, data = _data(tiny_model_dir, path)
+    assert len(data.train) == 5 and all(t != IGNORE for t in data.train[0].chosen_labels[1:])
+    note = next(n for n in data.report.notes if "share no" in n)
+    assert note.startswith(
+        f"4 of the 5 training pairs are two whole texts that share no token from the start (e.g. {path}:1)"
+    )
+    assert "data.fields" in note and "note:" in data.report.summary()
+    _, _, told = _data(tiny_model_dir, path, **{"data.fields": {"prompt": "query"}})
+    assert not [n for n in told.report.notes if "share no" in n]
+
+
 def test_cli_run_trains_and_saves_a_peft_adapter(tiny_model_dir, tmp_path, pair_file):
     args = ["train", "--task", "dpo", "--model.name", str(tiny_model_dir), "--data.train", pair_file]
     args += ["--data.eval_fraction", "0.25", "--data.max_length", "64", "--method.r", "4", "--train.max_steps", "3"]

@@ -7,7 +7,8 @@ Accepted rows (`data.fields` maps the names to your columns):
 - LLaMA-Factory's preference format: `conversations` (ShareGPT turns ending with the user's) with `chosen` and
   `rejected` as {from: gpt, value} messages (`messages` in OpenAI spelling works the same);
 - no prompt: `chosen`/`rejected` are two whole conversations (the turns they share are the prompt) or two whole texts
-  (the tokens they share from the start are the prompt, as in Anthropic HH-RLHF's transcripts).
+  (the tokens they share from the start are the prompt, as in Anthropic HH-RLHF's transcripts; texts that share none
+  have no prompt, and the loss reads them whole: the data report counts them, `note_unprompted`).
 
 The row's `system` (else data.system_prompt) is prepended to a chat that has none; a pair of whole texts takes
 neither (a row's `system` beside it is refused, `head_data.plain_text`; the data report notes data.system_prompt). Labels: the tokens of the answer
@@ -181,13 +182,22 @@ def _first_label(labels: list[int]) -> int:
 
 
 def to_rows(
-    pairs: list[Preference], tokenizer, template: Template, max_length: int, overlong: str, report: DataReport
+    pairs: list[Preference],
+    tokenizer,
+    template: Template,
+    max_length: int,
+    overlong: str,
+    report: DataReport,
+    split: str = "training",
 ) -> list[PreferenceRow]:
-    rows = []
+    rows, unprompted = [], []  # unprompted: the pairs of whole texts that share no token from the start
+    starts = 1 if default_bos(tokenizer) else 0  # the BOS token both texts begin with is no shared prompt
     for pair in pairs:
         c_ids, c_labels, r_ids, r_labels = render_pair(pair, tokenizer, template)
         report.add_lengths([len(c_ids), len(r_ids)])
         prompt = min(_first_label(c_labels), _first_label(r_labels))
+        if pair.chosen.messages is None and prompt <= starts:
+            unprompted.append(pair)
         if prompt >= max_length and overlong == "truncate":  # with drop, the pair is dropped below as overlong
             raise DataError(
                 f"{location(pair.path, pair.line)}: the prompt is {prompt} tokens, which leaves no room for an answer "
@@ -208,7 +218,21 @@ def to_rows(
             continue
         report.used(pair.path)
         rows.append(PreferenceRow(c_ids, c_labels, r_ids, r_labels, pair.path, pair.line))
+    note_unprompted(unprompted, len(pairs), split, report)
     return rows
+
+
+def note_unprompted(pairs: list[Preference], total: int, split: str, report: DataReport) -> None:
+    """A note in `report` for the pairs of whole texts that share no token from the start: they have no prompt, so
+    the loss reads every token of both, an answer to nothing. A prompt in a column no reader knows (a `query`) is
+    left out so; data.fields maps it."""
+    if pairs:
+        report.notes.append(
+            f"{len(pairs)} of the {total} {split} pairs are two whole texts that share no token from the start (e.g. "
+            f"{location(pairs[0].path, pairs[0].line)}): with no prompt, the loss reads every token of both, as "
+            "answers to nothing; if the rows hold their prompt in another column, map it with data.fields (e.g. "
+            "{prompt: query})"
+        )
 
 
 def _stats(rows: list[PreferenceRow], examples: int) -> SplitStats:
@@ -238,7 +262,7 @@ def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable preference pairs. {report.summary()}")
-    evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report)
+    evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report, "eval")
     report.train, report.eval = _stats(train, len(pairs)), _stats(evals, len(held))
     facts = {"input": "chat" if chat else "text", "pad_id": tokenizer.pad_token_id}
     return Datasets(train, evals, template, report, facts=facts)
