@@ -211,6 +211,22 @@ def test_a_conversation_of_one_user_turn_is_a_question(tmp_path):
     assert question.prompt == [user] and question.expected == "5" and question.text == "What is the fare?"
 
 
+def test_a_blank_system_prompt_is_none_for_every_question_kind(tmp_path):
+    """A run's data.system_prompt of spaces only was asked as a system block of spaces before each question of
+    `question` + `expected` rows, where training (and the other question rows) add none."""
+    path = _write(
+        tmp_path / "q.jsonl",
+        [
+            {"question": "Where?", "expected": "Dundee"},
+            {"question": "What year?", "answer": "1997."},
+            {"question": "Hm?"},
+        ],
+    )
+    rows = read_questions(path, DataConfig(system_prompt=" \n"))
+    assert [q.prompt[0]["role"] for q in rows] == ["user"] * 3
+    assert Question.ask("Where?", " ").prompt == [{"role": "user", "content": "Where?"}]
+
+
 @pytest.mark.parametrize(
     "row",
     [

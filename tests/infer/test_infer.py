@@ -428,6 +428,8 @@ def test_a_blank_system_in_generate_is_none_as_in_training(tiny_run_dir, monkeyp
 def test_a_blank_data_system_prompt_is_none_in_the_run_as_in_training(tiny_overrides, monkeypatch):
     """data.system_prompt made only of spaces was saved in run.json, so generate, chat, serve and export put a blank
     system block before every conversation, where training (every task) adds none; the run now records none."""
+    from dataclasses import replace
+
     import tunelab.api
     from tunelab.training.recipe import train
 
@@ -439,7 +441,9 @@ def test_a_blank_data_system_prompt_is_none_in_the_run_as_in_training(tiny_overr
         tunelab.api, "generate_answers", lambda model, tok, tpl, convs, settings: sent.extend(convs) or [""]
     )
     tunelab.generate(run, "Code of box 3?", settings=SHORT)
-    assert sent == [[{"role": "user", "content": "Code of box 3?"}]]
+    saved = replace(run, info=replace(run.info, system_prompt="  "))  # a run that recorded it before
+    tunelab.generate(saved, "Code of box 3?", settings=SHORT)
+    assert sent == [[{"role": "user", "content": "Code of box 3?"}]] * 2
 
 
 def test_an_empty_prompt_in_generate_is_refused_by_name(tiny_run_dir):

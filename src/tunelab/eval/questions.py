@@ -68,7 +68,7 @@ class Question:
     @classmethod
     def ask(cls, text: str, system_prompt: str | None = None, expected: str | None = None, where: str = "") -> Question:
         """A question given directly (no file): asked with the run's system prompt; `where` names it in errors."""
-        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        system = [{"role": "system", "content": system_prompt}] if (system_prompt or "").strip() else []
         return cls(system + [{"role": "user", "content": text}], expected, where=where)
 
 
@@ -209,8 +209,10 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
             raise DataError(f"{where}: field '{fields.get(asks[0], asks[0])}' must be non-empty text, got None.")
         key = system_column(row, fields)
         system = text_field(row.get(key), where, key)
-        system = system if system.strip() else data.system_prompt
-        prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+        system = system if system.strip() else (data.system_prompt or "")
+        prompt = ([{"role": "system", "content": system}] if system.strip() else []) + [
+            {"role": "user", "content": question}
+        ]
         answer = [{"role": "assistant", "content": expected}] if expected is not None else []
         example = Example(prompt + answer, None, record.path, record.line) if answer else None
         questions[i] = Question(prompt, expected, kind, is_label, is_label, example, where)

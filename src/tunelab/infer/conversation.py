@@ -41,6 +41,6 @@ def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
             f"message {blank + 1} is the user's and is empty; the model was trained on no empty question. "
             "Give the text of the question, or leave the message out."
         )
-    if system_prompt and not (rest and rest[0]["role"] == "system"):
+    if (system_prompt or "").strip() and not (rest and rest[0]["role"] == "system"):  # a blank one is none
         rest = [{"role": "system", "content": system_prompt}, *rest]
     return rest
