@@ -325,3 +325,47 @@ def test_a_blank_system_prompt_is_none_in_sft_as_in_every_task(blank):
     for row in ({"prompt": "Q", "completion": "A"}, {"messages": USER_A}, {"instruction": "Q", "output": "A"}):
         assert convert([row], system=blank)[0][0].messages == USER_A
     assert read_input({"prompt": "Q"}, {}, "d.jsonl:1", blank).messages == USER_A[:1]
+
+
+def test_a_mapped_field_picks_its_format_over_the_columns_of_another():
+    """{text: prompt} on rows with prompt and completion columns trained them as prompt_completion chats, the
+    mapping ignored without a word (the formats were tried in a fixed order); a format whose fields data.fields maps
+    is now the one read. {prompt: q, completion: a} on rows that also hold messages: the same."""
+    rows = [{"prompt": "Once upon a time.", "completion": "The end."}]
+    (ex,), report = convert(rows, fields={"text": "prompt"})
+    assert ex.text == "Once upon a time." and ex.messages is None and report.formats == {"d.jsonl": "text"}
+    row = {
+        "messages": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "B"}],
+        "q": "Q",
+        "a": "A",
+    }
+    fields = {"prompt": "q", "completion": "a"}
+    assert detect_format(row, fields) == "prompt_completion"
+    assert convert([row], fields=fields)[0][0].messages == USER_A
+
+
+def test_a_mapped_field_whose_format_the_row_cannot_fill_is_refused_by_name():
+    with pytest.raises(
+        DataError, match=r"d\.jsonl:1: option 'data.fields' maps prompt -> 'q', a field of the prompt_completion format"
+    ) as err:
+        convert([{"q": "Q", "answer": "A"}], fields={"prompt": "q"})
+    assert "completion" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "row, fmt, fields, name",
+    [
+        ({"prompt": "Q", "completion": "A"}, "prompt_completion", {"text": "prompt"}, "text"),
+        ({"messages": USER_A, "sys": "Be brief."}, "auto", {"system": "sys"}, "system"),
+        ({"question": "Q", "answer": "A", "ctx": "more"}, "auto", {"input": "ctx"}, "input"),
+    ],
+)
+def test_a_mapping_the_files_format_does_not_read_is_refused_where_the_row_has_its_column(row, fmt, fields, name):
+    """A forced data.format, or a detected one, that has no such field left the mapped column out of every example
+    without a word (a messages row's `sys` never became its system message)."""
+    with pytest.raises(
+        DataError, match=rf"d\.jsonl:1: option 'data.fields' maps {name} -> '{fields[name]}', which the .* format"
+    ):
+        convert([row], fmt=fmt, fields=fields)
+    # a file of another format, without the column, leaves the mapping to the files that use it
+    assert convert([{"messages": USER_A}], fields={"system": "sys"})[0][0].messages == USER_A

@@ -1,6 +1,7 @@
 """Records -> examples: every supported record format becomes either a chat (`messages`) or a raw `text`.
 
-Formats, tried in this order when detecting (each names canonical fields; `data.fields` maps them to your columns):
+Formats, tried in this order when detecting (each names canonical fields; `data.fields` maps them to your columns,
+and the formats whose required fields it maps are tried first):
 
     messages           messages: [{role: system|user|assistant, content}]
     sharegpt           conversations: [{from: system|human|gpt, value}]   (+ optional system)
@@ -63,8 +64,10 @@ def check_fields(fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
 
 
 def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION) -> str:
-    """The first format whose required fields (after the data.fields mapping) are all keys of `row`. A mapping of a
-    required field to a column the row lacks is an error of the mapping (else another format could match quietly)."""
+    """The first format whose required fields (after the data.fields mapping) are all keys of `row`; the formats
+    whose required fields data.fields maps are tried first, and one of them must match ({text: prompt} reads a
+    prompt/completion row as a text). A mapping of a required field to a column the row lacks is an error of the
+    mapping (else another format could match quietly)."""
     required_names = {name for req, _ in FORMATS.values() for name in req}
     unmapped = [f"{name} -> '{col}'" for name, col in fields.items() if name in required_names and col not in row]
     if unmapped:
@@ -72,9 +75,19 @@ def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION
             f"{option} maps {', '.join(unmapped)}, but the record has no such column; its columns are "
             f"{', '.join(map(repr, row)) or '(none)'}. Fix the mapping to name columns of your file."
         )
-    for fmt, (required, _) in FORMATS.items():
-        if all(fields.get(name, name) in row for name in required):
+    mapped = [fmt for fmt, (required, _) in FORMATS.items() if any(name in fields for name in required)]
+    for fmt in mapped or FORMATS:
+        if all(fields.get(name, name) in row for name in FORMATS[fmt][0]):
             return fmt
+    if mapped:
+        fmt = mapped[0]
+        given = ", ".join(f"{name} -> '{fields[name]}'" for name in FORMATS[fmt][0] if name in fields)
+        lacks = ", ".join(name for name in FORMATS[fmt][0] if fields.get(name, name) not in row)
+        raise DataError(
+            f"{option} maps {given}, a field of the {fmt} format, but the record has no column for its other "
+            f"field(s) {lacks}; its columns are {', '.join(map(repr, row)) or '(none)'}. Map them too (e.g. "
+            f"{{{lacks.split(', ')[0]}: your_column}}), or remove the mapping."
+        )
     known = "; ".join(f"{fmt} ({', '.join(req)})" for fmt, (req, _) in FORMATS.items())
     raise DataError(
         f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "
@@ -344,6 +357,22 @@ def _example(
     return Example(messages, None, record.path, record.line)
 
 
+def refuse_unread(record: Record, fmt: str, fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
+    """DataError when data.fields maps a field that format `fmt` does not read to a column the record has: the
+    column would be left out of the example without a word (a messages row's `sys` with {system: sys}). A file of
+    another format, without the column, leaves the mapping to the files that use it."""
+    required, optional = FORMATS[fmt]
+    read = required + optional + (("system",) if fmt == "text" else ())  # a text refuses a system message
+    unread = [name for name, column in fields.items() if name not in read and column in record.row]
+    if unread:
+        name = unread[0]
+        raise DataError(
+            f"{location(record.path, record.line)}: {option} maps {name} -> {fields[name]!r}, which the {fmt} format "
+            f"of this file does not read (its fields: {', '.join(required + optional)}), so the column would be "
+            f"left out of every example. Remove the mapping, or give the rows in a format with a {name} field."
+        )
+
+
 def _check_required(record: Record, fmt: str, fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
     required, optional = FORMATS[fmt]
     for name in required:
@@ -395,6 +424,8 @@ def to_examples(
         unused.see(record, {name: fields[name] for name in FORMATS[chosen][1] if name in fields})
         if not is_plain_text(record.path):
             _check_required(record, chosen, fields, option)
+            if not questions:  # a question file is read with the mapping of the run's training files
+                refuse_unread(record, chosen, fields, option)
         elif "text" not in record.row:  # a data.transform's row
             raise DataError(
                 f"{location(record.path, record.line)}: a .txt file is one record whose text is its field 'text', but "
