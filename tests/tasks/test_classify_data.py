@@ -119,11 +119,32 @@ def test_labels_that_only_look_alike_stay_classes_of_their_own(smollm2_tokenizer
     assert _build(smollm2_tokenizer, path).facts["labels"] == sorted(labels)
 
 
-def test_an_eval_label_spelled_otherwise_is_named_beside_the_runs(smollm2_tokenizer, tmp_path):
+def test_an_eval_label_spelled_otherwise_is_read_as_the_runs_as_tunelab_eval_reads_it(smollm2_tokenizer, tmp_path):
+    """An eval row's 'Spam' for the training rows' 'spam' (or a CSV's 1.0 for 1) was skipped from the run's eval
+    loss and accuracy, while `tunelab eval` reads it as the run's label: the two scored different rows of one file.
+    Training now reads it as `tunelab eval` does, and its data report counts it."""
     train = _write(tmp_path / "t.jsonl", [{"text": f"t{i}", "label": ["spam", "ham"][i % 2]} for i in range(6)])
-    held = _write(tmp_path / "e.jsonl", [{"text": "e1", "label": "Spam"}, {"text": "e2", "label": "ham"}])
+    rows = [{"text": "e1", "label": "Spam"}, {"text": "e2", "label": "ham"}, {"text": "e3", "label": " SPAM "}]
+    held = _write(tmp_path / "e.jsonl", rows)
     data = _build(smollm2_tokenizer, train, **{"data.eval": held})
-    assert data.report.skips[f"{UNSEEN} ('Spam'; the run has 'spam')"].locations == [f"{held}:1"]
+    assert not data.report.skips and [r.label for r in data.eval] == [1, 0, 1]
+    note = next(n for n in data.report.notes if "otherwise than the training rows" in n)
+    assert note.startswith(
+        f"2 eval rows write their label otherwise than the training rows ('Spam' for 'spam', e.g. {held}:1"
+    )
+
+
+def test_labels_written_two_ways_in_the_training_files_are_refused_whichever_side_of_the_split(
+    smollm2_tokenizer, tmp_path
+):
+    """With data.eval_fraction, whether a 'Spam' row of the training file was refused (drawn into training) or
+    skipped (drawn into eval) hung on the seed; the training files' labels are held to one spelling whole."""
+    rows = [{"text": f"t{i}", "label": ["spam", "ham"][i % 2]} for i in range(20)] + [{"text": "x", "label": "Spam"}]
+    path = _write(tmp_path / "d.jsonl", rows)
+    for seed in range(4):
+        cfg = _cfg(path, **{"data.eval_fraction": 0.2, "train.seed": seed})
+        with pytest.raises(DataError, match="the training labels 'spam'.*and 'Spam'.*differ only in case"):
+            CLASSIFY.build_data(cfg, smollm2_tokenizer, seed)
 
 
 def test_balanced_and_explicit_class_weights(smollm2_tokenizer, tmp_path):

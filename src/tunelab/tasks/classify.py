@@ -8,12 +8,14 @@ class's weight (still divided by the rows, not by the sum of weights as torch's 
 weights the two agree over the whole data set, and the step keeps one unit).
 
 Eval rows whose label the training rows never had cannot enter a cross-entropy over the known classes: they are
-skipped and counted in the data report (`tunelab eval` scores them, as errors). Packing is refused: each row is one
+skipped and counted in the data report (`tunelab eval` scores them, as errors). An eval label written another way
+than a training label (`label_key`: 'Spam' for 'spam') is read as that label and counted, as `tunelab eval` reads it. Packing is refused: each row is one
 example whose last token is read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import Counter
@@ -254,12 +256,15 @@ def to_rows(
     wheres = [location(it.path, it.line) for it in items]
     encoded = render([it.input for it in items], tokenizer, template, wheres, text_format)
     report.add_lengths([len(ids) for ids in encoded])
-    rows = []
+    rows, respelt = [], []  # respelt: (item, the run's label) of rows that write a training label otherwise
     for item, ids in zip(items, encoded):
         if item.label is not None and item.label not in index and skip_unseen:
             near = spelled.get(label_key(item.label))
-            report.skip(f"{UNSEEN} ({item.label!r}{f'; the run has {near!r}' if near else ''})", item.path, item.line)
-            continue
+            if near is None:
+                report.skip(f"{UNSEEN} ({item.label!r})", item.path, item.line)
+                continue
+            respelt.append((item, near))
+            item = dataclasses.replace(item, label=near)
         fitted = fit(ids, max_length, overlong)
         if fitted is None:
             report.skip(overlong_reason(max_length), item.path, item.line)
@@ -269,6 +274,13 @@ def to_rows(
         report.used(item.path)
         label = index.get(item.label, -1) if item.label is not None else -1
         rows.append(LabelledRow(fitted, label, weights.get(item.label, 1.0), item.path, item.line))
+    if respelt:
+        (item, near), more = respelt[0], ", ..." if len(respelt) > 1 else ""
+        report.notes.append(
+            f"{len(respelt)} eval rows write their label otherwise than the training rows ({item.label!r} for "
+            f"{near!r}, e.g. {location(item.path, item.line)}{more}): read as the training label, as `tunelab eval` "
+            "reads it"
+        )
     return rows
 
 
@@ -302,7 +314,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
             f"{', '.join(d.train)}: the training rows have {found}; a classifier needs at least two classes. Add rows "
             "of the other classes (or check that data.fields maps the right column to label)."
         )
-    refuse_label_spellings(items)
+    refuse_label_spellings(items + held if report.eval_source == "fraction" else items)  # the training files' rows
     weights = class_weights(cfg.classify, labels, counts)
     report.template = template.name if chat else "none (text only)"
     args = (tokenizer, template, d.max_length, d.overlong, report)
