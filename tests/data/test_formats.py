@@ -356,16 +356,29 @@ def test_a_mapped_field_whose_format_the_row_cannot_fill_is_refused_by_name():
     "row, fmt, fields, name",
     [
         ({"prompt": "Q", "completion": "A"}, "prompt_completion", {"text": "prompt"}, "text"),
-        ({"messages": USER_A, "sys": "Be brief."}, "auto", {"system": "sys"}, "system"),
+        ({"prompt": "Q", "completion": "A", "past": []}, "auto", {"history": "past"}, "history"),
         ({"question": "Q", "answer": "A", "ctx": "more"}, "auto", {"input": "ctx"}, "input"),
     ],
 )
 def test_a_mapping_the_files_format_does_not_read_is_refused_where_the_row_has_its_column(row, fmt, fields, name):
     """A forced data.format, or a detected one, that has no such field left the mapped column out of every example
-    without a word (a messages row's `sys` never became its system message)."""
+    without a word (a prompt_completion row's `past` never became its earlier turns)."""
     with pytest.raises(
         DataError, match=rf"d\.jsonl:1: option 'data.fields' maps {name} -> '{fields[name]}', which the .* format"
     ):
         convert([row], fmt=fmt, fields=fields)
     # a file of another format, without the column, leaves the mapping to the files that use it
-    assert convert([{"messages": USER_A}], fields={"system": "sys"})[0][0].messages == USER_A
+    assert convert([{"prompt": "Q", "completion": "A"}], fields={"history": "past"})[0][0].messages == USER_A
+
+
+def test_a_messages_rows_system_field_is_its_system_message_as_in_sharegpt():
+    """OpenAI-style rows that give the system message in a column beside `messages` (or {system: sys}) trained
+    without it, the column left out without a word; it is read as sharegpt's `system` is."""
+    (ex,), _ = convert([{"messages": USER_A, "system": "Be brief."}])
+    assert ex.messages == [{"role": "system", "content": "Be brief."}, *USER_A]
+    (ex,), _ = convert([{"messages": USER_A, "sys": "Be kind."}], fields={"system": "sys"})
+    assert ex.messages[0] == {"role": "system", "content": "Be kind."}
+    own = [{"role": "system", "content": "Be terse."}, *USER_A]
+    assert convert([{"messages": own, "system": "Be terse."}])[0][0].messages == own
+    with pytest.raises(DataError, match=r"d\.jsonl:1: the row gives its system message twice, differently"):
+        convert([{"messages": own, "system": "Be brief."}])

@@ -3,7 +3,7 @@
 Formats, tried in this order when detecting (each names canonical fields; `data.fields` maps them to your columns,
 and the formats whose required fields it maps are tried first):
 
-    messages           messages: [{role: system|user|assistant, content}]
+    messages           messages: [{role: system|user|assistant, content}]   (+ optional system)
     sharegpt           conversations: [{from: system|human|gpt, value}]   (+ optional system)
     alpaca             instruction, output, optional input (joined to the instruction by a blank line) (+ optional system,
                        and history: LLaMA-Factory's earlier [instruction, response] pairs, turns before the row's own)
@@ -27,7 +27,7 @@ from tunelab.errors import ConfigError, DataError, article, not_text
 
 # format -> (required canonical fields, optional canonical fields); dict order is the detection order
 FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "messages": (("messages",), ()),
+    "messages": (("messages",), ("system",)),
     "sharegpt": (("conversations",), ("system",)),
     "alpaca": (("instruction", "output"), ("input", "system", "history")),
     "prompt_completion": (("prompt", "completion"), ("system",)),
@@ -292,12 +292,12 @@ def _messages(row: dict, fmt: str, fields: dict[str, str], where: str) -> list[d
     def get(name: str) -> str:
         return text_field(row.get(fields.get(name, name)), where, fields.get(name, name))
 
-    if fmt == "messages":
-        key = fields.get("messages", "messages")
-        return parse_turns(row[key], where, key, "role", "content", weights=True)
-    if fmt == "sharegpt":
-        key = fields.get("conversations", "conversations")
-        messages = parse_turns(row[key], where, key, "from", "value", weights=True)
+    if fmt in ("messages", "sharegpt"):  # the turns, and a system field beside them
+        name, spelling = (
+            ("messages", ("role", "content")) if fmt == "messages" else ("conversations", ("from", "value"))
+        )
+        key = fields.get(name, name)
+        messages = parse_turns(row[key], where, key, *spelling, weights=True)
         system = get("system")
         own = [m["content"] for m in messages if m["role"] == "system" and m["content"].strip()]
         if system.strip() and own and own != [system]:
@@ -359,7 +359,7 @@ def _example(
 
 def refuse_unread(record: Record, fmt: str, fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
     """DataError when data.fields maps a field that format `fmt` does not read to a column the record has: the
-    column would be left out of the example without a word (a messages row's `sys` with {system: sys}). A file of
+    column would be left out of the example without a word (a prompt_completion row's `past` with {history: past}). A file of
     another format, without the column, leaves the mapping to the files that use it."""
     required, optional = FORMATS[fmt]
     read = required + optional + (("system",) if fmt == "text" else ())  # a text refuses a system message
