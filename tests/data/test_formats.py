@@ -382,3 +382,21 @@ def test_a_messages_rows_system_field_is_its_system_message_as_in_sharegpt():
     assert convert([{"messages": own, "system": "Be terse."}])[0][0].messages == own
     with pytest.raises(DataError, match=r"d\.jsonl:1: the row gives its system message twice, differently"):
         convert([{"messages": own, "system": "Be brief."}])
+
+
+def test_an_input_or_history_column_the_rows_format_does_not_read_is_counted_in_a_note():
+    """{prompt: instruction, completion: response} on GPTeacher's rows (instruction, input, response) trained every
+    answer without its input ("width: 5, height: 8"), without a word; the rows that lose one are now counted."""
+    rows = [
+        {"instruction": "Area of the rectangle?", "input": "width: 5, height: 8", "response": "40"},
+        {"instruction": "Say hi.", "input": "", "response": "Hi."},
+        {"instruction": "Double it.", "input": "4", "response": "8"},
+    ]
+    examples, report = convert(rows, fields={"prompt": "instruction", "completion": "response"})
+    assert len(examples) == 3
+    (note,) = report.notes
+    assert note.startswith("d.jsonl: 2 rows have a column 'input' that the prompt_completion format does not read "
+                           "(e.g. d.jsonl:1)")  # fmt: skip
+    assert "alpaca" in note
+    _, report = convert(rows, fields={"output": "response"})  # alpaca reads it
+    assert not report.notes

@@ -13,7 +13,8 @@ and the formats whose required fields it maps are tried first):
 
 The format is detected from the first record of each file (or forced by data.format) and then required of every
 record of that file. Problems with the data's shape are `DataError`s naming file, line and field; examples that are
-well formed but unusable (empty answer, no assistant turn) are skipped and counted in the report.
+well formed but unusable (empty answer, no assistant turn) are skipped and counted in the report; a column of
+alpaca's input or history beside a row of another format, which is left out, is counted in a note.
 """
 
 from __future__ import annotations
@@ -373,6 +374,26 @@ def refuse_unread(record: Record, fmt: str, fields: dict[str, str], option: str 
         )
 
 
+ALPACA_ONLY = ("input", "history")  # alpaca's fields that no other format reads
+
+
+def unread_columns(record: Record, fmt: str, fields: dict[str, str]) -> list[str]:
+    """The columns named after alpaca's own fields (input, history) that hold something, are not mapped to another
+    field, and that format `fmt` does not read: a prompt_completion row's `input` would be left out of its example."""
+    if fmt == "alpaca":
+        return []
+    claimed = set(fields.values())
+    return [
+        name for name in ALPACA_ONLY if name not in fields and name not in claimed and _filled(record.row.get(name))
+    ]
+
+
+def _filled(value) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    return value is not None and value != [] and not (isinstance(value, float) and math.isnan(value))
+
+
 def _check_required(record: Record, fmt: str, fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
     required, optional = FORMATS[fmt]
     for name in required:
@@ -407,6 +428,7 @@ def to_examples(
     examples = []
     file_format: dict[str, str] = {}
     unused = UnusedMappings(option=option)
+    lost: dict[tuple[str, str], list] = {}  # (file, column) -> [rows, first record] of columns left unread
     for record in records:
         report.read(record.path)
         chosen = file_format.get(record.path)
@@ -426,6 +448,8 @@ def to_examples(
             _check_required(record, chosen, fields, option)
             if not questions:  # a question file is read with the mapping of the run's training files
                 refuse_unread(record, chosen, fields, option)
+            for name in unread_columns(record, chosen, fields):
+                lost.setdefault((record.path, name), [0, record])[0] += 1
         elif "text" not in record.row:  # a data.transform's row
             raise DataError(
                 f"{location(record.path, record.line)}: a .txt file is one record whose text is its field 'text', but "
@@ -438,4 +462,10 @@ def to_examples(
             report.skip(str(skip), record.path, record.line)
     if not questions:
         unused.refuse()
+    for (path, name), (rows, first) in lost.items():
+        report.notes.append(
+            f"{path}: {rows} rows have a column '{name}' that the {file_format[path]} format does not read (e.g. "
+            f"{location(first.path, first.line)}): it is left out of their examples; to use it, read the rows as "
+            "alpaca (instruction, output, input, history: data.fields maps your columns to them)"
+        )
     return examples
