@@ -249,6 +249,19 @@ def test_text_pairs_that_share_no_start_are_counted_in_the_report(tiny_model_dir
     assert not [n for n in told.report.notes if "share no" in n]
 
 
+def test_answers_that_repeat_their_prompt_are_counted_in_the_report(tiny_model_dir, tmp_path):
+    """Rows whose chosen and rejected are whole transcripts beside a prompt column that holds their start (the prompt
+    cut out of HH-RLHF's texts, the sides left whole) trained each answer to repeat the question before answering,
+    without a word; such pairs are now counted in the data report."""
+    start = "\n\nHuman: Which box holds the keys?\n\nAssistant:"
+    rows = [{"prompt": start, "chosen": f"{start} Box {i}.", "rejected": f"{start} No idea."} for i in range(3)]
+    rows.append({"prompt": "Which box?", "chosen": "Box 4.", "rejected": "No idea."})
+    path = _write(tmp_path / "t.jsonl", rows)
+    _, _, data = _data(tiny_model_dir, path)
+    note = next(n for n in data.report.notes if "repeat" in n)
+    assert note.startswith(f"3 of the 4 pairs have answers that both start with their prompt's text (e.g. {path}:1)")
+
+
 def test_cli_run_trains_and_saves_a_peft_adapter(tiny_model_dir, tmp_path, pair_file):
     args = ["train", "--task", "dpo", "--model.name", str(tiny_model_dir), "--data.train", pair_file]
     args += ["--data.eval_fraction", "0.25", "--data.max_length", "64", "--method.r", "4", "--train.max_steps", "3"]

@@ -248,3 +248,13 @@ def test_predict_of_a_pair_file_points_to_eval(tmp_path):
     with pytest.raises(DataError) as err:
         read_scored([other], {}, None, DataReport())
     assert "tunelab eval" not in str(err.value)
+
+
+def test_answers_that_repeat_their_prompt_are_counted_in_the_report(smollm2_tokenizer, tmp_path):
+    """As in dpo: both answers starting with the prompt's text are whole transcripts beside their prompt."""
+    start = "Human: Which box holds the keys? Assistant:"
+    rows = [{"prompt": start, "chosen": f"{start} Box {i}.", "rejected": f"{start} No idea."} for i in range(2)]
+    rows += [{"prompt": "Which box?", "chosen": f"Box {i}.", "rejected": "No idea."} for i in range(3)]
+    path = _write(tmp_path / "t.jsonl", rows)
+    note = next(n for n in _build(smollm2_tokenizer, path).report.notes if "repeat" in n)
+    assert note.startswith(f"2 of the 5 pairs have answers that both start with their prompt's text (e.g. {path}:1)")

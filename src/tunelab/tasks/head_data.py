@@ -41,7 +41,7 @@ from tunelab.data.formats import (
 )
 from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
 from tunelab.data.render import encode, special_text_in, special_texts
-from tunelab.data.report import DataReport, location_path
+from tunelab.data.report import DataReport, location, location_path
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
 from tunelab.errors import ConfigError, DataError, article
@@ -243,6 +243,37 @@ def shared_prompt(chosen: list[dict], rejected: list[dict], where: str) -> int:
             "two answers to one prompt: give both sides the prompt's turns (or the prompt in its own field)."
         )
     return shared
+
+
+def repeats_its_prompt(chosen: list[dict] | None, rejected: list[dict] | None) -> bool:
+    """Whether both answers of a chat pair start with the text of the user turn they answer, after the turns the
+    sides share: whole transcripts beside a prompt column that holds their start."""
+    if chosen is None or rejected is None:
+        return False
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if not 0 < shared < min(len(chosen), len(rejected)) or chosen[shared - 1]["role"] != "user":
+        return False
+    asked = chosen[shared - 1]["content"].strip()
+    return bool(asked) and all(
+        side[shared]["role"] == "assistant" and side[shared]["content"].lstrip().startswith(asked)
+        for side in (chosen, rejected)
+    )
+
+
+def note_repeated_prompts(pairs: list, report: DataReport) -> None:
+    """A note in `report` for the pairs (dpo, reward: each with chosen and rejected sides, `path` and `line`) whose
+    answers both start with their prompt's text (`repeats_its_prompt`): each answer is trained, or scored, as one
+    that repeats the question before it answers."""
+    repeated = [p for p in pairs if repeats_its_prompt(p.chosen.messages, p.rejected.messages)]
+    if repeated:
+        report.notes.append(
+            f"{len(repeated)} of the {len(pairs)} pairs have answers that both start with their prompt's text (e.g. "
+            f"{location(repeated[0].path, repeated[0].line)}): each answer is read as one that repeats the question "
+            "before it answers. If the sides are whole transcripts, remove the prompt column from the rows: the text "
+            "two whole texts share from the start is their prompt"
+        )
 
 
 def answer_blank(messages: list[dict], start: int) -> bool:

@@ -35,6 +35,7 @@ from tunelab.tasks.head_data import (
     answer_turns,
     as_turns,
     counted_records,
+    note_repeated_prompts,
     pair_columns,
     pair_skip,
     plain_text,
@@ -258,6 +259,7 @@ def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     report.pairs = True
     chat = any(p.chosen.messages is not None for p in pairs + held)
     note_system_on_texts(d.system_prompt, [p for p in pairs + held if p.chosen.messages is None], report)
+    note_repeated_prompts(pairs + held, report)
     report.template = template.name if chat else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)
     if not train:

@@ -45,6 +45,7 @@ from tunelab.tasks.head_data import (
     fit,
     input_kind,
     is_empty,
+    note_repeated_prompts,
     overlong_reason,
     pad_rows,
     pair_columns,
@@ -299,6 +300,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     text_format = cfg.classify.prompt_format
     chat = any(p.chosen.is_chat for p in pairs + held)
     note_system_on_texts(d.system_prompt, [p for p in pairs + held if not p.chosen.is_chat], report)
+    note_repeated_prompts(pairs + held, report)
     report.template = template.name if chat else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report, text_format)
     if not train:
