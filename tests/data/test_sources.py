@@ -281,6 +281,18 @@ def test_csv_duplicate_header_names_are_refused_with_the_column(tmp_path):
         read_records([p])
 
 
+def test_csv_header_names_padded_with_spaces_are_read_without_them(tmp_path):
+    """A header written "prompt, completion, system" named the columns ' completion' and ' system': an sft run then
+    left every row's system message out without a word (a column no format reads), and a classify run could not
+    find ' label'. The names are read without the spaces around them; two that become one name are refused."""
+    p = write(tmp_path / "a.csv", "prompt, completion , system\nQ,A,Be brief.\n")
+    assert read_records([p])[0].row == {"prompt": "Q", "completion": "A", "system": "Be brief."}
+    t = write(tmp_path / "a.tsv", "text\t label\nhello\tx\n")
+    assert read_records([t])[0].row == {"text": "hello", "label": "x"}
+    with pytest.raises(DataError, match=r"b\.csv:1: the header names the column 'answer' more than once"):
+        read_records([write(tmp_path / "b.csv", "question,answer, answer\nq,a1,a2\n")])
+
+
 def test_csv_separator_is_detected_or_given(tmp_path):
     p = write(tmp_path / "a.csv", 'question;answer\n"a, b";c\nd;e\n')
     assert [r.row for r in read_records([p])] == [{"question": "a, b", "answer": "c"}, {"question": "d", "answer": "e"}]

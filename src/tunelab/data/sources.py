@@ -1,7 +1,7 @@
 """Read data files into records: one `Record` per row, each remembering where it came from.
 
 Supported: .jsonl (one object a line), .json (an array of objects; a .json file holding JSON lines is read as
-.jsonl, as the datasets library reads it), .csv / .tsv (header row; a .csv file's separator is detected from its header line among , ; tab | unless
+.jsonl, as the datasets library reads it), .csv / .tsv (header row, its names read without the spaces around them; a .csv file's separator is detected from its header line among , ; tab | unless
 data.delimiter names it; duplicate column names are refused; a .csv file's quotes are read strictly, a .tsv file has
 none, as IANA's text/tab-separated-values has none: a value there holds no tab or line break), .parquet (needs
 pyarrow; a float column of whole numbers with nulls, pandas' form of an integer column with missing values, is read
@@ -240,6 +240,7 @@ def _csv(path: Path, text: str, delimiter: str, quoting: bool = True) -> list[Re
         return []
     except csv.Error as exc:
         raise _quoting_error(path, 1, exc) from None
+    header = [name.strip() for name in header]  # "prompt, completion": the spaces after a comma are no name's
     if twice := _named_twice(header):
         raise DataError(f"{path}:1: the header {twice}")
     records = []
