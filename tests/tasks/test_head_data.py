@@ -426,3 +426,24 @@ def test_predict_reads_a_blank_system_prompt_as_training_does():
     told = SimpleNamespace(chat_input=True, data=SimpleNamespace(system_prompt="Be exact."))
     asked = [{"role": "system", "content": ""}, question]
     assert scored_input(told, asked, "4.").messages == [{"role": "system", "content": "Be exact."}, question, answer]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_an_input_column_beside_a_prompt_that_is_no_instruction_is_counted_in_a_note(task, smollm2_tokenizer, tmp_path):
+    """Only an instruction takes its row's `input` (as sft's alpaca rows do): with {prompt: instruction} on rows that
+    also have an input, every input was left out without a word; such rows are now counted, as sft counts them."""
+    rows = [
+        {k: v for k, v in _row(task, i).items() if k != "prompt"} | {"q": "Add.", "input": f"{i} and {i}"}
+        for i in range(6)
+    ]
+    path = _write(tmp_path / "t.jsonl", rows)
+    data = _build(task, smollm2_tokenizer, path, **{"data.fields": {"prompt": "q"}})
+    note = next(n for n in data.report.notes if "'input'" in n)
+    assert note.startswith(f"{path}: 6 rows have a column 'input' that only an instruction reads (e.g. {path}:1)")
+    told = _build(task, smollm2_tokenizer, path, **{"data.fields": {"instruction": "q"}})
+    assert not [n for n in told.report.notes if "'input'" in n]
+    rows = [row | {"ctx": row.pop("input")} for row in rows]  # a mapped input, beside a prompt, is left out too
+    mapped = _build(
+        task, smollm2_tokenizer, _write(tmp_path / "m.jsonl", rows), **{"data.fields": {"prompt": "q", "input": "ctx"}}
+    )
+    assert [n for n in mapped.report.notes if "column 'ctx' (data.fields' input)" in n]

@@ -383,12 +383,11 @@ def unread_columns(record: Record, fmt: str, fields: dict[str, str]) -> list[str
     if fmt == "alpaca":
         return []
     claimed = set(fields.values())
-    return [
-        name for name in ALPACA_ONLY if name not in fields and name not in claimed and _filled(record.row.get(name))
-    ]
+    return [name for name in ALPACA_ONLY if name not in fields and name not in claimed and filled(record.row.get(name))]
 
 
-def _filled(value) -> bool:
+def filled(value) -> bool:
+    """A value with something in it: not null, NaN, blank text or an empty list."""
     if isinstance(value, str):
         return bool(value.strip())
     return value is not None and value != [] and not (isinstance(value, float) and math.isnan(value))

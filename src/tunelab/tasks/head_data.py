@@ -6,7 +6,8 @@ An input is one of (the first present wins; `data.fields` maps these names to yo
                                        message (a row's `system` beside it is refused: `plain_text`)
     messages | conversations           a chat: [{role, content}] or ShareGPT's [{from, value}]
     prompt | question | instruction    one user turn (+ the row's `system`, else data.system_prompt); an instruction
-                                       takes the row's `input` and `history` as sft's alpaca rows do
+                                       takes the row's `input` and `history` as sft's alpaca rows do (beside
+                                       another input they are left out, and counted in a note: `counted_records`)
 
 A chat is rendered with the run's prompt template: one that ends with a user turn gets the assistant prefix
 (`add_generation_prompt`), so the pooled last token is where the model would start its answer; one that ends with an
@@ -30,10 +31,12 @@ import torch
 
 from tunelab.config import PLACEHOLDER, RunConfig
 from tunelab.data.formats import (
+    ALPACA_ONLY,
     EMPTY_QUESTION,
     LATE_SYSTEM,
     NO_USER_START,
     UnusedMappings,
+    filled,
     history_turns,
     parse_turns,
     text_alone,
@@ -437,12 +440,30 @@ def counted_records(
     fields are an input or a target, which every row needs: a row without one is refused on its own. `delimiter`:
     data.delimiter, the separator of the training files' .csv rows."""
     unused = UnusedMappings(lenient, together=True)
+    lost: dict[tuple[str, str], list] = {}  # (input or history, its column) -> [rows, first record] leaving it out
     for record in read_records(paths, delimiter, report=report):
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
         unused.see(record, {name: column for name, column in fields.items() if name in OPTIONAL_FIELDS})
+        for found in unread_columns(record.row, fields, lenient):
+            lost.setdefault(found, [0, record])[0] += 1
         yield record
     unused.refuse()
+    for (name, key), (rows, first) in lost.items():
+        mapped = f" (data.fields' {name})" if key != name else ""
+        report.notes.append(
+            f"{first.path}: {rows} rows have a column '{key}'{mapped} that only an instruction reads (e.g. "
+            f"{location(first.path, first.line)}): their prompt is another field, so it is left out; map the prompt's "
+            "column to instruction (data.fields, e.g. {instruction: your_column}) to read it as sft's alpaca rows do"
+        )
+
+
+def unread_columns(row: dict, fields: dict[str, str], lenient: bool) -> list[tuple[str, str]]:
+    """(field, column) of the input and history fields (`column`: data.fields applied) holding something, in a row
+    whose input is not an instruction (`user_turns` joins them to an instruction only)."""
+    if next((name for name in INPUT_FIELDS if column(row, fields, name, lenient)), None) == "instruction":
+        return []
+    return [(name, key) for name in ALPACA_ONLY if (key := column(row, fields, name, lenient)) and filled(row[key])]
 
 
 def refuse_sft_recipes(cfg: RunConfig) -> None:
