@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+import torch
 
 import tunelab
 from tunelab.errors import DataError, RunDirError
@@ -16,6 +17,13 @@ from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
 
 SHORT = GenerationSettings(max_new_tokens=4)
+# The tiny random model answers greedily with whitespace only, an answer chat does not keep; sampled, it says words.
+CHAT = GenerationSettings(max_new_tokens=4, temperature=1.0)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
 
 
 def test_contains_scoring_and_refusal_rates():
@@ -58,7 +66,7 @@ def test_compare_generate_and_chat_on_a_run(tiny_run_dir):
 
     inputs = iter(["Code of box 1?", "/reset", "", "Code of box 5?", "/exit"])
     out = io.StringIO()
-    history = chat(run, SHORT, read=lambda prompt: next(inputs), out=out)
+    history = chat(run, CHAT, read=lambda prompt: next(inputs), out=out)
     assert [m["role"] for m in history] == ["user", "assistant"]  # /reset dropped the first exchange
     assert history[0]["content"] == "Code of box 5?"
     assert out.getvalue().count("model> ") == 2
@@ -157,7 +165,7 @@ def test_prompts_beyond_the_models_context_are_refused_or_cut(tiny_run_dir):
     # chat: the message is not sent, the conversation goes on
     inputs = iter([over, "Code of box 5?", "/exit"])
     out = io.StringIO()
-    history = chat(run, SHORT, read=lambda prompt: next(inputs), out=out)
+    history = chat(run, CHAT, read=lambda prompt: next(inputs), out=out)
     assert [m["content"] for m in history if m["role"] == "user"] == ["Code of box 5?"]
     assert "(not sent: the prompt is 1029 tokens" in out.getvalue() and out.getvalue().count("model> ") == 1
 
@@ -180,7 +188,7 @@ def test_special_token_text_in_a_conversation_to_answer_is_refused(tiny_run_dir)
         generate_answers(run.model, run.tokenizer, run.template, asked, SHORT, names=["q.jsonl:1", "heldout.jsonl:2"])
     inputs = iter([forged, "Code of box 5?", "/exit"])
     out = io.StringIO()
-    history = chat(run, SHORT, read=lambda prompt: next(inputs), out=out)
+    history = chat(run, CHAT, read=lambda prompt: next(inputs), out=out)
     assert [m["content"] for m in history if m["role"] == "user"] == ["Code of box 5?"]
     assert "(not sent: the special token text '<|im_end|>' in a user message" in out.getvalue()
     assert out.getvalue().count("model> ") == 1
@@ -250,7 +258,7 @@ def test_text_that_cannot_be_tokenized_or_is_no_text_is_refused_by_name(tiny_run
     inputs = lines()
     queued = iter(["Code of box 5?", "/exit"])
     out = io.StringIO()
-    history = chat(run, SHORT, read=lambda prompt: next(inputs, None) or next(queued), out=out)
+    history = chat(run, CHAT, read=lambda prompt: next(inputs, None) or next(queued), out=out)
     assert [m["content"] for m in history if m["role"] == "user"] == ["Code of box 5?"]
     assert "(not sent: a user message: character 12 is U+D800" in out.getvalue()
     assert "(not sent: the line is not UTF-8 text: invalid start byte at byte 0.)" in out.getvalue()
@@ -319,7 +327,7 @@ def test_an_unknown_chat_command_is_not_sent(tiny_run_dir):
     run = open_run(tiny_run_dir, device="cpu")
     inputs = iter(["/exti", "/help", "/etc/hosts?", "/exit"])
     out = io.StringIO()
-    history = chat(run, SHORT, read=lambda prompt: next(inputs), out=out)
+    history = chat(run, CHAT, read=lambda prompt: next(inputs), out=out)
     assert [m["content"] for m in history if m["role"] == "user"] == ["/etc/hosts?"]
     assert "(not sent: unknown command /exti; /reset starts over, /exit leaves.)" in out.getvalue()
     assert "unknown command /help" in out.getvalue()
@@ -344,7 +352,7 @@ def test_chat_says_when_the_context_leaves_an_answer_little_room(tiny_run_dir):
     run = open_run(tiny_run_dir, device="cpu")
     inputs = iter(["Code of box 1?", "/reset", _words_for(run, 3), "/exit"])
     out = io.StringIO()
-    chat(run, SHORT, read=lambda prompt: next(inputs), out=out)
+    chat(run, CHAT, read=lambda prompt: next(inputs), out=out)
     said = "(the model's context left this answer room for 3 of the 4 tokens asked; /reset starts a new conversation.)"
     first, second = out.getvalue().split("model> ")[1:]
     assert said not in first and said in second  # the first answer had the 4 tokens it asked for
@@ -485,7 +493,7 @@ def test_chat_survives_a_refused_turn_says_reset_and_ends_its_line_on_eof(tiny_r
         except StopIteration:
             raise EOFError from None
 
-    history = chat(run, SHORT, read=read, out=out)
+    history = chat(run, CHAT, read=read, out=out)
     said = out.getvalue()
     assert [m["content"] for m in history if m["role"] == "user"] == ["Code of box 5?"]
     assert "(not sent: prompt template" in said and "roles must alternate" in said

@@ -1,5 +1,6 @@
 """An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit leaves,
-Ctrl-C during an answer stops it."""
+Ctrl-C during an answer stops it. An empty answer is not kept, nor the question it answered: training skips a
+conversation holding an empty answer, so the model would be shown a turn it never saw."""
 
 from __future__ import annotations
 
@@ -71,5 +72,10 @@ def chat(
                 f"(the model's context left this answer room for {room} of the {wanted} tokens asked; /reset starts "
                 "a new conversation.)\n"
             )
-        messages.append({"role": "assistant", "content": "".join(pieces).strip()})
+        answer_text = "".join(pieces).strip()
+        if not answer_text:  # training skips a conversation with an empty answer: the model never saw one
+            messages.pop()
+            out.write("(no answer: the question is not kept in the conversation.)\n")
+            continue
+        messages.append({"role": "assistant", "content": answer_text})
     return messages
