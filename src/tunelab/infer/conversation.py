@@ -20,7 +20,7 @@ def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
     none, and one that is none becomes the run's data.system_prompt. LateSystem for a system message after the first
     (training skips such conversations, and the llama2 and alpaca templates would write it as an answer); Untrained
     for a conversation that does not start with the user's message (after the system message) or holds an empty or
-    blank user message, which training skips too."""
+    blank user or assistant message, which training skips too ("empty question", "empty answer")."""
     start = 1 if messages and messages[0]["role"] == "system" and not messages[0]["content"].strip() else 0
     rest = messages[start:]
     late = next((start + i for i, m in enumerate(rest) if i and m["role"] == "system"), None)
@@ -35,11 +35,16 @@ def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
             f"message {first + 1} is the {messages[first]['role']}'s before any user message; the model was trained "
             "on conversations that start with the user's message (after any system message). Start with the user's."
         )
-    blank = next((i for i, m in enumerate(messages) if m["role"] == "user" and not m["content"].strip()), None)
-    if blank is not None:
+    blank = next((i for i, m in enumerate(messages) if m["role"] != "system" and not m["content"].strip()), None)
+    if blank is not None and messages[blank]["role"] == "user":
         raise Untrained(
             f"message {blank + 1} is the user's and is empty; the model was trained on no empty question. "
             "Give the text of the question, or leave the message out."
+        )
+    if blank is not None:
+        raise Untrained(
+            f"message {blank + 1} is the assistant's and is empty; the model was trained on no empty answer. "
+            "Give the text of the answer, or leave out the exchange (the question and its answer)."
         )
     if (system_prompt or "").strip() and not (rest and rest[0]["role"] == "system"):  # a blank one is none
         rest = [{"role": "system", "content": system_prompt}, *rest]

@@ -1,0 +1,38 @@
+"""How `tunelab serve` reads the messages of a request: as training read its conversations."""
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from tunelab.infer.run import open_run  # noqa: E402
+from tunelab.server.serve import build_app  # noqa: E402
+
+QUESTION = {"role": "user", "content": "Code of box 3?"}
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run_dir):
+    with TestClient(build_app(open_run(tiny_run_dir, device="cpu"), model_name="tiny")) as client:
+        yield client
+
+
+def _ask(client, messages: list[dict], stream: bool = False):
+    body = {"model": "tiny", "messages": messages, "max_tokens": 2, "stream": stream}
+    return client.post("/v1/chat/completions", json=body)
+
+
+def test_an_empty_assistant_message_is_refused_by_its_index(client):
+    """An empty (or blank, or absent) assistant message in the history was rendered as an empty answer, though
+    training skips a conversation holding one ("empty answer") and the model never saw one. It is a 400 naming the
+    message, streamed or not, as an empty user message is."""
+    for content in ("", "  \n", None):
+        messages = [QUESTION, {"role": "assistant", "content": content}, QUESTION]
+        for stream in (False, True):
+            answer = _ask(client, messages, stream)
+            error = answer.json()["error"]
+            assert answer.status_code == 400 and error["param"] == "messages", answer.text
+            assert error["message"].startswith("message 2 is the assistant's and is empty"), error
+    assert _ask(client, [QUESTION, {"role": "assistant", "content": "Box 3."}, QUESTION]).status_code == 200
