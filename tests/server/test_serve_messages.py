@@ -36,3 +36,24 @@ def test_an_empty_assistant_message_is_refused_by_its_index(client):
             assert answer.status_code == 400 and error["param"] == "messages", answer.text
             assert error["message"].startswith("message 2 is the assistant's and is empty"), error
     assert _ask(client, [QUESTION, {"role": "assistant", "content": "Box 3."}, QUESTION]).status_code == 200
+
+
+def test_text_parts_of_a_message_are_joined_by_a_line_break(tiny_run_dir):
+    """A message sent as several text parts ([{"type": "text", "text": "Code of box"}, {..., "text": "3?"}]) was
+    read as their texts run together ("Code of box3?"). They are joined by a line break, as vLLM joins them."""
+    from dataclasses import replace
+
+    run = open_run(tiny_run_dir, device="cpu")
+    written, real = [], run.template.write
+
+    def seen(messages, add_generation_prompt):
+        written.append([m["content"] for m in messages])
+        return real(messages, add_generation_prompt)
+
+    run.template = replace(run.template, write=seen)
+    with TestClient(build_app(run, model_name="tiny")) as client:
+        parts = [{"type": "text", "text": "Code of box"}, {"type": "text", "text": "3?"}]
+        system = [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Answer with the code."}]
+        answer = _ask(client, [{"role": "system", "content": system}, {"role": "user", "content": parts}])
+    assert answer.status_code == 200, answer.text
+    assert written[-1] == ["Be brief.\nAnswer with the code.", "Code of box\n3?"]

@@ -118,8 +118,9 @@ _UNION_TAG = re.compile(r"^(str|int|float|bool|none|constrained-str)$|[\[\]]")
 
 
 def _text(content, role: str) -> str:
-    """A message's content: a string, or OpenAI's list of parts of which the text ones are joined. Only an
-    assistant's turn may come without one (OpenAI's tool calls, which this server does not make)."""
+    """A message's content: a string, or OpenAI's list of parts, whose texts are joined by a line break (as vLLM
+    joins them: "Code of box" and "3?" are two lines, not "Code of box3?"). Only an assistant's turn may come without
+    one (OpenAI's tool calls, which this server does not make)."""
     if content is None:
         if role != "assistant":
             raise ValueError(f"{article(role)} message needs its content")
@@ -133,7 +134,7 @@ def _text(content, role: str) -> str:
         if not isinstance(part.get("text"), str):
             raise ValueError(f"a content part of type 'text' needs its text as a string, got {part.get('text')!r}")
         parts.append(part["text"])
-    return "".join(parts)
+    return "\n".join(parts)
 
 
 def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationSettings | None = None):
