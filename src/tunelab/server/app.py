@@ -137,6 +137,24 @@ def _text(content, role: str) -> str:
     return "\n".join(parts)
 
 
+class KeyCheck:
+    """ASGI middleware answering 401 to a /v1/ request without the API key. A plain ASGI layer, not Starlette's
+    BaseHTTPMiddleware: that one hands the route a receive of its own, through which `request.is_disconnected()`
+    never sees the client leave, so a stream behind the key check could not tell that its client had gone."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+            if not secrets.compare_digest(given, self.expected):
+                error = _error(401, "missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key")
+                await error(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationSettings | None = None):
     """The FastAPI application around a loaded run. `defaults` give max_new_tokens and sampling when a request
     does not set them."""
@@ -174,13 +192,8 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
     async def internal(request: Request, exc: Exception):
         return _error(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error")
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return _error(401, "missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key")
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(KeyCheck, api_key=api_key)
 
     @app.get("/health")
     async def health():
