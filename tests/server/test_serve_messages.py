@@ -113,3 +113,32 @@ def test_a_stream_sees_its_client_leave_behind_the_api_key_check(tiny_run_dir):
     while not generated and time.monotonic() < deadline:  # the generation ends on its own thread
         time.sleep(0.05)
     assert sent[0]["status"] == 200 and generated and generated[0] < 50, generated
+
+
+def test_start_server_requires_the_key_of_the_environment_as_serve_does(tiny_run_dir, monkeypatch):
+    """`tunelab serve` and tunelab.serve() require $TUNELAB_API_KEY when it is set; start_server() served everyone.
+    It reads it too (an empty variable is no key, and a key given wins)."""
+    import urllib.error
+    import urllib.request
+
+    from tunelab.server.serve import start_server
+
+    run = open_run(tiny_run_dir, device="cpu")
+
+    def status(url: str, key: str | None) -> int:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{url}/v1/models", headers=headers), timeout=60) as r:
+                return r.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    for env, given, wanted in [("from-env", None, "from-env"), ("from-env", "given", "given"), ("", None, None)]:
+        monkeypatch.setenv("TUNELAB_API_KEY", env)
+        running = start_server(run, api_key=given, model_name="tiny")
+        try:
+            assert status(running.url, wanted) == 200
+            if wanted:
+                assert status(running.url, None) == 401 and status(running.url, "other") == 401
+        finally:
+            running.stop()

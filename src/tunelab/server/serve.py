@@ -67,6 +67,11 @@ def check_api_key(api_key: str | None) -> None:
         )
 
 
+def environment_key(api_key: str | None) -> str | None:
+    """`api_key`, or when it is None $TUNELAB_API_KEY where set and not empty, as `tunelab serve` reads it."""
+    return (os.environ.get("TUNELAB_API_KEY") or None) if api_key is None else api_key
+
+
 def check_model_name(model_name: str | None) -> None:
     """ConfigError for an empty model name (`--model-name "$NAME"` with NAME unset), which served the run under its
     directory's name instead, so that clients asking for the intended name got 404."""
@@ -122,8 +127,7 @@ def serve(
     Refuses a port in use before loading anything. `start_server` does the same on a background thread and returns
     its URL. `api_key` None: $TUNELAB_API_KEY when it is set and not empty, as `tunelab serve` reads it."""
     _check_installed()
-    if api_key is None:  # an empty variable is none, as for the CLI
-        api_key = os.environ.get("TUNELAB_API_KEY") or None
+    api_key = environment_key(api_key)
     check_api_key(api_key)
     check_model_name(model_name)
     check_base_precision(base_precision)
@@ -164,7 +168,9 @@ def start_server(
     device: str = "auto",
     base_precision: str = "trained",
 ) -> RunningServer:
-    """Serve on a background thread (port 0: a free one) and return once it accepts connections."""
+    """Serve on a background thread (port 0: a free one) and return once it accepts connections. `api_key` None:
+    $TUNELAB_API_KEY when it is set and not empty, as `serve` reads it."""
+    api_key = environment_key(api_key)
     check_api_key(api_key)
     check_model_name(model_name)
     sock = bind(host, port)
