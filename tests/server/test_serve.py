@@ -192,7 +192,7 @@ def test_bad_requests_get_openai_shaped_4xx_errors(server, client):
     assert status == 400 and json.loads(body)["error"]["param"] == "messages"
     no_content = json.dumps({"model": "tiny", "messages": [{"role": "user"}]}).encode()
     status, _, body = _http("POST", url, no_content)
-    assert status == 400 and "needs its content" in json.loads(body)["error"]["message"]
+    assert status == 400 and "message 1 is the user's and has no content" in json.loads(body)["error"]["message"]
     empty_part = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text"}]}]}).encode()
     status, _, body = _http("POST", url, empty_part)  # was answered as an empty message
     assert status == 400 and "needs its text as a string" in json.loads(body)["error"]["message"]

@@ -142,3 +142,22 @@ def test_start_server_requires_the_key_of_the_environment_as_serve_does(tiny_run
                 assert status(running.url, None) == 401 and status(running.url, "other") == 401
         finally:
             running.stop()
+
+
+def test_a_message_the_server_cannot_read_is_named_by_its_index(client):
+    """A content part of another type (an image) or without its text, or a message without content, was refused
+    without saying which message of the conversation it was ("content part of type 'image_url': ..."); the error
+    names the message (from 1, as the others about messages do) and the part."""
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    cases = [
+        ([{"type": "text", "text": "Look:"}, image], "message 3, content part 2, is of type 'image_url'"),
+        ([{"type": "text"}], "message 3, content part 1, of type 'text' needs its text as a string"),
+        (None, "message 3 is the user's and has no content"),
+    ]
+    for content, says in cases:
+        answer = _ask(
+            client, [QUESTION, {"role": "assistant", "content": "Box 3."}, {"role": "user", "content": content}]
+        )
+        error = answer.json()["error"]
+        assert answer.status_code == 400 and error["param"] == "messages", answer.text
+        assert error["message"].startswith(says), error

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from tunelab.data.render import ControlTokenText, NotText
-from tunelab.errors import TunelabError, article
+from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
@@ -117,22 +117,27 @@ def _field(loc) -> str:
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|constrained-str)$|[\[\]]")
 
 
-def _text(content, role: str) -> str:
+def _text(content, role: str, number: int) -> str:
     """A message's content: a string, or OpenAI's list of parts, whose texts are joined by a line break (as vLLM
     joins them: "Code of box" and "3?" are two lines, not "Code of box3?"). Only an assistant's turn may come without
-    one (OpenAI's tool calls, which this server does not make)."""
+    one (OpenAI's tool calls, which this server does not make). ValueError naming message `number` (from 1)."""
     if content is None:
         if role != "assistant":
-            raise ValueError(f"{article(role)} message needs its content")
+            raise ValueError(f"message {number} is the {role}'s and has no content; give its text as 'content'")
         return ""
     if isinstance(content, str):
         return content
     parts = []
-    for part in content:
+    for i, part in enumerate(content, 1):
         if part.get("type") != "text":
-            raise ValueError(f"content part of type {part.get('type')!r}: this model reads text parts only")
+            raise ValueError(
+                f"message {number}, content part {i}, is of type {part.get('type')!r}: this model reads text parts only"
+            )
         if not isinstance(part.get("text"), str):
-            raise ValueError(f"a content part of type 'text' needs its text as a string, got {part.get('text')!r}")
+            raise ValueError(
+                f"message {number}, content part {i}, of type 'text' needs its text as a string, got "
+                f"{part.get('text')!r}"
+            )
         parts.append(part["text"])
     return "\n".join(parts)
 
@@ -232,8 +237,8 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             return _error(400, refused[1], param=refused[0])
         try:
             messages = [
-                {"role": "system" if m.role == "developer" else m.role, "content": _text(m.content, m.role)}
-                for m in body.messages
+                {"role": "system" if m.role == "developer" else m.role, "content": _text(m.content, m.role, i)}
+                for i, m in enumerate(body.messages, 1)
             ]
         except ValueError as exc:
             return _error(400, str(exc), param="messages")
