@@ -161,3 +161,15 @@ def test_a_message_the_server_cannot_read_is_named_by_its_index(client):
         error = answer.json()["error"]
         assert answer.status_code == 400 and error["param"] == "messages", answer.text
         assert error["message"].startswith(says), error
+
+
+def test_a_route_this_server_does_not_have_names_the_ones_it_has(client):
+    """A client of the legacy completions API (POST /v1/completions) got a bare "Not Found", and a GET of the chat
+    route "Method Not Allowed", which left one guessing whether the server, the path or the model was wrong. Each
+    names the request and the routes this server has."""
+    for method, path, status in [("POST", "/v1/completions", 404), ("GET", "/v1/chat/completions", 405)]:
+        answer = client.request(method, path, json={"model": "tiny", "prompt": "hi"})
+        error = answer.json()["error"]
+        assert answer.status_code == status, answer.text
+        assert error["message"].startswith(f"this server has no {method} {path};"), error
+        assert "POST /v1/chat/completions" in error["message"], error

@@ -33,6 +33,7 @@ from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
 
 MAX_TOKENS_CAP = 4096
+ROUTES = "GET /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code=None):
@@ -191,7 +192,10 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return _error(exc.status_code, str(exc.detail), kind=kind)
+        message = str(exc.detail)
+        if exc.status_code in (404, 405):  # a route or method the server lacks: "Not Found" named neither
+            message = f"this server has no {request.method} {request.url.path}; it serves {ROUTES}"
+        return _error(exc.status_code, message, kind=kind)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
