@@ -173,3 +173,24 @@ def test_a_route_this_server_does_not_have_names_the_ones_it_has(client):
         assert answer.status_code == status, answer.text
         assert error["message"].startswith(f"this server has no {method} {path};"), error
         assert "POST /v1/chat/completions" in error["message"], error
+
+
+def test_an_api_key_no_client_can_send_is_refused(tiny_run_dir, monkeypatch, capsys):
+    """A key with a character outside printable ASCII (an accent, a tab, a line break pasted with it) was accepted,
+    and then no request could match it: the openai client cannot put it in a header, and one sent as UTF-8 bytes
+    was read back as other characters, 401 every time. It is refused before the model loads, exit 2."""
+    import tunelab.server.serve as serve_module
+    from tunelab.cli import main
+    from tunelab.errors import ConfigError, TunelabError
+    from tunelab.server.serve import start_server
+
+    def open_run_stub(run_dir, *args):
+        raise TunelabError("stub: opened")
+
+    monkeypatch.setattr(serve_module, "opened", open_run_stub)
+    for key, shown in [("clé-123", "'é'"), ("abc\tdef", r"'\t'"), ("abc\ndef", r"'\n'")]:
+        assert main(["serve", str(tiny_run_dir), "--port", "0", "--api-key", key]) == 2
+        err = capsys.readouterr().err
+        assert f"option '--api-key' holds the character {shown}" in err, err
+        with pytest.raises(ConfigError, match="holds the character"):
+            start_server(tiny_run_dir, api_key=key)

@@ -52,7 +52,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def check_api_key(api_key: str | None) -> None:
     """ConfigError for a key no client could send: an empty one (`--api-key "$KEY"` with KEY unset) would serve
-    everyone unasked, and one with spaces at its ends could never match, HTTP dropping them from the header."""
+    everyone unasked, one with spaces at its ends could never match, HTTP dropping them from the header, nor one
+    with a character outside printable ASCII (an accent, a tab, a line break)."""
     if api_key is None:
         return
     if not api_key.strip():
@@ -64,6 +65,12 @@ def check_api_key(api_key: str | None) -> None:
         raise ConfigError(
             f"option '--api-key' {'begins' if api_key[0].isspace() else 'ends'} with whitespace, which HTTP drops "
             "from the Authorization header, so no client could send it; remove the whitespace."
+        )
+    odd = next((c for c in api_key if not " " <= c <= "~"), None)
+    if odd is not None:
+        raise ConfigError(
+            f"option '--api-key' holds the character {odd!r}, which an HTTP header cannot carry as written, so no "
+            "client could send the key; use printable ASCII characters only."
         )
 
 
