@@ -194,3 +194,11 @@ def test_an_api_key_no_client_can_send_is_refused(tiny_run_dir, monkeypatch, cap
         assert f"option '--api-key' holds the character {shown}" in err, err
         with pytest.raises(ConfigError, match="holds the character"):
             start_server(tiny_run_dir, api_key=key)
+
+
+def test_the_bearer_scheme_is_read_in_any_case(tiny_run_dir):
+    """HTTP's authentication scheme is case-insensitive (RFC 9110, 11.1): a client sending "authorization: bearer
+    KEY" with the right key got 401. The scheme is read in any case; the key itself is compared exactly."""
+    with TestClient(build_app(open_run(tiny_run_dir, device="cpu"), api_key="Key-1", model_name="tiny")) as client:
+        for header, status in [("bearer Key-1", 200), ("BEARER Key-1", 200), ("Bearer key-1", 401), ("Key-1", 401)]:
+            assert client.get("/v1/models", headers={"Authorization": header}).status_code == status, header

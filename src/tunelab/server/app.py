@@ -149,11 +149,12 @@ class KeyCheck:
     never sees the client leave, so a stream behind the key check could not tell that its client had gone."""
 
     def __init__(self, app, api_key: str):
-        self.app, self.expected = app, f"Bearer {api_key}".encode()
+        self.app, self.expected = app, f"bearer {api_key}".encode()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             given = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+            given = given[:7].lower() + given[7:]  # the scheme is case-insensitive (RFC 9110, 11.1), the key is not
             if not secrets.compare_digest(given, self.expected):
                 error = _error(401, "missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key")
                 await error(scope, receive, send)
