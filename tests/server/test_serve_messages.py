@@ -202,3 +202,27 @@ def test_the_bearer_scheme_is_read_in_any_case(tiny_run_dir):
     with TestClient(build_app(open_run(tiny_run_dir, device="cpu"), api_key="Key-1", model_name="tiny")) as client:
         for header, status in [("bearer Key-1", 200), ("BEARER Key-1", 200), ("Bearer key-1", 401), ("Key-1", 401)]:
             assert client.get("/v1/models", headers={"Authorization": header}).status_code == status, header
+
+
+def test_a_failure_inside_a_stream_is_an_error_event_of_openais_shape(tiny_run_dir):
+    """A generation that failed after a stream had started sent {"error": {"message", "type"}}, without the "param"
+    and "code" every other error of the server carries (the module says errors are in OpenAI's shape)."""
+    import json
+
+    run = open_run(tiny_run_dir, device="cpu")
+
+    def failing(**kwargs):
+        raise RuntimeError("out of memory")
+
+    run.model.generate = failing
+    with TestClient(build_app(run, model_name="tiny")) as client:
+        answer = _ask(client, [QUESTION], stream=True)
+    events = [line.removeprefix("data: ") for line in answer.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error == {
+        "message": "generation failed: RuntimeError: out of memory",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }

@@ -36,9 +36,12 @@ MAX_TOKENS_CAP = 4096
 ROUTES = "GET /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
 
 
+def _error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code=None):
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(status_code=status, content=body)
+    return JSONResponse(status_code=status, content=_error_body(message, kind, param, code))
 
 
 class Message(BaseModel):
@@ -372,7 +375,7 @@ async def _events(reply: Reply, request: Request, request_id: str, created: int,
             if await request.is_disconnected():
                 return
     except Exception as exc:  # the status line is already sent: report the failure as an error event
-        body = {"error": {"message": f"generation failed: {type(exc).__name__}: {exc}", "type": "server_error"}}
+        body = _error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error")
         yield f"data: {json.dumps(body)}\n\n"
     finally:
         reply.cancel()
