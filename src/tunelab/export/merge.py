@@ -26,11 +26,11 @@ from torch import nn
 from tunelab.atomic import check_can_write, scratch_folder, write_json
 from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template
-from tunelab.errors import ConfigError, ModelError, RunDirError
+from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
 from tunelab.peft.lora import merge_lora
-from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, open_info, read_info
+from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, model_location, open_info, read_info
 from tunelab.training.guard import first_non_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -159,17 +159,6 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     return MergedModel(model, tokenizer, run.info, run.template, out_dtype, check)
 
 
-def _base_location(info: RunInfo) -> Path | None:
-    """Where the run's base model lies on this machine: its folder (a Hugging Face directory) or its .gguf file (the
-    embedded alias's too); None for a hub id, whose files are transformers' cache's."""
-    try:
-        source = resolve_source(info.base_model)
-    except ModelError:
-        return None
-    path = Path(source.path) / source.gguf_file if source.is_gguf else Path(source.path)
-    return path.resolve() if path.exists() else None
-
-
 def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out") -> None:
     """Refuse to write into or over the run itself, another run directory or the base model the run trained over
     (even with overwrite: the run could never be opened as it trained again, and `train --overwrite` of a run would
@@ -191,7 +180,7 @@ def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out
             f"{RUN_FILE}), which 'tunelab train --overwrite' of that run replaces whole; write it outside every run "
             "directory (e.g. beside them)."
         )
-    base = _base_location(read_info(run_dir))
+    base = model_location(read_info(run_dir).base_model)
     if base is not None and base.is_relative_to(out_r):
         raise RunDirError(
             f"{option} {out}: the output would replace {base}, the base model the run trained over (its adapter and "

