@@ -21,6 +21,7 @@ from transformers import (
 )
 
 import tunelab.export.gguf as gguf_export
+from tunelab.config import RunConfig, dump_yaml
 from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.gguf import (
@@ -65,6 +66,7 @@ def _lora_run(base, tokenizer, run_dir, std, targets=("all-linear",), system_pro
         "finished": True,
     }
     (run_dir / "run.json").write_text(json.dumps(info))
+    (run_dir / "config.yaml").write_text(dump_yaml(RunConfig()))  # as training saves it: the self-check reads it
     return run_dir
 
 
@@ -302,6 +304,22 @@ def test_a_missing_questions_file_stops_the_export_before_it_writes(tiny_run, tm
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_the_self_check_of_a_run_without_its_config_is_refused_by_name(tiny_run, tmp_path):
+    """The self-check of a run whose config.yaml is gone asked the probe questions in place of the run's
+    eval.questions without a word (eval and compare refuse such a run, naming the file): it is refused now, before
+    anything is written, and --no-check exports it."""
+    pytest.importorskip("llama_cpp")
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "config.yaml").unlink()
+    with pytest.raises(RunDirError, match=r"config.yaml: the run's config.yaml is missing; .*--no-check"):
+        export_gguf(run, tmp_path / "out" / "m.gguf", "f16")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert export_gguf(run, tmp_path / "out" / "m.gguf", "f16", check=False).is_file()
+
+
 def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
     tok = small_tokenizer
     out = export_gguf(tiny_run, tmp_path / "m.gguf", "q8_0", check=False)
@@ -390,6 +408,7 @@ def _full_run(config, tokenizer, run_dir):
     tokenizer.save_pretrained(run_dir)
     info = {"base_model": "tiny-variant", "method": "full", "template": "auto", "system_prompt": None, "finished": True}
     (run_dir / "run.json").write_text(json.dumps(info))
+    (run_dir / "config.yaml").write_text(dump_yaml(RunConfig()))  # as training saves it: the self-check reads it
     return run_dir
 
 

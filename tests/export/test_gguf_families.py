@@ -12,6 +12,7 @@ import torch
 from gguf import GGUFReader
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config, Qwen3Config
 
+from tunelab.config import RunConfig, dump_yaml
 from tunelab.errors import ModelError
 from tunelab.export.gguf import export_gguf, write_gguf
 from tunelab.export.gguf_vocab import QWEN2_SPLIT
@@ -86,6 +87,7 @@ def _make_run(family: str, tokenizer, run):
     tokenizer.save_pretrained(run)
     info = {"base_model": "tiny", "method": "full", "template": "auto", "system_prompt": "Be brief.", "finished": True}
     (run / "run.json").write_text(json.dumps(info))
+    (run / "config.yaml").write_text(dump_yaml(RunConfig()))  # as training saves it: the self-check reads it
     return run
 
 

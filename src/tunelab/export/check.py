@@ -111,14 +111,14 @@ def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[
     from tunelab.data.sources import read_records
 
     try:
-        cfg = saved_config(run_dir, "its training data")  # a staged run: its last stage's, whose result it holds
+        cfg = saved_config(run_dir, CHECK_NEEDS)  # a staged run: its last stage's, whose result it holds
         records = read_records([e if isinstance(e, str) else e.path for e in cfg.data.train if getattr(e, "path", e)])
         examples = to_examples(records[: 4 * limit], cfg.data.format, cfg.data.fields, system, DataReport())
         chats = [ex.messages for ex in examples if ex.messages][:limit]
         if chats:
             return chats, "training data"
         reason = "the training data has no conversations"
-    except Exception as exc:  # the data moved, or the run has no config: the probes still test the template
+    except Exception as exc:  # the data moved: the probes still test the template
         reason = str(exc).split("\n")[0][:200]
     # training added the run's system prompt to every conversation that had none
     with_system = [
@@ -127,11 +127,18 @@ def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[
     return with_system, f"probes ({reason})"
 
 
+CHECK_NEEDS = (
+    "the eval.questions and training conversations the export's self-check asks and renders (export with --no-check "
+    "to skip the check)"
+)
+
+
 def check_questions(run_dir: Path, limit: int) -> tuple[list[str], str]:
     """The run's eval.questions (its first `limit` that are questions), else the probe questions. A questions file
-    the run names but that cannot be read is an error, not a silent fall-back to the probes."""
-    config = read_config(run_dir)
-    path = config.eval.questions if config is not None else None
+    the run names but that cannot be read is an error, not a silent fall-back to the probes, and so is a run whose
+    config.yaml is gone (RunDirError naming it, as eval and compare say): whether it named questions is unknown."""
+    config = read_config(run_dir) or saved_config(run_dir, CHECK_NEEDS)  # None: saved_config raises, naming the file
+    path = config.eval.questions
     if not path:
         return list(PROBE_QUESTIONS[:limit]), "probes"
     data = saved_config(run_dir, "the data settings of its questions").data  # a staged run: its last stage's
