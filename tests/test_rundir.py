@@ -279,3 +279,41 @@ def test_eval_and_report_never_write_over_the_embedded_base_file(tmp_path, monke
         err = capsys.readouterr().err
         assert f"{link / filename}: is a file of the base model smollm2-135m-instruct" in err, err
         assert model.read_bytes() == b"GGUF the model"
+
+
+def test_a_base_kept_as_typed_is_found_where_training_ran_or_refused_by_name(
+    tiny_run_dir, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """Runs written before 2026-12-03 record a local base as typed ("models/tiny"), relative to the folder training
+    ran in. From another folder it was taken for a hub id (an error about huggingface.co), or a folder of that name
+    there was opened as the base without a word. It is found in the folder training ran in (the run directory less
+    its relative output_dir) now, and where it is not there, the commands that load it name run.json and the field."""
+    import shutil
+
+    from tunelab.cli import main
+
+    proj = tmp_path / "proj"
+    shutil.copytree(tiny_model_dir, proj / "models" / "tiny")
+    run = proj / "runs" / "a"
+    shutil.copytree(tiny_run_dir, run)
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(re.sub(r"(?m)^output_dir: .*$", "output_dir: runs/a", config))
+    raw = json.loads((run / RUN_FILE).read_text())
+    raw["base_model"] = "models/tiny"  # as typed in proj, before runs kept the absolute path and the fingerprint
+    del raw["base_fingerprint"]
+    (run / RUN_FILE).write_text(json.dumps(raw))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert read_info(run).base_model == str(proj / "models" / "tiny")
+    assert main(["merge", str(run), "--out", "merged"]) == 0, capsys.readouterr().err
+    assert (elsewhere / "merged" / "model.safetensors").is_file()
+
+    (proj / "models" / "tiny").rename(proj / "models" / "tiny-moved")
+    shutil.copytree(tiny_model_dir, elsewhere / "models" / "tiny")  # another model of that name here
+    assert read_info(run).base_model == "models/tiny"  # what needs no base still reads the run
+    assert main(["merge", str(run), "--out", "merged-2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / RUN_FILE}: field 'base_model' is \"models/tiny\", a path relative to {proj}" in err, err
+    assert f"{proj / 'models' / 'tiny'} does not exist; {elsewhere / 'models' / 'tiny'} is here" in err
+    assert not (elsewhere / "merged-2").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 from tunelab import __version__
 from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig, load_config
-from tunelab.config.model import embedded_file
+from tunelab.config.model import EMBEDDED, embedded_file
 from tunelab.config.paths import function_file
 from tunelab.errors import ConfigError, RunDirError, article
 
@@ -92,6 +93,9 @@ class RunInfo:
     """Facts particular to a task or feature, saved and read back as they are (keys unknown to this version too)."""
     file: Path | None = field(default=None, compare=False, repr=False, metadata={"saved": False})
     """The run.json it was read from (not saved): what an error about one of its values names."""
+    base_problem: str = field(default="", compare=False, repr=False, metadata={"saved": False})
+    """Why base_model, kept as typed by a run written before 2026-12-03, names no model from here (`_typed_base`;
+    not saved): the commands that load the base refuse with it (`models.load.run_base`), the others read the run."""
 
     @property
     def is_adapter(self) -> bool:
@@ -211,6 +215,7 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
     if not {"quantize_base", "trust_remote_code"} <= raw.keys():  # a run written before run.json recorded them
         _from_config(info, raw, run_dir)
     info.base_model = _moved_stage_base(info.base_model, run_dir)
+    _typed_base(info, run_dir)
     if require_finished and not info.finished:
         raise RunDirError(f"{run_dir}: the run did not finish; resume it with 'tunelab train CONFIG --resume' first.")
     return info
@@ -240,6 +245,60 @@ def _moved_stage_base(base_model: str, run_dir: Path) -> str:
         if here.is_dir() and _is_staged(root):
             return str(here)
     return base_model
+
+
+def _typed_base(info: RunInfo, run_dir: Path) -> None:
+    """A run written before 2026-12-03 records a local base as it was typed, relative to the folder training ran in,
+    which a later command need not run in: from another folder the name meant another model, or none. That folder is
+    the run directory less its config's output_dir when that was relative (runs/a trained in ~/proj is ~/proj/runs/a),
+    and a base found there is set to its absolute path. Otherwise `base_problem` says where it is missing when the
+    name is a path (./m, m.gguf, a/b/c), or when a folder of that name is here although training's folder is known (it
+    would be another model); a name that may be a hub id (org/name) is left to be one."""
+    base = info.base_model
+    if not base or base in EMBEDDED or Path(base).expanduser().is_absolute():
+        return
+    root = _training_folder(run_dir)
+    if root is not None and (root / base).exists():
+        info.base_model = str((root / base).resolve())
+        return
+    here = Path(base).expanduser().absolute()
+    pathlike = base.startswith((".", "~")) or base.lower().endswith(".gguf") or base.count("/") > 1 or "\\" in base
+    if here.exists() and root is None:
+        return  # nothing tells another folder: this one, as before
+    if not here.exists() and not pathlike:
+        return
+    field_is = f"{info.file or run_file(run_dir)}: field 'base_model' is {json.dumps(base)}"
+    if root is not None:
+        info.base_problem = (
+            f"{field_is}, a path relative to {root}, where training ran (runs written before 2026-12-03 kept the base "
+            f"as typed), but {root / base} does not exist"
+            + (f"; {here} is here, but it may be another model" if here.exists() else "")
+            + ". Put the base back there, or write its absolute path into base_model"
+            + ("." if pathlike else " (a hub id is opened from a folder that holds no folder of its name).")
+        )
+    else:
+        info.base_problem = (
+            f"{field_is}, a path relative to the folder training ran in (runs written before 2026-12-03 kept the base "
+            f"as typed), which the run does not record (its output_dir was absolute), and {here} does not exist. Run "
+            "the command from that folder, or write the base's absolute path into base_model."
+        )
+
+
+def _training_folder(run_dir: Path) -> Path | None:
+    """The folder `tunelab train` ran in: the run directory less its config's relative output_dir; None when the
+    config is missing or unreadable, its output_dir was absolute, or the run directory's path does not end with it
+    (the run was moved or renamed)."""
+    try:
+        config = read_config(run_dir)
+    except RunDirError:
+        return None
+    out = Path(os.path.normpath(config.output_dir)) if config is not None else None
+    if out is None or out.is_absolute() or ".." in out.parts or out == Path("."):
+        return None
+    for here in (Path(os.path.abspath(run_dir)), run_dir.resolve()):
+        if here.parts[-len(out.parts) :] == out.parts:
+            return Path(*here.parts[: -len(out.parts)])
+    return None
 
 
 def _is_staged(root: Path) -> bool:

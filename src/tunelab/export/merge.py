@@ -81,7 +81,7 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 def stored_dtype(run_dir: str | Path, info: RunInfo) -> torch.dtype:
     """The dtype the weights were saved in (the base model's for a LoRA run); fp32 when the config does not say."""
-    source = run_base(info.base_model, info.base_fingerprint) if info.is_adapter else resolve_source(str(run_dir))
+    source = run_base(info) if info.is_adapter else resolve_source(str(run_dir))
     config = load_hf_config(source, info.trust_remote_code)
     value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(value, str):

@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
 from tunelab.config.model import EMBEDDED
-from tunelab.errors import ConfigError, ModelError, WriteFailed
-from tunelab.rundir import RUN_FILE
+from tunelab.errors import ConfigError, ModelError, RunDirError, WriteFailed
+from tunelab.rundir import RUN_FILE, RunInfo
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,14 @@ def base_record(name: str) -> dict[str, str]:
     return {"base_model": recorded_name(name), "base_fingerprint": fingerprint(resolve_source(name))}
 
 
-def run_base(base_model: str, recorded: str = "") -> ModelSource:
+def run_base(info: RunInfo) -> ModelSource:
     """The base a run trained over, refused (ModelError) when its weights are no longer those it trained over: an
-    adapter over other weights gives other answers, and a merge would fold it into them without a word. `recorded`:
-    the run's base_fingerprint ('' in runs written before it was kept: not checked)."""
+    adapter over other weights gives other answers, and a merge would fold it into them without a word. A base kept
+    as typed by an old run that names no model from here is refused with `info.base_problem` (RunDirError). The
+    fingerprint is not checked in runs written before it was kept."""
+    base_model, recorded = info.base_model, info.base_fingerprint
+    if info.base_problem:
+        raise RunDirError(info.base_problem)
     if Path(base_model).is_absolute() and not Path(base_model).exists():  # recorded_name keeps local bases absolute
         raise ModelError(
             f"model '{base_model}': the base model the run trained over is not there any more (moved or deleted); "

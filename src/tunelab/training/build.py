@@ -131,14 +131,14 @@ def check_trained_base(info: RunInfo) -> None:
     """ModelError now when the base `trained_base` would load is gone or its weights changed (`run_base`): a full or
     layers run is opened without it, and a command that puts the base beside it (eval, compare) must learn that
     before answering with the tuned model, not after."""
-    run_base(info.base_model, info.base_fingerprint)
+    run_base(info)
 
 
 def trained_base(info: RunInfo, dtype: torch.dtype, device: torch.device, quantize: bool) -> nn.Module:
     """The base model an adapter run trained over, as it trained: the embedding rows training repaired repaired again
     (`models.untrained`) and, with `quantize` (QLoRA), loaded in host memory and quantized onto `device` one layer at
     a time as `build_model` does (the modules that stay 16-bit are left there for the caller to move)."""
-    source = run_base(info.base_model, info.base_fingerprint)
+    source = run_base(info)
     model = load_hf_model(source, dtype, torch.device("cpu") if quantize else device, info.trust_remote_code)
     _check_rows(model, info)
     repair_rows(model, info.fixed_untrained_tokens)

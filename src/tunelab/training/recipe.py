@@ -241,7 +241,7 @@ def _train_planned(
         before = read_info(run_dir, require_finished=False)
         check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, files))
         check_same_data(run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, eval_files))
-        run_base(before.base_model, before.base_fingerprint)  # the checkpoint's adapter trained over these weights
+        run_base(before)  # the checkpoint's adapter trained over these weights
     kept = kept_auto(run_dir, cfg) if resume else {}
     first = epoch_rows(data, cfg.train.seed, 0)  # what a step trains on: a mixture's draw, packed where asked
     auto = plan_from_data(cfg.train, len(first), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
