@@ -317,3 +317,28 @@ def test_a_base_kept_as_typed_is_found_where_training_ran_or_refused_by_name(
     assert f"{run / RUN_FILE}: field 'base_model' is \"models/tiny\", a path relative to {proj}" in err, err
     assert f"{proj / 'models' / 'tiny'} does not exist; {elsewhere / 'models' / 'tiny'} is here" in err
     assert not (elsewhere / "merged-2").exists()
+
+
+def test_a_new_result_file_never_goes_into_a_data_folder_of_the_run(tmp_path, capsys):
+    """Only an existing file of the run's data was refused: `predict RUN --data new.jsonl --out train/preds.jsonl`,
+    with data.train the folder train/, added its rows (text and label) to what the next training of the run read,
+    without a word."""
+    from tunelab.cli import main
+    from tunelab.rundir import check_output_file
+
+    run, train = tmp_path / "run", tmp_path / "train"
+    run.mkdir()
+    train.mkdir()
+    (train / "a.jsonl").write_text('{"text": "hi", "label": "x"}\n')
+    write_info(run, RunInfo(base_model="x", method="lora", finished=True, task="classify"))
+    (run / "config.yaml").write_text(json.dumps({"model": {"name": "x"}, "data": {"train": [str(train)]}}))
+    inputs = tmp_path / "new.jsonl"
+    inputs.write_text('{"text": "hello"}\n')
+    says = "is where data.train of the run's config reads its data"
+    for path, own in ((train / "preds.jsonl", ""), (train / "sub" / "eval.json", "eval.json")):
+        with pytest.raises(RunDirError, match=re.escape(f"{path}: {says}")):
+            check_output_file(path, False, run, own, mkdir=True)
+    assert main(["predict", str(run), "--data", str(inputs), "--out", str(train / "preds.jsonl")]) == 2
+    assert says in capsys.readouterr().err
+    assert sorted(p.name for p in train.iterdir()) == ["a.jsonl"]
+    check_output_file(tmp_path / "preds.jsonl", False, run, "")  # beside it: fine

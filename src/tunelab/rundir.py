@@ -490,8 +490,13 @@ def check_output_file(
             f"{path}: is a file of the run directory {holder}; --overwrite never replaces a run's files. Write "
             "elsewhere."
         )
-    if path.exists() and (source := _data_holding(target, run_dir)):
-        raise RunDirError(f"{path}: is {source} of the run's config; --overwrite never replaces data. Write elsewhere.")
+    if option := _data_holding(target, run_dir):  # a new file too: in a data folder, the next training reads it
+        raise RunDirError(
+            f"{path}: is a file of {option} of the run's config; --overwrite never replaces data. Write elsewhere."
+            if path.exists()
+            else f"{path}: is where {option} of the run's config reads its data, so the next training would read it "
+            "as data; write it elsewhere."
+        )
     if path.exists() and (model := _model_holding(target, run_dir)):
         raise RunDirError(f"{path}: is a file of {model}; --overwrite never replaces it. Write elsewhere.")
     if path.exists() and not overwrite:
@@ -529,8 +534,7 @@ def model_location(name: str) -> Path | None:
 
 def _data_holding(target: Path, run_dir: Path) -> str | None:
     """Which data option of the run's saved config (or of a stage's) names the file `target` (itself, or a folder
-    holding it), as "a file of data.train"; None when none does or the config cannot be read (the other checks
-    still apply)."""
+    holding it), as "data.train"; None when none does or the config cannot be read (the other checks still apply)."""
     try:
         configs = _configs(run_dir)  # a staged run: the data of every stage
     except RunDirError:
@@ -547,5 +551,5 @@ def _data_holding(target: Path, run_dir: Path) -> str | None:
         named += [(option, function_file(spec)) for option, spec in functions if spec]
     for option, given in named:
         if given and (target == Path(given).resolve() or target.is_relative_to(Path(given).resolve())):
-            return f"a file of {option}"
+            return option
     return None
