@@ -140,3 +140,20 @@ def test_a_resume_that_samples_clients_says_it_is_not_the_uninterrupted_run(
     every = load_config(config, {"federated.rounds": 3, "federated.min_clients": 3}).config
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("min_clients: 1", "min_clients: 3"))
     assert not any("federated.fraction" in n for n in check_resume(run, every))  # 3 of 3 clients asked: exact
+
+
+def test_a_resumed_federation_removes_the_scores_of_the_adapter_before_it(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
+):
+    """`federate --resume` with more rounds replaced the adapter but kept eval.json, compare.json and report.html of
+    the one before: `tunelab report` showed those scores beside the new round count (train --resume removes them)."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    every_round = {"train.keep_best": False}  # each round's adapter is the result (keep_best keeps round 1's here)
+    run = run_federation(None, load_config(config, every_round), 2, ["site0", "site1"], resume=False)
+    for name in ("eval.json", "compare.json", "report.html"):
+        (run / name).write_text("{}")
+    resumed = load_config(config, every_round | {"federated.rounds": 3})
+    run_federation(None, resumed, 2, ["site0", "site1"], resume=True)
+    assert json.loads((run / "run.json").read_text())["steps"] == 3
+    assert not any((run / name).exists() for name in ("eval.json", "compare.json", "report.html"))
+    assert "removed compare.json, eval.json, report.html" in capsys.readouterr().out

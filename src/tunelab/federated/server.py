@@ -50,6 +50,7 @@ from tunelab.training.outdir import (
 )
 from tunelab.training.prepare import refuse_packing_off_the_fast_path
 from tunelab.training.recipe import save_final
+from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import data_digest, file_digests
 from tunelab.training.step import evaluate
 
@@ -211,6 +212,7 @@ def _run_rounds(
     started = time.perf_counter() - float(state.get("elapsed_s", 0.0))
     keep_best = cfg.train.keep_best and bool(eval_batches)  # as in train: only with an eval set to choose by
     last_loss: list[float | None] = [None]
+    stale = [resume]  # the results of the adapter before a resume (eval.json, ...), until its first new one is saved
 
     def on_round(server_round: int, arrays) -> MetricRecord | None:
         """Flower calls this with the global adapter before round 1 and after every round."""
@@ -235,6 +237,9 @@ def _run_rounds(
             model.eval()
             save_final(run_dir, built, tokenizer, cfg)
             model.train()
+            if stale[0]:  # as after tunelab train --resume: the report showed them beside the new rounds
+                drop_stale_results(run_dir)
+                stale[0] = False
         elapsed = time.perf_counter() - started
         records = round_records(report.to_dict(), loss, elapsed)
         for record in records:
