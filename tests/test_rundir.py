@@ -342,3 +342,19 @@ def test_a_new_result_file_never_goes_into_a_data_folder_of_the_run(tmp_path, ca
     assert says in capsys.readouterr().err
     assert sorted(p.name for p in train.iterdir()) == ["a.jsonl"]
     check_output_file(tmp_path / "preds.jsonl", False, run, "")  # beside it: fine
+
+
+def test_a_result_file_under_a_file_is_refused_by_name(tmp_path, capsys):
+    """`report RUN --out notes.txt/r.html` ended in a NotADirectoryError traceback after the page was drawn, and
+    `eval --out notes.txt/r.json` called the file no such directory."""
+    from tunelab.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_info(run, RunInfo(base_model="x", method="lora", finished=True))
+    (tmp_path / "notes.txt").write_text("mine")
+    for out in (tmp_path / "notes.txt" / "r.html", tmp_path / "notes.txt" / "sub" / "r.html"):
+        assert main(["report", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'notes.txt'}: is a file, not a folder, so {out} cannot be written" in err, err
+    assert (tmp_path / "notes.txt").read_text() == "mine"

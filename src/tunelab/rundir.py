@@ -501,6 +501,9 @@ def check_output_file(
         raise RunDirError(f"{path}: is a file of {model}; --overwrite never replaces it. Write elsewhere.")
     if path.exists() and not overwrite:
         raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
+    above = next((f for f in path.parents if f.exists()), None)  # a file where a folder of the path should be
+    if above is not None and not above.is_dir():
+        raise RunDirError(f"{above}: is a file, not a folder, so {path} cannot be written; give a path in a folder.")
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
     check_can_write(path)  # a read-only folder: said now, not after the work
