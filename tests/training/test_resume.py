@@ -378,3 +378,36 @@ def test_resume_may_change_cuda_graphs_and_sharding():
     refused, allowed = config_changes(to_dict(plain), other)
     assert refused == []
     assert allowed == ["train.cuda_graphs: 'auto' -> False", "train.sharding: 'auto' -> 'fsdp2'"]
+
+
+def test_a_longer_resume_keeps_the_warmup_steps_the_run_started_with(tiny_overrides, monkeypatch, capsys):
+    """Resumed with a longer train.max_steps, train.warmup_ratio of the new length made the warmup longer: a run
+    already past its 2 warmup steps fell back into a warmup of 4 at the checkpoint."""
+    from tunelab.training.schedule import lr_factor
+
+    common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "train.warmup_ratio": 0.5}
+    real, calls = loop.train_step, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Crash()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing)
+    with pytest.raises(Crash):
+        recipe.train(None, common)
+    monkeypatch.setattr(loop, "train_step", real)
+    capsys.readouterr()
+    longer = common | {"train.max_steps": 8, "train.keep_checkpoints_after_finish": True}
+    result = recipe.train(None, longer, resume=True)
+    assert "resume: the warmup stays 2 steps, as the run started with them" in capsys.readouterr().out
+    rates = {
+        json.loads(line)["step"]: json.loads(line)["lr"]
+        for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"lr"' in line
+    }
+    assert [rates[s] for s in range(3, 9)] == pytest.approx([1e-3 * lr_factor(s, 8, 2, "cosine") for s in range(2, 8)])
+    assert read_info(result.run_dir).extra["warmup_steps"] == 2
+    recipe.train(None, longer | {"train.max_steps": 10}, resume=True)  # a later resume still keeps the first warmup
+    assert "the warmup stays 2 steps" in capsys.readouterr().out

@@ -54,12 +54,14 @@ from tunelab.training.plan import longest_row, plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.result import save_final, tidy_up
 from tunelab.training.resume import (
+    WARMUP,
     check_more_steps,
     check_resume_config,
     check_same_data,
     data_digest,
     file_digests,
     kept_auto,
+    kept_warmup,
     load_position,
     resume_checkpoint,
 )
@@ -284,7 +286,11 @@ def _train_planned(
     batches_per_epoch = len(task.make_batches(first, t.micro_batch, pad_id, shuffle=False, seed=t.seed, epoch=0))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    warmup = int(t.warmup_ratio * total_steps)
+    warmup, warmup_note = (
+        kept_warmup(run_dir, t.warmup_ratio, total_steps) if resume else (int(t.warmup_ratio * total_steps), "")
+    )
+    if warmup_note:
+        print(warmup_note, flush=True)
     lrs = task.learning_rates(trained) if task.learning_rates else None
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer, lrs)
     evals = eval_sets(task, data, extra_eval, t.micro_batch, pad_id, built.device)
@@ -306,7 +312,7 @@ def _train_planned(
         data_files=files,
         eval_files=eval_files,
         total_steps=total_steps,
-        extra=dict(data.facts) | {"auto": auto.to_dict()},
+        extra=dict(data.facts) | {"auto": auto.to_dict(), WARMUP: warmup},
     )
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it

@@ -8,7 +8,9 @@ The config given to --resume is compared with the run's saved config.yaml, optio
   ones bit for bit) and train.sharding (a checkpoint loads under either, as on another rank count);
 - train.max_steps and train.epochs may change (to no fewer steps than the checkpoint has done): the run continues
   to the new length, with the learning-rate schedule recomputed for it from the checkpoint on; this is said (a
-  federation passes its own length option, federated.rounds: federated/resume.py);
+  federation passes its own length option, federated.rounds: federated/resume.py). The warmup keeps the number of
+  steps the run started with (`kept_warmup`): train.warmup_ratio of the new length would warm up again, or stretch a
+  warmup the run already took, and the steps already trained would not be those of the new schedule;
 - every other change (the model, the data, the method, the optimizer and its schedule, the seed) would make the
   resumed run a different run, so it is refused with the list of differences (exit code 2).
 
@@ -225,6 +227,28 @@ def _kept_cadence(run_dir: Path, cfg: RunConfig) -> str:
     return (
         f"; train.eval_every stays {every.value}, as auto chose it when the run started (give train.eval_every to "
         "evaluate at another interval)"
+    )
+
+
+WARMUP = "warmup_steps"  # run.json's extra: the warmup the run started with, in optimizer steps
+
+
+def kept_warmup(run_dir: Path, ratio: float, total_steps: int) -> tuple[int, str]:
+    """(warmup steps, note) for a resumed run of `total_steps`: the warmup steps the run started with (run.json's
+    extra.warmup_steps; for a run that recorded none, `ratio` of the length it recorded), and a note when
+    `ratio` of the new length would have given another number."""
+    info = read_info(run_dir, require_finished=False)
+    new = int(ratio * total_steps)
+    kept = info.extra.get(WARMUP)
+    if kept is None:
+        kept = int(ratio * info.total_steps) if info.total_steps else new
+    kept = int(kept)
+    if kept == new:
+        return kept, ""
+    return kept, (
+        f"resume: the warmup stays {kept} steps, as the run started with them (train.warmup_ratio {ratio:g} of the "
+        f"new {total_steps} steps would be {new}, and would change the rate of steps already trained); the decay "
+        "after it is recomputed for the new length"
     )
 
 
