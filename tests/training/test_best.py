@@ -231,3 +231,45 @@ def test_a_run_resumed_after_its_save_failed_keeps_the_best_of_an_earlier_step(t
     result = recipe.train(None, overrides, resume=True)
     assert result.eval_loss == 0.5
     assert json.loads((result.run_dir / "run.json").read_text())["extra"]["best"] == {"step": 2, "eval_loss": 0.5}
+
+
+def test_a_run_resumed_onto_fsdp2_says_keep_best_is_off_and_drops_the_best_before(tiny_overrides, monkeypatch, capsys):
+    """Resumed with train.sharding fsdp2, keep_best was silently off: the result was the last step's weights, not
+    the best step the run had chosen before. The run now says so, at its start and at its end. (One process stands
+    for the ranks: the run is told it trains under fsdp2, with the model itself as its sharded form.)"""
+    import tunelab.training.loop as loop
+
+    losses = iter([0.5, 0.9, 0.8])  # steps 2, 4, then the resumed run's step 6
+
+    def scripted(task, model, evals):
+        return {"eval_loss": next(losses)}
+
+    monkeypatch.setattr(loop, "eval_record", scripted)
+    overrides = tiny_overrides | {"train.max_steps": 6, "train.save_every": 4, "data.eval_fraction": 0.25}
+    overrides |= {"train.eval_every": 2}
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # killed during step 5, after the checkpoint of step 4
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(None, overrides)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    planned = recipe._train_planned
+    monkeypatch.setattr(
+        recipe,
+        "_train_planned",
+        lambda plan, resolved, ranks, sharding, *rest: planned(plan, resolved, ranks, "fsdp2", *rest),
+    )
+    monkeypatch.setattr(recipe, "parallelize", lambda model, sharding, ranks: model)
+    capsys.readouterr()
+    result = recipe.train(None, overrides, resume=True)
+    out = capsys.readouterr().out
+    said = "keep_best: off under train.sharding fsdp2"
+    assert out.count(said) == 2 and "the result is the last step's weights, not step 2 (eval loss 0.5000)" in out
+    assert result.eval_loss == 0.8
+    assert "best" not in json.loads((result.run_dir / "run.json").read_text())["extra"]

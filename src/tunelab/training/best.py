@@ -45,14 +45,10 @@ class BestWeights:
 
     def _read(self, path: Path, resume_step: int) -> bool:
         """Take the step and loss of a best's file; False when it is unreadable or newer than `resume_step`."""
-        try:
-            meta = read_trainable_metadata(path)
-            step, loss = int(meta["step"]), float(meta["eval_loss"])
-        except (OSError, ValueError, KeyError, SafetensorError):
+        found = _best_in(path, resume_step)
+        if found is None:
             return False
-        if step > resume_step:
-            return False
-        self.step, self.loss = step, loss
+        self.step, self.loss = found
         return True
 
     def keep_with(self, checkpoint: Path) -> None:
@@ -90,6 +86,36 @@ class BestWeights:
         if not keep_file:
             self.path.unlink(missing_ok=True)
         return message
+
+
+def _best_in(path: Path, up_to: int) -> tuple[int, float] | None:
+    """(step, eval loss) of a best's file; None when it is missing, unreadable or newer than step `up_to`."""
+    try:
+        meta = read_trainable_metadata(path)
+        step, loss = int(meta["step"]), float(meta["eval_loss"])
+    except (OSError, ValueError, KeyError, SafetensorError):
+        return None
+    return (step, loss) if step <= up_to else None
+
+
+def off_under_fsdp2(run_dir: Path, resume_step: int | None, checkpoint: Path | None) -> str:
+    """What a run with train.keep_best and an eval split is told under train.sharding fsdp2, where keep_best is off
+    (each rank holds only its shards of the trainable weights, which it saves and loads whole): the result is the last
+    step's weights, and a run resumed onto fsdp2 drops the best step chosen before."""
+    note = (
+        "keep_best: off under train.sharding fsdp2 (each rank holds only its shards of the weights; keep_best runs "
+        "under ddp), so the result is the last step's weights"
+    )
+    if resume_step is None:
+        return note + "."
+    kept = [Path(run_dir) / "checkpoints" / BEST_FILE] + ([checkpoint / BEST_FILE] if checkpoint else [])
+    before = next((found for path in kept if (found := _best_in(path, resume_step)) is not None), None)
+    if before is None:
+        return note + "."
+    return (
+        f"{note}, not step {before[0]} (eval loss {before[1]:.4f}), which keep_best chose before this resume. "
+        "Resume under train.sharding ddp to keep it."
+    )
 
 
 def _share(source: Path, target: Path) -> None:

@@ -40,7 +40,7 @@ from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
-from tunelab.training.best import BestWeights
+from tunelab.training.best import BestWeights, off_under_fsdp2
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session
 from tunelab.training.evals import eval_sets
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
@@ -335,6 +335,13 @@ def _train_planned(
     # keep_best saves and loads the trainable weights whole: rank 0's replica under DDP; not under FSDP2's shards
     keep_best = t.keep_best and bool(evals.own) and ranks.main and sharding != "fsdp2"
     best = BestWeights(run_dir, keep_best, resume_step, checkpoint)
+    best_off = (
+        off_under_fsdp2(run_dir, resume_step, checkpoint)
+        if t.keep_best and evals.own and ranks.main and sharding == "fsdp2"
+        else ""
+    )
+    if best_off:
+        print(best_off, flush=True)
     # the trackers' runs start here: from now on every way out ends them, as finished, failed or killed
     log = (
         MetricsLog(
@@ -399,6 +406,8 @@ def _train_planned(
         if eval_loss is not None:
             print(eval_line(task, eval_metrics))
         kept_best = best.restore(model, position["step"], eval_loss, keep_file=t.keep_checkpoints_after_finish)
+        if best_off:
+            print(best_off, flush=True)  # said again where keep_best says which step is the result
         if kept_best:
             print(kept_best, flush=True)
             info.extra["best"] = {"step": best.step, "eval_loss": best.loss}

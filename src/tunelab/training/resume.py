@@ -209,7 +209,7 @@ def check_resume_config(
         elif name == "train.sharding":
             notes.append(
                 f"resume: {line} (allowed: the checkpoint loads under either; the steps are the same within float "
-                "rounding, as on another rank count)"
+                "rounding, as on another rank count; train.keep_best runs under ddp only)"
             )
         elif name.startswith("federated."):
             notes.append(f"resume: {line} (allowed: it changes how the federation is run, not what it learns)")
