@@ -69,6 +69,22 @@ def test_mismatched_and_failed_clients_are_reported_and_the_round_goes_on(flower
     np.testing.assert_allclose(arrays[KEYS[1]].numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_a_mismatched_adapter_is_counted_apart_from_failed_clients(flower_message):
+    """metrics.jsonl's clients_failed counted a client that replied with an adapter of other shapes as failed, beside
+    those that crashed: a user looked for an error that was a config difference (another method.r on that host)."""
+    from tunelab.federated.history import round_records
+
+    recorded = _recorded(min_clients=3)
+    good = _reply(flower_message, 1, "a", _adapter(1), 10)
+    wrong_rank = _reply(flower_message, 3, "c", _adapter(3, shape_b=(8, 4)), 50)
+    crashed = flower_message(Error(code=1, reason="ValueError: out of memory"), dst_node_id=0, src_node_id=4)
+    assert recorded.aggregate_train(1, [good, wrong_rank, crashed]) == (None, None)
+    report = recorded.reports[1]
+    assert "(1 failed, 1 replied with an adapter that does not fit), fewer than" in report.note
+    record = round_records(report.to_dict(), None, 1.0)[0]
+    assert (record["clients_used"], record["clients_failed"], record["clients_skipped"]) == (1, 1, 1)
+
+
 def test_two_supernodes_of_one_name_are_kept_apart(flower_message):
     """Two SuperNodes named alike (each host's data file /srv/records.jsonl gives the default name 'records') were one
     client in the reports: two rows of one name a round, one line in the plot, one entry in the client list."""

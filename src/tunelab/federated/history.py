@@ -5,7 +5,9 @@
                      train.keep_best, `best` ({"round", "eval_loss"} of the result kept); --resume reads it
     metrics.jsonl    one record per round: {"step": round, "round", "loss" (the clients' example-weighted train
                      loss), "eval_loss" (the global adapter on the server's eval set), "clients_used",
-                     "clients_failed", "bytes_sent", "bytes_received", "epsilon"}, and one per client and round:
+                     "clients_failed" (an error, or no reply in time), "clients_skipped" (a reply whose adapter
+                     does not fit: other keys or shapes, or none), "bytes_sent", "bytes_received", "epsilon"}, and
+                     one per client and round:
                      {"step": round, "round", "client", "client_loss", "status", "examples", "bytes_sent",
                      "bytes_received", "reason"}; "step" is the round, so the tools that read metrics.jsonl
                      (plots, report) draw the federation's curves as they draw a training run's
@@ -70,7 +72,8 @@ def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> li
             "eval_loss": eval_loss,
             "applied": report["applied"],
             "clients_used": len(used),
-            "clients_failed": sum(c["status"] != "ok" for c in report["clients"]),
+            "clients_failed": sum(c["status"] == "failed" for c in report["clients"]),
+            "clients_skipped": sum(c["status"] == "skipped" for c in report["clients"]),
             "bytes_sent": sum(c["bytes_sent"] for c in report["clients"]),
             "bytes_received": sum(c["bytes_received"] for c in report["clients"]),
             "epsilon": report["epsilon"],

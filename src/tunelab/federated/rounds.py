@@ -203,9 +203,12 @@ class Recorded(Strategy):
                 )
         self.reports[round_] = report
         if len(usable) < self.min_clients:
+            failed = sum(c.status == "failed" for c in report.clients)
+            skipped = sum(c.status == "skipped" for c in report.clients)
             report.note = (
-                f"{len(usable)} of {report.sampled} clients returned a usable adapter, fewer than "
-                f"federated.min_clients={self.min_clients}: the global adapter is unchanged this round"
+                f"{len(usable)} of {report.sampled} clients returned a usable adapter ({failed} failed, {skipped} "
+                f"replied with an adapter that does not fit), fewer than federated.min_clients={self.min_clients}: "
+                "the global adapter is unchanged this round"
             )
             return None, None
         arrays, metrics = self.inner.aggregate_train(server_round, usable)
