@@ -376,7 +376,10 @@ def test_a_section_given_as_an_override_says_to_name_its_options_with_dots(overr
     "stages, message",
     [
         ("5", "option 'stages' must be a list of mappings, got 5"),  # was: "must be a mapping like {key: value}"
-        ([{"train": {"lr": 1e-4}}, 5], "option 'stages', entry 2, must be a mapping like {key: value}, got 5"),
+        (
+            [{"train": {"lr": 1e-4}}, 5],
+            "--stages: stage 2: a stage must be a mapping of options (data:, method:, train:, ...), got 5",
+        ),
     ],
 )
 def test_stages_that_are_not_a_list_of_mappings_say_so(stages, message):
@@ -490,6 +493,26 @@ def test_a_message_puts_the_article_its_word_is_said_with(word, said):
 def test_an_error_inside_a_stage_names_its_own_line(tmp_path, content, message):
     """An error in a stage named the line of the `stages:` key (c.yaml:1: stage 2: ...), leaving the user to search
     the stages; it names the line of the stage's own option (or of the stage) now."""
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("stages:\n  - {train: {lr: 1.0e-4}}\n  - 3\n", r"c\.yaml:3: stage 2: a stage must be a mapping of options"),
+        ("stages: [{name: a}, 3]\n", r"c\.yaml:1: stage 2: a stage must be a mapping of options .* got 3"),
+        (
+            "stages:\n  - name: a\n  - name: b\n    data: {max_length: 64}\n    train: 5\n",
+            r"c\.yaml:5: stage 2: section 'train' must be a mapping of options, got 5",
+        ),
+    ],
+)
+def test_a_stage_or_a_section_of_the_wrong_shape_names_its_line_and_stage(tmp_path, content, message):
+    """A stage that is no mapping was named as 'option stages, entry 2' at the line of `stages:`, and a section that is
+    no mapping by the stage's first line, not its own."""
     path = tmp_path / "c.yaml"
     path.write_text(content)
     with pytest.raises(ConfigError, match=message):

@@ -287,6 +287,10 @@ def _option_value(
     `file`: the YAML file the value came from and its key lines (read_yaml), which name a stage's own lines."""
     if name not in options:
         raise unknown_option(name, where, value=value)
+    if name == "stages" and isinstance(value, list):  # a stage that is no mapping, named by its own line
+        for k, entry in enumerate(value, 1):
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{_stage_where(k, where, file)('')}: {NOT_A_STAGE} got {entry!r}.")
     f, hint = options[name]
     value = checked(name, value, hint, f, where)
     if name in PATH_OPTIONS and (entry := empty_path_entry(value)) is not None:
@@ -327,6 +331,7 @@ def _set_values(config: RunConfig, values: dict[str, Any]) -> None:
 # What a stage may set besides options, and the options it may not (they belong to the whole run).
 STAGE_KEYS = {"continue": ("adapter", "merge"), "name": None}
 NOT_PER_STAGE = ("output_dir", "overwrite", "stages")
+NOT_A_STAGE = "a stage must be a mapping of options (data:, method:, train:, ...),"
 
 
 def _stage_where(k: int, where: str, file: tuple[str, dict] | None) -> Callable[[str], str]:
@@ -345,7 +350,11 @@ def _stage_entry(raw: Any, where_of: Callable[[str], str], options: dict, folder
     names where a key of it is (_stage_where)."""
     where = where_of("")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a stage must be a mapping of options (data:, method:, train:, ...), got {raw!r}.")
+        raise ConfigError(f"{where}: {NOT_A_STAGE} got {raw!r}.")
+    sections = section_types()
+    for key, value in raw.items():  # named by the section's own line (_flatten knows only the stage's)
+        if key in sections and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{where_of(str(key))}: section '{key}' must be a mapping of options, got {value!r}.")
     entry: dict[str, Any] = {}
     for name, value in _flatten(raw, where).items():
         here = where_of(name)
