@@ -517,3 +517,22 @@ def test_a_stage_or_a_section_of_the_wrong_shape_names_its_line_and_stage(tmp_pa
     path.write_text(content)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            "stages:\n  - name: polish\n  - {train: {lr: 1.0e-4}}\n  - name: polish\n",
+            r"c\.yaml:4: stage 3: the stage's name is 'polish', which stage 1 has too",
+        ),
+        ("stages:\n  - {}\n  - name: stage-1\n", r"c\.yaml:3: stage 2: the stage's name is 'stage-1', which stage 1"),
+    ],
+)
+def test_two_stages_of_one_name_are_refused(tmp_path, content, message):
+    """Two stages of one name gave a forgetting matrix with two rows 'after polish' and two columns 'on polish', and
+    nothing said which stage each was."""
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

@@ -191,6 +191,7 @@ def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, 
         ({"eval": {"max_new_tokens": 8}}, "stage 2: 'eval.max_new_tokens' belongs to the whole run"),
         ({"federated": {"rounds": 2}}, "stage 2: 'federated.rounds': a stage is not federated"),
         ({"data": {"max_length": 2048}}, "stage 2: option 'data.max_length' is 2048, above the context window"),
+        ({"name": "docs"}, "stage 2: the stage's name is 'docs', which stage 1 has too"),
     ],
 )
 def test_bad_stages_are_refused_and_nothing_is_written(staged, tmp_path, change, message):

@@ -318,6 +318,7 @@ def _option_value(
         value = resolve_paths(value, folder)
     if name == "stages":
         value = [_stage_entry(entry, _stage_where(k, where, file), options, folder) for k, entry in enumerate(value, 1)]
+        _refuse_same_names(value, where, file)
     return value
 
 
@@ -332,6 +333,29 @@ def _set_values(config: RunConfig, values: dict[str, Any]) -> None:
 STAGE_KEYS = {"continue": ("adapter", "merge"), "name": None}
 NOT_PER_STAGE = ("output_dir", "overwrite", "stages")
 NOT_A_STAGE = "a stage must be a mapping of options (data:, method:, train:, ...),"
+STAGE_PREFIX = "stage-"  # a stage without name: is stage-K, as its folder in the run directory
+
+
+def stage_name(entry: dict, k: int) -> str:
+    """Stage k's (1-based) name: its name:, else stage-k."""
+    return str(entry.get("name") or f"{STAGE_PREFIX}{k}")
+
+
+def _refuse_same_names(stages: list[dict], where: str, file: tuple[str, dict] | None) -> None:
+    """Two stages of one name (given, or the stage-K of an unnamed one) made the forgetting matrix, the stage headers
+    and run.json's stages ambiguous: which 'after one' row is which."""
+    first: dict[str, int] = {}
+    for k, entry in enumerate(stages, 1):
+        name = stage_name(entry, k)
+        if name in first:
+            j = first[name]
+            at = _stage_where(k, where, file)("name" if "name" in entry else "")
+            raise ConfigError(
+                f"{at}: the stage's name is {name!r}, which stage {j} has too; the forgetting matrix and the "
+                f"reports name each stage by its name, so they would not say which is which. Give each stage its own "
+                "name: (a stage without one is stage-K)."
+            )
+        first[name] = k
 
 
 def _stage_where(k: int, where: str, file: tuple[str, dict] | None) -> Callable[[str], str]:

@@ -43,7 +43,8 @@ import torch
 import yaml
 
 from tunelab.atomic import scratch_folder, write_text
-from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config
+from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name
+from tunelab.config.load import STAGE_PREFIX
 from tunelab.errors import ConfigError, Interrupted, RunDirError, article
 from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
 from tunelab.peft.lora import merge_lora
@@ -60,7 +61,6 @@ from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import LENGTH, check_resume_config, config_changes
 from tunelab.training.tracking import TrackTo, end_held, end_running_tracker_runs
 
-STAGE_PREFIX = "stage-"
 MERGED = "merged"
 METRICS = "metrics.jsonl"
 STARTS_FROM = ("model", "adapter the run starts from")  # protected_paths' names for model.name and model.adapter
@@ -289,7 +289,7 @@ def train_stages(
     print("tunelab train — a staged run; the resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
     evals = _eval_rows(plans)  # every stage's data loaded and checked before anything is written
-    names = [cfg.stages[i].get("name") or f"{STAGE_PREFIX}{i + 1}" for i in range(len(plans))]
+    names = [stage_name(cfg.stages[i], i + 1) for i in range(len(plans))]
     if not resume:
         start_run_dir(plan_dir)
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
