@@ -130,3 +130,17 @@ def test_ray_gets_a_short_temp_root_when_the_system_one_is_too_long(monkeypatch)
     monkeypatch.setenv("TMPDIR", "/tmp/short")
     with _short_ray_temp():
         assert "RAY_TMPDIR" not in os.environ  # short enough: left alone
+
+
+def test_a_client_host_without_the_servers_model_path_says_so(tmp_path, client):
+    """A SuperNode on another host read model.name at the server's path and failed every round with 'not a Hugging
+    Face model directory, a .gguf file, or a hub id', which did not say that the path was the server's."""
+    from tunelab.errors import ConfigError
+
+    config = _config(tmp_path / "srv" / "models" / "base")
+    with pytest.raises(ConfigError, match=r"client site: model.name is \S*/srv/models/base on the server, which this "):
+        local_train(config, client, {}, 1, 2, 0.0)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, transform="/srv/shape.py:clean"))
+    config.model.name = "smollm2-135m-instruct"
+    with pytest.raises(ConfigError, match=r"client site: data.transform is /srv/shape.py on the server"):
+        local_train(config, client, {}, 1, 2, 0.0)

@@ -157,3 +157,21 @@ def test_a_resumed_federation_removes_the_scores_of_the_adapter_before_it(
     assert json.loads((run / "run.json").read_text())["steps"] == 3
     assert not any((run / name).exists() for name in ("eval.json", "compare.json", "report.html"))
     assert "removed compare.json, eval.json, report.html" in capsys.readouterr().out
+
+
+def test_an_app_names_the_server_paths_every_client_host_needs(
+    tmp_path, tiny_model_dir, federate_config, capsys, monkeypatch
+):
+    """The clients of a deployment read the base model at the path the server's config gives, which nothing said; a
+    model.name relative to where tunelab federate ran was read relative to each SuperNode's folder."""
+    import shutil
+
+    config = federate_config(tmp_path, tiny_model_dir)
+    shutil.copytree(tiny_model_dir, tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    app = tmp_path / "app"
+    tunelab.federate(config, {"model.name": "base"}, app_dir=app)
+    toml = (app / "pyproject.toml").read_text()
+    assert f"# Every SuperNode host reads model.name at the server's path: {tmp_path / 'base'}\n" in toml
+    assert f"name: {tmp_path / 'base'}\n" in toml  # the run config the ServerApp reads and sends on
+    assert f"each needs them there: model.name: {tmp_path / 'base'}" in capsys.readouterr().out

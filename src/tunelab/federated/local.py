@@ -37,6 +37,7 @@ from tunelab.data.loader import Datasets, build_datasets, make_batches
 from tunelab.data.packing import Packed
 from tunelab.data.sources import Record
 from tunelab.errors import DataError
+from tunelab.federated.hostpaths import check_on_this_host
 from tunelab.federated.payload import load_adapter_state
 from tunelab.federated.shards import ClientData
 from tunelab.models.load import load_tokenizer, resolve_source
@@ -174,6 +175,7 @@ def local_train(
 ) -> LocalResult:
     """Round `round_` (1-based) of `rounds` for this client: returns its adapter after local_steps steps."""
     tic = time.perf_counter()
+    check_on_this_host(config, client.name)  # a SuperNode host without the server's model path says so
     steps = config.federated.local_steps
     torch.manual_seed(client_seed(config.train.seed, client.name, round_))
     source = resolve_source(config.model.name)

@@ -89,7 +89,8 @@ def payload_bytes(content: RecordDict) -> int:
 
 
 def recipe_text(config: RunConfig) -> str:
-    """The run config as sent to clients: everything that says how to train, none of the server's paths."""
+    """The run config as sent to clients: everything that says how to train, none of the server's data paths (the
+    base model and a data.transform's file it names at the server's paths: hostpaths.py)."""
     recipe = dataclasses.replace(
         config,
         output_dir="",

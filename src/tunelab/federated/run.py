@@ -25,6 +25,7 @@ from tunelab.config.validate import option_default
 from tunelab.errors import ConfigError, RunDirError, TunelabError
 from tunelab.eval.compare import compare_after_training
 from tunelab.federated.history import all_rounds_done
+from tunelab.federated.hostpaths import absolute_model, app_note, server_paths
 from tunelab.federated.resume import check_resume, check_same_eval
 from tunelab.federated.setup import require_accountant
 from tunelab.federated.shards import ClientData, client_data, federation_protected
@@ -273,7 +274,7 @@ APP_TOML = """\
 #                                                                    on each client host: its own data, named there
 #   flwr run {app_dir} CONNECTION --stream                         CONNECTION: a [superlink.NAME] entry of
 #                                                                    $FLWR_HOME/config.toml (address = "SERVER_HOST:8000")
-# The server waits for federated.num_clients = {num_clients} SuperNodes, and writes {output_dir}.
+# The server waits for federated.num_clients = {num_clients} SuperNodes, and writes {output_dir}.{needs}
 # --insecure is for trying it out: real deployments use TLS (Flower's --ssl-* and --root-certificates options).
 [build-system]
 requires = ["hatchling"]
@@ -326,6 +327,10 @@ def write_flower_app(app_dir: str | Path, resolved: ResolvedConfig, resume: bool
             num_clients=cfg.federated.num_clients,
             app_dir=app_dir.resolve(),
             output_dir=Path(cfg.output_dir).resolve(),
+            needs="".join(
+                f"\n# Every SuperNode host reads {option} at the server's path: {path}"
+                for option, path in server_paths(cfg)
+            ),
             config_lines=config_lines,
         ),
     )
@@ -350,9 +355,12 @@ def federate(
     if cfg.federated.dp:
         require_accountant()
     cfg.output_dir = str(Path(cfg.output_dir).resolve())
+    absolute_model(cfg)
     if app_dir is not None:
         if cfg.data.eval:
             cfg.data.eval = str(Path(cfg.data.eval).resolve())
+        if note := app_note(cfg):
+            print(note, flush=True)
         return write_flower_app(app_dir, resolved, resume, overwrite=cfg.overwrite)
     clients = federation_clients(cfg)
     run_dir = Path(cfg.output_dir)
