@@ -14,6 +14,7 @@ here: `export_gguf` (export/gguf.py), `serve` (server/serve.py), `open_run` (inf
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -333,6 +334,18 @@ def chat(
     return _chat(opened(run, device, base_precision), settings or GenerationSettings())
 
 
+def _with_batch_size(settings: GenerationSettings | None, batch_size: int | None) -> GenerationSettings | None:
+    """`settings` with the `batch_size` argument in them; ConfigError when both name one and they differ."""
+    if batch_size is None:
+        return settings
+    _at_least(batch_size, "batch_size", "--batch-size", 1)
+    if settings is not None and settings.batch_size not in (batch_size, GenerationSettings.batch_size):
+        raise ConfigError(
+            f"argument 'batch_size' is {batch_size} and settings.batch_size is {settings.batch_size}; give one of them."
+        )
+    return dataclasses.replace(settings or GenerationSettings(), batch_size=batch_size)
+
+
 @_checked
 def evaluate(
     run: str | Path | LoadedRun,
@@ -346,15 +359,18 @@ def evaluate(
     show: bool = False,
     base_precision: str = "trained",
     show_answers: bool = False,
+    batch_size: int | None = None,
 ):
     """Eval loss and perplexity, answer metrics (exact, contains, ROUGE-L, refusal) and label metrics, base and tuned.
     `settings` default to greedy answers of the run's eval.max_new_tokens. `show` prints the table (and the answers
     with `show_answers`); eval.json holds everything. For a classify run: accuracy, macro-F1, per-class P/R/F1 and
     the confusion matrix beside the majority class; for a reward run: pairwise accuracy and mean margin beside the
-    untrained head (`eval/heads.py`)."""
+    untrained head (`eval/heads.py`). `batch_size` (--batch-size): questions answered, or rows scored, together;
+    default settings.batch_size (16)."""
     from tunelab.eval.evaluate import evaluate_run, format_eval
 
     _shown_answers(show, show_answers)
+    settings = _with_batch_size(settings, batch_size)
     if out is not None and not save:  # the results would go nowhere after minutes of answering, without a word
         raise ConfigError(
             f"--out {out} names where to save the results and --no-save saves nothing; give one of them (in Python: "
@@ -365,8 +381,15 @@ def evaluate(
         from tunelab.eval.heads import evaluate_head_run, format_head_eval, refuse_text_options
 
         refuse_text_options(run, task, settings, refusal, base_precision, show_answers)
-        batch_size = settings.batch_size if settings else 16
-        result = evaluate_head_run(run, data, device, batch_size=batch_size, save=save, out=out, overwrite=overwrite)
+        result = evaluate_head_run(
+            run,
+            data,
+            device,
+            batch_size=(settings or GenerationSettings()).batch_size,
+            save=save,
+            out=out,
+            overwrite=overwrite,
+        )
         if show:
             print(format_head_eval(result))
         return result

@@ -457,7 +457,6 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 1 if saved_verdict(path) == "fail" else 0  # the files stay, for inspection
     settings = _settings(args)
     if args.command == "eval":
-        settings.batch_size = args.batch_size
         api.evaluate(
             args.run_dir,
             args.data,
@@ -470,6 +469,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             show=True,
             base_precision=args.base_precision,
             show_answers=args.show_answers,
+            batch_size=args.batch_size,
         )
     elif args.command == "compare":
         if not args.questions and not args.question:

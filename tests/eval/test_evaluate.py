@@ -303,3 +303,39 @@ def test_a_missing_data_file_of_a_head_run_is_named_as_given_to_the_command(tmp_
         err = capsys.readouterr().err
         assert f"{missing}: file not found. Check the path given to {command} (--data; a relative path" in err
         assert "data.train" not in err and "Traceback" not in err
+
+
+def test_the_batch_size_is_an_argument_as_the_cli_has_it(trained, tmp_path, monkeypatch):
+    """`tunelab eval --batch-size 3` had no argument in Python: evaluate() took it only as settings.batch_size, and
+    a head run's batch size needed GenerationSettings it otherwise refuses. batch_size= reaches both paths, is
+    refused below 1 as the flag is, and a settings.batch_size that disagrees with it is refused."""
+    import tunelab.eval.evaluate as evaluate_module
+    import tunelab.eval.heads as heads_module
+
+    sizes = []
+
+    def answering(model, tokenizer, template, conversations, settings, progress=None, names=None):
+        sizes.append(settings.batch_size)
+        return ["Box 1 has code 1037." for _ in conversations]
+
+    monkeypatch.setattr(evaluate_module, "generate_answers", answering)
+    path = _write_jsonl(tmp_path / "q.jsonl", [{"question": "What is the code of box 1?", "expected": "1037"}])
+    tunelab.evaluate(trained, path, settings=SETTINGS, batch_size=3, save=False, device="cpu")
+    assert 3 in sizes and 16 not in sizes
+
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "run.json").write_text(
+        json.dumps({"base_model": "x", "method": "lora", "finished": True, "task": "classify"})
+    )
+    scored = {}
+    monkeypatch.setattr(
+        heads_module, "evaluate_head_run", lambda *a, batch_size, **k: scored.setdefault("b", batch_size)
+    )
+    tunelab.evaluate(head, path, batch_size=5, save=False)
+    assert scored["b"] == 5
+
+    with pytest.raises(ConfigError, match=r"argument 'batch_size' \(--batch-size\) is 0"):
+        tunelab.evaluate(trained, path, batch_size=0)
+    with pytest.raises(ConfigError, match="argument 'batch_size' is 3 and settings.batch_size is 8; give one of them"):
+        tunelab.evaluate(trained, path, settings=GenerationSettings(batch_size=8), batch_size=3)
