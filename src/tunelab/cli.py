@@ -17,7 +17,7 @@ import os
 import shlex
 import sys
 
-from tunelab.config.flags import join_negative_values, refuse_repeated
+from tunelab.config.flags import device, join_negative_values, refuse_repeated
 from tunelab.errors import ConfigError, Interrupted, TunelabError
 
 
@@ -99,7 +99,9 @@ def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "
     g.add_argument(
         "--repetition-penalty", type=positive, default=1.0, help="penalty for repeated tokens (default: 1.0)"
     )
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    g.add_argument(
+        "--device", type=device, default="auto", help="where to run: auto, cpu, cuda or cuda:N (default: auto)"
+    )
     g.add_argument(
         "--base-precision",
         default="trained",
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     predict.add_argument("--batch-size", type=whole(1), default=16, help="inputs per forward pass (default: 16)")
     predict.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)"
+        "--device", type=device, default="auto", help="where to run: auto, cpu, cuda or cuda:N (default: auto)"
     )
 
     report = sub.add_parser("report", help="one self-contained HTML page about a run")

@@ -280,6 +280,36 @@ def test_a_device_torch_does_not_know_or_a_missing_gpu_names_the_device_option(t
         assert "option '--device' is cuda, but no CUDA device is available" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["mps", "meta", "cpu:1", "cuda:x"])
+def test_the_api_and_the_cli_take_the_same_devices(tiny_run_dir, capsys, monkeypatch, name):
+    """The API took any device torch knows (mps and meta loaded on and failed deep in torch, cpu:1 was cpu), while the CLI's
+    --device refused cuda:N, which the API took. Both now take auto, cpu, cuda and cuda:N, and refuse the rest by name
+    with the allowed values."""
+    import torch
+
+    import tunelab
+    from tunelab.cli import main
+    from tunelab.errors import ConfigError
+    from tunelab.models.load import pick_device
+
+    allowed = "allowed values: auto, cpu, cuda, cuda:N"
+    with pytest.raises(ConfigError, match=rf"option '--device' is '{name}'; {allowed}"):
+        tunelab.generate(tiny_run_dir, "hi", device=name)
+    for command in (["generate", str(tiny_run_dir), "--prompt", "hi"], ["predict", str(tiny_run_dir), "--text", "hi"]):
+        with pytest.raises(SystemExit) as exit_:  # argparse's own exit
+            main([*command, "--device", name])
+        assert exit_.value.code == 2 and f"'{name}' is not a device; {allowed}" in capsys.readouterr().err
+        if not torch.cuda.is_available():  # cuda:0 is taken by the CLI as by the API, and refused later for what it is
+            assert main([*command, "--device", "cuda:0"]) == 2  # predict: the sft run; generate: the missing GPU
+            assert "not a device" not in (err := capsys.readouterr().err) and "Traceback" not in err
+            assert command[0] == "predict" or "option '--device' is cuda:0, but no CUDA device is available" in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1", "--device") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="is cuda:2, but this machine has 2 CUDA device"):
+        pick_device("cuda:2", "--device")
+
+
 def test_a_run_whose_saved_tokenizer_lost_its_chat_template_says_so(tiny_run_dir, tmp_path, capsys):
     """A run copied without chat_template.jinja was refused with "option 'data.template' ... Use a named template",
     an option no reading command has: the run's template is its own."""

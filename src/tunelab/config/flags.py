@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from tunelab.config.model import DEVICE_NAMES, is_device
 from tunelab.errors import ConfigError
 
 
@@ -30,6 +31,14 @@ def join_negative_values(argv: list[str]) -> list[str]:
             out.append(arg)
             i += 1
     return out
+
+
+def device(text: str) -> str:
+    """An argparse type: the --device of a command that opens a run, as the API's `device` takes it (argparse reports
+    anything else, exit 2)."""
+    if not is_device(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; allowed values: {DEVICE_NAMES}")
+    return text
 
 
 def _single_value_options(parser: argparse.ArgumentParser) -> dict[str, str]:

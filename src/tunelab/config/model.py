@@ -4,6 +4,7 @@ DoRA adapters, all weights or the top layers, over a 16-bit or an NF4 base)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def embedded_file(name: str) -> Path | None:
     return file if file.is_file() else None
 
 
+DEVICES = ("auto", "cpu", "cuda")  # model.device; the commands that open a run also take cuda:N
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N (N: a GPU's index)"
+
+
+def is_device(name: str) -> bool:
+    """Whether `name` is a device the commands that open a run take (--device, the API's `device`): one of DEVICES or
+    cuda:N. torch knows more (mps, meta, xpu, cpu:1), which tunelab does not run on: mps and meta failed deep in
+    loading."""
+    return name in DEVICES or re.fullmatch(r"cuda:[0-9]+", name) is not None
+
+
 @dataclass
 class ModelConfig:
     name: str = opt(
@@ -37,7 +49,7 @@ class ModelConfig:
     dtype: str = opt(
         "auto", "weight and compute dtype (auto: bf16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16", "fp16")
     )
-    device: str = opt("auto", "where to train (auto: CUDA when present, else CPU)", choices=("auto", "cpu", "cuda"))
+    device: str = opt("auto", "where to train (auto: CUDA when present, else CPU)", choices=DEVICES)
     impl: str = opt(
         "auto",
         "model code: our fast Llama-family path, the generic transformers one, or auto",

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
-from tunelab.config.model import EMBEDDED
+from tunelab.config.model import DEVICE_NAMES, EMBEDDED, is_device
 from tunelab.errors import ConfigError, ModelError, RunDirError, WriteFailed
 from tunelab.rundir import RUN_FILE, RunInfo
 
@@ -446,15 +446,19 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
 
 def pick_device(device: str, option: str = "model.device") -> torch.device:
     """The device `device` names (auto: CUDA when there is one); ConfigError or ModelError naming `option` (the config's
-    model.device, or the --device of a command that opens a run) for a name torch does not know or a missing GPU."""
+    model.device, or the --device of a command that opens a run) for a name tunelab does not run on (config.model:
+    is_device), a missing GPU, or a GPU index this machine does not have."""
+    if not is_device(device):
+        raise ConfigError(f"option '{option}' is {device!r}; allowed values: {DEVICE_NAMES}.")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError):  # torch's own message lists every device type it was built with
-        raise ConfigError(f"option '{option}' is {device!r}; allowed values: auto, cpu, cuda (or cuda:N).") from None
+    chosen = torch.device(device)
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"option '{option}' is {device}, but no CUDA device is available; use auto or cpu.")
+    if chosen.index is not None and chosen.index >= (count := torch.cuda.device_count()):
+        raise ConfigError(
+            f"option '{option}' is {device}, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}."
+        )
     return chosen
 
 
