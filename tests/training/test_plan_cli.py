@@ -80,3 +80,17 @@ def test_plan_and_train_send_a_federated_config_to_federate(tiny_overrides, tmp_
     assert main([command[0], path, *command[1:]]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("budget", ["", " "])
+def test_an_empty_budget_is_refused_not_read_as_none_given(tiny_overrides, tmp_path, capsys, budget):
+    """`--gpu-memory ""` (an unset shell variable) was taken as no budget given: on a GPU the plan used the GPU's
+    memory without a word, on the CPU it asked for --gpu-memory, the flag it was given."""
+    import tunelab
+    from tunelab.errors import ConfigError
+
+    code = main(["plan", _config(tmp_path, tiny_overrides), "--gpu-memory", budget, "--train.gpu_memory", "1GiB"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"(--gpu-memory): {budget!r} is not a size like 24GiB" in err
+    with pytest.raises(ConfigError, match="is not a size like 24GiB"):
+        tunelab.plan(None, tiny_overrides, gpu_memory=budget)

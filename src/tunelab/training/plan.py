@@ -447,7 +447,8 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
     from tunelab.training.build import pick_impl
     from tunelab.training.prepare import load_inputs
 
-    train = dataclasses.replace(cfg.train, gpu_memory=gpu_memory or cfg.train.gpu_memory)
+    given = gpu_memory is not None  # an empty one is refused as no size, not read as none given
+    train = dataclasses.replace(cfg.train, gpu_memory=gpu_memory if given else cfg.train.gpu_memory)
     cuda = torch.device("cuda") if torch.cuda.is_available() else None
     budget = device_budget(train, cuda)
     if budget is None:
