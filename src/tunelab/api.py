@@ -255,6 +255,18 @@ def check(
     )
 
 
+def _with_batch_size(settings: GenerationSettings | None, batch_size: int | None) -> GenerationSettings | None:
+    """`settings` with the `batch_size` argument in them; ConfigError when both name one and they differ."""
+    if batch_size is None:
+        return settings
+    _at_least(batch_size, "batch_size", "--batch-size", 1)
+    if settings is not None and settings.batch_size not in (batch_size, GenerationSettings.batch_size):
+        raise ConfigError(
+            f"argument 'batch_size' is {batch_size} and settings.batch_size is {settings.batch_size}; give one of them."
+        )
+    return dataclasses.replace(settings or GenerationSettings(), batch_size=batch_size)
+
+
 @_checked
 def compare(
     run: str | Path | LoadedRun,
@@ -268,13 +280,16 @@ def compare(
     base_precision: str = "trained",
     overwrite: bool = False,
     show_answers: bool = False,
+    batch_size: int | None = None,
 ) -> Comparison:
     """Base and tuned model answer the same questions (from a file and/or given directly); scored where expected
     answers exist. `settings` default to greedy answers of the run's eval.max_new_tokens; `refusal` to the run's
     refusal sentence. `save` writes RUN_DIR/compare.json, which must not exist unless `overwrite`. `show` prints the
     scores, and the answers too with `show_answers`. `base_precision`: trained (a QLoRA adapter over the NF4 base it
-    was trained on) or 16bit (over the unquantized weights)."""
+    was trained on) or 16bit (over the unquantized weights). `batch_size` (--batch-size): questions answered together;
+    default settings.batch_size (16)."""
     _shown_answers(show, show_answers)
+    settings = _with_batch_size(settings, batch_size)
     run_dir = run.run_dir if isinstance(run, LoadedRun) else Path(run)
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
     stamp = run_stamp(run_dir)
@@ -332,18 +347,6 @@ def chat(
     from tunelab.infer.chat import chat as _chat
 
     return _chat(opened(run, device, base_precision), settings or GenerationSettings())
-
-
-def _with_batch_size(settings: GenerationSettings | None, batch_size: int | None) -> GenerationSettings | None:
-    """`settings` with the `batch_size` argument in them; ConfigError when both name one and they differ."""
-    if batch_size is None:
-        return settings
-    _at_least(batch_size, "batch_size", "--batch-size", 1)
-    if settings is not None and settings.batch_size not in (batch_size, GenerationSettings.batch_size):
-        raise ConfigError(
-            f"argument 'batch_size' is {batch_size} and settings.batch_size is {settings.batch_size}; give one of them."
-        )
-    return dataclasses.replace(settings or GenerationSettings(), batch_size=batch_size)
 
 
 @_checked

@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--no-save", action="store_true", help="do not write compare.json into the run directory")
     compare.add_argument("--overwrite", action="store_true", help="replace the run's existing compare.json")
+    compare.add_argument("--batch-size", type=whole(1), default=16, help="questions generated together (default: 16)")
     compare.add_argument(
         "--show-answers", action="store_true", help="print every answer after the scores (they are in compare.json)"
     )
@@ -488,6 +489,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             base_precision=args.base_precision,
             overwrite=args.overwrite,
             show_answers=args.show_answers,
+            batch_size=args.batch_size,
         )
     elif args.command == "serve":
         api.serve(

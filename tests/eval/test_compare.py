@@ -70,6 +70,23 @@ def test_compare_prints_scores_first_and_never_replaces_compare_json_silently(ru
     assert "[1] Hi?" in capsys.readouterr().out  # nothing to score: the answers are the result
 
 
+def test_compare_takes_a_batch_size_as_eval_does(run, questions, capsys):
+    """`tunelab eval` had --batch-size and `tunelab compare`, which answers the same way, had none: its questions were
+    answered 16 at a time, and only the Python API could say otherwise (settings.batch_size)."""
+    import tunelab
+    from tunelab.errors import ConfigError
+
+    assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu", "--batch-size", "2"]) == 0
+    assert json.loads((run / "compare.json").read_text())["settings"]["batch_size"] == 2
+    result = tunelab.compare(run, questions=questions, device="cpu", save=False, batch_size=1)
+    assert result.settings["batch_size"] == 1
+    with pytest.raises(ConfigError, match=r"argument 'batch_size' \(--batch-size\) is 0"):
+        tunelab.compare(run, questions=questions, save=False, batch_size=0)
+    with pytest.raises(SystemExit) as exit_:  # argparse's own exit
+        main(["compare", str(run), "--question", "Hi?", "--batch-size", "0"])
+    assert exit_.value.code == 2 and "--batch-size: 0 is out of range" in capsys.readouterr().err
+
+
 def test_eval_defaults_to_the_runs_answer_length(run, questions, capsys):
     assert main(["eval", str(run), "--data", str(questions), "--device", "cpu", "--show-answers"]) == 0
     out, err = capsys.readouterr()
