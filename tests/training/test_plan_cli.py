@@ -94,3 +94,19 @@ def test_an_empty_budget_is_refused_not_read_as_none_given(tiny_overrides, tmp_p
     assert code == 2 and f"(--gpu-memory): {budget!r} is not a size like 24GiB" in err
     with pytest.raises(ConfigError, match="is not a size like 24GiB"):
         tunelab.plan(None, tiny_overrides, gpu_memory=budget)
+
+
+def test_a_cpu_config_is_planned_as_train_plans_it(tiny_overrides, tmp_path, capsys, monkeypatch):
+    """With model.device cpu, train plans without offload (and without the GPU's memory as the budget), but plan
+    offered offload candidates and, on a GPU machine, took that GPU's memory for a run that never uses it."""
+    import torch
+
+    path = _config(tmp_path, tiny_overrides)
+    assert main(["plan", path, "--gpu-memory", "40MiB"]) == 0
+    assert ", offload" in capsys.readouterr().out  # on CUDA, offload is a candidate at this budget
+    assert main(["plan", path, "--gpu-memory", "40MiB", "--model.device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "->" in out and ", offload" not in out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU here: its memory is no budget for the CPU
+    assert main(["plan", path, "--model.device", "cpu"]) == 2
+    assert "model.device is cpu, which has no GPU memory: give --gpu-memory SIZE" in capsys.readouterr().err

@@ -449,10 +449,11 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
 
     given = gpu_memory is not None  # an empty one is refused as no size, not read as none given
     train = dataclasses.replace(cfg.train, gpu_memory=gpu_memory if given else cfg.train.gpu_memory)
-    cuda = torch.device("cuda") if torch.cuda.is_available() else None
-    budget = device_budget(train, cuda)
+    on_cuda = cfg.model.device != "cpu"  # as train plans it: no GPU's budget, offload or CUDA graphs on the CPU
+    budget = device_budget(train, torch.device("cuda") if on_cuda and torch.cuda.is_available() else None)
     if budget is None:
-        raise ConfigError("no GPU here to read the memory budget from: give --gpu-memory SIZE (like 24GiB).")
+        where = "model.device is cpu, which has no GPU memory" if not on_cuda else "no GPU here to read the budget from"
+        raise ConfigError(f"{where}: give --gpu-memory SIZE (like 24GiB).")
     inputs = load_inputs(cfg)
     hf_config = load_hf_config(inputs.source, cfg.model.trust_remote_code)
     if pick_impl(cfg.model.impl, hf_config) != "fast":
@@ -461,6 +462,6 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
     first = epoch_rows(inputs.data, cfg.train.seed, 0)  # a mixture's draw, packed where asked
     auto = plan_from_data(train, len(first), bool(inputs.data.eval), grpo=cfg.grpo if cfg.task == "grpo" else None)
     seq = longest_row(cfg, first)
-    result = plan_for_config(cfg, auto.train, shape, seq, budget, cfg.train.micro_batch == AUTO)
+    result = plan_for_config(cfg, auto.train, shape, seq, budget, cfg.train.micro_batch == AUTO, cuda=on_cuda)
     require_fit(result, f"budget {gib(budget)}")
     return PlanReport(result, shape, seq, auto.train.micro_batch * auto.train.grad_accum)
