@@ -438,6 +438,18 @@ def test_values_that_passed_the_config_but_failed_or_misled_later_are_refused(ov
         load_config(None, overrides)
 
 
+def test_layers_to_recompute_with_checkpointing_off_are_refused():
+    """train.checkpoint_layers 4 with train.checkpointing false trained and planned with no layer recomputed, the
+    count dropped without a word; 0 layers says the same as checkpointing off and is kept."""
+    with pytest.raises(ConfigError, match=r"'train.checkpoint_layers' is 4, .* 'train.checkpointing' is false"):
+        load_config(None, {"train.checkpointing": False, "train.checkpoint_layers": 4})
+    assert (
+        load_config(None, {"train.checkpointing": False, "train.checkpoint_layers": 0}).config.train.checkpointing
+        is False
+    )
+    assert load_config(None, {"train.checkpoint_layers": 4}).config.train.checkpoint_layers == 4  # auto: the planner
+
+
 def test_method_name_qlora_is_told_how_qlora_is_asked_for():
     """method.name: qlora was refused with the allowed values only, none of which says QLoRA, which the README
     advertises: it is a LoRA over an NF4 base, asked for with method.quantize_base."""

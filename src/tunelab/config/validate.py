@@ -17,12 +17,18 @@ from tunelab.errors import ConfigError
 
 def check_consistency(config: RunConfig, task_options: bool = True) -> None:
     """Rules that involve more than one option, or the environment (a tracker's library must be installed).
-    `task_options`: refuse an option of a task section that no task of the run reads (off for a run's saved config
-    read back)."""
+    `task_options`: refuse an option of a task section that no task of the run reads, and a count that
+    train.checkpointing false leaves unread (off for a run's saved config read back: the run trained so)."""
     check_trackers(config.train.report_to)
     if config.train.offload_activations is True and config.train.checkpointing is False:
         raise ConfigError(
             "option 'train.offload_activations' needs 'train.checkpointing: true' (it offloads the checkpointed layer inputs)."
+        )
+    if task_options and config.train.checkpoint_layers and config.train.checkpointing is False:  # dropped silently
+        raise ConfigError(
+            f"option 'train.checkpoint_layers' is {config.train.checkpoint_layers}, the layers to recompute, but "
+            "'train.checkpointing' is false, which recomputes none; set checkpointing true (or auto), or drop "
+            "checkpoint_layers."
         )
     if config.train.gpu_memory is not None:
         try:
