@@ -431,6 +431,25 @@ def test_an_empty_api_key_is_refused(tiny_run_dir, monkeypatch, capsys):
     assert "stub: opened" in capsys.readouterr().err
 
 
+def test_an_empty_host_is_refused_not_read_as_every_interface(tiny_run_dir, monkeypatch, capsys):
+    """`--host "$HOST"` with HOST unset listened on every network interface (the system's reading of an empty
+    address), serving the run to the network unasked. An empty or blank host is refused before the model loads."""
+    import tunelab.server.serve as serve_module
+
+    def open_run_stub(run_dir, *args):
+        raise TunelabError("stub: opened")
+
+    monkeypatch.setattr(serve_module, "opened", open_run_stub)
+    for host, says in [("", "is empty"), (" ", "is blank")]:
+        assert main(["serve", str(tiny_run_dir), "--port", "0", "--host", host]) == 2
+        err = capsys.readouterr().err
+        assert f"option '--host' {says}, which would listen on every network interface" in err and "stub" not in err
+    with pytest.raises(TunelabError, match="'--host' is empty"):
+        start_server(tiny_run_dir, host="")
+    assert main(["serve", str(tiny_run_dir), "--port", "0", "--host", "127.0.0.1"]) == 2
+    assert "stub: opened" in capsys.readouterr().err
+
+
 def test_an_empty_model_name_is_refused_not_replaced_by_the_directory_name(tiny_run_dir, monkeypatch, capsys):
     """`--model-name "$NAME"` with NAME unset served the run as its directory's name, without a word, and clients
     asking for the intended name got 404. An empty or blank name is refused before the model loads, exit 2."""

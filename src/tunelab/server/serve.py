@@ -31,7 +31,14 @@ def _check_installed() -> None:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on (host, port); ConfigError naming the option when the port is taken."""
+    """A listening-ready socket on (host, port); ConfigError naming the option when the port is taken, or for an empty
+    host (`--host "$HOST"` with HOST unset), which the system reads as every interface: the run was served to the
+    network unasked."""
+    if not host.strip():
+        raise ConfigError(
+            f"option '--host' is {'empty' if not host else 'blank'}, which would listen on every network interface; "
+            "give the address: 127.0.0.1 (this machine, the default) or 0.0.0.0 (every interface, on purpose)."
+        )
     if not 0 <= port <= 65535:  # socket.bind would raise an OverflowError
         raise ConfigError(f"option '--port' is {port}; allowed: 0 to 65535 (0: a free port the system chooses).")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
