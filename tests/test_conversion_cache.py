@@ -122,3 +122,11 @@ def test_the_api_clears_only_what_it_is_given(cache):
     with pytest.raises(ConfigError, match=r"clear_cache\(\): argument 'names' must be str \| list\[str\] \| None"):
         tunelab.clear_cache(3)
     assert [e.name for e in tunelab.cache_entries()] == ["small-2222", ".tmp-abc"]
+
+
+def test_a_name_given_twice_is_cleared_once(cache, capsys):
+    """`tunelab cache clear small-2222 small-2222` removed the entry, then failed with a FileNotFoundError traceback
+    removing it again."""
+    assert main(["cache", "clear", "small-2222", "small-2222"]) == 0
+    assert "removed 1 entry" in capsys.readouterr().out and not (cache / "small-2222").exists()
+    assert [e.name for e in tunelab.clear_cache([".tmp-abc", ".tmp-abc"])] == [".tmp-abc"]

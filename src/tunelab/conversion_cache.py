@@ -79,7 +79,7 @@ def clear_cache(names: list[str] | None = None) -> list[CacheEntry]:
         if unknown:
             listed = ", ".join(by_name) or "none"
             raise ConfigError(f"tunelab cache clear: no cache entry named {', '.join(unknown)}; entries: {listed}.")
-        entries = [by_name[n] for n in names]
+        entries = [by_name[n] for n in dict.fromkeys(names)]  # a name given twice is removed once
     for entry in entries:
         shutil.rmtree(entry.path)
     return entries
