@@ -150,6 +150,34 @@ def test_predict_refuses_a_prompt_without_answers(tmp_path, capsys):
         tunelab.predict(tmp_path, answers=["You are great"])
 
 
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_nothing_to_predict_is_said_before_the_model_loads(tmp_path, capsys, monkeypatch, task):
+    """`tunelab predict RUN` with no --data, --text or --answer loaded the model (a minute for a large one), then said
+    there was nothing to predict."""
+    import json
+
+    import tunelab.infer.predict as predict_module
+    from tunelab.cli import main
+    from tunelab.errors import TunelabError
+
+    def loading(*args, **kwargs):
+        raise TunelabError("stub: the model loads")
+
+    monkeypatch.setattr(predict_module, "open_head_run", loading)
+    (tmp_path / "run.json").write_text(
+        json.dumps({"base_model": "x", "method": "lora", "finished": True, "task": task})
+    )
+    assert main(["predict", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to predict: give --data FILE" in err and "stub" not in err
+    assert ("--answer" in err) == (task == "reward")  # a classify run is not told of answers, which it cannot score
+    with pytest.raises(TunelabError, match="nothing to predict"):
+        tunelab.predict(tmp_path)
+    assert (
+        main(["predict", str(tmp_path), "--text", "great"]) == 2 and "stub: the model loads" in capsys.readouterr().err
+    )
+
+
 def test_predict_names_the_python_arguments_beside_the_flags(tmp_path):
     """tunelab.predict(run, texts=[...], prompt=...) was told of --text and --answer only, options a Python caller never
     gave; the message names the arguments too."""

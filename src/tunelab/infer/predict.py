@@ -19,7 +19,7 @@ from tunelab.atomic import write_text
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError, TunelabError
-from tunelab.rundir import check_output_file
+from tunelab.rundir import HEAD_TASKS, check_output_file, read_info
 from tunelab.tasks.classify import read_labelled
 from tunelab.tasks.head_data import Input, with_system
 from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_model: importable from here as before)
@@ -79,6 +79,10 @@ def predict(
         raise TunelabError("--answer needs the --prompt it answers (in Python: answers= needs prompt=).")
     if data is not None:
         refuse_missing_file(data, "predict")
+    if data is None and not texts and not answers:  # said before the model loads, not after
+        task = run.info.task if isinstance(run, HeadRun) else read_info(run).task
+        if task in HEAD_TASKS:  # another run is named as such by open_head_run
+            raise _nothing_to_predict(task)
     run = run if isinstance(run, HeadRun) else open_head_run(run, device)
     d = run.data
     items: list[tuple[Input, str, str | None]] = []  # (input, where, expected label)
@@ -105,13 +109,8 @@ def predict(
                 "prompt= and answers= score answers with a reward run; give a classify run texts=)."
             )
         items += [(scored_input(run, prompt, a), f"answer {i + 1}", None) for i, a in enumerate(answers)]
-    if not items and run.info.task == "classify":  # --prompt with --answer scores answers of a reward run only
-        raise TunelabError("nothing to predict: give --data FILE or --text TEXT (in Python: data= or texts=).")
     if not items:
-        raise TunelabError(
-            "nothing to predict: give --data FILE, --text TEXT, or --prompt TEXT with --answer TEXT (in Python: data=, "
-            "texts=, or prompt= with answers=)."
-        )
+        raise _nothing_to_predict(run.info.task)
     logits, _ = head_outputs(run.model, run, [x for x, _, _ in items], batch_size, [w for _, w, _ in items])
     if run.info.task == "reward":
         return [Prediction(w, _shown(x), reward=float(r)) for (x, w, _), r in zip(items, logits[:, 0])]
@@ -120,6 +119,15 @@ def predict(
         Prediction(w, _shown(x), run.labels[int(p.argmax())], dict(zip(run.labels, map(float, p))), expected=e)
         for (x, w, e), p in zip(items, probs)
     ]
+
+
+def _nothing_to_predict(task: str) -> TunelabError:
+    if task == "classify":  # --prompt with --answer scores answers of a reward run only
+        return TunelabError("nothing to predict: give --data FILE or --text TEXT (in Python: data= or texts=).")
+    return TunelabError(
+        "nothing to predict: give --data FILE, --text TEXT, or --prompt TEXT with --answer TEXT (in Python: data=, "
+        "texts=, or prompt= with answers=)."
+    )
 
 
 def format_predictions(predictions: list[Prediction], width: int = 70) -> str:
