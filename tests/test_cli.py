@@ -301,3 +301,18 @@ def test_an_option_of_one_value_given_twice_is_refused(tmp_path, capsys):
         assert not (tmp_path / "b").exists()
     refuse_repeated(parser, ["compare", "run", "--question", "a", "--question", "b"], ("compare",))
     refuse_repeated(parser, ["predict", "run", "--text", "a", "--text", "b", "--answer", "x"], ("predict",))
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--top-p", "0"], "option '--top-p' is 0; give a number above 0 and at most 1"),
+        (["--top-p", "1.5"], "option '--top-p' is 1.5; give a number above 0 and at most 1"),
+        (["--temperature", "-0.5"], "option '--temperature' is -0.5; give a number 0 (greedy) or more"),
+    ],
+)
+def test_a_generation_option_out_of_range_is_named_with_its_value(tmp_path, capsys, flags, says):
+    """--top-p 0 was told that "options --max-new-tokens >= 1, --temperature >= 0 and 0 < --top-p <= 1 are
+    required", leaving the user to find which of the three was wrong."""
+    assert main(["generate", str(tmp_path), "--prompt", "hi", *flags]) == 2
+    assert says in capsys.readouterr().err

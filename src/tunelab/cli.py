@@ -114,8 +114,12 @@ def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "
 def _settings(args):
     from tunelab.infer.generate import GenerationSettings
 
-    if (args.max_new_tokens is not None and args.max_new_tokens < 1) or args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise TunelabError("options --max-new-tokens >= 1, --temperature >= 0 and 0 < --top-p <= 1 are required.")
+    for flag, value, ok, allowed in (  # --max-new-tokens and --repetition-penalty: their argparse types
+        ("--temperature", args.temperature, args.temperature >= 0, "0 (greedy) or more"),
+        ("--top-p", args.top_p, 0 < args.top_p <= 1, "above 0 and at most 1"),
+    ):
+        if not ok:
+            raise ConfigError(f"option '{flag}' is {value:g}; give a number {allowed}.")
     return GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty)
 
 
