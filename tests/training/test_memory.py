@@ -179,7 +179,8 @@ def test_sizes_are_shown_in_mib_below_a_tenth_of_a_gib():
     assert [gib(24 * 2**30), gib(2**30 / 10), gib(37 * 2**20)] == ["24.00 GiB", "0.10 GiB", "37.0 MiB"]
 
 
-@pytest.mark.parametrize("text", ["", "GiB", "24 parsecs", "-3GiB", "0GB", "24"])  # 24: 24 bytes, planned as 0 MiB
+@pytest.mark.parametrize("text", ["", "GiB", "24 parsecs", "-3GiB", "0GB", "24", "0.5B", "0.0001KiB"])  # 24: 24 bytes
 def test_parse_size_rejects(text):
+    """0.5B was read as a budget of 0 bytes, which nothing fits ("no configuration fits 0.0 MiB")."""
     with pytest.raises(ValueError):
         parse_size(text)

@@ -151,9 +151,10 @@ def parse_size(text: str) -> int:
         raise ValueError(
             f"{text!r} has no unit; write it like {str(text).strip()}GiB (or {str(text).strip()}B for bytes)"
         )
-    if not match or float(match.group(1)) <= 0:
+    size = int(float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_")) if match else 0
+    if size < 1:  # 0.5B too: a budget of 0 bytes, which nothing fits
         raise ValueError(f"{text!r} is not a size like 24GiB, 80GB or 512MiB")
-    return int(float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_"))
+    return size
 
 
 @dataclass
