@@ -316,3 +316,14 @@ def test_a_generation_option_out_of_range_is_named_with_its_value(tmp_path, caps
     required", leaving the user to find which of the three was wrong."""
     assert main(["generate", str(tmp_path), "--prompt", "hi", *flags]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_serve_refuses_an_option_given_twice_as_the_other_commands_that_read_a_run_do(capsys):
+    """`tunelab serve RUN --port 8000 --port 8001` served on 8001 and `--api-key A --api-key B` required B, without a
+    word: serve was left out of the commands that refuse an option of one value given twice."""
+    for argv, option in [
+        (["serve", "run", "--port", "8000", "--port", "8001"], "--port"),
+        (["serve", "run", "--api-key", "a", "--api-key=b"], "--api-key"),
+    ]:
+        assert main(argv) == 2
+        assert f"option '{option}' is given more than once" in capsys.readouterr().err
