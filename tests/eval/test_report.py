@@ -269,6 +269,24 @@ def test_a_result_file_of_other_shapes_costs_its_section_not_the_report(tmp_path
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_a_kept_best_step_is_named_beside_the_last_steps_eval_loss(tmp_path):
+    """With train.keep_best keeping an earlier step, run.json's eval_loss is that step's; the report called it the
+    final eval loss, the loss of weights the run did not end with."""
+    run = make_run(tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    info |= {"eval_loss": 0.5, "extra": {"best": {"step": 20, "eval_loss": 0.5}}}
+    (run / "run.json").write_text(json.dumps(info))
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 40, "eval_loss": 0.7123}) + "\n")
+    page = render_report(run)
+    assert "final eval loss" not in page
+    assert "<th>eval loss of the result</th><td>0.5000 (step 20, the lowest; kept by train.keep_best)</td>" in page
+    assert "<th>eval loss at the last step</th><td>0.7123</td>" in page
+    info["extra"]["best"]["step"] = 40  # the last step was the best: its loss is the final one
+    (run / "run.json").write_text(json.dumps(info))
+    assert "<th>final eval loss</th><td>0.5000</td>" in render_report(run)
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

@@ -79,7 +79,7 @@ def render_report(run_dir: str | Path) -> str:
             ("answers", "Answers side by side", _drawn(lambda: answer_rows(ev, cmp), ev.name, cmp.name)),
         ]
     sections = [
-        ("run", "Run", _drawn(lambda: run_summary(run), run.name)),
+        ("run", "Run", _drawn(lambda: run_summary(run, metrics.data), run.name)),
         (
             "training",
             "Training curves",

@@ -10,13 +10,33 @@ from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_plots import histogram_plot
 
 
-def run_summary(run: Input) -> str:
+def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
+    """What was trained; `metrics`: the records of metrics.jsonl, for the last step's eval loss where train.keep_best
+    kept an earlier step's weights (run.json's eval_loss is then that step's)."""
     if run.data is None:
         return run.missing("run summary")
     d: dict = run.data
 
     def loss(value) -> str | None:
         return f"{value:.4f}" if isinstance(value, int | float) else None
+
+    best = (d.get("extra") or {}).get("best")
+    kept = best.get("step") if isinstance(best, dict) else None
+    if isinstance(kept, int) and kept != d.get("steps") and loss(d.get("eval_loss")):  # an earlier step's weights
+        last = [
+            r["eval_loss"]
+            for r in metrics or []
+            if isinstance(r, dict) and r.get("step") == d.get("steps") and "eval_loss" in r
+        ]
+        evals = [
+            (
+                "eval loss of the result",
+                f"{loss(d.get('eval_loss'))} (step {kept}, the lowest; kept by train.keep_best)",
+            ),
+            ("eval loss at the last step", loss(last[-1]) if last else None),
+        ]
+    else:
+        evals = [("final eval loss", loss(d.get("eval_loss")))]
 
     return kv_table(
         [
@@ -30,7 +50,7 @@ def run_summary(run: Input) -> str:
             ("finished", "yes" if d.get("finished") else "no (the run stopped early or is still training)"),
             ("optimizer steps", f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"),
             ("final train loss", loss(d.get("final_loss"))),
-            ("final eval loss", loss(d.get("eval_loss"))),
+            *evals,
             ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) else None),
             ("training time", f"{d['elapsed_s']:.0f} s" if isinstance(d.get("elapsed_s"), int | float) else None),
         ]
