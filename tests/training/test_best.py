@@ -10,6 +10,7 @@ from torch import nn
 import tunelab.tasks.sft as sft
 import tunelab.training.recipe as recipe
 from tunelab.peft.save import adapter_state_dict
+from tunelab.tasks import get_task
 from tunelab.training.best import BestWeights
 
 
@@ -273,3 +274,19 @@ def test_a_run_resumed_onto_fsdp2_says_keep_best_is_off_and_drops_the_best_befor
     assert out.count(said) == 2 and "the result is the last step's weights, not step 2 (eval loss 0.5000)" in out
     assert result.eval_loss == 0.8
     assert "best" not in json.loads((result.run_dir / "run.json").read_text())["extra"]
+
+
+def test_a_grpo_run_is_told_its_held_out_reward_not_a_negative_eval_loss(tmp_path):
+    """grpo's eval loss is its held-out reward negated: the end of a run said 'eval loss -0.6500' and 'whose eval loss
+    -0.8000 was the lowest', a loss below zero where the user set a reward to rise."""
+    model = nn.Linear(3, 2)
+    best = BestWeights(tmp_path, enabled=True)
+    best.observe(0, -0.8, model)
+    best.observe(10, -0.6, model)
+    message = best.restore(model, last_step=10, last_loss=-0.6, reward=True)
+    assert "whose held-out reward 0.8000 was the highest (the last step, 10, had 0.6000)" in message
+    assert "-0." not in message and "eval loss" not in message
+    metrics = {"eval_loss": -0.6, "eval_reward": 0.6, "eval_reward_exact": 0.6, "eval_reward_errors": 0.0}
+    line = recipe.eval_line(get_task("grpo"), metrics)
+    assert line == "held-out reward 0.6000, reward_exact 0.6000, reward_errors 0.0000"
+    assert recipe.eval_line(sft.SFT, {"eval_loss": 0.5}).startswith("eval loss 0.5000 (perplexity 1.65)")

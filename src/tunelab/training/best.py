@@ -66,22 +66,28 @@ class BestWeights:
         self.step, self.loss = step, eval_loss
         return True
 
-    def restore(self, model: nn.Module, last_step: int, last_loss: float | None, keep_file: bool = False) -> str | None:
+    def restore(
+        self, model: nn.Module, last_step: int, last_loss: float | None, keep_file: bool = False, reward: bool = False
+    ) -> str | None:
         """Load the best weights back when they are not the last step's; a sentence saying what happened. keep_file:
         leave the best's file beside the step checkpoints kept after the run, so that a --resume that trains on
-        still knows it."""
+        still knows it. reward: the eval loss is a held-out reward negated (grpo), and the sentence speaks of the
+        reward, the highest, not of a negative loss, the lowest."""
         if not self.enabled or self.step is None:
             return None
+        figure, most = ("held-out reward", "highest") if reward else ("eval loss", "lowest")
+        sign = -1 if reward else 1
         if self.step == last_step:
             message = (
-                f"keep_best: the last step ({last_step}) had the lowest eval loss ({self.loss:.4f}); it is the result."
+                f"keep_best: the last step ({last_step}) had the {most} {figure} ({sign * self.loss:.4f}); "
+                "it is the result."
             )
         else:
             load_trainable(model, self.path)
-            last = f"{last_loss:.4f}" if last_loss is not None else "?"
+            last = f"{sign * last_loss:.4f}" if last_loss is not None else "?"
             message = (
-                f"keep_best: loaded the weights of step {self.step}, whose eval loss {self.loss:.4f} was the lowest "
-                f"(the last step, {last_step}, had {last}); they are the saved result."
+                f"keep_best: loaded the weights of step {self.step}, whose {figure} {sign * self.loss:.4f} was the "
+                f"{most} (the last step, {last_step}, had {last}); they are the saved result."
             )
         if not keep_file:
             self.path.unlink(missing_ok=True)

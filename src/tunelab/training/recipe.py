@@ -405,7 +405,9 @@ def _train_planned(
                 print(f"{name} {value:.4f}")
         if eval_loss is not None:
             print(eval_line(task, eval_metrics))
-        kept_best = best.restore(model, position["step"], eval_loss, keep_file=t.keep_checkpoints_after_finish)
+        kept_best = best.restore(
+            model, position["step"], eval_loss, keep_file=t.keep_checkpoints_after_finish, reward=cfg.task == "grpo"
+        )
         if best_off:
             print(best_off, flush=True)  # said again where keep_best says which step is the result
         if kept_best:
@@ -459,10 +461,14 @@ def _train_planned(
 
 
 def eval_line(task: Task, metrics: dict[str, float]) -> str:
-    """The end-of-training eval line: the loss (with its perplexity for sft's token loss) and the task's metrics."""
+    """The end-of-training eval line: the loss (with its perplexity for sft's token loss) and the task's metrics; a
+    run whose eval loss is its held-out reward negated (grpo) shows the reward alone."""
     loss = metrics["eval_loss"]
     line = f"eval loss {loss:.4f}" + (f" (perplexity {math.exp(min(loss, 50)):.2f})" if task is SFT else "")
     others = [f"{name.removeprefix('eval_')} {value:.4f}" for name, value in metrics.items() if "eval_loss" not in name]
+    if "eval_reward" in metrics:
+        line = f"held-out reward {metrics['eval_reward']:.4f}"
+        others = [o for o in others if not o.startswith("reward ")]
     return ", ".join([line, *others])
 
 
