@@ -287,6 +287,27 @@ def test_a_kept_best_step_is_named_beside_the_last_steps_eval_loss(tmp_path):
     assert "<th>final eval loss</th><td>0.5000</td>" in render_report(run)
 
 
+def test_a_grpo_run_shows_its_held_out_reward_not_a_negative_eval_loss(tmp_path, monkeypatch):
+    """grpo logs eval_loss = -eval_reward (for keep_best): the report's summary read 'final eval loss -0.6000' and its
+    loss plot drew that negated reward as an eval loss beside the surrogate loss."""
+    import tunelab.eval.report_plots as plots
+
+    run = make_run(tmp_path / "run")
+    info = json.loads((run / "run.json").read_text()) | {"task": "grpo", "eval_loss": -0.8}
+    (run / "run.json").write_text(json.dumps(info | {"extra": {"best": {"step": 20, "eval_loss": -0.8}}}))
+    records = [{"step": s, "loss": 0.01, "reward": 0.5} for s in range(1, 41)]
+    records += [{"step": s, "eval_loss": -r, "eval_reward": r} for s, r in ((0, 0.4), (20, 0.8), (40, 0.6))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    drawn = []
+    monkeypatch.setattr(plots, "curve_plot", lambda series, *a, **k: drawn.append([n for n, _, _ in series]) or "")
+    page = render_report(run)
+    assert "<th>held-out reward of the result</th><td>0.8000 (step 20, the highest; kept by train.keep_best)" in page
+    assert "<th>held-out reward at the last step</th><td>0.6000</td>" in page and "eval loss" not in page
+    assert ["train loss"] in drawn and not any("eval loss" in names for names in drawn)
+    (run / "run.json").write_text(json.dumps(info))
+    assert "<th>final held-out reward</th><td>0.8000</td>" in render_report(run)
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

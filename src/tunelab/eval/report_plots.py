@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 from tunelab.eval.report_html import esc
+from tunelab.training.metrics import loss_curves
 
 
 def _svg(fig, label: str) -> str:
@@ -50,9 +51,8 @@ def training_plots(records: list[dict]) -> str:
     def points(key: str) -> list[tuple[float, float]]:
         return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
 
-    train, evals, lr, speed, grad = (
-        points("loss"),
-        points("eval_loss"),
+    train, evals = loss_curves(records)
+    lr, speed, grad = (
         points("lr"),
         points("tokens_per_s"),
         points("grad_norm"),

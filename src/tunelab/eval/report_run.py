@@ -20,23 +20,23 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
     def loss(value) -> str | None:
         return f"{value:.4f}" if isinstance(value, int | float) else None
 
+    # grpo's eval loss is its held-out reward negated (for keep_best): shown as the reward
+    figure, most, sign = ("held-out reward", "highest", -1) if d.get("task") == "grpo" else ("eval loss", "lowest", 1)
     best = (d.get("extra") or {}).get("best")
     kept = best.get("step") if isinstance(best, dict) else None
-    if isinstance(kept, int) and kept != d.get("steps") and loss(d.get("eval_loss")):  # an earlier step's weights
+    value = sign * d["eval_loss"] if isinstance(d.get("eval_loss"), int | float) else None
+    if isinstance(kept, int) and kept != d.get("steps") and value is not None:  # an earlier step's weights
         last = [
             r["eval_loss"]
             for r in metrics or []
-            if isinstance(r, dict) and r.get("step") == d.get("steps") and "eval_loss" in r
+            if isinstance(r, dict) and r.get("step") == d.get("steps") and isinstance(r.get("eval_loss"), int | float)
         ]
         evals = [
-            (
-                "eval loss of the result",
-                f"{loss(d.get('eval_loss'))} (step {kept}, the lowest; kept by train.keep_best)",
-            ),
-            ("eval loss at the last step", loss(last[-1]) if last else None),
+            (f"{figure} of the result", f"{loss(value)} (step {kept}, the {most}; kept by train.keep_best)"),
+            (f"{figure} at the last step", loss(sign * last[-1]) if last else None),
         ]
     else:
-        evals = [("final eval loss", loss(d.get("eval_loss")))]
+        evals = [(f"final {figure}", loss(value))]
 
     return kv_table(
         [

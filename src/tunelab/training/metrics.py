@@ -100,11 +100,22 @@ def logged_at(records: list[dict], step: int) -> tuple[float | None, dict]:
     return (losses[-1] if losses else None), figures
 
 
+def loss_curves(records: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, train loss) and (step, eval loss) of metrics.jsonl's records, as loss.png and the report draw them. A
+    grpo run's eval loss is its held-out reward negated (for keep_best), not a loss: it is left to its reward plots."""
+    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float) and "step" in r]
+    evals = [
+        (r["step"], r["eval_loss"])
+        for r in records
+        if isinstance(r.get("eval_loss"), int | float) and "step" in r and "eval_reward" not in r
+    ]
+    return train, evals
+
+
 def plot_losses(run_dir: Path) -> Path | None:
     """Train and eval loss against the optimizer step; None when there is nothing to draw."""
     records = read_metrics(run_dir)
-    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
-    evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), int | float)]
+    train, evals = loss_curves(records)
     if not train and not evals:
         return None
     import matplotlib
