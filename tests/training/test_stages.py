@@ -66,6 +66,14 @@ def test_stage_two_continues_stage_ones_adapter_bit_for_bit(staged):
     page = build_report(run).read_text()
     matrix = info.extra["forgetting"]["matrix"]
     assert "Forgetting" in page and "after qa" in page and f"{matrix[1][0]:,.4f}" in page
+    # the whole run's figures, not the last stage's beside the steps of both (the report showed stage 2's tokens)
+    each = [read_info(run / f"stage-{k}") for k in (1, 2)]
+    assert info.tokens == each[0].tokens + each[1].tokens > each[1].tokens
+    assert info.elapsed_s == pytest.approx(each[0].elapsed_s + each[1].elapsed_s, abs=0.1)
+    assert f"<th>tokens trained on</th><td>{info.tokens:,}</td>" in page
+    # keep_best's step counted across the stages, as metrics.jsonl counts it (stage 2 at lr 0: its first step ties)
+    assert each[1].extra["best"]["step"] == 1 and info.extra["best"]["step"] == 4
+    assert "(step 4, the lowest; kept by train.keep_best)" in page
 
 
 @pytest.mark.parametrize("overshoot", [False, True])

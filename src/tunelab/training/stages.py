@@ -257,6 +257,18 @@ def format_forgetting(names: list[str], matrix: list[list[float | None]]) -> str
     return "\n".join(["eval loss after each stage (rows) on each stage's eval data (columns):", head, *rows])
 
 
+def _whole_run(info: RunInfo, each: list[RunInfo]) -> None:
+    """The last stage's run.json (`info`) made the whole run's: steps, tokens, time and skipped steps summed over the
+    stages (the report showed the last stage's tokens and time beside the steps of all), and the step train.keep_best
+    kept counted across the stages, as metrics.jsonl counts it."""
+    info.steps, info.total_steps = sum(i.steps for i in each), sum(i.total_steps for i in each)
+    info.tokens, info.skipped_steps = sum(i.tokens for i in each), sum(i.skipped_steps for i in each)
+    info.elapsed_s = round(sum(i.elapsed_s for i in each), 1)
+    best = info.extra.get("best")
+    if isinstance(best, dict) and isinstance(best.get("step"), int):
+        info.extra["best"] = best | {"step": best["step"] + sum(i.steps for i in each[:-1])}
+
+
 def train_stages(
     resolved: ResolvedConfig,
     config_file: Path | None = None,
@@ -322,8 +334,7 @@ def train_stages(
         for i in range(len(plans))
     ]
     info.extra |= {"stages": stages, "forgetting": {"stages": names, "matrix": matrix}}
-    info.steps = sum(s["steps"] for s in stages)
-    info.total_steps = sum(read_info(stage_dir(run_dir, i + 1)).total_steps for i in range(len(plans)))
+    _whole_run(info, [read_info(stage_dir(run_dir, i + 1)) for i in range(len(plans))])
     write_info(run_dir, info)
     print(format_forgetting(names, matrix), flush=True)
     if resume:
