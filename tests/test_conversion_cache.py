@@ -130,3 +130,26 @@ def test_a_name_given_twice_is_cleared_once(cache, capsys):
     assert main(["cache", "clear", "small-2222", "small-2222"]) == 0
     assert "removed 1 entry" in capsys.readouterr().out and not (cache / "small-2222").exists()
     assert [e.name for e in tunelab.clear_cache([".tmp-abc", ".tmp-abc"])] == [".tmp-abc"]
+
+
+def test_a_name_given_twice_is_removed_once_and_a_folder_that_cannot_go_is_named(cache, capsys, monkeypatch):
+    """`tunelab cache clear NAME NAME` removed the entry, then ended in a FileNotFoundError traceback (exit 1)."""
+    import shutil
+
+    import tunelab.conversion_cache as conversion_cache
+
+    assert main(["cache", "clear", "small-2222", "small-2222"]) == 0
+    assert "removed 1 entry" in capsys.readouterr().out and not (cache / "small-2222").exists()
+
+    rmtree = shutil.rmtree
+
+    def refused(path):
+        if path.name == ".tmp-abc":
+            raise PermissionError(13, "Permission denied")
+        rmtree(path)
+
+    monkeypatch.setattr(conversion_cache.shutil, "rmtree", refused)
+    assert main(["cache", "clear"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cache / '.tmp-abc'} could not be removed (Permission denied); removed before it: big-1111" in err
+    assert "Traceback" not in err

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.atomic import ASIDE_PREFIX
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, WriteFailed
 from tunelab.models.load import COMPLETE, cache_root, conversion_problem
 
 
@@ -70,8 +70,9 @@ def cache_entries() -> list[CacheEntry]:
 
 
 def clear_cache(names: list[str] | None = None) -> list[CacheEntry]:
-    """Remove the named entries (all when None; an empty list names none); returns what was removed. An unknown
-    name is a ConfigError."""
+    """Remove the named entries (all when None; an empty list names none; a name given twice is removed once);
+    returns what was removed. An unknown name is a ConfigError; an entry that cannot be removed a WriteFailed naming
+    it and what was removed before it."""
     entries = cache_entries()
     if names is not None:
         by_name = {e.name: e for e in entries}
@@ -80,8 +81,15 @@ def clear_cache(names: list[str] | None = None) -> list[CacheEntry]:
             listed = ", ".join(by_name) or "none"
             raise ConfigError(f"tunelab cache clear: no cache entry named {', '.join(unknown)}; entries: {listed}.")
         entries = [by_name[n] for n in dict.fromkeys(names)]  # a name given twice is removed once
-    for entry in entries:
-        shutil.rmtree(entry.path)
+    for done, entry in enumerate(entries):
+        try:
+            shutil.rmtree(entry.path)
+        except OSError as exc:
+            removed = ", ".join(e.name for e in entries[:done]) or "nothing"
+            raise WriteFailed(
+                f"tunelab cache clear: {entry.path} could not be removed ({exc.strerror or exc}); removed before it: "
+                f"{removed}."
+            ) from None
     return entries
 
 
