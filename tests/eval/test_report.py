@@ -308,6 +308,34 @@ def test_a_grpo_run_shows_its_held_out_reward_not_a_negative_eval_loss(tmp_path,
     assert "<th>final held-out reward</th><td>0.8000</td>" in render_report(run)
 
 
+def test_the_loss_axis_names_what_the_runs_loss_is_averaged_over(tmp_path, monkeypatch):
+    """The loss plots of every run said nats / token; a classify run's loss is per example, a dpo or reward run's per
+    pair, as the verdict says them."""
+    import matplotlib.axes
+
+    import tunelab.eval.report_plots as plots
+    from tunelab.training.metrics import loss_axis, plot_losses
+
+    assert loss_axis(["sft"]) == loss_axis([]) == loss_axis([None]) == "loss (nats / token)"
+    assert loss_axis(["classify"]) == "loss (nats / example)" and loss_axis(["reward"]) == "loss (nats / pair)"
+    assert loss_axis(["sft", "dpo", "sft"]) == "loss (nats / token or pair)"  # a staged run's stages
+    run = make_run(tmp_path / "run")
+    axes = []
+    monkeypatch.setattr(plots, "curve_plot", lambda series, ylabel, *a, **k: axes.append(ylabel) or "")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"task": "classify"}))
+    render_report(run)
+    assert "loss (nats / example)" in axes
+    stages = [{"name": "one", "task": "sft"}, {"name": "two", "task": "dpo"}]
+    (run / "run.json").write_text(json.dumps(info | {"task": "dpo", "extra": {"stages": stages}}))
+    axes.clear()
+    render_report(run)
+    assert "loss (nats / token or pair)" in axes
+    labels = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel", lambda self, text, *a, **k: labels.append(text))
+    assert plot_losses(run, ["dpo"]).is_file() and labels == ["loss (nats / pair)"]
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

@@ -69,6 +69,13 @@ class Inputs:
         """The run's task as run.json names it; None when run.json is unreadable."""
         return self.run.data.get("task") if isinstance(self.run.data, dict) else None
 
+    @property
+    def tasks(self) -> list[str | None]:
+        """The task of each stage of a staged run (as its run.json's extra.stages names them), else the run's."""
+        stages = ((self.run.data or {}).get("extra") or {}).get("stages") if isinstance(self.run.data, dict) else None
+        named = [s.get("task") for s in stages if isinstance(s, dict)] if isinstance(stages, list) else []
+        return named if named and all(named) else [self.task]
+
 
 def read_inputs(run_dir: Path) -> Inputs:
     run, metrics, ev, cmp = (load_input(run_dir, n) for n in (RUN_FILE, "metrics.jsonl", "eval.json", "compare.json"))

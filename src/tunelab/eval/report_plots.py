@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 
 from tunelab.eval.report_html import esc
-from tunelab.training.metrics import loss_curves
+from tunelab.training.metrics import loss_axis, loss_curves
 
 
 def _svg(fig, label: str) -> str:
@@ -47,7 +47,10 @@ def curve_plot(
     return f"<figure>{_svg(fig, caption)}<figcaption>{esc(caption)}</figcaption></figure>"
 
 
-def training_plots(records: list[dict]) -> str:
+def training_plots(records: list[dict], tasks: list[str | None] | None = None) -> str:
+    """The loss, learning-rate, throughput and gradient-norm curves; tasks: the run's task (a staged run's: each
+    stage's), for the loss axis's unit."""
+
     def points(key: str) -> list[tuple[float, float]]:
         return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
 
@@ -60,7 +63,7 @@ def training_plots(records: list[dict]) -> str:
     figures = []
     if train or evals:
         series = ([("train loss", train, "-")] if train else []) + ([("eval loss", evals, "o-")] if evals else [])
-        figures.append(curve_plot(series, "loss (nats / token)", "Loss: train (every logged step) and eval"))
+        figures.append(curve_plot(series, loss_axis(tasks or []), "Loss: train (every logged step) and eval"))
     if lr:
         figures.append(curve_plot([("learning rate", lr, "-")], "learning rate", "Learning rate schedule"))
     if speed:

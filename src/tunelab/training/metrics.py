@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from tunelab.atomic import write_bytes, write_text, writing
+from tunelab.training.verdict import LOSS_UNITS
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -112,8 +113,16 @@ def loss_curves(records: list[dict]) -> tuple[list[tuple[int, float]], list[tupl
     return train, evals
 
 
-def plot_losses(run_dir: Path) -> Path | None:
-    """Train and eval loss against the optimizer step; None when there is nothing to draw."""
+def loss_axis(tasks: list[str | None]) -> str:
+    """The loss axis's label for runs of `tasks` (a staged run's stages may differ): what the loss is averaged over,
+    as the verdict says it (sft and grpo: a token, classify: an example, dpo and reward: a pair)."""
+    units = dict.fromkeys(LOSS_UNITS.get(task or "sft", "a token").split()[-1] for task in tasks or [None])
+    return f"loss (nats / {' or '.join(units)})"
+
+
+def plot_losses(run_dir: Path, tasks: list[str | None] | None = None) -> Path | None:
+    """Train and eval loss against the optimizer step; None when there is nothing to draw. tasks: the run's task
+    (a staged run's: each stage's), for the loss axis's unit."""
     records = read_metrics(run_dir)
     train, evals = loss_curves(records)
     if not train and not evals:
@@ -129,7 +138,7 @@ def plot_losses(run_dir: Path) -> Path | None:
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", linewidth=1.5)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats / token)")
+    ax.set_ylabel(loss_axis(tasks or []))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -421,7 +421,7 @@ def _train_planned(
         weights = full_weights(train_model, ranks, cfg.method.is_adapter)
         if ranks.main:
             save_final(run_dir, built, tokenizer, cfg, task, data, weights)
-            plot_losses(run_dir)
+            plot_losses(run_dir, [cfg.task])
         passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
         verdict = judge_metrics(
             read_metrics(run_dir),

@@ -319,7 +319,7 @@ def train_stages(
     matrix = forgetting(run_dir, len(plans))
     _publish(run_dir, stage_dir(run_dir, len(plans)))
     _metrics(run_dir, len(plans))
-    plot_losses(run_dir)
+    plot_losses(run_dir, [plan.config.task for plan in plans])
     info = read_info(stage_dir(run_dir, len(plans)))
     stages = [
         {
@@ -329,7 +329,7 @@ def train_stages(
         }
         | {
             key: getattr(read_info(stage_dir(run_dir, i + 1)), key)
-            for key in ("method", "steps", "eval_loss", "base_model")
+            for key in ("task", "method", "steps", "eval_loss", "base_model")
         }
         for i in range(len(plans))
     ]
