@@ -336,6 +336,24 @@ def test_the_loss_axis_names_what_the_runs_loss_is_averaged_over(tmp_path, monke
     assert plot_losses(run, ["dpo"]).is_file() and labels == ["loss (nats / pair)"]
 
 
+def test_compare_scores_of_a_label_task_are_not_called_contains_expected(tmp_path):
+    """compare judges a label question by the label the answer names (eval.metrics.correct); the report called every
+    compare score 'correct (contains expected)', and marked each answer 'contains expected' on hover."""
+    run = make_run(tmp_path / "run")
+    (run / "eval.json").unlink()
+    row = {"question": "Is 'it broke' a complaint?", "expected": "complaint", "kind": "sentiment"}
+    row |= {"base": "Not a complaint: praise.", "tuned": "complaint", "base_ok": False, "tuned_ok": True}
+    scores = {"sentiment": {"n": 1, "base": 0.0, "tuned": 1.0}}
+    (run / "compare.json").write_text(json.dumps({"rows": [row], "scores": scores}))
+    page = render_report(run)
+    assert "contains expected" not in page
+    assert "<th>[sentiment] (n=1) correct</th>" in page
+    assert (
+        "correct: the answer contains the expected text (a label task: the label it names is the expected one)" in page
+    )
+    assert 'title="correct: contains the expected text (a label task: names the expected label)"' in page
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

@@ -14,6 +14,7 @@ from tunelab.eval.report_inputs import Input
 
 MAX_ANSWER_ROWS = 500  # answers shown; the rest are counted
 _NO_LABEL = "(no label)"
+_COMPARED = "correct: contains the expected text (a label task: names the expected label)"  # compare.json's verdict
 
 
 def word_diff(before: str, after: str) -> tuple[str, str]:
@@ -91,8 +92,8 @@ def answer_rows(ev: Input, cmp: Input) -> str:
                     "",
                     r.get("base", ""),
                     r.get("tuned", ""),
-                    (r.get("base_ok"), "contains expected", []),
-                    (r.get("tuned_ok"), "contains expected", []),
+                    (r.get("base_ok"), _COMPARED, []),
+                    (r.get("tuned_ok"), _COMPARED, []),
                 )
             )
     if not rows:

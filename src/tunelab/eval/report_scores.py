@@ -9,6 +9,12 @@ from tunelab.eval.report_html import esc, fmt, metric_rows
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_plots import scores_plot
 
+# What `tunelab compare` counts (eval.metrics.correct); compare.json does not say which kinds are label tasks.
+COMPARE_LEGEND = (
+    "correct: the answer contains the expected text (a label task: the label it names is the expected one); "
+    "refused: it contains the refusal sentence."
+)
+
 
 def _text_score_rows(prefix: str, b: dict | None, t: dict | None) -> list:
     if not b or not t:
@@ -135,12 +141,12 @@ def eval_section(ev: Input, cmp: Input) -> str:
         for kind, s in scores.items():
             label = f"[{kind}] (n={s.get('n')}) "
             if "tuned" in s:
-                of = f", of the {s['scored']} with an expected answer" if "scored" in s else ""
-                rows.append((label + f"correct (contains expected{of})", s.get("base"), s.get("tuned"), "pct", True))
+                of = f" (of the {s['scored']} with an expected answer)" if "scored" in s else ""
+                rows.append((label + f"correct{of}", s.get("base"), s.get("tuned"), "pct", True))
             if "tuned_refused" in s:
                 rows.append((label + "refused", s.get("base_refused"), s.get("tuned_refused"), "pct", None))
         parts.append(
-            metric_rows(rows)
+            f'<p class="sub">{COMPARE_LEGEND}</p>' + metric_rows(rows)
             if rows
             else '<p class="missing">compare.json holds no scores (no expected answers or refusal sentence).</p>'
         )
