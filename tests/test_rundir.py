@@ -76,6 +76,29 @@ def test_a_result_file_never_replaces_the_run_its_input_or_a_folder(tmp_path):
     check_output_file(tmp_path / "nowhere" / "r.html", False, run, "report.html", mkdir=True)
 
 
+def test_a_file_where_a_folder_of_the_output_would_be_is_said_before_the_work(tmp_path, capsys):
+    """`report --out notes.txt/r.html` and `check --html notes.txt/c.html` did their work, then ended in a
+    FileExistsError traceback making the folder."""
+    from tunelab.checks.run import html_path
+    from tunelab.cli import main
+    from tunelab.rundir import check_output_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(RunDirError, match=re.escape(f"{notes} is a file, not a folder")):
+        check_output_file(notes / "deeper" / "r.html", False, run, "report.html", mkdir=True)
+    with pytest.raises(RunDirError, match=re.escape(f"--html {notes}/c.html: {notes} is a file, not a folder")):
+        html_path(notes / "c.html")
+    write_info(run, RunInfo(base_model="m", method="lora", finished=True))
+    assert main(["report", str(run), "--out", str(notes / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert f"{notes} is a file, not a folder" in err and "Traceback" not in err
+    assert notes.read_text() == "mine"
+
+
 def test_a_result_file_never_goes_into_another_run_as_its_own(tmp_path):
     """`eval A --out B/eval.json` put A's scores where B's report reads its own: B's report showed A's numbers. The
     other run's folder takes other names, and a folder that is no run takes any."""
@@ -356,5 +379,5 @@ def test_a_result_file_under_a_file_is_refused_by_name(tmp_path, capsys):
     for out in (tmp_path / "notes.txt" / "r.html", tmp_path / "notes.txt" / "sub" / "r.html"):
         assert main(["report", str(run), "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert f"{tmp_path / 'notes.txt'}: is a file, not a folder, so {out} cannot be written" in err, err
+        assert f"{out}: {tmp_path / 'notes.txt'} is a file, not a folder" in err, err
     assert (tmp_path / "notes.txt").read_text() == "mine"

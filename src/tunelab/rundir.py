@@ -501,12 +501,18 @@ def check_output_file(
         raise RunDirError(f"{path}: is a file of {model}; --overwrite never replaces it. Write elsewhere.")
     if path.exists() and not overwrite:
         raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
-    above = next((f for f in path.parents if f.exists()), None)  # a file where a folder of the path should be
-    if above is not None and not above.is_dir():
-        raise RunDirError(f"{above}: is a file, not a folder, so {path} cannot be written; give a path in a folder.")
+    refuse_file_in_the_way(path, str(path))
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
     check_can_write(path)  # a read-only folder: said now, not after the work
+
+
+def refuse_file_in_the_way(path: Path, what: str) -> None:
+    """RunDirError, before any work, when a file stands where a folder above `path` would be (report.html/x.html):
+    making its folders failed after the work, in a traceback. `what`: how the error names the path (an option)."""
+    above = next((f for f in Path(path).parents if f.exists()), None)
+    if above is not None and not above.is_dir():
+        raise RunDirError(f"{what}: {above} is a file, not a folder; give a path whose folders are folders.")
 
 
 def _model_holding(target: Path, run_dir: Path) -> str | None:

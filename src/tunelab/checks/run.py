@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tunelab.atomic import write_text
+from tunelab.atomic import check_can_write, write_text
 from tunelab.checks.federated import (
     client_inputs,
     client_items,
@@ -48,7 +48,7 @@ from tunelab.data.report import DataReport
 from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError
 from tunelab.eval.questions import check_questions
 from tunelab.models.llama import unsupported_reason
-from tunelab.rundir import is_run_dir, read_info
+from tunelab.rundir import is_run_dir, read_info, refuse_file_in_the_way
 from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, plan_from_data
 from tunelab.training.checkpoint import intact_checkpoint
@@ -69,6 +69,8 @@ def html_path(html: str | Path | None) -> Path | None:
         raise RunDirError(f"--html {html}: {path.parent} is a run directory, which check never writes into.")
     if path.is_dir() or (path.exists() and HTML_MARK not in path.read_text(errors="replace")[:2000]):
         raise RunDirError(f"--html {html}: exists and is not a page tunelab check wrote; choose another path.")
+    refuse_file_in_the_way(path, f"--html {html}")
+    check_can_write(path)  # a read-only folder: said now, not after the checks
     return path
 
 
