@@ -354,6 +354,21 @@ def test_compare_scores_of_a_label_task_are_not_called_contains_expected(tmp_pat
     assert 'title="correct: contains the expected text (a label task: names the expected label)"' in page
 
 
+def test_a_federated_run_is_summed_up_in_rounds_without_a_token_count(tmp_path):
+    """A federated run's run.json counts rounds in steps and holds no tokens: the report said 'optimizer steps 3 of
+    3' and 'tokens trained on 0', and named the kept round a step."""
+    run = make_run(tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    extra = {"federated": {"rounds_done": 3, "rounds": 3}, "best": {"step": 2, "eval_loss": 0.5}}
+    (run / "run.json").write_text(json.dumps(info | {"steps": 3, "total_steps": 3, "tokens": 0, "extra": extra}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 3, "round": 3, "loss": 0.4, "eval_loss": 0.6}) + "\n")
+    page = render_report(run)
+    assert "<th>rounds</th><td>3 of 3</td>" in page and "optimizer steps" not in page
+    assert "tokens trained on" not in page
+    assert "(round 2, the lowest; kept by train.keep_best)" in page
+    assert "<th>eval loss at the last round</th><td>0.6000</td>" in page
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

@@ -22,6 +22,9 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
 
     # grpo's eval loss is its held-out reward negated (for keep_best): shown as the reward
     figure, most, sign = ("held-out reward", "highest", -1) if d.get("task") == "grpo" else ("eval loss", "lowest", 1)
+    # a federated run counts rounds (its steps are the clients'), and its run.json holds no token count
+    federated = isinstance((d.get("extra") or {}).get("federated"), dict)
+    step = "round" if federated else "step"
     best = (d.get("extra") or {}).get("best")
     kept = best.get("step") if isinstance(best, dict) else None
     value = sign * d["eval_loss"] if isinstance(d.get("eval_loss"), int | float) else None
@@ -32,8 +35,8 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             if isinstance(r, dict) and r.get("step") == d.get("steps") and isinstance(r.get("eval_loss"), int | float)
         ]
         evals = [
-            (f"{figure} of the result", f"{loss(value)} (step {kept}, the {most}; kept by train.keep_best)"),
-            (f"{figure} at the last step", loss(sign * last[-1]) if last else None),
+            (f"{figure} of the result", f"{loss(value)} ({step} {kept}, the {most}; kept by train.keep_best)"),
+            (f"{figure} at the last {step}", loss(sign * last[-1]) if last else None),
         ]
     else:
         evals = [(f"final {figure}", loss(value))]
@@ -48,10 +51,10 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             ("system prompt", d.get("system_prompt")),
             ("refusal sentence", d.get("refusal")),
             ("finished", "yes" if d.get("finished") else "no (the run stopped early or is still training)"),
-            ("optimizer steps", f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"),
+            ("rounds" if federated else "optimizer steps", f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"),
             ("final train loss", loss(d.get("final_loss"))),
             *evals,
-            ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) else None),
+            ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) and not federated else None),
             ("training time", f"{d['elapsed_s']:.0f} s" if isinstance(d.get("elapsed_s"), int | float) else None),
         ]
     )
