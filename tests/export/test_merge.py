@@ -316,6 +316,21 @@ def test_a_device_or_pipe_is_never_an_output(lora_run, tmp_path):
     assert pipe.exists() and not pipe.is_file()
 
 
+def test_an_output_under_a_file_is_refused_by_name(lora_run, tmp_path, capsys):
+    """`merge RUN --out notes.txt/m` and `export RUN --gguf notes.txt/m.gguf` said "cannot be written (File exists)",
+    naming neither the file in the way nor what to do."""
+    from tunelab.cli import main
+
+    run, _ = lora_run
+    (tmp_path / "notes.txt").write_text("mine")
+    for option, out in (("--out", tmp_path / "notes.txt" / "m"), ("--gguf", tmp_path / "notes.txt" / "sub" / "m.gguf")):
+        command = "merge" if option == "--out" else "export"
+        assert main([command, str(run), option, str(out), *(["--no-check"] if command == "export" else [])]) == 2
+        err = capsys.readouterr().err
+        assert f"{option} {out}: {tmp_path / 'notes.txt'} is a file, not a folder" in err, err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_a_read_only_output_place_is_refused_before_merging(lora_run, tmp_path, monkeypatch):
     """merge and export into a read-only folder merged (and converted) the whole model first, minutes for a large
     one, and failed only when writing; the place is now tried first, as the write will use it."""

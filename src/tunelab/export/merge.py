@@ -163,6 +163,9 @@ def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out
     """Refuse to write into or over the run itself, another run directory or the base model the run trained over
     (even with overwrite: the run could never be opened as it trained again, and `train --overwrite` of a run would
     delete what was written into it), or over something that exists (unless overwrite). `option` names the output in the messages."""
+    above = next((f for f in out.parents if f.exists()), None)  # a file where a folder of the path should be
+    if above is not None and not above.is_dir():
+        raise RunDirError(f"{option} {out}: {above} is a file, not a folder, so nothing can be written under it.")
     out_r, run_r = out.resolve(), run_dir.resolve()
     if run_r.is_relative_to(out_r):
         raise RunDirError(
