@@ -369,6 +369,25 @@ def test_a_federated_run_is_summed_up_in_rounds_without_a_token_count(tmp_path):
     assert "<th>eval loss at the last round</th><td>0.6000</td>" in page
 
 
+def test_grpo_prompts_are_not_said_to_have_no_tokens_with_loss(tmp_path):
+    """grpo's rows are prompts, whose answers are sampled and carry the loss: the data summary (printed by train and
+    check) said '25,600 tokens (0 with loss)', and the report's data table a 0 under 'tokens with loss'."""
+    from tunelab.data.report import DataReport, SplitStats
+
+    report = DataReport(formats={"train.jsonl": "prompts"}, train=SplitStats(examples=4, used=4, rows=4, tokens=256))
+    assert "256 tokens (prompts: the loss is on the answers sampled from them)" in report.summary()
+    assert "with loss" not in report.summary()
+    sft = DataReport(formats={"train.jsonl": "chat"}, train=SplitStats(examples=4, used=4, rows=4, tokens=256))
+    assert "256 tokens (0 with loss)" in sft.summary()  # an sft run with no label is worth seeing as it is
+    run = make_run(tmp_path / "run")
+    data = json.loads((run / "data_report.json").read_text())
+    data["formats"] = {"data/train.jsonl": "prompts"}
+    (run / "data_report.json").write_text(json.dumps(data))
+    page = render_report(run)
+    assert '<td class="num">5,900</td><td>on the sampled answers</td>' in page
+    assert '<td class="num">1,800</td>' not in page  # the sft-shaped loss_tokens of the file are not shown
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

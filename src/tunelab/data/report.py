@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 MAX_LOCATIONS = 5  # locations kept per skip reason; the count is always complete
 HISTOGRAM_BINS = 20
+PROMPTS = "prompts"  # the format of grpo's rows (tasks/prompt_data.py): prompts, whose answers are sampled
 
 
 class Line(int):
@@ -191,6 +192,11 @@ class DataReport:
     def total_truncated(self) -> int:
         return sum(f.truncated for f in self.files.values())
 
+    @property
+    def prompts_only(self) -> bool:
+        """Every file was read as prompts (task grpo): the loss is on sampled answers, not on these tokens."""
+        return bool(self.formats) and set(self.formats.values()) == {PROMPTS}
+
     def summary(self) -> str:
         """A few lines for the start of training."""
         formats = ", ".join(sorted(set(self.formats.values()))) or "none"
@@ -198,9 +204,14 @@ class DataReport:
         examples, rows, per = (
             ("pairs", "rows (chosen and rejected sides)", "side") if self.pairs else ("examples", "rows", "example")
         )
+        loss = (  # grpo's rows are prompts: none of their tokens has a label, and "0 with loss" read as a fault
+            "prompts: the loss is on the answers sampled from them"
+            if self.prompts_only
+            else f"{self.train.loss_tokens:,} with loss"
+        )
         lines = [
             f"data: {len(self.files)} file(s), {self.total_read} records, format {formats}, template {self.template or 'none'}",
-            f"  train: {self.train.examples} {examples}, {self.train.used} used -> {self.train.rows} {rows}, {self.train.tokens:,} tokens ({self.train.loss_tokens:,} with loss)",
+            f"  train: {self.train.examples} {examples}, {self.train.used} used -> {self.train.rows} {rows}, {self.train.tokens:,} tokens ({loss})",
         ]
         if self.eval_source != "none":
             lines.append(

@@ -5,6 +5,7 @@ token lengths).
 
 from __future__ import annotations
 
+from tunelab.data.report import PROMPTS
 from tunelab.eval.report_html import esc, fmt, kv_table
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_plots import histogram_plot
@@ -131,12 +132,13 @@ def data_section(report: Input) -> str:
         '<table class="files"><thead><tr><th>file</th><th>format</th><th class="num">read</th><th class="num">used</th>'
         f'<th class="num">skipped</th><th class="num">truncated</th></tr></thead><tbody>{files}</tbody></table>',
     ]
+    # grpo's rows are prompts (data/report.py PROMPTS): no token of theirs has a label, the sampled answers do
+    prompts = bool(d.get("formats")) and set((d.get("formats") or {}).values()) == {PROMPTS}
+    columns = ("examples", "used", "rows", "tokens") + (() if prompts else ("loss_tokens",))
     splits = "".join(
         f"<tr><th>{name}</th>"
-        + "".join(
-            f'<td class="num">{fmt((d.get(name) or {}).get(k), "int")}</td>'
-            for k in ("examples", "used", "rows", "tokens", "loss_tokens")
-        )
+        + "".join(f'<td class="num">{fmt((d.get(name) or {}).get(k), "int")}</td>' for k in columns)
+        + ("<td>on the sampled answers</td>" if prompts else "")
         + "</tr>"
         for name in ("train", "eval")
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tunelab.config import RunConfig
 from tunelab.data.loader import Datasets
-from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.report import PROMPTS, DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
@@ -75,7 +75,7 @@ def read_prompts(
     delimiter: str = "auto",
 ) -> list[Prompt]:
     out = []
-    for record in counted_records(paths, report, "prompts", fields, lenient, delimiter):
+    for record in counted_records(paths, report, PROMPTS, fields, lenient, delimiter):
         where = location(record.path, record.line)
         turns = read_prompt(record.row, fields, where, lenient)
         if turns is None:
