@@ -67,7 +67,11 @@ def test_an_imbalanced_label_set_is_a_warning(tiny_model_dir, tmp_path, capsys):
     data = _write(tmp_path / "labels.jsonl", rows)
     over = _over(tiny_model_dir, tmp_path, "classify", data, **{"data.eval_fraction": 0.0})
     assert main(["check", *_flags(over), "--data-only"]) == 0
-    assert "[WARN] class balance: big has 22 rows, small 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[WARN] class balance: big has 22 rows, small 2" in out
+    # no eval split: 'every eval row's label is among the training labels' passed a check of no rows
+    assert "[INFO] eval labels: no eval split (data.eval or data.eval_fraction): not checked" in out
+    assert "every eval row's label" not in out
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,9 @@ def label_items(inputs: Inputs) -> list[CheckItem]:
             )
         )
     unseen, where = _skips(inputs, lambda reason: reason.startswith(UNSEEN))
+    if not unseen and not inputs.data.eval:  # "every eval row's label" of no eval row read as a passed check
+        items.append(CheckItem("eval labels", "info", "no eval split (data.eval or data.eval_fraction): not checked"))
+        return items
     status = "warn" if unseen else "pass"
     summary = (
         f"{unseen} eval row(s) have a label the training rows do not: skipped from the eval metrics"
