@@ -124,7 +124,9 @@ def test_eval_cadence_needs_an_eval_split():
     assert _plan(184, has_eval=True).train.eval_every == 14  # ceil(138 / 10)
     from tunelab.training.auto import auto_eval_every
 
-    assert auto_eval_every(138, True).reason == "9 evaluations in 138 steps"  # every 14: not the 10 aimed at
+    # every 14: at 14, 28, ..., 126 and at the end, as training evaluates (it said 9, leaving out the last)
+    assert auto_eval_every(138, True).reason == "10 evaluations in 138 steps, the last at step 138"
+    assert auto_eval_every(140, True).reason == "10 evaluations in 140 steps"  # every 14 ends on 140
     assert auto_eval_every(2, True).reason == "2 evaluations in 2 steps"  # said 10
 
 

@@ -227,7 +227,9 @@ def auto_eval_every(total_steps: int, has_eval: bool) -> Choice:
     if not has_eval:
         return Choice(0, "no eval split (data.eval or data.eval_fraction): nothing to evaluate")
     every = max(1, math.ceil(total_steps / EVALS_PER_RUN))
-    return Choice(every, f"{total_steps // every} evaluations in {total_steps} steps")
+    # training also evaluates the last step when `every` does not divide the steps (recipe.py: final_eval)
+    end = "" if total_steps % every == 0 else f", the last at step {total_steps}"
+    return Choice(every, f"{math.ceil(total_steps / every)} evaluations in {total_steps} steps{end}")
 
 
 def plan_from_data(
