@@ -117,6 +117,12 @@ def test_warmup_is_five_percent_at_most_100_steps():
     long = _plan(100_000)  # 12,500 steps
     assert long.train.warmup_ratio == pytest.approx(100 / 12_500)
     assert int(long.train.warmup_ratio * long.total_steps) == 100
+    from tunelab.training.auto import auto_warmup
+
+    # the saved ratio is rounded to 4 digits: 100 / 2002 -> 0.04995, which training turns into 99 steps (it said 100)
+    for total in (2002, 2004, 12_345, 184):
+        choice = auto_warmup(total)
+        assert choice.reason.startswith(f"{int(choice.value * total)} of {total} steps")
 
 
 def test_eval_cadence_needs_an_eval_split():

@@ -218,9 +218,9 @@ def auto_epochs(examples: int, per_epoch: int) -> Choice:
 
 
 def auto_warmup(total_steps: int) -> Choice:
-    ratio = min(WARMUP_RATIO, MAX_WARMUP_STEPS / total_steps)
-    steps = int(ratio * total_steps)
-    return Choice(float(f"{ratio:.4g}"), f"{steps} of {total_steps} steps: 5%, at most {MAX_WARMUP_STEPS}")
+    ratio = float(f"{min(WARMUP_RATIO, MAX_WARMUP_STEPS / total_steps):.4g}")
+    steps = int(ratio * total_steps)  # as training counts them from the saved ratio (recipe.py)
+    return Choice(ratio, f"{steps} of {total_steps} steps: 5%, at most {MAX_WARMUP_STEPS}")
 
 
 def auto_eval_every(total_steps: int, has_eval: bool) -> Choice:
