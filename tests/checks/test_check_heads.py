@@ -48,6 +48,10 @@ def test_a_good_label_file_passes_with_labels_lengths_and_the_head_input(tiny_mo
     assert "[PASS] forward/backward (head): first micro-batch: loss " in out and "near ln 3 = 1.099" in out
     assert out.rstrip().splitlines()[-1].startswith("check: PASSED")
     assert "Says: row 0 is pos" in page.read_text() and not (tmp_path / "run").exists()
+    # the rows as the head reads them stand under the examples' heading, which stood empty above the data summary
+    html = page.read_text()
+    assert "Examples as the task reads them</h2><pre>preview of the first 3 training rows" in html
+    assert "loss tokens highlighted" not in html
 
 
 def test_overlong_rows_and_unseen_eval_labels_are_warnings_with_where(tiny_model_dir, tmp_path, capsys):

@@ -46,7 +46,9 @@ pre{background:#f6f6f6;padding:.8em;white-space:pre-wrap;word-break:break-word}
 .warn{color:#a60}.info{color:#555}td{padding:.2em .6em;vertical-align:top}"""
 
 
-def check_html(result: CheckResult, rows: list, tokenizer, config_text: str, data_text: str) -> str:
+def check_html(result: CheckResult, rows: list, tokenizer, config_text: str, data_text: str, preview: str = "") -> str:
+    """The page of a check. rows: sft's rendered examples, their loss tokens highlighted; preview: the rows of the
+    other tasks as they read them (checks/heads.py, checks/grpo.py), shown in their place."""
     items = "".join(
         f'<tr><td class="{i.status}">{i.status.upper()}</td><td>{html.escape(i.name)}</td>'
         f"<td>{html.escape(i.summary)}{''.join(f'<br>{html.escape(d)}' for d in i.details)}</td></tr>"
@@ -66,7 +68,11 @@ def check_html(result: CheckResult, rows: list, tokenizer, config_text: str, dat
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{HTML_MARK}<title>tunelab check</title>'
         f"<style>{_STYLE}</style></head><body><h1>tunelab check</h1>"
         f'<p class="{verdict_class}">{html.escape(result.verdict())}</p><table>{items}</table>'
-        f"<h2>Examples as rendered (loss tokens highlighted)</h2>{examples}"
-        f"<h2>Data</h2><pre>{html.escape(data_text)}</pre>"
-        f"<h2>Resolved config</h2><pre>{html.escape(config_text)}</pre></body></html>\n"
+        + (
+            f"<h2>Examples as rendered (loss tokens highlighted)</h2>{examples}"
+            if rows or not preview
+            else f"<h2>Examples as the task reads them</h2><pre>{html.escape(preview)}</pre>"
+        )
+        + f"<h2>Data</h2><pre>{html.escape(data_text)}</pre>"
+        + f"<h2>Resolved config</h2><pre>{html.escape(config_text)}</pre></body></html>\n"
     )

@@ -210,12 +210,12 @@ def run_check(
         rows = []
         out(preview)
         items += head_data_checks(cfg, inputs) if head else grpo_data_checks(cfg, inputs)
-        page_text = preview + "\n\n" + data.report.summary()
     else:
+        preview = ""
         rows = render_examples(data.examples[:examples], inputs.tokenizer, data.template, cfg.data, DataReport())
         out(preview_text(rows, inputs.tokenizer, color=show and sys.stdout.isatty()))
         items += data_checks(cfg, inputs)
-        page_text = data.report.summary()
+    page_text = data.report.summary()
     labels = [data.facts.get("labels")]
     for k, stage in enumerate(later, 2):
         stage_inputs = _stage_inputs(dataclasses.replace(stage, model=cfg.model), None, k)  # stage 1's tokenizer
@@ -238,7 +238,7 @@ def run_check(
         for item in more:
             out(item.line())
         items += more
-    return finish(items, page, rows, inputs.tokenizer, describe(resolved), page_text, out)
+    return finish(items, page, rows, inputs.tokenizer, describe(resolved), page_text, out, preview)
 
 
 def _stage_items(stage: RunConfig, inputs) -> list[CheckItem]:
@@ -299,14 +299,15 @@ def federated_check(
 
 
 def finish(
-    items: list[CheckItem], page: Path | None, rows, tokenizer, described: str, page_text: str, out
+    items: list[CheckItem], page: Path | None, rows, tokenizer, described: str, page_text: str, out, preview: str = ""
 ) -> CheckResult:
-    """The result of the items: its HTML page written, where it is and the verdict printed."""
+    """The result of the items: its HTML page written, where it is and the verdict printed. preview: the rows of a
+    task other than sft as it reads them (sft's are `rows`, rendered)."""
     if page is None:
         page = Path(tempfile.mkdtemp(prefix="tunelab-check-")) / "check.html"
     result = CheckResult(items, page)
     page.parent.mkdir(parents=True, exist_ok=True)
-    write_text(page, check_html(result, rows, tokenizer, described, page_text))
+    write_text(page, check_html(result, rows, tokenizer, described, page_text, preview))
     out(f"page: {page}")
     out(result.verdict())
     return result
