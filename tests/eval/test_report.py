@@ -388,6 +388,28 @@ def test_grpo_prompts_are_not_said_to_have_no_tokens_with_loss(tmp_path):
     assert '<td class="num">1,800</td>' not in page  # the sft-shaped loss_tokens of the file are not shown
 
 
+def test_a_classify_evaluation_says_its_skipped_rows_unseen_labels_and_eval_loss(tmp_path):
+    """`tunelab eval` of a classifier prints the rows it skipped, the inputs it cut, the labels read another way or
+    never trained on, and the eval loss; the report showed none of them beside the same accuracy."""
+    run = make_run(tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"task": "classify"}))
+    per = {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2, "predicted": 1}
+    scores = {"accuracy": 0.5, "macro_f1": 0.4, "labels": ["spam", "ham"], "per_class": {"spam": per, "ham": per}}
+    scores["confusion"] = {"spam": {"spam": 1}, "ham": {"ham": 1}}
+    skipped = {"empty input": {"count": 2, "locations": ["t.jsonl:3", "t.jsonl:9"]}}
+    data = {"task": "classify", "data_file": "t.jsonl", "rows_read": 4, "truncated": 1, "skipped": skipped}
+    data |= {"tuned": scores | {"eval_loss": 0.6931}, "baseline": scores, "baseline_name": "majority class"}
+    data |= {"unseen": {"<other>": 1}, "respelt": {"Spam": {"label": "spam", "rows": 1}}, "rows": []}
+    (run / "eval.json").write_text(json.dumps(data))
+    page = render_report(run)
+    assert '<tr><th>eval loss</th><td class="num">-</td><td class="num">0.6931</td></tr>' in page
+    assert "skipped 2: empty input (t.jsonl:3, t.jsonl:9)" in page
+    assert "1 inputs were longer than the run's max_length: their last tokens were kept" in page
+    assert "read as its: Spam as spam (1)" in page
+    assert "labels the run never trained on, scored as errors (not in the matrix below): &lt;other&gt; (1)" in page
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

@@ -325,6 +325,25 @@ def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _notes_html(data: dict) -> str:
+    """What `format_head_eval` says beside the scores: inputs cut, rows skipped (with where), labels read another
+    way, labels the run never trained on."""
+    notes = []
+    if data.get("truncated"):
+        notes.append(
+            f"{_e(data['truncated'])} inputs were longer than the run's max_length: their last tokens were kept"
+        )
+    for reason, skip in (data.get("skipped") or {}).items():
+        notes.append(f"skipped {_e(skip.get('count'))}: {_e(reason)} ({_e(', '.join(skip.get('locations') or []))})")
+    if data.get("respelt"):
+        shown = ", ".join(f"{w} as {v['label']} ({v['rows']})" for w, v in data["respelt"].items())
+        notes.append(f"labels written another way than the run's (case, spacing, 1.0 for 1), read as its: {_e(shown)}")
+    if data.get("unseen"):
+        shown = ", ".join(f"{label} ({n})" for label, n in data["unseen"].items())
+        notes.append(f"labels the run never trained on, scored as errors (not in the matrix below): {_e(shown)}")
+    return f"<ul>{''.join(f'<li>{n}</li>' for n in notes)}</ul>" if notes else ""
+
+
 def head_eval_html(data: dict | None, problem: str | None = None) -> str:
     """The report's evaluation section for a head run's eval.json (a dict as `HeadEvalResult.to_dict` wrote it)."""
     if not isinstance(data, dict) or data.get("task") not in ("classify", "reward"):
@@ -349,10 +368,12 @@ def head_eval_html(data: dict | None, problem: str | None = None) -> str:
         rows = [
             row("accuracy", _pct(b["accuracy"]), _pct(t["accuracy"])),
             row("macro F1", _num(b["macro_f1"], 3), _num(t["macro_f1"], 3)),
+            row("eval loss", "-", _num(t.get("eval_loss"))),
         ]
     parts = [
         head,
         f"<table><thead><tr><th></th><th>{_e(name)}</th><th>tuned</th></tr></thead><tbody>{''.join(rows)}</tbody></table>",
+        _notes_html(data),
     ]
     if data["task"] == "classify":
         per = "".join(
