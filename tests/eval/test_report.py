@@ -410,6 +410,21 @@ def test_a_classify_evaluation_says_its_skipped_rows_unseen_labels_and_eval_loss
     assert "labels the run never trained on, scored as errors (not in the matrix below): &lt;other&gt; (1)" in page
 
 
+def test_the_verdict_training_gave_is_in_the_summary(tmp_path):
+    """The run's plain-words verdict (underfit, overfit, fine) is saved in run.json and printed at the end of
+    training; the report, the page about the run, left it out."""
+    run = make_run(tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    verdict = {"kind": "overfit", "text": "overfit: the eval loss rose <a lot> from 0.600 at step 40", "numbers": {}}
+    (run / "run.json").write_text(json.dumps(info | {"extra": {"verdict": verdict}}))
+    assert "<th>verdict</th><td>overfit: the eval loss rose &lt;a lot&gt; from 0.600 at step 40</td>" in render_report(
+        run
+    )
+    staged = {"verdict": verdict, "forgetting": {"stages": ["a", "b"], "matrix": [[1.0], [1.0, 1.0]]}, "stages": []}
+    (run / "run.json").write_text(json.dumps(info | {"extra": staged}))
+    assert "<th>verdict of the last stage</th>" in render_report(run)
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

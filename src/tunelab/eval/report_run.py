@@ -26,6 +26,10 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
     # a federated run counts rounds (its steps are the clients'), and its run.json holds no token count
     federated = isinstance((d.get("extra") or {}).get("federated"), dict)
     step = "round" if federated else "step"
+    # the plain-words verdict training printed (training/verdict.py); a staged run's is its last stage's
+    verdict = (d.get("extra") or {}).get("verdict")
+    staged = isinstance((d.get("extra") or {}).get("forgetting"), dict)
+    verdict_name = "verdict of the last stage" if staged else "verdict"
     best = (d.get("extra") or {}).get("best")
     kept = best.get("step") if isinstance(best, dict) else None
     value = sign * d["eval_loss"] if isinstance(d.get("eval_loss"), int | float) else None
@@ -57,6 +61,7 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             *evals,
             ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) and not federated else None),
             ("training time", f"{d['elapsed_s']:.0f} s" if isinstance(d.get("elapsed_s"), int | float) else None),
+            (verdict_name, verdict.get("text") if isinstance(verdict, dict) else None),
         ]
     )
 
