@@ -65,8 +65,8 @@ class GenerationSettings:
             "pad_token_id": tokenizer.pad_token_id,
             "repetition_penalty": self.repetition_penalty,
         }
-        if sampling:
-            out.update(temperature=self.temperature, top_p=self.top_p)
+        if sampling:  # top_k 0: no top-k filter, which transformers would add (its default 50, or the model's)
+            out.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
         else:
             out.update(temperature=None, top_p=None, top_k=None)
         return out
