@@ -28,3 +28,45 @@ def test_an_empty_answer_is_not_kept_in_the_conversation(tiny_run_dir):
     assert history == []
     assert [m["content"] for m in asked[-1]] == ["Code of box 2?"], asked[-1]  # no empty turn before it
     assert out.getvalue().count("(no answer: the question is not kept in the conversation.)") == 2, out.getvalue()
+
+
+def test_the_next_answer_waits_for_a_stopped_one_to_end(tiny_run_dir):
+    """Ctrl-C stopped an answer at its next token but did not wait for that token: the next message started a
+    second generation on the same model while the first was still in its forward pass (two generate loops on one
+    model at once, which the server's queue exists to prevent). The chat now waits for the stopped one to end."""
+    import threading
+    import time
+
+    run = open_run(tiny_run_dir, device="cpu")
+    forward, running, overlapped = run.model.forward, [], []
+    guard = threading.Lock()
+
+    def slow(*args, **kwargs):  # a forward pass of a big model on a CPU: long enough to type the next message
+        with guard:
+            running.append(threading.get_ident())
+            overlapped.append(len(set(running)) > 1)
+        try:
+            time.sleep(0.3)
+            return forward(*args, **kwargs)
+        finally:
+            with guard:
+                running.remove(threading.get_ident())
+
+    run.model.forward = slow
+
+    class Interrupting(io.StringIO):
+        """Ctrl-C as the first answer's first piece is shown."""
+
+        pressed = False
+
+        def write(self, text: str) -> int:
+            if "model> " in self.getvalue() and not self.pressed:
+                self.pressed = True
+                raise KeyboardInterrupt
+            return super().write(text)
+
+    inputs = iter(["Code of box 1?", "Code of box 2?", "/exit"])
+    chat(
+        run, GenerationSettings(max_new_tokens=3, temperature=1.0), read=lambda prompt: next(inputs), out=Interrupting()
+    )
+    assert overlapped and not any(overlapped), overlapped

@@ -254,4 +254,5 @@ def _stream(model, tokenizer, template: Template, prompt: torch.Tensor, settings
     try:
         yield from generation
     finally:
-        generation.cancel()  # a reader that stopped early (Ctrl-C in chat) ends the generation at its next token
+        generation.cancel()  # a reader that stopped early (Ctrl-C in chat) ends the generation at its next token,
+        generation.finished.wait()  # and the next answer starts once it has: one generate on the model at a time
