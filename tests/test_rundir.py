@@ -381,3 +381,29 @@ def test_a_result_file_under_a_file_is_refused_by_name(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{out}: {tmp_path / 'notes.txt'} is a file, not a folder" in err, err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_no_output_replaces_the_base_a_staged_run_started_from(tmp_path):
+    """A staged run whose later stages continue from merged models describes the last stage, over stage K-1's merged
+    model: the base stage 1 trained over (which compare and eval open as the run's base) was not protected, and
+    `export --gguf base.gguf --overwrite` or `eval --out base.gguf --overwrite` replaced it."""
+    from tunelab.export.merge import check_output
+    from tunelab.rundir import check_output_file
+
+    base = tmp_path / "base.gguf"
+    base.write_bytes(b"GGUF")
+    run = tmp_path / "run"
+    (run / "stage-1" / "merged").mkdir(parents=True)
+    (run / "stage-2").mkdir()
+    write_info(run / "stage-1", RunInfo(base_model=str(base), method="lora", finished=True))
+    merged = str(run / "stage-1" / "merged")
+    write_info(run / "stage-2", RunInfo(base_model=merged, method="lora", finished=True))
+    stages = [{"dir": "stage-1"}, {"dir": "stage-2"}]
+    write_info(run, RunInfo(base_model=merged, method="lora", finished=True, extra={"stages": stages}))
+    says = f"the base model {base} of stage-1"
+    with pytest.raises(RunDirError, match=re.escape(f"--gguf {base}: the output would replace {base}, {says}")):
+        check_output(base, run, True, "--gguf")
+    with pytest.raises(RunDirError, match=re.escape(f"{base}: is a file of {says}")):
+        check_output_file(base, True, run, "eval.json")
+    assert base.read_bytes() == b"GGUF"
+    check_output(tmp_path / "m.gguf", run, True, "--gguf")  # beside it: fine

@@ -516,21 +516,34 @@ def refuse_file_in_the_way(path: Path, what: str) -> None:
 
 
 def _model_holding(target: Path, run_dir: Path) -> str | None:
-    """Which model the run depends on holds the file `target`: the local base model (a folder or a .gguf file) or
-    the adapter the config started from; None when neither does or the run cannot be read."""
+    """Which model the run depends on (`models_of`) holds the file `target`; None when none does."""
+    return next((what for what, model in models_of(run_dir) if target == model or target.is_relative_to(model)), None)
+
+
+def models_of(run_dir: str | Path) -> list[tuple[str, Path]]:
+    """The models the run depends on that lie on this machine, each as (what it is, where: `model_location`): the
+    base it trained over, each stage's (a staged run's first stage started from the base its later stages' merged
+    models came from), and the adapter a config started from. What no command writes into or over; empty when the
+    run cannot be read."""
     try:
-        info, configs = read_info(run_dir, require_finished=False), _configs(run_dir)
+        info, configs = read_info(run_dir, require_finished=False), _configs(Path(run_dir))
     except RunDirError:
-        return None
+        return []
     named = [(f"the base model {info.base_model}", info.base_model)]
+    for stage in stage_dirs(run_dir):
+        try:
+            named.append((f"the base model {(base := read_info(stage, False).base_model)} of {stage.name}", base))
+        except RunDirError:
+            continue
     named += [
         (f"the adapter {c.model.adapter} the run started from", c.model.adapter) for c in configs if c.model.adapter
     ]
+    found: list[tuple[str, Path]] = []
     for what, given in named:
-        local = model_location(given)
-        if local is not None and (target == local or target.is_relative_to(local)):
-            return what
-    return None
+        where = model_location(given)
+        if where is not None and where not in (w for _, w in found):
+            found.append((what, where))
+    return found
 
 
 def model_location(name: str) -> Path | None:

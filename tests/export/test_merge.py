@@ -182,7 +182,7 @@ def test_the_runs_own_base_is_never_an_output(lora_run, smollm2_tokenizer, tmp_p
     model = AutoModelForCausalLM.from_pretrained(first, dtype=torch.float32)
     second = _write_run(tmp_path / "run-2", model, smollm2_tokenizer, first, "full")
     before = (first / "model.safetensors").read_bytes()
-    with pytest.raises(RunDirError, match="the base model the run trained over"):
+    with pytest.raises(RunDirError, match="the base model .*, which the run needs as it was"):
         merge_run(second, first, overwrite=True)
     assert (first / "model.safetensors").read_bytes() == before
 
@@ -293,7 +293,7 @@ def test_the_embedded_base_file_is_never_an_export_output(tmp_path):
     )
     target = tmp_path / "link"
     target.symlink_to(source.path)  # the package's folder by another name
-    with pytest.raises(RunDirError, match="--gguf .*the base model the run trained over"):
+    with pytest.raises(RunDirError, match="--gguf .*the base model smollm2-135m-instruct, which the run needs"):
         check_output(target / source.gguf_file, run, True, "--gguf")
     check_output(tmp_path / "beside.gguf", run, True, "--gguf")  # elsewhere: no objection
 

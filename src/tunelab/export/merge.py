@@ -30,7 +30,7 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
 from tunelab.peft.lora import merge_lora
-from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, model_location, open_info, read_info
+from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, models_of, open_info
 from tunelab.training.guard import first_non_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -183,17 +183,17 @@ def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out
             f"{RUN_FILE}), which 'tunelab train --overwrite' of that run replaces whole; write it outside every run "
             "directory (e.g. beside them)."
         )
-    base = model_location(read_info(run_dir).base_model)
-    if base is not None and base.is_relative_to(out_r):
-        raise RunDirError(
-            f"{option} {out}: the output would replace {base}, the base model the run trained over (its adapter and "
-            "every later command of the run need it as it was); choose another output path."
-        )
-    if base is not None and base.is_dir() and out_r.is_relative_to(base):
-        raise RunDirError(
-            f"{option} {out}: is inside {base}, the folder of the base model the run trained over, which the run needs "
-            "as it was; write it elsewhere."
-        )
+    for what, model in models_of(run_dir):  # the base, every stage's, the adapter a config started from
+        if model.is_relative_to(out_r):
+            raise RunDirError(
+                f"{option} {out}: the output would replace {model}, {what}, which the run needs as it was (its "
+                "adapter and every later command of the run open it); choose another output path."
+            )
+        if model.is_dir() and out_r.is_relative_to(model):
+            raise RunDirError(
+                f"{option} {out}: is inside {model}, the folder of {what}, which the run needs as it was; write it "
+                "elsewhere."
+            )
     if out.exists() and not (out.is_file() or out.is_dir()):  # replaced whole: /dev/null would become a model
         raise RunDirError(
             f"{option} {out}: is not a regular file or folder (a device, pipe or socket), which the output would "
