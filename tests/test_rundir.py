@@ -407,3 +407,24 @@ def test_no_output_replaces_the_base_a_staged_run_started_from(tmp_path):
         check_output_file(base, True, run, "eval.json")
     assert base.read_bytes() == b"GGUF"
     check_output(tmp_path / "m.gguf", run, True, "--gguf")  # beside it: fine
+
+
+def test_an_old_adapter_run_without_its_config_is_not_opened_over_a_guessed_base(tiny_run_dir, tmp_path, capsys):
+    """A run written before run.json recorded quantize_base takes it from config.yaml; with that file gone it was
+    opened over the 16-bit base without a word, though a QLoRA adapter learned to correct the NF4 one. The commands
+    that load the base now refuse, naming run.json and the missing file; those that do not (report) still read it."""
+    import shutil
+
+    from tunelab.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+    raw = json.loads((run / RUN_FILE).read_text())
+    del raw["quantize_base"], raw["trust_remote_code"]
+    (run / RUN_FILE).write_text(json.dumps(raw))
+    (run / "config.yaml").unlink()
+    assert read_info(run).quantize_base == "none"  # readable, for what needs no base
+    assert main(["merge", str(run), "--out", str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / RUN_FILE}: records no 'quantize_base'" in err and "config.yaml is missing" in err, err
+    assert not (tmp_path / "merged").exists()

@@ -312,12 +312,20 @@ def _is_staged(root: Path) -> bool:
 def _from_config(info: RunInfo, raw: dict, run_dir: Path) -> None:
     """Fill in what run.json began to record on 2026-12-01 from the run's config.yaml, which has always held it: a
     QLoRA run written before then was otherwise opened over the 16-bit base (the default 'none'), not over the NF4
-    base it trained on."""
+    base it trained on. Without a readable config.yaml an adapter run's base is refused (`base_problem`): which base
+    the adapter learned to correct is not known."""
+    why = f"its {CONFIG_FILE} is missing"
     try:
         config = read_config(run_dir)
-    except RunDirError:
-        return
+    except RunDirError as exc:
+        config, why = None, str(exc)
     if config is None:
+        if "quantize_base" not in raw and info.is_adapter:
+            info.base_problem = (
+                f"{info.file}: records no 'quantize_base' (a run written before 2026-12-01), and {why}: it alone says "
+                "whether the adapter trained over an NF4 (QLoRA) base or the 16-bit one. Put config.yaml back, or add "
+                '"quantize_base": "nf4" or "none" to run.json.'
+            )
         return
     if "quantize_base" not in raw:
         info.quantize_base = config.method.quantize_base

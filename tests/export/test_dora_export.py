@@ -37,7 +37,9 @@ def test_a_dora_run_merges_and_exports_with_its_logits(small_tokenizer, tmp_path
     run = tmp_path / "run"
     save_adapter(model, run, base_model=str(base))
     small_tokenizer.save_pretrained(run)
-    (run / "run.json").write_text(json.dumps({"base_model": str(base), "method": "dora", "finished": True}))
+    (run / "run.json").write_text(
+        json.dumps({"base_model": str(base), "method": "dora", "quantize_base": "none", "finished": True})
+    )
 
     opened = open_run(run, device="cpu")
     assert all(isinstance(m, DoRALinear) for _, m in lora_modules(opened.model))

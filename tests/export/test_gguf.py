@@ -63,6 +63,7 @@ def _lora_run(base, tokenizer, run_dir, std, targets=("all-linear",), system_pro
         "method": "lora",
         "template": template,
         "system_prompt": system_prompt,
+        "quantize_base": "none",
         "finished": True,
     }
     (run_dir / "run.json").write_text(json.dumps(info))

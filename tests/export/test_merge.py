@@ -28,6 +28,7 @@ def _write_run(run_dir, model, tokenizer, base, method, template="auto", system_
         "method": method,
         "template": template,
         "system_prompt": system_prompt,
+        "quantize_base": "none",  # as training records it: without it (or config.yaml) the base is not known
         "finished": True,
     }
     (run_dir / "run.json").write_text(json.dumps(info))
