@@ -124,3 +124,29 @@ def test_an_adapter_of_another_shape_is_refused(tiny_model_dir):
         load_adapter_state(built.model, other)
     with pytest.raises(ConfigError, match="does not fit"):
         load_adapter_state(built.model, dict(list(other.items())[:3]))
+
+
+@pytest.mark.parametrize("sent", [None, 1])
+def test_the_client_warms_up_for_the_steps_the_server_sends(
+    tiny_model_dir, secret_client, flower_message, monkeypatch, sent
+):
+    """The client took train.warmup_ratio of rounds x local_steps as its warmup, so a federation resumed with more
+    rounds warmed up again; it follows the server's tunelab-warmup now (the ratio only when a server sends none)."""
+    import dataclasses
+
+    import tunelab.federated.local as local
+    from tunelab.federated.payload import WARMUP
+
+    seen, real = set(), local.lr_factor
+
+    def recording(step, total, warmup, kind):
+        seen.add(warmup)
+        return real(step, total, warmup, kind)
+
+    monkeypatch.setattr(local, "lr_factor", recording)
+    config = _config(tiny_model_dir)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, warmup_ratio=0.5))
+    _, msg = _train_message(flower_message, config, {} if sent is None else {WARMUP: sent})
+    reply = _call(make_client_app([secret_client]), msg)
+    assert not reply.has_error(), reply.error
+    assert seen == ({2} if sent is None else {1})  # half of 2 rounds x 2 local steps, or what the server sent

@@ -175,3 +175,32 @@ def test_an_app_names_the_server_paths_every_client_host_needs(
     assert f"# Every SuperNode host reads model.name at the server's path: {tmp_path / 'base'}\n" in toml
     assert f"name: {tmp_path / 'base'}\n" in toml  # the run config the ServerApp reads and sends on
     assert f"each needs them there: model.name: {tmp_path / 'base'}" in capsys.readouterr().out
+
+
+def test_a_resume_with_more_rounds_keeps_the_warmup_the_federation_started_with(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, monkeypatch, capsys
+):
+    """Resumed with more federated.rounds, each client took train.warmup_ratio of the new rounds x local_steps as its
+    warmup: a federation past its warmup fell back into a longer one, changing the rate of rounds already trained."""
+    from flwr.app import ConfigRecord
+
+    from tunelab.federated.payload import WARMUP
+
+    sent = []
+    start = rounds.Recorded.start
+
+    def start_and_configure(self, **kwargs):
+        config = ConfigRecord({})
+        self.stamp(config, 1)  # what configure_train adds to every round's message
+        sent.append(dict(config))
+        return start(self, **kwargs)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start_and_configure)
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config, {"train.warmup_ratio": 0.5}), 2, ["s0", "s1"], resume=False)
+    capsys.readouterr()
+    run_federation(None, load_config(config, {"train.warmup_ratio": 0.5, "federated.rounds": 4}), 2, ["s0", "s1"],
+                   resume=True)  # fmt: skip
+    assert [s[WARMUP] for s in sent] == [3, 3]  # half of 2 rounds x 3 steps, then still 3 (not half of 4 x 3)
+    assert "resume: the warmup stays 3 steps, as the federation started with them" in capsys.readouterr().out
+    assert json.loads((run / "federated.json").read_text())["warmup_steps"] == 3

@@ -26,6 +26,7 @@ from tunelab.federated.payload import (
     ROUND,
     ROUNDS,
     UNIFORM_WEIGHT,
+    WARMUP,
     WEIGHT,
     from_record,
     recipe_config,
@@ -55,6 +56,7 @@ def train_reply(msg: Message, client: ClientData) -> Message:
         round_,
         int(config[ROUNDS]),
         float(config.get("proximal-mu", 0.0)),
+        int(config[WARMUP]) if WARMUP in config else None,  # a server before it was sent: rounds x ratio
     )
     print(
         f"{client.name}: round {round_}: {result.steps} steps on {result.examples} examples, "

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tunelab.config import DataConfig, RunConfig
+from tunelab.config import AUTO, DataConfig, RunConfig, TrainConfig
 from tunelab.data.loader import Datasets, build_datasets, make_batches
 from tunelab.data.packing import Packed
 from tunelab.data.sources import Record
@@ -43,7 +43,7 @@ from tunelab.federated.shards import ClientData
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows
 from tunelab.peft.save import adapter_state_dict
-from tunelab.training.auto import model_shape, resolve_auto
+from tunelab.training.auto import auto_warmup, model_shape, resolve_auto
 from tunelab.training.build import build_model, checkpoint_mode
 from tunelab.training.neftune import add_embedding_noise
 from tunelab.training.optim import build_optimizer
@@ -170,10 +170,25 @@ def proximal_term(model: nn.Module, mu: float, micro_batches: int) -> Iterator[N
             handle.remove()
 
 
+def warmup_steps(train: TrainConfig, total: int) -> int:
+    """The warmup of a federation of `total` steps (rounds x local_steps): train.warmup_ratio of them, `auto` as a
+    client resolves it (auto_warmup of that length)."""
+    ratio = auto_warmup(total).value if train.warmup_ratio == AUTO else train.warmup_ratio
+    return int(ratio * total)
+
+
 def local_train(
-    config: RunConfig, client: ClientData, global_adapter: dict[str, torch.Tensor], round_: int, rounds: int, mu: float
+    config: RunConfig,
+    client: ClientData,
+    global_adapter: dict[str, torch.Tensor],
+    round_: int,
+    rounds: int,
+    mu: float,
+    warmup: int | None = None,
 ) -> LocalResult:
-    """Round `round_` (1-based) of `rounds` for this client: returns its adapter after local_steps steps."""
+    """Round `round_` (1-based) of `rounds` for this client: returns its adapter after local_steps steps. `warmup`:
+    the federation's warmup steps as the server sent them (kept as the federation started when a resume adds
+    rounds); None: train.warmup_ratio of rounds x local_steps."""
     tic = time.perf_counter()
     check_on_this_host(config, client.name)  # a SuperNode host without the server's model path says so
     steps = config.federated.local_steps
@@ -192,7 +207,7 @@ def local_train(
         add_embedding_noise(built.model, t.neftune_alpha)
     optimizer = build_optimizer(built.model, t.lr, t.weight_decay, t.optimizer)
     total, first = rounds * steps, (round_ - 1) * steps
-    warmup = int(t.warmup_ratio * total)
+    warmup = int(t.warmup_ratio * total) if warmup is None else warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(first + s, total, warmup, t.scheduler))
     stream = BatchStream(datasets, config, tokenizer.pad_token_id)
     loss_sum, tokens = 0.0, 0

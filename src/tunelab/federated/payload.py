@@ -2,8 +2,9 @@
 
     server -> client (a TRAIN message)
       arrays   ArrayRecord   the global adapter: PEFT keys base_model.model.<module>.lora_{A,B}.weight, fp32
-      config   ConfigRecord  tunelab-round, tunelab-rounds, tunelab-recipe (the run config as YAML with every
-                             path of the server removed), and what Flower's strategies add (server-round,
+      config   ConfigRecord  tunelab-round, tunelab-rounds, tunelab-warmup (the warmup steps the federation
+                             started with, kept when a resume adds rounds), tunelab-recipe (the run config as YAML
+                             with the server's data paths removed: hostpaths.py), and what Flower's strategies add (server-round,
                              proximal-mu for FedProx, clipping_norm for DP)
     client -> server (the reply)
       arrays   ArrayRecord   the client's adapter after its local steps, same keys in the same order
@@ -31,7 +32,7 @@ from tunelab.peft.lora import lora_modules
 from tunelab.peft.save import PREFIX, adapter_state_dict
 
 ARRAYS, CONFIG, METRICS, CLIENT = "arrays", "config", "metrics", "client"
-ROUND, ROUNDS, RECIPE = "tunelab-round", "tunelab-rounds", "tunelab-recipe"
+ROUND, ROUNDS, RECIPE, WARMUP = "tunelab-round", "tunelab-rounds", "tunelab-recipe", "tunelab-warmup"
 WEIGHT, UNIFORM_WEIGHT = "num-examples", "uniform-weight"
 
 

@@ -4,7 +4,7 @@
 So a resumed federation refuses every change that would make it another run (the model, the data, the clients,
 the method, the learning rate, the seed, local_steps, the strategy, ...), listing each as `option: old -> new`;
 federated.rounds may change to no fewer than the rounds done (the schedule over rounds x local_steps is recomputed
-from the next round on); options that only say how the run is watched or run may change. The server writes the
+from the next round on, its warmup kept at the steps the federation started with: server.py sends them); options that only say how the run is watched or run may change. The server writes the
 config it resumes with to config.yaml, so a later --resume compares with it. The server's eval rows are compared
 by content too (`check_same_eval`); the clients' data the server never sees.
 """

@@ -33,6 +33,7 @@ from tunelab.federated.payload import (
     ROUND,
     ROUNDS,
     UNIFORM_WEIGHT,
+    WARMUP,
     WEIGHT,
     mismatch,
     payload_bytes,
@@ -135,8 +136,10 @@ class Recorded(Strategy):
         recipe: str,
         layout: dict[str, tuple[tuple[int, ...], str]],
         accountant: RdpAccountant | None = None,
+        warmup: int | None = None,
     ):
         self.inner, self.min_clients, self.offset, self.rounds = inner, min_clients, offset, rounds
+        self.warmup = warmup  # the federation's warmup steps, as it started: clients follow it, not rounds x ratio
         self.recipe, self.layout, self.accountant = recipe, layout, accountant
         self.reports: dict[int, RoundReport] = {}
         self.names: dict[int, str] = {}  # node id -> client name, learnt from replies
@@ -152,11 +155,17 @@ class Recorded(Strategy):
     def summary(self) -> None:
         self.inner.summary()
 
+    def stamp(self, config: ConfigRecord, round_: int) -> None:
+        """What tunelab adds to a round's train config (payload.py): the round, the rounds, the warmup, the recipe."""
+        config[ROUND], config[ROUNDS], config[RECIPE] = round_, self.rounds, self.recipe
+        if self.warmup is not None:
+            config[WARMUP] = self.warmup
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         round_ = server_round + self.offset
-        config[ROUND], config[ROUNDS], config[RECIPE] = round_, self.rounds, self.recipe
+        self.stamp(config, round_)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self._sent[round_] = {m.metadata.dst_node_id: payload_bytes(m.content) for m in messages}
         return messages

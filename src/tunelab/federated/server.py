@@ -29,7 +29,7 @@ from tunelab.data.loader import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
 from tunelab.federated.history import all_rounds_done, plot_federation, read_state, round_records, write_state
-from tunelab.federated.local import server_eval_datasets, untrained_rows
+from tunelab.federated.local import server_eval_datasets, untrained_rows, warmup_steps
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.resume import check_resume, check_same_eval
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
@@ -146,6 +146,17 @@ def _run_rounds(
     f = cfg.federated
     run_dir = Path(cfg.output_dir)
     done = int(state["rounds_done"])
+    # the warmup steps the federation started with (a federated.json before they were recorded: its rounds' share)
+    first = int(state.get("rounds", f.rounds)) * f.local_steps
+    warmup = int(state.get("warmup_steps", warmup_steps(cfg.train, first)))
+    if warmup != (longer := warmup_steps(cfg.train, f.rounds * f.local_steps)):
+        notes = [
+            *notes,
+            f"resume: the warmup stays {warmup} steps, as the federation started with them "
+            f"(train.warmup_ratio of the new {f.rounds} x {f.local_steps} steps would be {longer}, and would "
+            "change the rate of rounds already trained); the decay after it is recomputed for the new length",
+        ]
+    state["warmup_steps"] = warmup
     state.update(rounds=f.rounds, local_steps=f.local_steps, strategy=f.strategy + (" + DP" if f.dp else ""))
     state["clients"] = clients or state.get("clients", [])
     print("tunelab federate — resolved config (value, then where it came from):")
@@ -192,6 +203,7 @@ def _run_rounds(
         recipe=recipe_text(cfg),
         layout=layout(initial),
         accountant=accountant,
+        warmup=warmup,
     )
     log = MetricsLog(run_dir, resume_step=done if resume else None)
     info = RunInfo(
