@@ -411,3 +411,19 @@ def test_a_longer_resume_keeps_the_warmup_steps_the_run_started_with(tiny_overri
     assert read_info(result.run_dir).extra["warmup_steps"] == 2
     recipe.train(None, longer | {"train.max_steps": 10}, resume=True)  # a later resume still keeps the first warmup
     assert "the warmup stays 2 steps" in capsys.readouterr().out
+
+
+def test_resume_may_rename_stages_but_not_change_them():
+    """A stage's name only labels it in the reports, but --resume refused a renamed stage, so a staged run started
+    with two stages of one name (refused since) could not be resumed under names that tell them apart."""
+    from tunelab.config import load_config, to_dict
+    from tunelab.training.resume import config_changes
+
+    def stages(*entries):
+        return load_config(None, {"stages": list(entries)}).config
+
+    saved = to_dict(stages({"name": "docs"}, {"name": "qa", "train": {"lr": 1e-3}}))
+    refused, allowed = config_changes(saved, stages({"name": "docs"}, {"name": "answers", "train": {"lr": 1e-3}}))
+    assert refused == [] and len(allowed) == 1 and allowed[0].startswith("stages: ")
+    refused, _ = config_changes(saved, stages({"name": "docs"}, {"name": "answers", "train": {"lr": 2e-3}}))
+    assert len(refused) == 1 and refused[0].startswith("stages: ")

@@ -96,6 +96,15 @@ def _same(name: str, old: Any, new: Any) -> bool:
     return False
 
 
+def _renamed(name: str, old: Any, new: Any) -> bool:
+    """Do two `stages` lists differ only in their stages' name:? A name labels a stage in the reports (and two of one
+    name are refused, config/load.py), so renaming one changes nothing that is trained."""
+    if name != "stages" or not (isinstance(old, list) and isinstance(new, list)) or len(old) != len(new):
+        return False
+    unnamed = [[{k: v for k, v in stage.items() if k != "name"} for stage in side] for side in (old, new)]
+    return all(isinstance(stage, dict) for stage in old + new) and unnamed[0] == unnamed[1]
+
+
 def config_changes(
     saved: dict, cfg: RunConfig, chosen: dict | None = None, length: set[str] = LENGTH, unread: set[str] = frozenset()
 ) -> tuple[list[str], list[str]]:
@@ -125,7 +134,7 @@ def config_changes(
         if _same(name, old, new):
             continue
         line = f"{name}: {shown} -> {new!r}"
-        (allowed if name in ALLOWED | length else refused).append(line)
+        (allowed if name in ALLOWED | length or _renamed(name, old, new) else refused).append(line)
     return refused, allowed
 
 
@@ -211,6 +220,8 @@ def check_resume_config(
                 f"resume: {line} (allowed: the checkpoint loads under either; the steps are the same within float "
                 "rounding, as on another rank count; train.keep_best runs under ddp only)"
             )
+        elif name == "stages":
+            notes.append(f"resume: {line} (allowed: only the stages' names differ, which label them in the reports)")
         elif name.startswith("federated."):
             notes.append(f"resume: {line} (allowed: it changes how the federation is run, not what it learns)")
         else:
