@@ -272,6 +272,8 @@ def test_a_run_resumed_onto_fsdp2_says_keep_best_is_off_and_drops_the_best_befor
     out = capsys.readouterr().out
     said = "keep_best: off under train.sharding fsdp2"
     assert out.count(said) == 2 and "the result is the last step's weights, not step 2 (eval loss 0.5000)" in out
+    assert "overfit" in out and "train.keep_best was off under train.sharding fsdp2" in out  # the verdict's advice
+    assert "Set train.keep_best: true" not in out  # it was true
     assert result.eval_loss == 0.8
     assert "best" not in json.loads((result.run_dir / "run.json").read_text())["extra"]
 

@@ -104,6 +104,12 @@ def _best_in(path: Path, up_to: int) -> tuple[int, float] | None:
     return (step, loss) if step <= up_to else None
 
 
+FSDP2_ADVICE = (
+    "train.keep_best was off under train.sharding fsdp2, so the result is the last step's weights; train under ddp "
+    "to save the weights of the lowest eval loss instead."
+)
+
+
 def off_under_fsdp2(run_dir: Path, resume_step: int | None, checkpoint: Path | None) -> str:
     """What a run with train.keep_best and an eval split is told under train.sharding fsdp2, where keep_best is off
     (each rank holds only its shards of the trainable weights, which it saves and loads whole): the result is the last

@@ -40,7 +40,7 @@ from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
-from tunelab.training.best import BestWeights, off_under_fsdp2
+from tunelab.training.best import FSDP2_ADVICE, BestWeights, off_under_fsdp2
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session
 from tunelab.training.evals import eval_sets
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
@@ -432,6 +432,7 @@ def _train_planned(
             best.step,
             task=cfg.task,
             labels=len(data.facts.get("labels") or []) or None,  # a classify run's labels
+            keep_best_off=FSDP2_ADVICE if best_off else "",
         )
         print(verdict.text, flush=True)
         info.extra["verdict"] = verdict.to_dict()

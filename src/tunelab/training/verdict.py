@@ -103,12 +103,14 @@ def judge(
     lr: float,
     max_steps: int | None = None,
     best_kept: int | None = None,
+    keep_best_off: str = "",
     unit: str = "a token",
     high_at: float = HIGH_LOSS,
 ) -> Verdict:
     """train: (step, loss) per logged step; evals: (step, eval loss). epochs: the passes over the data the run made.
     max_steps: set when it, not epochs, fixed the length (the advice then names it). best_kept: the step whose
-    weights keep_best saved as the result. unit: what the loss is averaged over (`LOSS_UNITS`). high_at: the train
+    weights keep_best saved as the result; keep_best_off: why keep_best chose none though it was asked (said in
+    its place). unit: what the loss is averaged over (`LOSS_UNITS`). high_at: the train
     loss that is still high (`high_loss`)."""
     if not train:
         return Verdict("fine", "no train loss was logged: nothing to judge.")
@@ -135,6 +137,8 @@ def judge(
             kept = (
                 f" train.keep_best saved the weights of step {best_kept} as the result."
                 if best_kept == best_step
+                else f" {keep_best_off}"
+                if keep_best_off
                 else " Set train.keep_best: true to save the weights of the lowest eval loss instead of the last."
             )
             shorter = (
@@ -207,6 +211,7 @@ def judge_metrics(
     max_steps: int | None = None,
     best_kept: int | None = None,
     task: str = "sft",
+    keep_best_off: str = "",
     labels: int | None = None,
 ) -> Verdict:
     """`judge` over the records of metrics.jsonl (`judge_rewards` when they hold rewards); steps the non-finite guard
@@ -214,7 +219,9 @@ def judge_metrics(
     rewards = [(r["step"], r["reward"]) for r in records if isinstance(r.get("reward"), int | float)]
     if rewards:
         held_out = [(r["step"], r["eval_reward"]) for r in records if isinstance(r.get("eval_reward"), int | float)]
-        return judge_rewards(rewards, held_out, epochs=epochs, max_steps=max_steps, best_kept=best_kept)
+        return judge_rewards(
+            rewards, held_out, epochs=epochs, max_steps=max_steps, best_kept=best_kept, keep_best_off=keep_best_off
+        )
     train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
     evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), int | float)]
     return judge(
@@ -225,6 +232,7 @@ def judge_metrics(
         lr=lr,
         max_steps=max_steps,
         best_kept=best_kept,
+        keep_best_off=keep_best_off,
         unit=LOSS_UNITS.get(task, "a token"),
         high_at=high_loss(task, labels),
     )
@@ -237,6 +245,7 @@ def judge_rewards(
     epochs: float,
     max_steps: int | None = None,
     best_kept: int | None = None,
+    keep_best_off: str = "",
 ) -> Verdict:
     """The verdict of a run that maximises a reward: train: (step, mean reward of its sampled answers); evals: (step,
     mean reward of the greedy answers to the held-out prompts)."""
@@ -260,6 +269,8 @@ def judge_rewards(
             kept = (
                 f" train.keep_best saved the weights of step {best_kept} as the result."
                 if best_kept == best_step
+                else f" {keep_best_off}"
+                if keep_best_off
                 else " Set train.keep_best: true to save the weights of the best held-out reward instead of the last."
             )
             if best_step == 0:
