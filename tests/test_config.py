@@ -548,3 +548,21 @@ def test_two_stages_of_one_name_are_refused(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("stages:\n  - {}\n  - name:\n", r"c\.yaml:3: stage 2: 'name' is None; a stage's name is a text"),
+        ("stages:\n  - name: [a, b]\n", r"c\.yaml:2: stage 1: 'name' is \['a', 'b'\]; a stage's name is a text"),
+        ("stages:\n  - name: ' '\n", r"c\.yaml:2: stage 1: 'name' is ' '; a stage's name is a text"),
+    ],
+)
+def test_a_stage_name_that_is_no_text_is_refused(tmp_path, content, message):
+    """`name:` left empty named the stage 'None' in the forgetting matrix and run.json, and a list its Python form."""
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+    path.write_text("stages:\n  - name: 2024\n")
+    assert load_config(path).config.stages == [{"name": "2024"}]

@@ -384,6 +384,13 @@ def _stage_entry(raw: Any, where_of: Callable[[str], str], options: dict, folder
         here = where_of(name)
         if name in STAGE_KEYS:
             allowed = STAGE_KEYS[name]
+            if name == "name" and (
+                isinstance(value, bool) or not isinstance(value, str | int | float) or not str(value).strip()
+            ):
+                raise ConfigError(  # was kept as the text 'None' or "['a', 'b']" in the reports
+                    f"{here}: 'name' is {value!r}; a stage's name is a text, like name: docs (without name:, stage K "
+                    "is stage-K)."
+                )
             if allowed and value not in allowed:
                 raise ConfigError(f"{here}: '{name}' is {value!r}; allowed values: {', '.join(allowed)}.")
             entry[name] = str(value)
