@@ -566,3 +566,17 @@ def test_a_stage_name_that_is_no_text_is_refused(tmp_path, content, message):
         load_config(path)
     path.write_text("stages:\n  - name: 2024\n")
     assert load_config(path).config.stages == [{"name": "2024"}]
+
+
+def test_a_stage_that_contradicts_the_run_names_its_file_and_line(tmp_path):
+    """A stage's options that the run's own contradict (dpo.beta in an sft stage) were named by 'stage 2' alone,
+    without the file or the line, unlike every other error in a stage."""
+    from tunelab.config import stage_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: m}\nstages:\n  - name: a\n  - name: b\n    dpo:\n      beta: 0.5\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:4: stage 2: option 'dpo\.beta' is for task dpo"):
+        stage_config(load_config(path), 1, str(tmp_path / "run"))
+    flagged = load_config(None, {"stages": [{"name": "a"}, {"dpo": {"beta": 0.5}}]})
+    with pytest.raises(ConfigError, match=r"^--stages: stage 2: option 'dpo\.beta'"):
+        stage_config(flagged, 1, str(tmp_path / "run"))

@@ -442,5 +442,21 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
     try:
         check_consistency(config)
     except ConfigError as exc:
-        raise ConfigError(f"stage {index + 1}: {exc}") from None
+        raise ConfigError(f"{_stage_line(resolved, index + 1)}: {exc}") from None
     return ResolvedConfig(config, origins, resolved.path)
+
+
+def _stage_line(resolved: ResolvedConfig, k: int) -> str:
+    """Where stage k was written: its file and line (c.yaml:9: stage 2) when the stages came from a file, else the
+    flag (--stages: stage 2)."""
+    origin = resolved.origins.get("stages", "")
+    if origin.startswith("--"):
+        return f"{origin}: stage {k}"
+    if origin in ("", "default", "python"):  # a RunConfig built in Python: no file to name
+        return f"stage {k}"
+    lines: dict[str, int] = {}
+    try:
+        read_yaml(Path(origin), lines)
+    except (OSError, TunelabError, yaml.YAMLError):  # changed or gone since it was loaded: the file alone
+        return f"{origin}: stage {k}"
+    return _stage_where(k, origin, (origin, lines))("")
