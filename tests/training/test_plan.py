@@ -210,3 +210,28 @@ def test_more_checkpoint_layers_than_the_model_has_are_refused(tiny_overrides):
 
     with pytest.raises(ConfigError, match="option 'train.checkpoint_layers' is 99, but the model has 2 layers"):
         train(None, tiny_overrides | {"train.checkpointing": True, "train.checkpoint_layers": 99, "train.max_steps": 1})
+
+
+def test_layers_to_recompute_on_the_generic_path_are_refused():
+    """train.checkpoint_layers 1 with checkpointing true on the generic path (transformers' model) recomputed every
+    layer, the count dropped without a word: its checkpointing is all layers or none."""
+    import torch
+
+    from tunelab.errors import ConfigError
+    from tunelab.training.build import BuiltModel
+    from tunelab.training.plan import plan_memory
+
+    class Generic:
+        enabled = False
+
+        def gradient_checkpointing_enable(self, **kwargs):
+            self.enabled = True
+
+    hf = dict(model_type="llama", num_hidden_layers=3)
+    built = BuiltModel(Generic(), "generic", hf, torch.device("cpu"), torch.float32, 0, 0)
+    cfg, auto = _auto(checkpointing=True, checkpoint_layers=1)
+    with pytest.raises(ConfigError, match=r"'train.checkpoint_layers' is 1, .* trains on the generic path"):
+        plan_memory(auto, cfg, built, seq=24)
+    cfg, auto = _auto(checkpointing=True)
+    plan_memory(auto, cfg, built, seq=24)
+    assert built.model.enabled  # all layers, as asked

@@ -363,6 +363,12 @@ def plan_memory(auto: AutoPlan, cfg: RunConfig, built: BuiltModel, seq: int) -> 
     model, and return the plan with those choices. Explicit values win. `seq`: the longest training row."""
     t = auto.train
     refuse_layer_count(t, getattr(built.hf_config, "num_hidden_layers", None))
+    if built.impl != "fast" and t.checkpoint_layers:  # transformers' checkpointing recomputes every layer
+        raise ConfigError(
+            f"option 'train.checkpoint_layers' is {t.checkpoint_layers}, but model '{cfg.model.name}' trains on the "
+            "generic path, which recomputes every layer or none; drop checkpoint_layers (or use a Llama-family "
+            "model on the fast path)."
+        )
     mb_auto = cfg.train.micro_batch == AUTO and "train.micro_batch" not in auto.kept
     undecided = t.checkpointing == AUTO or t.offload_activations == AUTO or mb_auto
     chosen: dict[str, Choice] = {}
