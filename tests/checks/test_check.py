@@ -264,3 +264,34 @@ def test_a_data_option_error_names_the_config_file_that_set_it(tiny_model_dir, q
             {"model.name": str(tiny_model_dir), "data.train": [str(qa_file)], "data.fields": {"prompt": "q"}},
             model=False,
         )
+
+
+def test_the_first_micro_batch_checked_is_the_one_training_takes_with_group_by_length(tiny_overrides, tmp_path):
+    """With train.group_by_length the check's forward/backward (and its memory figure) ran on a micro-batch of the
+    ungrouped order, not on the one training takes first."""
+    from tunelab.checks.model import first_batch
+    from tunelab.data.loader import epoch_rows, make_batches
+    from tunelab.training.prepare import load_inputs
+    from tunelab.training.recipe import resolve
+
+    rows = [{"question": f"Box {i}?", "answer": "Code " + "word " * (1 + (7 * i) % 23)} for i in range(32)]
+    data = tmp_path / "varied.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    over = tiny_overrides | {"data.train": [str(data)], "train.group_by_length": True, "train.grad_accum": 1}
+    cfg = resolve(None, over).config
+    inputs = load_inputs(cfg)
+    pad = inputs.tokenizer.pad_token_id
+    trained = make_batches(
+        epoch_rows(inputs.data, cfg.train.seed, 0),
+        4,
+        pad,
+        shuffle=True,
+        seed=cfg.train.seed,
+        epoch=0,
+        group_by_length=True,
+    )[0]
+    ungrouped = make_batches(
+        epoch_rows(inputs.data, cfg.train.seed, 0), 4, pad, shuffle=True, seed=cfg.train.seed, epoch=0
+    )
+    assert not torch.equal(trained["input_ids"], ungrouped[0]["input_ids"])  # the test tells the two orders apart
+    assert torch.equal(first_batch(cfg, inputs.data, pad)["input_ids"], trained["input_ids"])

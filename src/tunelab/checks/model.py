@@ -45,10 +45,11 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 def first_batch(cfg, data, pad_id: int) -> dict:
-    """The first micro-batch training will see (epoch 0, the same shuffle), on the CPU."""
+    """The first micro-batch training will see (epoch 0, the same shuffle and length grouping), on the CPU."""
     t = cfg.train
     rows = epoch_rows(data, t.seed, 0)  # a mixture's draw, packed where asked
-    return make_batches(rows, t.micro_batch, pad_id, shuffle=cfg.data.shuffle, seed=t.seed, epoch=0)[0]
+    grouped = {"group_by_length": True} if t.group_by_length else {}  # as training/loop.py makes them
+    return make_batches(rows, t.micro_batch, pad_id, shuffle=cfg.data.shuffle, seed=t.seed, epoch=0, **grouped)[0]
 
 
 def documents(batch: dict) -> list[Rendered]:
