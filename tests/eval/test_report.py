@@ -425,6 +425,22 @@ def test_the_verdict_training_gave_is_in_the_summary(tmp_path):
     assert "<th>verdict of the last stage</th>" in render_report(run)
 
 
+def test_an_unfinished_staged_run_says_where_its_curves_are(tmp_path):
+    """A staged run gathers metrics.jsonl from its stages only at the end: the report of one stopped in stage 2 said
+    there were no training metrics, with no word of the stage folders that hold them."""
+    run = tmp_path / "run"
+    run.mkdir()
+    info = {"base_model": "m", "method": "lora", "finished": False, "extra": {"stages": ["docs", "qa"]}}
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "stage-1").mkdir()
+    (run / "stage-1" / "run.json").write_text(json.dumps(info | {"extra": {}}))
+    page = render_report(run)
+    assert "No training metrics: metrics.jsonl is not in the run directory" in page
+    assert f"each stage's folder holds its own (stage-1 here): tunelab report {run}/stage-K." in page
+    (run / "run.json").write_text(json.dumps(info | {"extra": {}}))  # not a staged run: no such line
+    assert "stage-K" not in render_report(run)
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

@@ -41,7 +41,7 @@ from tunelab.eval.report_run import data_section, run_summary, stages_section
 from tunelab.eval.report_scores import eval_section
 from tunelab.eval.reward_curves import reward_section
 from tunelab.federated.history import federated_section
-from tunelab.rundir import HEAD_TASKS, check_output_file, read_info
+from tunelab.rundir import HEAD_TASKS, check_output_file, is_run_dir, read_info
 
 __all__ = ["REPORT_FILE", "build_report", "render_report", "word_diff"]
 
@@ -66,6 +66,20 @@ def _drawn(draw: Callable[[], str | None], *files: str) -> str | None:
         )
 
 
+def _stages_hint(run_dir: Path, info) -> str:
+    """Where a staged run that has not finished keeps its curves: its run.json names the stages (extra.stages, names
+    alone until the end), and metrics.jsonl is gathered from the stage folders only when the last stage ends."""
+    stages = ((info or {}).get("extra") or {}).get("stages") if isinstance(info, dict) else None
+    if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        return ""
+    done = sorted(f.name for f in run_dir.glob("stage-*") if is_run_dir(f))
+    where = f" ({', '.join(done)} here)" if done else " (none has started)"
+    return (
+        f"<p class=\"sub\">A staged run gathers its stages' curves here when its last stage ends; each stage's folder "
+        f"holds its own{esc(where)}: tunelab report {esc(run_dir)}/stage-K.</p>"
+    )
+
+
 def render_report(run_dir: str | Path) -> str:
     """The report of `run_dir` as one HTML string."""
     run_dir = Path(run_dir)
@@ -85,7 +99,7 @@ def render_report(run_dir: str | Path) -> str:
             "Training curves",
             _drawn(lambda: training_plots(metrics.data, inputs.tasks), metrics.name)
             if metrics.data is not None
-            else metrics.missing("training metrics"),
+            else metrics.missing("training metrics") + _stages_hint(run_dir, run.data),
         ),
         *(
             [("preference", "Preference training", _drawn(lambda: preference_plots(metrics.data), metrics.name))]
