@@ -428,3 +428,16 @@ def test_an_old_adapter_run_without_its_config_is_not_opened_over_a_guessed_base
     err = capsys.readouterr().err
     assert f"{run / RUN_FILE}: records no 'quantize_base'" in err and "config.yaml is missing" in err, err
     assert not (tmp_path / "merged").exists()
+
+
+def test_check_never_writes_its_page_into_a_folder_inside_a_run(tmp_path):
+    """check --html refused a run directory but wrote run/checkpoints/c.html, a page inside the run."""
+    from tunelab.checks.run import html_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_info(run, RunInfo(base_model="m", method="lora", finished=True))
+    for inside in (run / "c.html", run / "checkpoints" / "c.html"):
+        with pytest.raises(RunDirError, match=re.escape(f"{run} is a run directory, which check never writes into")):
+            html_path(inside)
+    assert html_path(tmp_path / "pages" / "c.html") == tmp_path / "pages" / "c.html"

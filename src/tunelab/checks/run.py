@@ -65,8 +65,9 @@ def html_path(html: str | Path | None) -> Path | None:
     if html is None:
         return None
     path = Path(html).expanduser()
-    if is_run_dir(path.parent):
-        raise RunDirError(f"--html {html}: {path.parent} is a run directory, which check never writes into.")
+    holder = next((f for f in path.absolute().parents if is_run_dir(f)), None)  # run/checkpoints/ is the run's too
+    if holder is not None:
+        raise RunDirError(f"--html {html}: {holder} is a run directory, which check never writes into.")
     if path.is_dir() or (path.exists() and HTML_MARK not in path.read_text(errors="replace")[:2000]):
         raise RunDirError(f"--html {html}: exists and is not a page tunelab check wrote; choose another path.")
     refuse_file_in_the_way(path, f"--html {html}")
