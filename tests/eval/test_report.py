@@ -441,6 +441,28 @@ def test_an_unfinished_staged_run_says_where_its_curves_are(tmp_path):
     assert "stage-K" not in render_report(run)
 
 
+def test_a_reward_or_client_named_with_dollar_signs_is_drawn_as_written(tmp_path):
+    """matplotlib reads text between two $ as mathtext: a grpo reward named 'cost $\\frac$ x' ended the Rewards
+    section in 'metrics.jsonl holds what tunelab does not write there' (a ValueError of the legend), and a federated
+    client so named, its federated.png."""
+    from tunelab.eval.report_plots import curve_plot
+    from tunelab.eval.reward_curves import reward_section
+    from tunelab.federated.history import plot_federation
+
+    name = "cost $\\frac$ x"
+    records = [{"step": s, "reward": 0.5, f"reward_{name}": 0.1 * s, "reward_b": 0.2} for s in range(1, 5)]
+    assert "<svg" in reward_section(records, curve_plot)
+    run = tmp_path / "run"
+    run.mkdir()
+    rounds = [
+        {"step": r, "round": r, "loss": 1.0 / r, "eval_loss": 1.2 / r, "bytes_sent": 10, "bytes_received": 10}
+        for r in (1, 2)
+    ]
+    clients = [{"step": r, "round": r, "client": name, "client_loss": 1.0 / r, "status": "ok"} for r in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds + clients))
+    assert plot_federation(run).stat().st_size > 0
+
+
 def test_build_report_errors(tmp_path):
     with pytest.raises(RunDirError, match="no such run directory"):
         build_report(tmp_path / "nope")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 
 from tunelab.eval.report_html import esc
-from tunelab.training.metrics import loss_axis, loss_curves
+from tunelab.training.metrics import loss_axis, loss_curves, plot_text
 
 
 def _svg(fig, label: str) -> str:
@@ -37,7 +37,7 @@ def curve_plot(
     fig, ax = _figure()
     for name, points, style in series:
         xs, ys = zip(*points)
-        ax.plot(xs, ys, style, label=name, linewidth=1.4, markersize=4)
+        ax.plot(xs, ys, style, label=plot_text(name), linewidth=1.4, markersize=4)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     if log:

@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 
 from tunelab.atomic import write_json
-from tunelab.training.metrics import read_metrics
+from tunelab.training.metrics import plot_text, read_metrics
 
 STATE_FILE = "federated.json"
 PLOT_FILE = "federated.png"
@@ -118,7 +118,7 @@ def _figure(records: list[dict]):
             if r.get("client") == name and r.get("client_loss") is not None
         ]
         if points:
-            loss_ax.plot(*zip(*points), ".--", linewidth=1, label=f"{name}: train loss")
+            loss_ax.plot(*zip(*points), ".--", linewidth=1, label=f"{plot_text(name)}: train loss")
     loss_ax.set_xlabel("round")
     loss_ax.set_ylabel("loss (nats / token)")
     loss_ax.grid(alpha=0.3)

@@ -101,6 +101,12 @@ def logged_at(records: list[dict], step: int) -> tuple[float | None, dict]:
     return (losses[-1] if losses else None), figures
 
 
+def plot_text(text: str) -> str:
+    """User text (a reward's or a client's name) as matplotlib draws it as written: a `$` pair would start mathtext,
+    drawing 'cost $x$' in italics and ending the figure in a ValueError for '$\\frac$'."""
+    return text.replace("$", r"\$")
+
+
 def loss_curves(records: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(step, train loss) and (step, eval loss) of metrics.jsonl's records, as loss.png and the report draw them. A
     grpo run's eval loss is its held-out reward negated (for keep_best), not a loss: it is left to its reward plots."""
