@@ -184,3 +184,31 @@ def test_pairs_skipped_for_any_reason_are_counted_by_the_check(task, tiny_model_
     out = capsys.readouterr().out
     assert "[WARN] pairs: 5 pairs used; 1 skipped" in out
     assert f"conversation does not start with a user message: 1 ({data}:2)" in out
+
+
+@pytest.mark.parametrize("task", ["classify", "dpo"])
+def test_the_head_check_steps_the_micro_batch_training_takes_first(task, tiny_model_dir, tmp_path, monkeypatch):
+    """The check's forward/backward ran on the first rows of the file, not on training's first (shuffled) micro-batch,
+    while saying it steps the first micro-batch 'as the first training step takes it'."""
+    import tunelab.checks.heads as heads
+    from tunelab.data.loader import epoch_rows
+    from tunelab.tasks import get_task
+    from tunelab.training.prepare import load_inputs
+    from tunelab.training.recipe import resolve
+
+    if task == "classify":
+        data = _write(tmp_path / "labels.jsonl", _labels(16))
+    else:
+        pairs = [{"prompt": f"Box {i}?", "chosen": f"Code {i}.", "rejected": "No."} for i in range(16)]
+        data = _write(tmp_path / "pairs.jsonl", pairs)
+    over = _over(tiny_model_dir, tmp_path, task, data, **{"data.eval_fraction": 0.0, "method.r": 4})
+    cfg = resolve(None, over).config
+    inputs = load_inputs(cfg)
+    steps = []
+    monkeypatch.setattr(heads, "task_step", lambda task, model, batch: steps.append(batch) or (0.5, True))
+    heads.head_model_items(cfg, inputs)
+    make, pad, seed = get_task(task, cfg).make_batches, inputs.tokenizer.pad_token_id, cfg.train.seed
+    trained = make(epoch_rows(inputs.data, seed, 0), 4, pad, shuffle=True, seed=seed, epoch=0)[0]
+    in_file_order = make(inputs.data.train[:4], 4, pad, shuffle=False, seed=0, epoch=0)[0]
+    assert trained["sources"] != in_file_order["sources"]  # the test tells the two apart
+    assert steps[0]["sources"] == trained["sources"]

@@ -31,6 +31,7 @@ import torch
 from tunelab.checks.model import task_step, untrained_item
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
+from tunelab.data.loader import epoch_chunks, epoch_rows
 from tunelab.tasks import get_task
 from tunelab.tasks.classify import UNSEEN
 from tunelab.tasks.head_data import EMPTY_ANSWER, SAME
@@ -146,7 +147,8 @@ def head_model_items(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
     task = get_task(cfg.task, cfg)
     built, untrained = load_model(cfg, inputs)
     micro = cfg.train.micro_batch  # resolved from auto by the caller
-    rows = inputs.data.train[:micro]
+    t = cfg.train  # the rows of training's first micro-batch: epoch 0's order, as training/loop.py draws it
+    rows = epoch_chunks(epoch_rows(inputs.data, t.seed, 0), micro, shuffle=cfg.data.shuffle, seed=t.seed, epoch=0)[0]
     # dpo caches the reference log-probs of the rows it is given: those of this micro-batch, not the whole set
     task.prepare(
         built, dataclasses.replace(inputs.data, train=rows, eval=[]) if cfg.task == "dpo" else inputs.data, cfg
