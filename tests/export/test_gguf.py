@@ -256,6 +256,22 @@ def test_the_files_chat_template_writes_the_runs_system_prompt(sharp_base, small
     assert text.startswith(f"<|im_start|>system\n{prompt}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n")
 
 
+def test_a_blank_system_prompt_of_an_older_run_is_none_in_the_export(sharp_base, small_tokenizer, tmp_path):
+    """A run that recorded a data.system_prompt of spaces (older versions did) was exported with a system block of
+    spaces in the file's chat template and a SYSTEM of spaces in the Modelfile, where training, generate, chat and
+    serve add none; the export now writes neither."""
+    from jinja2 import Template
+
+    run = _lora_run(sharp_base, small_tokenizer, tmp_path / "run", std=0.05, system_prompt="  \n")
+    assert merged_model(run).info.system_prompt is None  # what the export's self-check reads
+    out = export_gguf(run, tmp_path / "run.gguf", "f16", check=False)
+    chat = Template(read_gguf_string(out, "tokenizer.chat_template"))
+    user = [{"role": "user", "content": "Hi"}]
+    own = Template(small_tokenizer.chat_template).render(messages=user, add_generation_prompt=True)
+    assert chat.render(messages=user, add_generation_prompt=True) == own
+    assert "SYSTEM" not in (tmp_path / "run.Modelfile").read_text()
+
+
 def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
     gemma = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4)
     with pytest.raises(

@@ -17,7 +17,7 @@ prompt, and the largest difference of their logits is reported (`MergeCheck`) an
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -150,13 +150,15 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     tokenizer = run.tokenizer
     # the template training wrote, with the run's system prompt where a conversation brings none: what the merged
     # folder's tokenizer and the GGUF file's tokenizer.chat_template (llama.cpp, LM Studio) prompt with
-    tokenizer.chat_template = with_system_default(chat_template_for(run.template, tokenizer), run.info.system_prompt)
+    tokenizer.chat_template = with_system_default(chat_template_for(run.template, tokenizer), run.system_prompt)
     gen = getattr(model, "generation_config", None)
     if gen is not None and run.template.stop_token_ids:
         stops = list(run.template.stop_token_ids)
         gen.eos_token_id = stops[0] if len(stops) == 1 else stops  # so generate() stops where the run learned to
         gen.pad_token_id = tokenizer.pad_token_id
-    return MergedModel(model, tokenizer, run.info, run.template, out_dtype, check)
+    # a blank system prompt is none, as training added none: the Modelfile's SYSTEM and the self-check read it here
+    info = replace(run.info, system_prompt=run.system_prompt)
+    return MergedModel(model, tokenizer, info, run.template, out_dtype, check)
 
 
 def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out") -> None:

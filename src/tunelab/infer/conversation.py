@@ -15,6 +15,12 @@ class LateSystem(Untrained):
     """A system message after the first message, which training never shows the model."""
 
 
+def trained_system(system_prompt: str | None) -> str | None:
+    """A run's data.system_prompt as training added it: a blank one (spaces only, which runs of older versions
+    recorded) is none."""
+    return system_prompt if (system_prompt or "").strip() else None
+
+
 def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
     """The conversation with its system message as training wrote it: an empty or blank first system message is
     none, and one that is none becomes the run's data.system_prompt. LateSystem for a system message after the first
@@ -46,6 +52,6 @@ def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
             f"message {blank + 1} is the assistant's and is empty; the model was trained on no empty answer. "
             "Give the text of the answer, or leave out the exchange (the question and its answer)."
         )
-    if (system_prompt or "").strip() and not (rest and rest[0]["role"] == "system"):  # a blank one is none
+    if trained_system(system_prompt) and not (rest and rest[0]["role"] == "system"):
         rest = [{"role": "system", "content": system_prompt}, *rest]
     return rest

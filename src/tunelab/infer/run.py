@@ -18,6 +18,7 @@ from torch import nn
 
 from tunelab.data.templates import Template, run_template
 from tunelab.errors import ConfigError
+from tunelab.infer.conversation import trained_system
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
@@ -53,7 +54,8 @@ class LoadedRun:
 
     @property
     def system_prompt(self) -> str | None:
-        return self.info.system_prompt
+        """The run's data.system_prompt as training added it (a blank one is none)."""
+        return trained_system(self.info.system_prompt)
 
     @property
     def quantized_base(self) -> bool:
