@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunelab.data.formats import detect_format, to_examples
+from tunelab.data.formats import LATE_SYSTEM, detect_format, to_examples
 from tunelab.data.report import DataReport
 from tunelab.data.sources import Record
 from tunelab.errors import ConfigError, DataError
@@ -108,6 +108,19 @@ def test_system_prompt_added_only_when_missing():
     assert convert([{"prompt": "Q", "completion": "A", "system": ""}])[0][0].messages == USER_A
 
 
+def test_an_openai_developer_turn_is_the_system_message_as_serve_reads_it():
+    """A messages row with OpenAI's `developer` role was refused as an unknown role, while `tunelab serve` reads a
+    request's developer message as the system message; training data now reads it the same way, in every check that
+    applies to a system message."""
+    developer = {"role": "developer", "content": "Answer briefly."}
+    (ex,), _ = convert([{"messages": [developer, *USER_A]}], system="be brief")
+    assert ex.messages == [{"role": "system", "content": "Answer briefly."}, *USER_A]
+    _, report = convert([{"messages": [*USER_A, developer, *USER_A]}])  # after the first message: skipped, counted
+    assert report.skips[LATE_SYSTEM].locations == ["d.jsonl:1"]
+    (ex,), _ = convert([{"messages": [{"role": "developer", "content": " "}, *USER_A]}], system="be brief")
+    assert ex.messages[0] == {"role": "system", "content": "be brief"}  # a blank one is none, as a system one is
+
+
 def test_empty_answers_and_texts_are_skipped_with_locations():
     rows = [
         {"prompt": "Q", "completion": "A"},
@@ -202,7 +215,7 @@ def test_unknown_roles_are_rejected():
     tool = {"messages": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "{}"}]}
     with pytest.raises(
         DataError,
-        match=r"d\.jsonl:1: field 'messages' item 1 has the unknown role 'tool'; allowed roles: system, user, assistant",
+        match=r"d\.jsonl:1: field 'messages' item 1 has the unknown role 'tool'; allowed roles: system, developer, user, assistant",
     ):
         convert([tool])
     obs = {"conversations": [{"from": "human", "value": "Q"}, {"from": "observation", "value": "x"}]}

@@ -3,7 +3,7 @@
 Formats, tried in this order when detecting (each names canonical fields; `data.fields` maps them to your columns,
 and the formats whose required fields it maps are tried first):
 
-    messages           messages: [{role: system|user|assistant, content}]   (+ optional system)
+    messages           messages: [{role: system|developer|user|assistant, content}]   (+ optional system)
     sharegpt           conversations: [{from: system|human|gpt, value}]   (+ optional system)
     alpaca             instruction, output, optional input (joined to the instruction by a blank line) (+ optional system,
                        and history: LLaMA-Factory's earlier [instruction, response] pairs, turns before the row's own)
@@ -40,7 +40,8 @@ CANONICAL = tuple(dict.fromkeys(name for req, opt in FORMATS.values() for name i
 LATE_SYSTEM = "system message that is not the first message"  # reasons of skips, in every task
 EMPTY_QUESTION = "empty question"
 NO_USER_START = "conversation does not start with a user message"
-MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+# OpenAI's `developer` role is its newer name for the system message; tunelab serve reads it so too
+MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
