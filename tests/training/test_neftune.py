@@ -44,6 +44,34 @@ def test_noise_is_uniform_within_alpha_over_sqrt_length_times_width_and_only_whi
     assert torch.equal(embedding(ids), clean)
 
 
+def test_with_packing_the_noise_is_scaled_by_max_length_whatever_the_micro_batch(tiny_model_dir):
+    """A packed micro-batch reaches the embedding as one sequence of all its rows' tokens, so the noise was scaled by
+    1 / sqrt(rows x width): micro_batch 8 gave half the noise of micro_batch 2 for the same data. With packing T is
+    data.max_length, the width packed rows are filled up to, for every micro-batch."""
+    from tunelab.data.loader import make_batches
+    from tunelab.data.packing import pack
+    from tunelab.data.render import Rendered
+    from tunelab.tasks.sft import summed_loss
+    from tunelab.training.neftune import noise_width
+
+    model = _models(tiny_model_dir)["fast"]
+    embedding = input_embedding(model)
+    cfg = load_config(None, {"model.name": str(tiny_model_dir), "data.packing": True, "data.max_length": 40}).config
+    add_embedding_noise(model, 5.0, noise_width(cfg.data))
+    model.train()
+    seen = []
+    embedding.register_forward_hook(lambda m, args, out: seen.append((args[0], out.detach())))
+    rows = [Rendered([1 + (7 * i + t) % 90 for t in range(20)], [5] * 20, "d.jsonl", i + 1) for i in range(16)]
+    for micro_batch in (2, 8):
+        batch = make_batches(pack(rows, 40), micro_batch, 0, shuffle=False, seed=0, epoch=0)[0]
+        summed_loss(model, batch)
+        ids, noisy = seen.pop()
+        assert ids.shape == (1, 40 * micro_batch)  # one sequence of every row's tokens
+        delta = noisy - torch.nn.functional.embedding(ids, embedding.weight)
+        bound = 5.0 / math.sqrt(40 * embedding.embedding_dim)
+        assert 0.9 * bound < delta.abs().max() <= bound * (1 + 1e-6), micro_batch
+
+
 def test_the_option_is_for_task_sft(tiny_overrides, tmp_path):
     with pytest.raises(ConfigError, match=r"'train.neftune_alpha' adds noise to the embeddings of task sft; .* dpo"):
         load_config(None, tiny_overrides | {"task": "dpo", "train.neftune_alpha": 5})

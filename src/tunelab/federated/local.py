@@ -45,7 +45,7 @@ from tunelab.models.untrained import UntrainedReport, find_untrained, repair_row
 from tunelab.peft.save import adapter_state_dict
 from tunelab.training.auto import auto_warmup, model_shape, resolve_auto
 from tunelab.training.build import build_model, checkpoint_mode
-from tunelab.training.neftune import add_embedding_noise
+from tunelab.training.neftune import add_embedding_noise, noise_width
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import train_step
@@ -204,7 +204,7 @@ def local_train(
     config = dataclasses.replace(config, train=t)
 
     if t.neftune_alpha:  # on training forwards only; the model is this round's, so the hook is never removed
-        add_embedding_noise(built.model, t.neftune_alpha)
+        add_embedding_noise(built.model, t.neftune_alpha, noise_width(config.data))
     optimizer = build_optimizer(built.model, t.lr, t.weight_decay, t.optimizer)
     total, first = rounds * steps, (round_ - 1) * steps
     warmup = int(t.warmup_ratio * total) if warmup is None else warmup

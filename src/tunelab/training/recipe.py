@@ -47,7 +47,7 @@ from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
 from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.loop import Run, evaluate_at, loop
 from tunelab.training.metrics import MetricsLog, logged_at, plot_losses, read_metrics
-from tunelab.training.neftune import add_embedding_noise
+from tunelab.training.neftune import add_embedding_noise, noise_width
 from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import OutputPlan, failure_noted, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.plan import longest_row, plan_memory
@@ -262,7 +262,7 @@ def _train_planned(
     task.prepare(built, data, trained)  # dpo caches its reference in micro-batches of the chosen size
     model = built.model
     if cfg.train.neftune_alpha:
-        add_embedding_noise(model, cfg.train.neftune_alpha)
+        add_embedding_noise(model, cfg.train.neftune_alpha, noise_width(cfg.data))
     print(
         f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); trainable parameters "
         f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)",
