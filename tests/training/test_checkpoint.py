@@ -80,3 +80,17 @@ def test_an_edited_state_json_is_a_damaged_checkpoint(tmp_path):
     (folder / "state.json").write_text(json.dumps(state))
     with pytest.raises(checkpoint.RunDirError, match="optimizer state does not fit this run"):
         checkpoint.load_checkpoint(folder, model, optimizer)
+
+
+def test_cuda_rng_states_are_restored_in_device_order_past_ten_devices(monkeypatch):
+    """The CUDA RNG states were put back in the text order of their keys, so on a host of more than ten GPUs device 2
+    got device 10's state (rng.cuda.10 sorts before rng.cuda.2) and a resumed run drew other dropout masks."""
+    from tunelab.training.checkpoint import restore_rng
+
+    set_all = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 12)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all.extend)
+    tensors = {"rng.cpu": torch.get_rng_state()} | {f"rng.cuda.{i}": torch.tensor([i]) for i in range(12)}
+    restore_rng(tensors)
+    assert [int(state) for state in set_all] == list(range(12))

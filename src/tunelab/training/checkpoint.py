@@ -212,11 +212,17 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
             f"{folder}: the checkpoint's optimizer state does not fit this run ({exc}); delete it to resume from an "
             "earlier one."
         ) from None
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    restore_rng(tensors)
     return meta["position"]
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    """Set the RNG states `rng_tensors` saved: the CPU's, and each CUDA device's in device order (rng.cuda.10 after
+    rng.cuda.9, not after rng.cuda.1)."""
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = sorted((int(k.removeprefix("rng.cuda.")), v) for k, v in tensors.items() if k.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state for _, state in cuda][: torch.cuda.device_count()])
 
 
 def delete_checkpoints(run_dir: Path) -> int:

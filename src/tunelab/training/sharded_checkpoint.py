@@ -51,6 +51,7 @@ from tunelab.training.checkpoint import (
     checkpoints,
     file_digest,
     load_checkpoint,
+    restore_rng,
     rng_tensors,
     save_checkpoint,
 )
@@ -118,7 +119,7 @@ def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ranks
     _apply(model, optimizer, tensors, meta["param_groups"], StateDictOptions(ignore_frozen_params=True, strict=False))
     rng = folder / f"rng-{ranks.rank}.safetensors"
     if meta["world_size"] == ranks.world and rng.is_file():
-        _restore_rng(load_file(str(rng)))
+        restore_rng(load_file(str(rng)))
     return meta["position"]
 
 
@@ -213,10 +214,3 @@ def _load_single_file(folder: Path, meta: dict, model: nn.Module, optimizer: tor
         StateDictOptions(full_state_dict=True, ignore_frozen_params=True, strict=False),
     )
     return meta["position"]
-
-
-def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
