@@ -94,8 +94,10 @@ class RunInfo:
     file: Path | None = field(default=None, compare=False, repr=False, metadata={"saved": False})
     """The run.json it was read from (not saved): what an error about one of its values names."""
     base_problem: str = field(default="", compare=False, repr=False, metadata={"saved": False})
-    """Why base_model, kept as typed by a run written before 2026-12-03, names no model from here (`_typed_base`;
-    not saved): the commands that load the base refuse with it (`models.load.run_base`), the others read the run."""
+    """Why the base cannot be opened as the run trained over it (not saved): a base kept as typed by a run written
+    before 2026-12-03 names no model from here (`_typed_base`), or an old adapter run's config.yaml, which says whether
+    it was QLoRA, is gone (`_from_config`). The commands that load the base refuse with it (`models.load.run_base`);
+    the others read the run."""
 
     @property
     def is_adapter(self) -> bool:
