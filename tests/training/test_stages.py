@@ -534,3 +534,25 @@ def test_the_base_beside_a_staged_run_is_the_model_it_started_from(staged, tiny_
     with torch.no_grad(), run.base_model() as base:
         torch.testing.assert_close(base(ids).logits, start(ids).logits)
     assert run.base_info.base_model == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        (
+            "  - {continue: adapter, method: {r: 8}}\n",
+            r"staged\.yaml:4: stage 2: it continues stage 1's adapter .* method\.r 8",
+        ),
+        ("  - {model: {name: other-model}}\n", r"staged\.yaml:4: stage 2: model\.name is 'other-model'"),
+    ],
+)
+def test_a_stage_that_cannot_follow_the_one_before_names_its_file_and_line(tmp_path, second, message):
+    """Refused by the chaining of the stages, a stage was named 'stage 2' alone, unlike the errors of its options."""
+    from tunelab.training.stages import plan_stages
+
+    config = tmp_path / "staged.yaml"
+    config.write_text(
+        "model: {name: smollm2-135m-instruct}\nstages:\n  - {data: {train: [a.jsonl]}, method: {r: 4}}\n" + second
+    )
+    with pytest.raises(ConfigError, match=message):
+        plan_stages(load_config(config), tmp_path / "run")

@@ -23,7 +23,7 @@ This module re-exports the names the rest of tunelab, the tests, examples and be
 
 from tunelab.config.data import DataConfig, DataSource
 from tunelab.config.federated import FederatedConfig
-from tunelab.config.load import ResolvedConfig, load_config, stage_config, stage_name
+from tunelab.config.load import ResolvedConfig, load_config, stage_config, stage_name, stage_where
 from tunelab.config.model import MethodConfig, ModelConfig
 from tunelab.config.options import AUTO
 from tunelab.config.render import ACTION_OPTIONS, describe, dump_yaml, to_dict
@@ -59,6 +59,7 @@ __all__ = [
     "section_names",
     "stage_config",
     "stage_name",
+    "stage_where",
     "to_dict",
     "unknown_option",
 ]

@@ -442,12 +442,12 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
     try:
         check_consistency(config)
     except ConfigError as exc:
-        raise ConfigError(f"{_stage_line(resolved, index + 1)}: {exc}") from None
+        raise ConfigError(f"{stage_where(resolved, index + 1)}: {exc}") from None
     return ResolvedConfig(config, origins, resolved.path)
 
 
-def _stage_line(resolved: ResolvedConfig, k: int) -> str:
-    """Where stage k was written: its file and line (c.yaml:9: stage 2) when the stages came from a file, else the
+def stage_where(resolved: ResolvedConfig, k: int) -> str:
+    """Where stage k (1-based) was written: its file and line (c.yaml:9: stage 2) when the stages came from a file, else the
     flag (--stages: stage 2)."""
     origin = resolved.origins.get("stages", "")
     if origin.startswith("--"):

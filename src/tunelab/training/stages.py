@@ -43,7 +43,7 @@ import torch
 import yaml
 
 from tunelab.atomic import scratch_folder, write_text
-from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name
+from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
 from tunelab.config.load import STAGE_PREFIX
 from tunelab.errors import ConfigError, Interrupted, RunDirError, article
 from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
@@ -80,29 +80,30 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
         k = index + 1
         stage = stage_config(resolved, index, str(stage_dir(run_dir, k)))
         s = stage.config
+        at = stage_where(resolved, k)  # c.yaml:9: stage 2
         if index == 0:
             if "continue" in entry:
                 raise ConfigError(
-                    f"stage 1: continue: {entry['continue']} has no earlier stage to continue from (stage 1 starts "
+                    f"{at}: continue: {entry['continue']} has no earlier stage to continue from (stage 1 starts "
                     "from model.name, and model.adapter when set). Remove continue from stage 1."
                 )
             plans.append(stage)
             continue
         if "model.name" in entry and entry["model.name"] != cfg.model.name:
             raise ConfigError(
-                f"stage {k}: model.name is {entry['model.name']!r}, but stage {k} starts from stage {index}'s result "
+                f"{at}: model.name is {entry['model.name']!r}, but stage {k} starts from stage {index}'s result "
                 f"(over {cfg.model.name!r}). Remove model.name from the stage, or train it as a run of its own."
             )
         if "model.adapter" in entry:
             raise ConfigError(
-                f"stage {k}: model.adapter is {entry['model.adapter']!r}, but stage {k} starts from stage {index}'s "
+                f"{at}: model.adapter is {entry['model.adapter']!r}, but stage {k} starts from stage {index}'s "
                 "result (continue: adapter trains its adapter on; continue: merge starts a fresh one over it). Remove "
                 "model.adapter from the stage: only stage 1 starts from an adapter (model.adapter outside stages:)."
             )
         before = plans[-1].config
         how = entry.get("continue", "adapter")
         if before.task in HEAD_TASKS:
-            _refuse_after_head(k, before, s, how)
+            _refuse_after_head(k, before, s, how, at)
         previous = stage_dir(run_dir, index).absolute()  # resumable from any folder: --resume compares these
         if not before.method.is_adapter:  # full or layers: its weights are the next base, with a fresh adapter
             s.model.name, s.model.adapter = str(previous), None
@@ -111,7 +112,7 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
         else:
             if not s.method.is_adapter:
                 raise ConfigError(
-                    f"stage {k}: method.name is {s.method.name}, but continue: adapter trains stage {index}'s adapter "
+                    f"{at}: method.name is {s.method.name}, but continue: adapter trains stage {index}'s adapter "
                     "on. Use continue: merge to fold it into the base first."
                 )
             same = ("r", "alpha", "target_modules", "rslora")
@@ -124,7 +125,7 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
                 differ.append(f"DoRA {s.method.dora} (stage {index}: {before.method.dora})")
             if differ:
                 raise ConfigError(
-                    f"stage {k} continues stage {index}'s adapter (continue: adapter), but its method differs: "
+                    f"{at}: it continues stage {index}'s adapter (continue: adapter), but its method differs: "
                     f"{'; '.join(differ)}. Keep the adapter's settings, or use continue: merge."
                 )
             s.model.name = before.model.name
@@ -135,8 +136,8 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
     return plans
 
 
-def _refuse_after_head(k: int, before: RunConfig, stage: RunConfig, how: str) -> None:
-    """ConfigError for stage k when it cannot start from stage k-1, a classify or reward stage: only a stage of the
+def _refuse_after_head(k: int, before: RunConfig, stage: RunConfig, how: str, at: str) -> None:
+    """ConfigError for stage k (written at `at`: config.stage_where) when it cannot start from stage k-1, a classify or reward stage: only a stage of the
     same task continues its adapter and head (with the same labels: `refuse_other_labels`)."""
     task = before.task
     if not before.method.is_adapter:
@@ -156,7 +157,7 @@ def _refuse_after_head(k: int, before: RunConfig, stage: RunConfig, how: str) ->
         )
     else:
         return
-    raise ConfigError(f"stage {k}: stage {k - 1} trains {article(task)} head (task: {task}), and {why}.")
+    raise ConfigError(f"{at}: stage {k - 1} trains {article(task)} head (task: {task}), and {why}.")
 
 
 def refuse_other_labels(plans: list[ResolvedConfig], labels: list[list[str] | None]) -> None:
