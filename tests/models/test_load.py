@@ -248,3 +248,40 @@ def test_a_gguf_file_is_known_by_its_extension_in_any_case(tiny_gguf, tmp_path, 
     upper.write_bytes(b"PK\3\4 not a GGUF file")
     with pytest.raises(ModelError, match="Model.GGUF is not a GGUF file \\(it does not start with 'GGUF'\\)"):
         load_hf_model(resolve_source(str(upper)), torch.float32, torch.device("cpu"))
+
+
+def test_a_gguf_file_missing_weights_is_refused_not_filled_with_random_ones(
+    base_tokenizer, tmp_path, monkeypatch, capsys
+):
+    """A GGUF file without some of the model's tensors (the first part of a split GGUF, or a damaged file) was
+    converted with transformers' random initialisation in their place and cached, so training and chat ran on a
+    different model at each conversion, saying nothing but a log table. It is refused, naming the weights, and nothing
+    is cached."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import tunelab.export.gguf as gguf_export
+
+    pytest.importorskip("gguf", reason="writing and reading GGUF needs the gguf package")
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    tok = base_tokenizer(("<|im_start|>", "<|im_end|>"))
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+    )  # fmt: skip
+    merged = SimpleNamespace(
+        model=LlamaForCausalLM(config).eval(),
+        tokenizer=tok,
+        info=SimpleNamespace(base_model="tiny"),
+        template=SimpleNamespace(stop_token_ids=[tok.eos_token_id]),
+    )
+    every = gguf_export.gguf_tensors
+    monkeypatch.setattr(
+        gguf_export, "gguf_tensors", lambda m, s: (x for x in every(m, s) if x[0] != "blk.1.ffn_down.weight")
+    )
+    path = tmp_path / "part.gguf"
+    gguf_export.write_gguf(merged, path, "f32", "tiny")
+    with pytest.raises(ModelError, match=r"1 weights the model needs are not in the GGUF file \(model\.layers\.1\.mlp"):
+        load_hf_model(resolve_source(str(path)), torch.float32, torch.device("cpu"))
+    assert not list((tmp_path / "cache").glob("gguf/*"))

@@ -289,13 +289,16 @@ def materialize(source: ModelSource) -> str:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+        model, report = AutoModelForCausalLM.from_pretrained(
+            source.path, gguf_file=source.gguf_file, dtype=torch.float32, output_loading_info=True
+        )
     except ImportError as exc:
         raise ModelError(
             f"model '{source.name}': reading GGUF needs the 'gguf' package ({exc}). Install it with: pip install gguf"
         ) from None
     except (ValueError, KeyError, OSError) as exc:
         raise ModelError(f"model '{source.name}': transformers could not read this GGUF file ({exc}).") from None
+    _check_loaded(source, report, model.config)  # weights missing from the file would be cached as random numbers
     try:
         # Whole or not at all: a concurrent reader sees all of it or nothing, and a concurrent converter that
         # finished first keeps its copy (the rename then fails, and that copy is used). A damaged copy is replaced.
@@ -363,6 +366,13 @@ def _check_loaded(source: ModelSource, report: dict, config) -> None:
         why = "config.json describes weights its files do not hold"
         if layers and count and layers == set(range(min(layers), count)):
             why = f"config.json says {count} layers (num_hidden_layers), the weights hold {min(layers)}"
+        if source.is_gguf:
+            raise ModelError(
+                f"model '{source.name}': {len(missing)} weights the model needs are not in the GGUF file "
+                f"({_some(missing)}). A GGUF split into parts (NAME-00001-of-0000N.gguf) holds only some of them: "
+                "merge the parts into one file first (llama-gguf-split --merge); otherwise download or copy the "
+                "file again."
+            )
         raise ModelError(
             f"model '{source.name}': {len(missing)} weights the model needs are not in its files ({_some(missing)}): "
             f"{why}. Copy the whole model folder again, or fix config.json."
