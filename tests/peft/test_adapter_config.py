@@ -25,6 +25,9 @@ from tunelab.peft.save import read_adapter_config
             "field 'target_modules' must be a list of module names (this adapter gives",
         ),
         ({"lora_dropout": 1.5}, "field 'lora_dropout' must be a number from 0 up to 1; it is 1.5"),
+        # PEFT's per-layer alpha was dropped: every layer loaded at the one lora_alpha, scaled wrong without a word
+        ({"alpha_pattern": {"q_proj": 32}}, "field 'alpha_pattern' must be empty: tunelab gives every layer the"),
+        ({"rank_pattern": {"v_proj": 8}}, "field 'rank_pattern' must be empty: tunelab gives every layer the"),
     ],
 )
 def test_a_field_loading_cannot_use_is_named(tiny_run_dir, tmp_path, change, says):

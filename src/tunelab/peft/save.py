@@ -124,7 +124,8 @@ def read_adapter_config(folder: str | Path) -> dict:
 def _check_lora_fields(config: dict, path: Path) -> None:
     """RunDirError naming the field of adapter_config.json that loading reads and cannot use: r (a whole number >= 1),
     lora_alpha (a number), target_modules (a list of module names; PEFT's regular-expression string form is not
-    read), lora_dropout (a number in [0, 1))."""
+    read), lora_dropout (a number in [0, 1)), rank_pattern and alpha_pattern (empty: one r and lora_alpha for every
+    layer)."""
 
     def number(value) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -146,6 +147,12 @@ def _check_lora_fields(config: dict, path: Path) -> None:
         )
     elif not (isinstance(targets, list) and targets and all(isinstance(t, str) and t.strip() for t in targets)):
         problems["target_modules"] = "a non-empty list of module names"
+    for field in ("rank_pattern", "alpha_pattern"):  # PEFT's per-layer r and lora_alpha; {} (or none) by default
+        if config.get(field):
+            problems[field] = (
+                "empty: tunelab gives every layer the adapter's one r and lora_alpha, and per-layer values would be "
+                "loaded at another rank (refused) or, for lora_alpha, scaled wrong without a word"
+            )
     for field, wanted in problems.items():
         if wanted is not None:
             got = f"{config[field]!r}" if field in config else "missing"
