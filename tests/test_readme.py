@@ -27,3 +27,25 @@ def test_the_defaults_the_readme_lists_are_the_codes():
     for section, options in stated.items():
         for name, value in options.items():
             assert defaults[section][name] == value, f"{section}.{name}"
+
+
+def test_the_layout_names_every_module_under_its_folder():
+    layout = README[README.index("## Layout") :]
+    layout = layout[layout.index("```") + 4 :]
+    layout = layout[: layout.index("```")]
+    words: dict[str, set[str]] = {}
+    folder = ""
+    for line in layout.splitlines():
+        if match := re.match(r"  (\w+)/", line):
+            folder = match.group(1)
+        elif not line.startswith("            "):
+            folder = "" if line.startswith("  ") else "-"
+        words.setdefault(folder, set()).update(re.findall(r"[\w.]+", line))
+    package = Path(__file__).resolve().parents[1] / "src" / "tunelab"
+    missing = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if path.name not in ("__init__.py", "__main__.py")
+        and not {path.stem, path.name} & words.get("" if path.parent == package else path.parent.name, set())
+    ]
+    assert not missing, f"modules the README's Layout does not name: {missing}"
