@@ -17,7 +17,7 @@ from tunelab.errors import ConfigError, DataError
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.tasks import get_task
 from tunelab.tasks import rewards as R
-from tunelab.tasks.grpo import RewardError, group_advantages, token_losses
+from tunelab.tasks.grpo import RewardError, group_advantages, tied_groups, token_losses
 from tunelab.tasks.head_run import load_reward_model
 from tunelab.tasks.log_probs import token_log_probs
 from tunelab.training.build import build_model
@@ -97,6 +97,17 @@ def test_group_advantages_by_hand():
     mean, std = 1 / 3, math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)  # Bessel: divide by G - 1
     want = [(1 - mean) / (std + 1e-4), -mean / (std + 1e-4), -mean / (std + 1e-4), 0.0, 0.0, 0.0]
     assert got.tolist() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("reward, group", [(0.3, 6), (0.1, 7), (123.456, 5)])
+def test_a_group_whose_answers_all_score_the_same_has_advantage_zero(reward, group):
+    """The float mean of equal rewards can miss them by a rounding, which over a std of the same rounding plus 1e-4
+    gave every answer of the group one same-signed advantage; a tied group teaches nothing and is counted as such."""
+    r = torch.tensor([reward] * group + [0.0] + [1.0] * (group - 1))
+    got = group_advantages(r, group)
+    assert got[:group].tolist() == [0.0] * group and torch.isfinite(got).all()
+    assert got[group:].abs().min() > 0.1
+    assert tied_groups(r, group).tolist() == [True, False]
 
 
 def test_token_loss_and_k3_kl_by_hand():

@@ -67,10 +67,19 @@ class RewardError(TunelabError):
     """A reward function raised or returned a non-number and grpo.on_reward_error is stop."""
 
 
-def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
-    """(P * G,) total rewards, G consecutive per prompt -> (P * G,) (r - group mean) / (group std + 1e-4)."""
+def tied_groups(rewards: torch.Tensor, group: int) -> torch.Tensor:
+    """(P,) whether each group's G rewards are all the same number."""
     r = rewards.view(-1, group)
-    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + STD_EPS)).view(-1)
+    return (r == r[:, :1]).all(1)
+
+
+def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
+    """(P * G,) total rewards, G consecutive per prompt -> (P * G,) (r - group mean) / (group std + 1e-4), exactly 0
+    in a tied group: its float mean can differ from the rewards by a rounding (0.3 * 6 / 6), and divided by a std of
+    the same rounding plus 1e-4 that gave every answer one same-signed advantage (-0.07 for a reward of 123.456)."""
+    r = rewards.view(-1, group)
+    centered = (r - r.mean(1, keepdim=True)).masked_fill(tied_groups(rewards, group)[:, None], 0.0)
+    return (centered / (r.std(1, keepdim=True) + STD_EPS)).view(-1)
 
 
 def token_losses(
@@ -279,7 +288,7 @@ def make_task(cfg: GrpoConfig) -> Task:
         figures = {"reward_errors": float(len(failed)), "gen_tokens_per_s": sum(map(len, answers)) / seconds}
         if keep:
             figures |= reward_summary(values, online.rewards, total)
-            figures["zero_std_groups"] = (total.view(-1, g).std(1) == 0).float().mean().item()
+            figures["zero_std_groups"] = tied_groups(total, g).float().mean().item()
             figures["answer_tokens"] = sum(len(answers[i]) for i in keep) / len(keep)
         batches = []
         for start in range(0, len(keep), micro_batch):
