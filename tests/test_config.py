@@ -580,3 +580,17 @@ def test_a_stage_that_contradicts_the_run_names_its_file_and_line(tmp_path):
     flagged = load_config(None, {"stages": [{"name": "a"}, {"dpo": {"beta": 0.5}}]})
     with pytest.raises(ConfigError, match=r"^--stages: stage 2: option 'dpo\.beta'"):
         stage_config(flagged, 1, str(tmp_path / "run"))
+
+
+def test_a_rule_across_options_names_the_file_and_line_or_the_flag_that_broke_it(tmp_path):
+    """A value refused by a rule that reads several options (a tracker listed twice, an option of another task) named
+    the option only: a user of a long config, or of a command line with many flags, had to find where it was set."""
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  train: [qa.jsonl]\ntrain:\n  epochs: 1\n  report_to: [tensorboard, tensorboard]\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:5: option 'train.report_to' names 'tensorboard'"):
+        load_config(path)
+    path.write_text("data:\n  train: [qa.jsonl]\ndpo:\n  beta: 0.3\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:4: option 'dpo.beta' is for task dpo"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"^--train\.grad_accum: option 'train\.grad_accum' must be 1 with task grpo"):
+        load_config(path, {"task": "grpo", "dpo.beta": "0.1", "train.grad_accum": "2"})

@@ -276,8 +276,24 @@ def load_config(
             origins[name] = where if source == "flag" else source
     config = RunConfig()
     _set_values(config, values)
-    check_consistency(config, task_options=not saved)
+    try:
+        check_consistency(config, task_options=not saved)
+    except ConfigError as exc:
+        raise _placed(exc, origins, lines) from None
     return ResolvedConfig(config, origins, path)
+
+
+def _placed(error: ConfigError, origins: dict[str, str], lines: dict[str, int]) -> ConfigError:
+    """A rule across options (check_consistency) broken: its message with where the first option it names that was
+    given came from, as a single option's bad value is named: "run.yaml:7: option ..." for a file's (the line of
+    its key), "--train.report_to: option ..." for a flag's. Kept as it is when every option it names is a default."""
+    for name in re.findall(r"'([\w.]+)", str(error)):
+        origin = origins.get(name, "default")
+        if origin == "default":
+            continue
+        where = origin if origin.startswith("--") else f"{origin}:{lines[name]}" if name in lines else origin
+        return ConfigError(f"{where}: {error}")
+    return error
 
 
 def _option_value(
