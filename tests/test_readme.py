@@ -49,3 +49,17 @@ def test_the_layout_names_every_module_under_its_folder():
         and not {path.stem, path.name} & words.get("" if path.parent == package else path.parent.name, set())
     ]
     assert not missing, f"modules the README's Layout does not name: {missing}"
+
+
+def test_what_start_server_returns_is_what_the_readme_says():
+    """The README said start_server returns its URL; it returns a RunningServer, whose url lacks the /v1 that an
+    OpenAI client's base_url needs: a reader passing the result on as a URL got neither."""
+    import inspect
+
+    pytest.importorskip("fastapi")
+    from tunelab.server.serve import RunningServer, base_url, start_server
+
+    said = README[README.index("start_server(run_dir, port=0)") :].split("\n\n")[0]
+    assert inspect.signature(start_server).return_annotation in (RunningServer, "RunningServer")
+    assert "`RunningServer`" in said and "`.url`" in said and "`.stop()`" in said
+    assert f"`{base_url('127.0.0.1', 1234).replace('1234', 'PORT')}`" in said and '`.url + "/v1"`' in said
