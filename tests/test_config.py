@@ -122,6 +122,30 @@ def test_an_option_no_task_of_the_run_reads_is_refused_not_ignored(overrides, me
         load_config(None, overrides)
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"dpo.loss": "ipo", "dpo.label_smoothing": 0.1},
+            "'dpo.label_smoothing' is read by dpo.loss sigmoid and simpo",
+        ),
+        ({"dpo.simpo_gamma": 1.0}, "'dpo.simpo_gamma' is read by dpo.loss simpo; dpo.loss is sigmoid"),
+        (
+            {"stages": [{"train": {"lr": 1e-3}}, {"task": "dpo", "dpo": {"loss": "ipo", "label_smoothing": 0.1}}]},
+            "stage 2: option 'dpo.label_smoothing' is read by dpo.loss sigmoid and simpo; dpo.loss is ipo",
+        ),
+    ],
+)
+def test_a_dpo_option_its_loss_does_not_read_is_refused_not_ignored(overrides, message):
+    """label_smoothing with ipo, or simpo_gamma with sigmoid, trained the same loss as without them, without a word."""
+    overrides = {"task": "dpo"} | overrides if "stages" not in overrides else overrides
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolved = load_config(None, overrides)
+        for k in range(len(resolved.config.stages)):
+            stage_config(resolved, k, f"runs/s{k}")
+    assert load_config(None, {"task": "dpo", "dpo.loss": "simpo", "dpo.label_smoothing": 0.1, "dpo.simpo_gamma": 1.0})
+
+
 def test_an_option_serves_a_stage_of_its_task():
     stages = [{"train": {"lr": 1e-3}}, {"task": "dpo", "data": {"train": ["p.jsonl"]}}]
     resolved = load_config(None, {"dpo.beta": 0.5, "stages": stages})  # dpo.beta is for stage 2

@@ -41,6 +41,7 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
         )
     if task_options:
         check_task_options(config)
+        check_dpo_loss_options(config)
     check_head_options(config)
     if config.task == "dpo" and config.dpo.beta <= 0:
         raise ConfigError("option 'dpo.beta' must be > 0 (it scales the log ratios, and ipo divides by it).")
@@ -133,6 +134,23 @@ def check_task_options(config: RunConfig) -> None:
             error := misplaced_option(name, tasks, where)
         ):
             raise error
+
+
+# The dpo options that some losses only read (tasks/dpo.py): ipo has no sigmoid to smooth, only simpo has a gamma.
+DPO_LOSS_OPTIONS = {"label_smoothing": ("sigmoid", "simpo"), "simpo_gamma": ("simpo",)}
+
+
+def check_dpo_loss_options(config: RunConfig) -> None:
+    """A dpo option that the run's dpo.loss does not read (label_smoothing with ipo) is refused, not ignored."""
+    if config.task != "dpo":
+        return
+    defaults = {f.name: option_default(f) for f in dataclasses.fields(config.dpo)}
+    for key, losses in DPO_LOSS_OPTIONS.items():
+        if config.dpo.loss not in losses and getattr(config.dpo, key) != defaults[key]:
+            raise ConfigError(
+                f"option 'dpo.{key}' is read by dpo.loss {' and '.join(losses)}; dpo.loss is {config.dpo.loss}, "
+                f"which would ignore it. Remove it, or set dpo.loss to {' or '.join(losses)}."
+            )
 
 
 def check_head_options(config: RunConfig) -> None:
