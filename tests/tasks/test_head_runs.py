@@ -417,3 +417,32 @@ def test_a_full_reward_run_whose_base_is_gone_is_refused_before_scoring(
     assert main(["eval", str(run), "--data", pair_file, "--no-save", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "not there any more" in err and "Traceback" not in err and calls == []
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_a_rows_scores_do_not_depend_on_its_batch(task, tiny_model_dir, tmp_path, label_file, pair_file):
+    """predict and eval of a trained head: each row scored alone, or right-padded among rows of other lengths, gets
+    the same logits and the same eval figures (the head reads the last real token, whatever the padding)."""
+    from tunelab.tasks import classify, reward
+
+    data = label_file if task == "classify" else pair_file
+    result = recipe.train(None, _overrides(tiny_model_dir, tmp_path, task, data))
+    run = open_head_run(result.run_dir, device="cpu")
+    texts = ["great", "door number twelve and more words than the others", "sad number 3", "fine fine fine"]
+    inputs = [text_input(run, t) for t in texts]
+    together, _ = head_outputs(run.model, run, inputs, batch_size=len(texts))
+    alone, _ = head_outputs(run.model, run, inputs, batch_size=1)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+    ids = render(inputs, run.tokenizer, run.template)
+    pad = run.tokenizer.pad_token_id
+    if task == "classify":
+        rows = [classify.LabelledRow(r, k % 3, 1.0, "x", k) for k, r in enumerate(ids)]
+        evaluate, batches = classify.evaluate, classify.make_batches
+    else:
+        rows = [reward.PairRow(ids[k], ids[-1 - k], "x", k) for k in range(len(ids))]
+        evaluate, batches = reward.evaluate, reward.make_batches
+    one = evaluate(run.model, batches(rows, len(rows), pad, shuffle=False, seed=0, epoch=0))
+    each = evaluate(run.model, batches(rows, 1, pad, shuffle=False, seed=0, epoch=0))
+    assert one.keys() == each.keys() and one["eval_loss"] > 0
+    assert one == pytest.approx(each, rel=1e-5, abs=1e-6)
