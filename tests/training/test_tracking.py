@@ -493,3 +493,18 @@ def test_a_run_that_crashes_or_is_interrupted_is_not_finished_in_its_trackers(
         monkeypatch.setattr(loop, "train_step", real_step)
         train(None, overrides, resume=True)
         assert list(store.runs.values()) == ["FINISHED"]
+
+
+@pytest.mark.parametrize("step", ['"3"', "null", "-1", "true"])
+def test_a_metrics_record_whose_step_is_not_a_count_is_refused_naming_its_line(tmp_path, step):
+    """A metrics.jsonl edited by hand: resume (which keeps or drops each record by its step) and the readers stopped
+    in a TypeError traceback."""
+    from tunelab.errors import RunDirError
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(f'{{"step": 1, "loss": 2.0}}\n{{"step": {step}, "loss": 1.0}}\n')
+    with pytest.raises(RunDirError, match=r"metrics.jsonl, line 2: field 'step'"):
+        MetricsLog(tmp_path, resume_step=2)
+    with pytest.raises(RunDirError, match=r"line 2: field 'step'"):
+        read_metrics(tmp_path)
+    assert path.read_text().count("\n") == 2  # nothing dropped from the file

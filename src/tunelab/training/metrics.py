@@ -3,7 +3,9 @@
 Every record written also goes to the log's sinks, the experiment trackers of `train.report_to`
 (training/tracking.py), so the loop logs once and knows nothing of trackers.
 
-A line that does not parse (the last one torn by a crash mid-write) is skipped by readers and dropped on resume.
+A line that does not parse (the last one torn by a crash mid-write) is skipped by readers and dropped on resume. A
+record whose "step" is not a whole number >= 0 (the file edited) is a RunDirError naming the file and line: resume
+keeps or drops each record by its step, and the readers place it by it.
 A step the non-finite guard skipped has "loss": null and "skipped": true.
 """
 
@@ -14,6 +16,7 @@ import json
 from pathlib import Path
 
 from tunelab.atomic import write_bytes, write_text, writing
+from tunelab.errors import RunDirError
 from tunelab.training.verdict import LOSS_UNITS
 
 METRICS_FILE = "metrics.jsonl"
@@ -34,7 +37,7 @@ class MetricsLog:
         self.sinks = list(sinks or [])
         self.logged_through = 0  # the last step the sinks were given before this run was resumed
         if resume_step is not None and self.path.exists():
-            records = _parse(self.path.read_text().splitlines())
+            records = _parse(self.path.read_text().splitlines(), self.path)
             self.logged_through = max((int(r.get("step", 0)) for r in records), default=0)
             kept = [json.dumps(r) for r in records if r.get("step", 0) <= resume_step]
             write_text(self.path, "".join(line + "\n" for line in kept))
@@ -73,15 +76,22 @@ class MetricsLog:
         self.close(error)
 
 
-def _parse(lines: list[str]) -> list[dict]:
+def _parse(lines: list[str], path: Path) -> list[dict]:
     records = []
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict):
-            records.append(record)
+        if not isinstance(record, dict):
+            continue
+        step = record.get("step", 0)
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise RunDirError(
+                f"{path}, line {number}: field 'step' is {json.dumps(step)[:40]}, but must be a whole number >= 0 "
+                "(the file was edited or damaged); put back the value tunelab wrote, or delete that line."
+            )
+        records.append(record)
     return records
 
 
@@ -89,7 +99,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return _parse(path.read_text().splitlines())
+    return _parse(path.read_text().splitlines(), path)
 
 
 def logged_at(records: list[dict], step: int) -> tuple[float | None, dict]:
