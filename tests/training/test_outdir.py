@@ -273,3 +273,24 @@ def test_a_lock_held_twice_in_one_process_is_kept_while_a_forked_child_shares_it
     finally:
         os.waitpid(child, 0)
         release_lock(tmp_path)
+
+
+def test_a_run_inside_another_run_is_refused_and_never_deleted_with_it(previous_run, tmp_path):
+    """output_dir runs/base/continued (beside the adapter it continues, say) was allowed; `--overwrite` of runs/base
+    then moved it aside with the rest and deleted it once the new base run finished."""
+    inner = previous_run / "continued"
+    with pytest.raises(RunDirError, match=r"lies inside the run directory .*run\b"):
+        plan_output_dir(inner, overwrite=False, resume=False, protected={})
+    plan_output_dir(previous_run / "stage-2", overwrite=False, resume=False, protected={})  # a staged run's own
+    # a run put there before (by hand, or by an earlier version): --overwrite of the outer run refuses, naming it
+    inner.mkdir()
+    write_info(inner, RunInfo(base_model="m", method="lora"))
+    before = _tree(previous_run)
+    with pytest.raises(RunDirError, match=r"holds another run directory, .*continued"):
+        plan_output_dir(previous_run, overwrite=True, resume=False, protected={})
+    assert plan_output_dir(previous_run, overwrite=True, resume=False, protected={}, overwrite_non_run=True).replace
+    assert _tree(previous_run) == before
+    shutil.rmtree(inner)
+    (previous_run / "stage-1").mkdir()
+    write_info(previous_run / "stage-1", RunInfo(base_model="m", method="lora"))  # its own stages are its to replace
+    assert plan_output_dir(previous_run, overwrite=True, resume=False, protected={}).replace

@@ -7,8 +7,11 @@
   and replacing it would delete everything beside them);
 - holds the config, a data file, the eval questions or the model (replacing it would delete them), or lies inside a
   data folder (the next run would read its metrics.jsonl as training data);
+- lies inside another run directory (but for a staged run's own stage-K folders): that run's --overwrite would
+  delete it with the rest;
 - exists and is not empty, unless --overwrite (or --resume) is given; with --overwrite, it must be a run directory
-  tunelab wrote (its run.json is the marker) unless --overwrite-non-run says to replace any folder.
+  tunelab wrote (its run.json is the marker) holding no other run directory, unless --overwrite-non-run says to
+  replace any folder.
 
 `start_run_dir` is called only once the new run can start (config, data and model all loaded): an existing run
 moves aside to `NAME.previous`, marked as moved there by tunelab (`REPLACED_FILE`), and is deleted by
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import RunDirError
-from tunelab.rundir import RUN_FILE, is_run_dir, read_info
+from tunelab.rundir import RUN_FILE, STAGE_DIR, is_run_dir, read_info
 
 PREVIOUS_SUFFIX = ".previous"
 REPLACED_FILE = ".tunelab-replaced.json"  # in NAME.previous: tunelab moved it there, to be replaced by NAME
@@ -128,6 +131,7 @@ def plan_output_dir(
                     f"{where} lies inside the data folder {p}: the run's own files (metrics.jsonl, data_report.json) "
                     "would be read as training data by the next run. Choose an output_dir outside it, e.g. runs/NAME."
                 )
+    _refuse_inside_a_run(path, target, where)
     exists = path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())  # a run that failed before any file
     if not exists:
         _check_creatable(path)
@@ -149,11 +153,37 @@ def plan_output_dir(
             "it may hold files of yours. Choose another output_dir, or add --overwrite-non-run if everything in it "
             "may be deleted (in Python: train(..., overwrite_non_run=True))."
         )
+    nested = _runs_inside(path)
+    if nested and not overwrite_non_run:
+        raise RunDirError(
+            f"{where} holds another run directory, {nested}: --overwrite replaces {path} as a whole, which would "
+            "delete that run too. Move it out of the folder first, or add --overwrite-non-run if it may be deleted."
+        )
     previous = previous_dir(path)
     if previous.exists() or previous.is_symlink():
         _check_previous(path, previous, where)
     _check_creatable(path.parent, path)
     return OutputPlan(path, replace=True, resume=False)
+
+
+def _refuse_inside_a_run(path: Path, target: Path, where: str) -> None:
+    """RunDirError when a new run's folder lies inside another run directory (other than as a stage-K folder of the
+    staged run above it, which the staged run writes): that run's --overwrite would delete it with the rest."""
+    for folder in target.parents:
+        if is_run_dir(folder) and not (folder == target.parent and STAGE_DIR.fullmatch(target.name)):
+            raise RunDirError(
+                f"{where} lies inside the run directory {folder}, which replacing that run (--overwrite) would delete "
+                "with it. Choose an output_dir outside it, e.g. a folder beside it."
+            )
+
+
+def _runs_inside(path: Path) -> Path | None:
+    """A run directory inside `path` other than its stage-K folders (a staged run's own): the first one found."""
+    for file in sorted(path.rglob(RUN_FILE)):
+        folder = file.parent
+        if folder != path and not STAGE_DIR.fullmatch(folder.relative_to(path).parts[0]) and is_run_dir(folder):
+            return folder
+    return None
 
 
 def _check_previous(path: Path, previous: Path, where: str) -> None:
