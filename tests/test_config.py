@@ -202,6 +202,15 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
         load_config(path)
 
 
+def test_an_option_given_dotted_and_in_its_section_is_named_by_both_lines(tmp_path):
+    """The README says a repeated key is refused with its line; an option given once as train.lr and once under
+    train: named the file alone, leaving the user to search a long config for both."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("data:\n  train: [a.jsonl]\ntrain.lr: 1.0e-2\ntrain:\n  epochs: 1\n  lr: 1.0e-4\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml:3: option 'train\.lr' is given twice \(lines 3 and 6\)"):
+        load_config(path)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.parent.name for p in EXAMPLES])
 def test_every_example_config_loads(path):
     cfg = load_config(path).config

@@ -26,8 +26,9 @@ from tunelab.config.values import checked
 from tunelab.errors import ConfigError, TunelabError, article, not_text
 
 
-def _flatten(raw: dict, where: str) -> dict[str, Any]:
-    """YAML mapping -> {'train.lr': 1e-4, ...}. Section mappings are flattened one level; dict-valued fields stay whole."""
+def _flatten(raw: dict, where: str, lines: dict[str, int] | None = None) -> dict[str, Any]:
+    """YAML mapping -> {'train.lr': 1e-4, ...}. Section mappings are flattened one level; dict-valued fields stay whole.
+    `lines`: the file's key lines (read_yaml), which name where an option given twice is."""
     sections = section_types()
     flat = {}
     for key, value in raw.items():
@@ -37,17 +38,20 @@ def _flatten(raw: dict, where: str) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: section '{key}' must be a mapping of options, got {value!r}.")
             for sub, v in value.items():
-                _put(flat, f"{key}.{sub}", v, where)
+                _put(flat, f"{key}.{sub}", v, where, lines)
         else:
             if isinstance(value, dict) and (error := unknown_section(str(key), where, value)):
                 raise error
-            _put(flat, str(key), value, where)
+            _put(flat, str(key), value, where, lines)
     return flat
 
 
-def _put(flat: dict[str, Any], name: str, value: Any, where: str) -> None:
+def _put(flat: dict[str, Any], name: str, value: Any, where: str, lines: dict[str, int] | None = None) -> None:
     if name in flat:  # 'train.lr' at the top and 'lr' under train:
-        raise ConfigError(f"{where}: option '{name}' is given twice (once as '{name}', once in its section); keep one.")
+        both = sorted({lines[key] for key in (name, f"{name}{AGAIN}") if key in lines}) if lines else []
+        at = f"{where}:{both[0]}" if both else where
+        on = f" (lines {both[0]} and {both[1]})" if len(both) == 2 else ""
+        raise ConfigError(f"{at}: option '{name}' is given twice{on}, once as '{name}', once in its section; keep one.")
     flat[name] = value
 
 
@@ -106,16 +110,27 @@ def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
     for key, value in node.value:
         if isinstance(key, yaml.ScalarNode):
             name = prefix + key.value
-            lines.setdefault(name, key.start_mark.line + 1)
+            _first_and_again(lines, name, key.start_mark.line + 1)
             if isinstance(value, yaml.MappingNode):
                 for sub, _ in value.value:
                     if isinstance(sub, yaml.ScalarNode):
-                        lines.setdefault(f"{name}.{sub.value}", sub.start_mark.line + 1)
+                        _first_and_again(lines, f"{name}.{sub.value}", sub.start_mark.line + 1)
             elif name == "stages" and isinstance(value, yaml.SequenceNode):
                 for k, item in enumerate(value.value, 1):
                     lines.setdefault(f"stages.{k}", item.start_mark.line + 1)
                     lines.update(_key_lines(item, f"stages.{k}."))
     return lines
+
+
+AGAIN = "#again"  # lines' key of the second place of an option given as 'train.lr' and as lr under train:
+
+
+def _first_and_again(lines: dict[str, int], name: str, line: int) -> None:
+    """The line of `name`'s key; where it is given a second time (dotted and in its section), that line as AGAIN."""
+    if name in lines:
+        lines.setdefault(f"{name}{AGAIN}", line)
+    else:
+        lines[name] = line
 
 
 NULL = ("null", "Null", "NULL", "~")
@@ -256,7 +271,7 @@ def load_config(
             raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)}).") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the config must be a mapping of sections (model:, data:, train:, ...).")
-        layers.append((str(path), _flatten(raw, str(path)), path.parent))
+        layers.append((str(path), _flatten(raw, str(path), lines), path.parent))
     if overrides := check_overrides(overrides):
         flags = {}
         for name, value in overrides.items():
