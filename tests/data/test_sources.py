@@ -388,11 +388,17 @@ def test_a_file_given_twice_is_refused_naming_both_entries(tmp_path):
     (tmp_path / "sub").mkdir()
     again = str(tmp_path / "sub" / ".." / "qa.jsonl")
     with pytest.raises(
-        DataError, match=r"qa\.jsonl: the file is given twice \(as '.*qa\.jsonl' and as '.*/sub/\.\./qa\.jsonl'\)"
+        DataError,
+        match=r"qa\.jsonl: the file is given twice \(entry 1 as '.*qa\.jsonl' and entry 2 as '.*/sub/\.\./qa\.jsonl'\)",
     ):
         read_records([p, again])
-    with pytest.raises(DataError, match=r"given twice \(as '.*' and as '.*qa\.jsonl'\).*Mixtures"):
+    with pytest.raises(DataError, match=r"given twice \(entry 1 as '.*' and entry 2 as '.*qa\.jsonl'\).*Mixtures"):
         read_records([str(tmp_path), p])
+    # A config's paths are made absolute as they are read (./qa.jsonl and qa.jsonl alike): the entries tell them apart
+    with pytest.raises(
+        DataError, match=rf"given twice \(entry 2 as '{re.escape(p)}' and entry 3 as '{re.escape(p)}'\)"
+    ):
+        read_records([write(tmp_path / "sub" / "other.jsonl", '{"text": "b"}\n'), p, p])
     assert len(read_records([p])) == 1
 
 

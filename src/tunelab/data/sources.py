@@ -108,7 +108,8 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
         for f in found:
             if (first := given.setdefault(f.resolve(), (k, p)))[0] != k:
                 raise DataError(
-                    f"{f}: the file is given twice (as '{first[1]}' and as '{p}'), so it would be read, and trained on, "
+                    f"{f}: the file is given twice (entry {first[0] + 1} as '{first[1]}' and entry {k + 1} as '{p}'), so "
+                    "it would be read, and trained on, "
                     "twice. Remove one; to train on a file more often, give data.train entries weights (README: "
                     "Mixtures)."
                 )
