@@ -12,6 +12,7 @@ import tunelab.training.recipe as recipe
 from tunelab.cli import main
 from tunelab.infer.predict import head_outputs, open_head_run, text_input
 from tunelab.tasks.head_data import pad_rows, render
+from tunelab.tasks.head_run import scored_input
 
 from .interrupted import straight_and_resumed
 
@@ -446,3 +447,33 @@ def test_a_rows_scores_do_not_depend_on_its_batch(task, tiny_model_dir, tmp_path
     each = evaluate(run.model, batches(rows, 1, pad, shuffle=False, seed=0, epoch=0))
     assert one.keys() == each.keys() and one["eval_loss"] > 0
     assert one == pytest.approx(each, rel=1e-5, abs=1e-6)
+
+
+def test_a_reward_run_whose_answers_end_with_the_pad_token_scores_alike_in_transformers(tiny_model_dir, tmp_path):
+    """The tiny tokenizer pads with its EOS, which ends every answer of the llama2 template: transformers pooled at
+    the token before it, and the reward model loaded there scored otherwise than tunelab. The run saves another pad."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    rows = [{"prompt": f"Say something kind {i}", "chosen": f"You are great {i}", "rejected": f"Go away {i}"} for i in range(16)]  # fmt: skip
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    run_dir = recipe.train(
+        None, _overrides(tiny_model_dir, tmp_path, "reward", data, **{"data.template": "llama2"})
+    ).run_dir
+    run = open_head_run(run_dir, device="cpu")
+    inputs = [
+        scored_input(run, "Say something kind", "You are great"),
+        scored_input(run, "Say it 2", "Go away now please"),
+    ]
+    ours, _ = head_outputs(run.model, run, inputs)
+    ids = render(inputs, run.tokenizer, run.template)
+    assert all(row[-1] == run.tokenizer.eos_token_id for row in ids)  # the answers end with EOS
+    assert run.tokenizer.pad_token_id != run.tokenizer.eos_token_id
+    batch = pad_rows(ids, run.tokenizer.pad_token_id)
+    config = AutoConfig.from_pretrained(run_dir)
+    assert config.pad_token_id == run.tokenizer.pad_token_id
+    hf = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, config=config, dtype=torch.float32)
+    hf = PeftModel.from_pretrained(hf, run_dir).eval()
+    with torch.no_grad():
+        theirs = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)

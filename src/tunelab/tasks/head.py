@@ -11,8 +11,9 @@ those of transformers' `*ForSequenceClassification`: checkpoints, the saved full
 
 The last real token is found from the attention mask (the rightmost position whose mask is 1), so right padding (our
 batches) and left padding both work. transformers finds it as the rightmost token that is not the pad token; the two
-agree whenever a row does not end with the pad token itself, which no rendered row here does (chat rows end with the
-template's generation prompt or an end-of-turn newline, text rows with the text's last token, no EOS is appended).
+agree whenever a row does not end with the pad token itself. Chat rows end with the template's generation prompt or
+an answer's end of turn, which may be the EOS token (llama2's `</s>`), and the EOS often pads: the run is saved with
+another pad token then (`pooling_pad`). Text rows end with the text's last token (no EOS is appended).
 The head is fp32 (master weights, like the LoRA adapters) and reads the hidden state cast to fp32. Its initial
 weights come from a generator seeded with the run's seed, so the untrained head can be rebuilt for comparison.
 """
@@ -186,6 +187,7 @@ def save_head_run(
           config.json (the classifier's config, for id2label / label2id);
     full, layers: model.safetensors + config.json of a *ForSequenceClassification model."""
     folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = pooling_pad(tokenizer)
     model = built.model
     if method in ("lora", "dora"):  # method.name dora (not only lora with use_dora) trains an adapter too
         save_adapter(model, folder, base_model=base_model, task_type="SEQ_CLS", modules_to_save=[HEAD])
@@ -194,6 +196,23 @@ def save_head_run(
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     head_config(built.hf_config, labels, tokenizer.pad_token_id, prompt_format).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def pooling_pad(tokenizer):
+    """The tokenizer a head run saves: its pad token, unless that is the EOS token, which ends the rows of a template
+    that closes answers with EOS (llama2, Mistral's `</s>`, Llama 3's `<|eot_id|>` where that is the EOS) and which
+    the loader made the pad token where the tokenizer had none. transformers pools at the rightmost token that is not
+    the config's pad token, so on such a row it read the token before the EOS, and a reward model loaded there scored
+    otherwise than here. Then the UNK or else the BOS token pads (a copy of the tokenizer; no row ends with either);
+    the head itself reads the attention mask and is unchanged."""
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer
+    for token in (tokenizer.unk_token, tokenizer.bos_token):
+        if token is not None and token != tokenizer.eos_token:
+            saved = copy.deepcopy(tokenizer)
+            saved.pad_token = token
+            return saved
+    return tokenizer
 
 
 def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: str = "auto") -> SequenceClassifier:
