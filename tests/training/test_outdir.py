@@ -294,3 +294,27 @@ def test_a_run_inside_another_run_is_refused_and_never_deleted_with_it(previous_
     (previous_run / "stage-1").mkdir()
     write_info(previous_run / "stage-1", RunInfo(base_model="m", method="lora"))  # its own stages are its to replace
     assert plan_output_dir(previous_run, overwrite=True, resume=False, protected={}).replace
+
+
+def test_a_second_overwrite_refused_by_the_lock_gives_no_way_back_that_deletes_the_first(
+    tiny_overrides, previous_run, tmp_path, capsys
+):
+    """While one `train --overwrite` wrote NAME (the old run in NAME.previous), a second one was refused by the lock
+    but printed "to get it back: rm -r NAME && mv NAME.previous NAME", which deleted the first process's run."""
+    import fcntl
+
+    previous_run.rename(tmp_path / "run.previous")
+    (tmp_path / "run.previous" / REPLACED_FILE).write_text(json.dumps({"replaced_by": str(previous_run)}) + "\n")
+    previous_run.mkdir()
+    write_info(previous_run, RunInfo(base_model="m", method="lora"))  # the first process's run, under way
+    held = os.open(previous_run / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        capsys.readouterr()
+        with pytest.raises(RunDirError, match="another tunelab process is writing this run"):
+            recipe.train(None, tiny_overrides | {"overwrite": True})
+    finally:
+        os.close(held)
+    err = capsys.readouterr().err
+    assert "rm -r" not in err and "to get it back" not in err
+    assert (previous_run / "run.json").is_file() and (tmp_path / "run.previous" / "run.json").is_file()

@@ -238,6 +238,23 @@ def hold_lock(folder: Path) -> None:
     _held[key] = handle
 
 
+def _locked_elsewhere(folder: Path) -> bool:
+    """True when another process holds the lock of the run in `folder` now (False where there is no flock)."""
+    try:
+        import fcntl
+
+        handle = os.open(folder / LOCK_FILE, os.O_RDWR)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(handle)
+    return False
+
+
 def _same_file(handle: int, path: Path) -> bool:
     try:
         held, there = os.fstat(handle), os.stat(path)
@@ -305,9 +322,10 @@ def failure_noted(plan: OutputPlan | None, main: bool = True) -> Iterator[None]:
 
 def failure_note(plan: OutputPlan) -> str | None:
     """What to tell the user about the previous run when the new one fails after start_run_dir (whose lock is let
-    go: the run may be resumed, or replaced, by the next command)."""
+    go: the run may be resumed, or replaced, by the next command). None while another process writes the run (a
+    second --overwrite refused by its lock): NAME is that process's run, which the way back would delete."""
     release_lock(plan.run_dir)
-    if plan.replace and (plan.previous / REPLACED_FILE).is_file():
+    if plan.replace and (plan.previous / REPLACED_FILE).is_file() and not _locked_elsewhere(plan.run_dir):
         return (
             f"the previous run is kept in {plan.previous} until a run in {plan.run_dir} finishes; to get it back: "
             f"rm -r {plan.run_dir} && mv {plan.previous} {plan.run_dir}"
