@@ -318,3 +318,13 @@ def test_a_second_overwrite_refused_by_the_lock_gives_no_way_back_that_deletes_t
     err = capsys.readouterr().err
     assert "rm -r" not in err and "to get it back" not in err
     assert (previous_run / "run.json").is_file() and (tmp_path / "run.previous" / "run.json").is_file()
+
+
+def test_a_symbolic_link_to_nothing_is_refused_before_anything_is_loaded(tmp_path):
+    """It was planned as a new folder, and refused only when the run started, after the model and data had loaded,
+    as "cannot be created (File exists)"."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(RunDirError, match=r"symbolic link to .*nowhere, which does not exist"):
+        plan_output_dir(link, overwrite=False, resume=False, protected={})
+    assert not (tmp_path / "nowhere").exists()

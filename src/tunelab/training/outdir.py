@@ -2,7 +2,7 @@
 
 `plan_output_dir` runs before anything is loaded and writes nothing. It refuses an output_dir that
 
-- is a file, or cannot be created (no write permission, a file in its path);
+- is a file, or cannot be created (no write permission, a file in its path, a symbolic link to nothing);
 - is the working directory or a folder above it (a run directory holds config.yaml, metrics and weights of its own,
   and replacing it would delete everything beside them);
 - holds the config, a data file, the eval questions or the model (replacing it would delete them), or lies inside a
@@ -99,6 +99,11 @@ def plan_output_dir(
     where = f"output_dir {run_dir}"
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{where} is a file, not a folder; choose a folder name for the run (e.g. runs/NAME).")
+    if path.is_symlink() and not path.exists():  # found only when the run starts, as "cannot be created (File exists)"
+        raise RunDirError(
+            f"{where} is a symbolic link to {os.readlink(path)}, which does not exist; create that folder, or give "
+            "another output_dir."
+        )
     target = path.resolve()
     if resume:
         if not is_run_dir(path):
