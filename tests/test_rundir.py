@@ -111,8 +111,27 @@ def test_a_result_file_never_goes_into_another_run_as_its_own(tmp_path):
     for own in ("eval.json", "report.html"):
         with pytest.raises(RunDirError, match=re.escape(f"is where the run {other} keeps its own {own}")):
             check_output_file(other / own, True, run, own)
-    check_output_file(other / "a-eval.json", False, run, "eval.json")
     check_output_file(tmp_path / "eval.json", False, run, "eval.json")
+
+
+def test_a_new_result_file_never_goes_into_a_run_directory_whose_overwrite_would_delete_it(tmp_path):
+    """`predict A --out A/preds.csv` or `eval A --out B/a-eval.json` wrote there; `tunelab train --overwrite` of that
+    run then deleted the file with the run, without a word."""
+    from tunelab.rundir import check_output_file
+
+    run, other = tmp_path / "a", tmp_path / "b"
+    for folder in (run, other):
+        folder.mkdir()
+        write_info(folder, RunInfo(base_model="m", method="lora", finished=True))
+    for path, own in (
+        (run / "preds.csv", ""),
+        (other / "a-eval.json", "eval.json"),
+        (run / "x" / "r.html", "report.html"),
+    ):
+        with pytest.raises(RunDirError, match=re.escape(f"{path}: is inside the run directory")):
+            check_output_file(path, False, run, own, mkdir=True)
+    check_output_file(run / "eval.json", False, run, "eval.json")  # the run's own result stays allowed
+    check_output_file(tmp_path / "preds.csv", False, run, "")
 
 
 def test_a_result_file_never_goes_into_the_data_folder_it_reads(tmp_path, capsys):

@@ -468,7 +468,8 @@ def check_output_file(
     it would replace a file of the run other than the command's `own` one (run.json, the weights: --overwrite never
     allows that) or any file of another run directory, a stage's or a checkpoint's, it is the `own` file of another
     run directory (whose report would show it as that run's), it would replace a file the run's config names (data,
-    function files) or of the models it depends on, it exists and `overwrite` is off, or its folder is missing (made
+    function files) or of the models it depends on, it is a new file inside a run directory (but the run's own `own`:
+    the run's --overwrite would delete it), it exists and `overwrite` is off, or its folder is missing (made
     when `mkdir`); WriteFailed when its folder cannot be written (read-only), said before the work rather than
     after."""
     if path.is_dir():
@@ -494,11 +495,14 @@ def check_output_file(
             f"{path}: is where the run {path.parent} keeps its own {own}, which its report shows as that run's; this "
             f"is {run_dir}'s. Write elsewhere, or under another name."
         )
-    holder = next((f for f in target.parents if is_run_dir(f)), None) if path.exists() else None
+    holder = next((f for f in target.parents if is_run_dir(f)), None)
     if holder is not None and not (holder == Path(run_dir).resolve() and target.parent == holder and path.name == own):
         raise RunDirError(  # a stage's or a checkpoint's file, or one of another run: its commands read it as it was
             f"{path}: is a file of the run directory {holder}; --overwrite never replaces a run's files. Write "
             "elsewhere."
+            if path.exists()
+            else f"{path}: is inside the run directory {holder}, which 'tunelab train --overwrite' of that run "
+            "replaces whole, deleting this file with it; write it outside every run directory (e.g. beside it)."
         )
     if option := _data_holding(target, run_dir):  # a new file too: in a data folder, the next training reads it
         raise RunDirError(
