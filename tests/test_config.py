@@ -44,6 +44,7 @@ def test_saved_yaml_round_trips(tmp_path):
         ({"train.lr": "nan"}, "'train.lr' is 'nan'; it must be a finite number"),
         ({"data.train": ["a.jsonl", ""]}, "option 'data.train', entry 2, is an empty path"),
         ({"data.train": [{"path": " "}]}, "option 'data.train', entry 1, is an empty path"),
+        ({"data.eval": ""}, "option 'data.eval' is an empty path"),  # one path, not a list: no entry 1
         ({"train.epochs": "inf"}, "'train.epochs' is 'inf'; it must be a finite number"),
         ({"train.max_grad_norm": float("nan")}, "'train.max_grad_norm' is nan; it must be a finite number"),
         (

@@ -325,8 +325,9 @@ def _option_value(
     f, hint = options[name]
     value = checked(name, value, hint, f, where)
     if name in PATH_OPTIONS and (entry := empty_path_entry(value)) is not None:
+        which = f", entry {entry}," if isinstance(value, list) else ""  # data.eval is one path, data.train a list
         raise ConfigError(
-            f"{where}: option '{name}', entry {entry}, is an empty path (an unset variable in --{name} \"$DATA\"?); "
+            f"{where}: option '{name}'{which} is an empty path (an unset variable in --{name} \"$DATA\"?); "
             "it would read the whole folder it resolves to. Give a file or folder name."
         )
     if name == "model.name" and not value.strip():
