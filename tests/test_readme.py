@@ -63,3 +63,15 @@ def test_what_start_server_returns_is_what_the_readme_says():
     assert inspect.signature(start_server).return_annotation in (RunningServer, "RunningServer")
     assert "`RunningServer`" in said and "`.url`" in said and "`.stop()`" in said
     assert f"`{base_url('127.0.0.1', 1234).replace('1234', 'PORT')}`" in said and '`.url + "/v1"`' in said
+
+
+def test_the_underfit_verdict_the_readme_shows_is_the_one_training_prints():
+    """The README's underfit example (the synthetic curve of tests/training/test_verdict.py) lacked the threshold the
+    verdict names, '(high: 0.500 or more)', so a reader could not tell what 'still high' meant."""
+    import math
+
+    from tunelab.training.verdict import judge
+
+    curve = [(i + 1, 1.25 + 1.25 * math.exp(-2.0 * i / 33)) for i in range(33)]
+    text = judge(curve, [], steps_per_epoch=20, epochs=3.0, lr=2e-4, max_steps=None, best_kept=None).text
+    assert text.startswith("underfit:") and f"\n{text}\n" in README
