@@ -319,3 +319,19 @@ def test_run_directory_is_never_replaced_silently(tmp_path, tiny_model_dir, fede
     with pytest.raises(RunDirError, match="nothing to resume"):
         tunelab.federate(config, resume=True)
     assert (tmp_path / "run" / "mine.txt").read_text() == "keep"
+
+
+def test_the_flower_app_is_never_written_into_a_run_directory(tmp_path, tiny_model_dir, federate_config, capsys):
+    """--app-dir naming the output_dir (or a folder inside a run) wrote the app there; the server then refused the
+    folder it ran from, or with --overwrite moved it aside with the run and deleted it."""
+    from tunelab.cli import main
+    from tunelab.rundir import RunInfo, write_info
+
+    config = federate_config(tmp_path, tiny_model_dir, clients=2, rounds=1)
+    other = tmp_path / "other"
+    other.mkdir()
+    write_info(other, RunInfo(base_model="m", method="lora"))
+    for app, says in ((tmp_path / "run", "is the run directory"), (other / "app", "is inside the run directory")):
+        assert main(["federate", str(config), "--app-dir", str(app)]) == 2
+        assert says in capsys.readouterr().err and not (app / "pyproject.toml").exists()
+    assert main(["federate", str(config), "--app-dir", str(tmp_path / "app")]) == 0

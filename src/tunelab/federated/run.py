@@ -29,7 +29,7 @@ from tunelab.federated.hostpaths import absolute_model, app_note, server_paths
 from tunelab.federated.resume import check_resume, check_same_eval
 from tunelab.federated.setup import require_accountant
 from tunelab.federated.shards import ClientData, client_data, federation_protected
-from tunelab.rundir import read_info
+from tunelab.rundir import is_run_dir, read_info
 from tunelab.training.outdir import hold_lock, plan_output_dir, release_lock
 
 if TYPE_CHECKING:
@@ -302,6 +302,18 @@ clientapp = "tunelab.federated.app:client_app"
 """
 
 
+def _refuse_app_in_a_run(app_dir: Path, output_dir: Path) -> None:
+    """RunDirError when the app folder is, or lies inside, the run's output_dir or another run directory: the server
+    then refused a folder that held the app, or (with --overwrite) moved it aside with the run and deleted it."""
+    target = app_dir.resolve()
+    holder = next((f for f in (target, *target.parents) if f == output_dir.resolve() or is_run_dir(f)), None)
+    if holder is not None:
+        raise RunDirError(
+            f"--app-dir {app_dir}: is {'' if holder == target else 'inside '}the run directory {holder}, which the "
+            "federation writes and --overwrite replaces whole; write the app to a folder of its own, outside it."
+        )
+
+
 def write_flower_app(app_dir: str | Path, resolved: ResolvedConfig, resume: bool, overwrite: bool = False) -> Path:
     """A Flower App folder whose run config holds the resolved config (absolute paths, read on the server host)."""
     import tomli_w
@@ -309,6 +321,7 @@ def write_flower_app(app_dir: str | Path, resolved: ResolvedConfig, resume: bool
     from tunelab.federated.server import RESUME_KEY, RUN_CONFIG_KEY
 
     app_dir = Path(app_dir)
+    _refuse_app_in_a_run(app_dir, Path(resolved.config.output_dir))
     toml = app_dir / "pyproject.toml"
     if toml.exists() and not overwrite:
         raise RunDirError(f"{toml} exists. Pass --overwrite to replace it, or choose another --app-dir.")
