@@ -437,3 +437,19 @@ def test_a_parquet_chat_whose_turns_are_weighted_in_part_reads_the_others_as_unw
     first, second = to_examples(records, "auto", {}, None, DataReport())
     assert first.messages == [{k: v for k, v in t.items() if k != "weight" or v == 0} for t in turns]
     assert second.messages == [turns[0], turns[3]]
+
+
+def test_a_data_folder_holding_a_run_directory_is_refused_naming_the_run(tmp_path):
+    """A run written into the data folder (by a config that named its files, not the folder): a later config naming
+    the folder read the run's metrics.jsonl as rows, or stopped on its adapter_config.json as a bad .json file."""
+    from tunelab.rundir import RunInfo, write_info
+
+    write(tmp_path / "qa.jsonl", json.dumps({"prompt": "a", "response": "b"}) + "\n")
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    write_info(run, RunInfo(base_model="m", method="lora"))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
+    with pytest.raises(DataError, match=re.escape(f"holds the tunelab run directory {run} (it has a run.json)")):
+        read_records([str(tmp_path)])
+    (run / "run.json").write_text('{"not": "a run"}')  # a file of that name that describes no run: read as before
+    assert len(read_records([str(tmp_path / "qa.jsonl")])) == 1

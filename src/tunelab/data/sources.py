@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tunelab.data.report import DataReport, Line, location
 from tunelab.errors import DataError, article
+from tunelab.rundir import RUN_FILE, is_run_dir
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 # The csv module refuses a value longer than 131,072 characters by default; a document in a cell may be longer.
@@ -82,6 +83,13 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
                 for f in path.rglob("*")
                 if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
             )
+            runs = sorted(f.parent for f in inside if f.name == RUN_FILE and is_run_dir(f.parent))
+            if runs:  # its metrics.jsonl, config.json and tokenizer.json were read as rows (or refused as bad ones)
+                raise DataError(
+                    f"{p}: the folder holds the tunelab run directory {runs[0]} (it has a {RUN_FILE}), whose metrics, "
+                    "configs and tokenizer files are not training data. Move the run out of the data folder, or name "
+                    "the data files themselves in data.train / data.eval."
+                )
             found = [f for f in inside if _kind(f)]
             if not found:
                 raise DataError(
