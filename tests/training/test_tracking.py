@@ -508,3 +508,24 @@ def test_a_metrics_record_whose_step_is_not_a_count_is_refused_naming_its_line(t
     with pytest.raises(RunDirError, match=r"line 2: field 'step'"):
         read_metrics(tmp_path)
     assert path.read_text().count("\n") == 2  # nothing dropped from the file
+
+
+def test_a_resumed_run_reopens_the_trackio_run_it_started_not_an_older_one_of_its_name(tmp_path, monkeypatch):
+    """A run whose folder name its Trackio project already held (the run it replaced, or runs/x/a beside runs/y/a)
+    got a new name from Trackio (resume="never"), but trackers.json kept the folder's: --resume reopened the older
+    run and logged the resumed steps into it."""
+    existing = {tmp_path.name}
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        name = kwargs["name"]
+        if kwargs["resume"] == "never" and name in existing:
+            name = "dainty-sunset-2"  # as Trackio does: a generated name instead
+        existing.add(name)
+        return types.SimpleNamespace(name=name, log=lambda *a, **k: None)
+
+    monkeypatch.setitem(sys.modules, "trackio", types.SimpleNamespace(init=init))
+    SINKS["trackio"](TrackTo(tmp_path), {}, None)
+    SINKS["trackio"](TrackTo(tmp_path), {}, 3)
+    assert (calls[1]["name"], calls[1]["resume"]) == ("dainty-sunset-2", "allow")

@@ -330,7 +330,9 @@ class TrackioSink(_Sink):
             project=project, name=name, config=config, resume="allow" if kept.get("name") else "never"
         )
         self.keeps_logged_steps = bool(kept.get("name"))
-        _keep_run(run_dir, "trackio", {"project": project, "name": name})
+        # the name the run got: with resume="never", Trackio names it anew when the project already has one of this
+        # name (a run this one replaced, a folder of the same name elsewhere), which --resume would otherwise reopen
+        _keep_run(run_dir, "trackio", {"project": project, "name": getattr(self.run, "name", None) or name})
 
     def log(self, record: dict) -> None:
         step, scalars = _scalars(record, self.offset)
