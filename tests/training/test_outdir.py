@@ -328,3 +328,21 @@ def test_a_symbolic_link_to_nothing_is_refused_before_anything_is_loaded(tmp_pat
     with pytest.raises(RunDirError, match=r"symbolic link to .*nowhere, which does not exist"):
         plan_output_dir(link, overwrite=False, resume=False, protected={})
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_previous_run_resumed_where_it_was_moved_aside_is_not_deleted(previous_run, tmp_path, capsys):
+    """After a mistaken --overwrite, the old run was resumed in NAME.previous (--output_dir NAME.previous --resume);
+    when the new run in NAME finished, NAME.previous was deleted with the resumed run in it."""
+    from tunelab.training.outdir import OutputPlan, finish_replacement
+
+    aside = tmp_path / "run.previous"
+    previous_run.rename(aside)
+    (aside / REPLACED_FILE).write_text("{}\n")
+    marked = (aside / REPLACED_FILE).stat().st_mtime
+    os.utime(aside / "run.json", (marked + 5, marked + 5))  # the resume rewrote run.json after the move
+    previous_run.mkdir()
+    message = finish_replacement(OutputPlan(previous_run, replace=True, resume=False))
+    assert (aside / "run.json").is_file() and "kept" in message and "resumed" in message
+    os.utime(aside / "run.json", (marked - 5, marked - 5))  # untouched since the move: deleted, as before
+    assert "replaced the previous run" in finish_replacement(OutputPlan(previous_run, replace=True, resume=False))
+    assert not aside.exists()

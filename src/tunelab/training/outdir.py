@@ -15,7 +15,8 @@
 
 `start_run_dir` is called only once the new run can start (config, data and model all loaded): an existing run
 moves aside to `NAME.previous`, marked as moved there by tunelab (`REPLACED_FILE`), and is deleted by
-`finish_replacement` when the new run has finished (resumed or not). If the new run fails or is interrupted, the
+`finish_replacement` when the new run has finished (resumed or not), unless it was resumed in NAME.previous meanwhile
+(`_taken_up`). If the new run fails or is interrupted, the
 previous one is still there, and the message says how to put it back. A `NAME.previous` tunelab did not move there
 (a run or folder of the user's) is never deleted, and neither is a finished run in NAME: --overwrite refuses both.
 
@@ -307,9 +308,24 @@ def finish_replacement(plan: OutputPlan) -> str | None:
     go of the run's lock; return what was done, to print."""
     release_lock(plan.run_dir)
     if (plan.replace or plan.resume) and (plan.previous / REPLACED_FILE).is_file() and not plan.previous.is_symlink():
+        if _taken_up(plan.previous):
+            return (
+                f"kept {plan.previous}: the run moved aside there was resumed since (--output_dir {plan.previous} "
+                "--resume), so it is not deleted; delete it yourself if you no longer need it"
+            )
         shutil.rmtree(plan.previous)
         return f"replaced the previous run in {plan.run_dir}"
     return None
+
+
+def _taken_up(previous: Path) -> bool:
+    """The run in NAME.previous was resumed there after tunelab moved it aside (its run.json is newer than the mark),
+    or a process is resuming it now: the user's run again, not the replaced one waiting to be deleted."""
+    try:
+        marked, described = (previous / REPLACED_FILE).stat().st_mtime_ns, (previous / RUN_FILE).stat().st_mtime_ns
+    except OSError:
+        return _locked_elsewhere(previous)
+    return described > marked or _locked_elsewhere(previous)
 
 
 @contextlib.contextmanager
