@@ -299,8 +299,24 @@ def test_an_option_of_one_value_given_twice_is_refused(tmp_path, capsys):
         assert main(argv) == 2
         assert f"option '{option}' is given more than once" in capsys.readouterr().err
         assert not (tmp_path / "b").exists()
-    refuse_repeated(parser, ["compare", "run", "--question", "a", "--question", "b"], ("compare",))
-    refuse_repeated(parser, ["predict", "run", "--text", "a", "--text", "b", "--answer", "x"], ("predict",))
+    refuse_repeated(parser, ["compare", "run", "--question", "a", "--question", "b"])
+    refuse_repeated(parser, ["predict", "run", "--text", "a", "--text", "b", "--answer", "x"])
+
+
+def test_a_config_option_given_twice_on_the_command_line_is_refused(tmp_path, capsys):
+    """`tunelab train --data.train a.jsonl --data.train b.jsonl` trained on b alone and `--data.packing true
+    --data.packing false` packed nothing, without a word: the commands that take the config options kept the last of
+    a repeated one, where every other command refused it."""
+    cases = [
+        (["train", "--data.train", "a.jsonl", "--data.train=b.jsonl"], "--data.train"),
+        (["check", "--data.packing", "true", "--data.packing", "false"], "--data.packing"),
+        (["plan", "--train.micro_batch", "2", "--train.micro_batch", "4"], "--train.micro_batch"),
+        (["federate", "--train.lr", "1e-4", "--train.lr", "2e-4"], "--train.lr"),
+    ]
+    for argv, option in cases:
+        assert main([*argv, "--output_dir", str(tmp_path / "run")]) == 2
+        assert f"option '{option}' is given more than once" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

@@ -526,9 +526,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """parse_args, but an unknown flag of a command that takes the config options (train, check, plan, federate) is a
     ConfigError with suggestions (exit 2 like any bad option)."""
-    refuse_repeated(
-        parser, argv, ("compare", "chat", "generate", "eval", "predict", "report", "merge", "export", "serve")
-    )
+    refuse_repeated(parser, argv)  # an option of one value given twice, in every command
     args, unknown = parser.parse_known_args(argv)
     if unknown and getattr(args, "command", None) in ("train", "check", "plan", "federate"):
         from tunelab.config import unknown_option

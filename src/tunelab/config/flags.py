@@ -45,17 +45,18 @@ def _single_value_options(parser: argparse.ArgumentParser) -> dict[str, str]:
     """Each long option string of `parser` that takes one value, mapped to the option's first spelling."""
     options = {}
     for action in parser._actions:
-        if type(action) is argparse._StoreAction and action.nargs is None:
+        if type(action) is argparse._StoreAction and action.nargs in (None, "?"):  # "?": a BOOL config flag
             for flag in action.option_strings:
                 if flag.startswith("--"):
                     options[flag] = action.option_strings[0]
     return options
 
 
-def refuse_repeated(parser: argparse.ArgumentParser, argv: list[str], commands: tuple[str, ...]) -> None:
-    """ConfigError when a subcommand of `commands` is given an option of one value more than once (any of its spellings,
-    `--opt=v` and unique abbreviations counted). Repeatable options (append) and switches are not counted."""
-    if not argv or argv[0] not in commands:
+def refuse_repeated(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """ConfigError when a subcommand is given an option of one value more than once (any of its spellings, `--opt=v`
+    and unique abbreviations counted): `train --data.train a.jsonl --data.train b.jsonl` trained on b alone.
+    Repeatable options (append) and switches are not counted."""
+    if not argv:
         return
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices.get(argv[0])
     if sub is None:
