@@ -386,6 +386,21 @@ def test_a_new_result_file_never_goes_into_a_data_folder_of_the_run(tmp_path, ca
     check_output_file(tmp_path / "preds.jsonl", False, run, "")  # beside it: fine
 
 
+def test_a_result_path_under_a_data_file_is_named_as_under_a_file(tmp_path):
+    """`report RUN --out qa.jsonl/r.html`, qa.jsonl being the run's data file, was refused as the place where
+    data.train reads its data, which sent the user looking for a data folder: the path is under a file."""
+    from tunelab.rundir import check_output_file
+
+    run, data = tmp_path / "run", tmp_path / "qa.jsonl"
+    run.mkdir()
+    data.write_text('{"prompt": "hi", "completion": "hello"}\n')
+    write_info(run, RunInfo(base_model="x", method="lora", finished=True))
+    (run / "config.yaml").write_text(json.dumps({"model": {"name": "x"}, "data": {"train": [str(data)]}}))
+    out = data / "r.html"
+    with pytest.raises(RunDirError, match=re.escape(f"{out}: {data} is a file, not a folder")):
+        check_output_file(out, False, run, "report.html", mkdir=True)
+
+
 def test_a_result_file_under_a_file_is_refused_by_name(tmp_path, capsys):
     """`report RUN --out notes.txt/r.html` ended in a NotADirectoryError traceback after the page was drawn, and
     `eval --out notes.txt/r.json` called the file no such directory."""

@@ -479,6 +479,7 @@ def check_output_file(
             f"{path}: is not a regular file (a device, pipe or socket), which the result would replace; give a file "
             "name to write to."
         )
+    refuse_file_in_the_way(path, str(path))  # first: a path under a data file is no file in its folder
     target = path.resolve()
     if any(target == Path(p).resolve() for p in inputs):
         raise RunDirError(f"{path}: is this command's input; write the result elsewhere.")
@@ -515,7 +516,6 @@ def check_output_file(
         raise RunDirError(f"{path}: is a file of {model}; --overwrite never replaces it. Write elsewhere.")
     if path.exists() and not overwrite:
         raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
-    refuse_file_in_the_way(path, str(path))
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
     check_can_write(path)  # a read-only folder: said now, not after the work
