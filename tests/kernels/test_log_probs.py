@@ -48,8 +48,8 @@ def run(fn, hidden, weight, labels, upstream, weight_grad=True, **kwargs):
     return logp, hidden.grad, weight.grad
 
 
-def ground_truth(hidden, weight, labels, chunk_size=None):
-    logp = torch.log_softmax(hidden.double() @ weight.double().T, dim=-1)
+def ground_truth(hidden, weight, labels, chunk_size=None, temperature=1.0):
+    logp = torch.log_softmax(hidden.double() @ weight.double().T / temperature, dim=-1)
     keep = labels != -100
     return torch.where(keep, logp.gather(1, labels.clamp(min=0)[:, None])[:, 0], 0.0)
 
@@ -66,6 +66,21 @@ def test_reference_matches_float64_ground_truth(shape, dtype):
         assert rel_error(got, want) < TRUTH_TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_at_a_temperature_matches_float64_ground_truth(shape, dtype):
+    """log softmax(h W^T / T) (grpo's sampling distribution) and its gradients; at T = 1 the plain op, bit for bit."""
+    hidden, weight, labels, upstream = make_inputs(shape, dtype)
+    got = run(reference.linear_log_probs, hidden, weight, labels, upstream, chunk_size=shape[3], temperature=0.7)
+    want = run(ground_truth, hidden, weight, labels, upstream.double(), temperature=0.7)
+    plain = run(ground_truth, hidden, weight, labels, upstream.double())
+    for a, b, c in zip(got, want, plain):
+        assert rel_error(a, b) < TRUTH_TOL[dtype] < rel_error(a, c)
+    one = run(reference.linear_log_probs, hidden, weight, labels, upstream, chunk_size=shape[3], temperature=1.0)
+    default = run(reference.linear_log_probs, hidden, weight, labels, upstream, chunk_size=shape[3])
+    assert all(torch.equal(a, b) for a, b in zip(one, default))
+
+
 def test_log_probs_are_minus_the_token_cross_entropy():
     hidden, weight, labels, _ = make_inputs(SHAPES[2], torch.float32)
     total = reference.linear_cross_entropy(hidden, weight, labels, chunk_size=50)
@@ -73,16 +88,18 @@ def test_log_probs_are_minus_the_token_cross_entropy():
 
 
 @needs_triton
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("weight_grad", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_triton_matches_reference(shape, dtype, weight_grad):
+def test_triton_matches_reference(shape, dtype, weight_grad, temperature):
     pytest.importorskip("triton")
     from tunelab.kernels.log_probs import linear_log_probs
 
     inputs = make_inputs(shape, dtype, DEVICE)
-    want = run(reference.linear_log_probs, *inputs, weight_grad=weight_grad, chunk_size=shape[3])
-    got = run(linear_log_probs, *inputs, weight_grad=weight_grad, chunk_size=shape[3])
+    kw = {"weight_grad": weight_grad, "chunk_size": shape[3], "temperature": temperature}
+    want = run(reference.linear_log_probs, *inputs, **kw)
+    got = run(linear_log_probs, *inputs, **kw)
     assert rel_error(got[0], want[0]) < 1e-5  # fp32 logsumexp of the same logits, another summation order
     assert rel_error(got[1], want[1]) < GRAD_TOL[dtype]
     if weight_grad:

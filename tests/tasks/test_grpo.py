@@ -499,3 +499,50 @@ def test_a_reward_weight_that_would_overflow_the_totals_is_refused():
         ConfigError, match=r"option 'grpo.rewards', entry 1, key 'weight' is 3e\+38; it must be <= 1000000"
     ):
         load_config(None, {"task": "grpo", "grpo.rewards": [{"kind": "contains", "weight": 3e38}]})
+
+
+def _plain_log_probs(model, batch, temperature):
+    """(n,) log softmax(logits / temperature) of the answer tokens, from the model's whole (B, T, V) logits."""
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    )
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logp = torch.log_softmax(getattr(out, "logits", out)[:, :-1][keep].float() / temperature, dim=-1)
+    return logp.gather(1, targets[keep][:, None])[:, 0]
+
+
+@pytest.mark.parametrize("impl", ["fast", "generic"])
+@pytest.mark.parametrize("temperature", [0.5, 1.0])
+def test_log_probs_are_those_of_the_sampling_temperature(
+    tiny_model_dir, tmp_path, prompt_file, reward_module, temperature, impl
+):
+    """Answers drawn from softmax(logits / grpo.temperature): the reference's log p and the loss's (ratio and KL) are
+    of that distribution, as TRL computes them; at temperature 1 the loss and its gradients are bit for bit those of
+    the plain log-probs."""
+    task, data, built, tok = _task(
+        tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.temperature": temperature, "model.impl": impl}
+    )
+    model = built.model
+    group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=False, seed=0, epoch=0)[:1]
+    batch = task.rollout(model, group, 0, 8)[0]
+    with torch.no_grad():  # an untrained adapter: the policy is the reference
+        assert torch.allclose(batch["ref"], _plain_log_probs(model, batch, temperature), atol=1e-5)
+        for p in model.parameters():  # then the policy moves away from it: the KL term is not 0
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    loss = task.loss(model, batch)[0]
+    got = torch.autograd.grad(loss, trained)
+    cfg = load_config(None, _overrides(tiny_model_dir, tmp_path, prompt_file, reward_module)).config.grpo
+    logp, rows = token_log_probs(model, batch)  # the plain (temperature 1) log-probs, as before
+    if temperature != 1:
+        logp = _plain_log_probs(model, batch, temperature)
+    per_token, kl = token_losses(logp, logp.detach(), batch["ref"], batch["advantages"][rows], cfg.epsilon, cfg.beta)
+    want = torch.autograd.grad(per_token.sum(), trained)
+    assert kl.sum() > 1e-4
+    if temperature == 1:
+        assert torch.equal(loss, per_token.sum()) and all(torch.equal(a, b) for a, b in zip(got, want))
+    else:
+        assert torch.allclose(loss, per_token.sum(), rtol=1e-4)
+        assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(got, want))

@@ -92,9 +92,14 @@ def linear_log_probs(
     labels: torch.Tensor,
     ignore_index: int = -100,
     chunk_size: int | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """(N,) fp32 log softmax(hidden @ weight.T)[i, labels[i]], 0 where labels[i] == ignore_index. hidden (N, d),
-    weight (V, d). See the module docstring for how the gradients are formed."""
+    """(N,) fp32 log softmax(hidden @ weight.T / temperature)[i, labels[i]], 0 where labels[i] == ignore_index.
+    hidden (N, d), weight (V, d). See the module docstring for how the gradients are formed. The temperature
+    divides hidden before the op ((h / T) W^T = h W^T / T, and autograd carries the 1 / T into grad hidden; grad W
+    is formed from h / T, as it should be); at 1 nothing is divided."""
+    if temperature != 1:
+        hidden = hidden / temperature
     return apply_fused_head(
         LinearLogProbsFunction, "linear_log_probs", hidden, weight, labels, ignore_index, chunk_size
     )

@@ -152,11 +152,15 @@ def linear_log_probs(
     labels: torch.Tensor,
     ignore_index: int = -100,
     chunk_size: int | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """(N,) fp32 log softmax(hidden @ weight.T)[i, labels[i]] (0 where labels[i] == ignore_index). hidden (N, d),
-    weight (V, d). Chunked over N like `linear_cross_entropy`; autograd keeps each chunk's logits for backward.
-    On the CPU only the rows with a label go through the head (as in `linear_cross_entropy`), the others get their
-    0 without it."""
+    """(N,) fp32 log softmax(hidden @ weight.T / temperature)[i, labels[i]] (0 where labels[i] == ignore_index).
+    hidden (N, d), weight (V, d). Chunked over N like `linear_cross_entropy`; autograd keeps each chunk's logits for
+    backward. On the CPU only the rows with a label go through the head (as in `linear_cross_entropy`), the others
+    get their 0 without it. The temperature divides hidden (as the Triton op does: the same numbers); at 1 nothing
+    is divided."""
+    if temperature != 1:
+        hidden = hidden / temperature
     keep = _some_rows_labelled(hidden, labels, ignore_index)
     if keep is not None:
         kept = linear_log_probs(hidden[keep], weight, labels[keep], ignore_index, chunk_size)

@@ -522,10 +522,12 @@ class LlamaForCausalLM(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         token_log_probs: bool = False,
+        temperature: float = 1.0,
     ) -> torch.Tensor | LossOutput | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, V) without labels; with labels, `LossOutput(loss_sum, num_tokens)`, or with
         token_log_probs (no packing) (n,) log p of each labelled target and (n,) its row, row-major, by the fused
-        head + log-prob op (what `tasks/log_probs.py` reads, through this forward so that DDP and FSDP2 hook it).
+        head + log-prob op (what `tasks/log_probs.py` reads, through this forward so that DDP and FSDP2 hook it), of
+        the distribution softmax(logits / temperature).
 
         input_ids (B, T). position_ids (B, T), default 0..T-1 per row (or restarting per document when cu_seqlens is
         given). attention_mask (B, T) of 1/0 marks the real tokens of a right-padded batch. cu_seqlens (docs + 1,)
@@ -544,7 +546,8 @@ class LlamaForCausalLM(nn.Module):
         targets = shift_labels(labels, cu_seqlens)  # (B, T)
         if token_log_probs:
             keep = targets != IGNORE_INDEX
-            return self.ops.linear_log_probs(hidden[keep], self.lm_head.weight, targets[keep]), keep.nonzero()[:, 0]
+            logp = self.ops.linear_log_probs(hidden[keep], self.lm_head.weight, targets[keep], temperature=temperature)
+            return logp, keep.nonzero()[:, 0]
         # lm_head is applied chunk by chunk inside the loss, so it must stay a plain nn.Linear here.
         loss_sum = self.ops.linear_cross_entropy(
             hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, targets.reshape(-1), ignore_index=IGNORE_INDEX

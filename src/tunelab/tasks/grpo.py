@@ -28,10 +28,14 @@ d ratio / d theta = ratio * d logp / d theta = d logp / d theta, so the surrogat
 policy gradient. The clip matters only where the policy moved since sampling (dropout, several ranks' rounding).
 The k3 term's gradient is (1 - exp(r_t - logp_t)) d logp_t: it pulls logp back towards the reference.
 
-Log-probs go through `tasks/log_probs.token_log_probs` (fused head + log-prob op on the fast path: no (N, V)
-logits). Step figures (rewards per function, KL, answer length, zero-variance groups) are logged each step; eval
-answers the held-out prompts greedily (temperature 0) and reports their mean reward, with eval_loss = -eval_reward so
-that train.keep_best keeps the weights whose greedy answers scored best. The result is saved as sft saves it.
+Every log p (logp, o and r) is of the distribution the answers were drawn from, softmax(logits / grpo.temperature),
+as TRL's GRPOTrainer computes it: at 0.7 the ratio and the KL compare the sampling distributions, not the
+temperature-1 ones the sampler never drew from; at 1 nothing is divided. top_p's truncation is not in it (as in
+TRL). Log-probs go through `tasks/log_probs.token_log_probs` (fused head + log-prob op on the fast path: no
+(N, V) logits; the temperature divides the hidden states that enter it). Step figures (rewards per function, KL,
+answer length, zero-variance groups) are logged each step; eval answers the held-out prompts greedily (temperature
+0) and reports their mean reward, with eval_loss = -eval_reward so that train.keep_best keeps the weights whose
+greedy answers scored best. The result is saved as sft saves it.
 """
 
 from __future__ import annotations
@@ -314,14 +318,14 @@ def make_task(cfg: GrpoConfig) -> Task:
         out = {}
         with eval_mode(model):
             if _draws_random(model):
-                out["old"] = token_log_probs(model, batch)[0]
+                out["old"] = token_log_probs(model, batch, cfg.temperature)[0]
             if cfg.beta > 0:
                 with online.reference(model):
-                    out["ref"] = token_log_probs(model, batch)[0]
+                    out["ref"] = token_log_probs(model, batch, cfg.temperature)[0]
         return out
 
     def loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        logp, rows = token_log_probs(model, batch)  # (n,), (n,)
+        logp, rows = token_log_probs(model, batch, cfg.temperature)  # (n,), (n,) of softmax(logits / temperature)
         old = batch["old"] if "old" in batch else logp.detach()  # no dropout: the sampling policy is this one
         per_token, kl = token_losses(logp, old, batch.get("ref"), batch["advantages"][rows], cfg.epsilon, cfg.beta)
         n = count(batch)

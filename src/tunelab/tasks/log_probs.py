@@ -20,12 +20,14 @@ from tunelab.tasks.sft import PLAIN_HEAD_FAMILIES
 from tunelab.training.distributed import is_parallel, unwrap
 
 
-def token_log_probs(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def token_log_probs(model: nn.Module, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(n,) fp32 log p of every labelled target token of the batch, and (n,) the row each belongs to, row-major. A
-    model wrapped for several ranks is called through its own forward (DDP and FSDP2 hook it)."""
+    model wrapped for several ranks is called through its own forward (DDP and FSDP2 hook it). p is
+    softmax(logits / temperature), the distribution answers sampled at that temperature were drawn from (grpo); at
+    temperature 1 nothing is divided."""
     input_ids, mask, positions = batch["input_ids"], batch["attention_mask"], batch.get("position_ids")
     if isinstance(unwrap(model), LlamaForCausalLM):
-        return model(input_ids, positions, mask, labels=batch["labels"], token_log_probs=True)
+        return model(input_ids, positions, mask, labels=batch["labels"], token_log_probs=True, temperature=temperature)
     targets = batch["labels"][:, 1:]  # (B, T-1)
     keep = targets != IGNORE_INDEX
     if not is_parallel(model) and getattr(model.config, "model_type", None) in PLAIN_HEAD_FAMILIES:
@@ -33,6 +35,8 @@ def token_log_probs(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.
         logits = model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep]).float()  # (n, V)
     else:
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, :-1][keep].float()
+    if temperature != 1:
+        logits = logits / temperature
     logp = -F.cross_entropy(logits, targets[keep], reduction="none")  # (n,)
     return logp, keep.nonzero()[:, 0]
 
