@@ -112,6 +112,25 @@ def test_stop_strings_end_the_answer(client):
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == cut.choices[0].message.content
 
 
+def test_usage_counts_the_tokens_up_to_the_stop_string(client):
+    """Generation ends a token or more after a stop string appears (the text reaches the check word by word), and
+    usage counted those tokens as well: it counts up to and including the token that completed the stop string, as
+    vLLM does, streamed or not."""
+    ask = dict(model="tiny", messages=QUESTION, **SAMPLED)
+    full = client.chat.completions.create(**ask, max_tokens=12).choices[0].message.content
+    for stop in (full[4:6], full[6:9], full[-3:]):
+        used = client.chat.completions.create(**ask, max_tokens=300, stop=stop).usage.completion_tokens
+        upto = client.chat.completions.create(**ask, max_tokens=used).choices[0].message.content
+        before = (
+            client.chat.completions.create(**ask, max_tokens=used - 1).choices[0].message.content if used > 1 else ""
+        )
+        assert stop in upto and stop not in before, (stop, used, upto, before)
+        streamed = client.chat.completions.create(
+            **ask, max_tokens=300, stop=stop, stream=True, stream_options={"include_usage": True}
+        )
+        assert list(streamed)[-1].usage.completion_tokens == used
+
+
 def test_a_client_that_leaves_a_stream_frees_the_queue(client):
     """A client that stops reading a stream (a stop button) left the server unable to answer anyone: the abandoned
     answer kept the queue's lock, and its clean-up, run later by the garbage collector on the generation's own

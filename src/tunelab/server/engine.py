@@ -51,6 +51,20 @@ def visible_text(text: str, stops: list[str], final: bool) -> tuple[str, bool]:
     return text.rstrip(), False
 
 
+def tokens_to_stop(tokenizer, ids: list[int], stops: list[str]) -> int:
+    """How many of the generated `ids` it took for a stop string to appear: up to and including the token that
+    completed it, the count vLLM reports (a stop string is found once its tokens are generated, and they were). The
+    text a prefix decodes to only grows with it, so the first prefix holding a stop string is found by bisection."""
+    low, high = 1, len(ids)  # the whole of `ids` holds one
+    while low < high:
+        mid = (low + high) // 2
+        if visible_text(tokenizer.decode(ids[:mid], skip_special_tokens=True), stops, final=True)[1]:
+            high = mid
+        else:
+            low = mid + 1
+    return high
+
+
 class Reply:
     """One answer being generated: iterate for its text pieces, then a Completion (its text empty) with the counts
     and the finish reason. `cancel()` (a client gone) ends it at the next token, from any thread."""
@@ -102,6 +116,8 @@ class Reply:
         if self.generation.error is not None:
             raise self.generation.error
         new = self.generation.output[0, self.prompt.shape[1] :].tolist()
+        if stopped:  # the generation ran on a token or more past the stop string: those are not counted
+            new = new[: tokens_to_stop(engine.run.tokenizer, new, self.stop)]
         reason = "stop" if stopped else engine.finish_reason(new, self.settings)
         yield Completion("", self.prompt.shape[1], len(new), reason)
 
