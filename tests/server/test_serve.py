@@ -131,6 +131,20 @@ def test_usage_counts_the_tokens_up_to_the_stop_string(client):
         assert list(streamed)[-1].usage.completion_tokens == used
 
 
+def test_a_stop_string_the_answer_starts_with_ends_it_empty(client):
+    """Stop strings were looked for only after the answer's leading whitespace was stripped, so `stop: "\\n"` ran
+    on past an answer's first newline (here to max_tokens, the greedy tiny model writing newlines only): they are
+    looked for in the text as generated, as OpenAI and vLLM look, and the answer before it is empty."""
+    ask = dict(model="tiny", messages=QUESTION, max_tokens=12, temperature=0)
+    assert client.chat.completions.create(**ask).usage.completion_tokens == 12  # newlines, stripped to nothing
+    done = client.chat.completions.create(**ask, stop="\n")
+    assert (done.choices[0].message.content, done.choices[0].finish_reason) == ("", "stop")
+    assert done.usage.completion_tokens == 1
+    chunks = list(client.chat.completions.create(**ask, stop="\n", stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_a_client_that_leaves_a_stream_frees_the_queue(client):
     """A client that stops reading a stream (a stop button) left the server unable to answer anyone: the abandoned
     answer kept the queue's lock, and its clean-up, run later by the garbage collector on the generation's own

@@ -6,9 +6,9 @@ this uses is not safe to enter twice at once on one model. An answer, streamed o
 thread (`infer.generate.Streamed`) that releases the lock when generation ends, so a reader that goes away only
 has to cancel (`Reply.cancel`: the generation stops at its next token) and never waits for anything.
 
-Stop strings end the generation as soon as one appears, streamed or not, and are never sent: text that may still
-become a stop string is held back until it cannot, and so is trailing whitespace (answers are stripped), so a streamed
-answer is the plain one piece by piece.
+Stop strings end the generation as soon as one appears in the text as generated, streamed or not, and are never sent:
+text that may still become a stop string is held back until it cannot, and so is trailing whitespace (answers are
+stripped), so a streamed answer is the plain one piece by piece.
 """
 
 from __future__ import annotations
@@ -35,20 +35,20 @@ class Completion:
 
 
 def visible_text(text: str, stops: list[str], final: bool) -> tuple[str, bool]:
-    """(what of the generated `text` may be sent, whether a stop string ended it). Up to the first stop string;
+    """(what of the generated `text` may be sent, whether a stop string ended it). Up to the first stop string,
+    looked for in the text as generated, as OpenAI and vLLM look (a "\n" the answer starts with ends it, empty);
     without one, all but a tail that could still grow into a stop string, unless the text is `final`. Leading and
     trailing whitespace is never part of it (trailing whitespace may yet be followed by more text)."""
-    text = text.lstrip()
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     if cut >= 0:
-        return text[:cut].rstrip(), True
+        return text[:cut].strip(), True
     if not final:
         for stop in stops:
             for k in range(min(len(stop) - 1, len(text)), 0, -1):
                 if text.endswith(stop[:k]):
                     text = text[:-k]
                     break
-    return text.rstrip(), False
+    return text.strip(), False
 
 
 def tokens_to_stop(tokenizer, ids: list[int], stops: list[str]) -> int:
