@@ -509,17 +509,18 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     elif args.command == "chat":
         api.chat(args.run_dir, settings=settings, device=args.device, base_precision=args.base_precision)
     elif args.command == "generate":
-        print(
-            api.generate(
-                args.run_dir,
-                args.prompt,
-                system=args.system,
-                base=args.base,
-                settings=settings,
-                device=args.device,
-                base_precision=args.base_precision,
-            )
+        answer = api.generate(
+            args.run_dir,
+            args.prompt,
+            system=args.system,
+            base=args.base,
+            settings=settings,
+            device=args.device,
+            base_precision=args.base_precision,
         )
+        print(answer)  # stdout is the answer alone, for scripts; an empty one is said on stderr
+        if not answer:
+            print("tunelab generate: the answer is empty (the model wrote no text, only whitespace)", file=sys.stderr)
     return 0
 
 

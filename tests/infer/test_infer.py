@@ -530,3 +530,13 @@ def test_chat_survives_a_refused_turn_says_reset_and_ends_its_line_on_eof(tiny_r
     assert said.count("model> ") == 2
     assert "(conversation reset" in said
     assert said.endswith("you> \n")
+
+
+def test_generate_says_on_stderr_when_the_answer_is_empty(tiny_run_dir, capsys):
+    """`tunelab generate` printed an empty line for an empty answer (the greedy tiny model writes newlines only),
+    which read as a failure to print; stderr says the answer is empty, stdout stays the answer alone."""
+    from tunelab.cli import main
+
+    assert main(["generate", str(tiny_run_dir), "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "\n" and "the answer is empty" in err
