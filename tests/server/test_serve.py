@@ -145,6 +145,25 @@ def test_a_stop_string_the_answer_starts_with_ends_it_empty(client):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_a_request_may_ask_as_many_tokens_as_the_servers_default(client, tiny_run_dir):
+    """`tunelab serve --max-new-tokens 5000` answered 5000 tokens by default, but a request asking 4500 got a 400
+    (max_tokens <= 4096): a request may ask up to the larger of 4096 and the server's default, and more is a 400
+    naming the field and that limit."""
+    running = start_server(open_run(tiny_run_dir, device="cpu"), settings=GenerationSettings(max_new_tokens=5000))
+    try:
+        big = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        ask = dict(model=big.models.list().data[0].id, messages=QUESTION, temperature=0, stop="\n")
+        for field in ("max_tokens", "max_completion_tokens"):
+            assert big.chat.completions.create(**ask, **{field: 4500}).choices[0].finish_reason == "stop"
+            with pytest.raises(openai.BadRequestError, match=f"{field}: .*less than or equal to 5000") as err:
+                big.chat.completions.create(**ask, **{field: 5001})
+            assert err.value.body["param"] == field
+            with pytest.raises(openai.BadRequestError, match=f"{field}: .*less than or equal to 4096"):
+                client.chat.completions.create(**ask | {"model": "tiny"}, **{field: 4097})
+    finally:
+        running.stop()
+
+
 def test_a_client_that_leaves_a_stream_frees_the_queue(client):
     """A client that stops reading a stream (a stop button) left the server unable to answer anyone: the abandoned
     answer kept the queue's lock, and its clean-up, run later by the garbage collector on the generation's own

@@ -32,7 +32,7 @@ from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
 
-MAX_TOKENS_CAP = 4096
+MAX_TOKENS_CAP = 4096  # the most a request may ask, unless the server's default (--max-new-tokens) is more
 ROUTES = "GET /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
 
 
@@ -63,8 +63,8 @@ class ChatRequest(BaseModel):
     model: str
     messages: list[Message] = Field(min_length=1)
     # strict: JSON's true is not the number 1, nor "true" a bool (a float field still takes an integer)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP, strict=True)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)  # at most `token_cap` (create_app)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True, allow_inf_nan=False)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True, allow_inf_nan=False)
     stream: bool | None = Field(default=None, strict=True)
@@ -169,6 +169,8 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
     """The FastAPI application around a loaded run. `defaults` give max_new_tokens and sampling when a request
     does not set them."""
     defaults = defaults or GenerationSettings()
+    # a server started with --max-new-tokens above the cap answers that many by default: a request may ask as many
+    token_cap = max(MAX_TOKENS_CAP, defaults.max_new_tokens or 0)
     app = FastAPI(title="tunelab serve", docs_url=None, redoc_url=None)
 
     @app.exception_handler(RequestValidationError)
@@ -243,6 +245,14 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         refused = unsupported_option(body)
         if refused is not None:
             return _error(400, refused[1], param=refused[0])
+        for name in ("max_tokens", "max_completion_tokens"):
+            if (getattr(body, name) or 0) > token_cap:
+                return _error(
+                    400,
+                    f"{name}: Input should be less than or equal to {token_cap} (this server's limit, "
+                    f"{'its --max-new-tokens' if token_cap > MAX_TOKENS_CAP else 'or its --max-new-tokens if larger'})",
+                    param=name,
+                )
         try:
             messages = [
                 {"role": "system" if m.role == "developer" else m.role, "content": _text(m.content, m.role, i)}
