@@ -195,13 +195,18 @@ def test_two_exports_into_one_folder_each_keep_their_modelfile(tiny_run, tmp_pat
     assert not (tmp_path / "Modelfile").exists()
 
 
-def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer):
+def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer, sharp_base):
     from gguf import GGUFReader
 
     out = export_gguf(tiny_run, tmp_path / "tiny.gguf", "f16", check=False)
     reader = GGUFReader(out)
     f = {k: v.contents() for k, v in reader.fields.items() if not k.startswith("GGUF.")}
     assert f["general.architecture"] == "llama" and f["general.file_type"] == 1
+    # the local base is named by its folder, not its absolute path: the file is shared, the user's layout is not
+    assert json.loads((tiny_run / "run.json").read_text())["base_model"] == str(sharp_base)
+    assert f["general.base_model.0.name"] == sharp_base.name and f["general.name"] == tiny_run.name
+    leaked = [k for k, v in f.items() if isinstance(v, str) and str(tmp_path.parent) in v]
+    assert leaked == [] and str(tmp_path.parent) not in (tmp_path / "tiny.Modelfile").read_text()
     expected = {
         "llama.context_length": 1024,
         "llama.embedding_length": 64,

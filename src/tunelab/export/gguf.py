@@ -235,6 +235,16 @@ def encode_tensor(name: str, t: torch.Tensor, qtype: str) -> tuple[np.ndarray, o
 # ---------------------------------------------------------------------------------------------------- the file
 
 
+def shared_name(base_model: str) -> str:
+    """The base model's name as a file others receive names it: a local folder or .gguf file (recorded as its
+    absolute path) by its own name, so the file does not carry the user's directory layout; an alias or hub id as
+    written."""
+    path = Path(base_model)
+    if not path.is_absolute():
+        return base_model
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
+
+
 def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     """Write `merged` to `path` in a type this module writes itself (f32, f16, bf16, q8_0, q4_0). `path` should
     not be the final name if atomicity matters: see export_gguf."""
@@ -254,7 +264,7 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     w.add_type("model")
     w.add_name(name)
     w.add_base_model_count(1)
-    w.add_base_model_name(0, str(merged.info.base_model))
+    w.add_base_model_name(0, shared_name(str(merged.info.base_model)))
     w.add_context_length(shape.context)
     w.add_embedding_length(shape.hidden)
     w.add_block_count(shape.layers)
