@@ -568,13 +568,13 @@ def model_location(name: str) -> Path | None:
     return local.resolve() if local.exists() else None
 
 
-def _data_holding(target: Path, run_dir: Path) -> str | None:
-    """Which data option of the run's saved config (or of a stage's) names the file `target` (itself, or a folder
-    holding it), as "data.train"; None when none does or the config cannot be read (the other checks still apply)."""
+def data_of(run_dir: str | Path) -> list[tuple[str, Path]]:
+    """The files and folders the run's saved config (and each stage's) reads as data or functions, each as (option,
+    resolved path), as ("data.train", ...); empty when the config cannot be read (the other checks still apply)."""
     try:
-        configs = _configs(run_dir)  # a staged run: the data of every stage
+        configs = _configs(Path(run_dir))  # a staged run: the data of every stage
     except RunDirError:
-        return None
+        return []
     named = []
     for config in configs:
         named += [("data.train", e if isinstance(e, str) else e.path) for e in config.data.train]
@@ -585,7 +585,10 @@ def _data_holding(target: Path, run_dir: Path) -> str | None:
         functions = [("data.transform", config.data.transform)]
         functions += [("grpo.rewards", r.function) for r in config.grpo.rewards if not isinstance(r, str)]
         named += [(option, function_file(spec)) for option, spec in functions if spec]
-    for option, given in named:
-        if given and (target == Path(given).resolve() or target.is_relative_to(Path(given).resolve())):
-            return option
-    return None
+    return [(option, Path(given).resolve()) for option, given in named if given]
+
+
+def _data_holding(target: Path, run_dir: Path) -> str | None:
+    """Which data option of the run's saved config (or of a stage's) names the file `target` (itself, or a folder
+    holding it), as "data.train"; None when none does or the config cannot be read (the other checks still apply)."""
+    return next((option for option, p in data_of(run_dir) if target == p or target.is_relative_to(p)), None)

@@ -362,3 +362,33 @@ def test_a_read_only_output_place_is_refused_before_merging(lora_run, tmp_path, 
     with pytest.raises(WriteFailed, match="m.gguf: cannot be written"):
         gguf.export_gguf(run, locked / "m.gguf", check=False)
     assert calls == [] and list(locked.iterdir()) == []
+
+
+def test_outputs_in_or_over_the_runs_data_are_refused_as_eval_and_predict_refuse(lora_run, tmp_path, capsys):
+    """`merge --out train/merged`, train/ being the run's data.train folder, or `export --gguf eval.gguf` over its
+    data.eval file or a folder holding it (--overwrite) wrote a model among the data the next training reads, or replaced the data; eval
+    and predict refused the same paths."""
+    from tunelab.cli import main
+
+    run, _ = lora_run
+    train, holder = tmp_path / "train", tmp_path / "data"
+    train.mkdir()
+    (train / "a.jsonl").write_text('{"prompt": "hi", "completion": "hello"}\n')
+    (holder / "sub").mkdir(parents=True)
+    evalf = holder / "sub" / "eval.jsonl"
+    evalf.write_text('{"prompt": "hi", "completion": "hello"}\n')
+    config = {"model": {"name": "x"}, "data": {"train": [str(train)], "eval": str(evalf)}}
+    (run / "config.yaml").write_text(json.dumps(config))
+    cases = [
+        (["merge", str(run), "--out", str(train / "merged")], f"--out {train / 'merged'}: is where data.train"),
+        (["export", str(run), "--gguf", str(train / "m.gguf"), "--no-check"], f"--gguf {train / 'm.gguf'}: is where"),
+        (["merge", str(run), "--out", str(evalf)], f"--out {evalf}: is where data.eval of the run's config"),
+        (["merge", str(run), "--out", str(holder)], f"--out {holder}: the output would replace {evalf}, data.eval"),
+    ]
+    for args, says in cases:
+        assert main([*args, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+    assert sorted(p.name for p in train.iterdir()) == ["a.jsonl"]
+    assert evalf.read_text() == '{"prompt": "hi", "completion": "hello"}\n'
+    assert sorted(p.name for p in holder.iterdir()) == ["sub"]

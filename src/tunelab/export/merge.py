@@ -30,7 +30,7 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
 from tunelab.peft.lora import merge_lora
-from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, models_of, open_info
+from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, data_of, is_run_dir, models_of, open_info
 from tunelab.training.guard import first_non_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -195,6 +195,17 @@ def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out
             raise RunDirError(
                 f"{option} {out}: is inside {model}, the folder of {what}, which the run needs as it was; write it "
                 "elsewhere."
+            )
+    for what, data in data_of(run_dir):  # as eval and predict refuse: the next training would read it as data
+        if out_r == data or out_r.is_relative_to(data):
+            raise RunDirError(
+                f"{option} {out}: is where {what} of the run's config reads its data, so the next training would "
+                "read it as data (or lose it); --overwrite never replaces data. Write it elsewhere."
+            )
+        if data.is_relative_to(out_r):
+            raise RunDirError(
+                f"{option} {out}: the output would replace {data}, {what} of the run's config; choose another "
+                "output path."
             )
     if out.exists() and not (out.is_file() or out.is_dir()):  # replaced whole: /dev/null would become a model
         raise RunDirError(
