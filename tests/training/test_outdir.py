@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -281,7 +282,7 @@ def test_a_run_inside_another_run_is_refused_and_never_deleted_with_it(previous_
     inner = previous_run / "continued"
     with pytest.raises(RunDirError, match=r"lies inside the run directory .*run\b"):
         plan_output_dir(inner, overwrite=False, resume=False, protected={})
-    plan_output_dir(previous_run / "stage-2", overwrite=False, resume=False, protected={})  # a staged run's own
+    plan_output_dir(previous_run / "stage-2", overwrite=False, resume=False, protected={}, stage_of=previous_run)
     # a run put there before (by hand, or by an earlier version): --overwrite of the outer run refuses, naming it
     inner.mkdir()
     write_info(inner, RunInfo(base_model="m", method="lora"))
@@ -294,6 +295,25 @@ def test_a_run_inside_another_run_is_refused_and_never_deleted_with_it(previous_
     (previous_run / "stage-1").mkdir()
     write_info(previous_run / "stage-1", RunInfo(base_model="m", method="lora"))  # its own stages are its to replace
     assert plan_output_dir(previous_run, overwrite=True, resume=False, protected={}).replace
+
+
+def test_a_stage_folder_is_written_only_by_its_staged_run(tiny_overrides, previous_run):
+    """`train --overwrite` with output_dir runs/a/stage-1 (a stage of the staged run runs/a) was allowed, as the
+    staged run's own stages are: it replaced the stage the later stages, --resume and report of runs/a read."""
+    stage = previous_run / "stage-1"
+    stage.mkdir()
+    write_info(stage, RunInfo(base_model="m", method="lora", finished=True))
+    before = _tree(previous_run)
+    for output_dir in (stage, previous_run / "stage-3"):  # replaced, or a new stage put there by hand
+        says = f"output_dir {output_dir} is the stage folder {output_dir.name} of the staged run {previous_run}, which"
+        with pytest.raises(RunDirError, match=re.escape(says)):
+            recipe.train(None, tiny_overrides | {"output_dir": str(output_dir), "overwrite": True})
+    assert _tree(previous_run) == before
+    other = previous_run.parent / "other"  # another run's stage_of is not this run's
+    with pytest.raises(RunDirError, match="is the stage folder stage-1 of the staged run"):
+        plan_output_dir(stage, overwrite=True, resume=False, protected={}, stage_of=other)
+    plan = plan_output_dir(stage, overwrite=True, resume=False, protected={}, stage_of=previous_run)  # its own
+    assert plan.replace
 
 
 def test_a_second_overwrite_refused_by_the_lock_gives_no_way_back_that_deletes_the_first(

@@ -7,8 +7,9 @@
   and replacing it would delete everything beside them);
 - holds the config, a data file, the eval questions or the model (replacing it would delete them), or lies inside a
   data folder (the next run would read its metrics.jsonl as training data);
-- lies inside another run directory (but for a staged run's own stage-K folders): that run's --overwrite would
-  delete it with the rest;
+- lies inside another run directory (but for a staged run's own stage-K folders, written by the staged run
+  itself: `stage_of`): that run's --overwrite would delete it with the rest, and a stage folder replaced from outside
+  breaks the staged run (its later stages, its resume and its report read the stage as it trained);
 - exists and is not empty, unless --overwrite (or --resume) is given; with --overwrite, it must be a run directory
   tunelab wrote (its run.json is the marker) holding no other run directory, unless --overwrite-non-run says to
   replace any folder.
@@ -91,11 +92,13 @@ def plan_output_dir(
     resume: bool,
     protected: dict[str, list[str]],
     overwrite_non_run: bool = False,
+    stage_of: Path | None = None,
 ) -> OutputPlan:
     """Validate output_dir for this run without writing anything (see the module docstring).
 
     protected: {what: [paths]} the run must never delete, e.g. {"data file": [...], "config": [...]}; folders among
-    them are data folders, which output_dir must not lie inside either."""
+    them are data folders, which output_dir must not lie inside either. stage_of: the staged run training this
+    stage, whose stage-K folder output_dir may be."""
     path = Path(run_dir).expanduser()
     where = f"output_dir {run_dir}"
     if path.exists() and not path.is_dir():
@@ -137,7 +140,7 @@ def plan_output_dir(
                     f"{where} lies inside the data folder {p}: the run's own files (metrics.jsonl, data_report.json) "
                     "would be read as training data by the next run. Choose an output_dir outside it, e.g. runs/NAME."
                 )
-    _refuse_inside_a_run(path, target, where)
+    _refuse_inside_a_run(path, target, where, stage_of)
     exists = path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())  # a run that failed before any file
     if not exists:
         _check_creatable(path)
@@ -172,11 +175,18 @@ def plan_output_dir(
     return OutputPlan(path, replace=True, resume=False)
 
 
-def _refuse_inside_a_run(path: Path, target: Path, where: str) -> None:
+def _refuse_inside_a_run(path: Path, target: Path, where: str, stage_of: Path | None) -> None:
     """RunDirError when a new run's folder lies inside another run directory (other than as a stage-K folder of the
-    staged run above it, which the staged run writes): that run's --overwrite would delete it with the rest."""
+    staged run `stage_of`, which writes it): that run's --overwrite would delete it with the rest."""
+    own = stage_of is not None and Path(stage_of).expanduser().resolve() == target.parent
     for folder in target.parents:
-        if is_run_dir(folder) and not (folder == target.parent and STAGE_DIR.fullmatch(target.name)):
+        if folder == target.parent and STAGE_DIR.fullmatch(target.name) and is_run_dir(folder) and not own:
+            raise RunDirError(
+                f"{where} is the stage folder {target.name} of the staged run {folder}, which only that run writes "
+                "(its later stages, --resume and report read the stage as it trained). Train the staged run again "
+                f"(its config, with --overwrite or --resume), or choose an output_dir outside {folder}."
+            )
+        if is_run_dir(folder) and not (own and folder == target.parent and STAGE_DIR.fullmatch(target.name)):
             raise RunDirError(
                 f"{where} lies inside the run directory {folder}, which replacing that run (--overwrite) would delete "
                 "with it. Choose an output_dir outside it, e.g. a folder beside it."

@@ -201,6 +201,7 @@ def _train(
         resume=resume,
         protected=protected_paths(cfg, path),
         overwrite_non_run=overwrite_non_run,
+        stage_of=track_to.run_dir if track_to is not None else None,  # a staged run's stage: its own stage-K folder
     )
     # wherever it stops (loading, training, saving): the lock let go, for a resume or a replacement by the next
     # command, and where a run this one replaces was moved aside and how to put it back
