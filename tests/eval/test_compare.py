@@ -205,3 +205,16 @@ def test_an_earlier_comparison_names_the_python_arguments_too(tmp_path):
     with pytest.raises(RunDirError, match=r"--no-save to print the scores without saving \(in Python: overwrite=True"):
         check_writable(path, overwrite=False)
     check_writable(path, overwrite=True)
+
+
+def test_a_folder_named_compare_json_is_refused_before_any_answer(run, questions, capsys):
+    """A folder at RUN/compare.json was found only when the result was written, after base and tuned model had
+    answered every question (and, without --overwrite, was called an earlier comparison)."""
+    folder = run / "compare.json"
+    folder.mkdir()
+    for flags in ([], ["--overwrite"]):
+        assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu", *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{folder}: is a folder, where compare writes its result file" in err and "Traceback" not in err
+        assert "answers, tuned model" not in err
+    assert folder.is_dir() and list(folder.iterdir()) == []

@@ -60,7 +60,14 @@ def compare_file(run_dir: str | Path) -> Path:
 
 def check_writable(path: Path, overwrite: bool) -> None:
     """Refuse to replace an earlier comparison (the report reads it) unless asked; say how to keep both. WriteFailed
-    when the run's folder cannot be written (read-only), before the answers rather than after them."""
+    when the run's folder cannot be written (read-only), before the answers rather than after them. A folder (or a
+    device or pipe) at the path is refused even with overwrite: the result is a file, and --overwrite replaces files."""
+    if path.exists() and not path.is_file():
+        raise RunDirError(
+            f"{path}: is {'a folder' if path.is_dir() else 'not a regular file (a device, pipe or socket)'}, where "
+            "compare writes its result file; move it away, or pass --no-save to print the scores without saving (in "
+            "Python: save=False)."
+        )
     if path.exists() and not overwrite:
         raise RunDirError(
             f"{path} exists (an earlier comparison, which the report shows). Pass --overwrite to replace it, or "
