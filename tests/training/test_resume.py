@@ -427,3 +427,28 @@ def test_resume_may_rename_stages_but_not_change_them():
     assert refused == [] and len(allowed) == 1 and allowed[0].startswith("stages: ")
     refused, _ = config_changes(saved, stages({"name": "docs"}, {"name": "answers", "train": {"lr": 2e-3}}))
     assert len(refused) == 1 and refused[0].startswith("stages: ")
+
+
+def test_an_interrupted_run_records_its_last_logged_loss(tiny_overrides, tmp_path, monkeypatch):
+    """run.json of a run stopped after step 3 had final_loss null, though metrics.jsonl held the loss of every step
+    so far; the report showed no train loss for it."""
+    from tunelab.eval.report import build_report
+
+    common = tiny_overrides | {"train.max_steps": 6, "train.save_every": 2, "train.log_every": 1}
+    real, calls = loop.train_step, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Crash()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing)
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        recipe.train(None, common | {"output_dir": str(run)})
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] is False and info["steps"] == 3
+    assert info["final_loss"] == _losses(run)[-1] and len(_losses(run)) == 3
+    page = build_report(run).read_text()
+    assert "last logged train loss" in page and f"{info['final_loss']:.4f}" in page

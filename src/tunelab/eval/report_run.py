@@ -57,7 +57,7 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             ("refusal sentence", d.get("refusal")),
             ("finished", "yes" if d.get("finished") else "no (the run stopped early or is still training)"),
             ("rounds" if federated else "optimizer steps", f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"),
-            ("final train loss", loss(d.get("final_loss"))),
+            ("final train loss" if d.get("finished") else "last logged train loss", loss(d.get("final_loss"))),
             *evals,
             ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) and not federated else None),
             ("training time", f"{d['elapsed_s']:.0f} s" if isinstance(d.get("elapsed_s"), int | float) else None),

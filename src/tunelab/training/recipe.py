@@ -33,7 +33,7 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.config.load import check_overrides, locate
 from tunelab.data.loader import epoch_rows
-from tunelab.errors import CheckFailed, ConfigError, DataError, WriteFailed, article
+from tunelab.errors import CheckFailed, ConfigError, DataError, TunelabError, WriteFailed, article
 from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.load import base_record, run_base
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
@@ -381,6 +381,10 @@ def _train_planned(
         info.tokens, info.elapsed_s = position["tokens"], round(position["elapsed_s"], 1)  # the report shows them
         with contextlib.suppress(WriteFailed):  # a full disk must not hide the error that stopped the run
             if ranks.main:
+                with contextlib.suppress(
+                    TunelabError, OSError
+                ):  # the last loss logged, as a finished run records its last
+                    info.final_loss = logged_at(read_metrics(run_dir), position["step"])[0]
                 write_info(run_dir, info)
         log.close(exc)  # the trackers' runs end failed (killed for Ctrl-C), not finished
         raise
