@@ -203,6 +203,40 @@ def test_overlong_rows_are_dropped_or_keep_their_end(smollm2_tokenizer, tmp_path
     assert smollm2_tokenizer.decode(data.train[0].input_ids).endswith("w199")  # the end is kept
 
 
+def test_a_cut_row_keeps_its_system_prompt_and_template_header(smollm2_tokenizer, tmp_path):
+    """data.overlong=truncate kept a long row's last max_length tokens: its system prompt and the template's opening
+    were cut off, a form the model never read. The start is kept now and the cut taken from the user's text."""
+    long = " ".join(f"w{i}" for i in range(200))
+    rows = [{"system": "You sort mail.", "prompt": long, "label": "a"}, {"prompt": "short", "label": "b"}] * 2
+    data = _build(
+        smollm2_tokenizer, _write(tmp_path / "d.jsonl", rows), **{"data.max_length": 40, "data.overlong": "truncate"}
+    )
+    ids = data.train[0].input_ids
+    text = smollm2_tokenizer.decode(ids)
+    assert len(ids) == 40 and text.startswith("<|im_start|>system\nYou sort mail.<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("w199<|im_end|>\n<|im_start|>assistant\n") and "w0 " not in text
+    assert "truncated to max_length: 2" in data.report.summary()
+    path = _write(tmp_path / "t.jsonl", [{"text": long, "label": "a"}, {"text": "short", "label": "b"}])
+    data = _build(
+        smollm2_tokenizer,
+        path,
+        **{"data.max_length": 16, "data.overlong": "truncate", "classify.prompt_format": "Request: {text}\nDomain:"},
+    )
+    text = smollm2_tokenizer.decode(data.train[0].input_ids)
+    assert text.startswith("Request:") and text.endswith("w199\nDomain:")
+
+
+def test_a_row_whose_start_fills_max_length_is_skipped_and_counted(smollm2_tokenizer, tmp_path):
+    system = " ".join(f"s{i}" for i in range(40))
+    rows = [{"system": system, "prompt": "hello " * 30, "label": "a"}] + [
+        {"prompt": "hi", "label": "ab"[i % 2]} for i in range(4)
+    ]
+    path = _write(tmp_path / "d.jsonl", rows)
+    data = _build(smollm2_tokenizer, path, **{"data.max_length": 40, "data.overlong": "truncate"})
+    (reason,) = data.report.skips
+    assert reason.startswith("its start (BOS, system prompt, template header:") and data.report.train.used == 4
+
+
 def test_an_eval_row_without_a_label_is_named_as_an_eval_row(smollm2_tokenizer, tmp_path):
     """A data.eval row without a label was told that 'every training row needs a label', pointing at the wrong file's
     role (and to data.fields, which an eval file may bypass by naming its column 'label')."""

@@ -265,7 +265,7 @@ def test_a_chat_that_starts_with_the_assistants_turn_is_skipped_as_in_sft(task, 
     assert data.report.eval.used == 1
 
 
-@pytest.mark.parametrize("task, kept", [("dpo", "first"), ("reward", "last")])
+@pytest.mark.parametrize("task, kept", [("dpo", "first 128"), ("reward", "128 kept")])
 def test_sides_the_same_as_tokens_say_whether_they_were_cut(task, kept, smollm2_tokenizer, tmp_path):
     """Answers that differ only in what the template trims ('2.' and ' 2. ' under llama2) were skipped as 'the same
     in their first (last) 128 tokens', though nothing was cut; that reason is now kept for pairs that were cut."""
@@ -280,7 +280,7 @@ def test_sides_the_same_as_tokens_say_whether_they_were_cut(task, kept, smollm2_
     skips = _build(
         task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows), **{"data.overlong": "truncate"}
     ).report.skips
-    assert skips[f"chosen and rejected are the same in their {kept} 128 tokens"].locations == [f"{path}:1"]
+    assert skips[f"chosen and rejected are the same in their {kept} tokens"].locations == [f"{path}:1"]
 
 
 def _text_row(task: str, i: int) -> dict:
@@ -447,3 +447,17 @@ def test_an_input_column_beside_a_prompt_that_is_no_instruction_is_counted_in_a_
         task, smollm2_tokenizer, _write(tmp_path / "m.jsonl", rows), **{"data.fields": {"prompt": "q", "input": "ctx"}}
     )
     assert [n for n in mapped.report.notes if "column 'ctx' (data.fields' input)" in n]
+
+
+def test_a_reward_pair_cut_to_max_length_keeps_its_system_prompt(smollm2_tokenizer, tmp_path):
+    """data.overlong=truncate kept a long pair's last max_length tokens, cutting off its system prompt; the start is
+    kept now and the cut taken from the prompt's text."""
+    long = " ".join(f"w{i}" for i in range(200))
+    rows = [{"system": "Be brief.", "prompt": long, "chosen": "Yes.", "rejected": "No."}]
+    rows += [_row("reward", i) for i in range(2, 6)]
+    data = _build("reward", smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows), **{"data.overlong": "truncate"})
+    row = next(r for r in data.train if len(r.chosen_ids) == 128)
+    for ids, answer in ((row.chosen_ids, "Yes."), (row.rejected_ids, "No.")):
+        text = smollm2_tokenizer.decode(ids)
+        assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n") and answer in text
+    assert data.report.total_truncated == 1

@@ -112,8 +112,9 @@ def length_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
     )
     if not dropped and not cut:
         return CheckItem("lengths", "pass", summary + "; none over it")
-    kept = "first" if cfg.task == "dpo" else "last"  # dpo keeps a pair's prompt and the start of its answers
-    details = [f"cut to their {kept} {cfg.data.max_length} tokens: {cut}"] if cut else []
+    # dpo keeps a pair's prompt and the start of its answers; a head an input's start (BOS, system prompt, header)
+    kept = "their first" if cfg.task == "dpo" else "their start and last tokens, in all"
+    details = [f"cut to {kept} {cfg.data.max_length} tokens: {cut}"] if cut else []
     details += [f"dropped (data.overlong drop): {dropped} ({', '.join(where)})"] if dropped else []
     return CheckItem("lengths", "warn", summary, details)
 

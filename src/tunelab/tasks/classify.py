@@ -49,6 +49,7 @@ from tunelab.tasks.head_data import (
     refuse_chat_format,
     refuse_sft_recipes,
     render,
+    starts,
 )
 from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
@@ -256,8 +257,10 @@ def to_rows(
     wheres = [location(it.path, it.line) for it in items]
     encoded = render([it.input for it in items], tokenizer, template, wheres, text_format)
     report.add_lengths([len(ids) for ids in encoded])
+    inputs = [it.input for it in items]
+    kept = starts(inputs, encoded, tokenizer, template, max_length, text_format) if overlong == "truncate" else None
     rows, respelt = [], []  # respelt: (item, the run's label) of rows that write a training label otherwise
-    for item, ids in zip(items, encoded):
+    for n, (item, ids) in enumerate(zip(items, encoded)):
         if item.label is not None and item.label not in index and skip_unseen:
             near = spelled.get(label_key(item.label))
             if near is None:
@@ -265,9 +268,10 @@ def to_rows(
                 continue
             respelt.append((item, near))
             item = dataclasses.replace(item, label=near)
-        fitted = fit(ids, max_length, overlong)
+        start = kept[n] if kept else 0
+        fitted = fit(ids, max_length, overlong, start)
         if fitted is None:
-            report.skip(overlong_reason(max_length), item.path, item.line)
+            report.skip(overlong_reason(max_length, start), item.path, item.line)
             continue
         if len(fitted) < len(ids):
             report.truncated(item.path, item.line)

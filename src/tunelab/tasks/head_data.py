@@ -16,8 +16,9 @@ pooled one, unless classify.prompt_format puts it into a fixed text first: "Requ
 last token a cue whose hidden state sums the request up (as PromptEOL does for sentence embeddings, Jiang et al. 2023,
 "Scaling Sentence Embeddings with Large Language Models"). Training, predict and eval format alike (`render`).
 
-Inputs longer than data.max_length are dropped (data.overlong=drop, counted in the report) or cut to their LAST
-max_length tokens (truncate): the pooled token reads the end of the input, where a chat's answer is.
+Inputs longer than data.max_length are dropped (data.overlong=drop, counted in the report) or cut (truncate, counted
+too): their start (BOS, system prompt, template header) is kept and the text after it is cut from its beginning, so
+the pooled token still reads the end of the input, where a chat's answer is (`fit`, `starts`).
 """
 
 from __future__ import annotations
@@ -382,14 +383,61 @@ def render(
     return [ids[i] for i in range(len(inputs))]
 
 
-def fit(ids: list[int], max_length: int, overlong: str) -> list[int] | None:
-    """ids as they are, their last max_length tokens (overlong=truncate), or None (drop)."""
+def fit(ids: list[int], max_length: int, overlong: str, start: int = 0) -> list[int] | None:
+    """ids as they are, or (overlong=truncate) their first `start` tokens (`starts`: BOS, system prompt, template
+    header) then their last tokens up to max_length, or None: dropped (overlong=drop), or a start that leaves no room."""
     if len(ids) <= max_length:
         return ids
-    return ids[-max_length:] if overlong == "truncate" else None
+    if overlong != "truncate" or start >= max_length:
+        return None
+    return ids[:start] + ids[len(ids) - (max_length - start) :]
 
 
-def overlong_reason(max_length: int) -> str:
+def starts(
+    inputs: list[Input],
+    ids: list[list[int]],
+    tokenizer,
+    template: Template,
+    max_length: int,
+    text_format: str | None = None,
+) -> list[int]:
+    """For each input longer than max_length (`ids` as `render` gave them), how many of its first tokens come before
+    its first user text: BOS, the system prompt and the template's header (a text's BOS and the part of
+    classify.prompt_format before {text}); 0 for the others. They are the tokens both renderings share when that user
+    text is "a" and when it is "b", so a token that joins the header to the text is left to the cut."""
+    long = [i for i, row in enumerate(ids) if len(row) > max_length]
+    variants = {"a": [], "b": []}
+    for i in long:
+        item = inputs[i]
+        for mark, out in variants.items():
+            if item.messages is None:
+                out.append(Input(text=mark))
+                continue
+            first = next((k for k, m in enumerate(item.messages) if m["role"] == "user"), 0)
+            out.append(
+                Input(messages=[{**m, "content": mark} if k == first else m for k, m in enumerate(item.messages)])
+            )
+    a, b = (render(v, tokenizer, template, text_format=text_format) for v in variants.values())
+    found = [0] * len(ids)
+    for i, x, y in zip(long, a, b):
+        found[i] = shared_start(ids[i], x[: shared_start(x, y)])
+    return found
+
+
+def shared_start(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def overlong_reason(max_length: int, start: int = 0) -> str:
+    """Why a row longer than max_length is skipped: data.overlong=drop, or a start (`starts`) that fills max_length."""
+    if start >= max_length:
+        return (
+            f"its start (BOS, system prompt, template header: {start} tokens) leaves no room for its text in "
+            f"max_length ({max_length} tokens)"
+        )
     return f"longer than max_length ({max_length} tokens; data.overlong=drop)"
 
 

@@ -3,7 +3,8 @@
 with the tasks, below infer/, because a training objective uses it.
 
 Inputs are rendered exactly as the run rendered its training rows (its template, system prompt, max_length and
-field mapping). Inputs longer than the run's max_length are cut to their last max_length tokens and counted.
+field mapping). Inputs longer than the run's max_length keep their start (BOS, system prompt, template header) and
+last tokens, as in training, and are counted.
 
 The reward function, for trainers that score sampled answers (GRPO):
 
@@ -28,7 +29,7 @@ from tunelab.errors import ConfigError, DataError, RunDirError, article
 from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.rundir import RunInfo, open_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
-from tunelab.tasks.head_data import Input, fit, pad_rows, render, with_system
+from tunelab.tasks.head_data import Input, fit, pad_rows, render, starts, with_system
 
 
 @dataclass
@@ -107,7 +108,10 @@ def head_outputs(
 ) -> tuple[torch.Tensor, int]:
     """Logits (N, K) fp32 on the CPU for `inputs`, and how many inputs were cut to max_length."""
     ids = render(inputs, run.tokenizer, run.template, wheres, run.prompt_format)
-    fitted = [fit(row, run.data.max_length, "truncate") for row in ids]
+    limit = run.data.max_length
+    kept = starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format)
+    # a start that fills max_length (which training skipped) leaves the last tokens to score
+    fitted = [fit(row, limit, "truncate", start) or row[-limit:] for row, start in zip(ids, kept)]
     cut = sum(len(a) < len(b) for a, b in zip(fitted, ids))
     out = []
     for start in range(0, len(fitted), batch_size):

@@ -57,6 +57,7 @@ from tunelab.tasks.head_data import (
     repeats_prompt,
     same_tokens,
     shared_prompt,
+    starts,
     user_turns,
     with_system,
 )
@@ -267,15 +268,19 @@ def to_rows(
         [p.chosen for p in pairs] + [p.rejected for p in pairs], tokenizer, template, wheres + wheres, text_format
     )
     report.add_lengths([len(ids) for ids in sides])
+    inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    kept = starts(inputs, sides, tokenizer, template, max_length, text_format) if overlong == "truncate" else None
+    kept = kept or [0] * len(sides)
     rows = []
-    for pair, chosen, rejected in zip(pairs, sides[: len(pairs)], sides[len(pairs) :]):
-        c, r = fit(chosen, max_length, overlong), fit(rejected, max_length, overlong)
+    for n, (pair, chosen, rejected) in enumerate(zip(pairs, sides[: len(pairs)], sides[len(pairs) :])):
+        start = max(kept[n], kept[n + len(pairs)])
+        c, r = fit(chosen, max_length, overlong, kept[n]), fit(rejected, max_length, overlong, kept[n + len(pairs)])
         if c is None or r is None:
-            report.skip(overlong_reason(max_length), pair.path, pair.line)
+            report.skip(overlong_reason(max_length, start), pair.path, pair.line)
             continue
         cut = len(c) < len(chosen) or len(r) < len(rejected)
         if c == r:  # sides that differ as read but not as tokens (a template that trims), or once cut
-            report.skip(same_tokens(f"last {max_length}" if cut else None), pair.path, pair.line)
+            report.skip(same_tokens(f"{max_length} kept" if cut else None), pair.path, pair.line)
             continue
         if cut:
             report.truncated(pair.path, pair.line)
