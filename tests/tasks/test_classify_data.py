@@ -237,6 +237,32 @@ def test_a_row_whose_start_fills_max_length_is_skipped_and_counted(smollm2_token
     assert reason.startswith("its start (BOS, system prompt, template header:") and data.report.train.used == 4
 
 
+def test_balanced_weights_and_label_counts_count_the_rows_training_uses(smollm2_tokenizer, tmp_path):
+    """class_weights: balanced and the recorded label counts read the rows before overlong ones were dropped: a
+    class whose rows were mostly too long was weighed as if training had them all. They count the rows used now."""
+    long = " ".join(f"w{i}" for i in range(200))
+    rows = (
+        [{"text": "short", "label": "a"}] * 3 + [{"text": "short", "label": "b"}] + [{"text": long, "label": "b"}] * 2
+    )
+    data = _build(
+        smollm2_tokenizer,
+        _write(tmp_path / "d.jsonl", rows),
+        **{"data.max_length": 16, "classify.class_weights": "balanced"},
+    )
+    assert data.facts["label_counts"] == {"a": 3, "b": 1}
+    assert data.facts["class_weights"] == pytest.approx({"a": 4 / 6, "b": 2.0})
+    assert [r.weight for r in data.train] == pytest.approx([4 / 6] * 3 + [2.0])
+    rows += [{"text": long, "label": "c"}] * 2  # every row of c dropped: it weighs no row
+    data = _build(
+        smollm2_tokenizer,
+        _write(tmp_path / "d.jsonl", rows),
+        **{"data.max_length": 16, "classify.class_weights": "balanced"},
+    )
+    assert data.facts["label_counts"] == {"a": 3, "b": 1, "c": 0}
+    assert [r.weight for r in data.train] == pytest.approx([4 / 6] * 3 + [2.0])
+    assert any("label(s) 'c' have no training row left" in note for note in data.report.notes)
+
+
 def test_an_eval_row_without_a_label_is_named_as_an_eval_row(smollm2_tokenizer, tmp_path):
     """A data.eval row without a label was told that 'every training row needs a label', pointing at the wrong file's
     role (and to data.fields, which an eval file may bypass by naming its column 'label')."""

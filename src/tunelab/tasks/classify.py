@@ -216,8 +216,9 @@ def refuse_label_spellings(items: list[Labelled]) -> None:
 
 def class_weights(cfg: ClassifyConfig, labels: list[str], counts: Counter) -> dict[str, float]:
     """Per-label loss weights: 1, or balanced n / (K * n_c), then label_weights for the labels it names."""
-    n, k = sum(counts.values()), len(labels)
-    weights = {c: (n / (k * counts[c]) if cfg.class_weights == "balanced" else 1.0) for c in labels}
+    n, k = sum(counts.values()), sum(1 for c in labels if counts[c])  # a label without rows weighs none of them
+    balanced = cfg.class_weights == "balanced"
+    weights = {c: (n / (k * counts[c]) if balanced and counts[c] else 1.0) for c in labels}
     for label, value in cfg.label_weights.items():
         if label not in weights:
             raise ConfigError(
@@ -235,6 +236,19 @@ def class_weights(cfg: ClassifyConfig, labels: list[str], counts: Counter) -> di
                 f"option 'classify.label_weights': the weight of {label!r} must be a finite number >= 0, got {value}."
             )
     return weights
+
+
+def used_counts(rows: list[LabelledRow], labels: list[str], report: DataReport) -> Counter:
+    """How many of the rows training uses (overlong ones dropped) each label has: what class_weights balances and the
+    run records. A label all of whose rows were dropped stays a label of the run (0 rows), named in a note."""
+    counts = Counter({label: 0 for label in labels}) + Counter(labels[r.label] for r in rows)
+    lost = [label for label in labels if not counts[label]]
+    if lost:
+        report.notes.append(
+            f"label(s) {', '.join(map(repr, lost))} have no training row left: all of theirs were dropped as too long "
+            "(see the skips); raise data.max_length or set data.overlong=truncate to keep them"
+        )
+    return counts
 
 
 def to_rows(
@@ -319,12 +333,15 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
             "of the other classes (or check that data.fields maps the right column to label)."
         )
     refuse_label_spellings(items + held if report.eval_source == "fraction" else items)  # the training files' rows
-    weights = class_weights(cfg.classify, labels, counts)
     report.template = template.name if chat else "none (text only)"
     args = (tokenizer, template, d.max_length, d.overlong, report)
-    train = to_rows(items, labels, weights, *args, skip_unseen=False, text_format=text_format)
+    train = to_rows(items, labels, {}, *args, skip_unseen=False, text_format=text_format)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable training rows. {report.summary()}")
+    counts = used_counts(train, labels, report)
+    weights = class_weights(cfg.classify, labels, counts)
+    for row in train:
+        row.weight = weights[labels[row.label]]
     evals = to_rows(held, labels, weights, *args, skip_unseen=True, text_format=text_format)
     report.train, report.eval = _stats(train, len(items)), _stats(evals, len(held))
     facts = {
