@@ -354,3 +354,18 @@ def test_a_run_that_leaves_the_training_options_to_auto(tiny_model_dir, tmp_path
     result = train(None, overrides)
     assert result.auto["train.micro_batch"]["value"] == 1 and "train.lr" in result.auto  # 12 pairs: 12 / 32 -> 1
     assert result.steps == 3
+
+
+def test_text_pairs_that_share_no_start_score_their_first_token(tiny_model_dir, tmp_path):
+    """Two whole texts that differ from their first token, with a tokenizer that adds no BOS: each row's first token
+    was its first answer token, which the loss never scores (a row's first token is predicted from nothing). Both
+    rows start with the tokenizer's BOS (or EOS) token now, and every token of both texts is scored."""
+    rows = [{"chosen": f"Box {i}: {1000 + i}.", "rejected": "No idea."} for i in range(4)]
+    _, tok, data = _data(tiny_model_dir, _write(tmp_path / "t.jsonl", rows))
+    assert not tok("x")["input_ids"][0] == tok.bos_token_id  # the case: no BOS added
+    row = data.train[0]
+    assert row.chosen_ids[0] == row.rejected_ids[0] and row.chosen_labels[0] == IGNORE
+    scored = row.chosen_labels[1:]  # what the loss reads: labels shifted by one
+    assert tok.decode([t for t in scored if t != IGNORE]).startswith("Box 0")
+    assert tok.decode([t for t in row.rejected_labels[1:] if t != IGNORE]).startswith("No idea.")
+    assert any("share no token" in n for n in data.report.notes)  # still counted as pairs without a prompt

@@ -8,7 +8,8 @@ Accepted rows (`data.fields` maps the names to your columns):
   `rejected` as {from: gpt, value} messages (`messages` in OpenAI spelling works the same);
 - no prompt: `chosen`/`rejected` are two whole conversations (the turns they share are the prompt) or two whole texts
   (the tokens they share from the start are the prompt, as in Anthropic HH-RLHF's transcripts; texts that share none
-  have no prompt, and the loss reads them whole: the data report counts them, `note_unprompted`).
+  have no prompt, and the loss reads them whole, from their first token, which follows BOS, or the tokenizer's BOS or
+  EOS token where it adds none (`text_start`): the data report counts them, `note_unprompted`).
 
 The row's `system` (else data.system_prompt) is prepended to a chat that has none; a pair of whole texts takes
 neither (a row's `system` beside it is refused, `head_data.plain_text`; the data report notes data.system_prompt). Labels: the tokens of the answer
@@ -149,8 +150,11 @@ def _chat_text(side: Side, template: Template, where: str) -> tuple[str, list[tu
     return text, [span for i, span in zip(assistant, spans) if i >= side.answer_from]
 
 
-def render_pair(pair: Preference, tokenizer, template: Template) -> tuple[list[int], list[int], list[int], list[int]]:
-    """(chosen ids, chosen labels, rejected ids, rejected labels), untruncated."""
+def render_pair(
+    pair: Preference, tokenizer, template: Template
+) -> tuple[list[int], list[int], list[int], list[int], int]:
+    """(chosen ids, chosen labels, rejected ids, rejected labels, lead), untruncated; lead: how many start tokens come
+    before the texts of a text pair (BOS, or the token `text_start` puts first), 0 for a chat."""
     where = location(pair.path, pair.line)
     if pair.chosen.messages is not None:
         specials = special_texts(tokenizer)
@@ -162,11 +166,11 @@ def render_pair(pair: Preference, tokenizer, template: Template) -> tuple[list[i
         (c_ids, c_in), (r_ids, r_in) = encode(tokenizer, [t for t, _ in rendered], [s for _, s in rendered])
         c_labels = [t if keep else IGNORE for t, keep in zip(c_ids, c_in)]
         r_labels = [t if keep else IGNORE for t, keep in zip(r_ids, r_in)]
-        return c_ids, c_labels, r_ids, r_labels
-    bos = [tokenizer.bos_token_id] if default_bos(tokenizer) else []
+        return c_ids, c_labels, r_ids, r_labels, 0
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     (c, _), (r, _) = encode(tokenizer, [pair.chosen.text, pair.rejected.text], [[], []], plain=True)
-    c_ids, r_ids = bos + c + eos, bos + r + eos
+    start = text_start(tokenizer, c, r)
+    c_ids, r_ids = start + c + eos, start + r + eos
     shared = 0
     while shared < min(len(c_ids), len(r_ids)) and c_ids[shared] == r_ids[shared]:
         shared += 1
@@ -175,7 +179,20 @@ def render_pair(pair: Preference, tokenizer, template: Template) -> tuple[list[i
         [IGNORE] * shared + c_ids[shared:],
         r_ids,
         [IGNORE] * shared + r_ids[shared:],
+        len(start),
     )
+
+
+def text_start(tokenizer, chosen: list[int], rejected: list[int]) -> list[int]:
+    """The token put before both texts of a pair: BOS where the tokenizer adds it; else, for texts that differ from
+    their first token, the tokenizer's BOS (or EOS) token all the same: a row's first token is predicted from nothing
+    and never scored, so without it the first token of each answer would not count in the loss."""
+    if default_bos(tokenizer):
+        return [tokenizer.bos_token_id]
+    if chosen[:1] == rejected[:1]:
+        return []
+    first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [first] if first is not None else []
 
 
 def _first_label(labels: list[int]) -> int:
@@ -192,12 +209,11 @@ def to_rows(
     split: str = "training",
 ) -> list[PreferenceRow]:
     rows, unprompted = [], []  # unprompted: the pairs of whole texts that share no token from the start
-    starts = 1 if default_bos(tokenizer) else 0  # the BOS token both texts begin with is no shared prompt
     for pair in pairs:
-        c_ids, c_labels, r_ids, r_labels = render_pair(pair, tokenizer, template)
+        c_ids, c_labels, r_ids, r_labels, lead = render_pair(pair, tokenizer, template)
         report.add_lengths([len(c_ids), len(r_ids)])
         prompt = min(_first_label(c_labels), _first_label(r_labels))
-        if pair.chosen.messages is None and prompt <= starts:
+        if pair.chosen.messages is None and prompt <= lead:  # the start token both texts begin with is no prompt
             unprompted.append(pair)
         if prompt >= max_length and overlong == "truncate":  # with drop, the pair is dropped below as overlong
             raise DataError(
