@@ -376,6 +376,10 @@ class LlamaModel(nn.Module):
         self._offload_stream = None  # created on first use by activation offload
         self._offload_buffers: list[torch.Tensor | None] = [None, None]  # where offloaded inputs come back to
 
+    def get_decoder(self) -> LlamaModel:
+        """Itself: the decoder whose `layers` are the blocks (transformers' base models answer so too)."""
+        return self
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -482,6 +486,10 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def get_decoder(self) -> LlamaModel:
+        """The decoder (its `layers` are the blocks), as transformers' models name it."""
+        return self.model
 
     @property
     def gradient_checkpointing(self) -> bool:

@@ -39,7 +39,17 @@ class BuiltModel:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The stack of decoder blocks: the longest nn.ModuleList in the model."""
+    """The stack of decoder blocks: the `layers` of the model's own decoder (`get_decoder()`, as transformers' models
+    and ours give it; the first module from the top that has one, so a classifier's body serves), else the longest
+    nn.ModuleList in the model (which may be another list, such as a vision tower's blocks, in a model without it)."""
+    for module in model.modules():
+        get = getattr(module, "get_decoder", None)
+        try:
+            layers = getattr(get(), "layers", None) if callable(get) else None
+        except (AttributeError, ValueError, NotImplementedError):  # transformers raises for models without a rule
+            continue
+        if isinstance(layers, nn.ModuleList) and len(layers):
+            return layers
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
     if not lists:
         raise ConfigError("option 'method.name' is layers, but this model has no list of decoder layers.")
