@@ -55,7 +55,11 @@ class DataConfig:
     )
     system_prompt: str | None = opt(None, "system message added to every example that has none")
     max_length: int = opt(512, "maximum tokens per example (text is cut into blocks of this length)", min=8)
-    overlong: str = opt("drop", "what to do with chat examples longer than max_length", choices=("drop", "truncate"))
+    overlong: str = opt(
+        "drop",
+        "what to do with chats, preference pairs and head inputs longer than max_length",
+        choices=("drop", "truncate"),
+    )
     train_on_prompt: bool = opt(False, "also compute the loss on prompt tokens (default: answers only)")
     packing: bool = opt(
         False, "pack several examples into each row of max_length tokens, without attention across them"
