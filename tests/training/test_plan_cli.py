@@ -89,7 +89,8 @@ def test_an_empty_budget_is_refused_not_read_as_none_given(tiny_overrides, tmp_p
     import tunelab
     from tunelab.errors import ConfigError
 
-    code = main(["plan", _config(tmp_path, tiny_overrides), "--gpu-memory", budget, "--train.gpu_memory", "1GiB"])
+    path = _config(tmp_path, tiny_overrides | {"train.gpu_memory": "1GiB"})
+    code = main(["plan", path, "--gpu-memory", budget])
     err = capsys.readouterr().err
     assert code == 2 and f"(--gpu-memory): {budget!r} is not a size like 24GiB" in err
     with pytest.raises(ConfigError, match="is not a size like 24GiB"):
@@ -110,3 +111,17 @@ def test_a_cpu_config_is_planned_as_train_plans_it(tiny_overrides, tmp_path, cap
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU here: its memory is no budget for the CPU
     assert main(["plan", path, "--model.device", "cpu"]) == 2
     assert "model.device is cpu, which has no GPU memory: give --gpu-memory SIZE" in capsys.readouterr().err
+
+
+def test_both_budget_flags_on_one_command_line_are_refused_naming_both(tiny_overrides, tmp_path, capsys):
+    path = _config(tmp_path, tiny_overrides)
+    code = main(["plan", path, "--gpu-memory", "1GiB", "--train.gpu_memory", "100KiB"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--gpu-memory '1GiB'" in err and "--train.gpu_memory '100KiB'" in err and "Traceback" not in err
+
+
+def test_gpu_memory_overrides_the_config_files_budget(tiny_overrides, tmp_path, capsys):
+    path = _config(tmp_path, tiny_overrides | {"train.gpu_memory": "100KiB"})
+    code = main(["plan", path, "--gpu-memory", "1GiB"])  # 100KiB alone fits nothing
+    assert code == 0, capsys.readouterr().err
