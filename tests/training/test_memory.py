@@ -184,3 +184,14 @@ def test_parse_size_rejects(text):
     """0.5B was read as a budget of 0 bytes, which nothing fits ("no configuration fits 0.0 MiB")."""
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+@pytest.mark.parametrize(
+    "text, spellings",
+    [("24Gb", "24GiB, 24GB or 24G"), ("24gb", "24GiB, 24GB or 24G"), ("24gib", "24GiB, 24GB or 24G"),
+     ("512 Mib", "512MiB, 512MB or 512M"), ("1000b", "1000B")],
+)  # fmt: skip
+def test_a_lowercase_b_is_refused_as_bits(text, spellings):
+    """24Gb (gigabits) was read as 24 GiB: the unit matched ignoring case."""
+    with pytest.raises(ValueError, match=f"lowercase b, which reads as bits; write bytes like {spellings}$"):
+        parse_size(text)

@@ -97,7 +97,7 @@ class TrainConfig:
     )
     gpu_memory: str | None = opt(
         None,
-        "GPU memory the auto values must fit, like 24GiB or 80GB (default: 0.92 of the GPU's memory)",
+        "GPU memory the auto values must fit, like 24GiB, 80GB or 80G (24Gb, bits, is refused; default: 0.92 of the GPU's memory)",
     )
     cuda_graphs: bool | Auto = opt(
         "auto",
@@ -145,8 +145,13 @@ def check_trackers(names: list[str]) -> None:
 
 def parse_size(text: str) -> int:
     """'24GiB', '80GB', '1.5 TiB', '512MiB' or '1000B' -> bytes. GB and GiB both read as powers of 1024, as GPU makers
-    quote memory. ValueError for anything else, a number without its unit too (24 would be 24 bytes, not 24 GiB)."""
+    quote memory; the prefix's case does not matter (8g), the B's does: 24Gb or 24gib (a lowercase b, bits) is refused.
+    ValueError for anything else, a number without its unit too (24 would be 24 bytes, not 24 GiB)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(text), re.IGNORECASE)
+    if match and match.group(3) and match.group(3).endswith("b"):
+        number, prefix = match.group(1), match.group(2).upper()
+        spellings = f"{number}{prefix}iB, {number}{prefix}B or {number}{prefix}" if prefix else f"{number}B"
+        raise ValueError(f"{text!r} has a lowercase b, which reads as bits; write bytes like {spellings}")
     if match and not (match.group(2) or match.group(3)):
         raise ValueError(
             f"{text!r} has no unit; write it like {str(text).strip()}GiB (or {str(text).strip()}B for bytes)"
