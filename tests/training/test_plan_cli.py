@@ -125,3 +125,18 @@ def test_gpu_memory_overrides_the_config_files_budget(tiny_overrides, tmp_path, 
     path = _config(tmp_path, tiny_overrides | {"train.gpu_memory": "100KiB"})
     code = main(["plan", path, "--gpu-memory", "1GiB"])  # 100KiB alone fits nothing
     assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
+def test_fsdp2_is_planned_without_the_checkpointing_and_offload_train_turns_off(
+    tiny_overrides, tmp_path, capsys, sharding
+):
+    """Under fsdp2 train turns auto checkpointing and offload off, but plan offered and chose them."""
+    path = _config(tmp_path, tiny_overrides | {"train.sharding": sharding})
+    code = main(["plan", path, "--gpu-memory", "1GiB"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    table = out.split("\n\n")[0]
+    assert ("checkpointing 1/2 layers, offload" in table) == (sharding == "ddp")
+    assert ("train.sharding fsdp2: no checkpointing or offload" in out) == (sharding == "fsdp2")
+    assert "->micro_batch 4 x grad_accum 2, no checkpointing" in table

@@ -430,6 +430,7 @@ class PlanReport:
     shape: LlamaConfig
     seq: int
     global_batch: int
+    note: str | None = None  # what the plan left out, as train runs the config
 
     def text(self) -> str:
         lines = [
@@ -439,14 +440,18 @@ class PlanReport:
             "",
             self.memory.reason,
         ]
+        if self.note:
+            lines.append(self.note)
         if self.memory.chosen is not None:
             lines += ["", self.memory.breakdown()]
         return "\n".join(lines)
 
 
-def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
+def plan_run(cfg: RunConfig, gpu_memory: str | None = None, one_process: bool = False) -> PlanReport:
     """The planner for a config without loading weights: its data (for auto micro_batch and the longest row) and its
-    model's config (the shapes). BudgetError when nothing fits; ConfigError off the fast path or without a budget."""
+    model's config (the shapes). BudgetError when nothing fits; ConfigError off the fast path or without a budget.
+    train.sharding fsdp2 is planned as train runs it on several processes (one_process: a stage, which never does):
+    auto checkpointing and offload off."""
     from tunelab.data.loader import epoch_rows
     from tunelab.models.load import load_hf_config
     from tunelab.training.auto import plan_from_data
@@ -468,6 +473,14 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None) -> PlanReport:
     first = epoch_rows(inputs.data, cfg.train.seed, 0)  # a mixture's draw, packed where asked
     auto = plan_from_data(train, len(first), bool(inputs.data.eval), grpo=cfg.grpo if cfg.task == "grpo" else None)
     seq = longest_row(cfg, first)
+    note = None
+    if cfg.train.sharding == "fsdp2" and not one_process:  # as train under fsdp2: auto means off there
+        off = {k: False for k in ("checkpointing", "offload_activations") if getattr(auto.train, k) == AUTO}
+        auto.train = dataclasses.replace(auto.train, **off)
+        note = (
+            "train.sharding fsdp2: no checkpointing or offload, which train turns off under fsdp2; each peak is the "
+            "whole model's, as if unsharded."
+        )
     result = plan_for_config(cfg, auto.train, shape, seq, budget, cfg.train.micro_batch == AUTO, cuda=on_cuda)
     require_fit(result, f"budget {gib(budget)}")
-    return PlanReport(result, shape, seq, auto.train.micro_batch * auto.train.grad_accum)
+    return PlanReport(result, shape, seq, auto.train.micro_batch * auto.train.grad_accum, note)

@@ -45,7 +45,7 @@ def plan_config(resolved: ResolvedConfig, gpu_memory: str | None = None) -> Plan
         model = dataclasses.replace(stage.config.model, name=base.name, adapter=None)
         s = dataclasses.replace(stage.config, model=model)
         try:
-            reports.append((cfg.stages[k - 1].get("name") or s.task, plan_run(s, gpu_memory)))
+            reports.append((cfg.stages[k - 1].get("name") or s.task, plan_run(s, gpu_memory, one_process=True)))
         except TunelabError as exc:
             raise type(exc)(f"stage {k}: {exc}") from None
     return StagesPlanReport(reports)
