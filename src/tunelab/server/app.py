@@ -147,7 +147,8 @@ def _text(content, role: str, number: int) -> str:
 
 
 class KeyCheck:
-    """ASGI middleware answering 401 to a /v1/ request without the API key. A plain ASGI layer, not Starlette's
+    """ASGI middleware answering 401 to a request without the API key, on every path but /health (the schema at
+    /openapi.json included: it lists the server's surface to whoever asks). A plain ASGI layer, not Starlette's
     BaseHTTPMiddleware: that one hands the route a receive of its own, through which `request.is_disconnected()`
     never sees the client leave, so a stream behind the key check could not tell that its client had gone."""
 
@@ -155,7 +156,7 @@ class KeyCheck:
         self.app, self.expected = app, f"bearer {api_key}".encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and scope["path"] != "/health":
             given = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
             given = given[:7].lower() + given[7:]  # the scheme is case-insensitive (RFC 9110, 11.1), the key is not
             if not secrets.compare_digest(given, self.expected):

@@ -1,0 +1,30 @@
+"""Who and what `tunelab serve` answers: with an API key, every path but /health needs it."""
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from tunelab.infer.run import open_run  # noqa: E402
+from tunelab.server.serve import build_app  # noqa: E402
+
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_run_dir):
+    return open_run(tiny_run_dir, device="cpu")
+
+
+def test_the_schema_needs_the_key_when_one_is_set(loaded):
+    """With --api-key, /openapi.json listed the server's routes and options to anyone; it now needs the key, as
+    /v1/ does (/docs and /redoc are not served). Without a key it stays open, and /health never needs one."""
+    client = TestClient(build_app(loaded, api_key=KEY, model_name="tiny"))
+    for path in ("/openapi.json", "/docs", "/redoc", "/v1/models"):
+        answer = client.get(path)
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_api_key", path
+    assert client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()["info"]["title"]
+    assert client.get("/docs", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+    assert client.get("/health").status_code == 200
+    assert TestClient(build_app(loaded, model_name="tiny")).get("/openapi.json").status_code == 200
