@@ -28,3 +28,25 @@ def test_the_schema_needs_the_key_when_one_is_set(loaded):
     assert client.get("/docs", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
     assert client.get("/health").status_code == 200
     assert TestClient(build_app(loaded, model_name="tiny")).get("/openapi.json").status_code == 200
+
+
+def test_a_run_reached_through_a_link_is_served_under_the_links_name(tiny_run_dir, tmp_path, monkeypatch):
+    """`tunelab serve runs/latest` (a link to runs/2026-12-04) served the model as "2026-12-04", so a client asking
+    for "latest" got 404. It is served as "latest", and a request naming the directory it leads to is answered too;
+    --model-name still names it alone."""
+    from tunelab.server.serve import run_name
+
+    link = tmp_path / "latest"
+    link.symlink_to(tiny_run_dir, target_is_directory=True)
+    client = TestClient(build_app(open_run(link, device="cpu")))
+    assert client.get("/v1/models").json()["data"][0]["id"] == "latest"
+    for name in ("latest", tiny_run_dir.name):
+        assert client.get(f"/v1/models/{name}").json()["id"] == "latest", name
+        body = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        answer = client.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 200 and answer.json()["model"] == "latest", answer.json()
+    named = TestClient(build_app(open_run(link, device="cpu"), model_name="tiny"))
+    assert named.get(f"/v1/models/{tiny_run_dir.name}").status_code == 404
+    assert run_name(f"{link}/") == "latest"
+    monkeypatch.chdir(link)
+    assert run_name(".") == tiny_run_dir.name  # "." names the directory it stands for

@@ -224,7 +224,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
 
     @app.get("/v1/models/{model_id:path}")  # a model name may hold slashes ("org/name")
     async def model(model_id: str):
-        if model_id != engine.model_id:
+        if model_id not in engine.names:
             return _error(
                 404,
                 f"model {model_id!r} does not exist; this server has {engine.model_id!r}",
@@ -235,7 +235,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        if body.model != engine.model_id:
+        if body.model not in engine.names:
             return _error(
                 404,
                 f"model {body.model!r} does not exist; this server has {engine.model_id!r}",

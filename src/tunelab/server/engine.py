@@ -123,9 +123,11 @@ class Reply:
 
 
 class Engine:
-    def __init__(self, run: LoadedRun, model_id: str):
+    def __init__(self, run: LoadedRun, model_id: str, aliases: set[str] = frozenset()):
+        """`model_id`: the name the server gives; `aliases`: other names a request may use for it."""
         self.run = run
         self.model_id = model_id
+        self.names = {model_id, *aliases}
         self.lock = threading.Lock()  # one generation at a time; the others wait here, in arrival order
         self.created = int(time.time())
 

@@ -101,6 +101,12 @@ def base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def run_name(run: str | Path) -> str:
+    """The model id a run is served under without --model-name: its directory's name as given, so that a link
+    (runs/latest -> runs/2026-12-04) serves "latest"; "." and ".." name the directories they stand for."""
+    return Path(os.path.abspath(run)).name or Path(run).resolve().name
+
+
 def build_app(
     run: str | Path | LoadedRun,
     api_key: str | None = None,
@@ -117,7 +123,10 @@ def build_app(
     from tunelab.server.engine import Engine
 
     loaded = opened(run, device, base_precision)
-    engine = Engine(loaded, model_name or loaded.run_dir.resolve().name)
+    if model_name:
+        engine = Engine(loaded, model_name)
+    else:  # a request may name the directory a link leads to as well
+        engine = Engine(loaded, run_name(loaded.run_dir), {loaded.run_dir.resolve().name})
     return create_app(engine, api_key=api_key, defaults=settings)
 
 
@@ -146,7 +155,7 @@ def serve(
     check_model_name(model_name)
     check_base_precision(base_precision)
     sock = bind(host, port)
-    name = model_name or Path(run).resolve().name
+    name = model_name or run_name(run)
     try:
         app = build_app(run, api_key, name, settings, device, base_precision)
         print(f"tunelab serve: {run} as model {name!r}{' (API key required)' if api_key else ''}")
