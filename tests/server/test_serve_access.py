@@ -50,3 +50,29 @@ def test_a_run_reached_through_a_link_is_served_under_the_links_name(tiny_run_di
     assert run_name(f"{link}/") == "latest"
     monkeypatch.chdir(link)
     assert run_name(".") == tiny_run_dir.name  # "." names the directory it stands for
+
+
+def test_a_negative_seed_is_a_seed_and_minus_one_asks_for_none(loaded, monkeypatch):
+    """ "seed": -1, which front-ends send to mean "random", was a 400, and so was any negative seed, which OpenAI's
+    API accepts (a 64-bit signed integer). A negative seed now seeds the sampling like any other, and -1 asks for
+    none, as vLLM reads it; a seed outside 64 bits is still a 400."""
+    import torch
+
+    from tunelab.infer.generate import GenerationSettings
+
+    client = TestClient(build_app(loaded, model_name="tiny", settings=GenerationSettings(max_new_tokens=6)))
+    seeded = []
+    real = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: seeded.append(seed) or real(seed))
+
+    def ask(seed):
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 1.0, "seed": seed}
+        return client.post("/v1/chat/completions", json=body)
+
+    answers = [ask(-5) for _ in range(2)]
+    assert all(a.status_code == 200 for a in answers), answers[0].json()
+    assert answers[0].json()["choices"] == answers[1].json()["choices"] and seeded == [-5, -5]
+    assert ask(-1).status_code == 200 and seeded == [-5, -5]  # -1: no seed set
+    assert ask(-(2**63)).status_code == 200 and seeded[-1] == -(2**63)
+    refused = ask(-(2**63) - 1)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "seed"

@@ -71,7 +71,8 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None  # OpenAI's limit: 4 sequences
     n: int | None = Field(default=None, ge=1, le=1, strict=True)
-    seed: int | None = Field(default=None, ge=0, lt=2**63, strict=True)  # torch's generator takes a 64-bit seed
+    # OpenAI's range (a 64-bit signed integer), which torch's generator takes; -1 asks for no seed, as vLLM reads it
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63, strict=True)
 
 
 # Options of OpenAI's chat completions that change nothing about a plain text answer: accepted and not used.
@@ -278,7 +279,9 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         try:  # the prompt is tokenized on a worker thread, and the answer read from one: the event loop stays free
-            reply = await anyio.to_thread.run_sync(engine.stream, messages, settings, stop, body.seed)
+            reply = await anyio.to_thread.run_sync(
+                engine.stream, messages, settings, stop, None if body.seed == -1 else body.seed
+            )
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)
                 return StreamingResponse(
