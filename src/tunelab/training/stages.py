@@ -33,6 +33,7 @@ train), resumes the stage that stopped from its last checkpoint, or starts it ag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -45,7 +46,7 @@ import yaml
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
 from tunelab.config.load import STAGE_PREFIX
-from tunelab.errors import ConfigError, Interrupted, RunDirError, article
+from tunelab.errors import ConfigError, Interrupted, RunDirError, TunelabError, article
 from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
@@ -270,6 +271,19 @@ def _whole_run(info: RunInfo, each: list[RunInfo]) -> None:
         info.extra["best"] = best | {"step": best["step"] + sum(i.steps for i in each[:-1])}
 
 
+def _record_stopped(run_dir: Path, count: int) -> None:
+    """The run's run.json of a staged run stopped early: the steps, tokens and time of the stages so far, and the
+    stopped stage's final_loss (its last logged loss), as that stage's own run.json records them."""
+    started = [stage_dir(run_dir, k) for k in range(1, count + 1) if is_run_dir(stage_dir(run_dir, k))]
+    each = [read_info(here, require_finished=False) for here in started]
+    if not each:
+        return
+    info = read_info(run_dir, require_finished=False)
+    info.final_loss = each[-1].final_loss
+    _whole_run(info, each)
+    write_info(run_dir, info)
+
+
 def train_stages(
     resolved: ResolvedConfig,
     config_file: Path | None = None,
@@ -316,6 +330,8 @@ def train_stages(
         except BaseException as error:
             end_held(held, error)
             end_running_tracker_runs(run_dir, error)
+            with contextlib.suppress(TunelabError, OSError):  # must not hide the error that stopped the run
+                _record_stopped(run_dir, len(plans))
             raise
     matrix = forgetting(run_dir, len(plans))
     _publish(run_dir, stage_dir(run_dir, len(plans)))

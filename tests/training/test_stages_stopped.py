@@ -1,0 +1,52 @@
+"""A staged run stopped inside a later stage: the run's own run.json records what the stopped stage's does (its last
+logged loss), so the report of the run directory shows it."""
+
+import json
+
+import pytest
+
+import tunelab.training.loop as loop
+from tunelab.api import train
+from tunelab.eval.report import build_report
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture
+def staged(tiny_overrides, tmp_path):
+    base = {k: v for k, v in tiny_overrides.items() if not k.startswith("data.train")}
+    return base | {
+        "data.train": [],
+        "train.save_every": 1,
+        "train.log_every": 1,
+        "output_dir": str(tmp_path / "run"),
+        "stages": [
+            {"name": "first", "data": {"train": tiny_overrides["data.train"]}, "train": {"max_steps": 3}},
+            {"name": "second", "data": {"train": tiny_overrides["data.train"]}, "train": {"max_steps": 3}},
+        ],
+    }
+
+
+def test_a_staged_run_stopped_in_stage_two_records_its_last_logged_loss(staged, tmp_path, monkeypatch):
+    """run.json of the run directory had final_loss null (and 0 steps) though stage-2/run.json had the last loss
+    logged; the report of the run showed no train loss."""
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # stage 2's second step
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        train(None, staged)
+    run = tmp_path / "run"
+    stopped = json.loads((run / "stage-2" / "run.json").read_text())
+    info = json.loads((run / "run.json").read_text())
+    assert stopped["final_loss"] is not None and stopped["steps"] == 1
+    assert info["finished"] is False and info["final_loss"] == stopped["final_loss"] and info["steps"] == 4
+    page = build_report(run).read_text()
+    assert "last logged train loss" in page and f"{info['final_loss']:.4f}" in page
