@@ -1,5 +1,6 @@
 """A staged run stopped inside a later stage: the run's own run.json records what the stopped stage's does (its last
-logged loss), so the report of the run directory shows it."""
+logged loss), so the report of the run directory shows it; resumed with an allowed change, the run's config.yaml
+records it, as a single run's does."""
 
 import json
 
@@ -50,3 +51,31 @@ def test_a_staged_run_stopped_in_stage_two_records_its_last_logged_loss(staged, 
     assert info["finished"] is False and info["final_loss"] == stopped["final_loss"] and info["steps"] == 4
     page = build_report(run).read_text()
     assert "last logged train loss" in page and f"{info['final_loss']:.4f}" in page
+
+
+def test_a_resumed_staged_run_records_the_allowed_changes_in_its_config(staged, tmp_path, monkeypatch):
+    """--resume of a staged run with other eval.questions (an allowed change) kept the old ones in the run's
+    config.yaml: the export's self-check asked the questions the run no longer names, and the report showed them."""
+    from tunelab.export.check import check_questions
+    from tunelab.rundir import read_config
+
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_text(json.dumps({"question": "What is the code of box 3?", "expected": "1111"}) + "\n")
+    new.write_text(json.dumps({"question": "What is the code of box 4?", "expected": "2222"}) + "\n")
+    staged = staged | {"eval.questions": str(old), "eval.max_new_tokens": 3}
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # stage 2's second step
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        train(None, staged)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    run = train(None, staged | {"eval.questions": str(new)}, resume=True).run_dir
+    assert read_config(run).eval.questions == str(new)
+    assert check_questions(run, 3) == (["What is the code of box 4?"], str(new))
+    assert str(new) in build_report(run).read_text()

@@ -319,7 +319,9 @@ def train_stages(
     names = [stage_name(cfg.stages[i], i + 1) for i in range(len(plans))]
     if not resume:
         start_run_dir(plan_dir)
-        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+    # resumed: with the changes allowed (eval.questions, a longer length, a stage's name), which the export's
+    # self-check, the report and a later --resume read, as a single run's resume records them
+    write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
     first = plans[0].config
     write_info(run_dir, RunInfo(**base_record(first.model.name), method=first.method.name, extra={"stages": names}))
 
