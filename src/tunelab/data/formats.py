@@ -41,6 +41,14 @@ LATE_SYSTEM = "system message that is not the first message"  # reasons of skips
 EMPTY_QUESTION = "empty question"
 NO_USER_START = "conversation does not start with a user message"
 # OpenAI's `developer` role is its newer name for the system message; tunelab serve reads it so too
+
+
+def trained_system(system_prompt: str | None) -> str | None:
+    """data.system_prompt as training adds it: a blank one (spaces only, which runs of older versions recorded) is
+    none. Every reader of the option (training, eval questions, generate, chat, serve, export) asks this."""
+    return system_prompt if (system_prompt or "").strip() else None
+
+
 MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -353,7 +361,7 @@ def _example(
     messages = _messages(record.row, fmt, fields, where)
     if messages and messages[0]["role"] == "system" and not str(messages[0]["content"]).strip():
         messages = messages[1:]  # an empty system message is none, as "system": "" is in the other formats
-    if (system_prompt or "").strip() and not (messages and messages[0]["role"] == "system"):  # blank: none
+    if trained_system(system_prompt) and not (messages and messages[0]["role"] == "system"):
         messages.insert(0, {"role": "system", "content": system_prompt})
     _check_chat(messages, questions)
     return Example(messages, None, record.path, record.line)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from tunelab.config import DataConfig, DataSource
-from tunelab.data.formats import FIELDS_OPTION, Example, to_examples
+from tunelab.data.formats import FIELDS_OPTION, Example, to_examples, trained_system
 from tunelab.data.hub import DEFAULT_SPLIT, is_datasets_path, read_hub, read_local
 from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
@@ -95,7 +95,7 @@ def note_system_on_texts(
     """A note in `report` when a system prompt (`option`) is set and some examples are texts (`texts`, each with
     `path` and `line`): it goes into chats only, since a text is read as it is, without the chat template. A note,
     not an error: one system prompt may serve a run's chats and its texts (a stage of documents, a mixture)."""
-    if not (system_prompt or "").strip() or not texts:
+    if not trained_system(system_prompt) or not texts:
         return
     report.notes.append(
         f"{option} is not added to the {len(texts)} text examples (e.g. {location(texts[0].path, texts[0].line)}): a "

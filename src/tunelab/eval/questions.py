@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import DataConfig, RunConfig
-from tunelab.data.formats import CANONICAL, FORMATS, Example, scalar_text, text_field, to_examples
+from tunelab.data.formats import CANONICAL, FORMATS, Example, scalar_text, text_field, to_examples, trained_system
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
@@ -68,7 +68,7 @@ class Question:
     @classmethod
     def ask(cls, text: str, system_prompt: str | None = None, expected: str | None = None, where: str = "") -> Question:
         """A question given directly (no file): asked with the run's system prompt; `where` names it in errors."""
-        system = [{"role": "system", "content": system_prompt}] if (system_prompt or "").strip() else []
+        system = [{"role": "system", "content": system_prompt}] if trained_system(system_prompt) else []
         return cls(system + [{"role": "user", "content": text}], expected, where=where)
 
 

@@ -4,6 +4,7 @@ and by the server alike, so each sends the model the prompt it was trained on.""
 
 from __future__ import annotations
 
+from tunelab.data.formats import trained_system
 from tunelab.errors import ConfigError
 
 
@@ -13,12 +14,6 @@ class Untrained(ConfigError):
 
 class LateSystem(Untrained):
     """A system message after the first message, which training never shows the model."""
-
-
-def trained_system(system_prompt: str | None) -> str | None:
-    """A run's data.system_prompt as training added it: a blank one (spaces only, which runs of older versions
-    recorded) is none."""
-    return system_prompt if (system_prompt or "").strip() else None
 
 
 def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunelab.data.formats import trained_system
 from tunelab.data.templates import Template, run_template
 from tunelab.errors import ConfigError
-from tunelab.infer.conversation import trained_system
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter

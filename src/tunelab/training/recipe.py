@@ -32,6 +32,7 @@ from torch import nn
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
 from tunelab.config.load import check_overrides, locate
+from tunelab.data.formats import trained_system
 from tunelab.data.loader import epoch_rows
 from tunelab.errors import CheckFailed, ConfigError, DataError, TunelabError, WriteFailed, article
 from tunelab.kernels.lora import accumulate_into_grads
@@ -301,7 +302,7 @@ def _train_planned(
         method="dora" if cfg.method.dora else cfg.method.name,
         task=task.name,
         template=data.template.name,
-        system_prompt=cfg.data.system_prompt if (cfg.data.system_prompt or "").strip() else None,  # blank: none
+        system_prompt=trained_system(cfg.data.system_prompt),
         refusal=cfg.eval.refusal,
         impl=built.impl,
         quantize_base=cfg.method.quantize_base,
