@@ -17,6 +17,20 @@ class Crash(Exception):
     pass
 
 
+def _crash_at_step(monkeypatch, step):
+    """Make loop's train_step raise Crash in its call `step`; returns the real one."""
+    real, calls = loop.train_step, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise Crash()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing)
+    return real
+
+
 def _losses(run_dir):
     return [
         json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
@@ -386,15 +400,7 @@ def test_a_longer_resume_keeps_the_warmup_steps_the_run_started_with(tiny_overri
     from tunelab.training.schedule import lr_factor
 
     common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "train.warmup_ratio": 0.5}
-    real, calls = loop.train_step, {"n": 0}
-
-    def crashing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise Crash()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing)
+    real = _crash_at_step(monkeypatch, 3)
     with pytest.raises(Crash):
         recipe.train(None, common)
     monkeypatch.setattr(loop, "train_step", real)
@@ -435,15 +441,7 @@ def test_an_interrupted_run_records_its_last_logged_loss(tiny_overrides, tmp_pat
     from tunelab.eval.report import build_report
 
     common = tiny_overrides | {"train.max_steps": 6, "train.save_every": 2, "train.log_every": 1}
-    real, calls = loop.train_step, {"n": 0}
-
-    def crashing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Crash()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing)
+    _crash_at_step(monkeypatch, 4)
     run = tmp_path / "run"
     with pytest.raises(Crash):
         recipe.train(None, common | {"output_dir": str(run)})

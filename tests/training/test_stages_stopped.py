@@ -15,6 +15,20 @@ class Crash(Exception):
     pass
 
 
+def _crash_in_stage_two(monkeypatch):
+    """Make training raise Crash in its fifth step (stage 2's second); returns the real train_step."""
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Crash()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing_step)
+    return real_step
+
+
 @pytest.fixture
 def staged(tiny_overrides, tmp_path):
     base = {k: v for k, v in tiny_overrides.items() if not k.startswith("data.train")}
@@ -33,15 +47,7 @@ def staged(tiny_overrides, tmp_path):
 def test_a_staged_run_stopped_in_stage_two_records_its_last_logged_loss(staged, tmp_path, monkeypatch):
     """run.json of the run directory had final_loss null (and 0 steps) though stage-2/run.json had the last loss
     logged; the report of the run showed no train loss."""
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # stage 2's second step
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
+    _crash_in_stage_two(monkeypatch)
     with pytest.raises(Crash):
         train(None, staged)
     run = tmp_path / "run"
@@ -63,15 +69,7 @@ def test_a_resumed_staged_run_records_the_allowed_changes_in_its_config(staged, 
     old.write_text(json.dumps({"question": "What is the code of box 3?", "expected": "1111"}) + "\n")
     new.write_text(json.dumps({"question": "What is the code of box 4?", "expected": "2222"}) + "\n")
     staged = staged | {"eval.questions": str(old), "eval.max_new_tokens": 3}
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # stage 2's second step
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
+    real_step = _crash_in_stage_two(monkeypatch)
     with pytest.raises(Crash):
         train(None, staged)
     monkeypatch.setattr(loop, "train_step", real_step)
