@@ -140,3 +140,29 @@ def test_fsdp2_is_planned_without_the_checkpointing_and_offload_train_turns_off(
     assert ("checkpointing 1/2 layers, offload" in table) == (sharding == "ddp")
     assert ("train.sharding fsdp2: no checkpointing or offload" in out) == (sharding == "fsdp2")
     assert "->micro_batch 4 x grad_accum 2, no checkpointing" in table
+
+
+def test_a_budget_above_the_gpus_memory_is_refused_naming_it(tiny_overrides, tmp_path, capsys, monkeypatch):
+    """A --gpu-memory above the GPU's memory was taken as given: plan (and train) chose for memory the device lacks,
+    and the run ran out of it."""
+    import types
+
+    import torch
+
+    from tunelab.config import TrainConfig
+    from tunelab.errors import ConfigError
+    from tunelab.training.plan import device_budget
+
+    gpu = types.SimpleNamespace(total_memory=24 * 2**30, name="Test GPU 24G")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: gpu)
+    path = _config(tmp_path, tiny_overrides)
+    code = main(["plan", path, "--gpu-memory", "80GiB"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "(--gpu-memory) is 80GiB, more than the 24.00 GiB of this GPU (Test GPU 24G)" in err
+    assert main(["plan", path, "--gpu-memory", "1GiB"]) == 0  # within the GPU's memory: planned
+    with pytest.raises(ConfigError, match="option 'train.gpu_memory'.*more than the 24.00 GiB"):  # as train reads it
+        device_budget(TrainConfig(gpu_memory="25GiB"), torch.device("cuda", 0))
+    assert device_budget(TrainConfig(gpu_memory="24GiB"), torch.device("cuda", 0)) == 24 * 2**30
+    assert device_budget(TrainConfig(gpu_memory="80GiB"), torch.device("cpu")) == 80 * 2**30  # no GPU to compare

@@ -286,13 +286,25 @@ def require_fit(result: MemoryPlan, where: str) -> Scored:
 
 
 def device_budget(train: TrainConfig, device: torch.device | None) -> int | None:
-    """train.gpu_memory, else DEFAULT_BUDGET_FRACTION of the CUDA device's memory; None off CUDA without one."""
+    """train.gpu_memory, else DEFAULT_BUDGET_FRACTION of the CUDA device's memory; None off CUDA without one.
+    ConfigError for a budget above the CUDA device's memory: a plan for memory the device lacks runs out of it."""
+    cuda = device is not None and device.type == "cuda"
     if train.gpu_memory is not None:
         try:
-            return parse_size(train.gpu_memory)
+            budget = parse_size(train.gpu_memory)
         except ValueError as exc:
             raise ConfigError(f"option 'train.gpu_memory' (--gpu-memory): {exc}.") from None
-    if device is not None and device.type == "cuda":
+        if cuda:
+            props = torch.cuda.get_device_properties(device)
+            if budget > props.total_memory:
+                raise ConfigError(
+                    f"option 'train.gpu_memory' (--gpu-memory) is {train.gpu_memory}, more than the "
+                    f"{gib(props.total_memory)} of this GPU ({props.name}); give at most that, or leave it unset for "
+                    f"{DEFAULT_BUDGET_FRACTION:.2f} of it. To plan for a larger GPU from this machine, hide this one "
+                    "(CUDA_VISIBLE_DEVICES= tunelab plan ...)."
+                )
+        return budget
+    if cuda:
         return int(torch.cuda.get_device_properties(device).total_memory * DEFAULT_BUDGET_FRACTION)
     return None
 
