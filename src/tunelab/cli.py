@@ -5,7 +5,7 @@ help text, allowed values and default, and a flag `--section.key value` override
 after a flag is its value (`--train.lr -1e-4`), and an unknown flag gets suggestions like an unknown YAML key.
 
 Exit codes: 0 done (check: passed), 1 check failed, 2 bad input (one paragraph on stderr, no traceback),
-3 training stopped on NaN/inf (training/guard.py), 130 interrupted.
+3 training stopped on NaN/inf (training/guard.py), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -583,9 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         if not quiet:
             print(f"tunelab {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # 130, or 143 after a second SIGTERM (errors.Terminated)
         print("\ninterrupted", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

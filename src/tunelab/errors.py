@@ -1,6 +1,8 @@
 """Errors a user can cause. The CLI prints them as one paragraph, without a traceback, and exits with `exit_code`
 (2 unless a subclass says otherwise)."""
 
+import signal
+
 
 class TunelabError(Exception):
     """A problem with the user's input: the message says what, where (file, line, field or option) and how to fix it."""
@@ -39,14 +41,23 @@ class TrainingStopped(TunelabError):
 
 
 class Interrupted(TunelabError):
-    """The user interrupted training (Ctrl-C); the message says where a checkpoint is and how to resume."""
+    """The user interrupted training (Ctrl-C, or SIGTERM from kill or a scheduler); the message says where a
+    checkpoint is and how to resume. The exit code is 128 + the signal's number, as a shell reports a process that
+    signal ended: 130 for SIGINT, 143 for SIGTERM."""
 
-    exit_code = 130
+    exit_code = 128 + signal.SIGINT
 
-    def __init__(self, message: str, step: int, checkpoint: str | None):
+    def __init__(self, message: str, step: int, checkpoint: str | None, signum: int = signal.SIGINT):
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
+        self.exit_code = 128 + signum
+
+
+class Terminated(KeyboardInterrupt):
+    """A second SIGTERM while training stops: stop at once, with exit code 143 (a second Ctrl-C's is 130)."""
+
+    exit_code = 128 + signal.SIGTERM
 
 
 def not_text(text: str) -> str | None:

@@ -62,3 +62,20 @@ def test_the_ranks_log_folder_is_removed_afterwards(started, monkeypatch):
     folder = started.logs[-1]
     assert folder.name.startswith("tunelab-ranks-")
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("signum, code", [(2, 130), (15, 143)])
+def test_a_signal_to_the_launcher_exits_as_one_process_would(monkeypatch, signum, code):
+    """SIGTERM to `tunelab train --nproc N` (a scheduler stopping the job) exited 130, the code of Ctrl-C."""
+    import signal
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    def stopped(config, entrypoint):
+        def run(*args):
+            raise SignalException(f"Process got signal: {signum}", sigval=signal.Signals(signum))
+
+        return run
+
+    monkeypatch.setattr(launch_module, "elastic_launch", stopped)
+    assert launch_module.launch(["train", "config.yaml"], 2) == code

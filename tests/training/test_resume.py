@@ -177,7 +177,7 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides
         for k, v in (tiny_overrides | {"train.max_steps": 4}).items()
         for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))
     ]
-    assert main(["train", *flags]) == 130
+    assert main(["train", *flags]) == (143 if signame == "SIGTERM" else 130)  # SIGTERM exited 130, as Ctrl-C
     err = capsys.readouterr().err
     assert "interrupted after step 2" in err and "step-0000002" in err
     assert "tunelab train --model.name" in err and err.rstrip().endswith("--resume")
@@ -224,6 +224,53 @@ def test_resumed_at_its_last_step_the_run_reports_what_the_uninterrupted_one_did
     assert resumed.eval_loss == straight.eval_loss is not None
     info = json.loads((resumed.run_dir / "run.json").read_text())
     assert info["final_loss"] == straight.final_loss and info["eval_loss"] == straight.eval_loss
+
+
+def test_a_second_sigterm_stops_at_once_with_exit_code_143(tiny_overrides, monkeypatch, capsys):
+    """A second SIGTERM (a scheduler's grace period running out) stopped with 130, the code of Ctrl-C."""
+    import signal
+
+    from tunelab.cli import main
+
+    def terminated_step(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # the second stops within the step
+
+    monkeypatch.setattr(loop, "train_step", terminated_step)
+    flags = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in tiny_overrides.items()]
+    assert main(["train", *flags, "--train.max_steps=4"]) == 143
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_sigterm_to_a_training_process_checkpoints_and_exits_143(tiny_overrides, tmp_path):
+    """`kill PID` (SIGTERM) on `tunelab train` in its own process: the step finishes, a checkpoint is written, run.json
+    records the steps done, and the process exits 143 (it exited 130, which says Ctrl-C)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = Path(tiny_overrides["output_dir"])
+    flags = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in tiny_overrides.items()]
+    command = [sys.executable, "-m", "tunelab.cli", "train", *flags, "--train.max_steps=100000", "--train.log_every=1"]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "metrics.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "interrupt (SIGTERM)" in err and "--resume" in err
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["steps"] >= 1 and not info["finished"]
+    assert (run_dir / "checkpoints" / f"step-{info['steps']:07d}").is_dir()
 
 
 def test_ctrl_c_after_the_last_step_lets_the_result_be_saved(tiny_overrides, monkeypatch, capsys):

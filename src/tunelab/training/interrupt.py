@@ -5,7 +5,9 @@ While `graceful_interrupt()` is active, the first SIGINT or SIGTERM only sets `r
 steps, so the checkpoint it writes is of a completed step (weights and optimizer state consistent). SIGTERM is what
 `kill`, `docker stop`, systemd and a batch scheduler's preemption send, most of them with a grace period before
 SIGKILL: it used to end the process at once, losing every step since the last checkpoint. A second signal stops at
-once, as usual. Outside the main thread (where signal handlers cannot be set) it does nothing.
+once, as usual. The run then exits as a shell reports a process the signal ended: 130 after SIGINT, 143 (128 + 15)
+after SIGTERM, so a scheduler can tell a preemption from a Ctrl-C. Outside the main thread (where signal handlers
+cannot be set) it does nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from tunelab.errors import Terminated
+
 
 @dataclass
 class StopRequest:
     requested: bool = False
+    signum: int = signal.SIGINT  # the signal that asked: the run's exit code is 128 + it
 
 
 STEP = "stopping after the current step and writing a checkpoint"
@@ -36,8 +41,8 @@ def graceful_interrupt(doing: str = STEP) -> Iterator[StopRequest]:
 
     def handle(signum, frame):
         if request.requested:
-            raise KeyboardInterrupt
-        request.requested = True
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        request.requested, request.signum = True, signum
         name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
         print(f"\ninterrupt ({name}): {doing} ({name} again stops at once)", file=sys.stderr, flush=True)
 

@@ -88,8 +88,8 @@ def launch(worker_args: list[str], nproc: int) -> int:
     except ChildFailedError as exc:
         first = min(exc.failures.values(), key=lambda failure: failure.timestamp)
         return first.exitcode if first.exitcode > 0 else 1
-    except SignalException:  # Ctrl-C: the agent has stopped the ranks
-        return 130
+    except SignalException as exc:  # Ctrl-C or SIGTERM: the agent has stopped the ranks; 130 or 143, as one process
+        return 128 + int(exc.sigval)
     return 0
 
 

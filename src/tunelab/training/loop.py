@@ -12,6 +12,7 @@ checkpoint of it.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class Run:
     captured: CapturedLoss | None = None  # micro-batches replayed from CUDA graphs (training/graphs.py)
     graph_width: int = 64  # with graphs: batches are padded to a multiple of this many tokens
     interrupted: bool = False  # Ctrl-C came during the last step: the run finishes (evaluation, save), then stops
+    stop_signal: int = signal.SIGINT  # the signal that stopped it (SIGTERM exits 143, not 130)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -143,10 +145,10 @@ def loop(run: Run) -> float | None:
                     _checkpoint(run)
                 if run.ranks.any(stop.requested):  # all ranks stop after the same step
                     if position["step"] == run.total_steps:  # the steps are done: finish as after a later Ctrl-C
-                        run.interrupted = True
+                        run.interrupted, run.stop_signal = True, stop.signum
                         break
                     bar.close()
-                    raise _interrupted(run, saved)
+                    raise _interrupted(run, saved, stop.signum)
             if position["batch_in_epoch"] >= len(batches):
                 position["epoch"] += 1
                 position["batch_in_epoch"] = 0
@@ -216,7 +218,7 @@ def _checkpoint(run: Run) -> None:
     run.best.keep_with(folder)
 
 
-def _interrupted(run: Run, saved: bool) -> Interrupted:
+def _interrupted(run: Run, saved: bool, signum: int) -> Interrupted:
     """Ctrl-C between steps: write a checkpoint of the step just completed (unless one was), say how to resume."""
     position = run.position
     if not saved:
@@ -227,4 +229,5 @@ def _interrupted(run: Run, saved: bool) -> Interrupted:
         "the same command and --resume (in Python: train(..., resume=True)).",
         step=position["step"],
         checkpoint=str(checkpoint),
+        signum=signum,
     )

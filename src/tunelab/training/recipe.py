@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,7 @@ class TrainResult:
     auto: dict[str, dict] = field(default_factory=dict)  # option -> {value, reason}, for the options that were auto
     verdict: Verdict | None = None
     interrupted: bool = False  # Ctrl-C came after the steps: the result is saved, what follows training is skipped
+    stop_signal: int = signal.SIGINT  # the signal that interrupted it (SIGTERM: a staged run exits 143)
 
 
 def refuse_resume_and_overwrite(resolved: ResolvedConfig, resume: bool) -> None:
@@ -460,10 +462,19 @@ def _train_planned(
             tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
     ranks.barrier()  # no rank returns before the result is saved
     interrupted = stop.requested or run.interrupted
+    stop_signal = stop.signum if stop.requested else run.stop_signal
     if interrupted:
         print(f"interrupt: the result is saved in {run_dir}; nothing after training runs.", file=sys.stderr, flush=True)
     return TrainResult(
-        run_dir, position["step"], last_loss, eval_loss, info.skipped_steps, auto.to_dict(), verdict, interrupted
+        run_dir,
+        position["step"],
+        last_loss,
+        eval_loss,
+        info.skipped_steps,
+        auto.to_dict(),
+        verdict,
+        interrupted,
+        stop_signal,
     )
 
 

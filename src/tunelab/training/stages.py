@@ -400,6 +400,7 @@ def _stages(
                 "(in Python: train(..., resume=True)), which starts the next stage.",
                 step=result.steps,
                 checkpoint=None,
+                signum=result.stop_signal,
             )
     return result
 

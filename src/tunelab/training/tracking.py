@@ -18,8 +18,8 @@ A tracker that is not installed is a ConfigError naming the pip command, raised 
 How the run ended reaches the trackers that keep it (`close(error)`, with the exception that stopped the run): a run
 that finished is FINISHED in MLflow and exits 0 in W&B; one stopped by an error (a crash, the non-finite guard) is
 FAILED in MLflow and exits in W&B with the code `tunelab train` exits with (1, or 3 for the guard); one interrupted
-(Ctrl-C, SIGTERM) is KILLED in MLflow and exits 130 in W&B. Trackio's runs have no status: an error alert (a warning
-for an interrupt) says why the run ended before it is finished. TensorBoard's event files have no place for it.
+(Ctrl-C, SIGTERM) is KILLED in MLflow and exits 130 in W&B (143 after SIGTERM). Trackio's runs have no status: an
+error alert (a warning for an interrupt) says why the run ended before it is finished. TensorBoard's event files have no place for it.
 
 A resumed run continues its tracker runs rather than starting new ones: each tracker that starts a run records
 its id in RUN_DIR/trackers.json ({"mlflow": {"run_id", "store"}, "wandb": {"id"}, "trackio": {"project", "name"}}),
@@ -114,7 +114,7 @@ def exit_code(error: BaseException | None) -> int:
         return 0
     if isinstance(error, TunelabError):
         return error.exit_code
-    return 130 if _interrupted(error) else 1
+    return getattr(error, "exit_code", 130) if _interrupted(error) else 1
 
 
 def _why(error: BaseException) -> str:
