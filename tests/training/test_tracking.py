@@ -529,3 +529,66 @@ def test_a_resumed_run_reopens_the_trackio_run_it_started_not_an_older_one_of_it
     SINKS["trackio"](TrackTo(tmp_path), {}, None)
     SINKS["trackio"](TrackTo(tmp_path), {}, 3)
     assert (calls[1]["name"], calls[1]["resume"]) == ("dainty-sunset-2", "allow")
+
+
+def _tracker_modules(monkeypatch) -> list:
+    """Stand-ins for wandb, mlflow and trackio that record every run they are asked to start."""
+    import importlib.machinery
+
+    started = []
+
+    def init(**kwargs):
+        started.append(kwargs)
+        return types.SimpleNamespace(id="id1", log=lambda *a, **k: None, finish=lambda **k: None)
+
+    for name in ("wandb", "mlflow", "trackio"):
+        module = types.ModuleType(name)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        module.init = init
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(
+        sys.modules, "mlflow.tracking", types.SimpleNamespace(MlflowClient=lambda **k: started.append(k))
+    )
+    return started
+
+
+def test_tracker_credentials_in_the_environment_report_nothing_unless_report_to_asks(
+    tiny_overrides, monkeypatch, capsys
+):
+    """A user's $WANDB_API_KEY, $MLFLOW_TRACKING_URI or $TRACKIO_SPACE_ID must not send a run anywhere unless
+    train.report_to names that tracker; one it names says at the start where it reports and why (W&B went online
+    with $WANDB_API_KEY set, without a word)."""
+    started = _tracker_modules(monkeypatch)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "key")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    monkeypatch.setenv("TRACKIO_SPACE_ID", "someone/space")
+    train(None, tiny_overrides | {"train.max_steps": 1})
+    out = capsys.readouterr().out
+    assert started == [] and not any(f"report_to {name}:" in out for name in ("wandb", "mlflow", "trackio"))
+    train(None, tiny_overrides | {"train.max_steps": 1, "train.report_to": ["wandb"], "overwrite": True})
+    out = capsys.readouterr().out
+    assert "report_to wandb: Weights & Biases online, project tunelab ($WANDB_API_KEY is set" in out
+    assert [call["mode"] for call in started] == ["online"]
+    monkeypatch.delenv("WANDB_API_KEY")
+    train(None, tiny_overrides | {"train.max_steps": 1, "train.report_to": ["wandb"], "overwrite": True})
+    assert "report_to wandb: Weights & Biases offline in " in capsys.readouterr().out
+    assert started[-1]["mode"] == "offline"
+
+
+def test_each_tracker_names_where_it_reports(tmp_path, monkeypatch):
+    from tunelab.training.tracking import destination
+
+    for var in ("MLFLOW_TRACKING_URI", "WANDB_MODE", "WANDB_API_KEY", "TRACKIO_SPACE_ID", "TRACKIO_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    assert destination("mlflow", tmp_path) == (
+        f"MLflow SQLite store {tmp_path / 'mlflow.db'} (local; $MLFLOW_TRACKING_URI would name another)"
+    )
+    assert "local database" in destination("trackio", tmp_path)
+    assert str(tmp_path / "tensorboard") in destination("tensorboard", tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    monkeypatch.setenv("TRACKIO_SPACE_ID", "someone/space")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert destination("mlflow", tmp_path) == "MLflow at http://tracking.example:5000 (from $MLFLOW_TRACKING_URI)"
+    assert "online to the Hugging Face Space someone/space (from $TRACKIO_SPACE_ID)" in destination("trackio", tmp_path)
+    assert destination("wandb", tmp_path).startswith("Weights & Biases disabled")

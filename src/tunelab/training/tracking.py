@@ -12,7 +12,11 @@ Where they write, offline by default:
   file store); `mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db`.
 - wandb: online only when $WANDB_MODE says so or $WANDB_API_KEY is set, else offline under RUN_DIR/wandb
   (`wandb sync` uploads it later).
-- trackio: its local database (Trackio is local-first; $TRACKIO_DIR moves it); `trackio show`.
+- trackio: its local database (Trackio is local-first; $TRACKIO_DIR moves it); `trackio show`. With
+  $TRACKIO_SPACE_ID set, Trackio itself sends the run to that Hugging Face Space.
+Only the trackers train.report_to lists are opened, whatever the environment holds ($WANDB_API_KEY or
+$MLFLOW_TRACKING_URI alone sends nothing anywhere), and each says at the start where it reports (`destination`):
+online or not, and which variable made it so.
 A tracker that is not installed is a ConfigError naming the pip command, raised when the config is loaded.
 
 How the run ended reaches the trackers that keep it (`close(error)`, with the exception that stopped the run): a run
@@ -95,6 +99,41 @@ class TrackTo:
 
     def reopens(self, resume_step: int | None) -> bool:
         return resume_step is not None or self.continues
+
+
+def wandb_mode() -> tuple[str, str]:
+    """W&B's mode for a run (online, offline, disabled, ...) and the variable that chose it."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"], "$WANDB_MODE"
+    if os.environ.get("WANDB_API_KEY"):
+        return "online", "$WANDB_API_KEY is set; WANDB_MODE=offline keeps it local"
+    return "offline", "neither $WANDB_MODE nor $WANDB_API_KEY is set; `wandb sync` uploads it"
+
+
+def destination(name: str, run_dir: Path) -> str:
+    """Where tracker `name` sends a run's metrics from `run_dir`, online or not, and why (said at the start)."""
+    if name == "tensorboard":
+        return f"TensorBoard event files in {run_dir / 'tensorboard'} (local)"
+    if name == "mlflow":
+        store = os.environ.get("MLFLOW_TRACKING_URI")
+        if store:
+            return f"MLflow at {store} (from $MLFLOW_TRACKING_URI)"
+        return f"MLflow SQLite store {run_dir / 'mlflow.db'} (local; $MLFLOW_TRACKING_URI would name another)"
+    if name == "wandb":
+        mode, why = wandb_mode()
+        project = os.environ.get("WANDB_PROJECT", PROJECT)
+        if mode in ("offline", "dryrun"):
+            return f"Weights & Biases offline in {run_dir / 'wandb'} ({why})"
+        if mode == "disabled":
+            return f"Weights & Biases disabled, nothing logged ({why})"
+        return f"Weights & Biases {mode}, project {project} ({why})"
+    if name == "trackio":
+        project = os.environ.get("TRACKIO_PROJECT", PROJECT)
+        space = os.environ.get("TRACKIO_SPACE_ID")
+        if space:
+            return f"Trackio project {project}, online to the Hugging Face Space {space} (from $TRACKIO_SPACE_ID)"
+        return f"Trackio project {project} in its local database ($TRACKIO_DIR, else ~/.cache/huggingface/trackio)"
+    raise ValueError(f"unknown tracker {name!r}")
 
 
 def _interrupted(error: BaseException | None) -> bool:
@@ -289,7 +328,7 @@ class WandbSink(_Sink):
 
         run_dir = to.run_dir
         self._place(to)
-        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        mode = wandb_mode()[0]
         kept = kept_run(run_dir, "wandb") if to.reopens(resume_step) else {}
         # W&B resumes online runs only (offline it ignores `resume`): an offline run resumed starts a new W&B run
         again = kept.get("id") if mode not in ("offline", "dryrun", "disabled") else None
@@ -356,13 +395,15 @@ def open_trackers(
     names: list[str], where: Path | TrackTo, config: dict[str, Any], resume_step: int | None = None
 ) -> list:
     """One sink per tracker named in train.report_to (checked again here: the API accepts configs built in code),
-    writing into `where`: a run directory, or a stage's place in its staged run's (TrackTo)."""
+    writing into `where`: a run directory, or a stage's place in its staged run's (TrackTo). Each opened says where
+    it reports. No name, no tracker: the environment alone ($WANDB_API_KEY, $MLFLOW_TRACKING_URI) opens none."""
     check_trackers(names)
     to = where if isinstance(where, TrackTo) else TrackTo(Path(where))
     sinks = []
     for name in names:
         sink = to.held.get(name) if to.held is not None else None
         if sink is None or sink.closed:
+            print(f"report_to {name}: {destination(name, to.run_dir)}", flush=True)
             sink = SINKS[name](to, config, resume_step)
         else:  # a staged run's later stage: the tracker run an earlier stage paused
             sink.next_stage(to, config)
