@@ -483,6 +483,19 @@ def test_a_reward_run_scores_answers_as_its_reward_function(tiny_model_dir, tmp_
     assert got == pytest.approx(want, rel=1e-6) and len(set(got)) == 3
 
 
+def test_a_reward_run_that_fails_to_load_is_named_by_its_option(tiny_model_dir, tmp_path):
+    """A reward run that passed the check but could not be loaded when the rollouts began (its config.json gone)
+    stopped with the run's own error, which did not say that grpo.rewards named it."""
+    pairs = [{"prompt": f"Say {i}.", "chosen": f"{i}", "rejected": "no"} for i in range(8)]
+    overrides = {"task": "reward", "model.name": str(tiny_model_dir), "data.max_length": 64, "method.r": 4}
+    overrides |= {"data.train": [_write(tmp_path / "pairs.jsonl", pairs)], "train.micro_batch": 4}
+    run = recipe.train(None, overrides | {"train.max_steps": 1, "output_dir": str(tmp_path / "rm")}).run_dir
+    (spec,) = R.specs([RewardSpec(kind="model", run=str(run), name="rm")])
+    (run / "config.json").unlink()
+    with pytest.raises(ConfigError, match=r"^option 'grpo.rewards', reward 'rm' \(kind model\): .*config.json"):
+        R.build(spec)
+
+
 def test_a_model_reward_that_is_not_a_finished_reward_run_is_named_as_its_entry(tiny_run_dir, tmp_path):
     """An sft run as a reward model failed later with 'tunelab predict needs a classify or reward run'; a classify run
     was loaded, its K label scores read as one reward."""

@@ -140,6 +140,25 @@ def test_a_label_word_head_starts_as_the_lm_scores_of_the_label_words(impl):
     torch.testing.assert_close(head, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_label_words_without_an_lm_head_name_the_option(monkeypatch):
+    """classify.head_init label_words on a model without an LM head stopped with a model error that did not name the
+    option as other config errors do."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunelab.tasks.head import attach_head
+    from tunelab.training.build import BuiltModel
+
+    config = LlamaConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2,
+    )  # fmt: skip
+    hf = LlamaForCausalLM(config)
+    monkeypatch.setattr(hf, "get_output_embeddings", lambda: None)  # a body without a head of its own
+    built = BuiltModel(hf, "generic", config, torch.device("cpu"), torch.float32, 0, 1)
+    with pytest.raises(ConfigError, match=r"^option 'classify.head_init' is label_words, .* Use classify.head_init"):
+        attach_head(built, 2, seed=1, label_tokens=[[7], [11]])
+
+
 def test_label_words_are_read_with_underscores_as_spaces_and_only_for_classify(tiny_tokenizer):
     from tunelab.tasks.classify import label_words
 

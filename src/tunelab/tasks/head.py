@@ -113,7 +113,10 @@ def attach_head(built: BuiltModel, num_labels: int, seed: int, label_tokens: lis
     score = new_score(config.hidden_size, num_labels, seed, getattr(config, "initializer_range", 0.02), built.device)
     if label_tokens is not None:
         if lm_head is None:
-            raise ModelError("classify.head_init label_words needs the model's LM head; this model has none.")
+            raise ConfigError(
+                "option 'classify.head_init' is label_words, which starts the head from the model's LM head; this "
+                "model has none. Use classify.head_init random."
+            )
         weight = float_weight(lm_head)  # (V, d) fp32; an NF4 head dequantized
         with torch.no_grad():
             for k, ids in enumerate(label_tokens):

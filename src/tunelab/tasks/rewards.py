@@ -38,7 +38,7 @@ from tunelab.config import RewardSpec
 from tunelab.data.formats import scalar_text
 from tunelab.data.match import contains, exact_match
 from tunelab.data.transform import load_transform
-from tunelab.errors import ConfigError, RunDirError, article
+from tunelab.errors import ConfigError, RunDirError, TunelabError, article
 from tunelab.rundir import open_info
 from tunelab.tasks.head_run import load_reward_model
 
@@ -209,10 +209,13 @@ def build(spec: RewardSpec, device: torch.device | str = "cpu") -> Reward:
     elif spec.kind == "length":
         fn = _each(lambda s: -max(0, s.tokens - spec.max_tokens) / spec.max_tokens)
     elif spec.kind == "function":
-        user = user_function(spec.function, f"reward {spec.name}")
+        user = user_function(spec.function, f"option 'grpo.rewards', reward {spec.name!r}")
         fn = _each(lambda s: user(s.prompt, s.answer, s.row))
     else:
-        from_model = load_reward_model(spec.run, device=str(device))
+        try:
+            from_model = load_reward_model(spec.run, device=str(device))
+        except TunelabError as exc:  # a damaged or moved run: the option that named it, and why it failed
+            raise ConfigError(f"option 'grpo.rewards', reward {spec.name!r} (kind model): {exc}") from None
 
         def fn(samples: list[Sample]) -> list[Any]:
             return from_model([s.prompt for s in samples], [s.answer for s in samples])
