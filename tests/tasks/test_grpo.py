@@ -559,3 +559,33 @@ def test_log_probs_are_those_of_the_sampling_temperature(
     else:
         assert torch.allclose(loss, per_token.sum(), rtol=1e-4)
         assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(got, want))
+
+
+def test_top_p_shapes_the_sampling_only_and_is_said_so(tiny_model_dir, tmp_path, prompt_file, reward_module):
+    """With grpo.top_p < 1 the answers come from the top-p set, while every log p of the loss is of the whole
+    softmax(logits / temperature), as TRL scores them; the option's help and the README said nothing of it."""
+    import dataclasses
+
+    from tunelab.config import GrpoConfig
+
+    task, data, built, tok = _task(
+        tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.top_p": 0.3, "grpo.temperature": 0.5}
+    )
+    model = built.model
+    group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=False, seed=0, epoch=0)[:1]
+    batch = task.rollout(model, group, 0, 8)[0]
+    with torch.no_grad():
+        full = _plain_log_probs(model, batch, 0.5)
+        assert torch.allclose(batch["ref"], full, atol=1e-5)  # an untrained adapter: the reference is the policy
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        )
+        targets = batch["labels"][:, 1:]
+        keep = targets != -100
+        probs = torch.softmax(getattr(out, "logits", out)[:, :-1][keep].float() / 0.5, dim=-1)  # (n, V)
+        drawn = probs.gather(1, targets[keep][:, None])  # (n, 1)
+        above = (probs * (probs > drawn)).sum(dim=1)  # the mass of the tokens more likely than the drawn one
+    assert (above < 0.3 + 1e-4).all()  # each drawn token is in the top-p set: the sampling was truncated
+    assert (full.exp() < 0.3).any()  # yet scored under the whole distribution: not renormalised to the set
+    top_p = next(f for f in dataclasses.fields(GrpoConfig) if f.name == "top_p")
+    assert "shapes the sampling only" in top_p.metadata["help"] and "as TRL does" in top_p.metadata["help"]

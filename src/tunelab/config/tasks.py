@@ -95,7 +95,8 @@ class GrpoConfig:
     temperature: float = opt(1.0, "task grpo: sampling temperature of the rollouts", min=0.01)
     top_p: float = opt(
         1.0,
-        "task grpo: nucleus sampling of the rollouts: keep the smallest set of tokens of this mass",
+        "task grpo: nucleus sampling of the rollouts: keep the smallest set of tokens of this mass; it shapes the "
+        "sampling only: the loss scores each answer token under the whole softmax(logits / temperature), as TRL does",
         min=0.01,
         max=1.0,
     )

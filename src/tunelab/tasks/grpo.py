@@ -30,8 +30,11 @@ The k3 term's gradient is (1 - exp(r_t - logp_t)) d logp_t: it pulls logp back t
 
 Every log p (logp, o and r) is of the distribution the answers were drawn from, softmax(logits / grpo.temperature),
 as TRL's GRPOTrainer computes it: at 0.7 the ratio and the KL compare the sampling distributions, not the
-temperature-1 ones the sampler never drew from; at 1 nothing is divided. top_p's truncation is not in it (as in
-TRL). Log-probs go through `tasks/log_probs.token_log_probs` (fused head + log-prob op on the fast path: no
+temperature-1 ones the sampler never drew from; at 1 nothing is divided. grpo.top_p shapes the sampling only: its
+truncation is not in any log p, which is of the whole tempered distribution, not of the top-p set renormalised (as in
+TRL, whose `_get_per_token_logps_and_entropies` divides the logits by the temperature and takes the full log-softmax).
+So a drawn token's log p is at most its truncated one: the ratio and the KL are those of the untruncated policy,
+whose gradient the loss follows. Log-probs go through `tasks/log_probs.token_log_probs` (fused head + log-prob op on the fast path: no
 (N, V) logits; the temperature divides the hidden states that enter it). Step figures (rewards per function, KL,
 answer length, zero-variance groups) are logged each step; eval answers the held-out prompts greedily (temperature
 0) and reports their mean reward, with eval_loss = -eval_reward so that train.keep_best keeps the weights whose
