@@ -217,19 +217,21 @@ def _text(value: str, name: str, blank: bool = True) -> str:
 
 
 @_checked
-def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None = None):
+def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None = None, nproc: int = 1):
     """The memory planner for a config (`tunelab plan`): a PlanReport whose .memory holds the candidates with their
     predicted peak and speed, the chosen one and why; .text() is what the CLI prints. A staged config gives a
     StagesPlanReport: .stages, each stage's (name, PlanReport). Loads the data and the model's config, not its
     weights. gpu_memory (like "24GiB") overrides train.gpu_memory; BudgetError (a ConfigError) when nothing fits,
     naming the minimum and its largest part; so is gpu_memory beside an override of train.gpu_memory (a config
-    file's train.gpu_memory it overrides)."""
+    file's train.gpu_memory it overrides). nproc: the processes `tunelab train --nproc` would start (the plan is
+    each GPU's; train.sharding fsdp2 divides the weights and training state among them)."""
+    _at_least(nproc, "nproc", "--nproc", 1)
     if gpu_memory is not None and isinstance(overrides, Mapping) and "train.gpu_memory" in overrides:
         raise ConfigError(
             f"--gpu-memory {gpu_memory!r} and --train.gpu_memory {overrides['train.gpu_memory']!r} both give the plan's "
             "budget (gpu_memory= and the override 'train.gpu_memory' in Python); give one of them."
         )
-    return plan_config(resolve(config, overrides), gpu_memory)
+    return plan_config(resolve(config, overrides), gpu_memory, nproc)
 
 
 @_checked

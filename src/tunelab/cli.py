@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("config", nargs="?", help="YAML config file (optional: flags alone work too)")
     plan.add_argument("--gpu-memory", help="the budget, like 24GiB or 80GB (default: train.gpu_memory, or this GPU's)")
+    plan.add_argument("--nproc", type=int, default=1, help="plan for N processes, as train --nproc N (default: 1)")
     _add_config_options(plan)
     federate = sub.add_parser(
         "federate",
@@ -409,8 +410,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         )
         return 0 if result.passed else 1
     if args.command == "plan":
-        options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "gpu_memory")}
-        print(api.plan(args.config, options, gpu_memory=args.gpu_memory).text())
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "gpu_memory", "nproc")}
+        print(api.plan(args.config, options, gpu_memory=args.gpu_memory, nproc=args.nproc).text())
         return 0
     if args.command == "federate":
         overrides = {

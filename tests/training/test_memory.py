@@ -80,6 +80,31 @@ def test_full_fine_tuning_keeps_moments_in_the_weights_dtype():
     assert "adapters (fp32)" not in parts
 
 
+def test_fsdp2_shards_weights_and_training_state_and_gathers_the_root_and_two_layers():
+    """Under train.sharding fsdp2 every rank held, in the model, the whole model's weights, gradients and optimizer
+    state. Full fine-tuning of TINY over 2 ranks, by hand (the unsharded figures are those of the tests above):"""
+    e = estimate(TINY, Setup(method="full", micro_batch=2, seq=24, shards=2))
+    # decoder 3 x 61696 = 185088 bf16 -> 92544 a rank; embedding + head + norm 51328 -> 25664
+    assert e.static["weights: decoder (bf16), 1/2 (fsdp2)"] == 92544
+    assert e.static["weights: embedding + head + norm, 1/2 (fsdp2)"] == 25664
+    # gradients 2 x 118208 values -> 118208 bytes a rank; AdamW m and v in bf16: 4 x 118208 -> 236416
+    assert e.static["trained weights: gradients, 1/2 (fsdp2)"] == 118208
+    assert e.static["optimizer (adamw), 1/2 (fsdp2)"] == 236416
+    # gathered whole: the root 51328 and two layers of 61696; their gradients the same sizes (bf16 weights)
+    assert e.static["fsdp2: gathered weights (root, two layers)"] == 51328 + 2 * 61696
+    assert e.static["fsdp2: unsharded grads (root, two layers)"] == 51328 + 2 * 61696
+    assert "weights: decoder (bf16)" not in e.static
+    whole = estimate(TINY, Setup(method="full", micro_batch=2, seq=24))
+    assert whole.peak - e.peak == (185088 + 51328 + 236416 + 472832) - (92544 + 25664 + 118208 + 236416 + 2 * 174720)
+    # LoRA over 3 ranks: adapters, their gradients and moments cut to a third (ceil); no root gradients, two layers'
+    # adapter gradients (3712 fp32 values a layer)
+    lora = estimate(TINY, Setup(method="lora", rank=4, micro_batch=2, seq=24, shards=3)).static
+    assert lora["adapters (fp32), 1/3 (fsdp2)"] == 4 * 3712
+    assert lora["optimizer (adamw), 1/3 (fsdp2)"] == 8 * 3712
+    assert lora["fsdp2: unsharded grads (root, two layers)"] == 2 * 4 * 3712
+    assert lora["weights: decoder (bf16), 1/3 (fsdp2)"] == -(-185088 // 3)
+
+
 def test_scratch_buffers():
     parts = scratch_bytes(TINY, LORA)
     # stacked (O + R)(in + R): qkv (128 + 12)(64 + 12) = 10640, gate/up (192 + 8)(64 + 8) = 14400: the larger, bf16

@@ -235,3 +235,30 @@ def test_layers_to_recompute_on_the_generic_path_are_refused():
     cfg, auto = _auto(checkpointing=True)
     plan_memory(auto, cfg, built, seq=24)
     assert built.model.enabled  # all layers, as asked
+
+
+def test_train_under_fsdp2_plans_each_ranks_share_and_the_ranks_share_the_micro_batches():
+    """train --nproc 4 with fsdp2 planned each GPU as holding the whole model: a budget that fits each rank's
+    quarter of the weights and training state was refused."""
+    from tunelab.config import MethodConfig, RunConfig, TrainConfig
+    from tunelab.training.auto import plan_from_data
+    from tunelab.training.plan import plan_memory
+
+    train = TrainConfig(gpu_memory="1.2MiB", checkpointing=False, offload_activations=False)
+    cfg = RunConfig(train=train, method=MethodConfig(name="full"))
+    with pytest.raises(BudgetError, match="no configuration fits 1.2 MiB"):
+        plan_memory(plan_from_data(cfg.train, 1000, False), cfg, _built(None), seq=64)
+    out, result = plan_memory(plan_from_data(cfg.train, 1000, False), cfg, _built(None), 64, 4, "fsdp2")
+    assert (
+        result.chosen.peak <= 1.2 * 2**20
+        and "fsdp2: gathered weights (root, two layers)" in result.chosen.estimate.static
+    )
+    assert out.train.micro_batch * out.train.grad_accum == 8  # the batch kept
+    with pytest.raises(BudgetError, match="no configuration fits 1.2 MiB"):  # ddp: every rank holds it all
+        plan_memory(plan_from_data(cfg.train, 1000, False), cfg, _built(None), 64, 4, "ddp")
+
+
+def test_the_ranks_share_a_steps_micro_batches():
+    one = plan(LLAMA2_7B, QLORA, 80 * GIB, global_batch=8, fixed=Fixed(micro_batch=2))
+    four = plan(LLAMA2_7B, QLORA, 80 * GIB, global_batch=8, fixed=Fixed(micro_batch=2), ranks=4)
+    assert four.chosen.step_s == pytest.approx(one.chosen.step_s / 4)  # 4 micro-batches: one on each rank

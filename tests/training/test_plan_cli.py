@@ -127,19 +127,37 @@ def test_gpu_memory_overrides_the_config_files_budget(tiny_overrides, tmp_path, 
     assert code == 0, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
-def test_fsdp2_is_planned_without_the_checkpointing_and_offload_train_turns_off(
-    tiny_overrides, tmp_path, capsys, sharding
-):
-    """Under fsdp2 train turns auto checkpointing and offload off, but plan offered and chose them."""
-    path = _config(tmp_path, tiny_overrides | {"train.sharding": sharding})
-    code = main(["plan", path, "--gpu-memory", "1GiB"])
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp2", "auto"])
+def test_several_processes_are_planned_as_train_runs_them(tiny_overrides, tmp_path, capsys, sharding):
+    """Under fsdp2 train turns auto checkpointing and offload off, but plan offered and chose them; it planned every
+    rank's GPU as holding the whole model, and sharding auto (fsdp2 for method full) as one process, without saying
+    for how many processes it planned."""
+    path = _config(tmp_path, tiny_overrides | {"train.sharding": sharding, "method.name": "full"})
+    code = main(["plan", path, "--gpu-memory", "1GiB", "--nproc", "2"])
     out, err = capsys.readouterr()
     assert code == 0, err
     table = out.split("\n\n")[0]
-    assert ("checkpointing 1/2 layers, offload" in table) == (sharding == "ddp")
-    assert ("train.sharding fsdp2: no checkpointing or offload" in out) == (sharding == "fsdp2")
-    assert "->micro_batch 4 x grad_accum 2, no checkpointing" in table
+    fsdp2 = sharding != "ddp"  # auto: fsdp2 for method full
+    assert ("checkpointing 1/2 layers" in table) == (not fsdp2)
+    assert ("train.sharding fsdp2: no checkpointing or offload" in out) == fsdp2
+    said = f"processes: 2, train.sharding {'fsdp2' if fsdp2 else 'ddp'}" + (" (auto)" if sharding == "auto" else "")
+    assert said in out
+    assert ("each GPU holds 1/2 of the weights" in out) == fsdp2
+    assert ("1/2 (fsdp2)" in out and "fsdp2: gathered weights (root, two layers)" in out) == fsdp2  # the breakdown
+    assert main(["plan", path, "--gpu-memory", "1GiB"]) == 0  # one process: as train without --nproc
+    out = capsys.readouterr().out
+    assert "processes: 1 (as tunelab train without --nproc" in out and "(fsdp2)" not in out
+
+
+def test_several_processes_refuse_what_train_refuses(tiny_overrides, tmp_path, capsys):
+    path = _config(tmp_path, tiny_overrides | {"train.sharding": "fsdp2"})  # LoRA over a 16-bit base
+    assert main(["plan", path, "--gpu-memory", "1GiB", "--nproc", "2"]) == 2
+    assert (
+        "option 'train.sharding' is fsdp2, which is not supported for LoRA over a 16-bit base"
+        in capsys.readouterr().err
+    )
+    assert main(["plan", path, "--gpu-memory", "1GiB", "--nproc", "0"]) == 2
+    assert "(--nproc) is 0" in capsys.readouterr().err
 
 
 def test_a_budget_above_the_gpus_memory_is_refused_naming_it(tiny_overrides, tmp_path, capsys, monkeypatch):

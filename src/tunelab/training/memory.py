@@ -15,6 +15,11 @@ Static (alive the whole step):
   QLoRA's dequantization workspace, the largest ungrouped NF4 weight out x in x e (o_proj and down_proj).
 - offload: the two landing buffers, 2 N d e (`models.offload`).
 - rope tables: cos and sin, 2 N head_dim e, shared by all layers.
+- FSDP2 across S ranks (`Setup.shards`, train.sharding fsdp2; `training.distributed.shard`): weights, adapters,
+  gradients and optimizer state are cut on dim 0, so each rank holds ceil(x / S) of each. Beside its shards a rank
+  holds whole what it gathers: the root unit's weights (embedding, head, final norm: kept from the forward through
+  the backward) and two decoder layers' (the one computing and the next, prefetched), and the unsharded gradients of
+  the root and of two trained layers (the one in backward and the one being reduce-scattered).
 
 Saved per layer for backward (`models.llama` with `kernels/`, counted from their save_for_backward):
   attention half: x (rms_norm's input) N d e + rstd 4N + the norm's output with its spare columns N (d + R_qkv) e
@@ -72,6 +77,7 @@ class Setup:
     offload: bool = False  # checkpointed inputs wait in host memory
     grouped: bool = True  # LoRA groups run as one GEMM (CUDA)
     graphs: bool = False  # micro-batches may replay from CUDA graphs (training/graphs.py; not with offload)
+    shards: int = 1  # FSDP2 ranks the weights, gradients and optimizer state are cut across (1: every rank all)
 
     @property
     def tokens(self) -> int:
@@ -167,30 +173,46 @@ def _groups(c: LlamaConfig, s: Setup) -> tuple[int, int]:
 # Static parts
 
 
-def weight_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
+def layer_weight_bytes(c: LlamaConfig, s: Setup) -> int:
+    """One decoder layer's weights as stored (bf16, or NF4 for QLoRA's projections)."""
     shapes = projection_shapes(c)
     per_layer = sum(nf4_bytes(i * o) if s.quantized else E * i * o for i, o in shapes.values())
-    per_layer += E * (_bias_count(c) + 2 * c.hidden_size + (2 * c.head_dim if c.qk_norm else 0))
+    return per_layer + E * (_bias_count(c) + 2 * c.hidden_size + (2 * c.head_dim if c.qk_norm else 0))
+
+
+def root_weight_bytes(c: LlamaConfig) -> int:
+    """Embedding, head (none of its own when tied) and final norm, bf16."""
     head = 0 if c.tie_word_embeddings else E * c.vocab_size * c.hidden_size
+    return E * c.vocab_size * c.hidden_size + head + E * c.hidden_size
+
+
+def weight_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
     return {
-        "weights: decoder" + (" (nf4)" if s.quantized else " (bf16)"): c.num_layers * per_layer,
-        "weights: embedding + head + norm": E * c.vocab_size * c.hidden_size + head + E * c.hidden_size,
+        "weights: decoder" + (" (nf4)" if s.quantized else " (bf16)"): c.num_layers * layer_weight_bytes(c, s),
+        "weights: embedding + head + norm": root_weight_bytes(c),
     }
 
 
-def trainable_tensors(c: LlamaConfig, s: Setup) -> list[tuple[int, int]]:
-    """(values, bytes per value) of every trainable tensor: the adapters' A and B (fp32), or the trained weights."""
+def _trainable(c: LlamaConfig, s: Setup) -> tuple[list[tuple[int, int]], int, list[tuple[int, int]]]:
+    """(one trained layer's tensors, how many layers are trained, the root's trained tensors), each tensor as
+    (values, bytes per value)."""
     shapes = projection_shapes(c)
     if s.method == "lora":
         ranks = _ranks(c, s)
         per_layer = [(ranks[n] * i, 4) for n, (i, _) in shapes.items() if ranks[n]]
         per_layer += [(ranks[n] * o, 4) for n, (_, o) in shapes.items() if ranks[n]]
-        return per_layer * c.num_layers
+        return per_layer, c.num_layers, []
     layer = [(i * o, E) for i, o in shapes.values()] + [(c.hidden_size, E), (c.hidden_size, E)]
     if s.method == "layers":
-        return layer * min(s.top_layers, c.num_layers)
+        return layer, min(s.top_layers, c.num_layers), []
     embed = [(c.vocab_size * c.hidden_size, E)] * (1 if c.tie_word_embeddings else 2)
-    return layer * c.num_layers + embed + [(c.hidden_size, E)]
+    return layer, c.num_layers, embed + [(c.hidden_size, E)]
+
+
+def trainable_tensors(c: LlamaConfig, s: Setup) -> list[tuple[int, int]]:
+    """(values, bytes per value) of every trainable tensor: the adapters' A and B (fp32), or the trained weights."""
+    layer, count, root = _trainable(c, s)
+    return layer * count + root
 
 
 def training_state_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
@@ -204,6 +226,22 @@ def training_state_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
     out = {f"{kind}: gradients": params, f"optimizer ({s.optimizer})": optim}
     if s.method == "lora":
         out = {"adapters (fp32)": params} | out  # full/layers: the weights are already counted
+    return out
+
+
+def sharded_bytes(c: LlamaConfig, s: Setup, parts: dict[str, int]) -> dict[str, int]:
+    """Under FSDP2 across s.shards ranks (see the module docstring): each of `parts` (weights, training state) cut
+    to its 1/S share, and what a rank gathers whole beside it. `parts` as they are for one rank."""
+    n = s.shards
+    if n <= 1:
+        return parts
+    out = {f"{name}, 1/{n} (fsdp2)": -(-size // n) for name, size in parts.items()}
+    layer, count, root = _trainable(c, s)
+    out["fsdp2: gathered weights (root, two layers)"] = root_weight_bytes(c) + min(
+        2, c.num_layers
+    ) * layer_weight_bytes(c, s)
+    grads = sum(v * b for v, b in root) + min(2, count) * sum(v * b for v, b in layer)
+    out["fsdp2: unsharded grads (root, two layers)"] = grads
     return out
 
 
@@ -266,7 +304,7 @@ def saving_layers(c: LlamaConfig, s: Setup) -> int:
 def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimate:
     """The peak of one training step of the fast path (see the module docstring for every term)."""
     n, d = s.tokens, c.hidden_size
-    static = weight_bytes(c, s) | training_state_bytes(c, s) | scratch_bytes(c, s)
+    static = sharded_bytes(c, s, weight_bytes(c, s) | training_state_bytes(c, s)) | scratch_bytes(c, s)
     layers = saving_layers(c, s)
     checkpointed = min(s.checkpointed, layers)
     kept = layers - checkpointed

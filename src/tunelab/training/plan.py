@@ -40,6 +40,7 @@ from tunelab.errors import ConfigError
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode
+from tunelab.training.distributed import pick_sharding
 from tunelab.training.memory import GIB, PROJECTIONS, E, Estimate, Setup, calibrate, estimate, gib, projection_shapes
 
 THROUGHPUT = 540e12  # FLOP/s of the matmuls (recompute counted): fits four measured H200 steps within 4%
@@ -207,10 +208,12 @@ def plan(
     fixed: Fixed | None = None,
     cuda: bool = True,
     calibration: float = 1.0,
+    ranks: int = 1,
 ) -> MemoryPlan:
-    """The fastest candidate whose predicted peak fits `budget` bytes. `setup` gives the method, rank, optimizer and
-    sequence length (its micro_batch, checkpointed and offload are replaced per candidate); `global_batch` rows per
-    optimizer step are kept. BudgetError when nothing fits, naming the minimum and its largest part."""
+    """The fastest candidate whose predicted peak fits `budget` bytes (each rank's GPU). `setup` gives the method,
+    rank, optimizer, sequence length and FSDP2 shards (its micro_batch, checkpointed and offload are replaced per
+    candidate); `global_batch` rows per optimizer step are kept, their micro-batches shared by `ranks` processes.
+    BudgetError when nothing fits, naming the minimum and its largest part."""
     fixed = fixed or Fixed()
     setup = dataclasses.replace(setup, graphs=setup.graphs and cuda)  # CUDA graphs exist on CUDA only
     scored = []
@@ -219,7 +222,7 @@ def plan(
             setup, micro_batch=cand.micro_batch, checkpointed=cand.checkpointed, offload=cand.offload
         )
         est = estimate(c, s, calibration)
-        t = step_time(c, s, cand.grad_accum)
+        t = step_time(c, s, -(-cand.grad_accum // ranks))  # the micro-batches of a step are shared by the ranks
         scored.append(Scored(cand, est, t, cand.micro_batch * cand.grad_accum * s.seq / t))
     smallest = min(scored, key=lambda x: (x.peak, x.step_s))
     fitting = [x for x in scored if x.peak <= budget]
@@ -309,7 +312,7 @@ def device_budget(train: TrainConfig, device: torch.device | None) -> int | None
     return None
 
 
-def config_setup(cfg: RunConfig, seq: int) -> Setup:
+def config_setup(cfg: RunConfig, seq: int, shards: int = 1) -> Setup:
     m = cfg.method
     targets = (
         PROJECTIONS if "all-linear" in m.target_modules else tuple(t for t in m.target_modules if t in PROJECTIONS)
@@ -323,6 +326,7 @@ def config_setup(cfg: RunConfig, seq: int) -> Setup:
         optimizer=cfg.train.optimizer,
         seq=seq,
         graphs=graphs_possible(cfg),
+        shards=shards,
     )
 
 
@@ -340,8 +344,11 @@ def plan_for_config(
     budget: int,
     micro_batch_auto: bool,
     cuda: bool = True,
+    ranks: int = 1,
+    sharding: str | None = None,
 ) -> MemoryPlan:
-    """The planner over the options of `train` (auto values of the data already chosen) that are left to it."""
+    """The planner over the options of `train` (auto values of the data already chosen) that are left to it, for
+    `ranks` processes (`sharding`: ddp or fsdp2 among several, None for one)."""
     refuse_layer_count(train, shape.num_layers)
     fixed = Fixed(
         micro_batch=None if micro_batch_auto else train.micro_batch,
@@ -349,7 +356,8 @@ def plan_for_config(
         checkpoint_layers=train.checkpoint_layers,
         offload=None if train.offload_activations == AUTO else bool(train.offload_activations),
     )
-    return plan(shape, config_setup(cfg, seq), budget, train.micro_batch * train.grad_accum, fixed, cuda=cuda)
+    setup = config_setup(cfg, seq, shards=ranks if sharding == "fsdp2" else 1)
+    return plan(shape, setup, budget, train.micro_batch * train.grad_accum, fixed, cuda=cuda, ranks=ranks)
 
 
 def refuse_layer_count(train: TrainConfig, layers: int | None) -> None:
@@ -369,10 +377,13 @@ def longest_row(cfg: RunConfig, rows: list) -> int:
     return longest
 
 
-def plan_memory(auto: AutoPlan, cfg: RunConfig, built: BuiltModel, seq: int) -> tuple[AutoPlan, MemoryPlan | None]:
+def plan_memory(
+    auto: AutoPlan, cfg: RunConfig, built: BuiltModel, seq: int, ranks: int = 1, sharding: str | None = None
+) -> tuple[AutoPlan, MemoryPlan | None]:
     """Choose train.checkpointing, checkpoint_layers and offload_activations where they are auto (and a smaller
     micro_batch, keeping micro_batch x grad_accum, where micro_batch is auto and memory binds), apply them to the
-    model, and return the plan with those choices. Explicit values win. `seq`: the longest training row."""
+    model, and return the plan with those choices. Explicit values win. `seq`: the longest training row; `ranks`
+    and `sharding` (fsdp2: each rank holds 1/ranks of the model) as the run trains."""
     t = auto.train
     refuse_layer_count(t, getattr(built.hf_config, "num_hidden_layers", None))
     if built.impl != "fast" and t.checkpoint_layers:  # transformers' checkpointing recomputes every layer
@@ -397,7 +408,8 @@ def plan_memory(auto: AutoPlan, cfg: RunConfig, built: BuiltModel, seq: int) -> 
             chosen["train.offload_activations"] = Choice(False, f"{where}: off")
     else:
         shape = LlamaConfig.from_hf(built.hf_config)
-        result = plan_for_config(cfg, t, shape, seq, budget, mb_auto, cuda=built.device.type == "cuda")
+        cuda = built.device.type == "cuda"
+        result = plan_for_config(cfg, t, shape, seq, budget, mb_auto, cuda=cuda, ranks=ranks, sharding=sharding)
         best = require_fit(result, "option 'train.gpu_memory'").candidate
         why = f"planner: {result.reason}"
         if t.checkpointing == AUTO:
@@ -443,11 +455,13 @@ class PlanReport:
     seq: int
     global_batch: int
     note: str | None = None  # what the plan left out, as train runs the config
+    processes: str = "processes: 1 (as tunelab train without --nproc; --nproc N plans N)"
 
     def text(self) -> str:
         lines = [
             f"model: {self.shape.num_layers} layers, hidden {self.shape.hidden_size}; longest row {self.seq} tokens; "
             f"{self.global_batch} rows per optimizer step",
+            self.processes,
             self.memory.table(),
             "",
             self.memory.reason,
@@ -459,17 +473,19 @@ class PlanReport:
         return "\n".join(lines)
 
 
-def plan_run(cfg: RunConfig, gpu_memory: str | None = None, one_process: bool = False) -> PlanReport:
+def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> PlanReport:
     """The planner for a config without loading weights: its data (for auto micro_batch and the longest row) and its
     model's config (the shapes). BudgetError when nothing fits; ConfigError off the fast path or without a budget.
-    train.sharding fsdp2 is planned as train runs it on several processes (one_process: a stage, which never does):
-    auto checkpointing and offload off."""
+    `nproc` processes (tunelab train --nproc) as train runs them: train.sharding picked as train picks it (auto:
+    fsdp2 for method full), fsdp2 with each rank's 1/nproc share of the weights and training state and auto
+    checkpointing and offload off, ddp with the whole model on every rank; the budget is each GPU's."""
     from tunelab.data.loader import epoch_rows
     from tunelab.models.load import load_hf_config
     from tunelab.training.auto import plan_from_data
     from tunelab.training.build import pick_impl
     from tunelab.training.prepare import load_inputs
 
+    sharding = pick_sharding(cfg) if nproc > 1 else None  # ConfigError for what train --nproc refuses
     given = gpu_memory is not None  # an empty one is refused as no size, not read as none given
     train = dataclasses.replace(cfg.train, gpu_memory=gpu_memory if given else cfg.train.gpu_memory)
     on_cuda = cfg.model.device != "cpu"  # as train plans it: no GPU's budget, offload or CUDA graphs on the CPU
@@ -486,13 +502,27 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, one_process: bool = 
     auto = plan_from_data(train, len(first), bool(inputs.data.eval), grpo=cfg.grpo if cfg.task == "grpo" else None)
     seq = longest_row(cfg, first)
     note = None
-    if cfg.train.sharding == "fsdp2" and not one_process:  # as train under fsdp2: auto means off there
+    if sharding == "fsdp2":  # as train under fsdp2: auto means off there
         off = {k: False for k in ("checkpointing", "offload_activations") if getattr(auto.train, k) == AUTO}
         auto.train = dataclasses.replace(auto.train, **off)
-        note = (
-            "train.sharding fsdp2: no checkpointing or offload, which train turns off under fsdp2; each peak is the "
-            "whole model's, as if unsharded."
-        )
-    result = plan_for_config(cfg, auto.train, shape, seq, budget, cfg.train.micro_batch == AUTO, cuda=on_cuda)
+        note = "train.sharding fsdp2: no checkpointing or offload, which train turns off under fsdp2."
+    mb_auto = cfg.train.micro_batch == AUTO
+    result = plan_for_config(cfg, auto.train, shape, seq, budget, mb_auto, cuda=on_cuda, ranks=nproc, sharding=sharding)
     require_fit(result, f"budget {gib(budget)}")
-    return PlanReport(result, shape, seq, auto.train.micro_batch * auto.train.grad_accum, note)
+    rows = auto.train.micro_batch * auto.train.grad_accum
+    return PlanReport(result, shape, seq, rows, note, processes_line(cfg, nproc, sharding))
+
+
+def processes_line(cfg: RunConfig, nproc: int, sharding: str | None) -> str:
+    """How many processes the plan is for, and what each GPU holds."""
+    if nproc == 1:
+        return "processes: 1 (as tunelab train without --nproc; --nproc N plans N)"
+    how = f"train.sharding {sharding}" + (" (auto)" if cfg.train.sharding == "auto" else "")
+    if sharding == "fsdp2":
+        held = (
+            f"each GPU holds 1/{nproc} of the weights, gradients and optimizer state, and gathers the embedding, head "
+            "and two layers at a time"
+        )
+    else:
+        held = "each GPU holds the whole model, gradients and optimizer state"
+    return f"processes: {nproc}, {how}: {held}; the peaks are each GPU's, the micro-batches of a step shared by them"

@@ -27,17 +27,19 @@ class StagesPlanReport:
         return "\n\n".join(f"=== stage {k}: {name}\n{report.text()}" for k, (name, report) in enumerate(self.stages, 1))
 
 
-def plan_config(resolved: ResolvedConfig, gpu_memory: str | None = None) -> PlanReport | StagesPlanReport:
-    """The plan of `resolved`: a PlanReport, or for a staged config a StagesPlanReport. A stage's error (bad data,
-    nothing fits) names the stage."""
+def plan_config(
+    resolved: ResolvedConfig, gpu_memory: str | None = None, nproc: int = 1
+) -> PlanReport | StagesPlanReport:
+    """The plan of `resolved` on `nproc` processes: a PlanReport, or for a staged config (one process only, as train
+    runs it) a StagesPlanReport. A stage's error (bad data, nothing fits) names the stage."""
     cfg = resolved.config
     if cfg.federated.enabled:
         raise ConfigError(
             "tunelab plan plans a tunelab train run; a federated config's clients choose their auto values from "
             "their own data when they train (tunelab check CONFIG shows them, client by client)."
         )
-    if not cfg.stages:
-        return plan_run(cfg, gpu_memory)
+    if not cfg.stages or nproc > 1:  # a staged config on several processes: refused as train --nproc refuses it
+        return plan_run(cfg, gpu_memory, nproc)
     plans = plan_stages(resolved, Path(cfg.output_dir))
     base = plans[0].config.model
     reports = []
@@ -45,7 +47,7 @@ def plan_config(resolved: ResolvedConfig, gpu_memory: str | None = None) -> Plan
         model = dataclasses.replace(stage.config.model, name=base.name, adapter=None)
         s = dataclasses.replace(stage.config, model=model)
         try:
-            reports.append((cfg.stages[k - 1].get("name") or s.task, plan_run(s, gpu_memory, one_process=True)))
+            reports.append((cfg.stages[k - 1].get("name") or s.task, plan_run(s, gpu_memory)))
         except TunelabError as exc:
             raise type(exc)(f"stage {k}: {exc}") from None
     return StagesPlanReport(reports)
