@@ -144,6 +144,7 @@ def test_several_processes_are_planned_as_train_runs_them(tiny_overrides, tmp_pa
     assert said in out
     assert ("each GPU holds 1/2 of the weights" in out) == fsdp2
     assert ("1/2 (fsdp2)" in out and "fsdp2: gathered weights (root, two layers)" in out) == fsdp2  # the breakdown
+    assert ("ddp: gradient buckets" in out) == (not fsdp2)
     assert main(["plan", path, "--gpu-memory", "1GiB"]) == 0  # one process: as train without --nproc
     out = capsys.readouterr().out
     assert "processes: 1 (as tunelab train without --nproc" in out and "(fsdp2)" not in out

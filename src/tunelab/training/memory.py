@@ -20,6 +20,9 @@ Static (alive the whole step):
   holds whole what it gathers: the root unit's weights (embedding, head, final norm: kept from the forward through
   the backward) and two decoder layers' (the one computing and the next, prefetched), and the unsharded gradients of
   the root and of two trained layers (the one in backward and the one being reduce-scattered).
+- DDP (`Setup.ddp`, train.sharding ddp on several ranks): every rank holds the whole model, and DDP's gradient
+  buckets besides, one more copy of every trainable gradient (`training.distributed.parallelize` leaves
+  gradient_as_bucket_view off, so the buckets are buffers of their own).
 
 Saved per layer for backward (`models.llama` with `kernels/`, counted from their save_for_backward):
   attention half: x (rms_norm's input) N d e + rstd 4N + the norm's output with its spare columns N (d + R_qkv) e
@@ -78,6 +81,7 @@ class Setup:
     grouped: bool = True  # LoRA groups run as one GEMM (CUDA)
     graphs: bool = False  # micro-batches may replay from CUDA graphs (training/graphs.py; not with offload)
     shards: int = 1  # FSDP2 ranks the weights, gradients and optimizer state are cut across (1: every rank all)
+    ddp: bool = False  # DDP on several ranks: its gradient buckets hold a second copy of the gradients
 
     @property
     def tokens(self) -> int:
@@ -305,6 +309,8 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     """The peak of one training step of the fast path (see the module docstring for every term)."""
     n, d = s.tokens, c.hidden_size
     static = sharded_bytes(c, s, weight_bytes(c, s) | training_state_bytes(c, s)) | scratch_bytes(c, s)
+    if s.ddp:
+        static["ddp: gradient buckets"] = sum(v * b for v, b in trainable_tensors(c, s))
     layers = saving_layers(c, s)
     checkpointed = min(s.checkpointed, layers)
     kept = layers - checkpointed

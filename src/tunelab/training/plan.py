@@ -356,7 +356,9 @@ def plan_for_config(
         checkpoint_layers=train.checkpoint_layers,
         offload=None if train.offload_activations == AUTO else bool(train.offload_activations),
     )
-    setup = config_setup(cfg, seq, shards=ranks if sharding == "fsdp2" else 1)
+    setup = dataclasses.replace(
+        config_setup(cfg, seq, shards=ranks if sharding == "fsdp2" else 1), ddp=ranks > 1 and sharding == "ddp"
+    )
     return plan(shape, setup, budget, train.micro_batch * train.grad_accum, fixed, cuda=cuda, ranks=ranks)
 
 
@@ -524,5 +526,5 @@ def processes_line(cfg: RunConfig, nproc: int, sharding: str | None) -> str:
             "and two layers at a time"
         )
     else:
-        held = "each GPU holds the whole model, gradients and optimizer state"
+        held = "each GPU holds the whole model, gradients and optimizer state, and DDP's copy of the gradients"
     return f"processes: {nproc}, {how}: {held}; the peaks are each GPU's, the micro-batches of a step shared by them"
