@@ -262,3 +262,26 @@ def test_the_ranks_share_a_steps_micro_batches():
     one = plan(LLAMA2_7B, QLORA, 80 * GIB, global_batch=8, fixed=Fixed(micro_batch=2))
     four = plan(LLAMA2_7B, QLORA, 80 * GIB, global_batch=8, fixed=Fixed(micro_batch=2), ranks=4)
     assert four.chosen.step_s == pytest.approx(one.chosen.step_s / 4)  # 4 micro-batches: one on each rank
+
+
+def test_train_notes_a_gpu_shared_with_other_processes(monkeypatch):
+    import types
+
+    import torch
+
+    from tunelab.training.build import BuiltModel
+    from tunelab.training.plan import plan_memory
+
+    mib = 2**20
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(
+        total_memory=24 * mib, name="Test GPU"))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * mib, 24 * mib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 2 * mib)  # the loaded model's
+    cfg, auto = _auto(micro_batch=8, gpu_memory="20MiB")
+    cpu = _built(None)
+    built = BuiltModel(cpu.model, "fast", cpu.hf_config, torch.device("cuda", 0), torch.float32, 0, 0)
+    result = plan_memory(auto, cfg, built, seq=64)[1]
+    assert result.notes == [
+        "note: the budget 20.0 MiB is more than the 3.0 MiB of GPU memory this process can have now: other processes "
+        "hold 21.0 MiB of its 24.0 MiB, and a run started now may run out of it."
+    ]

@@ -175,6 +175,8 @@ def test_a_budget_above_the_gpus_memory_is_refused_naming_it(tiny_overrides, tmp
     gpu = types.SimpleNamespace(total_memory=24 * 2**30, name="Test GPU 24G")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: gpu)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (gpu.total_memory, gpu.total_memory))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
     path = _config(tmp_path, tiny_overrides)
     code = main(["plan", path, "--gpu-memory", "80GiB"])
     err = capsys.readouterr().err
@@ -185,3 +187,29 @@ def test_a_budget_above_the_gpus_memory_is_refused_naming_it(tiny_overrides, tmp
         device_budget(TrainConfig(gpu_memory="25GiB"), torch.device("cuda", 0))
     assert device_budget(TrainConfig(gpu_memory="24GiB"), torch.device("cuda", 0)) == 24 * 2**30
     assert device_budget(TrainConfig(gpu_memory="80GiB"), torch.device("cpu")) == 80 * 2**30  # no GPU to compare
+
+
+def test_a_gpu_shared_with_other_processes_is_noted(tiny_overrides, tmp_path, capsys, monkeypatch):
+    """With other processes holding most of the GPU, plan (and train) chose for the whole budget without a word, and
+    the run ran out of memory; the budget stands (they may end), with a note of what this process can have now."""
+    import types
+
+    import torch
+
+    from tunelab.training.plan import free_memory_note
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(
+        total_memory=24 * gib, name="Test GPU 24G"))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 24 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    path = _config(tmp_path, tiny_overrides)
+    assert main(["plan", path, "--gpu-memory", "20GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "note: the budget 20.00 GiB is more than the 10.00 GiB of GPU memory this process can have now" in out
+    assert "other processes hold 14.00 GiB of its 24.00 GiB" in out
+    assert main(["plan", path, "--gpu-memory", "8GiB"]) == 0 and "note: the budget" not in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 4 * gib)  # a loaded model: its own memory
+    assert free_memory_note(14 * gib, torch.device("cuda", 0)) is None
+    assert free_memory_note(14 * gib, torch.device("cpu")) is None

@@ -312,6 +312,21 @@ def device_budget(train: TrainConfig, device: torch.device | None) -> int | None
     return None
 
 
+def free_memory_note(budget: int, device: torch.device | None) -> str | None:
+    """A note when the budget is more than this process can have of the CUDA device now: other processes hold part
+    of it (the budget is not refused: they may end before the run needs it)."""
+    if device is None or device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    available = free + torch.cuda.memory_reserved(device)  # what this process holds is its own to use
+    if budget <= available:
+        return None
+    return (
+        f"note: the budget {gib(budget)} is more than the {gib(available)} of GPU memory this process can have now: "
+        f"other processes hold {gib(total - available)} of its {gib(total)}, and a run started now may run out of it."
+    )
+
+
 def config_setup(cfg: RunConfig, seq: int, shards: int = 1) -> Setup:
     m = cfg.method
     targets = (
@@ -413,6 +428,7 @@ def plan_memory(
         cuda = built.device.type == "cuda"
         result = plan_for_config(cfg, t, shape, seq, budget, mb_auto, cuda=cuda, ranks=ranks, sharding=sharding)
         best = require_fit(result, "option 'train.gpu_memory'").candidate
+        result.notes += [n for n in [free_memory_note(budget, built.device)] if n]
         why = f"planner: {result.reason}"
         if t.checkpointing == AUTO:
             chosen["train.checkpointing"] = Choice(best.checkpointed > 0, why)
@@ -470,6 +486,7 @@ class PlanReport:
         ]
         if self.note:
             lines.append(self.note)
+        lines += self.memory.notes
         if self.memory.chosen is not None:
             lines += ["", self.memory.breakdown()]
         return "\n".join(lines)
@@ -491,7 +508,8 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> P
     given = gpu_memory is not None  # an empty one is refused as no size, not read as none given
     train = dataclasses.replace(cfg.train, gpu_memory=gpu_memory if given else cfg.train.gpu_memory)
     on_cuda = cfg.model.device != "cpu"  # as train plans it: no GPU's budget, offload or CUDA graphs on the CPU
-    budget = device_budget(train, torch.device("cuda") if on_cuda and torch.cuda.is_available() else None)
+    gpu = torch.device("cuda") if on_cuda and torch.cuda.is_available() else None
+    budget = device_budget(train, gpu)
     if budget is None:
         where = "model.device is cpu, which has no GPU memory" if not on_cuda else "no GPU here to read the budget from"
         raise ConfigError(f"{where}: give --gpu-memory SIZE (like 24GiB).")
@@ -511,6 +529,7 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> P
     mb_auto = cfg.train.micro_batch == AUTO
     result = plan_for_config(cfg, auto.train, shape, seq, budget, mb_auto, cuda=on_cuda, ranks=nproc, sharding=sharding)
     require_fit(result, f"budget {gib(budget)}")
+    result.notes += [n for n in [free_memory_note(budget, gpu)] if n]
     rows = auto.train.micro_batch * auto.train.grad_accum
     return PlanReport(result, shape, seq, rows, note, processes_line(cfg, nproc, sharding))
 

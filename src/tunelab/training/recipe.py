@@ -274,6 +274,8 @@ def _train_planned(
     )
     print(untrained.summary(), flush=True)
     print(auto.describe(), flush=True)
+    for note in memory.notes if memory is not None else []:  # the GPU shared with other processes
+        print(note, flush=True)
     t = trained.train
     graphs_on, graphs_why = use_graphs(trained, built.impl, built.device, task.name, ranks.world)
     print(f"cuda graphs: {graphs_why}", flush=True)
