@@ -38,6 +38,19 @@ def test_eval_split_is_seeded(tmp_path, smollm2_tokenizer):
     assert held[0] == held[1] and held[0] != held[2]
 
 
+def test_split_seed_holds_out_the_same_examples_whatever_the_train_seed(tmp_path, smollm2_tokenizer):
+    cfg = DataConfig(train=[qa_file(tmp_path, 40)], eval_fraction=0.25, split_seed=7)
+    runs = [build_datasets(cfg, smollm2_tokenizer, seed=s) for s in (1, 2)]
+    assert answers(smollm2_tokenizer, runs[0].eval) == answers(smollm2_tokenizer, runs[1].eval)
+    assert (
+        runs[0].report.split_facts() == {"split_seed": 7}
+        and "eval (fraction, split seed 7)" in runs[0].report.summary()
+    )
+    unset = build_datasets(DataConfig(train=cfg.train, eval_fraction=0.25), smollm2_tokenizer, seed=7)
+    assert answers(smollm2_tokenizer, unset.eval) == answers(smollm2_tokenizer, runs[0].eval)  # default: train.seed
+    assert unset.report.split_facts() == {"split_seed": 7}
+
+
 def test_eval_fraction_leaving_nothing_to_train(tmp_path, smollm2_tokenizer):
     with pytest.raises(DataError, match="eval_fraction=0.5 holds out 1 of 1"):
         build_datasets(DataConfig(train=[qa_file(tmp_path, 1)], eval_fraction=0.5), smollm2_tokenizer, seed=0)
@@ -108,7 +121,7 @@ def test_packing_and_report(tmp_path, smollm2_tokenizer):
     assert (
         "30 records" in summary
         and "train: 27 examples, 27 used" in summary
-        and "eval (fraction): 3 examples, 3 used" in summary
+        and "eval (fraction, split seed 0): 3 examples, 3 used" in summary
     )
 
 

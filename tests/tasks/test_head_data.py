@@ -461,3 +461,18 @@ def test_a_reward_pair_cut_to_max_length_keeps_its_system_prompt(smollm2_tokeniz
         text = smollm2_tokenizer.decode(ids)
         assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n") and answer in text
     assert data.report.total_truncated == 1
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_split_seed_holds_out_the_same_rows_whatever_the_train_seed(task, smollm2_tokenizer, tmp_path):
+    """data.eval_fraction's held-out rows followed train.seed alone: runs of two seeds were scored on other rows."""
+    train = _write(tmp_path / "t.jsonl", [_row(task, i) for i in range(40)])
+    cfg = load_config(
+        None, {"task": task, "data.train": [train], "data.eval_fraction": 0.25, "data.split_seed": 3}
+    ).config
+    build = {"dpo": build_preferences, "reward": REWARD.build_data, "classify": CLASSIFY.build_data}.get(
+        task, lambda c, t, s: build_prompts(c, t, s, [])
+    )
+    held = [[(r.path, r.line) for r in build(cfg, smollm2_tokenizer, seed).eval] for seed in (1, 2)]
+    assert held[0] == held[1] and len(held[0]) == 10
+    assert build(cfg, smollm2_tokenizer, 1).report.split_seed == 3

@@ -181,14 +181,19 @@ def _flags(overrides):
 
 
 def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_file, pair_file, capsys):
-    over = _overrides(tiny_model_dir, tmp_path, "classify", label_file, **{"data.eval_fraction": 0.25})
+    over = _overrides(
+        tiny_model_dir, tmp_path, "classify", label_file, **{"data.eval_fraction": 0.25, "data.split_seed": 5}
+    )
     assert main(["train", *_flags(over)]) == 0
     printed = capsys.readouterr().out
-    assert "head: 3 labels on the last real token (chat input): neg 6, neu 6, pos 6" in printed
+    assert (
+        "head: 3 labels on the last real token (chat input)" in printed and "eval (fraction, split seed 5)" in printed
+    )
     assert "eval loss " in printed and "accuracy" in printed
     run = tmp_path / "run-classify"
     info = json.loads((run / "run.json").read_text())
     assert info["task"] == "classify" and info["extra"]["labels"] == ["neg", "neu", "pos"]
+    assert info["extra"]["split_seed"] == 5  # the held-out rows are those of any run with data.split_seed 5
 
     out = tmp_path / "pred.csv"
     assert (

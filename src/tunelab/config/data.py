@@ -40,6 +40,16 @@ class DataConfig:
     )
     eval: str | None = opt(None, "a separate eval file; otherwise eval_fraction of train is held out")
     eval_fraction: float = opt(0.0, "fraction of training examples held out for eval loss", min=0.0, max=0.5)
+    split_seed: int | None = opt(
+        None,
+        "seed of the data.eval_fraction split (default: train.seed); fix it to compare runs of other seeds on the "
+        "same held-out examples",
+    )
+
+    def eval_split_seed(self, seed: int) -> int:
+        """The seed data.eval_fraction's shuffle uses: data.split_seed, else the run's `seed` (train.seed)."""
+        return seed if self.split_seed is None else self.split_seed
+
     format: str = opt(
         "auto",
         "record format (auto: detected from the fields)",

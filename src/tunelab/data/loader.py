@@ -2,9 +2,10 @@
 
     files -> records -> [data.transform] -> examples -> [eval split] -> rendered rows (ids + labels) -> [packed rows]
 
-The eval split is taken over examples, before rendering, by a shuffle seeded with the run's seed, so the same
-config and seed always hold out the same examples. A list of plain paths is one source, read as one; mapping
-entries of data.train are sources of a mixture (data/mixture.py), each read, split (data.eval_fraction per source,
+The eval split is taken over examples, before rendering, by a shuffle seeded with data.split_seed (default: the
+run's seed, as LLaMA-Factory and Axolotl seed theirs), so the same config and seed always hold out the same examples,
+and a fixed data.split_seed holds out the same ones for runs of other seeds. A list of plain paths is one source,
+read as one; mapping entries of data.train are sources of a mixture (data/mixture.py), each read, split (data.eval_fraction per source,
 or its own eval file) and rendered on its own, and their eval rows give an eval loss per source. The training order
 is drawn (a mixture) and shuffled per epoch, seeded by (seed, epoch): resuming at an epoch replays exactly the
 batches it would have had. `group_by_length` puts rows of similar length into one micro-batch.
@@ -165,8 +166,9 @@ def build_datasets(
             raise _nothing_usable("eval", [cfg.eval], report, held)
         report.eval_source = "file"
     else:
-        examples, eval_examples = split_eval(examples, cfg.eval_fraction, seed)
+        examples, eval_examples = split_eval(examples, cfg.eval_fraction, cfg.eval_split_seed(seed))
         report.eval_source = "fraction" if eval_examples else "none"
+        report.split_seed = cfg.eval_split_seed(seed) if eval_examples else None
     note_repeated_eval(examples, eval_examples, report)
     is_chat = any(ex.messages is not None for ex in examples + eval_examples)
     texts = [ex for ex in examples + eval_examples if ex.text is not None]
@@ -291,7 +293,8 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             evaluated.append(held_records)
             held = to_examples(held_records, own.format, own.fields, own.system_prompt, report, option=option)
         elif len(examples) > 1:  # one document (a .txt file) is not split: it trains whole, with no eval part
-            examples, held = split_eval(examples, cfg.eval_fraction, seed)
+            examples, held = split_eval(examples, cfg.eval_fraction, cfg.eval_split_seed(seed))
+            report.split_seed = cfg.eval_split_seed(seed) if held else report.split_seed
         else:
             held = []
         chat = chat or any(ex.messages is not None for ex in examples + held)

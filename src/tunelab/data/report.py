@@ -125,6 +125,7 @@ class DataReport:
     train: SplitStats = field(default_factory=SplitStats)
     eval: SplitStats = field(default_factory=SplitStats)
     eval_source: str = "none"  # "none", "file", or "fraction"
+    split_seed: int | None = None  # the seed of data.eval_fraction's split (data.split_seed, else train.seed)
     sources: dict[str, SourceStats] = field(default_factory=dict)  # a mixture's sources, by name
     packed_epoch_rows: int = 0  # a packed mixture: the rows epoch 0's draw packs into (what a step count is made of)
     mix_by: str = ""  # what the mixture's weights count ("examples" or "tokens"); "" without a mixture
@@ -214,8 +215,9 @@ class DataReport:
             f"  train: {self.train.examples} {examples}, {self.train.used} used -> {self.train.rows} {rows}, {self.train.tokens:,} tokens ({loss})",
         ]
         if self.eval_source != "none":
+            source = self.eval_source + (f", split seed {self.split_seed}" if self.split_seed is not None else "")
             lines.append(
-                f"  eval ({self.eval_source}): {self.eval.examples} {examples}, {self.eval.used} used -> {self.eval.rows} {rows}, {self.eval.tokens:,} tokens"
+                f"  eval ({source}): {self.eval.examples} {examples}, {self.eval.used} used -> {self.eval.rows} {rows}, {self.eval.tokens:,} tokens"
             )
         if self.sources:
             lines.append(f"  mixture ({self.mix_by}): per source, rows and tokens held, then drawn each epoch")
@@ -243,6 +245,10 @@ class DataReport:
             lines.append(f"  skipped {entry.count}: {reason} ({', '.join(entry.locations)}{more})")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+    def split_facts(self) -> dict:
+        """What run.json records of a data.eval_fraction split: the seed that chose its held-out examples."""
+        return {"split_seed": self.split_seed} if self.split_seed is not None else {}
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

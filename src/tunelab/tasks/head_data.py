@@ -557,8 +557,9 @@ def train_and_held(read, data, seed: int, report) -> tuple[list, list]:
         held = read([data.eval], data.fields, data.system_prompt, report, lenient=True, delimiter=data.delimiter)
         report.eval_source = "file"
     else:
-        items, held = split_eval(items, data.eval_fraction, seed)
+        items, held = split_eval(items, data.eval_fraction, data.eval_split_seed(seed))
         report.eval_source = "fraction" if held else "none"
+        report.split_seed = data.eval_split_seed(seed) if held else None
     note_repeated_eval(items, held, report, key=item_key)
     return items, held
 

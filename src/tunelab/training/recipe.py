@@ -318,7 +318,7 @@ def _train_planned(
         data_files=files,
         eval_files=eval_files,
         total_steps=total_steps,
-        extra=dict(data.facts) | {"auto": auto.to_dict(), WARMUP: warmup},
+        extra=dict(data.facts) | {"auto": auto.to_dict(), WARMUP: warmup} | data.report.split_facts(),
     )
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
