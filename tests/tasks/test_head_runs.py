@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import tunelab.training.recipe as recipe
 from tunelab.cli import main
+from tunelab.eval.heads import evaluate_head_run
 from tunelab.infer.predict import head_outputs, open_head_run, text_input
 from tunelab.tasks.head_data import pad_rows, render
 from tunelab.tasks.head_run import scored_input
@@ -482,3 +483,32 @@ def test_a_reward_run_whose_answers_end_with_the_pad_token_scores_alike_in_trans
     with torch.no_grad():
         theirs = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_eval_skips_the_rows_training_drops_as_too_long(task, tiny_model_dir, tmp_path, label_file, pair_file, capsys):
+    """Training's eval dropped the rows longer than max_length (data.overlong=drop) while `tunelab eval` cut and
+    scored them: the same file gave two accuracies. Both now skip them, with training's reason."""
+    long = " ".join(["great lovely fine"] * 30)
+    if task == "classify":
+        rows = [{"prompt": long, "label": "neg"}, {"prompt": "great number 1", "label": "pos"}]
+        rows += [{"prompt": "awful number 2", "label": "neg"}, {"prompt": long + " 2", "label": "neu"}]
+    else:
+        rows = [{"prompt": "Say something kind 1", "chosen": long, "rejected": "Go away 1"}]
+        rows += [
+            {"prompt": f"Say something kind {i}", "chosen": f"You are great {i}", "rejected": "Go"} for i in (2, 3)
+        ]
+    held = _write(tmp_path / "held.jsonl", rows)
+    train = label_file if task == "classify" else pair_file
+    run = recipe.train(None, _overrides(tiny_model_dir, tmp_path, task, train, **{"data.eval": held})).run_dir
+    report = json.loads((run / "data_report.json").read_text())
+    trained = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in trained if "eval_accuracy" in r][-1]["eval_accuracy"]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", held, "--device", "cpu", "--no-save"]) == 0
+    printed = capsys.readouterr().out
+    reason = "longer than max_length (64 tokens; data.overlong=drop)"
+    assert report["skips"][reason]["count"] == (2 if task == "classify" else 1)
+    assert f"skipped {report['skips'][reason]['count']}: {reason} ({held}:1" in printed
+    result = evaluate_head_run(run, held, "cpu", save=False)
+    assert result.rows_read == 2 and result.tuned["accuracy"] == pytest.approx(trained)

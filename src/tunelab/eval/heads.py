@@ -1,6 +1,11 @@
 """`tunelab eval` for a run with a head (classify, reward): scores on a labelled file, saved as eval.json, and the
 report's section for them.
 
+Rows (pairs) that training skips as too long are skipped alike and counted with training's reason: with the run's
+data.overlong=drop, those longer than its max_length; with truncate, those whose start (BOS, system prompt, template
+header) fills it. The others are cut as training cuts them. So a file scored here and the same rows held out in
+training give the same accuracy.
+
 classify  accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the tuned classifier, beside
           the majority-class baseline (always the most frequent training label); the mean cross-entropy over the rows
           whose label the run knows. A label written another way than the run's (a CSV's 1.0 for 1, 'Spam' for
@@ -34,6 +39,7 @@ from tunelab.peft.lora import adapters_disabled
 from tunelab.rundir import check_output_file, check_same_run, run_stamp
 from tunelab.tasks.classify import label_key, read_labelled
 from tunelab.tasks.head import SequenceClassifier, new_score
+from tunelab.tasks.head_run import overlong_skips
 from tunelab.tasks.reward import read_pairs
 from tunelab.training.build import check_trained_base, trained_base
 
@@ -84,9 +90,17 @@ def _read(run: HeadRun, data_file: str, read) -> tuple[list, list[str], DataRepo
 
 def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
     rows, wheres, report = _read(run, data_file, functools.partial(read_labelled, evaluating=True))
+    if rows:
+        refuse_other_input_kind(run, [r.input for r in rows], wheres)
+        skips = overlong_skips(run, [r.input for r in rows], wheres)
+        for i, reason in skips.items():
+            report.skip(reason, rows[i].path, rows[i].line)
+        rows, wheres = (
+            [r for i, r in enumerate(rows) if i not in skips],
+            [w for i, w in enumerate(wheres) if i not in skips],
+        )
     if not rows:
         raise DataError(f"{data_file}: no rows to evaluate ({_skipped(report)}).")
-    refuse_other_input_kind(run, [r.input for r in rows], wheres)
     logits, cut = head_outputs(run.model, run, [r.input for r in rows], batch_size, wheres)
     ours = {label_key(label): label for label in run.labels}
     written = [r.label for r in rows]
@@ -159,11 +173,23 @@ def _pair_scores(margins: torch.Tensor) -> dict:
 
 def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
     pairs, wheres, report = _read(run, data_file, functools.partial(read_pairs, evaluating=True))
+    if pairs:
+        sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        refuse_other_input_kind(run, sides, wheres + wheres, pairs=True)
+        skips = overlong_skips(run, sides, wheres + wheres)
+        skips = {
+            i: skips.get(i) or skips[len(pairs) + i] for i in range(len(pairs)) if {i, len(pairs) + i} & skips.keys()
+        }
+        for i, reason in skips.items():
+            report.skip(reason, pairs[i].path, pairs[i].line)
+        pairs, wheres = (
+            [p for i, p in enumerate(pairs) if i not in skips],
+            [w for i, w in enumerate(wheres) if i not in skips],
+        )
     if not pairs:
         raise DataError(f"{data_file}: no preference pairs to evaluate ({_skipped(report)}).")
     inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     n = len(pairs)
-    refuse_other_input_kind(run, inputs, wheres + wheres, pairs=True)
     rewards, cut = head_outputs(run.model, run, inputs, batch_size, wheres + wheres)
     with untrained_model(run) as untrained:
         base, _ = head_outputs(untrained, run, inputs, batch_size, wheres + wheres)

@@ -29,7 +29,7 @@ from tunelab.errors import ConfigError, DataError, RunDirError, article
 from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.rundir import RunInfo, open_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
-from tunelab.tasks.head_data import Input, fit, pad_rows, render, starts, with_system
+from tunelab.tasks.head_data import Input, fit, overlong_reason, pad_rows, render, starts, with_system
 
 
 @dataclass
@@ -100,6 +100,23 @@ def refuse_other_input_kind(run: HeadRun, inputs: list[Input], wheres: list[str]
             f"it in a form it never read (chats are rendered with the prompt template, texts are not). Give it as "
             f"the training rows were given: {hint}."
         )
+
+
+def overlong_skips(run: HeadRun, inputs: list[Input], wheres: list[str] | None = None) -> dict[int, str]:
+    """The inputs that training skips as too long, by index, with training's reason (`head_data.overlong_reason`):
+    those longer than max_length under the run's data.overlong=drop, and those whose start (BOS, system prompt,
+    template header) fills max_length. `tunelab eval` skips them too, so it scores the rows training's eval scores."""
+    ids = render(inputs, run.tokenizer, run.template, wheres, run.prompt_format)
+    limit, overlong = run.data.max_length, run.data.overlong
+    kept = (
+        starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format) if overlong == "truncate" else None
+    )
+    kept = kept or [0] * len(ids)
+    return {
+        i: overlong_reason(limit, start)
+        for i, (row, start) in enumerate(zip(ids, kept))
+        if fit(row, limit, overlong, start) is None
+    }
 
 
 @torch.no_grad()
