@@ -512,3 +512,17 @@ def test_eval_skips_the_rows_training_drops_as_too_long(task, tiny_model_dir, tm
     assert f"skipped {report['skips'][reason]['count']}: {reason} ({held}:1" in printed
     result = evaluate_head_run(run, held, "cpu", save=False)
     assert result.rows_read == 2 and result.tuned["accuracy"] == pytest.approx(trained)
+
+
+def test_predict_refuses_an_input_whose_start_fills_max_length(tiny_model_dir, tmp_path, label_file):
+    """Training skips a row whose start (system prompt, template header) fills max_length; predict scored its last
+    tokens, a form the head never read. It is now refused by name."""
+    from tunelab.errors import DataError
+    from tunelab.infer.predict import predict
+
+    run = recipe.train(None, _overrides(tiny_model_dir, tmp_path, "classify", label_file)).run_dir
+    rows = [{"prompt": "great number 1"}, {"prompt": "awful number 2", "system": " ".join(["table chair door"] * 30)}]
+    data = _write(tmp_path / "new.jsonl", rows)
+    with pytest.raises(DataError, match=r"new.jsonl:2: cannot be scored: its start \(BOS, system prompt, template header: \d+ tokens\) leaves no room"):  # fmt: skip
+        predict(run, data=data, device="cpu")
+    assert len(predict(run, data=_write(tmp_path / "ok.jsonl", rows[:1]), device="cpu")) == 1

@@ -4,7 +4,8 @@ with the tasks, below infer/, because a training objective uses it.
 
 Inputs are rendered exactly as the run rendered its training rows (its template, system prompt, max_length and
 field mapping). Inputs longer than the run's max_length keep their start (BOS, system prompt, template header) and
-last tokens, as in training, and are counted.
+last tokens, as in training, and are counted; an input whose start alone fills max_length, which training skips, is a
+DataError naming it (its last tokens alone would be a form the head never read).
 
 The reward function, for trainers that score sampled answers (GRPO):
 
@@ -127,8 +128,14 @@ def head_outputs(
     ids = render(inputs, run.tokenizer, run.template, wheres, run.prompt_format)
     limit = run.data.max_length
     kept = starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format)
-    # a start that fills max_length (which training skipped) leaves the last tokens to score
-    fitted = [fit(row, limit, "truncate", start) or row[-limit:] for row, start in zip(ids, kept)]
+    fitted = [fit(row, limit, "truncate", start) for row, start in zip(ids, kept)]
+    for i, (row, start) in enumerate(zip(fitted, kept)):
+        if row is None:  # training skips it: its last tokens alone are a form the head never read
+            where = wheres[i] if wheres else f"input {i + 1}"
+            raise DataError(
+                f"{where}: cannot be scored: {overlong_reason(limit, start)}, so training would have skipped it. "
+                "Shorten its system prompt, or score it with a run of a larger data.max_length."
+            )
     cut = sum(len(a) < len(b) for a, b in zip(fitted, ids))
     out = []
     for start in range(0, len(fitted), batch_size):
