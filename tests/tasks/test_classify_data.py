@@ -195,9 +195,10 @@ def test_weighted_loss_is_the_sum_of_weighted_row_losses():
 
 def test_overlong_rows_are_dropped_or_keep_their_end(smollm2_tokenizer, tmp_path):
     long = " ".join(f"w{i}" for i in range(200))
-    path = _write(tmp_path / "d.jsonl", [{"text": long, "label": "a"}, {"text": "short", "label": "b"}] * 2)
+    rows = [{"text": long, "label": "a"}, {"text": "short", "label": "b"}] * 2 + [{"text": "short a", "label": "a"}]
+    path = _write(tmp_path / "d.jsonl", rows)
     data = _build(smollm2_tokenizer, path, **{"data.max_length": 16})
-    assert Counter(r.label for r in data.train) == {1: 2} and data.report.total_skipped == 2
+    assert Counter(r.label for r in data.train) == {0: 1, 1: 2} and data.report.total_skipped == 2
     data = _build(smollm2_tokenizer, path, **{"data.max_length": 16, "data.overlong": "truncate"})
     assert len(data.train[0].input_ids) == 16
     assert smollm2_tokenizer.decode(data.train[0].input_ids).endswith("w199")  # the end is kept
@@ -252,15 +253,21 @@ def test_balanced_weights_and_label_counts_count_the_rows_training_uses(smollm2_
     assert data.facts["label_counts"] == {"a": 3, "b": 1}
     assert data.facts["class_weights"] == pytest.approx({"a": 4 / 6, "b": 2.0})
     assert [r.weight for r in data.train] == pytest.approx([4 / 6] * 3 + [2.0])
-    rows += [{"text": long, "label": "c"}] * 2  # every row of c dropped: it weighs no row
-    data = _build(
-        smollm2_tokenizer,
-        _write(tmp_path / "d.jsonl", rows),
-        **{"data.max_length": 16, "classify.class_weights": "balanced"},
+
+
+def test_a_label_whose_every_row_is_too_long_is_refused_by_name(smollm2_tokenizer, tmp_path):
+    """Every row of label c was dropped as too long, and c stayed a label of the run with 0 rows, noted only: the
+    head had an output no row trained. The run now stops naming the label and a row of it."""
+    long = " ".join(f"w{i}" for i in range(200))
+    rows = (
+        [{"text": "short", "label": "a"}] * 3 + [{"text": "short", "label": "b"}] + [{"text": long, "label": "c"}] * 2
     )
-    assert data.facts["label_counts"] == {"a": 3, "b": 1, "c": 0}
-    assert [r.weight for r in data.train] == pytest.approx([4 / 6] * 3 + [2.0])
-    assert any("label(s) 'c' have no training row left" in note for note in data.report.notes)
+    path = _write(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError, match=rf"label\(s\) 'c' have no training row left: .*'c': 2 rows \(e.g. {path}:5\)"):
+        _build(smollm2_tokenizer, path, **{"data.max_length": 16})
+    assert _build(smollm2_tokenizer, path, **{"data.max_length": 16, "data.overlong": "truncate"}).facts[
+        "label_counts"
+    ] == {"a": 3, "b": 1, "c": 2}
 
 
 def test_an_eval_row_without_a_label_is_named_as_an_eval_row(smollm2_tokenizer, tmp_path):

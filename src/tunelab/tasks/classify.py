@@ -238,15 +238,23 @@ def class_weights(cfg: ClassifyConfig, labels: list[str], counts: Counter) -> di
     return weights
 
 
-def used_counts(rows: list[LabelledRow], labels: list[str], report: DataReport) -> Counter:
+def used_counts(rows: list[LabelledRow], labels: list[str], items: list[Labelled], report: DataReport) -> Counter:
     """How many of the rows training uses (overlong ones dropped) each label has: what class_weights balances and the
-    run records. A label all of whose rows were dropped stays a label of the run (0 rows), named in a note."""
+    run records. DataError naming a label all of whose rows were dropped (`items`: the training rows as read): the
+    head would have an output for it that no row trains, and predict it from its random start."""
     counts = Counter({label: 0 for label in labels}) + Counter(labels[r.label] for r in rows)
     lost = [label for label in labels if not counts[label]]
     if lost:
-        report.notes.append(
-            f"label(s) {', '.join(map(repr, lost))} have no training row left: all of theirs were dropped as too long "
-            "(see the skips); raise data.max_length or set data.overlong=truncate to keep them"
+        shown = "; ".join(
+            f"{label!r}: {sum(it.label == label for it in items)} rows (e.g. "
+            f"{location(*next((it.path, it.line) for it in items if it.label == label))})"
+            for label in lost
+        )
+        skips = "; ".join(f"{s.count} {reason}" for reason, s in report.skips.items())
+        raise DataError(
+            f"label(s) {', '.join(map(repr, lost))} have no training row left: every row of theirs was skipped as too "
+            f"long ({shown}; skipped: {skips}), so the head would have an output that no row trains. Raise "
+            "data.max_length, set data.overlong=truncate, or remove the label's rows."
         )
     return counts
 
@@ -338,7 +346,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     train = to_rows(items, labels, {}, *args, skip_unseen=False, text_format=text_format)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable training rows. {report.summary()}")
-    counts = used_counts(train, labels, report)
+    counts = used_counts(train, labels, items, report)
     weights = class_weights(cfg.classify, labels, counts)
     for row in train:
         row.weight = weights[labels[row.label]]
