@@ -176,6 +176,25 @@ def test_a_dpo_pair_whose_prompt_fills_max_length_is_dropped_and_counted_with_ov
         _build("dpo", smollm2_tokenizer, path, **{"data.overlong": "truncate"})
 
 
+def test_dpo_answers_cut_to_max_length_are_counted_with_the_tokens_they_lose(smollm2_tokenizer, tmp_path):
+    """data.overlong=truncate cut a pair's answers from their end with a bare 'truncated' count: how much of the
+    answers the loss no longer read was not said. The prompt is kept whole and the answer tokens lost are counted."""
+    rows = [{"prompt": "What is 1 + 1?", "chosen": "two " * 150, "rejected": "No idea."}] + [
+        _row("dpo", i) for i in range(4)
+    ]
+    path = _write(tmp_path / "t.jsonl", rows)
+    data = _build("dpo", smollm2_tokenizer, path, **{"data.overlong": "truncate"})
+    (row,) = [r for r in data.train if r.line == 1]
+    chosen = smollm2_tokenizer.decode(row.chosen_ids)
+    assert len(row.chosen_ids) == 128 and "What is 1 + 1?" in chosen and chosen.rstrip().endswith("two")
+    (note,) = [n for n in data.report.notes if "were cut to max_length" in n]
+    kept = sum(t != -100 for t in row.chosen_labels + row.rejected_labels)
+    lost = int(note.split("lost ")[1].split(" of")[0])
+    total = int(note.split(" of ")[1].split(" tokens")[0])
+    assert note.startswith("1 training pairs were cut to max_length (128 tokens) keeping the prompt whole")
+    assert total - lost == kept and lost > 0
+
+
 @pytest.mark.parametrize("task", ["dpo", "reward"])
 def test_a_prompt_column_beside_whole_conversations_is_their_shared_start(task, smollm2_tokenizer, tmp_path):
     """UltraFeedback's binarized pairs give the prompt as text and chosen and rejected as whole conversations that

@@ -14,8 +14,11 @@ Accepted rows (`data.fields` maps the names to your columns):
 The row's `system` (else data.system_prompt) is prepended to a chat that has none; a pair of whole texts takes
 neither (a row's `system` beside it is refused, `head_data.plain_text`; the data report notes data.system_prompt). Labels: the tokens of the answer
 turns (each with its end-of-turn marker, `data/templates.py`), -100 elsewhere. A pair longer than data.max_length is
-dropped or has its answers cut at max_length (data.overlong); with truncate, a prompt that leaves no room for an
-answer is an error naming the row, since the cut would leave no answer to train on.
+dropped or has its answers cut at max_length (data.overlong). The cut keeps the prompt whole and each side's first
+max_length tokens, so the answers lose their ends: TRL's truncation_mode=keep_start (its default keep_end, with
+max_prompt_length, cuts the prompt's start instead, which can take away the question an answer answers); the pairs cut
+and the answer tokens they lose are counted in a note of the data report (`note_cut_answers`). With truncate, a prompt
+that leaves no room for an answer is an error naming the row, since the cut would leave no answer to train on.
 """
 
 from __future__ import annotations
@@ -209,6 +212,7 @@ def to_rows(
     split: str = "training",
 ) -> list[PreferenceRow]:
     rows, unprompted = [], []  # unprompted: the pairs of whole texts that share no token from the start
+    cut_answers = [0, 0, 0]  # pairs cut, answer tokens they lose, answer tokens they had
     for pair in pairs:
         c_ids, c_labels, r_ids, r_labels, lead = render_pair(pair, tokenizer, template)
         report.add_lengths([len(c_ids), len(r_ids)])
@@ -225,8 +229,11 @@ def to_rows(
             if overlong == "drop":
                 report.skip(f"longer than max_length ({max_length} tokens; data.overlong=drop)", pair.path, pair.line)
                 continue
+            answer = sum(t != IGNORE for t in c_labels + r_labels)
             c_ids, c_labels, r_ids, r_labels = (x[:max_length] for x in (c_ids, c_labels, r_ids, r_labels))
             report.truncated(pair.path, pair.line)
+            kept = sum(t != IGNORE for t in c_labels + r_labels)
+            cut_answers = [cut_answers[0] + 1, cut_answers[1] + answer - kept, cut_answers[2] + answer]
         if all(t == IGNORE for t in c_labels) or all(t == IGNORE for t in r_labels):
             report.skip("no answer token after rendering", pair.path, pair.line)
             continue
@@ -236,7 +243,21 @@ def to_rows(
         report.used(pair.path)
         rows.append(PreferenceRow(c_ids, c_labels, r_ids, r_labels, pair.path, pair.line))
     note_unprompted(unprompted, len(pairs), split, report)
+    note_cut_answers(*cut_answers, max_length, split, report)
     return rows
+
+
+def note_cut_answers(pairs: int, lost: int, answer: int, max_length: int, split: str, report: DataReport) -> None:
+    """A note in `report` for the pairs cut to max_length (data.overlong=truncate): the prompt is kept whole and each
+    side's answer loses its end, as TRL's truncation_mode=keep_start cuts; it says how many answer tokens that takes
+    (TRL's default keep_end, with max_prompt_length, cuts the prompt's start instead: a pair whose prompt leaves no
+    room for an answer is refused here, naming it)."""
+    if pairs:
+        report.notes.append(
+            f"{pairs} {split} pairs were cut to max_length ({max_length} tokens) keeping the prompt whole and each "
+            f"answer's start: their answers lost {lost} of {answer} tokens ({100 * lost / max(answer, 1):.0f}%) from "
+            "their ends, which the loss does not read; raise data.max_length to keep them"
+        )
 
 
 def note_unprompted(pairs: list[Preference], total: int, split: str, report: DataReport) -> None:
