@@ -369,3 +369,31 @@ def test_text_pairs_that_share_no_start_score_their_first_token(tiny_model_dir, 
     assert tok.decode([t for t in scored if t != IGNORE]).startswith("Box 0")
     assert tok.decode([t for t in row.rejected_labels[1:] if t != IGNORE]).startswith("No idea.")
     assert any("share no token" in n for n in data.report.notes)  # still counted as pairs without a prompt
+
+
+def test_text_pairs_whose_answers_begin_alike_split_at_the_assistant_cue(smollm2_tokenizer, tmp_path):
+    """Two HH-RLHF transcripts whose answers begin with the same words were split where their tokens part: ' It is'
+    went to the prompt, and each answer was scored from ' 4.' and ' 5.'. The answers now start after the last
+    'Assistant:' the texts share; texts with no such cue in their shared start are counted in a note."""
+    from tunelab.tasks.preference_data import answer_cue
+
+    ask = "\n\nHuman: What is 2+2?\n\nAssistant: Let me see.\n\nHuman: Go on.\n\nAssistant:"
+    rows = [{"chosen": ask + " It is 4.", "rejected": ask + " It is 5."}]
+    rows.append({"chosen": "Q: What is 3+3? A: It is 6.", "rejected": "Q: What is 3+3? A: It is 7."})
+    path = _write(tmp_path / "t.jsonl", rows)
+    cfg = load_config(None, {"task": "dpo", "data.train": [path], "data.max_length": 64}).config
+    data = build_preferences(cfg, smollm2_tokenizer, 0)
+    answers = [
+        [
+            smollm2_tokenizer.decode([t for t in labels if t != IGNORE])
+            for labels in (r.chosen_labels, r.rejected_labels)
+        ]
+        for r in data.train
+    ]
+    eos = smollm2_tokenizer.eos_token
+    assert answers[0] == [f" It is 4.{eos}", f" It is 5.{eos}"]
+    assert answer_cue(*rows[0].values()) == len(ask) and answer_cue(*rows[1].values()) is None
+    (note,) = [n for n in data.report.notes if "'Assistant:' turn cue" in n]
+    assert (
+        note.startswith("1 of the 2 training pairs are two whole texts whose shared start holds no ") and ":2)" in note
+    )

@@ -7,7 +7,9 @@ Accepted rows (`data.fields` maps the names to your columns):
 - LLaMA-Factory's preference format: `conversations` (ShareGPT turns ending with the user's) with `chosen` and
   `rejected` as {from: gpt, value} messages (`messages` in OpenAI spelling works the same);
 - no prompt: `chosen`/`rejected` are two whole conversations (the turns they share are the prompt) or two whole texts
-  (the tokens they share from the start are the prompt, as in Anthropic HH-RLHF's transcripts; texts that share none
+  (the tokens they share from the start are the prompt, up to the last assistant cue among them, "Assistant:" at a
+  line's start as in Anthropic HH-RLHF's transcripts (`answer_cue`), so answers that begin alike are whole; pairs
+  whose shared start holds no cue are counted in a note of the data report; texts that share none
   have no prompt, and the loss reads them whole, from their first token, which follows BOS, or the tokenizer's BOS or
   EOS token where it adds none (`text_start`): the data report counts them, `note_unprompted`).
 
@@ -23,6 +25,8 @@ that leaves no room for an answer is an error naming the row, since the cut woul
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 from tunelab.config import RunConfig
@@ -171,12 +175,17 @@ def render_pair(
         r_labels = [t if keep else IGNORE for t, keep in zip(r_ids, r_in)]
         return c_ids, c_labels, r_ids, r_labels, 0
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    (c, _), (r, _) = encode(tokenizer, [pair.chosen.text, pair.rejected.text], [[], []], plain=True)
+    texts = [pair.chosen.text, pair.rejected.text]
+    cue = answer_cue(*texts)
+    spans = [[(cue, len(t))] if cue is not None else [] for t in texts]
+    (c, c_in), (r, r_in) = encode(tokenizer, texts, spans, plain=True)
     start = text_start(tokenizer, c, r)
     c_ids, r_ids = start + c + eos, start + r + eos
     shared = 0
     while shared < min(len(c_ids), len(r_ids)) and c_ids[shared] == r_ids[shared]:
         shared += 1
+    if cue is not None:  # the answers start at the cue, though their first words may be the same
+        shared = min(shared, *(len(start) + (inside + [True]).index(True) for inside in (c_in, r_in)))
     return (
         c_ids,
         [IGNORE] * shared + c_ids[shared:],
@@ -184,6 +193,18 @@ def render_pair(
         [IGNORE] * shared + r_ids[shared:],
         len(start),
     )
+
+
+ANSWER_CUE = re.compile(r"^[ \t]*assistant[ \t]*:", re.IGNORECASE | re.MULTILINE)  # HH-RLHF's "\n\nAssistant:"
+
+
+def answer_cue(chosen: str, rejected: str) -> int | None:
+    """Where the answers of a pair of whole texts start: after the last assistant turn's cue ("Assistant:" at a line's
+    start, as HH-RLHF's transcripts write it) in the text both share from the start, as TRL's HH-RLHF recipe cuts
+    them; None when that text holds none. Two answers that begin with the same words ("Assistant: It is 4." and
+    "Assistant: It is 5.") share more than their prompt: the answers are their whole turns."""
+    cues = list(ANSWER_CUE.finditer(os.path.commonprefix([chosen, rejected])))
+    return cues[-1].end() if cues else None
 
 
 def text_start(tokenizer, chosen: list[int], rejected: list[int]) -> list[int]:
@@ -212,6 +233,7 @@ def to_rows(
     split: str = "training",
 ) -> list[PreferenceRow]:
     rows, unprompted = [], []  # unprompted: the pairs of whole texts that share no token from the start
+    uncued = []  # pairs of whole texts sharing a start with no assistant cue in it: their prompt is that start
     cut_answers = [0, 0, 0]  # pairs cut, answer tokens they lose, answer tokens they had
     for pair in pairs:
         c_ids, c_labels, r_ids, r_labels, lead = render_pair(pair, tokenizer, template)
@@ -219,6 +241,8 @@ def to_rows(
         prompt = min(_first_label(c_labels), _first_label(r_labels))
         if pair.chosen.messages is None and prompt <= lead:  # the start token both texts begin with is no prompt
             unprompted.append(pair)
+        elif pair.chosen.messages is None and answer_cue(pair.chosen.text, pair.rejected.text) is None:
+            uncued.append(pair)
         if prompt >= max_length and overlong == "truncate":  # with drop, the pair is dropped below as overlong
             raise DataError(
                 f"{location(pair.path, pair.line)}: the prompt is {prompt} tokens, which leaves no room for an answer "
@@ -243,6 +267,13 @@ def to_rows(
         report.used(pair.path)
         rows.append(PreferenceRow(c_ids, c_labels, r_ids, r_labels, pair.path, pair.line))
     note_unprompted(unprompted, len(pairs), split, report)
+    if uncued:
+        report.notes.append(
+            f"{len(uncued)} of the {len(pairs)} {split} pairs are two whole texts whose shared start holds no "
+            f"'Assistant:' turn cue (e.g. {location(uncued[0].path, uncued[0].line)}): their prompt is every token "
+            "they share from the start, which reaches into the answers where both begin with the same words; give "
+            "the prompt in its own column (prompt, chosen, rejected) to mark where the answers start"
+        )
     note_cut_answers(*cut_answers, max_length, split, report)
     return rows
 
