@@ -62,6 +62,28 @@ def test_eval_file(tmp_path, smollm2_tokenizer):
     assert (len(data.train), len(data.eval)) == (6, 3) and data.report.eval_source == "file"
 
 
+def test_an_eval_file_is_read_with_the_training_files_field_mapping(tmp_path, smollm2_tokenizer):
+    """data.eval holds the training files' columns: data.fields maps them for it too (the system column included),
+    and an eval file without a mapped column is refused naming the option, not read without it."""
+
+    def rows(name, n, **extra):
+        lines = [json.dumps({"q": f"What is {i}?", "a": f"{i}.", **extra}) for i in range(n)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        return str(tmp_path / name)
+
+    fields = {"prompt": "q", "completion": "a", "system": "sys"}
+    cfg = DataConfig(
+        train=[rows("t.jsonl", 4, sys="Be brief.")], eval=rows("e.jsonl", 2, sys="Be kind."), fields=fields
+    )
+    data = build_datasets(cfg, smollm2_tokenizer, seed=0)
+    shown = smollm2_tokenizer.decode(data.eval[0].input_ids)
+    assert len(data.eval) == 2 and "Be kind." in shown and "What is 0?" in shown
+    assert answers(smollm2_tokenizer, data.eval) == ["0.<|im_end|>", "1.<|im_end|>"]
+    cfg.eval = rows("bare.jsonl", 2)
+    with pytest.raises(DataError, match=r"bare\.jsonl: option 'data.fields' maps system -> 'sys', but no record"):
+        build_datasets(cfg, smollm2_tokenizer, seed=0)
+
+
 def test_zero_usable_examples(tmp_path, smollm2_tokenizer):
     path = tmp_path / "empty.jsonl"
     path.write_text('{"prompt": "a", "completion": ""}\n{"prompt": "b", "completion": " "}\n')
