@@ -526,3 +526,18 @@ def test_predict_refuses_an_input_whose_start_fills_max_length(tiny_model_dir, t
     with pytest.raises(DataError, match=r"new.jsonl:2: cannot be scored: its start \(BOS, system prompt, template header: \d+ tokens\) leaves no room"):  # fmt: skip
         predict(run, data=data, device="cpu")
     assert len(predict(run, data=_write(tmp_path / "ok.jsonl", rows[:1]), device="cpu")) == 1
+
+
+def test_reward_eval_skips_pairs_whose_sides_are_the_same_once_cut(tiny_model_dir, tmp_path, pair_file):
+    """With data.overlong=truncate, reward training skips a pair whose sides differ only in the part the cut takes
+    away; `tunelab eval` scored it, a margin of 0 counted wrong. It is skipped alike now, with training's reason."""
+    filler = " ".join(["great lovely fine"] * 30)
+    rows = [{"prompt": "Say something kind 1", "chosen": f"Yes {filler}", "rejected": f"No {filler}"}]
+    rows += [{"prompt": f"Say something kind {i}", "chosen": f"You are great {i}", "rejected": "Go"} for i in (2, 3)]
+    held = _write(tmp_path / "held.jsonl", rows)
+    over = {"data.eval": held, "data.overlong": "truncate"}
+    run = recipe.train(None, _overrides(tiny_model_dir, tmp_path, "reward", pair_file, **over)).run_dir
+    reason = "chosen and rejected are the same in their 64 kept tokens"
+    assert json.loads((run / "data_report.json").read_text())["skips"][reason]["locations"] == [f"{held}:1"]
+    result = evaluate_head_run(run, held, "cpu", save=False)
+    assert result.rows_read == 2 and result.skipped[reason]["locations"] == [f"{held}:1"]

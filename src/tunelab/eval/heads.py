@@ -3,8 +3,9 @@ report's section for them.
 
 Rows (pairs) that training skips as too long are skipped alike and counted with training's reason: with the run's
 data.overlong=drop, those longer than its max_length; with truncate, those whose start (BOS, system prompt, template
-header) fills it. The others are cut as training cuts them. So a file scored here and the same rows held out in
-training give the same accuracy.
+header) fills it; and pairs whose two sides are the same tokens once rendered (and cut), which reward training
+skips. The others are cut as training cuts them. So a file scored here and the same rows held out in training give
+the same accuracy.
 
 classify  accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the tuned classifier, beside
           the majority-class baseline (always the most frequent training label); the mean cross-entropy over the rows
@@ -39,7 +40,7 @@ from tunelab.peft.lora import adapters_disabled
 from tunelab.rundir import check_output_file, check_same_run, run_stamp
 from tunelab.tasks.classify import label_key, read_labelled
 from tunelab.tasks.head import SequenceClassifier, new_score
-from tunelab.tasks.head_run import overlong_skips
+from tunelab.tasks.head_run import training_skips
 from tunelab.tasks.reward import read_pairs
 from tunelab.training.build import check_trained_base, trained_base
 
@@ -92,7 +93,7 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
     rows, wheres, report = _read(run, data_file, functools.partial(read_labelled, evaluating=True))
     if rows:
         refuse_other_input_kind(run, [r.input for r in rows], wheres)
-        skips = overlong_skips(run, [r.input for r in rows], wheres)
+        skips = training_skips(run, [r.input for r in rows], wheres)
         for i, reason in skips.items():
             report.skip(reason, rows[i].path, rows[i].line)
         rows, wheres = (
@@ -176,10 +177,7 @@ def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
     if pairs:
         sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         refuse_other_input_kind(run, sides, wheres + wheres, pairs=True)
-        skips = overlong_skips(run, sides, wheres + wheres)
-        skips = {
-            i: skips.get(i) or skips[len(pairs) + i] for i in range(len(pairs)) if {i, len(pairs) + i} & skips.keys()
-        }
+        skips = training_skips(run, sides, wheres + wheres, pairs=True)
         for i, reason in skips.items():
             report.skip(reason, pairs[i].path, pairs[i].line)
         pairs, wheres = (

@@ -30,7 +30,7 @@ from tunelab.errors import ConfigError, DataError, RunDirError, article
 from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.rundir import RunInfo, open_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
-from tunelab.tasks.head_data import Input, fit, overlong_reason, pad_rows, render, starts, with_system
+from tunelab.tasks.head_data import Input, fit, overlong_reason, pad_rows, render, same_tokens, starts, with_system
 
 
 @dataclass
@@ -103,21 +103,33 @@ def refuse_other_input_kind(run: HeadRun, inputs: list[Input], wheres: list[str]
         )
 
 
-def overlong_skips(run: HeadRun, inputs: list[Input], wheres: list[str] | None = None) -> dict[int, str]:
-    """The inputs that training skips as too long, by index, with training's reason (`head_data.overlong_reason`):
-    those longer than max_length under the run's data.overlong=drop, and those whose start (BOS, system prompt,
-    template header) fills max_length. `tunelab eval` skips them too, so it scores the rows training's eval scores."""
+def training_skips(
+    run: HeadRun, inputs: list[Input], wheres: list[str] | None = None, pairs: bool = False
+) -> dict[int, str]:
+    """The inputs that training skips once rendered, by index, with training's reason: those longer than max_length
+    under the run's data.overlong=drop, and those whose start (BOS, system prompt, template header) fills max_length
+    (`head_data.overlong_reason`). `pairs`: the inputs are the P chosen sides then the P rejected ones, and the
+    indices are the pairs', skipped as well when their two sides are the same tokens once rendered (and cut), as
+    reward training skips them (`head_data.same_tokens`). `tunelab eval` skips them too, so it scores the rows
+    training's eval scores."""
     ids = render(inputs, run.tokenizer, run.template, wheres, run.prompt_format)
     limit, overlong = run.data.max_length, run.data.overlong
     kept = (
         starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format) if overlong == "truncate" else None
     )
     kept = kept or [0] * len(ids)
-    return {
-        i: overlong_reason(limit, start)
-        for i, (row, start) in enumerate(zip(ids, kept))
-        if fit(row, limit, overlong, start) is None
-    }
+    fitted = [fit(row, limit, overlong, start) for row, start in zip(ids, kept)]
+    skips = {i: overlong_reason(limit, start) for i, (row, start) in enumerate(zip(fitted, kept)) if row is None}
+    if not pairs:
+        return skips
+    n, out = len(inputs) // 2, {}
+    for i in range(n):
+        if i in skips or n + i in skips:
+            out[i] = overlong_reason(limit, max(kept[i], kept[n + i]))
+        elif fitted[i] == fitted[n + i]:
+            cut = len(fitted[i]) < len(ids[i]) or len(fitted[n + i]) < len(ids[n + i])
+            out[i] = same_tokens(f"{limit} kept" if cut else None)
+    return out
 
 
 @torch.no_grad()
