@@ -541,3 +541,17 @@ def test_reward_eval_skips_pairs_whose_sides_are_the_same_once_cut(tiny_model_di
     assert json.loads((run / "data_report.json").read_text())["skips"][reason]["locations"] == [f"{held}:1"]
     result = evaluate_head_run(run, held, "cpu", save=False)
     assert result.rows_read == 2 and result.skipped[reason]["locations"] == [f"{held}:1"]
+
+
+def test_a_reward_model_refuses_an_answer_whose_prompt_start_fills_max_length(tiny_model_dir, tmp_path, pair_file):
+    """A reward model scoring sampled answers (grpo) scored the last tokens of a prompt whose system message alone
+    filled max_length, which training never read; it now says which answer it cannot score."""
+    from tunelab.errors import DataError
+    from tunelab.tasks.head_run import load_reward_model
+
+    run = recipe.train(None, _overrides(tiny_model_dir, tmp_path, "reward", pair_file)).run_dir
+    reward = load_reward_model(run, device="cpu")
+    system = {"role": "system", "content": " ".join(["table chair door"] * 30)}
+    assert len(reward(["Say something kind 1"], ["You are great"])) == 1
+    with pytest.raises(DataError, match=rf"reward model {run}, answer 2 of 2 scored: cannot be scored: its start"):
+        reward(["Say something kind 1", [system, {"role": "user", "content": "hi"}]], ["You are great", "Go"])

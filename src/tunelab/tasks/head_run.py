@@ -189,7 +189,10 @@ class RewardModel:
                 f"reward model: {len(prompts)} prompts but {len(completions)} completions; give one each."
             )
         inputs = [scored_input(self.run, p, c) for p, c in zip(prompts, completions)]
-        rewards, _ = head_outputs(self.run.model, self.run, inputs, self.batch_size)
+        wheres = [
+            f"reward model {self.run.run_dir}, answer {i + 1} of {len(inputs)} scored" for i in range(len(inputs))
+        ]
+        rewards, _ = head_outputs(self.run.model, self.run, inputs, self.batch_size, wheres)
         return rewards[:, 0].tolist()
 
 
