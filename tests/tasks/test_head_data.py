@@ -176,6 +176,18 @@ def test_a_dpo_pair_whose_prompt_fills_max_length_is_dropped_and_counted_with_ov
         _build("dpo", smollm2_tokenizer, path, **{"data.overlong": "truncate"})
 
 
+def test_a_grpo_prompt_that_fills_max_length_is_dropped_and_counted_with_overlong_drop(smollm2_tokenizer, tmp_path):
+    """One long prompt among many stopped a grpo run (data.overlong was not read), where dpo drops a pair whose
+    prompt fills max_length: it is skipped and counted now, and with truncate still refused by name."""
+    rows = [{"prompt": "word " * 200}] + [_row("grpo", i) for i in range(4)]
+    path = _write(tmp_path / "t.jsonl", rows)
+    data = _build("grpo", smollm2_tokenizer, path)
+    reason = "prompt leaves no room for an answer in max_length (128 tokens; data.overlong=drop)"
+    assert data.report.skips[reason].locations == [f"{path}:1"] and len(data.train) == 4
+    with pytest.raises(DataError, match=r"t\.jsonl:1: the prompt is \d+ tokens, which leaves no room for an answer"):
+        _build("grpo", smollm2_tokenizer, path, **{"data.overlong": "truncate"})
+
+
 def test_dpo_answers_cut_to_max_length_are_counted_with_the_tokens_they_lose(smollm2_tokenizer, tmp_path):
     """data.overlong=truncate cut a pair's answers from their end with a bare 'truncated' count: how much of the
     answers the loss no longer read was not said. The prompt is kept whole and the answer tokens lost are counted."""

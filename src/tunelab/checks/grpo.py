@@ -1,8 +1,9 @@
 """`tunelab check` for task grpo: the prompts, the room they leave for an answer, the rewards, and one rollout.
 
 Reading the prompts (`task.build_data`) already refuses what cannot train, with the file, line and field: a row
-without a prompt, a chat that does not end with the user's turn, a prompt that leaves no room for an answer, a
-column a reward reads that a row lacks. Those are bad input (exit 2), as in train. The items here:
+without a prompt, a chat that does not end with the user's turn, a prompt that leaves no room for an answer (with
+data.overlong=truncate; drop skips and counts it), a column a reward reads that a row lacks. Those are bad input
+(exit 2), as in train. The items here:
 
 - prompts: how many train and eval prompts are used;
 - room: tokens per prompt, and the prompts whose prompt + grpo.max_new_tokens is over data.max_length (their answers

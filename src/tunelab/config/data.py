@@ -67,7 +67,7 @@ class DataConfig:
     max_length: int = opt(512, "maximum tokens per example (text is cut into blocks of this length)", min=8)
     overlong: str = opt(
         "drop",
-        "what to do with chats, preference pairs and head inputs longer than max_length",
+        "what to do with chats, preference pairs, head inputs and grpo prompts longer than max_length",
         choices=("drop", "truncate"),
     )
     train_on_prompt: bool = opt(False, "also compute the loss on prompt tokens (default: answers only)")

@@ -8,8 +8,10 @@ the row's `system` (else data.system_prompt) is prepended to a chat that has non
 the model was asked: the user's text (an `instruction` joined with its `input`), or the turns as {role, content}
 messages for a chat or an instruction with a `history` (data.system_prompt and the row's `system` field are not in it).
 
-A row without a prompt, or whose prompt leaves no room for an answer within data.max_length, is an error naming its
-file and line: no setting could train on it. The rewards' columns (e.g. `expected`) must be in every row that trains.
+A row without a prompt is an error naming its file and line. A prompt that leaves no room for an answer within
+data.max_length is skipped and counted (data.overlong=drop, as dpo drops a pair whose prompt fills it: one long
+prompt among thousands no longer stops the run), or, with truncate, an error naming it (a cut prompt would ask
+another question). The rewards' columns (e.g. `expected`) must be in every row that trains.
 """
 
 from __future__ import annotations
@@ -105,16 +107,29 @@ def _expected_text(value) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def to_rows(prompts: list[Prompt], tokenizer, template, max_length: int, columns: list[str], report) -> list[PromptRow]:
+def to_rows(
+    prompts: list[Prompt], tokenizer, template, max_length: int, columns: list[str], report, overlong: str = "drop"
+) -> list[PromptRow]:
+    """The prompts rendered; one that leaves no room for an answer within max_length is skipped and counted
+    (data.overlong=drop, as dpo drops a pair whose prompt fills it) or an error naming it (truncate: a cut prompt
+    would ask another question)."""
     wheres = [location(p.path, p.line) for p in prompts]
     ids = render([Input(messages=p.messages) for p in prompts], tokenizer, template, wheres)
     report.add_lengths([len(i) for i in ids])
     rows = []
     for p, prompt_ids, where in zip(prompts, ids, wheres):
+        if len(prompt_ids) >= max_length and overlong == "drop":
+            report.skip(
+                f"prompt leaves no room for an answer in max_length ({max_length} tokens; data.overlong=drop)",
+                p.path,
+                p.line,
+            )
+            continue
         if len(prompt_ids) >= max_length:
             raise DataError(
                 f"{where}: the prompt is {len(prompt_ids)} tokens, which leaves no room for an answer within "
-                f"data.max_length ({max_length}). Raise data.max_length or shorten or remove this row."
+                f"data.max_length ({max_length}) (data.overlong=truncate). Raise data.max_length, shorten or remove "
+                "this row, or set data.overlong: drop to skip such prompts."
             )
         missing = [c for c in columns if c not in p.row]
         if missing:
@@ -161,10 +176,10 @@ def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> D
     refuse_sft_recipes(cfg)
     prompts, held, report, template = read_task_data(cfg, tokenizer, seed, read_prompts, FIELDS)
     report.template = template.name
-    train = to_rows(prompts, tokenizer, template, d.max_length, columns, report)
+    train = to_rows(prompts, tokenizer, template, d.max_length, columns, report, d.overlong)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable prompts. {report.summary()}")
-    evals = to_rows(held, tokenizer, template, d.max_length, columns, report)
+    evals = to_rows(held, tokenizer, template, d.max_length, columns, report, d.overlong)
     note_short_room(train + evals, d.max_length, cfg.grpo.max_new_tokens, report)
     tokens = [sum(len(r.prompt_ids) for r in rows) for rows in (train, evals)]
     report.train = SplitStats(examples=len(prompts), used=len(train), rows=len(train), tokens=tokens[0])
