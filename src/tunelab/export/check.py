@@ -105,13 +105,16 @@ def saved_verdict(out: str | Path) -> str | None:
 
 
 def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[list[dict]], str]:
-    """The first training conversations of the run (as rendered in training), or the probe conversations."""
+    """The first training conversations of the run (as rendered in training), or the probe conversations when its data
+    cannot be read (said as the source); RunDirError naming the file when its config.yaml (a staged run's last
+    stage's) is gone."""
     from tunelab.data.formats import to_examples
     from tunelab.data.report import DataReport
     from tunelab.data.sources import read_records
 
+    # a staged run: its last stage's, whose result it holds; missing, it is refused by name, not replaced by probes
+    cfg = saved_config(run_dir, CHECK_NEEDS)
     try:
-        cfg = saved_config(run_dir, CHECK_NEEDS)  # a staged run: its last stage's, whose result it holds
         records = read_records([e if isinstance(e, str) else e.path for e in cfg.data.train if getattr(e, "path", e)])
         examples = to_examples(records[: 4 * limit], cfg.data.format, cfg.data.fields, system, DataReport())
         chats = [ex.messages for ex in examples if ex.messages][:limit]
@@ -137,12 +140,13 @@ def check_questions(run_dir: Path, limit: int) -> tuple[list[str], str]:
     """The run's eval.questions (its first `limit` that are questions), else the probe questions. A questions file
     the run names but that cannot be read is an error, not a silent fall-back to the probes, and so is a run whose
     config.yaml is gone (RunDirError naming it, as eval and compare say): whether it named questions is unknown."""
-    config = read_config(run_dir) or saved_config(run_dir, CHECK_NEEDS)  # None: saved_config raises, naming the file
-    path = config.eval.questions
+    # saved_config raises, naming the file, when config.yaml (a staged run: its last stage's) is gone; the run's own
+    # config names the questions (a staged run's records an eval.questions changed by --resume)
+    last = saved_config(run_dir, CHECK_NEEDS)
+    path = (read_config(run_dir) or last).eval.questions
     if not path:
         return list(PROBE_QUESTIONS[:limit]), "probes"
-    data = saved_config(run_dir, "the data settings of its questions").data  # a staged run: its last stage's
-    asked = [q.text for q in read_questions(path, data) if q.prompt is not None]
+    asked = [q.text for q in read_questions(path, last.data) if q.prompt is not None]  # the last stage's data settings
     return asked[:limit], str(path)
 
 
