@@ -81,7 +81,9 @@ def stages_section(run: Input) -> str | None:
     )
     names = [str(n) for n in forgetting.get("stages") or []]
     matrix = forgetting.get("matrix") or []
-    head = "".join(f'<th class="num">on {esc(n)}</th>' for n in names)
+    measures = forgetting.get("measures") or []  # "eval reward" for a grpo stage's column (training/stages.py)
+    reward = [j < len(measures) and measures[j] == "eval reward" for j in range(len(names))]
+    head = "".join(f'<th class="num">on {esc(n)}{" (reward)" if r else ""}</th>' for n, r in zip(names, reward))
     body = "".join(
         f"<tr><th>after {esc(names[k] if k < len(names) else k + 1)}</th>"
         + "".join(f'<td class="num">{fmt(v, "loss")}</td>' for v in row)
@@ -94,7 +96,13 @@ def stages_section(run: Input) -> str | None:
         f'<th class="num">steps</th></tr></thead><tbody>{rows}</tbody></table>'
         "<h3>Forgetting: eval loss after each stage on each stage's eval data</h3>"
         '<p class="sub">A row is the model after that stage; a column is a stage\'s eval data. A loss that rises down a '
-        "column is forgetting. The Data section below is the last stage's; each stage-K folder holds its own.</p>"
+        "column is forgetting"
+        + (
+            "; a column marked (reward) is a grpo stage's: the mean reward of greedy answers, which falls"
+            if any(reward)
+            else ""
+        )
+        + ". The Data section below is the last stage's; each stage-K folder holds its own.</p>"
         f'<table class="forgetting"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
     )
 

@@ -235,28 +235,40 @@ def _metrics(run_dir: Path, count: int) -> None:
     write_text(run_dir / METRICS, "".join(line + "\n" for line in lines))
 
 
-def forgetting(run_dir: Path, count: int) -> list[list[float | None]]:
-    """matrix[k][j]: the eval loss of stage k+1's result on stage j+1's eval data (j <= k), from their run.json."""
-    matrix = []
+REWARD = "eval reward"  # a grpo stage's column: its eval_loss is -eval_reward (tasks/grpo.py), shown as the reward
+LOSS = "eval loss"
+
+
+def forgetting(run_dir: Path, count: int) -> tuple[list[list[float | None]], list[str]]:
+    """matrix[k][j]: the eval loss of stage k+1's result on stage j+1's eval data (j <= k), from their run.json, and
+    per column what it measures: LOSS, or REWARD for a grpo stage's eval prompts (the mean reward of greedy answers,
+    which its eval_loss holds negated for keep_best). Only stages of one task fill a column, so each has one measure."""
+    matrix, measures = [], []
     for k in range(1, count + 1):
         info = read_info(stage_dir(run_dir, k))
         losses = info.extra.get("eval_losses", {})
         row = [losses.get(f"eval_loss/{STAGE_PREFIX}{j}") for j in range(1, k)]
         matrix.append(row + [info.eval_loss])
-    return matrix
+        measures.append(REWARD if info.task == "grpo" else LOSS)
+    matrix = [[-v if v is not None and measures[j] == REWARD else v for j, v in enumerate(row)] for row in matrix]
+    return matrix, measures
 
 
-def format_forgetting(names: list[str], matrix: list[list[float | None]]) -> str:
-    """The matrix as a table: a row per stage's result, a column per stage's eval data."""
+def format_forgetting(names: list[str], matrix: list[list[float | None]], measures: list[str]) -> str:
+    """The matrix as a table: a row per stage's result, a column per stage's eval data (a reward column marked)."""
+    heads = [f"on {n}" + (" (reward)" if m == REWARD else "") for n, m in zip(names, measures)]
     first = max(len(f"after {n}") for n in names) + 2
-    width = max(10, *(len(f"on {n}") + 2 for n in names))
-    head = " " * first + "".join(f"{'on ' + n:>{width}}" for n in names)
+    width = max(10, *(len(h) + 2 for h in heads))
+    head = " " * first + "".join(f"{h:>{width}}" for h in heads)
     rows = [
         f"{'after ' + names[k]:<{first}}"
         + "".join(f"{v:>{width}.4f}" if v is not None else f"{'-':>{width}}" for v in row)
         for k, row in enumerate(matrix)
     ]
-    return "\n".join(["eval loss after each stage (rows) on each stage's eval data (columns):", head, *rows])
+    title = "eval loss after each stage (rows) on each stage's eval data (columns)"
+    if REWARD in measures:  # higher is better there: forgetting is a reward that falls down the column
+        title += "; a grpo stage's column (reward) holds the mean reward of greedy answers, higher is better"
+    return "\n".join([title + ":", head, *rows])
 
 
 def _whole_run(info: RunInfo, each: list[RunInfo]) -> None:
@@ -335,7 +347,7 @@ def train_stages(
             with contextlib.suppress(TunelabError, OSError):  # must not hide the error that stopped the run
                 _record_stopped(run_dir, len(plans))
             raise
-    matrix = forgetting(run_dir, len(plans))
+    matrix, measures = forgetting(run_dir, len(plans))
     _publish(run_dir, stage_dir(run_dir, len(plans)))
     _metrics(run_dir, len(plans))
     plot_losses(run_dir, [plan.config.task for plan in plans])
@@ -352,10 +364,10 @@ def train_stages(
         }
         for i in range(len(plans))
     ]
-    info.extra |= {"stages": stages, "forgetting": {"stages": names, "matrix": matrix}}
+    info.extra |= {"stages": stages, "forgetting": {"stages": names, "matrix": matrix, "measures": measures}}
     _whole_run(info, [read_info(stage_dir(run_dir, i + 1)) for i in range(len(plans))])
     write_info(run_dir, info)
-    print(format_forgetting(names, matrix), flush=True)
+    print(format_forgetting(names, matrix, measures), flush=True)
     if resume:
         drop_stale_results(run_dir)
     message = finish_replacement(plan_dir)
