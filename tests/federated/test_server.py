@@ -204,3 +204,30 @@ def test_a_resume_with_more_rounds_keeps_the_warmup_the_federation_started_with(
     assert [s[WARMUP] for s in sent] == [3, 3]  # half of 2 rounds x 3 steps, then still 3 (not half of 4 x 3)
     assert "resume: the warmup stays 3 steps, as the federation started with them" in capsys.readouterr().out
     assert json.loads((run / "federated.json").read_text())["warmup_steps"] == 3
+
+
+def test_a_round_that_applied_no_update_keeps_the_final_loss_of_the_round_before(
+    tmp_path, tiny_model_dir, federate_config, monkeypatch
+):
+    """run.json's final_loss was the last round's clients' loss: after a round in which no client trained (all
+    failed, or too few to apply) it was null, although the global adapter is the one an earlier round trained with a
+    known loss. It stays that round's loss now, and the run records which round that is."""
+    from tunelab.eval.report import build_report
+    from tunelab.federated.rounds import ClientRound, RoundReport
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        evaluate_fn(0, initial_arrays)
+        ok = [ClientRound("site0", 1, "ok", examples=3, train_loss=2.0), ClientRound("site1", 2, "ok", examples=1)]
+        ok[1].train_loss = 6.0
+        self.reports[1] = RoundReport(1, sampled=2, applied=True, clients=ok)
+        evaluate_fn(1, initial_arrays)
+        failed = [ClientRound("site0", 1, "failed", reason="out of memory")]
+        self.reports[2] = RoundReport(2, sampled=2, applied=False, clients=failed, note="too few updates")
+        evaluate_fn(2, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    run = run_federation(None, load_config(federate_config(tmp_path, tiny_model_dir)), 2, ["site0", "site1"], False)
+    info = json.loads((run / "run.json").read_text())
+    assert info["steps"] == 2 and info["final_loss"] == pytest.approx(3.0)  # (2 x 3 + 6 x 1) / 4
+    assert info["extra"]["federated"]["final_loss_round"] == 1
+    assert "3.0000 (round 1, the last whose clients" in build_report(run).read_text()

@@ -57,13 +57,23 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             ("refusal sentence", d.get("refusal")),
             ("finished", "yes" if d.get("finished") else "no (the run stopped early or is still training)"),
             ("rounds" if federated else "optimizer steps", f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"),
-            ("final train loss" if d.get("finished") else "last logged train loss", loss(d.get("final_loss"))),
+            ("final train loss" if d.get("finished") else "last logged train loss", _final_loss(d, loss)),
             *evals,
             ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) and not federated else None),
             ("training time", f"{d['elapsed_s']:.0f} s" if isinstance(d.get("elapsed_s"), int | float) else None),
             (verdict_name, verdict.get("text") if isinstance(verdict, dict) else None),
         ]
     )
+
+
+def _final_loss(d: dict, loss) -> str | None:
+    """run.json's final_loss; a federated run's names its round when a later round applied no update (none trained)."""
+    federated = (d.get("extra") or {}).get("federated")
+    at = federated.get("final_loss_round") if isinstance(federated, dict) else None
+    text = loss(d.get("final_loss"))
+    if text is None or not isinstance(at, int) or at == d.get("steps"):
+        return text
+    return f"{text} (round {at}, the last whose clients' update was applied)"
 
 
 def stages_section(run: Input) -> str | None:

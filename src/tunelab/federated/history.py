@@ -97,6 +97,17 @@ def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> li
     return records
 
 
+def last_train_loss(history: list[dict]) -> tuple[float | None, int | None]:
+    """The clients' train loss (weighted by examples) of the last round whose average was applied to the global
+    adapter, and that round: a round no client trained in, or whose updates were too few to apply, left the adapter
+    as it was, so run.json's final_loss stays that of the round that made it. (None, None) before any such round."""
+    for report in reversed(history):
+        loss = round_records(report, None, 0.0)[0]["loss"]
+        if report.get("applied") and loss is not None:
+            return loss, report["round"]
+    return None, None
+
+
 def _figure(records: list[dict]):
     """Two panels: losses by round, and megabytes moved by round (None when there is nothing to draw)."""
     rounds = [r for r in records if "round" in r and "client" not in r]

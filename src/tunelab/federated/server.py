@@ -28,7 +28,14 @@ from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml,
 from tunelab.data.loader import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
-from tunelab.federated.history import all_rounds_done, plot_federation, read_state, round_records, write_state
+from tunelab.federated.history import (
+    all_rounds_done,
+    last_train_loss,
+    plot_federation,
+    read_state,
+    round_records,
+    write_state,
+)
 from tunelab.federated.local import server_eval_datasets, untrained_rows, warmup_steps
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.resume import check_resume, check_same_eval
@@ -264,9 +271,12 @@ def _run_rounds(
         info.finished, info.steps, info.eval_loss = True, r, best["eval_loss"] if best else loss
         if best:
             info.extra["best"] = {"step": best["round"], "eval_loss": best["eval_loss"]}
-        info.final_loss, info.elapsed_s = records[0]["loss"], round(elapsed, 1)
+        # the loss of the round whose update the global adapter holds (not None after a round nothing was applied in)
+        info.final_loss, loss_round = last_train_loss(state["history"])
+        info.elapsed_s = round(elapsed, 1)
         info.extra["federated"] = {
             "rounds_done": r,
+            "final_loss_round": loss_round,
             "rounds": f.rounds,
             "complete": r == f.rounds,
             "clients": state["clients"],
