@@ -392,3 +392,22 @@ def test_outputs_in_or_over_the_runs_data_are_refused_as_eval_and_predict_refuse
     assert sorted(p.name for p in train.iterdir()) == ["a.jsonl"]
     assert evalf.read_text() == '{"prompt": "hi", "completion": "hello"}\n'
     assert sorted(p.name for p in holder.iterdir()) == ["sub"]
+
+
+def test_the_merge_record_names_the_run_relative_to_the_merged_folder(lora_run, tmp_path):
+    """tunelab_merge.json named the run by its absolute path only: a project folder moved or copied elsewhere (runs
+    and merged models together) named a run that was not there. It names it relative to the merged folder now, with
+    the absolute path at the merge beside it, and the base as the run's run.json records it."""
+    import shutil
+
+    run, _ = lora_run
+    out = merge_run(run, tmp_path / "models" / "merged")
+    saved = json.loads((out / "tunelab_merge.json").read_text())
+    assert saved["run_dir"] == "../../run" and saved["run_dir_at_merge"] == str(run.resolve())
+    assert saved["base_model"] == json.loads((run / "run.json").read_text())["base_model"]
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "run", moved / "run")
+    shutil.copytree(tmp_path / "models", moved / "models")
+    copy = moved / "models" / "merged"
+    named = copy / json.loads((copy / "tunelab_merge.json").read_text())["run_dir"]
+    assert named.resolve() == (moved / "run").resolve() and (named / "run.json").is_file()

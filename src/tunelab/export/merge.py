@@ -17,6 +17,7 @@ prompt, and the largest difference of their logits is reported (`MergeCheck`) an
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -220,6 +221,23 @@ def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out
             )
 
 
+def provenance(merged: MergedModel, run_dir: Path, out: Path) -> dict:
+    """What MERGE_FILE records of where the merged model came from. The run is named relative to the merged folder
+    (`run_dir`, as "../runs/a": right again when both are moved or copied together) and by its absolute path when
+    merged (`run_dir_at_merge`: right when the merged folder alone moves); the base as the run's run.json records it
+    (an alias or hub id as written, a local base by its absolute path), not as this machine resolved it for the
+    merge (a moved staged run's own stage folder, an old run's base found beside it)."""
+    keys = ("method", "quantize_base", "template", "system_prompt")
+    recorded = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    run, target = run_dir.resolve(), out.resolve()
+    return (
+        {"base_model": recorded["base_model"]}
+        | {k: getattr(merged.info, k) for k in keys}
+        | {"run_dir": os.path.relpath(run, target), "run_dir_at_merge": str(run)}
+        | {"check": asdict(merged.check) if merged.check else None}
+    )
+
+
 def merge_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -257,10 +275,7 @@ def merge_run(
     with scratch_folder(out) as scratch:
         merged.model.save_pretrained(scratch, safe_serialization=True)
         merged.tokenizer.save_pretrained(scratch)
-        keys = ("base_model", "method", "quantize_base", "template", "system_prompt")
-        provenance = {k: getattr(merged.info, k) for k in keys} | {"run_dir": str(run_dir.resolve())}
-        check = asdict(merged.check) if merged.check else None
-        write_json(scratch / MERGE_FILE, provenance | {"check": check})
+        write_json(scratch / MERGE_FILE, provenance(merged, run_dir, out))
     if show and merged.check:
         print(merged.check.describe())
     return out
