@@ -152,7 +152,7 @@ def train(
     resolved = resolve(config, overrides)
     refuse_resume_and_overwrite(resolved, resume)
     if resolved.config.eval.questions:  # asked after training: a file that cannot be read must not wait for that
-        source = resolve_source(resolved.config.model.name)
+        source = resolve_source(resolved.config.model.name, resolved.config.model.revision)
         stages = resolved.config.stages  # a staged run's questions are asked of its last stage, with its settings
         asked = stage_config(resolved, len(stages) - 1, "").config if stages else resolved.config
         check_questions(asked, source, load_tokenizer(source, resolved.config.model.trust_remote_code))

@@ -48,6 +48,12 @@ class RunInfo:
     as its absolute path (`models.load.recorded_name`)."""
     method: str
     """lora | dora | full | layers: whether the result is an adapter or whole weights."""
+    base_source: str = ""
+    """What base_model names: alias, hub (a hub id, never a local folder of that name) or local (a directory or .gguf
+    file); empty in runs written before it was recorded, whose base is read by its shape (`_typed_base`)."""
+    base_revision: str = ""
+    """A hub base's commit as it resolved when training started (else the model.revision pinned): later commands load
+    those weights, not what the branch holds by then. Empty for other bases."""
     base_fingerprint: str = ""
     """`models.load.fingerprint` of the base's weight files when the run started (empty: a hub id, or a run written
     before it was kept): later commands refuse a base whose weights changed."""
@@ -257,8 +263,8 @@ def _typed_base(info: RunInfo, run_dir: Path) -> None:
     name is a path (./m, m.gguf, a/b/c), or when a folder of that name is here although training's folder is known (it
     would be another model); a name that may be a hub id (org/name) is left to be one."""
     base = info.base_model
-    if not base or base in EMBEDDED or Path(base).expanduser().is_absolute():
-        return
+    if info.base_source or not base or base in EMBEDDED or Path(base).expanduser().is_absolute():
+        return  # base_source: a run that recorded what its base is (a local one by its absolute path)
     root = _training_folder(run_dir)
     if root is not None and (root / base).exists():
         info.base_model = str((root / base).resolve())

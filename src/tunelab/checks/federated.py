@@ -62,7 +62,7 @@ def client_inputs(cfg: RunConfig, clients: list[ClientData]) -> list[tuple[Clien
     from tunelab.federated.run import read_clients
 
     tokenizer, sets = read_clients(cfg, clients)
-    source = resolve_source(cfg.model.name)
+    source = resolve_source(cfg.model.name, cfg.model.revision)
     return [(client, Inputs(source, tokenizer, data)) for client, data in zip(clients, sets)]
 
 

@@ -46,6 +46,11 @@ class ModelConfig:
     name: str = opt(
         DEFAULT_MODEL, "hub id, local Hugging Face directory, .gguf file, or the alias smollm2-135m-instruct"
     )
+    revision: str | None = opt(
+        None,
+        "a hub id's branch, tag or commit to load (default: the hub's main); the run records the commit it resolved "
+        "to. Refused for the alias, a local folder or a .gguf file",
+    )
     dtype: str = opt(
         "auto", "weight and compute dtype (auto: bf16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16", "fp16")
     )

@@ -193,7 +193,7 @@ def local_train(
     check_on_this_host(config, client.name)  # a SuperNode host without the server's model path says so
     steps = config.federated.local_steps
     torch.manual_seed(client_seed(config.train.seed, client.name, round_))
-    source = resolve_source(config.model.name)
+    source = resolve_source(config.model.name, config.model.revision)
     tokenizer = load_tokenizer(source, config.model.trust_remote_code)
     datasets = client_datasets(config.data, tokenizer, config.train.seed, client)
     built = build_model(source, config.model, config.method, checkpoint_mode(config.train))

@@ -157,7 +157,7 @@ def read_clients(cfg: RunConfig, clients: list[ClientData]) -> tuple[Any, list[D
     from tunelab.training.build import pick_impl
     from tunelab.training.prepare import refuse_beyond_context, refuse_packing_off_the_fast_path
 
-    source = resolve_source(cfg.model.name)
+    source = resolve_source(cfg.model.name, cfg.model.revision)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     refuse_beyond_context(cfg, source)
     refuse_packing_off_the_fast_path(

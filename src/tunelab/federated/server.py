@@ -175,7 +175,7 @@ def _run_rounds(
         return run_dir
 
     torch.manual_seed(cfg.train.seed)  # the LoRA initialisation every client starts from
-    source = resolve_source(cfg.model.name)
+    source = resolve_source(cfg.model.name, cfg.model.revision)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     eval_batches, eval_report, eval_rows = _eval_batches(cfg, tokenizer)
     if resume:
@@ -214,7 +214,7 @@ def _run_rounds(
     )
     log = MetricsLog(run_dir, resume_step=done if resume else None)
     info = RunInfo(
-        **base_record(cfg.model.name),
+        **base_record(cfg.model.name, cfg.model.revision),
         method=cfg.method.name,
         template=resolve_template(cfg.data.template, tokenizer).name,
         system_prompt=cfg.data.system_prompt,

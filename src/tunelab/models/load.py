@@ -7,6 +7,7 @@ cores) and cached as a safetensors directory, so later loads take a second. Weig
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import importlib.util
@@ -24,7 +25,7 @@ from safetensors.torch import save_file
 from tunelab.atomic import scratch_folder, write_json
 from tunelab.config.model import DEVICE_NAMES, EMBEDDED, is_device
 from tunelab.errors import ConfigError, ModelError, RunDirError, WriteFailed
-from tunelab.rundir import RUN_FILE, RunInfo
+from tunelab.rundir import RUN_FILE, RunInfo, read_info
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,46 @@ class ModelSource:
     name: str
     path: str
     gguf_file: str | None = None
+    revision: str | None = None
+    """A hub id's branch, tag or commit (model.revision, or the commit a run recorded); None: the hub's default."""
+    kind: str = "local"
+    """alias | hub | local: what `name` named (RunInfo.base_source)."""
 
     @property
     def is_gguf(self) -> bool:
         return self.gguf_file is not None
 
+    @property
+    def hub_revision(self) -> dict[str, str]:
+        """The `revision` keyword of transformers' from_pretrained for this source (none but for a pinned hub id)."""
+        return {"revision": self.revision} if self.kind == "hub" and self.revision else {}
 
-def resolve_source(name: str) -> ModelSource:
-    """Turn what the user wrote into a ModelSource, with a clear error for a missing alias package or file."""
+
+REVISION_OPTION = "model.revision"
+
+
+def resolve_source(name: str, revision: str | None = None) -> ModelSource:
+    """Turn what the user wrote into a ModelSource, with a clear error for a missing alias package or file; `revision`
+    (model.revision) pins a hub id and is refused (ConfigError) for the alias, a local folder or a .gguf file."""
+    source = _resolve(name)
+    if source.kind == "hub":
+        return dataclasses.replace(source, revision=revision)
+    if revision:
+        what = "the embedded model's alias" if source.kind == "alias" else "a local folder or file"
+        raise ConfigError(
+            f"option '{REVISION_OPTION}' is {revision!r}, but model.name {name!r} is {what}, which has no revisions: "
+            "a revision pins a hub id's branch, tag or commit. Remove model.revision, or name the model by its hub id."
+        )
+    return source
+
+
+def hub_source(name: str, revision: str | None) -> ModelSource:
+    """The hub id `name` at `revision`, whatever this folder holds: a run that recorded its base as a hub id (its
+    base_source) is not opened over a local folder that happens to have the same name here."""
+    return ModelSource(name, name, revision=revision or None, kind="hub")
+
+
+def _resolve(name: str) -> ModelSource:
     if name in EMBEDDED:
         package, filename, install = EMBEDDED[name]
         spec = importlib.util.find_spec(package)  # locate without importing: the package's __init__ needs extras
@@ -52,7 +85,7 @@ def resolve_source(name: str) -> ModelSource:
         folder = Path(spec.submodule_search_locations[0])
         if not (folder / filename).is_file():
             raise ModelError(f"model '{name}': {folder / filename} is missing; reinstall with: {install}")
-        return ModelSource(name, str(folder), filename)
+        return ModelSource(name, str(folder), filename, kind="alias")
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":  # Model.GGUF too; check_gguf reads the magic bytes before converting
         if not path.is_file():
@@ -70,7 +103,7 @@ def resolve_source(name: str) -> ModelSource:
         near = near or [e for e in EMBEDDED if len(low) >= 4 and e.startswith(low)][:1]
     if near:  # a hub id without an org (gpt2) is possible, but one spelt like the alias is its misspelling
         raise ModelError(f"model '{name}': no such file or folder; did you mean the embedded model '{near[0]}'?")
-    return ModelSource(name, name)  # a hub id; transformers downloads it (or reads its cache)
+    return ModelSource(name, name, kind="hub")  # a hub id; transformers downloads it (or reads its cache)
 
 
 def recorded_name(name: str) -> str:
@@ -108,9 +141,49 @@ def fingerprint(source: ModelSource) -> str:
     return digest.hexdigest()[:16]
 
 
-def base_record(name: str) -> dict[str, str]:
-    """RunInfo's base_model and base_fingerprint for the model the config names."""
-    return {"base_model": recorded_name(name), "base_fingerprint": fingerprint(resolve_source(name))}
+def hub_commit(source: ModelSource) -> str:
+    """The commit a hub id's files are read from (its revision resolved: a branch or tag moves, a commit does not):
+    the snapshot folder huggingface_hub keeps its config.json in, fetched from the hub or read from its cache when
+    offline. '' for another source, or when the hub id cannot be reached (loading it says why)."""
+    if source.kind != "hub":
+        return ""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = Path(hf_hub_download(source.path, "config.json", revision=source.revision))
+    except Exception:  # noqa: BLE001 - unreachable, unknown or gated: the load that follows names the error
+        return ""
+    return path.parent.name if path.parent.parent.name == "snapshots" else ""
+
+
+def base_record(name: str, revision: str | None = None) -> dict[str, str]:
+    """RunInfo's base_model, base_fingerprint, base_source and base_revision for the model the config names: a hub
+    id's revision is the commit it resolved to (else the revision pinned), so later commands load those weights."""
+    source = resolve_source(name, revision)
+    return {
+        "base_model": recorded_name(name),
+        "base_fingerprint": fingerprint(source),
+        "base_source": source.kind,
+        "base_revision": hub_commit(source) or (revision or ""),
+    }
+
+
+def pinned_source(name: str, revision: str | None) -> ModelSource:
+    """The source training loads: a hub id at the commit `base_record` records (resolved once), so a branch that moves
+    while the run starts does not give it other weights than its run.json names."""
+    source = resolve_source(name, revision)
+    commit = hub_commit(source)
+    return dataclasses.replace(source, revision=commit or revision)
+
+
+def recorded_commit(run_dir: str | Path) -> str | None:
+    """The hub commit a run recorded for its base (None: another base, or none recorded): --resume loads that one,
+    whatever the branch model.revision names holds now, since the checkpoint trained over those weights."""
+    try:
+        info = read_info(run_dir, require_finished=False)
+    except RunDirError:
+        return None  # the resume's own checks say what is wrong with the run
+    return (info.base_revision or None) if info.base_source == "hub" else None
 
 
 def run_base(info: RunInfo) -> ModelSource:
@@ -126,7 +199,9 @@ def run_base(info: RunInfo) -> ModelSource:
             f"model '{base_model}': the base model the run trained over is not there any more (moved or deleted); "
             "the run holds only what training changed. Put the base back at that path (or link it there)."
         )
-    source = resolve_source(base_model)
+    if info.base_source == "hub":  # the hub id it trained from, at the commit it recorded, whatever this folder holds
+        return hub_source(base_model, info.base_revision)
+    source = resolve_source(base_model)  # an alias or local base; a run written before base_source: as named
     if recorded and (now := fingerprint(source)) != recorded:
         raise ModelError(
             f"model '{base_model}': its weights are not those the run trained over (fingerprint {now}, the run "
@@ -444,7 +519,9 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
             f"{_the_folder(source)} has no tokenizer; expected {EXPECTED_TOKENIZER}. {_copy_tokenizer(source)}"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(materialize(source), trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            materialize(source), trust_remote_code=trust_remote_code, **source.hub_revision
+        )
     except StrictDataclassError as exc:
         raise _config_problem(source, exc) from None
     except (OSError, ValueError, TypeError) as exc:
@@ -490,6 +567,7 @@ def load_hf_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
             use_safetensors=True,
             ignore_mismatched_sizes=True,  # so the report lists them all; _check_loaded refuses them
             output_loading_info=True,
+            **source.hub_revision,
         )
     except StrictDataclassError as exc:
         raise _config_problem(source, exc) from None
@@ -508,7 +586,9 @@ def load_hf_config(source: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(materialize(source), trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(
+            materialize(source), trust_remote_code=trust_remote_code, **source.hub_revision
+        )
     except StrictDataclassError as exc:
         raise _config_problem(source, exc) from None
     except OSError as exc:

@@ -16,7 +16,7 @@ from tunelab.config import DataConfig, DataSource, RunConfig
 from tunelab.config.paths import function_file
 from tunelab.data.loader import Datasets
 from tunelab.errors import ConfigError, DataError, RunDirError
-from tunelab.models.load import ModelSource, fingerprint, load_hf_config, load_tokenizer, resolve_source
+from tunelab.models.load import ModelSource, fingerprint, load_hf_config, load_tokenizer, pinned_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
 from tunelab.rundir import HEAD_TASKS, is_run_dir, read_info
@@ -33,10 +33,11 @@ class Inputs:
     data: Datasets
 
 
-def load_inputs(cfg: RunConfig, task: Task | None = None) -> Inputs:
-    """The data as `task` (default: the config's) builds it."""
+def load_inputs(cfg: RunConfig, task: Task | None = None, commit: str | None = None) -> Inputs:
+    """The data as `task` (default: the config's) builds it, over the model at the hub `commit` a resumed run recorded
+    (None: model.revision, resolved to its commit now)."""
     task = task or get_task(cfg.task, cfg)
-    source = resolve_source(cfg.model.name)
+    source = pinned_source(cfg.model.name, commit or cfg.model.revision)
     if cfg.model.adapter:
         check_adapter_base(cfg.model.adapter, source)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)

@@ -37,7 +37,7 @@ from tunelab.data.formats import trained_system
 from tunelab.data.loader import epoch_rows
 from tunelab.errors import CheckFailed, ConfigError, DataError, TunelabError, WriteFailed, article
 from tunelab.kernels.lora import accumulate_into_grads
-from tunelab.models.load import base_record, run_base
+from tunelab.models.load import base_record, recorded_commit, run_base
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
@@ -236,7 +236,7 @@ def _train_planned(
 
     task = get_task(cfg.task, cfg)
     try:
-        inputs = load_inputs(cfg, task)
+        inputs = load_inputs(cfg, task, recorded_commit(run_dir) if resume else None)
     except (ConfigError, DataError) as exc:
         raise locate(exc, resolved.origins) from None
     data, tokenizer = inputs.data, inputs.tokenizer
@@ -302,7 +302,7 @@ def _train_planned(
     evals = eval_sets(task, data, extra_eval, t.micro_batch, pad_id, built.device)
 
     info = RunInfo(
-        **base_record(cfg.model.name),
+        **base_record(cfg.model.name, inputs.source.revision),  # a hub id: the commit it loaded (pinned_source)
         method="dora" if cfg.method.dora else cfg.method.name,
         task=task.name,
         template=data.template.name,

@@ -95,6 +95,12 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
                 f"{at}: model.name is {entry['model.name']!r}, but stage {k} starts from stage {index}'s result "
                 f"(over {cfg.model.name!r}). Remove model.name from the stage, or train it as a run of its own."
             )
+        if "model.revision" in entry and entry["model.revision"] != cfg.model.revision:
+            raise ConfigError(
+                f"{at}: model.revision is {entry['model.revision']!r}, but stage {k} starts from stage {index}'s "
+                f"result (over {cfg.model.name!r} at {cfg.model.revision or 'the default revision'}). Remove "
+                "model.revision from the stage: only the run's (stage 1's) model.revision names the base."
+            )
         if "model.adapter" in entry:
             raise ConfigError(
                 f"{at}: model.adapter is {entry['model.adapter']!r}, but stage {k} starts from stage {index}'s "
@@ -107,9 +113,9 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
             _refuse_after_head(k, before, s, how, at)
         previous = stage_dir(run_dir, index).absolute()  # resumable from any folder: --resume compares these
         if not before.method.is_adapter:  # full or layers: its weights are the next base, with a fresh adapter
-            s.model.name, s.model.adapter = str(previous), None
+            s.model.name, s.model.adapter, s.model.revision = str(previous), None, None
         elif how == "merge":  # the run's model.adapter (stage 1's start) is in the merged weights already
-            s.model.name, s.model.adapter = str(previous / MERGED), None
+            s.model.name, s.model.adapter, s.model.revision = str(previous / MERGED), None, None
         else:
             if not s.method.is_adapter:
                 raise ConfigError(
@@ -178,7 +184,7 @@ def _eval_rows(plans: list[ResolvedConfig]) -> list[list]:
     """Each stage's eval rows, rendered with its own data options and the run's tokenizer (the first stage's model:
     every later stage's model descends from it). Loading them also checks every stage's data before anything runs."""
     first = plans[0].config
-    source = resolve_source(first.model.name)
+    source = resolve_source(first.model.name, first.model.revision)
     tokenizer = load_tokenizer(source, first.model.trust_remote_code)
     rows, labels = [], []
     for k, plan in enumerate(plans, 1):
@@ -335,7 +341,14 @@ def train_stages(
     # self-check, the report and a later --resume read, as a single run's resume records them
     write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
     first = plans[0].config
-    write_info(run_dir, RunInfo(**base_record(first.model.name), method=first.method.name, extra={"stages": names}))
+    write_info(
+        run_dir,
+        RunInfo(
+            **base_record(first.model.name, first.model.revision),
+            method=first.method.name,
+            extra={"stages": names},
+        ),
+    )
 
     held: dict = {}  # the tracker sinks the stages share, by name (training/tracking.py)
     with failure_noted(plan_dir):
