@@ -1,5 +1,6 @@
-"""A federated client with the training options left to auto (the default): it chooses them by tunelab train's
-rules for a run of rounds x local_steps steps, the rate from the model, the micro-batch from its own rows."""
+"""Federated clients with the training options left to auto (the default) train with the same settings, which the
+federation chooses (the rate from the model, the micro-batch MICRO_BATCH, the warmup from rounds x local_steps), not
+each client from its own rows: FedAvg averages updates of one local procedure."""
 
 import pytest
 
@@ -17,9 +18,13 @@ from tunelab.peft.save import adapter_state_dict
 from tunelab.training.build import build_model
 
 
-def test_a_client_chooses_its_auto_options(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rows", [70, 400])
+def test_every_client_trains_with_the_same_auto_options(tiny_model_dir, tmp_path, monkeypatch, rows):
+    """A client chose its micro-batch from its own rows (2 for 70 rows, 8 for 400), so clients of one round took
+    steps of different sizes at one rate: FedAvg averaged updates of different local procedures, and nothing said
+    so. Every client takes the federation's choice now, whatever its size."""
     path = tmp_path / "site.jsonl"
-    rows = [{"question": f"Code of box {i}?", "answer": f"Box {i}: {1000 + 37 * i}."} for i in range(70)]
+    rows = [{"question": f"Code of box {i}?", "answer": f"Box {i}: {1000 + 37 * i}."} for i in range(rows)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = RunConfig(
         model=ModelConfig(name=str(tiny_model_dir)),
@@ -44,7 +49,7 @@ def test_a_client_chooses_its_auto_options(tiny_model_dir, tmp_path, monkeypatch
     torch.manual_seed(0)
     initial = adapter_state_dict(build_model(resolve_source(config.model.name), config.model, config.method).model)
     result = local.local_train(config, ClientData("site", (str(path),)), initial, 1, 2, 0.0)
-    # 70 rows: micro-batch 2 (the power of two <= 70 / 32); the tiny model's width gets the top of the lr range;
-    # 6 steps in the federation: warmup 5%.
-    assert seen == {"micro_batch": 2, "warmup_ratio": 0.05, "lr": 3e-3}
+    # micro-batch MICRO_BATCH on every client; the tiny model's width gets the top of the lr range; 6 steps in the
+    # federation: warmup 5%.
+    assert seen == {"micro_batch": 8, "warmup_ratio": 0.05, "lr": 3e-3}
     assert result.steps == 3 and result.loss == result.loss

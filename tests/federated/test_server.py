@@ -231,3 +231,18 @@ def test_a_round_that_applied_no_update_keeps_the_final_loss_of_the_round_before
     assert info["steps"] == 2 and info["final_loss"] == pytest.approx(3.0)  # (2 x 3 + 6 x 1) / 4
     assert info["extra"]["federated"]["final_loss_round"] == 1
     assert "3.0000 (round 1, the last whose clients" in build_report(run).read_text()
+
+
+def test_the_server_says_what_every_client_trains_with(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
+):
+    """Each client chose its own auto options from its own data, and the start of a federation did not say what they
+    were. The server says the settings every client trains with, and run.json records the auto choices."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    overrides = {"train.micro_batch": "auto", "train.lr": "auto"}
+    run = run_federation(None, load_config(config, overrides), 2, ["site0", "site1"], resume=False)
+    out = capsys.readouterr().out
+    assert "every client trains with the same settings (FedAvg averages updates of one local procedure): " in out
+    assert "train.micro_batch 8," in out and "train.micro_batch        = 8" in out
+    auto = json.loads((run / "run.json").read_text())["extra"]["auto"]
+    assert auto["train.micro_batch"]["value"] == 8 and "train.lr" in auto

@@ -4,7 +4,7 @@ checks before any client trains, then each client's data as tunelab train checks
 - the federation's rules (task sft, LoRA, no data.train, ...) and the clients: bad input, exit 2, as for federate;
 - output_dir: what federate would do with it (it never holds a client's data file);
 - per client, its rows read through the pipeline as that client reads them (its files, or its shard of the shared
-  file), its data report, the auto values its local training would choose, and the data checks (prompt rendering,
+  file), its data report, the auto values its local training takes, and the data checks (prompt rendering,
   answer ends, padding), each item named after the client;
 - the server's eval set (data.eval), read as the server reads it;
 - with the model: the sft model checks (one forward/backward, the padded and packed comparisons, fast against
@@ -21,7 +21,6 @@ from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem, data_checks
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.load import resolve_source
-from tunelab.training.auto import plan_from_data
 from tunelab.training.prepare import Inputs
 
 if TYPE_CHECKING:
@@ -74,16 +73,18 @@ def client_weights(cfg: RunConfig, read: list[tuple[ClientData, Inputs]]) -> lis
 
 
 def client_items(cfg: RunConfig, client: ClientData, inputs: Inputs) -> tuple[RunConfig, list[CheckItem]]:
-    """The auto values this client's local training would choose (training/auto.py over rounds x local_steps steps,
-    as federated/local.py resolves them) and its data checks, named after the client."""
+    """The auto values this client's local training takes (the federation's, the same on every client:
+    federated/local.py's federation_auto) and its data checks, named after the client."""
+    from tunelab.federated.local import federation_auto
+
     f = cfg.federated
-    federation = dataclasses.replace(cfg.train, max_steps=f.rounds * f.local_steps)
-    plan = plan_from_data(federation, len(inputs.data.train), False)
+    plan = federation_auto(cfg.train, f.rounds * f.local_steps)
     local = dataclasses.replace(cfg, train=plan.train)
     prefix = f"{label(client)}: "
     details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
     later = "; train.lr: from the model's width when the client trains" if plan.train.lr == "auto" else ""
-    items = [CheckItem(prefix + "auto values", "info", f"{len(plan.chosen)} chosen from its data{later}", details)]
+    summary = f"{len(plan.chosen)} chosen by the federation, the same on every client{later}"
+    items = [CheckItem(prefix + "auto values", "info", summary, details)]
     items += [dataclasses.replace(item, name=prefix + item.name) for item in data_checks(local, inputs)]
     return local, items
 

@@ -9,8 +9,8 @@ resumed federation trains exactly as an uninterrupted one would:
   (g = (r-1) * local_steps + i) takes micro-batches [g * grad_accum, (g+1) * grad_accum) of that stream, so every
   step holds grad_accum micro-batches;
 - learning rate: the run's schedule over rounds * local_steps steps, at step g;
-- `auto` training options: chosen by tunelab train's rules (training/auto.py) for a run of rounds * local_steps
-  steps: the rate from the model's width (the same on every client), the micro-batch from the client's own rows;
+- `auto` training options: the same on every client (`federation_plan`): the rate from the model's width, the
+  micro-batch MICRO_BATCH, the warmup from rounds * local_steps, never from a client's own rows;
 - optimizer: a fresh AdamW each round (its moments are the client's, and would mix data across rounds unseen by
   the server's average);
 - NEFTune (train.neftune_alpha): noise on the input embeddings of the client's training forwards, drawn from the
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tunelab.config import AUTO, DataConfig, RunConfig, TrainConfig
+from tunelab.config import AUTO, DataConfig, MethodConfig, RunConfig, TrainConfig
 from tunelab.data.loader import Datasets, build_datasets, make_batches
 from tunelab.data.packing import Packed
 from tunelab.data.sources import Record
@@ -43,7 +43,7 @@ from tunelab.federated.shards import ClientData
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows
 from tunelab.peft.save import adapter_state_dict
-from tunelab.training.auto import auto_warmup, model_shape, resolve_auto
+from tunelab.training.auto import MICRO_BATCH, AutoPlan, Choice, ModelShape, auto_warmup, model_shape, plan_from_data
 from tunelab.training.build import build_model, checkpoint_mode
 from tunelab.training.neftune import add_embedding_noise, noise_width
 from tunelab.training.optim import build_optimizer
@@ -177,6 +177,27 @@ def warmup_steps(train: TrainConfig, total: int) -> int:
     return int(ratio * total)
 
 
+def federation_plan(train: TrainConfig, method: MethodConfig, shape: ModelShape, total_steps: int) -> AutoPlan:
+    """The training options every client trains with, `auto` resolved by the federation's rules, never from a client's
+    own data: FedAvg averages updates of one local procedure (the same rate, micro-batch and steps on every client, as
+    Flower's strategies send one config to all), and `tunelab train`'s data rule for the micro-batch (a small set's cut
+    for ~32 steps an epoch) has no epochs to serve here, where local_steps sets the length. So an `auto` micro-batch is
+    MICRO_BATCH on every client, the rate comes from the model's width, and the warmup from rounds x local_steps."""
+    return federation_auto(train, total_steps).with_lr(method, shape)
+
+
+def federation_auto(train: TrainConfig, total_steps: int) -> AutoPlan:
+    """`federation_plan` but for the rate, which needs the model (`tunelab check` reads it without one)."""
+    fixed = train.micro_batch if train.micro_batch != AUTO else MICRO_BATCH
+    federation = dataclasses.replace(train, max_steps=total_steps, micro_batch=fixed)
+    plan = plan_from_data(federation, 0, False)  # the examples count is read by no rule left
+    if train.micro_batch == AUTO:
+        why = "the same on every client (a federation trains local_steps steps a round, not epochs of its data)"
+        plan.chosen = {"train.micro_batch": Choice(fixed, why)} | plan.chosen
+    plan.chosen.pop("train.eval_every", None)  # the server evaluates after every round
+    return plan
+
+
 def local_train(
     config: RunConfig,
     client: ClientData,
@@ -199,8 +220,7 @@ def local_train(
     built = build_model(source, config.model, config.method, checkpoint_mode(config.train))
     untrained_rows(built.model, tokenizer, config.model.fix_untrained_tokens)  # the server's rows: same base, same ids
     load_adapter_state(built.model, global_adapter)
-    federation = dataclasses.replace(config.train, max_steps=rounds * steps)
-    t = resolve_auto(federation, config.method, len(datasets.train), model_shape(built.hf_config), False).train
+    t = federation_plan(config.train, config.method, model_shape(built.hf_config), rounds * steps).train
     config = dataclasses.replace(config, train=t)
 
     if t.neftune_alpha:  # on training forwards only; the model is this round's, so the hook is never removed

@@ -36,7 +36,7 @@ from tunelab.federated.history import (
     round_records,
     write_state,
 )
-from tunelab.federated.local import server_eval_datasets, untrained_rows, warmup_steps
+from tunelab.federated.local import federation_plan, server_eval_datasets, untrained_rows, warmup_steps
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.resume import check_resume, check_same_eval
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
@@ -44,7 +44,7 @@ from tunelab.federated.shards import federation_protected
 from tunelab.models.load import base_record, load_tokenizer, resolve_source
 from tunelab.peft.save import adapter_state_dict
 from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
-from tunelab.training.auto import MICRO_BATCH
+from tunelab.training.auto import MICRO_BATCH, model_shape
 from tunelab.training.build import build_model
 from tunelab.training.metrics import MetricsLog
 from tunelab.training.outdir import (
@@ -198,6 +198,8 @@ def _run_rounds(
         flush=True,
     )
     print(untrained.summary(federation=True), flush=True)
+    auto = federation_plan(cfg.train, cfg.method, model_shape(built.hf_config), f.rounds * f.local_steps)
+    print(same_for_every_client(auto), flush=True)
 
     strategy, accountant = build_strategy(f, population)
     if accountant is not None and state.get("accountant"):
@@ -227,6 +229,7 @@ def _run_rounds(
         eval_sha256=data_digest(eval_rows) if eval_rows else "",
         eval_files=file_digests(eval_rows),
         total_steps=f.rounds,
+        extra={"auto": auto.to_dict()},  # what the clients' auto options became, as a run of tunelab train records
     )
     started = time.perf_counter() - float(state.get("elapsed_s", 0.0))
     keep_best = cfg.train.keep_best and bool(eval_batches)  # as in train: only with an eval set to choose by
@@ -302,6 +305,19 @@ def _run_rounds(
         if message:
             print(message, flush=True)
     return run_dir
+
+
+def same_for_every_client(auto) -> str:
+    """What every client trains with, said once at the start: the options left `auto`, resolved by the federation
+    (`federated.local.federation_plan`), not by each client from its own data."""
+    t = auto.train
+    lines = [
+        "every client trains with the same settings (FedAvg averages updates of one local procedure): "
+        f"train.lr {t.lr:g}, train.micro_batch {t.micro_batch}, train.grad_accum {t.grad_accum}, a fresh optimizer "
+        "each round"
+    ]
+    lines += [f"  {name:<24} = {c.value!s:<10} auto: {c.reason}" for name, c in auto.chosen.items()]
+    return "\n".join(lines)
 
 
 def _kept(best: dict, last_round: int, last_loss: float | None) -> str:
