@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         if quiet:
             return exc.exit_code
         print(
-            f"\ntunelab {args.command}: interrupted after step {exc.step}; checkpoint {exc.checkpoint}. Continue with:\n"
+            f"\ntunelab {args.command}: interrupted after {exc.at}; checkpoint {exc.checkpoint}. Continue with:\n"
             f"  {resume_command(argv)}",
             file=sys.stderr,
         )

@@ -1,13 +1,14 @@
 """What later commands read of a finished staged run: the export's self-check refuses a run whose last stage's
 config.yaml is gone (it names the file) rather than check the template on the probes without a word; a grpo stage's
-column of the forgetting matrix is its reward, marked as one."""
+column of the forgetting matrix is its reward, marked as one; the verdict and a stop say which stage's steps they
+name."""
 
 import json
 
 import pytest
 
 from tunelab.api import train
-from tunelab.errors import RunDirError
+from tunelab.errors import Interrupted, RunDirError
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_run import stages_section
 from tunelab.export.check import _conversations, check_questions
@@ -69,3 +70,40 @@ def test_a_grpo_stages_forgetting_column_is_its_reward_and_says_so(tmp_path):
     data["extra"]["forgetting"]["measures"] = measures
     page = stages_section(Input("run.json", data))
     assert "on rl (reward)" in page and "on sft (reward)" not in page and "mean reward of greedy answers" in page
+
+
+def test_a_staged_runs_verdict_says_whose_steps_it_names(staged_run):
+    """The run's verdict is its last stage's, whose step numbers are the stage's own, while the run's metrics.jsonl,
+    report and run.json count steps across the stages: "step 2" named the stage's step 2, the run's step 4, without a
+    word. The verdict now names the stage and how its steps map to the run's."""
+    info = json.loads((staged_run / "run.json").read_text())
+    stage = json.loads((staged_run / "stage-2" / "run.json").read_text())
+    verdict = info["extra"]["verdict"]
+    assert verdict["text"].startswith(
+        "stage 2 (second), its steps counted from the stage's start (its step N is step N + 2"
+    )
+    assert verdict["text"].endswith(stage["extra"]["verdict"]["text"])
+    assert verdict["numbers"]["stage"] == 2 and verdict["numbers"]["step_offset"] == 2 and info["steps"] == 4
+
+
+def test_ctrl_c_in_a_later_stage_names_the_stage_and_the_runs_step(staged, monkeypatch):
+    """Ctrl-C in stage 2 said "interrupted after step 1 of 2": the stage's step, with the stage's length, where the
+    run's log and metrics count 3 and 4. It names the stage and the run's step now (the CLI prints `at`)."""
+    import signal
+
+    import tunelab.training.loop as loop
+
+    real, calls = loop.train_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # stage 2's first step
+            signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    with pytest.raises(Interrupted) as caught:
+        train(None, staged)
+    assert caught.value.at == "stage 2 of 2 (second), its step 1 (step 3 of the run, as metrics.jsonl counts)"
+    assert str(caught.value).startswith("stage 2 of 2 (second): interrupted after step 1 of 2;")
+    assert caught.value.step == 3 and "stage-2" in caught.value.checkpoint

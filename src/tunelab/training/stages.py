@@ -289,6 +289,24 @@ def _whole_run(info: RunInfo, each: list[RunInfo]) -> None:
         info.extra["best"] = best | {"step": best["step"] + sum(i.steps for i in each[:-1])}
 
 
+def _stage_verdict(info: RunInfo, k: int, name: str, offset: int) -> None:
+    """The run's verdict is its last stage's, whose step numbers (and the train.max_steps it advises) are the stage's
+    own, while the run's metrics.jsonl, report and run.json count steps across the stages: the text says which stage
+    and how its steps map to the run's, and the numbers carry the stage and the offset."""
+    verdict = info.extra.get("verdict")
+    if not isinstance(verdict, dict) or not isinstance(verdict.get("text"), str):
+        return
+    numbers = verdict.get("numbers") if isinstance(verdict.get("numbers"), dict) else {}
+    lead = (
+        f"stage {k} ({name}), its steps counted from the stage's start (its step N is step N + {offset} of the run, "
+        "as metrics.jsonl counts; train.max_steps is the stage's): "
+    )
+    info.extra["verdict"] = verdict | {
+        "text": lead + verdict["text"],
+        "numbers": numbers | {"stage": k, "step_offset": offset},
+    }
+
+
 def _record_stopped(run_dir: Path, count: int) -> None:
     """The run's run.json of a staged run stopped early: the steps, tokens and time of the stages so far, and the
     stopped stage's final_loss (its last logged loss), as that stage's own run.json records them."""
@@ -378,7 +396,9 @@ def train_stages(
         for i in range(len(plans))
     ]
     info.extra |= {"stages": stages, "forgetting": {"stages": names, "matrix": matrix, "measures": measures}}
-    _whole_run(info, [read_info(stage_dir(run_dir, i + 1)) for i in range(len(plans))])
+    each = [read_info(stage_dir(run_dir, i + 1)) for i in range(len(plans))]
+    _whole_run(info, each)
+    _stage_verdict(info, len(plans), names[-1], sum(i.steps for i in each[:-1]))
     write_info(run_dir, info)
     print(format_forgetting(names, matrix, measures), flush=True)
     if resume:
@@ -418,14 +438,22 @@ def _stages(
         # the trackers log into the run directory, the stage's steps after the earlier stages' (as _metrics counts)
         offset = sum(read_info(stage_dir(run_dir, j)).steps for j in range(1, k))
         track_to = TrackTo(run_dir, offset, continues=k > 1 or resume, last=k == len(plans), held=held)
-        result = _run_stage(plan, here, extra, track_to, resume=resume, check=check)
+        where = f"stage {k} of {len(plans)} ({names[k - 1]})"
+        try:
+            result = _run_stage(plan, here, extra, track_to, resume=resume, check=check)
+        except Interrupted as stop:  # its step and total are the stage's own: said so, with the run's step
+            at = f"{where}, its step {stop.step} (step {offset + stop.step} of the run, as metrics.jsonl counts)"
+            raise Interrupted(
+                f"{where}: {stop}", offset + stop.step, stop.checkpoint, stop.exit_code - 128, at=at
+            ) from None
         if result.interrupted and k < len(plans):  # Ctrl-C while the stage saved its result: the next one waits
             raise Interrupted(
                 f"interrupted after stage {k} of {len(plans)} was saved; continue with the same command and --resume "
                 "(in Python: train(..., resume=True)), which starts the next stage.",
-                step=result.steps,
+                step=offset + result.steps,
                 checkpoint=None,
                 signum=result.stop_signal,
+                at=f"{where}, which was saved (step {offset + result.steps} of the run)",
             )
     return result
 
