@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab import api
 from tunelab.errors import ConfigError
 from tunelab.models.load import base_record, load_hf_model, resolve_source, run_base
 from tunelab.rundir import read_info
@@ -95,3 +96,25 @@ def test_a_hub_base_is_never_read_as_a_local_folder_of_its_name(hub, tiny_model_
     assert torch.equal(_embed(source), _embed(resolve_source("org/tiny")))
     (run / "run.json").write_text(json.dumps(info))
     assert run_base(read_info(run)).kind == "local"  # an old run: as before, the folder here
+
+
+def test_a_later_stage_trains_over_the_commit_stage_one_trained_over(hub, tiny_overrides, monkeypatch):
+    """Stage 2 (continue: adapter) loaded the hub id at what its branch held when stage 2 started: a branch that moved
+    during stage 1 gave stage 2 other weights under stage 1's adapter. It loads the commit stage 1 recorded."""
+    import tunelab.training.stages as stages
+
+    real, calls = stages._run_stage, {"n": 0}
+
+    def run_stage(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            (hub / "refs" / "main").write_text(B)  # the branch moves on between the stages
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "_run_stage", run_stage)
+    base = {k: v for k, v in tiny_overrides.items() if k != "data.train"}
+    stage = {"data": {"train": tiny_overrides["data.train"]}, "train": {"max_steps": 1}}
+    overrides = base | {"model.name": "org/tiny", "data.train": [], "stages": [stage, stage]}
+    run = api.train(None, overrides).run_dir
+    assert read_info(run / "stage-1").base_revision == A and read_info(run / "stage-2").base_revision == A
+    assert read_info(run).base_revision == A

@@ -438,6 +438,8 @@ def _stages(
         # the trackers log into the run directory, the stage's steps after the earlier stages' (as _metrics counts)
         offset = sum(read_info(stage_dir(run_dir, j)).steps for j in range(1, k))
         track_to = TrackTo(run_dir, offset, continues=k > 1 or resume, last=k == len(plans), held=held)
+        if k > 1:
+            _same_commit(plan, stage_dir(run_dir, 1))
         where = f"stage {k} of {len(plans)} ({names[k - 1]})"
         try:
             result = _run_stage(plan, here, extra, track_to, resume=resume, check=check)
@@ -456,6 +458,16 @@ def _stages(
                 at=f"{where}, which was saved (step {offset + result.steps} of the run)",
             )
     return result
+
+
+def _same_commit(plan: ResolvedConfig, first: Path) -> None:
+    """A later stage that trains over the run's hub base (continue: adapter) loads it at the commit stage 1 recorded,
+    not at what the branch holds by then: the adapter it trains on was trained over those weights."""
+    info = read_info(first, require_finished=False)
+    model = plan.config.model
+    if info.base_source == "hub" and info.base_revision and model.name == info.base_model:
+        model.revision = info.base_revision
+        plan.origins["model.revision"] = "stage 1's base commit"
 
 
 def _follow_move(run_dir: Path, plans: list[ResolvedConfig]) -> None:
