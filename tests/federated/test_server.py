@@ -246,3 +246,34 @@ def test_the_server_says_what_every_client_trains_with(
     assert "train.micro_batch 8," in out and "train.micro_batch        = 8" in out
     auto = json.loads((run / "run.json").read_text())["extra"]["auto"]
     assert auto["train.micro_batch"]["value"] == 8 and "train.lr" in auto
+
+
+def test_every_client_is_sent_the_hub_commit_the_server_loaded(tmp_path, tiny_model_dir, federate_config, monkeypatch):
+    """Each client resolved the hub id's branch when it trained, so a branch that moved during a federation put
+    clients of one round over other weights than the server's. The server sends the commit it loaded in the recipe,
+    and run.json records it; config.yaml keeps the config as given."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from tunelab.federated.payload import recipe_config
+    from tunelab.rundir import read_info
+
+    commit = "c" * 40
+    repo = tmp_path / "hub" / "models--org--tiny"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    sent = []
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        sent.append(recipe_config(self.recipe).model)
+        for r in range(num_rounds + 1):
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    run = run_federation(None, load_config(federate_config(tmp_path, "org/tiny")), 2, ["site0", "site1"], False)
+    assert (sent[0].name, sent[0].revision) == ("org/tiny", commit) and read_info(run).base_revision == commit
+    assert load_config(run / "config.yaml", saved=True).config.model.revision is None

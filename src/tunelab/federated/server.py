@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ from tunelab.federated.payload import from_record, layout, load_adapter_state, r
 from tunelab.federated.resume import check_resume, check_same_eval
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.federated.shards import federation_protected
-from tunelab.models.load import base_record, load_tokenizer, resolve_source
+from tunelab.models.load import base_record, load_tokenizer, pinned_source, recorded_commit
 from tunelab.peft.save import adapter_state_dict
 from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
 from tunelab.training.auto import MICRO_BATCH, model_shape
@@ -175,7 +176,10 @@ def _run_rounds(
         return run_dir
 
     torch.manual_seed(cfg.train.seed)  # the LoRA initialisation every client starts from
-    source = resolve_source(cfg.model.name, cfg.model.revision)
+    # a hub base at one commit for the whole federation: the one a resumed run recorded, else model.revision's now;
+    # the clients get it in the recipe, so none loads what its branch holds when that client trains
+    source = pinned_source(cfg.model.name, (recorded_commit(run_dir) if resume else None) or cfg.model.revision)
+    pinned = replace(cfg, model=replace(cfg.model, revision=source.revision)) if source.kind == "hub" else cfg
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     eval_batches, eval_report, eval_rows = _eval_batches(cfg, tokenizer)
     if resume:
@@ -209,14 +213,14 @@ def _run_rounds(
         min_clients=f.min_clients,
         offset=done,
         rounds=f.rounds,
-        recipe=recipe_text(cfg),
+        recipe=recipe_text(pinned),
         layout=layout(initial),
         accountant=accountant,
         warmup=warmup,
     )
     log = MetricsLog(run_dir, resume_step=done if resume else None)
     info = RunInfo(
-        **base_record(cfg.model.name, cfg.model.revision),
+        **base_record(cfg.model.name, source.revision),
         method=cfg.method.name,
         template=resolve_template(cfg.data.template, tokenizer).name,
         system_prompt=cfg.data.system_prompt,
