@@ -118,3 +118,15 @@ def test_a_later_stage_trains_over_the_commit_stage_one_trained_over(hub, tiny_o
     run = api.train(None, overrides).run_dir
     assert read_info(run / "stage-1").base_revision == A and read_info(run / "stage-2").base_revision == A
     assert read_info(run).base_revision == A
+
+
+def test_an_adapter_from_a_hub_run_is_refused_over_another_commit(hub, tiny_overrides, tmp_path):
+    """model.adapter of a run over org/tiny went on training over whatever org/tiny's branch held by then: a run over
+    a hub id recorded no fingerprint, so nothing was compared. The commit it recorded is compared now."""
+    first = train(None, tiny_overrides | {"model.name": "org/tiny", "train.max_steps": 1}).run_dir
+    (hub / "refs" / "main").write_text(B)
+    again = tiny_overrides | {"model.name": "org/tiny", "model.adapter": str(first), "train.max_steps": 1}
+    with pytest.raises(ConfigError, match=f"at commit {A}, but model.name org/tiny is at commit {B} now"):
+        train(None, again | {"output_dir": str(tmp_path / "second")})
+    pinned = train(None, again | {"output_dir": str(tmp_path / "third"), "model.revision": A}).run_dir
+    assert read_info(pinned).base_revision == A

@@ -75,7 +75,7 @@ def refuse_packing_off_the_fast_path(cfg: RunConfig, impl: str) -> None:
 def check_adapter_base(adapter: str, source: ModelSource) -> None:
     """ConfigError when `adapter` is a run directory whose run recorded the fingerprint of its base's weights and
     model.name has other weights (same shapes or not): the adapter would go on training over a model it never saw.
-    A PEFT folder, or a run over a hub id, records none and is not checked."""
+    A run over a hub id is checked by the commit it recorded; a PEFT folder records neither and is not checked."""
     folder = Path(adapter).expanduser()
     if not is_run_dir(folder):
         return
@@ -83,6 +83,13 @@ def check_adapter_base(adapter: str, source: ModelSource) -> None:
         info = read_info(folder, require_finished=False)
     except RunDirError as exc:
         raise ConfigError(f"option 'model.adapter': {exc}") from None
+    moved = info.base_source == "hub" and source.kind == "hub" and source.name == info.base_model
+    if moved and info.base_revision and source.revision and source.revision != info.base_revision:
+        raise ConfigError(
+            f"option 'model.adapter': the adapter in {folder} was trained over {info.base_model} at commit "
+            f"{info.base_revision}, but model.name {source.name} is at commit {source.revision} now (its branch moved "
+            f"on, or model.revision names another). Set model.revision: {info.base_revision}, or start a new adapter."
+        )
     now = fingerprint(source)
     if info.base_fingerprint and now and now != info.base_fingerprint:
         raise ConfigError(
