@@ -2,7 +2,9 @@
 
 GGUF files are converted once by transformers' GGUF reader (dequantised to fp32, ~25 s for a 135M model on two CPU
 cores) and cached as a safetensors directory, so later loads take a second. Weights are read from safetensors only
-(`use_safetensors=True`), and a model's own code runs only when the user sets `model.trust_remote_code`.
+(`use_safetensors=True`), and a model's own code runs only when the user sets `model.trust_remote_code`. A hub id
+is loaded at one commit (`pinned_source`: model.revision resolved once), which the run records (`base_record`) and
+every later command loads again (`run_base`).
 """
 
 from __future__ import annotations
