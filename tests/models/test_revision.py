@@ -130,3 +130,15 @@ def test_an_adapter_from_a_hub_run_is_refused_over_another_commit(hub, tiny_over
         train(None, again | {"output_dir": str(tmp_path / "second")})
     pinned = train(None, again | {"output_dir": str(tmp_path / "third"), "model.revision": A}).run_dir
     assert read_info(pinned).base_revision == A
+
+
+def test_a_merged_hub_run_names_the_commit_of_its_base(hub, tiny_overrides, tmp_path):
+    """tunelab_merge.json named a hub base by its id alone: which weights the merged model holds under the adapter
+    was not said once the branch moved. It names the commit the run recorded."""
+    import json
+
+    from tunelab.export.merge import merge_run
+
+    run = train(None, tiny_overrides | {"model.name": "org/tiny", "train.max_steps": 1}).run_dir
+    saved = json.loads((merge_run(run, tmp_path / "merged") / "tunelab_merge.json").read_text())
+    assert (saved["base_model"], saved["base_source"], saved["base_revision"]) == ("org/tiny", "hub", A)

@@ -225,13 +225,14 @@ def provenance(merged: MergedModel, run_dir: Path, out: Path) -> dict:
     """What MERGE_FILE records of where the merged model came from. The run is named relative to the merged folder
     (`run_dir`, as "../runs/a": right again when both are moved or copied together) and by its absolute path when
     merged (`run_dir_at_merge`: right when the merged folder alone moves); the base as the run's run.json records it
-    (an alias or hub id as written, a local base by its absolute path), not as this machine resolved it for the
+    (an alias or hub id as written, a local base by its absolute path; base_source and a hub id's commit,
+    base_revision, where it records them), not as this machine resolved it for the
     merge (a moved staged run's own stage folder, an old run's base found beside it)."""
     keys = ("method", "quantize_base", "template", "system_prompt")
     recorded = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     run, target = run_dir.resolve(), out.resolve()
     return (
-        {"base_model": recorded["base_model"]}
+        {key: recorded[key] for key in ("base_model", "base_source", "base_revision") if key in recorded}
         | {k: getattr(merged.info, k) for k in keys}
         | {"run_dir": os.path.relpath(run, target), "run_dir_at_merge": str(run)}
         | {"check": asdict(merged.check) if merged.check else None}
