@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tunelab.api import train
-from tunelab.errors import Interrupted, RunDirError
+from tunelab.errors import Interrupted, RunDirError, TrainingStopped
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_run import stages_section
 from tunelab.export.check import _conversations, check_questions
@@ -107,3 +107,30 @@ def test_ctrl_c_in_a_later_stage_names_the_stage_and_the_runs_step(staged, monke
     assert caught.value.at == "stage 2 of 2 (second), its step 1 (step 3 of the run, as metrics.jsonl counts)"
     assert str(caught.value).startswith("stage 2 of 2 (second): interrupted after step 1 of 2;")
     assert caught.value.step == 3 and "stage-2" in caught.value.checkpoint
+
+
+def test_the_guard_stopping_a_later_stage_names_the_stage(staged, monkeypatch):
+    """The non-finite guard stopping stage 2 said "training stopped at step 2 of 2": the stage's count, where the
+    run's log and metrics count 4. It names the stage and how its steps map to the run's now."""
+    import tunelab.tasks.sft as sft_task
+    import tunelab.training.stages as stages
+
+    real_loss, real_stage, poisoned = sft_task.summed_loss, stages._run_stage, {"on": False}
+
+    def loss(model, batch):
+        value = real_loss(model, batch)
+        return value * float("nan") if poisoned["on"] else value
+
+    def run_stage(plan, here, *args, **kwargs):
+        poisoned["on"] = here.name == "stage-2"
+        return real_stage(plan, here, *args, **kwargs)
+
+    monkeypatch.setattr(sft_task, "summed_loss", loss)
+    monkeypatch.setattr(stages, "_run_stage", run_stage)
+    with pytest.raises(TrainingStopped) as stopped:
+        train(None, staged | {"train.max_bad_steps": 2})
+    message = str(stopped.value)
+    assert message.startswith(
+        "stage 2 of 2 (second), its steps counted from the stage's start (its step N is step N + 2"
+    )
+    assert "training stopped at step 2 of 2" in message

@@ -46,7 +46,7 @@ import yaml
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
 from tunelab.config.load import STAGE_PREFIX
-from tunelab.errors import ConfigError, Interrupted, RunDirError, TunelabError, article
+from tunelab.errors import ConfigError, Interrupted, RunDirError, TrainingStopped, TunelabError, article
 from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
@@ -447,6 +447,10 @@ def _stages(
             at = f"{where}, its step {stop.step} (step {offset + stop.step} of the run, as metrics.jsonl counts)"
             raise Interrupted(
                 f"{where}: {stop}", offset + stop.step, stop.checkpoint, stop.exit_code - 128, at=at
+            ) from None
+        except TrainingStopped as stop:  # the non-finite guard's steps are the stage's own too
+            raise TrainingStopped(
+                f"{where}, its steps counted from the stage's start (its step N is step N + {offset} of the run): {stop}"
             ) from None
         if result.interrupted and k < len(plans):  # Ctrl-C while the stage saved its result: the next one waits
             raise Interrupted(
