@@ -39,9 +39,8 @@ def test_a_run_reached_through_a_link_is_served_under_the_links_name(tiny_run_di
     link = tmp_path / "latest"
     link.symlink_to(tiny_run_dir, target_is_directory=True)
     client = TestClient(build_app(open_run(link, device="cpu")))
-    assert client.get("/v1/models").json()["data"][0]["id"] == "latest"
     for name in ("latest", tiny_run_dir.name):
-        assert client.get(f"/v1/models/{name}").json()["id"] == "latest", name
+        assert client.get(f"/v1/models/{name}").json()["id"] == name, name
         body = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
         answer = client.post("/v1/chat/completions", json=body)
         assert answer.status_code == 200 and answer.json()["model"] == "latest", answer.json()
@@ -76,3 +75,39 @@ def test_a_negative_seed_is_a_seed_and_minus_one_asks_for_none(loaded, monkeypat
     assert ask(-(2**63)).status_code == 200 and seeded[-1] == -(2**63)
     refused = ask(-(2**63) - 1)
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "seed"
+
+
+def test_the_models_listed_are_those_a_request_may_name(tiny_run_dir, tmp_path, monkeypatch):
+    """A run served through a link answered requests naming the directory the link leads to, but /v1/models listed
+    the link's name only, and `tunelab serve runs/latest` (the CLI) answered the directory's name with a 404. Both
+    names are listed, the link's first, both are answered from the CLI too, and any other name gets OpenAI's 404
+    body (type invalid_request_error, code model_not_found), listing the names served."""
+    import tunelab.server.serve as serve_module
+    from tunelab.cli import main
+
+    link = tmp_path / "latest"
+    link.symlink_to(tiny_run_dir, target_is_directory=True)
+    apps = []
+    real = serve_module.build_app
+
+    class Server:  # uvicorn's, which would serve until Ctrl-C
+        def run(self, sockets):
+            pass
+
+    monkeypatch.setattr(serve_module, "build_app", lambda *a, **k: apps.append(real(*a, **k)) or apps[-1])
+    monkeypatch.setattr(serve_module, "_server", lambda app, level: Server())
+    assert main(["serve", str(link), "--port", "0", "--device", "cpu"]) == 0
+    client = TestClient(apps[0])
+    listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert listed == ["latest", tiny_run_dir.name]
+    for name in listed:
+        body = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        assert client.post("/v1/chat/completions", json=body).status_code == 200, name
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    for answer in (client.post("/v1/chat/completions", json=body), client.get("/v1/models/gpt-4o")):
+        assert answer.status_code == 404
+        error = answer.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "model_not_found", error
+        assert "'gpt-4o'" in error["message"] and f"'{tiny_run_dir.name}'" in error["message"], error
+    named = TestClient(build_app(open_run(link, device="cpu"), model_name="tiny"))
+    assert [m["id"] for m in named.get("/v1/models").json()["data"]] == ["tiny"]

@@ -199,11 +199,10 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         message = str(exc.detail)
         if exc.status_code in (404, 405):  # a route or method the server lacks: "Not Found" named neither
             message = f"this server has no {request.method} {request.url.path}; it serves {ROUTES}"
-        return _error(exc.status_code, message, kind=kind)
+        return _error(exc.status_code, message)  # OpenAI's type for a 404 too (its SDK reads the status)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
@@ -216,34 +215,27 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
     async def health():
         return {"status": "ok", "model": engine.model_id}
 
-    def _model_card():
-        return {"id": engine.model_id, "object": "model", "created": engine.created, "owned_by": "tunelab"}
+    def _model_card(name: str):
+        return {"id": name, "object": "model", "created": engine.created, "owned_by": "tunelab"}
+
+    def _no_model(name: str, param: str | None = None):
+        """OpenAI's answer to a model it does not have: 404, type invalid_request_error, code model_not_found."""
+        served = " or ".join(repr(n) for n in engine.names)
+        message = f"the model {name!r} does not exist; this server has {served} (GET /v1/models lists them)"
+        return _error(404, message, param=param, code="model_not_found")
 
     @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [_model_card()]}
+    async def models():  # every name a request may give, the one answers carry first
+        return {"object": "list", "data": [_model_card(name) for name in engine.names]}
 
     @app.get("/v1/models/{model_id:path}")  # a model name may hold slashes ("org/name")
     async def model(model_id: str):
-        if model_id not in engine.names:
-            return _error(
-                404,
-                f"model {model_id!r} does not exist; this server has {engine.model_id!r}",
-                kind="not_found_error",
-                code="model_not_found",
-            )
-        return _model_card()
+        return _model_card(model_id) if model_id in engine.names else _no_model(model_id)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         if body.model not in engine.names:
-            return _error(
-                404,
-                f"model {body.model!r} does not exist; this server has {engine.model_id!r}",
-                kind="not_found_error",
-                param="model",
-                code="model_not_found",
-            )
+            return _no_model(body.model, "model")
         refused = unsupported_option(body)
         if refused is not None:
             return _error(400, refused[1], param=refused[0])

@@ -124,10 +124,11 @@ class Reply:
 
 class Engine:
     def __init__(self, run: LoadedRun, model_id: str, aliases: set[str] = frozenset()):
-        """`model_id`: the name the server gives; `aliases`: other names a request may use for it."""
+        """`model_id`: the name the server gives; `aliases`: other names a request may use for it. `names` lists
+        them all, `model_id` first (GET /v1/models)."""
         self.run = run
         self.model_id = model_id
-        self.names = {model_id, *aliases}
+        self.names = list(dict.fromkeys([model_id, *sorted(aliases)]))
         self.lock = threading.Lock()  # one generation at a time; the others wait here, in arrival order
         self.created = int(time.time())
 

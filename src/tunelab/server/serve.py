@@ -157,7 +157,7 @@ def serve(
     sock = bind(host, port)
     name = model_name or run_name(run)
     try:
-        app = build_app(run, api_key, name, settings, device, base_precision)
+        app = build_app(run, api_key, model_name, settings, device, base_precision)  # a link's target named too
         print(f"tunelab serve: {run} as model {name!r}{' (API key required)' if api_key else ''}")
         url = base_url(host, sock.getsockname()[1])  # --port 0: the port the system chose
         print(f"  OpenAI base URL: {url}/v1   (health: {url}/health)", flush=True)
