@@ -37,7 +37,7 @@ from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, check_questions, read_questions, run_data_config
 from tunelab.export.gguf import export_gguf as _export_gguf
 from tunelab.infer.conversation import as_trained
-from tunelab.infer.generate import GenerationSettings, generate_answers
+from tunelab.infer.generate import GenerationSettings, generate_answers, say_config_notice
 from tunelab.infer.run import LoadedRun, opened
 from tunelab.infer.run import open_run as _open_run
 from tunelab.models.load import load_tokenizer, resolve_source
@@ -340,7 +340,9 @@ def generate(
     settings = settings or GenerationSettings()
     if base:
         with loaded.base_model() as model:
+            say_config_notice(model)
             return generate_answers(model, loaded.tokenizer, loaded.template, [messages], settings)[0]
+    say_config_notice(loaded.model)
     return generate_answers(loaded.model, loaded.tokenizer, loaded.template, [messages], settings)[0]
 
 

@@ -1,5 +1,7 @@
 """What sampling draws from: the options given, and nothing a library adds unasked."""
 
+import importlib.util
+
 import torch
 
 from tunelab.infer.generate import GenerationSettings
@@ -22,3 +24,40 @@ def test_sampling_draws_from_the_whole_distribution_top_p_leaves(tiny_run_dir):
     # the tiny random model's next-token distribution is near uniform over ~49k tokens: a draw lands in its top 50
     # about once in a thousand
     assert sum(t not in top50 for t in drawn) > 20, drawn
+
+
+def test_the_models_generation_config_changes_no_answer_and_is_said(tiny_run_dir, capsys):
+    """A model whose generation_config.json set no_repeat_ngram_size (or min_p, typical_p, num_beams, ...) had it
+    applied by transformers to every answer, though no option of tunelab names it, and nothing said so: greedy
+    answers of chat, generate, compare, eval and serve differed from what tunelab's options asked. Such settings are
+    now passed as the values that change nothing, and the commands that generate say at start which ones the model
+    sets (and which of its own tunelab's settings replace)."""
+    from tunelab import api
+    from tunelab.infer.generate import config_notice, generate_answers
+
+    run = open_run(tiny_run_dir, device="cpu")
+    question = [[{"role": "user", "content": "Code of box 3?"}]]
+    settings = GenerationSettings(max_new_tokens=8)
+    plain = generate_answers(run.model, run.tokenizer, run.template, question, settings)
+    assert config_notice(run.model) is None
+    config = run.model.generation_config
+    config.no_repeat_ngram_size, config.num_beams, config.temperature = 1, 2, 0.7
+    try:
+        assert generate_answers(run.model, run.tokenizer, run.template, question, settings) == plain
+        notice = config_notice(run.model)
+        assert "no_repeat_ngram_size=1, num_beams=2, which tunelab does not apply" in notice, notice
+        assert "temperature=0.7, which tunelab's settings replace" in notice, notice
+        assert api.generate(run, "Code of box 3?", settings=settings) == plain[0]
+        assert notice in capsys.readouterr().err
+        if importlib.util.find_spec("fastapi"):  # the server's answer too (the 'serve' extra)
+            from fastapi.testclient import TestClient
+
+            from tunelab.server.serve import build_app
+
+            client = TestClient(build_app(run, model_name="tiny", settings=settings))
+            assert notice in capsys.readouterr().err
+            body = {"model": "tiny", "messages": question[0]}
+            served = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+            assert served == plain[0]
+    finally:
+        config.no_repeat_ngram_size, config.num_beams, config.temperature = 0, 1, 1.0

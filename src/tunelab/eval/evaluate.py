@@ -52,7 +52,13 @@ from tunelab.eval.questions import (
     run_data_config,
     task_labels,
 )
-from tunelab.infer.generate import GenerationSettings, answer_progress, fit_prompts, generate_answers
+from tunelab.infer.generate import (
+    GenerationSettings,
+    answer_progress,
+    fit_prompts,
+    generate_answers,
+    say_config_notice,
+)
 from tunelab.infer.run import LoadedRun, check_base_precision, opened
 from tunelab.rundir import check_output_file, check_same_run, open_info, run_stamp, saved_config
 from tunelab.training.auto import trained_value
@@ -141,6 +147,10 @@ class _CountingModel:
     @property
     def config(self):  # generate_answers reads the model's context length from it
         return self.model.config
+
+    @property
+    def generation_config(self):  # GenerationSettings.kwargs reads what the model's would change
+        return self.model.generation_config
 
     def generate(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
         out = self.model.generate(input_ids=input_ids, **kwargs)  # (B, T + new)
@@ -285,6 +295,8 @@ def evaluate_run(
     asked = [it for it in items if it.prompt is not None]
     prompts, names = [it.prompt for it in asked], [it.where for it in asked]
     fit_prompts(run.model, run.tokenizer, run.template, prompts, settings, names)  # too long: refused before any work
+    if asked:
+        say_config_notice(run.model)
     run.check_base()  # a full run's base, loaded after the tuned answers: gone or changed is said before them
     labels = task_labels(asked)
 

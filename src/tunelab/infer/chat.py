@@ -11,7 +11,13 @@ from typing import TextIO
 
 from tunelab.data.render import ControlTokenText, NotText
 from tunelab.data.templates import TemplateRefused
-from tunelab.infer.generate import DEFAULT_MAX_NEW_TOKENS, ContextTooLong, GenerationSettings, stream_answer
+from tunelab.infer.generate import (
+    DEFAULT_MAX_NEW_TOKENS,
+    ContextTooLong,
+    GenerationSettings,
+    config_notice,
+    stream_answer,
+)
 from tunelab.infer.run import LoadedRun
 
 COMMAND = re.compile(r"/[A-Za-z]+")  # a line that is one such word is a command, never a message
@@ -24,6 +30,8 @@ def chat(
     system = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
     messages = list(system)
     out.write(f"chatting with {run.run_dir} — /reset to start over, /exit to leave\n")
+    if notice := config_notice(run.model):
+        out.write(f"({notice})\n")
     while True:
         try:
             text = read("you> ").strip()

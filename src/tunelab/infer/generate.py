@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TextIO
 
 import torch
 from tqdm import tqdm
@@ -25,6 +27,92 @@ DEFAULT_MAX_NEW_TOKENS = 128  # chat and generate; compare and eval default to t
 # Temperatures below this sample greedily, their limit: dividing the logits by 5e-324 gives inf and sampling fails
 # (vLLM draws the same line, its _SAMPLING_EPS = 1e-5).
 GREEDY_BELOW = 1e-5
+
+
+# What a model's generation_config.json may set that changes the tokens generate() picks beyond the settings below,
+# each with the value that changes nothing. transformers applies every one of them a model sets to each generate()
+# that does not pass it, so a model shipping `no_repeat_ngram_size: 3` or `min_p: 0.05` answered otherwise than
+# tunelab's options say; tunelab passes these values instead (`GenerationSettings.kwargs`) and `config_notice` says
+# at start which ones the model sets.
+NOT_APPLIED = {
+    "min_p": None,
+    "top_h": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "encoder_repetition_penalty": 1.0,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "penalty_alpha": None,
+    "dola_layers": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "bad_words_ids": None,
+    "sequence_bias": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None,
+    "guidance_scale": None,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+    "stop_strings": None,
+    "max_time": None,
+    "watermarking_config": None,
+}
+# What tunelab's own settings replace (theirs win, their defaults included: greedy unless a temperature is given).
+REPLACED = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def _model_sets(model) -> dict:
+    """The decoding settings of the model's generation_config (from its generation_config.json) that change
+    anything: {name: value} for those of NOT_APPLIED and REPLACED that are set and not neutral."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return {}
+    neutral = NOT_APPLIED | {
+        "do_sample": False,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "repetition_penalty": 1.0,
+    }
+    found = {}
+    for name, unchanged in neutral.items():
+        value = getattr(config, name, None)
+        if value is not None and value != unchanged and not (name == "top_k" and value == 50):  # transformers' own
+            found[name] = value
+    return found
+
+
+def config_notice(model) -> str | None:
+    """A line saying which decoding settings of the model's generation_config.json tunelab does not apply (min_p,
+    no_repeat_ngram_size, ...) and which its own settings replace (temperature, top_p, ...), or None when it sets
+    none of them. Commands that generate print it at start."""
+    found = _model_sets(model)
+    if not found:
+        return None
+    ignored = [f"{k}={v}" for k, v in found.items() if k not in REPLACED]
+    replaced = [f"{k}={v}" for k, v in found.items() if k in REPLACED]
+    said = []
+    if ignored:
+        said.append(f"{', '.join(ignored)}, which tunelab does not apply")
+    if replaced:
+        said.append(
+            f"{', '.join(replaced)}, which tunelab's settings replace (--temperature, --top-p, --repetition-penalty "
+            "or a request's values, else greedy decoding with no penalty)"
+        )
+    return f"note: the model's generation_config.json sets {'; and '.join(said)}."
+
+
+def say_config_notice(model, out: TextIO | None = None) -> None:
+    """Write `config_notice` (if any) to `out`, stderr by default: at the start of a command that generates."""
+    notice = config_notice(model)
+    if notice:
+        print(notice, file=out or sys.stderr, flush=True)
 
 
 @dataclass
@@ -56,7 +144,9 @@ class GenerationSettings:
             if not ok:
                 raise ConfigError(f"generation: {name} is {getattr(self, name)!r}; it must be {allowed}.")
 
-    def kwargs(self, template: Template, tokenizer) -> dict:
+    def kwargs(self, template: Template, tokenizer, model=None) -> dict:
+        """generate()'s arguments; with `model`, those of its generation_config that would change the answer beyond
+        these settings are passed as the values that change nothing (NOT_APPLIED)."""
         sampling = self.temperature >= GREEDY_BELOW
         out = {
             "max_new_tokens": self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
@@ -69,7 +159,7 @@ class GenerationSettings:
             out.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
         else:
             out.update(temperature=None, top_p=None, top_k=None)
-        return out
+        return out | {k: NOT_APPLIED[k] for k in _model_sets(model) if k in NOT_APPLIED}
 
 
 def _device(model) -> torch.device:
@@ -178,7 +268,7 @@ def _answer_batch(model, tokenizer, template: Template, prompts: list[list[int]]
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=_device(model))  # (B, T) left-padded
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=ids.device)
-    out = model.generate(input_ids=ids, attention_mask=mask, **settings.kwargs(template, tokenizer))
+    out = model.generate(input_ids=ids, attention_mask=mask, **settings.kwargs(template, tokenizer, model))
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, width:]]
 
 
@@ -249,7 +339,10 @@ class Streamed:
 
 
 def _stream(model, tokenizer, template: Template, prompt: torch.Tensor, settings: GenerationSettings) -> Iterator[str]:
-    kwargs = settings.kwargs(template, tokenizer) | {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)}
+    kwargs = settings.kwargs(template, tokenizer, model) | {
+        "input_ids": prompt,
+        "attention_mask": torch.ones_like(prompt),
+    }
     generation = Streamed(model, tokenizer, kwargs)
     try:
         yield from generation

@@ -85,7 +85,7 @@ class Reply:
         try:
             if self.seed is not None:
                 torch.manual_seed(self.seed)
-            kwargs = self.settings.kwargs(engine.run.template, engine.run.tokenizer) | {
+            kwargs = self.settings.kwargs(engine.run.template, engine.run.tokenizer, engine.run.model) | {
                 "input_ids": self.prompt,
                 "attention_mask": torch.ones_like(self.prompt),
             }
