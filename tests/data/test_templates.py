@@ -232,3 +232,15 @@ def test_a_conversation_the_template_refuses_at_inference_is_not_told_to_change_
     with pytest.raises(TemplateRefused, match="pick a named template with data.template"):
         template.render(messages + [{"role": "assistant", "content": "Hello."}])
     assert render_prompt(messages[1:], smollm2_tokenizer, template)  # a conversation it accepts
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_named_templates_write_no_names_tools_or_tool_results(name, smollm2_tokenizer):
+    """`Template.uses` decides whether `tunelab serve` gives a template a message's name, tool calls, a tool's
+    result or tool definitions, or refuses them. llama2 and alpaca would write a tool's result as an assistant's
+    answer (their branch for any role but the user's), chatml as a turn of a role training never showed: a named
+    template uses none of them, while a tokenizer template that writes one is found to."""
+    for what in ("name", "tools", "tool_calls", "tool"):
+        assert not resolve_template(name, smollm2_tokenizer).uses(what), what
+    own = resolve_template("tokenizer", smollm2_tokenizer)  # SmolLM2's writes any role as a ChatML turn
+    assert own.uses("tool") and not own.uses("name") and not own.uses("tools")

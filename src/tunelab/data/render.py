@@ -214,9 +214,10 @@ class NotText(ConfigError):
     """A conversation to be answered holds a lone surrogate (errors.not_text), which no tokenizer can read."""
 
 
-def render_prompt(messages: list[dict], tokenizer, template: Template) -> list[int]:
-    """Token ids of the conversation so far plus the assistant prefix, ready for generation. ControlTokenText when a
-    message holds special-token text (see the module docstring), NotText when one holds a lone surrogate."""
+def render_prompt(messages: list[dict], tokenizer, template: Template, tools: list[dict] | None = None) -> list[int]:
+    """Token ids of the conversation so far plus the assistant prefix, ready for generation (`tools`: OpenAI's tool
+    definitions, for a template that `uses` them). ControlTokenText when a message holds special-token text (see the
+    module docstring), NotText when one holds a lone surrogate."""
     for message in messages:
         content = message.get("content")
         if isinstance(content, str) and (problem := not_text(content)):
@@ -228,7 +229,7 @@ def render_prompt(messages: list[dict], tokenizer, template: Template) -> list[i
             "conversation is not answered; training skips such conversations too. Remove it or write it otherwise."
         )
     try:
-        text, _ = template.render(messages, add_generation_prompt=True)
+        text, _ = template.render(messages, add_generation_prompt=True, tools=tools)
     except TemplateRefused as exc:  # a run answers with the template it trained with: data.template is no way out
         raise TemplateRefused(
             f"prompt template '{template.name}' cannot render this conversation ({exc.reason}), so it is not "

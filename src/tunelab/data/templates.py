@@ -30,7 +30,30 @@ from tunelab.errors import ConfigError, RunDirError
 
 _PROBE = "tunelab-probe-answer"
 
-WriteFn = Callable[[list[dict], bool], str]
+WriteFn = Callable[[list[dict], bool], str]  # the tokenizer's template also takes tools= (OpenAI's tool definitions)
+
+_CALL = {"id": "call_0", "type": "function", "function": {"name": "tunelab_probe_call", "arguments": {}}}
+_TOOL = {"type": "function", "function": {"name": "tunelab_probe_tool", "description": "", "parameters": {}}}
+# What of a conversation a template may write or not (`Template.uses`): (messages, tools, the probe text shown when
+# it is written). Hugging Face chat templates take these as OpenAI sends them (transformers' apply_chat_template).
+_USES = {
+    "name": ([{"role": "user", "content": "Hi", "name": "tunelab_probe_name"}], None, "tunelab_probe_name"),
+    "tools": ([{"role": "user", "content": "Hi"}], [_TOOL], "tunelab_probe_tool"),
+    "tool_calls": (
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "", "tool_calls": [_CALL]}],
+        None,
+        "tunelab_probe_call",
+    ),
+    "tool": (
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "", "tool_calls": [_CALL]},
+            {"role": "tool", "content": "tunelab_probe_result", "tool_call_id": "call_0"},
+        ],
+        None,
+        "tunelab_probe_result",
+    ),
+}
 
 
 class TemplateRefused(ConfigError):
@@ -56,9 +79,26 @@ class Template:
     """The same text as a Jinja chat template, saved with merged and exported models; None for the tokenizer's
     own template (saved as it is)."""
 
-    def _write(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    def uses(self, what: str) -> bool:
+        """Whether this template writes `what` of a conversation into the prompt: "name" (a message's name),
+        "tools" (a request's tool definitions), "tool_calls" (an assistant's calls) or "tool" (a tool's result): a
+        probe of it shows in the text rendered. The named templates write none of them (llama2 and alpaca would
+        write a tool's result as an answer, chatml as a turn of a role training never showed)."""
+        if self.jinja is not None:  # a named template
+            return False
+        messages, tools, probe = _USES[what]
         try:
-            return self.write(messages, add_generation_prompt)
+            return probe in (self.write(messages, True, tools=tools) if tools else self.write(messages, True))
+        except Exception:  # the template refuses the probe (an unknown role, a call without content): it does not
+            return False
+
+    def _write(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+        try:
+            return (
+                self.write(messages, add_generation_prompt, tools=tools)
+                if tools
+                else self.write(messages, add_generation_prompt)
+            )
         except Exception as exc:  # jinja templates raise their own errors (e.g. "roles must alternate")
             raise TemplateRefused(
                 f"prompt template '{self.name}' cannot render this conversation ({exc}). Use a conversation the "
@@ -66,16 +106,18 @@ class Template:
                 str(exc),
             ) from None
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    def render(
+        self, messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None
+    ) -> tuple[str, list[tuple[int, int]]]:
         """The text to tokenize (add_special_tokens=False) and the char spans [start, end) of every assistant answer
-        including the marker that ends it."""
-        full = self._write(messages, add_generation_prompt)
+        including the marker that ends it. `tools`: OpenAI's tool definitions, for a template that `uses` them."""
+        full = self._write(messages, add_generation_prompt, tools)
         spans = []
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self._write(messages[:i], True) if i else ""
-            through = self._write(messages[: i + 1], False)
+            before = self._write(messages[:i], True, tools) if i else ""
+            through = self._write(messages[: i + 1], False, tools)
             if not (through.startswith(before) and full.startswith(through)):
                 raise ConfigError(
                     f"prompt template '{self.name}' renders earlier turns of a conversation differently once later turns "
@@ -293,8 +335,10 @@ def resolve_template(name: str, tokenizer) -> Template:
                 f"Use a named template: {', '.join(NAMED)}."
             )
 
-        def write(messages: list[dict], add_generation_prompt: bool = False) -> str:
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        def write(messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None) -> str:
+            return tokenizer.apply_chat_template(
+                messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
 
         return _make("tokenizer", write, tokenizer, _turn_end(write), bos)
     if name not in NAMED:

@@ -36,7 +36,14 @@ def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
             f"message {first + 1} is the {messages[first]['role']}'s before any user message; the model was trained "
             "on conversations that start with the user's message (after any system message). Start with the user's."
         )
-    blank = next((i for i, m in enumerate(messages) if m["role"] != "system" and not m["content"].strip()), None)
+    blank = next(  # an assistant's turn that calls tools may have no text; a tool's result is not an answer
+        (
+            i
+            for i, m in enumerate(messages)
+            if m["role"] in ("user", "assistant") and not m.get("tool_calls") and not m["content"].strip()
+        ),
+        None,
+    )
     if blank is not None and messages[blank]["role"] == "user":
         raise Untrained(
             f"message {blank + 1} is the user's and is empty; the model was trained on no empty question. "

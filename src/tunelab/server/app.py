@@ -45,8 +45,8 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", param
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    model_config = ConfigDict(extra="allow")  # checked by `_message`: a field the template would not write is refused
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
 
 
@@ -73,6 +73,8 @@ class ChatRequest(BaseModel):
     n: int | None = Field(default=None, ge=1, le=1, strict=True)
     # OpenAI's range (a 64-bit signed integer), which torch's generator takes; -1 asks for no seed, as vLLM reads it
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63, strict=True)
+    # OpenAI's tool definitions: shown to the model through a chat template that writes them, else refused
+    tools: list[dict[str, Any]] | None = None
 
 
 # Options of OpenAI's chat completions that change nothing about a plain text answer: accepted and not used.
@@ -83,8 +85,7 @@ NOT_IMPLEMENTED: dict[str, tuple] = {
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
     "response_format": (None, {"type": "text"}),
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
+    "tool_choice": (None, "none", "auto"),  # "required" or one function: generation is not constrained to a call
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
     "frequency_penalty": (None, 0),
@@ -105,12 +106,99 @@ def unsupported_option(body: ChatRequest) -> tuple[str, str] | None:
         if value not in NOT_IMPLEMENTED[name]:
             return name, (
                 f"option {name!r} is {json.dumps(value)[:80]}, which this server does not support (it answers with "
-                "plain text only: no log-probabilities, structured output, tool calls, penalties or logit bias); "
-                "leave it out"
+                "plain text only: no log-probabilities, structured output, forced tool calls, penalties or logit "
+                "bias); leave it out"
             )
     if body.stream_options is not None and not body.stream:
         return "stream_options", "option 'stream_options' is only allowed with \"stream\": true"
     return None
+
+
+class Refused(ValueError):
+    """A request this server would not honour: `param` names the field (OpenAI's error's param)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+# What a message may carry beyond its role and content, which reaches the model only through a chat template that
+# writes it (`Template.uses`): a name, an assistant's earlier tool calls, the id of the call a tool's result answers.
+# A null (OpenAI's SDK sends an earlier answer back with "refusal": null, "tool_calls": null, ...) asks for nothing.
+MESSAGE_FIELDS = {"name": "name", "tool_calls": "tool_calls", "tool_call_id": "tool"}
+MESSAGE_NULLS = ("refusal", "audio", "annotations", "function_call")
+
+
+def _message(m: Message, number: int, template) -> dict:
+    """A request's message as the template takes it (`number` from 1); Refused naming the field the run's template
+    would not write (the model would never see it), or one OpenAI does not define."""
+    role = "system" if m.role == "developer" else m.role
+    where = f"messages.{number - 1}"
+    if role == "tool" and not template.uses("tool"):
+        raise Refused(
+            f"{where}.role",
+            f"message {number} is a tool's result (role 'tool'), which the run's prompt template ('{template.name}') "
+            "does not write, so the model would not see it; leave it out, or give the result in a user message.",
+        )
+    if role == "tool" and not isinstance(m.content, str | list):
+        raise Refused(f"{where}.content", f"message {number} is a tool's result and needs its text as 'content'.")
+    out = {"role": role, "content": _text(m.content, m.role, number)}
+    for key, value in (m.model_extra or {}).items():
+        if value is None or (key == "tool_calls" and value == []) or (key in MESSAGE_NULLS and not value):
+            continue
+        wanted = MESSAGE_FIELDS.get(key)
+        if (
+            wanted is None
+            or (key == "tool_calls") != (role == "assistant")
+            or (key == "tool_call_id") != (role == "tool")
+        ):
+            raise Refused(
+                f"{where}.{key}",
+                f"message {number} ({m.role}) has the field {key!r}, which this server does not read on a {m.role}'s "
+                "message; leave it out.",
+            )
+        if not template.uses(wanted):
+            raise Refused(
+                f"{where}.{key}",
+                f"message {number} has {key!r}, which the run's prompt template ('{template.name}') does not write, "
+                "so the model would not see it; leave it out"
+                + (" (or say the name in the content)." if key == "name" else "."),
+            )
+        out[key] = _tool_calls(value, where, number) if key == "tool_calls" else _string(value, f"{where}.{key}")
+    return out
+
+
+def _string(value, param: str) -> str:
+    if not isinstance(value, str):
+        raise Refused(param, f"{param}: Input should be a valid string")
+    return value
+
+
+def _tool_calls(calls, where: str, number: int) -> list[dict]:
+    """An assistant's tool calls as chat templates take them: OpenAI sends each call's arguments as a JSON text,
+    Hugging Face templates read an object (as vLLM gives them)."""
+    if not isinstance(calls, list):
+        raise Refused(f"{where}.tool_calls", f"{where}.tool_calls: Input should be a valid list")
+    out = []
+    for k, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise Refused(
+                f"{where}.tool_calls.{k}",
+                f"message {number}, tool call {k + 1}: give it as OpenAI does, "
+                '{"id": ..., "type": "function", "function": {"name": ..., "arguments": "{...}"}}.',
+            )
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments or "{}")
+            except json.JSONDecodeError:
+                raise Refused(
+                    f"{where}.tool_calls.{k}.function.arguments",
+                    f"message {number}, tool call {k + 1}: its arguments are not valid JSON ({arguments[:80]!r}).",
+                ) from None
+        out.append(call | {"function": function | {"arguments": arguments}})
+    return out
 
 
 def _field(loc) -> str:
@@ -125,7 +213,7 @@ _UNION_TAG = re.compile(r"^(str|int|float|bool|none|constrained-str)$|[\[\]]")
 def _text(content, role: str, number: int) -> str:
     """A message's content: a string, or OpenAI's list of parts, whose texts are joined by a line break (as vLLM
     joins them: "Code of box" and "3?" are two lines, not "Code of box3?"). Only an assistant's turn may come without
-    one (OpenAI's tool calls, which this server does not make). ValueError naming message `number` (from 1)."""
+    one (when it calls tools). ValueError naming message `number` (from 1)."""
     if content is None:
         if role != "assistant":
             raise ValueError(f"message {number} is the {role}'s and has no content; give its text as 'content'")
@@ -247,16 +335,26 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                     f"{'its --max-new-tokens' if token_cap > MAX_TOKENS_CAP else 'or its --max-new-tokens if larger'})",
                     param=name,
                 )
+        template = engine.run.template
+        tools = body.tools or None
+        if tools is not None and not template.uses("tools"):
+            return _error(
+                400,
+                f"option 'tools' gives tool definitions, which the run's prompt template ('{template.name}') does not "
+                "write, so the model would never see them; leave it out.",
+                param="tools",
+            )
         try:
-            messages = [
-                {"role": "system" if m.role == "developer" else m.role, "content": _text(m.content, m.role, i)}
-                for i, m in enumerate(body.messages, 1)
-            ]
+            messages = [_message(m, i, template) for i, m in enumerate(body.messages, 1)]
+        except Refused as exc:
+            return _error(400, str(exc), param=exc.param)
         except ValueError as exc:
             return _error(400, str(exc), param="messages")
-        if messages[-1]["role"] != "user":
+        if messages[-1]["role"] not in ("user", "tool"):
             return _error(
-                400, "the last message must be the user's (this server writes the assistant's turn)", param="messages"
+                400,
+                "the last message must be the user's or a tool's result (this server writes the assistant's turn)",
+                param="messages",
             )
         try:
             settings = GenerationSettings(
@@ -272,7 +370,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         created = int(time.time())
         try:  # the prompt is tokenized on a worker thread, and the answer read from one: the event loop stays free
             reply = await anyio.to_thread.run_sync(
-                engine.stream, messages, settings, stop, None if body.seed == -1 else body.seed
+                engine.stream, messages, settings, stop, None if body.seed == -1 else body.seed, tools
             )
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -132,10 +132,13 @@ class Engine:
         self.lock = threading.Lock()  # one generation at a time; the others wait here, in arrival order
         self.created = int(time.time())
 
-    def _prompt(self, messages: list[dict], settings: GenerationSettings) -> tuple[torch.Tensor, GenerationSettings]:
+    def _prompt(
+        self, messages: list[dict], settings: GenerationSettings, tools: list[dict] | None = None
+    ) -> tuple[torch.Tensor, GenerationSettings]:
         """The prompt's ids, and the settings with max_new_tokens cut to the room the model's context leaves
         (ContextTooLong when it leaves none)."""
-        ids = render_prompt(as_trained(messages, self.run.system_prompt), self.run.tokenizer, self.run.template)
+        conversation = as_trained(messages, self.run.system_prompt)
+        ids = render_prompt(conversation, self.run.tokenizer, self.run.template, tools)
         settings = fit_context(self.run.model, len(ids), settings)
         return torch.tensor([ids], device=self.run.device), settings
 
@@ -145,9 +148,15 @@ class Engine:
         return "stop" if (new_ids and new_ids[-1] in stops) or len(new_ids) < limit else "length"
 
     def stream(
-        self, messages: list[dict], settings: GenerationSettings, stop: list[str], seed: int | None = None
+        self,
+        messages: list[dict],
+        settings: GenerationSettings,
+        stop: list[str],
+        seed: int | None = None,
+        tools: list[dict] | None = None,
     ) -> Reply:
         """The answer as it is generated (see Reply). A conversation too long for the model is refused here
-        (ContextTooLong), before the response starts."""
-        prompt, settings = self._prompt(messages, settings)
+        (ContextTooLong), before the response starts. `tools`: OpenAI's tool definitions, for a template that uses
+        them (the answer is text: a call the model writes is not parsed into `tool_calls`)."""
+        prompt, settings = self._prompt(messages, settings, tools)
         return Reply(self, prompt, settings, stop, seed)

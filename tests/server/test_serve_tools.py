@@ -1,0 +1,87 @@
+"""What `tunelab serve` does with the parts of OpenAI's chat request beyond roles and texts: a message's `name`, an
+assistant's `tool_calls`, a tool's result (role `tool`) and the request's `tools`. Each reaches the model through a
+chat template that writes it, and is refused, named, where the run's template would not: never dropped."""
+
+from dataclasses import replace
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from tunelab.infer.run import open_run  # noqa: E402
+from tunelab.server.serve import build_app  # noqa: E402
+
+QUESTION = {"role": "user", "content": "Weather in Paris?"}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+CALLED = [QUESTION, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
+RESULT = {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}
+# A chat template that writes names, tool definitions, calls and results, as Qwen's and Llama 3's do in their way.
+TOOL_TEMPLATE = (
+    "{%- if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>{{ '\\n' }}{% endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}{% if m.name %} ({{ m.name }}){% endif %}{{ '\\n' + m.content }}"
+    "{%- for c in m.tool_calls or [] %}<call>{{ c.function.name }} {{ c.function.arguments | tojson }}</call>"
+    "{%- endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _ask(client, messages: list[dict], **options):
+    body = {"model": "tiny", "messages": messages, "max_tokens": 2} | options
+    return client.post("/v1/chat/completions", json=body)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run_dir):
+    with TestClient(build_app(open_run(tiny_run_dir, device="cpu"), model_name="tiny")) as client:
+        yield client
+
+
+def test_what_the_runs_template_does_not_write_is_refused_by_field(client):
+    """A message's `name` and an assistant's `tool_calls` were accepted and dropped without a word (the model never
+    saw them), and any other field of a message too. Where the run's template (here SmolLM2's, which writes neither)
+    would not write one, it is a 400 naming the field; so are tool definitions, and a role OpenAI does not define is
+    a 400 naming the message. The nulls OpenAI's client sends back with an earlier answer ask for nothing."""
+    refused = [
+        ([{**QUESTION, "name": "ann"}], {}, "messages.0.name", "'name', which the run's prompt template"),
+        ([*CALLED, RESULT], {}, "messages.1.tool_calls", "'tool_calls', which the run's prompt template"),
+        ([QUESTION], {"tools": TOOLS}, "tools", "option 'tools' gives tool definitions, which"),
+        ([{**QUESTION, "mood": "happy"}], {}, "messages.0.mood", "has the field 'mood'"),
+        ([{**QUESTION, "tool_call_id": "call_1"}], {}, "messages.0.tool_call_id", "has the field 'tool_call_id'"),
+        ([{"role": "function", "content": "x"}, QUESTION], {}, "messages.0.role", "Input should be"),
+        ([QUESTION], {"tool_choice": "required"}, "tool_choice", "forced tool calls"),
+    ]
+    for messages, options, param, says in refused:
+        answer = _ask(client, messages, **options)
+        error = answer.json()["error"]
+        assert answer.status_code == 400 and error["param"] == param, (param, answer.text)
+        assert says in error["message"], error
+    echoed = {"role": "assistant", "content": "Sunny.", "refusal": None, "tool_calls": None, "function_call": None}
+    answer = _ask(client, [QUESTION, echoed, {**QUESTION, "name": None}], tools=[], tool_choice="auto")
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_template_that_writes_tools_is_given_them(tiny_run_dir):
+    """With a chat template that writes them, the tool definitions, an assistant's calls (their arguments, which
+    OpenAI sends as JSON text, as the object Hugging Face templates read), a tool's result and a message's name
+    reach the prompt, and a conversation may end with the tool's result."""
+    run = open_run(tiny_run_dir, device="cpu")
+    run.tokenizer.chat_template = TOOL_TEMPLATE
+    written, real = [], run.template.write
+
+    def seen(messages, add_generation_prompt, **tools):
+        written.append(real(messages, add_generation_prompt, **tools))
+        return written[-1]
+
+    run.template = replace(run.template, write=seen)
+    with TestClient(build_app(run, model_name="tiny")) as client:
+        answer = _ask(client, [{**CALLED[0], "name": "ann"}, CALLED[1], RESULT], tools=TOOLS)
+        assert answer.status_code == 200, answer.text
+        prompt = max(written, key=len)  # the whole conversation (the others locate its answers)
+        assert prompt.startswith("<tools>get_weather;</tools>\n<|im_start|>user (ann)\nWeather in Paris?"), prompt
+        assert '<call>get_weather {"city": "Paris"}</call>' in prompt and "sunny, 21 C" in prompt, prompt
+        bad = {**CALL, "function": {"name": "get_weather", "arguments": "{city: Paris"}}
+        answer = _ask(client, [CALLED[0], {**CALLED[1], "tool_calls": [bad]}, RESULT], tools=TOOLS)
+        error = answer.json()["error"]
+        assert answer.status_code == 400 and error["param"] == "messages.1.tool_calls.0.function.arguments", error
