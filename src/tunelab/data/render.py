@@ -26,6 +26,7 @@ them into rows with positions restarting at every document.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass
 
@@ -214,6 +215,11 @@ class NotText(ConfigError):
     """A conversation to be answered holds a lone surrogate (errors.not_text), which no tokenizer can read."""
 
 
+def _beyond_content(message: dict) -> dict:
+    """What a message to answer carries for its template besides its role and content (a name, tool calls)."""
+    return {k: v for k, v in message.items() if k not in ("role", "content", "weight")}
+
+
 def render_prompt(messages: list[dict], tokenizer, template: Template, tools: list[dict] | None = None) -> list[int]:
     """Token ids of the conversation so far plus the assistant prefix, ready for generation (`tools`: OpenAI's tool
     definitions, for a template that `uses` them). ControlTokenText when a message holds special-token text (see the
@@ -222,7 +228,10 @@ def render_prompt(messages: list[dict], tokenizer, template: Template, tools: li
         content = message.get("content")
         if isinstance(content, str) and (problem := not_text(content)):
             raise NotText(f"{article(message.get('role'))} message: {problem}, so the conversation is not answered.")
-    found = special_text_in(messages, special_texts(tokenizer))
+    # a name, a tool call or a tool definition the template writes is text of the prompt as much as a content is
+    more = [{"role": m["role"], "content": json.dumps(_beyond_content(m), ensure_ascii=False)} for m in messages]
+    more += [{"role": "tools", "content": json.dumps(tools, ensure_ascii=False)}] if tools else []
+    found = special_text_in([*messages, *more], special_texts(tokenizer))
     if found:
         raise ControlTokenText(
             f"{found} would be read as a control token, not as text (it would end or open a turn), so the "
