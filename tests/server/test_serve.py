@@ -188,7 +188,8 @@ def test_a_client_that_leaves_a_stream_frees_the_queue(client):
 def test_options_this_server_would_ignore_are_refused(server, client):
     """An option the server does not implement (log-probabilities, structured output, tools, penalties) was
     accepted with 200 and an answer as if it were absent; now it is a 400 naming it, as is an unknown option (a
-    misspelling). The values that ask for nothing, and the nulls OpenAI documents, are accepted."""
+    misspelling). The values that ask for nothing, and the nulls OpenAI documents, are accepted ("audio": null was
+    refused as an unknown option)."""
     url = f"{server.url}/v1/chat/completions"
     refused = {
         "logprobs": True,
@@ -198,6 +199,7 @@ def test_options_this_server_would_ignore_are_refused(server, client):
         "frequency_penalty": 2,
         "logit_bias": {"50": 100},
         "max_tokenz": 5,
+        "audio": {"voice": "alloy", "format": "wav"},
     }
     for name, value in refused.items():
         status, _, body = _http("POST", url, json.dumps({"model": "tiny", "messages": QUESTION, name: value}).encode())
@@ -216,6 +218,8 @@ def test_options_this_server_would_ignore_are_refused(server, client):
         "tool_choice": "none",
         "presence_penalty": 0,
         "user": "someone",
+        "audio": None,  # OpenAI's options that a client passing every one sends as null
+        "prediction": None,
         "n": None,
         "stream": None,
         "max_tokens": 2,

@@ -93,6 +93,11 @@ NOT_IMPLEMENTED: dict[str, tuple] = {
     "logit_bias": (None, {}),
     "modalities": (None, ["text"]),
     "reasoning_effort": (None,),
+    # a null asks for nothing: clients that pass every option of OpenAI's API send these as null
+    "audio": (None,),
+    "prediction": (None,),
+    "web_search_options": (None,),
+    "verbosity": (None,),
 }
 
 
