@@ -105,7 +105,11 @@ def build_model(
     device = pick_device(model_cfg.device)
     dtype = pick_dtype(model_cfg.dtype, device)
     if method.name in ("full", "layers") and dtype == torch.float16:
-        raise ConfigError("option 'model.dtype' fp16 cannot train full weights without loss scaling; use bf16 or fp32.")
+        raise ConfigError(
+            f"option 'model.dtype' is fp16, which trains adapters only (method.name lora or dora, QLoRA too: their "
+            f"weights are fp32 and the loss is scaled); method.name {method.name} would update fp16 weights, where "
+            "small updates round to nothing. Use bf16 or fp32."
+        )
     # QLoRA loads the 16-bit model into CPU memory and quantizes it onto the device one layer at a time.
     quantize = method.quantize_base != "none"
     model = load_hf_model(source, dtype, torch.device("cpu") if quantize else device, model_cfg.trust_remote_code)

@@ -3,8 +3,8 @@
 
 Each step takes the next `grad_accum` micro-batches of the epoch (for grpo, what `rollout` samples from them),
 trains on this rank's share of them, then advances `Run.position` (step, epoch, batch in the epoch, tokens, time,
-skipped steps: what a checkpoint saves and a resumed run starts from, so it takes the same steps as an uninterrupted
-one). Around the step, one line each: the non-finite guard's count (training/guard.py), the metrics record, eval
+skipped steps, and in fp16 the loss scale and its overflow steps: what a checkpoint saves and a resumed run starts
+from, so it takes the same steps as an uninterrupted one). Around the step, one line each: the non-finite guard's count (training/guard.py), the metrics record, eval
 every N steps (and keep_best's check), a checkpoint every N steps, and Ctrl-C, which stops after the step with a
 checkpoint of it.
 """
@@ -33,6 +33,7 @@ from tunelab.training.evals import EvalSets, eval_record
 from tunelab.training.graphs import CapturedLoss, pad_to
 from tunelab.training.guard import BadSteps, stop_message
 from tunelab.training.interrupt import graceful_interrupt
+from tunelab.training.loss_scale import LossScale
 from tunelab.training.metrics import MetricsLog
 from tunelab.training.plan import MemoryPlan, measured_note
 from tunelab.training.sharded_checkpoint import save as save_checkpoint
@@ -64,6 +65,7 @@ class Run:
     graph_width: int = 64  # with graphs: batches are padded to a multiple of this many tokens
     interrupted: bool = False  # Ctrl-C came during the last step: the run finishes (evaluation, save), then stops
     stop_signal: int = signal.SIGINT  # the signal that stopped it (SIGTERM exits 143, not 130)
+    loss_scale: LossScale | None = None  # fp16: the dynamic loss scale (training/loss_scale.py)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -116,6 +118,7 @@ def loop(run: Run) -> float | None:
                     task,
                     run.ranks,
                     run.captured,
+                    run.loss_scale,
                 )
                 tokens = sum(int(b["attention_mask"].sum()) for b in step_batches)  # all ranks': tokens/s is global
                 if run.memory is not None and run.built.device.type == "cuda":
@@ -129,11 +132,19 @@ def loop(run: Run) -> float | None:
                     position["step"], stats, [s for b in step_batches for row in b["sources"] for s in row]
                 )
                 position["skipped_steps"], position["bad_streak"] = bad.skipped, bad.saved()
+                if run.loss_scale is not None:
+                    position["overflow_steps"] = position.get("overflow_steps", 0) + stats["overflow"]
+                    position["loss_scale"] = run.loss_scale.saved()
                 record = _record(position, len(batches), stats, lr, tokens / (time.perf_counter() - tic))
                 last_loss = last_loss if stats["skipped"] else stats["loss"]
-                if position["step"] % t.log_every == 0 or position["step"] == run.total_steps or stats["skipped"]:
+                if (
+                    position["step"] % t.log_every == 0
+                    or position["step"] == run.total_steps
+                    or stats["skipped"]
+                    or stats["overflow"]
+                ):
                     run.log.write(record)
-                bar.set_postfix(_postfix(record, bad.skipped))
+                bar.set_postfix(_postfix(record, bad.skipped, position.get("overflow_steps", 0)))
                 bar.update(1)
                 if stopping:
                     bar.close()
@@ -173,26 +184,31 @@ def rollout(task: Task, model: nn.Module, group: list[dict], step: int, micro_ba
 
 
 def _record(position: dict, batches: int, stats: dict, lr: float, tokens_per_s: float) -> dict:
-    """One line of metrics.jsonl. A skipped step has no loss (null) and says so; NaN is not JSON."""
+    """One line of metrics.jsonl. A skipped step has no loss (null) and says so; NaN is not JSON. An fp16 overflow
+    step has its loss but no gradient norm (inf), and says so."""
     finite = not stats["skipped"]
     record = {
         "step": position["step"],
         "epoch": position["epoch"] + position["batch_in_epoch"] / batches,
         "loss": stats["loss"] if finite else None,
         "lr": lr,
-        "grad_norm": stats["grad_norm"] if finite else None,
+        "grad_norm": stats["grad_norm"] if finite and not stats.get("overflow") else None,
         "tokens_per_s": tokens_per_s,
         "elapsed_s": position["elapsed_s"],
         **(stats["metrics"] if finite else {}),
     }
     if not finite:
         record |= {"skipped": True, "bad_loss": repr(stats["loss"]), "bad_grad_norm": repr(stats["grad_norm"])}
+    if stats.get("overflow"):
+        record["overflow"] = True
     if position["skipped_steps"]:
         record["skipped_steps"] = position["skipped_steps"]
+    if "loss_scale" in position:  # fp16: the scale the next step runs at, and the overflow steps so far
+        record |= {"loss_scale": position["loss_scale"]["scale"], "overflow_steps": position["overflow_steps"]}
     return record
 
 
-def _postfix(record: dict, skipped: int) -> dict[str, str]:
+def _postfix(record: dict, skipped: int, overflows: int) -> dict[str, str]:
     loss = record["loss"]
     postfix = {"loss": f"{loss:.4f}" if loss is not None else record.get("bad_loss", "?")}
     postfix |= {"lr": f"{record['lr']:.2e}", "tok_s": f"{record['tokens_per_s']:.0f}"}
@@ -200,6 +216,8 @@ def _postfix(record: dict, skipped: int) -> dict[str, str]:
         postfix["reward"] = f"{record['reward']:.3f}"
     if skipped:
         postfix["skipped"] = str(skipped)
+    if overflows:
+        postfix["fp16_overflows"] = str(overflows)
     return postfix
 
 

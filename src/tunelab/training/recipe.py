@@ -48,6 +48,7 @@ from tunelab.training.evals import eval_sets
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
 from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.loop import Run, evaluate_at, loop
+from tunelab.training.loss_scale import LossScale, uses_loss_scale
 from tunelab.training.metrics import MetricsLog, logged_at, plot_losses, read_metrics
 from tunelab.training.neftune import add_embedding_noise, noise_width
 from tunelab.training.optim import build_optimizer
@@ -338,6 +339,15 @@ def _train_planned(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
     )
     resume_step = position["step"] if resume else None
+    loss_scale = LossScale.resumed(position) if uses_loss_scale(built.dtype) else None
+    if loss_scale is not None:
+        position["overflow_steps"] = position.get("overflow_steps", 0)
+        position["loss_scale"] = loss_scale.saved()
+        print(
+            f"fp16: dynamic loss scaling, scale {loss_scale.scale:g}; a step whose scaled gradients overflow is "
+            "skipped and the scale halved (counted as overflow steps, not as non-finite ones)",
+            flush=True,
+        )
     # keep_best saves and loads the trainable weights whole: rank 0's replica under DDP; not under FSDP2's shards
     keep_best = t.keep_best and bool(evals.own) and ranks.main and sharding != "fsdp2"
     best = BestWeights(run_dir, keep_best, resume_step, checkpoint)
@@ -376,6 +386,7 @@ def _train_planned(
         memory=memory,
         captured=CapturedLoss(task.loss, trainable) if graphs_on else None,
         graph_width=bucket_width(cfg.data.max_length),
+        loss_scale=loss_scale,
     )
     try:
         if evals and task.eval_at_start and position["step"] == 0:  # the model before training, as step 0
@@ -383,6 +394,7 @@ def _train_planned(
         last_loss = loop(run)
     except BaseException as exc:
         info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
+        _note_overflows(info, position)
         info.tokens, info.elapsed_s = position["tokens"], round(position["elapsed_s"], 1)  # the report shows them
         with contextlib.suppress(WriteFailed):  # a full disk must not hide the error that stopped the run
             if ranks.main:
@@ -449,12 +461,15 @@ def _train_planned(
         info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
         info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
         info.skipped_steps = position["skipped_steps"]
+        _note_overflows(info, position)
         losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
         if any(name != "eval_loss" for name in losses):  # a mixture's sources, a staged run's earlier stages
             info.extra["eval_losses"] = losses
         if ranks.main:
             write_info(run_dir, info)
         skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
+        if position.get("overflow_steps"):
+            skipped += f", {position['overflow_steps']} skipped as fp16 overflow"
         print(
             f"saved to {run_dir} ({position['step']} steps{skipped}, {position['tokens']:,} tokens, "
             f"{position['elapsed_s']:.0f} s)",
@@ -478,6 +493,15 @@ def _train_planned(
         interrupted,
         stop_signal,
     )
+
+
+def _note_overflows(info: RunInfo, position: dict) -> None:
+    """run.json of an fp16 run: its overflow steps and the loss scale it ended at (extra.fp16_loss_scale)."""
+    if "loss_scale" in position:
+        info.extra["fp16_loss_scale"] = {
+            "overflow_steps": position["overflow_steps"],
+            "final_scale": position["loss_scale"]["scale"],
+        }
 
 
 def eval_line(task: Task, metrics: dict[str, float]) -> str:

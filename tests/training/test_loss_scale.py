@@ -1,0 +1,168 @@
+"""fp16 training of adapters with dynamic loss scaling: gradients that underflow unscaled come out right, an overflow
+step is skipped and counted (not the guard's failure), and a resumed run carries the scale on bit for bit."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import tunelab.tasks.sft as sft_task
+import tunelab.training.loop as loop
+import tunelab.training.loss_scale as loss_scale
+import tunelab.training.recipe as recipe
+from tunelab.peft.lora import attach_lora
+from tunelab.rundir import read_info
+from tunelab.training.loss_scale import GROWTH_INTERVAL, LossScale
+from tunelab.training.step import train_step
+
+
+class Recording(torch.optim.SGD):
+    """An optimizer that keeps the gradients its step() is given and changes nothing."""
+
+    def step(self, closure=None):
+        self.grads = [p.grad.clone() for g in self.param_groups for p in g["params"]]
+
+
+def _lora_model(dtype, init_range=0.001):
+    """A 2-layer Llama with small weights (init_range): its backward's activation gradients are small enough to
+    underflow in fp16. LoRA B starts non-zero so that every adapter matrix has a gradient."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=2000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=init_range,
+    )
+    model = LlamaForCausalLM(config).to(dtype)
+    attach_lora(model, ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"], 4, 8, 0.0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+def _batch():
+    ids = torch.randint(0, 2000, (4, 64), generator=torch.Generator().manual_seed(1))
+    return {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _step_grads(dtype, scale):
+    model = _lora_model(dtype)
+    optimizer = Recording([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    stats = train_step(model, [_batch()], optimizer, scheduler, 0.0, loss_scale=scale)
+    return stats, optimizer.grads
+
+
+def test_fp16_adapter_gradients_that_underflow_unscaled_match_fp32_with_the_loss_scale():
+    _, reference = _step_grads(torch.float32, None)
+    _, unscaled = _step_grads(torch.float16, None)
+    stats, scaled = _step_grads(torch.float16, LossScale())
+    # unscaled (as before loss scaling): a whole adapter matrix's gradient underflowed to zero
+    assert max(float((g == 0).float().mean()) for g in unscaled) == 1.0
+    assert not stats["overflow"] and not stats["skipped"]
+    for g, r in zip(scaled, reference):
+        assert bool((g != 0).any())
+        # fp16 activations round each product to 11 bits (~5e-4 relative); 1% leaves room for their sums
+        assert float((g - r).norm() / r.norm()) < 0.01
+
+
+def _tiny_step(scale, inf_grad=False):
+    """One step of a small-init fp16 LoRA model; inf_grad: one adapter's gradient is made inf (the loss is finite)."""
+    model = _lora_model(torch.float16, init_range=0.02)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if inf_grad:
+        params[0].register_hook(lambda g: g * float("inf"))
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    stats = train_step(model, [_batch()], optimizer, scheduler, 1.0, loss_scale=scale)
+    changed = any(not torch.equal(a, p) for a, p in zip(before, params))
+    return stats, changed
+
+
+def test_an_overflowing_scale_skips_the_update_halves_the_scale_and_is_not_a_guard_failure():
+    scale = LossScale(2.0**60)  # the scaled gradients overflow fp16's activations
+    stats, changed = _tiny_step(scale)
+    assert stats["overflow"] and not stats["skipped"] and stats["loss"] == stats["loss"]
+    assert not changed and scale.scale == 2.0**59 and scale.good_steps == 0
+    fine = LossScale()
+    stats, changed = _tiny_step(fine)
+    assert not stats["overflow"] and not stats["skipped"] and changed and fine.good_steps == 1
+
+
+def test_a_non_finite_loss_is_the_guards_failure_and_leaves_the_scale(monkeypatch):
+    real = sft_task.summed_loss
+    monkeypatch.setattr(sft_task, "summed_loss", lambda model, batch: real(model, batch) * float("nan"))
+    scale = LossScale()
+    stats, changed = _tiny_step(scale)
+    assert stats["skipped"] and not stats["overflow"] and not changed
+    assert scale.saved() == {"scale": 2.0**16, "good_steps": 0}
+
+
+def test_the_scale_doubles_after_its_growth_interval_and_an_overflow_at_scale_1_is_a_failure():
+    scale = LossScale(4.0, GROWTH_INTERVAL - 1)
+    scale.update(overflow=False)
+    assert scale.saved() == {"scale": 8.0, "good_steps": 0}
+    two = LossScale(2.0)
+    stats, changed = _tiny_step(two, inf_grad=True)
+    assert stats["overflow"] and not stats["skipped"] and not changed and two.scale == 1.0
+    one = LossScale(1.0)  # no scaling left to undo: the gradient is not finite by itself
+    stats, changed = _tiny_step(one, inf_grad=True)
+    assert stats["skipped"] and not stats["overflow"] and not changed and one.scale == 0.5
+
+
+def test_an_fp16_lora_run_counts_its_overflow_steps_in_the_log_and_run_json(tiny_overrides, monkeypatch, capsys):
+    monkeypatch.setattr(loss_scale, "INIT_SCALE", 2.0**20)  # starts too high: the first steps overflow
+    result = recipe.train(None, tiny_overrides | {"model.dtype": "fp16", "train.max_steps": 8, "method.dropout": 0.0})
+    out = capsys.readouterr().out
+    assert "fp16: dynamic loss scaling, scale 1.04858e+06" in out
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    overflows = [r for r in records if r.get("overflow")]
+    assert overflows and all(r["loss"] is not None and r["grad_norm"] is None for r in overflows)
+    assert result.skipped_steps == 0 and result.steps == 8
+    kept = read_info(result.run_dir).extra["fp16_loss_scale"]
+    assert kept == {"overflow_steps": len(overflows), "final_scale": 2.0**20 / 2 ** len(overflows)}
+    assert f"{len(overflows)} skipped as fp16 overflow" in out
+    assert records[-1]["overflow_steps"] == len(overflows) and records[-1]["loss_scale"] == kept["final_scale"]
+    adapter = load_file(result.run_dir / "adapter_model.safetensors")
+    assert all(bool(torch.isfinite(v).all()) for v in adapter.values())
+    assert len(overflows) < 8, [r["step"] for r in overflows]  # then it trained
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("init", [2.0**16, 2.0**20])
+def test_an_fp16_run_resumed_keeps_its_loss_scale_bit_for_bit(tiny_overrides, tmp_path, monkeypatch, init):
+    monkeypatch.setattr(loss_scale, "INIT_SCALE", init)  # 2**20: overflows in the first steps
+    common = tiny_overrides | {"model.dtype": "fp16", "train.max_steps": 6, "train.save_every": 2}
+    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
+    real, calls = loop.train_step, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # during step 5, after the checkpoint of step 4
+            raise Crash()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", crashing)
+    with pytest.raises(Crash):
+        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
+    monkeypatch.setattr(loop, "train_step", real)
+    monkeypatch.setattr(loss_scale, "INIT_SCALE", 2.0**10)  # a resumed run must not start from a fresh scale
+    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    a = load_file(straight.run_dir / "adapter_model.safetensors")
+    b = load_file(resumed.run_dir / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = [(r / "metrics.jsonl").read_text().splitlines() for r in (straight.run_dir, resumed.run_dir)]
+    assert [json.loads(x) | {"elapsed_s": 0, "tokens_per_s": 0} for x in logs[0]] == [
+        json.loads(x) | {"elapsed_s": 0, "tokens_per_s": 0} for x in logs[1]
+    ]
+    assert read_info(straight.run_dir).extra["fp16_loss_scale"] == read_info(resumed.run_dir).extra["fp16_loss_scale"]
