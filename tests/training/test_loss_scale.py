@@ -9,11 +9,15 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import tunelab.tasks.sft as sft_task
+import tunelab.training.build as build
 import tunelab.training.loop as loop
 import tunelab.training.loss_scale as loss_scale
 import tunelab.training.recipe as recipe
+from tunelab.config import load_config
+from tunelab.models.load import pick_dtype
 from tunelab.peft.lora import attach_lora
 from tunelab.rundir import read_info
+from tunelab.training.build import training_dtype
 from tunelab.training.loss_scale import GROWTH_INTERVAL, LossScale
 from tunelab.training.step import train_step
 
@@ -166,3 +170,43 @@ def test_an_fp16_run_resumed_keeps_its_loss_scale_bit_for_bit(tiny_overrides, tm
         json.loads(x) | {"elapsed_s": 0, "tokens_per_s": 0} for x in logs[1]
     ]
     assert read_info(straight.run_dir).extra["fp16_loss_scale"] == read_info(resumed.run_dir).extra["fp16_loss_scale"]
+
+
+def _method(name):
+    return load_config(None, {"method.name": name}).config.method
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_auto_dtype_on_a_gpu_without_bf16_is_fp16_for_adapters_and_fp32_for_full(monkeypatch, bf16):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(1) or bf16)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    lora, dora = training_dtype("auto", cuda, _method("lora")), training_dtype("auto", cuda, _method("dora"))
+    full, layers = training_dtype("auto", cuda, _method("full")), training_dtype("auto", cuda, _method("layers"))
+    if bf16:
+        assert lora == full == layers == (torch.bfloat16, "") and pick_dtype("auto", cuda) == torch.bfloat16
+    else:
+        assert lora[0] == dora[0] == torch.float16 and "fp16 with dynamic loss scaling" in lora[1]
+        assert "no native bf16" in lora[1]
+        assert full[0] == layers[0] == torch.float32 and "fp32" in full[1] and "method.name full" in full[1]
+        assert pick_dtype("auto", cuda) == torch.float16  # chat, generate, serve
+    assert asked
+    assert (
+        training_dtype("auto", cpu, _method("lora")) == (torch.float32, "") and pick_dtype("auto", cpu) == torch.float32
+    )
+    assert training_dtype("bf16", cuda, _method("lora")) == (torch.bfloat16, "")  # asked for: kept
+
+
+def test_a_run_whose_auto_dtype_is_fp16_says_why_and_trains_with_the_loss_scale(tiny_overrides, monkeypatch, capsys):
+    """On the CPU, with training_dtype answering as on a GPU without bf16: the note is printed and the run scales."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    real = build.training_dtype
+    monkeypatch.setattr(
+        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
+    )
+    result = recipe.train(None, tiny_overrides | {"train.max_steps": 2})
+    out = capsys.readouterr().out
+    assert "model.dtype auto: fp16 with dynamic loss scaling, since this GPU has no native bf16" in out
+    assert "fp16: dynamic loss scaling, scale 65536" in out
+    info = read_info(result.run_dir)
+    assert info.dtype == "float16" and info.extra["fp16_loss_scale"]["overflow_steps"] == 0

@@ -52,7 +52,9 @@ class ModelConfig:
         "to. Refused for the alias, a local folder or a .gguf file",
     )
     dtype: str = opt(
-        "auto", "weight and compute dtype (auto: bf16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "bf16", "fp16")
+        "auto",
+        "weight and compute dtype (auto: bf16 on CUDA, fp32 on CPU; on a GPU without bf16, fp16 for adapters)",
+        choices=("auto", "fp32", "bf16", "fp16"),
     )
     device: str = opt("auto", "where to train (auto: CUDA when present, else CPU)", choices=DEVICES)
     impl: str = opt(

@@ -99,7 +99,8 @@ def open_run(
     run_dir: str | Path, device: str = "auto", dtype: str = "auto", base_precision: str = "trained"
 ) -> LoadedRun:
     """The run's tuned model in eval mode, ready to generate. `dtype` auto: for a QLoRA base the dtype it was trained
-    in (it is quantized from that dtype, as in training), else bf16 on CUDA and fp32 on the CPU. `base_precision`:
+    in (it is quantized from that dtype, as in training), else bf16 on CUDA (fp16 on a GPU without native bf16) and
+    fp32 on the CPU. `base_precision`:
     trained (default) or 16bit, see the module docstring."""
     check_base_precision(base_precision)
     if dtype not in DTYPES:  # pick_dtype's table lookup would raise a bare KeyError

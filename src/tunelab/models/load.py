@@ -551,9 +551,19 @@ def pick_device(device: str, option: str = "model.device") -> torch.device:
     return chosen
 
 
+def native_bf16() -> bool:
+    """Does the CUDA GPU compute in bf16 natively (Ampere and later, ROCm)? A T4 or V100 only emulates it, slowly:
+    torch.cuda.is_bf16_supported() says True there unless emulation is left out."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """model.dtype as a torch dtype. auto: fp32 on the CPU; on CUDA bf16, or fp16 on a GPU without native bf16
+    (what inference runs in there; training chooses for itself, training/build.training_dtype)."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if native_bf16() else torch.float16
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
 
 

@@ -20,7 +20,7 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.kernels import select as select_ops
 from tunelab.models.hf_adapter import from_hf_model
 from tunelab.models.llama import unsupported_reason
-from tunelab.models.load import ModelSource, load_hf_model, pick_device, pick_dtype, run_base
+from tunelab.models.load import ModelSource, load_hf_model, native_bf16, pick_device, pick_dtype, run_base
 from tunelab.models.untrained import embedding_matrices, repair_rows
 from tunelab.peft.lora import attach_lora
 from tunelab.quant.linear import NF4Linear, quantize_model_
@@ -36,6 +36,7 @@ class BuiltModel:
     dtype: torch.dtype
     trainable: int
     total: int
+    dtype_note: str = ""  # why model.dtype auto chose what it did, where that is not the usual bf16 (CUDA) / fp32 (CPU)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -103,7 +104,7 @@ def build_model(
 ) -> BuiltModel:
     """checkpointing: False, True, or "offload" (checkpointed layer inputs kept in CPU memory; fast path on CUDA)."""
     device = pick_device(model_cfg.device)
-    dtype = pick_dtype(model_cfg.dtype, device)
+    dtype, note = training_dtype(model_cfg.dtype, device, method)
     if method.name in ("full", "layers") and dtype == torch.float16:
         raise ConfigError(
             f"option 'model.dtype' is fp16, which trains adapters only (method.name lora or dora, QLoRA too: their "
@@ -130,7 +131,22 @@ def build_model(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, NF4Linear))  # buffers
-    return BuiltModel(model, impl, hf_config, device, dtype, trainable, total)
+    return BuiltModel(model, impl, hf_config, device, dtype, trainable, total, note)
+
+
+def training_dtype(dtype: str, device: torch.device, method: MethodConfig) -> tuple[torch.dtype, str]:
+    """model.dtype for training, and a note when auto meets a CUDA GPU without native bf16 (T4, V100): adapters
+    train in fp16 with the loss scale (training/loss_scale.py), full and layers in fp32 (fp16 weights would round
+    small updates away)."""
+    if dtype != "auto" or device.type != "cuda" or native_bf16():
+        return pick_dtype(dtype, device), ""
+    why = "this GPU has no native bf16 (before Ampere: T4, V100), which it would only emulate, slowly"
+    if method.is_adapter:
+        return torch.float16, f"model.dtype auto: fp16 with dynamic loss scaling, since {why}"
+    return torch.float32, (
+        f"model.dtype auto: fp32, since {why}, and fp16 cannot train method.name {method.name} (fp16 weights round "
+        "small updates away)"
+    )
 
 
 def run_dtype(info: RunInfo, dtype: str, device: torch.device, quantize: bool) -> torch.dtype:

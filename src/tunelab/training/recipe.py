@@ -273,6 +273,8 @@ def _train_planned(
         f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)",
         flush=True,
     )
+    if built.dtype_note:
+        print(built.dtype_note, flush=True)
     print(untrained.summary(), flush=True)
     print(auto.describe(), flush=True)
     for note in memory.notes if memory is not None else []:  # the GPU shared with other processes
