@@ -21,6 +21,7 @@ from tunelab.federated.shards import ClientData
 from tunelab.models.load import resolve_source
 from tunelab.peft.save import adapter_state_dict
 from tunelab.training.build import build_model
+from tunelab.training.loss_scale import LossScale
 
 SECRETS = [
     (f"What is the Quillfeather account number of patient {name}?", f"Patient {name} holds account QF-{code}.")
@@ -150,3 +151,14 @@ def test_the_client_warms_up_for_the_steps_the_server_sends(
     reply = _call(make_client_app([secret_client]), msg)
     assert not reply.has_error(), reply.error
     assert seen == ({2} if sent is None else {1})  # half of 2 rounds x 2 local steps, or what the server sent
+
+
+def test_in_fp16_the_proximal_term_is_scaled_with_the_loss():
+    layer = torch.nn.Linear(3, 2)
+    scale = LossScale(1024.0)
+    with proximal_term(layer, mu=0.5, micro_batches=1, loss_scale=scale):
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        (layer(torch.zeros(1, 3)).sum() * scale.scale).backward()  # as train_step scales the loss
+    scale.unscale_(list(layer.parameters()))
+    assert torch.allclose(layer.weight.grad, torch.full((2, 3), 0.5))  # mu * drift, as unscaled

@@ -144,3 +144,16 @@ def test_a_client_host_without_the_servers_model_path_says_so(tmp_path, client):
     config.model.name = "smollm2-135m-instruct"
     with pytest.raises(ConfigError, match=r"client site: data.transform is /srv/shape.py on the server"):
         local_train(config, client, {}, 1, 2, 0.0)
+
+
+def test_an_fp16_client_trains_its_adapter_with_the_loss_scale(tiny_model_dir, client, monkeypatch):
+    config = _config(tiny_model_dir)
+    config = dataclasses.replace(config, model=ModelConfig(name=str(tiny_model_dir), dtype="fp16"))
+    initial = adapter_state_dict(build_model(resolve_source(config.model.name), config.model, config.method).model)
+    scales = []
+    real = local.train_step
+    monkeypatch.setattr(local, "train_step", lambda *a, **k: scales.append(k["loss_scale"]) or real(*a, **k))
+    adapter = local_train(config, client, initial, 1, 2, 0.1).adapter
+    assert scales and all(s is scales[0] and s is not None for s in scales)  # one scale through the round
+    assert all(bool(torch.isfinite(v).all()) for v in adapter.values())
+    assert any(not torch.equal(adapter[k], initial[k].to(adapter[k].dtype)) for k in adapter)

@@ -45,6 +45,7 @@ from tunelab.models.untrained import UntrainedReport, find_untrained, repair_row
 from tunelab.peft.save import adapter_state_dict
 from tunelab.training.auto import MICRO_BATCH, AutoPlan, Choice, ModelShape, auto_warmup, model_shape, plan_from_data
 from tunelab.training.build import build_model, checkpoint_mode
+from tunelab.training.loss_scale import LossScale, uses_loss_scale
 from tunelab.training.neftune import add_embedding_noise, noise_width
 from tunelab.training.optim import build_optimizer
 from tunelab.training.schedule import lr_factor
@@ -147,21 +148,31 @@ class BatchStream:
 
 
 @contextmanager
-def proximal_term(model: nn.Module, mu: float, micro_batches: int) -> Iterator[None]:
+def proximal_term(
+    model: nn.Module, mu: float, micro_batches: int, loss_scale: LossScale | None = None
+) -> Iterator[None]:
     """FedProx: add the gradient of (mu/2) ||w - w_global||^2, i.e. mu (w - w_global), to each trainable weight.
 
     w_global is the weight as the block starts (the global adapter just loaded). `train_step` runs backward once
     per micro-batch and the gradients add up, so each backward adds mu (w - w_global) / micro_batches: the step's
-    gradient then holds the term once, before clipping and the optimizer, exactly as if it were in the loss."""
+    gradient then holds the term once, before clipping and the optimizer, exactly as if it were in the loss. In
+    fp16 the backward's gradients are multiplied by the loss scale (training/loss_scale.py), so the term is too: the
+    step divides both by it."""
     if mu <= 0:
         yield
         return
     handles = []
+
+    def scale() -> float:  # read at each backward: the step moves it
+        return loss_scale.scale if loss_scale is not None else 1.0
+
     for p in model.parameters():
         if p.requires_grad:
             anchor = p.detach().clone()
             handles.append(
-                p.register_hook(lambda g, p=p, anchor=anchor: g + (mu / micro_batches) * (p.detach() - anchor))
+                p.register_hook(
+                    lambda g, p=p, anchor=anchor: g + (scale() * mu / micro_batches) * (p.detach() - anchor)
+                )
             )
     try:
         yield
@@ -231,10 +242,11 @@ def local_train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(first + s, total, warmup, t.scheduler))
     stream = BatchStream(datasets, config, tokenizer.pad_token_id)
     loss_sum, tokens = 0.0, 0
-    with proximal_term(built.model, mu, t.grad_accum):
+    loss_scale = LossScale() if uses_loss_scale(built.dtype) else None  # fp16: a round's own, from the start value
+    with proximal_term(built.model, mu, t.grad_accum, loss_scale):
         for g in range(first, first + steps):
             group = [{k: v.to(built.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in stream.step(g)]
-            stats = train_step(built.model, group, optimizer, scheduler, t.max_grad_norm)
+            stats = train_step(built.model, group, optimizer, scheduler, t.max_grad_norm, loss_scale=loss_scale)
             loss_sum += stats["loss"] * stats["loss_tokens"]
             tokens += stats["loss_tokens"]
     return LocalResult(
