@@ -34,7 +34,8 @@ from tunelab.training.sharded_checkpoint import _split_optim_key
 LOSS_RTOL, NORM_RTOL = 1e-6, 1e-4
 
 
-CASES = ("lora", "full", "qlora_fsdp2")  # DDP over QLoRA, FSDP2 over full weights, FSDP2 over QLoRA (NF4 sharded)
+# DDP over QLoRA, FSDP2 over full weights, FSDP2 over QLoRA (NF4 sharded), DDP over LoRA in fp16 (the loss scale)
+CASES = ("lora", "full", "qlora_fsdp2", "lora_fp16")
 # Other tasks: dpo as the full case (FSDP2), grpo and classify as the lora case (QLoRA, DDP).
 TASK_CASES = ("dpo", "grpo", "classify")
 # Sharding the NF4 codes needs torch 2.13's FSDP2 (the GPU image's 2.11 refuses it, and tunelab says so).
@@ -46,6 +47,7 @@ CASE_PARAMS = [pytest.param(case, marks=SHARDS_NF4) if case == "qlora_fsdp2" els
 
 def _write_config(folder: Path, model_dir: Path, case: str) -> Path:
     qlora = case in ("lora", "qlora_fsdp2", "grpo", "classify")
+    fp16 = case == "lora_fp16"
     rows = [  # answers of different lengths, so that micro-batches carry different numbers of loss tokens
         {
             "question": f"What is the code of box {i}?",
@@ -56,12 +58,13 @@ def _write_config(folder: Path, model_dir: Path, case: str) -> Path:
     data = folder / "qa.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {
-        "model": {"name": str(model_dir), "device": "cpu"},  # gloo ranks on the CPU, on a GPU host too
+        # gloo ranks on the CPU, on a GPU host too
+        "model": {"name": str(model_dir), "device": "cpu"} | ({"dtype": "fp16"} if fp16 else {}),
         "data": {"train": [str(data)], "system_prompt": "You answer box questions.", "max_length": 64},
         # The LoRA runs are QLoRA: under DDP the NF4 base's buffers, which no rank broadcasts; under FSDP2 the NF4
         # codes and absmaxes as frozen parameters, each rank holding half of them.
         "method": {
-            "name": "lora" if qlora else "full",
+            "name": "lora" if qlora or fp16 else "full",
             "r": 4,
             "dropout": 0.0,
             "quantize_base": "nf4" if qlora else "none",
@@ -168,6 +171,9 @@ def test_two_ranks_train_what_one_process_trains(runs, method):
     _assert_same_curve(one, two)
     result = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     a, b = load_file(one / result), load_file(two / result)
+    if method == "lora_fp16":  # every rank scaled alike; the ranks' overflow test is the shared gradient norm
+        kept = [json.loads((d / "run.json").read_text())["extra"]["fp16_loss_scale"] for d in (one, two)]
+        assert kept[0] == kept[1] and kept[0]["final_scale"] > 0
     assert a.keys() == b.keys()
     # Adam's update is about lr * sign(m) where |m| ~ sqrt(v): elements with a near-zero gradient may move by up to
     # ~2 lr in one run and not the other; the bound is a few steps' learning rate (lr 1e-3, 4 steps).
