@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import tunelab.training.loop as loop
+import tunelab.training.loss_scale as loss_scale
 from tunelab.api import train
 from tunelab.config import load_config
 from tunelab.data.loader import build_datasets, make_batches
@@ -556,3 +557,15 @@ def test_a_stage_that_cannot_follow_the_one_before_names_its_file_and_line(tmp_p
     )
     with pytest.raises(ConfigError, match=message):
         plan_stages(load_config(config), tmp_path / "run")
+
+
+def test_a_staged_fp16_runs_overflow_steps_are_summed_over_its_stages(staged, monkeypatch):
+    monkeypatch.setattr(loss_scale, "INIT_SCALE", 2.0**20)  # each stage starts high: its first steps overflow
+    result = train(None, staged | {"model.dtype": "fp16", "train.save_every": 0})
+    stages = [read_info(result.run_dir / f"stage-{k}").extra["fp16_loss_scale"] for k in (1, 2)]
+    whole = read_info(result.run_dir).extra["fp16_loss_scale"]
+    assert all(s["overflow_steps"] for s in stages)
+    assert whole == {
+        "overflow_steps": sum(s["overflow_steps"] for s in stages),
+        "final_scale": stages[1]["final_scale"],
+    }

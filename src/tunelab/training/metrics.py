@@ -6,7 +6,8 @@ Every record written also goes to the log's sinks, the experiment trackers of `t
 A line that does not parse (the last one torn by a crash mid-write) is skipped by readers and dropped on resume. A
 record whose "step" is not a whole number >= 0 (the file edited) is a RunDirError naming the file and line: resume
 keeps or drops each record by its step, and the readers place it by it.
-A step the non-finite guard skipped has "loss": null and "skipped": true.
+A step the non-finite guard skipped has "loss": null and "skipped": true. In fp16 every record has "loss_scale" and
+"overflow_steps", and a step skipped for overflow "overflow": true, its loss, and "grad_norm": null.
 """
 
 from __future__ import annotations

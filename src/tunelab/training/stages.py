@@ -278,12 +278,16 @@ def format_forgetting(names: list[str], matrix: list[list[float | None]], measur
 
 
 def _whole_run(info: RunInfo, each: list[RunInfo]) -> None:
-    """The last stage's run.json (`info`) made the whole run's: steps, tokens, time and skipped steps summed over the
-    stages (the report showed the last stage's tokens and time beside the steps of all), and the step train.keep_best
+    """The last stage's run.json (`info`) made the whole run's: steps, tokens, time, skipped steps and fp16 overflow
+    steps summed over the stages (the report showed the last stage's tokens and time beside the steps of all), and the step train.keep_best
     kept counted across the stages, as metrics.jsonl counts it."""
     info.steps, info.total_steps = sum(i.steps for i in each), sum(i.total_steps for i in each)
     info.tokens, info.skipped_steps = sum(i.tokens for i in each), sum(i.skipped_steps for i in each)
     info.elapsed_s = round(sum(i.elapsed_s for i in each), 1)
+    scales = [i.extra["fp16_loss_scale"] for i in each if "fp16_loss_scale" in i.extra]
+    if scales:  # fp16 stages: their overflow steps summed, the scale the last of them ended at
+        overflows = sum(s["overflow_steps"] for s in scales)
+        info.extra["fp16_loss_scale"] = {"overflow_steps": overflows, "final_scale": scales[-1]["final_scale"]}
     best = info.extra.get("best")
     if isinstance(best, dict) and isinstance(best.get("step"), int):
         info.extra["best"] = best | {"step": best["step"] + sum(i.steps for i in each[:-1])}
