@@ -29,6 +29,7 @@ from tunelab.data.loader import epoch_rows, make_batches
 from tunelab.data.packing import pack
 from tunelab.data.render import IGNORE, Rendered
 from tunelab.models.untrained import UntrainedReport
+from tunelab.training.loss_scale import LossScale, uses_loss_scale
 from tunelab.training.step import loss_tokens, summed_loss
 
 
@@ -88,6 +89,23 @@ def _lora_a_exempt(name: str, params: dict) -> bool:
     return b is not None and not bool(b.detach().any())
 
 
+def _scaled_backward(model, batch: dict, count: int, scale: LossScale | None) -> torch.Tensor:
+    """Backward of the mean loss as a training step runs it; the summed loss. In fp16 the loss is multiplied by the
+    loss scale, halved (and the pass run again) while the gradients overflow, as a run's first steps do, and the
+    gradients divided by it again, so that a gradient small enough to underflow unscaled is not called zero."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    while True:
+        loss = summed_loss(model, batch)
+        (loss * (scale.scale if scale else 1.0) / max(count, 1)).backward()
+        if scale is None or scale.scale <= 1 or not math.isfinite(loss.item()):
+            return loss
+        if all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
+            scale.unscale_(params)
+            return loss
+        model.zero_grad(set_to_none=True)
+        scale.update(overflow=True)
+
+
 def forward_backward(built, batch: dict) -> list[CheckItem]:
     """One training-mode forward/backward: finite loss, a finite non-zero gradient per trainable tensor, memory."""
     model, device = built.model, built.device
@@ -97,8 +115,7 @@ def forward_backward(built, batch: dict) -> list[CheckItem]:
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
     count = loss_tokens(batch)
-    loss = summed_loss(model, _to(batch, device))
-    (loss / max(count, 1)).backward()
+    loss = _scaled_backward(model, _to(batch, device), count, LossScale() if uses_loss_scale(built.dtype) else None)
     mean = loss.item() / max(count, 1)
     items = []
     if cuda:

@@ -19,7 +19,7 @@ so is an overflow at a scale of 1 or less, where no scaling is left to undo.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,7 +29,7 @@ GROWTH_INTERVAL = 2000  # good steps in a row before the scale doubles (GradScal
 
 @dataclass
 class LossScale:
-    scale: float = INIT_SCALE
+    scale: float = field(default_factory=lambda: INIT_SCALE)
     good_steps: int = 0  # finite steps since the scale last changed
 
     def unscale_(self, params: list[torch.nn.Parameter]) -> None:
