@@ -194,7 +194,11 @@ def test_auto_dtype_on_a_gpu_without_bf16_is_fp16_for_adapters_and_fp32_for_full
     assert (
         training_dtype("auto", cpu, _method("lora")) == (torch.float32, "") and pick_dtype("auto", cpu) == torch.float32
     )
-    assert training_dtype("bf16", cuda, _method("lora")) == (torch.bfloat16, "")  # asked for: kept
+    bf16_asked = training_dtype("bf16", cuda, _method("full"))  # asked for: kept, with a note where emulated
+    assert bf16_asked[0] == torch.bfloat16 and (bf16_asked[1] == "") == bf16
+    if not bf16:
+        assert "model.dtype is bf16, but this GPU has no native bf16" in bf16_asked[1] and "pick fp32" in bf16_asked[1]
+    assert training_dtype("fp16", cuda, _method("lora")) == (torch.float16, "")
 
 
 def test_a_run_whose_auto_dtype_is_fp16_says_why_and_trains_with_the_loss_scale(tiny_overrides, monkeypatch, capsys):

@@ -137,10 +137,13 @@ def build_model(
 def training_dtype(dtype: str, device: torch.device, method: MethodConfig) -> tuple[torch.dtype, str]:
     """model.dtype for training, and a note when auto meets a CUDA GPU without native bf16 (T4, V100): adapters
     train in fp16 with the loss scale (training/loss_scale.py), full and layers in fp32 (fp16 weights would round
-    small updates away)."""
-    if dtype != "auto" or device.type != "cuda" or native_bf16():
+    small updates away). bf16 asked for on such a GPU is kept, with a note saying what auto would pick."""
+    if dtype not in ("auto", "bf16") or device.type != "cuda" or native_bf16():
         return pick_dtype(dtype, device), ""
     why = "this GPU has no native bf16 (before Ampere: T4, V100), which it would only emulate, slowly"
+    if dtype == "bf16":
+        instead = "fp16 (with loss scaling)" if method.is_adapter else "fp32"
+        return torch.bfloat16, f"note: model.dtype is bf16, but {why}; auto would pick {instead}"
     if method.is_adapter:
         return torch.float16, f"model.dtype auto: fp16 with dynamic loss scaling, since {why}"
     return torch.float32, (
