@@ -214,3 +214,16 @@ def test_a_run_whose_auto_dtype_is_fp16_says_why_and_trains_with_the_loss_scale(
     assert "fp16: dynamic loss scaling, scale 65536" in out
     info = read_info(result.run_dir)
     assert info.dtype == "float16" and info.extra["fp16_loss_scale"]["overflow_steps"] == 0
+
+
+@pytest.mark.parametrize("bad", [{"scale": "x", "good_steps": 0}, {"scale": 0.0, "good_steps": 0}, [1]])
+def test_a_checkpoint_with_an_edited_loss_scale_is_damaged_and_skipped(tiny_overrides, capsys, bad):
+    run = tiny_overrides | {"model.dtype": "fp16", "train.save_every": 1, "train.keep_checkpoints_after_finish": True}
+    run_dir = recipe.train(None, run | {"train.max_steps": 3}).run_dir
+    state = run_dir / "checkpoints" / "step-0000003" / "state.json"
+    saved = json.loads(state.read_text())
+    state.write_text(json.dumps(saved | {"position": saved["position"] | {"loss_scale": bad}}))
+    result = recipe.train(None, run | {"train.max_steps": 4}, resume=True)
+    out = capsys.readouterr().out
+    assert "state.json is damaged (its loss_scale" in out and "step-0000002 (step 2 of 4)" in out
+    assert result.steps == 4

@@ -149,7 +149,8 @@ def verify_checkpoint(folder: Path) -> str | None:
 def _state_problem(state: dict, folder: Path) -> str | None:
     """What in state.json is not as tunelab writes it: the step a positive whole number equal to the folder's (an
     edited step resumed at the wrong place), the other counters whole numbers >= 0, the optimizer's parameter
-    groups a non-empty list of mappings, the file records mappings of bytes and sha256."""
+    groups a non-empty list of mappings, the file records mappings of bytes and sha256; in fp16, the loss scale a
+    positive number."""
     position = state["position"]
     if not isinstance(position, dict):
         return "its position is not a mapping"
@@ -159,6 +160,17 @@ def _state_problem(state: dict, folder: Path) -> str | None:
     for name in ("epoch", "batch_in_epoch"):
         if name in position and (type(position[name]) is not int or position[name] < 0):
             return f"its {name} {position[name]!r} is not a whole number >= 0"
+    if "overflow_steps" in position and (type(position["overflow_steps"]) is not int or position["overflow_steps"] < 0):
+        return f"its overflow_steps {position['overflow_steps']!r} is not a whole number >= 0"
+    scale = position.get("loss_scale", {"scale": 1.0, "good_steps": 0})  # fp16 runs' (training/loss_scale.py)
+    if not (
+        isinstance(scale, dict)
+        and type(scale.get("scale")) is float
+        and 0 < scale["scale"] < float("inf")
+        and type(scale.get("good_steps")) is int
+        and scale["good_steps"] >= 0
+    ):
+        return f"its loss_scale {scale!r} is not a positive scale with a whole number of good steps"
     streak = position.get("bad_streak", [])
     if not isinstance(streak, list) or not all(
         isinstance(s, dict) and {"step", "loss", "grad_norm"} <= s.keys() and isinstance(s.get("rows"), list)
