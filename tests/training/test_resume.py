@@ -57,13 +57,14 @@ def _straight_and_resumed(common, tmp_path, monkeypatch, where, name, crash_at=1
     return straight, resumed
 
 
-@pytest.mark.parametrize("method", ["lora", "layers"])
-def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize(("method", "dtype"), [("lora", "auto"), ("layers", "auto"), ("full", "bf16")])
+def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, method, dtype):
     common = tiny_overrides | {
         "train.max_steps": 6,
         "train.save_every": 2,
         "method.name": method,
         "method.top_layers": 1,
+        "model.dtype": dtype,  # bf16 weights: the optimizer's fp32 moments and compensations travel in checkpoints
     }
     # dies during step 4, after the checkpoint of step 2
     straight, resumed = _straight_and_resumed(common, tmp_path, monkeypatch, loop, "train_step", crash_at=4)

@@ -1,13 +1,16 @@
 """The optimizer: AdamW over the trainable parameters, with no weight decay on norms, biases and 1-D tensors.
 
-`kind` "adamw" is torch's AdamW (fused on CUDA); "adamw_8bit" is `AdamW8bit`, the same update with both moments
-stored in 8 bits (imported here only when chosen).
+`kind` "adamw" is torch's AdamW (fused on CUDA) when every trainable parameter is fp32 (LoRA's adapters), and
+`CompensatedAdamW` when some are bf16 or fp16 (full fine-tuning, method=layers): fp32 moments and Kahan-compensated
+weights, without which most small updates of a bf16 weight round away (`training.compensated`). "adamw_8bit" is
+`AdamW8bit`, the same update with both moments stored in 8 bits (imported here only when chosen).
 """
 
 import torch
 from torch import nn
 
 from tunelab.errors import ConfigError
+from tunelab.training.compensated import CompensatedAdamW, needs_compensation
 
 
 def build_optimizer(
@@ -35,6 +38,8 @@ def build_optimizer(
         return AdamW8bit(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     if kind != "adamw":
         raise ConfigError(f"option 'train.optimizer': unknown optimizer {kind!r}; choose adamw or adamw_8bit.")
+    if any(needs_compensation(p) for g in groups for p in g["params"]):
+        return CompensatedAdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     fused = all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
