@@ -17,6 +17,7 @@ from tunelab.training.memory import (
     gib,
     mlp_saved,
     nf4_bytes,
+    optimizer_step_bytes,
     parse_size,
     scratch_bytes,
     training_state_bytes,
@@ -72,11 +73,11 @@ def test_adapters_gradients_and_optimizer_state():
     assert adamw8bit_bytes(5000) == 10000 + 8 * 20
 
 
-def test_full_fine_tuning_keeps_moments_in_the_weights_dtype():
+def test_full_fine_tuning_keeps_fp32_moments_and_a_bf16_compensation():
     parts = training_state_bytes(TINY, Setup(method="full"))
     weights = 3 * (30720 + 128) + 2 * 12800 + 64
     assert parts["trained weights: gradients"] == 2 * weights
-    assert parts["optimizer (adamw)"] == 4 * weights
+    assert parts["optimizer (adamw)"] == (4 + 4 + 2) * weights  # m, v in fp32; the compensation in bf16
     assert "adapters (fp32)" not in parts
 
 
@@ -87,15 +88,16 @@ def test_fsdp2_shards_weights_and_training_state_and_gathers_the_root_and_two_la
     # decoder 3 x 61696 = 185088 bf16 -> 92544 a rank; embedding + head + norm 51328 -> 25664
     assert e.static["weights: decoder (bf16), 1/2 (fsdp2)"] == 92544
     assert e.static["weights: embedding + head + norm, 1/2 (fsdp2)"] == 25664
-    # gradients 2 x 118208 values -> 118208 bytes a rank; AdamW m and v in bf16: 4 x 118208 -> 236416
+    # gradients 2 x 118208 values -> 118208 bytes a rank; AdamW's fp32 m and v and the bf16 compensation:
+    # 10 x 118208 -> 591040
     assert e.static["trained weights: gradients, 1/2 (fsdp2)"] == 118208
-    assert e.static["optimizer (adamw), 1/2 (fsdp2)"] == 236416
+    assert e.static["optimizer (adamw), 1/2 (fsdp2)"] == 591040
     # gathered whole: the root 51328 and two layers of 61696; their gradients the same sizes (bf16 weights)
     assert e.static["fsdp2: gathered weights (root, two layers)"] == 51328 + 2 * 61696
     assert e.static["fsdp2: unsharded grads (root, two layers)"] == 51328 + 2 * 61696
     assert "weights: decoder (bf16)" not in e.static
     whole = estimate(TINY, Setup(method="full", micro_batch=2, seq=24))
-    assert whole.peak - e.peak == (185088 + 51328 + 236416 + 472832) - (92544 + 25664 + 118208 + 236416 + 2 * 174720)
+    assert whole.peak - e.peak == (185088 + 51328 + 236416 + 1182080) - (92544 + 25664 + 118208 + 591040 + 2 * 174720)
     # LoRA over 3 ranks: adapters, their gradients and moments cut to a third (ceil); no root gradients, two layers'
     # adapter gradients (3712 fp32 values a layer)
     lora = estimate(TINY, Setup(method="lora", rank=4, micro_batch=2, seq=24, shards=3)).static
@@ -103,6 +105,17 @@ def test_fsdp2_shards_weights_and_training_state_and_gathers_the_root_and_two_la
     assert lora["optimizer (adamw), 1/3 (fsdp2)"] == 8 * 3712
     assert lora["fsdp2: unsharded grads (root, two layers)"] == 2 * 4 * 3712
     assert lora["weights: decoder (bf16), 1/3 (fsdp2)"] == -(-185088 // 3)
+
+
+def test_the_optimizer_step_of_bf16_weights_needs_two_fp32_copies_of_the_largest():
+    # the top layer's largest tensor: gate/up/down 64 x 96 = 6144 values; denom and working copy, 4 + 4 bytes each
+    e = estimate(TINY, Setup(method="layers", top_layers=1, micro_batch=1, seq=4))
+    assert e.peak_phase == "optimizer step"
+    assert e.transient == {"optimizer step: fp32 copies of the largest trained tensor": 8 * 6144} and e.saved == {}
+    # full fine-tuning: the embedding (and the untied head), 200 x 64
+    assert optimizer_step_bytes(TINY, Setup(method="full")) == 8 * 12800
+    assert optimizer_step_bytes(TINY, LORA) == 0  # the fused AdamW of fp32 adapters: no copies
+    assert optimizer_step_bytes(TINY, Setup(method="full", optimizer="adamw_8bit")) == 0  # the 8-bit kernel
 
 
 def test_scratch_buffers():

@@ -54,18 +54,20 @@ def adamw_update(
     (see the module docstring)."""
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     compensation = state.get(COMPENSATION)
+    grad = p.grad.float()  # a bf16 gradient's fp32 copy lives only until the moments have it
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    del grad
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
     if p.dtype == torch.float32:
         work = p
     elif compensation is not None:
         work = p.float().add_(compensation)
     else:  # a low-precision parameter whose state has no compensation: the plain rounded update
         work = p.float()
-    grad = p.grad.float()
+    # Working set beyond the state: denom and (below fp32) work, 4 + 4 bytes a value (`training.memory`).
     work.mul_(1 - lr * wd)
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     work.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
     if work is not p:
         p.copy_(work)  # rounded to nearest even

@@ -9,8 +9,9 @@ Static (alive the whole step):
   + ceil(n/64) 8-bit absmaxes + 4 ceil(n/64/256) fp32 absmax2 + 4 (offset) + 1088 (the 16 + 256 fp32 code tables).
   Embedding and head V d e each (one when tied), norms (2L + 1) d e, biases as they come.
 - adapters (fp32 master weights, 4 bytes) and their fp32 gradients (4 bytes): r (in + out) per adapted projection.
-- optimizer: AdamW 8 bytes per trainable parameter (fp32 m and v; full fine-tuning keeps them in the weights' dtype,
-  2 x 2 bytes); adamw_8bit 2 + 8 ceil(n/256)/n for tensors of >= 4096 values, fp32 moments below.
+- optimizer: AdamW 8 bytes per trainable parameter (fp32 m and v), and for a bf16 one (full fine-tuning, layers)
+  2 more, its Kahan compensation (`training.compensated`): 10; adamw_8bit 2 + 8 ceil(n/256)/n for tensors of >= 4096
+  values, fp32 moments below.
 - scratch: the stacked [W | sB; A] matrix of the widest grouped projection, (O + R)(in + R) e (`peft.group`), and
   QLoRA's dequantization workspace, the largest ungrouped NF4 weight out x in x e (o_proj and down_proj).
 - offload: the two landing buffers, 2 N d e (`models.offload`).
@@ -33,6 +34,8 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
   A checkpointed layer keeps only x (N d e), on the host when offloaded; a layer below every trained one nothing.
 
 Transients (the largest wins, on top of what is saved at that moment):
+- the optimizer step of full fine-tuning and layers (`training.compensated`), when no activation is left: fp32 denom
+  and working copy of the largest trained tensor, 8 n_max;
 - head: the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, two chunks of logits
   2 min(N, C) V e, C = `kernels.head_chunk.head_chunk_tokens(V)` (4096 tokens at V 32,000, 1024 at 128,256; the
   kernel holds one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
@@ -95,7 +98,7 @@ class Estimate:
     static: dict[str, int]
     saved: dict[str, int]  # activations alive at the peak
     transient: dict[str, int]  # the working set at the peak
-    peak_phase: str  # which transient wins: "head", "backward of a kept layer", "recomputation"
+    peak_phase: str  # which transient wins: "head", "backward of a kept layer", "recomputation", "optimizer step"
     activation_scale: float = 1.0  # from a measured step (`Calibration`)
 
     @property
@@ -226,7 +229,7 @@ def training_state_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
     if s.optimizer == "adamw_8bit":
         optim = sum(adamw8bit_bytes(n) for n, _ in tensors)
     else:
-        optim = sum(2 * n * b for n, b in tensors)  # m and v in the parameter's dtype
+        optim = sum(8 * n + (n * b if b < 4 else 0) for n, b in tensors)  # fp32 m and v; a bf16 one's compensation
     out = {f"{kind}: gradients": params, f"optimizer ({s.optimizer})": optim}
     if s.method == "lora":
         out = {"adapters (fp32)": params} | out  # full/layers: the weights are already counted
@@ -247,6 +250,15 @@ def sharded_bytes(c: LlamaConfig, s: Setup, parts: dict[str, int]) -> dict[str, 
     grads = sum(v * b for v, b in root) + min(2, count) * sum(v * b for v, b in layer)
     out["fsdp2: unsharded grads (root, two layers)"] = grads
     return out
+
+
+def optimizer_step_bytes(c: LlamaConfig, s: Setup) -> int:
+    """The optimizer step's working set beyond its state: full/layers with adamw step one bf16 tensor at a time through
+    an fp32 denom and an fp32 working copy (`training.compensated.adamw_update`). LoRA's fused AdamW and the 8-bit
+    kernel work in registers."""
+    if s.method == "lora" or s.optimizer != "adamw":
+        return 0
+    return 8 * max(n for n, _ in trainable_tensors(c, s))
 
 
 def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
@@ -327,10 +339,13 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     mlp_chunk = min(n, MLP_CHUNK)
     recompute = attention_saved(c, s, n) + mlp_saved(c, s, mlp_chunk) + E * mlp_chunk * c.intermediate_size
     recompute += 3 * E * n * d
-    # The phases: the head (everything saved), a kept layer's backward (everything saved), and the recomputation
-    # of the top checkpointed layer (the kept layers' activations freed, the checkpointed inputs still there).
+    # The phases: the head (everything saved), a kept layer's backward (everything saved), the recomputation of the
+    # top checkpointed layer (the kept layers' activations freed, the checkpointed inputs still there), and the
+    # optimizer step (every activation freed).
+    step = optimizer_step_bytes(c, s)
     phases = {
         "head": (saved, {"head: logits chunk, hidden and its gradient": head}),
+        "optimizer step": ({}, {"optimizer step: fp32 copies of the largest trained tensor": step}) if step else None,
         "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd}) if kept else None,
         "recomputation": (
             {"activations: checkpointed inputs": saved["activations: checkpointed inputs"]},
