@@ -78,6 +78,13 @@ def test_full_fine_tuning_keeps_fp32_moments_and_a_bf16_compensation():
     weights = 3 * (30720 + 128) + 2 * 12800 + 64
     assert parts["trained weights: gradients"] == 2 * weights
     assert parts["optimizer (adamw)"] == (4 + 4 + 2) * weights  # m, v in fp32; the compensation in bf16
+    # adamw_8bit: the compensation beside 8-bit moments (the embedding and head, 12800 values, and gate/up/down, 6144)
+    # and fp32 ones (the rest: q/o 4096 values is 8-bit too, k/v 2048 and the norms are not)
+    eight = training_state_bytes(TINY, Setup(method="full", optimizer="adamw_8bit"))
+    small = 3 * (2 * 2048 + 128) + 64
+    large = [12800] * 2 + [6144, 6144, 6144, 4096, 4096] * 3
+    assert small + sum(large) == weights
+    assert eight["optimizer (adamw_8bit)"] == sum(adamw8bit_bytes(n) for n in large) + 8 * small + 2 * weights
     assert "adapters (fp32)" not in parts
 
 

@@ -57,14 +57,18 @@ def _straight_and_resumed(common, tmp_path, monkeypatch, where, name, crash_at=1
     return straight, resumed
 
 
-@pytest.mark.parametrize(("method", "dtype"), [("lora", "auto"), ("layers", "auto"), ("full", "bf16")])
-def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, method, dtype):
+@pytest.mark.parametrize(
+    ("method", "dtype", "optimizer"),
+    [("lora", "auto", "adamw"), ("layers", "auto", "adamw"), ("full", "bf16", "adamw"), ("full", "bf16", "adamw_8bit")],
+)
+def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, method, dtype, optimizer):
     common = tiny_overrides | {
         "train.max_steps": 6,
         "train.save_every": 2,
         "method.name": method,
         "method.top_layers": 1,
-        "model.dtype": dtype,  # bf16 weights: the optimizer's fp32 moments and compensations travel in checkpoints
+        "model.dtype": dtype,  # bf16 weights: the optimizer's moments and compensations travel in checkpoints
+        "train.optimizer": optimizer,
     }
     # dies during step 4, after the checkpoint of step 2
     straight, resumed = _straight_and_resumed(common, tmp_path, monkeypatch, loop, "train_step", crash_at=4)

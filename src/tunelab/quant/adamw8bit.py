@@ -16,7 +16,9 @@ One step of an 8-bit parameter, per block, all in fp32 (each operation rounded o
     p = p (1 - lr wd);   p = p - (lr / bc1) * (m / (sqrt(v) / sqrt(bc2) + eps))      bc_i = 1 - beta_i^step
     m_absmax = max |m|, m_q = nearest code to m / m_absmax; the same for v           (requantize)
 The parameter moves with the fresh fp32 m and v; only what is carried to the next step is rounded to 8 bits (as in
-bitsandbytes). Nearest means no other code is closer; an exact tie between two codes goes to the lower one.
+bitsandbytes). A bf16 parameter has a bf16 `compensation` c (Kahan summation, `training.compensated`): the step
+starts from p + c instead of p, and after p is rounded to bf16 keeps c = round(p_fp32 - p), so that updates under
+half a bf16 ulp are not lost. Nearest means no other code is closer; an exact tie between two codes goes to the lower one.
 `adamw8bit_update_reference` does this vectorised over the whole parameter. The kernel steps many parameters in one
 launch from int64 tables of data pointers (`pointer_table`) and a block -> tensor map (`block_maps`), built here so
 that the CPU can build and test them without Triton.
@@ -35,6 +37,8 @@ BLOCK = 256
 """Moment elements per block (one fp32 absmax each)."""
 QUANTIZED_KEYS = ("exp_avg_q", "exp_avg_absmax", "exp_avg_sq_q", "exp_avg_sq_absmax")
 """The 8-bit state tensors of a parameter, in the order of the kernel's table rows."""
+COMPENSATION = "compensation"
+"""The state key of a bf16 parameter's Kahan compensation (its dtype; `training.compensated` uses the same key)."""
 
 
 def nearest_code(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
@@ -98,11 +102,12 @@ def adamw8bit_update_reference(
     signed_code: torch.Tensor,
     unsigned_code: torch.Tensor,
     scalars: dict[str, float],
+    compensation: torch.Tensor | None = None,
 ) -> None:
     """One AdamW step of `param` (fp32 or bf16) from `grad`, moments in 8 bits; updates all tensors in place.
 
     exp_avg_q / exp_avg_sq_q: (n,) uint8; the absmaxes (ceil(n / 256),) fp32; codes (256,) fp32 sorted;
-    `scalars` from `update_scalars`.
+    `scalars` from `update_scalars`; `compensation`: param's shape and dtype, or None (see the module docstring).
     """
     s = scalars
     g = grad.reshape(-1).float()  # (n,)
@@ -110,12 +115,17 @@ def adamw8bit_update_reference(
     v = dequantize_blockwise(exp_avg_sq_q, exp_avg_sq_absmax, unsigned_code)
     m = s["beta1"] * m + s["one_minus_beta1"] * g
     v = s["beta2"] * v + s["one_minus_beta2"] * (g * g)
-    p = param.reshape(-1).float() * s["decay"]
+    p = param.reshape(-1).float()
+    if compensation is not None:
+        p = p + compensation.reshape(-1).float()
+    p = p * s["decay"]
     # The correctly rounded fp32 square root, as the kernel's: torch's vectorised fp32 sqrt on the CPU is off by one
     # unit in the last place for ~20% of inputs; through fp64 it is exact (53 >= 2 * 24 + 2 bits: no double rounding).
     root = v.double().sqrt().float()
     p = p - s["step_size"] * (m / (root / s["bc2_sqrt"] + s["eps"]))
     param.copy_(p.view_as(param))  # one rounding to bf16 (nearest even) where the parameter is bf16
+    if compensation is not None:  # p - round(p) is exact in fp32; rounded once more into c
+        compensation.copy_((p - param.reshape(-1).float()).view_as(compensation))
     moments = ((exp_avg_q, exp_avg_absmax, m, signed_code), (exp_avg_sq_q, exp_avg_sq_absmax, v, unsigned_code))
     for q, absmax, fresh, code in moments:  # requantized with the new block absmaxes
         new_q, new_absmax = quantize_blockwise(fresh, code)
@@ -134,8 +144,10 @@ def block_maps(numels: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pointer_table(params: Sequence[torch.Tensor], states: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """(7, T) int64 on the CPU, `quant.adamw8bit_triton.TABLE_ROWS`: the data pointers of each parameter and of
-    its QUANTIZED_KEYS state tensors, its element count, the global index of its first block (`block_maps`)."""
+    """(8, T) int64 on the CPU, `quant.adamw8bit_triton.TABLE_ROWS`: the data pointers of each parameter and of
+    its QUANTIZED_KEYS state tensors, its element count, the global index of its first block (`block_maps`), and
+    the data pointer of its compensation (the parameter's own where it has none: the kernel then never reads it)."""
     numels = [p.numel() for p in params]
     rows = [[p.data_ptr() for p in params]] + [[s[key].data_ptr() for s in states] for key in QUANTIZED_KEYS]
-    return torch.tensor(rows + [numels, block_maps(numels)[1].tolist()], dtype=torch.int64)
+    compensations = [s.get(COMPENSATION, p).data_ptr() for p, s in zip(params, states, strict=True)]
+    return torch.tensor(rows + [numels, block_maps(numels)[1].tolist(), compensations], dtype=torch.int64)

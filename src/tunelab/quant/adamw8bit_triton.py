@@ -48,14 +48,18 @@ def _requantize(x, q_ptr, absmax_ptr, code_ptr, block, offs, live):
 
 @triton.jit
 def _step_block(
-    p_ptr, g_ptr, m_q_ptr, m_absmax_ptr, v_q_ptr, v_absmax_ptr, signed_ptr, unsigned_ptr, block, n,
+    p_ptr, g_ptr, m_q_ptr, m_absmax_ptr, v_q_ptr, v_absmax_ptr, c_ptr, signed_ptr, unsigned_ptr, block, n,
     beta1, one_minus_beta1, beta2, one_minus_beta2, decay, step_size, bc2_sqrt, eps, BLOCK: tl.constexpr,
+    COMPENSATED: tl.constexpr,
 ):  # fmt: skip
-    """Block `block` (int64) of one parameter of n elements: the whole update, in place."""
+    """Block `block` (int64) of one parameter of n elements: the whole update, in place; COMPENSATED: the parameter
+    moves through p + c, its Kahan compensation c (c_ptr, the parameter's dtype)."""
     offs = block * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
     live = offs < n
     g = tl.load(g_ptr + offs, mask=live, other=0.0).to(tl.float32)
     p = tl.load(p_ptr + offs, mask=live, other=0.0).to(tl.float32)
+    if COMPENSATED:
+        p = p + tl.load(c_ptr + offs, mask=live, other=0.0).to(tl.float32)
     m_q = tl.load(m_q_ptr + offs, mask=live, other=0).to(tl.int32)
     v_q = tl.load(v_q_ptr + offs, mask=live, other=0).to(tl.int32)
     m = tl.load(signed_ptr + m_q) * tl.load(m_absmax_ptr + block)
@@ -65,7 +69,10 @@ def _step_block(
     p = p * decay
     denom = tl.math.div_rn(tl.sqrt_rn(v), tl.zeros_like(v) + bc2_sqrt) + eps
     p = p - step_size * tl.math.div_rn(m, denom)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=live)  # bf16: rounds to nearest even
+    rounded = p.to(p_ptr.dtype.element_ty)  # bf16: rounds to nearest even
+    tl.store(p_ptr + offs, rounded, mask=live)
+    if COMPENSATED:  # p - round(p) is exact in fp32; rounded once more into c
+        tl.store(c_ptr + offs, (p - rounded.to(tl.float32)).to(c_ptr.dtype.element_ty), mask=live)
     # Lanes past n hold the decoded code of their padding: zero them so that they change no absmax.
     _requantize(tl.where(live, m, 0.0), m_q_ptr, m_absmax_ptr, signed_ptr, block, offs, live)
     _requantize(tl.where(live, v, 0.0), v_q_ptr, v_absmax_ptr, unsigned_ptr, block, offs, live)
@@ -75,9 +82,9 @@ def _step_block(
 def _adamw8bit_multi_kernel(
     table_ptr, grad_ptrs, block_tensor_ptr, n_tensors, signed_ptr, unsigned_ptr,
     beta1, one_minus_beta1, beta2, one_minus_beta2, decay, step_size, bc2_sqrt, eps,
-    PARAM: tl.constexpr, GRAD: tl.constexpr, BLOCK: tl.constexpr,
+    PARAM: tl.constexpr, GRAD: tl.constexpr, BLOCK: tl.constexpr, COMPENSATED: tl.constexpr,
 ):  # fmt: skip
-    """Program i: global block i, of tensor t = block_tensor[i]; table (7, n_tensors) int64 in TABLE_ROWS order."""
+    """Program i: global block i, of tensor t = block_tensor[i]; table (8, n_tensors) int64 in TABLE_ROWS order."""
     pid = tl.program_id(0)
     t = tl.load(block_tensor_ptr + pid).to(tl.int64)
     row = table_ptr + t  # column t of the table
@@ -88,14 +95,17 @@ def _adamw8bit_multi_kernel(
     v_absmax_ptr = tl.load(row + 4 * n_tensors).to(tl.pointer_type(tl.float32))
     n = tl.load(row + 5 * n_tensors)
     block = pid.to(tl.int64) - tl.load(row + 6 * n_tensors)  # the block's index within its tensor
+    c_ptr = tl.load(row + 7 * n_tensors).to(tl.pointer_type(PARAM))
     g_ptr = tl.load(grad_ptrs + t).to(tl.pointer_type(GRAD))
     _step_block(
-        p_ptr, g_ptr, m_q_ptr, m_absmax_ptr, v_q_ptr, v_absmax_ptr, signed_ptr, unsigned_ptr, block, n,
-        beta1, one_minus_beta1, beta2, one_minus_beta2, decay, step_size, bc2_sqrt, eps, BLOCK,
+        p_ptr, g_ptr, m_q_ptr, m_absmax_ptr, v_q_ptr, v_absmax_ptr, c_ptr, signed_ptr, unsigned_ptr, block, n,
+        beta1, one_minus_beta1, beta2, one_minus_beta2, decay, step_size, bc2_sqrt, eps, BLOCK, COMPENSATED,
     )  # fmt: skip
 
 
-TABLE_ROWS = ("param", "exp_avg_q", "exp_avg_absmax", "exp_avg_sq_q", "exp_avg_sq_absmax", "numel", "first_block")
+TABLE_ROWS = (
+    "param", "exp_avg_q", "exp_avg_absmax", "exp_avg_sq_q", "exp_avg_sq_absmax", "numel", "first_block", "compensation",
+)  # fmt: skip
 """Rows of `adamw8bit_update_multi`'s table (`tunelab.quant.adamw8bit.pointer_table` builds it in this order)."""
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
 
@@ -110,13 +120,14 @@ def adamw8bit_update_multi(
     param_dtype: torch.dtype,
     grad_dtype: torch.dtype,
     num_warps: int = 4,
+    compensated: bool = False,
 ) -> None:
     """`tunelab.quant.adamw8bit.adamw8bit_update_reference` of T parameters in one launch, all on the device of
     the tables, with the same scalars.
 
-    table: (7, T) int64 on the device, rows TABLE_ROWS: data pointers of each parameter (param_dtype, contiguous)
-    and of its four state tensors, its element count and the index of its first block in the concatenation of all
-    blocks; grad_ptrs: (T,) int64, data pointers of the contiguous gradients (grad_dtype); block_tensor:
+    table: (8, T) int64 on the device, rows TABLE_ROWS: data pointers of each parameter (param_dtype, contiguous)
+    and of its four state tensors, its element count, the index of its first block in the concatenation of all
+    blocks and the data pointer of its compensation (read and written only when `compensated`); grad_ptrs: (T,) int64, data pointers of the contiguous gradients (grad_dtype); block_tensor:
     (total blocks,) int32, the tensor of each block (`tunelab.quant.adamw8bit.block_maps`). The caller keeps the
     tensors that the pointers address alive, and unchanged in size, until the kernel has run.
     """
@@ -138,6 +149,7 @@ def adamw8bit_update_multi(
         table, grad_ptrs, block_tensor, n_tensors, signed_code, unsigned_code,
         scalars["beta1"], scalars["one_minus_beta1"], scalars["beta2"], scalars["one_minus_beta2"], scalars["decay"],
         scalars["step_size"], scalars["bc2_sqrt"], scalars["eps"],
-        PARAM=_TL_DTYPES[param_dtype], GRAD=_TL_DTYPES[grad_dtype], BLOCK=BLOCK, num_warps=num_warps,
+        PARAM=_TL_DTYPES[param_dtype], GRAD=_TL_DTYPES[grad_dtype], BLOCK=BLOCK, COMPENSATED=compensated,
+        num_warps=num_warps,
         enable_fp_fusion=False,
     )  # fmt: skip

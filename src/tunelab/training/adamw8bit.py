@@ -3,9 +3,10 @@ the layout of the kernel's tables; `quant.adamw8bit_triton` the kernel).
 
 Parameters with n >= MIN_8BIT_SIZE elements keep the 8-bit state of `quant.adamw8bit` plus `step`, a 0-dim fp32 tensor
 as torch's AdamW keeps it. Smaller parameters keep fp32 exp_avg and exp_avg_sq (also for bf16 parameters) and take
-torch's single-tensor AdamW update (bit-identical to torch.optim.AdamW(foreach=False) for fp32 ones).
-`load_state_dict` keeps every state tensor in its saved dtype, where torch's would cast the codes and absmaxes to the
-parameter's dtype.
+`training.compensated.adamw_update` (bit-identical to torch.optim.AdamW(foreach=False) for fp32 ones). A bf16
+parameter, 8-bit or not, also keeps a bf16 Kahan `compensation` (full fine-tuning and layers in bf16: without it most
+small updates round away; `training.compensated`). `load_state_dict` keeps every state tensor in its saved dtype,
+where torch's would cast the codes and absmaxes to the parameter's dtype.
 
 On CUDA (with Triton importable) `quant.adamw8bit_triton.adamw8bit_update_multi` steps all contiguous 8-bit
 parameters of one device, parameter dtype, gradient dtype, hyper-parameters and step count in ONE launch, one program
@@ -30,6 +31,7 @@ import torch
 from tunelab.errors import ConfigError
 from tunelab.quant.adamw8bit import (
     BLOCK,
+    COMPENSATION,
     QUANTIZED_KEYS,
     adamw8bit_update_reference,
     block_maps,
@@ -37,6 +39,7 @@ from tunelab.quant.adamw8bit import (
     update_scalars,
 )
 from tunelab.quant.codes import dynamic_code, unsigned_dynamic_code
+from tunelab.training.compensated import adamw_update, add_compensation, init_adamw_state, keep_saved_dtypes
 
 MIN_8BIT_SIZE = 4096
 """Parameters with fewer elements keep fp32 moments (bitsandbytes' min_8bit_size): their 8-bit saving is negligible."""
@@ -49,7 +52,7 @@ def _triton_usable() -> bool:
 
 @dataclass
 class _Tables:
-    """One kernel batch's device tables: `pointer_table` (7, T) int64, `block_maps`' index (blocks,) int32, and the
+    """One kernel batch's device tables: `pointer_table` (8, T) int64, `block_maps`' index (blocks,) int32, and the
     gradients' data pointers (T,) int64 with the host tuple they were copied from."""
 
     table: torch.Tensor
@@ -108,9 +111,9 @@ class AdamW8bit(torch.optim.Optimizer):
             state["exp_avg_absmax"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
             state["exp_avg_sq_q"] = torch.full((n,), int((unsigned == 0).nonzero()), dtype=torch.uint8, device=p.device)
             state["exp_avg_sq_absmax"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
+            add_compensation(state, p)
         else:
-            state["exp_avg"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-            state["exp_avg_sq"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            init_adamw_state(state, p)
         return state
 
     @torch.no_grad()
@@ -133,8 +136,9 @@ class AdamW8bit(torch.optim.Optimizer):
                 state["step"] += 1
                 step = int(state["step"].item())
                 if "exp_avg_q" not in state:
-                    _step_fp32(p, state, *hyper, step)
+                    adamw_update(p, state, *hyper, step)
                     continue
+                add_compensation(state, p)  # a bf16 parameter's state from a checkpoint that had none
                 key = (*hyper, step)
                 if key not in scalars:
                     scalars[key] = update_scalars(*key)
@@ -142,7 +146,7 @@ class AdamW8bit(torch.optim.Optimizer):
                     batches.setdefault((p.device, p.dtype, grad.dtype, key), []).append((p, state))
                 else:
                     tensors = (*(state[k] for k in QUANTIZED_KEYS), *self._codes_on(p.device))
-                    adamw8bit_update_reference(p, grad, *tensors, scalars[key])
+                    adamw8bit_update_reference(p, grad, *tensors, scalars[key], state.get(COMPENSATION))
         for (device, _, _, key), members in batches.items():
             self._step_batch(device, members, scalars[key])
         return loss
@@ -169,7 +173,8 @@ class AdamW8bit(torch.optim.Optimizer):
 
         params = [p for p, _ in members]
         states = [s for _, s in members]
-        layout = ((p.data_ptr(), p.numel(), *(s[k].data_ptr() for k in QUANTIZED_KEYS)) for p, s in members)
+        keys = (*QUANTIZED_KEYS, COMPENSATION) if COMPENSATION in states[0] else QUANTIZED_KEYS  # bf16: all have one
+        layout = ((p.data_ptr(), p.numel(), *(s[k].data_ptr() for k in keys)) for p, s in members)
         key = (device.index, *chain.from_iterable(layout))
         tables = self._tables.get(key)
         if tables is None:
@@ -184,44 +189,12 @@ class AdamW8bit(torch.optim.Optimizer):
         signed, unsigned = self._codes_on(device)
         adamw8bit_update_multi(
             tables.table, tables.grad_ptrs, tables.block_tensor, signed, unsigned, scalars, params[0].dtype,
-            params[0].grad.dtype,
+            params[0].grad.dtype, compensated=COMPENSATION in states[0],
         )  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's loading, then every saved moment tensor back in its own dtype on the parameter's device.
-
-        torch casts floating-point state to the parameter's dtype: it would turn uint8 codes into floats, and the fp32
-        absmaxes and small-parameter moments of a bf16 parameter into bf16. Loaded tensors are copies (never shared
-        with `state_dict`'s, which would otherwise be updated in place by the next step).
-        """
+        """torch's loading, then every saved state tensor back in its own dtype (`keep_saved_dtypes`): torch's would
+        turn uint8 codes into floats, and the fp32 absmaxes and small-parameter moments of a bf16 parameter into
+        bf16."""
         super().load_state_dict(state_dict)
-        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-        params = chain.from_iterable(g["params"] for g in self.param_groups)
-        for saved_id, p in zip(saved_ids, params, strict=True):
-            for key, value in state_dict["state"].get(saved_id, {}).items():
-                if torch.is_tensor(value):  # step stays where it was saved (the CPU), as torch keeps it
-                    self.state[p][key] = value.clone() if key == "step" else value.to(device=p.device, copy=True)
-
-
-def _step_fp32(
-    p: torch.Tensor,
-    state: dict[str, torch.Tensor],
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    wd: float,
-    step: int,
-) -> None:
-    """torch's single-tensor AdamW step on fp32 moments (the parameter updated through an fp32 copy if it is bf16)."""
-    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    work = p if p.dtype == torch.float32 else p.float()
-    grad = p.grad.float()
-    work.mul_(1 - lr * wd)
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    work.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
-    if work is not p:
-        p.copy_(work)
+        keep_saved_dtypes(self, state_dict)

@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-COMPENSATION = "compensation"
-"""The state key of a low-precision parameter's Kahan compensation (its dtype)."""
+from tunelab.quant.adamw8bit import COMPENSATION  # noqa: F401  (re-exported: the state key, one for both optimizers)
 
 
 def needs_compensation(p: torch.Tensor) -> bool:
@@ -36,7 +35,13 @@ def init_adamw_state(state: dict[str, torch.Tensor], p: torch.Tensor) -> None:
     compensation."""
     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
-    if needs_compensation(p):
+    add_compensation(state, p)
+
+
+def add_compensation(state: dict[str, torch.Tensor], p: torch.Tensor) -> None:
+    """A zero compensation for a parameter below fp32 whose state has none (new, or loaded from a checkpoint written
+    before there was one)."""
+    if needs_compensation(p) and COMPENSATION not in state:
         state[COMPENSATION] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
@@ -53,6 +58,7 @@ def adamw_update(
     """torch's single-tensor AdamW step on fp32 moments; a parameter below fp32 moves through w = p + compensation
     (see the module docstring)."""
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    add_compensation(state, p)
     compensation = state.get(COMPENSATION)
     grad = p.grad.float()  # a bf16 gradient's fp32 copy lives only until the moments have it
     exp_avg.lerp_(grad, 1 - beta1)
@@ -60,19 +66,13 @@ def adamw_update(
     del grad
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
     denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
-    if p.dtype == torch.float32:
-        work = p
-    elif compensation is not None:
-        work = p.float().add_(compensation)
-    else:  # a low-precision parameter whose state has no compensation: the plain rounded update
-        work = p.float()
+    work = p if compensation is None else p.float().add_(compensation)
     # Working set beyond the state: denom and (below fp32) work, 4 + 4 bytes a value (`training.memory`).
     work.mul_(1 - lr * wd)
     work.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
-    if work is not p:
+    if compensation is not None:
         p.copy_(work)  # rounded to nearest even
-        if compensation is not None:
-            compensation.copy_(work.sub_(p))  # w - round(w) is exact in fp32; rounded once more into c
+        compensation.copy_(work.sub_(p))  # w - round(w) is exact in fp32; rounded once more into c
 
 
 def keep_saved_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:

@@ -9,9 +9,9 @@ Static (alive the whole step):
   + ceil(n/64) 8-bit absmaxes + 4 ceil(n/64/256) fp32 absmax2 + 4 (offset) + 1088 (the 16 + 256 fp32 code tables).
   Embedding and head V d e each (one when tied), norms (2L + 1) d e, biases as they come.
 - adapters (fp32 master weights, 4 bytes) and their fp32 gradients (4 bytes): r (in + out) per adapted projection.
-- optimizer: AdamW 8 bytes per trainable parameter (fp32 m and v), and for a bf16 one (full fine-tuning, layers)
-  2 more, its Kahan compensation (`training.compensated`): 10; adamw_8bit 2 + 8 ceil(n/256)/n for tensors of >= 4096
-  values, fp32 moments below.
+- optimizer: AdamW 8 bytes per trainable parameter (fp32 m and v); adamw_8bit 2 + 8 ceil(n/256)/n for tensors of
+  >= 4096 values, fp32 moments below; either one 2 more for a bf16 parameter (full fine-tuning, layers), its Kahan
+  compensation (`training.compensated`).
 - scratch: the stacked [W | sB; A] matrix of the widest grouped projection, (O + R)(in + R) e (`peft.group`), and
   QLoRA's dequantization workspace, the largest ungrouped NF4 weight out x in x e (o_proj and down_proj).
 - offload: the two landing buffers, 2 N d e (`models.offload`).
@@ -226,10 +226,8 @@ def training_state_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
     tensors = trainable_tensors(c, s)
     kind = "adapters" if s.method == "lora" else "trained weights"
     params = sum(n * b for n, b in tensors)
-    if s.optimizer == "adamw_8bit":
-        optim = sum(adamw8bit_bytes(n) for n, _ in tensors)
-    else:
-        optim = sum(8 * n + (n * b if b < 4 else 0) for n, b in tensors)  # fp32 m and v; a bf16 one's compensation
+    moments = adamw8bit_bytes if s.optimizer == "adamw_8bit" else (lambda n: 8 * n)  # 8-bit or fp32 m and v
+    optim = sum(moments(n) + (n * b if b < 4 else 0) for n, b in tensors)  # and a bf16 weight's compensation
     out = {f"{kind}: gradients": params, f"optimizer ({s.optimizer})": optim}
     if s.method == "lora":
         out = {"adapters (fp32)": params} | out  # full/layers: the weights are already counted
