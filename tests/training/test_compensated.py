@@ -165,3 +165,18 @@ def test_adamw_8bit_bf16_parameters_follow_an_fp32_copy():
     agree = sum(int((p == r).sum()) for p, r in zip(ours, rounded)) / sum(p.numel() for p in ours)
     assert error < 0.01
     assert agree > 0.98
+
+
+def test_a_state_saved_by_torch_adamw_in_bf16_resumes():
+    """A bf16 run checkpointed by torch's AdamW (bf16 moments, no compensation) resumes: moments in fp32 from there."""
+    params, twins = _params(torch.bfloat16), _params(torch.bfloat16)
+    torch_opt = _run(torch.optim.AdamW, params, 2, lr=1e-3)
+    assert torch_opt.state[params[0]]["exp_avg"].dtype == torch.bfloat16
+    opt = _optimizer(CompensatedAdamW, twins, lr=1e-3)
+    opt.load_state_dict(torch_opt.state_dict())
+    _grads(2, twins)
+    opt.step()
+    state = opt.state[twins[0]]
+    assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
+    assert state[COMPENSATION].dtype == torch.bfloat16 and int(state["step"]) == 3
+    assert not torch.equal(twins[0], _params(torch.bfloat16)[0])  # it stepped

@@ -39,8 +39,11 @@ def init_adamw_state(state: dict[str, torch.Tensor], p: torch.Tensor) -> None:
 
 
 def add_compensation(state: dict[str, torch.Tensor], p: torch.Tensor) -> None:
-    """A zero compensation for a parameter below fp32 whose state has none (new, or loaded from a checkpoint written
-    before there was one)."""
+    """What a state loaded from a checkpoint of torch's AdamW (bf16 moments, no compensation) lacks: its moments in
+    fp32 (8-bit ones are left as they are), and a zero compensation for a parameter below fp32."""
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state and state[key].dtype != torch.float32:
+            state[key] = state[key].float()
     if needs_compensation(p) and COMPENSATION not in state:
         state[COMPENSATION] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
@@ -57,8 +60,8 @@ def adamw_update(
 ) -> None:
     """torch's single-tensor AdamW step on fp32 moments; a parameter below fp32 moves through w = p + compensation
     (see the module docstring)."""
-    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     add_compensation(state, p)
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     compensation = state.get(COMPENSATION)
     grad = p.grad.float()  # a bf16 gradient's fp32 copy lives only until the moments have it
     exp_avg.lerp_(grad, 1 - beta1)
