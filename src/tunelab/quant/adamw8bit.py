@@ -18,7 +18,8 @@ One step of an 8-bit parameter, per block, all in fp32 (each operation rounded o
 The parameter moves with the fresh fp32 m and v; only what is carried to the next step is rounded to 8 bits (as in
 bitsandbytes). A bf16 parameter has a bf16 `compensation` c (Kahan summation, `training.compensated`): the step
 starts from p + c instead of p, and after p is rounded to bf16 keeps c = round(p_fp32 - p), so that updates under
-half a bf16 ulp are not lost. Nearest means no other code is closer; an exact tie between two codes goes to the lower one.
+half a bf16 ulp are not lost. Nearest means no other code is closer; an exact tie between two codes goes to the
+lower one.
 `adamw8bit_update_reference` does this vectorised over the whole parameter. The kernel steps many parameters in one
 launch from int64 tables of data pointers (`pointer_table`) and a block -> tensor map (`block_maps`), built here so
 that the CPU can build and test them without Triton.

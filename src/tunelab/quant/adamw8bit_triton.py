@@ -127,9 +127,10 @@ def adamw8bit_update_multi(
 
     table: (8, T) int64 on the device, rows TABLE_ROWS: data pointers of each parameter (param_dtype, contiguous)
     and of its four state tensors, its element count, the index of its first block in the concatenation of all
-    blocks and the data pointer of its compensation (read and written only when `compensated`); grad_ptrs: (T,) int64, data pointers of the contiguous gradients (grad_dtype); block_tensor:
-    (total blocks,) int32, the tensor of each block (`tunelab.quant.adamw8bit.block_maps`). The caller keeps the
-    tensors that the pointers address alive, and unchanged in size, until the kernel has run.
+    blocks and the data pointer of its compensation (read and written only when `compensated`); grad_ptrs: (T,)
+    int64, data pointers of the contiguous gradients (grad_dtype); block_tensor: (total blocks,) int32, the tensor
+    of each block (`tunelab.quant.adamw8bit.block_maps`). The caller keeps the tensors that the pointers address
+    alive, and unchanged in size, until the kernel has run.
     """
     n_tensors = grad_ptrs.numel()
     if table.dtype != torch.int64 or grad_ptrs.dtype != torch.int64 or block_tensor.dtype != torch.int32:

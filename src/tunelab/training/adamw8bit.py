@@ -39,7 +39,7 @@ from tunelab.quant.adamw8bit import (
     update_scalars,
 )
 from tunelab.quant.codes import dynamic_code, unsigned_dynamic_code
-from tunelab.training.compensated import adamw_update, add_compensation, init_adamw_state, keep_saved_dtypes
+from tunelab.training.compensated import adamw_update, complete_state, init_adamw_state, keep_saved_dtypes
 
 MIN_8BIT_SIZE = 4096
 """Parameters with fewer elements keep fp32 moments (bitsandbytes' min_8bit_size): their 8-bit saving is negligible."""
@@ -111,7 +111,7 @@ class AdamW8bit(torch.optim.Optimizer):
             state["exp_avg_absmax"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
             state["exp_avg_sq_q"] = torch.full((n,), int((unsigned == 0).nonzero()), dtype=torch.uint8, device=p.device)
             state["exp_avg_sq_absmax"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
-            add_compensation(state, p)
+            complete_state(state, p)
         else:
             init_adamw_state(state, p)
         return state
@@ -138,7 +138,7 @@ class AdamW8bit(torch.optim.Optimizer):
                 if "exp_avg_q" not in state:
                     adamw_update(p, state, *hyper, step)
                     continue
-                add_compensation(state, p)  # a bf16 parameter's state from a checkpoint that had none
+                complete_state(state, p)  # a bf16 parameter's state from a checkpoint without a compensation
                 key = (*hyper, step)
                 if key not in scalars:
                     scalars[key] = update_scalars(*key)

@@ -35,10 +35,10 @@ def init_adamw_state(state: dict[str, torch.Tensor], p: torch.Tensor) -> None:
     compensation."""
     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
-    add_compensation(state, p)
+    complete_state(state, p)
 
 
-def add_compensation(state: dict[str, torch.Tensor], p: torch.Tensor) -> None:
+def complete_state(state: dict[str, torch.Tensor], p: torch.Tensor) -> None:
     """What a state loaded from a checkpoint of torch's AdamW (bf16 moments, no compensation) lacks: its moments in
     fp32 (8-bit ones are left as they are), and a zero compensation for a parameter below fp32."""
     for key in ("exp_avg", "exp_avg_sq"):
@@ -60,7 +60,7 @@ def adamw_update(
 ) -> None:
     """torch's single-tensor AdamW step on fp32 moments; a parameter below fp32 moves through w = p + compensation
     (see the module docstring)."""
-    add_compensation(state, p)
+    complete_state(state, p)
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     compensation = state.get(COMPENSATION)
     grad = p.grad.float()  # a bf16 gradient's fp32 copy lives only until the moments have it
