@@ -36,7 +36,7 @@ from tunelab.atomic import check_can_write, writing
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
-from tunelab.export.gguf_vocab import adds_special, gguf_vocab, source_pre_tokenizer, write_vocab
+from tunelab.export.gguf_vocab import adds_special, gguf_package, gguf_vocab, source_pre_tokenizer, write_vocab
 from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
 from tunelab.export.modelfile import UNQUOTABLE, modelfile_path, modelfile_text
 
@@ -75,14 +75,6 @@ _LAYER_NAMES = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
 }
-
-
-def _gguf():
-    try:
-        import gguf
-    except ImportError:
-        raise ModelError("GGUF export needs the 'gguf' package. Install it with: pip install gguf") from None
-    return gguf
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -216,7 +208,7 @@ def gguf_tensors(model: nn.Module, shape: GGUFShape) -> Iterator[tuple[str, torc
 def encode_tensor(name: str, t: torch.Tensor, qtype: str) -> tuple[np.ndarray, object]:
     """The array to write and its GGML type: 1-D tensors f32, 2-D ones in `qtype` (f16 where a row does not split
     into whole quantization blocks)."""
-    gguf = _gguf()
+    gguf = gguf_package()
     T = gguf.GGMLQuantizationType
     data = t.numpy()
     if t.ndim == 1 or qtype == "f32":
@@ -248,7 +240,7 @@ def shared_name(base_model: str) -> str:
 def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     """Write `merged` to `path` in a type this module writes itself (f32, f16, bf16, q8_0, q4_0). `path` should
     not be the final name if atomicity matters: see export_gguf."""
-    gguf = _gguf()
+    gguf = gguf_package()
     model, tok = merged.model, merged.tokenizer
     shape = gguf_shape(model.config)
     vocab = gguf_vocab(tok, shape.vocab_size, source_pre_tokenizer(merged.info.base_model))

@@ -37,7 +37,8 @@ _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 SPIECE = "\u2581"  # SentencePiece's visible space
 
 
-def _gguf():
+def gguf_package():
+    """The `gguf` package (llama.cpp's reader and writer), imported on first use: a ModelError says how to install it."""
     try:
         import gguf
     except ImportError:
@@ -193,7 +194,7 @@ def _metaspace_prefix(spec: dict) -> bool | None:
 
 def gguf_vocab(tokenizer, vocab_size: int, pre: str | None = None) -> GGUFVocab:
     """Tokens in id order (padded to the embedding size with unused [PADi]) and what llama.cpp needs to use them."""
-    gguf = _gguf()
+    gguf = gguf_package()
     T = gguf.TokenType
     spec = tokenizer_spec(tokenizer)
     model = spec["model"]
