@@ -247,21 +247,24 @@ def modelfile_text(
     return "\n".join(lines) + "\n"
 
 
-def modelfile_template(text: str) -> str | None:
-    """The TEMPLATE of a Modelfile written by modelfile_text, or None."""
-    start = text.find('TEMPLATE """')
+def _read_triple_quoted(text: str, key: str) -> str | None:
+    """What `_triple_quoted` wrote for `key` in a Modelfile written by modelfile_text, or None where it wrote none."""
+    opening = f'{key} """'
+    start = text.find(opening)
     if start < 0:
         return None
-    start += len('TEMPLATE """')
+    start += len(opening)
     return text[start : text.index('"""', start)]
+
+
+def modelfile_template(text: str) -> str | None:
+    """The TEMPLATE of a Modelfile written by modelfile_text, or None."""
+    return _read_triple_quoted(text, "TEMPLATE")
 
 
 def modelfile_system(text: str) -> str | None:
-    start = text.find('SYSTEM """')
-    if start < 0:
-        return None
-    start += len('SYSTEM """')
-    return text[start : text.index('"""', start)]
+    """The SYSTEM prompt of a Modelfile written by modelfile_text, or None."""
+    return _read_triple_quoted(text, "SYSTEM")
 
 
 def modelfile_stops(text: str) -> list[str]:
