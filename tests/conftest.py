@@ -6,6 +6,7 @@ what a device call carries) the tests that ask for its tokenizer skip, saying so
 tokenizer, so the GPU tests that train or open a tiny run still run there.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -190,6 +191,55 @@ def tiny_overrides(tiny_model_dir, qa_file, tmp_path):
         "train.lr": 1e-3,
         "output_dir": str(tmp_path / "run"),
     }
+
+
+class Crash(Exception):
+    """The failure `crash_at` puts into a run."""
+
+
+@pytest.fixture
+def crash_at(monkeypatch):
+    """`with crash_at(n): train(...)`: call n (from 1) of the loop's train_step raises Crash, as if the run died in its
+    step n; the block must end in that Crash (the test fails otherwise), and the real train_step is back after it.
+    `crash_at(n, where, name)` crashes call n of `where.name` instead (the recipe module's save_final, say)."""
+    import tunelab.training.loop as loop
+
+    @contextlib.contextmanager
+    def crashing(n, where=None, name="train_step"):
+        where = loop if where is None else where
+        real, calls = getattr(where, name), {"n": 0}
+
+        def crash_in_call_n(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise Crash(f"{name}: call {n}")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(where, name, crash_in_call_n)
+        try:
+            with pytest.raises(Crash):
+                yield
+        finally:
+            monkeypatch.setattr(where, name, real)
+
+    return crashing
+
+
+@pytest.fixture
+def straight_and_resumed(crash_at, tmp_path):
+    """`straight_and_resumed(common, n, where=loop, name="train_step", changed=None)` -> (the uninterrupted run, the
+    resumed one): `common` overrides trained straight through, then again with call n of `where.name` crashing (see
+    crash_at) and resumed with `changed` overrides on top."""
+    from tunelab.training import recipe
+
+    def run(common, n, where=None, name="train_step", changed=None):
+        straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
+        resumed = common | {"output_dir": str(tmp_path / "resumed")}
+        with crash_at(n, where, name):
+            recipe.train(None, resumed)
+        return straight, recipe.train(None, resumed | (changed or {}), resume=True)
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,6 @@ from tunelab.tasks.log_probs import row_sums, sequence_log_probs
 from tunelab.tasks.preference_data import build_preferences
 from tunelab.training.build import build_model
 
-from .interrupted import straight_and_resumed
-
 
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -282,12 +280,10 @@ def test_cli_run_trains_and_saves_a_peft_adapter(tiny_model_dir, tmp_path, pair_
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", pytest.param("simpo", marks=pytest.mark.slow)])
-def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch, pair_file, loss):
+def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, straight_and_resumed, pair_file, loss):
     common = _overrides(tiny_model_dir, tmp_path, pair_file, **{"train.max_steps": 4, "train.save_every": 2})
     common |= {"dpo.loss": loss, "data.eval_fraction": 0.25, "train.eval_every": 2, "method.dropout": 0.1}
-    straight, resumed = straight_and_resumed(
-        common, tmp_path, monkeypatch, crash_at=3
-    )  # dies in step 3, after the checkpoint of step 2
+    straight, resumed = straight_and_resumed(common, 3)  # dies in step 3, after the checkpoint of step 2
     a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
     assert a.keys() == b.keys()
     for key in a:

@@ -22,8 +22,6 @@ from tunelab.tasks.head_run import load_reward_model
 from tunelab.tasks.log_probs import token_log_probs
 from tunelab.training.build import build_model
 
-from .interrupted import straight_and_resumed
-
 REWARD_MODULE = '''
 def letters(prompt, answer, row):
     """A reward with spread on random answers: the share of distinct characters."""
@@ -341,12 +339,10 @@ def test_cli_run_logs_rewards_and_saves_a_peft_adapter(tiny_model_dir, tmp_path,
     assert "Rewards" in (run / "report.html").read_text()
 
 
-def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch, prompt_file, reward_module):
+def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, straight_and_resumed, prompt_file, reward_module):
     common = _overrides(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"train.max_steps": 4})
     common |= {"train.save_every": 2, "data.eval_fraction": 0.25, "train.eval_every": 2, "method.dropout": 0.1}
-    straight, resumed = straight_and_resumed(
-        common, tmp_path, monkeypatch, crash_at=3
-    )  # dies in step 3, after the checkpoint of step 2
+    straight, resumed = straight_and_resumed(common, 3)  # dies in step 3, after the checkpoint of step 2
     a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
     for key in a:
         assert torch.equal(a[key], b[key]), key

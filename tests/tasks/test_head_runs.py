@@ -15,8 +15,6 @@ from tunelab.infer.predict import head_outputs, open_head_run, text_input
 from tunelab.tasks.head_data import pad_rows, render
 from tunelab.tasks.head_run import scored_input
 
-from .interrupted import straight_and_resumed
-
 
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -123,13 +121,11 @@ def test_damaged_full_weights_are_named_not_a_traceback(tiny_model_dir, tmp_path
 
 
 @pytest.mark.parametrize("task", ["classify", "reward"])
-def test_resume_equals_uninterrupted(task, tiny_model_dir, tmp_path, monkeypatch, label_file, pair_file):
+def test_resume_equals_uninterrupted(task, tiny_model_dir, tmp_path, straight_and_resumed, label_file, pair_file):
     data = label_file if task == "classify" else pair_file
     common = _overrides(tiny_model_dir, tmp_path, task, data, **{"train.max_steps": 5, "train.save_every": 2})
     common |= {"method.dropout": 0.1, "data.eval_fraction": 0.25, "train.eval_every": 2}
-    straight, resumed = straight_and_resumed(
-        common, tmp_path, monkeypatch, crash_at=4
-    )  # dies in step 4, after the checkpoint of step 2
+    straight, resumed = straight_and_resumed(common, 4)  # dies in step 4, after the checkpoint of step 2
 
     a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
     assert a.keys() == b.keys() and "base_model.model.score.weight" in a

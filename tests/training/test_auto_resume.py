@@ -9,17 +9,12 @@ import yaml
 from safetensors.torch import load_file
 
 import tunelab.training.auto as auto
-import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
 from tunelab.training.resume import config_changes, kept_auto
 
 AUTO_TRAIN = {"train.lr": "auto", "train.micro_batch": "auto", "train.warmup_ratio": "auto", "train.eval_every": "auto"}
-
-
-class Crash(Exception):
-    pass
 
 
 def _overrides(tiny_overrides, tmp_path, name):
@@ -38,7 +33,7 @@ def _overrides(tiny_overrides, tmp_path, name):
 
 
 def test_a_resumed_run_keeps_its_auto_values_and_ends_where_an_uninterrupted_one_does(
-    tiny_overrides, tmp_path, monkeypatch, capsys
+    tiny_overrides, tmp_path, monkeypatch, crash_at, capsys
 ):
     straight = recipe.train(None, _overrides(tiny_overrides, tmp_path, "straight"))
     assert {k: v["value"] for k, v in straight.auto.items()} == {
@@ -50,19 +45,9 @@ def test_a_resumed_run_keeps_its_auto_values_and_ends_where_an_uninterrupted_one
         "train.offload_activations": False,
     }
 
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:  # dies during step 6: the checkpoint of step 4 stays, best.safetensors may be of step 5
-            raise Crash()
-        return real_step(*args, **kwargs)
-
     overrides = _overrides(tiny_overrides, tmp_path, "resumed")
-    monkeypatch.setattr(loop, "train_step", crashing_step)
-    with pytest.raises(Crash):
+    with crash_at(6):  # dies during step 6: the checkpoint of step 4 stays, best.safetensors may be of step 5
         recipe.train(None, overrides)
-    monkeypatch.setattr(loop, "train_step", real_step)
     # Were the rules to choose differently now (a new version), the resumed run still trains with the run's values.
     monkeypatch.setattr(auto, "LR_RANGE", (1e-5, 1e-3))
     monkeypatch.setattr(auto, "EVALS_PER_RUN", 2)

@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.config import load_config
 from tunelab.data.loader import build_datasets, make_batches
@@ -16,10 +15,6 @@ from tunelab.eval.report import build_report
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import load_adapter
 from tunelab.training.step import evaluate
-
-
-class Crash(Exception):
-    pass
 
 
 @pytest.fixture
@@ -65,21 +60,8 @@ def test_eval_loss_per_source_equals_direct_evaluation(mixture_overrides, tiny_m
         assert direct == pytest.approx(losses[f"eval_loss/{name}"], rel=1e-5)  # fast path vs transformers: fp32
 
 
-def test_a_resumed_mixture_run_equals_the_uninterrupted_one(mixture_overrides, tmp_path, monkeypatch):
-    straight = recipe.train(None, mixture_overrides | {"output_dir": str(tmp_path / "straight")})
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
-    with pytest.raises(Crash):
-        recipe.train(None, mixture_overrides | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(loop, "train_step", real_step)
-    resumed = recipe.train(None, mixture_overrides | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+def test_a_resumed_mixture_run_equals_the_uninterrupted_one(mixture_overrides, straight_and_resumed):
+    straight, resumed = straight_and_resumed(mixture_overrides, 3)
     a = load_file(straight.run_dir / "adapter_model.safetensors")
     b = load_file(resumed.run_dir / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

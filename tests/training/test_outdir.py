@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.errors import DataError, ModelError, RunDirError
 from tunelab.rundir import RunInfo, write_info
@@ -128,18 +127,9 @@ def test_a_good_run_survives_a_new_config_with_bad_data_or_a_bad_model(tiny_over
     assert _tree(previous_run) == before and not (tmp_path / "run.previous").exists()
 
 
-def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tiny_overrides, previous_run, tmp_path, monkeypatch):
+def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tiny_overrides, previous_run, tmp_path, crash_at):
     before = _tree(previous_run)
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
-    with pytest.raises(RuntimeError):
+    with crash_at(2):
         recipe.train(None, tiny_overrides | {"train.max_steps": 3, "overwrite": True})
     previous = tmp_path / "run.previous"
     moved = _tree(previous)
@@ -147,7 +137,6 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tiny_overrides, 
     assert moved == before  # moved aside whole, not deleted
     assert json.loads((previous_run / "run.json").read_text())["finished"] is False  # the failed attempt
 
-    monkeypatch.setattr(loop, "train_step", real_step)
     recipe.train(None, tiny_overrides | {"train.max_steps": 2, "overwrite": True})
     assert not previous.exists()  # a replacement finished: the old run goes now
     assert json.loads((previous_run / "run.json").read_text())["steps"] == 2
@@ -185,30 +174,15 @@ def test_check_never_writes_into_an_existing_run(tiny_overrides, previous_run, t
         tunelab.check(None, tiny_overrides, model=False, html=previous_run / "check.html")
 
 
-def _crash_at_step(monkeypatch, step):
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == step:
-            raise RuntimeError("crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
-    return real_step
-
-
 def test_overwrite_never_deletes_a_finished_run_or_a_previous_it_did_not_move(
-    tiny_overrides, previous_run, tmp_path, monkeypatch
+    tiny_overrides, previous_run, tmp_path, crash_at
 ):
     """A replacement interrupted, then resumed to its end, left NAME.previous behind; the next --overwrite took NAME
     for the unfinished attempt and deleted the finished run at once. And a run of the user's named NAME.previous was
     deleted by an --overwrite of NAME."""
     over = tiny_overrides | {"train.max_steps": 3, "train.save_every": 1}
-    real_step = _crash_at_step(monkeypatch, 2)
-    with pytest.raises(RuntimeError):
+    with crash_at(2):
         recipe.train(None, over | {"overwrite": True})
-    monkeypatch.setattr(loop, "train_step", real_step)
     recipe.train(None, over, resume=True)  # the replacement finished on --resume: the run it replaced goes now
     previous = tmp_path / "run.previous"
     assert not previous.exists() and json.loads((previous_run / "run.json").read_text())["finished"]
@@ -233,7 +207,7 @@ def test_an_overwrite_through_a_symbolic_link_is_refused(tiny_overrides, previou
     assert link.is_symlink() and (previous_run / "run.json").is_file()
 
 
-def test_a_second_process_on_a_run_being_written_is_refused(tiny_overrides, previous_run, tmp_path, monkeypatch):
+def test_a_second_process_on_a_run_being_written_is_refused(tiny_overrides, previous_run, tmp_path, crash_at):
     """Two runs on one output_dir at once both exited 0, their metrics interleaved and one's weights beside the
     other's config. The lock is taken as another process would: a second open file of the same lock."""
     import fcntl
@@ -248,8 +222,7 @@ def test_a_second_process_on_a_run_being_written_is_refused(tiny_overrides, prev
     finally:
         os.close(held)
     recipe.train(None, tiny_overrides | {"train.max_steps": 1, "overwrite": True})  # free again
-    with pytest.raises(RuntimeError):  # and a run that failed lets go of it: the same process may go on
-        _crash_at_step(monkeypatch, 1)
+    with crash_at(1):  # and a run that failed lets go of it: the same process may go on
         recipe.train(None, tiny_overrides | {"train.max_steps": 2, "overwrite": True})
     other = os.open(previous_run / LOCK_FILE, os.O_RDWR)
     try:

@@ -13,55 +13,17 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.rundir import read_info
 
 
-class Crash(Exception):
-    pass
-
-
-def _crash_at_step(monkeypatch, step):
-    """Make loop's train_step raise Crash in its call `step`; returns the real one."""
-    real, calls = loop.train_step, {"n": 0}
-
-    def crashing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == step:
-            raise Crash()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing)
-    return real
-
-
 def _losses(run_dir):
     return [
         json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
     ]
 
 
-def _straight_and_resumed(common, tmp_path, monkeypatch, where, name, crash_at=1, changed=None):
-    """(the uninterrupted run, the resumed one): the second run dies in call `crash_at` of `where.name` (loop's
-    train_step, recipe's save_final), then resumes with `changed` overrides on top of `common`."""
-    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
-    real, calls = getattr(where, name), {"n": 0}
-
-    def crashing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == crash_at:
-            raise Crash()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(where, name, crashing)
-    with pytest.raises(Crash):
-        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(where, name, real)
-    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")} | (changed or {}), resume=True)
-    return straight, resumed
-
-
 @pytest.mark.parametrize(
     ("method", "dtype", "optimizer"),
     [("lora", "auto", "adamw"), ("layers", "auto", "adamw"), ("full", "bf16", "adamw"), ("full", "bf16", "adamw_8bit")],
 )
-def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, method, dtype, optimizer):
+def test_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed, method, dtype, optimizer):
     common = tiny_overrides | {
         "train.max_steps": 6,
         "train.save_every": 2,
@@ -71,7 +33,7 @@ def test_resume_equals_uninterrupted(tiny_overrides, tmp_path, monkeypatch, meth
         "train.optimizer": optimizer,
     }
     # dies during step 4, after the checkpoint of step 2
-    straight, resumed = _straight_and_resumed(common, tmp_path, monkeypatch, loop, "train_step", crash_at=4)
+    straight, resumed = straight_and_resumed(common, 4)
 
     assert resumed.steps == straight.steps == 6
     weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
@@ -218,13 +180,13 @@ def test_a_finished_run_is_not_resumed_to_its_own_length_and_a_longer_one_keeps_
     assert epochs.endswith("-> 2.0; no change: train.max_steps (6) sets the length")
 
 
-def test_resumed_at_its_last_step_the_run_reports_what_the_uninterrupted_one_did(tiny_overrides, tmp_path, monkeypatch):
+def test_resumed_at_its_last_step_the_run_reports_what_the_uninterrupted_one_did(tiny_overrides, straight_and_resumed):
     """A run stopped after its last step's checkpoint and resumed trains nothing: its final loss and eval loss come
     from its metrics (run.json had them null)."""
     common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "data.eval_fraction": 0.25}
     common |= {"train.eval_every": 2}
     # dies while saving the result, after the step-4 checkpoint
-    straight, resumed = _straight_and_resumed(common, tmp_path, monkeypatch, recipe, "save_final")
+    straight, resumed = straight_and_resumed(common, 1, recipe, "save_final")
     assert resumed.final_loss == straight.final_loss is not None
     assert resumed.eval_loss == straight.eval_loss is not None
     info = json.loads((resumed.run_dir / "run.json").read_text())
@@ -398,12 +360,12 @@ def test_resume_may_add_or_remove_a_tracker():
     assert config_changes(to_dict(watched), plain) == ([], ["train.report_to: ['tensorboard'] -> []"])
 
 
-def test_resumed_at_its_last_step_the_final_evaluation_is_logged_once(tiny_overrides, tmp_path, monkeypatch):
+def test_resumed_at_its_last_step_the_final_evaluation_is_logged_once(tiny_overrides, straight_and_resumed):
     """With eval_every not dividing the steps, the final evaluation (logged before the save crashed) was run and
     logged again on resume: metrics.jsonl held step 4's eval loss twice."""
     common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "data.eval_fraction": 0.25}
     common |= {"train.eval_every": 3}
-    straight, resumed = _straight_and_resumed(common, tmp_path, monkeypatch, recipe, "save_final")
+    straight, resumed = straight_and_resumed(common, 1, recipe, "save_final")
 
     def evals(run_dir):
         return [
@@ -420,15 +382,13 @@ def test_resumed_at_its_last_step_the_final_evaluation_is_logged_once(tiny_overr
 
 @pytest.mark.parametrize("keep_best", [True, False])
 def test_resume_may_turn_keep_best_on_or_off_and_trains_the_same_steps(
-    tiny_overrides, tmp_path, monkeypatch, capsys, keep_best
+    tiny_overrides, straight_and_resumed, capsys, keep_best
 ):
     """train.keep_best only chooses which weights are saved at the end, but --resume refused a change of it."""
     common = tiny_overrides | {"train.max_steps": 6, "train.save_every": 2, "data.eval_fraction": 0.25}
     common |= {"train.eval_every": 2, "train.keep_best": keep_best}
     flipped = {"train.keep_best": not keep_best}
-    straight, resumed = _straight_and_resumed(
-        common, tmp_path, monkeypatch, loop, "train_step", crash_at=4, changed=flipped
-    )
+    straight, resumed = straight_and_resumed(common, 4, changed=flipped)
     assert f"resume: train.keep_best: {keep_best!r} -> {not keep_best!r} (allowed" in capsys.readouterr().out
     assert _losses(resumed.run_dir) == _losses(straight.run_dir)  # the trajectory is the uninterrupted one
 
@@ -446,16 +406,14 @@ def test_resume_may_change_cuda_graphs_and_sharding():
     assert allowed == ["train.cuda_graphs: 'auto' -> False", "train.sharding: 'auto' -> 'fsdp2'"]
 
 
-def test_a_longer_resume_keeps_the_warmup_steps_the_run_started_with(tiny_overrides, monkeypatch, capsys):
+def test_a_longer_resume_keeps_the_warmup_steps_the_run_started_with(tiny_overrides, crash_at, capsys):
     """Resumed with a longer train.max_steps, train.warmup_ratio of the new length made the warmup longer: a run
     already past its 2 warmup steps fell back into a warmup of 4 at the checkpoint."""
     from tunelab.training.schedule import lr_factor
 
     common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "train.warmup_ratio": 0.5}
-    real = _crash_at_step(monkeypatch, 3)
-    with pytest.raises(Crash):
+    with crash_at(3):
         recipe.train(None, common)
-    monkeypatch.setattr(loop, "train_step", real)
     capsys.readouterr()
     longer = common | {"train.max_steps": 8, "train.keep_checkpoints_after_finish": True}
     result = recipe.train(None, longer, resume=True)
@@ -487,15 +445,14 @@ def test_resume_may_rename_stages_but_not_change_them():
     assert len(refused) == 1 and refused[0].startswith("stages: ")
 
 
-def test_an_interrupted_run_records_its_last_logged_loss(tiny_overrides, tmp_path, monkeypatch):
+def test_an_interrupted_run_records_its_last_logged_loss(tiny_overrides, tmp_path, crash_at):
     """run.json of a run stopped after step 3 had final_loss null, though metrics.jsonl held the loss of every step
     so far; the report showed no train loss for it."""
     from tunelab.eval.report import build_report
 
     common = tiny_overrides | {"train.max_steps": 6, "train.save_every": 2, "train.log_every": 1}
-    _crash_at_step(monkeypatch, 4)
     run = tmp_path / "run"
-    with pytest.raises(Crash):
+    with crash_at(4):
         recipe.train(None, common | {"output_dir": str(run)})
     info = json.loads((run / "run.json").read_text())
     assert info["finished"] is False and info["steps"] == 3

@@ -11,7 +11,6 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import tunelab.training.loop as loop
 import tunelab.training.loss_scale as loss_scale
 from tunelab.api import train
 from tunelab.config import load_config
@@ -22,10 +21,6 @@ from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import load_adapter
 from tunelab.rundir import open_info, read_info
 from tunelab.training.step import evaluate
-
-
-class Crash(Exception):
-    pass
 
 
 @pytest.fixture
@@ -152,22 +147,12 @@ def test_continue_merge_starts_a_fresh_adapter_after_a_run_that_started_from_one
 
 
 @pytest.mark.parametrize("moved", [False, True])
-def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, monkeypatch, capsys, moved):
+def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, crash_at, capsys, moved):
     """moved: the interrupted run is moved to another folder before --resume. Stage 2's saved config named stage 1
     by the old folder's path, so --resume refused it as another adapter."""
     straight = train(None, staged | {"output_dir": str(tmp_path / "straight")})
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # stage 2's second step, after its checkpoint of step 1
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
-    with pytest.raises(Crash):
+    with crash_at(5):  # stage 2's second step, after its checkpoint of step 1
         train(None, staged | {"output_dir": str(tmp_path / "resumed")})
-    monkeypatch.setattr(loop, "train_step", real_step)
     if moved:
         (tmp_path / "resumed").rename(tmp_path / "moved")
     where = str(tmp_path / ("moved" if moved else "resumed"))
@@ -415,7 +400,7 @@ def test_a_flag_wins_over_the_stages_values(tmp_path):
     assert first.config.train.lr == 1e-3 and first.origins["train.lr"] == "stage 1"  # the others as the stage says
 
 
-def test_a_longer_length_on_resume_says_the_finished_stage_keeps_its_steps(staged, tmp_path, monkeypatch, capsys):
+def test_a_longer_length_on_resume_says_the_finished_stage_keeps_its_steps(staged, tmp_path, crash_at, capsys):
     """A resumed staged run skips its finished stages: --train.max_steps that now asked more of them was passed over
     silently. The stages come from the file, so the flag sets every stage's length."""
     from tunelab.training.stages import stage_dir
@@ -423,18 +408,8 @@ def test_a_longer_length_on_resume_says_the_finished_stage_keeps_its_steps(stage
     config = tmp_path / "staged.yaml"
     config.write_text(yaml.safe_dump({"stages": staged["stages"]}))
     flags = {k: v for k, v in staged.items() if k not in ("stages", "data.train")}
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # stage 2's second step
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
-    with pytest.raises(Crash):
+    with crash_at(5):  # stage 2's second step
         train(config, flags)
-    monkeypatch.setattr(loop, "train_step", real_step)
     result = train(config, flags | {"train.max_steps": 4}, resume=True)
     out = capsys.readouterr().out
     assert (
@@ -454,25 +429,15 @@ def test_resuming_a_finished_staged_run_is_refused(staged):
     assert (run / "run.json").read_text() == before
 
 
-def test_a_staged_runs_trackers_log_into_the_run_directory_with_steps_across_stages(staged, monkeypatch):
+def test_a_staged_runs_trackers_log_into_the_run_directory_with_steps_across_stages(staged, crash_at):
     """One TensorBoard log in the run directory, its steps those of the run's metrics.jsonl (stage 2's after stage
     1's), through a crash inside stage 2 and --resume; the stage directories hold none."""
     pytest.importorskip("tensorboard", reason="pip install tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     staged = staged | {"train.report_to": ["tensorboard"]}
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # stage 2's second step, after its checkpoint of step 1
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
-    with pytest.raises(Crash):
+    with crash_at(5):  # stage 2's second step, after its checkpoint of step 1
         train(None, staged)
-    monkeypatch.setattr(loop, "train_step", real_step)
     run = train(None, staged, resume=True).run_dir
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()

@@ -6,27 +6,8 @@ import json
 
 import pytest
 
-import tunelab.training.loop as loop
 from tunelab.api import train
 from tunelab.eval.report import build_report
-
-
-class Crash(Exception):
-    pass
-
-
-def _crash_in_stage_two(monkeypatch):
-    """Make training raise Crash in its fifth step (stage 2's second); returns the real train_step."""
-    real_step, calls = loop.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Crash()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crashing_step)
-    return real_step
 
 
 @pytest.fixture
@@ -44,11 +25,10 @@ def staged(tiny_overrides, tmp_path):
     }
 
 
-def test_a_staged_run_stopped_in_stage_two_records_its_last_logged_loss(staged, tmp_path, monkeypatch):
+def test_a_staged_run_stopped_in_stage_two_records_its_last_logged_loss(staged, tmp_path, crash_at):
     """run.json of the run directory had final_loss null (and 0 steps) though stage-2/run.json had the last loss
     logged; the report of the run showed no train loss."""
-    _crash_in_stage_two(monkeypatch)
-    with pytest.raises(Crash):
+    with crash_at(5):  # stage 2's second step
         train(None, staged)
     run = tmp_path / "run"
     stopped = json.loads((run / "stage-2" / "run.json").read_text())
@@ -59,7 +39,7 @@ def test_a_staged_run_stopped_in_stage_two_records_its_last_logged_loss(staged, 
     assert "last logged train loss" in page and f"{info['final_loss']:.4f}" in page
 
 
-def test_a_resumed_staged_run_records_the_allowed_changes_in_its_config(staged, tmp_path, monkeypatch):
+def test_a_resumed_staged_run_records_the_allowed_changes_in_its_config(staged, tmp_path, crash_at):
     """--resume of a staged run with other eval.questions (an allowed change) kept the old ones in the run's
     config.yaml: the export's self-check asked the questions the run no longer names, and the report showed them."""
     from tunelab.export.check import check_questions
@@ -69,10 +49,8 @@ def test_a_resumed_staged_run_records_the_allowed_changes_in_its_config(staged, 
     old.write_text(json.dumps({"question": "What is the code of box 3?", "expected": "1111"}) + "\n")
     new.write_text(json.dumps({"question": "What is the code of box 4?", "expected": "2222"}) + "\n")
     staged = staged | {"eval.questions": str(old), "eval.max_new_tokens": 3}
-    real_step = _crash_in_stage_two(monkeypatch)
-    with pytest.raises(Crash):
+    with crash_at(5):  # stage 2's second step
         train(None, staged)
-    monkeypatch.setattr(loop, "train_step", real_step)
     run = train(None, staged | {"eval.questions": str(new)}, resume=True).run_dir
     assert read_config(run).eval.questions == str(new)
     assert check_questions(run, 3) == (["What is the code of box 4?"], str(new))
