@@ -104,23 +104,36 @@ def tiny_tokenizer():
         )
 
 
-def _tiny_llama_config(tokenizer):
-    """The tiny test model's shape: 2 layers, hidden 64, GQA 4/2, tied embeddings, the tokenizer's special ids."""
+def _tiny_llama_config(tokenizer=None, **changes):
+    """The tiny test model's shape: 2 layers, hidden 64, GQA 4/2, tied embeddings; the tokenizer's vocabulary and
+    special ids where one is given; `changes` on top."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    shape = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": True,
+    }
+    if tokenizer is not None:
+        shape |= {
+            "vocab_size": len(tokenizer),
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+        }
+    return LlamaConfig(**(shape | changes))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_config():
+    """`tiny_llama_config(tokenizer=None, **changes)`: the LlamaConfig of the tiny test model (2 layers, hidden 64,
+    GQA 4/2, tied embeddings), with the tokenizer's vocabulary and special ids where one is given and `changes` on
+    top, e.g. `tiny_llama_config(vocab_size=300, tie_word_embeddings=False)`."""
+    return _tiny_llama_config
 
 
 @pytest.fixture(scope="session")
@@ -345,22 +358,10 @@ def rel_error():
 def deep_zero_row_model_dir(tmp_path_factory, smollm2_tokenizer):
     """A 32-layer random Llama whose embedding row of <|im_start|>, the first token of every chat example, is zero:
     the zero state at position 0 stays zero through every layer and the gradient overflows (models/untrained.py)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        eos_token_id=smollm2_tokenizer.eos_token_id,
-        pad_token_id=smollm2_tokenizer.pad_token_id,
-        bos_token_id=smollm2_tokenizer.bos_token_id,
-    )
+    config = _tiny_llama_config(smollm2_tokenizer, num_hidden_layers=32, max_position_embeddings=256)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.model.embed_tokens.weight[smollm2_tokenizer.convert_tokens_to_ids("<|im_start|>")] = 0.0

@@ -4,7 +4,7 @@ loads with the tuned logits, and the GGUF file of the run reads back with them."
 import json
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from tunelab.export.gguf import export_gguf
 from tunelab.export.merge import merge_run
@@ -16,12 +16,9 @@ from tunelab.peft.save import save_adapter
 IDS = torch.tensor([[1, 504, 1458, 314, 1760, 260, 1104, 2], [17, 29, 2000, 2047, 12, 9, 8, 7]])
 
 
-def test_a_dora_run_merges_and_exports_with_its_logits(small_tokenizer, tmp_path):
+def test_a_dora_run_merges_and_exports_with_its_logits(small_tokenizer, tiny_llama_config, tmp_path):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         bos_token_id=small_tokenizer.bos_token_id, eos_token_id=small_tokenizer.eos_token_id,
-                         pad_token_id=small_tokenizer.pad_token_id)  # fmt: skip
+    config = tiny_llama_config(small_tokenizer)  # 2048 tokens
     base = tmp_path / "base"
     LlamaForCausalLM(config).save_pretrained(base)
     small_tokenizer.save_pretrained(base)

@@ -75,25 +75,13 @@ SMALL_VOCAB = 2048  # the small tokenizer's size (tests/export/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def sharp_base(small_tokenizer, tmp_path_factory):
+def sharp_base(small_tokenizer, tiny_llama_config, tmp_path_factory):
     """A 2-layer random Llama with q and k scaled up 8x: random init gives near-uniform attention, where the rotary
     layout hardly matters; sharper attention makes a wrong q/k row order show in the logits (checked below)."""
     tok = small_tokenizer
     torch.manual_seed(0)
     # the embedding has 8 rows more than the tokenizer has tokens, as models padded to a round size do
-    config = LlamaConfig(
-        vocab_size=SMALL_VOCAB + 8,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    config = tiny_llama_config(tok, vocab_size=SMALL_VOCAB + 8)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         for layer in model.model.layers:

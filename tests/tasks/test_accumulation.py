@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from tunelab.config import DpoConfig
 from tunelab.kernels import select as select_ops
@@ -21,23 +21,14 @@ from tunelab.training.step import train_step
 ROWS = [[5, 17, 42, 9, 100, 7, 3], [8, 3, 61], [250, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], [31, 32, 33, 34, 35]]
 
 
-def _lm(impl):
+def _lm(impl, config):
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
     hf = LlamaForCausalLM(config)
     return hf, (from_hf_model(hf, select_ops("auto")) if impl == "fast" else hf)
 
 
-def _head(impl, outputs):
-    hf, lm = _lm(impl)
+def _head(impl, config, outputs):
+    hf, lm = _lm(impl, config)
     built = BuiltModel(lm, impl, hf.config, torch.device("cpu"), torch.float32, 0, 0)
     attach_head(built, outputs, seed=1)
     return built.model
@@ -72,10 +63,10 @@ def _dpo_batches(pairs):
 
 
 CASES = {
-    "classify": (lambda impl: _head(impl, 3), _classify_batches, classify.CLASSIFY),
-    "reward": (lambda impl: _head(impl, 1), _reward_batches, reward.REWARD),
-    "dpo sigmoid": (lambda impl: _lm(impl)[1], _dpo_batches, dpo.make_task(DpoConfig(loss="sigmoid"))),
-    "dpo ipo": (lambda impl: _lm(impl)[1], _dpo_batches, dpo.make_task(DpoConfig(loss="ipo"))),
+    "classify": (lambda impl, config: _head(impl, config, 3), _classify_batches, classify.CLASSIFY),
+    "reward": (lambda impl, config: _head(impl, config, 1), _reward_batches, reward.REWARD),
+    "dpo sigmoid": (lambda impl, config: _lm(impl, config)[1], _dpo_batches, dpo.make_task(DpoConfig(loss="sigmoid"))),
+    "dpo ipo": (lambda impl, config: _lm(impl, config)[1], _dpo_batches, dpo.make_task(DpoConfig(loss="ipo"))),
 }
 
 
@@ -89,9 +80,9 @@ def _step(model, batches, task):
 
 @pytest.mark.parametrize("impl", ["fast", "generic"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_accumulated_micro_batches_step_as_one_batch(case, impl):
+def test_accumulated_micro_batches_step_as_one_batch(case, impl, tiny_llama_config):
     make, batches, task = CASES[case]
-    model = make(impl)
+    model = make(impl, tiny_llama_config(vocab_size=300, tie_word_embeddings=False))
     start = torch.cat([p.detach().flatten() for p in model.parameters()])
     whole, figures = _step(model, batches(4), task)
     assert figures["count"] == 4 and not torch.equal(whole, start)

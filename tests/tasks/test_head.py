@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
@@ -13,18 +13,11 @@ from tunelab.tasks.head import SequenceClassifier, attach_head, last_token_index
 from tunelab.training.build import BuiltModel
 
 
-def _hf_model():
+@pytest.fixture
+def hf_model(tiny_llama_config):
+    """The tiny Llama with a 300-token vocabulary and an untied LM head, in eval mode."""
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(tiny_llama_config(vocab_size=300, tie_word_embeddings=False)).eval()
 
 
 def _built(model, impl):
@@ -41,9 +34,8 @@ def test_last_token_index_with_right_and_left_padding():
 
 
 @pytest.mark.parametrize("impl", ["generic", "fast"])
-def test_a_right_padded_row_gets_the_logits_it_gets_alone(impl):
-    hf = _hf_model()
-    lm = from_hf_model(hf, select_ops("auto")) if impl == "fast" else hf
+def test_a_right_padded_row_gets_the_logits_it_gets_alone(hf_model, impl):
+    lm = from_hf_model(hf_model, select_ops("auto")) if impl == "fast" else hf_model
     built = _built(lm, impl)
     attach_head(built, 3, seed=7)
     model = built.model.eval()
@@ -65,9 +57,8 @@ def test_a_right_padded_row_gets_the_logits_it_gets_alone(impl):
     torch.testing.assert_close(batched[0], model.score(hidden), rtol=1e-5, atol=1e-6)
 
 
-def test_fast_and_generic_bodies_give_the_same_logits():
-    hf = _hf_model()
-    generic, fast = _built(hf, "generic"), _built(from_hf_model(hf, select_ops("auto")), "fast")
+def test_fast_and_generic_bodies_give_the_same_logits(hf_model):
+    generic, fast = _built(hf_model, "generic"), _built(from_hf_model(hf_model, select_ops("auto")), "fast")
     for built in (generic, fast):
         attach_head(built, 4, seed=3)
     ids = torch.tensor([[5, 17, 42, 9], [8, 3, 0, 0]])
@@ -77,11 +68,10 @@ def test_fast_and_generic_bodies_give_the_same_logits():
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # two implementations of the same fp32 maths
 
 
-def test_the_head_replaces_the_lm_head_and_trains():
-    hf = _hf_model()
-    for p in hf.parameters():
+def test_the_head_replaces_the_lm_head_and_trains(hf_model):
+    for p in hf_model.parameters():
         p.requires_grad_(False)
-    built = _built(hf, "generic")
+    built = _built(hf_model, "generic")
     before = built.total
     attach_head(built, 5, seed=1)
     names = {n for n, _ in built.model.named_parameters()}

@@ -112,9 +112,9 @@ def test_predict_and_eval_read_texts_in_the_run_format(tiny_model_dir, tmp_path)
 
 
 @pytest.mark.parametrize("impl", ["generic", "fast"])
-def test_a_label_word_head_starts_as_the_lm_scores_of_the_label_words(impl):
+def test_a_label_word_head_starts_as_the_lm_scores_of_the_label_words(impl, tiny_llama_config):
     """head_init label_words: logit_k = mean over label k's tokens of the LM's next-token logit, at the pooled token."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from tunelab.kernels import select as select_ops
     from tunelab.models.hf_adapter import from_hf_model
@@ -122,10 +122,7 @@ def test_a_label_word_head_starts_as_the_lm_scores_of_the_label_words(impl):
     from tunelab.training.build import BuiltModel
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=False,
-    )  # fmt: skip
+    config = tiny_llama_config(vocab_size=300, tie_word_embeddings=False)
     hf = LlamaForCausalLM(config).eval()
     lm = from_hf_model(hf, select_ops("auto")) if impl == "fast" else hf
     ids = torch.tensor([[5, 17, 42, 9]])

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from tunelab.kernels import select as select_ops
 from tunelab.models.hf_adapter import from_hf_model
@@ -31,13 +31,9 @@ def _old_train_step(model, micro_batches, optimizer, scheduler, max_grad_norm):
     return {"loss": loss_sum / max(total, 1), "grad_norm": float(norm), "loss_tokens": total}
 
 
-def _model(impl):
+def _model(impl, tiny_llama_config):
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=300, tie_word_embeddings=False))
     if impl == "fast":
         model = from_hf_model(model, select_ops("auto"))
     attach_lora(model, ["all-linear"], r=4, alpha=8.0)
@@ -69,10 +65,10 @@ def _batches(seed):
 
 
 @pytest.mark.parametrize("impl", ["generic", "fast"])
-def test_sft_task_steps_are_bit_identical_to_the_old_step(impl):
+def test_sft_task_steps_are_bit_identical_to_the_old_step(impl, tiny_llama_config):
     runs = []
     for step_fn in (_old_train_step, lambda *a: train_step(*a, SFT)):
-        model = _model(impl)
+        model = _model(impl, tiny_llama_config)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-2)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.1 * s)
@@ -89,8 +85,8 @@ def test_sft_task_steps_are_bit_identical_to_the_old_step(impl):
         assert torch.equal(a, b)
 
 
-def test_the_step_reports_the_tasks_count_and_metric_means():
-    model = _model("generic")
+def test_the_step_reports_the_tasks_count_and_metric_means(tiny_llama_config):
+    model = _model("generic", tiny_llama_config)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     batches = _batches(0)[:2]
