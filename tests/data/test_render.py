@@ -13,22 +13,10 @@ from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
 from tunelab.data.templates import resolve_template
 
+from .masking import masked_runs
+
 SHARED = Path("/work/shared/data")
 END = "<|im_end|>"
-
-
-def masked_runs(tokenizer, row) -> list[str]:
-    """Decoded text of each contiguous run of labelled tokens."""
-    runs, current = [], []
-    for token, label in zip(row.input_ids, row.labels):
-        if label != -100:
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(r, clean_up_tokenization_spaces=False) for r in runs]
 
 
 def oasst_conversations(n: int) -> list[list[dict]]:

@@ -11,6 +11,8 @@ from tunelab.data.report import DataReport
 from tunelab.data.templates import NAMED, resolve_template
 from tunelab.errors import ConfigError
 
+from .masking import masked_runs
+
 CHAT = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Hi"},
@@ -18,20 +20,6 @@ CHAT = [
     {"role": "user", "content": "Bye"},
     {"role": "assistant", "content": "Goodbye."},
 ]
-
-
-def masked_runs(tokenizer, row) -> list[str]:
-    """Decoded text of each contiguous run of labelled tokens."""
-    runs, current = [], []
-    for token, label in zip(row.input_ids, row.labels):
-        if label != -100:
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(r, clean_up_tokenization_spaces=False) for r in runs]
 
 
 def render_one(tokenizer, template, messages=CHAT, **cfg):
