@@ -3,8 +3,6 @@ bad input fails early with the file, line or option named."""
 
 import json
 import math
-import shutil
-import subprocess
 
 import pytest
 
@@ -133,34 +131,12 @@ def test_mixed_formats_label_task_and_text_rows(loaded, tmp_path):
     assert text_only.rows == [] and text_only.tuned.overall is None and text_only.tuned.eval_loss > 0
 
 
-def test_report_of_the_real_run_in_chromium(trained, loaded, tmp_path):
-    if shutil.which("chromium") is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+def test_report_of_the_real_run_in_chromium(trained, loaded, tmp_path, chromium):
     _, held = split_eval(QA, 0.25, 42)
     path = _write_jsonl(tmp_path / "held.jsonl", [{"question": r["question"], "expected": r["answer"]} for r in held])
     result = evaluate_run(loaded, path, SETTINGS, overwrite=True)
     page = build_report(trained, tmp_path / "report.html")
-    dom = subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    dom = chromium("--dump-dom", page.as_uri())
     # loss, learning rate, tokens/s, grad norm, answer scores, token-length histogram
     assert dom.count("<svg") == 6 and dom.count("<path") > 50
     assert (

@@ -4,8 +4,6 @@ inputs are said, user text is escaped, nothing is fetched from the network."""
 import json
 import math
 import re
-import shutil
-import subprocess
 
 import pytest
 
@@ -55,18 +53,6 @@ ANSWERS = [
         "praise",
     ),
     ("Is 'it pulls every weed' a complaint or praise?", "praise", "label", "Hard to say.", "complaint"),
-]
-CHROMIUM = [
-    "chromium",
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
 ]
 
 
@@ -199,16 +185,6 @@ def make_run(run_dir):
         json.dumps({"rows": [], "scores": {"fact": {"n": 3, "base": 0.0, "tuned": 1.0}}})
     )
     return run_dir
-
-
-def _chromium(*args, tmp_path) -> str:
-    if shutil.which("chromium") is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
-    done = subprocess.run(
-        [*CHROMIUM, f"--user-data-dir={tmp_path / 'profile'}", *args], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
 
 
 def test_word_diff_marks_changed_words_and_escapes():
@@ -477,9 +453,9 @@ def test_build_report_errors(tmp_path):
     assert build_report(run, tmp_path / "out" / "r.html").is_file()
 
 
-def test_rendered_dom_has_plots_tables_and_answers(tmp_path):
+def test_rendered_dom_has_plots_tables_and_answers(tmp_path, chromium):
     page = build_report(make_run(tmp_path / "run"))
-    dom = _chromium("--dump-dom", page.as_uri(), tmp_path=tmp_path)
+    dom = chromium("--dump-dom", page.as_uri())
     svgs = re.findall(r"<svg\b.*?</svg>", dom, flags=re.S)
     # loss, learning rate, tokens/s, grad norm, answer scores, token-length histogram; each drawn with paths
     assert len(svgs) == 6 and all(svg.count("<path") > 10 for svg in svgs)
@@ -507,12 +483,12 @@ def test_rendered_dom_has_plots_tables_and_answers(tmp_path):
     assert "output_dir: runs/faq" in dom
 
 
-def test_screenshot_is_not_blank(tmp_path):
+def test_screenshot_is_not_blank(tmp_path, chromium):
     from PIL import Image
 
     page = build_report(make_run(tmp_path / "run"))
     shot = tmp_path / "report.png"
-    _chromium(f"--screenshot={shot}", "--window-size=1200,2000", "--hide-scrollbars", page.as_uri(), tmp_path=tmp_path)
+    chromium(f"--screenshot={shot}", "--window-size=1200,2000", "--hide-scrollbars", page.as_uri())
     image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 2000)
     colours = image.getcolors(maxcolors=1 << 20)
