@@ -19,10 +19,12 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, tiny_llama_config):
     # words only, no chat markers
     return save_word_llama(
-        tmp_path_factory.mktemp("word-llama-grpo"), "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+        tmp_path_factory.mktemp("word-llama-grpo"),
+        tiny_llama_config,
+        "{% for m in messages %}{{ m['content'] }} {% endfor %}",
     )
 
 

@@ -21,8 +21,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_word_llama(tmp_path_factory.mktemp("word-llama"))
+def model_dir(tmp_path_factory, tiny_llama_config):
+    return save_word_llama(tmp_path_factory.mktemp("word-llama"), tiny_llama_config)
 
 
 @pytest.fixture(scope="module")
