@@ -251,7 +251,7 @@ def test_a_gguf_file_is_known_by_its_extension_in_any_case(tiny_gguf, tmp_path, 
 
 
 def test_a_gguf_file_missing_weights_is_refused_not_filled_with_random_ones(
-    base_tokenizer, tmp_path, monkeypatch, capsys
+    base_tokenizer, tiny_llama_config, tmp_path, monkeypatch, capsys
 ):
     """A GGUF file without some of the model's tensors (the first part of a split GGUF, or a damaged file) was
     converted with transformers' random initialisation in their place and cached, so training and chat ran on a
@@ -259,19 +259,15 @@ def test_a_gguf_file_missing_weights_is_refused_not_filled_with_random_ones(
     is cached."""
     from types import SimpleNamespace
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     import tunelab.export.gguf as gguf_export
 
     pytest.importorskip("gguf", reason="writing and reading GGUF needs the gguf package")
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     tok = base_tokenizer(("<|im_start|>", "<|im_end|>"))
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-    )  # fmt: skip
     merged = SimpleNamespace(
-        model=LlamaForCausalLM(config).eval(),
+        model=LlamaForCausalLM(tiny_llama_config(tok)).eval(),
         tokenizer=tok,
         info=SimpleNamespace(base_model="tiny"),
         template=SimpleNamespace(stop_token_ids=[tok.eos_token_id]),
