@@ -256,6 +256,17 @@ def straight_and_resumed(crash_at, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def logged_losses():
+    """`logged_losses(run_dir)`: the train loss of each record of the run's metrics.jsonl that has one, in order."""
+
+    def losses(run_dir) -> list[float]:
+        records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        return [r["loss"] for r in records if "loss" in r]
+
+    return losses
+
+
+@pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory, tiny_model_dir):
     """A finished LoRA run (3 steps) of the tiny random model: for tests of what reads a run directory."""
     from tunelab.training.recipe import train

@@ -40,14 +40,8 @@ def files(tmp_path_factory):
     return folder
 
 
-def _losses(run_dir):
-    return [
-        json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
-    ]
-
-
 @pytest.mark.parametrize("device", DEVICES)
-def test_qlora_classifier_on_the_fast_path(device, model_dir, files, tmp_path):
+def test_qlora_classifier_on_the_fast_path(device, model_dir, files, tmp_path, logged_losses):
     over = {
         "task": "classify",
         "model.name": str(model_dir),
@@ -63,7 +57,7 @@ def test_qlora_classifier_on_the_fast_path(device, model_dir, files, tmp_path):
         "output_dir": str(tmp_path / "cls"),
     }
     result = train(None, over)
-    losses = _losses(result.run_dir)
+    losses = logged_losses(result.run_dir)
     assert all(map(torch.isfinite, torch.tensor(losses)))
     assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6  # it learns
     good, bad = predict(result.run_dir, texts=["it great it", "it awful it"], device=device)
@@ -73,7 +67,7 @@ def test_qlora_classifier_on_the_fast_path(device, model_dir, files, tmp_path):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_full_reward_model_on_the_generic_path(device, model_dir, files, tmp_path):
+def test_full_reward_model_on_the_generic_path(device, model_dir, files, tmp_path, logged_losses):
     over = {
         "task": "reward",
         "model.name": str(model_dir),
@@ -88,7 +82,7 @@ def test_full_reward_model_on_the_generic_path(device, model_dir, files, tmp_pat
         "output_dir": str(tmp_path / "rw"),
     }
     result = train(None, over)
-    assert all(map(torch.isfinite, torch.tensor(_losses(result.run_dir))))
+    assert all(map(torch.isfinite, torch.tensor(logged_losses(result.run_dir))))
     scores = evaluate_head_run(result.run_dir, files / "pairs.jsonl", device, save=False)
     assert scores.tuned["n"] == 48 and scores.tuned["accuracy"] > scores.baseline["accuracy"]
 

@@ -7,7 +7,6 @@ parameters only).
 """
 
 import copy
-import json
 import sys
 
 import pytest
@@ -189,13 +188,7 @@ def test_cpu_path_never_imports_triton_or_the_kernel(monkeypatch):
     assert "tunelab.quant.adamw8bit_triton" not in sys.modules
 
 
-def _losses(run_dir):
-    return [
-        json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
-    ]
-
-
-def test_qlora_run_learns_and_resumes_exactly(tiny_overrides, straight_and_resumed):
+def test_qlora_run_learns_and_resumes_exactly(tiny_overrides, straight_and_resumed, logged_losses):
     # r = 64 on the tiny model's 64-wide layers: most adapter matrices reach 4096 values (8-bit), k/v's B stay fp32.
     common = tiny_overrides | {
         "train.optimizer": "adamw_8bit",
@@ -207,7 +200,7 @@ def test_qlora_run_learns_and_resumes_exactly(tiny_overrides, straight_and_resum
         "train.keep_checkpoints_after_finish": True,  # the checkpoint of step 6 is read below
     }
     straight, resumed = straight_and_resumed(common, 4)  # dies during step 4, after the checkpoint of step 2
-    losses = _losses(straight.run_dir)
+    losses = logged_losses(straight.run_dir)
     assert sum(losses[-2:]) / 2 < losses[0]
 
     checkpoint = load_file(str(straight.run_dir / "checkpoints" / "step-0000006" / "optimizer.safetensors"))
@@ -218,7 +211,7 @@ def test_qlora_run_learns_and_resumes_exactly(tiny_overrides, straight_and_resum
     a = load_file(str(straight.run_dir / "adapter_model.safetensors"))
     b = load_file(str(resumed.run_dir / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _losses(resumed.run_dir) == losses
+    assert logged_losses(resumed.run_dir) == losses
 
 
 @pytest.mark.gpu

@@ -24,13 +24,7 @@ def _alpaca_path():
     pytest.skip("../shared/data is not beside this checkout")
 
 
-def _losses(run_dir):
-    return [
-        json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
-    ]
-
-
-def test_fast_and_generic_paths_train_alike(tiny_overrides, tmp_path):
+def test_fast_and_generic_paths_train_alike(tiny_overrides, tmp_path, logged_losses):
     """50 full fine-tuning steps on real alpaca data: the loss curves agree within 1e-2 relative at every step."""
     common = tiny_overrides | {
         "data.train": [str(_alpaca_path())],
@@ -42,7 +36,7 @@ def test_fast_and_generic_paths_train_alike(tiny_overrides, tmp_path):
     }
     fast = recipe.train(None, common | {"model.impl": "fast", "output_dir": str(tmp_path / "fast")})
     generic = recipe.train(None, common | {"model.impl": "generic", "output_dir": str(tmp_path / "generic")})
-    a, b = _losses(fast.run_dir), _losses(generic.run_dir)
+    a, b = logged_losses(fast.run_dir), logged_losses(generic.run_dir)
     assert len(a) == len(b) == 50
     assert sum(a[-5:]) < sum(a[:5]) - 5 * 1.0  # it learns: the mean loss falls by over a nat
     worst = max(abs(x - y) / abs(y) for x, y in zip(a, b))

@@ -2,7 +2,6 @@
 only, on our decoder and on a transformers model; the option is for task sft; a run with it differs from one without
 and repeats itself from its seed."""
 
-import json
 import math
 
 import pytest
@@ -79,16 +78,11 @@ def test_the_option_is_for_task_sft(tiny_overrides, tmp_path):
         load_config(None, tiny_overrides | {"train.neftune_alpha": -1})
 
 
-def _losses(run_dir) -> list[float]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(x)["loss"] for x in lines if x.strip() and "loss" in json.loads(x)]
-
-
-def test_a_run_with_noise_differs_from_one_without_and_repeats_from_its_seed(tiny_overrides, tmp_path):
+def test_a_run_with_noise_differs_from_one_without_and_repeats_from_its_seed(tiny_overrides, tmp_path, logged_losses):
     base = tiny_overrides | {"method.dropout": 0.0, "train.max_steps": 3}
-    plain = _losses(train(None, base | {"output_dir": str(tmp_path / "plain")}).run_dir)
+    plain = logged_losses(train(None, base | {"output_dir": str(tmp_path / "plain")}).run_dir)
     noisy = [
-        _losses(train(None, base | {"train.neftune_alpha": 15.0, "output_dir": str(tmp_path / f"n{i}")}).run_dir)
+        logged_losses(train(None, base | {"train.neftune_alpha": 15.0, "output_dir": str(tmp_path / f"n{i}")}).run_dir)
         for i in range(2)
     ]
     assert noisy[0] == noisy[1]

@@ -13,17 +13,11 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.rundir import read_info
 
 
-def _losses(run_dir):
-    return [
-        json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
-    ]
-
-
 @pytest.mark.parametrize(
     ("method", "dtype", "optimizer"),
     [("lora", "auto", "adamw"), ("layers", "auto", "adamw"), ("full", "bf16", "adamw"), ("full", "bf16", "adamw_8bit")],
 )
-def test_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed, method, dtype, optimizer):
+def test_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed, method, dtype, optimizer, logged_losses):
     common = tiny_overrides | {
         "train.max_steps": 6,
         "train.save_every": 2,
@@ -41,7 +35,7 @@ def test_resume_equals_uninterrupted(tiny_overrides, straight_and_resumed, metho
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert _losses(straight.run_dir) == _losses(resumed.run_dir)
+    assert logged_losses(straight.run_dir) == logged_losses(resumed.run_dir)
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_overrides):
@@ -382,7 +376,7 @@ def test_resumed_at_its_last_step_the_final_evaluation_is_logged_once(tiny_overr
 
 @pytest.mark.parametrize("keep_best", [True, False])
 def test_resume_may_turn_keep_best_on_or_off_and_trains_the_same_steps(
-    tiny_overrides, straight_and_resumed, capsys, keep_best
+    tiny_overrides, straight_and_resumed, capsys, keep_best, logged_losses
 ):
     """train.keep_best only chooses which weights are saved at the end, but --resume refused a change of it."""
     common = tiny_overrides | {"train.max_steps": 6, "train.save_every": 2, "data.eval_fraction": 0.25}
@@ -390,7 +384,7 @@ def test_resume_may_turn_keep_best_on_or_off_and_trains_the_same_steps(
     flipped = {"train.keep_best": not keep_best}
     straight, resumed = straight_and_resumed(common, 4, changed=flipped)
     assert f"resume: train.keep_best: {keep_best!r} -> {not keep_best!r} (allowed" in capsys.readouterr().out
-    assert _losses(resumed.run_dir) == _losses(straight.run_dir)  # the trajectory is the uninterrupted one
+    assert logged_losses(resumed.run_dir) == logged_losses(straight.run_dir)  # the trajectory is the uninterrupted one
 
 
 def test_resume_may_change_cuda_graphs_and_sharding():
@@ -445,7 +439,7 @@ def test_resume_may_rename_stages_but_not_change_them():
     assert len(refused) == 1 and refused[0].startswith("stages: ")
 
 
-def test_an_interrupted_run_records_its_last_logged_loss(tiny_overrides, tmp_path, crash_at):
+def test_an_interrupted_run_records_its_last_logged_loss(tiny_overrides, tmp_path, crash_at, logged_losses):
     """run.json of a run stopped after step 3 had final_loss null, though metrics.jsonl held the loss of every step
     so far; the report showed no train loss for it."""
     from tunelab.eval.report import build_report
@@ -456,6 +450,6 @@ def test_an_interrupted_run_records_its_last_logged_loss(tiny_overrides, tmp_pat
         recipe.train(None, common | {"output_dir": str(run)})
     info = json.loads((run / "run.json").read_text())
     assert info["finished"] is False and info["steps"] == 3
-    assert info["final_loss"] == _losses(run)[-1] and len(_losses(run)) == 3
+    assert info["final_loss"] == logged_losses(run)[-1] and len(logged_losses(run)) == 3
     page = build_report(run).read_text()
     assert "last logged train loss" in page and f"{info['final_loss']:.4f}" in page
