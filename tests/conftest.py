@@ -256,6 +256,17 @@ def straight_and_resumed(crash_at, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def cli_flags():
+    """`cli_flags(overrides)`: the command-line flags that give `overrides` ({'train.lr': 1e-3} -> ['--train.lr',
+    '0.001']; a list as JSON), for tests that run `tunelab train` or `tunelab check` through `main`."""
+
+    def flags(overrides: dict) -> list[str]:
+        return [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+
+    return flags
+
+
+@pytest.fixture(scope="session")
 def logged_losses():
     """`logged_losses(run_dir)`: the train loss of each record of the run's metrics.jsonl that has one, in order."""
 

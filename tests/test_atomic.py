@@ -3,7 +3,6 @@ asked. A write the system refuses (a full disk) is a WriteFailed naming the file
 traceback, the run not marked finished and the run it was replacing kept."""
 
 import errno
-import json
 import os
 from pathlib import Path
 
@@ -100,10 +99,10 @@ def test_a_full_disk_while_building_a_folder_names_the_folder_and_keeps_the_old_
     ],
 )
 def test_a_full_disk_during_training_exits_2_unfinished_keeping_the_previous_run(
-    tiny_overrides, monkeypatch, capsys, name, nth
+    tiny_overrides, monkeypatch, capsys, name, nth, cli_flags
 ):
     overrides = tiny_overrides | {"train.max_steps": 2}
-    flags = [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+    flags = cli_flags(overrides)
     assert main(["train", *flags]) == 0
     run = Path(overrides["output_dir"])
     _full_disk(monkeypatch, name, nth)

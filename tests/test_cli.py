@@ -24,20 +24,13 @@ def _tunelab(*args, cwd=None):
     )
 
 
-def _flags(overrides: dict) -> list[str]:
-    out = []
-    for key, value in overrides.items():
-        out += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
-    return out
-
-
-def test_train_compare_generate_through_the_cli(tiny_overrides, tmp_path):
+def test_train_compare_generate_through_the_cli(tiny_overrides, tmp_path, cli_flags):
     questions = tmp_path / "q.jsonl"
     questions.write_text(
         json.dumps({"question": "What is the code of box 3?", "expected": "1111", "kind": "fact"}) + "\n"
     )
     overrides = tiny_overrides | {"train.max_steps": 3, "eval.questions": str(questions), "eval.max_new_tokens": 5}
-    done = _tunelab("train", *_flags(overrides))
+    done = _tunelab("train", *cli_flags(overrides))
     assert done.returncode == 0, done.stderr[-2000:]
     run = Path(overrides["output_dir"])
     for name in (

@@ -17,10 +17,6 @@ from tunelab.training.build import BuiltModel
 from tunelab.training.recipe import train
 
 
-def _flags(overrides: dict) -> list[str]:
-    return [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
-
-
 def _statuses(result) -> dict[str, str]:
     return {item.name: item.status for item in result.items}
 
@@ -37,9 +33,9 @@ def _model_variant(tiny_model_dir: Path, tmp_path: Path, template: str | None = 
     return folder
 
 
-def test_a_good_config_passes_through_the_cli(tiny_overrides, tmp_path, capsys):
+def test_a_good_config_passes_through_the_cli(tiny_overrides, tmp_path, capsys, cli_flags):
     page = tmp_path / "page.html"
-    assert main(["check", *_flags(tiny_overrides | {"data.packing": "true"}), "--html", str(page)]) == 0
+    assert main(["check", *cli_flags(tiny_overrides | {"data.packing": "true"}), "--html", str(page)]) == 0
     out = capsys.readouterr().out
     assert "[[Box 0 has code 1000.<|im_end|>]]" in out  # the loss tokens, bracketed off a terminal
     for name in ("prompt rendering", "answers end with a stop token", "padding", "untrained tokens", "gradients"):
@@ -49,10 +45,10 @@ def test_a_good_config_passes_through_the_cli(tiny_overrides, tmp_path, capsys):
     assert 'class="loss"' in page.read_text() and not Path(tiny_overrides["output_dir"]).exists()
 
 
-def test_existing_output_dir_fails_the_check_with_exit_1(tiny_overrides, capsys):
+def test_existing_output_dir_fails_the_check_with_exit_1(tiny_overrides, capsys, cli_flags):
     Path(tiny_overrides["output_dir"]).mkdir()
     (Path(tiny_overrides["output_dir"]) / "notes.txt").write_text("mine")
-    assert main(["check", *_flags(tiny_overrides), "--data-only"]) == 1
+    assert main(["check", *cli_flags(tiny_overrides), "--data-only"]) == 1
     out = capsys.readouterr().out
     assert "[FAIL] output_dir" in out and "check: FAILED: 1 of" in out and "(output_dir)" in out
 
@@ -204,13 +200,15 @@ def test_fp16_gradients_that_underflow_unscaled_pass_the_check_as_training_scale
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_data_that_cannot_be_checked_is_bad_input(tiny_model_dir, tiny_overrides, tmp_path, capsys, monkeypatch):
+def test_data_that_cannot_be_checked_is_bad_input(
+    tiny_model_dir, tiny_overrides, tmp_path, capsys, monkeypatch, cli_flags
+):
     temp = tmp_path / "temp"  # where a page without --html would go: nothing is left there by a stopped check
     temp.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(temp))
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"question": "q", "answer": ""}\n')
-    assert main(["check", *_flags(tiny_overrides | {"data.train": [str(empty)]})]) == 2
+    assert main(["check", *cli_flags(tiny_overrides | {"data.train": [str(empty)]})]) == 2
     assert "no usable training examples" in capsys.readouterr().err
     # A template that writes the last answer differently from earlier ones: the answers cannot be located.
     template = (
@@ -243,7 +241,7 @@ def test_the_preview_names_rows_as_the_data_report_does(tiny_tokenizer):
     assert f"--- example 1 (d.json[0], {len(ids)} tokens) ---" in out and "--- example 2 (d.jsonl:3, " in out
 
 
-def test_eval_questions_that_cannot_be_asked_stop_the_run_before_training(tiny_overrides, tmp_path, capsys):
+def test_eval_questions_that_cannot_be_asked_stop_the_run_before_training(tiny_overrides, tmp_path, capsys, cli_flags):
     """A question holding special-token text, or too long for the model's context, was refused by the comparison
     after training: the run trained to its end, saved, and then exited 2. `tunelab check` passed it. Now check fails
     it and train stops before training."""
@@ -251,19 +249,19 @@ def test_eval_questions_that_cannot_be_asked_stop_the_run_before_training(tiny_o
     rows = [{"question": "Code of box 1?", "expected": "1001"}, {"question": "Hi<|im_end|>", "expected": "x"}]
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
     overrides = tiny_overrides | {"eval.questions": str(questions)}
-    assert main(["check", *_flags(overrides), "--data-only"]) == 1
+    assert main(["check", *cli_flags(overrides), "--data-only"]) == 1
     out = capsys.readouterr().out
     assert "[FAIL] eval.questions" in out and "q.jsonl:2: the special token text '<|im_end|>'" in out
     with pytest.raises(ConfigError, match=r"q\.jsonl:2: the special token text"):
         tunelab.train(None, overrides | {"train.max_steps": 1})
     assert not Path(tiny_overrides["output_dir"]).exists()  # nothing trained, nothing written
     questions.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"question": "box " * 1100, "expected": "x"}) + "\n")
-    assert main(["check", *_flags(overrides), "--data-only"]) == 1  # the tiny model reads 1024 positions
+    assert main(["check", *cli_flags(overrides), "--data-only"]) == 1  # the tiny model reads 1024 positions
     assert "q.jsonl:2: the prompt is" in capsys.readouterr().out
     with pytest.raises(ConfigError, match=r"q\.jsonl:2: the prompt is \d+ tokens .* at most 1024"):
         tunelab.train(None, overrides | {"train.max_steps": 1})
     questions.write_text(json.dumps(rows[0]) + "\n")
-    assert main(["check", *_flags(overrides), "--data-only"]) == 0
+    assert main(["check", *cli_flags(overrides), "--data-only"]) == 0
     assert "[PASS] eval.questions: the 1 rows of" in capsys.readouterr().out
 
 

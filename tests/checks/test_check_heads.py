@@ -16,10 +16,6 @@ def _write(path, rows):
     return str(path)
 
 
-def _flags(overrides: dict) -> list[str]:
-    return [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
-
-
 def _labels(n: int = 12) -> list[dict]:
     return [{"text": f"row {i} is {lab}", "label": lab} for i in range(n) for lab in [("pos", "neg", "neu")[i % 3]]]
 
@@ -35,11 +31,11 @@ def _over(tiny_model_dir, tmp_path, task, data, **more):
     } | more
 
 
-def test_a_good_label_file_passes_with_labels_lengths_and_the_head_input(tiny_model_dir, tmp_path, capsys):
+def test_a_good_label_file_passes_with_labels_lengths_and_the_head_input(tiny_model_dir, tmp_path, capsys, cli_flags):
     data = _write(tmp_path / "labels.jsonl", _labels())
     page = tmp_path / "page.html"
     over = _over(tiny_model_dir, tmp_path, "classify", data, **{"classify.prompt_format": "Says: {text} =>"})
-    assert main(["check", *_flags(over), "--html", str(page)]) == 0
+    assert main(["check", *cli_flags(over), "--html", str(page)]) == 0
     out = capsys.readouterr().out
     assert "[INFO] labels: 3 labels in the training rows" in out and "neg: 4 rows" in out and "pos: 4 rows" in out
     assert "[PASS] lengths: tokens per input: min " in out and "(data.max_length 64); none over it" in out
@@ -54,23 +50,23 @@ def test_a_good_label_file_passes_with_labels_lengths_and_the_head_input(tiny_mo
     assert "loss tokens highlighted" not in html
 
 
-def test_overlong_rows_and_unseen_eval_labels_are_warnings_with_where(tiny_model_dir, tmp_path, capsys):
+def test_overlong_rows_and_unseen_eval_labels_are_warnings_with_where(tiny_model_dir, tmp_path, capsys, cli_flags):
     rows = _labels()
     rows[4]["text"] = " ".join(["word"] * 80)
     data = _write(tmp_path / "labels.jsonl", rows)
     held = _write(tmp_path / "held.jsonl", [{"text": "new", "label": "other"}, {"text": "fine", "label": "pos"}])
     over = _over(tiny_model_dir, tmp_path, "classify", data, **{"data.eval": held, "data.eval_fraction": 0.0})
-    assert main(["check", *_flags(over), "--data-only"]) == 0
+    assert main(["check", *cli_flags(over), "--data-only"]) == 0
     out = capsys.readouterr().out
     assert "[WARN] lengths:" in out and f"dropped (data.overlong drop): 1 ({data}:5)" in out
     assert "[WARN] eval labels: 1 eval row(s) have a label the training rows do not" in out and f"{held}:1" in out
 
 
-def test_an_imbalanced_label_set_is_a_warning(tiny_model_dir, tmp_path, capsys):
+def test_an_imbalanced_label_set_is_a_warning(tiny_model_dir, tmp_path, capsys, cli_flags):
     rows = [{"text": f"a {i}", "label": "big"} for i in range(22)] + [{"text": "b 1", "label": "small"}] * 2
     data = _write(tmp_path / "labels.jsonl", rows)
     over = _over(tiny_model_dir, tmp_path, "classify", data, **{"data.eval_fraction": 0.0})
-    assert main(["check", *_flags(over), "--data-only"]) == 0
+    assert main(["check", *cli_flags(over), "--data-only"]) == 0
     out = capsys.readouterr().out
     assert "[WARN] class balance: big has 22 rows, small 2" in out
     # no eval split: 'every eval row's label is among the training labels' passed a check of no rows
@@ -92,44 +88,44 @@ def test_an_imbalanced_label_set_is_a_warning(tiny_model_dir, tmp_path, capsys):
     ],
     ids=["missing label", "empty label", "null label", "one class", "no input"],
 )
-def test_bad_label_data_is_bad_input_with_exit_2(rows, message, tiny_model_dir, tmp_path, capsys):
+def test_bad_label_data_is_bad_input_with_exit_2(rows, message, tiny_model_dir, tmp_path, capsys, cli_flags):
     data = _write(tmp_path / "labels.jsonl", rows)
     over = _over(tiny_model_dir, tmp_path, "classify", data, **{"data.eval_fraction": 0.0})
-    assert main(["check", *_flags(over), "--data-only"]) == 2
+    assert main(["check", *cli_flags(over), "--data-only"]) == 2
     err = capsys.readouterr().err
     assert pytest.importorskip("re").search(message, err), err
     assert "Traceback" not in err
 
 
-def test_pairs_with_chosen_equal_to_rejected_are_counted_with_where(tiny_model_dir, tmp_path, capsys):
+def test_pairs_with_chosen_equal_to_rejected_are_counted_with_where(tiny_model_dir, tmp_path, capsys, cli_flags):
     rows = [{"prompt": f"q {i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
     rows[2]["rejected"] = rows[2]["chosen"]
     rows[4]["chosen"] = " "
     data = _write(tmp_path / "pairs.jsonl", rows)
     over = _over(tiny_model_dir, tmp_path, "reward", data, **{"data.eval_fraction": 0.0})
-    assert main(["check", *_flags(over)]) == 0
+    assert main(["check", *cli_flags(over)]) == 0
     out = capsys.readouterr().out
     assert "[WARN] pairs: 4 pairs used; 2 skipped" in out
     assert f"chosen = rejected: 1 ({data}:3)" in out and f"an empty side: 1 ({data}:5)" in out
     assert "[PASS] forward/backward (head)" in out
 
 
-def test_a_pair_row_without_rejected_is_bad_input(tiny_model_dir, tmp_path, capsys):
+def test_a_pair_row_without_rejected_is_bad_input(tiny_model_dir, tmp_path, capsys, cli_flags):
     data = _write(tmp_path / "pairs.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"chosen": "a"}])
     over = _over(tiny_model_dir, tmp_path, "reward", data, **{"data.eval_fraction": 0.0})
-    assert main(["check", *_flags(over), "--data-only"]) == 2
+    assert main(["check", *cli_flags(over), "--data-only"]) == 2
     assert f"{data}:2: field(s) rejected missing" in capsys.readouterr().err
 
 
-def test_a_prompt_format_on_chat_rows_is_bad_input(tiny_model_dir, tmp_path, capsys):
+def test_a_prompt_format_on_chat_rows_is_bad_input(tiny_model_dir, tmp_path, capsys, cli_flags):
     data = _write(tmp_path / "labels.jsonl", [{"prompt": "a", "label": "x"}, {"prompt": "b", "label": "y"}])
     over = _over(tiny_model_dir, tmp_path, "classify", data, **{"classify.prompt_format": "Q: {text} A:"})
-    assert main(["check", *_flags(over), "--data-only"]) == 2
+    assert main(["check", *cli_flags(over), "--data-only"]) == 2
     assert "option 'classify.prompt_format' formats text inputs" in capsys.readouterr().err
 
 
 def test_dpo_pairs_are_checked_and_the_first_loss_is_ln2_with_the_policy_its_reference(
-    tiny_model_dir, tmp_path, capsys
+    tiny_model_dir, tmp_path, capsys, cli_flags
 ):
     rows = [
         {"prompt": f"What is the code of box {i}?", "chosen": f"Box {i} has code {1000 + i}.", "rejected": "No."}
@@ -138,7 +134,7 @@ def test_dpo_pairs_are_checked_and_the_first_loss_is_ln2_with_the_policy_its_ref
     rows[3]["rejected"] = rows[3]["chosen"]
     data = _write(tmp_path / "pairs.jsonl", rows)
     over = _over(tiny_model_dir, tmp_path, "dpo", data, **{"method.r": 4, "data.eval_fraction": 0.0})
-    assert main(["check", *_flags(over)]) == 0
+    assert main(["check", *cli_flags(over)]) == 0
     out = capsys.readouterr().out
     assert "training rows as dpo scores them:" in out and f"{data}:1: chosen " in out
     assert "[WARN] pairs: 7 pairs used; 1 skipped" in out and f"chosen = rejected: 1 ({data}:4)" in out
@@ -159,20 +155,20 @@ def test_resume_with_changed_label_data_fails_as_for_sft(tiny_model_dir, tmp_pat
     assert item.status == "fail" and f"{data} changed" in item.summary
 
 
-def test_dpo_pairs_cut_to_max_length_are_said_to_keep_their_first_tokens(tiny_model_dir, tmp_path, capsys):
+def test_dpo_pairs_cut_to_max_length_are_said_to_keep_their_first_tokens(tiny_model_dir, tmp_path, capsys, cli_flags):
     """dpo cuts an overlong pair to its first data.max_length tokens (the prompt and the start of the answers), but
     the check said the pairs were cut to their last ones, as the heads cut their inputs."""
     rows = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}.", "rejected": "No idea."} for i in range(6)]
     rows[2]["chosen"] = " ".join(["word"] * 80)
     data = _write(tmp_path / "pairs.jsonl", rows)
     over = _over(tiny_model_dir, tmp_path, "dpo", data, **{"data.overlong": "truncate", "data.eval_fraction": 0.0})
-    assert main(["check", *_flags(over), "--data-only"]) == 0
+    assert main(["check", *cli_flags(over), "--data-only"]) == 0
     out = capsys.readouterr().out
     assert "cut to their first 64 tokens: 1" in out and "cut to their last" not in out
 
 
 @pytest.mark.parametrize("task", ["reward", "dpo"])
-def test_pairs_skipped_for_any_reason_are_counted_by_the_check(task, tiny_model_dir, tmp_path, capsys):
+def test_pairs_skipped_for_any_reason_are_counted_by_the_check(task, tiny_model_dir, tmp_path, capsys, cli_flags):
     """The pairs item counted only pairs whose sides were the same or empty, and said 'none skipped' over pairs the
     reader skipped as chats sft skips (a conversation that starts with the assistant's turn)."""
     rows = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}.", "rejected": "No idea."} for i in range(6)]
@@ -180,7 +176,7 @@ def test_pairs_skipped_for_any_reason_are_counted_by_the_check(task, tiny_model_
     rows[1] = {"messages": turns, "chosen": "2.", "rejected": "No idea."}
     data = _write(tmp_path / "pairs.jsonl", rows)
     over = _over(tiny_model_dir, tmp_path, task, data, **{"data.eval_fraction": 0.0})
-    assert main(["check", *_flags(over), "--data-only"]) == 0
+    assert main(["check", *cli_flags(over), "--data-only"]) == 0
     out = capsys.readouterr().out
     assert "[WARN] pairs: 5 pairs used; 1 skipped" in out
     assert f"conversation does not start with a user message: 1 ({data}:2)" in out

@@ -64,16 +64,13 @@ def _deep_overrides(model_dir, qa_file, tmp_path):
 
 @pytest.mark.slow
 def test_deep_model_with_an_untrained_row_stops_with_exit_3_without_the_repair(
-    deep_zero_row_model_dir, qa_file, tmp_path, capsys
+    deep_zero_row_model_dir, qa_file, tmp_path, capsys, cli_flags
 ):
     overrides = _deep_overrides(deep_zero_row_model_dir, qa_file, tmp_path) | {
         "model.fix_untrained_tokens": "false",
         "train.max_bad_steps": 2,
     }
-    args = [
-        "train",
-        *(x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))),
-    ]
+    args = ["train", *cli_flags(overrides)]
     assert main(args) == 3
     captured = capsys.readouterr()
     assert "'<|im_start|>' (id 1" in captured.out and "NOT repaired" in captured.out

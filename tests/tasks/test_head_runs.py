@@ -173,15 +173,11 @@ def test_qlora_classifier_trains_and_predicts(tiny_model_dir, tmp_path, label_fi
         predict(run_dir, data=str(tmp_path / "none.csv"), device="cpu")
 
 
-def _flags(overrides):
-    return [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
-
-
-def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_file, pair_file, capsys):
+def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_file, pair_file, capsys, cli_flags):
     over = _overrides(
         tiny_model_dir, tmp_path, "classify", label_file, **{"data.eval_fraction": 0.25, "data.split_seed": 5}
     )
-    assert main(["train", *_flags(over)]) == 0
+    assert main(["train", *cli_flags(over)]) == 0
     printed = capsys.readouterr().out
     assert (
         "head: 3 labels on the last real token (chat input)" in printed and "eval (fraction, split seed 5)" in printed
@@ -254,7 +250,7 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     )
 
     over = _overrides(tiny_model_dir, tmp_path, "reward", pair_file, **{"method.name": "full"})
-    assert main(["train", *_flags(over)]) == 0
+    assert main(["train", *cli_flags(over)]) == 0
     run = tmp_path / "run-reward"
     assert (
         main(
@@ -331,9 +327,9 @@ def test_head_eval_of_a_run_replaced_meanwhile_saves_nothing(tiny_model_dir, tmp
     assert not (run / "eval.json").exists()
 
 
-def test_bad_classify_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, capsys):
+def test_bad_classify_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, capsys, cli_flags):
     bad = _write(tmp_path / "bad.jsonl", [{"text": "a", "label": "x"}, {"text": "b"}])
-    assert main(["train", *_flags(_overrides(tiny_model_dir, tmp_path, "classify", bad))]) == 2
+    assert main(["train", *cli_flags(_overrides(tiny_model_dir, tmp_path, "classify", bad))]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "bad.jsonl:2: field 'label' is missing" in err
 
@@ -372,13 +368,13 @@ def test_a_dora_classifier_saves_an_adapter_and_predicts(tiny_model_dir, tmp_pat
     assert p.label in ("neg", "neu", "pos")
 
 
-def test_eval_reads_a_label_written_another_way_as_the_runs(tiny_model_dir, tmp_path, capsys):
+def test_eval_reads_a_label_written_another_way_as_the_runs(tiny_model_dir, tmp_path, capsys, cli_flags):
     """A CSV's 1.0 for the run's 1 (pandas writes a float column so), or 'Spam' for 'spam', was scored as a label the
     run never trained on: every such row an error."""
     rows = [{"prompt": f"{('awful', 'great')[i % 2]} number {i}", "label": i % 2} for i in range(16)]
     data = _write(tmp_path / "numbers.jsonl", rows)
     over = _overrides(tiny_model_dir, tmp_path, "classify", data)
-    assert main(["train", *_flags(over)]) == 0
+    assert main(["train", *cli_flags(over)]) == 0
     run = tmp_path / "run-classify"
     assert json.loads((run / "run.json").read_text())["extra"]["labels"] == ["0", "1"]
     test = tmp_path / "test.csv"

@@ -11,7 +11,7 @@ from tunelab.cli import main
 from tunelab.training.checkpoint import save_checkpoint, verify_checkpoint
 
 
-def test_disk_full_while_checkpointing_keeps_the_earlier_ones(tiny_overrides, monkeypatch, capsys):
+def test_disk_full_while_checkpointing_keeps_the_earlier_ones(tiny_overrides, monkeypatch, capsys, cli_flags):
     real_save, calls = checkpoint.save_file, {"n": 0}
 
     def filling_save(tensors, path, *args, **kwargs):
@@ -24,7 +24,7 @@ def test_disk_full_while_checkpointing_keeps_the_earlier_ones(tiny_overrides, mo
 
     monkeypatch.setattr(checkpoint, "save_file", filling_save)
     overrides = tiny_overrides | {"train.max_steps": 4, "train.save_every": 1}
-    flags = [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+    flags = cli_flags(overrides)
     assert main(["train", *flags]) == 2
     err = capsys.readouterr().err
     assert "no space left on the device while writing checkpoint of step 2" in err and "it needs about" in err

@@ -71,7 +71,7 @@ def _finite_files(run_dir: Path) -> list[str]:
     return [str(f.relative_to(run_dir)) for f in files]
 
 
-def test_lr_1e6_in_fp16_stops_with_exit_3_and_no_nan_in_any_file(tiny_overrides, capsys):
+def test_lr_1e6_in_fp16_stops_with_exit_3_and_no_nan_in_any_file(tiny_overrides, capsys, cli_flags):
     """fp16 with lr 1e6: the first update is finite, the next forwards overflow; three skipped steps stop the run."""
     overrides = tiny_overrides | {
         "model.dtype": "fp16",
@@ -80,9 +80,7 @@ def test_lr_1e6_in_fp16_stops_with_exit_3_and_no_nan_in_any_file(tiny_overrides,
         "train.save_every": 1,
         "method.dropout": 0.0,
     }
-    args = ["train"] + [
-        x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))
-    ]
+    args = ["train", *cli_flags(overrides)]
     assert main(args) == 3
     err = capsys.readouterr().err
     assert "training stopped at step 4 of 8" in err and "steps 2-4" in err and "Traceback" not in err

@@ -117,7 +117,9 @@ def test_finished_runs_delete_their_checkpoints_and_save_every_0_writes_none(tin
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides, monkeypatch, capsys, signame):
+def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(
+    tiny_overrides, monkeypatch, capsys, signame, cli_flags
+):
     """SIGTERM (kill, docker stop, a scheduler's preemption) is taken as Ctrl-C: it used to end the run at once,
     without a checkpoint."""
     import signal
@@ -133,11 +135,7 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tiny_overrides
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train_step", interrupted_step)
-    flags = [
-        x
-        for k, v in (tiny_overrides | {"train.max_steps": 4}).items()
-        for x in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))
-    ]
+    flags = cli_flags(tiny_overrides | {"train.max_steps": 4})
     assert main(["train", *flags]) == (143 if signame == "SIGTERM" else 130)  # SIGTERM exited 130, as Ctrl-C
     err = capsys.readouterr().err
     assert "interrupted after step 2" in err and "step-0000002" in err
