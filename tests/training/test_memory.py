@@ -125,6 +125,18 @@ def test_the_optimizer_step_of_bf16_weights_needs_two_fp32_copies_of_the_largest
     assert optimizer_step_bytes(TINY, Setup(method="full", optimizer="adamw_8bit")) == 0  # the 8-bit kernel
 
 
+def test_the_optimizer_step_under_fsdp2_copies_a_rank_s_shard_of_the_largest_tensor():
+    """Under train.sharding fsdp2 each rank steps its own shard (ceil(dim 0 / S) rows); the model counted the whole
+    tensor, S times the step's copies."""
+    # full over 2 ranks: the embedding 200 x 64 -> 100 x 64 = 6400 values a rank, 8 bytes each
+    assert optimizer_step_bytes(TINY, Setup(method="full", shards=2)) == 8 * 6400
+    # the top layer over 3 ranks: down_proj 64 x 96 -> 22 x 96 = 2112, above gate/up 96 x 64 -> 32 x 64 = 2048
+    e = estimate(TINY, Setup(method="layers", top_layers=1, micro_batch=1, seq=4, shards=3))
+    assert optimizer_step_bytes(TINY, Setup(method="layers", top_layers=1, shards=3)) == 8 * 2112
+    assert e.peak_phase == "optimizer step"
+    assert e.transient == {"optimizer step: fp32 copies of the largest trained tensor": 8 * 2112}
+
+
 def test_scratch_buffers():
     parts = scratch_bytes(TINY, LORA)
     # stacked (O + R)(in + R): qkv (128 + 12)(64 + 12) = 10640, gate/up (192 + 8)(64 + 8) = 14400: the larger, bf16

@@ -35,7 +35,8 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
 
 Transients (the largest wins, on top of what is saved at that moment):
 - the optimizer step of full fine-tuning and layers (`training.compensated`), when no activation is left: fp32 denom
-  and working copy of the largest trained tensor, 8 n_max;
+  and working copy of the largest trained tensor, 8 n_max; under FSDP2 of the largest shard a rank steps,
+  8 max(ceil(rows / S) x cols);
 - head: the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, two chunks of logits
   2 min(N, C) V e, C = `kernels.head_chunk.head_chunk_tokens(V)` (4096 tokens at V 32,000, 1024 at 128,256; the
   kernel holds one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
@@ -256,7 +257,16 @@ def optimizer_step_bytes(c: LlamaConfig, s: Setup) -> int:
     kernel work in registers."""
     if s.method == "lora" or s.optimizer != "adamw":
         return 0
-    return 8 * max(n for n, _ in trainable_tensors(c, s))
+    return 8 * max(-(-rows // s.shards) * cols for rows, cols in _trained_shapes(c, s))
+
+
+def _trained_shapes(c: LlamaConfig, s: Setup) -> list[tuple[int, int]]:
+    """(dim 0, the rest) of every weight full/layers train: what FSDP2 cuts, so a rank's shard of one is
+    ceil(dim 0 / S) x the rest (`optimizer_step_bytes` steps each rank's shard, not the whole tensor)."""
+    shapes = [(o, i) for i, o in projection_shapes(c).values()] + [(c.hidden_size, 1)]
+    if s.method == "full":
+        shapes.append((c.vocab_size, c.hidden_size))
+    return shapes
 
 
 def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
