@@ -68,3 +68,15 @@ def test_a_reward_file_that_does_not_exist_is_bad_input(tiny_model_dir, tmp_path
     (tmp_path / "check_rewards.py").unlink()
     assert main([*args, "--data-only"]) == 2
     assert "check_rewards.py" in capsys.readouterr().err
+
+
+def test_a_reward_file_s_top_level_code_runs_once(tiny_model_dir, tmp_path, capsys):
+    """check imported a reward's .py file each time it read the rewards (checking the config, building the
+    rewards, naming them): a file with side effects (a counter, a download, a log line) ran them four times."""
+    args = _setup(tmp_path, tiny_model_dir, "letters")
+    count = tmp_path / "imports.txt"
+    code = (tmp_path / "check_rewards.py").read_text()
+    (tmp_path / "check_rewards.py").write_text(f"with open({str(count)!r}, 'a') as f:\n    f.write('x')\n" + code)
+    assert main(args) == 0
+    assert count.read_text() == "x"
+    capsys.readouterr()

@@ -47,16 +47,26 @@ def load_transform(spec: str | None, option: str = "option 'data.transform'") ->
     return fn
 
 
+_LOADED: dict[tuple[Path, int, int], object] = {}  # a file's module by (path, mtime, size): run once, as import runs
+
+
 def _from_file(path: Path, option: str):
+    """The module of a .py file, its code run once per process while the file is unchanged (a check of the config
+    and the run that builds from it load the same file: its top-level code, side effects and all, runs once, as an
+    installed module's does on import); an edited file is run again."""
     if not path.is_file():
         raise ConfigError(
             f"{option}: {path} not found (a path in a YAML config is relative to its folder, one given as a flag to "
             "the working directory)."
         )
-    spec = importlib.util.spec_from_file_location(f"tunelab_transform_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    stat = path.stat()
+    key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
+    if key not in _LOADED:
+        spec = importlib.util.spec_from_file_location(f"tunelab_transform_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _LOADED[key] = module
+    return _LOADED[key]
 
 
 def apply_transform(records: list[Record], fn: Transform | None, spec: str | None, report: DataReport) -> list[Record]:
