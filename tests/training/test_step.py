@@ -1,23 +1,15 @@
 """The step: the loss is summed over tokens and divided once per optimizer step, so accumulation equals one big batch."""
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from tunelab.training.schedule import lr_factor
 from tunelab.training.step import loss_tokens, summed_loss, train_step
 
 
-def _model():
+def _model(tiny_llama_config):
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(tiny_llama_config(vocab_size=300, tie_word_embeddings=False))
 
 
 def _batch(rows, width, masked):
@@ -27,22 +19,22 @@ def _batch(rows, width, masked):
     return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
 
 
-def test_summed_loss_matches_transformers_mean_loss():
-    model = _model()
+def test_summed_loss_matches_transformers_mean_loss(tiny_llama_config):
+    model = _model(tiny_llama_config)
     batch = _batch(3, 12, masked=5)
     ours = summed_loss(model, batch) / loss_tokens(batch)
     theirs = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
-def test_accumulated_micro_batches_equal_one_batch():
+def test_accumulated_micro_batches_equal_one_batch(tiny_llama_config):
     torch.manual_seed(1)
     # Unequal loss-token counts: a per-micro-batch mean would weigh the two halves wrongly.
     a, b = _batch(2, 12, masked=2), _batch(2, 12, masked=9)
     whole = {k: torch.cat([a[k], b[k]]) for k in a}
     grads = []
     for micro in ([a, b], [whole]):
-        model = _model()
+        model = _model(tiny_llama_config)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         params = list(model.parameters())
