@@ -333,7 +333,7 @@ LONGEST_FIRST = (
     "tests/federated/test_deployment.py",
     "tests/training/test_stages.py",
     "tests/checks/test_check.py",
-    "tests/export/test_gguf.py",
+    "tests/export/test_gguf_llama_cpp.py",
     "tests/test_embedded_e2e.py",
     "tests/training/test_resume.py",
     "tests/test_cli.py",
