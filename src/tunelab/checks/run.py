@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tunelab.atomic import check_can_write, write_text
+from tunelab.checks.device import start_items
 from tunelab.checks.federated import (
     client_inputs,
     client_items,
@@ -206,6 +207,7 @@ def run_check(
     plan, item = auto_item(cfg, data, resume)
     items.append(item)
     cfg = dataclasses.replace(cfg, train=plan.train)  # the micro-batch the data checks and the first step use
+    items += start_items(cfg, inputs)  # the GPU's budget and the trackers, as train says them at its start
     if head or grpo:  # checks/heads.py, checks/grpo.py: the rows as the task reads them, then its data checks
         preview = head_preview(cfg, inputs, examples) if head else grpo_preview(inputs, examples)
         rows = []
