@@ -180,6 +180,23 @@ def test_graphs_make_small_micro_batches_gpu_bound():
     assert step_time(LLAMA2_7B, off, 1) == step_time(LLAMA2_7B, dataclasses.replace(off, graphs=False), 1)
 
 
+def test_the_planner_counts_graphs_only_where_train_replays_them():
+    """plan and train's planner timed a run of several processes, or one with NEFTune, as replayed from CUDA
+    graphs, which train turns off there: its tokens/s were those of a graphed run, and it favoured small
+    micro-batches for a host time the run then paid."""
+    from tunelab.config import RunConfig
+    from tunelab.training.plan import config_setup
+
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, dropout=0.0))
+    assert config_setup(cfg, 64).graphs
+    assert not config_setup(cfg, 64, world=2).graphs  # several processes synchronise inside backward
+    neftune = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, neftune_alpha=5.0))
+    assert not config_setup(neftune, 64).graphs
+    packed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, packing=True))
+    assert not config_setup(packed, 64).graphs
+
+
 def test_the_table_marks_the_choice_when_host_bound_candidates_tie():
     """For a small model every candidate of a micro-batch is host-bound, so their step times tie: the choice broke
     the tie by fewer recomputed layers, the table by the smaller peak, and showed a row that was not chosen and no

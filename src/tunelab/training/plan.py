@@ -41,6 +41,7 @@ from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode
 from tunelab.training.distributed import pick_sharding
+from tunelab.training.graphs import unsupported_reason
 from tunelab.training.memory import GIB, PROJECTIONS, E, Estimate, Setup, calibrate, estimate, gib, projection_shapes
 
 THROUGHPUT = 540e12  # FLOP/s of the matmuls (recompute counted): fits four measured H200 steps within 4%
@@ -327,7 +328,7 @@ def free_memory_note(budget: int, device: torch.device | None) -> str | None:
     )
 
 
-def config_setup(cfg: RunConfig, seq: int, shards: int = 1) -> Setup:
+def config_setup(cfg: RunConfig, seq: int, shards: int = 1, world: int = 1) -> Setup:
     m = cfg.method
     targets = (
         PROJECTIONS if "all-linear" in m.target_modules else tuple(t for t in m.target_modules if t in PROJECTIONS)
@@ -340,15 +341,17 @@ def config_setup(cfg: RunConfig, seq: int, shards: int = 1) -> Setup:
         top_layers=m.top_layers,
         optimizer=cfg.train.optimizer,
         seq=seq,
-        graphs=graphs_possible(cfg),
+        graphs=graphs_possible(cfg, world),
         shards=shards,
     )
 
 
-def graphs_possible(cfg: RunConfig) -> bool:
-    """Whether a run of this config on one CUDA device would replay from CUDA graphs where it does not offload
-    (training/graphs.py decides for the run itself)."""
-    return cfg.train.cuda_graphs is not False and cfg.task == "sft" and not cfg.data.packing and cfg.method.dropout == 0
+def graphs_possible(cfg: RunConfig, world: int = 1) -> bool:
+    """Whether a run of this config on the fast path of a CUDA device, in `world` processes, would replay from CUDA
+    graphs where it does not offload: `training.graphs.unsupported_reason`, the rule the run itself follows."""
+    if cfg.train.cuda_graphs is False:
+        return False
+    return unsupported_reason(cfg, "fast", torch.device("cuda"), cfg.task, world) is None
 
 
 def plan_for_config(
@@ -372,7 +375,8 @@ def plan_for_config(
         offload=None if train.offload_activations == AUTO else bool(train.offload_activations),
     )
     setup = dataclasses.replace(
-        config_setup(cfg, seq, shards=ranks if sharding == "fsdp2" else 1), ddp=ranks > 1 and sharding == "ddp"
+        config_setup(cfg, seq, shards=ranks if sharding == "fsdp2" else 1, world=ranks),
+        ddp=ranks > 1 and sharding == "ddp",
     )
     return plan(shape, setup, budget, train.micro_batch * train.grad_accum, fixed, cuda=cuda, ranks=ranks)
 
