@@ -109,7 +109,16 @@ def test_the_micro_batch_of_a_set_under_32_examples_does_not_claim_32_steps_an_e
     """A set of 8 examples was told its micro-batch of 1 gave '~32 steps an epoch', beside '8 steps an epoch'."""
     reason = _plan(8).chosen["train.micro_batch"].reason
     assert reason == "small set: 8 examples, fewer than 32: one a micro-batch, 8 an epoch"
-    assert "for ~32 steps an epoch" in _plan(120).chosen["train.micro_batch"].reason
+    assert "so that an epoch has at least 32 micro-batches (60)" in _plan(120).chosen["train.micro_batch"].reason
+
+
+def test_the_micro_batch_of_a_small_set_says_the_micro_batches_it_gives():
+    """185 examples were told their micro-batch of 4 gave '~32 steps an epoch', beside '47 steps an epoch'."""
+    plan = _plan(185)
+    assert plan.chosen["train.micro_batch"].reason == (
+        "small set: the power of two <= 185 examples / 32, so that an epoch has at least 32 micro-batches (47)"
+    )
+    assert plan.chosen["train.epochs"].reason.startswith("47 steps an epoch")
 
 
 def test_warmup_is_five_percent_at_most_100_steps():

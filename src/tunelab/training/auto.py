@@ -31,7 +31,7 @@ Where the numbers come from (README, "Defaults that learn", has them with links 
   loss was 0.0000 by step 9 at the SFT rate, a tenth of it left 30% of the held-out answers on topic, a fortieth
   shortened 70% of them to 25 words or fewer with 70% on topic (README).
 - micro_batch: 8 (the effective batch of Unsloth's notebooks, 2 x 4, and of the LoRA paper's GPT-2 runs); for a
-  small set the power of two <= examples / 32, so that an epoch still has ~32 optimizer steps. OpenAI's fine-tuning
+  small set the power of two <= examples / 32, so that an epoch still has 32 to 63 micro-batches. OpenAI's fine-tuning
   API sizes its batch at ~0.2% of the examples (1 for sets under 500), and LoRA loses more than full fine-tuning
   at large batch sizes ("LoRA Without Regret"). Rows are counted, not the answers a chat row holds: counting
   ferry_chat's 2.3 answers a conversation (micro-batch 1, 195 steps instead of 132) was no better on three seeds.
@@ -188,7 +188,8 @@ def auto_micro_batch(examples: int) -> Choice:
         )
     return Choice(
         mb,
-        f"small set: the power of two <= {examples} examples / {STEPS_PER_EPOCH}, for ~{STEPS_PER_EPOCH} steps an epoch",
+        f"small set: the power of two <= {examples} examples / {STEPS_PER_EPOCH}, so that an epoch has at least "
+        f"{STEPS_PER_EPOCH} micro-batches ({math.ceil(examples / mb)})",
     )
 
 
