@@ -134,7 +134,7 @@ def test_the_optimizer_step_under_fsdp2_copies_a_rank_s_shard_of_the_largest_ten
     e = estimate(TINY, Setup(method="layers", top_layers=1, micro_batch=1, seq=4, shards=3))
     assert optimizer_step_bytes(TINY, Setup(method="layers", top_layers=1, shards=3)) == 8 * 2112
     assert e.peak_phase == "optimizer step"
-    assert e.transient == {"optimizer step: fp32 copies of the largest trained tensor": 8 * 2112}
+    assert e.transient == {"optimizer step: fp32 copies of the largest trained shard (1/3)": 8 * 2112}
 
 
 def test_scratch_buffers():

@@ -351,9 +351,12 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     # top checkpointed layer (the kept layers' activations freed, the checkpointed inputs still there), and the
     # optimizer step (every activation freed).
     step = optimizer_step_bytes(c, s)
+    largest = "tensor" if s.shards <= 1 else f"shard (1/{s.shards})"  # under fsdp2 a rank steps its shards
     phases = {
         "head": (saved, {"head: logits chunk, hidden and its gradient": head}),
-        "optimizer step": ({}, {"optimizer step: fp32 copies of the largest trained tensor": step}) if step else None,
+        "optimizer step": ({}, {f"optimizer step: fp32 copies of the largest trained {largest}": step})
+        if step
+        else None,
         "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd}) if kept else None,
         "recomputation": (
             {"activations: checkpointed inputs": saved["activations: checkpointed inputs"]},
