@@ -302,3 +302,12 @@ def test_train_notes_a_gpu_shared_with_other_processes(monkeypatch):
         "note: the budget 20.0 MiB is more than the 3.0 MiB of GPU memory this process can have now: other processes "
         "hold 21.0 MiB of its 24.0 MiB, and a run started now may run out of it."
     ]
+
+
+def test_the_breakdown_keeps_its_sizes_in_one_column():
+    """A part's name longer than the column (fsdp2's optimizer step) pushed its size out of line with the others."""
+    full = Setup(method="full", seq=16, shards=2)  # short rows: the peak is at the optimizer step
+    text = plan(LLAMA2_7B, full, 80 * GIB, global_batch=4, ranks=2).breakdown()
+    sizes = text.splitlines()[1:]
+    assert any("optimizer step: fp32 copies of the largest trained shard (1/2)" in line for line in sizes), text
+    assert len({line.index(" GiB") for line in sizes}) == 1, text

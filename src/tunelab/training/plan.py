@@ -124,10 +124,11 @@ class MemoryPlan:
     def breakdown(self, which: Scored | None = None) -> str:
         s = which or self.chosen or self.smallest
         lines = [f"peak of {s.candidate.describe(self.layers)} (at its {s.estimate.peak_phase}):"]
-        for name, size in sorted(s.estimate.components().items(), key=lambda kv: -kv[1]):
-            if size:
-                lines.append(f"  {name:<48}{size / GIB:>8.3f} GiB")
-        lines.append(f"  {'total':<48}{s.peak / GIB:>8.3f} GiB")
+        parts = [(name, size) for name, size in s.estimate.components().items() if size]
+        width = max([48, *(len(name) + 2 for name, _ in parts)])  # a long name does not push its size out of line
+        for name, size in sorted(parts, key=lambda kv: -kv[1]):
+            lines.append(f"  {name:<{width}}{size / GIB:>8.3f} GiB")
+        lines.append(f"  {'total':<{width}}{s.peak / GIB:>8.3f} GiB")
         return "\n".join(lines)
 
 
