@@ -213,3 +213,33 @@ def test_a_gpu_shared_with_other_processes_is_noted(tiny_overrides, tmp_path, ca
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 4 * gib)  # a loaded model: its own memory
     assert free_memory_note(14 * gib, torch.device("cuda", 0)) is None
     assert free_memory_note(14 * gib, torch.device("cpu")) is None
+
+
+def test_a_dpo_pair_is_planned_as_its_two_rows(tiny_overrides, tmp_path, capsys):
+    """dpo's micro-batch of P pairs puts 2P rows through the model, each as wide as a pair's longer side; plan
+    counted P rows as long as both sides together, and called the pairs rows."""
+    import dataclasses
+    import json
+
+    from tunelab.api import plan
+    from tunelab.config import RunConfig
+    from tunelab.training.plan import config_setup
+
+    def pairs(rejected: str) -> str:
+        path = tmp_path / f"pairs-{len(rejected)}.jsonl"
+        rows = [
+            {"prompt": f"Say something kind {i}", "chosen": "You are great " * 3, "rejected": rejected}
+            for i in range(8)
+        ]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        overrides = tiny_overrides | {"task": "dpo", "data.train": [str(path)], "data.system_prompt": None}
+        return _config(tmp_path, overrides)
+
+    assert main(["plan", pairs("No"), "--gpu-memory", "1GiB"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "8 pairs (a chosen and a rejected row each) per optimizer step" in first, first
+    # the width is the longer side's: a short rejected answer or one as long as the chosen, the same rows
+    assert plan(pairs("No"), gpu_memory="1GiB").seq == plan(pairs("You are rude " * 3), gpu_memory="1GiB").seq
+    dpo = RunConfig(task="dpo")
+    assert config_setup(dpo, 10).rows == 2 and dataclasses.replace(config_setup(dpo, 10), micro_batch=4).tokens == 80
+    assert config_setup(RunConfig(), 10).rows == 1

@@ -1,7 +1,7 @@
 """The fast path's GPU memory at its peak, from the model's shapes and the training setup: each part a named number.
 
 Notation: L layers, d hidden size, q = heads x head_dim, kv = kv_heads x head_dim, m intermediate size, V vocab,
-N = micro_batch x seq tokens, e = 2 bytes (bf16 compute), r the LoRA rank, R_qkv = 3r and R_gu = 2r the spare
+N = micro_batch x seq tokens (x 2 for dpo's pairs), e = 2 bytes (bf16 compute), r the LoRA rank, R_qkv = 3r and R_gu = 2r the spare
 columns of the grouped projections (LoRA on q/k/v, gate/up).
 
 Static (alive the whole step):
@@ -80,6 +80,7 @@ class Setup:
     optimizer: str = "adamw"  # adamw | adamw_8bit
     micro_batch: int = 1
     seq: int = 2048
+    rows: int = 1  # sequences a micro-batch example puts through the model (dpo: its chosen and rejected sides, 2)
     checkpointed: int = 0  # the lowest this many decoder layers are recomputed in backward
     offload: bool = False  # checkpointed inputs wait in host memory
     grouped: bool = True  # LoRA groups run as one GEMM (CUDA)
@@ -89,7 +90,7 @@ class Setup:
 
     @property
     def tokens(self) -> int:
-        return self.micro_batch * self.seq
+        return self.micro_batch * self.rows * self.seq
 
 
 @dataclass

@@ -225,7 +225,7 @@ def plan(
         )
         est = estimate(c, s, calibration)
         t = step_time(c, s, -(-cand.grad_accum // ranks))  # the micro-batches of a step are shared by the ranks
-        scored.append(Scored(cand, est, t, cand.micro_batch * cand.grad_accum * s.seq / t))
+        scored.append(Scored(cand, est, t, s.tokens * cand.grad_accum / t))
     smallest = min(scored, key=lambda x: (x.peak, x.step_s))
     fitting = [x for x in scored if x.peak <= budget]
     chosen = min(fitting, key=_preference) if fitting else None
@@ -342,6 +342,7 @@ def config_setup(cfg: RunConfig, seq: int, shards: int = 1, world: int = 1) -> S
         top_layers=m.top_layers,
         optimizer=cfg.train.optimizer,
         seq=seq,
+        rows=2 if cfg.task == "dpo" else 1,  # a pair is its chosen and its rejected row, in one forward
         graphs=graphs_possible(cfg, world),
         shards=shards,
     )
@@ -392,7 +393,10 @@ def refuse_layer_count(train: TrainConfig, layers: int | None) -> None:
 
 def longest_row(cfg: RunConfig, rows: list) -> int:
     """The longest row a step trains on: a grpo row is its prompt and up to grpo.max_new_tokens answer tokens (the
-    rollout cuts an answer at data.max_length)."""
+    rollout cuts an answer at data.max_length); a dpo pair's rows are its chosen and its rejected side, each padded
+    to the longer."""
+    if cfg.task == "dpo":
+        return max((max(len(row.chosen_ids), len(row.rejected_ids)) for row in rows), default=1)
     longest = max((len(row.input_ids) for row in rows), default=1)
     if cfg.task == "grpo":
         longest = min(longest + cfg.grpo.max_new_tokens, cfg.data.max_length)
@@ -479,11 +483,12 @@ class PlanReport:
     global_batch: int
     note: str | None = None  # what the plan left out, as train runs the config
     processes: str = "processes: 1 (as tunelab train without --nproc; --nproc N plans N)"
+    per_step: str = "rows"  # what global_batch counts (dpo: pairs, two rows each)
 
     def text(self) -> str:
         lines = [
             f"model: {self.shape.num_layers} layers, hidden {self.shape.hidden_size}; longest row {self.seq} tokens; "
-            f"{self.global_batch} rows per optimizer step",
+            f"{self.global_batch} {self.per_step} per optimizer step",
             self.processes,
             self.memory.table(),
             "",
@@ -536,7 +541,8 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> P
     require_fit(result, f"budget {gib(budget)}")
     result.notes += [n for n in [free_memory_note(budget, gpu)] if n]
     rows = auto.train.micro_batch * auto.train.grad_accum
-    return PlanReport(result, shape, seq, rows, note, processes_line(cfg, nproc, sharding))
+    per_step = "pairs (a chosen and a rejected row each)" if cfg.task == "dpo" else "rows"
+    return PlanReport(result, shape, seq, rows, note, processes_line(cfg, nproc, sharding), per_step)
 
 
 def processes_line(cfg: RunConfig, nproc: int, sharding: str | None) -> str:
