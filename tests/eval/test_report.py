@@ -384,6 +384,11 @@ def test_a_classify_evaluation_says_its_skipped_rows_unseen_labels_and_eval_loss
     assert "1 inputs were longer than the run's max_length: their last tokens were kept" in page
     assert "read as its: Spam as spam (1)" in page
     assert "labels the run never trained on, scored as errors (not in the matrix below): &lt;other&gt; (1)" in page
+    unseen = {"label not among the training labels ('x')": {"count": 1, "locations": ["t.jsonl:4"]}}
+    (run / "eval.json").write_text(json.dumps(data | {"unseen": {}, "skipped": unseen}))
+    page = render_report(run)
+    assert "skipped 1: label not among the training labels (&#x27;x&#x27;) (t.jsonl:4)" in page
+    assert "a row whose label the run never trained on is skipped, as training&#x27;s eval skips it" in page
 
 
 def test_the_verdict_training_gave_is_in_the_summary(tmp_path):

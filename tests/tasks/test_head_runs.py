@@ -370,24 +370,30 @@ def test_a_dora_classifier_saves_an_adapter_and_predicts(tiny_model_dir, tmp_pat
 
 def test_eval_reads_a_label_written_another_way_as_the_runs(tiny_model_dir, tmp_path, capsys, cli_flags):
     """A CSV's 1.0 for the run's 1 (pandas writes a float column so), or 'Spam' for 'spam', was scored as a label the
-    run never trained on: every such row an error."""
+    run never trained on: every such row an error. A row of a label the run never trained on was scored as an error
+    by `tunelab eval` while training's eval skipped it: one file, two accuracies. Both skip it now, and agree."""
     rows = [{"prompt": f"{('awful', 'great')[i % 2]} number {i}", "label": i % 2} for i in range(16)]
     data = _write(tmp_path / "numbers.jsonl", rows)
-    over = _overrides(tiny_model_dir, tmp_path, "classify", data)
+    test = tmp_path / "test.csv"
+    test.write_text("prompt,label\ngreat number 1,1.0\nawful number 2,0.0\ngreat number 3,1.0\nfine number 4,2.0\n")
+    over = _overrides(tiny_model_dir, tmp_path, "classify", data, **{"data.eval": str(test), "train.eval_every": 3})
     assert main(["train", *cli_flags(over)]) == 0
     run = tmp_path / "run-classify"
     assert json.loads((run / "run.json").read_text())["extra"]["labels"] == ["0", "1"]
-    test = tmp_path / "test.csv"
-    test.write_text("prompt,label\ngreat number 1,1.0\nawful number 2,0.0\ngreat number 3,1.0\nfine number 4,2.0\n")
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in logged if "eval_accuracy" in r][-1]
     capsys.readouterr()
     assert main(["eval", str(run), "--data", str(test), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "read as its: 1.0 as 1 (2), 0.0 as 0 (1)" in printed
-    assert "labels the run never trained on, scored as errors: 2.0 (1)" in printed
+    assert f"skipped 1: label not among the training labels ('2.0') ({test}:5)" in printed
+    assert "a row whose label the run never trained on is skipped, as training's eval skips it" in printed
     saved = json.loads((run / "eval.json").read_text())
     assert saved["respelt"] == {"1.0": {"label": "1", "rows": 2}, "0.0": {"label": "0", "rows": 1}}
-    assert saved["unseen"] == {"2.0": 1} and saved["tuned"]["eval_loss"] is not None
-    assert {r["expected"] for r in saved["rows"]} == {"0", "1", "2.0"}
+    assert saved["skipped"]["label not among the training labels ('2.0')"]["count"] == 1
+    assert saved["rows_read"] == 3 and {r["expected"] for r in saved["rows"]} == {"0", "1"}
+    assert saved["tuned"]["accuracy"] == pytest.approx(trained["eval_accuracy"])
+    assert saved["tuned"]["eval_loss"] == pytest.approx(trained["eval_loss"], rel=1e-4)
 
 
 def test_a_head_run_without_its_config_yaml_says_it_is_missing(tiny_model_dir, tmp_path, label_file, capsys):

@@ -8,10 +8,11 @@ skips. The others are cut as training cuts them. So a file scored here and the s
 the same accuracy.
 
 classify  accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the tuned classifier, beside
-          the majority-class baseline (always the most frequent training label); the mean cross-entropy over the rows
-          whose label the run knows. A label written another way than the run's (a CSV's 1.0 for 1, 'Spam' for
-          'spam', as training's label_key tells them apart) is read as the run's, counted and said. Rows with a label
-          the run never trained on are scored as errors (they cannot be predicted) and listed.
+          the majority-class baseline (always the most frequent training label); the mean cross-entropy. A label
+          written another way than the run's (a CSV's 1.0 for 1, 'Spam' for 'spam', as training's label_key tells
+          them apart) is read as the run's, counted and said. Rows with a label the run never trained on are skipped
+          and counted with training's reason, as its eval split skips them (the head has no output for them), so
+          both give one accuracy on one file.
 reward    pairwise accuracy (r_chosen > r_rejected), mean margin and mean -log sigmoid(margin) over the file's
           preference pairs, beside the untrained head: the base model with the head the run started from (rebuilt
           from the run's seed), which ranks pairs about as well as a coin.
@@ -38,13 +39,17 @@ from tunelab.eval.metrics import label_scores
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run, refuse_other_input_kind
 from tunelab.peft.lora import adapters_disabled
 from tunelab.rundir import check_output_file, check_same_run, run_stamp
-from tunelab.tasks.classify import label_key, read_labelled
+from tunelab.tasks.classify import UNSEEN, label_key, read_labelled
 from tunelab.tasks.head import SequenceClassifier, new_score
 from tunelab.tasks.head_run import training_skips
 from tunelab.tasks.reward import read_pairs
 from tunelab.training.build import check_trained_base, trained_base
 
 EVAL_FILE = "eval.json"
+UNSEEN_RULE = (
+    "a row whose label the run never trained on is skipped, as training's eval skips it: the head has no output for "
+    "that label, so both give one accuracy on one file"
+)
 SHOWN_ROWS = 200  # rows kept in eval.json for the report (the errors first)
 
 
@@ -62,7 +67,6 @@ class HeadEvalResult:
     baseline: dict  # the same numbers for the baseline
     baseline_name: str
     skipped: dict[str, dict] = field(default_factory=dict)  # reason -> {count, locations}
-    unseen: dict[str, int] = field(default_factory=dict)  # classify: labels the run never trained on -> rows
     respelt: dict[str, dict] = field(default_factory=dict)  # classify: a label as the file writes it -> {label, rows}
     rows: list[dict] = field(default_factory=list)  # per row, the errors first, at most SHOWN_ROWS
     created: str = ""
@@ -93,9 +97,17 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
     rows, wheres, report = _read(run, data_file, functools.partial(read_labelled, evaluating=True))
     if rows:
         refuse_other_input_kind(run, [r.input for r in rows], wheres)
-        skips = training_skips(run, [r.input for r in rows], wheres)
-        for i, reason in skips.items():
-            report.skip(reason, rows[i].path, rows[i].line)
+        ours = {label_key(label): label for label in run.labels}
+        skips = {  # training's order: a label it never trained on first, then the length
+            i: f"{UNSEEN} ({r.label!r})"
+            for i, r in enumerate(rows)
+            if r.label not in run.labels and label_key(r.label) not in ours
+        }
+        kept = [i for i in range(len(rows)) if i not in skips]
+        lengths = training_skips(run, [rows[i].input for i in kept], [wheres[i] for i in kept])
+        skips |= {kept[j]: reason for j, reason in lengths.items()}
+        for i in sorted(skips):
+            report.skip(skips[i], rows[i].path, rows[i].line)
         rows, wheres = (
             [r for i, r in enumerate(rows) if i not in skips],
             [w for i, w in enumerate(wheres) if i not in skips],
@@ -103,19 +115,14 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
     if not rows:
         raise DataError(f"{data_file}: no rows to evaluate ({_skipped(report)}).")
     logits, cut = head_outputs(run.model, run, [r.input for r in rows], batch_size, wheres)
-    ours = {label_key(label): label for label in run.labels}
     written = [r.label for r in rows]
-    expected = [label if label in run.labels else ours.get(label_key(label), label) for label in written]
+    expected = [label if label in run.labels else ours[label_key(label)] for label in written]
     respelt = Counter((w, e) for w, e in zip(written, expected) if w != e)
     predicted = [run.labels[i] for i in logits.argmax(dim=-1).tolist()]
     index = {label: i for i, label in enumerate(run.labels)}
-    known = [i for i, label in enumerate(expected) if label in index]
-    loss = None
-    if known:
-        targets = torch.tensor([index[expected[i]] for i in known])
-        loss = F.cross_entropy(logits[known], targets).item()
-    unseen = Counter(label for label in expected if label not in index)
-    labels = run.labels + sorted(unseen)
+    targets = torch.tensor([index[label] for label in expected])
+    loss = F.cross_entropy(logits, targets).item()
+    labels = run.labels
     counts = run.info.extra.get("label_counts") or {}
     majority = max(run.labels, key=lambda label: counts.get(label, 0))
     probs = logits.softmax(dim=-1)
@@ -131,7 +138,6 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
         "baseline": label_scores(expected, [majority] * len(expected), labels).to_dict(),
         "baseline_name": f"majority class ({majority})",
         "skipped": _skips(report),
-        "unseen": dict(unseen),
         "respelt": {w: {"label": e, "rows": n} for (w, e), n in respelt.items()},
         "rows": table[:SHOWN_ROWS],
     }
@@ -296,6 +302,8 @@ def format_head_eval(r: HeadEvalResult) -> str:
         lines.append(f"  {r.truncated} inputs were longer than the run's max_length: their last tokens were kept")
     for reason, s in r.skipped.items():
         lines.append(f"  skipped {s['count']}: {reason} ({', '.join(s['locations'])})")
+    if any(reason.startswith(UNSEEN) for reason in r.skipped):
+        lines.append(f"  ({UNSEEN_RULE})")
     t, b = r.tuned, r.baseline
     name = r.baseline_name
     width = max(len(name), 10)
@@ -325,9 +333,6 @@ def format_head_eval(r: HeadEvalResult) -> str:
             lines.append(
                 f"  labels written another way than the run's (case, spacing, 1.0 for 1), read as its: {shown}"
             )
-        if r.unseen:
-            shown = ", ".join(f"{label} ({n})" for label, n in r.unseen.items())
-            lines.append(f"  labels the run never trained on, scored as errors: {shown}")
     return "\n".join(lines)
 
 
@@ -362,7 +367,9 @@ def _notes_html(data: dict) -> str:
     if data.get("respelt"):
         shown = ", ".join(f"{w} as {v['label']} ({v['rows']})" for w, v in data["respelt"].items())
         notes.append(f"labels written another way than the run's (case, spacing, 1.0 for 1), read as its: {_e(shown)}")
-    if data.get("unseen"):
+    if any(str(reason).startswith(UNSEEN) for reason in data.get("skipped") or {}):
+        notes.append(_e(UNSEEN_RULE))
+    if data.get("unseen"):  # an eval.json of an earlier tunelab, which scored these rows as errors
         shown = ", ".join(f"{label} ({n})" for label, n in data["unseen"].items())
         notes.append(f"labels the run never trained on, scored as errors (not in the matrix below): {_e(shown)}")
     return f"<ul>{''.join(f'<li>{n}</li>' for n in notes)}</ul>" if notes else ""
