@@ -84,6 +84,30 @@ def test_an_eval_file_is_read_with_the_training_files_field_mapping(tmp_path, sm
         build_datasets(cfg, smollm2_tokenizer, seed=0)
 
 
+def test_an_eval_file_may_give_the_fields_under_their_own_names(tmp_path, smollm2_tokenizer):
+    """An sft eval file written with the canonical columns (prompt, completion, system) was refused when data.fields
+    mapped other names for the training files, while the classify, reward and dpo readers took it. It is read now as
+    they read it: the mapped column first, else the field's own name; a column with neither is still refused."""
+
+    def rows(name, keys, n, **extra):
+        lines = [json.dumps({keys[0]: f"What is {i}?", keys[1]: f"{i}.", **extra}) for i in range(n)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        return str(tmp_path / name)
+
+    fields = {"prompt": "q", "completion": "a", "system": "sys"}
+    train = rows("t.jsonl", ("q", "a"), 4, sys="Be brief.")
+    cfg = DataConfig(train=[train], eval=rows("e.jsonl", ("prompt", "completion"), 2, system="Be kind."), fields=fields)
+    data = build_datasets(cfg, smollm2_tokenizer, seed=0)
+    assert "Be kind." in smollm2_tokenizer.decode(data.eval[0].input_ids)
+    assert answers(smollm2_tokenizer, data.eval) == ["0.<|im_end|>", "1.<|im_end|>"]
+    source = DataSource(path=train, fields=fields, eval=rows("s.jsonl", ("prompt", "completion"), 3, system="Hi."))
+    mixed = build_datasets(DataConfig(train=[source]), smollm2_tokenizer, seed=0)
+    assert answers(smollm2_tokenizer, mixed.eval) == ["0.<|im_end|>", "1.<|im_end|>", "2.<|im_end|>"]
+    cfg.eval = rows("neither.jsonl", ("question", "completion"), 2, system="Hi.")
+    with pytest.raises(DataError, match=r"neither\.jsonl:1: option 'data.fields' maps prompt -> 'q', but the record"):
+        build_datasets(cfg, smollm2_tokenizer, seed=0)
+
+
 def test_zero_usable_examples(tmp_path, smollm2_tokenizer):
     path = tmp_path / "empty.jsonl"
     path.write_text('{"prompt": "a", "completion": ""}\n{"prompt": "b", "completion": " "}\n')

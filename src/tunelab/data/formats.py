@@ -73,6 +73,15 @@ def check_fields(fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
         )
 
 
+def row_fields(row: dict, fields: dict[str, str]) -> dict[str, str]:
+    """data.fields for one row of an eval or question file, which is read with the run's mapping: a field whose mapped
+    column the row lacks but whose own (canonical) column it has (a file with `question` for a run that mapped
+    question to `q`) is read from its own column, as every task reads such a file (`tasks.head_data.column`); unless
+    data.fields gives that column to another field."""
+    claimed = set(fields.values())
+    return {k: v for k, v in fields.items() if v in row or k not in row or (k in claimed and k != v)}
+
+
 def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION) -> str:
     """The first format whose required fields (after the data.fields mapping) are all keys of `row`; the formats
     whose required fields data.fields maps are tried first, and one of them must match ({text: prompt} reads a
@@ -424,21 +433,25 @@ def to_examples(
     report: DataReport,
     questions: bool = False,
     option: str = FIELDS_OPTION,
+    lenient: bool = False,
 ) -> list[Example]:
     """Convert records; fmt "auto" detects the format per file from its first record. Counts reads and skips in report.
     A data.fields mapping of an optional field (system, input) to a column that no record of a file has is an error,
     as one of a required field is: it would be left out of every example. `questions`: rows to ask (eval), where a
     conversation may end with the user's question and no answer, read one at a time (not checked so). `option` names
-    where `fields` was set in the messages (a mixture's source: its entry of data.train)."""
+    where `fields` was set in the messages (a mixture's source: its entry of data.train). `lenient` (an eval file):
+    a row may give a field under its own name instead of the mapped column (`row_fields`)."""
     check_fields(fields, option)
     if fmt != "auto" and fmt not in FORMATS:
         raise ConfigError(f"option 'data.format' is {fmt!r}; allowed values: auto, {', '.join(FORMATS)}.")
     examples = []
     file_format: dict[str, str] = {}
-    unused = UnusedMappings(option=option)
+    unused = UnusedMappings(lenient=lenient, option=option)
     lost: dict[tuple[str, str], list] = {}  # (file, column) -> [rows, first record] of columns left unread
+    mapping = fields
     for record in records:
         report.read(record.path)
+        fields = row_fields(record.row, mapping) if lenient else mapping
         chosen = file_format.get(record.path)
         if chosen is None:
             if is_plain_text(record.path):
@@ -451,7 +464,7 @@ def to_examples(
             else:
                 chosen = fmt
             file_format[record.path] = report.formats[record.path] = chosen
-        unused.see(record, {name: fields[name] for name in FORMATS[chosen][1] if name in fields})
+        unused.see(record, {name: mapping[name] for name in FORMATS[chosen][1] if name in mapping})
         if not is_plain_text(record.path):
             _check_required(record, chosen, fields, option)
             if not questions:  # a question file is read with the mapping of the run's training files

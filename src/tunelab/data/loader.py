@@ -161,7 +161,7 @@ def build_datasets(
     if cfg.eval:
         held = apply_transform(read_records([cfg.eval], cfg.delimiter, report), transform, cfg.transform, report)
         note_trained_eval(held, {r.path for r in records}, report)
-        eval_examples = to_examples(held, cfg.format, cfg.fields, cfg.system_prompt, report)
+        eval_examples = to_examples(held, cfg.format, cfg.fields, cfg.system_prompt, report, lenient=True)
         if not eval_examples:
             raise _nothing_usable("eval", [cfg.eval], report, held)
         report.eval_source = "file"
@@ -291,7 +291,9 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
                 read_records([source.eval], cfg.delimiter, report), transform, cfg.transform, report
             )
             evaluated.append(held_records)
-            held = to_examples(held_records, own.format, own.fields, own.system_prompt, report, option=option)
+            held = to_examples(
+                held_records, own.format, own.fields, own.system_prompt, report, option=option, lenient=True
+            )
         elif len(examples) > 1:  # one document (a .txt file) is not split: it trains whole, with no eval part
             examples, held = split_eval(examples, cfg.eval_fraction, cfg.eval_split_seed(seed))
             report.split_seed = cfg.eval_split_seed(seed) if held else report.split_seed
@@ -332,7 +334,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             read_records([cfg.eval], cfg.delimiter, report), transform, cfg.transform, report
         )
         evaluated.append(held_records)
-        held = to_examples(held_records, cfg.format, cfg.fields, cfg.system_prompt, report)
+        held = to_examples(held_records, cfg.format, cfg.fields, cfg.system_prompt, report, lenient=True)
         if not held:
             raise _nothing_usable("eval", [cfg.eval], report, held_records)
         all_held += held

@@ -26,7 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import DataConfig, RunConfig
-from tunelab.data.formats import CANONICAL, FORMATS, Example, scalar_text, text_field, to_examples, trained_system
+from tunelab.data.formats import (
+    CANONICAL,
+    FORMATS,
+    Example,
+    row_fields,
+    scalar_text,
+    text_field,
+    to_examples,
+    trained_system,
+)
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
@@ -130,15 +139,6 @@ def system_column(row: dict, fields: dict[str, str]) -> str:
     in its training rows, else 'system' (a question file written apart from the training data)."""
     mapped = fields.get("system", "system")
     return mapped if mapped in row else "system"
-
-
-def row_fields(row: dict, fields: dict[str, str]) -> dict[str, str]:
-    """The run's data.fields for one row of a question file: a field whose mapped column the row lacks but whose
-    canonical column it has (a file with `question` for a run that mapped question to `q`) is read from the canonical
-    column, as eval of a classify run reads `label` (tasks.head_data.column); unless data.fields gives that column
-    to another field."""
-    claimed = set(fields.values())
-    return {k: v for k, v in fields.items() if v in row or k not in row or (k in claimed and k != v)}
 
 
 def read_questions(path: str | Path, data: DataConfig | None = None, need_expected: bool = False) -> list[Question]:
