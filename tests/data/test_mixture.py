@@ -233,3 +233,30 @@ def test_a_sources_own_fields_are_named_by_its_entry_not_as_data_fields(tmp_path
         with pytest.raises(error) as err:
             build_datasets(DataConfig(train=sources, max_length=64), tiny_tokenizer, seed=0)
         assert f"option 'data.train', entry 2, fields {says}" in str(err.value) and "data.fields" not in str(err.value)
+
+
+def test_a_mixtures_shared_eval_file_is_read_with_the_top_level_fields(tmp_path, tiny_tokenizer):
+    """A mixture's data.eval is a file of no source: it is read with data.fields, not a source's own mapping. A file
+    written in a source's columns was refused as if it had no format at all ("map them with data.fields"), with no
+    word that the source's mapping does not reach it; the message says so now, and where a source's eval file goes."""
+    from tunelab.errors import DataError
+
+    def write(name, keys, n):
+        (tmp_path / name).write_text("".join(json.dumps({keys[0]: f"Q{i}?", keys[1]: f"A{i}."}) + "\n" for i in range(n)))  # fmt: skip
+        return str(tmp_path / name)
+
+    qa, own = write("qa.jsonl", ("question", "answer"), 4), write("own.jsonl", ("q", "a"), 4)
+    shared = write("eval.jsonl", ("q", "a"), 2)
+    sources = [DataSource(path=qa, fields={}), DataSource(path=own, fields={"prompt": "q", "completion": "a"})]
+    with pytest.raises(DataError) as err:
+        build_datasets(DataConfig(train=sources, eval=shared, max_length=64), tiny_tokenizer, seed=0)
+    says = str(err.value)
+    assert "eval.jsonl:1: cannot tell the data format" in says
+    assert "data.eval of a mixture is a file of its own, read with the top-level data.format and data.fields" in says
+    assert "option 'data.train', entry 2: set them for it, or give the file to that source as its `eval`" in says
+    fields = {"prompt": "q", "completion": "a"}
+    data = build_datasets(DataConfig(train=sources, eval=shared, fields=fields, max_length=64), tiny_tokenizer, seed=0)
+    assert len(data.eval) == 2
+    sources[1].eval = shared  # the source's own eval file is read with its mapping
+    data = build_datasets(DataConfig(train=sources, max_length=64), tiny_tokenizer, seed=0)
+    assert len(data.eval_sets["own.jsonl"]) == 2

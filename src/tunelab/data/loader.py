@@ -334,9 +334,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             read_records([cfg.eval], cfg.delimiter, report), transform, cfg.transform, report
         )
         evaluated.append(held_records)
-        held = to_examples(held_records, cfg.format, cfg.fields, cfg.system_prompt, report, lenient=True)
-        if not held:
-            raise _nothing_usable("eval", [cfg.eval], report, held_records)
+        held = _shared_eval(cfg, held_records, report)
         all_held += held
         texts.setdefault("option 'data.system_prompt'", (cfg.system_prompt, []))[1].extend(
             ex for ex in held if ex.text is not None
@@ -366,6 +364,30 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     if cfg.packing:  # the draw is memoized: the step count and the first epoch reuse it
         report.packed_epoch_rows = len(epoch_rows(data, seed, 0))
     return data
+
+
+def _shared_eval(cfg: DataConfig, records: list[Record], report: DataReport) -> list[Example]:
+    """The examples of a mixture's data.eval: a file of no source, read with the top-level data.format, data.fields
+    and data.system_prompt (the defaults of every source), not with a source's own. A file that these cannot read,
+    where a source reads its columns its own way, says so and where a source's eval file goes."""
+    own = [
+        i
+        for i, e in enumerate(cfg.train, 1)
+        if isinstance(e, DataSource) and (e.fields not in (None, cfg.fields) or e.format not in (None, cfg.format))
+    ]
+    try:
+        held = to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report, lenient=True)
+    except DataError as exc:
+        if not own:
+            raise
+        raise DataError(
+            f"{exc} (data.eval of a mixture is a file of its own, read with the top-level data.format and data.fields, "
+            f"not with those of a source such as option 'data.train', entry {own[0]}: set them for it, or give the "
+            "file to that source as its `eval`.)"
+        ) from None
+    if not held:
+        raise _nothing_usable("eval", [cfg.eval], report, records)
+    return held
 
 
 # group_by_length sorts rows by length within windows of this many micro-batches of the shuffled order (as
