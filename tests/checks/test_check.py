@@ -324,3 +324,12 @@ def test_the_first_micro_batch_checked_is_the_one_training_takes_with_group_by_l
     )
     assert not torch.equal(trained["input_ids"], ungrouped[0]["input_ids"])  # the test tells the two orders apart
     assert torch.equal(first_batch(cfg, inputs.data, pad)["input_ids"], trained["input_ids"])
+
+
+def test_check_prints_the_split_seed_that_holds_out_the_eval_examples(tiny_overrides, capsys, cli_flags):
+    """`tunelab check` shows the data report that training prints: a data.eval_fraction split names the seed that
+    drew its held-out examples, data.split_seed, else train.seed."""
+    for more, seed in (({"data.split_seed": 7}, 7), ({"train.seed": 3}, 3)):
+        over = tiny_overrides | {"data.eval_fraction": 0.25} | more
+        assert main(["check", *cli_flags(over), "--data-only"]) == 0
+        assert f"eval (fraction, split seed {seed})" in capsys.readouterr().out

@@ -159,7 +159,8 @@ def test_an_eval_split_with_no_usable_row_stops_the_run_before_it_trains(tiny_mo
 
 
 def test_an_eval_fraction_with_no_usable_row_is_said_not_refused(capsys):
-    """Which rows a fraction holds out depends on the seed: the same config must not be refused on some seeds."""
+    """Which rows a fraction holds out depends on data.split_seed: the same config must not be refused on some seeds.
+    The note says the split seed that drew the unusable rows, and that another holds out others."""
     from types import SimpleNamespace
 
     from tunelab.config import DataConfig
@@ -168,9 +169,11 @@ def test_an_eval_fraction_with_no_usable_row_is_said_not_refused(capsys):
 
     report = DataReport()
     report.skip("longer than max_length", "a.jsonl", 3)  # a training row's skip is not the eval split's
-    report.eval.examples = 2
+    report.eval.examples, report.split_seed = 2, 7
     refuse_unusable_eval(DataConfig(train=["a.jsonl"], eval_fraction=0.1), SimpleNamespace(eval=[], report=report))
-    assert "every example data.eval_fraction 0.1 held out is unusable" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "every example data.eval_fraction 0.1 held out (split seed 7) is unusable" in said
+    assert "set data.split_seed to hold out other examples" in said
     refuse_unusable_eval(DataConfig(train=["a.jsonl"]), SimpleNamespace(eval=[], report=report))
     assert capsys.readouterr().out == ""
 

@@ -102,8 +102,9 @@ def check_adapter_base(adapter: str, source: ModelSource) -> None:
 def refuse_unusable_eval(d: DataConfig, data: Datasets) -> None:
     """DataError when the eval files the config names (data.eval, a source's eval file) have no usable row (every
     row too long, or of a label the training rows lack): the run would go on without the eval loss, keep_best and the
-    overfitting check its config asked for. A data.eval_fraction whose held-out rows are all unusable is said, not
-    refused: which rows it holds out depends on the seed."""
+    overfitting check its config asked for. A data.eval_fraction whose held-out rows are all unusable is said, with
+    the split seed that drew them, not refused: data.split_seed (default: train.seed) chooses which rows it holds
+    out, and another may hold out usable ones."""
     if data.eval:
         return
     files = ([d.eval] if d.eval else []) + [s.eval for s in d.train if isinstance(s, DataSource) and s.eval]
@@ -118,10 +119,12 @@ def refuse_unusable_eval(d: DataConfig, data: Datasets) -> None:
             "(data.max_length and data.overlong apply to them too), or remove the eval option."
         )
     if d.eval_fraction and report.eval.examples:  # a lone .txt document holds nothing out: no note
+        seed = f" (split seed {report.split_seed})" if report.split_seed is not None else ""
         print(
-            f"note: every example data.eval_fraction {d.eval_fraction:g} held out is unusable (too long, or of a label "
-            "the training rows lack), so this run has no eval loss, keep_best or overfitting check. Raise "
-            "data.max_length, set data.overlong: truncate, or give a data.eval file.",
+            f"note: every example data.eval_fraction {d.eval_fraction:g} held out{seed} is unusable (too long, or of "
+            "a label the training rows lack), so this run has no eval loss, keep_best or overfitting check. Raise "
+            "data.max_length, set data.overlong: truncate, give a data.eval file, or set data.split_seed to hold out "
+            "other examples.",
             flush=True,
         )
 
