@@ -315,3 +315,19 @@ def test_the_batch_size_is_an_argument_as_the_cli_has_it(trained, tmp_path, monk
         tunelab.evaluate(trained, path, batch_size=0)
     with pytest.raises(ConfigError, match="argument 'batch_size' is 3 and settings.batch_size is 8; give one of them"):
         tunelab.evaluate(trained, path, settings=GenerationSettings(batch_size=8), batch_size=3)
+
+
+def test_the_loss_of_a_packed_text_run_is_its_training_eval_loss(tiny_model_dir, tmp_path):
+    """A packed run cuts each text document into blocks of its own (no attention across documents), its eval file
+    too; `tunelab eval` rendered the same file without packing, documents run together into max_length blocks, so
+    it scored other tokens than training's eval and gave another loss on the same file."""
+    docs = [{"text": f"Box {i} holds {1000 + 37 * i} marbles and a note."} for i in range(12)]
+    train, held = _write_jsonl(tmp_path / "t.jsonl", docs[:8]), _write_jsonl(tmp_path / "e.jsonl", docs[8:])
+    over = {"model.name": str(tiny_model_dir), "data.train": [str(train)], "data.eval": str(held)}
+    over |= {"data.packing": True, "data.max_length": 64, "method.r": 4, "train.micro_batch": 2}
+    over |= {"train.max_steps": 1, "train.lr": 1e-2, "output_dir": str(tmp_path / "run")}
+    run = recipe.train(None, over).run_dir
+    info = json.loads((run / "run.json").read_text())
+    result = evaluate_run(run, held, SETTINGS, device="cpu", save=False)
+    assert result.loss_on == "text" and result.loss_rows == 4
+    assert result.tuned.eval_loss == pytest.approx(info["eval_loss"], rel=1e-4)

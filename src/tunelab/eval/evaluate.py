@@ -2,7 +2,7 @@
 
 Two kinds of numbers per model:
   loss        the file rendered exactly as training renders data (the run's template, system prompt, max_length
-              and overlong rule; no packing), mean next-token loss over the expected answers' tokens and its
+              and overlong rule; texts cut into blocks per document when the run packed; rows not packed), mean next-token loss over the expected answers' tokens and its
               perplexity. It is the training eval loss only when the file holds the run's kind of answers: on
               `expected` key strings ("1997" where training taught "We were founded in 1997.") it is much higher,
               and the table says which it is (`loss_on`) beside the training eval loss from run.json;
@@ -287,7 +287,10 @@ def evaluate_run(
     check_base_precision(base_precision)
     run = opened(loaded or run_dir, device, base_precision)
     report = DataReport(max_length=data.max_length)
-    rendered = render_examples([it.example for it in items], run.tokenizer, run.template, data, report)
+    # texts are cut into blocks as training cut them (a packed run: each document on its own, not run together);
+    # the rows are then batched unpacked, which attends within each row as packing does
+    cut = dataclasses.replace(data, packing=cfg.data.packing)
+    rendered = render_examples([it.example for it in items], run.tokenizer, run.template, cut, report)
     batches = [
         {k: v.to(run.device) if torch.is_tensor(v) else v for k, v in b.items()}
         for b in make_batches(rendered, micro_batch, run.tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
