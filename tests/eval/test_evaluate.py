@@ -331,3 +331,18 @@ def test_the_loss_of_a_packed_text_run_is_its_training_eval_loss(tiny_model_dir,
     result = evaluate_run(run, held, SETTINGS, device="cpu", save=False)
     assert result.loss_on == "text" and result.loss_rows == 4
     assert result.tuned.eval_loss == pytest.approx(info["eval_loss"], rel=1e-4)
+
+
+def test_the_loss_of_a_run_trained_on_prompts_says_it_holds_them(tiny_model_dir, tmp_path):
+    """With data.train_on_prompt the run's eval loss, and `tunelab eval`'s on the same file, is on every token of a
+    row, the question's too; the table called it the loss on answers."""
+    train, held = _write_jsonl(tmp_path / "t.jsonl", QA[:8]), _write_jsonl(tmp_path / "e.jsonl", QA[8:12])
+    over = {"model.name": str(tiny_model_dir), "data.train": [str(train)], "data.eval": str(held)}
+    over |= {"data.train_on_prompt": True, "data.max_length": 64, "method.r": 4, "train.micro_batch": 4}
+    over |= {"train.max_steps": 1, "train.lr": 1e-2, "output_dir": str(tmp_path / "run")}
+    run = recipe.train(None, over).run_dir
+    info = json.loads((run / "run.json").read_text())
+    result = evaluate_run(run, held, SETTINGS, device="cpu", save=False)
+    assert result.tuned.eval_loss == pytest.approx(info["eval_loss"], rel=1e-4)
+    assert result.loss_on == "answers with their prompts (data.train_on_prompt)"
+    assert "loss on answers with their prompts (data.train_on_prompt)" in format_eval(result)

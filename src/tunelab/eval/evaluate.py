@@ -120,7 +120,8 @@ class EvalResult:
     tuned: ModelScores
     rows: list[EvalRow]
     created: str = ""
-    loss_on: str = "answers"  # what the loss is taken on: "answers", "expected texts", "text" (and combinations)
+    loss_on: str = "answers"  # what the loss is taken on: "answers", "expected texts", "text" (and combinations, and
+    # "with their prompts" where the run trained on them)
     training_eval_loss: float | None = None  # the run's own eval loss (run.json), on its held-out training answers
     base_weights: str = ""  # what the adapter sat on: "nf4" (a QLoRA run evaluated as trained) or the weights' dtype
 
@@ -248,10 +249,13 @@ def _loss_on_key(q: Question) -> bool:
     return q.example.messages[-1]["content"] == q.expected
 
 
-def _loss_on(items: list[Question]) -> str:
-    """What the loss tokens are: the file's whole answers, its `expected` key strings, plain text, or a mixture."""
+def _loss_on(items: list[Question], on_prompt: bool = False) -> str:
+    """What the loss tokens are: the file's whole answers, its `expected` key strings, plain text, or a mixture; with
+    the prompts of its chats where the run put a loss on every token (data.train_on_prompt), as its eval loss did."""
     kinds = {"text" if q.prompt is None else "expected texts" if _loss_on_key(q) else "answers" for q in items}
-    return " and ".join(k for k in ("answers", "expected texts", "text") if k in kinds)
+    said = " and ".join(k for k in ("answers", "expected texts", "text") if k in kinds)
+    chats = any(q.prompt is not None for q in items)
+    return said + (" with their prompts (data.train_on_prompt)" if on_prompt and chats else "")
 
 
 def evaluate_run(
@@ -334,7 +338,7 @@ def evaluate_run(
         loss_rows=len(rendered),
         loss_tokens=sum(loss_tokens(b) for b in batches),
         loss_skipped={reason: {"count": s.count, "locations": s.locations} for reason, s in report.skips.items()},
-        loss_on=_loss_on(items),
+        loss_on=_loss_on(items, data.train_on_prompt),
         training_eval_loss=info.eval_loss,
         base_weights="nf4" if run.quantized_base else str(run.dtype).removeprefix("torch."),
         base=_model_scores(base_loss, base_answers, asked, refusal, labels, base_tokens, base_s),
