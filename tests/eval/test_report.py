@@ -500,3 +500,14 @@ def test_screenshot_is_not_blank(tmp_path, chromium):
     assert len(colours) > 200  # text, tables and plot lines, not a blank or error page
     white = max(count for count, rgb in colours if rgb == (255, 255, 255))
     assert white < 0.95 * 1200 * 2000
+
+
+def test_the_data_section_names_the_split_seed_of_the_eval_split(tmp_path):
+    """The terminal's data report says `eval (fraction, split seed 7)`; the report's data section said only
+    `eval split: fraction`, not which seed drew the held-out examples."""
+    run = make_run(tmp_path / "run")
+    data = json.loads((run / "data_report.json").read_text())
+    (run / "data_report.json").write_text(json.dumps(data | {"eval_source": "fraction", "split_seed": 7}))
+    assert "eval split: fraction, split seed 7." in render_report(run)
+    (run / "data_report.json").write_text(json.dumps(data | {"eval_source": "file", "split_seed": None}))
+    assert "eval split: file." in render_report(run)

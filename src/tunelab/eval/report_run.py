@@ -149,9 +149,12 @@ def data_section(report: Input) -> str:
         + "</tr>"
         for path, c in (d.get("files") or {}).items()
     )
+    split = str(d.get("eval_source", "none"))
+    if d.get("split_seed") is not None:  # the seed that drew a data.eval_fraction split, as the terminal says it
+        split += f", split seed {d['split_seed']}"
     parts = [
         f'<p class="sub">template {esc(d.get("template") or "?")}, max_length {esc(d.get("max_length"))}, '
-        f"packing {'on' if d.get('packed') else 'off'}, eval split: {esc(d.get('eval_source', 'none'))}.</p>",
+        f"packing {'on' if d.get('packed') else 'off'}, eval split: {esc(split)}.</p>",
         '<table class="files"><thead><tr><th>file</th><th>format</th><th class="num">read</th><th class="num">used</th>'
         f'<th class="num">skipped</th><th class="num">truncated</th></tr></thead><tbody>{files}</tbody></table>',
     ]
