@@ -260,3 +260,18 @@ def test_a_mixtures_shared_eval_file_is_read_with_the_top_level_fields(tmp_path,
     sources[1].eval = shared  # the source's own eval file is read with its mapping
     data = build_datasets(DataConfig(train=sources, max_length=64), tiny_tokenizer, seed=0)
     assert len(data.eval_sets["own.jsonl"]) == 2
+
+
+def test_a_mixture_of_an_eval_file_and_a_held_out_fraction_says_both(tmp_path, tiny_tokenizer):
+    """One source with its own eval file, another split by data.eval_fraction: the data report said `eval (file,
+    split seed 3)`, a file named with a seed that drew none of it; it says both kinds now."""
+    a = _write(tmp_path / "a.jsonl", [{"question": f"Qa {i}?", "answer": f"Aa {i}."} for i in range(8)])
+    b = _write(tmp_path / "b.jsonl", [{"question": f"Qb {i}?", "answer": f"Ab {i}."} for i in range(8)])
+    held = _write(tmp_path / "held.jsonl", [{"question": "Qh?", "answer": "Ah."}])
+    sources = [DataSource(path=a, eval=held), DataSource(path=b)]
+    cfg = DataConfig(train=sources, eval_fraction=0.25, split_seed=3, max_length=64)
+    report = build_datasets(cfg, tiny_tokenizer, seed=1).report
+    assert report.eval_source == "file and fraction" and "eval (file and fraction, split seed 3)" in report.summary()
+    cfg.eval_fraction = 0.0
+    report = build_datasets(cfg, tiny_tokenizer, seed=1).report
+    assert report.eval_source == "file" and "eval (file):" in report.summary()

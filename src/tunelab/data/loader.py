@@ -350,7 +350,9 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     for option, (system_prompt, unsystemed) in texts.items():
         note_system_on_texts(system_prompt, unsystemed, report, option)
     own_files = cfg.eval or any(isinstance(e, DataSource) and e.eval for e in cfg.train)
-    report.eval_source = "file" if own_files else ("fraction" if evals else "none")
+    # a source's eval file and another's held-out fraction may both be there: the summary names the split's seed
+    kinds = [kind for kind, on in (("file", own_files), ("fraction", report.split_seed is not None)) if on]
+    report.eval_source = " and ".join(kinds) or "none"
     report.template = template.name if chat else "none (text only)"
     mixture = plan_mixture(spans, cfg.mix_by, cfg.temperature, cfg.max_length if cfg.packing else None)
     report.mix_by = cfg.mix_by

@@ -124,7 +124,7 @@ class DataReport:
     lengths: LengthStats = field(default_factory=LengthStats)
     train: SplitStats = field(default_factory=SplitStats)
     eval: SplitStats = field(default_factory=SplitStats)
-    eval_source: str = "none"  # "none", "file", or "fraction"
+    eval_source: str = "none"  # "none", "file", "fraction", or (a mixture) "file and fraction"
     split_seed: int | None = None  # the seed of data.eval_fraction's split (data.split_seed, else train.seed)
     sources: dict[str, SourceStats] = field(default_factory=dict)  # a mixture's sources, by name
     packed_epoch_rows: int = 0  # a packed mixture: the rows epoch 0's draw packs into (what a step count is made of)
