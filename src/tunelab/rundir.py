@@ -224,9 +224,25 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
         _from_config(info, raw, run_dir)
     info.base_model = _moved_stage_base(info.base_model, run_dir)
     _typed_base(info, run_dir)
-    if require_finished and not info.finished:
+    stopped = federation_stopped(info.extra)
+    if stopped:  # a federation stopped early wrote finished: true after every round before 2026-12-05
+        info.finished = False
+    # a federation saves its global adapter after every round: the run opens while later rounds are still to run
+    if require_finished and not info.finished and not stopped:
         raise RunDirError(f"{run_dir}: the run did not finish; resume it with 'tunelab train CONFIG --resume' first.")
     return info
+
+
+def federation_stopped(extra: dict[str, Any]) -> tuple[int, int] | None:
+    """(rounds done, rounds asked) of a federation whose run.json (`extra`) records fewer rounds done than asked:
+    stopped early, or still running; None for a complete federation or another run."""
+    federated = extra.get("federated")
+    if not isinstance(federated, dict):
+        return None
+    done, rounds = federated.get("rounds_done"), federated.get("rounds")
+    if not (_count(done) and _count(rounds)) or done >= rounds:
+        return None
+    return done, rounds
 
 
 STAGE_DIR = re.compile(r"stage-[1-9][0-9]*")  # training/stages.py: STAGE_PREFIX, MERGED

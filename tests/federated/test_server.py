@@ -277,3 +277,37 @@ def test_every_client_is_sent_the_hub_commit_the_server_loaded(tmp_path, tiny_mo
     run = run_federation(None, load_config(federate_config(tmp_path, "org/tiny")), 2, ["site0", "site1"], False)
     assert (sent[0].name, sent[0].revision) == ("org/tiny", commit) and read_info(run).base_revision == commit
     assert load_config(run / "config.yaml", saved=True).config.model.revision is None
+
+
+def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, federate_config, monkeypatch):
+    """run.json said `finished: true` after every round, so a federation stopped after round 1 of 2 read as finished
+    and the report said "finished: yes". It is finished once the last round asked for has run; until then the
+    report says where it stopped, and the run still opens (its global adapter is saved after every round)."""
+    from tunelab.eval.report import build_report
+    from tunelab.rundir import read_info
+
+    stop_after = [1]  # the server stops after this many rounds of num_rounds
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        for r in range(min(num_rounds, stop_after[0]) + 1):
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
+    info = json.loads((run / "run.json").read_text())
+    assert not info["finished"] and info["steps"] == 1 and not info["extra"]["federated"]["complete"]
+    assert "no: stopped after round 1 of 2" in build_report(run).read_text()
+    assert read_info(run).steps == 1  # compare, chat and eval open it
+
+    # a run.json written before: finished after every round; read as stopped
+    info["finished"] = True
+    (run / "run.json").write_text(json.dumps(info))
+    assert not read_info(run).finished
+    assert "no: stopped after round 1 of 2" in build_report(run, overwrite=True).read_text()
+
+    stop_after[0] = 2
+    run_federation(None, load_config(config), 2, ["site0", "site1"], resume=True)
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] and info["steps"] == 2 and info["extra"]["federated"]["complete"]
+    assert "<td>yes</td>" in build_report(run, overwrite=True).read_text()

@@ -9,6 +9,7 @@ from tunelab.data.report import PROMPTS
 from tunelab.eval.report_html import esc, fmt, kv_table
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_plots import histogram_plot
+from tunelab.rundir import federation_stopped
 
 
 def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
@@ -26,6 +27,7 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
     # a federated run counts rounds (its steps are the clients'), and its run.json holds no token count
     federated = isinstance((d.get("extra") or {}).get("federated"), dict)
     step = "round" if federated else "step"
+    stopped = federation_stopped(d.get("extra") or {})  # run.json said finished after every round before 2026-12-05
     # the plain-words verdict training printed (training/verdict.py); a staged run's is its last stage's
     verdict = (d.get("extra") or {}).get("verdict")
     staged = isinstance((d.get("extra") or {}).get("forgetting"), dict)
@@ -55,15 +57,25 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             ("template", d.get("template")),
             ("system prompt", d.get("system_prompt")),
             ("refusal sentence", d.get("refusal")),
-            ("finished", "yes" if d.get("finished") else "no (the run stopped early or is still training)"),
+            ("finished", _finished(d, stopped)),
             ("rounds" if federated else "optimizer steps", f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"),
-            ("final train loss" if d.get("finished") else "last logged train loss", _final_loss(d, loss)),
+            (
+                "final train loss" if d.get("finished") and not stopped else "last logged train loss",
+                _final_loss(d, loss),
+            ),
             *evals,
             ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) and not federated else None),
             ("training time", f"{d['elapsed_s']:.0f} s" if isinstance(d.get("elapsed_s"), int | float) else None),
             (verdict_name, verdict.get("text") if isinstance(verdict, dict) else None),
         ]
     )
+
+
+def _finished(d: dict, stopped: tuple[int, int] | None) -> str:
+    if stopped:
+        done, rounds = stopped
+        return f"no: stopped after round {done} of {rounds} (or still running); tunelab federate --resume runs the rest"
+    return "yes" if d.get("finished") else "no (the run stopped early or is still training)"
 
 
 def _final_loss(d: dict, loss) -> str | None:

@@ -275,7 +275,8 @@ def _run_rounds(
         if not clients:
             state["clients"] = sorted(set(state["clients"]) | set(recorder.names.values()))
         state["accountant"] = accountant.state_dict() if accountant is not None else None
-        info.finished, info.steps, info.eval_loss = True, r, best["eval_loss"] if best else loss
+        # finished once every round asked for has run: a federation stopped after an earlier round is resumable
+        info.finished, info.steps, info.eval_loss = r == f.rounds, r, best["eval_loss"] if best else loss
         if best:
             info.extra["best"] = {"step": best["round"], "eval_loss": best["eval_loss"]}
         # the loss of the round whose update the global adapter holds (not None after a round nothing was applied in)
