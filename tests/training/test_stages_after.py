@@ -72,6 +72,32 @@ def test_a_grpo_stages_forgetting_column_is_its_reward_and_says_so(tmp_path):
     assert "on rl (reward)" in page and "on sft (reward)" not in page and "mean reward of greedy answers" in page
 
 
+def test_a_grpo_stages_eval_figure_is_recorded_as_its_reward(tmp_path):
+    """run.json's extra.stages[].eval_loss of a grpo stage was its negated eval reward, with nothing to say so. It is
+    recorded as eval_reward now, and the report reads both: a run written before shows the stage's figure as the
+    reward and marks its forgetting column as a negated reward."""
+    from tunelab.rundir import RunInfo
+    from tunelab.training.stages import stage_record
+
+    grpo = stage_record(RunInfo("tiny", "lora", task="grpo", eval_loss=-0.75, steps=3))
+    assert grpo["eval_reward"] == 0.75 and "eval_loss" not in grpo
+    sft = stage_record(RunInfo("tiny", "lora", task="sft", eval_loss=2.5, steps=3))
+    assert sft["eval_loss"] == 2.5 and "eval_reward" not in sft
+
+    names, matrix = ["sft", "rl"], [[2.5], [2.75, -0.75]]  # as written before: the grpo column negated
+    old = {"stages": [{"name": "sft", "task": "sft", "eval_loss": 2.5}, {"name": "rl", "task": "grpo"}]}
+    old["stages"][1]["eval_loss"] = -0.75
+    old["forgetting"] = {"stages": names, "matrix": matrix}
+    page = stages_section(Input("run.json", {"extra": old}))
+    assert "on rl (negated reward)" in page and "on sft (negated reward)" not in page
+    assert "reward 0.7500" in page and "loss 2.5000" in page and "reward -0.7500" not in page
+
+    new = {"stages": [{"name": "sft", **sft}, {"name": "rl", **grpo}]}
+    new["forgetting"] = {"stages": names, "matrix": [[2.5], [2.75, 0.75]], "measures": ["eval loss", "eval reward"]}
+    page = stages_section(Input("run.json", {"extra": new}))
+    assert "on rl (reward)" in page and "negated" not in page and "reward 0.7500" in page and "loss 2.5000" in page
+
+
 def test_a_staged_runs_verdict_says_whose_steps_it_names(staged_run):
     """The run's verdict is its last stage's, whose step numbers are the stage's own, while the run's metrics.jsonl,
     report and run.json count steps across the stages: "step 2" named the stage's step 2, the run's step 4, without a

@@ -95,17 +95,24 @@ def stages_section(run: Input) -> str | None:
     forgetting = extra.get("forgetting")
     if not isinstance(forgetting, dict) or not isinstance(extra.get("stages"), list):
         return None
+    stages = [s for s in extra["stages"] if isinstance(s, dict)]
     rows = "".join(
         f"<tr><td>{esc(s.get('name'))}</td><td>{esc(s.get('dir'))}</td><td>{esc(s.get('continue') or 'start')}</td>"
-        f'<td>{esc(s.get("method"))}</td><td class="num">{fmt(s.get("steps"), "int")}</td></tr>'
-        for s in extra["stages"]
-        if isinstance(s, dict)
+        f'<td>{esc(s.get("method"))}</td><td class="num">{fmt(s.get("steps"), "int")}</td>'
+        f'<td class="num">{esc(_stage_eval(s))}</td></tr>'
+        for s in stages
     )
     names = [str(n) for n in forgetting.get("stages") or []]
     matrix = forgetting.get("matrix") or []
-    measures = forgetting.get("measures") or []  # "eval reward" for a grpo stage's column (training/stages.py)
-    reward = [j < len(measures) and measures[j] == "eval reward" for j in range(len(names))]
-    head = "".join(f'<th class="num">on {esc(n)}{" (reward)" if r else ""}</th>' for n, r in zip(names, reward))
+    measures = forgetting.get("measures")  # "eval reward" for a grpo stage's column (training/stages.py)
+    if isinstance(measures, list):
+        reward = [j < len(measures) and measures[j] == "eval reward" for j in range(len(names))]
+        negated = [False] * len(names)
+    else:  # a run written before 2026-12-05: a grpo stage's column holds its eval_loss, the reward negated
+        reward = [False] * len(names)
+        negated = [j < len(stages) and stages[j].get("task") == "grpo" for j in range(len(names))]
+    marks = [" (reward)" if r else " (negated reward)" if n else "" for r, n in zip(reward, negated)]
+    head = "".join(f'<th class="num">on {esc(n)}{m}</th>' for n, m in zip(names, marks))
     body = "".join(
         f"<tr><th>after {esc(names[k] if k < len(names) else k + 1)}</th>"
         + "".join(f'<td class="num">{fmt(v, "loss")}</td>' for v in row)
@@ -115,7 +122,7 @@ def stages_section(run: Input) -> str | None:
     )
     return (
         '<table class="stages"><thead><tr><th>stage</th><th>folder</th><th>started from</th><th>method</th>'
-        f'<th class="num">steps</th></tr></thead><tbody>{rows}</tbody></table>'
+        f'<th class="num">steps</th><th class="num">eval after the stage</th></tr></thead><tbody>{rows}</tbody></table>'
         "<h3>Forgetting: eval loss after each stage on each stage's eval data</h3>"
         '<p class="sub">A row is the model after that stage; a column is a stage\'s eval data. A loss that rises down a '
         "column is forgetting"
@@ -124,9 +131,27 @@ def stages_section(run: Input) -> str | None:
             if any(reward)
             else ""
         )
+        + (
+            "; a column marked (negated reward) is a grpo stage's: its eval loss, the mean reward of greedy answers "
+            "negated (the run was written before run.json said so), which rises as it falls"
+            if any(negated)
+            else ""
+        )
         + ". The Data section below is the last stage's; each stage-K folder holds its own.</p>"
         f'<table class="forgetting"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'
     )
+
+
+def _stage_eval(stage: dict) -> str:
+    """A stage's eval figure: `eval_reward` for a grpo stage, else `eval_loss`; a grpo stage of a run written before
+    2026-12-05 holds the reward negated as its `eval_loss`, read back as the reward."""
+    reward = stage.get("eval_reward")
+    loss = stage.get("eval_loss")
+    if not isinstance(reward, int | float) and stage.get("task") == "grpo" and isinstance(loss, int | float):
+        reward = -loss
+    if isinstance(reward, int | float):
+        return f"reward {reward:.4f}"
+    return f"loss {loss:.4f}" if isinstance(loss, int | float) else "-"
 
 
 def _sources_table(d: dict) -> str:

@@ -260,6 +260,18 @@ def forgetting(run_dir: Path, count: int) -> tuple[list[list[float | None]], lis
     return matrix, measures
 
 
+def stage_record(info: RunInfo) -> dict:
+    """What run.json's extra.stages[] says of a finished stage: its task, method, steps and base, and its eval figure
+    under its name: `eval_reward` for a grpo stage (the mean reward of greedy answers, which its eval_loss holds
+    negated for keep_best), else `eval_loss`. Runs written before 2026-12-05 hold a grpo stage's as `eval_loss`."""
+    record = {key: getattr(info, key) for key in ("task", "method", "steps", "base_model")}
+    if info.task == "grpo":
+        record["eval_reward"] = -info.eval_loss if info.eval_loss is not None else None
+    else:
+        record["eval_loss"] = info.eval_loss
+    return record
+
+
 def format_forgetting(names: list[str], matrix: list[list[float | None]], measures: list[str]) -> str:
     """The matrix as a table: a row per stage's result, a column per stage's eval data (a reward column marked)."""
     heads = [f"on {n}" + (" (reward)" if m == REWARD else "") for n, m in zip(names, measures)]
@@ -393,10 +405,7 @@ def train_stages(
             "dir": f"{STAGE_PREFIX}{i + 1}",
             "continue": cfg.stages[i].get("continue", "adapter") if i else None,
         }
-        | {
-            key: getattr(read_info(stage_dir(run_dir, i + 1)), key)
-            for key in ("task", "method", "steps", "eval_loss", "base_model")
-        }
+        | stage_record(read_info(stage_dir(run_dir, i + 1)))
         for i in range(len(plans))
     ]
     info.extra |= {"stages": stages, "forgetting": {"stages": names, "matrix": matrix, "measures": measures}}
