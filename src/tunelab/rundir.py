@@ -133,6 +133,12 @@ class RunInfo:
         return cls(**values, file=Path(where))
 
 
+def hub_revision(info: RunInfo) -> str:
+    """The commit a hub base was loaded at (empty for another base): what the adapter's PEFT config names as its
+    base's `revision`."""
+    return info.base_revision if info.base_source == "hub" else ""
+
+
 def saved_fields() -> dict[str, str]:
     """{name: type as written} of the RunInfo fields that run.json holds."""
     return {f.name: f.type for f in dataclasses.fields(RunInfo) if f.metadata.get("saved", True)}

@@ -277,6 +277,7 @@ def test_every_client_is_sent_the_hub_commit_the_server_loaded(tmp_path, tiny_mo
     run = run_federation(None, load_config(federate_config(tmp_path, "org/tiny")), 2, ["site0", "site1"], False)
     assert (sent[0].name, sent[0].revision) == ("org/tiny", commit) and read_info(run).base_revision == commit
     assert load_config(run / "config.yaml", saved=True).config.model.revision is None
+    assert json.loads((run / "adapter_config.json").read_text())["revision"] == commit  # PEFT loads that commit
 
 
 def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, federate_config, monkeypatch):

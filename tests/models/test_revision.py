@@ -142,3 +142,16 @@ def test_a_merged_hub_run_names_the_commit_of_its_base(hub, tiny_overrides, tmp_
     run = train(None, tiny_overrides | {"model.name": "org/tiny", "train.max_steps": 1}).run_dir
     saved = json.loads((merge_run(run, tmp_path / "merged") / "tunelab_merge.json").read_text())
     assert (saved["base_model"], saved["base_source"], saved["base_revision"]) == ("org/tiny", "hub", A)
+
+
+def test_the_adapter_config_names_the_commit_for_peft(hub, tiny_overrides, tmp_path):
+    """adapter_config.json named the hub id with no revision: PEFT's AutoPeftModel* loaded the base at what the
+    branch held by then. It holds the commit run.json recorded as PEFT's `revision`; a local base gets none."""
+    from peft import PeftConfig
+
+    run = train(None, tiny_overrides | {"model.name": "org/tiny", "train.max_steps": 1}).run_dir
+    (hub / "refs" / "main").write_text(B)  # the branch moves on
+    config = PeftConfig.from_pretrained(str(run))
+    assert (config.base_model_name_or_path, config.revision) == ("org/tiny", A) == (read_info(run).base_model, A)
+    local = train(None, tiny_overrides | {"train.max_steps": 1, "output_dir": str(tmp_path / "local")}).run_dir
+    assert PeftConfig.from_pretrained(str(local)).revision is None

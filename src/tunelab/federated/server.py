@@ -44,7 +44,7 @@ from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.federated.shards import federation_protected
 from tunelab.models.load import base_record, load_tokenizer, pinned_source, recorded_commit
 from tunelab.peft.save import adapter_state_dict
-from tunelab.rundir import CONFIG_FILE, RunInfo, write_info
+from tunelab.rundir import CONFIG_FILE, RunInfo, hub_revision, write_info
 from tunelab.training.auto import MICRO_BATCH, model_shape
 from tunelab.training.build import build_model
 from tunelab.training.metrics import MetricsLog
@@ -261,7 +261,7 @@ def _run_rounds(
             best = state["best"] = {"round": r, "eval_loss": loss}
         if best is None or best["round"] == r:  # the result: this round's adapter, unless keep_best keeps an earlier
             model.eval()
-            save_final(run_dir, built, tokenizer, cfg)
+            save_final(run_dir, built, tokenizer, cfg, base_revision=hub_revision(info))
             model.train()
             if stale[0]:  # as after tunelab train --resume: the report showed them beside the new rounds
                 drop_stale_results(run_dir)

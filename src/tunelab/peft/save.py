@@ -106,6 +106,15 @@ def save_adapter(
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
 
+def record_base_revision(folder: str | Path, revision: str) -> None:
+    """Write a hub base's commit (run.json's base_revision) into the adapter_config.json in `folder` as PEFT's
+    `revision` (the base model version PEFT's AutoPeftModel* loads), so plain PEFT opens the adapter over the weights
+    it trained over, not what the hub id's branch holds later. Nothing without an adapter or a revision."""
+    path = Path(folder) / CONFIG_FILE
+    if revision and path.is_file():
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"revision": revision}, indent=2))
+
+
 def read_adapter_config(folder: str | Path) -> dict:
     """adapter_config.json of `folder`; RunDirError unless it is a LoRA (or DoRA) adapter tunelab can load."""
     folder = Path(folder)

@@ -38,7 +38,7 @@ from tunelab.data.loader import epoch_rows
 from tunelab.errors import CheckFailed, ConfigError, DataError, TunelabError, WriteFailed, article
 from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.load import base_record, recorded_commit, run_base
-from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
+from tunelab.rundir import CONFIG_FILE, RunInfo, hub_revision, read_info, write_info
 from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
@@ -444,7 +444,7 @@ def _train_planned(
         # FSDP2: every rank sends its shards to rank 0
         weights = full_weights(train_model, ranks, cfg.method.is_adapter)
         if ranks.main:
-            save_final(run_dir, built, tokenizer, cfg, task, data, weights)
+            save_final(run_dir, built, tokenizer, cfg, task, data, weights, hub_revision(info))
             plot_losses(run_dir, [cfg.task])
         passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
         verdict = judge_metrics(

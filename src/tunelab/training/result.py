@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunelab.config import RunConfig
 from tunelab.errors import RunDirError
-from tunelab.peft.save import save_adapter
+from tunelab.peft.save import record_base_revision, save_adapter
 from tunelab.tasks import SFT
 from tunelab.tasks.task import Task
 from tunelab.training.build import BuiltModel, save_full_weights
@@ -31,12 +31,14 @@ def save_final(
     task: Task = SFT,
     data=None,
     weights: dict | None = None,
+    base_revision: str = "",
 ) -> None:
     """The run's result, as the task saves it (sft, the default: the adapter in PEFT's layout or the full weights, and
     the tokenizer; a head adds its labels), written to a staging folder and moved into the run directory once
     complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none).
     `weights`: the full weights gathered from FSDP2's shards (training/sharded_checkpoint.full_weights; task sft),
-    the trainable ones alone for an adapter (QLoRA)."""
+    the trainable ones alone for an adapter (QLoRA). `base_revision`: a hub base's commit (run.json's), written into
+    an adapter's adapter_config.json as PEFT's `revision`."""
     params = weights.items() if weights is not None else built.model.named_parameters()
     written = (
         params if weights is not None or not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
@@ -54,6 +56,7 @@ def save_final(
             tokenizer.save_pretrained(staging)
         else:
             task.save(staging, built, tokenizer, cfg, data)
+        record_base_revision(staging, base_revision)
         for item in staging.iterdir():
             os.replace(item, run_dir / item.name)
         staging.rmdir()
