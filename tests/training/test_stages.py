@@ -418,6 +418,27 @@ def test_a_longer_length_on_resume_says_the_finished_stage_keeps_its_steps(stage
     assert open_info(stage_dir(result.run_dir, 1)).steps == 3 and open_info(stage_dir(result.run_dir, 2)).steps == 4
 
 
+def test_a_stage_changed_on_resume_is_named_with_its_line(staged, tmp_path, crash_at):
+    """--resume refused a stage's changed option as the whole `stages:` list, old and new, naming no stage. It names
+    the stage, its line in the file, and each option old -> new."""
+    config = tmp_path / "staged.yaml"
+    config.write_text(yaml.safe_dump({"stages": staged["stages"]}))
+    flags = {k: v for k, v in staged.items() if k not in ("stages", "data.train")}
+    with crash_at(5):  # stage 2's second step
+        train(config, flags)
+    staged["stages"][0]["train"]["lr"] = 0.5
+    config.write_text(yaml.safe_dump({"stages": staged["stages"]}))
+    with pytest.raises(ConfigError, match=r"staged\.yaml:\d+: stage 1: --resume .* stage 1's options differ from "):
+        train(config, flags, resume=True)
+    with pytest.raises(ConfigError, match=r"train\.lr: None -> 0\.5\. Put them back"):
+        train(config, flags, resume=True)
+    del staged["stages"][0]["train"]["lr"]
+    staged["stages"][0]["model"] = {"revision": "v1"}
+    config.write_text(yaml.safe_dump({"stages": staged["stages"]}))
+    with pytest.raises(ConfigError, match=r"model\.revision: None -> 'v1'\. model\.revision names the base every"):
+        train(config, flags, resume=True)
+
+
 def test_resuming_a_finished_staged_run_is_refused(staged):
     """Every stage finished: --resume (even with a longer max_steps, which finished stages do not take) trained
     nothing, published the result again and exited 0."""

@@ -362,7 +362,11 @@ def train_stages(
     run_dir = plan_dir.run_dir
     if resume:
         hold_lock(run_dir)  # a new run takes it in start_run_dir
-        check_resume_config(run_dir, cfg)
+        try:
+            check_resume_config(run_dir, cfg)
+        except ConfigError:
+            _refuse_changed_stage(run_dir, resolved)  # where a stage's options changed: that stage, and its line
+            raise
         _refuse_nothing_to_train(run_dir, len(plans))
         _follow_move(run_dir, plans)
     print("tunelab train — a staged run; the resolved config (value, then where it came from):")
@@ -512,6 +516,32 @@ def _follow_move(run_dir: Path, plans: list[ResolvedConfig]) -> None:
         if moved:
             write_text(here / CONFIG_FILE, yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
             print(f"{here}: the run was moved; its saved config now names this run's stages ({'; '.join(moved)})")
+
+
+def _refuse_changed_stage(run_dir: Path, resolved: ResolvedConfig) -> None:
+    """ConfigError naming the first stage (its file and line) whose options differ from that stage in the run's
+    config.yaml, each old -> new: --resume refused the whole `stages:` list, old and new, leaving the user to find
+    the change. A stage's name may change (it only labels the stage); more or fewer stages are left to the caller."""
+    saved, now = _saved(run_dir).get("stages"), resolved.config.stages
+    if not isinstance(saved, list) or len(saved) != len(now):
+        return
+    for k, (old, new) in enumerate(zip(saved, now), 1):
+        if not isinstance(old, dict):
+            return
+        keys = sorted((old.keys() | new.keys()) - {"name"})
+        changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
+        if not changed:
+            continue
+        base = (
+            " model.revision names the base every stage trains over, so it stays as the run started."
+            if any(line.startswith("model.revision:") for line in changed)
+            else ""
+        )
+        raise ConfigError(
+            f"{stage_where(resolved, k)}: --resume continues the run with the config it started with, and stage {k}'s "
+            f"options differ from {run_dir / CONFIG_FILE}: {'; '.join(changed)}.{base} Put them back to resume, or "
+            "start a new run (another output_dir, or --overwrite)."
+        )
 
 
 def _refuse_nothing_to_train(run_dir: Path, count: int) -> None:
