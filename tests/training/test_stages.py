@@ -439,6 +439,30 @@ def test_a_stage_changed_on_resume_is_named_with_its_line(staged, tmp_path, cras
         train(config, flags, resume=True)
 
 
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        ("  - {model: {revision: v1}}\n", None),  # stage 1's own: nothing changes
+        ("  - {model: {revision: v2}}\n", r"staged\.yaml:4: stage 2: model\.revision is 'v2', .* at v1, as stage 1"),
+    ],
+)
+def test_a_later_stages_revision_is_compared_with_stage_ones(tmp_path, second, message):
+    """Stage 1 may name its own model.revision; a later stage's was compared with the run's instead, so repeating stage
+    1's was refused, saying stage 1 trained at the default revision."""
+    from tunelab.training.stages import plan_stages
+
+    config = tmp_path / "staged.yaml"
+    config.write_text(
+        "model: {name: smollm2-135m-instruct}\nstages:\n  - {data: {train: [a.jsonl]}, model: {revision: v1}}\n"
+        + second
+    )
+    if message is None:
+        assert [p.config.model.revision for p in plan_stages(load_config(config), tmp_path / "run")][0] == "v1"
+        return
+    with pytest.raises(ConfigError, match=message):
+        plan_stages(load_config(config), tmp_path / "run")
+
+
 def test_resuming_a_finished_staged_run_is_refused(staged):
     """Every stage finished: --resume (even with a longer max_steps, which finished stages do not take) trained
     nothing, published the result again and exited 0."""

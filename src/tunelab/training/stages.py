@@ -95,11 +95,12 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
                 f"{at}: model.name is {entry['model.name']!r}, but stage {k} starts from stage {index}'s result "
                 f"(over {cfg.model.name!r}). Remove model.name from the stage, or train it as a run of its own."
             )
-        if "model.revision" in entry and entry["model.revision"] != cfg.model.revision:
+        first = plans[0].config.model  # stage 1's: the run's model.revision, unless stage 1 sets its own
+        if "model.revision" in entry and entry["model.revision"] != first.revision:
             raise ConfigError(
                 f"{at}: model.revision is {entry['model.revision']!r}, but stage {k} starts from stage {index}'s "
-                f"result (over {cfg.model.name!r} at {cfg.model.revision or 'the default revision'}). Remove "
-                "model.revision from the stage: only the run's (stage 1's) model.revision names the base."
+                f"result (over {first.name!r} at {first.revision or 'the default revision'}, as stage 1 trains). "
+                "Remove model.revision from the stage: only stage 1's model.revision names the base."
             )
         if "model.adapter" in entry:
             raise ConfigError(
