@@ -55,3 +55,18 @@ def test_a_resumed_staged_run_records_the_allowed_changes_in_its_config(staged, 
     assert read_config(run).eval.questions == str(new)
     assert check_questions(run, 3) == (["What is the code of box 4?"], str(new))
     assert str(new) in build_report(run).read_text()
+
+
+def test_the_report_of_a_stopped_staged_run_says_in_which_stage_it_stopped(staged, tmp_path, crash_at):
+    """The report of a staged run stopped in stage 2 of 3 said "optimizer steps: 4 of 6" (the total of the two stages
+    started, not of the run) and "the run stopped early" without saying where. It names the stage now, and says what
+    the total counts."""
+    staged["stages"].append({"name": "third", "data": staged["stages"][1]["data"], "train": {"max_steps": 3}})
+    with crash_at(5):  # stage 2's second step
+        train(None, staged)
+    run = tmp_path / "run"
+    info = json.loads((run / "run.json").read_text())
+    assert info["extra"]["stopped"] == {"stage": 2, "stages": 3, "stage_finished": False}
+    page = build_report(run).read_text()
+    assert "no: stopped in stage 2 of 3 (second); --resume continues it" in page
+    assert "4 of 6 (the total of the 2 stage(s) started; later stages" in page

@@ -58,7 +58,7 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             ("system prompt", d.get("system_prompt")),
             ("refusal sentence", d.get("refusal")),
             ("finished", _finished(d, stopped)),
-            ("rounds" if federated else "optimizer steps", f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"),
+            ("rounds" if federated else "optimizer steps", _steps(d)),
             (
                 "final train loss" if d.get("finished") and not stopped else "last logged train loss",
                 _final_loss(d, loss),
@@ -75,7 +75,23 @@ def _finished(d: dict, stopped: tuple[int, int] | None) -> str:
     if stopped:
         done, rounds = stopped
         return f"no: stopped after round {done} of {rounds} (or still running); tunelab federate --resume runs the rest"
+    staged = (d.get("extra") or {}).get("stopped")  # a staged run stopped early (training/stages.py)
+    if not d.get("finished") and isinstance(staged, dict) and isinstance(staged.get("stage"), int):
+        k, count, names = staged["stage"], staged.get("stages", "?"), (d.get("extra") or {}).get("stages") or []
+        name = f" ({names[k - 1]})" if isinstance(names, list) and 0 < k <= len(names) else ""
+        if staged.get("stage_finished"):
+            return f"no: stopped after stage {k} of {count}{name}, which was saved; --resume starts the next"
+        return f"no: stopped in stage {k} of {count}{name}; --resume continues it"
     return "yes" if d.get("finished") else "no (the run stopped early or is still training)"
+
+
+def _steps(d: dict) -> str:
+    """Steps done of the run's total; a staged run stopped early knows the lengths of the stages started alone."""
+    text = f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"
+    staged = (d.get("extra") or {}).get("stopped")
+    if not d.get("finished") and isinstance(staged, dict) and isinstance(staged.get("stage"), int):
+        text += f" (the total of the {staged['stage']} stage(s) started; later stages' lengths are not known yet)"
+    return text
 
 
 def _final_loss(d: dict, loss) -> str | None:

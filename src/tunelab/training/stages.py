@@ -333,7 +333,9 @@ def _record_stopped(run_dir: Path, count: int) -> None:
         return
     info = read_info(run_dir, require_finished=False)
     info.final_loss = each[-1].final_loss
-    _whole_run(info, each)
+    _whole_run(info, each)  # its total_steps: of the stages started; a later stage's length is known once it starts
+    # where it stopped: inside stage k, or after stage k was saved (the report says which, and of how many stages)
+    info.extra["stopped"] = {"stage": len(each), "stages": count, "stage_finished": each[-1].finished}
     write_info(run_dir, info)
 
 
