@@ -346,3 +346,14 @@ def test_the_loss_of_a_run_trained_on_prompts_says_it_holds_them(tiny_model_dir,
     assert result.tuned.eval_loss == pytest.approx(info["eval_loss"], rel=1e-4)
     assert result.loss_on == "answers with their prompts (data.train_on_prompt)"
     assert "loss on answers with their prompts (data.train_on_prompt)" in format_eval(result)
+
+
+def test_a_grpo_runs_own_eval_figure_is_recorded_as_its_reward():
+    """eval.json's training_eval_loss of a grpo run was run.json's eval_loss, its mean eval reward negated, and the
+    printed note called -0.75 the "training eval loss". It is recorded as training_eval_reward (0.75) now."""
+    from tunelab.eval.evaluate import EvalResult, training_figure
+    from tunelab.rundir import RunInfo
+
+    assert training_figure(RunInfo("tiny", "lora", task="grpo", eval_loss=-0.75)) == {"training_eval_reward": 0.75}
+    assert training_figure(RunInfo("tiny", "lora", eval_loss=1.5)) == {"training_eval_loss": 1.5}
+    assert EvalResult.__dataclass_fields__["training_eval_reward"].default is None  # eval.json written before: none

@@ -60,7 +60,7 @@ from tunelab.infer.generate import (
     say_config_notice,
 )
 from tunelab.infer.run import LoadedRun, check_base_precision, opened
-from tunelab.rundir import check_output_file, check_same_run, open_info, run_stamp, saved_config
+from tunelab.rundir import RunInfo, check_output_file, check_same_run, open_info, run_stamp, saved_config
 from tunelab.training.auto import trained_value
 from tunelab.training.step import evaluate, loss_tokens
 
@@ -123,6 +123,9 @@ class EvalResult:
     loss_on: str = "answers"  # what the loss is taken on: "answers", "expected texts", "text" (and combinations, and
     # "with their prompts" where the run trained on them)
     training_eval_loss: float | None = None  # the run's own eval loss (run.json), on its held-out training answers
+    training_eval_reward: float | None = (
+        None  # a grpo run's instead: its mean eval reward (run.json's eval_loss negated)
+    )
     base_weights: str = ""  # what the adapter sat on: "nf4" (a QLoRA run evaluated as trained) or the weights' dtype
 
     def to_dict(self) -> dict:
@@ -339,7 +342,7 @@ def evaluate_run(
         loss_tokens=sum(loss_tokens(b) for b in batches),
         loss_skipped={reason: {"count": s.count, "locations": s.locations} for reason, s in report.skips.items()},
         loss_on=_loss_on(items, data.train_on_prompt),
-        training_eval_loss=info.eval_loss,
+        **training_figure(info),
         base_weights="nf4" if run.quantized_base else str(run.dtype).removeprefix("torch."),
         base=_model_scores(base_loss, base_answers, asked, refusal, labels, base_tokens, base_s),
         tuned=_model_scores(tuned_loss, tuned_answers, asked, refusal, labels, tuned_tokens, tuned_s),
@@ -406,6 +409,14 @@ def format_eval(result: EvalResult, show_answers: bool = False) -> str:
     return "\n".join(lines)
 
 
+def training_figure(info: RunInfo) -> dict[str, float | None]:
+    """The run's own eval figure as EvalResult records it: a grpo run's eval_loss is its mean eval reward negated (for
+    keep_best), recorded as the reward; another run's is its eval loss."""
+    if info.task == "grpo":
+        return {"training_eval_reward": -info.eval_loss if info.eval_loss is not None else None}
+    return {"training_eval_loss": info.eval_loss}
+
+
 def _notes(result: EvalResult) -> list[str]:
     """What the loss and the missing exact match mean, where they could mislead."""
     notes = []
@@ -419,6 +430,11 @@ def _notes(result: EvalResult) -> list[str]:
         )
     elif trained and result.loss_on:
         notes.append(f"  training eval loss, on the run's own held-out split{trained}")
+    if result.training_eval_reward is not None:
+        notes.append(
+            "  training eval reward, the mean reward of greedy answers to the run's own eval prompts (run.json: "
+            f"{result.training_eval_reward:.4f})"
+        )
     overall = result.tuned.overall
     if overall is not None and overall.exact_match is None:
         notes.append(
