@@ -37,6 +37,7 @@ def test_a_staged_run_stopped_in_stage_two_records_its_last_logged_loss(staged, 
     assert info["finished"] is False and info["final_loss"] == stopped["final_loss"] and info["steps"] == 4
     page = build_report(run).read_text()
     assert "last logged train loss" in page and f"{info['final_loss']:.4f}" in page
+    assert "no: stopped in stage 2 of 2 (second)" in page and "4 of 6</td>" in page  # every stage's length known
 
 
 def test_a_resumed_staged_run_records_the_allowed_changes_in_its_config(staged, tmp_path, crash_at):

@@ -89,8 +89,9 @@ def _steps(d: dict) -> str:
     """Steps done of the run's total; a staged run stopped early knows the lengths of the stages started alone."""
     text = f"{d.get('steps', '?')} of {d.get('total_steps', '?')}"
     staged = (d.get("extra") or {}).get("stopped")
-    if not d.get("finished") and isinstance(staged, dict) and isinstance(staged.get("stage"), int):
-        text += f" (the total of the {staged['stage']} stage(s) started; later stages' lengths are not known yet)"
+    started = staged.get("stage") if isinstance(staged, dict) else None
+    if not d.get("finished") and isinstance(started, int) and started != staged.get("stages"):
+        text += f" (the total of the {started} stage(s) started; later stages' lengths are not known yet)"
     return text
 
 
