@@ -248,7 +248,7 @@ def test_bad_requests_get_openai_shaped_4xx_errors(server, client):
     assert status == 400 and json.loads(body)["error"]["param"] == "messages"
     no_content = json.dumps({"model": "tiny", "messages": [{"role": "user"}]}).encode()
     status, _, body = _http("POST", url, no_content)
-    assert status == 400 and "message 1 is the user's and has no content" in json.loads(body)["error"]["message"]
+    assert status == 400 and "messages.0 is the user's and has no content" in json.loads(body)["error"]["message"]
     empty_part = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text"}]}]}).encode()
     status, _, body = _http("POST", url, empty_part)  # was answered as an empty message
     assert status == 400 and "needs its text as a string" in json.loads(body)["error"]["message"]
@@ -428,7 +428,8 @@ def test_system_messages_are_read_as_training_read_them(server, client, tiny_run
         body = {"model": "tiny", "messages": [*late, *QUESTION], "stream": stream}
         status, _, raw = _http("POST", f"{server.url}/v1/chat/completions", json.dumps(body).encode())
         error = json.loads(raw)["error"]
-        assert status == 400 and error["param"] == "messages" and error["message"].startswith("message 3 is a system")
+        assert status == 400 and error["param"] == "messages.2.role", raw
+        assert error["message"].startswith("messages.2 is a system"), raw
 
 
 def test_base_precision_reaches_the_served_model(tiny_run_dir, monkeypatch, capsys):
@@ -668,14 +669,18 @@ def test_conversations_training_skips_are_refused_by_message(server):
     model never saw one; each is now a 400 naming the message, streamed or not."""
     answer = {"role": "assistant", "content": "Box 3."}
     cases = [
-        ([answer, *QUESTION], "message 1 is the assistant's before any user message"),
-        ([{"role": "system", "content": "Be brief."}, answer, *QUESTION], "message 2 is the assistant's before any"),
-        ([{"role": "user", "content": " "}, answer, *QUESTION], "message 1 is the user's and is empty"),
-        ([*QUESTION, answer, {"role": "user", "content": ""}], "message 3 is the user's and is empty"),
+        ([answer, *QUESTION], "messages.0.role", "messages.0 is the assistant's before any user message"),
+        ([{"role": "system", "content": "Be brief."}, answer, *QUESTION], "messages.1.role", "messages.1 is the"),
+        (
+            [{"role": "user", "content": " "}, answer, *QUESTION],
+            "messages.0.content",
+            "messages.0 is the user's and is",
+        ),
+        ([*QUESTION, answer, {"role": "user", "content": ""}], "messages.2.content", "messages.2 is the user's and is"),
     ]
-    for messages, says in cases:
+    for messages, param, says in cases:
         for stream in (False, True):
             body = {"model": "tiny", "messages": messages, "stream": stream}
             status, _, raw = _http("POST", f"{server.url}/v1/chat/completions", json.dumps(body).encode())
             error = json.loads(raw)["error"]
-            assert status == 400 and error["param"] == "messages" and error["message"].startswith(says), raw
+            assert status == 400 and error["param"] == param and error["message"].startswith(says), raw

@@ -33,8 +33,8 @@ def test_an_empty_assistant_message_is_refused_by_its_index(client):
         for stream in (False, True):
             answer = _ask(client, messages, stream)
             error = answer.json()["error"]
-            assert answer.status_code == 400 and error["param"] == "messages", answer.text
-            assert error["message"].startswith("message 2 is the assistant's and is empty"), error
+            assert answer.status_code == 400 and error["param"] == "messages.1.content", answer.text
+            assert error["message"].startswith("messages.1 is the assistant's and is empty"), error
     assert _ask(client, [QUESTION, {"role": "assistant", "content": "Box 3."}, QUESTION]).status_code == 200
 
 
@@ -147,19 +147,23 @@ def test_start_server_requires_the_key_of_the_environment_as_serve_does(tiny_run
 def test_a_message_the_server_cannot_read_is_named_by_its_index(client):
     """A content part of another type (an image) or without its text, or a message without content, was refused
     without saying which message of the conversation it was ("content part of type 'image_url': ..."); the error
-    names the message (from 1, as the others about messages do) and the part."""
+    names the part by its JSON path, in the message and in `param`."""
     image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
     cases = [
-        ([{"type": "text", "text": "Look:"}, image], "message 3, content part 2, is of type 'image_url'"),
-        ([{"type": "text"}], "message 3, content part 1, of type 'text' needs its text as a string"),
-        (None, "message 3 is the user's and has no content"),
+        (
+            [{"type": "text", "text": "Look:"}, image],
+            "messages.2.content.1.type",
+            "messages.2.content.1 is a content part of type 'image_url'",
+        ),
+        ([{"type": "text"}], "messages.2.content.0.text", "messages.2.content.0 is a content part of type 'text' and"),
+        (None, "messages.2.content", "messages.2 is the user's and has no content"),
     ]
-    for content, says in cases:
+    for content, param, says in cases:
         answer = _ask(
             client, [QUESTION, {"role": "assistant", "content": "Box 3."}, {"role": "user", "content": content}]
         )
         error = answer.json()["error"]
-        assert answer.status_code == 400 and error["param"] == "messages", answer.text
+        assert answer.status_code == 400 and error["param"] == param, answer.text
         assert error["message"].startswith(says), error
 
 
@@ -226,3 +230,22 @@ def test_a_failure_inside_a_stream_is_an_error_event_of_openais_shape(tiny_run_d
         "param": None,
         "code": None,
     }
+
+
+def test_every_error_about_a_message_names_it_as_validation_does(client):
+    """A validation error named a message `messages.1.role` (from 0), while the server's own checks said "message 2"
+    (from 1), and most of those set `param` to "messages" alone: one conversation's second message went by two
+    numbers. Each 400 about a message now names it as its JSON path, from 0, in the text and in OpenAI's `param`."""
+    answer = {"role": "assistant", "content": "Box 3."}
+    cases = [
+        ([QUESTION, {"role": "robot", "content": "x"}], "messages.1.role"),  # pydantic's
+        ([QUESTION, answer, {"role": "system", "content": "Late."}, QUESTION], "messages.2.role"),
+        ([QUESTION, {"role": "assistant", "content": " "}, QUESTION], "messages.1.content"),
+        ([QUESTION, answer, {"role": "user", "content": None}], "messages.2.content"),
+        ([QUESTION, {**answer, "name": "bot"}, QUESTION], "messages.1.name"),
+    ]
+    for messages, param in cases:
+        error = _ask(client, messages).json()["error"]
+        where = ".".join(param.split(".")[:2])
+        assert error["param"] == param and error["message"].startswith(where), error
+        assert "message 2" not in error["message"] and "message 3" not in error["message"], error

@@ -9,7 +9,12 @@ from tunelab.errors import ConfigError
 
 
 class Untrained(ConfigError):
-    """A conversation of a shape that training skips, so the model never saw one: its message named (from 1)."""
+    """A conversation of a shape that training skips, so the model never saw one: its message named as the JSON path
+    `messages.N` (from 0, as OpenAI's API and validation errors name it); `param` is the field at fault."""
+
+    def __init__(self, message: str, param: str = "messages"):
+        super().__init__(message)
+        self.param = param
 
 
 class LateSystem(Untrained):
@@ -27,14 +32,16 @@ def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
     late = next((start + i for i, m in enumerate(rest) if i and m["role"] == "system"), None)
     if late is not None:
         raise LateSystem(
-            f"message {late + 1} is a system (or developer) message after the first message; the model was trained "
-            "with a system message first only. Join the system messages into the first message."
+            f"messages.{late} is a system (or developer) message after the first message; the model was trained "
+            "with a system message first only. Join the system messages into the first message.",
+            f"messages.{late}.role",
         )
     first = start + (1 if rest and rest[0]["role"] == "system" else 0)
     if first < len(messages) and messages[first]["role"] != "user":
         raise Untrained(
-            f"message {first + 1} is the {messages[first]['role']}'s before any user message; the model was trained "
-            "on conversations that start with the user's message (after any system message). Start with the user's."
+            f"messages.{first} is the {messages[first]['role']}'s before any user message; the model was trained "
+            "on conversations that start with the user's message (after any system message). Start with the user's.",
+            f"messages.{first}.role",
         )
     blank = next(  # an assistant's turn that calls tools may have no text; a tool's result is not an answer
         (
@@ -46,13 +53,15 @@ def as_trained(messages: list[dict], system_prompt: str | None) -> list[dict]:
     )
     if blank is not None and messages[blank]["role"] == "user":
         raise Untrained(
-            f"message {blank + 1} is the user's and is empty; the model was trained on no empty question. "
-            "Give the text of the question, or leave the message out."
+            f"messages.{blank} is the user's and is empty; the model was trained on no empty question. "
+            "Give the text of the question, or leave the message out.",
+            f"messages.{blank}.content",
         )
     if blank is not None:
         raise Untrained(
-            f"message {blank + 1} is the assistant's and is empty; the model was trained on no empty answer. "
-            "Give the text of the answer, or leave out the exchange (the question and its answer)."
+            f"messages.{blank} is the assistant's and is empty; the model was trained on no empty answer. "
+            "Give the text of the answer, or leave out the exchange (the question and its answer).",
+            f"messages.{blank}.content",
         )
     if trained_system(system_prompt) and not (rest and rest[0]["role"] == "system"):
         rest = [{"role": "system", "content": system_prompt}, *rest]

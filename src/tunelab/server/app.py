@@ -134,20 +134,21 @@ MESSAGE_FIELDS = {"name": "name", "tool_calls": "tool_calls", "tool_call_id": "t
 MESSAGE_NULLS = ("refusal", "audio", "annotations", "function_call")
 
 
-def _message(m: Message, number: int, template) -> dict:
-    """A request's message as the template takes it (`number` from 1); Refused naming the field the run's template
-    would not write (the model would never see it), or one OpenAI does not define."""
+def _message(m: Message, index: int, template) -> dict:
+    """A request's message as the template takes it; Refused naming the field the run's template would not write
+    (the model would never see it), or one OpenAI does not define. Every error names the message as its JSON path,
+    `messages.N` from 0 (`index`), as validation errors and OpenAI's `param` do."""
     role = "system" if m.role == "developer" else m.role
-    where = f"messages.{number - 1}"
+    where = f"messages.{index}"
     if role == "tool" and not template.uses("tool"):
         raise Refused(
             f"{where}.role",
-            f"message {number} is a tool's result (role 'tool'), which the run's prompt template ('{template.name}') "
+            f"{where} is a tool's result (role 'tool'), which the run's prompt template ('{template.name}') "
             "does not write, so the model would not see it; leave it out, or give the result in a user message.",
         )
     if role == "tool" and not isinstance(m.content, str | list):
-        raise Refused(f"{where}.content", f"message {number} is a tool's result and needs its text as 'content'.")
-    out = {"role": role, "content": _text(m.content, m.role, number)}
+        raise Refused(f"{where}.content", f"{where} is a tool's result and needs its text as 'content'.")
+    out = {"role": role, "content": _text(m.content, m.role, where)}
     for key, value in (m.model_extra or {}).items():
         if value is None or (key == "tool_calls" and value == []) or (key in MESSAGE_NULLS and not value):
             continue
@@ -159,17 +160,17 @@ def _message(m: Message, number: int, template) -> dict:
         ):
             raise Refused(
                 f"{where}.{key}",
-                f"message {number} ({m.role}) has the field {key!r}, which this server does not read on a {m.role}'s "
+                f"{where} ({m.role}) has the field {key!r}, which this server does not read on a {m.role}'s "
                 "message; leave it out.",
             )
         if not template.uses(wanted):
             raise Refused(
                 f"{where}.{key}",
-                f"message {number} has {key!r}, which the run's prompt template ('{template.name}') does not write, "
+                f"{where} has {key!r}, which the run's prompt template ('{template.name}') does not write, "
                 "so the model would not see it; leave it out"
                 + (" (or say the name in the content)." if key == "name" else "."),
             )
-        out[key] = _tool_calls(value, where, number) if key == "tool_calls" else _string(value, f"{where}.{key}")
+        out[key] = _tool_calls(value, where) if key == "tool_calls" else _string(value, f"{where}.{key}")
     return out
 
 
@@ -179,7 +180,7 @@ def _string(value, param: str) -> str:
     return value
 
 
-def _tool_calls(calls, where: str, number: int) -> list[dict]:
+def _tool_calls(calls, where: str) -> list[dict]:
     """An assistant's tool calls as chat templates take them: OpenAI sends each call's arguments as a JSON text,
     Hugging Face templates read an object (as vLLM gives them)."""
     if not isinstance(calls, list):
@@ -190,7 +191,7 @@ def _tool_calls(calls, where: str, number: int) -> list[dict]:
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise Refused(
                 f"{where}.tool_calls.{k}",
-                f"message {number}, tool call {k + 1}: give it as OpenAI does, "
+                f"{where}.tool_calls.{k}: give the call as OpenAI does, "
                 '{"id": ..., "type": "function", "function": {"name": ..., "arguments": "{...}"}}.',
             )
         arguments = function.get("arguments", {})
@@ -200,7 +201,7 @@ def _tool_calls(calls, where: str, number: int) -> list[dict]:
             except json.JSONDecodeError:
                 raise Refused(
                     f"{where}.tool_calls.{k}.function.arguments",
-                    f"message {number}, tool call {k + 1}: its arguments are not valid JSON ({arguments[:80]!r}).",
+                    f"{where}.tool_calls.{k}.function.arguments: not valid JSON ({arguments[:80]!r}).",
                 ) from None
         out.append(call | {"function": function | {"arguments": arguments}})
     return out
@@ -215,26 +216,28 @@ def _field(loc) -> str:
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|constrained-str)$|[\[\]]")
 
 
-def _text(content, role: str, number: int) -> str:
+def _text(content, role: str, where: str) -> str:
     """A message's content: a string, or OpenAI's list of parts, whose texts are joined by a line break (as vLLM
     joins them: "Code of box" and "3?" are two lines, not "Code of box3?"). Only an assistant's turn may come without
-    one (when it calls tools). ValueError naming message `number` (from 1)."""
+    one (when it calls tools). Refused naming the field under `where` (the message's path, "messages.2")."""
     if content is None:
         if role != "assistant":
-            raise ValueError(f"message {number} is the {role}'s and has no content; give its text as 'content'")
+            raise Refused(f"{where}.content", f"{where} is the {role}'s and has no content; give its text as 'content'")
         return ""
     if isinstance(content, str):
         return content
     parts = []
-    for i, part in enumerate(content, 1):
+    for i, part in enumerate(content):
         if part.get("type") != "text":
-            raise ValueError(
-                f"message {number}, content part {i}, is of type {part.get('type')!r}: this model reads text parts only"
+            raise Refused(
+                f"{where}.content.{i}.type",
+                f"{where}.content.{i} is a content part of type {part.get('type')!r}: this model reads text parts only",
             )
         if not isinstance(part.get("text"), str):
-            raise ValueError(
-                f"message {number}, content part {i}, of type 'text' needs its text as a string, got "
-                f"{part.get('text')!r}"
+            raise Refused(
+                f"{where}.content.{i}.text",
+                f"{where}.content.{i} is a content part of type 'text' and needs its text as a string, got "
+                f"{part.get('text')!r}",
             )
         parts.append(part["text"])
     return "\n".join(parts)
@@ -350,11 +353,9 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                 param="tools",
             )
         try:
-            messages = [_message(m, i, template) for i, m in enumerate(body.messages, 1)]
+            messages = [_message(m, i, template) for i, m in enumerate(body.messages)]
         except Refused as exc:
             return _error(400, str(exc), param=exc.param)
-        except ValueError as exc:
-            return _error(400, str(exc), param="messages")
         if messages[-1]["role"] not in ("user", "tool"):
             return _error(
                 400,
@@ -387,7 +388,9 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                 return Response(status_code=499)  # the client closed the connection: nobody reads this
         except ContextTooLong as exc:
             return _error(400, str(exc), param="messages", code="context_length_exceeded")
-        except (ControlTokenText, NotText, Untrained) as exc:
+        except Untrained as exc:
+            return _error(400, str(exc), param=exc.param)
+        except (ControlTokenText, NotText) as exc:
             return _error(400, str(exc), param="messages")
         except TunelabError as exc:
             return _error(400, str(exc))
