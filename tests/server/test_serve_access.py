@@ -43,7 +43,7 @@ def test_a_run_reached_through_a_link_is_served_under_the_links_name(tiny_run_di
         assert client.get(f"/v1/models/{name}").json()["id"] == name, name
         body = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
         answer = client.post("/v1/chat/completions", json=body)
-        assert answer.status_code == 200 and answer.json()["model"] == "latest", answer.json()
+        assert answer.status_code == 200 and answer.json()["model"] == name, answer.json()  # the id asked for
     named = TestClient(build_app(open_run(link, device="cpu"), model_name="tiny"))
     assert named.get(f"/v1/models/{tiny_run_dir.name}").status_code == 404
     assert run_name(f"{link}/") == "latest"

@@ -249,3 +249,23 @@ def test_every_error_about_a_message_names_it_as_validation_does(client):
         where = ".".join(param.split(".")[:2])
         assert error["param"] == param and error["message"].startswith(where), error
         assert "message 2" not in error["message"] and "message 3" not in error["message"], error
+
+
+def test_an_answer_carries_the_model_id_the_request_named(tiny_run_dir):
+    """A run served through a link (runs/latest -> runs/2026-12-04) answers requests naming either; one naming the
+    folder's own name got "latest" back as the answer's `model`, so a client checking it saw another model. The
+    answer carries the id the request named, streamed or not, as OpenAI answers."""
+    import json
+
+    from tunelab.server.app import create_app
+    from tunelab.server.engine import Engine
+
+    engine = Engine(open_run(tiny_run_dir, device="cpu"), "latest", {"2026-12-04"})
+    with TestClient(create_app(engine)) as client:
+        for name in ("latest", "2026-12-04"):
+            body = {"model": name, "messages": [QUESTION], "max_tokens": 2}
+            answer = client.post("/v1/chat/completions", json=body)
+            assert answer.status_code == 200 and answer.json()["model"] == name, answer.text
+            streamed = client.post("/v1/chat/completions", json=body | {"stream": True}).text
+            chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+            assert chunks and {c["model"] for c in chunks} == {name}, streamed

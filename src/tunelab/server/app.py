@@ -381,7 +381,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)
                 return StreamingResponse(
-                    _events(reply, request, request_id, created, engine.model_id, usage), media_type="text/event-stream"
+                    _events(reply, request, request_id, created, body.model, usage), media_type="text/event-stream"
                 )
             done = await _answer(reply, request)
             if done is None:
@@ -398,7 +398,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             "id": request_id,
             "object": "chat.completion",
             "created": created,
-            "model": engine.model_id,
+            "model": body.model,  # the name the request gave, as OpenAI answers (a link's target, an alias)
             "choices": [
                 {
                     "index": 0,
