@@ -20,7 +20,14 @@ from tunelab.config import RunConfig
 from tunelab.errors import DataError, RunDirError
 from tunelab.eval.metrics import correct, refused
 from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
-from tunelab.infer.generate import GenerationSettings, answer_progress, generate_answers, say_config_notice
+from tunelab.infer.generate import (
+    GenerationSettings,
+    answer_progress,
+    base_config_notice,
+    generate_answers,
+    say,
+    say_config_notice,
+)
 from tunelab.infer.run import LoadedRun, open_run
 
 COMPARE_FILE = "compare.json"
@@ -85,13 +92,15 @@ def compare(
         if q.prompt is None:
             raise DataError(f"{q.where}: a text row holds no question to ask; compare needs question rows.")
     settings = answer_settings(settings, run.run_dir)
-    say_config_notice(run.model)
+    say_config_notice(run.model, whose="the tuned model's")  # the base's is said once it is loaded
     run.check_base()  # a full run's base, loaded after the tuned answers: gone or changed is said before them
     conversations, names = [q.prompt for q in questions], [q.where for q in questions]
     with answer_progress(len(conversations), "answers, tuned model") as step:
         tuned = generate_answers(run.model, run.tokenizer, run.template, conversations, settings, step, names)
-    with run.base_model() as base_model, answer_progress(len(conversations), "answers, base model") as step:
-        base = generate_answers(base_model, run.tokenizer, run.template, conversations, settings, step, names)
+    with run.base_model() as base_model:
+        say(base_config_notice(base_model, run.model))
+        with answer_progress(len(conversations), "answers, base model") as step:
+            base = generate_answers(base_model, run.tokenizer, run.template, conversations, settings, step, names)
     labels = task_labels(questions)
     rows = []
     for q, b, t in zip(questions, base, tuned):

@@ -88,10 +88,10 @@ def _model_sets(model) -> dict:
     return found
 
 
-def config_notice(model) -> str | None:
+def config_notice(model, whose: str = "the model's") -> str | None:
     """A line saying which decoding settings of the model's generation_config.json tunelab does not apply (min_p,
     no_repeat_ngram_size, ...) and which its own settings replace (temperature, top_p, ...), or None when it sets
-    none of them. Commands that generate print it at start."""
+    none of them. Commands that generate print it at start; `whose` names the model where two answer."""
     found = _model_sets(model)
     if not found:
         return None
@@ -105,12 +105,26 @@ def config_notice(model) -> str | None:
             f"{', '.join(replaced)}, which tunelab's settings replace (--temperature, --top-p, --repetition-penalty "
             "or a request's values, else greedy decoding with no penalty)"
         )
-    return f"note: the model's generation_config.json sets {'; and '.join(said)}."
+    return f"note: {whose} generation_config.json sets {'; and '.join(said)}."
 
 
-def say_config_notice(model, out: TextIO | None = None) -> None:
+def base_config_notice(base, tuned) -> str | None:
+    """compare's line about the base model's generation_config, once the tuned model's was said: the same settings
+    in a word, others in full, none where neither sets any."""
+    if _model_sets(base) == _model_sets(tuned):
+        return "note: the base model's generation_config.json sets the same." if _model_sets(tuned) else None
+    return config_notice(base, "the base model's") or (
+        "note: the base model's generation_config.json sets none of these (the tuned model's does)."
+    )
+
+
+def say_config_notice(model, out: TextIO | None = None, whose: str = "the model's") -> None:
     """Write `config_notice` (if any) to `out`, stderr by default: at the start of a command that generates."""
-    notice = config_notice(model)
+    say(config_notice(model, whose), out)
+
+
+def say(notice: str | None, out: TextIO | None = None) -> None:
+    """Write a notice line (if any) to `out`, stderr by default."""
     if notice:
         print(notice, file=out or sys.stderr, flush=True)
 
