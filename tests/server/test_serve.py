@@ -245,7 +245,7 @@ def test_bad_requests_get_openai_shaped_4xx_errors(server, client):
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_json"
     last = json.dumps({"model": "tiny", "messages": [*QUESTION, {"role": "assistant", "content": "x"}]}).encode()
     status, _, body = _http("POST", url, last)
-    assert status == 400 and json.loads(body)["error"]["param"] == "messages"
+    assert status == 400 and json.loads(body)["error"]["param"] == "messages.1.role"
     no_content = json.dumps({"model": "tiny", "messages": [{"role": "user"}]}).encode()
     status, _, body = _http("POST", url, no_content)
     assert status == 400 and "messages.0 is the user's and has no content" in json.loads(body)["error"]["message"]

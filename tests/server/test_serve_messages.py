@@ -269,3 +269,29 @@ def test_an_answer_carries_the_model_id_the_request_named(tiny_run_dir):
             streamed = client.post("/v1/chat/completions", json=body | {"stream": True}).text
             chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
             assert chunks and {c["model"] for c in chunks} == {name}, streamed
+
+
+def test_a_conversation_ending_with_the_assistants_turn_says_why_it_is_refused(client):
+    """A conversation ending with an assistant message (a prefill, as vLLM continues one with
+    continue_final_message) got "the last message must be the user's or a tool's result", with `param` "messages":
+    neither which message nor that continuing an answer is what is not supported. It names the message and says
+    so; vLLM's options are accepted with the values that ask for nothing, and refused otherwise, saying why."""
+    answer = {"role": "assistant", "content": "Box 3 is"}
+    error = _ask(client, [QUESTION, answer]).json()["error"]
+    assert error["param"] == "messages.1.role", error
+    assert error["message"].startswith("messages.1 is the assistant's, and the conversation ends there"), error
+    assert "continue_final_message" in error["message"], error
+    system = _ask(client, [{"role": "system", "content": "Be brief."}]).json()["error"]
+    assert system["param"] == "messages.0.role" and system["message"].startswith("messages.0 is the system's"), system
+    for option, value, status in [
+        ("continue_final_message", False, 200),
+        ("add_generation_prompt", True, 200),
+        ("continue_final_message", True, 400),
+        ("add_generation_prompt", False, 400),
+    ]:
+        body = {"model": "tiny", "messages": [QUESTION], "max_tokens": 2, option: value}
+        reply = client.post("/v1/chat/completions", json=body)
+        assert reply.status_code == status, (option, value, reply.text)
+        if status == 400:
+            assert reply.json()["error"]["param"] == option
+            assert "always writes a new assistant turn" in reply.json()["error"]["message"], reply.text

@@ -98,6 +98,14 @@ NOT_IMPLEMENTED: dict[str, tuple] = {
     "prediction": (None,),
     "web_search_options": (None,),
     "verbosity": (None,),
+    # vLLM's: a final assistant message continued rather than answered (a prefill); the defaults ask for nothing
+    "add_generation_prompt": (None, True),
+    "continue_final_message": (None, False),
+}
+# Why an option of NOT_IMPLEMENTED is refused, where the general reason (plain text answers) is not it.
+WHY_NOT = {
+    "add_generation_prompt": "this server always writes a new assistant turn, the prompt the model was trained on",
+    "continue_final_message": "this server always writes a new assistant turn, the prompt the model was trained on",
 }
 
 
@@ -109,10 +117,13 @@ def unsupported_option(body: ChatRequest) -> tuple[str, str] | None:
         if name not in NOT_IMPLEMENTED:
             return name, f"unknown option {name!r}: this server reads {', '.join(ChatRequest.model_fields)}"
         if value not in NOT_IMPLEMENTED[name]:
-            return name, (
-                f"option {name!r} is {json.dumps(value)[:80]}, which this server does not support (it answers with "
-                "plain text only: no log-probabilities, structured output, forced tool calls, penalties or logit "
-                "bias); leave it out"
+            why = WHY_NOT.get(name) or (
+                "it answers with plain text only: no log-probabilities, structured output, forced tool calls, "
+                "penalties or logit bias"
+            )
+            return (
+                name,
+                f"option {name!r} is {json.dumps(value)[:80]}, which this server does not support ({why}); leave it out",
             )
     if body.stream_options is not None and not body.stream:
         return "stream_options", "option 'stream_options' is only allowed with \"stream\": true"
@@ -356,11 +367,22 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             messages = [_message(m, i, template) for i, m in enumerate(body.messages)]
         except Refused as exc:
             return _error(400, str(exc), param=exc.param)
-        if messages[-1]["role"] not in ("user", "tool"):
+        last = len(messages) - 1
+        if messages[last]["role"] == "assistant":
             return _error(
                 400,
-                "the last message must be the user's or a tool's result (this server writes the assistant's turn)",
-                param="messages",
+                f"messages.{last} is the assistant's, and the conversation ends there: this server writes the next "
+                "assistant turn, after the user's message or a tool's result, as the model was trained; it does not "
+                "continue a written answer (vLLM's continue_final_message). End with the user's message, or leave "
+                "the last message out.",
+                param=f"messages.{last}.role",
+            )
+        if messages[last]["role"] not in ("user", "tool"):
+            return _error(
+                400,
+                f"messages.{last} is the {messages[last]['role']}'s; the last message must be the user's or a tool's "
+                "result (this server writes the assistant's turn after it).",
+                param=f"messages.{last}.role",
             )
         try:
             settings = GenerationSettings(
