@@ -315,13 +315,13 @@ def test_a_config_option_given_twice_on_the_command_line_is_refused(tmp_path, ca
 @pytest.mark.parametrize(
     "flags, says",
     [
-        (["--top-p", "0"], "option '--top-p' is 0; give a number above 0 and at most 1"),
-        (["--top-p", "1.5"], "option '--top-p' is 1.5; give a number above 0 and at most 1"),
+        (["--top-p", "-0.1"], "option '--top-p' is -0.1; give a number from 0 (greedy) to 1"),
+        (["--top-p", "1.5"], "option '--top-p' is 1.5; give a number from 0 (greedy) to 1"),
         (["--temperature", "-0.5"], "option '--temperature' is -0.5; give a number 0 (greedy) or more"),
     ],
 )
 def test_a_generation_option_out_of_range_is_named_with_its_value(tmp_path, capsys, flags, says):
-    """--top-p 0 was told that "options --max-new-tokens >= 1, --temperature >= 0 and 0 < --top-p <= 1 are
+    """--top-p 1.5 was told that "options --max-new-tokens >= 1, --temperature >= 0 and 0 < --top-p <= 1 are
     required", leaving the user to find which of the three was wrong."""
     assert main(["generate", str(tmp_path), "--prompt", "hi", *flags]) == 2
     assert says in capsys.readouterr().err

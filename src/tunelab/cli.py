@@ -95,7 +95,9 @@ def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "
         help=f"tokens to generate per answer (default: {tokens_default})",
     )
     g.add_argument("--temperature", type=finite, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
-    g.add_argument("--top-p", type=finite, default=1.0, help="nucleus sampling threshold (default: 1.0)")
+    g.add_argument(
+        "--top-p", type=finite, default=1.0, help="nucleus sampling threshold, 0 to 1 (0: greedy; default: 1.0)"
+    )
     g.add_argument(
         "--repetition-penalty", type=positive, default=1.0, help="penalty for repeated tokens (default: 1.0)"
     )
@@ -116,7 +118,7 @@ def _settings(args):
 
     for flag, value, ok, allowed in (  # --max-new-tokens and --repetition-penalty: their argparse types
         ("--temperature", args.temperature, args.temperature >= 0, "0 (greedy) or more"),
-        ("--top-p", args.top_p, 0 < args.top_p <= 1, "above 0 and at most 1"),
+        ("--top-p", args.top_p, 0 <= args.top_p <= 1, "from 0 (greedy) to 1"),
     ):
         if not ok:
             raise ConfigError(f"option '{flag}' is {value:g}; give a number {allowed}.")

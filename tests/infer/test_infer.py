@@ -96,7 +96,7 @@ def test_unfinished_or_foreign_directories_are_refused(tmp_path, tiny_run_dir):
     [
         ({"repetition_penalty": 0.0}, "repetition_penalty is 0.0; it must be above 0"),
         ({"temperature": float("nan")}, "temperature is nan"),
-        ({"top_p": 1.5}, "top_p is 1.5; it must be in (0, 1]"),
+        ({"top_p": 1.5}, "top_p is 1.5; it must be in [0, 1] (0: greedy)"),
         ({"max_new_tokens": 0}, "max_new_tokens is 0"),
     ],
 )

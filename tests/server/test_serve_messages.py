@@ -295,3 +295,21 @@ def test_a_conversation_ending_with_the_assistants_turn_says_why_it_is_refused(c
         if status == 400:
             assert reply.json()["error"]["param"] == option
             assert "always writes a new assistant turn" in reply.json()["error"]["message"], reply.text
+
+
+def test_top_p_zero_is_greedy_as_openai_takes_it(client, tiny_run_dir):
+    """OpenAI takes top_p from 0 to 1, 0 included; `"top_p": 0` was a 400 here ("Input should be greater than 0"),
+    and `--top-p 0` an error. A nucleus of no probability mass holds the likeliest token alone: 0 answers greedily,
+    whatever the temperature and seed."""
+    from tunelab.infer.generate import GenerationSettings
+
+    run = open_run(tiny_run_dir, device="cpu")
+    kwargs = GenerationSettings(temperature=1.0, top_p=0.0).kwargs(run.template, run.tokenizer, run.model)
+    assert kwargs["do_sample"] is False and kwargs["top_p"] is None, kwargs
+    greedy = _ask(client, [QUESTION]).json()["choices"][0]["message"]["content"]
+    for seed in (1, 2, 3):
+        body = {"model": "tiny", "messages": [QUESTION], "max_tokens": 2, "temperature": 1.0, "top_p": 0, "seed": seed}
+        answer = client.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == greedy
+    assert client.post("/v1/chat/completions", json=body | {"top_p": -0.1}).status_code == 400

@@ -133,7 +133,7 @@ def say(notice: str | None, out: TextIO | None = None) -> None:
 class GenerationSettings:
     max_new_tokens: int | None = None  # None: the run's eval.max_new_tokens (compare, eval), else 128
     temperature: float = 0.0  # 0 (or below GREEDY_BELOW) means greedy
-    top_p: float = 1.0
+    top_p: float = 1.0  # 0 means greedy too (OpenAI takes 0 to 1: the smallest nucleus, the likeliest token alone)
     repetition_penalty: float = 1.0
     batch_size: int = 16
 
@@ -150,7 +150,7 @@ class GenerationSettings:
         checks = (  # (setting, whether its value is allowed, the values allowed)
             ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "1 or more"),
             ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "0 (greedy) or more"),
-            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("top_p", 0 <= self.top_p <= 1, "in [0, 1] (0: greedy)"),
             ("repetition_penalty", math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "above 0"),
             ("batch_size", self.batch_size >= 1, "1 or more"),
         )
@@ -161,7 +161,7 @@ class GenerationSettings:
     def kwargs(self, template: Template, tokenizer, model=None) -> dict:
         """generate()'s arguments; with `model`, those of its generation_config that would change the answer beyond
         these settings are passed as the values that change nothing (NOT_APPLIED)."""
-        sampling = self.temperature >= GREEDY_BELOW
+        sampling = self.temperature >= GREEDY_BELOW and self.top_p > 0
         out = {
             "max_new_tokens": self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
             "do_sample": sampling,

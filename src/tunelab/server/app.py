@@ -66,7 +66,8 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, strict=True)  # at most `token_cap` (create_app)
     max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True, allow_inf_nan=False)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True, allow_inf_nan=False)
+    # OpenAI's range, 0 included: a nucleus of no probability mass holds the likeliest token alone, so 0 is greedy
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0, strict=True, allow_inf_nan=False)
     stream: bool | None = Field(default=None, strict=True)
     stream_options: StreamOptions | None = None
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None  # OpenAI's limit: 4 sequences
