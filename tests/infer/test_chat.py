@@ -70,3 +70,26 @@ def test_the_next_answer_waits_for_a_stopped_one_to_end(tiny_run_dir):
         run, GenerationSettings(max_new_tokens=3, temperature=1.0), read=lambda prompt: next(inputs), out=Interrupting()
     )
     assert overlapped and not any(overlapped), overlapped
+
+
+def test_an_answer_cut_at_max_new_tokens_is_said(tiny_run_dir):
+    """An answer that reached --max-new-tokens stopped mid-sentence and the chat went on without a word, as if the
+    model had finished. It now says the answer was cut at the limit and how to allow more; an answer that ends with
+    its end-of-turn token says nothing."""
+    import torch
+
+    run = open_run(tiny_run_dir, device="cpu")
+    said = "(the answer was cut at 3 tokens, the limit; --max-new-tokens allows more.)"
+    settings = GenerationSettings(max_new_tokens=3, temperature=1.0)  # sampled: the tiny model writes text
+
+    def talk() -> str:
+        inputs, out = iter(["Code of box 1?", "/exit"]), io.StringIO()
+        torch.manual_seed(0)
+        chat(run, settings, read=lambda prompt: next(inputs), out=out)
+        return out.getvalue()
+
+    assert said in talk()
+    end = (run.template.stop_token_ids or [run.tokenizer.eos_token_id])[0]
+    generate = run.model.generate
+    run.model.generate = lambda **kwargs: generate(**kwargs, forced_eos_token_id=end)  # its turn ends at the limit
+    assert said not in talk()

@@ -80,6 +80,8 @@ def chat(
                 f"(the model's context left this answer room for {room} of the {wanted} tokens asked; /reset starts "
                 "a new conversation.)\n"
             )
+        elif answer.cut:  # else the text stops mid-sentence without a word
+            out.write(f"(the answer was cut at {wanted} tokens, the limit; --max-new-tokens allows more.)\n")
         answer_text = "".join(pieces).strip()
         if not answer_text:  # training skips a conversation with an empty answer: the model never saw one
             messages.pop()

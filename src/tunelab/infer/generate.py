@@ -288,13 +288,13 @@ def _answer_batch(model, tokenizer, template: Template, prompts: list[list[int]]
 
 def stream_answer(
     model, tokenizer, template: Template, messages: list[dict], settings: GenerationSettings
-) -> tuple[Iterator[str], int]:
+) -> tuple[AnswerStream, int]:
     """The answer's text piece by piece as it is generated, and the most tokens it may have (max_new_tokens, or less
     where the model's context leaves less room). ContextTooLong, raised here rather than by the first piece, when the
     conversation leaves the model no room to answer."""
     prompt = torch.tensor([render_prompt(messages, tokenizer, template)], device=_device(model))
     settings = fit_context(model, prompt.shape[1], settings)
-    return _stream(model, tokenizer, template, prompt, settings), settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    return AnswerStream(model, tokenizer, template, prompt, settings), settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
 
 
 class _Cancelled:
@@ -352,14 +352,33 @@ class Streamed:
             raise self.error
 
 
-def _stream(model, tokenizer, template: Template, prompt: torch.Tensor, settings: GenerationSettings) -> Iterator[str]:
-    kwargs = settings.kwargs(template, tokenizer, model) | {
-        "input_ids": prompt,
-        "attention_mask": torch.ones_like(prompt),
-    }
-    generation = Streamed(model, tokenizer, kwargs)
-    try:
-        yield from generation
-    finally:
-        generation.cancel()  # a reader that stopped early (Ctrl-C in chat) ends the generation at its next token,
-        generation.finished.wait()  # and the next answer starts once it has: one generate on the model at a time
+class AnswerStream:
+    """One answer's text pieces as generated (iterate; generation starts with the first piece). `close()` ends it at
+    its next token and waits for that (one generate on the model at a time). Once read to its end, `cut` says whether
+    it ended at max_new_tokens rather than at the end of its turn: the text may stop mid-sentence."""
+
+    def __init__(self, model, tokenizer, template: Template, prompt: torch.Tensor, settings: GenerationSettings):
+        self.limit = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        self.stops = set(template.stop_token_ids) | {tokenizer.eos_token_id}
+        self.cut = False
+        self._pieces = self._read(model, tokenizer, template, prompt, settings)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def close(self) -> None:
+        self._pieces.close()
+
+    def _read(self, model, tokenizer, template: Template, prompt: torch.Tensor, settings: GenerationSettings):
+        kwargs = settings.kwargs(template, tokenizer, model) | {
+            "input_ids": prompt,
+            "attention_mask": torch.ones_like(prompt),
+        }
+        generation = Streamed(model, tokenizer, kwargs)
+        try:
+            yield from generation
+        finally:
+            generation.cancel()  # a reader that stopped early (Ctrl-C in chat) ends the generation at its next token,
+            generation.finished.wait()  # and the next answer starts once it has: one generate on the model at a time
+        new = generation.output[0, prompt.shape[1] :].tolist()
+        self.cut = len(new) >= self.limit and new[-1] not in self.stops
