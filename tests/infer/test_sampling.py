@@ -63,10 +63,10 @@ def test_the_models_generation_config_changes_no_answer_and_is_said(tiny_run_dir
         config.no_repeat_ngram_size, config.num_beams, config.temperature = 0, 1, 1.0
 
 
-def test_compare_describes_the_base_models_generation_config_too(tiny_run_dir, capsys):
-    """compare answers with a base model loaded on its own (a full run's), whose generation_config.json may set other
-    things than the tuned model's, yet only the tuned model's was described. Each is said now: the base's in full
-    where it differs, in a word where it is the same."""
+def test_compare_and_eval_describe_the_base_models_generation_config_too(tiny_run_dir, tmp_path, capsys):
+    """compare and eval answer with a base model loaded on its own (a full run's), whose generation_config.json may
+    set other things than the tuned model's, yet only the tuned model's was described. Each is said now: the base's
+    in full where it differs, in a word where it is the same."""
     import copy
     from contextlib import contextmanager
 
@@ -90,6 +90,12 @@ def test_compare_describes_the_base_models_generation_config_too(tiny_run_dir, c
         run.base_model = separate
         api.compare(run, question=["Code of box 3?"], settings=GenerationSettings(max_new_tokens=2), save=False)
         err = capsys.readouterr().err
+        assert "note: the base model's generation_config.json sets min_p=0.05, which tunelab" in err, err
+        questions = tmp_path / "q.jsonl"
+        questions.write_text('{"question": "Code of box 3?", "expected": "Box 3"}\n')
+        api.evaluate(run, questions, settings=GenerationSettings(max_new_tokens=2), save=False)
+        err = capsys.readouterr().err
+        assert "note: the tuned model's generation_config.json sets no_repeat_ngram_size=3" in err, err
         assert "note: the base model's generation_config.json sets min_p=0.05, which tunelab" in err, err
     finally:
         run.model.generation_config.no_repeat_ngram_size = 0

@@ -55,8 +55,10 @@ from tunelab.eval.questions import (
 from tunelab.infer.generate import (
     GenerationSettings,
     answer_progress,
+    base_config_notice,
     fit_prompts,
     generate_answers,
+    say,
     say_config_notice,
 )
 from tunelab.infer.run import LoadedRun, check_base_precision, opened
@@ -305,8 +307,8 @@ def evaluate_run(
     asked = [it for it in items if it.prompt is not None]
     prompts, names = [it.prompt for it in asked], [it.where for it in asked]
     fit_prompts(run.model, run.tokenizer, run.template, prompts, settings, names)  # too long: refused before any work
-    if asked:
-        say_config_notice(run.model)
+    if asked:  # the base model's is said once it is loaded
+        say_config_notice(run.model, whose="the tuned model's")
     run.check_base()  # a full run's base, loaded after the tuned answers: gone or changed is said before them
     labels = task_labels(asked)
 
@@ -319,6 +321,8 @@ def evaluate_run(
     with answer_progress(len(prompts), "answers, tuned model") as step:
         tuned_answers, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings, step, names)
     with run.base_model() as base_model:
+        if asked:
+            say(base_config_notice(base_model, run.model))
         base_loss = loss(base_model, "base")
         with answer_progress(len(prompts), "answers, base model") as step:
             base_answers, base_tokens, base_s = _timed_answers(base_model, run, prompts, settings, step, names)
