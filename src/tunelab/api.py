@@ -18,7 +18,9 @@ import dataclasses
 import functools
 import inspect
 import os
+import sys
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, check_questions, read_questions, run_data_config
 from tunelab.export.gguf import export_gguf as _export_gguf
 from tunelab.infer.conversation import as_trained
-from tunelab.infer.generate import GenerationSettings, generate_answers, say_config_notice
+from tunelab.infer.generate import DEFAULT_MAX_NEW_TOKENS, GenerationSettings, answer_one, say_config_notice
 from tunelab.infer.run import LoadedRun, opened
 from tunelab.infer.run import open_run as _open_run
 from tunelab.models.load import load_tokenizer, resolve_source
@@ -338,12 +340,14 @@ def generate(
     given = [{"role": "system", "content": system}] if system is not None else []
     messages = as_trained([*given, {"role": "user", "content": prompt}], loaded.system_prompt)  # blank system: none
     settings = settings or GenerationSettings()
-    if base:
-        with loaded.base_model() as model:
-            say_config_notice(model)
-            return generate_answers(model, loaded.tokenizer, loaded.template, [messages], settings)[0]
-    say_config_notice(loaded.model)
-    return generate_answers(loaded.model, loaded.tokenizer, loaded.template, [messages], settings)[0]
+    with loaded.base_model() if base else nullcontext(loaded.model) as model:
+        say_config_notice(model)
+        answer, cut_at = answer_one(model, loaded.tokenizer, loaded.template, messages, settings)
+    if cut_at is not None:  # on stderr: stdout is the answer alone
+        asked = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        why = "the limit; --max-new-tokens allows more" if cut_at == asked else "the room the model's context left"
+        print(f"note: the answer was cut at {cut_at} tokens, {why}.", file=sys.stderr, flush=True)
+    return answer
 
 
 @_checked

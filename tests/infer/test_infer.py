@@ -450,7 +450,7 @@ def test_a_blank_system_in_generate_is_none_as_in_training(tiny_run_dir, monkeyp
     told = replace(run, info=replace(run.info, system_prompt="You answer box questions."))
     sent = []
     monkeypatch.setattr(
-        tunelab.api, "generate_answers", lambda model, tok, tpl, convs, settings: sent.extend(convs) or [""]
+        tunelab.api, "answer_one", lambda model, tok, tpl, conv, settings: (sent.append(conv) or "", None)
     )
     question = {"role": "user", "content": "Code of box 3?"}
     trained = [{"role": "system", "content": "You answer box questions."}, question]
@@ -476,7 +476,7 @@ def test_a_blank_data_system_prompt_is_none_in_the_run_as_in_training(tiny_overr
     assert run.info.system_prompt is None
     sent = []
     monkeypatch.setattr(
-        tunelab.api, "generate_answers", lambda model, tok, tpl, convs, settings: sent.extend(convs) or [""]
+        tunelab.api, "answer_one", lambda model, tok, tpl, conv, settings: (sent.append(conv) or "", None)
     )
     tunelab.generate(run, "Code of box 3?", settings=SHORT)
     saved = replace(run, info=replace(run.info, system_prompt="  "))  # a run that recorded it before
@@ -540,3 +540,18 @@ def test_generate_says_on_stderr_when_the_answer_is_empty(tiny_run_dir, capsys):
     assert main(["generate", str(tiny_run_dir), "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "4"]) == 0
     out, err = capsys.readouterr()
     assert out == "\n" and "the answer is empty" in err
+
+
+def test_generate_says_on_stderr_when_its_answer_was_cut(tiny_run_dir, capsys):
+    """`tunelab generate` printed an answer that reached --max-new-tokens as if the model had finished it, though it
+    may stop mid-sentence. A note on stderr says it was cut and at how many tokens (stdout stays the answer alone);
+    an answer that ends its turn gets none."""
+    run = open_run(tiny_run_dir, device="cpu")
+    settings = GenerationSettings(max_new_tokens=3)  # greedy: the tiny model writes line breaks to the limit
+    tunelab.generate(run, "Code of box 1?", settings=settings)
+    assert "note: the answer was cut at 3 tokens, the limit; --max-new-tokens allows more." in capsys.readouterr().err
+    end = (run.template.stop_token_ids or [run.tokenizer.eos_token_id])[0]
+    generate = run.model.generate
+    run.model.generate = lambda **kwargs: generate(**kwargs, forced_eos_token_id=end)  # its turn ends at the limit
+    tunelab.generate(run, "Code of box 1?", settings=settings)
+    assert "was cut" not in capsys.readouterr().err

@@ -247,7 +247,7 @@ def generate_answers(
         end = start + 1
         while end < len(prompts) and end - start < settings.batch_size and fitted[end] == fitted[start]:
             end += 1
-        answers += _answer_batch(model, tokenizer, template, prompts[start:end], fitted[start])
+        answers += _answer_batch(model, tokenizer, template, prompts[start:end], fitted[start])[0]
         if progress is not None:
             progress(end - start)
         start = end
@@ -277,13 +277,32 @@ def fit_prompts(
     return prompts, fitted
 
 
-def _answer_batch(model, tokenizer, template: Template, prompts: list[list[int]], settings: GenerationSettings):
+@torch.no_grad()
+def answer_one(
+    model, tokenizer, template: Template, messages: list[dict], settings: GenerationSettings
+) -> tuple[str, int | None]:
+    """One conversation's answer, and the tokens it was cut at when it ran to max_new_tokens (or to the room the
+    model's context left) rather than ending its turn, else None: the text may then stop mid-sentence."""
+    prompts, fitted = fit_prompts(model, tokenizer, template, [messages], settings)
+    answers, cut = _answer_batch(model, tokenizer, template, prompts, fitted[0])
+    return answers[0], (fitted[0].max_new_tokens or DEFAULT_MAX_NEW_TOKENS) if cut[0] else None
+
+
+def _answer_batch(
+    model, tokenizer, template: Template, prompts: list[list[int]], settings: GenerationSettings
+) -> tuple[list[str], list[bool]]:
+    """The answers, and for each whether it ran to max_new_tokens without ending its turn."""
     pad = tokenizer.pad_token_id
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=_device(model))  # (B, T) left-padded
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=ids.device)
-    out = model.generate(input_ids=ids, attention_mask=mask, **settings.kwargs(template, tokenizer, model))
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, width:]]
+    kwargs = settings.kwargs(template, tokenizer, model)
+    new = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, width:]  # (B, N)
+    # a row that ended its turn early is padded after its end token; one that ran to the limit ends on a text token
+    ends = set(template.stop_token_ids) | {tokenizer.eos_token_id, pad}
+    full = new.shape[1] >= kwargs["max_new_tokens"]
+    cut = [full and int(row[-1]) not in ends for row in new]
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new], cut
 
 
 def stream_answer(
