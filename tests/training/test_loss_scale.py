@@ -2,6 +2,7 @@
 step is skipped and counted (not the guard's failure), and a resumed run carries the scale on bit for bit."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import tunelab.training.loop as loop
 import tunelab.training.loss_scale as loss_scale
 import tunelab.training.recipe as recipe
 from tunelab.config import load_config
+from tunelab.errors import RunDirError
 from tunelab.models.load import pick_dtype
 from tunelab.peft.lora import attach_lora
 from tunelab.rundir import read_info
@@ -227,3 +229,48 @@ def test_a_checkpoint_with_an_edited_loss_scale_is_damaged_and_skipped(tiny_over
     out = capsys.readouterr().out
     assert "state.json is damaged (its loss_scale" in out and "step-0000002 (step 2 of 4)" in out
     assert result.steps == 4
+
+
+@pytest.mark.parametrize(
+    ("method", "started", "trained", "here"),
+    [("lora", False, "float16", "bf16"), ("full", True, "bfloat16", "fp32")],
+)
+def test_a_run_resumed_where_auto_picks_another_dtype_keeps_the_one_it_trained_in(
+    tiny_overrides, tmp_path, monkeypatch, crash_at, capsys, method, started, trained, here
+):
+    """Started on a GPU with (or without) native bf16, resumed on one without (or with): auto keeps the run's dtype,
+    says so, and the result is bit-identical to the uninterrupted run's. On the CPU, with training_dtype answering as
+    on such a GPU."""
+    bf16 = {"native": started}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16["native"])
+    real = build.training_dtype
+    monkeypatch.setattr(
+        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
+    )
+    common = tiny_overrides | {"method.name": method, "train.max_steps": 4, "train.save_every": 2}
+    straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
+    with crash_at(3):
+        recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")})
+    bf16["native"] = not started  # the other machine
+    resumed = recipe.train(None, common | {"output_dir": str(tmp_path / "resumed")}, resume=True)
+    out = capsys.readouterr().out
+    short = {"float16": "fp16", "bfloat16": "bf16"}[trained]
+    assert (
+        f"resume: model.dtype auto keeps {short}, the dtype the run trained in (on this machine auto picks {here})"
+        in out
+    )
+    assert f"start a new run with model.dtype {here}" in out
+    assert read_info(straight.run_dir).dtype == read_info(resumed.run_dir).dtype == trained
+    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    a, b = (load_file(r.run_dir / weights) for r in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_json_with_an_edited_dtype_is_refused_on_resume(tiny_overrides, crash_at):
+    run = tiny_overrides | {"train.max_steps": 3, "train.save_every": 1}
+    with crash_at(3):
+        recipe.train(None, run)
+    path = Path(run["output_dir"]) / "run.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"dtype": "int8"}))
+    with pytest.raises(RunDirError, match=r"run.json: field 'dtype' is 'int8', but must be float32, bfloat16 or"):
+        recipe.train(None, run, resume=True)

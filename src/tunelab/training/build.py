@@ -100,11 +100,18 @@ def checkpoint_mode(train: TrainConfig) -> bool | str:
 
 
 def build_model(
-    source: ModelSource, model_cfg: ModelConfig, method: MethodConfig, checkpointing: bool | str = False
+    source: ModelSource,
+    model_cfg: ModelConfig,
+    method: MethodConfig,
+    checkpointing: bool | str = False,
+    resumed: RunInfo | None = None,
 ) -> BuiltModel:
-    """checkpointing: False, True, or "offload" (checkpointed layer inputs kept in CPU memory; fast path on CUDA)."""
+    """checkpointing: False, True, or "offload" (checkpointed layer inputs kept in CPU memory; fast path on CUDA).
+    resumed: the run.json of the run --resume continues, whose dtype an `auto` model.dtype keeps (`kept_dtype`)."""
     device = pick_device(model_cfg.device)
     dtype, note = training_dtype(model_cfg.dtype, device, method)
+    if resumed is not None:
+        dtype, note = kept_dtype(resumed, model_cfg.dtype, dtype, note)
     if method.name in ("full", "layers") and dtype == torch.float16:
         raise ConfigError(
             f"option 'model.dtype' is fp16, which trains adapters only (method.name lora or dora, QLoRA too: their "
@@ -149,6 +156,32 @@ def training_dtype(dtype: str, device: torch.device, method: MethodConfig) -> tu
     return torch.float32, (
         f"model.dtype auto: fp32, since {why}, and fp16 cannot train method.name {method.name} (fp16 weights round "
         "small updates away)"
+    )
+
+
+SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def kept_dtype(info: RunInfo, asked: str, picked: torch.dtype, note: str) -> tuple[torch.dtype, str]:
+    """(dtype, note) for a resumed run: `auto` keeps the dtype the run trained in (run.json's dtype) where auto picks
+    another on this machine (a run started in bf16 on an A100 and resumed on a T4, or the reverse): its checkpoint's
+    weights, optimizer state and loss scale continue exactly only in that dtype. `picked`, `note`: what
+    `training_dtype` chose; kept as they are for an explicit model.dtype (the config comparison holds it) or a run
+    that recorded none."""
+    if asked != "auto" or info.dtype is None:
+        return picked, note
+    trained = {str(d).removeprefix("torch."): d for d in SHORT}.get(info.dtype)
+    if trained is None:
+        raise RunDirError(
+            f"{info.file or RUN_FILE}: field 'dtype' is {info.dtype!r}, but must be float32, bfloat16 or float16 (the "
+            "file was edited or damaged); put back the value tunelab wrote, or train the run again."
+        )
+    if trained == picked:
+        return picked, note
+    return trained, (
+        f"resume: model.dtype auto keeps {SHORT[trained]}, the dtype the run trained in (on this machine auto picks "
+        f"{SHORT[picked]}): the checkpoint continues exactly only in its own dtype. To train in {SHORT[picked]}, "
+        "start a new run with model.dtype " + SHORT[picked]
     )
 
 

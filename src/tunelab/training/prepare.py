@@ -19,7 +19,7 @@ from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.models.load import ModelSource, fingerprint, load_hf_config, load_tokenizer, pinned_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
-from tunelab.rundir import HEAD_TASKS, is_run_dir, read_info
+from tunelab.rundir import HEAD_TASKS, RunInfo, is_run_dir, read_info
 from tunelab.tasks import get_task
 from tunelab.tasks.head import HEAD
 from tunelab.tasks.task import Task
@@ -129,11 +129,14 @@ def refuse_unusable_eval(d: DataConfig, data: Datasets) -> None:
         )
 
 
-def load_model(cfg: RunConfig, inputs: Inputs, impl: str | None = None) -> tuple[BuiltModel, UntrainedReport]:
+def load_model(
+    cfg: RunConfig, inputs: Inputs, impl: str | None = None, resumed: RunInfo | None = None
+) -> tuple[BuiltModel, UntrainedReport]:
     """The model with the method applied, its untrained rows found and (model.fix_untrained_tokens) repaired.
-    `impl` overrides model.impl (tunelab check builds the generic model to compare)."""
+    `impl` overrides model.impl (tunelab check builds the generic model to compare); `resumed`: the run.json of the
+    run --resume continues (its dtype is kept, `build.kept_dtype`)."""
     model_cfg = dataclasses.replace(cfg.model, impl=impl) if impl else cfg.model
-    built = build_model(inputs.source, model_cfg, cfg.method, checkpoint_mode(cfg.train))
+    built = build_model(inputs.source, model_cfg, cfg.method, checkpoint_mode(cfg.train), resumed)
     refuse_packing_off_the_fast_path(cfg, built.impl)
     vocab = max(len(inputs.tokenizer), built.model.config.vocab_size)
     counts = token_counts(inputs.data.train + inputs.data.eval, vocab)

@@ -244,8 +244,8 @@ def _train_planned(
     print(data.report.summary(), flush=True)
     digest, eval_digest = data_digest(data.train), (data_digest(data.eval) if data.eval else "")
     files, eval_files = file_digests(data.train), file_digests(data.eval or [])
-    if resume:
-        before = read_info(run_dir, require_finished=False)
+    before = read_info(run_dir, require_finished=False) if resume else None
+    if before is not None:
         check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, files))
         check_same_data(run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, eval_files))
         run_base(before)  # the checkpoint's adapter trained over these weights
@@ -254,7 +254,7 @@ def _train_planned(
     auto = plan_from_data(cfg.train, len(first), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
     if check:
         cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task)
-    built, untrained = load_model(cfg, inputs)
+    built, untrained = load_model(cfg, inputs, resumed=before)
     auto = auto.with_lr(cfg.method, model_shape(built.hf_config), cfg.task)
     longest = longest_row(cfg, first)  # grpo: the prompt and its answer
     # Checkpointing and offload (the memory planner) are set on the causal LM before the task adapts it: a head keeps
