@@ -264,3 +264,30 @@ def test_ddp_counts_its_gradient_buckets():
     assert (
         estimate(TINY, Setup(rank=4, micro_batch=2, seq=24, ddp=True)).static["ddp: gradient buckets"] == 4 * 3 * 3712
     )
+
+
+def test_fp32_weights_and_activations_take_four_bytes_and_keep_no_compensation():
+    """What model.dtype auto picks for full/layers on a GPU without bf16 (or model.dtype fp32): every weight and
+    activation 4 bytes, and torch's fused AdamW (no bf16 compensation, no fp32 working copies)."""
+    full = Setup(method="full", micro_batch=2, seq=24, dtype="fp32")
+    parts = weight_bytes(TINY, full)
+    assert parts["weights: decoder (fp32)"] == 3 * (30720 * 4 + 128 * 4)
+    assert parts["weights: embedding + head + norm"] == 2 * 12800 * 4 + 64 * 4
+    state = training_state_bytes(TINY, full)
+    assert state["trained weights: gradients"] == 4 * 118208  # fp32 gradients of 118208 weights
+    assert state["optimizer (adamw)"] == 8 * 118208  # m and v, no compensation
+    assert optimizer_step_bytes(TINY, full) == 0
+    lora32 = Setup(method="lora", rank=4, micro_batch=2, seq=24, dtype="fp32")
+    assert attention_saved(TINY, lora32, 48) == 4 * 48 * (64 + 76 + 128 + 96 + 64 + 4) + 4 * 48 + 4 * 48 * 4
+    assert mlp_saved(TINY, lora32, 48) == 4 * 48 * (64 + 72 + 192 + 96 + 4) + 4 * 48
+    assert scratch_bytes(TINY, lora32)["rope tables"] == 2 * 48 * 16 * 4
+    assert estimate(TINY, lora32).transient == {
+        "head: logits chunk, hidden and its gradient": 3 * 4 * 48 * 64 + 192 + 2 * 4 * 48 * 200 + 192
+    }
+
+
+def test_fp16_weights_take_two_bytes_beside_fp32_adapters():
+    fp16 = Setup(method="lora", rank=4, micro_batch=2, seq=24, dtype="fp16")
+    assert weight_bytes(TINY, fp16)["weights: decoder (fp16)"] == 3 * (30720 * 2 + 256)
+    assert training_state_bytes(TINY, fp16)["adapters (fp32)"] == 4 * 3 * 3712
+    assert estimate(TINY, fp16).peak == estimate(TINY, LORA).peak  # the same bytes as bf16

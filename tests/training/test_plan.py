@@ -102,7 +102,7 @@ def _built(tmp_config):
     hf = dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, vocab_size=200, max_position_embeddings=128)  # fmt: skip
     model = LlamaForCausalLM(LlamaConfig.from_hf(hf))
-    return BuiltModel(model, "fast", hf, torch.device("cpu"), torch.float32, 0, 0)
+    return BuiltModel(model, "fast", hf, torch.device("cpu"), torch.bfloat16, 0, 0)  # as on a GPU with bf16
 
 
 def _auto(**train):
@@ -311,3 +311,23 @@ def test_the_breakdown_keeps_its_sizes_in_one_column():
     sizes = text.splitlines()[1:]
     assert any("optimizer step: fp32 copies of the largest trained shard (1/2)" in line for line in sizes), text
     assert len({line.index(" GiB") for line in sizes}) == 1, text
+
+
+def test_the_plan_counts_the_weights_and_activations_in_the_dtype_the_model_trains_in(monkeypatch):
+    """A full run in fp32 (auto on a GPU without bf16) was planned as if its weights were bf16: 2 bytes a weight
+    short, and its activations half their size."""
+    import torch
+
+    from tunelab.config import MethodConfig
+    from tunelab.training.plan import plan_memory, planned_dtype
+
+    cfg, auto = _auto(micro_batch=8, gpu_memory="1GiB")
+    cfg = dataclasses.replace(cfg, method=MethodConfig(name="full"))
+    bf16 = plan_memory(auto, cfg, _built(None), seq=64)[1].chosen.estimate
+    fp32 = plan_memory(auto, cfg, dataclasses.replace(_built(None), dtype=torch.float32), seq=64)[1].chosen.estimate
+    assert fp32.static["weights: decoder (fp32)"] == 2 * bf16.static["weights: decoder (bf16)"]
+    assert fp32.saved["activations: kept layers"] > 1.9 * bf16.saved["activations: kept layers"]  # rstd: fp32 in both
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert planned_dtype(cfg, torch.device("cuda")) == torch.float32  # what train picks there
+    assert planned_dtype(dataclasses.replace(cfg, method=MethodConfig()), torch.device("cuda")) == torch.float16
+    assert planned_dtype(cfg, None) == torch.bfloat16  # planned for another machine

@@ -174,6 +174,7 @@ def test_a_budget_above_the_gpus_memory_is_refused_naming_it(tiny_overrides, tmp
 
     gpu = types.SimpleNamespace(total_memory=24 * 2**30, name="Test GPU 24G")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: gpu)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (gpu.total_memory, gpu.total_memory))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
@@ -200,6 +201,7 @@ def test_a_gpu_shared_with_other_processes_is_noted(tiny_overrides, tmp_path, ca
 
     gib = 2**30
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(
         total_memory=24 * gib, name="Test GPU 24G"))  # fmt: skip
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 24 * gib))

@@ -1,17 +1,18 @@
 """The fast path's GPU memory at its peak, from the model's shapes and the training setup: each part a named number.
 
 Notation: L layers, d hidden size, q = heads x head_dim, kv = kv_heads x head_dim, m intermediate size, V vocab,
-N = micro_batch x seq tokens (x 2 for dpo's pairs), e = 2 bytes (bf16 compute), r the LoRA rank, R_qkv = 3r and R_gu = 2r the spare
+N = micro_batch x seq tokens (x 2 for dpo's pairs), e bytes a value of the model's dtype (`Setup.dtype_bytes`: 2 for
+bf16 and fp16, 4 for fp32: weights and activations alike), r the LoRA rank, R_qkv = 3r and R_gu = 2r the spare
 columns of the grouped projections (LoRA on q/k/v, gate/up).
 
 Static (alive the whole step):
-- weights: bf16 2 bytes a weight; NF4 (QLoRA's frozen linears) per matrix of n weights ceil(n/2) codes
+- weights: e bytes a weight; NF4 (QLoRA's frozen linears) per matrix of n weights ceil(n/2) codes
   + ceil(n/64) 8-bit absmaxes + 4 ceil(n/64/256) fp32 absmax2 + 4 (offset) + 1088 (the 16 + 256 fp32 code tables).
   Embedding and head V d e each (one when tied), norms (2L + 1) d e, biases as they come.
 - adapters (fp32 master weights, 4 bytes) and their fp32 gradients (4 bytes): r (in + out) per adapted projection.
 - optimizer: AdamW 8 bytes per trainable parameter (fp32 m and v); adamw_8bit 2 + 8 ceil(n/256)/n for tensors of
-  >= 4096 values, fp32 moments below; either one 2 more for a bf16 parameter (full fine-tuning, layers), its Kahan
-  compensation (`training.compensated`).
+  >= 4096 values, fp32 moments below; either one e more for a bf16 parameter (full fine-tuning, layers), its Kahan
+  compensation (`training.compensated`); fp32 weights keep none.
 - scratch: the stacked [W | sB; A] matrix of the widest grouped projection, (O + R)(in + R) e (`peft.group`), and
   QLoRA's dequantization workspace, the largest ungrouped NF4 weight out x in x e (o_proj and down_proj).
 - offload: the two landing buffers, 2 N d e (`models.offload`).
@@ -34,9 +35,9 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
   A checkpointed layer keeps only x (N d e), on the host when offloaded; a layer below every trained one nothing.
 
 Transients (the largest wins, on top of what is saved at that moment):
-- the optimizer step of full fine-tuning and layers (`training.compensated`), when no activation is left: fp32 denom
-  and working copy of the largest trained tensor, 8 n_max; under FSDP2 of the largest shard a rank steps,
-  8 max(ceil(rows / S) x cols);
+- the optimizer step of full fine-tuning and layers in bf16 (`training.compensated`), when no activation is left: fp32
+  denom and working copy of the largest trained tensor, 8 n_max; under FSDP2 of the largest shard a rank steps,
+  8 max(ceil(rows / S) x cols) (fp32 weights take torch's fused AdamW: none);
 - head: the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, two chunks of logits
   2 min(N, C) V e, C = `kernels.head_chunk.head_chunk_tokens(V)` (4096 tokens at V 32,000, 1024 at 128,256; the
   kernel holds one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
@@ -59,7 +60,7 @@ from tunelab.config import parse_size  # noqa: F401  (re-exported: sizes in the 
 from tunelab.kernels.head_chunk import head_chunk_tokens
 from tunelab.models.llama_config import LlamaConfig
 
-E = 2  # bytes of a bf16 activation
+E = 2  # bytes of a bf16 (or fp16) weight or activation: `Setup.dtype_bytes`' default
 MLP_CHUNK = 4096  # tokens per chunk of checkpointing's MLP backward (`LlamaDecoderLayer.mlp_chunk_tokens`)
 NF4_TABLES = (16 + 256) * 4  # the fp32 code tables every NF4 layer keeps as buffers
 MIN_8BIT = 4096  # adamw_8bit keeps smaller tensors' moments in fp32 (`training.adamw8bit.MIN_8BIT_SIZE`)
@@ -87,10 +88,15 @@ class Setup:
     graphs: bool = False  # micro-batches may replay from CUDA graphs (training/graphs.py; not with offload)
     shards: int = 1  # FSDP2 ranks the weights, gradients and optimizer state are cut across (1: every rank all)
     ddp: bool = False  # DDP on several ranks: its gradient buckets hold a second copy of the gradients
+    dtype: str = "bf16"  # the model's weights and activations: bf16, fp16 or fp32 (e = `dtype_bytes`)
 
     @property
     def tokens(self) -> int:
         return self.micro_batch * self.rows * self.seq
+
+    @property
+    def dtype_bytes(self) -> int:
+        return 4 if self.dtype == "fp32" else E
 
 
 @dataclass
@@ -183,22 +189,23 @@ def _groups(c: LlamaConfig, s: Setup) -> tuple[int, int]:
 
 
 def layer_weight_bytes(c: LlamaConfig, s: Setup) -> int:
-    """One decoder layer's weights as stored (bf16, or NF4 for QLoRA's projections)."""
-    shapes = projection_shapes(c)
-    per_layer = sum(nf4_bytes(i * o) if s.quantized else E * i * o for i, o in shapes.values())
-    return per_layer + E * (_bias_count(c) + 2 * c.hidden_size + (2 * c.head_dim if c.qk_norm else 0))
+    """One decoder layer's weights as stored (in the model's dtype, or NF4 for QLoRA's projections)."""
+    shapes, e = projection_shapes(c), s.dtype_bytes
+    per_layer = sum(nf4_bytes(i * o) if s.quantized else e * i * o for i, o in shapes.values())
+    return per_layer + e * (_bias_count(c) + 2 * c.hidden_size + (2 * c.head_dim if c.qk_norm else 0))
 
 
-def root_weight_bytes(c: LlamaConfig) -> int:
-    """Embedding, head (none of its own when tied) and final norm, bf16."""
-    head = 0 if c.tie_word_embeddings else E * c.vocab_size * c.hidden_size
-    return E * c.vocab_size * c.hidden_size + head + E * c.hidden_size
+def root_weight_bytes(c: LlamaConfig, s: Setup) -> int:
+    """Embedding, head (none of its own when tied) and final norm, in the model's dtype."""
+    e = s.dtype_bytes
+    head = 0 if c.tie_word_embeddings else e * c.vocab_size * c.hidden_size
+    return e * c.vocab_size * c.hidden_size + head + e * c.hidden_size
 
 
 def weight_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
     return {
-        "weights: decoder" + (" (nf4)" if s.quantized else " (bf16)"): c.num_layers * layer_weight_bytes(c, s),
-        "weights: embedding + head + norm": root_weight_bytes(c),
+        "weights: decoder" + (" (nf4)" if s.quantized else f" ({s.dtype})"): c.num_layers * layer_weight_bytes(c, s),
+        "weights: embedding + head + norm": root_weight_bytes(c, s),
     }
 
 
@@ -211,11 +218,12 @@ def _trainable(c: LlamaConfig, s: Setup) -> tuple[list[tuple[int, int]], int, li
         per_layer = [(ranks[n] * i, 4) for n, (i, _) in shapes.items() if ranks[n]]
         per_layer += [(ranks[n] * o, 4) for n, (_, o) in shapes.items() if ranks[n]]
         return per_layer, c.num_layers, []
-    layer = [(i * o, E) for i, o in shapes.values()] + [(c.hidden_size, E), (c.hidden_size, E)]
+    e = s.dtype_bytes
+    layer = [(i * o, e) for i, o in shapes.values()] + [(c.hidden_size, e), (c.hidden_size, e)]
     if s.method == "layers":
         return layer, min(s.top_layers, c.num_layers), []
-    embed = [(c.vocab_size * c.hidden_size, E)] * (1 if c.tie_word_embeddings else 2)
-    return layer, c.num_layers, embed + [(c.hidden_size, E)]
+    embed = [(c.vocab_size * c.hidden_size, e)] * (1 if c.tie_word_embeddings else 2)
+    return layer, c.num_layers, embed + [(c.hidden_size, e)]
 
 
 def trainable_tensors(c: LlamaConfig, s: Setup) -> list[tuple[int, int]]:
@@ -244,7 +252,7 @@ def sharded_bytes(c: LlamaConfig, s: Setup, parts: dict[str, int]) -> dict[str, 
         return parts
     out = {f"{name}, 1/{n} (fsdp2)": -(-size // n) for name, size in parts.items()}
     layer, count, root = _trainable(c, s)
-    out["fsdp2: gathered weights (root, two layers)"] = root_weight_bytes(c) + min(
+    out["fsdp2: gathered weights (root, two layers)"] = root_weight_bytes(c, s) + min(
         2, c.num_layers
     ) * layer_weight_bytes(c, s)
     grads = sum(v * b for v, b in root) + min(2, count) * sum(v * b for v, b in layer)
@@ -253,10 +261,10 @@ def sharded_bytes(c: LlamaConfig, s: Setup, parts: dict[str, int]) -> dict[str, 
 
 
 def optimizer_step_bytes(c: LlamaConfig, s: Setup) -> int:
-    """The optimizer step's working set beyond its state: full/layers with adamw step one bf16 tensor at a time through
-    an fp32 denom and an fp32 working copy (`training.compensated.adamw_update`). LoRA's fused AdamW and the 8-bit
-    kernel work in registers."""
-    if s.method == "lora" or s.optimizer != "adamw":
+    """The optimizer step's working set beyond its state: full/layers in bf16 with adamw step one bf16 tensor at a time
+    through an fp32 denom and an fp32 working copy (`training.compensated.adamw_update`). torch's fused AdamW (LoRA's
+    fp32 adapters, fp32 weights) and the 8-bit kernel work in registers."""
+    if s.method == "lora" or s.optimizer != "adamw" or s.dtype_bytes == 4:
         return 0
     return 8 * max(-(-rows // s.shards) * cols for rows, cols in _trained_shapes(c, s))
 
@@ -271,7 +279,7 @@ def _trained_shapes(c: LlamaConfig, s: Setup) -> list[tuple[int, int]]:
 
 
 def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
-    shapes = projection_shapes(c)
+    shapes, e = projection_shapes(c), s.dtype_bytes
     r_qkv, r_gu = _groups(c, s)
     out: dict[str, int] = {}
     stacked = []
@@ -281,7 +289,7 @@ def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
     if r_gu:
         stacked.append((2 * c.intermediate_size + r_gu) * (c.hidden_size + r_gu))
     if stacked:
-        out["scratch: stacked group weight"] = E * max(stacked)
+        out["scratch: stacked group weight"] = e * max(stacked)
     if s.quantized:
         grouped = set()
         if r_qkv:
@@ -290,10 +298,10 @@ def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
             grouped |= {"gate_proj", "up_proj"}
         loose = [i * o for n, (i, o) in shapes.items() if n not in grouped]
         if loose:
-            out["scratch: nf4 dequantization"] = E * max(loose)
+            out["scratch: nf4 dequantization"] = e * max(loose)
     if s.offload and s.checkpointed:
-        out["offload: landing buffers"] = 2 * s.tokens * c.hidden_size * E
-    out["rope tables"] = 2 * s.tokens * c.head_dim * E
+        out["offload: landing buffers"] = 2 * s.tokens * c.hidden_size * e
+    out["rope tables"] = 2 * s.tokens * c.head_dim * e
     return out
 
 
@@ -303,18 +311,18 @@ def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
 
 def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     """Bytes the attention half of one kept layer saves for backward, for n tokens."""
-    q, kv, d = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size
+    q, kv, d, e = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, s.dtype_bytes
     r_qkv, _ = _groups(c, s)
     r_o = _ranks(c, s)["o_proj"]
-    return E * n * (d + (d + r_qkv) + (q + 2 * kv) + (q + kv) + q + r_o) + 4 * n + 4 * n * c.num_heads
+    return e * n * (d + (d + r_qkv) + (q + 2 * kv) + (q + kv) + q + r_o) + 4 * n + 4 * n * c.num_heads
 
 
 def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     """Bytes the MLP half of one kept layer saves for backward, for n tokens."""
-    d, m = c.hidden_size, c.intermediate_size
+    d, m, e = c.hidden_size, c.intermediate_size, s.dtype_bytes
     _, r_gu = _groups(c, s)
     r_down = _ranks(c, s)["down_proj"]
-    return E * n * (d + (d + r_gu) + 2 * m + m + r_down) + 4 * n
+    return e * n * (d + (d + r_gu) + 2 * m + m + r_down) + 4 * n
 
 
 def layer_saved(c: LlamaConfig, s: Setup, n: int) -> int:
@@ -328,7 +336,7 @@ def saving_layers(c: LlamaConfig, s: Setup) -> int:
 
 def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimate:
     """The peak of one training step of the fast path (see the module docstring for every term)."""
-    n, d = s.tokens, c.hidden_size
+    n, d, e = s.tokens, c.hidden_size, s.dtype_bytes
     static = sharded_bytes(c, s, weight_bytes(c, s) | training_state_bytes(c, s)) | scratch_bytes(c, s)
     if s.ddp:
         static["ddp: gradient buckets"] = sum(v * b for v, b in trainable_tensors(c, s))
@@ -337,17 +345,17 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     kept = layers - checkpointed
     saved = {
         "activations: kept layers": kept * layer_saved(c, s, n),
-        "activations: checkpointed inputs": 0 if s.offload else checkpointed * E * n * d,
+        "activations: checkpointed inputs": 0 if s.offload else checkpointed * e * n * d,
     }
     chunk = min(n, head_chunk_tokens(c.vocab_size))
     # Two (chunk, V) blocks, not the one the kernel holds at a time: the H200 run of benchmarks/plan_bench.py measured
     # the head phase one such block above that count, at 7B (V 32000) and at 8B (V 128256) alike, with 4096-token
     # chunks at both (BENCHMARKS.md).
-    head = E * n * d * 3 + 4 * n + 2 * E * chunk * c.vocab_size + 4 * n
-    kept_bwd = E * n * (c.intermediate_size + 2 * d)
+    head = e * n * d * 3 + 4 * n + 2 * e * chunk * c.vocab_size + 4 * n
+    kept_bwd = e * n * (c.intermediate_size + 2 * d)
     mlp_chunk = min(n, MLP_CHUNK)
-    recompute = attention_saved(c, s, n) + mlp_saved(c, s, mlp_chunk) + E * mlp_chunk * c.intermediate_size
-    recompute += 3 * E * n * d
+    recompute = attention_saved(c, s, n) + mlp_saved(c, s, mlp_chunk) + e * mlp_chunk * c.intermediate_size
+    recompute += 3 * e * n * d
     # The phases: the head (everything saved), a kept layer's backward (everything saved), the recomputation of the
     # top checkpointed layer (the kept layers' activations freed, the checkpointed inputs still there), and the
     # optimizer step (every activation freed).

@@ -39,10 +39,10 @@ from tunelab.config import AUTO, RunConfig, TrainConfig, parse_size
 from tunelab.errors import ConfigError
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.auto import AutoPlan, Choice
-from tunelab.training.build import BuiltModel, checkpoint_mode
+from tunelab.training.build import BuiltModel, checkpoint_mode, training_dtype
 from tunelab.training.distributed import pick_sharding
 from tunelab.training.graphs import unsupported_reason
-from tunelab.training.memory import GIB, PROJECTIONS, E, Estimate, Setup, calibrate, estimate, gib, projection_shapes
+from tunelab.training.memory import GIB, PROJECTIONS, Estimate, Setup, calibrate, estimate, gib, projection_shapes
 
 THROUGHPUT = 540e12  # FLOP/s of the matmuls (recompute counted): fits four measured H200 steps within 4%
 HOST_S_PER_LAYER = 0.006  # CPU seconds per decoder layer per micro-batch (see the module docstring)
@@ -163,7 +163,7 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int) -> float:
     gpu += (2 * layers + checkpointed) * weights * WEIGHT_BYTES / HBM_BYTES_S
     if s.offload and checkpointed:
         layer_s = n * forward / THROUGHPUT
-        copy_s = 2 * n * c.hidden_size * E / PCIE_BYTES_S
+        copy_s = 2 * n * c.hidden_size * s.dtype_bytes / PCIE_BYTES_S
         gpu += 2 * checkpointed * max(0.0, copy_s - layer_s)
     if s.graphs and not s.offload:
         cpu = HOST_S_GRAPH
@@ -329,7 +329,11 @@ def free_memory_note(budget: int, device: torch.device | None) -> str | None:
     )
 
 
-def config_setup(cfg: RunConfig, seq: int, shards: int = 1, world: int = 1) -> Setup:
+def config_setup(
+    cfg: RunConfig, seq: int, shards: int = 1, world: int = 1, dtype: torch.dtype = torch.bfloat16
+) -> Setup:
+    """The memory model's Setup for a run of `cfg` whose model trains in `dtype` (`BuiltModel.dtype`), over `world`
+    processes (`shards` of them under fsdp2)."""
     m = cfg.method
     targets = (
         PROJECTIONS if "all-linear" in m.target_modules else tuple(t for t in m.target_modules if t in PROJECTIONS)
@@ -345,6 +349,7 @@ def config_setup(cfg: RunConfig, seq: int, shards: int = 1, world: int = 1) -> S
         rows=2 if cfg.task == "dpo" else 1,  # a pair is its chosen and its rejected row, in one forward
         graphs=graphs_possible(cfg, world),
         shards=shards,
+        dtype={torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, "bf16"),
     )
 
 
@@ -366,9 +371,10 @@ def plan_for_config(
     cuda: bool = True,
     ranks: int = 1,
     sharding: str | None = None,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> MemoryPlan:
     """The planner over the options of `train` (auto values of the data already chosen) that are left to it, for
-    `ranks` processes (`sharding`: ddp or fsdp2 among several, None for one)."""
+    `ranks` processes (`sharding`: ddp or fsdp2 among several, None for one), the model in `dtype`."""
     refuse_layer_count(train, shape.num_layers)
     fixed = Fixed(
         micro_batch=None if micro_batch_auto else train.micro_batch,
@@ -377,7 +383,7 @@ def plan_for_config(
         offload=None if train.offload_activations == AUTO else bool(train.offload_activations),
     )
     setup = dataclasses.replace(
-        config_setup(cfg, seq, shards=ranks if sharding == "fsdp2" else 1, world=ranks),
+        config_setup(cfg, seq, shards=ranks if sharding == "fsdp2" else 1, world=ranks, dtype=dtype),
         ddp=ranks > 1 and sharding == "ddp",
     )
     return plan(shape, setup, budget, train.micro_batch * train.grad_accum, fixed, cuda=cuda, ranks=ranks)
@@ -435,7 +441,9 @@ def plan_memory(
     else:
         shape = LlamaConfig.from_hf(built.hf_config)
         cuda = built.device.type == "cuda"
-        result = plan_for_config(cfg, t, shape, seq, budget, mb_auto, cuda=cuda, ranks=ranks, sharding=sharding)
+        result = plan_for_config(
+            cfg, t, shape, seq, budget, mb_auto, cuda=cuda, ranks=ranks, sharding=sharding, dtype=built.dtype
+        )
         best = require_fit(result, "option 'train.gpu_memory'").candidate
         result.notes += [n for n in [free_memory_note(budget, built.device)] if n]
         why = f"planner: {result.reason}"
@@ -537,12 +545,23 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> P
         auto.train = dataclasses.replace(auto.train, **off)
         note = "train.sharding fsdp2: no checkpointing or offload, which train turns off under fsdp2."
     mb_auto = cfg.train.micro_batch == AUTO
-    result = plan_for_config(cfg, auto.train, shape, seq, budget, mb_auto, cuda=on_cuda, ranks=nproc, sharding=sharding)
+    dtype = planned_dtype(cfg, gpu)
+    result = plan_for_config(
+        cfg, auto.train, shape, seq, budget, mb_auto, cuda=on_cuda, ranks=nproc, sharding=sharding, dtype=dtype
+    )
     require_fit(result, f"budget {gib(budget)}")
     result.notes += [n for n in [free_memory_note(budget, gpu)] if n]
     rows = auto.train.micro_batch * auto.train.grad_accum
     per_step = "pairs (a chosen and a rejected row each)" if cfg.task == "dpo" else "rows"
     return PlanReport(result, shape, seq, rows, note, processes_line(cfg, nproc, sharding), per_step)
+
+
+def planned_dtype(cfg: RunConfig, gpu: torch.device | None) -> torch.dtype:
+    """The dtype train would pick for `cfg` on `gpu` (`training_dtype`: auto is fp32 for full/layers on a GPU without
+    native bf16); with no GPU here, planning for another machine, auto is bf16."""
+    if gpu is None:
+        return {"fp32": torch.float32, "fp16": torch.float16}.get(cfg.model.dtype, torch.bfloat16)
+    return training_dtype(cfg.model.dtype, gpu, cfg.method)[0]
 
 
 def processes_line(cfg: RunConfig, nproc: int, sharding: str | None) -> str:
