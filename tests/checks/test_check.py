@@ -333,3 +333,21 @@ def test_check_prints_the_split_seed_that_holds_out_the_eval_examples(tiny_overr
         over = tiny_overrides | {"data.eval_fraction": 0.25} | more
         assert main(["check", *cli_flags(over), "--data-only"]) == 0
         assert f"eval (fraction, split seed {seed})" in capsys.readouterr().out
+
+
+def test_check_says_what_dtype_auto_picked_on_a_gpu_without_bf16(tiny_overrides, monkeypatch, capsys, cli_flags):
+    """train says at its start that auto chose fp16 (adapters) on a GPU without native bf16; check said nothing of
+    it. On the CPU, with training_dtype answering as on such a GPU."""
+    import tunelab.training.build as build
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    real = build.training_dtype
+    monkeypatch.setattr(
+        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
+    )
+    main(["check", *cli_flags(tiny_overrides)])
+    out = capsys.readouterr().out
+    assert "[INFO] model dtype: model.dtype auto: fp16 with dynamic loss scaling, since this GPU has no native" in out
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    main(["check", *cli_flags(tiny_overrides)])
+    assert "model dtype" not in capsys.readouterr().out  # bf16 where the GPU has it: nothing to say

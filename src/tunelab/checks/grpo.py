@@ -21,7 +21,7 @@ backward of the first micro-batch of answers through grpo's loss: it and the gra
 
 from __future__ import annotations
 
-from tunelab.checks.model import task_step, untrained_item
+from tunelab.checks.model import dtype_items, task_step, untrained_item
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
 from tunelab.tasks import rewards as reward_fns
@@ -101,7 +101,7 @@ def grpo_model_items(cfg: RunConfig, inputs: Inputs, task: Task) -> list[CheckIt
     pad = inputs.tokenizer.pad_token_id
     group = task.make_batches(inputs.data.train, cfg.train.micro_batch, pad, shuffle=False, seed=0, epoch=0)[:1]
     prompts, g = len(group[0]["rows"]), cfg.grpo.num_generations
-    items = [untrained_item(untrained)]
+    items = [*dtype_items(built), untrained_item(untrained)]
     name = "first rollout"
     try:
         batches = task.rollout(built.model, group, 0, cfg.train.micro_batch)

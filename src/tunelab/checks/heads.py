@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from tunelab.checks.model import task_step, untrained_item
+from tunelab.checks.model import dtype_items, task_step, untrained_item
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
 from tunelab.data.loader import epoch_chunks, epoch_rows
@@ -159,19 +159,27 @@ def head_model_items(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
     value, finite = task_step(task, built.model, batch)
     name = "forward/backward (dpo)" if cfg.task == "dpo" else "forward/backward (head)"
     if not finite:
-        return [CheckItem(name, "fail", f"the loss ({value:g}) or a gradient is not finite on the first batch")]
+        return [
+            *dtype_items(built),
+            CheckItem(name, "fail", f"the loss ({value:g}) or a gradient is not finite on the first batch"),
+        ]
     untrained_check = untrained_item(untrained)
     if cfg.task == "dpo" and cfg.dpo.loss == "sigmoid" and cfg.dpo.label_smoothing == 0:
         off = abs(value - math.log(2)) > REFERENCE_TOLERANCE
         text = f"first micro-batch: loss {value:.4f}, gradients finite; before any update the policy is its reference"
         if off:
             text += f", so the loss should be ln 2 = {math.log(2):.4f}: the policy and the reference disagree"
-        return [untrained_check, CheckItem(name, "warn" if off else "pass", text + ("" if off else " (ln 2)"))]
+        return [
+            *dtype_items(built),
+            untrained_check,
+            CheckItem(name, "warn" if off else "pass", text + ("" if off else " (ln 2)")),
+        ]
     expected = ""
     if cfg.task == "classify":
         k = len(inputs.data.facts["labels"])
         expected = f" (an untrained head of {k} labels starts near ln {k} = {math.log(k):.3f})"
     return [
+        *dtype_items(built),
         untrained_check,
         CheckItem(name, "pass", f"first micro-batch: loss {value:.4f}{expected}, gradients finite"),
     ]

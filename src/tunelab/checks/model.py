@@ -29,6 +29,7 @@ from tunelab.data.loader import epoch_rows, make_batches
 from tunelab.data.packing import pack
 from tunelab.data.render import IGNORE, Rendered
 from tunelab.models.untrained import UntrainedReport
+from tunelab.training.build import BuiltModel
 from tunelab.training.loss_scale import LossScale, uses_loss_scale
 from tunelab.training.step import loss_tokens, summed_loss
 
@@ -204,6 +205,12 @@ def eval_comparisons(built, batch: dict, pad_id: int) -> tuple[list[CheckItem], 
 @torch.no_grad()
 def summed_loss_of(model, batch: dict, device: torch.device) -> float:
     return float(summed_loss(model, _to(batch, device)))
+
+
+def dtype_items(built: BuiltModel) -> list[CheckItem]:
+    """What train says at its start about the dtype model.dtype auto chose (a GPU without native bf16), where it
+    says anything (`BuiltModel.dtype_note`)."""
+    return [CheckItem("model dtype", "info", built.dtype_note)] if built.dtype_note else []
 
 
 def untrained_item(report: UntrainedReport) -> CheckItem:

@@ -32,6 +32,7 @@ from tunelab.checks.heads import CHECKED_TASKS, head_data_checks, head_model_ite
 from tunelab.checks.model import (
     compared,
     documents,
+    dtype_items,
     eval_comparisons,
     first_batch,
     forward_backward,
@@ -126,7 +127,7 @@ def model_items(cfg, inputs) -> list[CheckItem]:
     pad = inputs.tokenizer.pad_token_id
     built, untrained = load_model(cfg, inputs)
     batch = first_batch(cfg, inputs.data, pad)
-    items = [untrained_item(untrained), *forward_backward(built, batch)]
+    items = [*dtype_items(built), untrained_item(untrained), *forward_backward(built, batch)]
     comparisons, fast_loss = eval_comparisons(built, batch, pad)
     items += comparisons
     name = "fast path = generic path"
