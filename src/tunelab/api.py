@@ -48,7 +48,7 @@ from tunelab.server.serve import serve as _serve
 from tunelab.training.distributed import from_environment
 from tunelab.training.launch import check_launch, train_on_ranks
 from tunelab.training.plan_config import plan_config
-from tunelab.training.recipe import TrainResult, config_path, refuse_resume_and_overwrite, resolve
+from tunelab.training.recipe import TrainResult, config_path, overflow_steps, refuse_resume_and_overwrite, resolve
 from tunelab.training.recipe import train as _train
 from tunelab.training.stages import train_stages
 from tunelab.training.verdict import Verdict
@@ -184,6 +184,7 @@ def train(
             info.skipped_steps,
             info.extra.get("auto", {}),
             Verdict(**verdict) if verdict else None,
+            overflow_steps=overflow_steps(info),
         )
     else:
         result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)

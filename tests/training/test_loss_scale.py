@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import tunelab
 import tunelab.tasks.sft as sft_task
 import tunelab.training.build as build
 import tunelab.training.loop as loop
@@ -21,6 +22,7 @@ from tunelab.peft.lora import attach_lora
 from tunelab.rundir import read_info
 from tunelab.training.build import training_dtype
 from tunelab.training.loss_scale import GROWTH_INTERVAL, LossScale
+from tunelab.training.stages import stage_dir
 from tunelab.training.step import train_step
 
 
@@ -131,7 +133,7 @@ def test_an_fp16_lora_run_counts_its_overflow_steps_in_the_log_and_run_json(tiny
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     overflows = [r for r in records if r.get("overflow")]
     assert overflows and all(r["loss"] is not None and r["grad_norm"] is None for r in overflows)
-    assert result.skipped_steps == 0 and result.steps == 8
+    assert result.skipped_steps == 0 and result.steps == 8 and result.overflow_steps == len(overflows)
     kept = read_info(result.run_dir).extra["fp16_loss_scale"]
     assert kept == {"overflow_steps": len(overflows), "final_scale": 2.0**20 / 2 ** len(overflows)}
     assert f"{len(overflows)} skipped as fp16 overflow" in out
@@ -274,3 +276,13 @@ def test_a_run_json_with_an_edited_dtype_is_refused_on_resume(tiny_overrides, cr
     path.write_text(json.dumps(json.loads(path.read_text()) | {"dtype": "int8"}))
     with pytest.raises(RunDirError, match=r"run.json: field 'dtype' is 'int8', but must be float32, bfloat16 or"):
         recipe.train(None, run, resume=True)
+
+
+def test_a_staged_fp16_run_returns_its_overflow_steps_summed_over_the_stages(tiny_overrides, qa_file, monkeypatch):
+    monkeypatch.setattr(loss_scale, "INIT_SCALE", 2.0**20)  # each stage starts too high: its first steps overflow
+    stage = {"data": {"train": [str(qa_file)]}, "train": {"max_steps": 4}}
+    result = tunelab.train(None, tiny_overrides | {"model.dtype": "fp16", "stages": [stage, stage]})
+    whole = read_info(result.run_dir).extra["fp16_loss_scale"]["overflow_steps"]
+    assert result.overflow_steps == whole > 0 and result.skipped_steps == 0
+    stages = [read_info(stage_dir(result.run_dir, k)).extra["fp16_loss_scale"]["overflow_steps"] for k in (1, 2)]
+    assert sum(stages) == whole and min(stages) > 0

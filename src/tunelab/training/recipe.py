@@ -85,6 +85,7 @@ class TrainResult:
     verdict: Verdict | None = None
     interrupted: bool = False  # Ctrl-C came after the steps: the result is saved, what follows training is skipped
     stop_signal: int = signal.SIGINT  # the signal that interrupted it (SIGTERM: a staged run exits 143)
+    overflow_steps: int = 0  # fp16: steps skipped for an overflow of the loss scale (not counted in skipped_steps)
 
 
 def refuse_resume_and_overwrite(resolved: ResolvedConfig, resume: bool) -> None:
@@ -494,7 +495,14 @@ def _train_planned(
         verdict,
         interrupted,
         stop_signal,
+        position.get("overflow_steps", 0),
     )
+
+
+def overflow_steps(info: RunInfo) -> int:
+    """An fp16 run's overflow steps as its run.json records them (`_note_overflows`); 0 for other runs."""
+    scale = info.extra.get("fp16_loss_scale")
+    return int(scale.get("overflow_steps", 0)) if isinstance(scale, dict) else 0
 
 
 def _note_overflows(info: RunInfo, position: dict) -> None:

@@ -57,7 +57,7 @@ from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_noted, finish_replacement, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.prepare import protected_paths, refuse_beyond_context
-from tunelab.training.recipe import TrainResult, train
+from tunelab.training.recipe import TrainResult, overflow_steps, train
 from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import LENGTH, check_resume_config, config_changes
 from tunelab.training.tracking import TrackTo, end_held, end_running_tracker_runs
@@ -426,7 +426,13 @@ def train_stages(
     message = finish_replacement(plan_dir)
     if message:
         print(message, flush=True)
-    return dataclasses.replace(result, run_dir=run_dir, steps=info.steps)
+    return dataclasses.replace(
+        result,
+        run_dir=run_dir,
+        steps=info.steps,
+        skipped_steps=info.skipped_steps,
+        overflow_steps=overflow_steps(info),
+    )
 
 
 def _stages(
@@ -576,7 +582,14 @@ def _run_stage(
             longer = [line for line in allowed if line.split(":", 1)[0] in LENGTH]
             kept = f" (kept at its {info.steps} steps: {'; '.join(longer)} applies to the stages still to train)"
             print(f"{here}: finished; skipped" + (kept if longer else ""), flush=True)
-            return TrainResult(here, info.steps, info.final_loss, info.eval_loss, info.skipped_steps)
+            return TrainResult(
+                here,
+                info.steps,
+                info.final_loss,
+                info.eval_loss,
+                info.skipped_steps,
+                overflow_steps=overflow_steps(info),
+            )
         if resume and intact_checkpoint(here)[0] is not None:
             return train(plan, resume=True, check=check, extra_eval=extra, track_to=track_to)
         print(f"{here}: stopped before its first checkpoint; starting the stage again", flush=True)
