@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tunelab.training.compensated as compensated
 import tunelab.training.recipe as recipe
 from tunelab.training.adamw8bit import AdamW8bit
-from tunelab.training.compensated import COMPENSATION, CompensatedAdamW
+from tunelab.training.compensated import COMPENSATION, CompensatedAdamW, adamw_update, init_adamw_state
 from tunelab.training.optim import build_optimizer
 
 
@@ -254,3 +255,71 @@ def test_fsdp2_sharded_bf16_weights_step_and_keep_their_state(tmp_path):
         for c, p in zip(record["compensations"], model.parameters()):
             off = (c.float() - opt.state[p][COMPENSATION].float()).abs()
             assert float(off.max()) <= 1e-4
+
+
+class _PerTensor(CompensatedAdamW):
+    """The step as it was, one tensor at a time through `adamw_update`: the reference for the foreach step."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            hyper = (group["lr"], *group["betas"], group["eps"], group["weight_decay"])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    init_adamw_state(state, p)
+                state["step"] += 1
+                adamw_update(p, state, *hyper, int(state["step"].item()))
+
+
+def _mixed(dtypes):
+    """A linear layer's weight, a norm, an embedding-like matrix and a bias in each of `dtypes`."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(48, 40), (40,), (64, 24), (24,)]
+    return [
+        torch.nn.Parameter((0.02 * torch.randn(s, generator=g) + (1.0 if len(s) == 1 else 0.0)).to(dtype))
+        for dtype in dtypes
+        for s in shapes
+    ]
+
+
+@pytest.mark.parametrize(
+    "dtypes", [[torch.bfloat16], [torch.float32], [torch.bfloat16, torch.float32], [torch.float16]]
+)
+@pytest.mark.parametrize("chunk", [2**25, 1000])  # 1000 values: a chunk of each tensor but the biases and norms
+def test_the_foreach_step_is_bit_identical_to_the_per_tensor_one(monkeypatch, dtypes, chunk):
+    monkeypatch.setattr(compensated, "FOREACH_VALUES", chunk)
+    ours, reference = _mixed(dtypes), _mixed(dtypes)
+    opts = [_optimizer(cls, ps, lr=3e-3) for cls, ps in ((CompensatedAdamW, ours), (_PerTensor, reference))]
+    for step in range(12):
+        for opt, params in zip(opts, (ours, reference)):
+            _grads(step, params)
+            if step % 3 == 1:
+                params[1].grad = None  # a tensor without a gradient is skipped: its step count falls behind
+            opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(ours, reference)), step
+    for a, b in zip(ours, reference):
+        mine, theirs = opts[0].state[a], opts[1].state[b]
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert (COMPENSATION in opts[0].state[ours[0]]) == (ours[0].dtype != torch.float32)
+    assert int(opts[0].state[ours[1]]["step"]) == 8 and int(opts[0].state[ours[0]]["step"]) == 12
+
+
+def test_the_foreach_step_goes_in_chunks_of_its_value_budget(monkeypatch):
+    calls = []
+    real = compensated._foreach_chunk
+    monkeypatch.setattr(compensated, "_foreach_chunk", lambda params, *a: calls.append(len(params)) or real(params, *a))
+    monkeypatch.setattr(compensated, "FOREACH_VALUES", 2000)
+    params = _mixed([torch.bfloat16])  # 1920, 40, 1536 and 24 values
+    opt = CompensatedAdamW(params, lr=1e-3)
+    _grads(0, params)
+    opt.step()
+    assert calls == [2, 2]  # 1920 + 40; 1536 + 24 (a third in either would pass 2000)
+    calls.clear()
+    monkeypatch.setattr(compensated, "FOREACH_VALUES", 2**25)
+    _grads(1, params)
+    opt.step()
+    assert calls == [4]  # every tensor in one foreach chunk

@@ -7,6 +7,7 @@ shapes, not computed by the code under test.
 
 import pytest
 
+import tunelab.training.memory as memory
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.memory import (
     Setup,
@@ -104,7 +105,11 @@ def test_fsdp2_shards_weights_and_training_state_and_gathers_the_root_and_two_la
     assert e.static["fsdp2: unsharded grads (root, two layers)"] == 51328 + 2 * 61696
     assert "weights: decoder (bf16)" not in e.static
     whole = estimate(TINY, Setup(method="full", micro_batch=2, seq=24))
-    assert whole.peak - e.peak == (185088 + 51328 + 236416 + 1182080) - (92544 + 25664 + 118208 + 591040 + 2 * 174720)
+    # both peak at the optimizer step: fp32 copies of the whole model's 118208 trained values, or of a rank's half
+    assert whole.peak_phase == e.peak_phase == "optimizer step"
+    assert whole.peak - e.peak == (185088 + 51328 + 236416 + 1182080) - (
+        92544 + 25664 + 118208 + 591040 + 2 * 174720
+    ) + 12 * (118208 - 59104)
     # LoRA over 3 ranks: adapters, their gradients and moments cut to a third (ceil); no root gradients, two layers'
     # adapter gradients (3712 fp32 values a layer)
     lora = estimate(TINY, Setup(method="lora", rank=4, micro_batch=2, seq=24, shards=3)).static
@@ -114,27 +119,33 @@ def test_fsdp2_shards_weights_and_training_state_and_gathers_the_root_and_two_la
     assert lora["weights: decoder (bf16), 1/3 (fsdp2)"] == -(-185088 // 3)
 
 
-def test_the_optimizer_step_of_bf16_weights_needs_two_fp32_copies_of_the_largest():
-    # the top layer's largest tensor: gate/up/down 64 x 96 = 6144 values; denom and working copy, 4 + 4 bytes each
+def test_the_optimizer_step_of_bf16_weights_needs_three_fp32_copies_of_a_foreach_chunk(monkeypatch):
+    # the top layer's tensors, 30720 + 2 x 64 = 30848 values, one foreach chunk (under 2^25 values): the gradients'
+    # fp32 copies, denom and the working weights, 4 + 4 + 4 bytes each
     e = estimate(TINY, Setup(method="layers", top_layers=1, micro_batch=1, seq=4))
     assert e.peak_phase == "optimizer step"
-    assert e.transient == {"optimizer step: fp32 copies of the largest trained tensor": 8 * 6144} and e.saved == {}
-    # full fine-tuning: the embedding (and the untied head), 200 x 64
-    assert optimizer_step_bytes(TINY, Setup(method="full")) == 8 * 12800
+    assert e.transient == {"optimizer step: fp32 copies of one chunk of trained tensors": 12 * 30848}
+    assert e.saved == {}
+    # full fine-tuning: all 118208 trained values in one chunk; with chunks of 10,000 values the embedding (and the
+    # untied head), 200 x 64 = 12800 values, is a chunk alone and the largest
+    assert optimizer_step_bytes(TINY, Setup(method="full")) == 12 * 118208
+    assert optimizer_step_bytes(TINY, Setup(method="full", shards=4)) == 12 * 29552  # each rank its quarter
+    monkeypatch.setattr(memory, "FOREACH_VALUES", 10000)
+    assert optimizer_step_bytes(TINY, Setup(method="full")) == 12 * 12800
     assert optimizer_step_bytes(TINY, LORA) == 0  # the fused AdamW of fp32 adapters: no copies
     assert optimizer_step_bytes(TINY, Setup(method="full", optimizer="adamw_8bit")) == 0  # the 8-bit kernel
 
 
-def test_the_optimizer_step_under_fsdp2_copies_a_rank_s_shard_of_the_largest_tensor():
-    """Under train.sharding fsdp2 each rank steps its own shard (ceil(dim 0 / S) rows); the model counted the whole
-    tensor, S times the step's copies."""
-    # full over 2 ranks: the embedding 200 x 64 -> 100 x 64 = 6400 values a rank, 8 bytes each
-    assert optimizer_step_bytes(TINY, Setup(method="full", shards=2)) == 8 * 6400
-    # the top layer over 3 ranks: down_proj 64 x 96 -> 22 x 96 = 2112, above gate/up 96 x 64 -> 32 x 64 = 2048
+def test_the_optimizer_step_under_fsdp2_copies_a_rank_s_share_of_a_chunk():
+    """Under train.sharding fsdp2 each rank steps its own shards; the model counted the whole tensors, S times the
+    step's copies."""
+    # full over 2 ranks: the 118208 trained values, one chunk, 59104 a rank, 12 bytes each
+    assert optimizer_step_bytes(TINY, Setup(method="full", shards=2)) == 12 * 59104
+    # the top layer over 3 ranks: its 30848 values, ceil(30848 / 3) = 10283 a rank
     e = estimate(TINY, Setup(method="layers", top_layers=1, micro_batch=1, seq=4, shards=3))
-    assert optimizer_step_bytes(TINY, Setup(method="layers", top_layers=1, shards=3)) == 8 * 2112
+    assert optimizer_step_bytes(TINY, Setup(method="layers", top_layers=1, shards=3)) == 12 * 10283
     assert e.peak_phase == "optimizer step"
-    assert e.transient == {"optimizer step: fp32 copies of the largest trained shard (1/3)": 8 * 2112}
+    assert e.transient == {"optimizer step: fp32 copies of one chunk of trained shards (1/3)": 12 * 10283}
 
 
 def test_scratch_buffers():
@@ -206,7 +217,8 @@ def test_selective_checkpointing_sits_between():
 
 
 def test_layers_method_saves_only_the_trained_top_layers():
-    e = estimate(TINY, Setup(method="layers", top_layers=1, micro_batch=2, seq=24))
+    # adamw_8bit: no fp32 copies in the optimizer step, which would be the peak of so small a batch
+    e = estimate(TINY, Setup(method="layers", top_layers=1, micro_batch=2, seq=24, optimizer="adamw_8bit"))
     assert (
         e.saved["activations: kept layers"]
         == 2 * 48 * (64 + 64 + 128 + 96 + 64) + 4 * 48 * 5 + 2 * 48 * (64 + 64 + 192 + 96) + 4 * 48

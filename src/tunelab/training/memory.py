@@ -35,9 +35,9 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
   A checkpointed layer keeps only x (N d e), on the host when offloaded; a layer below every trained one nothing.
 
 Transients (the largest wins, on top of what is saved at that moment):
-- the optimizer step of full fine-tuning and layers in bf16 (`training.compensated`), when no activation is left: fp32
-  denom and working copy of the largest trained tensor, 8 n_max; under FSDP2 of the largest shard a rank steps,
-  8 max(ceil(rows / S) x cols) (fp32 weights take torch's fused AdamW: none);
+- the optimizer step of full fine-tuning and layers in bf16 (`training.compensated`), when no activation is left: the
+  fp32 gradient copy, denom and working weight of one foreach chunk, 12 min(n_trained, max(2^25, n_max)) (each rank's
+  1/S of it under fsdp2; fp32 weights take torch's fused AdamW: none);
 - head: the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, two chunks of logits
   2 min(N, C) V e, C = `kernels.head_chunk.head_chunk_tokens(V)` (4096 tokens at V 32,000, 1024 at 128,256; the
   kernel holds one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
@@ -63,6 +63,7 @@ from tunelab.models.llama_config import LlamaConfig
 E = 2  # bytes of a bf16 (or fp16) weight or activation: `Setup.dtype_bytes`' default
 MLP_CHUNK = 4096  # tokens per chunk of checkpointing's MLP backward (`LlamaDecoderLayer.mlp_chunk_tokens`)
 NF4_TABLES = (16 + 256) * 4  # the fp32 code tables every NF4 layer keeps as buffers
+FOREACH_VALUES = 2**25  # values a chunk of CompensatedAdamW's foreach step gathers (`training.compensated`)
 MIN_8BIT = 4096  # adamw_8bit keeps smaller tensors' moments in fp32 (`training.adamw8bit.MIN_8BIT_SIZE`)
 ADAMW8_BLOCK = 256
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -261,21 +262,14 @@ def sharded_bytes(c: LlamaConfig, s: Setup, parts: dict[str, int]) -> dict[str, 
 
 
 def optimizer_step_bytes(c: LlamaConfig, s: Setup) -> int:
-    """The optimizer step's working set beyond its state: full/layers in bf16 with adamw step one bf16 tensor at a time
-    through an fp32 denom and an fp32 working copy (`training.compensated.adamw_update`). torch's fused AdamW (LoRA's
+    """The optimizer step's working set beyond its state: full/layers in bf16 with adamw step their tensors in foreach
+    chunks of up to FOREACH_VALUES values (a larger tensor alone), each through fp32 copies of the gradient, denom and
+    the working weight, 12 bytes a value (`training.compensated.adamw_update_foreach`). torch's fused AdamW (LoRA's
     fp32 adapters, fp32 weights) and the 8-bit kernel work in registers."""
     if s.method == "lora" or s.optimizer != "adamw" or s.dtype_bytes == 4:
         return 0
-    return 8 * max(-(-rows // s.shards) * cols for rows, cols in _trained_shapes(c, s))
-
-
-def _trained_shapes(c: LlamaConfig, s: Setup) -> list[tuple[int, int]]:
-    """(dim 0, the rest) of every weight full/layers train: what FSDP2 cuts, so a rank's shard of one is
-    ceil(dim 0 / S) x the rest (`optimizer_step_bytes` steps each rank's shard, not the whole tensor)."""
-    shapes = [(o, i) for i, o in projection_shapes(c).values()] + [(c.hidden_size, 1)]
-    if s.method == "full":
-        shapes.append((c.vocab_size, c.hidden_size))
-    return shapes
+    sizes = [n for n, _ in trainable_tensors(c, s)]
+    return 12 * -(-min(sum(sizes), max(FOREACH_VALUES, *sizes)) // s.shards)  # fsdp2: each rank steps its shards
 
 
 def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
@@ -360,10 +354,10 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     # top checkpointed layer (the kept layers' activations freed, the checkpointed inputs still there), and the
     # optimizer step (every activation freed).
     step = optimizer_step_bytes(c, s)
-    largest = "tensor" if s.shards <= 1 else f"shard (1/{s.shards})"  # under fsdp2 a rank steps its shards
+    chunk = "tensors" if s.shards <= 1 else f"shards (1/{s.shards})"  # under fsdp2 a rank steps its shards
     phases = {
         "head": (saved, {"head: logits chunk, hidden and its gradient": head}),
-        "optimizer step": ({}, {f"optimizer step: fp32 copies of the largest trained {largest}": step})
+        "optimizer step": ({}, {f"optimizer step: fp32 copies of one chunk of trained {chunk}": step})
         if step
         else None,
         "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd}) if kept else None,
