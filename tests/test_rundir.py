@@ -54,7 +54,7 @@ def test_damaged_incomplete_and_foreign_folders_are_refused(tmp_path):
 
 
 def test_a_result_file_never_replaces_the_run_its_input_or_a_folder(tmp_path):
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     run = tmp_path / "run"
     run.mkdir()
@@ -81,7 +81,7 @@ def test_a_file_where_a_folder_of_the_output_would_be_is_said_before_the_work(tm
     FileExistsError traceback making the folder."""
     from tunelab.checks.run import html_path
     from tunelab.cli import main
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     run = tmp_path / "run"
     run.mkdir()
@@ -102,7 +102,7 @@ def test_a_file_where_a_folder_of_the_output_would_be_is_said_before_the_work(tm
 def test_a_result_file_never_goes_into_another_run_as_its_own(tmp_path):
     """`eval A --out B/eval.json` put A's scores where B's report reads its own: B's report showed A's numbers. The
     other run's folder takes other names, and a folder that is no run takes any."""
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     run, other = tmp_path / "a", tmp_path / "b"
     for folder in (run, other):
@@ -117,7 +117,7 @@ def test_a_result_file_never_goes_into_another_run_as_its_own(tmp_path):
 def test_a_new_result_file_never_goes_into_a_run_directory_whose_overwrite_would_delete_it(tmp_path):
     """`predict A --out A/preds.csv` or `eval A --out B/a-eval.json` wrote there; `tunelab train --overwrite` of that
     run then deleted the file with the run, without a word."""
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     run, other = tmp_path / "a", tmp_path / "b"
     for folder in (run, other):
@@ -138,7 +138,7 @@ def test_a_result_file_never_goes_into_the_data_folder_it_reads(tmp_path, capsys
     """`predict --data inputs/ --out inputs/preds.jsonl` wrote into the folder it read, whose every file is data: the
     next predict read the predictions as input rows (and with --overwrite, a result could replace one of them)."""
     from tunelab.cli import main
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     run = tmp_path / "run"
     run.mkdir()
@@ -161,7 +161,7 @@ def test_a_result_file_never_replaces_a_device_or_a_pipe(tmp_path):
     file of scores; a pipe or device is refused."""
     import os
 
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     run = tmp_path / "run"
     run.mkdir()
@@ -176,7 +176,7 @@ def test_a_result_file_never_replaces_a_device_or_a_pipe(tmp_path):
 def test_a_result_file_never_replaces_a_client_file_or_a_function_file_of_the_run(tmp_path):
     """The files a result may never replace were those of data.train, data.eval and eval.questions: a federated run's
     client files and split file, and the .py file of data.transform, were replaced by `eval --out ... --overwrite`."""
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     run = tmp_path / "run"
     run.mkdir()
@@ -206,7 +206,7 @@ def test_a_result_file_never_replaces_a_file_of_another_run_a_stage_or_a_checkpo
     """Only the run's own top-level files were protected: `eval A --out B/adapter_model.safetensors --overwrite` (or
     `predict A --out B/metrics.jsonl`) replaced another run's files, and an output into A's stage or checkpoint
     folders replaced what --resume and the stage chain read."""
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     run, other = tmp_path / "a", tmp_path / "b"
     for folder in (run, other, run / "stage-1"):
@@ -367,7 +367,7 @@ def test_a_new_result_file_never_goes_into_a_data_folder_of_the_run(tmp_path, ca
     with data.train the folder train/, added its rows (text and label) to what the next training of the run read,
     without a word."""
     from tunelab.cli import main
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     run, train = tmp_path / "run", tmp_path / "train"
     run.mkdir()
@@ -390,7 +390,7 @@ def test_a_new_result_file_never_goes_into_a_data_folder_of_the_run(tmp_path, ca
 def test_a_result_path_under_a_data_file_is_named_as_under_a_file(tmp_path):
     """`report RUN --out qa.jsonl/r.html`, qa.jsonl being the run's data file, was refused as the place where
     data.train reads its data, which sent the user looking for a data folder: the path is under a file."""
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     run, data = tmp_path / "run", tmp_path / "qa.jsonl"
     run.mkdir()
@@ -423,7 +423,7 @@ def test_no_output_replaces_the_base_a_staged_run_started_from(tmp_path):
     model: the base stage 1 trained over (which compare and eval open as the run's base) was not protected, and
     `export --gguf base.gguf --overwrite` or `eval --out base.gguf --overwrite` replaced it."""
     from tunelab.export.merge import check_output
-    from tunelab.rundir import check_output_file
+    from tunelab.places import check_output_file
 
     base = tmp_path / "base.gguf"
     base.write_bytes(b"GGUF")

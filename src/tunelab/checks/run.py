@@ -50,7 +50,8 @@ from tunelab.data.report import DataReport
 from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError
 from tunelab.eval.questions import check_questions
 from tunelab.models.llama import unsupported_reason
-from tunelab.rundir import is_run_dir, read_info, refuse_file_in_the_way
+from tunelab.places import refuse_file_in_the_way
+from tunelab.rundir import is_run_dir, read_info
 from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, plan_from_data
 from tunelab.training.checkpoint import intact_checkpoint

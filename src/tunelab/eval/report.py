@@ -41,7 +41,8 @@ from tunelab.eval.report_run import data_section, run_summary, stages_section
 from tunelab.eval.report_scores import eval_section
 from tunelab.eval.reward_curves import reward_section
 from tunelab.federated.history import federated_section
-from tunelab.rundir import HEAD_TASKS, check_output_file, is_run_dir, read_info
+from tunelab.places import check_output_file
+from tunelab.rundir import HEAD_TASKS, is_run_dir, read_info
 
 __all__ = ["REPORT_FILE", "build_report", "render_report", "word_diff"]
 

@@ -31,7 +31,8 @@ from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
 from tunelab.peft.lora import merge_lora
-from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, data_of, is_run_dir, models_of, open_info
+from tunelab.places import data_of, models_of
+from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, open_info
 from tunelab.training.guard import first_non_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

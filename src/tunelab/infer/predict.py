@@ -20,7 +20,8 @@ from tunelab.atomic import write_text
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError, TunelabError
-from tunelab.rundir import HEAD_TASKS, check_output_file, read_info
+from tunelab.places import check_output_file
+from tunelab.rundir import HEAD_TASKS, read_info
 from tunelab.tasks.classify import read_labelled
 from tunelab.tasks.head_data import Input, with_system
 from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_model: importable from here as before)
