@@ -39,7 +39,13 @@ from tunelab.quant.adamw8bit import (
     update_scalars,
 )
 from tunelab.quant.codes import dynamic_code, unsigned_dynamic_code
-from tunelab.training.compensated import adamw_update, complete_state, init_adamw_state, keep_saved_dtypes
+from tunelab.training.compensated import (
+    adamw_defaults,
+    adamw_update,
+    complete_state,
+    init_adamw_state,
+    keep_saved_dtypes,
+)
 
 MIN_8BIT_SIZE = 4096
 """Parameters with fewer elements keep fp32 moments (bitsandbytes' min_8bit_size): their 8-bit saving is negligible."""
@@ -77,9 +83,7 @@ class AdamW8bit(torch.optim.Optimizer):
         weight_decay: float = 1e-2,
         min_8bit_size: int = MIN_8BIT_SIZE,
     ) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"AdamW8bit: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        super().__init__(params, adamw_defaults("AdamW8bit", lr, betas, eps, weight_decay))
         self.min_8bit_size = min_8bit_size
         for group in self.param_groups:
             for p in group["params"]:

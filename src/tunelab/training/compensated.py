@@ -195,6 +195,13 @@ def keep_saved_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict[str, An
                 optimizer.state[p][key] = value.clone() if key == "step" else value.to(device=p.device, copy=True)
 
 
+def adamw_defaults(name: str, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> dict:
+    """An AdamW optimizer's param-group defaults, checked as torch.optim.AdamW checks them (ValueError naming `name`)."""
+    if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"{name}: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
+    return {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+
+
 class CompensatedAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay, torch's bias correction) with fp32 moments, and Kahan-compensated updates of
     bf16/fp16 parameters; see the module docstring. Same hyper-parameters and defaults as `torch.optim.AdamW`; no
@@ -208,11 +215,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
     ) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(
-                f"CompensatedAdamW: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}"
-            )
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        super().__init__(params, adamw_defaults("CompensatedAdamW", lr, betas, eps, weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
