@@ -391,3 +391,37 @@ def deep_zero_row_model_dir(tmp_path_factory, smollm2_tokenizer):
     model.save_pretrained(path, safe_serialization=True)
     smollm2_tokenizer.save_pretrained(path)
     return path
+
+
+def _small_weight_lora(dtype, init_range=0.001):
+    """(model, batch): a 2-layer Llama with small weights (init_range), whose backward's activation gradients are
+    small enough to underflow in fp16, with LoRA whose B starts non-zero so that every adapter matrix has a gradient;
+    and a batch of 4 x 64 random tokens."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunelab.peft.lora import attach_lora
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=2000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=init_range,
+    )
+    model = LlamaForCausalLM(config).to(dtype)
+    attach_lora(model, ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"], 4, 8, 0.0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    ids = torch.randint(0, 2000, (4, 64), generator=torch.Generator().manual_seed(1))
+    return model, {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.fixture(scope="session")
+def small_weight_lora():
+    """`small_weight_lora(dtype, init_range=0.001)` -> (model, batch): a tiny LoRA model whose fp16 gradients underflow
+    without loss scaling, and a batch for it (the fp16 loss-scale tests of training and of tunelab check)."""
+    return _small_weight_lora

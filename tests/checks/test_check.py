@@ -171,30 +171,13 @@ def test_a_tensor_without_gradient_fails():
 
 
 @pytest.mark.parametrize("start", [2.0**16, 2.0**60])  # 2**60: the first passes overflow, the check halves it
-def test_fp16_gradients_that_underflow_unscaled_pass_the_check_as_training_scales_them(monkeypatch, start):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tunelab.peft.lora import attach_lora
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=2000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.001,  # small weights: the backward's fp16 activation gradients underflow unscaled
-    )
-    model = LlamaForCausalLM(config).half()
-    attach_lora(model, ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"], 4, 8, 0.0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
+def test_fp16_gradients_that_underflow_unscaled_pass_the_check_as_training_scales_them(
+    monkeypatch, start, small_weight_lora
+):
+    model, batch = small_weight_lora(torch.float16)  # small weights: fp16 activation gradients underflow unscaled
     monkeypatch.setattr(loss_scale, "INIT_SCALE", start)
     built = BuiltModel(model, "generic", None, torch.device("cpu"), torch.float16, 0, 0)
-    ids = torch.randint(0, 2000, (4, 64), generator=torch.Generator().manual_seed(1))
-    items = forward_backward(built, {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+    items = forward_backward(built, batch)
     grads = next(i for i in items if i.name == "gradients")
     assert grads.status == "pass", grads.details
     assert all(p.grad is None for p in model.parameters())

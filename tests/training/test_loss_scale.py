@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import tunelab
 import tunelab.tasks.sft as sft_task
@@ -18,7 +17,6 @@ import tunelab.training.recipe as recipe
 from tunelab.config import load_config
 from tunelab.errors import RunDirError
 from tunelab.models.load import pick_dtype
-from tunelab.peft.lora import attach_lora
 from tunelab.rundir import read_info
 from tunelab.training.build import training_dtype
 from tunelab.training.loss_scale import GROWTH_INTERVAL, LossScale
@@ -33,44 +31,18 @@ class Recording(torch.optim.SGD):
         self.grads = [p.grad.clone() for g in self.param_groups for p in g["params"]]
 
 
-def _lora_model(dtype, init_range=0.001):
-    """A 2-layer Llama with small weights (init_range): its backward's activation gradients are small enough to
-    underflow in fp16. LoRA B starts non-zero so that every adapter matrix has a gradient."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=2000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=init_range,
-    )
-    model = LlamaForCausalLM(config).to(dtype)
-    attach_lora(model, ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"], 4, 8, 0.0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    return model
-
-
-def _batch():
-    ids = torch.randint(0, 2000, (4, 64), generator=torch.Generator().manual_seed(1))
-    return {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
-
-
-def _step_grads(dtype, scale):
-    model = _lora_model(dtype)
+def _step_grads(small_weight_lora, dtype, scale):
+    model, batch = small_weight_lora(dtype)
     optimizer = Recording([p for p in model.parameters() if p.requires_grad], lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    stats = train_step(model, [_batch()], optimizer, scheduler, 0.0, loss_scale=scale)
+    stats = train_step(model, [batch], optimizer, scheduler, 0.0, loss_scale=scale)
     return stats, optimizer.grads
 
 
-def test_fp16_adapter_gradients_that_underflow_unscaled_match_fp32_with_the_loss_scale():
-    _, reference = _step_grads(torch.float32, None)
-    _, unscaled = _step_grads(torch.float16, None)
-    stats, scaled = _step_grads(torch.float16, LossScale())
+def test_fp16_adapter_gradients_that_underflow_unscaled_match_fp32_with_the_loss_scale(small_weight_lora):
+    _, reference = _step_grads(small_weight_lora, torch.float32, None)
+    _, unscaled = _step_grads(small_weight_lora, torch.float16, None)
+    stats, scaled = _step_grads(small_weight_lora, torch.float16, LossScale())
     # unscaled (as before loss scaling): a whole adapter matrix's gradient underflowed to zero
     assert max(float((g == 0).float().mean()) for g in unscaled) == 1.0
     assert not stats["overflow"] and not stats["skipped"]
@@ -80,48 +52,48 @@ def test_fp16_adapter_gradients_that_underflow_unscaled_match_fp32_with_the_loss
         assert float((g - r).norm() / r.norm()) < 0.01
 
 
-def _tiny_step(scale, inf_grad=False):
+def _tiny_step(small_weight_lora, scale, inf_grad=False):
     """One step of a small-init fp16 LoRA model; inf_grad: one adapter's gradient is made inf (the loss is finite)."""
-    model = _lora_model(torch.float16, init_range=0.02)
+    model, batch = small_weight_lora(torch.float16, init_range=0.02)
     params = [p for p in model.parameters() if p.requires_grad]
     if inf_grad:
         params[0].register_hook(lambda g: g * float("inf"))
     before = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    stats = train_step(model, [_batch()], optimizer, scheduler, 1.0, loss_scale=scale)
+    stats = train_step(model, [batch], optimizer, scheduler, 1.0, loss_scale=scale)
     changed = any(not torch.equal(a, p) for a, p in zip(before, params))
     return stats, changed
 
 
-def test_an_overflowing_scale_skips_the_update_halves_the_scale_and_is_not_a_guard_failure():
+def test_an_overflowing_scale_skips_the_update_halves_the_scale_and_is_not_a_guard_failure(small_weight_lora):
     scale = LossScale(2.0**60)  # the scaled gradients overflow fp16's activations
-    stats, changed = _tiny_step(scale)
+    stats, changed = _tiny_step(small_weight_lora, scale)
     assert stats["overflow"] and not stats["skipped"] and stats["loss"] == stats["loss"]
     assert not changed and scale.scale == 2.0**59 and scale.good_steps == 0
     fine = LossScale()
-    stats, changed = _tiny_step(fine)
+    stats, changed = _tiny_step(small_weight_lora, fine)
     assert not stats["overflow"] and not stats["skipped"] and changed and fine.good_steps == 1
 
 
-def test_a_non_finite_loss_is_the_guards_failure_and_leaves_the_scale(monkeypatch):
+def test_a_non_finite_loss_is_the_guards_failure_and_leaves_the_scale(monkeypatch, small_weight_lora):
     real = sft_task.summed_loss
     monkeypatch.setattr(sft_task, "summed_loss", lambda model, batch: real(model, batch) * float("nan"))
     scale = LossScale()
-    stats, changed = _tiny_step(scale)
+    stats, changed = _tiny_step(small_weight_lora, scale)
     assert stats["skipped"] and not stats["overflow"] and not changed
     assert scale.saved() == {"scale": 2.0**16, "good_steps": 0}
 
 
-def test_the_scale_doubles_after_its_growth_interval_and_an_overflow_at_scale_1_is_a_failure():
+def test_the_scale_doubles_after_its_growth_interval_and_an_overflow_at_scale_1_is_a_failure(small_weight_lora):
     scale = LossScale(4.0, GROWTH_INTERVAL - 1)
     scale.update(overflow=False)
     assert scale.saved() == {"scale": 8.0, "good_steps": 0}
     two = LossScale(2.0)
-    stats, changed = _tiny_step(two, inf_grad=True)
+    stats, changed = _tiny_step(small_weight_lora, two, inf_grad=True)
     assert stats["overflow"] and not stats["skipped"] and not changed and two.scale == 1.0
     one = LossScale(1.0)  # no scaling left to undo: the gradient is not finite by itself
-    stats, changed = _tiny_step(one, inf_grad=True)
+    stats, changed = _tiny_step(small_weight_lora, one, inf_grad=True)
     assert stats["skipped"] and not stats["overflow"] and not changed and one.scale == 0.5
 
 
