@@ -358,7 +358,8 @@ def test_text_pairs_that_share_no_start_score_their_first_token(tiny_model_dir, 
     rows start with the tokenizer's BOS (or EOS) token now, and every token of both texts is scored."""
     rows = [{"chosen": f"Box {i}: {1000 + i}.", "rejected": "No idea."} for i in range(4)]
     _, tok, data = _data(tiny_model_dir, _write(tmp_path / "t.jsonl", rows))
-    assert not tok("x")["input_ids"][0] == tok.bos_token_id  # the case: no BOS added
+    if tok("x")["input_ids"][0] == tok.bos_token_id:  # some transformers versions add one to this tokenizer
+        pytest.skip("this transformers version adds a BOS token to the tiny tokenizer: the case cannot arise")
     row = data.train[0]
     assert row.chosen_ids[0] == row.rejected_ids[0] and row.chosen_labels[0] == IGNORE
     scored = row.chosen_labels[1:]  # what the loss reads: labels shifted by one
