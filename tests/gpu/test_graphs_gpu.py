@@ -16,6 +16,11 @@ CASES = {
         "method": {"name": "lora", "r": 16, "quantize_base": "nf4"},
         "train": {"lr": 2e-3, "checkpointing": True, "offload_activations": False},
     },
+    "qlora-fp16": {
+        "model": {"dtype": "fp16"},
+        "method": {"name": "lora", "r": 16, "quantize_base": "nf4"},
+        "train": {"lr": 2e-3},
+    },
 }
 
 
