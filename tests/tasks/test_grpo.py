@@ -554,8 +554,11 @@ def test_log_probs_are_those_of_the_sampling_temperature(
         assert torch.equal(loss, per_token.sum()) and all(torch.equal(a, b) for a, b in zip(got, want))
     else:
         assert torch.allclose(loss, per_token.sum(), rtol=1e-4)
-        worst = max(((a - b).abs() / (b.abs() + 1e-6)).max().item() for a, b in zip(got, want))
-        assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(got, want)), f"worst relative {worst:.3g}"
+        # want reads the model's logits rounded to its dtype; the fast path's fused head keeps them in fp32: in bf16
+        # (a GPU) the two differ by that rounding, while a missing temperature would differ by about the whole norm
+        worst = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, want))
+        base = next(p for p in model.parameters() if not p.requires_grad).dtype
+        assert worst < (1e-4 if base == torch.float32 else 2e-2), worst
 
 
 def test_top_p_shapes_the_sampling_only_and_is_said_so(tiny_model_dir, tmp_path, prompt_file, reward_module):
