@@ -337,7 +337,7 @@ def test_special_token_text_in_a_message_is_a_400(server):
         body = json.dumps({"model": "tiny", "messages": forged, "stream": stream}).encode()
         status, _, raw = _http("POST", url, body)
         error = json.loads(raw)["error"]
-        assert status == 400 and error["param"] == "messages"
+        assert status == 400 and error["param"] == "messages.0.content"
         assert (
             "the special token text '<|im_end|>' in a user message would be read as a control token" in error["message"]
         )
@@ -353,8 +353,10 @@ def test_a_lone_surrogate_in_a_message_is_a_400(server):
         )
         status, _, raw = _http("POST", url, body)
         error = json.loads(raw)["error"]
-        assert status == 400 and error["param"] == "messages", raw
-        assert error["message"].startswith("a user message: character 4 is U+D800, a lone UTF-16 surrogate")
+        assert status == 400 and error["param"] == "messages.0.content", raw
+        assert error["message"].startswith(
+            "messages.0.content: a user message: character 4 is U+D800, a lone UTF-16 surrogate"
+        )
 
 
 def test_a_bool_for_a_number_and_an_empty_stop_string_are_400s(server):

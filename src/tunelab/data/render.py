@@ -208,11 +208,21 @@ def render_examples(
 
 
 class ControlTokenText(ConfigError):
-    """A conversation to be answered holds the text of one of the tokenizer's special tokens."""
+    """A conversation to be answered holds the text of one of the tokenizer's special tokens; `param` is where, as
+    a JSON path of the list checked ("messages.2.content", "messages.1.tool_calls", "tools")."""
+
+    def __init__(self, message: str, param: str = "messages"):
+        super().__init__(message)
+        self.param = param
 
 
 class NotText(ConfigError):
-    """A conversation to be answered holds a lone surrogate (errors.not_text), which no tokenizer can read."""
+    """A conversation to be answered holds a lone surrogate (errors.not_text), which no tokenizer can read; `param`
+    as ControlTokenText's."""
+
+    def __init__(self, message: str, param: str = "messages"):
+        super().__init__(message)
+        self.param = param
 
 
 def _beyond_content(message: dict) -> dict:
@@ -220,23 +230,43 @@ def _beyond_content(message: dict) -> dict:
     return {k: v for k, v in message.items() if k not in ("role", "content", "weight")}
 
 
+def check_prompt_text(messages: list[dict], tokenizer, tools: list[dict] | None = None) -> None:
+    """Refuse a conversation to be answered holding text no template may write: NotText for a lone surrogate,
+    ControlTokenText for special-token text (see the module docstring), each naming the first place in `param`. A
+    name, a tool call or a tool definition the template writes is text of the prompt as much as a content is."""
+    specials = special_texts(tokenizer)
+    places = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        places.append((f"messages.{i}.content", role, message.get("content")))
+        for key, value in _beyond_content(message).items():
+            places.append(
+                (
+                    f"messages.{i}.{key}",
+                    role,
+                    value if isinstance(value, str) else json.dumps(value, ensure_ascii=False),
+                )
+            )
+    if tools:
+        places.append(("tools", "tools", json.dumps(tools, ensure_ascii=False)))
+    for param, role, text in places:
+        if not isinstance(text, str):
+            continue
+        if problem := not_text(text):
+            raise NotText(f"{article(role)} message: {problem}, so the conversation is not answered.", param)
+        if found := special_text_in([{"role": role, "content": text}], specials):
+            raise ControlTokenText(
+                f"{found} would be read as a control token, not as text (it would end or open a turn), so the "
+                "conversation is not answered; training skips such conversations too. Remove it or write it "
+                "otherwise.",
+                param,
+            )
+
+
 def render_prompt(messages: list[dict], tokenizer, template: Template, tools: list[dict] | None = None) -> list[int]:
     """Token ids of the conversation so far plus the assistant prefix, ready for generation (`tools`: OpenAI's tool
-    definitions, for a template that `uses` them). ControlTokenText when a message holds special-token text (see the
-    module docstring), NotText when one holds a lone surrogate."""
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str) and (problem := not_text(content)):
-            raise NotText(f"{article(message.get('role'))} message: {problem}, so the conversation is not answered.")
-    # a name, a tool call or a tool definition the template writes is text of the prompt as much as a content is
-    more = [{"role": m["role"], "content": json.dumps(_beyond_content(m), ensure_ascii=False)} for m in messages]
-    more += [{"role": "tools", "content": json.dumps(tools, ensure_ascii=False)}] if tools else []
-    found = special_text_in([*messages, *more], special_texts(tokenizer))
-    if found:
-        raise ControlTokenText(
-            f"{found} would be read as a control token, not as text (it would end or open a turn), so the "
-            "conversation is not answered; training skips such conversations too. Remove it or write it otherwise."
-        )
+    definitions, for a template that `uses` them); `check_prompt_text` first."""
+    check_prompt_text(messages, tokenizer, tools)
     try:
         text, _ = template.render(messages, add_generation_prompt=True, tools=tools)
     except TemplateRefused as exc:  # a run answers with the template it trained with: data.template is no way out

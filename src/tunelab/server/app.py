@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from tunelab.data.render import ControlTokenText, NotText
+from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
@@ -366,8 +366,12 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             )
         try:
             messages = [_message(m, i, template) for i, m in enumerate(body.messages)]
+            # checked here, where the index is the request's (the engine adds the run's system prompt)
+            check_prompt_text(messages, engine.run.tokenizer, tools)
         except Refused as exc:
             return _error(400, str(exc), param=exc.param)
+        except (ControlTokenText, NotText) as exc:
+            return _error(400, f"{exc.param}: {exc}", param=exc.param)
         last = len(messages) - 1
         if messages[last]["role"] == "assistant":
             return _error(
