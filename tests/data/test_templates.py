@@ -1,5 +1,6 @@
 """Prompt templates: exact renderings, answer spans, stop tokens, BOS written once, EOS appended only when needed."""
 
+import copy
 import random
 
 import pytest
@@ -227,8 +228,15 @@ def test_named_templates_write_no_names_tools_or_tool_results(name, smollm2_toke
     """`Template.uses` decides whether `tunelab serve` gives a template a message's name, tool calls, a tool's
     result or tool definitions, or refuses them. llama2 and alpaca would write a tool's result as an assistant's
     answer (their branch for any role but the user's), chatml as a turn of a role training never showed: a named
-    template uses none of them, while a tokenizer template that writes one is found to."""
+    template uses none of them, nor a tokenizer template that writes every role alike (SmolLM2's), while one that
+    writes a tool's result its own way is found to."""
     for what in ("name", "tools", "tool_calls", "tool"):
         assert not resolve_template(name, smollm2_tokenizer).uses(what), what
     own = resolve_template("tokenizer", smollm2_tokenizer)  # SmolLM2's writes any role as a ChatML turn
-    assert own.uses("tool") and not own.uses("name") and not own.uses("tools")
+    assert not own.uses("tool") and not own.uses("name") and not own.uses("tools")
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m.role == 'tool' %}<|im_start|>user\n<tool_response>{{ m.content }}"
+        "</tool_response>{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+    )
+    assert resolve_template("tokenizer", tokenizer).uses("tool")

@@ -19,10 +19,11 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 CALLED = [QUESTION, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
 RESULT = {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}
-# A chat template that writes names, tool definitions, calls and results, as Qwen's and Llama 3's do in their way.
+# A chat template that writes names, tool definitions, calls and results (a tool's as a user turn), as Qwen's does.
 TOOL_TEMPLATE = (
     "{%- if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>{{ '\\n' }}{% endif %}"
-    "{%- for m in messages %}<|im_start|>{{ m.role }}{% if m.name %} ({{ m.name }}){% endif %}{{ '\\n' + m.content }}"
+    "{%- for m in messages %}{% if m.role == 'tool' %}<|im_start|>user\n<tool_response>{{ m.content }}</tool_response>"
+    "{%- else %}<|im_start|>{{ m.role }}{% if m.name %} ({{ m.name }}){% endif %}{{ '\\n' + m.content }}{% endif %}"
     "{%- for c in m.tool_calls or [] %}<call>{{ c.function.name }} {{ c.function.arguments | tojson }}</call>"
     "{%- endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -61,6 +62,22 @@ def test_what_the_runs_template_does_not_write_is_refused_by_field(client):
     echoed = {"role": "assistant", "content": "Sunny.", "refusal": None, "tool_calls": None, "function_call": None}
     answer = _ask(client, [QUESTION, echoed, {**QUESTION, "name": None}], tools=[], tool_choice="auto")
     assert answer.status_code == 200, answer.text
+
+
+def test_a_tools_result_is_refused_by_a_template_that_writes_every_role_alike(client, tiny_run_dir):
+    """SmolLM2's template writes any role as it comes ("<|im_start|>" + role), so a tool's result passed the check
+    of what the template writes and reached the model as a "tool" turn, a role it was never trained on. Such a
+    template is not counted as writing tool results: the message is a 400 naming its role; one that writes the role
+    otherwise (TOOL_TEMPLATE, as Qwen's) still takes it."""
+    answer = _ask(client, [QUESTION, {"role": "assistant", "content": "Looking."}, RESULT])
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error["param"] == "messages.2.role", answer.text
+    assert "a tool's result (role 'tool'), which the run's prompt template" in error["message"], error
+    template = open_run(tiny_run_dir, device="cpu").template
+    assert not template.uses("tool") and not template.uses("tool_calls")
+    run = open_run(tiny_run_dir, device="cpu")
+    run.tokenizer.chat_template = TOOL_TEMPLATE
+    assert run.template.uses("tool")
 
 
 def test_a_template_that_writes_tools_is_given_them(tiny_run_dir):

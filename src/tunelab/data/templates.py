@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from tunelab.errors import ConfigError, RunDirError
 
 _PROBE = "tunelab-probe-answer"
+_ROLE = "tunelab_probe_role"  # a role no template knows
 
 WriteFn = Callable[[list[dict], bool], str]  # the tokenizer's template also takes tools= (OpenAI's tool definitions)
 
@@ -82,15 +83,26 @@ class Template:
     def uses(self, what: str) -> bool:
         """Whether this template writes `what` of a conversation into the prompt: "name" (a message's name),
         "tools" (a request's tool definitions), "tool_calls" (an assistant's calls) or "tool" (a tool's result): a
-        probe of it shows in the text rendered. The named templates write none of them (llama2 and alpaca would
-        write a tool's result as an answer, chatml as a turn of a role training never showed)."""
+        probe of it shows in the text rendered. A tool's result counts only where the template writes it otherwise
+        than a role it does not know: one that writes every role alike ("<|im_start|>" + role) knows none. The named
+        templates write none of them (llama2 and alpaca would write a tool's result as an answer, chatml as a turn
+        of a role training never showed)."""
         if self.jinja is not None:  # a named template
             return False
         messages, tools, probe = _USES[what]
         try:
-            return probe in (self.write(messages, True, tools=tools) if tools else self.write(messages, True))
+            text = self.write(messages, True, tools=tools) if tools else self.write(messages, True)
         except Exception:  # the template refuses the probe (an unknown role, a call without content): it does not
             return False
+        if what != "tool" or probe not in text:
+            return probe in text
+        # a template that writes any role as it comes ("<|im_start|>" + role, SmolLM2's) writes a tool's result as
+        # a turn of a role its model never saw; one that knows the role writes it otherwise than a made-up one
+        try:
+            other = self.write([*messages[:-1], messages[-1] | {"role": _ROLE}], True)
+        except Exception:  # it refuses a role it does not know, and wrote the tool's
+            return True
+        return other.replace(_ROLE, "tool") != text
 
     def _write(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
         try:
