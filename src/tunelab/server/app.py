@@ -31,6 +31,7 @@ from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
+from tunelab.server.tool_calls import ToolCallReader, tool_call_reader
 
 MAX_TOKENS_CAP = 4096  # the most a request may ask, unless the server's default (--max-new-tokens) is more
 ROUTES = "GET /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
@@ -399,6 +400,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         except TunelabError as exc:
             return _error(400, str(exc))
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        reader = tool_call_reader(template, tools, (body.model_extra or {}).get("tool_choice"))
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         try:  # the prompt is tokenized on a worker thread, and the answer read from one: the event loop stays free
@@ -408,7 +410,8 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)
                 return StreamingResponse(
-                    _events(reply, request, request_id, created, body.model, usage), media_type="text/event-stream"
+                    _events(reply, request, request_id, created, body.model, usage, reader),
+                    media_type="text/event-stream",
                 )
             done = await _answer(reply, request)
             if done is None:
@@ -421,6 +424,11 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             return _error(400, str(exc), param="messages")
         except TunelabError as exc:
             return _error(400, str(exc))
+        message = {"role": "assistant", "content": done.text}
+        content, calls = reader.split(done.text) if reader else (done.text, [])
+        if calls:  # OpenAI's shape of an answer that calls tools: content null when there is none
+            message = {"role": "assistant", "content": content or None, "tool_calls": calls}
+            done.finish_reason = "tool_calls"
         return {
             "id": request_id,
             "object": "chat.completion",
@@ -429,7 +437,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": done.text},
+                    "message": message,
                     "finish_reason": done.finish_reason,
                     "logprobs": None,
                 }
@@ -482,11 +490,21 @@ async def _answer(reply: Reply, request: Request) -> Completion | None:
     return done
 
 
-async def _events(reply: Reply, request: Request, request_id: str, created: int, model_id: str, usage: bool):
+async def _events(
+    reply: Reply,
+    request: Request,
+    request_id: str,
+    created: int,
+    model_id: str,
+    usage: bool,
+    reader: ToolCallReader | None = None,
+):
     """Server-sent events as OpenAI streams them: a role chunk, content chunks, a finish chunk, with
     `stream_options.include_usage` a chunk of no choices carrying the usage (every other chunk's usage is null),
     then `[DONE]`. The pieces are read on a worker thread; a client that leaves (the response cancelled, or seen
-    disconnected between pieces) cancels the generation, which ends at its next token and frees the queue."""
+    disconnected between pieces) cancels the generation, which ends at its next token and frees the queue. With a
+    `reader`, text that may still become a tool call is held back; at the end the calls, each whole in one chunk
+    (`delta.tool_calls` with its index), and the finish reason "tool_calls"; text that was no call is sent then."""
 
     def chunk(choices: list[dict], counts: dict | None = None) -> str:
         body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
@@ -498,7 +516,7 @@ async def _events(reply: Reply, request: Request, request_id: str, created: int,
     def choice(delta: dict, finish: str | None = None) -> list[dict]:
         return [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
 
-    pieces = iter(reply)
+    pieces, text, sent = iter(reply), "", 0
     try:
         yield chunk(choice({"role": "assistant", "content": ""}))
         while True:
@@ -506,11 +524,21 @@ async def _events(reply: Reply, request: Request, request_id: str, created: int,
             if piece is None:
                 break
             if isinstance(piece, Completion):
-                yield chunk(choice({}, piece.finish_reason))
+                content, calls = reader.split(text) if reader else (text, [])
+                rest = content[sent:] if content.startswith(text[:sent]) else ""
+                if rest:
+                    yield chunk(choice({"content": rest}))
+                for k, call in enumerate(calls):
+                    yield chunk(choice({"tool_calls": [{"index": k, **call}]}))
+                yield chunk(choice({}, "tool_calls" if calls else piece.finish_reason))
                 if usage:
                     yield chunk([], _usage(piece))
             else:
-                yield chunk(choice({"content": piece}))
+                text += piece
+                shown = reader.safe(text) if reader else len(text)
+                if shown > sent:
+                    yield chunk(choice({"content": text[sent:shown]}))
+                    sent = shown
             if await request.is_disconnected():
                 return
     except Exception as exc:  # the status line is already sent: report the failure as an error event

@@ -157,6 +157,6 @@ class Engine:
     ) -> Reply:
         """The answer as it is generated (see Reply). A conversation too long for the model is refused here
         (ContextTooLong), before the response starts. `tools`: OpenAI's tool definitions, for a template that uses
-        them (the answer is text: a call the model writes is not parsed into `tool_calls`)."""
+        them (the answer is text: the calls in it are read by server.tool_calls)."""
         prompt, settings = self._prompt(messages, settings, tools)
         return Reply(self, prompt, settings, stop, seed)

@@ -1,0 +1,132 @@
+"""Tool calls the model writes are answered as OpenAI's `message.tool_calls`, in the syntax the run's chat template
+writes calls in (Hermes/Qwen `<tool_call>` blocks, Llama 3 JSON), streamed or not; text that is no call stays
+content. The model's answer is faked (`Engine.stream`), so each case says exactly what the model wrote."""
+
+import json
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+openai = pytest.importorskip("openai", reason="the official openai client is not installed: pip install openai")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from tunelab.infer.run import open_run  # noqa: E402
+from tunelab.server.engine import Completion, Engine  # noqa: E402
+from tunelab.server.serve import build_app  # noqa: E402
+from tunelab.server.tool_calls import ToolCallReader  # noqa: E402
+
+QUESTION = [{"role": "user", "content": "Weather in Paris?"}]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+_TURNS = (
+    "{%- if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>\n{% endif %}"
+    "{%- for m in messages %}{% if m.role == 'tool' %}<|im_start|>user\n<tool_response>{{ m.content }}"
+    "</tool_response>{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}{% endif %}"
+)
+_END = "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+# Qwen 2.5's way of writing an assistant's calls, and Llama 3.1's
+HERMES = (
+    _TURNS + "{%- for c in m.tool_calls or [] %}<tool_call>\n"
+    '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}\n</tool_call>'
+    "{%- endfor %}" + _END
+)
+LLAMA3 = (
+    _TURNS + '{%- for c in m.tool_calls or [] %}{"name": "{{ c.function.name }}", "parameters": '
+    "{{ c.function.arguments | tojson }}}{%- endfor %}" + _END
+)
+OTHER = _TURNS + "{%- for c in m.tool_calls or [] %}<call>{{ c.function.name }}</call>{%- endfor %}" + _END
+
+
+class FakeReply:
+    def __init__(self, pieces: list[str]):
+        self.pieces = pieces
+
+    def cancel(self) -> None:
+        pass
+
+    def __iter__(self):
+        yield from self.pieces
+        yield Completion("", 5, 7, "stop")
+
+
+@pytest.fixture
+def serve(tiny_run_dir, monkeypatch):
+    """An openai client on a server whose run has `template` and whose model writes `pieces`."""
+
+    def start(template: str, pieces: list[str]):
+        run = open_run(tiny_run_dir, device="cpu")
+        run.tokenizer.chat_template = template
+        monkeypatch.setattr(Engine, "stream", lambda self, *args, **kwargs: FakeReply(pieces))
+        http = TestClient(build_app(run, model_name="tiny"))
+        return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+
+    return start
+
+
+def _both(client, **options):
+    """The plain answer's message and finish reason, and the same rebuilt from the stream's chunks."""
+    ask = {"model": "tiny", "messages": QUESTION, "tools": TOOLS} | options
+    plain = client.chat.completions.create(**ask).choices[0]
+    content, calls, finish = "", {}, None
+    for chunk in client.chat.completions.create(**ask, stream=True):
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for call in delta.tool_calls or []:
+            calls[call.index] = call
+        finish = chunk.choices[0].finish_reason or finish
+    return plain, (content, [calls[k] for k in sorted(calls)], finish)
+
+
+def test_hermes_tool_calls_are_answered_as_tool_calls(serve):
+    """A Qwen-style model's `<tool_call>{...}</tool_call>` came back as content text, which an OpenAI client shows
+    the user instead of calling the tool. It is now `message.tool_calls` (an id, the arguments as JSON text) with
+    finish_reason "tool_calls", streamed or not, and the text before the call stays the content."""
+    pieces = ["Let me look.", "\n<tool", '_call>\n{"name": "get_weather", ', '"arguments": {"city": "Paris"}}\n', "</"]
+    pieces += ['tool_call>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>']
+    client = serve(HERMES, pieces)
+    plain, (content, calls, finish) = _both(client)
+    assert plain.finish_reason == finish == "tool_calls"
+    assert plain.message.content == content == "Let me look."
+    for answered in (plain.message.tool_calls, calls):
+        assert [c.function.name for c in answered] == ["get_weather", "get_weather"]
+        assert [json.loads(c.function.arguments) for c in answered] == [{"city": "Paris"}, {"city": "Rome"}]
+        assert all(c.id.startswith("call_") and c.type == "function" for c in answered)
+    assert len({c.id for c in plain.message.tool_calls}) == 2
+
+
+def test_llama3_json_tool_calls_are_answered_as_tool_calls(serve):
+    """Llama 3's templates write a call as a bare JSON object with "parameters": read as a call too."""
+    client = serve(LLAMA3, ['{"name": "get_weather", ', '"parameters": {"city": "Paris"}}'])
+    plain, (content, calls, finish) = _both(client)
+    assert plain.finish_reason == finish == "tool_calls" and plain.message.content is None and content == ""
+    for answered in (plain.message.tool_calls, calls):
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in answered] == [
+            ("get_weather", {"city": "Paris"})
+        ]
+
+
+def test_text_that_is_no_call_stays_content(serve):
+    """Nothing the model wrote is lost: a malformed call, a call of a function the request did not define, a JSON
+    answer with text around it, a template of an unknown call syntax, or tool_choice "none" leave the whole
+    answer as content, with the finish reason generation gave."""
+    cases = [
+        (HERMES, 'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {city: Paris}}\n</tool_call>', {}),
+        (HERMES, '<tool_call>{"name": "send_mail", "arguments": {}}</tool_call>', {}),
+        (LLAMA3, 'The call is {"name": "get_weather", "parameters": {}} as you asked.', {}),
+        (OTHER, '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>', {}),
+        (HERMES, '<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>', {"tool_choice": "none"}),
+    ]
+    for template, text, options in cases:
+        client = serve(template, [text[:9], text[9:]])
+        plain, (content, calls, finish) = _both(client, **options)
+        assert plain.message.content == content == text, (text, plain.message.content, content)
+        assert not plain.message.tool_calls and not calls and plain.finish_reason == finish == "stop"
+
+
+def test_held_back_text_is_only_what_may_become_a_call():
+    """While streaming, the content before a possible call goes out as it is generated."""
+    hermes = ToolCallReader("hermes", frozenset({"f"}))
+    assert hermes.safe("Let me look.\n<tool") == len("Let me look.")
+    assert hermes.safe("Let me look at it") == len("Let me look at it")
+    json_calls = ToolCallReader("json", frozenset({"f"}))
+    assert json_calls.safe('  {"name"') == 0 and json_calls.safe("Paris is sunny.") == len("Paris is sunny.")
