@@ -93,3 +93,16 @@ def test_an_answer_cut_at_max_new_tokens_is_said(tiny_run_dir):
     generate = run.model.generate
     run.model.generate = lambda **kwargs: generate(**kwargs, forced_eos_token_id=end)  # its turn ends at the limit
     assert said not in talk()
+
+
+def test_ctrl_c_at_the_prompt_ends_the_chat_as_exit_does(tiny_run_dir, monkeypatch, capsys):
+    """Ctrl-C at the "you> " prompt raised KeyboardInterrupt out of the chat: `tunelab chat` ended with exit code
+    130 mid-line, as if it had failed. It now ends the session as /exit does: the line is ended, exit code 0."""
+    from tunelab.cli import main
+
+    def interrupted(prompt: str) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("builtins.input", interrupted)
+    assert main(["chat", str(tiny_run_dir), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.endswith("\n")

@@ -1,5 +1,5 @@
-"""An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit leaves,
-Ctrl-C during an answer stops it. An empty answer is not kept, nor the question it answered: training skips a
+"""An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit (or
+Ctrl-D, or Ctrl-C at the prompt) leaves, Ctrl-C during an answer stops it. An empty answer is not kept, nor the question it answered: training skips a
 conversation holding an empty answer, so the model would be shown a turn it never saw."""
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ COMMAND = re.compile(r"/[A-Za-z]+")  # a line that is one such word is a command
 
 
 def chat(
-    run: LoadedRun, settings: GenerationSettings, read: Callable[[str], str] = input, out: TextIO = sys.stdout
+    run: LoadedRun, settings: GenerationSettings, read: Callable[[str], str] | None = None, out: TextIO | None = None
 ) -> list[dict]:
-    """Loop until /exit or end of input; returns the conversation."""
+    """Loop until /exit or end of input; returns the conversation. `read` and `out`: the terminal's `input` and
+    stdout by default."""
+    read, out = read or input, out or sys.stdout
     system = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
     messages = list(system)
     out.write(f"chatting with {run.run_dir} — /reset to start over, /exit to leave\n")
@@ -35,7 +37,7 @@ def chat(
     while True:
         try:
             text = read("you> ").strip()
-        except EOFError:  # Ctrl-D: end the "you> " line, so that the shell's prompt starts on its own
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C: end the "you> " line, and the chat as /exit does
             out.write("\n")
             break
         except UnicodeDecodeError as exc:  # a terminal line that is not UTF-8 (strict decoding of stdin)
