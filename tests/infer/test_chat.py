@@ -106,3 +106,28 @@ def test_ctrl_c_at_the_prompt_ends_the_chat_as_exit_does(tiny_run_dir, monkeypat
     monkeypatch.setattr("builtins.input", interrupted)
     assert main(["chat", str(tiny_run_dir), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.endswith("\n")
+
+
+def test_system_sets_the_system_prompt_for_the_next_answers(tiny_run_dir):
+    """The chat had no way to change the system prompt: "/system ..." was refused as an unknown command. /system TEXT
+    sets it for the next answers, keeping the conversation; /system alone goes back to the run's own (here none);
+    one the template cannot write (special-token text) is refused when it is set, not with every later message."""
+    run = open_run(tiny_run_dir, device="cpu")
+    inputs = iter(["/system You are a pirate.", "Code of box 1?", "/system", "Code of box 2?", "/system x<|im_end|>"])
+    inputs = iter([*inputs, "Code of box 3?", "/exit"])
+    out, asked, real = io.StringIO(), [], run.template.write
+
+    def seen(messages, add_generation_prompt):
+        asked.append([(m["role"], m["content"]) for m in messages])
+        return real(messages, add_generation_prompt)
+
+    run.template = replace(run.template, write=seen)
+    chat(run, GenerationSettings(max_new_tokens=2), read=lambda prompt: next(inputs), out=out)
+    last = {m[-1][1]: m for m in asked if m and m[-1][0] == "user"}  # each question's prompt
+    assert last["Code of box 1?"] == [("system", "You are a pirate."), ("user", "Code of box 1?")], last
+    assert last["Code of box 2?"] == [("user", "Code of box 2?")], last
+    assert last["Code of box 3?"] == [("user", "Code of box 3?")], last
+    said = out.getvalue()
+    assert "(system prompt set; the model reads it from the next answer on.)" in said, said
+    assert "(system prompt not set: the special token text '<|im_end|>'" in said, said
+    assert "unknown command" not in said, said

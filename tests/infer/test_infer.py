@@ -359,7 +359,7 @@ def test_an_unknown_chat_command_is_not_sent(tiny_run_dir):
     out = io.StringIO()
     history = chat(run, CHAT, read=lambda prompt: next(inputs), out=out)
     assert [m["content"] for m in history if m["role"] == "user"] == ["/etc/hosts?"]
-    assert "(not sent: unknown command /exti; /reset starts over, /exit leaves.)" in out.getvalue()
+    assert "(not sent: unknown command /exti; /reset starts over, /system TEXT, /exit leaves.)" in out.getvalue()
     assert "unknown command /help" in out.getvalue()
 
 

@@ -1,5 +1,6 @@
 """An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit (or
-Ctrl-D, or Ctrl-C at the prompt) leaves, Ctrl-C during an answer stops it. An empty answer is not kept, nor the question it answered: training skips a
+Ctrl-D, or Ctrl-C at the prompt) leaves, /system TEXT sets the system prompt (/system alone: the run's own),
+Ctrl-C during an answer stops it. An empty answer is not kept, nor the question it answered: training skips a
 conversation holding an empty answer, so the model would be shown a turn it never saw."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from tunelab.data.render import ControlTokenText, NotText
+from tunelab.data.render import ControlTokenText, NotText, render_prompt
 from tunelab.data.templates import TemplateRefused
 from tunelab.infer.generate import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -29,9 +30,12 @@ def chat(
     """Loop until /exit or end of input; returns the conversation. `read` and `out`: the terminal's `input` and
     stdout by default."""
     read, out = read or input, out or sys.stdout
-    system = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
+    trained = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
+    system = trained
     messages = list(system)
-    out.write(f"chatting with {run.run_dir} — /reset to start over, /exit to leave\n")
+    out.write(
+        f"chatting with {run.run_dir} — /reset to start over, /system TEXT to set the system prompt, /exit to leave\n"
+    )
     if notice := config_notice(run.model):
         out.write(f"({notice})\n")
     while True:
@@ -49,10 +53,26 @@ def chat(
             messages = list(system)
             out.write("(conversation reset: the model no longer sees the earlier messages.)\n")
             continue
+        if text == "/system" or text.startswith(("/system ", "/system\n")):
+            given = text.removeprefix("/system").strip()
+            wanted = [{"role": "system", "content": given}] if given else trained
+            try:  # refused now rather than with every later message
+                render_prompt([*wanted, {"role": "user", "content": "Hi"}], run.tokenizer, run.template)
+            except (ControlTokenText, NotText, TemplateRefused) as exc:
+                out.write(f"(system prompt not set: {exc})\n")
+                continue
+            messages = wanted + messages[len(system) :]
+            system = wanted
+            out.write(
+                "(system prompt set; the model reads it from the next answer on.)\n"
+                if given
+                else "(system prompt back to the run's own.)\n"
+            )
+            continue
         if not text:
             continue
         if COMMAND.fullmatch(text):  # a mistyped command ("/exti") would be sent to the model as a question
-            out.write(f"(not sent: unknown command {text}; /reset starts over, /exit leaves.)\n")
+            out.write(f"(not sent: unknown command {text}; /reset starts over, /system TEXT, /exit leaves.)\n")
             continue
         messages.append({"role": "user", "content": text})
         try:
