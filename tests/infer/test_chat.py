@@ -131,3 +131,25 @@ def test_system_sets_the_system_prompt_for_the_next_answers(tiny_run_dir):
     assert "(system prompt set; the model reads it from the next answer on.)" in said, said
     assert "(system prompt not set: the special token text '<|im_end|>'" in said, said
     assert "unknown command" not in said, said
+
+
+def test_a_line_ending_in_a_backslash_continues_the_message(tiny_run_dir):
+    """A message of several lines (code, a list) could not be typed: each Enter sent a line as its own message. A
+    line ending in a backslash now continues on the next, under a "...> " prompt, and the lines are sent as one
+    message joined by line breaks."""
+    run = open_run(tiny_run_dir, device="cpu")
+    inputs = iter(["Codes of boxes:\\", "1 and\\  ", "2?", "/exit"])
+    prompts, asked, real = [], [], run.template.write
+
+    def read(prompt: str) -> str:
+        prompts.append(prompt)
+        return next(inputs)
+
+    def seen(messages, add_generation_prompt):
+        asked.append([m["content"] for m in messages])
+        return real(messages, add_generation_prompt)
+
+    run.template = replace(run.template, write=seen)
+    chat(run, GenerationSettings(max_new_tokens=2), read=read, out=io.StringIO())
+    assert prompts == ["you> ", "...> ", "...> ", "you> "], prompts
+    assert ["Codes of boxes:\n1 and\n2?"] in asked, asked

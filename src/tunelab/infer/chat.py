@@ -1,7 +1,8 @@
 """An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit (or
 Ctrl-D, or Ctrl-C at the prompt) leaves, /system TEXT sets the system prompt (/system alone: the run's own),
-Ctrl-C during an answer stops it. An empty answer is not kept, nor the question it answered: training skips a
-conversation holding an empty answer, so the model would be shown a turn it never saw."""
+Ctrl-C during an answer stops it. A line ending in a backslash continues on the next. An empty answer is not kept,
+nor the question it answered: training skips a conversation holding an empty answer, so the model would be shown a
+turn it never saw."""
 
 from __future__ import annotations
 
@@ -24,6 +25,16 @@ from tunelab.infer.run import LoadedRun
 COMMAND = re.compile(r"/[A-Za-z]+")  # a line that is one such word is a command, never a message
 
 
+def _message(read: Callable[[str], str]) -> str:
+    """One message, of one line or several: a line ending in a backslash continues on the next (the backslash
+    becomes a line break)."""
+    lines = [read("you> ")]
+    while lines[-1].rstrip().endswith("\\"):
+        lines[-1] = lines[-1].rstrip()[:-1]
+        lines.append(read("...> "))
+    return "\n".join(lines).strip()
+
+
 def chat(
     run: LoadedRun, settings: GenerationSettings, read: Callable[[str], str] | None = None, out: TextIO | None = None
 ) -> list[dict]:
@@ -34,13 +45,14 @@ def chat(
     system = trained
     messages = list(system)
     out.write(
-        f"chatting with {run.run_dir} — /reset to start over, /system TEXT to set the system prompt, /exit to leave\n"
+        f"chatting with {run.run_dir} — /reset to start over, /system TEXT to set the system prompt, /exit to leave; "
+        "end a line with \\ to go on to the next\n"
     )
     if notice := config_notice(run.model):
         out.write(f"({notice})\n")
     while True:
         try:
-            text = read("you> ").strip()
+            text = _message(read)
         except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C: end the "you> " line, and the chat as /exit does
             out.write("\n")
             break
