@@ -153,3 +153,39 @@ def test_a_line_ending_in_a_backslash_continues_the_message(tiny_run_dir):
     chat(run, GenerationSettings(max_new_tokens=2), read=read, out=io.StringIO())
     assert prompts == ["you> ", "...> ", "...> ", "you> "], prompts
     assert ["Codes of boxes:\n1 and\n2?"] in asked, asked
+
+
+def test_the_oldest_exchanges_are_left_out_once_the_conversation_outgrows_the_context(tiny_run_dir, monkeypatch):
+    """A conversation longer than the model's context was refused message after message ("not sent: the prompt is
+    N tokens ...") until /reset, which threw the whole history away. The oldest exchanges are now left out, as many
+    as it takes to leave room for the answer, and the chat says so once."""
+    from tunelab.data.render import render_prompt
+    from tunelab.infer import chat as chat_module
+
+    run = open_run(tiny_run_dir, device="cpu")
+    sent = []
+
+    class Answer:
+        cut = False
+
+        def __iter__(self):
+            yield "Box 7: 1259."
+
+        def close(self):
+            pass
+
+    def fake(model, tokenizer, template, messages, settings):
+        sent.append([m["content"] for m in messages])
+        return Answer(), settings.max_new_tokens
+
+    monkeypatch.setattr(chat_module, "stream_answer", fake)
+    questions = [f"Code of box {i}?" for i in range(1, 6)]
+    three = [m for q in questions[:2] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": "x"})]
+    three = [{**m, "content": "Box 7: 1259."} if m["role"] == "assistant" else m for m in three]
+    fits = len(render_prompt([*three, {"role": "user", "content": questions[2]}], run.tokenizer, run.template))
+    monkeypatch.setattr(run.model.config, "max_position_embeddings", fits + 2)  # three questions and their answers
+    inputs, out = iter([*questions, "/exit"]), io.StringIO()
+    chat(run, GenerationSettings(max_new_tokens=2), read=lambda prompt: next(inputs), out=out)
+    assert [s[0] for s in sent] == ["Code of box 1?", "Code of box 1?", "Code of box 1?", questions[1], questions[2]]
+    assert [len(s) for s in sent] == [1, 3, 5, 5, 5], sent
+    assert out.getvalue().count("(the conversation no longer fits the model's context") == 1, out.getvalue()

@@ -1,8 +1,8 @@
 """An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit (or
 Ctrl-D, or Ctrl-C at the prompt) leaves, /system TEXT sets the system prompt (/system alone: the run's own),
-Ctrl-C during an answer stops it. A line ending in a backslash continues on the next. An empty answer is not kept,
-nor the question it answered: training skips a conversation holding an empty answer, so the model would be shown a
-turn it never saw."""
+Ctrl-C during an answer stops it. A line ending in a backslash continues on the next. A conversation grown past
+the model's context loses its oldest exchanges (said once). An empty answer is not kept, nor the question it
+answered: training skips a conversation holding an empty answer, so the model would be shown a turn it never saw."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tunelab.infer.generate import (
     ContextTooLong,
     GenerationSettings,
     config_notice,
+    context_length,
     stream_answer,
 )
 from tunelab.infer.run import LoadedRun
@@ -35,6 +36,20 @@ def _message(read: Callable[[str], str]) -> str:
     return "\n".join(lines).strip()
 
 
+def _fitted(run: LoadedRun, messages: list[dict], head: int, wanted: int) -> list[dict]:
+    """`messages` without their oldest exchanges (a question and its answer, after the `head` system messages) as
+    far as it takes for the prompt to leave the model's context room for `wanted` new tokens; the last message is
+    always kept (ContextTooLong, from stream_answer, when it alone leaves no room)."""
+    limit = context_length(run.model)
+    while (
+        limit is not None
+        and len(messages) - head > 1
+        and len(render_prompt(messages, run.tokenizer, run.template)) + wanted > limit
+    ):
+        messages = messages[:head] + messages[head + 2 :]
+    return messages
+
+
 def chat(
     run: LoadedRun, settings: GenerationSettings, read: Callable[[str], str] | None = None, out: TextIO | None = None
 ) -> list[dict]:
@@ -43,7 +58,7 @@ def chat(
     read, out = read or input, out or sys.stdout
     trained = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
     system = trained
-    messages = list(system)
+    messages, trimmed = list(system), False
     out.write(
         f"chatting with {run.run_dir} — /reset to start over, /system TEXT to set the system prompt, /exit to leave; "
         "end a line with \\ to go on to the next\n"
@@ -88,6 +103,14 @@ def chat(
             continue
         messages.append({"role": "user", "content": text})
         try:
+            kept = _fitted(run, messages, len(system), settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+            if len(kept) < len(messages) and not trimmed:
+                out.write(
+                    "(the conversation no longer fits the model's context: from now on its oldest turns are left "
+                    "out, the model no longer sees them.)\n"
+                )
+                trimmed = True
+            messages = kept
             answer, room = stream_answer(run.model, run.tokenizer, run.template, messages, settings)
         except ContextTooLong as exc:
             messages.pop()
