@@ -357,3 +357,28 @@ def test_a_grpo_runs_own_eval_figure_is_recorded_as_its_reward():
     assert training_figure(RunInfo("tiny", "lora", task="grpo", eval_loss=-0.75)) == {"training_eval_reward": 0.75}
     assert training_figure(RunInfo("tiny", "lora", eval_loss=1.5)) == {"training_eval_loss": 1.5}
     assert EvalResult.__dataclass_fields__["training_eval_reward"].default is None  # eval.json written before: none
+
+
+def test_the_loss_of_a_run_with_a_transform_is_taken_on_the_rows_it_made(tiny_model_dir, tmp_path, capsys):
+    """Training reads every row, its eval file's too, through data.transform; `tunelab eval` and `tunelab compare`
+    read the file as it is, so the rows training saw as question/answer were no question at all to them. Rows the
+    transform drops are dropped here too, and said."""
+    rows = [{"q": r["question"], "a": r["answer"]} for r in QA[:12]]
+    train, held = _write_jsonl(tmp_path / "t.jsonl", rows[:8]), _write_jsonl(tmp_path / "e.jsonl", rows[8:])
+    (tmp_path / "shaping.py").write_text(
+        "def to_qa(row):\n"
+        "    if row['q'].endswith('box 11?'):\n"
+        "        return None\n"
+        "    return {'question': row['q'].upper(), 'answer': row['a']}\n"
+    )
+    over = {"model.name": str(tiny_model_dir), "data.train": [str(train)], "data.eval": str(held)}
+    over |= {"data.transform": f"{tmp_path / 'shaping.py'}:to_qa", "data.max_length": 64, "method.r": 4}
+    over |= {"train.micro_batch": 4, "train.max_steps": 1, "train.lr": 1e-2, "output_dir": str(tmp_path / "run")}
+    run = recipe.train(None, over).run_dir
+    info = json.loads((run / "run.json").read_text())
+    capsys.readouterr()
+    result = evaluate_run(run, held, SETTINGS, device="cpu", save=False)
+    assert result.rows_read == 3 and result.loss_on == "answers"
+    assert result.tuned.eval_loss == pytest.approx(info["eval_loss"], rel=1e-4)
+    assert all(r.question.startswith("WHAT IS THE CODE") for r in result.rows)
+    assert "e.jsonl: 1 rows dropped by data.transform" in capsys.readouterr().err

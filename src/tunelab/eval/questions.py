@@ -13,6 +13,7 @@ A row is one of
 `expected` wins over `label` and over a training row's answer when a row has both. A question without any expected
 answer is asked and shown, but not scored (an error where scores are required).
 
+Every row first goes through the run's data.transform, as training's rows do.
 Every question carries the conversation it is asked as (the run's system prompt unless the row has its own), and the
 example the eval loss is taken on: that conversation with the expected answer as the assistant's turn.
 """
@@ -41,8 +42,9 @@ from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
+from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import DataError
-from tunelab.infer.generate import GenerationSettings, refuse_no_room
+from tunelab.infer.generate import GenerationSettings, refuse_no_room, say
 from tunelab.models.load import ModelSource, load_hf_config
 from tunelab.rundir import RunInfo, saved_config
 
@@ -145,7 +147,10 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     """The rows of a question file; DataError (naming file and line) for rows that cannot be asked.
 
     `data` is the run's data config: its `fields` map column names (a row may give a field under its canonical name
-    instead, 'question' or 'system': `row_fields`, `system_column`), its system prompt is asked with every question that has none. `need_expected`: a question row without an expected answer is an error (eval scores every one)."""
+    instead, 'question' or 'system': `row_fields`, `system_column`), its system prompt is asked with every question
+    that has none, and its data.transform takes every row first, as it takes training's rows and eval file (the rows
+    it drops are said on stderr, with their count). `need_expected`: a question row without an expected answer is an
+    error (eval scores every one)."""
     data = data or DataConfig()
     path = Path(path)
     if not path.exists():
@@ -153,6 +158,12 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     records = read_records([str(path)])
     if not records:
         raise DataError(f"{path}: the question file holds no rows.")
+    dropped = DataReport()
+    records = apply_transform(records, load_transform(data.transform), data.transform, dropped)
+    for reason, skip in dropped.skips.items():
+        say(f"{path}: {skip.count} rows {reason}, as training drops them (e.g. {skip.locations[0]})")
+    if not records:
+        raise DataError(f"{path}: data.transform {data.transform} dropped every row of the question file.")
     questions: list[Question | None] = [None] * len(records)
     training = []  # (index, record, expected, kind, is_label, fields) of rows that to_examples converts
     for i, record in enumerate(records):
