@@ -292,3 +292,19 @@ def test_a_question_file_with_canonical_columns_serves_a_run_that_mapped_them(tm
         DataConfig(fields={"prompt": "question"}),
     )
     assert row.text == "Why?"
+
+
+def test_a_row_in_the_runs_data_format_is_read_in_it(tmp_path):
+    """A run trained with data.format text on rows that also hold prompt and completion read their text; its eval and
+    question files detected each row's format on their own, so the same row became a prompt/completion question and
+    the eval loss was taken on other tokens than training's. Rows of another format are still detected."""
+    doc = {"prompt": "Box 3?", "completion": "Code 1111.", "text": "Box 3 holds code 1111 and a note."}
+    path = _write(tmp_path / "q.jsonl", [doc, {"question": "Box 4?", "expected": "1148"}])
+    text, asked = read_questions(path, DataConfig(format="text"))
+    assert text.prompt is None and text.example.text == doc["text"]
+    assert (asked.text, asked.expected) == ("Box 4?", "1148")
+    (row,) = read_questions(_write(tmp_path / "p.jsonl", [doc]), DataConfig())
+    assert (row.text, row.expected) == ("Box 3?", "Code 1111.")
+    mapped = DataConfig(format="question_answer", fields={"question": "q", "answer": "a"})
+    (qa,) = read_questions(_write(tmp_path / "m.jsonl", [doc | {"q": "Box 5?", "a": "Code 1185."}]), mapped)
+    assert (qa.text, qa.expected) == ("Box 5?", "Code 1185.")

@@ -6,7 +6,8 @@ A row is one of
                         column data.fields maps system to, or `system` itself, in every kind of row);
   question + label      a label task: the answer must name the label (`label`, or a `kind` of label/classification);
   a training row        any format `tunelab train` reads (question/answer, messages, ...): the last assistant turn is
-                        the expected answer, a whole answer rather than a text to find in one;
+                        the expected answer, a whole answer rather than a text to find in one; a row that holds
+                        the fields of the run's data.format is read in it, as training read it;
   a conversation        `messages` ending with a user turn + `expected`: the conversation is asked as it is (the
                         earlier turns are its history), and the answer to its last question must contain `expected`;
   a text row            continued pretraining text: no question, so it counts for `tunelab eval`'s loss only.
@@ -229,21 +230,15 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
         questions[i] = Question(prompt, expected, kind, is_label, is_label, example, where)
 
     report = DataReport()
-    # One record at a time, format "auto": each row's format is detected on its own (the run's data.format was
-    # chosen for its training files), so one file may mix formats; data.fields still maps column names.
-    # A dpo run's data.fields may map chosen and rejected, which the sft formats do not read: they are left out here.
-    examples = [
-        ex
-        for t in training
-        for ex in to_examples(
-            [t[1]],
-            "auto",
-            {k: v for k, v in t[5].items() if k in CANONICAL},
-            data.system_prompt,
-            report,
-            questions=True,
-        )
-    ]
+    # One record at a time: a row that holds the fields of the run's data.format is read in it, as training read its
+    # rows (a text row that also has prompt and completion is a text); another row's format is detected on its own,
+    # so one file may mix formats; data.fields still maps column names. A dpo run's data.fields may map chosen and
+    # rejected, which the sft formats do not read: they are left out here.
+    examples = []
+    for _, record, _, _, _, fields in training:
+        fields = {k: v for k, v in fields.items() if k in CANONICAL}
+        fmt = data.format if _holds_format(record.row, data.format, fields) else "auto"
+        examples += to_examples([record], fmt, fields, data.system_prompt, report, questions=True)
     if report.skips:
         reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())
         raise DataError(f"{path}: rows cannot be used: {reasons}. Fix or remove them.")
@@ -266,6 +261,11 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     found = [q for q in questions if q is not None]
     _refuse_label_spellings(found)
     return found
+
+
+def _holds_format(row: dict, fmt: str, fields: dict[str, str]) -> bool:
+    """The row has every required field of format `fmt` (after the data.fields mapping); False for "auto"."""
+    return fmt in FORMATS and all(fields.get(name, name) in row for name in FORMATS[fmt][0])
 
 
 def _refuse_label_spellings(questions: list[Question]) -> None:
