@@ -11,6 +11,7 @@ import tunelab.training.recipe as recipe
 from tunelab.data.loader import split_eval
 from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.eval.evaluate import EVAL_FILE, evaluate_run, format_eval
+from tunelab.eval.questions import read_questions, run_data_config
 from tunelab.eval.report import build_report
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
@@ -382,3 +383,27 @@ def test_the_loss_of_a_run_with_a_transform_is_taken_on_the_rows_it_made(tiny_mo
     assert result.tuned.eval_loss == pytest.approx(info["eval_loss"], rel=1e-4)
     assert all(r.question.startswith("WHAT IS THE CODE") for r in result.rows)
     assert "e.jsonl: 1 rows dropped by data.transform" in capsys.readouterr().err
+
+
+def test_a_mixture_sources_eval_file_is_scored_as_that_source_was_trained(tiny_model_dir, tmp_path):
+    """A mixture's source with its own system prompt and column mapping trained and scored its eval file with them;
+    `tunelab eval` on that file read it with the top-level ones (another system prompt, columns not found), so its
+    loss was not the source's eval loss. A file of no source is read with the top-level options, as training reads a
+    mixture's data.eval."""
+    rows = [{"q": r["question"], "a": r["answer"]} for r in QA[:12]]
+    train, held = _write_jsonl(tmp_path / "t.jsonl", rows[:8]), _write_jsonl(tmp_path / "e.jsonl", rows[8:])
+    doors = _write_jsonl(tmp_path / "doors.jsonl", QA[12:20])
+    source = {"path": str(train), "eval": str(held), "name": "boxes", "system_prompt": "You answer box questions."}
+    source |= {"fields": {"question": "q", "answer": "a"}}
+    over = {"model.name": str(tiny_model_dir), "data.train": [source, {"path": str(doors), "name": "doors"}]}
+    over |= {"data.system_prompt": "You answer door questions.", "data.max_length": 64, "method.r": 4}
+    over |= {"train.micro_batch": 4, "train.max_steps": 1, "train.lr": 1e-2, "output_dir": str(tmp_path / "run")}
+    over |= {"model.device": "cpu"}
+    run = recipe.train(None, over).run_dir
+    info = json.loads((run / "run.json").read_text())  # boxes' eval file is the run's only eval set
+    result = evaluate_run(run, held, SETTINGS, device="cpu", save=False)
+    assert result.loss_on == "answers" and result.loss_rows == 4
+    assert result.tuned.eval_loss == pytest.approx(info["eval_loss"], rel=1e-4)
+    other = _write_jsonl(tmp_path / "other.jsonl", [{"question": "Door 1?", "expected": "red"}])
+    (asked,) = read_questions(other, run_data_config(run, open_info(run)))
+    assert asked.prompt[0] == {"role": "system", "content": "You answer door questions."}

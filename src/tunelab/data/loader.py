@@ -240,6 +240,17 @@ def source_name(source: DataSource, index: int) -> str:
     return "".join(c if c.isalnum() or c in "._-/" else "_" for c in name)
 
 
+def source_config(cfg: DataConfig, source: DataSource) -> DataConfig:
+    """The data options a source's rows (its training rows and its eval file) are read and rendered with: its own
+    format, fields and system prompt, where it sets them, else the top-level ones."""
+    return dataclasses.replace(
+        cfg,
+        format=source.format or cfg.format,
+        fields=source.fields if source.fields is not None else cfg.fields,
+        system_prompt=source.system_prompt if source.system_prompt is not None else cfg.system_prompt,
+    )
+
+
 def read_source(source: DataSource, cfg: DataConfig, where: str, report: DataReport | None = None) -> list[Record]:
     """The records of one source: a hub dataset, a datasets folder or .arrow file, or files and folders."""
     if source.hub:
@@ -274,12 +285,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
                 "names the stages of a run); give the entry a name."
             )
         where = f"option 'data.train', entry {i}"
-        own = dataclasses.replace(
-            cfg,
-            format=source.format or cfg.format,
-            fields=source.fields if source.fields is not None else cfg.fields,
-            system_prompt=source.system_prompt if source.system_prompt is not None else cfg.system_prompt,
-        )
+        own = source_config(cfg, source)
         records = apply_transform(read_source(source, cfg, where, report), transform, cfg.transform, report)
         trained |= {r.path for r in records}
         option = f"{where}, fields" if source.fields is not None else FIELDS_OPTION  # the mapping's own option

@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.config import DataConfig, RunConfig
+from tunelab.config import DataConfig, DataSource, RunConfig
 from tunelab.data.formats import (
     CANONICAL,
     FORMATS,
@@ -38,6 +38,7 @@ from tunelab.data.formats import (
     to_examples,
     trained_system,
 )
+from tunelab.data.loader import source_config
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
@@ -137,6 +138,21 @@ def _no_question(where: str, row: dict, fields: dict[str, str], path: Path) -> D
     )
 
 
+def file_data_config(data: DataConfig, path: Path) -> DataConfig:
+    """The data options the rows of `path` are read with: for a file of a mixture's source (its eval file, its
+    training file, or a file in its folder) that source's own format, fields and system prompt, as training read and
+    rendered them (`loader.source_config`); for any other file the top-level ones, as training reads a mixture's
+    data.eval."""
+    target = path.resolve()
+    for entry in data.train:
+        if not isinstance(entry, DataSource):
+            continue
+        for own in (entry.eval, entry.path):
+            if own and (Path(own).resolve() == target or Path(own).resolve() in target.parents):
+                return source_config(data, entry)
+    return data
+
+
 def system_column(row: dict, fields: dict[str, str]) -> str:
     """The column of a question row that holds its system message: the one the run's data.fields maps system to, as
     in its training rows, else 'system' (a question file written apart from the training data)."""
@@ -152,8 +168,8 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     that has none, and its data.transform takes every row first, as it takes training's rows and eval file (the rows
     it drops are said on stderr, with their count). `need_expected`: a question row without an expected answer is an
     error (eval scores every one)."""
-    data = data or DataConfig()
     path = Path(path)
+    data = file_data_config(data or DataConfig(), path)
     if not path.exists():
         raise DataError(f"{path}: question file not found.")
     records = read_records([str(path)])
