@@ -2,6 +2,7 @@
 computes, a resumed run ends where an uninterrupted one does, and the CLI trains, predicts and evaluates them."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -394,6 +395,28 @@ def test_eval_reads_a_label_written_another_way_as_the_runs(tiny_model_dir, tmp_
     assert saved["rows_read"] == 3 and {r["expected"] for r in saved["rows"]} == {"0", "1"}
     assert saved["tuned"]["accuracy"] == pytest.approx(trained["eval_accuracy"])
     assert saved["tuned"]["eval_loss"] == pytest.approx(trained["eval_loss"], rel=1e-4)
+
+
+def test_eval_of_a_class_weighted_run_reports_the_loss_training_logged(tiny_model_dir, tmp_path, capsys, cli_flags):
+    """With class or label weights training logs (and keep_best reads) the weighted cross-entropy as eval_loss, while
+    `tunelab eval` reported the plain one under the same name: two numbers for one file. Its eval_loss is now the
+    weighted one, as logged, and the plain one is there under its own name; both printouts say which is which."""
+    rows = [{"prompt": f"{('awful', 'great')[i % 2]} number {i}", "label": ("neg", "pos")[i % 2]} for i in range(16)]
+    data, held = _write(tmp_path / "l.jsonl", rows[:12]), _write(tmp_path / "e.jsonl", rows[12:])
+    over = _overrides(tiny_model_dir, tmp_path, "classify", data, **{"data.eval": held, "model.device": "cpu"})
+    over |= {"classify.label_weights": {"pos": 3.0}}
+    capsys.readouterr()
+    assert main(["train", *cli_flags(over)]) == 0
+    assert "eval loss (class-weighted) " in capsys.readouterr().out
+    run = tmp_path / "run-classify"
+    logged = json.loads((run / "run.json").read_text())["eval_loss"]
+    assert main(["eval", str(run), "--data", held, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    tuned = json.loads((run / "eval.json").read_text())["tuned"]
+    assert tuned["eval_loss"] == pytest.approx(logged, rel=1e-4)
+    assert tuned["eval_loss_unweighted"] != pytest.approx(tuned["eval_loss"], rel=1e-3)
+    assert re.search(rf"eval loss \(class-weighted\) +- +{tuned['eval_loss']:.4f}\n", printed)
+    assert re.search(rf"eval loss \(unweighted\) +- +{tuned['eval_loss_unweighted']:.4f}\n", printed)
 
 
 def test_a_head_run_without_its_config_yaml_says_it_is_missing(tiny_model_dir, tmp_path, label_file, capsys):

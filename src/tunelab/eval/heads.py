@@ -64,7 +64,7 @@ class HeadEvalResult:
     device: str
     rows_read: int  # rows (classify) or pairs (reward) scored
     truncated: int  # inputs cut to the run's max_length (their last tokens kept)
-    tuned: dict  # classify: LabelScores + eval_loss; reward: accuracy, margin, loss, n
+    tuned: dict  # classify: LabelScores, eval_loss (+ eval_loss_unweighted); reward: accuracy, margin, loss, n
     baseline: dict  # the same numbers for the baseline
     baseline_name: str
     skipped: dict[str, dict] = field(default_factory=dict)  # reason -> {count, locations}
@@ -122,7 +122,7 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
     predicted = [run.labels[i] for i in logits.argmax(dim=-1).tolist()]
     index = {label: i for i, label in enumerate(run.labels)}
     targets = torch.tensor([index[label] for label in expected])
-    loss = F.cross_entropy(logits, targets).item()
+    losses = _losses(logits, targets, expected, run.info.extra.get("class_weights"))
     labels = run.labels
     counts = run.info.extra.get("label_counts") or {}
     majority = max(run.labels, key=lambda label: counts.get(label, 0))
@@ -135,13 +135,34 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
     return {
         "rows_read": len(rows),
         "truncated": cut,
-        "tuned": label_scores(expected, predicted, labels).to_dict() | {"eval_loss": loss},
+        "tuned": label_scores(expected, predicted, labels).to_dict() | losses,
         "baseline": label_scores(expected, [majority] * len(expected), labels).to_dict(),
         "baseline_name": f"majority class ({majority})",
         "skipped": _skips(report),
         "respelt": {w: {"label": e, "rows": n} for (w, e), n in respelt.items()},
         "rows": table[:SHOWN_ROWS],
     }
+
+
+def _losses(logits: torch.Tensor, targets: torch.Tensor, expected: list[str], weights: dict | None) -> dict:
+    """The eval loss as training logs it: the mean over rows of each row's cross-entropy times its class weight
+    (`tasks.classify.evaluate`); with class or label weights also the plain mean cross-entropy, under its own name."""
+    ce = F.cross_entropy(logits, targets, reduction="none")  # (N,)
+    if not weights:
+        return {"eval_loss": ce.mean().item()}
+    w = torch.tensor([float(weights.get(label, 1.0)) for label in expected], dtype=ce.dtype)
+    return {"eval_loss": (ce * w).sum().item() / len(expected), "eval_loss_unweighted": ce.mean().item()}
+
+
+def _loss_rows(tuned: dict) -> list[tuple[str, str]]:
+    """(name, value) of the classify loss rows: the class-weighted loss named so, beside the plain one, where the
+    run weighted its classes."""
+    if "eval_loss_unweighted" not in tuned:
+        return [("eval loss", _num(tuned.get("eval_loss")))]
+    return [
+        ("eval loss (class-weighted)", _num(tuned["eval_loss"])),
+        ("eval loss (unweighted)", _num(tuned["eval_loss_unweighted"])),
+    ]
 
 
 def _shown(item) -> str:
@@ -318,10 +339,11 @@ def format_head_eval(r: HeadEvalResult) -> str:
         table = [
             ("accuracy", _pct(b["accuracy"]), _pct(t["accuracy"])),
             ("macro F1", _num(b["macro_f1"], 3), _num(t["macro_f1"], 3)),
-            ("eval loss", "-", _num(t["eval_loss"])),
+            *((name, "-", value) for name, value in _loss_rows(t)),
         ]
-    lines.append(f"  {'':<20}  {name:>{width}}  {'tuned':>10}")
-    lines += [f"  {k:<20}  {bv:>{width}}  {tv:>10}" for k, bv, tv in table]
+    first = max(20, *(len(k) for k, _, _ in table))
+    lines.append(f"  {'':<{first}}  {name:>{width}}  {'tuned':>10}")
+    lines += [f"  {k:<{first}}  {bv:>{width}}  {tv:>10}" for k, bv, tv in table]
     if r.task == "classify":
         lines += ["", "  per class (tuned)        precision   recall       F1  support  predicted"]
         for label, c in t["per_class"].items():
@@ -400,7 +422,7 @@ def head_eval_html(data: dict | None, problem: str | None = None) -> str:
         rows = [
             row("accuracy", _pct(b["accuracy"]), _pct(t["accuracy"])),
             row("macro F1", _num(b["macro_f1"], 3), _num(t["macro_f1"], 3)),
-            row("eval loss", "-", _num(t.get("eval_loss"))),
+            *(row(name, "-", value) for name, value in _loss_rows(t)),
         ]
     parts = [
         head,

@@ -429,7 +429,7 @@ def _train_planned(
             if name.startswith("eval_loss/"):
                 print(f"{name} {value:.4f}")
         if eval_loss is not None:
-            print(eval_line(task, eval_metrics))
+            print(eval_line(task, eval_metrics, "class_weights" in data.facts))
         kept_best = best.restore(
             model, position["step"], eval_loss, keep_file=t.keep_checkpoints_after_finish, reward=cfg.task == "grpo"
         )
@@ -514,11 +514,13 @@ def _note_overflows(info: RunInfo, position: dict) -> None:
         }
 
 
-def eval_line(task: Task, metrics: dict[str, float]) -> str:
-    """The end-of-training eval line: the loss (with its perplexity for sft's token loss) and the task's metrics; a
-    run whose eval loss is its held-out reward negated (grpo) shows the reward alone."""
+def eval_line(task: Task, metrics: dict[str, float], class_weighted: bool = False) -> str:
+    """The end-of-training eval line: the loss (with its perplexity for sft's token loss; named class-weighted for a
+    classify run with class or label weights, as `tunelab eval` names it) and the task's metrics; a run whose eval
+    loss is its held-out reward negated (grpo) shows the reward alone."""
     loss = metrics["eval_loss"]
-    line = f"eval loss {loss:.4f}" + (f" (perplexity {math.exp(min(loss, 50)):.2f})" if task is SFT else "")
+    name = "eval loss (class-weighted)" if class_weighted else "eval loss"
+    line = f"{name} {loss:.4f}" + (f" (perplexity {math.exp(min(loss, 50)):.2f})" if task is SFT else "")
     others = [f"{name.removeprefix('eval_')} {value:.4f}" for name, value in metrics.items() if "eval_loss" not in name]
     if "eval_reward" in metrics:
         line = f"held-out reward {metrics['eval_reward']:.4f}"
