@@ -308,3 +308,13 @@ def test_a_row_in_the_runs_data_format_is_read_in_it(tmp_path):
     mapped = DataConfig(format="question_answer", fields={"question": "q", "answer": "a"})
     (qa,) = read_questions(_write(tmp_path / "m.jsonl", [doc | {"q": "Box 5?", "a": "Code 1185."}]), mapped)
     assert (qa.text, qa.expected) == ("Box 5?", "Code 1185.")
+
+
+def test_a_csv_file_is_split_by_the_runs_data_delimiter(tmp_path):
+    """A run trained on .csv files whose values hold commas set data.delimiter; its question and eval files were
+    split at the detected comma instead, and refused ('3 values but the header has 1 columns ... set
+    data.delimiter') though the option was set."""
+    path = tmp_path / "docs.csv"
+    path.write_text("text\nBox 1, the red one, holds 1037 marbles.\n")
+    (row,) = read_questions(path, DataConfig(delimiter="tab"))
+    assert row.prompt is None and row.example.text == "Box 1, the red one, holds 1037 marbles."

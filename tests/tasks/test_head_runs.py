@@ -535,6 +535,21 @@ def test_eval_skips_the_rows_training_drops_as_too_long(task, tiny_model_dir, tm
     assert result.rows_read == 2 and result.tuned["accuracy"] == pytest.approx(trained)
 
 
+def test_a_head_runs_csv_file_is_split_by_its_data_delimiter(tiny_model_dir, tmp_path):
+    """A classify run trained on .csv rows split at | (data.delimiter), whose header splits at a comma as well, read
+    its eval file so; `tunelab eval` split the same file at the comma detection chose, and refused it."""
+    rows = [(("neg", "pos")[i % 2], f"{('awful', 'great')[i % 2]}, number {i}, said") for i in range(16)]
+    train, held = tmp_path / "l.csv", tmp_path / "e.csv"
+    train.write_text("label|prompt, as said\n" + "".join(f"{lab}|{p}\n" for lab, p in rows[:12]))
+    held.write_text("label|prompt, as said\n" + "".join(f"{lab}|{p}\n" for lab, p in rows[12:]))
+    over = _overrides(tiny_model_dir, tmp_path, "classify", str(train), **{"data.eval": str(held)})
+    over |= {"data.delimiter": "|", "data.fields": {"prompt": "prompt, as said"}, "model.device": "cpu"}
+    run = recipe.train(None, over).run_dir
+    logged = json.loads((run / "run.json").read_text())["eval_loss"]
+    result = evaluate_head_run(run, str(held), "cpu", save=False)
+    assert result.rows_read == 4 and result.tuned["eval_loss"] == pytest.approx(logged, rel=1e-4)
+
+
 def test_predict_refuses_an_input_whose_start_fills_max_length(tiny_model_dir, tmp_path, label_file):
     """Training skips a row whose start (system prompt, template header) fills max_length; predict scored its last
     tokens, a form the head never read. It is now refused by name."""

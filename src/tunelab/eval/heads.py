@@ -88,9 +88,12 @@ def _skipped(report: DataReport) -> str:
 
 def _read(run: HeadRun, data_file: str, read) -> tuple[list, list[str], DataReport]:
     """The items of `data_file` as the task's reader `read` gives them (read_labelled, read_pairs), read leniently
-    with the run's data.fields and system prompt; their file:line locations; the report of what was skipped."""
+    with the run's data.fields, system prompt and .csv separator; their file:line locations; the report of what was
+    skipped."""
     report = DataReport()
-    items = read([data_file], run.data.fields, run.data.system_prompt, report, lenient=True)
+    items = read(
+        [data_file], run.data.fields, run.data.system_prompt, report, lenient=True, delimiter=run.data.delimiter
+    )
     return items, [location(item.path, item.line) for item in items], report
 
 

@@ -165,14 +165,15 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
 
     `data` is the run's data config: its `fields` map column names (a row may give a field under its canonical name
     instead, 'question' or 'system': `row_fields`, `system_column`), its system prompt is asked with every question
-    that has none, and its data.transform takes every row first, as it takes training's rows and eval file (the rows
-    it drops are said on stderr, with their count). `need_expected`: a question row without an expected answer is an
-    error (eval scores every one)."""
+    that has none, its data.delimiter separates a .csv file's values, and its data.transform takes every row first,
+    as it takes training's rows and eval file (the rows it drops are said on stderr, with their count); a mixture
+    source's file is read with that source's options (`file_data_config`). `need_expected`: a question row without an
+    expected answer is an error (eval scores every one)."""
     path = Path(path)
     data = file_data_config(data or DataConfig(), path)
     if not path.exists():
         raise DataError(f"{path}: question file not found.")
-    records = read_records([str(path)])
+    records = read_records([str(path)], data.delimiter)
     if not records:
         raise DataError(f"{path}: the question file holds no rows.")
     dropped = DataReport()
