@@ -334,3 +334,30 @@ def test_check_says_what_dtype_auto_picked_on_a_gpu_without_bf16(tiny_overrides,
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     main(["check", *cli_flags(tiny_overrides)])
     assert "model dtype" not in capsys.readouterr().out  # bf16 where the GPU has it: nothing to say
+
+
+def test_check_resume_builds_the_model_in_the_dtype_the_run_trained_in(tiny_overrides, monkeypatch, crash_at):
+    """A run started in fp16 (auto, on a GPU without native bf16) and checked with --resume where auto picks bf16:
+    check builds the model as train --resume would, in fp16, and says so; it checked a bf16 model without a word.
+    On the CPU, with training_dtype answering as on such GPUs."""
+    import tunelab.training.build as build
+
+    bf16 = {"native": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16["native"])
+    real = build.training_dtype
+    monkeypatch.setattr(
+        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
+    )
+    built = []
+    real_build = build.build_model
+    monkeypatch.setattr(
+        "tunelab.training.prepare.build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1]
+    )
+    run = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2}
+    with crash_at(3):
+        train(None, run)
+    bf16["native"] = True  # the other machine
+    built.clear()
+    items = {item.name: item.summary for item in tunelab.check(None, run, resume=True).items}
+    assert items["model dtype"].startswith("resume: model.dtype auto keeps fp16, the dtype the run trained in")
+    assert built and {b.dtype for b in built} == {torch.float16}

@@ -312,3 +312,60 @@ def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, fe
     info = json.loads((run / "run.json").read_text())
     assert info["finished"] and info["steps"] == 2 and info["extra"]["federated"]["complete"]
     assert "<td>yes</td>" in build_report(run, overwrite=True).read_text()
+
+
+def test_a_resumed_federation_trains_in_the_dtype_it_started_in(
+    tmp_path, tiny_model_dir, federate_config, monkeypatch, capsys
+):
+    """Started where auto picks fp16 (a GPU without native bf16) and resumed where it picks bf16: the server and
+    every client built the model in bf16, so the rounds after the resume trained in another dtype than those before.
+    Now auto keeps the run's dtype for the server and, through the recipe, the clients, and says so. On the CPU, with
+    training_dtype answering as on such GPUs."""
+    import torch
+
+    import tunelab.training.build as build
+    from tunelab.federated.payload import recipe_config
+    from tunelab.rundir import read_info
+
+    bf16 = {"native": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16["native"])
+    real = build.training_dtype
+    monkeypatch.setattr(
+        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
+    )
+    sent = []
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        sent.append(recipe_config(self.recipe).model.dtype)
+        for r in range(num_rounds + 1):
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
+    assert read_info(run).dtype == "float16" and sent == ["auto"]  # a fresh federation: each host's auto
+    bf16["native"] = True  # the other machine
+    run_federation(None, load_config(config, {"federated.rounds": 3}), 2, ["site0", "site1"], resume=True)
+    assert sent[1] == "fp16" and read_info(run).dtype == "float16"
+    assert "resume: model.dtype auto keeps fp16, the dtype the run trained in" in capsys.readouterr().out
+
+
+def test_a_federation_whose_server_ran_on_the_cpu_leaves_the_clients_dtype_to_auto(
+    tmp_path, tiny_model_dir, federate_config, monkeypatch
+):
+    """A server on the CPU records fp32 in run.json, whatever its GPU clients trained in (auto trains LoRA in 16
+    bits on every GPU): a resume must not send them fp32."""
+    from tunelab.federated.payload import recipe_config
+
+    sent = []
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        sent.append(recipe_config(self.recipe).model.dtype)
+        for r in range(num_rounds + 1):
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    config = federate_config(tmp_path, tiny_model_dir)
+    run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
+    run_federation(None, load_config(config, {"federated.rounds": 3}), 2, ["site0", "site1"], resume=True)
+    assert sent == ["auto", "auto"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 from tunelab.checks.model import dtype_items, task_step, untrained_item
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
+from tunelab.rundir import RunInfo
 from tunelab.tasks import rewards as reward_fns
 from tunelab.tasks.grpo import RewardError
 from tunelab.tasks.task import Task
@@ -93,10 +94,10 @@ def _spread_item(figures: dict, prompts: int) -> CheckItem:
     return CheckItem("reward spread", "pass", text + (f"; {tied} tied (no signal from them)" if tied else ""))
 
 
-def grpo_model_items(cfg: RunConfig, inputs: Inputs, task: Task) -> list[CheckItem]:
+def grpo_model_items(cfg: RunConfig, inputs: Inputs, task: Task, resumed: RunInfo | None = None) -> list[CheckItem]:
     """The first step's rollout of the first prompts, and one forward/backward of its first micro-batch. `task`:
-    the grpo task whose build_data read `inputs.data`."""
-    built, untrained = load_model(cfg, inputs)
+    the grpo task whose build_data read `inputs.data`; `resumed`: the run.json of the run --resume continues."""
+    built, untrained = load_model(cfg, inputs, resumed=resumed)
     task.prepare(built, inputs.data, cfg)
     pad = inputs.tokenizer.pad_token_id
     group = task.make_batches(inputs.data.train, cfg.train.micro_batch, pad, shuffle=False, seed=0, epoch=0)[:1]

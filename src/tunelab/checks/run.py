@@ -51,7 +51,7 @@ from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError
 from tunelab.eval.questions import check_questions
 from tunelab.models.llama import unsupported_reason
 from tunelab.places import refuse_file_in_the_way
-from tunelab.rundir import is_run_dir, read_info
+from tunelab.rundir import RunInfo, is_run_dir, read_info
 from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, plan_from_data
 from tunelab.training.checkpoint import intact_checkpoint
@@ -124,9 +124,9 @@ def _free(*objects) -> None:
         torch.cuda.empty_cache()
 
 
-def model_items(cfg, inputs) -> list[CheckItem]:
+def model_items(cfg, inputs, resumed: RunInfo | None = None) -> list[CheckItem]:
     pad = inputs.tokenizer.pad_token_id
-    built, untrained = load_model(cfg, inputs)
+    built, untrained = load_model(cfg, inputs, resumed=resumed)
     batch = first_batch(cfg, inputs.data, pad)
     items = [*dtype_items(built), untrained_item(untrained), *forward_backward(built, batch)]
     comparisons, fast_loss = eval_comparisons(built, batch, pad)
@@ -140,7 +140,7 @@ def model_items(cfg, inputs) -> list[CheckItem]:
     # The same model, method and repairs through transformers' code; LoRA's B starts at zero and dropout is off in
     # eval mode, so both compute the base model's loss (quantized alike under QLoRA).
     generic_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, packing=False))
-    generic, _ = load_model(generic_cfg, inputs, impl="generic")
+    generic, _ = load_model(generic_cfg, inputs, impl="generic", resumed=resumed)
     generic.model.eval()
     generic_loss = mean_loss(generic.model, padded(documents(batch), pad), generic.device)
     _free(generic)
@@ -196,6 +196,7 @@ def run_check(
         raise locate(exc, resolved.origins) from None
     data = inputs.data
     out(data.report.summary())
+    before = None  # the run --resume continues: its model is built in the dtype it trained in (`build.kept_dtype`)
     if resume and is_run_dir(cfg.output_dir):
         before = read_info(cfg.output_dir, require_finished=False)
         for what, recorded, files, rows in (
@@ -237,9 +238,9 @@ def run_check(
         out(item.line())
     if model:
         if grpo:
-            more = grpo_model_items(cfg, inputs, task)
+            more = grpo_model_items(cfg, inputs, task, before)
         else:
-            more = (head_model_items if head else model_items)(cfg, inputs)
+            more = (head_model_items if head else model_items)(cfg, inputs, before)
         for item in more:
             out(item.line())
         items += more

@@ -44,9 +44,9 @@ from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.federated.shards import federation_protected
 from tunelab.models.load import base_record, load_tokenizer, pinned_source, recorded_commit
 from tunelab.peft.save import adapter_state_dict
-from tunelab.rundir import CONFIG_FILE, RunInfo, hub_revision, write_info
+from tunelab.rundir import CONFIG_FILE, RunInfo, hub_revision, read_info, write_info
 from tunelab.training.auto import MICRO_BATCH, model_shape
-from tunelab.training.build import build_model
+from tunelab.training.build import SHORT, build_model
 from tunelab.training.metrics import MetricsLog
 from tunelab.training.outdir import (
     OutputPlan,
@@ -98,6 +98,14 @@ def _eval_batches(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict | None, l
     micro_batch = MICRO_BATCH if cfg.train.micro_batch == AUTO else cfg.train.micro_batch  # sizes eval batches only
     batches = make_batches(data.train, micro_batch, tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
     return batches, data.report.to_dict(), data.train
+
+
+def _recorded_info(run_dir: Path) -> RunInfo | None:
+    """The run.json of the federation --resume continues; None where it has none (its resume checks say why)."""
+    try:
+        return read_info(run_dir, require_finished=False)
+    except RunDirError:
+        return None
 
 
 def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
@@ -184,7 +192,15 @@ def _run_rounds(
     eval_batches, eval_report, eval_rows = _eval_batches(cfg, tokenizer)
     if resume:
         check_same_eval(run_dir, eval_rows)
-    built = build_model(source, cfg.model, cfg.method)
+    before = _recorded_info(run_dir) if resume else None
+    built = build_model(source, cfg.model, cfg.method, resumed=before)  # resumed: auto keeps the run's dtype
+    if built.dtype_note:
+        print(built.dtype_note, flush=True)
+    if before is not None and before.dtype and cfg.model.dtype == AUTO and built.dtype != torch.float32:
+        # the clients train in it too, whatever auto picks on their hosts now, as the rounds before the resume did.
+        # fp32 is not sent: auto trains LoRA in 16 bits on every GPU, so a run that recorded fp32 had its server on
+        # the CPU, which says nothing of the devices its clients trained on.
+        pinned = replace(pinned, model=replace(pinned.model, dtype=SHORT[built.dtype]))
     refuse_packing_off_the_fast_path(cfg, built.impl)  # the deployment engine's server is the first to see the model
     model = built.model
     # model.fix_untrained_tokens: the rows every client repairs too, recorded in run.json for whoever opens the run
