@@ -331,3 +331,25 @@ def test_the_plan_counts_the_weights_and_activations_in_the_dtype_the_model_trai
     assert planned_dtype(cfg, torch.device("cuda")) == torch.float32  # what train picks there
     assert planned_dtype(dataclasses.replace(cfg, method=MethodConfig()), torch.device("cuda")) == torch.float16
     assert planned_dtype(cfg, None) == torch.bfloat16  # planned for another machine
+
+
+@pytest.mark.parametrize(
+    ("gpu", "fp32_tflops", "bf16_tflops"),
+    [("NVIDIA H100 80GB HBM3", 67, 989), ("Tesla T4", 8.1, 65), ("NVIDIA A100-SXM4-80GB", 19.5, 312), (None, 67, 989)],
+)
+def test_an_fp32_run_is_predicted_at_the_gpus_fp32_matmul_rate(monkeypatch, gpu, fp32_tflops, bf16_tflops):
+    """The speed model counted every matmul at the 16-bit rate, so `tunelab plan` showed an fp32 run (full on a T4,
+    model.dtype fp32) 8-15x faster than it trains. GPU-bound (no weight copies, no host time), its step now takes
+    the datasheets' bf16 / fp32 TFLOP/s ratio longer; the tokens/s the table shows fall alike."""
+    import tunelab.training.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "WEIGHT_BYTES", 0)
+    monkeypatch.setattr(plan_module, "HOST_S_PER_LAYER", 0.0)
+    monkeypatch.setattr(plan_module, "HOST_S_PER_RECOMPUTE", 0.0)
+    bf16 = Setup(method="full", micro_batch=4, seq=1024)
+    fp32 = dataclasses.replace(bf16, dtype="fp32")
+    ratio = step_time(LLAMA2_7B, fp32, 1, gpu) / step_time(LLAMA2_7B, bf16, 1, gpu)
+    assert ratio == pytest.approx(bf16_tflops / fp32_tflops, rel=1e-9)
+    fixed = Fixed(micro_batch=4, checkpointing=False, offload=False)
+    fast, slow = (plan(LLAMA2_7B, s, 400 * GIB, 4, fixed, gpu_name=gpu).chosen for s in (bf16, fp32))
+    assert fast.tokens_per_s / slow.tokens_per_s == pytest.approx(bf16_tflops / fp32_tflops, rel=1e-9)

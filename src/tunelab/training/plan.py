@@ -24,6 +24,8 @@ The speed model (coarse on purpose; it ranks candidates). Its three constants we
   A micro-batch replayed from a CUDA graph (train.cuda_graphs; not with offload) costs the host HOST_S_GRAPH: the
   measured graphed steps ran at the GPU times this model predicts (124 and 166 ms at micro-batch 1, against 122
   and 167 predicted).
+- fp32 (full and layers on a GPU without native bf16, or model.dtype fp32): the matmuls run on the CUDA cores
+  (torch leaves TF32 off for matmuls, and tunelab does not turn it on), at `fp32_fraction` of THROUGHPUT.
 - Offload: each checkpointed layer moves 2 N d e bytes each way over PCIe (input and midpoint) at PCIE_BYTES_S,
   beside the next layer's compute; only the part longer than that compute costs time.
 """
@@ -51,6 +53,21 @@ HOST_S_GRAPH = 0.002  # CPU seconds per micro-batch replayed from a CUDA graph (
 WEIGHT_BYTES = 5  # per frozen parameter and pass: NF4 or bf16 read, bf16 written, read again by the GEMM
 HBM_BYTES_S = 4e12  # device memory bandwidth reached by those copies (an H200 has 4.8e12 peak, an H100 3.35e12)
 PCIE_BYTES_S = 25e9  # pinned host <-> device copies, one direction, beside compute
+# Dense (no sparsity) matmul TFLOP/s of fp32 on the CUDA cores against 16-bit on the tensor cores (bf16; fp16 before
+# Ampere), from NVIDIA's datasheets: the fraction of THROUGHPUT an fp32 run's matmuls get. Keys are matched in the
+# device name (the longest first: "A100" before "A10", "L40" before "L4"); another GPU, or none here, takes
+# FP32_FRACTION_DEFAULT, the H100/H200's (the GPU THROUGHPUT was fitted on).
+FP32_FRACTION = {
+    "H200": 67 / 989,  # H200 SXM: 67 fp32, 989 bf16
+    "H100": 67 / 989,  # H100 SXM (PCIe 51 / 756, the same ratio)
+    "A100": 19.5 / 312,
+    "A10": 31.2 / 125,
+    "L40": 90.5 / 181,
+    "L4": 30.3 / 121,
+    "V100": 15.7 / 125,  # fp16 tensor cores
+    "T4": 8.1 / 65,  # fp16 tensor cores
+}
+FP32_FRACTION_DEFAULT = FP32_FRACTION["H100"]
 DEFAULT_BUDGET_FRACTION = 0.92  # of the GPU's total memory: the CUDA context and libraries' workspaces live outside
 
 
@@ -146,8 +163,18 @@ def layer_forward_flops(c: LlamaConfig, seq: int) -> tuple[float, float, float, 
     return matmul, attention, down, o_proj
 
 
-def step_time(c: LlamaConfig, s: Setup, grad_accum: int) -> float:
-    """Predicted seconds of one optimizer step (see the module docstring)."""
+def fp32_fraction(gpu_name: str | None) -> float:
+    """The fraction of the 16-bit matmul rate a GPU reaches in fp32 (`FP32_FRACTION`, by its device name)."""
+    for key in sorted(FP32_FRACTION, key=len, reverse=True):
+        if gpu_name and key in gpu_name.upper():
+            return FP32_FRACTION[key]
+    return FP32_FRACTION_DEFAULT
+
+
+def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = None) -> float:
+    """Predicted seconds of one optimizer step (see the module docstring) on the GPU named `gpu_name` (its name
+    matters in fp32 only: `fp32_fraction`)."""
+    rate = THROUGHPUT * (fp32_fraction(gpu_name) if s.dtype == "fp32" else 1.0)  # matmul FLOP/s
     matmul, attention, down, o_proj = layer_forward_flops(c, s.seq)
     trained = s.method != "lora"
     layers = c.num_layers
@@ -158,11 +185,11 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int) -> float:
     head = 2.0 * c.vocab_size * c.hidden_size * (3 if s.method == "full" else 2)
     per_token = layers * (forward + backward) + checkpointed * recompute + head
     n = s.tokens
-    gpu = n * per_token / THROUGHPUT
+    gpu = n * per_token / rate
     weights = sum(i * o for i, o in projection_shapes(c).values())  # one layer's frozen parameters
     gpu += (2 * layers + checkpointed) * weights * WEIGHT_BYTES / HBM_BYTES_S
     if s.offload and checkpointed:
-        layer_s = n * forward / THROUGHPUT
+        layer_s = n * forward / rate
         copy_s = 2 * n * c.hidden_size * s.dtype_bytes / PCIE_BYTES_S
         gpu += 2 * checkpointed * max(0.0, copy_s - layer_s)
     if s.graphs and not s.offload:
@@ -211,11 +238,13 @@ def plan(
     cuda: bool = True,
     calibration: float = 1.0,
     ranks: int = 1,
+    gpu_name: str | None = None,
 ) -> MemoryPlan:
     """The fastest candidate whose predicted peak fits `budget` bytes (each rank's GPU). `setup` gives the method,
     rank, optimizer, sequence length and FSDP2 shards (its micro_batch, checkpointed and offload are replaced per
-    candidate); `global_batch` rows per optimizer step are kept, their micro-batches shared by `ranks` processes.
-    BudgetError when nothing fits, naming the minimum and its largest part."""
+    candidate); `global_batch` rows per optimizer step are kept, their micro-batches shared by `ranks` processes;
+    `gpu_name`: the GPU's, for the speed model's fp32 rate (`fp32_fraction`). BudgetError when nothing fits, naming
+    the minimum and its largest part."""
     fixed = fixed or Fixed()
     setup = dataclasses.replace(setup, graphs=setup.graphs and cuda)  # CUDA graphs exist on CUDA only
     scored = []
@@ -224,7 +253,7 @@ def plan(
             setup, micro_batch=cand.micro_batch, checkpointed=cand.checkpointed, offload=cand.offload
         )
         est = estimate(c, s, calibration)
-        t = step_time(c, s, -(-cand.grad_accum // ranks))  # the micro-batches of a step are shared by the ranks
+        t = step_time(c, s, -(-cand.grad_accum // ranks), gpu_name)  # a step's micro-batches are shared by the ranks
         scored.append(Scored(cand, est, t, s.tokens * cand.grad_accum / t))
     smallest = min(scored, key=lambda x: (x.peak, x.step_s))
     fitting = [x for x in scored if x.peak <= budget]
@@ -372,9 +401,11 @@ def plan_for_config(
     ranks: int = 1,
     sharding: str | None = None,
     dtype: torch.dtype = torch.bfloat16,
+    gpu_name: str | None = None,
 ) -> MemoryPlan:
     """The planner over the options of `train` (auto values of the data already chosen) that are left to it, for
-    `ranks` processes (`sharding`: ddp or fsdp2 among several, None for one), the model in `dtype`."""
+    `ranks` processes (`sharding`: ddp or fsdp2 among several, None for one), the model in `dtype`, on the GPU named
+    `gpu_name` (None: another machine's)."""
     refuse_layer_count(train, shape.num_layers)
     fixed = Fixed(
         micro_batch=None if micro_batch_auto else train.micro_batch,
@@ -386,7 +417,8 @@ def plan_for_config(
         config_setup(cfg, seq, shards=ranks if sharding == "fsdp2" else 1, world=ranks, dtype=dtype),
         ddp=ranks > 1 and sharding == "ddp",
     )
-    return plan(shape, setup, budget, train.micro_batch * train.grad_accum, fixed, cuda=cuda, ranks=ranks)
+    rows = train.micro_batch * train.grad_accum
+    return plan(shape, setup, budget, rows, fixed, cuda=cuda, ranks=ranks, gpu_name=gpu_name)
 
 
 def refuse_layer_count(train: TrainConfig, layers: int | None) -> None:
@@ -441,8 +473,9 @@ def plan_memory(
     else:
         shape = LlamaConfig.from_hf(built.hf_config)
         cuda = built.device.type == "cuda"
+        name = torch.cuda.get_device_name(built.device) if cuda else None
         result = plan_for_config(
-            cfg, t, shape, seq, budget, mb_auto, cuda=cuda, ranks=ranks, sharding=sharding, dtype=built.dtype
+            cfg, t, shape, seq, budget, mb_auto, cuda, ranks, sharding, dtype=built.dtype, gpu_name=name
         )
         best = require_fit(result, "option 'train.gpu_memory'").candidate
         result.notes += [n for n in [free_memory_note(budget, built.device)] if n]
@@ -546,8 +579,9 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> P
         note = "train.sharding fsdp2: no checkpointing or offload, which train turns off under fsdp2."
     mb_auto = cfg.train.micro_batch == AUTO
     dtype = planned_dtype(cfg, gpu)
+    name = torch.cuda.get_device_name(gpu) if gpu is not None else None
     result = plan_for_config(
-        cfg, auto.train, shape, seq, budget, mb_auto, cuda=on_cuda, ranks=nproc, sharding=sharding, dtype=dtype
+        cfg, auto.train, shape, seq, budget, mb_auto, on_cuda, nproc, sharding, dtype=dtype, gpu_name=name
     )
     require_fit(result, f"budget {gib(budget)}")
     result.notes += [n for n in [free_memory_note(budget, gpu)] if n]
