@@ -589,3 +589,18 @@ def test_top_p_shapes_the_sampling_only_and_is_said_so(tiny_model_dir, tmp_path,
     assert (full.exp() < 0.3).any()  # yet scored under the whole distribution: not renormalised to the set
     top_p = next(f for f in dataclasses.fields(GrpoConfig) if f.name == "top_p")
     assert "shapes the sampling only" in top_p.metadata["help"] and "as TRL does" in top_p.metadata["help"]
+
+
+def test_plan_sizes_the_samplers_kv_cache_from_the_longest_prompt(tiny_model_dir, tmp_path, prompt_file, reward_module):
+    """tunelab plan (and train's planner, through the same plan_for_config) size grpo's KV cache from the data's
+    longest prompt, grpo.max_new_tokens and the answers sampled at once; with many long answers it is the peak."""
+    from tunelab.api import plan
+
+    big = {"grpo.num_generations": 64, "grpo.prompts_per_step": 12, "grpo.max_new_tokens": 512}
+    overrides = _overrides(tiny_model_dir, tmp_path, prompt_file, reward_module, **big)
+    report = plan(None, overrides, gpu_memory="4GiB")
+    cfg = recipe.resolve(None, overrides).config
+    inputs = recipe.load_inputs(cfg, get_task("grpo", cfg))
+    longest = max(len(r.prompt_ids) for r in inputs.data.train)
+    assert report.memory.chosen.estimate.peak_phase == "sampling"
+    assert f"grpo sampler: KV cache of 768 answers x {longest + 512} tokens" in report.text()

@@ -353,3 +353,29 @@ def test_an_fp32_run_is_predicted_at_the_gpus_fp32_matmul_rate(monkeypatch, gpu,
     fixed = Fixed(micro_batch=4, checkpointing=False, offload=False)
     fast, slow = (plan(LLAMA2_7B, s, 400 * GIB, 4, fixed, gpu_name=gpu).chosen for s in (bf16, fp32))
     assert fast.tokens_per_s / slow.tokens_per_s == pytest.approx(bf16_tflops / fp32_tflops, rel=1e-9)
+
+
+def test_grpo_counts_the_samplers_kv_cache_by_hand():
+    """The memory model left out the KV cache grpo's sampler fills before each step, so a grpo run with many long
+    answers was planned to fit and ran out of memory while sampling. Llama-2-7B (32 layers, 32 kv heads of 128),
+    bf16, 4 prompts x 8 answers of a 200-token prompt + 256 new tokens: 2 x 32 layers x 32 answers x 32 heads x 456
+    x 128 x 2 bytes = 7,650,410,496 bytes, alive while no activation is; the peak when it is the largest phase."""
+    from tunelab.config import RunConfig
+    from tunelab.training.plan import config_setup
+
+    cfg = RunConfig(task="grpo")
+    cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, prompts_per_step=4, num_generations=8))
+    cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, max_new_tokens=256))
+    setup = config_setup(cfg, 456, prompt=200)
+    assert (setup.sampled, setup.sample_len) == (32, 456)
+    assert config_setup(cfg, 456, world=3, prompt=200).sampled == 11  # each rank samples its ceil(32 / 3)
+    assert config_setup(RunConfig(), 456, prompt=200).sampled == 0  # sft samples nothing
+    est = estimate(LLAMA2_7B, dataclasses.replace(setup, method="lora", quantized=True, micro_batch=1))
+    cache = 2 * 32 * 32 * 32 * 456 * 128 * 2
+    assert cache == 7_650_410_496
+    assert est.peak_phase == "sampling" and est.transient == {
+        "grpo sampler: KV cache of 32 answers x 456 tokens": cache
+    }
+    assert est.saved == {} and est.peak == est.static_bytes + cache
+    unsampled = estimate(LLAMA2_7B, dataclasses.replace(setup, method="lora", quantized=True, sampled=0))
+    assert unsampled.peak < est.peak and unsampled.peak_phase != "sampling"

@@ -42,6 +42,10 @@ Transients (the largest wins, on top of what is saved at that moment):
   2 min(N, C) V e, C = `kernels.head_chunk.head_chunk_tokens(V)` (4096 tokens at V 32,000, 1024 at 128,256; the
   kernel holds one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
 - backward of a kept layer: d act N m e + two (N, d) gradients, beside all saved activations;
+- grpo's sampling before the step (`tasks.grpo`, `models.kv_cache.KVCache`), when no activation is alive: the KV
+  cache of the B = prompts_per_step x num_generations answers it samples at once (a rank's ceil(B / ranks) share
+  with several), each S = the longest prompt + grpo.max_new_tokens long, 2 L B kv_heads S head_dim e (keys and
+  values of every layer); the prefill's own working set is left out;
 - backward of a checkpointed layer, when every kept layer above has freed its activations: the attention half
   recomputed (its saved set above), the MLP in chunks of min(N, 4096) tokens (its saved set for a chunk, and d act
   for it), and three (N, d) gradients.
@@ -90,6 +94,8 @@ class Setup:
     shards: int = 1  # FSDP2 ranks the weights, gradients and optimizer state are cut across (1: every rank all)
     ddp: bool = False  # DDP on several ranks: its gradient buckets hold a second copy of the gradients
     dtype: str = "bf16"  # the model's weights and activations: bf16, fp16 or fp32 (e = `dtype_bytes`)
+    sampled: int = 0  # grpo: answers the sampler generates at once (a rank's share); 0 for the other tasks
+    sample_len: int = 0  # grpo: the sampler's KV cache length, the longest prompt + grpo.max_new_tokens
 
     @property
     def tokens(self) -> int:
@@ -328,6 +334,11 @@ def saving_layers(c: LlamaConfig, s: Setup) -> int:
     return min(s.top_layers, c.num_layers) if s.method == "layers" else c.num_layers
 
 
+def sampler_cache_bytes(c: LlamaConfig, s: Setup) -> int:
+    """grpo's KV cache while it samples: keys and values of every layer, (B, kv_heads, S, head_dim) each."""
+    return 2 * c.num_layers * s.sampled * c.num_kv_heads * s.sample_len * c.head_dim * s.dtype_bytes
+
+
 def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimate:
     """The peak of one training step of the fast path (see the module docstring for every term)."""
     n, d, e = s.tokens, c.hidden_size, s.dtype_bytes
@@ -352,13 +363,17 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     recompute += 3 * e * n * d
     # The phases: the head (everything saved), a kept layer's backward (everything saved), the recomputation of the
     # top checkpointed layer (the kept layers' activations freed, the checkpointed inputs still there), and the
-    # optimizer step (every activation freed).
+    # optimizer step and grpo's sampling before the step (every activation freed).
     step = optimizer_step_bytes(c, s)
+    cache = sampler_cache_bytes(c, s)
     chunk = "tensors" if s.shards <= 1 else f"shards (1/{s.shards})"  # under fsdp2 a rank steps its shards
     phases = {
         "head": (saved, {"head: logits chunk, hidden and its gradient": head}),
         "optimizer step": ({}, {f"optimizer step: fp32 copies of one chunk of trained {chunk}": step})
         if step
+        else None,
+        "sampling": ({}, {f"grpo sampler: KV cache of {s.sampled} answers x {s.sample_len} tokens": cache})
+        if cache
         else None,
         "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd}) if kept else None,
         "recomputation": (

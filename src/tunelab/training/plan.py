@@ -359,11 +359,13 @@ def free_memory_note(budget: int, device: torch.device | None) -> str | None:
 
 
 def config_setup(
-    cfg: RunConfig, seq: int, shards: int = 1, world: int = 1, dtype: torch.dtype = torch.bfloat16
+    cfg: RunConfig, seq: int, shards: int = 1, world: int = 1, dtype: torch.dtype = torch.bfloat16, prompt: int = 0
 ) -> Setup:
     """The memory model's Setup for a run of `cfg` whose model trains in `dtype` (`BuiltModel.dtype`), over `world`
-    processes (`shards` of them under fsdp2)."""
+    processes (`shards` of them under fsdp2); `prompt`: grpo's longest prompt, whose answers the sampler caches."""
     m = cfg.method
+    g = cfg.grpo
+    sampled = -(-g.prompts_per_step * g.num_generations // world) if cfg.task == "grpo" else 0  # each rank's share
     targets = (
         PROJECTIONS if "all-linear" in m.target_modules else tuple(t for t in m.target_modules if t in PROJECTIONS)
     )
@@ -379,6 +381,8 @@ def config_setup(
         graphs=graphs_possible(cfg, world),
         shards=shards,
         dtype={torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, "bf16"),
+        sampled=sampled,
+        sample_len=prompt + g.max_new_tokens if sampled else 0,
     )
 
 
@@ -402,10 +406,11 @@ def plan_for_config(
     sharding: str | None = None,
     dtype: torch.dtype = torch.bfloat16,
     gpu_name: str | None = None,
+    prompt: int = 0,
 ) -> MemoryPlan:
     """The planner over the options of `train` (auto values of the data already chosen) that are left to it, for
     `ranks` processes (`sharding`: ddp or fsdp2 among several, None for one), the model in `dtype`, on the GPU named
-    `gpu_name` (None: another machine's)."""
+    `gpu_name` (None: another machine's); `prompt`: grpo's longest prompt."""
     refuse_layer_count(train, shape.num_layers)
     fixed = Fixed(
         micro_batch=None if micro_batch_auto else train.micro_batch,
@@ -414,7 +419,7 @@ def plan_for_config(
         offload=None if train.offload_activations == AUTO else bool(train.offload_activations),
     )
     setup = dataclasses.replace(
-        config_setup(cfg, seq, shards=ranks if sharding == "fsdp2" else 1, world=ranks, dtype=dtype),
+        config_setup(cfg, seq, ranks if sharding == "fsdp2" else 1, ranks, dtype, prompt),
         ddp=ranks > 1 and sharding == "ddp",
     )
     rows = train.micro_batch * train.grad_accum
@@ -441,13 +446,24 @@ def longest_row(cfg: RunConfig, rows: list) -> int:
     return longest
 
 
+def longest_prompt(cfg: RunConfig, rows: list) -> int:
+    """grpo: the longest prompt, which with grpo.max_new_tokens sizes the sampler's KV cache; 0 for other tasks."""
+    return max((len(row.input_ids) for row in rows), default=1) if cfg.task == "grpo" else 0
+
+
 def plan_memory(
-    auto: AutoPlan, cfg: RunConfig, built: BuiltModel, seq: int, ranks: int = 1, sharding: str | None = None
+    auto: AutoPlan,
+    cfg: RunConfig,
+    built: BuiltModel,
+    seq: int,
+    ranks: int = 1,
+    sharding: str | None = None,
+    prompt: int = 0,
 ) -> tuple[AutoPlan, MemoryPlan | None]:
     """Choose train.checkpointing, checkpoint_layers and offload_activations where they are auto (and a smaller
     micro_batch, keeping micro_batch x grad_accum, where micro_batch is auto and memory binds), apply them to the
     model, and return the plan with those choices. Explicit values win. `seq`: the longest training row; `ranks`
-    and `sharding` (fsdp2: each rank holds 1/ranks of the model) as the run trains."""
+    and `sharding` (fsdp2: each rank holds 1/ranks of the model) as the run trains; `prompt`: `longest_prompt`."""
     t = auto.train
     refuse_layer_count(t, getattr(built.hf_config, "num_hidden_layers", None))
     if built.impl != "fast" and t.checkpoint_layers:  # transformers' checkpointing recomputes every layer
@@ -474,9 +490,7 @@ def plan_memory(
         shape = LlamaConfig.from_hf(built.hf_config)
         cuda = built.device.type == "cuda"
         name = torch.cuda.get_device_name(built.device) if cuda else None
-        result = plan_for_config(
-            cfg, t, shape, seq, budget, mb_auto, cuda, ranks, sharding, dtype=built.dtype, gpu_name=name
-        )
+        result = plan_for_config(cfg, t, shape, seq, budget, mb_auto, cuda, ranks, sharding, built.dtype, name, prompt)
         best = require_fit(result, "option 'train.gpu_memory'").candidate
         result.notes += [n for n in [free_memory_note(budget, built.device)] if n]
         why = f"planner: {result.reason}"
@@ -581,7 +595,7 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> P
     dtype = planned_dtype(cfg, gpu)
     name = torch.cuda.get_device_name(gpu) if gpu is not None else None
     result = plan_for_config(
-        cfg, auto.train, shape, seq, budget, mb_auto, on_cuda, nproc, sharding, dtype=dtype, gpu_name=name
+        cfg, auto.train, shape, seq, budget, mb_auto, on_cuda, nproc, sharding, dtype, name, longest_prompt(cfg, first)
     )
     require_fit(result, f"budget {gib(budget)}")
     result.notes += [n for n in [free_memory_note(budget, gpu)] if n]

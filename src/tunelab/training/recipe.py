@@ -53,7 +53,7 @@ from tunelab.training.metrics import MetricsLog, logged_at, plot_losses, read_me
 from tunelab.training.neftune import add_embedding_noise, noise_width
 from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import OutputPlan, failure_noted, hold_lock, plan_output_dir, start_run_dir
-from tunelab.training.plan import longest_row, plan_memory
+from tunelab.training.plan import longest_prompt, longest_row, plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.result import save_final, tidy_up
 from tunelab.training.resume import (
@@ -263,7 +263,7 @@ def _train_planned(
     if sharding == "fsdp2":  # our recomputation runs outside FSDP2's gathers: auto means off there
         off = {k: False for k in ("checkpointing", "offload_activations") if getattr(auto.train, k) == AUTO}
         auto.train = dataclasses.replace(auto.train, **off)
-    auto, memory = plan_memory(auto, cfg, built, longest, ranks.world, sharding)
+    auto, memory = plan_memory(auto, cfg, built, longest, ranks.world, sharding, longest_prompt(cfg, first))
     trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
     task.prepare(built, data, trained)  # dpo caches its reference in micro-batches of the chosen size
     model = built.model
