@@ -303,3 +303,20 @@ def test_fp16_weights_take_two_bytes_beside_fp32_adapters():
     assert weight_bytes(TINY, fp16)["weights: decoder (fp16)"] == 3 * (30720 * 2 + 256)
     assert training_state_bytes(TINY, fp16)["adapters (fp32)"] == 4 * 3 * 3712
     assert estimate(TINY, fp16).peak == estimate(TINY, LORA).peak  # the same bytes as bf16
+
+
+def test_the_optimizer_help_says_what_a_bf16_weight_costs_as_the_memory_model_counts_it():
+    """train.optimizer's help gave 8 bytes (adamw) and 2.03 (adamw_8bit) per trainable parameter, but a bf16 weight of
+    method full or layers keeps a 2-byte Kahan compensation beside its moments; the help now says so, in the numbers
+    the planner counts."""
+    import dataclasses
+
+    from tunelab.config import TrainConfig
+
+    help_text = next(f for f in dataclasses.fields(TrainConfig) if f.name == "optimizer").metadata["help"]
+    n = 2**20  # one large bf16 weight matrix
+    for kind in ("adamw", "adamw_8bit"):
+        per_weight = (memory.adamw8bit_bytes(n) if kind == "adamw_8bit" else 8 * n) + 2 * n  # moments + compensation
+        assert f"{per_weight / n:.3g} for a bf16 weight" in help_text, (kind, per_weight / n)
+    full = Setup(method="full", micro_batch=2, seq=24)  # the model counts that compensation: 8 + 2 bytes a weight
+    assert training_state_bytes(TINY, full)["optimizer (adamw)"] == 10 * 118208

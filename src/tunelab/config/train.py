@@ -45,7 +45,7 @@ class TrainConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to norms and biases)", min=0.0)
     optimizer: str = opt(
         "adamw",
-        "adamw keeps its two moments in fp32 (8 bytes per trainable parameter); adamw_8bit in block-wise 8-bit codes (2.03 bytes; tensors under 4096 values stay fp32): 0.30 -> 0.08 GiB for r=16 LoRA on all linears of a 7B model",
+        "adamw keeps its two moments in fp32 (8 bytes per trainable parameter; 10 for a bf16 weight of method full or layers, whose Kahan compensation keeps the small updates bf16 would round away); adamw_8bit in block-wise 8-bit codes (2.03 bytes, 4.03 for a bf16 weight; tensors under 4096 values stay fp32): 0.30 -> 0.08 GiB for r=16 LoRA on all linears of a 7B model",
         choices=("adamw", "adamw_8bit"),
     )
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
