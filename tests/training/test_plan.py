@@ -7,7 +7,8 @@ import pytest
 
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.memory import GIB, Setup, calibrate, estimate
-from tunelab.training.plan import BudgetError, Fixed, plan, require_fit, step_time
+from tunelab.training.plan import BudgetError, Fixed, plan, require_fit
+from tunelab.training.speed import step_time
 
 LLAMA2_7B = LlamaConfig.from_hf(
     dict(
@@ -341,11 +342,11 @@ def test_an_fp32_run_is_predicted_at_the_gpus_fp32_matmul_rate(monkeypatch, gpu,
     """The speed model counted every matmul at the 16-bit rate, so `tunelab plan` showed an fp32 run (full on a T4,
     model.dtype fp32) 8-15x faster than it trains. GPU-bound (no weight copies, no host time), its step now takes
     the datasheets' bf16 / fp32 TFLOP/s ratio longer; the tokens/s the table shows fall alike."""
-    import tunelab.training.plan as plan_module
+    import tunelab.training.speed as speed
 
-    monkeypatch.setattr(plan_module, "WEIGHT_BYTES", 0)
-    monkeypatch.setattr(plan_module, "HOST_S_PER_LAYER", 0.0)
-    monkeypatch.setattr(plan_module, "HOST_S_PER_RECOMPUTE", 0.0)
+    monkeypatch.setattr(speed, "WEIGHT_BYTES", 0)
+    monkeypatch.setattr(speed, "HOST_S_PER_LAYER", 0.0)
+    monkeypatch.setattr(speed, "HOST_S_PER_RECOMPUTE", 0.0)
     bf16 = Setup(method="full", micro_batch=4, seq=1024)
     fp32 = dataclasses.replace(bf16, dtype="fp32")
     ratio = step_time(LLAMA2_7B, fp32, 1, gpu) / step_time(LLAMA2_7B, bf16, 1, gpu)

@@ -2,32 +2,9 @@
 
 Candidates: every micro-batch that divides the global batch (micro_batch x grad_accum, kept), every number of
 checkpointed layers k = 0..L (the lowest k are recomputed: `LlamaModel.checkpoint_layers`), offload of their inputs
-on or off. Each gets its peak from `training.memory.estimate` and a predicted speed from `step_time` below; the
-planner takes the fastest that fits (on a tie, the fewer recomputed layers, then the smaller peak). Options the user
-set stay as they are.
-
-The speed model (coarse on purpose; it ranks candidates). Its three constants were fitted to one H200 call
-(`benchmarks/launch_count.py` and `train_bench.py`, 7B QLoRA, seq 2048; BENCHMARKS.md, "planner speed model"):
-- GPU time = FLOPs / THROUGHPUT. Per token and layer the forward is 2 W (W the layer's weights) + 2 T q (causal
-  attention: QK^T and PV over T/2 keys on average). Backward is one forward more for frozen weights (input gradients
-  only; LoRA's products are small) and two for trained ones, attention's backward twice its forward. The head is
-  2 V d forward and again backward (and its weight gradient when trained). A checkpointed layer's recomputation is
-  one more forward without the down projection (and without o_proj where offload parks the midpoint).
-- Weights: every pass over a layer (forward, recomputation, backward) reads its frozen weights and writes them into
-  the grouped GEMM's stacked matrix (an NF4 weight dequantized on the way): about WEIGHT_BYTES per parameter at
-  HBM_BYTES_S, per micro-batch. It is why, of two micro-batches both GPU-bound, the larger one is faster.
-- CPU time: HOST_S_PER_LAYER of Python and kernel launches per layer per micro-batch, and HOST_S_PER_RECOMPUTE more
-  per checkpointed layer (7B QLoRA, micro-batch 1 x 2048: ~4,900 launches a step; 190 ms a step without
-  checkpointing, 238 ms with every layer checkpointed and offloaded, while the GPU needs 115-155 ms of it). A
-  micro-batch takes max(GPU, CPU): small micro-batches are CPU-bound. The host matters: the same step took up to
-  twice as long on slower hosts (BENCHMARKS.md), so on those the planner is optimistic about small micro-batches.
-  A micro-batch replayed from a CUDA graph (train.cuda_graphs; not with offload) costs the host HOST_S_GRAPH: the
-  measured graphed steps ran at the GPU times this model predicts (124 and 166 ms at micro-batch 1, against 122
-  and 167 predicted).
-- fp32 (full and layers on a GPU without native bf16, or model.dtype fp32): the matmuls run on the CUDA cores
-  (torch leaves TF32 off for matmuls, and tunelab does not turn it on), at `fp32_fraction` of THROUGHPUT.
-- Offload: each checkpointed layer moves 2 N d e bytes each way over PCIe (input and midpoint) at PCIE_BYTES_S,
-  beside the next layer's compute; only the part longer than that compute costs time.
+on or off. Each gets its peak from `training.memory.estimate` and a predicted speed from `training.speed.step_time`;
+the planner takes the fastest that fits (on a tie, the fewer recomputed layers, then the smaller peak). Options the
+user set stay as they are.
 """
 
 from __future__ import annotations
@@ -44,30 +21,9 @@ from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode, training_dtype
 from tunelab.training.distributed import pick_sharding
 from tunelab.training.graphs import unsupported_reason
-from tunelab.training.memory import GIB, PROJECTIONS, Estimate, Setup, calibrate, estimate, gib, projection_shapes
+from tunelab.training.memory import GIB, PROJECTIONS, Estimate, Setup, calibrate, estimate, gib
+from tunelab.training.speed import step_time
 
-THROUGHPUT = 540e12  # FLOP/s of the matmuls (recompute counted): fits four measured H200 steps within 4%
-HOST_S_PER_LAYER = 0.006  # CPU seconds per decoder layer per micro-batch (see the module docstring)
-HOST_S_PER_RECOMPUTE = 0.0015  # CPU seconds more per checkpointed layer per micro-batch
-HOST_S_GRAPH = 0.002  # CPU seconds per micro-batch replayed from a CUDA graph (copy the batch in, launch)
-WEIGHT_BYTES = 5  # per frozen parameter and pass: NF4 or bf16 read, bf16 written, read again by the GEMM
-HBM_BYTES_S = 4e12  # device memory bandwidth reached by those copies (an H200 has 4.8e12 peak, an H100 3.35e12)
-PCIE_BYTES_S = 25e9  # pinned host <-> device copies, one direction, beside compute
-# Dense (no sparsity) matmul TFLOP/s of fp32 on the CUDA cores against 16-bit on the tensor cores (bf16; fp16 before
-# Ampere), from NVIDIA's datasheets: the fraction of THROUGHPUT an fp32 run's matmuls get. Keys are matched in the
-# device name (the longest first: "A100" before "A10", "L40" before "L4"); another GPU, or none here, takes
-# FP32_FRACTION_DEFAULT, the H100/H200's (the GPU THROUGHPUT was fitted on).
-FP32_FRACTION = {
-    "H200": 67 / 989,  # H200 SXM: 67 fp32, 989 bf16
-    "H100": 67 / 989,  # H100 SXM (PCIe 51 / 756, the same ratio)
-    "A100": 19.5 / 312,
-    "A10": 31.2 / 125,
-    "L40": 90.5 / 181,
-    "L4": 30.3 / 121,
-    "V100": 15.7 / 125,  # fp16 tensor cores
-    "T4": 8.1 / 65,  # fp16 tensor cores
-}
-FP32_FRACTION_DEFAULT = FP32_FRACTION["H100"]
 DEFAULT_BUDGET_FRACTION = 0.92  # of the GPU's total memory: the CUDA context and libraries' workspaces live outside
 
 
@@ -147,56 +103,6 @@ class MemoryPlan:
             lines.append(f"  {name:<{width}}{size / GIB:>8.3f} GiB")
         lines.append(f"  {'total':<{width}}{s.peak / GIB:>8.3f} GiB")
         return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Speed
-
-
-def layer_forward_flops(c: LlamaConfig, seq: int) -> tuple[float, float, float, float]:
-    """Per token: (all matmuls of a layer, attention's scores and mixing, the down projection, o_proj), forward."""
-    shapes = projection_shapes(c)
-    matmul = 2.0 * sum(i * o for i, o in shapes.values())
-    attention = 2.0 * seq * c.num_heads * c.head_dim
-    down = 2.0 * c.intermediate_size * c.hidden_size
-    o_proj = 2.0 * c.num_heads * c.head_dim * c.hidden_size
-    return matmul, attention, down, o_proj
-
-
-def fp32_fraction(gpu_name: str | None) -> float:
-    """The fraction of the 16-bit matmul rate a GPU reaches in fp32 (`FP32_FRACTION`, by its device name)."""
-    for key in sorted(FP32_FRACTION, key=len, reverse=True):
-        if gpu_name and key in gpu_name.upper():
-            return FP32_FRACTION[key]
-    return FP32_FRACTION_DEFAULT
-
-
-def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = None) -> float:
-    """Predicted seconds of one optimizer step (see the module docstring) on the GPU named `gpu_name` (its name
-    matters in fp32 only: `fp32_fraction`)."""
-    rate = THROUGHPUT * (fp32_fraction(gpu_name) if s.dtype == "fp32" else 1.0)  # matmul FLOP/s
-    matmul, attention, down, o_proj = layer_forward_flops(c, s.seq)
-    trained = s.method != "lora"
-    layers = c.num_layers
-    forward = matmul + attention
-    backward = (2 if trained else 1) * matmul + 2 * attention
-    checkpointed = min(s.checkpointed, layers)
-    recompute = forward - down - (o_proj if s.offload else 0.0)
-    head = 2.0 * c.vocab_size * c.hidden_size * (3 if s.method == "full" else 2)
-    per_token = layers * (forward + backward) + checkpointed * recompute + head
-    n = s.tokens
-    gpu = n * per_token / rate
-    weights = sum(i * o for i, o in projection_shapes(c).values())  # one layer's frozen parameters
-    gpu += (2 * layers + checkpointed) * weights * WEIGHT_BYTES / HBM_BYTES_S
-    if s.offload and checkpointed:
-        layer_s = n * forward / rate
-        copy_s = 2 * n * c.hidden_size * s.dtype_bytes / PCIE_BYTES_S
-        gpu += 2 * checkpointed * max(0.0, copy_s - layer_s)
-    if s.graphs and not s.offload:
-        cpu = HOST_S_GRAPH
-    else:
-        cpu = HOST_S_PER_LAYER * layers + HOST_S_PER_RECOMPUTE * checkpointed
-    return grad_accum * max(gpu, cpu)
 
 
 # ----------------------------------------------------------------------------------------------------------------
