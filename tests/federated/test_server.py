@@ -369,3 +369,27 @@ def test_a_federation_whose_server_ran_on_the_cpu_leaves_the_clients_dtype_to_au
     run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
     run_federation(None, load_config(config, {"federated.rounds": 3}), 2, ["site0", "site1"], resume=True)
     assert sent == ["auto", "auto"]
+
+
+def test_check_resume_of_a_federation_builds_the_clients_model_in_the_runs_dtype(
+    tmp_path, tiny_model_dir, federate_config, monkeypatch, rounds_without_clients
+):
+    """tunelab check --resume of a federated config built the first client's model in what auto picks on this
+    machine (bf16), not the fp16 the federation trained in and its resumed clients now get. On the CPU, with
+    training_dtype answering as on GPUs without (then with) native bf16."""
+    import torch
+
+    import tunelab.training.build as build
+
+    bf16 = {"native": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16["native"])
+    real = build.training_dtype
+    monkeypatch.setattr(
+        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
+    )
+    config = federate_config(tmp_path, tiny_model_dir)
+    run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
+    bf16["native"] = True  # the other machine
+    result = tunelab.check(config, {"federated.rounds": 3}, resume=True)
+    items = {item.name.split(": ", 1)[-1]: item.summary for item in result.items}
+    assert items["model dtype"].startswith("resume: model.dtype auto keeps fp16, the dtype the run trained in")

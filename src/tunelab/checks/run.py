@@ -268,6 +268,14 @@ def questions_item(cfg: RunConfig, inputs) -> CheckItem:
     return CheckItem(name, "pass", f"the {len(questions)} rows of {cfg.eval.questions} can be asked after training")
 
 
+def _resumed_info(cfg) -> RunInfo | None:
+    """The run.json of the federation --resume continues; None where it has none (the resume item says why)."""
+    try:
+        return read_info(cfg.output_dir, require_finished=False) if is_run_dir(cfg.output_dir) else None
+    except RunDirError:
+        return None
+
+
 def federated_check(
     cfg, config, resume: bool, page: Path | None, examples: int, model: bool, out, color: bool, described: str
 ) -> CheckResult:
@@ -297,7 +305,9 @@ def federated_check(
     for item in items:
         out(item.line())
     if model:
-        more = [dataclasses.replace(i, name=f"{label(client)}: {i.name}") for i in model_items(local, inputs)]
+        before = _resumed_info(cfg) if resume else None  # the server sends the run's dtype to every client
+        checked = model_items(local, inputs, before)
+        more = [dataclasses.replace(i, name=f"{label(client)}: {i.name}") for i in checked]
         for item in more:
             out(item.line())
         items += more
