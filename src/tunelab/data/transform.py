@@ -9,6 +9,7 @@ or dataset and index) and the exception.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 from collections.abc import Callable
@@ -47,24 +48,26 @@ def load_transform(spec: str | None, option: str = "option 'data.transform'") ->
     return fn
 
 
-_LOADED: dict[tuple[Path, int, int], object] = {}  # a file's module by (path, mtime, size): run once, as import runs
+_LOADED: dict[tuple[Path, str], object] = {}  # a file's module by (path, sha256 of its text): run once, as import runs
 
 
 def _from_file(path: Path, option: str):
     """The module of a .py file, its code run once per process while the file is unchanged (a check of the config
     and the run that builds from it load the same file: its top-level code, side effects and all, runs once, as an
-    installed module's does on import); an edited file is run again."""
+    installed module's does on import); an edited file is run again. Unchanged means the same bytes: an edit within
+    the clock's resolution that keeps the size passed a check of mtime and size (and Python's .pyc cache, which
+    checks the same two), so the code run is compiled from the very bytes that were hashed."""
     if not path.is_file():
         raise ConfigError(
             f"{option}: {path} not found (a path in a YAML config is relative to its folder, one given as a flag to "
             "the working directory)."
         )
-    stat = path.stat()
-    key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
+    source = path.read_bytes()
+    key = (path.resolve(), hashlib.sha256(source).hexdigest())
     if key not in _LOADED:
         spec = importlib.util.spec_from_file_location(f"tunelab_transform_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's file, named by the config
         _LOADED[key] = module
     return _LOADED[key]
 

@@ -1,0 +1,24 @@
+"""data/transform.py: loading a user's function file once while it is unchanged, again once edited."""
+
+import os
+
+from tunelab.data.transform import load_transform
+
+
+def test_an_edit_that_keeps_the_size_and_the_mtime_is_loaded_again(tmp_path):
+    script = tmp_path / "rows_edit_same_second.py"
+    script.write_text("def clean(row):\n    return {'n': 1}\n")
+    stamp = script.stat().st_mtime_ns
+    assert load_transform(f"{script}:clean")({}) == {"n": 1}
+    script.write_text("def clean(row):\n    return {'n': 2}\n")  # same size, written within the same second
+    os.utime(script, ns=(stamp, stamp))
+    assert load_transform(f"{script}:clean")({}) == {"n": 2}
+
+
+def test_an_unchanged_file_runs_its_top_level_code_once(tmp_path):
+    script = tmp_path / "rows_run_once.py"
+    count = tmp_path / "count"
+    script.write_text(f"open({str(count)!r}, 'a').write('x')\n\ndef clean(row):\n    return row\n")
+    load_transform(f"{script}:clean")
+    load_transform(f"{script}:clean")
+    assert count.read_text() == "x"
