@@ -55,3 +55,24 @@ def test_check_says_where_each_tracker_reports(tiny_overrides, capsys, cli_flags
     assert "[INFO] trackers: 1 tracker(s) report the run's metrics" in out
     assert f"report_to tensorboard: TensorBoard event files in {run}/tensorboard (local)" in out
     assert "gpu memory" not in out  # no GPU here and no budget set: nothing to say
+
+
+def test_a_shared_gpu_is_a_warning_only_where_train_plans_memory(tiny_overrides, capsys, cli_flags, fake_gpu):
+    """train notes the memory other processes hold only while it plans checkpointing, offload or the micro-batch;
+    check warned of it always, for a config whose every memory option is given."""
+    fake_gpu(free=10)
+    given = tiny_overrides | {"train.checkpointing": "false", "train.offload_activations": "false"}
+    assert main(["check", *cli_flags(given), "--data-only"]) == 0
+    out = capsys.readouterr().out
+    assert "[PASS] gpu memory: budget 22.08 GiB of this GPU's 24.00 GiB" in out
+    assert "note: the budget" not in out
+
+
+def test_no_auto_values_item_when_no_option_is_auto(tiny_overrides, capsys, cli_flags, fake_gpu):
+    """check printed "auto values: 0 chosen from the data" with nothing under it."""
+    fake_gpu()
+    given = tiny_overrides | {"train.epochs": 1, "train.warmup_ratio": 0.1, "train.eval_every": 0}
+    assert main(["check", *cli_flags(given), "--data-only"]) == 0
+    assert "auto values" not in capsys.readouterr().out
+    assert main(["check", *cli_flags(given | {"train.epochs": "auto"}), "--data-only"]) == 0
+    assert "[INFO] auto values: 1 chosen from the data" in capsys.readouterr().out

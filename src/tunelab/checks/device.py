@@ -19,9 +19,11 @@ from tunelab.training.plan import DEFAULT_BUDGET_FRACTION, device_budget, free_m
 from tunelab.training.tracking import destination
 
 
-def gpu_item(cfg: RunConfig, inputs) -> CheckItem | None:
+def gpu_item(cfg: RunConfig, inputs, planned: bool) -> CheckItem | None:
     """The budget train would plan with on this machine's GPU (ConfigError where train refuses it), a warning when
-    other processes hold part of it; None where train has no budget (the CPU, the generic path) and none is set."""
+    other processes hold part of it and train plans memory (`planned`: `training.plan.plans_memory`; with every
+    memory option given, train reads no free memory and says nothing of it); None where train has no budget (the
+    CPU, the generic path) and none is set."""
     name = "gpu memory"
     on_cuda = cfg.model.device != "cpu" and torch.cuda.is_available()
     if not on_cuda:
@@ -43,7 +45,7 @@ def gpu_item(cfg: RunConfig, inputs) -> CheckItem | None:
         else f"{DEFAULT_BUDGET_FRACTION:.2f} of it, train.gpu_memory unset"
     )
     summary = f"budget {gib(budget)} of this GPU's {gib(props.total_memory)} ({props.name}; {given})"
-    note = free_memory_note(budget, device)
+    note = free_memory_note(budget, device) if planned else None
     return CheckItem(name, "warn", summary, [note]) if note else CheckItem(name, "pass", summary)
 
 
@@ -56,5 +58,5 @@ def tracker_item(cfg: RunConfig) -> CheckItem | None:
     return CheckItem("trackers", "info", f"{len(lines)} tracker(s) report the run's metrics", lines)
 
 
-def start_items(cfg: RunConfig, inputs) -> list[CheckItem]:
-    return [item for item in (gpu_item(cfg, inputs), tracker_item(cfg)) if item is not None]
+def start_items(cfg: RunConfig, inputs, planned: bool) -> list[CheckItem]:
+    return [item for item in (gpu_item(cfg, inputs, planned), tracker_item(cfg)) if item is not None]

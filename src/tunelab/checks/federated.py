@@ -84,7 +84,7 @@ def client_items(cfg: RunConfig, client: ClientData, inputs: Inputs) -> tuple[Ru
     details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
     later = "; train.lr: from the model's width when the client trains" if plan.train.lr == "auto" else ""
     summary = f"{len(plan.chosen)} chosen by the federation, the same on every client{later}"
-    items = [CheckItem(prefix + "auto values", "info", summary, details)]
+    items = [CheckItem(prefix + "auto values", "info", summary, details)] if plan.chosen or later else []
     items += [dataclasses.replace(item, name=prefix + item.name) for item in data_checks(local, inputs)]
     return local, items
 

@@ -56,6 +56,7 @@ from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, plan_from_data
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.outdir import plan_output_dir
+from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.resume import check_resume_config, data_digest, file_digests, kept_auto, what_changed
@@ -101,9 +102,9 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool) -> list[Che
         return [CheckItem("resume" if resume else "output_dir", "fail", str(exc))]
 
 
-def auto_item(cfg, data, resume: bool) -> tuple[AutoPlan, CheckItem]:
+def auto_item(cfg, data, resume: bool) -> tuple[AutoPlan, CheckItem | None]:
     """The `auto` values train would choose from this data (a resumed run keeps its own); the learning rate is
-    chosen from the model's width when training starts."""
+    chosen from the model's width when training starts. No item when no option is left auto."""
     kept = {}
     if resume and is_run_dir(cfg.output_dir):
         try:
@@ -113,6 +114,8 @@ def auto_item(cfg, data, resume: bool) -> tuple[AutoPlan, CheckItem]:
     rows = len(epoch_rows(data, cfg.train.seed, 0))  # a mixture's draw, packed where asked, as training counts it
     plan = plan_from_data(cfg.train, rows, bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
     later = "; train.lr: from the model's width when training starts" if plan.train.lr == "auto" else ""
+    if not plan.chosen and not later:
+        return plan, None
     details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
     return plan, CheckItem("auto values", "info", f"{len(plan.chosen)} chosen from the data{later}", details)
 
@@ -208,9 +211,10 @@ def run_check(
                 detail = f"the tokenized {what} rows differ from the run's" + (f": {which}" if which else "")
                 items.append(CheckItem("resume data", "fail", detail))
     plan, item = auto_item(cfg, data, resume)
-    items.append(item)
+    items += [item] if item else []
+    planned = plans_memory(cfg.train, plan)  # train weighs the GPU's free memory only when it plans memory
     cfg = dataclasses.replace(cfg, train=plan.train)  # the micro-batch the data checks and the first step use
-    items += start_items(cfg, inputs)  # the GPU's budget and the trackers, as train says them at its start
+    items += start_items(cfg, inputs, planned)  # the GPU's budget and the trackers, as train says them at its start
     if head or grpo:  # checks/heads.py, checks/grpo.py: the rows as the task reads them, then its data checks
         preview = head_preview(cfg, inputs, examples) if head else grpo_preview(inputs, examples)
         rows = []

@@ -357,6 +357,15 @@ def longest_prompt(cfg: RunConfig, rows: list) -> int:
     return max((len(row.input_ids) for row in rows), default=1) if cfg.task == "grpo" else 0
 
 
+def plans_memory(configured: TrainConfig, auto: AutoPlan) -> bool:
+    """True when train's memory planner has a value to choose: train.checkpointing or offload_activations is auto, or
+    the micro_batch the config leaves auto is not one a resumed run keeps. Only then does train weigh its budget
+    against the GPU's free memory and note what other processes hold of it (`tunelab check` warns likewise)."""
+    t = auto.train
+    mb_auto = configured.micro_batch == AUTO and "train.micro_batch" not in auto.kept
+    return t.checkpointing == AUTO or t.offload_activations == AUTO or mb_auto
+
+
 def plan_memory(
     auto: AutoPlan,
     cfg: RunConfig,
@@ -379,7 +388,7 @@ def plan_memory(
             "model on the fast path)."
         )
     mb_auto = cfg.train.micro_batch == AUTO and "train.micro_batch" not in auto.kept
-    undecided = t.checkpointing == AUTO or t.offload_activations == AUTO or mb_auto
+    undecided = plans_memory(cfg.train, auto)
     chosen: dict[str, Choice] = {}
     result = None
     budget = device_budget(t, built.device) if built.impl == "fast" else None
