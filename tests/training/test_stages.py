@@ -463,6 +463,33 @@ def test_a_later_stages_revision_is_compared_with_stage_ones(tmp_path, second, m
         plan_stages(load_config(config), tmp_path / "run")
 
 
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        ("  - {model: {name: ./other}}\n", None),  # stage 1's own: nothing changes
+        (
+            "  - {model: {name: smollm2-135m-instruct}}\n",
+            r"staged\.yaml:4: stage 2: model\.name is 'smollm2-135m-\S*, .*",
+        ),
+    ],
+)
+def test_a_later_stages_model_name_is_compared_with_stage_ones(tmp_path, second, message):
+    """Stage 1 may name its own model.name; a later stage's was compared with the run's instead, so repeating stage
+    1's was refused and repeating the run's, which stage 1 does not train over, passed."""
+    from tunelab.training.stages import plan_stages
+
+    config = tmp_path / "staged.yaml"
+    config.write_text(
+        "model: {name: smollm2-135m-instruct}\nstages:\n  - {data: {train: [a.jsonl]}, model: {name: ./other}}\n"
+        + second
+    )
+    if message is None:
+        assert len(plan_stages(load_config(config), tmp_path / "run")) == 2
+        return
+    with pytest.raises(ConfigError, match=message + "over '\\S*other', as stage 1 trains"):
+        plan_stages(load_config(config), tmp_path / "run")
+
+
 def test_resuming_a_finished_staged_run_is_refused(staged):
     """Every stage finished: --resume (even with a longer max_steps, which finished stages do not take) trained
     nothing, published the result again and exited 0."""

@@ -21,8 +21,8 @@ starts from stage k-1's result:
 - after a full or layer-wise stage, its weights are the next stage's base, whatever `continue` says;
 - after a classify or reward stage, only a stage of the same task, continuing its adapter and its head (the
   task's `prepare` loads the head, `tasks.head.continue_head`), with the same labels (`refuse_other_labels`).
-A stage may set anything but output_dir (data, format, method settings, train settings, the task); a stage whose
-model.name differs from the run's is refused: its model is the previous stage's result.
+A stage may set anything but output_dir (data, format, method settings, train settings, the task); a later stage
+whose model.name differs from stage 1's is refused: its model is the previous stage's result.
 
 Nothing is written before every stage's config and data are loaded and checked. After each stage, its model is
 evaluated on the eval data of every earlier stage (`eval_loss/stage-j` beside its own, recipe's `extra_eval`): row k
@@ -90,12 +90,13 @@ def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]
                 )
             plans.append(stage)
             continue
-        if "model.name" in entry and entry["model.name"] != cfg.model.name:
+        first = plans[0].config.model  # stage 1's: the run's model.name and revision, unless stage 1 sets its own
+        if "model.name" in entry and entry["model.name"] != first.name:
             raise ConfigError(
                 f"{at}: model.name is {entry['model.name']!r}, but stage {k} starts from stage {index}'s result "
-                f"(over {cfg.model.name!r}). Remove model.name from the stage, or train it as a run of its own."
+                f"(over {first.name!r}, as stage 1 trains). Remove model.name from the stage, or train it as a run "
+                "of its own."
             )
-        first = plans[0].config.model  # stage 1's: the run's model.revision, unless stage 1 sets its own
         if "model.revision" in entry and entry["model.revision"] != first.revision:
             raise ConfigError(
                 f"{at}: model.revision is {entry['model.revision']!r}, but stage {k} starts from stage {index}'s "
