@@ -374,14 +374,14 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                 f"option '--nproc' is {args.nproc}, but torchrun started {world} processes; drop --nproc."
             )
     if args.command == "train":
-        api.train(
+        result = api.train(
             args.config,
             _overrides(args),
             resume=args.resume,
             check=not args.no_check,
             overwrite_non_run=args.overwrite_non_run,
         )
-        return 0
+        return 128 + result.stop_signal if result.interrupted else 0  # saved, but what follows training was skipped
     if args.command == "cache":
         if args.names and args.action != "clear":
             raise TunelabError("tunelab cache: entry names go with 'clear' only (tunelab cache clear NAME...).")

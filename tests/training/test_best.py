@@ -9,6 +9,7 @@ from torch import nn
 
 import tunelab.tasks.sft as sft
 import tunelab.training.recipe as recipe
+from tunelab.errors import Interrupted
 from tunelab.peft.save import adapter_state_dict
 from tunelab.tasks import get_task
 from tunelab.training.best import BestWeights
@@ -229,7 +230,7 @@ def test_a_run_resumed_after_its_save_failed_keeps_the_best_of_an_earlier_step(t
     overrides |= {"train.eval_every": 2}
     real_save = recipe.save_final
     monkeypatch.setattr(recipe, "save_final", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="the save of the result was cut short"):  # Ctrl-C again while saving
         recipe.train(None, overrides)
     monkeypatch.setattr(recipe, "save_final", real_save)
     result = recipe.train(None, overrides, resume=True)

@@ -35,7 +35,16 @@ from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml,
 from tunelab.config.load import check_overrides, locate
 from tunelab.data.formats import trained_system
 from tunelab.data.loader import epoch_rows
-from tunelab.errors import CheckFailed, ConfigError, DataError, TunelabError, WriteFailed, article
+from tunelab.errors import (
+    CheckFailed,
+    ConfigError,
+    DataError,
+    Interrupted,
+    Terminated,
+    TunelabError,
+    WriteFailed,
+    article,
+)
 from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.load import base_record, recorded_commit, run_base
 from tunelab.rundir import CONFIG_FILE, RunInfo, hub_revision, read_info, write_info
@@ -43,6 +52,7 @@ from tunelab.tasks import SFT, get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
 from tunelab.training.best import FSDP2_ADVICE, BestWeights, off_under_fsdp2
+from tunelab.training.checkpoint import latest_checkpoint
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session
 from tunelab.training.evals import eval_sets
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
@@ -445,7 +455,10 @@ def _train_planned(
         # FSDP2: every rank sends its shards to rank 0
         weights = full_weights(train_model, ranks, cfg.method.is_adapter)
         if ranks.main:
-            save_final(run_dir, built, tokenizer, cfg, task, data, weights, hub_revision(info))
+            try:
+                save_final(run_dir, built, tokenizer, cfg, task, data, weights, hub_revision(info))
+            except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM while saving: nothing of the result is kept
+                raise _save_cut_short(run_dir, position["step"], total_steps, exc) from None
             plot_losses(run_dir, [cfg.task])
         passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
         verdict = judge_metrics(
@@ -496,6 +509,26 @@ def _train_planned(
         interrupted,
         stop_signal,
         position.get("overflow_steps", 0),
+    )
+
+
+def _save_cut_short(run_dir: Path, step: int, total: int, exc: KeyboardInterrupt) -> Interrupted:
+    """Training finished, but a second signal stopped the save of its result: said as such (exit 130, or 143 after
+    SIGTERM), with the checkpoint to resume from; run.json still says the run did not finish."""
+    signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+    checkpoint = latest_checkpoint(run_dir)
+    how = (
+        "continue with the same command and --resume (in Python: train(..., resume=True))"
+        if checkpoint is not None
+        else "no checkpoint was written (train.save_every): train it again"
+    )
+    return Interrupted(
+        f"{run_dir}: the save of the result was cut short after step {step} of {total}: nothing of it was kept, and "
+        f"run.json says the run did not finish; {how}.",
+        step=step,
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        signum=signum,
+        at=f"step {step} of {total}, while saving the result, which was cut short (nothing of it was kept)",
     )
 
 

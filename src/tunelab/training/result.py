@@ -46,6 +46,7 @@ def save_final(
     require_finite(written, "the weights to save", f"{run_dir}")
     staging = run_dir / ".tmp-final"
     shutil.rmtree(staging, ignore_errors=True)
+    moved: list[Path] = []
     try:
         staging.mkdir()
         if weights is not None:
@@ -59,7 +60,12 @@ def save_final(
         record_base_revision(staging, base_revision)
         for item in staging.iterdir():
             os.replace(item, run_dir / item.name)
+            moved.append(run_dir / item.name)
         staging.rmdir()
+    except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): no part of the result is left to pass for the whole
+        for path in (staging, *moved):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+        raise
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         needed = sum(p.numel() * p.element_size() for _, p in built.model.named_parameters())
