@@ -50,6 +50,7 @@ from tunelab.training.build import SHORT, build_model
 from tunelab.training.metrics import MetricsLog
 from tunelab.training.outdir import (
     OutputPlan,
+    failure_note,
     failure_noted,
     finish_replacement,
     hold_lock,
@@ -139,6 +140,8 @@ def run_federation(
             hold_lock(run_dir)
         notes = check_resume(run_dir, cfg)  # the deployment engine's server is the first to check it
         state = read_state(run_dir)
+        # as tunelab train --resume: the run an --overwrite moved aside to NAME.previous goes once this one finishes
+        plan = OutputPlan(run_dir, replace=False, resume=True)
     else:
         # The overwrite rules of tunelab train (training/outdir.py): a run directory only, kept aside until this one ends.
         plan = plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg))
@@ -181,6 +184,7 @@ def _run_rounds(
         print(note, flush=True)
     if done >= f.rounds:
         print(all_rounds_done(run_dir, f.rounds), flush=True)
+        _finish(plan)
         return run_dir
 
     torch.manual_seed(cfg.train.seed)  # the LoRA initialisation every client starts from
@@ -321,11 +325,18 @@ def _run_rounds(
     if keep_best and state.get("best"):
         print(_kept(state["best"], int(state["rounds_done"]), last_loss[0]), flush=True)
     print(f"saved to {run_dir} ({f.rounds} rounds, {time.perf_counter() - started:.0f} s)", flush=True)
-    if plan is not None:
-        message = finish_replacement(plan)
-        if message:
-            print(message, flush=True)
+    if int(state["rounds_done"]) >= f.rounds:
+        _finish(plan)
+    elif plan is not None and (note := failure_note(plan)):  # stopped early: the run it replaces is still wanted
+        print(note, flush=True)
     return run_dir
+
+
+def _finish(plan: OutputPlan | None) -> None:
+    """Every round has run: the run an --overwrite moved aside is deleted (training/outdir.py), said as train says it."""
+    message = finish_replacement(plan) if plan is not None else None
+    if message:
+        print(message, flush=True)
 
 
 def same_for_every_client(auto) -> str:

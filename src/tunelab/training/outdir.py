@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import RunDirError
-from tunelab.rundir import RUN_FILE, STAGE_DIR, is_run_dir, read_info
+from tunelab.rundir import RUN_FILE, STAGE_DIR, federation_stopped, is_run_dir, read_info
 
 PREVIOUS_SUFFIX = ".previous"
 REPLACED_FILE = ".tunelab-replaced.json"  # in NAME.previous: tunelab moved it there, to be replaced by NAME
@@ -296,9 +296,18 @@ def start_run_dir(plan: OutputPlan) -> None:
             previous = plan.previous
             if previous.exists() or previous.is_symlink():
                 _check_previous(path, previous, f"output_dir {path}")
+                print(
+                    f"replacing: deleting {_described(path)} in {path}, an unfinished replacement of the run in "
+                    f"{previous}, which stays there until this run finishes",
+                    flush=True,
+                )
                 release_lock(path)
                 shutil.rmtree(path)
             else:
+                print(
+                    f"replacing: moving {_described(path)} in {path} to {previous}, deleted once this run finishes",
+                    flush=True,
+                )
                 release_lock(path)
                 os.replace(path, previous)
                 (previous / REPLACED_FILE).write_text(json.dumps({"replaced_by": str(path.resolve())}) + "\n")
@@ -311,6 +320,21 @@ def start_run_dir(plan: OutputPlan) -> None:
         raise RunDirError(
             f"output_dir {path}: another process wrote into it since the run was planned; choose another output_dir."
         )
+
+
+def _described(path: Path) -> str:
+    """What --overwrite replaces in `path`, in words: a federation stopped early (its global adapter of the last round
+    goes with it), an unfinished run and the step it reached, a finished run, or a folder that is no run."""
+    try:
+        info = read_info(path, require_finished=False)
+    except Exception:  # a damaged run.json, or --overwrite-non-run of a folder that is no run
+        return "the folder" if not is_run_dir(path) else "the run (its run.json cannot be read)"
+    stopped = federation_stopped(info.extra)
+    if stopped:
+        return f"the federation stopped after round {stopped[0]} of {stopped[1]} (with its adapter of that round)"
+    if info.finished:
+        return "the finished run"
+    return f"the unfinished run (stopped at step {info.steps})" if info.steps else "the unfinished run"
 
 
 def finish_replacement(plan: OutputPlan) -> str | None:
