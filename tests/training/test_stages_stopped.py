@@ -71,3 +71,19 @@ def test_the_report_of_a_stopped_staged_run_says_in_which_stage_it_stopped(stage
     page = build_report(run).read_text()
     assert "no: stopped in stage 2 of 3 (second); --resume continues it" in page
     assert "4 of 6 (the total of the 2 stage(s) started; later stages" in page
+
+
+def test_check_resume_of_a_staged_run_names_the_stage_it_resumes(staged, tmp_path, crash_at):
+    """check --resume looked for a checkpoint in the run directory, where a staged run keeps none (each stage keeps
+    its own), and failed "no intact checkpoint to resume from" for a run that train --resume continues."""
+    import tunelab
+
+    with crash_at(5):  # stage 2's second step, after its step-1 checkpoint
+        train(None, staged)
+    result = tunelab.check(None, staged, resume=True, model=False)
+    item = next(i for i in result.items if i.name == "resume")
+    assert item.status == "pass" and item.summary.startswith("stage 2 of 2 from ") and "stage-2" in item.summary
+    train(None, staged, resume=True)
+    result = tunelab.check(None, staged, resume=True, model=False)
+    item = next(i for i in result.items if i.name == "resume")
+    assert item.status == "fail" and "every one of the 2 stages has finished" in item.summary

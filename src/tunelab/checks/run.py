@@ -60,7 +60,7 @@ from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.resume import check_resume_config, data_digest, file_digests, kept_auto, what_changed
-from tunelab.training.stages import plan_stages, refuse_other_labels
+from tunelab.training.stages import plan_stages, refuse_nothing_to_train, refuse_other_labels, stage_dir
 
 
 def html_path(html: str | Path | None) -> Path | None:
@@ -94,12 +94,32 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool) -> list[Che
             summary = what.format(plan.previous) if plan.replace else "new: train creates it"
             return [CheckItem("output_dir", "pass", f"{plan.run_dir}: {summary}")]
         notes = check_resume_config(plan.run_dir, cfg)
+        if cfg.stages:
+            return [_staged_resume(plan.run_dir, len(cfg.stages), notes)]
         checkpoint, damaged = intact_checkpoint(plan.run_dir)
         if checkpoint is None:
             return [CheckItem("resume", "fail", f"{plan.run_dir}: no intact checkpoint to resume from", damaged)]
         return [CheckItem("resume", "pass", f"from {checkpoint}", damaged + notes)]
     except (RunDirError, ConfigError) as exc:
         return [CheckItem("resume" if resume else "output_dir", "fail", str(exc))]
+
+
+def _staged_resume(run_dir: Path, count: int, notes: list[str]) -> CheckItem:
+    """Where train --resume of a staged run goes on (training/stages.py): its finished stages are skipped, the first
+    other one resumes from its checkpoint, or starts again when it stopped before its first. ConfigError when every
+    stage has finished."""
+    refuse_nothing_to_train(run_dir, count)
+    k = next(k for k in range(1, count + 1) if not _finished_stage(stage_dir(run_dir, k)))
+    here = stage_dir(run_dir, k)
+    checkpoint, damaged = intact_checkpoint(here) if is_run_dir(here) else (None, [])
+    if checkpoint is not None:
+        return CheckItem("resume", "pass", f"stage {k} of {count} from {checkpoint}", damaged + notes)
+    how = "starts again (it stopped before its first checkpoint)" if is_run_dir(here) else "starts"
+    return CheckItem("resume", "pass", f"stage {k} of {count} {how}; the stages before it have finished", notes)
+
+
+def _finished_stage(here: Path) -> bool:
+    return is_run_dir(here) and read_info(here, require_finished=False).finished
 
 
 def auto_item(cfg, data, resume: bool) -> tuple[AutoPlan, CheckItem | None]:

@@ -371,7 +371,7 @@ def train_stages(
         except ConfigError:
             _refuse_changed_stage(run_dir, resolved)  # where a stage's options changed: that stage, and its line
             raise
-        _refuse_nothing_to_train(run_dir, len(plans))
+        refuse_nothing_to_train(run_dir, len(plans))
         _follow_move(run_dir, plans)
     print("tunelab train — a staged run; the resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
@@ -554,7 +554,7 @@ def _refuse_changed_stage(run_dir: Path, resolved: ResolvedConfig) -> None:
         )
 
 
-def _refuse_nothing_to_train(run_dir: Path, count: int) -> None:
+def refuse_nothing_to_train(run_dir: Path, count: int) -> None:
     """ConfigError for --resume of a staged run whose every stage has finished: a finished stage keeps its steps, so
     nothing would train, and the run's result used to be published again with exit 0."""
     for k in range(1, count + 1):
