@@ -160,3 +160,26 @@ def test_the_guard_stopping_a_later_stage_names_the_stage(staged, monkeypatch):
         "stage 2 of 2 (second), its steps counted from the stage's start (its step N is step N + 2"
     )
     assert "training stopped at step 2 of 2" in message
+
+
+def test_a_save_cut_short_in_a_later_stage_says_so(staged, monkeypatch):
+    """A second Ctrl-C while stage 2 saved its result said where the stage stopped, as if between two steps, not
+    that its save was cut short (the CLI prints `at`)."""
+    import signal
+
+    from tunelab.training import result
+
+    real, calls = result.record_base_revision, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # stage 2's save
+            signal.raise_signal(signal.SIGINT)
+            raise KeyboardInterrupt  # the second Ctrl-C
+
+    monkeypatch.setattr(result, "record_base_revision", interrupted)
+    with pytest.raises(Interrupted) as caught:
+        train(None, staged)
+    assert caught.value.at.startswith("stage 2 of 2 (second), its step 2 of 2, while saving the result, which was cut")
+    assert caught.value.exit_code == 130

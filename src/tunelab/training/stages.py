@@ -471,7 +471,7 @@ def _stages(
         try:
             result = _run_stage(plan, here, extra, track_to, resume=resume, check=check)
         except Interrupted as stop:  # its step and total are the stage's own: said so, with the run's step
-            at = f"{where}, its step {stop.step} (step {offset + stop.step} of the run, as metrics.jsonl counts)"
+            at = f"{where}, its {stop.at} (step {offset + stop.step} of the run, as metrics.jsonl counts)"
             raise Interrupted(
                 f"{where}: {stop}", offset + stop.step, stop.checkpoint, stop.exit_code - 128, at=at
             ) from None
