@@ -576,11 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         if quiet:
             return exc.exit_code
-        print(
-            f"\ntunelab {args.command}: interrupted after {exc.at}; checkpoint {exc.checkpoint}. Continue with:\n"
-            f"  {resume_command(argv)}",
-            file=sys.stderr,
-        )
+        saved = f"; checkpoint {exc.checkpoint}" if exc.checkpoint else ""  # none: a stage saved, or no checkpoint
+        then = f"Continue with:\n  {resume_command(argv)}" if exc.resumable else str(exc)
+        print(f"\ntunelab {args.command}: interrupted after {exc.at}{saved}. {then}", file=sys.stderr)
         return exc.exit_code
     except TunelabError as exc:
         if not quiet:

@@ -48,13 +48,20 @@ class Interrupted(TunelabError):
     exit_code = 128 + signal.SIGINT
 
     def __init__(
-        self, message: str, step: int, checkpoint: str | None, signum: int = signal.SIGINT, at: str | None = None
+        self,
+        message: str,
+        step: int,
+        checkpoint: str | None,
+        signum: int = signal.SIGINT,
+        at: str | None = None,
+        resumable: bool = True,
     ):
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
         self.exit_code = 128 + signum
         self.at = at or f"step {step}"  # where it stopped, in words: a staged run's names the stage
+        self.resumable = resumable  # False: --resume has nothing to go on from, and the message says what to do
 
 
 class Terminated(KeyboardInterrupt):

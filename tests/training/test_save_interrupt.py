@@ -66,3 +66,20 @@ def test_a_second_ctrl_c_cuts_the_save_short_and_leaves_no_part_of_the_result(
     assert not {"adapter_model.safetensors", "adapter_config.json", ".tmp-final"} & set(left), left
     assert not any(name.startswith("tokenizer") for name in left), left
     assert json.loads(open(os.path.join(run, "run.json")).read())["finished"] is False
+
+
+def test_a_save_cut_short_without_a_checkpoint_does_not_offer_resume(tiny_overrides, monkeypatch, capsys, cli_flags):
+    """With train.save_every 0 (the default) no checkpoint exists: the CLI said "checkpoint None. Continue with: ...
+    --resume", which then found nothing to resume from."""
+    real_record = result.record_base_revision
+
+    def interrupted_record(staging, revision):
+        real_record(staging, revision)
+        signal.raise_signal(signal.SIGINT)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(result, "record_base_revision", interrupted_record)
+    assert main(["train", *cli_flags(tiny_overrides | {"train.max_steps": 2})]) == 130
+    err = capsys.readouterr().err
+    assert "checkpoint None" not in err and "Continue with" not in err
+    assert "no checkpoint was written (train.save_every): train it again" in err

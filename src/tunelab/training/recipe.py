@@ -529,6 +529,7 @@ def _save_cut_short(run_dir: Path, step: int, total: int, exc: KeyboardInterrupt
         checkpoint=str(checkpoint) if checkpoint is not None else None,
         signum=signum,
         at=f"step {step} of {total}, while saving the result, which was cut short (nothing of it was kept)",
+        resumable=checkpoint is not None,
     )
 
 
