@@ -280,7 +280,7 @@ def test_every_client_is_sent_the_hub_commit_the_server_loaded(tmp_path, tiny_mo
     assert json.loads((run / "adapter_config.json").read_text())["revision"] == commit  # PEFT loads that commit
 
 
-def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, federate_config, monkeypatch):
+def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, federate_config, monkeypatch, capsys):
     """run.json said `finished: true` after every round, so a federation stopped after round 1 of 2 read as finished
     and the report said "finished: yes". It is finished once the last round asked for has run; until then the
     report says where it stopped, and the run still opens (its global adapter is saved after every round)."""
@@ -298,6 +298,8 @@ def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, fe
     run = run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
     info = json.loads((run / "run.json").read_text())
     assert not info["finished"] and info["steps"] == 1 and not info["extra"]["federated"]["complete"]
+    said = capsys.readouterr().out  # it said "saved to RUN (2 rounds, ...)" after one
+    assert f"saved to {run} (stopped after round 1 of 2; --resume goes on, " in said and "(2 rounds" not in said
     assert "no: stopped after round 1 of 2" in build_report(run).read_text()
     assert read_info(run).steps == 1  # compare, chat and eval open it
 

@@ -324,8 +324,10 @@ def _run_rounds(
     )
     if keep_best and state.get("best"):
         print(_kept(state["best"], int(state["rounds_done"]), last_loss[0]), flush=True)
-    print(f"saved to {run_dir} ({f.rounds} rounds, {time.perf_counter() - started:.0f} s)", flush=True)
-    if int(state["rounds_done"]) >= f.rounds:
+    done = int(state["rounds_done"])
+    rounds = f"{f.rounds} rounds" if done >= f.rounds else f"stopped after round {done} of {f.rounds}; --resume goes on"
+    print(f"saved to {run_dir} ({rounds}, {time.perf_counter() - started:.0f} s)", flush=True)
+    if done >= f.rounds:
         _finish(plan)
     elif plan is not None and (note := failure_note(plan)):  # stopped early: the run it replaces is still wanted
         print(note, flush=True)
