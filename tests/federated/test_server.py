@@ -316,6 +316,43 @@ def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, fe
     assert "<td>yes</td>" in build_report(run, overwrite=True).read_text()
 
 
+def test_overwrite_says_what_it_replaces_and_a_resume_leaves_no_previous_folder(
+    tmp_path, tiny_model_dir, tiny_run_dir, federate_config, monkeypatch, capsys
+):
+    """--overwrite of a federation stopped early deleted it, its adapter of the last round too, without a word; and a
+    federation that replaced a run, stopped and was resumed to its end left NAME.previous behind for good (tunelab
+    train --resume deletes it)."""
+    import shutil
+
+    stop_after = [1]  # the server stops after this many rounds of num_rounds
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        for r in range(min(num_rounds, stop_after[0]) + 1):
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    config = federate_config(tmp_path, tiny_model_dir)
+    run, previous = tmp_path / "run", tmp_path / "run.previous"
+    shutil.copytree(tiny_run_dir, run)
+    run_federation(None, load_config(config, {"overwrite": True}), 2, ["site0", "site1"], resume=False)
+    out = capsys.readouterr().out
+    assert f"replacing: moving the finished run in {run} to {previous}, deleted once this run finishes" in out
+    assert f"the previous run is kept in {previous}" in out and (previous / "run.json").is_file()  # stopped early
+
+    run_federation(None, load_config(config, {"overwrite": True}), 2, ["site0", "site1"], resume=False)
+    out = capsys.readouterr().out
+    assert (
+        f"replacing: deleting the federation stopped after round 1 of 2 (with its adapter of that round) in {run}, "
+        f"an unfinished replacement of the run in {previous}" in out
+    )
+    assert (previous / "run.json").is_file()
+
+    stop_after[0] = 2
+    run_federation(None, load_config(config), 2, ["site0", "site1"], resume=True)
+    assert f"replaced the previous run in {run}" in capsys.readouterr().out
+    assert not previous.exists() and json.loads((run / "run.json").read_text())["finished"]
+
+
 def test_a_resumed_federation_trains_in_the_dtype_it_started_in(
     tmp_path, tiny_model_dir, federate_config, monkeypatch, capsys
 ):
@@ -340,20 +377,6 @@ def test_a_resumed_federation_trains_in_the_dtype_it_started_in(
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         sent.append(recipe_config(self.recipe).model.dtype)
         for r in range(num_rounds + 1):
-
-
-def test_overwrite_says_what_it_replaces_and_a_resume_leaves_no_previous_folder(
-    tmp_path, tiny_model_dir, tiny_run_dir, federate_config, monkeypatch, capsys
-):
-    """--overwrite of a federation stopped early deleted it, its adapter of the last round too, without a word; and a
-    federation that replaced a run, stopped and was resumed to its end left NAME.previous behind for good (tunelab
-    train --resume deletes it)."""
-    import shutil
-
-    stop_after = [1]  # the server stops after this many rounds of num_rounds
-
-    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
-        for r in range(min(num_rounds, stop_after[0]) + 1):
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
@@ -409,24 +432,3 @@ def test_check_resume_of_a_federation_builds_the_clients_model_in_the_runs_dtype
     result = tunelab.check(config, {"federated.rounds": 3}, resume=True)
     items = {item.name.split(": ", 1)[-1]: item.summary for item in result.items}
     assert items["model dtype"].startswith("resume: model.dtype auto keeps fp16, the dtype the run trained in")
-
-
-    run, previous = tmp_path / "run", tmp_path / "run.previous"
-    shutil.copytree(tiny_run_dir, run)
-    run_federation(None, load_config(config, {"overwrite": True}), 2, ["site0", "site1"], resume=False)
-    out = capsys.readouterr().out
-    assert f"replacing: moving the finished run in {run} to {previous}, deleted once this run finishes" in out
-    assert f"the previous run is kept in {previous}" in out and (previous / "run.json").is_file()  # stopped early
-
-    run_federation(None, load_config(config, {"overwrite": True}), 2, ["site0", "site1"], resume=False)
-    out = capsys.readouterr().out
-    assert (
-        f"replacing: deleting the federation stopped after round 1 of 2 (with its adapter of that round) in {run}, "
-        f"an unfinished replacement of the run in {previous}" in out
-    )
-    assert (previous / "run.json").is_file()
-
-    stop_after[0] = 2
-    run_federation(None, load_config(config), 2, ["site0", "site1"], resume=True)
-    assert f"replaced the previous run in {run}" in capsys.readouterr().out
-    assert not previous.exists() and json.loads((run / "run.json").read_text())["finished"]
