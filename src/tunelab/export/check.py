@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 from tunelab.atomic import write_json
+from tunelab.data.loader import training_examples
 from tunelab.data.render import render_prompt
+from tunelab.errors import TunelabError
 from tunelab.eval.questions import read_questions
 from tunelab.export import llama_cpp
 from tunelab.export.gguf_vocab import adds_special
@@ -105,23 +107,21 @@ def saved_verdict(out: str | Path) -> str | None:
 
 
 def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[list[dict]], str]:
-    """The first training conversations of the run (as rendered in training), or the probe conversations when its data
-    cannot be read (said as the source); RunDirError naming the file when its config.yaml (a staged run's last
-    stage's) is gone."""
-    from tunelab.data.formats import to_examples
-    from tunelab.data.report import DataReport
-    from tunelab.data.sources import read_records
-
+    """The first training conversations of the run, read as training read them (`loader.training_examples`: its
+    data.delimiter, data.transform and each mixture source's options), or the probe conversations, with `system`,
+    when its data cannot be read (the source says why); RunDirError naming the file when its config.yaml (a staged
+    run's last stage's) is gone."""
     # a staged run: its last stage's, whose result it holds; missing, it is refused by name, not replaced by probes
     cfg = saved_config(run_dir, CHECK_NEEDS)
     try:
-        records = read_records([e if isinstance(e, str) else e.path for e in cfg.data.train if getattr(e, "path", e)])
-        examples = to_examples(records[: 4 * limit], cfg.data.format, cfg.data.fields, system, DataReport())
-        chats = [ex.messages for ex in examples if ex.messages][:limit]
+        chats = [ex.messages for ex in training_examples(cfg.data, 4 * limit) if ex.messages][:limit]
         if chats:
             return chats, "training data"
         reason = "the training data has no conversations"
-    except Exception as exc:  # the data moved: the probes still test the template
+    except (
+        TunelabError,
+        OSError,
+    ) as exc:  # the data moved, or its transform is gone: the probes still test the template
         reason = str(exc).split("\n")[0][:200]
     # training added the run's system prompt to every conversation that had none
     with_system = [

@@ -1,0 +1,51 @@
+"""The export's self-check renders the run's training conversations as training read them."""
+
+import json
+
+import yaml
+
+from tunelab.export.check import _conversations
+
+
+def _run(tmp_path, data: dict):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "tiny"}, "data": data}))
+    return run
+
+
+def test_the_self_check_reads_training_rows_through_the_runs_transform_and_delimiter(tmp_path):
+    """The self-check read the run's files with the default delimiter and without data.transform or a source's
+    options, so a run whose transform made its rows fell back to the probes (or rendered other conversations than
+    training did). It reads them now as training did."""
+    (tmp_path / "t.csv").write_text("q;a\nWhat is two and two?;Four.\nWhat colour is the sky?;Blue.\n")
+    (tmp_path / "shape.py").write_text("def qa(row):\n    return {'question': row['q'].upper(), 'answer': row['a']}\n")
+    run = _run(tmp_path, {"train": [str(tmp_path / "t.csv")], "delimiter": ";", "transform": f"{tmp_path}/shape.py:qa"})
+    chats, source = _conversations(run, None, 8)
+    assert source == "training data"
+    assert [c[0]["content"] for c in chats] == ["WHAT IS TWO AND TWO?", "WHAT COLOUR IS THE SKY?"]
+
+
+def test_the_self_check_reads_a_mixture_source_with_its_own_options(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"q": "Hi?", "a": "Hello."}) + "\n")
+    source = {
+        "path": str(tmp_path / "a.jsonl"),
+        "fields": {"question": "q", "answer": "a"},
+        "system_prompt": "Be brief.",
+    }
+    run = _run(tmp_path, {"train": [source], "system_prompt": "Be long."})
+    chats, source = _conversations(run, "Be long.", 8)
+    assert source == "training data"
+    assert chats == [
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "Hello."},
+        ]
+    ]
+
+
+def test_the_self_check_says_why_it_falls_back_to_the_probes(tmp_path):
+    run = _run(tmp_path, {"train": [str(tmp_path / "gone.jsonl")]})
+    chats, source = _conversations(run, None, 8)
+    assert source.startswith("probes (") and "gone.jsonl" in source and chats
