@@ -13,6 +13,8 @@ from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.eval.evaluate import EVAL_FILE, evaluate_run, format_eval
 from tunelab.eval.questions import read_questions, run_data_config
 from tunelab.eval.report import build_report
+from tunelab.eval.report_inputs import Input
+from tunelab.eval.report_scores import eval_section
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
 from tunelab.rundir import open_info
@@ -407,3 +409,23 @@ def test_a_mixture_sources_eval_file_is_scored_as_that_source_was_trained(tiny_m
     other = _write_jsonl(tmp_path / "other.jsonl", [{"question": "Door 1?", "expected": "red"}])
     (asked,) = read_questions(other, run_data_config(run, open_info(run)))
     assert asked.prompt[0] == {"role": "system", "content": "You answer door questions."}
+
+
+def test_rows_the_transform_drops_are_counted_in_eval_json_and_the_report(tiny_model_dir, tmp_path):
+    """Rows of the eval file that the run's data.transform drops were said on stderr only: eval.json and the HTML
+    report gave the rows read as if the file held no others. They are counted there now, beside the loss's skips."""
+    rows = [{"q": r["question"], "a": r["answer"]} for r in QA[:12]]
+    train, held = _write_jsonl(tmp_path / "t.jsonl", rows[:8]), _write_jsonl(tmp_path / "e.jsonl", rows[8:])
+    (tmp_path / "shaping.py").write_text(
+        "def to_qa(row):\n    return None if row['q'].endswith('box 11?') else {'question': row['q'], 'answer': row['a']}\n"
+    )
+    over = {"model.name": str(tiny_model_dir), "data.train": [str(train)], "data.eval": str(held)}
+    over |= {"data.transform": f"{tmp_path / 'shaping.py'}:to_qa", "data.max_length": 64, "method.r": 4}
+    over |= {"train.micro_batch": 4, "train.max_steps": 1, "output_dir": str(tmp_path / "run")}
+    run = recipe.train(None, over).run_dir
+    result = evaluate_run(run, held, SETTINGS, device="cpu")
+    saved = json.loads((run / EVAL_FILE).read_text())["transform_dropped"]
+    assert [s["count"] for s in saved.values()] == [1] and "data.transform" in next(iter(saved))
+    assert "not read: 1 dropped by data.transform" in format_eval(result)
+    html = eval_section(Input(EVAL_FILE, json.loads((run / EVAL_FILE).read_text())), Input("compare.json"))
+    assert "data.transform dropped" in html and "e.jsonl:4" in html

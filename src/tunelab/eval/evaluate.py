@@ -129,6 +129,8 @@ class EvalResult:
     training_eval_reward: float | None = (
         None  # a grpo run's instead: its mean eval reward (run.json's eval_loss negated)
     )
+    transform_dropped: dict[str, dict] = field(default_factory=dict)  # reason -> {count, locations}: rows the
+    # run's data.transform dropped, as training drops them (not in rows_read)
     base_weights: str = ""  # what the adapter sat on: "nf4" (a QLoRA run evaluated as trained) or the weights' dtype
 
     def to_dict(self) -> dict:
@@ -290,7 +292,8 @@ def evaluate_run(
     data = run_data_config(run_dir, info)
     cfg = saved_config(run_dir, DATA_SETTINGS)
     micro_batch = trained_value(info.extra, "train.micro_batch", cfg.train.micro_batch)
-    items = read_questions(data_file, data, need_expected=True)
+    dropped = DataReport()
+    items = read_questions(data_file, data, need_expected=True, dropped=dropped)
     settings = answer_settings(settings, run_dir)
     refusal = refusal if refusal is not None else info.refusal
 
@@ -346,6 +349,7 @@ def evaluate_run(
         loss_rows=len(rendered),
         loss_tokens=sum(loss_tokens(b) for b in batches),
         loss_skipped={reason: {"count": s.count, "locations": s.locations} for reason, s in report.skips.items()},
+        transform_dropped={reason: {"count": s.count, "locations": s.locations} for reason, s in dropped.skips.items()},
         loss_on=_loss_on(items, data.train_on_prompt),
         **training_figure(info),
         base_weights="nf4" if run.quantized_base else str(run.dtype).removeprefix("torch."),
@@ -407,6 +411,10 @@ def format_eval(result: EvalResult, show_answers: bool = False) -> str:
     if result.loss_skipped:
         lines.append(
             "  not in the loss: " + "; ".join(f"{s['count']} {reason}" for reason, s in result.loss_skipped.items())
+        )
+    if result.transform_dropped:
+        lines.append(
+            "  not read: " + "; ".join(f"{s['count']} {reason}" for reason, s in result.transform_dropped.items())
         )
     lines += _notes(result)
     if show_answers and result.rows:

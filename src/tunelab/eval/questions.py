@@ -160,7 +160,9 @@ def system_column(row: dict, fields: dict[str, str]) -> str:
     return mapped if mapped in row else "system"
 
 
-def read_questions(path: str | Path, data: DataConfig | None = None, need_expected: bool = False) -> list[Question]:
+def read_questions(
+    path: str | Path, data: DataConfig | None = None, need_expected: bool = False, dropped: DataReport | None = None
+) -> list[Question]:
     """The rows of a question file; DataError (naming file and line) for rows that cannot be asked.
 
     `data` is the run's data config: its `fields` map column names (a row may give a field under its canonical name
@@ -168,7 +170,8 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     that has none, its data.delimiter separates a .csv file's values, and its data.transform takes every row first,
     as it takes training's rows and eval file (the rows it drops are said on stderr, with their count); a mixture
     source's file is read with that source's options (`file_data_config`). `need_expected`: a question row without an
-    expected answer is an error (eval scores every one)."""
+    expected answer is an error (eval scores every one). `dropped`: where the rows data.transform drops are counted,
+    for a caller that records them (eval.json)."""
     path = Path(path)
     data = file_data_config(data or DataConfig(), path)
     if not path.exists():
@@ -176,7 +179,7 @@ def read_questions(path: str | Path, data: DataConfig | None = None, need_expect
     records = read_records([str(path)], data.delimiter)
     if not records:
         raise DataError(f"{path}: the question file holds no rows.")
-    dropped = DataReport()
+    dropped = dropped if dropped is not None else DataReport()
     records = apply_transform(records, load_transform(data.transform), data.transform, dropped)
     for reason, skip in dropped.skips.items():
         say(f"{path}: {skip.count} rows {reason}, as training drops them (e.g. {skip.locations[0]})")

@@ -132,6 +132,15 @@ def eval_section(ev: Input, cmp: Input) -> str:
                 )
                 + "</p>"
             )
+        if d.get("transform_dropped"):
+            parts.append(
+                "<p>Rows the run's data.transform dropped, as training drops them (not read): "
+                + "; ".join(
+                    f"{esc(s.get('count'))} {esc(reason)} ({esc(', '.join(s.get('locations') or []))})"
+                    for reason, s in d["transform_dropped"].items()
+                )
+                + "</p>"
+            )
     parts.append("<h3>tunelab compare</h3>")
     if cmp.data is None:
         parts.append(cmp.missing("compare scores"))
