@@ -462,6 +462,13 @@ def saved_config(run_dir: str | Path, needed_for: str) -> RunConfig:
     return saved_config(stages[-1], needed_for)
 
 
+def saved_config_file(run_dir: str | Path) -> Path:
+    """The config.yaml that `saved_config` reads: the run's, or for a staged run its last stage's."""
+    config = read_config(run_dir)
+    stages = stage_dirs(run_dir) if config is not None and config.stages else []
+    return saved_config_file(stages[-1]) if stages else Path(run_dir) / CONFIG_FILE
+
+
 def stage_dirs(run_dir: str | Path) -> list[Path]:
     """The stage folders a finished staged run records (run.json's extra.stages[].dir), in order; empty for another
     run, or a staged run that has not finished."""

@@ -7,13 +7,15 @@ import pytest
 
 import tunelab.eval.compare as compare_module
 import tunelab.eval.evaluate as evaluate_module
+from tunelab.api import train
 from tunelab.config import DataConfig
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 from tunelab.eval.compare import compare
 from tunelab.eval.evaluate import evaluate_run
-from tunelab.eval.questions import Question, read_questions, task_labels
+from tunelab.eval.questions import Question, read_questions, run_data_config, task_labels
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
+from tunelab.rundir import RunInfo, read_info
 
 
 def _write(path, rows):
@@ -318,3 +320,35 @@ def test_a_csv_file_is_split_by_the_runs_data_delimiter(tmp_path):
     path.write_text("text\nBox 1, the red one, holds 1037 marbles.\n")
     (row,) = read_questions(path, DataConfig(delimiter="tab"))
     assert row.prompt is None and row.example.text == "Box 1, the red one, holds 1037 marbles."
+
+
+def test_a_transform_module_in_the_working_directory_is_found_by_a_later_command_run_elsewhere(
+    tiny_overrides, tmp_path, monkeypatch
+):
+    """`data.transform: my_rows:upper` found my_rows.py in the working directory of training, but the run's
+    config.yaml kept the bare module name: `tunelab eval RUN` from another folder failed to import it. The file is
+    kept by its path now, as data.train's files are."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    (work / "my_rows.py").write_text("def upper(row):\n    return row | {'question': row['question'].upper()}\n")
+    monkeypatch.chdir(work)
+    run = train(None, tiny_overrides | {"data.transform": "my_rows:upper", "train.max_steps": 1}).run_dir
+    monkeypatch.chdir(elsewhere)
+    held = _write(tmp_path / "q.jsonl", [{"question": "Where?", "expected": "Here"}])
+    data = run_data_config(run, read_info(run))
+    assert data.transform == f"{work / 'my_rows.py'}:upper"
+    assert read_questions(held, data)[0].text == "WHERE?"
+
+
+def test_a_transform_module_a_later_command_cannot_find_names_the_runs_config(tmp_path, monkeypatch):
+    """An older run's config.yaml that names a module of training's working directory failed, from another folder,
+    with "option 'data.transform': importing ... failed", not saying that the option is the run's nor how to fix it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  name: tiny\ndata:\n  train: [t.jsonl]\n  transform: my_rows:upper\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        run_data_config(run, RunInfo("tiny", "lora"))
+    message = str(caught.value)
+    assert f"{run / 'config.yaml'}: option 'data.transform'" in message
+    assert "Run from the folder that holds it, or name the file by its path (my_rows.py:upper" in message

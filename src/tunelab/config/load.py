@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths
+from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths, working_module_file
 from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import unknown_option, unknown_section
 from tunelab.config.validate import check_consistency, option_default, read_by
@@ -342,8 +342,10 @@ def _option_value(
         )
     if folder is not None and name == "data.transform" and value is not None:
         file, _, function = value.rpartition(":")
-        if file.endswith(".py"):  # file.py:function, relative to the YAML file; module:function stays as it is
+        if file.endswith(".py"):  # file.py:function, relative to the YAML file
             value = f"{resolve_paths(file, folder)}:{function}"
+        else:  # MODULE.py in the working directory is kept by its path, as data.train's files are
+            value = working_module_file(value) or value
     elif folder is not None and name == "grpo.rewards":  # a function's file.py and a reward run, as data.transform
         value = [reward_paths(entry, folder) for entry in value]
     elif folder is not None and name in PATH_OPTIONS:

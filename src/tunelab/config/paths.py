@@ -1,10 +1,12 @@
 """Relative paths in a YAML file resolved against the file's folder, so a config runs from anywhere (those given as
 flags against the working directory), and kept absolute: the options that name files (PATH_OPTIONS), the files and
-eval files of data.train's sources, a data.transform or reward function's file.py, and a reward run."""
+eval files of data.train's sources, a data.transform or reward function's file.py (and a data.transform's MODULE.py
+of the working directory), and a reward run."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +63,18 @@ def function_file(spec: str) -> str | None:
     module, _, _ = spec.rpartition(":")
     local = Path(module if module.endswith(".py") else module.replace(".", "/") + ".py").expanduser()
     return str(local) if module and local.is_file() else None
+
+
+def working_module_file(spec: str) -> str | None:
+    """`module:function` whose module is MODULE.py in the working directory, not an importable module, as the path
+    `/abs/MODULE.py:function` (loaded alike, `data.transform.load_transform`), so that a run's config.yaml names the
+    same file wherever a later command runs, as it does data.train's files; None for any other spec."""
+    module, _, function = spec.rpartition(":")
+    if not module or module.endswith(".py") or not (local := function_file(spec)):
+        return None
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return None
+    except (ImportError, ValueError):  # a dotted name whose parent is no package: no module of that name either
+        pass
+    return f"{Path(local).absolute()}:{function}"

@@ -1,7 +1,7 @@
 """`data.transform`: the user's function applied to every record before its format is read.
 
-Named `module:function` (an installed module, or MODULE.py in the working directory) or `file.py:function` (a
-path, relative to the YAML config). The function takes the row (a dict of column -> value) and returns the row to
+Named `module:function` (an installed module, or MODULE.py in the working directory, which the config keeps by its
+path: `config.paths.working_module_file`) or `file.py:function` (a path, relative to the YAML config). The function takes the row (a dict of column -> value) and returns the row to
 use (a dict) or None to drop it; dropped rows are counted in the data report. The function is the user's own code,
 run because the config names it. An exception in it stops the run with a `DataError` naming the row (file and line,
 or dataset and index) and the exception.
@@ -38,6 +38,14 @@ def load_transform(spec: str | None, option: str = "option 'data.transform'") ->
             module = importlib.import_module(module_name)
     except ConfigError:
         raise
+    except ModuleNotFoundError as exc:
+        if not f"{module_name}.".startswith(f"{exc.name}."):  # the module was found; something it imports was not
+            raise ConfigError(f"{option}: importing {module_name!r} failed ({type(exc).__name__}: {exc}).") from None
+        raise ConfigError(
+            f"{option}: no module {module_name!r} is installed, and the working directory ({Path.cwd()}) holds no "
+            f"{local}. Run from the folder that holds it, or name the file by its path ({local}:{function}, relative "
+            "to the config)."
+        ) from None
     except Exception as exc:
         raise ConfigError(f"{option}: importing {module_name!r} failed ({type(exc).__name__}: {exc}).") from None
     except SystemExit as exc:  # a script's sys.exit() at import would end tunelab without a word

@@ -48,7 +48,7 @@ from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import DataError
 from tunelab.infer.generate import GenerationSettings, refuse_no_room, say
 from tunelab.models.load import ModelSource, load_hf_config
-from tunelab.rundir import RunInfo, saved_config
+from tunelab.rundir import RunInfo, saved_config, saved_config_file
 
 LABEL_KINDS = ("label", "labels", "classification")
 PROMPT_FIELDS = ("question", "prompt", "instruction")  # a row with one of these is meant to be answered
@@ -335,7 +335,14 @@ def run_data_config(run_dir: str | Path, info: RunInfo) -> DataConfig:
     """The run's data options, to read its questions and render them as training rendered its data (column mapping,
     system prompt, template, max_length and overlong rule; no packing). RunDirError when its config.yaml is gone."""
     cfg = saved_config(run_dir, DATA_SETTINGS)
+    check_saved_transform(run_dir, cfg.data)
     return dataclasses.replace(cfg.data, packing=False, eval=None)
+
+
+def check_saved_transform(run_dir: str | Path, data: DataConfig) -> None:
+    """ConfigError naming the run's config.yaml when the data.transform it records cannot be loaded from here (a
+    module:function found in the working directory of an older run's training, not in this one's)."""
+    load_transform(data.transform, f"{saved_config_file(run_dir)}: option 'data.transform'")
 
 
 def answer_settings(settings: GenerationSettings | None, run_dir: str | Path) -> GenerationSettings:

@@ -30,7 +30,7 @@ from tunelab.atomic import write_json
 from tunelab.data.loader import training_examples
 from tunelab.data.render import render_prompt
 from tunelab.errors import TunelabError
-from tunelab.eval.questions import read_questions
+from tunelab.eval.questions import check_saved_transform, read_questions
 from tunelab.export import llama_cpp
 from tunelab.export.gguf_vocab import adds_special
 from tunelab.export.merge import MergedModel
@@ -114,6 +114,7 @@ def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[
     # a staged run: its last stage's, whose result it holds; missing, it is refused by name, not replaced by probes
     cfg = saved_config(run_dir, CHECK_NEEDS)
     try:
+        check_saved_transform(run_dir, cfg.data)
         chats = [ex.messages for ex in training_examples(cfg.data, 4 * limit) if ex.messages][:limit]
         if chats:
             return chats, "training data"
@@ -146,6 +147,7 @@ def check_questions(run_dir: Path, limit: int) -> tuple[list[str], str]:
     path = (read_config(run_dir) or last).eval.questions
     if not path:
         return list(PROBE_QUESTIONS[:limit]), "probes"
+    check_saved_transform(run_dir, last.data)
     asked = [q.text for q in read_questions(path, last.data) if q.prompt is not None]  # the last stage's data settings
     return asked[:limit], str(path)
 
