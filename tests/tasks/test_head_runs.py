@@ -11,10 +11,12 @@ from safetensors.torch import load_file
 
 import tunelab.training.recipe as recipe
 from tunelab.cli import main
+from tunelab.data.report import DataReport
 from tunelab.eval.heads import evaluate_head_run
-from tunelab.infer.predict import head_outputs, open_head_run, text_input
+from tunelab.infer.predict import head_outputs, open_head_run, predict, text_input
 from tunelab.tasks.head_data import pad_rows, render
 from tunelab.tasks.head_run import scored_input
+from tunelab.tasks.reward import read_scored
 
 
 def _write(path, rows):
@@ -548,6 +550,25 @@ def test_a_head_runs_csv_file_is_split_by_its_data_delimiter(tiny_model_dir, tmp
     logged = json.loads((run / "run.json").read_text())["eval_loss"]
     result = evaluate_head_run(run, str(held), "cpu", save=False)
     assert result.rows_read == 4 and result.tuned["eval_loss"] == pytest.approx(logged, rel=1e-4)
+
+
+def test_predict_splits_a_csv_file_by_the_runs_data_delimiter(tiny_model_dir, tmp_path):
+    """`tunelab predict --data FILE.csv` detected the separator of the file on its own, where training and `eval`
+    split the run's .csv rows at data.delimiter: a file of the run's own form was split at the comma of its header
+    and refused. predict reads it as training did now, for a classify run's rows and a reward run's answers."""
+    rows = [(("neg", "pos")[i % 2], f"{('awful', 'great')[i % 2]}, number {i}, said") for i in range(16)]
+    train, new = tmp_path / "l.csv", tmp_path / "new.csv"
+    train.write_text("label|prompt, as said\n" + "".join(f"{lab}|{p}\n" for lab, p in rows[:12]))
+    new.write_text("prompt, as said\n" + "".join(f"{p}\n" for _, p in rows[12:]))
+    over = _overrides(tiny_model_dir, tmp_path, "classify", str(train))
+    over |= {"data.delimiter": "|", "data.fields": {"prompt": "prompt, as said"}, "model.device": "cpu"}
+    run = recipe.train(None, over).run_dir
+    predicted = predict(run, data=str(new), device="cpu")
+    assert [p.where for p in predicted] == [f"{new}:{line}" for line in range(2, 6)]
+    answers = tmp_path / "answers.csv"
+    answers.write_text("prompt|answer\nHi, there|Hello, you\n")
+    scored = read_scored([str(answers)], {}, None, DataReport(), "|")
+    assert [x.messages[-1]["content"] for x, _, _ in scored] == ["Hello, you"]
 
 
 def test_predict_refuses_an_input_whose_start_fills_max_length(tiny_model_dir, tmp_path, label_file):

@@ -91,11 +91,14 @@ def predict(
     if data is not None:
         report = DataReport()
         if run.info.task == "classify":
-            rows = read_labelled([str(data)], d.fields, d.system_prompt, report, require_label=False, lenient=True)
+            rows = read_labelled(
+                [str(data)], d.fields, d.system_prompt, report, require_label=False, lenient=True, delimiter=d.delimiter
+            )
             items += [(r.input, location(r.path, r.line), r.label) for r in rows]
         else:
             items += [
-                (x, location(p, n), None) for x, p, n in read_scored([str(data)], d.fields, d.system_prompt, report)
+                (x, location(p, n), None)
+                for x, p, n in read_scored([str(data)], d.fields, d.system_prompt, report, d.delimiter)
             ]
         if report.skips:
             reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())

@@ -193,13 +193,14 @@ ANSWER_FIELDS = ("answer", "completion", "response", "output")
 
 
 def read_scored(
-    paths: list[str], fields: dict[str, str], system_prompt: str | None, report: DataReport
+    paths: list[str], fields: dict[str, str], system_prompt: str | None, report: DataReport, delimiter: str = "auto"
 ) -> list[tuple[Input, str, int]]:
     """Rows to score one at a time (tunelab predict): a prompt and an answer (answer, completion, response or
     output), a whole conversation (messages, conversations) or a whole text; (input, path, line) each. A row that
-    training would skip (an empty input or answer, a chat sft skips: `chat_flaw`) is skipped and counted in `report`."""
+    training would skip (an empty input or answer, a chat sft skips: `chat_flaw`) is skipped and counted in `report`.
+    `delimiter`: the run's data.delimiter, which splits a .csv file's values as it split its training files'."""
     out = []
-    for record in read_records(paths):
+    for record in read_records(paths, delimiter):
         report.read(record.path)
         row, where = record.row, location(record.path, record.line)
         answer = next((key for name in ANSWER_FIELDS if (key := column(row, fields, name, True))), None)
