@@ -5,6 +5,8 @@ and the ground truth the kernel tests compare against. Shapes follow the model: 
 packed sequences given as `cu_seqlens` (cumulative lengths, int32, starting at 0) over a batch of one row.
 """
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -116,6 +118,17 @@ def _some_rows_labelled(hidden: torch.Tensor, labels: torch.Tensor, ignore_index
     return keep if keep.any() and not keep.all() else None
 
 
+def _chunk_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The fp32 logits (n, V) of the head and the labels (n,) of each chunk of `chunk_size` rows of hidden (N, d), in
+    turn (None: `head_chunk_tokens` of the vocabulary): the chunking both LM-head references share."""
+    chunk_size = head_chunk_tokens(weight.shape[0]) if chunk_size is None else chunk_size
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = (hidden[start : start + chunk_size] @ weight.T).float()  # (n, V)
+        yield logits, labels[start : start + chunk_size]
+
+
 def linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -136,12 +149,8 @@ def linear_cross_entropy(
     keep = _some_rows_labelled(hidden, labels, ignore_index)
     if keep is not None:
         hidden, labels = hidden[keep], labels[keep]
-    chunk_size = head_chunk_tokens(weight.shape[0]) if chunk_size is None else chunk_size
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
-        h = hidden[start : start + chunk_size]
-        y = labels[start : start + chunk_size]
-        logits = (h @ weight.T).float()  # (n, V)
+    for logits, y in _chunk_logits(hidden, weight, labels, chunk_size):
         total = total + F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="sum")
     return total
 
@@ -165,11 +174,8 @@ def linear_log_probs(
     if keep is not None:
         kept = linear_log_probs(hidden[keep], weight, labels[keep], ignore_index, chunk_size)
         return hidden.new_zeros(labels.shape[0], dtype=torch.float32).masked_scatter(keep, kept)
-    chunk_size = head_chunk_tokens(weight.shape[0]) if chunk_size is None else chunk_size
     parts = [hidden.new_zeros(0, dtype=torch.float32)]
-    for start in range(0, hidden.shape[0], chunk_size):
-        logits = (hidden[start : start + chunk_size] @ weight.T).float()  # (n, V)
-        y = labels[start : start + chunk_size]
+    for logits, y in _chunk_logits(hidden, weight, labels, chunk_size):
         parts.append(-F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="none"))
     return torch.cat(parts)
 
