@@ -380,6 +380,16 @@ class LlamaModel(nn.Module):
         """Itself: the decoder whose `layers` are the blocks (transformers' base models answer so too)."""
         return self
 
+    def _embed(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The embeddings h (B, T, d) of input_ids (B, T), and the rope tables cos, sin (B, T, D) of position_ids in
+        h's dtype: what every layer of the training forward and of a cached one reads."""
+        h = self.embed_tokens(input_ids)  # (B, T, d)
+        inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
+        cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, T, D) each
+        return h, cos, sin
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -397,9 +407,7 @@ class LlamaModel(nn.Module):
                 position_ids = packed_position_ids(cu_seqlens, T)
             else:
                 position_ids = torch.arange(T, device=input_ids.device)[None].expand(B, T)
-        h = self.embed_tokens(input_ids)  # (B, T, d)
-        inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
-        cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, T, D) each
+        h, cos, sin = self._embed(input_ids, position_ids)
         recompute = bool(self.gradient_checkpointing) and torch.is_grad_enabled()
         checkpointed = (
             len(self.layers) if self.checkpoint_layers is None else min(self.checkpoint_layers, len(self.layers))
@@ -460,9 +468,7 @@ class LlamaModel(nn.Module):
     ) -> torch.Tensor:
         """The layers over the new tokens (B, t), each reading its cache and writing their keys and values at
         `start`; the final-norm hidden state (B, d) of the last position, the only one that feeds the head."""
-        h = self.embed_tokens(input_ids)  # (B, t, d)
-        inv_freq = rope_inv_freq(self.config.rope, self.config.head_dim, device=h.device)
-        cos, sin = rope_cos_sin(position_ids, inv_freq, h.dtype)  # (B, t, D) each
+        h, cos, sin = self._embed(input_ids, position_ids)
         for layer, keys, values in zip(self.layers, cache.keys, cache.values, strict=True):
             h = layer.forward_cached(h, cos, sin, keys, values, start, mask)
         return self.norm(h[:, -1])
