@@ -111,6 +111,20 @@ def test_build_optimizer_compensates_bf16_weights_only():
     assert [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups] == [(1, 0.1), (3, 0.0)]
 
 
+@pytest.mark.parametrize("opt_cls", [CompensatedAdamW, AdamW8bit])
+def test_both_adamw_variants_skip_parameters_without_a_gradient_and_refuse_sparse_ones(opt_cls):
+    params = _params(torch.float32)
+    still = torch.nn.Parameter(torch.ones(3))  # no gradient: neither stepped nor given a state
+    opt = _optimizer(opt_cls, [*params, still])
+    _grads(0, params)
+    opt.step()
+    assert still not in opt.state and torch.equal(still, torch.ones(3))
+    assert all(int(opt.state[p]["step"]) == 1 for p in params)
+    still.grad = torch.ones(3).to_sparse()
+    with pytest.raises(RuntimeError, match=f"{opt_cls.__name__} does not support sparse gradients"):
+        opt.step()
+
+
 def _final_loss(run_dir):
     return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in x][-1]
 

@@ -41,6 +41,7 @@ from tunelab.quant.adamw8bit import (
 from tunelab.quant.codes import dynamic_code, unsigned_dynamic_code
 from tunelab.training.compensated import (
     adamw_defaults,
+    adamw_groups,
     adamw_update,
     complete_state,
     init_adamw_state,
@@ -128,14 +129,9 @@ class AdamW8bit(torch.optim.Optimizer):
                 loss = closure()
         scalars: dict[tuple[float, ...], dict[str, float]] = {}  # (lr, beta1, beta2, eps, wd, step) -> update_scalars
         batches: dict[tuple[Any, ...], list[tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {}
-        for group in self.param_groups:
-            hyper = (group["lr"], *group["betas"], group["eps"], group["weight_decay"])
-            for p in group["params"]:
+        for hyper, with_grads in adamw_groups(self, "AdamW8bit"):
+            for p in with_grads:
                 grad = p.grad
-                if grad is None:
-                    continue
-                if grad.is_sparse:
-                    raise RuntimeError("AdamW8bit does not support sparse gradients")
                 state = self.state[p] or self._init_state(p)
                 state["step"] += 1
                 step = int(state["step"].item())

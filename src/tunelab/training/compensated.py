@@ -202,6 +202,24 @@ def adamw_defaults(name: str, lr: float, betas: tuple[float, float], eps: float,
     return {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
 
 
+def adamw_groups(
+    optimizer: torch.optim.Optimizer, name: str
+) -> Iterator[tuple[tuple[float, float, float, float, float], Iterator[torch.Tensor]]]:
+    """Each param group's hyper-parameters (lr, beta1, beta2, eps, weight_decay) with its parameters that have a
+    gradient, in order, for an AdamW optimizer's step; a sparse gradient is a RuntimeError naming `name`."""
+    for group in optimizer.param_groups:
+        yield (group["lr"], *group["betas"], group["eps"], group["weight_decay"]), _with_grads(group["params"], name)
+
+
+def _with_grads(params: list[torch.Tensor], name: str) -> Iterator[torch.Tensor]:
+    for p in params:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            raise RuntimeError(f"{name} does not support sparse gradients")
+        yield p
+
+
 class CompensatedAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay, torch's bias correction) with fp32 moments, and Kahan-compensated updates of
     bf16/fp16 parameters; see the module docstring. Same hyper-parameters and defaults as `torch.optim.AdamW`; no
@@ -223,14 +241,9 @@ class CompensatedAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            hyper = (group["lr"], *group["betas"], group["eps"], group["weight_decay"])
+        for hyper, with_grads in adamw_groups(self, "CompensatedAdamW"):
             together: dict[tuple, list[torch.Tensor]] = {}  # (device, step): stepped in one foreach call
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("CompensatedAdamW does not support sparse gradients")
+            for p in with_grads:
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0, dtype=torch.float32)
