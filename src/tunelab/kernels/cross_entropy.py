@@ -59,6 +59,18 @@ def _logsumexp_grad_kernel(
             tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=mask)
 
 
+def chunk_losses(h, weight, labels, losses, ignore_index, block, compute_grad):
+    """One chunk of the fused head: its logits h @ W^T (n, V), whose row kernel writes each row's loss
+    lse - logits[label] (= -log p) into `losses` (n,) and, if compute_grad, turns the logits in place into
+    dloss/dlogits = softmax - onehot. Returns the (n, V) buffer (this op's forward, `log_probs`' both passes)."""
+    logits = h @ weight.T  # (n, V)
+    _logsumexp_grad_kernel[(h.shape[0],)](
+        logits, logits.stride(0), labels, losses, weight.shape[0], ignore_index,
+        BLOCK=block, COMPUTE_GRAD=compute_grad, num_warps=8,
+    )  # fmt: skip
+    return logits
+
+
 class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index, chunk_size, need_grad_hidden, need_grad_weight):
@@ -72,11 +84,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         for start in range(0, n_tokens, chunk_size):
             end = min(start + chunk_size, n_tokens)
             h = hidden[start:end]  # (n, d)
-            logits = h @ weight.T  # (n, V); becomes dlogits in place below
-            _logsumexp_grad_kernel[(end - start,)](
-                logits, logits.stride(0), labels[start:end], losses[start:end], vocab, ignore_index,
-                BLOCK=block, COMPUTE_GRAD=compute_grad, num_warps=8,
-            )  # fmt: skip
+            # (n, V), turned into dlogits in place when compute_grad
+            logits = chunk_losses(h, weight, labels[start:end], losses[start:end], ignore_index, block, compute_grad)
             if need_grad_hidden:
                 torch.mm(logits, weight, out=grad_hidden[start:end])
             if need_grad_weight:

@@ -22,18 +22,7 @@ outside [0, V) other than `ignore_index` gives NaN; ignored tokens get log p = 0
 import torch
 import triton
 
-from tunelab.kernels.cross_entropy import _logsumexp_grad_kernel, apply_fused_head
-
-
-def _chunk_grad(h, weight, labels, losses, ignore_index, block, compute_grad):
-    """Logits of one chunk; the row kernel writes -log p into `losses` and, if asked, turns the logits into
-    softmax - onehot in place. Returns the (n, V) buffer."""
-    logits = h @ weight.T  # (n, V)
-    _logsumexp_grad_kernel[(h.shape[0],)](
-        logits, logits.stride(0), labels, losses, weight.shape[0], ignore_index,
-        BLOCK=block, COMPUTE_GRAD=compute_grad, num_warps=8,
-    )  # fmt: skip
-    return logits
+from tunelab.kernels.cross_entropy import apply_fused_head, chunk_losses
 
 
 class LinearLogProbsFunction(torch.autograd.Function):
@@ -47,7 +36,7 @@ class LinearLogProbsFunction(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if precompute else None  # (N, d) for g = 1
         for start in range(0, n_tokens, chunk_size):
             end = min(start + chunk_size, n_tokens)
-            logits = _chunk_grad(
+            logits = chunk_losses(
                 hidden[start:end], weight, labels[start:end], losses[start:end], ignore_index, block, precompute
             )
             if precompute:
@@ -77,7 +66,7 @@ class LinearLogProbsFunction(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             h = hidden[start:end]
-            dlogits = _chunk_grad(h, weight, labels[start:end], scratch[start:end], ignore_index, block, True)
+            dlogits = chunk_losses(h, weight, labels[start:end], scratch[start:end], ignore_index, block, True)
             dlogits.mul_(g[start:end, None].to(dlogits.dtype))  # (n, V) = g_i * -(d log p_i / dx_i)
             if need_grad_hidden:
                 torch.mm(dlogits, weight, out=grad_hidden[start:end])
