@@ -35,18 +35,26 @@ def _sdpa_backends() -> list:
     return [getattr(SDPBackend, name) for name in order if hasattr(SDPBackend, name)]
 
 
+def _grouped_kv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, native: bool
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, bool]]:
+    """k and v (heads at dim 1, Hk of them) for an attention kernel over q's H heads, and the keyword it needs: as
+    they are with enable_gqa=True where the kernel groups query heads itself (`native`), else each head repeated
+    for its H / Hk query heads."""
+    if q.shape[1] == k.shape[1]:
+        return k, v, {}
+    if native:
+        return k, v, {"enable_gqa": True}
+    groups = q.shape[1] // k.shape[1]
+    return k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), {}
+
+
 def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q (B, T, H, D), k/v (B, T, Hk, D) -> (B, T, H, D), causal."""
     from torch.nn.attention import sdpa_kernel
 
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D) views, no copy
-    kwargs = {}
-    if qh.shape[1] != kh.shape[1]:
-        if torch.__version__ >= "2.5":
-            kwargs["enable_gqa"] = True
-        else:
-            groups = qh.shape[1] // kh.shape[1]
-            kh, vh = kh.repeat_interleave(groups, dim=1), vh.repeat_interleave(groups, dim=1)
+    kh, vh, kwargs = _grouped_kv(qh, kh, vh, native=torch.__version__ >= "2.5")
     if "set_priority" in inspect.signature(sdpa_kernel).parameters:
         context = sdpa_kernel(_sdpa_backends(), set_priority=True)
     else:
@@ -74,14 +82,9 @@ def _varlen(
         cu, max_len = cu_seqlens.to(q.device, non_blocking=True), max_seqlen  # read once by the caller
     q3, k3, v3 = q[0], k[0], v[0]  # (T, H, D), (T, Hk, D)
     params = inspect.signature(varlen_attn).parameters
-    kwargs = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-    if q3.shape[1] != k3.shape[1]:
-        if "enable_gqa" in params:
-            kwargs["enable_gqa"] = True
-        else:
-            groups = q3.shape[1] // k3.shape[1]
-            k3, v3 = k3.repeat_interleave(groups, dim=1), v3.repeat_interleave(groups, dim=1)
-    out = varlen_attn(q3, k3, v3, cu, cu, max_len, max_len, **kwargs)  # (T, H, D)
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    k3, v3, gqa = _grouped_kv(q3, k3, v3, native="enable_gqa" in params)
+    out = varlen_attn(q3, k3, v3, cu, cu, max_len, max_len, **causal, **gqa)  # (T, H, D)
     return out.unsqueeze(0)
 
 
