@@ -39,6 +39,7 @@ from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.peft.lora import adapters_disabled
 from tunelab.tasks import sft
+from tunelab.tasks.head_data import pad_rows
 from tunelab.tasks.log_probs import sequence_log_probs
 from tunelab.tasks.preference_data import PreferenceRow, build_preferences
 from tunelab.tasks.task import Task, eval_mode
@@ -105,13 +106,8 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
 def collate(chunk: list[PreferenceRow], pad_id: int) -> dict:
     """input_ids, labels, attention_mask, position_ids (2P, T), right-padded, the P chosen rows first; `reference`
     (2P,) when the rows carry their reference log-probs; sources, per row the file:line of its pair."""
-    ids = [r.chosen_ids for r in chunk] + [r.rejected_ids for r in chunk]
-    batch = {
-        "input_ids": _pad(ids, pad_id),
-        "labels": _pad([r.chosen_labels for r in chunk] + [r.rejected_labels for r in chunk], IGNORE),
-        "attention_mask": _pad([[1] * len(r) for r in ids], 0),
-    }
-    batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]).clone()
+    batch = pad_rows([r.chosen_ids for r in chunk] + [r.rejected_ids for r in chunk], pad_id)
+    batch["labels"] = _pad([r.chosen_labels for r in chunk] + [r.rejected_labels for r in chunk], IGNORE)
     batch["sources"] = 2 * [[location(r.path, r.line)] for r in chunk]
     if all(r.reference is not None for r in chunk):
         batch["reference"] = torch.tensor(
