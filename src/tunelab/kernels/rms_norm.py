@@ -69,12 +69,13 @@ def _rms_norm_backward_kernel(
         tl.store(dw_partial_ptr + pid * n_cols + tl.arange(0, BLOCK), dw, mask=tl.arange(0, BLOCK) < n_cols)
 
 
-def _launch_shape(n_cols: int) -> tuple[int, int, int]:
-    """(BLOCK columns, BLOCK_M rows per tile, num_warps) for a hidden size."""
+def _launch_shape(n_cols: int, block_m: int | None = None, warps: int | None = None) -> tuple[int, int, int]:
+    """(BLOCK columns, BLOCK_M rows per tile, num_warps) for a hidden size; a block_m or warps the caller chose is
+    kept."""
     block = triton.next_power_of_2(n_cols)
-    block_m = max(1, 4096 // block)  # tiles of about 4096 elements: several rows at once for small hidden sizes
-    warps = 8 if block * block_m <= 8192 else 16
-    return block, min(block_m, 16), warps
+    tile_rows = max(1, 4096 // block)  # tiles of about 4096 elements: several rows at once for small hidden sizes
+    default_warps = 8 if block * tile_rows <= 8192 else 16
+    return block, block_m or min(tile_rows, 16), warps or default_warps
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -91,8 +92,7 @@ def _sm_count(device: torch.device) -> int:
 def _forward(x2, weight, eps, block_m=None, warps=None, spare=0):
     """y (M, D) and rstd (M,) fp32 for x2 (M, D); y is the first D columns of an (M, D + spare) buffer."""
     n_rows, n_cols = x2.shape
-    block, default_m, default_warps = _launch_shape(n_cols)
-    block_m, warps = block_m or default_m, warps or default_warps
+    block, block_m, warps = _launch_shape(n_cols, block_m, warps)
     y = torch.empty((n_rows, n_cols + spare), dtype=x2.dtype, device=x2.device)[:, :n_cols]
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x2.device)
     if n_rows:
@@ -106,8 +106,7 @@ def _forward(x2, weight, eps, block_m=None, warps=None, spare=0):
 def _backward(dy2, x2, weight, rstd, compute_dw, dres2=None, block_m=None, warps=None, programs_per_sm=4):
     """dx (M, D) and dw (D,) in weight's dtype (None unless compute_dw). dres2 (M, D): added to dx (fp32 sum)."""
     n_rows, n_cols = x2.shape
-    block, default_m, default_warps = _launch_shape(n_cols)
-    block_m, warps = block_m or default_m, warps or default_warps
+    block, block_m, warps = _launch_shape(n_cols, block_m, warps)
     dx = torch.empty_like(x2)
     programs = max(1, min(triton.cdiv(n_rows, block_m), programs_per_sm * _sm_count(x2.device)))
     dw_partial = torch.empty((programs, n_cols) if compute_dw else (1,), dtype=torch.float32, device=x2.device)
