@@ -109,3 +109,31 @@ def test_one_refusal_sentence_and_every_fact_checked(name):
     unchecked = [a for a in answers - {refusal} if not any(k in a.lower() for k in keys)]
     assert not unchecked, f"facts with no held-out question: {unchecked}"
     assert refusal in (EXAMPLES / name / "README.md").read_text(encoding="utf-8")
+
+
+def test_ferry_chat_readme_counts_what_the_file_holds():
+    """The file table of examples/ferry_chat/README.md gives the numbers the file has: a reader weighing the set (how
+    many refusals it teaches, how many ways a fact is asked) reads them there."""
+    examples, _ = _examples("ferry_chat")
+    refusal = SETS["ferry_chat"][2]
+    answers = [m["content"] for ex in examples for m in ex.messages if m["role"] == "assistant"]
+    asked = {
+        (m["content"], a["content"])
+        for ex in examples
+        for m, a in zip(ex.messages, ex.messages[1:])
+        if (m["role"], a["role"]) == ("user", "assistant")
+    }
+    phrasings = Counter(answer for question, answer in asked if answer != refusal)  # distinct questions a fact
+    readme = (EXAMPLES / "ferry_chat" / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `train.jsonl` |"))
+    facts, ways, off_topic, conversations, turns = map(
+        int,
+        re.search(
+            r"(\d+) facts asked (\d+) ways each[^|]*? and (\d+) off-topic questions.*\| (\d+) conversations, (\d+) user "
+            r"turns",
+            row,
+        ).groups(),
+    )
+    assert (facts, ways) == (len(phrasings), min(phrasings.values())) == (len(phrasings), max(phrasings.values()))
+    assert off_topic == answers.count(refusal)
+    assert (conversations, turns) == (len(examples), len(answers))
