@@ -9,6 +9,8 @@ or dataset and index) and the exception.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -56,7 +58,12 @@ def load_transform(spec: str | None, option: str = "option 'data.transform'") ->
     return fn
 
 
-_LOADED: dict[tuple[Path, str], object] = {}  # a file's module by (path, sha256 of its text): run once, as import runs
+@dataclasses.dataclass(frozen=True)
+class _Text:
+    """A file's bytes, equal (and hashed) by their sha256 alone: the key of `_run_file`'s cache."""
+
+    digest: str
+    source: bytes = dataclasses.field(compare=False, repr=False)
 
 
 def _from_file(path: Path, option: str):
@@ -71,13 +78,16 @@ def _from_file(path: Path, option: str):
             "the working directory)."
         )
     source = path.read_bytes()
-    key = (path.resolve(), hashlib.sha256(source).hexdigest())
-    if key not in _LOADED:
-        spec = importlib.util.spec_from_file_location(f"tunelab_transform_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's file, named by the config
-        _LOADED[key] = module
-    return _LOADED[key]
+    return _run_file(path.resolve(), _Text(hashlib.sha256(source).hexdigest(), source))
+
+
+@functools.cache
+def _run_file(path: Path, text: _Text):
+    """The module of `text`, the bytes read from `path`, run once per (path, sha256), as import runs a module once."""
+    spec = importlib.util.spec_from_file_location(f"tunelab_transform_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(text.source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's file, named by the config
+    return module
 
 
 def apply_transform(records: list[Record], fn: Transform | None, spec: str | None, report: DataReport) -> list[Record]:
