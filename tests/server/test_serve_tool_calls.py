@@ -94,6 +94,27 @@ def test_hermes_tool_calls_are_answered_as_tool_calls(serve):
     assert len({c.id for c in plain.message.tool_calls}) == 2
 
 
+def test_parallel_tool_calls_false_answers_the_first_call_only(serve, caplog):
+    """A request of parallel_tool_calls: false got both calls a model wrote, where OpenAI answers zero or one. It
+    now gets the first alone, streamed or not, with the others said in a log line; true or absent keeps both, and a
+    value that is no bool is a 400 naming the option."""
+    pieces = ['<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>\n']
+    pieces += ['<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>']
+    client = serve(HERMES, pieces)
+    with caplog.at_level("WARNING", logger="tunelab.server.tool_calls"):
+        plain, (content, calls, finish) = _both(client, parallel_tool_calls=False)
+    assert plain.finish_reason == finish == "tool_calls" and plain.message.content is None and content == ""
+    for answered in (plain.message.tool_calls, calls):
+        assert [json.loads(c.function.arguments) for c in answered] == [{"city": "Paris"}]
+    assert "dropped the other 1 (get_weather)" in caplog.text
+    plain, (_, calls, _) = _both(client, parallel_tool_calls=True)
+    assert len(plain.message.tool_calls) == len(calls) == 2
+    with pytest.raises(openai.BadRequestError, match="parallel_tool_calls"):
+        client.chat.completions.create(
+            model="tiny", messages=QUESTION, tools=TOOLS, extra_body={"parallel_tool_calls": "no"}
+        )
+
+
 def test_llama3_json_tool_calls_are_answered_as_tool_calls(serve):
     """Llama 3's templates write a call as a bare JSON object with "parameters": read as a call too."""
     client = serve(LLAMA3, ['{"name": "get_weather", ', '"parameters": {"city": "Paris"}}'])

@@ -77,10 +77,12 @@ class ChatRequest(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63, strict=True)
     # OpenAI's tool definitions: shown to the model through a chat template that writes them, else refused
     tools: list[dict[str, Any]] | None = None
+    # false: at most one tool call answered, the first the model wrote (server/tool_calls.py)
+    parallel_tool_calls: bool | None = Field(default=None, strict=True)
 
 
 # Options of OpenAI's chat completions that change nothing about a plain text answer: accepted and not used.
-IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier")
+IGNORED = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier")
 # Options this server does not implement, with the values that ask for nothing (they are accepted); any other value
 # would have been answered as if the option were absent, so it is refused.
 NOT_IMPLEMENTED: dict[str, tuple] = {
@@ -400,7 +402,9 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         except TunelabError as exc:
             return _error(400, str(exc))
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        reader = tool_call_reader(template, tools, (body.model_extra or {}).get("tool_choice"))
+        reader = tool_call_reader(
+            template, tools, (body.model_extra or {}).get("tool_choice"), body.parallel_tool_calls
+        )
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         try:  # the prompt is tokenized on a worker thread, and the answer read from one: the event loop stays free

@@ -9,12 +9,15 @@ two common syntaxes it uses:
 
 A call is read only for a function the request defined, with an object of arguments; anything else (a malformed
 call, text around a JSON call, another syntax) stays in the answer's content, so no text is lost. Each call gets an
-id (`call_...`) and its arguments as JSON text, as OpenAI gives them.
+id (`call_...`) and its arguments as JSON text, as OpenAI gives them. With `parallel_tool_calls: false` a request
+gets at most one call, as OpenAI documents ("zero or one tool is called"): the first; the others the model wrote are
+dropped with a log line (not kept as content, which would show the user a call's JSON).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ _PROBE = [
         ],
     },
 ]
+_log = logging.getLogger(__name__)
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)  # the last call may be cut by the end of turn
 _JSON = re.compile(r'\{\s*"name"\s*:\s*"' + _NAME + r'"\s*,\s*"(?:parameters|arguments)"\s*:')
@@ -51,13 +55,30 @@ def call_syntax(template) -> str | None:
 
 @dataclass
 class ToolCallReader:
-    """Reads the calls of one answer: `syntax` from `call_syntax`, `names` the functions the request defined."""
+    """Reads the calls of one answer: `syntax` from `call_syntax`, `names` the functions the request defined,
+    `parallel` False for a request of `parallel_tool_calls: false` (at most one call answered)."""
 
     syntax: str
     names: frozenset[str]
+    parallel: bool = True
 
     def split(self, text: str) -> tuple[str, list[dict]]:
-        """(the content left, the calls in OpenAI's shape) of a whole answer."""
+        """(the content left, the calls in OpenAI's shape) of a whole answer; without `parallel`, its first call."""
+        content, calls = self._split(text)
+        if not self.parallel and len(calls) > 1:
+            names = ", ".join(c["function"]["name"] for c in calls[1:])
+            _log.warning(
+                "parallel_tool_calls is false and the model wrote %d tool calls: answered with the first (%s), "
+                "dropped the other %d (%s)",
+                len(calls),
+                calls[0]["function"]["name"],
+                len(calls) - 1,
+                names,
+            )
+            calls = calls[:1]
+        return content, calls
+
+    def _split(self, text: str) -> tuple[str, list[dict]]:
         if self.syntax == "hermes":
             kept, calls, at = [], [], 0
             for match in _HERMES.finditer(text):
@@ -114,11 +135,13 @@ def _json(text: str):
         return None
 
 
-def tool_call_reader(template, tools: list[dict] | None, tool_choice) -> ToolCallReader | None:
+def tool_call_reader(
+    template, tools: list[dict] | None, tool_choice, parallel_tool_calls: bool | None = None
+) -> ToolCallReader | None:
     """The reader for a request's answer: None without tools, with tool_choice "none", or for a template whose call
-    syntax is not known (its answer is content only)."""
+    syntax is not known (its answer is content only). `parallel_tool_calls` False answers one call at most."""
     if not tools or tool_choice == "none":
         return None
     syntax = call_syntax(template)
     names = frozenset(t["function"].get("name") for t in tools if isinstance(t.get("function"), dict))
-    return ToolCallReader(syntax, names) if syntax else None
+    return ToolCallReader(syntax, names, parallel_tool_calls is not False) if syntax else None
