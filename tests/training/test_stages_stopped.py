@@ -87,3 +87,28 @@ def test_check_resume_of_a_staged_run_names_the_stage_it_resumes(staged, tmp_pat
     result = tunelab.check(None, staged, resume=True, model=False)
     item = next(i for i in result.items if i.name == "resume")
     assert item.status == "fail" and "every one of the 2 stages has finished" in item.summary
+
+
+def test_a_resuming_staged_run_keeps_the_progress_of_its_stages_in_run_json(staged, tmp_path, crash_at, monkeypatch):
+    """While a staged run resumed, its run.json said 0 steps and 0 tokens until the resume stopped or finished; a
+    process killed outright (SIGKILL, no handler runs) left it so, the earlier stages' progress gone. run.json keeps
+    the steps, tokens and stopping point of the stages so far from the moment the resume starts."""
+    import tunelab.training.stages as stages
+
+    with crash_at(5):  # stage 2's second step
+        train(None, staged)
+    run = tmp_path / "run"
+    before = json.loads((run / "run.json").read_text())
+    assert before["steps"] == 4 and before["tokens"] > 0
+    seen = {}
+
+    def killed(plan, **kwargs):  # run.json as a SIGKILL during the stage's resume would leave it
+        seen.update(json.loads((run / "run.json").read_text()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(None, staged, resume=True)
+    for key in ("steps", "tokens", "total_steps", "final_loss"):
+        assert seen[key] == before[key], key
+    assert seen["finished"] is False and seen["extra"]["stopped"] == before["extra"]["stopped"]

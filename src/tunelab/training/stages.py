@@ -391,6 +391,8 @@ def train_stages(
             extra={"stages": names},
         ),
     )
+    if resume:  # the stages' progress so far, as the stop recorded it: kept while resuming, even if killed outright
+        _record_stopped(run_dir, len(plans))
 
     held: dict = {}  # the tracker sinks the stages share, by name (training/tracking.py)
     with failure_noted(plan_dir):
