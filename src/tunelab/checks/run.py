@@ -60,7 +60,8 @@ from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.resume import check_resume_config, data_digest, file_digests, kept_auto, what_changed
-from tunelab.training.stages import plan_stages, refuse_nothing_to_train, refuse_other_labels, stage_dir
+from tunelab.training.stage_resume import refuse_nothing_to_train, stage_dir
+from tunelab.training.stages import plan_stages, refuse_other_labels
 
 
 def html_path(html: str | Path | None) -> Path | None:

@@ -41,7 +41,6 @@ import shutil
 from pathlib import Path
 
 import torch
-import yaml
 
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
@@ -60,16 +59,19 @@ from tunelab.training.prepare import protected_paths, refuse_beyond_context
 from tunelab.training.recipe import TrainResult, overflow_steps, train
 from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import LENGTH, check_resume_config, config_changes
+from tunelab.training.stage_resume import (
+    follow_move,
+    refuse_changed_stage,
+    refuse_nothing_to_train,
+    saved_config,
+    stage_dir,
+)
 from tunelab.training.tracking import TrackTo, end_held, end_running_tracker_runs
 
 MERGED = "merged"
 METRICS = "metrics.jsonl"
 STARTS_FROM = ("model", "adapter the run starts from")  # protected_paths' names for model.name and model.adapter
 STAGE_ONLY = ("checkpoints", METRICS, CONFIG_FILE, "loss.png", "run.json")  # not the result (nor its data report)
-
-
-def stage_dir(run_dir: Path, k: int) -> Path:
-    return run_dir / f"{STAGE_PREFIX}{k}"
 
 
 def plan_stages(resolved: ResolvedConfig, run_dir: Path) -> list[ResolvedConfig]:
@@ -369,10 +371,10 @@ def train_stages(
         try:
             check_resume_config(run_dir, cfg)
         except ConfigError:
-            _refuse_changed_stage(run_dir, resolved)  # where a stage's options changed: that stage, and its line
+            refuse_changed_stage(run_dir, resolved)  # where a stage's options changed: that stage, and its line
             raise
         refuse_nothing_to_train(run_dir, len(plans))
-        _follow_move(run_dir, plans)
+        follow_move(run_dir, plans)
     print("tunelab train — a staged run; the resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
     evals = _eval_rows(plans)  # every stage's data loaded and checked before anything is written
@@ -503,72 +505,6 @@ def _same_commit(plan: ResolvedConfig, first: Path) -> None:
         plan.origins["model.revision"] = "stage 1's base commit"
 
 
-def _follow_move(run_dir: Path, plans: list[ResolvedConfig]) -> None:
-    """A staged run moved or copied to another folder: each later stage's saved config names the stage before it by
-    its old absolute path, which --resume would read as another adapter (or base). Point those at this run's own
-    stages, with a note; nothing else in the saved configs changes."""
-    inside = run_dir.expanduser().absolute()
-    for k, plan in enumerate(plans[1:], 2):
-        here = stage_dir(run_dir, k)
-        if not (here / CONFIG_FILE).is_file():
-            continue
-        saved = _saved(here)
-        model = saved.get("model") if isinstance(saved, dict) else None
-        if not isinstance(model, dict):
-            continue  # a damaged config: the stage's own resume check says so
-        moved = []
-        for key in ("name", "adapter"):
-            old, new = model.get(key), getattr(plan.config.model, key)
-            if not (isinstance(old, str) and new and old != new and Path(new).is_relative_to(inside)):
-                continue  # not a path into this run (the base model), or unchanged
-            tail = Path(new).relative_to(inside).parts  # ('stage-1',) or ('stage-1', 'merged')
-            if Path(old).parts[-len(tail) :] == tail:
-                model[key] = new
-                moved.append(f"model.{key} {old} -> {new}")
-        if moved:
-            write_text(here / CONFIG_FILE, yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
-            print(f"{here}: the run was moved; its saved config now names this run's stages ({'; '.join(moved)})")
-
-
-def _refuse_changed_stage(run_dir: Path, resolved: ResolvedConfig) -> None:
-    """ConfigError naming the first stage (its file and line) whose options differ from that stage in the run's
-    config.yaml, each old -> new: --resume refused the whole `stages:` list, old and new, leaving the user to find
-    the change. A stage's name may change (it only labels the stage); more or fewer stages are left to the caller."""
-    saved, now = _saved(run_dir).get("stages"), resolved.config.stages
-    if not isinstance(saved, list) or len(saved) != len(now):
-        return
-    for k, (old, new) in enumerate(zip(saved, now), 1):
-        if not isinstance(old, dict):
-            return
-        keys = sorted((old.keys() | new.keys()) - {"name"})
-        changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
-        if not changed:
-            continue
-        base = (
-            " model.revision names the base every stage trains over, so it stays as the run started."
-            if any(line.startswith("model.revision:") for line in changed)
-            else ""
-        )
-        raise ConfigError(
-            f"{stage_where(resolved, k)}: --resume continues the run with the config it started with, and stage {k}'s "
-            f"options differ from {run_dir / CONFIG_FILE}: {'; '.join(changed)}.{base} Put them back to resume, or "
-            "start a new run (another output_dir, or --overwrite)."
-        )
-
-
-def refuse_nothing_to_train(run_dir: Path, count: int) -> None:
-    """ConfigError for --resume of a staged run whose every stage has finished: a finished stage keeps its steps, so
-    nothing would train, and the run's result used to be published again with exit 0."""
-    for k in range(1, count + 1):
-        here = stage_dir(run_dir, k)
-        if not (is_run_dir(here) and read_info(here, require_finished=False).finished):
-            return
-    raise ConfigError(
-        f"{run_dir}: every one of the {count} stages has finished, so --resume has nothing to train (a finished "
-        "stage keeps its steps). Add a stage to train on, or start the run again with --overwrite."
-    )
-
-
 def _run_stage(
     plan: ResolvedConfig, here: Path, extra: dict, track_to: TrackTo, *, resume: bool, check: bool
 ) -> TrainResult:
@@ -576,7 +512,7 @@ def _run_stage(
     if is_run_dir(here):
         info = read_info(here, require_finished=False)
         if info.finished:
-            refused, allowed = config_changes(_saved(here), plan.config)
+            refused, allowed = config_changes(saved_config(here), plan.config)
             if refused:
                 raise ConfigError(
                     f"{here}: the stage has finished with another config ({'; '.join(refused)}); a resumed staged run "
@@ -598,7 +534,3 @@ def _run_stage(
         print(f"{here}: stopped before its first checkpoint; starting the stage again", flush=True)
         plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, overwrite=True))
     return train(plan, check=check, extra_eval=extra, track_to=track_to)
-
-
-def _saved(here: Path) -> dict:
-    return yaml.safe_load((here / CONFIG_FILE).read_text(encoding="utf-8"))

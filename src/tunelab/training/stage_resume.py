@@ -1,0 +1,91 @@
+"""What --resume of a staged run (training/stages.py) checks and mends before any stage trains: the stages' options
+against the run's config.yaml (`refuse_changed_stage`, naming the stage's file and line), a run with nothing left to
+train (`refuse_nothing_to_train`), and a run moved to another folder, whose saved stage configs name the stages before
+them by their old paths (`follow_move`). `stage_dir` is where stage k lives in a run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tunelab.atomic import write_text
+from tunelab.config import ResolvedConfig, stage_where
+from tunelab.config.load import STAGE_PREFIX
+from tunelab.errors import ConfigError
+from tunelab.rundir import CONFIG_FILE, is_run_dir, read_info
+
+
+def stage_dir(run_dir: Path, k: int) -> Path:
+    return run_dir / f"{STAGE_PREFIX}{k}"
+
+
+def follow_move(run_dir: Path, plans: list[ResolvedConfig]) -> None:
+    """A staged run moved or copied to another folder: each later stage's saved config names the stage before it by
+    its old absolute path, which --resume would read as another adapter (or base). Point those at this run's own
+    stages, with a note; nothing else in the saved configs changes."""
+    inside = run_dir.expanduser().absolute()
+    for k, plan in enumerate(plans[1:], 2):
+        here = stage_dir(run_dir, k)
+        if not (here / CONFIG_FILE).is_file():
+            continue
+        saved = saved_config(here)
+        model = saved.get("model") if isinstance(saved, dict) else None
+        if not isinstance(model, dict):
+            continue  # a damaged config: the stage's own resume check says so
+        moved = []
+        for key in ("name", "adapter"):
+            old, new = model.get(key), getattr(plan.config.model, key)
+            if not (isinstance(old, str) and new and old != new and Path(new).is_relative_to(inside)):
+                continue  # not a path into this run (the base model), or unchanged
+            tail = Path(new).relative_to(inside).parts  # ('stage-1',) or ('stage-1', 'merged')
+            if Path(old).parts[-len(tail) :] == tail:
+                model[key] = new
+                moved.append(f"model.{key} {old} -> {new}")
+        if moved:
+            write_text(here / CONFIG_FILE, yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
+            print(f"{here}: the run was moved; its saved config now names this run's stages ({'; '.join(moved)})")
+
+
+def refuse_changed_stage(run_dir: Path, resolved: ResolvedConfig) -> None:
+    """ConfigError naming the first stage (its file and line) whose options differ from that stage in the run's
+    config.yaml, each old -> new: --resume refused the whole `stages:` list, old and new, leaving the user to find
+    the change. A stage's name may change (it only labels the stage); more or fewer stages are left to the caller."""
+    saved, now = saved_config(run_dir).get("stages"), resolved.config.stages
+    if not isinstance(saved, list) or len(saved) != len(now):
+        return
+    for k, (old, new) in enumerate(zip(saved, now), 1):
+        if not isinstance(old, dict):
+            return
+        keys = sorted((old.keys() | new.keys()) - {"name"})
+        changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
+        if not changed:
+            continue
+        base = (
+            " model.revision names the base every stage trains over, so it stays as the run started."
+            if any(line.startswith("model.revision:") for line in changed)
+            else ""
+        )
+        raise ConfigError(
+            f"{stage_where(resolved, k)}: --resume continues the run with the config it started with, and stage {k}'s "
+            f"options differ from {run_dir / CONFIG_FILE}: {'; '.join(changed)}.{base} Put them back to resume, or "
+            "start a new run (another output_dir, or --overwrite)."
+        )
+
+
+def refuse_nothing_to_train(run_dir: Path, count: int) -> None:
+    """ConfigError for --resume of a staged run whose every stage has finished: a finished stage keeps its steps, so
+    nothing would train, and the run's result used to be published again with exit 0."""
+    for k in range(1, count + 1):
+        here = stage_dir(run_dir, k)
+        if not (is_run_dir(here) and read_info(here, require_finished=False).finished):
+            return
+    raise ConfigError(
+        f"{run_dir}: every one of the {count} stages has finished, so --resume has nothing to train (a finished "
+        "stage keeps its steps). Add a stage to train on, or start the run again with --overwrite."
+    )
+
+
+def saved_config(here: Path) -> dict:
+    return yaml.safe_load((here / CONFIG_FILE).read_text(encoding="utf-8"))
