@@ -26,6 +26,7 @@ from typing import Any
 
 from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig, stage_config
+from tunelab.data.report import DataReport
 from tunelab.errors import ConfigError, DataError, article, not_text
 from tunelab.eval.compare import (
     Comparison,
@@ -307,7 +308,8 @@ def compare(
     info = run.info if isinstance(run, LoadedRun) else open_info(run_dir)
     if save:
         check_writable(compare_file(run_dir), overwrite)  # before minutes of generation, not after
-    items = read_questions(questions, run_data_config(run_dir, info)) if questions else []
+    dropped = DataReport()
+    items = read_questions(questions, run_data_config(run_dir, info), dropped=dropped) if questions else []
     asked = _texts(question, "question", blank=False)
     for i, text in enumerate(asked, 1):  # named as _texts names them, in errors about one of them
         where = "argument 'question'" if isinstance(question, str) else f"argument 'question', item {i}"
@@ -315,7 +317,7 @@ def compare(
     if not items:
         raise DataError("no questions to compare on: give a questions file or at least one question.")
     loaded = opened(run, device, base_precision)
-    result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal)
+    result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal, dropped)
     if save:
         check_same_run(run_dir, stamp, "compare")
     path = save_comparison(result, run_dir, overwrite=overwrite) if save else None

@@ -218,3 +218,30 @@ def test_a_folder_named_compare_json_is_refused_before_any_answer(run, questions
         assert f"{folder}: is a folder, where compare writes its result file" in err and "Traceback" not in err
         assert "answers, tuned model" not in err
     assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_rows_the_transform_drops_are_counted_in_compare_json_and_said(run, questions, tmp_path, capsys):
+    """Question rows the run's data.transform drops were said on stderr only: compare.json had no count of them
+    (eval.json has). They are counted there now, in eval.json's format, and a line of the printed scores says so."""
+    (tmp_path / "shaping.py").write_text(
+        "def drop_one(row):\n    return None if row['question'].endswith('box 1?') else row\n"
+    )
+    cfg = load_config(run / "config.yaml").config
+    cfg.data.transform = f"{tmp_path / 'shaping.py'}:drop_one"
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((run / "compare.json").read_text())
+    assert len(saved["rows"]) == 2
+    (reason, dropped), *others = saved["transform_dropped"].items()
+    assert not others and dropped["count"] == 1 and "data.transform" in reason
+    assert dropped["locations"] == [f"{questions}:2"]
+    assert f"not read: 1 {reason}" in out
+
+
+def test_a_comparison_without_dropped_rows_says_nothing_of_them():
+    result = Comparison(
+        [Row("q?", "a", "fact", "a", "b", True, False)], score([Row("q?", "a", "fact", "a", "b", True, False)])
+    )
+    assert "not read" not in format_comparison(result)
+    assert result.to_dict()["transform_dropped"] == {}

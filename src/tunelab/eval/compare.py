@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig
+from tunelab.data.report import DataReport
 from tunelab.errors import DataError, RunDirError
 from tunelab.eval.metrics import correct, refused
 from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
@@ -51,6 +52,8 @@ class Comparison:
     """kind -> {n, base, tuned[, base_refused, tuned_refused]}: shares of correct (and refusing) answers"""
     settings: dict = field(default_factory=dict)  # the GenerationSettings the answers were generated with
     base: str = ""  # what the adapter sat on: "nf4" for a QLoRA run evaluated as trained, else the weights' dtype
+    transform_dropped: dict[str, dict] = field(default_factory=dict)
+    """reason -> {count, locations}: question rows the run's data.transform dropped (as eval.json counts them)"""
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +61,7 @@ class Comparison:
             "scores": self.scores,
             "settings": self.settings,
             "base": self.base,
+            "transform_dropped": self.transform_dropped,
         }
 
 
@@ -84,10 +88,15 @@ def check_writable(path: Path, overwrite: bool) -> None:
 
 
 def compare(
-    run: LoadedRun, questions: list[Question], settings: GenerationSettings | None = None, refusal: str | None = None
+    run: LoadedRun,
+    questions: list[Question],
+    settings: GenerationSettings | None = None,
+    refusal: str | None = None,
+    dropped: DataReport | None = None,
 ) -> Comparison:
     """Answer every question with the tuned and the base model, a progress bar on stderr meanwhile. `settings`
-    default to greedy with the run's eval.max_new_tokens; `refusal`, when known, adds refusal rates per kind."""
+    default to greedy with the run's eval.max_new_tokens; `refusal`, when known, adds refusal rates per kind;
+    `dropped`: the rows data.transform dropped while the questions were read (`read_questions`), recorded."""
     for q in questions:
         if q.prompt is None:
             raise DataError(f"{q.where}: a text row holds no question to ask; compare needs question rows.")
@@ -110,7 +119,21 @@ def compare(
             row.base_ok, row.tuned_ok = correct(b, q.expected, task), correct(t, q.expected, task)
         rows.append(row)
     weights = "nf4" if run.quantized_base else str(run.dtype).removeprefix("torch.")
-    return Comparison(rows, score(rows, refusal), asdict(settings), weights)
+    return Comparison(rows, score(rows, refusal), asdict(settings), weights, dropped_counts(dropped))
+
+
+def dropped_counts(dropped: DataReport | None) -> dict[str, dict]:
+    """reason -> {count, locations} of a DataReport's skips: eval.json's and compare.json's `transform_dropped`."""
+    return (
+        {} if dropped is None else {r: {"count": s.count, "locations": s.locations} for r, s in dropped.skips.items()}
+    )
+
+
+def dropped_line(dropped: dict[str, dict]) -> str | None:
+    """The printed line of `transform_dropped` (eval's and compare's), None when nothing was dropped."""
+    if not dropped:
+        return None
+    return "  not read: " + "; ".join(f"{s['count']} {reason}" for reason, s in dropped.items())
 
 
 def score(rows: list[Row], refusal: str | None = None) -> dict[str, dict]:
@@ -164,6 +187,9 @@ def format_scores(scores: dict[str, dict]) -> str:
 def format_comparison(result: Comparison, saved: Path | None = None, show_answers: bool = False) -> str:
     """The scores first; then the answers when asked for (or when nothing could be scored), else where they are."""
     parts = [format_scores(result.scores)] if result.scores else []
+    line = dropped_line(result.transform_dropped)
+    if line:
+        parts = ["\n".join([*parts, line])] if parts else [line.strip()]
     if show_answers or not result.scores:
         parts.append(format_answers(result))
     elif saved is not None:
@@ -187,12 +213,9 @@ def compare_after_training(run_dir: Path, cfg: RunConfig) -> Comparison:
     the result (a staged run's last stage's), as `tunelab compare` reads them."""
     run = open_run(run_dir, device=cfg.model.device)
     print(f"comparing base and tuned model on {cfg.eval.questions}", flush=True)
-    result = compare(
-        run,
-        read_questions(cfg.eval.questions, run_data_config(run_dir, run.info)),
-        answer_settings(None, run_dir),
-        run.info.refusal,
-    )
+    dropped = DataReport()
+    questions = read_questions(cfg.eval.questions, run_data_config(run_dir, run.info), dropped=dropped)
+    result = compare(run, questions, answer_settings(None, run_dir), run.info.refusal, dropped)
     path = save_comparison(result, run_dir, overwrite=True)
     print(format_comparison(result, path), flush=True)
     return result

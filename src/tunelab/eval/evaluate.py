@@ -34,6 +34,7 @@ from tunelab.data.loader import make_batches
 from tunelab.data.match import contains, exact_match
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
+from tunelab.eval.compare import dropped_counts, dropped_line
 from tunelab.eval.metrics import (
     LabelScores,
     TextScores,
@@ -349,7 +350,7 @@ def evaluate_run(
         loss_rows=len(rendered),
         loss_tokens=sum(loss_tokens(b) for b in batches),
         loss_skipped={reason: {"count": s.count, "locations": s.locations} for reason, s in report.skips.items()},
-        transform_dropped={reason: {"count": s.count, "locations": s.locations} for reason, s in dropped.skips.items()},
+        transform_dropped=dropped_counts(dropped),
         loss_on=_loss_on(items, data.train_on_prompt),
         **training_figure(info),
         base_weights="nf4" if run.quantized_base else str(run.dtype).removeprefix("torch."),
@@ -413,9 +414,7 @@ def format_eval(result: EvalResult, show_answers: bool = False) -> str:
             "  not in the loss: " + "; ".join(f"{s['count']} {reason}" for reason, s in result.loss_skipped.items())
         )
     if result.transform_dropped:
-        lines.append(
-            "  not read: " + "; ".join(f"{s['count']} {reason}" for reason, s in result.transform_dropped.items())
-        )
+        lines.append(dropped_line(result.transform_dropped))
     lines += _notes(result)
     if show_answers and result.rows:
         lines += ["", _format_answers(result.rows)]
