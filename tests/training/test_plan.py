@@ -368,15 +368,42 @@ def test_grpo_counts_the_samplers_kv_cache_by_hand():
     cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, prompts_per_step=4, num_generations=8))
     cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, max_new_tokens=256))
     setup = config_setup(cfg, 456, prompt=200)
-    assert (setup.sampled, setup.sample_len) == (32, 456)
+    assert (setup.sampled, setup.sample_len, setup.sample_prompt) == (32, 456, 200)
     assert config_setup(cfg, 456, world=3, prompt=200).sampled == 11  # each rank samples its ceil(32 / 3)
     assert config_setup(RunConfig(), 456, prompt=200).sampled == 0  # sft samples nothing
     est = estimate(LLAMA2_7B, dataclasses.replace(setup, method="lora", quantized=True, micro_batch=1))
     cache = 2 * 32 * 32 * 32 * 456 * 128 * 2
     assert cache == 7_650_410_496
+    prefill = est.transient["grpo sampler: prefill of 32 prompts x 200 tokens"]  # its own test below
     assert est.peak_phase == "sampling" and est.transient == {
-        "grpo sampler: KV cache of 32 answers x 456 tokens": cache
+        "grpo sampler: KV cache of 32 answers x 456 tokens": cache,
+        "grpo sampler: prefill of 32 prompts x 200 tokens": prefill,
     }
-    assert est.saved == {} and est.peak == est.static_bytes + cache
+    assert est.saved == {} and est.peak == est.static_bytes + cache + prefill
     unsampled = estimate(LLAMA2_7B, dataclasses.replace(setup, method="lora", quantized=True, sampled=0))
     assert unsampled.peak < est.peak and unsampled.peak_phase != "sampling"
+
+
+def test_grpo_counts_the_samplers_prefill_beside_its_kv_cache_by_hand():
+    """The sampling phase counted the KV cache alone, though the prefill runs every layer over all the step's
+    prompts at once beside it (its head on the last position only: no (B, T, V) logits). Llama-2-7B, bf16, 32
+    prompts of 200 tokens (P = 6,400): the cache's mask 32 x 200^2 = 1,280,000; rope 2 x 6,400 x 128 x 2 =
+    3,276,800; the MLP, the largest, 2 x 6,400 x (3 x 4096 + 3 x 11008) = 579,993,600 (the attention
+    2 x 6,400 x 3 x 8192 + 32 x 200^2 x 3 = 318,412,800; o_proj 2 x 6,400 x (3 x 4096 + 3 x 4096 + 2 x 4096) =
+    419,430,400)."""
+    from tunelab.training.memory import sampler_prefill_bytes
+
+    setup = Setup(method="lora", sampled=32, sample_len=456, sample_prompt=200)
+    assert sampler_prefill_bytes(LLAMA2_7B, setup) == 1_280_000 + 3_276_800 + 579_993_600 == 584_550_400
+
+
+def test_a_long_prompt_with_grouped_query_heads_makes_the_prefills_attention_mask_its_largest_part():
+    """Eight query heads a key head, 2 prompts of 1,000 tokens (P = 2,000), d 64, m 128, head_dim 8, bf16: the
+    attention's masks, 2 x 8 x 1000^2 x (1 bool + 2 bf16) = 48,000,000, outgrow the MLP's 2 x 2,000 x (192 + 384) =
+    2,304,000. Total: the cache's mask 2,000,000 + rope 2 x 2,000 x 8 x 2 = 64,000 + the attention
+    2 x 2,000 x (128 + 128 + 16) + 48,000,000 = 49,088,000."""
+    from tunelab.training.memory import sampler_prefill_bytes
+
+    c = LlamaConfig("llama", 256, 64, 128, num_layers=2, num_heads=8, num_kv_heads=1, head_dim=8)
+    setup = Setup(sampled=2, sample_len=1010, sample_prompt=1000)
+    assert sampler_prefill_bytes(c, setup) == 2_000_000 + 64_000 + 49_088_000

@@ -45,7 +45,14 @@ Transients (the largest wins, on top of what is saved at that moment):
 - grpo's sampling before the step (`tasks.grpo`, `models.kv_cache.KVCache`), when no activation is alive: the KV
   cache of the B = prompts_per_step x num_generations answers it samples at once (a rank's ceil(B / ranks) share
   with several), each S = the longest prompt + grpo.max_new_tokens long, 2 L B kv_heads S head_dim e (keys and
-  values of every layer); the prefill's own working set is left out;
+  values of every layer); beside it the prefill's working set, one layer over the P = B x T prompt tokens (T the
+  longest prompt; no gradients, so a layer's tensors are freed when it returns; the head runs on each row's last
+  position only, (B, V), never on (P, V)). The whole prefill long: the cache's mask (B, 1, T, T) bool, B T^2, and
+  rope's cos and sin, 2 P head_dim e. Then the largest of: the attention, x, the norm's output, q as
+  (B, kv_heads, G T, head_dim) (a copy), k, v and its output, P (2d + 2q + 2kv) e, with the mask's G = heads /
+  kv_heads repeats (B, 1, G T, T) bool and the additive mask in e bytes that `scaled_dot_product_attention` makes of
+  a bool one, B G T^2 (1 + e); o_proj, those without the masks, the output's copy as (B, T, q) and o_proj's output,
+  P (3d + 3q + 2kv) e; the MLP, x, h, gate, up, their SwiGLU product and the down projection's output, P (3d + 3m) e;
 - backward of a checkpointed layer, when every kept layer above has freed its activations: the attention half
   recomputed (its saved set above), the MLP in chunks of min(N, 4096) tokens (its saved set for a chunk, and d act
   for it), and three (N, d) gradients.
@@ -96,6 +103,7 @@ class Setup:
     dtype: str = "bf16"  # the model's weights and activations: bf16, fp16 or fp32 (e = `dtype_bytes`)
     sampled: int = 0  # grpo: answers the sampler generates at once (a rank's share); 0 for the other tasks
     sample_len: int = 0  # grpo: the sampler's KV cache length, the longest prompt + grpo.max_new_tokens
+    sample_prompt: int = 0  # grpo: the longest prompt, the prefill's length (T of its (B, T) batch)
 
     @property
     def tokens(self) -> int:
@@ -339,6 +347,18 @@ def sampler_cache_bytes(c: LlamaConfig, s: Setup) -> int:
     return 2 * c.num_layers * s.sampled * c.num_kv_heads * s.sample_len * c.head_dim * s.dtype_bytes
 
 
+def sampler_prefill_bytes(c: LlamaConfig, s: Setup) -> int:
+    """grpo's prefill beside the KV cache: one layer's working set over the (B, T) prompts (module docstring)."""
+    b, t, e = s.sampled, s.sample_prompt, s.dtype_bytes
+    p, d, m = b * t, c.hidden_size, c.intermediate_size
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    group = c.num_heads // c.num_kv_heads
+    attention = e * p * (2 * d + 2 * q + 2 * kv) + b * group * t * t * (1 + e)
+    o_proj = e * p * (3 * d + 3 * q + 2 * kv)
+    mlp = e * p * (3 * d + 3 * m)
+    return b * t * t + 2 * p * c.head_dim * e + max(attention, o_proj, mlp)
+
+
 def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimate:
     """The peak of one training step of the fast path (see the module docstring for every term)."""
     n, d, e = s.tokens, c.hidden_size, s.dtype_bytes
@@ -372,7 +392,13 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         "optimizer step": ({}, {f"optimizer step: fp32 copies of one chunk of trained {chunk}": step})
         if step
         else None,
-        "sampling": ({}, {f"grpo sampler: KV cache of {s.sampled} answers x {s.sample_len} tokens": cache})
+        "sampling": (
+            {},
+            {
+                f"grpo sampler: KV cache of {s.sampled} answers x {s.sample_len} tokens": cache,
+                f"grpo sampler: prefill of {s.sampled} prompts x {s.sample_prompt} tokens": sampler_prefill_bytes(c, s),
+            },
+        )
         if cache
         else None,
         "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd}) if kept else None,

@@ -289,6 +289,7 @@ def config_setup(
         dtype={torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, "bf16"),
         sampled=sampled,
         sample_len=prompt + g.max_new_tokens if sampled else 0,
+        sample_prompt=prompt if sampled else 0,
     )
 
 
