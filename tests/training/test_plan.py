@@ -407,3 +407,42 @@ def test_a_long_prompt_with_grouped_query_heads_makes_the_prefills_attention_mas
     c = LlamaConfig("llama", 256, 64, 128, num_layers=2, num_heads=8, num_kv_heads=1, head_dim=8)
     setup = Setup(sampled=2, sample_len=1010, sample_prompt=1000)
     assert sampler_prefill_bytes(c, setup) == 2_000_000 + 64_000 + 49_088_000
+
+
+def test_grpo_sampling_time_by_hand():
+    """The speed model predicted grpo's training step alone, though the sampler first decodes every answer one token
+    at a time. Llama-2-7B, bf16 LoRA, 16 answers of 128 new tokens after 128-token prompts, on an H200. A decode step
+    reads the weights, 32 x 202,375,168 x 2 + 32,000 x 4,096 x 2 (head) = 13,214,154,752 bytes, and the KV cache,
+    2 x 32 x 16 x 32 x 256 x 128 x 2 = 2,147,483,648, at 4e12 bytes/s (its 16 x (32 x (2 x 202,375,168 + 4 x 256 x
+    4,096) + 2 x 2 x 131,072,000) FLOPs take less at 540e12), plus 32 layers x 0.28 ms. The prefill: 16 x 128 tokens
+    x 32 layers x (2 x 202,375,168 + 2 x 128 x 4,096) FLOPs and 16 head rows x 2 x 131,072,000, and one weight pass."""
+    from tunelab.training.speed import sample_time
+
+    setup = Setup(method="lora", sampled=16, sample_len=256, sample_prompt=128)
+    weights = 32 * 202_375_168 * 2 + 32_000 * 4_096 * 2
+    assert weights == 13_214_154_752
+    decode = (weights + 2_147_483_648) / 4e12 + 32 * 0.00028
+    prefill = (16 * 128 * 32 * (2 * 202_375_168 + 2 * 128 * 4_096) + 16 * 2 * 131_072_000) / 540e12 + weights / 4e12
+    assert sample_time(LLAMA2_7B, setup, "NVIDIA H200") == pytest.approx(prefill + 128 * decode, rel=1e-12)
+    assert sample_time(LLAMA2_7B, setup, "NVIDIA H200") == pytest.approx(1.691, abs=1e-3)  # 1.49 s measured
+    # An H100 SXM reads at 3.35/4.8 of the H200's rate (datasheets); the sft setup samples nothing.
+    h100 = prefill - weights / 4e12 + weights / (4e12 * 3.35 / 4.8) + 128 * (decode - 32 * 0.00028) * 4.8 / 3.35
+    assert sample_time(LLAMA2_7B, setup, "NVIDIA H100 80GB HBM3") == pytest.approx(h100 + 128 * 32 * 0.00028)
+    assert sample_time(LLAMA2_7B, Setup(method="lora"), "NVIDIA H200") == 0.0
+
+
+def test_grpo_plan_counts_the_sampling_in_the_step_and_says_so():
+    """`tunelab plan` showed a grpo run's tokens/s as if the step were its training alone; the sampling is now part
+    of the predicted step, the tokens/s are of the whole step, and a line under the table says how much of it."""
+    from tunelab.training.speed import sample_time
+
+    trained = Setup(method="lora", quantized=True, seq=384)
+    sampled = dataclasses.replace(trained, sampled=64, sample_len=384, sample_prompt=128)
+    fixed = Fixed(micro_batch=4, checkpointing=False, offload=False)
+    alone, grpo = (plan(LLAMA2_7B, s, 140 * GIB, 16, fixed, gpu_name="NVIDIA H200") for s in (trained, sampled))
+    sampling = sample_time(LLAMA2_7B, dataclasses.replace(sampled, micro_batch=4), "NVIDIA H200")
+    assert grpo.chosen.sample_s == pytest.approx(sampling) and sampling > 4
+    assert grpo.chosen.step_s == pytest.approx(alone.chosen.step_s + sampling)
+    assert grpo.chosen.tokens_per_s == pytest.approx(4 * 384 * 4 / grpo.chosen.step_s)
+    assert f"grpo's sampling takes {sampling:.2f} s of its {grpo.chosen.step_s:.2f} s" in grpo.table()
+    assert "sampling" not in alone.table()

@@ -22,7 +22,7 @@ from tunelab.training.build import BuiltModel, checkpoint_mode, training_dtype
 from tunelab.training.distributed import pick_sharding
 from tunelab.training.graphs import unsupported_reason
 from tunelab.training.memory import GIB, PROJECTIONS, Estimate, Setup, calibrate, estimate, gib
-from tunelab.training.speed import step_time
+from tunelab.training.speed import sample_time, step_time
 
 DEFAULT_BUDGET_FRACTION = 0.92  # of the GPU's total memory: the CUDA context and libraries' workspaces live outside
 
@@ -54,8 +54,9 @@ class Candidate:
 class Scored:
     candidate: Candidate
     estimate: Estimate
-    step_s: float  # predicted seconds per optimizer step
-    tokens_per_s: float
+    step_s: float  # predicted seconds per optimizer step (grpo: its sampling included)
+    tokens_per_s: float  # trained tokens per second of the whole step
+    sample_s: float = 0.0  # grpo: the predicted seconds of the sampling before the step (`speed.sample_time`)
 
     @property
     def peak(self) -> int:
@@ -91,6 +92,13 @@ class MemoryPlan:
             fits = "yes" if s.peak <= self.budget else "no"
             rows.append(
                 f"{mark:<2}{s.candidate.describe(self.layers):<66}{s.peak / GIB:>7.2f} GiB{s.tokens_per_s:>10,.0f}  {fits}"
+            )
+        shown = self.chosen or self.smallest
+        if shown.sample_s:
+            rows.append(
+                f"  tokens/s of the whole step: grpo's sampling takes {shown.sample_s:.2f} s of its "
+                f"{shown.step_s:.2f} s (answers decoded one token at a time, each token reading the weights and the "
+                "KV cache)"
             )
         return "\n".join(rows)
 
@@ -160,7 +168,9 @@ def plan(
         )
         est = estimate(c, s, calibration)
         t = step_time(c, s, -(-cand.grad_accum // ranks), gpu_name)  # a step's micro-batches are shared by the ranks
-        scored.append(Scored(cand, est, t, s.tokens * cand.grad_accum / t))
+        sampling = sample_time(c, s, gpu_name)  # grpo: each rank samples its share of the answers first
+        t += sampling
+        scored.append(Scored(cand, est, t, s.tokens * cand.grad_accum / t, sampling))
     smallest = min(scored, key=lambda x: (x.peak, x.step_s))
     fitting = [x for x in scored if x.peak <= budget]
     chosen = min(fitting, key=_preference) if fitting else None

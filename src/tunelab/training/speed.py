@@ -22,12 +22,23 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   (torch leaves TF32 off for matmuls, and tunelab does not turn it on), at `fp32_fraction` of THROUGHPUT.
 - Offload: each checkpointed layer moves 2 N d e bytes each way over PCIe (input and midpoint) at PCIE_BYTES_S,
   beside the next layer's compute; only the part longer than that compute costs time.
+
+grpo samples its answers before each step (`sample_time`, `models.decode`): one prefill, a forward over the B x T
+prompt tokens (FLOPs as above, the head on each row's last position only, and one pass over the weights), then one
+decode step per new token, up to grpo.max_new_tokens (every row steps until the last one ends, so a step that has one
+answer run to the limit takes them all). A decode step reads every weight once (an NF4 weight: its codes read, its
+16-bit copy written and read by the GEMM) and the whole KV cache (the fixed-shape step attends over all S positions)
+at the GPU's memory bandwidth (`decode_bandwidth`), or does its 2 B (weights) + 4 B S q (attention) FLOPs per layer,
+whichever takes longer, and DECODE_S_PER_LAYER more per layer: its ~35 small kernels replayed from a CUDA graph wait
+on each other. Fitted to three H200 sampler calls (BENCHMARKS.md, 2026-12-02, 7B shape, prompts of 128 tokens):
+QLoRA, 16 rows x 128 new tokens, 2.50 s measured, 2.22 predicted; bf16 LoRA, the same rows, 1.49 and 1.69; grpo's
+QLoRA step of 64 rows x 256 new tokens, 4.8 and 5.2.
 """
 
 from __future__ import annotations
 
 from tunelab.models.llama_config import LlamaConfig
-from tunelab.training.memory import Setup, projection_shapes
+from tunelab.training.memory import Setup, nf4_bytes, projection_shapes, sampler_cache_bytes
 
 THROUGHPUT = 540e12  # FLOP/s of the matmuls (recompute counted): fits four measured H200 steps within 4%
 HOST_S_PER_LAYER = 0.006  # CPU seconds per decoder layer per micro-batch (see the module docstring)
@@ -51,6 +62,20 @@ FP32_FRACTION = {
     "T4": 8.1 / 65,  # fp16 tensor cores
 }
 FP32_FRACTION_DEFAULT = FP32_FRACTION["H100"]
+# Memory bandwidth (bytes/s) from NVIDIA's datasheets, matched in the device name as FP32_FRACTION is (the SXM parts;
+# the 80 GB A100's; an H100 PCIe has 2.0e12). Decoding reaches HBM_BYTES_S / HBM_PEAK["H200"] of it (`decode_bandwidth`);
+# another GPU, or none here, takes HBM_BYTES_S, the H200's.
+HBM_PEAK = {
+    "H200": 4.8e12,
+    "H100": 3.35e12,
+    "A100": 2.039e12,
+    "A10": 0.6e12,
+    "L40": 0.864e12,
+    "L4": 0.3e12,
+    "V100": 0.9e12,
+    "T4": 0.32e12,
+}
+DECODE_S_PER_LAYER = 0.00028  # seconds per decoder layer per decode step beyond its bytes (module docstring)
 
 
 def layer_forward_flops(c: LlamaConfig, seq: int) -> tuple[float, float, float, float]:
@@ -69,6 +94,37 @@ def fp32_fraction(gpu_name: str | None) -> float:
         if gpu_name and key in gpu_name.upper():
             return FP32_FRACTION[key]
     return FP32_FRACTION_DEFAULT
+
+
+def decode_bandwidth(gpu_name: str | None) -> float:
+    """Bytes/s a decode step reads at on the GPU named `gpu_name`: its datasheet bandwidth (`HBM_PEAK`) at the share
+    of it the H200 reached (HBM_BYTES_S); HBM_BYTES_S for a GPU not in the table."""
+    for key in sorted(HBM_PEAK, key=len, reverse=True):
+        if gpu_name and key in gpu_name.upper():
+            return HBM_PEAK[key] * HBM_BYTES_S / HBM_PEAK["H200"]
+    return HBM_BYTES_S
+
+
+def sample_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
+    """Predicted seconds grpo's sampler takes before each step (see the module docstring): s.sampled answers of up to
+    s.sample_len - s.sample_prompt new tokens after s.sample_prompt-token prompts; 0 when nothing is sampled."""
+    if not s.sampled:
+        return 0.0
+    rate = THROUGHPUT * (fp32_fraction(gpu_name) if s.dtype == "fp32" else 1.0)
+    bandwidth = decode_bandwidth(gpu_name)
+    e, b, prompt = s.dtype_bytes, s.sampled, s.sample_prompt
+    new = s.sample_len - prompt
+    sizes = [i * o for i, o in projection_shapes(c).values()]
+    head = c.vocab_size * c.hidden_size
+    per_layer = sum(nf4_bytes(n) + 2 * e * n if s.quantized else e * n for n in sizes)  # bytes of one pass
+    weights = c.num_layers * per_layer + e * head
+    matmul, attention, _, _ = layer_forward_flops(c, prompt)
+    prefill = (b * prompt * c.num_layers * (matmul + attention) + b * 2.0 * head) / rate + weights / bandwidth
+    q = c.num_heads * c.head_dim
+    flops = b * (c.num_layers * (matmul + 4.0 * s.sample_len * q) + 2.0 * head)  # one token a row, all S keys read
+    reads = weights + sampler_cache_bytes(c, s)
+    decode = max(reads / bandwidth, flops / rate) + DECODE_S_PER_LAYER * c.num_layers
+    return prefill + new * decode
 
 
 def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = None) -> float:
