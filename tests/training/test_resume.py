@@ -451,3 +451,34 @@ def test_an_interrupted_run_records_its_last_logged_loss(tiny_overrides, tmp_pat
     assert info["final_loss"] == logged_losses(run)[-1] and len(logged_losses(run)) == 3
     page = build_report(run).read_text()
     assert "last logged train loss" in page and f"{info['final_loss']:.4f}" in page
+
+
+def test_a_resuming_run_keeps_the_progress_of_its_checkpoint_in_run_json(
+    tiny_overrides, tmp_path, crash_at, logged_losses, monkeypatch
+):
+    """While a run resumed, its run.json said 0 steps and 0 tokens until the resume stopped or finished; a process
+    killed outright (SIGKILL, the OOM killer: no handler runs) left it so, the stop's summary gone. run.json holds the
+    checkpoint's steps, tokens, time and last logged loss from the moment the resume starts (the steps the stop
+    trained after the checkpoint are trained again)."""
+    from tunelab.training.checkpoint import STATE_FILE, latest_checkpoint
+
+    common = tiny_overrides | {"train.max_steps": 6, "train.save_every": 2, "train.log_every": 1}
+    run = tmp_path / "run"
+    with crash_at(4):  # stopped after step 3, its last checkpoint at step 2
+        recipe.train(None, common)
+    before, losses = json.loads((run / "run.json").read_text()), logged_losses(run)
+    assert before["steps"] == 3 and before["final_loss"] == losses[2]
+    checkpoint = json.loads((latest_checkpoint(run) / STATE_FILE).read_text())["position"]
+    assert checkpoint["step"] == 2
+    seen = {}
+
+    def killed(run_state):  # run.json as a SIGKILL before the resume's first step would leave it
+        seen.update(json.loads((run / "run.json").read_text()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "loop", killed)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train(None, common, resume=True)
+    assert seen["finished"] is False and seen["steps"] == 2 and seen["total_steps"] == 6
+    assert 0 < seen["tokens"] == checkpoint["tokens"] < before["tokens"]
+    assert seen["elapsed_s"] == round(checkpoint["elapsed_s"], 1) and seen["final_loss"] == losses[1]

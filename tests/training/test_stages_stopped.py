@@ -112,3 +112,27 @@ def test_a_resuming_staged_run_keeps_the_progress_of_its_stages_in_run_json(stag
     for key in ("steps", "tokens", "total_steps", "final_loss"):
         assert seen[key] == before[key], key
     assert seen["finished"] is False and seen["extra"]["stopped"] == before["extra"]["stopped"]
+
+
+def test_the_stopped_stage_keeps_its_progress_in_its_run_json_while_it_resumes(staged, tmp_path, crash_at, monkeypatch):
+    """The stage a staged run stopped in rewrote its own stage-k/run.json with 0 steps and tokens when the resume
+    started it again; killed outright then, that stage's progress was gone. It keeps its checkpoint's."""
+    import tunelab.training.recipe as recipe
+
+    with crash_at(6):  # stage 2's third step: its steps 1 and 2 trained and checkpointed
+        train(None, staged)
+    stage = tmp_path / "run" / "stage-2"
+    before = json.loads((stage / "run.json").read_text())
+    assert before["steps"] == 2 and before["tokens"] > 0
+    seen = {}
+
+    def killed(run_state):  # stage-2/run.json as a SIGKILL before the stage's next step would leave it
+        seen.update(json.loads((stage / "run.json").read_text()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "loop", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(None, staged, resume=True)
+    for key in ("steps", "tokens", "total_steps", "final_loss"):
+        assert seen[key] == before[key], key
+    assert seen["finished"] is False

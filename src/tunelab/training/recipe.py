@@ -341,7 +341,7 @@ def _train_planned(
         check_more_steps(run_dir, total_steps, position["step"])
         if ranks.main:  # the run is now this config's (allowed changes included): a later --resume compares with it
             write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
-            write_info(run_dir, info)
+            _record_progress(run_dir, info, position)  # the checkpoint's: kept while resuming, even if killed outright
     elif ranks.main:
         start_run_dir(plan)
         write_info(run_dir, info)  # first: a folder with run.json is a run, which a later --overwrite may replace
@@ -406,16 +406,9 @@ def _train_planned(
             evaluate_at(run, 0)
         last_loss = loop(run)
     except BaseException as exc:
-        info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
-        _note_overflows(info, position)
-        info.tokens, info.elapsed_s = position["tokens"], round(position["elapsed_s"], 1)  # the report shows them
         with contextlib.suppress(WriteFailed):  # a full disk must not hide the error that stopped the run
             if ranks.main:
-                with contextlib.suppress(
-                    TunelabError, OSError
-                ):  # the last loss logged, as a finished run records its last
-                    info.final_loss = logged_at(read_metrics(run_dir), position["step"])[0]
-                write_info(run_dir, info)
+                _record_progress(run_dir, info, position)
         log.close(exc)  # the trackers' runs end failed (killed for Ctrl-C), not finished
         raise
     finally:
@@ -533,6 +526,16 @@ def _save_cut_short(run_dir: Path, step: int, total: int, exc: KeyboardInterrupt
     )
 
 
+def _record_progress(run_dir: Path, info: RunInfo, position: dict) -> None:
+    """run.json of an unfinished run at `position`: its steps, tokens, time and last logged train loss (final_loss)."""
+    info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
+    _note_overflows(info, position)
+    info.tokens, info.elapsed_s = position["tokens"], round(position["elapsed_s"], 1)
+    with contextlib.suppress(TunelabError, OSError):
+        info.final_loss = logged_at(read_metrics(run_dir), position["step"])[0]
+    write_info(run_dir, info)
+
+
 def overflow_steps(info: RunInfo) -> int:
     """An fp16 run's overflow steps as its run.json records them (`_note_overflows`); 0 for other runs."""
     scale = info.extra.get("fp16_loss_scale")
@@ -543,7 +546,7 @@ def _note_overflows(info: RunInfo, position: dict) -> None:
     """run.json of an fp16 run: its overflow steps and the loss scale it ended at (extra.fp16_loss_scale)."""
     if "loss_scale" in position:
         info.extra["fp16_loss_scale"] = {
-            "overflow_steps": position["overflow_steps"],
+            "overflow_steps": position.get("overflow_steps", 0),  # optional in a checkpoint (verify_checkpoint)
             "final_scale": position["loss_scale"]["scale"],
         }
 
