@@ -348,6 +348,11 @@ def test_a_staged_run_through_the_cli(staged, tmp_path, capsys):
     run = tmp_path / "run"
     matrix = open_info(run).extra["forgetting"]["matrix"]
     assert "===== stage 2 of 2: qa" in out and f"{matrix[1][0]:.4f}" in out.split("each stage's eval data")[-1]
+    info = open_info(run)  # the last line names the run directory, where the result is, not stage-2's
+    assert out.strip().splitlines()[-1] == (
+        f"saved to {run}: the last stage's result ({info.steps} steps in 2 stages, {info.tokens:,} tokens, "
+        f"{info.elapsed_s:.0f} s)"
+    )
     adapter = (run / "adapter_model.safetensors").read_bytes()
     assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
     assert "Forgetting" in (tmp_path / "report.html").read_text()

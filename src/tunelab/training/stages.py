@@ -426,6 +426,11 @@ def train_stages(
     _stage_verdict(info, len(plans), names[-1], sum(i.steps for i in each[:-1]))
     write_info(run_dir, info)
     print(format_forgetting(names, matrix, measures), flush=True)
+    print(
+        f"saved to {run_dir}: the last stage's result ({info.steps} steps in {len(plans)} stages, {info.tokens:,} tokens, "
+        f"{info.elapsed_s:.0f} s)",
+        flush=True,
+    )
     if resume:
         drop_stale_results(run_dir)
     message = finish_replacement(plan_dir)
