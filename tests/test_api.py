@@ -55,6 +55,13 @@ def test_the_comparison_after_training_belongs_to_the_api_not_the_recipe(tiny_ov
     assert "correct: base" in capsys.readouterr().out
 
 
+def test_a_run_of_one_step_says_one_step(tiny_overrides, capsys):
+    """A run cut to one step ended 'saved to ... (1 steps, ...)'."""
+    tunelab.train(None, tiny_overrides | {"train.max_steps": 1})
+    saved = [line for line in capsys.readouterr().out.splitlines() if line.startswith("saved to ")]
+    assert len(saved) == 1 and " (1 step, " in saved[0]
+
+
 def test_one_question_or_text_given_alone_is_one_not_a_list_of_characters(tiny_run_dir):
     """tunelab.compare(run, question="Where is your office?") asked 21 one-character questions, and predict(texts=
     "see you at 6") predicted each character: a text given where a list is expected is a list of one."""

@@ -480,7 +480,8 @@ def _train_planned(
         if position.get("overflow_steps"):
             skipped += f", {position['overflow_steps']} skipped as fp16 overflow"
         print(
-            f"saved to {run_dir} ({position['step']} steps{skipped}, {position['tokens']:,} tokens, "
+            f"saved to {run_dir} ({position['step']} step{'' if position['step'] == 1 else 's'}{skipped}, "
+            f"{position['tokens']:,} tokens, "
             f"{position['elapsed_s']:.0f} s)",
             flush=True,
         )
