@@ -70,6 +70,14 @@ def test_one_pass_over_a_large_set_may_end_above_one_nat():
     assert _judge(curve, epochs=3.0).kind == "underfit"
 
 
+def test_a_few_steps_of_a_long_pass_still_falling_are_told_the_length_of_one_pass():
+    """A smoke run of train.max_steps 2 over a 46-step pass, its loss falling 2.756 -> 1.585, was told 'still falling
+    over the last quarter' (its two steps) and to set max_steps 4: 91% of the rows would still be unseen."""
+    v = _judge([2.756, 1.585], spe=46, epochs=2 / 46, max_steps=2)
+    assert v.kind == "underfit" and "still falling" not in v.text
+    assert "train.max_steps: 46 for one full pass" in v.text and "96% of them were never trained on" in v.text
+
+
 def test_a_run_max_steps_stopped_before_one_pass_with_a_high_loss_is_not_fine():
     """A run that train.max_steps stopped at 30 of a pass's 100 steps, its loss still 1.2, was called 'fine': 70% of
     its rows were never trained on. It says so, with the numbers and the max_steps of one full pass."""

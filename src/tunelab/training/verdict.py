@@ -16,7 +16,7 @@ Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), 
   before). More epochs or a higher rate is the fix. A single pass over a large, varied set may end above 0.5 and be
   fine: the text is not yet seen twice, and its loss reflects how predictable it is, not how well it was learned.
   A run that train.max_steps stopped before one pass, its loss still that high, is underfit too: part of its rows were
-  never trained on, and the loss cannot say yet how the rest was learned.
+  never trained on, and the loss cannot say yet how the rest was learned (said before its falling loss's advice).
 - fine: neither.
 A run that logs rewards (task grpo) is judged on them instead (`judge_rewards`): its loss is a clipped surrogate
 plus a KL term, near zero whatever was learned, so a loss curve says nothing there. Overfit: the held-out reward fell
@@ -153,6 +153,17 @@ def judge(
                 f"Next time set {shorter}, or add more varied examples.",
                 numbers,
             )
+    # Before the curve's own signs: a run max_steps cut short of one pass is told the length of one (doubling a few
+    # steps of a long pass would still leave most rows unseen), also while its loss is still falling.
+    if max_steps and epochs < 1 and end >= high_at:
+        return Verdict(
+            "underfit",
+            f"underfit: train.max_steps ({max_steps}) stopped the run after {epochs:.2f} of one pass over the training "
+            f"rows ({steps_per_epoch} steps a pass), so about {100 * (1 - epochs):.0f}% of them were never trained on, "
+            f"and the train loss is still high: {start:.3f} -> {end:.3f} nats {unit}. Set train.max_steps: "
+            f"{steps_per_epoch} for one full pass, or remove it so that train.epochs sets the length.",
+            numbers,
+        )
     high = epochs >= 2 and end >= high_at
     falling = before - end >= FALLING_RELATIVE * before and before - end >= FALLING_ABSOLUTE
     eval_falling = False
@@ -183,15 +194,6 @@ def judge(
         return Verdict(
             "underfit",
             f"underfit: {why}. Train longer or faster: set {longer} or train.lr: {2 * lr:.2g} (it was {lr:.2g}).",
-            numbers,
-        )
-    if max_steps and epochs < 1 and end >= high_at:
-        return Verdict(
-            "underfit",
-            f"underfit: train.max_steps ({max_steps}) stopped the run after {epochs:.2f} of one pass over the training "
-            f"rows ({steps_per_epoch} steps a pass), so about {100 * (1 - epochs):.0f}% of them were never trained on, "
-            f"and the train loss is still high: {start:.3f} -> {end:.3f} nats {unit}. Set train.max_steps: "
-            f"{steps_per_epoch} for one full pass, or remove it so that train.epochs sets the length.",
             numbers,
         )
     if len(evals) >= MIN_EVALS:
