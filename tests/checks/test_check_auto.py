@@ -10,7 +10,9 @@ def test_check_shows_the_auto_values_from_the_data(tiny_overrides):
     result = tunelab.check(None, tiny_overrides | AUTO_TRAIN, model=True)
     assert result.passed, [i.line() for i in result.items if i.status == "fail"]
     item = next(i for i in result.items if i.name == "auto values")
-    assert item.status == "info" and "train.lr: from the model's width when training starts" in item.summary
+    # the rate train would choose from the model's width, not 'when training starts': check reads the model's config
+    assert item.status == "info" and "when training starts" not in item.summary
+    assert any(d.startswith("train.lr = ") and "hidden size" in d for d in item.details)
     # 24 rows: micro-batch 1 (the power of two <= 24 / 32), 24 steps an epoch, 5 epochs for 100 steps
     assert any(d.startswith("train.micro_batch = 1: small set") for d in item.details)
     assert any(d.startswith("train.epochs = 5.0") for d in item.details)

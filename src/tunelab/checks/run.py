@@ -7,6 +7,7 @@ or data that cannot be read or rendered, is bad input (TunelabError, exit 2), as
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import sys
@@ -50,10 +51,11 @@ from tunelab.data.report import DataReport
 from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError
 from tunelab.eval.questions import check_questions
 from tunelab.models.llama import unsupported_reason
+from tunelab.models.load import load_hf_config
 from tunelab.places import refuse_file_in_the_way
 from tunelab.rundir import RunInfo, is_run_dir, read_info
 from tunelab.tasks import get_task
-from tunelab.training.auto import AutoPlan, plan_from_data
+from tunelab.training.auto import AutoPlan, model_shape, plan_from_data
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.plan import plans_memory
@@ -123,9 +125,10 @@ def _finished_stage(here: Path) -> bool:
     return is_run_dir(here) and read_info(here, require_finished=False).finished
 
 
-def auto_item(cfg, data, resume: bool) -> tuple[AutoPlan, CheckItem | None]:
-    """The `auto` values train would choose from this data (a resumed run keeps its own); the learning rate is
-    chosen from the model's width when training starts. No item when no option is left auto."""
+def auto_item(cfg, data, resume: bool, source=None) -> tuple[AutoPlan, CheckItem | None]:
+    """The `auto` values train would choose from this data (a resumed run keeps its own), and the learning rate from
+    the width in the model's config (`source`; where it cannot be read here, train chooses it when it starts). No item
+    when no option is left auto."""
     kept = {}
     if resume and is_run_dir(cfg.output_dir):
         try:
@@ -134,11 +137,16 @@ def auto_item(cfg, data, resume: bool) -> tuple[AutoPlan, CheckItem | None]:
             pass
     rows = len(epoch_rows(data, cfg.train.seed, 0))  # a mixture's draw, packed where asked, as training counts it
     plan = plan_from_data(cfg.train, rows, bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
+    if plan.train.lr == "auto" and source is not None:
+        with contextlib.suppress(TunelabError):  # a config not readable here: train reads it with the model
+            shape = model_shape(load_hf_config(source, cfg.model.trust_remote_code))
+            plan = plan.with_lr(cfg.method, shape, cfg.task)
     later = "; train.lr: from the model's width when training starts" if plan.train.lr == "auto" else ""
     if not plan.chosen and not later:
         return plan, None
     details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
-    return plan, CheckItem("auto values", "info", f"{len(plan.chosen)} chosen from the data{later}", details)
+    summary = f"{len(plan.chosen)} chosen from the data and the model{later}"
+    return plan, CheckItem("auto values", "info", summary, details)
 
 
 def _free(*objects) -> None:
@@ -231,7 +239,7 @@ def run_check(
                 which = what_changed(files, file_digests(rows or []))
                 detail = f"the tokenized {what} rows differ from the run's" + (f": {which}" if which else "")
                 items.append(CheckItem("resume data", "fail", detail))
-    plan, item = auto_item(cfg, data, resume)
+    plan, item = auto_item(cfg, data, resume, inputs.source)
     items += [item] if item else []
     planned = plans_memory(cfg.train, plan)  # train weighs the GPU's free memory only when it plans memory
     cfg = dataclasses.replace(cfg, train=plan.train)  # the micro-batch the data checks and the first step use
