@@ -40,6 +40,16 @@ def test_run_json_records_the_dtype_the_federation_trained_in(
     assert info["dtype"] == "bfloat16" and info["extra"]["federated"]["rounds_done"] == 2
 
 
+def test_a_federation_of_one_round_says_one_round(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
+):
+    """A federation of federated.rounds 1 (a smoke run) ended 'saved to ... (1 rounds, ...)'."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    run_federation(None, load_config(config, {"federated.rounds": 1}), 2, ["site0", "site1"], resume=False)
+    saved = [line for line in capsys.readouterr().out.splitlines() if line.startswith("saved to ")]
+    assert len(saved) == 1 and " (1 round, " in saved[0]
+
+
 def test_a_resume_refuses_other_eval_rows_under_the_same_name(
     tmp_path, tiny_model_dir, federate_config, rounds_without_clients
 ):

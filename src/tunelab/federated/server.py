@@ -325,7 +325,8 @@ def _run_rounds(
     if keep_best and state.get("best"):
         print(_kept(state["best"], int(state["rounds_done"]), last_loss[0]), flush=True)
     done = int(state["rounds_done"])
-    rounds = f"{f.rounds} rounds" if done >= f.rounds else f"stopped after round {done} of {f.rounds}; --resume goes on"
+    whole = f"{f.rounds} round{'' if f.rounds == 1 else 's'}"
+    rounds = whole if done >= f.rounds else f"stopped after round {done} of {f.rounds}; --resume goes on"
     print(f"saved to {run_dir} ({rounds}, {time.perf_counter() - started:.0f} s)", flush=True)
     if done >= f.rounds:
         _finish(plan)
