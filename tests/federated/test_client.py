@@ -5,6 +5,7 @@ import pytest
 
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
 
+import dataclasses
 import json
 
 import torch
@@ -92,6 +93,15 @@ def test_a_clients_reply_holds_its_adapter_and_numbers_never_its_data(tiny_model
         assert text.encode() not in wire
     trained = from_record(content["arrays"])
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
+
+
+def test_a_client_round_of_one_step_says_one_step(tiny_model_dir, secret_client, flower_message, capsys):
+    """A client of federated.local_steps 1 said 'ward-7: round 1: 1 steps on 9 examples'."""
+    config = _config(tiny_model_dir)
+    config = dataclasses.replace(config, federated=dataclasses.replace(config.federated, local_steps=1))
+    _, msg = _train_message(flower_message, config)
+    assert not _call(make_client_app([secret_client]), msg).has_error()
+    assert "ward-7: round 1: 1 step on 9 examples, " in capsys.readouterr().out
 
 
 def test_dp_clipping_bounds_the_update_the_client_sends(tiny_model_dir, secret_client, flower_message):

@@ -59,7 +59,8 @@ def train_reply(msg: Message, client: ClientData) -> Message:
         int(config[WARMUP]) if WARMUP in config else None,  # a server before it was sent: rounds x ratio
     )
     print(
-        f"{client.name}: round {round_}: {result.steps} steps on {result.examples} examples, "
+        f"{client.name}: round {round_}: {result.steps} step{'' if result.steps == 1 else 's'} on {result.examples} "
+        f"examples, "
         f"train loss {result.loss:.4f}, {result.seconds:.0f} s",
         flush=True,
     )
