@@ -22,6 +22,7 @@ _API = (
     "cache_entries",
     "cache_path",
     "clear_cache",
+    "prune_cache",
     "federate",
     "predict",
     "load_reward_model",

@@ -443,7 +443,8 @@ def merge(
 
 
 def cache_entries():
-    """The converted GGUF models in tunelab's cache (name, path, size_bytes, modified, complete), largest first."""
+    """The converted GGUF models in tunelab's cache (name, path, size_bytes, modified, complete, stale), largest
+    first."""
     from tunelab.conversion_cache import cache_entries as _entries
 
     return _entries()
@@ -463,6 +464,14 @@ def clear_cache(names: str | list[str] | None = None):
     from tunelab.conversion_cache import clear_cache as _clear
 
     return _clear(None if names is None else _texts(names, "names", blank=False))
+
+
+@_checked
+def prune_cache():
+    """Remove the stale converted models alone (their GGUF file is gone or changed since); returns them."""
+    from tunelab.conversion_cache import prune_cache as _prune
+
+    return _prune()
 
 
 @_checked

@@ -317,10 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser(
         "cache",
         help="see or clear the GGUF conversion cache (GGUF models converted once to safetensors)",
-        description="List the converted GGUF models with their sizes (default), print where the cache lives, or "
-        "clear it (all entries, or those named); a cleared model is converted again at its next use.",
+        description="List the converted GGUF models with their sizes (default), print where the cache lives, "
+        "clear it (all entries, or those named), or prune it (only the stale entries, whose GGUF file is gone or "
+        "changed since); a cleared model is converted again at its next use.",
     )
-    cache.add_argument("action", nargs="?", default="list", choices=("list", "path", "clear"), help="(default: list)")
+    actions = ("list", "path", "clear", "prune")
+    cache.add_argument("action", nargs="?", default="list", choices=actions, help="(default: list)")
     cache.add_argument("names", nargs="*", help="for clear: the entries to remove (default: all)")
     return parser
 
@@ -387,12 +389,15 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             raise TunelabError("tunelab cache: entry names go with 'clear' only (tunelab cache clear NAME...).")
         if args.action == "path":
             print(api.cache_path())
-        elif args.action == "clear":
-            removed = api.clear_cache(args.names or None)
+        elif args.action in ("clear", "prune"):
+            removed = api.clear_cache(args.names or None) if args.action == "clear" else api.prune_cache()
             freed = sum(e.size_bytes for e in removed) / 1e6
             print(
                 f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({freed:.1f} MB): "
-                + (", ".join(e.name for e in removed) or "nothing to remove")
+                + (
+                    ", ".join(e.name for e in removed)
+                    or ("nothing to remove" if args.action == "clear" else "nothing stale")
+                )
             )
         else:
             from tunelab.conversion_cache import format_entries

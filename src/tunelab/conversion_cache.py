@@ -8,6 +8,11 @@ folder, or an old conversion that a process killed while replacing it left as `.
 are listed and removed, so pointing $TUNELAB_CACHE at a folder holding other things never deletes them. A conversion
 whose files were since deleted or cut short is listed as incomplete; the next use converts it again.
 
+A conversion is named by its GGUF file's path, size and modification time (load.gguf_key), so a file downloaded
+again, touched or changed gets a new copy and the old one is never used again: such a copy, and one whose file is
+gone, is listed as stale (by the file recorded in its COMPLETE mark; copies made before it was recorded cannot be
+told) and `tunelab cache prune` removes those alone.
+
 Adapters of runs on a GGUF base name the converted folder as their base for other tools
 (`peft.AutoPeftModelForCausalLM`); after clearing, the next tunelab command that loads the model recreates it.
 """
@@ -22,7 +27,7 @@ from pathlib import Path
 
 from tunelab.atomic import ASIDE_PREFIX
 from tunelab.errors import ConfigError, WriteFailed
-from tunelab.models.load import COMPLETE, cache_root, conversion_problem
+from tunelab.models.load import COMPLETE, cache_root, conversion_problem, conversion_source, gguf_key
 
 
 @dataclass
@@ -34,6 +39,7 @@ class CacheEntry:
     complete: bool  # False for a conversion that was interrupted (a .tmp- folder), set aside while being replaced (an
     # .old- folder, never used again) or damaged since (see problem)
     problem: str | None = None  # what is wrong with a finished conversion that is no longer whole
+    stale: str | None = None  # why no load uses this copy again: its GGUF file is gone, or changed since
 
 
 def gguf_cache_dir() -> Path:
@@ -54,10 +60,28 @@ def _is_ours(folder: Path) -> bool:
     return _CONVERTED_NAME.fullmatch(folder.name) is not None and (folder / "config.json").is_file()
 
 
+def _stale(folder: Path) -> str | None:
+    """Why the GGUF file the folder was converted from no longer leads to it, or None (also when unrecorded)."""
+    source = conversion_source(folder)
+    if source is None:
+        return None
+    if not source.is_file():
+        return f"its GGUF file {source} is gone"
+    try:
+        key = gguf_key(source)
+    except OSError:
+        return None
+    if not folder.name.endswith(f"-{key}"):
+        return f"its GGUF file {source} changed or was downloaded again since; a newer copy is used"
+    return None
+
+
 def _entry(folder: Path) -> CacheEntry:
     leftover = folder.name.startswith(".tmp-") or _SET_ASIDE.fullmatch(folder.name) is not None
     problem = None if leftover else conversion_problem(folder)
-    return CacheEntry(folder.name, folder, _size(folder), folder.stat().st_mtime, not leftover and not problem, problem)
+    stale = None if leftover else _stale(folder)
+    complete = not leftover and not problem
+    return CacheEntry(folder.name, folder, _size(folder), folder.stat().st_mtime, complete, problem, stale)
 
 
 def cache_entries() -> list[CacheEntry]:
@@ -93,6 +117,12 @@ def clear_cache(names: list[str] | None = None) -> list[CacheEntry]:
     return entries
 
 
+def prune_cache() -> list[CacheEntry]:
+    """Remove the stale entries alone (CacheEntry.stale: their GGUF file is gone or changed since); returns them."""
+    stale = [e.name for e in cache_entries() if e.stale]
+    return clear_cache(stale) if stale else []
+
+
 def _human(size: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1000 or unit == "GB":
@@ -112,9 +142,15 @@ def format_entries(entries: list[CacheEntry]) -> str:
             state = "  (an old conversion left aside by an interrupted replacement; never used again)"
         elif e.problem:
             state = f"  (incomplete: {e.problem}; converted again at next use)"
+        if e.stale:
+            state = f"  (stale: {e.stale}; tunelab cache prune removes it)"
         lines.append(f"  {_human(e.size_bytes):>9}  {when}  {e.name}{state}")
     total = sum(e.size_bytes for e in entries)
     lines.append(
         f"  {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_human(total)} in all" if entries else "  empty"
     )
+    stale = [e for e in entries if e.stale]
+    if stale:
+        freed = _human(sum(e.size_bytes for e in stale))
+        lines.append(f"  {len(stale)} stale ({freed}): `tunelab cache prune` removes them")
     return "\n".join(lines)

@@ -281,3 +281,33 @@ def test_a_gguf_file_missing_weights_is_refused_not_filled_with_random_ones(
     with pytest.raises(ModelError, match=r"1 weights the model needs are not in the GGUF file \(model\.layers\.1\.mlp"):
         load_hf_model(resolve_source(str(path)), torch.float32, torch.device("cpu"))
     assert not list((tmp_path / "cache").glob("gguf/*"))
+
+
+def test_copies_of_a_gguf_file_changed_or_gone_are_stale_and_pruned(tiny_gguf, tmp_path, monkeypatch, capsys):
+    """Each download or touch of the same GGUF file left another full converted copy (17 of one 135M model, 541 MB
+    each), listed like the one in use; only clearing all or naming each removed them."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "m.gguf"
+    gone = tmp_path / "gone.gguf"
+    shutil.copy(tiny_gguf, model)
+    shutil.copy(tiny_gguf, gone)
+    first = Path(materialize(resolve_source(str(model))))
+    orphan = Path(materialize(resolve_source(str(gone))))
+    gone.unlink()
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # downloaded again
+    current = Path(materialize(resolve_source(str(model))))
+    assert len({first, orphan, current}) == 3
+    stale = {e.name: e.stale for e in cache_entries()}
+    assert stale[current.name] is None
+    assert "changed or was downloaded again" in stale[first.name] and "is gone" in stale[orphan.name]
+
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"{first.name}  (stale:" in out and f"{current.name}  (stale" not in out
+    assert "2 stale (" in out and "tunelab cache prune" in out
+    assert main(["cache", "prune"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 2 entries (" in out and first.name in out and orphan.name in out
+    assert [e.name for e in cache_entries()] == [current.name]
+    assert main(["cache", "prune"]) == 0 and "removed 0 entries (0.0 MB): nothing stale" in capsys.readouterr().out
+    assert main(["cache", "prune", current.name]) == 2  # names go with clear alone

@@ -271,13 +271,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab").expanduser().resolve()
 
 
+def gguf_key(file: Path) -> str:
+    """The 16 hex digits that name a GGUF file's converted copy: its path, size and modification time (a file changed
+    or downloaded again gets a new copy; reading gigabytes to hash them at every load would cost more than the copy).
+    CONVERSION names the layout written: a new one converts again rather than read an older copy."""
+    stat = file.stat()
+    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def _gguf_cache_dir(source: ModelSource) -> Path:
     file = Path(source.path) / source.gguf_file
-    stat = file.stat()
-    # CONVERSION names the layout written below: a new one converts again rather than read an older copy.
-    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION}"
-    key = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_root() / "gguf" / f"{file.stem}-{key}"
+    return cache_root() / "gguf" / f"{file.stem}-{gguf_key(file)}"
 
 
 def _hf_state(model) -> dict[str, torch.Tensor]:
@@ -292,10 +297,24 @@ def _hf_state(model) -> dict[str, torch.Tensor]:
 COMPLETE = "tunelab-conversion.json"  # written last into a converted folder: the name and size of every other file
 
 
-def finish_conversion(folder: Path) -> None:
-    """Mark a converted folder as whole by writing COMPLETE after every other file, listing each with its size."""
+def finish_conversion(folder: Path, source_file: Path | None = None) -> None:
+    """Mark a converted folder as whole by writing COMPLETE after every other file, listing each with its size, and
+    the GGUF file it was converted from (`tunelab cache` tells by it a copy whose file is gone or changed since)."""
     files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file() and f.name != COMPLETE}
-    write_json(folder / COMPLETE, {"conversion": CONVERSION, "files": files})
+    mark = {"conversion": CONVERSION, "files": files}
+    if source_file is not None:
+        mark["source"] = str(source_file.resolve())
+    write_json(folder / COMPLETE, mark)
+
+
+def conversion_source(folder: Path) -> Path | None:
+    """The GGUF file a converted folder was made from, as COMPLETE records it (None for a folder converted before it
+    was recorded, or whose COMPLETE cannot be read)."""
+    try:
+        source = json.loads((folder / COMPLETE).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(source) if isinstance(source, str) and source else None
 
 
 def _whole_safetensors(file: Path) -> bool:
@@ -388,7 +407,7 @@ def materialize(source: ModelSource) -> str:
             if model.generation_config is not None:
                 model.generation_config.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
-            finish_conversion(scratch)
+            finish_conversion(scratch, Path(source.path) / source.gguf_file)
     except (OSError, WriteFailed):
         if conversion_problem(target) is not None:
             raise
