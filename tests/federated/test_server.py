@@ -2,6 +2,7 @@
 per-round callback with the global adapter unchanged, as Flower makes them (round 0 first)."""
 
 import json
+import shutil
 
 import pytest
 
@@ -10,7 +11,7 @@ pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed"
 import tunelab
 import tunelab.federated.run as federated_run
 from tunelab.config import load_config
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, RunDirError
 from tunelab.federated import rounds
 from tunelab.federated.server import run_federation
 
@@ -48,6 +49,22 @@ def test_a_federation_of_one_round_says_one_round(
     run_federation(None, load_config(config, {"federated.rounds": 1}), 2, ["site0", "site1"], resume=False)
     saved = [line for line in capsys.readouterr().out.splitlines() if line.startswith("saved to ")]
     assert len(saved) == 1 and " (1 round, " in saved[0]
+
+
+def test_a_finished_federation_says_what_its_checkpoints_are_kept_for(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
+):
+    """A finished federation left checkpoints/round-N (19 MB on a tiny run) unmentioned, where a finished
+    `tunelab train` deletes its step checkpoints and says so."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config, {"federated.rounds": 3}), 2, ["site0", "site1"], resume=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["round-0000002", "round-0000003"]
+    said = capsys.readouterr().out
+    assert f"kept {run / 'checkpoints'} (" in said and "the global adapter of rounds 2 and 3)" in said
+    assert "--resume with more federated.rounds continues from it; delete it if no more rounds will follow" in said
+    shutil.rmtree(run / "checkpoints")  # deleted, as it says it may be: a resume for more rounds names what is gone
+    with pytest.raises(RunDirError, match="round 3 is done, but .*round-0000003.* is missing"):
+        run_federation(None, load_config(config, {"federated.rounds": 4}), 2, ["site0", "site1"], resume=True)
 
 
 def test_a_resume_refuses_other_eval_rows_under_the_same_name(

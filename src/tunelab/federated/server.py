@@ -329,10 +329,25 @@ def _run_rounds(
     rounds = whole if done >= f.rounds else f"stopped after round {done} of {f.rounds}; --resume goes on"
     print(f"saved to {run_dir} ({rounds}, {time.perf_counter() - started:.0f} s)", flush=True)
     if done >= f.rounds:
+        print(kept_checkpoints(run_dir), flush=True)
         _finish(plan)
     elif plan is not None and (note := failure_note(plan)):  # stopped early: the run it replaces is still wanted
         print(note, flush=True)
     return run_dir
+
+
+def kept_checkpoints(run_dir: str | Path) -> str:
+    """A finished federation keeps its last rounds' global adapters (a finished `tunelab train` deletes its step
+    checkpoints): `--resume` with more federated.rounds continues from the last one, which keep_best's result need
+    not be. Said with their size, and that they may go when no rounds will follow."""
+    folder = Path(run_dir) / "checkpoints"
+    kept = sorted(folder.glob("round-*"))
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    rounds = " and ".join(str(int(p.name.rpartition("-")[2])) for p in kept)
+    return (
+        f"kept {folder} ({size / 1e6:.1f} MB, the global adapter of round{'s' if len(kept) > 1 else ''} {rounds}): "
+        "--resume with more federated.rounds continues from it; delete it if no more rounds will follow"
+    )
 
 
 def _finish(plan: OutputPlan | None) -> None:
