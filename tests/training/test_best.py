@@ -291,6 +291,10 @@ def test_a_grpo_run_is_told_its_held_out_reward_not_a_negative_eval_loss(tmp_pat
     best.observe(10, -0.6, model)
     message = best.restore(model, last_step=10, last_loss=-0.6, reward=True)
     assert "whose held-out reward 0.8000 was the highest (the last step, 10, had 0.6000)" in message
+    assert (
+        "the saved result is the untrained adapter, as before training: training did not improve the held-out reward"
+        in message
+    )
     assert "-0." not in message and "eval loss" not in message
     metrics = {"eval_loss": -0.6, "eval_reward": 0.6, "eval_reward_exact": 0.6, "eval_reward_errors": 0.0}
     line = recipe.eval_line(get_task("grpo"), metrics)

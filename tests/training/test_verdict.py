@@ -243,3 +243,16 @@ def test_the_high_loss_fits_the_scale_of_the_tasks_loss():
     assert judge_metrics(head, 20, 3.0, 1e-5, task="classify", labels=10).kind == "fine"
     assert judge_metrics(head, 20, 3.0, 1e-5, task="classify", labels=2).kind == "underfit"
     assert judge_metrics(head, 20, 3.0, 1e-5, task="sft").kind == "underfit"
+
+
+def test_a_grpo_result_kept_from_step_0_is_called_the_untrained_adapter():
+    """keep_best kept the step-0 weights (the held-out reward never beat the model's own before training) and the
+    verdict said only 'saved the weights of step 0', or nothing when it was not overfit."""
+    learnt = [0.2 + 0.5 * (1 - math.exp(-6 * i / 24)) for i in range(24)]
+    fell = judge_metrics(_grpo_records(learnt, [(0, 0.404), (24, 0.016)]), 100, 0.24, 2e-3, 24, best_kept=0)
+    assert fell.kind == "overfit" and "keep_best kept the untrained adapter (step 0" in fell.text
+    assert "training did not improve the held-out reward" in fell.text and "weights of step 0" not in fell.text
+    slight = judge_metrics(_grpo_records(learnt, [(0, 0.41), (12, 0.40), (24, 0.40)]), 100, 0.24, 2e-3, 24, best_kept=0)
+    assert slight.kind != "overfit" and slight.text.endswith("training did not improve the held-out reward.")
+    trained = judge_metrics(_grpo_records(learnt, [(0, 0.404), (24, 0.6)]), 100, 0.24, 2e-3, 24, best_kept=24)
+    assert "untrained" not in trained.text

@@ -85,9 +85,14 @@ class BestWeights:
         else:
             load_trainable(model, self.path)
             last = f"{sign * last_loss:.4f}" if last_loss is not None else "?"
+            result = (
+                f"the saved result is the untrained adapter, as before training: training did not improve the {figure}"
+                if self.step == 0
+                else "they are the saved result"
+            )
             message = (
                 f"keep_best: loaded the weights of step {self.step}, whose {figure} {sign * self.loss:.4f} was the "
-                f"{most} (the last step, {last_step}, had {last}); they are the saved result."
+                f"{most} (the last step, {last_step}, had {last}); {result}."
             )
         if not keep_file:
             self.path.unlink(missing_ok=True)

@@ -240,6 +240,12 @@ def judge_metrics(
     )
 
 
+UNTRAINED_KEPT = (
+    " train.keep_best kept the untrained adapter (step 0, evaluated before training) as the result: training did not "
+    "improve the held-out reward."
+)
+
+
 def judge_rewards(
     train: list[tuple[int, float]],
     evals: list[tuple[int, float]],
@@ -250,7 +256,25 @@ def judge_rewards(
     keep_best_off: str = "",
 ) -> Verdict:
     """The verdict of a run that maximises a reward: train: (step, mean reward of its sampled answers); evals: (step,
-    mean reward of the greedy answers to the held-out prompts)."""
+    mean reward of the greedy answers to the held-out prompts). A result that keep_best took from step 0, before
+    training, is said to be the untrained adapter whatever the verdict."""
+    verdict = _judge_rewards(
+        train, evals, epochs=epochs, max_steps=max_steps, best_kept=best_kept, keep_best_off=keep_best_off
+    )
+    if best_kept == 0 and UNTRAINED_KEPT not in verdict.text:
+        verdict.text += UNTRAINED_KEPT
+    return verdict
+
+
+def _judge_rewards(
+    train: list[tuple[int, float]],
+    evals: list[tuple[int, float]],
+    *,
+    epochs: float,
+    max_steps: int | None,
+    best_kept: int | None,
+    keep_best_off: str,
+) -> Verdict:
     start, before, end = _landmarks([r for _, r in train])
     numbers: dict = {"reward_start": round(start, 4), "reward_end": round(end, 4), "reward_at_75pct": round(before, 4)}
     curve = f"train reward {start:.3f} -> {end:.3f}"
@@ -269,7 +293,11 @@ def judge_rewards(
         }
         if best_step < last_step and best - last >= REWARD_FALL:
             kept = (
-                f" train.keep_best saved the weights of step {best_kept} as the result."
+                (
+                    UNTRAINED_KEPT
+                    if best_kept == 0
+                    else f" train.keep_best saved the weights of step {best_kept} as the result."
+                )
                 if best_kept == best_step
                 else f" {keep_best_off}"
                 if keep_best_off
