@@ -56,11 +56,31 @@ def test_a_converged_curve_is_fine_and_says_overfitting_was_not_checked():
 
 def test_a_short_run_compares_its_first_steps_with_its_last():
     """Windows of 3 steps on a 2- to 5-step run shared steps: a 2-step run from 2.0 to 1.0 read '1.500 -> 1.500'."""
-    verdict = _judge([2.0, 1.0], epochs=1)
-    assert verdict.kind == "underfit" and "still falling when training stopped: 2.000 -> 1.000" in verdict.text
     verdict = _judge([2.0, 1.8, 0.4, 0.2], epochs=1)
     assert (verdict.numbers["train_start"], verdict.numbers["train_end"]) == (1.9, 0.3)
-    assert "fine: train loss 0.060 -> 0.050" in _judge([0.06, 0.05], epochs=1).text
+    assert _judge([2.0, 1.0], epochs=1).numbers["train_end"] == 1.0
+
+
+def test_a_run_too_short_for_the_windows_is_not_judged_diverged_nor_underfit():
+    """3 steps at micro-batch 1 (a CSV sft run, a classify run) compared two single examples' losses and were called
+    diverged, with the advice to cut the rate tenfold. Under 6 logged steps (two windows of 3) the run is said to be
+    too short, with the count and the length that would do; from 6 steps the verdicts are as before."""
+    noisy = [1.2, 0.4, 2.9]  # one example a step: the third is a hard one
+    v = _judge(noisy, spe=100, epochs=0.03, max_steps=3)
+    assert v.kind == "too_short" and "diverged" not in v.text and "train.lr" not in v.text
+    assert v.text.startswith("too short to judge: 3 train loss values logged (1.200 at step 1, 2.900 at step 3)")
+    assert "needs 6 or more" in v.text and "train.max_steps: 100 for one full pass" in v.text
+    assert "about 97% of them were never trained on" in v.text
+    assert "train.max_steps: 6 or more" in _judge(noisy, spe=2, epochs=1.5, max_steps=3).text
+    assert "6 steps or more" in _judge(noisy, spe=1, epochs=3).text  # epochs set the length: no max_steps to name
+    assert "The run made 10 steps: set train.log_every: 1" in _judge([(5, 1.2), (10, 2.9)], spe=10, epochs=1).text
+    assert _judge([2.0, 1.0], epochs=1).kind == "too_short"  # falling: not "underfit" either
+    assert _judge([2.0] * 5, epochs=3).kind == "too_short"  # high after 3 passes of tiny data: 5 values still
+    # an overfit is read from evaluations of the whole eval split, not from single steps: still said
+    assert _judge(noisy, [(1, 1.0), (2, 0.6), (3, 1.2)]).kind == "overfit"
+    # 6 steps: judged
+    assert _judge([1.2, 0.4, 1.0, 2.9, 3.0, 3.1]).kind == "diverged"
+    assert judge_metrics(_grpo_records([0.4, 0.41, 0.39]), 20, 3.0, 1e-5).kind == "too_short"  # rewards alike
 
 
 def test_one_pass_over_a_large_set_may_end_above_one_nat():
@@ -74,8 +94,10 @@ def test_a_few_steps_of_a_long_pass_still_falling_are_told_the_length_of_one_pas
     """A smoke run of train.max_steps 2 over a 46-step pass, its loss falling 2.756 -> 1.585, was told 'still falling
     over the last quarter' (its two steps) and to set max_steps 4: 91% of the rows would still be unseen."""
     v = _judge([2.756, 1.585], spe=46, epochs=2 / 46, max_steps=2)
-    assert v.kind == "underfit" and "still falling" not in v.text
+    assert v.kind == "too_short" and "still falling" not in v.text
     assert "train.max_steps: 46 for one full pass" in v.text and "96% of them were never trained on" in v.text
+    longer = _judge(_decay(2.756, 1.585, 8), spe=46, epochs=8 / 46, max_steps=8)
+    assert longer.kind == "underfit" and "train.max_steps: 46 for one full pass" in longer.text
 
 
 def test_a_run_max_steps_stopped_before_one_pass_with_a_high_loss_is_not_fine():

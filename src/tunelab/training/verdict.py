@@ -1,5 +1,5 @@
-"""After training, a verdict in plain words on the loss curves: diverged, underfit, overfit or fine, with the numbers
-and the option to change.
+"""After training, a verdict in plain words on the loss curves: diverged, underfit, overfit, fine or too short to
+judge, with the numbers and the option to change.
 
 Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), in this order:
 - diverged: the train loss ended higher than it started (the last tenth of the steps average at least 10% and 0.1
@@ -25,7 +25,11 @@ before training too, as step 0, so a run that ends below where it started is cau
 rise at all (by less than REWARD_MOVE from the first tenth of the steps to the last), or it was still rising when
 training stopped (by REWARD_MOVE or more over the last quarter, or the last held-out reward the highest and
 REWARD_MOVE above the one before). Rewards are on the reward functions' scale (most give 0..1).
-Averages over a tenth of the steps (at least 3, at most half) smooth the step-to-step noise of small micro-batches. The
+Averages over a tenth of the steps (at least 3, at most half) smooth the step-to-step noise of small micro-batches.
+- too_short: fewer than MIN_JUDGED (2 windows of 3) train losses were logged: the start and the end would be a step or
+  two each, and a 3-step run at micro-batch 1 compared two single examples' losses and was called diverged. Such a run
+  is told so, with the count and the length that would be enough, and no diverged or underfit advice; the verdicts
+  read from evaluations of the whole eval split (overfit, a held-out reward) are still given. grpo's rewards alike. The
 thresholds are judgement, checked on the runs recorded in README: every run that answered >= 80% of its held-out
 questions ended below 0.1 nats a token; a top-layers run that ended at 0.56 answered 11%, and the run that learned
 nothing at lr 2e-4 ended at 1.3.
@@ -46,6 +50,8 @@ DIVERGED_ABSOLUTE = 0.1
 RISE_RELATIVE = 0.10  # the eval loss rise that counts as overfitting
 RISE_ABSOLUTE = 0.05
 MIN_EVALS = 3
+WINDOW = 3  # the fewest steps a landmark averages
+MIN_JUDGED = 2 * WINDOW  # the fewest logged steps whose start and end windows do not share steps
 # What a task's loss is averaged over, for the numbers the verdict quotes (sft: tokens; a head: rows; dpo and reward:
 # pairs); grpo is judged on its rewards.
 LOSS_UNITS = {"classify": "an example", "reward": "a pair", "dpo": "a pair"}
@@ -74,7 +80,7 @@ REWARD_FALL = 0.05  # the fall of the held-out reward from its highest that coun
 
 @dataclass
 class Verdict:
-    kind: str  # diverged | underfit | overfit | fine
+    kind: str  # diverged | underfit | overfit | fine | too_short
     text: str
     numbers: dict[str, float | int] = field(default_factory=dict)
 
@@ -89,9 +95,55 @@ def _mean(values: list[float]) -> float:
 def _landmarks(values: list[float]) -> tuple[float, float, float]:
     """Means over a tenth of the steps (at least 3, at most half of them, so that the start and the end of a short run
     do not share steps): at the start, ending at three quarters of the run, at the end."""
-    window = max(1, min(max(3, len(values) // 10), len(values) // 2))
+    window = max(1, min(max(WINDOW, len(values) // 10), len(values) // 2))
     three_quarters = max(window, (3 * len(values)) // 4)
     return _mean(values[:window]), _mean(values[three_quarters - window : three_quarters]), _mean(values[-window:])
+
+
+def _too_short(
+    series: list[tuple[int, float]],
+    what: str,
+    *,
+    steps_per_epoch: int,
+    epochs: float,
+    max_steps: int | None,
+    numbers: dict,
+) -> Verdict:
+    """The verdict of a run that logged fewer than MIN_JUDGED values of `what` (train loss, reward): the count, why
+    it is not enough, and the length that would be."""
+    count = len(series)
+    (first_step, first), (last_step, last) = series[0], series[-1]
+    said = f"{count} {what} value{'' if count == 1 else 's'} logged" + (
+        f" (step {first_step}: {first:.3f})"
+        if count == 1
+        else f" ({first:.3f} at step {first_step}, {last:.3f} at step {last_step})"
+    )
+    unseen = ""
+    if max_steps and epochs < 1 and steps_per_epoch:
+        unseen = (
+            f" train.max_steps ({max_steps}) stopped it after {epochs:.2f} of one pass over the training rows "
+            f"({steps_per_epoch} steps a pass), so about {100 * (1 - epochs):.0f}% of them were never trained on."
+        )
+    if last_step >= MIN_JUDGED:  # the steps were there, the log skipped most of them
+        enough = f"The run made {last_step} steps: set train.log_every: 1 to log each of them."
+    elif max_steps:
+        enough = (
+            f"Set train.max_steps: {max(MIN_JUDGED, steps_per_epoch)} for one full pass."
+            if unseen
+            else f"Set train.max_steps: {MIN_JUDGED} or more for a verdict."
+        )
+    else:
+        enough = (
+            f"A run of {MIN_JUDGED} steps or more gets one (more rows, more train.epochs, or fewer rows a step: "
+            "train.micro_batch x train.grad_accum)."
+        )
+    return Verdict(
+        "too_short",
+        f"too short to judge: {said}. The verdict compares the mean of the first {WINDOW} logged steps with the mean "
+        f"of the last {WINDOW}, so it needs {MIN_JUDGED} or more; between single steps the change is mostly the "
+        f"noise of their micro-batches, not a trend.{unseen} {enough}",
+        numbers,
+    )
 
 
 def judge(
@@ -119,7 +171,8 @@ def judge(
     curve = f"train loss {start:.3f} -> {end:.3f}"
     if lr == 0:  # allowed (a stage that only carries weights on), but nothing trained: no advice to double it
         return Verdict("underfit", f"train.lr was 0, so the weights did not change ({curve}); give a rate above 0.")
-    if end >= start * (1 + DIVERGED_RELATIVE) and end - start >= DIVERGED_ABSOLUTE:
+    short = len(train) < MIN_JUDGED
+    if not short and end >= start * (1 + DIVERGED_RELATIVE) and end - start >= DIVERGED_ABSOLUTE:
         return Verdict(
             "diverged",
             f"diverged: the train loss rose instead of falling: {train[0][1]:.3f} at step {train[0][0]}, {end:.3f} "
@@ -153,6 +206,10 @@ def judge(
                 f"Next time set {shorter}, or add more varied examples.",
                 numbers,
             )
+    if short:
+        return _too_short(
+            train, "train loss", steps_per_epoch=steps_per_epoch, epochs=epochs, max_steps=max_steps, numbers=numbers
+        )
     # Before the curve's own signs: a run max_steps cut short of one pass is told the length of one (doubling a few
     # steps of a long pass would still leave most rows unseen), also while its loss is still falling.
     if max_steps and epochs < 1 and end >= high_at:
@@ -222,7 +279,13 @@ def judge_metrics(
     if rewards:
         held_out = [(r["step"], r["eval_reward"]) for r in records if isinstance(r.get("eval_reward"), int | float)]
         return judge_rewards(
-            rewards, held_out, epochs=epochs, max_steps=max_steps, best_kept=best_kept, keep_best_off=keep_best_off
+            rewards,
+            held_out,
+            epochs=epochs,
+            max_steps=max_steps,
+            best_kept=best_kept,
+            keep_best_off=keep_best_off,
+            steps_per_epoch=steps_per_epoch,
         )
     train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
     evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), int | float)]
@@ -254,12 +317,20 @@ def judge_rewards(
     max_steps: int | None = None,
     best_kept: int | None = None,
     keep_best_off: str = "",
+    steps_per_epoch: int = 0,
 ) -> Verdict:
     """The verdict of a run that maximises a reward: train: (step, mean reward of its sampled answers); evals: (step,
-    mean reward of the greedy answers to the held-out prompts). A result that keep_best took from step 0, before
-    training, is said to be the untrained adapter whatever the verdict."""
+    mean reward of the greedy answers to the held-out prompts). steps_per_epoch: the steps of one pass over the prompts,
+    named to a run too short to judge. A result that keep_best took from step 0, before training, is said to be the
+    untrained adapter whatever the verdict."""
     verdict = _judge_rewards(
-        train, evals, epochs=epochs, max_steps=max_steps, best_kept=best_kept, keep_best_off=keep_best_off
+        train,
+        evals,
+        epochs=epochs,
+        max_steps=max_steps,
+        best_kept=best_kept,
+        keep_best_off=keep_best_off,
+        steps_per_epoch=steps_per_epoch,
     )
     if best_kept == 0 and UNTRAINED_KEPT not in verdict.text:
         verdict.text += UNTRAINED_KEPT
@@ -274,6 +345,7 @@ def _judge_rewards(
     max_steps: int | None,
     best_kept: int | None,
     keep_best_off: str,
+    steps_per_epoch: int,
 ) -> Verdict:
     start, before, end = _landmarks([r for _, r in train])
     numbers: dict = {"reward_start": round(start, 4), "reward_end": round(end, 4), "reward_at_75pct": round(before, 4)}
@@ -325,6 +397,10 @@ def _judge_rewards(
                 "keep the policy nearer the base (a larger grpo.beta).",
                 numbers,
             )
+    if len(train) < MIN_JUDGED:
+        return _too_short(
+            train, "train reward", steps_per_epoch=steps_per_epoch, epochs=epochs, max_steps=max_steps, numbers=numbers
+        )
     flat = abs(end - start) < REWARD_MOVE
     rising = end - before >= REWARD_MOVE
     eval_rising = False
