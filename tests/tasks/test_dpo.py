@@ -174,6 +174,57 @@ def test_cached_reference_equals_a_live_reference_forward(tiny_model_dir, pair_f
         assert not torch.allclose(policy, live, atol=1e-2)
 
 
+def test_a_run_that_max_steps_ends_early_computes_the_reference_of_the_pairs_it_reaches(
+    tiny_model_dir, pair_file, capsys
+):
+    """A run of train.max_steps 2 over 205 pairs computed the reference log-probs of all 205 before its first step
+    (about 2 minutes on the CPU). Only the micro-batches that hold a pair of its steps (and the eval pairs) are
+    computed now, each the same as a full run computes it."""
+    from tunelab.data.loader import epoch_rows
+
+    over = {"train.micro_batch": 2, "train.grad_accum": 1, "model.device": "cpu"}
+    full_cfg, tok, data = _data(tiny_model_dir, pair_file, **over)
+    built = build_model(resolve_source(str(tiny_model_dir)), full_cfg.model, full_cfg.method)
+    get_task("dpo", full_cfg).prepare(built, data, full_cfg)
+    full = [row.reference for row in data.train]
+    assert all(ref is not None for ref in full) and "reference log-probs of 12 pairs" in capsys.readouterr().out
+    for row in data.train:
+        row.reference = None
+
+    cfg, _, _ = _data(tiny_model_dir, pair_file, **over, **{"train.max_steps": 2})
+    task = get_task("dpo", cfg)
+    task.prepare(built, data, cfg)
+    assert "reference log-probs of 4 of 12 pairs: the train pairs that train.max_steps (2) reaches" in (
+        capsys.readouterr().out
+    )
+    computed = [row.reference for row in data.train if row.reference is not None]
+    assert 4 <= len(computed) <= 8  # the 4 pairs of its steps, and those that share their micro-batches
+    assert computed == [ref for row, ref in zip(data.train, full) if row.reference is not None]  # bit for bit
+    rows = epoch_rows(data, cfg.train.seed, 0)
+    steps = task.make_batches(rows, 2, tok.pad_token_id, shuffle=cfg.data.shuffle, seed=cfg.train.seed, epoch=0)[:2]
+    assert all("reference" in batch for batch in steps)  # what the loop trains on
+
+
+def test_a_resumed_run_that_reaches_part_of_its_pairs_equals_the_uninterrupted_one(
+    tiny_model_dir, tmp_path, straight_and_resumed, capsys
+):
+    """The resumed run computes the reference of the same pairs, from the starting weights, as the straight run."""
+    rows = [
+        {"prompt": f"Box {i}?", "chosen": f"Box {i} has code {1000 + 37 * i}.", "rejected": "No."} for i in range(40)
+    ]
+    data = _write(tmp_path / "many.jsonl", rows)
+    common = _overrides(tiny_model_dir, tmp_path, data, **{"train.max_steps": 4, "train.save_every": 2})
+    common |= {"data.eval_fraction": 0.25, "train.eval_every": 2}
+    straight, resumed = straight_and_resumed(common, 3)
+    assert capsys.readouterr().out.count("reference log-probs of 26 of 40 pairs") == 3  # 16 train pairs, 10 eval
+    a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    logged = [
+        [json.loads(line).get("loss") for line in (r.run_dir / "metrics.jsonl").open()] for r in (straight, resumed)
+    ]
+    assert logged[0] == logged[1]
+
+
 def test_a_run_that_continues_an_adapter_takes_it_as_its_reference(tiny_model_dir, pair_file):
     """model.adapter (an SFT run; a dpo stage after an sft stage, continue: adapter): the reference was the base with
     that adapter off, so the policy started away from its reference and DPO pulled towards the base, not the SFT

@@ -15,8 +15,11 @@ are the reward margin (chosen - rejected), the reward accuracy (share of pairs w
 the chosen and rejected summed log p. All are summed over pairs here and divided once by the step's pairs.
 
 The reference is the model being trained with its adapters switched off (`peft.lora.adapters_disabled`), so no
-second copy sits in memory; its log-probs never change, so `prepare` computes them once for every train and eval
-row before the first step and the rows carry them (full fine-tuning: from the starting weights, before any update;
+second copy sits in memory; its log-probs never change, so `prepare` computes them once before the first step and the
+rows carry them: for every eval row, and for the train rows the run's steps reach (all of them, unless
+train.max_steps ends the run first: its steps' batches, in the loop's order; a resumed run computes them again,
+the same), in the same micro-batches either way, so a row's reference does not depend on max_steps
+(full fine-tuning: from the starting weights, before any update;
 a run that continues an adapter, model.adapter or a stage's continue: adapter, keeps it on: the reference is the
 model the run starts from, an SFT stage's result, and the policy equals it at the first step).
 A batch holds the P chosen rows then the P rejected rows, scored in one forward through the fused head + log-prob
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import DpoConfig, RunConfig
-from tunelab.data.loader import Datasets, epoch_chunks
+from tunelab.data.loader import Datasets, epoch_chunks, epoch_rows
 from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.peft.lora import adapters_disabled
@@ -135,15 +138,49 @@ def scores(model: nn.Module, batch: dict, cfg: DpoConfig) -> PairScores:
     return pair_scores(policy, reference, lengths, cfg)
 
 
+def reached_rows(data: Datasets, run: RunConfig) -> list[PreferenceRow] | None:
+    """The train rows that the batches of the run's train.max_steps steps hold, as the training loop draws them
+    (`epoch_rows`, `epoch_chunks` of train.micro_batch, train.grad_accum of them a step); None without max_steps, or
+    when the steps reach every row."""
+    t = run.train
+    if not t.max_steps:
+        return None
+    reached: dict[int, PreferenceRow] = {}
+    step, epoch = 0, 0
+    while step < t.max_steps and len(reached) < len(data.train):
+        rows = epoch_rows(data, t.seed, epoch)
+        chunks = epoch_chunks(rows, t.micro_batch, shuffle=run.data.shuffle, seed=t.seed, epoch=epoch)
+        if not chunks:
+            return None
+        for start in range(0, len(chunks), t.grad_accum):
+            if step == t.max_steps:
+                break
+            reached |= {id(row): row for chunk in chunks[start : start + t.grad_accum] for row in chunk}
+            step += 1
+        epoch += 1
+    return list(reached.values()) if len(reached) < len(data.train) else None
+
+
 @torch.no_grad()
 def cache_reference(
-    model: nn.Module, rows: list[PreferenceRow], micro_batch: int, pad_id: int, device, adapters: bool = False
+    model: nn.Module,
+    rows: list[PreferenceRow],
+    micro_batch: int,
+    pad_id: int,
+    device,
+    adapters: bool = False,
+    needed: list[PreferenceRow] | None = None,
 ) -> None:
     """Set row.reference = (log p chosen, log p rejected) under the model in eval mode, with its adapters off (the
-    base), or with `adapters` as they are (the adapter the run continues, before its first step)."""
+    base), or with `adapters` as they are (the adapter the run continues, before its first step). needed: only the
+    micro-batches that hold one of these rows (the others' rows keep None); the batches are cut from `rows` alike,
+    so each row's reference is the same either way."""
+    wanted = None if needed is None else {id(row) for row in needed}
     with eval_mode(model), adapters_disabled(model) if not adapters else contextlib.nullcontext():
         for start in range(0, len(rows), micro_batch):
             chunk = rows[start : start + micro_batch]
+            if wanted is not None and not any(id(row) in wanted for row in chunk):
+                continue
             batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items() if torch.is_tensor(v)}
             logp = sequence_log_probs(model, batch)[0].tolist()
             for i, row in enumerate(chunk):
@@ -177,8 +214,18 @@ def make_task(cfg: DpoConfig) -> Task:
         # continuing an adapter (model.adapter, a stage's continue: adapter): the model as it starts, the adapter on
         starting = bool(run.model.adapter) and run.method.is_adapter
         which = f"the model it starts from: the base with {run.model.adapter}" if starting else "the base, adapters off"
-        print(f"dpo: reference log-probs of {len(rows)} pairs ({which}) ...", flush=True)
-        cache_reference(built.model, rows, run.train.micro_batch, data.facts["pad_id"], built.device, starting)
+        reached = reached_rows(data, run)
+        needed = None if reached is None else reached + data.eval
+        counted = (
+            f"{len(rows)} pairs"
+            if needed is None
+            else f"{len(needed)} of {len(rows)} pairs: the train pairs that train.max_steps ({run.train.max_steps}) "
+            "reaches, and the eval pairs"
+        )
+        print(f"dpo: reference log-probs of {counted} ({which}) ...", flush=True)
+        cache_reference(
+            built.model, rows, run.train.micro_batch, data.facts["pad_id"], built.device, starting, needed=needed
+        )
 
     return Task(
         name="dpo",
