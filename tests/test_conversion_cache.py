@@ -9,7 +9,7 @@ import pytest
 import tunelab
 import tunelab.atomic as atomic
 from tunelab.cli import main
-from tunelab.models.load import COMPLETE, finish_conversion
+from tunelab.models.converted import COMPLETE, finish_conversion
 
 
 @pytest.fixture

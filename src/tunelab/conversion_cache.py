@@ -8,7 +8,7 @@ folder, or an old conversion that a process killed while replacing it left as `.
 are listed and removed, so pointing $TUNELAB_CACHE at a folder holding other things never deletes them. A conversion
 whose files were since deleted or cut short is listed as incomplete; the next use converts it again.
 
-A conversion is named by its GGUF file's path, size and modification time (load.gguf_key), so a file downloaded
+A conversion is named by its GGUF file's path, size and modification time (converted.gguf_key), so a file downloaded
 again, touched or changed gets a new copy and the old one is never used again: such a copy, and one whose file is
 gone, is listed as stale (by the file recorded in its COMPLETE mark; copies made before it was recorded cannot be
 told) and `tunelab cache prune` removes those alone.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tunelab.atomic import ASIDE_PREFIX
 from tunelab.errors import ConfigError, WriteFailed
-from tunelab.models.load import COMPLETE, cache_root, conversion_problem, conversion_source, gguf_key
+from tunelab.models.converted import COMPLETE, cache_root, conversion_problem, conversion_source, gguf_key
 
 
 @dataclass

@@ -12,7 +12,8 @@ import torch
 from tunelab.cli import main
 from tunelab.conversion_cache import cache_entries
 from tunelab.errors import ModelError
-from tunelab.models.load import COMPLETE, EMBEDDED, load_hf_model, load_tokenizer, materialize, resolve_source
+from tunelab.models.converted import COMPLETE
+from tunelab.models.load import EMBEDDED, load_hf_model, load_tokenizer, materialize, resolve_source
 
 
 def test_a_folder_with_config_json_only_says_what_is_missing(tiny_model_dir, tmp_path):

@@ -1,0 +1,100 @@
+"""A GGUF file's converted copy on disk: where copies live (`cache_root`), the key that names one (`gguf_key`), the
+mark written last into a whole one (COMPLETE, `finish_conversion`), the file it was made from (`conversion_source`)
+and what is wrong with one that is not whole (`conversion_problem`). models/load.py converts; conversion_cache.py
+lists and clears the copies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from tunelab.atomic import write_json
+
+CONVERSION = 2  # 2: a tied embedding under model.embed_tokens.weight (1 kept it as lm_head.weight only)
+
+
+def cache_root() -> Path:
+    """$TUNELAB_CACHE (by default ~/.cache/tunelab) as an absolute path: runs record folders under it as their base,
+    and a relative one would name another folder wherever the run is opened."""
+    return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab").expanduser().resolve()
+
+
+def gguf_key(file: Path) -> str:
+    """The 16 hex digits that name a GGUF file's converted copy: its path, size and modification time (a file changed
+    or downloaded again gets a new copy; reading gigabytes to hash them at every load would cost more than the copy).
+    CONVERSION names the layout written: a new one converts again rather than read an older copy."""
+    stat = file.stat()
+    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+COMPLETE = "tunelab-conversion.json"  # written last into a converted folder: the name and size of every other file
+
+
+def finish_conversion(folder: Path, source_file: Path | None = None) -> None:
+    """Mark a converted folder as whole by writing COMPLETE after every other file, listing each with its size, and
+    the GGUF file it was converted from (`tunelab cache` tells by it a copy whose file is gone or changed since)."""
+    files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file() and f.name != COMPLETE}
+    mark = {"conversion": CONVERSION, "files": files}
+    if source_file is not None:
+        mark["source"] = str(source_file.resolve())
+    write_json(folder / COMPLETE, mark)
+
+
+def conversion_source(folder: Path) -> Path | None:
+    """The GGUF file a converted folder was made from, as COMPLETE records it (None for a folder converted before it
+    was recorded, or whose COMPLETE cannot be read)."""
+    try:
+        source = json.loads((folder / COMPLETE).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(source) if isinstance(source, str) and source else None
+
+
+def _whole_safetensors(file: Path) -> bool:
+    """The file is as long as its own header says: 8 bytes giving the header's length, the JSON header, then the
+    tensors' data up to the largest end offset."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if length > size:
+                return False
+            header = json.loads(f.read(length))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+    return size == 8 + length + end
+
+
+def _unmarked_problem(folder: Path) -> str | None:
+    """A folder converted before COMPLETE was written: whole when its weights, config and tokenizer config are there
+    and the weights are as long as their header says (a damaged copy is converted again; a whole one is kept)."""
+    for name in ("model.safetensors", "config.json", "tokenizer_config.json"):
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    if not _whole_safetensors(folder / "model.safetensors"):
+        return "model.safetensors is not as long as its header says"
+    return None
+
+
+def conversion_problem(folder: Path) -> str | None:
+    """What is wrong with a converted folder, or None when it is whole: every file COMPLETE lists is there at the size
+    it was written (a folder whose weights were deleted or cut short since is not)."""
+    if not (folder / COMPLETE).is_file():
+        return _unmarked_problem(folder)
+    try:
+        files = json.loads((folder / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{COMPLETE} cannot be read"
+    if not isinstance(files, dict) or not all(isinstance(n, str) and type(z) is int for n, z in files.items()):
+        return f"{COMPLETE} does not list its files with their sizes"
+    for name, size in files.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size:,} bytes, not the {size:,} written"
+    return None
