@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import tunelab.tasks.sft as sft
+import tunelab.training.evals as evals
 import tunelab.training.recipe as recipe
 from tunelab.errors import Interrupted
 from tunelab.peft.save import adapter_state_dict
@@ -297,6 +298,6 @@ def test_a_grpo_run_is_told_its_held_out_reward_not_a_negative_eval_loss(tmp_pat
     )
     assert "-0." not in message and "eval loss" not in message
     metrics = {"eval_loss": -0.6, "eval_reward": 0.6, "eval_reward_exact": 0.6, "eval_reward_errors": 0.0}
-    line = recipe.eval_line(get_task("grpo"), metrics)
+    line = evals.eval_line(get_task("grpo"), metrics)
     assert line == "held-out reward 0.6000, reward_exact 0.6000, reward_errors 0.0000"
-    assert recipe.eval_line(sft.SFT, {"eval_loss": 0.5}).startswith("eval loss 0.5000 (perplexity 1.65)")
+    assert evals.eval_line(sft.SFT, {"eval_loss": 0.5}).startswith("eval loss 0.5000 (perplexity 1.65)")

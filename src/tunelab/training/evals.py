@@ -9,12 +9,14 @@ batched with other sources'; a mixture's own `eval_loss` is still the loss over 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from tunelab.data.loader import Datasets
+from tunelab.tasks.sft import SFT
 from tunelab.tasks.task import Task
 
 
@@ -52,3 +54,17 @@ def eval_record(task: Task, model: nn.Module, sets: EvalSets) -> dict[str, float
     for name, batches in sets.named.items():
         record[f"eval_loss/{name}"] = task.evaluate(model, batches)["eval_loss"]
     return record
+
+
+def eval_line(task: Task, metrics: dict[str, float], class_weighted: bool = False) -> str:
+    """The end-of-training eval line: the loss (with its perplexity for sft's token loss; named class-weighted for a
+    classify run with class or label weights, as `tunelab eval` names it) and the task's metrics; a run whose eval
+    loss is its held-out reward negated (grpo) shows the reward alone."""
+    loss = metrics["eval_loss"]
+    name = "eval loss (class-weighted)" if class_weighted else "eval loss"
+    line = f"{name} {loss:.4f}" + (f" (perplexity {math.exp(min(loss, 50)):.2f})" if task is SFT else "")
+    others = [f"{name.removeprefix('eval_')} {value:.4f}" for name, value in metrics.items() if "eval_loss" not in name]
+    if "eval_reward" in metrics:
+        line = f"held-out reward {metrics['eval_reward']:.4f}"
+        others = [o for o in others if not o.startswith("reward ")]
+    return ", ".join([line, *others])

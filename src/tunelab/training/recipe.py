@@ -48,13 +48,13 @@ from tunelab.errors import (
 from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.load import base_record, recorded_commit, run_base
 from tunelab.rundir import CONFIG_FILE, RunInfo, hub_revision, read_info, write_info
-from tunelab.tasks import SFT, get_task
+from tunelab.tasks import get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import model_shape, plan_from_data
 from tunelab.training.best import FSDP2_ADVICE, BestWeights, off_under_fsdp2
 from tunelab.training.checkpoint import latest_checkpoint
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session
-from tunelab.training.evals import eval_sets
+from tunelab.training.evals import eval_line, eval_sets
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
 from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.loop import Run, evaluate_at, loop
@@ -550,20 +550,6 @@ def _note_overflows(info: RunInfo, position: dict) -> None:
             "overflow_steps": position.get("overflow_steps", 0),  # optional in a checkpoint (verify_checkpoint)
             "final_scale": position["loss_scale"]["scale"],
         }
-
-
-def eval_line(task: Task, metrics: dict[str, float], class_weighted: bool = False) -> str:
-    """The end-of-training eval line: the loss (with its perplexity for sft's token loss; named class-weighted for a
-    classify run with class or label weights, as `tunelab eval` names it) and the task's metrics; a run whose eval
-    loss is its held-out reward negated (grpo) shows the reward alone."""
-    loss = metrics["eval_loss"]
-    name = "eval loss (class-weighted)" if class_weighted else "eval loss"
-    line = f"{name} {loss:.4f}" + (f" (perplexity {math.exp(min(loss, 50)):.2f})" if task is SFT else "")
-    others = [f"{name.removeprefix('eval_')} {value:.4f}" for name, value in metrics.items() if "eval_loss" not in name]
-    if "eval_reward" in metrics:
-        line = f"held-out reward {metrics['eval_reward']:.4f}"
-        others = [o for o in others if not o.startswith("reward ")]
-    return ", ".join([line, *others])
 
 
 def _describe_ranks(cfg: RunConfig, ranks: Ranks, sharding: str, model: nn.Module) -> None:
