@@ -425,3 +425,19 @@ def small_weight_lora():
     """`small_weight_lora(dtype, init_range=0.001)` -> (model, batch): a tiny LoRA model whose fp16 gradients underflow
     without loss scaling, and a batch for it (the fp16 loss-scale tests of training and of tunelab check)."""
     return _small_weight_lora
+
+
+@pytest.fixture
+def gpu_bf16(monkeypatch):
+    """On the CPU, `model.dtype: auto` picked as on a CUDA GPU: training_dtype answers for a cuda device, whose bf16 is
+    native while `gpu_bf16["native"]` is true (false at first: a T4 or V100); a test sets it to move the run to the
+    other kind of GPU."""
+    import tunelab.training.build as build
+
+    native = {"native": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native["native"])
+    real = build.training_dtype
+    monkeypatch.setattr(
+        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
+    )
+    return native

@@ -336,18 +336,13 @@ def test_check_says_what_dtype_auto_picked_on_a_gpu_without_bf16(tiny_overrides,
     assert "model dtype" not in capsys.readouterr().out  # bf16 where the GPU has it: nothing to say
 
 
-def test_check_resume_builds_the_model_in_the_dtype_the_run_trained_in(tiny_overrides, monkeypatch, crash_at):
+def test_check_resume_builds_the_model_in_the_dtype_the_run_trained_in(tiny_overrides, monkeypatch, gpu_bf16, crash_at):
     """A run started in fp16 (auto, on a GPU without native bf16) and checked with --resume where auto picks bf16:
     check builds the model as train --resume would, in fp16, and says so; it checked a bf16 model without a word.
     On the CPU, with training_dtype answering as on such GPUs."""
     import tunelab.training.build as build
 
-    bf16 = {"native": False}
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16["native"])
-    real = build.training_dtype
-    monkeypatch.setattr(
-        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
-    )
+    bf16 = gpu_bf16
     built = []
     real_build = build.build_model
     monkeypatch.setattr(

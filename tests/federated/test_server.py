@@ -381,24 +381,17 @@ def test_overwrite_says_what_it_replaces_and_a_resume_leaves_no_previous_folder(
 
 
 def test_a_resumed_federation_trains_in_the_dtype_it_started_in(
-    tmp_path, tiny_model_dir, federate_config, monkeypatch, capsys
+    tmp_path, tiny_model_dir, federate_config, monkeypatch, gpu_bf16, capsys
 ):
     """Started where auto picks fp16 (a GPU without native bf16) and resumed where it picks bf16: the server and
     every client built the model in bf16, so the rounds after the resume trained in another dtype than those before.
     Now auto keeps the run's dtype for the server and, through the recipe, the clients, and says so. On the CPU, with
     training_dtype answering as on such GPUs."""
-    import torch
 
-    import tunelab.training.build as build
     from tunelab.federated.payload import recipe_config
     from tunelab.rundir import read_info
 
-    bf16 = {"native": False}
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16["native"])
-    real = build.training_dtype
-    monkeypatch.setattr(
-        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
-    )
+    bf16 = gpu_bf16
     sent = []
 
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
@@ -438,21 +431,13 @@ def test_a_federation_whose_server_ran_on_the_cpu_leaves_the_clients_dtype_to_au
 
 
 def test_check_resume_of_a_federation_builds_the_clients_model_in_the_runs_dtype(
-    tmp_path, tiny_model_dir, federate_config, monkeypatch, rounds_without_clients
+    tmp_path, tiny_model_dir, federate_config, monkeypatch, gpu_bf16, rounds_without_clients
 ):
     """tunelab check --resume of a federated config built the first client's model in what auto picks on this
     machine (bf16), not the fp16 the federation trained in and its resumed clients now get. On the CPU, with
     training_dtype answering as on GPUs without (then with) native bf16."""
-    import torch
 
-    import tunelab.training.build as build
-
-    bf16 = {"native": False}
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16["native"])
-    real = build.training_dtype
-    monkeypatch.setattr(
-        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
-    )
+    bf16 = gpu_bf16
     config = federate_config(tmp_path, tiny_model_dir)
     run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
     bf16["native"] = True  # the other machine

@@ -211,17 +211,13 @@ def test_a_checkpoint_with_an_edited_loss_scale_is_damaged_and_skipped(tiny_over
     [("lora", False, "float16", "bf16"), ("full", True, "bfloat16", "fp32")],
 )
 def test_a_run_resumed_where_auto_picks_another_dtype_keeps_the_one_it_trained_in(
-    tiny_overrides, tmp_path, monkeypatch, crash_at, capsys, method, started, trained, here
+    tiny_overrides, tmp_path, monkeypatch, gpu_bf16, crash_at, capsys, method, started, trained, here
 ):
     """Started on a GPU with (or without) native bf16, resumed on one without (or with): auto keeps the run's dtype,
     says so, and the result is bit-identical to the uninterrupted run's. On the CPU, with training_dtype answering as
     on such a GPU."""
-    bf16 = {"native": started}
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16["native"])
-    real = build.training_dtype
-    monkeypatch.setattr(
-        build, "training_dtype", lambda dtype, device, method: real(dtype, torch.device("cuda"), method)
-    )
+    bf16 = gpu_bf16
+    bf16["native"] = started
     common = tiny_overrides | {"method.name": method, "train.max_steps": 4, "train.save_every": 2}
     straight = recipe.train(None, common | {"output_dir": str(tmp_path / "straight")})
     with crash_at(3):
