@@ -123,24 +123,12 @@ def eval_section(ev: Input, cmp: Input) -> str:
         parts.append(f'<div class="side">{metric_rows(rows)}{plot}</div>')
         for kind, ts in (t.get("label_tasks") or {}).items():
             parts.append(_label_tables(kind, (b.get("label_tasks") or {}).get(kind) or {}, ts))
-        if d.get("loss_skipped"):
-            parts.append(
-                "<p>Rows left out of the loss: "
-                + "; ".join(
-                    f"{esc(s.get('count'))} {esc(reason)} ({esc(', '.join(s.get('locations') or []))})"
-                    for reason, s in d["loss_skipped"].items()
-                )
-                + "</p>"
-            )
-        if d.get("transform_dropped"):
-            parts.append(
-                "<p>Rows the run's data.transform dropped, as training drops them (not read): "
-                + "; ".join(
-                    f"{esc(s.get('count'))} {esc(reason)} ({esc(', '.join(s.get('locations') or []))})"
-                    for reason, s in d["transform_dropped"].items()
-                )
-                + "</p>"
-            )
+        for key, title in (
+            ("loss_skipped", "Rows left out of the loss: "),
+            ("transform_dropped", "Rows the run's data.transform dropped, as training drops them (not read): "),
+        ):
+            if d.get(key):
+                parts.append(f"<p>{title}{_skipped_rows(d[key])}</p>")
     parts.append("<h3>tunelab compare</h3>")
     if cmp.data is None:
         parts.append(cmp.missing("compare scores"))
@@ -160,3 +148,11 @@ def eval_section(ev: Input, cmp: Input) -> str:
             else '<p class="missing">compare.json holds no scores (no expected answers or refusal sentence).</p>'
         )
     return "".join(parts)
+
+
+def _skipped_rows(skipped: dict) -> str:
+    """eval.json's rows left out (reason -> count and locations), as one line of HTML."""
+    return "; ".join(
+        f"{esc(s.get('count'))} {esc(reason)} ({esc(', '.join(s.get('locations') or []))})"
+        for reason, s in skipped.items()
+    )
