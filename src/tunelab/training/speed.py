@@ -88,21 +88,26 @@ def layer_forward_flops(c: LlamaConfig, seq: int) -> tuple[float, float, float, 
     return matmul, attention, down, o_proj
 
 
+def _by_device(table: dict[str, float], gpu_name: str | None) -> float | None:
+    """The entry of a datasheet table whose key is in the device name (the longest key first: "A100" before "A10"),
+    or None for a GPU not in it, or none here."""
+    for key in sorted(table, key=len, reverse=True):
+        if gpu_name and key in gpu_name.upper():
+            return table[key]
+    return None
+
+
 def fp32_fraction(gpu_name: str | None) -> float:
     """The fraction of the 16-bit matmul rate a GPU reaches in fp32 (`FP32_FRACTION`, by its device name)."""
-    for key in sorted(FP32_FRACTION, key=len, reverse=True):
-        if gpu_name and key in gpu_name.upper():
-            return FP32_FRACTION[key]
-    return FP32_FRACTION_DEFAULT
+    fraction = _by_device(FP32_FRACTION, gpu_name)
+    return FP32_FRACTION_DEFAULT if fraction is None else fraction
 
 
 def decode_bandwidth(gpu_name: str | None) -> float:
     """Bytes/s a decode step reads at on the GPU named `gpu_name`: its datasheet bandwidth (`HBM_PEAK`) at the share
     of it the H200 reached (HBM_BYTES_S); HBM_BYTES_S for a GPU not in the table."""
-    for key in sorted(HBM_PEAK, key=len, reverse=True):
-        if gpu_name and key in gpu_name.upper():
-            return HBM_PEAK[key] * HBM_BYTES_S / HBM_PEAK["H200"]
-    return HBM_BYTES_S
+    peak = _by_device(HBM_PEAK, gpu_name)
+    return HBM_BYTES_S if peak is None else peak * HBM_BYTES_S / HBM_PEAK["H200"]
 
 
 def sample_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
