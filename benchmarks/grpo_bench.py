@@ -45,6 +45,27 @@ def _sync(device: str) -> float:
     return time.perf_counter()
 
 
+def _predicted(config, args) -> dict:
+    """What `tunelab plan` predicts for this iteration: the memory model's peak (the sampler's KV cache and prefill
+    among its phases) and the sampler's seconds (`training.speed.sample_time`), for the setup the bench runs."""
+    from tunelab.training.memory import Setup, estimate
+    from tunelab.training.speed import sample_time
+
+    setup = Setup(
+        quantized=args.method == "qlora",
+        rank=16,
+        micro_batch=args.micro_batch,
+        seq=args.prompt + args.answer,
+        checkpointed=config.num_layers if args.checkpointing else 0,
+        sampled=args.prompts * args.group,
+        sample_len=args.prompt + args.answer,
+        sample_prompt=args.prompt,
+    )
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    found = estimate(config, setup)
+    return {"peak": found.peak, "phase": found.peak_phase, "gen_s": sample_time(config, setup, name)}
+
+
 def run(args) -> dict:
     from tunelab.config import GrpoConfig
     from tunelab.models.decode import SampleSettings, sample
@@ -98,6 +119,7 @@ def run(args) -> dict:
     new_tokens = len(rows) * args.answer
     train_tokens = len(rows) * (args.prompt + args.answer)
     cuda = device == "cuda"
+    predicted = _predicted(model.config, args)
     record = {
         "config": f"tunelab_grpo_{args.method}",
         "shape": args.shape,
@@ -116,6 +138,9 @@ def run(args) -> dict:
         "iteration_s": round(statistics.median([a + b + c for a, b, c in zip(gen_s, fixed_s, train_s)][steady]), 3),
         "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
+        "predicted_peak_gib": round(predicted["peak"] / GIB, 2),
+        "predicted_peak_phase": predicted["phase"],
+        "predicted_gen_s": round(predicted["gen_s"], 3),
         "losses": [round(x, 5) for x in losses],
         "versions": {"torch": torch.__version__, "gpu": torch.cuda.get_device_name() if cuda else "cpu"},
     }
@@ -123,7 +148,9 @@ def run(args) -> dict:
     print(
         f"SUMMARY grpo {args.method} [{args.shape}]: generation {record['gen_tokens_per_s']:,.0f} new tok/s "
         f"({len(rows)} rows x {args.answer}), train {record['train_tokens_per_s']:,.0f} tok/s, log-probs "
-        f"{record['fixed_logp_s']} s, peak {record['peak_reserved_gib']} GiB",
+        f"{record['fixed_logp_s']} s, peak {record['peak_reserved_gib']} GiB (predicted "
+        f"{record['predicted_peak_gib']} GiB, {record['predicted_peak_phase']}; generation predicted "
+        f"{record['predicted_gen_s']} s, measured {record['gen_s']} s)",
         flush=True,
     )
     if args.out:
