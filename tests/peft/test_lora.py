@@ -36,6 +36,17 @@ def test_target_names_are_checked(tiny_model_dir):
         attach_lora(model, ["qq_proj"], r=4, alpha=8)
 
 
+def test_a_model_without_linear_layers_is_refused_with_its_layer_kind_and_the_methods_that_train_it():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32))
+    with pytest.raises(ConfigError) as err:
+        attach_lora(model, ["all-linear"], r=2, alpha=2)
+    text = str(err.value)
+    assert "held by Conv1D layers" in text  # GPT-2's matrices; its head (a Linear) is not among them
+    assert "method.name: full" in text and "method.name: layers" in text
+
+
 def test_disable_and_merge(tiny_model_dir):
     model = _tiny(tiny_model_dir)
     ids = torch.randint(0, model.config.vocab_size, (2, 9))

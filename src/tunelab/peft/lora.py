@@ -25,7 +25,7 @@ from tunelab.quant.linear import NF4Linear
 
 def linear_names(model: nn.Module, targets: list[str]) -> list[str]:
     """Qualified names of the linear layers that `targets` selects; "all-linear" means every decoder linear but the head."""
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = _output(model)
     linears = [
         name
         for name, m in model.named_modules()
@@ -45,8 +45,34 @@ def linear_names(model: nn.Module, targets: list[str]) -> list[str]:
                 f"available: {', '.join(available)}, or all-linear."
             )
     if not chosen:
-        raise ConfigError("option 'method.target_modules' selected no linear layer of this model.")
+        raise ConfigError(f"option 'method.target_modules' selected no linear layer of this model.{_no_linear(model)}")
     return chosen
+
+
+def _no_linear(model: nn.Module) -> str:
+    """Why a model has no layer LoRA can adapt: the kinds of its 2-D weight layers (GPT-2's transformers `Conv1D`,
+    say), and which methods train it anyway; "" when it has linear layers (the targets missed them)."""
+    output = _output(model)
+    layers = [m for m in model.modules() if m is not output]
+    if any(isinstance(m, (nn.Linear, NF4Linear)) for m in layers):
+        return ""
+    kinds = sorted(
+        {
+            type(m).__name__
+            for m in layers
+            if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
+        }
+        - {"Embedding"}
+    )
+    held = f" Its matrices are held by {', '.join(kinds)} layers." if kinds else ""
+    return (
+        f" LoRA adapts nn.Linear layers, and it has none but the output head.{held} "
+        "Train it with method.name: full or method.name: layers."
+    )
+
+
+def _output(model: nn.Module) -> nn.Module | None:
+    return model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
 
 
 def attach_lora(
