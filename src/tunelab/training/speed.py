@@ -8,8 +8,9 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   2 V d forward and again backward (and its weight gradient when trained). A checkpointed layer's recomputation is
   one more forward without the down projection (and without o_proj where offload parks the midpoint).
 - Weights: every pass over a layer (forward, recomputation, backward) reads its frozen weights and writes them into
-  the grouped GEMM's stacked matrix (an NF4 weight dequantized on the way): about WEIGHT_BYTES per parameter at
-  HBM_BYTES_S, per micro-batch. It is why, of two micro-batches both GPU-bound, the larger one is faster.
+  the grouped GEMM's stacked matrix (an NF4 weight dequantized on the way): about WEIGHT_BYTES per parameter of a
+  16-bit run at HBM_BYTES_S, per micro-batch, and twice that in fp32, whose copies are fp32 (`Setup.dtype_bytes`).
+  It is why, of two micro-batches both GPU-bound, the larger one is faster.
 - CPU time: HOST_S_PER_LAYER of Python and kernel launches per layer per micro-batch, and HOST_S_PER_RECOMPUTE more
   per checkpointed layer (7B QLoRA, micro-batch 1 x 2048: ~4,900 launches a step; 190 ms a step without
   checkpointing, 238 ms with every layer checkpointed and offloaded, while the GPU needs 115-155 ms of it). A
@@ -38,13 +39,13 @@ QLoRA step of 64 rows x 256 new tokens, 4.8 and 5.2.
 from __future__ import annotations
 
 from tunelab.models.llama_config import LlamaConfig
-from tunelab.training.memory import Setup, nf4_bytes, projection_shapes, sampler_cache_bytes
+from tunelab.training.memory import E, Setup, nf4_bytes, projection_shapes, sampler_cache_bytes
 
 THROUGHPUT = 540e12  # FLOP/s of the matmuls (recompute counted): fits four measured H200 steps within 4%
 HOST_S_PER_LAYER = 0.006  # CPU seconds per decoder layer per micro-batch (see the module docstring)
 HOST_S_PER_RECOMPUTE = 0.0015  # CPU seconds more per checkpointed layer per micro-batch
 HOST_S_GRAPH = 0.002  # CPU seconds per micro-batch replayed from a CUDA graph (copy the batch in, launch)
-WEIGHT_BYTES = 5  # per frozen parameter and pass: NF4 or bf16 read, bf16 written, read again by the GEMM
+WEIGHT_BYTES = 5  # per frozen parameter and pass in 16 bits: NF4 or bf16 read, bf16 written, read again by the GEMM
 HBM_BYTES_S = 4e12  # device memory bandwidth reached by those copies (an H200 has 4.8e12 peak, an H100 3.35e12)
 PCIE_BYTES_S = 25e9  # pinned host <-> device copies, one direction, beside compute
 # Dense (no sparsity) matmul TFLOP/s of fp32 on the CUDA cores against 16-bit on the tensor cores (bf16; fp16 before
@@ -148,7 +149,8 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     n = s.tokens
     gpu = n * per_token / rate
     weights = sum(i * o for i, o in projection_shapes(c).values())  # one layer's frozen parameters
-    gpu += (2 * layers + checkpointed) * weights * WEIGHT_BYTES / HBM_BYTES_S
+    moved = WEIGHT_BYTES * s.dtype_bytes / E  # bytes a parameter and pass: the copies are in the run's dtype
+    gpu += (2 * layers + checkpointed) * weights * moved / HBM_BYTES_S
     if s.offload and checkpointed:
         layer_s = n * forward / rate
         copy_s = 2 * n * c.hidden_size * s.dtype_bytes / PCIE_BYTES_S
