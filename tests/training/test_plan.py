@@ -434,7 +434,7 @@ def test_grpo_sampling_time_by_hand():
 def test_grpo_plan_counts_the_sampling_in_the_step_and_says_so():
     """`tunelab plan` showed a grpo run's tokens/s as if the step were its training alone; the sampling is now part
     of the predicted step, the tokens/s are of the whole step, and a line under the table says how much of it."""
-    from tunelab.training.speed import sample_time
+    from tunelab.training.speed import fixed_time, sample_time
 
     trained = Setup(method="lora", quantized=True, seq=384)
     sampled = dataclasses.replace(trained, sampled=64, sample_len=384, sample_prompt=128)
@@ -446,3 +446,13 @@ def test_grpo_plan_counts_the_sampling_in_the_step_and_says_so():
     assert grpo.chosen.tokens_per_s == pytest.approx(4 * 384 * 4 / grpo.chosen.step_s)
     assert f"grpo's sampling takes {sampling:.2f} s of its {grpo.chosen.step_s:.2f} s" in grpo.table()
     assert "sampling" not in alone.table()
+    # with a reference (grpo.beta > 0) the answers go through the model once more before the step, and the line says so
+    referenced = dataclasses.replace(sampled, fixed_forwards=1)
+    ref = plan(LLAMA2_7B, referenced, 140 * GIB, 16, fixed, gpu_name="NVIDIA H200").chosen
+    forward = fixed_time(LLAMA2_7B, dataclasses.replace(referenced, micro_batch=4), "NVIDIA H200")
+    assert ref.fixed_s == pytest.approx(forward) and forward > 0.1
+    assert ref.step_s == pytest.approx(grpo.chosen.step_s + forward)
+    assert (
+        f"and the forwards for the answers' fixed log-probs {forward:.2f} s of its {ref.step_s:.2f} s"
+        in plan(LLAMA2_7B, referenced, 140 * GIB, 16, fixed, gpu_name="NVIDIA H200").table()
+    )

@@ -44,3 +44,38 @@ def test_the_weight_traffic_is_in_the_runs_dtype(no_host, dtype, bytes_moved):
     more = speed.step_time(TINY, ckpt, 1, "NVIDIA H200") - speed.step_time(TINY, s, 1, "NVIDIA H200")
     recompute = 32 * (77_824 - 2 * 128 * 64) / (speed.THROUGHPUT * (67 / 989 if dtype == "fp32" else 1.0))
     assert more == pytest.approx(recompute + LAYER_WEIGHTS * bytes_moved / 4e12, rel=1e-9)
+
+
+def test_grpo_fixed_log_probs_forward_by_hand(no_host):
+    """The speed model left out the forward grpo runs over the sampled answers, before the step, for their reference
+    log-probs. 8 answers of 40 tokens (prompt and answer) in micro-batches of 3 (3 of them), bf16: per token
+    2 layers x (2 x 36,864 + 2 x 40 x 64) + 2 x 256 x 64 = 190,464 FLOPs, 8 x 40 of them at 540e12; each micro-batch
+    passes over both layers' weights once, 3 x 2 x 36,864 x 5 = 1,105,920 bytes at 4e12. A second forward (the old
+    policy's, with LoRA dropout) doubles it; none without a reference or samples."""
+    s = Setup(method="lora", micro_batch=3, seq=40, sampled=8, sample_len=40, sample_prompt=8, fixed_forwards=1)
+    one = 8 * 40 * 190_464 / 540e12 + 1_105_920 / 4e12
+    assert speed.fixed_time(TINY, s, "NVIDIA H200") == pytest.approx(one, rel=1e-12)
+    assert speed.fixed_time(TINY, dataclasses.replace(s, fixed_forwards=2)) == pytest.approx(2 * one, rel=1e-12)
+    assert speed.fixed_time(TINY, dataclasses.replace(s, fixed_forwards=0)) == 0.0
+    assert speed.fixed_time(TINY, dataclasses.replace(s, sampled=0)) == 0.0
+
+
+def test_the_fixed_log_probs_forward_of_a_small_model_is_host_bound():
+    """3 micro-batches x 2 layers x a third of 6 ms of launches = 12 ms, more than the tiny model's GPU time."""
+    s = Setup(method="lora", micro_batch=3, seq=40, sampled=8, sample_len=40, sample_prompt=8, fixed_forwards=1)
+    assert speed.fixed_time(TINY, s) == pytest.approx(3 * 2 * 0.006 / 3, rel=1e-12)
+
+
+def test_grpo_counts_a_forward_per_fixed_log_prob():
+    """A reference forward when grpo.beta > 0 (the default 0.04), and one more for the old policy's log-probs when
+    LoRA dropout makes the training forward differ from the sampling one; sft runs none."""
+    from tunelab.config import RunConfig
+    from tunelab.training.plan import config_setup
+
+    cfg = RunConfig(task="grpo")
+    assert config_setup(cfg, 100, prompt=20).fixed_forwards == 1
+    no_ref = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, beta=0.0))
+    assert config_setup(no_ref, 100, prompt=20).fixed_forwards == 0
+    dropout = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, dropout=0.1))
+    assert config_setup(dropout, 100, prompt=20).fixed_forwards == 2
+    assert config_setup(RunConfig(), 100).fixed_forwards == 0

@@ -104,6 +104,7 @@ class Setup:
     sampled: int = 0  # grpo: answers the sampler generates at once (a rank's share); 0 for the other tasks
     sample_len: int = 0  # grpo: the sampler's KV cache length, the longest prompt + grpo.max_new_tokens
     sample_prompt: int = 0  # grpo: the longest prompt, the prefill's length (T of its (B, T) batch)
+    fixed_forwards: int = 0  # grpo: forwards over the sampled answers for their reference (and old) log-probs
 
     @property
     def tokens(self) -> int:

@@ -22,7 +22,7 @@ from tunelab.training.build import BuiltModel, checkpoint_mode, training_dtype
 from tunelab.training.distributed import pick_sharding
 from tunelab.training.graphs import unsupported_reason
 from tunelab.training.memory import GIB, PROJECTIONS, Estimate, Setup, calibrate, estimate, gib
-from tunelab.training.speed import sample_time, step_time
+from tunelab.training.speed import fixed_time, sample_time, step_time
 
 DEFAULT_BUDGET_FRACTION = 0.92  # of the GPU's total memory: the CUDA context and libraries' workspaces live outside
 
@@ -57,6 +57,7 @@ class Scored:
     step_s: float  # predicted seconds per optimizer step (grpo: its sampling included)
     tokens_per_s: float  # trained tokens per second of the whole step
     sample_s: float = 0.0  # grpo: the predicted seconds of the sampling before the step (`speed.sample_time`)
+    fixed_s: float = 0.0  # grpo: of the forwards for the answers' reference and old log-probs (`speed.fixed_time`)
 
     @property
     def peak(self) -> int:
@@ -95,8 +96,11 @@ class MemoryPlan:
             )
         shown = self.chosen or self.smallest
         if shown.sample_s:
+            forwards = (
+                f" and the forwards for the answers' fixed log-probs {shown.fixed_s:.2f} s" if shown.fixed_s else ""
+            )
             rows.append(
-                f"  tokens/s of the whole step: grpo's sampling takes {shown.sample_s:.2f} s of its "
+                f"  tokens/s of the whole step: grpo's sampling takes {shown.sample_s:.2f} s{forwards} of its "
                 f"{shown.step_s:.2f} s (answers decoded one token at a time, each token reading the weights and the "
                 "KV cache)"
             )
@@ -169,8 +173,9 @@ def plan(
         est = estimate(c, s, calibration)
         t = step_time(c, s, -(-cand.grad_accum // ranks), gpu_name)  # a step's micro-batches are shared by the ranks
         sampling = sample_time(c, s, gpu_name)  # grpo: each rank samples its share of the answers first
-        t += sampling
-        scored.append(Scored(cand, est, t, s.tokens * cand.grad_accum / t, sampling))
+        forwards = fixed_time(c, s, gpu_name)  # and puts them through the model for the fixed log-probs
+        t += sampling + forwards
+        scored.append(Scored(cand, est, t, s.tokens * cand.grad_accum / t, sampling, forwards))
     smallest = min(scored, key=lambda x: (x.peak, x.step_s))
     fitting = [x for x in scored if x.peak <= budget]
     chosen = min(fitting, key=_preference) if fitting else None
@@ -300,6 +305,8 @@ def config_setup(
         sampled=sampled,
         sample_len=prompt + g.max_new_tokens if sampled else 0,
         sample_prompt=prompt if sampled else 0,
+        # grpo: a forward for the reference's log-probs (beta > 0), one for the old policy's (LoRA dropout draws)
+        fixed_forwards=int(g.beta > 0) + int(m.is_adapter and m.dropout > 0) if sampled else 0,
     )
 
 

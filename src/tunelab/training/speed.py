@@ -34,6 +34,14 @@ whichever takes longer, and DECODE_S_PER_LAYER more per layer: its ~35 small ker
 on each other. Fitted to three H200 sampler calls (BENCHMARKS.md, 2026-12-02, 7B shape, prompts of 128 tokens):
 QLoRA, 16 rows x 128 new tokens, 2.50 s measured, 2.22 predicted; bf16 LoRA, the same rows, 1.49 and 1.69; grpo's
 QLoRA step of 64 rows x 256 new tokens, 4.8 and 5.2.
+
+Then, before the step, grpo puts the sampled answers through the model without gradients for the log-probs the loss
+holds fixed (`fixed_time`, `tasks.grpo`): one forward for the reference's (when grpo.beta > 0) and one for the old
+policy's (when LoRA dropout draws in the training forward), each over the B answers, prompt and answer (`Setup.seq`),
+in micro-batches of train.micro_batch rows. A micro-batch of it costs what the training step's forward does: its FLOPs
+(the head's 2 V d on every token) at the matmul rate and one pass over the weights, or, where that is less, the host's
+launches, taken as a third of a training micro-batch's (HOST_S_PER_LAYER covers forward and backward; this share is
+not measured).
 """
 
 from __future__ import annotations
@@ -131,6 +139,22 @@ def sample_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
     reads = weights + sampler_cache_bytes(c, s)
     decode = max(reads / bandwidth, flops / rate) + DECODE_S_PER_LAYER * c.num_layers
     return prefill + new * decode
+
+
+def fixed_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
+    """Predicted seconds of grpo's forwards over the sampled answers for the log-probs its loss holds fixed (see the
+    module docstring): s.fixed_forwards forwards over s.sampled rows of s.seq tokens; 0 when there are none."""
+    if not s.sampled or not s.fixed_forwards:
+        return 0.0
+    rate = THROUGHPUT * (fp32_fraction(gpu_name) if s.dtype == "fp32" else 1.0)
+    matmul, attention, _, _ = layer_forward_flops(c, s.seq)
+    per_token = c.num_layers * (matmul + attention) + 2.0 * c.vocab_size * c.hidden_size
+    batches = -(-s.sampled // s.micro_batch)
+    weights = sum(i * o for i, o in projection_shapes(c).values())  # one layer's, passed over once a micro-batch
+    gpu = s.sampled * s.seq * per_token / rate
+    gpu += batches * c.num_layers * weights * WEIGHT_BYTES * s.dtype_bytes / E / HBM_BYTES_S
+    cpu = batches * HOST_S_PER_LAYER * c.num_layers / 3
+    return s.fixed_forwards * max(gpu, cpu)
 
 
 def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = None) -> float:
