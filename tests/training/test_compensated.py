@@ -337,3 +337,21 @@ def test_the_foreach_step_goes_in_chunks_of_its_value_budget(monkeypatch):
     _grads(1, params)
     opt.step()
     assert calls == [4]  # every tensor in one foreach chunk
+
+
+def test_adamw_torch_keeps_torchs_adamw_on_bf16_weights():
+    """bf16 full fine-tuning always took CompensatedAdamW, with no way to choose plain AdamW and its smaller state;
+    train.optimizer adamw_torch builds torch's AdamW: moments in bf16, no compensation, the same groups."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).to(torch.bfloat16)
+    opt = build_optimizer(model, 1e-3, 0.1, "adamw_torch")
+    assert type(opt) is torch.optim.AdamW
+    assert [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups] == [(1, 0.1), (3, 0.0)]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    state = opt.state[model[0].weight]
+    assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.bfloat16 and COMPENSATION not in state
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="adamw, adamw_8bit or adamw_torch"):
+        build_optimizer(model, 1e-3, 0.1, "sgd")

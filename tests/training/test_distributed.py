@@ -388,6 +388,16 @@ def test_the_tasks_get_the_sharding_they_can_run_under():
         sharding("classify", **{"train.sharding": "fsdp2"})
 
 
+def test_fsdp2_takes_torchs_adamw_but_not_the_8bit_one():
+    def sharding(optimizer):
+        options = {"method.name": "full", "train.sharding": "fsdp2", "train.optimizer": optimizer}
+        return pick_sharding(load_config(None, options).config)
+
+    assert sharding("adamw") == sharding("adamw_torch") == "fsdp2"
+    with pytest.raises(ConfigError, match="adamw_8bit, which does not take FSDP2's sharded tensors"):
+        sharding("adamw_8bit")
+
+
 def test_optimizer_keys_split_at_the_parameter_name():
     names = {"model.layers.0.mlp.up_proj.weight", "model.norm.weight"}
     assert _split_optim_key("model.layers.0.mlp.up_proj.weight.exp_avg", names) == (

@@ -5,6 +5,8 @@ seven projections, micro_batch 2 x seq 24: N = 48 tokens. Every expected number 
 shapes, not computed by the code under test.
 """
 
+import dataclasses
+
 import pytest
 
 import tunelab.training.memory as memory
@@ -87,6 +89,19 @@ def test_full_fine_tuning_keeps_fp32_moments_and_a_bf16_compensation():
     assert small + sum(large) == weights
     assert eight["optimizer (adamw_8bit)"] == sum(adamw8bit_bytes(n) for n in large) + 8 * small + 2 * weights
     assert "adapters (fp32)" not in parts
+
+
+def test_adamw_torch_keeps_bf16_moments_and_no_compensation():
+    """train.optimizer adamw_torch (torch's AdamW as it is): 2 + 2 bytes a bf16 weight, not 10, and no fp32 copies in
+    its step (fused); fp32 adapters 8 bytes, as adamw."""
+    weights = 3 * (30720 + 128) + 2 * 12800 + 64
+    plain = Setup(method="full", micro_batch=2, seq=24, optimizer="adamw_torch")
+    assert training_state_bytes(TINY, plain)["optimizer (adamw_torch)"] == 4 * weights
+    assert optimizer_step_bytes(TINY, plain) == 0 < optimizer_step_bytes(TINY, Setup(method="full"))
+    lora = training_state_bytes(TINY, Setup(rank=4, optimizer="adamw_torch"))
+    assert lora["optimizer (adamw_torch)"] == training_state_bytes(TINY, Setup(rank=4))["optimizer (adamw)"]
+    saved = estimate(TINY, dataclasses.replace(plain, optimizer="adamw")).peak - estimate(TINY, plain).peak
+    assert saved >= 6 * weights
 
 
 def test_fsdp2_shards_weights_and_training_state_and_gathers_the_root_and_two_layers():

@@ -45,8 +45,8 @@ class TrainConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to norms and biases)", min=0.0)
     optimizer: str = opt(
         "adamw",
-        "adamw keeps its two moments in fp32 (8 bytes per trainable parameter; 10 for a bf16 weight of method full or layers, whose Kahan compensation keeps the small updates bf16 would round away); adamw_8bit in block-wise 8-bit codes (2.03 bytes, 4.03 for a bf16 weight; tensors under 4096 values stay fp32): 0.30 -> 0.08 GiB for r=16 LoRA on all linears of a 7B model",
-        choices=("adamw", "adamw_8bit"),
+        "adamw keeps its two moments in fp32 (8 bytes per trainable parameter; 10 for a bf16 weight of method full or layers, whose Kahan compensation keeps the small updates bf16 would round away); adamw_8bit in block-wise 8-bit codes (2.03 bytes, 4.03 for a bf16 weight; tensors under 4096 values stay fp32): 0.30 -> 0.08 GiB for r=16 LoRA on all linears of a 7B model; adamw_torch is torch's AdamW as it is, moments in the weights' dtype and no compensation (4 bytes for a bf16 weight: less memory, but most of its small updates round away; the same as adamw for LoRA's fp32 adapters)",
+        choices=("adamw", "adamw_8bit", "adamw_torch"),
     )
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0 disables clipping)", min=0.0)
     group_by_length: bool = opt(

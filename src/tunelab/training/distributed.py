@@ -219,10 +219,10 @@ def pick_sharding(cfg: RunConfig) -> str:
                 "option 'train.checkpointing' (or train.offload_activations) is true, which train.sharding fsdp2 does "
                 "not support yet (the recomputation runs outside FSDP2's gathers); set it to false, or use ddp."
             )
-        if cfg.train.optimizer != "adamw":
+        if cfg.train.optimizer == "adamw_8bit":
             raise ConfigError(
                 f"option 'train.optimizer' is {cfg.train.optimizer}, which does not take FSDP2's sharded tensors; "
-                "with train.sharding fsdp2 use adamw."
+                "with train.sharding fsdp2 use adamw (or adamw_torch)."
             )
     return sharding
 

@@ -12,7 +12,8 @@ Static (alive the whole step):
 - adapters (fp32 master weights, 4 bytes) and their fp32 gradients (4 bytes): r (in + out) per adapted projection.
 - optimizer: AdamW 8 bytes per trainable parameter (fp32 m and v); adamw_8bit 2 + 8 ceil(n/256)/n for tensors of
   >= 4096 values, fp32 moments below; either one e more for a bf16 parameter (full fine-tuning, layers), its Kahan
-  compensation (`training.compensated`); fp32 weights keep none.
+  compensation (`training.compensated`); fp32 weights keep none. adamw_torch: 2 e per parameter (torch's AdamW keeps
+  m and v in the parameter's dtype: 8 bytes for fp32 adapters, 4 for a bf16 weight), no compensation.
 - scratch: the stacked [W | sB; A] matrix of the widest grouped projection, (O + R)(in + R) e (`peft.group`), and
   QLoRA's dequantization workspace, the largest ungrouped NF4 weight out x in x e (o_proj and down_proj).
 - offload: the two landing buffers, 2 N d e (`models.offload`).
@@ -252,8 +253,11 @@ def training_state_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
     tensors = trainable_tensors(c, s)
     kind = "adapters" if s.method == "lora" else "trained weights"
     params = sum(n * b for n, b in tensors)
-    moments = adamw8bit_bytes if s.optimizer == "adamw_8bit" else (lambda n: 8 * n)  # 8-bit or fp32 m and v
-    optim = sum(moments(n) + (n * b if b < 4 else 0) for n, b in tensors)  # and a bf16 weight's compensation
+    if s.optimizer == "adamw_torch":  # m and v in the parameter's dtype, nothing compensated
+        optim = sum(2 * n * b for n, b in tensors)
+    else:
+        moments = adamw8bit_bytes if s.optimizer == "adamw_8bit" else (lambda n: 8 * n)  # 8-bit or fp32 m and v
+        optim = sum(moments(n) + (n * b if b < 4 else 0) for n, b in tensors)  # and a bf16 weight's compensation
     out = {f"{kind}: gradients": params, f"optimizer ({s.optimizer})": optim}
     if s.method == "lora":
         out = {"adapters (fp32)": params} | out  # full/layers: the weights are already counted
@@ -280,7 +284,7 @@ def optimizer_step_bytes(c: LlamaConfig, s: Setup) -> int:
     """The optimizer step's working set beyond its state: full/layers in bf16 with adamw step their tensors in foreach
     chunks of up to FOREACH_VALUES values (a larger tensor alone), each through fp32 copies of the gradient, denom and
     the working weight, 12 bytes a value (`training.compensated.adamw_update_foreach`). torch's fused AdamW (LoRA's
-    fp32 adapters, fp32 weights) and the 8-bit kernel work in registers."""
+    fp32 adapters, fp32 weights, and every weight under adamw_torch) and the 8-bit kernel work in registers."""
     if s.method == "lora" or s.optimizer != "adamw" or s.dtype_bytes == 4:
         return 0
     sizes = [n for n, _ in trainable_tensors(c, s)]
