@@ -29,6 +29,19 @@ def test_plan_prints_the_candidates_and_the_choice(tiny_overrides, tmp_path, cap
     assert "no checkpointing" in out  # a tiny model keeps every activation in 1 GiB
 
 
+def test_a_small_models_plan_reads_in_mib_not_zeros_of_gib(tiny_overrides, tmp_path, capsys):
+    """The table's peaks and the breakdown's parts were in GiB whatever their size, so the tiny model's plan showed
+    0.00 GiB on every row (marked fits yes or no) and 0.000 GiB for every part; under a tenth of a GiB they are MiB."""
+    code = main(["plan", _config(tmp_path, tiny_overrides), "--gpu-memory", "1GiB"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0.00 GiB" not in out and "0.000 GiB" not in out, out
+    rows = [line for line in out.splitlines() if "micro_batch" in line and line.rstrip().endswith("yes")]
+    assert rows and all(" MiB" in row for row in rows), out
+    total = next(line for line in out.splitlines() if line.strip().startswith("total"))
+    assert total.endswith(" MiB") and float(total.split()[-2]) > 0.1, total
+
+
 def test_plan_below_the_minimum_exits_2_naming_it(tiny_overrides, tmp_path, capsys):
     code = main(["plan", _config(tmp_path, tiny_overrides), "--gpu-memory", "100KiB"])
     err = capsys.readouterr().err

@@ -92,7 +92,7 @@ class MemoryPlan:
             mark = "->" if self.chosen is not None and s.candidate == self.chosen.candidate else ""
             fits = "yes" if s.peak <= self.budget else "no"
             rows.append(
-                f"{mark:<2}{s.candidate.describe(self.layers):<66}{s.peak / GIB:>7.2f} GiB{s.tokens_per_s:>10,.0f}  {fits}"
+                f"{mark:<2}{s.candidate.describe(self.layers):<66}{gib(s.peak):>11}{s.tokens_per_s:>10,.0f}  {fits}"
             )
         shown = self.chosen or self.smallest
         if shown.sample_s:
@@ -111,9 +111,11 @@ class MemoryPlan:
         lines = [f"peak of {s.candidate.describe(self.layers)} (at its {s.estimate.peak_phase}):"]
         parts = [(name, size) for name, size in s.estimate.components().items() if size]
         width = max([48, *(len(name) + 2 for name, _ in parts)])  # a long name does not push its size out of line
+        # one unit for the column: MiB where the whole is under a tenth of a GiB (a small model's parts read 0.000 GiB)
+        unit, name_of = (GIB, "GiB") if s.peak >= GIB / 10 else (2**20, "MiB")
         for name, size in sorted(parts, key=lambda kv: -kv[1]):
-            lines.append(f"  {name:<{width}}{size / GIB:>8.3f} GiB")
-        lines.append(f"  {'total':<{width}}{s.peak / GIB:>8.3f} GiB")
+            lines.append(f"  {name:<{width}}{size / unit:>8.3f} {name_of}")
+        lines.append(f"  {'total':<{width}}{s.peak / unit:>8.3f} {name_of}")
         return "\n".join(lines)
 
 
