@@ -456,3 +456,20 @@ def test_grpo_plan_counts_the_sampling_in_the_step_and_says_so():
         f"and the forwards for the answers' fixed log-probs {forward:.2f} s of its {ref.step_s:.2f} s"
         in plan(LLAMA2_7B, referenced, 140 * GIB, 16, fixed, gpu_name="NVIDIA H200").table()
     )
+
+
+def test_method_dora_is_planned_as_an_adapter_not_as_full_fine_tuning():
+    """method.name dora fell to the memory model's full fine-tuning branch: every weight trained, with AdamW state
+    for all of them, so a 7B DoRA run was refused for 89 GiB (62 of them optimizer state) it does not need. It is
+    planned as the adapter it is, as lora with use_dora is."""
+    from tunelab.config import RunConfig
+    from tunelab.training.memory import training_state_bytes
+    from tunelab.training.plan import config_setup
+
+    cfg = RunConfig()
+    dora = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name="dora"))
+    use_dora = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, use_dora=True))
+    assert config_setup(dora, 2048) == config_setup(use_dora, 2048) == config_setup(cfg, 2048)
+    assert config_setup(dora, 2048).method == "lora"
+    state = training_state_bytes(LLAMA2_7B, config_setup(dora, 2048))
+    assert state["optimizer (adamw)"] < 0.5 * GIB

@@ -293,7 +293,7 @@ def config_setup(
         PROJECTIONS if "all-linear" in m.target_modules else tuple(t for t in m.target_modules if t in PROJECTIONS)
     )
     return Setup(
-        method=m.name,
+        method="lora" if m.is_adapter else m.name,  # dora is an adapter too: its frozen base trains no weight
         quantized=m.quantize_base == "nf4",
         rank=m.r,
         targets=targets,
