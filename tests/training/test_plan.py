@@ -74,6 +74,32 @@ def test_a_budget_below_the_minimum_names_it_and_its_largest_part():
     message = str(err.value)
     assert "no configuration fits 8.00 GiB" in message and "weights: decoder (bf16)" in message
     assert f"{result.smallest.peak / GIB:.2f} GiB" in message
+    assert "method.quantize_base nf4" in message and "adamw_8bit" in message and "adamw_torch" not in message
+
+
+@pytest.mark.parametrize(
+    ("setup", "given", "not_given"),
+    [
+        (QLORA, ["data.max_length", "adamw_8bit"], ["quantize_base", "adamw_torch", "method.name"]),
+        (
+            dataclasses.replace(QLORA, quantized=False, optimizer="adamw_8bit"),
+            ["quantize_base nf4"],
+            ["train.optimizer"],
+        ),
+        (Setup(method="full"), ["method.name lora", "adamw_8bit", "adamw_torch"], ["quantize_base"]),
+        (Setup(method="full", shards=2), ["adamw_torch"], ["adamw_8bit"]),
+        (Setup(method="layers", top_layers=8), ["fewer method.top_layers"], ["method.name"]),
+    ],
+)
+def test_a_budget_below_the_minimum_advises_only_what_the_run_has_not_taken(setup, given, not_given):
+    """The refusal always advised method.quantize_base nf4 and train.optimizer adamw_8bit, also to a QLoRA run whose
+    NF4 weights were its largest part, and to an fsdp2 run that refuses adamw_8bit; it now names only what would
+    change something for the run planned."""
+    result = plan(LLAMA2_7B, setup, 1 * GIB, global_batch=4, ranks=setup.shards)
+    with pytest.raises(BudgetError) as err:
+        require_fit(result, "budget")
+    advice = str(err.value).split("lower what dominates it")[1]
+    assert all(g in advice for g in given) and not any(n in advice for n in not_given), advice
 
 
 def test_a_measured_step_moves_the_choice():

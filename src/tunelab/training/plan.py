@@ -84,6 +84,7 @@ class MemoryPlan:
     reason: str
     calibration: float = 1.0
     notes: list[str] = field(default_factory=list)
+    setup: Setup | None = None  # what was planned (method, optimizer): the refusal's advice follows it
 
     def table(self) -> str:
         """The candidates with their predicted peak and speed, the chosen one marked."""
@@ -184,9 +185,9 @@ def plan(
     shown = _shown(scored, budget)
     if chosen is None:
         reason = _too_small(budget, smallest, c.num_layers)
-        return MemoryPlan(budget, c.num_layers, None, shown, smallest, reason, calibration)
+        return MemoryPlan(budget, c.num_layers, None, shown, smallest, reason, calibration, setup=setup)
     reason = _why(chosen, scored, budget, c.num_layers)
-    return MemoryPlan(budget, c.num_layers, chosen, shown, smallest, reason, calibration)
+    return MemoryPlan(budget, c.num_layers, chosen, shown, smallest, reason, calibration, setup=setup)
 
 
 def _preference(s: Scored) -> tuple:
@@ -232,10 +233,24 @@ def require_fit(result: MemoryPlan, where: str) -> Scored:
     """The chosen candidate, or BudgetError saying the minimum, its dominating part and what to change."""
     if result.chosen is not None:
         return result.chosen
-    raise BudgetError(
-        f"{where}: {result.reason} Give more memory, or lower what dominates it (data.max_length for activations, "
-        "method.quantize_base nf4 for weights, train.optimizer adamw_8bit for the optimizer state)."
-    )
+    raise BudgetError(f"{where}: {result.reason} Give more memory, or lower what dominates it ({_ways(result.setup)}).")
+
+
+def _ways(s: Setup | None) -> str:
+    """What lowers each kind of part, among the options the planned run has not already taken."""
+    s = s or Setup()
+    ways = ["data.max_length for activations"]
+    if s.method == "lora" and not s.quantized:
+        ways.append("method.quantize_base nf4 for the weights")
+    elif s.method == "full":
+        ways.append("method.name lora (or layers) for the trained weights, their gradients and optimizer state")
+    elif s.method == "layers":
+        ways.append("fewer method.top_layers for the trained weights, their gradients and optimizer state")
+    if s.optimizer == "adamw" and s.shards <= 1:
+        ways.append("train.optimizer adamw_8bit for the optimizer state")
+    if s.optimizer == "adamw" and s.method != "lora":  # fsdp2 takes it, and it drops the bf16 compensation
+        ways.append("train.optimizer adamw_torch for the optimizer state, its updates rounded to bf16")
+    return ", ".join(ways)
 
 
 # ----------------------------------------------------------------------------------------------------------------
