@@ -176,6 +176,28 @@ def test_an_auto_micro_batch_shrinks_when_memory_binds_and_grad_accum_keeps_the_
     assert "does not fit" in out.chosen["train.micro_batch"].reason
 
 
+def test_grpo_is_planned_over_the_steps_answers_and_keeps_grad_accum_1():
+    """grpo's step trains on prompts_per_step x num_generations answers (here 4 x 4) in micro-batches, with
+    train.grad_accum 1; the planner took micro_batch x grad_accum (8 x 1) as the step's rows, so it predicted one
+    micro-batch's training for the step, and where memory bound it set grad_accum 4 beside micro_batch 2, which makes
+    a grpo step sample four times the prompts. The step's 16 answers are planned, in 8 micro-batches of 2, and
+    grad_accum stays 1."""
+    from tunelab.config import MethodConfig, RunConfig, TrainConfig
+    from tunelab.training.auto import plan_from_data
+    from tunelab.training.plan import plan_memory
+
+    cfg = RunConfig(task="grpo", train=TrainConfig(checkpointing=False, gpu_memory="1.4MiB"), method=MethodConfig(r=4))
+    auto = plan_from_data(cfg.train, 1000, False, grpo=cfg.grpo)
+    assert auto.train.micro_batch == 8
+    out, result = plan_memory(auto, cfg, _built(None), seq=64, prompt=16)
+    chosen = result.chosen.candidate
+    assert (out.train.micro_batch, out.train.grad_accum) == (2, 1)
+    assert (chosen.micro_batch, chosen.grad_accum) == (2, 8)
+    assert result.chosen.tokens_per_s == pytest.approx(16 * 64 / result.chosen.step_s)
+    assert "micro_batch 2 (8 a step), no checkpointing" in result.table()
+    assert out.chosen["train.micro_batch"].reason == "memory: 8 does not fit; the step's answers in 8 micro-batches"
+
+
 def test_auto_below_the_minimum_refuses():
     from tunelab.training.plan import plan_memory
 

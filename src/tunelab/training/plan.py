@@ -37,6 +37,7 @@ class Candidate:
     grad_accum: int
     checkpointed: int  # the lowest this many layers are recomputed
     offload: bool
+    rollout: bool = False  # grpo: grad_accum counts the micro-batches a step's answers go in (train.grad_accum is 1)
 
     def describe(self, layers: int) -> str:
         if not self.checkpointed:
@@ -45,9 +46,8 @@ class Candidate:
             ckpt = "checkpointing all layers"
         else:
             ckpt = f"checkpointing {self.checkpointed}/{layers} layers"
-        return f"micro_batch {self.micro_batch} x grad_accum {self.grad_accum}, {ckpt}" + (
-            ", offload" if self.offload else ""
-        )
+        batches = f"({self.grad_accum} a step)" if self.rollout else f"x grad_accum {self.grad_accum}"
+        return f"micro_batch {self.micro_batch} {batches}, {ckpt}" + (", offload" if self.offload else "")
 
 
 @dataclass
@@ -124,8 +124,9 @@ class MemoryPlan:
 # The planner
 
 
-def candidates(layers: int, global_batch: int, fixed: Fixed, cuda: bool) -> list[Candidate]:
-    """Every configuration the fixed options allow."""
+def candidates(layers: int, global_batch: int, fixed: Fixed, cuda: bool, rollout: bool = False) -> list[Candidate]:
+    """Every configuration the fixed options allow (`rollout`: grpo's, whose step's answers are split into
+    micro-batches, not accumulated from grad_accum batches of prompts)."""
     if fixed.micro_batch is not None:
         batches = [fixed.micro_batch]
     else:
@@ -141,12 +142,12 @@ def candidates(layers: int, global_batch: int, fixed: Fixed, cuda: bool) -> list
     offloads = [fixed.offload] if fixed.offload is not None else ([False, True] if cuda else [False])
     out = []
     for b in batches:
-        ga = max(1, global_batch // b)
+        ga = -(-global_batch // b) if rollout else max(1, global_batch // b)  # grpo: the last micro-batch short
         for k in counts:
             for off in offloads:
                 if off and not k and fixed.offload is None:
                     continue  # offload moves checkpointed inputs: nothing to move
-                out.append(Candidate(b, ga, k, off))
+                out.append(Candidate(b, ga, k, off, rollout))
     return out
 
 
@@ -169,7 +170,7 @@ def plan(
     fixed = fixed or Fixed()
     setup = dataclasses.replace(setup, graphs=setup.graphs and cuda)  # CUDA graphs exist on CUDA only
     scored = []
-    for cand in candidates(c.num_layers, global_batch, fixed, cuda):
+    for cand in candidates(c.num_layers, global_batch, fixed, cuda, rollout=setup.sampled > 0):
         s = dataclasses.replace(
             setup, micro_batch=cand.micro_batch, checkpointed=cand.checkpointed, offload=cand.offload
         )
@@ -363,8 +364,15 @@ def plan_for_config(
         config_setup(cfg, seq, ranks if sharding == "fsdp2" else 1, ranks, dtype, prompt),
         ddp=ranks > 1 and sharding == "ddp",
     )
-    rows = train.micro_batch * train.grad_accum
-    return plan(shape, setup, budget, rows, fixed, cuda=cuda, ranks=ranks, gpu_name=gpu_name)
+    return plan(shape, setup, budget, rows_per_step(cfg, train), fixed, cuda=cuda, ranks=ranks, gpu_name=gpu_name)
+
+
+def rows_per_step(cfg: RunConfig, train: TrainConfig) -> int:
+    """Rows an optimizer step trains on: micro_batch x grad_accum; grpo's prompts_per_step x num_generations answers,
+    in micro-batches of micro_batch rows (its grad_accum is 1)."""
+    if cfg.task == "grpo":
+        return cfg.grpo.prompts_per_step * cfg.grpo.num_generations
+    return train.micro_batch * train.grad_accum
 
 
 def refuse_layer_count(train: TrainConfig, layers: int | None) -> None:
@@ -449,12 +457,16 @@ def plan_memory(
         if t.offload_activations == AUTO:
             chosen["train.offload_activations"] = Choice(best.offload, why)
         if mb_auto and best.micro_batch != t.micro_batch:
-            chosen["train.micro_batch"] = Choice(
-                best.micro_batch, f"memory: {t.micro_batch} does not fit; grad_accum {best.grad_accum} keeps the batch"
+            keeps = (
+                f"the step's answers in {best.grad_accum} micro-batches"
+                if best.rollout
+                else f"grad_accum {best.grad_accum} keeps the batch"
             )
+            chosen["train.micro_batch"] = Choice(best.micro_batch, f"memory: {t.micro_batch} does not fit; {keeps}")
         if t.checkpoint_layers is None and 0 < best.checkpointed < shape.num_layers:
             chosen["train.checkpoint_layers"] = Choice(best.checkpointed, why)
-        t = dataclasses.replace(t, grad_accum=best.grad_accum if "train.micro_batch" in chosen else t.grad_accum)
+        accumulates = "train.micro_batch" in chosen and not best.rollout  # grpo's grad_accum stays 1
+        t = dataclasses.replace(t, grad_accum=best.grad_accum if accumulates else t.grad_accum)
     t = dataclasses.replace(t, **{name.split(".")[1]: c.value for name, c in chosen.items()})
     if built.impl == "fast":
         built.model.gradient_checkpointing = checkpoint_mode(t)
@@ -549,8 +561,11 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> P
     )
     require_fit(result, f"budget {gib(budget)}")
     result.notes += [n for n in [free_memory_note(budget, gpu)] if n]
-    rows = auto.train.micro_batch * auto.train.grad_accum
-    per_step = "pairs (a chosen and a rejected row each)" if cfg.task == "dpo" else "rows"
+    rows = rows_per_step(cfg, auto.train)
+    per_step = {
+        "dpo": "pairs (a chosen and a rejected row each)",
+        "grpo": f"sampled answers ({cfg.grpo.prompts_per_step} prompts x {cfg.grpo.num_generations})",
+    }.get(cfg.task, "rows")
     return PlanReport(result, shape, seq, rows, note, processes_line(cfg, nproc, sharding), per_step)
 
 
