@@ -335,3 +335,26 @@ def test_the_optimizer_help_says_what_a_bf16_weight_costs_as_the_memory_model_co
         assert f"{per_weight / n:.3g} for a bf16 weight" in help_text, (kind, per_weight / n)
     full = Setup(method="full", micro_batch=2, seq=24)  # the model counts that compensation: 8 + 2 bytes a weight
     assert training_state_bytes(TINY, full)["optimizer (adamw)"] == 10 * 118208
+
+
+def test_grpo_counts_the_starting_copy_its_reference_keeps():
+    """grpo with beta > 0 over full fine-tuning keeps the trained weights as they start, a copy on the GPU, for the
+    reference's log-probs; the memory model left it out. It is every trainable tensor once more: for the tiny model in
+    full, 2 x 118,208 bytes; a new adapter's reference is the base with the adapter off, no copy, but a continued one's
+    is its starting adapter."""
+    from tunelab.config import ModelConfig, RunConfig
+    from tunelab.training.plan import config_setup
+
+    cfg = RunConfig(task="grpo")
+    full = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name="full"))
+    assert config_setup(full, 64, prompt=16).reference_copy
+    assert not config_setup(cfg, 64, prompt=16).reference_copy  # a new adapter: the base, adapter off
+    continued = dataclasses.replace(cfg, model=ModelConfig(adapter="runs/stage1"))
+    assert config_setup(continued, 64, prompt=16).reference_copy
+    no_ref = dataclasses.replace(full, grpo=dataclasses.replace(cfg.grpo, beta=0.0))
+    assert not config_setup(no_ref, 64, prompt=16).reference_copy
+    assert not config_setup(dataclasses.replace(full, task="sft"), 64).reference_copy
+    s = Setup(method="full", micro_batch=2, seq=24, reference_copy=True)
+    copy = estimate(TINY, s).static["grpo reference: the trained tensors' starting copy"]
+    assert copy == 2 * 118_208
+    assert estimate(TINY, s).peak - estimate(TINY, dataclasses.replace(s, reference_copy=False)).peak == copy

@@ -23,6 +23,8 @@ Static (alive the whole step):
   holds whole what it gathers: the root unit's weights (embedding, head, final norm: kept from the forward through
   the backward) and two decoder layers' (the one computing and the next, prefetched), and the unsharded gradients of
   the root and of two trained layers (the one in backward and the one being reduce-scattered).
+- grpo's reference (`Setup.reference_copy`: grpo.beta > 0 with full, layers or a continued adapter, `tasks.grpo`
+  prepare): a copy of every trainable tensor as it starts, beside the trained one, the whole run long.
 - DDP (`Setup.ddp`, train.sharding ddp on several ranks): every rank holds the whole model, and DDP's gradient
   buckets besides, one more copy of every trainable gradient (`training.distributed.parallelize` leaves
   gradient_as_bucket_view off, so the buckets are buffers of their own).
@@ -106,6 +108,7 @@ class Setup:
     sample_len: int = 0  # grpo: the sampler's KV cache length, the longest prompt + grpo.max_new_tokens
     sample_prompt: int = 0  # grpo: the longest prompt, the prefill's length (T of its (B, T) batch)
     fixed_forwards: int = 0  # grpo: forwards over the sampled answers for their reference (and old) log-probs
+    reference_copy: bool = False  # grpo with a reference of its own: the trained tensors' starting values, kept
 
     @property
     def tokens(self) -> int:
@@ -370,6 +373,8 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     static = sharded_bytes(c, s, weight_bytes(c, s) | training_state_bytes(c, s)) | scratch_bytes(c, s)
     if s.ddp:
         static["ddp: gradient buckets"] = sum(v * b for v, b in trainable_tensors(c, s))
+    if s.reference_copy:
+        static["grpo reference: the trained tensors' starting copy"] = sum(v * b for v, b in trainable_tensors(c, s))
     layers = saving_layers(c, s)
     checkpointed = min(s.checkpointed, layers)
     kept = layers - checkpointed

@@ -325,6 +325,8 @@ def config_setup(
         sample_prompt=prompt if sampled else 0,
         # grpo: a forward for the reference's log-probs (beta > 0), one for the old policy's (LoRA dropout draws)
         fixed_forwards=int(g.beta > 0) + int(m.is_adapter and m.dropout > 0) if sampled else 0,
+        # grpo's reference where it is not the base with the adapter off: the trained tensors as they start, a copy
+        reference_copy=bool(sampled) and g.beta > 0 and (not m.is_adapter or bool(cfg.model.adapter)),
     )
 
 
