@@ -259,6 +259,13 @@ def test_parse_size(text, value):
     assert parse_size(text) == value
 
 
+@pytest.mark.parametrize("text", ["0", "0GiB", "0.0 MB"])
+def test_a_size_of_zero_is_refused_as_no_memory(text):
+    """0 was told to write 0GiB, which was then refused as "not a size"; zero in any spelling is no memory."""
+    with pytest.raises(ValueError, match="is no memory at all; give what the run may use, like 24GiB"):
+        parse_size(text)
+
+
 def test_sizes_are_shown_in_mib_below_a_tenth_of_a_gib():
     assert [gib(24 * 2**30), gib(2**30 / 10), gib(37 * 2**20)] == ["24.00 GiB", "0.10 GiB", "37.0 MiB"]
 

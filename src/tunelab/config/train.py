@@ -152,6 +152,8 @@ def parse_size(text: str) -> int:
         number, prefix = match.group(1), match.group(2).upper()
         spellings = f"{number}{prefix}iB, {number}{prefix}B or {number}{prefix}" if prefix else f"{number}B"
         raise ValueError(f"{text!r} has a lowercase b, which reads as bits; write bytes like {spellings}")
+    if match and float(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is no memory at all; give what the run may use, like 24GiB")
     if match and not (match.group(2) or match.group(3)):
         raise ValueError(
             f"{text!r} has no unit; write it like {str(text).strip()}GiB (or {str(text).strip()}B for bytes)"
