@@ -365,3 +365,27 @@ def test_grpo_counts_the_starting_copy_its_reference_keeps():
     copy = estimate(TINY, s).static["grpo reference: the trained tensors' starting copy"]
     assert copy == 2 * 118_208
     assert estimate(TINY, s).peak - estimate(TINY, dataclasses.replace(s, reference_copy=False)).peak == copy
+
+
+def test_checkpointing_a_frozen_layer_below_the_trained_ones_saves_nothing():
+    """method=layers trains the top layers; checkpointing recomputes the lowest k, which below every trained layer
+    keep nothing anyway. The model took checkpointing the tiny model's lowest layer (frozen, below its top 2) as
+    checkpointing one of the trained ones, predicting its activations gone, a peak the run exceeds. Only the
+    checkpointed layers among the trained ones count: of 3 layers, the lowest 1 none, the lowest 2 one."""
+    from tunelab.training.memory import layer_saved, recomputed_layers
+
+    s = Setup(method="layers", top_layers=2, micro_batch=2, seq=24, optimizer="adamw_8bit")  # the peak at the head
+    assert [recomputed_layers(TINY, dataclasses.replace(s, checkpointed=k)) for k in range(4)] == [0, 0, 1, 2]
+    one = estimate(TINY, dataclasses.replace(s, checkpointed=1))
+    assert (
+        one.saved
+        == estimate(TINY, s).saved
+        == {
+            "activations: kept layers": 2 * layer_saved(TINY, s, 48),
+            "activations: checkpointed inputs": 0,
+        }
+    )
+    two = estimate(TINY, dataclasses.replace(s, checkpointed=2))
+    assert two.saved == {"activations: kept layers": layer_saved(TINY, s, 48), "activations: checkpointed inputs": 6144}
+    full = Setup(micro_batch=2, seq=24, checkpointed=2)
+    assert recomputed_layers(TINY, full) == 2  # lora and full: every layer saves, every checkpointed one counts

@@ -79,3 +79,15 @@ def test_grpo_counts_a_forward_per_fixed_log_prob():
     dropout = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, dropout=0.1))
     assert config_setup(dropout, 100, prompt=20).fixed_forwards == 2
     assert config_setup(RunConfig(), 100).fixed_forwards == 0
+
+
+def test_method_layers_runs_backward_through_its_trained_layers_only(no_host):
+    """With method=layers (1 top layer of the tiny model's 2) the frozen layer below runs forward only, but the speed
+    model counted a backward for every layer. Per token: 2 forwards of 77,824 + one trained backward of 155,648 + the
+    head's forward and input gradient 2 x 2 x 256 x 64 = 65,536: 376,832, x 32 tokens; weights passed over 3 times
+    (two forwards, one backward), 3 x 36,864 x 5 bytes. Checkpointing the frozen layer recomputes nothing."""
+    s = Setup(method="layers", top_layers=1, micro_batch=1, seq=32)
+    expected = 32 * 376_832 / speed.THROUGHPUT + 3 * LAYER_WEIGHTS * 5 / 4e12
+    assert speed.step_time(TINY, s, 1) == pytest.approx(expected, rel=1e-12)
+    assert speed.step_time(TINY, dataclasses.replace(s, checkpointed=1), 1) == speed.step_time(TINY, s, 1)
+    assert speed.step_time(TINY, dataclasses.replace(s, checkpointed=2), 1) > speed.step_time(TINY, s, 1)

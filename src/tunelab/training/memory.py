@@ -350,6 +350,13 @@ def saving_layers(c: LlamaConfig, s: Setup) -> int:
     return min(s.top_layers, c.num_layers) if s.method == "layers" else c.num_layers
 
 
+def recomputed_layers(c: LlamaConfig, s: Setup) -> int:
+    """Of the lowest s.checkpointed layers, those recomputed in backward: the ones that save anything (`saving_layers`).
+    A frozen layer below every trained one (method=layers) runs without a graph whether checkpointed or not
+    (`models.recompute.recomputed_layer`), so checkpointing it keeps and saves nothing."""
+    return max(0, min(s.checkpointed, c.num_layers) - (c.num_layers - saving_layers(c, s)))
+
+
 def sampler_cache_bytes(c: LlamaConfig, s: Setup) -> int:
     """grpo's KV cache while it samples: keys and values of every layer, (B, kv_heads, S, head_dim) each."""
     return 2 * c.num_layers * s.sampled * c.num_kv_heads * s.sample_len * c.head_dim * s.dtype_bytes
@@ -376,7 +383,7 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     if s.reference_copy:
         static["grpo reference: the trained tensors' starting copy"] = sum(v * b for v, b in trainable_tensors(c, s))
     layers = saving_layers(c, s)
-    checkpointed = min(s.checkpointed, layers)
+    checkpointed = recomputed_layers(c, s)
     kept = layers - checkpointed
     saved = {
         "activations: kept layers": kept * layer_saved(c, s, n),

@@ -6,7 +6,9 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   attention: QK^T and PV over T/2 keys on average). Backward is one forward more for frozen weights (input gradients
   only; LoRA's products are small) and two for trained ones, attention's backward twice its forward. The head is
   2 V d forward and again backward (and its weight gradient when trained). A checkpointed layer's recomputation is
-  one more forward without the down projection (and without o_proj where offload parks the midpoint).
+  one more forward without the down projection (and without o_proj where offload parks the midpoint). With
+  method=layers backward stops at the lowest trained layer: the frozen ones below run forward only, and checkpointing
+  one of them recomputes nothing (`memory.recomputed_layers`).
 - Weights: every pass over a layer (forward, recomputation, backward) reads its frozen weights and writes them into
   the grouped GEMM's stacked matrix (an NF4 weight dequantized on the way): about WEIGHT_BYTES per parameter of a
   16-bit run at HBM_BYTES_S, per micro-batch, and twice that in fp32, whose copies are fp32 (`Setup.dtype_bytes`).
@@ -47,7 +49,15 @@ not measured).
 from __future__ import annotations
 
 from tunelab.models.llama_config import LlamaConfig
-from tunelab.training.memory import E, Setup, nf4_bytes, projection_shapes, sampler_cache_bytes
+from tunelab.training.memory import (
+    E,
+    Setup,
+    nf4_bytes,
+    projection_shapes,
+    recomputed_layers,
+    sampler_cache_bytes,
+    saving_layers,
+)
 
 THROUGHPUT = 540e12  # FLOP/s of the matmuls (recompute counted): fits four measured H200 steps within 4%
 HOST_S_PER_LAYER = 0.006  # CPU seconds per decoder layer per micro-batch (see the module docstring)
@@ -164,17 +174,18 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     matmul, attention, down, o_proj = layer_forward_flops(c, s.seq)
     trained = s.method != "lora"
     layers = c.num_layers
+    backed = saving_layers(c, s)  # layers backward runs through: all, or (method=layers) the trained top ones
     forward = matmul + attention
     backward = (2 if trained else 1) * matmul + 2 * attention
-    checkpointed = min(s.checkpointed, layers)
+    checkpointed = recomputed_layers(c, s)
     recompute = forward - down - (o_proj if s.offload else 0.0)
     head = 2.0 * c.vocab_size * c.hidden_size * (3 if s.method == "full" else 2)
-    per_token = layers * (forward + backward) + checkpointed * recompute + head
+    per_token = layers * forward + backed * backward + checkpointed * recompute + head
     n = s.tokens
     gpu = n * per_token / rate
     weights = sum(i * o for i, o in projection_shapes(c).values())  # one layer's frozen parameters
     moved = WEIGHT_BYTES * s.dtype_bytes / E  # bytes a parameter and pass: the copies are in the run's dtype
-    gpu += (2 * layers + checkpointed) * weights * moved / HBM_BYTES_S
+    gpu += (layers + backed + checkpointed) * weights * moved / HBM_BYTES_S
     if s.offload and checkpointed:
         layer_s = n * forward / rate
         copy_s = 2 * n * c.hidden_size * s.dtype_bytes / PCIE_BYTES_S
