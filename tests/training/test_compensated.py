@@ -355,3 +355,24 @@ def test_adamw_torch_keeps_torchs_adamw_on_bf16_weights():
 
     with pytest.raises(ConfigError, match="adamw, adamw_8bit or adamw_torch"):
         build_optimizer(model, 1e-3, 0.1, "sgd")
+
+
+def test_a_bf16_full_fine_tune_trains_with_adamw_torch(tiny_overrides, tiny_model_dir, tmp_path, monkeypatch):
+    """train.optimizer adamw_torch reaches the run: its optimizer is torch's AdamW (no CompensatedAdamW built), and
+    the bf16 weights move."""
+    built = []
+    monkeypatch.setattr(recipe, "build_optimizer", lambda *a, **k: built.append(build_optimizer(*a, **k)) or built[-1])
+    options = tiny_overrides | {
+        "method.name": "full",
+        "model.dtype": "bf16",
+        "train.optimizer": "adamw_torch",
+        "train.max_steps": 3,
+        "train.lr": 1e-3,
+        "output_dir": str(tmp_path / "run"),
+    }
+    result = recipe.train(None, options)
+    assert [type(o) for o in built] == [torch.optim.AdamW]
+    start = load_file(str(tiny_model_dir / "model.safetensors"))
+    trained = load_file(str(result.run_dir / "model.safetensors"))
+    key = "model.layers.0.mlp.up_proj.weight"
+    assert trained[key].dtype == torch.bfloat16 and not torch.equal(trained[key], start[key].to(torch.bfloat16))
