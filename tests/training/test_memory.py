@@ -389,3 +389,28 @@ def test_checkpointing_a_frozen_layer_below_the_trained_ones_saves_nothing():
     assert two.saved == {"activations: kept layers": layer_saved(TINY, s, 48), "activations: checkpointed inputs": 6144}
     full = Setup(micro_batch=2, seq=24, checkpointed=2)
     assert recomputed_layers(TINY, full) == 2  # lora and full: every layer saves, every checkpointed one counts
+
+
+def test_a_head_task_is_planned_without_the_lm_head_it_drops():
+    """classify and reward replace the LM head by a (K, d) head on each row's last token (`tasks.head.attach_head`),
+    but the memory model counted the LM head's weights, its (chunk, V) logits and, in full fine-tuning, its gradient
+    and AdamW state. The tiny model (untied, V 200, d 64) in full bf16: the root's weights 2 x 200 x 64 + 2 x 64 =
+    25,728 bytes, not 51,328, and 12,800 trained values fewer (2 bytes of gradient, 10 of optimizer state each)."""
+    from tunelab.config import RunConfig
+    from tunelab.training.memory import root_weight_bytes
+    from tunelab.training.plan import config_setup
+
+    lm = Setup(method="full", micro_batch=2, seq=24)
+    head = dataclasses.replace(lm, lm_head=False)
+    assert (root_weight_bytes(TINY, head), root_weight_bytes(TINY, lm)) == (25_728, 51_328)
+    state, lm_state = training_state_bytes(TINY, head), training_state_bytes(TINY, lm)
+    assert lm_state["trained weights: gradients"] - state["trained weights: gradients"] == 2 * 12_800
+    assert lm_state["optimizer (adamw)"] - state["optimizer (adamw)"] == 10 * 12_800
+    lora = Setup(rank=4, micro_batch=2, seq=24, lm_head=False)
+    assert estimate(TINY, lora).peak < estimate(TINY, dataclasses.replace(lora, lm_head=True)).peak
+    assert [config_setup(RunConfig(task=t), 24).lm_head for t in ("sft", "classify", "reward", "dpo")] == [
+        True,
+        False,
+        False,
+        True,
+    ]

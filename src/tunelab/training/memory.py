@@ -8,7 +8,8 @@ columns of the grouped projections (LoRA on q/k/v, gate/up).
 Static (alive the whole step):
 - weights: e bytes a weight; NF4 (QLoRA's frozen linears) per matrix of n weights ceil(n/2) codes
   + ceil(n/64) 8-bit absmaxes + 4 ceil(n/64/256) fp32 absmax2 + 4 (offset) + 1088 (the 16 + 256 fp32 code tables).
-  Embedding and head V d e each (one when tied), norms (2L + 1) d e, biases as they come.
+  Embedding and head V d e each (one when tied; classify and reward load no LM head), norms (2L + 1) d e, biases as
+  they come.
 - adapters (fp32 master weights, 4 bytes) and their fp32 gradients (4 bytes): r (in + out) per adapted projection.
 - optimizer: AdamW 8 bytes per trainable parameter (fp32 m and v); adamw_8bit 2 + 8 ceil(n/256)/n for tensors of
   >= 4096 values, fp32 moments below; either one e more for a bf16 parameter (full fine-tuning, layers), its Kahan
@@ -41,7 +42,8 @@ Transients (the largest wins, on top of what is saved at that moment):
 - the optimizer step of full fine-tuning and layers in bf16 (`training.compensated`), when no activation is left: the
   fp32 gradient copy, denom and working weight of one foreach chunk, 12 min(n_trained, max(2^25, n_max)) (each rank's
   1/S of it under fsdp2; fp32 weights take torch's fused AdamW: none);
-- head: the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, two chunks of logits
+- head (classify and reward: the final norm's three alone, their head's (B, K) logits are nothing; `Setup.lm_head`):
+  the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, two chunks of logits
   2 min(N, C) V e, C = `kernels.head_chunk.head_chunk_tokens(V)` (4096 tokens at V 32,000, 1024 at 128,256; the
   kernel holds one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
 - backward of a kept layer: d act N m e + two (N, d) gradients, beside all saved activations;
@@ -109,6 +111,7 @@ class Setup:
     sample_prompt: int = 0  # grpo: the longest prompt, the prefill's length (T of its (B, T) batch)
     fixed_forwards: int = 0  # grpo: forwards over the sampled answers for their reference (and old) log-probs
     reference_copy: bool = False  # grpo with a reference of its own: the trained tensors' starting values, kept
+    lm_head: bool = True  # False for classify and reward: the body alone, its small head on each row's last token
 
     @property
     def tokens(self) -> int:
@@ -218,7 +221,7 @@ def layer_weight_bytes(c: LlamaConfig, s: Setup) -> int:
 def root_weight_bytes(c: LlamaConfig, s: Setup) -> int:
     """Embedding, head (none of its own when tied) and final norm, in the model's dtype."""
     e = s.dtype_bytes
-    head = 0 if c.tie_word_embeddings else e * c.vocab_size * c.hidden_size
+    head = 0 if c.tie_word_embeddings or not s.lm_head else e * c.vocab_size * c.hidden_size
     return e * c.vocab_size * c.hidden_size + head + e * c.hidden_size
 
 
@@ -242,7 +245,7 @@ def _trainable(c: LlamaConfig, s: Setup) -> tuple[list[tuple[int, int]], int, li
     layer = [(i * o, e) for i, o in shapes.values()] + [(c.hidden_size, e), (c.hidden_size, e)]
     if s.method == "layers":
         return layer, min(s.top_layers, c.num_layers), []
-    embed = [(c.vocab_size * c.hidden_size, e)] * (1 if c.tie_word_embeddings else 2)
+    embed = [(c.vocab_size * c.hidden_size, e)] * (1 if c.tie_word_embeddings or not s.lm_head else 2)
     return layer, c.num_layers, embed + [(c.hidden_size, e)]
 
 
@@ -393,7 +396,7 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     # Two (chunk, V) blocks, not the one the kernel holds at a time: the H200 run of benchmarks/plan_bench.py measured
     # the head phase one such block above that count, at 7B (V 32000) and at 8B (V 128256) alike, with 4096-token
     # chunks at both (BENCHMARKS.md).
-    head = e * n * d * 3 + 4 * n + 2 * e * chunk * c.vocab_size + 4 * n
+    head = e * n * d * 3 + 4 * n + (2 * e * chunk * c.vocab_size + 4 * n if s.lm_head else 0)
     kept_bwd = e * n * (c.intermediate_size + 2 * d)
     mlp_chunk = min(n, MLP_CHUNK)
     recompute = attention_saved(c, s, n) + mlp_saved(c, s, mlp_chunk) + e * mlp_chunk * c.intermediate_size

@@ -5,7 +5,7 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
 - GPU time = FLOPs / THROUGHPUT. Per token and layer the forward is 2 W (W the layer's weights) + 2 T q (causal
   attention: QK^T and PV over T/2 keys on average). Backward is one forward more for frozen weights (input gradients
   only; LoRA's products are small) and two for trained ones, attention's backward twice its forward. The head is
-  2 V d forward and again backward (and its weight gradient when trained). A checkpointed layer's recomputation is
+  2 V d forward and again backward (and its weight gradient when trained); classify and reward have none. A checkpointed layer's recomputation is
   one more forward without the down projection (and without o_proj where offload parks the midpoint). With
   method=layers backward stops at the lowest trained layer: the frozen ones below run forward only, and checkpointing
   one of them recomputes nothing (`memory.recomputed_layers`).
@@ -179,7 +179,7 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     backward = (2 if trained else 1) * matmul + 2 * attention
     checkpointed = recomputed_layers(c, s)
     recompute = forward - down - (o_proj if s.offload else 0.0)
-    head = 2.0 * c.vocab_size * c.hidden_size * (3 if s.method == "full" else 2)
+    head = 2.0 * c.vocab_size * c.hidden_size * (3 if s.method == "full" else 2) if s.lm_head else 0.0
     per_token = layers * forward + backed * backward + checkpointed * recompute + head
     n = s.tokens
     gpu = n * per_token / rate
