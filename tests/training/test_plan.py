@@ -196,6 +196,25 @@ def test_grpo_is_planned_over_the_steps_answers_and_keeps_grad_accum_1():
     assert result.chosen.tokens_per_s == pytest.approx(16 * 64 / result.chosen.step_s)
     assert "micro_batch 2 (8 a step), no checkpointing" in result.table()
     assert out.chosen["train.micro_batch"].reason == "memory: 8 does not fit; the step's answers in 8 micro-batches"
+    # with room, the auto micro_batch stays: it is cut where memory binds, never raised past it
+    roomy = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gpu_memory="1GiB"))
+    auto = plan_from_data(roomy.train, 1000, False, grpo=cfg.grpo)
+    out, result = plan_memory(auto, roomy, _built(None), seq=64, prompt=16)
+    assert out.train.micro_batch == 8 and result.chosen.candidate.micro_batch == 8
+    assert not out.chosen["train.micro_batch"].reason.startswith("memory")
+    assert max(s.candidate.micro_batch for s in result.candidates) == 8
+
+
+def test_an_auto_micro_batch_is_never_raised_past_its_value():
+    """With grad_accum 4 beside an auto micro_batch of 8, the planner weighed micro-batches up to the 32 rows of the
+    step and, where 32 was fastest, train set it, saying "memory: 8 does not fit"."""
+    from tunelab.training.plan import plan_memory
+
+    cfg, auto = _auto(grad_accum=4, checkpointing=False, gpu_memory="1GiB")
+    out, result = plan_memory(auto, cfg, _built(None), seq=64)
+    assert (out.train.micro_batch, out.train.grad_accum) == (8, 4)
+    assert out.chosen["train.micro_batch"].reason == "1000 examples, at least 256"  # the data's choice, kept
+    assert max(s.candidate.micro_batch for s in result.candidates) == 8
 
 
 def test_auto_below_the_minimum_refuses():

@@ -69,6 +69,7 @@ class Fixed:
     """What the user set (None: the planner chooses)."""
 
     micro_batch: int | None = None
+    most_micro_batch: int | None = None  # an auto micro_batch: cut where memory binds, never raised
     checkpointing: bool | None = None
     checkpoint_layers: int | None = None
     offload: bool | None = None
@@ -130,7 +131,8 @@ def candidates(layers: int, global_batch: int, fixed: Fixed, cuda: bool, rollout
     if fixed.micro_batch is not None:
         batches = [fixed.micro_batch]
     else:
-        batches = [b for b in range(1, global_batch + 1) if global_batch % b == 0]
+        most = min(global_batch, fixed.most_micro_batch or global_batch)
+        batches = [b for b in range(1, most + 1) if global_batch % b == 0]
     if fixed.checkpointing is False:
         counts = [0]
     elif fixed.checkpoint_layers is not None:
@@ -359,6 +361,7 @@ def plan_for_config(
     refuse_layer_count(train, shape.num_layers)
     fixed = Fixed(
         micro_batch=None if micro_batch_auto else train.micro_batch,
+        most_micro_batch=train.micro_batch if micro_batch_auto else None,
         checkpointing=None if train.checkpointing == AUTO else bool(train.checkpointing),
         checkpoint_layers=train.checkpoint_layers,
         offload=None if train.offload_activations == AUTO else bool(train.offload_activations),
