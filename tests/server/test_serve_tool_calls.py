@@ -34,6 +34,24 @@ LLAMA3 = (
     _TURNS + '{%- for c in m.tool_calls or [] %}{"name": "{{ c.function.name }}", "parameters": '
     "{{ c.function.arguments | tojson }}}{%- endfor %}" + _END
 )
+# Qwen3-Coder's (and Qwen3.5's) XML calls; Mistral 7B v0.3's list (its ids must be 9 letters and digits) and the
+# [TOOL_CALLS]name[ARGS]{...} of Mistral Small 3.2
+QWEN_XML = (
+    _TURNS + "{%- for c in m.tool_calls or [] %}<tool_call>\n<function={{ c.function.name }}>\n"
+    "{%- for k, v in c.function.arguments | items %}<parameter={{ k }}>\n"
+    "{{ v | tojson if v is mapping or (v is sequence and v is not string) else v | string }}\n</parameter>\n"
+    "{%- endfor %}</function>\n</tool_call>{%- endfor %}" + _END
+)
+MISTRAL_LIST = (
+    _TURNS + "{%- if m.tool_calls %}[TOOL_CALLS] [{%- for c in m.tool_calls %}"
+    "{%- if c.id | length != 9 %}{{ raise_exception('Tool call IDs should be alphanumeric strings of length 9') }}"
+    '{%- endif %}{{ (c.function | tojson)[:-1] }}, "id": "{{ c.id }}"}{{ ", " if not loop.last }}{%- endfor %}]'
+    "{%- endif %}" + _END
+)
+MISTRAL_ARGS = (
+    _TURNS + "{%- for c in m.tool_calls or [] %}[TOOL_CALLS]{{ c.function.name }}[ARGS]"
+    "{{ c.function.arguments | tojson }}{%- endfor %}" + _END
+)
 OTHER = _TURNS + "{%- for c in m.tool_calls or [] %}<call>{{ c.function.name }}</call>{%- endfor %}" + _END
 
 
@@ -151,3 +169,62 @@ def test_held_back_text_is_only_what_may_become_a_call():
     assert hermes.safe("Let me look at it") == len("Let me look at it")
     json_calls = ToolCallReader("json", frozenset({"f"}))
     assert json_calls.safe('  {"name"') == 0 and json_calls.safe("Paris is sunny.") == len("Paris is sunny.")
+
+
+def test_qwen_xml_tool_calls_are_answered_with_values_of_their_schema_types(serve):
+    """Qwen3-Coder's `<tool_call><function=NAME><parameter=ARG>VALUE</parameter>...` came back as content (its
+    template was taken for Hermes JSON). It is now `message.tool_calls`, streamed or not, each value converted by the
+    type the request's schema gives its parameter; a string parameter, one the schema does not type, and text that
+    is no value of its type stay strings."""
+    properties = {
+        "city": {"type": "string"},
+        "days": {"type": "integer"},
+        "metric": {"type": "boolean"},
+        "hours": {"type": "array"},
+        "scale": {"type": "number"},
+        "zip": {"type": "string"},
+        "limit": {"type": ["integer", "null"]},
+        "count": {"type": "integer"},
+    }
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"properties": properties}}}]
+    call = (
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nNew York\n</parameter>\n<parameter=days>\n3\n"
+        "</parameter>\n<parameter=metric>\ntrue\n</parameter>\n<parameter=hours>\n[9, 12]\n</parameter>\n"
+        "<parameter=scale>\n0.5\n</parameter>\n<parameter=zip>\n01234\n</parameter>\n<parameter=limit>\nnull\n"
+        "</parameter>\n<parameter=count>\nthree\n</parameter>\n<parameter=note>\n42\n</parameter>\n</function>\n"
+        "</tool_call>"
+    )
+    client = serve(QWEN_XML, ["I'll check.\n\n", call[:30], call[30:]])
+    plain, (content, calls, finish) = _both(client, tools=tools)
+    assert plain.finish_reason == finish == "tool_calls"
+    assert plain.message.content == content == "I'll check."
+    expected = {"city": "New York", "days": 3, "metric": True, "hours": [9, 12], "scale": 0.5, "zip": "01234"}
+    expected |= {"limit": None, "count": "three", "note": "42"}
+    for answered in (plain.message.tool_calls, calls):
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in answered] == [("get_weather", expected)]
+
+
+def test_mistral_tool_calls_are_answered_with_or_without_their_special_tokens(serve):
+    """Mistral's `[TOOL_CALLS][{...}]` (7B v0.3, whose template took no probe call: its ids must be 9 characters)
+    and `[TOOL_CALLS]NAME[ARGS]{...}` (Small 3.2) came back as content. They are now tool calls, streamed or not,
+    and so are the same answers decoded without their special tokens, as the server decodes an answer's text."""
+    rome = '{"name": "get_weather", "arguments": {"city": "Rome"}}'
+    cases = [
+        (MISTRAL_LIST, '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}, ' + rome + "]"),
+        (MISTRAL_LIST, ' [{"name": "get_weather", "arguments": {"city": "Paris"}}, ' + rome + "]"),
+        (MISTRAL_ARGS, '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_weather[ARGS]{"city": "Rome"}'),
+        (MISTRAL_ARGS, 'get_weather{"city": "Paris"}get_weather{"city": "Rome"}'),
+    ]
+    for template, text in cases:
+        client = serve(template, [text[:7], text[7:20], text[20:]])
+        plain, (content, calls, finish) = _both(client)
+        assert plain.finish_reason == finish == "tool_calls", text
+        assert plain.message.content is None and content == ""
+        for answered in (plain.message.tool_calls, calls):
+            assert [json.loads(c.function.arguments)["city"] for c in answered] == ["Paris", "Rome"]
+    client = serve(MISTRAL_ARGS, ["Paris is ", "sunny."])
+    plain, (content, calls, finish) = _both(client)
+    assert plain.message.content == content == "Paris is sunny." and not calls and finish == "stop"
+    client = serve(MISTRAL_ARGS, ["get_weather is ", "a tool."])
+    plain, (content, calls, finish) = _both(client)
+    assert plain.message.content == content == "get_weather is a tool." and not calls and finish == "stop"

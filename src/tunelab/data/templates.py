@@ -33,7 +33,7 @@ _ROLE = "tunelab_probe_role"  # a role no template knows
 
 WriteFn = Callable[[list[dict], bool], str]  # the tokenizer's template also takes tools= (OpenAI's tool definitions)
 
-_CALL = {"id": "call_0", "type": "function", "function": {"name": "tunelab_probe_call", "arguments": {}}}
+_CALL = {"id": "call00000", "type": "function", "function": {"name": "tunelab_probe_call", "arguments": {}}}
 _TOOL = {"type": "function", "function": {"name": "tunelab_probe_tool", "description": "", "parameters": {}}}
 # What of a conversation a template may write or not (`Template.uses`): (messages, tools, the probe text shown when
 # it is written). Hugging Face chat templates take these as OpenAI sends them (transformers' apply_chat_template).
@@ -49,7 +49,7 @@ _USES = {
         [
             {"role": "user", "content": "Hi"},
             {"role": "assistant", "content": "", "tool_calls": [_CALL]},
-            {"role": "tool", "content": "tunelab_probe_result", "tool_call_id": "call_0"},
+            {"role": "tool", "content": "tunelab_probe_result", "tool_call_id": "call00000"},
         ],
         None,
         "tunelab_probe_result",

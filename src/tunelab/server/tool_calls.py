@@ -2,10 +2,19 @@
 
 A model calls a tool in the syntax its chat template writes an assistant's earlier calls in, so the syntax is read off
 the run's own template (`call_syntax`): the template is asked to write a probe call, and the text shows which of the
-two common syntaxes it uses:
+common syntaxes it uses:
 
     hermes   <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>   (Qwen 2.5/3, Hermes)
+    xml      <tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>
+                                                                                 (Qwen3-Coder, Qwen3.5)
+    mistral  [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]        (Mistral 7B v0.3, Nemo)
+             [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}                              (Mistral Small 3.2, later)
     json     {"name": "get_weather", "parameters": {"city": "Paris"}}                         (Llama 3.1-3.3)
+
+An xml call's parameter values are text: each is converted by the type the request's JSON schema gives that parameter
+(integer, number, boolean, object, array, null), and kept as a string where it gives none or the text is no such value.
+Mistral's `[TOOL_CALLS]` and `[ARGS]` are special tokens, which the answer's text is decoded without: a mistral call
+is read with or without them, but without them only when the answer opens with it.
 
 A call is read only for a function the request defined, with an object of arguments; anything else (a malformed
 call, text around a JSON call, another syntax) stays in the answer's content, so no text is lost. Each call gets an
@@ -20,7 +29,7 @@ import json
 import logging
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _NAME = "tunelab_probe_call"
 _PROBE = [
@@ -28,19 +37,23 @@ _PROBE = [
     {
         "role": "assistant",
         "content": "",
-        "tool_calls": [
-            {"id": "call_0", "type": "function", "function": {"name": _NAME, "arguments": {"tunelab_probe_arg": 1}}}
+        "tool_calls": [  # Mistral's templates take only ids of 9 letters and digits
+            {"id": "call00000", "type": "function", "function": {"name": _NAME, "arguments": {"tunelab_probe_arg": 1}}}
         ],
     },
 ]
 _log = logging.getLogger(__name__)
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)  # the last call may be cut by the end of turn
+_XML = re.compile(r"<tool_call>\s*<function=([^>\n]+)>(.*?)(?:</function>\s*(?:</tool_call>|$)|$)", re.S)
+_PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|$)", re.S)
+_MISTRAL = "[TOOL_CALLS]"
+_MISTRAL_NAME = re.compile(r"\s*([A-Za-z0-9_.:-]+)(?:\[CALL_ID\][A-Za-z0-9]*)?(?:\[ARGS\])?")
 _JSON = re.compile(r'\{\s*"name"\s*:\s*"' + _NAME + r'"\s*,\s*"(?:parameters|arguments)"\s*:')
 
 
 def call_syntax(template) -> str | None:
-    """ "hermes" or "json", the syntax in which the run's template writes an assistant's tool calls; None for a
+    """ "hermes", "xml", "mistral" or "json", the syntax in which the run's template writes an assistant's tool calls; None for a
     template that writes none, or writes them otherwise."""
     if not template.uses("tool_calls"):
         return None
@@ -48,19 +61,25 @@ def call_syntax(template) -> str | None:
         text = template.write(_PROBE, False)
     except Exception:  # the template refuses the probe's arguments: its calls are not read
         return None
+    if f"<function={_NAME}>" in text:
+        return "xml"
     if _OPEN in text and _NAME in text:
         return "hermes"
+    if _MISTRAL in text and _NAME in text:
+        return "mistral"
     return "json" if _JSON.search(text) else None
 
 
 @dataclass
 class ToolCallReader:
     """Reads the calls of one answer: `syntax` from `call_syntax`, `names` the functions the request defined,
-    `parallel` False for a request of `parallel_tool_calls: false` (at most one call answered)."""
+    `parallel` False for a request of `parallel_tool_calls: false` (at most one call answered), `types` each
+    function's parameters' JSON schema types (`{"get_weather": {"days": "integer"}}`), which xml values are read as."""
 
     syntax: str
     names: frozenset[str]
     parallel: bool = True
+    types: dict[str, dict] = field(default_factory=dict)
 
     def split(self, text: str) -> tuple[str, list[dict]]:
         """(the content left, the calls in OpenAI's shape) of a whole answer; without `parallel`, its first call."""
@@ -79,10 +98,13 @@ class ToolCallReader:
         return content, calls
 
     def _split(self, text: str) -> tuple[str, list[dict]]:
-        if self.syntax == "hermes":
+        if self.syntax == "mistral":
+            return self._mistral(text)
+        if self.syntax in ("hermes", "xml"):
             kept, calls, at = [], [], 0
-            for match in _HERMES.finditer(text):
-                call = self._call(_json(match.group(1).strip()))
+            for match in (_HERMES if self.syntax == "hermes" else _XML).finditer(text):
+                value = _json(match.group(1).strip()) if self.syntax == "hermes" else self._xml(*match.groups())
+                call = self._call(value)
                 if call is not None:
                     kept.append(text[at : match.start()])
                     calls.append(call)
@@ -102,13 +124,53 @@ class ToolCallReader:
                 at += 1
         return ("", calls) if calls else (text, [])
 
+    def _xml(self, name: str, body: str) -> dict:
+        """The call of a `<function=name>` block, its values read by the types of the function's parameters."""
+        types = self.types.get(name.strip(), {})
+        arguments = {}
+        for key, value in _PARAMETER.findall(body):
+            value = value.removeprefix("\n").removesuffix("\n")  # the template's own line breaks around a value
+            arguments[key.strip()] = _typed(value, types.get(key.strip()))
+        return {"name": name.strip(), "arguments": arguments}
+
+    def _mistral(self, text: str) -> tuple[str, list[dict]]:
+        """`[TOOL_CALLS][{...}, ...]` or `[TOOL_CALLS]name[ARGS]{...}` repeated; all of it calls, or all content."""
+        at = text.find(_MISTRAL)
+        head, body, calls = (text[:at], text[at:], []) if at >= 0 else ("", text.strip(), [])
+        decoder, at = json.JSONDecoder(), 0
+        while True:
+            while body.startswith(_MISTRAL, at) or body[at : at + 1].isspace():
+                at += len(_MISTRAL) if body.startswith(_MISTRAL, at) else 1
+            if at >= len(body):
+                break
+            try:
+                if body[at] == "[":  # the older form: a JSON list of {"name", "arguments"}
+                    values, at = decoder.raw_decode(body, at)
+                else:  # the newer: the name, [ARGS], the arguments' JSON
+                    name = _MISTRAL_NAME.match(body, at)
+                    if name is None or not name.group(1):
+                        return text, []
+                    arguments, at = decoder.raw_decode(body, name.end())
+                    values = [{"name": name.group(1), "arguments": arguments}]
+            except json.JSONDecodeError:
+                return text, []
+            for value in values if isinstance(values, list) else [values]:
+                call = self._call(value)
+                if call is None:
+                    return text, []
+                calls.append(call)
+        return (head.strip(), calls) if calls else (text, [])
+
     def safe(self, text: str) -> int:
         """How much of an answer being generated may be sent as content: what precedes anything that may still
         become a call (trailing whitespace held too, as content is stripped)."""
-        if self.syntax == "hermes":
-            cut = text.find(_OPEN)
+        if self.syntax == "mistral" and _could_open(text.lstrip(), self.names):
+            cut = 0  # a call whose [TOOL_CALLS] the decoding left out opens the answer
+        elif self.syntax != "json":
+            marker = _MISTRAL if self.syntax == "mistral" else _OPEN
+            cut = text.find(marker)
             if cut < 0:
-                cut = len(text) - next((k for k in range(len(_OPEN) - 1, 0, -1) if text.endswith(_OPEN[:k])), 0)
+                cut = len(text) - next((k for k in range(len(marker) - 1, 0, -1) if text.endswith(marker[:k])), 0)
         else:
             cut = 0 if text.lstrip()[:1] in ("", "{") else len(text)
         return len(text[:cut].rstrip())
@@ -128,6 +190,35 @@ class ToolCallReader:
         }
 
 
+def _could_open(lead: str, names: frozenset[str]) -> bool:
+    """Whether an answer that opens with `lead` may still be a mistral call without its [TOOL_CALLS]: empty, a
+    JSON list, or a function's name (or the start of one)."""
+    return not lead or lead[0] == "[" or any(lead.startswith(n) or n.startswith(lead) for n in names)
+
+
+def _typed(value: str, kind) -> object:
+    """An xml parameter's text as its JSON schema `kind` (a type name, or a list of them) reads it; the text itself
+    for a string, for no type given, or for text that is no value of the type."""
+    kinds = kind if isinstance(kind, list) else [kind]
+    if not isinstance(kind, (str, list)) or "string" in kinds:
+        return value
+    text = value.strip()
+    for kind in kinds:
+        if kind == "null" and text.lower() in ("null", "none"):
+            return None
+        if kind == "boolean" and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        if kind in ("integer", "number") and re.fullmatch(r"-?\d+", text):
+            return int(text)
+        if kind == "number" and re.fullmatch(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text):
+            return float(text)
+        if kind in ("object", "array"):
+            parsed = _json(text)
+            if isinstance(parsed, dict if kind == "object" else list):
+                return parsed
+    return value
+
+
 def _json(text: str):
     try:
         return json.loads(text)
@@ -143,5 +234,12 @@ def tool_call_reader(
     if not tools or tool_choice == "none":
         return None
     syntax = call_syntax(template)
-    names = frozenset(t["function"].get("name") for t in tools if isinstance(t.get("function"), dict))
-    return ToolCallReader(syntax, names, parallel_tool_calls is not False) if syntax else None
+    functions = [t["function"] for t in tools if isinstance(t.get("function"), dict)]
+    types = {}
+    for function in functions:
+        schema = function.get("parameters")
+        properties = schema.get("properties") if isinstance(schema, dict) else None
+        if isinstance(properties, dict):
+            types[function.get("name")] = {k: v.get("type") for k, v in properties.items() if isinstance(v, dict)}
+    names = frozenset(f.get("name") for f in functions)
+    return ToolCallReader(syntax, names, parallel_tool_calls is not False, types) if syntax else None
