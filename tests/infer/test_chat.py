@@ -155,6 +155,38 @@ def test_a_line_ending_in_a_backslash_continues_the_message(tiny_run_dir):
     assert ["Codes of boxes:\n1 and\n2?"] in asked, asked
 
 
+def test_ctrl_c_at_a_continuation_prompt_discards_the_message_only(tiny_run_dir, monkeypatch, capsys):
+    """Ctrl-C at the "...> " prompt of a message continued with a backslash ended the whole chat, where the user
+    meant to drop the message being typed. It now discards that message (said), nothing of it is sent, and the chat
+    goes on at "you> "; Ctrl-C there still ends it, exit code 0."""
+    from tunelab.cli import main
+
+    inputs = iter(["Codes of boxes:\\", KeyboardInterrupt, "Code of box 1?", KeyboardInterrupt])
+    prompts, asked = [], []
+
+    def read(prompt: str) -> str:
+        prompts.append(prompt)
+        given = next(inputs)
+        if given is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return given
+
+    monkeypatch.setattr("builtins.input", read)
+
+    class Answer(list):
+        cut = False
+
+    def answer(model, tokenizer, template, messages, settings):
+        asked.append([m["content"] for m in messages])
+        return Answer(["Hi"]), 99
+
+    monkeypatch.setattr("tunelab.infer.chat.stream_answer", answer)
+    assert main(["chat", str(tiny_run_dir), "--device", "cpu", "--max-new-tokens", "2"]) == 0
+    assert prompts == ["you> ", "...> ", "you> ", "you> "], prompts
+    assert asked == [["Code of box 1?"]], asked
+    assert "\n(message discarded: its lines were not sent.)\n" in capsys.readouterr().out
+
+
 def test_the_oldest_exchanges_are_left_out_once_the_conversation_outgrows_the_context(tiny_run_dir, monkeypatch):
     """A conversation longer than the model's context was refused message after message ("not sent: the prompt is
     N tokens ...") until /reset, which threw the whole history away. The oldest exchanges are now left out, as many

@@ -1,6 +1,7 @@
 """An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit (or
 Ctrl-D, or Ctrl-C at the prompt) leaves, /system TEXT sets the system prompt (/system alone: the run's own),
-Ctrl-C during an answer stops it. A line ending in a backslash continues on the next. A conversation grown past
+Ctrl-C during an answer stops it. A line ending in a backslash continues on the next (Ctrl-C there drops the message
+being typed, and the chat goes on). A conversation grown past
 the model's context loses its oldest exchanges (said once). An empty answer is not kept, nor the question it
 answered: training skips a conversation holding an empty answer, so the model would be shown a turn it never saw."""
 
@@ -26,13 +27,16 @@ from tunelab.infer.run import LoadedRun
 COMMAND = re.compile(r"/[A-Za-z]+")  # a line that is one such word is a command, never a message
 
 
-def _message(read: Callable[[str], str]) -> str:
+def _message(read: Callable[[str], str]) -> str | None:
     """One message, of one line or several: a line ending in a backslash continues on the next (the backslash
-    becomes a line break)."""
+    becomes a line break). None for one dropped by Ctrl-C at a continuation prompt."""
     lines = [read("you> ")]
     while lines[-1].rstrip().endswith("\\"):
         lines[-1] = lines[-1].rstrip()[:-1]
-        lines.append(read("...> "))
+        try:
+            lines.append(read("...> "))
+        except KeyboardInterrupt:
+            return None
     return "\n".join(lines).strip()
 
 
@@ -73,6 +77,9 @@ def chat(
             break
         except UnicodeDecodeError as exc:  # a terminal line that is not UTF-8 (strict decoding of stdin)
             out.write(f"(not sent: the line is not UTF-8 text: {exc.reason} at byte {exc.start}.)\n")
+            continue
+        if text is None:  # Ctrl-C at "...> ": the message being typed goes, not the chat
+            out.write("\n(message discarded: its lines were not sent.)\n")
             continue
         if text in ("/exit", "/quit"):
             break
