@@ -303,6 +303,31 @@ def tiny_run_dir(tmp_path_factory, tiny_model_dir):
     return train(None, overrides).run_dir
 
 
+@pytest.fixture
+def mixed_system_run_dir(tiny_run_dir, tmp_path):
+    """tiny_run_dir as if trained on a mixture of four sources: its file and "same" with data.system_prompt ("You
+    are helpful."), "pirate" with its own ("You are a pirate.") and "plain" with none."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "mixed-run"
+    shutil.copytree(tiny_run_dir, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    path = config["data"]["train"][0]
+    config["data"]["system_prompt"] = "You are helpful."
+    config["data"]["train"] = [
+        path,
+        {"path": path, "name": "same"},
+        {"path": path, "name": "pirate", "system_prompt": "You are a pirate."},
+        {"path": path, "name": "plain", "system_prompt": ""},
+    ]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"system_prompt": "You are helpful."}))
+    return run
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Numerics and devices, for the kernel, quant, model and peft tests. Marks (registered in pyproject.toml, applied by
 # `pytest_collection_modifyitems` below): `gpu` needs a CUDA device; `triton` needs Triton and a device it runs on, a

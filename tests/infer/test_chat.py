@@ -187,6 +187,23 @@ def test_ctrl_c_at_a_continuation_prompt_discards_the_message_only(tiny_run_dir,
     assert "\n(message discarded: its lines were not sent.)\n" in capsys.readouterr().out
 
 
+def test_a_mixture_of_system_prompts_says_which_one_the_chat_uses(mixed_system_run_dir, tiny_run_dir):
+    """A run trained on sources of different system prompts was chatted with under data.system_prompt alone, without
+    a word, so a user could not tell why the answers read like one source only. The chat now says at start which
+    system prompt it uses, names the sources' others and how to give one (/system); a run of one prompt says nothing."""
+    out = io.StringIO()
+    chat(open_run(mixed_system_run_dir, device="cpu"), GenerationSettings(), read=lambda prompt: "/exit", out=out)
+    said = out.getvalue()
+    expected = (
+        "(the run's sources trained with different system prompts (pirate: 'You are a pirate.'; plain: none); answers "
+        "use data.system_prompt, 'You are helpful.', unless /system TEXT sets another.)\n"
+    )
+    assert expected in said, said
+    out = io.StringIO()
+    chat(open_run(tiny_run_dir, device="cpu"), GenerationSettings(), read=lambda prompt: "/exit", out=out)
+    assert "system prompts" not in out.getvalue()
+
+
 def test_the_oldest_exchanges_are_left_out_once_the_conversation_outgrows_the_context(tiny_run_dir, monkeypatch):
     """A conversation longer than the model's context was refused message after message ("not sent: the prompt is
     N tokens ...") until /reset, which threw the whole history away. The oldest exchanges are now left out, as many

@@ -39,3 +39,20 @@ def test_a_port_of_the_wrong_type_or_range_is_named(tiny_run_dir):
             tunelab.serve(tiny_run_dir, port=port)
         with pytest.raises(ConfigError, match=rf"option '--port' is {port}"):
             start_server(tiny_run_dir, port=port)
+
+
+def test_a_mixture_of_system_prompts_is_said_before_serving(mixed_system_run_dir, monkeypatch, capsys):
+    """A run trained on sources of different system prompts was served under data.system_prompt alone, without a
+    word. serve now says which system prompt answers use, names the sources' others, and that a request's own
+    system message gives another."""
+    import tunelab.server.serve as serve_module
+
+    class Server:
+        def run(self, sockets):
+            pass
+
+    monkeypatch.setattr(serve_module, "_server", lambda app, level: Server())
+    assert main(["serve", str(mixed_system_run_dir), "--port", "0", "--device", "cpu"]) == 0
+    said = capsys.readouterr().err
+    assert "(pirate: 'You are a pirate.'; plain: none); answers use data.system_prompt, 'You are helpful.', " in said
+    assert "unless a request sends its own system message.)" in said, said

@@ -69,6 +69,8 @@ def chat(
     )
     if notice := config_notice(run.model):
         out.write(f"({notice})\n")
+    if notice := run.system_prompt_notice("/system TEXT sets another"):
+        out.write(f"{notice}\n")
     while True:
         try:
             text = _message(read)

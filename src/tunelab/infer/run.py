@@ -18,11 +18,11 @@ from torch import nn
 
 from tunelab.data.formats import trained_system
 from tunelab.data.templates import Template, run_template
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.load import ModelSource, load_hf_model, load_tokenizer, pick_device, resolve_source
 from tunelab.peft.lora import adapters_disabled
 from tunelab.peft.save import load_adapter
-from tunelab.rundir import RunInfo, open_info, start_info
+from tunelab.rundir import RunInfo, open_info, saved_config, start_info
 from tunelab.training.build import check_trained_base, run_dtype, trained_base
 
 BASE_PRECISIONS = ("trained", "16bit")
@@ -56,6 +56,34 @@ class LoadedRun:
     def system_prompt(self) -> str | None:
         """The run's data.system_prompt as training added it (a blank one is none)."""
         return trained_system(self.info.system_prompt)
+
+    def source_system_prompts(self) -> list[tuple[str, str | None]]:
+        """The mixture's sources trained with a system prompt other than `system_prompt` (their own), each as (its
+        name, that prompt; None for none); empty for a run whose sources all took data.system_prompt, or whose
+        config.yaml cannot be read (it alone records them)."""
+        try:
+            train = saved_config(self.run_dir, "the sources' system prompts").data.train
+        except RunDirError:
+            return []
+        own = [
+            (s.name or s.path or s.hub, trained_system(s.system_prompt))
+            for s in train
+            if not isinstance(s, str) and s.system_prompt is not None  # None: the source took data.system_prompt
+        ]
+        return [(name, system) for name, system in own if system != self.system_prompt and name is not None]
+
+    def system_prompt_notice(self, choose: str) -> str | None:
+        """A line for the start of chat and serve when the run's sources trained with different system prompts: the
+        one answers use (data.system_prompt) and the others, and `choose` says how to give another."""
+        others = self.source_system_prompts()
+        if not others:
+            return None
+        used = repr(self.system_prompt) if self.system_prompt else "none"
+        listed = "; ".join(f"{name}: {system!r}" if system else f"{name}: none" for name, system in others)
+        return (
+            f"(the run's sources trained with different system prompts ({listed}); answers use data.system_prompt, "
+            f"{used}, unless {choose}.)"
+        )
 
     @property
     def quantized_base(self) -> bool:

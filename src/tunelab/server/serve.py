@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.infer.generate import GenerationSettings, say_config_notice
+from tunelab.infer.generate import GenerationSettings, say, say_config_notice
 from tunelab.infer.run import LoadedRun, check_base_precision, opened
 
 INSTALL = "pip install 'tunelab[serve]'   (FastAPI and uvicorn)"
@@ -124,6 +124,7 @@ def build_app(
 
     loaded = opened(run, device, base_precision)
     say_config_notice(loaded.model)  # before serving: the same line chat, generate and compare print
+    say(loaded.system_prompt_notice("a request sends its own system message"))
     if model_name:
         engine = Engine(loaded, model_name)
     else:  # a request may name the directory a link leads to as well
