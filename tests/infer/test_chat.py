@@ -187,6 +187,27 @@ def test_ctrl_c_at_a_continuation_prompt_discards_the_message_only(tiny_run_dir,
     assert "\n(message discarded: its lines were not sent.)\n" in capsys.readouterr().out
 
 
+def test_input_ending_inside_a_continued_message_is_said(tiny_run_dir, monkeypatch, capsys):
+    """Input that ended at a "...> " prompt (Ctrl-D, or a piped file whose last line ends in a backslash) ended the
+    chat and dropped the message typed so far without a word. The chat still ends (exit 0), and says the message was
+    not sent."""
+    from tunelab.cli import main
+
+    inputs = iter(["Code of box 1?\\"])
+
+    def read(prompt: str) -> str:
+        try:
+            return next(inputs)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", read)
+    assert main(["chat", str(tiny_run_dir), "--device", "cpu"]) == 0
+    said = capsys.readouterr().out
+    assert said.endswith("\n(input ended inside a message continued with \\: the message was not sent.)\n"), said
+    assert "model>" not in said
+
+
 def test_a_mixture_of_system_prompts_says_which_one_the_chat_uses(mixed_system_run_dir, tiny_run_dir):
     """A run trained on sources of different system prompts was chatted with under data.system_prompt alone, without
     a word, so a user could not tell why the answers read like one source only. The chat now says at start which

@@ -37,7 +37,13 @@ def _message(read: Callable[[str], str]) -> str | None:
             lines.append(read("...> "))
         except KeyboardInterrupt:
             return None
+        except EOFError:
+            raise _EndedInMessage from None
     return "\n".join(lines).strip()
+
+
+class _EndedInMessage(EOFError):
+    """The input ended (Ctrl-D, the end of a piped file) at a continuation prompt: the message was never finished."""
 
 
 def _fitted(run: LoadedRun, messages: list[dict], head: int, wanted: int) -> list[dict]:
@@ -74,8 +80,10 @@ def chat(
     while True:
         try:
             text = _message(read)
-        except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C: end the "you> " line, and the chat as /exit does
+        except (EOFError, KeyboardInterrupt) as exc:  # Ctrl-D or Ctrl-C: end the line, and the chat as /exit does
             out.write("\n")
+            if isinstance(exc, _EndedInMessage):
+                out.write("(input ended inside a message continued with \\: the message was not sent.)\n")
             break
         except UnicodeDecodeError as exc:  # a terminal line that is not UTF-8 (strict decoding of stdin)
             out.write(f"(not sent: the line is not UTF-8 text: {exc.reason} at byte {exc.start}.)\n")
