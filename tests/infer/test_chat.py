@@ -208,6 +208,30 @@ def test_input_ending_inside_a_continued_message_is_said(tiny_run_dir, monkeypat
     assert "model>" not in said
 
 
+def test_a_command_with_text_after_it_or_in_capitals_is_not_sent(tiny_run_dir):
+    """ "/exit now", "/reset please" and "/Exit" were sent to the model as questions, where the user meant a command.
+    They are now not sent, saying why (the command takes no text; commands are lower-case), and the chat goes on."""
+    run = open_run(tiny_run_dir, device="cpu")
+    inputs = iter(["/exit now", "/reset please", "/Exit", "/SYSTEM be brief", "/exit"])
+    out, asked, real = io.StringIO(), [], run.template.write
+
+    def seen(messages, add_generation_prompt):
+        asked.append(messages)
+        return real(messages, add_generation_prompt)
+
+    run.template = replace(run.template, write=seen)
+    chat(run, GenerationSettings(max_new_tokens=2), read=lambda prompt: next(inputs), out=out)
+    said = out.getvalue()
+    assert not [m for m in asked if m and m[-1]["content"].startswith("/")], asked
+    for why in (
+        "/exit takes no text",
+        "/reset takes no text",
+        "commands are lower-case: /exit",
+        "commands are lower-case: /system",
+    ):
+        assert f"(not sent: {why}; /reset starts over, /system TEXT, /exit leaves.)" in said, said
+
+
 def test_a_mixture_of_system_prompts_says_which_one_the_chat_uses(mixed_system_run_dir, tiny_run_dir):
     """A run trained on sources of different system prompts was chatted with under data.system_prompt alone, without
     a word, so a user could not tell why the answers read like one source only. The chat now says at start which

@@ -25,6 +25,7 @@ from tunelab.infer.generate import (
 from tunelab.infer.run import LoadedRun
 
 COMMAND = re.compile(r"/[A-Za-z]+")  # a line that is one such word is a command, never a message
+COMMANDS = ("/exit", "/quit", "/reset", "/system")
 
 
 def _message(read: Callable[[str], str]) -> str | None:
@@ -114,6 +115,11 @@ def chat(
             )
             continue
         if not text:
+            continue
+        word = text.split(maxsplit=1)[0]
+        if word.lower() in COMMANDS:  # "/exit now", "/Reset": meant as a command, never a question for the model
+            how = f"commands are lower-case: {word.lower()}" if word != word.lower() else f"{word} takes no text"
+            out.write(f"(not sent: {how}; /reset starts over, /system TEXT, /exit leaves.)\n")
             continue
         if COMMAND.fullmatch(text):  # a mistyped command ("/exti") would be sent to the model as a question
             out.write(f"(not sent: unknown command {text}; /reset starts over, /system TEXT, /exit leaves.)\n")
