@@ -360,12 +360,14 @@ def test_a_lone_surrogate_in_a_message_is_a_400(server):
 
 
 def test_a_bool_for_a_number_and_an_empty_stop_string_are_400s(server):
-    """JSON's true was read as max_tokens 1 and an empty stop string was accepted: each is refused, naming it."""
+    """JSON's true was read as max_tokens 1, "yes" as stream_options.include_usage true, and an empty stop string was
+    accepted: each is refused, naming it."""
     url = f"{server.url}/v1/chat/completions"
     for extra, param in [
         ({"max_tokens": True}, "max_tokens"),
         ({"temperature": True}, "temperature"),
         ({"stream": "yes"}, "stream"),
+        ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
         ({"stop": ""}, "stop"),
         ({"stop": ["end", ""]}, "stop"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),

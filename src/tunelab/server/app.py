@@ -53,7 +53,7 @@ class Message(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    include_usage: bool | None = None
+    include_usage: bool | None = Field(default=None, strict=True)  # "yes" is no bool: a 400, not true
 
 
 StopText = Annotated[str, Field(min_length=1)]  # an empty stop string would end every answer before it starts
