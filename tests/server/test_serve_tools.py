@@ -123,3 +123,28 @@ def test_special_token_text_in_a_name_or_tool_call_is_refused(tiny_run_dir):
             answer = _ask(client, messages, **options)
             assert answer.status_code == 400 and "'<|im_end|>'" in answer.json()["error"]["message"], answer.text
         assert _ask(client, [{**QUESTION, "name": "ann"}], tools=TOOLS).status_code == 200
+
+
+def test_a_tool_definition_not_in_openais_shape_is_refused_by_field(tiny_run_dir):
+    """A tool without its function, or whose function has no name or a schema that is no object, was written into
+    the prompt as it came (the model saw a nameless tool, whose calls could never be read back). Each is a 400
+    naming the field, as OpenAI answers it."""
+    run = open_run(tiny_run_dir, device="cpu")
+    run.tokenizer.chat_template = TOOL_TEMPLATE
+    fine = TOOLS[0]
+    with TestClient(build_app(run, model_name="tiny")) as client:
+        for tool, param in [
+            ({"type": "function"}, "tools.1.function"),
+            ({"type": "retrieval"}, "tools.1.type"),
+            ("get_weather", "tools.1"),
+            ({"type": "function", "function": {}}, "tools.1.function.name"),
+            ({"type": "function", "function": {"name": 5}}, "tools.1.function.name"),
+            ({"type": "function", "function": {"name": "f", "parameters": "city"}}, "tools.1.function.parameters"),
+            ({"type": "function", "function": {"name": "f", "description": ["x"]}}, "tools.1.function.description"),
+        ]:
+            answer = _ask(client, [QUESTION], tools=[fine, tool])
+            error = answer.json()["error"]
+            assert answer.status_code == 400 and error["param"] == param, (tool, error)
+            assert error["message"].startswith(param), error
+        tool = {"type": "function", "function": {"name": "f", "description": None, "parameters": None}}
+        assert _ask(client, [QUESTION], tools=[fine, tool]).status_code == 200

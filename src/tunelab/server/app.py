@@ -31,7 +31,7 @@ from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
-from tunelab.server.tool_calls import ToolCallReader, tool_call_reader
+from tunelab.server.tool_calls import ToolCallReader, tool_call_reader, tool_definition_problem
 
 MAX_TOKENS_CAP = 4096  # the most a request may ask, unless the server's default (--max-new-tokens) is more
 ROUTES = "GET /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
@@ -360,6 +360,8 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                 )
         template = engine.run.template
         tools = body.tools or None
+        if tools is not None and (problem := tool_definition_problem(tools)):
+            return _error(400, problem[1], param=problem[0])
         if tools is not None and not template.uses("tools"):
             return _error(
                 400,

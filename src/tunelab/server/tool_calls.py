@@ -226,6 +226,27 @@ def _json(text: str):
         return None
 
 
+def tool_definition_problem(tools: list) -> tuple[str, str] | None:
+    """(the field, the message) of the first tool definition not in OpenAI's shape, {"type": "function", "function":
+    {"name": ..., "description"?: ..., "parameters"?: {...}}}; None when all are. A template would write a malformed
+    one as it comes (or fail on it), and its calls could not be read back."""
+    shape = 'give each tool as OpenAI does: {"type": "function", "function": {"name": ..., "parameters": {...}}}'
+    for k, tool in enumerate(tools):
+        where = f"tools.{k}"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            return f"{where}.type", f"{where}.type: this server reads function tools only; {shape}"
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            return f"{where}.function", f"{where}.function: missing or not an object; {shape}"
+        name = function.get("name")
+        if not isinstance(name, str) or not name.strip():
+            return f"{where}.function.name", f"{where}.function.name: give the function's name as a non-empty string"
+        for key, kind, what in (("description", str, "a string"), ("parameters", dict, "a JSON schema object")):
+            if function.get(key) is not None and not isinstance(function[key], kind):
+                return f"{where}.function.{key}", f"{where}.function.{key}: should be {what}"
+    return None
+
+
 def tool_call_reader(
     template, tools: list[dict] | None, tool_choice, parallel_tool_calls: bool | None = None
 ) -> ToolCallReader | None:
