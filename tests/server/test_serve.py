@@ -643,6 +643,14 @@ def test_a_body_sent_without_the_json_content_type_is_named_so(server):
         assert f"this request came with Content-Type: {kind}" in error["message"], error
     status, _, raw = _http("POST", url, b"[1, 2]")  # JSON that is not an object is still named as such
     assert status == 400 and "valid dictionary" in json.loads(raw)["error"]["message"]
+    for kind in ({"Content-Type": "application/json"}, {}):  # no body at all ("body: Field required" before)
+        request = urllib.request.Request(
+            url, data=b"", method="POST", headers=kind | {"Authorization": f"Bearer {KEY}"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=60)
+        error = json.loads(err.value.read())["error"]
+        assert err.value.code == 400 and error["message"].startswith("the request has no body; send"), (kind, error)
 
 
 def test_serve_from_python_requires_the_key_of_the_environment_as_the_cli_does(tiny_run_dir, monkeypatch):

@@ -293,6 +293,12 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         if first.get("type") == "json_invalid":
             return _error(400, "the request body is not valid JSON", code="invalid_json")
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if first.get("loc") == ("body",) and first.get("type") == "missing":  # "body: Field required" named nothing
+            return _error(
+                400,
+                'the request has no body; send the chat request as a JSON object: {"model": ..., "messages": [...]}',
+                code="invalid_json",
+            )
         if first.get("loc") == ("body",) and not (kind == "application/json" or kind.endswith("+json")):
             # the body was never read as JSON: "body: Input should be a valid dictionary" would blame the JSON
             sent = f"Content-Type: {kind}" if kind else "no Content-Type"
