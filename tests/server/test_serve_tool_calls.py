@@ -228,3 +228,22 @@ def test_mistral_tool_calls_are_answered_with_or_without_their_special_tokens(se
     client = serve(MISTRAL_ARGS, ["get_weather is ", "a tool."])
     plain, (content, calls, finish) = _both(client)
     assert plain.message.content == content == "get_weather is a tool." and not calls and finish == "stop"
+
+
+def test_a_mistral_call_can_be_sent_back_with_its_result(serve, monkeypatch):
+    """A Mistral call was answered with an id "call_" + 24 characters, which Mistral's templates refuse when the
+    client sends the call back with the tool's result (ids of 9 letters and digits only): the conversation could not
+    go on. Its id is now 9 letters and digits, and the next request is answered."""
+    client = serve(MISTRAL_LIST, ['[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]'])
+    call = client.chat.completions.create(model="tiny", messages=QUESTION, tools=TOOLS).choices[0].message
+    assert call.tool_calls[0].id.isalnum() and len(call.tool_calls[0].id) == 9, call
+
+    def written(self, messages, settings, stop, seed=None, tools=None):  # the template writes the conversation
+        self._prompt(messages, settings, tools)
+        return FakeReply(["Sunny."])
+
+    monkeypatch.setattr(Engine, "stream", written)
+    result = {"role": "tool", "tool_call_id": call.tool_calls[0].id, "content": "sunny"}
+    messages = [*QUESTION, call.model_dump(exclude_none=True), result]
+    answer = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS)
+    assert answer.choices[0].message.content == "Sunny."

@@ -14,7 +14,8 @@ common syntaxes it uses:
 An xml call's parameter values are text: each is converted by the type the request's JSON schema gives that parameter
 (integer, number, boolean, object, array, null), and kept as a string where it gives none or the text is no such value.
 Mistral's `[TOOL_CALLS]` and `[ARGS]` are special tokens, which the answer's text is decoded without: a mistral call
-is read with or without them, but without them only when the answer opens with it.
+is read with or without them, but without them only when the answer opens with it; its id is 9 letters and digits,
+the only ids Mistral's templates take back.
 
 A call is read only for a function the request defined, with an object of arguments; anything else (a malformed
 call, text around a JSON call, another syntax) stays in the answer's content, so no text is lost. Each call gets an
@@ -184,7 +185,9 @@ class ToolCallReader:
         if not isinstance(arguments, dict):
             return None
         return {
-            "id": f"call_{uuid.uuid4().hex[:24]}",
+            # Mistral's templates refuse an earlier call whose id is not 9 letters and digits: the id the client sends
+            # back with the tool's result must be one they take
+            "id": uuid.uuid4().hex[:9] if self.syntax == "mistral" else f"call_{uuid.uuid4().hex[:24]}",
             "type": "function",
             "function": {"name": value["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
         }
