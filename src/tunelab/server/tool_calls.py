@@ -19,7 +19,7 @@ the only ids Mistral's templates take back.
 
 A call is read only for a function the request defined, with an object of arguments; anything else (a malformed
 call, text around a JSON call, another syntax) stays in the answer's content, so no text is lost. Each call gets an
-id (`call_...`) and its arguments as JSON text, as OpenAI gives them. With `parallel_tool_calls: false` a request
+id (`call_...`, a mistral call's as said above) and its arguments as JSON text, as OpenAI gives them. With `parallel_tool_calls: false` a request
 gets at most one call, as OpenAI documents ("zero or one tool is called"): the first; the others the model wrote are
 dropped with a log line (not kept as content, which would show the user a call's JSON).
 """
@@ -54,8 +54,8 @@ _JSON = re.compile(r'\{\s*"name"\s*:\s*"' + _NAME + r'"\s*,\s*"(?:parameters|arg
 
 
 def call_syntax(template) -> str | None:
-    """ "hermes", "xml", "mistral" or "json", the syntax in which the run's template writes an assistant's tool calls; None for a
-    template that writes none, or writes them otherwise."""
+    """ "hermes", "xml", "mistral" or "json", the syntax in which the run's template writes an assistant's tool
+    calls; None for a template that writes none, or writes them otherwise."""
     if not template.uses("tool_calls"):
         return None
     try:
