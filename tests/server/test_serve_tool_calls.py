@@ -185,13 +185,16 @@ def test_qwen_xml_tool_calls_are_answered_with_values_of_their_schema_types(serv
         "zip": {"type": "string"},
         "limit": {"type": ["integer", "null"]},
         "count": {"type": "integer"},
+        "unit": {"type": ["string", "null"]},
+        "label": {"type": "string"},
     }
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"properties": properties}}}]
     call = (
         "<tool_call>\n<function=get_weather>\n<parameter=city>\nNew York\n</parameter>\n<parameter=days>\n3\n"
         "</parameter>\n<parameter=metric>\ntrue\n</parameter>\n<parameter=hours>\n[9, 12]\n</parameter>\n"
         "<parameter=scale>\n0.5\n</parameter>\n<parameter=zip>\n01234\n</parameter>\n<parameter=limit>\nnull\n"
-        "</parameter>\n<parameter=count>\nthree\n</parameter>\n<parameter=note>\n42\n</parameter>\n</function>\n"
+        "</parameter>\n<parameter=count>\nthree\n</parameter>\n<parameter=note>\n42\n</parameter>\n"
+        "<parameter=unit>\nnull\n</parameter>\n<parameter=label>\nnull\n</parameter>\n</function>\n"
         "</tool_call>"
     )
     client = serve(QWEN_XML, ["I'll check.\n\n", call[:30], call[30:]])
@@ -199,7 +202,7 @@ def test_qwen_xml_tool_calls_are_answered_with_values_of_their_schema_types(serv
     assert plain.finish_reason == finish == "tool_calls"
     assert plain.message.content == content == "I'll check."
     expected = {"city": "New York", "days": 3, "metric": True, "hours": [9, 12], "scale": 0.5, "zip": "01234"}
-    expected |= {"limit": None, "count": "three", "note": "42"}
+    expected |= {"limit": None, "count": "three", "note": "42", "unit": None, "label": "null"}
     for answered in (plain.message.tool_calls, calls):
         assert [(c.function.name, json.loads(c.function.arguments)) for c in answered] == [("get_weather", expected)]
 

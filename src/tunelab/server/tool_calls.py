@@ -203,12 +203,12 @@ def _typed(value: str, kind) -> object:
     """An xml parameter's text as its JSON schema `kind` (a type name, or a list of them) reads it; the text itself
     for a string, for no type given, or for text that is no value of the type."""
     kinds = kind if isinstance(kind, list) else [kind]
+    text = value.strip()
+    if "null" in kinds and text == "null":  # ["string", "null"]: a null, not the text "null"
+        return None
     if not isinstance(kind, (str, list)) or "string" in kinds:
         return value
-    text = value.strip()
     for kind in kinds:
-        if kind == "null" and text.lower() in ("null", "none"):
-            return None
         if kind == "boolean" and text.lower() in ("true", "false"):
             return text.lower() == "true"
         if kind in ("integer", "number") and re.fullmatch(r"-?\d+", text):
