@@ -148,3 +148,24 @@ def test_a_tool_definition_not_in_openais_shape_is_refused_by_field(tiny_run_dir
             assert error["message"].startswith(param), error
         tool = {"type": "function", "function": {"name": "f", "description": None, "parameters": None}}
         assert _ask(client, [QUESTION], tools=[fine, tool]).status_code == 200
+
+
+def test_a_tool_result_that_answers_no_call_is_refused_by_field(tiny_run_dir):
+    """A tool's result without its tool_call_id, after no assistant's tool calls, or with the id of no call before
+    it was written into the prompt: the model was shown a result of a call it never made. Each is a 400 naming the
+    field, as OpenAI refuses it; several results of one assistant's calls are answered."""
+    run = open_run(tiny_run_dir, device="cpu")
+    run.tokenizer.chat_template = TOOL_TEMPLATE
+    no_id = {"role": "tool", "content": "sunny"}
+    with TestClient(build_app(run, model_name="tiny")) as client:
+        for messages, param, says in [
+            ([*CALLED, no_id], "messages.2.tool_call_id", "without 'tool_call_id'; give the id of the call it answers"),
+            ([QUESTION, RESULT], "messages.1.role", "no assistant message with tool_calls is before it"),
+            ([*CALLED, {**RESULT, "tool_call_id": "call_9"}], "messages.2.tool_call_id", "'call_9', which is not"),
+            ([*CALLED, RESULT, {"role": "user", "content": "And?"}, RESULT], "messages.4.role", "no assistant"),
+        ]:
+            answer = _ask(client, messages, tools=TOOLS)
+            error = answer.json()["error"]
+            assert answer.status_code == 400 and error["param"] == param, (messages, answer.text)
+            assert error["message"].startswith(param.rsplit(".", 1)[0]) and says in error["message"], error
+        assert _ask(client, [*CALLED, RESULT, RESULT], tools=TOOLS).status_code == 200

@@ -31,7 +31,12 @@ from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
-from tunelab.server.tool_calls import ToolCallReader, tool_call_reader, tool_definition_problem
+from tunelab.server.tool_calls import (
+    ToolCallReader,
+    tool_call_reader,
+    tool_definition_problem,
+    tool_result_problem,
+)
 
 MAX_TOKENS_CAP = 4096  # the most a request may ask, unless the server's default (--max-new-tokens) is more
 ROUTES = "GET /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
@@ -379,6 +384,8 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             messages = [_message(m, i, template) for i, m in enumerate(body.messages)]
             # checked here, where the index is the request's (the engine adds the run's system prompt)
             check_prompt_text(messages, engine.run.tokenizer, tools)
+            if problem := tool_result_problem(messages):
+                raise Refused(*problem)
         except Refused as exc:
             return _error(400, str(exc), param=exc.param)
         except (ControlTokenText, NotText) as exc:

@@ -250,6 +250,35 @@ def tool_definition_problem(tools: list) -> tuple[str, str] | None:
     return None
 
 
+def tool_result_problem(messages: list[dict]) -> tuple[str, str] | None:
+    """(the field, the message) of the first tool result that answers no call, as OpenAI refuses it: one that does
+    not follow an assistant's tool calls (or other results of them), one without its `tool_call_id`, or one whose id
+    is none of those calls' (checked where every call has an id). None when each answers a call."""
+    ids: list | None = None  # the ids of the calls the results that follow may answer; None: no call before
+    for k, m in enumerate(messages):
+        where = f"messages.{k}"
+        if m["role"] != "tool":
+            calls = (m.get("tool_calls") or []) if m["role"] == "assistant" else []
+            ids = [c.get("id") for c in calls] or None
+        elif ids is None:
+            return f"{where}.role", f"{where} is a tool's result, but no assistant message with tool_calls is before it"
+        elif not isinstance(m.get("tool_call_id"), str):
+            known = ", ".join(repr(i) for i in ids if isinstance(i, str))
+            return (
+                f"{where}.tool_call_id",
+                f"{where} is a tool's result without 'tool_call_id'; give the id of the call it answers"
+                + (f" ({known})" if known else ""),
+            )
+        elif all(isinstance(i, str) for i in ids) and m["tool_call_id"] not in ids:
+            known = ", ".join(repr(i) for i in ids)
+            return (
+                f"{where}.tool_call_id",
+                f"{where}.tool_call_id is {m['tool_call_id']!r}, which is not the id of a call of the assistant's "
+                f"message before it ({known})",
+            )
+    return None
+
+
 def tool_call_reader(
     template, tools: list[dict] | None, tool_choice, parallel_tool_calls: bool | None = None
 ) -> ToolCallReader | None:
