@@ -11,11 +11,14 @@ micro-batches wrongly by tens of percent: here they carry different numbers of l
 on 2 ranks, rank 0 runs two micro-batches, rank 1 one and a blank.
 """
 
+import contextlib
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -437,3 +440,34 @@ def test_a_ddp_run_resumes_under_fsdp2(runs, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resume: train.sharding: 'ddp' -> 'fsdp2' (allowed" in done.stdout
     _assert_same_curve(tmp_path / "ddp", resumed)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_run_lets_go_of_its_model_before_the_process_group_goes(monkeypatch, fails):
+    """A wrapped model sits in a reference cycle (FSDP2's hooks refer back to their module) and holds the process
+    group: it is collected before the group is destroyed, not at interpreter exit, where gloo's threads abort the
+    finished process. A finished run waits for every rank first; a failed one does not (the others may never come)."""
+    from tunelab.training import distributed
+
+    calls = []
+    model = weakref.ref(torch.nn.Linear(1, 1))  # nothing holds it: gone at once
+
+    def destroy():
+        calls.append(("destroy", model() is None))
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda kind: calls.append(("init", kind)))
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append(("barrier", model() is None)))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", destroy)
+    cfg = load_config(None, {"model.device": "cpu"}).config
+    with contextlib.suppress(RuntimeError), distributed.session(cfg):
+        wrapped = torch.nn.Linear(1, 1)
+        wrapped.register_forward_hook(functools.partial(print, wrapped))  # a cycle, as FSDP2's units make
+        model = weakref.ref(wrapped)
+        del wrapped  # what the run's return does: only the garbage collector can free it now
+        assert model() is not None
+        if fails:
+            raise RuntimeError("a step failed")
+    assert calls == [("init", "gloo")] + ([] if fails else [("barrier", True)]) + [("destroy", True)]

@@ -22,6 +22,7 @@ global gradient norm and agreed with `Ranks.all`, so all ranks skip the same ste
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import json
 import math
@@ -165,14 +166,30 @@ def session(cfg: RunConfig) -> Iterator[Ranks]:
     owned = not dist.is_initialized()
     if owned:
         dist.init_process_group(kind)
+    finished = False
     try:
         with contextlib.ExitStack() as stack:
             if not ranks.main:
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             yield ranks
+        finished = True
     finally:
         if owned:
-            dist.destroy_process_group()
+            leave(finished)
+
+
+def leave(finished: bool) -> None:
+    """Destroy the process group with nothing of the run left holding it. FSDP2's units and DDP's reducer sit in
+    reference cycles (hooks that refer back to their module), so the run's return leaves them to the garbage
+    collector, holding the group and its gloo/nccl work: freed only after the group was destroyed, some of them at
+    interpreter exit, where a communication thread that lets go of a tensor can no longer take the GIL and the
+    process aborts ("terminate called without an active exception") after a finished run. They are collected
+    first; a finished run then waits for every rank (a failed one does not: the others may be in a collective it
+    never joins) before the group goes."""
+    gc.collect()
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 WHOLE_MODEL_TASKS = {  # the tasks that train under ddp only, and why
