@@ -22,12 +22,12 @@ def _adapter(seed: int, shape_b=(8, 2)) -> dict[str, torch.Tensor]:
     return {KEYS[0]: torch.randn(2, 6, generator=g), KEYS[1]: torch.randn(*shape_b, generator=g)}
 
 
-def _reply(message, node: int, name: str, adapter: dict, examples: int, loss: float = 1.0):
+def _reply(message, node: int, name: str, adapter: dict, examples: int, loss: float = 1.0, **client):
     content = RecordDict(
         {
             "arrays": to_record(adapter),
             "metrics": MetricRecord({"num-examples": examples, "uniform-weight": 1, "train-loss": loss}),
-            CLIENT: ConfigRecord({"name": name}),
+            CLIENT: ConfigRecord({"name": name} | client),
         }
     )
     return message(content, dst_node_id=0, src_node_id=node)
@@ -83,6 +83,18 @@ def test_a_mismatched_adapter_is_counted_apart_from_failed_clients(flower_messag
     assert "(1 failed, 1 replied with an adapter that does not fit), fewer than" in report.note
     record = round_records(report.to_dict(), None, 1.0)[0]
     assert (record["clients_used"], record["clients_failed"], record["clients_skipped"]) == (1, 1, 1)
+
+
+def test_each_clients_dtype_is_recorded_as_it_replied(flower_message):
+    """run.json named only the server's dtype: a GPU client on model.dtype auto trained in bfloat16 beside a CPU
+    server's float32, and nothing said so. The reply names it; a client that does not is recorded as unknown."""
+    recorded = _recorded()
+    replies = [
+        _reply(flower_message, 1, "gpu-site", _adapter(1), 10, dtype="bfloat16"),
+        _reply(flower_message, 2, "old-site", _adapter(2), 10),
+    ]
+    recorded.aggregate_train(1, replies)
+    assert [(c.client, c.dtype) for c in recorded.reports[1].clients] == [("gpu-site", "bfloat16"), ("old-site", None)]
 
 
 def test_two_supernodes_of_one_name_are_kept_apart(flower_message):

@@ -78,7 +78,7 @@ def test_a_clients_reply_holds_its_adapter_and_numbers_never_its_data(tiny_model
     content = reply.content
     assert list(content["arrays"].keys()) == list(initial)  # exactly the PEFT adapter tensors, in order
     assert set(content.array_records) == {"arrays"} and set(content.config_records) == {"client"}
-    assert dict(content["client"]) == {"name": "ward-7"}
+    assert dict(content["client"]) == {"name": "ward-7", "dtype": "float32"}  # the CPU's: what it trained in
     assert set(content["metrics"]) == {
         "num-examples", "uniform-weight", "train-loss", "local-steps", "loss-tokens", "train-seconds"
     }  # fmt: skip

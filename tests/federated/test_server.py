@@ -260,6 +260,30 @@ def test_a_round_that_applied_no_update_keeps_the_final_loss_of_the_round_before
     assert "3.0000 (round 1, the last whose clients" in build_report(run).read_text()
 
 
+def test_run_json_names_the_dtype_each_client_trained_in(tmp_path, tiny_model_dir, federate_config, monkeypatch):
+    """run.json's dtype is the server's (float32 on the CPU) while a GPU client on auto trained in bfloat16: it now
+    also names each client's, every one it trained in over the rounds; a client that never said is left out."""
+    from tunelab.federated.rounds import ClientRound, RoundReport
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        evaluate_fn(0, initial_arrays)
+        for r, moved in ((1, "bfloat16"), (2, "float32")):  # site1 moved to a CPU host for round 2
+            clients = [
+                ClientRound("site0", 1, "ok", examples=3, train_loss=2.0, dtype="bfloat16"),
+                ClientRound("site1", 2, "ok", examples=3, train_loss=2.0, dtype=moved),
+                ClientRound("site2", 3, "ok", examples=3, train_loss=2.0),
+            ]
+            self.reports[r] = RoundReport(r, sampled=3, applied=True, clients=clients)
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    config = load_config(federate_config(tmp_path, tiny_model_dir, clients=3))
+    run = run_federation(None, config, 3, ["site0", "site1", "site2"], False)
+    info = json.loads((run / "run.json").read_text())
+    assert info["dtype"] == "float32"  # the server's
+    assert info["extra"]["federated"]["client_dtypes"] == {"site0": "bfloat16", "site1": "bfloat16, float32"}
+
+
 def test_the_server_says_what_every_client_trains_with(
     tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
 ):

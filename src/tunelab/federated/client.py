@@ -75,7 +75,9 @@ def train_reply(msg: Message, client: ClientData) -> Message:
         }
     )
     arrays = to_record({key: result.adapter[key] for key in received.keys()})  # the order the server sent
-    content = RecordDict({ARRAYS: arrays, METRICS: metrics, CLIENT: ConfigRecord({"name": client.name})})
+    content = RecordDict(
+        {ARRAYS: arrays, METRICS: metrics, CLIENT: ConfigRecord({"name": client.name, "dtype": result.dtype})}
+    )
     return Message(content, reply_to=msg)
 
 

@@ -108,6 +108,20 @@ def last_train_loss(history: list[dict]) -> tuple[float | None, int | None]:
     return None, None
 
 
+def client_dtypes(history: list[dict]) -> dict[str, str]:
+    """What each client trained in, from the rounds' reports: run.json's dtype is the server's, and a client on
+    model.dtype auto picks its own host's (bfloat16 on a GPU, float32 on the CPU). A client seen in several dtypes
+    (another host after a resume) has them all, in the order they came; a client that did not say is left out."""
+    seen: dict[str, list[str]] = {}
+    for report in history:
+        for c in report.get("clients", []):
+            if c.get("status") == "ok" and c.get("dtype"):
+                kinds = seen.setdefault(c["client"], [])
+                if c["dtype"] not in kinds:
+                    kinds.append(c["dtype"])
+    return {name: ", ".join(kinds) for name, kinds in sorted(seen.items())}
+
+
 def _figure(records: list[dict]):
     """Two panels: losses by round, and megabytes moved by round (None when there is nothing to draw)."""
     rounds = [r for r in records if "round" in r and "client" not in r]

@@ -60,6 +60,7 @@ class LocalResult:
     loss_tokens: int
     steps: int
     seconds: float
+    dtype: str = ""  # what the client trained in (model.dtype auto: its own host's choice), as run.json names it
 
 
 def client_datasets(data_cfg: DataConfig, tokenizer, seed: int, client: ClientData) -> Datasets:
@@ -256,4 +257,5 @@ def local_train(
         loss_tokens=tokens,
         steps=steps,
         seconds=time.perf_counter() - tic,
+        dtype=str(built.dtype).removeprefix("torch."),
     )

@@ -52,6 +52,7 @@ class ClientRound:
     seconds: float = 0.0
     bytes_sent: int = 0
     bytes_received: int = 0
+    dtype: str | None = None  # what the client trained in, as it replied (None: a client that does not say)
 
 
 @dataclass
@@ -191,6 +192,8 @@ class Recorded(Strategy):
             )
             self.names[node] = name
             entry = ClientRound(name, node, "ok", bytes_sent=sent.get(node, 0), bytes_received=payload_bytes(content))
+            if CLIENT in content.config_records and "dtype" in content[CLIENT]:
+                entry.dtype = str(content[CLIENT]["dtype"])
             metrics = content.metric_records.get(METRICS)
             if metrics is not None:
                 entry.examples = int(metrics.get(WEIGHT, 0))

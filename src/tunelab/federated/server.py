@@ -31,6 +31,7 @@ from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError
 from tunelab.federated.history import (
     all_rounds_done,
+    client_dtypes,
     last_train_loss,
     plot_federation,
     read_state,
@@ -308,6 +309,7 @@ def _run_rounds(
             "rounds": f.rounds,
             "complete": r == f.rounds,
             "clients": state["clients"],
+            "client_dtypes": client_dtypes(state["history"]),  # run.json's dtype is the server's
             "strategy": state["strategy"],
             "epsilon": report.epsilon,
             "delta": f.dp_delta if f.dp else None,
