@@ -101,3 +101,23 @@ def test_each_client_is_shown_with_its_weight_in_the_average(tiny_model_dir, tmp
     check_clients(cfg, federation_clients(cfg))
     said = capsys.readouterr().out
     assert f"client site1: 1 examples, {rows} rows" in said and f"weight in the average: {rows} training rows" in said
+
+
+def test_federate_says_which_rows_a_client_skips(tiny_model_dir, tmp_path, capsys):
+    """tunelab federate said 'client site0: 9 examples, 9 rows' of a file of 10 records: the row longer than
+    data.max_length was dropped without a word (tunelab train and check name it). It is named now, as train names
+    it."""
+    from tunelab.config import load_config
+    from tunelab.federated.run import check_clients, federation_clients
+
+    config = _config(tmp_path, tiny_model_dir)
+    long = {"question": "Why? " * 60, "answer": "Because."}
+    with open(tmp_path / "site0.jsonl", "a") as f:
+        f.write(json.dumps(long) + "\n")
+    cfg = load_config(config).config
+    check_clients(cfg, federation_clients(cfg))
+    lines = capsys.readouterr().out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("client site0: 10 examples, 10 rows"))
+    assert lines[first + 1].startswith("  skipped 1: longer than max_length (64 tokens; data.overlong=drop)")
+    assert lines[first + 1].endswith("site0.jsonl:11)")
+    assert lines[first + 2].startswith("client site1: 10 examples")  # nothing skipped, nothing said

@@ -237,14 +237,19 @@ class DataReport:
             )
         if self.text_blocks:
             lines.append(f"  text: {self.text_blocks} blocks of {self.max_length} tokens")
+        return "\n".join(lines + self.losses())
+
+    def losses(self) -> list[str]:
+        """The lines of `summary` that say what of the data is not trained on as written: rows truncated, records
+        skipped (with why and where), and notes."""
+        lines = []
         if self.total_truncated:
             more = ", ..." if self.total_truncated > len(self.truncated_at) else ""
             lines.append(f"  truncated to max_length: {self.total_truncated} ({', '.join(self.truncated_at)}{more})")
         for reason, entry in self.skips.items():
             more = ", ..." if entry.count > len(entry.locations) else ""
             lines.append(f"  skipped {entry.count}: {reason} ({', '.join(entry.locations)}{more})")
-        lines += [f"  note: {note}" for note in self.notes]
-        return "\n".join(lines)
+        return lines + [f"  note: {note}" for note in self.notes]
 
     def split_facts(self) -> dict:
         """What run.json records of a data.eval_fraction split: the seed that chose its held-out examples."""

@@ -206,6 +206,8 @@ def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = Fals
             f"{weight}",
             flush=True,
         )
+        for line in data.report.losses():  # what of its files the client does not train on, as train says it
+            print(line, flush=True)
 
 
 def _result(run_dir: Path) -> FederateResult:
