@@ -244,6 +244,18 @@ def test_a_client_with_no_data_exits_2_with_a_message(tmp_path, tiny_model_dir, 
     assert not (tmp_path / "run").exists()  # stopped before any client or server started
 
 
+def test_a_missing_server_eval_set_exits_2_before_anything_starts(
+    tmp_path, tiny_model_dir, federate_config, no_simulation, capsys
+):
+    """A data.eval that does not exist was found by the server only after Ray and the clients had started (a
+    minute on two cores), leaving an empty output_dir behind."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    assert main(["federate", str(config), "--data.eval", "nope.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "nope.jsonl: file not found" in err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -192,13 +192,16 @@ def average_weights(f: FederatedConfig, sets: list) -> list[str]:
 
 
 def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = False) -> None:
-    """Read every client's data (`read_clients`) before anything starts, and say what each holds; resumed, the
-    server's eval rows must be those the run recorded (`check_same_eval`)."""
+    """Read every client's data (`read_clients`) and the server's eval set before anything starts (a bad one found
+    by the server only after Ray and the clients started), and say what each client holds; resumed, the server's eval
+    rows must be those the run recorded (`check_same_eval`)."""
     tokenizer, sets = read_clients(cfg, clients)
-    if resume and cfg.data.eval:
+    if cfg.data.eval:
         from tunelab.federated.local import server_eval_datasets
 
-        check_same_eval(cfg.output_dir, server_eval_datasets(cfg, tokenizer).train)
+        rows = server_eval_datasets(cfg, tokenizer).train
+        if resume:
+            check_same_eval(cfg.output_dir, rows)
     for client, data, weight in zip(clients, sets, average_weights(cfg.federated, sets)):
         print(
             f"client {client.name}: {data.report.train.used} examples, {len(data.train)} rows "
