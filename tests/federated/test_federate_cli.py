@@ -271,6 +271,12 @@ def test_a_missing_server_eval_set_exits_2_before_anything_starts(
         ({"federated.dp_clipping_norm": 3.0}, r"federated.dp_clipping_norm \(3.0\): only federated.dp: true reads"),
         ({"federated.split": "column"}, r"federated.split \('column'\): only federated.split_file is split"),
         ({"federated.num_clients": 5}, "'federated.num_clients' is 5 but federated.clients names 2 clients"),
+        # a missing client file was said to be 'in data.train / data.eval', options a federation leaves unset
+        ({"federated.clients": ["gone.jsonl"]}, r"^option 'federated.clients': \S*gone.jsonl: no such file or folder"),
+        (
+            {"federated.clients": [], "federated.split_file": "gone.jsonl"},
+            r"^option 'federated.split_file': \S*gone.jsonl: no such file or folder",
+        ),
     ],
 )
 def test_bad_config_is_refused_before_anything_runs(tmp_path, tiny_model_dir, federate_config, overrides, message):

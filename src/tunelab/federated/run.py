@@ -135,6 +135,15 @@ def federation_clients(cfg: RunConfig) -> list[ClientData]:
     check_config(cfg)
     clients = client_data(cfg.federated, cfg.train.seed)
     f = cfg.federated
+    named = [("federated.clients", entry) for entry in f.clients] + [("federated.split_file", f.split_file)] * bool(
+        f.split_file
+    )
+    for option, entry in named:  # said of the option that names it, not of data.train, which a federation leaves unset
+        if not Path(entry).exists():
+            raise ConfigError(
+                f"option '{option}': {entry}: no such file or folder (a relative path in a YAML config is relative to "
+                "the config's folder)."
+            )
     if f.clients and f.num_clients not in (FederatedConfig().num_clients, len(f.clients)):
         raise ConfigError(
             f"option 'federated.num_clients' is {f.num_clients} but federated.clients names {len(f.clients)} "
