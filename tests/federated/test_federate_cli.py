@@ -339,6 +339,26 @@ def test_run_directory_is_never_replaced_silently(tmp_path, tiny_model_dir, fede
     assert (tmp_path / "run" / "mine.txt").read_text() == "keep"
 
 
+def test_a_folder_federate_will_not_replace_is_refused_with_what_federate_offers(
+    tmp_path, tiny_model_dir, federate_config, no_simulation, capsys
+):
+    """output_dir holding files of the user's was refused with 'add --overwrite-non-run', which tunelab federate
+    rejects as an unknown option, and an existing run with 'in Python: train(config, ...)', not federate."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.txt").write_text("keep")
+    assert main(["federate", str(config), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a run directory tunelab wrote" in err and "--overwrite-non-run" not in err
+    assert "delete it yourself if everything in it may go (tunelab federate replaces run directories only)" in err
+    (tmp_path / "run" / "run.json").write_text("{}")
+    assert main(["federate", str(config)]) == 2
+    assert (
+        "(in Python: federate(config, {'overwrite': True}) or federate(config, resume=True))" in capsys.readouterr().err
+    )
+    assert (tmp_path / "run" / "mine.txt").read_text() == "keep"
+
+
 def test_the_flower_app_is_never_written_into_a_run_directory(tmp_path, tiny_model_dir, federate_config, capsys):
     """--app-dir naming the output_dir (or a folder inside a run) wrote the app there; the server then refused the
     folder it ran from, or with --overwrite moved it aside with the run and deleted it."""

@@ -126,7 +126,9 @@ def check_run_dir(cfg: RunConfig, resume: bool, config: Any) -> list[str]:
     run_dir = Path(cfg.output_dir)
     if resume:
         return check_resume(run_dir, cfg)
-    plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg, config))
+    plan_output_dir(
+        run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg, config), command="federate"
+    )
     return []
 
 

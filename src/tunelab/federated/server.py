@@ -145,7 +145,9 @@ def run_federation(
         plan = OutputPlan(run_dir, replace=False, resume=True)
     else:
         # The overwrite rules of tunelab train (training/outdir.py): a run directory only, kept aside until this one ends.
-        plan = plan_output_dir(run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg))
+        plan = plan_output_dir(
+            run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg), command="federate"
+        )
         start_run_dir(plan)
         state = {"rounds_done": 0, "history": [], "accountant": None, "elapsed_s": 0.0}
     with failure_noted(plan):  # where the run it replaces was moved aside

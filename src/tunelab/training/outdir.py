@@ -93,8 +93,12 @@ def plan_output_dir(
     protected: dict[str, list[str]],
     overwrite_non_run: bool = False,
     stage_of: Path | None = None,
+    command: str = "train",
 ) -> OutputPlan:
     """Validate output_dir for this run without writing anything (see the module docstring).
+
+    command: the tunelab command (and Python function) the messages name; only train and check offer
+    --overwrite-non-run, so the others' messages say to empty the folder instead.
 
     protected: {what: [paths]} the run must never delete, e.g. {"data file": [...], "config": [...]}; folders among
     them are data folders, which output_dir must not lie inside either. stage_of: the staged run training this
@@ -154,19 +158,23 @@ def plan_output_dir(
         raise RunDirError(
             f"{where}: the run directory exists and is not empty. Pass --overwrite to replace it (the old run is kept "
             "until the new one finishes), --resume to continue it, or choose another output_dir (in Python: "
-            "train(config, {'overwrite': True}) or train(config, resume=True))."
+            f"{command}(config, {{'overwrite': True}}) or {command}(config, resume=True))."
         )
+    non_run = (  # what to do when every file there may go
+        "add --overwrite-non-run if everything in it may be deleted (in Python: train(..., overwrite_non_run=True))"
+        if command in ("train", "check")
+        else f"delete it yourself if everything in it may go (tunelab {command} replaces run directories only)"
+    )
     if not is_run_dir(path) and not overwrite_non_run:
         raise RunDirError(
             f"{where} is not a run directory tunelab wrote (it has no {RUN_FILE}), so --overwrite will not replace it: "
-            "it may hold files of yours. Choose another output_dir, or add --overwrite-non-run if everything in it "
-            "may be deleted (in Python: train(..., overwrite_non_run=True))."
+            f"it may hold files of yours. Choose another output_dir, or {non_run}."
         )
     nested = _runs_inside(path)
     if nested and not overwrite_non_run:
         raise RunDirError(
             f"{where} holds another run directory, {nested}: --overwrite replaces {path} as a whole, which would "
-            "delete that run too. Move it out of the folder first, or add --overwrite-non-run if it may be deleted."
+            f"delete that run too. Move it out of the folder first, or {non_run.replace('everything in it', 'it')}."
         )
     previous = previous_dir(path)
     if previous.exists() or previous.is_symlink():
