@@ -284,6 +284,37 @@ def test_run_json_names_the_dtype_each_client_trained_in(tmp_path, tiny_model_di
     assert info["extra"]["federated"]["client_dtypes"] == {"site0": "bfloat16", "site1": "bfloat16, float32"}
 
 
+def test_a_federation_that_applied_no_update_says_its_adapter_is_untrained(
+    tmp_path, tiny_model_dir, federate_config, monkeypatch, capsys
+):
+    """Every client failed every round (round_timeout too short): the federation ended 'keep_best: the last round
+    (1) had the lowest eval loss; it is the result' and 'saved to', with nothing saying the adapter never trained."""
+    from tunelab.federated.rounds import ClientRound, RoundReport
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        evaluate_fn(0, initial_arrays)
+        for r in range(1, num_rounds + 1):
+            failed = [ClientRound(f"site{i}", i, "failed", reason="no reply") for i in range(2)]
+            self.reports[r] = RoundReport(r, sampled=2, clients=failed, note="too few updates")
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    config = federate_config(tmp_path, tiny_model_dir)
+    run_federation(None, load_config(config), 2, ["site0", "site1"], False)
+    out = capsys.readouterr().out
+    assert "warning: none of the 2 rounds applied an update" in out and "the saved adapter is the untrained one" in out
+
+    def start_ok(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):  # one round applied: no warning
+        for r in range(1, num_rounds + 1):
+            ok = [ClientRound(f"site{i}", i, "ok", examples=3, train_loss=2.0) for i in range(2)]
+            self.reports[r + self.offset] = RoundReport(r + self.offset, sampled=2, applied=True, clients=ok)
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start_ok)
+    run_federation(None, load_config(config, {"federated.rounds": 3}), 2, ["site0", "site1"], True)
+    assert "applied an update" not in capsys.readouterr().out
+
+
 def test_the_server_says_what_every_client_trains_with(
     tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
 ):

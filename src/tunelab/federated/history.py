@@ -58,6 +58,20 @@ def all_rounds_done(run_dir: str | Path, rounds: int) -> str | None:
     )
 
 
+def nothing_applied(history: list[dict]) -> str | None:
+    """What to say when no round of the federation applied an update (every one with too few usable client
+    updates): its adapter is still the untrained one, which keep_best's 'it is the result' alone does not tell."""
+    if not history or any(report.get("applied") for report in history):
+        return None
+    n = len(history)
+    return (
+        f"warning: none of the {n} round{'' if n == 1 else 's'} applied an update (each had fewer usable client "
+        "updates than federated.min_clients: see the round lines for each client's failure), so the saved adapter is "
+        "the untrained one and answers as the base model does. Fix what the clients failed on and federate again "
+        "(--overwrite), or --resume with more federated.rounds."
+    )
+
+
 def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> list[dict]:
     """metrics.jsonl records of one round (a RoundReport as a dict): the round's, then one per client."""
     used = [c for c in report["clients"] if c["status"] == "ok" and c["train_loss"] is not None]

@@ -33,6 +33,7 @@ from tunelab.federated.history import (
     all_rounds_done,
     client_dtypes,
     last_train_loss,
+    nothing_applied,
     plot_federation,
     read_state,
     round_records,
@@ -328,6 +329,8 @@ def _run_rounds(
     )
     if keep_best and state.get("best"):
         print(_kept(state["best"], int(state["rounds_done"]), last_loss[0]), flush=True)
+    if warning := nothing_applied(state["history"]):
+        print(warning, flush=True)
     done = int(state["rounds_done"])
     whole = f"{f.rounds} round{'' if f.rounds == 1 else 's'}"
     rounds = whole if done >= f.rounds else f"stopped after round {done} of {f.rounds}; --resume goes on"
