@@ -287,6 +287,16 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path, tiny_model_dir, fe
         tunelab.federate(federate_config(tmp_path, tiny_model_dir), overrides)
 
 
+def test_a_federation_of_one_client_is_counted_as_one(tmp_path, tiny_model_dir, federate_config):
+    """A smoke run of one client was told 'the federation has 1 clients'."""
+    import tunelab
+    from tunelab.errors import ConfigError
+
+    config = federate_config(tmp_path, tiny_model_dir)
+    with pytest.raises(ConfigError, match="'federated.min_clients' is 2 but the federation has 1 client; lower"):
+        tunelab.federate(config, {"federated.clients": [str(tmp_path / "site0.jsonl")]})
+
+
 def test_options_a_federation_does_not_read_are_refused(
     tmp_path, tiny_model_dir, federate_config, no_simulation, capsys
 ):

@@ -81,7 +81,8 @@ def build_strategy(cfg: FederatedConfig, population: int) -> tuple[Strategy, Rdp
     """Flower's strategy for the config, and its privacy accountant when DP is on."""
     if cfg.min_clients > population:
         raise ConfigError(
-            f"option 'federated.min_clients' is {cfg.min_clients} but the federation has {population} clients; "
+            f"option 'federated.min_clients' is {cfg.min_clients} but the federation has {population} "
+            f"client{'' if population == 1 else 's'}; "
             "lower min_clients or add clients."
         )
     common = {

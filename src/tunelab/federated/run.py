@@ -155,7 +155,7 @@ def federation_clients(cfg: RunConfig) -> list[ClientData]:
     if cfg.federated.min_clients > len(clients):
         raise ConfigError(
             f"option 'federated.min_clients' is {cfg.federated.min_clients} but the federation has {len(clients)} "
-            "clients; lower min_clients or add clients."
+            f"client{'' if len(clients) == 1 else 's'}; lower min_clients or add clients."
         )
     return clients
 
