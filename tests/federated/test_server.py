@@ -204,6 +204,19 @@ def test_an_app_names_the_server_paths_every_client_host_needs(
     assert f"each needs them there: model.name: {tmp_path / 'base'}" in capsys.readouterr().out
 
 
+def test_an_app_waits_for_as_many_supernodes_as_the_config_lists_clients(tmp_path, tiny_model_dir, federate_config):
+    """federated.clients listed 3 clients, but the app's server waited for federated.num_clients' default of 2
+    SuperNodes, so a federation could start without the third. It waits for one per client listed now; a
+    num_clients given counts the SuperNodes, as before."""
+    config = federate_config(tmp_path, tiny_model_dir, clients=3)
+    app = tmp_path / "app"
+    tunelab.federate(config, app_dir=app)
+    toml = (app / "pyproject.toml").read_text()
+    assert "waits for federated.num_clients = 3 SuperNodes" in toml and "  num_clients: 3\n" in toml
+    tunelab.federate(config, {"federated.num_clients": 4, "overwrite": True}, app_dir=app)
+    assert "waits for federated.num_clients = 4 SuperNodes" in (app / "pyproject.toml").read_text()
+
+
 def test_a_resume_with_more_rounds_keeps_the_warmup_the_federation_started_with(
     tmp_path, tiny_model_dir, federate_config, rounds_without_clients, monkeypatch, capsys
 ):

@@ -386,6 +386,9 @@ def federate(
     cfg.output_dir = str(Path(cfg.output_dir).resolve())
     absolute_model(cfg)
     if app_dir is not None:
+        f = cfg.federated
+        if f.clients and f.num_clients == FederatedConfig().num_clients:  # unset: one SuperNode per client listed
+            f.num_clients = len(f.clients)
         if cfg.data.eval:
             cfg.data.eval = str(Path(cfg.data.eval).resolve())
         if note := app_note(cfg):
