@@ -2,6 +2,7 @@
 
 import os
 
+from tunelab.config import load_config
 from tunelab.data.transform import load_transform
 
 
@@ -22,3 +23,17 @@ def test_an_unchanged_file_runs_its_top_level_code_once(tmp_path):
     load_transform(f"{script}:clean")
     load_transform(f"{script}:clean")
     assert count.read_text() == "x"
+
+
+def test_a_working_directory_module_is_kept_by_its_path_when_the_working_directory_is_on_sys_path(
+    tmp_path, monkeypatch
+):
+    """`python -m tunelab train --data.transform my_rows:clean` puts the working directory on sys.path, so the module
+    was found as an importable one and the run's config kept the bare name: `tunelab eval RUN` from another folder
+    (or a federated client) could not find it. The file found there is kept by its path, as with `tunelab train`."""
+    (tmp_path / "my_rows_on_path.py").write_text("def clean(row):\n    return row\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config(None, {"data.transform": "my_rows_on_path:clean"}).config
+    assert cfg.data.transform == f"{tmp_path / 'my_rows_on_path.py'}:clean"
+    assert load_config(None, {"data.transform": "json:loads"}).config.data.transform == "json:loads"

@@ -73,8 +73,10 @@ def working_module_file(spec: str) -> str | None:
     if not module or module.endswith(".py") or not (local := function_file(spec)):
         return None
     try:
-        if importlib.util.find_spec(module) is not None:
-            return None
+        found = importlib.util.find_spec(module)
     except (ImportError, ValueError):  # a dotted name whose parent is no package: no module of that name either
-        pass
+        found = None
+    # `python -m tunelab` puts the working directory on sys.path: the module found there is that same file
+    if found is not None and (found.origin is None or Path(found.origin).resolve() != Path(local).resolve()):
+        return None
     return f"{Path(local).absolute()}:{function}"
