@@ -352,3 +352,23 @@ def test_a_transform_module_a_later_command_cannot_find_names_the_runs_config(tm
     message = str(caught.value)
     assert f"{run / 'config.yaml'}: option 'data.transform'" in message
     assert "Run from the folder that holds it, or name the file by its path (my_rows.py:upper" in message
+
+
+def test_a_copied_run_whose_transform_file_is_not_at_its_path_says_so_and_how_to_fix_it(tmp_path):
+    """A run directory copied to another folder or host keeps its transform's file by the old absolute path; eval
+    said the path was 'not found (a path in a YAML config is relative to its folder ...)', wrong advice for a path
+    that is absolute. It says now that the file must be there and how to name it where it is; a path relative to the
+    run's config.yaml is read from the run directory."""
+    run = tmp_path / "copied-run"
+    run.mkdir()
+    config = "model:\n  name: tiny\ndata:\n  train: [t.jsonl]\n  transform: {}\n"
+    (run / "config.yaml").write_text(config.format("/elsewhere/host/rows.py:shape"))
+    with pytest.raises(ConfigError) as caught:
+        run_data_config(run, RunInfo("tiny", "lora"))
+    message = str(caught.value)
+    assert f"{run / 'config.yaml'}: option 'data.transform': /elsewhere/host/rows.py not found" in message
+    assert "Copy the file there, or set the option to where the file is now (e.g. rows.py:shape" in message
+    (run / "rows.py").write_text("def shape(row):\n    return row | {'question': row['question'].upper()}\n")
+    (run / "config.yaml").write_text(config.format("rows.py:shape"))
+    held = _write(tmp_path / "q.jsonl", [{"question": "Where?", "expected": "Here"}])
+    assert read_questions(held, run_data_config(run, RunInfo("tiny", "lora")))[0].text == "WHERE?"

@@ -35,7 +35,8 @@ def load_transform(spec: str | None, option: str = "option 'data.transform'") ->
     try:
         local = Path(module_name if module_name.endswith(".py") else module_name.replace(".", "/") + ".py")
         if module_name.endswith(".py") or (local.is_file() and importlib.util.find_spec(module_name) is None):
-            module = _from_file(local.expanduser(), option)  # a file, or a module beside the working directory
+            # a file, or a module beside the working directory
+            module = _from_file(local.expanduser(), option, function)
         else:
             module = importlib.import_module(module_name)
     except ConfigError:
@@ -66,12 +67,19 @@ class _Text:
     source: bytes = dataclasses.field(compare=False, repr=False)
 
 
-def _from_file(path: Path, option: str):
+def _from_file(path: Path, option: str, function: str):
     """The module of a .py file, its code run once per process while the file is unchanged (a check of the config
     and the run that builds from it load the same file: its top-level code, side effects and all, runs once, as an
     installed module's does on import); an edited file is run again. Unchanged means the same bytes: an edit within
     the clock's resolution that keeps the size passed a check of mtime and size (and Python's .pyc cache, which
     checks the same two), so the code run is compiled from the very bytes that were hashed."""
+    if not path.is_file() and path.is_absolute():  # a run's config.yaml keeps it so: the run was moved or copied
+        raise ConfigError(
+            f"{option}: {path} not found. A run keeps the path of its transform's file, not a copy: a run "
+            "directory copied to another folder or host needs the file at that path too. Copy the file there, or set "
+            f"the option to where the file is now (e.g. {path.name}:{function}, a path relative to the config's "
+            "folder)."
+        )
     if not path.is_file():
         raise ConfigError(
             f"{option}: {path} not found (a path in a YAML config is relative to its folder, one given as a flag to "
