@@ -2,8 +2,13 @@
 
 import os
 
+import pytest
+
 from tunelab.config import load_config
-from tunelab.data.transform import load_transform
+from tunelab.data.report import DataReport
+from tunelab.data.sources import Record
+from tunelab.data.transform import apply_transform, load_transform
+from tunelab.errors import DataError
 
 
 def test_an_edit_that_keeps_the_size_and_the_mtime_is_loaded_again(tmp_path):
@@ -37,3 +42,13 @@ def test_a_working_directory_module_is_kept_by_its_path_when_the_working_directo
     cfg = load_config(None, {"data.transform": "my_rows_on_path:clean"}).config
     assert cfg.data.transform == f"{tmp_path / 'my_rows_on_path.py'}:clean"
     assert load_config(None, {"data.transform": "json:loads"}).config.data.transform == "json:loads"
+
+
+def test_an_exception_without_a_message_is_named_by_its_type_alone(tmp_path):
+    """`raise ValueError()` in a transform read 'raised ValueError:  on this row', a colon before nothing."""
+
+    def refuse(row):
+        raise ValueError()
+
+    with pytest.raises(DataError, match=r"^t.jsonl:3: data.transform rows:refuse raised ValueError on this row\."):
+        apply_transform([Record("t.jsonl", 3, {"a": 1})], refuse, "rows:refuse", DataReport())

@@ -98,8 +98,18 @@ def _run_file(path: Path, text: _Text):
     return module
 
 
-def apply_transform(records: list[Record], fn: Transform | None, spec: str | None, report: DataReport) -> list[Record]:
-    """Each record through fn; a None result drops the record (counted in the report)."""
+QUESTION_ROWS = (
+    " The rows of a question file (tunelab eval, compare, eval.questions) go through the run's data.transform too, "
+    "as its training rows did, so a row holding a question and no answer reaches the function as well: let it "
+    "return such a row as it is."
+)
+
+
+def apply_transform(
+    records: list[Record], fn: Transform | None, spec: str | None, report: DataReport, questions: bool = False
+) -> list[Record]:
+    """Each record through fn; a None result drops the record (counted in the report). `questions`: the records are
+    a question file's, which the function, written for training rows, may not expect (its error says so)."""
     if fn is None:
         return records
     out = []
@@ -108,9 +118,10 @@ def apply_transform(records: list[Record], fn: Transform | None, spec: str | Non
         try:
             row = fn(dict(record.row))
         except Exception as exc:
+            raised = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise DataError(
-                f"{where}: data.transform {spec} raised {type(exc).__name__}: {exc} on this row. Fix the function, or "
-                "the row."
+                f"{where}: data.transform {spec} raised {raised} on this row. Fix the function, or the row."
+                + (QUESTION_ROWS if questions else "")
             ) from None
         except SystemExit as exc:
             raise DataError(f"{where}: data.transform {spec} called sys.exit({exc.code!r}) on this row.") from None

@@ -180,7 +180,7 @@ def read_questions(
     if not records:
         raise DataError(f"{path}: the question file holds no rows.")
     dropped = dropped if dropped is not None else DataReport()
-    records = apply_transform(records, load_transform(data.transform), data.transform, dropped)
+    records = apply_transform(records, load_transform(data.transform), data.transform, dropped, questions=True)
     for reason, skip in dropped.skips.items():
         say(f"{path}: {skip.count} rows {reason}, as training drops them (e.g. {skip.locations[0]})")
     if not records:
