@@ -8,7 +8,7 @@ import pytest
 import tunelab.eval.compare as compare_module
 import tunelab.eval.evaluate as evaluate_module
 from tunelab.api import train
-from tunelab.config import DataConfig
+from tunelab.config import DataConfig, DataSource
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.compare import compare
 from tunelab.eval.evaluate import evaluate_run
@@ -372,3 +372,22 @@ def test_a_copied_run_whose_transform_file_is_not_at_its_path_says_so_and_how_to
     (run / "config.yaml").write_text(config.format("rows.py:shape"))
     held = _write(tmp_path / "q.jsonl", [{"question": "Where?", "expected": "Here"}])
     assert read_questions(held, run_data_config(run, RunInfo("tiny", "lora")))[0].text == "WHERE?"
+
+
+def test_a_file_two_mixture_sources_read_with_different_options_is_refused_naming_both(tmp_path):
+    """The same file named in two sources of a mixture, each with its own system prompt, was read for eval and
+    compare with the first source's options alone, so the rows the second source trained were asked otherwise. Which
+    source a row belongs to cannot be told, so the file is refused naming both; sources that read it alike are fine."""
+    shared = _write(tmp_path / "shared.jsonl", [{"question": "Where?", "answer": "Here."}])
+    sources = [DataSource(path=str(shared), system_prompt="Be brief."), DataSource(path=str(tmp_path / "b.jsonl"))]
+    sources.append(DataSource(path=str(shared), system_prompt="Be long.", name="long"))
+    with pytest.raises(ConfigError) as caught:
+        read_questions(shared, DataConfig(train=sources))
+    message = str(caught.value)
+    assert (
+        f"{shared} is read by two sources of the run's data.train, entries 1 and 3 (shared.jsonl, long), with different system_prompt"
+        in message
+    )
+    sources[2].system_prompt = "Be brief."  # read alike (only its name differs): no doubt how
+    (row,) = read_questions(shared, DataConfig(train=sources))
+    assert row.prompt[0] == {"role": "system", "content": "Be brief."}

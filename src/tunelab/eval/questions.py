@@ -38,14 +38,14 @@ from tunelab.data.formats import (
     to_examples,
     trained_system,
 )
-from tunelab.data.loader import source_config
+from tunelab.data.loader import source_config, source_name
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
 from tunelab.data.transform import apply_transform, load_transform
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 from tunelab.infer.generate import GenerationSettings, refuse_no_room, say
 from tunelab.models.load import ModelSource, load_hf_config
 from tunelab.rundir import RunInfo, saved_config, saved_config_file
@@ -142,15 +142,33 @@ def file_data_config(data: DataConfig, path: Path) -> DataConfig:
     """The data options the rows of `path` are read with: for a file of a mixture's source (its eval file, its
     training file, or a file in its folder) that source's own format, fields and system prompt, as training read and
     rendered them (`loader.source_config`); for any other file the top-level ones, as training reads a mixture's
-    data.eval."""
+    data.eval. Two sources that read the file with different options are a ConfigError naming both: which of
+    them a row is cannot be told, and reading it one source's way would score the other's rows as it was not
+    trained."""
     target = path.resolve()
-    for entry in data.train:
-        if not isinstance(entry, DataSource):
-            continue
-        for own in (entry.eval, entry.path):
-            if own and (Path(own).resolve() == target or Path(own).resolve() in target.parents):
-                return source_config(data, entry)
-    return data
+    found: dict[int, DataSource] = {}  # entry number -> the source whose file (or folder, or eval file) it is
+    for i, entry in enumerate(data.train, 1):
+        if isinstance(entry, DataSource):
+            for own in (entry.eval, entry.path):
+                if own and (Path(own).resolve() == target or Path(own).resolve() in target.parents):
+                    found.setdefault(i, entry)
+    configs = {i: source_config(data, entry) for i, entry in found.items()}
+    first = next(iter(configs), None)
+    other = next((i for i, c in configs.items() if c != configs[first]), None)
+    if other is not None:
+        differ = [
+            name
+            for name in ("format", "fields", "system_prompt")
+            if getattr(configs[first], name) != getattr(configs[other], name)
+        ]
+        raise ConfigError(
+            f"{path} is read by two sources of the run's data.train, entries {first} and {other} "
+            f"({source_name(found[first], first)}, {source_name(found[other], other)}), with different "
+            f"{' and '.join(differ)}: which source a row belongs to cannot be told, so it cannot be read as training "
+            "read it. Give the questions in a file of their own (a file of no source is read with the top-level "
+            "data options), or give each source a file of its own."
+        )
+    return configs[first] if first is not None else data
 
 
 def system_column(row: dict, fields: dict[str, str]) -> str:
