@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from tunelab.export.check import _conversations
+from tunelab.export.check import CHECK_ROWS, _conversations
 
 
 def _run(tmp_path, data: dict):
@@ -22,7 +22,7 @@ def test_the_self_check_reads_training_rows_through_the_runs_transform_and_delim
     (tmp_path / "shape.py").write_text("def qa(row):\n    return {'question': row['q'].upper(), 'answer': row['a']}\n")
     run = _run(tmp_path, {"train": [str(tmp_path / "t.csv")], "delimiter": ";", "transform": f"{tmp_path}/shape.py:qa"})
     chats, source = _conversations(run, None, 8)
-    assert source == "training data"
+    assert source == "the first 200 rows of the training data"
     assert [c[0]["content"] for c in chats] == ["WHAT IS TWO AND TWO?", "WHAT COLOUR IS THE SKY?"]
 
 
@@ -35,7 +35,7 @@ def test_the_self_check_reads_a_mixture_source_with_its_own_options(tmp_path):
     }
     run = _run(tmp_path, {"train": [source], "system_prompt": "Be long."})
     chats, source = _conversations(run, "Be long.", 8)
-    assert source == "training data"
+    assert source == "the first 200 rows of the training data"
     assert chats == [
         [
             {"role": "system", "content": "Be brief."},
@@ -49,3 +49,18 @@ def test_the_self_check_says_why_it_falls_back_to_the_probes(tmp_path):
     run = _run(tmp_path, {"train": [str(tmp_path / "gone.jsonl")]})
     chats, source = _conversations(run, None, 8)
     assert source.startswith("probes (") and "gone.jsonl" in source and chats
+
+
+def test_the_self_check_converts_only_the_first_rows_of_a_large_set(tmp_path):
+    """The self-check renders 8 conversations, but put every row of the training data through data.transform and
+    the format reader first: seconds per 100k rows. Only the first CHECK_ROWS rows of each source are now, and the
+    output says so."""
+    rows = [{"question": f"Question {i}?", "answer": f"Answer {i}."} for i in range(CHECK_ROWS + 50)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "count.py").write_text(
+        f"def seen(row):\n    open({str(tmp_path / 'n')!r}, 'a').write('x')\n    return row\n"
+    )
+    run = _run(tmp_path, {"train": [str(tmp_path / "t.jsonl")], "transform": f"{tmp_path}/count.py:seen"})
+    chats, source = _conversations(run, None, 8)
+    assert len(chats) == 8 and source == f"the first {CHECK_ROWS} rows of the training data"
+    assert len((tmp_path / "n").read_text()) == CHECK_ROWS

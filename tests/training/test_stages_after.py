@@ -11,7 +11,7 @@ from tunelab.api import train
 from tunelab.errors import Interrupted, RunDirError, TrainingStopped
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_run import stages_section
-from tunelab.export.check import _conversations, check_questions
+from tunelab.export.check import CHECK_ROWS, _conversations, check_questions
 from tunelab.training.stages import forgetting, format_forgetting
 
 
@@ -38,7 +38,7 @@ def test_the_self_check_refuses_a_staged_run_whose_last_stage_config_is_gone(sta
     """The self-check read the run's training conversations from the last stage's config.yaml; without it, it checked
     the template on the probe conversations and asked the probe questions, with a verdict as if the run's own data had
     been checked. It is refused now, naming the file, as a single run without its config.yaml is."""
-    assert _conversations(staged_run, None, 2)[1] == "training data"
+    assert _conversations(staged_run, None, 2)[1] == f"the first {CHECK_ROWS} rows of the training data"
     (staged_run / "stage-2" / "config.yaml").unlink()
     for check in (lambda: _conversations(staged_run, None, 2), lambda: check_questions(staged_run, 2)):
         with pytest.raises(RunDirError, match=r"stage-2/config.yaml: the run's config.yaml is missing; .*--no-check"):

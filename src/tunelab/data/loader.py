@@ -251,21 +251,23 @@ def source_config(cfg: DataConfig, source: DataSource) -> DataConfig:
     )
 
 
-def training_examples(cfg: DataConfig, limit: int | None = None) -> list[Example]:
+def training_examples(cfg: DataConfig, rows: int | None = None) -> list[Example]:
     """The training examples of `cfg` as `build_datasets` reads them, before the eval split and rendering: the files
     split by data.delimiter, every row through data.transform, each source of a mixture read (its `take`) and
-    converted with its own options (`source_config`). `limit`: at most this many of each source. Skipped rows are
-    left out; `build_datasets` reports them."""
+    converted with its own options (`source_config`). `rows`: only the first this many records of each source (of
+    the files of a plain list, together) go through data.transform and are converted, for a caller that needs a
+    few examples of a large set. Skipped rows are left out; `build_datasets` reports them."""
     report, transform = DataReport(), load_transform(cfg.transform)
     if not any(isinstance(entry, DataSource) for entry in cfg.train):
-        records = apply_transform(read_records(cfg.train, cfg.delimiter, report), transform, cfg.transform, report)
-        return to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report)[:limit]
+        records = read_records(cfg.train, cfg.delimiter, report)[:rows]
+        records = apply_transform(records, transform, cfg.transform, report)
+        return to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report)
     examples: list[Example] = []
     for i, entry in enumerate(cfg.train, 1):
         source = entry if isinstance(entry, DataSource) else DataSource(path=entry)
         own, where = source_config(cfg, source), f"option 'data.train', entry {i}"
-        records = apply_transform(read_source(source, cfg, where, report), transform, cfg.transform, report)
-        examples += to_examples(records, own.format, own.fields, own.system_prompt, report)[:limit]
+        records = apply_transform(read_source(source, cfg, where, report)[:rows], transform, cfg.transform, report)
+        examples += to_examples(records, own.format, own.fields, own.system_prompt, report)
     return examples
 
 

@@ -64,6 +64,9 @@ PROBE_QUESTIONS = (
     "List three colours.",
 )
 MAX_NEW_TOKENS = 48
+# The template check renders the first conversations of the run's training data: only the first this many rows of
+# each source go through data.transform and are converted (all of a large set took seconds per 100k rows).
+CHECK_ROWS = 200
 
 
 @dataclass
@@ -107,18 +110,18 @@ def saved_verdict(out: str | Path) -> str | None:
 
 
 def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[list[dict]], str]:
-    """The first training conversations of the run, read as training read them (`loader.training_examples`: its
-    data.delimiter, data.transform and each mixture source's options), or the probe conversations, with `system`,
-    when its data cannot be read (the source says why); RunDirError naming the file when its config.yaml (a staged
-    run's last stage's) is gone."""
+    """The first training conversations of the run (in the first CHECK_ROWS rows of each source), read as training
+    read them (`loader.training_examples`: its data.delimiter, data.transform and each mixture source's options), or
+    the probe conversations, with `system`, when its data cannot be read (the source says why); RunDirError naming
+    the file when its config.yaml (a staged run's last stage's) is gone."""
     # a staged run: its last stage's, whose result it holds; missing, it is refused by name, not replaced by probes
     cfg = saved_config(run_dir, CHECK_NEEDS)
     try:
         check_saved_transform(run_dir, cfg.data)
-        chats = [ex.messages for ex in training_examples(cfg.data, 4 * limit) if ex.messages][:limit]
+        chats = [ex.messages for ex in training_examples(cfg.data, CHECK_ROWS) if ex.messages][:limit]
         if chats:
-            return chats, "training data"
-        reason = "the training data has no conversations"
+            return chats, f"the first {CHECK_ROWS} rows of the training data"
+        reason = f"the training data has no conversations in its first {CHECK_ROWS} rows"
     except (
         TunelabError,
         OSError,
