@@ -163,6 +163,15 @@ def test_undetectable_format_lists_keys_and_formats():
     assert "'query', 'response'" in msg and "prompt_completion (prompt, completion)" in msg and "data.fields" in msg
 
 
+def test_a_row_one_column_short_of_a_format_is_told_the_mapping_it_needs():
+    """GPTeacher's rows (instruction, input, response) were told 'map them with data.fields (e.g. {prompt: question,
+    completion: answer})', a mapping for other rows; the one column alpaca lacks is named now."""
+    with pytest.raises(DataError, match=r"data.fields \(e.g. \{output: response\}\)"):
+        convert([{"instruction": "Add 2 and 2.", "input": "", "response": "4"}])
+    with pytest.raises(DataError, match=r"data.fields \(e.g. \{completion: response\}\)"):
+        convert([{"prompt": "Add 2 and 2.", "response": "4"}])
+
+
 def test_missing_field_names_file_line_field_and_expected_fields():
     with pytest.raises(DataError) as err:
         convert([{"prompt": "Q", "completion": "A"}, {"prompt": "Q2"}])

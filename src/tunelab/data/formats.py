@@ -110,9 +110,20 @@ def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION
     known = "; ".join(f"{fmt} ({', '.join(req)})" for fmt, (req, _) in FORMATS.items())
     raise DataError(
         f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "
-        f"fields: {known}. Rename your columns, map them with {_short(option)} (e.g. {{prompt: question, completion: answer}}), "
+        f"fields: {known}. Rename your columns, map them with {_short(option)} (e.g. {_mapping_hint(row)}), "
         "or set data.format."
     )
+
+
+def _mapping_hint(row: dict) -> str:
+    """The data.fields mapping a row most likely needs: where it has all of a format's required fields but one, and
+    one column no format reads (instruction, input, response: {output: response}), that column for the missing field."""
+    unread = [key for key in row if key not in CANONICAL]
+    for required, _ in FORMATS.values():
+        missing = [name for name in required if name not in row]
+        if len(missing) == 1 and len(required) > 1 and len(unread) == 1:
+            return f"{{{missing[0]}: {unread[0]}}}"
+    return "{prompt: question, completion: answer}"
 
 
 def _short(option: str) -> str:
