@@ -172,6 +172,13 @@ def test_a_row_one_column_short_of_a_format_is_told_the_mapping_it_needs():
         convert([{"prompt": "Add 2 and 2.", "response": "4"}])
 
 
+def test_preference_pairs_given_to_sft_are_told_the_tasks_that_read_them():
+    """Anthropic HH rows (chosen, rejected) given to an sft run were told to rename or map their columns, which no
+    mapping can fix: they are pairs for task dpo or reward, and the error says so now."""
+    with pytest.raises(DataError, match=r"preference pairs: train them with task: dpo \(or a reward model"):
+        convert([{"chosen": "Human: Hi Assistant: Hello", "rejected": "Human: Hi Assistant: Go away"}])
+
+
 def test_missing_field_names_file_line_field_and_expected_fields():
     with pytest.raises(DataError) as err:
         convert([{"prompt": "Q", "completion": "A"}, {"prompt": "Q2"}])

@@ -112,6 +112,12 @@ def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION
         f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "
         f"fields: {known}. Rename your columns, map them with {_short(option)} (e.g. {_mapping_hint(row)}), "
         "or set data.format."
+        + (
+            " Rows of chosen and rejected are preference pairs: train them with task: dpo (or a reward model, task: "
+            "reward)."
+            if "chosen" in row and "rejected" in row
+            else ""
+        )
     )
 
 
