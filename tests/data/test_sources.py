@@ -302,6 +302,18 @@ def test_csv_separator_is_detected_or_given(tmp_path):
         read_records([p2], delimiter=",") and read_records([write(tmp_path / "c.csv", "q,a\n1,2,3\n")], delimiter=",")
 
 
+def test_a_file_another_separator_than_data_delimiter_splits_is_told_so(tmp_path):
+    """data.delimiter ';' (set for the training file) split a comma-separated eval file too, which stopped with 'a
+    quoted value is followed by more text before the separator', advice about quotes; the error now says that the
+    header line is split by ',' and that data.delimiter applies to every file."""
+    p = write(tmp_path / "e.csv", 'prompt,completion\n"Add 2, 2",4\n')
+    with pytest.raises(DataError) as caught:
+        read_records([p], delimiter=";")
+    message = str(caught.value)
+    assert message.startswith(f"{p}:2: a quoted value is followed by more text")
+    assert "header line is split by ',', not by data.delimiter ';'" in message and "data.delimiter: auto" in message
+
+
 def test_json_error_position_reads_once(tmp_path):
     p = write(tmp_path / "a.jsonl", '{"question": "unterminated}\n')
     with pytest.raises(DataError) as err:

@@ -363,8 +363,21 @@ def read_file(path: Path, delimiter: str = "auto") -> list[Record]:
         return _json(path, text)
     if kind == ".tsv":
         return _csv(path, text, "\t", quoting=False)
+    if kind == ".csv" and delimiter == "auto":
+        return _csv(path, text, detect_delimiter(text))
     if kind == ".csv":
-        return _csv(path, text, detect_delimiter(text) if delimiter == "auto" else DELIMITERS[delimiter])
+        try:
+            return _csv(path, text, DELIMITERS[delimiter])
+        except DataError as exc:
+            detected = detect_delimiter(text)
+            if detected == DELIMITERS[delimiter]:
+                raise
+            name = next(k for k, v in DELIMITERS.items() if v == detected)
+            raise DataError(
+                f"{exc} The file's header line is split by {name!r}, not by data.delimiter {delimiter!r}, which every "
+                "file read with it is split by: give the files one separator, or set data.delimiter: auto (each "
+                "file's is detected from its header)."
+            ) from None
     return [Record(str(path), 1, {"text": text.replace("\r\n", "\n")})]  # a Windows file's line ends are \n
 
 
