@@ -144,6 +144,9 @@ def test_a_client_host_without_the_servers_model_path_says_so(tmp_path, client):
     config.model.name = "smollm2-135m-instruct"
     with pytest.raises(ConfigError, match=r"client site: data.transform is /srv/shape.py on the server"):
         local_train(config, client, {}, 1, 2, 0.0)
+    config.data.transform = "site_rows_not_installed:clean"  # an installed module on the server, not on this host
+    with pytest.raises(ConfigError, match=r"client site: option 'data.transform' \(the server's, site_rows_not_inst"):
+        local_train(config, client, {}, 1, 2, 0.0)
 
 
 def test_an_fp16_client_trains_its_adapter_with_the_loss_scale(tiny_model_dir, client, monkeypatch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.config import RunConfig
+from tunelab.data.transform import load_transform
 from tunelab.errors import ConfigError
 from tunelab.models.load import EMBEDDED
 
@@ -56,7 +57,8 @@ def app_note(config: RunConfig) -> str:
 
 
 def check_on_this_host(config: RunConfig, client: str) -> None:
-    """ConfigError, before a client loads anything, when this host lacks a path of `server_paths`."""
+    """ConfigError, before a client loads anything, when this host lacks a path of `server_paths`, or a data.transform
+    the server names by an installed module's name (that module must be installed on every client host)."""
     for option, path in server_paths(config):
         if not Path(path).expanduser().exists():
             raise ConfigError(
@@ -64,3 +66,6 @@ def check_on_this_host(config: RunConfig, client: str) -> None:
                 "reads it at the server's path (every client trains over the same base): copy it to that path on "
                 "this host."
             )
+    transform = config.data.transform
+    if transform and not transform.rpartition(":")[0].endswith(".py"):
+        load_transform(transform, f"client {client}: option 'data.transform' (the server's, {transform})")
