@@ -122,8 +122,14 @@ def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION
 
 
 def _mapping_hint(row: dict) -> str:
-    """The data.fields mapping a row most likely needs: where it has all of a format's required fields but one, and
-    one column no format reads (instruction, input, response: {output: response}), that column for the missing field."""
+    """The data.fields mapping a row most likely needs: the columns that name a format's fields but for their case
+    (Question, Answer: {question: Question, answer: Answer}); else, where it has all of a format's required fields
+    but one, and one column no format reads (instruction, input, response: {output: response}), that column for the
+    missing field."""
+    named = {str(key).strip().lower().replace(" ", "_"): key for key in row}
+    for required, _ in FORMATS.values():
+        if all(name in named for name in required):  # one at least is named otherwise, or the format was found
+            return "{" + ", ".join(f"{name}: {named[name]}" for name in required if named[name] != name) + "}"
     unread = [key for key in row if key not in CANONICAL]
     for required, _ in FORMATS.values():
         missing = [name for name in required if name not in row]
