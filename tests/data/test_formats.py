@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunelab.data.formats import LATE_SYSTEM, detect_format, to_examples
+from tunelab.data.formats import LATE_SYSTEM, check_fields, detect_format, to_examples
 from tunelab.data.report import DataReport
 from tunelab.data.sources import Record
 from tunelab.errors import ConfigError, DataError
@@ -433,3 +433,12 @@ def test_an_input_or_history_column_the_rows_format_does_not_read_is_counted_in_
     assert "alpaca" in note
     _, report = convert(rows, fields={"output": "response"})  # alpaca reads it
     assert not report.notes
+
+
+def test_a_mapping_the_wrong_way_round_or_misspelt_is_told_the_one_meant():
+    """data.fields {response: output} (column first, as a rename reads) and {answr: a} were told only 'maps unknown
+    field(s)' and the list of fields; the mapping turned round, or the field meant, is named now."""
+    with pytest.raises(ConfigError, match=r"names the field first, then your column: \{output: response\}\?"):
+        check_fields({"response": "output"})
+    with pytest.raises(ConfigError, match=r"Did you mean 'answer' for 'answr'\?"):
+        check_fields({"answr": "a"})

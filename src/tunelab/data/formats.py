@@ -19,6 +19,7 @@ alpaca's input or history beside a row of another format, which is left out, is 
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 
@@ -67,9 +68,14 @@ FIELDS_OPTION = "option 'data.fields'"  # where a mapping comes from; a mixture'
 def check_fields(fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
     unknown = [k for k in fields if k not in CANONICAL]
     if unknown:
+        near = [(k, m[0]) for k in unknown if (m := difflib.get_close_matches(str(k), CANONICAL, n=1))]
+        hint = "".join(f" Did you mean {m!r} for {k!r}?" for k, m in near)
+        if not near and all(fields[k] in CANONICAL for k in unknown):  # {response: output}: column -> field
+            turned = ", ".join(f"{fields[k]}: {k}" for k in unknown)
+            hint = f" A mapping names the field first, then your column: {{{turned}}}?"
         raise ConfigError(
-            f"{option} maps unknown field(s) {', '.join(unknown)}; the fields you can map are "
-            f"{', '.join(CANONICAL)} (e.g. {{prompt: question, completion: answer}})."
+            f"{option} maps unknown field(s) {', '.join(map(str, unknown))}; the fields you can map are "
+            f"{', '.join(CANONICAL)} (e.g. {{prompt: question, completion: answer}}).{hint}"
         )
 
 
