@@ -8,9 +8,9 @@ folder, or an old conversion that a process killed while replacing it left as `.
 are listed and removed, so pointing $TUNELAB_CACHE at a folder holding other things never deletes them. A conversion
 whose files were since deleted or cut short is listed as incomplete; the next use converts it again.
 
-A conversion is named by its GGUF file's path, size and modification time (converted.gguf_key), so a file downloaded
-again, touched or changed gets a new copy and the old one is never used again: such a copy, and one whose file is
-gone, is listed as stale (by the file recorded in its COMPLETE mark; copies made before it was recorded cannot be
+A conversion is named by its GGUF file's path and a fingerprint of its content (converted.gguf_key), so a file changed
+or replaced by another (even of the same size and modification time) gets a new copy and the old one is never used
+again: such a copy, and one whose file is gone, is listed as stale (by the file recorded in its COMPLETE mark; copies made before it was recorded cannot be
 told) and `tunelab cache prune` removes those alone.
 
 Adapters of runs on a GGUF base name the converted folder as their base for other tools
@@ -72,7 +72,7 @@ def _stale(folder: Path) -> str | None:
     except OSError:
         return None
     if not folder.name.endswith(f"-{key}"):
-        return f"its GGUF file {source} changed or was downloaded again since; a newer copy is used"
+        return f"its GGUF file {source} changed or was replaced since; a newer copy is used"
     return None
 
 

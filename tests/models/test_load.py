@@ -284,6 +284,55 @@ def test_a_gguf_file_missing_weights_is_refused_not_filled_with_random_ones(
     assert not list((tmp_path / "cache").glob("gguf/*"))
 
 
+def _replace_keeping_size_and_mtime(file: Path) -> None:
+    """Another file in its place, as `cp -p` or `rsync -t` leave it: the last weight's bytes differ, size and
+    modification time are the same."""
+    stat = file.stat()
+    data = bytearray(file.read_bytes())
+    data[-4:] = bytes(b ^ 0x5A for b in data[-4:])
+    file.write_bytes(bytes(data))
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file.stat().st_size == stat.st_size and file.stat().st_mtime_ns == stat.st_mtime_ns
+
+
+def test_a_gguf_file_replaced_at_the_same_size_and_mtime_is_converted_again(tiny_gguf, tmp_path, monkeypatch):
+    """A GGUF file replaced by another of the same size and modification time (`cp -p`, `rsync -t`) was served
+    from the old file's converted copy; its content now names the copy."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "m.gguf"
+    shutil.copy(tiny_gguf, model)
+    first = Path(materialize(resolve_source(str(model))))
+    _replace_keeping_size_and_mtime(model)
+    second = Path(materialize(resolve_source(str(model))))
+    assert second != first
+    from safetensors.torch import load_file
+
+    old, new = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert any(not torch.equal(old[k], new[k]) for k in old)
+
+
+def test_a_large_gguf_file_is_fingerprinted_by_pieces_in_milliseconds(tmp_path):
+    """A multi-GB file is not read whole: its head, tail and pieces spread between name it, and a change in any of
+    them gives another key."""
+    import time
+
+    from tunelab.models import converted
+
+    big = tmp_path / "big.gguf"
+    with big.open("wb") as f:
+        f.truncate(3 * 2**30)  # sparse: 3 GB on paper, nothing on disk
+    start = time.perf_counter()
+    key = converted.gguf_key(big)
+    assert time.perf_counter() - start < 2.0
+    for offset in (100, 3 * 2**30 - 100, converted.HEAD + 5 * ((3 * 2**30 - converted.HEAD - converted.TAIL) // 65)):
+        with big.open("r+b") as f:
+            f.seek(offset)
+            f.write(b"x")
+        changed = converted.gguf_key(big)
+        assert changed != key
+        key = changed
+
+
 def test_copies_of_a_gguf_file_changed_or_gone_are_stale_and_pruned(tiny_gguf, tmp_path, monkeypatch, capsys):
     """Each download or touch of the same GGUF file left another full converted copy (17 of one 135M model, 541 MB
     each), listed like the one in use; only clearing all or naming each removed them."""
@@ -295,12 +344,14 @@ def test_copies_of_a_gguf_file_changed_or_gone_are_stale_and_pruned(tiny_gguf, t
     first = Path(materialize(resolve_source(str(model))))
     orphan = Path(materialize(resolve_source(str(gone))))
     gone.unlink()
-    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # downloaded again
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # touched: the same content
+    assert Path(materialize(resolve_source(str(model)))) == first
+    _replace_keeping_size_and_mtime(model)
     current = Path(materialize(resolve_source(str(model))))
     assert len({first, orphan, current}) == 3
     stale = {e.name: e.stale for e in cache_entries()}
     assert stale[current.name] is None
-    assert "changed or was downloaded again" in stale[first.name] and "is gone" in stale[orphan.name]
+    assert "changed or was replaced" in stale[first.name] and "is gone" in stale[orphan.name]
 
     assert main(["cache"]) == 0
     out = capsys.readouterr().out

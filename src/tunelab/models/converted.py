@@ -21,12 +21,39 @@ def cache_root() -> Path:
     return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab").expanduser().resolve()
 
 
+WHOLE_BELOW = 16 * 2**20  # a smaller file is hashed whole
+HEAD, TAIL = 8 * 2**20, 2**20  # a larger one by its first 8 MiB (the GGUF header, metadata, vocabulary and tensor
+SAMPLES, SAMPLE = 64, 64 * 2**10  # table), its last MiB and 64 pieces of 64 KiB spread evenly between: ~13 MiB in all
+
+
+def content_fingerprint(file: Path) -> str:
+    """A sha256 of the file's size and content: all of it below WHOLE_BELOW, else its head, its tail and SAMPLES
+    pieces spread over its tensors (~13 MiB read however large the file: milliseconds, not the minute that hashing
+    gigabytes takes). A file replaced by another of the same size and modification time (`cp -p`, `rsync -t`) gets
+    another fingerprint unless the two differ only between the pieces read, which a model with other weights does
+    not."""
+    size = file.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with file.open("rb") as f:
+        if size < WHOLE_BELOW:
+            digest.update(f.read())
+            return digest.hexdigest()
+        digest.update(f.read(HEAD))
+        step = (size - HEAD - TAIL) // (SAMPLES + 1)
+        for i in range(1, SAMPLES + 1):
+            f.seek(HEAD + i * step)
+            digest.update(f.read(SAMPLE))
+        f.seek(size - TAIL)
+        digest.update(f.read(TAIL))
+    return digest.hexdigest()
+
+
 def gguf_key(file: Path) -> str:
-    """The 16 hex digits that name a GGUF file's converted copy: its path, size and modification time (a file changed
-    or downloaded again gets a new copy; reading gigabytes to hash them at every load would cost more than the copy).
-    CONVERSION names the layout written: a new one converts again rather than read an older copy."""
-    stat = file.stat()
-    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION}"
+    """The 16 hex digits that name a GGUF file's converted copy: its path and content (content_fingerprint), so a
+    file changed or replaced gets a new copy even at the same size and modification time, and one touched or
+    downloaded again unchanged keeps its copy. CONVERSION names the layout written: a new one converts again rather
+    than read an older copy."""
+    key = f"{file.resolve()}|{content_fingerprint(file)}|{CONVERSION}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
