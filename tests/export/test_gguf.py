@@ -3,6 +3,7 @@ quantized types round exactly as the gguf package's (de)quantizers say, the Mode
 is refused. A real llama.cpp reading the files: test_gguf_llama_cpp.py."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.gguf import export_gguf, gguf_shape, permute_rotary_rows
 from tunelab.export.gguf_vocab import read_gguf_string
 from tunelab.export.merge import merged_model
-from tunelab.export.modelfile import modelfile_text
+from tunelab.export.modelfile import modelfile_parameters, modelfile_stops, modelfile_text, sampling_parameters
 from tunelab.models.load import resolve_source
 
 SMALL_VOCAB = 2048  # the small tokenizer's size (tests/export/conftest.py)
@@ -226,3 +227,37 @@ def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
     chatml = resolve_template("chatml", tok)
     with_system = modelfile_text("a.gguf", chatml, tok, "Answer box questions.")
     assert 'SYSTEM """Answer box questions."""' in with_system and "{{ else }}" not in with_system
+
+
+def test_the_modelfile_sets_the_sampling_a_grpo_run_trained_with(tiny_run, tmp_path):
+    """The Modelfile set no sampling PARAMETER: Ollama sampled a grpo run at its own temperature 0.8, top_p 0.9 and
+    top_k 40, not at what the rollouts were drawn and rewarded with, and answered past grpo.max_new_tokens."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = RunConfig()
+    cfg.task = "grpo"
+    cfg.grpo.temperature, cfg.grpo.top_p, cfg.grpo.max_new_tokens = 0.7, 0.95, 200
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    export_gguf(run, tmp_path / "m.gguf", "f16", check=False)
+    text = (tmp_path / "m.Modelfile").read_text()
+    assert modelfile_parameters(text) == {"temperature": "0.7", "top_p": "0.95", "top_k": "0", "num_predict": "200"}
+    assert "# grpo.temperature: the rollouts were sampled at it\nPARAMETER temperature 0.7\n" in text
+
+
+def test_the_modelfile_sets_the_sampling_of_the_base_models_generation_config(tiny_run, small_tokenizer):
+    """A base whose generation_config samples (Qwen's temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.05)
+    was run by Ollama at its own defaults; a base that answers greedily, or an sft run without one, sets none."""
+    from transformers import GenerationConfig
+
+    tok = small_tokenizer
+    chatml = resolve_template("chatml", tok)
+    sft = RunConfig()
+    qwen = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    sampling = sampling_parameters(sft, qwen)
+    text = modelfile_text("a.gguf", chatml, tok, None, sampling=sampling)
+    assert modelfile_parameters(text) == {"temperature": "0.7", "top_p": "0.8", "top_k": "20", "repeat_penalty": "1.05"}
+    assert "# the base model's generation_config.top_k\nPARAMETER top_k 20\n" in text
+    assert sampling_parameters(sft, GenerationConfig(do_sample=False, temperature=0.7)) == []
+    assert sampling_parameters(sft, None) == [] and sampling_parameters(None, GenerationConfig()) == []
+    plain = modelfile_text("a.gguf", chatml, tok, None, sampling=sampling_parameters(sft, None))
+    assert modelfile_parameters(plain) == {} and modelfile_stops(plain) == ["<|im_end|>", "<|im_start|>"]

@@ -33,12 +33,14 @@ import torch
 from torch import nn
 
 from tunelab.atomic import check_can_write, writing
+from tunelab.config.run import RunConfig
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
 from tunelab.export.gguf_vocab import adds_special, gguf_package, gguf_vocab, source_pre_tokenizer, write_vocab
 from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
-from tunelab.export.modelfile import UNQUOTABLE, modelfile_path, modelfile_text
+from tunelab.export.modelfile import UNQUOTABLE, modelfile_path, modelfile_text, sampling_parameters
+from tunelab.rundir import saved_config
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,16 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
         w.close()
 
 
+def _last_config(run_dir: Path) -> RunConfig | None:
+    """The config the run's result was trained with (a staged run's last stage's), whose sampling the Modelfile
+    writes; None, said on stderr, when it is gone or unreadable: the Modelfile then sets no sampling."""
+    try:
+        return saved_config(run_dir, "the sampling its Modelfile sets")
+    except RunDirError as exc:
+        print(f"{exc}\nThe Modelfile sets no sampling PARAMETER (Ollama's defaults apply).", file=sys.stderr)
+        return None
+
+
 def parse_qtype(qtype: str) -> str:
     q = qtype.lower()
     if q not in QTYPES:
@@ -346,7 +358,8 @@ def export_gguf(
     gguf_shape(merged.model.config)  # refuse unsupported models before writing anything
     tok = merged.tokenizer
     adds_bos = adds_special(tok, tok.bos_token_id, first=True)
-    modelfile_body = modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos)
+    sampling = sampling_parameters(_last_config(run_dir), getattr(merged.model, "generation_config", None))
+    modelfile_body = modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos, sampling)
     scratch = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     scratch_f16 = out.with_name(f".tmp-f16-{out.name}-{os.getpid()}")
     scratch_mf = out.with_name(f".tmp-{modelfile.name}-{os.getpid()}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.config.run import RunConfig
 from tunelab.data.templates import Template
 from tunelab.export.gotemplate import ollama_values, render
 
@@ -221,8 +222,47 @@ def stop_tokens(template: Template, tokenizer, go_template: str | None) -> list[
     return tokens
 
 
+# Ollama's name for each sampling setting of a transformers GenerationConfig
+_OLLAMA_NAMES = (
+    ("temperature", "temperature"),
+    ("top_p", "top_p"),
+    ("top_k", "top_k"),
+    ("min_p", "min_p"),
+    ("repetition_penalty", "repeat_penalty"),
+)
+
+
+def sampling_parameters(cfg: RunConfig | None, generation_config) -> list[tuple[str, float | int, str]]:
+    """(Ollama PARAMETER, value, where it comes from) for the sampling the run's model answers with; without them
+    Ollama samples with its own defaults (temperature 0.8, top_p 0.9, top_k 40). A grpo run: the sampling its rollouts
+    were drawn and rewarded with (grpo.temperature, grpo.top_p, no top-k, answers of at most grpo.max_new_tokens).
+    Another run: what the base model's generation_config sets when it samples (do_sample), e.g. Qwen's temperature
+    0.7 and top_p 0.8; nothing when it answers greedily or sets nothing."""
+    if cfg is not None and cfg.task == "grpo":
+        g = cfg.grpo
+        return [
+            ("temperature", g.temperature, "grpo.temperature: the rollouts were sampled at it"),
+            ("top_p", g.top_p, "grpo.top_p"),
+            ("top_k", 0, "the rollouts kept every token (0: no top-k)"),
+            ("num_predict", g.max_new_tokens, "grpo.max_new_tokens: the longest answer trained on"),
+        ]
+    set_here = generation_config.to_diff_dict() if generation_config is not None else {}
+    if not set_here.get("do_sample"):
+        return []
+    return [
+        (ollama, set_here[name], f"the base model's generation_config.{name}")
+        for name, ollama in _OLLAMA_NAMES
+        if isinstance(set_here.get(name), int | float) and not isinstance(set_here.get(name), bool)
+    ]
+
+
 def modelfile_text(
-    gguf_name: str, template: Template, tokenizer, system_prompt: str | None, adds_bos: bool = False
+    gguf_name: str,
+    template: Template,
+    tokenizer,
+    system_prompt: str | None,
+    adds_bos: bool = False,
+    sampling: list[tuple[str, float | int, str]] = (),
 ) -> str:
     """The Modelfile for `gguf_name` in the same folder (`ollama create NAME -f GGUF_STEM.Modelfile`)."""
     go = go_template_for(template, tokenizer, adds_bos)
@@ -240,6 +280,11 @@ def modelfile_text(
         )
     for token in stop_tokens(template, tokenizer, go):
         lines.append(f'PARAMETER stop "{token}"')
+    for name, value, why in sampling:  # the comment on a line of its own: Ollama reads a PARAMETER's rest as its value
+        lines += [
+            f"# {why}",
+            f"PARAMETER {name} {value:g}" if isinstance(value, float) else f"PARAMETER {name} {value}",
+        ]
     if system_prompt:
         lines.append(
             _triple_quoted("SYSTEM", system_prompt, "run's system prompt", "give it as each chat's system message.")
@@ -265,6 +310,12 @@ def modelfile_template(text: str) -> str | None:
 def modelfile_system(text: str) -> str | None:
     """The SYSTEM prompt of a Modelfile written by modelfile_text, or None."""
     return _read_triple_quoted(text, "SYSTEM")
+
+
+def modelfile_parameters(text: str) -> dict[str, str]:
+    """The PARAMETER lines other than stop of a Modelfile written by modelfile_text: {name: value}."""
+    pairs = (line.split() for line in text.splitlines() if line.startswith("PARAMETER "))
+    return {p[1]: p[2] for p in pairs if len(p) == 3 and p[1] != "stop"}
 
 
 def modelfile_stops(text: str) -> list[str]:
