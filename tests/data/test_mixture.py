@@ -275,3 +275,24 @@ def test_a_mixture_of_an_eval_file_and_a_held_out_fraction_says_both(tmp_path, t
     cfg.eval_fraction = 0.0
     report = build_datasets(cfg, tiny_tokenizer, seed=1).report
     assert report.eval_source == "file" and "eval (file):" in report.summary()
+
+
+def test_a_small_text_source_drawn_many_times_says_how_often(tmp_path, tiny_tokenizer):
+    """A few text blocks weighed like a file of 40 examples (mix_by: examples) were drawn 22 times in all an epoch,
+    and the report said only "drawn 22 rows": it now says how often each row repeats, with a note past 4 times."""
+    qa = _write(tmp_path / "qa.jsonl", [{"question": f"Q {i}?", "answer": f"A {i}."} for i in range(40)])
+    docs = tmp_path / "docs.txt"
+    docs.write_text(" ".join(f"word{i}" for i in range(60)))
+    cfg = DataConfig(
+        train=[DataSource(path=str(docs), weight=1.0), DataSource(path=qa, weight=1.0)],
+        max_length=48,
+        mix_by="examples",
+    )
+    report = build_datasets(cfg, tiny_tokenizer, seed=1).report
+    text = report.sources["docs.txt"]
+    assert text.rows == 4 and text.drawn_rows == 22 and text.repeats == 5.5
+    summary = report.summary()
+    assert "drawn 22 rows (each 5.5 times)" in summary
+    assert "note: mixture source 'docs.txt' is repeated 5.5 times an epoch" in summary
+    assert "draws 22 rows from its 4" in summary and "data.mix_by: tokens" in summary
+    assert "qa.jsonl' is repeated" not in summary and "drawn 22 rows, " in summary  # qa: 22 of its 40, no repeat

@@ -207,6 +207,23 @@ def example_key(ex: Example) -> str:
     return json.dumps(ex.messages, sort_keys=True) if ex.messages is not None else f"text:{ex.text}"
 
 
+REPEATS_NOTED = 4  # a source whose rows each epoch draws more often than this on average gets a note
+
+
+def note_repeated_source(name: str, stats: SourceStats, mix_by: str, report: DataReport) -> None:
+    """A note in `report` when a mixture's weights draw each row of a small source more than REPEATS_NOTED times an
+    epoch (a few text blocks weighed like a file of thousands of examples): the model learns those rows by heart."""
+    if stats.repeats <= REPEATS_NOTED:
+        return
+    counted = "rows (text blocks count one each)" if mix_by == "examples" else "tokens"
+    report.notes.append(
+        f"mixture source '{name}' is repeated {stats.repeats:.1f} times an epoch: its share of "
+        f"{100 * stats.share:.1f}% of the epoch's {counted} draws {stats.drawn_rows} rows from its {stats.rows}, "
+        "which the model will learn by heart; lower its weight, give it more data"
+        + (", or weigh by tokens (data.mix_by: tokens)" if mix_by == "examples" else "")
+    )
+
+
 def note_repeated_eval(trained: list, held: list, report: DataReport, key: Callable[[Any], str] = example_key) -> None:
     """A note in `report` when eval examples are word for word training examples found elsewhere (a row repeated in a
     file that data.eval_fraction split, or copied into the eval file): their eval loss measures recall, not how the
@@ -386,6 +403,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         stats = report.sources[span.name]
         stats.share, stats.drawn_rows = share, k
         stats.drawn_tokens = round(k * span.tokens / span.rows)
+        note_repeated_source(span.name, stats, cfg.mix_by, report)
     report.train = _stats(train, len(all_examples), counts[0])
     report.eval = _stats(evals, counts[2], counts[1])
     data = Datasets(train, evals, template, report, all_examples, mixture, eval_sets)

@@ -109,6 +109,11 @@ class SourceStats:
     drawn_tokens: int = 0  # tokens per epoch, expected
     eval_rows: int = 0
 
+    @property
+    def repeats(self) -> float:
+        """How many times each epoch draws each of its rows, on average (below 1: a subset)."""
+        return self.drawn_rows / self.rows if self.rows else 0.0
+
 
 @dataclass
 class DataReport:
@@ -224,9 +229,10 @@ class DataReport:
             for name, src in self.sources.items():
                 weight = f"weight {src.weight:g}, " if src.weight is not None else ""
                 evals = f", eval {src.eval_rows} rows" if src.eval_rows else ""
+                each = f" (each {src.repeats:.1f} times)" if src.repeats > 1 else ""
                 lines.append(
                     f"    {name}: {weight}share {100 * src.share:.1f}%: {src.examples} examples -> {src.rows} rows, "
-                    f"{src.tokens:,} tokens; drawn {src.drawn_rows} rows, ~{src.drawn_tokens:,} tokens{evals}"
+                    f"{src.tokens:,} tokens; drawn {src.drawn_rows} rows{each}, ~{src.drawn_tokens:,} tokens{evals}"
                 )
             if self.packed_epoch_rows:  # the train line counts rows before the draw, which is packed each epoch
                 lines.append(f"    each epoch's draw is packed: epoch 0 trains on {self.packed_epoch_rows} packed rows")
