@@ -77,6 +77,20 @@ def test_the_federations_rules_are_bad_input_as_for_federate(tiny_model_dir, tmp
     assert "'federated.min_clients' is 3 but the federation has 2 clients" in capsys.readouterr().err
 
 
+def test_a_federations_refusal_is_not_preceded_by_the_resolved_config(tiny_model_dir, tmp_path, capsys):
+    """`tunelab check` of a federation printed ~100 lines of its resolved config before refusing a rule that
+    `tunelab federate` refuses at once (clients and split_file both set, data.train set): the refusal comes alone now,
+    as from federate."""
+    config = _config(tmp_path, tiny_model_dir, split_file="site0.jsonl")
+    for command in (_check(config, tmp_path, "--data-only"), ["federate", config]):
+        assert main(command) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "'federated.clients' and 'federated.split_file' are both set" in err
+    assert main(_check(_config(tmp_path, tiny_model_dir), tmp_path, "--data.train", "site0.jsonl")) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "option 'data.train' is set, but a federated run" in err
+
+
 def test_each_client_is_shown_with_its_weight_in_the_average(tiny_model_dir, tmp_path, capsys):
     """The check showed each client's data report ("1 examples ... -> N rows"), while the server weighs a client by
     the rows it trains on: a client holding one long text, one example, weighs as its blocks. Each client's weight in

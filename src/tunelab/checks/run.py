@@ -206,11 +206,14 @@ def run_check(
     refuse_resume_and_overwrite(resolved, resume)
     cfg = resolved.config
     page = html_path(html)
+    # a federation's rules (ConfigError, exit 2, as tunelab federate raises it) before the ~100 lines of the config,
+    # so that a refusal is the one thing printed
+    clients = clients_of(cfg) if cfg.federated.enabled else []
     out("tunelab check — resolved config (value, then where it came from):")
     out(describe(resolved))
     if cfg.federated.enabled:
         color = show and sys.stdout.isatty()
-        return federated_check(cfg, config, resume, page, examples, model, out, color, describe(resolved))
+        return federated_check(cfg, clients, config, resume, page, examples, model, out, color, describe(resolved))
     items = output_items(cfg, config, resume, overwrite_non_run)
     plans, later = [], []
     if cfg.stages:  # a staged run: stage 1 in full; the later stages' data (their models are results yet to come)
@@ -310,11 +313,10 @@ def _resumed_info(cfg) -> RunInfo | None:
 
 
 def federated_check(
-    cfg, config, resume: bool, page: Path | None, examples: int, model: bool, out, color: bool, described: str
+    cfg, clients, config, resume: bool, page: Path | None, examples: int, model: bool, out, color: bool, described: str
 ) -> CheckResult:
     """`tunelab check` of a federated config (checks/federated.py): the federation's rules and output_dir, every
     client's data as that client reads it, the server's eval set, and the model checks on the first client's data."""
-    clients = clients_of(cfg)  # ConfigError (exit 2) as tunelab federate would raise it
     items = [output_item(cfg, config, resume)]
     summaries = []
     first = None
