@@ -4,6 +4,7 @@ k-quants made by llama.cpp's quantizer load and keep their K types; a SentencePi
 vocabulary splits text in llama.cpp as in transformers; missing llama.cpp is a clear error."""
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -266,3 +267,14 @@ def test_a_failed_self_check_is_said_from_python_without_show(tiny_run_dir, tmp_
     monkeypatch.setattr(gguf_module, "check_export", lambda *a: GGUFCheck(str(a[1]), a[2], "fail", ["differs"]))
     out = export_gguf(tiny_run_dir, tmp_path / "m.gguf", qtype="f32")
     assert out.is_file() and f"export: the self-check of {out} FAILED; see " in capsys.readouterr().err
+
+
+def test_k_quant_fallbacks_are_one_line_not_one_per_tensor(tiny_run, tmp_path, capfd):
+    """A q4_k_m export of a model whose rows are not a multiple of 256 (SmolLM2-135M's 576) printed 181 lines of
+    llama.cpp warnings, one per tensor, before the result: they are one line now, with the types used instead."""
+    pytest.importorskip("llama_cpp")
+    out = export_gguf(tiny_run, tmp_path / "k.gguf", "q4_k_m", check=False)
+    captured = capfd.readouterr()
+    assert "falling back" not in captured.err + captured.out and "warning:" not in captured.err
+    assert re.search(r"q4_k_m: llama.cpp stored \d+ of \d+ tensors in other types \(q\w+ \d+", captured.out)
+    assert out.is_file() and GGUFReader(out).tensors

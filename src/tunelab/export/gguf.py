@@ -368,7 +368,9 @@ def export_gguf(
             out.parent.mkdir(parents=True, exist_ok=True)
             if qtype in KQUANTS:
                 write_gguf(merged, scratch_f16, "f16", name=run_dir.resolve().name)
-                llama_cpp.quantize(scratch_f16, scratch, KQUANTS[qtype])
+                fallbacks = llama_cpp.quantize(scratch_f16, scratch, KQUANTS[qtype])
+                if fallbacks:
+                    print(fallbacks, flush=True)
             else:
                 write_gguf(merged, scratch, qtype, name=run_dir.resolve().name)
             scratch_mf.write_text(modelfile_body)

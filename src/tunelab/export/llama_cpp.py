@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,18 +60,60 @@ def threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def quantize(src: Path, dst: Path, ftype_name: str) -> None:
+@contextmanager
+def collected(lines: list[str]):
+    """llama.cpp's log lines into `lines` for the duration of one call, not onto stderr (llama-cpp-python's filter
+    reads llama.cpp's warning level as an error and prints every one); its own callback is set again after."""
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def fallback_note(log: str, qtype: str) -> str | None:
+    """One line for llama.cpp's per-tensor fallbacks (a line each in its log: a tensor whose rows do not split into
+    the 256-value super-blocks of k-quants is stored in another type), or None when there were none."""
+    types = re.findall(r"falling back to\s+(\S+)", log)
+    if not types:
+        return None
+    total = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", log)
+    of = f" of {total.group(2)}" if total else ""
+    counts = ", ".join(f"{t} {n}" for t, n in Counter(types).most_common())
+    return (
+        f"{qtype}: llama.cpp stored {len(types)}{of} tensors in other types ({counts}): their rows do not split into "
+        "the 256-value blocks k-quants need (hidden sizes that are not a multiple of 256)"
+    )
+
+
+def quantize(src: Path, dst: Path, ftype_name: str) -> str | None:
     """llama.cpp's `llama_model_quantize` from an f16/f32 GGUF `src` to `dst` in `ftype_name` (e.g. MOSTLY_Q4_K_M),
     with llama.cpp's own per-tensor choices (which tensors get more bits, fallbacks for rows that do not split into
-    256-value super-blocks)."""
-    lc = llama_cpp_module(f"the {ftype_name.removeprefix('MOSTLY_').lower()} export")
+    256-value super-blocks). Returns a line about the fallbacks (`fallback_note`), which llama.cpp printed one per
+    tensor (180 lines for SmolLM2-135M)."""
+    qtype = ftype_name.removeprefix("MOSTLY_").lower()
+    lc = llama_cpp_module(f"the {qtype} export")
     params = lc.llama_model_quantize_default_params()
     params.ftype = getattr(lc, f"LLAMA_FTYPE_{ftype_name}")
     params.nthread = os.cpu_count() or 1
-    with quiet():
+    lines: list[str] = []
+    with collected(lines):
         status = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if status != 0:
-        raise ModelError(f"llama.cpp's quantizer failed on {src} (status {status}); the f16 export may still work.")
+        said = "".join(line for line in lines if "error" in line.lower()).strip()[-500:]
+        raise ModelError(
+            f"llama.cpp's quantizer failed on {src} (status {status}{': ' + said if said else ''}); the f16 export "
+            "may still work."
+        )
+    return fallback_note("".join(lines), qtype)
 
 
 def load(path: Path, n_ctx: int = 1024):
