@@ -47,6 +47,15 @@ def huge(prompt, answer, row):
 
 def enormous(prompt, answer, row):
     return 10**400
+
+def two(prompt, answer):
+    return 1.0
+
+async def later(prompt, answer, row):
+    return 1.0
+
+def flexible(prompt, answer, *rest, **more):
+    return 1.0
 '''
 
 
@@ -236,6 +245,16 @@ def test_user_function_rewards_and_their_failures(reward_module):
         assert math.isnan(values[0]) and failures[0].reason.startswith(says), failures
     names = [s.name for s in R.specs(["contains", "contains", RewardSpec(kind="length", name="short")])]
     assert names == ["contains", "contains2", "short"]
+
+
+def test_a_reward_function_that_cannot_take_prompt_answer_row_is_refused_before_the_model_loads(reward_module):
+    """f(prompt, answer) and an async def passed every check and stopped the run at its first step's scoring, after
+    the model had loaded and sampled."""
+    with pytest.raises(ConfigError, match=r"entry 1: grpo_test_rewards:two\(prompt, answer\) cannot be called as f\("):
+        R.specs([RewardSpec(kind="function", function=f"{reward_module}:two")])
+    with pytest.raises(ConfigError, match=r"entry 2: grpo_test_rewards:later is an async function"):
+        R.specs(["contains", RewardSpec(kind="function", function=f"{reward_module}:later")])
+    assert R.specs([RewardSpec(kind="function", function=f"{reward_module}:flexible")])[0].name == "flexible"
 
 
 # ---------------------------------------------------------------- rollout

@@ -24,6 +24,7 @@ and the task stops the run or skips the prompt's group as grpo.on_reward_error s
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import numbers
 import re
@@ -114,7 +115,7 @@ def specs(entries: list[str | RewardSpec]) -> list[RewardSpec]:
             if spec.kind == "equals" and compiled.groups < 1:
                 raise ConfigError(f"{where}: equals compares the pattern's first group; {spec.pattern!r} has none.")
         if spec.kind == "function":
-            user_function(spec.function, where)
+            _refuse_uncallable(user_function(spec.function, where), spec.function, where)
         if spec.kind == "model":
             reward_run(spec.run, where)
         out.append(spec)
@@ -158,6 +159,28 @@ def user_function(path: str, where: str) -> Callable:
     """`module:function` (an installed module, or MODULE.py in the working directory) or `file.py:function`,
     loaded as data.transform loads its function."""
     return load_transform(path, where)
+
+
+def _refuse_uncallable(fn: Callable, name: str, where: str) -> None:
+    """ConfigError unless `fn` can be called as f(prompt, answer, row) and gives its value: a function of other
+    arguments, or an `async def` one (its call gives a coroutine), failed only at the first step's scoring, after the
+    model had loaded and sampled, and `tunelab check` passed it."""
+    if inspect.iscoroutinefunction(fn):
+        raise ConfigError(
+            f"{where}: {name} is an async function, whose call gives a coroutine, not a number; write it with def, "
+            "returning the reward."
+        )
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: its call says what is wrong
+        return
+    try:
+        signature.bind("prompt", "answer", {})
+    except TypeError as exc:
+        raise ConfigError(
+            f"{where}: {name}{signature} cannot be called as f(prompt, answer, row) ({exc}); a reward function takes "
+            "the prompt, the answer text and the row, e.g. def score(prompt, answer, row): ..."
+        ) from None
 
 
 class _Exited(Exception):
