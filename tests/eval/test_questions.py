@@ -71,6 +71,13 @@ def test_errors_name_file_line_and_field(tmp_path):
     _write(path, [{"prompt": "a?", "chosen": "yes", "rejected": "no"}])  # a dpo run's pair file
     with pytest.raises(DataError, match=r"q\.jsonl:1: a preference pair \(chosen, rejected\) holds no expected answer"):
         read_questions(path, need_expected=True)
+    ask = [{"from": "human", "value": "a?"}]  # LLaMA-Factory's pairs: said to lack an expected answer to a question
+    _write(
+        path,
+        [{"conversations": ask, "chosen": {"from": "gpt", "value": "yes"}, "rejected": {"from": "gpt", "value": "no"}}],
+    )
+    with pytest.raises(DataError, match=r"q\.jsonl:1: a preference pair \(chosen, rejected\) holds no expected answer"):
+        read_questions(path, need_expected=True)
     _write(path, [{"expected": "A."}])
     with pytest.raises(DataError, match=r"q\.jsonl:1: .*no question"):
         read_questions(path)

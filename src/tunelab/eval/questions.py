@@ -242,12 +242,7 @@ def read_questions(
             )  # a text row, or a conversation of a training format
             continue
         if expected is None and need_expected and fields.get("chosen", "chosen") in row:
-            raise DataError(
-                f"{where}: a preference pair (chosen, rejected) holds no expected answer to score generated answers "
-                "against. A dpo run scores held-out pairs while it trains (data.eval or data.eval_fraction: eval "
-                "loss, accuracy and margin); here give rows of a question and the text a right answer "
-                "contains (expected)."
-            )
+            raise _pair_without_expected(where)
         if expected is None and need_expected:
             raise DataError(
                 f"{where}: the row has no expected answer. Give it an 'expected' field (or 'label' for a label task), "
@@ -280,13 +275,15 @@ def read_questions(
     if report.skips:
         reasons = "; ".join(f"{reason} at {', '.join(s.locations)}" for reason, s in report.skips.items())
         raise DataError(f"{path}: rows cannot be used: {reasons}. Fix or remove them.")
-    for (i, _, expected, kind, is_label, _), ex in zip(training, examples, strict=True):
+    for (i, record, expected, kind, is_label, fields), ex in zip(training, examples, strict=True):
         if ex.messages is None:
             questions[i] = Question(None, None, kind, False, False, ex, location(ex.path, ex.line))
             continue
         where = location(ex.path, ex.line)
         if ex.messages[-1]["role"] == "user":  # a conversation to go on with: its last user turn is the question
             answer = [{"role": "assistant", "content": expected}] if expected is not None else []
+            if expected is None and need_expected and fields.get("chosen", "chosen") in record.row:  # LLaMA-Factory's
+                raise _pair_without_expected(where)
             if expected is None and need_expected:
                 raise DataError(f"{where}: the conversation ends with a question but the row has no 'expected' answer.")
             example = Example(ex.messages + answer, None, ex.path, ex.line) if answer else None
@@ -299,6 +296,17 @@ def read_questions(
     found = [q for q in questions if q is not None]
     _refuse_label_spellings(found)
     return found
+
+
+def _pair_without_expected(where: str) -> DataError:
+    """The error for a preference pair in a file of questions to score: its prompt (a question, or a conversation
+    ending with the user's turn, as LLaMA-Factory writes pairs) has no expected answer."""
+    return DataError(
+        f"{where}: a preference pair (chosen, rejected) holds no expected answer to score generated answers "
+        "against. A dpo run scores held-out pairs while it trains (data.eval or data.eval_fraction: eval "
+        "loss, accuracy and margin); here give rows of a question and the text a right answer "
+        "contains (expected)."
+    )
 
 
 def _holds_format(row: dict, fmt: str, fields: dict[str, str]) -> bool:
