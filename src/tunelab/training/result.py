@@ -2,7 +2,8 @@
 removed (`tidy_up`): the step checkpoints, unless kept, and the run this one replaced.
 
 Weights are checked finite before anything is written; the result is written to a staging folder inside the run
-directory and moved into place once complete, so a failure leaves no half-written result.
+directory and moved into place once complete, so a failure leaves no half-written result. Its files get the
+permissions of any file the user creates (the umask's), as a merged model's do.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from tunelab.atomic import ordinary_permissions
 from tunelab.config import RunConfig
 from tunelab.errors import RunDirError
 from tunelab.peft.save import record_base_revision, save_adapter
@@ -58,6 +60,7 @@ def save_final(
         else:
             task.save(staging, built, tokenizer, cfg, data)
         record_base_revision(staging, base_revision)
+        ordinary_permissions(staging)  # safetensors writes its files 0600: unreadable to the other users of a run
         for item in staging.iterdir():
             os.replace(item, run_dir / item.name)
             moved.append(run_dir / item.name)

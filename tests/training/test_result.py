@@ -1,0 +1,20 @@
+"""The result a finished run saves into its run directory (training/result.py)."""
+
+import pytest
+
+from tunelab.training import recipe
+
+
+@pytest.mark.parametrize("method", ["lora", "layers"])
+def test_the_saved_weights_are_readable_as_any_new_file_is(tiny_overrides, tmp_path, method):
+    """safetensors writes 0600 files: a run's adapter_model.safetensors (model.safetensors for full and layers) was
+    unreadable to the other users of a shared run directory and to a server running as another user, while its
+    config files beside it were not."""
+    extra = {"method.name": "layers", "method.top_layers": 1} if method == "layers" else {}
+    run = recipe.train(None, tiny_overrides | {"train.max_steps": 1} | extra).run_dir
+    probe = tmp_path / "probe"
+    probe.touch()
+    weights = run / ("adapter_model.safetensors" if method == "lora" else "model.safetensors")
+    assert weights.is_file()
+    modes = {path.name: path.stat().st_mode & 0o777 for path in run.iterdir() if path.is_file()}
+    assert set(modes.values()) == {probe.stat().st_mode & 0o777}, modes
