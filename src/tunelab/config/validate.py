@@ -73,6 +73,18 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
         )
     if config.method.use_dora and config.method.name != "lora":
         raise ConfigError(f"option 'method.use_dora' is for method.name lora; method.name is {config.method.name}.")
+    if config.method.quantize_base != "none" and not config.method.is_adapter and not config.stages:
+        # a staged run's stages are checked each with its own method (stage_config)
+        raise ConfigError(quantize_needs_adapter(config.method.name))
+
+
+def quantize_needs_adapter(method: str) -> str:
+    """The message for QLoRA's 4-bit base beside a method that trains the base's own weights (training/build.py
+    refuses it too, for a model built outside a config)."""
+    return (
+        f"option 'method.quantize_base' is nf4 (QLoRA), which freezes the base in 4 bits; it needs method.name "
+        f"lora or dora, not {method}."
+    )
 
 
 # The options of the task sections that serve some tasks only; every dpo.* option serves task dpo, every grpo.* grpo.

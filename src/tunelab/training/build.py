@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tunelab.config import MethodConfig, ModelConfig, TrainConfig
+from tunelab.config.validate import quantize_needs_adapter
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.kernels import select as select_ops
 from tunelab.models.hf_adapter import from_hf_model
@@ -60,10 +61,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def apply_method(model: nn.Module, method: MethodConfig, device: torch.device | None = None) -> None:
     if method.quantize_base == "nf4":
         if not method.is_adapter:
-            raise ConfigError(
-                f"option 'method.quantize_base' is nf4 (QLoRA), which freezes the base in 4 bits; it needs method.name "
-                f"lora or dora, not {method.name}."
-            )
+            raise ConfigError(quantize_needs_adapter(method.name))
         quantize_model_(model, device=device)  # layer by layer, before the adapters wrap the layers
     if method.is_adapter:
         attach_lora(
