@@ -612,3 +612,22 @@ def test_a_reward_model_refuses_an_answer_whose_prompt_start_fills_max_length(ti
     assert len(reward(["Say something kind 1"], ["You are great"])) == 1
     with pytest.raises(DataError, match=rf"reward model {run}, answer 2 of 2 scored: cannot be scored: its start"):
         reward(["Say something kind 1", [system, {"role": "user", "content": "hi"}]], ["You are great", "Go"])
+
+
+def test_predict_says_a_txt_file_of_several_lines_is_one_input(tiny_model_dir, tmp_path, capsys):
+    """A .txt file is one text record, as in training: `tunelab predict --data messages.txt` with one message a line
+    gave one prediction for the whole file, and --out one row, without a word."""
+    from tunelab.infer.predict import predict
+
+    rows = [{"text": f"{('awful', 'great')[i % 2]} number {i}", "label": ("neg", "pos")[i % 2]} for i in range(12)]
+    run = recipe.train(
+        None, _overrides(tiny_model_dir, tmp_path, "classify", _write(tmp_path / "t.jsonl", rows))
+    ).run_dir
+    capsys.readouterr()
+    several, one = tmp_path / "messages.txt", tmp_path / "letter.txt"
+    several.write_text("great number 1\n\nawful number 2\nfine number 3\n")
+    one.write_text("great number 1\n")
+    assert len(predict(run, data=str(several), device="cpu")) == 1
+    assert f"note: {several} is one input of 3 lines: a .txt file is one text" in capsys.readouterr().err
+    assert len(predict(run, data=str(one), device="cpu")) == 1
+    assert "note:" not in capsys.readouterr().err

@@ -13,12 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunelab.atomic import write_text
 from tunelab.data.report import DataReport, location
-from tunelab.data.sources import refuse_missing_file
+from tunelab.data.sources import is_plain_text, refuse_missing_file
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.places import check_output_file
 from tunelab.rundir import HEAD_TASKS, read_info
@@ -106,6 +107,7 @@ def predict(
         if not items:
             raise DataError(f"{data}: the file holds no rows to predict.")
         refuse_other_input_kind(run, [x for x, _, _ in items], [w for _, w, _ in items])
+        _say_one_text(data, items)
     items += [(text_input(run, t), f"text {i + 1}", None) for i, t in enumerate(texts or [])]
     if answers:
         if run.info.task != "reward":
@@ -124,6 +126,21 @@ def predict(
         Prediction(w, _shown(x), run.labels[int(p.argmax())], dict(zip(run.labels, map(float, p))), expected=e)
         for (x, w, e), p in zip(items, probs)
     ]
+
+
+def _say_one_text(data: str | Path, items: list[tuple[Input, str, str | None]]) -> None:
+    """A note, on stderr, when a .txt file of several lines gave one input: a .txt file is one text record, as in
+    training, so a file of one message a line got one prediction for all of them, without a word."""
+    if not (is_plain_text(str(data)) and Path(data).is_file() and len(items) == 1):
+        return
+    lines = sum(1 for line in (items[0][0].text or "").splitlines() if line.strip())
+    if lines > 1:
+        print(
+            f"note: {data} is one input of {lines} lines: a .txt file is one text, as in training. For one input a "
+            'line, give a .jsonl file of {"text": ...} rows or a .csv file with a text column.',
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _nothing_to_predict(task: str) -> TunelabError:
