@@ -92,13 +92,19 @@ def write_json(path: str | Path, value: Any) -> Path:
     return write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+def new_file_mode(folder: Path) -> int:
+    """The permissions a file created in `folder` now gets: 0o666 less the user's umask."""
+    probe = folder / ".tmp-mode-probe"
+    probe.touch()
+    file_mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    return file_mode
+
+
 def ordinary_permissions(folder: Path) -> None:
     """Give `folder` and everything in it the permissions a file or folder created now would get (the user's umask):
     temporary folders are made 0700 and some writers leave 0600 files, which other users and tools cannot read."""
-    probe = folder / ".tmp-mode-probe"
-    probe.touch()
-    file_mode = probe.stat().st_mode & 0o777  # 0o666 less the umask
-    probe.unlink()
+    file_mode = new_file_mode(folder)
     dir_mode = file_mode | (file_mode & 0o444) >> 2  # whoever may read may also list: r-- -> r-x
     for root, dirs, files in os.walk(folder):
         for name in files:

@@ -18,3 +18,16 @@ def test_the_saved_weights_are_readable_as_any_new_file_is(tiny_overrides, tmp_p
     assert weights.is_file()
     modes = {path.name: path.stat().st_mode & 0o777 for path in run.iterdir() if path.is_file()}
     assert set(modes.values()) == {probe.stat().st_mode & 0o777}, modes
+
+
+def test_a_kept_checkpoint_is_readable_as_any_new_file_is(tiny_overrides, tmp_path):
+    """A checkpoint's safetensors files were 0600, the state file beside them 0644: a checkpoint kept after the run
+    (train.keep_checkpoints_after_finish) could not be read by the colleague it was kept for."""
+    over = {"train.max_steps": 2, "train.save_every": 1, "train.keep_checkpoints_after_finish": True}
+    over |= {"data.eval_fraction": 0.2, "train.eval_every": 1}  # the best weights so far are kept beside them
+    run = recipe.train(None, tiny_overrides | over).run_dir
+    probe = tmp_path / "probe"
+    probe.touch()
+    files = [path for path in (run / "checkpoints").rglob("*") if path.is_file()]
+    assert any(path.suffix == ".safetensors" for path in files) and any(p.name == "best.safetensors" for p in files)
+    assert {path.stat().st_mode & 0o777 for path in files} == {probe.stat().st_mode & 0o777}, files

@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunelab.atomic import temporary_sibling
+from tunelab.atomic import new_file_mode, ordinary_permissions, temporary_sibling
 from tunelab.errors import RunDirError
 from tunelab.training.guard import require_finite
 
@@ -87,6 +87,7 @@ def save_checkpoint(
         files = {name: file_digest(scratch / name) for name in TENSOR_FILES}
         state = {"position": position, "param_groups": groups, "files": files}
         (scratch / STATE_FILE).write_text(json.dumps(state, indent=2))
+        ordinary_permissions(scratch)  # safetensors writes 0600 files: a kept checkpoint is read by others too
         shutil.rmtree(final, ignore_errors=True)
         os.replace(scratch, final)
     except OSError as exc:
@@ -269,6 +270,7 @@ def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str] | None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(trainable, str(scratch), metadata=metadata)
+        os.chmod(scratch, new_file_mode(path.parent))  # not safetensors' 0600
         os.replace(scratch, path)
     except OSError as exc:
         scratch.unlink(missing_ok=True)
