@@ -49,7 +49,8 @@ from tunelab.server.serve import serve as _serve
 from tunelab.training.distributed import from_environment
 from tunelab.training.launch import check_launch, train_on_ranks
 from tunelab.training.plan_config import plan_config
-from tunelab.training.recipe import TrainResult, config_path, overflow_steps, refuse_resume_and_overwrite, resolve
+from tunelab.training.progress import overflow_steps
+from tunelab.training.recipe import TrainResult, config_path, refuse_resume_and_overwrite, resolve
 from tunelab.training.recipe import train as _train
 from tunelab.training.stages import train_stages
 from tunelab.training.verdict import Verdict

@@ -136,3 +136,32 @@ def test_the_stopped_stage_keeps_its_progress_in_its_run_json_while_it_resumes(s
     for key in ("steps", "tokens", "total_steps", "final_loss"):
         assert seen[key] == before[key], key
     assert seen["finished"] is False
+
+
+def test_a_staged_run_killed_after_a_checkpoint_records_that_checkpoint_in_both_run_json(staged, tmp_path, monkeypatch):
+    """A staged run killed outright (SIGKILL) in stage 2 after its step-2 checkpoint left the run's run.json at 0 steps
+    (as written when it started) and stage-2/run.json at 0 steps too, while --resume restarts from stage 1's 3 steps
+    and stage 2's step 2. Both record that checkpoint now, after every checkpoint and every stage."""
+    import tunelab.training.loop as loop
+    from tunelab.training.checkpoint import latest_checkpoint
+
+    run, real, calls, seen = tmp_path / "run", loop.train_step, {"n": 0}, {}
+
+    def killed_in_step_6(*args, **kwargs):  # both run.json files as a SIGKILL in stage 2's third step leaves them
+        calls["n"] += 1
+        if calls["n"] == 6:
+            seen["run"] = json.loads((run / "run.json").read_text())
+            seen["stage"] = json.loads((run / "stage-2" / "run.json").read_text())
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", killed_in_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(None, staged)
+    first = json.loads((run / "stage-1" / "run.json").read_text())
+    assert latest_checkpoint(run / "stage-2").name == "step-0000002"
+    assert seen["stage"]["steps"] == 2 and seen["stage"]["tokens"] > 0 and seen["stage"]["final_loss"] is not None
+    assert seen["run"]["steps"] == first["steps"] + 2 == 5
+    assert seen["run"]["tokens"] == first["tokens"] + seen["stage"]["tokens"]
+    assert seen["run"]["final_loss"] == seen["stage"]["final_loss"]
+    assert seen["run"]["extra"]["stopped"] == {"stage": 2, "stages": 2, "stage_finished": False}

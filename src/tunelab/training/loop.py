@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,9 @@ class Run:
     interrupted: bool = False  # Ctrl-C came during the last step: the run finishes (evaluation, save), then stops
     stop_signal: int = signal.SIGINT  # the signal that stopped it (SIGTERM exits 143, not 130)
     loss_scale: LossScale | None = None  # fp16: the dynamic loss scale (training/loss_scale.py)
+    # rank 0, after each checkpoint: run.json records its position (training/progress.py), so that a process killed
+    # outright leaves run.json at the step --resume starts from
+    progress: Callable[[dict], None] | None = None
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -234,6 +238,8 @@ def _checkpoint(run: Run) -> None:
         run.run_dir, run.train_model, run.optimizer, run.position, run.cfg.train.keep_checkpoints, run.ranks
     )
     run.best.keep_with(folder)
+    if run.progress is not None and run.ranks.main:
+        run.progress(run.position)
 
 
 def _interrupted(run: Run, saved: bool, signum: int) -> Interrupted:

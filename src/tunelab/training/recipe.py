@@ -41,7 +41,6 @@ from tunelab.errors import (
     DataError,
     Interrupted,
     Terminated,
-    TunelabError,
     WriteFailed,
     article,
 )
@@ -65,6 +64,7 @@ from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import OutputPlan, failure_noted, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.plan import longest_prompt, longest_row, plan_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
+from tunelab.training.progress import note_overflows, record_progress, record_stopped
 from tunelab.training.result import save_final, tidy_up
 from tunelab.training.resume import (
     WARMUP,
@@ -341,7 +341,7 @@ def _train_planned(
         check_more_steps(run_dir, total_steps, position["step"])
         if ranks.main:  # the run is now this config's (allowed changes included): a later --resume compares with it
             write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
-            _record_progress(run_dir, info, position)  # the checkpoint's: kept while resuming, even if killed outright
+            _record_at_checkpoint(run_dir, info, position, track_to)  # kept while resuming, even if killed outright
     elif ranks.main:
         start_run_dir(plan)
         write_info(run_dir, info)  # first: a folder with run.json is a run, which a later --overwrite may replace
@@ -400,6 +400,7 @@ def _train_planned(
         captured=CapturedLoss(task.loss, trainable) if graphs_on else None,
         graph_width=bucket_width(cfg.data.max_length),
         loss_scale=loss_scale,
+        progress=lambda at: _record_at_checkpoint(run_dir, info, at, track_to),
     )
     try:
         if evals and task.eval_at_start and position["step"] == 0:  # the model before training, as step 0
@@ -408,7 +409,7 @@ def _train_planned(
     except BaseException as exc:
         with contextlib.suppress(WriteFailed):  # a full disk must not hide the error that stopped the run
             if ranks.main:
-                _record_progress(run_dir, info, position)
+                record_progress(run_dir, info, position)
         log.close(exc)  # the trackers' runs end failed (killed for Ctrl-C), not finished
         raise
     finally:
@@ -470,7 +471,7 @@ def _train_planned(
         info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
         info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
         info.skipped_steps = position["skipped_steps"]
-        _note_overflows(info, position)
+        note_overflows(info, position)
         losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
         if any(name != "eval_loss" for name in losses):  # a mixture's sources, a staged run's earlier stages
             info.extra["eval_losses"] = losses
@@ -527,29 +528,11 @@ def _save_cut_short(run_dir: Path, step: int, total: int, exc: KeyboardInterrupt
     )
 
 
-def _record_progress(run_dir: Path, info: RunInfo, position: dict) -> None:
-    """run.json of an unfinished run at `position`: its steps, tokens, time and last logged train loss (final_loss)."""
-    info.steps, info.skipped_steps = position["step"], position["skipped_steps"]
-    _note_overflows(info, position)
-    info.tokens, info.elapsed_s = position["tokens"], round(position["elapsed_s"], 1)
-    with contextlib.suppress(TunelabError, OSError):
-        info.final_loss = logged_at(read_metrics(run_dir), position["step"])[0]
-    write_info(run_dir, info)
-
-
-def overflow_steps(info: RunInfo) -> int:
-    """An fp16 run's overflow steps as its run.json records them (`_note_overflows`); 0 for other runs."""
-    scale = info.extra.get("fp16_loss_scale")
-    return int(scale.get("overflow_steps", 0)) if isinstance(scale, dict) else 0
-
-
-def _note_overflows(info: RunInfo, position: dict) -> None:
-    """run.json of an fp16 run: its overflow steps and the loss scale it ended at (extra.fp16_loss_scale)."""
-    if "loss_scale" in position:
-        info.extra["fp16_loss_scale"] = {
-            "overflow_steps": position.get("overflow_steps", 0),  # optional in a checkpoint (verify_checkpoint)
-            "final_scale": position["loss_scale"]["scale"],
-        }
+def _record_at_checkpoint(run_dir: Path, info: RunInfo, position: dict, track_to: TrackTo | None) -> None:
+    """run.json at a checkpoint: the run's, and a staged run's own (its stages summed), as --resume would start."""
+    record_progress(run_dir, info, position)
+    if track_to is not None:  # a stage of a staged run
+        record_stopped(track_to.run_dir)
 
 
 def _describe_ranks(cfg: RunConfig, ranks: Ranks, sharding: str, model: nn.Module) -> None:

@@ -56,7 +56,8 @@ from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_noted, finish_replacement, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.prepare import protected_paths, refuse_beyond_context
-from tunelab.training.recipe import TrainResult, overflow_steps, train
+from tunelab.training.progress import overflow_steps, record_stopped, whole_run
+from tunelab.training.recipe import TrainResult, train
 from tunelab.training.result import drop_stale_results
 from tunelab.training.resume import LENGTH, check_resume_config, config_changes
 from tunelab.training.stage_resume import (
@@ -293,22 +294,6 @@ def format_forgetting(names: list[str], matrix: list[list[float | None]], measur
     return "\n".join([title + ":", head, *rows])
 
 
-def _whole_run(info: RunInfo, each: list[RunInfo]) -> None:
-    """The last stage's run.json (`info`) made the whole run's: steps, tokens, time, skipped steps and fp16 overflow
-    steps summed over the stages (the report showed the last stage's tokens and time beside the steps of all), and the step train.keep_best
-    kept counted across the stages, as metrics.jsonl counts it."""
-    info.steps, info.total_steps = sum(i.steps for i in each), sum(i.total_steps for i in each)
-    info.tokens, info.skipped_steps = sum(i.tokens for i in each), sum(i.skipped_steps for i in each)
-    info.elapsed_s = round(sum(i.elapsed_s for i in each), 1)
-    scales = [i.extra["fp16_loss_scale"] for i in each if "fp16_loss_scale" in i.extra]
-    if scales:  # fp16 stages: their overflow steps summed, the scale the last of them ended at
-        overflows = sum(s["overflow_steps"] for s in scales)
-        info.extra["fp16_loss_scale"] = {"overflow_steps": overflows, "final_scale": scales[-1]["final_scale"]}
-    best = info.extra.get("best")
-    if isinstance(best, dict) and isinstance(best.get("step"), int):
-        info.extra["best"] = best | {"step": best["step"] + sum(i.steps for i in each[:-1])}
-
-
 def _stage_verdict(info: RunInfo, k: int, name: str, offset: int) -> None:
     """The run's verdict is its last stage's, whose step numbers (and the train.max_steps it advises) are the stage's
     own, while the run's metrics.jsonl, report and run.json count steps across the stages: the text says which stage
@@ -325,21 +310,6 @@ def _stage_verdict(info: RunInfo, k: int, name: str, offset: int) -> None:
         "text": lead + verdict["text"],
         "numbers": numbers | {"stage": k, "step_offset": offset},
     }
-
-
-def _record_stopped(run_dir: Path, count: int) -> None:
-    """The run's run.json of a staged run stopped early: the steps, tokens and time of the stages so far, and the
-    stopped stage's final_loss (its last logged loss), as that stage's own run.json records them."""
-    started = [stage_dir(run_dir, k) for k in range(1, count + 1) if is_run_dir(stage_dir(run_dir, k))]
-    each = [read_info(here, require_finished=False) for here in started]
-    if not each:
-        return
-    info = read_info(run_dir, require_finished=False)
-    info.final_loss = each[-1].final_loss
-    _whole_run(info, each)  # its total_steps: of the stages started; a later stage's length is known once it starts
-    # where it stopped: inside stage k, or after stage k was saved (the report says which, and of how many stages)
-    info.extra["stopped"] = {"stage": len(each), "stages": count, "stage_finished": each[-1].finished}
-    write_info(run_dir, info)
 
 
 def train_stages(
@@ -394,7 +364,7 @@ def train_stages(
         ),
     )
     if resume:  # the stages' progress so far, as the stop recorded it: kept while resuming, even if killed outright
-        _record_stopped(run_dir, len(plans))
+        record_stopped(run_dir, len(plans))
 
     held: dict = {}  # the tracker sinks the stages share, by name (training/tracking.py)
     with failure_noted(plan_dir):
@@ -404,7 +374,7 @@ def train_stages(
             end_held(held, error)
             end_running_tracker_runs(run_dir, error)
             with contextlib.suppress(TunelabError, OSError):  # must not hide the error that stopped the run
-                _record_stopped(run_dir, len(plans))
+                record_stopped(run_dir, len(plans))
             raise
     matrix, measures = forgetting(run_dir, len(plans))
     _publish(run_dir, stage_dir(run_dir, len(plans)))
@@ -422,7 +392,7 @@ def train_stages(
     ]
     info.extra |= {"stages": stages, "forgetting": {"stages": names, "matrix": matrix, "measures": measures}}
     each = [read_info(stage_dir(run_dir, i + 1)) for i in range(len(plans))]
-    _whole_run(info, each)
+    whole_run(info, each)
     _stage_verdict(info, len(plans), names[-1], sum(i.steps for i in each[:-1]))
     write_info(run_dir, info)
     print(format_forgetting(names, matrix, measures), flush=True)
@@ -488,6 +458,7 @@ def _stages(
             raise TrainingStopped(
                 f"{where}, its steps counted from the stage's start (its step N is step N + {offset} of the run): {stop}"
             ) from None
+        record_stopped(run_dir, len(plans))  # the stage's result counted: a run killed before the next checkpoint
         if result.interrupted and k < len(plans):  # Ctrl-C while the stage saved its result: the next one waits
             raise Interrupted(
                 f"interrupted after stage {k} of {len(plans)} was saved; continue with the same command and --resume "
