@@ -445,3 +445,26 @@ def test_text_pairs_whose_answers_begin_alike_split_at_the_assistant_cue(smollm2
     assert (
         note.startswith("1 of the 2 training pairs are two whole texts whose shared start holds no ") and ":2)" in note
     )
+
+
+def test_a_run_of_a_fraction_of_an_epoch_computes_the_reference_of_the_pairs_it_reaches(
+    tiny_model_dir, pair_file, capsys, monkeypatch
+):
+    """train.epochs 0.3 trains 2 of the 6 steps of an epoch of 12 pairs, but the reference log-probs of all 12 were
+    computed before the first step. Only the micro-batches its steps reach (and the eval pairs) are computed now."""
+    import tunelab.tasks.dpo as dpo
+
+    over = {"train.micro_batch": 2, "train.grad_accum": 1, "model.device": "cpu", "train.epochs": 0.3}
+    cfg, _, data = _data(tiny_model_dir, pair_file, **over)
+    built = build_model(resolve_source(str(tiny_model_dir)), cfg.model, cfg.method)
+    calls = []
+    real = dpo.sequence_log_probs
+    monkeypatch.setattr(dpo, "sequence_log_probs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    get_task("dpo", cfg).prepare(built, data, cfg)
+    assert "reference log-probs of 4 of 12 pairs: the train pairs that train.epochs (0.3) reaches" in (
+        capsys.readouterr().out
+    )
+    # the micro-batches (cut from the rows in order, as a full run cuts them) that hold a pair of its 2 steps
+    held = [any(row.reference is not None for row in data.train[i : i + 2]) for i in range(0, 12, 2)]
+    assert not data.eval and len(calls) == sum(held) < 6
+    assert 4 <= sum(row.reference is not None for row in data.train) < 12

@@ -17,9 +17,9 @@ the chosen and rejected summed log p. All are summed over pairs here and divided
 The reference is the model being trained with its adapters switched off (`peft.lora.adapters_disabled`), so no
 second copy sits in memory; its log-probs never change, so `prepare` computes them once before the first step and the
 rows carry them: for every eval row, and for the train rows the run's steps reach (all of them, unless
-train.max_steps ends the run first: its steps' batches, in the loop's order; a resumed run computes them again,
-the same), in the same micro-batches either way, so a row's reference does not depend on max_steps
-(full fine-tuning: from the starting weights, before any update;
+train.max_steps or train.epochs below 1 ends the run first: its steps' batches, in the loop's order; a resumed run
+computes them again, the same), in the same micro-batches either way, so a row's reference does not depend on the
+run's length (full fine-tuning: from the starting weights, before any update;
 a run that continues an adapter, model.adapter or a stage's continue: adapter, keeps it on: the reference is the
 model the run starts from, an SFT stage's result, and the policy equals it at the first step).
 A batch holds the P chosen rows then the P rejected rows, scored in one forward through the fused head + log-prob
@@ -30,6 +30,7 @@ compare, chat, merge and export read it unchanged.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -139,21 +140,26 @@ def scores(model: nn.Module, batch: dict, cfg: DpoConfig) -> PairScores:
 
 
 def reached_rows(data: Datasets, run: RunConfig) -> list[PreferenceRow] | None:
-    """The train rows that the batches of the run's train.max_steps steps hold, as the training loop draws them
-    (`epoch_rows`, `epoch_chunks` of train.micro_batch, train.grad_accum of them a step); None without max_steps, or
-    when the steps reach every row."""
+    """The train rows that the batches of the run's steps hold, as the training loop draws them (`epoch_rows`,
+    `epoch_chunks` of train.micro_batch, train.grad_accum of them a step); None when the steps reach every row. The
+    steps: train.max_steps, or train.epochs of the first epoch's steps, as the recipe counts them (epochs below 1:
+    part of the rows)."""
     t = run.train
-    if not t.max_steps:
-        return None
+    total = t.max_steps
+    if not total:
+        first = epoch_chunks(epoch_rows(data, t.seed, 0), t.micro_batch, shuffle=run.data.shuffle, seed=t.seed, epoch=0)
+        if not first or not isinstance(t.epochs, int | float) or t.epochs >= 1:  # auto: not resolved yet
+            return None
+        total = max(1, math.ceil(t.epochs * math.ceil(len(first) / t.grad_accum)))
     reached: dict[int, PreferenceRow] = {}
     step, epoch = 0, 0
-    while step < t.max_steps and len(reached) < len(data.train):
+    while step < total and len(reached) < len(data.train):
         rows = epoch_rows(data, t.seed, epoch)
         chunks = epoch_chunks(rows, t.micro_batch, shuffle=run.data.shuffle, seed=t.seed, epoch=epoch)
         if not chunks:
             return None
         for start in range(0, len(chunks), t.grad_accum):
-            if step == t.max_steps:
+            if step == total:
                 break
             reached |= {id(row): row for chunk in chunks[start : start + t.grad_accum] for row in chunk}
             step += 1
@@ -216,11 +222,12 @@ def make_task(cfg: DpoConfig) -> Task:
         which = f"the model it starts from: the base with {run.model.adapter}" if starting else "the base, adapters off"
         reached = reached_rows(data, run)
         needed = None if reached is None else reached + data.eval
+        t = run.train
+        reach = f"train.max_steps ({t.max_steps})" if t.max_steps else f"train.epochs ({t.epochs})"
         counted = (
             f"{len(rows)} pairs"
             if needed is None
-            else f"{len(needed)} of {len(rows)} pairs: the train pairs that train.max_steps ({run.train.max_steps}) "
-            "reaches, and the eval pairs"
+            else f"{len(needed)} of {len(rows)} pairs: the train pairs that {reach} reaches, and the eval pairs"
         )
         print(f"dpo: reference log-probs of {counted} ({which}) ...", flush=True)
         cache_reference(
