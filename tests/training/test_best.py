@@ -9,6 +9,7 @@ from torch import nn
 
 import tunelab.tasks.sft as sft
 import tunelab.training.evals as evals
+import tunelab.training.finish as finish
 import tunelab.training.recipe as recipe
 from tunelab.errors import Interrupted
 from tunelab.peft.save import adapter_state_dict
@@ -229,11 +230,11 @@ def test_a_run_resumed_after_its_save_failed_keeps_the_best_of_an_earlier_step(t
     monkeypatch.setattr(loop, "eval_record", scripted)
     overrides = tiny_overrides | {"train.max_steps": 4, "train.save_every": 4, "data.eval_fraction": 0.25}
     overrides |= {"train.eval_every": 2}
-    real_save = recipe.save_final
-    monkeypatch.setattr(recipe, "save_final", crash)
+    real_save = finish.save_final
+    monkeypatch.setattr(finish, "save_final", crash)
     with pytest.raises(Interrupted, match="the save of the result was cut short"):  # Ctrl-C again while saving
         recipe.train(None, overrides)
-    monkeypatch.setattr(recipe, "save_final", real_save)
+    monkeypatch.setattr(finish, "save_final", real_save)
     result = recipe.train(None, overrides, resume=True)
     assert result.eval_loss == 0.5
     assert json.loads((result.run_dir / "run.json").read_text())["extra"]["best"] == {"step": 2, "eval_loss": 0.5}

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tunelab.training.finish as finish
 import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
 from tunelab.errors import ConfigError, RunDirError
@@ -178,7 +179,7 @@ def test_resumed_at_its_last_step_the_run_reports_what_the_uninterrupted_one_did
     common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "data.eval_fraction": 0.25}
     common |= {"train.eval_every": 2}
     # dies while saving the result, after the step-4 checkpoint
-    straight, resumed = straight_and_resumed(common, 1, recipe, "save_final")
+    straight, resumed = straight_and_resumed(common, 1, finish, "save_final")
     assert resumed.final_loss == straight.final_loss is not None
     assert resumed.eval_loss == straight.eval_loss is not None
     info = json.loads((resumed.run_dir / "run.json").read_text())
@@ -236,13 +237,13 @@ def test_ctrl_c_after_the_last_step_lets_the_result_be_saved(tiny_overrides, mon
     """With save_every 0 no checkpoint exists: Ctrl-C during the final evaluation used to lose the whole run."""
     import signal
 
-    real = recipe.evaluate_at
+    real = finish.evaluate_at
 
     def interrupted_eval(run, step):
         signal.raise_signal(signal.SIGINT)  # as Ctrl-C during the final evaluation
         real(run, step)
 
-    monkeypatch.setattr(recipe, "evaluate_at", interrupted_eval)
+    monkeypatch.setattr(finish, "evaluate_at", interrupted_eval)
     overrides = tiny_overrides | {"train.max_steps": 2, "train.save_every": 0, "data.eval_fraction": 0.25}
     result = recipe.train(None, overrides | {"train.eval_every": 0})
     err = capsys.readouterr().err
@@ -357,7 +358,7 @@ def test_resumed_at_its_last_step_the_final_evaluation_is_logged_once(tiny_overr
     logged again on resume: metrics.jsonl held step 4's eval loss twice."""
     common = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "data.eval_fraction": 0.25}
     common |= {"train.eval_every": 3}
-    straight, resumed = straight_and_resumed(common, 1, recipe, "save_final")
+    straight, resumed = straight_and_resumed(common, 1, finish, "save_final")
 
     def evals(run_dir):
         return [

@@ -8,18 +8,18 @@ import signal
 import pytest
 
 from tunelab.cli import main
-from tunelab.training import recipe, result
+from tunelab.training import finish, result
 
 
 def test_ctrl_c_while_saving_the_result_exits_130_once_it_is_saved(tiny_overrides, monkeypatch, capsys, cli_flags):
     """The save finished and the run exited 0, as if nothing had been interrupted."""
-    real = recipe.save_final
+    real = finish.save_final
 
     def interrupted_save(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)
         real(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "save_final", interrupted_save)
+    monkeypatch.setattr(finish, "save_final", interrupted_save)
     overrides = tiny_overrides | {"train.max_steps": 2, "train.save_every": 1}
     assert main(["train", *cli_flags(overrides)]) == 130
     run = tiny_overrides["output_dir"]

@@ -14,7 +14,7 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.errors import ConfigError, Interrupted, TrainingStopped
-from tunelab.training import loop, recipe
+from tunelab.training import finish, loop
 from tunelab.training.metrics import MetricsLog, read_metrics
 from tunelab.training.recipe import train
 from tunelab.training.tracking import SINKS, TrackTo, _scalars, open_trackers
@@ -462,7 +462,7 @@ def _full_disk(monkeypatch):
     def save_final(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(recipe, "save_final", save_final)
+    monkeypatch.setattr(finish, "save_final", save_final)
 
 
 @pytest.mark.parametrize(

@@ -60,8 +60,7 @@ from tunelab.training.outdir import (
     start_run_dir,
 )
 from tunelab.training.prepare import refuse_packing_off_the_fast_path
-from tunelab.training.recipe import save_final
-from tunelab.training.result import drop_stale_results
+from tunelab.training.result import drop_stale_results, save_final
 from tunelab.training.resume import data_digest, file_digests
 from tunelab.training.step import evaluate
 

@@ -11,7 +11,7 @@ resumed run takes the same steps as an uninterrupted one.
 The options left at `auto` are chosen in two stages (training/auto.py): those that depend on the data once it is
 loaded (the data checks read the micro-batch), the learning rate once the model is (it depends on its width). They
 are printed with their reasons and recorded in run.json; a resumed run keeps the values it started with. At the
-end, keep_best puts back the weights of the lowest eval loss (training/best.py), the result is saved and the step
+end (training/finish.py), keep_best puts back the weights of the lowest eval loss (training/best.py), the result is saved and the step
 checkpoints removed (training/result.py), and the verdict reads the loss curves (training/verdict.py).
 """
 
@@ -21,9 +21,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import signal
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,33 +36,31 @@ from tunelab.errors import (
     CheckFailed,
     ConfigError,
     DataError,
-    Interrupted,
-    Terminated,
     WriteFailed,
     article,
 )
 from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.load import base_record, recorded_commit, run_base
-from tunelab.rundir import CONFIG_FILE, RunInfo, hub_revision, read_info, write_info
+from tunelab.models.untrained import UntrainedReport
+from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
 from tunelab.tasks import get_task
 from tunelab.tasks.task import Task
-from tunelab.training.auto import model_shape, plan_from_data
-from tunelab.training.best import FSDP2_ADVICE, BestWeights, off_under_fsdp2
-from tunelab.training.checkpoint import latest_checkpoint
+from tunelab.training.auto import AutoPlan, model_shape, plan_from_data
+from tunelab.training.best import BestWeights, off_under_fsdp2
+from tunelab.training.build import BuiltModel
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session
-from tunelab.training.evals import eval_line, eval_sets
+from tunelab.training.evals import eval_sets
+from tunelab.training.finish import TrainResult, finish
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
-from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.loop import Run, evaluate_at, loop
 from tunelab.training.loss_scale import LossScale, uses_loss_scale
-from tunelab.training.metrics import MetricsLog, logged_at, plot_losses, read_metrics
+from tunelab.training.metrics import MetricsLog
 from tunelab.training.neftune import add_embedding_noise, noise_width
 from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import OutputPlan, failure_noted, hold_lock, plan_output_dir, start_run_dir
-from tunelab.training.plan import longest_prompt, longest_row, plan_memory
-from tunelab.training.prepare import load_inputs, load_model, protected_paths
-from tunelab.training.progress import note_overflows, record_progress, record_stopped
-from tunelab.training.result import save_final, tidy_up
+from tunelab.training.plan import MemoryPlan, longest_prompt, longest_row, plan_memory
+from tunelab.training.prepare import Inputs, load_inputs, load_model, protected_paths
+from tunelab.training.progress import record_progress, record_stopped
 from tunelab.training.resume import (
     WARMUP,
     check_more_steps,
@@ -79,23 +74,7 @@ from tunelab.training.resume import (
     resume_checkpoint,
 )
 from tunelab.training.schedule import lr_factor
-from tunelab.training.sharded_checkpoint import full_weights
 from tunelab.training.tracking import TrackTo, open_trackers
-from tunelab.training.verdict import Verdict, judge_metrics
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    final_loss: float | None
-    eval_loss: float | None
-    skipped_steps: int = 0
-    auto: dict[str, dict] = field(default_factory=dict)  # option -> {value, reason}, for the options that were auto
-    verdict: Verdict | None = None
-    interrupted: bool = False  # Ctrl-C came after the steps: the result is saved, what follows training is skipped
-    stop_signal: int = signal.SIGINT  # the signal that interrupted it (SIGTERM: a staged run exits 143)
-    overflow_steps: int = 0  # fp16: steps skipped for an overflow of the loss scale (not counted in skipped_steps)
 
 
 def refuse_resume_and_overwrite(resolved: ResolvedConfig, resume: bool) -> None:
@@ -236,60 +215,16 @@ def _train_planned(
 ) -> TrainResult:
     cfg = resolved.config
     run_dir = plan.run_dir
-    if resume and ranks.main:
-        hold_lock(run_dir)  # a new run takes it in start_run_dir
-    notes = check_resume_config(run_dir, cfg) if resume else []
-    print("tunelab train — resolved config (value, then where it came from):")
-    print(describe(resolved), flush=True)
-    checkpoint = resume_checkpoint(run_dir) if resume else None
-    for note in notes:
-        print(note, flush=True)
-    torch.manual_seed(cfg.train.seed)
+    checkpoint = _start(resolved, run_dir, ranks, resume)
 
     task = get_task(cfg.task, cfg)
-    try:
-        inputs = load_inputs(cfg, task, recorded_commit(run_dir) if resume else None)
-    except (ConfigError, DataError) as exc:
-        raise locate(exc, resolved.origins) from None
+    inputs, fingerprints, before = _load_data(resolved, task, run_dir, resume)
     data, tokenizer = inputs.data, inputs.tokenizer
-    print(data.report.summary(), flush=True)
-    digest, eval_digest = data_digest(data.train), (data_digest(data.eval) if data.eval else "")
-    files, eval_files = file_digests(data.train), file_digests(data.eval or [])
-    before = read_info(run_dir, require_finished=False) if resume else None
-    if before is not None:
-        check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, files))
-        check_same_data(run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, eval_files))
-        run_base(before)  # the checkpoint's adapter trained over these weights
-    kept = kept_auto(run_dir, cfg) if resume else {}
     first = epoch_rows(data, cfg.train.seed, 0)  # what a step trains on: a mixture's draw, packed where asked
-    auto = plan_from_data(cfg.train, len(first), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
-    if check:
-        cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task)
-    built, untrained = load_model(cfg, inputs, resumed=before)
-    auto = auto.with_lr(cfg.method, model_shape(built.hf_config), cfg.task)
-    longest = longest_row(cfg, first)  # grpo: the prompt and its answer
-    # Checkpointing and offload (the memory planner) are set on the causal LM before the task adapts it: a head keeps
-    # the LM's body, and with it the body's recompute settings.
-    if sharding == "fsdp2":  # our recomputation runs outside FSDP2's gathers: auto means off there
-        off = {k: False for k in ("checkpointing", "offload_activations") if getattr(auto.train, k) == AUTO}
-        auto.train = dataclasses.replace(auto.train, **off)
-    auto, memory = plan_memory(auto, cfg, built, longest, ranks.world, sharding, longest_prompt(cfg, first))
+    kept = kept_auto(run_dir, cfg) if resume else {}
+    built, untrained, auto, memory = _build_model(cfg, inputs, task, first, kept, before, sharding, ranks, check)
     trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
-    task.prepare(built, data, trained)  # dpo caches its reference in micro-batches of the chosen size
     model = built.model
-    if cfg.train.neftune_alpha:
-        add_embedding_noise(model, cfg.train.neftune_alpha, noise_width(cfg.data))
-    print(
-        f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); trainable parameters "
-        f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)",
-        flush=True,
-    )
-    if built.dtype_note:
-        print(built.dtype_note, flush=True)
-    print(untrained.summary(), flush=True)
-    print(auto.describe(), flush=True)
-    for note in memory.notes if memory is not None else []:  # the GPU shared with other processes
-        print(note, flush=True)
     t = trained.train
     graphs_on, graphs_why = use_graphs(trained, built.impl, built.device, task.name, ranks.world)
     print(f"cuda graphs: {graphs_why}", flush=True)
@@ -315,25 +250,7 @@ def _train_planned(
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer, lrs)
     evals = eval_sets(task, data, extra_eval, t.micro_batch, pad_id, built.device)
 
-    info = RunInfo(
-        **base_record(cfg.model.name, inputs.source.revision),  # a hub id: the commit it loaded (pinned_source)
-        method="dora" if cfg.method.dora else cfg.method.name,
-        task=task.name,
-        template=data.template.name,
-        system_prompt=trained_system(cfg.data.system_prompt),
-        refusal=cfg.eval.refusal,
-        impl=built.impl,
-        quantize_base=cfg.method.quantize_base,
-        dtype=str(built.dtype).removeprefix("torch."),
-        trust_remote_code=cfg.model.trust_remote_code,
-        fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
-        data_sha256=digest,
-        eval_sha256=eval_digest,
-        data_files=files,
-        eval_files=eval_files,
-        total_steps=total_steps,
-        extra=dict(data.facts) | {"auto": auto.to_dict(), WARMUP: warmup} | data.report.split_facts(),
-    )
+    info = _run_info(cfg, inputs, task, built, untrained, fingerprints, total_steps, auto, warmup)
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
@@ -402,130 +319,140 @@ def _train_planned(
         loss_scale=loss_scale,
         progress=lambda at: _record_at_checkpoint(run_dir, info, at, track_to),
     )
+    last_loss = _train_steps(run, info, trainable)
+
+    return finish(run, cfg, plan, info, tokenizer, last_loss, resume_step, best_off, steps_per_epoch, auto)
+
+
+def _build_model(
+    cfg: RunConfig,
+    inputs: Inputs,
+    task: Task,
+    first: list,
+    kept: dict,
+    before: RunInfo | None,
+    sharding: str | None,
+    ranks: Ranks,
+    check: bool,
+) -> tuple[BuiltModel, UntrainedReport, AutoPlan, MemoryPlan | None]:
+    """The auto values the data decides, the cheap checks, the model loaded and adapted for the task, the auto values
+    the model decides and the memory plan, all printed. first: the first epoch's rows; kept: a resumed run's auto
+    values."""
+    data = inputs.data
+    auto = plan_from_data(cfg.train, len(first), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
+    if check:
+        cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task)
+    built, untrained = load_model(cfg, inputs, resumed=before)
+    auto = auto.with_lr(cfg.method, model_shape(built.hf_config), cfg.task)
+    longest = longest_row(cfg, first)  # grpo: the prompt and its answer
+    # Checkpointing and offload (the memory planner) are set on the causal LM before the task adapts it: a head keeps
+    # the LM's body, and with it the body's recompute settings.
+    if sharding == "fsdp2":  # our recomputation runs outside FSDP2's gathers: auto means off there
+        off = {k: False for k in ("checkpointing", "offload_activations") if getattr(auto.train, k) == AUTO}
+        auto.train = dataclasses.replace(auto.train, **off)
+    auto, memory = plan_memory(auto, cfg, built, longest, ranks.world, sharding, longest_prompt(cfg, first))
+    trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
+    task.prepare(built, data, trained)  # dpo caches its reference in micro-batches of the chosen size
+    if cfg.train.neftune_alpha:
+        add_embedding_noise(built.model, cfg.train.neftune_alpha, noise_width(cfg.data))
+    _describe_model(cfg, built, untrained, auto, memory)
+    return built, untrained, auto, memory
+
+
+def _start(resolved: ResolvedConfig, run_dir: Path, ranks: Ranks, resume: bool) -> Path | None:
+    """The resolved config printed (and with --resume, the run's lock held and its config compared); the checkpoint
+    to resume from, and the seed set."""
+    cfg = resolved.config
+    if resume and ranks.main:
+        hold_lock(run_dir)  # a new run takes it in start_run_dir
+    notes = check_resume_config(run_dir, cfg) if resume else []
+    print("tunelab train — resolved config (value, then where it came from):")
+    print(describe(resolved), flush=True)
+    checkpoint = resume_checkpoint(run_dir) if resume else None
+    for note in notes:
+        print(note, flush=True)
+    torch.manual_seed(cfg.train.seed)
+    return checkpoint
+
+
+def _load_data(
+    resolved: ResolvedConfig, task: Task, run_dir: Path, resume: bool
+) -> tuple[Inputs, dict, RunInfo | None]:
+    """The data and tokenizer, with their report printed; the data's fingerprints as run.json records them; with
+    --resume, the run's run.json, whose data and base the loaded ones must be."""
+    cfg = resolved.config
     try:
-        if evals and task.eval_at_start and position["step"] == 0:  # the model before training, as step 0
+        inputs = load_inputs(cfg, task, recorded_commit(run_dir) if resume else None)
+    except (ConfigError, DataError) as exc:
+        raise locate(exc, resolved.origins) from None
+    data = inputs.data
+    print(data.report.summary(), flush=True)
+    digest, eval_digest = data_digest(data.train), (data_digest(data.eval) if data.eval else "")
+    files, eval_files = file_digests(data.train), file_digests(data.eval or [])
+    fingerprints = {"data_sha256": digest, "eval_sha256": eval_digest, "data_files": files, "eval_files": eval_files}
+    before = read_info(run_dir, require_finished=False) if resume else None
+    if before is not None:
+        check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, files))
+        check_same_data(run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, eval_files))
+        run_base(before)  # the checkpoint's adapter trained over these weights
+    return inputs, fingerprints, before
+
+
+def _describe_model(
+    cfg: RunConfig, built: BuiltModel, untrained: UntrainedReport, auto: AutoPlan, memory: MemoryPlan | None
+) -> None:
+    """The model loaded, its trainable share, its repaired token rows, the auto values and the memory notes."""
+    print(
+        f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); trainable parameters "
+        f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)",
+        flush=True,
+    )
+    if built.dtype_note:
+        print(built.dtype_note, flush=True)
+    print(untrained.summary(), flush=True)
+    print(auto.describe(), flush=True)
+    for note in memory.notes if memory is not None else []:  # the GPU shared with other processes
+        print(note, flush=True)
+
+
+def _run_info(
+    cfg: RunConfig, inputs, task: Task, built, untrained, fingerprints: dict, total_steps: int, auto, warmup: int
+) -> RunInfo:
+    """run.json of the run as it starts: its base, method, task, template, data and length."""
+    data = inputs.data
+    return RunInfo(
+        **base_record(cfg.model.name, inputs.source.revision),  # a hub id: the commit it loaded (pinned_source)
+        method="dora" if cfg.method.dora else cfg.method.name,
+        task=task.name,
+        template=data.template.name,
+        system_prompt=trained_system(cfg.data.system_prompt),
+        refusal=cfg.eval.refusal,
+        impl=built.impl,
+        quantize_base=cfg.method.quantize_base,
+        dtype=str(built.dtype).removeprefix("torch."),
+        trust_remote_code=cfg.model.trust_remote_code,
+        fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
+        **fingerprints,
+        total_steps=total_steps,
+        extra=dict(data.facts) | {"auto": auto.to_dict(), WARMUP: warmup} | data.report.split_facts(),
+    )
+
+
+def _train_steps(run: Run, info: RunInfo, trainable: list) -> float | None:
+    """The loop (and the evaluation of the model before training, as step 0); stopped, run.json records how far it
+    came and the trackers' runs end failed. Returns the last finite loss."""
+    try:
+        if run.evals and run.task.eval_at_start and run.position["step"] == 0:  # the model before training, as step 0
             evaluate_at(run, 0)
-        last_loss = loop(run)
+        return loop(run)
     except BaseException as exc:
         with contextlib.suppress(WriteFailed):  # a full disk must not hide the error that stopped the run
-            if ranks.main:
-                record_progress(run_dir, info, position)
-        log.close(exc)  # the trackers' runs end failed (killed for Ctrl-C), not finished
+            if run.ranks.main:
+                record_progress(run.run_dir, info, run.position)
+        run.log.close(exc)  # the trackers' runs end failed (killed for Ctrl-C), not finished
         raise
     finally:
         accumulate_into_grads(trainable, on=False)  # the model goes back to plain autograd for whoever holds it
-
-    final_eval = not (t.eval_every and total_steps % t.eval_every == 0)  # the loop's last evaluation was not the end's
-    if resume_step == total_steps:  # resumed at the last step: this process ran no step and no evaluation
-        last_loss, run.eval_metrics = logged_at(read_metrics(run_dir), total_steps)
-        final_eval = not run.eval_metrics  # the run before evaluated its last step (and logged it) or did not
-        if "eval_loss" in run.eval_metrics:  # keep_best saw that evaluation, after the checkpoint's copy of the best
-            best.observe(total_steps, run.eval_metrics["eval_loss"], model)
-    # Ctrl-C from here on lets the evaluation and the save finish: the steps are done, and a checkpoint of the last
-    # one may not exist (train.save_every), so stopping now would lose the run. The trackers' runs end with the block:
-    # finished once the result is saved, failed if the evaluation or the save raises.
-    with graceful_interrupt("the training is done: finishing the evaluation and saving the result first") as stop, log:
-        if evals and final_eval:
-            evaluate_at(run, total_steps)
-        eval_metrics = run.eval_metrics
-        eval_loss = eval_metrics.get("eval_loss")
-        for name, value in eval_metrics.items():
-            if name.startswith("eval_loss/"):
-                print(f"{name} {value:.4f}")
-        if eval_loss is not None:
-            print(eval_line(task, eval_metrics, "class_weights" in data.facts))
-        kept_best = best.restore(
-            model, position["step"], eval_loss, keep_file=t.keep_checkpoints_after_finish, reward=cfg.task == "grpo"
-        )
-        if best_off:
-            print(best_off, flush=True)  # said again where keep_best says which step is the result
-        if kept_best:
-            print(kept_best, flush=True)
-            info.extra["best"] = {"step": best.step, "eval_loss": best.loss}
-            eval_loss = best.loss
-            if best.step != position["step"] and ranks.main:  # every eval set's loss of the weights kept, not the last
-                eval_metrics = logged_at(read_metrics(run_dir), best.step)[1] or {"eval_loss": best.loss}
-        model.eval()
-        # FSDP2: every rank sends its shards to rank 0
-        weights = full_weights(train_model, ranks, cfg.method.is_adapter)
-        if ranks.main:
-            try:
-                save_final(run_dir, built, tokenizer, cfg, task, data, weights, hub_revision(info))
-            except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM while saving: nothing of the result is kept
-                raise _save_cut_short(run_dir, position["step"], total_steps, exc) from None
-            plot_losses(run_dir, [cfg.task])
-        passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
-        verdict = judge_metrics(
-            read_metrics(run_dir),
-            steps_per_epoch,
-            passes,
-            t.lr,
-            t.max_steps,
-            best.step,
-            task=cfg.task,
-            labels=len(data.facts.get("labels") or []) or None,  # a classify run's labels
-            keep_best_off=FSDP2_ADVICE if best_off else "",
-        )
-        print(verdict.text, flush=True)
-        info.extra["verdict"] = verdict.to_dict()
-        info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
-        info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
-        info.skipped_steps = position["skipped_steps"]
-        note_overflows(info, position)
-        losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
-        if any(name != "eval_loss" for name in losses):  # a mixture's sources, a staged run's earlier stages
-            info.extra["eval_losses"] = losses
-        if ranks.main:
-            write_info(run_dir, info)
-        skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
-        if position.get("overflow_steps"):
-            skipped += f", {position['overflow_steps']} skipped as fp16 overflow"
-        print(
-            f"saved to {run_dir} ({position['step']} step{'' if position['step'] == 1 else 's'}{skipped}, "
-            f"{position['tokens']:,} tokens, "
-            f"{position['elapsed_s']:.0f} s)",
-            flush=True,
-        )
-        if ranks.main:
-            tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
-    ranks.barrier()  # no rank returns before the result is saved
-    interrupted = stop.requested or run.interrupted
-    stop_signal = stop.signum if stop.requested else run.stop_signal
-    if interrupted:
-        print(f"interrupt: the result is saved in {run_dir}; nothing after training runs.", file=sys.stderr, flush=True)
-    return TrainResult(
-        run_dir,
-        position["step"],
-        last_loss,
-        eval_loss,
-        info.skipped_steps,
-        auto.to_dict(),
-        verdict,
-        interrupted,
-        stop_signal,
-        position.get("overflow_steps", 0),
-    )
-
-
-def _save_cut_short(run_dir: Path, step: int, total: int, exc: KeyboardInterrupt) -> Interrupted:
-    """Training finished, but a second signal stopped the save of its result: said as such (exit 130, or 143 after
-    SIGTERM), with the checkpoint to resume from; run.json still says the run did not finish."""
-    signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-    checkpoint = latest_checkpoint(run_dir)
-    how = (
-        "continue with the same command and --resume (in Python: train(..., resume=True))"
-        if checkpoint is not None
-        else "no checkpoint was written (train.save_every): train it again"
-    )
-    return Interrupted(
-        f"{run_dir}: the save of the result was cut short after step {step} of {total}: nothing of it was kept, and "
-        f"run.json says the run did not finish; {how}.",
-        step=step,
-        checkpoint=str(checkpoint) if checkpoint is not None else None,
-        signum=signum,
-        at=f"step {step} of {total}, while saving the result, which was cut short (nothing of it was kept)",
-        resumable=checkpoint is not None,
-    )
 
 
 def _record_at_checkpoint(run_dir: Path, info: RunInfo, position: dict, track_to: TrackTo | None) -> None:

@@ -1,0 +1,179 @@
+"""The end of a run: after its last step, the final evaluation, keep_best's weights put back (training/best.py), the
+result saved and the step checkpoints removed (training/result.py), the verdict on the loss curves
+(training/verdict.py), and run.json made the finished run's. Ctrl-C during it lets the evaluation and the save
+finish: the steps are done, and a checkpoint of the last one may not exist.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.config import RunConfig
+from tunelab.errors import Interrupted, Terminated
+from tunelab.rundir import RunInfo, hub_revision, write_info
+from tunelab.training.auto import AutoPlan
+from tunelab.training.best import FSDP2_ADVICE
+from tunelab.training.checkpoint import latest_checkpoint
+from tunelab.training.evals import eval_line
+from tunelab.training.interrupt import graceful_interrupt
+from tunelab.training.loop import Run, evaluate_at
+from tunelab.training.metrics import logged_at, plot_losses, read_metrics
+from tunelab.training.outdir import OutputPlan
+from tunelab.training.progress import note_overflows
+from tunelab.training.result import save_final, tidy_up
+from tunelab.training.sharded_checkpoint import full_weights
+from tunelab.training.verdict import Verdict, judge_metrics
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float | None
+    eval_loss: float | None
+    skipped_steps: int = 0
+    auto: dict[str, dict] = field(default_factory=dict)  # option -> {value, reason}, for the options that were auto
+    verdict: Verdict | None = None
+    interrupted: bool = False  # Ctrl-C came after the steps: the result is saved, what follows training is skipped
+    stop_signal: int = signal.SIGINT  # the signal that interrupted it (SIGTERM: a staged run exits 143)
+    overflow_steps: int = 0  # fp16: steps skipped for an overflow of the loss scale (not counted in skipped_steps)
+
+
+def finish(
+    run: Run,
+    cfg: RunConfig,
+    plan: OutputPlan,
+    info: RunInfo,
+    tokenizer,
+    last_loss: float | None,
+    resume_step: int | None,
+    best_off: str,
+    steps_per_epoch: int,
+    auto: AutoPlan,
+) -> TrainResult:
+    """Evaluate, keep the best, save, judge and record the run whose steps `run` has trained (cfg: its config as
+    written, `auto` unresolved; run.cfg: the values it trained with)."""
+    t, model, run_dir, position, best, ranks = (
+        run.cfg.train,
+        run.built.model,
+        run.run_dir,
+        run.position,
+        run.best,
+        run.ranks,
+    )
+    task, data, evals, log, total_steps, built = run.task, run.data, run.evals, run.log, run.total_steps, run.built
+    train_model = run.train_model
+    final_eval = not (t.eval_every and total_steps % t.eval_every == 0)  # the loop's last evaluation was not the end's
+    if resume_step == total_steps:  # resumed at the last step: this process ran no step and no evaluation
+        last_loss, run.eval_metrics = logged_at(read_metrics(run_dir), total_steps)
+        final_eval = not run.eval_metrics  # the run before evaluated its last step (and logged it) or did not
+        if "eval_loss" in run.eval_metrics:  # keep_best saw that evaluation, after the checkpoint's copy of the best
+            best.observe(total_steps, run.eval_metrics["eval_loss"], model)
+    # Ctrl-C from here on lets the evaluation and the save finish: the steps are done, and a checkpoint of the last
+    # one may not exist (train.save_every), so stopping now would lose the run. The trackers' runs end with the block:
+    # finished once the result is saved, failed if the evaluation or the save raises.
+    with graceful_interrupt("the training is done: finishing the evaluation and saving the result first") as stop, log:
+        if evals and final_eval:
+            evaluate_at(run, total_steps)
+        eval_metrics = run.eval_metrics
+        eval_loss = eval_metrics.get("eval_loss")
+        for name, value in eval_metrics.items():
+            if name.startswith("eval_loss/"):
+                print(f"{name} {value:.4f}")
+        if eval_loss is not None:
+            print(eval_line(task, eval_metrics, "class_weights" in data.facts))
+        kept_best = best.restore(
+            model, position["step"], eval_loss, keep_file=t.keep_checkpoints_after_finish, reward=cfg.task == "grpo"
+        )
+        if best_off:
+            print(best_off, flush=True)  # said again where keep_best says which step is the result
+        if kept_best:
+            print(kept_best, flush=True)
+            info.extra["best"] = {"step": best.step, "eval_loss": best.loss}
+            eval_loss = best.loss
+            if best.step != position["step"] and ranks.main:  # every eval set's loss of the weights kept, not the last
+                eval_metrics = logged_at(read_metrics(run_dir), best.step)[1] or {"eval_loss": best.loss}
+        model.eval()
+        # FSDP2: every rank sends its shards to rank 0
+        weights = full_weights(train_model, ranks, cfg.method.is_adapter)
+        if ranks.main:
+            try:
+                save_final(run_dir, built, tokenizer, cfg, task, data, weights, hub_revision(info))
+            except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM while saving: nothing of the result is kept
+                raise save_cut_short(run_dir, position["step"], total_steps, exc) from None
+            plot_losses(run_dir, [cfg.task])
+        passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
+        verdict = judge_metrics(
+            read_metrics(run_dir),
+            steps_per_epoch,
+            passes,
+            t.lr,
+            t.max_steps,
+            best.step,
+            task=cfg.task,
+            labels=len(data.facts.get("labels") or []) or None,  # a classify run's labels
+            keep_best_off=FSDP2_ADVICE if best_off else "",
+        )
+        print(verdict.text, flush=True)
+        info.extra["verdict"] = verdict.to_dict()
+        info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
+        info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
+        info.skipped_steps = position["skipped_steps"]
+        note_overflows(info, position)
+        losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
+        if any(name != "eval_loss" for name in losses):  # a mixture's sources, a staged run's earlier stages
+            info.extra["eval_losses"] = losses
+        if ranks.main:
+            write_info(run_dir, info)
+        skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
+        if position.get("overflow_steps"):
+            skipped += f", {position['overflow_steps']} skipped as fp16 overflow"
+        print(
+            f"saved to {run_dir} ({position['step']} step{'' if position['step'] == 1 else 's'}{skipped}, "
+            f"{position['tokens']:,} tokens, "
+            f"{position['elapsed_s']:.0f} s)",
+            flush=True,
+        )
+        if ranks.main:
+            tidy_up(run_dir, plan, t.keep_checkpoints_after_finish)
+    ranks.barrier()  # no rank returns before the result is saved
+    interrupted = stop.requested or run.interrupted
+    stop_signal = stop.signum if stop.requested else run.stop_signal
+    if interrupted:
+        print(f"interrupt: the result is saved in {run_dir}; nothing after training runs.", file=sys.stderr, flush=True)
+    return TrainResult(
+        run_dir,
+        position["step"],
+        last_loss,
+        eval_loss,
+        info.skipped_steps,
+        auto.to_dict(),
+        verdict,
+        interrupted,
+        stop_signal,
+        position.get("overflow_steps", 0),
+    )
+
+
+def save_cut_short(run_dir: Path, step: int, total: int, exc: KeyboardInterrupt) -> Interrupted:
+    """Training finished, but a second signal stopped the save of its result: said as such (exit 130, or 143 after
+    SIGTERM), with the checkpoint to resume from; run.json still says the run did not finish."""
+    signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+    checkpoint = latest_checkpoint(run_dir)
+    how = (
+        "continue with the same command and --resume (in Python: train(..., resume=True))"
+        if checkpoint is not None
+        else "no checkpoint was written (train.save_every): train it again"
+    )
+    return Interrupted(
+        f"{run_dir}: the save of the result was cut short after step {step} of {total}: nothing of it was kept, and "
+        f"run.json says the run did not finish; {how}.",
+        step=step,
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        signum=signum,
+        at=f"step {step} of {total}, while saving the result, which was cut short (nothing of it was kept)",
+        resumable=checkpoint is not None,
+    )
