@@ -45,6 +45,7 @@ CASES = {
     },
     "full-padded": {"method": {"name": "full"}, "train": {"lr": 3e-4}},
     "full-padded-8bit": {"method": {"name": "full"}, "train": {"lr": 3e-4, "optimizer": "adamw_8bit"}},
+    "full-padded-adamw_torch": {"method": {"name": "full"}, "train": {"lr": 3e-4, "optimizer": "adamw_torch"}},
     "full-packed": {"method": {"name": "full"}, "data": {"packing": True}, "train": {"lr": 3e-4}},
 }
 STEPS = 30
