@@ -57,6 +57,15 @@ def test_models_and_health(server, client):
     assert status == 200 and json.loads(health) == {"status": "ok", "model": "tiny"}
 
 
+def test_health_answers_head(server):
+    """`HEAD /health`, what load balancers and uptime checks send, was a 405, so a healthy server looked down. It is
+    answered as GET is, without the body (its headers those of GET's answer), with the API key set or not."""
+    status, headers, body = _http("HEAD", f"{server.url}/health", key=None)
+    assert status == 200 and body == b"" and headers["content-type"] == "application/json"
+    _, got, _ = _http("GET", f"{server.url}/health", key=None)
+    assert headers["content-length"] == got["content-length"] != "0"
+
+
 def test_answers_with_and_without_streaming_agree(client, tiny_run_dir):
     plain = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=10, **SAMPLED)
     choice = plain.choices[0]

@@ -1,7 +1,7 @@
 """The HTTP routes of `tunelab serve`, in OpenAI's chat-completions dialect, so existing clients (the `openai`
 package, LangChain, curl scripts) talk to a tuned run unchanged.
 
-    GET  /health                 {"status": "ok", "model": ID}          (no API key needed)
+    GET  /health                 {"status": "ok", "model": ID}          (no API key needed; HEAD too, without the body)
     GET  /v1/models              the one model, as OpenAI lists models
     POST /v1/chat/completions    an answer, or with "stream": true server-sent events ending in `data: [DONE]`
 
@@ -39,7 +39,9 @@ from tunelab.server.tool_calls import (
 )
 
 MAX_TOKENS_CAP = 4096  # the most a request may ask, unless the server's default (--max-new-tokens) is more
-ROUTES = "GET /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
+ROUTES = (
+    "GET (or HEAD) /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
+)
 
 
 def _error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:
@@ -333,7 +335,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
     if api_key:
         app.add_middleware(KeyCheck, api_key=api_key)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what load balancers and uptime checks send
     async def health():
         return {"status": "ok", "model": engine.model_id}
 
