@@ -64,6 +64,28 @@ def test_what_the_runs_template_does_not_write_is_refused_by_field(client):
     assert answer.status_code == 200, answer.text
 
 
+def test_an_invalid_tool_choice_is_told_the_values_allowed(client):
+    """`"tool_choice": "sometimes"` was told the server does not support it, as if it were a valid choice; a value
+    OpenAI does not take is now a 400 saying it is invalid and naming the values allowed. The valid ones this server
+    cannot honour (a forced call) are still told so."""
+    for option, value in (
+        ("tool_choice", "sometimes"),
+        ("tool_choice", {"type": "function"}),
+        ("tool_choice", {"type": "funktion", "function": {"name": "get_weather"}}),
+        ("tool_choice", 1),
+        ("function_call", "required"),
+    ):
+        answer = _ask(client, [QUESTION], **{option: value})
+        error = answer.json()["error"]
+        assert answer.status_code == 400 and error["param"] == option, answer.text
+        assert error["message"].startswith(f"{option}: invalid value"), error
+        assert '"none", "auto"' in error["message"], error
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    for option, value in (("tool_choice", forced), ("tool_choice", "required"), ("function_call", {"name": "f"})):
+        error = _ask(client, [QUESTION], **{option: value}).json()["error"]
+        assert error["param"] == option and "does not support" in error["message"], error
+
+
 def test_a_tools_result_is_refused_by_a_template_that_writes_every_role_alike(client, tiny_run_dir):
     """SmolLM2's template writes any role as it comes ("<|im_start|>" + role), so a tool's result passed the check
     of what the template writes and reached the model as a "tool" turn, a role it was never trained on. Such a

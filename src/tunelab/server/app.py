@@ -120,11 +120,37 @@ WHY_NOT = {
 }
 
 
+# The values OpenAI's tool_choice and legacy function_call take; another is a mistake, not an unsupported option.
+CHOICES = {
+    "tool_choice": ('"none"', '"auto"', '"required"', '{"type": "function", "function": {"name": NAME}}'),
+    "function_call": ('"none"', '"auto"', '{"name": NAME}'),
+}
+
+
+def _invalid_choice(name: str, value) -> bool:
+    """Whether `value` is no value OpenAI's `tool_choice` (or `function_call`) takes."""
+    if isinstance(value, str):
+        return value not in (("none", "auto", "required") if name == "tool_choice" else ("none", "auto"))
+    if not isinstance(value, dict):
+        return True
+    if name == "function_call":
+        return set(value) != {"name"} or not isinstance(value["name"], str)
+    function = value.get("function")
+    return (
+        set(value) != {"type", "function"}
+        or value["type"] != "function"
+        or not isinstance(function, dict)
+        or not isinstance(function.get("name"), str)
+    )
+
+
 def unsupported_option(body: ChatRequest) -> tuple[str, str] | None:
     """(option, message) for the first option of the request this server would not honour, else None."""
     for name, value in (body.model_extra or {}).items():
         if name in IGNORED:
             continue
+        if name in CHOICES and value is not None and _invalid_choice(name, value):
+            return name, f"{name}: invalid value {json.dumps(value)[:80]}; allowed: {', '.join(CHOICES[name])}"
         if name not in NOT_IMPLEMENTED:
             return name, f"unknown option {name!r}: this server reads {', '.join(ChatRequest.model_fields)}"
         if value not in NOT_IMPLEMENTED[name]:
