@@ -241,7 +241,7 @@ def test_a_mistral_call_can_be_sent_back_with_its_result(serve, monkeypatch):
     call = client.chat.completions.create(model="tiny", messages=QUESTION, tools=TOOLS).choices[0].message
     assert call.tool_calls[0].id.isalnum() and len(call.tool_calls[0].id) == 9, call
 
-    def written(self, messages, settings, stop, seed=None, tools=None):  # the template writes the conversation
+    def written(self, messages, settings, stop, seed=None, tools=None, keep=()):  # the template writes it
         self._prompt(messages, settings, tools)
         return FakeReply(["Sunny."])
 
@@ -250,3 +250,53 @@ def test_a_mistral_call_can_be_sent_back_with_its_result(serve, monkeypatch):
     messages = [*QUESTION, call.model_dump(exclude_none=True), result]
     answer = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS)
     assert answer.choices[0].message.content == "Sunny."
+
+
+class ScriptedModel:
+    """A model whose generate writes `ids` through the streamer, as transformers' does: the server's own decoding
+    of the answer is what is tested."""
+
+    def __init__(self, ids: list[int]):
+        from types import SimpleNamespace
+
+        self.ids, self.config, self.generation_config = ids, SimpleNamespace(max_position_embeddings=4096), None
+
+    def generate(self, input_ids, streamer, **_):
+        import torch
+
+        streamer.put(input_ids)
+        for i in self.ids:
+            streamer.put(torch.tensor([i]))
+        streamer.end()
+        return torch.cat([input_ids, torch.tensor([self.ids])], dim=1)
+
+
+def test_a_mistral_call_after_text_is_read_by_its_special_tokens(tiny_run_dir, base_tokenizer):
+    """The answer was decoded without special tokens, Mistral's [TOOL_CALLS] and [ARGS] among them, so "Let me
+    check." followed by a call came back as the content "Let me check.get_weather{...}". Those markers now stay in
+    the text the calls are read from, streamed or not: the call is a tool call, the text before it the content; a
+    marker of no call is left out of the content, and the end of turn is never text."""
+    from dataclasses import replace
+
+    from tunelab.data.templates import resolve_template
+
+    tokenizer = base_tokenizer(extra_special=("[TOOL_CALLS]", "[ARGS]"), chat_template=MISTRAL_ARGS)
+    run = open_run(tiny_run_dir, device="cpu")
+    for written, content, calls in (
+        ('Let me check.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}</s>', "Let me check.", ["Paris"]),
+        ("Sure.[TOOL_CALLS]get_weather[ARGS]{city</s>", "Sure.get_weather{city", []),
+    ):
+        ids = tokenizer.encode(written, add_special_tokens=False)
+        assert tokenizer.decode(ids, skip_special_tokens=True) == written.replace("[TOOL_CALLS]", "").replace(
+            "[ARGS]", ""
+        ).removesuffix("</s>")
+        scripted = replace(
+            run, model=ScriptedModel(ids), tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer)
+        )
+        http = TestClient(build_app(scripted, model_name="tiny"))
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+        plain, (streamed, answered, finish) = _both(client)
+        assert (plain.message.content or "") == streamed == content, (written, plain.message.content, streamed)
+        for got in (plain.message.tool_calls or [], answered):
+            assert [json.loads(c.function.arguments)["city"] for c in got] == calls, written
+        assert plain.finish_reason == finish == ("tool_calls" if calls else "stop")

@@ -326,6 +326,26 @@ class _Cancelled:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+def special_ids(tokenizer) -> set[int]:
+    """The ids `decode(..., skip_special_tokens=True)` leaves out: the named special tokens and every added token
+    marked special (Mistral's [TOOL_CALLS] is one without a name)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
+
+
+class KeepingDecoder:
+    """A tokenizer's `decode` without its special tokens but those of `keep`, which stay in the text: the markers a
+    tool call is read by (server/tool_calls.py), which skip_special_tokens would take out with the end of turn."""
+
+    def __init__(self, tokenizer, keep):
+        self.tokenizer = tokenizer
+        self.drop = special_ids(tokenizer) - set(keep)
+
+    def decode(self, ids, **_) -> str:
+        ids = [ids] if isinstance(ids, int) else ids
+        return self.tokenizer.decode([i for i in ids if i not in self.drop], skip_special_tokens=False)
+
+
 class Streamed:
     """`model.generate(**kwargs)` on a worker thread, its text read piece by piece as it is generated.
 
@@ -333,12 +353,16 @@ class Streamed:
     ends the streamer either way, so a reader never waits for a piece that will not come). `cancel()` ends the
     generation at its next token, from any thread, without waiting for it. `on_done` runs on the worker once
     generate has returned or failed, which is where a caller's queue can be released: a reader that stops early
-    need not wait for the generation's end. `output` holds generate's ids once `finished` is set."""
+    need not wait for the generation's end. `output` holds generate's ids once `finished` is set. The text is
+    decoded without special tokens, but the ids of `keep` (see KeepingDecoder)."""
 
-    def __init__(self, model, tokenizer, kwargs: dict, on_done: Callable[[], None] | None = None):
+    def __init__(self, model, tokenizer, kwargs: dict, on_done: Callable[[], None] | None = None, keep=()):
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        if keep:
+            self.streamer = TextIteratorStreamer(KeepingDecoder(tokenizer, keep), skip_prompt=True)
+        else:
+            self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.cancelled, self.finished = threading.Event(), threading.Event()
         self.output: torch.Tensor | None = None
         self.error: BaseException | None = None

@@ -445,14 +445,14 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         except TunelabError as exc:
             return _error(400, str(exc))
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        reader = tool_call_reader(
-            template, tools, (body.model_extra or {}).get("tool_choice"), body.parallel_tool_calls
-        )
+        tool_choice = (body.model_extra or {}).get("tool_choice")
+        reader = tool_call_reader(template, tools, tool_choice, body.parallel_tool_calls, engine.run.tokenizer)
+        keep = tuple(reader.markers.values()) if reader else ()
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         try:  # the prompt is tokenized on a worker thread, and the answer read from one: the event loop stays free
             reply = await anyio.to_thread.run_sync(
-                engine.stream, messages, settings, stop, None if body.seed == -1 else body.seed, tools
+                engine.stream, messages, settings, stop, None if body.seed == -1 else body.seed, tools, keep
             )
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -471,8 +471,8 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             return _error(400, str(exc), param="messages")
         except TunelabError as exc:
             return _error(400, str(exc))
-        message = {"role": "assistant", "content": done.text}
         content, calls = reader.split(done.text) if reader else (done.text, [])
+        message = {"role": "assistant", "content": content}
         if calls:  # OpenAI's shape of an answer that calls tools: content null when there is none
             message = {"role": "assistant", "content": content or None, "tool_calls": calls}
             done.finish_reason = "tool_calls"

@@ -22,7 +22,13 @@ import torch
 
 from tunelab.data.render import render_prompt
 from tunelab.infer.conversation import as_trained
-from tunelab.infer.generate import DEFAULT_MAX_NEW_TOKENS, GenerationSettings, Streamed, fit_context
+from tunelab.infer.generate import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GenerationSettings,
+    KeepingDecoder,
+    Streamed,
+    fit_context,
+)
 from tunelab.infer.run import LoadedRun
 
 
@@ -51,14 +57,18 @@ def visible_text(text: str, stops: list[str], final: bool) -> tuple[str, bool]:
     return text.strip(), False
 
 
-def tokens_to_stop(tokenizer, ids: list[int], stops: list[str]) -> int:
+def tokens_to_stop(tokenizer, ids: list[int], stops: list[str], keep=()) -> int:
     """How many of the generated `ids` it took for a stop string to appear: up to and including the token that
     completed it, the count vLLM reports (a stop string is found once its tokens are generated, and they were). The
-    text a prefix decodes to only grows with it, so the first prefix holding a stop string is found by bisection."""
+    text a prefix decodes to only grows with it, so the first prefix holding a stop string is found by bisection.
+    `keep`: the special tokens the text was decoded with (Streamed's)."""
+    decode = (
+        KeepingDecoder(tokenizer, keep).decode if keep else lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+    )
     low, high = 1, len(ids)  # the whole of `ids` holds one
     while low < high:
         mid = (low + high) // 2
-        if visible_text(tokenizer.decode(ids[:mid], skip_special_tokens=True), stops, final=True)[1]:
+        if visible_text(decode(ids[:mid]), stops, final=True)[1]:
             high = mid
         else:
             low = mid + 1
@@ -67,10 +77,14 @@ def tokens_to_stop(tokenizer, ids: list[int], stops: list[str]) -> int:
 
 class Reply:
     """One answer being generated: iterate for its text pieces, then a Completion (its text empty) with the counts
-    and the finish reason. `cancel()` (a client gone) ends it at the next token, from any thread."""
+    and the finish reason. `cancel()` (a client gone) ends it at the next token, from any thread. The text keeps
+    the special tokens of `keep` (a tool call's markers), and no other."""
 
-    def __init__(self, engine: Engine, prompt: torch.Tensor, settings: GenerationSettings, stop: list[str], seed):
+    def __init__(
+        self, engine: Engine, prompt: torch.Tensor, settings: GenerationSettings, stop: list[str], seed, keep=()
+    ):
         self.engine, self.prompt, self.settings, self.stop, self.seed = engine, prompt, settings, stop, seed
+        self.keep = keep
         self.generation: Streamed | None = None
         self.cancelled = False
 
@@ -89,7 +103,9 @@ class Reply:
                 "input_ids": self.prompt,
                 "attention_mask": torch.ones_like(self.prompt),
             }
-            self.generation = Streamed(engine.run.model, engine.run.tokenizer, kwargs, on_done=engine.lock.release)
+            self.generation = Streamed(
+                engine.run.model, engine.run.tokenizer, kwargs, on_done=engine.lock.release, keep=self.keep
+            )
         except BaseException:
             engine.lock.release()
             raise
@@ -117,7 +133,7 @@ class Reply:
             raise self.generation.error
         new = self.generation.output[0, self.prompt.shape[1] :].tolist()
         if stopped:  # the generation ran on a token or more past the stop string: those are not counted
-            new = new[: tokens_to_stop(engine.run.tokenizer, new, self.stop)]
+            new = new[: tokens_to_stop(engine.run.tokenizer, new, self.stop, self.keep)]
         reason = "stop" if stopped else engine.finish_reason(new, self.settings)
         yield Completion("", self.prompt.shape[1], len(new), reason)
 
@@ -154,9 +170,11 @@ class Engine:
         stop: list[str],
         seed: int | None = None,
         tools: list[dict] | None = None,
+        keep=(),
     ) -> Reply:
         """The answer as it is generated (see Reply). A conversation too long for the model is refused here
         (ContextTooLong), before the response starts. `tools`: OpenAI's tool definitions, for a template that uses
-        them (the answer is text: the calls in it are read by server.tool_calls)."""
+        them (the answer is text: the calls in it are read by server.tool_calls, whose markers `keep` are the
+        special tokens the text keeps)."""
         prompt, settings = self._prompt(messages, settings, tools)
-        return Reply(self, prompt, settings, stop, seed)
+        return Reply(self, prompt, settings, stop, seed, keep)

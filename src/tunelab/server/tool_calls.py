@@ -13,9 +13,11 @@ common syntaxes it uses:
 
 An xml call's parameter values are text: each is converted by the type the request's JSON schema gives that parameter
 (integer, number, boolean, object, array, null), and kept as a string where it gives none or the text is no such value.
-Mistral's `[TOOL_CALLS]` and `[ARGS]` are special tokens, which the answer's text is decoded without: a mistral call
-is read with or without them, but without them only when the answer opens with it; its id is 9 letters and digits,
-the only ids Mistral's templates take back.
+Where a syntax's markers are special tokens of the run's tokenizer (Mistral's `[TOOL_CALLS]` and `[ARGS]`, a
+`<tool_call>` made special), the answer is decoded with them (`special_markers`, infer.generate.KeepingDecoder), so
+text before a call is told from the call, and they are taken out of the content answered. A mistral call is read
+without them too, where the answer opens with it; its id is 9 letters and digits, the only ids Mistral's templates
+take back.
 
 A call is read only for a function the request defined, with an object of arguments; anything else (a malformed
 call, text around a JSON call, another syntax) stays in the answer's content, so no text is lost. Each call gets an
@@ -31,6 +33,8 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field
+
+from tunelab.infer.generate import special_ids
 
 _NAME = "tunelab_probe_call"
 _PROBE = [
@@ -51,6 +55,25 @@ _PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<paramete
 _MISTRAL = "[TOOL_CALLS]"
 _MISTRAL_NAME = re.compile(r"\s*([A-Za-z0-9_.:-]+)(?:\[CALL_ID\][A-Za-z0-9]*)?(?:\[ARGS\])?")
 _JSON = re.compile(r'\{\s*"name"\s*:\s*"' + _NAME + r'"\s*,\s*"(?:parameters|arguments)"\s*:')
+
+
+# The texts a syntax marks calls with: kept in the answer's text where the tokenizer has them as special tokens.
+MARKERS = {
+    "mistral": (_MISTRAL, "[ARGS]", "[CALL_ID]"),
+    "hermes": (_OPEN, _CLOSE),
+    "xml": (_OPEN, _CLOSE),
+}
+
+
+def special_markers(tokenizer, syntax: str) -> dict[str, int]:
+    """{marker: id} for the markers of `syntax` that are one special token of `tokenizer`, which decoding with
+    skip_special_tokens would take out of the answer's text."""
+    specials, out = special_ids(tokenizer), {}
+    for marker in MARKERS.get(syntax, ()):
+        token = tokenizer.convert_tokens_to_ids(marker)  # the unknown token's id where it has none
+        if token in specials and tokenizer.convert_ids_to_tokens(token) == marker:
+            out[marker] = token
+    return out
 
 
 def call_syntax(template) -> str | None:
@@ -81,10 +104,13 @@ class ToolCallReader:
     names: frozenset[str]
     parallel: bool = True
     types: dict[str, dict] = field(default_factory=dict)
+    markers: dict[str, int] = field(default_factory=dict)  # special_markers: kept in the text, never in content
 
     def split(self, text: str) -> tuple[str, list[dict]]:
         """(the content left, the calls in OpenAI's shape) of a whole answer; without `parallel`, its first call."""
         content, calls = self._split(text)
+        for marker in self.markers:  # a marker of no call read (a malformed one) is no text the user should see
+            content = content.replace(marker, "")
         if not self.parallel and len(calls) > 1:
             names = ", ".join(c["function"]["name"] for c in calls[1:])
             _log.warning(
@@ -174,7 +200,8 @@ class ToolCallReader:
                 cut = len(text) - next((k for k in range(len(marker) - 1, 0, -1) if text.endswith(marker[:k])), 0)
         else:
             cut = 0 if text.lstrip()[:1] in ("", "{") else len(text)
-        return len(text[:cut].rstrip())
+        kept = [at for at in (text.find(m) for m in self.markers) if at >= 0]  # each comes whole, as one token
+        return len(text[: min([cut, *kept])].rstrip())
 
     def _call(self, value) -> dict | None:
         if not isinstance(value, dict) or value.get("name") not in self.names:
@@ -280,10 +307,12 @@ def tool_result_problem(messages: list[dict]) -> tuple[str, str] | None:
 
 
 def tool_call_reader(
-    template, tools: list[dict] | None, tool_choice, parallel_tool_calls: bool | None = None
+    template, tools: list[dict] | None, tool_choice, parallel_tool_calls: bool | None = None, tokenizer=None
 ) -> ToolCallReader | None:
     """The reader for a request's answer: None without tools, with tool_choice "none", or for a template whose call
-    syntax is not known (its answer is content only). `parallel_tool_calls` False answers one call at most."""
+    syntax is not known (its answer is content only). `parallel_tool_calls` False answers one call at most. With the
+    run's `tokenizer`, the syntax's markers that are special tokens are the reader's `markers`: the answer is to be
+    decoded with them."""
     if not tools or tool_choice == "none":
         return None
     syntax = call_syntax(template)
@@ -295,4 +324,7 @@ def tool_call_reader(
         if isinstance(properties, dict):
             types[function.get("name")] = {k: v.get("type") for k, v in properties.items() if isinstance(v, dict)}
     names = frozenset(f.get("name") for f in functions)
-    return ToolCallReader(syntax, names, parallel_tool_calls is not False, types) if syntax else None
+    if not syntax:
+        return None
+    markers = special_markers(tokenizer, syntax) if tokenizer is not None else {}
+    return ToolCallReader(syntax, names, parallel_tool_calls is not False, types, markers)
