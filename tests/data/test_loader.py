@@ -56,6 +56,14 @@ def test_eval_fraction_leaving_nothing_to_train(tmp_path, smollm2_tokenizer):
         build_datasets(DataConfig(train=[qa_file(tmp_path, 1)], eval_fraction=0.5), smollm2_tokenizer, seed=0)
 
 
+def test_eval_fraction_on_one_text_document_names_the_file(tmp_path, smollm2_tokenizer):
+    """A .txt file is one example: the fraction held it out and the message named neither the file nor why."""
+    doc = tmp_path / "notes.txt"
+    doc.write_text("A paragraph about boxes. " * 40)
+    with pytest.raises(DataError, match=r"holds out 1 of 1 usable examples of .*notes\.txt .*a \.txt file is one"):
+        build_datasets(DataConfig(train=[str(doc)], eval_fraction=0.1), smollm2_tokenizer, seed=0)
+
+
 def test_eval_file(tmp_path, smollm2_tokenizer):
     cfg = DataConfig(train=[qa_file(tmp_path, 6)], eval=qa_file(tmp_path, 3, "eval.jsonl"))
     data = build_datasets(cfg, smollm2_tokenizer, seed=0)

@@ -296,3 +296,18 @@ def test_a_small_text_source_drawn_many_times_says_how_often(tmp_path, tiny_toke
     assert "note: mixture source 'docs.txt' is repeated 5.5 times an epoch" in summary
     assert "draws 22 rows from its 4" in summary and "data.mix_by: tokens" in summary
     assert "qa.jsonl' is repeated" not in summary and "drawn 22 rows, " in summary  # qa: 22 of its 40, no repeat
+
+
+def test_a_source_of_one_document_left_without_eval_rows_is_noted(tmp_path, tiny_tokenizer):
+    """data.eval_fraction does not split a source of one example (a .txt file): it trained whole, and nothing said
+    that this source had no eval rows while the others had."""
+    doc = tmp_path / "manual.txt"
+    doc.write_text("The manual says boxes open with a code. " * 30)
+    qa = _write(tmp_path / "qa.jsonl", [{"question": f"Q {i}?", "answer": f"A {i}."} for i in range(10)])
+    cfg = DataConfig(train=[DataSource(path=str(doc)), DataSource(path=qa)], eval_fraction=0.2, max_length=64)
+    data = build_datasets(cfg, tiny_tokenizer, seed=0)
+    assert "manual.txt" not in data.eval_sets and len(data.eval_sets["qa.jsonl"]) == 2
+    note = next(n for n in data.report.notes if "no eval rows" in n)
+    assert note.startswith("1 source(s)") and "manual.txt (" in note and "data.eval_fraction=0.2" in note
+    cfg.eval_fraction = 0.0
+    assert not any("no eval rows" in n for n in build_datasets(cfg, tiny_tokenizer, seed=0).report.notes)

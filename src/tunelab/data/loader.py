@@ -60,9 +60,16 @@ def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[lis
         return examples, []
     k = max(1, round(len(examples) * fraction))
     if k >= len(examples):
+        files = list(dict.fromkeys(getattr(ex, "path", "") for ex in examples))
+        where = f" of {', '.join(files[:3])}{', ...' if len(files) > 3 else ''}" if all(files) else ""
+        whole = (
+            " (a .txt file is one example, one document: put documents in a folder of .txt files or a .jsonl)"
+            if any(f.lower().endswith(".txt") for f in files)
+            else ""
+        )
         raise DataError(
-            f"data.eval_fraction={fraction} holds out {k} of {len(examples)} usable examples and leaves none to train on; "
-            "add data, lower data.eval_fraction, or give a separate data.eval file."
+            f"data.eval_fraction={fraction} holds out {k} of {len(examples)} usable examples{where} and leaves "
+            f"none to train on{whole}; add data, lower data.eval_fraction, or give a separate data.eval file."
         )
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
@@ -310,6 +317,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     evals: list[Rendered | Packed] = []
     spans, eval_sets, all_examples, counts = [], {}, [], [0, 0, 0]  # used train, used eval, eval examples
     all_held: list[Example] = []
+    unsplit: list[tuple[str, Example]] = []  # the sources of one example, which data.eval_fraction does not split
     trained, evaluated = set(), []  # the training records' files; each eval file's records
     chat = False
     texts: dict[str, tuple[str | None, list[Example]]] = {}  # the system prompt's option -> it, the text examples
@@ -342,6 +350,8 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             report.split_seed = cfg.eval_split_seed(seed) if held else report.split_seed
         else:
             held = []
+            if cfg.eval_fraction > 0:
+                unsplit.append((name, examples[0]))
         chat = chat or any(ex.messages is not None for ex in examples + held)
         option = f"{where}: system_prompt" if source.system_prompt is not None else "option 'data.system_prompt'"
         texts.setdefault(option, (own.system_prompt, []))[1].extend(ex for ex in examples + held if ex.text is not None)
@@ -389,6 +399,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         evals += pack(rows, cfg.max_length) if cfg.packing else rows
     for held_records in evaluated:
         note_trained_eval(held_records, trained, report)
+    note_unsplit(unsplit, cfg.eval_fraction, report)
     note_repeated_eval(all_examples, all_held, report)
     for option, (system_prompt, unsystemed) in texts.items():
         note_system_on_texts(system_prompt, unsystemed, report, option)
@@ -410,6 +421,19 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     if cfg.packing:  # the draw is memoized: the step count and the first epoch reuse it
         report.packed_epoch_rows = len(epoch_rows(data, seed, 0))
     return data
+
+
+def note_unsplit(unsplit: list[tuple[str, Example]], fraction: float, report: DataReport) -> None:
+    """A note in `report` naming the sources of a mixture that data.eval_fraction left without eval rows: a source of
+    one example (a .txt file is one document) trains on it whole, since holding it out would leave it nothing."""
+    if not unsplit:
+        return
+    names = ", ".join(f"{name} ({location(ex.path, ex.line)})" for name, ex in unsplit)
+    report.notes.append(
+        f"{len(unsplit)} source(s) of one example each have no eval rows: data.eval_fraction={fraction} does not split "
+        f"one example (a .txt file is one document), so it trains whole: {names}; give such a source its own `eval` "
+        "file, or put its documents in a folder of .txt files or a .jsonl"
+    )
 
 
 def _shared_eval(cfg: DataConfig, records: list[Record], report: DataReport) -> list[Example]:
