@@ -311,3 +311,25 @@ def test_a_source_of_one_document_left_without_eval_rows_is_noted(tmp_path, tiny
     assert note.startswith("1 source(s)") and "manual.txt (" in note and "data.eval_fraction=0.2" in note
     cfg.eval_fraction = 0.0
     assert not any("no eval rows" in n for n in build_datasets(cfg, tiny_tokenizer, seed=0).report.notes)
+
+
+def test_sources_reading_the_same_file_hold_out_the_same_rows(tmp_path, tiny_tokenizer):
+    """Two sources of one file (other `take`s) split it each on its own: one trained on rows the other held out for
+    eval. A row either holds out is now an eval row of both (or skipped, for a source with its own eval file)."""
+    qa = _write(tmp_path / "qa.jsonl", [{"question": f"Q {i}?", "answer": f"A {i}."} for i in range(40)])
+    sources = [
+        DataSource(path=qa, name="all"),
+        DataSource(path=f"{tmp_path}/./qa.jsonl", take=20, name="head"),
+    ]
+    data = build_datasets(DataConfig(train=sources, eval_fraction=0.2, max_length=64), tiny_tokenizer, seed=0)
+    trained = {r.line for r in data.train}
+    held = {r.line for rows in data.eval_sets.values() for r in rows}
+    assert held and not trained & held
+    assert {r.line for r in data.eval_sets["head"]} == held & set(range(1, 21))  # head reads lines 1-20
+    assert sum("sources 'all' and 'head' read the same records" in n for n in data.report.notes) == 1
+    own = tmp_path / "own.jsonl"
+    own.write_text(json.dumps({"question": "Q own?", "answer": "A own."}) + "\n")
+    sources[1].eval = str(own)
+    data = build_datasets(DataConfig(train=sources, eval_fraction=0.2, max_length=64), tiny_tokenizer, seed=0)
+    assert not {r.line for r in data.train} & {r.line for r in data.eval_sets["all"]}
+    assert data.report.skips["held out for eval by source 'all', which reads the same file"].count > 0

@@ -321,10 +321,11 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     trained, evaluated = set(), []  # the training records' files; each eval file's records
     chat = False
     texts: dict[str, tuple[str | None, list[Example]]] = {}  # the system prompt's option -> it, the text examples
+    parts: list[_Part] = []
     for i, entry in enumerate(cfg.train, 1):
         source = entry if isinstance(entry, DataSource) else DataSource(path=entry)
         name = source_name(source, i)
-        if name in eval_sets or any(s.name == name for s in spans) or name.startswith("stage-"):
+        if any(p.name == name for p in parts) or name.startswith("stage-"):
             raise ConfigError(
                 f"option 'data.train', entry {i}: the source name {name!r} is taken (or starts with 'stage-', which "
                 "names the stages of a run); give the entry a name."
@@ -350,15 +351,26 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             report.split_seed = cfg.eval_split_seed(seed) if held else report.split_seed
         else:
             held = []
-            if cfg.eval_fraction > 0:
-                unsplit.append((name, examples[0]))
+        parts.append(_Part(source, name, where, own, records, examples, held, own_eval=bool(source.eval)))
+    share_held_out(parts, report)
+    for part in parts:
+        source, name, where, own, examples, held = (
+            part.source,
+            part.name,
+            part.where,
+            part.own,
+            part.examples,
+            part.held,
+        )
+        if not held and not source.eval and len(examples) == 1 and cfg.eval_fraction > 0:
+            unsplit.append((name, examples[0]))
         chat = chat or any(ex.messages is not None for ex in examples + held)
         option = f"{where}: system_prompt" if source.system_prompt is not None else "option 'data.system_prompt'"
         texts.setdefault(option, (own.system_prompt, []))[1].extend(ex for ex in examples + held if ex.text is not None)
         used = report.total_used
         rows = render_examples(examples, tokenizer, template, own, report)
         if not rows:
-            raise _nothing_usable("training", [source.path or source.hub], report, records)
+            raise _nothing_usable("training", [source.path or source.hub], report, part.records)
         counts[0] += report.total_used - used
         used = report.total_used
         held_rows = render_examples(held, tokenizer, template, own, report)
@@ -421,6 +433,60 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     if cfg.packing:  # the draw is memoized: the step count and the first epoch reuse it
         report.packed_epoch_rows = len(epoch_rows(data, seed, 0))
     return data
+
+
+@dataclass
+class _Part:
+    """One source of a mixture, read and split, before rendering."""
+
+    source: DataSource
+    name: str
+    where: str
+    own: DataConfig
+    records: list[Record]
+    examples: list[Example]
+    held: list[Example]
+    own_eval: bool  # the source has its own eval file: its training rows are not a split
+
+
+def share_held_out(parts: list[_Part], report: DataReport) -> None:
+    """Sources that read the same file (other `take`s, fields or system prompts of it) hold out the same records:
+    each split its own examples, so one trained on rows another held out, and that eval loss measured recall. A
+    training example whose record (file and line) another source holds out moves to this source's eval rows, or,
+    where the source has its own eval file, is skipped and counted; a note names the sources."""
+    files: dict[str, Path] = {}
+
+    def key(ex: Example) -> tuple[Path, int]:
+        return files.setdefault(ex.path, Path(ex.path).resolve()), ex.line
+
+    holder: dict[tuple[Path, int], str] = {}
+    for part in parts:
+        if not part.own_eval:
+            for ex in part.held:
+                holder.setdefault(key(ex), part.name)
+    for part in parts:
+        moved = [ex for ex in part.examples if holder.get(key(ex), part.name) != part.name]
+        if not moved:
+            continue
+        gone = {id(ex) for ex in moved}
+        part.examples = [ex for ex in part.examples if id(ex) not in gone]
+        others = ", ".join(repr(name) for name in dict.fromkeys(holder[key(ex)] for ex in moved))
+        if part.own_eval:
+            for ex in moved:
+                report.skip(f"held out for eval by source {others}, which reads the same file", ex.path, ex.line)
+        else:
+            part.held = sorted(part.held + moved, key=key)
+        if not part.examples:
+            raise DataError(
+                f"{part.where} ({part.source.path or part.source.hub}): every training example is held out for eval by "
+                f"source {others}, which reads the same file; give the sources other rows, or their own eval files."
+            )
+        fate = "are skipped" if part.own_eval else "are its eval rows too"
+        report.notes.append(
+            f"sources {part.name!r} and {others} read the same records (e.g. {location(moved[0].path, moved[0].line)}): "
+            f"the {len(moved)} examples of {part.name!r} that {others} holds out for eval {fate}, so no source trains "
+            "on another's eval rows"
+        )
 
 
 def note_unsplit(unsplit: list[tuple[str, Example]], fraction: float, report: DataReport) -> None:
