@@ -9,7 +9,7 @@ from tunelab.config import DataConfig
 from tunelab.data.checks import render_parity
 from tunelab.data.formats import Example
 from tunelab.data.loader import build_datasets
-from tunelab.data.render import render_examples
+from tunelab.data.render import CUT_ANSWERS, answer_lost, render_examples
 from tunelab.data.report import DataReport
 from tunelab.data.templates import resolve_template
 
@@ -192,10 +192,16 @@ def test_overlong_truncate_counts(smollm2_tokenizer):
     assert [r.line for r in rows] == [1, 2, 4]
     assert len(rows[1].input_ids) == 40 and any(label != -100 for label in rows[1].labels)
     assert report.total_truncated == 1
-    skip = report.skips["no answer token left after truncation to max_length (40 tokens)"]
+    skip = report.skips[answer_lost(40)]
     assert skip.count == 1 and skip.locations == ["d.jsonl:3"]
     # the report named the skipped rows but not the cut ones: which answers lost their end was not said
-    assert "  truncated to max_length: 1 (d.jsonl:2)" in report.summary().split("\n")
+    lines = report.summary().split("\n")
+    assert "  truncated to max_length: 1 (d.jsonl:2)" in lines and f"  note: {CUT_ANSWERS}" in lines
+    # rows whose prompt filled max_length were skipped as "no answer token left", with no word of what to change
+    assert (
+        "  skipped 1: lost their whole answer to truncation at max_length (40 tokens), the prompt filling it; raise "
+        "data.max_length to keep them (see tokens per example) (d.jsonl:3)" in lines
+    )
 
 
 def test_special_token_text_in_a_chat_is_skipped_and_counted(smollm2_tokenizer):

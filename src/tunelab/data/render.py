@@ -149,15 +149,33 @@ def _render_chats(
                 continue
             ids, labels = ids[:limit], labels[:limit]
             if all(label == IGNORE for label in labels):
-                report.skip(f"no answer token left after truncation to max_length ({limit} tokens)", ex.path, ex.line)
+                report.skip(answer_lost(limit), ex.path, ex.line)
                 continue
             report.truncated(ex.path, ex.line)
+            if CUT_ANSWERS not in report.notes:
+                report.notes.append(CUT_ANSWERS)
         elif all(label == IGNORE for label in labels):
             report.skip("no answer token after rendering", ex.path, ex.line)
             continue
         report.used(ex.path)
         rows.append(Rendered(list(ids), labels, ex.path, ex.line))
     return rows
+
+
+CUT_ANSWERS = (
+    "data.overlong=truncate cuts a chat's end: the last answer of each truncated row loses its end and end-of-turn "
+    "token, so it teaches answers that do not stop; raise data.max_length, or set data.overlong=drop to train on "
+    "whole rows only"
+)
+
+
+def answer_lost(limit: int) -> str:
+    """The skip reason of a chat that data.overlong=truncate cut to `limit` tokens before its first answer token: the
+    end is cut, so a prompt that fills max_length leaves no answer to learn."""
+    return (
+        f"lost their whole answer to truncation at max_length ({limit} tokens), the prompt filling it; raise "
+        "data.max_length to keep them (see tokens per example)"
+    )
 
 
 def _text_blocks(examples: list[Example], tokenizer, cfg: DataConfig, report: DataReport) -> list[Rendered]:
