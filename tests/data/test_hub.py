@@ -176,3 +176,17 @@ def test_a_local_file_or_folder_given_as_hub_is_refused(tmp_path, tiny_tokenizer
             DataError, match=rf"entry 1: hub is '{hub}', a local {kind}, not a dataset id .* path: {hub}"
         ):
             build_datasets(DataConfig(train=[DataSource(hub=hub)]), tiny_tokenizer, seed=0)
+
+
+@pytest.mark.parametrize("builder", ["parquet", "json"])
+def test_a_hub_source_named_after_one_of_the_librarys_readers_is_refused(
+    builder, tmp_path, monkeypatch, tiny_tokenizer
+):
+    """`hub: parquet` reached the library's parquet reader with no files named, which read the working directory's
+    files (here a stray one, elsewhere a source tree) as the training set."""
+    monkeypatch.chdir(tmp_path)
+    datasets.Dataset.from_list(ROWS).to_parquet(str(tmp_path / "stray.parquet"))
+    datasets.Dataset.from_list(ROWS).to_json(str(tmp_path / "stray.json"))
+    source = DataSource(hub=builder, fields=FIELDS)
+    with pytest.raises(DataError, match=rf"hub is '{builder}', the datasets library's reader of {builder} files, not"):
+        build_datasets(DataConfig(train=[source], max_length=64), tiny_tokenizer, seed=0)

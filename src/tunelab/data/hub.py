@@ -109,6 +109,13 @@ def read_hub(source: DataSource, where: str) -> list[Record]:
             "file line by line, a document a line)."
         )
     datasets = _library(f"{where} ({source.hub})")
+    builders = getattr(getattr(datasets, "packaged_modules", None), "_PACKAGED_DATASETS_MODULES", {})
+    if source.hub in builders:  # without data_files, the builder reads the matching files of the working directory
+        raise DataError(
+            f"{where}: hub is {source.hub!r}, the datasets library's reader of {source.hub} files, not a dataset id; "
+            "with no files named it would read those of the working directory. Give your files as path: (tunelab "
+            "reads .jsonl, .json, .csv, .parquet and .txt itself), or a dataset id as org/name."
+        )
     name = source.hub + (f", config {source.config}" if source.config else "") + f", split {source.split}"
     try:
         dataset = datasets.load_dataset(source.hub, name=source.config, split=source.split, streaming=source.streaming)
