@@ -190,3 +190,13 @@ def test_a_hub_source_named_after_one_of_the_librarys_readers_is_refused(
     source = DataSource(hub=builder, fields=FIELDS)
     with pytest.raises(DataError, match=rf"hub is '{builder}', the datasets library's reader of {builder} files, not"):
         build_datasets(DataConfig(train=[source], max_length=64), tiny_tokenizer, seed=0)
+
+
+def test_a_folder_holding_a_save_to_disk_folder_names_it(tmp_path, tiny_tokenizer):
+    """A data folder holding a save_to_disk folder beside its files: the saved folder's dataset_info.json was read as
+    a .json data file and refused as 'must hold an array of objects', naming neither the saved folder nor the way."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "data" / "saved"))
+    with pytest.raises(DataError, match=r"data: the folder holds .*data/saved, a folder the datasets library wrote"):
+        build_datasets(DataConfig(train=[str(tmp_path / "data")], fields=FIELDS), tiny_tokenizer, seed=0)

@@ -90,6 +90,19 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
                     "configs and tokenizer files are not training data. Move the run out of the data folder, or name "
                     "the data files themselves in data.train / data.eval."
                 )
+            saved = sorted(
+                f.parent
+                for f in inside
+                if f.name == "dataset_dict.json"
+                or (f.name == "state.json" and (f.parent / "dataset_info.json").is_file())
+            )
+            if saved:  # its dataset_info.json and state.json were read as rows (and refused as not an array)
+                outer = min(saved, key=lambda d: len(d.parts))
+                raise DataError(
+                    f"{p}: the folder holds {outer}, a folder the datasets library wrote (save_to_disk), whose "
+                    "metadata files are not rows. Give it as a source of its own in data.train ({path: "
+                    f"{outer}}}), and the folder's other data files by name or in a folder without it."
+                )
             found = [f for f in inside if _kind(f)]
             if not found:
                 raise DataError(
