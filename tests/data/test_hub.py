@@ -200,3 +200,15 @@ def test_a_folder_holding_a_save_to_disk_folder_names_it(tmp_path, tiny_tokenize
     datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "data" / "saved"))
     with pytest.raises(DataError, match=r"data: the folder holds .*data/saved, a folder the datasets library wrote"):
         build_datasets(DataConfig(train=[str(tmp_path / "data")], fields=FIELDS), tiny_tokenizer, seed=0)
+
+
+def test_a_row_of_a_saved_dataset_without_splits_is_named_by_its_index(tmp_path, tiny_tokenizer):
+    """A Dataset saved whole is named by its folder, which `location` took for a line-based file: its first row was
+    reported as line `folder:0`. It is `folder[0]`, as the rows of a split (`folder[train][0]`) are."""
+    folder = tmp_path / "one"
+    datasets.Dataset.from_list([{"q": "Empty?", "a": ""}, *ROWS]).save_to_disk(str(folder))
+    data = build_datasets(
+        DataConfig(train=[DataSource(path=str(folder), fields=FIELDS)], max_length=64), tiny_tokenizer, seed=0
+    )
+    assert data.report.skips["empty answer"].locations == [f"{folder}[0]"]
+    assert f"{folder}[0]" in data.report.summary() and f"{folder}:0" not in data.report.summary()

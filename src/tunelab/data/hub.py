@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tunelab.config import DataSource
+from tunelab.data.report import Index
 from tunelab.data.sources import Record
 from tunelab.errors import DataError
 
@@ -48,7 +49,7 @@ def _rows(label: str, rows: Iterable[dict], take: int | None) -> list[Record]:
     for index, row in enumerate(rows):
         if take is not None and index >= take:
             break
-        records.append(Record(label, index, dict(row)))
+        records.append(Record(label, Index(index), dict(row)))
     return records
 
 

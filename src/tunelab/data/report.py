@@ -21,10 +21,15 @@ class Line(int):
     that holds JSON lines (read as the datasets library reads it). Its row 2 is `file:2`, not item `file[2]`."""
 
 
+class Index(int):
+    """A record's 0-based index in a set that `location` would otherwise take for a line-based file by its name: a
+    save_to_disk folder of one Dataset, named by its folder. Its first row is `folder[0]`, not line `folder:0`."""
+
+
 def location(path: str, line: int) -> str:
     """`file:line` for line-based files (jsonl, csv, txt), `file[index]` for array-like ones (json array, parquet)."""
     array = path.lower().endswith((".json", ".json.gz", ".parquet", ".arrow", "]"))  # "]": a datasets split
-    if array and not isinstance(line, Line):
+    if isinstance(line, Index) or (array and not isinstance(line, Line)):
         return f"{path}[{line}]"
     return f"{path}:{line}"
 
