@@ -43,6 +43,9 @@ def test_a_save_to_disk_folder_and_an_arrow_file(tmp_path, tiny_tokenizer):
 
     with pytest.raises(DataError, match="has no split 'test'; its splits are train"):
         build_datasets(DataConfig(train=[DataSource(path=str(folder), split="test")]), tiny_tokenizer, seed=0)
+    # the library's slice syntax, which load_dataset reads for a hub id, is no split of a saved folder
+    with pytest.raises(DataError, match=r"no split 'train\[:5\]'; .* read as split: train with take: 100"):
+        build_datasets(DataConfig(train=[DataSource(path=str(folder), split="train[:5]")]), tiny_tokenizer, seed=0)
 
 
 def test_a_saved_dataset_without_splits_and_a_saved_folder_given_as_a_path(tmp_path, tiny_tokenizer):

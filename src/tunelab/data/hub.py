@@ -58,7 +58,10 @@ def _split(datasets, dataset, split: str, where: str):
     default is asked for: it was read whole, labelled with the split asked for."""
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
-            raise DataError(f"{where}: has no split {split!r}; its splits are {', '.join(dataset.keys())}. Set split.")
+            sliced = " (a slice such as train[:100] is read as split: train with take: 100)" if "[" in split else ""
+            raise DataError(
+                f"{where}: has no split {split!r}; its splits are {', '.join(dataset.keys())}. Set split{sliced}."
+            )
         return dataset[split]
     if split != DEFAULT_SPLIT:
         raise DataError(
