@@ -94,6 +94,10 @@ def test_a_cached_hub_id_is_read_offline_and_streamed(hub_cache, tiny_tokenizer)
         train=[DataSource(hub="acme/box-codes", fields=FIELDS, streaming=True, take=4)], max_length=64
     )
     assert len(build_datasets(streamed, tiny_tokenizer, seed=0).train) == 4
+    # a slice of a split, which load_dataset reads unless streaming, was refused with no word of take
+    sliced = DataConfig(train=[DataSource(hub="acme/box-codes", fields=FIELDS, streaming=True, split="train[:4]")])
+    with pytest.raises(DataError, match=r"a stream is read from its start: .* split: train with take: 100"):
+        build_datasets(sliced, tiny_tokenizer, seed=0)
 
 
 def test_a_hub_id_neither_cached_nor_reachable_is_named(hub_cache, tiny_tokenizer):

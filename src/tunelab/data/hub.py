@@ -131,7 +131,12 @@ def read_hub(source: DataSource, where: str) -> list[Record]:
             "network (or copy the cache), check the id, or give a local file as path."
         ) from None
     except ValueError as exc:  # a split or config the dataset does not have, among others
-        raise DataError(f"{where}: the dataset {source.hub!r} ({name}) cannot be read: {exc}") from None
+        sliced = (  # load_dataset reads a slice of a split, but not of a stream
+            " (a stream is read from its start: a slice such as train[:100] is split: train with take: 100)"
+            if source.streaming and "[" in source.split
+            else ""
+        )
+        raise DataError(f"{where}: the dataset {source.hub!r} ({name}) cannot be read: {exc}{sliced}") from None
     label = f"{source.hub}[{source.split}]"
     try:
         return _rows(label, dataset, source.take)
