@@ -27,19 +27,18 @@ from tunelab.training.memory import (
     weight_bytes,
 )
 
-TINY = LlamaConfig.from_hf(
-    dict(
-        model_type="llama",
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=200,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=128,
-    )
+TINY_HF = dict(
+    model_type="llama",
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=200,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=128,
 )
+TINY = LlamaConfig.from_hf(TINY_HF)
 LORA = Setup(method="lora", rank=4, micro_batch=2, seq=24)
 
 
@@ -414,3 +413,106 @@ def test_a_head_task_is_planned_without_the_lm_head_it_drops():
         False,
         True,
     ]
+
+
+DORA = Setup(method="lora", rank=4, micro_batch=2, seq=24, dora=True)
+
+
+def test_dora_trains_a_magnitude_per_output_row():
+    """DoRA was planned as plain LoRA: its magnitude vectors (out,) fp32, their gradients and AdamW moments were left
+    out. Per layer q 64 + k 32 + v 32 + o 64 + gate 96 + up 96 + down 64 = 448 values beside LoRA's 3712."""
+    parts = training_state_bytes(TINY, DORA)
+    values = 3 * (3712 + 448)
+    assert parts["adapters (fp32)"] == 4 * values
+    assert parts["adapters: gradients"] == 4 * values
+    assert parts["optimizer (adamw)"] == 8 * values
+
+
+def test_dora_layers_run_one_by_one_and_save_their_unscaled_outputs():
+    """DoRA layers are never grouped (`peft.group`): no stacked matrix, every NF4 weight dequantized into the
+    workspace; each saves x A^T (N, r) and L(x) (N, out) for m's gradient; q and k are freed by rope, v stays."""
+    parts = scratch_bytes(TINY, DORA)
+    assert "scratch: stacked group weight" not in parts
+    q = scratch_bytes(TINY, dataclasses.replace(DORA, quantized=True))
+    assert q["scratch: nf4 dequantization"] == 2 * 6144  # gate, up, down 64 x 96: the largest, grouped or not
+    # attention: x 64 + normed 64 + three x A^T 12 + v 32 + L of q, k, v 128 + rope's q, k 96 + attention out 64
+    # + o's x A^T 4 and L 64, bf16; rstd, logsumexp
+    assert attention_saved(TINY, DORA, 48) == 2 * 48 * (64 + 76 + 160 + 96 + 64 + 68) + 4 * 48 + 4 * 48 * 4
+    # MLP: h 64 + normed 64 + two x A^T 8 + gate, up 192 + act 96 + down's x A^T 4 + L of gate, up, down 256
+    assert mlp_saved(TINY, DORA, 48) == 2 * 48 * (64 + 72 + 192 + 96 + 260) + 4 * 48
+    # against grouped LoRA (42432 + 41280 a layer): kv + d and 2m + d columns more
+    assert attention_saved(TINY, DORA, 48) - 42432 == 2 * 48 * (32 + 64)
+    assert mlp_saved(TINY, DORA, 48) - 41280 == 2 * 48 * (192 + 64)
+
+
+def test_dora_s_weight_norm_and_backward_transients():
+    """The norm ||W + s B A|| of each DoRA layer's forward works in fp32 blocks of 2048 rows: the widest layer here
+    (gate, up 96 x 64 and down 64 x 96: 6144 values) takes 3 x 4 x 6144 = 73728 bytes, over NF4 its whole W dequantized
+    to bf16 first (2 x 6144 more), in fp32 two blocks (the cast is W itself). Backward of y = g L(x) holds dy g and
+    dy * L(x), 2 x N x 96 x 2 bytes beside LoRA's d act and two (N, d) gradients."""
+    assert memory.dora_norm_bytes(TINY, DORA) == 73728
+    assert memory.dora_norm_bytes(TINY, dataclasses.replace(DORA, quantized=True)) == 73728 + 12288
+    assert memory.dora_norm_bytes(TINY, dataclasses.replace(DORA, dtype="fp32")) == 2 * 4 * 6144
+    assert memory.dora_norm_bytes(TINY, LORA) == 0
+    e = estimate(TINY, DORA)
+    saved = 3 * (memory.attention_saved(TINY, DORA, 48) + mlp_saved(TINY, DORA, 48))
+    assert e.saved == {"activations: kept layers": saved, "activations: checkpointed inputs": 0}
+    # the norm (73728) outweighs the head's 57216 and the backward's 2 x 48 x (96 + 128) + 2 x 2 x 48 x 96 = 39936
+    assert e.peak_phase == "forward"
+    assert e.transient == {"forward: DoRA weight norm ||W + s B A|| of one layer": 73728}
+    ckpt = estimate(TINY, dataclasses.replace(DORA, checkpointed=3))
+    plain = estimate(TINY, dataclasses.replace(DORA, checkpointed=3, dora=False))
+    recompute = "recomputation: one layer and its gradients"
+    assert ckpt.peak_phase == "recomputation"
+    assert ckpt.transient[recompute] - plain.transient[recompute] == 73728 + 2 * 48 * (96 + 256)
+
+
+def test_dora_s_rows_per_norm_block_are_the_layer_s():
+    from tunelab.peft import dora
+
+    assert memory.DORA_ROWS == dora._ROWS
+
+
+def test_a_dora_config_is_planned_as_dora():
+    from tunelab.config import RunConfig
+    from tunelab.training.plan import config_setup
+
+    cfg = RunConfig()
+    for method, use_dora, expected in (("dora", False, True), ("lora", True, True), ("lora", False, False)):
+        run = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name=method, use_dora=use_dora))
+        assert config_setup(run, 64).dora is expected
+
+
+@pytest.mark.parametrize("r", [3, 8])
+def test_dora_saves_per_token_what_the_model_counts(r):
+    """What one DoRA layer over an NF4 base (the fused path, as on CUDA) saves for backward, counted through autograd's
+    saved-tensor hooks: per token beside its input x, x A^T (r) and L(x) (out) in x's dtype, as `dora_outputs`
+    and the ranks count. Taken as the slope between two token counts, so that A, B and g (no token dimension) drop
+    out."""
+    import torch
+
+    from tunelab.peft.dora import DoRALinear
+    from tunelab.quant.linear import NF4Linear
+
+    torch.manual_seed(0)
+    base = NF4Linear.from_linear(torch.nn.Linear(64, 96, bias=False).to(torch.bfloat16))
+    layer = DoRALinear(base, r=r, alpha=2.0 * r).train()
+
+    def saved_bytes(tokens: int) -> int:
+        x = torch.randn(tokens, 64, dtype=torch.bfloat16, requires_grad=True)
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() != x.untyped_storage().data_ptr():
+                seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = layer(x)
+        del y
+        return sum(seen.values())
+
+    per_token = (saved_bytes(80) - saved_bytes(16)) / 64
+    s = Setup(method="lora", rank=r, targets=("gate_proj",), dora=True)
+    assert per_token == 2 * (r + memory.dora_outputs(TINY, s, ("gate_proj",)))  # gate_proj: 64 -> 96

@@ -10,7 +10,8 @@ Static (alive the whole step):
   + ceil(n/64) 8-bit absmaxes + 4 ceil(n/64/256) fp32 absmax2 + 4 (offset) + 1088 (the 16 + 256 fp32 code tables).
   Embedding and head V d e each (one when tied; classify and reward load no LM head), norms (2L + 1) d e, biases as
   they come.
-- adapters (fp32 master weights, 4 bytes) and their fp32 gradients (4 bytes): r (in + out) per adapted projection.
+- adapters (fp32 master weights, 4 bytes) and their fp32 gradients (4 bytes): r (in + out) per adapted projection,
+  and with DoRA (`Setup.dora`, `peft.dora`) its magnitude, out more.
 - optimizer: AdamW 8 bytes per trainable parameter (fp32 m and v); adamw_8bit 2 + 8 ceil(n/256)/n for tensors of
   >= 4096 values, fp32 moments below; either one e more for a bf16 parameter (full fine-tuning, layers), its Kahan
   compensation (`training.compensated`); fp32 weights keep none. adamw_torch: 2 e per parameter (torch's AdamW keeps
@@ -37,6 +38,9 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
   MLP half: h N d e + rstd 4N + normed N (d + R_gu) e + gate|up N 2m e (SwiGLU saves both, views of one buffer)
       + SwiGLU's output N m e + down_proj's x A^T N r e
   A checkpointed layer keeps only x (N d e), on the host when offloaded; a layer below every trained one nothing.
+  DoRA: its layers run one by one (no spare columns, no stacked matrix; each saves its own x A^T, N r e) and each
+  saves L(x), N out e, for m's gradient; q and k are then separate outputs that rope frees (it saves only cos and
+  sin), v alone stays (N kv e instead of the group's N (q + 2kv) e).
 
 Transients (the largest wins, on top of what is saved at that moment):
 - the optimizer step of full fine-tuning and layers in bf16 (`training.compensated`), when no activation is left: the
@@ -46,7 +50,12 @@ Transients (the largest wins, on top of what is saved at that moment):
   the final norm's input N d e + rstd, its output N d e, the loss' grad_hidden N d e, two chunks of logits
   2 min(N, C) V e, C = `kernels.head_chunk.head_chunk_tokens(V)` (4096 tokens at V 32,000, 1024 at 128,256; the
   kernel holds one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
-- backward of a kept layer: d act N m e + two (N, d) gradients, beside all saved activations;
+- backward of a kept layer: d act N m e + two (N, d) gradients, beside all saved activations; with DoRA, y = g L(x)'s
+  backward 2 N out e more (dy g and dy * L(x), the widest DoRA layer's);
+- DoRA's weight norm, in the forward of the top layer (every activation saved, as at the head) and again in a
+  checkpointed layer's recomputation: the widest of its layers' W + s B A in fp32 blocks of 2048 rows, three blocks
+  (the block cast to fp32, s B A and their sum; two in fp32), 12 min(out, 2048) in bytes, and over an NF4 base the
+  whole W dequantized first, out x in x e (`DoRALinear.weight_norm`);
 - grpo's sampling before the step (`tasks.grpo`, `models.kv_cache.KVCache`), when no activation is alive: the KV
   cache of the B = prompts_per_step x num_generations answers it samples at once (a rank's ceil(B / ranks) share
   with several), each S = the longest prompt + grpo.max_new_tokens long, 2 L B kv_heads S head_dim e (keys and
@@ -83,6 +92,8 @@ FOREACH_VALUES = 2**25  # values a chunk of CompensatedAdamW's foreach step gath
 MIN_8BIT = 4096  # adamw_8bit keeps smaller tensors' moments in fp32 (`training.adamw8bit.MIN_8BIT_SIZE`)
 ADAMW8_BLOCK = 256
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+QKV = ("q_proj", "k_proj", "v_proj")
+DORA_ROWS = 2048  # rows of W per block of DoRA's weight norm (`peft.dora._ROWS`)
 GIB = 1024**3
 
 
@@ -112,6 +123,7 @@ class Setup:
     fixed_forwards: int = 0  # grpo: forwards over the sampled answers for their reference (and old) log-probs
     reference_copy: bool = False  # grpo with a reference of its own: the trained tensors' starting values, kept
     lm_head: bool = True  # False for classify and reward: the body alone, its small head on each row's last token
+    dora: bool = False  # method lora with DoRA (`peft.dora`): a magnitude per output row, no grouped projections
 
     @property
     def tokens(self) -> int:
@@ -199,12 +211,36 @@ def _ranks(c: LlamaConfig, s: Setup) -> dict[str, int]:
 
 def _groups(c: LlamaConfig, s: Setup) -> tuple[int, int]:
     """Spare columns R_qkv, R_gu: the sum of a group's ranks when it runs as one GEMM (every member adapted)."""
-    if not s.grouped or s.method != "lora":
+    if not s.grouped or s.method != "lora" or s.dora:  # a DoRA layer runs one by one (`peft.group`)
         return 0, 0
     r = _ranks(c, s)
     qkv = sum(r[n] for n in ("q_proj", "k_proj", "v_proj")) if all(r[n] for n in ("q_proj", "k_proj", "v_proj")) else 0
     gu = r["gate_proj"] + r["up_proj"] if r["gate_proj"] and r["up_proj"] else 0
     return qkv, gu
+
+
+def dora_outputs(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
+    """Columns of the L(x) (N, out) that each DoRA layer among `names` saves for m's gradient (`peft.dora`): the sum
+    of their out widths; 0 without DoRA."""
+    if not s.dora:
+        return 0
+    shapes, r = projection_shapes(c), _ranks(c, s)
+    return sum(shapes[n][1] for n in names if r[n])
+
+
+def dora_norm_bytes(c: LlamaConfig, s: Setup) -> int:
+    """The working set of DoRA's weight norm ||W + s B A|| (`DoRALinear.weight_norm`), the largest over the DoRA
+    layers: W + s B A in fp32 blocks of DORA_ROWS rows, three (the block of W cast to fp32, s B A, their sum; two for
+    fp32 weights, whose cast is W itself), and an NF4 W dequantized whole first, out x in x e."""
+    if not s.dora:
+        return 0
+    blocks = 3 if s.dtype_bytes < 4 else 2
+    sizes = [
+        blocks * 4 * min(o, DORA_ROWS) * i + (s.dtype_bytes * o * i if s.quantized else 0)
+        for n, (i, o) in projection_shapes(c).items()
+        if _ranks(c, s)[n]
+    ]
+    return max(sizes, default=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -240,6 +276,7 @@ def _trainable(c: LlamaConfig, s: Setup) -> tuple[list[tuple[int, int]], int, li
         ranks = _ranks(c, s)
         per_layer = [(ranks[n] * i, 4) for n, (i, _) in shapes.items() if ranks[n]]
         per_layer += [(ranks[n] * o, 4) for n, (_, o) in shapes.items() if ranks[n]]
+        per_layer += [(o, 4) for n, (_, o) in shapes.items() if ranks[n] and s.dora]  # DoRA's magnitude m (out,)
         return per_layer, c.num_layers, []
     e = s.dtype_bytes
     layer = [(i * o, e) for i, o in shapes.values()] + [(c.hidden_size, e), (c.hidden_size, e)]
@@ -250,7 +287,8 @@ def _trainable(c: LlamaConfig, s: Setup) -> tuple[list[tuple[int, int]], int, li
 
 
 def trainable_tensors(c: LlamaConfig, s: Setup) -> list[tuple[int, int]]:
-    """(values, bytes per value) of every trainable tensor: the adapters' A and B (fp32), or the trained weights."""
+    """(values, bytes per value) of every trainable tensor: the adapters' A and B (and DoRA's magnitudes; fp32), or
+    the trained weights."""
     layer, count, root = _trainable(c, s)
     return layer * count + root
 
@@ -332,16 +370,23 @@ def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     """Bytes the attention half of one kept layer saves for backward, for n tokens."""
     q, kv, d, e = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, s.dtype_bytes
     r_qkv, _ = _groups(c, s)
-    r_o = _ranks(c, s)["o_proj"]
-    return e * n * (d + (d + r_qkv) + (q + 2 * kv) + (q + kv) + q + r_o) + 4 * n + 4 * n * c.num_heads
+    r = _ranks(c, s)
+    outputs = q + 2 * kv  # the group's one buffer, kept whole by v, a view of it
+    if s.dora:  # one by one: each layer's x A^T (N, r) and L(x) (N, out); q and k freed by rope, v kept
+        r_qkv, outputs = r["q_proj"] + r["k_proj"] + r["v_proj"], kv + dora_outputs(c, s, QKV)
+    o_proj = r["o_proj"] + dora_outputs(c, s, ("o_proj",))
+    return e * n * (d + (d + r_qkv) + outputs + (q + kv) + q + o_proj) + 4 * n + 4 * n * c.num_heads
 
 
 def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     """Bytes the MLP half of one kept layer saves for backward, for n tokens."""
     d, m, e = c.hidden_size, c.intermediate_size, s.dtype_bytes
     _, r_gu = _groups(c, s)
-    r_down = _ranks(c, s)["down_proj"]
-    return e * n * (d + (d + r_gu) + 2 * m + m + r_down) + 4 * n
+    r = _ranks(c, s)
+    if s.dora:  # gate and up one by one: x A^T (N, r) each; L(x) of every DoRA layer
+        r_gu = r["gate_proj"] + r["up_proj"]
+    down = r["down_proj"] + dora_outputs(c, s, ("gate_proj", "up_proj", "down_proj"))
+    return e * n * (d + (d + r_gu) + 2 * m + m + down) + 4 * n
 
 
 def layer_saved(c: LlamaConfig, s: Setup, n: int) -> int:
@@ -398,9 +443,12 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     # chunks at both (BENCHMARKS.md).
     head = e * n * d * 3 + 4 * n + (2 * e * chunk * c.vocab_size + 4 * n if s.lm_head else 0)
     kept_bwd = e * n * (c.intermediate_size + 2 * d)
+    if s.dora:  # backward of y = g * L(x): dL = dy g and dy * L (reduced to m's gradient), both (N, out), at once
+        kept_bwd += 2 * e * n * max((o for p, (_, o) in projection_shapes(c).items() if _ranks(c, s)[p]), default=0)
     mlp_chunk = min(n, MLP_CHUNK)
     recompute = attention_saved(c, s, n) + mlp_saved(c, s, mlp_chunk) + e * mlp_chunk * c.intermediate_size
-    recompute += 3 * e * n * d
+    recompute += 3 * e * n * d + dora_norm_bytes(c, s)  # a DoRA layer's norm again, in its recomputed forward
+    norm = dora_norm_bytes(c, s)
     # The phases: the head (everything saved), a kept layer's backward (everything saved), the recomputation of the
     # top checkpointed layer (the kept layers' activations freed, the checkpointed inputs still there), and the
     # optimizer step and grpo's sampling before the step (every activation freed).
@@ -422,6 +470,8 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         if cache
         else None,
         "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd}) if kept else None,
+        # each forward of a DoRA layer computes its norm; the top layer's, with (nearly) every activation saved
+        "forward": (saved, {"forward: DoRA weight norm ||W + s B A|| of one layer": norm}) if norm else None,
         "recomputation": (
             {"activations: checkpointed inputs": saved["activations: checkpointed inputs"]},
             {"recomputation: one layer and its gradients": recompute},

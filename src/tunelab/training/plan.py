@@ -330,6 +330,7 @@ def config_setup(
         # grpo's reference where it is not the base with the adapter off: the trained tensors as they start, a copy
         reference_copy=bool(sampled) and g.beta > 0 and (not m.is_adapter or bool(cfg.model.adapter)),
         lm_head=cfg.task not in ("classify", "reward"),  # a head task's body has no LM head (`tasks.head`)
+        dora=m.dora,
     )
 
 
