@@ -99,3 +99,33 @@ def test_a_head_task_runs_no_lm_head(no_host):
     s = Setup(method="lora", micro_batch=1, seq=32)
     head = speed.step_time(TINY, s, 1) - speed.step_time(TINY, dataclasses.replace(s, lm_head=False), 1)
     assert head == pytest.approx(32 * 2 * 2 * 256 * 64 / speed.THROUGHPUT, rel=1e-9)
+
+
+def test_dora_pays_for_its_norm_at_every_forward_and_for_g_l_x_on_every_token(no_host):
+    """DoRA was timed as plain LoRA. Each forward of a layer computes ||W + s B A||: B A in fp32, 2 x 4 x 36,864 =
+    294,912 FLOPs at the H200's fp32 share of the rate, and 34 bytes a weight over the fp32 blocks (36.5 over NF4,
+    which dequantizes the whole weight first), 1,253,376 bytes a layer. Per token g L(x) and its backward move 8 x 2
+    bytes per output column, 512 columns a layer (q 64, k, v 32, o 64, gate, up 128, down 64), 32 tokens."""
+    lora = Setup(method="lora", rank=4, micro_batch=1, seq=32)
+    dora = dataclasses.replace(lora, dora=True)
+    rate32 = speed.THROUGHPUT * 67 / 989
+    norm = 294_912 / rate32 + 1_253_376 / 4e12  # one layer's norms, one forward
+    tokens = 32 * 512 * 2 * 8 * 2 / 4e12  # two layers
+    h200 = "NVIDIA H200"
+    more = speed.step_time(TINY, dora, 1, h200) - speed.step_time(TINY, lora, 1, h200)
+    assert more == pytest.approx(2 * norm + tokens, rel=1e-9)
+    # both layers checkpointed: their norms again in the recomputation (one MLP chunk), and g L(x) forward again
+    ckpt = [dataclasses.replace(s, checkpointed=2) for s in (lora, dora)]
+    more = speed.step_time(TINY, ckpt[1], 1, h200) - speed.step_time(TINY, ckpt[0], 1, h200)
+    assert more == pytest.approx(4 * norm + tokens + 32 * 512 * 2 * 2 * 2 / 4e12, rel=1e-9)
+    nf4 = [dataclasses.replace(s, quantized=True) for s in (lora, dora)]
+    more = speed.step_time(TINY, nf4[1], 1, h200) - speed.step_time(TINY, nf4[0], 1, h200)
+    assert more == pytest.approx(2 * (294_912 / rate32 + 36.5 * 36_864 / 4e12) + tokens, rel=1e-9)
+    # grpo: the prefill and each of 24 decode steps compute every layer's norm; the fixed forward once a micro-batch
+    sampled = [
+        dataclasses.replace(s, sampled=8, sample_len=40, sample_prompt=16, fixed_forwards=1) for s in (lora, dora)
+    ]
+    more = speed.sample_time(TINY, sampled[1], h200) - speed.sample_time(TINY, sampled[0], h200)
+    assert more == pytest.approx(25 * 2 * norm, rel=1e-9)
+    more = speed.fixed_time(TINY, sampled[1], h200) - speed.fixed_time(TINY, sampled[0], h200)
+    assert more == pytest.approx(8 * 2 * norm, rel=1e-9)  # 8 answers in micro-batches of 1

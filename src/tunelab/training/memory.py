@@ -203,7 +203,7 @@ def _bias_count(c: LlamaConfig) -> int:
     return (q + 2 * kv) * c.qkv_bias + d * c.o_bias + (2 * m + d) * c.mlp_bias
 
 
-def _ranks(c: LlamaConfig, s: Setup) -> dict[str, int]:
+def adapter_ranks(c: LlamaConfig, s: Setup) -> dict[str, int]:
     """LoRA rank of each projection (0: not adapted)."""
     adapted = s.method == "lora"
     return {name: s.rank if adapted and name in s.targets else 0 for name in PROJECTIONS}
@@ -213,7 +213,7 @@ def _groups(c: LlamaConfig, s: Setup) -> tuple[int, int]:
     """Spare columns R_qkv, R_gu: the sum of a group's ranks when it runs as one GEMM (every member adapted)."""
     if not s.grouped or s.method != "lora" or s.dora:  # a DoRA layer runs one by one (`peft.group`)
         return 0, 0
-    r = _ranks(c, s)
+    r = adapter_ranks(c, s)
     qkv = sum(r[n] for n in ("q_proj", "k_proj", "v_proj")) if all(r[n] for n in ("q_proj", "k_proj", "v_proj")) else 0
     gu = r["gate_proj"] + r["up_proj"] if r["gate_proj"] and r["up_proj"] else 0
     return qkv, gu
@@ -224,7 +224,7 @@ def dora_outputs(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
     of their out widths; 0 without DoRA."""
     if not s.dora:
         return 0
-    shapes, r = projection_shapes(c), _ranks(c, s)
+    shapes, r = projection_shapes(c), adapter_ranks(c, s)
     return sum(shapes[n][1] for n in names if r[n])
 
 
@@ -238,7 +238,7 @@ def dora_norm_bytes(c: LlamaConfig, s: Setup) -> int:
     sizes = [
         blocks * 4 * min(o, DORA_ROWS) * i + (s.dtype_bytes * o * i if s.quantized else 0)
         for n, (i, o) in projection_shapes(c).items()
-        if _ranks(c, s)[n]
+        if adapter_ranks(c, s)[n]
     ]
     return max(sizes, default=0)
 
@@ -273,7 +273,7 @@ def _trainable(c: LlamaConfig, s: Setup) -> tuple[list[tuple[int, int]], int, li
     (values, bytes per value)."""
     shapes = projection_shapes(c)
     if s.method == "lora":
-        ranks = _ranks(c, s)
+        ranks = adapter_ranks(c, s)
         per_layer = [(ranks[n] * i, 4) for n, (i, _) in shapes.items() if ranks[n]]
         per_layer += [(ranks[n] * o, 4) for n, (_, o) in shapes.items() if ranks[n]]
         per_layer += [(o, 4) for n, (_, o) in shapes.items() if ranks[n] and s.dora]  # DoRA's magnitude m (out,)
@@ -370,7 +370,7 @@ def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     """Bytes the attention half of one kept layer saves for backward, for n tokens."""
     q, kv, d, e = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, s.dtype_bytes
     r_qkv, _ = _groups(c, s)
-    r = _ranks(c, s)
+    r = adapter_ranks(c, s)
     outputs = q + 2 * kv  # the group's one buffer, kept whole by v, a view of it
     if s.dora:  # one by one: each layer's x A^T (N, r) and L(x) (N, out); q and k freed by rope, v kept
         r_qkv, outputs = r["q_proj"] + r["k_proj"] + r["v_proj"], kv + dora_outputs(c, s, QKV)
@@ -382,7 +382,7 @@ def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     """Bytes the MLP half of one kept layer saves for backward, for n tokens."""
     d, m, e = c.hidden_size, c.intermediate_size, s.dtype_bytes
     _, r_gu = _groups(c, s)
-    r = _ranks(c, s)
+    r = adapter_ranks(c, s)
     if s.dora:  # gate and up one by one: x A^T (N, r) each; L(x) of every DoRA layer
         r_gu = r["gate_proj"] + r["up_proj"]
     down = r["down_proj"] + dora_outputs(c, s, ("gate_proj", "up_proj", "down_proj"))
@@ -444,7 +444,9 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     head = e * n * d * 3 + 4 * n + (2 * e * chunk * c.vocab_size + 4 * n if s.lm_head else 0)
     kept_bwd = e * n * (c.intermediate_size + 2 * d)
     if s.dora:  # backward of y = g * L(x): dL = dy g and dy * L (reduced to m's gradient), both (N, out), at once
-        kept_bwd += 2 * e * n * max((o for p, (_, o) in projection_shapes(c).items() if _ranks(c, s)[p]), default=0)
+        kept_bwd += (
+            2 * e * n * max((o for p, (_, o) in projection_shapes(c).items() if adapter_ranks(c, s)[p]), default=0)
+        )
     mlp_chunk = min(n, MLP_CHUNK)
     recompute = attention_saved(c, s, n) + mlp_saved(c, s, mlp_chunk) + e * mlp_chunk * c.intermediate_size
     recompute += 3 * e * n * d + dora_norm_bytes(c, s)  # a DoRA layer's norm again, in its recomputed forward

@@ -26,6 +26,13 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
 - Offload: each checkpointed layer moves 2 N d e bytes each way over PCIe (input and midpoint) at PCIE_BYTES_S,
   beside the next layer's compute; only the part longer than that compute costs time.
 
+DoRA (`Setup.dora`, `peft.dora`): every forward of a DoRA layer, the recomputed ones too (an MLP's once per 4096-token
+chunk), and every one of grpo's sampler and fixed log-prob forwards, computes its norm ||W + s B A||: B A, an fp32
+GEMM of 2 out r in FLOPs at the GPU's fp32 rate, then elementwise passes over (out, in) fp32 blocks (the cast of W,
+s B A, their sum, the norm), DORA_NORM_BYTES a weight (W's read and its cast in 16 bits; over NF4 the whole weight
+dequantized first, its codes read and a 16-bit copy written). Per token each DoRA layer also scales L(x) by g and
+backward takes dy g and dy * L(x), DORA_TOKEN_BYTES e bytes per output value, a forward's share 2 of them.
+
 grpo samples its answers before each step (`sample_time`, `models.decode`): one prefill, a forward over the B x T
 prompt tokens (FLOPs as above, the head on each row's last position only, and one pass over the weights), then one
 decode step per new token, up to grpo.max_new_tokens (every row steps until the last one ends, so a step that has one
@@ -50,8 +57,10 @@ from __future__ import annotations
 
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.memory import (
+    MLP_CHUNK,
     E,
     Setup,
+    adapter_ranks,
     nf4_bytes,
     projection_shapes,
     recomputed_layers,
@@ -94,6 +103,11 @@ HBM_PEAK = {
     "V100": 0.9e12,
     "T4": 0.32e12,
 }
+# DoRA's norm, bytes per weight and forward (module docstring): s B A written 4, scaled 4 + 4, added to the fp32 block
+# 4 + 4 + 4, the norm reading the sum 4; beside it the block's cast from a 16-bit W, 2 + 4 (none in fp32), and over
+# NF4 the dequantization, 0.5 (codes) + 2 (the 16-bit copy)
+DORA_NORM_FP32_BYTES = 28
+DORA_TOKEN_BYTES = 8  # g L(x) forward (L read, y written) and its backward (dy g, dy * L(x) and its sum), in e bytes
 DECODE_S_PER_LAYER = 0.00028  # seconds per decoder layer per decode step beyond its bytes (module docstring)
 
 
@@ -129,6 +143,28 @@ def decode_bandwidth(gpu_name: str | None) -> float:
     return HBM_BYTES_S if peak is None else peak * HBM_BYTES_S / HBM_PEAK["H200"]
 
 
+def dora_norm_time(c: LlamaConfig, s: Setup, gpu_name: str | None, names: tuple[str, ...]) -> float:
+    """Seconds of the norms ||W + s B A|| of the DoRA layers among `names` in one forward of one decoder layer (module
+    docstring); 0 without DoRA."""
+    if not s.dora:
+        return 0.0
+    rate = THROUGHPUT * fp32_fraction(gpu_name)  # B A in fp32, on the CUDA cores
+    e = s.dtype_bytes
+    per_weight = DORA_NORM_FP32_BYTES + (e + 4 if e < 4 else 0) + (0.5 + e if s.quantized else 0)
+    shapes, ranks = projection_shapes(c), adapter_ranks(c, s)
+    adapted = [(shapes[n], ranks[n]) for n in names if ranks[n]]
+    return sum(2.0 * o * r * i / rate + per_weight * o * i / HBM_BYTES_S for (i, o), r in adapted)
+
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def dora_layer_time(c: LlamaConfig, s: Setup, gpu_name: str | None) -> float:
+    """dora_norm_time over a whole decoder layer."""
+    return dora_norm_time(c, s, gpu_name, ATTENTION + MLP)
+
+
 def sample_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
     """Predicted seconds grpo's sampler takes before each step (see the module docstring): s.sampled answers of up to
     s.sample_len - s.sample_prompt new tokens after s.sample_prompt-token prompts; 0 when nothing is sampled."""
@@ -148,7 +184,10 @@ def sample_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
     flops = b * (c.num_layers * (matmul + 4.0 * s.sample_len * q) + 2.0 * head)  # one token a row, all S keys read
     reads = weights + sampler_cache_bytes(c, s)
     decode = max(reads / bandwidth, flops / rate) + DECODE_S_PER_LAYER * c.num_layers
-    return prefill + new * decode
+    norms = c.num_layers * dora_layer_time(
+        c, s, gpu_name
+    )  # DoRA: every layer's norm at every forward, decode steps too
+    return prefill + new * decode + (1 + new) * norms
 
 
 def fixed_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
@@ -163,6 +202,7 @@ def fixed_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
     weights = sum(i * o for i, o in projection_shapes(c).values())  # one layer's, passed over once a micro-batch
     gpu = s.sampled * s.seq * per_token / rate
     gpu += batches * c.num_layers * weights * WEIGHT_BYTES * s.dtype_bytes / E / HBM_BYTES_S
+    gpu += batches * c.num_layers * dora_layer_time(c, s, gpu_name)
     cpu = batches * HOST_S_PER_LAYER * c.num_layers / 3
     return s.fixed_forwards * max(gpu, cpu)
 
@@ -186,6 +226,13 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     weights = sum(i * o for i, o in projection_shapes(c).values())  # one layer's frozen parameters
     moved = WEIGHT_BYTES * s.dtype_bytes / E  # bytes a parameter and pass: the copies are in the run's dtype
     gpu += (layers + backed + checkpointed) * weights * moved / HBM_BYTES_S
+    if s.dora:  # the norms of every forward (a recomputed MLP's once per chunk) and g L(x) on every token
+        chunks = -(-n // MLP_CHUNK)
+        gpu += layers * dora_layer_time(c, s, gpu_name)
+        gpu += checkpointed * (dora_norm_time(c, s, gpu_name, ATTENTION) + chunks * dora_norm_time(c, s, gpu_name, MLP))
+        shapes, ranks = projection_shapes(c), adapter_ranks(c, s)
+        out = sum(o for name, (_, o) in shapes.items() if ranks[name])
+        gpu += n * out * s.dtype_bytes * (backed * DORA_TOKEN_BYTES + 2 * checkpointed) / HBM_BYTES_S
     if s.offload and checkpointed:
         layer_s = n * forward / rate
         copy_s = 2 * n * c.hidden_size * s.dtype_bytes / PCIE_BYTES_S
