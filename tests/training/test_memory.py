@@ -179,9 +179,10 @@ def test_saved_activations_of_one_layer():
     assert attention_saved(TINY, LORA, 48) == 2 * 48 * (64 + 76 + 128 + 96 + 64 + 4) + 4 * 48 + 4 * 48 * 4
     # MLP: h 64 + normed 64 + 8 + gate|up 192 + act 96 + down's xA 4, bf16; rstd
     assert mlp_saved(TINY, LORA, 48) == 2 * 48 * (64 + 72 + 192 + 96 + 4) + 4 * 48
-    # without grouping (the CPU) there are no spare columns
+    # without grouping there are no spare columns, but each layer saves its own x A^T (three of 4 columns); q and k
+    # are separate outputs that rope frees, v alone stays (32 columns)
     plain = Setup(method="lora", rank=4, grouped=False)
-    assert attention_saved(TINY, plain, 48) == 2 * 48 * (64 + 64 + 128 + 96 + 64 + 4) + 4 * 48 * 5
+    assert attention_saved(TINY, plain, 48) == 2 * 48 * (64 + 76 + 32 + 96 + 64 + 4) + 4 * 48 * 5
 
 
 def test_peak_without_checkpointing_is_at_the_head():
@@ -235,7 +236,7 @@ def test_layers_method_saves_only_the_trained_top_layers():
     e = estimate(TINY, Setup(method="layers", top_layers=1, micro_batch=2, seq=24, optimizer="adamw_8bit"))
     assert (
         e.saved["activations: kept layers"]
-        == 2 * 48 * (64 + 64 + 128 + 96 + 64) + 4 * 48 * 5 + 2 * 48 * (64 + 64 + 192 + 96) + 4 * 48
+        == 2 * 48 * (64 + 64 + 32 + 96 + 64) + 4 * 48 * 5 + 2 * 48 * (64 + 64 + 192 + 96) + 4 * 48
     )
 
 
@@ -516,3 +517,39 @@ def test_dora_saves_per_token_what_the_model_counts(r):
     per_token = (saved_bytes(80) - saved_bytes(16)) / 64
     s = Setup(method="lora", rank=r, targets=("gate_proj",), dora=True)
     assert per_token == 2 * (r + memory.dora_outputs(TINY, s, ("gate_proj",)))  # gate_proj: 64 -> 96
+
+
+def test_ungrouped_q_k_v_keep_only_v_of_their_outputs():
+    """q/k/v run one by one (full, layers, LoRA on some of them, DoRA) left their three outputs counted as the grouped
+    GEMM's one buffer, which v keeps whole; apart, rope saves only cos and sin, so q and k are freed and v alone
+    stays: N kv e, not N (q + 2kv) e. Checked on the model's own layer (the CPU's ops save no more of them than the
+    GPU kernels): of q_proj's, k_proj's and v_proj's outputs, autograd saves v's only. LoRA on q and v only: no
+    group, their two x A^T (N, 4) saved."""
+    import torch
+
+    from tunelab.models.llama import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    # 4 kv heads: the CPU's attention repeats grouped k/v into copies, the GPU's takes them as they are
+    model = LlamaForCausalLM(LlamaConfig.from_hf(dict(TINY_HF, num_key_value_heads=4))).train()
+    attn = model.model.layers[0].self_attn
+    outputs: dict[str, torch.Tensor] = {}  # held, so that no later tensor reuses their memory (and its address)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        getattr(attn, name).register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
+    saved: set[int] = set()
+
+    def pack(t):
+        saved.add(t.untyped_storage().data_ptr())
+        return t
+
+    ids = torch.randint(0, 200, (2, 24))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(ids, labels=ids).loss_sum
+    assert {name for name, out in outputs.items() if out.untyped_storage().data_ptr() in saved} == {"v_proj"}
+    del loss
+    full = Setup(method="full", micro_batch=2, seq=24)
+    assert attention_saved(TINY, full, 48) == 2 * 48 * (64 + 64 + 32 + 96 + 64) + 4 * 48 * 5
+    some = Setup(method="lora", rank=4, targets=("q_proj", "v_proj"), micro_batch=2, seq=24)
+    assert attention_saved(TINY, some, 48) == 2 * 48 * (64 + 64 + 8 + 32 + 96 + 64) + 4 * 48 * 5
+    grouped = attention_saved(TINY, LORA, 48)  # all three adapted: one buffer, kept whole
+    assert grouped == 2 * 48 * (64 + 76 + 128 + 96 + 64 + 4) + 4 * 48 * 5

@@ -35,12 +35,13 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
   attention half: x (rms_norm's input) N d e + rstd 4N + the norm's output with its spare columns N (d + R_qkv) e
       (saved by the grouped GEMM) + the group's output N (q + 2kv) e (v is a view of it, so all of it stays) + rope's
       q, k N (q + kv) e + attention's output N q e + its logsumexp 4 N heads + o_proj's x A^T N r e
+      (q/k/v one by one, not grouped: the norm's output N d e and each adapted layer's x A^T, N r e, the same sum;
+      of their outputs only v, N kv e, as rope saves only cos and sin; all three under Qwen3's q/k norms)
   MLP half: h N d e + rstd 4N + normed N (d + R_gu) e + gate|up N 2m e (SwiGLU saves both, views of one buffer)
-      + SwiGLU's output N m e + down_proj's x A^T N r e
+      + SwiGLU's output N m e + down_proj's x A^T N r e (R_gu counted as gate's and up's x A^T when not grouped)
   A checkpointed layer keeps only x (N d e), on the host when offloaded; a layer below every trained one nothing.
-  DoRA: its layers run one by one (no spare columns, no stacked matrix; each saves its own x A^T, N r e) and each
-  saves L(x), N out e, for m's gradient; q and k are then separate outputs that rope frees (it saves only cos and
-  sin), v alone stays (N kv e instead of the group's N (q + 2kv) e).
+  DoRA: its layers run one by one (no spare columns, no stacked matrix) and each saves L(x), N out e, for m's
+  gradient.
 
 Transients (the largest wins, on top of what is saved at that moment):
 - the optimizer step of full fine-tuning and layers in bf16 (`training.compensated`), when no activation is left: the
@@ -369,11 +370,12 @@ def scratch_bytes(c: LlamaConfig, s: Setup) -> dict[str, int]:
 def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     """Bytes the attention half of one kept layer saves for backward, for n tokens."""
     q, kv, d, e = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, s.dtype_bytes
-    r_qkv, _ = _groups(c, s)
+    grouped, _ = _groups(c, s)
     r = adapter_ranks(c, s)
-    outputs = q + 2 * kv  # the group's one buffer, kept whole by v, a view of it
-    if s.dora:  # one by one: each layer's x A^T (N, r) and L(x) (N, out); q and k freed by rope, v kept
-        r_qkv, outputs = r["q_proj"] + r["k_proj"] + r["v_proj"], kv + dora_outputs(c, s, QKV)
+    r_qkv = r["q_proj"] + r["k_proj"] + r["v_proj"]  # x A^T: in the norm's spare columns, or one (N, r) per layer
+    # Grouped, one buffer that v (a view of it) keeps whole; one by one, q and k are freed by rope (which saves only
+    # cos and sin) unless Qwen3's q/k norms save them; v stays. DoRA: each layer's L(x) (N, out) besides.
+    outputs = (q + 2 * kv if grouped or c.qk_norm else kv) + dora_outputs(c, s, QKV)
     o_proj = r["o_proj"] + dora_outputs(c, s, ("o_proj",))
     return e * n * (d + (d + r_qkv) + outputs + (q + kv) + q + o_proj) + 4 * n + 4 * n * c.num_heads
 
@@ -381,10 +383,8 @@ def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
 def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     """Bytes the MLP half of one kept layer saves for backward, for n tokens."""
     d, m, e = c.hidden_size, c.intermediate_size, s.dtype_bytes
-    _, r_gu = _groups(c, s)
     r = adapter_ranks(c, s)
-    if s.dora:  # gate and up one by one: x A^T (N, r) each; L(x) of every DoRA layer
-        r_gu = r["gate_proj"] + r["up_proj"]
+    r_gu = r["gate_proj"] + r["up_proj"]  # x A^T: in the norm's spare columns, or one (N, r) per layer
     down = r["down_proj"] + dora_outputs(c, s, ("gate_proj", "up_proj", "down_proj"))
     return e * n * (d + (d + r_gu) + 2 * m + m + down) + 4 * n
 
