@@ -553,3 +553,58 @@ def test_ungrouped_q_k_v_keep_only_v_of_their_outputs():
     assert attention_saved(TINY, some, 48) == 2 * 48 * (64 + 64 + 8 + 32 + 96 + 64) + 4 * 48 * 5
     grouped = attention_saved(TINY, LORA, 48)  # all three adapted: one buffer, kept whole
     assert grouped == 2 * 48 * (64 + 76 + 128 + 96 + 64 + 4) + 4 * 48 * 5
+
+
+def test_lora_dropout_saves_a_keep_mask_per_layer_and_runs_ungrouped():
+    """method.dropout > 0 was planned as no dropout: grouped q/k/v and gate/up, no masks, the recomputed MLP in
+    chunks. With it each adapted layer saves its bool keep-mask (N, in), 1 byte an element (q, k, v, gate, up 64,
+    o 64, down 96 columns), the groups run one by one (v alone of q/k/v's outputs), and a checkpointed layer's MLP is
+    recomputed over all its tokens at once, its dropout masks drawn over the whole tensor."""
+    drop = dataclasses.replace(LORA, dropout=True)
+    assert "scratch: stacked group weight" not in scratch_bytes(TINY, drop)
+    masks = 48 * (3 * 64 + 64)
+    assert attention_saved(TINY, drop, 48) == 2 * 48 * (64 + 76 + 32 + 96 + 64 + 4) + 4 * 48 * 5 + masks
+    assert mlp_saved(TINY, drop, 48) == 2 * 48 * (64 + 72 + 192 + 96 + 4) + 4 * 48 + 48 * (64 + 64 + 96)
+    long = Setup(method="lora", rank=4, micro_batch=1, seq=8192, checkpointed=3)
+    for s, chunk in ((long, 4096), (dataclasses.replace(long, dropout=True), 8192)):
+        e = estimate(TINY, s)
+        expected = attention_saved(TINY, s, 8192) + mlp_saved(TINY, s, chunk) + 2 * chunk * 96 + 3 * 2 * 8192 * 64
+        assert e.transient["recomputation: one layer and its gradients"] == expected
+    from tunelab.config import RunConfig
+    from tunelab.training.plan import config_setup
+
+    cfg = RunConfig()
+    on = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, dropout=0.05))
+    assert (config_setup(on, 64).dropout, config_setup(cfg, 64).dropout) == (True, False)
+
+
+def test_lora_dropout_saves_per_token_what_the_model_counts():
+    """One LoRA layer over NF4 (the fused node, as on CUDA) with dropout on saves per token, beside x, its x A^T
+    (r values of 2 bytes) and a bool keep-mask of its input's width (`dropout_masks`), counted through autograd's
+    saved-tensor hooks as in the DoRA test above."""
+    import torch
+
+    from tunelab.peft.lora_linear import LoRALinear
+    from tunelab.quant.linear import NF4Linear
+
+    torch.manual_seed(0)
+    base = NF4Linear.from_linear(torch.nn.Linear(96, 64, bias=False).to(torch.bfloat16))  # down_proj's shape
+    layer = LoRALinear(base, r=4, alpha=8.0, dropout=0.1).train()
+
+    def saved_bytes(tokens: int) -> int:
+        x = torch.randn(tokens, 96, dtype=torch.bfloat16, requires_grad=True)
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = layer(x)
+        del y
+        return sum(seen.values())
+
+    per_token = (saved_bytes(80) - saved_bytes(16)) / 64
+    s = Setup(method="lora", rank=4, targets=("down_proj",), dropout=True)
+    assert per_token == 2 * 4 + memory.dropout_masks(TINY, s, ("down_proj",)) == 2 * 4 + 96

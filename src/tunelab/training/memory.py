@@ -41,7 +41,8 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
       + SwiGLU's output N m e + down_proj's x A^T N r e (R_gu counted as gate's and up's x A^T when not grouped)
   A checkpointed layer keeps only x (N d e), on the host when offloaded; a layer below every trained one nothing.
   DoRA: its layers run one by one (no spare columns, no stacked matrix) and each saves L(x), N out e, for m's
-  gradient.
+  gradient. LoRA dropout (`Setup.dropout`): the layers run one by one, each adapted one saving its bool keep-mask,
+  N in bytes, and a checkpointed layer's MLP is recomputed over all N tokens at once (chunks would draw other masks).
 
 Transients (the largest wins, on top of what is saved at that moment):
 - the optimizer step of full fine-tuning and layers in bf16 (`training.compensated`), when no activation is left: the
@@ -94,6 +95,7 @@ MIN_8BIT = 4096  # adamw_8bit keeps smaller tensors' moments in fp32 (`training.
 ADAMW8_BLOCK = 256
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QKV = ("q_proj", "k_proj", "v_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
 DORA_ROWS = 2048  # rows of W per block of DoRA's weight norm (`peft.dora._ROWS`)
 GIB = 1024**3
 
@@ -125,6 +127,7 @@ class Setup:
     reference_copy: bool = False  # grpo with a reference of its own: the trained tensors' starting values, kept
     lm_head: bool = True  # False for classify and reward: the body alone, its small head on each row's last token
     dora: bool = False  # method lora with DoRA (`peft.dora`): a magnitude per output row, no grouped projections
+    dropout: bool = False  # LoRA dropout on (method.dropout > 0): a keep-mask per adapted layer, no grouping
 
     @property
     def tokens(self) -> int:
@@ -212,7 +215,7 @@ def adapter_ranks(c: LlamaConfig, s: Setup) -> dict[str, int]:
 
 def _groups(c: LlamaConfig, s: Setup) -> tuple[int, int]:
     """Spare columns R_qkv, R_gu: the sum of a group's ranks when it runs as one GEMM (every member adapted)."""
-    if not s.grouped or s.method != "lora" or s.dora:  # a DoRA layer runs one by one (`peft.group`)
+    if not s.grouped or s.method != "lora" or s.dora or s.dropout:  # these run one by one (`peft.group`)
         return 0, 0
     r = adapter_ranks(c, s)
     qkv = sum(r[n] for n in ("q_proj", "k_proj", "v_proj")) if all(r[n] for n in ("q_proj", "k_proj", "v_proj")) else 0
@@ -227,6 +230,15 @@ def dora_outputs(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
         return 0
     shapes, r = projection_shapes(c), adapter_ranks(c, s)
     return sum(shapes[n][1] for n in names if r[n])
+
+
+def dropout_masks(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
+    """Bytes per token of the bool keep-masks (N, in) that the adapted layers among `names` save with LoRA dropout on
+    (`kernels.lora`: one mask per layer, 1 byte an element); 0 without dropout."""
+    if not s.dropout:
+        return 0
+    shapes, r = projection_shapes(c), adapter_ranks(c, s)
+    return sum(shapes[n][0] for n in names if r[n])
 
 
 def dora_norm_bytes(c: LlamaConfig, s: Setup) -> int:
@@ -377,7 +389,8 @@ def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     # cos and sin) unless Qwen3's q/k norms save them; v stays. DoRA: each layer's L(x) (N, out) besides.
     outputs = (q + 2 * kv if grouped or c.qk_norm else kv) + dora_outputs(c, s, QKV)
     o_proj = r["o_proj"] + dora_outputs(c, s, ("o_proj",))
-    return e * n * (d + (d + r_qkv) + outputs + (q + kv) + q + o_proj) + 4 * n + 4 * n * c.num_heads
+    masks = n * dropout_masks(c, s, (*QKV, "o_proj"))
+    return e * n * (d + (d + r_qkv) + outputs + (q + kv) + q + o_proj) + 4 * n + 4 * n * c.num_heads + masks
 
 
 def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
@@ -386,7 +399,7 @@ def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     r = adapter_ranks(c, s)
     r_gu = r["gate_proj"] + r["up_proj"]  # x A^T: in the norm's spare columns, or one (N, r) per layer
     down = r["down_proj"] + dora_outputs(c, s, ("gate_proj", "up_proj", "down_proj"))
-    return e * n * (d + (d + r_gu) + 2 * m + m + down) + 4 * n
+    return e * n * (d + (d + r_gu) + 2 * m + m + down) + 4 * n + n * dropout_masks(c, s, MLP)
 
 
 def layer_saved(c: LlamaConfig, s: Setup, n: int) -> int:
@@ -447,7 +460,8 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         kept_bwd += (
             2 * e * n * max((o for p, (_, o) in projection_shapes(c).items() if adapter_ranks(c, s)[p]), default=0)
         )
-    mlp_chunk = min(n, MLP_CHUNK)
+    # in chunks of MLP_CHUNK tokens, but all at once where dropout draws in the MLP (`LlamaDecoderLayer.backward_mlp`)
+    mlp_chunk = n if dropout_masks(c, s, MLP) else min(n, MLP_CHUNK)
     recompute = attention_saved(c, s, n) + mlp_saved(c, s, mlp_chunk) + e * mlp_chunk * c.intermediate_size
     recompute += 3 * e * n * d + dora_norm_bytes(c, s)  # a DoRA layer's norm again, in its recomputed forward
     norm = dora_norm_bytes(c, s)

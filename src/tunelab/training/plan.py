@@ -331,6 +331,7 @@ def config_setup(
         reference_copy=bool(sampled) and g.beta > 0 and (not m.is_adapter or bool(cfg.model.adapter)),
         lm_head=cfg.task not in ("classify", "reward"),  # a head task's body has no LM head (`tasks.head`)
         dora=m.dora,
+        dropout=m.is_adapter and m.dropout > 0,
     )
 
 

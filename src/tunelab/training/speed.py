@@ -227,7 +227,7 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     moved = WEIGHT_BYTES * s.dtype_bytes / E  # bytes a parameter and pass: the copies are in the run's dtype
     gpu += (layers + backed + checkpointed) * weights * moved / HBM_BYTES_S
     if s.dora:  # the norms of every forward (a recomputed MLP's once per chunk) and g L(x) on every token
-        chunks = -(-n // MLP_CHUNK)
+        chunks = 1 if s.dropout else -(-n // MLP_CHUNK)  # dropout: the MLP recomputed whole (`memory.mlp_saved`)
         gpu += layers * dora_layer_time(c, s, gpu_name)
         gpu += checkpointed * (dora_norm_time(c, s, gpu_name, ATTENTION) + chunks * dora_norm_time(c, s, gpu_name, MLP))
         shapes, ranks = projection_shapes(c), adapter_ranks(c, s)
