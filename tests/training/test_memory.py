@@ -350,7 +350,7 @@ def test_grpo_counts_the_starting_copy_its_reference_keeps():
     full, 2 x 118,208 bytes; a new adapter's reference is the base with the adapter off, no copy, but a continued one's
     is its starting adapter."""
     from tunelab.config import ModelConfig, RunConfig
-    from tunelab.training.plan import config_setup
+    from tunelab.training.plan_setup import config_setup
 
     cfg = RunConfig(task="grpo")
     full = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name="full"))
@@ -398,7 +398,7 @@ def test_a_head_task_is_planned_without_the_lm_head_it_drops():
     25,728 bytes, not 51,328, and 12,800 trained values fewer (2 bytes of gradient, 10 of optimizer state each)."""
     from tunelab.config import RunConfig
     from tunelab.training.memory import root_weight_bytes
-    from tunelab.training.plan import config_setup
+    from tunelab.training.plan_setup import config_setup
 
     lm = Setup(method="full", micro_batch=2, seq=24)
     head = dataclasses.replace(lm, lm_head=False)
@@ -476,7 +476,7 @@ def test_dora_s_rows_per_norm_block_are_the_layer_s():
 
 def test_a_dora_config_is_planned_as_dora():
     from tunelab.config import RunConfig
-    from tunelab.training.plan import config_setup
+    from tunelab.training.plan_setup import config_setup
 
     cfg = RunConfig()
     for method, use_dora, expected in (("dora", False, True), ("lora", True, True), ("lora", False, False)):
@@ -571,7 +571,7 @@ def test_lora_dropout_saves_a_keep_mask_per_layer_and_runs_ungrouped():
         expected = attention_saved(TINY, s, 8192) + mlp_saved(TINY, s, chunk) + 2 * chunk * 96 + 3 * 2 * 8192 * 64
         assert e.transient["recomputation: one layer and its gradients"] == expected
     from tunelab.config import RunConfig
-    from tunelab.training.plan import config_setup
+    from tunelab.training.plan_setup import config_setup
 
     cfg = RunConfig()
     on = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, dropout=0.05))

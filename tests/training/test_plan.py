@@ -253,7 +253,7 @@ def test_the_planner_counts_graphs_only_where_train_replays_them():
     graphs, which train turns off there: its tokens/s were those of a graphed run, and it favoured small
     micro-batches for a host time the run then paid."""
     from tunelab.config import RunConfig
-    from tunelab.training.plan import config_setup
+    from tunelab.training.plan_setup import config_setup
 
     cfg = RunConfig()
     cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, dropout=0.0))
@@ -429,7 +429,7 @@ def test_grpo_counts_the_samplers_kv_cache_by_hand():
     bf16, 4 prompts x 8 answers of a 200-token prompt + 256 new tokens: 2 x 32 layers x 32 answers x 32 heads x 456
     x 128 x 2 bytes = 7,650,410,496 bytes, alive while no activation is; the peak when it is the largest phase."""
     from tunelab.config import RunConfig
-    from tunelab.training.plan import config_setup
+    from tunelab.training.plan_setup import config_setup
 
     cfg = RunConfig(task="grpo")
     cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, prompts_per_step=4, num_generations=8))
@@ -531,7 +531,7 @@ def test_method_dora_is_planned_as_an_adapter_not_as_full_fine_tuning():
     planned as the adapter it is, as lora with use_dora is."""
     from tunelab.config import RunConfig
     from tunelab.training.memory import training_state_bytes
-    from tunelab.training.plan import config_setup
+    from tunelab.training.plan_setup import config_setup
 
     cfg = RunConfig()
     dora = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name="dora"))

@@ -238,7 +238,7 @@ def test_a_dpo_pair_is_planned_as_its_two_rows(tiny_overrides, tmp_path, capsys)
 
     from tunelab.api import plan
     from tunelab.config import RunConfig
-    from tunelab.training.plan import config_setup
+    from tunelab.training.plan_setup import config_setup
 
     def pairs(rejected: str) -> str:
         path = tmp_path / f"pairs-{len(rejected)}.jsonl"

@@ -70,7 +70,7 @@ def test_grpo_counts_a_forward_per_fixed_log_prob():
     """A reference forward when grpo.beta > 0 (the default 0.04), and one more for the old policy's log-probs when
     LoRA dropout makes the training forward differ from the sampling one; sft runs none."""
     from tunelab.config import RunConfig
-    from tunelab.training.plan import config_setup
+    from tunelab.training.plan_setup import config_setup
 
     cfg = RunConfig(task="grpo")
     assert config_setup(cfg, 100, prompt=20).fixed_forwards == 1

@@ -1,0 +1,54 @@
+"""The memory and speed models' `Setup` for a run config: what of the config the planner's estimates depend on
+(`training.plan` plans over it)."""
+
+from __future__ import annotations
+
+import torch
+
+from tunelab.config import RunConfig
+from tunelab.training.graphs import unsupported_reason
+from tunelab.training.memory import PROJECTIONS, Setup
+
+
+def config_setup(
+    cfg: RunConfig, seq: int, shards: int = 1, world: int = 1, dtype: torch.dtype = torch.bfloat16, prompt: int = 0
+) -> Setup:
+    """The memory model's Setup for a run of `cfg` whose model trains in `dtype` (`BuiltModel.dtype`), over `world`
+    processes (`shards` of them under fsdp2); `prompt`: grpo's longest prompt, whose answers the sampler caches."""
+    m = cfg.method
+    g = cfg.grpo
+    sampled = -(-g.prompts_per_step * g.num_generations // world) if cfg.task == "grpo" else 0  # each rank's share
+    targets = (
+        PROJECTIONS if "all-linear" in m.target_modules else tuple(t for t in m.target_modules if t in PROJECTIONS)
+    )
+    return Setup(
+        method="lora" if m.is_adapter else m.name,  # dora is an adapter too: its frozen base trains no weight
+        quantized=m.quantize_base == "nf4",
+        rank=m.r,
+        targets=targets,
+        top_layers=m.top_layers,
+        optimizer=cfg.train.optimizer,
+        seq=seq,
+        rows=2 if cfg.task == "dpo" else 1,  # a pair is its chosen and its rejected row, in one forward
+        graphs=graphs_possible(cfg, world),
+        shards=shards,
+        dtype={torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, "bf16"),
+        sampled=sampled,
+        sample_len=prompt + g.max_new_tokens if sampled else 0,
+        sample_prompt=prompt if sampled else 0,
+        # grpo: a forward for the reference's log-probs (beta > 0), one for the old policy's (LoRA dropout draws)
+        fixed_forwards=int(g.beta > 0) + int(m.is_adapter and m.dropout > 0) if sampled else 0,
+        # grpo's reference where it is not the base with the adapter off: the trained tensors as they start, a copy
+        reference_copy=bool(sampled) and g.beta > 0 and (not m.is_adapter or bool(cfg.model.adapter)),
+        lm_head=cfg.task not in ("classify", "reward"),  # a head task's body has no LM head (`tasks.head`)
+        dora=m.dora,
+        dropout=m.is_adapter and m.dropout > 0,
+    )
+
+
+def graphs_possible(cfg: RunConfig, world: int = 1) -> bool:
+    """Whether a run of this config on the fast path of a CUDA device, in `world` processes, would replay from CUDA
+    graphs where it does not offload: `training.graphs.unsupported_reason`, the rule the run itself follows."""
+    if cfg.train.cuda_graphs is False:
+        return False
+    return unsupported_reason(cfg, "fast", torch.device("cuda"), cfg.task, world) is None
