@@ -117,7 +117,14 @@ def test_dora_pays_for_its_norm_at_every_forward_and_for_g_l_x_on_every_token(no
     # both layers checkpointed: their norms again in the recomputation (one MLP chunk), and g L(x) forward again
     ckpt = [dataclasses.replace(s, checkpointed=2) for s in (lora, dora)]
     more = speed.step_time(TINY, ckpt[1], 1, h200) - speed.step_time(TINY, ckpt[0], 1, h200)
-    assert more == pytest.approx(4 * norm + tokens + 32 * 512 * 2 * 2 * 2 / 4e12, rel=1e-9)
+    # and the down projection's GEMM, 2 x 128 x 64 FLOPs a token, which a recomputed DoRA layer does not skip
+    down = 2 * 32 * 2 * 128 * 64 / speed.THROUGHPUT
+    assert more == pytest.approx(4 * norm + tokens + 32 * 512 * 2 * 2 * 2 / 4e12 + down, rel=1e-9)
+    offload = [dataclasses.replace(s, offload=True) for s in ckpt]  # o_proj's GEMM too, 2 x 64 x 64
+    more = speed.step_time(TINY, offload[1], 1, h200) - speed.step_time(TINY, offload[0], 1, h200)
+    assert more == pytest.approx(
+        4 * norm + tokens + 32 * 512 * 2 * 2 * 2 / 4e12 + down + 2 * 32 * 2 * 64 * 64 / speed.THROUGHPUT, rel=1e-6
+    )
     nf4 = [dataclasses.replace(s, quantized=True) for s in (lora, dora)]
     more = speed.step_time(TINY, nf4[1], 1, h200) - speed.step_time(TINY, nf4[0], 1, h200)
     assert more == pytest.approx(2 * (294_912 / rate32 + 36.5 * 36_864 / 4e12) + tokens, rel=1e-9)

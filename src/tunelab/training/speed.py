@@ -6,7 +6,8 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   attention: QK^T and PV over T/2 keys on average). Backward is one forward more for frozen weights (input gradients
   only; LoRA's products are small) and two for trained ones, attention's backward twice its forward. The head is
   2 V d forward and again backward (and its weight gradient when trained); classify and reward have none. A checkpointed layer's recomputation is
-  one more forward without the down projection (and without o_proj where offload parks the midpoint). With
+  one more forward without the down projection (and without o_proj where offload parks the midpoint), except where
+  that projection is a DoRA layer, which computes its output anyway. With
   method=layers backward stops at the lowest trained layer: the frozen ones below run forward only, and checkpointing
   one of them recomputes nothing (`memory.recomputed_layers`).
 - Weights: every pass over a layer (forward, recomputation, backward) reads its frozen weights and writes them into
@@ -218,7 +219,11 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     forward = matmul + attention
     backward = (2 if trained else 1) * matmul + 2 * attention
     checkpointed = recomputed_layers(c, s)
-    recompute = forward - down - (o_proj if s.offload else 0.0)
+    # A recomputation skips the GEMM of the down projection (and of o_proj when offloaded), whose output backward
+    # never reads; a DoRA layer computes its output all the same (`DoRALinear.forward` ignores output=False).
+    dora = adapter_ranks(c, s) if s.dora else {}
+    recompute = forward - (0.0 if dora.get("down_proj") else down)
+    recompute -= o_proj if s.offload and not dora.get("o_proj") else 0.0
     head = 2.0 * c.vocab_size * c.hidden_size * (3 if s.method == "full" else 2) if s.lm_head else 0.0
     per_token = layers * forward + backed * backward + checkpointed * recompute + head
     n = s.tokens
