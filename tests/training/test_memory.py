@@ -175,19 +175,20 @@ def test_scratch_buffers():
 
 def test_saved_activations_of_one_layer():
     # attention: x 64 + normed with spare 64 + 12 + qkv 128 + rope q, k 96 + attention out 64 + o's xA 4, bf16;
-    # rstd 4 bytes a token; logsumexp 4 bytes a token and head
-    assert attention_saved(TINY, LORA, 48) == 2 * 48 * (64 + 76 + 128 + 96 + 64 + 4) + 4 * 48 + 4 * 48 * 4
-    # MLP: h 64 + normed 64 + 8 + gate|up 192 + act 96 + down's xA 4, bf16; rstd
-    assert mlp_saved(TINY, LORA, 48) == 2 * 48 * (64 + 72 + 192 + 96 + 4) + 4 * 48
+    # rstd 4 bytes a token; logsumexp 4 bytes a token and head; o's A and B in bf16, 2 x 4 x (64 + 64)
+    assert attention_saved(TINY, LORA, 48) == 2 * 48 * (64 + 76 + 128 + 96 + 64 + 4) + 4 * 48 + 4 * 48 * 4 + 1024
+    # MLP: h 64 + normed 64 + 8 + gate|up 192 + act 96 + down's xA 4, bf16; rstd; down's A and B, 2 x 4 x (96 + 64)
+    assert mlp_saved(TINY, LORA, 48) == 2 * 48 * (64 + 72 + 192 + 96 + 4) + 4 * 48 + 1280
     # without grouping there are no spare columns, but each layer saves its own x A^T (three of 4 columns); q and k
-    # are separate outputs that rope frees, v alone stays (32 columns)
+    # are separate outputs that rope frees, v alone stays (32 columns); each keeps its A and B in bf16 (q, o
+    # 2 x 4 x 128 bytes, k, v 2 x 4 x 96)
     plain = Setup(method="lora", rank=4, grouped=False)
-    assert attention_saved(TINY, plain, 48) == 2 * 48 * (64 + 76 + 32 + 96 + 64 + 4) + 4 * 48 * 5
+    assert attention_saved(TINY, plain, 48) == 2 * 48 * (64 + 76 + 32 + 96 + 64 + 4) + 4 * 48 * 5 + 3584
 
 
 def test_peak_without_checkpointing_is_at_the_head():
     e = estimate(TINY, LORA)
-    layer = 42432 + 41280
+    layer = 43456 + 42560
     assert e.saved == {"activations: kept layers": 3 * layer, "activations: checkpointed inputs": 0}
     # final norm input, its output, grad_hidden (N, d) bf16 + rstd + two logits chunks (N, V) + fp32 losses
     assert e.transient == {
@@ -216,7 +217,7 @@ def test_peak_with_every_layer_checkpointed_is_the_recomputation():
     assert e.peak_phase == "recomputation"
     inputs = 3 * 2 * 48 * 64
     # one layer's attention half and MLP (one chunk: all 48 tokens), d act, three (N, d) gradients
-    recompute = 42432 + 41280 + 2 * 48 * 96 + 3 * 2 * 48 * 64
+    recompute = 43456 + 42560 + 2 * 48 * 96 + 3 * 2 * 48 * 64
     assert e.saved == {"activations: checkpointed inputs": inputs}
     assert e.peak == e.static_bytes + inputs + recompute
     off = estimate(TINY, Setup(method="lora", rank=4, micro_batch=2, seq=24, checkpointed=3, offload=True))
@@ -228,7 +229,7 @@ def test_selective_checkpointing_sits_between():
     peaks = [estimate(TINY, Setup(method="lora", rank=4, micro_batch=2, seq=24, checkpointed=k)).peak for k in range(4)]
     assert peaks[0] > peaks[1] > peaks[2] > peaks[3]
     # one layer fewer kept, one input kept instead
-    assert peaks[0] - peaks[1] == 42432 + 41280 - 2 * 48 * 64
+    assert peaks[0] - peaks[1] == 43456 + 42560 - 2 * 48 * 64
 
 
 def test_layers_method_saves_only_the_trained_top_layers():
@@ -244,7 +245,7 @@ def test_calibration_scales_the_dynamic_parts_only():
     e = estimate(TINY, LORA)
     measured = e.static_bytes + int(1.1 * e.dynamic_bytes)
     cal = calibrate(e, measured)
-    assert cal.activation_scale == pytest.approx(1.1, rel=1e-6)
+    assert cal.activation_scale == pytest.approx(1.1, rel=1e-5)  # int() rounds the measured bytes
     again = estimate(TINY, LORA, cal.activation_scale)
     assert again.peak == pytest.approx(measured, abs=2)
     assert calibrate(e, e.static_bytes + 10 * e.dynamic_bytes).activation_scale == 3.0  # clamped, and noted
@@ -437,13 +438,14 @@ def test_dora_layers_run_one_by_one_and_save_their_unscaled_outputs():
     q = scratch_bytes(TINY, dataclasses.replace(DORA, quantized=True))
     assert q["scratch: nf4 dequantization"] == 2 * 6144  # gate, up, down 64 x 96: the largest, grouped or not
     # attention: x 64 + normed 64 + three x A^T 12 + v 32 + L of q, k, v 128 + rope's q, k 96 + attention out 64
-    # + o's x A^T 4 and L 64, bf16; rstd, logsumexp
-    assert attention_saved(TINY, DORA, 48) == 2 * 48 * (64 + 76 + 160 + 96 + 64 + 68) + 4 * 48 + 4 * 48 * 4
+    # + o's x A^T 4 and L 64, bf16; rstd, logsumexp; every layer's A and B in bf16 (3584 bytes; 3840 in the MLP)
+    assert attention_saved(TINY, DORA, 48) == 2 * 48 * (64 + 76 + 160 + 96 + 64 + 68) + 4 * 48 + 4 * 48 * 4 + 3584
     # MLP: h 64 + normed 64 + two x A^T 8 + gate, up 192 + act 96 + down's x A^T 4 + L of gate, up, down 256
-    assert mlp_saved(TINY, DORA, 48) == 2 * 48 * (64 + 72 + 192 + 96 + 260) + 4 * 48
-    # against grouped LoRA (42432 + 41280 a layer): kv + d and 2m + d columns more
-    assert attention_saved(TINY, DORA, 48) - 42432 == 2 * 48 * (32 + 64)
-    assert mlp_saved(TINY, DORA, 48) - 41280 == 2 * 48 * (192 + 64)
+    assert mlp_saved(TINY, DORA, 48) == 2 * 48 * (64 + 72 + 192 + 96 + 260) + 4 * 48 + 3840
+    # against grouped LoRA (43456 + 42560 a layer): kv + d and 2m + d columns more, and every layer's A and B in
+    # bf16 (q, o 2 x 4 x 128 bytes, k, v 2 x 4 x 96, gate, up, down 2 x 4 x 160), not o's and down's alone
+    assert attention_saved(TINY, DORA, 48) - 43456 == 2 * 48 * (32 + 64) + 3584 - 1024
+    assert mlp_saved(TINY, DORA, 48) - 42560 == 2 * 48 * (192 + 64) + 3840 - 1280
 
 
 def test_dora_s_weight_norm_and_backward_transients():
@@ -465,7 +467,7 @@ def test_dora_s_weight_norm_and_backward_transients():
     plain = estimate(TINY, dataclasses.replace(DORA, checkpointed=3, dora=False))
     recompute = "recomputation: one layer and its gradients"
     assert ckpt.peak_phase == "recomputation"
-    assert ckpt.transient[recompute] - plain.transient[recompute] == 73728 + 2 * 48 * (96 + 256)
+    assert ckpt.transient[recompute] - plain.transient[recompute] == 73728 + 2 * 48 * (96 + 256) + 2560 + 2560
 
 
 def test_dora_s_rows_per_norm_block_are_the_layer_s():
@@ -499,22 +501,7 @@ def test_dora_saves_per_token_what_the_model_counts(r):
     base = NF4Linear.from_linear(torch.nn.Linear(64, 96, bias=False).to(torch.bfloat16))
     layer = DoRALinear(base, r=r, alpha=2.0 * r).train()
 
-    def saved_bytes(tokens: int) -> int:
-        x = torch.randn(tokens, 64, dtype=torch.bfloat16, requires_grad=True)
-        seen: dict[int, int] = {}
-
-        def pack(t):
-            storage = t.untyped_storage()
-            if storage.data_ptr() != x.untyped_storage().data_ptr():
-                seen[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y = layer(x)
-        del y
-        return sum(seen.values())
-
-    per_token = (saved_bytes(80) - saved_bytes(16)) / 64
+    per_token = (_saved_bytes(layer, 80) - _saved_bytes(layer, 16)) / 64
     s = Setup(method="lora", rank=r, targets=("gate_proj",), dora=True)
     assert per_token == 2 * (r + memory.dora_outputs(TINY, s, ("gate_proj",)))  # gate_proj: 64 -> 96
 
@@ -550,9 +537,10 @@ def test_ungrouped_q_k_v_keep_only_v_of_their_outputs():
     full = Setup(method="full", micro_batch=2, seq=24)
     assert attention_saved(TINY, full, 48) == 2 * 48 * (64 + 64 + 32 + 96 + 64) + 4 * 48 * 5
     some = Setup(method="lora", rank=4, targets=("q_proj", "v_proj"), micro_batch=2, seq=24)
-    assert attention_saved(TINY, some, 48) == 2 * 48 * (64 + 64 + 8 + 32 + 96 + 64) + 4 * 48 * 5
+    # and their A and B in bf16, 2 x 4 x (64 + 64) and 2 x 4 x (64 + 32)
+    assert attention_saved(TINY, some, 48) == 2 * 48 * (64 + 64 + 8 + 32 + 96 + 64) + 4 * 48 * 5 + 1792
     grouped = attention_saved(TINY, LORA, 48)  # all three adapted: one buffer, kept whole
-    assert grouped == 2 * 48 * (64 + 76 + 128 + 96 + 64 + 4) + 4 * 48 * 5
+    assert grouped == 2 * 48 * (64 + 76 + 128 + 96 + 64 + 4) + 4 * 48 * 5 + 1024
 
 
 def test_lora_dropout_saves_a_keep_mask_per_layer_and_runs_ungrouped():
@@ -563,8 +551,9 @@ def test_lora_dropout_saves_a_keep_mask_per_layer_and_runs_ungrouped():
     drop = dataclasses.replace(LORA, dropout=True)
     assert "scratch: stacked group weight" not in scratch_bytes(TINY, drop)
     masks = 48 * (3 * 64 + 64)
-    assert attention_saved(TINY, drop, 48) == 2 * 48 * (64 + 76 + 32 + 96 + 64 + 4) + 4 * 48 * 5 + masks
-    assert mlp_saved(TINY, drop, 48) == 2 * 48 * (64 + 72 + 192 + 96 + 4) + 4 * 48 + 48 * (64 + 64 + 96)
+    casts = 3584  # every layer's A and B in bf16, all ungrouped
+    assert attention_saved(TINY, drop, 48) == 2 * 48 * (64 + 76 + 32 + 96 + 64 + 4) + 4 * 48 * 5 + masks + casts
+    assert mlp_saved(TINY, drop, 48) == 2 * 48 * (64 + 72 + 192 + 96 + 4) + 4 * 48 + 48 * (64 + 64 + 96) + 3840
     long = Setup(method="lora", rank=4, micro_batch=1, seq=8192, checkpointed=3)
     for s, chunk in ((long, 4096), (dataclasses.replace(long, dropout=True), 8192)):
         e = estimate(TINY, s)
@@ -591,20 +580,44 @@ def test_lora_dropout_saves_per_token_what_the_model_counts():
     base = NF4Linear.from_linear(torch.nn.Linear(96, 64, bias=False).to(torch.bfloat16))  # down_proj's shape
     layer = LoRALinear(base, r=4, alpha=8.0, dropout=0.1).train()
 
-    def saved_bytes(tokens: int) -> int:
-        x = torch.randn(tokens, 96, dtype=torch.bfloat16, requires_grad=True)
-        seen: dict[int, int] = {}
-
-        def pack(t):
-            if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y = layer(x)
-        del y
-        return sum(seen.values())
-
-    per_token = (saved_bytes(80) - saved_bytes(16)) / 64
+    per_token = (_saved_bytes(layer, 80) - _saved_bytes(layer, 16)) / 64
     s = Setup(method="lora", rank=4, targets=("down_proj",), dropout=True)
     assert per_token == 2 * 4 + memory.dropout_masks(TINY, s, ("down_proj",)) == 2 * 4 + 96
+
+
+def _saved_bytes(layer, tokens: int) -> int:
+    """Bytes of the distinct storages a LoRA (DoRA) layer's forward on (tokens, in) bf16 inputs saves for backward,
+    through autograd's saved-tensor hooks, its input x left out."""
+    import torch
+
+    x = torch.randn(tokens, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() != x.untyped_storage().data_ptr():
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    del y
+    return sum(seen.values())
+
+
+def test_a_lora_layer_run_alone_keeps_its_a_and_b_in_the_model_s_dtype():
+    """A LoRA layer run one by one (o_proj and down_proj always; q/k/v and gate/up when not grouped) casts A and B to
+    x's dtype once in forward and keeps them for backward, r (in + out) e bytes that the model left out (at rank 64
+    on a 7B model, about 90 MiB with o_proj and down_proj alone). Counted here on one down_proj-shaped layer over NF4 (the
+    fused node, as on CUDA): beside x only x A^T (16 tokens x 4 x 2 bytes) and the two casts."""
+    import torch
+
+    from tunelab.peft.lora_linear import LoRALinear
+    from tunelab.quant.linear import NF4Linear
+
+    torch.manual_seed(0)
+    layer = LoRALinear(NF4Linear.from_linear(torch.nn.Linear(96, 64, bias=False).to(torch.bfloat16)), 4, 8.0).train()
+    down = Setup(method="lora", rank=4, targets=("down_proj",))
+    assert memory.adapter_casts(TINY, down, ("down_proj",)) == 2 * 4 * (96 + 64)
+    assert _saved_bytes(layer, 16) == 2 * 16 * 4 + memory.adapter_casts(TINY, down, ("down_proj",))
+    assert memory.adapter_casts(TINY, dataclasses.replace(down, dtype="fp32"), ("down_proj",)) == 0

@@ -35,10 +35,14 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
   attention half: x (rms_norm's input) N d e + rstd 4N + the norm's output with its spare columns N (d + R_qkv) e
       (saved by the grouped GEMM) + the group's output N (q + 2kv) e (v is a view of it, so all of it stays) + rope's
       q, k N (q + kv) e + attention's output N q e + its logsumexp 4 N heads + o_proj's x A^T N r e
-      (q/k/v one by one, not grouped: the norm's output N d e and each adapted layer's x A^T, N r e, the same sum;
+      + A and B in e bytes, r (in + out) e, that o_proj's LoRA node keeps (cast once in forward; a grouped layer's
+      are in the stacked matrix; none in fp32)
+      (q/k/v one by one, not grouped: the norm's output N d e and each adapted layer's x A^T, N r e, the same sum,
+      and each adapted one's A and B in e bytes;
       of their outputs only v, N kv e, as rope saves only cos and sin; all three under Qwen3's q/k norms)
   MLP half: h N d e + rstd 4N + normed N (d + R_gu) e + gate|up N 2m e (SwiGLU saves both, views of one buffer)
-      + SwiGLU's output N m e + down_proj's x A^T N r e (R_gu counted as gate's and up's x A^T when not grouped)
+      + SwiGLU's output N m e + down_proj's x A^T N r e and its A and B (R_gu counted as gate's and up's x A^T
+      when not grouped, their A and B too)
   A checkpointed layer keeps only x (N d e), on the host when offloaded; a layer below every trained one nothing.
   DoRA: its layers run one by one (no spare columns, no stacked matrix) and each saves L(x), N out e, for m's
   gradient. LoRA dropout (`Setup.dropout`): the layers run one by one, each adapted one saving its bool keep-mask,
@@ -241,6 +245,15 @@ def dropout_masks(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
     return sum(shapes[n][0] for n in names if r[n])
 
 
+def adapter_casts(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
+    """Bytes of A and B in the model's dtype that the adapted layers among `names`, run one by one, save for backward
+    (`kernels.lora`: cast once in forward and kept), r (in + out) e each; none in fp32, whose cast is the parameter."""
+    if s.dtype_bytes >= 4:
+        return 0
+    shapes, r = projection_shapes(c), adapter_ranks(c, s)
+    return sum(s.dtype_bytes * r[n] * (shapes[n][0] + shapes[n][1]) for n in names if r[n])
+
+
 def dora_norm_bytes(c: LlamaConfig, s: Setup) -> int:
     """The working set of DoRA's weight norm ||W + s B A|| (`DoRALinear.weight_norm`), the largest over the DoRA
     layers: W + s B A in fp32 blocks of DORA_ROWS rows, three (the block of W cast to fp32, s B A, their sum; two for
@@ -390,7 +403,8 @@ def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     outputs = (q + 2 * kv if grouped or c.qk_norm else kv) + dora_outputs(c, s, QKV)
     o_proj = r["o_proj"] + dora_outputs(c, s, ("o_proj",))
     masks = n * dropout_masks(c, s, (*QKV, "o_proj"))
-    return e * n * (d + (d + r_qkv) + outputs + (q + kv) + q + o_proj) + 4 * n + 4 * n * c.num_heads + masks
+    casts = adapter_casts(c, s, ("o_proj",) if grouped else (*QKV, "o_proj"))
+    return e * n * (d + (d + r_qkv) + outputs + (q + kv) + q + o_proj) + 4 * n + 4 * n * c.num_heads + masks + casts
 
 
 def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
@@ -399,7 +413,8 @@ def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     r = adapter_ranks(c, s)
     r_gu = r["gate_proj"] + r["up_proj"]  # x A^T: in the norm's spare columns, or one (N, r) per layer
     down = r["down_proj"] + dora_outputs(c, s, ("gate_proj", "up_proj", "down_proj"))
-    return e * n * (d + (d + r_gu) + 2 * m + m + down) + 4 * n + n * dropout_masks(c, s, MLP)
+    casts = adapter_casts(c, s, ("down_proj",) if _groups(c, s)[1] else MLP)
+    return e * n * (d + (d + r_gu) + 2 * m + m + down) + 4 * n + n * dropout_masks(c, s, MLP) + casts
 
 
 def layer_saved(c: LlamaConfig, s: Setup, n: int) -> int:
