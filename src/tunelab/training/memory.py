@@ -58,6 +58,8 @@ Transients (the largest wins, on top of what is saved at that moment):
   kernel holds one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
 - backward of a kept layer: d act N m e + two (N, d) gradients, beside all saved activations; with DoRA, y = g L(x)'s
   backward 2 N out e more (dy g and dy * L(x), the widest DoRA layer's);
+- with LoRA dropout, a layer's backward (kept or recomputed) 3 N in e more, the widest adapted input's: the dropped
+  input for dA, kept until the node's backward ends, and gxa A and its product with the mask beside dx;
 - DoRA's weight norm, in the forward of the top layer (every activation saved, as at the head) and again in a
   checkpointed layer's recomputation: the widest of its layers' W + s B A in fp32 blocks of 2048 rows, three blocks
   (the block cast to fp32, s B A and their sum; two in fp32), 12 min(out, 2048) in bytes, and over an NF4 base the
@@ -475,10 +477,17 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         kept_bwd += (
             2 * e * n * max((o for p, (_, o) in projection_shapes(c).items() if adapter_ranks(c, s)[p]), default=0)
         )
+    # LoRA dropout's backward (`kernels.lora._lora_backward`): the dropped input, kept to its end, and gxa A and its
+    # product with the mask beside dx, three (N, in) for the widest adapted input
+    dropout_bwd = (
+        3 * e * n * max((i for p, (i, _) in projection_shapes(c).items() if adapter_ranks(c, s)[p]), default=0)
+    )
+    kept_bwd += dropout_bwd if s.dropout else 0
     # in chunks of MLP_CHUNK tokens, but all at once where dropout draws in the MLP (`LlamaDecoderLayer.backward_mlp`)
     mlp_chunk = n if dropout_masks(c, s, MLP) else min(n, MLP_CHUNK)
     recompute = attention_saved(c, s, n) + mlp_saved(c, s, mlp_chunk) + e * mlp_chunk * c.intermediate_size
     recompute += 3 * e * n * d + dora_norm_bytes(c, s)  # a DoRA layer's norm again, in its recomputed forward
+    recompute += dropout_bwd if s.dropout else 0
     norm = dora_norm_bytes(c, s)
     # The phases: the head (everything saved), a kept layer's backward (everything saved), the recomputation of the
     # top checkpointed layer (the kept layers' activations freed, the checkpointed inputs still there), and the
