@@ -628,3 +628,14 @@ def test_a_lora_layer_run_alone_keeps_its_a_and_b_in_the_model_s_dtype():
     assert memory.adapter_casts(TINY, down, ("down_proj",)) == 2 * 4 * (96 + 64)
     assert _saved_bytes(layer, 16) == 2 * 16 * 4 + memory.adapter_casts(TINY, down, ("down_proj",))
     assert memory.adapter_casts(TINY, dataclasses.replace(down, dtype="fp32"), ("down_proj",)) == 0
+
+
+def test_grpo_s_sampler_computes_dora_s_norm_beside_its_kv_cache():
+    """grpo's sampler runs DoRA layers as training does (`models.decode` through the projection slots): every
+    prefill and decode step computes a layer's weight norm beside the KV cache, which the sampling phase left out."""
+    s = dataclasses.replace(DORA, sampled=4, sample_len=40, sample_prompt=16)
+    sampling = estimate(TINY, dataclasses.replace(s, micro_batch=1, seq=4))  # a step too small to outweigh it
+    assert sampling.peak_phase == "sampling"
+    assert sampling.transient["grpo sampler: DoRA weight norm of one layer"] == 73728
+    lora = estimate(TINY, dataclasses.replace(s, micro_batch=1, seq=4, dora=False))
+    assert "grpo sampler: DoRA weight norm of one layer" not in lora.transient
