@@ -639,3 +639,31 @@ def test_grpo_s_sampler_computes_dora_s_norm_beside_its_kv_cache():
     assert sampling.transient["grpo sampler: DoRA weight norm of one layer"] == 73728
     lora = estimate(TINY, dataclasses.replace(s, micro_batch=1, seq=4, dora=False))
     assert "grpo sampler: DoRA weight norm of one layer" not in lora.transient
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_dora_s_weight_norm_peaks_where_the_model_says(dtype):
+    """The peak of `DoRALinear.weight_norm` over a 16-bit and an fp32 base, measured by the CPU allocator through
+    torch's profiler (each op's own allocations at its start, the frees between ops as they happen), against
+    `dora_norm_bytes`: three fp32 blocks of 2048 rows x 96 (two in fp32), within the (out,) norms the blocks leave.
+    A gate_proj of 96 -> 5000: three blocks, the last one short. (An NF4 base dequantizes on the CPU through fp32
+    temporaries that the GPU's kernel does not make, so it is not measured here.)"""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from tunelab.peft.dora import DoRALinear
+
+    torch.manual_seed(0)
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    layer = DoRALinear(torch.nn.Linear(96, 5000, bias=False).to(torch_dtype), r=4, alpha=8.0)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        layer.weight_norm()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda ev: ev.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    shape = LlamaConfig.from_hf(dict(TINY_HF, hidden_size=96, intermediate_size=5000))
+    s = Setup(method="lora", rank=4, targets=("gate_proj",), dora=True, dtype=dtype)
+    predicted = memory.dora_norm_bytes(shape, s)
+    assert predicted == (3 if dtype == "bf16" else 2) * 4 * 2048 * 96
+    assert predicted <= peak <= predicted + 3 * 4 * 5000
