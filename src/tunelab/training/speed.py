@@ -30,8 +30,8 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
 DoRA (`Setup.dora`, `peft.dora`): every forward of a DoRA layer, the recomputed ones too (an MLP's once per 4096-token
 chunk), and every one of grpo's sampler and fixed log-prob forwards, computes its norm ||W + s B A||: B A, an fp32
 GEMM of 2 out r in FLOPs at the GPU's fp32 rate, then elementwise passes over (out, in) fp32 blocks (the cast of W,
-s B A, their sum, the norm), DORA_NORM_BYTES a weight (W's read and its cast in 16 bits; over NF4 the whole weight
-dequantized first, its codes read and a 16-bit copy written). Per token each DoRA layer also scales L(x) by g and
+s B A, their sum, the norm), DORA_NORM_FP32_BYTES a weight, more for W's cast from 16 bits (over NF4 the whole weight
+dequantized first: its codes read and a 16-bit copy written). Per token each DoRA layer also scales L(x) by g and
 backward takes dy g and dy * L(x), DORA_TOKEN_BYTES e bytes per output value, a forward's share 2 of them.
 
 grpo samples its answers before each step (`sample_time`, `models.decode`): one prefill, a forward over the B x T
@@ -58,7 +58,10 @@ from __future__ import annotations
 
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.memory import (
+    MLP,
     MLP_CHUNK,
+    PROJECTIONS,
+    QKV,
     E,
     Setup,
     adapter_ranks,
@@ -157,13 +160,9 @@ def dora_norm_time(c: LlamaConfig, s: Setup, gpu_name: str | None, names: tuple[
     return sum(2.0 * o * r * i / rate + per_weight * o * i / HBM_BYTES_S for (i, o), r in adapted)
 
 
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
-
-
 def dora_layer_time(c: LlamaConfig, s: Setup, gpu_name: str | None) -> float:
     """dora_norm_time over a whole decoder layer."""
-    return dora_norm_time(c, s, gpu_name, ATTENTION + MLP)
+    return dora_norm_time(c, s, gpu_name, PROJECTIONS)
 
 
 def sample_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
@@ -185,9 +184,8 @@ def sample_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
     flops = b * (c.num_layers * (matmul + 4.0 * s.sample_len * q) + 2.0 * head)  # one token a row, all S keys read
     reads = weights + sampler_cache_bytes(c, s)
     decode = max(reads / bandwidth, flops / rate) + DECODE_S_PER_LAYER * c.num_layers
-    norms = c.num_layers * dora_layer_time(
-        c, s, gpu_name
-    )  # DoRA: every layer's norm at every forward, decode steps too
+    # DoRA: every layer's norm at every forward, the prefill's and each decode step's
+    norms = c.num_layers * dora_layer_time(c, s, gpu_name)
     return prefill + new * decode + (1 + new) * norms
 
 
@@ -234,7 +232,8 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     if s.dora:  # the norms of every forward (a recomputed MLP's once per chunk) and g L(x) on every token
         chunks = 1 if s.dropout else -(-n // MLP_CHUNK)  # dropout: the MLP recomputed whole (`memory.mlp_saved`)
         gpu += layers * dora_layer_time(c, s, gpu_name)
-        gpu += checkpointed * (dora_norm_time(c, s, gpu_name, ATTENTION) + chunks * dora_norm_time(c, s, gpu_name, MLP))
+        attention = dora_norm_time(c, s, gpu_name, (*QKV, "o_proj"))
+        gpu += checkpointed * (attention + chunks * dora_norm_time(c, s, gpu_name, MLP))
         shapes, ranks = projection_shapes(c), adapter_ranks(c, s)
         out = sum(o for name, (_, o) in shapes.items() if ranks[name])
         gpu += n * out * s.dtype_bytes * (backed * DORA_TOKEN_BYTES + 2 * checkpointed) / HBM_BYTES_S
