@@ -9,6 +9,7 @@ issue's target wants within 10%. Every run keeps asserting finite, non-zero grad
 
     python benchmarks/plan_bench.py --out $OUT/plan.jsonl               # the whole grid (about 4 minutes, H200)
     python benchmarks/plan_bench.py --shapes llama2-7b --methods qlora  # a part
+    python benchmarks/plan_bench.py --dora --shapes llama2-7b              # DoRA adapters instead of LoRA
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["llama2-7b", "llama3-8b"], choices=sorted(SHAPES))
     ap.add_argument("--methods", nargs="+", default=["lora", "qlora"], choices=["lora", "qlora"])
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--dora", action="store_true", help="DoRA adapters (`Setup.dora`) instead of LoRA")
     ap.add_argument("--out", type=Path, default=Path("/tmp/plan_bench.jsonl"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -79,18 +81,18 @@ def main() -> None:
         config = LlamaConfig.from_hf(SHAPES[shape])
         for method in args.methods:
             t0 = time.perf_counter()
-            model = build(shape, method, R, False, "cuda")
+            model = build(shape, method, R, False, "cuda", dora=args.dora)
             params = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
             build_s = time.perf_counter() - t0
-            setup = Setup(method="lora", quantized=method == "qlora", rank=R, targets=tuple(TARGETS))
+            setup = Setup(method="lora", quantized=method == "qlora", rank=R, targets=tuple(TARGETS), dora=args.dora)
             for seq, batch, layers, offload in GRID:
                 checkpointed = config.num_layers if layers is None else layers
                 model.gradient_checkpointing = ("offload" if offload else True) if checkpointed else False
                 model.checkpoint_layers = layers
                 s = dataclasses.replace(setup, micro_batch=batch, seq=seq, checkpointed=checkpointed, offload=offload)
                 predicted = estimate(config, s)
-                record = dict(shape=shape, method=method, seq=seq, batch=batch, checkpointed=checkpointed,
+                record = dict(shape=shape, method=method, dora=args.dora, seq=seq, batch=batch, checkpointed=checkpointed,
                               offload=offload, predicted_gib=round(predicted.peak / GIB, 3),
                               phase=predicted.peak_phase, build_s=round(build_s, 1))  # fmt: skip
                 tic = time.perf_counter()
