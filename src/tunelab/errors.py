@@ -35,7 +35,8 @@ class CheckFailed(TunelabError):
 
 
 class TrainingStopped(TunelabError):
-    """Training stopped because it could only produce garbage (NaN/inf losses or gradients): exit code 3."""
+    """Training stopped because it could only produce garbage (NaN/inf losses or gradients), or a federation ended
+    with no round's update applied (its adapter the untrained one): exit code 3."""
 
     exit_code = 3
 

@@ -11,15 +11,26 @@ pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed"
 import tunelab
 import tunelab.federated.run as federated_run
 from tunelab.config import load_config
-from tunelab.errors import ConfigError, RunDirError
+from tunelab.errors import ConfigError, RunDirError, TrainingStopped
 from tunelab.federated import rounds
 from tunelab.federated.server import run_federation
+
+
+def applied(recorded, r: int) -> None:
+    """Round r (after the start's evaluation, r = 0) as two clients' applied updates, the global adapter unchanged:
+    a federation in which no round applied one fails."""
+    from tunelab.federated.rounds import ClientRound, RoundReport
+
+    if r:
+        ok = [ClientRound(f"site{i}", i, "ok", examples=3, train_loss=2.0) for i in range(2)]
+        recorded.reports[r + recorded.offset] = RoundReport(r + recorded.offset, sampled=2, applied=True, clients=ok)
 
 
 @pytest.fixture
 def rounds_without_clients(monkeypatch):
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         for r in range(num_rounds + 1):
+            applied(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
@@ -297,10 +308,10 @@ def test_run_json_names_the_dtype_each_client_trained_in(tmp_path, tiny_model_di
     assert info["extra"]["federated"]["client_dtypes"] == {"site0": "bfloat16", "site1": "bfloat16, float32"}
 
 
-def test_a_federation_that_applied_no_update_says_its_adapter_is_untrained(
+def test_a_federation_that_applied_no_update_fails_saying_its_adapter_is_untrained(
     tmp_path, tiny_model_dir, federate_config, monkeypatch, capsys
 ):
-    """Every client failed every round (round_timeout too short): the federation ended 'keep_best: the last round
+    """Every client failed every round (round_timeout too short): the federation ended (exit 0) 'keep_best: the last round
     (1) had the lowest eval loss; it is the result' and 'saved to', with nothing saying the adapter never trained."""
     from tunelab.federated.rounds import ClientRound, RoundReport
 
@@ -313,9 +324,11 @@ def test_a_federation_that_applied_no_update_says_its_adapter_is_untrained(
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
     config = federate_config(tmp_path, tiny_model_dir)
-    run_federation(None, load_config(config), 2, ["site0", "site1"], False)
-    out = capsys.readouterr().out
-    assert "warning: none of the 2 rounds applied an update" in out and "the saved adapter is the untrained one" in out
+    with pytest.raises(TrainingStopped) as stopped:  # exit 3: a script must not export the untrained adapter
+        run_federation(None, load_config(config), 2, ["site0", "site1"], False)
+    assert "none of the 2 rounds applied an update" in str(stopped.value)
+    assert "the saved adapter is the untrained one" in str(stopped.value)
+    assert stopped.value.exit_code == 3 and "saved to" in capsys.readouterr().out
 
     def start_ok(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):  # one round applied: no warning
         for r in range(1, num_rounds + 1):
@@ -366,6 +379,7 @@ def test_every_client_is_sent_the_hub_commit_the_server_loaded(tmp_path, tiny_mo
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         sent.append(recipe_config(self.recipe).model)
         for r in range(num_rounds + 1):
+            applied(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
@@ -386,6 +400,7 @@ def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, fe
 
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         for r in range(min(num_rounds, stop_after[0]) + 1):
+            applied(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
@@ -423,6 +438,7 @@ def test_overwrite_says_what_it_replaces_and_a_resume_leaves_no_previous_folder(
 
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         for r in range(min(num_rounds, stop_after[0]) + 1):
+            applied(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
@@ -465,6 +481,7 @@ def test_a_resumed_federation_trains_in_the_dtype_it_started_in(
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         sent.append(recipe_config(self.recipe).model.dtype)
         for r in range(num_rounds + 1):
+            applied(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
@@ -489,6 +506,7 @@ def test_a_federation_whose_server_ran_on_the_cpu_leaves_the_clients_dtype_to_au
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         sent.append(recipe_config(self.recipe).model.dtype)
         for r in range(num_rounds + 1):
+            applied(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)

@@ -65,7 +65,7 @@ def nothing_applied(history: list[dict]) -> str | None:
         return None
     n = len(history)
     return (
-        f"warning: none of the {n} round{'' if n == 1 else 's'} applied an update (each had fewer usable client "
+        f"none of the {n} round{'' if n == 1 else 's'} applied an update (each had fewer usable client "
         "updates than federated.min_clients: see the round lines for each client's failure), so the saved adapter is "
         "the untrained one and answers as the base model does. Fix what the clients failed on and federate again "
         "(--overwrite), or --resume with more federated.rounds."

@@ -28,7 +28,7 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config
 from tunelab.data.loader import make_batches
 from tunelab.data.templates import resolve_template
-from tunelab.errors import RunDirError
+from tunelab.errors import RunDirError, TrainingStopped
 from tunelab.federated.history import (
     all_rounds_done,
     client_dtypes,
@@ -328,12 +328,13 @@ def _run_rounds(
     )
     if keep_best and state.get("best"):
         print(_kept(state["best"], int(state["rounds_done"]), last_loss[0]), flush=True)
-    if warning := nothing_applied(state["history"]):
-        print(warning, flush=True)
     done = int(state["rounds_done"])
     whole = f"{f.rounds} round{'' if f.rounds == 1 else 's'}"
     rounds = whole if done >= f.rounds else f"stopped after round {done} of {f.rounds}; --resume goes on"
     print(f"saved to {run_dir} ({rounds}, {time.perf_counter() - started:.0f} s)", flush=True)
+    if done >= f.rounds and (untrained := nothing_applied(state["history"])):
+        # a failure, as train's guard stop is: exit 3, and the run an --overwrite moved aside is kept (failure_noted)
+        raise TrainingStopped(untrained)
     if done >= f.rounds:
         print(kept_checkpoints(run_dir), flush=True)
         _finish(plan)
