@@ -118,6 +118,37 @@ def test_numbers_out_of_range_are_refused_by_the_parser(argv, says, capsys):
     assert exit_.value.code == 2 and says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["plan", "--gpu-memory=--"], "(--gpu-memory): '--' is not a size like 24GiB, 80GB or 512MiB"),
+        (["plan", "--train.gpu_memory=--"], "'--' is not a size like 24GiB"),
+        (["plan", "--train.lr=--"], "option 'train.lr' must be float or 'auto', got '--'"),
+        (["train", "--data.max_length=--"], "option 'data.max_length' must be int, got '--'"),
+    ],
+)
+def test_a_double_dash_value_is_checked_as_the_options_value(argv, says, tiny_model_dir, capsys):
+    """argparse dropped the '--' of `--gpu-memory=--` and gave the option an empty list: "plan(): argument
+    'gpu_memory' must be str | None, got a list". It is the option's text, refused naming the option and its forms."""
+    assert main([*argv, "--model.name", str(tiny_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "list" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["plan", "--nproc=--"], "argument --nproc: invalid int value: '--'"),
+        (["merge", "run", "--out", "x", "--dtype=--"], "argument --dtype: invalid choice: '--'"),
+        (["compare", "run", "--question", "a", "--batch-size=--"], "--batch-size: invalid integer value: '--'"),
+    ],
+)
+def test_a_double_dash_value_of_a_typed_option_is_refused_by_the_parser(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_unknown_flag_exits_2_with_suggestions(capsys):
     assert main(["train", "--train.lrr", "1"]) == 2
     assert "unknown option 'train.lrr'. Did you mean --train.lr" in capsys.readouterr().err

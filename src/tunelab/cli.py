@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import shlex
 import sys
 
-from tunelab.config.flags import device, join_negative_values, refuse_repeated
+from tunelab.config.flags import (
+    device,
+    finite,
+    join_negative_values,
+    keep_double_dash,
+    positive,
+    refuse_repeated,
+    whole,
+)
 from tunelab.errors import ConfigError, Interrupted, TunelabError
 
 
@@ -48,42 +55,6 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         elif unsets_by_null(hint):
             kwargs["type"] = flag_text  # --data.system_prompt null unsets it; the API's str 'null' is that text
         group.add_argument(f"--{name}", **kwargs)
-
-
-def whole(low: int, high: int | None = None):
-    """An argparse type: an integer in [low, high]; argparse reports anything else (exit 2)."""
-
-    def parse(text: str) -> int:
-        value = int(text)  # ValueError: argparse says "invalid integer value"
-        if value < low or (high is not None and value > high):
-            allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
-            raise argparse.ArgumentTypeError(f"{value} is out of range; give an integer {allowed}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def finite(text: str) -> float:
-    """An argparse type: a finite number (nan passes every range check downstream)."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-    return value
-
-
-finite.__name__ = "number"
-
-
-def positive(text: str) -> float:
-    """An argparse type: a finite number above 0."""
-    value = finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is out of range; give a number above 0")
-    return value
-
-
-positive.__name__ = "number"
 
 
 def _generation_options(parser: argparse.ArgumentParser, tokens_default: str = "128") -> None:
@@ -537,6 +508,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     ConfigError with suggestions (exit 2 like any bad option)."""
     refuse_repeated(parser, argv)  # an option of one value given twice, in every command
     args, unknown = parser.parse_known_args(argv)
+    keep_double_dash(parser, args)
     if unknown and getattr(args, "command", None) in ("train", "check", "plan", "federate"):
         from tunelab.config import unknown_option
 

@@ -1,10 +1,11 @@
 """The command line's argument list before argparse reads it: a negative number joined to its flag, and an option of
 one value given twice refused (argparse keeps the last one without a word: `eval --data a.jsonl --data b.jsonl`
-scored b alone)."""
+scored b alone); and the argparse types of the commands' plain options (device, whole, finite, positive)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 
 from tunelab.config.model import DEVICE_NAMES, is_device
 from tunelab.errors import ConfigError
@@ -85,3 +86,65 @@ def refuse_repeated(parser: argparse.ArgumentParser, argv: list[str]) -> None:
                     else "."
                 )
             )
+
+
+def whole(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high]; argparse reports anything else (exit 2)."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # ValueError: argparse says "invalid integer value"
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give an integer {allowed}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number (nan passes every range check downstream)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+finite.__name__ = "number"
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; give a number above 0")
+    return value
+
+
+positive.__name__ = "number"
+
+
+def keep_double_dash(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--gpu-memory=--` gives the option the text '--', checked like any other value: argparse drops a '--' value as
+    if it ended the options, and the option got an empty list, reported as "must be str | None, got a list"."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices.get(
+        getattr(args, "command", None)
+    )
+
+    def dashes(action: argparse.Action):
+        try:
+            value = sub._get_value(action, "--")  # its type refuses it as argparse would
+            if action.choices is not None:
+                sub._check_value(action, value)
+        except argparse.ArgumentError as exc:
+            sub.error(str(exc))  # argparse's message and exit code 2
+        return value
+
+    for action in sub._actions if sub is not None else ():
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or not isinstance(value, list):
+            continue
+        if type(action) is argparse._StoreAction and value == []:
+            setattr(args, action.dest, dashes(action))
+        elif type(action) is argparse._AppendAction:
+            setattr(args, action.dest, [dashes(action) if v == [] else v for v in value])
