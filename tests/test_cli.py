@@ -149,6 +149,26 @@ def test_a_double_dash_value_of_a_typed_option_is_refused_by_the_parser(argv, sa
     assert exit_.value.code == 2 and says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["cache", "plan", "train"])
+def test_a_reader_that_closes_stdout_early_ends_the_command_quietly(command, tiny_overrides, cli_flags):
+    """`tunelab plan CONFIG | head -3` ended in a BrokenPipeError traceback (and Python's "Exception ignored" at exit);
+    now the command ends with 141 (128 + SIGPIPE, as a shell reports it) and nothing on stderr about the pipe."""
+    args = {"cache": ["cache", "path"], "plan": ["plan", "--gpu-memory", "1GiB"], "train": ["train"]}[command]
+    if command != "cache":
+        args += cli_flags(tiny_overrides)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
+    proc.stdout.close()  # the reader is gone before the command writes its first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "BrokenPipe" not in err, err
+
+
 def test_unknown_flag_exits_2_with_suggestions(capsys):
     assert main(["train", "--train.lrr", "1"]) == 2
     assert "unknown option 'train.lrr'. Did you mean --train.lr" in capsys.readouterr().err

@@ -5,7 +5,8 @@ help text, allowed values and default, and a flag `--section.key value` override
 after a flag is its value (`--train.lr -1e-4`), and an unknown flag gets suggestions like an unknown YAML key.
 
 Exit codes: 0 done (check: passed), 1 check failed, 2 bad input (one paragraph on stderr, no traceback),
-3 training stopped on NaN/inf (training/guard.py), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
+3 training stopped on NaN/inf (training/guard.py), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM, 141 stdout
+closed by its reader (`| head`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tunelab.config.flags import (
     refuse_repeated,
     whole,
 )
-from tunelab.errors import ConfigError, Interrupted, TunelabError
+from tunelab.errors import ConfigError, Interrupted, TunelabError, stdout_closed
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -534,6 +535,16 @@ def resume_command(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader gone fails here (help and argparse's exits too), not at the interpreter's exit
+    except BrokenPipeError:
+        return stdout_closed()  # `tunelab plan CONFIG | head -3`: 141, no traceback
+
+
+def _main(argv: list[str] | None) -> int:
     # Grow CUDA allocator segments instead of caching fixed-size blocks: less fragmentation, lower peak reserved.
     # Set here, before torch touches CUDA; API users set it themselves (README, Python API).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")

@@ -1,7 +1,9 @@
 """Errors a user can cause. The CLI prints them as one paragraph, without a traceback, and exits with `exit_code`
 (2 unless a subclass says otherwise)."""
 
+import os
 import signal
+import sys
 
 
 class TunelabError(Exception):
@@ -98,3 +100,13 @@ def article(word: object) -> str:
     low = text.lower()
     vowel = low[:1] in tuple("aeiou") and not low.startswith(_CONSONANT_SOUND)
     return f"{'an' if vowel or low in _SPELLED else 'a'} {text}"
+
+
+def stdout_closed() -> int:
+    """What a command does when its reader closed stdout early (`tunelab plan CONFIG | head -3`), as Python's docs
+    advise ("Note on SIGPIPE"): stdout goes to os.devnull, so that the interpreter's last flush fails no more, and no
+    traceback. Its exit code, 141, is 128 + SIGPIPE: what a shell reports of a process that SIGPIPE ended (Python
+    ignores the signal, so the write raised BrokenPipeError instead)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + 13
