@@ -7,7 +7,7 @@ import pytest
 
 from tunelab.config import RunConfig, describe, dump_yaml, load_config
 from tunelab.config.load import stage_config
-from tunelab.errors import ConfigError, article
+from tunelab.errors import ConfigError, article, counted
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/*/config*.yaml"))
 
@@ -628,3 +628,9 @@ def test_a_rule_across_options_names_the_file_and_line_or_the_flag_that_broke_it
         load_config(path)
     with pytest.raises(ConfigError, match=r"^--train\.grad_accum: option 'train\.grad_accum' must be 1 with task grpo"):
         load_config(path, {"task": "grpo", "dpo.beta": "0.1", "train.grad_accum": "2"})
+
+
+def test_counted_is_singular_at_one():
+    """Messages said "1 rows per optimizer step", "1 file(s)", "1 examples"."""
+    assert [counted(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
+    assert counted(1, "entry", "entries") == "1 entry" and counted(3, "entry", "entries") == "3 entries"

@@ -102,6 +102,11 @@ def article(word: object) -> str:
     return f"{'an' if vowel or low in _SPELLED else 'a'} {text}"
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` and its noun for messages, singular at 1: '1 row', '8 rows', counted(1, 'entry', 'entries')."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def stdout_closed() -> int:
     """What a command does when its reader closed stdout early (`tunelab plan CONFIG | head -3`), as Python's docs
     advise ("Note on SIGPIPE"): stdout goes to os.devnull, so that the interpreter's last flush fails no more, and no

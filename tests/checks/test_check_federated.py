@@ -43,7 +43,7 @@ def test_every_client_is_checked_and_the_model_on_the_first(tiny_model_dir, tmp_
     out = capsys.readouterr().out
     assert "[PASS] output_dir: " in out and "run: new" in out
     for name in ("site0", "site1"):
-        assert f"client {name}:\ndata: 1 file(s), 10 records" in out
+        assert f"client {name}:\ndata: 1 file, 10 records" in out
         assert f"[INFO] client {name}: auto values: " in out and "train.micro_batch = " in out
         assert f"[PASS] client {name}: answers end with a stop token: 10 of 10 answers" in out
     assert "[PASS] server eval: " in out and "server_eval.jsonl: 4 rows" in out
@@ -58,7 +58,7 @@ def test_a_shared_file_is_checked_shard_by_shard(tiny_model_dir, tmp_path, capsy
     assert main(_check(config, tmp_path, "--data-only")) == 0
     out = capsys.readouterr().out
     for k in (1, 2, 3):
-        assert f"client-{k}:\ndata: 1 file(s), 10 records" in out and f"[PASS] client-{k}: padding: " in out  # 30 / 3
+        assert f"client-{k}:\ndata: 1 file, 10 records" in out and f"[PASS] client-{k}: padding: " in out  # 30 / 3
 
 
 def test_a_client_without_usable_rows_is_bad_input_naming_it(tiny_model_dir, tmp_path, capsys):
@@ -101,7 +101,7 @@ def test_each_client_is_shown_with_its_weight_in_the_average(tiny_model_dir, tmp
     assert main(_check(config, tmp_path, "--data-only")) == 0
     out = capsys.readouterr().out
     site1 = out.split("client site1:\n", 1)[1]
-    rows = int(site1.split("1 examples, 1 used -> ", 1)[1].split(" rows", 1)[0])
+    rows = int(site1.split("1 example, 1 used -> ", 1)[1].split(" rows", 1)[0])
     assert rows > 1  # one document, several blocks
     share = f"{100 * 10 / (10 + rows):.1f}%"
     assert f"  weight in the average: 10 training rows (chat examples and text blocks), {share} of each round" in out

@@ -423,7 +423,7 @@ def test_a_folders_files_of_other_types_are_noted_in_the_report(tmp_path):
     report = DataReport()
     assert [r.row["text"] for r in read_records([str(tmp_path)], report=report)] == ["a"]
     (note,) = report.notes
-    assert note.startswith(f"{tmp_path}: 2 file(s) of other types not read (a.jsonl.bak, more.ndjson)")
+    assert note.startswith(f"{tmp_path}: 2 files of other types not read (a.jsonl.bak, more.ndjson)")
     assert "  note: " + note in report.summary()
 
 

@@ -42,6 +42,14 @@ def test_a_small_models_plan_reads_in_mib_not_zeros_of_gib(tiny_overrides, tmp_p
     assert total.endswith(" MiB") and float(total.split()[-2]) > 0.1, total
 
 
+def test_a_count_of_one_is_singular(tiny_overrides, tmp_path, capsys):
+    """The plan's first line said "1 rows per optimizer step" for micro_batch 1 x grad_accum 1."""
+    config = _config(tmp_path, tiny_overrides | {"train.micro_batch": 1, "train.grad_accum": 1})
+    assert main(["plan", config, "--gpu-memory", "1GiB"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith("; 1 row per optimizer step") and first.startswith("model: 2 layers,"), first
+
+
 def test_plan_below_the_minimum_exits_2_naming_it(tiny_overrides, tmp_path, capsys):
     code = main(["plan", _config(tmp_path, tiny_overrides), "--gpu-memory", "100KiB"])
     err = capsys.readouterr().err

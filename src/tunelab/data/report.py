@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from tunelab.errors import counted
+
 MAX_LOCATIONS = 5  # locations kept per skip reason; the count is always complete
 HISTOGRAM_BINS = 20
 PROMPTS = "prompts"  # the format of grpo's rows (tasks/prompt_data.py): prompts, whose answers are sampled
@@ -212,8 +214,8 @@ class DataReport:
         """A few lines for the start of training."""
         formats = ", ".join(sorted(set(self.formats.values()))) or "none"
         # a pair is two rows, its chosen and its rejected side; their tokens and lengths are counted per side
-        examples, rows, per = (
-            ("pairs", "rows (chosen and rejected sides)", "side") if self.pairs else ("examples", "rows", "example")
+        example, sides, per = (
+            ("pair", " (chosen and rejected sides)", "side") if self.pairs else ("example", "", "example")
         )
         loss = (  # grpo's rows are prompts: none of their tokens has a label, and "0 with loss" read as a fault
             "prompts: the loss is on the answers sampled from them"
@@ -221,13 +223,13 @@ class DataReport:
             else f"{self.train.loss_tokens:,} with loss"
         )
         lines = [
-            f"data: {len(self.files)} file(s), {self.total_read} records, format {formats}, template {self.template or 'none'}",
-            f"  train: {self.train.examples} {examples}, {self.train.used} used -> {self.train.rows} {rows}, {self.train.tokens:,} tokens ({loss})",
+            f"data: {counted(len(self.files), 'file')}, {counted(self.total_read, 'record')}, format {formats}, template {self.template or 'none'}",
+            f"  train: {counted(self.train.examples, example)}, {self.train.used} used -> {counted(self.train.rows, 'row')}{sides}, {self.train.tokens:,} tokens ({loss})",
         ]
         if self.eval_source != "none":
             source = self.eval_source + (f", split seed {self.split_seed}" if self.split_seed is not None else "")
             lines.append(
-                f"  eval ({source}): {self.eval.examples} {examples}, {self.eval.used} used -> {self.eval.rows} {rows}, {self.eval.tokens:,} tokens"
+                f"  eval ({source}): {counted(self.eval.examples, example)}, {self.eval.used} used -> {counted(self.eval.rows, 'row')}{sides}, {self.eval.tokens:,} tokens"
             )
         if self.sources:
             lines.append(f"  mixture ({self.mix_by}): per source, rows and tokens held, then drawn each epoch")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.data.report import DataReport, Line, location
-from tunelab.errors import DataError, article
+from tunelab.errors import DataError, article, counted
 from tunelab.rundir import RUN_FILE, is_run_dir
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
@@ -112,7 +112,7 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
             if (other := [str(f.relative_to(path)) for f in inside if not _kind(f)]) and report is not None:
                 more = ", ..." if len(other) > 5 else ""
                 report.notes.append(
-                    f"{p}: {len(other)} file(s) of other types not read ({', '.join(other[:5])}{more}); tunelab reads "
+                    f"{p}: {counted(len(other), 'file')} of other types not read ({', '.join(other[:5])}{more}); tunelab reads "
                     f"{', '.join(EXTENSIONS)} files (optionally gzipped)"
                 )
         elif path.is_file():

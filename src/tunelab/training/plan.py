@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunelab.config import AUTO, RunConfig, TrainConfig, parse_size
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, counted
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode, training_dtype
@@ -464,12 +464,12 @@ class PlanReport:
     global_batch: int
     note: str | None = None  # what the plan left out, as train runs the config
     processes: str = "processes: 1 (as tunelab train without --nproc; --nproc N plans N)"
-    per_step: str = "rows"  # what global_batch counts (dpo: pairs, two rows each)
+    per_step: str | None = None  # global_batch in words (None: rows; dpo: pairs, two rows each)
 
     def text(self) -> str:
         lines = [
-            f"model: {self.shape.num_layers} layers, hidden {self.shape.hidden_size}; longest row {self.seq} tokens; "
-            f"{self.global_batch} {self.per_step} per optimizer step",
+            f"model: {counted(self.shape.num_layers, 'layer')}, hidden {self.shape.hidden_size}; longest row "
+            f"{counted(self.seq, 'token')}; {self.per_step or counted(self.global_batch, 'row')} per optimizer step",
             self.processes,
             self.memory.table(),
             "",
@@ -527,9 +527,10 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> P
     result.notes += [n for n in [free_memory_note(budget, gpu)] if n]
     rows = rows_per_step(cfg, auto.train)
     per_step = {
-        "dpo": "pairs (a chosen and a rejected row each)",
-        "grpo": f"sampled answers ({cfg.grpo.prompts_per_step} prompts x {cfg.grpo.num_generations})",
-    }.get(cfg.task, "rows")
+        "dpo": f"{counted(rows, 'pair')} (a chosen and a rejected row each)",
+        "grpo": f"{counted(rows, 'sampled answer')} ({counted(cfg.grpo.prompts_per_step, 'prompt')} x "
+        f"{cfg.grpo.num_generations})",
+    }.get(cfg.task)
     return PlanReport(result, shape, seq, rows, note, processes_line(cfg, nproc, sharding), per_step)
 
 

@@ -45,7 +45,7 @@ import torch
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
 from tunelab.config.load import STAGE_PREFIX
-from tunelab.errors import ConfigError, Interrupted, RunDirError, TrainingStopped, TunelabError, article
+from tunelab.errors import ConfigError, Interrupted, RunDirError, TrainingStopped, TunelabError, article, counted
 from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
@@ -397,7 +397,7 @@ def train_stages(
     write_info(run_dir, info)
     print(format_forgetting(names, matrix, measures), flush=True)
     print(
-        f"saved to {run_dir}: the last stage's result ({info.steps} steps in {len(plans)} stages, {info.tokens:,} tokens, "
+        f"saved to {run_dir}: the last stage's result ({counted(info.steps, 'step')} in {len(plans)} stages, {info.tokens:,} tokens, "
         f"{info.elapsed_s:.0f} s)",
         flush=True,
     )
