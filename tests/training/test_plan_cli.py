@@ -2,6 +2,8 @@
 the budget is too small, a staged config stage by stage, and a federated config sent where it belongs (plan and
 train refuse it, naming federate and check)."""
 
+import shutil
+
 import pytest
 import yaml
 
@@ -48,6 +50,18 @@ def test_a_count_of_one_is_singular(tiny_overrides, tmp_path, capsys):
     assert main(["plan", config, "--gpu-memory", "1GiB"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.endswith("; 1 row per optimizer step") and first.startswith("model: 2 layers,"), first
+
+
+def test_a_model_folder_without_its_weights_yet_is_planned(tiny_overrides, tiny_model_dir, tmp_path, capsys):
+    """Plan reads a local model's config.json and tokenizer, never its weights, yet refused a folder without
+    *.safetensors: a 70B run could not be planned before its weights were downloaded. Train still needs them."""
+    folder = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    config = _config(tmp_path, tiny_overrides | {"model.name": str(folder)})
+    assert main(["plan", config, "--gpu-memory", "1GiB"]) == 0
+    assert "model: 2 layers" in capsys.readouterr().out
+    assert main(["train", config]) == 2
+    assert "no weights as *.safetensors" in capsys.readouterr().err
 
 
 def test_plan_below_the_minimum_exits_2_naming_it(tiny_overrides, tmp_path, capsys):

@@ -55,10 +55,11 @@ class ModelSource:
 REVISION_OPTION = "model.revision"
 
 
-def resolve_source(name: str, revision: str | None = None) -> ModelSource:
+def resolve_source(name: str, revision: str | None = None, weights: bool = True) -> ModelSource:
     """Turn what the user wrote into a ModelSource, with a clear error for a missing alias package or file; `revision`
-    (model.revision) pins a hub id and is refused (ConfigError) for the alias, a local folder or a .gguf file."""
-    source = _resolve(name)
+    (model.revision) pins a hub id and is refused (ConfigError) for the alias, a local folder or a .gguf file.
+    `weights=False`: a local folder needs no weights yet (tunelab plan reads its config.json alone)."""
+    source = _resolve(name, weights)
     if source.kind == "hub":
         return dataclasses.replace(source, revision=revision)
     if revision:
@@ -76,7 +77,7 @@ def hub_source(name: str, revision: str | None) -> ModelSource:
     return ModelSource(name, name, revision=revision or None, kind="hub")
 
 
-def _resolve(name: str) -> ModelSource:
+def _resolve(name: str, weights: bool = True) -> ModelSource:
     if name in EMBEDDED:
         package, filename, install = EMBEDDED[name]
         spec = importlib.util.find_spec(package)  # locate without importing: the package's __init__ needs extras
@@ -94,7 +95,7 @@ def _resolve(name: str) -> ModelSource:
             raise ModelError(f"model '{name}': GGUF file not found.")
         return ModelSource(name, str(path.resolve().parent), path.name)
     if path.is_dir():
-        check_model_dir(name, path)
+        check_model_dir(name, path, weights)
         return ModelSource(name, str(path.resolve()))
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model '{name}': not a Hugging Face model directory, a .gguf file, or a hub id (org/name).")
@@ -170,10 +171,10 @@ def base_record(name: str, revision: str | None = None) -> dict[str, str]:
     }
 
 
-def pinned_source(name: str, revision: str | None) -> ModelSource:
+def pinned_source(name: str, revision: str | None, weights: bool = True) -> ModelSource:
     """The source training loads: a hub id at the commit `base_record` records (resolved once), so a branch that moves
-    while the run starts does not give it other weights than its run.json names."""
-    source = resolve_source(name, revision)
+    while the run starts does not give it other weights than its run.json names. `weights`: as resolve_source's."""
+    source = resolve_source(name, revision, weights)
     commit = hub_commit(source)
     return dataclasses.replace(source, revision=commit or revision)
 
@@ -216,14 +217,14 @@ def run_base(info: RunInfo) -> ModelSource:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
-def check_model_dir(name: str, path: Path) -> None:
-    """A local Hugging Face directory needs config.json and safetensors weights (the tokenizer is checked where it
-    is loaded: an adapter run's base is opened for its weights only); say what is missing."""
+def check_model_dir(name: str, path: Path, weights: bool = True) -> None:
+    """A local Hugging Face directory needs config.json and (unless not `weights`) safetensors weights (the tokenizer
+    is checked where it is loaded: an adapter run's base is opened for its weights only); say what is missing."""
     if not (path / "config.json").is_file():
         raise ModelError(
             f"model '{name}': the directory has no config.json, so it is not a Hugging Face model directory."
         )
-    if not any(path.glob("*.safetensors")):
+    if weights and not any(path.glob("*.safetensors")):
         pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
         found = f"; it has {', '.join(pickled)}, which tunelab does not load (pickle can run code)" if pickled else ""
         raise ModelError(

@@ -504,7 +504,7 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> P
     if budget is None:
         where = "model.device is cpu, which has no GPU memory" if not on_cuda else "no GPU here to read the budget from"
         raise ConfigError(f"{where}: give --gpu-memory SIZE (like 24GiB).")
-    inputs = load_inputs(cfg)
+    inputs = load_inputs(cfg, weights=False)  # a local folder of config.json and tokenizer plans before its download
     hf_config = load_hf_config(inputs.source, cfg.model.trust_remote_code)
     if pick_impl(cfg.model.impl, hf_config) != "fast":
         raise ConfigError(f"model '{cfg.model.name}' trains on the generic path, which the planner has no model of.")

@@ -33,11 +33,12 @@ class Inputs:
     data: Datasets
 
 
-def load_inputs(cfg: RunConfig, task: Task | None = None, commit: str | None = None) -> Inputs:
+def load_inputs(cfg: RunConfig, task: Task | None = None, commit: str | None = None, weights: bool = True) -> Inputs:
     """The data as `task` (default: the config's) builds it, over the model at the hub `commit` a resumed run recorded
-    (None: model.revision, resolved to its commit now)."""
+    (None: model.revision, resolved to its commit now). `weights=False`: a local model folder may hold no weights yet
+    (tunelab plan reads the model's config.json alone)."""
     task = task or get_task(cfg.task, cfg)
-    source = pinned_source(cfg.model.name, commit or cfg.model.revision)
+    source = pinned_source(cfg.model.name, commit or cfg.model.revision, weights)
     if cfg.model.adapter:
         check_adapter_base(cfg.model.adapter, source)
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
