@@ -7,7 +7,7 @@ import pytest
 
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.memory import GIB, Setup, calibrate, estimate
-from tunelab.training.plan import BudgetError, Fixed, plan, require_fit
+from tunelab.training.plan import BudgetError, Fixed, candidates, plan, require_fit
 from tunelab.training.speed import step_time
 
 LLAMA2_7B = LlamaConfig.from_hf(
@@ -63,6 +63,23 @@ def test_explicit_options_win():
     assert (c.micro_batch, c.grad_accum, c.checkpointed, c.offload) == (2, 2, 32, False)
     c = plan(LLAMA2_7B, QLORA, 80 * GIB, 4, Fixed(checkpoint_layers=5)).chosen.candidate
     assert c.checkpointed == 5
+
+
+@pytest.mark.parametrize("budget", [80 * GIB, 12 * GIB])
+def test_method_layers_plans_no_checkpointing_or_offload_of_its_frozen_layers(budget):
+    """The frozen layers below method layers' trained ones save nothing for backward, so checkpointing or offloading
+    them changes nothing, yet the table listed "checkpointing 1/32 layers, offload" rows; candidates differ now."""
+    setup = Setup(method="layers", top_layers=4, seq=2048)
+    result = plan(LLAMA2_7B, setup, budget, global_batch=8)
+    shown = [s.candidate for s in result.candidates]
+    assert shown and all(c.checkpointed == 0 or c.checkpointed > 28 for c in shown), result.table()
+    assert all(c.checkpointed > 28 for c in shown if c.offload), result.table()
+    assert "checkpointing 1/32 layers" not in result.table()
+    assert any(c.offload for c in shown)  # offloading the trained layers' inputs is still a candidate
+    every = candidates(32, 8, Fixed(), cuda=True, frozen=28)
+    assert {c.checkpointed for c in every} == {0, 29, 30, 31, 32} and all(
+        c.checkpointed > 28 for c in every if c.offload
+    )
 
 
 def test_a_budget_below_the_minimum_names_it_and_its_largest_part():

@@ -20,7 +20,7 @@ from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode, training_dtype
 from tunelab.training.distributed import pick_sharding
-from tunelab.training.memory import GIB, Estimate, Setup, calibrate, estimate, gib
+from tunelab.training.memory import GIB, Estimate, Setup, calibrate, estimate, gib, saving_layers
 from tunelab.training.plan_setup import config_setup
 from tunelab.training.speed import fixed_time, sample_time, step_time
 
@@ -125,9 +125,12 @@ class MemoryPlan:
 # The planner
 
 
-def candidates(layers: int, global_batch: int, fixed: Fixed, cuda: bool, rollout: bool = False) -> list[Candidate]:
-    """Every configuration the fixed options allow (`rollout`: grpo's, whose step's answers are split into
-    micro-batches, not accumulated from grad_accum batches of prompts)."""
+def candidates(
+    layers: int, global_batch: int, fixed: Fixed, cuda: bool, rollout: bool = False, frozen: int = 0
+) -> list[Candidate]:
+    """Every configuration the fixed options allow that differs from the others (`rollout`: grpo's, whose step's
+    answers are split into micro-batches, not accumulated from grad_accum batches of prompts). `frozen`: the lowest
+    layers that save nothing for backward (method layers), whose checkpointing or offload would change nothing."""
     if fixed.micro_batch is not None:
         batches = [fixed.micro_batch]
     else:
@@ -140,15 +143,15 @@ def candidates(layers: int, global_batch: int, fixed: Fixed, cuda: bool, rollout
     elif fixed.checkpointing is True:
         counts = [layers]
     else:
-        counts = list(range(layers + 1))
+        counts = [0, *range(frozen + 1, layers + 1)]
     offloads = [fixed.offload] if fixed.offload is not None else ([False, True] if cuda else [False])
     out = []
     for b in batches:
         ga = -(-global_batch // b) if rollout else max(1, global_batch // b)  # grpo: the last micro-batch short
         for k in counts:
             for off in offloads:
-                if off and not k and fixed.offload is None:
-                    continue  # offload moves checkpointed inputs: nothing to move
+                if off and k <= frozen and fixed.offload is None:
+                    continue  # offload moves recomputed layers' inputs: nothing to move
                 out.append(Candidate(b, ga, k, off, rollout))
     return out
 
@@ -172,7 +175,8 @@ def plan(
     fixed = fixed or Fixed()
     setup = dataclasses.replace(setup, graphs=setup.graphs and cuda)  # CUDA graphs exist on CUDA only
     scored = []
-    for cand in candidates(c.num_layers, global_batch, fixed, cuda, rollout=setup.sampled > 0):
+    frozen = c.num_layers - saving_layers(c, setup)
+    for cand in candidates(c.num_layers, global_batch, fixed, cuda, setup.sampled > 0, frozen):
         s = dataclasses.replace(
             setup, micro_batch=cand.micro_batch, checkpointed=cand.checkpointed, offload=cand.offload
         )
