@@ -69,6 +69,17 @@ def test_mismatched_and_failed_clients_are_reported_and_the_round_goes_on(flower
     np.testing.assert_allclose(arrays[KEYS[1]].numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_a_client_that_never_replied_is_told_with_the_timeout_it_missed(flower_message):
+    """The reason said "no reply before federated.round_timeout" without its value: the user looked it up."""
+    inner = FedAvg(fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
+    layout = {k: (tuple(v.shape), "float32") for k, v in _adapter(0).items()}
+    recorded = Recorded(inner, min_clients=1, offset=0, rounds=1, recipe="", layout=layout, round_timeout=90.0)
+    recorded._sent[1] = {1: 100, 7: 100}  # what configure_train sent this round: node 7 never replies
+    recorded.aggregate_train(1, [_reply(flower_message, 1, "a", _adapter(1), 10)])
+    status = {c.client: (c.status, c.reason) for c in recorded.reports[1].clients}
+    assert status["node-7"] == ("failed", "no reply before federated.round_timeout (90 s)")
+
+
 def test_a_mismatched_adapter_is_counted_apart_from_failed_clients(flower_message):
     """metrics.jsonl's clients_failed counted a client that replied with an adapter of other shapes as failed, beside
     those that crashed: a user looked for an error that was a config difference (another method.r on that host)."""

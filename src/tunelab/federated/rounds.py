@@ -139,8 +139,10 @@ class Recorded(Strategy):
         layout: dict[str, tuple[tuple[int, ...], str]],
         accountant: RdpAccountant | None = None,
         warmup: int | None = None,
+        round_timeout: float | None = None,
     ):
         self.inner, self.min_clients, self.offset, self.rounds = inner, min_clients, offset, rounds
+        self.round_timeout = round_timeout  # federated.round_timeout, named in a silent client's reason
         self.warmup = warmup  # the federation's warmup steps, as it started: clients follow it, not rounds x ratio
         self.recipe, self.layout, self.accountant = recipe, layout, accountant
         self.reports: dict[int, RoundReport] = {}
@@ -211,9 +213,9 @@ class Recorded(Strategy):
         for node, size in sent.items():  # sampled, but no reply at all within the round's timeout
             if not any(c.node_id == node for c in report.clients):
                 name = self.names.get(node, f"node-{node}")
-                report.clients.append(
-                    ClientRound(name, node, "failed", "no reply before federated.round_timeout", bytes_sent=size)
-                )
+                waited = f" ({self.round_timeout:g} s)" if self.round_timeout is not None else ""
+                why = f"no reply before federated.round_timeout{waited}"
+                report.clients.append(ClientRound(name, node, "failed", why, bytes_sent=size))
         self.reports[round_] = report
         if len(usable) < self.min_clients:
             failed = sum(c.status == "failed" for c in report.clients)

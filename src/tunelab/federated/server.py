@@ -240,6 +240,7 @@ def _run_rounds(
         layout=layout(initial),
         accountant=accountant,
         warmup=warmup,
+        round_timeout=f.round_timeout,
     )
     log = MetricsLog(run_dir, resume_step=done if resume else None)
     info = RunInfo(
