@@ -62,6 +62,24 @@ def test_a_federation_of_one_round_says_one_round(
     assert len(saved) == 1 and " (1 round, " in saved[0]
 
 
+def test_a_resumed_federation_says_its_time_in_all_and_this_time(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
+):
+    """A resumed federation ended '(3 rounds, 146 s)', the earlier rounds' time counted in without a word: a user took
+    it for this command's."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config, {"federated.rounds": 2}), 2, ["site0", "site1"], resume=False)
+    first = [line for line in capsys.readouterr().out.splitlines() if line.startswith("saved to ")]
+    assert len(first) == 1 and "in all" not in first[0] and first[0].endswith(" s)"), first
+    state = json.loads((run / "federated.json").read_text())
+    (run / "federated.json").write_text(json.dumps(state | {"elapsed_s": 1000.0}))  # the first command's rounds
+    run_federation(None, load_config(config, {"federated.rounds": 3}), 2, ["site0", "site1"], resume=True)
+    saved = [line for line in capsys.readouterr().out.splitlines() if line.startswith("saved to ")]
+    assert len(saved) == 1 and saved[0].endswith(" s this time)"), saved
+    in_all, this_time = saved[0].split("(3 rounds, ", 1)[1].split(" s in all, ")
+    assert int(in_all) >= 1000 > int(this_time.split(" s")[0])
+
+
 def test_a_finished_federation_says_what_its_checkpoints_are_kept_for(
     tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
 ):

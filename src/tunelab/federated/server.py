@@ -259,7 +259,9 @@ def _run_rounds(
         total_steps=f.rounds,
         extra={"auto": auto.to_dict()},  # what the clients' auto options became, as a run of tunelab train records
     )
-    started = time.perf_counter() - float(state.get("elapsed_s", 0.0))
+    earlier = float(state.get("elapsed_s", 0.0))  # the rounds' seconds before a --resume, counted on from there
+    began = time.perf_counter()
+    started = began - earlier
     keep_best = cfg.train.keep_best and bool(eval_batches)  # as in train: only with an eval set to choose by
     last_loss: list[float | None] = [None]
     stale = [resume]  # the results of the adapter before a resume (eval.json, ...), until its first new one is saved
@@ -332,7 +334,9 @@ def _run_rounds(
     done = int(state["rounds_done"])
     whole = f"{f.rounds} round{'' if f.rounds == 1 else 's'}"
     rounds = whole if done >= f.rounds else f"stopped after round {done} of {f.rounds}; --resume goes on"
-    print(f"saved to {run_dir} ({rounds}, {time.perf_counter() - started:.0f} s)", flush=True)
+    now = time.perf_counter()
+    spent = f"{now - started:.0f} s" + (f" in all, {now - began:.0f} s this time" if earlier else "")
+    print(f"saved to {run_dir} ({rounds}, {spent})", flush=True)
     if done >= f.rounds and (untrained := nothing_applied(state["history"])):
         # a failure, as train's guard stop is: exit 3, and the run an --overwrite moved aside is kept (failure_noted)
         raise TrainingStopped(untrained)
