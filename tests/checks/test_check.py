@@ -245,7 +245,7 @@ def test_eval_questions_that_cannot_be_asked_stop_the_run_before_training(tiny_o
         tunelab.train(None, overrides | {"train.max_steps": 1})
     questions.write_text(json.dumps(rows[0]) + "\n")
     assert main(["check", *cli_flags(overrides), "--data-only"]) == 0
-    assert "[PASS] eval.questions: the 1 rows of" in capsys.readouterr().out
+    assert "[PASS] eval.questions: the 1 row of" in capsys.readouterr().out
 
 
 def test_a_stage_without_data_is_named(tiny_overrides):

@@ -114,7 +114,7 @@ def test_each_client_is_shown_with_its_weight_in_the_average(tiny_model_dir, tmp
     cfg = load_config(config).config
     check_clients(cfg, federation_clients(cfg))
     said = capsys.readouterr().out
-    assert f"client site1: 1 examples, {rows} rows" in said and f"weight in the average: {rows} training rows" in said
+    assert f"client site1: 1 example, {rows} rows" in said and f"weight in the average: {rows} training rows" in said
 
 
 def test_federate_says_which_rows_a_client_skips(tiny_model_dir, tmp_path, capsys):

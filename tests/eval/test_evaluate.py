@@ -384,7 +384,7 @@ def test_the_loss_of_a_run_with_a_transform_is_taken_on_the_rows_it_made(tiny_mo
     assert result.rows_read == 3 and result.loss_on == "answers"
     assert result.tuned.eval_loss == pytest.approx(info["eval_loss"], rel=1e-4)
     assert all(r.question.startswith("WHAT IS THE CODE") for r in result.rows)
-    assert "e.jsonl: 1 rows dropped by data.transform" in capsys.readouterr().err
+    assert "e.jsonl: 1 row dropped by data.transform" in capsys.readouterr().err
 
 
 def test_a_mixture_sources_eval_file_is_scored_as_that_source_was_trained(tiny_model_dir, tmp_path):

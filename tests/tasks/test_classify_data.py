@@ -323,7 +323,7 @@ def test_eval_of_a_file_whose_rows_are_all_skipped_says_why(tmp_path):
         _classify(run, path, 16)
     pairs = _write(tmp_path / "pairs.jsonl", [{"chosen": "same", "rejected": "same"}])
     with pytest.raises(
-        DataError, match=r"no preference pairs to evaluate \(1 rows read, skipped: 1 chosen and rejected"
+        DataError, match=r"no preference pairs to evaluate \(1 row read, skipped: 1 chosen and rejected"
     ):
         _reward(run, pairs, 16)
 

@@ -143,6 +143,14 @@ def test_eval_cadence_needs_an_eval_split():
     assert auto_eval_every(138, True).reason == "10 evaluations in 138 steps, the last at step 138"
     assert auto_eval_every(140, True).reason == "10 evaluations in 140 steps"  # every 14 ends on 140
     assert auto_eval_every(2, True).reason == "2 evaluations in 2 steps"  # said 10
+    assert auto_eval_every(1, True).reason == "1 evaluation in 1 step"  # said "1 evaluations in 1 steps"
+
+
+def test_a_set_of_one_example_is_told_in_the_singular():
+    """A one-row set was told "small set: 1 examples" and "1 steps an epoch"."""
+    plan = _plan(1)
+    assert plan.chosen["train.micro_batch"].reason.startswith("small set: 1 example, fewer than 32")
+    assert plan.chosen["train.epochs"].reason.startswith("1 step an epoch: ")
 
 
 def test_explicit_values_win_and_feed_the_rules():

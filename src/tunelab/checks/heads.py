@@ -32,6 +32,7 @@ from tunelab.checks.model import dtype_items, task_step, untrained_item
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
 from tunelab.data.loader import epoch_chunks, epoch_rows
+from tunelab.errors import counted
 from tunelab.rundir import RunInfo
 from tunelab.tasks import get_task
 from tunelab.tasks.classify import UNSEEN
@@ -57,7 +58,7 @@ def _skips(inputs: Inputs, match) -> tuple[int, list[str]]:
 
 def label_items(inputs: Inputs) -> list[CheckItem]:
     counts = inputs.data.facts["label_counts"]
-    shown = [f"{label}: {n} rows" for label, n in counts.items()]
+    shown = [f"{label}: {counted(n, 'row')}" for label, n in counts.items()]
     items = [CheckItem("labels", "info", f"{len(counts)} labels in the training rows", shown)]
     smallest, largest = min(counts, key=counts.get), max(counts, key=counts.get)
     if counts[largest] > IMBALANCE * counts[smallest]:

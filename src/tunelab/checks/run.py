@@ -48,7 +48,7 @@ from tunelab.data.checks import CheckItem, CheckResult, data_checks
 from tunelab.data.loader import epoch_rows
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
-from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError
+from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError, counted
 from tunelab.eval.questions import check_questions
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import load_hf_config
@@ -301,7 +301,9 @@ def questions_item(cfg: RunConfig, inputs) -> CheckItem:
         questions = check_questions(cfg, inputs.source, inputs.tokenizer)
     except TunelabError as exc:
         return CheckItem(name, "fail", str(exc))
-    return CheckItem(name, "pass", f"the {len(questions)} rows of {cfg.eval.questions} can be asked after training")
+    return CheckItem(
+        name, "pass", f"the {counted(len(questions), 'row')} of {cfg.eval.questions} can be asked after training"
+    )
 
 
 def _resumed_info(cfg) -> RunInfo | None:

@@ -34,6 +34,7 @@ from tunelab.data.loader import make_batches
 from tunelab.data.match import contains, exact_match
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
+from tunelab.errors import counted
 from tunelab.eval.compare import dropped_counts, dropped_line
 from tunelab.eval.metrics import (
     LabelScores,
@@ -378,8 +379,8 @@ def format_eval(result: EvalResult, show_answers: bool = False) -> str:
     asked for."""
     b, t = result.base, result.tuned
     lines = [
-        f"eval of {result.run_dir} on {result.data_file}: {result.rows_read} rows, {len(result.rows)} answered, "
-        f"loss on {result.loss_rows} rows ({result.loss_tokens:,} tokens of {result.loss_on})"
+        f"eval of {result.run_dir} on {result.data_file}: {counted(result.rows_read, 'row')}, {len(result.rows)} answered, "
+        f"loss on {counted(result.loss_rows, 'row')} ({result.loss_tokens:,} tokens of {result.loss_on})"
     ]
     table = [
         (f"loss on {result.loss_on}", _num(b.eval_loss), _num(t.eval_loss)),

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tunelab.atomic import write_json
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import refuse_missing_file
-from tunelab.errors import ConfigError, DataError, article
+from tunelab.errors import ConfigError, DataError, article, counted
 from tunelab.eval.metrics import label_scores
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run, refuse_other_input_kind
 from tunelab.peft.lora import adapters_disabled
@@ -83,7 +83,8 @@ def _skips(report: DataReport) -> dict[str, dict]:
 def _skipped(report: DataReport) -> str:
     """What the rows of a file that gave nothing to evaluate were skipped for, in words."""
     reasons = "; ".join(f"{s.count} {reason} (e.g. {s.locations[0]})" for reason, s in report.skips.items())
-    return f"{report.total_read} rows read, skipped: {reasons}" if reasons else f"{report.total_read} rows read"
+    read = f"{counted(report.total_read, 'row')} read"
+    return f"{read}, skipped: {reasons}" if reasons else read
 
 
 def _read(run: HeadRun, data_file: str, read) -> tuple[list, list[str], DataReport]:

@@ -45,7 +45,7 @@ from tunelab.data.report import DataReport, location
 from tunelab.data.sources import read_records
 from tunelab.data.templates import resolve_template
 from tunelab.data.transform import apply_transform, load_transform
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, counted
 from tunelab.infer.generate import GenerationSettings, refuse_no_room, say
 from tunelab.models.load import ModelSource, load_hf_config
 from tunelab.rundir import RunInfo, saved_config, saved_config_file
@@ -200,7 +200,7 @@ def read_questions(
     dropped = dropped if dropped is not None else DataReport()
     records = apply_transform(records, load_transform(data.transform), data.transform, dropped, questions=True)
     for reason, skip in dropped.skips.items():
-        say(f"{path}: {skip.count} rows {reason}, as training drops them (e.g. {skip.locations[0]})")
+        say(f"{path}: {counted(skip.count, 'row')} {reason}, as training drops them (e.g. {skip.locations[0]})")
     if not records:
         raise DataError(f"{path}: data.transform {data.transform} dropped every row of the question file.")
     questions: list[Question | None] = [None] * len(records)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.atomic import write_text
 from tunelab.config import FederatedConfig, ResolvedConfig, RunConfig, dump_yaml, iter_options
 from tunelab.config.validate import option_default
-from tunelab.errors import ConfigError, RunDirError, TunelabError
+from tunelab.errors import ConfigError, RunDirError, TunelabError, counted
 from tunelab.eval.compare import compare_after_training
 from tunelab.federated.history import all_rounds_done
 from tunelab.federated.hostpaths import absolute_model, app_note, server_paths
@@ -215,7 +215,7 @@ def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = Fals
             check_same_eval(cfg.output_dir, rows)
     for client, data, weight in zip(clients, sets, average_weights(cfg.federated, sets)):
         print(
-            f"client {client.name}: {data.report.train.used} examples, {len(data.train)} rows "
+            f"client {client.name}: {counted(data.report.train.used, 'example')}, {counted(len(data.train), 'row')} "
             f"({', '.join(client.paths)}{f', shard {client.shard.index + 1} of {client.shard.count}' if client.shard else ''}); "
             f"{weight}",
             flush=True,

@@ -28,7 +28,7 @@ from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config
 from tunelab.data.loader import make_batches
 from tunelab.data.templates import resolve_template
-from tunelab.errors import RunDirError, TrainingStopped
+from tunelab.errors import RunDirError, TrainingStopped, counted
 from tunelab.federated.history import (
     all_rounds_done,
     client_dtypes,
@@ -115,7 +115,9 @@ def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
     parts.append(f"eval loss {eval_loss:.4f}" if eval_loss is not None else "no eval set")
     for c in report.clients:
         if c.status == "ok":
-            parts.append(f"{c.client}: train loss {c.train_loss:.4f} ({c.examples} examples, {c.seconds:.0f} s)")
+            parts.append(
+                f"{c.client}: train loss {c.train_loss:.4f} ({counted(c.examples, 'example')}, {c.seconds:.0f} s)"
+            )
         else:
             parts.append(f"{c.client}: {c.status.upper()} ({c.reason})")
     sent = sum(c.bytes_sent for c in report.clients) / 1e6

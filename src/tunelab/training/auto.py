@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.config import AUTO, GrpoConfig, MethodConfig, TrainConfig
+from tunelab.errors import counted
 
 LORA_LR_AT_2000 = 5e-4  # LoRA's best lr at hidden size 2000 (tinker-cookbook: 5e-5 x 10)
 LR_EXPONENT = 0.781  # how the best lr falls with the hidden size (tinker-cookbook's Llama-family fit)
@@ -184,7 +185,8 @@ def auto_micro_batch(examples: int) -> Choice:
     mb = min(MICRO_BATCH, pow2_floor(examples / STEPS_PER_EPOCH))
     if examples < STEPS_PER_EPOCH:  # even one example a micro-batch leaves fewer than ~32 steps an epoch
         return Choice(
-            mb, f"small set: {examples} examples, fewer than {STEPS_PER_EPOCH}: one a micro-batch, {examples} an epoch"
+            mb,
+            f"small set: {counted(examples, 'example')}, fewer than {STEPS_PER_EPOCH}: one a micro-batch, {examples} an epoch",
         )
     return Choice(
         mb,
@@ -211,7 +213,9 @@ def auto_epochs(examples: int, per_epoch: int) -> Choice:
     if per_epoch * TARGET_EPOCHS < MIN_STEPS:
         epochs = min(MAX_EPOCHS, math.ceil(MIN_STEPS / per_epoch))
         cap = f", at most {MAX_EPOCHS}" if epochs == MAX_EPOCHS else ""
-        return Choice(float(epochs), f"{per_epoch} steps an epoch: enough epochs for {MIN_STEPS} optimizer steps{cap}")
+        return Choice(
+            float(epochs), f"{counted(per_epoch, 'step')} an epoch: enough epochs for {MIN_STEPS} optimizer steps{cap}"
+        )
     if examples * TARGET_EPOCHS > MAX_EXAMPLES_SEEN:
         epochs = max(1, MAX_EXAMPLES_SEEN // examples)
         return Choice(float(epochs), f"large set: about {MAX_EXAMPLES_SEEN:,} examples seen ({examples:,} a pass)")
@@ -221,7 +225,7 @@ def auto_epochs(examples: int, per_epoch: int) -> Choice:
 def auto_warmup(total_steps: int) -> Choice:
     ratio = float(f"{min(WARMUP_RATIO, MAX_WARMUP_STEPS / total_steps):.4g}")
     steps = int(ratio * total_steps)  # as training counts them from the saved ratio (recipe.py)
-    return Choice(ratio, f"{steps} of {total_steps} steps: 5%, at most {MAX_WARMUP_STEPS}")
+    return Choice(ratio, f"{steps} of {counted(total_steps, 'step')}: 5%, at most {MAX_WARMUP_STEPS}")
 
 
 def auto_eval_every(total_steps: int, has_eval: bool) -> Choice:
@@ -230,7 +234,9 @@ def auto_eval_every(total_steps: int, has_eval: bool) -> Choice:
     every = max(1, math.ceil(total_steps / EVALS_PER_RUN))
     # training also evaluates the last step when `every` does not divide the steps (recipe.py: final_eval)
     end = "" if total_steps % every == 0 else f", the last at step {total_steps}"
-    return Choice(every, f"{math.ceil(total_steps / every)} evaluations in {total_steps} steps{end}")
+    return Choice(
+        every, f"{counted(math.ceil(total_steps / every), 'evaluation')} in {counted(total_steps, 'step')}{end}"
+    )
 
 
 def plan_from_data(
