@@ -431,6 +431,8 @@ def test_an_input_or_history_column_the_rows_format_does_not_read_is_counted_in_
     assert note.startswith("d.jsonl: 2 rows have a column 'input' that the prompt_completion format does not read "
                            "(e.g. d.jsonl:1)")  # fmt: skip
     assert "alpaca" in note
+    _, report = convert(rows[1:2] + rows[:1], fields={"prompt": "instruction", "completion": "response"})
+    assert report.notes[0].startswith("d.jsonl: 1 row has a column 'input' that")  # said "1 rows have"
     _, report = convert(rows, fields={"output": "response"})  # alpaca reads it
     assert not report.notes
 

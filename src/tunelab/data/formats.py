@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import Record, is_plain_text
-from tunelab.errors import ConfigError, DataError, article, not_text
+from tunelab.errors import ConfigError, DataError, article, counted, not_text
 
 # format -> (required canonical fields, optional canonical fields); dict order is the detection order
 FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -514,7 +514,7 @@ def to_examples(
         unused.refuse()
     for (path, name), (rows, first) in lost.items():
         report.notes.append(
-            f"{path}: {rows} rows have a column '{name}' that the {file_format[path]} format does not read (e.g. "
+            f"{path}: {counted(rows, 'row')} {'has' if rows == 1 else 'have'} a column '{name}' that the {file_format[path]} format does not read (e.g. "
             f"{location(first.path, first.line)}): it is left out of their examples; to use it, read the rows as "
             "alpaca (instruction, output, input, history: data.fields maps your columns to them)"
         )

@@ -48,7 +48,7 @@ from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport, location, location_path
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
-from tunelab.errors import ConfigError, DataError, article
+from tunelab.errors import ConfigError, DataError, article, counted
 
 TEXT_FIELDS = ("text",)
 CHAT_FIELDS = ("messages", "conversations")
@@ -500,7 +500,7 @@ def counted_records(
     for (name, key), (rows, first) in lost.items():
         mapped = f" (data.fields' {name})" if key != name else ""
         report.notes.append(
-            f"{first.path}: {rows} rows have a column '{key}'{mapped} that only an instruction reads (e.g. "
+            f"{first.path}: {counted(rows, 'row')} {'has' if rows == 1 else 'have'} a column '{key}'{mapped} that only an instruction reads (e.g. "
             f"{location(first.path, first.line)}): their prompt is another field, so it is left out; map the prompt's "
             "column to instruction (data.fields, e.g. {instruction: your_column}) to read it as sft's alpaca rows do"
         )
