@@ -169,6 +169,19 @@ def test_a_reader_that_closes_stdout_early_ends_the_command_quietly(command, tin
     assert "Traceback" not in err and "Exception ignored" not in err and "BrokenPipe" not in err, err
 
 
+def test_a_command_started_with_stdout_closed_ends_as_it_would(tmp_path):
+    """Started with no stdout at all (`>&-`: Python's sys.stdout is None, and print writes nothing), a command ends
+    as it would with one, without an AttributeError from flushing it."""
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m tunelab.cli cache path >&-', sys.executable],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
 def test_unknown_flag_exits_2_with_suggestions(capsys):
     assert main(["train", "--train.lrr", "1"]) == 2
     assert "unknown option 'train.lrr'. Did you mean --train.lr" in capsys.readouterr().err

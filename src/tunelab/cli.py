@@ -539,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _main(argv)
         finally:
-            sys.stdout.flush()  # a reader gone fails here (help and argparse's exits too), not at the interpreter's exit
+            if sys.stdout is not None:  # None: started with stdout closed (>&-), where print writes nothing
+                sys.stdout.flush()  # a reader gone fails here (help and argparse's exits too), not at Python's exit
     except BrokenPipeError:
         return stdout_closed()  # `tunelab plan CONFIG | head -3`: 141, no traceback
 
