@@ -10,6 +10,7 @@ import yaml
 
 from tunelab.config.load import ResolvedConfig
 from tunelab.config.run import RunConfig, iter_options
+from tunelab.config.validate import unused_notes
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
@@ -27,10 +28,12 @@ def dump_yaml(config: RunConfig) -> str:
 
 
 def describe(resolved: ResolvedConfig) -> str:
-    """The resolved config, one option a line, with where each value came from."""
+    """The resolved config, one option a line, with where each value came from; then a note for each option set that
+    the run does not read (method.r beside method full)."""
     lines = []
     for name, _, _ in iter_options():
         section, _, key = name.rpartition(".")
         target = getattr(resolved.config, section) if section else resolved.config
         lines.append(f"  {name:<24} = {getattr(target, key)!r:<40} ({resolved.origins[name]})")
+    lines += unused_notes(resolved.config, resolved.origins)
     return "\n".join(lines)

@@ -87,6 +87,41 @@ def quantize_needs_adapter(method: str) -> str:
     )
 
 
+# The method: options that some methods only read (training/build.py's apply_method, training/auto.py's lr).
+METHOD_OPTIONS = {
+    "r": ("lora", "dora"),
+    "alpha": ("lora", "dora"),
+    "dropout": ("lora", "dora"),
+    "target_modules": ("lora", "dora"),
+    "rslora": ("lora", "dora"),
+    "top_layers": ("layers",),
+}
+
+
+def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
+    """A note for each option the user set (its origin is no default) that the run does not read: method.r beside
+    method full, method.top_layers beside lora, train.offload_activations on model.device cpu. Not refused: a sweep
+    shares its overrides across methods. A staged run's option is unused when no stage's method reads it; a stage's
+    own option when its stage's method does not."""
+    notes = []
+    methods = {entry.get("method.name", config.method.name) for entry in config.stages} or {config.method.name}
+    for key, readers in METHOD_OPTIONS.items():
+        name = f"method.{key}"
+        if origins.get(name, "default") != "default" and not methods & set(readers):
+            value = getattr(config.method, key)
+            notes.append(f"note: {name} ({value}) is not used by method {' or '.join(sorted(methods))}")
+    for k, entry in enumerate(config.stages, 1):
+        method = entry.get("method.name", config.method.name)
+        for key, readers in METHOD_OPTIONS.items():
+            if f"method.{key}" in entry and method not in readers:
+                notes.append(f"note: stage {k}: method.{key} ({entry[f'method.{key}']}) is not used by method {method}")
+    offload = "train.offload_activations"
+    if origins.get(offload, "default") != "default" and config.train.offload_activations is True:
+        if config.model.device == "cpu":  # it parks layer inputs in pinned host memory of a CUDA device
+            notes.append(f"note: {offload} (True) is not used on model.device cpu (it offloads from a GPU)")
+    return notes
+
+
 # The options of the task sections that serve some tasks only; every dpo.* option serves task dpo, every grpo.* grpo.
 TASK_OPTIONS = {
     "classify.class_weights": ("classify",),

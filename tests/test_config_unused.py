@@ -1,0 +1,47 @@
+"""Options the user set that the run's method does not read are named in a note of the printed config (not refused:
+a sweep shares its overrides across methods); defaults never are."""
+
+from tunelab.config import describe, load_config
+
+
+def notes(resolved):
+    return [line for line in describe(resolved).splitlines() if line.startswith("note:")]
+
+
+def test_lora_options_beside_full_are_noted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  name: full\n  r: 8\n  rslora: true\n")
+    resolved = load_config(path, {"method.target_modules": "[q_proj]"})
+    assert notes(resolved) == [
+        "note: method.r (8) is not used by method full",
+        "note: method.target_modules (['q_proj']) is not used by method full",
+        "note: method.rslora (True) is not used by method full",
+    ]
+
+
+def test_top_layers_beside_lora_and_defaults_say_nothing():
+    assert notes(load_config(None, {"method.top_layers": 4})) == [
+        "note: method.top_layers (4) is not used by method lora"
+    ]
+    assert notes(load_config(None, {"method.name": "full"})) == []  # r, alpha, top_layers are defaults
+    assert notes(load_config(None, {"method.name": "layers", "method.top_layers": 4})) == []
+    assert notes(load_config(None, {"method.name": "dora", "method.alpha": 8})) == []
+
+
+def test_staged_run_notes_by_its_stages_methods():
+    stages = [{"method": {"name": "layers"}}, {"method": {"name": "lora", "top_layers": 3}}]
+    resolved = load_config(None, {"method.r": 8, "stages": stages})
+    # r is read by stage 2's lora; stage 2's own top_layers by nothing there
+    assert notes(resolved) == ["note: stage 2: method.top_layers (3) is not used by method lora"]
+    only_full = load_config(None, {"method.r": 8, "stages": [{"method": {"name": "full"}}, {}]})
+    assert notes(only_full) == []  # stage 2 is lora, the run's method
+    assert notes(load_config(None, {"method.name": "full", "method.r": 8, "stages": [{}, {}]})) == [
+        "note: method.r (8) is not used by method full"
+    ]
+
+
+def test_offload_on_cpu_is_noted():
+    resolved = load_config(None, {"model.device": "cpu", "train.offload_activations": True})
+    assert notes(resolved) == [
+        "note: train.offload_activations (True) is not used on model.device cpu (it offloads from a GPU)"
+    ]
