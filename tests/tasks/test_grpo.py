@@ -38,6 +38,18 @@ def first_fails(prompt, answer, row):
         raise ValueError("no score for 1")
     return 1.0
 
+def as_tensor(prompt, answer, row):
+    import torch
+    return torch.tensor(len(answer) / 10)
+
+def as_array(prompt, answer, row):
+    import numpy
+    return numpy.array(0.25)
+
+def as_vector(prompt, answer, row):
+    import torch
+    return torch.tensor([0.5])
+
 def leaves(prompt, answer, row):
     import sys
     sys.exit(1)
@@ -228,6 +240,13 @@ def test_user_function_rewards_and_their_failures(reward_module):
     assert math.isnan(values[0]) and "raised ValueError: no score for 42" in failures[0].reason
     _, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:text"), [_sample("x")])
     assert "returned 'high' (str), not a number" in failures[0].reason
+    # a 0-d tensor or array (a reward computed with torch) is its value, as a numpy float is; a (1,) one is refused
+    values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:as_tensor"), [_sample("abcde")])
+    assert values == pytest.approx([0.5]) and not failures
+    values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:as_array"), [_sample("x")])
+    assert values == pytest.approx([0.25]) and not failures
+    _, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:as_vector"), [_sample("x")])
+    assert "returned Tensor of shape (1,), not a number; return one number" in failures[0].reason
     with pytest.raises(ConfigError, match="has no function .missing."):
         R.specs([RewardSpec(kind="function", function=f"{reward_module}:missing")])
     with pytest.raises(ConfigError, match="module:function"):

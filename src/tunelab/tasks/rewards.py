@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tunelab.config import RewardSpec
@@ -249,10 +250,23 @@ def build(spec: RewardSpec, device: torch.device | str = "cpu") -> Reward:
 MAX_REWARD = 1e6  # rewards are summed and normalised per group in fp32: larger values overflow there
 
 
+def _number(value: Any) -> Any:
+    """A 0-d torch tensor or numpy array (`torch.tensor(0.5)`, what a reward computed with torch gives) as its one
+    value; anything else as it is. An array of more dimensions is no reward of one answer, even of one element."""
+    if isinstance(value, torch.Tensor | np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
+
+
 def _reason(value: Any) -> str | None:
     """Why a reward value is not usable, or None when it is a finite real number within +-MAX_REWARD."""
     if isinstance(value, Exception):
         return str(value) if isinstance(value, _Exited) else f"raised {type(value).__name__}: {value}"
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return (
+            f"returned {type(value).__name__} of shape {tuple(value.shape)}, not a number; return one number (a "
+            "float, or a 0-d tensor such as x.sum() or x[0])"
+        )
     if not isinstance(value, numbers.Real):
         return f"returned {value!r} ({type(value).__name__}), not a number"
     try:
@@ -273,6 +287,7 @@ def score(rewards: list[Reward], samples: list[Sample]) -> tuple[torch.Tensor, l
     for j, reward in enumerate(rewards):
         got = reward.score(samples)
         for i, value in enumerate(got):
+            value = _number(value)
             reason = _reason(value)
             if reason is None:
                 values[i, j] = float(value)
