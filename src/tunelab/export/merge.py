@@ -30,6 +30,7 @@ from tunelab.data.templates import Template
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
+from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.places import data_of, models_of
 from tunelab.rundir import MERGE_FILE, RUN_FILE, RunInfo, is_run_dir, open_info
@@ -274,7 +275,7 @@ def merge_run(
         )
     check_can_write(out)  # a read-only place: said before the merge, not after it
     merged = merged_model(run_dir, dtype)
-    with scratch_folder(out) as scratch:
+    with scratch_folder(out) as scratch, quiet_progress():
         merged.model.save_pretrained(scratch, safe_serialization=True)
         merged.tokenizer.save_pretrained(scratch)
         write_json(scratch / MERGE_FILE, provenance(merged, run_dir, out))

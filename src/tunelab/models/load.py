@@ -27,6 +27,7 @@ from tunelab.atomic import scratch_folder, write_json
 from tunelab.config.model import DEVICE_NAMES, EMBEDDED, is_device
 from tunelab.errors import ConfigError, ModelError, RunDirError, WriteFailed
 from tunelab.models.converted import cache_root, conversion_problem, finish_conversion, gguf_key
+from tunelab.models.quiet import quiet_progress
 from tunelab.rundir import RUN_FILE, RunInfo, read_info
 
 
@@ -297,10 +298,11 @@ def materialize(source: ModelSource) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-        model, report = AutoModelForCausalLM.from_pretrained(
-            source.path, gguf_file=source.gguf_file, dtype=torch.float32, output_loading_info=True
-        )
+        with quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+            model, report = AutoModelForCausalLM.from_pretrained(
+                source.path, gguf_file=source.gguf_file, dtype=torch.float32, output_loading_info=True
+            )
     except ImportError as exc:
         raise ModelError(
             f"model '{source.name}': reading GGUF needs the 'gguf' package ({exc}). Install it with: pip install gguf"
@@ -504,15 +506,16 @@ def load_hf_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
     from transformers import AutoModelForCausalLM
 
     try:
-        model, report = AutoModelForCausalLM.from_pretrained(
-            materialize(source),
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-            ignore_mismatched_sizes=True,  # so the report lists them all; _check_loaded refuses them
-            output_loading_info=True,
-            **source.hub_revision,
-        )
+        with quiet_progress():
+            model, report = AutoModelForCausalLM.from_pretrained(
+                materialize(source),
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+                ignore_mismatched_sizes=True,  # so the report lists them all; _check_loaded refuses them
+                output_loading_info=True,
+                **source.hub_revision,
+            )
     except StrictDataclassError as exc:
         raise _config_problem(source, exc) from None
     except OSError as exc:

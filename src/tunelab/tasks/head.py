@@ -31,6 +31,7 @@ from torch import nn
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.models.llama import LlamaForCausalLM, LlamaModel
 from tunelab.models.load import ModelSource, damaged_weights, pick_device
+from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora_linear import float_weight
 from tunelab.peft.save import load_adapter, save_adapter, saved_module
 from tunelab.rundir import RunInfo, read_json_object
@@ -239,9 +240,10 @@ def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: s
         load_adapter(model, run_dir)
     else:
         try:
-            hf = AutoModelForSequenceClassification.from_pretrained(
-                run_dir, dtype=dt, use_safetensors=True, trust_remote_code=info.trust_remote_code
-            )
+            with quiet_progress():
+                hf = AutoModelForSequenceClassification.from_pretrained(
+                    run_dir, dtype=dt, use_safetensors=True, trust_remote_code=info.trust_remote_code
+                )
         except (OSError, ValueError) as exc:
             raise ModelError(f"{run_dir}: the classifier's weights cannot be loaded ({exc}).") from None
         except SafetensorError as exc:

@@ -22,6 +22,7 @@ from tunelab.kernels import select as select_ops
 from tunelab.models.hf_adapter import from_hf_model
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import ModelSource, load_hf_model, native_bf16, pick_device, pick_dtype, run_base
+from tunelab.models.quiet import quiet_progress
 from tunelab.models.untrained import embedding_matrices, repair_rows
 from tunelab.peft.lora import attach_lora
 from tunelab.quant.linear import NF4Linear, quantize_model_
@@ -242,7 +243,8 @@ def save_full_weights(built: BuiltModel, folder: Path, weights: dict[str, torch.
     """All weights as a Hugging Face directory (config.json + model.safetensors) that transformers loads. `weights`:
     the whole state dict when the model holds only a shard of it (FSDP2)."""
     if built.impl == "generic":
-        built.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
+        with quiet_progress():
+            built.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
         return
     folder.mkdir(parents=True, exist_ok=True)
     weights = built.model.state_dict() if weights is None else weights

@@ -47,6 +47,7 @@ from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage
 from tunelab.config.load import STAGE_PREFIX
 from tunelab.errors import ConfigError, Interrupted, RunDirError, TrainingStopped, TunelabError, article, counted
 from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
+from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
 from tunelab.rundir import CONFIG_FILE, HEAD_TASKS, RunInfo, is_run_dir, read_info, write_info
@@ -213,7 +214,7 @@ def merge_stage(run_dir: Path, out: Path) -> None:
     model = trained_base(info, dtype, torch.device("cpu"), info.quantize_base == "nf4")
     merge_lora(load_adapter(model, run_dir), dtype)
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)
-    with scratch_folder(out) as scratch:
+    with scratch_folder(out) as scratch, quiet_progress():
         model.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
 
