@@ -400,3 +400,20 @@ def test_serve_refuses_an_option_given_twice_as_the_other_commands_that_read_a_r
     ]:
         assert main(argv) == 2
         assert f"option '{option}' is given more than once" in capsys.readouterr().err
+
+
+def test_generate_takes_the_prompt_after_the_run_or_as_a_flag(monkeypatch, capsys):
+    """`tunelab generate RUN "prompt"` was refused with argparse's '--prompt is required'."""
+    import tunelab.api
+
+    asked = []
+    monkeypatch.setattr(tunelab.api, "generate", lambda run, prompt, **_: asked.append((run, prompt)) or "ok")
+    assert main(["generate", "runs/a", "What is 2+2?"]) == 0
+    assert main(["generate", "runs/a", "--prompt", "Hi"]) == 0
+    assert asked == [("runs/a", "What is 2+2?"), ("runs/a", "Hi")]
+    capsys.readouterr()
+    assert main(["generate", "runs/a", "One", "--prompt", "Two"]) == 2
+    assert "takes one prompt; it got 'One' and --prompt 'Two'" in capsys.readouterr().err
+    assert main(["generate", "runs/a"]) == 2
+    assert 'needs a prompt: tunelab generate RUN "your prompt"' in capsys.readouterr().err
+    assert len(asked) == 2

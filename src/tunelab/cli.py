@@ -22,6 +22,7 @@ from tunelab.config.flags import (
     finite,
     join_negative_values,
     keep_double_dash,
+    one_prompt,
     positive,
     refuse_repeated,
     whole,
@@ -204,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="one answer to one prompt, for scripts")
     generate.add_argument("run_dir", help="a finished run directory")
-    generate.add_argument("--prompt", required=True, help="the user message")
+    generate.add_argument("text", nargs="?", metavar="PROMPT", help="the user message (or --prompt)")
+    generate.add_argument("--prompt", help="the user message")
     generate.add_argument("--system", help="a system message")
     generate.add_argument("--base", action="store_true", help="answer with the base model instead of the tuned one")
     _generation_options(generate)
@@ -491,7 +493,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     elif args.command == "generate":
         answer = api.generate(
             args.run_dir,
-            args.prompt,
+            one_prompt(args.text, args.prompt),
             system=args.system,
             base=args.base,
             settings=settings,

@@ -1,6 +1,7 @@
-"""The command line's argument list before argparse reads it: a negative number joined to its flag, and an option of
+"""The command line's arguments around argparse: a negative number joined to its flag, an option of
 one value given twice refused (argparse keeps the last one without a word: `eval --data a.jsonl --data b.jsonl`
-scored b alone); and the argparse types of the commands' plain options (device, whole, finite, positive)."""
+scored b alone); the argparse types of the commands' plain options (device, whole, finite, positive); and
+generate's prompt read from either of its places (`one_prompt`)."""
 
 from __future__ import annotations
 
@@ -148,3 +149,14 @@ def keep_double_dash(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             setattr(args, action.dest, dashes(action))
         elif type(action) is argparse._AppendAction:
             setattr(args, action.dest, [dashes(action) if v == [] else v for v in value])
+
+
+def one_prompt(positional: str | None, flag: str | None) -> str:
+    """`tunelab generate`'s prompt, given after the run (`generate RUN "Hi"`) or as --prompt: exactly one of them."""
+    if positional is not None and flag is not None:
+        raise ConfigError(
+            f"tunelab generate takes one prompt; it got {positional!r} and --prompt {flag!r}. Give one of them."
+        )
+    if positional is None and flag is None:
+        raise ConfigError('tunelab generate needs a prompt: tunelab generate RUN "your prompt" (or --prompt "...").')
+    return flag if positional is None else positional
