@@ -1,5 +1,6 @@
 """Options the user set that the run's method does not read are named in a note of the printed config (not refused:
-a sweep shares its overrides across methods); defaults never are."""
+a sweep shares its overrides across methods); defaults never are. An adapter to continue beside a method
+without one is no such option: it is refused."""
 
 from tunelab.config import describe, load_config
 
@@ -45,3 +46,22 @@ def test_offload_on_cpu_is_noted():
     assert notes(resolved) == [
         "note: train.offload_activations (True) is not used on model.device cpu (it offloads from a GPU)"
     ]
+
+
+def test_an_adapter_to_continue_beside_full_or_layers_is_refused_with_the_config():
+    """It was refused only after the model loaded, as 'method.target_modules [] (the adapter's: [...])'."""
+    import pytest
+
+    from tunelab.errors import ConfigError
+
+    for method in ("full", "layers"):
+        with pytest.raises(ConfigError, match=f"option 'model.adapter' is '.*runs/a'.*method.name is {method}"):
+            load_config(None, {"model.adapter": "runs/a", "method.name": method})
+    # a staged run's model.adapter is stage 1's start: a later full stage (after continue: merge) is no contradiction
+    stages = [{}, {"continue": "merge", "method": {"name": "full"}}]
+    resolved = load_config(None, {"model.adapter": "runs/a", "stages": stages})
+    from tunelab.config import stage_config
+
+    assert stage_config(resolved, 1, "out").config.model.adapter is None
+    with pytest.raises(ConfigError, match="stage 1: option 'model.adapter'"):
+        stage_config(load_config(None, {"model.adapter": "runs/a", "stages": [{"method": {"name": "full"}}]}), 0, "o")

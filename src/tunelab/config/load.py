@@ -465,6 +465,8 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
         if k not in STAGE_KEYS and not (flagged and resolved.origins.get(k, "").startswith("--"))
     }
     _set_values(config, values)
+    if index > 0:  # model.adapter outside stages: is stage 1's start; a later one starts from the stage before it
+        config.model.adapter = None
     # The run's options for its other stages' tasks (dpo.beta in a run whose stage 2 is dpo) are not this stage's:
     # they go back to their defaults, so that the stage's saved config holds what it uses. Its own are checked.
     for name, f, _ in iter_options():

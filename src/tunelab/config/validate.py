@@ -73,6 +73,13 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
         )
     if config.method.use_dora and config.method.name != "lora":
         raise ConfigError(f"option 'method.use_dora' is for method.name lora; method.name is {config.method.name}.")
+    if config.model.adapter and not config.method.is_adapter and not config.stages:
+        # was refused only once the model had loaded, as a method whose target_modules [] differed from the adapter's
+        raise ConfigError(
+            f"option 'model.adapter' is {config.model.adapter!r}, an adapter to train on, but method.name is "
+            f"{config.method.name}, which trains the model's own weights and has no adapter. Use method.name lora or "
+            "dora (the adapter's), or merge the adapter first (tunelab merge RUN --out DIR) and set model.name: DIR."
+        )
     if config.method.quantize_base != "none" and not config.method.is_adapter and not config.stages:
         # a staged run's stages are checked each with its own method (stage_config)
         raise ConfigError(quantize_needs_adapter(config.method.name))
