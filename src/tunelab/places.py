@@ -68,7 +68,10 @@ def check_output_file(
     if path.exists() and (model := _model_holding(target, run_dir)):
         raise RunDirError(f"{path}: is a file of {model}; --overwrite never replaces it. Write elsewhere.")
     if path.exists() and not overwrite:
-        raise RunDirError(f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere.")
+        raise RunDirError(  # the Python API's callers pass no flags
+            f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere (in Python: overwrite=True "
+            "or out=)."
+        )
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
     check_can_write(path)  # a read-only folder: said now, not after the work

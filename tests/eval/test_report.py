@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+import tunelab
 from tunelab.errors import RunDirError
 from tunelab.eval.evaluate import Answer, EvalResult, EvalRow, ModelScores
 from tunelab.eval.metrics import contains, exact_match, label_scores, predict_label, refused, rouge_l, text_scores
@@ -454,6 +455,8 @@ def test_build_report_errors(tmp_path):
     first = build_report(run)
     with pytest.raises(RunDirError, match="report.html exists. Pass --overwrite"):
         build_report(run)
+    with pytest.raises(RunDirError, match=r"elsewhere \(in Python: overwrite=True or out=\)"):
+        tunelab.report(run)  # the API's caller has no flags to pass
     assert build_report(run, overwrite=True) == first
     assert build_report(run, tmp_path / "out" / "r.html").is_file()
 
