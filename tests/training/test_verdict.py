@@ -100,6 +100,12 @@ def test_a_few_steps_of_a_long_pass_still_falling_are_told_the_length_of_one_pas
     assert longer.kind == "underfit" and "train.max_steps: 46 for one full pass" in longer.text
 
 
+def test_a_tiny_share_of_a_pass_is_said_as_it_is_not_as_none():
+    """2 steps of a 449-step pass were said as 'after 0.00 of one pass', 'about 100% of them never trained on'."""
+    v = _judge([0.705, 0.670], spe=449, epochs=2 / 449, max_steps=2)
+    assert "after 0.004 of one pass" in v.text and "about 99.6% of them were never trained on" in v.text
+
+
 def test_a_run_max_steps_stopped_before_one_pass_with_a_high_loss_is_not_fine():
     """A run that train.max_steps stopped at 30 of a pass's 100 steps, its loss still 1.2, was called 'fine': 70% of
     its rows were never trained on. It says so, with the numbers and the max_steps of one full pass."""

@@ -58,6 +58,17 @@ LOSS_UNITS = {"classify": "an example", "reward": "a pair", "dpo": "a pair"}
 PAIR_TASKS = ("dpo", "reward")
 
 
+def _share(epochs: float) -> str:
+    """The share of one pass a run made: 0.30, or 0.004 for 2 of 449 steps (not 0.00)."""
+    return f"{epochs:.2f}" if epochs >= 0.01 else f"{epochs:.1g}"
+
+
+def _unseen(epochs: float) -> str:
+    """The percentage of rows never trained on: 70, or 99.6 where whole numbers would say 100 of a run that trained."""
+    unseen = 100 * (1 - epochs)
+    return f"{unseen:.0f}" if round(unseen) < 100 else f"{unseen:.1f}"
+
+
 def high_loss(task: str = "sft", labels: int | None = None) -> float:
     """The train loss that counts as "still high", on the scale of the task's loss. sft: HIGH_LOSS nats a token (the
     runs above). The others start near the loss of a guess, not near the model's own text loss, so they are judged
@@ -121,8 +132,8 @@ def _too_short(
     unseen = ""
     if max_steps and epochs < 1 and steps_per_epoch:
         unseen = (
-            f" train.max_steps ({max_steps}) stopped it after {epochs:.2f} of one pass over the training rows "
-            f"({steps_per_epoch} steps a pass), so about {100 * (1 - epochs):.0f}% of them were never trained on."
+            f" train.max_steps ({max_steps}) stopped it after {_share(epochs)} of one pass over the training rows "
+            f"({steps_per_epoch} steps a pass), so about {_unseen(epochs)}% of them were never trained on."
         )
     if last_step >= MIN_JUDGED:  # the steps were there, the log skipped most of them
         enough = f"The run made {last_step} steps: set train.log_every: 1 to log each of them."
@@ -215,8 +226,8 @@ def judge(
     if max_steps and epochs < 1 and end >= high_at:
         return Verdict(
             "underfit",
-            f"underfit: train.max_steps ({max_steps}) stopped the run after {epochs:.2f} of one pass over the training "
-            f"rows ({steps_per_epoch} steps a pass), so about {100 * (1 - epochs):.0f}% of them were never trained on, "
+            f"underfit: train.max_steps ({max_steps}) stopped the run after {_share(epochs)} of one pass over the training "
+            f"rows ({steps_per_epoch} steps a pass), so about {_unseen(epochs)}% of them were never trained on, "
             f"and the train loss is still high: {start:.3f} -> {end:.3f} nats {unit}. Set train.max_steps: "
             f"{steps_per_epoch} for one full pass, or remove it so that train.epochs sets the length.",
             numbers,
