@@ -356,3 +356,11 @@ def test_check_resume_builds_the_model_in_the_dtype_the_run_trained_in(tiny_over
     items = {item.name: item.summary for item in tunelab.check(None, run, resume=True).items}
     assert items["model dtype"].startswith("resume: model.dtype auto keeps fp16, the dtype the run trained in")
     assert built and {b.dtype for b in built} == {torch.float16}
+
+
+def test_options_the_method_does_not_read_are_an_item_of_the_check(tiny_overrides, capsys):
+    """The API's check (show=False prints nothing) said nothing of method.top_layers set beside lora."""
+    result = tunelab.check(None, tiny_overrides | {"method.top_layers": 3}, model=False)
+    (item,) = [item for item in result.items if item.name == "unused options"]
+    assert item.status == "info" and item.details == ["note: method.top_layers (3) is not used by method lora"]
+    assert "unused options" not in _statuses(tunelab.check(None, tiny_overrides, model=False))

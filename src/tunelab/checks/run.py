@@ -44,6 +44,7 @@ from tunelab.checks.model import (
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
 from tunelab.config import RunConfig, describe
 from tunelab.config.load import locate
+from tunelab.config.validate import unused_notes
 from tunelab.data.checks import CheckItem, CheckResult, data_checks
 from tunelab.data.loader import epoch_rows
 from tunelab.data.render import render_examples
@@ -215,6 +216,10 @@ def run_check(
         color = show and sys.stdout.isatty()
         return federated_check(cfg, clients, config, resume, page, examples, model, out, color, describe(resolved))
     items = output_items(cfg, config, resume, overwrite_non_run)
+    if unused := unused_notes(cfg, resolved.origins):  # printed under the config; an item for the API and the page
+        items.append(
+            CheckItem("unused options", "info", f"{len(unused)} option(s) set that the run does not read", unused)
+        )
     plans, later = [], []
     if cfg.stages:  # a staged run: stage 1 in full; the later stages' data (their models are results yet to come)
         plans = plan_stages(resolved, Path(cfg.output_dir))
