@@ -65,3 +65,12 @@ def test_an_adapter_to_continue_beside_full_or_layers_is_refused_with_the_config
     assert stage_config(resolved, 1, "out").config.model.adapter is None
     with pytest.raises(ConfigError, match="stage 1: option 'model.adapter'"):
         stage_config(load_config(None, {"model.adapter": "runs/a", "stages": [{"method": {"name": "full"}}]}), 0, "o")
+
+
+def test_answer_options_of_a_head_run_are_noted():
+    resolved = load_config(None, {"task": "classify", "eval.max_new_tokens": 32, "eval.refusal": "No."})
+    assert notes(resolved) == [
+        "note: eval.max_new_tokens (32) is not used by task classify (it generates no text)",
+        "note: eval.refusal (No.) is not used by task classify (it generates no text)",
+    ]
+    assert notes(load_config(None, {"task": "dpo", "eval.max_new_tokens": 32})) == []

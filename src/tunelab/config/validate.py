@@ -107,7 +107,8 @@ METHOD_OPTIONS = {
 
 def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
     """A note for each option the user set (its origin is no default) that the run does not read: method.r beside
-    method full, method.top_layers beside lora, train.offload_activations on model.device cpu. Not refused: a sweep
+    method full, method.top_layers beside lora, eval.max_new_tokens of a classify run, train.offload_activations on
+    model.device cpu. Not refused: a sweep
     shares its overrides across methods. A staged run's option is unused when no stage's method reads it; a stage's
     own option when its stage's method does not."""
     notes = []
@@ -122,6 +123,14 @@ def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
         for key, readers in METHOD_OPTIONS.items():
             if f"method.{key}" in entry and method not in readers:
                 notes.append(f"note: stage {k}: method.{key} ({entry[f'method.{key}']}) is not used by method {method}")
+    tasks = run_tasks(config)
+    if not tasks - {"classify", "reward"}:  # a head generates no text: no answer to limit or refuse
+        for name in ("eval.max_new_tokens", "eval.refusal"):
+            if origins.get(name, "default") != "default":
+                value = getattr(config.eval, name.partition(".")[2])
+                notes.append(
+                    f"note: {name} ({value}) is not used by task {' or '.join(sorted(tasks))} (it generates no text)"
+                )
     offload = "train.offload_activations"
     if origins.get(offload, "default") != "default" and config.train.offload_activations is True:
         if config.model.device == "cpu":  # it parks layer inputs in pinned host memory of a CUDA device
