@@ -349,7 +349,11 @@ def generate(
         answer, cut_at = answer_one(model, loaded.tokenizer, loaded.template, messages, settings)
     if cut_at is not None:  # on stderr: stdout is the answer alone
         asked = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        why = "the limit; --max-new-tokens allows more" if cut_at == asked else "the room the model's context left"
+        why = (
+            "the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more"
+            if cut_at == asked
+            else "the room the model's context left"
+        )
         print(f"note: the answer was cut at {cut_at} tokens, {why}.", file=sys.stderr, flush=True)
     return answer
 

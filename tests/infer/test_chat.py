@@ -79,7 +79,7 @@ def test_an_answer_cut_at_max_new_tokens_is_said(tiny_run_dir):
     import torch
 
     run = open_run(tiny_run_dir, device="cpu")
-    said = "(the answer was cut at 3 tokens, the limit; --max-new-tokens allows more.)"
+    said = "(the answer was cut at 3 tokens, the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more.)"
     settings = GenerationSettings(max_new_tokens=3, temperature=1.0)  # sampled: the tiny model writes text
 
     def talk() -> str:

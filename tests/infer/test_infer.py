@@ -549,7 +549,10 @@ def test_generate_says_on_stderr_when_its_answer_was_cut(tiny_run_dir, capsys):
     run = open_run(tiny_run_dir, device="cpu")
     settings = GenerationSettings(max_new_tokens=3)  # greedy: the tiny model writes line breaks to the limit
     tunelab.generate(run, "Code of box 1?", settings=settings)
-    assert "note: the answer was cut at 3 tokens, the limit; --max-new-tokens allows more." in capsys.readouterr().err
+    assert (
+        "note: the answer was cut at 3 tokens, the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more."
+        in capsys.readouterr().err
+    )
     end = (run.template.stop_token_ids or [run.tokenizer.eos_token_id])[0]
     generate = run.model.generate
     run.model.generate = lambda **kwargs: generate(**kwargs, forced_eos_token_id=end)  # its turn ends at the limit

@@ -161,7 +161,9 @@ def chat(
                 "a new conversation.)\n"
             )
         elif answer.cut:  # else the text stops mid-sentence without a word
-            out.write(f"(the answer was cut at {wanted} tokens, the limit; --max-new-tokens allows more.)\n")
+            out.write(
+                f"(the answer was cut at {wanted} tokens, the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more.)\n"
+            )
         answer_text = "".join(pieces).strip()
         if not answer_text:  # training skips a conversation with an empty answer: the model never saw one
             messages.pop()
