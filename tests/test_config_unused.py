@@ -74,3 +74,10 @@ def test_answer_options_of_a_head_run_are_noted():
         "note: eval.refusal (No.) is not used by task classify (it generates no text)",
     ]
     assert notes(load_config(None, {"task": "dpo", "eval.max_new_tokens": 32})) == []
+
+
+def test_a_split_seed_without_a_split_is_noted():
+    assert notes(load_config(None, {"data.split_seed": 3})) == [
+        "note: data.split_seed (3) is not used without data.eval_fraction (it seeds that split)"
+    ]
+    assert notes(load_config(None, {"data.split_seed": 3, "data.eval_fraction": 0.1})) == []

@@ -131,6 +131,12 @@ def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
                 notes.append(
                     f"note: {name} ({value}) is not used by task {' or '.join(sorted(tasks))} (it generates no text)"
                 )
+    split = "data.split_seed"  # a staged or federated run may hold out a fraction where this config does not show it
+    if origins.get(split, "default") != "default" and not config.data.eval_fraction:
+        if not config.stages and not config.federated.enabled:
+            notes.append(
+                f"note: {split} ({config.data.split_seed}) is not used without data.eval_fraction (it seeds that split)"
+            )
     offload = "train.offload_activations"
     if origins.get(offload, "default") != "default" and config.train.offload_activations is True:
         if config.model.device == "cpu":  # it parks layer inputs in pinned host memory of a CUDA device
