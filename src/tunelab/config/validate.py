@@ -107,10 +107,9 @@ METHOD_OPTIONS = {
 
 def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
     """A note for each option the user set (its origin is no default) that the run does not read: method.r beside
-    method full, method.top_layers beside lora, eval.max_new_tokens of a classify run, train.offload_activations on
-    model.device cpu. Not refused: a sweep
-    shares its overrides across methods. A staged run's option is unused when no stage's method reads it; a stage's
-    own option when its stage's method does not."""
+    method full, method.top_layers beside lora, eval.max_new_tokens of a classify run, data.split_seed without a split,
+    train.offload_activations on model.device cpu. Not refused: a sweep shares its overrides across methods. A staged
+    run's option is unused when no stage's method reads it; a stage's own option when its stage's method does not."""
     notes = []
     methods = {entry.get("method.name", config.method.name) for entry in config.stages} or {config.method.name}
     for key, readers in METHOD_OPTIONS.items():
