@@ -165,3 +165,27 @@ def test_a_staged_run_killed_after_a_checkpoint_records_that_checkpoint_in_both_
     assert seen["run"]["tokens"] == first["tokens"] + seen["stage"]["tokens"]
     assert seen["run"]["final_loss"] == seen["stage"]["final_loss"]
     assert seen["run"]["extra"]["stopped"] == {"stage": 2, "stages": 2, "stage_finished": False}
+
+
+def test_a_staged_run_stopped_after_its_last_stage_was_saved_is_finished_by_resume(staged, tmp_path, crash_at):
+    """Stopped after the last stage was saved, before the run's result was written (Ctrl-C while the forgetting matrix
+    was read): --resume refused with "every one of the 2 stages has finished ... nothing to train", so the run could
+    only be trained again with --overwrite, and the report told to --resume for a next stage there is not. --resume
+    now writes the run's result, and the report says so."""
+    import tunelab
+    from tunelab.training import stages
+
+    with crash_at(1, stages, "forgetting"):
+        train(None, staged)
+    run = tmp_path / "run"
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] is False and info["extra"]["stopped"] == {"stage": 2, "stages": 2, "stage_finished": True}
+    page = build_report(run).read_text()
+    assert "no: stopped after its last stage 2 of 2 (second) was saved; --resume writes the run&#x27;s result" in page
+    item = next(i for i in tunelab.check(None, staged, resume=True, model=False).items if i.name == "resume")
+    assert item.status == "pass" and "writes the run's result" in item.summary
+    result = train(None, staged, resume=True)
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] is True and info["steps"] == 6 and result.steps == 6
+    assert len(info["extra"]["forgetting"]["matrix"]) == 2 and "stopped" not in info["extra"]
+    assert (run / "adapter_model.safetensors").is_file()

@@ -113,7 +113,9 @@ def _staged_resume(run_dir: Path, count: int, notes: list[str]) -> CheckItem:
     other one resumes from its checkpoint, or starts again when it stopped before its first. ConfigError when every
     stage has finished."""
     refuse_nothing_to_train(run_dir, count)
-    k = next(k for k in range(1, count + 1) if not _finished_stage(stage_dir(run_dir, k)))
+    k = next((k for k in range(1, count + 1) if not _finished_stage(stage_dir(run_dir, k))), None)
+    if k is None:  # stopped after the last stage was saved, before the run's result was written
+        return CheckItem("resume", "pass", f"every one of the {count} stages has finished; writes the run's result")
     here = stage_dir(run_dir, k)
     checkpoint, damaged = intact_checkpoint(here) if is_run_dir(here) else (None, [])
     if checkpoint is not None:

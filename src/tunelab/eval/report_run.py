@@ -79,6 +79,8 @@ def _finished(d: dict, stopped: tuple[int, int] | None) -> str:
     if not d.get("finished") and isinstance(staged, dict) and isinstance(staged.get("stage"), int):
         k, count, names = staged["stage"], staged.get("stages", "?"), (d.get("extra") or {}).get("stages") or []
         name = f" ({names[k - 1]})" if isinstance(names, list) and 0 < k <= len(names) else ""
+        if staged.get("stage_finished") and k == count:
+            return f"no: stopped after its last stage {k} of {count}{name} was saved; --resume writes the run's result"
         if staged.get("stage_finished"):
             return f"no: stopped after stage {k} of {count}{name}, which was saved; --resume starts the next"
         return f"no: stopped in stage {k} of {count}{name}; --resume continues it"

@@ -76,7 +76,11 @@ def refuse_changed_stage(run_dir: Path, resolved: ResolvedConfig) -> None:
 
 def refuse_nothing_to_train(run_dir: Path, count: int) -> None:
     """ConfigError for --resume of a staged run whose every stage has finished: a finished stage keeps its steps, so
-    nothing would train, and the run's result used to be published again with exit 0."""
+    nothing would train, and the run's result used to be published again with exit 0. A run stopped after its last
+    stage was saved but before the run's own result was written (its run.json not finished) is let through: --resume
+    skips the stages and writes that result."""
+    if not read_info(run_dir, require_finished=False).finished:
+        return
     for k in range(1, count + 1):
         here = stage_dir(run_dir, k)
         if not (is_run_dir(here) and read_info(here, require_finished=False).finished):
