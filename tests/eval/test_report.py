@@ -514,3 +514,14 @@ def test_the_data_section_names_the_split_seed_of_the_eval_split(tmp_path):
     assert "eval split: fraction, split seed 7." in render_report(run)
     (run / "data_report.json").write_text(json.dumps(data | {"eval_source": "file", "split_seed": None}))
     assert "eval split: file." in render_report(run)
+
+
+def test_a_stopped_run_shows_the_last_eval_loss_it_logged(tmp_path):
+    """A run stopped by Ctrl-C (or still training) has no eval_loss in run.json: the summary showed no eval loss at
+    all, though metrics.jsonl held the evaluations made before the stop. It shows the last one, with its step."""
+    run = make_run(tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"finished": False, "eval_loss": None}))
+    page = render_report(run)
+    last = 2.4 * math.exp(-40 / 14) + 0.55
+    assert f"<th>last logged eval loss</th><td>{last:.4f} (step 40)</td>" in page and "final eval loss" not in page

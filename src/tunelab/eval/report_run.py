@@ -14,7 +14,8 @@ from tunelab.rundir import federation_stopped
 
 def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
     """What was trained; `metrics`: the records of metrics.jsonl, for the last step's eval loss where train.keep_best
-    kept an earlier step's weights (run.json's eval_loss is then that step's)."""
+    kept an earlier step's weights (run.json's eval_loss is then that step's), and the last one logged by a run
+    stopped early (its run.json has none)."""
     if run.data is None:
         return run.missing("run summary")
     d: dict = run.data
@@ -45,6 +46,14 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             (f"{figure} of the result", f"{loss(value)} ({step} {kept}, the {most}; kept by train.keep_best)"),
             (f"{figure} at the last {step}", loss(sign * last[-1]) if last else None),
         ]
+    elif value is None and not d.get("finished"):  # stopped (or still training): its evaluations so far
+        logged = [
+            r
+            for r in metrics or []
+            if isinstance(r, dict) and isinstance(r.get("eval_loss"), int | float) and isinstance(r.get("step"), int)
+        ]
+        last = f"{loss(sign * logged[-1]['eval_loss'])} ({step} {logged[-1]['step']})" if logged else None
+        evals = [(f"last logged {figure}", last)]
     else:
         evals = [(f"final {figure}", loss(value))]
 
