@@ -245,3 +245,27 @@ def test_a_comparison_without_dropped_rows_says_nothing_of_them():
     )
     assert "not read" not in format_comparison(result)
     assert result.to_dict()["transform_dropped"] == {}
+
+
+def test_ctrl_c_in_the_comparison_after_training_says_the_run_is_saved(
+    tiny_overrides, tmp_path, cli_flags, monkeypatch, capsys
+):
+    """Ctrl-C while the finished run answered its eval.questions printed a bare "interrupted" (exit 130), as if the
+    training were lost; it says now that the run is saved, and the command that compares it."""
+    from tunelab.eval import compare as comparing
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "What is the code of box 3?", "expected": "1111"}) + "\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(comparing, "compare", interrupted)
+    overrides = tiny_overrides | {"train.max_steps": 2, "eval.questions": str(questions)}
+    assert main(["train", *cli_flags(overrides)]) == 130
+    err = capsys.readouterr().err
+    run = overrides["output_dir"]
+    assert "interrupted after training, in the comparison of eval.questions" in err
+    assert f"The run is finished and saved in {run}; compare.json was not written" in err
+    assert f"tunelab compare {run} --questions {questions}" in err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["finished"] is True

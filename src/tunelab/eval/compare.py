@@ -12,13 +12,14 @@ terminal gets the scores; the answers go to the file (or to the terminal too, wi
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig
 from tunelab.data.report import DataReport
-from tunelab.errors import DataError, RunDirError
+from tunelab.errors import DataError, Interrupted, RunDirError
 from tunelab.eval.metrics import correct, refused
 from tunelab.eval.questions import Question, answer_settings, read_questions, run_data_config, task_labels
 from tunelab.infer.generate import (
@@ -210,12 +211,24 @@ def save_comparison(result: Comparison, run_dir: str | Path, overwrite: bool = F
 def compare_after_training(run_dir: Path, cfg: RunConfig) -> Comparison:
     """Answer the run's eval.questions with the base and the saved tuned model, save compare.json (the run's first:
     training has just written the directory), print the scores. The questions are read with the data settings of
-    the result (a staged run's last stage's), as `tunelab compare` reads them."""
-    run = open_run(run_dir, device=cfg.model.device)
-    print(f"comparing base and tuned model on {cfg.eval.questions}", flush=True)
-    dropped = DataReport()
-    questions = read_questions(cfg.eval.questions, run_data_config(run_dir, run.info), dropped=dropped)
-    result = compare(run, questions, answer_settings(None, run_dir), run.info.refusal, dropped)
+    the result (a staged run's last stage's), as `tunelab compare` reads them. Ctrl-C meanwhile is Interrupted
+    saying that the run is saved and how to compare it later (it was a bare "interrupted", as if training was lost)."""
+    try:
+        run = open_run(run_dir, device=cfg.model.device)
+        print(f"comparing base and tuned model on {cfg.eval.questions}", flush=True)
+        dropped = DataReport()
+        questions = read_questions(cfg.eval.questions, run_data_config(run_dir, run.info), dropped=dropped)
+        result = compare(run, questions, answer_settings(None, run_dir), run.info.refusal, dropped)
+    except KeyboardInterrupt as stop:  # 130, or 143 after SIGTERM (errors.Terminated)
+        raise Interrupted(
+            f"The run is finished and saved in {run_dir}; {COMPARE_FILE} was not written. Compare it with:\n"
+            f"  tunelab compare {shlex.quote(str(run_dir))} --questions {shlex.quote(str(cfg.eval.questions))}",
+            step=0,
+            checkpoint=None,
+            signum=getattr(stop, "exit_code", 130) - 128,
+            at="training, in the comparison of eval.questions",
+            resumable=False,
+        ) from None
     path = save_comparison(result, run_dir, overwrite=True)
     print(format_comparison(result, path), flush=True)
     return result
