@@ -189,3 +189,30 @@ def test_a_staged_run_stopped_after_its_last_stage_was_saved_is_finished_by_resu
     assert info["finished"] is True and info["steps"] == 6 and result.steps == 6
     assert len(info["extra"]["forgetting"]["matrix"]) == 2 and "stopped" not in info["extra"]
     assert (run / "adapter_model.safetensors").is_file()
+
+
+def test_ctrl_c_while_a_staged_run_writes_its_result_lets_it_finish(staged, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the last stage was saved, while the run's result was written (forgetting matrix, run.json), stopped
+    it half-written with a bare "interrupted". The result is written first now, as a stage's own save is; then the run
+    ends interrupted (the CLI exits 130), its eval.questions not compared."""
+    import os
+    import signal
+
+    from tunelab.training import stages
+
+    real = stages.forgetting
+
+    def interrupted(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args)
+
+    monkeypatch.setattr(stages, "forgetting", interrupted)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "What is the code of box 3?", "expected": "1111"}) + "\n")
+    result = train(None, staged | {"eval.questions": str(questions)})
+    assert result.interrupted and result.stop_signal == signal.SIGINT  # the CLI exits 128 + 2
+    err = capsys.readouterr().err
+    assert "interrupt: the result is saved in" in err and "\ninterrupted\n" not in err
+    run = tmp_path / "run"
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] is True and "forgetting" in info["extra"] and not (run / "compare.json").exists()

@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -54,6 +55,7 @@ from tunelab.rundir import CONFIG_FILE, HEAD_TASKS, RunInfo, is_run_dir, read_in
 from tunelab.tasks import get_task
 from tunelab.training.build import trained_base
 from tunelab.training.checkpoint import intact_checkpoint
+from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.metrics import plot_losses
 from tunelab.training.outdir import failure_noted, finish_replacement, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.prepare import protected_paths, refuse_beyond_context
@@ -377,42 +379,47 @@ def train_stages(
             with contextlib.suppress(TunelabError, OSError):  # must not hide the error that stopped the run
                 record_stopped(run_dir, len(plans))
             raise
-    matrix, measures = forgetting(run_dir, len(plans))
-    _publish(run_dir, stage_dir(run_dir, len(plans)))
-    _metrics(run_dir, len(plans))
-    plot_losses(run_dir, [plan.config.task for plan in plans])
-    info = read_info(stage_dir(run_dir, len(plans)))
-    stages = [
-        {
-            "name": names[i],
-            "dir": f"{STAGE_PREFIX}{i + 1}",
-            "continue": cfg.stages[i].get("continue", "adapter") if i else None,
-        }
-        | stage_record(read_info(stage_dir(run_dir, i + 1)))
-        for i in range(len(plans))
-    ]
-    info.extra |= {"stages": stages, "forgetting": {"stages": names, "matrix": matrix, "measures": measures}}
-    each = [read_info(stage_dir(run_dir, i + 1)) for i in range(len(plans))]
-    whole_run(info, each)
-    _stage_verdict(info, len(plans), names[-1], sum(i.steps for i in each[:-1]))
-    write_info(run_dir, info)
-    print(format_forgetting(names, matrix, measures), flush=True)
-    print(
-        f"saved to {run_dir}: the last stage's result ({counted(info.steps, 'step')} in {len(plans)} stages, {info.tokens:,} tokens, "
-        f"{info.elapsed_s:.0f} s)",
-        flush=True,
-    )
-    if resume:
-        drop_stale_results(run_dir)
-    message = finish_replacement(plan_dir)
-    if message:
-        print(message, flush=True)
+    # Ctrl-C here waits for the run's result (its run.json, the last stage's files), as a stage's own save does
+    with graceful_interrupt("the last stage is saved: writing the run's result first") as stop:
+        matrix, measures = forgetting(run_dir, len(plans))
+        _publish(run_dir, stage_dir(run_dir, len(plans)))
+        _metrics(run_dir, len(plans))
+        plot_losses(run_dir, [plan.config.task for plan in plans])
+        info = read_info(stage_dir(run_dir, len(plans)))
+        stages = [
+            {
+                "name": names[i],
+                "dir": f"{STAGE_PREFIX}{i + 1}",
+                "continue": cfg.stages[i].get("continue", "adapter") if i else None,
+            }
+            | stage_record(read_info(stage_dir(run_dir, i + 1)))
+            for i in range(len(plans))
+        ]
+        info.extra |= {"stages": stages, "forgetting": {"stages": names, "matrix": matrix, "measures": measures}}
+        each = [read_info(stage_dir(run_dir, i + 1)) for i in range(len(plans))]
+        whole_run(info, each)
+        _stage_verdict(info, len(plans), names[-1], sum(i.steps for i in each[:-1]))
+        write_info(run_dir, info)
+        print(format_forgetting(names, matrix, measures), flush=True)
+        print(
+            f"saved to {run_dir}: the last stage's result ({counted(info.steps, 'step')} in {len(plans)} stages, {info.tokens:,} tokens, "
+            f"{info.elapsed_s:.0f} s)",
+            flush=True,
+        )
+        if resume:
+            drop_stale_results(run_dir)
+        message = finish_replacement(plan_dir)
+        if message:
+            print(message, flush=True)
+    if stop.requested:
+        print(f"interrupt: the result is saved in {run_dir}; nothing after training runs.", file=sys.stderr, flush=True)
     return dataclasses.replace(
         result,
         run_dir=run_dir,
         steps=info.steps,
         skipped_steps=info.skipped_steps,
         overflow_steps=overflow_steps(info),
+        **({"interrupted": True, "stop_signal": stop.signum} if stop.requested else {}),
     )
 
 
