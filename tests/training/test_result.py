@@ -31,3 +31,26 @@ def test_a_kept_checkpoint_is_readable_as_any_new_file_is(tiny_overrides, tmp_pa
     files = [path for path in (run / "checkpoints").rglob("*") if path.is_file()]
     assert any(path.suffix == ".safetensors" for path in files) and any(p.name == "best.safetensors" for p in files)
     assert {path.stat().st_mode & 0o777 for path in files} == {probe.stat().st_mode & 0o777}, files
+
+
+def test_a_report_made_while_the_run_trained_goes_when_it_finishes(tiny_overrides, monkeypatch, capsys):
+    """`tunelab report` while a run trained wrote report.html of the unfinished run ("finished: no"); it stayed there
+    after training, and `tunelab report` of the finished run refused to replace it without --overwrite."""
+    from pathlib import Path
+
+    from tunelab.eval.report import build_report
+    from tunelab.training import loop
+
+    real, calls = loop.train_step, []
+
+    def report_meanwhile(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the run's first step is logged: a report of it, as a user watching would make
+            build_report(tiny_overrides["output_dir"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", report_meanwhile)
+    run = recipe.train(None, tiny_overrides | {"train.max_steps": 3}).run_dir
+    assert "removed report.html: written while the run trained, it described it unfinished" in capsys.readouterr().out
+    page = build_report(run).read_text()  # no --overwrite needed
+    assert "<th>finished</th><td>yes</td>" in page and Path(run, "report.html").is_file()

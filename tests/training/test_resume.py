@@ -160,7 +160,7 @@ def test_a_finished_run_is_not_resumed_to_its_own_length_and_a_longer_one_keeps_
     (run_dir / "compare.json").write_text("{}")  # answers of the 3-step weights
     assert recipe.train(None, longer, resume=True).steps == 5
     assert not (run_dir / "compare.json").exists()  # 'tunelab report' showed them as the 5-step run's answers
-    assert "removed compare.json: they described the weights before this resume" in capsys.readouterr().out
+    assert "removed compare.json: it described the weights before this resume" in capsys.readouterr().out
     assert "max_steps: 5" in (run_dir / "config.yaml").read_text()
     with pytest.raises(ConfigError, match=r"finished \(5 steps\) and this config asks for 5"):
         recipe.train(None, longer, resume=True)  # the saved config now says 5: no change, nothing to do

@@ -85,25 +85,30 @@ def save_final(
 RESULT_FILES = ("compare.json", "eval.json", "report.html")
 
 
-def drop_stale_results(run_dir: Path) -> None:
-    """After a --resume that trained on: the comparison, evaluation and report of the weights before it are removed,
-    saying so; kept, `tunelab report` showed them as the run's result beside the new step count."""
+def drop_stale_results(run_dir: Path, resumed: bool = True) -> None:
+    """After a run that trained on: the comparison, evaluation and report of the weights before a --resume, or a
+    report written while the run trained (`resumed` False), are removed, saying so; kept, `tunelab report` showed them
+    as the run's result beside the new step count, and refused to replace them without --overwrite."""
     stale = [name for name in RESULT_FILES if (run_dir / name).is_file()]
     for name in stale:
         (run_dir / name).unlink()
     if stale:
+        what = "they" if len(stale) > 1 else "it"
+        why = (
+            f"{what} described the weights before this resume"
+            if resumed
+            else f"written while the run trained, {what} described it unfinished"
+        )
         print(
-            f"removed {', '.join(stale)}: they described the weights before this resume (run tunelab compare, eval "
-            "or report again for the new ones)",
+            f"removed {', '.join(stale)}: {why} (run tunelab compare, eval or report again for the new ones)",
             flush=True,
         )
 
 
 def tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:
-    """After a finished run: step checkpoints go (unless kept), the run this one replaced, and (resumed) the
-    results of the weights before."""
-    if plan.resume:
-        drop_stale_results(run_dir)
+    """After a finished run: step checkpoints go (unless kept), the run this one replaced, and the results of the
+    weights before (a --resume's) or of the unfinished run (a report made while it trained)."""
+    drop_stale_results(run_dir, resumed=plan.resume)
     if not keep_checkpoints:
         deleted = delete_checkpoints(run_dir)
         if deleted:

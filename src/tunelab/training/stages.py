@@ -406,8 +406,7 @@ def train_stages(
             f"{info.elapsed_s:.0f} s)",
             flush=True,
         )
-        if resume:
-            drop_stale_results(run_dir)
+        drop_stale_results(run_dir, resumed=resume)
         message = finish_replacement(plan_dir)
         if message:
             print(message, flush=True)
