@@ -30,14 +30,14 @@ def _flops_s(s: Setup) -> float:
     return 18_087_936 / rate
 
 
-@pytest.mark.parametrize(("dtype", "bytes_moved"), [("bf16", 5), ("fp16", 5), ("fp32", 10)])
+@pytest.mark.parametrize(("dtype", "bytes_moved"), [("bf16", 2), ("fp16", 2), ("fp32", 4)])
 def test_the_weight_traffic_is_in_the_runs_dtype(no_host, dtype, bytes_moved):
-    """The weight-copy term counted 16-bit copies (5 bytes a parameter and pass) for an fp32 run too, whose copies
-    are fp32: 10 bytes. Two layers, each passed over twice (forward, backward): 4 x 36,864 parameters x 5 or 10
-    bytes = 737,280 or 1,474,560 bytes at 4e12 bytes/s."""
+    """The weight term counted 16-bit bytes for an fp32 run too. full fine-tuning copies no weight: each GEMM reads
+    its weight as it is, 2 bytes a parameter and pass in 16 bits, 4 in fp32. Two layers, each passed over twice
+    (forward, backward): 4 x 36,864 parameters x 2 or 4 bytes = 294,912 or 589,824 bytes at 4e12 bytes/s."""
     s = Setup(method="full", micro_batch=1, seq=32, dtype=dtype)
     traffic = 4 * LAYER_WEIGHTS * bytes_moved
-    assert traffic == {5: 737_280, 10: 1_474_560}[bytes_moved]
+    assert traffic == {2: 294_912, 4: 589_824}[bytes_moved]
     assert speed.step_time(TINY, s, 1, "NVIDIA H200") == pytest.approx(_flops_s(s) + traffic / 4e12, rel=1e-12)
     # a checkpointed layer passes over its weights once more
     ckpt = dataclasses.replace(s, checkpointed=1)
@@ -50,10 +50,11 @@ def test_grpo_fixed_log_probs_forward_by_hand(no_host):
     """The speed model left out the forward grpo runs over the sampled answers, before the step, for their reference
     log-probs. 8 answers of 40 tokens (prompt and answer) in micro-batches of 3 (3 of them), bf16: per token
     2 layers x (2 x 36,864 + 2 x 40 x 64) + 2 x 256 x 64 = 190,464 FLOPs, 8 x 40 of them at 540e12; each micro-batch
-    passes over both layers' weights once, 3 x 2 x 36,864 x 5 = 1,105,920 bytes at 4e12. A second forward (the old
-    policy's, with LoRA dropout) doubles it; none without a reference or samples."""
+    passes over both layers' weights once: q/k/v and gate/up copied into their groups' stacked matrices, 24,576 x 5
+    bytes, o and down read as they are, 12,288 x 2, 3 x 2 x 147,456 = 884,736 bytes at 4e12. A second forward (the
+    old policy's, with LoRA dropout) doubles it; none without a reference or samples."""
     s = Setup(method="lora", micro_batch=3, seq=40, sampled=8, sample_len=40, sample_prompt=8, fixed_forwards=1)
-    one = 8 * 40 * 190_464 / 540e12 + 1_105_920 / 4e12
+    one = 8 * 40 * 190_464 / 540e12 + 884_736 / 4e12
     assert speed.fixed_time(TINY, s, "NVIDIA H200") == pytest.approx(one, rel=1e-12)
     assert speed.fixed_time(TINY, dataclasses.replace(s, fixed_forwards=2)) == pytest.approx(2 * one, rel=1e-12)
     assert speed.fixed_time(TINY, dataclasses.replace(s, fixed_forwards=0)) == 0.0
@@ -85,9 +86,10 @@ def test_method_layers_runs_backward_through_its_trained_layers_only(no_host):
     """With method=layers (1 top layer of the tiny model's 2) the frozen layer below runs forward only, but the speed
     model counted a backward for every layer. Per token: 2 forwards of 77,824 + one trained backward of 155,648 + the
     head's forward and input gradient 2 x 2 x 256 x 64 = 65,536: 376,832, x 32 tokens; weights passed over 3 times
-    (two forwards, one backward), 3 x 36,864 x 5 bytes. Checkpointing the frozen layer recomputes nothing."""
+    (two forwards, one backward), 3 x 36,864 x 2 bytes (read as they are). Checkpointing the frozen layer recomputes
+    nothing."""
     s = Setup(method="layers", top_layers=1, micro_batch=1, seq=32)
-    expected = 32 * 376_832 / speed.THROUGHPUT + 3 * LAYER_WEIGHTS * 5 / 4e12
+    expected = 32 * 376_832 / speed.THROUGHPUT + 3 * LAYER_WEIGHTS * 2 / 4e12
     assert speed.step_time(TINY, s, 1) == pytest.approx(expected, rel=1e-12)
     assert speed.step_time(TINY, dataclasses.replace(s, checkpointed=1), 1) == speed.step_time(TINY, s, 1)
     assert speed.step_time(TINY, dataclasses.replace(s, checkpointed=2), 1) > speed.step_time(TINY, s, 1)
@@ -106,7 +108,7 @@ def test_dora_pays_for_its_norm_at_every_forward_and_for_g_l_x_on_every_token(no
     294,912 FLOPs at the H200's fp32 share of the rate, and 34 bytes a weight over the fp32 blocks (36.5 over NF4,
     which dequantizes the whole weight first), 1,253,376 bytes a layer. Per token g L(x) and its backward move 8 x 2
     bytes per output column, 512 columns a layer (q 64, k, v 32, o 64, gate, up 128, down 64), 32 tokens."""
-    lora = Setup(method="lora", rank=4, micro_batch=1, seq=32)
+    lora = Setup(method="lora", rank=4, micro_batch=1, seq=32, grouped=False)  # one by one, as DoRA's layers run
     dora = dataclasses.replace(lora, dora=True)
     rate32 = speed.THROUGHPUT * 67 / 989
     norm = 294_912 / rate32 + 1_253_376 / 4e12  # one layer's norms, one forward
@@ -136,3 +138,32 @@ def test_dora_pays_for_its_norm_at_every_forward_and_for_g_l_x_on_every_token(no
     assert more == pytest.approx(25 * 2 * norm, rel=1e-9)
     more = speed.fixed_time(TINY, sampled[1], h200) - speed.fixed_time(TINY, sampled[0], h200)
     assert more == pytest.approx(8 * 2 * norm, rel=1e-9)  # 8 answers in micro-batches of 1
+
+
+def test_only_copied_weights_pay_for_the_copy(no_host):
+    """Layers that run alone (DoRA, LoRA dropout, groups off) were charged for copying their weights into the grouped
+    GEMM's stacked matrix, which only grouped ones build. bf16 LoRA, micro-batch 1 x 32, 4 passes (forward and
+    backward of 2 layers): grouped, q/k/v and gate/up (24,576 weights) are copied, 5 bytes each, and o and down
+    (12,288) read as they are, 2 bytes: 147,456 bytes a pass; alone, 36,864 x 2 = 73,728. Over NF4 every weight is
+    dequantized into a copy, grouped or not: 36,864 x 5."""
+    h200 = "NVIDIA H200"
+    grouped = Setup(method="lora", micro_batch=1, seq=32)
+    assert speed.pass_bytes(TINY, grouped) == 147_456
+    for alone in (
+        dataclasses.replace(grouped, grouped=False),
+        dataclasses.replace(grouped, dropout=True),
+        dataclasses.replace(grouped, dora=True),
+    ):
+        assert speed.pass_bytes(TINY, alone) == 73_728
+    less = speed.step_time(TINY, grouped, 1, h200) - speed.step_time(
+        TINY, dataclasses.replace(grouped, grouped=False), 1, h200
+    )
+    assert less == pytest.approx(4 * (147_456 - 73_728) / 4e12, rel=1e-9)
+    for s in (grouped, dataclasses.replace(grouped, dropout=True)):
+        assert speed.pass_bytes(TINY, dataclasses.replace(s, quantized=True)) == LAYER_WEIGHTS * 5
+    # grpo's fixed forwards run in eval mode: no dropout draws, so the groups form
+    sampled = dict(sampled=8, sample_len=40, sample_prompt=8, fixed_forwards=1)
+    with_dropout = dataclasses.replace(grouped, dropout=True, **sampled)
+    assert speed.fixed_time(TINY, with_dropout, h200) == speed.fixed_time(
+        TINY, dataclasses.replace(grouped, **sampled), h200
+    )

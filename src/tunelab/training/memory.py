@@ -230,6 +230,13 @@ def _groups(c: LlamaConfig, s: Setup) -> tuple[int, int]:
     return qkv, gu
 
 
+def grouped_projections(c: LlamaConfig, s: Setup) -> set[str]:
+    """The projections that run as members of a grouped GEMM (`_groups`), whose weights are copied into its stacked
+    matrix at every pass; the others run alone."""
+    r_qkv, r_gu = _groups(c, s)
+    return set(QKV if r_qkv else ()) | ({"gate_proj", "up_proj"} if r_gu else set())
+
+
 def dora_outputs(c: LlamaConfig, s: Setup, names: tuple[str, ...]) -> int:
     """Columns of the L(x) (N, out) that each DoRA layer among `names` saves for m's gradient (`peft.dora`): the sum
     of their out widths; 0 without DoRA."""

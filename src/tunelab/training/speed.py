@@ -10,10 +10,12 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   that projection is a DoRA layer, which computes its output anyway. With
   method=layers backward stops at the lowest trained layer: the frozen ones below run forward only, and checkpointing
   one of them recomputes nothing (`memory.recomputed_layers`).
-- Weights: every pass over a layer (forward, recomputation, backward) reads its frozen weights and writes them into
-  the grouped GEMM's stacked matrix (an NF4 weight dequantized on the way): about WEIGHT_BYTES per parameter of a
-  16-bit run at HBM_BYTES_S, per micro-batch, and twice that in fp32, whose copies are fp32 (`Setup.dtype_bytes`).
-  It is why, of two micro-batches both GPU-bound, the larger one is faster.
+- Weights: every pass over a layer (forward, recomputation, backward) copies the weights that are copied: those of
+  a grouped LoRA GEMM into its stacked matrix (`peft.group`), every NF4 weight into its 16-bit copy (dequantized):
+  about WEIGHT_BYTES per parameter of a 16-bit run at HBM_BYTES_S, per micro-batch, and twice that in fp32, whose
+  copies are fp32 (`Setup.dtype_bytes`). A 16-bit or fp32 weight of a layer that runs alone (DoRA, LoRA dropout,
+  groups off or not all adapted, full and layers) is read by its GEMM as it is: e bytes a parameter and pass
+  (`pass_bytes`). It is why, of two micro-batches both GPU-bound, the larger one is faster.
 - CPU time: HOST_S_PER_LAYER of Python and kernel launches per layer per micro-batch, and HOST_S_PER_RECOMPUTE more
   per checkpointed layer (7B QLoRA, micro-batch 1 x 2048: ~4,900 launches a step; 190 ms a step without
   checkpointing, 238 ms with every layer checkpointed and offloaded, while the GPU needs 115-155 ms of it). A
@@ -56,6 +58,8 @@ not measured).
 
 from __future__ import annotations
 
+import dataclasses
+
 from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.memory import (
     MLP,
@@ -65,6 +69,7 @@ from tunelab.training.memory import (
     E,
     Setup,
     adapter_ranks,
+    grouped_projections,
     nf4_bytes,
     projection_shapes,
     recomputed_layers,
@@ -123,6 +128,18 @@ def layer_forward_flops(c: LlamaConfig, seq: int) -> tuple[float, float, float, 
     down = 2.0 * c.intermediate_size * c.hidden_size
     o_proj = 2.0 * c.num_heads * c.head_dim * c.hidden_size
     return matmul, attention, down, o_proj
+
+
+def pass_bytes(c: LlamaConfig, s: Setup) -> float:
+    """Bytes one pass over a decoder layer moves of its weights (module docstring): WEIGHT_BYTES e / E a parameter of
+    a copied weight (an NF4 one, or a member of a grouped GEMM: `memory.grouped_projections`), e of one its GEMM
+    reads as it is."""
+    grouped = grouped_projections(c, s)
+    copied = WEIGHT_BYTES * s.dtype_bytes / E
+    return sum(
+        i * o * (copied if s.quantized or name in grouped else s.dtype_bytes)
+        for name, (i, o) in projection_shapes(c).items()
+    )
 
 
 def _by_device(table: dict[str, float], gpu_name: str | None) -> float | None:
@@ -198,9 +215,9 @@ def fixed_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
     matmul, attention, _, _ = layer_forward_flops(c, s.seq)
     per_token = c.num_layers * (matmul + attention) + 2.0 * c.vocab_size * c.hidden_size
     batches = -(-s.sampled // s.micro_batch)
-    weights = sum(i * o for i, o in projection_shapes(c).values())  # one layer's, passed over once a micro-batch
     gpu = s.sampled * s.seq * per_token / rate
-    gpu += batches * c.num_layers * weights * WEIGHT_BYTES * s.dtype_bytes / E / HBM_BYTES_S
+    # each layer's weights once a micro-batch, in eval mode: no dropout draws, so the groups form
+    gpu += batches * c.num_layers * pass_bytes(c, dataclasses.replace(s, dropout=False)) / HBM_BYTES_S
     gpu += batches * c.num_layers * dora_layer_time(c, s, gpu_name)
     cpu = batches * HOST_S_PER_LAYER * c.num_layers / 3
     return s.fixed_forwards * max(gpu, cpu)
@@ -226,9 +243,7 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     per_token = layers * forward + backed * backward + checkpointed * recompute + head
     n = s.tokens
     gpu = n * per_token / rate
-    weights = sum(i * o for i, o in projection_shapes(c).values())  # one layer's frozen parameters
-    moved = WEIGHT_BYTES * s.dtype_bytes / E  # bytes a parameter and pass: the copies are in the run's dtype
-    gpu += (layers + backed + checkpointed) * weights * moved / HBM_BYTES_S
+    gpu += (layers + backed + checkpointed) * pass_bytes(c, s) / HBM_BYTES_S
     if s.dora:  # the norms of every forward (a recomputed MLP's once per chunk) and g L(x) on every token
         chunks = 1 if s.dropout else -(-n // MLP_CHUNK)  # dropout: the MLP recomputed whole (`memory.mlp_saved`)
         gpu += layers * dora_layer_time(c, s, gpu_name)
