@@ -129,6 +129,19 @@ def test_zero_usable_examples(tmp_path, smollm2_tokenizer):
         build_datasets(DataConfig(), smollm2_tokenizer, seed=0)
 
 
+def test_nothing_usable_suggests_truncate_only_where_it_is_not_set(tmp_path, smollm2_tokenizer):
+    """With data.overlong=truncate set, a run whose every chat was cut before its answer was told to set
+    data.overlong=truncate; now it is told to raise data.max_length only (drop, the default, is told both)."""
+    path = qa_file(tmp_path, 2)
+    with pytest.raises(DataError) as err:
+        build_datasets(DataConfig(train=[path], max_length=8, overlong="truncate"), smollm2_tokenizer, seed=0)
+    msg = str(err.value)
+    assert "no usable training examples" in msg and "raise data.max_length if they were too long" in msg
+    assert "overlong=truncate if" not in msg
+    with pytest.raises(DataError, match="raise data.max_length / set data.overlong=truncate if"):
+        build_datasets(DataConfig(train=[path], max_length=8), smollm2_tokenizer, seed=0)
+
+
 def test_an_empty_file_is_said_to_hold_no_records(tmp_path, smollm2_tokenizer):
     """An empty file (or a csv header alone) said 'no usable examples (0 records read)' and to raise data.max_length
     if they were too long; in a mixture the count was of every source read so far, not of the one that failed."""

@@ -111,8 +111,9 @@ def note_system_on_texts(
     )
 
 
-def _nothing_usable(what: str, paths: list[str], report: DataReport, read: list[Record]) -> DataError:
-    """`read`: the records of `paths` (those of the other sources of a mixture are not counted), after data.transform."""
+def _nothing_usable(what: str, paths: list[str], report: DataReport, read: list[Record], overlong: str) -> DataError:
+    """`read`: the records of `paths` (those of the other sources of a mixture are not counted), after data.transform;
+    `overlong`: the run's data.overlong (truncate is not suggested where it is set already)."""
     if not read:
         dropped = next(
             (f" ({reason})" for reason in report.skips if reason.startswith("dropped by data.transform")), ""
@@ -124,9 +125,10 @@ def _nothing_usable(what: str, paths: list[str], report: DataReport, read: list[
     skips = report.skips_in(r.path for r in read)
     reasons = "; ".join(f"{s.count} {reason} (e.g. {s.locations[0]})" for reason, s in skips.items())
     why = f" Skipped: {reasons}." if reasons else ""
+    truncate = "" if overlong == "truncate" else " / set data.overlong=truncate"
     return DataError(
         f"{', '.join(paths)}: no usable {what} examples ({len(read)} records read).{why} Fix the records, or raise "
-        "data.max_length / set data.overlong=truncate if they were too long."
+        f"data.max_length{truncate} if they were too long."
     )
 
 
@@ -164,13 +166,13 @@ def build_datasets(
         records = select(records)
     examples = to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report)
     if not examples:
-        raise _nothing_usable("training", cfg.train, report, records)
+        raise _nothing_usable("training", cfg.train, report, records, cfg.overlong)
     if cfg.eval:
         held = apply_transform(read_records([cfg.eval], cfg.delimiter, report), transform, cfg.transform, report)
         note_trained_eval(held, {r.path for r in records}, report)
         eval_examples = to_examples(held, cfg.format, cfg.fields, cfg.system_prompt, report, lenient=True)
         if not eval_examples:
-            raise _nothing_usable("eval", [cfg.eval], report, held)
+            raise _nothing_usable("eval", [cfg.eval], report, held, cfg.overlong)
         report.eval_source = "file"
     else:
         examples, eval_examples = split_eval(examples, cfg.eval_fraction, cfg.eval_split_seed(seed))
@@ -185,7 +187,7 @@ def build_datasets(
     used = report.total_used
     train = render_examples(examples, tokenizer, template, cfg, report)
     if not train:
-        raise _nothing_usable("training", cfg.train, report, records)
+        raise _nothing_usable("training", cfg.train, report, records, cfg.overlong)
     used_train, used = report.total_used - used, report.total_used
     evals = render_examples(eval_examples, tokenizer, template, cfg, report)
     used_eval = report.total_used - used
@@ -337,7 +339,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         option = f"{where}, fields" if source.fields is not None else FIELDS_OPTION  # the mapping's own option
         examples = to_examples(records, own.format, own.fields, own.system_prompt, report, option=option)
         if not examples:
-            raise _nothing_usable("training", [source.path or source.hub], report, records)
+            raise _nothing_usable("training", [source.path or source.hub], report, records, own.overlong)
         if source.eval:
             held_records = apply_transform(
                 read_records([source.eval], cfg.delimiter, report), transform, cfg.transform, report
@@ -370,7 +372,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         used = report.total_used
         rows = render_examples(examples, tokenizer, template, own, report)
         if not rows:
-            raise _nothing_usable("training", [source.path or source.hub], report, part.records)
+            raise _nothing_usable("training", [source.path or source.hub], report, part.records, own.overlong)
         counts[0] += report.total_used - used
         used = report.total_used
         held_rows = render_examples(held, tokenizer, template, own, report)
@@ -522,7 +524,7 @@ def _shared_eval(cfg: DataConfig, records: list[Record], report: DataReport) -> 
             "file to that source as its `eval`.)"
         ) from None
     if not held:
-        raise _nothing_usable("eval", [cfg.eval], report, records)
+        raise _nothing_usable("eval", [cfg.eval], report, records, cfg.overlong)
     return held
 
 
