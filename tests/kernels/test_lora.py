@@ -182,3 +182,38 @@ def test_residual_is_added_inside_the_gemm_with_its_gradient(nf4):
         results.append((y.detach(), x.grad, r.grad, a.grad, b.grad))
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_backward_frees_the_dropped_input_before_dx(monkeypatch):
+    """With LoRA dropout, backward's dropped input x keep / (1 - p), (N, in), stayed alive until it returned, beside
+    dx's (N, in) buffers; it is now freed once dA is computed. The gradients are bit for bit those of the same ops."""
+    import weakref
+
+    import tunelab.kernels.lora as lora_mod
+
+    torch.manual_seed(0)
+    n, width, out, r, p, dtype = 13, 97, 31, 4, 0.25, torch.bfloat16
+    x2, g = torch.randn(n, width, dtype=dtype), torch.randn(n, out, dtype=dtype)
+    a, b, w = (torch.randn(*shape, dtype=dtype) for shape in ((r, width), (out, r), (out, width)))
+    keep = reference.dropout_keep_mask(x2, p)
+    xa = (x2 * keep / (1.0 - p)) @ a.T
+    leaf_a, leaf_b = torch.zeros(r, width), torch.zeros(out, r)  # fp32 adapters, gradients returned
+    dropped, alive = [], []
+    grad = lora_mod._grad
+
+    def spy(leaf, m1, m2, alpha, grad_dtype):
+        if leaf is leaf_a:
+            dropped.append(weakref.ref(m2))
+        return grad(leaf, m1, m2, alpha, grad_dtype)
+
+    def weight_fn():  # called for dx, after dA
+        alive.append(dropped[0]() is not None)
+        return w
+
+    monkeypatch.setattr(lora_mod, "_grad", spy)
+    dx, da, db = lora_mod._lora_backward(g, x2, xa, a, b, weight_fn, SCALE, keep, p, True, True, True, leaf_a, leaf_b)
+    assert alive == [False]
+    gxa = (g @ b).mul_(SCALE)
+    assert torch.equal(da, torch.mm(gxa.T, x2 * keep / (1.0 - p)).float())
+    assert torch.equal(db, torch.mm(g.T, xa).mul_(SCALE).float())
+    assert torch.equal(dx, (g @ w).add_((gxa @ a) * keep, alpha=1.0 / (1.0 - p)))

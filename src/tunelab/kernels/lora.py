@@ -126,9 +126,8 @@ def _lora_backward(g, x2, xa, a, b, weight_fn, scale, keep, dropout_p, need_x, n
     dx = da = db = None
     if need_b:
         db = _grad(leaf_b, g.T, xa, scale, leaf_b.dtype)  # (out, r)
-    if need_a:
-        dropped = x2 if keep2 is None else x2 * keep2 / (1.0 - dropout_p)
-        da = _grad(leaf_a, gxa.T, dropped, 1.0, leaf_a.dtype)  # (r, in)
+    if need_a:  # the dropped x (N, in), a temporary: freed once dA is computed, before dx's (N, in) buffers
+        da = _grad(leaf_a, gxa.T, x2 if keep2 is None else x2 * keep2 / (1.0 - dropout_p), 1.0, leaf_a.dtype)
     if need_x:
         dx = g @ weight_fn()  # (N, in)
         if keep2 is None:
