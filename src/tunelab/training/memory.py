@@ -58,8 +58,8 @@ Transients (the largest wins, on top of what is saved at that moment):
   kernel holds one block at a time, the GPU measured one more) and the fp32 losses 4N (`kernels/cross_entropy.py`);
 - backward of a kept layer: d act N m e + two (N, d) gradients, beside all saved activations; with DoRA, y = g L(x)'s
   backward 2 N out e more (dy g and dy * L(x), the widest DoRA layer's);
-- with LoRA dropout, a layer's backward (kept or recomputed) 3 N in e more, the widest adapted input's: the dropped
-  input for dA, kept until the node's backward ends, and gxa A and its product with the mask beside dx;
+- with LoRA dropout, a layer's backward (kept or recomputed) 2 N in e more, the widest adapted input's: gxa A and its
+  product with the mask beside dx (the dropped input for dA is freed before);
 - DoRA's weight norm, in the forward of the top layer (every activation saved, as at the head) and again in a
   checkpointed layer's recomputation: the widest of its layers' W + s B A in fp32 blocks of 2048 rows, three blocks
   (the block cast to fp32, s B A and their sum; two in fp32), 12 min(out, 2048) in bytes, and over an NF4 base the
@@ -485,10 +485,10 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         kept_bwd += (
             2 * e * n * max((o for p, (_, o) in projection_shapes(c).items() if adapter_ranks(c, s)[p]), default=0)
         )
-    # LoRA dropout's backward (`kernels.lora._lora_backward`): the dropped input, kept to its end, and gxa A and its
-    # product with the mask beside dx, three (N, in) for the widest adapted input
+    # LoRA dropout's backward (`kernels.lora._lora_backward`): gxa A and its product with the mask beside dx, two
+    # (N, in) for the widest adapted input (the dropped input for dA is freed before dx)
     dropout_bwd = (
-        3 * e * n * max((i for p, (i, _) in projection_shapes(c).items() if adapter_ranks(c, s)[p]), default=0)
+        2 * e * n * max((i for p, (i, _) in projection_shapes(c).items() if adapter_ranks(c, s)[p]), default=0)
     )
     kept_bwd += dropout_bwd if s.dropout else 0
     # in chunks of MLP_CHUNK tokens, but all at once where dropout draws in the MLP (`LlamaDecoderLayer.backward_mlp`)
