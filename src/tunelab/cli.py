@@ -5,8 +5,8 @@ help text, allowed values and default, and a flag `--section.key value` override
 after a flag is its value (`--train.lr -1e-4`), and an unknown flag gets suggestions like an unknown YAML key.
 
 Exit codes: 0 done (check: passed), 1 check failed, 2 bad input (one paragraph on stderr, no traceback),
-3 training stopped on NaN/inf (training/guard.py), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM, 141 stdout
-closed by its reader (`| head`).
+3 training stopped on NaN/inf (training/guard.py) or a federation that applied no update, 130 interrupted (Ctrl-C),
+143 stopped by SIGTERM, 141 stdout closed by its reader (`| head`).
 """
 
 from __future__ import annotations
