@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from tunelab.config import load_config  # noqa: E402
-from tunelab.data.loader import make_batches  # noqa: E402
+from tunelab.data.batches import make_batches  # noqa: E402
 from tunelab.training.optim import build_optimizer  # noqa: E402
 from tunelab.training.prepare import load_inputs, load_model  # noqa: E402
 from tunelab.training.step import train_step  # noqa: E402

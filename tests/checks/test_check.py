@@ -282,7 +282,8 @@ def test_the_first_micro_batch_checked_is_the_one_training_takes_with_group_by_l
     """With train.group_by_length the check's forward/backward (and its memory figure) ran on a micro-batch of the
     ungrouped order, not on the one training takes first."""
     from tunelab.checks.model import first_batch
-    from tunelab.data.loader import epoch_rows, make_batches
+    from tunelab.data.batches import make_batches
+    from tunelab.data.loader import epoch_rows
     from tunelab.training.prepare import load_inputs
     from tunelab.training.recipe import resolve
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tunelab.config import DataConfig, DataSource
-from tunelab.data.loader import build_datasets, make_batches
+from tunelab.data.batches import make_batches
+from tunelab.data.loader import build_datasets
 from tunelab.data.packing import Packed
 from tunelab.data.render import Rendered
 from tunelab.errors import ConfigError, DataError

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from tunelab.config import DataConfig, DataSource, load_config
-from tunelab.data.loader import build_datasets, epoch_rows, make_batches
+from tunelab.data.batches import make_batches
+from tunelab.data.loader import build_datasets, epoch_rows
 from tunelab.data.mixture import SourceSpan, plan_mixture, shares
 from tunelab.data.render import Rendered
 from tunelab.errors import ConfigError

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from tunelab.data.loader import make_batches
+from tunelab.data.batches import make_batches
 from tunelab.data.packing import pack
 from tunelab.data.render import Rendered
 

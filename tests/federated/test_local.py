@@ -11,7 +11,7 @@ import json
 import torch
 
 from tunelab.config import DataConfig, FederatedConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
-from tunelab.data.loader import make_batches
+from tunelab.data.batches import make_batches
 from tunelab.federated import local
 from tunelab.federated.local import BatchStream, client_datasets, local_train
 from tunelab.federated.shards import ClientData

@@ -8,7 +8,8 @@ import torch
 
 import tunelab.training.recipe as recipe
 from tunelab.config import DataConfig
-from tunelab.data.loader import build_datasets, make_batches
+from tunelab.data.batches import make_batches
+from tunelab.data.loader import build_datasets
 from tunelab.data.packing import pack
 from tunelab.models.hf_adapter import from_hf_model
 from tunelab.training.step import loss_tokens, summed_loss

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 import tunelab.training.recipe as recipe
 from tunelab.config import load_config
-from tunelab.data.loader import build_datasets, make_batches
+from tunelab.data.batches import make_batches
+from tunelab.data.loader import build_datasets
 from tunelab.eval.report import build_report
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.peft.save import load_adapter

@@ -47,7 +47,7 @@ def test_with_packing_the_noise_is_scaled_by_max_length_whatever_the_micro_batch
     """A packed micro-batch reaches the embedding as one sequence of all its rows' tokens, so the noise was scaled by
     1 / sqrt(rows x width): micro_batch 8 gave half the noise of micro_batch 2 for the same data. With packing T is
     data.max_length, the width packed rows are filled up to, for every micro-batch."""
-    from tunelab.data.loader import make_batches
+    from tunelab.data.batches import make_batches
     from tunelab.data.packing import pack
     from tunelab.data.render import Rendered
     from tunelab.tasks.sft import summed_loss

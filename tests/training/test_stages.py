@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM
 import tunelab.training.loss_scale as loss_scale
 from tunelab.api import train
 from tunelab.config import load_config
-from tunelab.data.loader import build_datasets, make_batches
+from tunelab.data.batches import make_batches
+from tunelab.data.loader import build_datasets
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.eval.report import build_report
 from tunelab.models.load import load_tokenizer, resolve_source

@@ -30,8 +30,9 @@ import torch
 
 from tunelab.checks.model import dtype_items, task_step, untrained_item
 from tunelab.config import RunConfig
+from tunelab.data.batches import epoch_chunks
 from tunelab.data.checks import CheckItem
-from tunelab.data.loader import epoch_chunks, epoch_rows
+from tunelab.data.loader import epoch_rows
 from tunelab.errors import counted
 from tunelab.rundir import RunInfo
 from tunelab.tasks import get_task

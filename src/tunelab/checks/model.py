@@ -24,8 +24,9 @@ import math
 
 import torch
 
+from tunelab.data.batches import make_batches
 from tunelab.data.checks import CheckItem
-from tunelab.data.loader import epoch_rows, make_batches
+from tunelab.data.loader import epoch_rows
 from tunelab.data.packing import pack
 from tunelab.data.render import IGNORE, Rendered
 from tunelab.models.untrained import UntrainedReport

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.config import RunConfig
-from tunelab.data.loader import epoch_rows, make_batches, row_sources
+from tunelab.data.batches import make_batches, row_sources
+from tunelab.data.loader import epoch_rows
 from tunelab.data.packing import Packed
 from tunelab.data.render import IGNORE, encode, render_prompt, special_text_in, special_texts
 from tunelab.data.report import location

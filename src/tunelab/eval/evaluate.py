@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from tunelab.atomic import write_json
-from tunelab.data.loader import make_batches
+from tunelab.data.batches import make_batches
 from tunelab.data.match import contains, exact_match
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport

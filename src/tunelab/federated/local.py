@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from tunelab.config import AUTO, DataConfig, MethodConfig, RunConfig, TrainConfig
-from tunelab.data.loader import Datasets, build_datasets, make_batches
+from tunelab.data.batches import make_batches
+from tunelab.data.loader import Datasets, build_datasets
 from tunelab.data.packing import Packed
 from tunelab.data.sources import Record
 from tunelab.errors import DataError

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config
-from tunelab.data.loader import make_batches
+from tunelab.data.batches import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError, TrainingStopped, counted
 from tunelab.federated.history import (

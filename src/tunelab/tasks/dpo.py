@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import DpoConfig, RunConfig
-from tunelab.data.loader import Datasets, epoch_chunks, epoch_rows
+from tunelab.data.batches import epoch_chunks
+from tunelab.data.loader import Datasets, epoch_rows
 from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.peft.lora import adapters_disabled

@@ -52,7 +52,8 @@ import torch
 from torch import nn
 
 from tunelab.config import GrpoConfig, RunConfig
-from tunelab.data.loader import Datasets, epoch_chunks
+from tunelab.data.batches import epoch_chunks
+from tunelab.data.loader import Datasets
 from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.errors import DataError, TunelabError

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import RunConfig
+from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import text_field
-from tunelab.data.loader import Datasets, epoch_chunks, note_system_on_texts
+from tunelab.data.loader import Datasets, note_system_on_texts
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
 from tunelab.errors import ConfigError, DataError

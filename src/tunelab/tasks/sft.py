@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import RunConfig
+from tunelab.data.batches import make_batches
 from tunelab.data.checks import data_checks
-from tunelab.data.loader import Datasets, build_datasets, make_batches
+from tunelab.data.loader import Datasets, build_datasets
 from tunelab.models.llama import LlamaForCausalLM
 from tunelab.peft.save import save_adapter
 from tunelab.tasks.task import Task, eval_mode

@@ -16,7 +16,7 @@ hook a task could override. The loop calls them in this order:
     at the end: task.save(folder, built, tokenizer, cfg, data)     # into a staging folder, moved in once complete
 
 Contracts every task keeps:
-- `make_batches` orders rows by a pure function of (seed, epoch) (see `data.loader.epoch_order`; `epoch_chunks` cuts
+- `make_batches` orders rows by a pure function of (seed, epoch) (see `data.batches.epoch_order`; `epoch_chunks` cuts
   that order into batches of whole rows), so a resumed run takes the batches the uninterrupted one took; every batch
   has an `attention_mask` (B, T) of its real tokens.
 - `loss` returns the SUM over the batch's units (loss tokens for sft, rows for classify, pairs for reward) as a 0-dim
