@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The product path on a CUDA machine: `tunelab check` and `tunelab train` through the real CLI on 24-layer random
-# Llamas (LoRA, QLoRA, full; padded and packed), the guard with the fused and 8-bit optimizers, and the untrained-row
+# Llamas (LoRA, QLoRA, DoRA, full, layers; padded and packed), the guard with the fused and 8-bit optimizers, and the untrained-row
 # case of issue 10. From the repository root:
 #   scripts/gpu_train_check.sh .gpu/smollm2-tokenizer     # the folder written by scripts/save_gpu_tokenizer.py
 # tunelab need not be installed (PYTHONPATH=src). Logs, the JUnit XML and the result lines go to $OUT when it is set.
@@ -41,9 +41,9 @@ for case in ET.parse(xml).getroot().iter("testcase"):
     name = case.get("name")
     key = name.split("[", 1)[1].rstrip("]") if "[" in name else name
     extra = numbers.get(key) or numbers.get(f"untrained-row-{key}") or {}
-    shown = ", ".join(f"{k} {v}" for k, v in extra.items() if k != "check")
+    shown = ", ".join(f"{k} {v}" for k, v in extra.items() if k not in ("check", "memory"))
     print(f"{name:<66} {outcome:<7} {float(case.get('time', 0)):6.1f}  {shown}")
-    for line in extra.get("check", []):
+    for line in extra.get("check", []) + extra.get("memory", []):
         print(f"{'':<82}{line}")
 PYEOF
 exit "$status"

@@ -30,6 +30,7 @@ CASES = {
         "data": {"packing": True},
         "train": {"lr": 2e-3, "optimizer": "adamw_8bit"},
     },
+    "lora-padded-dropout": {"method": {"name": "lora", "r": 16, "dropout": 0.1}, "train": {"lr": 2e-3}},
     "dora-padded": {"method": {"name": "dora", "r": 16}, "train": {"lr": 2e-3}},
     "qdora-packed-rslora": {
         "method": {"name": "dora", "r": 16, "quantize_base": "nf4", "rslora": True},
@@ -47,6 +48,7 @@ CASES = {
     "full-padded-8bit": {"method": {"name": "full"}, "train": {"lr": 3e-4, "optimizer": "adamw_8bit"}},
     "full-padded-adamw_torch": {"method": {"name": "full"}, "train": {"lr": 3e-4, "optimizer": "adamw_torch"}},
     "full-packed": {"method": {"name": "full"}, "data": {"packing": True}, "train": {"lr": 3e-4}},
+    "layers-padded": {"method": {"name": "layers", "top_layers": 4}, "train": {"lr": 1e-3}},
 }
 STEPS = 30
 
@@ -83,6 +85,7 @@ def test_check_then_train_through_the_cli(name, deep_llama_dir, chat_file, tmp_p
     tic = time.perf_counter()
     assert main(["train", str(config)]) == 0
     seconds = time.perf_counter() - tic
+    trained = capsys.readouterr().out
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert len(steps) == STEPS and not any(r.get("skipped") for r in steps)
@@ -102,6 +105,8 @@ def test_check_then_train_through_the_cli(name, deep_llama_dir, chat_file, tmp_p
             "check": [
                 line.strip() for line in checked.splitlines() if "fast path = generic" in line or "packing:" in line
             ],
+            # the planner's predicted peak beside the first step's measured one, as train prints it
+            "memory": [line.strip() for line in trained.splitlines() if line.startswith("memory: first step")],
         }
     )
     assert last < first - 1.0, f"the loss does not fall on a repeated batch: {losses}"
