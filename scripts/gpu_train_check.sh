@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The product path on a CUDA machine: `tunelab check` and `tunelab train` through the real CLI on 24-layer random
-# Llamas (LoRA, QLoRA, DoRA, full, layers; padded and packed), the guard with the fused and 8-bit optimizers, and the untrained-row
-# case of issue 10. From the repository root:
+# Llamas (LoRA, QLoRA, DoRA, full, layers; padded and packed), the guard with the fused and 8-bit optimizers, and the
+# untrained-row case of issue 10. From the repository root:
 #   scripts/gpu_train_check.sh .gpu/smollm2-tokenizer     # the folder written by scripts/save_gpu_tokenizer.py
 # tunelab need not be installed (PYTHONPATH=src). Logs, the JUnit XML and the result lines go to $OUT when it is set.
 # Prints a table of the cases and their numbers; exit status: pytest's.
