@@ -158,7 +158,9 @@ def test_a_request_may_ask_as_many_tokens_as_the_servers_default(client, tiny_ru
     """`tunelab serve --max-new-tokens 5000` answered 5000 tokens by default, but a request asking 4500 got a 400
     (max_tokens <= 4096): a request may ask up to the larger of 4096 and the server's default, and more is a 400
     naming the field and that limit."""
-    running = start_server(open_run(tiny_run_dir, device="cpu"), settings=GenerationSettings(max_new_tokens=5000))
+    run = open_run(tiny_run_dir, device="cpu")
+    run.model.config.max_position_embeddings = 8192  # room for 4500 tokens: the tiny model reads 1024 (a 400 else)
+    running = start_server(run, settings=GenerationSettings(max_new_tokens=5000))
     try:
         big = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0, timeout=60)
         ask = dict(model=big.models.list().data[0].id, messages=QUESTION, temperature=0, stop="\n")
@@ -321,20 +323,32 @@ def test_stream_chunks_are_server_sent_events(server):
 
 def test_a_conversation_beyond_the_models_context(server, client):
     """The tiny model reads 1024 positions. A conversation that leaves no room is a 400 (OpenAI's
-    context_length_exceeded), streamed or not, instead of an empty answer with 200; one that leaves less room than
-    max_tokens is answered up to the context, finish_reason "length"."""
+    context_length_exceeded, in its words: "This model's maximum context length is ..."), streamed or not, instead of
+    an empty answer with 200. One that leaves less room than the max_tokens a request asks was answered up to the
+    context with finish_reason "length", as if it had asked fewer; it is a 400 naming the numbers, as OpenAI and vLLM
+    answer it. Without max_tokens, the answer takes the room left (the server's --max-new-tokens at most)."""
     url = f"{server.url}/v1/chat/completions"
     over = [{"role": "user", "content": "box " * 1100}]
     for stream in (False, True):
         status, _, body = _http("POST", url, json.dumps({"model": "tiny", "messages": over, "stream": stream}).encode())
         error = json.loads(body)["error"]
         assert status == 400 and error["code"] == "context_length_exceeded" and error["param"] == "messages"
-        assert "at most 1024" in error["message"]
+        assert error["message"].startswith("This model's maximum context length is 1024 tokens.")
     prompt = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=1).usage.prompt_tokens
     near = [{"role": "user", "content": QUESTION[0]["content"] + " box" * (1024 - 3 - prompt)}]
-    done = client.chat.completions.create(model="tiny", messages=near, max_tokens=10, **SAMPLED)
+    for field in ("max_tokens", "max_completion_tokens"):
+        for stream in (False, True):
+            body = {"model": "tiny", "messages": near, field: 10, "stream": stream}
+            status, _, raw = _http("POST", url, json.dumps(body).encode())
+            error = json.loads(raw)["error"]
+            assert status == 400 and error["code"] == "context_length_exceeded", raw
+            assert "you requested 1031 tokens (1021 in the messages, 10 in the completion)" in error["message"]
+            assert f"set {field} to at most 3" in error["message"], error  # 1024 - 1021
+    done = client.chat.completions.create(model="tiny", messages=near, max_tokens=3, **SAMPLED)
+    assert done.usage.prompt_tokens == 1021 and done.usage.completion_tokens <= 3
+    done = client.chat.completions.create(model="tiny", messages=near, **SAMPLED)  # the server's 12, cut to 3
     assert done.usage.prompt_tokens + done.usage.completion_tokens <= 1024 and done.usage.completion_tokens <= 3
-    assert done.usage.prompt_tokens > 1000 and done.choices[0].finish_reason in ("length", "stop")
+    assert done.choices[0].finish_reason in ("length", "stop")
 
 
 def test_special_token_text_in_a_message_is_a_400(server):

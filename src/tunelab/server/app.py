@@ -325,6 +325,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             )
         except TunelabError as exc:
             return _error(400, str(exc))
+        asked = next((f for f in ("max_completion_tokens", "max_tokens") if getattr(body, f) is not None), None)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         tool_choice = (body.model_extra or {}).get("tool_choice")
         reader = tool_call_reader(template, tools, tool_choice, body.parallel_tool_calls, engine.run.tokenizer)
@@ -333,7 +334,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         created = int(time.time())
         try:  # the prompt is tokenized on a worker thread, and the answer read from one: the event loop stays free
             reply = await anyio.to_thread.run_sync(
-                engine.stream, messages, settings, stop, None if body.seed == -1 else body.seed, tools, keep
+                engine.stream, messages, settings, stop, None if body.seed == -1 else body.seed, tools, keep, asked
             )
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)

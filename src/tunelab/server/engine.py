@@ -24,9 +24,11 @@ from tunelab.data.render import render_prompt
 from tunelab.infer.conversation import as_trained
 from tunelab.infer.generate import (
     DEFAULT_MAX_NEW_TOKENS,
+    ContextTooLong,
     GenerationSettings,
     KeepingDecoder,
     Streamed,
+    context_length,
     fit_context,
 )
 from tunelab.infer.run import LoadedRun
@@ -73,6 +75,25 @@ def tokens_to_stop(tokenizer, ids: list[int], stops: list[str], keep=()) -> int:
         else:
             low = mid + 1
     return high
+
+
+def refuse_beyond_context(limit: int | None, prompt: int, wanted: int | None, field: str | None) -> None:
+    """ContextTooLong in OpenAI's words ("This model's maximum context length is N tokens", which clients look for)
+    when a prompt of `prompt` tokens leaves a model of `limit` positions no room, or less than the `wanted` tokens
+    the request asked for by its `field`."""
+    if limit is None or (prompt < limit and (wanted is None or prompt + wanted <= limit)):
+        return
+    if prompt >= limit:
+        raise ContextTooLong(
+            f"This model's maximum context length is {limit} tokens. However, your messages resulted in {prompt} "
+            "tokens (as the model reads them: the chat template and the run's system prompt included), which "
+            "leaves no room for an answer. Please reduce the length of the messages."
+        )
+    raise ContextTooLong(
+        f"This model's maximum context length is {limit} tokens. However, you requested {prompt + wanted} tokens "
+        f"({prompt} in the messages, {wanted} in the completion). Please reduce the length of the messages, or "
+        f"set {field} to at most {limit - prompt} (left out, the answer takes the room the messages leave)."
+    )
 
 
 class Reply:
@@ -149,12 +170,21 @@ class Engine:
         self.created = int(time.time())
 
     def _prompt(
-        self, messages: list[dict], settings: GenerationSettings, tools: list[dict] | None = None
+        self,
+        messages: list[dict],
+        settings: GenerationSettings,
+        tools: list[dict] | None = None,
+        asked: str | None = None,
     ) -> tuple[torch.Tensor, GenerationSettings]:
-        """The prompt's ids, and the settings with max_new_tokens cut to the room the model's context leaves
-        (ContextTooLong when it leaves none)."""
+        """The prompt's ids, and the settings with max_new_tokens cut to the room the model's context leaves.
+        ContextTooLong when the prompt leaves none, or, where the request set max_new_tokens itself (`asked`: the
+        field, "max_tokens"), when it leaves less than that: OpenAI and vLLM refuse such a request rather than
+        answer it shorter than asked."""
         conversation = as_trained(messages, self.run.system_prompt)
         ids = render_prompt(conversation, self.run.tokenizer, self.run.template, tools)
+        refuse_beyond_context(
+            context_length(self.run.model), len(ids), settings.max_new_tokens if asked else None, asked
+        )
         settings = fit_context(self.run.model, len(ids), settings)
         return torch.tensor([ids], device=self.run.device), settings
 
@@ -171,10 +201,12 @@ class Engine:
         seed: int | None = None,
         tools: list[dict] | None = None,
         keep=(),
+        asked: str | None = None,
     ) -> Reply:
         """The answer as it is generated (see Reply). A conversation too long for the model is refused here
-        (ContextTooLong), before the response starts. `tools`: OpenAI's tool definitions, for a template that uses
+        (ContextTooLong), before the response starts, and so is one that leaves less room than the request's
+        max_tokens, where it set them (`asked`: the field). `tools`: OpenAI's tool definitions, for a template that uses
         them (the answer is text: the calls in it are read by server.tool_calls, whose markers `keep` are the
         special tokens the text keeps)."""
-        prompt, settings = self._prompt(messages, settings, tools)
+        prompt, settings = self._prompt(messages, settings, tools, asked)
         return Reply(self, prompt, settings, stop, seed, keep)
