@@ -300,3 +300,35 @@ def test_a_mistral_call_after_text_is_read_by_its_special_tokens(tiny_run_dir, b
         for got in (plain.message.tool_calls or [], answered):
             assert [json.loads(c.function.arguments)["city"] for c in got] == calls, written
         assert plain.finish_reason == finish == ("tool_calls" if calls else "stop")
+
+
+def test_a_stop_string_is_looked_for_in_the_text_not_in_a_call(tiny_run_dir, base_tokenizer):
+    """A stop string was looked for in the text with the call markers kept, so `"stop": "["` ended an answer at
+    Mistral's [TOOL_CALLS]: the call was lost and "stop" answered. Stop strings are looked for in the answer's text
+    only, up to the call: the call is answered, streamed or not, and a stop string in the text before it still ends
+    the answer there, its usage counting the tokens up to it."""
+    from dataclasses import replace
+
+    from tunelab.data.templates import resolve_template
+
+    tokenizer = base_tokenizer(extra_special=("[TOOL_CALLS]", "[ARGS]"), chat_template=MISTRAL_ARGS)
+    run = open_run(tiny_run_dir, device="cpu")
+    for written, content, calls in (
+        ('Let me check.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}</s>', "Let me check.", ["Paris"]),
+        ('Let me [check].[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}</s>', "Let me", []),
+    ):
+        ids = tokenizer.encode(written, add_special_tokens=False)
+        scripted = replace(
+            run, model=ScriptedModel(ids), tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer)
+        )
+        http = TestClient(build_app(scripted, model_name="tiny"))
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+        plain, (streamed, answered, finish) = _both(client, stop=["[", "ARGS"])
+        assert (plain.message.content or "") == streamed == content, (written, plain.message.content, streamed)
+        for got in (plain.message.tool_calls or [], answered):
+            assert [json.loads(c.function.arguments)["city"] for c in got] == calls, written
+        assert plain.finish_reason == finish == ("tool_calls" if calls else "stop")
+        if not calls:  # "Let me [": the tokens up to the stop string, not the whole answer
+            counted = client.chat.completions.create(model="tiny", messages=QUESTION, tools=TOOLS, stop="[")
+            upto = tokenizer.encode("Let me [", add_special_tokens=False)
+            assert counted.usage.completion_tokens < len(ids) and counted.usage.completion_tokens <= len(upto) + 1

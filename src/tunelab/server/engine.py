@@ -8,7 +8,8 @@ has to cancel (`Reply.cancel`: the generation stops at its next token) and never
 
 Stop strings end the generation as soon as one appears in the text as generated, streamed or not, and are never sent:
 text that may still become a stop string is held back until it cannot, and so is trailing whitespace (answers are
-stripped), so a streamed answer is the plain one piece by piece.
+stripped), so a streamed answer is the plain one piece by piece. They are looked for in the answer's text, not in a
+tool call that starts with a kept special token (Mistral's [TOOL_CALLS]).
 """
 
 from __future__ import annotations
@@ -42,15 +43,18 @@ class Completion:
     finish_reason: str  # stop | length
 
 
-def visible_text(text: str, stops: list[str], final: bool) -> tuple[str, bool]:
+def visible_text(text: str, stops: list[str], final: bool, markers=()) -> tuple[str, bool]:
     """(what of the generated `text` may be sent, whether a stop string ended it). Up to the first stop string,
     looked for in the text as generated, as OpenAI and vLLM look (a "\n" the answer starts with ends it, empty);
     without one, all but a tail that could still grow into a stop string, unless the text is `final`. Leading and
-    trailing whitespace is never part of it (trailing whitespace may yet be followed by more text)."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    trailing whitespace is never part of it (trailing whitespace may yet be followed by more text). From the first of
+    `markers` on (the special tokens a tool call starts with, kept in the text) the text is a call, not the answer's
+    text: no stop string is looked for there ("[" would end the answer at Mistral's [TOOL_CALLS])."""
+    call = min((i for i in (text.find(m) for m in markers) if i >= 0), default=len(text))
+    cut = min((i for i in (text[:call].find(s) for s in stops if s) if i >= 0), default=-1)
     if cut >= 0:
         return text[:cut].strip(), True
-    if not final:
+    if not final and call == len(text):
         for stop in stops:
             for k in range(min(len(stop) - 1, len(text)), 0, -1):
                 if text.endswith(stop[:k]):
@@ -67,10 +71,11 @@ def tokens_to_stop(tokenizer, ids: list[int], stops: list[str], keep=()) -> int:
     decode = (
         KeepingDecoder(tokenizer, keep).decode if keep else lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
     )
+    markers = tuple(tokenizer.decode([i]) for i in keep)
     low, high = 1, len(ids)  # the whole of `ids` holds one
     while low < high:
         mid = (low + high) // 2
-        if visible_text(decode(ids[:mid]), stops, final=True)[1]:
+        if visible_text(decode(ids[:mid]), stops, final=True, markers=markers)[1]:
             high = mid
         else:
             low = mid + 1
@@ -105,7 +110,7 @@ class Reply:
         self, engine: Engine, prompt: torch.Tensor, settings: GenerationSettings, stop: list[str], seed, keep=()
     ):
         self.engine, self.prompt, self.settings, self.stop, self.seed = engine, prompt, settings, stop, seed
-        self.keep = keep
+        self.keep, self.markers = keep, tuple(engine.run.tokenizer.decode([i]) for i in keep)
         self.generation: Streamed | None = None
         self.cancelled = False
 
@@ -136,7 +141,7 @@ class Reply:
         try:
             for piece in self.generation:
                 text += piece
-                visible, stopped = visible_text(text, self.stop, final=False)
+                visible, stopped = visible_text(text, self.stop, final=False, markers=self.markers)
                 if len(visible) > sent:
                     yield visible[sent:]
                     sent = len(visible)
@@ -144,7 +149,7 @@ class Reply:
                     self.generation.cancel()
                     break
             else:
-                visible, _ = visible_text(text, self.stop, final=True)  # what was held back for a stop string
+                visible, _ = visible_text(text, self.stop, True, self.markers)  # held back for a stop string
                 if len(visible) > sent:
                     yield visible[sent:]
         finally:
