@@ -55,4 +55,4 @@ def test_a_mixture_of_system_prompts_is_said_before_serving(mixed_system_run_dir
     assert main(["serve", str(mixed_system_run_dir), "--port", "0", "--device", "cpu"]) == 0
     said = capsys.readouterr().err
     assert "(pirate: 'You are a pirate.'; plain: none); answers use data.system_prompt, 'You are helpful.', " in said
-    assert "unless a request sends its own system message.)" in said, said
+    assert 'unless a request sends its own system message, or "default_system_prompt": false for none.)' in said

@@ -339,3 +339,35 @@ def test_special_token_text_is_named_by_the_messages_index_and_field(tiny_run_di
                 error = answer.json()["error"]
                 assert answer.status_code == 400 and error["param"] == f"{param}.content", answer.text
                 assert error["message"].startswith(f"{param}.content: "), error
+
+
+def test_a_request_may_ask_for_no_system_prompt(mixed_system_run_dir):
+    """A request without a system message (or with an empty one, as training reads it) always got the run's
+    data.system_prompt, so a source trained with none ("plain") could not be answered as it was trained.
+    `"default_system_prompt": false` asks for none: the prompt is the conversation alone, streamed or not; a
+    request's own system message is used either way, and a value that is no bool is a 400 naming the field."""
+    from tunelab.data.render import render_prompt
+
+    run = open_run(mixed_system_run_dir, device="cpu")
+    assert run.system_prompt == "You are helpful."
+    http = TestClient(build_app(run, model_name="tiny"))
+
+    def prompt_tokens(messages: list[dict], **options) -> int:
+        body = {"model": "tiny", "messages": messages, "max_tokens": 1} | options
+        answer = http.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["usage"]["prompt_tokens"]
+
+    told = [{"role": "system", "content": "You are helpful."}, QUESTION]
+    plain = len(render_prompt([QUESTION], run.tokenizer, run.template))  # the template's own default, as trained
+    assert prompt_tokens([QUESTION]) == len(render_prompt(told, run.tokenizer, run.template)) != plain
+    assert prompt_tokens([QUESTION], default_system_prompt=False) == plain
+    assert prompt_tokens([{"role": "system", "content": ""}, QUESTION], default_system_prompt=False) == plain
+    assert prompt_tokens([QUESTION], default_system_prompt=True) != plain
+    pirate = [{"role": "system", "content": "You are a pirate."}, QUESTION]
+    assert prompt_tokens(pirate, default_system_prompt=False) == prompt_tokens(pirate)
+    body = {"model": "tiny", "messages": [QUESTION], "max_tokens": 1, "stream": True, "default_system_prompt": False}
+    events = http.post("/v1/chat/completions", json=body | {"stream_options": {"include_usage": True}}).text
+    assert f'"prompt_tokens": {plain},' in events, events
+    refused = http.post("/v1/chat/completions", json=body | {"default_system_prompt": "no"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "default_system_prompt"

@@ -241,7 +241,9 @@ def test_a_mistral_call_can_be_sent_back_with_its_result(serve, monkeypatch):
     call = client.chat.completions.create(model="tiny", messages=QUESTION, tools=TOOLS).choices[0].message
     assert call.tool_calls[0].id.isalnum() and len(call.tool_calls[0].id) == 9, call
 
-    def written(self, messages, settings, stop, seed=None, tools=None, keep=(), asked=None):  # the template writes it
+    def written(
+        self, messages, settings, stop, seed=None, tools=None, keep=(), asked=None, default_system=True
+    ):  # the template writes it
         self._prompt(messages, settings, tools)
         return FakeReply(["Sunny."])
 

@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -81,6 +82,8 @@ class ChatRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     # false: at most one tool call answered, the first the model wrote (server/tool_calls.py)
     parallel_tool_calls: bool | None = Field(default=None, strict=True)
+    # tunelab's own: false asks for no system prompt where the request has none (else the run's data.system_prompt)
+    default_system_prompt: bool | None = Field(default=None, strict=True)
 
 
 # Options of OpenAI's chat completions that change nothing about a plain text answer: accepted and not used.
@@ -334,7 +337,17 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         created = int(time.time())
         try:  # the prompt is tokenized on a worker thread, and the answer read from one: the event loop stays free
             reply = await anyio.to_thread.run_sync(
-                engine.stream, messages, settings, stop, None if body.seed == -1 else body.seed, tools, keep, asked
+                partial(
+                    engine.stream,
+                    messages,
+                    settings,
+                    stop,
+                    seed=None if body.seed == -1 else body.seed,
+                    tools=tools,
+                    keep=keep,
+                    asked=asked,
+                    default_system=body.default_system_prompt is not False,
+                )
             )
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -180,12 +180,14 @@ class Engine:
         settings: GenerationSettings,
         tools: list[dict] | None = None,
         asked: str | None = None,
+        default_system: bool = True,
     ) -> tuple[torch.Tensor, GenerationSettings]:
         """The prompt's ids, and the settings with max_new_tokens cut to the room the model's context leaves.
         ContextTooLong when the prompt leaves none, or, where the request set max_new_tokens itself (`asked`: the
         field, "max_tokens"), when it leaves less than that: OpenAI and vLLM refuse such a request rather than
-        answer it shorter than asked."""
-        conversation = as_trained(messages, self.run.system_prompt)
+        answer it shorter than asked. Without `default_system`, a conversation without a system message (or with an
+        empty one) gets none, not the run's data.system_prompt."""
+        conversation = as_trained(messages, self.run.system_prompt if default_system else None)
         ids = render_prompt(conversation, self.run.tokenizer, self.run.template, tools)
         refuse_beyond_context(
             context_length(self.run.model), len(ids), settings.max_new_tokens if asked else None, asked
@@ -207,11 +209,12 @@ class Engine:
         tools: list[dict] | None = None,
         keep=(),
         asked: str | None = None,
+        default_system: bool = True,
     ) -> Reply:
         """The answer as it is generated (see Reply). A conversation too long for the model is refused here
         (ContextTooLong), before the response starts, and so is one that leaves less room than the request's
-        max_tokens, where it set them (`asked`: the field). `tools`: OpenAI's tool definitions, for a template that uses
+        max_tokens, where it set them (`asked`: the field). `default_system` False: no data.system_prompt added. `tools`: OpenAI's tool definitions, for a template that uses
         them (the answer is text: the calls in it are read by server.tool_calls, whose markers `keep` are the
         special tokens the text keeps)."""
-        prompt, settings = self._prompt(messages, settings, tools, asked)
+        prompt, settings = self._prompt(messages, settings, tools, asked, default_system)
         return Reply(self, prompt, settings, stop, seed, keep)

@@ -124,7 +124,11 @@ def build_app(
 
     loaded = opened(run, device, base_precision)
     say_config_notice(loaded.model)  # before serving: the same line chat, generate and compare print
-    say(loaded.system_prompt_notice("a request sends its own system message"))
+    say(
+        loaded.system_prompt_notice(
+            'a request sends its own system message, or "default_system_prompt": false for none'
+        )
+    )
     if model_name:
         engine = Engine(loaded, model_name)
     else:  # a request may name the directory a link leads to as well
