@@ -75,7 +75,7 @@ class ChatRequest(BaseModel):
     stream: bool | None = Field(default=None, strict=True)
     stream_options: StreamOptions | None = None
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None  # OpenAI's limit: 4 sequences
-    n: int | None = Field(default=None, ge=1, le=1, strict=True)
+    n: int | None = Field(default=None, ge=1, strict=True)  # more than 1: refused by `unsupported_option`
     # OpenAI's range (a 64-bit signed integer), which torch's generator takes; -1 asks for no seed, as vLLM reads it
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63, strict=True)
     # OpenAI's tool definitions: shown to the model through a chat template that writes them, else refused
@@ -160,6 +160,11 @@ def unsupported_option(body: ChatRequest) -> tuple[str, str] | None:
                 name,
                 f"option {name!r} is {json.dumps(value)[:80]}, which this server does not support ({why}); leave it out",
             )
+    if (body.n or 1) > 1:
+        return "n", (
+            f"n is {body.n}: this server answers one choice per request (n: 1, the default); send the request {body.n} "
+            "times instead, with a temperature above 0 for different answers"
+        )
     if body.stream_options is not None and not body.stream:
         return "stream_options", "option 'stream_options' is only allowed with \"stream\": true"
     return None
