@@ -241,9 +241,7 @@ def test_a_mistral_call_can_be_sent_back_with_its_result(serve, monkeypatch):
     call = client.chat.completions.create(model="tiny", messages=QUESTION, tools=TOOLS).choices[0].message
     assert call.tool_calls[0].id.isalnum() and len(call.tool_calls[0].id) == 9, call
 
-    def written(
-        self, messages, settings, stop, seed=None, tools=None, keep=(), asked=None, default_system=True
-    ):  # the template writes it
+    def written(self, messages, settings, stop, tools=None, **_):  # the template writes it
         self._prompt(messages, settings, tools)
         return FakeReply(["Sunny."])
 
@@ -305,32 +303,47 @@ def test_a_mistral_call_after_text_is_read_by_its_special_tokens(tiny_run_dir, b
 
 
 def test_a_stop_string_is_looked_for_in_the_text_not_in_a_call(tiny_run_dir, base_tokenizer):
-    """A stop string was looked for in the text with the call markers kept, so `"stop": "["` ended an answer at
-    Mistral's [TOOL_CALLS]: the call was lost and "stop" answered. Stop strings are looked for in the answer's text
-    only, up to the call: the call is answered, streamed or not, and a stop string in the text before it still ends
-    the answer there, its usage counting the tokens up to it."""
+    """A stop string was looked for in the whole text, the calls' included, so `"stop": "["` ended an answer at
+    Mistral's [TOOL_CALLS], and `"stop": "<"` at a Qwen-style <tool_call>: the call was lost and "stop" answered.
+    Stop strings are looked for in the answer's text only, up to a call (a marker a special token or plain text): the
+    call is answered, streamed or not, and a stop string in the text before it still ends the answer there, its usage
+    counting the tokens up to it."""
     from dataclasses import replace
 
     from tunelab.data.templates import resolve_template
 
-    tokenizer = base_tokenizer(extra_special=("[TOOL_CALLS]", "[ARGS]"), chat_template=MISTRAL_ARGS)
     run = open_run(tiny_run_dir, device="cpu")
-    for written, content, calls in (
-        ('Let me check.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}</s>', "Let me check.", ["Paris"]),
-        ('Let me [check].[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}</s>', "Let me", []),
+    mistral = base_tokenizer(extra_special=("[TOOL_CALLS]", "[ARGS]"), chat_template=MISTRAL_ARGS)
+    hermes = base_tokenizer(chat_template=HERMES)
+    hermes_call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call></s>'
+    for tokenizer, written, content, calls in (
+        (mistral, 'Let me check.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}</s>', "Let me check.", ["Paris"]),
+        (mistral, 'Let me [check].[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}</s>', "Let me", []),
+        (hermes, "Let me look." + hermes_call, "Let me look.", ["Paris"]),
+        (hermes, "Let me <b>look</b>." + hermes_call, "Let me", []),
     ):
+        assert ("<tool_call>" in tokenizer.decode(tokenizer.encode(written), skip_special_tokens=True)) == (
+            tokenizer is hermes
+        )  # Qwen's <tool_call> is text, Mistral's [TOOL_CALLS] a special token
         ids = tokenizer.encode(written, add_special_tokens=False)
         scripted = replace(
             run, model=ScriptedModel(ids), tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer)
         )
         http = TestClient(build_app(scripted, model_name="tiny"))
         client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
-        plain, (streamed, answered, finish) = _both(client, stop=["[", "ARGS"])
+        plain, (streamed, answered, finish) = _both(client, stop=["[", "<", "ARGS"])
         assert (plain.message.content or "") == streamed == content, (written, plain.message.content, streamed)
         for got in (plain.message.tool_calls or [], answered):
             assert [json.loads(c.function.arguments)["city"] for c in got] == calls, written
         assert plain.finish_reason == finish == ("tool_calls" if calls else "stop")
-        if not calls:  # "Let me [": the tokens up to the stop string, not the whole answer
-            counted = client.chat.completions.create(model="tiny", messages=QUESTION, tools=TOOLS, stop="[")
-            upto = tokenizer.encode("Let me [", add_special_tokens=False)
-            assert counted.usage.completion_tokens < len(ids) and counted.usage.completion_tokens <= len(upto) + 1
+        if not calls:  # the tokens up to the stop string, not the whole answer
+            upto = tokenizer.encode(written[: written.index(content) + len(content) + 2], add_special_tokens=False)
+            usage = client.chat.completions.create(model="tiny", messages=QUESTION, tools=TOOLS, stop=["[", "<"]).usage
+            assert usage.completion_tokens < len(ids) and usage.completion_tokens <= len(upto), written
+    # an answer that ends (here at max_tokens) where a call might have opened: the "<" held back was a stop string
+    ids = hermes.encode("Let me look <", add_special_tokens=False)
+    scripted = replace(run, model=ScriptedModel(ids), tokenizer=hermes, template=resolve_template("tokenizer", hermes))
+    http = TestClient(build_app(scripted, model_name="tiny"))
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+    plain, (streamed, _, finish) = _both(client, stop="<", max_tokens=len(ids))
+    assert plain.message.content == streamed == "Let me look" and plain.finish_reason == finish == "stop"

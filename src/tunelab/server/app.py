@@ -351,6 +351,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                     tools=tools,
                     keep=keep,
                     asked=asked,
+                    opens=reader.opens if reader else (),
                     default_system=body.default_system_prompt is not False,
                 )
             )

@@ -106,6 +106,11 @@ class ToolCallReader:
     types: dict[str, dict] = field(default_factory=dict)
     markers: dict[str, int] = field(default_factory=dict)  # special_markers: kept in the text, never in content
 
+    @property
+    def opens(self) -> tuple[str, ...]:
+        """The texts a call of this syntax opens with (a mistral call's [ARGS] too, where [TOOL_CALLS] was left out)."""
+        return tuple(m for m in MARKERS.get(self.syntax, ()) if m != _CLOSE)
+
     def split(self, text: str) -> tuple[str, list[dict]]:
         """(the content left, the calls in OpenAI's shape) of a whole answer; without `parallel`, its first call."""
         content, calls = self._split(text)
