@@ -211,6 +211,7 @@ def test_options_this_server_would_ignore_are_refused(server, client):
         "logit_bias": {"50": 100},
         "max_tokenz": 5,
         "audio": {"voice": "alloy", "format": "wav"},
+        "moderation": {"input": {"mode": "block"}},  # answered unmoderated: refused
         "n": 2,
     }
     for name, value in refused.items():
@@ -237,9 +238,18 @@ def test_options_this_server_would_ignore_are_refused(server, client):
         "n": None,
         "stream": None,
         "max_tokens": 2,
+        # the openai client's options that ask nothing of the answer were refused as unknown
+        "prompt_cache_retention": "24h",
+        "prompt_cache_options": None,
+        "moderation": None,
     }
     status, _, body = _http("POST", url, json.dumps({"model": "tiny", "messages": QUESTION} | accepted).encode())
     assert status == 200 and json.loads(body)["choices"][0]["message"]["role"] == "assistant"
+    streamed = {"stream": True, "stream_options": {"include_usage": True, "include_obfuscation": False}}
+    status, _, body = _http(
+        "POST", url, json.dumps({"model": "tiny", "messages": QUESTION} | accepted | streamed).encode()
+    )
+    assert status == 200 and body.decode().endswith("data: [DONE]\n\n"), body
 
 
 def test_bad_requests_get_openai_shaped_4xx_errors(server, client):

@@ -57,6 +57,8 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", param
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool | None = Field(default=None, strict=True)  # "yes" is no bool: a 400, not true
+    # OpenAI's random padding of each chunk against length side channels: the chunks say the same without it
+    include_obfuscation: bool | None = Field(default=None, strict=True)
 
 
 StopText = Annotated[str, Field(min_length=1)]  # an empty stop string would end every answer before it starts
@@ -87,7 +89,10 @@ class ChatRequest(BaseModel):
 
 
 # Options of OpenAI's chat completions that change nothing about a plain text answer: accepted and not used.
-IGNORED = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier")
+IGNORED = (
+    *("user", "metadata", "store", "service_tier", "safety_identifier"),
+    *("prompt_cache_key", "prompt_cache_retention", "prompt_cache_options"),  # hints to a cache this server lacks
+)
 # Options this server does not implement, with the values that ask for nothing (they are accepted); any other value
 # would have been answered as if the option were absent, so it is refused.
 NOT_IMPLEMENTED: dict[str, tuple] = {
@@ -107,6 +112,7 @@ NOT_IMPLEMENTED: dict[str, tuple] = {
     "prediction": (None,),
     "web_search_options": (None,),
     "verbosity": (None,),
+    "moderation": (None,),
     # vLLM's: a final assistant message continued rather than answered (a prefill); the defaults ask for nothing
     "add_generation_prompt": (None, True),
     "continue_final_message": (None, False),
