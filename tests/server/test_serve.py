@@ -267,6 +267,10 @@ def test_bad_requests_get_openai_shaped_4xx_errors(server, client):
     url = f"{server.url}/v1/chat/completions"
     status, _, body = _http("POST", url, b"{not json")
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_json"
+    for sent, said in ((QUESTION, "an array"), ("hi", "a string"), (3, "a number")):  # JSON, but no object
+        status, _, body = _http("POST", url, json.dumps(sent).encode())
+        message = json.loads(body)["error"]["message"]
+        assert status == 400 and message.startswith(f"the request body is {said}, not a JSON object"), message
     last = json.dumps({"model": "tiny", "messages": [*QUESTION, {"role": "assistant", "content": "x"}]}).encode()
     status, _, body = _http("POST", url, last)
     assert status == 400 and json.loads(body)["error"]["param"] == "messages.1.role"
@@ -678,7 +682,7 @@ def test_a_body_sent_without_the_json_content_type_is_named_so(server):
         assert err.value.code == 400 and error["code"] == "invalid_content_type", error
         assert f"this request came with Content-Type: {kind}" in error["message"], error
     status, _, raw = _http("POST", url, b"[1, 2]")  # JSON that is not an object is still named as such
-    assert status == 400 and "valid dictionary" in json.loads(raw)["error"]["message"]
+    assert status == 400 and "is an array, not a JSON object" in json.loads(raw)["error"]["message"]
     for kind in ({"Content-Type": "application/json"}, {}):  # no body at all ("body: Field required" before)
         request = urllib.request.Request(
             url, data=b"", method="POST", headers=kind | {"Authorization": f"Bearer {KEY}"}

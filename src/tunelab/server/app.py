@@ -235,6 +235,13 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                 f"came with {sent} (curl -d needs -H 'Content-Type: application/json')",
                 code="invalid_content_type",
             )
+        if first.get("loc") == ("body",):  # JSON, but no object: "Input should be a valid dictionary" said neither
+            sent = {list: "an array", str: "a string", bool: "a boolean"}.get(type(first.get("input")), "a number")
+            return _error(
+                400,
+                f"the request body is {sent}, not a JSON object; send the chat request as a JSON object: "
+                '{"model": ..., "messages": [...]}',
+            )
         # the deepest place any member names: a list's item ("stop.0") rather than the list a string member refused
         where = max((_field(e.get("loc", ())) for e in errors), key=lambda f: f.count("."), default="")
         # a value a union refused gets one error per member type: say each of them, at the field they name
