@@ -178,3 +178,49 @@ def test_dora_on_cuda_equals_the_fp32_reference(kind):
     for name in ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector"):
         a, b = fast.get_parameter(name).grad.cpu(), ref.get_parameter(name).grad
         assert (a - b).norm() / b.norm() < 3e-2, name
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_sampling_computes_each_norm_once_and_draws_the_same_tokens(monkeypatch, static):
+    """A decode step recomputed every DoRA layer's ||W + s B A|| although no weight changes while sampling: inside
+    `norms_held` each layer computes it at its first forward only, and the draws are the same bit for bit."""
+    from transformers import AutoConfig
+
+    from tunelab.models.decode import SampleSettings, sample
+    from tunelab.models.hf_adapter import from_hf_model
+    from tunelab.peft.dora import norms_held
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "llama", vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    model = from_hf_model(AutoModelForCausalLM.from_config(config).float().eval())
+    attach_lora(model, ["all-linear"], r=4, alpha=8, dora=True)
+    _randomize(model)
+    layers = [m for _, m in lora_modules(model)]
+    calls = []
+    original = DoRALinear.weight_norm
+    monkeypatch.setattr(DoRALinear, "weight_norm", lambda self, w=None: calls.append(self) or original(self, w))
+    prompts, settings = [[5, 17, 33, 9], [44, 3], [200]], SampleSettings(max_new_tokens=8, temperature=0.9)
+
+    def draw():
+        calls.clear()
+        generator = torch.Generator().manual_seed(3)
+        return sample(model, prompts, settings, pad_id=0, generator=generator, static=static)
+
+    every_step = draw()
+    assert len(calls) == len(layers) * 8  # the prefill and 7 decode steps, each layer's norm at each
+    with norms_held(model):
+        held = draw()
+        assert sorted(map(id, calls)) == sorted(map(id, layers))  # once per layer for the whole sampling
+        assert all(torch.equal(m._held[1], original(m)) for m in layers)
+        with torch.no_grad():  # a weight written in place (a load) is seen: that layer's norm is computed again
+            layers[0].lora_B.weight.add_(0.01)
+        calls.clear()
+        layers[0](torch.randn(1, layers[0].in_features))
+        assert calls == [layers[0]]
+    assert held == every_step
+    assert not any(m.holds_norm or m._held for m in layers)  # the block's end drops them: after a step, afresh
+    draw()
+    assert len(calls) == len(layers) * 8

@@ -642,3 +642,21 @@ def test_plan_sizes_the_samplers_kv_cache_from_the_longest_prompt(tiny_model_dir
     longest = max(len(r.prompt_ids) for r in inputs.data.train)
     assert report.memory.chosen.estimate.peak_phase == "sampling"
     assert f"grpo sampler: KV cache of 768 answers x {longest + 512} tokens" in report.text()
+
+
+def test_a_dora_rollout_computes_each_weight_norm_once(
+    tiny_model_dir, tmp_path, prompt_file, reward_module, monkeypatch
+):
+    """The sampler recomputed every DoRA layer's weight norm at each of its decode steps; now once per layer for the
+    whole sampling, and none in the reference's forward (the base: adapters off)."""
+    from tunelab.peft.dora import DoRALinear
+
+    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.name": "dora"})
+    layers = [m for m in built.model.modules() if isinstance(m, DoRALinear)]
+    calls = []
+    original = DoRALinear.weight_norm
+    monkeypatch.setattr(DoRALinear, "weight_norm", lambda self, w=None: calls.append(self) or original(self, w))
+    group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=True, seed=0, epoch=0)[:1]
+    batches = task.rollout(built.model, group, 0, 4)
+    assert "ref" in batches[0]
+    assert layers and sorted(map(id, calls)) == sorted(map(id, layers))

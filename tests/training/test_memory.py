@@ -631,14 +631,17 @@ def test_a_lora_layer_run_alone_keeps_its_a_and_b_in_the_model_s_dtype():
 
 
 def test_grpo_s_sampler_computes_dora_s_norm_beside_its_kv_cache():
-    """grpo's sampler runs DoRA layers as training does (`models.decode` through the projection slots): every
-    prefill and decode step computes a layer's weight norm beside the KV cache, which the sampling phase left out."""
+    """grpo's sampler runs DoRA layers as training does (`models.decode` through the projection slots): its prefill
+    computes a layer's weight norm beside the KV cache, and every layer's norm is kept for the decode steps
+    (`peft.dora.norms_held`): 3 layers x (q 64 + k 32 + v 32 + o 64 + gate 96 + up 96 + down 64 = 448 rows) x 4."""
     s = dataclasses.replace(DORA, sampled=4, sample_len=40, sample_prompt=16)
     sampling = estimate(TINY, dataclasses.replace(s, micro_batch=1, seq=4))  # a step too small to outweigh it
     assert sampling.peak_phase == "sampling"
     assert sampling.transient["grpo sampler: DoRA weight norm of one layer"] == 73728
+    assert sampling.transient["grpo sampler: DoRA norms kept (fp32)"] == 3 * 448 * 4
     lora = estimate(TINY, dataclasses.replace(s, micro_batch=1, seq=4, dora=False))
     assert "grpo sampler: DoRA weight norm of one layer" not in lora.transient
+    assert "grpo sampler: DoRA norms kept (fp32)" not in lora.transient
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])

@@ -23,6 +23,9 @@ over W per forward (in row blocks, no (out, in) temporary larger than a block).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +44,8 @@ class DoRALinear(LoRALinear):
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
         super().__init__(base, r, alpha, dropout, rslora)
         self.lora_magnitude_vector = nn.Parameter(self.weight_norm())  # = ||W||_row while B = 0
+        self.holds_norm = False  # inside `norms_held`: n computed once and kept
+        self._held: tuple[tuple, torch.Tensor] | None = None  # (what n was computed from, n)
 
     @torch.no_grad()
     def weight_norm(self, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,6 +61,18 @@ class DoRALinear(LoRALinear):
             blocks.append(torch.linalg.norm(rows + self.scale * (b[start : start + _ROWS] @ a), dim=1))
         return torch.cat(blocks)
 
+    def current_norm(self) -> torch.Tensor:
+        """n for this forward: computed now, or inside `norms_held` the one kept since the block's first forward
+        (computed again should W, A or B have been replaced or written in place since)."""
+        if not self.holds_norm:
+            return self.weight_norm()
+        base = self.base_layer
+        frozen = base.weight_packed if isinstance(base, NF4Linear) else base.weight
+        key = tuple((t.data_ptr(), t._version) for t in (frozen, self.lora_A.weight, self.lora_B.weight))
+        if self._held is None or self._held[0] != key:
+            self._held = (key, self.weight_norm())
+        return self._held[1]
+
     def forward(self, x: torch.Tensor, output: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
         """output: ignored (the result is always computed); residual (..., out): added to the result."""
         base = self.base_layer
@@ -70,14 +87,14 @@ class DoRALinear(LoRALinear):
         """g * L(x) + b through the fused LoRA node (module docstring)."""
         base = self.base_layer
         weight = base.frozen_weight() if type(base) is NF4Linear else base.weight
-        g = (self.lora_magnitude_vector / self.weight_norm()).to(x.dtype)  # (out,): the gradient reaches m, not n
+        g = (self.lora_magnitude_vector / self.current_norm()).to(x.dtype)  # (out,): the gradient reaches m, not n
         y = g * fused_lora_linear(x, weight, None, self.lora_A.weight, self.lora_B.weight, self.scale, p, self.training)
         return y if base.bias is None else y + base.bias
 
     def reference(self, x: torch.Tensor, p: float) -> torch.Tensor:
         """PEFT's order of operations (module docstring), in plain autograd over a 16-bit base."""
         base, a, b = self.base_layer, self.lora_A.weight, self.lora_B.weight
-        g = (self.lora_magnitude_vector / self.weight_norm()).view(1, -1).to(x.dtype)
+        g = (self.lora_magnitude_vector / self.current_norm()).view(1, -1).to(x.dtype)
         y = F.linear(x, base.weight, base.bias)
         plain = y if base.bias is None else y - base.bias
         dropped = x
@@ -94,3 +111,18 @@ class DoRALinear(LoRALinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", dora"
+
+
+@contextmanager
+def norms_held(model: nn.Module) -> Iterator[nn.Module]:
+    """Every DoRA layer of `model` computes its norm n once in the block and keeps it (module docstring): for sampling
+    without gradients, where no weight changes between forwards. Kept norms are dropped when the block ends, so the
+    next one (after an optimizer step) computes them afresh."""
+    layers = [m for m in model.modules() if isinstance(m, DoRALinear)]
+    for m in layers:
+        m.holds_norm = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.holds_norm, m._held = False, None

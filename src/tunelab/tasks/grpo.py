@@ -3,7 +3,7 @@ reward functions score the answers, and the answers better than their group's me
 
 Before each optimizer step the loop calls `rollout` (training/loop.py, one line), which for the step's P prompts:
 1. samples G answers per prompt with the current policy (adapter on, eval mode, `models.decode.sample` with a KV
-   cache), from a generator seeded by (train.seed, step): a resumed run draws what the uninterrupted one drew. Each
+   cache; a DoRA layer's weight norm computed once for the whole sampling, `peft.dora.norms_held`), from a generator seeded by (train.seed, step): a resumed run draws what the uninterrupted one drew. Each
    answer's draws are keyed to its place in the step, so with several ranks (DDP) each samples and scores every
    world-th answer and the ranks swap them (`Ranks.gather`), and the step is one process's;
 2. scores them (`tasks/rewards.py`): r_i = sum_k w_k r_ik; a reward that fails stops the run or skips the group;
@@ -58,6 +58,7 @@ from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.errors import DataError, TunelabError
 from tunelab.models.decode import SampleSettings, sample
+from tunelab.peft.dora import norms_held
 from tunelab.peft.lora import adapters_disabled
 from tunelab.tasks import rewards as reward_fns
 from tunelab.tasks import sft
@@ -240,15 +241,16 @@ def make_task(cfg: GrpoConfig) -> Task:
         generator = torch.Generator(device).manual_seed(1_000_003 * online.seed + step)
         tic = time.perf_counter()
         mine = list(ranks.mine(len(prompts)))
-        drawn = sample(
-            model,
-            [prompts[i] for i in mine],
-            settings,
-            pad_id=online.pad_id,
-            generator=generator,
-            rows=mine,
-            width=len(prompts),
-        )
+        with norms_held(model):  # DoRA: no weight changes while sampling, so each norm is computed once
+            drawn = sample(
+                model,
+                [prompts[i] for i in mine],
+                settings,
+                pad_id=online.pad_id,
+                generator=generator,
+                rows=mine,
+                width=len(prompts),
+            )
         drawn = [_fit(prompts[i], a, online.max_length) for i, a in zip(mine, drawn)]
         if ranks.world == 1:
             samples = _samples(rows, drawn, stops, online.tokenizer, g)
@@ -348,8 +350,9 @@ def make_task(cfg: GrpoConfig) -> Task:
         prompts = [r.prompt_ids for r in rows]
         width = cfg.prompts_per_step * cfg.num_generations  # as many rows at once as a rollout samples
         answers = []
-        for start in range(0, len(prompts), width):
-            answers += sample(model, prompts[start : start + width], settings, pad_id=online.pad_id)
+        with norms_held(model):
+            for start in range(0, len(prompts), width):
+                answers += sample(model, prompts[start : start + width], settings, pad_id=online.pad_id)
         answers = [_fit(p, a, online.max_length) for p, a in zip(prompts, answers)]
         samples = _samples(rows, answers, set(online.stop_ids), online.tokenizer, 1)
         values, failures = score(samples)

@@ -69,8 +69,9 @@ Transients (the largest wins, on top of what is saved at that moment):
   with several), each S = the longest prompt + grpo.max_new_tokens long, 2 L B kv_heads S head_dim e (keys and
   values of every layer); beside it the prefill's working set, one layer over the P = B x T prompt tokens (T the
   longest prompt; no gradients, so a layer's tensors are freed when it returns; the head runs on each row's last
-  position only, (B, V), never on (P, V)); with DoRA, beside it, a layer's weight norm (below), which every
-  forward of the sampler computes again. The whole prefill long: the cache's mask (B, 1, T, T) bool, B T^2, and
+  position only, (B, V), never on (P, V)); with DoRA, beside it, a layer's weight norm (below), computed at the
+  prefill and kept for the decode steps (`peft.dora.norms_held`: every layer's n, (out,) fp32, 4 bytes an output
+  row of each DoRA layer, alive the whole sampling). The whole prefill long: the cache's mask (B, 1, T, T) bool, B T^2, and
   rope's cos and sin, 2 P head_dim e. Then the largest of: the attention, x, the norm's output, q as
   (B, kv_heads, G T, head_dim) (a copy), k, v and its output, P (2d + 2q + 2kv) e, with the mask's G = heads /
   kv_heads repeats (B, 1, G T, T) bool and the additive mask in e bytes that `scaled_dot_product_attention` makes of
@@ -277,6 +278,12 @@ def dora_norm_bytes(c: LlamaConfig, s: Setup) -> int:
         if adapter_ranks(c, s)[n]
     ]
     return max(sizes, default=0)
+
+
+def held_norm_bytes(c: LlamaConfig, s: Setup) -> int:
+    """Every DoRA layer's norm n, (out,) fp32, that grpo's sampler keeps from its prefill to its last decode step
+    (`peft.dora.norms_held`); 0 without DoRA."""
+    return 4 * c.num_layers * dora_outputs(c, s, PROJECTIONS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -514,7 +521,14 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
                 f"grpo sampler: KV cache of {s.sampled} answers x {s.sample_len} tokens": cache,
                 f"grpo sampler: prefill of {s.sampled} prompts x {s.sample_prompt} tokens": sampler_prefill_bytes(c, s),
             }
-            | ({"grpo sampler: DoRA weight norm of one layer": norm} if norm else {}),  # at every prefill and decode
+            | (
+                {
+                    "grpo sampler: DoRA weight norm of one layer": norm,  # at the prefill, then kept
+                    "grpo sampler: DoRA norms kept (fp32)": held_norm_bytes(c, s),
+                }
+                if norm
+                else {}
+            ),
         )
         if cache
         else None,

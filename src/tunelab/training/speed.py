@@ -30,7 +30,8 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   beside the next layer's compute; only the part longer than that compute costs time.
 
 DoRA (`Setup.dora`, `peft.dora`): every forward of a DoRA layer, the recomputed ones too (an MLP's once per 4096-token
-chunk), and every one of grpo's sampler and fixed log-prob forwards, computes its norm ||W + s B A||: B A, an fp32
+chunk), and every one of grpo's fixed log-prob forwards, computes its norm ||W + s B A|| (grpo's sampler once, at its
+prefill, and keeps it through the decode steps: `peft.dora.norms_held`): B A, an fp32
 GEMM of 2 out r in FLOPs at the GPU's fp32 rate, then elementwise passes over (out, in) fp32 blocks (the cast of W,
 s B A, their sum, the norm), DORA_NORM_FP32_BYTES a weight, more for W's cast from 16 bits (over NF4 the whole weight
 dequantized first: its codes read and a 16-bit copy written). Per token each DoRA layer also scales L(x) by g and
@@ -201,9 +202,9 @@ def sample_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
     flops = b * (c.num_layers * (matmul + 4.0 * s.sample_len * q) + 2.0 * head)  # one token a row, all S keys read
     reads = weights + sampler_cache_bytes(c, s)
     decode = max(reads / bandwidth, flops / rate) + DECODE_S_PER_LAYER * c.num_layers
-    # DoRA: every layer's norm at every forward, the prefill's and each decode step's
+    # DoRA: every layer's norm once, at the prefill; the decode steps reuse it (`peft.dora.norms_held`)
     norms = c.num_layers * dora_layer_time(c, s, gpu_name)
-    return prefill + new * decode + (1 + new) * norms
+    return prefill + new * decode + norms
 
 
 def fixed_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
