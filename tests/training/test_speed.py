@@ -50,15 +50,24 @@ def test_grpo_fixed_log_probs_forward_by_hand(no_host):
     """The speed model left out the forward grpo runs over the sampled answers, before the step, for their reference
     log-probs. 8 answers of 40 tokens (prompt and answer) in micro-batches of 3 (3 of them), bf16: per token
     2 layers x (2 x 36,864 + 2 x 40 x 64) + 2 x 256 x 64 = 190,464 FLOPs, 8 x 40 of them at 540e12; each micro-batch
-    passes over both layers' weights once: q/k/v and gate/up copied into their groups' stacked matrices, 24,576 x 5
-    bytes, o and down read as they are, 12,288 x 2, 3 x 2 x 147,456 = 884,736 bytes at 4e12. A second forward (the
-    old policy's, with LoRA dropout) doubles it; none without a reference or samples."""
+    passes over both layers' weights once. A new adapter's reference is the base, adapters off: no group forms, every
+    weight read as it is, 36,864 x 2 bytes, 3 x 2 x 73,728 = 442,368 bytes at 4e12 (it was charged the adapted
+    forward's copies). With the adapters on (a continued adapter's reference, the starting weights; the old policy's
+    forward, with LoRA dropout): q/k/v and gate/up copied into their groups' stacked matrices, 24,576 x 5 bytes, o and
+    down read as they are, 12,288 x 2, 3 x 2 x 147,456 = 884,736 bytes. None without a reference or samples."""
     s = Setup(method="lora", micro_batch=3, seq=40, sampled=8, sample_len=40, sample_prompt=8, fixed_forwards=1)
-    one = 8 * 40 * 190_464 / 540e12 + 884_736 / 4e12
-    assert speed.fixed_time(TINY, s, "NVIDIA H200") == pytest.approx(one, rel=1e-12)
-    assert speed.fixed_time(TINY, dataclasses.replace(s, fixed_forwards=2)) == pytest.approx(2 * one, rel=1e-12)
+    flops = 8 * 40 * 190_464 / 540e12
+    base, adapted = flops + 442_368 / 4e12, flops + 884_736 / 4e12
+    assert speed.fixed_time(TINY, s, "NVIDIA H200") == pytest.approx(base, rel=1e-12)
+    continued = dataclasses.replace(s, reference_copy=True)
+    assert speed.fixed_time(TINY, continued, "NVIDIA H200") == pytest.approx(adapted, rel=1e-12)
+    both = dataclasses.replace(s, fixed_forwards=2, dropout=True)  # the old policy's forward and the base's
+    assert speed.fixed_time(TINY, both) == pytest.approx(adapted + base, rel=1e-12)
     assert speed.fixed_time(TINY, dataclasses.replace(s, fixed_forwards=0)) == 0.0
     assert speed.fixed_time(TINY, dataclasses.replace(s, sampled=0)) == 0.0
+    # full fine-tuning's reference is its starting weights: a pass as its training forward's, 36,864 x 2 bytes
+    full = dataclasses.replace(s, method="full", reference_copy=True)
+    assert speed.fixed_time(TINY, full) == pytest.approx(base, rel=1e-12)
 
 
 def test_the_fixed_log_probs_forward_of_a_small_model_is_host_bound():
@@ -137,8 +146,14 @@ def test_dora_pays_for_its_norm_at_every_forward_and_for_g_l_x_on_every_token(no
     ]
     more = speed.sample_time(TINY, sampled[1], h200) - speed.sample_time(TINY, sampled[0], h200)
     assert more == pytest.approx(2 * norm, rel=1e-9)
+    # the reference forward of a new adapter runs the base, adapters off: no norm (it was charged one a micro-batch)
     more = speed.fixed_time(TINY, sampled[1], h200) - speed.fixed_time(TINY, sampled[0], h200)
-    assert more == pytest.approx(8 * 2 * norm, rel=1e-9)  # 8 answers in micro-batches of 1
+    assert more == 0.0
+    # a continued adapter's reference, and the old policy's forward (LoRA dropout), run the adapters: a norm each
+    for kind in ({"reference_copy": True}, {"dropout": True}):
+        with_norms = [dataclasses.replace(s, **kind) for s in sampled]
+        more = speed.fixed_time(TINY, with_norms[1], h200) - speed.fixed_time(TINY, with_norms[0], h200)
+        assert more == pytest.approx(8 * 2 * norm, rel=1e-9)  # 8 answers in micro-batches of 1
 
 
 def test_only_copied_weights_pay_for_the_copy(no_host):
@@ -164,7 +179,7 @@ def test_only_copied_weights_pay_for_the_copy(no_host):
         assert speed.pass_bytes(TINY, dataclasses.replace(s, quantized=True)) == LAYER_WEIGHTS * 5
     # grpo's fixed forwards run in eval mode: no dropout draws, so the groups form
     sampled = dict(sampled=8, sample_len=40, sample_prompt=8, fixed_forwards=1)
-    with_dropout = dataclasses.replace(grouped, dropout=True, **sampled)
+    with_dropout = dataclasses.replace(grouped, dropout=True, **sampled)  # the old policy's forward
     assert speed.fixed_time(TINY, with_dropout, h200) == speed.fixed_time(
-        TINY, dataclasses.replace(grouped, **sampled), h200
+        TINY, dataclasses.replace(grouped, reference_copy=True, **sampled), h200
     )

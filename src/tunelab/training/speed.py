@@ -54,7 +54,9 @@ policy's (when LoRA dropout draws in the training forward), each over the B answ
 in micro-batches of train.micro_batch rows. A micro-batch of it costs what the training step's forward does: its FLOPs
 (the head's 2 V d on every token) at the matmul rate and one pass over the weights, or, where that is less, the host's
 launches, taken as a third of a training micro-batch's (HOST_S_PER_LAYER covers forward and backward; this share is
-not measured).
+not measured). The reference of a new adapter is the base with the adapters off: its layers run alone (no stacked
+matrix is built, a 16-bit weight is read as it is) and no DoRA norm is computed; a continued adapter's reference
+(the starting weights) and the old policy run as the adapted forward does.
 """
 
 from __future__ import annotations
@@ -216,12 +218,25 @@ def fixed_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
     matmul, attention, _, _ = layer_forward_flops(c, s.seq)
     per_token = c.num_layers * (matmul + attention) + 2.0 * c.vocab_size * c.hidden_size
     batches = -(-s.sampled // s.micro_batch)
-    gpu = s.sampled * s.seq * per_token / rate
-    # each layer's weights once a micro-batch, in eval mode: no dropout draws, so the groups form
-    gpu += batches * c.num_layers * pass_bytes(c, dataclasses.replace(s, dropout=False)) / HBM_BYTES_S
-    gpu += batches * c.num_layers * dora_layer_time(c, s, gpu_name)
+    flops_s = s.sampled * s.seq * per_token / rate
     cpu = batches * HOST_S_PER_LAYER * c.num_layers / 3
-    return s.fixed_forwards * max(gpu, cpu)
+    # in eval mode: no dropout draws, so the groups form
+    adapted = dataclasses.replace(s, dropout=False)
+    # a new adapter's reference is the base, adapters off (`tasks.grpo.Online.reference`): no group forms (its
+    # members are disabled) and no DoRA norm is computed, each weight read (or an NF4 one dequantized) alone
+    base = (
+        dataclasses.replace(adapted, grouped=False, dora=False)
+        if s.method == "lora" and not s.reference_copy
+        else adapted
+    )
+    olds = int(s.dropout)  # the old policy's forward: only where dropout draws in the training forward
+    total = 0.0
+    for setup, count in ((adapted, olds), (base, s.fixed_forwards - olds)):
+        # each layer's weights once a micro-batch, and a DoRA layer's norm
+        gpu = flops_s + batches * c.num_layers * pass_bytes(c, setup) / HBM_BYTES_S
+        gpu += batches * c.num_layers * dora_layer_time(c, setup, gpu_name)
+        total += count * max(gpu, cpu)
+    return total
 
 
 def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = None) -> float:
