@@ -174,7 +174,8 @@ def test_only_copied_weights_pay_for_the_copy(no_host):
     less = speed.step_time(TINY, grouped, 1, h200) - speed.step_time(
         TINY, dataclasses.replace(grouped, grouped=False), 1, h200
     )
-    assert less == pytest.approx(4 * (147_456 - 73_728) / 4e12, rel=1e-9)
+    # the top layer's gate/up finds its stacked matrix still built in backward: read, not copied (16,384 x 3 less)
+    assert less == pytest.approx((4 * (147_456 - 73_728) - 16_384 * 3) / 4e12, rel=1e-9)
     for s in (grouped, dataclasses.replace(grouped, dropout=True)):
         assert speed.pass_bytes(TINY, dataclasses.replace(s, quantized=True)) == LAYER_WEIGHTS * 5
     # grpo's fixed forwards run in eval mode: no dropout draws, so the groups form
@@ -183,3 +184,67 @@ def test_only_copied_weights_pay_for_the_copy(no_host):
     assert speed.fixed_time(TINY, with_dropout, h200) == speed.fixed_time(
         TINY, dataclasses.replace(grouped, reference_copy=True, **sampled), h200
     )
+
+
+def test_a_stacked_matrix_still_built_is_read_not_copied_again(no_host):
+    """Every pass over a grouped layer was charged a new copy of its weights into the stacked matrix, but the matrix is
+    kept within a pass until another group needs the buffer (`peft.group.GroupWeights`). bf16 LoRA on TINY (2 layers;
+    q/k/v 64 x 128 = 8,192 weights, gate/up 2 x 64 x 128 = 16,384), one micro-batch of 32 tokens. A pass copies a
+    grouped weight (5 bytes) where it builds the matrix and reads it (2 bytes) where it finds it: 3 bytes less a
+    weight. No checkpointing, 4 passes: the top layer's gate/up is reused in backward, 16,384 x 3 = 49,152 bytes.
+    Both layers checkpointed, 6 passes: each layer's gate/up built once for its recomputation and backward, 2 x
+    16,384 x 3 = 98,304 (the top layer's is not reused: its recomputed q/k/v took the buffer); one checkpointed: that
+    one and the top layer's, 98,304 too; with offload also each checkpointed layer's q/k/v and the top layer's gate/up
+    again, (2 x 8,192 + 3 x 16,384) x 3 = 196,608."""
+    h200 = "NVIDIA H200"
+    s = Setup(method="lora", micro_batch=1, seq=32)
+    cases = [
+        (s, {"qkv": (4, 4), "gate_up": (4, 3)}, 49_152),
+        (dataclasses.replace(s, checkpointed=2), {"qkv": (6, 6), "gate_up": (6, 4)}, 98_304),
+        (dataclasses.replace(s, checkpointed=1), {"qkv": (5, 5), "gate_up": (5, 3)}, 98_304),
+        (dataclasses.replace(s, checkpointed=2, offload=True), {"qkv": (6, 4), "gate_up": (6, 3)}, 196_608),
+    ]
+    for setup, builds, saved in cases:
+        assert speed.group_builds(TINY, setup) == builds
+        assert speed.reused_group_bytes(TINY, setup) == saved
+        passes = 4 + setup.checkpointed
+        copied_every_pass = passes * speed.pass_bytes(TINY, setup) / 4e12
+        alone = speed.step_time(TINY, dataclasses.replace(setup, grouped=False), 1, h200)
+        alone -= passes * speed.pass_bytes(TINY, dataclasses.replace(setup, grouped=False)) / 4e12
+        assert speed.step_time(TINY, setup, 1, h200) == pytest.approx(alone + copied_every_pass - saved / 4e12)
+    assert speed.group_builds(TINY, dataclasses.replace(s, dora=True)) == {}  # no group forms
+    assert speed.group_builds(TINY, dataclasses.replace(s, targets=("q_proj", "k_proj", "v_proj"))) == {"qkv": (4, 4)}
+
+
+@pytest.mark.parametrize("checkpointed", [0, 1, 3])
+def test_the_stacked_matrix_is_built_as_often_as_the_speed_model_counts(checkpointed, monkeypatch):
+    """The count `speed.group_builds` takes, against the real model's: a 3-layer decoder with LoRA on every projection,
+    its groups forced to run as one GEMM on the CPU, one forward and backward, the stacked matrix builds counted."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunelab.models.hf_adapter import from_hf_model
+    from tunelab.models.llama_config import LlamaConfig as Shape
+    from tunelab.peft import group
+    from tunelab.peft.lora import attach_lora
+
+    torch.manual_seed(0)
+    fields = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4)
+    hf_config = AutoConfig.for_model("llama", num_key_value_heads=2, max_position_embeddings=64, **fields)
+    model = from_hf_model(AutoModelForCausalLM.from_config(hf_config).float())
+    attach_lora(model, ["all-linear"], r=4, alpha=8)
+    group.set_grouping(model, True)
+    model.gradient_checkpointing, model.checkpoint_layers = checkpointed > 0, checkpointed
+    built = {3: 0, 2: 0}  # members of the group built: q/k/v, gate/up
+    write = group._write_adapters
+
+    def counted(w_all, width, out, members):
+        built[len(members)] += 1
+        write(w_all, width, out, members)
+
+    monkeypatch.setattr(group, "_write_adapters", counted)
+    ids = torch.randint(0, 300, (2, 16))
+    model(ids, labels=ids)[0].backward()
+    shape = Shape.from_hf(hf_config.to_dict())
+    expected = speed.group_builds(shape, Setup(method="lora", rank=4, checkpointed=checkpointed))
+    assert built == {3: expected["qkv"][1], 2: expected["gate_up"][1]}

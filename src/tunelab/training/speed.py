@@ -10,10 +10,15 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   that projection is a DoRA layer, which computes its output anyway. With
   method=layers backward stops at the lowest trained layer: the frozen ones below run forward only, and checkpointing
   one of them recomputes nothing (`memory.recomputed_layers`).
-- Weights: every pass over a layer (forward, recomputation, backward) copies the weights that are copied: those of
-  a grouped LoRA GEMM into its stacked matrix (`peft.group`), every NF4 weight into its 16-bit copy (dequantized):
-  about WEIGHT_BYTES per parameter of a 16-bit run at HBM_BYTES_S, per micro-batch, and twice that in fp32, whose
-  copies are fp32 (`Setup.dtype_bytes`). A 16-bit or fp32 weight of a layer that runs alone (DoRA, LoRA dropout,
+- Weights: every pass over a layer (forward, recomputation, backward) copies the weights that are copied: every NF4
+  weight into its 16-bit copy (dequantized), and those of a grouped LoRA GEMM into its stacked matrix (`peft.group`)
+  where it is built: about WEIGHT_BYTES per parameter of a 16-bit run at HBM_BYTES_S, per micro-batch, and twice
+  that in fp32, whose copies are fp32 (`Setup.dtype_bytes`). The stacked matrix is one buffer for the whole model,
+  kept within a pass until another group needs it (`peft.group.GroupWeights`), so a pass that finds its group's
+  matrix still there only reads it (e bytes a parameter; `group_builds`): the top layer's gate/up in backward (right
+  after the forward's last group, unless checkpointing recomputes that layer first without offload), and a
+  checkpointed layer's gate/up in its backward (built once for the recomputation and backward of every token chunk),
+  with offload its q/k/v too (recomputed from the parked midpoint and backpropagated at once). A 16-bit or fp32 weight of a layer that runs alone (DoRA, LoRA dropout,
   groups off or not all adapted, full and layers) is read by its GEMM as it is: e bytes a parameter and pass
   (`pass_bytes`). It is why, of two micro-batches both GPU-bound, the larger one is faster.
 - CPU time: HOST_S_PER_LAYER of Python and kernel launches per layer per micro-batch, and HOST_S_PER_RECOMPUTE more
@@ -145,6 +150,37 @@ def pass_bytes(c: LlamaConfig, s: Setup) -> float:
     )
 
 
+def group_builds(c: LlamaConfig, s: Setup) -> dict[str, tuple[int, int]]:
+    """Per micro-batch, for each group that runs as one GEMM ("qkv", "gate_up"; `memory.grouped_projections`): (the
+    passes over one layer's group, summed over the layers, the times its stacked matrix is built in them). Forward
+    builds every group; backward goes top down, and a group finds its matrix still there when the group before it in
+    that order was itself (module docstring): with k of L layers checkpointed, gate/up is reused k times (once per
+    checkpointed layer, across its token chunks) and once more at the top layer, unless that layer is recomputed
+    without offload (attention first, so q/k/v take the buffer); q/k/v k times with offload (the MLP backpropagated
+    first, then attention recomputed and backpropagated at once), none without (recomputed before the MLP)."""
+    grouped = grouped_projections(c, s)
+    layers, k = c.num_layers, recomputed_layers(c, s)
+    passes = layers + saving_layers(c, s) + k
+    out = {}
+    if "q_proj" in grouped:
+        out["qkv"] = (passes, passes - (k if s.offload else 0))
+    if "gate_proj" in grouped:
+        out["gate_up"] = (passes, passes - k - (1 if k < layers or s.offload else 0))
+    return out
+
+
+def reused_group_bytes(c: LlamaConfig, s: Setup) -> float:
+    """Bytes per micro-batch that the passes finding their stacked matrix still built do not move (`group_builds`):
+    a copy, WEIGHT_BYTES e / E a parameter, where `pass_bytes` counts one, less the GEMM's read of it, e."""
+    shapes, e = projection_shapes(c), s.dtype_bytes
+    members = {"qkv": QKV, "gate_up": ("gate_proj", "up_proj")}
+    copied = WEIGHT_BYTES * e / E
+    return sum(
+        (passes - built) * sum(shapes[n][0] * shapes[n][1] for n in members[group]) * (copied - e)
+        for group, (passes, built) in group_builds(c, s).items()
+    )
+
+
 def _by_device(table: dict[str, float], gpu_name: str | None) -> float | None:
     """The entry of a datasheet table whose key is in the device name (the longest key first: "A100" before "A10"),
     or None for a GPU not in it, or none here."""
@@ -259,7 +295,7 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     per_token = layers * forward + backed * backward + checkpointed * recompute + head
     n = s.tokens
     gpu = n * per_token / rate
-    gpu += (layers + backed + checkpointed) * pass_bytes(c, s) / HBM_BYTES_S
+    gpu += ((layers + backed + checkpointed) * pass_bytes(c, s) - reused_group_bytes(c, s)) / HBM_BYTES_S
     if s.dora:  # the norms of every forward (a recomputed MLP's once per chunk) and g L(x) on every token
         chunks = 1 if s.dropout else -(-n // MLP_CHUNK)  # dropout: the MLP recomputed whole (`memory.mlp_saved`)
         gpu += layers * dora_layer_time(c, s, gpu_name)
