@@ -670,3 +670,58 @@ def test_dora_s_weight_norm_peaks_where_the_model_says(dtype):
     predicted = memory.dora_norm_bytes(shape, s)
     assert predicted == (3 if dtype == "bf16" else 2) * 4 * 2048 * 96
     assert predicted <= peak <= predicted + 3 * 4 * 5000
+
+
+def test_qwen3_s_q_k_norms_save_their_rstd_and_copies_of_a_grouped_q_and_k():
+    """Qwen3's per-head q/k RMSNorms were left out of the saved activations. Each saves its input and one fp32 rstd
+    per head and token: 4 x 48 x (4 + 2) = 1,152 bytes for 48 tokens of TINY (4 heads, 2 kv heads of 16). Run one by
+    one, q and k are the projections' own outputs, kept (and counted) whole: v's 32 columns become q + 2kv = 128.
+    Grouped, q and k are row-strided views of the group's (N, q + 2kv) buffer, which the norm copies to rows
+    (`kernels.rms_norm._rows`, checked below; the kernel's own saves: the triton test below) and saves beside it: 2 x 48 x (64 + 32) = 9,216 bytes more."""
+    import torch
+
+    qwen3 = dataclasses.replace(TINY, qk_norm=True)
+    grouped = 2 * 48 * (64 + 76 + 128 + 96 + 64 + 4) + 4 * 48 * 5 + 1024  # TINY's, as test_saved_activations_...
+    assert attention_saved(TINY, LORA, 48) == grouped
+    assert attention_saved(qwen3, LORA, 48) == grouped + 1_152 + 9_216
+    full = Setup(method="full", micro_batch=2, seq=24)
+    assert attention_saved(TINY, full, 48) == 2 * 48 * (64 + 64 + 32 + 96 + 64) + 4 * 48 * 5
+    assert attention_saved(qwen3, full, 48) == 2 * 48 * (64 + 64 + 128 + 96 + 64) + 4 * 48 * 5 + 1_152
+    # a kept layer saves it: the estimate's activations grow by 3 layers x (that) at 48 tokens
+    more = (
+        estimate(qwen3, LORA).saved["activations: kept layers"] - estimate(TINY, LORA).saved["activations: kept layers"]
+    )
+    assert more == 3 * (1_152 + 9_216)
+    # the norm's input as the kernel takes it, (N H, D) rows (`_rows`: x.reshape(-1, D), contiguous): a grouped q
+    # (B, T, H, D), a view of the (B, T, q + 2kv) buffer, cannot be seen as rows and is copied; a q of its own is not
+    buffer = torch.zeros(2, 24, 128, dtype=torch.bfloat16)
+    q = buffer[..., :64].view(2, 24, 4, 16)
+    assert q.reshape(-1, 16).untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr()
+    own = torch.zeros(2, 24, 64, dtype=torch.bfloat16).view(2, 24, 4, 16)
+    assert own.reshape(-1, 16).untyped_storage().data_ptr() == own.untyped_storage().data_ptr()
+
+
+@pytest.mark.triton
+def test_the_q_norm_kernel_saves_a_copy_of_a_grouped_q_and_its_rstd():
+    """The fast path's RMSNorm on a row-strided q, as `LlamaAttention.to_heads` hands it over from the group's buffer:
+    what autograd saves is a (N H, D) copy of q and (N H,) fp32 rstd beside the weight, as `qk_norm_saved` counts."""
+    import torch
+
+    from tunelab.kernels.rms_norm import rms_norm
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU under TRITON_INTERPRET=1 (the mark's rule)
+    buffer = torch.randn(2, 24, 128, dtype=torch.bfloat16, device=device, requires_grad=True)
+    weight = torch.ones(16, dtype=torch.bfloat16, device=device, requires_grad=True)
+    q = buffer[..., :64].view(2, 24, 4, 16)
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = rms_norm(q, weight, 1e-6)
+    del y
+    seen.pop(weight.untyped_storage().data_ptr())
+    assert buffer.untyped_storage().data_ptr() not in seen
+    assert sorted(seen.values()) == sorted([48 * 4 * 4, 2 * 48 * 64])  # rstd 4 bytes a head and token; q's copy

@@ -40,6 +40,9 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
       (q/k/v one by one, not grouped: the norm's output N d e and each adapted layer's x A^T, N r e, the same sum,
       and each adapted one's A and B in e bytes;
       of their outputs only v, N kv e, as rope saves only cos and sin; all three under Qwen3's q/k norms)
+      + Qwen3's q/k norms (`LlamaConfig.qk_norm`): each saves its input and rstd, 4 N (heads +
+      kv_heads); its input is the projection's output where q or k has a buffer of its own (counted above), but a
+      row-strided view of the group's buffer is copied to rows first (`kernels.rms_norm._rows`), N (q + kv) e more
   MLP half: h N d e + rstd 4N + normed N (d + R_gu) e + gate|up N 2m e (SwiGLU saves both, views of one buffer)
       + SwiGLU's output N m e + down_proj's x A^T N r e and its A and B (R_gu counted as gate's and up's x A^T
       when not grouped, their A and B too)
@@ -421,7 +424,26 @@ def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     o_proj = r["o_proj"] + dora_outputs(c, s, ("o_proj",))
     masks = n * dropout_masks(c, s, (*QKV, "o_proj"))
     casts = adapter_casts(c, s, ("o_proj",) if grouped else (*QKV, "o_proj"))
-    return e * n * (d + (d + r_qkv) + outputs + (q + kv) + q + o_proj) + 4 * n + 4 * n * c.num_heads + masks + casts
+    qk_norms = qk_norm_saved(c, s, n)
+    return (
+        e * n * (d + (d + r_qkv) + outputs + (q + kv) + q + o_proj)
+        + 4 * n
+        + 4 * n * c.num_heads
+        + masks
+        + casts
+        + qk_norms
+    )
+
+
+def qk_norm_saved(c: LlamaConfig, s: Setup, n: int) -> int:
+    """Bytes Qwen3's per-head q and k RMSNorms save beyond the projections' outputs, for n tokens: their rstd, one
+    fp32 per head and token, 4 n (heads + kv_heads), and, under the grouped GEMM, the copies of q and k the norm
+    takes of its row-strided views of the group's buffer, e n (q + kv); 0 without q/k norms."""
+    if not c.qk_norm:
+        return 0
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    copies = s.dtype_bytes * n * (q + kv) if _groups(c, s)[0] else 0
+    return 4 * n * (c.num_heads + c.num_kv_heads) + copies
 
 
 def mlp_saved(c: LlamaConfig, s: Setup, n: int) -> int:
