@@ -725,3 +725,43 @@ def test_the_q_norm_kernel_saves_a_copy_of_a_grouped_q_and_its_rstd():
     seen.pop(weight.untyped_storage().data_ptr())
     assert buffer.untyped_storage().data_ptr() not in seen
     assert sorted(seen.values()) == sorted([48 * 4 * 4, 2 * 48 * 64])  # rstd 4 bytes a head and token; q's copy
+
+
+def test_packed_rows_on_the_reference_attention_save_its_dense_mask_and_repeated_k_v():
+    """Packed rows whose attention varlen_attn does not take (fp32, or a head_dim not a multiple of 8 or over 256) run
+    the reference's masked SDPA (`kernels.attention`), whose saved (N, N) additive mask and repeated k and v the
+    model left out. TINY in fp32, one packed row of 48 tokens: the mask 48 x 48 x 4 = 9,216 bytes; with 4 heads over 2
+    kv heads, k and v repeated to every head, 2 x 48 x 64 x 4 = 24,576, saved instead of rope's k and the group's
+    buffer (which v kept), 48 x (32 + 128) x 4 = 30,720. In bf16 with head_dim 16 varlen_attn runs: nothing changes;
+    with head_dim 12 it does not. The reference's saves are checked on its own code below."""
+    import torch
+
+    from tunelab.kernels import reference
+
+    fp32 = dataclasses.replace(LORA, dtype="fp32")
+    packed = dataclasses.replace(fp32, packed=True)
+    assert memory.dense_attention(TINY, packed) and not memory.dense_attention(TINY, fp32)
+    assert attention_saved(TINY, packed, 48) == attention_saved(TINY, fp32, 48) + 9_216 + 24_576 - 30_720
+    bf16 = dataclasses.replace(LORA, packed=True)
+    assert not memory.dense_attention(TINY, bf16)
+    assert attention_saved(TINY, bf16, 48) == attention_saved(TINY, LORA, 48)
+    odd = dataclasses.replace(TINY, head_dim=12)
+    assert memory.dense_attention(odd, bf16)
+    # without grouped-query heads k and v go in as they are: only the mask, 48 x 48 x 4
+    mha = dataclasses.replace(TINY, num_kv_heads=4)
+    assert attention_saved(mha, packed, 48) == attention_saved(mha, fp32, 48) + 9_216
+    # the reference on one packed row of 48 tokens (two documents), 4 heads over 2 kv heads of 16, fp32
+    q = torch.randn(1, 48, 4, 16, requires_grad=True)
+    k, v = (torch.randn(1, 48, 2, 16, requires_grad=True) for _ in range(2))
+    seen: dict[int, tuple] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = (tuple(t.shape), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = reference.attention(q, k, v, cu_seqlens=torch.tensor([0, 20, 48], dtype=torch.int32))
+    mine = {t.untyped_storage().data_ptr() for t in (q, k, v, out)}
+    others = sorted(nbytes for ptr, (shape, nbytes) in seen.items() if ptr not in mine and len(shape) == 4)
+    assert k.untyped_storage().data_ptr() not in seen and v.untyped_storage().data_ptr() not in seen
+    assert others == [9_216, 48 * 64 * 4, 48 * 64 * 4]  # the mask; k and v repeated to 4 heads

@@ -558,3 +558,22 @@ def test_method_dora_is_planned_as_an_adapter_not_as_full_fine_tuning():
     assert config_setup(dora, 2048).method == "lora"
     state = training_state_bytes(LLAMA2_7B, config_setup(dora, 2048))
     assert state["optimizer (adamw)"] < 0.5 * GIB
+
+
+def test_a_packed_fp32_run_is_planned_with_the_reference_attention_s_dense_masks():
+    """data.packing reached no part of the plan, so a packed fp32 run (the reference's masked attention, one (N, N)
+    mask a layer) was planned as a padded one: 7B shapes, full in fp32, one row of 4096 tokens, every layer kept,
+    each saves its 4096 x 4096 x 4-byte mask, 64 MiB, 2 GiB over 32 layers."""
+    import torch
+
+    from tunelab.config import RunConfig
+    from tunelab.training.plan_setup import config_setup
+
+    cfg = RunConfig()
+    packed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, packing=True))
+    assert config_setup(packed, 4096).packed and not config_setup(cfg, 4096).packed
+    full = dataclasses.replace(config_setup(cfg, 4096, dtype=torch.float32), method="full")
+    kept = [
+        estimate(LLAMA2_7B, s).saved["activations: kept layers"] for s in (full, dataclasses.replace(full, packed=True))
+    ]
+    assert kept[1] - kept[0] == 32 * 4096 * 4096 * 4  # Llama-2-7B has as many kv heads as heads: no repeats

@@ -43,6 +43,9 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
       + Qwen3's q/k norms (`LlamaConfig.qk_norm`): each saves its input and rstd, 4 N (heads +
       kv_heads); its input is the projection's output where q or k has a buffer of its own (counted above), but a
       row-strided view of the group's buffer is copied to rows first (`kernels.rms_norm._rows`), N (q + kv) e more
+      (packed rows, `Setup.packed`, in fp32 or with a head_dim varlen_attn does not take: the reference's attention,
+      `dense_attention`: its additive (N, N) mask, N ceil16(N) e, and with grouped-query k and v repeated to every
+      head, 2 N q e, saved instead of rope's k and of the projections' v, which nothing else keeps)
   MLP half: h N d e + rstd 4N + normed N (d + R_gu) e + gate|up N 2m e (SwiGLU saves both, views of one buffer)
       + SwiGLU's output N m e + down_proj's x A^T N r e and its A and B (R_gu counted as gate's and up's x A^T
       when not grouped, their A and B too)
@@ -139,6 +142,7 @@ class Setup:
     lm_head: bool = True  # False for classify and reward: the body alone, its small head on each row's last token
     dora: bool = False  # method lora with DoRA (`peft.dora`): a magnitude per output row, no grouped projections
     dropout: bool = False  # LoRA dropout on (method.dropout > 0): a keep-mask per adapted layer, no grouping
+    packed: bool = False  # data.packing: a micro-batch is one row of N tokens, its documents apart (cu_seqlens)
 
     @property
     def tokens(self) -> int:
@@ -420,19 +424,23 @@ def attention_saved(c: LlamaConfig, s: Setup, n: int) -> int:
     r_qkv = r["q_proj"] + r["k_proj"] + r["v_proj"]  # x A^T: in the norm's spare columns, or one (N, r) per layer
     # Grouped, one buffer that v (a view of it) keeps whole; one by one, q and k are freed by rope (which saves only
     # cos and sin) unless Qwen3's q/k norms save them; v stays. DoRA: each layer's L(x) (N, out) besides.
-    outputs = (q + 2 * kv if grouped or c.qk_norm else kv) + dora_outputs(c, s, QKV)
+    outputs = q + 2 * kv if grouped or c.qk_norm else kv
+    heads = q + kv  # rope's q and k, which the attention saves
+    dense = e * n * -(-n // 16) * 16 if dense_attention(c, s) else 0  # the reference's additive mask
+    if dense and c.num_heads > c.num_kv_heads:  # it saves k and v repeated to every head, not rope's k nor v
+        outputs, heads = (q + kv if c.qk_norm and not grouped else 0), 3 * q  # q/k norms keep their own q and k
+    outputs += dora_outputs(c, s, QKV)
     o_proj = r["o_proj"] + dora_outputs(c, s, ("o_proj",))
-    masks = n * dropout_masks(c, s, (*QKV, "o_proj"))
+    masks = n * dropout_masks(c, s, (*QKV, "o_proj")) + dense
     casts = adapter_casts(c, s, ("o_proj",) if grouped else (*QKV, "o_proj"))
-    qk_norms = qk_norm_saved(c, s, n)
-    return (
-        e * n * (d + (d + r_qkv) + outputs + (q + kv) + q + o_proj)
-        + 4 * n
-        + 4 * n * c.num_heads
-        + masks
-        + casts
-        + qk_norms
-    )
+    stats = 4 * n + 4 * n * c.num_heads + qk_norm_saved(c, s, n)  # the norms' rstd (q/k: and copies), logsumexp
+    return e * n * (d + (d + r_qkv) + outputs + heads + q + o_proj) + stats + masks + casts
+
+
+def dense_attention(c: LlamaConfig, s: Setup) -> bool:
+    """Whether a packed row's attention falls back to the reference (`kernels.attention`: varlen_attn takes 16-bit
+    q, k, v with a head_dim that is a multiple of 8 and at most 256), which masks a dense (N, N) score matrix."""
+    return s.packed and (s.dtype_bytes == 4 or c.head_dim % 8 > 0 or c.head_dim > 256)
 
 
 def qk_norm_saved(c: LlamaConfig, s: Setup, n: int) -> int:

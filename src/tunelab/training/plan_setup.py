@@ -43,6 +43,7 @@ def config_setup(
         lm_head=cfg.task not in ("classify", "reward"),  # a head task's body has no LM head (`tasks.head`)
         dora=m.dora,
         dropout=m.is_adapter and m.dropout > 0,
+        packed=cfg.data.packing,  # only sft packs (the other tasks refuse data.packing)
     )
 
 
