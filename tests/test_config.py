@@ -53,6 +53,14 @@ def test_saved_yaml_round_trips(tmp_path):
         ),
         ({"method.name": "qlora2"}, "allowed values: lora, dora, full, layers"),
         ({"data.eval": "e.jsonl", "data.eval_fraction": "0.1"}, "both set"),
+        # said only that it was for lora: what to do instead is named too
+        (
+            {"method.name": "full", "method.use_dora": "true"},
+            "method.name is full, which trains the model's own weights and has no adapter to decompose; remove "
+            "method.use_dora, or use method.name dora",
+        ),
+        ({"method.name": "layers", "method.use_dora": "true"}, "method.name is layers, which trains the model's own"),
+        ({"method.name": "dora", "method.use_dora": "true"}, "method.name is dora, which is DoRA already; remove"),
     ],
 )
 def test_bad_options_are_named(overrides, message):

@@ -72,7 +72,14 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
             f"it (e.g. {{{blank}: my_column}}), or remove {blank!r} from data.fields."
         )
     if config.method.use_dora and config.method.name != "lora":
-        raise ConfigError(f"option 'method.use_dora' is for method.name lora; method.name is {config.method.name}.")
+        name = config.method.name
+        why = (
+            "which is DoRA already; remove method.use_dora"
+            if name == "dora"
+            else "which trains the model's own weights and has no adapter to decompose; remove method.use_dora, or "
+            "use method.name dora to train DoRA adapters"
+        )
+        raise ConfigError(f"option 'method.use_dora' is for method.name lora; method.name is {name}, {why}.")
     if config.model.adapter and not config.method.is_adapter and not config.stages:
         # was refused only once the model had loaded, as a method whose target_modules [] differed from the adapter's
         raise ConfigError(
