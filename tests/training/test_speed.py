@@ -39,11 +39,22 @@ def test_the_weight_traffic_is_in_the_runs_dtype(no_host, dtype, bytes_moved):
     traffic = 4 * LAYER_WEIGHTS * bytes_moved
     assert traffic == {2: 294_912, 4: 589_824}[bytes_moved]
     assert speed.step_time(TINY, s, 1, "NVIDIA H200") == pytest.approx(_flops_s(s) + traffic / 4e12, rel=1e-12)
-    # a checkpointed layer passes over its weights once more
+    # a checkpointed layer passes over its weights once more, but for the down projection's (128 x 64 = 8,192), whose
+    # GEMM the recomputation skips (it was charged the read all the same)
     ckpt = dataclasses.replace(s, checkpointed=1)
     more = speed.step_time(TINY, ckpt, 1, "NVIDIA H200") - speed.step_time(TINY, s, 1, "NVIDIA H200")
     recompute = 32 * (77_824 - 2 * 128 * 64) / (speed.THROUGHPUT * (67 / 989 if dtype == "fp32" else 1.0))
-    assert more == pytest.approx(recompute + LAYER_WEIGHTS * bytes_moved / 4e12, rel=1e-9)
+    assert more == pytest.approx(recompute + (LAYER_WEIGHTS - 8_192) * bytes_moved / 4e12, rel=1e-9)
+    # with offload o_proj's (64 x 64) as well: its GEMM is skipped too (the midpoint is parked)
+    offload = dataclasses.replace(ckpt, offload=True)
+    more = speed.step_time(TINY, offload, 1, "NVIDIA H200") - speed.step_time(TINY, s, 1, "NVIDIA H200")
+    recompute -= 32 * 2 * 64 * 64 / (speed.THROUGHPUT * (67 / 989 if dtype == "fp32" else 1.0))
+    copies = 2 * max(
+        0.0,
+        2 * 32 * 64 * bytes_moved / speed.PCIE_BYTES_S
+        - 32 * 77_824 / (speed.THROUGHPUT * (67 / 989 if dtype == "fp32" else 1.0)),
+    )
+    assert more == pytest.approx(recompute + (LAYER_WEIGHTS - 8_192 - 4_096) * bytes_moved / 4e12 + copies, rel=1e-9)
 
 
 def test_grpo_fixed_log_probs_forward_by_hand(no_host):
@@ -129,12 +140,19 @@ def test_dora_pays_for_its_norm_at_every_forward_and_for_g_l_x_on_every_token(no
     ckpt = [dataclasses.replace(s, checkpointed=2) for s in (lora, dora)]
     more = speed.step_time(TINY, ckpt[1], 1, h200) - speed.step_time(TINY, ckpt[0], 1, h200)
     # and the down projection's GEMM, 2 x 128 x 64 FLOPs a token, which a recomputed DoRA layer does not skip
-    down = 2 * 32 * 2 * 128 * 64 / speed.THROUGHPUT
+    # and the down projection's GEMM, 2 x 128 x 64 FLOPs a token, and its weight's read, 8,192 x 2 bytes a layer
+    down = 2 * 32 * 2 * 128 * 64 / speed.THROUGHPUT + 2 * 8_192 * 2 / 4e12
     assert more == pytest.approx(4 * norm + tokens + 32 * 512 * 2 * 2 * 2 / 4e12 + down, rel=1e-9)
     offload = [dataclasses.replace(s, offload=True) for s in ckpt]  # o_proj's GEMM too, 2 x 64 x 64
     more = speed.step_time(TINY, offload[1], 1, h200) - speed.step_time(TINY, offload[0], 1, h200)
     assert more == pytest.approx(
-        4 * norm + tokens + 32 * 512 * 2 * 2 * 2 / 4e12 + down + 2 * 32 * 2 * 64 * 64 / speed.THROUGHPUT, rel=1e-6
+        4 * norm
+        + tokens
+        + 32 * 512 * 2 * 2 * 2 / 4e12
+        + down
+        + 2 * 32 * 2 * 64 * 64 / speed.THROUGHPUT
+        + 2 * 4_096 * 2 / 4e12,
+        rel=1e-6,
     )
     nf4 = [dataclasses.replace(s, quantized=True) for s in (lora, dora)]
     more = speed.step_time(TINY, nf4[1], 1, h200) - speed.step_time(TINY, nf4[0], 1, h200)
@@ -248,3 +266,30 @@ def test_the_stacked_matrix_is_built_as_often_as_the_speed_model_counts(checkpoi
     shape = Shape.from_hf(hf_config.to_dict())
     expected = speed.group_builds(shape, Setup(method="lora", rank=4, checkpointed=checkpointed))
     assert built == {3: expected["qkv"][1], 2: expected["gate_up"][1]}
+
+
+def test_a_recomputation_that_skips_a_projection_s_gemm_does_not_dequantize_its_weight(monkeypatch):
+    """What `step_time` leaves out of a recomputation's weight traffic, on the code: a LoRA layer over NF4 (and a bare
+    NF4 layer) asked for its autograd node only (output=False, checkpointing's last projections) never dequantizes
+    its weight in forward; backward does, once."""
+    import torch
+
+    import tunelab.quant.linear as linear
+    from tunelab.peft.lora_linear import LoRALinear
+
+    calls = []
+    dequantize = linear.dequantize
+    monkeypatch.setattr(linear, "dequantize", lambda *a, **k: calls.append(1) or dequantize(*a, **k))
+    torch.manual_seed(0)
+    for layer in (
+        LoRALinear(linear.NF4Linear.from_linear(torch.nn.Linear(96, 64, bias=False).to(torch.bfloat16)), 4, 8.0),
+        linear.NF4Linear.from_linear(torch.nn.Linear(96, 64, bias=False).to(torch.bfloat16)),
+    ):
+        x = torch.randn(5, 96, dtype=torch.bfloat16, requires_grad=True)
+        calls.clear()
+        y = layer.grad_only(x)
+        assert calls == []
+        y.backward(torch.ones_like(y))
+        assert calls == [1]
+        layer(x)
+        assert calls == [1, 1]

@@ -18,7 +18,8 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   matrix still there only reads it (e bytes a parameter; `group_builds`): the top layer's gate/up in backward (right
   after the forward's last group, unless checkpointing recomputes that layer first without offload), and a
   checkpointed layer's gate/up in its backward (built once for the recomputation and backward of every token chunk),
-  with offload its q/k/v too (recomputed from the parked midpoint and backpropagated at once). A 16-bit or fp32 weight of a layer that runs alone (DoRA, LoRA dropout,
+  with offload its q/k/v too (recomputed from the parked midpoint and backpropagated at once). A recomputation
+  neither reads nor dequantizes the weights of the projections whose GEMM it skips (below). A 16-bit or fp32 weight of a layer that runs alone (DoRA, LoRA dropout,
   groups off or not all adapted, full and layers) is read by its GEMM as it is: e bytes a parameter and pass
   (`pass_bytes`). It is why, of two micro-batches both GPU-bound, the larger one is faster.
 - CPU time: HOST_S_PER_LAYER of Python and kernel launches per layer per micro-batch, and HOST_S_PER_RECOMPUTE more
@@ -138,15 +139,16 @@ def layer_forward_flops(c: LlamaConfig, seq: int) -> tuple[float, float, float, 
     return matmul, attention, down, o_proj
 
 
-def pass_bytes(c: LlamaConfig, s: Setup) -> float:
+def pass_bytes(c: LlamaConfig, s: Setup, skipped: tuple[str, ...] = ()) -> float:
     """Bytes one pass over a decoder layer moves of its weights (module docstring): WEIGHT_BYTES e / E a parameter of
     a copied weight (an NF4 one, or a member of a grouped GEMM: `memory.grouped_projections`), e of one its GEMM
-    reads as it is."""
+    reads as it is; none of the `skipped` projections, whose GEMM the pass does not run."""
     grouped = grouped_projections(c, s)
     copied = WEIGHT_BYTES * s.dtype_bytes / E
     return sum(
         i * o * (copied if s.quantized or name in grouped else s.dtype_bytes)
         for name, (i, o) in projection_shapes(c).items()
+        if name not in skipped
     )
 
 
@@ -291,11 +293,14 @@ def step_time(c: LlamaConfig, s: Setup, grad_accum: int, gpu_name: str | None = 
     dora = adapter_ranks(c, s) if s.dora else {}
     recompute = forward - (0.0 if dora.get("down_proj") else down)
     recompute -= o_proj if s.offload and not dora.get("o_proj") else 0.0
+    # and neither reads nor (NF4) dequantizes their weights: output=False skips both (`kernels.lora`, `quant.linear`)
+    skipped = tuple(p for p in ("down_proj", "o_proj")[: 2 if s.offload else 1] if not dora.get(p))
     head = 2.0 * c.vocab_size * c.hidden_size * (3 if s.method == "full" else 2) if s.lm_head else 0.0
     per_token = layers * forward + backed * backward + checkpointed * recompute + head
     n = s.tokens
     gpu = n * per_token / rate
-    gpu += ((layers + backed + checkpointed) * pass_bytes(c, s) - reused_group_bytes(c, s)) / HBM_BYTES_S
+    weights = (layers + backed) * pass_bytes(c, s) + checkpointed * pass_bytes(c, s, skipped)
+    gpu += (weights - reused_group_bytes(c, s)) / HBM_BYTES_S
     if s.dora:  # the norms of every forward (a recomputed MLP's once per chunk) and g L(x) on every token
         chunks = 1 if s.dropout else -(-n // MLP_CHUNK)  # dropout: the MLP recomputed whole (`memory.mlp_saved`)
         gpu += layers * dora_layer_time(c, s, gpu_name)
