@@ -224,3 +224,36 @@ def test_sampling_computes_each_norm_once_and_draws_the_same_tokens(monkeypatch,
     assert not any(m.holds_norm or m._held for m in layers)  # the block's end drops them: after a step, afresh
     draw()
     assert len(calls) == len(layers) * 8
+
+
+def test_a_held_norm_follows_weights_swapped_in_as_grpo_s_starting_weights_do():
+    """grpo's fixed forwards run inside `norms_held`, and a continued adapter's reference swaps the starting A, B and
+    m in by `.data` (`tasks.grpo.starting_weights`): the held norm must be that of the weights in place at each
+    forward, not the first one's."""
+    from tunelab.peft.dora import norms_held
+
+    torch.manual_seed(0)
+    layer = DoRALinear(torch.nn.Linear(12, 8), r=2, alpha=4).eval()
+    torch.nn.init.normal_(layer.lora_B.weight, std=0.3)
+    start = {name: p.detach().clone() for name, p in layer.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        layer.lora_B.weight.add_(0.5)  # trained since the start
+    x = torch.randn(3, 12)
+    with torch.no_grad():
+        now = layer(x)
+        current = {name: p.data for name, p in layer.named_parameters() if p.requires_grad}
+        params = dict(layer.named_parameters())
+        for name, value in start.items():
+            params[name].data = value
+        then = layer(x)
+        for name, value in current.items():
+            params[name].data = value
+        with norms_held(layer):
+            assert torch.equal(layer(x), now)
+            for name, value in start.items():
+                params[name].data = value
+            assert torch.equal(layer(x), then)
+            for name, value in current.items():
+                params[name].data = value
+            assert torch.equal(layer(x), now)
+    assert not torch.equal(now, then)

@@ -660,3 +660,12 @@ def test_a_dora_rollout_computes_each_weight_norm_once(
     batches = task.rollout(built.model, group, 0, 4)
     assert "ref" in batches[0]
     assert layers and sorted(map(id, calls)) == sorted(map(id, layers))
+    # with dropout the old policy's forward runs the adapters over 2 micro-batches: each norm once more, not twice
+    task, data, built, tok = _task(
+        tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.name": "dora", "method.dropout": 0.1}
+    )
+    layers = [m for m in built.model.modules() if isinstance(m, DoRALinear)]
+    calls.clear()
+    batches = task.rollout(built.model, group, 0, 4)
+    assert len(batches) == 2 and "old" in batches[0] and "old" in batches[1]
+    assert sorted(map(id, calls)) == sorted(map(id, layers * 2))

@@ -167,11 +167,12 @@ def test_dora_pays_for_its_norm_at_every_forward_and_for_g_l_x_on_every_token(no
     # the reference forward of a new adapter runs the base, adapters off: no norm (it was charged one a micro-batch)
     more = speed.fixed_time(TINY, sampled[1], h200) - speed.fixed_time(TINY, sampled[0], h200)
     assert more == 0.0
-    # a continued adapter's reference, and the old policy's forward (LoRA dropout), run the adapters: a norm each
+    # a continued adapter's reference, and the old policy's forward (LoRA dropout), run the adapters: every layer's
+    # norm once for the 8 micro-batches of 1 answer (`peft.dora.norms_held`; it was charged once a micro-batch)
     for kind in ({"reference_copy": True}, {"dropout": True}):
         with_norms = [dataclasses.replace(s, **kind) for s in sampled]
         more = speed.fixed_time(TINY, with_norms[1], h200) - speed.fixed_time(TINY, with_norms[0], h200)
-        assert more == pytest.approx(8 * 2 * norm, rel=1e-9)  # 8 answers in micro-batches of 1
+        assert more == pytest.approx(2 * norm, rel=1e-9)
 
 
 def test_only_copied_weights_pay_for_the_copy(no_host):

@@ -14,7 +14,8 @@ Before each optimizer step the loop calls `rollout` (training/loop.py, one line)
    (the base: adapters off for a new LoRA/DoRA adapter; for full, layers and an adapter the run continues, the
    starting weights, kept at `prepare`). When no dropout draws in the model (method.dropout 0), the policy as it
    sampled is the policy of the training forward, weights and all, so old = that forward's log p, detached: the
-   same numbers without a forward of their own.
+   same numbers without a forward of their own. These forwards, like the sampling, compute a DoRA layer's weight
+   norm once for all the step's micro-batches (the starting weights' own, which `starting_weights` swaps in).
 
 The loss, per answer token t of answer i (o: old, r: reference log p, logp the policy's now, with gradient):
 
@@ -311,8 +312,9 @@ def make_task(cfg: GrpoConfig) -> Task:
             batch["rewards"] = total[start : start + micro_batch]  # (n,) on the CPU: shown by `tunelab check`
             batch["answers"] = [samples[i].answer for i in part]  # the texts the rewards read
             batches.append(batch)
-        for j in ranks.mine(len(batches)):  # a blank micro-batch (training/distributed.py) counts 0: none needed
-            batches[j] |= _fixed_log_probs(model, batches[j])
+        with norms_held(model):  # no weight changes before the step: a DoRA norm once, not once per micro-batch
+            for j in ranks.mine(len(batches)):  # a blank micro-batch (training/distributed.py) counts 0: none needed
+                batches[j] |= _fixed_log_probs(model, batches[j])
         for batch in batches:
             batch["step_figures"] = figures
         return batches

@@ -36,8 +36,8 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   beside the next layer's compute; only the part longer than that compute costs time.
 
 DoRA (`Setup.dora`, `peft.dora`): every forward of a DoRA layer, the recomputed ones too (an MLP's once per 4096-token
-chunk), and every one of grpo's fixed log-prob forwards, computes its norm ||W + s B A|| (grpo's sampler once, at its
-prefill, and keeps it through the decode steps: `peft.dora.norms_held`): B A, an fp32
+chunk), computes its norm ||W + s B A|| (grpo's sampler once, at its prefill, and keeps it through the decode steps,
+and its fixed log-prob forwards once for all their micro-batches: `peft.dora.norms_held`): B A, an fp32
 GEMM of 2 out r in FLOPs at the GPU's fp32 rate, then elementwise passes over (out, in) fp32 blocks (the cast of W,
 s B A, their sum, the norm), DORA_NORM_FP32_BYTES a weight, more for W's cast from 16 bits (over NF4 the whole weight
 dequantized first: its codes read and a 16-bit copy written). Per token each DoRA layer also scales L(x) by g and
@@ -270,9 +270,9 @@ def fixed_time(c: LlamaConfig, s: Setup, gpu_name: str | None = None) -> float:
     olds = int(s.dropout)  # the old policy's forward: only where dropout draws in the training forward
     total = 0.0
     for setup, count in ((adapted, olds), (base, s.fixed_forwards - olds)):
-        # each layer's weights once a micro-batch, and a DoRA layer's norm
+        # each layer's weights once a micro-batch; a DoRA layer's norm once for them all (`peft.dora.norms_held`)
         gpu = flops_s + batches * c.num_layers * pass_bytes(c, setup) / HBM_BYTES_S
-        gpu += batches * c.num_layers * dora_layer_time(c, setup, gpu_name)
+        gpu += c.num_layers * dora_layer_time(c, setup, gpu_name)
         total += count * max(gpu, cpu)
     return total
 
