@@ -294,3 +294,59 @@ def test_a_recomputation_that_skips_a_projection_s_gemm_does_not_dequantize_its_
         assert calls == [1]
         layer(x)
         assert calls == [1, 1]
+
+
+def test_with_offload_the_stacked_matrix_is_built_as_often_as_the_speed_model_counts(monkeypatch):
+    """`speed.group_builds` under offload, against the code: 3 checkpointed layers through `recomputed_layer` with a
+    host store stand-in (offload itself needs CUDA), so that backward runs `_backward_from_mid` as on the GPU: the MLP
+    from the parked midpoint, then attention recomputed and backpropagated at once. Builds counted as in the test
+    above: q/k/v once in forward and once in backward a layer, gate/up likewise but for the top layer's backward."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunelab.models.hf_adapter import from_hf_model
+    from tunelab.models.llama_config import LlamaConfig as Shape
+    from tunelab.models.recompute import recomputed_layer
+    from tunelab.peft import group
+    from tunelab.peft.lora import attach_lora
+
+    class Store:  # `models.offload.HostActivations`' part the recomputation uses, in memory
+        with_mid = True
+
+        def __init__(self):
+            self.kept, self.parked = {}, []
+
+        def park(self, key, t):
+            self.kept[key] = t.detach().clone()
+            self.parked.append(key)
+
+        def take(self, key):
+            return self.kept.pop(key)
+
+        def fetch(self, key):
+            pass
+
+    torch.manual_seed(0)
+    fields = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4)
+    hf_config = AutoConfig.for_model("llama", num_key_value_heads=2, max_position_embeddings=64, **fields)
+    model = from_hf_model(AutoModelForCausalLM.from_config(hf_config).float())
+    attach_lora(model, ["all-linear"], r=4, alpha=8)
+    group.set_grouping(model, True)
+    built = {3: 0, 2: 0}
+    write = group._write_adapters
+    monkeypatch.setattr(
+        group,
+        "_write_adapters",
+        lambda w, width, out, m: built.__setitem__(len(m), built[len(m)] + 1) or write(w, width, out, m),
+    )
+    ids = torch.randint(0, 300, (2, 16))
+    decoder, store = model.model, Store()
+    decoder.passes.tick()  # as the model's forward does
+    h, cos, sin = decoder._embed(ids, torch.arange(16)[None].expand(2, 16))
+    for index, layer in enumerate(decoder.layers):
+        h = recomputed_layer(layer, store, index, h, cos, sin, None, None, None)
+    h.float().square().sum().backward()
+    assert store.kept == {} and {(i, "h") for i in range(3)} <= set(store.parked)  # midpoints parked, taken back
+    shape = Shape.from_hf(hf_config.to_dict())
+    expected = speed.group_builds(shape, Setup(method="lora", rank=4, checkpointed=3, offload=True))
+    assert built == {3: expected["qkv"][1], 2: expected["gate_up"][1]} == {3: 6, 2: 5}
