@@ -16,6 +16,7 @@ Medians over the iterations after the first (warm-up); peak memory over all of t
 
     python3 benchmarks/grpo_bench.py --shape llama2-7b --method qlora --out $OUT/grpo.jsonl
     python3 benchmarks/grpo_bench.py --shape tiny --iterations 2     # a CPU smoke test in seconds
+    python3 benchmarks/grpo_bench.py --shape llama2-7b --method qlora --dora   # DoRA: each norm once a sampling
 
 scripts/gpu_grpo.sh runs the GPU tests of task grpo and this benchmark with LoRA and QLoRA.
 """
@@ -63,6 +64,7 @@ def _predicted(config, args) -> dict:
         sampled=args.prompts * args.group,
         sample_len=args.prompt + args.answer,
         sample_prompt=args.prompt,
+        dora=args.dora,
     )
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     found = estimate(config, setup)
@@ -72,13 +74,14 @@ def _predicted(config, args) -> dict:
 def run(args) -> dict:
     from tunelab.config import GrpoConfig
     from tunelab.models.decode import SampleSettings, sample
+    from tunelab.peft.dora import norms_held
     from tunelab.peft.lora import adapters_disabled
     from tunelab.tasks.grpo import collate, group_advantages, make_task
     from tunelab.tasks.log_probs import token_log_probs
     from tunelab.training.step import train_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = build(args.shape, args.method, 16, args.checkpointing, device)
+    model = build(args.shape, args.method, 16, args.checkpointing, device, args.dora)
     vocab = model.config.vocab_size
     task = make_task(GrpoConfig(num_generations=args.group, beta=0.04, rewards=["length"]))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -94,7 +97,8 @@ def run(args) -> dict:
     for it in range(args.iterations):
         sampler = torch.Generator(device).manual_seed(it)
         tic = _sync(device)
-        answers = sample(model, rows, settings, pad_id=0, generator=sampler)
+        with norms_held(model):  # as task grpo samples: a DoRA layer's norm once for the whole sampling
+            answers = sample(model, rows, settings, pad_id=0, generator=sampler)
         gen_s.append(_sync(device) - tic)
         even = torch.tensor([sum(t % 2 == 0 for t in a) / max(len(a), 1) for a in answers])
         advantages = group_advantages(even, args.group)
@@ -105,7 +109,7 @@ def run(args) -> dict:
             batch = collate([rows[i] for i in part], [answers[i] for i in part], ["bench"] * len(part), 0)
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             batch["advantages"] = advantages[start : start + args.micro_batch].to(device)
-            with torch.no_grad():
+            with torch.no_grad(), norms_held(model):
                 model.eval()
                 batch["old"] = token_log_probs(model, batch)[0]
                 with adapters_disabled(model):
@@ -124,7 +128,7 @@ def run(args) -> dict:
     cuda = device == "cuda"
     predicted = _predicted(model.config, args)
     record = {
-        "config": f"tunelab_grpo_{args.method}",
+        "config": f"tunelab_grpo_{args.method}" + ("_dora" if args.dora else ""),
         "shape": args.shape,
         "prompts": args.prompts,
         "group": args.group,
@@ -172,6 +176,7 @@ def main() -> None:
     parser.add_argument("--answer", type=int, default=256, help="answer tokens (no stop id: every answer this long)")
     parser.add_argument("--micro-batch", type=int, default=16, help="rows per forward in the train step")
     parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--dora", action="store_true", help="DoRA adapters (peft/dora.py) instead of LoRA")
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
