@@ -19,9 +19,10 @@ Coarse on purpose: it ranks the planner's candidates (training/plan.py). Its thr
   after the forward's last group, unless checkpointing recomputes that layer first without offload), and a
   checkpointed layer's gate/up in its backward (built once for the recomputation and backward of every token chunk),
   with offload its q/k/v too (recomputed from the parked midpoint and backpropagated at once). A recomputation
-  neither reads nor dequantizes the weights of the projections whose GEMM it skips (below). A 16-bit or fp32 weight of a layer that runs alone (DoRA, LoRA dropout,
-  groups off or not all adapted, full and layers) is read by its GEMM as it is: e bytes a parameter and pass
-  (`pass_bytes`). It is why, of two micro-batches both GPU-bound, the larger one is faster.
+  neither reads nor dequantizes the weights of the projections whose GEMM it skips (above). A 16-bit or fp32 weight
+  of a layer that runs alone (DoRA, LoRA dropout, groups off or not all adapted, full and layers) is read by its GEMM
+  as it is: e bytes a parameter and pass (`pass_bytes`). It is why, of two micro-batches both GPU-bound, the larger
+  one is faster.
 - CPU time: HOST_S_PER_LAYER of Python and kernel launches per layer per micro-batch, and HOST_S_PER_RECOMPUTE more
   per checkpointed layer (7B QLoRA, micro-batch 1 x 2048: ~4,900 launches a step; 190 ms a step without
   checkpointing, 238 ms with every layer checkpointed and offloaded, while the GPU needs 115-155 ms of it). A
