@@ -40,12 +40,12 @@ Saved per layer for backward (`models.llama` with `kernels/`, counted from their
       (q/k/v one by one, not grouped: the norm's output N d e and each adapted layer's x A^T, N r e, the same sum,
       and each adapted one's A and B in e bytes;
       of their outputs only v, N kv e, as rope saves only cos and sin; all three under Qwen3's q/k norms)
-      + Qwen3's q/k norms (`LlamaConfig.qk_norm`): each saves its input and rstd, 4 N (heads +
-      kv_heads); its input is the projection's output where q or k has a buffer of its own (counted above), but a
-      row-strided view of the group's buffer is copied to rows first (`kernels.rms_norm._rows`), N (q + kv) e more
-      (packed rows, `Setup.packed`, in fp32 or with a head_dim varlen_attn does not take: the reference's attention,
-      `dense_attention`: its additive (N, N) mask, N ceil16(N) e, and with grouped-query k and v repeated to every
-      head, 2 N q e, saved instead of rope's k and of the projections' v, which nothing else keeps)
+      + Qwen3's q/k norms (`LlamaConfig.qk_norm`): each saves its input and rstd, 4 N (heads + kv_heads); its
+      input is the projection's output where q or k has a buffer of its own (counted above), but a row-strided view
+      of the group's buffer is copied to rows first (`kernels.rms_norm._rows`), N (q + kv) e more
+      + packed rows (`Setup.packed`) in fp32 or with a head_dim varlen_attn does not take run the reference's
+      attention (`dense_attention`): its additive (N, N) mask, N ceil16(N) e, and with grouped-query k and v repeated
+      to every head, 2 N q e, saved instead of rope's k and of the projections' v, which nothing else then keeps
   MLP half: h N d e + rstd 4N + normed N (d + R_gu) e + gate|up N 2m e (SwiGLU saves both, views of one buffer)
       + SwiGLU's output N m e + down_proj's x A^T N r e and its A and B (R_gu counted as gate's and up's x A^T
       when not grouped, their A and B too)
@@ -77,8 +77,8 @@ Transients (the largest wins, on top of what is saved at that moment):
   longest prompt; no gradients, so a layer's tensors are freed when it returns; the head runs on each row's last
   position only, (B, V), never on (P, V)); with DoRA, beside it, a layer's weight norm (below), computed at the
   prefill and kept for the decode steps (`peft.dora.norms_held`: every layer's n, (out,) fp32, 4 bytes an output
-  row of each DoRA layer, alive the whole sampling). The whole prefill long: the cache's mask (B, 1, T, T) bool, B T^2, and
-  rope's cos and sin, 2 P head_dim e. Then the largest of: the attention, x, the norm's output, q as
+  row of each DoRA layer, alive the whole sampling). The whole prefill long: the cache's mask (B, 1, T, T) bool,
+  B T^2, and rope's cos and sin, 2 P head_dim e. Then the largest of: the attention, x, the norm's output, q as
   (B, kv_heads, G T, head_dim) (a copy), k, v and its output, P (2d + 2q + 2kv) e, with the mask's G = heads /
   kv_heads repeats (B, 1, G T, T) bool and the additive mask in e bytes that `scaled_dot_product_attention` makes of
   a bool one, B G T^2 (1 + e); o_proj, those without the masks, the output's copy as (B, T, q) and o_proj's output,
