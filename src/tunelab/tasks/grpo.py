@@ -3,9 +3,10 @@ reward functions score the answers, and the answers better than their group's me
 
 Before each optimizer step the loop calls `rollout` (training/loop.py, one line), which for the step's P prompts:
 1. samples G answers per prompt with the current policy (adapter on, eval mode, `models.decode.sample` with a KV
-   cache; a DoRA layer's weight norm computed once for the whole sampling, `peft.dora.norms_held`), from a generator seeded by (train.seed, step): a resumed run draws what the uninterrupted one drew. Each
-   answer's draws are keyed to its place in the step, so with several ranks (DDP) each samples and scores every
-   world-th answer and the ranks swap them (`Ranks.gather`), and the step is one process's;
+   cache; a DoRA layer's weight norm computed once for the whole sampling, `peft.dora.norms_held`), from a
+   generator seeded by (train.seed, step): a resumed run draws what the uninterrupted one drew. Each answer's draws
+   are keyed to its place in the step, so with several ranks (DDP) each samples and scores every world-th answer and
+   the ranks swap them (`Ranks.gather`), and the step is one process's;
 2. scores them (`tasks/rewards.py`): r_i = sum_k w_k r_ik; a reward that fails stops the run or skips the group;
 3. normalises within each group:  A_i = (r_i - mean_G(r)) / (std_G(r) + 1e-4)  (std with Bessel's correction,
    as DeepSeekMath's GRPO); a group whose answers all score the same has A = 0 and teaches nothing (counted);
