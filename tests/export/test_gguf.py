@@ -14,7 +14,7 @@ from tunelab.data.templates import resolve_template
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.gguf import export_gguf, gguf_shape, permute_rotary_rows
 from tunelab.export.gguf_vocab import read_gguf_string
-from tunelab.export.merge import merged_model
+from tunelab.export.merge import merged_model, with_system_default
 from tunelab.export.modelfile import modelfile_parameters, modelfile_stops, modelfile_text, sampling_parameters
 from tunelab.models.load import resolve_source
 
@@ -102,9 +102,11 @@ def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer
         f["tokenizer.ggml.padding_token_id"],
     ) == (1, 2, 2)
     assert f["tokenizer.ggml.add_bos_token"] is False
-    assert f["tokenizer.chat_template"] == tok.chat_template
+    # the run's template as training read conversations (an empty system message is none: export/merge.py)
+    template = with_system_default(tok.chat_template, None)
+    assert f["tokenizer.chat_template"] == template and template.endswith(tok.chat_template)
     # the header scanner used for the base model's pre-tokenizer reads past the token and merge arrays correctly
-    assert read_gguf_string(out, "tokenizer.chat_template") == tok.chat_template
+    assert read_gguf_string(out, "tokenizer.chat_template") == template
     assert read_gguf_string(out, "tokenizer.ggml.pre") == "gpt-2" and read_gguf_string(out, "no.such.key") is None
     names = {t.name for t in reader.tensors}
     per_layer = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "ffn_norm"]

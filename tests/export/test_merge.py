@@ -101,7 +101,9 @@ def test_full_run_is_resaved_unchanged_with_the_named_template(tiny_model_dir, s
         assert torch.equal(merged(IDS).logits, expected)
     tok = AutoTokenizer.from_pretrained(out)
     alpaca = resolve_template("alpaca", smollm2_tokenizer)
-    assert tok.chat_template == alpaca.jinja  # the named template's Jinja (tests/data/test_templates.py checks it)
+    assert tok.chat_template.endswith(
+        alpaca.jinja
+    )  # the named template's Jinja (tests/data/test_templates.py checks it)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     assert tok.apply_chat_template(messages, tokenize=False) == alpaca.render(messages)[0]
 
@@ -120,6 +122,27 @@ def test_the_merged_template_writes_the_runs_system_prompt(tiny_model_dir, smoll
     assert written == trained.render([{"role": "system", "content": system}, *user], add_generation_prompt=True)[0]
     own = [{"role": "system", "content": "Be brief."}, *user]  # a conversation's own system message stays
     assert tok.apply_chat_template(own, tokenize=False) == trained.render(own)[0]
+
+
+@pytest.mark.parametrize("system", [None, "Answer in one sentence."])
+@pytest.mark.parametrize("template", ["auto", "chatml", "llama2"])
+def test_a_blank_system_message_is_none_in_the_merged_template(
+    tiny_model_dir, smollm2_tokenizer, tmp_path, template, system
+):
+    """Training reads an empty system message as none (the run's system prompt, or the template's own default, takes
+    its place); the merged model's apply_chat_template wrote it as an empty system block, a prompt the run never
+    saw (SmolLM2: `<|im_start|>system\n<|im_end|>` instead of its default system message)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    run = _write_run(tmp_path / "run", model, smollm2_tokenizer, tiny_model_dir, "full", template, system)
+    tok = AutoTokenizer.from_pretrained(merge_run(run, tmp_path / "merged"))
+    trained = resolve_template(template, smollm2_tokenizer)
+    user = [{"role": "user", "content": "Hi"}]
+    expected = trained.render(([{"role": "system", "content": system}] if system else []) + user, True)[0]
+    for blank in ("", "  \n"):
+        asked = [{"role": "system", "content": blank}, *user]
+        written = tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True)
+        assert written == expected
+        assert "<|im_start|>system\n<|im_end|>" not in written and "<<SYS>>\n\n<</SYS>>" not in written
 
 
 def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):

@@ -98,15 +98,26 @@ def chat_template_for(template: Template, tokenizer) -> str | None:
     return template.jinja if template.jinja is not None else tokenizer.chat_template
 
 
+# Training reads an empty system message as none (formats.py): the first message, dropped when it is a system
+# message of blank text, so that the run's system prompt or the template's own default takes its place.
+_DROP_BLANK_SYSTEM = (
+    "{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] is string "
+    "and messages[0]['content'] | trim == '' %}{%- set messages = messages[1:] %}{%- endif %}"
+)
+
+
 def with_system_default(chat_template: str | None, system_prompt: str | None) -> str | None:
-    """`chat_template` writing `system_prompt` as the system message of a conversation that has none, as training
-    wrote it (data.system_prompt): without it a merged SmolLM2 run was prompted with SmolLM2's own default system
-    prompt. The prompt is a Jinja string literal (JSON's escapes are Jinja's)."""
-    if not chat_template or not system_prompt:
+    """`chat_template` reading a conversation as training read it: an empty system message is none, and
+    `system_prompt` is the system message of a conversation that has none, as training wrote it (data.system_prompt):
+    without it a merged SmolLM2 run was prompted with SmolLM2's own default system prompt, and with an empty system
+    message by an empty block it never saw. The prompt is a Jinja string literal (JSON's escapes are Jinja's)."""
+    if not chat_template:
         return chat_template
+    if not system_prompt:
+        return _DROP_BLANK_SYSTEM + chat_template
     literal = json.dumps(system_prompt, ensure_ascii=False)
     return (
-        "{%- if not messages or messages[0]['role'] != 'system' %}"
+        _DROP_BLANK_SYSTEM + "{%- if not messages or messages[0]['role'] != 'system' %}"
         f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}"
         "{%- endif %}" + chat_template
     )
