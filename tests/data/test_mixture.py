@@ -11,7 +11,7 @@ from tunelab.data.batches import make_batches
 from tunelab.data.loader import build_datasets, epoch_rows
 from tunelab.data.mixture import SourceSpan, plan_mixture, shares
 from tunelab.data.render import Rendered
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, DataError
 
 
 def _rows(sizes, lengths):
@@ -158,6 +158,8 @@ def test_plain_paths_are_one_source_read_as_before(tmp_path, tiny_tokenizer):
         ({"path": "a.jsonl", "hub": "org/x"}, "give exactly one of 'path'"),
         ({"path": "a.jsonl", "wieght": 2}, "unknown key 'wieght'. Did you mean weight?"),
         ({"path": "a.jsonl", "format": "csv"}, "format is 'csv'; allowed values"),
+        ({"path": "a.csv", "delimiter": ":"}, "entry 2: delimiter is ':'; allowed values: auto, ,, ;, tab, |"),
+        ({"hub": "org/x", "delimiter": ";"}, r"entry 2 \(org/x\): delimiter separates the values of \.csv files"),
     ],
 )
 def test_bad_sources_are_refused_naming_the_entry(entry, message, tmp_path):
@@ -165,6 +167,35 @@ def test_bad_sources_are_refused_naming_the_entry(entry, message, tmp_path):
     config.write_text(json.dumps({"data": {"train": ["b.jsonl", entry]}}))
     with pytest.raises(ConfigError, match=message):
         load_config(config)
+
+
+def test_each_source_may_name_its_own_csv_delimiter(tmp_path, tiny_tokenizer):
+    """data.delimiter split every .csv file of the run: a mixture of a comma file and a semicolon file (whose values
+    hold commas) could not be described. A source's own delimiter now reads its files and its eval file; the others
+    keep data.delimiter."""
+    (tmp_path / "comma.csv").write_text("question,answer\n" + "".join(f"Qc {i}?,Ac {i}.\n" for i in range(6)))
+    semicolon = "question;answer\n" + "".join(f"Price {i},5?;It is {i},50 euros.\n" for i in range(6))
+    (tmp_path / "semi.csv").write_text(semicolon)
+    (tmp_path / "semi_eval.csv").write_text("question;answer\nPrice 9,5?;It is 9,50 euros.\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data:\n  delimiter: ','\n  max_length: 64\n  train:\n    - {path: comma.csv}\n"
+        "    - {path: semi.csv, delimiter: ';', eval: semi_eval.csv}\n"
+    )
+    cfg = load_config(config).config.data
+    data = build_datasets(cfg, tiny_tokenizer, seed=1)
+    assert {n: s.examples for n, s in data.report.sources.items()} == {"comma.csv": 6, "semi.csv": 6}
+    text = tiny_tokenizer.decode(data.eval_sets["semi.csv"][0].input_ids)
+    assert "Price 9,5?" in text and "It is 9,50 euros." in text
+    cfg.train[1].delimiter = None  # data.delimiter ',' splits the semicolon file: refused, saying what to set
+    with pytest.raises(DataError, match=r"semi\.csv:2: .*split by ';', not by data\.delimiter ','.*its own delimiter"):
+        build_datasets(cfg, tiny_tokenizer, seed=1)
+    cfg.train[1].delimiter, cfg.train[0].delimiter = ";", ";"
+    with pytest.raises(
+        DataError,
+        match=r"comma\.csv:1: the header is one column, 'question,answer'.*not by option 'data\.train', entry 1: delimiter ';'",
+    ):
+        build_datasets(cfg, tiny_tokenizer, seed=1)
 
 
 def test_group_by_length_keeps_the_rows_seeded_and_pads_less():

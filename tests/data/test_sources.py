@@ -299,7 +299,10 @@ def test_csv_separator_is_detected_or_given(tmp_path):
     p2 = write(tmp_path / "b.csv", "question|answer\nq|a\n")
     assert read_records([p2], delimiter="|")[0].row == {"question": "q", "answer": "a"}
     with pytest.raises(DataError, match=r"separated by ','.*data\.delimiter"):
-        read_records([p2], delimiter=",") and read_records([write(tmp_path / "c.csv", "q,a\n1,2,3\n")], delimiter=",")
+        read_records([write(tmp_path / "c.csv", "q,a\n1,2,3\n")], delimiter=",")
+    # read as one column 'question|answer', every row was refused later as a format it is not
+    with pytest.raises(DataError, match=r"b\.csv:1: the header is one column, 'question\|answer'\. .*split by '\|'"):
+        read_records([p2], delimiter=",")
 
 
 def test_a_file_another_separator_than_data_delimiter_splits_is_told_so(tmp_path):

@@ -28,6 +28,9 @@ class DataSource:
         None, 'system message for this source\'s examples (default: data.system_prompt; "" for none)'
     )
     eval: str | None = opt(None, "a separate eval file for this source (eval loss per source)")
+    delimiter: str | None = opt(
+        None, "field separator of this source's .csv files and eval file: auto , ; tab | (default: data.delimiter)"
+    )
     name: str | None = opt(None, "the source's name in reports and metrics (default: the file or hub id)")
 
 

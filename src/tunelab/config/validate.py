@@ -242,6 +242,7 @@ def check_head_options(config: RunConfig) -> None:
 def _check_sources(data: DataConfig) -> None:
     """Each mapping entry of data.train names one place to read (path or hub) and a positive weight."""
     formats = DataConfig.__dataclass_fields__["format"].metadata["choices"]
+    delimiters = DataConfig.__dataclass_fields__["delimiter"].metadata["choices"]
     for i, source in enumerate(data.train, 1):
         if not isinstance(source, DataSource):
             continue
@@ -255,5 +256,14 @@ def _check_sources(data: DataConfig) -> None:
             )
         if source.format is not None and source.format not in formats:
             raise ConfigError(f"{where}: format is {source.format!r}; allowed values: {', '.join(formats)}.")
+        if source.delimiter is not None and source.delimiter not in delimiters:
+            raise ConfigError(
+                f"{where}: delimiter is {source.delimiter!r}; allowed values: {', '.join(delimiters)} (tab for a tab)."
+            )
+        if source.delimiter is not None and source.hub is not None:
+            raise ConfigError(
+                f"{where} ({source.hub}): delimiter separates the values of .csv files; a hub dataset's rows come "
+                "through the datasets library. Remove it."
+            )
         if source.streaming and source.hub is None:
             raise ConfigError(f"{where}: streaming reads hub datasets; a local source ({source.path}) is read whole.")

@@ -267,9 +267,10 @@ def source_name(source: DataSource, index: int) -> str:
 
 def source_config(cfg: DataConfig, source: DataSource) -> DataConfig:
     """The data options a source's rows (its training rows and its eval file) are read and rendered with: its own
-    format, fields and system prompt, where it sets them, else the top-level ones."""
+    format, fields, system prompt and .csv delimiter, where it sets them, else the top-level ones."""
     return dataclasses.replace(
         cfg,
+        delimiter=source.delimiter or cfg.delimiter,
         format=source.format or cfg.format,
         fields=source.fields if source.fields is not None else cfg.fields,
         system_prompt=source.system_prompt if source.system_prompt is not None else cfg.system_prompt,
@@ -308,8 +309,13 @@ def read_source(source: DataSource, cfg: DataConfig, where: str, report: DataRep
             f"{where} ({source.path}): {option} is read from a hub dataset or a save_to_disk folder; the rows of "
             "files are read whole. Remove it, or give each split's rows in a file of their own."
         )
-    records = read_records([source.path], cfg.delimiter, report)
+    records = read_records([source.path], source.delimiter or cfg.delimiter, report, delimiter_option(source, where))
     return records[: source.take] if source.take else records
+
+
+def delimiter_option(source: DataSource, where: str) -> str:
+    """The option that sets the separator of a source's .csv files: its own delimiter, else data.delimiter."""
+    return f"{where}: delimiter" if source.delimiter else "data.delimiter"
 
 
 def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template, report: DataReport, transform):
@@ -341,7 +347,10 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             raise _nothing_usable("training", [source.path or source.hub], report, records, own.overlong)
         if source.eval:
             held_records = apply_transform(
-                read_records([source.eval], cfg.delimiter, report), transform, cfg.transform, report
+                read_records([source.eval], own.delimiter, report, delimiter_option(source, where)),
+                transform,
+                cfg.transform,
+                report,
             )
             evaluated.append(held_records)
             held = to_examples(

@@ -364,8 +364,8 @@ def _whole_numbers(table):
     return table
 
 
-def read_file(path: Path, delimiter: str = "auto") -> list[Record]:
-    """delimiter: for .csv files, "auto" or a key of DELIMITERS."""
+def read_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter") -> list[Record]:
+    """delimiter: for .csv files, "auto" or a key of DELIMITERS; `option`: the option that set it, in messages."""
     kind = _kind(path)
     if kind == ".parquet":
         return _parquet(path)
@@ -379,19 +379,28 @@ def read_file(path: Path, delimiter: str = "auto") -> list[Record]:
     if kind == ".csv" and delimiter == "auto":
         return _csv(path, text, detect_delimiter(text))
     if kind == ".csv":
+        detected = detect_delimiter(text)
         try:
-            return _csv(path, text, DELIMITERS[delimiter])
+            records = _csv(path, text, DELIMITERS[delimiter])
         except DataError as exc:
-            detected = detect_delimiter(text)
             if detected == DELIMITERS[delimiter]:
                 raise
-            name = next(k for k, v in DELIMITERS.items() if v == detected)
-            raise DataError(
-                f"{exc} The file's header line is split by {name!r}, not by data.delimiter {delimiter!r}, which every "
-                "file read with it is split by: give the files one separator, or set data.delimiter: auto (each "
-                "file's is detected from its header)."
-            ) from None
+            raise _other_delimiter(f"{exc}", detected, delimiter, option) from None
+        header = next(iter(records[0].row)) if records and len(records[0].row) == 1 else ""
+        if detected != DELIMITERS[delimiter] and detected in header:
+            # one column named 'question,answer': every row one value, refused later as a format it is not
+            raise _other_delimiter(f"{path}:1: the header is one column, {header!r}.", detected, delimiter, option)
+        return records
     return [Record(str(path), 1, {"text": text.replace("\r\n", "\n")})]  # a Windows file's line ends are \n
+
+
+def _other_delimiter(problem: str, detected: str, delimiter: str, option: str) -> DataError:
+    name = next(k for k, v in DELIMITERS.items() if v == detected)
+    return DataError(
+        f"{problem} The file's header line is split by {name!r}, not by {option} {delimiter!r}, which every file "
+        "read with it is split by: give the files one separator, set data.delimiter: auto (each file's is detected "
+        "from its header), or give a data.train source its own delimiter (README: Mixtures)."
+    )
 
 
 def refuse_missing_file(path: str | Path, command: str) -> None:
@@ -404,12 +413,15 @@ def refuse_missing_file(path: str | Path, command: str) -> None:
         )
 
 
-def read_records(paths: list[str], delimiter: str = "auto", report: DataReport | None = None) -> list[Record]:
+def read_records(
+    paths: list[str], delimiter: str = "auto", report: DataReport | None = None, option: str = "data.delimiter"
+) -> list[Record]:
     """All records of the given files and folders, in order. Raises DataError for missing or unreadable input, or a
-    file given twice; a folder's files of other types are noted in `report`."""
+    file given twice; a folder's files of other types are noted in `report`. `option`: the option that set
+    `delimiter`, named by its messages."""
     records = []
     for path in _files(paths, report):
-        records.extend(read_file(path, delimiter))
+        records.extend(read_file(path, delimiter, option))
     return records
 
 

@@ -158,7 +158,7 @@ def file_data_config(data: DataConfig, path: Path) -> DataConfig:
     if other is not None:
         differ = [
             name
-            for name in ("format", "fields", "system_prompt")
+            for name in ("format", "fields", "system_prompt", "delimiter")
             if getattr(configs[first], name) != getattr(configs[other], name)
         ]
         raise ConfigError(
