@@ -219,3 +219,59 @@ def test_a_row_of_a_saved_dataset_without_splits_is_named_by_its_index(tmp_path,
     )
     assert data.report.skips["empty answer"].locations == [f"{folder}[0]"]
     assert f"{folder}[0]" in data.report.summary() and f"{folder}:0" not in data.report.summary()
+
+
+def test_a_source_holds_out_another_split_of_its_dataset(tmp_path, tiny_tokenizer):
+    """Train from split train, eval from split validation of one DatasetDict: a source's eval was a file only (eval:
+    validation was read as a missing file, with advice about data.train's paths), and two sources of the dataset's
+    two splits both took its name, refused as taken."""
+    folder = tmp_path / "saved"
+    valid = [{"q": f"Which code has box {i}?", "a": f"Box {i}: {2000 + i}."} for i in range(3)]
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS), "validation": datasets.Dataset.from_list(valid)}
+    ).save_to_disk(str(folder))
+    cfg = DataConfig(train=[DataSource(path=str(folder), fields=FIELDS, eval_split="validation")], max_length=64)
+    data = build_datasets(cfg, tiny_tokenizer, seed=0)
+    assert len(data.train) == 12 and len(data.eval) == 3 and data.report.eval_source == "split"
+    assert "Box 1: 2001." in tiny_tokenizer.decode(data.eval[1].input_ids)
+    assert data.report.files[f"{folder}[validation]"].used == 3
+
+    # both splits trained on, as two sources: each named by its split
+    cfg = DataConfig(
+        train=[
+            DataSource(path=str(folder), fields=FIELDS, weight=1.0),
+            DataSource(path=str(folder), fields=FIELDS, split="validation", weight=1.0),
+        ],
+        max_length=64,
+    )
+    data = build_datasets(cfg, tiny_tokenizer, seed=0)
+    assert {n: s.examples for n, s in data.report.sources.items()} == {"saved-train": 12, "saved-validation": 3}
+
+    # eval: validation names a split, not a file: said, with the key that reads it
+    cfg = DataConfig(train=[DataSource(path=str(folder), fields=FIELDS, eval=str(tmp_path / "validation"))])
+    with pytest.raises(ConfigError, match=r"entry 1 .*names no file; .* give eval_split: validation instead"):
+        build_datasets(cfg, tiny_tokenizer, seed=0)
+    cfg = DataConfig(train=[DataSource(path=str(folder), fields=FIELDS, eval_split="test")], max_length=64)
+    with pytest.raises(DataError, match=r"entry 1, eval_split: .*has no split 'test'; its splits are train, valid"):
+        build_datasets(cfg, tiny_tokenizer, seed=0)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    cfg = DataConfig(train=[DataSource(path=str(rows), fields=FIELDS, eval_split="validation")], max_length=64)
+    with pytest.raises(ConfigError, match=r"eval_split 'validation' is read from a hub dataset or a save_to_disk"):
+        build_datasets(cfg, tiny_tokenizer, seed=0)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"hub": "org/x", "eval_split": "train"}, "eval_split is 'train', the split the source trains on"),
+        ({"hub": "org/x", "eval_split": "validation", "eval": "v.jsonl"}, "give one of eval .* and eval_split"),
+    ],
+)
+def test_a_bad_eval_split_is_refused_naming_the_entry(entry, message, tmp_path):
+    from tunelab.config import load_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"data": {"train": [entry]}}))
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)

@@ -28,6 +28,9 @@ class DataSource:
         None, 'system message for this source\'s examples (default: data.system_prompt; "" for none)'
     )
     eval: str | None = opt(None, "a separate eval file for this source (eval loss per source)")
+    eval_split: str | None = opt(
+        None, "hub and save_to_disk datasets: another split of the same dataset read as this source's eval rows"
+    )
     delimiter: str | None = opt(
         None, "field separator of this source's .csv files and eval file: auto , ; tab | (default: data.delimiter)"
     )

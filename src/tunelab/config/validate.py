@@ -265,5 +265,15 @@ def _check_sources(data: DataConfig) -> None:
                 f"{where} ({source.hub}): delimiter separates the values of .csv files; a hub dataset's rows come "
                 "through the datasets library. Remove it."
             )
+        if source.eval_split is not None and source.eval is not None:
+            raise ConfigError(
+                f"{where} ({source.path or source.hub}): give one of eval (a file) and eval_split (a split of the "
+                "same dataset) as the source's eval rows."
+            )
+        if source.eval_split is not None and source.eval_split == source.split:
+            raise ConfigError(
+                f"{where} ({source.path or source.hub}): eval_split is {source.eval_split!r}, the split the source "
+                "trains on, so its eval loss would measure rows it trained on; name another split (e.g. validation)."
+            )
         if source.streaming and source.hub is None:
             raise ConfigError(f"{where}: streaming reads hub datasets; a local source ({source.path}) is read whole.")

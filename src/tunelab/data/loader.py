@@ -265,6 +265,25 @@ def source_name(source: DataSource, index: int) -> str:
     return "".join(c if c.isalnum() or c in "._-/" else "_" for c in name)
 
 
+def source_names(train: list[str | DataSource]) -> list[str]:
+    """The name of each entry of data.train (`source_name`). Sources of one dataset that read other splits or
+    configs of it (train and validation as two sources) are told apart by them: `org/set-validation`."""
+    sources = [entry if isinstance(entry, DataSource) else DataSource(path=entry) for entry in train]
+    base = [source_name(source, i) for i, source in enumerate(sources, 1)]
+    names = list(base)
+    for i, source in enumerate(sources):
+        kin = [s for s, n in zip(sources, base) if n == base[i] and not s.name]
+        if source.name or len(kin) < 2:
+            continue
+        own = [
+            value
+            for key, value in (("config", source.config), ("split", source.split))
+            if value and len({getattr(s, key) for s in kin}) > 1
+        ]
+        names[i] = source_name(dataclasses.replace(source, name="-".join([base[i], *own])), i + 1)
+    return names
+
+
 def source_config(cfg: DataConfig, source: DataSource) -> DataConfig:
     """The data options a source's rows (its training rows and its eval file) are read and rendered with: its own
     format, fields, system prompt and .csv delimiter, where it sets them, else the top-level ones."""
@@ -297,14 +316,26 @@ def training_examples(cfg: DataConfig, rows: int | None = None) -> list[Example]
     return examples
 
 
+def refuse_split_as_file(source: DataSource, where: str) -> None:
+    """ConfigError for a datasets-library source whose `eval` names no file: a split of the same dataset (eval:
+    validation) was read as a missing file, with advice about data.train's paths."""
+    if (source.hub or is_datasets_path(source.path)) and not Path(source.eval).exists():
+        split = Path(source.eval).name
+        raise ConfigError(
+            f"{where} ({source.path or source.hub}): eval is {source.eval!r}, which names no file; a source's eval "
+            f"is a file of rows. To hold out a split of the same dataset, give eval_split: {split} instead."
+        )
+
+
 def read_source(source: DataSource, cfg: DataConfig, where: str, report: DataReport | None = None) -> list[Record]:
     """The records of one source: a hub dataset, a datasets folder or .arrow file, or files and folders."""
     if source.hub:
         return read_hub(source, where)
     if is_datasets_path(source.path):
         return read_local(source, where)
-    if source.split != DEFAULT_SPLIT or source.config:
+    if source.split != DEFAULT_SPLIT or source.config or source.eval_split:
         option = f"split {source.split!r}" if not source.config else f"config {source.config!r}"
+        option = f"eval_split {source.eval_split!r}" if source.eval_split and not source.config else option
         raise ConfigError(
             f"{where} ({source.path}): {option} is read from a hub dataset or a save_to_disk folder; the rows of "
             "files are read whole. Remove it, or give each split's rows in a file of their own."
@@ -329,9 +360,8 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     chat = False
     texts: dict[str, tuple[str | None, list[Example]]] = {}  # the system prompt's option -> it, the text examples
     parts: list[_Part] = []
-    for i, entry in enumerate(cfg.train, 1):
+    for i, (entry, name) in enumerate(zip(cfg.train, source_names(cfg.train)), 1):
         source = entry if isinstance(entry, DataSource) else DataSource(path=entry)
-        name = source_name(source, i)
         if any(p.name == name for p in parts) or name.startswith("stage-"):
             raise ConfigError(
                 f"option 'data.train', entry {i}: the source name {name!r} is taken (or starts with 'stage-', which "
@@ -345,7 +375,21 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         examples = to_examples(records, own.format, own.fields, own.system_prompt, report, option=option)
         if not examples:
             raise _nothing_usable("training", [source.path or source.hub], report, records, own.overlong)
-        if source.eval:
+        if source.eval_split:
+            held_records = apply_transform(
+                read_source(
+                    dataclasses.replace(source, split=source.eval_split, take=None), cfg, f"{where}, eval_split", report
+                ),
+                transform,
+                cfg.transform,
+                report,
+            )
+            evaluated.append(held_records)
+            held = to_examples(
+                held_records, own.format, own.fields, own.system_prompt, report, option=option, lenient=True
+            )
+        elif source.eval:
+            refuse_split_as_file(source, where)
             held_records = apply_transform(
                 read_records([source.eval], own.delimiter, report, delimiter_option(source, where)),
                 transform,
@@ -361,7 +405,8 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             report.split_seed = cfg.eval_split_seed(seed) if held else report.split_seed
         else:
             held = []
-        parts.append(_Part(source, name, where, own, records, examples, held, own_eval=bool(source.eval)))
+        own_eval = bool(source.eval or source.eval_split)
+        parts.append(_Part(source, name, where, own, records, examples, held, own_eval=own_eval))
     share_held_out(parts, report)
     for part in parts:
         source, name, where, own, examples, held = (
@@ -372,7 +417,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
             part.examples,
             part.held,
         )
-        if not held and not source.eval and len(examples) == 1 and cfg.eval_fraction > 0:
+        if not held and not part.own_eval and len(examples) == 1 and cfg.eval_fraction > 0:
             unsplit.append((name, examples[0]))
         chat = chat or any(ex.messages is not None for ex in examples + held)
         option = f"{where}: system_prompt" if source.system_prompt is not None else "option 'data.system_prompt'"
@@ -426,8 +471,10 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     for option, (system_prompt, unsystemed) in texts.items():
         note_system_on_texts(system_prompt, unsystemed, report, option)
     own_files = cfg.eval or any(isinstance(e, DataSource) and e.eval for e in cfg.train)
+    own_splits = any(isinstance(e, DataSource) and e.eval_split for e in cfg.train)
     # a source's eval file and another's held-out fraction may both be there: the summary names the split's seed
-    kinds = [kind for kind, on in (("file", own_files), ("fraction", report.split_seed is not None)) if on]
+    kinds = (("file", own_files), ("split", own_splits), ("fraction", report.split_seed is not None))
+    kinds = [kind for kind, on in kinds if on]
     report.eval_source = " and ".join(kinds) or "none"
     report.template = template.name if chat else "none (text only)"
     mixture = plan_mixture(spans, cfg.mix_by, cfg.temperature, cfg.max_length if cfg.packing else None)

@@ -109,6 +109,11 @@ def refuse_unusable_eval(d: DataConfig, data: Datasets) -> None:
     if data.eval:
         return
     files = ([d.eval] if d.eval else []) + [s.eval for s in d.train if isinstance(s, DataSource) and s.eval]
+    files += [  # a source's eval_split: its rows are named as the split is (data/hub.py)
+        f"{Path(s.path).expanduser() if s.path else s.hub}[{s.eval_split}]"
+        for s in d.train
+        if isinstance(s, DataSource) and s.eval_split
+    ]
     report = data.report
     if files:
         read = sum(report.files[f].read for f in files if f in report.files)
