@@ -64,3 +64,51 @@ def test_the_self_check_converts_only_the_first_rows_of_a_large_set(tmp_path):
     chats, source = _conversations(run, None, 8)
     assert len(chats) == 8 and source == f"the first {CHECK_ROWS} rows of the training data"
     assert len((tmp_path / "n").read_text()) == CHECK_ROWS
+
+
+def test_the_self_check_reads_no_further_than_the_rows_it_checks(tmp_path, monkeypatch):
+    """The self-check converts the first CHECK_ROWS rows, but read every file whole first: a 5 GB .jsonl was loaded
+    into memory (and every line of it parsed) to check 200 rows. Its files are now read a line at a time and no
+    further: lines past the first rows are never read (a damaged one there is not reached), in a plain list of files
+    and in a mixture's source, .jsonl and .csv alike."""
+    import tunelab.data.sources as sources
+
+    total = 20 * CHECK_ROWS
+    good = [{"question": f"Question {i}?", "answer": f"Answer {i}."} for i in range(total)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good) + "{not json\n")
+    (tmp_path / "t.csv").write_text(
+        "question,answer\n" + "".join(f"Q {i}?,A {i}.\n" for i in range(total)) + "one,too,many\n"
+    )
+    lines_read = []
+
+    class Counted:
+        """A binary file whose lines, read by iteration, are counted."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __iter__(self):
+            for line in self.f:
+                lines_read.append(line)
+                yield line
+
+    opened = sources._open
+    monkeypatch.setattr(
+        sources, "_open", lambda path: Counted(opened(path)) if path.suffix == ".jsonl" else opened(path)
+    )
+    for k, train in enumerate(([str(tmp_path / "t.jsonl")], [{"path": str(tmp_path / "t.jsonl")}])):
+        lines_read.clear()
+        (tmp_path / f"case-{k}").mkdir()
+        chats, source = _conversations(_run(tmp_path / f"case-{k}", {"train": train}), None, 8)
+        assert len(chats) == 8 and source == f"the first {CHECK_ROWS} rows of the training data", source
+        assert 8 <= len(lines_read) <= CHECK_ROWS + 1  # of 4001
+    for k, train in enumerate(([str(tmp_path / "t.csv")], [{"path": str(tmp_path / "t.csv")}]), start=2):
+        (tmp_path / f"case-{k}").mkdir()
+        chats, source = _conversations(_run(tmp_path / f"case-{k}", {"train": train}), None, 8)
+        assert len(chats) == 8 and source == f"the first {CHECK_ROWS} rows of the training data", source

@@ -15,6 +15,7 @@ batches it would have had (data/batches.py).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import random
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
 from tunelab.data.render import IGNORE, Rendered, render_examples, special_texts
 from tunelab.data.report import DataReport, SourceStats, SplitStats, location
-from tunelab.data.sources import Record, read_records
+from tunelab.data.sources import Record, iter_records, read_records
 from tunelab.data.templates import Template, resolve_template
 from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import ConfigError, DataError
@@ -304,14 +305,14 @@ def training_examples(cfg: DataConfig, rows: int | None = None) -> list[Example]
     few examples of a large set. Skipped rows are left out; `build_datasets` reports them."""
     report, transform = DataReport(), load_transform(cfg.transform)
     if not any(isinstance(entry, DataSource) for entry in cfg.train):
-        records = read_records(cfg.train, cfg.delimiter, report)[:rows]
+        records = list(itertools.islice(iter_records(cfg.train, cfg.delimiter, report), rows))  # read no further
         records = apply_transform(records, transform, cfg.transform, report)
         return to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report)
     examples: list[Example] = []
     for i, entry in enumerate(cfg.train, 1):
         source = entry if isinstance(entry, DataSource) else DataSource(path=entry)
         own, where = source_config(cfg, source), f"option 'data.train', entry {i}"
-        records = apply_transform(read_source(source, cfg, where, report)[:rows], transform, cfg.transform, report)
+        records = apply_transform(read_source(source, cfg, where, report, rows), transform, cfg.transform, report)
         examples += to_examples(records, own.format, own.fields, own.system_prompt, report)
     return examples
 
@@ -327,12 +328,16 @@ def refuse_split_as_file(source: DataSource, where: str) -> None:
         )
 
 
-def read_source(source: DataSource, cfg: DataConfig, where: str, report: DataReport | None = None) -> list[Record]:
-    """The records of one source: a hub dataset, a datasets folder or .arrow file, or files and folders."""
+def read_source(
+    source: DataSource, cfg: DataConfig, where: str, report: DataReport | None = None, rows: int | None = None
+) -> list[Record]:
+    """The records of one source: a hub dataset, a datasets folder or .arrow file, or files and folders. Only its
+    first `take` (and `rows`) records are read: a .jsonl or .csv file is read no further."""
+    limit = min((n for n in (source.take, rows) if n is not None), default=None)
     if source.hub:
-        return read_hub(source, where)
+        return read_hub(dataclasses.replace(source, take=limit), where)
     if is_datasets_path(source.path):
-        return read_local(source, where)
+        return read_local(dataclasses.replace(source, take=limit), where)
     if source.split != DEFAULT_SPLIT or source.config or source.eval_split:
         option = f"split {source.split!r}" if not source.config else f"config {source.config!r}"
         option = f"eval_split {source.eval_split!r}" if source.eval_split and not source.config else option
@@ -340,8 +345,8 @@ def read_source(source: DataSource, cfg: DataConfig, where: str, report: DataRep
             f"{where} ({source.path}): {option} is read from a hub dataset or a save_to_disk folder; the rows of "
             "files are read whole. Remove it, or give each split's rows in a file of their own."
         )
-    records = read_records([source.path], source.delimiter or cfg.delimiter, report, delimiter_option(source, where))
-    return records[: source.take] if source.take else records
+    records = iter_records([source.path], source.delimiter or cfg.delimiter, report, delimiter_option(source, where))
+    return list(itertools.islice(records, limit))
 
 
 def delimiter_option(source: DataSource, where: str) -> str:

@@ -21,9 +21,11 @@ import codecs
 import csv
 import gzip
 import io
+import itertools
 import json
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +158,46 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read the file ({exc}).") from None
 
 
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")  # noqa: SIM115
+
+
+def _byte_lines(path: Path) -> Iterator[str]:
+    """The file's lines as read, without the \n that ends each (only \n ends one: str.splitlines also breaks at
+    U+2028, U+2029 and U+0085, which JSON strings may hold unescaped), decoded as UTF-8 one at a time (a BOM at its
+    start dropped): a large file is never held whole. A line that is not UTF-8 stops it with `_read_text`'s error, naming line and byte."""
+    try:
+        with _open(path) as f:
+            for n, raw in enumerate(f):
+                try:
+                    line = raw.decode("utf-8-sig" if n == 0 else "utf-8")
+                except UnicodeDecodeError:
+                    _read_text(path)  # raises, naming the line and the byte
+                    raise
+                yield line.removesuffix("\n")
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read the file ({exc}).") from None
+
+
+def _text_lines(path: Path) -> Iterator[str]:
+    """The file's lines as the csv module reads them (ending at \n, \r\n or an old Mac's lone \r, kept), decoded
+    as UTF-8 as they are read (a BOM at its start dropped); bytes that are not UTF-8 stop it with `_read_text`'s
+    error, naming line and byte."""
+    try:
+        with _open(path) as f, io.TextIOWrapper(f, encoding="utf-8-sig", newline="") as text:
+            while True:
+                try:
+                    line = text.readline()
+                except UnicodeDecodeError:
+                    _read_text(path)  # raises, naming the line and the byte
+                    raise
+                if not line:
+                    return
+                yield line
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read the file ({exc}).") from None
+
+
 def _object(path: str, line: int, value, hint: str) -> dict:
     if not isinstance(value, dict):
         raise DataError(
@@ -176,13 +218,13 @@ def _json_problem(exc: json.JSONDecodeError) -> str:
 AS_JSON_LINES = "The file holds more than one JSON value, so it is read as JSON lines:"
 
 
-def _jsonl(path: Path, text: str, named_json: bool = False) -> list[Record]:
-    """`named_json`: the file is a .json file that holds JSON lines."""
-    records = []
+def _jsonl(path: Path, lines: Iterable[str], named_json: bool = False) -> Iterator[Record]:
+    """The records of the file's `lines`, as they are read. `named_json`: the file is a .json file that holds JSON
+    lines."""
     rule = f"{AS_JSON_LINES} each line" if named_json else "Each line of a .jsonl file"
     # Lines end at \n (and \r\n) only: str.splitlines also breaks at U+2028, U+2029 and U+0085, which JSON strings
     # may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so).
-    for n, line in enumerate(text.split("\n"), start=1):
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -196,8 +238,7 @@ def _jsonl(path: Path, text: str, named_json: bool = False) -> list[Record]:
         except DuplicateKey as exc:
             raise DataError(f"{path}:{n}: {exc}") from None
         where = Line(n) if named_json else n
-        records.append(Record(str(path), where, _object(str(path), where, value, f"{rule} must be one object.")))
-    return records
+        yield Record(str(path), where, _object(str(path), where, value, f"{rule} must be one object."))
 
 
 class DuplicateKey(ValueError):
@@ -221,11 +262,11 @@ def _json(path: Path, text: str) -> list[Record]:
         value = json.loads(text, object_pairs_hook=_unique_keys)
     except DuplicateKey as exc:
         if text.lstrip().startswith("{"):  # JSON lines named .json: _jsonl names the line
-            return _jsonl(path, text, named_json=True)
+            return list(_jsonl(path, text.split("\n"), named_json=True))
         raise DataError(f"{path}: an object of the array: {exc}") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):  # several objects: JSON lines named .json
-            return _jsonl(path, text, named_json=True)
+            return list(_jsonl(path, text.split("\n"), named_json=True))
         if exc.msg == "Extra data":
             raise DataError(
                 f"{path}:{exc.lineno}: text after the end of the JSON array ({_json_problem(exc)}); remove it."
@@ -250,22 +291,22 @@ def detect_delimiter(text: str) -> str:
     return best if counts[best] > 1 else ","
 
 
-def _csv(path: Path, text: str, delimiter: str, quoting: bool = True) -> list[Record]:
-    """`quoting`: CSV's quotes, read strictly (an unclosed quote, or text after a closing one, is an error naming the
-    line where its value starts: read leniently, an unclosed quote took every later row into one value); False for
-    .tsv, where a quote is an ordinary character."""
+def _csv(path: Path, lines: Iterable[str], delimiter: str, quoting: bool = True) -> Iterator[Record]:
+    """The records of the file's `lines` (`_text_lines`), as they are read. `quoting`: CSV's quotes, read strictly (an
+    unclosed quote, or text after a closing one, is an error naming the line where its value starts: read
+    leniently, an unclosed quote took every later row into one value); False for .tsv, where a quote is an ordinary
+    character."""
     rule = {"strict": True} if quoting else {"quoting": csv.QUOTE_NONE}
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, **rule)
+    reader = csv.reader(lines, delimiter=delimiter, **rule)
     try:
         header = next(reader)
     except StopIteration:
-        return []
+        return
     except csv.Error as exc:
         raise _quoting_error(path, 1, exc) from None
     header = [name.strip() for name in header]  # "prompt, completion": the spaces after a comma are no name's
     if twice := _named_twice(header):
         raise DataError(f"{path}:1: the header {twice}")
-    records = []
     start = reader.line_num + 1
     while True:
         try:
@@ -295,8 +336,7 @@ def _csv(path: Path, text: str, delimiter: str, quoting: bool = True) -> list[Re
                 f"characters, so they would be trained on; {TSV_QUOTING}"
             )
         values = [v.replace("\r\n", "\n") for v in values]  # a Windows file's line breaks inside a quoted value
-        records.append(Record(str(path), line, dict(zip(header, values))))
-    return records
+        yield Record(str(path), line, dict(zip(header, values)))
 
 
 def _csv_quoted(value: str) -> bool:
@@ -366,32 +406,54 @@ def _whole_numbers(table):
 
 def read_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter") -> list[Record]:
     """delimiter: for .csv files, "auto" or a key of DELIMITERS; `option`: the option that set it, in messages."""
+    return list(iter_file(path, delimiter, option))
+
+
+def iter_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter") -> Iterator[Record]:
+    """The records of one file as `read_file` reads them, each as soon as it is read: a .jsonl, .csv or .tsv file is
+    read a line at a time, so a reader of its first rows never holds (or checks) the rest; a .json array, a parquet
+    file and a .txt document are read whole."""
     kind = _kind(path)
     if kind == ".parquet":
-        return _parquet(path)
-    text = _read_text(path)
+        yield from _parquet(path)
+        return
     if kind == ".jsonl":
-        return _jsonl(path, text)
+        yield from _jsonl(path, _byte_lines(path))
+        return
+    if kind in (".csv", ".tsv"):
+        lines = _text_lines(path)
+        first = next(lines, "")
+        lines = itertools.chain([first], lines)
+        if kind == ".tsv":
+            yield from _csv(path, lines, "\t", quoting=False)
+        elif delimiter == "auto":
+            yield from _csv(path, lines, detect_delimiter(first))
+        else:
+            yield from _named_delimiter(path, lines, detect_delimiter(first), delimiter, option)
+        return
+    text = _read_text(path)
     if kind == ".json":
-        return _json(path, text)
-    if kind == ".tsv":
-        return _csv(path, text, "\t", quoting=False)
-    if kind == ".csv" and delimiter == "auto":
-        return _csv(path, text, detect_delimiter(text))
-    if kind == ".csv":
-        detected = detect_delimiter(text)
-        try:
-            records = _csv(path, text, DELIMITERS[delimiter])
-        except DataError as exc:
-            if detected == DELIMITERS[delimiter]:
-                raise
-            raise _other_delimiter(f"{exc}", detected, delimiter, option) from None
-        header = next(iter(records[0].row)) if records and len(records[0].row) == 1 else ""
-        if detected != DELIMITERS[delimiter] and detected in header:
-            # one column named 'question,answer': every row one value, refused later as a format it is not
-            raise _other_delimiter(f"{path}:1: the header is one column, {header!r}.", detected, delimiter, option)
-        return records
-    return [Record(str(path), 1, {"text": text.replace("\r\n", "\n")})]  # a Windows file's line ends are \n
+        yield from _json(path, text)
+        return
+    yield Record(str(path), 1, {"text": text.replace("\r\n", "\n")})  # a Windows file's line ends are \n
+
+
+def _named_delimiter(path: Path, lines: Iterable[str], detected: str, delimiter: str, option: str) -> Iterator[Record]:
+    """The records of a .csv file split by the separator `delimiter` names; an error that the separator `detected`
+    in its header line would explain says so."""
+    chosen = DELIMITERS[delimiter]
+    try:
+        for k, record in enumerate(_csv(path, lines, chosen)):
+            header = next(iter(record.row)) if k == 0 and len(record.row) == 1 else ""
+            if detected != chosen and detected in header:
+                # one column named 'question,answer': every row one value, refused later as a format it is not
+                problem = f"{path}:1: the header is one column, {header!r}."
+                raise _other_delimiter(problem, detected, delimiter, option)
+            yield record
+    except DataError as exc:
+        if detected == chosen or "header line is split by" in str(exc):
+            raise
+        raise _other_delimiter(f"{exc}", detected, delimiter, option) from None
 
 
 def _other_delimiter(problem: str, detected: str, delimiter: str, option: str) -> DataError:
@@ -419,10 +481,16 @@ def read_records(
     """All records of the given files and folders, in order. Raises DataError for missing or unreadable input, or a
     file given twice; a folder's files of other types are noted in `report`. `option`: the option that set
     `delimiter`, named by its messages."""
-    records = []
+    return list(iter_records(paths, delimiter, report, option))
+
+
+def iter_records(
+    paths: list[str], delimiter: str = "auto", report: DataReport | None = None, option: str = "data.delimiter"
+) -> Iterator[Record]:
+    """The records of `read_records`, each as soon as it is read (`iter_file`): the files are listed (and refused as
+    `read_records` refuses them) first, then read one after another."""
     for path in _files(paths, report):
-        records.extend(read_file(path, delimiter, option))
-    return records
+        yield from iter_file(path, delimiter, option)
 
 
 def is_plain_text(path: str) -> bool:
