@@ -279,6 +279,10 @@ def test_csv_duplicate_header_names_are_refused_with_the_column(tmp_path):
         DataError, match=r"a\.csv:1: the header names the column 'answer' more than once \(columns 2, 3\)"
     ):
         read_records([p])
+    # a spreadsheet's empty columns beside the data were named "the column '' more than once"
+    empty = write(tmp_path / "b.csv", "question,answer,,\nq,a,,\n")
+    with pytest.raises(DataError, match=r"b\.csv:1: the header leaves columns 3, 4 unnamed \(empty names, as a sp"):
+        read_records([empty])
 
 
 def test_csv_header_names_padded_with_spaces_are_read_without_them(tmp_path):

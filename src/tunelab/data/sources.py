@@ -350,6 +350,11 @@ def _named_twice(names: list[str]) -> str | None:
     """'names the column X more than once (columns i, j), ...' for the first name given twice, else None."""
     for name in dict.fromkeys(names):
         columns = [i + 1 for i, n in enumerate(names) if n == name]
+        if len(columns) > 1 and not name:  # a spreadsheet's empty columns after the last one, saved as CSV
+            return (
+                f"leaves columns {', '.join(map(str, columns))} unnamed (empty names, as a spreadsheet writes for "
+                "empty columns beside the data), so their values have no field; name them, or delete those columns."
+            )
         if len(columns) > 1:
             return (
                 f"names the column '{name}' more than once (columns {', '.join(map(str, columns))}), so it is unclear "
