@@ -252,6 +252,19 @@ def test_non_utf8_file(tmp_path):
         read_records([str(p)])
 
 
+def test_a_windows_1252_file_shows_the_text_at_fault(tmp_path):
+    """A CSV saved by Excel in Windows-1252 was refused with only a byte offset ('invalid start byte at byte 38'),
+    which told neither which text nor which encoding; the text around it is now shown as that encoding reads it."""
+    p = tmp_path / "a.csv"
+    p.write_bytes("instruction,output\r\nPrice?,It costs 5 \u20ac \u2013 caf\xe9\r\n".encode("cp1252"))
+    with pytest.raises(DataError) as err:
+        read_records([str(p)])
+    assert "a.csv:2: the file is not UTF-8 text" in str(err.value)
+    assert "as Windows-1252 or Latin-1" in str(err.value) and "'Price?,It costs 5 \u20ac \u2013 caf\xe9'" in str(
+        err.value
+    )
+
+
 def test_a_utf16_file_is_named_so(tmp_path):
     """Excel's "Unicode Text" export and PowerShell's redirection write UTF-16; the error said 'invalid start byte at
     byte 0' on line 1, which told nothing of why."""

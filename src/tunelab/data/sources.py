@@ -152,10 +152,27 @@ def _read_text(path: Path) -> str:
             ) from None
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(
-            f"{path}:{line}: the file is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8."
+            f"{path}:{line}: the file is not UTF-8 text ({exc.reason} at byte {exc.start}){_legacy(raw, exc.start)}; "
+            "re-save it as UTF-8."
         ) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot read the file ({exc}).") from None
+
+
+def _legacy(raw: bytes, at: int) -> str:
+    """What the line around byte `at` says read as Windows-1252 (Latin-1's superset, which Excel and older Windows
+    tools write), when it reads so: the user sees which text is at fault and what the file is likely in."""
+    start, end = raw.rfind(b"\n", 0, at) + 1, raw.find(b"\n", at)
+    piece = raw[max(start, at - 30) : min(end if end >= 0 else len(raw), at + 30)]
+    try:
+        text = piece.decode("cp1252").strip()
+    except UnicodeDecodeError:
+        return ""
+    return (
+        f"; read as Windows-1252 or Latin-1, as Excel and older Windows tools save text, it says {text!r}: re-save it "
+        "from there with the encoding UTF-8, or in Python: open(path, encoding='cp1252').read() written back with "
+        "encoding='utf-8'"
+    )
 
 
 def _open(path: Path):
