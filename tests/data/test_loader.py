@@ -263,7 +263,8 @@ def test_eval_examples_that_repeat_training_examples_are_noted(tmp_path, smollm2
     rows = [{"question": f"Q{i % 4}?", "answer": f"A{i % 4}."} for i in range(12)]
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = build_datasets(DataConfig(train=[str(tmp_path / "t.jsonl")], eval_fraction=0.25), smollm2_tokenizer, 0)
-    (note,) = data.report.notes
+    repeated, note = data.report.notes  # the training rows repeat each other too: the note before says so
+    assert repeated.startswith("5 of the 9 training examples repeat another word for word")
     assert note.startswith("3 of the 3 eval examples are also training examples, word for word (e.g. ")
     copied = qa_file(tmp_path, 4, "e.jsonl", start=2)  # sums 2 and 3; qa.jsonl asks 0, 1 and 2
     data = build_datasets(DataConfig(train=[qa_file(tmp_path, 3)], eval=copied), smollm2_tokenizer, 0)
@@ -299,3 +300,21 @@ def test_a_system_prompt_is_noted_as_not_added_to_text_examples(tmp_path, smollm
     sources = [DataSource(path=qa, system_prompt="Be brief."), DataSource(path=str(doc), system_prompt="Be long.")]
     data = build_datasets(DataConfig(train=sources, max_length=64), smollm2_tokenizer, seed=0)
     assert [n.split(" is not added")[0] for n in data.report.notes] == ["option 'data.train', entry 2: system_prompt"]
+
+
+def test_training_examples_that_repeat_each_other_are_noted(tmp_path, smollm2_tokenizer):
+    """A row copied within a file (or into another) was trained on once per copy, weighing it more than the rest,
+    without a word. The report says how many copies there are and where; rows that two mixture sources read from one
+    file (one record, weighed by the sources' weights) are not copies."""
+    rows = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(5)] + [{"question": "Q1?", "answer": "A1."}] * 2
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = build_datasets(DataConfig(train=[str(tmp_path / "t.jsonl")]), smollm2_tokenizer, 0)
+    assert data.report.notes == [
+        f"2 of the 7 training examples repeat another word for word (e.g. {tmp_path / 't.jsonl'}:6 repeats "
+        f"{tmp_path / 't.jsonl'}:2, ...): each copy is trained on again, weighing that example more than the others; "
+        "remove the copies, or weigh sources in a mixture"
+    ]
+    assert "note: 2 of the 7 training examples repeat another" in data.report.summary()
+    plain = qa_file(tmp_path, 4)
+    sources = [DataSource(path=plain, weight=1.0), DataSource(path=plain, take=2, weight=2.0, name="head")]
+    assert not build_datasets(DataConfig(train=sources, max_length=64), smollm2_tokenizer, 0).report.notes

@@ -178,6 +178,7 @@ def build_datasets(
         examples, eval_examples = split_eval(examples, cfg.eval_fraction, cfg.eval_split_seed(seed))
         report.eval_source = "fraction" if eval_examples else "none"
         report.split_seed = cfg.eval_split_seed(seed) if eval_examples else None
+    note_repeated_train(examples, report)
     note_repeated_eval(examples, eval_examples, report)
     is_chat = any(ex.messages is not None for ex in examples + eval_examples)
     texts = [ex for ex in examples + eval_examples if ex.text is not None]
@@ -231,6 +232,25 @@ def note_repeated_source(name: str, stats: SourceStats, mix_by: str, report: Dat
         "which the model will learn by heart; lower its weight, give it more data"
         + (", or weigh by tokens (data.mix_by: tokens)" if mix_by == "examples" else "")
     )
+
+
+def note_repeated_train(examples: list, report: DataReport, key: Callable[[Any], str] = example_key) -> None:
+    """A note in `report` when training examples repeat another word for word (a row copied within a file or into
+    another): each copy is trained on again, so it weighs more than the others without a word. Rows that several
+    mixture sources read from one file (one record) are not copies: the sources' weights say how often."""
+    first: dict[str, Any] = {}
+    copies = []
+    for ex in examples:
+        twin = first.setdefault(key(ex), ex)
+        if twin is not ex and (twin.path, twin.line) != (ex.path, ex.line):
+            copies.append((ex, twin))
+    if copies:
+        (ex, twin), more = copies[0], ", ..." if len(copies) > 1 else ""
+        report.notes.append(
+            f"{len(copies)} of the {len(examples)} training examples repeat another word for word (e.g. "
+            f"{location(ex.path, ex.line)} repeats {location(twin.path, twin.line)}{more}): each copy is trained on "
+            "again, weighing that example more than the others; remove the copies, or weigh sources in a mixture"
+        )
 
 
 def note_repeated_eval(trained: list, held: list, report: DataReport, key: Callable[[Any], str] = example_key) -> None:
@@ -472,6 +492,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     for held_records in evaluated:
         note_trained_eval(held_records, trained, report)
     note_unsplit(unsplit, cfg.eval_fraction, report)
+    note_repeated_train(all_examples, report)
     note_repeated_eval(all_examples, all_held, report)
     for option, (system_prompt, unsystemed) in texts.items():
         note_system_on_texts(system_prompt, unsystemed, report, option)
