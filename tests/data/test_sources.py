@@ -252,6 +252,23 @@ def test_non_utf8_file(tmp_path):
         read_records([str(p)])
 
 
+def test_a_nul_byte_is_refused_and_a_utf16_file_without_a_byte_order_mark_named(tmp_path):
+    """UTF-16 without a byte order mark is valid UTF-8 (a NUL after every ASCII letter): a .csv was read with NULs in
+    its header and refused as a row of the wrong shape, its message full of NULs, and a NUL inside a value was
+    trained on. Each is refused naming the line."""
+    for name in ("a.csv", "a.jsonl", "a.json", "a.txt"):
+        p = tmp_path / name
+        p.write_bytes('{"question": "q", "answer": "a"}\n'.encode("utf-16-le"))
+        with pytest.raises(DataError, match=rf"{name}:1: the line holds NUL bytes .*UTF-16 text without a byte order"):
+            read_records([str(p)])
+    p = write(tmp_path / "b.csv", "question,answer\nq1,a1\nq2,a\x002\n")
+    with pytest.raises(DataError, match=r"b\.csv:3: the line holds NUL bytes \(character 0\): a text file holds none"):
+        read_records([p])
+    p = write(tmp_path / "b.txt", "line one\nline\x00 two\n")
+    with pytest.raises(DataError, match=r"b\.txt:2: the line holds NUL bytes"):
+        read_records([p])
+
+
 def test_a_windows_1252_file_shows_the_text_at_fault(tmp_path):
     """A CSV saved by Excel in Windows-1252 was refused with only a byte offset ('invalid start byte at byte 38'),
     which told neither which text nor which encoding; the text around it is now shown as that encoding reads it."""

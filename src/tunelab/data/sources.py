@@ -143,7 +143,11 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
 def _read_text(path: Path) -> str:
     try:
         raw = gzip.open(path, "rb").read() if path.name.lower().endswith(".gz") else path.read_bytes()
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
+        if (at := text.find("\0")) >= 0:  # the line that holds it
+            start, end = text.rfind("\n", 0, at) + 1, text.find("\n", at)
+            _refuse_nul(path, text.count("\n", 0, at) + 1, text[start : end if end >= 0 else len(text)])
+        return text
     except UnicodeDecodeError as exc:
         if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode Text", PowerShell's > file
             raise DataError(
@@ -157,6 +161,21 @@ def _read_text(path: Path) -> str:
         ) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot read the file ({exc}).") from None
+
+
+def _refuse_nul(path: Path, line: int, text: str) -> None:
+    """DataError when a line of a text file holds a NUL byte, which no text holds: a UTF-16 file without a byte order
+    mark (every other byte 0, each a valid UTF-8 character) was read as text with a NUL between its letters, and
+    its header and values trained on so, or refused as a row of the wrong shape."""
+    if "\0" not in text:
+        return
+    utf16 = text.count("\0") * 3 >= len(text.strip("\r\n\0"))
+    why = (
+        "the file looks like UTF-16 text without a byte order mark (every other byte is 0); re-save it as UTF-8."
+        if utf16
+        else "a text file holds none; the file is damaged, or not a text file: remove them."
+    )
+    raise DataError(f"{path}:{line}: the line holds NUL bytes (character 0): {why}")
 
 
 def _legacy(raw: bytes, at: int) -> str:
@@ -182,7 +201,8 @@ def _open(path: Path):
 def _byte_lines(path: Path) -> Iterator[str]:
     """The file's lines as read, without the \n that ends each (only \n ends one: str.splitlines also breaks at
     U+2028, U+2029 and U+0085, which JSON strings may hold unescaped), decoded as UTF-8 one at a time (a BOM at its
-    start dropped): a large file is never held whole. A line that is not UTF-8 stops it with `_read_text`'s error, naming line and byte."""
+    start dropped): a large file is never held whole. A line that is not UTF-8 stops it with `_read_text`'s error,
+    naming line and byte; one that holds a NUL byte with `_refuse_nul`'s."""
     try:
         with _open(path) as f:
             for n, raw in enumerate(f):
@@ -191,6 +211,7 @@ def _byte_lines(path: Path) -> Iterator[str]:
                 except UnicodeDecodeError:
                     _read_text(path)  # raises, naming the line and the byte
                     raise
+                _refuse_nul(path, n + 1, line)
                 yield line.removesuffix("\n")
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot read the file ({exc}).") from None
@@ -199,10 +220,10 @@ def _byte_lines(path: Path) -> Iterator[str]:
 def _text_lines(path: Path) -> Iterator[str]:
     """The file's lines as the csv module reads them (ending at \n, \r\n or an old Mac's lone \r, kept), decoded
     as UTF-8 as they are read (a BOM at its start dropped); bytes that are not UTF-8 stop it with `_read_text`'s
-    error, naming line and byte."""
+    error, naming line and byte; a line that holds a NUL byte with `_refuse_nul`'s."""
     try:
         with _open(path) as f, io.TextIOWrapper(f, encoding="utf-8-sig", newline="") as text:
-            while True:
+            for n in itertools.count(1):
                 try:
                     line = text.readline()
                 except UnicodeDecodeError:
@@ -210,6 +231,7 @@ def _text_lines(path: Path) -> Iterator[str]:
                     raise
                 if not line:
                     return
+                _refuse_nul(path, n, line)
                 yield line
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot read the file ({exc}).") from None
