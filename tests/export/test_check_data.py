@@ -112,3 +112,17 @@ def test_the_self_check_reads_no_further_than_the_rows_it_checks(tmp_path, monke
         (tmp_path / f"case-{k}").mkdir()
         chats, source = _conversations(_run(tmp_path / f"case-{k}", {"train": train}), None, 8)
         assert len(chats) == 8 and source == f"the first {CHECK_ROWS} rows of the training data", source
+
+
+def test_the_self_check_reads_no_further_into_the_questions_than_it_asks(tmp_path):
+    """The self-check asks a few of eval.questions but read (and checked) the whole file first: a damaged row far
+    down a large questions file failed the export's check. It reads the first CHECK_ROWS rows."""
+    from tunelab.export.check import check_questions
+
+    asked = [{"question": f"What is the code of box {i}?", "expected": str(1000 + i)} for i in range(5 * CHECK_ROWS)]
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in asked) + "{damaged\n")
+    run = _run(tmp_path, {"train": [str(tmp_path / "t.jsonl")]})
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump(config | {"eval": {"questions": str(questions)}}))
+    assert check_questions(run, 3) == ([f"What is the code of box {i}?" for i in range(3)], str(questions))

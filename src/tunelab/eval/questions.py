@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from tunelab.data.loader import source_config, source_name
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
-from tunelab.data.sources import read_records
+from tunelab.data.sources import iter_records
 from tunelab.data.templates import resolve_template
 from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import ConfigError, DataError, counted
@@ -179,7 +180,11 @@ def system_column(row: dict, fields: dict[str, str]) -> str:
 
 
 def read_questions(
-    path: str | Path, data: DataConfig | None = None, need_expected: bool = False, dropped: DataReport | None = None
+    path: str | Path,
+    data: DataConfig | None = None,
+    need_expected: bool = False,
+    dropped: DataReport | None = None,
+    rows: int | None = None,
 ) -> list[Question]:
     """The rows of a question file; DataError (naming file and line) for rows that cannot be asked.
 
@@ -189,12 +194,13 @@ def read_questions(
     as it takes training's rows and eval file (the rows it drops are said on stderr, with their count); a mixture
     source's file is read with that source's options (`file_data_config`). `need_expected`: a question row without an
     expected answer is an error (eval scores every one). `dropped`: where the rows data.transform drops are counted,
-    for a caller that records them (eval.json)."""
+    for a caller that records them (eval.json). `rows`: only the file's first this many rows are read (a .jsonl or
+    .csv file no further), for a caller that asks a few."""
     path = Path(path)
     data = file_data_config(data or DataConfig(), path)
     if not path.exists():
         raise DataError(f"{path}: question file not found.")
-    records = read_records([str(path)], data.delimiter)
+    records = list(itertools.islice(iter_records([str(path)], data.delimiter), rows))
     if not records:
         raise DataError(f"{path}: the question file holds no rows.")
     dropped = dropped if dropped is not None else DataReport()

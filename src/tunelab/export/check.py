@@ -151,7 +151,8 @@ def check_questions(run_dir: Path, limit: int) -> tuple[list[str], str]:
     if not path:
         return list(PROBE_QUESTIONS[:limit]), "probes"
     check_saved_transform(run_dir, last.data)
-    asked = [q.text for q in read_questions(path, last.data) if q.prompt is not None]  # the last stage's data settings
+    # the last stage's data settings; a file of many questions is read no further than CHECK_ROWS rows
+    asked = [q.text for q in read_questions(path, last.data, rows=CHECK_ROWS) if q.prompt is not None]
     return asked[:limit], str(path)
 
 
