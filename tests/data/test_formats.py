@@ -437,6 +437,27 @@ def test_an_input_or_history_column_the_rows_format_does_not_read_is_counted_in_
     assert not report.notes
 
 
+def test_text_in_a_column_no_field_reads_is_noted():
+    """databricks-dolly's rows (instruction, context, response, category) read with {output: response} trained every
+    answer without its context, the passage it answers from, without a word. The columns of text left out are now
+    named in a note, with the rows that hold some; a mapped column, numbers, ids, dates (as a .csv file gives them:
+    text; pandas' unnamed index column) and empty text are not."""
+    rows = [
+        {"instruction": "When was Tomoaki born?", "context": "Tomoaki (born 10 July 1981) plays football.",
+         "response": "10 July 1981", "category": "closed_qa", "id": 7, "": "0", "date": "2023-04-01"},
+        {"instruction": "Name a colour.", "context": " ", "response": "Blue.", "category": "open_qa", "id": 8},
+    ]  # fmt: skip
+    examples, report = convert(rows, fields={"output": "response"})
+    assert len(examples) == 2 and report.notes == [
+        "d.jsonl: text in columns that the alpaca format does not read is left out of the examples: 'context' (1 "
+        "row, e.g. d.jsonl:1), 'category' (2 rows, e.g. d.jsonl:1); to train on one, map it to a field with "
+        "data.fields (e.g. {input: context}: alpaca's input, joined to the instruction), or let data.transform drop "
+        "the column to silence this note"
+    ]
+    examples, report = convert(rows, fields={"output": "response", "input": "context", "system": "category"})
+    assert not report.notes and examples[0].messages[1]["content"].endswith("plays football.")
+
+
 def test_a_mapping_the_wrong_way_round_or_misspelt_is_told_the_one_meant():
     """data.fields {response: output} (column first, as a rename reads) and {answr: a} were told only 'maps unknown
     field(s)' and the list of fields; the mapping turned round, or the field meant, is named now."""

@@ -433,6 +433,20 @@ def unread_columns(record: Record, fmt: str, fields: dict[str, str]) -> list[str
     return [name for name in ALPACA_ONLY if name not in fields and name not in claimed and filled(record.row.get(name))]
 
 
+def other_columns(record: Record, fmt: str, fields: dict[str, str]) -> list[str]:
+    """The columns holding text that format `fmt` reads as none of its fields and that no mapping claims (dolly's
+    `context` beside instruction and response): left out of the example. Text without a letter (an id, a number or
+    a date, as a .csv file gives them; pandas' unnamed index column) is no such loss. Alpaca's own fields are
+    `unread_columns`."""
+    required, optional = FORMATS[fmt]
+    read = {fields.get(name, name) for name in (*required, *optional)} | set(fields.values())
+    return [
+        name
+        for name, value in record.row.items()
+        if name not in read and name not in ALPACA_ONLY and isinstance(value, str) and any(map(str.isalpha, value))
+    ]
+
+
 def filled(value) -> bool:
     """A value with something in it: not null, NaN, blank text or an empty list."""
     if isinstance(value, str):
@@ -477,6 +491,7 @@ def to_examples(
     file_format: dict[str, str] = {}
     unused = UnusedMappings(lenient=lenient, option=option)
     lost: dict[tuple[str, str], list] = {}  # (file, column) -> [rows, first record] of columns left unread
+    other: dict[str, dict[str, list]] = {}  # file -> column -> [rows, first record] of other text left unread
     mapping = fields
     for record in records:
         report.read(record.path)
@@ -500,6 +515,9 @@ def to_examples(
                 refuse_unread(record, chosen, fields, option)
             for name in unread_columns(record, chosen, fields):
                 lost.setdefault((record.path, name), [0, record])[0] += 1
+            if not questions:  # a question row's expected answer and kind are read by eval
+                for name in other_columns(record, chosen, fields):
+                    other.setdefault(record.path, {}).setdefault(name, [0, record])[0] += 1
         elif "text" not in record.row:  # a data.transform's row
             raise DataError(
                 f"{location(record.path, record.line)}: a .txt file is one record whose text is its field 'text', but "
@@ -517,5 +535,17 @@ def to_examples(
             f"{path}: {counted(rows, 'row')} {'has' if rows == 1 else 'have'} a column '{name}' that the {file_format[path]} format does not read (e.g. "
             f"{location(first.path, first.line)}): it is left out of their examples; to use it, read the rows as "
             "alpaca (instruction, output, input, history: data.fields maps your columns to them)"
+        )
+    for path, columns in other.items():
+        said = ", ".join(
+            f"'{name}' ({counted(rows, 'row')}, e.g. {location(first.path, first.line)})"
+            for name, (rows, first) in list(columns.items())[:5]
+        )
+        more = f" and {len(columns) - 5} more" if len(columns) > 5 else ""
+        report.notes.append(
+            f"{path}: text in columns that the {file_format[path]} format does not read is left out of the examples: "
+            f"{said}{more}; to train on one, map it to a field with {_short(option)} (e.g. {{input: "
+            f"{next(iter(columns))}}}: alpaca's input, joined to the instruction), or let data.transform drop the "
+            "column to silence this note"
         )
     return examples
