@@ -198,6 +198,21 @@ def test_each_source_may_name_its_own_csv_delimiter(tmp_path, tiny_tokenizer):
         build_datasets(cfg, tiny_tokenizer, seed=1)
 
 
+def test_sources_of_files_of_one_name_are_named_by_their_folders(tmp_path, tiny_tokenizer):
+    """Two datasets laid out alike (snips/train.jsonl, faq/train.jsonl) took the same source name, and the mixture
+    was refused until each entry was given a name; they are now named by their folders."""
+    for folder in ("snips", "faq", "more/faq"):
+        (tmp_path / folder).mkdir(parents=True)
+        _write(
+            tmp_path / folder / "train.jsonl", [{"question": f"{folder} {i}?", "answer": f"A {i}."} for i in range(4)]
+        )
+    paths = [str(tmp_path / folder / "train.jsonl") for folder in ("snips", "faq", "more/faq")]
+    cfg = DataConfig(train=[DataSource(path=p) for p in paths], eval_fraction=0.25, max_length=64)
+    data = build_datasets(cfg, tiny_tokenizer, seed=1)
+    names = ["snips/train.jsonl", f"{tmp_path.name}/faq/train.jsonl", "more/faq/train.jsonl"]
+    assert list(data.report.sources) == names and list(data.eval_sets) == names
+
+
 def test_group_by_length_keeps_the_rows_seeded_and_pads_less():
     rows = [Rendered([1] * n, [1] * n, "f", i) for i, n in enumerate([3, 40, 5, 38, 7, 36, 9, 34] * 8)]
 

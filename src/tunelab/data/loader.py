@@ -296,6 +296,10 @@ def source_names(train: list[str | DataSource]) -> list[str]:
         kin = [s for s, n in zip(sources, base) if n == base[i] and not s.name]
         if source.name or len(kin) < 2:
             continue
+        folders = {Path(s.path).parent for s in kin if s.path and not s.hub}
+        if source.path and len(folders) > 1:  # snips/train.jsonl and faq/train.jsonl: named by their folders too
+            names[i] = source_name(dataclasses.replace(source, name=_distinct_path(source.path, kin)), i + 1)
+            continue
         own = [
             value
             for key, value in (("config", source.config), ("split", source.split))
@@ -303,6 +307,16 @@ def source_names(train: list[str | DataSource]) -> list[str]:
         ]
         names[i] = source_name(dataclasses.replace(source, name="-".join([base[i], *own])), i + 1)
     return names
+
+
+def _distinct_path(path: str, kin: list[DataSource]) -> str:
+    """The shortest tail of `path` (its name with the folders above it) that no other of `kin` ends with."""
+    parts = Path(path).parts
+    others = [Path(s.path).parts for s in kin if s.path and Path(s.path) != Path(path)]
+    for k in range(2, len(parts) + 1):
+        if all(other[-k:] != parts[-k:] for other in others):
+            return "/".join(parts[-k:])
+    return path
 
 
 def source_config(cfg: DataConfig, source: DataSource) -> DataConfig:
