@@ -277,6 +277,9 @@ def test_a_windows_1252_file_shows_the_text_at_fault(tmp_path):
     with pytest.raises(DataError) as err:
         read_records([str(p)])
     assert "a.csv:2: the file is not UTF-8 text" in str(err.value)
+    with pytest.raises(DataError) as named:  # read with another separator named: the encoding is the fault
+        read_records([str(p)], delimiter=";")
+    assert str(named.value) == str(err.value)
     assert "as Windows-1252 or Latin-1" in str(err.value) and "'Price?,It costs 5 \u20ac \u2013 caf\xe9'" in str(
         err.value
     )

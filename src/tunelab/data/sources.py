@@ -140,6 +140,10 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
     return files
 
 
+class NotText(DataError):
+    """A data file that is not UTF-8 text (another encoding, NUL bytes), or cannot be read at all."""
+
+
 def _read_text(path: Path) -> str:
     try:
         raw = gzip.open(path, "rb").read() if path.name.lower().endswith(".gz") else path.read_bytes()
@@ -150,17 +154,17 @@ def _read_text(path: Path) -> str:
         return text
     except UnicodeDecodeError as exc:
         if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode Text", PowerShell's > file
-            raise DataError(
+            raise NotText(
                 f"{path}: the file is UTF-16 text (it starts with a UTF-16 byte order mark), not UTF-8; re-save it as "
                 "UTF-8."
             ) from None
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
+        raise NotText(
             f"{path}:{line}: the file is not UTF-8 text ({exc.reason} at byte {exc.start}){_legacy(raw, exc.start)}; "
             "re-save it as UTF-8."
         ) from None
     except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read the file ({exc}).") from None
+        raise NotText(f"{path}: cannot read the file ({exc}).") from None
 
 
 def _refuse_nul(path: Path, line: int, text: str) -> None:
@@ -175,7 +179,7 @@ def _refuse_nul(path: Path, line: int, text: str) -> None:
         if utf16
         else "a text file holds none; the file is damaged, or not a text file: remove them."
     )
-    raise DataError(f"{path}:{line}: the line holds NUL bytes (character 0): {why}")
+    raise NotText(f"{path}:{line}: the line holds NUL bytes (character 0): {why}")
 
 
 def _legacy(raw: bytes, at: int) -> str:
@@ -214,7 +218,7 @@ def _byte_lines(path: Path) -> Iterator[str]:
                 _refuse_nul(path, n + 1, line)
                 yield line.removesuffix("\n")
     except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read the file ({exc}).") from None
+        raise NotText(f"{path}: cannot read the file ({exc}).") from None
 
 
 def _text_lines(path: Path) -> Iterator[str]:
@@ -234,7 +238,7 @@ def _text_lines(path: Path) -> Iterator[str]:
                 _refuse_nul(path, n, line)
                 yield line
     except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read the file ({exc}).") from None
+        raise NotText(f"{path}: cannot read the file ({exc}).") from None
 
 
 def _object(path: str, line: int, value, hint: str) -> dict:
@@ -483,21 +487,26 @@ def iter_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter
 
 
 def _named_delimiter(path: Path, lines: Iterable[str], detected: str, delimiter: str, option: str) -> Iterator[Record]:
-    """The records of a .csv file split by the separator `delimiter` names; an error that the separator `detected`
-    in its header line would explain says so."""
+    """The records of a .csv file split by the separator `delimiter` names; an error of the rows' shape that the
+    separator `detected` in its header line would explain says so."""
     chosen = DELIMITERS[delimiter]
-    try:
-        for k, record in enumerate(_csv(path, lines, chosen)):
-            header = next(iter(record.row)) if k == 0 and len(record.row) == 1 else ""
-            if detected != chosen and detected in header:
-                # one column named 'question,answer': every row one value, refused later as a format it is not
-                problem = f"{path}:1: the header is one column, {header!r}."
-                raise _other_delimiter(problem, detected, delimiter, option)
-            yield record
-    except DataError as exc:
-        if detected == chosen or "header line is split by" in str(exc):
+    records = _csv(path, lines, chosen)
+    for k in itertools.count():
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except NotText:
             raise
-        raise _other_delimiter(f"{exc}", detected, delimiter, option) from None
+        except DataError as exc:
+            if detected == chosen:
+                raise
+            raise _other_delimiter(f"{exc}", detected, delimiter, option) from None
+        header = next(iter(record.row)) if k == 0 and len(record.row) == 1 else ""
+        if detected != chosen and detected in header:
+            # one column named 'question,answer': every row one value, refused later as a format it is not
+            raise _other_delimiter(f"{path}:1: the header is one column, {header!r}.", detected, delimiter, option)
+        yield record
 
 
 def _other_delimiter(problem: str, detected: str, delimiter: str, option: str) -> DataError:
