@@ -269,6 +269,15 @@ def test_a_nul_byte_is_refused_and_a_utf16_file_without_a_byte_order_mark_named(
         read_records([p])
 
 
+def test_jsonl_files_joined_with_a_byte_order_mark_between_them_are_read(tmp_path):
+    """`cat a.jsonl b.jsonl` where b.jsonl was saved with a byte order mark (Notepad, PowerShell) put one at the
+    start of a line in the middle, which stopped the run with json's "Unexpected UTF-8 BOM (decode using
+    utf-8-sig)"; it is read as the start of the file it was."""
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b'{"text": "one"}\n' + "\ufeff".encode() + b'{"text": "two"}\r\n')
+    assert [r.row["text"] for r in read_records([str(p)])] == ["one", "two"]
+
+
 def test_a_windows_1252_file_shows_the_text_at_fault(tmp_path):
     """A CSV saved by Excel in Windows-1252 was refused with only a byte offset ('invalid start byte at byte 38'),
     which told neither which text nor which encoding; the text around it is now shown as that encoding reads it."""

@@ -268,6 +268,8 @@ def _jsonl(path: Path, lines: Iterable[str], named_json: bool = False) -> Iterat
     # Lines end at \n (and \r\n) only: str.splitlines also breaks at U+2028, U+2029 and U+0085, which JSON strings
     # may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so).
     for n, line in enumerate(lines, start=1):
+        # a byte order mark opening a line: files joined (cat a.jsonl b.jsonl), one of them saved with one
+        line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
         try:
