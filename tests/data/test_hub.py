@@ -252,8 +252,16 @@ def test_a_source_holds_out_another_split_of_its_dataset(tmp_path, tiny_tokenize
     with pytest.raises(ConfigError, match=r"entry 1 .*names no file; .* give eval_split: validation instead"):
         build_datasets(cfg, tiny_tokenizer, seed=0)
     cfg = DataConfig(train=[DataSource(path=str(folder), fields=FIELDS, eval_split="test")], max_length=64)
-    with pytest.raises(DataError, match=r"entry 1, eval_split: .*has no split 'test'; its splits are train, valid"):
+    with pytest.raises(
+        DataError, match=r"entry 1, eval_split: .*has no split 'test'; its splits are train, valid.*Set eval_split"
+    ):
         build_datasets(cfg, tiny_tokenizer, seed=0)
+    one = tmp_path / "one"  # a Dataset saved whole: one split, nothing to hold out but a fraction
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(one))
+    for path in (one, next(one.glob("*.arrow"))):
+        cfg = DataConfig(train=[DataSource(path=str(path), fields=FIELDS, eval_split="validation")], max_length=64)
+        with pytest.raises(DataError, match=r"so eval_split 'validation' cannot be read .* with data.eval_fraction"):
+            build_datasets(cfg, tiny_tokenizer, seed=0)
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     cfg = DataConfig(train=[DataSource(path=str(rows), fields=FIELDS, eval_split="validation")], max_length=64)

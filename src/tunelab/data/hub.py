@@ -53,26 +53,35 @@ def _rows(label: str, rows: Iterable[dict], take: int | None) -> list[Record]:
     return records
 
 
-def _split(datasets, dataset, split: str, where: str):
+def _remove(option: str) -> str:
+    """What to do instead of asking a set of one split for `option` (split, or a source's eval_split)."""
+    if option == "split":
+        return "remove split to read all of its rows."
+    return "remove eval_split, and hold out some of its rows with data.eval_fraction instead."
+
+
+def _split(datasets, dataset, split: str, where: str, option: str = "split"):
     """The split of a DatasetDict; a Dataset (one set of rows, no splits) as it is, unless another split than the
-    default is asked for: it was read whole, labelled with the split asked for."""
+    default is asked for: it was read whole, labelled with the split asked for. `option`: the source's key that
+    asked for the split (split, or eval_split), named in messages."""
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
             sliced = " (a slice such as train[:100] is read as split: train with take: 100)" if "[" in split else ""
             raise DataError(
-                f"{where}: has no split {split!r}; its splits are {', '.join(dataset.keys())}. Set split{sliced}."
+                f"{where}: has no split {split!r}; its splits are {', '.join(dataset.keys())}. Set {option}{sliced}."
             )
         return dataset[split]
     if split != DEFAULT_SPLIT:
         raise DataError(
-            f"{where}: holds one dataset without splits (saved from a Dataset, not a DatasetDict), so split {split!r} "
-            "cannot be read from it; remove split to read all of its rows."
+            f"{where}: holds one dataset without splits (saved from a Dataset, not a DatasetDict), so {option} "
+            f"{split!r} cannot be read from it; {_remove(option)}"
         )
     return dataset
 
 
-def read_local(source: DataSource, where: str) -> list[Record]:
-    """An .arrow file or a save_to_disk folder."""
+def read_local(source: DataSource, where: str, option: str = "split") -> list[Record]:
+    """An .arrow file or a save_to_disk folder. `option`: the key that asked for `source.split` (split, or the
+    source's eval_split), named in messages."""
     datasets = _library(f"{where} ({source.path})")
     path = Path(source.path).expanduser()
     if source.config:
@@ -83,14 +92,14 @@ def read_local(source: DataSource, where: str) -> list[Record]:
     try:
         if path.is_file() and source.split != DEFAULT_SPLIT:
             raise DataError(
-                f"{where}: {path} is an .arrow file, which holds the rows of one split, so split {source.split!r} "
-                "cannot be read from it; remove split to read all of its rows."
+                f"{where}: {path} is an .arrow file, which holds the rows of one split, so {option} {source.split!r} "
+                f"cannot be read from it; {_remove(option)}"
             )
         if path.is_file():
             dataset, label = datasets.Dataset.from_file(str(path)), str(path)
         else:
             loaded = datasets.load_from_disk(str(path))
-            dataset = _split(datasets, loaded, source.split, f"{where}: {path}")
+            dataset = _split(datasets, loaded, source.split, f"{where}: {path}", option)
             label = f"{path}[{source.split}]" if isinstance(loaded, datasets.DatasetDict) else str(path)
     except DataError:
         raise

@@ -363,15 +363,21 @@ def refuse_split_as_file(source: DataSource, where: str) -> None:
 
 
 def read_source(
-    source: DataSource, cfg: DataConfig, where: str, report: DataReport | None = None, rows: int | None = None
+    source: DataSource,
+    cfg: DataConfig,
+    where: str,
+    report: DataReport | None = None,
+    rows: int | None = None,
+    option: str = "split",
 ) -> list[Record]:
     """The records of one source: a hub dataset, a datasets folder or .arrow file, or files and folders. Only its
-    first `take` (and `rows`) records are read: a .jsonl or .csv file is read no further."""
+    first `take` (and `rows`) records are read: a .jsonl or .csv file is read no further. `option`: the key that
+    asked for `source.split` (split, or the source's eval_split), named in messages."""
     limit = min((n for n in (source.take, rows) if n is not None), default=None)
     if source.hub:
         return read_hub(dataclasses.replace(source, take=limit), where)
     if is_datasets_path(source.path):
-        return read_local(dataclasses.replace(source, take=limit), where)
+        return read_local(dataclasses.replace(source, take=limit), where, option)
     if source.split != DEFAULT_SPLIT or source.config or source.eval_split:
         option = f"split {source.split!r}" if not source.config else f"config {source.config!r}"
         option = f"eval_split {source.eval_split!r}" if source.eval_split and not source.config else option
@@ -417,7 +423,11 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         if source.eval_split:
             held_records = apply_transform(
                 read_source(
-                    dataclasses.replace(source, split=source.eval_split, take=None), cfg, f"{where}, eval_split", report
+                    dataclasses.replace(source, split=source.eval_split, take=None),
+                    cfg,
+                    f"{where}, eval_split",
+                    report,
+                    option="eval_split",
                 ),
                 transform,
                 cfg.transform,
