@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import DataConfig, DataSource, RunConfig
+from tunelab.data.entries import source_config, source_name
 from tunelab.data.formats import (
     CANONICAL,
     FORMATS,
@@ -39,7 +40,6 @@ from tunelab.data.formats import (
     to_examples,
     trained_system,
 )
-from tunelab.data.loader import source_config, source_name
 from tunelab.data.match import normalize
 from tunelab.data.render import ControlTokenText, render_prompt
 from tunelab.data.report import DataReport, location
@@ -142,7 +142,7 @@ def _no_question(where: str, row: dict, fields: dict[str, str], path: Path) -> D
 def file_data_config(data: DataConfig, path: Path) -> DataConfig:
     """The data options the rows of `path` are read with: for a file of a mixture's source (its eval file, its
     training file, or a file in its folder) that source's own format, fields and system prompt, as training read and
-    rendered them (`loader.source_config`); for any other file the top-level ones, as training reads a mixture's
+    rendered them (`entries.source_config`); for any other file the top-level ones, as training reads a mixture's
     data.eval. Two sources that read the file with different options are a ConfigError naming both: which of
     them a row is cannot be told, and reading it one source's way would score the other's rows as it was not
     trained."""

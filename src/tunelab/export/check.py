@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from tunelab.atomic import write_json
-from tunelab.data.loader import training_examples
+from tunelab.data.entries import training_examples
 from tunelab.data.render import render_prompt
 from tunelab.errors import TunelabError
 from tunelab.eval.questions import check_saved_transform, read_questions
@@ -111,7 +111,7 @@ def saved_verdict(out: str | Path) -> str | None:
 
 def _conversations(run_dir: Path, system: str | None, limit: int) -> tuple[list[list[dict]], str]:
     """The first training conversations of the run (in the first CHECK_ROWS rows of each source), read as training
-    read them (`loader.training_examples`: its data.delimiter, data.transform and each mixture source's options), or
+    read them (`entries.training_examples`: its data.delimiter, data.transform and each mixture source's options), or
     the probe conversations, with `system`, when its data cannot be read (the source says why); RunDirError naming
     the file when its config.yaml (a staged run's last stage's) is gone."""
     # a staged run: its last stage's, whose result it holds; missing, it is refused by name, not replaced by probes
