@@ -278,6 +278,23 @@ def test_jsonl_files_joined_with_a_byte_order_mark_between_them_are_read(tmp_pat
     assert [r.row["text"] for r in read_records([str(p)])] == ["one", "two"]
 
 
+def test_a_json_array_named_jsonl_is_told_to_be_named_json(tmp_path):
+    """A JSON array (or indented objects) saved as .jsonl was refused as 'not valid JSON (Expecting value at column
+    2)' on line 1, which did not say that the file is one value over many lines; now it does, and says what to do."""
+    rows = [{"question": "q", "answer": "a"}] * 2
+    for text in (json.dumps(rows, indent=2), json.dumps(rows[0], indent=2) + "\n" + json.dumps(rows[1], indent=2)):
+        p = write(tmp_path / "a.jsonl", text)
+        with pytest.raises(DataError, match=r"a\.jsonl:1: not valid JSON .*one JSON value written over several line"):
+            read_records([p])
+    with pytest.raises(
+        DataError, match=r"a\.jsonl:1: expected a JSON object .*array of objects.* name the file \.json"
+    ):
+        read_records([write(tmp_path / "a.jsonl", json.dumps(rows))])
+    with pytest.raises(DataError) as err:  # rows written as lists: no word of .json
+        read_records([write(tmp_path / "a.jsonl", '["hi", "greet"]\n')])
+    assert ".json" not in str(err.value).replace(".jsonl", "")
+
+
 def test_a_windows_1252_file_shows_the_text_at_fault(tmp_path):
     """A CSV saved by Excel in Windows-1252 was refused with only a byte offset ('invalid start byte at byte 38'),
     which told neither which text nor which encoding; the text around it is now shown as that encoding reads it."""

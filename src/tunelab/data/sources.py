@@ -267,23 +267,34 @@ def _jsonl(path: Path, lines: Iterable[str], named_json: bool = False) -> Iterat
     rule = f"{AS_JSON_LINES} each line" if named_json else "Each line of a .jsonl file"
     # Lines end at \n (and \r\n) only: str.splitlines also breaks at U+2028, U+2029 and U+0085, which JSON strings
     # may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so).
+    first = True
     for n, line in enumerate(lines, start=1):
         # a byte order mark opening a line: files joined (cat a.jsonl b.jsonl), one of them saved with one
         line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
+        # a .jsonl file whose first line opens an array, or an object written over several lines: a .json file
+        opens = first and not named_json and (line.strip()[:1] == "[" or line.strip() == "{")
+        first = False
         try:
             value = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             fix = "fix that line (an object must be on one line, or all of them in one array [...])"
             fix = fix if named_json else "fix or remove that line"
+            many = (
+                " The file looks like one JSON value written over several lines (an array [...], or indented "
+                "objects), which a .jsonl file is not: name an array of objects .json, or write one object a line."
+            )
             raise DataError(
-                f"{path}:{n}: not valid JSON ({_json_problem(exc)}). {rule} must be one complete JSON object; {fix}."
+                f"{path}:{n}: not valid JSON ({_json_problem(exc)}). {rule} must be one complete JSON object; "
+                f"{fix}.{many if opens else ''}"
             ) from None
         except DuplicateKey as exc:
             raise DataError(f"{path}:{n}: {exc}") from None
         where = Line(n) if named_json else n
-        yield Record(str(path), where, _object(str(path), where, value, f"{rule} must be one object."))
+        array = opens and isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+        hint = " The line is an array of objects, which a .json file holds: name the file .json." if array else ""
+        yield Record(str(path), where, _object(str(path), where, value, f"{rule} must be one object.{hint}"))
 
 
 class DuplicateKey(ValueError):
