@@ -458,6 +458,16 @@ def test_text_in_a_column_no_field_reads_is_noted():
     assert not report.notes and examples[0].messages[1]["content"].endswith("plays football.")
 
 
+def test_a_csv_file_without_a_header_line_is_told_so():
+    """A .csv file of question,answer rows with no header line: its first row became the column names and the
+    format could not be told, without a word of the missing header."""
+    with pytest.raises(DataError, match=r"d\.csv:1: cannot tell the data format .* a name in it looks like data"):
+        convert([{"What is the code of box 12?": "q", "It is 1444.": "a"}], path="d.csv")
+    with pytest.raises(DataError) as err:  # short names: no such guess
+        convert([{"q": "x", "a": "y"}], path="d.csv")
+    assert "header" not in str(err.value)
+
+
 def test_a_mapping_the_wrong_way_round_or_misspelt_is_told_the_one_meant():
     """data.fields {response: output} (column first, as a rename reads) and {answr: a} were told only 'maps unknown
     field(s)' and the list of fields; the mapping turned round, or the field meant, is named now."""

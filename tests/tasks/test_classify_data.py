@@ -338,3 +338,16 @@ def test_data_delimiter_is_read_by_the_training_files_of_a_head_run(smollm2_toke
     # input to classify)
     with pytest.raises(DataError, match=r"d\.csv:1: the header is one column, 'text;label'\. .*not by data\.delimit"):
         _build(smollm2_tokenizer, str(path), **{"data.delimiter": ","})
+
+
+def test_a_file_without_a_header_line_is_told_so(smollm2_tokenizer, tmp_path):
+    """The SMS Spam Collection (label<TAB>text, no header) read as .tsv: its first message became a column name and
+    the row was refused as having no input, without a word of the missing header."""
+    path = tmp_path / "spam.tsv"
+    path.write_text("ham\tGo until jurong point, crazy.. Available only in bugis\nspam\tFree entry in 2 a wkly comp\n")
+    with pytest.raises(
+        DataError, match=r"spam\.tsv:2: the row has no input .* first line is read as its header, and a"
+    ):
+        _build(smollm2_tokenizer, str(path))
+    path.write_text("label\ttext\nham\tGo until jurong point\nspam\tFree entry\n")  # a header: no such word
+    assert _build(smollm2_tokenizer, str(path)).facts["labels"] == ["ham", "spam"]

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 
 from tunelab.data.report import DataReport, location
-from tunelab.data.sources import Record, is_plain_text
+from tunelab.data.sources import Record, headerless, is_plain_text
 from tunelab.errors import ConfigError, DataError, article, counted, not_text
 
 # format -> (required canonical fields, optional canonical fields); dict order is the detection order
@@ -504,7 +504,8 @@ def to_examples(
                 try:
                     chosen = detect_format(record.row, fields, option)
                 except DataError as exc:
-                    raise DataError(f"{location(record.path, record.line)}: {exc}") from None
+                    hint = headerless(record.path, record.row)
+                    raise DataError(f"{location(record.path, record.line)}: {exc}{hint}") from None
             else:
                 chosen = fmt
             file_format[record.path] = report.formats[record.path] = chosen

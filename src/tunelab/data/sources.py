@@ -531,6 +531,20 @@ def _other_delimiter(problem: str, detected: str, delimiter: str, option: str) -
     )
 
 
+def headerless(path: str, row: dict) -> str:
+    """A hint for an error about a .csv or .tsv row's columns when the file's header names look like a row of data
+    (a name of several words or over 40 characters): a file without a header line has its first row read as one."""
+    if _kind(Path(path)) not in (".csv", ".tsv"):
+        return ""
+    looks = [name for name in row if isinstance(name, str) and (len(name) > 40 or len(name.split()) > 3)]
+    if not looks:
+        return ""
+    return (
+        f" The file's first line is read as its header, and a name in it looks like data ({looks[0][:60]!r}): if "
+        "the file has no header line, add one naming its columns."
+    )
+
+
 def refuse_missing_file(path: str | Path, command: str) -> None:
     """DataError for a file given to a command (tunelab eval, predict) that is not there, before any model loads:
     the reader's own message points at data.train and data.eval, options the command's file does not come from."""

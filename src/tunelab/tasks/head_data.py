@@ -46,7 +46,7 @@ from tunelab.data.formats import (
 from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport, location, location_path
-from tunelab.data.sources import Record, read_records
+from tunelab.data.sources import Record, headerless, read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
 from tunelab.errors import ConfigError, DataError, article, counted
 
@@ -469,7 +469,7 @@ def no_input_error(where: str, row: dict, fields: dict[str, str], what: str, com
     return DataError(
         f"{where}: the row has no input to {what}: give it one of the fields {', '.join(INPUT_FIELDS)} (this row has "
         f"{has}{'; data.fields maps ' + mapped if mapped else ''}). Rename the column or map it with data.fields, "
-        "e.g. {text: message}."
+        "e.g. {text: message}." + headerless(location_path(where), row)
     )
 
 
