@@ -182,6 +182,18 @@ def test_pairs_skipped_for_any_reason_are_counted_by_the_check(task, tiny_model_
     assert f"conversation does not start with a user message: 1 ({data}:2)" in out
 
 
+def test_pairs_dropped_as_too_long_are_not_called_none_skipped(tiny_model_dir, tmp_path, capsys, cli_flags):
+    """LLaMA-Factory's dpo_en_demo at max_length 512: 'pairs: 97 pairs used; none skipped' over 203 of 300 pairs
+    dropped as too long (said only by the lengths item below it). The pairs item now counts them too."""
+    rows = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}.", "rejected": "No idea."} for i in range(6)]
+    rows[2]["chosen"] = "It is " + "very " * 200 + "much."
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    over = _over(tiny_model_dir, tmp_path, "dpo", data, **{"data.eval_fraction": 0.0, "data.max_length": 64})
+    main(["check", *cli_flags(over), "--data-only"])
+    out = capsys.readouterr().out
+    assert "pairs: 5 pairs used; none other skipped (1 too long: see lengths)" in out
+
+
 @pytest.mark.parametrize("task", ["classify", "dpo"])
 def test_the_head_check_steps_the_micro_batch_training_takes_first(task, tiny_model_dir, tmp_path, monkeypatch):
     """The check's forward/backward ran on the first rows of the file, not on training's first (shuffled) micro-batch,

@@ -99,7 +99,10 @@ def pair_items(inputs: Inputs) -> list[CheckItem]:
             details.append(f"{reason}: {skip.count} ({', '.join(skip.locations[:SHOWN])})")
             skipped += skip.count
     status = "warn" if skipped else "pass"
-    summary = f"{used} pairs used" + (f"; {skipped} skipped" if skipped else "; none skipped")
+    long, _ = _skips(inputs, lambda reason: reason.startswith("longer than max_length"))
+    other = " other" if long else ""
+    summary = f"{used} pairs used" + (f"; {skipped}{other} skipped" if skipped else f"; none{other} skipped")
+    summary += f" ({long} too long: see lengths)" if long else ""
     return [CheckItem("pairs", status, summary, details)]
 
 
