@@ -26,8 +26,9 @@ def source_name(source: DataSource, index: int) -> str:
 
 
 def source_names(train: list[str | DataSource]) -> list[str]:
-    """The name of each entry of data.train (`source_name`). Sources of one dataset that read other splits or
-    configs of it (train and validation as two sources) are told apart by them: `org/set-validation`."""
+    """The name of each entry of data.train (`source_name`). Sources that would share one are told apart: files of
+    one name by the folders above them (`snips/train.jsonl`, `faq/train.jsonl`), sources of one dataset that read
+    other splits or configs of it (train and validation as two sources) by those (`org/set-validation`)."""
     sources = [entry if isinstance(entry, DataSource) else DataSource(path=entry) for entry in train]
     base = [source_name(source, i) for i, source in enumerate(sources, 1)]
     names = list(base)
@@ -118,10 +119,10 @@ def read_source(
     if is_datasets_path(source.path):
         return read_local(dataclasses.replace(source, take=limit), where, option)
     if source.split != DEFAULT_SPLIT or source.config or source.eval_split:
-        option = f"split {source.split!r}" if not source.config else f"config {source.config!r}"
-        option = f"eval_split {source.eval_split!r}" if source.eval_split and not source.config else option
+        asked = f"split {source.split!r}" if not source.config else f"config {source.config!r}"
+        asked = f"eval_split {source.eval_split!r}" if source.eval_split and not source.config else asked
         raise ConfigError(
-            f"{where} ({source.path}): {option} is read from a hub dataset or a save_to_disk folder; the rows of "
+            f"{where} ({source.path}): {asked} is read from a hub dataset or a save_to_disk folder; the rows of "
             "files are read whole. Remove it, or give each split's rows in a file of their own."
         )
     records = iter_records([source.path], source.delimiter or cfg.delimiter, report, delimiter_option(source, where))
