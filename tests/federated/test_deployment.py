@@ -50,7 +50,7 @@ def _tool(name: str) -> str:
 
 @pytest.mark.slow
 def test_deployment_engine_with_a_failing_supernode(tmp_path, tiny_model_dir, federate_config):
-    config = federate_config(tmp_path, tiny_model_dir, clients=2, num_clients=3, min_clients=2, rounds=1)
+    config = federate_config(tmp_path, tiny_model_dir, clients=3, min_clients=2, rounds=1)
     app = tmp_path / "app"
     env = os.environ | {
         "HF_HUB_OFFLINE": "1",

@@ -270,7 +270,12 @@ def test_a_missing_server_eval_set_exits_2_before_anything_starts(
         ({"federated.proximal_mu": 0.5}, r"federated.proximal_mu \(0.5\): only strategy fedprox reads it"),
         ({"federated.dp_clipping_norm": 3.0}, r"federated.dp_clipping_norm \(3.0\): only federated.dp: true reads"),
         ({"federated.split": "column"}, r"federated.split \('column'\): only federated.split_file is split"),
-        ({"federated.num_clients": 5}, "'federated.num_clients' is 5 but federated.clients names 2 clients"),
+        ({"federated.num_clients": 5}, "'federated.num_clients' is 5 but option 'federated.clients' names 2 clients"),
+        # its default, given beside 3 clients, was taken as unset: the clients listed counted, the option given did not
+        (
+            {"federated.num_clients": 2, "federated.clients": ["site0.jsonl", "site1.jsonl", "server_eval.jsonl"]},
+            "'federated.num_clients' is 2 but option 'federated.clients' names 3",
+        ),
         # a missing client file was said to be 'in data.train / data.eval', options a federation leaves unset
         ({"federated.clients": ["gone.jsonl"]}, r"^option 'federated.clients': \S*gone.jsonl: no such file or folder"),
         (

@@ -235,15 +235,32 @@ def test_an_app_names_the_server_paths_every_client_host_needs(
 
 def test_an_app_waits_for_as_many_supernodes_as_the_config_lists_clients(tmp_path, tiny_model_dir, federate_config):
     """federated.clients listed 3 clients, but the app's server waited for federated.num_clients' default of 2
-    SuperNodes, so a federation could start without the third. It waits for one per client listed now; a
-    num_clients given counts the SuperNodes, as before."""
+    SuperNodes, so a federation could start without the third. It waits for one per client listed now."""
     config = federate_config(tmp_path, tiny_model_dir, clients=3)
     app = tmp_path / "app"
     tunelab.federate(config, app_dir=app)
     toml = (app / "pyproject.toml").read_text()
     assert "waits for federated.num_clients = 3 SuperNodes" in toml and "  num_clients: 3\n" in toml
-    tunelab.federate(config, {"federated.num_clients": 4, "overwrite": True}, app_dir=app)
-    assert "waits for federated.num_clients = 4 SuperNodes" in (app / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize("given, where", [(4, "--federated.num_clients"), (2, "federate.yaml")])
+def test_an_app_whose_num_clients_is_not_the_clients_listed_is_refused(
+    tmp_path, tiny_model_dir, federate_config, given, where
+):
+    """--app-dir wrote an app for 3 listed clients whose server waited for num_clients 4 SuperNodes (or 2, given in
+    the YAML), though federate refuses the same config: the federation started with a number of clients the config
+    did not list. Refused with both numbers, the options and where num_clients was set; no app is written."""
+    in_yaml = {"num_clients": given} if where == "federate.yaml" else {}
+    config = federate_config(tmp_path, tiny_model_dir, clients=3, **in_yaml)
+    flags = {"federated.num_clients": given} if not in_yaml else {}
+    app = tmp_path / "app"
+    with pytest.raises(ConfigError) as error:
+        tunelab.federate(config, flags, app_dir=app)
+    said = f"(set in {config}) " if in_yaml else ""  # a flag is its own place
+    assert f"option 'federated.num_clients' {said}is {given} but option 'federated.clients' names 3 clients" in str(
+        error.value
+    )
+    assert not app.exists()
 
 
 def test_a_resume_with_more_rounds_keeps_the_warmup_the_federation_started_with(

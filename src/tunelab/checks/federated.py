@@ -17,7 +17,8 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.config import RunConfig
+from tunelab.config import ResolvedConfig, RunConfig
+from tunelab.config.load import locate
 from tunelab.data.checks import CheckItem, data_checks
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.models.load import resolve_source
@@ -35,11 +36,17 @@ def label(client: ClientData) -> str:
     return client.name if client.name.startswith("client") else f"client {client.name}"
 
 
-def clients_of(cfg: RunConfig) -> list[ClientData]:
-    """The federation's rules and its clients, as `tunelab federate` checks them first (ConfigError: exit 2)."""
+def clients_of(resolved: ResolvedConfig) -> list[ClientData]:
+    """The federation's rules and its clients, as `tunelab federate` checks them first (ConfigError: exit 2, naming
+    the file that set the option)."""
     from tunelab.federated.run import federation_clients
 
-    return federation_clients(cfg)
+    try:
+        return federation_clients(
+            resolved.config, resolved.origins.get("federated.num_clients", "default") != "default"
+        )
+    except ConfigError as exc:
+        raise locate(exc, resolved.origins) from None
 
 
 def output_item(cfg: RunConfig, config: Any, resume: bool) -> CheckItem:

@@ -211,7 +211,7 @@ def run_check(
     page = html_path(html)
     # a federation's rules (ConfigError, exit 2, as tunelab federate raises it) before the ~100 lines of the config,
     # so that a refusal is the one thing printed
-    clients = clients_of(cfg) if cfg.federated.enabled else []
+    clients = clients_of(resolved) if cfg.federated.enabled else []
     out("tunelab check — resolved config (value, then where it came from):")
     out(describe(resolved))
     if cfg.federated.enabled:

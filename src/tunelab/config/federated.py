@@ -17,7 +17,9 @@ class FederatedConfig:
     split_file: str | None = opt(
         None, "instead of clients: one file split into num_clients shards, one per client (for simulations)"
     )
-    num_clients: int = opt(2, "with split_file: how many clients (shards)", min=1)
+    num_clients: int = opt(
+        2, "with split_file: how many clients (shards); with --app-dir: the SuperNodes the server waits for", min=1
+    )
     split: str = opt(
         "iid",
         "with split_file: iid (a seeded shuffle dealt out in turn) or column (every row with one value of split_column goes to one client: non-IID)",

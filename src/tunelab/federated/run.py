@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.atomic import write_text
 from tunelab.config import FederatedConfig, ResolvedConfig, RunConfig, dump_yaml, iter_options
+from tunelab.config.load import locate
 from tunelab.config.validate import option_default
 from tunelab.errors import ConfigError, RunDirError, TunelabError, counted
 from tunelab.eval.compare import compare_after_training
@@ -132,11 +133,29 @@ def check_run_dir(cfg: RunConfig, resume: bool, config: Any) -> list[str]:
     return []
 
 
-def federation_clients(cfg: RunConfig) -> list[ClientData]:
-    """The federation's rules (`check_config`) and its clients; ConfigError when fewer than min_clients."""
+def check_client_count(f: FederatedConfig, num_clients_set: bool = False) -> None:
+    """ConfigError when federated.num_clients is given beside a list of federated.clients of another length: it counts
+    split_file's shards and the SuperNodes a deployment's server waits for (--app-dir), so beside a list it can only
+    repeat its length. `num_clients_set`: the config gives it (its default, 2, beside three clients is then refused)."""
+    if (
+        f.clients
+        and f.num_clients != len(f.clients)
+        and (num_clients_set or f.num_clients != FederatedConfig().num_clients)
+    ):
+        raise ConfigError(
+            f"option 'federated.num_clients' is {f.num_clients} but option 'federated.clients' names "
+            f"{counted(len(f.clients), 'client')}; num_clients counts federated.split_file's shards and the SuperNodes "
+            "the server of --app-dir waits for, so remove it (the clients listed count) or make the two agree."
+        )
+
+
+def federation_clients(cfg: RunConfig, num_clients_set: bool = False) -> list[ClientData]:
+    """The federation's rules (`check_config`) and its clients; ConfigError when fewer than min_clients, or when
+    `check_client_count` refuses federated.num_clients (`num_clients_set`: the config gives it)."""
     check_config(cfg)
     clients = client_data(cfg.federated, cfg.train.seed)
     f = cfg.federated
+    check_client_count(f, num_clients_set)
     named = [("federated.clients", entry) for entry in f.clients] + [("federated.split_file", f.split_file)] * bool(
         f.split_file
     )
@@ -146,12 +165,6 @@ def federation_clients(cfg: RunConfig) -> list[ClientData]:
                 f"option '{option}': {entry}: no such file or folder (a relative path in a YAML config is relative to "
                 "the config's folder)."
             )
-    if f.clients and f.num_clients not in (FederatedConfig().num_clients, len(f.clients)):
-        raise ConfigError(
-            f"option 'federated.num_clients' is {f.num_clients} but federated.clients names {len(f.clients)} "
-            "clients; num_clients counts federated.split_file's shards (and the SuperNodes of --app-dir), so "
-            "remove it or make the two agree."
-        )
     if cfg.federated.min_clients > len(clients):
         raise ConfigError(
             f"option 'federated.min_clients' is {cfg.federated.min_clients} but the federation has {len(clients)} "
@@ -385,8 +398,13 @@ def federate(
         require_accountant()
     cfg.output_dir = str(Path(cfg.output_dir).resolve())
     absolute_model(cfg)
+    num_clients_set = resolved.origins.get("federated.num_clients", "default") != "default"
     if app_dir is not None:
         f = cfg.federated
+        try:  # the server waits for num_clients SuperNodes: a list of clients of another length says otherwise
+            check_client_count(f, num_clients_set)
+        except ConfigError as exc:
+            raise locate(exc, resolved.origins) from None
         if f.clients and f.num_clients == FederatedConfig().num_clients:  # unset: one SuperNode per client listed
             f.num_clients = len(f.clients)
         if cfg.data.eval:
@@ -394,7 +412,10 @@ def federate(
         if note := app_note(cfg):
             print(note, flush=True)
         return write_flower_app(app_dir, resolved, resume, overwrite=cfg.overwrite)
-    clients = federation_clients(cfg)
+    try:
+        clients = federation_clients(cfg, num_clients_set)
+    except ConfigError as exc:
+        raise locate(exc, resolved.origins) from None
     run_dir = Path(cfg.output_dir)
     held = resume and run_dir.is_dir()
     if held:  # as tunelab train --resume: no other process writes the run while this one resumes it
