@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 import weakref
 from pathlib import Path
 
@@ -471,3 +472,33 @@ def test_the_run_lets_go_of_its_model_before_the_process_group_goes(monkeypatch,
         if fails:
             raise RuntimeError("a step failed")
     assert calls == [("init", "gloo")] + ([] if fails else [("barrier", True)]) + [("destroy", True)]
+
+
+def test_a_failed_run_lets_go_of_the_model_its_traceback_holds(monkeypatch):
+    """A step that raised left the run's frames in its traceback, and with them the model (FSDP2's units, DDP's
+    reducer, their memory): the collection before the group is destroyed could not free it, so it stayed until the
+    error was dropped, after the group had gone, where gloo's threads abort the process. The frames are cleared first
+    now; the error and its traceback's lines reach the caller as raised."""
+    from tunelab.training import distributed
+
+    calls, model = [], []
+
+    def train():
+        wrapped = torch.nn.Linear(1, 1)
+        wrapped.register_forward_hook(functools.partial(print, wrapped))  # a cycle, as FSDP2's units make
+        model.append(weakref.ref(wrapped))
+        raise RuntimeError("a step failed")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda kind: calls.append(("init", kind)))
+    monkeypatch.setattr(
+        distributed.dist, "destroy_process_group", lambda: calls.append(("destroy", model[0]() is None))
+    )
+    cfg = load_config(None, {"model.device": "cpu"}).config
+    with pytest.raises(RuntimeError, match="a step failed") as error, distributed.session(cfg):
+        train()
+    assert calls == [("init", "gloo"), ("destroy", True)]
+    printed = "".join(traceback.format_exception(error.value))
+    assert ", in train\n" in printed and 'raise RuntimeError("a step failed")' in printed

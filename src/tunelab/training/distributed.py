@@ -27,6 +27,7 @@ import inspect
 import json
 import math
 import os
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -173,9 +174,26 @@ def session(cfg: RunConfig) -> Iterator[Ranks]:
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             yield ranks
         finished = True
+    except BaseException as error:
+        if owned:  # the failed run's frames hold its model, which must go before the group does (`leave`)
+            release_frames(error)
+        raise
     finally:
         if owned:
             leave(finished)
+
+
+def release_frames(error: BaseException) -> None:
+    """Clear the local variables of the finished frames `error` (and the errors it was raised from or during) passed
+    through: a failed run's traceback holds its frames, and they its model, optimizer and wrapper, so the garbage
+    collector cannot free them before `leave` destroys the group, and they held their memory until then and were
+    freed after it, the abort `leave` exists to avoid. The traceback still prints (files, lines and code); only the
+    values are gone. Frames still running (the caller's) are left as they are."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def leave(finished: bool) -> None:
