@@ -141,10 +141,25 @@ def test_strategy_choice_and_dp_wrapper():
 
 
 class _Grid:
-    """What FedAvg's sampling asks of a Grid."""
+    """What FedAvg's sampling asks of a Grid, and nodes that answer the server's question of their name (None: a node
+    that never answers)."""
+
+    def __init__(self, message, names=None):
+        self.message, self.names = message, names or {1: "a", 2: "b"}
+        self.asked: list[tuple[int, str]] = []
 
     def get_node_ids(self):
-        return [1, 2]
+        return list(self.names)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            self.asked.append((node, m.metadata.message_type))
+            if self.names[node] is not None:
+                content = RecordDict({CLIENT: ConfigRecord({"name": self.names[node]})})
+                replies.append(self.message(content, dst_node_id=0, src_node_id=node))
+        return replies
 
 
 def test_dp_round_adds_noise_and_reports_epsilon(flower_task, flower_message):
@@ -153,7 +168,7 @@ def test_dp_round_adds_noise_and_reports_epsilon(flower_task, flower_message):
     inner, accountant = build_strategy(cfg, 2)
     layout = {k: (tuple(v.shape), "float32") for k, v in _adapter(0).items()}
     recorded = Recorded(inner, min_clients=2, offset=0, rounds=1, recipe="r", layout=layout, accountant=accountant)
-    messages = list(recorded.configure_train(1, to_record(_adapter(0)), ConfigRecord(), _Grid()))
+    messages = list(recorded.configure_train(1, to_record(_adapter(0)), ConfigRecord(), _Grid(flower_message)))
     assert [m.content["config"]["clipping_norm"] for m in messages] == [0.5, 0.5]  # what fixedclipping_mod reads
     arrays, _ = recorded.aggregate_train(
         1, [_reply(flower_message, 1, "a", _adapter(1), 10), _reply(flower_message, 2, "b", _adapter(2), 30)]
@@ -177,3 +192,24 @@ def test_fraction_zero_asks_min_clients_each_round(flower_task):
     strategy, _ = build_strategy(FederatedConfig(fraction=0.0, min_clients=2), 3)
     messages = list(strategy.configure_train(1, to_record(_adapter(0)), ConfigRecord(), _Three()))
     assert len(messages) == 2
+
+
+def test_a_client_that_fails_before_it_ever_replied_is_named_as_the_user_knows_it(flower_task, flower_message):
+    """A client that failed its first round (its data unreadable on its host, out of memory), or never replied, was
+    reported as node-4785329, Flower's node id, which no user knows: the server learnt names only from replies that
+    trained. It asks each node its name before the node first trains now, once."""
+    grid = _Grid(flower_message, {11: "north", 12: "south", 13: "east", 14: None})
+    layout = {k: (tuple(v.shape), "float32") for k, v in _adapter(0).items()}
+    inner = FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=4)
+    recorded = Recorded(inner, min_clients=1, offset=0, rounds=2, recipe="r", layout=layout, round_timeout=30.0)
+    for round_ in (1, 2):
+        messages = list(recorded.configure_train(round_, to_record(_adapter(0)), ConfigRecord(), grid))
+        assert len(messages) == 4
+        crashed = flower_message(Error(code=2, reason="DataError: south.jsonl: gone"), dst_node_id=0, src_node_id=12)
+        recorded.aggregate_train(round_, [_reply(flower_message, 11, "north", _adapter(1), 10), crashed])
+        status = {c.client: (c.status, c.reason) for c in recorded.reports[round_].clients}
+        assert status["south"] == ("failed", "DataError: south.jsonl: gone")
+        assert status["east"] == ("failed", "no reply before federated.round_timeout (30 s)")
+        assert status["node-14"][0] == "failed"  # it answered nothing, not even its name
+    asked = sorted(node for node, kind in grid.asked if kind == "query")
+    assert asked == [11, 12, 13, 14, 14]  # once each; a node that never answered is asked again next round

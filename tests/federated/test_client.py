@@ -172,3 +172,28 @@ def test_in_fp16_the_proximal_term_is_scaled_with_the_loss():
         (layer(torch.zeros(1, 3)).sum() * scale.scale).backward()  # as train_step scales the loss
     scale.unscale_(list(layer.parameters()))
     assert torch.allclose(layer.weight.grad, torch.full((2, 3), 0.5))  # mu * drift, as unscaled
+
+
+@pytest.mark.parametrize(
+    "clients, node_config, name",
+    [
+        ([ClientData("ward-7", ("/clinic/patients.jsonl",))], {"partition-id": 0}, "ward-7"),  # simulation
+        (None, {"data": "/srv/clinic/records.jsonl,/srv/more.csv"}, "records"),  # a SuperNode named by its data
+        (None, {"data": "/srv/clinic/records.jsonl", "name": "clinic-a"}, "clinic-a"),
+        (None, {"name": "clinic-b"}, "clinic-b"),  # no data: it fails its rounds, but under its name
+    ],
+)
+def test_a_client_answers_the_servers_question_of_its_name_and_nothing_else(clients, node_config, name, flower_message):
+    """The server asks every node its name before the node first trains (a client that fails its first round was
+    known only by Flower's node id); the answer holds the name alone, not the data's paths."""
+    from flwr.app import MessageType
+
+    from tunelab.federated.payload import ASK
+
+    msg = flower_message(RecordDict({"config": ConfigRecord({ASK: "name"})}), dst_node_id=5)
+    msg.metadata.__dict__["_message_type"] = MessageType.QUERY
+    context = Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config={})
+    reply = make_client_app(clients)(msg, context)
+    assert not reply.has_error(), reply.error
+    assert set(reply.content.config_records) == {"client"} and dict(reply.content["client"]) == {"name": name}
+    assert b"/srv" not in _wire(reply) and b"/clinic" not in _wire(reply)

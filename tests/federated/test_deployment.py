@@ -1,6 +1,6 @@
 """The same ServerApp and ClientApp on Flower's deployment engine: a SuperLink, three SuperNodes and `flwr run`,
 each a separate process talking HTTP over localhost as separate hosts would. One SuperNode's data file is missing:
-its ClientApp fails, the failure is reported with its reason, and the round goes on with the other two
+its ClientApp fails, the failure is reported under the node's name with its reason, and the round goes on with the other two
 (federated.min_clients = 2). One round: each ClientApp is a process of its own that loads torch and the model for
 the one message it answers, seconds each on two cores; rounds after the first are the simulation tests' subject."""
 
@@ -104,12 +104,12 @@ def test_deployment_engine_with_a_failing_supernode(tmp_path, tiny_model_dir, fe
     run_dir = tmp_path / "run"
     state = json.loads((run_dir / "federated.json").read_text())
     assert state["rounds_done"] == 1 and len(state["history"]) == 1
-    assert sorted(state["clients"]) == ["site0", "site1"]
+    assert sorted(state["clients"]) == ["site0", "site1", "site2"]
     for report in state["history"]:
         assert report["applied"]
         status = {c["client"]: (c["status"], c["reason"] or "") for c in report["clients"]}
         assert status.pop("site0")[0] == status.pop("site1")[0] == "ok"
-        ((name, (kind, reason)),) = status.items()  # the third node, known by its node id only
+        kind, reason = status.pop("site2")  # named as its SuperNode names itself, though it never trained
         assert kind == "failed" and "gone.jsonl" in reason, reason
     info = json.loads((run_dir / "run.json").read_text())
     assert info["finished"] and info["extra"]["federated"]["complete"]

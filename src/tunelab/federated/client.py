@@ -32,7 +32,7 @@ from tunelab.federated.payload import (
     recipe_config,
     to_record,
 )
-from tunelab.federated.shards import ClientData, from_node_config
+from tunelab.federated.shards import ClientData, from_node_config, node_name
 
 
 def clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -93,5 +93,14 @@ def make_client_app(clients: Sequence[ClientData] | None = None) -> ClientApp:
         else:
             client = from_node_config(dict(context.node_config))
         return train_reply(msg, client)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """The client's name, which the server asks before the node first trains (payload.py): nothing is loaded."""
+        if clients is not None:
+            name = clients[int(context.node_config["partition-id"])].name
+        else:
+            name = node_name(dict(context.node_config))
+        return Message(RecordDict({CLIENT: ConfigRecord({"name": name})}), reply_to=msg)
 
     return app

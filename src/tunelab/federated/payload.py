@@ -12,6 +12,11 @@
                              train-loss, local-steps, loss-tokens, train-seconds
       client   ConfigRecord  name
 
+    server -> client (a QUERY message, once per node before it first trains)
+      config   ConfigRecord  tunelab-ask: name
+    client -> server (the reply)
+      client   ConfigRecord  name (a client that then fails, or never replies, is reported by it, not by node id)
+
 No record holds text from a client's data: the only strings a client sends are its name and the error reason
 Flower attaches when a client fails. Sizes are Flower's own measure (`count_bytes`: tensor bytes plus key names),
 the one its message_size_mod logs.
@@ -34,6 +39,7 @@ from tunelab.peft.save import PREFIX, adapter_state_dict
 ARRAYS, CONFIG, METRICS, CLIENT = "arrays", "config", "metrics", "client"
 ROUND, ROUNDS, RECIPE, WARMUP = "tunelab-round", "tunelab-rounds", "tunelab-recipe", "tunelab-warmup"
 WEIGHT, UNIFORM_WEIGHT = "num-examples", "uniform-weight"
+ASK = "tunelab-ask"
 
 
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:

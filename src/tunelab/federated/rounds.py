@@ -6,7 +6,9 @@ adapter after a round is sum_k (n_k / sum_j n_j) * adapter_k over the clients k 
 examples (or 1 each with DP, whose accounting needs equal weights). `Recorded` adds what tunelab needs:
 - a reply whose adapter does not match the global one (keys, shapes, dtypes) is skipped and reported, before
   numpy could broadcast it into the mean;
-- failed clients (their reply is Flower's error message) are reported with Flower's reason;
+- each node is asked its client's name before it first trains (`ask_names`), so that a client that fails (its
+  reply is Flower's error message, reported with Flower's reason) or never replies is named as the user knows it,
+  not by Flower's node id;
 - with fewer than federated.min_clients usable updates the round's average is not applied (the global adapter
   stays as it was) and the report says why;
 - bytes sent and received per client, each client's train loss, and the epsilon spent so far.
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedProx, Strategy
 
@@ -27,7 +29,9 @@ from tunelab.config import FederatedConfig
 from tunelab.errors import ConfigError
 from tunelab.federated.payload import (
     ARRAYS,
+    ASK,
     CLIENT,
+    CONFIG,
     METRICS,
     RECIPE,
     ROUND,
@@ -125,6 +129,9 @@ def build_strategy(cfg: FederatedConfig, population: int) -> tuple[Strategy, Rdp
     return wrapped, accountant
 
 
+NAME_WAIT = 120.0  # seconds the server waits for the nodes' names (a deployment's ClientApp starts a process each)
+
+
 class Recorded(Strategy):
     """`inner` with replies checked and every round recorded in `reports` (see the module docstring)."""
 
@@ -156,6 +163,21 @@ class Recorded(Strategy):
             return f"{name} (node {node})"
         return name
 
+    def ask_names(self, grid: Grid, nodes: list[int]) -> None:
+        """Ask `nodes` their client's name (a QUERY message, which the ClientApp answers without loading anything):
+        a client that then fails its round, or never replies, is reported by its name, not as `node-ID`. A node that
+        does not answer within NAME_WAIT seconds (or federated.round_timeout, if shorter) keeps `node-ID` until a
+        reply of its own names it."""
+        asks = [
+            Message(RecordDict({CONFIG: ConfigRecord({ASK: "name"})}), dst_node_id=node, message_type=MessageType.QUERY)
+            for node in nodes
+        ]
+        wait = NAME_WAIT if self.round_timeout is None else min(NAME_WAIT, self.round_timeout)
+        for reply in grid.send_and_receive(asks, timeout=wait):
+            node = reply.metadata.src_node_id
+            if not reply.has_error() and CLIENT in reply.content.config_records and node not in self.names:
+                self.names[node] = self._unique(str(reply.content[CLIENT]["name"]), node)
+
     def summary(self) -> None:
         self.inner.summary()
 
@@ -171,6 +193,8 @@ class Recorded(Strategy):
         round_ = server_round + self.offset
         self.stamp(config, round_)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        if unnamed := [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in self.names]:
+            self.ask_names(grid, unnamed)
         self._sent[round_] = {m.metadata.dst_node_id: payload_bytes(m.content) for m in messages}
         return messages
 

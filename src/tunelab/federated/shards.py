@@ -137,14 +137,20 @@ def client_data(cfg: FederatedConfig, seed: int) -> list[ClientData]:
 
 def from_node_config(node_config: dict) -> ClientData:
     """A SuperNode's data in the deployment engine: `--node-config "data='a.jsonl,b.jsonl' name='clinic-a'"`."""
-    data = str(node_config.get("data", "")).strip()
-    if not data:
+    paths = tuple(p.strip() for p in str(node_config.get("data", "")).split(",") if p.strip())
+    if not paths:
         raise ConfigError(
             "this SuperNode has no data: start it with --node-config \"data='/path/to/file.jsonl'\" (comma-separated "
             "files or folders; optionally name='NAME')."
         )
-    paths = tuple(p.strip() for p in data.split(",") if p.strip())
-    return ClientData(str(node_config.get("name") or _name(paths[0])), paths)
+    return ClientData(node_name(node_config), paths)
+
+
+def node_name(node_config: dict) -> str:
+    """A SuperNode's name: its node config's `name`, else its first data file's (`_name`), else "client" (a node
+    without data, which fails its rounds saying so)."""
+    first = next((p.strip() for p in str(node_config.get("data", "")).split(",") if p.strip()), "")
+    return str(node_config.get("name") or _name(first))
 
 
 def federation_protected(cfg: RunConfig, config: Any = None) -> dict[str, list[str]]:
