@@ -197,3 +197,25 @@ def test_a_client_answers_the_servers_question_of_its_name_and_nothing_else(clie
     assert not reply.has_error(), reply.error
     assert set(reply.content.config_records) == {"client"} and dict(reply.content["client"]) == {"name": name}
     assert b"/srv" not in _wire(reply) and b"/clinic" not in _wire(reply)
+
+
+def test_a_failed_round_replies_with_the_errors_message_not_its_traceback(
+    tiny_model_dir, secret_client, flower_message, monkeypatch, capsys
+):
+    """A client whose round failed was reported with Flower's reason: the error's whole traceback (in the simulation
+    Ray's, with terminal colours: 3,000 characters inside the server's one line a round). The reply holds the error's
+    message now (a TunelabError's as it is, another's after its type); the traceback goes to the client's own log."""
+    import tunelab.federated.client as client_module
+
+    _, msg = _train_message(flower_message, _config(tiny_model_dir))
+    context = Context(run_id=1, node_id=5, node_config={"name": "clinic-a"}, state=RecordDict(), run_config={})
+    reply = make_client_app()(msg, context)  # a SuperNode started without data
+    assert reply.has_error() and reply.error.reason.startswith("this SuperNode has no data: start it with")
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(client_module, "local_train", out_of_memory)
+    reply = _call(make_client_app([secret_client]), msg)
+    assert reply.error.reason == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert "Traceback (most recent call last)" in capsys.readouterr().err and "\x1b[" not in reply.error.reason

@@ -565,3 +565,21 @@ def test_check_resume_of_a_federation_builds_the_clients_model_in_the_runs_dtype
     result = tunelab.check(config, {"federated.rounds": 3}, resume=True)
     items = {item.name.split(": ", 1)[-1]: item.summary for item in result.items}
     assert items["model dtype"].startswith("resume: model.dtype auto keeps fp16, the dtype the run trained in")
+
+
+def test_a_reason_flower_made_is_shown_by_its_last_line_without_colours():
+    """A client whose ClientApp raised was reported, inside the server's one line a round, with Flower's reason: Ray's
+    whole traceback with its terminal colours. The line shows the error's last line now; federated.json keeps it."""
+    from tunelab.federated.server import brief
+
+    ray = (
+        "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=1)\n"
+        '  File "flwr/simulation/ray_transport/ray_actor.py", line 65, in run\n'
+        "    raise ClientAppException(str(ex)) from ex\nflwr.clientapp.client_app.ClientAppException: \n"
+        "Exception ClientAppException occurred. Message: CUDA out of memory.'>"
+    )
+    assert brief(ray) == (
+        "Exception ClientAppException occurred. Message: CUDA out of memory. (the whole reason: federated.json)"
+    )
+    assert brief("site1.jsonl: file not found") == "site1.jsonl: file not found"
+    assert brief(None) == "no reason given"

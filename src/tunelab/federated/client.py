@@ -6,16 +6,19 @@ config's list) and on a real SuperNode (where `--node-config "data='...'"` names
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Sequence
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
 
 # The key Flower's DP strategy wrappers put in the train config; importing it keeps the two sides in step.
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from tunelab.errors import TunelabError
 from tunelab.federated.local import local_train
 from tunelab.federated.payload import (
     ARRAYS,
@@ -81,6 +84,17 @@ def train_reply(msg: Message, client: ClientData) -> Message:
     return Message(content, reply_to=msg)
 
 
+def failed_reply(msg: Message, error: Exception) -> Message:
+    """A failed round's reply: the error's own message (a TunelabError's says what and where; another's is named by
+    its type), which the server prints in its round line. Left to Flower, the reason was the error's whole traceback
+    (in the simulation Ray's, with its terminal colours: 3,000 characters inside one line); an unexpected error's
+    traceback goes to this client's own log instead. Replying also lets go of the round's model at once."""
+    if not isinstance(error, TunelabError):
+        traceback.print_exception(error)
+    reason = str(error) if isinstance(error, TunelabError) else f"{type(error).__name__}: {error}"
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
 def make_client_app(clients: Sequence[ClientData] | None = None) -> ClientApp:
     """`clients` for the simulation engine (SuperNode partition i is clients[i]); None on real SuperNodes, which
     name their data in their node config."""
@@ -88,11 +102,14 @@ def make_client_app(clients: Sequence[ClientData] | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        if clients is not None:
-            client = clients[int(context.node_config["partition-id"])]
-        else:
-            client = from_node_config(dict(context.node_config))
-        return train_reply(msg, client)
+        try:
+            if clients is not None:
+                client = clients[int(context.node_config["partition-id"])]
+            else:
+                client = from_node_config(dict(context.node_config))
+            return train_reply(msg, client)
+        except Exception as error:  # the round's failure, as the client's reply
+            return failed_reply(msg, error)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -17,8 +17,8 @@
     client -> server (the reply)
       client   ConfigRecord  name (a client that then fails, or never replies, is reported by it, not by node id)
 
-No record holds text from a client's data: the only strings a client sends are its name and the error reason
-Flower attaches when a client fails. Sizes are Flower's own measure (`count_bytes`: tensor bytes plus key names),
+No record holds text from a client's data: the only strings a client sends are its name and, when its round
+fails, the error's message (client.py). Sizes are Flower's own measure (`count_bytes`: tensor bytes plus key names),
 the one its message_size_mod logs.
 """
 

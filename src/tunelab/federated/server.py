@@ -13,6 +13,7 @@ payload.py lists.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -119,7 +120,7 @@ def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
                 f"{c.client}: train loss {c.train_loss:.4f} ({counted(c.examples, 'example')}, {c.seconds:.0f} s)"
             )
         else:
-            parts.append(f"{c.client}: {c.status.upper()} ({c.reason})")
+            parts.append(f"{c.client}: {c.status.upper()} ({brief(c.reason)})")
     sent = sum(c.bytes_sent for c in report.clients) / 1e6
     received = sum(c.bytes_received for c in report.clients) / 1e6
     parts.append(f"sent {sent:.1f} MB, received {received:.1f} MB")
@@ -128,6 +129,20 @@ def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
     if report.note:
         parts.append(report.note)
     return " | ".join(parts)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def brief(reason: str | None) -> str:
+    """A failed client's reason as its round line shows it: one line without terminal colours. Our ClientApp replies
+    with the error's message (client.py), but a reason Flower makes (a ClientApp that did not load, a Ray worker that
+    died) is a traceback: its last line, which names the error, stands for it; federated.json keeps it whole."""
+    lines = [line.strip() for line in ANSI.sub("", reason or "").splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else "no reason given"
+    last = lines[-1].removesuffix("'>")  # the end of Flower's <class 'X'>:<'MESSAGE'>
+    return f"{last} (the whole reason: federated.json)"
 
 
 def run_federation(
