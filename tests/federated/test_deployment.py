@@ -110,7 +110,7 @@ def test_deployment_engine_with_a_failing_supernode(tmp_path, tiny_model_dir, fe
         status = {c["client"]: (c["status"], c["reason"] or "") for c in report["clients"]}
         assert status.pop("site0")[0] == status.pop("site1")[0] == "ok"
         kind, reason = status.pop("site2")  # named as its SuperNode names itself, though it never trained
-        assert kind == "failed" and "gone.jsonl" in reason, reason
+        assert kind == "failed" and "gone.jsonl: no such file or folder on this host" in reason, reason
     info = json.loads((run_dir / "run.json").read_text())
     assert info["finished"] and info["extra"]["federated"]["complete"]
     assert (run_dir / "adapter_model.safetensors").is_file()

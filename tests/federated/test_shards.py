@@ -67,9 +67,25 @@ def test_client_data_from_config(tmp_path):
         client_data(FederatedConfig(clients=["x/a.jsonl", "b.jsonl", "x/./a.jsonl"]), 0)
 
 
-def test_node_config_names_a_supernodes_data():
-    client = from_node_config({"data": "/d/a.jsonl, /d/b.jsonl", "name": "clinic-a"})
-    assert client.name == "clinic-a" and client.paths == ("/d/a.jsonl", "/d/b.jsonl")
-    assert from_node_config({"data": "/d/site.jsonl"}).name == "site"
+def test_node_config_names_a_supernodes_data(tmp_path):
+    a, b, site = (tmp_path / name for name in ("a.jsonl", "b.jsonl", "site.jsonl"))
+    for path in (a, b, site):
+        path.write_text("")
+    client = from_node_config({"data": f"{a}, {b}", "name": "clinic-a"})
+    assert client.name == "clinic-a" and client.paths == (str(a), str(b))
+    assert from_node_config({"data": str(site)}).name == "site"
     with pytest.raises(ConfigError, match="no data"):
         from_node_config({"partition-id": 0})
+
+
+def test_a_supernodes_missing_data_is_said_of_its_node_config(tmp_path):
+    """A SuperNode started with a wrong data path failed every round with the data reader's message, which told the
+    user to check data.train / data.eval in a YAML config: options a SuperNode does not have."""
+    (tmp_path / "a.jsonl").write_text("")
+    data = f"{tmp_path / 'a.jsonl'},{tmp_path / 'gone.jsonl'}"
+    with pytest.raises(ConfigError) as error:
+        from_node_config({"data": data})
+    assert str(error.value).startswith(
+        f"this SuperNode's data (--node-config \"data='{data}'\"): {tmp_path / 'gone.jsonl'}: no such file or folder "
+        "on this host."
+    )

@@ -143,6 +143,13 @@ def from_node_config(node_config: dict) -> ClientData:
             "this SuperNode has no data: start it with --node-config \"data='/path/to/file.jsonl'\" (comma-separated "
             "files or folders; optionally name='NAME')."
         )
+    for path in paths:  # said of the node config, not of data.train, which the data reader's message names
+        if not Path(path).expanduser().exists():
+            raise ConfigError(
+                f"this SuperNode's data (--node-config \"data='{','.join(paths)}'\"): {path}: no such file or folder on "
+                "this host. Restart the SuperNode with the path of its data here (an absolute path: its ClientApp "
+                "need not run in the folder the SuperNode started in)."
+            )
     return ClientData(node_name(node_config), paths)
 
 
