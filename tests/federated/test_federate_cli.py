@@ -388,3 +388,17 @@ def test_the_flower_app_is_never_written_into_a_run_directory(tmp_path, tiny_mod
         assert main(["federate", str(config), "--app-dir", str(app)]) == 2
         assert says in capsys.readouterr().err and not (app / "pyproject.toml").exists()
     assert main(["federate", str(config), "--app-dir", str(tmp_path / "app")]) == 0
+
+
+def test_a_client_folder_without_data_files_is_not_said_of_data_train(tmp_path, tiny_model_dir, federate_config):
+    """A client whose folder held no data files was told to check data.train, an option a federation refuses."""
+    import tunelab
+    from tunelab.errors import DataError
+
+    (tmp_path / "north").mkdir()
+    (tmp_path / "north" / "notes.md").write_text("not data")
+    config = federate_config(tmp_path, tiny_model_dir)
+    with pytest.raises(DataError) as error:
+        tunelab.federate(config, {"federated.clients": [str(tmp_path / "site0.jsonl"), str(tmp_path / "north")]})
+    assert str(error.value).startswith(f"client north: {tmp_path / 'north'}: the folder holds no data files")
+    assert "data.train" not in str(error.value)

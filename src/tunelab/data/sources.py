@@ -109,7 +109,7 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
             if not found:
                 raise DataError(
                     f"{p}: the folder holds no data files; tunelab reads {', '.join(EXTENSIONS)} files (optionally gzipped). "
-                    "Check data.train."
+                    "Check the folder's path, or put the data files in it."
                 )
             if (other := [str(f.relative_to(path)) for f in inside if not _kind(f)]) and report is not None:
                 more = ", ..." if len(other) > 5 else ""
