@@ -277,7 +277,11 @@ def test_a_missing_server_eval_set_exits_2_before_anything_starts(
             "'federated.num_clients' is 2 but option 'federated.clients' names 3",
         ),
         # a missing client file was said to be 'in data.train / data.eval', options a federation leaves unset
-        ({"federated.clients": ["gone.jsonl"]}, r"^option 'federated.clients': \S*gone.jsonl: no such file or folder"),
+        # given as a flag, the path was said to be relative to the config's folder: it is the working directory's
+        (
+            {"federated.clients": ["gone.jsonl"]},
+            r"^option 'federated.clients': \S*gone.jsonl: no such file or folder .*--flag, from the working directory",
+        ),
         (
             {"federated.clients": [], "federated.split_file": "gone.jsonl"},
             r"^option 'federated.split_file': \S*gone.jsonl: no such file or folder",

@@ -162,8 +162,8 @@ def federation_clients(cfg: RunConfig, num_clients_set: bool = False) -> list[Cl
     for option, entry in named:  # said of the option that names it, not of data.train, which a federation leaves unset
         if not Path(entry).exists():
             raise ConfigError(
-                f"option '{option}': {entry}: no such file or folder (a relative path in a YAML config is relative to "
-                "the config's folder)."
+                f"option '{option}': {entry}: no such file or folder (a relative path is read from the folder of "
+                "the YAML config that sets it; given as a --flag, from the working directory)."
             )
     if cfg.federated.min_clients > len(clients):
         raise ConfigError(
