@@ -583,3 +583,15 @@ def test_a_reason_flower_made_is_shown_by_its_last_line_without_colours():
     )
     assert brief("site1.jsonl: file not found") == "site1.jsonl: file not found"
     assert brief(None) == "no reason given"
+
+
+def test_the_report_counts_a_federation_of_one_client_as_one(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+):
+    """A federation of one client was 'fedavg over 1 clients' in `tunelab report`."""
+    from tunelab.federated.history import federated_section
+
+    config = federate_config(tmp_path, tiny_model_dir)
+    one = {"federated.min_clients": 1, "federated.clients": [str(tmp_path / "site0.jsonl")]}
+    run = run_federation(None, load_config(config, one), 1, ["site0"], resume=False)
+    assert "fedavg over 1 client (site0)" in federated_section(run)

@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 from tunelab.atomic import write_json
+from tunelab.errors import counted
 from tunelab.training.metrics import plot_text, read_metrics
 
 STATE_FILE = "federated.json"
@@ -199,7 +200,7 @@ def federated_section(run_dir: str | Path) -> str | None:
         return None
     records = read_metrics(Path(run_dir))
     parts = [
-        f"<p>{_esc(state['strategy'])} over {len(state['clients'])} clients "
+        f"<p>{_esc(state['strategy'])} over {counted(len(state['clients']), 'client')} "
         f"({_esc(', '.join(state['clients']))}): {state['rounds_done']} of {state['rounds']} rounds done, "
         f"{state['local_steps']} local steps per round.</p>"
     ]
