@@ -585,6 +585,16 @@ def test_a_reason_flower_made_is_shown_by_its_last_line_without_colours():
     assert brief(None) == "no reason given"
 
 
+def test_the_report_shows_the_servers_eval_set_as_eval_data(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+):
+    """The server's data_report.json held its eval set read as training rows, so `tunelab report` showed 6 train
+    examples and no eval split for a run that trained on none of them."""
+    run = run_federation(None, load_config(federate_config(tmp_path, tiny_model_dir)), 2, ["site0", "site1"], False)
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["train"]["examples"] == 0 and report["eval"]["examples"] == 6 and report["eval_source"] == "file"
+
+
 def test_the_report_counts_a_federation_of_one_client_as_one(
     tmp_path, tiny_model_dir, federate_config, rounds_without_clients
 ):

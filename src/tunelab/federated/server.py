@@ -100,7 +100,15 @@ def _eval_batches(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict | None, l
     data = server_eval_datasets(cfg, tokenizer)
     micro_batch = MICRO_BATCH if cfg.train.micro_batch == AUTO else cfg.train.micro_batch  # sizes eval batches only
     batches = make_batches(data.train, micro_batch, tokenizer.pad_token_id, shuffle=False, seed=0, epoch=0)
-    return batches, data.report.to_dict(), data.train
+    return batches, eval_only(data.report.to_dict()), data.train
+
+
+def eval_only(report: dict) -> dict:
+    """The server's data report (data_report.json) as what it is: an eval set, read through the pipeline as training
+    rows (`server_eval_datasets`). Written as read, the run's report showed it as the run's training split (6 train
+    examples, eval: none) though nothing trained on it; the clients' data, which the server never sees, is in none."""
+    empty = dict.fromkeys(report["train"], 0)
+    return report | {"train": empty, "eval": report["train"], "eval_source": "file"}
 
 
 def _recorded_info(run_dir: Path) -> RunInfo | None:
