@@ -605,3 +605,20 @@ def test_the_report_counts_a_federation_of_one_client_as_one(
     one = {"federated.min_clients": 1, "federated.clients": [str(tmp_path / "site0.jsonl")]}
     run = run_federation(None, load_config(config, one), 1, ["site0"], resume=False)
     assert "fedavg over 1 client (site0)" in federated_section(run)
+
+
+@pytest.mark.parametrize("losses, said", [((1.0, 1.2, 1.1), True), ((1.3, 1.2, 1.1), False)])
+def test_keep_best_says_when_no_round_beat_the_base_model(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, monkeypatch, capsys, losses, said
+):
+    """A federation whose every round evaluated worse than the base model (round 0) ended 'keep_best: the last round
+    (2) had the lowest eval loss (1.1000); it is the result.', read as an improvement beside round 0's 1.0000."""
+    from tunelab.federated import server
+
+    scripted = iter(losses)
+    monkeypatch.setattr(server, "evaluate", lambda model, batches: next(scripted))
+    run_federation(None, load_config(federate_config(tmp_path, tiny_model_dir)), 2, ["site0", "site1"], False)
+    out = capsys.readouterr().out
+    assert "keep_best: the last round (2) had the lowest eval loss (1.1000); it is the result." in out
+    note = "But the base model's, before round 1, was no higher (1.0000): no round improved on it."
+    assert (note in out) == said

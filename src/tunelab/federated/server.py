@@ -298,6 +298,7 @@ def _run_rounds(
                 return None
             loss = evaluate(model, [_on(b, built.device) for b in eval_batches])
             log.write({"step": 0, "round": 0, "eval_loss": loss})
+            state["base_eval_loss"] = loss  # what keep_best's choice among the rounds is told against at the end
             print(f"round 0 (the base model, adapter untrained): eval loss {loss:.4f}", flush=True)
             return MetricRecord({"eval-loss": loss})
         r = server_round + done
@@ -355,7 +356,7 @@ def _run_rounds(
         grid=grid, initial_arrays=initial, num_rounds=f.rounds - done, timeout=f.round_timeout, evaluate_fn=on_round
     )
     if keep_best and state.get("best"):
-        print(_kept(state["best"], int(state["rounds_done"]), last_loss[0]), flush=True)
+        print(_kept(state["best"], int(state["rounds_done"]), last_loss[0], state.get("base_eval_loss")), flush=True)
     done = int(state["rounds_done"])
     whole = f"{f.rounds} round{'' if f.rounds == 1 else 's'}"
     rounds = whole if done >= f.rounds else f"stopped after round {done} of {f.rounds}; --resume goes on"
@@ -407,16 +408,22 @@ def same_for_every_client(auto) -> str:
     return "\n".join(lines)
 
 
-def _kept(best: dict, last_round: int, last_loss: float | None) -> str:
-    """What train.keep_best kept as the result, said as tunelab train says it."""
+def _kept(best: dict, last_round: int, last_loss: float | None, base_loss: float | None = None) -> str:
+    """What train.keep_best kept as the result, said as tunelab train says it; and when the base model (round 0)
+    evaluated lower than every round, that too: keep_best chooses among the rounds (as train among its steps), and
+    'the lowest eval loss' alone, beside a lower round 0, read as if the federation had improved the model."""
+    loss = best["eval_loss"]
     if best["round"] == last_round:
-        loss = best["eval_loss"]
-        return f"keep_best: the last round ({last_round}) had the lowest eval loss ({loss:.4f}); it is the result."
-    last = f"{last_loss:.4f}" if last_loss is not None else "?"
-    return (
-        f"keep_best: round {best['round']} had the lowest eval loss ({best['eval_loss']:.4f}); its global adapter is "
-        f"the result (the last round, {last_round}, had {last})."
-    )
+        message = f"keep_best: the last round ({last_round}) had the lowest eval loss ({loss:.4f}); it is the result."
+    else:
+        last = f"{last_loss:.4f}" if last_loss is not None else "?"
+        message = (
+            f"keep_best: round {best['round']} had the lowest eval loss ({loss:.4f}); its global "
+            f"adapter is the result (the last round, {last_round}, had {last})."
+        )
+    if base_loss is not None and base_loss <= loss:
+        message += f" But the base model's, before round 1, was no higher ({base_loss:.4f}): no round improved on it."
+    return message
 
 
 def _on(batch: dict, device: torch.device) -> dict:
