@@ -622,3 +622,20 @@ def test_keep_best_says_when_no_round_beat_the_base_model(
     assert "keep_best: the last round (2) had the lowest eval loss (1.1000); it is the result." in out
     note = "But the base model's, before round 1, was no higher (1.0000): no round improved on it."
     assert (note in out) == said
+
+
+def test_an_app_says_its_supernodes_read_their_own_data_not_the_clients_listed(
+    tmp_path, tiny_model_dir, federate_config, capsys
+):
+    """--app-dir wrote an app from a config listing the clients' files on the server's host, and said nothing of
+    them: a user expected the server to hand them out, but each SuperNode trains on what its --node-config names."""
+    config = federate_config(tmp_path, tiny_model_dir, clients=3)
+    tunelab.federate(config, app_dir=tmp_path / "app")
+    out = capsys.readouterr().out
+    assert "federated.clients: the deployment reads none of its 3 entries (it counts the SuperNodes" in out
+    (tmp_path / "all.jsonl").write_text((tmp_path / "site0.jsonl").read_text())
+    shards = {"federated.clients": [], "federated.split_file": str(tmp_path / "all.jsonl"), "overwrite": True}
+    tunelab.federate(config, shards, app_dir=tmp_path / "app")
+    assert (
+        f"federated.split_file: the deployment does not split {tmp_path / 'all.jsonl'} among" in capsys.readouterr().out
+    )

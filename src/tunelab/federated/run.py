@@ -343,6 +343,23 @@ def _refuse_app_in_a_run(app_dir: Path, output_dir: Path) -> None:
         )
 
 
+def data_note(f: FederatedConfig) -> str:
+    """What a deployment does with the config's client data: nothing. Each SuperNode trains on the files its own
+    --node-config names; the server never sends data, so federated.clients only counts the SuperNodes, and
+    federated.split_file is not dealt out among them (a SuperNode given that file trains on all of it)."""
+    if f.clients:
+        return (
+            f"federated.clients: the deployment reads none of its {counted(len(f.clients), 'entry', 'entries')} (it counts the "
+            "SuperNodes the server waits for): each SuperNode trains on the files its --node-config data names"
+        )
+    if f.split_file:
+        return (
+            f"federated.split_file: the deployment does not split {f.split_file} among the SuperNodes (a SuperNode "
+            "given it trains on all of it): each trains on the files its --node-config data names, its own share"
+        )
+    return ""
+
+
 def write_flower_app(app_dir: str | Path, resolved: ResolvedConfig, resume: bool, overwrite: bool = False) -> Path:
     """A Flower App folder whose run config holds the resolved config (absolute paths, read on the server host)."""
     import tomli_w
@@ -409,8 +426,9 @@ def federate(
             f.num_clients = len(f.clients)
         if cfg.data.eval:
             cfg.data.eval = str(Path(cfg.data.eval).resolve())
-        if note := app_note(cfg):
-            print(note, flush=True)
+        for note in (app_note(cfg), data_note(f)):
+            if note:
+                print(note, flush=True)
         return write_flower_app(app_dir, resolved, resume, overwrite=cfg.overwrite)
     try:
         clients = federation_clients(cfg, num_clients_set)
