@@ -213,3 +213,20 @@ def test_a_client_that_fails_before_it_ever_replied_is_named_as_the_user_knows_i
         assert status["node-14"][0] == "failed"  # it answered nothing, not even its name
     asked = sorted(node for node, kind in grid.asked if kind == "query")
     assert asked == [11, 12, 13, 14, 14]  # once each; a node that never answered is asked again next round
+
+
+def test_more_supernodes_than_the_app_was_written_for_are_refused_before_anything_trains(flower_task, flower_message):
+    """An app written for federated.num_clients 2 ran with a third SuperNode connected: Flower asked it too, and its
+    update was averaged in (with federated.dp the round failed inside Flower: 'sample size does not match'). The
+    federation is refused before round 1 now, with both numbers and the option; a count that fits starts."""
+    layout = {k: (tuple(v.shape), "float32") for k, v in _adapter(0).items()}
+    grid = _Grid(flower_message, {1: "a", 2: "b", 3: "stranger"})
+    inner = FedAvg(fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
+    recorded = Recorded(inner, min_clients=2, offset=0, rounds=1, recipe="r", layout=layout, supernodes=2)
+    with pytest.raises(
+        ConfigError, match=r"^3 SuperNodes are connected .* written for 2 \(option 'federated.num_clients'"
+    ):
+        recorded.configure_train(1, to_record(_adapter(0)), ConfigRecord(), grid)
+    assert grid.asked == []  # nothing was sent
+    recorded = Recorded(inner, min_clients=2, offset=0, rounds=1, recipe="r", layout=layout, supernodes=3)
+    assert len(list(recorded.configure_train(1, to_record(_adapter(0)), ConfigRecord(), grid))) == 3

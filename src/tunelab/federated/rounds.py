@@ -147,8 +147,10 @@ class Recorded(Strategy):
         accountant: RdpAccountant | None = None,
         warmup: int | None = None,
         round_timeout: float | None = None,
+        supernodes: int | None = None,
     ):
         self.inner, self.min_clients, self.offset, self.rounds = inner, min_clients, offset, rounds
+        self.supernodes = supernodes  # a deployment's federated.num_clients: the SuperNodes its app was written for
         self.round_timeout = round_timeout  # federated.round_timeout, named in a silent client's reason
         self.warmup = warmup  # the federation's warmup steps, as it started: clients follow it, not rounds x ratio
         self.recipe, self.layout, self.accountant = recipe, layout, accountant
@@ -162,6 +164,21 @@ class Recorded(Strategy):
         if any(other == name for n, other in self.names.items() if n != node):
             return f"{name} (node {node})"
         return name
+
+    def refuse_extra_supernodes(self, grid: Grid) -> None:
+        """ConfigError, before anything trains, when more SuperNodes are connected than the app was written for:
+        Flower asks a fraction of all connected nodes, so a SuperNode the federation does not count would train and
+        be averaged in (and with federated.dp, Flower's accounting for num_clients refuses the round). Checked as
+        the federation (or its resume) starts only: later, a SuperNode that reconnects may briefly count twice."""
+        connected = len(list(grid.get_node_ids()))
+        if connected > self.supernodes:
+            raise ConfigError(
+                f"{connected} SuperNodes are connected to the SuperLink, but this federation's app was written for "
+                f"{self.supernodes} (option 'federated.num_clients' in its pyproject.toml's run config): each "
+                "connected SuperNode would train and be averaged in. Stop the SuperNodes that do not belong to it, "
+                f"or write the app again with federated.num_clients {connected} (tunelab federate CONFIG --app-dir "
+                "DIR --overwrite)."
+            )
 
     def ask_names(self, grid: Grid, nodes: list[int]) -> None:
         """Ask `nodes` their client's name (a QUERY message, which the ClientApp answers without loading anything):
@@ -191,6 +208,8 @@ class Recorded(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         round_ = server_round + self.offset
+        if server_round == 1 and self.supernodes is not None:
+            self.refuse_extra_supernodes(grid)
         self.stamp(config, round_)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         if unnamed := [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in self.names]:

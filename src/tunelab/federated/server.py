@@ -266,6 +266,7 @@ def _run_rounds(
         accountant=accountant,
         warmup=warmup,
         round_timeout=f.round_timeout,
+        supernodes=population if clients is None else None,  # a deployment: no more SuperNodes than it counts
     )
     log = MetricsLog(run_dir, resume_step=done if resume else None)
     info = RunInfo(
