@@ -2,7 +2,8 @@
 
     federated.json   the federation's state after each round: rounds done, the clients, each round's report
                      (every client's status, loss, examples, bytes), the DP accountant's state and, with
-                     train.keep_best, `best` ({"round", "eval_loss"} of the result kept); --resume reads it
+                     train.keep_best, `best` ({"round", "eval_loss"} of the result kept) and `base_eval_loss` (the
+                     base model's, before round 1, which keep_best's last word is told against); --resume reads it
     metrics.jsonl    one record per round: {"step": round, "round", "loss" (the clients' example-weighted train
                      loss), "eval_loss" (the global adapter on the server's eval set), "clients_used",
                      "clients_failed" (an error, or no reply in time), "clients_skipped" (a reply whose adapter
