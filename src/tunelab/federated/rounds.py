@@ -157,6 +157,7 @@ class Recorded(Strategy):
         self.reports: dict[int, RoundReport] = {}
         self.names: dict[int, str] = {}  # node id -> client name, learnt from replies
         self._sent: dict[int, dict[int, int]] = {}
+        self._asked: set[int] = set()  # the nodes asked their name (`ask_names`)
 
     def _unique(self, name: str, node: int) -> str:
         """The name a SuperNode gave itself, unless another node took it first (two hosts' data files of one name, the
@@ -182,9 +183,10 @@ class Recorded(Strategy):
 
     def ask_names(self, grid: Grid, nodes: list[int]) -> None:
         """Ask `nodes` their client's name (a QUERY message, which the ClientApp answers without loading anything):
-        a client that then fails its round, or never replies, is reported by its name, not as `node-ID`. A node that
-        does not answer within NAME_WAIT seconds (or federated.round_timeout, if shorter) keeps `node-ID` until a
-        reply of its own names it."""
+        a client that then fails its round, or never replies, is reported by its name, not as `node-ID`. Each node is
+        asked once: one that does not answer within NAME_WAIT seconds (or federated.round_timeout, if shorter) keeps
+        `node-ID` until a reply of its own names it, and delays no later round."""
+        self._asked.update(nodes)
         asks = [
             Message(RecordDict({CONFIG: ConfigRecord({ASK: "name"})}), dst_node_id=node, message_type=MessageType.QUERY)
             for node in nodes
@@ -212,8 +214,8 @@ class Recorded(Strategy):
             self.refuse_extra_supernodes(grid)
         self.stamp(config, round_)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
-        if unnamed := [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in self.names]:
-            self.ask_names(grid, unnamed)
+        if unasked := [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in self._asked]:
+            self.ask_names(grid, unasked)
         self._sent[round_] = {m.metadata.dst_node_id: payload_bytes(m.content) for m in messages}
         return messages
 
