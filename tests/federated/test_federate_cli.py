@@ -406,3 +406,30 @@ def test_a_client_folder_without_data_files_is_not_said_of_data_train(tmp_path, 
         tunelab.federate(config, {"federated.clients": [str(tmp_path / "site0.jsonl"), str(tmp_path / "north")]})
     assert str(error.value).startswith(f"client north: {tmp_path / 'north'}: the folder holds no data files")
     assert "data.train" not in str(error.value)
+
+
+def test_the_simulation_does_not_pass_on_rays_tip_about_its_future_defaults(
+    tmp_path, tiny_model_dir, federate_config, monkeypatch
+):
+    """Every tunelab federate printed Ray's FutureWarning 'Tip: In future versions of Ray, Ray will no longer override
+    accelerator visible devices env var if num_gpus=0 ...', naming an environment variable tunelab's users have no
+    reason to set."""
+    import warnings
+
+    import flwr.simulation
+
+    from tunelab.config import load_config
+    from tunelab.federated.run import federation_clients, simulate
+
+    def run_simulation(**kwargs):
+        warnings.warn(
+            "Tip: In future versions of Ray, Ray will no longer override accelerator ...", FutureWarning, stacklevel=2
+        )
+        warnings.warn("a warning of its own", UserWarning, stacklevel=2)
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
+    resolved = load_config(federate_config(tmp_path, tiny_model_dir))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        simulate(resolved, federation_clients(resolved.config), resume=False)
+    assert [str(w.message) for w in seen] == ["a warning of its own"]

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -256,7 +257,10 @@ def simulate(resolved: ResolvedConfig, clients: list[ClientData], resume: bool) 
     if f.client_cpus > cores:
         raise ConfigError(f"option 'federated.client_cpus' is {f.client_cpus}, but this machine has {cores} cores.")
     gpu = resolved.config.model.device != "cpu" and torch.cuda.is_available()
-    with _short_ray_temp():
+    with _short_ray_temp(), warnings.catch_warnings():
+        # Ray's tip, at every start, about a default it will change for workers given no GPU (they see none now, as
+        # a client on model.device cpu should): nothing for a user of tunelab federate to act on
+        warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
         run_simulation(
             server_app=make_server_app(resolved, clients=[c.name for c in clients], resume=resume),
             client_app=make_client_app(clients),
