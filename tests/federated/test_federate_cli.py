@@ -433,3 +433,25 @@ def test_the_simulation_does_not_pass_on_rays_tip_about_its_future_defaults(
         warnings.simplefilter("always")
         simulate(resolved, federation_clients(resolved.config), resume=False)
     assert [str(w.message) for w in seen] == ["a warning of its own"]
+
+
+def test_a_shard_client_is_named_client_2_not_client_client_2(tmp_path, tiny_model_dir, federate_config, capsys):
+    """A split_file shard without usable rows stopped federate with 'client client-2: ...', and the start lines
+    named every shard so ('client client-1: 6 examples ...')."""
+    import json
+
+    import tunelab
+    from tunelab.errors import DataError
+    from tunelab.federated.run import check_clients, federation_clients
+
+    rows = [{"question": f"Box {i}?", "answer": f"Code {i}.", "t": "a"} for i in range(6)]
+    rows += [{"question": "word " * 200, "answer": "x", "t": "b"} for _ in range(3)]  # over max_length 64
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    split = {"federated.clients": [], "federated.split_file": str(tmp_path / "all.jsonl"), "federated.split": "column"}
+    config = federate_config(tmp_path, tiny_model_dir)
+    with pytest.raises(DataError, match=r"^client-2: \S*all.jsonl: no usable training examples"):
+        tunelab.federate(config, split | {"federated.split_column": "t"})
+    resolved = tunelab.config.load_config(config, split | {"federated.split": "iid"})
+    check_clients(resolved.config, federation_clients(resolved.config))
+    out = "\n" + capsys.readouterr().out
+    assert "\nclient-1: " in out and "\nclient-2: " in out and "client client-" not in out

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 def label(client: ClientData) -> str:
     """How items name a client: "client-2" (a shard of split_file) or "client clinic-a" (a file's name)."""
-    return client.name if client.name.startswith("client") else f"client {client.name}"
+    return client.label
 
 
 def clients_of(resolved: ResolvedConfig) -> list[ClientData]:

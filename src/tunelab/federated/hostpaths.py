@@ -58,14 +58,15 @@ def app_note(config: RunConfig) -> str:
 
 def check_on_this_host(config: RunConfig, client: str) -> None:
     """ConfigError, before a client loads anything, when this host lacks a path of `server_paths`, or a data.transform
-    the server names by an installed module's name (that module must be installed on every client host)."""
+    the server names by an installed module's name (that module must be installed on every client host). `client`:
+    how messages name it (`ClientData.label`)."""
     for option, path in server_paths(config):
         if not Path(path).expanduser().exists():
             raise ConfigError(
-                f"client {client}: {option} is {path} on the server, which this host does not have. Every client "
+                f"{client}: {option} is {path} on the server, which this host does not have. Every client "
                 "reads it at the server's path (every client trains over the same base): copy it to that path on "
                 "this host."
             )
     transform = config.data.transform
     if transform and not transform.rpartition(":")[0].endswith(".py"):
-        load_transform(transform, f"client {client}: option 'data.transform' (the server's, {transform})")
+        load_transform(transform, f"{client}: option 'data.transform' (the server's, {transform})")

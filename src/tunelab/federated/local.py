@@ -224,7 +224,7 @@ def local_train(
     the federation's warmup steps as the server sent them (kept as the federation started when a resume adds
     rounds); None: train.warmup_ratio of rounds x local_steps."""
     tic = time.perf_counter()
-    check_on_this_host(config, client.name)  # a SuperNode host without the server's model path says so
+    check_on_this_host(config, client.label)  # a SuperNode host without the server's model path says so
     steps = config.federated.local_steps
     torch.manual_seed(client_seed(config.train.seed, client.name, round_))
     source = resolve_source(config.model.name, config.model.revision)

@@ -193,7 +193,7 @@ def read_clients(cfg: RunConfig, clients: list[ClientData]) -> tuple[Any, list[D
         try:
             sets.append(client_datasets(cfg.data, tokenizer, cfg.train.seed, client))
         except TunelabError as exc:
-            raise type(exc)(f"client {client.name}: {exc}") from None
+            raise type(exc)(f"{client.label}: {exc}") from None
     return tokenizer, sets
 
 
@@ -229,7 +229,7 @@ def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = Fals
             check_same_eval(cfg.output_dir, rows)
     for client, data, weight in zip(clients, sets, average_weights(cfg.federated, sets)):
         print(
-            f"client {client.name}: {counted(data.report.train.used, 'example')}, {counted(len(data.train), 'row')} "
+            f"{client.label}: {counted(data.report.train.used, 'example')}, {counted(len(data.train), 'row')} "
             f"({', '.join(client.paths)}{f', shard {client.shard.index + 1} of {client.shard.count}' if client.shard else ''}); "
             f"{weight}",
             flush=True,

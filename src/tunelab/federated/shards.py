@@ -13,6 +13,7 @@ hands out rows:
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,11 @@ class ClientData:
     name: str
     paths: tuple[str, ...]
     shard: Shard | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages name the client: "client-2" (a shard of split_file, named so already) or "client north"."""
+        return self.name if re.fullmatch(r"client(-\d+)?", self.name) else f"client {self.name}"
 
 
 def _value(record: Record, column: str) -> str:
