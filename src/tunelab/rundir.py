@@ -93,6 +93,10 @@ class RunInfo:
     eval_loss: float | None = None
     tokens: int = 0
     elapsed_s: float = 0.0
+    end: dict[str, Any] = field(default_factory=dict)
+    """Why training stopped, and after which step: {"reason": "finished" | "interrupted" | "non_finite" | "error",
+    "step": N}, with the signal of an interruption and the message of an error (training/progress.py `end_record`).
+    Empty while the run trains, after a process killed outright, and in runs written before 2026-12-05."""
     tunelab_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
     """Facts particular to a task or feature, saved and read back as they are (keys unknown to this version too)."""

@@ -67,6 +67,7 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             ("system prompt", d.get("system_prompt")),
             ("refusal sentence", d.get("refusal")),
             ("finished", _finished(d, stopped)),
+            ("how training ended", None if federated else _end(d)),
             ("rounds" if federated else "optimizer steps", _steps(d)),
             (
                 "final train loss" if d.get("finished") and not stopped else "last logged train loss",
@@ -94,6 +95,30 @@ def _finished(d: dict, stopped: tuple[int, int] | None) -> str:
             return f"no: stopped after stage {k} of {count}{name}, which was saved; --resume starts the next"
         return f"no: stopped in stage {k} of {count}{name}; --resume continues it"
     return "yes" if d.get("finished") else "no (the run stopped early or is still training)"
+
+
+def _end(d: dict) -> str | None:
+    """Why training stopped, as run.json's `end` records it (training/progress.py end_record)."""
+    end = d.get("end")
+    if not isinstance(end, dict) or not isinstance(end.get("reason"), str):
+        if d.get("finished"):
+            return None  # a run written before 2026-12-05
+        return "not recorded: still training, or killed outright (SIGKILL, out of memory) after its last checkpoint"
+    step = end.get("step", "?")
+    reason = end["reason"]
+    if reason == "finished":
+        return f"finished: every step trained ({step})"
+    if reason == "interrupted":
+        by = "SIGTERM (kill, a job scheduler)" if end.get("signal") == "SIGTERM" else "Ctrl-C (SIGINT)"
+        return f"interrupted by {by} after step {step}; --resume continues it from its last checkpoint"
+    if reason == "non_finite":
+        return (
+            f"stopped by the non-finite guard at step {step}: train.max_bad_steps steps in a row had a NaN or inf loss "
+            "or gradient norm (exit code 3)"
+        )
+    if reason == "error":
+        return f"stopped by an error after step {step}: {end.get('error') or 'not recorded'}"
+    return f"{reason} (step {step})"  # a reason written by a later version
 
 
 def _steps(d: dict) -> str:

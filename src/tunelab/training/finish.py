@@ -22,7 +22,7 @@ from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.loop import Run, evaluate_at
 from tunelab.training.metrics import logged_at, plot_losses, read_metrics
 from tunelab.training.outdir import OutputPlan
-from tunelab.training.progress import note_overflows
+from tunelab.training.progress import end_record, note_overflows
 from tunelab.training.result import save_final, tidy_up
 from tunelab.training.sharded_checkpoint import full_weights
 from tunelab.training.verdict import Verdict, judge_metrics
@@ -121,7 +121,7 @@ def finish(
         info.extra["verdict"] = verdict.to_dict()
         info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
         info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
-        info.skipped_steps = position["skipped_steps"]
+        info.skipped_steps, info.end = position["skipped_steps"], end_record(position["step"])
         note_overflows(info, position)
         losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
         if any(name != "eval_loss" for name in losses):  # a mixture's sources, a staged run's earlier stages

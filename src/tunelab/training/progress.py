@@ -10,9 +10,10 @@ stopped stage's agree with each other and with what --resume restarts from.
 from __future__ import annotations
 
 import contextlib
+import signal
 from pathlib import Path
 
-from tunelab.errors import TunelabError
+from tunelab.errors import Interrupted, Terminated, TrainingStopped, TunelabError
 from tunelab.rundir import RunInfo, is_run_dir, read_info, write_info
 from tunelab.training.metrics import logged_at, read_metrics
 from tunelab.training.stage_resume import stage_dir
@@ -26,6 +27,26 @@ def record_progress(run_dir: Path, info: RunInfo, position: dict) -> None:
     with contextlib.suppress(TunelabError, OSError):
         info.final_loss = logged_at(read_metrics(run_dir), position["step"])[0]
     write_info(run_dir, info)
+
+
+def end_record(step: int, error: BaseException | None = None) -> dict:
+    """run.json's `end`: why training stopped after `step`. No error: every step was trained (`finished`). Ctrl-C or
+    SIGTERM between steps, or a second one within a step: `interrupted`, with the signal. The non-finite guard (exit
+    3): `non_finite`. Anything else: `error`, with the first line of its message."""
+    if error is None:
+        return {"reason": "finished", "step": step}
+    if isinstance(error, Interrupted | KeyboardInterrupt):
+        signum = error.exit_code - 128 if isinstance(error, Interrupted) else signal.SIGINT
+        name = "SIGTERM" if isinstance(error, Terminated) or signum == signal.SIGTERM else "SIGINT"
+        return {"reason": "interrupted", "step": step, "signal": name}
+    if isinstance(error, TrainingStopped):
+        return {"reason": "non_finite", "step": step}
+    message = (str(error).strip().splitlines() or [""])[0][:300]
+    return {
+        "reason": "error",
+        "step": step,
+        "error": f"{type(error).__name__}: {message}" if message else type(error).__name__,
+    }
 
 
 def overflow_steps(info: RunInfo) -> int:
@@ -54,15 +75,18 @@ def whole_run(info: RunInfo, each: list[RunInfo]) -> None:
     if scales:  # fp16 stages: their overflow steps summed, the scale the last of them ended at
         overflows = sum(s["overflow_steps"] for s in scales)
         info.extra["fp16_loss_scale"] = {"overflow_steps": overflows, "final_scale": scales[-1]["final_scale"]}
+    if info.end:  # the last stage's, at the run's step
+        info.end = info.end | {"step": info.steps}
     best = info.extra.get("best")
     if isinstance(best, dict) and isinstance(best.get("step"), int):
         info.extra["best"] = best | {"step": best["step"] + sum(i.steps for i in each[:-1])}
 
 
-def record_stopped(run_dir: Path, count: int | None = None) -> None:
+def record_stopped(run_dir: Path, count: int | None = None, error: BaseException | None = None) -> None:
     """The run.json of a staged run not (yet) finished: the steps, tokens and time of the stages so far, and the
     stopped stage's final_loss (its last logged loss), as that stage's own run.json records them. `count`: the run's
-    number of stages (by default, as its run.json names them)."""
+    number of stages (by default, as its run.json names them). `error`: what stopped the run (its `end`); without
+    one, the run goes on (or was killed outright) and has no `end`."""
     info = read_info(run_dir, require_finished=False)
     count = count if count is not None else len(info.extra.get("stages") or [])
     started = [stage_dir(run_dir, k) for k in range(1, count + 1) if is_run_dir(stage_dir(run_dir, k))]
@@ -71,6 +95,7 @@ def record_stopped(run_dir: Path, count: int | None = None) -> None:
         return
     info.final_loss = each[-1].final_loss
     whole_run(info, each)  # its total_steps: of the stages started; a later stage's length is known once it starts
+    info.end = end_record(info.steps, error) if error is not None else {}
     # where it stopped: inside stage k, or after stage k was saved (the report says which, and of how many stages)
     info.extra["stopped"] = {"stage": len(each), "stages": count, "stage_finished": each[-1].finished}
     write_info(run_dir, info)

@@ -60,7 +60,7 @@ from tunelab.training.optim import build_optimizer
 from tunelab.training.outdir import OutputPlan, failure_noted, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.plan import MemoryPlan, longest_prompt, longest_row, plan_memory
 from tunelab.training.prepare import Inputs, load_inputs, load_model, protected_paths
-from tunelab.training.progress import record_progress, record_stopped
+from tunelab.training.progress import end_record, record_progress, record_stopped
 from tunelab.training.resume import (
     WARMUP,
     check_more_steps,
@@ -320,8 +320,14 @@ def _train_planned(
         progress=lambda at: _record_at_checkpoint(run_dir, info, at, track_to),
     )
     last_loss = _train_steps(run, info, trainable)
-
-    return finish(run, cfg, plan, info, tokenizer, last_loss, resume_step, best_off, steps_per_epoch, auto)
+    try:
+        return finish(run, cfg, plan, info, tokenizer, last_loss, resume_step, best_off, steps_per_epoch, auto)
+    except BaseException as exc:  # the steps are done, the result unsaved (a full disk, a second Ctrl-C)
+        if ranks.main and not info.finished:
+            with contextlib.suppress(WriteFailed, OSError):  # must not hide the error that stopped the run
+                info.end = end_record(position["step"], exc)
+                record_progress(run_dir, info, position)
+        raise
 
 
 def _build_model(
@@ -448,6 +454,7 @@ def _train_steps(run: Run, info: RunInfo, trainable: list) -> float | None:
     except BaseException as exc:
         with contextlib.suppress(WriteFailed):  # a full disk must not hide the error that stopped the run
             if run.ranks.main:
+                info.end = end_record(run.position["step"], exc)
                 record_progress(run.run_dir, info, run.position)
         run.log.close(exc)  # the trackers' runs end failed (killed for Ctrl-C), not finished
         raise

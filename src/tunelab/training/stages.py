@@ -377,7 +377,7 @@ def train_stages(
             end_held(held, error)
             end_running_tracker_runs(run_dir, error)
             with contextlib.suppress(TunelabError, OSError):  # must not hide the error that stopped the run
-                record_stopped(run_dir, len(plans))
+                record_stopped(run_dir, len(plans), error)
             raise
     # Ctrl-C here waits for the run's result (its run.json, the last stage's files), as a stage's own save does
     with graceful_interrupt("the last stage is saved: writing the run's result first") as stop:
