@@ -37,7 +37,7 @@ from tunelab.eval.compare import (
     save_comparison,
 )
 from tunelab.eval.compare import compare as _compare
-from tunelab.eval.questions import Question, check_questions, read_questions, run_data_config
+from tunelab.eval.questions import Question, check_questions, configured_questions, read_questions, run_data_config
 from tunelab.export.gguf import export_gguf as _export_gguf
 from tunelab.infer.conversation import as_trained
 from tunelab.infer.generate import DEFAULT_MAX_NEW_TOKENS, GenerationSettings, answer_one, say_config_notice
@@ -295,8 +295,8 @@ def compare(
     show_answers: bool = False,
     batch_size: int | None = None,
 ) -> Comparison:
-    """Base and tuned model answer the same questions (from a file and/or given directly); scored where expected
-    answers exist. `settings` default to greedy answers of the run's eval.max_new_tokens; `refusal` to the run's
+    """Base and tuned model answer the same questions (from a file and/or given directly; neither: the run's
+    eval.questions); scored where expected answers exist. `settings` default to greedy answers of the run's eval.max_new_tokens; `refusal` to the run's
     refusal sentence. `save` writes RUN_DIR/compare.json, which must not exist unless `overwrite`. `show` prints the
     scores, and the answers too with `show_answers`. `base_precision`: trained (a QLoRA adapter over the NF4 base it
     was trained on) or 16bit (over the unquantized weights). `batch_size` (--batch-size): questions answered together;
@@ -310,8 +310,12 @@ def compare(
     if save:
         check_writable(compare_file(run_dir), overwrite)  # before minutes of generation, not after
     dropped = DataReport()
-    items = read_questions(questions, run_data_config(run_dir, info), dropped=dropped) if questions else []
     asked = _texts(question, "question", blank=False)
+    if not questions and not asked:  # the file training compared on
+        questions = configured_questions(run_dir)
+        if show:
+            print(f"questions: {questions} (the run's eval.questions)", flush=True)
+    items = read_questions(questions, run_data_config(run_dir, info), dropped=dropped) if questions else []
     for i, text in enumerate(asked, 1):  # named as _texts names them, in errors about one of them
         where = "argument 'question'" if isinstance(question, str) else f"argument 'question', item {i}"
         items.append(Question.ask(text, info.system_prompt, where=where))

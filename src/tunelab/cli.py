@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="base and tuned model answer the same questions, side by side")
     compare.add_argument("run_dir", help="a finished run directory")
     compare.add_argument(
-        "--questions", help="jsonl/json/csv file with a question column and optional expected and kind columns"
+        "--questions",
+        help="jsonl/json/csv file with a question column and optional expected and kind columns (default, without "
+        "--question: the run's eval.questions)",
     )
     compare.add_argument("--question", action="append", default=[], help="a question (repeatable)")
     compare.add_argument(
@@ -461,8 +463,6 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
         )
     elif args.command == "compare":
-        if not args.questions and not args.question:
-            raise TunelabError("tunelab compare needs --questions FILE or at least one --question TEXT.")
         api.compare(
             args.run_dir,
             questions=args.questions,

@@ -269,3 +269,23 @@ def test_ctrl_c_in_the_comparison_after_training_says_the_run_is_saved(
     assert f"The run is finished and saved in {run}; compare.json was not written" in err
     assert f"tunelab compare {run} --questions {questions}" in err
     assert json.loads((tmp_path / "run" / "run.json").read_text())["finished"] is True
+
+
+def test_compare_without_questions_asks_the_runs_eval_questions(run, questions, capsys):
+    """`tunelab compare RUN` without --questions or --question was refused, though the run's config names the
+    questions training compared on (eval.questions): it asks those now, and says so; a run that sets none is refused
+    naming its config.yaml (exit 2)."""
+    assert main(["compare", str(run), "--no-save", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no questions to compare on: give --questions FILE or --question TEXT" in err
+    assert f"the run's {run / 'config.yaml'} sets no eval.questions" in err
+    cfg = load_config(run / "config.yaml").config
+    cfg.eval.questions = str(questions)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    assert main(["compare", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"questions: {questions} (the run's eval.questions)" in out and out.splitlines()[1].startswith("scores:")
+    assert len(json.loads((run / "compare.json").read_text())["rows"]) == 3
+    questions.unlink()
+    assert main(["compare", str(run), "--no-save", "--device", "cpu"]) == 2
+    assert f"{questions}: question file not found (eval.questions of {run / 'config.yaml'}" in capsys.readouterr().err

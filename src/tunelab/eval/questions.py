@@ -49,7 +49,7 @@ from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import ConfigError, DataError, counted
 from tunelab.infer.generate import GenerationSettings, refuse_no_room, say
 from tunelab.models.load import ModelSource, load_hf_config
-from tunelab.rundir import RunInfo, saved_config, saved_config_file
+from tunelab.rundir import CONFIG_FILE, RunInfo, read_config, saved_config, saved_config_file
 
 LABEL_KINDS = ("label", "labels", "classification")
 PROMPT_FIELDS = ("question", "prompt", "instruction")  # a row with one of these is meant to be answered
@@ -369,6 +369,26 @@ def run_data_config(run_dir: str | Path, info: RunInfo) -> DataConfig:
     cfg = saved_config(run_dir, DATA_SETTINGS)
     check_saved_transform(run_dir, cfg.data)
     return dataclasses.replace(cfg.data, packing=False, eval=None)
+
+
+def configured_questions(run_dir: str | Path) -> Path:
+    """The questions file `tunelab compare` asks when given none: the run's eval.questions (its config.yaml), the file
+    training compared on. DataError when the run sets none, or the file is gone."""
+    path = Path(run_dir) / CONFIG_FILE
+    config = read_config(run_dir)
+    file = config.eval.questions if config is not None else None
+    if not file:
+        why = "sets no eval.questions" if config is not None else "(which would name its eval.questions) is missing"
+        raise DataError(
+            f"no questions to compare on: give --questions FILE or --question TEXT (in Python: questions= or "
+            f"question=); the run's {path} {why}."
+        )
+    if not Path(file).exists():
+        raise DataError(
+            f"{file}: question file not found (eval.questions of {path}, asked when no questions are given); give "
+            "--questions FILE or --question TEXT."
+        )
+    return Path(file)
 
 
 def check_saved_transform(run_dir: str | Path, data: DataConfig) -> None:
