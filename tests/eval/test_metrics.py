@@ -147,10 +147,32 @@ def test_label_scores_per_class_on_a_small_confusion():
     assert s.confusion == {"a": {"a": 2, "b": 1}, "b": {"b": 1, NO_LABEL: 1}, "c": {"c": 1}}
 
 
-def test_label_scores_class_never_predicted_has_zero_precision():
-    s = label_scores(["x", "y"], ["x", "x"], ["x", "y"])
-    assert s.per_class["y"].precision == 0.0 and s.per_class["y"].recall == 0.0 and s.per_class["y"].f1 == 0.0
+def test_an_undefined_precision_or_recall_is_none_not_zero():
+    """A class no answer predicted has no precision, one no row has no recall: both printed 0.000, as if the
+    classifier were always wrong about it. They are None (n/a) now; F1 is 0 where one of them is defined, None where
+    neither is, and macro F1 averages the classes with an F1 (scikit-learn's zero_division=0)."""
+    s = label_scores(["x", "y"], ["x", "x"], ["x", "y", "z"])
+    y, z = s.per_class["y"], s.per_class["z"]
+    assert y.precision is None and y.recall == 0.0 and y.f1 == 0.0
+    assert z.precision is None and z.recall is None and z.f1 is None
     assert s.per_class["x"].precision == 0.5 and s.per_class["x"].recall == 1.0
+    assert s.macro_f1 == pytest.approx((2 / 3 + 0.0) / 2)
+    never = label_scores(["x"], ["y"], ["x", "y"]).per_class["y"]  # predicted, but no row has it
+    assert never.recall is None and never.precision == 0.0 and never.f1 == 0.0
+
+
+def test_a_classify_evaluation_prints_n_a_for_an_undefined_score():
+    from tunelab.eval.heads import HeadEvalResult, format_head_eval, head_eval_html
+
+    scores = label_scores(["spam", "spam"], ["spam", "spam"], ["spam", "ham"]).to_dict()
+    result = HeadEvalResult(
+        task="classify", run_dir="run", data_file="t.jsonl", base_model="m", method="lora", device="cpu", created="",
+        rows_read=2, truncated=0, tuned=scores, baseline=scores, baseline_name="majority class",
+    )  # fmt: skip
+    text = format_head_eval(result)
+    assert "  ham                            n/a      n/a      n/a        0          0" in text
+    assert "n/a: undefined, as no answer predicted the class (precision)" in text and "zero_division=0" in text
+    assert '<td class="num">n/a</td>' in head_eval_html(result.to_dict())
 
 
 def test_macro_f1_leaves_out_a_label_no_row_has_and_no_answer_names():

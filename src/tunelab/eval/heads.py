@@ -35,7 +35,7 @@ from tunelab.atomic import write_json
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError, article, counted
-from tunelab.eval.metrics import label_scores
+from tunelab.eval.metrics import UNDEFINED_RULE, label_scores
 from tunelab.infer.predict import HeadRun, head_outputs, open_head_run, refuse_other_input_kind
 from tunelab.peft.lora import adapters_disabled
 from tunelab.places import check_output_file
@@ -312,6 +312,11 @@ def evaluate_head_run(
     return result
 
 
+def _defined(value) -> str:
+    """A per-class precision, recall or F1; None (undefined: no answer predicted the class, or no row has it) is n/a."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -351,9 +356,9 @@ def format_head_eval(r: HeadEvalResult) -> str:
     if r.task == "classify":
         lines += ["", "  per class (tuned)        precision   recall       F1  support  predicted"]
         for label, c in t["per_class"].items():
-            lines.append(
-                f"  {label[:24]:<24} {c['precision']:>9.3f} {c['recall']:>8.3f} {c['f1']:>8.3f} {c['support']:>8} {c['predicted']:>10}"
-            )
+            p, rc, f1 = (_defined(c[k]) for k in ("precision", "recall", "f1"))
+            lines.append(f"  {label[:24]:<24} {p:>9} {rc:>8} {f1:>8} {c['support']:>8} {c['predicted']:>10}")
+        lines.append(f"  ({UNDEFINED_RULE})")
         lines += ["", "  confusion (rows: expected, columns: predicted)", _confusion_text(t["labels"], t["confusion"])]
         if r.respelt:
             shown = ", ".join(f"{w} as {v['label']} ({v['rows']})" for w, v in r.respelt.items())
@@ -435,13 +440,15 @@ def head_eval_html(data: dict | None, problem: str | None = None) -> str:
     ]
     if data["task"] == "classify":
         per = "".join(
-            f'<tr><th>{_e(label)}</th><td class="num">{c["precision"]:.3f}</td><td class="num">{c["recall"]:.3f}</td>'
-            f'<td class="num">{c["f1"]:.3f}</td><td class="num">{c["support"]}</td><td class="num">{c["predicted"]}</td></tr>'
+            f"<tr><th>{_e(label)}</th>"
+            + "".join(f'<td class="num">{_defined(c[k])}</td>' for k in ("precision", "recall", "f1"))
+            + f'<td class="num">{c["support"]}</td><td class="num">{c["predicted"]}</td></tr>'
             for label, c in t["per_class"].items()
         )
         parts.append(
             "<h3>Per class (tuned)</h3><table><thead><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th>"
-            f"<th>support</th><th>predicted</th></tr></thead><tbody>{per}</tbody></table>"
+            f'<th>support</th><th>predicted</th></tr></thead><tbody>{per}</tbody></table><p class="sub">'
+            f"{_e(UNDEFINED_RULE)}.</p>"
         )
         labels, confusion = t["labels"], t["confusion"]
         cells = "".join(

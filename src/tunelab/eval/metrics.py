@@ -115,11 +115,17 @@ def predict_label(answer: str, labels: list[str]) -> str:
     return best[2] if best else NO_LABEL
 
 
+UNDEFINED_RULE = (
+    "n/a: undefined, as no answer predicted the class (precision) or no row has it (recall); macro F1 averages the "
+    "classes of the rows or the answers, one with no prediction or no row at F1 0 (scikit-learn's zero_division=0)"
+)
+
+
 @dataclass
 class ClassScores:
-    precision: float  # of the answers predicted as this class, the share that truly are (0 when none predicted)
-    recall: float  # of the rows of this class, the share predicted as it
-    f1: float
+    precision: float | None  # of the answers predicted as this class, the share that truly are (None: none predicted)
+    recall: float | None  # of the rows of this class, the share predicted as it (None: no row of this class)
+    f1: float | None  # 2 tp / (support + predicted): 0 when one of the two is 0; None when both are
     support: int  # rows whose expected label is this class
     predicted: int  # answers predicted as this class
 
@@ -129,7 +135,7 @@ class LabelScores:
     labels: list[str]
     n: int
     accuracy: float
-    macro_f1: float  # unweighted mean of the per-class F1
+    macro_f1: float  # unweighted mean of the per-class F1 over the classes in the rows or the answers
     per_class: dict[str, ClassScores] = field(default_factory=dict)
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)  # expected -> predicted -> count (non-zero only)
 
@@ -153,14 +159,16 @@ def label_scores(expected: list[str], predicted: list[str], labels: list[str] | 
         tp = confusion.get(label, {}).get(label, 0)
         support = sum(confusion.get(label, {}).values())
         n_predicted = sum(row.get(label, 0) for row in confusion.values())
-        precision = tp / n_predicted if n_predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        # undefined (None, shown n/a), not 0: a class never predicted has no precision, one with no rows no recall
+        precision = tp / n_predicted if n_predicted else None
+        recall = tp / support if support else None
+        f1 = 2 * tp / (support + n_predicted) if support + n_predicted else None
         per_class[label] = ClassScores(precision, recall, f1, support, n_predicted)
     correct = sum(want == got for want, got in zip(expected, predicted))
     # macro F1 over the classes the rows have or the answers name (as scikit-learn's f1_score without `labels`): a
-    # label of the run absent from both would add an F1 of 0 that says nothing about these rows
-    present = [c.f1 for c in per_class.values() if c.support or c.predicted]
+    # label of the run absent from both has no F1 at all. A class with rows but no prediction (or predictions but no
+    # rows) counts with F1 0, as scikit-learn's zero_division=0 counts its undefined precision (recall).
+    present = [c.f1 for c in per_class.values() if c.f1 is not None]
     return LabelScores(
         labels=labels,
         n=len(expected),

@@ -5,6 +5,7 @@ compare.json (`tunelab compare`: the share of answers containing the expected te
 
 from __future__ import annotations
 
+from tunelab.eval.metrics import UNDEFINED_RULE
 from tunelab.eval.report_html import esc, fmt, metric_rows
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_plots import scores_plot
@@ -37,14 +38,16 @@ def _label_tables(kind: str, b: dict, t: dict) -> str:
     body = ""
     for label in labels:
         bc, tc = (b.get("per_class") or {}).get(label, {}), (t.get("per_class") or {}).get(label, {})
-        cells = "".join(
-            f'<td class="num">{fmt(c.get(k), "f")}</td>' for c in (bc, tc) for k in ("precision", "recall", "f1")
+        cells = "".join(  # a score present but None is undefined (metrics.UNDEFINED_RULE)
+            f'<td class="num">{"n/a" if k in c and c[k] is None else fmt(c.get(k), "f")}</td>'
+            for c in (bc, tc)
+            for k in ("precision", "recall", "f1")
         )
         body += f'<tr><th>{esc(label)}</th>{cells}<td class="num">{fmt(tc.get("support"), "int")}</td></tr>'
     per_class = (
         f'<h3>Label task “{esc(kind)}”: per class</h3><table class="per-class"><thead><tr><th rowspan="2">label</th>'
         f'<th colspan="3">base</th><th colspan="3">tuned</th><th rowspan="2" class="num">support</th></tr>'
-        f"<tr>{sub_head}</tr></thead><tbody>{body}</tbody></table>"
+        f'<tr>{sub_head}</tr></thead><tbody>{body}</tbody></table><p class="sub">{esc(UNDEFINED_RULE)}.</p>'
     )
     confusion = ""
     for name, scores in (("base", b), ("tuned", t)):
