@@ -132,6 +132,21 @@ def test_predict_label():
     assert predict_label("0", ["0", "1"]) == "0"
 
 
+def test_a_denied_label_is_not_the_label_the_answer_names():
+    """The answer "not refund" was scored as naming "refund", a correct answer for a refund row. A mention after a
+    negation among the three words before it, in its clause, names no label; another mention may."""
+    labels = ["refund", "billing", "spam"]
+    assert predict_label("not refund", labels) == NO_LABEL
+    assert predict_label("It is not a refund request, it is billing.", labels) == "billing"
+    assert predict_label("This isn't billing; refund.", labels) == "refund"
+    assert predict_label("Not billing but refund", labels) == "refund"
+    assert predict_label("non-spam", labels) == NO_LABEL
+    assert predict_label("No doubt, refund", labels) == "refund"  # the negation belongs to another clause
+    assert predict_label("no", ["yes", "no"]) == "no" and predict_label("The answer is no.", ["yes", "no"]) == "no"
+    assert predict_label("It is not positive", ["positive", "not positive"]) == "not positive"
+    assert not correct("not refund", "refund", labels)
+
+
 def test_label_scores_per_class_on_a_small_confusion():
     expected = ["a", "a", "a", "b", "b", "c"]
     predicted = ["a", "a", "b", "b", NO_LABEL, "c"]

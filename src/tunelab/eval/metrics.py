@@ -13,7 +13,7 @@ ROUGE-L F1 comes from Google's `rouge-score` package, the reference implementati
 [a-z0-9] and so scores every non-ASCII answer 0; we give it a Unicode word tokenizer instead (lower-cased `\\w+` runs).
 
 Label tasks (classification by generation): the generated answer is mapped to one of the task's labels
-(`predict_label`), then accuracy, per-class precision/recall/F1 and a confusion table are computed. An answer that
+(`predict_label`; a label after a negation, "not refund", is not named), then accuracy, per-class precision/recall/F1 and a confusion table are computed. An answer that
 names no label is predicted as `NO_LABEL`; it counts against recall of the true class and is its own confusion column.
 """
 
@@ -97,9 +97,29 @@ def text_scores(
     )
 
 
+# Words that deny a label named just after them ("not refund", "isn't billing", "no spam", "non-refund"); any word
+# ending in n't too
+_NEGATIONS = frozenset({"not", "no", "never", "neither", "nor", "without", "non", "cannot"})
+_CONTRAST = frozenset({"but", "rather", "instead"})  # a negation before one of these does not reach past it
+_CLAUSE_END = re.compile(r"[.,;:!?()\[\]\n]")
+NEGATION_WINDOW = 3  # words before a mention that may deny it
+
+
+def _denied(text: str, start: int) -> bool:
+    """The label mention at `start` is denied: one of the NEGATION_WINDOW words before it, in its clause (after the
+    last punctuation or "but"), is a negation."""
+    clause = _CLAUSE_END.split(text[:start])[-1]
+    words = re.findall(r"[\w']+", clause.replace("\u2019", "'"))
+    turns = [i for i, w in enumerate(words) if w in _CONTRAST]  # "not billing but refund": refund is not denied
+    words = words[turns[-1] + 1 if turns else 0 :][-NEGATION_WINDOW:]
+    return any(w in _NEGATIONS or w.endswith("n't") for w in words)
+
+
 def predict_label(answer: str, labels: list[str]) -> str:
     """The label an answer gives: the label it equals (normalised), else the label named earliest in it as whole
-    words (the longer one on a tie, so "very positive" wins over "positive"), else NO_LABEL."""
+    words (the longer one on a tie, so "very positive" wins over "positive"), else NO_LABEL. A mention denied by a
+    negation among the three words before it in its clause ("not refund", "it isn't a billing question", "non-spam";
+    the clause ends at punctuation and at "but") names no label: "not refund" is not the answer "refund"."""
     text = normalize(answer)
     for label in labels:
         if normalize(label) == text:
@@ -109,7 +129,8 @@ def predict_label(answer: str, labels: list[str]) -> str:
         want = normalize(label)
         if not want:
             continue
-        found = re.search(rf"(?<!\w){re.escape(want)}(?!\w)", text)
+        mentions = re.finditer(rf"(?<!\w){re.escape(want)}(?!\w)", text)
+        found = next((m for m in mentions if not _denied(text, m.start())), None)
         if found and (best is None or (found.start(), -len(want)) < best[:2]):
             best = (found.start(), -len(want), label)
     return best[2] if best else NO_LABEL
