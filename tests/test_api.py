@@ -185,6 +185,18 @@ def test_nothing_to_predict_is_said_before_the_model_loads(tmp_path, capsys, mon
     )
 
 
+def test_predict_takes_its_texts_after_the_run_as_generate_takes_its_prompt(tmp_path, monkeypatch):
+    """`tunelab predict RUN "text"` was refused (unrecognized arguments), where `tunelab generate RUN "prompt"` works:
+    texts after the run are predicted, before those of --text."""
+    import tunelab.api as api
+    from tunelab.cli import main
+
+    seen = {}
+    monkeypatch.setattr(api, "predict", lambda run, **kwargs: seen.update(kwargs))
+    assert main(["predict", str(tmp_path), "great", "awful", "--text", "fine"]) == 0
+    assert seen["texts"] == ["great", "awful", "fine"]
+
+
 def test_predict_names_the_python_arguments_beside_the_flags(tmp_path):
     """tunelab.predict(run, texts=[...], prompt=...) was told of --text and --answer only, options a Python caller never
     gave; the message names the arguments too."""

@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="a classify run's label and probabilities, or a reward run's score, for texts or a file"
     )
     predict.add_argument("run_dir", help="a finished classify or reward run directory")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify or score (or --text, repeatable)")
     predict.add_argument("--data", help="rows to predict: the run's input columns (text, prompt, messages, ...)")
     predict.add_argument("--text", action="append", default=[], help="a text to classify or score (repeatable)")
     predict.add_argument("--prompt", help="reward runs: the prompt the --answer texts answer")
@@ -412,7 +413,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         api.predict(
             args.run_dir,
             data=args.data,
-            texts=args.text,
+            texts=args.texts + args.text,
             prompt=args.prompt,
             answers=args.answer,
             out=args.out,

@@ -249,7 +249,8 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     # nothing to predict: a classify run is not told of --prompt with --answer, which score a reward run's answers
     assert main(["predict", str(run), "--device", "cpu"]) == 2
     assert (
-        "nothing to predict: give --data FILE or --text TEXT (in Python: data= or texts=)." in capsys.readouterr().err
+        'nothing to predict: give --data FILE or texts (tunelab predict RUN "TEXT" ..., or --text TEXT) (in Python: '
+        "data= or texts=)." in capsys.readouterr().err
     )
 
     over = _overrides(tiny_model_dir, tmp_path, "reward", pair_file, **{"method.name": "full"})

@@ -145,10 +145,13 @@ def _say_one_text(data: str | Path, items: list[tuple[Input, str, str | None]]) 
 
 def _nothing_to_predict(task: str) -> TunelabError:
     if task == "classify":  # --prompt with --answer scores answers of a reward run only
-        return TunelabError("nothing to predict: give --data FILE or --text TEXT (in Python: data= or texts=).")
+        return TunelabError(
+            'nothing to predict: give --data FILE or texts (tunelab predict RUN "TEXT" ..., or --text TEXT) (in '
+            "Python: data= or texts=)."
+        )
     return TunelabError(
-        "nothing to predict: give --data FILE, --text TEXT, or --prompt TEXT with --answer TEXT (in Python: data=, "
-        "texts=, or prompt= with answers=)."
+        'nothing to predict: give --data FILE, texts (tunelab predict RUN "TEXT" ..., or --text TEXT), or --prompt '
+        "TEXT with --answer TEXT (in Python: data=, texts=, or prompt= with answers=)."
     )
 
 
