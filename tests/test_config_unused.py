@@ -41,6 +41,22 @@ def test_staged_run_notes_by_its_stages_methods():
     ]
 
 
+def test_a_stages_own_config_notes_only_what_the_stage_sets():
+    """Each stage prints its config as it starts: a full stage of a run whose method.r serves its lora stage said
+    `method.r (8) is not used by method full`, though r is no option of that stage; the run's notes judge the run's
+    options. An option the stage sets itself, unused there, is still noted."""
+    from tunelab.config import stage_config
+
+    stages = [{"train": {"max_steps": 2}}, {"method": {"name": "full"}, "continue": "merge"}]
+    resolved = load_config(None, {"method.r": 8, "stages": stages})
+    assert notes(resolved) == []
+    assert [notes(stage_config(resolved, k, "out")) for k in (0, 1)] == [[], []]
+    stages[1]["method"]["alpha"] = 4
+    assert notes(stage_config(load_config(None, {"method.r": 8, "stages": stages}), 1, "out")) == [
+        "note: method.alpha (4.0) is not used by method full"
+    ]
+
+
 def test_offload_on_cpu_is_noted():
     resolved = load_config(None, {"model.device": "cpu", "train.offload_activations": True})
     assert notes(resolved) == [

@@ -21,7 +21,7 @@ import yaml
 from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths, working_module_file
 from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import unknown_option, unknown_section
-from tunelab.config.validate import check_consistency, option_default, read_by
+from tunelab.config.validate import STAGED_RUN, check_consistency, option_default, read_by
 from tunelab.config.values import checked
 from tunelab.errors import ConfigError, TunelabError, article, not_text
 
@@ -474,7 +474,7 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
             section, _, key = name.partition(".")
             setattr(getattr(config, section), key, copy.deepcopy(option_default(f)))
     origins = dict(resolved.origins) | {name: f"stage {index + 1}" for name in values}
-    origins |= {"stages": "the staged run", "output_dir": "the staged run"}
+    origins |= {"stages": STAGED_RUN, "output_dir": STAGED_RUN}
     try:
         check_consistency(config)
     except ConfigError as exc:

@@ -112,11 +112,18 @@ METHOD_OPTIONS = {
 }
 
 
+STAGED_RUN = "the staged run"  # the origin of `stages` in a stage's own config (load.stage_config)
+
+
 def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
     """A note for each option the user set (its origin is no default) that the run does not read: method.r beside
     method full, method.top_layers beside lora, eval.max_new_tokens of a classify run, data.split_seed without a split,
     train.offload_activations on model.device cpu. Not refused: a sweep shares its overrides across methods. A staged
-    run's option is unused when no stage's method reads it; a stage's own option when its stage's method does not."""
+    run's option is unused when no stage's method reads it; a stage's own option when its stage's method does not.
+    In a stage's own config, the options it takes from the run were noted with the run's (method.r, read by a lora
+    stage, is no news beside a full stage): only those the stage sets are."""
+    if origins.get("stages") == STAGED_RUN:  # a stage: the options it sets itself
+        origins = {k: v if v.startswith("stage ") else "default" for k, v in origins.items()}
     notes = []
     methods = {entry.get("method.name", config.method.name) for entry in config.stages} or {config.method.name}
     for key, readers in METHOD_OPTIONS.items():
