@@ -27,7 +27,7 @@ from typing import Any
 from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig, stage_config
 from tunelab.data.report import DataReport
-from tunelab.errors import ConfigError, DataError, article, not_text
+from tunelab.errors import ConfigError, DataError, article, counted, not_text
 from tunelab.eval.compare import (
     Comparison,
     check_writable,
@@ -358,7 +358,7 @@ def generate(
             if cut_at == asked
             else "the room the model's context left"
         )
-        print(f"note: the answer was cut at {cut_at} tokens, {why}.", file=sys.stderr, flush=True)
+        print(f"note: the answer was cut at {counted(cut_at, 'token')}, {why}.", file=sys.stderr, flush=True)
     return answer
 
 

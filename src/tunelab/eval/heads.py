@@ -312,6 +312,20 @@ def evaluate_head_run(
     return result
 
 
+def _count(n, noun: str) -> str:
+    """`counted`, or what an eval.json edited by hand holds beside the plural."""
+    return counted(n, noun) if isinstance(n, int) else f"{n} {noun}s"
+
+
+def _truncated(n) -> str:
+    """The inputs cut to the run's max_length, in words."""
+    one = n == 1
+    return (
+        f"{_count(n, 'input')} {'was' if one else 'were'} longer than the run's max_length: "
+        f"{'its' if one else 'their'} last tokens were kept"
+    )
+
+
 def _defined(value) -> str:
     """A per-class precision, recall or F1; None (undefined: no answer predicted the class, or no row has it) is n/a."""
     return "n/a" if value is None else f"{value:.3f}"
@@ -327,10 +341,10 @@ def _num(value, digits: int = 4) -> str:
 
 def format_head_eval(r: HeadEvalResult) -> str:
     """The scores as text tables for the terminal."""
-    what = "rows" if r.task == "classify" else "preference pairs"
-    lines = [f"eval of {r.run_dir} ({r.task}) on {r.data_file}: {r.rows_read} {what}"]
+    what = counted(r.rows_read, "row") if r.task == "classify" else counted(r.rows_read, "preference pair")
+    lines = [f"eval of {r.run_dir} ({r.task}) on {r.data_file}: {what}"]
     if r.truncated:
-        lines.append(f"  {r.truncated} inputs were longer than the run's max_length: their last tokens were kept")
+        lines.append(f"  {_truncated(r.truncated)}")
     for reason, s in r.skipped.items():
         lines.append(f"  skipped {s['count']}: {reason} ({', '.join(s['locations'])})")
     if any(reason.startswith(UNSEEN) for reason in r.skipped):
@@ -391,9 +405,7 @@ def _notes_html(data: dict) -> str:
     way, labels the run never trained on."""
     notes = []
     if data.get("truncated"):
-        notes.append(
-            f"{_e(data['truncated'])} inputs were longer than the run's max_length: their last tokens were kept"
-        )
+        notes.append(_e(_truncated(data["truncated"])))
     for reason, skip in (data.get("skipped") or {}).items():
         notes.append(f"skipped {_e(skip.get('count'))}: {_e(reason)} ({_e(', '.join(skip.get('locations') or []))})")
     if data.get("respelt"):
@@ -414,7 +426,7 @@ def head_eval_html(data: dict | None, problem: str | None = None) -> str:
         return f'<p class="missing">No evaluation: {_e(why)}.</p>'
     t, b, name = data["tuned"], data["baseline"], data.get("baseline_name", "baseline")
     head = (
-        f"<p>{_e(data.get('rows_read'))} {'rows' if data['task'] == 'classify' else 'preference pairs'} of "
+        f"<p>{_e(_count(data.get('rows_read'), 'row' if data['task'] == 'classify' else 'preference pair'))} of "
         f"<code>{_e(data.get('data_file'))}</code>.</p>"
     )
 

@@ -5,6 +5,7 @@ compare.json (`tunelab compare`: the share of answers containing the expected te
 
 from __future__ import annotations
 
+from tunelab.errors import counted
 from tunelab.eval.metrics import UNDEFINED_RULE
 from tunelab.eval.report_html import esc, fmt, metric_rows
 from tunelab.eval.report_inputs import Input
@@ -30,6 +31,10 @@ def _text_score_rows(prefix: str, b: dict | None, t: dict | None) -> list:
     if t.get("refusal_rate") is not None:
         rows.append((f"{prefix}refusal rate", b.get("refusal_rate"), t.get("refusal_rate"), "pct", None))
     return rows
+
+
+def _rows(n) -> str:
+    return counted(n, "row") if isinstance(n, int) else f"{'?' if n is None else n} rows"
 
 
 def _label_tables(kind: str, b: dict, t: dict) -> str:
@@ -76,9 +81,9 @@ def eval_section(ev: Input, cmp: Input) -> str:
         b, t = d.get("base") or {}, d.get("tuned") or {}
         refusal = f"Refusal sentence: “{esc(d['refusal'])}”" if d.get("refusal") else "No refusal sentence."
         parts.append(
-            f'<p class="sub">{esc(d.get("rows_read", "?"))} rows of {esc(d.get("data_file", "?"))}; '
+            f'<p class="sub">{esc(_rows(d.get("rows_read")))} of {esc(d.get("data_file", "?"))}; '
             f"{esc(len(d.get('rows') or []))} answered with at most {esc((d.get('settings') or {}).get('max_new_tokens', '?'))} new tokens; "
-            f"loss on {esc(d.get('loss_rows', '?'))} rows ({fmt(d.get('loss_tokens'), 'int')} answer tokens). {refusal}</p>"
+            f"loss on {esc(_rows(d.get('loss_rows')))} ({fmt(d.get('loss_tokens'), 'int')} answer tokens). {refusal}</p>"
         )
         if "expected texts" in (d.get("loss_on") or ""):
             parts.append(

@@ -14,6 +14,7 @@ from typing import TextIO
 
 from tunelab.data.render import ControlTokenText, NotText, render_prompt
 from tunelab.data.templates import TemplateRefused
+from tunelab.errors import counted
 from tunelab.infer.generate import (
     DEFAULT_MAX_NEW_TOKENS,
     ContextTooLong,
@@ -162,7 +163,7 @@ def chat(
             )
         elif answer.cut:  # else the text stops mid-sentence without a word
             out.write(
-                f"(the answer was cut at {wanted} tokens, the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more.)\n"
+                f"(the answer was cut at {counted(wanted, 'token')}, the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more.)\n"
             )
         answer_text = "".join(pieces).strip()
         if not answer_text:  # training skips a conversation with an empty answer: the model never saw one
