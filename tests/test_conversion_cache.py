@@ -43,7 +43,10 @@ def test_list_path_and_clear(cache, capsys):
     assert main(["cache", "clear", "small-2222"]) == 0
     assert "removed 1 entry" in capsys.readouterr().out and not (cache / "small-2222").exists()
     assert main(["cache", "clear", "nope"]) == 2
-    assert "no cache entry named nope; entries: big-1111, .tmp-abc" in capsys.readouterr().err
+    # said once as the command's error, not "tunelab cache: error: tunelab cache clear: ..."
+    assert capsys.readouterr().err == "tunelab cache: error: no cache entry named nope; entries: big-1111, .tmp-abc.\n"
+    assert main(["cache", "path", "big-1111"]) == 2
+    assert capsys.readouterr().err.startswith("tunelab cache: error: entry names go with 'clear' only")
     assert main(["cache", "clear"]) == 0
     assert sorted(p.name for p in cache.iterdir()) == ["notes"]  # what is not ours stays
     assert (cache / "notes" / "mine.txt").read_text() == "keep me"

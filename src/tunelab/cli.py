@@ -363,7 +363,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 128 + result.stop_signal if result.interrupted else 0  # saved, but what follows training was skipped
     if args.command == "cache":
         if args.names and args.action != "clear":
-            raise TunelabError("tunelab cache: entry names go with 'clear' only (tunelab cache clear NAME...).")
+            raise TunelabError("entry names go with 'clear' only (tunelab cache clear NAME...).")
         if args.action == "path":
             print(api.cache_path())
         elif args.action in ("clear", "prune"):

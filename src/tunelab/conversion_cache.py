@@ -103,7 +103,7 @@ def clear_cache(names: list[str] | None = None) -> list[CacheEntry]:
         unknown = [n for n in names if n not in by_name]
         if unknown:
             listed = ", ".join(by_name) or "none"
-            raise ConfigError(f"tunelab cache clear: no cache entry named {', '.join(unknown)}; entries: {listed}.")
+            raise ConfigError(f"no cache entry named {', '.join(unknown)}; entries: {listed}.")
         entries = [by_name[n] for n in dict.fromkeys(names)]  # a name given twice is removed once
     for done, entry in enumerate(entries):
         try:
