@@ -71,6 +71,17 @@ def test_help_lists_every_option_with_its_help(capsys):
     assert "exit 0 (passed), 1 (a check failed) or 2 (bad config or data)" in text
 
 
+def test_report_and_eval_help_say_what_they_take(capsys):
+    """report --help asked for a finished run, though it draws a stopped or running one; eval's --batch-size spoke of
+    generated questions only, though a classify or reward run's rows go through the head in batches of it."""
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert "a run directory: finished, stopped early, or still training" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "of a classify or reward run, rows per forward pass" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -219,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="where to write the results (default: RUN_DIR/eval.json)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     evaluate.add_argument("--no-save", action="store_true", help="print only")
-    evaluate.add_argument("--batch-size", type=whole(1), default=16, help="questions generated together (default: 16)")
+    evaluate.add_argument(
+        "--batch-size",
+        type=whole(1),
+        default=16,
+        help="questions generated together; of a classify or reward run, rows per forward pass (default: 16)",
+    )
     evaluate.add_argument(
         "--show-answers", action="store_true", help="print every answer after the scores (they are in eval.json)"
     )
@@ -242,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     report = sub.add_parser("report", help="one self-contained HTML page about a run")
-    report.add_argument("run_dir", help="a finished run directory")
+    report.add_argument("run_dir", help="a run directory: finished, stopped early, or still training")
     report.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
     report.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
