@@ -110,7 +110,13 @@ def test_resume_with_every_checkpoint_damaged_says_so(tiny_overrides):
 def test_finished_runs_delete_their_checkpoints_and_save_every_0_writes_none(tiny_overrides, capsys):
     run_dir = recipe.train(None, tiny_overrides | {"train.max_steps": 2, "train.save_every": 1}).run_dir
     assert not (run_dir / "checkpoints").exists()
-    assert "deleted the 2 step checkpoint(s)" in capsys.readouterr().out
+    assert "deleted the 2 step checkpoints: the run is finished" in capsys.readouterr().out
+    one = tiny_overrides | {"train.max_steps": 1, "train.save_every": 1, "overwrite": True}
+    recipe.train(None, one)
+    assert (
+        "deleted the step checkpoint: the run is finished and its result saved (train.keep_checkpoints_after_finish: true keeps it)"
+        in capsys.readouterr().out
+    )
     with pytest.raises(RunDirError, match="the run finished, and its step checkpoints were deleted"):
         recipe.train(None, tiny_overrides | {"train.max_steps": 2}, resume=True)
     other = recipe.train(None, tiny_overrides | {"train.max_steps": 2, "overwrite": True}).run_dir

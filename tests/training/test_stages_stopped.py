@@ -70,7 +70,10 @@ def test_the_report_of_a_stopped_staged_run_says_in_which_stage_it_stopped(stage
     assert info["extra"]["stopped"] == {"stage": 2, "stages": 3, "stage_finished": False}
     page = build_report(run).read_text()
     assert "no: stopped in stage 2 of 3 (second); --resume continues it" in page
-    assert "4 of 6 (the total of the 2 stage(s) started; later stages" in page
+    assert "4 of 6 (the total of the 2 stages started; later stages" in page
+    info["extra"]["stopped"]["stage"], info["steps"], info["total_steps"] = 1, 2, 3
+    (run / "run.json").write_text(json.dumps(info))
+    assert "2 of 3 (the total of the 1 stage started; later stages" in build_report(run, overwrite=True).read_text()
 
 
 def test_check_resume_of_a_staged_run_names_the_stage_it_resumes(staged, tmp_path, crash_at):

@@ -6,6 +6,7 @@ token lengths).
 from __future__ import annotations
 
 from tunelab.data.report import PROMPTS
+from tunelab.errors import counted
 from tunelab.eval.report_html import esc, fmt, kv_table
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_plots import histogram_plot
@@ -127,7 +128,7 @@ def _steps(d: dict) -> str:
     staged = (d.get("extra") or {}).get("stopped")
     started = staged.get("stage") if isinstance(staged, dict) else None
     if not d.get("finished") and isinstance(started, int) and started != staged.get("stages"):
-        text += f" (the total of the {started} stage(s) started; later stages' lengths are not known yet)"
+        text += f" (the total of the {counted(started, 'stage')} started; later stages' lengths are not known yet)"
     return text
 
 

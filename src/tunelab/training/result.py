@@ -112,9 +112,10 @@ def tidy_up(run_dir: Path, plan: OutputPlan, keep_checkpoints: bool) -> None:
     if not keep_checkpoints:
         deleted = delete_checkpoints(run_dir)
         if deleted:
+            what, them = ("the step checkpoint", "it") if deleted == 1 else (f"the {deleted} step checkpoints", "them")
             print(
-                f"deleted the {deleted} step checkpoint(s): the run is finished and its result saved "
-                "(train.keep_checkpoints_after_finish: true keeps them)",
+                f"deleted {what}: the run is finished and its result saved "
+                f"(train.keep_checkpoints_after_finish: true keeps {them})",
                 flush=True,
             )
     message = finish_replacement(plan)
