@@ -93,3 +93,17 @@ def test_a_staged_runs_own_run_json_says_where_and_why_it_stopped(tiny_overrides
     monkeypatch.setattr(loop, "train_step", real)
     train(None, staged, resume=True)
     assert _end(run_dir) == {"reason": "finished", "step": 4}
+
+
+def test_overwrite_says_why_the_run_it_replaces_stopped(tiny_overrides, capsys):
+    """--overwrite of an unfinished run said "moving the unfinished run (stopped at step 2)": not whether Ctrl-C, the
+    guard or an error had stopped it. It says so from run.json's end now."""
+    overrides = tiny_overrides | {"train.max_steps": 2}
+    run_dir = Path(overrides["output_dir"])
+    train(None, overrides)
+    info = json.loads((run_dir / "run.json").read_text())
+    stopped = {"finished": False, "end": {"reason": "interrupted", "step": 2, "signal": "SIGINT"}}
+    (run_dir / "run.json").write_text(json.dumps(info | stopped))
+    capsys.readouterr()
+    train(None, overrides | {"overwrite": True})
+    assert f"replacing: moving the unfinished run (interrupted after step 2) in {run_dir}" in capsys.readouterr().out

@@ -342,7 +342,12 @@ def _described(path: Path) -> str:
         return f"the federation stopped after round {stopped[0]} of {stopped[1]} (with its adapter of that round)"
     if info.finished:
         return "the finished run"
-    return f"the unfinished run (stopped at step {info.steps})" if info.steps else "the unfinished run"
+    how = {  # run.json's end: why it stopped
+        "interrupted": "interrupted after step",
+        "non_finite": "stopped by the non-finite guard at step",
+        "error": "stopped by an error after step",
+    }.get(info.end.get("reason"), "stopped at step")
+    return f"the unfinished run ({how} {info.steps})" if info.steps else "the unfinished run"
 
 
 def finish_replacement(plan: OutputPlan) -> str | None:
