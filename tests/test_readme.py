@@ -75,3 +75,20 @@ def test_the_underfit_verdict_the_readme_shows_is_the_one_training_prints():
     curve = [(i + 1, 1.25 + 1.25 * math.exp(-2.0 * i / 33)) for i in range(33)]
     text = judge(curve, [], steps_per_epoch=20, epochs=3.0, lr=2e-4, max_steps=None, best_kept=None).text
     assert text.startswith("underfit:") and f"\n{text}\n" in README
+
+
+def test_the_exit_codes_paragraph_names_every_exit_code_and_what_gives_it():
+    """The README's exit codes said 1 was `tunelab check` failing, and nothing of `tunelab export`, which exits 1 when
+    its self-check gives FAIL; the CLI's docstring lists the same codes."""
+    import tunelab.cli
+
+    paragraph = README[README.index("**Exit codes**") :].split("\n\n")[0]
+    for code, what in [
+        ("1", "tunelab export"),
+        ("2", "bad input"),
+        ("3", "NaN/inf"),
+        ("130", "Ctrl-C"),
+        ("143", "SIGTERM"),
+    ]:
+        assert re.search(rf"\b{code} [^,]*{re.escape(what)}", " ".join(paragraph.split())), code
+    assert "1 check failed (or export's self-check: FAIL)" in " ".join(tunelab.cli.__doc__.split())
