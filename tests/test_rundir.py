@@ -476,3 +476,18 @@ def test_check_never_writes_its_page_into_a_folder_inside_a_run(tmp_path):
         with pytest.raises(RunDirError, match=re.escape(f"{run} is a run directory, which check never writes into")):
             html_path(inside)
     assert html_path(tmp_path / "pages" / "c.html") == tmp_path / "pages" / "c.html"
+
+
+def test_an_unfinished_run_is_refused_saying_why_it_stopped(tmp_path):
+    """`tunelab compare` of a stopped run said "resume it with --resume" whatever stopped it: a run the non-finite
+    guard stopped would stop again, and a run still training has nothing to resume. run.json's end says which."""
+    cases = [
+        ({"reason": "interrupted", "step": 4, "signal": "SIGINT"}, r"\(interrupted after step 4\); resume it with"),
+        ({"reason": "non_finite", "step": 4}, r"guard stopped it at step 4.*would stop again: train it again with a "),
+        ({"reason": "error", "step": 3, "error": "OSError: disk"}, r"an error stopped it after step 3: OSError: disk"),
+        ({}, r"\(it is still training, or stopped at step 2\); once it has stopped, resume it"),
+    ]
+    for end, message in cases:
+        write_info(tmp_path, RunInfo(base_model="m", method="lora", steps=2, end=end))
+        with pytest.raises(RunDirError, match=message):
+            read_info(tmp_path)

@@ -238,8 +238,27 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
         info.finished = False
     # a federation saves its global adapter after every round: the run opens while later rounds are still to run
     if require_finished and not info.finished and not stopped:
-        raise RunDirError(f"{run_dir}: the run did not finish; resume it with 'tunelab train CONFIG --resume' first.")
+        raise RunDirError(f"{run_dir}: the run did not finish{_unfinished(info)}")
     return info
+
+
+def _unfinished(info: RunInfo) -> str:
+    """Why the run has no result yet and what to do, from run.json's `end`."""
+    end, resume = info.end, "; resume it with 'tunelab train CONFIG --resume' first."
+    step = end.get("step", info.steps)
+    if end.get("reason") == "interrupted":
+        return f" (interrupted after step {step}){resume}"
+    if end.get("reason") == "non_finite":
+        return (
+            f" (the non-finite guard stopped it at step {step}: NaN or inf losses); resumed as it is, it would stop "
+            "again: train it again with a lower train.lr (--overwrite), as its message said."
+        )
+    if end.get("reason") == "error":
+        return f" (an error stopped it after step {step}: {end.get('error', '?')}){resume}"
+    return (
+        f" (it is still training, or stopped at step {info.steps}); once it has stopped, resume it with 'tunelab train "
+        "CONFIG --resume'."
+    )
 
 
 def federation_stopped(extra: dict[str, Any]) -> tuple[int, int] | None:
