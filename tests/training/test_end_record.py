@@ -70,7 +70,7 @@ def test_a_run_json_without_an_end_is_said_unrecorded_if_unfinished(tiny_overrid
     (run_dir / "run.json").write_text(json.dumps(info))
     assert "how training ended" not in render_report(run_dir)
     (run_dir / "run.json").write_text(json.dumps(info | {"finished": False}))
-    assert "not recorded: still training, or killed outright" in render_report(run_dir)
+    assert "not recorded: still training, killed outright (SIGKILL, out of memory)" in render_report(run_dir)
 
 
 def test_a_staged_runs_own_run_json_says_where_and_why_it_stopped(tiny_overrides, monkeypatch):

@@ -104,7 +104,10 @@ def _end(d: dict) -> str | None:
     if not isinstance(end, dict) or not isinstance(end.get("reason"), str):
         if d.get("finished"):
             return None  # a run written before 2026-12-05
-        return "not recorded: still training, or killed outright (SIGKILL, out of memory) after its last checkpoint"
+        return (
+            "not recorded: still training, killed outright (SIGKILL, out of memory) after its last checkpoint, or "
+            "stopped by a version of tunelab before 2026-12-05"
+        )
     step = end.get("step", "?")
     reason = end["reason"]
     if reason == "finished":
