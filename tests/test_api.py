@@ -212,7 +212,9 @@ def test_predict_names_the_flag_of_an_empty_text_beside_its_argument(tmp_path, c
     from tunelab.cli import main
 
     assert main(["predict", str(tmp_path), "--text", "ok", "--text", ""]) == 2
-    assert "argument 'texts' (--text), item 2, is empty" in capsys.readouterr().err
+    assert "argument 'texts' (TEXT or --text), item 2, is empty" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), ""]) == 2  # given after the run
+    assert "argument 'texts' (TEXT or --text), item 1, is empty" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), "--prompt", "p", "--answer", " "]) == 2
     assert "argument 'answers' (--answer), item 1, is empty" in capsys.readouterr().err
 

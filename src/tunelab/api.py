@@ -524,7 +524,7 @@ def predict(
     _at_least(batch_size, "batch_size", "--batch-size", 1)
     if out is not None:
         check_out(out, overwrite, run, data)
-    texts = _texts(texts, "texts", blank=False, flag="--text") if texts is not None else None
+    texts = _texts(texts, "texts", blank=False, flag="TEXT or --text") if texts is not None else None
     answers = _texts(answers, "answers", blank=False, flag="--answer") if answers is not None else None
     prompt = _text(prompt, "prompt", blank=False) if prompt is not None else None
     predictions = _predict(run, data, texts, prompt, answers, batch_size=batch_size, device=device)
