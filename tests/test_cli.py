@@ -79,7 +79,9 @@ def test_report_and_eval_help_say_what_they_take(capsys):
     assert "a run directory: finished, stopped early, or still training" in " ".join(capsys.readouterr().out.split())
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
-    assert "of a classify or reward run, rows per forward pass" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert "of a classify or reward run, rows per forward pass" in text
+    assert "(a classify run: inputs with their label; a reward run: preference pairs)" in text
 
 
 @pytest.mark.parametrize(

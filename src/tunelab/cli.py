@@ -214,7 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_options(generate)
     evaluate = sub.add_parser("eval", help="loss, answer and label metrics of base and tuned model on a file")
     evaluate.add_argument("run_dir", help="a finished run directory")
-    evaluate.add_argument("--data", required=True, help="eval file: question/expected rows or any training format")
+    evaluate.add_argument(
+        "--data",
+        required=True,
+        help="eval file: question/expected rows or any training format (a classify run: inputs with their label; a "
+        "reward run: preference pairs)",
+    )
     evaluate.add_argument("--refusal", help="the refusal sentence (default: the run's eval.refusal)")
     evaluate.add_argument("--out", help="where to write the results (default: RUN_DIR/eval.json)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")

@@ -1,5 +1,5 @@
 """What run.json says of a run that has not finished: its steps, tokens, time and last logged loss, as of the
-checkpoint --resume starts from. It is written when the run starts from a checkpoint, after every checkpoint, and when
+checkpoint --resume starts from, and once it stopped, why (`end_record`: Ctrl-C, the non-finite guard, an error). It is written when the run starts from a checkpoint, after every checkpoint, and when
 the run stops; a process killed outright (SIGKILL, no handler runs) thus leaves run.json at its last checkpoint.
 
 A staged run (training/stages.py) sums its stages' run.json into its own (`whole_run`): `record_stopped` writes it as
