@@ -396,7 +396,7 @@ def evaluate(
     the confusion matrix beside the majority class; for a reward run: pairwise accuracy and mean margin beside the
     untrained head (`eval/heads.py`). `batch_size` (--batch-size): questions answered, or rows scored, together;
     default settings.batch_size (16)."""
-    from tunelab.eval.evaluate import evaluate_run, format_eval
+    from tunelab.eval.evaluate import evaluate_run, format_eval, saved_line
 
     _shown_answers(show, show_answers)
     settings = _with_batch_size(settings, batch_size)
@@ -421,6 +421,8 @@ def evaluate(
         )
         if show:
             print(format_head_eval(result))
+            if save:
+                print(saved_line(run, out))
         return result
 
     result = evaluate_run(
@@ -428,6 +430,8 @@ def evaluate(
     )
     if show:
         print(format_eval(result, show_answers))
+        if save:
+            print(saved_line(run.run_dir if isinstance(run, LoadedRun) else run, out))
     return result
 
 

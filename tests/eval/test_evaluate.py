@@ -429,3 +429,20 @@ def test_rows_the_transform_drops_are_counted_in_eval_json_and_the_report(tiny_m
     assert "not read: 1 dropped by data.transform" in format_eval(result)
     html = eval_section(Input(EVAL_FILE, json.loads((run / EVAL_FILE).read_text())), Input("compare.json"))
     assert "data.transform dropped" in html and "e.jsonl:4" in html
+
+
+def test_eval_says_where_it_saved_its_results(trained, tmp_path, capsys):
+    """`tunelab eval` wrote eval.json without a word about it, where `compare` names its compare.json: a user had to
+    guess where the answers went, or that --out had been used at all."""
+    from tunelab.cli import main
+
+    data = _write_jsonl(tmp_path / "q.jsonl", [{"question": "What is the code of box 1?", "expected": "1037"}])
+    out = tmp_path / "elsewhere.json"
+    assert main(["eval", str(trained), "--data", str(data), "--max-new-tokens", "2", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"saved to {out}"
+    assert out.is_file()
+    assert main(["eval", str(trained), "--data", str(data), "--max-new-tokens", "2", "--overwrite"]) == 0
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last == f"saved to {trained / EVAL_FILE} ('tunelab report {trained}' shows it with the run)"
+    assert main(["eval", str(trained), "--data", str(data), "--max-new-tokens", "2", "--no-save"]) == 0
+    assert "saved to" not in capsys.readouterr().out

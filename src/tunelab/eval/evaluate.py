@@ -366,6 +366,13 @@ def evaluate_run(
     return result
 
 
+def saved_line(run_dir: str | Path, out: str | Path | None) -> str:
+    """Where `tunelab eval` wrote its results, said after the table as `compare` says where its answers went."""
+    if out is not None:
+        return f"saved to {out}"
+    return f"saved to {Path(run_dir) / EVAL_FILE} ('tunelab report {run_dir}' shows it with the run)"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
