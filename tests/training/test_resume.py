@@ -489,3 +489,16 @@ def test_a_resuming_run_keeps_the_progress_of_its_checkpoint_in_run_json(
     assert seen["finished"] is False and seen["steps"] == 2 and seen["total_steps"] == 6
     assert 0 < seen["tokens"] == checkpoint["tokens"] < before["tokens"]
     assert seen["elapsed_s"] == round(checkpoint["elapsed_s"], 1) and seen["final_loss"] == losses[1]
+
+
+def test_a_kept_warmup_of_one_step_is_said_in_the_singular(tmp_path, monkeypatch):
+    """A short run resumed longer printed 'the warmup stays 1 steps'."""
+    from types import SimpleNamespace
+
+    import tunelab.training.resume as resume
+
+    monkeypatch.setattr(resume, "read_info", lambda *a, **k: SimpleNamespace(extra={resume.WARMUP: 1}, total_steps=4))
+    kept, note = resume.kept_warmup(tmp_path, 0.05, 6)
+    assert kept == 1
+    assert note.startswith("resume: the warmup stays 1 step, as the run started with them")
+    assert "of the new 6 steps would be 0" in note

@@ -38,7 +38,7 @@ from tunelab.config.paths import PATH_OPTIONS
 from tunelab.config.validate import read_by, run_tasks
 from tunelab.data.packing import Packed
 from tunelab.data.report import location_path
-from tunelab.errors import ConfigError, RunDirError
+from tunelab.errors import ConfigError, RunDirError, counted
 from tunelab.rundir import CONFIG_FILE, read_info
 from tunelab.training.auto import Choice
 from tunelab.training.checkpoint import intact_checkpoint
@@ -257,8 +257,8 @@ def kept_warmup(run_dir: Path, ratio: float, total_steps: int) -> tuple[int, str
     if kept == new:
         return kept, ""
     return kept, (
-        f"resume: the warmup stays {kept} steps, as the run started with them (train.warmup_ratio {ratio:g} of the "
-        f"new {total_steps} steps would be {new}, and would change the rate of steps already trained); the decay "
+        f"resume: the warmup stays {counted(kept, 'step')}, as the run started with them (train.warmup_ratio {ratio:g} "
+        f"of the new {total_steps} steps would be {new}, and would change the rate of steps already trained); the decay "
         "after it is recomputed for the new length"
     )
 
