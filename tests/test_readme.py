@@ -92,3 +92,32 @@ def test_the_exit_codes_paragraph_names_every_exit_code_and_what_gives_it():
     ]:
         assert re.search(rf"\b{code} [^,]*{re.escape(what)}", " ".join(paragraph.split())), code
     assert "1 check failed (or export's self-check: FAIL)" in " ".join(tunelab.cli.__doc__.split())
+
+
+def test_the_python_api_calls_of_the_readme_bind_to_the_real_signatures():
+    """Every `tunelab.NAME(...)` call in the README's Python blocks names a function the package exports, with
+    arguments its signature takes (positional count and keyword names), so the examples run as written."""
+    import ast
+    import inspect
+
+    import tunelab
+
+    calls = []
+    for block in re.findall(r"```python\n(.*?)```", README, re.S):
+        for node in ast.walk(ast.parse(block)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "tunelab"
+            ):
+                calls.append(node)
+    assert len(calls) >= 20
+    for call in calls:
+        function = getattr(tunelab, call.func.attr, None)
+        assert callable(function), f"tunelab.{call.func.attr} is not in the package"
+        keywords = {k.arg: None for k in call.keywords}
+        try:
+            inspect.signature(function).bind(*[None] * len(call.args), **keywords)
+        except TypeError as error:
+            raise AssertionError(f"line {call.lineno}: tunelab.{call.func.attr}: {error}") from error
