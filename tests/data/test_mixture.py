@@ -360,6 +360,19 @@ def test_a_source_of_one_document_left_without_eval_rows_is_noted(tmp_path, tiny
     assert not any("no eval rows" in n for n in build_datasets(cfg, tiny_tokenizer, seed=0).report.notes)
 
 
+def test_a_source_line_counts_one_example_and_one_row_in_the_singular(tmp_path, tiny_tokenizer):
+    """A mixture source of one short document was reported as '1 examples -> 1 rows', and its eval as 'eval 1 rows'."""
+    doc = tmp_path / "manual.txt"
+    doc.write_text("The manual says boxes open with a code.")
+    qa = _write(tmp_path / "qa.jsonl", [{"question": f"Q {i}?", "answer": f"A {i}."} for i in range(10)])
+    cfg = DataConfig(train=[DataSource(path=str(doc)), DataSource(path=qa)], eval_fraction=0.1, max_length=64)
+    summary = build_datasets(cfg, tiny_tokenizer, seed=0).report.summary()
+    manual = next(line for line in summary.splitlines() if line.strip().startswith("manual.txt:"))
+    assert ": 1 example -> 1 row, " in manual and "drawn " in manual
+    qa_line = next(line for line in summary.splitlines() if line.strip().startswith("qa.jsonl:"))
+    assert ": 9 examples -> 9 rows, " in qa_line and qa_line.endswith(", eval 1 row")
+
+
 def test_sources_reading_the_same_file_hold_out_the_same_rows(tmp_path, tiny_tokenizer):
     """Two sources of one file (other `take`s) split it each on its own: one trained on rows the other held out for
     eval. A row either holds out is now an eval row of both (or skipped, for a source with its own eval file)."""

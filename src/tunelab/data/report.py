@@ -235,11 +235,12 @@ class DataReport:
             lines.append(f"  mixture ({self.mix_by}): per source, rows and tokens held, then drawn each epoch")
             for name, src in self.sources.items():
                 weight = f"weight {src.weight:g}, " if src.weight is not None else ""
-                evals = f", eval {src.eval_rows} rows" if src.eval_rows else ""
+                evals = f", eval {counted(src.eval_rows, 'row')}" if src.eval_rows else ""
                 each = f" (each {src.repeats:.1f} times)" if src.repeats > 1 else ""
                 lines.append(
-                    f"    {name}: {weight}share {100 * src.share:.1f}%: {src.examples} examples -> {src.rows} rows, "
-                    f"{src.tokens:,} tokens; drawn {src.drawn_rows} rows{each}, ~{src.drawn_tokens:,} tokens{evals}"
+                    f"    {name}: {weight}share {100 * src.share:.1f}%: {counted(src.examples, 'example')} -> "
+                    f"{counted(src.rows, 'row')}, {src.tokens:,} tokens; drawn {counted(src.drawn_rows, 'row')}{each}, "
+                    f"~{src.drawn_tokens:,} tokens{evals}"
                 )
             if self.packed_epoch_rows:  # the train line counts rows before the draw, which is packed each epoch
                 lines.append(f"    each epoch's draw is packed: epoch 0 trains on {self.packed_epoch_rows} packed rows")
