@@ -642,3 +642,24 @@ def test_counted_is_singular_at_one():
     """Messages said "1 rows per optimizer step", "1 file(s)", "1 examples"."""
     assert [counted(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
     assert counted(1, "entry", "entries") == "1 entry" and counted(3, "entry", "entries") == "3 entries"
+
+
+@pytest.mark.parametrize("name", ["qa.jsonl", "qa.csv", "docs", "rows.json"])
+def test_data_given_where_the_config_goes_is_named_as_data(tmp_path, name):
+    """`tunelab train qa.jsonl` said 'line 2: not valid YAML', a one-line file 'unknown option question', a CSV 'the
+    config must be a mapping' and a folder 'config file not found': none said that a data file was given where the
+    config goes, nor how to train on it."""
+    path = tmp_path / name
+    if name == "docs":
+        path.mkdir()
+    elif name.endswith(".json"):
+        path.write_text('[{"question": "Q?", "answer": "A."}]')
+    else:
+        path.write_text(
+            '{"question": "Q?", "answer": "A."}\n' if name.endswith(".jsonl") else "question,answer\nQ?,A.\n"
+        )
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(str(path)) and f"give it as --data.train {path} " in str(error.value)
+    assert "not a config file" in str(error.value) or "if it is data" in str(error.value)
+    assert load_config(None, {"data.train": [str(path)]}).config.data.train  # the way it names

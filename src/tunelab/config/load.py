@@ -234,6 +234,18 @@ def locate(error: TunelabError, origins: dict[str, str]) -> TunelabError:
     return error
 
 
+# Files that data.train reads and no config is (a .json file may be either: a JSON mapping is valid YAML)
+DATA_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+
+
+def _as_data(path: Path) -> str:
+    """What to do with data given where a config was expected (`tunelab train qa.jsonl`)."""
+    return (
+        f"to train on it without a config, give it as --data.train {path} (in Python: overrides "
+        f"{{'data.train': ['{path}']}})."
+    )
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -261,8 +273,16 @@ def load_config(
         )
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(
+                f"{path}: a folder, not a config file (a YAML file: model:, data:, ...); {_as_data(path)}"
+            )
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found.")
+        if path.suffix.lower() in DATA_SUFFIXES:
+            raise ConfigError(
+                f"{path}: a data file, not a config file (a YAML file: model:, data:, ...); {_as_data(path)}"
+            )
         try:
             raw = read_yaml(path, lines) or {}
         except yaml.YAMLError as exc:
@@ -270,7 +290,8 @@ def load_config(
             line = f", line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)}).") from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the config must be a mapping of sections (model:, data:, train:, ...).")
+            data = f"; if it is data, {_as_data(path)}" if path.suffix.lower() == ".json" else "."
+            raise ConfigError(f"{path}: the config must be a mapping of sections (model:, data:, train:, ...){data}")
         layers.append((str(path), _flatten(raw, str(path), lines), path.parent))
     if overrides := check_overrides(overrides):
         flags = {}
