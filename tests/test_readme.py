@@ -121,3 +121,32 @@ def test_the_python_api_calls_of_the_readme_bind_to_the_real_signatures():
             inspect.signature(function).bind(*[None] * len(call.args), **keywords)
         except TypeError as error:
             raise AssertionError(f"line {call.lineno}: tunelab.{call.func.attr}: {error}") from error
+
+
+def test_every_flag_the_readme_gives_a_command_is_one_it_takes():
+    """The flags of the README's `tunelab COMMAND ...` lines (shell blocks and inline code) are options of that
+    command's parser, or dotted config options for the commands that take a config, so a copied line runs."""
+    import argparse
+
+    from tunelab.cli import build_parser
+    from tunelab.config import iter_options
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    dotted = {f"--{name}" for name, _, _ in iter_options()} | {"--section.key"}  # the README's placeholder
+    lines = [
+        line.split("  #")[0] for block in re.findall(r"```bash\n(.*?)```", README, re.S) for line in block.splitlines()
+    ]
+    lines += re.findall(r"`(tunelab [^`]*)`", README)
+    seen, unknown = 0, []
+    for line in lines:
+        if not (match := re.search(r"(?:^|\s)tunelab (\w+)(.*)", line)):
+            continue
+        command, rest = match.groups()
+        assert command in commands, f"README: 'tunelab {command}' is no command: {line.strip()}"
+        takes = {flag for action in commands[command]._actions for flag in action.option_strings}
+        takes |= dotted if command in ("train", "check", "plan", "federate") else set()
+        for flag in re.findall(r"(?<![\w-])(--[\w.-]+)", rest):
+            seen += 1
+            if flag not in takes:
+                unknown.append(f"tunelab {command} {flag}: {line.strip()}")
+    assert seen >= 40 and not unknown, unknown
