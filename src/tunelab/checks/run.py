@@ -56,7 +56,7 @@ from tunelab.models.load import load_hf_config
 from tunelab.places import refuse_file_in_the_way
 from tunelab.rundir import RunInfo, is_run_dir, read_info
 from tunelab.tasks import get_task
-from tunelab.training.auto import AutoPlan, model_shape, plan_from_data
+from tunelab.training.auto import AutoPlan, model_shape, plan_from_data, shown
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.plan import plans_memory
@@ -147,7 +147,7 @@ def auto_item(cfg, data, resume: bool, source=None) -> tuple[AutoPlan, CheckItem
     later = "; train.lr: from the model's width when training starts" if plan.train.lr == "auto" else ""
     if not plan.chosen and not later:
         return plan, None
-    details = [f"{name} = {c.value!r}: {c.reason}" for name, c in plan.chosen.items()]
+    details = [f"{name} = {shown(c.value)}: {c.reason}" for name, c in plan.chosen.items()]  # as train prints them
     summary = f"{len(plan.chosen)} chosen from the data and the model{later}"
     return plan, CheckItem("auto values", "info", summary, details)
 

@@ -102,7 +102,7 @@ class AutoPlan:
             return "auto values: none (every training option was given)"
         lines = ["auto values (chosen from the data and the model; set an option to override):"]
         for name, c in self.chosen.items():
-            lines.append(f"  {name:<24} = {_show(c.value):<10} {c.reason}")
+            lines.append(f"  {name:<24} = {shown(c.value):<10} {c.reason}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, dict]:
@@ -127,7 +127,8 @@ def model_shape(hf_config) -> ModelShape:
     return ModelShape(positive("hidden_size"), positive("num_hidden_layers"))
 
 
-def _show(value: Any) -> str:
+def shown(value: Any) -> str:
+    """An auto value as train and check print it: a float to 3 significant digits (3 epochs, not 3.0)."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
