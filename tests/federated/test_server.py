@@ -292,6 +292,17 @@ def test_a_resume_with_more_rounds_keeps_the_warmup_the_federation_started_with(
     assert json.loads((run / "federated.json").read_text())["warmup_steps"] == 3
 
 
+def test_a_kept_warmup_of_one_step_is_said_in_the_singular(tmp_path, tiny_model_dir, federate_config,
+                                                          rounds_without_clients, capsys):  # fmt: skip
+    """A federation resumed with more rounds after a one-step warmup printed 'the warmup stays 1 steps'."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    run_federation(None, load_config(config, {"train.warmup_ratio": 0.2}), 2, ["s0", "s1"], resume=False)
+    capsys.readouterr()
+    run_federation(None, load_config(config, {"train.warmup_ratio": 0.2, "federated.rounds": 4}), 2, ["s0", "s1"],
+                   resume=True)  # fmt: skip
+    assert "resume: the warmup stays 1 step, as the federation started with them" in capsys.readouterr().out
+
+
 def test_a_round_that_applied_no_update_keeps_the_final_loss_of_the_round_before(
     tmp_path, tiny_model_dir, federate_config, monkeypatch
 ):

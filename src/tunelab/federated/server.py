@@ -199,7 +199,7 @@ def _run_rounds(
     if warmup != (longer := warmup_steps(cfg.train, f.rounds * f.local_steps)):
         notes = [
             *notes,
-            f"resume: the warmup stays {warmup} steps, as the federation started with them "
+            f"resume: the warmup stays {counted(warmup, 'step')}, as the federation started with them "
             f"(train.warmup_ratio of the new {f.rounds} x {f.local_steps} steps would be {longer}, and would "
             "change the rate of rounds already trained); the decay after it is recomputed for the new length",
         ]
