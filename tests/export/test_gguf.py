@@ -246,20 +246,24 @@ def test_the_modelfile_sets_the_sampling_a_grpo_run_trained_with(tiny_run, tmp_p
     assert "# grpo.temperature: the rollouts were sampled at it\nPARAMETER temperature 0.7\n" in text
 
 
-def test_the_modelfile_sets_the_sampling_of_the_base_models_generation_config(tiny_run, small_tokenizer):
-    """A base whose generation_config samples (Qwen's temperature 0.7, top_p 0.8, top_k 20, repetition_penalty 1.05)
-    was run by Ollama at its own defaults; a base that answers greedily, or an sft run without one, sets none."""
+def test_the_modelfile_of_an_sft_run_answers_as_tunelab_chat_does_by_default(tiny_run, small_tokenizer):
+    """The Modelfile of an sft run set the sampling of the base model's generation_config (Qwen's temperature 0.7,
+    top_p 0.8) or, for a base without one, nothing (Ollama's temperature 0.8 and repeat_penalty 1.1), while `tunelab
+    chat`, `generate` and `serve` answer greedily with no repetition penalty and apply no generation_config: Ollama
+    answered otherwise than tunelab and than export's own check. It now sets tunelab's defaults, and says what the
+    base's generation_config would sample with."""
     from transformers import GenerationConfig
 
     tok = small_tokenizer
     chatml = resolve_template("chatml", tok)
     sft = RunConfig()
     qwen = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
-    sampling = sampling_parameters(sft, qwen)
-    text = modelfile_text("a.gguf", chatml, tok, None, sampling=sampling)
-    assert modelfile_parameters(text) == {"temperature": "0.7", "top_p": "0.8", "top_k": "20", "repeat_penalty": "1.05"}
-    assert "# the base model's generation_config.top_k\nPARAMETER top_k 20\n" in text
-    assert sampling_parameters(sft, GenerationConfig(do_sample=False, temperature=0.7)) == []
-    assert sampling_parameters(sft, None) == [] and sampling_parameters(None, GenerationConfig()) == []
-    plain = modelfile_text("a.gguf", chatml, tok, None, sampling=sampling_parameters(sft, None))
-    assert modelfile_parameters(plain) == {} and modelfile_stops(plain) == ["<|im_end|>", "<|im_start|>"]
+    text = modelfile_text("a.gguf", chatml, tok, None, sampling=sampling_parameters(sft, qwen))
+    assert modelfile_parameters(text) == {"temperature": "0", "repeat_penalty": "1"}
+    assert "samples instead with PARAMETER temperature 0.7, PARAMETER top_p 0.8, PARAMETER top_k 20, " in text
+    assert "PARAMETER repeat_penalty 1.05\nPARAMETER temperature 0\n" in text
+    for greedy_base in (GenerationConfig(do_sample=False, temperature=0.7), None):
+        plain = modelfile_text("a.gguf", chatml, tok, None, sampling=sampling_parameters(sft, greedy_base))
+        assert modelfile_parameters(plain) == {"temperature": "0", "repeat_penalty": "1"}
+        assert "generation_config" not in plain and modelfile_stops(plain) == ["<|im_end|>", "<|im_start|>"]
+    assert sampling_parameters(None, GenerationConfig()) == []

@@ -234,11 +234,15 @@ _OLLAMA_NAMES = (
 
 def sampling_parameters(cfg: RunConfig | None, generation_config) -> list[tuple[str, float | int, str]]:
     """(Ollama PARAMETER, value, where it comes from) for the sampling the run's model answers with; without them
-    Ollama samples with its own defaults (temperature 0.8, top_p 0.9, top_k 40). A grpo run: the sampling its rollouts
-    were drawn and rewarded with (grpo.temperature, grpo.top_p, no top-k, answers of at most grpo.max_new_tokens).
-    Another run: what the base model's generation_config sets when it samples (do_sample), e.g. Qwen's temperature
-    0.7 and top_p 0.8; nothing when it answers greedily or sets nothing."""
-    if cfg is not None and cfg.task == "grpo":
+    Ollama samples with its own defaults (temperature 0.8, top_p 0.9, top_k 40, repeat_penalty 1.1). A grpo run: the
+    sampling its rollouts were drawn and rewarded with (grpo.temperature, grpo.top_p, no top-k, answers of at most
+    grpo.max_new_tokens). Another run: what `tunelab chat`, `generate` and `serve` answer with by default, greedily
+    and with no repetition penalty (they do not apply the model's generation_config, and neither does this); where
+    the base model's generation_config samples (Qwen's temperature 0.7, top_p 0.8, ...) the comment says so, with
+    the PARAMETER lines that sample as it does. None (the run's config unreadable): nothing."""
+    if cfg is None:
+        return []
+    if cfg.task == "grpo":
         g = cfg.grpo
         return [
             ("temperature", g.temperature, "grpo.temperature: the rollouts were sampled at it"),
@@ -246,14 +250,23 @@ def sampling_parameters(cfg: RunConfig | None, generation_config) -> list[tuple[
             ("top_k", 0, "the rollouts kept every token (0: no top-k)"),
             ("num_predict", g.max_new_tokens, "grpo.max_new_tokens: the longest answer trained on"),
         ]
+    why = "greedy, as tunelab chat, generate and serve answer by default (--temperature 0) and export's check did"
     set_here = generation_config.to_diff_dict() if generation_config is not None else {}
-    if not set_here.get("do_sample"):
-        return []
-    return [
-        (ollama, set_here[name], f"the base model's generation_config.{name}")
+    base = [
+        f"PARAMETER {ollama} {_number(set_here[name])}"
         for name, ollama in _OLLAMA_NAMES
         if isinstance(set_here.get(name), int | float) and not isinstance(set_here.get(name), bool)
     ]
+    if set_here.get("do_sample") and base:
+        why += f"; the base model's generation_config.json samples instead with {', '.join(base)}"
+    return [
+        ("temperature", 0, why),
+        ("repeat_penalty", 1, "no repetition penalty, as tunelab's default --repetition-penalty 1 (Ollama's is 1.1)"),
+    ]
+
+
+def _number(value: float | int) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def modelfile_text(
@@ -283,7 +296,7 @@ def modelfile_text(
     for name, value, why in sampling:  # the comment on a line of its own: Ollama reads a PARAMETER's rest as its value
         lines += [
             f"# {why}",
-            f"PARAMETER {name} {value:g}" if isinstance(value, float) else f"PARAMETER {name} {value}",
+            f"PARAMETER {name} {_number(value)}",
         ]
     if system_prompt:
         lines.append(
