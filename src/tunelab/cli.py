@@ -386,6 +386,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                     or ("nothing to remove" if args.action == "clear" else "nothing stale")
                 )
             )
+            if args.action == "prune":
+                from tunelab.conversion_cache import prune_note
+
+                if note := prune_note(removed, [e for e in api.cache_entries() if e.stale]):
+                    print(note)
         else:
             from tunelab.conversion_cache import format_entries
 

@@ -14,7 +14,10 @@ again: such a copy, and one whose file is gone, is listed as stale (by the file 
 told) and `tunelab cache prune` removes those alone.
 
 Adapters of runs on a GGUF base name the converted folder as their base for other tools
-(`peft.AutoPeftModelForCausalLM`); after clearing, the next tunelab command that loads the model recreates it.
+(`peft.AutoPeftModelForCausalLM`); after clearing, the next tunelab command that loads the model recreates it. A stale
+copy cannot be recreated (its file is gone or holds other weights now), so prune keeps one that an adapter recorded in
+it still names (models/converted.record_named_by); adapters saved before such records were kept are not known, and
+prune_note says what removing their base means for them.
 """
 
 from __future__ import annotations
@@ -22,12 +25,19 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.atomic import ASIDE_PREFIX
 from tunelab.errors import ConfigError, WriteFailed
-from tunelab.models.converted import COMPLETE, cache_root, conversion_problem, conversion_source, gguf_key
+from tunelab.models.converted import (
+    COMPLETE,
+    adapters_naming,
+    cache_root,
+    conversion_problem,
+    conversion_source,
+    gguf_key,
+)
 
 
 @dataclass
@@ -40,6 +50,7 @@ class CacheEntry:
     # .old- folder, never used again) or damaged since (see problem)
     problem: str | None = None  # what is wrong with a finished conversion that is no longer whole
     stale: str | None = None  # why no load uses this copy again: its GGUF file is gone, or changed since
+    named_by: list[Path] = field(default_factory=list)  # of a stale copy: the adapter configs that still name it
 
 
 def gguf_cache_dir() -> Path:
@@ -81,7 +92,8 @@ def _entry(folder: Path) -> CacheEntry:
     problem = None if leftover else conversion_problem(folder)
     stale = None if leftover else _stale(folder)
     complete = not leftover and not problem
-    return CacheEntry(folder.name, folder, _size(folder), folder.stat().st_mtime, complete, problem, stale)
+    named_by = adapters_naming(folder) if stale else []
+    return CacheEntry(folder.name, folder, _size(folder), folder.stat().st_mtime, complete, problem, stale, named_by)
 
 
 def cache_entries() -> list[CacheEntry]:
@@ -118,9 +130,31 @@ def clear_cache(names: list[str] | None = None) -> list[CacheEntry]:
 
 
 def prune_cache() -> list[CacheEntry]:
-    """Remove the stale entries alone (CacheEntry.stale: their GGUF file is gone or changed since); returns them."""
-    stale = [e.name for e in cache_entries() if e.stale]
+    """Remove the stale entries (CacheEntry.stale: their GGUF file is gone or changed since) that no recorded adapter
+    still names as its base (CacheEntry.named_by); returns those removed. The stale ones left are the kept ones."""
+    stale = [e.name for e in cache_entries() if e.stale and not e.named_by]
     return clear_cache(stale) if stale else []
+
+
+def prune_note(removed: list[CacheEntry], kept: list[CacheEntry]) -> str:
+    """What `tunelab cache prune` says beside the names it removed: each stale copy kept and the adapter that names
+    it, and, after a removal, what an adapter that names a removed copy (one saved before tunelab recorded them) now
+    meets and how to load it."""
+    lines = [
+        f"kept {e.name} (stale): the adapter in {e.named_by[0].parent}"
+        + (f" and {len(e.named_by) - 1} more name" if len(e.named_by) > 1 else " names")
+        + " it as base (adapter_config.json base_model_name_or_path); `tunelab cache clear NAME` removes it all the same"
+        for e in kept
+    ]
+    if removed:
+        lines.append(
+            "An adapter that still names a removed copy as its base (adapter_config.json base_model_name_or_path; "
+            "older runs did not record theirs) no longer loads with peft's AutoPeftModelForCausalLM "
+            '("Repo id must be in the form ..."): a stale copy\'s GGUF file is gone or holds other weights, so it '
+            "cannot be converted again. tunelab commands open such a run from its run.json while its GGUF file is the "
+            "one trained on; in PEFT, load that base yourself and pass it to PeftModel.from_pretrained(base, RUN_DIR)."
+        )
+    return "\n".join(lines)
 
 
 def _human(size: int) -> str:
@@ -144,12 +178,16 @@ def format_entries(entries: list[CacheEntry]) -> str:
             state = f"  (incomplete: {e.problem}; converted again at next use)"
         if e.stale:
             state = f"  (stale: {e.stale}; tunelab cache prune removes it)"
+            if e.named_by:
+                state = (
+                    f"  (stale: {e.stale}; kept by tunelab cache prune: the adapter in {e.named_by[0].parent} names it)"
+                )
         lines.append(f"  {_human(e.size_bytes):>9}  {when}  {e.name}{state}")
     total = sum(e.size_bytes for e in entries)
     lines.append(
         f"  {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_human(total)} in all" if entries else "  empty"
     )
-    stale = [e for e in entries if e.stale]
+    stale = [e for e in entries if e.stale and not e.named_by]
     if stale:
         freed = _human(sum(e.size_bytes for e in stale))
         lines.append(f"  {len(stale)} stale ({freed}): `tunelab cache prune` removes them")

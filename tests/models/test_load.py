@@ -363,3 +363,42 @@ def test_copies_of_a_gguf_file_changed_or_gone_are_stale_and_pruned(tiny_gguf, t
     assert [e.name for e in cache_entries()] == [current.name]
     assert main(["cache", "prune"]) == 0 and "removed 0 entries (0.0 MB): nothing stale" in capsys.readouterr().out
     assert main(["cache", "prune", current.name]) == 2  # names go with clear alone
+
+
+def test_prune_keeps_a_stale_copy_that_a_runs_adapter_names_as_its_base(tiny_gguf, tmp_path, monkeypatch, capsys):
+    """`tunelab cache prune` removed the copy of a GGUF file changed since, which the adapters of runs trained on it
+    name as base_model_name_or_path: peft's AutoPeftModelForCausalLM then stopped with "Repo id must be in the form
+    'repo_name'", and the copy could not be made again. A copy an adapter still names is kept, saying which; once no
+    adapter names it, it is removed, saying what an unrecorded adapter of it meets."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.peft.lora import attach_lora
+    from tunelab.peft.save import save_adapter
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    model_file = tmp_path / "m.gguf"
+    shutil.copy(tiny_gguf, model_file)
+    copy = Path(materialize(resolve_source(str(model_file))))
+    model = AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float32)
+    attach_lora(model, ["q_proj"], r=2, alpha=4)
+    run = tmp_path / "runs" / "r1"
+    save_adapter(model, run / ".tmp-final", base_model=str(model_file))  # staged, then moved in, as training does
+    for item in (run / ".tmp-final").iterdir():
+        os.replace(item, run / item.name)
+    assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == str(copy)
+    _replace_keeping_size_and_mtime(model_file)
+    current = Path(materialize(resolve_source(str(model_file))))
+    assert current != copy and {e.name for e in cache_entries() if e.stale} == {copy.name}
+
+    assert main(["cache"]) == 0
+    assert f"kept by tunelab cache prune: the adapter in {run} names it)" in capsys.readouterr().out
+    assert main(["cache", "prune"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 0 entries" in out and f"kept {copy.name} (stale): the adapter in {run} names it as base" in out
+    assert copy.is_dir()
+
+    shutil.rmtree(run)
+    assert main(["cache", "prune"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 1 entry" in out and copy.name in out and "AutoPeftModelForCausalLM" in out
+    assert not copy.exists() and current.is_dir()

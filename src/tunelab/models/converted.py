@@ -1,7 +1,7 @@
 """A GGUF file's converted copy on disk: where copies live (`cache_root`), the key that names one (`gguf_key`), the
-mark written last into a whole one (COMPLETE, `finish_conversion`), the file it was made from (`conversion_source`)
-and what is wrong with one that is not whole (`conversion_problem`). models/load.py converts; conversion_cache.py
-lists and clears the copies."""
+mark written last into a whole one (COMPLETE, `finish_conversion`), the file it was made from (`conversion_source`),
+what is wrong with one that is not whole (`conversion_problem`) and the adapters that name it as their base
+(`record_named_by`, `adapters_naming`). models/load.py converts; conversion_cache.py lists and clears the copies."""
 
 from __future__ import annotations
 
@@ -125,3 +125,41 @@ def conversion_problem(folder: Path) -> str | None:
         if file.stat().st_size != size:
             return f"{name} has {file.stat().st_size:,} bytes, not the {size:,} written"
     return None
+
+
+NAMED_BY = "tunelab-named-by"  # in a copy: one record per folder whose adapters name the copy as their base
+
+
+def record_named_by(copy: Path, adapter_folder: Path) -> None:
+    """Note in the copy `copy` that an adapter saved into `adapter_folder` names it as its base
+    (adapter_config.json's base_model_name_or_path): the folder above it is recorded (the run directory its result or
+    checkpoint is staged in, then moved within), so that `tunelab cache prune` keeps the copy while an adapter there
+    still names it. A copy that cannot be written to (a shared, read-only cache) keeps no note."""
+    above = str(adapter_folder.resolve().parent)
+    record = copy / NAMED_BY / f"{hashlib.sha256(above.encode()).hexdigest()[:16]}.json"
+    if record.is_file():
+        return
+    try:
+        record.parent.mkdir(exist_ok=True)
+        write_json(record, {"folder": above})
+    except OSError:
+        pass
+
+
+def adapters_naming(copy: Path) -> list[Path]:
+    """The adapter_config.json files, in the folders recorded in `copy` (record_named_by), that still name it as
+    their base. Only the folder itself is read (a run directory that was `.` must not walk the whole tree)."""
+    found = []
+    for record in sorted((copy / NAMED_BY).glob("*.json")):
+        try:
+            folder = Path(json.loads(record.read_text())["folder"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        config = folder / "adapter_config.json"  # the result moved in from its staging folder (training/result.py)
+        try:
+            named = json.loads(config.read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if named == str(copy):
+            found.append(config)
+    return found

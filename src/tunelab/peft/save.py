@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.errors import ConfigError, ModelError, RunDirError
+from tunelab.models.converted import COMPLETE, record_named_by
 from tunelab.models.load import materialize, resolve_source
 from tunelab.peft.dora import DoRALinear
 from tunelab.peft.lora import attach_lora, lora_modules
@@ -104,6 +105,9 @@ def save_adapter(
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     config = adapter_config(model, base_model, task_type, modules_to_save)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    named = Path(config["base_model_name_or_path"])
+    if named.is_absolute() and (named / COMPLETE).is_file():  # tunelab's converted copy of a GGUF base
+        record_named_by(named, folder)
 
 
 def record_base_revision(folder: str | Path, revision: str) -> None:
