@@ -15,7 +15,8 @@ told) and `tunelab cache prune` removes those alone.
 
 Adapters of runs on a GGUF base name the converted folder as their base for other tools
 (`peft.AutoPeftModelForCausalLM`); after clearing, the next tunelab command that loads the model recreates it. A stale
-copy cannot be recreated (its file is gone or holds other weights now), so prune keeps one that an adapter recorded in
+copy cannot be made again under its name (its file is gone, holds other weights now, or was named by an older
+tunelab: mtime_key), so prune keeps one that an adapter recorded in
 it still names (models/converted.record_named_by); adapters saved before such records were kept are not known, and
 prune_note says what removing their base means for them.
 """
@@ -37,6 +38,7 @@ from tunelab.models.converted import (
     conversion_problem,
     conversion_source,
     gguf_key,
+    mtime_key,
 )
 
 
@@ -79,9 +81,12 @@ def _stale(folder: Path) -> str | None:
     if not source.is_file():
         return f"its GGUF file {source} is gone"
     try:
-        key = gguf_key(source)
+        key, older = gguf_key(source), mtime_key(source)
     except OSError:
         return None
+    current = f"{folder.name[: -len(key)]}{key}"
+    if folder.name.endswith(f"-{older}"):
+        return f"an older tunelab named this copy of {source}, which is unchanged; its copy is now named {current}"
     if not folder.name.endswith(f"-{key}"):
         return f"its GGUF file {source} changed or was replaced since; a newer copy is used"
     return None
@@ -150,9 +155,10 @@ def prune_note(removed: list[CacheEntry], kept: list[CacheEntry]) -> str:
         lines.append(
             "An adapter that still names a removed copy as its base (adapter_config.json base_model_name_or_path; "
             "older runs did not record theirs) no longer loads with peft's AutoPeftModelForCausalLM "
-            '("Repo id must be in the form ..."): a stale copy\'s GGUF file is gone or holds other weights, so it '
-            "cannot be converted again. tunelab commands open such a run from its run.json while its GGUF file is the "
-            "one trained on; in PEFT, load that base yourself and pass it to PeftModel.from_pretrained(base, RUN_DIR)."
+            '("Repo id must be in the form ..."). tunelab commands open such a run from its run.json while its GGUF '
+            "file is the one trained on. For PEFT, where an older tunelab named the copy (its file unchanged), write "
+            "the copy now used (`tunelab cache` lists it) as base_model_name_or_path; where the file changed or is "
+            "gone, load the base it trained on yourself and pass it to PeftModel.from_pretrained(base, RUN_DIR)."
         )
     return "\n".join(lines)
 

@@ -402,3 +402,25 @@ def test_prune_keeps_a_stale_copy_that_a_runs_adapter_names_as_its_base(tiny_ggu
     out = capsys.readouterr().out
     assert "removed 1 entry" in out and copy.name in out and "AutoPeftModelForCausalLM" in out
     assert not copy.exists() and current.is_dir()
+
+
+def test_a_copy_named_by_the_older_key_is_not_said_to_be_of_a_changed_file(tiny_gguf, tmp_path, monkeypatch, capsys):
+    """Copies named by the key of before 2026-12-05 (path, size, modification time) were listed as stale because
+    "its GGUF file changed or was replaced since", for a file untouched since: they are now said to be copies of an
+    unchanged file under an older name, with the name its copy has now (what an adapter naming the old one can use)."""
+    import hashlib
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    model_file = tmp_path / "m.gguf"
+    shutil.copy(tiny_gguf, model_file)
+    current = Path(materialize(resolve_source(str(model_file))))
+    stat = model_file.stat()
+    old_key = f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|2"
+    older = current.with_name(f"m-{hashlib.sha256(old_key.encode()).hexdigest()[:16]}")
+    shutil.copytree(current, older)
+    stale = {e.name: e.stale for e in cache_entries()}
+    assert stale[current.name] is None
+    assert stale[older.name] == (
+        f"an older tunelab named this copy of {model_file.resolve()}, which is unchanged; its copy is now named "
+        f"{current.name}"
+    )

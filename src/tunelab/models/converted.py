@@ -57,6 +57,14 @@ def gguf_key(file: Path) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def mtime_key(file: Path) -> str:
+    """The key tunelab named copies by before 2026-12-05: the file's path, size and modification time. A copy so
+    named for a file of that size and time is a copy of the same file, under an older name."""
+    stat = file.stat()
+    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 COMPLETE = "tunelab-conversion.json"  # written last into a converted folder: the name and size of every other file
 
 
