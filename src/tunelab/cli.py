@@ -386,11 +386,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                     or ("nothing to remove" if args.action == "clear" else "nothing stale")
                 )
             )
-            if args.action == "prune":
-                from tunelab.conversion_cache import prune_note
+            from tunelab.conversion_cache import removal_note
 
-                if note := prune_note(removed, [e for e in api.cache_entries() if e.stale]):
-                    print(note)
+            kept = [e for e in api.cache_entries() if e.stale] if args.action == "prune" else []
+            if note := removal_note(removed, kept):
+                print(note)
         else:
             from tunelab.conversion_cache import format_entries
 

@@ -18,7 +18,7 @@ Adapters of runs on a GGUF base name the converted folder as their base for othe
 copy cannot be made again under its name (its file is gone, holds other weights now, or was named by an older
 tunelab: mtime_key), so prune keeps one that an adapter recorded in
 it still names (models/converted.record_named_by); adapters saved before such records were kept are not known, and
-prune_note says what removing their base means for them.
+removal_note says what removing their base means for them.
 """
 
 from __future__ import annotations
@@ -141,17 +141,28 @@ def prune_cache() -> list[CacheEntry]:
     return clear_cache(stale) if stale else []
 
 
-def prune_note(removed: list[CacheEntry], kept: list[CacheEntry]) -> str:
-    """What `tunelab cache prune` says beside the names it removed: each stale copy kept and the adapter that names
-    it, and, after a removal, what an adapter that names a removed copy (one saved before tunelab recorded them) now
+def removal_note(removed: list[CacheEntry], kept: list[CacheEntry] = ()) -> str:
+    """What `tunelab cache prune` and `clear` say beside the names they removed: each stale copy prune kept and the
+    adapter that names it; each stale copy clear removed although an adapter names it (it cannot be converted again);
+    and, after removing a stale copy, what an adapter that names it (one saved before tunelab recorded them) now
     meets and how to load it."""
+
+    def adapters(e: CacheEntry) -> str:
+        more = len(e.named_by) - 1
+        return f"the adapter in {e.named_by[0].parent}" + (f" and {more} more name" if more else " names")
+
     lines = [
-        f"kept {e.name} (stale): the adapter in {e.named_by[0].parent}"
-        + (f" and {len(e.named_by) - 1} more name" if len(e.named_by) > 1 else " names")
-        + " it as base (adapter_config.json base_model_name_or_path); `tunelab cache clear NAME` removes it all the same"
+        f"kept {e.name} (stale): {adapters(e)} it as base (adapter_config.json base_model_name_or_path); `tunelab "
+        "cache clear NAME` removes it all the same"
         for e in kept
     ]
-    if removed:
+    lines += [
+        f"removed {e.name} (stale), which cannot be converted again: {adapters(e)} it as base (adapter_config.json "
+        "base_model_name_or_path)"
+        for e in removed
+        if e.stale and e.named_by
+    ]
+    if any(e.stale for e in removed):
         lines.append(
             "An adapter that still names a removed copy as its base (adapter_config.json base_model_name_or_path; "
             "older runs did not record theirs) no longer loads with peft's AutoPeftModelForCausalLM "

@@ -365,11 +365,8 @@ def test_copies_of_a_gguf_file_changed_or_gone_are_stale_and_pruned(tiny_gguf, t
     assert main(["cache", "prune", current.name]) == 2  # names go with clear alone
 
 
-def test_prune_keeps_a_stale_copy_that_a_runs_adapter_names_as_its_base(tiny_gguf, tmp_path, monkeypatch, capsys):
-    """`tunelab cache prune` removed the copy of a GGUF file changed since, which the adapters of runs trained on it
-    name as base_model_name_or_path: peft's AutoPeftModelForCausalLM then stopped with "Repo id must be in the form
-    'repo_name'", and the copy could not be made again. A copy an adapter still names is kept, saying which; once no
-    adapter names it, it is removed, saying what an unrecorded adapter of it meets."""
+def _adapter_over_stale_copy(tiny_gguf, tmp_path, monkeypatch):
+    """A run's adapter saved over the converted copy of a GGUF file, which is then changed: (run, copy, current)."""
     from transformers import AutoModelForCausalLM
 
     from tunelab.peft.lora import attach_lora
@@ -389,7 +386,15 @@ def test_prune_keeps_a_stale_copy_that_a_runs_adapter_names_as_its_base(tiny_ggu
     _replace_keeping_size_and_mtime(model_file)
     current = Path(materialize(resolve_source(str(model_file))))
     assert current != copy and {e.name for e in cache_entries() if e.stale} == {copy.name}
+    return run, copy, current
 
+
+def test_prune_keeps_a_stale_copy_that_a_runs_adapter_names_as_its_base(tiny_gguf, tmp_path, monkeypatch, capsys):
+    """`tunelab cache prune` removed the copy of a GGUF file changed since, which the adapters of runs trained on it
+    name as base_model_name_or_path: peft's AutoPeftModelForCausalLM then stopped with "Repo id must be in the form
+    'repo_name'", and the copy could not be made again. A copy an adapter still names is kept, saying which; once no
+    adapter names it, it is removed, saying what an unrecorded adapter of it meets."""
+    run, copy, current = _adapter_over_stale_copy(tiny_gguf, tmp_path, monkeypatch)
     assert main(["cache"]) == 0
     assert f"kept by tunelab cache prune: the adapter in {run} names it)" in capsys.readouterr().out
     assert main(["cache", "prune"]) == 0
@@ -424,3 +429,13 @@ def test_a_copy_named_by_the_older_key_is_not_said_to_be_of_a_changed_file(tiny_
         f"an older tunelab named this copy of {model_file.resolve()}, which is unchanged; its copy is now named "
         f"{current.name}"
     )
+
+
+def test_clear_says_which_adapter_names_a_stale_copy_it_removed(tiny_gguf, tmp_path, monkeypatch, capsys):
+    """`tunelab cache clear` removed a stale copy that an adapter names, which cannot be converted again, saying no
+    more than its name: it now names the adapter and says what loading it in PEFT meets."""
+    run, copy, _ = _adapter_over_stale_copy(tiny_gguf, tmp_path, monkeypatch)
+    assert main(["cache", "clear", copy.name]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {copy.name} (stale), which cannot be converted again: the adapter in {run} names it" in out
+    assert "AutoPeftModelForCausalLM" in out and not copy.exists()
