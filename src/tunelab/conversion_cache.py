@@ -16,9 +16,9 @@ told) and `tunelab cache prune` removes those alone.
 Adapters of runs on a GGUF base name the converted folder as their base for other tools
 (`peft.AutoPeftModelForCausalLM`); after clearing, the next tunelab command that loads the model recreates it. A stale
 copy cannot be made again under its name (its file is gone, holds other weights now, or was named by an older
-tunelab: mtime_key), so prune keeps one that an adapter recorded in
-it still names (models/converted.record_named_by); adapters saved before such records were kept are not known, and
-removal_note says what removing their base means for them.
+tunelab: mtime_key), so prune keeps one that an adapter recorded in it still names (models/converted.record_named_by);
+adapters saved before such records were kept are not known, and removal_note says what removing their base means
+for them.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def gguf_key(file: Path) -> str:
 
 
 def mtime_key(file: Path) -> str:
-    """The key tunelab named copies by before 2026-12-05: the file's path, size and modification time. A copy so
+    """The key tunelab named copies by until 2026-12-05: the file's path, size and modification time. A copy so
     named for a file of that size and time is a copy of the same file, under an older name."""
     stat = file.stat()
     key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION}"
@@ -140,9 +140,9 @@ NAMED_BY = "tunelab-named-by"  # in a copy: one record per folder whose adapters
 
 def record_named_by(copy: Path, adapter_folder: Path) -> None:
     """Note in the copy `copy` that an adapter saved into `adapter_folder` names it as its base
-    (adapter_config.json's base_model_name_or_path): the folder above it is recorded (the run directory its result or
-    checkpoint is staged in, then moved within), so that `tunelab cache prune` keeps the copy while an adapter there
-    still names it. A copy that cannot be written to (a shared, read-only cache) keeps no note."""
+    (adapter_config.json's base_model_name_or_path): the folder above it is recorded (the run directory whose result
+    is staged in it, then moved into the run directory: training/result.py), so that `tunelab cache prune` keeps the
+    copy while an adapter there still names it. A copy that cannot be written to (a shared, read-only cache) keeps no note."""
     above = str(adapter_folder.resolve().parent)
     record = copy / NAMED_BY / f"{hashlib.sha256(above.encode()).hexdigest()[:16]}.json"
     if record.is_file():
