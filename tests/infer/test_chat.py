@@ -133,6 +133,29 @@ def test_system_sets_the_system_prompt_for_the_next_answers(tiny_run_dir):
     assert "unknown command" not in said, said
 
 
+def test_system_none_asks_for_no_system_prompt(mixed_system_run_dir):
+    """A run trained with a data.system_prompt could not be chatted with under no system prompt: /system alone meant
+    the run's own, and an empty one is none, which the run's takes the place of. /system none drops it (as serve's
+    "default_system_prompt": false), keeping the conversation; /system goes back to the run's own."""
+    run = open_run(mixed_system_run_dir, device="cpu")
+    inputs = iter(["Code of box 1?", "/system none", "Code of box 2?", "/system", "Code of box 3?", "/exit"])
+    out, asked, real = io.StringIO(), [], run.template.write
+
+    def seen(messages, add_generation_prompt):
+        asked.append([(m["role"], m["content"]) for m in messages])
+        return real(messages, add_generation_prompt)
+
+    run.template = replace(run.template, write=seen)
+    chat(run, GenerationSettings(max_new_tokens=2), read=lambda prompt: next(inputs), out=out)
+    last = {m[-1][1]: m for m in asked if m and m[-1][0] == "user"}  # each question's prompt
+    assert last["Code of box 1?"][0] == ("system", "You are helpful."), last
+    assert all(role != "system" for role, _ in last["Code of box 2?"]), last
+    assert last["Code of box 3?"][0] == ("system", "You are helpful."), last
+    said = out.getvalue()
+    assert "(no system prompt from the next answer on: the prompt of a conversation trained without one.)" in said
+    assert "/system none: none" in said.splitlines()[0], said
+
+
 def test_a_line_ending_in_a_backslash_continues_the_message(tiny_run_dir):
     """A message of several lines (code, a list) could not be typed: each Enter sent a line as its own message. A
     line ending in a backslash now continues on the next, under a "...> " prompt, and the lines are sent as one

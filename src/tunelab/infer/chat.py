@@ -1,9 +1,10 @@
 """An interactive multi-turn chat with a tuned model, streaming its answers. /reset clears the history, /exit (or
-Ctrl-D, or Ctrl-C at the prompt) leaves, /system TEXT sets the system prompt (/system alone: the run's own),
-Ctrl-C during an answer stops it. A line ending in a backslash continues on the next (Ctrl-C there drops the message
-being typed, and the chat goes on). A conversation grown past
-the model's context loses its oldest exchanges (said once). An empty answer is not kept, nor the question it
-answered: training skips a conversation holding an empty answer, so the model would be shown a turn it never saw."""
+Ctrl-D, or Ctrl-C at the prompt) leaves, /system TEXT sets the system prompt (/system alone: the run's own;
+/system none: none at all, as serve's "default_system_prompt": false), Ctrl-C during an answer stops it. A line
+ending in a backslash continues on the next (Ctrl-C there drops the message being typed, and the chat goes on). A
+conversation grown past the model's context loses its oldest exchanges (said once). An empty answer is not kept, nor
+the question it answered: training skips a conversation holding an empty answer, so the model would be shown a turn
+it never saw."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def chat(
     system = trained
     messages, trimmed = list(system), False
     out.write(
-        f"chatting with {run.run_dir} — /reset to start over, /system TEXT to set the system prompt, /exit to leave; "
+        f"chatting with {run.run_dir} — /reset to start over, /system TEXT to set the system prompt (/system none: "
+        "none), /exit to leave; "
         "end a line with \\ to go on to the next\n"
     )
     if notice := config_notice(run.model):
@@ -101,7 +103,9 @@ def chat(
             continue
         if text == "/system" or text.startswith(("/system ", "/system\n")):
             given = text.removeprefix("/system").strip()
-            wanted = [{"role": "system", "content": given}] if given else trained
+            # "none": no system message, the prompt of a conversation trained without one (the template's own default
+            # where it writes one), as serve's "default_system_prompt": false
+            wanted = [] if given.lower() == "none" else [{"role": "system", "content": given}] if given else trained
             try:  # refused now rather than with every later message
                 render_prompt([*wanted, {"role": "user", "content": "Hi"}], run.tokenizer, run.template)
             except (ControlTokenText, NotText, TemplateRefused) as exc:
@@ -110,7 +114,9 @@ def chat(
             messages = wanted + messages[len(system) :]
             system = wanted
             out.write(
-                "(system prompt set; the model reads it from the next answer on.)\n"
+                "(no system prompt from the next answer on: the prompt of a conversation trained without one.)\n"
+                if given.lower() == "none"
+                else "(system prompt set; the model reads it from the next answer on.)\n"
                 if given
                 else "(system prompt back to the run's own.)\n"
             )
