@@ -383,7 +383,7 @@ def test_a_classify_evaluation_says_its_skipped_rows_unseen_labels_and_eval_loss
     assert '<tr><th>eval loss</th><td class="num">-</td><td class="num">0.6931</td></tr>' in page
     assert "skipped 2: empty input (t.jsonl:3, t.jsonl:9)" in page
     assert "1 input was longer than the run&#x27;s max_length: its last tokens were kept" in page
-    assert "<p>4 rows of <code>t.jsonl</code>.</p>" in page
+    assert "<p>4 rows scored of <code>t.jsonl</code>.</p>" in page
     assert "read as its: Spam as spam (1)" in page
     assert "labels the run never trained on, scored as errors (not in the matrix below): &lt;other&gt; (1)" in page
     unseen = {"label not among the training labels ('x')": {"count": 1, "locations": ["t.jsonl:4"]}}

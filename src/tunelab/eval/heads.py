@@ -339,10 +339,14 @@ def _num(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _scored(n, task: str) -> str:
+    """'1 row scored', '12 preference pairs scored': the rows skipped are listed after it, not among them."""
+    return f"{_count(n, 'row' if task == 'classify' else 'preference pair')} scored"
+
+
 def format_head_eval(r: HeadEvalResult) -> str:
     """The scores as text tables for the terminal."""
-    what = counted(r.rows_read, "row") if r.task == "classify" else counted(r.rows_read, "preference pair")
-    lines = [f"eval of {r.run_dir} ({r.task}) on {r.data_file}: {what}"]
+    lines = [f"eval of {r.run_dir} ({r.task}) on {r.data_file}: {_scored(r.rows_read, r.task)}"]
     if r.truncated:
         lines.append(f"  {_truncated(r.truncated)}")
     for reason, s in r.skipped.items():
@@ -425,10 +429,7 @@ def head_eval_html(data: dict | None, problem: str | None = None) -> str:
         why = problem or "eval.json holds no scores of a classify or reward run; run 'tunelab eval RUN --data FILE'"
         return f'<p class="missing">No evaluation: {_e(why)}.</p>'
     t, b, name = data["tuned"], data["baseline"], data.get("baseline_name", "baseline")
-    head = (
-        f"<p>{_e(_count(data.get('rows_read'), 'row' if data['task'] == 'classify' else 'preference pair'))} of "
-        f"<code>{_e(data.get('data_file'))}</code>.</p>"
-    )
+    head = f"<p>{_e(_scored(data.get('rows_read'), data['task']))} of <code>{_e(data.get('data_file'))}</code>.</p>"
 
     def row(label: str, bv: str, tv: str) -> str:
         return f'<tr><th>{_e(label)}</th><td class="num">{_e(bv)}</td><td class="num">{_e(tv)}</td></tr>'
