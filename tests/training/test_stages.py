@@ -436,12 +436,12 @@ def test_a_stage_changed_on_resume_is_named_with_its_line(staged, tmp_path, cras
     config.write_text(yaml.safe_dump({"stages": staged["stages"]}))
     with pytest.raises(ConfigError, match=r"staged\.yaml:\d+: stage 1: --resume .* stage 1's options differ from "):
         train(config, flags, resume=True)
-    with pytest.raises(ConfigError, match=r"train\.lr: None -> 0\.5\. Put them back"):
+    with pytest.raises(ConfigError, match=r"train\.lr: not set -> 0\.5\. Put them back"):
         train(config, flags, resume=True)
     del staged["stages"][0]["train"]["lr"]
     staged["stages"][0]["model"] = {"revision": "v1"}
     config.write_text(yaml.safe_dump({"stages": staged["stages"]}))
-    with pytest.raises(ConfigError, match=r"model\.revision: None -> 'v1'\. model\.revision names the base every"):
+    with pytest.raises(ConfigError, match=r"model\.revision: not set -> 'v1'\. model\.revision names the base every"):
         train(config, flags, resume=True)
 
 

@@ -6,7 +6,9 @@ them by their old paths (`follow_move`). `stage_dir` is where stage k lives in a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -48,6 +50,24 @@ def follow_move(run_dir: Path, plans: list[ResolvedConfig]) -> None:
             print(f"{here}: the run was moved; its saved config now names this run's stages ({'; '.join(moved)})")
 
 
+def _as_saved(value: Any) -> Any:
+    """A stage's option value as config.yaml holds it: a RewardSpec as its mapping, a tuple as a list. Compared as
+    they are, grpo.rewards read from the file never equalled the config's, and was listed as changed beside the option
+    that was."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, list | tuple):
+        return [_as_saved(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_saved(v) for k, v in value.items()}
+    return value
+
+
+def _shown(stage: dict, key: str) -> str:
+    """The stage's value of `key` for the message; an option the stage does not set is said so, not shown as None."""
+    return repr(stage[key]) if key in stage else "not set"
+
+
 def refuse_changed_stage(run_dir: Path, resolved: ResolvedConfig) -> None:
     """ConfigError naming the first stage (its file and line) whose options differ from that stage in the run's
     config.yaml, each old -> new: --resume refused the whole `stages:` list, old and new, leaving the user to find
@@ -58,8 +78,9 @@ def refuse_changed_stage(run_dir: Path, resolved: ResolvedConfig) -> None:
     for k, (old, new) in enumerate(zip(saved, now), 1):
         if not isinstance(old, dict):
             return
+        new = {key: _as_saved(value) for key, value in new.items()}
         keys = sorted((old.keys() | new.keys()) - {"name"})
-        changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
+        changed = [f"{key}: {_shown(old, key)} -> {_shown(new, key)}" for key in keys if old.get(key) != new.get(key)]
         if not changed:
             continue
         base = (
