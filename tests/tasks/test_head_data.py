@@ -507,3 +507,19 @@ def test_split_seed_holds_out_the_same_rows_whatever_the_train_seed(task, smollm
     held = [[(r.path, r.line) for r in build(cfg, smollm2_tokenizer, seed).eval] for seed in (1, 2)]
     assert held[0] == held[1] and len(held[0]) == 10
     assert build(cfg, smollm2_tokenizer, 1).report.split_seed == 3
+
+
+@pytest.mark.parametrize("task", ("dpo", "reward", "classify"))
+def test_rows_all_skipped_beside_an_eval_fraction_say_why(task, smollm2_tokenizer, tmp_path):
+    """Every row skipped (a pair's sides the same, an empty input) beside data.eval_fraction was refused as
+    "data.eval_fraction=0.1 holds out 1 of 0 usable examples of  and leaves none to train on", naming no file and
+    no reason. It says there are no usable rows, with the skips and their lines, as without an eval split."""
+    row = (
+        {"prompt": "Hi?", "chosen": "Same.", "rejected": "Same."} if task != "classify" else {"text": "", "label": "a"}
+    )
+    train = _write(tmp_path / "t.jsonl", [row] * 4)
+    with pytest.raises(DataError) as refused:
+        _build(task, smollm2_tokenizer, train, **{"data.eval_fraction": 0.1})
+    message = str(refused.value)
+    assert message.startswith(f"{train}: no usable training rows."), message
+    assert "skipped 4: " in message and f"{train}:1" in message and "holds out" not in message, message

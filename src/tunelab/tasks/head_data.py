@@ -557,6 +557,8 @@ def train_and_held(read, data, seed: int, report) -> tuple[list, list]:
         held = read([data.eval], data.fields, data.system_prompt, report, lenient=True, delimiter=data.delimiter)
         report.eval_source = "file"
     else:
+        if not items and data.eval_fraction > 0:  # every row skipped: why, not "holds out 1 of 0 usable examples"
+            raise DataError(f"{', '.join(data.train)}: no usable training rows. {report.summary()}")
         items, held = split_eval(items, data.eval_fraction, data.eval_split_seed(seed))
         report.eval_source = "fraction" if held else "none"
         report.split_seed = data.eval_split_seed(seed) if held else None
