@@ -323,8 +323,10 @@ def test_a_reward_model_refuses_a_text_alone_and_unequal_lists():
         ConfigError, match=r"'completions' must be a list .*got a str; for one pair, give \[completion\]"
     ):
         reward(["ab"], "cd")
-    with pytest.raises(ConfigError, match="reward model: 2 prompts but 1 completions; give one each"):
-        reward(["a", "b"], ["c"])
+    with pytest.raises(ConfigError, match="reward model: 2 prompts but 1 completion; give one each"):
+        reward(["a", "b"], ["c"])  # said "1 completions"
+    with pytest.raises(ConfigError, match="reward model: 1 prompt but 2 completions; give one each"):
+        reward(["a"], ["c", "d"])
 
 
 @pytest.mark.parametrize("command", ["compare", "evaluate"])

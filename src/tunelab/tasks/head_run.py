@@ -26,7 +26,7 @@ import torch
 
 from tunelab.config import DataConfig
 from tunelab.data.templates import Template, run_template
-from tunelab.errors import ConfigError, DataError, RunDirError, article
+from tunelab.errors import ConfigError, DataError, RunDirError, article, counted
 from tunelab.models.load import ModelSource, load_tokenizer
 from tunelab.rundir import RunInfo, open_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
@@ -186,7 +186,8 @@ class RewardModel:
                 )
         if len(prompts) != len(completions):
             raise ConfigError(
-                f"reward model: {len(prompts)} prompts but {len(completions)} completions; give one each."
+                f"reward model: {counted(len(prompts), 'prompt')} but {counted(len(completions), 'completion')}; give "
+                "one each."
             )
         inputs = [scored_input(self.run, p, c) for p, c in zip(prompts, completions)]
         wheres = [
