@@ -72,6 +72,18 @@ def test_a_grpo_stages_forgetting_column_is_its_reward_and_says_so(tmp_path):
     assert "on rl (reward)" in page and "on sft (reward)" not in page and "mean reward of greedy answers" in page
 
 
+def test_a_staged_run_without_eval_data_says_it_has_no_forgetting_matrix(tmp_path):
+    """A staged run none of whose stages had eval data ended with a table of dashes under "eval loss after each
+    stage", as if every evaluation had failed. It says there is no matrix, and why."""
+    run = tmp_path / "run"
+    _stage(run, 1, "sft", None)
+    _stage(run, 2, "grpo", None)
+    matrix, measures = forgetting(run, 2)
+    text = format_forgetting(["sft", "rl"], matrix, measures)
+    assert text.startswith("no forgetting matrix: no stage has eval data"), text
+    assert len(text.splitlines()) == 1, text  # no table beneath
+
+
 def test_a_grpo_stages_eval_figure_is_recorded_as_its_reward(tmp_path):
     """run.json's extra.stages[].eval_loss of a grpo stage was its negated eval reward, with nothing to say so. It is
     recorded as eval_reward now, and the report reads both: a run written before shows the stage's figure as the

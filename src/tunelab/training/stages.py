@@ -281,7 +281,13 @@ def stage_record(info: RunInfo) -> dict:
 
 
 def format_forgetting(names: list[str], matrix: list[list[float | None]], measures: list[str]) -> str:
-    """The matrix as a table: a row per stage's result, a column per stage's eval data (a reward column marked)."""
+    """The matrix as a table: a row per stage's result, a column per stage's eval data (a reward column marked); a
+    line saying why there is none when no stage had eval data (a table of dashes alone said nothing)."""
+    if all(v is None for row in matrix for v in row):
+        return (
+            "no forgetting matrix: no stage has eval data (give a stage data.eval or data.eval_fraction to see what "
+            "the later stages keep of it)"
+        )
     heads = [f"on {n}" + (" (reward)" if m == REWARD else "") for n, m in zip(names, measures)]
     first = max(len(f"after {n}") for n in names) + 2
     width = max(10, *(len(h) + 2 for h in heads))
