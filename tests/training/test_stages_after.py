@@ -8,10 +8,11 @@ import json
 import pytest
 
 from tunelab.api import train
-from tunelab.errors import Interrupted, RunDirError, TrainingStopped
+from tunelab.errors import DataError, Interrupted, RunDirError, TrainingStopped
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_run import stages_section
 from tunelab.export.check import CHECK_ROWS, _conversations, check_questions
+from tunelab.tasks.grpo import RewardError
 from tunelab.training.stages import forgetting, format_forgetting
 
 
@@ -172,6 +173,28 @@ def test_the_guard_stopping_a_later_stage_names_the_stage(staged, monkeypatch):
         "stage 2 of 2 (second), its steps counted from the stage's start (its step N is step N + 2"
     )
     assert "training stopped at step 2 of 2" in message
+
+
+@pytest.mark.parametrize("error", [DataError, RewardError])
+def test_a_data_error_inside_a_later_stage_names_the_stage_and_what_is_kept(staged, monkeypatch, error):
+    """A reward function failing in stage 2's step stopped the run with the row's file and line alone: nothing said
+    which stage had stopped, or that stage 1 was saved and --resume would not train it again. Both are said now."""
+    import tunelab.training.stages as stages
+
+    real_stage = stages._run_stage
+
+    def run_stage(plan, here, *args, **kwargs):
+        if here.name == "stage-2":
+            raise error("p.jsonl:7: reward score raised RuntimeError: down (answer '4').")
+        return real_stage(plan, here, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "_run_stage", run_stage)
+    with pytest.raises(error) as stopped:
+        train(None, staged)
+    assert str(stopped.value) == (
+        "stage 2 of 2 (second): p.jsonl:7: reward score raised RuntimeError: down (answer '4'). Stage 1 is saved: "
+        "--resume with the same config continues at stage 2, not from the start."
+    )
 
 
 def test_a_save_cut_short_in_a_later_stage_says_so(staged, monkeypatch):

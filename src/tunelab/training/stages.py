@@ -46,13 +46,23 @@ import torch
 from tunelab.atomic import scratch_folder, write_text
 from tunelab.config import ResolvedConfig, RunConfig, describe, dump_yaml, stage_config, stage_name, stage_where
 from tunelab.config.load import STAGE_PREFIX
-from tunelab.errors import ConfigError, Interrupted, RunDirError, TrainingStopped, TunelabError, article, counted
+from tunelab.errors import (
+    ConfigError,
+    DataError,
+    Interrupted,
+    RunDirError,
+    TrainingStopped,
+    TunelabError,
+    article,
+    counted,
+)
 from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
 from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
 from tunelab.rundir import CONFIG_FILE, HEAD_TASKS, RunInfo, is_run_dir, read_info, write_info
 from tunelab.tasks import get_task
+from tunelab.tasks.grpo import RewardError
 from tunelab.training.build import trained_base
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.interrupt import graceful_interrupt
@@ -471,6 +481,15 @@ def _stages(
             raise TrainingStopped(
                 f"{where}, its steps counted from the stage's start (its step N is step N + {offset} of the run): {stop}"
             ) from None
+        except (
+            DataError,
+            RewardError,
+        ) as error:  # a reward function failing in a stage's step: which, and what is kept
+            kept = ""
+            if k > 1:
+                done = "Stage 1 is" if k == 2 else f"Stages 1 to {k - 1} are"
+                kept = f" {done} saved: --resume with the same config continues at stage {k}, not from the start."
+            raise type(error)(f"{where}: {error}{kept}") from None
         record_stopped(run_dir, len(plans))  # the stage's result counted: a run killed before the next checkpoint
         if result.interrupted and k < len(plans):  # Ctrl-C while the stage saved its result: the next one waits
             raise Interrupted(
