@@ -502,3 +502,17 @@ def test_a_kept_warmup_of_one_step_is_said_in_the_singular(tmp_path, monkeypatch
     assert kept == 1
     assert note.startswith("resume: the warmup stays 1 step, as the run started with them")
     assert "of the new 6 steps would be 0" in note
+
+
+def test_a_checkpoint_written_after_passing_over_a_damaged_one_is_kept(tiny_overrides, crash_at, capsys):
+    run = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "train.keep_checkpoints_after_finish": True}
+    run_dir = recipe.train(None, run).run_dir
+    (run_dir / "checkpoints" / "step-0000004" / "state.json").write_text("")  # damaged: the resume starts at step 2
+    resumed = tiny_overrides | {"train.max_steps": 6, "train.save_every": 3, "train.keep_checkpoints": 1}
+    with crash_at(2):  # step 3 is trained and checkpointed, step 4 crashes
+        recipe.train(None, resumed, resume=True)
+    # the damaged step 4 was left behind by the resume: it is not the newest checkpoint the run keeps
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-0000003"]
+    capsys.readouterr()
+    assert recipe.train(None, resumed, resume=True).steps == 6
+    assert "step-0000003 (step 3 of 6)" in capsys.readouterr().out

@@ -100,9 +100,19 @@ def save_checkpoint(
         raise RunDirError(
             f"{no_space_message(where, folder, needed)} {kept}; free some space, then continue with --resume."
         ) from None
-    for old in checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(run_dir, final, keep)
     return final
+
+
+def prune_checkpoints(run_dir: Path, written: Path, keep: int) -> None:
+    """After `written` is in place: keep it and the keep-1 checkpoints before it. Those after it were passed over
+    as damaged by the resume that led here (it starts from the newest intact one), so they go too: kept, they
+    would be counted among the newest `keep` and push out the one just written."""
+    found = checkpoints(run_dir)
+    newer = [p for p in found if p.name > written.name]
+    older = [p for p in found if p.name <= written.name]
+    for old in newer + older[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

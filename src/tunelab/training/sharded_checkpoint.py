@@ -48,9 +48,9 @@ from tunelab.training.checkpoint import (
     STATE_FILE,
     STEP_PREFIX,
     TENSOR_FILES,
-    checkpoints,
     file_digest,
     load_checkpoint,
+    prune_checkpoints,
     restore_rng,
     rng_tensors,
     save_checkpoint,
@@ -90,8 +90,7 @@ def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, posi
         (scratch / STATE_FILE).write_text(json.dumps(state | {"files": files}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(scratch, final)
-        for old in checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(run_dir, final, keep)
     ranks.barrier()
     return final
 
