@@ -54,3 +54,29 @@ def test_a_report_made_while_the_run_trained_goes_when_it_finishes(tiny_override
     assert "removed report.html: written while the run trained, it described it unfinished" in capsys.readouterr().out
     page = build_report(run).read_text()  # no --overwrite needed
     assert "<th>finished</th><td>yes</td>" in page and Path(run, "report.html").is_file()
+
+
+@pytest.mark.parametrize("save_every", [0, 1])
+def test_a_full_disk_at_the_save_of_the_result_says_what_is_left(tiny_overrides, monkeypatch, capsys, save_every):
+    """A full disk while saving the result said "The last checkpoint is kept; continue with --resume" also to a run
+    with train.save_every: 0, which had written none: --resume then found nothing to resume."""
+    import errno
+
+    import tunelab.training.result as result
+    from tunelab.errors import RunDirError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(result, "ordinary_permissions", full)  # after the files are written
+    overrides = tiny_overrides | {"train.max_steps": 2, "train.save_every": save_every}
+    with pytest.raises(RunDirError) as stopped:
+        recipe.train(None, overrides)
+    message = str(stopped.value)
+    assert "the result could not be saved: no space left on the device" in message
+    if save_every:
+        assert "checkpoint of step 2" in message and "--resume" in message
+        monkeypatch.undo()
+        assert recipe.train(None, overrides, resume=True).steps == 2
+    else:
+        assert "--resume" not in message and "No checkpoint was written (train.save_every: 0)" in message

@@ -20,7 +20,7 @@ from tunelab.peft.save import record_base_revision, save_adapter
 from tunelab.tasks import SFT
 from tunelab.tasks.task import Task
 from tunelab.training.build import BuiltModel, save_full_weights
-from tunelab.training.checkpoint import delete_checkpoints, no_space_message
+from tunelab.training.checkpoint import STEP_PREFIX, delete_checkpoints, intact_checkpoint, no_space_message
 from tunelab.training.guard import require_finite
 from tunelab.training.outdir import OutputPlan, finish_replacement
 
@@ -70,14 +70,22 @@ def save_final(
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
         raise
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        for path in (staging, *moved):  # as above: no part of the result passes for the whole
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(True)
         needed = sum(p.numel() * p.element_size() for _, p in built.model.named_parameters())
         why = (
             no_space_message("the result", run_dir, needed) if exc.errno == errno.ENOSPC else f"{exc.strerror or exc}."
         )
-        raise RunDirError(
-            f"{run_dir}: the result could not be saved: {why} The last checkpoint is kept; continue with --resume."
-        ) from None
+        raise RunDirError(f"{run_dir}: the result could not be saved: {why} {_what_is_left(run_dir)}") from None
+
+
+def _what_is_left(run_dir: Path) -> str:
+    """After a failed save of the result: the checkpoint --resume would continue from, or that there is none."""
+    checkpoint = intact_checkpoint(run_dir)[0]
+    if checkpoint is None:
+        return "No checkpoint was written (train.save_every: 0), so the run must be trained again once it can be saved."
+    step = int(checkpoint.name.removeprefix(STEP_PREFIX))
+    return f"The checkpoint of step {step} ({checkpoint}) is kept; continue from it with --resume."
 
 
 # What tunelab compare, eval and report write into a run directory (eval/compare.py COMPARE_FILE, eval/evaluate.py
