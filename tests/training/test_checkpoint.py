@@ -94,3 +94,17 @@ def test_cuda_rng_states_are_restored_in_device_order_past_ten_devices(monkeypat
     tensors = {"rng.cpu": torch.get_rng_state()} | {f"rng.cuda.{i}": torch.tensor([i]) for i in range(12)}
     restore_rng(tensors)
     assert [int(state) for state in set_all] == list(range(12))
+
+
+def test_disk_full_at_the_first_checkpoint_does_not_offer_resume(tiny_overrides, monkeypatch, capsys, cli_flags):
+    """A full disk at a run's first checkpoint said "No earlier checkpoint; free some space, then continue with
+    --resume": there was nothing to resume, and --resume then refused."""
+
+    def full(tensors, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    assert main(["train", *cli_flags(tiny_overrides | {"train.max_steps": 2, "train.save_every": 1})]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing checkpoint of step 1" in err
+    assert "--resume" not in err and "No checkpoint was written before it" in err and "train the run again" in err

@@ -96,10 +96,13 @@ def save_checkpoint(
             raise RunDirError(f"{final}: cannot write the checkpoint ({exc.strerror or exc}).") from None
         needed = sum(t.nbytes for t in trainable.values()) + sum(t.nbytes for t in tensors.values())
         earlier = [p.name for p in checkpoints(run_dir)]
-        kept = f"The earlier checkpoints are intact ({', '.join(earlier)})" if earlier else "No earlier checkpoint"
-        raise RunDirError(
-            f"{no_space_message(where, folder, needed)} {kept}; free some space, then continue with --resume."
-        ) from None
+        then = (
+            f"The earlier checkpoints are intact ({', '.join(earlier)}); free some space, then continue with --resume."
+            if earlier
+            else "No checkpoint was written before it, so nothing can be resumed: free some space and train the run "
+            "again."
+        )
+        raise RunDirError(f"{no_space_message(where, folder, needed)} {then}") from None
     prune_checkpoints(run_dir, final, keep)
     return final
 
