@@ -339,3 +339,14 @@ def test_a_previous_run_resumed_where_it_was_moved_aside_is_not_deleted(previous
     os.utime(aside / "run.json", (marked - 5, marked - 5))  # untouched since the move: deleted, as before
     assert "replaced the previous run" in finish_replacement(OutputPlan(previous_run, replace=True, resume=False))
     assert not aside.exists()
+
+
+def test_overwrite_non_run_without_overwrite_says_it_needs_overwrite(tmp_path):
+    """`--overwrite-non-run` alone on a folder of files was answered "Pass --overwrite to replace it", as if the flag
+    had not been given; given --overwrite, the next message asked for --overwrite-non-run."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    with pytest.raises(RunDirError, match=r"--overwrite-non-run replaces nothing by itself.*Give --overwrite as well"):
+        plan_output_dir(folder, overwrite=False, resume=False, protected={}, overwrite_non_run=True)
+    assert (folder / "notes.txt").read_text() == "keep"

@@ -154,6 +154,12 @@ def plan_output_dir(
             f"{where} is a symbolic link to {target}: --overwrite moves the run aside and writes a new folder in its "
             f"place, which would replace the link, not the run it points to. Give the folder itself: {target}."
         )
+    if not overwrite and overwrite_non_run:
+        raise RunDirError(
+            f"{where}: the folder exists and is not empty, and --overwrite-non-run replaces nothing by itself: it only "
+            "lets --overwrite replace a folder that is not a run. Give --overwrite as well to replace it (in Python: "
+            f"{command}(config, {{'overwrite': True}}, overwrite_non_run=True)), or choose another output_dir."
+        )
     if not overwrite:
         raise RunDirError(
             f"{where}: the run directory exists and is not empty. Pass --overwrite to replace it (the old run is kept "
