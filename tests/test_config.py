@@ -385,6 +385,20 @@ LORA = "LoRA options live under method: (method.name: lora, method.r, method.alp
         ("quantization: {bits: 4}\n", "Did you mean method.quantize_base?"),
         ("tokenizer: {max_seq_len: 2048}\n", "The tokenizer is the model's: model.name names both"),
         ("tokenizer: {max_seq_len: 2048}\n", "here: max_seq_len -> data.max_length"),
+        # were answered by spelling alone, with an unrelated option or nothing
+        ("evaluation_strategy: steps\n", "Did you mean train.eval_every?"),  # was: eval.questions
+        ("eval_strategy: steps\n", "Did you mean train.eval_every?"),
+        ("save_strategy: steps\n", "Did you mean train.save_every?"),  # was: federated.strategy
+        ("use_rslora: true\n", "Did you mean method.rslora?"),  # was: method.use_dora first
+        ("lora_target: all\n", "Did you mean method.target_modules?"),  # LLaMA-Factory
+        ("lora_target_linear: true\n", "Did you mean method.target_modules?"),  # axolotl
+        ("finetuning_type: lora\n", "Did you mean method.name?"),
+        ("stage: sft\n", "Did you mean task?"),  # LLaMA-Factory's sft | dpo | rm
+        ("lora_model_dir: out\n", "Did you mean model.adapter?"),
+        ("load_in_8bit: true\n", "Did you mean method.quantize_base?"),
+        ("eval_dataset: e.jsonl\n", "Did you mean data.eval?"),
+        ("dataset_text_field: text\n", "Did you mean data.fields?"),  # was: data.fields, data.split_seed
+        ("random_state: 3407\n", "Did you mean train.seed?"),  # Unsloth
     ],
 )
 def test_another_tools_top_level_key_points_to_where_ours_lives(tmp_path, content, message):

@@ -9,7 +9,7 @@ from typing import Any
 from tunelab.config.run import iter_options, section_names
 from tunelab.errors import ConfigError
 
-# Names other tools (transformers' TrainingArguments, axolotl, torchtune, PEFT) use for our options: a typo suggestion
+# Names other tools (transformers' TrainingArguments and TRL, axolotl, LLaMA-Factory, Unsloth, torchtune, PEFT) use for our options: a typo suggestion
 # by meaning, where spelling alone would point elsewhere (learning_rate is closer to warmup_ratio than to lr).
 ALIASES = {
     "learning_rate": "train.lr",
@@ -30,6 +30,11 @@ ALIASES = {
     "clip_grad_norm": "train.max_grad_norm",
     "gradient_clipping": "train.max_grad_norm",
     "eval_steps": "train.eval_every",
+    "eval_strategy": "train.eval_every",
+    "evaluation_strategy": "train.eval_every",
+    "save_strategy": "train.save_every",
+    "random_state": "train.seed",
+    "data_seed": "data.split_seed",
     "save_steps": "train.save_every",
     "save_total_limit": "train.keep_checkpoints",
     "logging_steps": "train.log_every",
@@ -41,6 +46,14 @@ ALIASES = {
     "lora_alpha": "method.alpha",
     "lora_dropout": "method.dropout",
     "lora_target_modules": "method.target_modules",
+    "lora_target": "method.target_modules",
+    "lora_target_linear": "method.target_modules",
+    "use_rslora": "method.rslora",
+    "finetuning_type": "method.name",
+    "lora_model_dir": "model.adapter",
+    "adapter_name_or_path": "model.adapter",
+    "load_in_8bit": "method.quantize_base",
+    "stage": "task",
     "load_in_4bit": "method.quantize_base",
     "qlora": "method.quantize_base",
     "model_name_or_path": "model.name",
@@ -56,6 +69,8 @@ ALIASES = {
     "data_path": "data.train",
     "dataset_path": "data.train",
     "eval_file": "data.eval",
+    "eval_dataset": "data.eval",
+    "dataset_text_field": "data.fields",
     "validation_file": "data.eval",
     "val_set_size": "data.eval_fraction",
     "validation_split": "data.eval_fraction",
