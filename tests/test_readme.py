@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab.config import load_config, to_dict
+from tunelab.config import iter_options, load_config, section_names, to_dict
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 BLOCKS = [(README[: m.start()].count("\n") + 1, m.group(1)) for m in re.finditer(r"```yaml\n(.*?)```", README, re.S)]
@@ -150,3 +150,36 @@ def test_every_flag_the_readme_gives_a_command_is_one_it_takes():
             if flag not in takes:
                 unknown.append(f"tunelab {command} {flag}: {line.strip()}")
     assert seen >= 40 and not unknown, unknown
+
+
+def _yaml_options(value, section=""):
+    """The dotted option names a README YAML block sets (stages' entries included)."""
+    if isinstance(value, list):
+        return {name for item in value for name in _yaml_options(item, section)}
+    if not isinstance(value, dict):
+        return set()
+    names = set()
+    for key, item in value.items():
+        name = f"{section}.{key}" if section else str(key)
+        names.add(name)
+        if not section:
+            names |= _yaml_options(item, name if key in section_names() else "")
+    return names
+
+
+def test_every_option_is_in_the_readme():
+    """data.shuffle and train.max_grad_norm were options the README never named: a user reading it could not learn
+    that shuffling can be turned off or that gradients are clipped at 1.0. An option is named by its dotted name, as
+    a key of a YAML block, or by its key in a YAML block (its comments included) that sets its section."""
+    parsed = [(block, _yaml_options(yaml.safe_load(block))) for _, block in BLOCKS]
+    named = {name for _, names in parsed for name in names}
+    near = {
+        f"{section}.{word}"
+        for block, names in parsed
+        for section in {n.partition(".")[0] for n in names}
+        for word in re.findall(r"\w+", block)
+    }
+    missing = [
+        o for o, _, _ in iter_options() if o not in named | near and not re.search(rf"\b{re.escape(o)}\b", README)
+    ]
+    assert not missing, f"options the README does not name: {missing}"
