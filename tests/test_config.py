@@ -677,3 +677,32 @@ def test_data_given_where_the_config_goes_is_named_as_data(tmp_path, name):
     assert str(error.value).startswith(str(path)) and f"give it as --data.train {path} " in str(error.value)
     assert "not a config file" in str(error.value) or "if it is data" in str(error.value)
     assert load_config(None, {"data.train": [str(path)]}).config.data.train  # the way it names
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (
+            '"q_proj,v_proj"',
+            "entry 'q_proj,v_proj' is not one layer name; write a list of names, like [q_proj, v_proj]",
+        ),
+        ('"q_proj v_proj"', "like [q_proj, v_proj]"),
+        ('".*(q_proj|v_proj)"', "like [q_proj, v_proj], or [all-linear]"),  # PEFT's regular-expression string
+        ("all", "entry 'all' means all-linear here; write all-linear"),  # LLaMA-Factory's lora_target: all
+        ("[all_linear]", "entry 'all_linear' means all-linear here"),
+    ],
+)
+def test_target_modules_as_other_tools_write_them_are_refused_with_the_file_and_line(tmp_path, value, message):
+    """A comma list in one text was one layer named 'q_proj,v_proj': refused only once the model had loaded, with
+    neither the file nor the line."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: {{train: [qa.jsonl]}}\nmethod:\n  target_modules: {value}\n")
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{path}:3: option 'method.target_modules': ") + ".*" + re.escape(message)
+    ):
+        load_config(path)
+
+
+def test_target_modules_of_single_names_load():
+    config = load_config(None, {"method.target_modules": "[q_proj, v_proj]"}).config
+    assert config.method.target_modules == ["q_proj", "v_proj"]

@@ -7,6 +7,7 @@ A single value's type, choices and range are config/values.py's.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from tunelab.config.data import DataConfig, DataSource
 from tunelab.config.run import RunConfig, iter_options
@@ -15,11 +16,29 @@ from tunelab.config.train import check_trackers, parse_size
 from tunelab.errors import ConfigError
 
 
+def check_target_modules(targets: list[str]) -> None:
+    """Layer names as other tools write them, refused before the model loads (which would only say that no layer of
+    the model is called 'q_proj,v_proj'): several names in one text (PEFT's regular-expression string, or a comma list),
+    and LLaMA-Factory's `all` or a spelling of all-linear."""
+    for name in targets:
+        if any(c in name for c in ",|*()[] \t"):
+            names = re.findall(r"[\w-]+", name)
+            raise ConfigError(
+                f"option 'method.target_modules': entry {name!r} is not one layer name; write a list of names, "
+                f"like [{', '.join(names) or 'q_proj, v_proj'}], or [all-linear]."
+            )
+        if name != "all-linear" and name.lower().replace("_", "-") in ("all", "all-linear", "all-linears", "linear"):
+            raise ConfigError(
+                f"option 'method.target_modules': entry {name!r} means all-linear here; write all-linear."
+            )
+
+
 def check_consistency(config: RunConfig, task_options: bool = True) -> None:
     """Rules that involve more than one option, or the environment (a tracker's library must be installed).
     `task_options`: refuse an option of a task section that no task of the run reads, and a count that
     train.checkpointing false leaves unread (off for a run's saved config read back: the run trained so)."""
     check_trackers(config.train.report_to)
+    check_target_modules(config.method.target_modules)
     if config.train.offload_activations is True and config.train.checkpointing is False:
         raise ConfigError(
             "option 'train.offload_activations' needs 'train.checkpointing: true' (it offloads the checkpointed layer inputs)."
