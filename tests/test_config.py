@@ -706,3 +706,23 @@ def test_target_modules_as_other_tools_write_them_are_refused_with_the_file_and_
 def test_target_modules_of_single_names_load():
     config = load_config(None, {"method.target_modules": "[q_proj, v_proj]"}).config
     assert config.method.target_modules == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model.dtype": "bfloat16"}, "allowed values: auto, fp32, bf16, fp16. Did you mean bf16?"),  # torch's name
+        ({"model.dtype": "torch.float16"}, "Did you mean fp16?"),
+        ({"model.dtype": "BF16"}, "Did you mean bf16?"),
+        ({"method.name": "LoRA"}, "Did you mean lora?"),
+        ({"train.scheduler": "Cosine"}, "Did you mean cosine?"),
+        ({"train.optimizer": "paged_adamw_8bit"}, "Did you mean adamw_8bit?"),
+        ({"train.report_to": "none"}, "No tracker is report_to: [] (the default)."),  # transformers' report_to
+        ({"train.lr": "Auto"}, "must be float or 'auto', got 'Auto' (str). Did you mean auto?"),
+        ({"method.name": "qlora"}, "QLoRA is method.name: lora with method.quantize_base: nf4."),
+    ],
+)
+def test_a_value_spelt_as_another_tool_or_case_spells_it_says_what_was_meant(overrides, message):
+    """'bfloat16', 'BF16' or report_to 'none' were refused with the allowed values only."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)

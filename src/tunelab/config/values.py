@@ -88,7 +88,8 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
             except ConfigError:
                 pass
         names = " or ".join(_type_name(a) for a in inner)
-        raise ConfigError(f"{where}: option '{name}' must be {names}, got {value!r} ({type(value).__name__}).")
+        auto = " Did you mean auto?" if isinstance(value, str) and value.strip().lower() == "auto" else ""
+        raise ConfigError(f"{where}: option '{name}' must be {names}, got {value!r} ({type(value).__name__}).{auto}")
     if origin is Literal:
         if value in typing.get_args(hint):
             return value
@@ -184,8 +185,28 @@ def _record(name: str, value: Any, kind: type, where: str) -> Any:
     return kind(**values)
 
 
-# Values users give that name something other options set: (option, value) -> how to ask for it.
-VALUE_HINTS = {("method.name", "qlora"): "QLoRA is method.name: lora with method.quantize_base: nf4"}
+# Values users give that name something other options set, or that other tools (torch, transformers, TRL, axolotl)
+# spell otherwise: (option, value in lower case) -> how to ask for it.
+_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+VALUE_HINTS = {
+    ("method.name", "qlora"): "QLoRA is method.name: lora with method.quantize_base: nf4.",
+    **{("model.dtype", v): f"Did you mean {ours}?" for name, ours in _DTYPES.items() for v in (name, f"torch.{name}")},
+    ("train.report_to", "none"): "No tracker is report_to: [] (the default).",
+    ("train.optimizer", "paged_adamw_8bit"): "Did you mean adamw_8bit?",
+    ("train.optimizer", "adamw_bnb_8bit"): "Did you mean adamw_8bit?",
+    ("train.optimizer", "adamw_torch_fused"): "Did you mean adamw (fused on CUDA)?",
+    ("method.quantize_base", "4bit"): "Did you mean nf4?",
+}
+
+
+def _value_hint(name: str, value: Any, choices: tuple) -> str:
+    """What a value outside the choices may have meant: a known spelling of another tool, or the choice it is in
+    another case ('BF16', 'LoRA')."""
+    text = str(value)
+    if hint := VALUE_HINTS.get((name, text.lower())):
+        return f" {hint}"
+    same = [c for c in choices if str(c).lower() == text.lower()]
+    return f" Did you mean {same[0]}?" if same else ""
 
 
 def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -> None:
@@ -196,9 +217,8 @@ def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -
             continue
         if meta.get("choices") and v not in meta["choices"]:
             allowed = ", ".join(map(str, meta["choices"]))
-            hint = VALUE_HINTS.get((name, str(v).lower()))
             raise ConfigError(
-                f"{where}: option '{name}' is {v!r}; allowed values: {allowed}." + (f" {hint}." if hint else "")
+                f"{where}: option '{name}' is {v!r}; allowed values: {allowed}.{_value_hint(name, v, meta['choices'])}"
             )
         if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
             raise ConfigError(f"{where}: option '{name}' is {v}; it must be >= {meta['min']}.")
