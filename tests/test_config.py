@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import RunConfig, describe, dump_yaml, load_config
+from tunelab.config import RunConfig, describe, dump_yaml, load_config, unknown_option
 from tunelab.config.load import stage_config
 from tunelab.errors import ConfigError, article, counted
 
@@ -390,12 +390,18 @@ LORA = "LoRA options live under method: (method.name: lora, method.r, method.alp
         ("eval_strategy: steps\n", "Did you mean train.eval_every?"),
         ("save_strategy: steps\n", "Did you mean train.save_every?"),  # was: federated.strategy
         ("use_rslora: true\n", "Did you mean method.rslora?"),  # was: method.use_dora first
-        ("lora_target: all\n", "Did you mean method.target_modules?"),  # LLaMA-Factory
-        ("lora_target_linear: true\n", "Did you mean method.target_modules?"),  # axolotl
-        ("finetuning_type: lora\n", "Did you mean method.name?"),
-        ("stage: sft\n", "Did you mean task?"),  # LLaMA-Factory's sft | dpo | rm
+        (
+            "lora_target: all\n",
+            "Did you mean method.target_modules (a list: [q_proj, v_proj], or [all-linear])?",
+        ),  # LLaMA-Factory
+        (
+            "lora_target_linear: true\n",
+            "Did you mean method.target_modules (write method.target_modules: [all-linear])?",
+        ),  # axolotl
+        ("finetuning_type: lora\n", "Did you mean method.name (lora, dora, full or layers)?"),
+        ("stage: sft\n", "Did you mean task ("),  # LLaMA-Factory's sft | dpo | rm
         ("lora_model_dir: out\n", "Did you mean model.adapter?"),
-        ("load_in_8bit: true\n", "Did you mean method.quantize_base?"),
+        ("load_in_8bit: true\n", "Did you mean method.quantize_base (tunelab quantizes the base to 4-bit NF4 only"),
         ("eval_dataset: e.jsonl\n", "Did you mean data.eval?"),
         ("dataset_text_field: text\n", "Did you mean data.fields?"),  # was: data.fields, data.split_seed
         ("random_state: 3407\n", "Did you mean train.seed?"),  # Unsloth
@@ -726,3 +732,26 @@ def test_a_value_spelt_as_another_tool_or_case_spells_it_says_what_was_meant(ove
     """'bfloat16', 'BF16' or report_to 'none' were refused with the allowed values only."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "content, overrides, message",
+    [
+        ("bf16: true\n", {}, "unknown option 'bf16'. Did you mean model.dtype (write model.dtype: bf16)?"),
+        ("load_in_4bit: true\n", {}, "Did you mean method.quantize_base (write method.quantize_base: nf4)?"),
+        ("train: {warmup_steps: 10}\n", {}, "Did you mean train.warmup_ratio (a share of the steps, not a count:"),
+        ("stage: sft\n", {}, "Did you mean task (sft, classify, reward, dpo or grpo)?"),
+    ],
+)
+def test_another_tools_flag_or_count_says_what_to_write(tmp_path, content, overrides, message):
+    """bf16: true was answered with model.dtype, and warmup_steps: 10 with train.warmup_ratio, which then refused
+    10 as above 1.0: the value's form differs, so the hint says what to write."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {train: [qa.jsonl]}\n" + content)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path, overrides)
+
+
+def test_another_tools_flag_as_a_flag_says_what_to_type():
+    error = unknown_option("bf16", "--bf16", flag=True)
+    assert "--bf16: unknown option 'bf16'. Did you mean --model.dtype (write --model.dtype bf16)?" in str(error)

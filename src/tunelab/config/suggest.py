@@ -4,6 +4,7 @@ right key in the wrong section, then by spelling. YAML keys and command-line fla
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 from tunelab.config.run import iter_options, section_names
@@ -95,6 +96,23 @@ ALIASES = {
     "quantization": "method.quantize_base",
     "quantization_config": "method.quantize_base",
     "bnb_config": "method.quantize_base",
+}
+
+# What to write for an alias whose value is not ours in the same form (a flag for a choice, a count for a share).
+ALIAS_NOTES = {
+    "bf16": "write model.dtype: bf16",
+    "fp16": "write model.dtype: fp16",
+    "torch_dtype": "its values are auto, fp32, bf16, fp16",
+    "load_in_4bit": "write method.quantize_base: nf4",
+    "qlora": "write method.quantize_base: nf4",
+    "load_in_8bit": "tunelab quantizes the base to 4-bit NF4 only: method.quantize_base: nf4",
+    "warmup_steps": "a share of the steps, not a count: 0.05 warms up over the first 5%",
+    "warmup": "a share of the steps, not a count: 0.05 warms up over the first 5%",
+    "lora_target_linear": "write method.target_modules: [all-linear]",
+    "lora_target": "a list: [q_proj, v_proj], or [all-linear]",
+    "finetuning_type": "lora, dora, full or layers",
+    "stage": "sft, classify, reward, dpo or grpo",
+    "val_set_size": "a share of the rows, 0.1 for 10%; an eval file is data.eval",
 }
 
 # Whole groups of settings in other tools (PEFT's LoraConfig, axolotl, torchtune, TrainingArguments) and the section
@@ -193,7 +211,11 @@ def unknown_option(name: str, where: str, flag: bool = False, value: Any = None,
         what = "section" if isinstance(value, dict) else "option"
         return ConfigError(f"{where}: unknown {what} '{name}'. {foreign}. Run 'tunelab {command} --help' for the list.")
     close = [f"--{o}" if flag else o for o in suggest(name)]
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    note = ALIAS_NOTES.get(_key(name), "")
+    if flag:  # write model.dtype: bf16 -> write --model.dtype bf16
+        note = re.sub(r"write ([\w.]+): (.+)", r"write --\1 \2", note)
+    note = f" ({note})" if note else ""
+    hint = f" Did you mean {', '.join(close)}{note}?" if close else ""
     return ConfigError(f"{where}: unknown option '{name}'.{hint} Run 'tunelab {command} --help' for the list.")
 
 
