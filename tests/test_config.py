@@ -755,3 +755,20 @@ def test_another_tools_flag_or_count_says_what_to_write(tmp_path, content, overr
 def test_another_tools_flag_as_a_flag_says_what_to_type():
     error = unknown_option("bf16", "--bf16", flag=True)
     assert "--bf16: unknown option 'bf16'. Did you mean --model.dtype (write --model.dtype bf16)?" in str(error)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("train: {save_every: no}", "'train.save_every' must be int, got False (bool: YAML reads yes, no, on, off,"),
+        ("train: {eval_every: off}", "true and false as booleans; give a number)"),
+        ("data: {train: [qa.jsonl], system_prompt: yes}", "'data.system_prompt' must be str, got True (bool: YAML"),
+        ("data: {train: [qa.jsonl], system_prompt: yes}", "quote it for the text)"),
+    ],
+)
+def test_a_yaml_boolean_given_for_a_number_or_text_says_yaml_made_it_one(tmp_path, content, message):
+    """`save_every: no` was refused as "got False (bool)", a value the user never wrote."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: {{name: x}}\n{content}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)

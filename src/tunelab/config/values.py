@@ -89,7 +89,7 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
                 pass
         names = " or ".join(_type_name(a) for a in inner)
         auto = " Did you mean auto?" if isinstance(value, str) and value.strip().lower() == "auto" else ""
-        raise ConfigError(f"{where}: option '{name}' must be {names}, got {value!r} ({type(value).__name__}).{auto}")
+        raise ConfigError(f"{where}: option '{name}' must be {names}, got {_got(value, inner)}.{auto}")
     if origin is Literal:
         if value in typing.get_args(hint):
             return value
@@ -140,7 +140,15 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
             raise _Refused(f"{where}: option '{name}': {problem}. Fix the text.")
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {value!r} ({type(value).__name__}).")
+    raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {_got(value, [hint])}.")
+
+
+def _got(value: Any, hints: list) -> str:
+    """How a refused value is shown: a boolean says that YAML made it one (`save_every: no` is False, not 0)."""
+    if not isinstance(value, bool) or bool in hints:
+        return f"{value!r} ({type(value).__name__})"
+    fix = "quote it for the text" if str in hints else "give a number"
+    return f"{value!r} (bool: YAML reads yes, no, on, off, true and false as booleans; {fix})"
 
 
 def _entry(name: str, k: int, value: Any, hint: Any, where: str) -> Any:
