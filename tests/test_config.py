@@ -772,3 +772,21 @@ def test_a_yaml_boolean_given_for_a_number_or_text_says_yaml_made_it_one(tmp_pat
     path.write_text(f"model: {{name: x}}\n{content}\n")
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ("{train: [{path: qa.jsonl, type: alpaca}]}", "has the unknown key 'type'. Did you mean format?"),  # axolotl
+        ("{train: [{file_name: qa.jsonl}]}", "has the unknown key 'file_name'. Did you mean path?"),  # was: name
+        ("{train: [qa.jsonl], format: chat_template}", "allowed values: auto, prompt_completion, question_answer"),
+        ("{train: [qa.jsonl], format: chat_template}", "Did you mean messages?"),
+        ("{train: [{path: qa.jsonl, format: completion}]}", "entry 1: format is 'completion'; allowed values:"),
+        ("{train: [{path: qa.jsonl, format: completion}]}", "Did you mean text?"),
+    ],
+)
+def test_a_dataset_entry_as_axolotl_or_llama_factory_writes_it_says_ours(tmp_path, data, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: {{name: x}}\ndata: {data}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)

@@ -13,6 +13,7 @@ from tunelab.config.data import DataConfig, DataSource
 from tunelab.config.run import RunConfig, iter_options
 from tunelab.config.tasks import PLACEHOLDER
 from tunelab.config.train import check_trackers, parse_size
+from tunelab.config.values import value_hint
 from tunelab.errors import ConfigError
 
 
@@ -281,7 +282,10 @@ def _check_sources(data: DataConfig) -> None:
                 "source's share of each epoch relative to the others'). Remove the source instead of weighing it 0."
             )
         if source.format is not None and source.format not in formats:
-            raise ConfigError(f"{where}: format is {source.format!r}; allowed values: {', '.join(formats)}.")
+            raise ConfigError(
+                f"{where}: format is {source.format!r}; allowed values: {', '.join(formats)}."
+                + value_hint("data.format", source.format, formats)
+            )
         if source.delimiter is not None and source.delimiter not in delimiters:
             raise ConfigError(
                 f"{where}: delimiter is {source.delimiter!r}; allowed values: {', '.join(delimiters)} (tab for a tab)."

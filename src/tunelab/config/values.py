@@ -174,6 +174,11 @@ def _kinds(record: type) -> str:
     return f" (a bare kind is one of {', '.join(choices)})" if choices else ""
 
 
+# Keys of a dataset entry in other tools (axolotl's `type`, LLaMA-Factory's `file_name`, the datasets library's
+# `data_files`) and ours: spelling alone answered file_name with name (a source's label).
+_RECORD_KEYS = {"type": "format", "file_name": "path", "data_files": "path", "data_dir": "path"}
+
+
 def _record(name: str, value: Any, kind: type, where: str) -> Any:
     """A mapping -> an instance of the dataclass `kind`, each key checked like an option ('data.train[].weight')."""
     if isinstance(value, kind):
@@ -183,7 +188,8 @@ def _record(name: str, value: Any, kind: type, where: str) -> Any:
     values = {}
     for key, item in value.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=2)
+            meant = _RECORD_KEYS.get(str(key))
+            close = [meant] if meant in fields else difflib.get_close_matches(str(key), list(fields), n=2)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
                 f"{where}: option '{name}': an entry has the unknown key '{key}'.{hint} Its keys are "
@@ -204,10 +210,15 @@ VALUE_HINTS = {
     ("train.optimizer", "adamw_bnb_8bit"): "Did you mean adamw_8bit?",
     ("train.optimizer", "adamw_torch_fused"): "Did you mean adamw (fused on CUDA)?",
     ("method.quantize_base", "4bit"): "Did you mean nf4?",
+    # axolotl's dataset types
+    **{
+        ("data.format", kind): f"Did you mean {ours}?"
+        for kind, ours in (("chat_template", "messages"), ("completion", "text"), ("input_output", "prompt_completion"))
+    },
 }
 
 
-def _value_hint(name: str, value: Any, choices: tuple) -> str:
+def value_hint(name: str, value: Any, choices: tuple) -> str:
     """What a value outside the choices may have meant: a known spelling of another tool, or the choice it is in
     another case ('BF16', 'LoRA')."""
     text = str(value)
@@ -226,7 +237,7 @@ def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -
         if meta.get("choices") and v not in meta["choices"]:
             allowed = ", ".join(map(str, meta["choices"]))
             raise ConfigError(
-                f"{where}: option '{name}' is {v!r}; allowed values: {allowed}.{_value_hint(name, v, meta['choices'])}"
+                f"{where}: option '{name}' is {v!r}; allowed values: {allowed}.{value_hint(name, v, meta['choices'])}"
             )
         if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
             raise ConfigError(f"{where}: option '{name}' is {v}; it must be >= {meta['min']}.")
