@@ -405,6 +405,14 @@ LORA = "LoRA options live under method: (method.name: lora, method.r, method.alp
         ("eval_dataset: e.jsonl\n", "Did you mean data.eval?"),
         ("dataset_text_field: text\n", "Did you mean data.fields?"),  # was: data.fields, data.split_seed
         ("random_state: 3407\n", "Did you mean train.seed?"),  # Unsloth
+        ("model_type: AutoModelForCausalLM\n", "Did you mean model.name (the model's class is read from"),  # was dtype
+        ("tokenizer_type: AutoTokenizer\n", "Did you mean model.name (the tokenizer is the model's)?"),
+        ("flash_attention: true\n", "Did you mean model.impl (auto: for the Llama family tunelab's own decoder"),
+        ("completion_only_loss: true\n", "Did you mean data.train_on_prompt (false, the default, puts the loss"),
+        ("loss_type: ipo\n", "Did you mean dpo.loss?"),
+        ("load_best_model_at_end: true\n", "Did you mean train.keep_best?"),
+        ("resume_from_checkpoint: true\n", "continue one with tunelab train --resume)?"),  # was: keep_checkpoints
+        ("deepspeed: ds.json\n", "Did you mean train.sharding (auto, ddp or fsdp2, under torchrun)?"),
     ],
 )
 def test_another_tools_top_level_key_points_to_where_ours_lives(tmp_path, content, message):
