@@ -798,3 +798,9 @@ def test_a_dataset_entry_as_axolotl_or_llama_factory_writes_it_says_ours(tmp_pat
     path.write_text(f"model: {{name: x}}\ndata: {data}\n")
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(path)
+
+
+def test_max_steps_minus_one_as_transformers_writes_it_says_null_unsets_it():
+    """transformers' max_steps: -1 means no limit; it was refused as below 1 without saying how to have none."""
+    with pytest.raises(ConfigError, match=re.escape("'train.max_steps' is -1; it must be >= 1 (or null, its default,")):
+        load_config(None, {"train.max_steps": "-1"})

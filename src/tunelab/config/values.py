@@ -240,6 +240,8 @@ def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -
                 f"{where}: option '{name}' is {v!r}; allowed values: {allowed}.{value_hint(name, v, meta['choices'])}"
             )
         if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
-            raise ConfigError(f"{where}: option '{name}' is {v}; it must be >= {meta['min']}.")
+            # max_steps: -1, transformers' "no limit": ours is null
+            unset = " (or null, its default, to leave it unset)" if f.default is None else ""
+            raise ConfigError(f"{where}: option '{name}' is {v}; it must be >= {meta['min']}{unset}.")
         if meta.get("max") is not None and isinstance(v, (int, float)) and v > meta["max"]:
             raise ConfigError(f"{where}: option '{name}' is {v}; it must be <= {meta['max']}.")
