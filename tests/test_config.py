@@ -804,3 +804,9 @@ def test_max_steps_minus_one_as_transformers_writes_it_says_null_unsets_it():
     """transformers' max_steps: -1 means no limit; it was refused as below 1 without saying how to have none."""
     with pytest.raises(ConfigError, match=re.escape("'train.max_steps' is -1; it must be >= 1 (or null, its default,")):
         load_config(None, {"train.max_steps": "-1"})
+
+
+def test_an_override_flag_of_another_tool_says_how_options_are_given():
+    """--set train.lr=1e-4 was answered with the --help list only."""
+    error = unknown_option("set", "--set", flag=True)
+    assert "--set: unknown option 'set'. Options are given as --section.key VALUE (--train.lr 1e-4)" in str(error)

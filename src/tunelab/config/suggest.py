@@ -242,6 +242,8 @@ def unknown_option(name: str, where: str, flag: bool = False, value: Any = None,
         note = re.sub(r"write ([\w.]+): (.+)", r"write --\1 \2", note)
     note = f" ({note})" if note else ""
     hint = f" Did you mean {', '.join(close)}{note}?" if close else ""
+    if flag and not close:  # --set train.lr=1e-4, -o ...: another tool's way of overriding
+        hint = " Options are given as --section.key VALUE (--train.lr 1e-4), one flag each."
     return ConfigError(f"{where}: unknown option '{name}'.{hint} Run 'tunelab {command} --help' for the list.")
 
 
