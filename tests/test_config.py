@@ -810,3 +810,11 @@ def test_an_override_flag_of_another_tool_says_how_options_are_given():
     """--set train.lr=1e-4 was answered with the --help list only."""
     error = unknown_option("set", "--set", flag=True)
     assert "--set: unknown option 'set'. Options are given as --section.key VALUE (--train.lr 1e-4)" in str(error)
+
+
+def test_a_template_named_as_llama_factory_names_it_says_auto_uses_the_models_own():
+    """data.template: llama3 was refused with the allowed values only, none of which is llama3."""
+    with pytest.raises(ConfigError, match=re.escape("Did you mean chatml?")):
+        load_config(None, {"data.template": "ChatML"})
+    with pytest.raises(ConfigError, match=re.escape("A model's own chat template (its tokenizer's) is used with auto")):
+        load_config(None, {"data.template": "llama3"})

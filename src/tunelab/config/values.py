@@ -210,6 +210,9 @@ VALUE_HINTS = {
     ("train.optimizer", "adamw_bnb_8bit"): "Did you mean adamw_8bit?",
     ("train.optimizer", "adamw_torch_fused"): "Did you mean adamw (fused on CUDA)?",
     ("method.quantize_base", "4bit"): "Did you mean nf4?",
+    # LLaMA-Factory's and Unsloth's template names (llama3, qwen, mistral, ...): ours names only the fallbacks
+    ("data.template", "*"): "A model's own chat template (its tokenizer's) is used with auto, the default; the named "
+    "ones are for models without one.",
     # axolotl's dataset types
     **{
         ("data.format", kind): f"Did you mean {ours}?"
@@ -219,13 +222,14 @@ VALUE_HINTS = {
 
 
 def value_hint(name: str, value: Any, choices: tuple) -> str:
-    """What a value outside the choices may have meant: a known spelling of another tool, or the choice it is in
-    another case ('BF16', 'LoRA')."""
+    """What a value outside the choices may have meant: a known spelling of another tool, the choice it is in
+    another case ('BF16', 'LoRA'), or what the option's choices are for."""
     text = str(value)
     if hint := VALUE_HINTS.get((name, text.lower())):
         return f" {hint}"
-    same = [c for c in choices if str(c).lower() == text.lower()]
-    return f" Did you mean {same[0]}?" if same else ""
+    if same := [c for c in choices if str(c).lower() == text.lower()]:
+        return f" Did you mean {same[0]}?"
+    return f" {VALUE_HINTS[(name, '*')]}" if (name, "*") in VALUE_HINTS else ""
 
 
 def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -> None:
