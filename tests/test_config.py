@@ -818,3 +818,25 @@ def test_a_template_named_as_llama_factory_names_it_says_auto_uses_the_models_ow
         load_config(None, {"data.template": "ChatML"})
     with pytest.raises(ConfigError, match=re.escape("A model's own chat template (its tokenizer's) is used with auto")):
         load_config(None, {"data.template": "llama3"})
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            "model: smollm2-135m-instruct\n",
+            ":1: section 'model' must be a mapping of options like model: {name: smollm2-135m-instruct}, got",
+        ),
+        (
+            "model: {name: x}\ndata: [qa.jsonl, b.jsonl]\n",
+            ":2: section 'data' must be a mapping of options like data: {train: [qa.jsonl, b.jsonl]}",
+        ),
+        ("model: {name: x}\ntrain: 5\n", ":2: section 'train' must be a mapping of options, got 5."),
+    ],
+)
+def test_a_section_given_a_bare_value_names_its_line_and_the_option_meant(tmp_path, content, message):
+    """model: NAME was refused naming the file only, without its line or how to write it."""
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}{message}")):
+        load_config(path)

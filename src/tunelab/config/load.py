@@ -25,6 +25,9 @@ from tunelab.config.validate import STAGED_RUN, check_consistency, option_defaul
 from tunelab.config.values import checked
 from tunelab.errors import ConfigError, TunelabError, article, not_text
 
+# The option a section's value most likely meant when given bare (model: NAME, data: [FILE]).
+_MAIN_OPTION = {"model": "name", "data": "train", "method": "name"}
+
 
 def _flatten(raw: dict, where: str, lines: dict[str, int] | None = None) -> dict[str, Any]:
     """YAML mapping -> {'train.lr': 1e-4, ...}. Section mappings are flattened one level; dict-valued fields stay whole.
@@ -35,8 +38,12 @@ def _flatten(raw: dict, where: str, lines: dict[str, int] | None = None) -> dict
         if key in sections:
             if value is None:
                 continue
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: section '{key}' must be a mapping of options, got {value!r}.")
+            if not isinstance(value, dict):  # model: smollm2-135m-instruct, data: qa.jsonl
+                at = f"{where}:{lines[key]}" if lines and key in lines else where
+                main = _MAIN_OPTION.get(key)
+                shown = f"[{', '.join(map(str, value))}]" if isinstance(value, list) else value
+                like = f" like {key}: {{{main}: {shown}}}" if main and isinstance(value, (str, list)) else ""
+                raise ConfigError(f"{at}: section '{key}' must be a mapping of options{like}, got {value!r}.")
             for sub, v in value.items():
                 _put(flat, f"{key}.{sub}", v, where, lines)
         else:
