@@ -840,3 +840,17 @@ def test_a_section_given_a_bare_value_names_its_line_and_the_option_meant(tmp_pa
     path.write_text(content)
     with pytest.raises(ConfigError, match=re.escape(f"{path}{message}")):
         load_config(path)
+
+
+def test_every_unknown_option_of_a_file_is_named_at_once(tmp_path):
+    """A config written for another tool has several foreign names; each was named by a run of its own."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {train: [qa.jsonl]}\nlearning_rate: 2e-4\ntrain: {lr: 1e-4}\nlora_r: 16\nbf16: true\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).splitlines() == [
+        f"{path}:2: unknown option 'learning_rate'. Did you mean train.lr?",
+        f"{path}:4: unknown option 'lora_r'. Did you mean method.r?",
+        f"{path}:5: unknown option 'bf16'. Did you mean model.dtype (write model.dtype: bf16)? Run 'tunelab train "
+        "--help' for the list.",
+    ]

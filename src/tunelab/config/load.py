@@ -309,9 +309,11 @@ def load_config(
             flags[name] = read_text_value(value, hint) if isinstance(value, str) else _python_value(value)
         layers.append(("flag", flags, Path(base_dir) if base_dir else None))
     for source, flat, folder in layers:
+        # A flag is named by its option, a YAML file's value by the file and the line of its key (run.yaml:7)
+        wheres = {n: f"--{n}" if source == "flag" else f"{source}:{lines[n]}" if n in lines else source for n in flat}
+        _refuse_unknown([(name, wheres[name], value) for name, value in flat.items() if name not in options])
         for name, value in flat.items():
-            # A flag is named by its option, a YAML file's value by the file and the line of its key (run.yaml:7)
-            where = f"--{name}" if source == "flag" else f"{source}:{lines[name]}" if name in lines else source
+            where = wheres[name]
             # A flag's relative path is the working directory's (or base_dir's), a YAML file's its folder's
             values[name] = _option_value(
                 name, value, options, where, folder or Path.cwd(), None if source == "flag" else (source, lines)
@@ -324,6 +326,16 @@ def load_config(
     except ConfigError as exc:
         raise _placed(exc, origins, lines) from None
     return ResolvedConfig(config, origins, path)
+
+
+def _refuse_unknown(unknown: list[tuple[str, str, Any]]) -> None:
+    """Every unknown option of one file (or of the flags) in one error, a line each: a config written for another
+    tool has several, and one error a run would take as many runs to read."""
+    if not unknown:
+        return
+    errors = [str(unknown_option(name, where, value=value)) for name, where, value in unknown]
+    tail = " Run 'tunelab train --help' for the list."
+    raise ConfigError("\n".join([e.removesuffix(tail) for e in errors[:-1]] + errors[-1:]))
 
 
 def _placed(error: ConfigError, origins: dict[str, str], lines: dict[str, int]) -> ConfigError:
