@@ -854,3 +854,12 @@ def test_every_unknown_option_of_a_file_is_named_at_once(tmp_path):
         f"{path}:5: unknown option 'bf16'. Did you mean model.dtype (write model.dtype: bf16)? Run 'tunelab train "
         "--help' for the list.",
     ]
+
+
+def test_a_folder_given_as_the_config_is_called_a_folder(tmp_path):
+    """A run directory given as the config was 'config file not found', though it was there."""
+    (tmp_path / "config.yaml").write_text("model: {name: x}\n")
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{tmp_path}: is a folder, not a config file; give the YAML file (a")
+    ):
+        load_config(tmp_path)

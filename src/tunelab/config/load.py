@@ -280,7 +280,11 @@ def load_config(
         )
     if path is not None:
         path = Path(path)
-        if path.is_dir():
+        if path.is_dir():  # tunelab train runs/faq: a run's own config is runs/faq/config.yaml
+            if (path / "config.yaml").is_file():
+                raise ConfigError(
+                    f"{path}: is a folder, not a config file; give the YAML file (a run's own is its config.yaml)."
+                )
             raise ConfigError(
                 f"{path}: a folder, not a config file (a YAML file: model:, data:, ...); {_as_data(path)}"
             )
