@@ -372,7 +372,11 @@ LORA = "LoRA options live under method: (method.name: lora, method.r, method.alp
         ("trainer: {max_steps: 10}\n", "Training options live under train: (train.lr,"),
         ("dataset: qa.jsonl\n", "unknown option 'dataset'. Did you mean data.train?"),
         ("dataset: {path: qa.jsonl}\n", "unknown section 'dataset'. Data options live under data: (data.train:"),
-        ("datasets: [{path: qa.jsonl}]\n", "unknown option 'datasets'. Did you mean data.train?"),  # axolotl's list
+        (
+            "datasets: [{path: qa.jsonl, type: alpaca}]\n",  # axolotl's list
+            "unknown option 'datasets'. Did you mean data.train (a list of files, or of entries like {path: qa.jsonl, "
+            "format: alpaca})?",
+        ),
         ("optimizer: adamw\n", "unknown option 'optimizer'. Did you mean train.optimizer?"),
         ("optimizer: {_component_: torch.optim.AdamW, lr: 2.0e-5}\n", "Optimizer options live under train:"),
         ("lr_scheduler: cosine\n", "Did you mean train.scheduler?"),

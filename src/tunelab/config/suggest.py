@@ -138,6 +138,7 @@ ALIAS_NOTES = {
     "resume_from_checkpoint": "checkpoints every N steps; continue one with tunelab train --resume",
     "fsdp": "auto, ddp or fsdp2, under torchrun",
     "deepspeed": "auto, ddp or fsdp2, under torchrun",
+    "datasets": "a list of files, or of entries like {path: qa.jsonl, format: alpaca}",
     "val_set_size": "a share of the rows, 0.1 for 10%; an eval file is data.eval",
 }
 
