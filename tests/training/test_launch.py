@@ -2,10 +2,14 @@
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
+from tunelab.errors import ConfigError
 from tunelab.training import launch as launch_module
+from tunelab.training.distributed import session
 
 
 class _Launches(list):
@@ -38,11 +42,11 @@ def test_ranks_share_the_cores_unless_the_user_chose(started, monkeypatch, capsy
     monkeypatch.setattr(launch_module.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert launch_module.launch(["train", "config.yaml"], 2) == 0
     assert started[-1] == (2, "4")  # 8 cores / 2 ranks
-    assert "2 ranks, 4 CPU thread(s) each" in capsys.readouterr().out
+    assert "2 ranks, 4 CPU threads each" in capsys.readouterr().out
     assert "OMP_NUM_THREADS" not in os.environ  # given back after the launch
     assert launch_module.launch(["train", "config.yaml"], 16) == 0
     assert started[-1] == (16, "1")  # at least one
-    capsys.readouterr()
+    assert "16 ranks, 1 CPU thread each" in capsys.readouterr().out
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert launch_module.launch(["train", "config.yaml"], 2) == 0
     assert started[-1] == (2, "3") and os.environ["OMP_NUM_THREADS"] == "3"  # the user's value, untouched
@@ -79,3 +83,16 @@ def test_a_signal_to_the_launcher_exits_as_one_process_would(monkeypatch, signum
 
     monkeypatch.setattr(launch_module, "elastic_launch", stopped)
     assert launch_module.launch(["train", "config.yaml"], 2) == code
+
+
+def test_a_host_of_one_gpu_is_told_in_the_singular(monkeypatch):
+    """--nproc 2 on a host of one GPU, and torchrun's local rank 1 there, said "1 CUDA device(s)"."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = SimpleNamespace(model=SimpleNamespace(device="cuda"))
+    with pytest.raises(ConfigError, match=r"this host has 1 CUDA device; each rank needs its own GPU"):
+        launch_module.check_launch(cfg, 2)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=r"local rank 1, but this host has 1 CUDA device; start at most one"):
+        with session(cfg):
+            pass

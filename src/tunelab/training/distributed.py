@@ -41,7 +41,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from tunelab.config import RunConfig
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, counted
 from tunelab.quant.linear import SHARDABLE, NF4Linear, shardable_nf4_
 from tunelab.training.build import decoder_layers
 
@@ -160,8 +160,9 @@ def session(cfg: RunConfig) -> Iterator[Ranks]:
     if kind == "nccl":
         if ranks.local_rank >= torch.cuda.device_count():
             raise ConfigError(
-                f"rank {ranks.rank} is local rank {ranks.local_rank}, but this host has {torch.cuda.device_count()} "
-                "CUDA device(s); start at most one process per GPU (--nproc / torchrun --nproc-per-node)."
+                f"rank {ranks.rank} is local rank {ranks.local_rank}, but this host has "
+                f"{counted(torch.cuda.device_count(), 'CUDA device')}; start at most one process per GPU "
+                "(--nproc / torchrun --nproc-per-node)."
             )
         torch.cuda.set_device(ranks.local_rank)
     owned = not dist.is_initialized()

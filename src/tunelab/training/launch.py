@@ -26,7 +26,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from tunelab.config import RunConfig, dump_yaml
-from tunelab.errors import ConfigError, TunelabError
+from tunelab.errors import ConfigError, TunelabError, counted
 from tunelab.training.distributed import backend, pick_sharding
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.prepare import protected_paths
@@ -38,7 +38,7 @@ def check_launch(cfg: RunConfig, nproc: int) -> None:
         raise ConfigError(f"option '--nproc' is {nproc}; give the number of processes to start (1 or more).")
     if backend(cfg.model.device) == "nccl" and nproc > torch.cuda.device_count():
         raise ConfigError(
-            f"option '--nproc' is {nproc}, but this host has {torch.cuda.device_count()} CUDA device(s); each rank "
+            f"option '--nproc' is {nproc}, but this host has {counted(torch.cuda.device_count(), 'CUDA device')}; each rank "
             f"needs its own GPU. Use --nproc {torch.cuda.device_count()} or fewer (or model.device cpu)."
         )
     if nproc > 1:
@@ -83,7 +83,10 @@ def launch(worker_args: list[str], nproc: int) -> int:
                 max_restarts=0,  # a failed rank fails the run: its error is the user's to fix
             )
             if threads is not None:
-                print(f"{nproc} ranks, {threads} CPU thread(s) each (OMP_NUM_THREADS; set it to choose)", flush=True)
+                print(
+                    f"{nproc} ranks, {counted(threads, 'CPU thread')} each (OMP_NUM_THREADS; set it to choose)",
+                    flush=True,
+                )
             elastic_launch(config, sys.executable)("-m", "tunelab.cli", *worker_args)
     except ChildFailedError as exc:
         first = min(exc.failures.values(), key=lambda failure: failure.timestamp)
