@@ -122,8 +122,7 @@ def test_two_clients_two_rounds_through_the_cli(uninterrupted, zero_row_model_di
 
     # the zero row, repaired on the server and on every client, and the run opens with the repaired row
     assert (
-        f"untrained tokens: 1 token(s) of the tokenizer have untrained rows: '<|im_start|>' (id {im_start}"
-        in done.stdout
+        f"untrained tokens: 1 token of the tokenizer has untrained rows: '<|im_start|>' (id {im_start}" in done.stdout
     )
     assert "repaired on the server and on every client" in done.stdout
     assert info["fixed_untrained_tokens"] == {"embed_tokens": [im_start]}

@@ -306,8 +306,11 @@ def test_the_api_and_the_cli_take_the_same_devices(tiny_run_dir, capsys, monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert pick_device("cuda:1", "--device") == torch.device("cuda:1")
-    with pytest.raises(ConfigError, match="is cuda:2, but this machine has 2 CUDA device"):
+    with pytest.raises(ConfigError, match="is cuda:2, but this machine has 2 CUDA devices: cuda:0 to cuda:1"):
         pick_device("cuda:2", "--device")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="is cuda:1, but this machine has 1 CUDA device: cuda:0 to cuda:0"):
+        pick_device("cuda:1", "--device")
 
 
 def test_a_run_whose_saved_tokenizer_lost_its_chat_template_says_so(tiny_run_dir, tmp_path, capsys):

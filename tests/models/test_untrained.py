@@ -11,7 +11,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tunelab.cli import main
 from tunelab.data.render import Rendered
-from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts, untrained_mask
+from tunelab.models.untrained import (
+    UntrainedReport,
+    UntrainedToken,
+    find_untrained,
+    repair_rows,
+    token_counts,
+    untrained_mask,
+)
 from tunelab.training.recipe import train
 
 
@@ -158,3 +165,11 @@ def test_the_untrained_head_of_a_full_classify_run_sits_on_the_repaired_base(
     with untrained_model(open_head_run(result.run_dir, device="cpu")) as model:
         embed = model.body.get_input_embeddings().weight
         assert embed[im_start].abs().sum() > 0
+
+
+def test_the_untrained_tokens_line_counts_one_token_in_the_singular():
+    """One untrained token read "1 token(s) the data uses have untrained rows"."""
+    one = UntrainedReport([UntrainedToken(5, "<x>", 2, ["embed_tokens"])])
+    assert one.summary().startswith("untrained tokens: 1 token the data uses has untrained rows: ")
+    two = UntrainedReport([UntrainedToken(5, "<x>", 2, ["embed_tokens"]), UntrainedToken(6, "<y>", 1, ["lm_head"])])
+    assert two.summary().startswith("untrained tokens: 2 tokens the data uses have untrained rows: ")

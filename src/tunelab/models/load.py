@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from tunelab.atomic import scratch_folder, write_json
 from tunelab.config.model import DEVICE_NAMES, EMBEDDED, is_device
-from tunelab.errors import ConfigError, ModelError, RunDirError, WriteFailed
+from tunelab.errors import ConfigError, ModelError, RunDirError, WriteFailed, counted
 from tunelab.models.converted import cache_root, conversion_problem, finish_conversion, gguf_key
 from tunelab.models.quiet import quiet_progress
 from tunelab.rundir import RUN_FILE, RunInfo, read_info
@@ -480,7 +480,7 @@ def pick_device(device: str, option: str = "model.device") -> torch.device:
         raise ModelError(f"option '{option}' is {device}, but no CUDA device is available; use auto or cpu.")
     if chosen.index is not None and chosen.index >= (count := torch.cuda.device_count()):
         raise ConfigError(
-            f"option '{option}' is {device}, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}."
+            f"option '{option}' is {device}, but this machine has {counted(count, 'CUDA device')}: cuda:0 to cuda:{count - 1}."
         )
     return chosen
 

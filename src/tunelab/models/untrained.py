@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from tunelab.errors import counted
 from tunelab.models.llama import LlamaForCausalLM
 
 UNTRAINED_RATIO = 1e-3
@@ -67,7 +68,7 @@ class UntrainedReport:
             else "NOT repaired (model.fix_untrained_tokens is false): expect NaN gradients on deep models"
         )
         which = "of the tokenizer" if federation else "the data uses"
-        return f"untrained tokens: {len(self.tokens)} token(s) {which} have untrained rows: {listed}{more}; {action}"
+        return f"untrained tokens: {counted(len(self.tokens), 'token')} {which} {'has' if len(self.tokens) == 1 else 'have'} untrained rows: {listed}{more}; {action}"
 
 
 def token_counts(rows: Iterable, vocab_size: int) -> torch.Tensor:
