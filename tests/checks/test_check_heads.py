@@ -114,7 +114,7 @@ def test_a_pair_row_without_rejected_is_bad_input(tiny_model_dir, tmp_path, caps
     data = _write(tmp_path / "pairs.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"chosen": "a"}])
     over = _over(tiny_model_dir, tmp_path, "reward", data, **{"data.eval_fraction": 0.0})
     assert main(["check", *cli_flags(over), "--data-only"]) == 2
-    assert f"{data}:2: field(s) rejected missing" in capsys.readouterr().err
+    assert f"{data}:2: 1 field missing (rejected)" in capsys.readouterr().err
 
 
 def test_a_prompt_format_on_chat_rows_is_bad_input(tiny_model_dir, tmp_path, capsys, cli_flags):

@@ -263,7 +263,7 @@ def test_a_label_whose_every_row_is_too_long_is_refused_by_name(smollm2_tokenize
         [{"text": "short", "label": "a"}] * 3 + [{"text": "short", "label": "b"}] + [{"text": long, "label": "c"}] * 2
     )
     path = _write(tmp_path / "d.jsonl", rows)
-    with pytest.raises(DataError, match=rf"label\(s\) 'c' have no training row left: .*'c': 2 rows \(e.g. {path}:5\)"):
+    with pytest.raises(DataError, match=rf"1 label \('c'\) has no training row left: .*'c': 2 rows \(e.g. {path}:5\)"):
         _build(smollm2_tokenizer, path, **{"data.max_length": 16})
     assert _build(smollm2_tokenizer, path, **{"data.max_length": 16, "data.overlong": "truncate"}).facts[
         "label_counts"

@@ -213,7 +213,7 @@ def test_an_empty_expected_text_is_refused_before_the_model_loads(tiny_model_dir
             [{"prompt": "What is 1 plus 2?", "expected": "3"}, {"prompt": "Hi?", "expected": value}],
         )
         with pytest.raises(
-            DataError, match=r"p\.jsonl:2: column\(s\) expected empty, or not a text, a number or true/false"
+            DataError, match=r"p\.jsonl:2: 1 column \(expected\) empty, or not a text, a number or true/false"
         ):
             _task(tiny_model_dir, tmp_path, data, reward_module, **{"data.eval_fraction": 0.0})
 

@@ -132,7 +132,7 @@ def test_a_row_without_rejected_names_file_and_line(smollm2_tokenizer, tmp_path)
     path = _write(
         tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "a", "chosen": "x"}]
     )
-    with pytest.raises(DataError, match=r"p\.jsonl:2: field\(s\) rejected missing"):
+    with pytest.raises(DataError, match=r"p\.jsonl:2: 1 field missing \(rejected\)"):
         _build(smollm2_tokenizer, path)
 
 
@@ -149,7 +149,7 @@ def test_an_eval_row_without_rejected_names_the_columns_not_data_fields(tmp_path
     with pytest.raises(DataError) as err:
         _reward(run, path, 16)
     msg = str(err.value)
-    assert msg.startswith(f"{path}:1: field(s) better, rejected missing; tunelab eval reads each pair from columns")
+    assert msg.startswith(f"{path}:1: 2 fields missing (better, rejected); tunelab eval reads each pair from columns")
     assert "named chosen and rejected (or the columns the run's data.fields maps them to: chosen -> better)" in msg
     assert f"This row has prompt, good, bad. Rename the columns in {path}." in msg and "data.fields, e.g." not in msg
 

@@ -31,7 +31,7 @@ from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import scalar_text
 from tunelab.data.loader import Datasets, note_system_on_texts
 from tunelab.data.report import DataReport, SplitStats, location
-from tunelab.errors import ConfigError, DataError, article
+from tunelab.errors import ConfigError, DataError, article, counted
 from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, save_head_run
 from tunelab.tasks.head_data import (
     INPUT_FIELDS,
@@ -253,7 +253,8 @@ def used_counts(rows: list[LabelledRow], labels: list[str], items: list[Labelled
         )
         skips = "; ".join(f"{s.count} {reason}" for reason, s in report.skips.items())
         raise DataError(
-            f"label(s) {', '.join(map(repr, lost))} have no training row left: every row of theirs was skipped as too "
+            f"{counted(len(lost), 'label')} ({', '.join(map(repr, lost))}) {'has' if len(lost) == 1 else 'have'} "
+            "no training row left: every row of theirs was skipped as too "
             f"long ({shown}; skipped: {skips}), so the head would have an output that no row trains. Raise "
             "data.max_length, set data.overlong=truncate, or remove the label's rows."
         )

@@ -89,8 +89,8 @@ def check_fields(fields: dict[str, str], allowed: tuple[str, ...], task: str) ->
     unknown = [k for k in fields if k not in allowed]
     if unknown:
         raise ConfigError(
-            f"option 'data.fields' maps unknown field(s) {', '.join(unknown)} for task {task}; the fields you can map "
-            f"are {', '.join(allowed)}."
+            f"option 'data.fields' maps {counted(len(unknown), 'unknown field')} ({', '.join(unknown)}) for task "
+            f"{task}; the fields you can map are {', '.join(allowed)}."
         )
 
 
@@ -212,12 +212,14 @@ def pair_columns(
             mapped = ", ".join(f"{k} -> {fields[k]}" for k in ("chosen", "rejected") if k in fields)
             also = f" (or the columns the run's data.fields maps them to: {mapped})" if mapped else ""
             raise DataError(
-                f"{where}: field(s) {', '.join(missing)} missing; {command} reads each pair from columns named "
-                f"chosen and rejected{also} ({prompt}). This row has {has}. Rename the columns in "
+                f"{where}: {counted(len(missing), 'field')} missing ({', '.join(missing)}); {command} reads each "
+                f"pair from columns named chosen and rejected{also} ({prompt}). This row has {has}. Rename the "
+                "columns in "
                 f"{location_path(where)}."
             )
         raise DataError(
-            f"{where}: field(s) {', '.join(missing)} missing; a preference row needs chosen and rejected ({prompt}). "
+            f"{where}: {counted(len(missing), 'field')} missing ({', '.join(missing)}); a preference row needs "
+            f"chosen and rejected ({prompt}). "
             f"This row has {has}. Map your columns with data.fields, e.g. {{chosen: better, rejected: worse}}."
         )
     return keys["chosen"], keys["rejected"]

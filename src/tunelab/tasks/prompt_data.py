@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from tunelab.config import RunConfig
 from tunelab.data.loader import Datasets
 from tunelab.data.report import PROMPTS, DataReport, SplitStats, location
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, counted
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
@@ -134,13 +134,15 @@ def to_rows(
         missing = [c for c in columns if c not in p.row]
         if missing:
             raise DataError(
-                f"{where}: column(s) {', '.join(missing)} missing; grpo.rewards read them (contains and equals compare "
+                f"{where}: {counted(len(missing), 'column')} missing ({', '.join(missing)}); grpo.rewards read them "
+                "(contains and equals compare "
                 "the answer with the row's expected text). Add them, or set the reward's column."
             )
         empty = [c for c in columns if not _expected_text(p.row[c])]
         if empty:
             raise DataError(
-                f"{where}: column(s) {', '.join(empty)} empty, or not a text, a number or true/false; contains and equals compare the "
+                f"{where}: {counted(len(empty), 'column')} ({', '.join(empty)}) empty, or not a text, a number or "
+                "true/false; contains and equals compare the "
                 "answer with it, and an empty expected text would match every answer. Give the row its expected "
                 "answer, or remove the row."
             )
