@@ -364,4 +364,5 @@ def test_options_the_method_does_not_read_are_an_item_of_the_check(tiny_override
     result = tunelab.check(None, tiny_overrides | {"method.top_layers": 3}, model=False)
     (item,) = [item for item in result.items if item.name == "unused options"]
     assert item.status == "info" and item.details == ["note: method.top_layers (3) is not used by method lora"]
+    assert item.summary == "1 option set that the run does not read"
     assert "unused options" not in _statuses(tunelab.check(None, tiny_overrides, model=False))

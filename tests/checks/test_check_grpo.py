@@ -37,9 +37,9 @@ def test_grpo_check_rolls_out_the_first_prompts_and_shows_their_rewards(tiny_mod
     assert main(_setup(tmp_path, tiny_model_dir, "letters")) == 0
     out = capsys.readouterr().out
     assert "[PASS] prompts: 7 training prompts, 0 eval prompts" in out
-    assert "[WARN] room: tokens per prompt: min " in out and "1 prompt(s) + grpo.max_new_tokens 6 exceed" in out
+    assert "[WARN] room: tokens per prompt: min " in out and "1 prompt + grpo.max_new_tokens 6 exceed" in out
     assert f"{tmp_path / 'prompts.jsonl'}:7 (" in out  # where the long prompt is
-    assert "[PASS] rewards: 1 reward(s) load: letters x 1" in out
+    assert "[PASS] rewards: 1 reward loads: letters x 1" in out
     assert "[INFO] first rollout: 2 prompts x 3 answers: reward mean " in out
     assert f"{tmp_path / 'prompts.jsonl'}:1, answer 3: reward " in out  # the first prompt's answers, each scored
     assert "[PASS] reward spread: 2 of 2 prompts' answers got different rewards" in out

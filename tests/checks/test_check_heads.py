@@ -59,7 +59,7 @@ def test_overlong_rows_and_unseen_eval_labels_are_warnings_with_where(tiny_model
     assert main(["check", *cli_flags(over), "--data-only"]) == 0
     out = capsys.readouterr().out
     assert "[WARN] lengths:" in out and f"dropped (data.overlong drop): 1 ({data}:5)" in out
-    assert "[WARN] eval labels: 1 eval row(s) have a label the training rows do not" in out and f"{held}:1" in out
+    assert "[WARN] eval labels: 1 eval row has a label the training rows do not" in out and f"{held}:1" in out
 
 
 def test_an_imbalanced_label_set_is_a_warning(tiny_model_dir, tmp_path, capsys, cli_flags):

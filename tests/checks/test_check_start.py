@@ -52,7 +52,7 @@ def test_check_says_where_each_tracker_reports(tiny_overrides, capsys, cli_flags
     assert main(["check", *cli_flags(overrides), "--data-only"]) == 0
     out = capsys.readouterr().out
     run = tiny_overrides["output_dir"]
-    assert "[INFO] trackers: 1 tracker(s) report the run's metrics" in out
+    assert "[INFO] trackers: 1 tracker reports the run's metrics" in out
     assert f"report_to tensorboard: TensorBoard event files in {run}/tensorboard (local)" in out
     assert "gpu memory" not in out  # no GPU here and no budget set: nothing to say
 

@@ -12,6 +12,7 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
+from tunelab.errors import counted
 from tunelab.models.load import load_hf_config, pick_device
 from tunelab.training.build import pick_impl
 from tunelab.training.memory import gib
@@ -55,7 +56,12 @@ def tracker_item(cfg: RunConfig) -> CheckItem | None:
         return None
     run_dir = Path(cfg.output_dir)
     lines = [f"report_to {name}: {destination(name, run_dir)}" for name in cfg.train.report_to]
-    return CheckItem("trackers", "info", f"{len(lines)} tracker(s) report the run's metrics", lines)
+    return CheckItem(
+        "trackers",
+        "info",
+        f"{counted(len(lines), 'tracker')} {'reports' if len(lines) == 1 else 'report'} the run's metrics",
+        lines,
+    )
 
 
 def start_items(cfg: RunConfig, inputs, planned: bool) -> list[CheckItem]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from tunelab.checks.model import dtype_items, task_step, untrained_item
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
+from tunelab.errors import counted
 from tunelab.rundir import RunInfo
 from tunelab.tasks import rewards as reward_fns
 from tunelab.tasks.grpo import RewardError
@@ -53,7 +54,8 @@ def room_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
     return CheckItem(
         "room",
         "warn",
-        f"{summary}; {len(short)} prompt(s) + grpo.max_new_tokens {new} exceed data.max_length {limit}: their answers "
+        f"{summary}; {counted(len(short), 'prompt')} + grpo.max_new_tokens {new} exceed data.max_length {limit}: "
+        "their answers "
         "are cut to fit (raise data.max_length or lower grpo.max_new_tokens)",
         where[:SHOWN],
     )
@@ -64,7 +66,9 @@ def reward_item(cfg: RunConfig) -> CheckItem:
     reward model's run must be a folder; the model itself loads with the model checks)."""
     specs = reward_fns.specs(cfg.grpo.rewards)
     names = ", ".join(f"{s.name} x {s.weight:g}" for s in specs)
-    return CheckItem("rewards", "pass", f"{len(specs)} reward(s) load: {names} (the total is their weighted sum)")
+    total = "its value times its weight" if len(specs) == 1 else "their weighted sum"
+    loads = "loads" if len(specs) == 1 else "load"
+    return CheckItem("rewards", "pass", f"{counted(len(specs), 'reward')} {loads}: {names} (the total is {total})")
 
 
 def grpo_data_checks(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
@@ -121,7 +125,9 @@ def grpo_model_items(cfg: RunConfig, inputs: Inputs, task: Task, resumed: RunInf
         for i in range(shown)
     ]
     if figures["reward_errors"]:
-        details.append(f"skipped: {figures['reward_errors']:.0f} prompt(s) whose answers a reward failed on")
+        details.append(
+            f"skipped: {counted(round(figures['reward_errors']), 'prompt')} whose answers a reward failed on"
+        )
     items.append(
         CheckItem(
             name,

@@ -77,7 +77,8 @@ def label_items(inputs: Inputs) -> list[CheckItem]:
         return items
     status = "warn" if unseen else "pass"
     summary = (
-        f"{unseen} eval row(s) have a label the training rows do not: skipped from the eval metrics"
+        f"{counted(unseen, 'eval row')} {'has' if unseen == 1 else 'have'} a label the training rows do not: "
+        "skipped from the eval metrics"
         if unseen
         else "every eval row's label is among the training labels"
     )

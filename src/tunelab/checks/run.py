@@ -220,7 +220,9 @@ def run_check(
     items = output_items(cfg, config, resume, overwrite_non_run)
     if unused := unused_notes(cfg, resolved.origins):  # printed under the config; an item for the API and the page
         items.append(
-            CheckItem("unused options", "info", f"{len(unused)} option(s) set that the run does not read", unused)
+            CheckItem(
+                "unused options", "info", f"{counted(len(unused), 'option')} set that the run does not read", unused
+            )
         )
     plans, later = [], []
     if cfg.stages:  # a staged run: stage 1 in full; the later stages' data (their models are results yet to come)
