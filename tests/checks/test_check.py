@@ -12,6 +12,7 @@ import tunelab.tasks.sft as sft_task
 import tunelab.training.loss_scale as loss_scale
 from tunelab.checks.model import forward_backward
 from tunelab.cli import main
+from tunelab.data.checks import CheckItem, CheckResult
 from tunelab.errors import CheckFailed, ConfigError, DataError
 from tunelab.training.build import BuiltModel
 from tunelab.training.recipe import train
@@ -366,3 +367,12 @@ def test_options_the_method_does_not_read_are_an_item_of_the_check(tiny_override
     assert item.status == "info" and item.details == ["note: method.top_layers (3) is not used by method lora"]
     assert item.summary == "1 option set that the run does not read"
     assert "unused options" not in _statuses(tunelab.check(None, tiny_overrides, model=False))
+
+
+def test_the_verdict_counts_one_check_and_one_warning_in_the_singular():
+    """A check of one item said 'check: PASSED: 1 checks', and a warning '2 checks, 1 warning(s)'."""
+    assert CheckResult([CheckItem("a", "pass", "")]).verdict() == "check: PASSED: 1 check"
+    two = CheckResult([CheckItem("a", "pass", ""), CheckItem("b", "warn", ""), CheckItem("c", "info", "")])
+    assert two.verdict() == "check: PASSED: 2 checks, 1 warning"
+    failed = CheckResult([CheckItem("a", "fail", ""), CheckItem("b", "warn", ""), CheckItem("c", "warn", "")])
+    assert failed.verdict() == "check: FAILED: 1 of 3 checks failed (a), 2 warnings"

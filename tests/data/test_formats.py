@@ -475,3 +475,15 @@ def test_a_mapping_the_wrong_way_round_or_misspelt_is_told_the_one_meant():
         check_fields({"response": "output"})
     with pytest.raises(ConfigError, match=r"Did you mean 'answer' for 'answr'\?"):
         check_fields({"answr": "a"})
+
+
+def test_a_mapping_short_of_one_field_or_naming_one_unknown_field_counts_it_in_the_singular():
+    """These said 'the record has no column for its other field(s) completion' and 'maps unknown field(s) reply'."""
+    with pytest.raises(
+        DataError, match=r"no column for its other field completion; .* Map it too \(e\.g\. \{completion: "
+    ):
+        detect_format({"q": "x", "a": "y"}, {"prompt": "q"})
+    with pytest.raises(ConfigError, match=r"maps 1 unknown field \(reply\); the fields you can map"):
+        check_fields({"reply": "a"})
+    with pytest.raises(ConfigError, match=r"maps 2 unknown fields \(reply, ask\); the fields you can map"):
+        check_fields({"reply": "a", "ask": "b"})

@@ -273,7 +273,7 @@ def test_a_sources_own_fields_are_named_by_its_entry_not_as_data_fields(tmp_path
     cases = [
         ({"prompt": "q", "completion": "label"}, DataError, "maps prompt -> 'q', but the record has no such column"),
         ({"prompt": "text", "completion": "label", "system": "sys"}, DataError, "maps system -> 'sys', but no record"),
-        ({"promt": "text"}, ConfigError, "maps unknown field(s) promt"),
+        ({"promt": "text"}, ConfigError, "maps 1 unknown field (promt)"),
     ]
     for fields, error, says in cases:
         sources = [DataSource(path=str(qa)), DataSource(path=str(labels), fields=fields)]
@@ -355,7 +355,11 @@ def test_a_source_of_one_document_left_without_eval_rows_is_noted(tmp_path, tiny
     data = build_datasets(cfg, tiny_tokenizer, seed=0)
     assert "manual.txt" not in data.eval_sets and len(data.eval_sets["qa.jsonl"]) == 2
     note = next(n for n in data.report.notes if "no eval rows" in n)
-    assert note.startswith("1 source(s)") and "manual.txt (" in note and "data.eval_fraction=0.2" in note
+    assert (
+        note.startswith("1 source of one example has no eval rows")
+        and "manual.txt (" in note
+        and "data.eval_fraction=0.2" in note
+    )
     cfg.eval_fraction = 0.0
     assert not any("no eval rows" in n for n in build_datasets(cfg, tiny_tokenizer, seed=0).report.notes)
 

@@ -22,6 +22,7 @@ from tunelab.data.loader import epoch_rows
 from tunelab.data.packing import Packed
 from tunelab.data.render import IGNORE, encode, render_prompt, special_text_in, special_texts
 from tunelab.data.report import location
+from tunelab.errors import counted
 
 STATUSES = ("pass", "warn", "fail", "info")
 
@@ -50,11 +51,11 @@ class CheckResult:
     def verdict(self) -> str:
         failed = [item.name for item in self.items if item.status == "fail"]
         warned = sum(item.status == "warn" for item in self.items)
-        counted = sum(item.status != "info" for item in self.items)
-        warnings = f", {warned} warning(s)" if warned else ""
+        total = sum(item.status != "info" for item in self.items)
+        warnings = f", {counted(warned, 'warning')}" if warned else ""
         if failed:
-            return f"check: FAILED: {len(failed)} of {counted} checks failed ({', '.join(failed)}){warnings}"
-        return f"check: PASSED: {counted} checks{warnings}"
+            return f"check: FAILED: {len(failed)} of {counted(total, 'check')} failed ({', '.join(failed)}){warnings}"
+        return f"check: PASSED: {counted(total, 'check')}{warnings}"
 
 
 PARITY_EXAMPLES = 20  # conversations whose prompts are compared token by token
@@ -95,7 +96,8 @@ def render_parity(examples: list, tokenizer, template) -> CheckItem:
             elif first_label != len(prompt):
                 gap = tokenizer.decode(ids[len(prompt) : first_label])
                 problems.append(
-                    f"{where}: training puts {first_label - len(prompt)} token(s) {gap!r} between the prompt and the answer"
+                    f"{where}: training puts {counted(first_label - len(prompt), 'token')} {gap!r} between the prompt "
+                    "and the answer"
                 )
     if problems:
         return CheckItem(

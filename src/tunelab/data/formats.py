@@ -74,8 +74,8 @@ def check_fields(fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
             turned = ", ".join(f"{fields[k]}: {k}" for k in unknown)
             hint = f" A mapping names the field first, then your column: {{{turned}}}?"
         raise ConfigError(
-            f"{option} maps unknown field(s) {', '.join(map(str, unknown))}; the fields you can map are "
-            f"{', '.join(CANONICAL)} (e.g. {{prompt: question, completion: answer}}).{hint}"
+            f"{option} maps {counted(len(unknown), 'unknown field')} ({', '.join(map(str, unknown))}); the fields "
+            f"you can map are {', '.join(CANONICAL)} (e.g. {{prompt: question, completion: answer}}).{hint}"
         )
 
 
@@ -107,10 +107,12 @@ def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION
     if mapped:
         fmt = mapped[0]
         given = ", ".join(f"{name} -> '{fields[name]}'" for name in FORMATS[fmt][0] if name in fields)
-        lacks = ", ".join(name for name in FORMATS[fmt][0] if fields.get(name, name) not in row)
+        absent = [name for name in FORMATS[fmt][0] if fields.get(name, name) not in row]
+        lacks = ", ".join(absent)
         raise DataError(
             f"{option} maps {given}, a field of the {fmt} format, but the record has no column for its other "
-            f"field(s) {lacks}; its columns are {', '.join(map(repr, row)) or '(none)'}. Map them too (e.g. "
+            f"{'field' if len(absent) == 1 else 'fields'} {lacks}; its columns are "
+            f"{', '.join(map(repr, row)) or '(none)'}. Map {'it' if len(absent) == 1 else 'them'} too (e.g. "
             f"{{{lacks.split(', ')[0]}: your_column}}), or remove the mapping."
         )
     known = "; ".join(f"{fmt} ({', '.join(req)})" for fmt, (req, _) in FORMATS.items())

@@ -32,7 +32,7 @@ from tunelab.data.report import DataReport, SourceStats, SplitStats, location
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, resolve_template
 from tunelab.data.transform import apply_transform, load_transform
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, counted
 
 
 @dataclass
@@ -488,7 +488,8 @@ def note_unsplit(unsplit: list[tuple[str, Example]], fraction: float, report: Da
         return
     names = ", ".join(f"{name} ({location(ex.path, ex.line)})" for name, ex in unsplit)
     report.notes.append(
-        f"{len(unsplit)} source(s) of one example each have no eval rows: data.eval_fraction={fraction} does not split "
+        f"{counted(len(unsplit), 'source')} of one example {'has' if len(unsplit) == 1 else 'each have'} no eval "
+        f"rows: data.eval_fraction={fraction} does not split "
         f"one example (a .txt file is one document), so it trains whole: {names}; give such a source its own `eval` "
         "file, or put its documents in a folder of .txt files or a .jsonl"
     )
