@@ -1,10 +1,12 @@
 """The export's self-check renders the run's training conversations as training read them."""
 
 import json
+from types import SimpleNamespace
 
 import yaml
 
-from tunelab.export.check import CHECK_ROWS, _conversations
+from tunelab.export import check as export_check
+from tunelab.export.check import CHECK_ROWS, GGUFCheck, _check_stops, _conversations
 
 
 def _run(tmp_path, data: dict):
@@ -126,3 +128,16 @@ def test_the_self_check_reads_no_further_into_the_questions_than_it_asks(tmp_pat
     config = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump(config | {"eval": {"questions": str(questions)}}))
     assert check_questions(run, 3) == ([f"What is the code of box {i}?" for i in range(3)], str(questions))
+
+
+def test_one_end_of_turn_token_llama_cpp_does_not_stop_at_is_named_in_the_singular(monkeypatch):
+    """The export check said 'llama.cpp does not stop generating at the trained end-of-turn token(s)' of one token."""
+    tokenizer = SimpleNamespace(convert_ids_to_tokens=lambda ids: [f"<t{i}>" for i in ids])
+    merged = SimpleNamespace(tokenizer=tokenizer, template=SimpleNamespace(stop_token_ids=[7]))
+    monkeypatch.setattr(export_check.llama_cpp, "is_end_of_generation", lambda llm, i: False)
+    result = GGUFCheck("m.gguf", "q8_0")
+    _check_stops(result, merged, None, "")
+    assert result.problems == [
+        "llama.cpp does not stop generating at 1 trained end-of-turn token ['<t7>']",
+        "the Modelfile's stop parameters [] miss trained end-of-turn token ['<t7>']",
+    ]

@@ -29,7 +29,7 @@ import torch
 from tunelab.atomic import write_json
 from tunelab.data.entries import training_examples
 from tunelab.data.render import render_prompt
-from tunelab.errors import TunelabError
+from tunelab.errors import TunelabError, counted
 from tunelab.eval.questions import check_saved_transform, read_questions
 from tunelab.export import llama_cpp
 from tunelab.export.gguf_vocab import adds_special
@@ -217,9 +217,14 @@ def _check_stops(result: GGUFCheck, merged: MergedModel, llm, modelfile: str) ->
     result.stop_tokens = {"trained": names, "llama_cpp_stops_on": stops_llama, "modelfile": listed}
     missing = [n for n, ok in stops_llama.items() if not ok]
     if missing:
-        result.problems.append(f"llama.cpp does not stop generating at the trained end-of-turn token(s) {missing}")
+        result.problems.append(
+            f"llama.cpp does not stop generating at {counted(len(missing), 'trained end-of-turn token')} {missing}"
+        )
     if not set(names) <= set(listed):
-        result.problems.append(f"the Modelfile's stop parameters {listed} miss trained end-of-turn token(s) {names}")
+        result.problems.append(
+            f"the Modelfile's stop parameters {listed} miss trained end-of-turn "
+            f"{'token' if len(names) == 1 else 'tokens'} {names}"
+        )
 
 
 @torch.no_grad()
