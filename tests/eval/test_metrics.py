@@ -187,8 +187,8 @@ def test_a_classify_evaluation_prints_n_a_for_an_undefined_score():
         rows_read=2, truncated=0, tuned=scores, baseline=scores, baseline_name="majority class",
     )  # fmt: skip
     text = format_head_eval(result)
-    assert text.startswith("eval of run (classify) on t.jsonl: 2 rows\n")
-    assert format_head_eval(dataclasses.replace(result, rows_read=1)).splitlines()[0].endswith(": 1 row")
+    assert text.startswith("eval of run (classify) on t.jsonl: 2 rows scored\n")
+    assert format_head_eval(dataclasses.replace(result, rows_read=1)).splitlines()[0].endswith(": 1 row scored")
     one = format_head_eval(dataclasses.replace(result, truncated=1))
     assert "  1 input was longer than the run's max_length: its last tokens were kept" in one  # not "1 inputs were"
     assert "  ham                            n/a      n/a      n/a        0          0" in text

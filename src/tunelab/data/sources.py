@@ -515,11 +515,17 @@ def _named_delimiter(path: Path, lines: Iterable[str], detected: str, delimiter:
             if detected == chosen:
                 raise
             raise _other_delimiter(f"{exc}", detected, delimiter, option) from None
-        header = next(iter(record.row)) if k == 0 and len(record.row) == 1 else ""
-        if detected != chosen and detected in header:
-            # one column named 'question,answer': every row one value, refused later as a format it is not
+        header, value = next(iter(record.row.items())) if k == 0 and len(record.row) == 1 else ("", None)
+        if detected != chosen and detected in header and _splits_alike(header, value, detected):
+            # one column named 'question,answer' over rows 'q,a': every row one value, refused later as a format it
+            # is not. A column whose name holds the separator over rows that it splits otherwise is read as named.
             raise _other_delimiter(f"{path}:1: the header is one column, {header!r}.", detected, delimiter, option)
         yield record
+
+
+def _splits_alike(header: str, value, separator: str) -> bool:
+    """Whether the first row splits at `separator` into as many values as the header does into names."""
+    return isinstance(value, str) and value.count(separator) == header.count(separator)
 
 
 def _other_delimiter(problem: str, detected: str, delimiter: str, option: str) -> DataError:
