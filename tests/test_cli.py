@@ -430,3 +430,18 @@ def test_generate_takes_the_prompt_after_the_run_or_as_a_flag(monkeypatch, capsy
     assert main(["generate", "runs/a"]) == 2
     assert 'needs a prompt: tunelab generate RUN "your prompt"' in capsys.readouterr().err
     assert len(asked) == 2
+
+
+def test_generate_system_none_asks_for_no_system_prompt(monkeypatch, capsys):
+    """`tunelab generate --system none` sent the text "none" as the system message: generate had no way to ask for
+    no system prompt, as chat's `/system none` does; now it gives the API system=False (none at all)."""
+    import tunelab.api
+
+    asked = []
+    monkeypatch.setattr(tunelab.api, "generate", lambda run, prompt, system, **_: asked.append(system) or "ok")
+    for given in ("none", "None", " NONE "):
+        assert main(["generate", "runs/a", "Hi", "--system", given]) == 0
+    assert main(["generate", "runs/a", "Hi", "--system", "Be brief."]) == 0
+    assert main(["generate", "runs/a", "Hi"]) == 0
+    assert asked == [False, False, False, "Be brief.", None]
+    capsys.readouterr()

@@ -335,18 +335,26 @@ def compare(
 def generate(
     run: str | Path | LoadedRun,
     prompt: str,
-    system: str | None = None,
+    system: str | bool | None = None,
     base: bool = False,
     settings: GenerationSettings | None = None,
     device: str = "auto",
     base_precision: str = "trained",
 ) -> str:
-    """One answer from the tuned model (or the base model with base=True)."""
+    """One answer from the tuned model (or the base model with base=True). system: the system message; None (or a
+    blank text) for the run's data.system_prompt, False for none at all (the prompt of a conversation trained without
+    one, as chat's `/system none` and serve's "default_system_prompt": false)."""
     prompt = _text(prompt, "prompt", blank=False)  # training skips an empty question: the model never saw one
-    system = _text(system, "system") if system is not None else None
+    if system is True:
+        raise ConfigError(
+            "generate(): argument 'system' is True; give the system message's text, None for the run's own "
+            "(data.system_prompt) or False for none."
+        )
+    system = _text(system, "system") if isinstance(system, str) else system
     loaded = opened(run, device, base_precision)
-    given = [{"role": "system", "content": system}] if system is not None else []
-    messages = as_trained([*given, {"role": "user", "content": prompt}], loaded.system_prompt)  # blank system: none
+    given = [{"role": "system", "content": system}] if isinstance(system, str) else []
+    trained = None if system is False else loaded.system_prompt
+    messages = as_trained([*given, {"role": "user", "content": prompt}], trained)  # blank system: none
     settings = settings or GenerationSettings()
     with loaded.base_model() if base else nullcontext(loaded.model) as model:
         say_config_notice(model)

@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("run_dir", help="a finished run directory")
     generate.add_argument("text", nargs="?", metavar="PROMPT", help="the user message (or --prompt)")
     generate.add_argument("--prompt", help="the user message")
-    generate.add_argument("--system", help="a system message")
+    generate.add_argument("--system", help="a system message (none: none at all, not the run's data.system_prompt)")
     generate.add_argument("--base", action="store_true", help="answer with the base model instead of the tuned one")
     _generation_options(generate)
     evaluate = sub.add_parser("eval", help="loss, answer and label metrics of base and tuned model on a file")
@@ -510,7 +510,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         answer = api.generate(
             args.run_dir,
             one_prompt(args.text, args.prompt),
-            system=args.system,
+            system=False if (args.system or "").strip().lower() == "none" else args.system,
             base=args.base,
             settings=settings,
             device=args.device,

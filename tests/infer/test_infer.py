@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tunelab
-from tunelab.errors import DataError, RunDirError
+from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.eval.compare import Row, score
 from tunelab.eval.metrics import contains
 from tunelab.eval.questions import read_questions
@@ -464,6 +464,27 @@ def test_a_blank_system_in_generate_is_none_as_in_training(tiny_run_dir, monkeyp
     assert sent.pop() == [{"role": "system", "content": "Be brief."}, question]
     tunelab.generate(run, "Code of box 3?", system=" ", settings=SHORT)  # no data.system_prompt: the template's own
     assert sent.pop() == [question]
+
+
+def test_generate_system_false_sends_no_system_prompt(tiny_run_dir, monkeypatch):
+    """generate had no way to ask for no system prompt (a blank one is the run's data.system_prompt, as in training),
+    where chat has `/system none` and serve "default_system_prompt": false; system=False now sends none at all."""
+    from dataclasses import replace
+
+    import tunelab.api
+
+    run = open_run(tiny_run_dir, device="cpu")
+    told = replace(run, info=replace(run.info, system_prompt="You answer box questions."))
+    sent = []
+    monkeypatch.setattr(
+        tunelab.api, "answer_one", lambda model, tok, tpl, conv, settings: (sent.append(conv) or "", None)
+    )
+    tunelab.generate(told, "Code of box 3?", system=False, settings=SHORT)
+    assert sent.pop() == [{"role": "user", "content": "Code of box 3?"}]
+    with pytest.raises(ConfigError, match="argument 'system' is True"):
+        tunelab.generate(told, "Code of box 3?", system=True, settings=SHORT)
+    with pytest.raises(ConfigError, match="argument 'system' must be"):
+        tunelab.generate(told, "Code of box 3?", system=3, settings=SHORT)
 
 
 def test_a_blank_data_system_prompt_is_none_in_the_run_as_in_training(tiny_overrides, monkeypatch):
