@@ -266,6 +266,25 @@ def test_user_function_rewards_and_their_failures(reward_module):
     assert names == ["contains", "contains2", "short"]
 
 
+def test_numpy_scalar_rewards_count_as_their_python_values():
+    """A reward function returning a numpy bool (`np.mean(x) > 0.5`) or numpy integer was a failure, "not a number",
+    that stopped the run, while a Python bool counted as 0/1; a numpy scalar now counts as its Python value."""
+    import numpy as np
+
+    got = [np.bool_(True), np.bool_(False), np.int64(3), np.uint8(2), np.float32(0.5), np.float16(0.25), True]
+    reward = R.Reward("numpy", 1.0, lambda samples: list(got))
+    values, failures = R.score([reward], [_sample("x")] * len(got))
+    assert not failures, failures
+    assert values[:, 0].tolist() == pytest.approx([1.0, 0.0, 3.0, 2.0, 0.5, 0.25, 1.0])
+    reward = R.Reward("numpy", 1.0, lambda samples: [np.str_("high"), np.complex64(1j), np.float64("nan")])
+    _, failures = R.score([reward], [_sample("x")] * 3)
+    assert [f.reason for f in failures] == [
+        "returned 'high' (str), not a number",
+        "returned 1j (complex), not a number",
+        "returned nan, not a finite number",
+    ]
+
+
 def test_a_reward_function_that_cannot_take_prompt_answer_row_is_refused_before_the_model_loads(reward_module):
     """f(prompt, answer) and an async def passed every check and stopped the run at its first step's scoring, after
     the model had loaded and sampled."""

@@ -251,9 +251,10 @@ MAX_REWARD = 1e6  # rewards are summed and normalised per group in fp32: larger 
 
 
 def _number(value: Any) -> Any:
-    """A 0-d torch tensor or numpy array (`torch.tensor(0.5)`, what a reward computed with torch gives) as its one
-    value; anything else as it is. An array of more dimensions is no reward of one answer, even of one element."""
-    if isinstance(value, torch.Tensor | np.ndarray) and value.ndim == 0:
+    """A 0-d torch tensor or numpy array (`torch.tensor(0.5)`, what a reward computed with torch gives) or a numpy
+    scalar (`np.mean(x) > 0.5` is a numpy bool, which counts as 0/1 as a Python bool does) as its one value; anything
+    else as it is. An array of more dimensions is no reward of one answer, even of one element."""
+    if (isinstance(value, torch.Tensor | np.ndarray) and value.ndim == 0) or isinstance(value, np.generic):
         return value.item()
     return value
 
