@@ -867,3 +867,24 @@ def test_a_folder_given_as_the_config_is_called_a_folder(tmp_path):
         ConfigError, match=re.escape(f"{tmp_path}: is a folder, not a config file; give the YAML file (a")
     ):
         load_config(tmp_path)
+
+
+def test_a_quoted_whole_number_is_read_for_an_integer_option_as_a_quoted_number_is_for_a_float(tmp_path):
+    """`max_length: "512"` was refused ("must be int") while `lr: "2e-4"` and `epochs: "3"` were read as numbers; an
+    integer option now reads a quoted whole number too, and still refuses a quoted fraction."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        'model: {name: x}\ndata: {train: [{path: qa.jsonl, take: "5"}], max_length: "512"}\n'
+        'train: {max_steps: " 10 ", micro_batch: "+4", lr: "2e-4", epochs: "3"}\n'
+    )
+    config = load_config(path).config
+    assert config.data.max_length == 512 and config.data.train[0].take == 5
+    assert config.train.max_steps == 10 and config.train.micro_batch == 4
+    assert type(config.data.max_length) is int and config.train.lr == 2e-4 and config.train.epochs == 3.0
+    for bad in ('"0.5"', '"512.0"', '"1e3"', '"ten"'):
+        path.write_text(f"model: {{name: x}}\ndata: {{train: [qa.jsonl], max_length: {bad}}}\n")
+        with pytest.raises(ConfigError, match=re.escape("option 'data.max_length' must be int")):
+            load_config(path)
+    path.write_text('model: {name: x}\ndata: {train: [qa.jsonl], max_length: "0"}\n')
+    with pytest.raises(ConfigError, match="data.max_length"):  # the range is checked as for an unquoted one
+        load_config(path)

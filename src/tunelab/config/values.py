@@ -122,6 +122,8 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):  # "512", as float takes "2e-4"
+            return int(value)
     elif hint is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
