@@ -9,8 +9,8 @@ Prints the mean total reward and each function's mean (format, correct) over dat
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 from tunelab.config import load_config
@@ -18,9 +18,21 @@ from tunelab.tasks import get_task
 from tunelab.training.prepare import load_inputs, load_model
 
 
-def main() -> None:
-    config = sys.argv[1]
-    run_dir = sys.argv[2] if len(sys.argv) > 2 else None
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Greedy mean reward of the arithmetic_grpo held-out prompts (data.eval), for the base model or a "
+        "finished run; prints one JSON line: the mean total reward and each reward function's mean.",
+    )
+    parser.add_argument("config", help="the example's config, e.g. examples/arithmetic_grpo/config.yaml")
+    parser.add_argument(
+        "run_dir", nargs="?", default=None, help="a finished run whose adapter goes over the base (default: the base)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    config, run_dir = args.config, args.run_dir
     cfg = load_config(config, {"model.adapter": run_dir} if run_dir else {}).config
     task = get_task("grpo", cfg)
     inputs = load_inputs(cfg, task)

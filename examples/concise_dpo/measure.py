@@ -9,9 +9,9 @@
 Usage:  python examples/concise_dpo/measure.py [RUN_DIR]   (default runs/concise_dpo)
 """
 
+import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -45,8 +45,23 @@ def score(answers: list[str], questions: list[str], references: list[str]) -> di
     }
 
 
-def main() -> None:
-    run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/concise_dpo")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Mean answer length of base and tuned answers in a run's compare.json (written by eval.questions "
+        "or `tunelab compare`), with a quality guard (non-empty and on topic; reference content words found).",
+    )
+    parser.add_argument(
+        "run_dir",
+        nargs="?",
+        default="runs/concise_dpo",
+        help="the run holding compare.json (default: runs/concise_dpo)",
+    )
+    run_dir = Path(parser.parse_args(argv).run_dir)
+    if not (run_dir / "compare.json").is_file():
+        parser.error(
+            f"{run_dir / 'compare.json'} not found: train examples/concise_dpo/config.yaml (its eval.questions write it) "
+            "or run `tunelab compare` on the run, then give the run's folder"
+        )
     compared = json.loads((run_dir / "compare.json").read_text(encoding="utf-8"))
     references = {}
     for line in (HERE / "heldout.jsonl").read_text(encoding="utf-8").splitlines():
