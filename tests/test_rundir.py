@@ -483,7 +483,10 @@ def test_an_unfinished_run_is_refused_saying_why_it_stopped(tmp_path):
     guard stopped would stop again, and a run still training has nothing to resume. run.json's end says which."""
     cases = [
         ({"reason": "interrupted", "step": 4, "signal": "SIGINT"}, r"\(interrupted after step 4\); resume it with"),
-        ({"reason": "non_finite", "step": 4}, r"guard stopped it at step 4.*would stop again: train it again with a "),
+        (
+            {"reason": "non_finite", "step": 4},
+            r"guard stopped the run at step 4.*would stop again: train it again with a ",
+        ),
         ({"reason": "error", "step": 3, "error": "OSError: disk"}, r"an error stopped it after step 3: OSError: disk"),
         ({}, r"\(it is still training, or stopped at step 2\); once it has stopped, resume it"),
     ]

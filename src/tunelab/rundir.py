@@ -249,16 +249,37 @@ def _unfinished(info: RunInfo) -> str:
     if end.get("reason") == "interrupted":
         return f" (interrupted after step {step}){resume}"
     if end.get("reason") == "non_finite":
-        return (
-            f" (the non-finite guard stopped it at step {step}: NaN or inf losses); resumed as it is, it would stop "
-            "again: train it again with a lower train.lr (--overwrite), as its message said."
-        )
+        return f": {non_finite_stop(info)}."
     if end.get("reason") == "error":
         return f" (an error stopped it after step {step}: {end.get('error', '?')}){resume}"
     return (
         f" (it is still training, or stopped at step {info.steps}); once it has stopped, resume it with 'tunelab train "
         "CONFIG --resume'."
     )
+
+
+def non_finite_stop(info: RunInfo) -> str:
+    """For a run the non-finite guard stopped (run.json's `end`), at which step, and why resuming it as it is would
+    stop again; empty for another run. What `--resume` (train and check) says first, and why a command refuses it."""
+    end = info.end
+    if end.get("reason") != "non_finite":
+        return ""
+    return (
+        f"the non-finite guard stopped the run at step {end.get('step', info.steps)} (NaN or inf losses); a resume "
+        "continues from its last checkpoint with the same settings, so it would stop again: train it again with a "
+        "lower train.lr in a new run (--overwrite, or another output_dir)"
+    )
+
+
+def resume_warning(run_dir: str | Path) -> str:
+    """What `--resume` of `run_dir` warns before anything loads: a run the non-finite guard stopped would stop again
+    (`non_finite_stop`). Empty otherwise, and when run.json cannot be read (the resume's own checks say so)."""
+    try:
+        info = read_info(run_dir, require_finished=False)
+    except (OSError, RunDirError):
+        return ""
+    stop = non_finite_stop(info)
+    return f"{run_dir}: {stop}." if stop else ""
 
 
 def federation_stopped(extra: dict[str, Any]) -> tuple[int, int] | None:

@@ -376,3 +376,25 @@ def test_the_verdict_counts_one_check_and_one_warning_in_the_singular():
     assert two.verdict() == "check: PASSED: 2 checks, 1 warning"
     failed = CheckResult([CheckItem("a", "fail", ""), CheckItem("b", "warn", ""), CheckItem("c", "warn", "")])
     assert failed.verdict() == "check: FAILED: 1 of 3 checks failed (a), 2 warnings"
+
+
+def test_check_resume_of_a_run_the_guard_stopped_warns_it_would_stop_again(tiny_overrides, crash_at, monkeypatch, capsys):  # fmt: skip
+    """`tunelab check --resume` passed a run the non-finite guard stopped, which train --resume would stop again."""
+    import tunelab.checks.run as check_run
+
+    overrides = tiny_overrides | {"train.max_steps": 3, "train.save_every": 1}
+    with crash_at(2):
+        train(None, overrides)
+    run_json = Path(overrides["output_dir"]) / "run.json"
+    run_json.write_text(json.dumps(json.loads(run_json.read_text()) | {"end": {"reason": "non_finite", "step": 2}}))
+    capsys.readouterr()
+    result = tunelab.check(None, overrides, resume=True, model=False)
+    item = next(item for item in result.items if item.name == "resume")
+    assert item.status == "warn" and "guard stopped the run at step 2" in item.details[0]
+    assert "a resume continues from its last checkpoint" in item.details[0] and "lower train.lr" in item.details[0]
+
+    monkeypatch.setattr(check_run, "load_inputs", lambda *a, **k: (_ for _ in ()).throw(KeyError("loading")))
+    capsys.readouterr()
+    with pytest.raises(KeyError, match="loading"):
+        tunelab.check(None, overrides, resume=True, model=False, show=True)
+    assert "warning: " in capsys.readouterr().out  # said before the data loads

@@ -516,3 +516,29 @@ def test_a_checkpoint_written_after_passing_over_a_damaged_one_is_kept(tiny_over
     capsys.readouterr()
     assert recipe.train(None, resumed, resume=True).steps == 6
     assert "step-0000003 (step 3 of 6)" in capsys.readouterr().out
+
+
+def test_resume_of_a_run_the_guard_stopped_warns_before_anything_loads(tiny_overrides, crash_at, monkeypatch, capsys):
+    """`train --resume` of a run the non-finite guard stopped loaded the data and the model and trained into the same
+    NaN losses, without a word that it would: it now says so first, with the step and the advice to lower the lr."""
+    overrides = tiny_overrides | {"train.max_steps": 3, "train.save_every": 1}
+    with crash_at(2):
+        recipe.train(None, overrides)
+    run_json = Path(overrides["output_dir"]) / "run.json"
+    info = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps(info | {"end": {"reason": "non_finite", "step": 2}}))
+
+    class Loading(Exception):
+        pass
+
+    def loading(*args, **kwargs):
+        raise Loading
+
+    monkeypatch.setattr(recipe, "load_inputs", loading)
+    capsys.readouterr()
+    with pytest.raises(Loading):
+        recipe.train(None, overrides, resume=True)
+    out = capsys.readouterr().out
+    assert "warning: " in out and "the non-finite guard stopped the run at step 2 (NaN or inf losses)" in out
+    assert "a resume continues from its last checkpoint with the same settings" in out
+    assert "lower train.lr in a new run" in out

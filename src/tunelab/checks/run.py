@@ -54,7 +54,7 @@ from tunelab.eval.questions import check_questions
 from tunelab.models.llama import unsupported_reason
 from tunelab.models.load import load_hf_config
 from tunelab.places import refuse_file_in_the_way
-from tunelab.rundir import RunInfo, is_run_dir, read_info
+from tunelab.rundir import RunInfo, is_run_dir, read_info, resume_warning
 from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, model_shape, plan_from_data, shown
 from tunelab.training.checkpoint import intact_checkpoint
@@ -103,6 +103,9 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool) -> list[Che
         checkpoint, damaged = intact_checkpoint(plan.run_dir)
         if checkpoint is None:
             return [CheckItem("resume", "fail", f"{plan.run_dir}: no intact checkpoint to resume from", damaged)]
+        warning = resume_warning(plan.run_dir)  # a run the non-finite guard stopped would stop again
+        if warning:
+            return [CheckItem("resume", "warn", f"from {checkpoint}", [warning] + damaged + notes)]
         return [CheckItem("resume", "pass", f"from {checkpoint}", damaged + notes)]
     except (RunDirError, ConfigError) as exc:
         return [CheckItem("resume" if resume else "output_dir", "fail", str(exc))]
@@ -218,6 +221,8 @@ def run_check(
         color = show and sys.stdout.isatty()
         return federated_check(cfg, clients, config, resume, page, examples, model, out, color, describe(resolved))
     items = output_items(cfg, config, resume, overwrite_non_run)
+    if resume and (warning := resume_warning(cfg.output_dir)):  # before the data and the model load, as train says it
+        out(f"warning: {warning}")
     if unused := unused_notes(cfg, resolved.origins):  # printed under the config; an item for the API and the page
         items.append(
             CheckItem(

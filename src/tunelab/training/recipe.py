@@ -42,7 +42,7 @@ from tunelab.errors import (
 from tunelab.kernels.lora import accumulate_into_grads
 from tunelab.models.load import base_record, recorded_commit, run_base
 from tunelab.models.untrained import UntrainedReport
-from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, write_info
+from tunelab.rundir import CONFIG_FILE, RunInfo, read_info, resume_warning, write_info
 from tunelab.tasks import get_task
 from tunelab.tasks.task import Task
 from tunelab.training.auto import AutoPlan, model_shape, plan_from_data
@@ -375,7 +375,8 @@ def _start(resolved: ResolvedConfig, run_dir: Path, ranks: Ranks, resume: bool) 
     print("tunelab train — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
     checkpoint = resume_checkpoint(run_dir) if resume else None
-    for note in notes:
+    warning = resume_warning(run_dir) if resume else ""  # a run the non-finite guard stopped: before anything loads
+    for note in notes + ([f"warning: {warning}"] if warning else []):
         print(note, flush=True)
     torch.manual_seed(cfg.train.seed)
     return checkpoint
