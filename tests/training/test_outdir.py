@@ -350,3 +350,24 @@ def test_overwrite_non_run_without_overwrite_says_it_needs_overwrite(tmp_path):
     with pytest.raises(RunDirError, match=r"--overwrite-non-run replaces nothing by itself.*Give --overwrite as well"):
         plan_output_dir(folder, overwrite=False, resume=False, protected={}, overwrite_non_run=True)
     assert (folder / "notes.txt").read_text() == "keep"
+
+
+def test_sigterm_after_the_old_run_moved_aside_says_how_to_get_it_back(tiny_overrides, previous_run, monkeypatch, capsys):  # fmt: skip
+    """SIGTERM (kill, a scheduler) after --overwrite moved the old run to NAME.previous but before the loop started
+    (its trackers opening, the step-0 evaluation) ended the process at once: nothing said where the old run waited.
+    It now stops as a second SIGTERM does (Terminated, exit 143), with the note."""
+    import signal
+
+    from tunelab.errors import Terminated
+
+    def killed(*args, **kwargs):
+        assert callable(signal.getsignal(signal.SIGTERM)), "SIGTERM would end the process where it stands"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(recipe, "open_trackers", killed)  # after the move, before the first step
+    with pytest.raises(Terminated):
+        recipe.train(None, tiny_overrides | {"train.max_steps": 1, "overwrite": True})
+    err = capsys.readouterr().err
+    assert f"to get it back: rm -r {previous_run} && mv {previous_run}.previous {previous_run}" in err
+    assert (previous_run.parent / "run.previous" / "run.json").is_file()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back once the run stopped

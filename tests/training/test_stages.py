@@ -612,3 +612,23 @@ def test_a_staged_fp16_runs_overflow_steps_are_summed_over_its_stages(staged, mo
         "overflow_steps": sum(s["overflow_steps"] for s in stages),
         "final_scale": stages[1]["final_scale"],
     }
+
+
+def test_an_interrupt_just_after_a_staged_run_moved_the_old_one_aside_says_how_to_get_it_back(staged, tmp_path, tiny_run_dir, monkeypatch, capsys):  # fmt: skip
+    """Ctrl-C after --overwrite moved the old run aside, while the staged run wrote its run.json, stopped it without
+    the note on where the old run waited (the note covered the stages only)."""
+    import shutil
+
+    import tunelab.training.stages as stages
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "write_info", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(None, staged | {"overwrite": True, "output_dir": str(run)})
+    assert f"to get it back: rm -r {run} && mv {run}.previous {run}" in capsys.readouterr().err
+    assert (tmp_path / "run.previous" / "run.json").is_file()

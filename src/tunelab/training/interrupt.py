@@ -52,3 +52,23 @@ def graceful_interrupt(doing: str = STEP) -> Iterator[StopRequest]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Terminated` (exit 143) instead of ending the process where it stands, so that the `except` and
+    `finally` around the work run: outdir.failure_noted says where a run an --overwrite moved aside waits, also when
+    the signal comes while the model loads or the first evaluation runs, before `graceful_interrupt` (which takes
+    SIGTERM over while it is active) starts. Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

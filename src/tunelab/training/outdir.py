@@ -39,6 +39,7 @@ from pathlib import Path
 
 from tunelab.errors import RunDirError
 from tunelab.rundir import RUN_FILE, STAGE_DIR, federation_stopped, is_run_dir, read_info
+from tunelab.training.interrupt import sigterm_raises
 
 PREVIOUS_SUFFIX = ".previous"
 REPLACED_FILE = ".tunelab-replaced.json"  # in NAME.previous: tunelab moved it there, to be replaced by NAME
@@ -384,9 +385,12 @@ def _taken_up(previous: Path) -> bool:
 @contextlib.contextmanager
 def failure_noted(plan: OutputPlan | None, main: bool = True) -> Iterator[None]:
     """Around the work after `plan` (from loading to saving): when it raises, `failure_note` on stderr (`main`: the
-    process that writes the run; None: a resume, which replaces nothing), then the error goes on."""
+    process that writes the run; None: a resume, which replaces nothing), then the error goes on. SIGTERM raises too
+    (`sigterm_raises`), so that the note is printed however the run stops before it is established; only SIGKILL
+    goes without it."""
     try:
-        yield
+        with sigterm_raises():
+            yield
     except BaseException:
         note = failure_note(plan) if plan is not None and main else None
         if note:

@@ -368,25 +368,25 @@ def train_stages(
     print(describe(resolved), flush=True)
     evals = _eval_rows(plans)  # every stage's data loaded and checked before anything is written
     names = [stage_name(cfg.stages[i], i + 1) for i in range(len(plans))]
-    if not resume:
-        start_run_dir(plan_dir)
-    # resumed: with the changes allowed (eval.questions, a longer length, a stage's name), which the export's
-    # self-check, the report and a later --resume read, as a single run's resume records them
-    write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
-    first = plans[0].config
-    write_info(
-        run_dir,
-        RunInfo(
-            **base_record(first.model.name, first.model.revision),
-            method=first.method.name,
-            extra={"stages": names},
-        ),
-    )
-    if resume:  # the stages' progress so far, as the stop recorded it: kept while resuming, even if killed outright
-        record_stopped(run_dir, len(plans))
-
     held: dict = {}  # the tracker sinks the stages share, by name (training/tracking.py)
+    # from the move of a run --overwrite replaces: however the run stops, the note on where that run waits
     with failure_noted(plan_dir):
+        if not resume:
+            start_run_dir(plan_dir)
+        # resumed: with the changes allowed (eval.questions, a longer length, a stage's name), which the export's
+        # self-check, the report and a later --resume read, as a single run's resume records them
+        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+        first = plans[0].config
+        write_info(
+            run_dir,
+            RunInfo(
+                **base_record(first.model.name, first.model.revision),
+                method=first.method.name,
+                extra={"stages": names},
+            ),
+        )
+        if resume:  # the stages' progress so far, as the stop recorded it: kept while resuming, even if killed outright
+            record_stopped(run_dir, len(plans))
         try:
             result = _stages(run_dir, cfg, plans, names, evals, held, resume=resume, check=check)
         except BaseException as error:
