@@ -244,12 +244,17 @@ def note_repeated_train(examples: list, report: DataReport, key: Callable[[Any],
         if twin is not ex and (twin.path, twin.line) != (ex.path, ex.line):
             copies.append((ex, twin))
     if copies:
-        (ex, twin), more = copies[0], ", ..." if len(copies) > 1 else ""
         report.notes.append(
-            f"{len(copies)} of the {len(examples)} training examples repeat another word for word (e.g. "
-            f"{location(ex.path, ex.line)} repeats {location(twin.path, twin.line)}{more}): each copy is trained on "
-            "again, weighing that example more than the others; remove the copies, or weigh sources in a mixture"
+            f"{len(copies)} of the {len(examples)} training examples repeat another word for word ({_for_example(copies)}"
+            "): each copy is trained on again, weighing that example more than the others; remove the copies, or weigh "
+            "sources in a mixture"
         )
+
+
+def _for_example(pairs: list) -> str:
+    """'e.g. a.jsonl:4 repeats b.jsonl:2, ...': the first of the (repeat, original) pairs a note counts."""
+    (ex, twin), more = pairs[0], ", ..." if len(pairs) > 1 else ""
+    return f"e.g. {location(ex.path, ex.line)} repeats {location(twin.path, twin.line)}{more}"
 
 
 def note_repeated_eval(trained: list, held: list, report: DataReport, key: Callable[[Any], str] = example_key) -> None:
@@ -271,11 +276,10 @@ def note_repeated_eval(trained: list, held: list, report: DataReport, key: Calla
         if twin is not None:
             repeated.append((ex, twin))
     if repeated:
-        (ex, twin), more = repeated[0], ", ..." if len(repeated) > 1 else ""
         report.notes.append(
-            f"{len(repeated)} of the {len(held)} eval examples are also training examples, word for word (e.g. "
-            f"{location(ex.path, ex.line)} repeats {location(twin.path, twin.line)}{more}): their eval loss measures recall "
-            "of rows the model trained on (train.keep_best and the verdict read it); remove the repeated rows"
+            f"{len(repeated)} of the {len(held)} eval examples are also training examples, word for word "
+            f"({_for_example(repeated)}): their eval loss measures recall of rows the model trained on "
+            "(train.keep_best and the verdict read it); remove the repeated rows"
         )
 
 
