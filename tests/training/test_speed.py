@@ -235,15 +235,13 @@ def test_a_stacked_matrix_still_built_is_read_not_copied_again(no_host):
     assert speed.group_builds(TINY, dataclasses.replace(s, targets=("q_proj", "k_proj", "v_proj"))) == {"qkv": (4, 4)}
 
 
-@pytest.mark.parametrize("checkpointed", [0, 1, 3])
-def test_the_stacked_matrix_is_built_as_often_as_the_speed_model_counts(checkpointed, monkeypatch):
-    """The count `speed.group_builds` takes, against the real model's: a 3-layer decoder with LoRA on every projection,
-    its groups forced to run as one GEMM on the CPU, one forward and backward, the stacked matrix builds counted."""
+def _grouped_lora_model(monkeypatch):
+    """A 3-layer decoder with LoRA on every projection, its groups forced to run as one GEMM on the CPU; its HF config,
+    and the count of stacked-matrix builds by group size (3: q/k/v, 2: gate/up), counted as the code writes them."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from tunelab.models.hf_adapter import from_hf_model
-    from tunelab.models.llama_config import LlamaConfig as Shape
     from tunelab.peft import group
     from tunelab.peft.lora import attach_lora
 
@@ -253,8 +251,7 @@ def test_the_stacked_matrix_is_built_as_often_as_the_speed_model_counts(checkpoi
     model = from_hf_model(AutoModelForCausalLM.from_config(hf_config).float())
     attach_lora(model, ["all-linear"], r=4, alpha=8)
     group.set_grouping(model, True)
-    model.gradient_checkpointing, model.checkpoint_layers = checkpointed > 0, checkpointed
-    built = {3: 0, 2: 0}  # members of the group built: q/k/v, gate/up
+    built = {3: 0, 2: 0}
     write = group._write_adapters
 
     def counted(w_all, width, out, members):
@@ -262,6 +259,19 @@ def test_the_stacked_matrix_is_built_as_often_as_the_speed_model_counts(checkpoi
         write(w_all, width, out, members)
 
     monkeypatch.setattr(group, "_write_adapters", counted)
+    return model, hf_config, built
+
+
+@pytest.mark.parametrize("checkpointed", [0, 1, 3])
+def test_the_stacked_matrix_is_built_as_often_as_the_speed_model_counts(checkpointed, monkeypatch):
+    """The count `speed.group_builds` takes, against the real model's: a 3-layer decoder with LoRA on every projection,
+    its groups forced to run as one GEMM on the CPU, one forward and backward, the stacked matrix builds counted."""
+    import torch
+
+    from tunelab.models.llama_config import LlamaConfig as Shape
+
+    model, hf_config, built = _grouped_lora_model(monkeypatch)
+    model.gradient_checkpointing, model.checkpoint_layers = checkpointed > 0, checkpointed
     ids = torch.randint(0, 300, (2, 16))
     model(ids, labels=ids)[0].backward()
     shape = Shape.from_hf(hf_config.to_dict())
@@ -302,13 +312,9 @@ def test_with_offload_the_stacked_matrix_is_built_as_often_as_the_speed_model_co
     from the parked midpoint, then attention recomputed and backpropagated at once. Builds counted as in the test
     above: q/k/v once in forward and once in backward a layer, gate/up likewise but for the top layer's backward."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tunelab.models.hf_adapter import from_hf_model
     from tunelab.models.llama_config import LlamaConfig as Shape
     from tunelab.models.recompute import recomputed_layer
-    from tunelab.peft import group
-    from tunelab.peft.lora import attach_lora
 
     class Store:  # `models.offload.HostActivations`' part the recomputation uses, in memory
         with_mid = True
@@ -326,19 +332,7 @@ def test_with_offload_the_stacked_matrix_is_built_as_often_as_the_speed_model_co
         def fetch(self, key):
             pass
 
-    torch.manual_seed(0)
-    fields = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4)
-    hf_config = AutoConfig.for_model("llama", num_key_value_heads=2, max_position_embeddings=64, **fields)
-    model = from_hf_model(AutoModelForCausalLM.from_config(hf_config).float())
-    attach_lora(model, ["all-linear"], r=4, alpha=8)
-    group.set_grouping(model, True)
-    built = {3: 0, 2: 0}
-    write = group._write_adapters
-    monkeypatch.setattr(
-        group,
-        "_write_adapters",
-        lambda w, width, out, m: built.__setitem__(len(m), built[len(m)] + 1) or write(w, width, out, m),
-    )
+    model, hf_config, built = _grouped_lora_model(monkeypatch)
     ids = torch.randint(0, 300, (2, 16))
     decoder, store = model.model, Store()
     decoder.passes.tick()  # as the model's forward does
