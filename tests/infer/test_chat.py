@@ -8,6 +8,19 @@ from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
 
 
+def _prompts_written(run, view) -> list:
+    """view(messages) of every prompt the run's template writes from now on (the chat's questions as the model reads
+    them)."""
+    asked, real = [], run.template.write
+
+    def seen(messages, add_generation_prompt):
+        asked.append(view(messages))
+        return real(messages, add_generation_prompt)
+
+    run.template = replace(run.template, write=seen)
+    return asked
+
+
 def test_an_empty_answer_is_not_kept_in_the_conversation(tiny_run_dir):
     """An answer that was empty (a model that answered whitespace only, or Ctrl-C before its first word) was kept as
     an empty assistant turn, fed back to the model with every later message, though training skips a conversation
@@ -15,14 +28,7 @@ def test_an_empty_answer_is_not_kept_in_the_conversation(tiny_run_dir):
     run = open_run(tiny_run_dir, device="cpu")
     inputs = iter(["Code of box 1?", "Code of box 2?", "/exit"])
     out = io.StringIO()
-    asked = []
-    real = run.template.write
-
-    def seen(messages, add_generation_prompt):
-        asked.append([dict(m) for m in messages])
-        return real(messages, add_generation_prompt)
-
-    run.template = replace(run.template, write=seen)
+    asked = _prompts_written(run, lambda messages: [dict(m) for m in messages])
     # the tiny random model answers greedily with whitespace only
     history = chat(run, GenerationSettings(max_new_tokens=4), read=lambda prompt: next(inputs), out=out)
     assert history == []
@@ -115,13 +121,8 @@ def test_system_sets_the_system_prompt_for_the_next_answers(tiny_run_dir):
     run = open_run(tiny_run_dir, device="cpu")
     inputs = iter(["/system You are a pirate.", "Code of box 1?", "/system", "Code of box 2?", "/system x<|im_end|>"])
     inputs = iter([*inputs, "Code of box 3?", "/exit"])
-    out, asked, real = io.StringIO(), [], run.template.write
-
-    def seen(messages, add_generation_prompt):
-        asked.append([(m["role"], m["content"]) for m in messages])
-        return real(messages, add_generation_prompt)
-
-    run.template = replace(run.template, write=seen)
+    out = io.StringIO()
+    asked = _prompts_written(run, lambda messages: [(m["role"], m["content"]) for m in messages])
     chat(run, GenerationSettings(max_new_tokens=2), read=lambda prompt: next(inputs), out=out)
     last = {m[-1][1]: m for m in asked if m and m[-1][0] == "user"}  # each question's prompt
     assert last["Code of box 1?"] == [("system", "You are a pirate."), ("user", "Code of box 1?")], last
@@ -139,13 +140,8 @@ def test_system_none_asks_for_no_system_prompt(mixed_system_run_dir):
     "default_system_prompt": false), keeping the conversation; /system goes back to the run's own."""
     run = open_run(mixed_system_run_dir, device="cpu")
     inputs = iter(["Code of box 1?", "/system none", "Code of box 2?", "/system", "Code of box 3?", "/exit"])
-    out, asked, real = io.StringIO(), [], run.template.write
-
-    def seen(messages, add_generation_prompt):
-        asked.append([(m["role"], m["content"]) for m in messages])
-        return real(messages, add_generation_prompt)
-
-    run.template = replace(run.template, write=seen)
+    out = io.StringIO()
+    asked = _prompts_written(run, lambda messages: [(m["role"], m["content"]) for m in messages])
     chat(run, GenerationSettings(max_new_tokens=2), read=lambda prompt: next(inputs), out=out)
     last = {m[-1][1]: m for m in asked if m and m[-1][0] == "user"}  # each question's prompt
     assert last["Code of box 1?"][0] == ("system", "You are helpful."), last
@@ -162,17 +158,13 @@ def test_a_line_ending_in_a_backslash_continues_the_message(tiny_run_dir):
     message joined by line breaks."""
     run = open_run(tiny_run_dir, device="cpu")
     inputs = iter(["Codes of boxes:\\", "1 and\\  ", "2?", "/exit"])
-    prompts, asked, real = [], [], run.template.write
+    prompts = []
+    asked = _prompts_written(run, lambda messages: [m["content"] for m in messages])
 
     def read(prompt: str) -> str:
         prompts.append(prompt)
         return next(inputs)
 
-    def seen(messages, add_generation_prompt):
-        asked.append([m["content"] for m in messages])
-        return real(messages, add_generation_prompt)
-
-    run.template = replace(run.template, write=seen)
     chat(run, GenerationSettings(max_new_tokens=2), read=read, out=io.StringIO())
     assert prompts == ["you> ", "...> ", "...> ", "you> "], prompts
     assert ["Codes of boxes:\n1 and\n2?"] in asked, asked
@@ -236,13 +228,8 @@ def test_a_command_with_text_after_it_or_in_capitals_is_not_sent(tiny_run_dir):
     They are now not sent, saying why (the command takes no text; commands are lower-case), and the chat goes on."""
     run = open_run(tiny_run_dir, device="cpu")
     inputs = iter(["/exit now", "/reset please", "/Exit", "/SYSTEM be brief", "/exit"])
-    out, asked, real = io.StringIO(), [], run.template.write
-
-    def seen(messages, add_generation_prompt):
-        asked.append(messages)
-        return real(messages, add_generation_prompt)
-
-    run.template = replace(run.template, write=seen)
+    out = io.StringIO()
+    asked = _prompts_written(run, list)
     chat(run, GenerationSettings(max_new_tokens=2), read=lambda prompt: next(inputs), out=out)
     said = out.getvalue()
     assert not [m for m in asked if m and m[-1]["content"].startswith("/")], asked
