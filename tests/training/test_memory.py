@@ -15,7 +15,6 @@ from tunelab.training.memory import (
     Setup,
     adamw8bit_bytes,
     attention_saved,
-    calibrate,
     estimate,
     gib,
     mlp_saved,
@@ -26,6 +25,7 @@ from tunelab.training.memory import (
     training_state_bytes,
     weight_bytes,
 )
+from tunelab.training.plan import calibrate
 
 TINY_HF = dict(
     model_type="llama",

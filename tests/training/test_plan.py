@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 
 from tunelab.models.llama_config import LlamaConfig
-from tunelab.training.memory import GIB, Setup, calibrate, estimate
-from tunelab.training.plan import BudgetError, Fixed, candidates, plan, require_fit
+from tunelab.training.memory import GIB, Setup, estimate
+from tunelab.training.plan import BudgetError, Fixed, calibrate, candidates, plan, require_fit
 from tunelab.training.speed import step_time
 
 LLAMA2_7B = LlamaConfig.from_hf(

@@ -88,14 +88,14 @@ Transients (the largest wins, on top of what is saved at that moment):
   for it), and three (N, d) gradients.
 
 What the model leaves out, on purpose: the CUDA context and library workspaces (outside the allocator's reserved
-memory), the allocator's rounding and fragmentation (`Calibration.activation_scale` takes them from one measured
+memory), the allocator's rounding and fragmentation (`plan.Calibration.activation_scale` takes them from one measured
 step), per-parameter buffers under a kilobyte.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tunelab.config import parse_size  # noqa: F401  (re-exported: sizes in the planner's terms)
 from tunelab.kernels.head_chunk import head_chunk_tokens
@@ -161,7 +161,7 @@ class Estimate:
     saved: dict[str, int]  # activations alive at the peak
     transient: dict[str, int]  # the working set at the peak
     peak_phase: str  # which transient wins: "head", "backward of a kept layer", "recomputation", "optimizer step"
-    activation_scale: float = 1.0  # from a measured step (`Calibration`)
+    activation_scale: float = 1.0  # from a measured step (`plan.Calibration`)
 
     @property
     def static_bytes(self) -> int:
@@ -583,24 +583,3 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
 def gib(n: int | float) -> str:
     """Bytes in GiB to two places; below 0.1 GiB in MiB, so that a small model's figures do not all read 0.00."""
     return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 2**20:.1f} MiB"
-
-
-@dataclass
-class Calibration:
-    """What one measured step says about the model: measured peak = static + activation_scale x dynamic."""
-
-    activation_scale: float = 1.0
-    measured_peak: int | None = None
-    predicted_peak: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def calibrate(predicted: Estimate, measured_peak: int) -> Calibration:
-    """The activation scale that makes `predicted` meet a measured peak (reserved bytes of the same configuration).
-    Static parts are exact sizes of tensors; what the allocator adds lands on the dynamic ones. Kept within
-    [0.5, 3]: a measurement outside says the model missed something, and the note says so."""
-    dynamic = predicted.dynamic_bytes
-    raw = (measured_peak - predicted.static_bytes) / dynamic if dynamic else 1.0
-    scale = min(max(raw, 0.5), 3.0)
-    notes = [] if scale == raw else [f"measured/predicted activation ratio {raw:.2f} clamped to {scale:.2f}"]
-    return Calibration(scale, measured_peak, predicted.peak, notes)

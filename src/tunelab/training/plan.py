@@ -20,7 +20,7 @@ from tunelab.models.llama_config import LlamaConfig
 from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode, training_dtype
 from tunelab.training.distributed import pick_sharding
-from tunelab.training.memory import GIB, Estimate, Setup, calibrate, estimate, gib, saving_layers
+from tunelab.training.memory import GIB, Estimate, Setup, estimate, gib, saving_layers
 from tunelab.training.plan_setup import config_setup
 from tunelab.training.speed import fixed_time, sample_time, step_time
 
@@ -443,6 +443,27 @@ def plan_memory(
         built.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     plan_out = AutoPlan(t, auto.chosen | chosen, auto.total_steps, auto.kept)
     return plan_out, result
+
+
+@dataclass
+class Calibration:
+    """What one measured step says about the model: measured peak = static + activation_scale x dynamic."""
+
+    activation_scale: float = 1.0
+    measured_peak: int | None = None
+    predicted_peak: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def calibrate(predicted: Estimate, measured_peak: int) -> Calibration:
+    """The activation scale that makes `predicted` meet a measured peak (reserved bytes of the same configuration).
+    Static parts are exact sizes of tensors; what the allocator adds lands on the dynamic ones. Kept within
+    [0.5, 3]: a measurement outside says the model missed something, and the note says so."""
+    dynamic = predicted.dynamic_bytes
+    raw = (measured_peak - predicted.static_bytes) / dynamic if dynamic else 1.0
+    scale = min(max(raw, 0.5), 3.0)
+    notes = [] if scale == raw else [f"measured/predicted activation ratio {raw:.2f} clamped to {scale:.2f}"]
+    return Calibration(scale, measured_peak, predicted.peak, notes)
 
 
 def measured_note(result: MemoryPlan | None, measured: int) -> str | None:
