@@ -82,6 +82,14 @@ def _on_device(run: Run, batch: dict) -> dict:
     return pad_to(batch, run.graph_width, run.pad_id) if run.captured is not None else batch
 
 
+def _peak_from_here(device: torch.device) -> None:
+    """Count the CUDA peak from the first step on: loading, the checks and what the allocator cached before (a
+    process that trains twice) are not the step's, and would make the plan's calibration read them as activations."""
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+
+
 def loop(run: Run) -> float | None:
     """Optimizer steps until total_steps, updating run.position (and run.eval_metrics at each eval); returns the
     last finite loss."""
@@ -110,6 +118,8 @@ def loop(run: Run) -> float | None:
             )
             while position["batch_in_epoch"] < len(batches) and position["step"] < run.total_steps:
                 group = batches[position["batch_in_epoch"] : position["batch_in_epoch"] + t.grad_accum]
+                if run.memory is not None and run.built.device.type == "cuda":
+                    _peak_from_here(run.built.device)
                 step_batches = rollout(task, model, group, position["step"], t.micro_batch, run.ranks)  # grpo
                 lr = run.scheduler.get_last_lr()[0]  # the rate this step runs at (the step moves the schedule on)
                 tic = time.perf_counter()
