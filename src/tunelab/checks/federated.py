@@ -79,6 +79,14 @@ def client_weights(cfg: RunConfig, read: list[tuple[ClientData, Inputs]]) -> lis
     return average_weights(cfg.federated, [inputs.data for _, inputs in read])
 
 
+def client_formats_item(clients: list[ClientData], sets: list) -> CheckItem | None:
+    """The clients' data formats when they differ (federated/run.py format_note); None when they agree."""
+    from tunelab.federated.run import format_note
+
+    found = format_note(clients, sets)
+    return CheckItem("client formats", *found) if found else None
+
+
 def client_items(cfg: RunConfig, client: ClientData, inputs: Inputs) -> tuple[RunConfig, list[CheckItem]]:
     """The auto values this client's local training takes (the federation's, the same on every client:
     federated/local.py's federation_auto) and its data checks, named after the client."""

@@ -20,6 +20,7 @@ import torch
 from tunelab.atomic import check_can_write, write_text
 from tunelab.checks.device import start_items
 from tunelab.checks.federated import (
+    client_formats_item,
     client_inputs,
     client_items,
     client_weights,
@@ -345,6 +346,8 @@ def federated_check(
         local, more = client_items(cfg, client, inputs)
         items += more
         first = first or (client, local, inputs)
+    if formats := client_formats_item(clients, [inputs.data for _, inputs in read]):
+        items.append(formats)
     client, local, inputs = first
     rows = render_examples(
         inputs.data.examples[:examples], inputs.tokenizer, inputs.data.template, cfg.data, DataReport()

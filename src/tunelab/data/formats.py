@@ -62,6 +62,9 @@ class Example:
     line: int
 
 
+PREFERENCE_ADVICE = (  # said of rows an sft format cannot read; tunelab federate, which trains sft alone, says its own
+    " Rows of chosen and rejected are preference pairs: train them with task: dpo (or a reward model, task: reward)."
+)
 FIELDS_OPTION = "option 'data.fields'"  # where a mapping comes from; a mixture's source names its entry
 
 
@@ -119,13 +122,7 @@ def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION
     raise DataError(
         f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "
         f"fields: {known}. Rename your columns, map them with {_short(option)} (e.g. {_mapping_hint(row)}), "
-        "or set data.format."
-        + (
-            " Rows of chosen and rejected are preference pairs: train them with task: dpo (or a reward model, task: "
-            "reward)."
-            if "chosen" in row and "rejected" in row
-            else ""
-        )
+        "or set data.format." + (PREFERENCE_ADVICE if "chosen" in row and "rejected" in row else "")
     )
 
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from tunelab.config import AUTO, DataConfig, MethodConfig, RunConfig, TrainConfig
 from tunelab.data.batches import make_batches
+from tunelab.data.formats import PREFERENCE_ADVICE
 from tunelab.data.loader import Datasets, build_datasets
 from tunelab.data.packing import Packed
 from tunelab.data.sources import Record
@@ -81,7 +82,29 @@ def client_datasets(data_cfg: DataConfig, tokenizer, seed: int, client: ClientDa
             return kept
 
     cfg = dataclasses.replace(data_cfg, train=list(client.paths), eval=None, eval_fraction=0.0)
-    return build_datasets(cfg, tokenizer, seed, select=select)
+    with sft_advice():
+        return build_datasets(cfg, tokenizer, seed, select=select)
+
+
+# What a federation says of preference pairs in place of the data reader's advice (task dpo), which it refuses.
+FEDERATED_PREFERENCE = (
+    " Rows of chosen and rejected are preference pairs, which tunelab federate cannot train: a federation trains task "
+    "sft alone (the answers of chats, prompt/completion pairs or raw text), and refuses task dpo. Give this client "
+    "its preferred answers as sft rows ({prompt, completion} with the chosen answer), or train the pairs apart with "
+    "tunelab train, task: dpo."
+)
+
+
+@contextmanager
+def sft_advice() -> Iterator[None]:
+    """A DataError of the data reader whose advice is to train preference pairs with task dpo says instead what a
+    federation can do with them: it trains sft alone (run.check_config refuses another task)."""
+    try:
+        yield
+    except DataError as exc:
+        if PREFERENCE_ADVICE not in str(exc):
+            raise
+        raise DataError(str(exc).replace(PREFERENCE_ADVICE, FEDERATED_PREFERENCE)) from None
 
 
 def training_examples(datasets: Datasets) -> int:
@@ -94,7 +117,8 @@ def training_examples(datasets: Datasets) -> int:
 def server_eval_datasets(cfg: RunConfig, tokenizer) -> Datasets:
     """The server's own eval set (data.eval) through the pipeline, as its training rows: no split of it."""
     data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
-    return build_datasets(data_cfg, tokenizer, cfg.train.seed)
+    with sft_advice():
+        return build_datasets(data_cfg, tokenizer, cfg.train.seed)
 
 
 def untrained_rows(model: nn.Module, tokenizer, fix: bool) -> UntrainedReport:

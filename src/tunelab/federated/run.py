@@ -216,6 +216,29 @@ def average_weights(f: FederatedConfig, sets: list) -> list[str]:
     ]
 
 
+def format_note(clients: list[ClientData], sets: list) -> tuple[str, str] | None:
+    """(status, note) when the clients' data are in different formats (their Datasets' reports), which FedAvg
+    averages without a word otherwise: "warn" where raw text (a loss on every token: continued pretraining) meets
+    conversations (a loss on the answers), two objectives in one average; "info" where every format is a
+    conversation, rendered alike through the one template. None when every client reads the same formats."""
+    formats = {client.label: sorted(set(data.report.formats.values())) for client, data in zip(clients, sets)}
+    if len({tuple(f) for f in formats.values()}) <= 1:
+        return None
+    listed = "; ".join(f"{label}: {', '.join(f) or 'none'}" for label, f in formats.items())
+    note = f"the clients' data are in different formats ({listed})."
+    if any("text" in f for f in formats.values()) and any(f != ["text"] for f in formats.values()):
+        return "warn", note + (
+            " A text format trains on every token of raw text (continued pretraining), the others on the answers of "
+            "their conversations: the server averages updates of two objectives, so the global adapter is pulled "
+            "toward continuing plain text as well as toward answering. Give every client data of one kind, unless "
+            "that mix is meant."
+        )
+    return "info", note + (
+        " Each is rendered through the same template (data.template) with the loss on its answers, so they train "
+        "alike; said so that a file read in another format than meant (data.format, data.fields) is seen."
+    )
+
+
 def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = False) -> None:
     """Read every client's data (`read_clients`) and the server's eval set before anything starts (a bad one found
     by the server only after Ray and the clients started), and say what each client holds; resumed, the server's eval
@@ -236,6 +259,8 @@ def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = Fals
         )
         for line in data.report.losses():  # what of its files the client does not train on, as train says it
             print(line, flush=True)
+    if formats := format_note(clients, sets):
+        print(f"{'warning' if formats[0] == 'warn' else 'note'}: {formats[1]}", flush=True)
 
 
 def _result(run_dir: Path) -> FederateResult:
