@@ -230,3 +230,24 @@ def test_more_supernodes_than_the_app_was_written_for_are_refused_before_anythin
     assert grid.asked == []  # nothing was sent
     recorded = Recorded(inner, min_clients=2, offset=0, rounds=1, recipe="r", layout=layout, supernodes=3)
     assert len(list(recorded.configure_train(1, to_record(_adapter(0)), ConfigRecord(), grid))) == 3
+
+
+def test_the_clients_a_sampled_round_left_out_are_named(flower_task, flower_message):
+    """With federated.fraction below 1 a round's report named the clients asked and nothing of the others: a user
+    could not tell a client left out by the draw from one that was lost."""
+    from tunelab.federated.history import round_records
+    from tunelab.federated.server import _line
+
+    grid = _Grid(flower_message, {11: "north", 12: "south", 13: "east"})
+    inner, _ = build_strategy(FederatedConfig(fraction=0.34, min_clients=1), 3)
+    layout = {k: (tuple(v.shape), "float32") for k, v in _adapter(0).items()}
+    recorded = Recorded(inner, min_clients=1, offset=0, rounds=1, recipe="r", layout=layout)
+    messages = list(recorded.configure_train(1, to_record(_adapter(0)), ConfigRecord(), grid))
+    assert len(messages) == 1
+    asked = messages[0].metadata.dst_node_id
+    recorded.aggregate_train(1, [_reply(flower_message, asked, grid.names[asked], _adapter(1), 10)])
+    report = recorded.reports[1]
+    left_out = sorted(name for node, name in grid.names.items() if node != asked)
+    assert report.not_asked == left_out and [c.client for c in report.clients] == [grid.names[asked]]
+    assert f"not asked: {', '.join(left_out)}" in _line(report, 1, None)
+    assert round_records(report.to_dict(), None, 1.0)[0]["not_asked"] == left_out

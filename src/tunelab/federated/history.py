@@ -1,13 +1,14 @@
 """A federation's records in its run directory, its plot, and the HTML section of `tunelab report` about it.
 
     federated.json   the federation's state after each round: rounds done, the clients, each round's report
-                     (every client's status, loss, examples, bytes), the DP accountant's state and, with
+                     (every client's status, loss, examples, bytes; the clients not asked), the DP accountant's state and, with
                      train.keep_best, `best` ({"round", "eval_loss"} of the result kept) and `base_eval_loss` (the
                      base model's, before round 1, which keep_best's last word is told against); --resume reads it
     metrics.jsonl    one record per round: {"step": round, "round", "loss" (the clients' example-weighted train
                      loss), "eval_loss" (the global adapter on the server's eval set), "clients_used",
                      "clients_failed" (an error, or no reply in time), "clients_skipped" (a reply whose adapter
-                     does not fit: other keys or shapes, or none), "bytes_sent", "bytes_received", "epsilon"}, and
+                     does not fit: other keys or shapes, or none), "bytes_sent", "bytes_received", "epsilon", "not_asked" (the clients
+                     federated.fraction < 1 left out of the round)}, and
                      one per client and round:
                      {"step": round, "round", "client", "client_loss", "status", "examples", "bytes_sent",
                      "bytes_received", "reason"}; "step" is the round, so the tools that read metrics.jsonl
@@ -93,6 +94,7 @@ def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> li
             "bytes_sent": sum(c["bytes_sent"] for c in report["clients"]),
             "bytes_received": sum(c["bytes_received"] for c in report["clients"]),
             "epsilon": report["epsilon"],
+            "not_asked": report.get("not_asked", []),
             "elapsed_s": round(elapsed_s, 1),
         }
     ]
@@ -220,6 +222,8 @@ def federated_section(run_dir: str | Path) -> str | None:
         head = f"round {r}: eval loss {eval_loss:.4f}" if eval_loss is not None else f"round {r}"
         if report.get("epsilon") is not None:
             head += f", epsilon {report['epsilon']:.3f}"
+        if report.get("not_asked"):
+            head += f", not asked: {', '.join(report['not_asked'])}"
         if report.get("note"):
             head += f" — {report['note']}"
         rows.append(f'<tr><th colspan="6">{_esc(head)}</th></tr>')

@@ -8,7 +8,7 @@ examples (or 1 each with DP, whose accounting needs equal weights). `Recorded` a
   numpy could broadcast it into the mean;
 - each node is asked its client's name before it first trains (`ask_names`), so that a client that fails (its
   reply is Flower's error message, reported with Flower's reason) or never replies is named as the user knows it,
-  not by Flower's node id;
+  not by Flower's node id; so is each node that federated.fraction < 1 left out of a round (`not_asked`);
 - with fewer than federated.min_clients usable updates the round's average is not applied (the global adapter
   stays as it was) and the report says why;
 - bytes sent and received per client, each client's train loss, and the epsilon spent so far.
@@ -67,6 +67,7 @@ class RoundReport:
     note: str | None = None
     epsilon: float | None = None
     clients: list[ClientRound] = field(default_factory=list)
+    not_asked: list[str] = field(default_factory=list)  # the clients fraction < 1 left out of the round, by name
 
     @property
     def used(self) -> list[ClientRound]:
@@ -157,6 +158,7 @@ class Recorded(Strategy):
         self.reports: dict[int, RoundReport] = {}
         self.names: dict[int, str] = {}  # node id -> client name, learnt from replies
         self._sent: dict[int, dict[int, int]] = {}
+        self._left_out: dict[int, list[int]] = {}  # round -> the connected nodes the strategy did not sample
         self._asked: set[int] = set()  # the nodes asked their name (`ask_names`)
 
     def _unique(self, name: str, node: int) -> str:
@@ -214,8 +216,12 @@ class Recorded(Strategy):
             self.refuse_extra_supernodes(grid)
         self.stamp(config, round_)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
-        if unasked := [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in self._asked]:
+        sampled = [m.metadata.dst_node_id for m in messages]
+        # every connected node, sampled or not: a round's report names the clients federated.fraction left out
+        nodes = list(dict.fromkeys([*sampled, *grid.get_node_ids()]))
+        if unasked := [node for node in nodes if node not in self._asked]:
             self.ask_names(grid, unasked)
+        self._left_out[round_] = [node for node in nodes if node not in sampled]
         self._sent[round_] = {m.metadata.dst_node_id: payload_bytes(m.content) for m in messages}
         return messages
 
@@ -225,6 +231,7 @@ class Recorded(Strategy):
         round_ = server_round + self.offset
         sent = self._sent.pop(round_, {})
         report = RoundReport(round_, sampled=len(sent))
+        report.not_asked = sorted(self.names.get(node, f"node-{node}") for node in self._left_out.pop(round_, []))
         usable = []
         for reply in replies:
             node = reply.metadata.src_node_id

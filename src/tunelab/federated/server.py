@@ -129,6 +129,8 @@ def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
             )
         else:
             parts.append(f"{c.client}: {c.status.upper()} ({brief(c.reason)})")
+    if report.not_asked:  # federated.fraction < 1: the clients this round's sample left out
+        parts.append(f"not asked: {', '.join(report.not_asked)}")
     sent = sum(c.bytes_sent for c in report.clients) / 1e6
     received = sum(c.bytes_received for c in report.clients) / 1e6
     parts.append(f"sent {sent:.1f} MB, received {received:.1f} MB")
