@@ -93,3 +93,40 @@ def zero_row_model_dir(tmp_path_factory, tiny_model_dir):
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path, im_start
+
+
+def _applied(recorded, r: int) -> None:
+    """Round r (after the start's evaluation, r = 0) as two clients' applied updates, the global adapter unchanged:
+    a federation in which no round applied one fails."""
+    from tunelab.federated.rounds import ClientRound, RoundReport
+
+    if r:
+        ok = [ClientRound(f"site{i}", i, "ok", examples=3, train_loss=2.0) for i in range(2)]
+        recorded.reports[r + recorded.offset] = RoundReport(r + recorded.offset, sampled=2, applied=True, clients=ok)
+
+
+@pytest.fixture
+def applied_round():
+    """`applied_round(recorded, r)`: round r recorded as two clients' applied updates (r = 0: nothing)."""
+    return _applied
+
+
+@pytest.fixture
+def rounds_without_clients(monkeypatch):
+    """The ServerApp's rounds without Flower's transport: `Recorded.start` replaced by calls of the server's
+    per-round callback with the global adapter unchanged, as Flower makes them (round 0 first), each round applied;
+    `simulate` fails the test if it is reached."""
+    import tunelab.federated.run as federated_run
+    from tunelab.federated import rounds
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        for r in range(num_rounds + 1):
+            _applied(self, r)
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+
+    def simulate(*args, **kwargs):
+        raise AssertionError("a federation was started in the test process")
+
+    monkeypatch.setattr(federated_run, "simulate", simulate)

@@ -9,36 +9,10 @@ import pytest
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
 
 import tunelab
-import tunelab.federated.run as federated_run
 from tunelab.config import load_config
 from tunelab.errors import ConfigError, RunDirError, TrainingStopped
 from tunelab.federated import rounds
 from tunelab.federated.server import run_federation
-
-
-def applied(recorded, r: int) -> None:
-    """Round r (after the start's evaluation, r = 0) as two clients' applied updates, the global adapter unchanged:
-    a federation in which no round applied one fails."""
-    from tunelab.federated.rounds import ClientRound, RoundReport
-
-    if r:
-        ok = [ClientRound(f"site{i}", i, "ok", examples=3, train_loss=2.0) for i in range(2)]
-        recorded.reports[r + recorded.offset] = RoundReport(r + recorded.offset, sampled=2, applied=True, clients=ok)
-
-
-@pytest.fixture
-def rounds_without_clients(monkeypatch):
-    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
-        for r in range(num_rounds + 1):
-            applied(self, r)
-            evaluate_fn(r, initial_arrays)
-
-    monkeypatch.setattr(rounds.Recorded, "start", start)
-
-    def simulate(*args, **kwargs):
-        raise AssertionError("a federation was started in the test process")
-
-    monkeypatch.setattr(federated_run, "simulate", simulate)
 
 
 def test_run_json_records_the_dtype_the_federation_trained_in(
@@ -402,7 +376,9 @@ def test_the_server_says_what_every_client_trains_with(
     assert auto["train.micro_batch"]["value"] == 8 and "train.lr" in auto
 
 
-def test_every_client_is_sent_the_hub_commit_the_server_loaded(tmp_path, tiny_model_dir, federate_config, monkeypatch):
+def test_every_client_is_sent_the_hub_commit_the_server_loaded(
+    tmp_path, tiny_model_dir, federate_config, monkeypatch, applied_round
+):
     """Each client resolved the hub id's branch when it trained, so a branch that moved during a federation put
     clients of one round over other weights than the server's. The server sends the commit it loaded in the recipe,
     and run.json records it; config.yaml keeps the config as given."""
@@ -425,7 +401,7 @@ def test_every_client_is_sent_the_hub_commit_the_server_loaded(tmp_path, tiny_mo
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         sent.append(recipe_config(self.recipe).model)
         for r in range(num_rounds + 1):
-            applied(self, r)
+            applied_round(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
@@ -435,7 +411,9 @@ def test_every_client_is_sent_the_hub_commit_the_server_loaded(tmp_path, tiny_mo
     assert json.loads((run / "adapter_config.json").read_text())["revision"] == commit  # PEFT loads that commit
 
 
-def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, federate_config, monkeypatch, capsys):
+def test_a_federation_stopped_early_is_not_finished(
+    tmp_path, tiny_model_dir, federate_config, monkeypatch, capsys, applied_round
+):
     """run.json said `finished: true` after every round, so a federation stopped after round 1 of 2 read as finished
     and the report said "finished: yes". It is finished once the last round asked for has run; until then the
     report says where it stopped, and the run still opens (its global adapter is saved after every round)."""
@@ -446,7 +424,7 @@ def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, fe
 
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         for r in range(min(num_rounds, stop_after[0]) + 1):
-            applied(self, r)
+            applied_round(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
@@ -473,7 +451,7 @@ def test_a_federation_stopped_early_is_not_finished(tmp_path, tiny_model_dir, fe
 
 
 def test_overwrite_says_what_it_replaces_and_a_resume_leaves_no_previous_folder(
-    tmp_path, tiny_model_dir, tiny_run_dir, federate_config, monkeypatch, capsys
+    tmp_path, tiny_model_dir, tiny_run_dir, federate_config, monkeypatch, capsys, applied_round
 ):
     """--overwrite of a federation stopped early deleted it, its adapter of the last round too, without a word; and a
     federation that replaced a run, stopped and was resumed to its end left NAME.previous behind for good (tunelab
@@ -484,7 +462,7 @@ def test_overwrite_says_what_it_replaces_and_a_resume_leaves_no_previous_folder(
 
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         for r in range(min(num_rounds, stop_after[0]) + 1):
-            applied(self, r)
+            applied_round(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
@@ -511,7 +489,7 @@ def test_overwrite_says_what_it_replaces_and_a_resume_leaves_no_previous_folder(
 
 
 def test_a_resumed_federation_trains_in_the_dtype_it_started_in(
-    tmp_path, tiny_model_dir, federate_config, monkeypatch, gpu_bf16, capsys
+    tmp_path, tiny_model_dir, federate_config, monkeypatch, gpu_bf16, capsys, applied_round
 ):
     """Started where auto picks fp16 (a GPU without native bf16) and resumed where it picks bf16: the server and
     every client built the model in bf16, so the rounds after the resume trained in another dtype than those before.
@@ -527,7 +505,7 @@ def test_a_resumed_federation_trains_in_the_dtype_it_started_in(
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         sent.append(recipe_config(self.recipe).model.dtype)
         for r in range(num_rounds + 1):
-            applied(self, r)
+            applied_round(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)
@@ -541,7 +519,7 @@ def test_a_resumed_federation_trains_in_the_dtype_it_started_in(
 
 
 def test_a_federation_whose_server_ran_on_the_cpu_leaves_the_clients_dtype_to_auto(
-    tmp_path, tiny_model_dir, federate_config, monkeypatch
+    tmp_path, tiny_model_dir, federate_config, monkeypatch, applied_round
 ):
     """A server on the CPU records fp32 in run.json, whatever its GPU clients trained in (auto trains LoRA in 16
     bits on every GPU): a resume must not send them fp32."""
@@ -552,7 +530,7 @@ def test_a_federation_whose_server_ran_on_the_cpu_leaves_the_clients_dtype_to_au
     def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
         sent.append(recipe_config(self.recipe).model.dtype)
         for r in range(num_rounds + 1):
-            applied(self, r)
+            applied_round(self, r)
             evaluate_fn(r, initial_arrays)
 
     monkeypatch.setattr(rounds.Recorded, "start", start)

@@ -14,10 +14,11 @@
                      "bytes_received", "reason"}; "step" is the round, so the tools that read metrics.jsonl
                      (plots, report) draw the federation's curves as they draw a training run's
     federated.png    eval loss of the global adapter and each client's train loss by round, and the bytes moved
-    checkpoints/round-NNNNNNN/adapter_model.safetensors
-                     the global adapter after round N (the last two kept), written before federated.json names
-                     round N: a server stopped at any point resumes from a round whose adapter is on disk
-                     (server.save_round)
+    checkpoints/round-NNNNNNN/adapter_model.safetensors, round.json
+                     the global adapter after round N (the last two kept) with its sha256 and the state after round
+                     N, written before federated.json names round N: a server stopped at any point resumes from a
+                     round whose adapter is on disk, and a damaged one falls back to the round before
+                     (checkpoints.py)
 
 Nothing here imports Flower or torch: a report or plot of a federated run needs neither.
 """

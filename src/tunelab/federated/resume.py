@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError, RunDirError
+from tunelab.federated.checkpoints import resume_round
 from tunelab.federated.history import read_state
 from tunelab.rundir import read_info
 from tunelab.training.resume import check_resume_config, check_same_data, data_digest, file_digests
@@ -41,7 +42,8 @@ def check_resume(run_dir: str | Path, cfg: RunConfig) -> list[str]:
             f"{run_dir}: option 'federated.rounds' is {cfg.federated.rounds}, fewer than the {done} rounds the "
             f"federation has done; ask for at least {done} to resume."
         )
-    return notes + _sampling_note(cfg)
+    _, damaged = resume_round(run_dir, state)  # RunDirError when no round's checkpoint is intact
+    return notes + damaged + _sampling_note(cfg)
 
 
 def _sampling_note(cfg: RunConfig) -> list[str]:

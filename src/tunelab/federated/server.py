@@ -12,9 +12,7 @@ payload.py lists.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -23,13 +21,13 @@ from pathlib import Path
 import torch
 from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from safetensors.torch import load_file, save_file
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config
 from tunelab.data.batches import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError, TrainingStopped, counted
+from tunelab.federated.checkpoints import load_round, resume_round, save_round
 from tunelab.federated.history import (
     all_rounds_done,
     client_dtypes,
@@ -66,31 +64,6 @@ from tunelab.training.resume import data_digest, file_digests
 from tunelab.training.step import evaluate
 
 RUN_CONFIG_KEY, RESUME_KEY = "tunelab-config", "tunelab-resume"  # the Flower App's run config (deployment)
-
-
-def _checkpoint(run_dir: str | Path, round_: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"round-{round_:07d}"
-
-
-def save_round(run_dir: str | Path, round_: int, adapter: dict[str, torch.Tensor], keep: int = 2) -> Path:
-    """The global adapter after `round_`, written to a temporary folder and renamed into place."""
-    final = _checkpoint(run_dir, round_)
-    scratch = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    save_file(adapter, str(scratch / "adapter_model.safetensors"), metadata={"format": "pt"})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(scratch, final)
-    for old in sorted(final.parent.glob("round-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_round(run_dir: str | Path, round_: int) -> dict[str, torch.Tensor]:
-    path = _checkpoint(run_dir, round_) / "adapter_model.safetensors"
-    if not path.is_file():
-        raise RunDirError(f"{run_dir}: federated.json says round {round_} is done, but {path} is missing.")
-    return load_file(str(path))
 
 
 def _eval_batches(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict | None, list]:
@@ -167,7 +140,8 @@ def run_federation(
         if run_dir.is_dir():  # no other process writes the run while this one resumes it (this process's hold is kept)
             hold_lock(run_dir)
         notes = check_resume(run_dir, cfg)  # the deployment engine's server is the first to check it
-        state = read_state(run_dir)
+        # the round's checkpoint verified: where it was damaged, the state of the last intact round (notes said so)
+        state, _ = resume_round(run_dir, read_state(run_dir))
         # as tunelab train --resume: the run an --overwrite moved aside to NAME.previous goes once this one finishes
         plan = OutputPlan(run_dir, replace=False, resume=True)
     else:
@@ -350,7 +324,7 @@ def _run_rounds(
         }
         write_info(run_dir, info)
         plot_federation(run_dir)
-        save_round(run_dir, r, adapter_state_dict(model))
+        save_round(run_dir, r, adapter_state_dict(model), state)  # with the state, should round r+1's be damaged
         write_state(run_dir, state)  # last: federated.json names the round --resume starts from
         print(_line(report, f.rounds, loss), flush=True)
         return MetricRecord({"eval-loss": loss}) if loss is not None else None

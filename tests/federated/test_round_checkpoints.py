@@ -1,0 +1,79 @@
+"""A federation's round checkpoints (federated/checkpoints.py): written with the size and sha256 of the global
+adapter, verified on --resume, a damaged last round falling back to the round before it."""
+
+import errno
+import json
+
+import pytest
+
+pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
+
+import torch
+
+from tunelab.config import load_config
+from tunelab.errors import RunDirError
+from tunelab.federated import checkpoints
+from tunelab.federated.checkpoints import round_folder, save_round, verify_round
+from tunelab.federated.resume import check_resume
+from tunelab.federated.server import run_federation
+
+CLIENTS = ["site0", "site1"]
+
+
+def _damage(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the same size, another content: only the checksum tells
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_last_round_is_found_on_resume_and_the_round_before_it_trained_again(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
+):
+    """save_round wrote the global adapter with no checksum: a round damaged on disk after it was written (a bad
+    sector, a copy cut short and filled) was loaded by --resume as it was and trained on. tunelab train records and
+    checks every checkpoint's sha256 and falls back to the one before."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config, {"federated.rounds": 3}), 2, CLIENTS, resume=False)
+    record = json.loads((round_folder(run, 3) / "round.json").read_text())
+    assert record["round"] == 3 and len(record["files"]["adapter_model.safetensors"]["sha256"]) == 64
+    assert record["state"]["rounds_done"] == 3
+    assert verify_round(round_folder(run, 3), 3) is None
+    _damage(round_folder(run, 3) / "adapter_model.safetensors")
+    assert "does not match its sha256" in verify_round(round_folder(run, 3), 3)
+    capsys.readouterr()
+
+    resumed = load_config(config, {"federated.rounds": 4})
+    notes = check_resume(run, resumed.config)  # federate --resume and check --resume say it before anything starts
+    assert any("the checkpoint of round 3" in n and "does not match its sha256" in n for n in notes)
+    run_federation(None, resumed, 2, CLIENTS, resume=True)
+    out = capsys.readouterr().out
+    assert "resume: continuing from round 2, the last intact one: round 3 is trained again" in out
+    state = json.loads((run / "federated.json").read_text())
+    assert state["rounds_done"] == 4 and [h["round"] for h in state["history"]] == [1, 2, 3, 4]
+    rounds = [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({r for r in rounds}) == [0, 1, 2, 3, 4] and rounds.count(3) == rounds.count(2)  # no round twice
+
+
+def test_a_resume_with_no_intact_round_is_refused_naming_the_checkpoint(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+):
+    config = federate_config(tmp_path, tiny_model_dir)
+    run = run_federation(None, load_config(config), 2, CLIENTS, resume=False)
+    for r in (1, 2):
+        _damage(round_folder(run, r) / "adapter_model.safetensors")
+    with pytest.raises(RunDirError, match=r"round 2 is done, but its checkpoint .*round-0000002 is damaged \("):
+        check_resume(run, load_config(config, {"federated.rounds": 3}).config)
+
+
+def test_a_full_disk_leaves_the_earlier_rounds_and_says_so(tmp_path, monkeypatch):
+    adapter = {"lora_A.weight": torch.ones(2, 3)}
+    save_round(tmp_path, 1, adapter, {"rounds_done": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "save_file", full)
+    with pytest.raises(RunDirError, match="no space left on the device while writing the checkpoint of round 2"):
+        save_round(tmp_path, 2, adapter, {"rounds_done": 2})
+    assert verify_round(round_folder(tmp_path, 1), 1) is None
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["round-0000001"]
