@@ -80,9 +80,10 @@ def test_a_clients_reply_holds_its_adapter_and_numbers_never_its_data(tiny_model
     assert set(content.array_records) == {"arrays"} and set(content.config_records) == {"client"}
     assert dict(content["client"]) == {"name": "ward-7", "dtype": "float32"}  # the CPU's: what it trained in
     assert set(content["metrics"]) == {
-        "num-examples", "uniform-weight", "train-loss", "local-steps", "loss-tokens", "train-seconds"
+        "num-examples", "uniform-weight", "train-loss", "local-steps", "loss-tokens", "tokens", "train-seconds"
     }  # fmt: skip
     assert content["metrics"]["num-examples"] == 9 and content["metrics"]["local-steps"] == 2
+    assert content["metrics"]["tokens"] > content["metrics"]["loss-tokens"] > 0  # prompts too, as train counts them
     wire = _wire(reply)
     assert len(wire) > sum(v.numel() * 4 for v in initial.values())  # the tensors themselves are in it
     for question, answer in SECRETS:

@@ -628,3 +628,26 @@ def test_an_app_says_its_supernodes_read_their_own_data_not_the_clients_listed(
     assert (
         f"federated.split_file: the deployment does not split {tmp_path / 'all.jsonl'} among" in capsys.readouterr().out
     )
+
+
+def test_run_json_counts_the_tokens_the_clients_trained_on(tmp_path, tiny_model_dir, federate_config, monkeypatch):
+    """run.json of a federation said tokens 0 (tunelab train records the tokens it trained on): it is the sum of what
+    the clients that trained each round replied; a failed client's round counts nothing."""
+    from tunelab.federated.rounds import ClientRound, RoundReport
+
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        evaluate_fn(0, initial_arrays)
+        for r in range(1, num_rounds + 1):
+            clients = [
+                ClientRound("site0", 1, "ok", examples=3, train_loss=2.0, tokens=100 * r),
+                ClientRound("site1", 2, "ok", examples=3, train_loss=2.0, tokens=250),
+                ClientRound("site2", 3, "failed", reason="out of memory"),
+            ]
+            self.reports[r] = RoundReport(r, sampled=3, applied=True, clients=clients)
+            evaluate_fn(r, initial_arrays)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    run = run_federation(None, load_config(federate_config(tmp_path, tiny_model_dir)), 3, ["a", "b", "c"], False)
+    assert json.loads((run / "run.json").read_text())["tokens"] == 100 + 250 + 200 + 250
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in records if r.get("client") == "site0"] == [100, 200]

@@ -74,6 +74,7 @@ def train_reply(msg: Message, client: ClientData) -> Message:
             "train-loss": result.loss,
             "local-steps": result.steps,
             "loss-tokens": result.loss_tokens,
+            "tokens": result.tokens,
             "train-seconds": result.seconds,
         }
     )

@@ -10,7 +10,7 @@
                      does not fit: other keys or shapes, or none), "bytes_sent", "bytes_received", "epsilon", "not_asked" (the clients
                      federated.fraction < 1 left out of the round)}, and
                      one per client and round:
-                     {"step": round, "round", "client", "client_loss", "status", "examples", "bytes_sent",
+                     {"step": round, "round", "client", "client_loss", "status", "examples", "tokens", "bytes_sent",
                      "bytes_received", "reason"}; "step" is the round, so the tools that read metrics.jsonl
                      (plots, report) draw the federation's curves as they draw a training run's
     federated.png    eval loss of the global adapter and each client's train loss by round, and the bytes moved
@@ -108,6 +108,7 @@ def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> li
                 "client_loss": c["train_loss"],
                 "status": c["status"],
                 "examples": c["examples"],
+                "tokens": c.get("tokens", 0),
                 "bytes_sent": c["bytes_sent"],
                 "bytes_received": c["bytes_received"],
                 "reason": c["reason"],
@@ -125,6 +126,12 @@ def last_train_loss(history: list[dict]) -> tuple[float | None, int | None]:
         if report.get("applied") and loss is not None:
             return loss, report["round"]
     return None, None
+
+
+def trained_tokens(history: list[dict]) -> int:
+    """The real tokens every client trained on over the rounds (those whose round ended ok), run.json's `tokens`
+    as tunelab train counts its own; a round trained again after a resume is counted once."""
+    return sum(c.get("tokens", 0) for report in history for c in report.get("clients", []) if c.get("status") == "ok")
 
 
 def client_dtypes(history: list[dict]) -> dict[str, str]:

@@ -60,6 +60,7 @@ class LocalResult:
     examples: int  # training examples the client holds (FedAvg's weight: `training_examples`)
     loss: float  # mean token loss over the round's steps
     loss_tokens: int
+    tokens: int  # the real (non-pad) tokens of the round's batches, as tunelab train counts them in run.json
     steps: int
     seconds: float
     dtype: str = ""  # what the client trained in (model.dtype auto: its own host's choice), as run.json names it
@@ -267,19 +268,21 @@ def local_train(
     warmup = int(t.warmup_ratio * total) if warmup is None else warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(first + s, total, warmup, t.scheduler))
     stream = BatchStream(datasets, config, tokenizer.pad_token_id)
-    loss_sum, tokens = 0.0, 0
+    loss_sum, loss_tokens, tokens = 0.0, 0, 0
     loss_scale = LossScale() if uses_loss_scale(built.dtype) else None  # fp16: a round's own, from the start value
     with proximal_term(built.model, mu, t.grad_accum, loss_scale):
         for g in range(first, first + steps):
             group = [{k: v.to(built.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in stream.step(g)]
             stats = train_step(built.model, group, optimizer, scheduler, t.max_grad_norm, loss_scale=loss_scale)
             loss_sum += stats["loss"] * stats["loss_tokens"]
-            tokens += stats["loss_tokens"]
+            loss_tokens += stats["loss_tokens"]
+            tokens += sum(int(b["attention_mask"].sum()) for b in group)
     return LocalResult(
         adapter=adapter_state_dict(built.model),
         examples=training_examples(datasets),
-        loss=loss_sum / max(tokens, 1),
-        loss_tokens=tokens,
+        loss=loss_sum / max(loss_tokens, 1),
+        loss_tokens=loss_tokens,
+        tokens=tokens,
         steps=steps,
         seconds=time.perf_counter() - tic,
         dtype=str(built.dtype).removeprefix("torch."),

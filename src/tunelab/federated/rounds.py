@@ -53,6 +53,7 @@ class ClientRound:
     examples: int = 0
     train_loss: float | None = None
     steps: int = 0
+    tokens: int = 0  # the real tokens the client trained on this round (0: a client that does not say)
     seconds: float = 0.0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -254,6 +255,7 @@ class Recorded(Strategy):
                 entry.examples = int(metrics.get(WEIGHT, 0))
                 entry.train_loss = float(metrics["train-loss"]) if "train-loss" in metrics else None
                 entry.steps = int(metrics.get("local-steps", 0))
+                entry.tokens = int(metrics.get("tokens", 0))
                 entry.seconds = float(metrics.get("train-seconds", 0.0))
             if ARRAYS not in content.array_records or metrics is None:
                 entry.status, entry.reason = "skipped", "the reply holds no adapter or no metrics"

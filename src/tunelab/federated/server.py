@@ -36,6 +36,7 @@ from tunelab.federated.history import (
     plot_federation,
     read_state,
     round_records,
+    trained_tokens,
     write_state,
 )
 from tunelab.federated.local import federation_plan, server_eval_datasets, untrained_rows, warmup_steps
@@ -310,7 +311,7 @@ def _run_rounds(
             info.extra["best"] = {"step": best["round"], "eval_loss": best["eval_loss"]}
         # the loss of the round whose update the global adapter holds (not None after a round nothing was applied in)
         info.final_loss, loss_round = last_train_loss(state["history"])
-        info.elapsed_s = round(elapsed, 1)
+        info.elapsed_s, info.tokens = round(elapsed, 1), trained_tokens(state["history"])
         info.extra["federated"] = {
             "rounds_done": r,
             "final_loss_round": loss_round,
