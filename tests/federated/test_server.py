@@ -36,24 +36,6 @@ def test_a_federation_of_one_round_says_one_round(
     assert len(saved) == 1 and " (1 round, " in saved[0]
 
 
-def test_a_resumed_federation_says_its_time_in_all_and_this_time(
-    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
-):
-    """A resumed federation ended '(3 rounds, 146 s)', the earlier rounds' time counted in without a word: a user took
-    it for this command's."""
-    config = federate_config(tmp_path, tiny_model_dir)
-    run = run_federation(None, load_config(config, {"federated.rounds": 2}), 2, ["site0", "site1"], resume=False)
-    first = [line for line in capsys.readouterr().out.splitlines() if line.startswith("saved to ")]
-    assert len(first) == 1 and "in all" not in first[0] and first[0].endswith(" s)"), first
-    state = json.loads((run / "federated.json").read_text())
-    (run / "federated.json").write_text(json.dumps(state | {"elapsed_s": 1000.0}))  # the first command's rounds
-    run_federation(None, load_config(config, {"federated.rounds": 3}), 2, ["site0", "site1"], resume=True)
-    saved = [line for line in capsys.readouterr().out.splitlines() if line.startswith("saved to ")]
-    assert len(saved) == 1 and saved[0].endswith(" s this time)"), saved
-    in_all, this_time = saved[0].split("(3 rounds, ", 1)[1].split(" s in all, ")
-    assert int(in_all) >= 1000 > int(this_time.split(" s")[0])
-
-
 def test_a_finished_federation_says_what_its_checkpoints_are_kept_for(
     tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
 ):
@@ -68,26 +50,6 @@ def test_a_finished_federation_says_what_its_checkpoints_are_kept_for(
     shutil.rmtree(run / "checkpoints")  # deleted, as it says it may be: a resume for more rounds names what is gone
     with pytest.raises(RunDirError, match="round 3 is done, but .*round-0000003.* is missing"):
         run_federation(None, load_config(config, {"federated.rounds": 4}), 2, ["site0", "site1"], resume=True)
-
-
-def test_a_resume_refuses_other_eval_rows_under_the_same_name(
-    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
-):
-    """run.json kept no record of the server's eval rows: a --resume with another data.eval under the same name went
-    on, and keep_best compared the new rounds' eval losses with the best of the old rounds' (tunelab train refuses)."""
-    config = federate_config(tmp_path, tiny_model_dir)
-    run = run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
-    run_federation(None, load_config(config, {"federated.rounds": 3}), 2, ["site0", "site1"], resume=True)
-    assert json.loads((run / "federated.json").read_text())["rounds_done"] == 3  # the same eval rows: resumed
-
-    eval_file = tmp_path / "server_eval.jsonl"
-    eval_file.write_text(eval_file.read_text().replace("Box", "Crate"))
-    changed = load_config(config, {"federated.rounds": 4})
-    with pytest.raises(ConfigError, match="--resume needs the eval data the run started with.*server_eval.jsonl"):
-        run_federation(None, changed, 2, ["site0", "site1"], resume=True)
-    with pytest.raises(ConfigError, match="--resume needs the eval data the run started with"):
-        tunelab.federate(config, {"federated.rounds": 4}, resume=True)  # before the simulation starts
-    assert json.loads((run / "federated.json").read_text())["rounds_done"] == 3
 
 
 def test_keep_best_turned_off_and_on_again_forgets_the_best_whose_adapter_is_gone(
@@ -172,23 +134,6 @@ def test_a_resume_that_samples_clients_says_it_is_not_the_uninterrupted_run(
     assert not any("federated.fraction" in n for n in check_resume(run, every))  # 3 of 3 clients asked: exact
 
 
-def test_a_resumed_federation_removes_the_scores_of_the_adapter_before_it(
-    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
-):
-    """`federate --resume` with more rounds replaced the adapter but kept eval.json, compare.json and report.html of
-    the one before: `tunelab report` showed those scores beside the new round count (train --resume removes them)."""
-    config = federate_config(tmp_path, tiny_model_dir)
-    every_round = {"train.keep_best": False}  # each round's adapter is the result (keep_best keeps round 1's here)
-    run = run_federation(None, load_config(config, every_round), 2, ["site0", "site1"], resume=False)
-    for name in ("eval.json", "compare.json", "report.html"):
-        (run / name).write_text("{}")
-    resumed = load_config(config, every_round | {"federated.rounds": 3})
-    run_federation(None, resumed, 2, ["site0", "site1"], resume=True)
-    assert json.loads((run / "run.json").read_text())["steps"] == 3
-    assert not any((run / name).exists() for name in ("eval.json", "compare.json", "report.html"))
-    assert "removed compare.json, eval.json, report.html" in capsys.readouterr().out
-
-
 def test_an_app_names_the_server_paths_every_client_host_needs(
     tmp_path, tiny_model_dir, federate_config, capsys, monkeypatch
 ):
@@ -235,46 +180,6 @@ def test_an_app_whose_num_clients_is_not_the_clients_listed_is_refused(
         error.value
     )
     assert not app.exists()
-
-
-def test_a_resume_with_more_rounds_keeps_the_warmup_the_federation_started_with(
-    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, monkeypatch, capsys
-):
-    """Resumed with more federated.rounds, each client took train.warmup_ratio of the new rounds x local_steps as its
-    warmup: a federation past its warmup fell back into a longer one, changing the rate of rounds already trained."""
-    from flwr.app import ConfigRecord
-
-    from tunelab.federated.payload import WARMUP
-
-    sent = []
-    start = rounds.Recorded.start
-
-    def start_and_configure(self, **kwargs):
-        config = ConfigRecord({})
-        self.stamp(config, 1)  # what configure_train adds to every round's message
-        sent.append(dict(config))
-        return start(self, **kwargs)
-
-    monkeypatch.setattr(rounds.Recorded, "start", start_and_configure)
-    config = federate_config(tmp_path, tiny_model_dir)
-    run = run_federation(None, load_config(config, {"train.warmup_ratio": 0.5}), 2, ["s0", "s1"], resume=False)
-    capsys.readouterr()
-    run_federation(None, load_config(config, {"train.warmup_ratio": 0.5, "federated.rounds": 4}), 2, ["s0", "s1"],
-                   resume=True)  # fmt: skip
-    assert [s[WARMUP] for s in sent] == [3, 3]  # half of 2 rounds x 3 steps, then still 3 (not half of 4 x 3)
-    assert "resume: the warmup stays 3 steps, as the federation started with them" in capsys.readouterr().out
-    assert json.loads((run / "federated.json").read_text())["warmup_steps"] == 3
-
-
-def test_a_kept_warmup_of_one_step_is_said_in_the_singular(tmp_path, tiny_model_dir, federate_config,
-                                                          rounds_without_clients, capsys):  # fmt: skip
-    """A federation resumed with more rounds after a one-step warmup printed 'the warmup stays 1 steps'."""
-    config = federate_config(tmp_path, tiny_model_dir)
-    run_federation(None, load_config(config, {"train.warmup_ratio": 0.2}), 2, ["s0", "s1"], resume=False)
-    capsys.readouterr()
-    run_federation(None, load_config(config, {"train.warmup_ratio": 0.2, "federated.rounds": 4}), 2, ["s0", "s1"],
-                   resume=True)  # fmt: skip
-    assert "resume: the warmup stays 1 step, as the federation started with them" in capsys.readouterr().out
 
 
 def test_a_round_that_applied_no_update_keeps_the_final_loss_of_the_round_before(

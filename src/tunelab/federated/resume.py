@@ -43,7 +43,39 @@ def check_resume(run_dir: str | Path, cfg: RunConfig) -> list[str]:
             f"federation has done; ask for at least {done} to resume."
         )
     _, damaged = resume_round(run_dir, state)  # RunDirError when no round's checkpoint is intact
-    return notes + damaged + _sampling_note(cfg)
+    return notes + damaged + idle_note(state) + _sampling_note(cfg)
+
+
+def idle_note(state: dict) -> list[str]:
+    """A note when the federation's last rounds applied no update (every client failed, or too few usable updates):
+    --resume continues from the global adapter of the last round that applied one, with the same clients and
+    settings, so the rounds it runs fail as those did unless what the clients failed on was fixed meanwhile. Said
+    before anything starts, as tunelab train --resume warns of a run its NaN guard stopped."""
+    history = state.get("history", [])
+    idle = []
+    for report in reversed(history):
+        if report.get("applied"):
+            break
+        idle.insert(0, report)
+    if not idle:
+        return []
+    first, last = idle[0]["round"], idle[-1]["round"]
+    rounds = f"round {last}" if first == last else f"rounds {first}-{last}"
+    failed = [
+        f"{c['client']}: {(c.get('reason') or c['status']).strip().splitlines()[-1]}"
+        for c in idle[-1].get("clients", [])
+        if c.get("status") != "ok"
+    ]
+    why = f" ({'; '.join(failed)})" if failed else f" ({idle[-1]['note']})" if idle[-1].get("note") else ""
+    start = (
+        "the untrained adapter, as no round applied one"
+        if len(idle) == len(history)
+        else f"the global adapter of round {first - 1}"
+    )
+    return [
+        f"resume: {rounds} of the federation applied no update{why}. --resume continues from {start}, with the same "
+        "clients and settings: fix what the clients failed on first, or the rounds it runs will fail the same way."
+    ]
 
 
 def _sampling_note(cfg: RunConfig) -> list[str]:
