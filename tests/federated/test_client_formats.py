@@ -77,3 +77,24 @@ def test_a_client_of_preference_pairs_is_told_what_a_federation_trains_not_to_us
     assert "which tunelab federate cannot train: a federation trains task sft alone" in said
     assert "train them with task: dpo" not in said
     assert not (tmp_path / "run").exists()
+
+
+def test_the_split_column_is_not_noted_as_text_left_out_of_each_clients_examples(
+    tmp_path, tiny_model_dir, federate_config, capsys
+):
+    """The README's example (split: column, split_column: department) noted for every client that the column
+    'department' was text left out of its examples, with how to train on it: the column chose the client's shard."""
+    rows = [
+        {"question": f"Box {i}?", "answer": f"Code {i}.", "department": ("support", "sales")[i % 2]} for i in range(8)
+    ]
+    split = {
+        "federated.clients": [],
+        "federated.split_file": _jsonl(tmp_path / "all.jsonl", rows),
+        "federated.split": "column",
+        "federated.split_column": "department",
+    }
+    cfg = load_config(federate_config(tmp_path, tiny_model_dir), split).config
+    check_clients(cfg, federation_clients(cfg))
+    out = capsys.readouterr().out
+    assert "client-1: 4 examples" in out and "client-2: 4 examples" in out
+    assert "department" not in out

@@ -80,7 +80,11 @@ def client_datasets(data_cfg: DataConfig, tokenizer, seed: int, client: ClientDa
                     f"{', '.join(client.paths)}: {client.name}'s shard is empty ({len(records)} rows for "
                     f"{shard.count} clients); lower federated.num_clients."
                 )
-            return kept
+            if shard.column is None or shard.column in data_cfg.fields.values():
+                return kept
+            # federated.split_column has chosen the shard: it is read, not text the format leaves out of the examples
+            # (each client noted it so, and how to train on it); a column data.fields maps stays for its field
+            return [dataclasses.replace(r, row={k: v for k, v in r.row.items() if k != shard.column}) for r in kept]
 
     cfg = dataclasses.replace(data_cfg, train=list(client.paths), eval=None, eval_fraction=0.0)
     with sft_advice():
