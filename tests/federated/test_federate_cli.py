@@ -454,3 +454,40 @@ def test_a_shard_client_is_named_client_2_not_client_client_2(tmp_path, tiny_mod
     check_clients(resolved.config, federation_clients(resolved.config))
     out = "\n" + capsys.readouterr().out
     assert "\nclient-1: " in out and "\nclient-2: " in out and "client client-" not in out
+
+
+def test_flowers_warnings_about_tunelabs_own_choices_are_not_passed_on(
+    tmp_path, tiny_model_dir, federate_config, monkeypatch
+):
+    """Every tunelab federate printed Flower's 'WARNING: fraction_evaluate is set to 0.0. Federated evaluation will be
+    skipped.' (the server evaluates each round itself) and 'DEPRECATED FEATURE: The `run_simulation` function is
+    deprecated ... Please use `flwr run`' (tunelab runs the simulation): read as problems, with nothing to act on.
+    Flower's other lines still pass."""
+    import logging
+
+    import flwr.simulation
+    from flwr.supercore.logger import warn_deprecated_feature
+
+    from tunelab.config import FederatedConfig, load_config
+    from tunelab.federated.rounds import build_strategy
+    from tunelab.federated.run import federation_clients, simulate
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("flwr").addHandler(handler)
+
+    def run_simulation(**kwargs):
+        warn_deprecated_feature("The `run_simulation` function is deprecated and will be removed ...")
+        logging.getLogger("flwr").warning("a line of its own")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_simulation)
+    try:
+        build_strategy(FederatedConfig(min_clients=2), 3)
+        resolved = load_config(federate_config(tmp_path, tiny_model_dir))
+        simulate(resolved, federation_clients(resolved.config), resume=False)
+        run_simulation()  # outside: Flower's lines reach the handler
+    finally:
+        logging.getLogger("flwr").removeHandler(handler)
+    assert seen[0] == "a line of its own" and seen[1].lstrip().startswith("DEPRECATED FEATURE: The `run_simulation`")
+    assert not any("fraction_evaluate" in line for line in seen) and len(seen) == 3

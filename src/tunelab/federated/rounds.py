@@ -42,6 +42,7 @@ from tunelab.federated.payload import (
     mismatch,
     payload_bytes,
 )
+from tunelab.federated.setup import without_flower_lines
 
 
 @dataclass
@@ -102,10 +103,12 @@ def build_strategy(cfg: FederatedConfig, population: int) -> tuple[Strategy, Rdp
         "min_available_nodes": population,
         "weighted_by_key": UNIFORM_WEIGHT if cfg.dp else WEIGHT,
     }
-    if cfg.strategy == "fedprox":
-        strategy: Strategy = FedProx(**common, proximal_mu=cfg.proximal_mu)
-    else:
-        strategy = FedAvg(**common)
+    # Flower warns that fraction_evaluate 0 skips federated evaluation: the server evaluates each round itself
+    with without_flower_lines("fraction_evaluate is set to 0.0"):
+        if cfg.strategy == "fedprox":
+            strategy: Strategy = FedProx(**common, proximal_mu=cfg.proximal_mu)
+        else:
+            strategy = FedAvg(**common)
     if not cfg.dp:
         return strategy, None
     if cfg.dp_clipping_norm <= 0 or cfg.dp_noise_multiplier <= 0 or not 0 < cfg.dp_delta < 1:

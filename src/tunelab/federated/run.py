@@ -29,7 +29,7 @@ from tunelab.eval.compare import compare_after_training
 from tunelab.federated.history import all_rounds_done
 from tunelab.federated.hostpaths import absolute_model, app_note, server_paths
 from tunelab.federated.resume import check_resume, check_same_eval
-from tunelab.federated.setup import require_accountant
+from tunelab.federated.setup import require_accountant, without_flower_lines
 from tunelab.federated.shards import ClientData, client_data, federation_protected
 from tunelab.rundir import is_run_dir, read_info
 from tunelab.training.outdir import hold_lock, plan_output_dir, release_lock
@@ -282,7 +282,9 @@ def simulate(resolved: ResolvedConfig, clients: list[ClientData], resume: bool) 
     if f.client_cpus > cores:
         raise ConfigError(f"option 'federated.client_cpus' is {f.client_cpus}, but this machine has {cores} cores.")
     gpu = resolved.config.model.device != "cpu" and torch.cuda.is_available()
-    with _short_ray_temp(), warnings.catch_warnings():
+    # Flower's own deprecation of run_simulation asks its users to run `flwr run`: tunelab federate runs it for them
+    quiet = without_flower_lines("DEPRECATED FEATURE: The `run_simulation` function")
+    with _short_ray_temp(), warnings.catch_warnings(), quiet:
         # Ray's tip, at every start, about a default it will change for workers given no GPU (they see none now, as
         # a client on model.device cpu should): nothing for a user of tunelab federate to act on
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)

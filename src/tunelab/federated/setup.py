@@ -1,8 +1,12 @@
-"""Whether Flower is installed: the federated extra is optional, and its absence is a user's fixable problem."""
+"""Whether Flower is installed: the federated extra is optional, and its absence is a user's fixable problem. And
+Flower's log lines that speak to a Flower user, not to one of tunelab federate (`without_flower_lines`)."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tunelab.errors import ConfigError
 
@@ -15,6 +19,29 @@ def require_flower(simulation: bool = True) -> None:
             f"tunelab federate needs Flower with its simulation engine ({' and '.join(missing)} not installed): "
             "pip install 'tunelab[federated]'."
         )
+
+
+class _Drop(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().lstrip().startswith(self.starts)
+
+
+@contextmanager
+def without_flower_lines(*starts: str) -> Iterator[None]:
+    """Flower's log records (logger "flwr") that begin with one of `starts` are dropped within the block: warnings
+    about choices tunelab made for the user (the server evaluates itself, so fraction_evaluate is 0; it runs the
+    simulation through run_simulation), which read as problems and which a user of tunelab federate cannot act on."""
+    logger = logging.getLogger("flwr")
+    drop = _Drop(starts)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def require_accountant() -> None:
