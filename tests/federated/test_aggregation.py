@@ -251,3 +251,14 @@ def test_the_clients_a_sampled_round_left_out_are_named(flower_task, flower_mess
     assert report.not_asked == left_out and [c.client for c in report.clients] == [grid.names[asked]]
     assert f"not asked: {', '.join(left_out)}" in _line(report, 1, None)
     assert round_records(report.to_dict(), None, 1.0)[0]["not_asked"] == left_out
+
+
+def test_a_round_line_names_the_clients_in_one_order_every_round():
+    """Each round's line listed the clients in the order their replies came ('client-2 ... client-1 ... client-3',
+    then 'client-1 ... client-3 ... client-2'): reading a client's loss down the rounds meant hunting for it."""
+    from tunelab.federated.rounds import ClientRound, RoundReport
+    from tunelab.federated.server import _line
+
+    replies = [ClientRound(name, n, "ok", examples=3, train_loss=1.0) for n, name in enumerate(("c-2", "c-10", "c-1"))]
+    line = _line(RoundReport(1, sampled=3, applied=True, clients=replies), 2, 0.5)
+    assert line.index("c-1:") < line.index("c-2:") < line.index("c-10:")

@@ -96,7 +96,7 @@ def _recorded_info(run_dir: Path) -> RunInfo | None:
 def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
     parts = [f"round {report.round}/{rounds}"]
     parts.append(f"eval loss {eval_loss:.4f}" if eval_loss is not None else "no eval set")
-    for c in report.clients:
+    for c in sorted(report.clients, key=_by_name):  # one order every round, not the order replies came in
         if c.status == "ok":
             parts.append(
                 f"{c.client}: train loss {c.train_loss:.4f} ({counted(c.examples, 'example')}, {c.seconds:.0f} s)"
@@ -113,6 +113,11 @@ def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
     if report.note:
         parts.append(report.note)
     return " | ".join(parts)
+
+
+def _by_name(c) -> list:
+    """A client's place in a round's line: by name, its numbers as numbers (client-2 before client-10)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", c.client)]
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
