@@ -75,8 +75,11 @@ def test_a_client_of_preference_pairs_is_told_what_a_federation_trains_not_to_us
     said = str(error.value)
     assert said.startswith("client prefs: ") and "prefs.jsonl" in said
     assert "which tunelab federate cannot train: a federation trains task sft alone" in said
-    assert "train them with task: dpo" not in said
+    assert "train them with task: dpo" not in said and "Give this client its preferred answers as sft rows" in said
     assert not (tmp_path / "run").exists()
+    eval_pairs = {"data.eval": str(tmp_path / "prefs.jsonl")}  # the server's eval set: said of it, not of a client
+    with pytest.raises(DataError, match=r"Give the server's eval set \(data.eval\) its preferred answers as sft rows"):
+        tunelab.federate(config, eval_pairs)
 
 
 def test_the_split_column_is_not_noted_as_text_left_out_of_each_clients_examples(

@@ -94,14 +94,14 @@ def client_datasets(data_cfg: DataConfig, tokenizer, seed: int, client: ClientDa
 # What a federation says of preference pairs in place of the data reader's advice (task dpo), which it refuses.
 FEDERATED_PREFERENCE = (
     " Rows of chosen and rejected are preference pairs, which tunelab federate cannot train: a federation trains task "
-    "sft alone (the answers of chats, prompt/completion pairs or raw text), and refuses task dpo. Give this client "
-    "its preferred answers as sft rows ({prompt, completion} with the chosen answer), or train the pairs apart with "
+    "sft alone (the answers of chats, prompt/completion pairs or raw text), and refuses task dpo. Give {who} its "
+    "preferred answers as sft rows ({{prompt, completion}} with the chosen answer), or train the pairs apart with "
     "tunelab train, task: dpo."
 )
 
 
 @contextmanager
-def sft_advice() -> Iterator[None]:
+def sft_advice(who: str = "this client") -> Iterator[None]:
     """A DataError of the data reader whose advice is to train preference pairs with task dpo says instead what a
     federation can do with them: it trains sft alone (run.check_config refuses another task)."""
     try:
@@ -109,7 +109,7 @@ def sft_advice() -> Iterator[None]:
     except DataError as exc:
         if PREFERENCE_ADVICE not in str(exc):
             raise
-        raise DataError(str(exc).replace(PREFERENCE_ADVICE, FEDERATED_PREFERENCE)) from None
+        raise DataError(str(exc).replace(PREFERENCE_ADVICE, FEDERATED_PREFERENCE.format(who=who))) from None
 
 
 def training_examples(datasets: Datasets) -> int:
@@ -122,7 +122,7 @@ def training_examples(datasets: Datasets) -> int:
 def server_eval_datasets(cfg: RunConfig, tokenizer) -> Datasets:
     """The server's own eval set (data.eval) through the pipeline, as its training rows: no split of it."""
     data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
-    with sft_advice():
+    with sft_advice("the server's eval set (data.eval)"):
         return build_datasets(data_cfg, tokenizer, cfg.train.seed)
 
 
