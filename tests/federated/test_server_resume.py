@@ -154,3 +154,16 @@ def test_a_kept_warmup_of_one_step_is_said_in_the_singular(tmp_path, tiny_model_
     run_federation(None, load_config(config, {"train.warmup_ratio": 0.2, "federated.rounds": 4}), 2, ["s0", "s1"],
                    resume=True)  # fmt: skip
     assert "resume: the warmup stays 1 step, as the federation started with them" in capsys.readouterr().out
+
+
+def test_a_failure_without_a_reason_is_named_by_its_status():
+    """A client whose failure came with a blank reason (a Ray worker that died silently) broke the resume's note."""
+    from tunelab.federated.resume import idle_note
+
+    history = [
+        {"round": 1, "applied": True, "clients": []},
+        {"round": 2, "applied": False, "clients": [{"client": "a", "status": "failed", "reason": " \n"}]},
+    ]
+    assert idle_note({"history": history})[0].startswith(
+        "resume: round 2 of the federation applied no update (a: failed)"
+    )

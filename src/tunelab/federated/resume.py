@@ -46,6 +46,12 @@ def check_resume(run_dir: str | Path, cfg: RunConfig) -> list[str]:
     return notes + damaged + idle_note(state) + _sampling_note(cfg)
 
 
+def _last_line(reason: str | None) -> str:
+    """A failure's reason in one line: its last non-blank one (a traceback's names the error)."""
+    lines = [line.strip() for line in (reason or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 def idle_note(state: dict) -> list[str]:
     """A note when the federation's last rounds applied no update (every client failed, or too few usable updates):
     --resume continues from the global adapter of the last round that applied one, with the same clients and
@@ -62,7 +68,7 @@ def idle_note(state: dict) -> list[str]:
     first, last = idle[0]["round"], idle[-1]["round"]
     rounds = f"round {last}" if first == last else f"rounds {first}-{last}"
     failed = [
-        f"{c['client']}: {(c.get('reason') or c['status']).strip().splitlines()[-1]}"
+        f"{c['client']}: {_last_line(c.get('reason')) or c['status']}"
         for c in idle[-1].get("clients", [])
         if c.get("status") != "ok"
     ]
