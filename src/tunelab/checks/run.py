@@ -63,7 +63,7 @@ from tunelab.training.outdir import plan_output_dir
 from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
 from tunelab.training.recipe import config_path, refuse_resume_and_overwrite, resolve
-from tunelab.training.resume import check_resume_config, data_digest, file_digests, kept_auto, what_changed
+from tunelab.training.resume import CONTENT, check_resume_config, data_digest, file_digests, kept_auto, what_changed
 from tunelab.training.stage_resume import refuse_nothing_to_train, stage_dir
 from tunelab.training.stages import plan_stages, refuse_other_labels
 
@@ -98,7 +98,7 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool) -> list[Che
             what = "an existing run: train replaces it, keeping it as {} until the new run finishes"
             summary = what.format(plan.previous) if plan.replace else "new: train creates it"
             return [CheckItem("output_dir", "pass", f"{plan.run_dir}: {summary}")]
-        notes = check_resume_config(plan.run_dir, cfg)
+        notes = check_resume_config(plan.run_dir, cfg, by_content=CONTENT)  # the rows: the resume data item
         if cfg.stages:
             return [_staged_resume(plan.run_dir, len(cfg.stages), notes)]
         checkpoint, damaged = intact_checkpoint(plan.run_dir)

@@ -62,6 +62,7 @@ from tunelab.training.plan import MemoryPlan, longest_prompt, longest_row, plan_
 from tunelab.training.prepare import Inputs, load_inputs, load_model, protected_paths
 from tunelab.training.progress import end_record, record_progress, record_stopped
 from tunelab.training.resume import (
+    CONTENT,
     WARMUP,
     check_more_steps,
     check_resume_config,
@@ -371,7 +372,7 @@ def _start(resolved: ResolvedConfig, run_dir: Path, ranks: Ranks, resume: bool) 
     cfg = resolved.config
     if resume and ranks.main:
         hold_lock(run_dir)  # a new run takes it in start_run_dir
-    notes = check_resume_config(run_dir, cfg) if resume else []
+    notes = check_resume_config(run_dir, cfg, by_content=CONTENT) if resume else []  # _load_data compares the rows
     print("tunelab train — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
     checkpoint = resume_checkpoint(run_dir) if resume else None

@@ -18,7 +18,9 @@ Options left at `auto` compare by the value the run trained with: run.json recor
 (`extra.auto`), a resumed run keeps them (`kept_auto`), and `auto` given to --resume means "as the run started".
 So `auto` against the number it chose is no change, in either direction; another number is.
 
-The data is compared by content too: run.json records digests of the tokenized training and eval rows.
+The data is compared by content too: run.json records digests of the tokenized training and eval rows. So data.train
+and data.eval are compared by what they give, not where they are (`CONTENT`): a data file moved or renamed, its
+content unchanged, resumes with a note, and the rows, read after the config, must then give the run's digest.
 
 The run continues from the newest checkpoint that verifies (`resume_checkpoint`, which names the damaged ones it
 passes over), at the position that checkpoint saved (`load_position`).
@@ -70,6 +72,8 @@ ALLOWED = {
     *ACTION_OPTIONS,
 }
 LENGTH = {"train.max_steps", "train.epochs"}
+# The data options compared by the tokenized rows they give (run.json's digest of them), not by their paths.
+CONTENT = {"data.train": "data_sha256", "data.eval": "eval_sha256"}
 KEPT = "as the run chose at its start: "
 
 
@@ -96,6 +100,22 @@ def _same(name: str, old: Any, new: Any) -> bool:
     return False
 
 
+def _unplaced(entry: Any) -> Any:
+    """A data entry with where its files are left out (whether it has one kept): a data.train source's mapping
+    compared apart from its path and eval file."""
+    if isinstance(entry, str):
+        return "a path"
+    if isinstance(entry, dict):
+        return {k: (v is not None) if k in ("path", "eval") else v for k, v in entry.items()}
+    return entry
+
+
+def _moved(old: Any, new: Any) -> bool:
+    """Do two values of a data option differ only in the paths of their files?"""
+    olds, news = (v if isinstance(v, list) else [v] for v in (old, new))
+    return len(olds) == len(news) and all(_unplaced(a) == _unplaced(b) for a, b in zip(olds, news))
+
+
 def _renamed(name: str, old: Any, new: Any) -> bool:
     """Do two `stages` lists differ only in their stages' name:? A name labels a stage in the reports (and two of one
     name are refused, config/load.py), so renaming one changes nothing that is trained."""
@@ -106,12 +126,18 @@ def _renamed(name: str, old: Any, new: Any) -> bool:
 
 
 def config_changes(
-    saved: dict, cfg: RunConfig, chosen: dict | None = None, length: set[str] = LENGTH, unread: set[str] = frozenset()
+    saved: dict,
+    cfg: RunConfig,
+    chosen: dict | None = None,
+    length: set[str] = LENGTH,
+    unread: set[str] = frozenset(),
+    by_content: set[str] = frozenset(),
 ) -> tuple[list[str], list[str]]:
     """(refused, allowed): one 'option: old -> new' line per difference between the saved and the new config.
     chosen: run.json's `extra.auto` ({option: {value, reason}}), what the run's `auto` options became; length: the
     options that set how long the run trains (allowed to change); unread: options the run does not read (not
-    compared: a config saved before they were refused may hold them)."""
+    compared: a config saved before they were refused may hold them); by_content: data options whose paths may
+    change, their rows compared by digest once read."""
     current = _flat(to_dict(cfg))
     defaults = _flat(to_dict(RunConfig()))
     saved = _flat(saved)
@@ -134,7 +160,8 @@ def config_changes(
         if _same(name, old, new):
             continue
         line = f"{name}: {shown} -> {new!r}"
-        (allowed if name in ALLOWED | length or _renamed(name, old, new) else refused).append(line)
+        moved = name in by_content and _moved(old, new)
+        (allowed if name in ALLOWED | length or moved or _renamed(name, old, new) else refused).append(line)
     return refused, allowed
 
 
@@ -176,13 +203,21 @@ def kept_auto(run_dir: Path, cfg: RunConfig) -> dict[str, Choice]:
 
 
 def check_resume_config(
-    run_dir: Path, cfg: RunConfig, length: set[str] = LENGTH, unread: set[str] = frozenset()
+    run_dir: Path,
+    cfg: RunConfig,
+    length: set[str] = LENGTH,
+    unread: set[str] = frozenset(),
+    by_content: set[str] = frozenset(),
 ) -> list[str]:
     """ConfigError listing the changes that break exactness; otherwise the notes to print about allowed ones.
     length: the options that set how long the run trains (train's, or a federation's federated.rounds); unread:
-    options the run does not read, not compared."""
+    options the run does not read, not compared; by_content: the data options (of `CONTENT`) whose files may have
+    moved, for a caller that then compares their rows with the run's digest (`check_same_data`). Those the run
+    recorded no digest for are compared by path."""
     path = Path(run_dir) / CONFIG_FILE
-    refused, allowed = config_changes(_saved_config(run_dir), cfg, _chosen(run_dir), length, unread)
+    info = read_info(run_dir, require_finished=False)
+    digested = {name for name in by_content if getattr(info, CONTENT[name], "")}
+    refused, allowed = config_changes(_saved_config(run_dir), cfg, _chosen(run_dir), length, unread, digested)
     if refused:
         raise ConfigError(
             f"{run_dir}: --resume continues the run with the config it started with, and these options differ from "
@@ -219,6 +254,11 @@ def check_resume_config(
             notes.append(
                 f"resume: {line} (allowed: the checkpoint loads under either; the steps are the same within float "
                 "rounding, as on another rank count; train.keep_best runs under ddp only)"
+            )
+        elif name in digested:
+            notes.append(
+                f"resume: {line} (allowed: the data is compared by content, not by path; the run continues only if its "
+                "tokenized rows are those it started with)"
             )
         elif name == "stages":
             notes.append(f"resume: {line} (allowed: only the stages' names differ, which label them in the reports)")

@@ -1,0 +1,48 @@
+"""--resume and the files around a run: data moved elsewhere, and what a killed save left in checkpoints/."""
+
+import pytest
+
+import tunelab
+import tunelab.training.recipe as recipe
+from tunelab.config import RunConfig, to_dict
+from tunelab.config.data import DataSource
+from tunelab.errors import ConfigError
+from tunelab.training.resume import config_changes
+
+
+def _kept(overrides, steps=3):
+    return overrides | {"train.max_steps": steps, "train.save_every": 1, "train.keep_checkpoints_after_finish": True}
+
+
+def test_data_moved_with_its_content_resumes_and_changed_content_is_refused(tiny_overrides, qa_file, tmp_path, capsys):
+    recipe.train(None, _kept(tiny_overrides))
+    moved = tmp_path / "elsewhere" / "renamed.jsonl"
+    moved.parent.mkdir()
+    qa_file.rename(moved)
+    longer = _kept(tiny_overrides, 4) | {"data.train": [str(moved)]}
+    items = {item.name: item for item in tunelab.check(None, longer, resume=True, model=False, show=False).items}
+    assert items["resume"].status == "pass" and "resume data" not in items  # tunelab check --resume agrees
+    assert recipe.train(None, longer, resume=True).steps == 4
+    out = capsys.readouterr().out
+    assert f"data.train: ['{qa_file}'] -> ['{moved}'] (allowed: the data is compared by content" in out
+    assert "step-0000003 (step 3 of 4)" in out
+    moved.write_text(moved.read_text().replace("box 3?", "box three?"))
+    with pytest.raises(ConfigError, match="tokenized training rows differ"):
+        recipe.train(None, _kept(tiny_overrides, 5) | {"data.train": [str(moved)]}, resume=True)
+
+
+def _train_on(*sources) -> RunConfig:
+    cfg = RunConfig()
+    cfg.data.train = list(sources)
+    return cfg
+
+
+def test_only_the_paths_of_the_data_may_differ():
+    saved = to_dict(_train_on(DataSource(path="/old/a.jsonl", weight=1.0), "/old/b.jsonl"))
+    moved = _train_on(DataSource(path="/new/a.jsonl", weight=1.0), "/new/b.jsonl")
+    refused, allowed = config_changes(saved, moved, by_content={"data.train"})
+    assert not refused and allowed[0].startswith("data.train: ")
+    assert config_changes(saved, moved)[0]  # without a digest to compare: by path, refused
+    reweighted = _train_on(DataSource(path="/new/a.jsonl", weight=2.0), "/new/b.jsonl")
+    assert config_changes(saved, reweighted, by_content={"data.train"})[0]
+    assert config_changes(saved, _train_on("/new/b.jsonl"), by_content={"data.train"})[0]
