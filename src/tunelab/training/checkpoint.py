@@ -92,19 +92,25 @@ def save_checkpoint(
         os.replace(scratch, final)
     except OSError as exc:
         shutil.rmtree(scratch, ignore_errors=True)
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise RunDirError(f"{final}: cannot write the checkpoint ({exc.strerror or exc}).") from None
         needed = sum(t.nbytes for t in trainable.values()) + sum(t.nbytes for t in tensors.values())
-        earlier = [p.name for p in checkpoints(run_dir)]
-        then = (
-            f"The earlier checkpoints are intact ({', '.join(earlier)}); free some space, then continue with --resume."
-            if earlier
-            else "No checkpoint was written before it, so nothing can be resumed: free some space and train the run "
-            "again."
-        )
-        raise RunDirError(f"{no_space_message(where, folder, needed)} {then}") from None
+        raise checkpoint_failed(run_dir, final, exc, needed) from None
     prune_checkpoints(run_dir, final, keep)
     return final
+
+
+def checkpoint_failed(run_dir: Path, final: Path, exc: OSError, needed: int) -> RunDirError:
+    """The error for a checkpoint (`final`, of about `needed` bytes) the system refused to write, its scratch folder
+    already removed: a full disk says how much space was needed and which earlier checkpoints --resume can use."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return RunDirError(f"{final}: cannot write the checkpoint ({exc.strerror or exc}).")
+    step = int(final.name.removeprefix(STEP_PREFIX))
+    earlier = [p.name for p in checkpoints(run_dir)]
+    then = (
+        f"The earlier checkpoints are intact ({', '.join(earlier)}); free some space, then continue with --resume."
+        if earlier
+        else "No checkpoint was written before it, so nothing can be resumed: free some space and train the run again."
+    )
+    return RunDirError(f"{no_space_message(f'checkpoint of step {step}', final.parent, needed)} {then}")
 
 
 def prune_checkpoints(run_dir: Path, written: Path, keep: int) -> None:

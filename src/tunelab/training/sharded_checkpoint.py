@@ -34,7 +34,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint import CheckpointException, HuggingFaceStorageReader, HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -48,6 +48,7 @@ from tunelab.training.checkpoint import (
     STATE_FILE,
     STEP_PREFIX,
     TENSOR_FILES,
+    checkpoint_failed,
     file_digest,
     load_checkpoint,
     prune_checkpoints,
@@ -64,7 +65,9 @@ TRAINABLE = StateDictOptions(ignore_frozen_params=True)  # a LoRA run saves its 
 
 
 def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, position: dict, keep: int, ranks: Ranks):
-    """A checkpoint of the step in `position`, on every rank together; the folder written."""
+    """A checkpoint of the step in `position`, on every rank together; the folder written. A write the system refuses
+    on any rank (a full disk) stops every rank with the same RunDirError, as the single-file save does, and leaves no
+    part of the checkpoint: the scratch folder is removed, the earlier checkpoints are as they were."""
     if ranks.world == 1:
         return save_checkpoint(run_dir, unwrap(model), optimizer, position, keep)
     folder = Path(run_dir) / "checkpoints"
@@ -77,22 +80,62 @@ def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, posi
             f"checkpoint of step {position['step']}: the weights or optimizer state hold NaN or inf values (first "
             f"on rank {ranks.rank}: {bad}), so nothing was written; lower train.lr."
         )
+    needed = sum(v.numel() * v.element_size() for v in tensors.values())  # a DTensor's numel is the whole tensor's
+
+    def agree(failed: OSError | None) -> None:  # on every rank at once: a collective
+        _stop_if_any(ranks, failed, run_dir, final, scratch, needed)
+
+    agree(_attempt(lambda: _fresh(scratch)) if ranks.main else None)
+    try:
+        dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(scratch / SHARDS), save_distributed=True))
+    except CheckpointException as exc:  # raised on every rank, with every rank's failure
+        failed = next((e for e, _ in exc.failures.values() if isinstance(e, OSError)), None)
+        if failed is None:
+            raise
+        if ranks.main:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise checkpoint_failed(run_dir, final, failed, needed) from None
+    agree(_attempt(lambda: save_file(rng_tensors(), str(scratch / f"rng-{ranks.rank}.safetensors"))))
+    agree(_attempt(lambda: _publish(scratch, final, position, ranks.world, groups)) if ranks.main else None)
     if ranks.main:
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-    ranks.barrier()
-    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(scratch / SHARDS), save_distributed=True))
-    save_file(rng_tensors(), str(scratch / f"rng-{ranks.rank}.safetensors"))
-    ranks.barrier()
-    if ranks.main:
-        files = {str(p.relative_to(scratch)): file_digest(p) for p in sorted(scratch.rglob("*")) if p.is_file()}
-        state = {"position": position, "format": FORMAT, "world_size": ranks.world, "param_groups": groups}
-        (scratch / STATE_FILE).write_text(json.dumps(state | {"files": files}, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(scratch, final)
         prune_checkpoints(run_dir, final, keep)
     ranks.barrier()
     return final
+
+
+def _fresh(scratch: Path) -> None:
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+
+
+def _publish(scratch: Path, final: Path, position: dict, world: int, groups: list[dict]) -> None:
+    """state.json, written last (a folder without it is no checkpoint), then the folder renamed into place."""
+    files = {str(p.relative_to(scratch)): file_digest(p) for p in sorted(scratch.rglob("*")) if p.is_file()}
+    state = {"position": position, "format": FORMAT, "world_size": world, "param_groups": groups}
+    (scratch / STATE_FILE).write_text(json.dumps(state | {"files": files}, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(scratch, final)
+
+
+def _attempt(write) -> OSError | None:
+    """Run `write`; the OSError it raised, if any (for every rank to learn of it before any stops)."""
+    try:
+        write()
+    except OSError as exc:
+        return exc
+    return None
+
+
+def _stop_if_any(ranks: Ranks, failed: OSError | None, run_dir: Path, final: Path, scratch: Path, needed: int) -> None:
+    """Every rank together: when a write failed on any, rank 0 removes the scratch folder and every rank raises the
+    error of the first rank that failed."""
+    if not ranks.any(failed is not None):
+        return
+    reasons = ranks.gather(None if failed is None else [failed.errno, failed.strerror or str(failed)])
+    errno_, why = next(r for r in reasons if r is not None)
+    if ranks.main:
+        shutil.rmtree(scratch, ignore_errors=True)
+    raise checkpoint_failed(run_dir, final, OSError(errno_, why), needed) from None
 
 
 def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ranks: Ranks) -> dict:
