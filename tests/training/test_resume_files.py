@@ -1,12 +1,14 @@
 """--resume and the files around a run: data moved elsewhere, and what a killed save left in checkpoints/."""
 
 import pytest
+import torch
 
 import tunelab
 import tunelab.training.recipe as recipe
 from tunelab.config import RunConfig, to_dict
 from tunelab.config.data import DataSource
 from tunelab.errors import ConfigError
+from tunelab.training.checkpoint import save_checkpoint
 from tunelab.training.resume import config_changes
 
 
@@ -46,3 +48,34 @@ def test_only_the_paths_of_the_data_may_differ():
     reweighted = _train_on(DataSource(path="/new/a.jsonl", weight=2.0), "/new/b.jsonl")
     assert config_changes(saved, reweighted, by_content={"data.train"})[0]
     assert config_changes(saved, _train_on("/new/b.jsonl"), by_content={"data.train"})[0]
+
+
+def _leftovers(run_dir):
+    """What a save killed mid-write leaves (ours), beside a folder of that name holding a file of someone else's and
+    one whose name is not a step's."""
+    cut = run_dir / "checkpoints" / ".tmp-step-0000007"
+    (cut / "shards").mkdir(parents=True)
+    (cut / "trainable.safetensors").write_bytes(b"half")
+    (cut / "rng-1.safetensors").write_bytes(b"")
+    theirs = run_dir / "checkpoints" / ".tmp-step-0000008"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    (run_dir / "checkpoints" / ".tmp-step-draft").mkdir()
+    return cut, theirs
+
+
+def test_resume_removes_what_a_killed_save_left_and_nothing_else(tiny_overrides, capsys):
+    run_dir = recipe.train(None, _kept(tiny_overrides)).run_dir
+    cut, theirs = _leftovers(run_dir)
+    recipe.train(None, _kept(tiny_overrides, 4), resume=True)
+    out = capsys.readouterr().out
+    assert f"removed {cut}: a checkpoint whose save was cut short" in out and not cut.exists()
+    assert f"left {theirs} alone" in out and (theirs / "notes.txt").read_text() == "mine"
+    assert (run_dir / "checkpoints" / ".tmp-step-draft").is_dir()
+
+
+def test_a_save_removes_what_a_killed_save_left(tmp_path, capsys):
+    cut, theirs = _leftovers(tmp_path)
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path, model, torch.optim.SGD(model.parameters()), {"step": 1}, keep=2)
+    assert not cut.exists() and theirs.is_dir() and f"removed {cut}" in capsys.readouterr().out

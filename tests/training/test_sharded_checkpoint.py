@@ -61,3 +61,11 @@ def test_a_full_disk_in_a_sharded_save_leaves_no_part_of_it(tmp_path, monkeypatc
     assert "The earlier checkpoints are intact (step-0000001)" in message and "--resume" in message
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001"]  # no scratch, no step 2
     assert intact_checkpoint(tmp_path)[0] == checkpoints(tmp_path)[0]
+
+
+def test_a_sharded_save_removes_what_a_killed_save_left(tmp_path, capsys):
+    cut = tmp_path / "checkpoints" / ".tmp-step-0000009" / "shards"
+    cut.mkdir(parents=True)
+    (cut / "shard-00001-model-00001-of-00001.safetensors").write_bytes(b"half")
+    _save(tmp_path, 1)
+    assert not cut.parent.exists() and f"removed {cut.parent}" in capsys.readouterr().out

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from tunelab.training.guard import require_finite
 STEP_PREFIX = "step-"
 STATE_FILE = "state.json"
 TENSOR_FILES = ("trainable.safetensors", "optimizer.safetensors")
+SCRATCH = re.compile(r"\.tmp-step-[0-9]{7}")  # a checkpoint being written (save_checkpoint, sharded_checkpoint.save)
+SCRATCH_FILES = re.compile(r"(trainable|optimizer)\.safetensors|state\.json|shards|rng-[0-9]+\.safetensors")
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -78,6 +81,8 @@ def save_checkpoint(
     require_finite(trainable.items(), "the trainable weights", where)
     require_finite(tensors.items(), "the optimizer state", where)
     scratch = folder / f".tmp-{final.name}"
+    for note in remove_cut_short(run_dir):
+        print(note, flush=True)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -111,6 +116,22 @@ def checkpoint_failed(run_dir: Path, final: Path, exc: OSError, needed: int) -> 
         else "No checkpoint was written before it, so nothing can be resumed: free some space and train the run again."
     )
     return RunDirError(f"{no_space_message(f'checkpoint of step {step}', final.parent, needed)} {then}")
+
+
+def remove_cut_short(run_dir: Path) -> list[str]:
+    """Remove what a save stopped mid-write (the process killed) left in checkpoints/: the .tmp-step-N folders holding
+    nothing but what a checkpoint holds, which no later save of another step would replace. A note for each, and
+    for any folder of that name holding other files, which is left alone."""
+    notes = []
+    for path in sorted((Path(run_dir) / "checkpoints").glob(".tmp-step-*")):
+        if not (SCRATCH.fullmatch(path.name) and path.is_dir() and not path.is_symlink()):
+            continue
+        if not all(SCRATCH_FILES.fullmatch(p.name) for p in path.iterdir()):
+            notes.append(f"left {path} alone: it holds files a checkpoint does not (remove it yourself if not needed)")
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        notes.append(f"removed {path}: a checkpoint whose save was cut short (the process stopped while writing it)")
+    return notes
 
 
 def prune_checkpoints(run_dir: Path, written: Path, keep: int) -> None:

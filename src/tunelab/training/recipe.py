@@ -48,6 +48,7 @@ from tunelab.tasks.task import Task
 from tunelab.training.auto import AutoPlan, model_shape, plan_from_data
 from tunelab.training.best import BestWeights, off_under_fsdp2
 from tunelab.training.build import BuiltModel
+from tunelab.training.checkpoint import remove_cut_short
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session
 from tunelab.training.evals import eval_sets
 from tunelab.training.finish import TrainResult, finish
@@ -376,6 +377,8 @@ def _start(resolved: ResolvedConfig, run_dir: Path, ranks: Ranks, resume: bool) 
     print("tunelab train — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
     checkpoint = resume_checkpoint(run_dir) if resume else None
+    for note in remove_cut_short(run_dir) if resume and ranks.main else []:
+        print(note, flush=True)
     warning = resume_warning(run_dir) if resume else ""  # a run the non-finite guard stopped: before anything loads
     for note in notes + ([f"warning: {warning}"] if warning else []):
         print(note, flush=True)

@@ -52,6 +52,7 @@ from tunelab.training.checkpoint import (
     file_digest,
     load_checkpoint,
     prune_checkpoints,
+    remove_cut_short,
     restore_rng,
     rng_tensors,
     save_checkpoint,
@@ -104,6 +105,8 @@ def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, posi
 
 
 def _fresh(scratch: Path) -> None:
+    for note in remove_cut_short(scratch.parent.parent):
+        print(note, flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
 
