@@ -219,3 +219,42 @@ def test_ctrl_c_while_a_staged_run_writes_its_result_lets_it_finish(staged, tmp_
     run = tmp_path / "run"
     info = json.loads((run / "run.json").read_text())
     assert info["finished"] is True and "forgetting" in info["extra"] and not (run / "compare.json").exists()
+
+
+def test_check_resume_of_a_staged_run_says_the_state_of_the_stage_it_resumes(
+    staged, tmp_path, qa_file, crash_at, capsys
+):
+    """The resume item of a staged run passed whatever the stopped stage's state: stopped by the non-finite guard,
+    its checkpoints all damaged (train starts it again), and its data changed (train refuses) were not said; the data
+    compared was stage 1's, which --resume skips."""
+    import tunelab
+
+    second = tmp_path / "second.jsonl"
+    second.write_text(qa_file.read_text())
+    staged["stages"][1]["data"]["train"] = [str(second)]
+    with crash_at(5):  # stage 2's second step, after its step-1 checkpoint
+        train(None, staged)
+    stage = tmp_path / "run" / "stage-2"
+
+    def items():
+        return {i.name: i for i in tunelab.check(None, staged, resume=True, model=False, show=False).items}
+
+    info = json.loads((stage / "run.json").read_text())
+    (stage / "run.json").write_text(json.dumps(info | {"end": {"reason": "non_finite", "step": 1}}))
+    item = items()["resume"]
+    assert item.status == "warn" and "the non-finite guard stopped the run at step 1" in item.details[0]
+    (stage / "run.json").write_text(json.dumps(info))
+    second.write_text(second.read_text().replace("box 3?", "box three?"))
+    changed = items()
+    assert (
+        changed["stage 2: resume data"].status == "fail"
+        and f"{second} changed" in changed["stage 2: resume data"].summary
+    )
+    assert changed["resume"].status == "pass"
+    (stage / "checkpoints" / "step-0000001" / "state.json").write_text("")
+    damaged = items()
+    assert damaged["resume"].status == "warn" and "none of its checkpoints is intact" in damaged["resume"].summary
+    assert "stage 2: resume data" not in damaged  # it starts again: its data is not compared
+    capsys.readouterr()
+    train(None, staged, resume=True)
+    assert f"{stage}: none of its checkpoints is intact (checkpoint " in capsys.readouterr().out

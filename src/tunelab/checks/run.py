@@ -117,19 +117,53 @@ def _staged_resume(run_dir: Path, count: int, notes: list[str]) -> CheckItem:
     other one resumes from its checkpoint, or starts again when it stopped before its first. ConfigError when every
     stage has finished."""
     refuse_nothing_to_train(run_dir, count)
-    k = next((k for k in range(1, count + 1) if not _finished_stage(stage_dir(run_dir, k))), None)
+    k = _unfinished_stage(run_dir, count)
     if k is None:  # stopped after the last stage was saved, before the run's result was written
         return CheckItem("resume", "pass", f"every one of the {count} stages has finished; writes the run's result")
     here = stage_dir(run_dir, k)
     checkpoint, damaged = intact_checkpoint(here) if is_run_dir(here) else (None, [])
     if checkpoint is not None:
-        return CheckItem("resume", "pass", f"stage {k} of {count} from {checkpoint}", damaged + notes)
+        warning = resume_warning(here)  # the stage the non-finite guard stopped would stop again
+        status, details = ("warn", [warning]) if warning else ("pass", [])
+        return CheckItem("resume", status, f"stage {k} of {count} from {checkpoint}", details + damaged + notes)
+    if damaged:  # train --resume starts it again, its steps so far lost
+        summary = f"stage {k} of {count} starts again: none of its checkpoints is intact"
+        return CheckItem("resume", "warn", f"{summary}; the stages before it have finished", damaged + notes)
     how = "starts again (it stopped before its first checkpoint)" if is_run_dir(here) else "starts"
     return CheckItem("resume", "pass", f"stage {k} of {count} {how}; the stages before it have finished", notes)
 
 
+def _unfinished_stage(run_dir: Path, count: int) -> int | None:
+    return next((k for k in range(1, count + 1) if not _finished_stage(stage_dir(run_dir, k))), None)
+
+
+def _resumed_stage(run_dir: Path, count: int) -> int | None:
+    """The stage train --resume continues from a checkpoint (whose data it compares with the stage's run.json); None
+    where it starts one afresh or trains none."""
+    k = _unfinished_stage(run_dir, count)
+    here = stage_dir(run_dir, k) if k is not None else None
+    return k if here is not None and is_run_dir(here) and intact_checkpoint(here)[0] is not None else None
+
+
 def _finished_stage(here: Path) -> bool:
     return is_run_dir(here) and read_info(here, require_finished=False).finished
+
+
+def resume_data_items(info: RunInfo, data, stage: str = "") -> list[CheckItem]:
+    """A failed item for the training or eval rows that differ from those the run (or stage) recorded, as train
+    --resume refuses them."""
+    items = []
+    for what, recorded, files, rows in (
+        ("training", info.data_sha256, info.data_files, data.train),
+        ("eval", info.eval_sha256, info.eval_files, data.eval),
+    ):
+        if recorded and recorded != (data_digest(rows) if rows else ""):
+            which = what_changed(files, file_digests(rows or []))
+            detail = f"the tokenized {what} rows differ from the {'stage' if stage else 'run'}'s" + (
+                f": {which}" if which else ""
+            )
+            items.append(CheckItem(f"{stage}resume data", "fail", detail))
+    return items
 
 
 def auto_item(cfg, data, resume: bool, source=None) -> tuple[AutoPlan, CheckItem | None]:
@@ -246,17 +280,13 @@ def run_check(
         raise locate(exc, resolved.origins) from None
     data = inputs.data
     out(data.report.summary())
+    # a staged run: the stage --resume continues from its checkpoint, whose data train compares with its run.json
+    resumed = _resumed_stage(Path(resolved.config.output_dir), len(plans)) if resume and plans else None
     before = None  # the run --resume continues: its model is built in the dtype it trained in (`build.kept_dtype`)
     if resume and is_run_dir(cfg.output_dir):
         before = read_info(cfg.output_dir, require_finished=False)
-        for what, recorded, files, rows in (
-            ("training", before.data_sha256, before.data_files, data.train),
-            ("eval", before.eval_sha256, before.eval_files, data.eval),
-        ):
-            if recorded and recorded != (data_digest(rows) if rows else ""):
-                which = what_changed(files, file_digests(rows or []))
-                detail = f"the tokenized {what} rows differ from the run's" + (f": {which}" if which else "")
-                items.append(CheckItem("resume data", "fail", detail))
+        if not plans or resumed == 1:
+            items += resume_data_items(before, data, "stage 1: " if plans else "")
     plan, item = auto_item(cfg, data, resume, inputs.source)
     items += [item] if item else []
     planned = plans_memory(cfg.train, plan)  # train weighs the GPU's free memory only when it plans memory
@@ -278,6 +308,9 @@ def run_check(
         stage_inputs = _stage_inputs(dataclasses.replace(stage, model=cfg.model), None, k)  # stage 1's tokenizer
         out(f"stage {k}: " + stage_inputs.data.report.summary())
         labels.append(stage_inputs.data.facts.get("labels"))
+        if resumed == k:
+            info = read_info(stage_dir(Path(resolved.config.output_dir), k), require_finished=False)
+            items += resume_data_items(info, stage_inputs.data, f"stage {k}: ")
         items += [
             dataclasses.replace(item, name=f"stage {k}: {item.name}") for item in _stage_items(stage, stage_inputs)
         ]

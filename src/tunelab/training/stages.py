@@ -537,8 +537,14 @@ def _run_stage(
                 info.skipped_steps,
                 overflow_steps=overflow_steps(info),
             )
-        if resume and intact_checkpoint(here)[0] is not None:
+        checkpoint, damaged = intact_checkpoint(here) if resume else (None, [])
+        if checkpoint is not None:
             return train(plan, resume=True, check=check, extra_eval=extra, track_to=track_to)
-        print(f"{here}: stopped before its first checkpoint; starting the stage again", flush=True)
+        why = (
+            f"none of its checkpoints is intact ({'; '.join(damaged)})"
+            if damaged
+            else "stopped before its first checkpoint"
+        )
+        print(f"{here}: {why}; starting the stage again", flush=True)
         plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, overwrite=True))
     return train(plan, check=check, extra_eval=extra, track_to=track_to)
