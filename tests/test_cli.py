@@ -101,6 +101,31 @@ def test_bad_input_exits_2_without_traceback(args, message, capsys, tmp_path):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (
+            ["compare", "RUN", "--no-save", "--overwrite"],
+            "--no-save writes no compare.json, so --overwrite has nothing",
+        ),
+        (["eval", "RUN", "--data", "d.jsonl", "--no-save", "--overwrite"], "--no-save writes no results file"),
+        (["eval", "RUN", "--data", "d.jsonl", "--no-save", "--out", "e.json"], "--no-save saves nothing"),
+        (["export", "RUN", "--out", "m.gguf", "--no-check", "--check-questions", "3"], "skips the self-check"),
+        (
+            ["predict", "RUN", "hello", "--overwrite"],
+            "--overwrite replaces an existing --out file, and no --out is given",
+        ),
+        (["check", "--resume", "--overwrite"], "--resume continues the run in output_dir and --overwrite replaces it"),
+    ],
+)
+def test_flags_that_contradict_each_other_exit_2_before_anything_runs(argv, says, capsys, tmp_path):
+    """compare --no-save --overwrite (and the like) was taken: the command did one and ignored the other. Refused
+    before the run is read (RUN does not exist here)."""
+    code = main([argv[0], *(str(tmp_path / a) if a == "RUN" else a for a in argv[1:])])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "Traceback" not in err
+
+
 def test_unreadable_json_line_is_located(tmp_path, capsys, tiny_model_dir):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"question": "a", "answer": "b"}\n{"question": "c", answer: "d"}\n')

@@ -121,6 +121,16 @@ def _at_least(value: int, name: str, flag: str, low: int) -> None:
         raise ConfigError(f"argument '{name}' ({flag}) is {value}; give a whole number, {low} or more.")
 
 
+def _refuse_overwrite_unsaved(save: bool, overwrite: bool, what: str) -> None:
+    """ConfigError for --overwrite with --no-save: nothing is written, so nothing is replaced, and the command did
+    one and dropped the other without a word."""
+    if overwrite and not save:
+        raise ConfigError(
+            f"--no-save writes no {what}, so --overwrite has nothing to replace; give one of them (in Python: "
+            "save=False or overwrite=True)."
+        )
+
+
 def _shown_answers(show: bool, show_answers: bool) -> None:
     """show_answers prints the answers after the printed scores; without show nothing is printed, without a word."""
     if show_answers and not show:
@@ -302,6 +312,7 @@ def compare(
     was trained on) or 16bit (over the unquantized weights). `batch_size` (--batch-size): questions answered together;
     default settings.batch_size (16)."""
     _shown_answers(show, show_answers)
+    _refuse_overwrite_unsaved(save, overwrite, "compare.json")
     settings = _with_batch_size(settings, batch_size)
     run_dir = run.run_dir if isinstance(run, LoadedRun) else Path(run)
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
@@ -413,6 +424,7 @@ def evaluate(
             f"--out {out} names where to save the results and --no-save saves nothing; give one of them (in Python: "
             "out= or save=False)."
         )
+    _refuse_overwrite_unsaved(save, overwrite, "results file")
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
     if not isinstance(run, LoadedRun) and (task := read_info(run).task) in HEAD_TASKS:
         from tunelab.eval.heads import evaluate_head_run, format_head_eval, refuse_text_options
@@ -534,6 +546,11 @@ def predict(
     from tunelab.infer.predict import predict as _predict
 
     _at_least(batch_size, "batch_size", "--batch-size", 1)
+    if overwrite and out is None:  # it replaces the --out file; without one, it would be dropped without a word
+        raise ConfigError(
+            "--overwrite replaces an existing --out file, and no --out is given; drop --overwrite, or give --out (in "
+            "Python: out=)."
+        )
     if out is not None:
         check_out(out, overwrite, run, data)
     texts = _texts(texts, "texts", blank=False, flag="TEXT or --text") if texts is not None else None
