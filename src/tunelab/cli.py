@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="one self-contained HTML page about a run")
     report.add_argument("run_dir", help="a run directory: finished, stopped early, or still training")
     report.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
-    report.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    report.add_argument("--overwrite", action="store_true", help="replace a file there (this run's report: always)")
 
     merge = sub.add_parser("merge", help="fold the adapter into the base weights: a Hugging Face model directory")
     merge.add_argument("run_dir", help="a finished run directory")

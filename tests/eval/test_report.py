@@ -454,12 +454,27 @@ def test_build_report_errors(tmp_path):
         build_report(tmp_path / "plain")
     run = make_run(tmp_path / "run")
     first = build_report(run)
+    first.write_text("<p>my notes</p>")  # a page tunelab did not write there
     with pytest.raises(RunDirError, match="report.html exists. Pass --overwrite"):
         build_report(run)
     with pytest.raises(RunDirError, match=r"elsewhere \(in Python: overwrite=True or out=\)"):
         tunelab.report(run)  # the API's caller has no flags to pass
     assert build_report(run, overwrite=True) == first
     assert build_report(run, tmp_path / "out" / "r.html").is_file()
+
+
+def test_a_report_made_again_replaces_the_page_of_the_same_run_alone(tmp_path):
+    """tunelab report run twice needed --overwrite for the page it wrote itself; a page of another run still does."""
+    run, other = make_run(tmp_path / "run"), make_run(tmp_path / "other")
+    page = build_report(run)
+    page.write_text(page.read_text().replace("</main>", "<p>old</p></main>"))
+    assert "<p>old</p>" not in build_report(run).read_text() and tunelab.report(run) == page
+    shared = tmp_path / "out" / "r.html"
+    build_report(run, shared)
+    assert build_report(tmp_path / "out" / ".." / "run", shared) == shared  # the same run, its path spelt otherwise
+    with pytest.raises(RunDirError, match="r.html exists. Pass --overwrite"):
+        build_report(other, shared)
+    assert str(other.resolve()) in build_report(other, shared, overwrite=True).read_text()
 
 
 def test_rendered_dom_has_plots_tables_and_answers(tmp_path, chromium):

@@ -34,7 +34,7 @@ from pathlib import Path
 from tunelab.atomic import write_text
 from tunelab.eval.heads import head_eval_html
 from tunelab.eval.report_answers import answer_rows, word_diff
-from tunelab.eval.report_html import document, esc
+from tunelab.eval.report_html import document, esc, report_mark
 from tunelab.eval.report_inputs import read_inputs
 from tunelab.eval.report_plots import curve_plot, preference_plots, training_plots
 from tunelab.eval.report_run import data_section, run_summary, stages_section
@@ -132,11 +132,24 @@ def render_report(run_dir: str | Path) -> str:
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Write the report of `run_dir` to `out` (default RUN_DIR/report.html) and return its path."""
+    """Write the report of `run_dir` to `out` (default RUN_DIR/report.html) and return its path. A report page of
+    this same run there is replaced without `overwrite`: it is this command's output, made again from the run's
+    files; any other file (another run's report, a page of the user's) needs it."""
     run_dir = Path(run_dir)
     read_info(run_dir, require_finished=False)  # a run directory, even an unfinished one: its curves are worth seeing
     path = Path(out) if out is not None else run_dir / REPORT_FILE
-    check_output_file(path, overwrite, run_dir, REPORT_FILE, mkdir=True)
+    check_output_file(path, overwrite or _report_of(path, run_dir), run_dir, REPORT_FILE, mkdir=True)
     page = render_report(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text(path, page)
+
+
+def _report_of(path: Path, run_dir: Path) -> bool:
+    """Is `path` a report page `tunelab report` wrote of `run_dir` (its mark in the page's head)?"""
+    if not path.is_file():  # missing, a folder, a pipe (never read): check_output_file says what is wrong
+        return False
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            return report_mark(run_dir.resolve()) in f.read(4000)
+    except OSError:  # unreadable: check_output_file says what is wrong
+        return False

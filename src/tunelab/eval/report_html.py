@@ -94,13 +94,19 @@ def kv_table(pairs: list[tuple[str, object]]) -> str:
     return f'<table class="kv"><tbody>{body}</tbody></table>'
 
 
+def report_mark(where: Path) -> str:
+    """The tag in a report page's head naming the run it is of: the page `tunelab report` of that run may replace
+    without --overwrite (eval/report.py), being its own output made again."""
+    return f'<meta name="generator" content="tunelab report" data-run="{esc(str(where))}">'
+
+
 def document(title: str, where: Path, when: str, sections: list[tuple[str, str, str]]) -> str:
     """The whole page: a title, where the run is and when the page was made, a link to each section, and the
     sections, each (id, heading, HTML content)."""
     nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{esc(name)}</h2>{content}</section>' for sid, name, content in sections)
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{report_mark(where)}<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main><h1>{esc(title)}</h1>"
         f'<p class="sub">{esc(where)} · generated {when}</p><nav>{nav}</nav>{body}</main></body></html>\n'
     )
