@@ -426,7 +426,7 @@ def evaluate(
         )
     _refuse_overwrite_unsaved(save, overwrite, "results file")
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
-    if not isinstance(run, LoadedRun) and (task := read_info(run).task) in HEAD_TASKS:
+    if not isinstance(run, LoadedRun) and (task := read_info(run, require_finished=False).task) in HEAD_TASKS:
         from tunelab.eval.heads import evaluate_head_run, format_head_eval, refuse_text_options
 
         refuse_text_options(run, task, settings, refusal, base_precision, show_answers)

@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser(
         "predict", help="a classify run's label and probabilities, or a reward run's score, for texts or a file"
     )
-    predict.add_argument("run_dir", help="a finished classify or reward run directory")
+    predict.add_argument("run_dir", help="a classify or reward run directory (unfinished: its newest checkpoint)")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify or score (or --text, repeatable)")
     predict.add_argument("--data", help="rows to predict: the run's input columns (text, prompt, messages, ...)")
     predict.add_argument("--text", action="append", default=[], help="a text to classify or score (repeatable)")

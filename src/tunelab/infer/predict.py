@@ -83,10 +83,10 @@ def predict(
     if data is not None:
         refuse_missing_file(data, "predict")
     if data is None and not texts and not answers:  # said before the model loads, not after
-        task = run.info.task if isinstance(run, HeadRun) else read_info(run).task
+        task = run.info.task if isinstance(run, HeadRun) else read_info(run, require_finished=False).task
         if task in HEAD_TASKS:  # another run is named as such by open_head_run
             raise _nothing_to_predict(task)
-    run = run if isinstance(run, HeadRun) else open_head_run(run, device)
+    run = run if isinstance(run, HeadRun) else open_head_run(run, device, from_checkpoint=True)
     d = run.data
     items: list[tuple[Input, str, str | None]] = []  # (input, where, expected label)
     if data is not None:

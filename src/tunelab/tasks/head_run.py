@@ -1,5 +1,5 @@
-"""A finished head run (classify or reward) opened for scoring, and the reward model as a reward function: what
-`tunelab predict` (infer/predict.py) shows and what task grpo scores sampled answers with (tasks/rewards.py). It sits
+"""A head run (classify or reward) opened for scoring (for predict and eval, one that did not finish: from its
+newest checkpoint), and the reward model as a reward function: what `tunelab predict` (infer/predict.py) shows and what task grpo scores sampled answers with (tasks/rewards.py). It sits
 with the tasks, below infer/, because a training objective uses it.
 
 Inputs are rendered exactly as the run rendered its training rows (its template, system prompt, max_length and
@@ -19,6 +19,8 @@ prompt + completion as one text), in batches of `batch_size`, without gradients.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +29,19 @@ import torch
 from tunelab.config import DataConfig
 from tunelab.data.templates import Template, run_template
 from tunelab.errors import ConfigError, DataError, RunDirError, article, counted
-from tunelab.models.load import ModelSource, load_tokenizer
-from tunelab.rundir import RunInfo, open_info, saved_config
-from tunelab.tasks.head import SequenceClassifier, load_head_model, run_labels
+from tunelab.models.load import ModelSource, load_tokenizer, run_base
+from tunelab.models.untrained import repair_rows
+from tunelab.rundir import HEAD_TASKS, RunInfo, federation_stopped, open_info, read_info, saved_config
+from tunelab.tasks.head import SequenceClassifier, attach_head, load_head_model, run_labels
 from tunelab.tasks.head_data import Input, fit, overlong_reason, pad_rows, render, same_tokens, starts, with_system
+from tunelab.training.build import build_model
+from tunelab.training.checkpoint import STEP_PREFIX, TENSOR_FILES, intact_checkpoint, load_trainable
+from tunelab.training.sharded_checkpoint import SHARDS
 
 
 @dataclass
 class HeadRun:
-    """A finished classify or reward run, opened for inference."""
+    """A classify or reward run, opened for inference: its result, or an unfinished run's newest checkpoint."""
 
     run_dir: Path
     info: RunInfo
@@ -57,8 +63,14 @@ class HeadRun:
         return self.info.extra.get("input", "text") != "text"
 
 
-def open_head_run(run_dir: str | Path, device: str = "auto") -> HeadRun:
+def open_head_run(run_dir: str | Path, device: str = "auto", from_checkpoint: bool = False) -> HeadRun:
+    """The run's result; with `from_checkpoint` (predict, eval), for a run that did not finish (stopped, or still
+    training), its newest intact checkpoint, saying so on stderr (`_checkpoint_run`). A reward model that trains
+    another run (load_reward_model) must have finished."""
     run_dir = Path(run_dir)
+    unfinished = _unfinished(run_dir) if from_checkpoint else None
+    if unfinished is not None:
+        return _checkpoint_run(run_dir, *unfinished, device)
     info = open_info(run_dir, heads=True)
     if info.task not in ("classify", "reward"):
         raise RunDirError(
@@ -72,6 +84,48 @@ def open_head_run(run_dir: str | Path, device: str = "auto") -> HeadRun:
     labels = run_labels(run_dir)
     return HeadRun(
         run_dir, info, model, tokenizer, template, labels, cfg.data, cfg.train.seed, cfg.classify.prompt_format
+    )
+
+
+def _unfinished(run_dir: Path) -> tuple[RunInfo, Path] | None:
+    """An unfinished classify or reward run with a checkpoint of one process's format, and its newest intact
+    checkpoint; None for any other run, which open_info opens or refuses (the run did not finish: resume it)."""
+    try:
+        info = read_info(run_dir, require_finished=False)
+    except RunDirError:
+        return None
+    if info.finished or info.task not in HEAD_TASKS or info.extra.get("stages") or federation_stopped(info.extra):
+        return None
+    checkpoint = intact_checkpoint(run_dir)[0]
+    if checkpoint is None or (checkpoint / SHARDS).exists():  # several ranks' checkpoint: not read here
+        return None
+    return info, checkpoint
+
+
+def _checkpoint_run(run_dir: Path, info: RunInfo, checkpoint: Path, device: str) -> HeadRun:
+    """The run's model as training holds it at `checkpoint`: the base with the method applied and the repaired rows
+    repaired again, a new head, then the checkpoint's trainable weights (the head among them) copied in."""
+    cfg = saved_config(run_dir, "the model, method and data settings its checkpoint was trained with")
+    labels = info.extra.get("labels") if info.task == "classify" else ["reward"]
+    if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
+        raise RunDirError(f"{run_dir}: run.json records no labels of the head (extra.labels); resume the run first.")
+    source = run_base(info)
+    built = build_model(source, dataclasses.replace(cfg.model, device=device), cfg.method, resumed=info)
+    repair_rows(built.model, info.fixed_untrained_tokens)
+    attach_head(built, len(labels), cfg.train.seed)
+    load_trainable(built.model, checkpoint / TENSOR_FILES[0])
+    built.model.eval()
+    tokenizer = load_tokenizer(source, info.trust_remote_code)
+    step = int(checkpoint.name.removeprefix(STEP_PREFIX))
+    print(
+        f"note: {run_dir} did not finish{f' ({info.total_steps} steps asked)' if info.total_steps else ''}; scoring "
+        f"its newest checkpoint, step {step} ({checkpoint}). Resume the run to score its result.",
+        file=sys.stderr,
+        flush=True,
+    )
+    template = run_template(info.template, tokenizer, run_dir)
+    return HeadRun(
+        run_dir, info, built.model, tokenizer, template, labels, cfg.data, cfg.train.seed, cfg.classify.prompt_format
     )
 
 

@@ -1,0 +1,71 @@
+"""A classify or reward run that did not finish, opened by predict and eval from its newest checkpoint."""
+
+import json
+
+import pytest
+import torch
+
+import tunelab.training.recipe as recipe
+from tunelab.cli import main
+from tunelab.errors import RunDirError
+from tunelab.infer.predict import head_outputs, open_head_run, text_input
+
+
+def _data(tmp_path, task):
+    if task == "classify":
+        rows = [
+            {"prompt": f"{('great', 'awful', 'table')[i % 3]} number {i}", "label": "pna"[i % 3]} for i in range(24)
+        ]
+    else:
+        rows = [
+            {"prompt": f"Say something kind {i}", "chosen": f"You are great {i}", "rejected": f"Go away {i}"}
+            for i in range(16)
+        ]
+    path = tmp_path / f"{task}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("task", ["classify", "reward"])
+def test_an_unfinished_head_run_is_scored_from_its_newest_checkpoint(task, tiny_model_dir, tmp_path, capsys):
+    """predict and eval refused a classify or reward run that did not finish, though its checkpoint holds a usable
+    head: they score the newest checkpoint now, saying so, as the model training held there."""
+    data = _data(tmp_path, task)
+    over = {
+        "task": task,
+        "model.name": str(tiny_model_dir),
+        "data.train": [data],
+        "data.max_length": 64,
+        "method.r": 4,
+        "train.micro_batch": 4,
+        "train.lr": 5e-3,
+        "train.max_steps": 3,
+        "train.save_every": 1,
+        "train.keep_checkpoints_after_finish": True,
+        "output_dir": str(tmp_path / "run"),
+    }
+    run_dir = recipe.train(None, over).run_dir
+    texts = ["great number 1", "awful number 2"]
+    opened, inputs = _opened(run_dir, texts)
+    finished, _ = head_outputs(opened.model, opened, inputs)
+    info = json.loads((run_dir / "run.json").read_text())  # stopped after its last checkpoint, as a kill leaves it
+    (run_dir / "run.json").write_text(
+        json.dumps(info | {"finished": False, "end": {"reason": "interrupted", "step": 3}})
+    )
+    capsys.readouterr()
+    run, inputs = _opened(run_dir, texts)
+    assert "did not finish (3 steps asked); scoring its newest checkpoint, step 3" in capsys.readouterr().err
+    torch.testing.assert_close(head_outputs(run.model, run, inputs)[0], finished, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RunDirError, match="the run did not finish"):  # a reward model training another run
+        _opened(run_dir, texts, from_checkpoint=False)
+    assert main(["eval", str(run_dir), "--data", data, "--no-save"]) == 0
+    assert "scoring its newest checkpoint, step 3" in capsys.readouterr().err
+    for folder in (run_dir / "checkpoints").iterdir():
+        (folder / "state.json").write_text("")  # no intact checkpoint: refused as before
+    assert main(["predict", str(run_dir), *texts]) == 2
+    assert "the run did not finish (interrupted after step 3)" in capsys.readouterr().err
+
+
+def _opened(run_dir, texts, from_checkpoint=True):
+    run = open_head_run(run_dir, device="cpu", from_checkpoint=from_checkpoint)
+    return run, [text_input(run, t) for t in texts]
