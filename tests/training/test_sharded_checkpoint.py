@@ -69,3 +69,14 @@ def test_a_sharded_save_removes_what_a_killed_save_left(tmp_path, capsys):
     (cut / "shard-00001-model-00001-of-00001.safetensors").write_bytes(b"half")
     _save(tmp_path, 1)
     assert not cut.parent.exists() and f"removed {cut.parent}" in capsys.readouterr().out
+
+
+def test_a_sharded_checkpoints_files_get_the_permissions_of_any_new_file(tmp_path):
+    """The single-file checkpoint's files were made readable as any file the user creates; the sharded one's RNG
+    files stayed 0600, unreadable to the colleague a kept checkpoint is for."""
+    folder = _save(tmp_path, 1)
+    probe = tmp_path / "probe"
+    probe.touch()
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    assert any(path.name.startswith("rng-") for path in files)
+    assert {path.stat().st_mode & 0o777 for path in files} == {probe.stat().st_mode & 0o777}, files

@@ -43,6 +43,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from tunelab.atomic import ordinary_permissions
 from tunelab.errors import RunDirError, TrainingStopped
 from tunelab.training.checkpoint import (
     STATE_FILE,
@@ -116,6 +117,7 @@ def _publish(scratch: Path, final: Path, position: dict, world: int, groups: lis
     files = {str(p.relative_to(scratch)): file_digest(p) for p in sorted(scratch.rglob("*")) if p.is_file()}
     state = {"position": position, "format": FORMAT, "world_size": world, "param_groups": groups}
     (scratch / STATE_FILE).write_text(json.dumps(state | {"files": files}, indent=2))
+    ordinary_permissions(scratch)  # safetensors writes the RNG files 0600: a kept checkpoint is read by others too
     shutil.rmtree(final, ignore_errors=True)
     os.replace(scratch, final)
 
