@@ -283,3 +283,32 @@ def test_a_bad_eval_split_is_refused_naming_the_entry(entry, message, tmp_path):
     config.write_text(json.dumps({"data": {"train": [entry]}}))
     with pytest.raises(ConfigError, match=message):
         load_config(config)
+
+
+def test_a_sources_take_limits_its_eval_split_too(tmp_path, tiny_tokenizer):
+    """`take` read the first N rows of the training split, but its eval_split whole: a stream taken for its head
+    fetched all of the validation split. The eval split stops at take, or at eval_take where it is given."""
+    folder = tmp_path / "saved"
+    valid = [{"q": f"Which code has box {i}?", "a": f"Box {i}: {2000 + i}."} for i in range(7)]
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS), "validation": datasets.Dataset.from_list(valid)}
+    ).save_to_disk(str(folder))
+
+    def split_rows(**options):
+        source = DataSource(path=str(folder), fields=FIELDS, eval_split="validation", **options)
+        data = build_datasets(DataConfig(train=[source], max_length=64), tiny_tokenizer, seed=0)
+        return len(data.train), len(data.eval)
+
+    assert split_rows() == (12, 7)
+    assert split_rows(take=4) == (4, 4)
+    assert split_rows(take=4, eval_take=6) == (4, 6)
+    assert split_rows(eval_take=2) == (12, 2)
+
+
+def test_an_eval_take_without_an_eval_split_is_refused(tmp_path):
+    from tunelab.config import load_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"data": {"train": [{"hub": "org/x", "eval_take": 5}]}}))
+    with pytest.raises(ConfigError, match=r"entry 1 \(org/x\): eval_take limits the rows read of eval_split"):
+        load_config(config)

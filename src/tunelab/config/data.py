@@ -31,6 +31,9 @@ class DataSource:
     eval_split: str | None = opt(
         None, "hub and save_to_disk datasets: another split of the same dataset read as this source's eval rows"
     )
+    eval_take: int | None = opt(
+        None, "read only the first N rows of eval_split (default: take; with streaming: the rows fetched)", min=1
+    )
     delimiter: str | None = opt(
         None, "field separator of this source's .csv files and eval file: auto , ; tab | (default: data.delimiter)"
     )

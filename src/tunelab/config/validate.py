@@ -305,5 +305,10 @@ def _check_sources(data: DataConfig) -> None:
                 f"{where} ({source.path or source.hub}): eval_split is {source.eval_split!r}, the split the source "
                 "trains on, so its eval loss would measure rows it trained on; name another split (e.g. validation)."
             )
+        if source.eval_take is not None and source.eval_split is None:
+            raise ConfigError(
+                f"{where} ({source.path or source.hub}): eval_take limits the rows read of eval_split, which the "
+                "source does not give; remove eval_take, or give eval_split (another split of the same dataset)."
+            )
         if source.streaming and source.hub is None:
             raise ConfigError(f"{where}: streaming reads hub datasets; a local source ({source.path}) is read whole.")

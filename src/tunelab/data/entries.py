@@ -91,6 +91,14 @@ def training_examples(cfg: DataConfig, rows: int | None = None) -> list[Example]
     return examples
 
 
+def eval_split_source(source: DataSource) -> DataSource:
+    """The source that reads `source`'s eval_split: that split, no further than its eval_take, else its take (a
+    stream of a large set read for its head stops there for its eval rows too, rather than fetching the whole
+    validation split)."""
+    take = source.eval_take if source.eval_take is not None else source.take
+    return dataclasses.replace(source, split=source.eval_split, take=take)
+
+
 def refuse_split_as_file(source: DataSource, where: str) -> None:
     """ConfigError for a datasets-library source whose `eval` names no file: a split of the same dataset (eval:
     validation) was read as a missing file, with advice about data.train's paths."""

@@ -7,7 +7,8 @@ shown as `acme/faq[train][12]` (`report.location`).
 A hub id is read with `datasets.load_dataset`: from the network when there is one, from the library's cache when
 there is none (set HF_HUB_OFFLINE=1 to skip the network and its retries). An id that is neither cached nor reachable
 is a `DataError` naming it. `streaming: true` reads rows as they arrive (no download of the whole set, no Arrow
-copy in the cache) and, with `take: N`, stops after N rows: the way to use the head of a set too large to download.
+copy in the cache) and, with `take: N`, stops after N rows (of the eval_split too, or its own `eval_take`): the way to
+use the head of a set too large to download.
 The rows read are rendered up front like any other source's, so the epoch's order stays a function of the seed.
 
 The library is an optional extra (`pip install 'tunelab[datasets]'`); it is imported only when a source needs it.

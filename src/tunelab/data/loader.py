@@ -14,7 +14,6 @@ batches it would have had (data/batches.py).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -23,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import DataConfig, DataSource
-from tunelab.data.entries import delimiter_option, read_source, refuse_split_as_file, source_config, source_names
+from tunelab.data.entries import (
+    delimiter_option,
+    eval_split_source,
+    read_source,
+    refuse_split_as_file,
+    source_config,
+    source_names,
+)
 from tunelab.data.formats import FIELDS_OPTION, Example, to_examples, trained_system
 from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
@@ -312,7 +318,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
         if source.eval_split:
             held_records = apply_transform(
                 read_source(
-                    dataclasses.replace(source, split=source.eval_split, take=None),
+                    eval_split_source(source),
                     cfg,
                     f"{where}, eval_split",
                     report,
