@@ -318,3 +318,31 @@ def test_training_examples_that_repeat_each_other_are_noted(tmp_path, smollm2_to
     plain = qa_file(tmp_path, 4)
     sources = [DataSource(path=plain, weight=1.0), DataSource(path=plain, take=2, weight=2.0, name="head")]
     assert not build_datasets(DataConfig(train=sources, max_length=64), smollm2_tokenizer, 0).report.notes
+
+
+def test_a_prompt_answered_otherwise_by_another_example_is_noted(tmp_path, smollm2_tokenizer):
+    """The same question with two answers (a corrected row whose old copy stayed) trained a blend of both without a
+    word; the report counts the examples and names the first pair. Equal rows are copies (their own note), and two
+    mixture sources that read two answer columns of one record are no conflict."""
+    rows = [{"question": f"Q{i}?", "answer": f"A{i}.", "other": f"B{i}."} for i in range(5)]
+    rows += [
+        {"question": "Q1?", "answer": "A1, or so.", "other": ""},
+        {"question": "Q2?", "answer": "A2.", "other": ""},
+    ]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = str(tmp_path / "t.jsonl")
+    data = build_datasets(DataConfig(train=[path]), smollm2_tokenizer, 0)
+    note = (
+        f"2 of the 7 examples ask what another asks, word for word, with another answer (1 prompt; e.g. {path}:2 "
+        f"and {path}:6): the model learns a blend of the answers; correct or remove a wrong one (alternatives meant "
+        "as such, as the branches of a conversation tree, can stay)"
+    )
+    assert note in data.report.notes and f"note: {note}" in data.report.summary()
+    split = build_datasets(DataConfig(train=[path], eval_fraction=0.3), smollm2_tokenizer, 0)  # either side
+    assert any(n.startswith("2 of the 7 examples ask what another asks") for n in split.report.notes)
+    sources = [
+        DataSource(path=path, take=5, fields={"answer": "other"}, weight=1.0, name="b"),
+        DataSource(path=path, take=5, weight=1.0, name="a"),
+    ]
+    mixed = build_datasets(DataConfig(train=sources, max_length=64), smollm2_tokenizer, 0)
+    assert not any("with another answer" in n for n in mixed.report.notes)

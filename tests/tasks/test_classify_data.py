@@ -351,3 +351,23 @@ def test_a_file_without_a_header_line_is_told_so(smollm2_tokenizer, tmp_path):
         _build(smollm2_tokenizer, str(path))
     path.write_text("label\ttext\nham\tGo until jurong point\nspam\tFree entry\n")  # a header: no such word
     assert _build(smollm2_tokenizer, str(path)).facts["labels"] == ["ham", "spam"]
+
+
+def test_a_text_labelled_otherwise_by_another_row_is_noted(smollm2_tokenizer, tmp_path):
+    """The same text given two labels (a mislabelled copy) trained the head towards both without a word; the report
+    counts the rows and names the first pair, also across the training and the eval file. Copies that agree, and an
+    eval row that writes the label otherwise ('Spam' for 'spam'), are no conflict."""
+    rows = [{"text": f"t{i}", "label": ["spam", "ham"][i % 2]} for i in range(6)]
+    rows += [{"text": "t0", "label": "ham"}, {"text": "t2", "label": "spam"}, {"text": "t3", "label": "spam"}]
+    path = _write(tmp_path / "d.jsonl", rows)
+    data = _build(smollm2_tokenizer, path)
+    assert data.report.notes == [
+        f"4 of the 9 rows give a text that another row labels otherwise, word for word (2 texts; e.g. {path}:1 labels "
+        f"it 'spam', {path}:7 'ham', ...): no head can predict both; correct the wrong label or remove the row"
+    ]
+    assert "note: 4 of the 9 rows give a text that another row labels otherwise" in data.report.summary()
+    train = _write(tmp_path / "t.jsonl", rows[:6])
+    held = _write(tmp_path / "e.jsonl", [{"text": "t1", "label": "spam"}, {"text": "t0", "label": "Spam"}])
+    (note,) = [n for n in _build(smollm2_tokenizer, train, **{"data.eval": held}).report.notes if "labels it" in n]
+    assert note.startswith("2 of the 8 rows give a text that another row labels otherwise, word for word (1 text; ")
+    assert f"e.g. {train}:2 labels it 'ham', {held}:1 'spam')" in note

@@ -185,6 +185,7 @@ def build_datasets(
         report.split_seed = cfg.eval_split_seed(seed) if eval_examples else None
     note_repeated_train(examples, report)
     note_repeated_eval(examples, eval_examples, report)
+    note_conflicting(examples + eval_examples, report)
     is_chat = any(ex.messages is not None for ex in examples + eval_examples)
     texts = [ex for ex in examples + eval_examples if ex.text is not None]
     note_system_on_texts(cfg.system_prompt, texts, report)
@@ -286,6 +287,53 @@ def note_repeated_eval(trained: list, held: list, report: DataReport, key: Calla
             f"{len(repeated)} of the {len(held)} eval examples are also training examples, word for word "
             f"({_for_example(repeated)}): their eval loss measures recall of rows the model trained on "
             "(train.keep_best and the verdict read it); remove the repeated rows"
+        )
+
+
+def asked_and_answered(ex: Example) -> tuple[str, str] | None:
+    """(what a chat asks: every turn before its last, its answer: that last assistant turn), or None for a text or a
+    chat that does not end with an answer."""
+    if ex.messages is None or not ex.messages or ex.messages[-1].get("role") != "assistant":
+        return None
+    return json.dumps(ex.messages[:-1], sort_keys=True), str(ex.messages[-1].get("content"))
+
+
+def note_conflicting(
+    items: list,
+    report: DataReport,
+    asked: Callable[[Any], tuple[str, str] | None] = asked_and_answered,
+    kind: str = "answer",
+) -> None:
+    """A note in `report` when items ask the same thing word for word but are answered otherwise: a chat's prompt with
+    two answers, a text with two labels (`kind`: label; the items have a `label`). `asked(item)` gives (what it asks,
+    its answer), or None where it asks nothing to compare. Items of one record (two mixture sources of one file) are one row, not a
+    conflict. The items are Examples, or another task's items (with `path` and `line`)."""
+    groups: dict[str, list[tuple[str, Any]]] = {}  # what is asked -> (answer, item), one item a record
+    places = {(item.path, item.line) for item in items}
+    seen: set[tuple[str, int]] = set()
+    for item in items:
+        pair = asked(item)
+        if pair is not None and (item.path, item.line) not in seen:
+            seen.add((item.path, item.line))
+            groups.setdefault(pair[0], []).append((pair[1], item))
+    conflicts = [group for group in groups.values() if len({answer for answer, _ in group}) > 1]
+    if not conflicts:
+        return
+    first, second = conflicts[0][0][1], next(item for answer, item in conflicts[0] if answer != conflicts[0][0][0])
+    one, other, more = location(first.path, first.line), location(second.path, second.line), len(conflicts) > 1
+    rows = sum(len(group) for group in conflicts)
+    shown = f"{counted(len(conflicts), 'text' if kind == 'label' else 'prompt')}; e.g. {one}"
+    if kind == "label":
+        report.notes.append(
+            f"{rows} of the {len(places)} rows give a text that another row labels otherwise, word for word "
+            f"({shown} labels it {first.label!r}, {other} {second.label!r}{', ...' if more else ''}): no head can "
+            "predict both; correct the wrong label or remove the row"
+        )
+    else:
+        report.notes.append(
+            f"{rows} of the {len(places)} examples ask what another asks, word for word, with another answer "
+            f"({shown} and {other}{', ...' if more else ''}): the model learns a blend of the answers; correct or "
+            "remove a wrong one (alternatives meant as such, as the branches of a conversation tree, can stay)"
         )
 
 
@@ -413,6 +461,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     note_unsplit(unsplit, cfg.eval_fraction, report)
     note_repeated_train(all_examples, report)
     note_repeated_eval(all_examples, all_held, report)
+    note_conflicting(all_examples + all_held, report)
     for option, (system_prompt, unsystemed) in texts.items():
         note_system_on_texts(system_prompt, unsystemed, report, option)
     own_files = cfg.eval or any(isinstance(e, DataSource) and e.eval for e in cfg.train)

@@ -16,6 +16,7 @@ example whose last token is read.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections import Counter
@@ -29,7 +30,7 @@ from torch import nn
 from tunelab.config import ClassifyConfig, RunConfig
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import scalar_text
-from tunelab.data.loader import Datasets, note_system_on_texts
+from tunelab.data.loader import Datasets, note_conflicting, note_system_on_texts
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError, article, counted
 from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, save_head_run
@@ -200,6 +201,13 @@ def label_key(label: str) -> str:
     return whole.group(1) if whole else " ".join(label.lower().split())
 
 
+def text_and_label(item: Labelled) -> tuple[str, str] | None:
+    """(the row's input, its label as label_key spells it), for `note_conflicting`: a text labelled twice otherwise."""
+    if item.label is None:
+        return None
+    return json.dumps(dataclasses.asdict(item.input), sort_keys=True), label_key(item.label)
+
+
 def refuse_label_spellings(items: list[Labelled]) -> None:
     """DataError when training labels differ only in case, spacing or the way a number is written ('Spam' and 'spam',
     1 and 1.0): each spelling would train as a class of its own, splitting one class's rows between them."""
@@ -343,6 +351,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
             "of the other classes (or check that data.fields maps the right column to label)."
         )
     refuse_label_spellings(items + held if report.eval_source == "fraction" else items)  # the training files' rows
+    note_conflicting(items + held, report, text_and_label, kind="label")
     report.template = template.name if chat else "none (text only)"
     args = (tokenizer, template, d.max_length, d.overlong, report)
     train = to_rows(items, labels, {}, *args, skip_unseen=False, text_format=text_format)
