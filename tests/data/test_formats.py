@@ -1,5 +1,7 @@
 """Format detection, conversion to examples, skips with locations, and the errors for badly shaped records."""
 
+import re
+
 import pytest
 
 from tunelab.data.formats import LATE_SYSTEM, check_fields, detect_format, to_examples
@@ -226,7 +228,7 @@ def test_openai_content_parts_are_read_as_their_text():
     assert ex.messages[0] == {"role": "user", "content": "Translate: Hallo"}
     image = [{"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]
     with pytest.raises(
-        DataError, match=r"d\.jsonl:1: field 'messages\[0\]\.content' part 0 is .*image_url.* must be text"
+        DataError, match=r"d\.jsonl:1: field 'messages', turn 1, key 'content', part 1 is .*image_url.* must be text"
     ):
         convert([{"messages": [{"role": "user", "content": image}, USER_A[1]]}])
 
@@ -235,23 +237,52 @@ def test_unknown_roles_are_rejected():
     tool = {"messages": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "{}"}]}
     with pytest.raises(
         DataError,
-        match=r"d\.jsonl:1: field 'messages' item 1 has the unknown role 'tool'; allowed roles: system, developer, user, assistant",
+        match=r"d\.jsonl:1: field 'messages', turn 2 has the unknown role 'tool'; allowed roles: system, developer, user, assistant",
     ):
         convert([tool])
     obs = {"conversations": [{"from": "human", "value": "Q"}, {"from": "observation", "value": "x"}]}
-    with pytest.raises(DataError, match=r"field 'conversations' item 1 has the unknown role 'observation'.*human"):
+    with pytest.raises(DataError, match=r"field 'conversations', turn 2 has the unknown role 'observation'.*human"):
         convert([obs])
     # an assistant turn that calls a tool has no text (content null): named as a tool turn, not skipped as empty
     call = {"type": "function", "function": {"name": "lookup", "arguments": "{}"}}
     calls = {"messages": [USER_A[0], {"role": "assistant", "content": None, "tool_calls": [call]}]}
     with pytest.raises(
-        DataError, match=r"d\.jsonl:1: field 'messages' item 1 is a turn that calls tools.*not supported"
+        DataError, match=r"d\.jsonl:1: field 'messages', turn 2 is a turn that calls tools.*not supported"
     ):
         convert([calls])
 
 
+@pytest.mark.parametrize(
+    "row, named",
+    [
+        (
+            {"messages": [USER_A[0], {"role": "assistant", "content": {"a": 1}}]},
+            "field 'messages', turn 2, key 'content'",
+        ),
+        ({"messages": [USER_A[0], {"role": "assistant", "content": "A", "weight": 2}]}, "field 'messages', turn 2 has"),
+        (
+            {"messages": [USER_A[0], {"role": "assistant", "content": [{"type": "text", "text": ["A"]}]}]},
+            "field 'messages', turn 2, key 'content', part 1 is",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": ["A"]}]},
+            "field 'conversations', turn 2, key 'value'",
+        ),
+        (
+            {"instruction": "Q", "output": "A", "history": [["q", "a"], ["q", {"b": 1}]]},
+            "field 'history', pair 2, response",
+        ),
+    ],
+)
+def test_a_turn_is_named_from_1_as_a_reader_counts(row, named):
+    """A bad second turn was named as item 1 (`messages[1].content`), which a reader takes for the first: every
+    message names the turns of a row, the parts of a content and the pairs of a history from 1."""
+    with pytest.raises(DataError, match=r"^d\.jsonl:1: " + re.escape(named)):
+        convert([row])
+
+
 def test_turn_without_keys_and_non_list_conversation():
-    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'messages' item 0 needs the keys 'role' and 'content'"):
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'messages', turn 1 needs the keys 'role' and 'content'"):
         convert([{"messages": [{"speaker": "user", "text": "Q"}]}])
     with pytest.raises(DataError, match=r"field 'messages' must be a list of turns"):
         convert([{"messages": "Q"}])
@@ -318,7 +349,7 @@ def test_a_lone_surrogate_in_a_field_is_refused_naming_row_and_field():
     ):
         convert([{"prompt": "Q", "completion": "A"}, {"prompt": "Q", "completion": "ab\ud800"}])
     turns = [{"role": "user", "content": "\udcff"}, {"role": "assistant", "content": "A"}]
-    with pytest.raises(DataError, match=r"field 'messages\[0\]\.content': .*U\+DCFF.*the byte 0xff"):
+    with pytest.raises(DataError, match=r"field 'messages', turn 1, key 'content': .*U\+DCFF.*the byte 0xff"):
         convert([{"messages": turns}])
 
 

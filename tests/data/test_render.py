@@ -279,7 +279,9 @@ def test_an_openai_weight_of_0_leaves_an_answer_out_of_the_loss(smollm2_tokenize
     assert learnt == "Good answer.<|im_end|>" and "BAD" in smollm2_tokenizer.decode(row.input_ids)
     assert report.skips["every assistant message has weight 0: nothing to learn from"].locations == ["d.jsonl:2"]
     for bad, message in (({**turns[1], "weight": 2}, "weight 2"), ({**turns[0], "weight": 0}, "weight 0")):
-        with pytest.raises(DataError, match=rf"d\.jsonl:3: messages\[\d\] has {message}; a weight is 0 .* or 1"):
+        with pytest.raises(
+            DataError, match=rf"d\.jsonl:3: field 'messages', turn 1 has {message}; a weight is 0 .* or 1"
+        ):
             to_examples([Record("d.jsonl", 3, {"messages": [bad, *turns[1:]]})], "messages", {}, None, DataReport())
     with pytest.raises(DataError, match=r"has a 'weight', which only the chats of an sft run read"):
         parse_turns(turns, "p.jsonl:1", "chosen", "role", "content")

@@ -122,7 +122,8 @@ def test_template_that_rewrites_earlier_turns_is_refused(base_tokenizer):
     )
     tok = base_tokenizer(chat_template=rewrites)
     with pytest.raises(
-        ConfigError, match=r"x\.jsonl:1: prompt template 'tokenizer' renders earlier turns .* data\.template"
+        ConfigError,
+        match=r"x\.jsonl:1: prompt template 'tokenizer' renders earlier turns .* added \(turn 3\), .* data\.template",
     ):
         render_one(tok, resolve_template("tokenizer", tok))
 

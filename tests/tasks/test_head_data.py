@@ -134,7 +134,7 @@ def test_an_answer_whose_turns_do_not_start_with_the_assistants_is_refused(task,
     first = {"role": role, "content": "Another question?"}
     chosen = [first, {"role": "assistant", "content": "2."}]
     rows = [{"prompt": "What is 1 + 1?", "chosen": chosen, "rejected": "No idea."}] + [_row(task, i) for i in range(5)]
-    with pytest.raises(DataError, match=rf"t\.jsonl:1: field 'chosen' item 0 is a {role} turn; an answer follows"):
+    with pytest.raises(DataError, match=rf"t\.jsonl:1: field 'chosen', turn 1 is a {role} turn; an answer follows"):
         _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))
     chosen = [
         {"role": "assistant", "content": "2."},
@@ -223,7 +223,7 @@ def test_a_prompt_column_beside_whole_conversations_is_their_shared_start(task, 
         answer = [t for t in data.train[0].chosen_labels if t != -100]
         assert smollm2_tokenizer.decode(answer) == "2.<|im_end|>"
     rows[0]["prompt"] = "What is 2 + 2?"
-    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'chosen' item 0 is a user turn"):
+    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'chosen', turn 1 is a user turn"):
         _build(task, smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))
 
 

@@ -171,7 +171,7 @@ def test_pairs_whose_sides_answer_different_prompts_are_refused(smollm2_tokenize
 
     good = {"chosen": _chat("hi", "hello"), "rejected": _chat("hi", "go away")}
     assert len(build([good, good | {"rejected": _chat("hi", "no")}]).train) == 2
-    with pytest.raises(DataError, match=r"p\.jsonl:2: the chosen and rejected conversations part at message 1, the "
+    with pytest.raises(DataError, match=r"p\.jsonl:2: the chosen and rejected conversations part at turn 1, the "
                        "chosen side's user turn: their answers follow different prompts"):  # fmt: skip
         build([good, {"chosen": _chat("hi", "hello"), "rejected": _chat("bye", "hello")}])
     answers_only = [{"role": "assistant", "content": "hello"}], [{"role": "assistant", "content": "no"}]

@@ -200,23 +200,23 @@ def scalar_text(value: bool | int | float) -> str:
     return str(value)
 
 
-def text_field(value, where: str, field: str) -> str:
+def text_field(value, where: str, field: str, named: str | None = None) -> str:
     """A string field; numbers are accepted as their text (`scalar_text`: 1000.0 is "1000"), null (and NaN, how
-    pandas and parquet write a missing value) as empty; an infinite number and true/false are refused."""
+    pandas and parquet write a missing value) as empty; an infinite number and true/false are refused. `named`: how
+    messages name it where it is not a column of the row (a turn's content: `turn_name`), else `field 'FIELD'`."""
+    named = named or f"field '{field}'"
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float) and math.isinf(value):
-        raise DataError(
-            f"{where}: field '{field}' is {value}, a number with no text to train on; give it text or null."
-        )
+        raise DataError(f"{where}: {named} is {value}, a number with no text to train on; give it text or null.")
     if isinstance(value, str):
         if problem := not_text(value):
-            raise DataError(f"{where}: field '{field}': {problem}. Fix the text or remove the row.")
+            raise DataError(f"{where}: {named}: {problem}. Fix the text or remove the row.")
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return scalar_text(value)
     raise DataError(
-        f"{where}: field '{field}' must be a string, got {article(type(value).__name__)} ({str(value)[:60]!r}). "
+        f"{where}: {named} must be a string, got {article(type(value).__name__)} ({str(value)[:60]!r}). "
         "Store the text itself in that field (join lists into one string)."
     )
 
@@ -239,6 +239,12 @@ class _Skip(Exception):
     """An example that is well formed but cannot be used; the message is the report's reason."""
 
 
+def turn_name(field: str, index: int, key: str | None = None) -> str:
+    """How messages name the turn at `index` (from 0) of a row's list of turns, counted from 1 as a reader counts
+    them: `field 'messages', turn 2`, with one of its keys: `field 'messages', turn 2, key 'content'`."""
+    return f"field '{field}', turn {index + 1}" + (f", key '{key}'" if key else "")
+
+
 TOOLS = "Tool and function turns are not supported: remove them or rewrite them as user/assistant turns."
 
 
@@ -255,7 +261,7 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str, 
     for i, turn in enumerate(value):
         if not isinstance(turn, dict):
             raise DataError(
-                f"{where}: field '{field}' item {i} must be an object {{{role_key}: ..., {content_key}: ...}}, got {article(type(turn).__name__)}."
+                f"{where}: {turn_name(field, i)} must be an object {{{role_key}: ..., {content_key}: ...}}, got {article(type(turn).__name__)}."
             )
         rk, ck = (
             (role_key, content_key)
@@ -265,38 +271,38 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str, 
         roles = MESSAGE_ROLES if rk == "role" else SHAREGPT_ROLES
         if rk not in turn or ck not in turn:
             raise DataError(
-                f"{where}: field '{field}' item {i} needs the keys '{role_key}' and '{content_key}', has {', '.join(turn) or 'none'}."
+                f"{where}: {turn_name(field, i)} needs the keys '{role_key}' and '{content_key}', has {', '.join(turn) or 'none'}."
             )
         role = turn[rk]
         if not isinstance(role, str) or role not in roles:
             raise DataError(
-                f"{where}: field '{field}' item {i} has the unknown role {role!r}; allowed roles: {', '.join(roles)}. "
+                f"{where}: {turn_name(field, i)} has the unknown role {role!r}; allowed roles: {', '.join(roles)}. "
                 + TOOLS
             )
         if turn.get("tool_calls") or turn.get("function_call"):
             raise DataError(
-                f"{where}: field '{field}' item {i} is a turn that calls tools ('tool_calls'/'function_call'). {TOOLS}"
+                f"{where}: {turn_name(field, i)} is a turn that calls tools ('tool_calls'/'function_call'). {TOOLS}"
             )
-        message = {"role": roles[role], "content": _content(turn[ck], where, f"{field}[{i}].{ck}")}
+        message = {"role": roles[role], "content": _content(turn[ck], where, turn_name(field, i, ck))}
         if turn.get("weight") is not None:
-            message |= _weight(turn["weight"], message["role"], where, f"{field}[{i}]", weights)
+            message |= _weight(turn["weight"], message["role"], where, turn_name(field, i), weights)
         messages.append(message)
     return messages
 
 
-def _content(value, where: str, field: str) -> str:
-    """A turn's content: text, or OpenAI's list of content parts, whose text parts are joined (as `tunelab serve`
-    reads a request's); a part of another type (an image) is refused, not dropped."""
+def _content(value, where: str, named: str) -> str:
+    """A turn's content (`named` as `turn_name` names it): text, or OpenAI's list of content parts, whose text parts
+    are joined (as `tunelab serve` reads a request's); a part of another type (an image) is refused, not dropped."""
     if not (isinstance(value, list) and value and all(isinstance(part, dict) for part in value)):
-        return text_field(value, where, field)
+        return text_field(value, where, "content", named)
     texts = []
-    for k, part in enumerate(value):
+    for k, part in enumerate(value, 1):
         if part.get("type") != "text" or not isinstance(part.get("text"), str):
             raise DataError(
-                f"{where}: field '{field}' part {k} is {str(part)[:60]!r}; a content part must be text "
+                f"{where}: {named}, part {k} is {str(part)[:60]!r}; a content part must be text "
                 '({"type": "text", "text": ...}): this model reads text only. Remove the row, or that part.'
             )
-        texts.append(text_field(part["text"], where, f"{field}[{k}].text"))
+        texts.append(text_field(part["text"], where, "text", f"{named}, part {k}, key 'text'"))
     return "".join(texts)
 
 
@@ -329,9 +335,13 @@ def history_turns(value, where: str, field: str) -> list[dict]:
             f"own), got {str(value)[:60]!r}."
         )
     turns = []
-    for i, (question, answer) in enumerate(value):
-        turns.append({"role": "user", "content": text_field(question, where, f"{field}[{i}][0]")})
-        turns.append({"role": "assistant", "content": text_field(answer, where, f"{field}[{i}][1]")})
+    for i, (question, answer) in enumerate(value, 1):  # named from 1, as a reader counts them
+        turns.append(
+            {"role": "user", "content": text_field(question, where, field, f"field '{field}', pair {i}, instruction")}
+        )
+        turns.append(
+            {"role": "assistant", "content": text_field(answer, where, field, f"field '{field}', pair {i}, response")}
+        )
     return turns
 
 

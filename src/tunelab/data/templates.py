@@ -133,7 +133,7 @@ class Template:
             if not (through.startswith(before) and full.startswith(through)):
                 raise ConfigError(
                     f"prompt template '{self.name}' renders earlier turns of a conversation differently once later turns "
-                    f"are added (message {i}), so the answer tokens cannot be located. Choose another template with "
+                    f"are added (turn {i + 1}), so the answer tokens cannot be located. Choose another template with "
                     "data.template (chatml, llama2 or alpaca)."
                 )
             spans.append((len(before), max(len(before), len(through.rstrip()))))

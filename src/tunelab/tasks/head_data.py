@@ -42,6 +42,7 @@ from tunelab.data.formats import (
     parse_turns,
     text_alone,
     text_field,
+    turn_name,
 )
 from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
 from tunelab.data.render import encode, special_text_in, special_texts
@@ -112,7 +113,7 @@ def answer_turns(value, where: str, key: str) -> list[dict]:
     for i, turn in enumerate(turns):
         if turn["role"] == "system" or (i == 0 and turn["role"] != "assistant" and answers):
             raise DataError(
-                f"{where}: field '{key}' item {i} is {article(turn['role'])} turn; an answer follows the prompt, which ends "
+                f"{where}: {turn_name(key, i)} is {article(turn['role'])} turn; an answer follows the prompt, which ends "
                 "with the user's turn, so its turns start with the assistant's and hold no system message (give that "
                 "in the row's system field). Put the turns before the answer into the prompt."
             )
@@ -239,7 +240,7 @@ def shared_prompt(chosen: list[dict], rejected: list[dict], where: str) -> int:
     for name, chat in (("chosen", chosen), ("rejected", rejected)):
         if shared < len(chat) and chat[shared]["role"] != "assistant":
             raise DataError(
-                f"{where}: the chosen and rejected conversations part at message {shared + 1}, the {name} side's "
+                f"{where}: the chosen and rejected conversations part at turn {shared + 1}, the {name} side's "
                 f"{chat[shared]['role']} turn: their answers follow different prompts. A pair compares two answers to "
                 "one prompt: give both sides the same turns up to the answers (or the prompt in its own field)."
             )
