@@ -869,6 +869,38 @@ def test_a_folder_given_as_the_config_is_called_a_folder(tmp_path):
         load_config(tmp_path)
 
 
+@pytest.mark.parametrize("written", ["1e3", "1000.0", "1.0e3", '"1e3"', '"1000.0"', "10e2"])
+def test_a_whole_number_written_as_a_float_is_read_for_an_integer_option(written, tmp_path):
+    """`max_length: 1e3` (which YAML reads as the text '1e3': an exponent without a dot) and `2048.0` were refused as
+    "must be int"; a whole number is read however it is written, in the file, in a source's key and as a flag."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"model: {{name: x}}\ndata: {{train: [{{path: qa.jsonl, take: {written}}}], max_length: {written}}}\n"
+    )
+    config = load_config(path, {"train.max_steps": written.strip('"')}).config
+    assert config.data.max_length == config.data.train[0].take == config.train.max_steps == 1000
+    assert type(config.data.max_length) is int and type(config.train.max_steps) is int
+
+
+@pytest.mark.parametrize("written, shown", [("1.5", "1.5"), ('"0.5"', "'0.5'"), ("2.5e-1", "0.25")])
+def test_a_fraction_for_an_integer_option_is_refused_naming_option_and_value(written, shown, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"model: {{name: x}}\ndata: {{train: [qa.jsonl], max_length: {written}}}\ntrain: {{micro_batch: 2}}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=re.escape(f"c.yaml:2: option 'data.max_length' is {shown}; it must be a whole number")
+    ):
+        load_config(path)
+    path.write_text(f"model: {{name: x}}\ndata: {{train: [qa.jsonl]}}\ntrain: {{micro_batch: {written}}}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"option 'train.micro_batch' is {shown}; it must be a whole")):
+        load_config(path)  # an int | auto option: said as the fraction it is, not "must be int or 'auto'"
+    with pytest.raises(ConfigError, match=re.escape("option 'data.train', entry 1, key 'take' is 2.5; it must be a")):
+        load_config(None, {"model.name": "x", "data.train": [{"path": "qa.jsonl", "take": 2.5}]})
+    with pytest.raises(ConfigError, match=r"option 'train.max_steps' is '1e9999', too large a number"):
+        load_config(None, {"model.name": "x", "data.train": ["qa.jsonl"], "train.max_steps": "1e9999"})
+
+
 def test_a_quoted_whole_number_is_read_for_an_integer_option_as_a_quoted_number_is_for_a_float(tmp_path):
     """`max_length: "512"` was refused ("must be int") while `lr: "2e-4"` and `epochs: "3"` were read as numbers; an
     integer option now reads a quoted whole number too, and still refuses a quoted fraction."""
@@ -881,10 +913,9 @@ def test_a_quoted_whole_number_is_read_for_an_integer_option_as_a_quoted_number_
     assert config.data.max_length == 512 and config.data.train[0].take == 5
     assert config.train.max_steps == 10 and config.train.micro_batch == 4
     assert type(config.data.max_length) is int and config.train.lr == 2e-4 and config.train.epochs == 3.0
-    for bad in ('"0.5"', '"512.0"', '"1e3"', '"ten"'):
-        path.write_text(f"model: {{name: x}}\ndata: {{train: [qa.jsonl], max_length: {bad}}}\n")
-        with pytest.raises(ConfigError, match=re.escape("option 'data.max_length' must be int")):
-            load_config(path)
+    path.write_text('model: {name: x}\ndata: {train: [qa.jsonl], max_length: "ten"}\n')
+    with pytest.raises(ConfigError, match=re.escape("option 'data.max_length' must be int")):
+        load_config(path)
     path.write_text('model: {name: x}\ndata: {train: [qa.jsonl], max_length: "0"}\n')
     with pytest.raises(ConfigError, match="data.max_length"):  # the range is checked as for an unquoted one
         load_config(path)

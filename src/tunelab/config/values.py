@@ -12,6 +12,7 @@ import math
 import re
 import types
 import typing
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from tunelab.errors import ConfigError, article, not_text
@@ -28,6 +29,7 @@ def _type_name(hint: Any) -> str:
 
 
 FINITE = "it must be a finite number."
+WHOLE_DIGITS = 4000  # a whole number written with a larger exponent (1e1000000000) is refused, not expanded
 
 
 class _Refused(ConfigError):
@@ -120,10 +122,15 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):  # "512", as float takes "2e-4"
-            return int(value)
+        number = _number(value)
+        if number is not None and number == number.to_integral_value():  # 512, 2048.0, "1e3", as float reads them
+            if number.adjusted() > WHOLE_DIGITS:
+                raise _Refused(f"{where}: option '{name}' is {value!r}, too large a number.")
+            return int(number)
+        if number is not None:  # 1.5, "0.5": a number, but no whole one (nor auto, nor null)
+            raise _Refused(
+                f"{where}: option '{name}' is {value!r}; it must be a whole number (written 512, 512.0 or 5.12e2)."
+            )
     elif hint is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -143,6 +150,18 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{where}: option '{name}' must be {_type_name(hint)}, got {_got(value, [hint])}.")
+
+
+def _number(value: Any) -> Decimal | None:
+    """A number as written (an int, a float, or a text such as "1e3", which YAML reads as text: an exponent without
+    a dot), exactly; None for anything else (a bool, a text that is no number, inf, nan)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = Decimal(value.strip() if isinstance(value, str) else value)
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
 
 
 def _got(value: Any, hints: list) -> str:
