@@ -111,6 +111,35 @@ def test_parquet(tmp_path):
     ]
 
 
+def test_the_first_rows_of_a_parquet_file_are_read_without_the_rest(tmp_path, monkeypatch):
+    """A parquet file was read whole (every row group decoded into one table) for a source's `take: 5` or the first
+    rows a self-check needs. Rows come a batch at a time now: a damaged last row group stops only a reader that gets
+    there, and a column of whole numbers with a null in a later batch is read as integers in every batch."""
+    pa = pytest.importorskip("pyarrow")
+    import itertools
+
+    import pyarrow.parquet as pq
+
+    from tunelab.data import sources
+    from tunelab.data.sources import iter_records
+
+    monkeypatch.setattr(sources, "PARQUET_BATCH", 4)
+    p = tmp_path / "a.parquet"
+    n = 12
+    answers = [float(i) for i in range(n - 1)] + [None]  # pandas' form of integers with a missing value
+    table = pa.table({"question": [f"q{i}" for i in range(n)], "answer": answers})
+    pq.write_table(table, p, row_group_size=4)
+    assert [r.row["answer"] for r in itertools.islice(iter_records([str(p)]), 2)] == [0, 1]
+    assert type(next(iter_records([str(p)])).row["answer"]) is int
+    last = pq.ParquetFile(p).metadata.row_group(2).column(0)  # damage the last row group's question column
+    data = bytearray(p.read_bytes())
+    data[last.data_page_offset : last.data_page_offset + 8] = b"\xff" * 8  # its page header
+    p.write_bytes(bytes(data))
+    assert [r.row["question"] for r in itertools.islice(iter_records([str(p)]), 5)] == [f"q{i}" for i in range(5)]
+    with pytest.raises(DataError, match=r"a\.parquet: cannot read the parquet file"):
+        read_records([str(p)])
+
+
 def test_a_parquet_column_named_twice_is_refused_naming_it(tmp_path):
     """pyarrow's read_table stopped with 'Multiple matches for FieldRef.Name(answer) in question: string ...'."""
     pa = pytest.importorskip("pyarrow")

@@ -119,7 +119,7 @@ def read_source(
     option: str = "split",
 ) -> list[Record]:
     """The records of one source: a hub dataset, a datasets folder or .arrow file, or files and folders. Only its
-    first `take` (and `rows`) records are read: a .jsonl or .csv file is read no further. `option`: the key that
+    first `take` (and `rows`) records are read: a .jsonl, .csv or parquet file is read no further. `option`: the key that
     asked for `source.split` (split, or the source's eval_split), named in messages."""
     limit = min((n for n in (source.take, rows) if n is not None), default=None)
     if source.hub:

@@ -430,8 +430,15 @@ def _quoting_error(path: Path, line: int, exc: csv.Error) -> DataError:
     )
 
 
-def _parquet(path: Path) -> list[Record]:
+PARQUET_BATCH = 1024  # rows decoded at a time: a reader of a file's first rows stops after a batch or so
+
+
+def _parquet(path: Path) -> Iterator[Record]:
+    """The rows of a parquet file, a batch at a time (a reader of its first rows reads no further row groups). The
+    float columns alone are read whole first, to choose those that hold whole numbers (`_whole_columns`) for every
+    row alike."""
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(
@@ -439,30 +446,47 @@ def _parquet(path: Path) -> list[Record]:
         ) from None
     try:
         twice = _named_twice(pq.read_schema(path).names)  # read_table fails on one, ParquetFile keeps the last
-        rows = [] if twice else _whole_numbers(pq.read_table(path)).to_pylist()
+        if twice:
+            raise DataError(f"{path}: the file {twice}")
+        file = pq.ParquetFile(path)
+        whole = _whole_columns(file)
+        line = 0
+        for batch in file.iter_batches(batch_size=PARQUET_BATCH):
+            for name in whole:  # a safe cast that succeeded on the whole column
+                i = batch.schema.get_field_index(name)
+                batch = batch.set_column(
+                    i, batch.schema.field(i).with_type(pa.int64()), batch.column(i).cast(pa.int64())
+                )
+            for row in batch.to_pylist():
+                yield Record(str(path), line, row)
+                line += 1
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
         raise DataError(f"{path}: cannot read the parquet file ({exc}).") from None
-    if twice:
-        raise DataError(f"{path}: the file {twice}")
-    return [Record(str(path), i, row) for i, row in enumerate(rows)]
 
 
-def _whole_numbers(table):
-    """The table with each float column that has a null and otherwise only whole numbers as int64. pandas stores an
-    integer column with a missing value so (a numpy int has no null): its 10 would be rendered "10.0". A null stays
-    null; a float column without nulls, or with a fraction, NaN or infinity in it, stays float."""
+def _whole_columns(file) -> list[str]:
+    """The float columns of a parquet file that have a null and otherwise only whole numbers, to read as int64.
+    pandas stores an integer column with a missing value so (a numpy int has no null): its 10 would be rendered
+    "10.0". A null stays null; a float column without nulls, or with a fraction, NaN or infinity in it, stays float."""
     import pyarrow as pa
 
-    for i, field in enumerate(table.schema):
-        column = table.column(i)
-        if not pa.types.is_floating(field.type) or not 0 < column.null_count < len(column):
+    floats = [field.name for field in file.schema_arrow if pa.types.is_floating(field.type)]
+    if not floats:
+        return []
+    table = file.read(columns=floats)
+    whole = []
+    for name in floats:
+        column = table.column(name)
+        if not 0 < column.null_count < len(column):
             continue
         try:
-            whole = column.cast(pa.int64())  # a safe cast: refuses 2.5, NaN, inf and what int64 cannot hold
+            column.cast(pa.int64())  # a safe cast: refuses 2.5, NaN, inf and what int64 cannot hold
         except pa.ArrowInvalid:
             continue
-        table = table.set_column(i, field.with_type(pa.int64()), whole)
-    return table
+        whole.append(name)
+    return whole
 
 
 def read_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter") -> list[Record]:
@@ -472,8 +496,8 @@ def read_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter
 
 def iter_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter") -> Iterator[Record]:
     """The records of one file as `read_file` reads them, each as soon as it is read: a .jsonl, .csv or .tsv file is
-    read a line at a time, so a reader of its first rows never holds (or checks) the rest; a .json array, a parquet
-    file and a .txt document are read whole."""
+    read a line at a time and a parquet file a batch of rows at a time (`_parquet`), so a reader of its first rows
+    never holds (or checks) the rest; a .json array and a .txt document are read whole."""
     kind = _kind(path)
     if kind == ".parquet":
         yield from _parquet(path)
