@@ -220,3 +220,23 @@ def test_the_head_check_steps_the_micro_batch_training_takes_first(task, tiny_mo
     in_file_order = make(inputs.data.train[:4], 4, pad, shuffle=False, seed=0, epoch=0)[0]
     assert trained["sources"] != in_file_order["sources"]  # the test tells the two apart
     assert steps[0]["sources"] == trained["sources"]
+
+
+@pytest.mark.parametrize("task", ["classify", "dpo", "grpo"])
+def test_the_preview_names_a_json_array_row_by_its_index(task, tiny_model_dir, tmp_path, capsys, cli_flags):
+    """The preview named the first row of a .json array `rows.json:0`, a line 0 that no editor has, while the data
+    summary named the same row `rows.json[0]`. Both name it by its index now."""
+    rows = {
+        "classify": _labels(),
+        "dpo": [
+            {"prompt": f"Code of box {i}?", "chosen": f"Box {i}: {1000 + i}.", "rejected": "No."} for i in range(6)
+        ],
+        "grpo": [{"prompt": f"What is {i} plus {i}?", "expected": str(2 * i)} for i in range(6)],
+    }[task]
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(rows))
+    more = {"grpo.rewards": ["contains"], "grpo.max_new_tokens": 8} if task == "grpo" else {}
+    over = _over(tiny_model_dir, tmp_path, task, str(data), **more)
+    assert main(["check", *cli_flags(over), "--data-only"]) == 0
+    out = capsys.readouterr().out
+    assert f"  {data}[0]: " in out and f"{data}:0" not in out

@@ -24,6 +24,7 @@ from __future__ import annotations
 from tunelab.checks.model import dtype_items, task_step, untrained_item
 from tunelab.config import RunConfig
 from tunelab.data.checks import CheckItem
+from tunelab.data.report import location
 from tunelab.errors import counted
 from tunelab.rundir import RunInfo
 from tunelab.tasks import rewards as reward_fns
@@ -50,7 +51,9 @@ def room_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
         return CheckItem(
             "room", "pass", f"{summary}; each leaves grpo.max_new_tokens {new} within data.max_length {limit}"
         )
-    where = [f"{r.path}:{r.line} ({len(r.prompt_ids)} tokens: room for {limit - len(r.prompt_ids)})" for r in short]
+    where = [
+        f"{location(r.path, r.line)} ({len(r.prompt_ids)} tokens: room for {limit - len(r.prompt_ids)})" for r in short
+    ]
     return CheckItem(
         "room",
         "warn",
@@ -80,7 +83,7 @@ def grpo_preview(inputs: Inputs, examples: int) -> str:
     rows = inputs.data.train[:examples]
     lines = [f"preview of the first {len(rows)} training prompts as the model reads them:"]
     decode = inputs.tokenizer.decode
-    lines += [f"  {r.path}:{r.line}: {decode(r.prompt_ids, skip_special_tokens=False)!r}" for r in rows]
+    lines += [f"  {location(r.path, r.line)}: {decode(r.prompt_ids, skip_special_tokens=False)!r}" for r in rows]
     return "\n".join(lines)
 
 

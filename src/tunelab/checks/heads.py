@@ -33,6 +33,7 @@ from tunelab.config import RunConfig
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.checks import CheckItem
 from tunelab.data.loader import epoch_rows
+from tunelab.data.report import location
 from tunelab.errors import counted
 from tunelab.rundir import RunInfo
 from tunelab.tasks import get_task
@@ -137,7 +138,7 @@ def head_input_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
         "head input",
         "info",
         f"{how}; the head reads the last token, {decode(ids[-1:], skip_special_tokens=False)!r}",
-        [f"{row.path}:{row.line}: {decode(ids, skip_special_tokens=False)!r} ({len(ids)} tokens)"],
+        [f"{location(row.path, row.line)}: {decode(ids, skip_special_tokens=False)!r} ({len(ids)} tokens)"],
     )
 
 
@@ -200,8 +201,8 @@ def head_preview(cfg: RunConfig, inputs: Inputs, examples: int) -> str:
     lines = [f"preview of the first {min(examples, len(data.train))} training rows as {reader}:"]
     for row in data.train[:examples]:
         if cfg.task == "classify":
-            lines.append(f"  {row.path}:{row.line}: {decode(row.input_ids)!r} -> {labels[row.label]}")
+            lines.append(f"  {location(row.path, row.line)}: {decode(row.input_ids)!r} -> {labels[row.label]}")
         else:
-            lines.append(f"  {row.path}:{row.line}: chosen {decode(row.chosen_ids)!r}")
-            lines.append(f"  {' ' * len(f'{row.path}:{row.line}')}  rejected {decode(row.rejected_ids)!r}")
+            lines.append(f"  {location(row.path, row.line)}: chosen {decode(row.chosen_ids)!r}")
+            lines.append(f"  {' ' * len(location(row.path, row.line))}  rejected {decode(row.rejected_ids)!r}")
     return "\n".join(lines)

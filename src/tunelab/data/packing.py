@@ -31,7 +31,7 @@ def pack(rows: list[Rendered], max_length: int) -> list[Packed]:
     if too_long:
         r = too_long[0]
         raise ValueError(
-            f"{r.path}:{r.line}: a row of {len(r.input_ids)} tokens cannot be packed into rows of {max_length}"
+            f"{location(r.path, r.line)}: a row of {len(r.input_ids)} tokens cannot be packed into rows of {max_length}"
         )
     rows = [r for r in rows if r.input_ids]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i].input_ids))  # stable: ties keep input order
