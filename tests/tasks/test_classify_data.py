@@ -67,6 +67,16 @@ def test_a_missing_label_names_file_and_line(smollm2_tokenizer, tmp_path):
         _build(smollm2_tokenizer, path)
 
 
+def test_a_missing_label_suggests_mapping_the_one_column_no_field_reads(smollm2_tokenizer, tmp_path):
+    """SNIPS' rows are {text, intent}: the error said to map a column such as 'category', not the row's 'intent'."""
+    path = _write(tmp_path / "d.jsonl", [{"text": "play a song", "intent": "PlayMusic", "system": ""}])
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'label' is missing; .* \(e\.g\. \{label: intent\}\)\.$"):
+        _build(smollm2_tokenizer, path)
+    path = _write(tmp_path / "d.jsonl", [{"text": "play a song", "intent": "PlayMusic", "domain": "music"}])
+    with pytest.raises(DataError, match=r"\(e\.g\. \{label: category\}\)\.$"):  # two columns: no guess
+        _build(smollm2_tokenizer, path)
+
+
 def test_an_empty_label_names_file_and_line(smollm2_tokenizer, tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text,label\nhello,x\nworld,\nagain,y\n")

@@ -185,9 +185,12 @@ def _missing_label(where: str, row: dict, fields: dict[str, str], evaluating: bo
             f"a column {named}: the eval loss and accuracy score the head against it. This row has {has}. Add the "
             "label, or remove the row."
         )
+    read = set(FIELDS) | set(fields.values())
+    others = [str(key) for key in row if key not in read]  # a column no field reads: the label, most likely
+    column = others[0] if len(others) == 1 else "category"
     return DataError(
         f"{where}: field '{name}' is missing{mapped}; every training row needs a label. This row has {has}. Add the "
-        "label, or map your column with data.fields (e.g. {label: category})."
+        f"label, or map your column with data.fields (e.g. {{label: {column}}})."
     )
 
 
