@@ -272,6 +272,11 @@ def test_csv_row_with_wrong_number_of_values(tmp_path):
     p = write(tmp_path / "a.csv", "question,answer\nq,a,extra\n")
     with pytest.raises(DataError, match=r"a\.csv:2: the row has 3 values but the header has 2 columns"):
         read_records([p])
+    one = write(tmp_path / "b.tsv", "question\tanswer\tsource\nq\ta\tweb\nq only\n")  # said in English: 1 value
+    with pytest.raises(DataError, match=r"b\.tsv:3: the row has 1 value but the header has 3 columns"):
+        read_records([one])
+    with pytest.raises(DataError, match=r"c\.csv:2: the row has 2 values but the header has 1 column \("):
+        read_records([write(tmp_path / "c.csv", "text\nhello,world\n")])
 
 
 def test_non_utf8_file(tmp_path):

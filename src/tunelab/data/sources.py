@@ -382,7 +382,8 @@ def _csv(path: Path, lines: Iterable[str], delimiter: str, quoting: bool = True)
                 else f"A .tsv file's quotes are plain characters; if it was written with CSV quoting, {TSV_QUOTING}"
             )
             raise DataError(
-                f"{path}:{line}: the row has {len(values)} values but the header has {len(header)} columns "
+                f"{path}:{line}: the row has {counted(len(values), 'value')} but the header has "
+                f"{counted(len(header), 'column')} "
                 f"({', '.join(header)}, separated by {delimiter!r}). {fix}"
             )
         if not quoting and (quoted := next((h for h, v in zip(header, values) if _csv_quoted(v)), None)):
