@@ -489,6 +489,29 @@ def test_text_in_a_column_no_field_reads_is_noted():
     assert not report.notes and examples[0].messages[1]["content"].endswith("plays football.")
 
 
+def test_a_preference_pair_that_sft_leaves_unread_is_noted():
+    """LLaMA-Factory's dpo_en_demo.json ({conversations, chosen: {from, value}, rejected: {...}}) read by task sft
+    trained on the conversations alone: the chosen answers, objects rather than text, were dropped without a word.
+    The note names the pairs and the task that reads them, once (not as two columns of text as well)."""
+    prompt = [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}, {"from": "human", "value": "Q2"}]
+    rows = [
+        {
+            "conversations": prompt,
+            "chosen": {"from": "gpt", "value": "Good."},
+            "rejected": {"from": "gpt", "value": "Bad"},
+        },
+        {"conversations": prompt[:2], "chosen": "Good.", "rejected": "Bad."},
+    ]
+    examples, report = convert(rows)
+    assert report.notes == [
+        "d.jsonl: 2 rows hold a preference pair (columns 'chosen' and 'rejected', e.g. d.jsonl:1) that the sharegpt "
+        "format does not read: task sft trains on neither answer; to train on the pairs, set task: dpo (or reward)"
+    ]
+    mapped = [{"prompt": "Q", "chosen": "Good.", "rejected": "Bad."}]
+    (note,) = convert(mapped, fields={"completion": "chosen"})[1].notes  # chosen is read: 'rejected' is text left out
+    assert "'rejected' (1 row, e.g. d.jsonl:1)" in note and "preference pair" not in note
+
+
 def test_a_csv_file_without_a_header_line_is_told_so():
     """A .csv file of question,answer rows with no header line: its first row became the column names and the
     format could not be told, without a word of the missing header."""

@@ -456,6 +456,14 @@ def other_columns(record: Record, fmt: str, fields: dict[str, str]) -> list[str]
     ]
 
 
+def pair_unread(record: Record, fmt: str, fields: dict[str, str]) -> bool:
+    """Whether the row holds a preference pair (columns chosen and rejected, as dpo and reward read them, a
+    LLaMA-Factory or UltraFeedback file) that format `fmt` and the mapping leave unread: sft trains on neither."""
+    required, optional = FORMATS[fmt]
+    read = {fields.get(name, name) for name in (*required, *optional)} | set(fields.values())
+    return all(key not in read and filled(record.row.get(key)) for key in ("chosen", "rejected"))
+
+
 def filled(value) -> bool:
     """A value with something in it: not null, NaN, blank text or an empty list."""
     if isinstance(value, str):
@@ -501,6 +509,7 @@ def to_examples(
     unused = UnusedMappings(lenient=lenient, option=option)
     lost: dict[tuple[str, str], list] = {}  # (file, column) -> [rows, first record] of columns left unread
     other: dict[str, dict[str, list]] = {}  # file -> column -> [rows, first record] of other text left unread
+    pairs: dict[str, list] = {}  # file -> [rows, first record] of preference pairs left unread
     mapping = fields
     for record in records:
         report.read(record.path)
@@ -526,8 +535,12 @@ def to_examples(
             for name in unread_columns(record, chosen, fields):
                 lost.setdefault((record.path, name), [0, record])[0] += 1
             if not questions:  # a question row's expected answer and kind are read by eval
+                pair = pair_unread(record, chosen, fields)  # noted as a pair, not as two columns of text
                 for name in other_columns(record, chosen, fields):
-                    other.setdefault(record.path, {}).setdefault(name, [0, record])[0] += 1
+                    if not (pair and name in ("chosen", "rejected")):
+                        other.setdefault(record.path, {}).setdefault(name, [0, record])[0] += 1
+                if pair:
+                    pairs.setdefault(record.path, [0, record])[0] += 1
         elif "text" not in record.row:  # a data.transform's row
             raise DataError(
                 f"{location(record.path, record.line)}: a .txt file is one record whose text is its field 'text', but "
@@ -545,6 +558,12 @@ def to_examples(
             f"{path}: {counted(rows, 'row')} {'has' if rows == 1 else 'have'} a column '{name}' that the {file_format[path]} format does not read (e.g. "
             f"{location(first.path, first.line)}): it is left out of their examples; to use it, read the rows as "
             "alpaca (instruction, output, input, history: data.fields maps your columns to them)"
+        )
+    for path, (rows, first) in pairs.items():
+        report.notes.append(
+            f"{path}: {counted(rows, 'row')} {'holds' if rows == 1 else 'hold'} a preference pair (columns 'chosen' "
+            f"and 'rejected', e.g. {location(first.path, first.line)}) that the {file_format[path]} format does not "
+            "read: task sft trains on neither answer; to train on the pairs, set task: dpo (or reward)"
         )
     for path, columns in other.items():
         said = ", ".join(
