@@ -10,11 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config
 
 from tunelab.config import RunConfig, dump_yaml
-from tunelab.data.templates import resolve_template
+from tunelab.data.templates import resolve_template, with_system_default
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.gguf import export_gguf, gguf_shape, permute_rotary_rows
 from tunelab.export.gguf_vocab import read_gguf_string
-from tunelab.export.merge import merged_model, with_system_default
+from tunelab.export.merge import merged_model
 from tunelab.export.modelfile import modelfile_parameters, modelfile_stops, modelfile_text, sampling_parameters
 from tunelab.models.load import resolve_source
 

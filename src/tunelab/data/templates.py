@@ -23,6 +23,7 @@ what training wrote, byte for byte (tests/data/test_templates.py renders both ov
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -364,3 +365,58 @@ def resolve_template(name: str, tokenizer) -> Template:
     template = _make(name, write, tokenizer, named.marker, "" if named.writes_bos else bos)
     template.jinja = _named_jinja(named, texts["bos"], texts["eos"], _closing(template), template.bos)
     return template
+
+
+# Training reads an empty system message as none (formats.py): the first message, dropped when it is a system
+# message of blank text, so that the run's system prompt or the template's own default takes its place.
+_DROP_BLANK_SYSTEM = (
+    "{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] is string "
+    "and messages[0]['content'] | trim == '' %}{%- set messages = messages[1:] %}{%- endif %}"
+)
+_SET_SYSTEM = (
+    "{%- if not messages or messages[0]['role'] != 'system' %}{%- set messages = [{'role': 'system', 'content': "
+)
+_SET_SYSTEM_END = "}] + messages %}{%- endif %}"
+
+
+def without_system_default(chat_template: str | None) -> str | None:
+    """`chat_template` less what `with_system_default` put before it (the template as the base model has it)."""
+    if not chat_template or not chat_template.startswith(_DROP_BLANK_SYSTEM):
+        return chat_template
+    rest = chat_template[len(_DROP_BLANK_SYSTEM) :]
+    if rest.startswith(_SET_SYSTEM):
+        try:  # the prompt is a JSON string literal: read it whole, whatever it holds
+            _, end = json.JSONDecoder().raw_decode(rest, len(_SET_SYSTEM))
+        except ValueError:
+            return chat_template
+        if rest.startswith(_SET_SYSTEM_END, end):
+            rest = rest[end + len(_SET_SYSTEM_END) :]
+    return rest
+
+
+def with_system_default(chat_template: str | None, system_prompt: str | None) -> str | None:
+    """`chat_template` reading a conversation as training read it: an empty system message is none, and
+    `system_prompt` is the system message of a conversation that has none, as training wrote it (data.system_prompt):
+    without it a tuned SmolLM2 was prompted with SmolLM2's own default system prompt, and with an empty system
+    message by an empty block it never saw. The prompt is a Jinja string literal (JSON's escapes are Jinja's). A
+    template that already has such a default gets this one in its place."""
+    chat_template = without_system_default(chat_template)
+    if not chat_template:
+        return chat_template
+    if not system_prompt:
+        return _DROP_BLANK_SYSTEM + chat_template
+    return (
+        _DROP_BLANK_SYSTEM
+        + _SET_SYSTEM
+        + json.dumps(system_prompt, ensure_ascii=False)
+        + _SET_SYSTEM_END
+        + chat_template
+    )
+
+
+def trained_chat_template(template: Template, tokenizer, system_prompt: str | None) -> str | None:
+    """The Jinja chat template that writes what training wrote with `template`: the tokenizer's own, or the Jinja of
+    the named template (`Template.jinja`), with the run's system prompt (`trained_system` of data.system_prompt)
+    where a conversation brings none. What a run's saved tokenizer, its merged model and its GGUF file carry."""
+    own = template.jinja if template.jinja is not None else without_system_default(tokenizer.chat_template)
+    return with_system_default(own, system_prompt)

@@ -26,7 +26,7 @@ from torch import nn
 
 from tunelab.atomic import check_can_write, scratch_folder, write_json
 from tunelab.data.render import render_prompt
-from tunelab.data.templates import Template
+from tunelab.data.templates import Template, trained_chat_template
 from tunelab.errors import ConfigError, RunDirError
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
@@ -92,37 +92,6 @@ def stored_dtype(run_dir: str | Path, info: RunInfo) -> torch.dtype:
     return value if value in DTYPES.values() else torch.float32
 
 
-def chat_template_for(template: Template, tokenizer) -> str | None:
-    """The jinja chat template that writes what the run's template wrote in training: the tokenizer's own, or the
-    Jinja of the named template (data/templates.py defines each once, in Python and in Jinja)."""
-    return template.jinja if template.jinja is not None else tokenizer.chat_template
-
-
-# Training reads an empty system message as none (formats.py): the first message, dropped when it is a system
-# message of blank text, so that the run's system prompt or the template's own default takes its place.
-_DROP_BLANK_SYSTEM = (
-    "{%- if messages and messages[0]['role'] == 'system' and messages[0]['content'] is string "
-    "and messages[0]['content'] | trim == '' %}{%- set messages = messages[1:] %}{%- endif %}"
-)
-
-
-def with_system_default(chat_template: str | None, system_prompt: str | None) -> str | None:
-    """`chat_template` reading a conversation as training read it: an empty system message is none, and
-    `system_prompt` is the system message of a conversation that has none, as training wrote it (data.system_prompt):
-    without it a merged SmolLM2 run was prompted with SmolLM2's own default system prompt, and with an empty system
-    message by an empty block it never saw. The prompt is a Jinja string literal (JSON's escapes are Jinja's)."""
-    if not chat_template:
-        return chat_template
-    if not system_prompt:
-        return _DROP_BLANK_SYSTEM + chat_template
-    literal = json.dumps(system_prompt, ensure_ascii=False)
-    return (
-        _DROP_BLANK_SYSTEM + "{%- if not messages or messages[0]['role'] != 'system' %}"
-        f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}"
-        "{%- endif %}" + chat_template
-    )
-
-
 def _probe(run) -> torch.Tensor:
     """(1, T) token ids of a short prompt in the run's template: the input the merge check reads."""
     system = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
@@ -164,7 +133,7 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     tokenizer = run.tokenizer
     # the template training wrote, with the run's system prompt where a conversation brings none: what the merged
     # folder's tokenizer and the GGUF file's tokenizer.chat_template (llama.cpp, LM Studio) prompt with
-    tokenizer.chat_template = with_system_default(chat_template_for(run.template, tokenizer), run.system_prompt)
+    tokenizer.chat_template = trained_chat_template(run.template, tokenizer, run.system_prompt)
     gen = getattr(model, "generation_config", None)
     if gen is not None and run.template.stop_token_ids:
         stops = list(run.template.stop_token_ids)

@@ -453,9 +453,7 @@ def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
 
 
 def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
-    save_head_run(
-        folder, built, tokenizer, cfg.model.name, cfg.method.name, data.facts["labels"], cfg.classify.prompt_format
-    )
+    save_head_run(folder, built, tokenizer, cfg, data, data.facts["labels"])
 
 
 CLASSIFY = Task(

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
+from tunelab.config import RunConfig
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.models.llama import LlamaForCausalLM, LlamaModel
 from tunelab.models.load import ModelSource, damaged_weights, pick_device
@@ -35,6 +36,7 @@ from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora_linear import float_weight
 from tunelab.peft.save import load_adapter, save_adapter, saved_module
 from tunelab.rundir import RunInfo, read_json_object
+from tunelab.tasks.task import save_tokenizer
 from tunelab.training.build import BuiltModel, run_dtype, trained_base
 
 HEAD = "score"  # transformers' name for the head of *ForSequenceClassification (Llama, Mistral, Qwen, Gemma, GPT-2)
@@ -177,29 +179,22 @@ def head_config(hf_config, labels: list[str], pad_token_id: int | None, prompt_f
     return config
 
 
-def save_head_run(
-    folder: Path,
-    built: BuiltModel,
-    tokenizer,
-    base_model: str,
-    method: str,
-    labels: list[str],
-    prompt_format: str | None = None,
-) -> None:
+def save_head_run(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data, labels: list[str]) -> None:
     """The run's result, written into `folder`, loadable by transformers + PEFT:
     lora, dora: adapter_model.safetensors + adapter_config.json (task SEQ_CLS, the head as modules_to_save) and
           config.json (the classifier's config, for id2label / label2id);
-    full, layers: model.safetensors + config.json of a *ForSequenceClassification model."""
+    full, layers: model.safetensors + config.json of a *ForSequenceClassification model;
+    and the tokenizer with the chat template the rows were written with (`save_tokenizer`)."""
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = pooling_pad(tokenizer)
-    model = built.model
+    model, base_model, method, prompt_format = built.model, cfg.model.name, cfg.method.name, cfg.classify.prompt_format
     if method in ("lora", "dora"):  # method.name dora (not only lora with use_dora) trains an adapter too
         save_adapter(model, folder, base_model=base_model, task_type="SEQ_CLS", modules_to_save=[HEAD])
     else:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     head_config(built.hf_config, labels, tokenizer.pad_token_id, prompt_format).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder, cfg, data)
 
 
 def pooling_pad(tokenizer):

@@ -370,7 +370,7 @@ def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
 
 
 def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
-    save_head_run(folder, built, tokenizer, cfg.model.name, cfg.method.name, LABELS, cfg.classify.prompt_format)
+    save_head_run(folder, built, tokenizer, cfg, data, LABELS)
 
 
 REWARD = Task(

@@ -21,7 +21,7 @@ from tunelab.data.checks import data_checks
 from tunelab.data.loader import Datasets, build_datasets
 from tunelab.models.llama import LlamaForCausalLM
 from tunelab.peft.save import save_adapter
-from tunelab.tasks.task import Task, eval_mode
+from tunelab.tasks.task import Task, eval_mode, save_tokenizer
 from tunelab.training.build import BuiltModel, save_full_weights
 from tunelab.training.distributed import is_parallel, unwrap
 
@@ -100,12 +100,13 @@ def prepare(built: BuiltModel, data: Datasets, cfg: RunConfig) -> None:
 
 
 def save(folder: Path, built: BuiltModel, tokenizer, cfg: RunConfig, data: Datasets) -> None:
-    """The adapter (PEFT layout) or the full weights (safetensors), and the tokenizer."""
+    """The adapter (PEFT layout) or the full weights (safetensors), and the tokenizer with the chat template training
+    wrote (`save_tokenizer`)."""
     if cfg.method.is_adapter:
         save_adapter(built.model, folder, base_model=cfg.model.name)
     else:
         save_full_weights(built, folder)
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder, cfg, data)
 
 
 def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:

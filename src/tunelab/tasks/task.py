@@ -37,10 +37,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from tunelab.data.formats import trained_system
+from tunelab.data.templates import resolve_template, trained_chat_template
 
 Batch = dict[str, Any]  # tensors (B, ...) and plain per-row lists (e.g. packed doc_lengths)
 
@@ -90,3 +94,18 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def save_tokenizer(tokenizer, folder: Path, cfg, data=None) -> None:
+    """The tokenizer into a run's `folder` with the chat template training wrote (the template of `data`, the task's
+    Datasets, else data.template resolved for this tokenizer as training resolves it; with the run's
+    data.system_prompt where a conversation brings no system message: `trained_chat_template`), so that
+    `apply_chat_template` on the run's tokenizer (transformers + PEFT, vLLM) prompts the model as it learned, not
+    with the base model's default system prompt. The tokenizer in memory keeps its own template."""
+    template = data.template if data is not None else resolve_template(cfg.data.template, tokenizer)
+    own = tokenizer.chat_template
+    tokenizer.chat_template = trained_chat_template(template, tokenizer, trained_system(cfg.data.system_prompt))
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.chat_template = own

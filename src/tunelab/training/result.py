@@ -18,7 +18,7 @@ from tunelab.config import RunConfig
 from tunelab.errors import RunDirError
 from tunelab.peft.save import record_base_revision, save_adapter
 from tunelab.tasks import SFT
-from tunelab.tasks.task import Task
+from tunelab.tasks.task import Task, save_tokenizer
 from tunelab.training.build import BuiltModel, save_full_weights
 from tunelab.training.checkpoint import STEP_PREFIX, delete_checkpoints, intact_checkpoint, no_space_message
 from tunelab.training.guard import require_finite
@@ -56,7 +56,7 @@ def save_final(
                 save_adapter(built.model, staging, base_model=cfg.model.name, weights=weights)
             else:
                 save_full_weights(built, staging, weights)
-            tokenizer.save_pretrained(staging)
+            save_tokenizer(tokenizer, staging, cfg, data)
         else:
             task.save(staging, built, tokenizer, cfg, data)
         record_base_revision(staging, base_revision)

@@ -56,7 +56,7 @@ from tunelab.errors import (
     article,
     counted,
 )
-from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source
+from tunelab.models.load import ModelSource, base_record, load_tokenizer, resolve_source, run_base
 from tunelab.models.quiet import quiet_progress
 from tunelab.peft.lora import merge_lora
 from tunelab.peft.save import load_adapter
@@ -226,6 +226,9 @@ def merge_stage(run_dir: Path, out: Path) -> None:
     model = trained_base(info, dtype, torch.device("cpu"), info.quantize_base == "nf4")
     merge_lora(load_adapter(model, run_dir), dtype)
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)
+    # the run's tokenizer carries the template it trained with and its system prompt (tasks.task.save_tokenizer); the
+    # next stage's base keeps its base's own, so that the next stage resolves data.template as the first one did
+    tokenizer.chat_template = load_tokenizer(run_base(info), info.trust_remote_code).chat_template
     with scratch_folder(out) as scratch, quiet_progress():
         model.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
