@@ -2,6 +2,7 @@
 are re-saved unchanged; the chat template travels; bad run dirs and occupied outputs are refused without writing."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -434,3 +435,53 @@ def test_the_merge_record_names_the_run_relative_to_the_merged_folder(lora_run, 
     copy = moved / "models" / "merged"
     named = copy / json.loads((copy / "tunelab_merge.json").read_text())["run_dir"]
     assert named.resolve() == (moved / "run").resolve() and (named / "run.json").is_file()
+
+
+def _gguf_run(tiny_gguf, tmp_path, monkeypatch):
+    """A LoRA run over a copy of the tiny GGUF base (converted into a cache of its own), as training records it."""
+    from tunelab.models.load import base_record, materialize, resolve_source
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "base.gguf"
+    base.write_bytes(tiny_gguf.read_bytes())
+    converted = materialize(resolve_source(str(base)))
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+    attach_lora(model, ["all-linear"], r=4, alpha=8)
+    torch.manual_seed(3)
+    for _, m in lora_modules(model):
+        torch.nn.init.normal_(m.lora_B.weight, std=0.05)
+    run = _write_run(tmp_path / "run", model, AutoTokenizer.from_pretrained(converted), base, "lora")
+    info = json.loads((run / "run.json").read_text()) | base_record(str(base))
+    (run / "run.json").write_text(json.dumps(info))
+    return run, base, converted
+
+
+def test_a_gone_gguf_base_is_merged_from_its_converted_copy_of_the_same_file(tiny_gguf, tmp_path, monkeypatch, capsys):
+    run, base, converted = _gguf_run(tiny_gguf, tmp_path, monkeypatch)
+    there = AutoModelForCausalLM.from_pretrained(merge_run(run, tmp_path / "with-file"))
+    base.unlink()
+    capsys.readouterr()
+    gone = AutoModelForCausalLM.from_pretrained(merge_run(run, tmp_path / "without-file"))
+    err = capsys.readouterr().err
+    assert "the GGUF file is gone; using its converted copy" in err and converted in err
+    with torch.no_grad():
+        assert torch.equal(there(IDS % 300).logits, gone(IDS % 300).logits)
+
+
+def test_a_gone_gguf_base_is_not_replaced_by_a_copy_that_cannot_be_told_the_same(tiny_gguf, tmp_path, monkeypatch):
+    from tunelab.errors import ModelError
+    from tunelab.models.converted import COMPLETE
+
+    run, base, converted = _gguf_run(tiny_gguf, tmp_path, monkeypatch)
+    base.unlink()
+    mark = Path(converted) / COMPLETE
+    recorded = json.loads(mark.read_text())
+    for changed, why in [
+        (recorded | {"fingerprint": "0" * 16}, "of another file at that path"),
+        ({k: v for k, v in recorded.items() if k != "fingerprint"}, "before tunelab recorded the fingerprint"),
+    ]:
+        mark.write_text(json.dumps(changed))
+        with pytest.raises(ModelError, match="not there any more") as caught:
+            merge_run(run, tmp_path / "merged")
+        assert why in str(caught.value) and converted in str(caught.value)
+        assert not (tmp_path / "merged").exists()

@@ -68,14 +68,34 @@ def mtime_key(file: Path) -> str:
 COMPLETE = "tunelab-conversion.json"  # written last into a converted folder: the name and size of every other file
 
 
-def finish_conversion(folder: Path, source_file: Path | None = None) -> None:
+def finish_conversion(folder: Path, source_file: Path | None = None, fingerprint: str = "") -> None:
     """Mark a converted folder as whole by writing COMPLETE after every other file, listing each with its size, and
-    the GGUF file it was converted from (`tunelab cache` tells by it a copy whose file is gone or changed since)."""
+    the GGUF file it was converted from (`tunelab cache` tells by it a copy whose file is gone or changed since) with
+    the fingerprint a run records of it (models/load.fingerprint: `converted_copy` finds the copy by it once the file
+    is gone)."""
     files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file() and f.name != COMPLETE}
     mark = {"conversion": CONVERSION, "files": files}
     if source_file is not None:
         mark["source"] = str(source_file.resolve())
+    if fingerprint:
+        mark["fingerprint"] = fingerprint
     write_json(folder / COMPLETE, mark)
+
+
+def converted_copies(source_file: Path) -> list[tuple[Path, str]]:
+    """The whole converted copies in the cache made from the GGUF file at `source_file` (by the path COMPLETE
+    records), each with the fingerprint of the file it recorded ('' for a copy made before fingerprints were kept)."""
+    root = cache_root() / "gguf"
+    found = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.is_symlink() or conversion_source(folder) != source_file or conversion_problem(folder) is not None:
+            continue
+        try:
+            recorded = json.loads((folder / COMPLETE).read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            continue
+        found.append((folder, recorded if isinstance(recorded, str) else ""))
+    return found
 
 
 def conversion_source(folder: Path) -> Path | None:

@@ -26,7 +26,13 @@ from safetensors.torch import save_file
 from tunelab.atomic import scratch_folder, write_json
 from tunelab.config.model import DEVICE_NAMES, EMBEDDED, is_device
 from tunelab.errors import ConfigError, ModelError, RunDirError, WriteFailed, counted
-from tunelab.models.converted import cache_root, conversion_problem, finish_conversion, gguf_key
+from tunelab.models.converted import (
+    cache_root,
+    conversion_problem,
+    converted_copies,
+    finish_conversion,
+    gguf_key,
+)
 from tunelab.models.quiet import quiet_progress
 from tunelab.rundir import RUN_FILE, RunInfo, read_info
 
@@ -193,16 +199,14 @@ def recorded_commit(run_dir: str | Path) -> str | None:
 def run_base(info: RunInfo) -> ModelSource:
     """The base a run trained over, refused (ModelError) when its weights are no longer those it trained over: an
     adapter over other weights gives other answers, and a merge would fold it into them without a word. A base kept
-    as typed by an old run that names no model from here is refused with `info.base_problem` (RunDirError). The
-    fingerprint is not checked in runs written before it was kept."""
+    as typed by an old run that names no model from here is refused with `info.base_problem` (RunDirError). A .gguf
+    base file that is gone is replaced by its converted copy when that recorded the same fingerprint (`_gone_base`).
+    The fingerprint is not checked in runs written before it was kept."""
     base_model, recorded = info.base_model, info.base_fingerprint
     if info.base_problem:
         raise RunDirError(info.base_problem)
     if Path(base_model).is_absolute() and not Path(base_model).exists():  # recorded_name keeps local bases absolute
-        raise ModelError(
-            f"model '{base_model}': the base model the run trained over is not there any more (moved or deleted); "
-            "the run holds only what training changed. Put the base back at that path (or link it there)."
-        )
+        return _gone_base(base_model, recorded)
     if info.base_source == "hub":  # the hub id it trained from, at the commit it recorded, whatever this folder holds
         return hub_source(base_model, info.base_revision)
     source = resolve_source(base_model)  # an alias or local base; a run written before base_source: as named
@@ -213,6 +217,41 @@ def run_base(info: RunInfo) -> ModelSource:
             "again over this one."
         )
     return source
+
+
+def _gone_base(base_model: str, recorded: str) -> ModelSource:
+    """The converted copy of a GGUF base file that is gone, when the cache holds one whose recorded fingerprint is the
+    one the run recorded (the weights it trained over, as `run_base` requires), with a note; else ModelError saying
+    what is missing (and of a copy that cannot be told to hold those weights, why)."""
+    file = Path(base_model)
+    copies = converted_copies(file) if file.suffix.lower() == ".gguf" else []
+    same = [folder for folder, mark in copies if recorded and mark == recorded]
+    if same:
+        print(
+            f"model '{base_model}': the GGUF file is gone; using its converted copy {same[0]}, which holds the weights "
+            f"the run trained over (fingerprint {recorded}). `tunelab cache clear` would remove it for good.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return ModelSource(base_model, str(same[0]))
+    why = ""
+    if copies:
+        folder, mark = copies[0]
+        why = (
+            f" The conversion cache holds a copy of it, {folder}, but "
+            + (
+                "the run recorded no fingerprint of its base"
+                if not recorded
+                else "made before tunelab recorded the fingerprint of the file converted"
+                if not mark
+                else f"of another file at that path (fingerprint {mark}, the run recorded {recorded})"
+            )
+            + ", so it cannot be told to hold the weights the run trained over."
+        )
+    raise ModelError(
+        f"model '{base_model}': the base model the run trained over is not there any more (moved or deleted); "
+        f"the run holds only what training changed.{why} Put the base back at that path (or link it there)."
+    )
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -322,7 +361,7 @@ def materialize(source: ModelSource) -> str:
             if model.generation_config is not None:
                 model.generation_config.save_pretrained(scratch)
             tokenizer.save_pretrained(scratch)
-            finish_conversion(scratch, Path(source.path) / source.gguf_file)
+            finish_conversion(scratch, Path(source.path) / source.gguf_file, fingerprint(source))
     except (OSError, WriteFailed):
         if conversion_problem(target) is not None:
             raise
