@@ -138,6 +138,34 @@ def test_one_end_of_turn_token_llama_cpp_does_not_stop_at_is_named_in_the_singul
     result = GGUFCheck("m.gguf", "q8_0")
     _check_stops(result, merged, None, "")
     assert result.problems == [
-        "llama.cpp does not stop generating at 1 trained end-of-turn token ['<t7>']",
-        "the Modelfile's stop parameters [] miss trained end-of-turn token ['<t7>']",
+        "llama.cpp does not stop generating at 1 trained end-of-turn token <t7>: the GGUF file marks it neither EOS "
+        "nor end of generation",
+        'the Modelfile does not stop at 1 trained end-of-turn token <t7>; add PARAMETER stop "<t7>"',
     ]
+
+
+def test_the_stop_messages_name_only_the_tokens_missing_and_a_few_of_many(monkeypatch):
+    """The Modelfile's stop message listed every stop parameter and every trained token, those in order included."""
+    tokenizer = SimpleNamespace(convert_ids_to_tokens=lambda ids: [f"<t{i}>" for i in ids])
+    merged = SimpleNamespace(tokenizer=tokenizer, template=SimpleNamespace(stop_token_ids=[1, 2, 3, 4, 5, 6]))
+    monkeypatch.setattr(export_check.llama_cpp, "is_end_of_generation", lambda llm, i: i != 6)
+    result = GGUFCheck("m.gguf", "q8_0")
+    _check_stops(result, merged, None, 'PARAMETER stop "<t1>"\nPARAMETER stop "<t3>"\n')
+    assert result.problems == [
+        "llama.cpp does not stop generating at 1 trained end-of-turn token <t6>: the GGUF file marks it neither EOS "
+        "nor end of generation",
+        "the Modelfile does not stop at 4 trained end-of-turn tokens <t2>, <t4>, <t5> and 1 more; add PARAMETER stop "
+        '"<t2>" (and one per token)',
+    ]
+
+
+def test_the_printed_stop_line_names_only_what_fails():
+    from tunelab.export.check import _stops_line
+
+    fine = {"llama_cpp_stops_on": {"<a>": True, "<b>": True}, "modelfile": ["<a>", "<b>"]}
+    assert _stops_line(fine) == "llama.cpp and the Modelfile stop at all 2 trained end-of-turn tokens (<a>, <b>)"
+    bad = {"llama_cpp_stops_on": {"<a>": True, "<b>": False, "<c>": True}, "modelfile": ["<a>", "<b>"]}
+    assert _stops_line(bad) == (
+        "of 3 trained end-of-turn tokens; llama.cpp DOES NOT STOP at <b>; the Modelfile DOES NOT LIST <c>"
+    )
+    assert _stops_line({}) == "not checked"

@@ -208,6 +208,12 @@ def _check_template(result: GGUFCheck, merged: MergedModel, llm, modelfile: str,
     result.template["byte_identical"] = True
 
 
+def _some_tokens(tokens: list[str], shown: int = 3) -> str:
+    """A few token texts for a message, and how many more: the list can be long, the first ones say enough."""
+    more = f" and {len(tokens) - shown} more" if len(tokens) > shown else ""
+    return ", ".join(tokens[:shown]) + more
+
+
 def _check_stops(result: GGUFCheck, merged: MergedModel, llm, modelfile: str) -> None:
     tok = merged.tokenizer
     trained = list(merged.template.stop_token_ids)
@@ -218,12 +224,16 @@ def _check_stops(result: GGUFCheck, merged: MergedModel, llm, modelfile: str) ->
     missing = [n for n, ok in stops_llama.items() if not ok]
     if missing:
         result.problems.append(
-            f"llama.cpp does not stop generating at {counted(len(missing), 'trained end-of-turn token')} {missing}"
+            f"llama.cpp does not stop generating at {counted(len(missing), 'trained end-of-turn token')} "
+            f"{_some_tokens(missing)}: the GGUF file marks {'it' if len(missing) == 1 else 'them'} neither EOS nor "
+            "end of generation"
         )
-    if not set(names) <= set(listed):
+    unlisted = [n for n in names if n not in listed]
+    if unlisted:  # only those missing, and the line that adds the first: every listed one is fine
         result.problems.append(
-            f"the Modelfile's stop parameters {listed} miss trained end-of-turn "
-            f"{'token' if len(names) == 1 else 'tokens'} {names}"
+            f"the Modelfile does not stop at {counted(len(unlisted), 'trained end-of-turn token')} "
+            f'{_some_tokens(unlisted)}; add PARAMETER stop "{unlisted[0]}"'
+            + (" (and one per token)" if len(unlisted) > 1 else "")
         )
 
 
@@ -357,12 +367,30 @@ def check_export(merged: MergedModel, path: Path, qtype: str, run_dir: Path, que
     return result
 
 
+def _stops_line(stop_tokens: dict) -> str:
+    """How many trained end-of-turn tokens llama.cpp stops at and the Modelfile lists, naming only those that fail."""
+    stops = stop_tokens.get("llama_cpp_stops_on", {})
+    if not stops:
+        return "not checked"
+    not_stopping = [k for k, v in stops.items() if not v]
+    unlisted = [k for k in stops if k not in stop_tokens.get("modelfile", [])]
+    line = (
+        f"llama.cpp and the Modelfile stop at {'the' if len(stops) == 1 else f'all {len(stops)}'} trained "
+        f"end-of-turn {'token' if len(stops) == 1 else 'tokens'} ({_some_tokens(list(stops))})"
+    )
+    if not_stopping or unlisted:
+        line = f"of {counted(len(stops), 'trained end-of-turn token')}"
+        line += f"; llama.cpp DOES NOT STOP at {_some_tokens(not_stopping)}" if not_stopping else ""
+        line += f"; the Modelfile DOES NOT LIST {_some_tokens(unlisted)}" if unlisted else ""
+    return line
+
+
 def format_check(result: GGUFCheck) -> str:
     a = result.answers
     lines = [
         f"self-check of {result.gguf} ({result.qtype}) with llama.cpp: {result.verdict.upper()}",
         f"  tokens        {result.tokens.get('texts', 0) - len(result.tokens.get('mismatched', []))}/{result.tokens.get('texts', 0)} training texts split alike",
-        f"  stop tokens   {', '.join(f'{k} ' + ('stops' if v else 'DOES NOT STOP') for k, v in result.stop_tokens.get('llama_cpp_stops_on', {}).items())}",
+        f"  stop tokens   {_stops_line(result.stop_tokens)}",
         "  template      "
         + (
             "byte-identical to the training text"
