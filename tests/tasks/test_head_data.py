@@ -523,3 +523,31 @@ def test_rows_all_skipped_beside_an_eval_fraction_say_why(task, smollm2_tokenize
     message = str(refused.value)
     assert message.startswith(f"{train}: no usable training rows."), message
     assert "skipped 4: " in message and f"{train}:1" in message and "holds out" not in message, message
+
+
+def test_a_reward_pair_with_a_long_answer_keeps_the_answers_cue_and_end(smollm2_tokenizer, tmp_path):
+    """data.overlong=truncate kept a long pair's start and last tokens: an answer longer than max_length lost its
+    assistant cue and the whole prompt, so the head scored an answer's middle with no sign of whose turn it was. The
+    cut keeps the start, the cue and the answer's end (its first tokens go), and a prompt's end where there is room."""
+    long = " ".join(f"w{i}" for i in range(300))
+    rows = [{"system": "Be brief.", "prompt": "Tell me.", "chosen": long + " yes.", "rejected": long + " no."}]
+    rows += [_row("reward", i) for i in range(2, 6)]
+    data = _build("reward", smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows), **{"data.overlong": "truncate"})
+    row = next(r for r in data.train if len(r.chosen_ids) == 128)
+    for ids, end in ((row.chosen_ids, " yes.<|im_end|>"), (row.rejected_ids, " no.<|im_end|>")):
+        text = smollm2_tokenizer.decode(ids)
+        assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+        assert "<|im_start|>assistant\n" in text and text.rstrip("\n").endswith(end), text[-80:]
+    assert data.report.total_truncated == 1
+
+
+def test_a_cut_keeps_the_prompts_end_before_a_whole_answer_and_skips_what_leaves_no_room():
+    from tunelab.tasks.head_data import Keep, fit, overlong_reason
+
+    ids = list(range(20))  # start 0-1, prompt 2-11, cue 12-13, answer 14-19
+    keep = Keep(2, 12, 14)
+    assert fit(ids, 12, "truncate", keep) == [0, 1, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+    assert fit(ids, 7, "truncate", keep) == [0, 1, 12, 13, 17, 18, 19]
+    assert fit(ids, 4, "truncate", keep) is None and "assistant cue (4 tokens)" in overlong_reason(4, keep)
+    assert fit(ids, 7, "truncate", Keep(2)) == [0, 1, 15, 16, 17, 18, 19]  # no answer at the end: the tail
+    assert fit(ids, 7, "drop", keep) is None and "data.overlong=drop" in overlong_reason(7, keep)

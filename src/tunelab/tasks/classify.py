@@ -37,6 +37,7 @@ from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, 
 from tunelab.tasks.head_data import (
     INPUT_FIELDS,
     Input,
+    Keep,
     chat_flaw,
     column,
     counted_records,
@@ -303,10 +304,10 @@ def to_rows(
                 continue
             respelt.append((item, near))
             item = dataclasses.replace(item, label=near)
-        start = kept[n] if kept else 0
-        fitted = fit(ids, max_length, overlong, start)
+        keep = kept[n] if kept else Keep()
+        fitted = fit(ids, max_length, overlong, keep)
         if fitted is None:
-            report.skip(overlong_reason(max_length, start), item.path, item.line)
+            report.skip(overlong_reason(max_length, keep), item.path, item.line)
             continue
         if len(fitted) < len(ids):
             report.truncated(item.path, item.line)

@@ -33,7 +33,17 @@ from tunelab.models.load import ModelSource, load_tokenizer, run_base
 from tunelab.models.untrained import repair_rows
 from tunelab.rundir import HEAD_TASKS, RunInfo, federation_stopped, open_info, read_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, attach_head, load_head_model, run_labels
-from tunelab.tasks.head_data import Input, fit, overlong_reason, pad_rows, render, same_tokens, starts, with_system
+from tunelab.tasks.head_data import (
+    Input,
+    Keep,
+    fit,
+    overlong_reason,
+    pad_rows,
+    render,
+    same_tokens,
+    starts,
+    with_system,
+)
 from tunelab.training.build import build_model
 from tunelab.training.checkpoint import STEP_PREFIX, TENSOR_FILES, intact_checkpoint, load_trainable
 from tunelab.training.sharded_checkpoint import SHARDS
@@ -171,15 +181,15 @@ def training_skips(
     kept = (
         starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format) if overlong == "truncate" else None
     )
-    kept = kept or [0] * len(ids)
-    fitted = [fit(row, limit, overlong, start) for row, start in zip(ids, kept)]
-    skips = {i: overlong_reason(limit, start) for i, (row, start) in enumerate(zip(fitted, kept)) if row is None}
+    kept = kept or [Keep()] * len(ids)
+    fitted = [fit(row, limit, overlong, keep) for row, keep in zip(ids, kept)]
+    skips = {i: overlong_reason(limit, keep) for i, (row, keep) in enumerate(zip(fitted, kept)) if row is None}
     if not pairs:
         return skips
     n, out = len(inputs) // 2, {}
     for i in range(n):
         if i in skips or n + i in skips:
-            out[i] = overlong_reason(limit, max(kept[i], kept[n + i]))
+            out[i] = overlong_reason(limit, max(kept[i], kept[n + i], key=lambda k: k.fixed))
         elif fitted[i] == fitted[n + i]:
             cut = len(fitted[i]) < len(ids[i]) or len(fitted[n + i]) < len(ids[n + i])
             out[i] = same_tokens(f"{limit} kept" if cut else None)
@@ -194,12 +204,12 @@ def head_outputs(
     ids = render(inputs, run.tokenizer, run.template, wheres, run.prompt_format)
     limit = run.data.max_length
     kept = starts(inputs, ids, run.tokenizer, run.template, limit, run.prompt_format)
-    fitted = [fit(row, limit, "truncate", start) for row, start in zip(ids, kept)]
-    for i, (row, start) in enumerate(zip(fitted, kept)):
+    fitted = [fit(row, limit, "truncate", keep) for row, keep in zip(ids, kept)]
+    for i, (row, keep) in enumerate(zip(fitted, kept)):
         if row is None:  # training skips it: its last tokens alone are a form the head never read
             where = wheres[i] if wheres else f"input {i + 1}"
             raise DataError(
-                f"{where}: cannot be scored: {overlong_reason(limit, start)}, so training would have skipped it. "
+                f"{where}: cannot be scored: {overlong_reason(limit, keep)}, so training would have skipped it. "
                 "Shorten its system prompt, or score it with a run of a larger data.max_length."
             )
     cut = sum(len(a) < len(b) for a, b in zip(fitted, ids))

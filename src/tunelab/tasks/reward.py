@@ -37,6 +37,7 @@ from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
     Input,
+    Keep,
     answer_blank,
     answer_turns,
     as_turns,
@@ -272,13 +273,13 @@ def to_rows(
     report.add_lengths([len(ids) for ids in sides])
     inputs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     kept = starts(inputs, sides, tokenizer, template, max_length, text_format) if overlong == "truncate" else None
-    kept = kept or [0] * len(sides)
+    kept = kept or [Keep()] * len(sides)
     rows = []
     for n, (pair, chosen, rejected) in enumerate(zip(pairs, sides[: len(pairs)], sides[len(pairs) :])):
-        start = max(kept[n], kept[n + len(pairs)])
+        keep = max(kept[n], kept[n + len(pairs)], key=lambda k: k.fixed)
         c, r = fit(chosen, max_length, overlong, kept[n]), fit(rejected, max_length, overlong, kept[n + len(pairs)])
         if c is None or r is None:
-            report.skip(overlong_reason(max_length, start), pair.path, pair.line)
+            report.skip(overlong_reason(max_length, keep), pair.path, pair.line)
             continue
         cut = len(c) < len(chosen) or len(r) < len(rejected)
         if c == r:  # sides that differ as read but not as tokens (a template that trims), or once cut
