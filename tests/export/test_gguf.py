@@ -231,9 +231,11 @@ def test_modelfile_speaks_chatml_in_go(tiny_run, tmp_path, small_tokenizer):
     assert 'SYSTEM """Answer box questions."""' in with_system and "{{ else }}" not in with_system
 
 
-def test_the_modelfile_sets_the_sampling_a_grpo_run_trained_with(tiny_run, tmp_path):
-    """The Modelfile set no sampling PARAMETER: Ollama sampled a grpo run at its own temperature 0.8, top_p 0.9 and
-    top_k 40, not at what the rollouts were drawn and rewarded with, and answered past grpo.max_new_tokens."""
+def test_the_modelfile_of_a_grpo_run_answers_greedily_as_chat_and_its_eval_did(tiny_run, tmp_path):
+    """The Modelfile of a grpo run sampled at grpo.temperature and top_p, while `tunelab chat`, `generate` and `serve`
+    answer it greedily and its eval reward (and train.keep_best) judged greedy answers: Ollama answered otherwise than
+    every figure of the run. It answers greedily now, the rollouts' sampling named in the comment, and stops at
+    grpo.max_new_tokens."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     cfg = RunConfig()
@@ -242,8 +244,11 @@ def test_the_modelfile_sets_the_sampling_a_grpo_run_trained_with(tiny_run, tmp_p
     (run / "config.yaml").write_text(dump_yaml(cfg))
     export_gguf(run, tmp_path / "m.gguf", "f16", check=False)
     text = (tmp_path / "m.Modelfile").read_text()
-    assert modelfile_parameters(text) == {"temperature": "0.7", "top_p": "0.95", "top_k": "0", "num_predict": "200"}
-    assert "# grpo.temperature: the rollouts were sampled at it\nPARAMETER temperature 0.7\n" in text
+    assert modelfile_parameters(text) == {"temperature": "0", "repeat_penalty": "1", "num_predict": "200"}
+    assert (
+        "sampled with PARAMETER temperature 0.7, PARAMETER top_p 0.95, PARAMETER top_k 0\nPARAMETER temperature 0\n"
+        in text
+    )
 
 
 def test_the_modelfile_of_an_sft_run_answers_as_tunelab_chat_does_by_default(tiny_run, small_tokenizer):

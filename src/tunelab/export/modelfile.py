@@ -234,23 +234,25 @@ _OLLAMA_NAMES = (
 
 def sampling_parameters(cfg: RunConfig | None, generation_config) -> list[tuple[str, float | int, str]]:
     """(Ollama PARAMETER, value, where it comes from) for the sampling the run's model answers with; without them
-    Ollama samples with its own defaults (temperature 0.8, top_p 0.9, top_k 40, repeat_penalty 1.1). A grpo run: the
-    sampling its rollouts were drawn and rewarded with (grpo.temperature, grpo.top_p, no top-k, answers of at most
-    grpo.max_new_tokens). Another run: what `tunelab chat`, `generate` and `serve` answer with by default, greedily
-    and with no repetition penalty (they do not apply the model's generation_config, and neither does this); where
-    the base model's generation_config samples (Qwen's temperature 0.7, top_p 0.8, ...) the comment says so, with
-    the PARAMETER lines that sample as it does. None (the run's config unreadable): nothing."""
+    Ollama samples with its own defaults (temperature 0.8, top_p 0.9, top_k 40, repeat_penalty 1.1). Every run: what
+    `tunelab chat`, `generate` and `serve` answer with by default, greedily and with no repetition penalty (they do
+    not apply the model's generation_config, and neither does this), as export's check compares. A grpo run too: its
+    eval reward, and train.keep_best by it, judged greedy answers (tasks/grpo.py), so greedy answers are those its
+    figures describe; the comment gives the PARAMETER lines of the sampling its rollouts were drawn with
+    (grpo.temperature, grpo.top_p, no top-k), and num_predict is grpo.max_new_tokens, the longest answer it trained
+    on. Where the base model's generation_config samples (Qwen's temperature 0.7, top_p 0.8, ...) the comment says
+    so, with the PARAMETER lines that sample as it does. None (the run's config unreadable): nothing."""
     if cfg is None:
         return []
+    why = "greedy, as tunelab chat, generate and serve answer by default (--temperature 0) and export's check did"
+    length = []
     if cfg.task == "grpo":
         g = cfg.grpo
-        return [
-            ("temperature", g.temperature, "grpo.temperature: the rollouts were sampled at it"),
-            ("top_p", g.top_p, "grpo.top_p"),
-            ("top_k", 0, "the rollouts kept every token (0: no top-k)"),
-            ("num_predict", g.max_new_tokens, "grpo.max_new_tokens: the longest answer trained on"),
-        ]
-    why = "greedy, as tunelab chat, generate and serve answer by default (--temperature 0) and export's check did"
+        why += (
+            ", and as the run's eval reward (and train.keep_best) judged its answers; its rollouts were sampled with "
+            f"PARAMETER temperature {_number(g.temperature)}, PARAMETER top_p {_number(g.top_p)}, PARAMETER top_k 0"
+        )
+        length = [("num_predict", g.max_new_tokens, "grpo.max_new_tokens: the longest answer trained on")]
     set_here = generation_config.to_diff_dict() if generation_config is not None else {}
     base = [
         f"PARAMETER {ollama} {_number(set_here[name])}"
@@ -262,6 +264,7 @@ def sampling_parameters(cfg: RunConfig | None, generation_config) -> list[tuple[
     return [
         ("temperature", 0, why),
         ("repeat_penalty", 1, "no repetition penalty, as tunelab's default --repetition-penalty 1 (Ollama's is 1.1)"),
+        *length,
     ]
 
 
