@@ -485,3 +485,25 @@ def test_a_gone_gguf_base_is_not_replaced_by_a_copy_that_cannot_be_told_the_same
             merge_run(run, tmp_path / "merged")
         assert why in str(caught.value) and converted in str(caught.value)
         assert not (tmp_path / "merged").exists()
+
+
+def test_a_merged_folder_has_a_model_card_whose_example_runs(lora_run, tmp_path, tiny_model_dir, monkeypatch):
+    """A merged folder had no README.md: pushed to the hub it had no model card, and nothing in it said what the
+    model is, which system prompt it was trained with or how to prompt it. The card says so, names a local base by
+    its folder's name (not the user's absolute path, nor as hub metadata), and its Python example runs as written."""
+    import re
+
+    import yaml
+
+    run, _ = lora_run
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"system_prompt": "Answer in one line.\nBe kind."}))
+    out = merge_run(run, tmp_path / "box-model")
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "transformers" and "base_model" not in front  # a local base: no hub link
+    assert str(tiny_model_dir) not in card and f"`{tiny_model_dir.name}` fine-tuned with tunelab (lora" in card
+    assert "> Answer in one line.\n> Be kind.\n" in card and "Merge check on a " in card
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("max_new_tokens=128", "max_new_tokens=2")
+    monkeypatch.chdir(tmp_path)  # the example names the folder as the merge named it
+    exec(compile(code, "README.md", "exec"), {})

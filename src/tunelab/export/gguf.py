@@ -38,7 +38,7 @@ from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
 from tunelab.export.gguf_vocab import adds_special, gguf_package, gguf_vocab, source_pre_tokenizer, write_vocab
-from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
+from tunelab.export.merge import MergedModel, check_output, check_run, merged_model, shared_name
 from tunelab.export.modelfile import UNQUOTABLE, modelfile_path, modelfile_text, sampling_parameters
 from tunelab.rundir import saved_config
 
@@ -227,16 +227,6 @@ def encode_tensor(name: str, t: torch.Tensor, qtype: str) -> tuple[np.ndarray, o
 
 
 # ---------------------------------------------------------------------------------------------------- the file
-
-
-def shared_name(base_model: str) -> str:
-    """The base model's name as a file others receive names it: a local folder or .gguf file (recorded as its
-    absolute path) by its own name, so the file does not carry the user's directory layout; an alias or hub id as
-    written."""
-    path = Path(base_model)
-    if not path.is_absolute():
-        return base_model
-    return path.stem if path.suffix.lower() == ".gguf" else path.name
 
 
 def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:

@@ -221,6 +221,61 @@ def provenance(merged: MergedModel, run_dir: Path, out: Path) -> dict:
     )
 
 
+def shared_name(base_model: str) -> str:
+    """The base model's name as a file others receive names it: a local folder or .gguf file (recorded as its
+    absolute path) by its own name, so the file does not carry the user's directory layout; an alias or hub id as
+    written."""
+    path = Path(base_model)
+    if not path.is_absolute():
+        return base_model
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
+
+
+CARD = "README.md"
+
+
+def model_card(merged: MergedModel, name: str) -> str:
+    """The README.md of a merged folder (a Hugging Face model card): what the model is (its base, by `shared_name`;
+    the method and task), how it is prompted (the chat template in the tokenizer, with the run's system prompt where
+    a conversation brings none; greedy, as tunelab answers), how to load it, and the merge check. Only a hub base is
+    named in the metadata (`base_model`, which the hub links); a local one by its folder's name in the text."""
+    info = merged.info
+    base = shared_name(str(info.base_model))
+    front = ["---", "library_name: transformers", "tags:", "- tunelab", f"- {info.method}"]
+    front += [f"base_model: {json.dumps(base)}"] if info.base_source == "hub" else []  # the hub links to it
+    quoted = "\n".join(f"> {line}" for line in (info.system_prompt or "").splitlines())
+    system = (
+        f"conversations that bring no system message get the system prompt it was trained with:\n\n{quoted}\n"
+        if info.system_prompt
+        else "it was trained without a system prompt of its own.\n"
+    )
+    check = f"\n{merged.check.describe()[0].upper()}{merged.check.describe()[1:]}.\n" if merged.check else ""
+    lines = [
+        *front,
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"`{base}` fine-tuned with tunelab ({info.method}, task {info.task}) and merged into plain weights: it loads",
+        "without tunelab, PEFT or the base model.",
+        "",
+        f"Its tokenizer's chat template writes prompts as training wrote them (template `{info.template}`); {system}",
+        "`tunelab chat`, `generate` and `serve` answer greedily by default, as below.",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{name}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+        'messages = [{"role": "user", "content": "Hello!"}]',
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
+        "out = model.generate(**inputs, max_new_tokens=128, do_sample=False)",
+        'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
+        "```",
+    ]
+    return "\n".join(lines) + "\n" + check
+
+
 def merge_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -259,6 +314,7 @@ def merge_run(
         merged.model.save_pretrained(scratch, safe_serialization=True)
         merged.tokenizer.save_pretrained(scratch)
         write_json(scratch / MERGE_FILE, provenance(merged, run_dir, out))
+        (scratch / CARD).write_text(model_card(merged, out.resolve().name), encoding="utf-8")
     if show and merged.check:
         print(merged.check.describe())
     return out
