@@ -191,3 +191,28 @@ def test_a_tool_result_that_answers_no_call_is_refused_by_field(tiny_run_dir):
             assert answer.status_code == 400 and error["param"] == param, (messages, answer.text)
             assert error["message"].startswith(param.rsplit(".", 1)[0]) and says in error["message"], error
         assert _ask(client, [*CALLED, RESULT, RESULT], tools=TOOLS).status_code == 200
+
+
+def test_tool_choice_none_offers_the_model_no_tools(tiny_run_dir, client):
+    """With `"tool_choice": "none"` the tool definitions were still written into the prompt: the model was offered
+    tools and could write a call, which, no call being read, reached the user as content. OpenAI documents "none"
+    as "the model will not call any tool and instead generates a message": the prompt now has no tools, as one
+    without `tools`, and a template that writes none does not refuse them either (the model never sees them)."""
+    run = open_run(tiny_run_dir, device="cpu")
+    run.tokenizer.chat_template = TOOL_TEMPLATE
+    written, real = [], run.template.write
+
+    def seen(messages, add_generation_prompt, **tools):
+        written.append(real(messages, add_generation_prompt, **tools))
+        return written[-1]
+
+    run.template = replace(run.template, write=seen)
+    with TestClient(build_app(run, model_name="tiny")) as client:
+        assert _ask(client, [QUESTION], tools=TOOLS, tool_choice="auto").status_code == 200
+        assert any("<tools>get_weather;</tools>" in text for text in written), written
+        written.clear()
+        assert _ask(client, [QUESTION], tools=TOOLS, tool_choice="none").status_code == 200
+        assert written and not any("get_weather" in text for text in written), written
+    answer = _ask(client, [QUESTION], tools=TOOLS, tool_choice="none")  # SmolLM2's template writes no tools
+    assert answer.status_code == 200, answer.text
+    assert _ask(client, [QUESTION], tools=[{"type": "retrieval"}], tool_choice="none").status_code == 400

@@ -303,6 +303,9 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         tools = body.tools or None
         if tools is not None and (problem := tool_definition_problem(tools)):
             return _error(400, problem[1], param=problem[0])
+        tool_choice = (body.model_extra or {}).get("tool_choice")
+        if tool_choice == "none":  # no call may be answered: the model is not offered the tools (see README)
+            tools = None
         if tools is not None and not template.uses("tools"):
             return _error(
                 400,
@@ -348,7 +351,6 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             return _error(400, str(exc))
         asked = next((f for f in ("max_completion_tokens", "max_tokens") if getattr(body, f) is not None), None)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        tool_choice = (body.model_extra or {}).get("tool_choice")
         reader = tool_call_reader(template, tools, tool_choice, body.parallel_tool_calls, engine.run.tokenizer)
         keep = tuple(reader.markers.values()) if reader else ()
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
