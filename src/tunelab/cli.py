@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer KEY' on /v1/ routes (default: $TUNELAB_API_KEY, else no key)",
     )
     serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")
-    _generation_options(serve)
+    _generation_options(serve, "the room the model's context leaves after the prompt")
 
     cache = sub.add_parser(
         "cache",

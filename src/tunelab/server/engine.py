@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -33,6 +33,10 @@ from tunelab.infer.generate import (
     fit_context,
 )
 from tunelab.infer.run import LoadedRun
+
+# An answer's most tokens where neither the request nor the server sets them and the model does not say its context
+# length (no max_position_embeddings): where it does, the answer takes the room the prompt leaves, as vLLM's does.
+UNKNOWN_CONTEXT_TOKENS = 4096
 
 
 @dataclass
@@ -195,16 +199,18 @@ class Engine:
         asked: str | None = None,
         default_system: bool = True,
     ) -> tuple[torch.Tensor, GenerationSettings]:
-        """The prompt's ids, and the settings with max_new_tokens cut to the room the model's context leaves.
+        """The prompt's ids, and the settings with max_new_tokens cut to the room the model's context leaves (that
+        room where neither the request nor the server set it).
         ContextTooLong when the prompt leaves none, or, where the request set max_new_tokens itself (`asked`: the
         field, "max_tokens"), when it leaves less than that: OpenAI and vLLM refuse such a request rather than
         answer it shorter than asked. Without `default_system`, a conversation without a system message (or with an
         empty one) gets none, not the run's data.system_prompt."""
         conversation = as_trained(messages, self.run.system_prompt if default_system else None)
         ids = render_prompt(conversation, self.run.tokenizer, self.run.template, tools)
-        refuse_beyond_context(
-            context_length(self.run.model), len(ids), settings.max_new_tokens if asked else None, asked
-        )
+        limit = context_length(self.run.model)
+        refuse_beyond_context(limit, len(ids), settings.max_new_tokens if asked else None, asked)
+        if settings.max_new_tokens is None:  # neither the request nor --max-new-tokens: the room the context leaves
+            settings = replace(settings, max_new_tokens=limit - len(ids) if limit else UNKNOWN_CONTEXT_TOKENS)
         settings = fit_context(self.run.model, len(ids), settings)
         return torch.tensor([ids], device=self.run.device), settings
 
