@@ -41,6 +41,7 @@ from tunelab.server.tool_calls import (
 )
 
 MAX_TOKENS_CAP = 4096  # the most a request may ask, unless the server's default (--max-new-tokens) is more
+MAX_CHOICES = 128  # the most answers one request may ask (OpenAI's limit on n)
 ROUTES = (
     "GET (or HEAD) /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
 )
@@ -77,7 +78,8 @@ class ChatRequest(BaseModel):
     stream: bool | None = Field(default=None, strict=True)
     stream_options: StreamOptions | None = None
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None  # OpenAI's limit: 4 sequences
-    n: int | None = Field(default=None, ge=1, strict=True)  # more than 1: refused by `unsupported_option`
+    # answers to the same prompt, generated one after another (the queue takes one generation at a time)
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES, strict=True)
     # OpenAI's range (a 64-bit signed integer), which torch's generator takes; -1 asks for no seed, as vLLM reads it
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63, strict=True)
     # OpenAI's tool definitions: shown to the model through a chat template that writes them, else refused
@@ -166,11 +168,6 @@ def unsupported_option(body: ChatRequest) -> tuple[str, str] | None:
                 name,
                 f"option {name!r} is {json.dumps(value)[:80]}, which this server does not support ({why}); leave it out",
             )
-    if (body.n or 1) > 1:
-        return "n", (
-            f"n is {body.n}: this server answers one choice per request (n: 1, the default); send the request {body.n} "
-            "times instead, with a temperature above 0 for different answers"
-        )
     if body.stream_options is not None and not body.stream:
         return "stream_options", "option 'stream_options' is only allowed with \"stream\": true"
     return None
@@ -355,30 +352,37 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         keep = tuple(reader.markers.values()) if reader else ()
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
+        seed = None if body.seed == -1 else body.seed
         try:  # the prompt is tokenized on a worker thread, and the answer read from one: the event loop stays free
-            reply = await anyio.to_thread.run_sync(
-                partial(
-                    engine.stream,
-                    messages,
-                    settings,
-                    stop,
-                    seed=None if body.seed == -1 else body.seed,
-                    tools=tools,
-                    keep=keep,
-                    asked=asked,
-                    opens=reader.opens if reader else (),
-                    default_system=body.default_system_prompt is not False,
+            replies = [
+                await anyio.to_thread.run_sync(
+                    partial(
+                        engine.stream,
+                        messages,
+                        settings,
+                        stop,
+                        seed=_choice_seed(seed, k),
+                        tools=tools,
+                        keep=keep,
+                        asked=asked,
+                        opens=reader.opens if reader else (),
+                        default_system=body.default_system_prompt is not False,
+                    )
                 )
-            )
+                for k in range(body.n or 1)
+            ]
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)
                 return StreamingResponse(
-                    _events(reply, request, request_id, created, body.model, usage, reader),
+                    _events(replies, request, request_id, created, body.model, usage, reader),
                     media_type="text/event-stream",
                 )
-            done = await _answer(reply, request)
-            if done is None:
-                return Response(status_code=499)  # the client closed the connection: nobody reads this
+            answers = []
+            for reply in replies:  # one after another: each waits for the queue, as a request of its own would
+                done = await _answer(reply, request)
+                if done is None:
+                    return Response(status_code=499)  # the client closed the connection: nobody reads this
+                answers.append(done)
         except ContextTooLong as exc:
             return _error(400, str(exc), param="messages", code="context_length_exceeded")
         except Untrained as exc:
@@ -387,36 +391,39 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             return _error(400, str(exc), param="messages")
         except TunelabError as exc:
             return _error(400, str(exc))
-        content, calls = reader.split(done.text) if reader else (done.text, [])
-        message = {"role": "assistant", "content": content}
-        if calls:  # OpenAI's shape of an answer that calls tools: content null when there is none
-            message = {"role": "assistant", "content": content or None, "tool_calls": calls}
-            done.finish_reason = "tool_calls"
         return {
             "id": request_id,
             "object": "chat.completion",
             "created": created,
             "model": body.model,  # the name the request gave, as OpenAI answers (a link's target, an alias)
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": done.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": _usage(done),
+            "choices": [_choice(k, done, reader) for k, done in enumerate(answers)],
+            "usage": _usage(answers),
         }
 
     return app
 
 
-def _usage(done: Completion) -> dict:
-    return {
-        "prompt_tokens": done.prompt_tokens,
-        "completion_tokens": done.completion_tokens,
-        "total_tokens": done.prompt_tokens + done.completion_tokens,
-    }
+def _choice_seed(seed: int | None, k: int) -> int | None:
+    """The seed of a request's answer `k`: its own seed for the first (the answer of n=1), the next ones for the
+    others, so n sampled answers differ and the same request gives the same n again. Kept in the 64-bit signed range
+    the request's seed is read in."""
+    return None if seed is None else (seed + k + 2**63) % 2**64 - 2**63
+
+
+def _choice(index: int, done: Completion, reader: ToolCallReader | None) -> dict:
+    """One answer in OpenAI's shape, its tool calls read (content null where they are all of it)."""
+    content, calls = reader.split(done.text) if reader else (done.text, [])
+    message = {"role": "assistant", "content": content}
+    if calls:
+        message = {"role": "assistant", "content": content or None, "tool_calls": calls}
+    finish = "tool_calls" if calls else done.finish_reason
+    return {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+
+
+def _usage(answers: list[Completion]) -> dict:
+    """The usage of a request's answers: its prompt counted once (the n answers share it), their tokens summed."""
+    prompt, completion = answers[0].prompt_tokens, sum(done.completion_tokens for done in answers)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 async def _answer(reply: Reply, request: Request) -> Completion | None:
@@ -454,7 +461,7 @@ async def _answer(reply: Reply, request: Request) -> Completion | None:
 
 
 async def _events(
-    reply: Reply,
+    replies: list[Reply],
     request: Request,
     request_id: str,
     created: int,
@@ -462,9 +469,9 @@ async def _events(
     usage: bool,
     reader: ToolCallReader | None = None,
 ):
-    """Server-sent events as OpenAI streams them: a role chunk, content chunks, a finish chunk, with
-    `stream_options.include_usage` a chunk of no choices carrying the usage (every other chunk's usage is null),
-    then `[DONE]`. The pieces are read on a worker thread; a client that leaves (the response cancelled, or seen
+    """Server-sent events as OpenAI streams them: for each answer (n of them, one after another, each chunk naming
+    its choice's index) a role chunk, content chunks, a finish chunk; with `stream_options.include_usage` a chunk of
+    no choices carrying the usage of them all (every other chunk's usage is null), then `[DONE]`. The pieces are read on a worker thread; a client that leaves (the response cancelled, or seen
     disconnected between pieces) cancels the generation, which ends at its next token and frees the queue. With a
     `reader`, text that may still become a tool call is held back; at the end the calls, each whole in one chunk
     (`delta.tool_calls` with its index), and the finish reason "tool_calls"; text that was no call is sent then."""
@@ -476,37 +483,42 @@ async def _events(
             body["usage"] = counts
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    def choice(delta: dict, finish: str | None = None) -> list[dict]:
-        return [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-
-    pieces, text, sent = iter(reply), "", 0
+    answers: list[Completion] = []
     try:
-        yield chunk(choice({"role": "assistant", "content": ""}))
-        while True:
-            piece = await anyio.to_thread.run_sync(next, pieces, None)
-            if piece is None:
-                break
-            if isinstance(piece, Completion):
-                content, calls = reader.split(text) if reader else (text, [])
-                rest = content[sent:] if content.startswith(text[:sent]) else ""
-                if rest:
-                    yield chunk(choice({"content": rest}))
-                for k, call in enumerate(calls):
-                    yield chunk(choice({"tool_calls": [{"index": k, **call}]}))
-                yield chunk(choice({}, "tool_calls" if calls else piece.finish_reason))
-                if usage:
-                    yield chunk([], _usage(piece))
-            else:
-                text += piece
-                shown = reader.safe(text) if reader else len(text)
-                if shown > sent:
-                    yield chunk(choice({"content": text[sent:shown]}))
-                    sent = shown
-            if await request.is_disconnected():
-                return
+        for index, reply in enumerate(replies):
+
+            def choice(delta: dict, finish: str | None = None, index: int = index) -> list[dict]:
+                return [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]
+
+            pieces, text, sent = iter(reply), "", 0
+            yield chunk(choice({"role": "assistant", "content": ""}))
+            while True:
+                piece = await anyio.to_thread.run_sync(next, pieces, None)
+                if piece is None:
+                    break
+                if isinstance(piece, Completion):
+                    answers.append(piece)
+                    content, calls = reader.split(text) if reader else (text, [])
+                    rest = content[sent:] if content.startswith(text[:sent]) else ""
+                    if rest:
+                        yield chunk(choice({"content": rest}))
+                    for k, call in enumerate(calls):
+                        yield chunk(choice({"tool_calls": [{"index": k, **call}]}))
+                    yield chunk(choice({}, "tool_calls" if calls else piece.finish_reason))
+                else:
+                    text += piece
+                    shown = reader.safe(text) if reader else len(text)
+                    if shown > sent:
+                        yield chunk(choice({"content": text[sent:shown]}))
+                        sent = shown
+                if await request.is_disconnected():
+                    return
+        if usage:
+            yield chunk([], _usage(answers))
     except Exception as exc:  # the status line is already sent: report the failure as an error event
         body = _error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error")
         yield f"data: {json.dumps(body)}\n\n"
     finally:
-        reply.cancel()
+        for reply in replies:
+            reply.cancel()
     yield "data: [DONE]\n\n"
