@@ -347,3 +347,31 @@ def test_a_stop_string_is_looked_for_in_the_text_not_in_a_call(tiny_run_dir, bas
     client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
     plain, (streamed, _, finish) = _both(client, stop="<", max_tokens=len(ids))
     assert plain.message.content == streamed == "Let me look" and plain.finish_reason == finish == "stop"
+
+
+def test_a_stop_string_does_not_cut_a_llama3_json_call(tiny_run_dir, base_tokenizer):
+    """Llama 3's call is bare JSON, which opens with no marker, so a stop string was looked for inside it: `"stop":
+    "}"` (or "," or '"') ended the answer at the call's first brace, the call was lost and its cut JSON answered as
+    content. The answer's own text ends where its "{" opens the call: the call is answered whole, streamed or not,
+    and a stop string in an answer that is no call still ends it."""
+    from dataclasses import replace
+
+    from tunelab.data.templates import resolve_template
+
+    run = open_run(tiny_run_dir, device="cpu")
+    tokenizer = base_tokenizer(chat_template=LLAMA3)
+    for written, content, calls in (
+        (' {"name": "get_weather", "parameters": {"city": "Paris"}}</s>', "", ["Paris"]),
+        ("Sunny, 21 C } today.</s>", "Sunny, 21 C", []),
+    ):
+        ids = tokenizer.encode(written, add_special_tokens=False)
+        scripted = replace(
+            run, model=ScriptedModel(ids), tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer)
+        )
+        http = TestClient(build_app(scripted, model_name="tiny"))
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+        plain, (streamed, answered, finish) = _both(client, stop=["}", '"'])
+        assert (plain.message.content or "") == streamed == content, (written, plain.message.content, streamed)
+        for got in (plain.message.tool_calls or [], answered):
+            assert [json.loads(c.function.arguments)["city"] for c in got] == calls, written
+        assert plain.finish_reason == finish == ("tool_calls" if calls else "stop")

@@ -31,7 +31,7 @@ from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
-from tunelab.server.engine import Completion, Engine, Reply
+from tunelab.server.engine import Completion, Engine, Reply, whole_text
 from tunelab.server.messages import Message, Refused, read_message
 from tunelab.server.tool_calls import (
     ToolCallReader,
@@ -365,7 +365,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                         tools=tools,
                         keep=keep,
                         asked=asked,
-                        opens=reader.opens if reader else (),
+                        span=reader.span if reader else whole_text,
                         default_system=body.default_system_prompt is not False,
                     )
                 )

@@ -9,14 +9,15 @@ has to cancel (`Reply.cancel`: the generation stops at its next token) and never
 Stop strings end the generation as soon as one appears in the text as generated, streamed or not, and are never sent:
 text that may still become a stop string is held back until it cannot, and so is trailing whitespace (answers are
 stripped), so a streamed answer is the plain one piece by piece. They are looked for in the answer's text, not in a
-tool call (from its "<tool_call>" or Mistral's [TOOL_CALLS] on).
+tool call (from its "<tool_call>", Mistral's [TOOL_CALLS] or the "{" of Llama 3's bare JSON on): the request's
+`span` (an `AnswerSpan`) says where that text is.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -47,43 +48,53 @@ class Completion:
     finish_reason: str  # stop | length
 
 
-def visible_text(text: str, stops: list[str], final: bool, opens=()) -> tuple[str, bool]:
+# Where, in an answer being generated, its own text lies: (start, end, opened) for text[start:end], the only part
+# stop strings are looked for in. Before `start`: what is no answer text (a thought, server/reasoning.py); from `end`
+# on: a tool call, opened (`opened`) or maybe opening (a tail held back until it does or cannot).
+AnswerSpan = Callable[[str], tuple[int, int, bool]]
+
+
+def whole_text(text: str) -> tuple[int, int, bool]:
+    """The span of an answer that is all text: no call, no thought."""
+    return 0, len(text), False
+
+
+def visible_text(text: str, stops: list[str], final: bool, span: AnswerSpan = whole_text) -> tuple[str, bool]:
     """(what of the generated `text` may be sent, whether a stop string ended it). Up to the first stop string,
     looked for in the text as generated, as OpenAI and vLLM look (a "\n" the answer starts with ends it, empty);
     without one, all but a tail that could still grow into a stop string, unless the text is `final`. Leading and
-    trailing whitespace is never part of it (trailing whitespace may yet be followed by more text). From the first of
-    `opens` on (the texts a tool call opens with: "<tool_call>", Mistral's [TOOL_CALLS]) the text is a call, not the
-    answer's text: no stop string is looked for there ("[" or "<" would end the answer where its call begins); a
-    tail that may still become one is held back until it does or cannot."""
-    call = min((i for i in (text.find(m) for m in opens) if i >= 0), default=-1)
-    if call < 0:  # none yet: the text may still open one where its tail is the start of an opening
-        tails = (k for m in opens for k in range(min(len(m) - 1, len(text)), 0, -1) if text.endswith(m[:k]))
-        call = len(text) - (0 if final else max(tails, default=0))
-    cut = min((i for i in (text[:call].find(s) for s in stops if s) if i >= 0), default=-1)
+    trailing whitespace is never part of it (trailing whitespace may yet be followed by more text). Stop strings are
+    looked for only in the answer's own text, the `span`: not in a tool call ("[" or "<" would end the answer where
+    its call begins, "}" cut a JSON call), nor in a thought; a tail that may still open a call is held back until it
+    does or cannot."""
+    start, end, opened = span(text)
+    if final and not opened:
+        end = len(text)
+    cut = min((i for i in (text.find(s, start, end) for s in stops if s) if i >= 0), default=-1)
     if cut >= 0:
         return text[:cut].strip(), True
-    if not final and not any(m in text for m in opens):
-        text = text[:call]
+    if not final and not opened:
+        text = text[:end]
         for stop in stops:
-            for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            for k in range(min(len(stop) - 1, len(text) - start), 0, -1):
                 if text.endswith(stop[:k]):
                     text = text[:-k]
                     break
     return text.strip(), False
 
 
-def tokens_to_stop(tokenizer, ids: list[int], stops: list[str], keep=(), opens=()) -> int:
+def tokens_to_stop(tokenizer, ids: list[int], stops: list[str], keep=(), span: AnswerSpan = whole_text) -> int:
     """How many of the generated `ids` it took for a stop string to appear: up to and including the token that
     completed it, the count vLLM reports (a stop string is found once its tokens are generated, and they were). The
     text a prefix decodes to only grows with it, so the first prefix holding a stop string is found by bisection.
-    `keep`: the special tokens the text was decoded with (Streamed's); `opens` as visible_text takes them."""
+    `keep`: the special tokens the text was decoded with (Streamed's); `span` as visible_text takes it."""
     decode = (
         KeepingDecoder(tokenizer, keep).decode if keep else lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
     )
     low, high = 1, len(ids)  # the whole of `ids` holds one
     while low < high:
         mid = (low + high) // 2
-        if visible_text(decode(ids[:mid]), stops, final=True, opens=opens)[1]:
+        if visible_text(decode(ids[:mid]), stops, final=True, span=span)[1]:
             high = mid
         else:
             low = mid + 1
@@ -113,7 +124,7 @@ class Reply:
     """One answer being generated: iterate for its text pieces, then a Completion (its text empty) with the counts
     and the finish reason. `cancel()` (a client gone) ends it at the next token, from any thread. The text keeps
     the special tokens of `keep` (a tool call's markers), and no other; stop strings are not looked for in a call,
-    from the first of `opens` on (visible_text)."""
+    outside its `span` (visible_text)."""
 
     def __init__(
         self,
@@ -123,10 +134,10 @@ class Reply:
         stop: list[str],
         seed,
         keep=(),
-        opens=(),
+        span: AnswerSpan = whole_text,
     ):
         self.engine, self.prompt, self.settings, self.stop, self.seed = engine, prompt, settings, stop, seed
-        self.keep, self.opens = keep, opens
+        self.keep, self.span = keep, span
         self.generation: Streamed | None = None
         self.cancelled = False
 
@@ -157,7 +168,7 @@ class Reply:
         try:
             for piece in self.generation:
                 text += piece
-                visible, stopped = visible_text(text, self.stop, final=False, opens=self.opens)
+                visible, stopped = visible_text(text, self.stop, final=False, span=self.span)
                 if len(visible) > sent:
                     yield visible[sent:]
                     sent = len(visible)
@@ -166,7 +177,7 @@ class Reply:
                     break
             else:
                 # what was held back for a stop string, or as the start of a call that may be a stop string's
-                visible, stopped = visible_text(text, self.stop, True, self.opens)
+                visible, stopped = visible_text(text, self.stop, True, self.span)
                 if len(visible) > sent:
                     yield visible[sent:]
         finally:
@@ -176,7 +187,7 @@ class Reply:
             raise self.generation.error
         new = self.generation.output[0, self.prompt.shape[1] :].tolist()
         if stopped:  # the generation ran on a token or more past the stop string: those are not counted
-            new = new[: tokens_to_stop(engine.run.tokenizer, new, self.stop, self.keep, self.opens)]
+            new = new[: tokens_to_stop(engine.run.tokenizer, new, self.stop, self.keep, self.span)]
         reason = "stop" if stopped else engine.finish_reason(new, self.settings)
         yield Completion("", self.prompt.shape[1], len(new), reason)
 
@@ -229,12 +240,12 @@ class Engine:
         keep=(),
         asked: str | None = None,
         default_system: bool = True,
-        opens=(),
+        span: AnswerSpan = whole_text,
     ) -> Reply:
         """The answer as it is generated (see Reply). A conversation too long for the model is refused here
         (ContextTooLong), before the response starts, and so is one that leaves less room than the request's
         max_tokens, where it set them (`asked`: the field). `default_system` False: no data.system_prompt added. `tools`: OpenAI's tool definitions, for a template that uses
         them (the answer is text: the calls in it are read by server.tool_calls, whose markers `keep` are the
-        special tokens the text keeps, and `opens` the texts a call opens with, where no stop string is looked for)."""
+        special tokens the text keeps, and `span` where the answer's text lies, where stop strings are looked for)."""
         prompt, settings = self._prompt(messages, settings, tools, asked, default_system)
-        return Reply(self, prompt, settings, stop, seed, keep, opens)
+        return Reply(self, prompt, settings, stop, seed, keep, span)

@@ -111,6 +111,19 @@ class ToolCallReader:
         """The texts a call of this syntax opens with (a mistral call's [ARGS] too, where [TOOL_CALLS] was left out)."""
         return tuple(m for m in MARKERS.get(self.syntax, ()) if m != _CLOSE)
 
+    def span(self, text: str) -> tuple[int, int, bool]:
+        """(0, where a call opens, whether it has) in an answer being generated (engine.AnswerSpan): the first
+        opening's index; else where a tail that may still become one starts, or the text's end. A JSON call (Llama
+        3's) is the whole answer: it opens with the answer's first "{"."""
+        if self.syntax == "json":
+            lead = len(text) - len(text.lstrip())
+            return (0, lead, True) if text[lead : lead + 1] == "{" else (0, len(text), False)
+        at = min((i for i in (text.find(m) for m in self.opens) if i >= 0), default=-1)
+        if at >= 0:
+            return 0, at, True
+        tail = (k for m in self.opens for k in range(min(len(m) - 1, len(text)), 0, -1) if text.endswith(m[:k]))
+        return 0, len(text) - max(tail, default=0), False
+
     def split(self, text: str) -> tuple[str, list[dict]]:
         """(the content left, the calls in OpenAI's shape) of a whole answer; without `parallel`, its first call."""
         content, calls = self._split(text)
