@@ -56,6 +56,8 @@ OTHER = _TURNS + "{%- for c in m.tool_calls or [] %}<call>{{ c.function.name }}<
 
 
 class FakeReply:
+    thought = None  # the model writes no thought
+
     def __init__(self, pieces: list[str]):
         self.pieces = pieces
 

@@ -31,8 +31,9 @@ from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
-from tunelab.server.engine import Completion, Engine, Reply, whole_text
+from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
+from tunelab.server.reasoning import ThoughtReader
 from tunelab.server.tool_calls import (
     ToolCallReader,
     tool_call_reader,
@@ -365,7 +366,7 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
                         tools=tools,
                         keep=keep,
                         asked=asked,
-                        span=reader.span if reader else whole_text,
+                        call_span=reader.span if reader else None,
                         default_system=body.default_system_prompt is not False,
                     )
                 )
@@ -396,7 +397,9 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
             "object": "chat.completion",
             "created": created,
             "model": body.model,  # the name the request gave, as OpenAI answers (a link's target, an alias)
-            "choices": [_choice(k, done, reader) for k, done in enumerate(answers)],
+            "choices": [
+                _choice(k, done, reader, reply.thought) for k, (done, reply) in enumerate(zip(answers, replies))
+            ],
             "usage": _usage(answers),
         }
 
@@ -410,12 +413,20 @@ def _choice_seed(seed: int | None, k: int) -> int | None:
     return None if seed is None else (seed + k + 2**63) % 2**64 - 2**63
 
 
-def _choice(index: int, done: Completion, reader: ToolCallReader | None) -> dict:
-    """One answer in OpenAI's shape, its tool calls read (content null where they are all of it)."""
-    content, calls = reader.split(done.text) if reader else (done.text, [])
-    message = {"role": "assistant", "content": content}
+def _reasoning(text: str) -> dict:
+    """A thought as OpenAI-compatible servers give it: vLLM's `reasoning` and its older `reasoning_content`, which
+    the DeepSeek API, SGLang and llama.cpp's server give (server/reasoning.py)."""
+    return {"reasoning_content": text, "reasoning": text}
+
+
+def _choice(index: int, done: Completion, reader: ToolCallReader | None, thought: ThoughtReader | None) -> dict:
+    """One answer in OpenAI's shape: its thought apart, its tool calls read (content null where they are all of
+    it)."""
+    said, rest = thought.read(done.text, final=True) if thought else (None, done.text)
+    content, calls = reader.split(rest) if reader else (rest, [])
+    message = {"role": "assistant", "content": content} | (_reasoning(said) if said else {})
     if calls:
-        message = {"role": "assistant", "content": content or None, "tool_calls": calls}
+        message |= {"content": content or None, "tool_calls": calls}
     finish = "tool_calls" if calls else done.finish_reason
     return {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
 
@@ -490,26 +501,31 @@ async def _events(
             def choice(delta: dict, finish: str | None = None, index: int = index) -> list[dict]:
                 return [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]
 
-            pieces, text, sent = iter(reply), "", 0
+            pieces, text, sent, thought, said = iter(reply), "", 0, reply.thought, ""
             yield chunk(choice({"role": "assistant", "content": ""}))
             while True:
                 piece = await anyio.to_thread.run_sync(next, pieces, None)
                 if piece is None:
                     break
-                if isinstance(piece, Completion):
+                final = isinstance(piece, Completion)
+                text += "" if final else piece
+                thinking, answer = thought.read(text, final) if thought else (None, text)
+                if thinking and len(thinking) > len(said) and thinking.startswith(said):
+                    yield chunk(choice(_reasoning(thinking[len(said) :])))
+                    said = thinking
+                if final:
                     answers.append(piece)
-                    content, calls = reader.split(text) if reader else (text, [])
-                    rest = content[sent:] if content.startswith(text[:sent]) else ""
+                    content, calls = reader.split(answer) if reader else (answer, [])
+                    rest = content[sent:] if content.startswith(answer[:sent]) else ""
                     if rest:
                         yield chunk(choice({"content": rest}))
                     for k, call in enumerate(calls):
                         yield chunk(choice({"tool_calls": [{"index": k, **call}]}))
                     yield chunk(choice({}, "tool_calls" if calls else piece.finish_reason))
-                else:
-                    text += piece
-                    shown = reader.safe(text) if reader else len(text)
+                elif answer is not None:
+                    shown = reader.safe(answer) if reader else len(answer)
                     if shown > sent:
-                        yield chunk(choice({"content": text[sent:shown]}))
+                        yield chunk(choice({"content": answer[sent:shown]}))
                         sent = shown
                 if await request.is_disconnected():
                     return

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
@@ -34,6 +35,7 @@ from tunelab.infer.generate import (
     fit_context,
 )
 from tunelab.infer.run import LoadedRun
+from tunelab.server.reasoning import ThoughtReader, prompt_opens_thought, special_think_ids
 
 # An answer's most tokens where neither the request nor the server sets them and the model does not say its context
 # length (no max_position_embeddings): where it does, the answer takes the room the prompt leaves, as vLLM's does.
@@ -123,8 +125,8 @@ def refuse_beyond_context(limit: int | None, prompt: int, wanted: int | None, fi
 class Reply:
     """One answer being generated: iterate for its text pieces, then a Completion (its text empty) with the counts
     and the finish reason. `cancel()` (a client gone) ends it at the next token, from any thread. The text keeps
-    the special tokens of `keep` (a tool call's markers), and no other; stop strings are not looked for in a call,
-    outside its `span` (visible_text)."""
+    the special tokens of `keep` (a tool call's markers, a thought's), and no other; stop strings are not looked for
+    outside its `span` (visible_text). `thought` reads the thought out of the text (server/reasoning.py)."""
 
     def __init__(
         self,
@@ -135,9 +137,10 @@ class Reply:
         seed,
         keep=(),
         span: AnswerSpan = whole_text,
+        thought: ThoughtReader | None = None,
     ):
         self.engine, self.prompt, self.settings, self.stop, self.seed = engine, prompt, settings, stop, seed
-        self.keep, self.span = keep, span
+        self.keep, self.span, self.thought = keep, span, thought
         self.generation: Streamed | None = None
         self.cancelled = False
 
@@ -240,12 +243,16 @@ class Engine:
         keep=(),
         asked: str | None = None,
         default_system: bool = True,
-        span: AnswerSpan = whole_text,
+        call_span: AnswerSpan | None = None,
     ) -> Reply:
         """The answer as it is generated (see Reply). A conversation too long for the model is refused here
         (ContextTooLong), before the response starts, and so is one that leaves less room than the request's
         max_tokens, where it set them (`asked`: the field). `default_system` False: no data.system_prompt added. `tools`: OpenAI's tool definitions, for a template that uses
         them (the answer is text: the calls in it are read by server.tool_calls, whose markers `keep` are the
-        special tokens the text keeps, and `span` where the answer's text lies, where stop strings are looked for)."""
+        special tokens the text keeps, and `call_span` where a call opens, where stop strings stop being looked for). A
+        thought the model writes first is no answer text either (the Reply's `thought` reads it)."""
         prompt, settings = self._prompt(messages, settings, tools, asked, default_system)
-        return Reply(self, prompt, settings, stop, seed, keep, span)
+        tokenizer = self.run.tokenizer
+        thought = ThoughtReader(prompt_opens_thought(tokenizer, prompt[0].tolist()))
+        keep = (*keep, *special_think_ids(tokenizer))
+        return Reply(self, prompt, settings, stop, seed, keep, partial(thought.span, inner=call_span), thought)

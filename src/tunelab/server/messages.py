@@ -31,6 +31,10 @@ class Refused(ValueError):
 # A null (OpenAI's SDK sends an earlier answer back with "refusal": null, "tool_calls": null, ...) asks for nothing.
 MESSAGE_FIELDS = {"name": "name", "tool_calls": "tool_calls", "tool_call_id": "tool"}
 MESSAGE_NULLS = ("refusal", "audio", "annotations", "function_call")
+# An earlier answer's thought, as this server (and vLLM) answered it and a client sends it back: given to the template
+# as `reasoning_content`, which reasoning models' templates read (Qwen3's writes it in a turn of tool calls under way)
+# or leave out (earlier thoughts are not in the prompts such a model was trained on).
+THOUGHT_FIELDS = ("reasoning_content", "reasoning")
 
 
 def read_message(m: Message, index: int, template) -> dict:
@@ -50,6 +54,9 @@ def read_message(m: Message, index: int, template) -> dict:
     out = {"role": role, "content": message_text(m.content, m.role, where)}
     for key, value in (m.model_extra or {}).items():
         if value is None or (key == "tool_calls" and value == []) or (key in MESSAGE_NULLS and not value):
+            continue
+        if key in THOUGHT_FIELDS and role == "assistant":
+            out.setdefault("reasoning_content", _string(value, f"{where}.{key}"))
             continue
         wanted = MESSAGE_FIELDS.get(key)
         if (
