@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
-from tunelab.infer.generate import ContextTooLong, GenerationSettings
+from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_length
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
 from tunelab.server.reasoning import ThoughtReader
@@ -41,7 +41,9 @@ from tunelab.server.tool_calls import (
     tool_result_problem,
 )
 
-MAX_TOKENS_CAP = 4096  # the most a request may ask, unless the server's default (--max-new-tokens) is more
+# The most a request may ask of a model that does not state its context length (unless the server's default,
+# --max-new-tokens, is more); where it does, the room the prompt leaves is the limit (context_length_exceeded).
+MAX_TOKENS_CAP = 4096
 MAX_CHOICES = 128  # the most answers one request may ask (OpenAI's limit on n)
 ROUTES = (
     "GET (or HEAD) /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
@@ -71,7 +73,7 @@ class ChatRequest(BaseModel):
     model: str
     messages: list[Message] = Field(min_length=1)
     # strict: JSON's true is not the number 1, nor "true" a bool (a float field still takes an integer)
-    max_tokens: int | None = Field(default=None, ge=1, strict=True)  # at most `token_cap` (create_app)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)  # at most the context's room, or `token_cap`
     max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True, allow_inf_nan=False)
     # OpenAI's range, 0 included: a nucleus of no probability mass holds the likeliest token alone, so 0 is greedy
@@ -290,10 +292,11 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
         if refused is not None:
             return _error(400, refused[1], param=refused[0])
         for name in ("max_tokens", "max_completion_tokens"):
-            if (getattr(body, name) or 0) > token_cap:
+            if context_length(engine.run.model) is None and (getattr(body, name) or 0) > token_cap:
                 return _error(
                     400,
-                    f"{name}: Input should be less than or equal to {token_cap} (this server's limit, "
+                    f"{name}: Input should be less than or equal to {token_cap} (this server's limit for a model that "
+                    "does not state its context length, "
                     f"{'its --max-new-tokens' if token_cap > MAX_TOKENS_CAP else 'or its --max-new-tokens if larger'})",
                     param=name,
                 )
