@@ -122,3 +122,31 @@ def test_a_stop_string_is_looked_for_in_the_answer_not_in_the_thought(run, base_
         model="tiny", messages=[*QUESTION, earlier, {"role": "user", "content": "And box 4?"}]
     )
     assert again.choices[0].message.content == "The code is 7."
+
+
+def test_a_thought_before_a_tool_call(run, base_tokenizer):
+    """Qwen3 thinks, then calls a tool: the thought is the reasoning, the call a tool call, and no content is left,
+    streamed or not; a stop string ("<") neither cuts the thought nor the call's <tool_call>."""
+    import json
+
+    hermes = (
+        "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>\n{% endif %}"
+        + CHATML.replace(
+            "{{ m.content }}",
+            "{{ m.content }}{% for c in m.tool_calls or [] %}<tool_call>\n"
+            '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}\n</tool_call>{% endfor %}',
+        )
+    )
+    tools = [{"type": "function", "function": {"name": "get_code", "parameters": {"type": "object"}}}]
+    call = '<tool_call>\n{"name": "get_code", "arguments": {"box": 3}}\n</tool_call></s>'
+    client = _client(run, base_tokenizer(chat_template=hermes), "<think>\nI need <b>the</b> tool.\n</think>\n\n" + call)
+    ask = {"model": "tiny", "messages": QUESTION, "tools": tools, "stop": "<"}
+    plain = client.chat.completions.create(**ask).choices[0]
+    assert _thought(plain.message) == "I need <b>the</b> tool." and plain.message.content is None
+    assert [json.loads(c.function.arguments) for c in plain.message.tool_calls] == [{"box": 3}]
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    said = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks)
+    calls = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
+    assert said == "I need <b>the</b> tool." and not "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert [json.loads(t.function.arguments) for t in calls] == [{"box": 3}]
+    assert plain.finish_reason == chunks[-1].choices[0].finish_reason == "tool_calls"
