@@ -299,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer KEY' on /v1/ routes (default: $TUNELAB_API_KEY, else no key)",
     )
     serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")
+    serve.add_argument(
+        "--allowed-origins",
+        nargs="+",
+        metavar="ORIGIN",
+        help="web pages whose scripts may call the server from a browser (CORS), as scheme://host[:port], or * for "
+        "any (default: none)",
+    )
     _generation_options(serve, "the room the model's context leaves after the prompt")
 
     cache = sub.add_parser(
@@ -503,6 +510,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             settings=settings,
             device=args.device,
             base_precision=args.base_precision,
+            allowed_origins=args.allowed_origins,
         )
     elif args.command == "chat":
         api.chat(args.run_dir, settings=settings, device=args.device, base_precision=args.base_precision)

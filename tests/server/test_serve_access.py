@@ -111,3 +111,29 @@ def test_the_models_listed_are_those_a_request_may_name(tiny_run_dir, tmp_path, 
         assert "'gpt-4o'" in error["message"] and f"'{tiny_run_dir.name}'" in error["message"], error
     named = TestClient(build_app(open_run(link, device="cpu"), model_name="tiny"))
     assert [m["id"] for m in named.get("/v1/models").json()["data"]] == ["tiny"]
+
+
+def test_allowed_origins_let_a_web_page_call_the_server(loaded, tiny_run_dir):
+    """A chat page in the browser (another origin than the server's) could not call `tunelab serve`: the browser's
+    preflight (OPTIONS, no API key) was a 405 with no CORS header, so every request was blocked. `--allowed-origins`
+    names the pages allowed, as vLLM's option does: their preflight is answered (before the key check, which a
+    preflight cannot pass) and their answers carry the header; another origin gets none. Without the option no page
+    may (vLLM allows any by default; a page the user visits could then drive the model on their machine), and an
+    entry that is no origin is refused, naming the option."""
+    from tunelab.cli import main
+
+    page, other = "http://localhost:3000", "https://elsewhere.example"
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    client = TestClient(build_app(loaded, api_key=KEY, model_name="tiny", allowed_origins=[page]))
+    answer = client.options("/v1/chat/completions", headers={"Origin": page} | preflight)
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == page, answer.text
+    assert "authorization" in answer.headers["access-control-allow-headers"].lower()
+    answer = client.get("/v1/models", headers={"Origin": page, "Authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == page
+    answer = client.options("/v1/chat/completions", headers={"Origin": other} | preflight)
+    assert "access-control-allow-origin" not in answer.headers
+    closed = TestClient(build_app(loaded, model_name="tiny")).options(
+        "/v1/models", headers={"Origin": page} | preflight
+    )
+    assert "access-control-allow-origin" not in closed.headers
+    assert main(["serve", str(tiny_run_dir), "--allowed-origins", "localhost:3000"]) == 2

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
@@ -205,9 +206,15 @@ class KeyCheck:
         await self.app(scope, receive, send)
 
 
-def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationSettings | None = None):
+def create_app(
+    engine: Engine,
+    api_key: str | None = None,
+    defaults: GenerationSettings | None = None,
+    allowed_origins: list[str] | None = None,
+):
     """The FastAPI application around a loaded run. `defaults` give max_new_tokens and sampling when a request
-    does not set them."""
+    does not set them. `allowed_origins`: the web pages whose scripts a browser lets call the server (CORS, "*" for
+    any); none by default, so a page the user visits cannot drive the model on their machine."""
     defaults = defaults or GenerationSettings()
     # a server started with --max-new-tokens above the cap answers that many by default: a request may ask as many
     token_cap = max(MAX_TOKENS_CAP, defaults.max_new_tokens or 0)
@@ -261,6 +268,10 @@ def create_app(engine: Engine, api_key: str | None = None, defaults: GenerationS
 
     if api_key:
         app.add_middleware(KeyCheck, api_key=api_key)
+    if allowed_origins:  # added last, so outermost: a browser's preflight carries no API key, and needs none
+        app.add_middleware(
+            CORSMiddleware, allow_origins=allowed_origins, allow_methods=["GET", "HEAD", "POST"], allow_headers=["*"]
+        )
 
     @app.get("/health")
     @app.head("/health", include_in_schema=False)  # what load balancers and uptime checks send; one schema entry

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import threading
 import time
@@ -81,6 +82,20 @@ def check_api_key(api_key: str | None) -> None:
         )
 
 
+_ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
+
+
+def check_origins(origins: list[str] | None) -> None:
+    """ConfigError for an --allowed-origins entry a browser never sends: an origin is "*" (any) or a scheme, a host
+    and an optional port, with no path ("http://localhost:3000", not "localhost:3000" nor ".../chat/")."""
+    for origin in origins or ():
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"option '--allowed-origins' has {origin!r}, which is no origin a browser sends; give each as "
+                "scheme://host[:port] without a path (http://localhost:3000), or * for any origin."
+            )
+
+
 def environment_key(api_key: str | None) -> str | None:
     """`api_key`, or when it is None $TUNELAB_API_KEY where set and not empty, as `tunelab serve` reads it."""
     return (os.environ.get("TUNELAB_API_KEY") or None) if api_key is None else api_key
@@ -114,11 +129,14 @@ def build_app(
     settings: GenerationSettings | None = None,
     device: str = "auto",
     base_precision: str = "trained",
+    allowed_origins: list[str] | None = None,
 ):
-    """The FastAPI application for a run (loaded here unless given loaded; `base_precision` as in open_run)."""
+    """The FastAPI application for a run (loaded here unless given loaded; `base_precision` as in open_run;
+    `allowed_origins`: the web pages whose scripts may call it, see create_app)."""
     _check_installed()
     check_api_key(api_key)
     check_model_name(model_name)
+    check_origins(allowed_origins)
     from tunelab.server.app import create_app
     from tunelab.server.engine import Engine
 
@@ -133,7 +151,7 @@ def build_app(
         engine = Engine(loaded, model_name)
     else:  # a request may name the directory a link leads to as well
         engine = Engine(loaded, run_name(loaded.run_dir), {loaded.run_dir.resolve().name})
-    return create_app(engine, api_key=api_key, defaults=settings)
+    return create_app(engine, api_key=api_key, defaults=settings, allowed_origins=allowed_origins)
 
 
 def _server(app, log_level: str):
@@ -151,19 +169,22 @@ def serve(
     settings: GenerationSettings | None = None,
     device: str = "auto",
     base_precision: str = "trained",
+    allowed_origins: list[str] | None = None,
 ) -> None:
     """Serve the run over HTTP in OpenAI's chat-completions dialect until interrupted (needs the 'serve' extra).
     Refuses a port in use before loading anything. `start_server` does the same on a background thread and returns
-    its URL. `api_key` None: $TUNELAB_API_KEY when it is set and not empty, as `tunelab serve` reads it."""
+    its URL. `api_key` None: $TUNELAB_API_KEY when it is set and not empty, as `tunelab serve` reads it.
+    `allowed_origins`: the origins of web pages whose scripts may call the server from a browser (CORS; "*" any)."""
     _check_installed()
     api_key = environment_key(api_key)
     check_api_key(api_key)
     check_model_name(model_name)
+    check_origins(allowed_origins)
     check_base_precision(base_precision)
     sock = bind(host, port)
     name = model_name or run_name(run)
     try:
-        app = build_app(run, api_key, model_name, settings, device, base_precision)  # a link's target named too
+        app = build_app(run, api_key, model_name, settings, device, base_precision, allowed_origins)
         print(f"tunelab serve: {run} as model {name!r}{' (API key required)' if api_key else ''}")
         url = base_url(host, sock.getsockname()[1])  # --port 0: the port the system chose
         print(f"  OpenAI base URL: {url}/v1   (health: {url}/health)", flush=True)
@@ -196,6 +217,7 @@ def start_server(
     settings: GenerationSettings | None = None,
     device: str = "auto",
     base_precision: str = "trained",
+    allowed_origins: list[str] | None = None,
 ) -> RunningServer:
     """Serve on a background thread (port 0: a free one) and return once it accepts connections. `api_key` None:
     $TUNELAB_API_KEY when it is set and not empty, as `serve` reads it."""
@@ -204,7 +226,9 @@ def start_server(
     check_model_name(model_name)
     sock = bind(host, port)
     try:
-        server = _server(build_app(run, api_key, model_name, settings, device, base_precision), "warning")
+        server = _server(
+            build_app(run, api_key, model_name, settings, device, base_precision, allowed_origins), "warning"
+        )
     except BaseException:
         sock.close()
         raise
