@@ -81,7 +81,8 @@ def test_a_thought_is_answered_as_reasoning_content(run, base_tokenizer):
     `reasoning_content` (and vLLM's newer `reasoning`), streamed as deltas of those names, and `content` holds the
     answer alone; the same where the prompt opens the thought (R1's later templates), where `<think>` and `</think>`
     are special tokens (decoded with them, never lost), and where the thought never ends (all thought, no answer). A
-    model that writes no thought is answered as before, without those fields."""
+    model that writes no thought is answered as before, without those fields. The usage counts the thought's tokens
+    as OpenAI does (`completion_tokens_details.reasoning_tokens`)."""
     plain_tokenizer = base_tokenizer(chat_template=CHATML)
     special = base_tokenizer(extra_special=("<think>", "</think>"), chat_template=CHATML)
     for tokenizer, written, thought, answer in (
@@ -101,6 +102,13 @@ def test_a_thought_is_answered_as_reasoning_content(run, base_tokenizer):
         assert (_thought(plain.message), plain.message.content) == (thought, answer), written
         assert (reasoning or None, content) == (thought, answer), written
         assert plain.finish_reason == finish
+        # OpenAI's count of the thought's tokens, its </think> included (all of them where it never ended)
+        details = client.chat.completions.create(model="tiny", messages=QUESTION).usage.completion_tokens_details
+        if thought is None:
+            assert details is None
+        else:
+            upto = written[: written.index("</think>") + len("</think>")] if "</think>" in written else written
+            assert details.reasoning_tokens == len(tokenizer.encode(upto, add_special_tokens=False)), written
     assert "<think>" not in special.decode(special.encode(THOUGHT), skip_special_tokens=True)  # special indeed
 
 

@@ -448,7 +448,11 @@ def _choice(index: int, done: Completion, reader: ToolCallReader | None, thought
 def _usage(answers: list[Completion]) -> dict:
     """The usage of a request's answers: its prompt counted once (the n answers share it), their tokens summed."""
     prompt, completion = answers[0].prompt_tokens, sum(done.completion_tokens for done in answers)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    thinking = [done.reasoning_tokens for done in answers if done.reasoning_tokens is not None]
+    if thinking:  # OpenAI's count of the completion's thought tokens (LangChain reads it, and so on)
+        usage["completion_tokens_details"] = {"reasoning_tokens": sum(thinking)}
+    return usage
 
 
 async def _answer(reply: Reply, request: Request) -> Completion | None:

@@ -48,6 +48,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # stop | length
+    reasoning_tokens: int | None = None  # of completion_tokens, those of a thought (to its </think>); None: none
 
 
 # Where, in an answer being generated, its own text lies: (start, end, opened) for text[start:end], the only part
@@ -85,22 +86,43 @@ def visible_text(text: str, stops: list[str], final: bool, span: AnswerSpan = wh
     return text.strip(), False
 
 
-def tokens_to_stop(tokenizer, ids: list[int], stops: list[str], keep=(), span: AnswerSpan = whole_text) -> int:
-    """How many of the generated `ids` it took for a stop string to appear: up to and including the token that
-    completed it, the count vLLM reports (a stop string is found once its tokens are generated, and they were). The
-    text a prefix decodes to only grows with it, so the first prefix holding a stop string is found by bisection.
-    `keep`: the special tokens the text was decoded with (Streamed's); `span` as visible_text takes it."""
-    decode = (
-        KeepingDecoder(tokenizer, keep).decode if keep else lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
-    )
-    low, high = 1, len(ids)  # the whole of `ids` holds one
+def _decoder(tokenizer, keep=()) -> Callable[[list[int]], str]:
+    """How an answer's ids were decoded to its text (Streamed's): without special tokens but those of `keep`."""
+    if keep:
+        return KeepingDecoder(tokenizer, keep).decode
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _first_prefix(ids: list[int], holds: Callable[[list[int]], bool]) -> int:
+    """The length of the shortest prefix of `ids` that `holds`, which the whole of `ids` does: the text a prefix
+    decodes to only grows with it, so it is found by bisection."""
+    low, high = 1, len(ids)
     while low < high:
         mid = (low + high) // 2
-        if visible_text(decode(ids[:mid]), stops, final=True, span=span)[1]:
+        if holds(ids[:mid]):
             high = mid
         else:
             low = mid + 1
     return high
+
+
+def tokens_to_stop(tokenizer, ids: list[int], stops: list[str], keep=(), span: AnswerSpan = whole_text) -> int:
+    """How many of the generated `ids` it took for a stop string to appear: up to and including the token that
+    completed it, the count vLLM reports (a stop string is found once its tokens are generated, and they were).
+    `keep`: the special tokens the text was decoded with (Streamed's); `span` as visible_text takes it."""
+    decode = _decoder(tokenizer, keep)
+    return _first_prefix(ids, lambda prefix: visible_text(decode(prefix), stops, final=True, span=span)[1])
+
+
+def thought_tokens(tokenizer, ids: list[int], thought: ThoughtReader, keep=()) -> int | None:
+    """How many of the generated `ids` are the answer's thought, its </think> included (OpenAI's usage counts them
+    as `reasoning_tokens`): all of them for a thought that never ended; None for an answer without one."""
+    decode = _decoder(tokenizer, keep)
+    if thought.read(decode(ids), final=True)[0] is None:
+        return None
+    if thought.read(decode(ids), final=False)[1] is None:  # it never ended: all thought
+        return len(ids)
+    return _first_prefix(ids, lambda prefix: thought.read(decode(prefix), final=False)[1] is not None)
 
 
 def refuse_beyond_context(limit: int | None, prompt: int, wanted: int | None, field: str | None) -> None:
@@ -192,7 +214,8 @@ class Reply:
         if stopped:  # the generation ran on a token or more past the stop string: those are not counted
             new = new[: tokens_to_stop(engine.run.tokenizer, new, self.stop, self.keep, self.span)]
         reason = "stop" if stopped else engine.finish_reason(new, self.settings)
-        yield Completion("", self.prompt.shape[1], len(new), reason)
+        thinking = thought_tokens(engine.run.tokenizer, new, self.thought, self.keep) if self.thought else None
+        yield Completion("", self.prompt.shape[1], len(new), reason, thinking)
 
 
 class Engine:
