@@ -154,34 +154,6 @@ def test_a_stop_string_the_answer_starts_with_ends_it_empty(client):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def test_a_request_may_ask_as_many_tokens_as_the_context_leaves(tiny_run_dir, monkeypatch):
-    """A request asking more than 4096 tokens was a 400 (max_tokens <= 4096) whatever the model's context, so a
-    reasoning model (Qwen3 suggests 32768) could not be given room to think, though one asking nothing may take the
-    room left. The limit is now the context, as vLLM's: a request may ask the room its prompt leaves, and more is
-    OpenAI's context_length_exceeded. A model that does not state its context length keeps the larger of 4096 and
-    the server's --max-new-tokens."""
-    run = open_run(tiny_run_dir, device="cpu")
-    run.model.config.max_position_embeddings = 8192  # room for 5000 tokens: the tiny model reads 1024
-    running = start_server(run, settings=GenerationSettings(max_new_tokens=5000))
-    try:
-        big = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0, timeout=60)
-        ask = dict(model=big.models.list().data[0].id, messages=QUESTION, temperature=0, stop="\n")
-        for field in ("max_tokens", "max_completion_tokens"):
-            assert big.chat.completions.create(**ask, **{field: 6000}).choices[0].finish_reason == "stop"
-            with pytest.raises(openai.BadRequestError, match="maximum context length is 8192 tokens") as err:
-                big.chat.completions.create(**ask, **{field: 8192})
-            assert err.value.body["code"] == "context_length_exceeded"
-        for where in ("app", "engine"):  # a model that states no context length: the server's limit
-            monkeypatch.setattr(f"tunelab.server.{where}.context_length", lambda model: None)
-        for field in ("max_tokens", "max_completion_tokens"):
-            assert big.chat.completions.create(**ask, **{field: 5000}).choices[0].finish_reason == "stop"
-            with pytest.raises(openai.BadRequestError, match=f"{field}: .*less than or equal to 5000") as err:
-                big.chat.completions.create(**ask, **{field: 5001})
-            assert err.value.body["param"] == field
-    finally:
-        running.stop()
-
-
 def test_a_client_that_leaves_a_stream_frees_the_queue(client):
     """A client that stops reading a stream (a stop button) left the server unable to answer anyone: the abandoned
     answer kept the queue's lock, and its clean-up, run later by the garbage collector on the generation's own
