@@ -32,7 +32,7 @@ from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_length
-from tunelab.server.engine import Completion, Engine, Reply
+from tunelab.server.engine import UNKNOWN_CONTEXT_TOKENS, Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
 from tunelab.server.reasoning import ThoughtReader
 from tunelab.server.tool_calls import (
@@ -43,8 +43,9 @@ from tunelab.server.tool_calls import (
 )
 
 # The most a request may ask of a model that does not state its context length (unless the server's default,
-# --max-new-tokens, is more); where it does, the room the prompt leaves is the limit (context_length_exceeded).
-MAX_TOKENS_CAP = 4096
+# --max-new-tokens, is more), which is what it gets unasked; where it does, the room the prompt leaves is the limit
+# (context_length_exceeded).
+MAX_TOKENS_CAP = UNKNOWN_CONTEXT_TOKENS
 MAX_CHOICES = 128  # the most answers one request may ask (OpenAI's limit on n)
 ROUTES = (
     "GET (or HEAD) /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
