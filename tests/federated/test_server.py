@@ -556,3 +556,6 @@ def test_run_json_counts_the_tokens_the_clients_trained_on(tmp_path, tiny_model_
     assert json.loads((run / "run.json").read_text())["tokens"] == 100 + 250 + 200 + 250
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["tokens"] for r in records if r.get("client") == "site0"] == [100, 200]
+    from tunelab.eval.report import build_report
+
+    assert "<th>tokens trained on (all clients)</th><td>800</td>" in build_report(run).read_text()

@@ -75,11 +75,19 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
                 _final_loss(d, loss),
             ),
             *evals,
-            ("tokens trained on", f"{d['tokens']:,}" if isinstance(d.get("tokens"), int) and not federated else None),
+            ("tokens trained on" + (" (all clients)" if federated else ""), _tokens(d, federated)),
             ("training time", f"{d['elapsed_s']:.0f} s" if isinstance(d.get("elapsed_s"), int | float) else None),
             (verdict_name, verdict.get("text") if isinstance(verdict, dict) else None),
         ]
     )
+
+
+def _tokens(d: dict, federated: bool) -> str | None:
+    """run.json's tokens; a federation's are its clients' (0 in one recorded before they were counted: not shown)."""
+    tokens = d.get("tokens")
+    if not isinstance(tokens, int) or (federated and tokens <= 0):
+        return None
+    return f"{tokens:,}"
 
 
 def _finished(d: dict, stopped: tuple[int, int] | None) -> str:
