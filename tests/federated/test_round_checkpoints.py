@@ -77,3 +77,26 @@ def test_a_full_disk_leaves_the_earlier_rounds_and_says_so(tmp_path, monkeypatch
         save_round(tmp_path, 2, adapter, {"rounds_done": 2})
     assert verify_round(round_folder(tmp_path, 1), 1) is None
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["round-0000001"]
+
+
+def test_keep_best_forgets_a_best_round_that_is_trained_again(tmp_path):
+    """After a fallback past the round keep_best had kept, the snapshot's own best would say nothing of the adapter
+    saved in the run (that later round's): keep_best chooses again among the rounds trained from there."""
+    from tunelab.federated.checkpoints import resume_round
+
+    adapter = {"lora_A.weight": torch.ones(2, 3)}
+    first = {"rounds_done": 1, "history": [{"round": 1}], "best": {"round": 1, "eval_loss": 2.0}}
+    second = {"rounds_done": 2, "history": [{"round": 1}, {"round": 2}], "best": {"round": 2, "eval_loss": 1.0}}
+    save_round(tmp_path, 1, adapter, first)
+    save_round(tmp_path, 2, adapter, second)
+    _damage(round_folder(tmp_path, 2) / "adapter_model.safetensors")
+    state, notes = resume_round(tmp_path, second)
+    assert state["rounds_done"] == 1 and "best" not in state
+    assert (
+        notes[-1]
+        == "resume: train.keep_best had kept round 2, which is trained again: it chooses among the rounds from 2 on"
+    )
+    save_round(tmp_path, 2, adapter, second | {"best": {"round": 1, "eval_loss": 2.0}})
+    _damage(round_folder(tmp_path, 2) / "adapter_model.safetensors")
+    state, notes = resume_round(tmp_path, second | {"best": {"round": 1, "eval_loss": 2.0}})
+    assert state["best"] == {"round": 1, "eval_loss": 2.0} and not any("train.keep_best" in n for n in notes)
