@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tunelab.training.loss_scale as loss_scale
 from tunelab.api import train
@@ -121,9 +121,14 @@ def test_a_stage_without_eval_data_of_its_own_keeps_its_loss_on_earlier_stages(s
 def test_continue_merge_starts_from_the_merged_model(staged, tiny_model_dir):
     staged["stages"][1] |= {"continue": "merge", "method": {"r": 8}}
     staged["stages"][1]["train"]["lr"] = 0.0
+    staged["stages"][0]["data"]["system_prompt"] = "You read about doors."
     result = train(None, staged | {"model.device": "cpu"})  # fp32 weights, compared at fp32 tolerance below
     merged = result.run_dir / "stage-1" / "merged"
     assert json.loads((result.run_dir / "stage-2" / "run.json").read_text())["base_model"] == str(merged)
+    # stage 1's tokenizer adds its system prompt; the next stage's base keeps the base's own template
+    own = AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
+    assert "You read about doors." in AutoTokenizer.from_pretrained(result.run_dir / "stage-1").chat_template
+    assert AutoTokenizer.from_pretrained(merged).chat_template == own
     ids = torch.randint(0, 200, (2, 11))
     before = load_adapter(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), result.run_dir / "stage-1"
