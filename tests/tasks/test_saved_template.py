@@ -1,12 +1,13 @@
 """The tokenizer a run saves prompts as training wrote: the run's template, with its system prompt where a
 conversation brings none (not the base model's default system prompt), and the tokenizer in memory unchanged."""
 
+import copy
 from types import SimpleNamespace
 
 import pytest
 from transformers import AutoTokenizer
 
-from tunelab.data.templates import resolve_template, with_system_default, without_system_default
+from tunelab.data.templates import resolve_template, with_system_default
 from tunelab.tasks.task import save_tokenizer
 
 CONVERSATIONS = [
@@ -47,13 +48,24 @@ def test_the_saved_tokenizer_writes_what_training_wrote(smollm2_tokenizer, tmp_p
         assert "SmolLM" not in first and system_prompt in first
 
 
-def test_a_template_given_a_system_default_twice_keeps_only_the_last(smollm2_tokenizer):
-    own = smollm2_tokenizer.chat_template
-    once = with_system_default(own, 'A "quoted" prompt] + messages %}{%- endif %}')
-    assert without_system_default(once) == own
-    twice = with_system_default(once, "Second.")
-    assert twice == with_system_default(own, "Second.")
-    assert without_system_default(with_system_default(own, None)) == own
+def test_a_base_whose_template_has_a_system_default_keeps_it_as_training_did(smollm2_tokenizer, tmp_path):
+    """A base that is itself a tunelab merge or export carries its run's system prompt in its template; training
+    over it writes that prompt where a conversation brings none, and so must the new run's saved tokenizer (and a
+    second wrapper of one prompt writes what one writes, as merge adds it again over the run's tokenizer)."""
+    tok = copy.deepcopy(smollm2_tokenizer)
+    tok.chat_template = with_system_default(smollm2_tokenizer.chat_template, 'Earlier "run" prompt.')
+    template = resolve_template("tokenizer", tok)
+    save_tokenizer(tok, tmp_path, _cfg("tokenizer", None), SimpleNamespace(template=template))
+    saved = AutoTokenizer.from_pretrained(tmp_path)
+    for messages in CONVERSATIONS:
+        got = saved.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert got == _as_trained(template, messages, None, True)
+    assert 'Earlier "run" prompt.' in saved.apply_chat_template(CONVERSATIONS[0], tokenize=False)
+    once = with_system_default(smollm2_tokenizer.chat_template, "P.")
+    saved.chat_template = with_system_default(once, "P.")
+    twice = saved.apply_chat_template(CONVERSATIONS[0], tokenize=False)
+    saved.chat_template = once
+    assert twice == saved.apply_chat_template(CONVERSATIONS[0], tokenize=False)
 
 
 def test_a_trained_run_saves_its_system_prompt_in_its_tokenizer(tiny_overrides, smollm2_tokenizer):

@@ -379,28 +379,14 @@ _SET_SYSTEM = (
 _SET_SYSTEM_END = "}] + messages %}{%- endif %}"
 
 
-def without_system_default(chat_template: str | None) -> str | None:
-    """`chat_template` less what `with_system_default` put before it (the template as the base model has it)."""
-    if not chat_template or not chat_template.startswith(_DROP_BLANK_SYSTEM):
-        return chat_template
-    rest = chat_template[len(_DROP_BLANK_SYSTEM) :]
-    if rest.startswith(_SET_SYSTEM):
-        try:  # the prompt is a JSON string literal: read it whole, whatever it holds
-            _, end = json.JSONDecoder().raw_decode(rest, len(_SET_SYSTEM))
-        except ValueError:
-            return chat_template
-        if rest.startswith(_SET_SYSTEM_END, end):
-            rest = rest[end + len(_SET_SYSTEM_END) :]
-    return rest
-
-
 def with_system_default(chat_template: str | None, system_prompt: str | None) -> str | None:
     """`chat_template` reading a conversation as training read it: an empty system message is none, and
     `system_prompt` is the system message of a conversation that has none, as training wrote it (data.system_prompt):
     without it a tuned SmolLM2 was prompted with SmolLM2's own default system prompt, and with an empty system
     message by an empty block it never saw. The prompt is a Jinja string literal (JSON's escapes are Jinja's). A
-    template that already has such a default gets this one in its place."""
-    chat_template = without_system_default(chat_template)
+    template that has such a default already (a run's saved tokenizer, or a base that is a tunelab merge) keeps it
+    inside: it applies where this one adds nothing, as it did in training, and a second wrapper of the same prompt
+    writes what one writes."""
     if not chat_template:
         return chat_template
     if not system_prompt:
@@ -418,5 +404,5 @@ def trained_chat_template(template: Template, tokenizer, system_prompt: str | No
     """The Jinja chat template that writes what training wrote with `template`: the tokenizer's own, or the Jinja of
     the named template (`Template.jinja`), with the run's system prompt (`trained_system` of data.system_prompt)
     where a conversation brings none. What a run's saved tokenizer, its merged model and its GGUF file carry."""
-    own = template.jinja if template.jinja is not None else without_system_default(tokenizer.chat_template)
+    own = template.jinja if template.jinja is not None else tokenizer.chat_template
     return with_system_default(own, system_prompt)
