@@ -343,6 +343,8 @@ def test_a_windows_1252_file_shows_the_text_at_fault(tmp_path):
     assert "as Windows-1252 or Latin-1" in str(err.value) and "'Price?,It costs 5 \u20ac \u2013 caf\xe9'" in str(
         err.value
     )
+    assert str(err.value).count("re-save") == 1  # said once: how to re-save it from Windows-1252
+    assert "at byte 38 of the file)" in str(err.value) and str(err.value).endswith("with encoding='utf-8'.")
 
 
 def test_a_utf16_file_is_named_so(tmp_path):

@@ -159,9 +159,11 @@ def _read_text(path: Path) -> str:
                 "UTF-8."
             ) from None
         line = raw[: exc.start].count(b"\n") + 1
+        legacy = _legacy(raw, exc.start)  # which says how to re-save it, where it reads so
         raise NotText(
-            f"{path}:{line}: the file is not UTF-8 text ({exc.reason} at byte {exc.start}){_legacy(raw, exc.start)}; "
-            "re-save it as UTF-8."
+            f"{path}:{line}: the file is not UTF-8 text ({exc.reason} at byte {exc.start} of the file)"
+            + (legacy or "; re-save it as UTF-8")
+            + "."
         ) from None
     except (OSError, EOFError) as exc:
         raise NotText(f"{path}: cannot read the file ({exc}).") from None
