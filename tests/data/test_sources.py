@@ -140,6 +140,20 @@ def test_the_first_rows_of_a_parquet_file_are_read_without_the_rest(tmp_path, mo
         read_records([str(p)])
 
 
+def test_a_gzipped_parquet_file_is_read_as_the_other_gzipped_types_are(tmp_path):
+    """tunelab reads every type it reads as .gz too, but pyarrow took a .parquet.gz file for a damaged one ('Parquet
+    magic bytes not found in footer. Either the file is corrupted or this is not a parquet file')."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    plain = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"question": ["q1", "q2"], "answer": [10.0, None]}), plain)
+    packed = tmp_path / "b.parquet.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert [r.row for r in read_records([str(packed)])] == [r.row for r in read_records([str(plain)])]
+    assert read_records([str(packed)])[0].row == {"question": "q1", "answer": 10}
+
+
 def test_a_parquet_column_named_twice_is_refused_naming_it(tmp_path):
     """pyarrow's read_table stopped with 'Multiple matches for FieldRef.Name(answer) in question: string ...'."""
     pa = pytest.importorskip("pyarrow")

@@ -448,10 +448,12 @@ def _parquet(path: Path) -> Iterator[Record]:
             f"{path}: reading .parquet files needs pyarrow; install it with: pip install 'tunelab[parquet]' (or pip install pyarrow)."
         ) from None
     try:
-        twice = _named_twice(pq.read_schema(path).names)  # read_table fails on one, ParquetFile keeps the last
+        # a .parquet.gz file is read from its unpacked bytes: pyarrow takes it for a damaged parquet file
+        source = pa.BufferReader(gzip.open(path, "rb").read()) if path.name.lower().endswith(".gz") else path
+        file = pq.ParquetFile(source)
+        twice = _named_twice(file.schema_arrow.names)  # read_table fails on one, ParquetFile keeps the last
         if twice:
             raise DataError(f"{path}: the file {twice}")
-        file = pq.ParquetFile(path)
         whole = _whole_columns(file)
         line = 0
         for batch in file.iter_batches(batch_size=PARQUET_BATCH):
