@@ -258,3 +258,22 @@ def test_check_resume_of_a_staged_run_says_the_state_of_the_stage_it_resumes(
     capsys.readouterr()
     train(None, staged, resume=True)
     assert f"{stage}: none of its checkpoints is intact (checkpoint " in capsys.readouterr().out
+
+
+def test_check_resume_of_a_staged_run_under_home_compares_the_stages_data(
+    staged, tmp_path, qa_file, crash_at, monkeypatch
+):
+    """output_dir given as ~/run: the stage --resume continues was looked for under the unexpanded path, and its
+    changed data went unsaid."""
+    import tunelab
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    second = tmp_path / "second.jsonl"
+    second.write_text(qa_file.read_text())
+    staged = staged | {"output_dir": "~/run"}
+    staged["stages"][1]["data"]["train"] = [str(second)]
+    with crash_at(5):  # stage 2's second step, after its step-1 checkpoint
+        train(None, staged)
+    second.write_text(second.read_text().replace("box 3?", "box three?"))
+    items = {i.name: i for i in tunelab.check(None, staged, resume=True, model=False, show=False).items}
+    assert items["stage 2: resume data"].status == "fail"

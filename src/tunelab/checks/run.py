@@ -281,7 +281,8 @@ def run_check(
     data = inputs.data
     out(data.report.summary())
     # a staged run: the stage --resume continues from its checkpoint, whose data train compares with its run.json
-    resumed = _resumed_stage(Path(resolved.config.output_dir), len(plans)) if resume and plans else None
+    top = Path(resolved.config.output_dir).expanduser()  # a staged run's folder, which holds its stages'
+    resumed = _resumed_stage(top, len(plans)) if resume and plans else None
     before = None  # the run --resume continues: its model is built in the dtype it trained in (`build.kept_dtype`)
     if resume and is_run_dir(cfg.output_dir):
         before = read_info(cfg.output_dir, require_finished=False)
@@ -309,7 +310,7 @@ def run_check(
         out(f"stage {k}: " + stage_inputs.data.report.summary())
         labels.append(stage_inputs.data.facts.get("labels"))
         if resumed == k:
-            info = read_info(stage_dir(Path(resolved.config.output_dir), k), require_finished=False)
+            info = read_info(stage_dir(top, k), require_finished=False)
             items += resume_data_items(info, stage_inputs.data, f"stage {k}: ")
         items += [
             dataclasses.replace(item, name=f"stage {k}: {item.name}") for item in _stage_items(stage, stage_inputs)
