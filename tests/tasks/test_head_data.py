@@ -542,7 +542,7 @@ def test_a_reward_pair_with_a_long_answer_keeps_the_answers_cue_and_end(smollm2_
 
 
 def test_a_cut_keeps_the_prompts_end_before_a_whole_answer_and_skips_what_leaves_no_room():
-    from tunelab.tasks.head_data import Keep, fit, overlong_reason
+    from tunelab.tasks.head_fit import Keep, fit, overlong_reason
 
     ids = list(range(20))  # start 0-1, prompt 2-11, cue 12-13, answer 14-19
     keep = Keep(2, 12, 14)

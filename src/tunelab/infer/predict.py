@@ -4,7 +4,7 @@ tasks/head_run.py, which task grpo uses too; its names are importable from here 
 
 Inputs are rendered exactly as the run rendered its training rows (its template, system prompt, prompt format,
 max_length and field mapping): a `--text` given to a run that was trained on prompts becomes that prompt's user turn. Inputs longer
-than the run's max_length keep their start and last tokens (`head_data.fit`) and are counted (prediction never drops a row:
+than the run's max_length keep their start and last tokens (`head_fit.fit`) and are counted (prediction never drops a row:
 one whose start alone fills max_length, which training skips, is refused by name).
 """
 

@@ -37,23 +37,20 @@ from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, 
 from tunelab.tasks.head_data import (
     INPUT_FIELDS,
     Input,
-    Keep,
     chat_flaw,
     column,
     counted_records,
-    fit,
     input_kind,
     is_empty,
     no_input_error,
-    overlong_reason,
     pad_rows,
     read_input,
     read_task_data,
     refuse_chat_format,
     refuse_sft_recipes,
     render,
-    starts,
 )
+from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts
 from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 

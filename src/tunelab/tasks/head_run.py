@@ -35,15 +35,12 @@ from tunelab.rundir import HEAD_TASKS, RunInfo, federation_stopped, open_info, r
 from tunelab.tasks.head import SequenceClassifier, attach_head, load_head_model, run_labels
 from tunelab.tasks.head_data import (
     Input,
-    Keep,
-    fit,
-    overlong_reason,
     pad_rows,
     render,
     same_tokens,
-    starts,
     with_system,
 )
+from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts
 from tunelab.training.build import build_model
 from tunelab.training.checkpoint import STEP_PREFIX, TENSOR_FILES, intact_checkpoint, load_trainable
 from tunelab.training.sharded_checkpoint import SHARDS
@@ -172,7 +169,7 @@ def training_skips(
 ) -> dict[int, str]:
     """The inputs that training skips once rendered, by index, with training's reason: those longer than max_length
     under the run's data.overlong=drop, and those whose start (BOS, system prompt, template header) fills max_length
-    (`head_data.overlong_reason`). `pairs`: the inputs are the P chosen sides then the P rejected ones, and the
+    (`head_fit.overlong_reason`). `pairs`: the inputs are the P chosen sides then the P rejected ones, and the
     indices are the pairs', skipped as well when their two sides are the same tokens once rendered (and cut), as
     reward training skips them (`head_data.same_tokens`). `tunelab eval` skips them too, so it scores the rows
     training's eval scores."""

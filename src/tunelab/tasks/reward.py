@@ -37,18 +37,15 @@ from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
     Input,
-    Keep,
     answer_blank,
     answer_turns,
     as_turns,
     chat_flaw,
     column,
     counted_records,
-    fit,
     input_kind,
     is_empty,
     note_repeated_prompts,
-    overlong_reason,
     pad_rows,
     pair_columns,
     pair_skip,
@@ -59,10 +56,10 @@ from tunelab.tasks.head_data import (
     repeats_prompt,
     same_tokens,
     shared_prompt,
-    starts,
     user_turns,
     with_system,
 )
+from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts
 from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
