@@ -96,13 +96,30 @@ def test_a_clients_reply_holds_its_adapter_and_numbers_never_its_data(tiny_model
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
 
 
-def test_a_client_round_of_one_step_says_one_step(tiny_model_dir, secret_client, flower_message, capsys):
+def test_a_client_round_of_one_step_says_one_step(tiny_model_dir, secret_client, flower_message, capsys, monkeypatch):
     """A client of federated.local_steps 1 said 'ward-7: round 1: 1 steps on 9 examples'."""
+    monkeypatch.setenv("FLWR_LOG_LEVEL", "INFO")  # a simulated client's own line is printed only then
     config = _config(tiny_model_dir)
     config = dataclasses.replace(config, federated=dataclasses.replace(config.federated, local_steps=1))
     _, msg = _train_message(flower_message, config)
     assert not _call(make_client_app([secret_client]), msg).has_error()
     assert "ward-7: round 1: 1 step on 9 examples, " in capsys.readouterr().out
+
+
+def test_a_simulated_client_prints_its_round_only_where_asked(
+    tiny_model_dir, secret_client, flower_message, capsys, monkeypatch
+):
+    """In the simulation each client printed its round through Ray ('(ClientAppActor pid=15600) site0: round 1:
+    ...'), then Ray's notice '[repeated 3x across cluster] (Ray deduplicates logs by default ...)', between the
+    server's round lines, which hold the same numbers. A real SuperNode's line goes to its own host's log."""
+    monkeypatch.delenv("FLWR_LOG_LEVEL", raising=False)
+    _, msg = _train_message(flower_message, _config(tiny_model_dir))
+    assert not _call(make_client_app([secret_client]), msg).has_error()
+    assert "ward-7: round 1" not in capsys.readouterr().out
+    node = {"data": secret_client.paths[0], "name": "ward-7"}
+    context = Context(run_id=1, node_id=5, node_config=node, state=RecordDict(), run_config={})
+    assert not make_client_app()(msg, context).has_error()
+    assert "ward-7: round 1: 2 steps on 9 examples" in capsys.readouterr().out
 
 
 def test_dp_clipping_bounds_the_update_the_client_sends(tiny_model_dir, secret_client, flower_message):

@@ -114,6 +114,14 @@ def test_two_clients_two_rounds_through_the_cli(uninterrupted, zero_row_model_di
     info = json.loads((run / "run.json").read_text())
     assert info["finished"] and info["steps"] == 2 and info["extra"]["federated"]["complete"]
     assert "round 2/2 | eval loss" in done.stdout
+    # one line a round, tunelab's: neither Flower's INFO lines nor the clients' own through Ray
+    output = done.stdout + done.stderr
+    assert [line[:9] for line in output.splitlines() if line.startswith("round ")] == [
+        "round 0 (",
+        "round 1/2",
+        "round 2/2",
+    ]
+    assert "INFO" not in output and "ClientAppActor" not in output and "deduplicates logs" not in output
 
     from tunelab.federated.history import federated_section
 

@@ -35,6 +35,7 @@ from tunelab.federated.payload import (
     recipe_config,
     to_record,
 )
+from tunelab.federated.setup import flower_verbose
 from tunelab.federated.shards import ClientData, from_node_config, node_name
 
 
@@ -47,8 +48,9 @@ def clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallable
     return call_next(msg, context)
 
 
-def train_reply(msg: Message, client: ClientData) -> Message:
-    """Train this client on the message's global adapter; the reply holds the new adapter and a few numbers."""
+def train_reply(msg: Message, client: ClientData, echo: bool = True) -> Message:
+    """Train this client on the message's global adapter; the reply holds the new adapter and a few numbers. `echo`:
+    print the client's own line of the round (its host's log)."""
     config = msg.content[CONFIG]
     round_ = int(config[ROUND])
     received = msg.content[ARRAYS]
@@ -61,12 +63,13 @@ def train_reply(msg: Message, client: ClientData) -> Message:
         float(config.get("proximal-mu", 0.0)),
         int(config[WARMUP]) if WARMUP in config else None,  # a server before it was sent: rounds x ratio
     )
-    print(
-        f"{client.name}: round {round_}: {result.steps} step{'' if result.steps == 1 else 's'} on {result.examples} "
-        f"examples, "
-        f"train loss {result.loss:.4f}, {result.seconds:.0f} s",
-        flush=True,
-    )
+    if echo:
+        print(
+            f"{client.name}: round {round_}: {result.steps} step{'' if result.steps == 1 else 's'} on {result.examples} "
+            f"examples, "
+            f"train loss {result.loss:.4f}, {result.seconds:.0f} s",
+            flush=True,
+        )
     metrics = MetricRecord(
         {
             WEIGHT: result.examples,
@@ -98,8 +101,11 @@ def failed_reply(msg: Message, error: Exception) -> Message:
 
 def make_client_app(clients: Sequence[ClientData] | None = None) -> ClientApp:
     """`clients` for the simulation engine (SuperNode partition i is clients[i]); None on real SuperNodes, which
-    name their data in their node config."""
+    name their data in their node config. A real SuperNode prints each round's line in its own log; the simulation's
+    clients would print theirs among the server's, through Ray (prefixed with the worker's pid, folded into Ray's
+    notices of repeated lines), which already hold the same numbers: only with FLWR_LOG_LEVEL set."""
     app = ClientApp(mods=[clip_when_asked])
+    echo = clients is None or flower_verbose()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -108,7 +114,7 @@ def make_client_app(clients: Sequence[ClientData] | None = None) -> ClientApp:
                 client = clients[int(context.node_config["partition-id"])]
             else:
                 client = from_node_config(dict(context.node_config))
-            return train_reply(msg, client)
+            return train_reply(msg, client, echo)
         except Exception as error:  # the round's failure, as the client's reply
             return failed_reply(msg, error)
 

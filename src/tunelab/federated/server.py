@@ -43,6 +43,7 @@ from tunelab.federated.local import federation_plan, server_eval_datasets, untra
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
 from tunelab.federated.resume import check_resume, check_same_eval
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
+from tunelab.federated.setup import flower_warnings_only
 from tunelab.federated.shards import federation_protected
 from tunelab.models.load import base_record, load_tokenizer, pinned_source, recorded_commit
 from tunelab.peft.save import adapter_state_dict
@@ -335,9 +336,10 @@ def _run_rounds(
         print(_line(report, f.rounds, loss), flush=True)
         return MetricRecord({"eval-loss": loss}) if loss is not None else None
 
-    recorder.start(
-        grid=grid, initial_arrays=initial, num_rounds=f.rounds - done, timeout=f.round_timeout, evaluate_fn=on_round
-    )
+    with flower_warnings_only():  # one line a round, tunelab's (on_round); FLWR_LOG_LEVEL=INFO shows Flower's too
+        recorder.start(
+            grid=grid, initial_arrays=initial, num_rounds=f.rounds - done, timeout=f.round_timeout, evaluate_fn=on_round
+        )
     if keep_best and state.get("best"):
         print(_kept(state["best"], int(state["rounds_done"]), last_loss[0], state.get("base_eval_loss")), flush=True)
     done = int(state["rounds_done"])

@@ -1,10 +1,12 @@
 """Whether Flower is installed: the federated extra is optional, and its absence is a user's fixable problem. And
-Flower's log lines that speak to a Flower user, not to one of tunelab federate (`without_flower_lines`)."""
+Flower's log lines that speak to a Flower user, not to one of tunelab federate (`without_flower_lines`,
+`flower_warnings_only`)."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -42,6 +44,30 @@ def without_flower_lines(*starts: str) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(drop)
+
+
+def flower_verbose() -> bool:
+    """Whether the user asked for Flower's own lines, through Flower's own switch: FLWR_LOG_LEVEL, which Flower reads
+    when it is imported and applies to its console handler."""
+    return bool(os.environ.get("FLWR_LOG_LEVEL", "").strip())
+
+
+@contextmanager
+def flower_warnings_only() -> Iterator[None]:
+    """Flower's console lines at WARNING and above within the block, unless FLWR_LOG_LEVEL asks otherwise. Flower
+    logs each round at INFO (about eight lines: sampling, aggregation, the averaged metrics) and a block of every
+    round's averaged metrics at the end, beside the one line a round tunelab prints with the same numbers."""
+    handlers = [h for h in logging.getLogger("flwr").handlers if isinstance(h, logging.StreamHandler)]
+    if flower_verbose():
+        handlers = []
+    levels = [h.level for h in handlers]
+    for handler in handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
 
 
 def require_accountant() -> None:
