@@ -171,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="federated fine-tuning on Flower: clients train on their own data, a server averages the adapter",
         description="Federated LoRA fine-tuning on Flower. The federated options name each client's data; by "
         "default Flower's simulation engine runs the server and every client on this machine. With --app-dir, "
-        "write a Flower App for Flower's deployment engine (flower-superlink, flower-supernode, flwr run) instead.",
+        "write a Flower App for Flower's deployment engine (flower-superlink, flower-supernode, flwr run) instead. "
+        "Each round prints one line; Flower's own log lines show from WARNING up unless FLWR_LOG_LEVEL is set "
+        "(FLWR_LOG_LEVEL=INFO shows them all).",
         allow_abbrev=False,
     )
     federate.add_argument("config", nargs="?", help="YAML config file with a federated: section")

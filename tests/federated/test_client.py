@@ -237,3 +237,24 @@ def test_a_failed_round_replies_with_the_errors_message_not_its_traceback(
     reply = _call(make_client_app([secret_client]), msg)
     assert reply.error.reason == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert "Traceback (most recent call last)" in capsys.readouterr().err and "\x1b[" not in reply.error.reason
+
+
+def test_flowers_warning_as_the_simulation_stops_its_workers_is_not_passed_on(secret_client, flower_message):
+    """A resumed federation ended with '(ClientAppActor pid=21660) WARNING: Manually terminating ClientAppActor',
+    Flower's line as it stops each Ray worker: its normal shutdown, printed as a warning after 'saved to ...'."""
+    import logging
+
+    logger = logging.getLogger("flwr")
+    seen, filters = [], list(logger.filters)
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        msg = flower_message(RecordDict({"config": ConfigRecord({ROUND: 1})}), dst_node_id=5)  # no adapter: fails
+        assert _call(make_client_app([secret_client]), msg).has_error()
+        logger.warning("Manually terminating %s", "ClientAppActor")
+        logger.warning("a warning of its own")
+    finally:
+        logger.removeHandler(handler)
+        logger.filters[:] = filters
+    assert seen == ["a warning of its own"]

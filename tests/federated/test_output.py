@@ -68,3 +68,12 @@ def test_flowers_own_lines_are_shown_with_flwr_log_level(
     monkeypatch.setenv("FLWR_LOG_LEVEL", "INFO")
     _federate(tmp_path, tiny_model_dir, federate_config, capsys)
     assert "[ROUND 2/3]" in flower_console.getvalue() and "Final results:" in flower_console.getvalue()
+
+
+def test_federate_help_says_how_to_see_flowers_lines(capsys):
+    from tunelab.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["federate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0 and "FLWR_LOG_LEVEL=INFO shows them all" in help_text

@@ -35,7 +35,7 @@ from tunelab.federated.payload import (
     recipe_config,
     to_record,
 )
-from tunelab.federated.setup import flower_verbose
+from tunelab.federated.setup import flower_verbose, without_flower_lines_in_this_process
 from tunelab.federated.shards import ClientData, from_node_config, node_name
 
 
@@ -111,6 +111,8 @@ def make_client_app(clients: Sequence[ClientData] | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         try:
             if clients is not None:
+                # Flower's warning as the simulation ends and stops each worker: its normal shutdown, not a problem
+                without_flower_lines_in_this_process("Manually terminating ClientAppActor")
                 client = clients[int(context.node_config["partition-id"])]
             else:
                 client = from_node_config(dict(context.node_config))

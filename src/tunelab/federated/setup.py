@@ -46,6 +46,14 @@ def without_flower_lines(*starts: str) -> Iterator[None]:
         logger.removeFilter(drop)
 
 
+def without_flower_lines_in_this_process(*starts: str) -> None:
+    """As `without_flower_lines`, for the rest of this process: for a Ray worker of the simulation, which runs the
+    ClientApp and whose Flower lines reach the terminal through Ray, where no block encloses them. Once per process."""
+    logger = logging.getLogger("flwr")
+    if not any(isinstance(f, _Drop) and f.starts == starts for f in logger.filters):
+        logger.addFilter(_Drop(starts))
+
+
 def flower_verbose() -> bool:
     """Whether the user asked for Flower's own lines, through Flower's own switch: FLWR_LOG_LEVEL, which Flower reads
     when it is imported and applies to its console handler."""
