@@ -281,12 +281,15 @@ def check_prompt_text(messages: list[dict], tokenizer, tools: list[dict] | None 
             )
 
 
-def render_prompt(messages: list[dict], tokenizer, template: Template, tools: list[dict] | None = None) -> list[int]:
+def render_prompt(
+    messages: list[dict], tokenizer, template: Template, tools: list[dict] | None = None, variables: dict | None = None
+) -> list[int]:
     """Token ids of the conversation so far plus the assistant prefix, ready for generation (`tools`: OpenAI's tool
-    definitions, for a template that `uses` them); `check_prompt_text` first."""
+    definitions, for a template that `uses` them; `variables`: values of the template's own variables, `reads`);
+    `check_prompt_text` first."""
     check_prompt_text(messages, tokenizer, tools)
     try:
-        text, _ = template.render(messages, add_generation_prompt=True, tools=tools)
+        text, _ = template.render(messages, add_generation_prompt=True, tools=tools, variables=variables)
     except TemplateRefused as exc:  # a run answers with the template it trained with: data.template is no way out
         raise TemplateRefused(
             f"prompt template '{template.name}' cannot render this conversation ({exc.reason}), so it is not "

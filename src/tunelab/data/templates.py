@@ -32,6 +32,17 @@ from tunelab.errors import ConfigError, RunDirError
 _PROBE = "tunelab-probe-answer"
 _ROLE = "tunelab_probe_role"  # a role no template knows
 
+# What transformers' apply_chat_template sets in a template itself, or reads as its own arguments: no caller's
+# template variable may take these names.
+RENDER_ARGUMENTS = frozenset(
+    {
+        *("messages", "tools", "documents", "add_generation_prompt", "continue_final_message", "chat_template"),
+        *("tokenize", "return_dict", "return_tensors", "padding", "truncation", "max_length", "tokenizer_kwargs"),
+        *("return_assistant_tokens_mask", "raise_exception", "strftime_now"),
+        *("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"),
+        "additional_special_tokens",
+    }
+)
 WriteFn = Callable[[list[dict], bool], str]  # the tokenizer's template also takes tools= (OpenAI's tool definitions)
 
 _CALL = {"id": "call00000", "type": "function", "function": {"name": "tunelab_probe_call", "arguments": {}}}
@@ -80,6 +91,22 @@ class Template:
     jinja: str | None = field(default=None, repr=False)
     """The same text as a Jinja chat template, saved with merged and exported models; None for the tokenizer's
     own template (saved as it is)."""
+    source: str | None = field(default=None, repr=False)  # the tokenizer's own Jinja template, None for a named one
+
+    def reads(self) -> frozenset[str] | None:
+        """The variables of the tokenizer's template a caller may set (`render`'s `variables`), those the render
+        sets itself (RENDER_ARGUMENTS) left out: empty for a named template, None where the template's Jinja
+        cannot be parsed here (a tag of transformers' own, such as `generation`), which reads what it reads."""
+        if self.source is None:
+            return frozenset()
+        import jinja2
+        from jinja2 import meta
+
+        try:
+            tree = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(self.source)
+        except jinja2.TemplateSyntaxError:
+            return None
+        return frozenset(meta.find_undeclared_variables(tree) - RENDER_ARGUMENTS)
 
     def uses(self, what: str) -> bool:
         """Whether this template writes `what` of a conversation into the prompt: "name" (a message's name),
@@ -105,13 +132,12 @@ class Template:
             return True
         return other.replace(_ROLE, "tool") != text
 
-    def _write(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+    def _write(
+        self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None, variables=None
+    ) -> str:
+        extra = ({"tools": tools} if tools else {}) | ({"variables": variables} if variables else {})
         try:
-            return (
-                self.write(messages, add_generation_prompt, tools=tools)
-                if tools
-                else self.write(messages, add_generation_prompt)
-            )
+            return self.write(messages, add_generation_prompt, **extra)
         except Exception as exc:  # jinja templates raise their own errors (e.g. "roles must alternate")
             raise TemplateRefused(
                 f"prompt template '{self.name}' cannot render this conversation ({exc}). Use a conversation the "
@@ -120,17 +146,22 @@ class Template:
             ) from None
 
     def render(
-        self, messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = False,
+        tools: list[dict] | None = None,
+        variables: dict | None = None,
     ) -> tuple[str, list[tuple[int, int]]]:
         """The text to tokenize (add_special_tokens=False) and the char spans [start, end) of every assistant answer
-        including the marker that ends it. `tools`: OpenAI's tool definitions, for a template that `uses` them."""
-        full = self._write(messages, add_generation_prompt, tools)
+        including the marker that ends it. `tools`: OpenAI's tool definitions, for a template that `uses` them;
+        `variables`: values of the tokenizer's template's own variables (`reads`), such as Qwen3's enable_thinking."""
+        full = self._write(messages, add_generation_prompt, tools, variables)
         spans = []
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self._write(messages[:i], True, tools) if i else ""
-            through = self._write(messages[: i + 1], False, tools)
+            before = self._write(messages[:i], True, tools, variables) if i else ""
+            through = self._write(messages[: i + 1], False, tools, variables)
             if not (through.startswith(before) and full.startswith(through)):
                 raise ConfigError(
                     f"prompt template '{self.name}' renders earlier turns of a conversation differently once later turns "
@@ -348,12 +379,16 @@ def resolve_template(name: str, tokenizer) -> Template:
                 f"Use a named template: {', '.join(NAMED)}."
             )
 
-        def write(messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None) -> str:
+        def write(
+            messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None, variables=None
+        ) -> str:
             return tokenizer.apply_chat_template(
-                messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+                messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt, **(variables or {})
             )
 
-        return _make("tokenizer", write, tokenizer, _turn_end(write), bos)
+        template = _make("tokenizer", write, tokenizer, _turn_end(write), bos)
+        template.source = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        return template
     if name not in NAMED:
         raise ConfigError(f"option 'data.template' is {name!r}; allowed values: {', '.join(NAMES)}.")
     named = NAMED[name]

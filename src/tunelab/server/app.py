@@ -35,6 +35,7 @@ from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_l
 from tunelab.server.engine import UNKNOWN_CONTEXT_TOKENS, Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
 from tunelab.server.reasoning import ThoughtReader
+from tunelab.server.template_kwargs import template_variables
 from tunelab.server.tool_calls import (
     ToolCallReader,
     tool_call_reader,
@@ -93,6 +94,10 @@ class ChatRequest(BaseModel):
     parallel_tool_calls: bool | None = Field(default=None, strict=True)
     # tunelab's own: false asks for no system prompt where the request has none (else the run's data.system_prompt)
     default_system_prompt: bool | None = Field(default=None, strict=True)
+    # values of the chat template's own variables, such as Qwen3's enable_thinking (server/template_kwargs.py)
+    chat_template_kwargs: dict[str, Any] | None = None
+    # OpenAI's; honoured where the run's chat template reads a reasoning_effort variable (gpt-oss's), else a 400
+    reasoning_effort: Any = None
 
 
 # Options of OpenAI's chat completions that change nothing about a plain text answer: accepted and not used.
@@ -113,7 +118,6 @@ NOT_IMPLEMENTED: dict[str, tuple] = {
     "presence_penalty": (None, 0),
     "logit_bias": (None, {}),
     "modalities": (None, ["text"]),
-    "reasoning_effort": (None,),
     # a null asks for nothing: clients that pass every option of OpenAI's API send these as null
     "audio": (None,),
     "prediction": (None,),
@@ -327,6 +331,7 @@ def create_app(
                 param="tools",
             )
         try:
+            variables = template_variables(template, body.chat_template_kwargs, body.reasoning_effort)
             messages = [read_message(m, i, template) for i, m in enumerate(body.messages)]
             # checked here, where the index is the request's (the engine adds the run's system prompt)
             check_prompt_text(messages, engine.run.tokenizer, tools)
@@ -383,6 +388,7 @@ def create_app(
                         asked=asked,
                         call_span=reader.span if reader else None,
                         default_system=body.default_system_prompt is not False,
+                        variables=variables,
                     )
                 )
                 for k in range(body.n or 1)

@@ -235,6 +235,7 @@ class Engine:
         tools: list[dict] | None = None,
         asked: str | None = None,
         default_system: bool = True,
+        variables: dict | None = None,
     ) -> tuple[torch.Tensor, GenerationSettings]:
         """The prompt's ids, and the settings with max_new_tokens cut to the room the model's context leaves (that
         room where neither the request nor the server set it).
@@ -243,7 +244,7 @@ class Engine:
         answer it shorter than asked. Without `default_system`, a conversation without a system message (or with an
         empty one) gets none, not the run's data.system_prompt."""
         conversation = as_trained(messages, self.run.system_prompt if default_system else None)
-        ids = render_prompt(conversation, self.run.tokenizer, self.run.template, tools)
+        ids = render_prompt(conversation, self.run.tokenizer, self.run.template, tools, variables)
         limit = context_length(self.run.model)
         refuse_beyond_context(limit, len(ids), settings.max_new_tokens if asked else None, asked)
         if settings.max_new_tokens is None:  # neither the request nor --max-new-tokens: the room the context leaves
@@ -267,14 +268,16 @@ class Engine:
         asked: str | None = None,
         default_system: bool = True,
         call_span: AnswerSpan | None = None,
+        variables: dict | None = None,
     ) -> Reply:
         """The answer as it is generated (see Reply). A conversation too long for the model is refused here
         (ContextTooLong), before the response starts, and so is one that leaves less room than the request's
         max_tokens, where it set them (`asked`: the field). `default_system` False: no data.system_prompt added. `tools`: OpenAI's tool definitions, for a template that uses
         them (the answer is text: the calls in it are read by server.tool_calls, whose markers `keep` are the
         special tokens the text keeps, and `call_span` where a call opens, where stop strings stop being looked for). A
-        thought the model writes first is no answer text either (the Reply's `thought` reads it)."""
-        prompt, settings = self._prompt(messages, settings, tools, asked, default_system)
+        thought the model writes first is no answer text either (the Reply's `thought` reads it). `variables`: values of
+        the chat template's own variables (Template.reads), the request's chat_template_kwargs."""
+        prompt, settings = self._prompt(messages, settings, tools, asked, default_system, variables)
         tokenizer = self.run.tokenizer
         thought = ThoughtReader(prompt_opens_thought(tokenizer, prompt[0].tolist()))
         keep = (*keep, *special_think_ids(tokenizer))
