@@ -90,6 +90,13 @@ def encode(
     return out
 
 
+def special_ids(tokenizer) -> set[int]:
+    """The ids `decode(..., skip_special_tokens=True)` leaves out: the named special tokens and every added token
+    marked special (Mistral's [TOOL_CALLS] is one without a name)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
+
+
 @functools.lru_cache(maxsize=8)
 def special_texts(tokenizer) -> re.Pattern | None:
     """A pattern matching the text of any of the tokenizer's special tokens (None when it has none); built once per

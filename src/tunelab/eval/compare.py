@@ -30,6 +30,7 @@ from tunelab.infer.generate import (
     say,
     say_config_notice,
 )
+from tunelab.infer.reasoning import split_thought
 from tunelab.infer.run import LoadedRun, open_run
 
 COMPARE_FILE = "compare.json"
@@ -44,6 +45,9 @@ class Row:
     tuned: str
     base_ok: bool | None = None
     tuned_ok: bool | None = None
+    # a reasoning model's <think> thought before the answer, which is scored without it; None: none
+    base_thought: str | None = None
+    tuned_thought: str | None = None
 
 
 @dataclass
@@ -113,8 +117,9 @@ def compare(
             base = generate_answers(base_model, run.tokenizer, run.template, conversations, settings, step, names)
     labels = task_labels(questions)
     rows = []
-    for q, b, t in zip(questions, base, tuned):
-        row = Row(q.text, q.expected, q.kind, b, t)
+    for q, base_text, tuned_text in zip(questions, base, tuned):
+        (base_thought, b), (tuned_thought, t) = split_thought(base_text), split_thought(tuned_text)
+        row = Row(q.text, q.expected, q.kind, b, t, base_thought=base_thought, tuned_thought=tuned_thought)
         if q.expected is not None:
             task = labels[q.kind] if q.is_label else None
             row.base_ok, row.tuned_ok = correct(b, q.expected, task), correct(t, q.expected, task)
@@ -162,8 +167,13 @@ def format_answers(result: Comparison) -> str:
     lines = []
     for i, r in enumerate(result.rows, 1):
         lines.append(f"[{i}] {r.question}" + (f"   (expected: {r.expected})" if r.expected else ""))
-        lines.append(f"  base  {mark[r.base_ok]} {r.base}")
-        lines.append(f"  tuned {mark[r.tuned_ok]} {r.tuned}")
+        for name, answer, ok, thought in (
+            ("base ", r.base, r.base_ok, r.base_thought),
+            ("tuned", r.tuned, r.tuned_ok, r.tuned_thought),
+        ):
+            if thought is not None:
+                lines.append(f"  {name}   (thought: {thought})")
+            lines.append(f"  {name} {mark[ok]} {answer}")
     return "\n".join(lines)
 
 

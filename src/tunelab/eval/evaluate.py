@@ -63,6 +63,7 @@ from tunelab.infer.generate import (
     say,
     say_config_notice,
 )
+from tunelab.infer.reasoning import split_thought
 from tunelab.infer.run import LoadedRun, check_base_precision, opened
 from tunelab.places import check_output_file
 from tunelab.rundir import RunInfo, check_same_run, open_info, run_stamp, saved_config
@@ -81,6 +82,7 @@ class Answer:
     refused: bool | None = None  # None when no refusal sentence is known
     label: str | None = None  # the label the answer gives, for label tasks
     correct: bool = False  # the verdict `tunelab compare` gives it too (eval.metrics.correct)
+    thought: str | None = None  # a reasoning model's <think> thought before `text`, not scored; None: none
 
 
 @dataclass
@@ -196,9 +198,11 @@ def _timed_answers(
 def _score_answers(
     answers: list[str], items: list[Question], refusal: str | None, labels: dict[str, list[str]]
 ) -> list[Answer]:
+    read = [split_thought(a) for a in answers]  # a thought that names the expected text is no hit
+    answers = [answer for _, answer in read]
     rouge = rouge_l(answers, [it.expected for it in items])
     out = []
-    for text, item, r in zip(answers, items, rouge):
+    for text, item, r, (thought, _) in zip(answers, items, rouge, read):
         task = labels[item.kind] if item.is_label else None
         out.append(
             Answer(
@@ -209,6 +213,7 @@ def _score_answers(
                 refused(text, refusal) if refusal else None,
                 predict_label(text, task) if task else None,
                 correct(text, item.expected, task),
+                thought,
             )
         )
     return out
@@ -335,6 +340,7 @@ def evaluate_run(
 
     base_scored = _score_answers(base_answers, asked, refusal, labels) if asked else []
     tuned_scored = _score_answers(tuned_answers, asked, refusal, labels) if asked else []
+    base_answers, tuned_answers = [a.text for a in base_scored], [a.text for a in tuned_scored]
     rows = [
         EvalRow(it.text, it.expected, it.kind, "label" if it.is_label else "text", it.where, b, t)
         for it, b, t in zip(asked, base_scored, tuned_scored)
@@ -469,6 +475,8 @@ def _format_answers(rows: list[EvalRow]) -> str:
     lines = []
     for i, r in enumerate(rows, 1):
         lines.append(f"[{i}] {r.question}   (expected: {r.expected}; {r.location})")
-        lines.append(f"  base  {mark[r.base.correct]} {r.base.text}")
-        lines.append(f"  tuned {mark[r.tuned.correct]} {r.tuned.text}")
+        for name, answer in (("base ", r.base), ("tuned", r.tuned)):
+            if answer.thought is not None:
+                lines.append(f"  {name}   (thought: {answer.thought})")
+            lines.append(f"  {name} {mark[answer.correct]} {answer.text}")
     return "\n".join(lines)

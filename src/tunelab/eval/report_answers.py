@@ -41,8 +41,13 @@ def _mark(ok: bool | None, detail: str) -> str:
     return f'<span class="mark {css}" title="{esc(detail)}">{symbol}</span>'
 
 
-def _answer_cell(text_html: str, empty: bool, ok: bool | None, detail: str, tags: list[str]) -> str:
+def _answer_cell(
+    text_html: str, empty: bool, ok: bool | None, detail: str, tags: list[str], thought: str | None = None
+) -> str:
     body = '<span class="empty">(empty answer)</span>' if empty else text_html
+    # a reasoning model's thought, folded apart from the answer: not scored, not diffed
+    if thought is not None:
+        body = f'<details class="thought"><summary>thought (not scored)</summary>{esc(thought)}</details>{body}'
     return f"<td>{_mark(ok, detail)}{body}{''.join(f'<span class=tag>{esc(t)}</span>' for t in tags)}</td>"
 
 
@@ -79,6 +84,7 @@ def answer_rows(ev: Input, cmp: Input) -> str:
                     t.get("text", ""),
                     _verdict(r, b),
                     _verdict(r, t),
+                    (b.get("thought"), t.get("thought")),
                 )
             )
     elif cmp.data is not None and cmp.data.get("rows"):
@@ -94,6 +100,7 @@ def answer_rows(ev: Input, cmp: Input) -> str:
                     r.get("tuned", ""),
                     (r.get("base_ok"), _COMPARED, []),
                     (r.get("tuned_ok"), _COMPARED, []),
+                    (r.get("base_thought"), r.get("tuned_thought")),
                 )
             )
     if not rows:
@@ -101,14 +108,15 @@ def answer_rows(ev: Input, cmp: Input) -> str:
         return f"<p class=\"missing\">No answers to show: {esc(problems)}. Run 'tunelab eval' or 'tunelab compare'.</p>"
     shown = rows[:MAX_ANSWER_ROWS]
     body = []
-    for i, (question, expected, kind, where, base, tuned, bv, tv) in enumerate(shown, 1):
+    for i, (question, expected, kind, where, base, tuned, bv, tv, thoughts) in enumerate(shown, 1):
         base_html, tuned_html = word_diff(base or "", tuned or "")
         meta = f'<span class="expected">expected: {esc(expected)}</span>' if expected is not None else ""
         loc = f'<span class="loc">#{i} · {esc(kind)}{" · " + esc(where) if where else ""}</span>'
         same = ["same as base"] if base == tuned else []
         body.append(
             f'<tr class="answer-row"><td>{esc(question)}{meta}{loc}</td>'
-            f"{_answer_cell(base_html, not base, bv[0], bv[1], bv[2])}{_answer_cell(tuned_html, not tuned, tv[0], tv[1], tv[2] + same)}</tr>"
+            f"{_answer_cell(base_html, not base, *bv, thoughts[0])}"
+            f"{_answer_cell(tuned_html, not tuned, tv[0], tv[1], tv[2] + same, thoughts[1])}</tr>"
         )
     more = f"<p>{len(rows) - len(shown)} more rows are in {source}.</p>" if len(rows) > len(shown) else ""
     legend = (

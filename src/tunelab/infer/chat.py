@@ -24,6 +24,7 @@ from tunelab.infer.generate import (
     context_length,
     stream_answer,
 )
+from tunelab.infer.reasoning import split_thought
 from tunelab.infer.run import LoadedRun
 
 COMMAND = re.compile(r"/[A-Za-z]+")  # a line that is one such word is a command, never a message
@@ -171,10 +172,13 @@ def chat(
             out.write(
                 f"(the answer was cut at {counted(wanted, 'token')}, the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more.)\n"
             )
-        answer_text = "".join(pieces).strip()
+        # a thought is shown as the model writes it, and kept apart from the answer, as an OpenAI client sends it back
+        thought, answer_text = split_thought("".join(pieces))
         if not answer_text:  # training skips a conversation with an empty answer: the model never saw one
             messages.pop()
             out.write("(no answer: the question is not kept in the conversation.)\n")
             continue
-        messages.append({"role": "assistant", "content": answer_text})
+        messages.append(
+            {"role": "assistant", "content": answer_text} | ({"reasoning_content": thought} if thought else {})
+        )
     return messages

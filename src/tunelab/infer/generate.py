@@ -19,9 +19,10 @@ from typing import TextIO
 import torch
 from tqdm import tqdm
 
-from tunelab.data.render import ControlTokenText, render_prompt
+from tunelab.data.render import ControlTokenText, render_prompt, special_ids
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError
+from tunelab.infer.reasoning import OPEN, prompt_opens_thought, special_think_ids
 
 DEFAULT_MAX_NEW_TOKENS = 128  # chat and generate; compare and eval default to the run's eval.max_new_tokens
 # Temperatures below this sample greedily, their limit: dividing the logits by 5e-324 gives inf and sampling fails
@@ -302,7 +303,11 @@ def _answer_batch(
     ends = set(template.stop_token_ids) | {tokenizer.eos_token_id, pad}
     full = new.shape[1] >= kwargs["max_new_tokens"]
     cut = [full and int(row[-1]) not in ends for row in new]
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new], cut
+    # a thought's markers stay in the text where they are special tokens; an answer whose prompt opened the thought
+    # (DeepSeek-R1's later templates) gets its `<think>` in front, so the text reads as the model's whole turn
+    decoder = KeepingDecoder(tokenizer, special_think_ids(tokenizer))
+    opened = [OPEN if prompt_opens_thought(tokenizer, p) else "" for p in prompts]
+    return [(o + decoder.decode(row.tolist())).strip() for o, row in zip(opened, new)], cut
 
 
 def stream_answer(
@@ -324,13 +329,6 @@ class _Cancelled:
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-def special_ids(tokenizer) -> set[int]:
-    """The ids `decode(..., skip_special_tokens=True)` leaves out: the named special tokens and every added token
-    marked special (Mistral's [TOOL_CALLS] is one without a name)."""
-    added = getattr(tokenizer, "added_tokens_decoder", {})
-    return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
 
 
 class KeepingDecoder:
@@ -417,8 +415,11 @@ class AnswerStream:
             "input_ids": prompt,
             "attention_mask": torch.ones_like(prompt),
         }
-        generation = Streamed(model, tokenizer, kwargs)
+        # a thought's markers are kept where they are special tokens, and one the prompt opened is written first
+        generation = Streamed(model, tokenizer, kwargs, keep=special_think_ids(tokenizer))
         try:
+            if prompt_opens_thought(tokenizer, prompt[0].tolist()):
+                yield OPEN + "\n"
             yield from generation
         finally:
             generation.cancel()  # a reader that stopped early (Ctrl-C in chat) ends the generation at its next token,

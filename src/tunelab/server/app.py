@@ -32,9 +32,9 @@ from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_length
+from tunelab.infer.reasoning import ThoughtReader
 from tunelab.server.engine import UNKNOWN_CONTEXT_TOKENS, Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
-from tunelab.server.reasoning import ThoughtReader
 from tunelab.server.template_kwargs import template_variables
 from tunelab.server.tool_calls import (
     ToolCallReader,
@@ -436,7 +436,7 @@ def _choice_seed(seed: int | None, k: int) -> int | None:
 
 def _reasoning(text: str) -> dict:
     """A thought as OpenAI-compatible servers give it: vLLM's `reasoning` and its older `reasoning_content`, which
-    the DeepSeek API, SGLang and llama.cpp's server give (server/reasoning.py)."""
+    the DeepSeek API, SGLang and llama.cpp's server give (infer/reasoning.py)."""
     return {"reasoning_content": text, "reasoning": text}
 
 

@@ -34,8 +34,8 @@ from tunelab.infer.generate import (
     context_length,
     fit_context,
 )
+from tunelab.infer.reasoning import ThoughtReader, prompt_opens_thought, special_think_ids
 from tunelab.infer.run import LoadedRun
-from tunelab.server.reasoning import ThoughtReader, prompt_opens_thought, special_think_ids
 
 # An answer's most tokens where neither the request nor the server sets them and the model does not say its context
 # length (no max_position_embeddings): where it does, the answer takes the room the prompt leaves, as vLLM's does.
@@ -52,7 +52,7 @@ class Completion:
 
 
 # Where, in an answer being generated, its own text lies: (start, end, opened) for text[start:end], the only part
-# stop strings are looked for in. Before `start`: what is no answer text (a thought, server/reasoning.py); from `end`
+# stop strings are looked for in. Before `start`: what is no answer text (a thought, infer/reasoning.py); from `end`
 # on: a tool call, opened (`opened`) or maybe opening (a tail held back until it does or cannot).
 AnswerSpan = Callable[[str], tuple[int, int, bool]]
 
@@ -148,7 +148,7 @@ class Reply:
     """One answer being generated: iterate for its text pieces, then a Completion (its text empty) with the counts
     and the finish reason. `cancel()` (a client gone) ends it at the next token, from any thread. The text keeps
     the special tokens of `keep` (a tool call's markers, a thought's), and no other; stop strings are not looked for
-    outside its `span` (visible_text). `thought` reads the thought out of the text (server/reasoning.py)."""
+    outside its `span` (visible_text). `thought` reads the thought out of the text (infer/reasoning.py)."""
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from tunelab.infer.generate import special_ids
+from tunelab.data.render import special_ids
 
 _NAME = "tunelab_probe_call"
 _PROBE = [

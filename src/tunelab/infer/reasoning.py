@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunelab.infer.generate import special_ids
+from tunelab.data.render import special_ids
 
 OPEN, CLOSE = "<think>", "</think>"
 
@@ -42,6 +42,14 @@ def prompt_opens_thought(tokenizer, ids: list[int]) -> bool:
     """Whether the prompt's `ids` end with `<think>` (and whitespace): the answer then starts inside the thought."""
     tail = tokenizer.decode(ids[-8:], skip_special_tokens=False)
     return tail.rstrip().endswith(OPEN)
+
+
+def split_thought(text: str) -> tuple[str | None, str]:
+    """(the thought, the answer after it) of a whole answer as `infer.generate` decodes it (a thought the prompt
+    opened written with its `<think>`): the thought None where the answer opens with none. What `eval` and `compare`
+    score is the answer alone: a thought that mentions the expected text is no hit."""
+    thought, answer = ThoughtReader().read(text, final=True)
+    return thought, answer or ""
 
 
 def _tail(text: str, marker: str) -> int:
