@@ -171,10 +171,10 @@ def test_a_message_the_server_cannot_read_is_named_by_its_index(client):
 
 
 def test_a_route_this_server_does_not_have_names_the_ones_it_has(client):
-    """A client of the legacy completions API (POST /v1/completions) got a bare "Not Found", and a GET of the chat
+    """A client of a route the server lacks (POST /v1/embeddings) got a bare "Not Found", and a GET of the chat
     route "Method Not Allowed", which left one guessing whether the server, the path or the model was wrong. Each
     names the request and the routes this server has."""
-    for method, path, status in [("POST", "/v1/completions", 404), ("GET", "/v1/chat/completions", 405)]:
+    for method, path, status in [("POST", "/v1/embeddings", 404), ("GET", "/v1/chat/completions", 405)]:
         answer = client.request(method, path, json={"model": "tiny", "prompt": "hi"})
         error = answer.json()["error"]
         assert answer.status_code == status, answer.text

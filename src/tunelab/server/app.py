@@ -4,6 +4,7 @@ package, LangChain, curl scripts) talk to a tuned run unchanged.
     GET  /health                 {"status": "ok", "model": ID}          (no API key needed; HEAD too, without the body)
     GET  /v1/models              the one model, as OpenAI lists models
     POST /v1/chat/completions    an answer, or with "stream": true server-sent events ending in `data: [DONE]`
+    POST /v1/completions         the legacy raw-prompt continuation (server/completions.py)
 
 Errors are JSON in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 400 for a malformed body or
 an unsupported option, 401 for a missing or wrong API key, 404 for an unknown model or route. A failure inside
@@ -24,7 +25,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -33,8 +34,10 @@ from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_length
 from tunelab.infer.reasoning import ThoughtReader
+from tunelab.server.completions import add_completions_route
 from tunelab.server.engine import UNKNOWN_CONTEXT_TOKENS, Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
+from tunelab.server.replies import choice_seed, error, error_body, read_answer, usage_of
 from tunelab.server.template_kwargs import template_variables
 from tunelab.server.tool_calls import (
     ToolCallReader,
@@ -48,17 +51,7 @@ from tunelab.server.tool_calls import (
 # (context_length_exceeded).
 MAX_TOKENS_CAP = UNKNOWN_CONTEXT_TOKENS
 MAX_CHOICES = 128  # the most answers one request may ask (OpenAI's limit on n)
-ROUTES = (
-    "GET (or HEAD) /health, GET /v1/models, GET /v1/models/ID and POST /v1/chat/completions (no legacy /v1/completions)"
-)
-
-
-def _error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code=None):
-    return JSONResponse(status_code=status, content=_error_body(message, kind, param, code))
+ROUTES = "GET (or HEAD) /health, GET /v1/models, GET /v1/models/ID, POST /v1/chat/completions and POST /v1/completions"
 
 
 class StreamOptions(BaseModel):
@@ -205,8 +198,10 @@ class KeyCheck:
             given = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
             given = given[:7].lower() + given[7:]  # the scheme is case-insensitive (RFC 9110, 11.1), the key is not
             if not secrets.compare_digest(given, self.expected):
-                error = _error(401, "missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key")
-                await error(scope, receive, send)
+                refusal = error(
+                    401, "missing or wrong API key (send Authorization: Bearer KEY)", code="invalid_api_key"
+                )
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -230,10 +225,10 @@ def create_app(
         errors = exc.errors()
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
-            return _error(400, "the request body is not valid JSON", code="invalid_json")
+            return error(400, "the request body is not valid JSON", code="invalid_json")
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if first.get("loc") == ("body",) and first.get("type") == "missing":  # "body: Field required" named nothing
-            return _error(
+            return error(
                 400,
                 'the request has no body; send the chat request as a JSON object: {"model": ..., "messages": [...]}',
                 code="invalid_json",
@@ -241,7 +236,7 @@ def create_app(
         if first.get("loc") == ("body",) and not (kind == "application/json" or kind.endswith("+json")):
             # the body was never read as JSON: "body: Input should be a valid dictionary" would blame the JSON
             sent = f"Content-Type: {kind}" if kind else "no Content-Type"
-            return _error(
+            return error(
                 400,
                 f"the request body is read as JSON only when sent with Content-Type: application/json; this request "
                 f"came with {sent} (curl -d needs -H 'Content-Type: application/json')",
@@ -249,7 +244,7 @@ def create_app(
             )
         if first.get("loc") == ("body",):  # JSON, but no object: "Input should be a valid dictionary" said neither
             sent = {list: "an array", str: "a string", bool: "a boolean"}.get(type(first.get("input")), "a number")
-            return _error(
+            return error(
                 400,
                 f"the request body is {sent}, not a JSON object; send the chat request as a JSON object: "
                 '{"model": ..., "messages": [...]}',
@@ -258,18 +253,18 @@ def create_app(
         where = max((_field(e.get("loc", ())) for e in errors), key=lambda f: f.count("."), default="")
         # a value a union refused gets one error per member type: say each of them, at the field they name
         said = dict.fromkeys(e.get("msg", "invalid") for e in errors if _field(e.get("loc", ())) == where)
-        return _error(400, f"{where or 'body'}: {'; or '.join(said) or 'invalid request'}", param=where or None)
+        return error(400, f"{where or 'body'}: {'; or '.join(said) or 'invalid request'}", param=where or None)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    async def httperror(request: Request, exc: HTTPException):
         message = str(exc.detail)
         if exc.status_code in (404, 405):  # a route or method the server lacks: "Not Found" named neither
             message = f"this server has no {request.method} {request.url.path}; it serves {ROUTES}"
-        return _error(exc.status_code, message)  # OpenAI's type for a 404 too (its SDK reads the status)
+        return error(exc.status_code, message)  # OpenAI's type for a 404 too (its SDK reads the status)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
-        return _error(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error")
+        return error(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error")
 
     if api_key:
         app.add_middleware(KeyCheck, api_key=api_key)
@@ -290,7 +285,7 @@ def create_app(
         """OpenAI's answer to a model it does not have: 404, type invalid_request_error, code model_not_found."""
         served = " or ".join(repr(n) for n in engine.names)
         message = f"the model {name!r} does not exist; this server has {served} (GET /v1/models lists them)"
-        return _error(404, message, param=param, code="model_not_found")
+        return error(404, message, param=param, code="model_not_found")
 
     @app.get("/v1/models")
     async def models():  # every name a request may give, the one answers carry first
@@ -300,16 +295,18 @@ def create_app(
     async def model(model_id: str):
         return _model_card(model_id) if model_id in engine.names else _no_model(model_id)
 
+    add_completions_route(app, engine, defaults, _no_model)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         if body.model not in engine.names:
             return _no_model(body.model, "model")
         refused = unsupported_option(body)
         if refused is not None:
-            return _error(400, refused[1], param=refused[0])
+            return error(400, refused[1], param=refused[0])
         for name in ("max_tokens", "max_completion_tokens"):
             if context_length(engine.run.model) is None and (getattr(body, name) or 0) > token_cap:
-                return _error(
+                return error(
                     400,
                     f"{name}: Input should be less than or equal to {token_cap} (this server's limit for a model that "
                     "does not state its context length, "
@@ -319,12 +316,12 @@ def create_app(
         template = engine.run.template
         tools = body.tools or None
         if tools is not None and (problem := tool_definition_problem(tools)):
-            return _error(400, problem[1], param=problem[0])
+            return error(400, problem[1], param=problem[0])
         tool_choice = (body.model_extra or {}).get("tool_choice")
         if tool_choice == "none":  # no call may be answered: the model is not offered the tools (see README)
             tools = None
         if tools is not None and not template.uses("tools"):
-            return _error(
+            return error(
                 400,
                 f"option 'tools' gives tool definitions, which the run's prompt template ('{template.name}') does not "
                 "write, so the model would never see them; leave it out.",
@@ -338,12 +335,12 @@ def create_app(
             if problem := tool_result_problem(messages):
                 raise Refused(*problem)
         except Refused as exc:
-            return _error(400, str(exc), param=exc.param)
+            return error(400, str(exc), param=exc.param)
         except (ControlTokenText, NotText) as exc:
-            return _error(400, f"{exc.param}: {exc}", param=exc.param)
+            return error(400, f"{exc.param}: {exc}", param=exc.param)
         last = len(messages) - 1
         if messages[last]["role"] == "assistant":
-            return _error(
+            return error(
                 400,
                 f"messages.{last} is the assistant's, and the conversation ends there: this server writes the next "
                 "assistant turn, after the user's message or a tool's result, as the model was trained; it does not "
@@ -352,7 +349,7 @@ def create_app(
                 param=f"messages.{last}.role",
             )
         if messages[last]["role"] not in ("user", "tool"):
-            return _error(
+            return error(
                 400,
                 f"messages.{last} is the {messages[last]['role']}'s; the last message must be the user's or a tool's "
                 "result (this server writes the assistant's turn after it).",
@@ -366,7 +363,7 @@ def create_app(
                 repetition_penalty=defaults.repetition_penalty,
             )
         except TunelabError as exc:
-            return _error(400, str(exc))
+            return error(400, str(exc))
         asked = next((f for f in ("max_completion_tokens", "max_tokens") if getattr(body, f) is not None), None)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         reader = tool_call_reader(template, tools, tool_choice, body.parallel_tool_calls, engine.run.tokenizer)
@@ -382,7 +379,7 @@ def create_app(
                         messages,
                         settings,
                         stop,
-                        seed=_choice_seed(seed, k),
+                        seed=choice_seed(seed, k),
                         tools=tools,
                         keep=keep,
                         asked=asked,
@@ -401,18 +398,18 @@ def create_app(
                 )
             answers = []
             for reply in replies:  # one after another: each waits for the queue, as a request of its own would
-                done = await _answer(reply, request)
+                done = await read_answer(reply, request)
                 if done is None:
                     return Response(status_code=499)  # the client closed the connection: nobody reads this
                 answers.append(done)
         except ContextTooLong as exc:
-            return _error(400, str(exc), param="messages", code="context_length_exceeded")
+            return error(400, str(exc), param="messages", code="context_length_exceeded")
         except Untrained as exc:
-            return _error(400, str(exc), param=exc.param)
+            return error(400, str(exc), param=exc.param)
         except (ControlTokenText, NotText) as exc:
-            return _error(400, str(exc), param="messages")
+            return error(400, str(exc), param="messages")
         except TunelabError as exc:
-            return _error(400, str(exc))
+            return error(400, str(exc))
         return {
             "id": request_id,
             "object": "chat.completion",
@@ -421,17 +418,10 @@ def create_app(
             "choices": [
                 _choice(k, done, reader, reply.thought) for k, (done, reply) in enumerate(zip(answers, replies))
             ],
-            "usage": _usage(answers),
+            "usage": usage_of(answers),
         }
 
     return app
-
-
-def _choice_seed(seed: int | None, k: int) -> int | None:
-    """The seed of a request's answer `k`: its own seed for the first (the answer of n=1), the next ones for the
-    others, so n sampled answers differ and the same request gives the same n again. Kept in the 64-bit signed range
-    the request's seed is read in."""
-    return None if seed is None else (seed + k + 2**63) % 2**64 - 2**63
 
 
 def _reasoning(text: str) -> dict:
@@ -450,50 +440,6 @@ def _choice(index: int, done: Completion, reader: ToolCallReader | None, thought
         message |= {"content": content or None, "tool_calls": calls}
     finish = "tool_calls" if calls else done.finish_reason
     return {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
-
-
-def _usage(answers: list[Completion]) -> dict:
-    """The usage of a request's answers: its prompt counted once (the n answers share it), their tokens summed."""
-    prompt, completion = answers[0].prompt_tokens, sum(done.completion_tokens for done in answers)
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-    thinking = [done.reasoning_tokens for done in answers if done.reasoning_tokens is not None]
-    if thinking:  # OpenAI's count of the completion's thought tokens (LangChain reads it, and so on)
-        usage["completion_tokens_details"] = {"reasoning_tokens": sum(thinking)}
-    return usage
-
-
-async def _answer(reply: Reply, request: Request) -> Completion | None:
-    """The whole answer of a plain request, read on a worker thread; None when the client left, which cancels the
-    generation (it ends at its next token) as a stream's is."""
-    pieces, items, left = [], iter(reply), False
-
-    async def watch() -> None:  # a disconnect is the only message left once the body is read
-        nonlocal left
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        left = True
-        reply.cancel()
-
-    done = failed = None
-    async with anyio.create_task_group() as watching:
-        watching.start_soon(watch)
-        try:
-            while (item := await anyio.to_thread.run_sync(next, items, None)) is not None:
-                if isinstance(item, Completion):
-                    done = item
-                else:
-                    pieces.append(item)
-        except Exception as exc:  # raised below as it is, not in the task group's ExceptionGroup
-            failed = exc
-        finally:
-            watching.cancel_scope.cancel()
-            reply.cancel()  # a no-op once the generation has ended
-    if failed is not None:
-        raise failed
-    if left or done is None:
-        return None
-    done.text = "".join(pieces)
-    return done
 
 
 async def _events(
@@ -555,9 +501,9 @@ async def _events(
                 if await request.is_disconnected():
                     return
         if usage:
-            yield chunk([], _usage(answers))
+            yield chunk([], usage_of(answers))
     except Exception as exc:  # the status line is already sent: report the failure as an error event
-        body = _error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error")
+        body = error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error")
         yield f"data: {json.dumps(body)}\n\n"
     finally:
         for reply in replies:

@@ -24,6 +24,7 @@ from functools import partial
 import torch
 
 from tunelab.data.render import render_prompt
+from tunelab.errors import TunelabError
 from tunelab.infer.conversation import as_trained
 from tunelab.infer.generate import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -62,20 +63,22 @@ def whole_text(text: str) -> tuple[int, int, bool]:
     return 0, len(text), False
 
 
-def visible_text(text: str, stops: list[str], final: bool, span: AnswerSpan = whole_text) -> tuple[str, bool]:
+def visible_text(
+    text: str, stops: list[str], final: bool, span: AnswerSpan = whole_text, strip: bool = True
+) -> tuple[str, bool]:
     """(what of the generated `text` may be sent, whether a stop string ended it). Up to the first stop string,
     looked for in the text as generated, as OpenAI and vLLM look (a "\n" the answer starts with ends it, empty);
     without one, all but a tail that could still grow into a stop string, unless the text is `final`. Leading and
     trailing whitespace is never part of it (trailing whitespace may yet be followed by more text). Stop strings are
     looked for only in the answer's own text, the `span`: not in a tool call ("[" or "<" would end the answer where
     its call begins, "}" cut a JSON call), nor in a thought; a tail that may still open a call is held back until it
-    does or cannot."""
+    does or cannot. Without `strip` (a raw completion, whose leading space is part of the text), whitespace is kept."""
     start, end, opened = span(text)
     if final and not opened:
         end = len(text)
     cut = min((i for i in (text.find(s, start, end) for s in stops if s) if i >= 0), default=-1)
     if cut >= 0:
-        return text[:cut].strip(), True
+        return (text[:cut].strip() if strip else text[:cut]), True
     if not final and not opened:
         text = text[:end]
         for stop in stops:
@@ -83,7 +86,7 @@ def visible_text(text: str, stops: list[str], final: bool, span: AnswerSpan = wh
                 if text.endswith(stop[:k]):
                     text = text[:-k]
                     break
-    return text.strip(), False
+    return (text.strip() if strip else text), False
 
 
 def _decoder(tokenizer, keep=()) -> Callable[[list[int]], str]:
@@ -160,9 +163,10 @@ class Reply:
         keep=(),
         span: AnswerSpan = whole_text,
         thought: ThoughtReader | None = None,
+        strip: bool = True,
     ):
         self.engine, self.prompt, self.settings, self.stop, self.seed = engine, prompt, settings, stop, seed
-        self.keep, self.span, self.thought = keep, span, thought
+        self.keep, self.span, self.thought, self.strip = keep, span, thought, strip
         self.generation: Streamed | None = None
         self.cancelled = False
 
@@ -193,7 +197,7 @@ class Reply:
         try:
             for piece in self.generation:
                 text += piece
-                visible, stopped = visible_text(text, self.stop, final=False, span=self.span)
+                visible, stopped = visible_text(text, self.stop, False, self.span, self.strip)
                 if len(visible) > sent:
                     yield visible[sent:]
                     sent = len(visible)
@@ -202,7 +206,7 @@ class Reply:
                     break
             else:
                 # what was held back for a stop string, or as the start of a call that may be a stop string's
-                visible, stopped = visible_text(text, self.stop, True, self.span)
+                visible, stopped = visible_text(text, self.stop, True, self.span, self.strip)
                 if len(visible) > sent:
                     yield visible[sent:]
         finally:
@@ -282,3 +286,20 @@ class Engine:
         thought = ThoughtReader(prompt_opens_thought(tokenizer, prompt[0].tolist()))
         keep = (*keep, *special_think_ids(tokenizer))
         return Reply(self, prompt, settings, stop, seed, keep, partial(thought.span, inner=call_span), thought)
+
+    def complete(
+        self, text: str, settings: GenerationSettings, stop: list[str], seed: int | None = None, asked: bool = False
+    ) -> Reply:
+        """The continuation of a raw prompt (the legacy /v1/completions): `text` tokenized as it is, the tokenizer's
+        BOS added where it adds one, no template and no system prompt; the text is answered as generated, its
+        whitespace kept. `asked`: the
+        request set max_tokens, which the context must then hold (ContextTooLong otherwise, as for a chat)."""
+        ids = self.run.tokenizer(text)["input_ids"]
+        if not ids:
+            raise TunelabError("prompt: the prompt is empty (no tokens); give the text to continue")
+        limit = context_length(self.run.model)
+        refuse_beyond_context(limit, len(ids), settings.max_new_tokens if asked else None, "max_tokens")
+        if settings.max_new_tokens is None:
+            settings = replace(settings, max_new_tokens=limit - len(ids) if limit else UNKNOWN_CONTEXT_TOKENS)
+        settings = fit_context(self.run.model, len(ids), settings)
+        return Reply(self, torch.tensor([ids], device=self.run.device), settings, stop, seed, strip=False)

@@ -1,0 +1,69 @@
+"""What every route of the server answers with: OpenAI-shaped errors, the usage of a request's answers, the seed of
+each of its n answers, and a plain (not streamed) answer read off the engine while the client is watched."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from tunelab.server.engine import Completion, Reply
+
+
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code=None):
+    return JSONResponse(status_code=status, content=error_body(message, kind, param, code))
+
+
+def choice_seed(seed: int | None, k: int) -> int | None:
+    """The seed of a request's answer `k`: its own seed for the first (the answer of n=1), the next ones for the
+    others, so n sampled answers differ and the same request gives the same n again. Kept in the 64-bit signed range
+    the request's seed is read in."""
+    return None if seed is None else (seed + k + 2**63) % 2**64 - 2**63
+
+
+def usage_of(answers: list[Completion]) -> dict:
+    """The usage of a request's answers: its prompt counted once (the n answers share it), their tokens summed."""
+    prompt, completion = answers[0].prompt_tokens, sum(done.completion_tokens for done in answers)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    thinking = [done.reasoning_tokens for done in answers if done.reasoning_tokens is not None]
+    if thinking:  # OpenAI's count of the completion's thought tokens (LangChain reads it, and so on)
+        usage["completion_tokens_details"] = {"reasoning_tokens": sum(thinking)}
+    return usage
+
+
+async def read_answer(reply: Reply, request: Request) -> Completion | None:
+    """The whole answer of a plain request, read on a worker thread; None when the client left, which cancels the
+    generation (it ends at its next token) as a stream's is."""
+    pieces, items, left = [], iter(reply), False
+
+    async def watch() -> None:  # a disconnect is the only message left once the body is read
+        nonlocal left
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        left = True
+        reply.cancel()
+
+    done = failed = None
+    async with anyio.create_task_group() as watching:
+        watching.start_soon(watch)
+        try:
+            while (item := await anyio.to_thread.run_sync(next, items, None)) is not None:
+                if isinstance(item, Completion):
+                    done = item
+                else:
+                    pieces.append(item)
+        except Exception as exc:  # raised below as it is, not in the task group's ExceptionGroup
+            failed = exc
+        finally:
+            watching.cancel_scope.cancel()
+            reply.cancel()  # a no-op once the generation has ended
+    if failed is not None:
+        raise failed
+    if left or done is None:
+        return None
+    done.text = "".join(pieces)
+    return done
