@@ -1,11 +1,21 @@
-"""`tunelab serve` from the command line: what it prints before serving."""
+"""`tunelab serve` from the command line and `tunelab.serve` from Python: what it prints before serving, and the
+addresses, ports, keys and names it refuses before the model loads."""
+
+import json
+import socket
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
 pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+openai = pytest.importorskip("openai", reason="the official openai client is not installed: pip install openai")
 
 from tunelab.cli import main  # noqa: E402
+from tunelab.errors import TunelabError  # noqa: E402
+from tunelab.infer.run import open_run  # noqa: E402
+from tunelab.server.serve import start_server  # noqa: E402
+
+from .serving import http  # noqa: E402
 
 
 def test_port_0_prints_the_port_the_system_chose(tiny_run_dir, monkeypatch, capsys):
@@ -56,3 +66,109 @@ def test_a_mixture_of_system_prompts_is_said_before_serving(mixed_system_run_dir
     said = capsys.readouterr().err
     assert "(pirate: 'You are a pirate.'; plain: none); answers use data.system_prompt, 'You are helpful.', " in said
     assert 'unless a request sends its own system message, or "default_system_prompt": false for none.)' in said
+
+
+def test_a_port_in_use_is_refused_with_exit_2(tiny_run_dir, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tiny_run_dir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is in use" in err and "--port" in err and "Traceback" not in err
+
+
+def test_an_ipv6_address_gives_a_url_that_works(tiny_run_dir):
+    """Listening on an IPv6 address (--host ::1) gave the URL http://::1:PORT, which no client can open; it is written
+    http://[::1]:PORT, as URLs write such an address."""
+    try:
+        running = start_server(open_run(tiny_run_dir, device="cpu"), host="::1", model_name="tiny")
+    except TunelabError as exc:  # a machine without IPv6
+        pytest.skip(str(exc))
+    try:
+        assert running.url.startswith("http://[::1]:")
+        status, _, body = http("GET", f"{running.url}/health", key=None)
+        assert status == 200 and json.loads(body)["model"] == "tiny"
+    finally:
+        running.stop()
+
+
+def test_an_empty_api_key_is_refused(tiny_run_dir, monkeypatch, capsys):
+    """`--api-key "$KEY"` with KEY unset served everyone without a key, saying nothing; a key with a space at its end
+    could never be sent (HTTP drops it). Each is refused before the model loads, exit 2; an empty $TUNELAB_API_KEY is
+    no key."""
+    import tunelab.server.serve as serve_module
+
+    def open_run_stub(run_dir, *args):
+        raise TunelabError("stub: opened")
+
+    monkeypatch.setattr(serve_module, "opened", open_run_stub)
+    for key, says in [("", "is empty"), ("  ", "is empty"), ("key ", "ends with whitespace")]:
+        assert main(["serve", str(tiny_run_dir), "--port", "0", "--api-key", key]) == 2
+        err = capsys.readouterr().err
+        assert f"option '--api-key' {says}" in err and "stub" not in err, err
+    with pytest.raises(TunelabError, match="is empty"):
+        start_server(tiny_run_dir, api_key="")
+    monkeypatch.setenv("TUNELAB_API_KEY", "")
+    assert main(["serve", str(tiny_run_dir), "--port", "0"]) == 2
+    assert "stub: opened" in capsys.readouterr().err
+
+
+def test_an_empty_host_is_refused_not_read_as_every_interface(tiny_run_dir, monkeypatch, capsys):
+    """`--host "$HOST"` with HOST unset listened on every network interface (the system's reading of an empty
+    address), serving the run to the network unasked. An empty or blank host is refused before the model loads."""
+    import tunelab.server.serve as serve_module
+
+    def open_run_stub(run_dir, *args):
+        raise TunelabError("stub: opened")
+
+    monkeypatch.setattr(serve_module, "opened", open_run_stub)
+    for host, says in [("", "is empty"), (" ", "is blank")]:
+        assert main(["serve", str(tiny_run_dir), "--port", "0", "--host", host]) == 2
+        err = capsys.readouterr().err
+        assert f"option '--host' {says}, which would listen on every network interface" in err and "stub" not in err
+    with pytest.raises(TunelabError, match="'--host' is empty"):
+        start_server(tiny_run_dir, host="")
+    assert main(["serve", str(tiny_run_dir), "--port", "0", "--host", "127.0.0.1"]) == 2
+    assert "stub: opened" in capsys.readouterr().err
+
+
+def test_an_empty_model_name_is_refused_not_replaced_by_the_directory_name(tiny_run_dir, monkeypatch, capsys):
+    """`--model-name "$NAME"` with NAME unset served the run as its directory's name, without a word, and clients
+    asking for the intended name got 404. An empty or blank name is refused before the model loads, exit 2."""
+    import tunelab.server.serve as serve_module
+
+    def open_run_stub(run_dir, *args):
+        raise TunelabError("stub: opened")
+
+    monkeypatch.setattr(serve_module, "opened", open_run_stub)
+    for name, says in [("", "is empty"), ("  ", "is blank")]:
+        assert main(["serve", str(tiny_run_dir), "--port", "0", "--model-name", name]) == 2
+        err = capsys.readouterr().err
+        assert f"option '--model-name' {says}" in err and "stub" not in err, err
+    with pytest.raises(TunelabError, match="'--model-name' is empty"):
+        start_server(tiny_run_dir, model_name="")
+    assert main(["serve", str(tiny_run_dir), "--port", "0", "--model-name", "faq"]) == 2
+    assert "stub: opened" in capsys.readouterr().err
+
+
+def test_serve_from_python_requires_the_key_of_the_environment_as_the_cli_does(tiny_run_dir, monkeypatch):
+    """`tunelab serve RUN` with $TUNELAB_API_KEY set requires that key; tunelab.serve(RUN) served everyone."""
+    import tunelab
+    import tunelab.server.serve as serve_module
+
+    seen = []
+
+    def stop(run, api_key, *args):
+        seen.append(api_key)
+        raise KeyboardInterrupt  # before a model is loaded or a request served
+
+    monkeypatch.setattr(serve_module, "build_app", stop)
+    monkeypatch.setenv("TUNELAB_API_KEY", "from-the-environment")
+    for key in (None, "given"):
+        with pytest.raises(KeyboardInterrupt):
+            tunelab.serve(tiny_run_dir, port=0, api_key=key)
+    monkeypatch.setenv("TUNELAB_API_KEY", "")
+    with pytest.raises(KeyboardInterrupt):
+        tunelab.serve(tiny_run_dir, port=0)
+    assert seen == ["from-the-environment", "given", None]
