@@ -293,3 +293,46 @@ def test_the_oldest_exchanges_are_left_out_once_the_conversation_outgrows_the_co
     assert [s[0] for s in sent] == ["Code of box 1?", "Code of box 1?", "Code of box 1?", questions[1], questions[2]]
     assert [len(s) for s in sent] == [1, 3, 5, 5, 5], sent
     assert out.getvalue().count("(the conversation no longer fits the model's context") == 1, out.getvalue()
+
+
+class _Thinks:
+    """A model whose generate writes `ids` through the streamer, as transformers' does."""
+
+    def __init__(self, ids):
+        from types import SimpleNamespace
+
+        self.ids, self.config, self.generation_config = ids, SimpleNamespace(max_position_embeddings=4096), None
+
+    def parameters(self):  # where the prompt is put
+        import torch
+
+        yield torch.zeros(1)
+
+    def generate(self, input_ids, streamer, **_):
+        import torch
+
+        streamer.put(input_ids)
+        for i in self.ids:
+            streamer.put(torch.tensor([i]))
+        streamer.end()
+        return torch.cat([input_ids, torch.tensor([self.ids])], dim=1)
+
+
+def test_a_thought_is_shown_and_kept_apart_from_the_answer(tiny_run_dir, base_tokenizer):
+    """A reasoning model's thought was kept as the answer's start, and where `<think>` and `</think>` are special
+    tokens it was shown without them, run into the answer. It is shown with its markers, and the conversation keeps
+    the answer alone, the thought as its `reasoning_content` (what an OpenAI client sends back)."""
+    from tunelab.data.templates import resolve_template
+
+    chatml = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tokenizer = base_tokenizer(extra_special=("<think>", "</think>"), chat_template=chatml)
+    model = _Thinks(tokenizer.encode("<think>\nSeven.\n</think>\n\nThe code is 7.</s>", add_special_tokens=False))
+    run = open_run(tiny_run_dir, device="cpu")
+    run = replace(run, model=model, tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer))
+    inputs, out = iter(["Code of box 3?", "/exit"]), io.StringIO()
+    history = chat(run, GenerationSettings(max_new_tokens=40), read=lambda prompt: next(inputs), out=out)
+    assert history[-1] == {"role": "assistant", "content": "The code is 7.", "reasoning_content": "Seven."}
+    assert "model> <think>\nSeven.\n</think>" in out.getvalue(), out.getvalue()
