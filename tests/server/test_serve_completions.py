@@ -92,3 +92,20 @@ def test_what_the_route_cannot_honour_is_refused(served):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="other", prompt=PROMPT)
     assert client.completions.create(model="tiny", prompt=PROMPT, logprobs=None, echo=False).choices[0].text
+
+
+def test_a_model_of_unstated_context_caps_max_tokens_and_token_ids_are_refused(served):
+    """A model that does not state its context length takes at most the server's cap of max_tokens, as a chat
+    does (a huge max_tokens was generated toward); a prompt of token ids is a 400 naming the prompt."""
+    client, model, _ = served
+    kept = model.config
+    model.config = SimpleNamespace()  # no max_position_embeddings
+    try:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model="tiny", prompt=PROMPT, max_tokens=10**6)
+        assert caught.value.body["param"] == "max_tokens" and "does not state its context length" in str(caught.value)
+    finally:
+        model.config = kept
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny", prompt=[1, 2, 3])
+    assert str(caught.value.body["param"]).startswith("prompt")

@@ -295,7 +295,7 @@ def create_app(
     async def model(model_id: str):
         return _model_card(model_id) if model_id in engine.names else _no_model(model_id)
 
-    add_completions_route(app, engine, defaults, _no_model)
+    add_completions_route(app, engine, defaults, _no_model, token_cap)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):

@@ -24,7 +24,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.errors import TunelabError
-from tunelab.infer.generate import ContextTooLong, GenerationSettings
+from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_length
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.replies import choice_seed, error, error_body, read_answer, usage_of
 
@@ -126,9 +126,10 @@ def _usage(answers: list[Completion], n: int) -> dict:
     return counts | {"prompt_tokens": prompt, "total_tokens": prompt + counts["completion_tokens"]}
 
 
-def add_completions_route(app, engine: Engine, defaults: GenerationSettings, no_model) -> None:
+def add_completions_route(app, engine: Engine, defaults: GenerationSettings, no_model, token_cap: int) -> None:
     """Serve POST /v1/completions on `app` with `engine`; `defaults`: the server's options, as for a chat;
-    `no_model(name, param)`: the 404 of a model not served."""
+    `no_model(name, param)`: the 404 of a model not served; `token_cap`: the most max_tokens of a model that does
+    not state its context length, as for a chat."""
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -137,6 +138,13 @@ def add_completions_route(app, engine: Engine, defaults: GenerationSettings, no_
         refused = unsupported_option(body)
         if refused is not None:
             return error(400, refused[1], param=refused[0])
+        if context_length(engine.run.model) is None and (body.max_tokens or 0) > token_cap:
+            return error(
+                400,
+                f"max_tokens: Input should be less than or equal to {token_cap} (this server's limit for a model that "
+                "does not state its context length, or its --max-new-tokens if larger)",
+                param="max_tokens",
+            )
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         try:
             settings = GenerationSettings(
