@@ -109,3 +109,19 @@ def test_a_model_of_unstated_context_caps_max_tokens_and_token_ids_are_refused(s
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="tiny", prompt=[1, 2, 3])
     assert str(caught.value.body["param"]).startswith("prompt")
+
+
+def test_a_prompt_beyond_the_context_is_refused_in_openai_words(served):
+    """As a chat's messages are, in words that name the prompt (not the messages and chat template it has none of)."""
+    client, model, tokenizer = served
+    kept = model.config
+    model.config = SimpleNamespace(max_position_embeddings=len(tokenizer(PROMPT)["input_ids"]) + 2)
+    try:
+        for options, says in (({"max_tokens": 5}, "set max_tokens to at most 2"), ({"prompt": PROMPT * 3}, "no room")):
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.completions.create(model="tiny", **{"prompt": PROMPT} | options)
+            error = caught.value.body
+            assert error["code"] == "context_length_exceeded" and error["param"] == "prompt", error
+            assert says in error["message"] and "messages" not in error["message"], error
+    finally:
+        model.config = kept

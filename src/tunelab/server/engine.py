@@ -128,22 +128,25 @@ def thought_tokens(tokenizer, ids: list[int], thought: ThoughtReader, keep=()) -
     return _first_prefix(ids, lambda prefix: thought.read(decode(prefix), final=False)[1] is not None)
 
 
-def refuse_beyond_context(limit: int | None, prompt: int, wanted: int | None, field: str | None) -> None:
+def refuse_beyond_context(
+    limit: int | None, prompt: int, wanted: int | None, field: str | None, raw: bool = False
+) -> None:
     """ContextTooLong in OpenAI's words ("This model's maximum context length is N tokens", which clients look for)
     when a prompt of `prompt` tokens leaves a model of `limit` positions no room, or less than the `wanted` tokens
-    the request asked for by its `field`."""
+    the request asked for by its `field`. `raw`: the prompt is a completion's text, not a chat's messages."""
     if limit is None or (prompt < limit and (wanted is None or prompt + wanted <= limit)):
         return
+    what = "prompt" if raw else "messages"
     if prompt >= limit:
+        how = "" if raw else " (as the model reads them: the chat template and the run's system prompt included)"
         raise ContextTooLong(
-            f"This model's maximum context length is {limit} tokens. However, your messages resulted in {prompt} "
-            "tokens (as the model reads them: the chat template and the run's system prompt included), which "
-            "leaves no room for an answer. Please reduce the length of the messages."
+            f"This model's maximum context length is {limit} tokens. However, your {what} resulted in {prompt} "
+            f"tokens{how}, which leaves no room for an answer. Please reduce the length of the {what}."
         )
     raise ContextTooLong(
         f"This model's maximum context length is {limit} tokens. However, you requested {prompt + wanted} tokens "
-        f"({prompt} in the messages, {wanted} in the completion). Please reduce the length of the messages, or "
-        f"set {field} to at most {limit - prompt} (left out, the answer takes the room the messages leave)."
+        f"({prompt} in the {what}, {wanted} in the completion). Please reduce the length of the {what}, or "
+        f"set {field} to at most {limit - prompt} (left out, the answer takes the room the {what} {'leaves' if raw else 'leave'})."
     )
 
 
@@ -298,7 +301,7 @@ class Engine:
         if not ids:
             raise TunelabError("prompt: the prompt is empty (no tokens); give the text to continue")
         limit = context_length(self.run.model)
-        refuse_beyond_context(limit, len(ids), settings.max_new_tokens if asked else None, "max_tokens")
+        refuse_beyond_context(limit, len(ids), settings.max_new_tokens if asked else None, "max_tokens", raw=True)
         if settings.max_new_tokens is None:
             settings = replace(settings, max_new_tokens=limit - len(ids) if limit else UNKNOWN_CONTEXT_TOKENS)
         settings = fit_context(self.run.model, len(ids), settings)
