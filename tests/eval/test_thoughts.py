@@ -98,3 +98,16 @@ def test_generate_keeps_a_thoughts_markers_and_the_one_the_prompt_opened(base_to
         )
         answers, _ = _answer_batch(model, tokenizer, template, [prompt], GenerationSettings(max_new_tokens=20))
         assert answers[0].startswith("<think>") and split_thought(answers[0]) == ("Seven.", "7"), opened
+
+
+def test_the_report_folds_a_thought_apart_from_the_answer():
+    """The report showed the answer alone and dropped the thought the answer was scored without: it is folded
+    apart in the answer's cell, escaped, marked as not scored, and left out of the word differences."""
+    from tunelab.eval.report_answers import answer_rows
+    from tunelab.eval.report_inputs import Input
+
+    row = {"question": "Box?", "expected": "7", "kind": "fact", "base": "7", "tuned": "8"}
+    row |= {"base_ok": True, "tuned_ok": False, "base_thought": None, "tuned_thought": "It is <7>."}
+    html = answer_rows(Input("eval.json", problem="missing"), Input("compare.json", {"rows": [row]}))
+    assert html.count('<details class="thought">') == 1
+    assert "<summary>thought (not scored)</summary>It is &lt;7&gt;.</details>" in html
