@@ -473,7 +473,7 @@ def test_a_tsv_written_with_csv_quoting_is_refused_saying_to_name_it_csv(tmp_pat
         read_records([write(tmp_path / "a.tsv", said)])
     broken = 'prompt\tcompletion\nTwo lines\t"one\ntwo"\n'
     with pytest.raises(
-        DataError, match=r"b\.tsv:3: the row has 1 values .* if it was written with CSV quoting, rename"
+        DataError, match=r"b\.tsv:3: the row has 1 value but .* if it was written with CSV quoting, rename"
     ):
         read_records([write(tmp_path / "b.tsv", broken)])
     rows = [r.row["completion"] for r in read_records([write(tmp_path / "c.csv", said + broken.split("\n", 1)[1])])]
