@@ -2,6 +2,7 @@
 are re-saved unchanged; the chat template travels; bad run dirs and occupied outputs are refused without writing."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -507,3 +508,34 @@ def test_a_merged_folder_has_a_model_card_whose_example_runs(lora_run, tmp_path,
     code = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("max_new_tokens=128", "max_new_tokens=2")
     monkeypatch.chdir(tmp_path)  # the example names the folder as the merge named it
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_a_merged_model_answers_greedily_as_it_was_evaluated(tiny_model_dir, smollm2_tokenizer, tmp_path):
+    """A merged folder kept its base's generation_config (Qwen's do_sample with temperature 0.7, top_p 0.8), so a
+    plain `model.generate()` sampled while tunelab's eval and chat answered the run greedily. Its generation_config
+    is greedy now, stops at the run's end-of-turn token, and the card names the base's sampling."""
+    from transformers import GenerationConfig
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    GenerationConfig(
+        do_sample=True, temperature=0.7, top_p=0.8, top_k=20, bos_token_id=1, eos_token_id=2
+    ).save_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    attach_lora(model, ["all-linear"], r=4, alpha=8)
+    run = _write_run(tmp_path / "run", model, smollm2_tokenizer, base, "lora", template="chatml")
+    out = merge_run(run, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert not merged.generation_config.do_sample
+    assert merged.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
+    answers = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        answers.append(merged.generate(ids, max_new_tokens=12)[0, ids.shape[1] :].tolist())
+    greedy = merged.generate(ids, max_new_tokens=12, do_sample=False, top_k=None, top_p=None, temperature=None)
+    assert answers == [greedy[0, ids.shape[1] :].tolist()] * 3  # the same greedy answer, whatever the seed
+    card = (out / "README.md").read_text()
+    assert "answers greedily" in card and "do_sample=True, temperature=0.7, top_k=20, top_p=0.8" in card

@@ -348,7 +348,7 @@ def export_gguf(
     gguf_shape(merged.model.config)  # refuse unsupported models before writing anything
     tok = merged.tokenizer
     adds_bos = adds_special(tok, tok.bos_token_id, first=True)
-    sampling = sampling_parameters(_last_config(run_dir), getattr(merged.model, "generation_config", None))
+    sampling = sampling_parameters(_last_config(run_dir), merged.base_generation)
     modelfile_body = modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos, sampling)
     scratch = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     scratch_f16 = out.with_name(f".tmp-f16-{out.name}-{os.getpid()}")

@@ -16,6 +16,7 @@ prompt, and the largest difference of their logits is reported (`MergeCheck`) an
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass, replace
@@ -23,11 +24,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import GenerationConfig
 
 from tunelab.atomic import check_can_write, scratch_folder, write_json
 from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template, trained_chat_template
 from tunelab.errors import ConfigError, RunDirError
+from tunelab.infer.generate import NOT_APPLIED, REPLACED
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
 from tunelab.models.quiet import quiet_progress
@@ -67,6 +70,9 @@ class MergedModel:
     template: Template
     dtype: torch.dtype
     check: MergeCheck | None = None  # None for full and layer-wise runs (nothing was folded)
+    # the base's generation_config before `answer_as_evaluated` made it greedy (its sampling, for the card and the
+    # Modelfile's comment); None when the model has none
+    base_generation: GenerationConfig | None = None
 
 
 def check_run(run_dir: str | Path) -> RunInfo:
@@ -135,13 +141,35 @@ def merged_model(run_dir: str | Path, dtype: str | torch.dtype | None = None) ->
     # folder's tokenizer and the GGUF file's tokenizer.chat_template (llama.cpp, LM Studio) prompt with
     tokenizer.chat_template = trained_chat_template(run.template, tokenizer, run.system_prompt)
     gen = getattr(model, "generation_config", None)
-    if gen is not None and run.template.stop_token_ids:
-        stops = list(run.template.stop_token_ids)
-        gen.eos_token_id = stops[0] if len(stops) == 1 else stops  # so generate() stops where the run learned to
-        gen.pad_token_id = tokenizer.pad_token_id
+    base_generation = copy.deepcopy(gen)
+    if gen is not None:
+        answer_as_evaluated(gen, list(run.template.stop_token_ids), tokenizer.pad_token_id)
     # a blank system prompt is none, as training added none: the Modelfile's SYSTEM and the self-check read it here
     info = replace(run.info, system_prompt=run.system_prompt)
-    return MergedModel(model, tokenizer, info, run.template, out_dtype, check)
+    return MergedModel(model, tokenizer, info, run.template, out_dtype, check, base_generation)
+
+
+def answer_as_evaluated(gen: GenerationConfig, stops: list[int], pad: int | None) -> None:
+    """Make `gen` (the merged model's generation_config) decode as tunelab's eval, chat, generate and serve did by
+    default: greedily, with no repetition penalty, top-k or the other settings they replace or do not apply
+    (infer/generate.py's REPLACED and NOT_APPLIED), stopping at the run's end-of-turn tokens. The base's values
+    (Qwen's do_sample with temperature 0.7, top_p 0.8, ...) would make a plain `model.generate()` sample instead;
+    a call that passes its own (do_sample=True, temperature=...) still does."""
+    default = GenerationConfig()  # every setting at the value that changes nothing (do_sample False, no min_p...)
+    for name in base_sampling(gen):
+        setattr(gen, name, getattr(default, name))
+    if stops:
+        gen.eos_token_id = stops[0] if len(stops) == 1 else stops  # so generate() stops where the run learned to
+        gen.pad_token_id = pad
+
+
+def base_sampling(gen: GenerationConfig | None) -> dict:
+    """{setting: value} of the decoding settings a base's generation_config sets that `answer_as_evaluated`
+    dropped (do_sample, temperature, ..., min_p, no_repeat_ngram_size), for the model card to name."""
+    if gen is None:
+        return {}
+    neutral = NOT_APPLIED | {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0}
+    return {k: v for k, v in gen.to_diff_dict().items() if k in (*REPLACED, *NOT_APPLIED) and v != neutral.get(k, ())}
 
 
 def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out") -> None:
@@ -260,7 +288,7 @@ def model_card(merged: MergedModel, name: str) -> str:
         "without tunelab, PEFT or the base model.",
         "",
         f"Its tokenizer's chat template writes prompts as training wrote them (template `{info.template}`); {system}",
-        "`tunelab chat`, `generate` and `serve` answer greedily by default, as below.",
+        *_decoding(merged),
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -269,11 +297,25 @@ def model_card(merged: MergedModel, name: str) -> str:
         f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
         'messages = [{"role": "user", "content": "Hello!"}]',
         'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
-        "out = model.generate(**inputs, max_new_tokens=128, do_sample=False)",
+        "out = model.generate(**inputs, max_new_tokens=128)",
         'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
         "```",
     ]
     return "\n".join(lines) + "\n" + check
+
+
+def _decoding(merged: MergedModel) -> list[str]:
+    """The card's lines on how the model answers: greedily, as tunelab evaluated it (its generation_config.json says
+    so), and the sampling the base's generation_config set instead, with the call that samples as it did."""
+    lines = [
+        "Its `generation_config.json` answers greedily, stopping at the end-of-turn tokens it was trained with: as",
+        "`tunelab eval`, `chat`, `generate` and `serve` answered it.",
+    ]
+    dropped = base_sampling(merged.base_generation)
+    if dropped.get("do_sample"):
+        args = ", ".join(f"{k}={v!r}" for k, v in dropped.items())
+        lines += [f"The base model's sampled instead; `model.generate(..., {args})` samples as it did."]
+    return lines
 
 
 def merge_run(
