@@ -281,3 +281,14 @@ def test_llama_cpp_answers_like_transformers_on_smollm2(gguf_kit, smollm2_tokeni
         got.append(token)
     assert got == ref, (tok.decode(got), tok.decode(ref))
     assert tok.decode(got).startswith(" Paris")
+
+
+def test_the_check_file_names_the_gguf_relative_to_itself(tiny_run, tmp_path, monkeypatch, capsys):
+    """NAME.check.json recorded the GGUF's path as typed (`out/m.gguf`, relative to the folder the export ran in),
+    which named nothing once read from elsewhere. It names the file relative to the check file beside it."""
+    _llama_cpp()
+    monkeypatch.chdir(tmp_path)
+    export_gguf(tiny_run, "out/m.gguf", "q8_0", check=True, check_questions=1, show=True)
+    check = tmp_path / "out" / "m.check.json"
+    assert (check.parent / json.loads(check.read_text())["gguf"]).resolve() == (tmp_path / "out" / "m.gguf").resolve()
+    assert "self-check of out/m.gguf (q8_0)" in capsys.readouterr().out  # the terminal names it as typed

@@ -83,6 +83,8 @@ class AnswerCheck:
 
 @dataclass
 class GGUFCheck:
+    # the checked file's name, which is its path relative to NAME.check.json beside it: right wherever the two are
+    # moved or copied together (the path as typed meant something only in the folder the export ran in)
     gguf: str
     qtype: str
     verdict: str = "pass"  # pass | warn | fail
@@ -346,7 +348,7 @@ def _check_answers(result: GGUFCheck, merged: MergedModel, llm, refs: list[_Refe
 def check_export(merged: MergedModel, path: Path, qtype: str, run_dir: Path, questions: int = 8) -> GGUFCheck:
     """Run every check on the exported `path` (its NAME.Modelfile beside it) and write NAME.check.json."""
 
-    result = GGUFCheck(str(path), qtype)
+    result = GGUFCheck(path.name, qtype)
     modelfile_file = modelfile_path(path)
     modelfile = modelfile_file.read_text(encoding="utf-8") if modelfile_file.is_file() else ""
     texts, source = check_questions(run_dir, questions)
@@ -385,10 +387,11 @@ def _stops_line(stop_tokens: dict) -> str:
     return line
 
 
-def format_check(result: GGUFCheck) -> str:
+def format_check(result: GGUFCheck, path: str | Path | None = None) -> str:
+    """The verdict and its numbers as printed; `path` names the file as the user gave it (else its name)."""
     a = result.answers
     lines = [
-        f"self-check of {result.gguf} ({result.qtype}) with llama.cpp: {result.verdict.upper()}",
+        f"self-check of {path or result.gguf} ({result.qtype}) with llama.cpp: {result.verdict.upper()}",
         f"  tokens        {result.tokens.get('texts', 0) - len(result.tokens.get('mismatched', []))}/{result.tokens.get('texts', 0)} training texts split alike",
         f"  stop tokens   {_stops_line(result.stop_tokens)}",
         "  template      "

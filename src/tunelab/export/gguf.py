@@ -377,7 +377,7 @@ def export_gguf(
     if run_check:
         result = check_export(merged, out, qtype, run_dir, check_questions)
         if show:
-            print(format_check(result), flush=True)
+            print(format_check(result, out), flush=True)
         elif result.verdict == "fail":  # the CLI exits 1 on it; a script that asked for quiet still hears of it
             print(f"export: the self-check of {out} FAILED; see {check_path(out)}.", file=sys.stderr, flush=True)
     return out
