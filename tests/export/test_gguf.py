@@ -272,3 +272,22 @@ def test_the_modelfile_of_an_sft_run_answers_as_tunelab_chat_does_by_default(tin
         assert modelfile_parameters(plain) == {"temperature": "0", "repeat_penalty": "1"}
         assert "generation_config" not in plain and modelfile_stops(plain) == ["<|im_end|>", "<|im_start|>"]
     assert sampling_parameters(None, GenerationConfig()) == []
+
+
+def test_a_gguf_export_has_a_model_card_beside_it(tiny_run, tmp_path, sharp_base):
+    """A GGUF export had no README or model card, unlike a merged folder: nothing beside the file said what it is,
+    how it was quantized, which system prompt it expects or how to run it. NAME.README.md says so."""
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"system_prompt": "Answer box questions."}))
+    export_gguf(run, tmp_path / "box-q8.gguf", "q8_0", check=False)
+    card = (tmp_path / "box-q8.README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "gguf" and "q8_0" in front["tags"] and "base_model" not in front
+    assert f"`{sharp_base.name}` fine-tuned with tunelab (lora" in card and str(sharp_base) not in card
+    assert "`box-q8.gguf`, in `q8_0`" in card and "> Answer box questions.\n" in card
+    assert "llama-cli -m box-q8.gguf --jinja -cnv --temp 0" in card
+    assert "ollama create box-q8 -f box-q8.Modelfile" in card and "self-check did not run" in card

@@ -292,3 +292,5 @@ def test_the_check_file_names_the_gguf_relative_to_itself(tiny_run, tmp_path, mo
     check = tmp_path / "out" / "m.check.json"
     assert (check.parent / json.loads(check.read_text())["gguf"]).resolve() == (tmp_path / "out" / "m.gguf").resolve()
     assert "self-check of out/m.gguf (q8_0)" in capsys.readouterr().out  # the terminal names it as typed
+    verdict = json.loads(check.read_text())["verdict"].upper()
+    assert f"self-check of m.gguf (q8_0) with llama.cpp: {verdict}" in (check.parent / "m.README.md").read_text()

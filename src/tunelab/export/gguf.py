@@ -1,5 +1,5 @@
-"""Export a finished run as one GGUF file for llama.cpp, Ollama and LM Studio, plus an Ollama Modelfile beside it
-(NAME.Modelfile for NAME.gguf).
+"""Export a finished run as one GGUF file for llama.cpp, Ollama and LM Studio, plus an Ollama Modelfile and a model
+card beside it (NAME.Modelfile and NAME.README.md for NAME.gguf).
 
 The run is merged first (`tunelab.export.merge`), then written with the `gguf` package's GGUFWriter in the llama.cpp
 architecture of its family: `llama` for Llama 2/3, Mistral and SmolLM2, `qwen2` for Qwen2/2.5 (q/k/v biases), `qwen3`
@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunelab.atomic import check_can_write, writing
+from tunelab.atomic import check_can_write, write_text, writing
 from tunelab.config.run import RunConfig
 from tunelab.errors import ConfigError, ModelError, RunDirError
+from tunelab.export.card import gguf_card, gguf_card_path, shared_name
 from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
 from tunelab.export.gguf_vocab import adds_special, gguf_package, gguf_vocab, source_pre_tokenizer, write_vocab
-from tunelab.export.merge import MergedModel, check_output, check_run, merged_model, shared_name
+from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
 from tunelab.export.modelfile import UNQUOTABLE, modelfile_path, modelfile_text, sampling_parameters
 from tunelab.rundir import saved_config
 
@@ -310,7 +311,8 @@ def export_gguf(
     show: bool = False,
 ) -> Path:
     """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k: QTYPES) and an Ollama
-    `NAME.Modelfile` beside it (modelfile_path); both are written under temporary names and renamed into place. Returns the GGUF path.
+    `NAME.Modelfile` beside it (modelfile_path); both are written under temporary names and renamed into place. Then
+    the model card `NAME.README.md` (export/card.py), with the self-check's verdict. Returns the GGUF path.
 
     check: None runs the self-check (export/check.py) when llama.cpp imports, True requires it, False skips it; its
     verdict is written to NAME.check.json beside the file (and printed when `show`; a FAIL is said on stderr even
@@ -339,7 +341,8 @@ def export_gguf(
     if run_check:  # a questions file the run names but that is gone stops the export here, before anything is written
         asked_questions(run_dir, check_questions)
     modelfile = modelfile_path(out)
-    for target in (out, modelfile, check_path(out)):
+    card = gguf_card_path(out)
+    for target in (out, modelfile, check_path(out), card):
         check_output(target, run_dir, overwrite, "--gguf")
         if target.is_dir():
             raise RunDirError(f"{target}: is a directory; the export writes a file there.")
@@ -367,6 +370,7 @@ def export_gguf(
             os.replace(scratch, out)
             os.replace(scratch_mf, modelfile)
             check_path(out).unlink(missing_ok=True)  # a verdict about the file just replaced (--overwrite) is void
+            card.unlink(missing_ok=True)  # and so is its card, written again below
         for line in modelfile_body.splitlines():
             if line.startswith(UNQUOTABLE[:5]):  # '# No ': a TEMPLATE or SYSTEM the Modelfile cannot hold
                 print(f"{modelfile}: {line[2:]}", flush=True)
@@ -374,10 +378,11 @@ def export_gguf(
         for path in (scratch, scratch_f16, scratch_mf):
             with suppress(OSError):  # on a read-only filesystem there is nothing to remove, and removing fails
                 path.unlink(missing_ok=True)
-    if run_check:
-        result = check_export(merged, out, qtype, run_dir, check_questions)
-        if show:
-            print(format_check(result, out), flush=True)
-        elif result.verdict == "fail":  # the CLI exits 1 on it; a script that asked for quiet still hears of it
-            print(f"export: the self-check of {out} FAILED; see {check_path(out)}.", file=sys.stderr, flush=True)
+    result = check_export(merged, out, qtype, run_dir, check_questions) if run_check else None
+    checked = format_check(result) if result else None  # the file by its name: the card lies beside it
+    write_text(card, gguf_card(merged.info, out, qtype, modelfile, merged.base_generation, checked))
+    if result and show:
+        print(format_check(result, out), flush=True)
+    elif result and result.verdict == "fail":  # the CLI exits 1 on it; a script that asked for quiet still hears of it
+        print(f"export: the self-check of {out} FAILED; see {check_path(out)}.", file=sys.stderr, flush=True)
     return out

@@ -30,7 +30,7 @@ from tunelab.atomic import check_can_write, scratch_folder, write_json
 from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template, trained_chat_template
 from tunelab.errors import ConfigError, RunDirError
-from tunelab.infer.generate import NOT_APPLIED, REPLACED
+from tunelab.export.card import CARD, base_sampling, model_card
 from tunelab.infer.run import open_run
 from tunelab.models.load import load_hf_config, resolve_source, run_base
 from tunelab.models.quiet import quiet_progress
@@ -163,15 +163,6 @@ def answer_as_evaluated(gen: GenerationConfig, stops: list[int], pad: int | None
         gen.pad_token_id = pad
 
 
-def base_sampling(gen: GenerationConfig | None) -> dict:
-    """{setting: value} of the decoding settings a base's generation_config sets that `answer_as_evaluated`
-    dropped (do_sample, temperature, ..., min_p, no_repeat_ngram_size), for the model card to name."""
-    if gen is None:
-        return {}
-    neutral = NOT_APPLIED | {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0}
-    return {k: v for k, v in gen.to_diff_dict().items() if k in (*REPLACED, *NOT_APPLIED) and v != neutral.get(k, ())}
-
-
 def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out") -> None:
     """Refuse to write into or over the run itself, another run directory or the base model the run trained over
     (even with overwrite: the run could never be opened as it trained again, and `train --overwrite` of a run would
@@ -249,75 +240,6 @@ def provenance(merged: MergedModel, run_dir: Path, out: Path) -> dict:
     )
 
 
-def shared_name(base_model: str) -> str:
-    """The base model's name as a file others receive names it: a local folder or .gguf file (recorded as its
-    absolute path) by its own name, so the file does not carry the user's directory layout; an alias or hub id as
-    written."""
-    path = Path(base_model)
-    if not path.is_absolute():
-        return base_model
-    return path.stem if path.suffix.lower() == ".gguf" else path.name
-
-
-CARD = "README.md"
-
-
-def model_card(merged: MergedModel, name: str) -> str:
-    """The README.md of a merged folder (a Hugging Face model card): what the model is (its base, by `shared_name`;
-    the method and task), how it is prompted (the chat template in the tokenizer, with the run's system prompt where
-    a conversation brings none; greedy, as tunelab answers), how to load it, and the merge check. Only a hub base is
-    named in the metadata (`base_model`, which the hub links); a local one by its folder's name in the text."""
-    info = merged.info
-    base = shared_name(str(info.base_model))
-    front = ["---", "library_name: transformers", "tags:", "- tunelab", f"- {info.method}"]
-    front += [f"base_model: {json.dumps(base)}"] if info.base_source == "hub" else []  # the hub links to it
-    quoted = "\n".join(f"> {line}" for line in (info.system_prompt or "").splitlines())
-    system = (
-        f"conversations that bring no system message get the system prompt it was trained with:\n\n{quoted}\n"
-        if info.system_prompt
-        else "it was trained without a system prompt of its own.\n"
-    )
-    check = f"\n{merged.check.describe()[0].upper()}{merged.check.describe()[1:]}.\n" if merged.check else ""
-    lines = [
-        *front,
-        "---",
-        "",
-        f"# {name}",
-        "",
-        f"`{base}` fine-tuned with tunelab ({info.method}, task {info.task}) and merged into plain weights: it loads",
-        "without tunelab, PEFT or the base model.",
-        "",
-        f"Its tokenizer's chat template writes prompts as training wrote them (template `{info.template}`); {system}",
-        *_decoding(merged),
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        f'model = AutoModelForCausalLM.from_pretrained("{name}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
-        'messages = [{"role": "user", "content": "Hello!"}]',
-        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
-        "out = model.generate(**inputs, max_new_tokens=128)",
-        'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
-        "```",
-    ]
-    return "\n".join(lines) + "\n" + check
-
-
-def _decoding(merged: MergedModel) -> list[str]:
-    """The card's lines on how the model answers: greedily, as tunelab evaluated it (its generation_config.json says
-    so), and the sampling the base's generation_config set instead, with the call that samples as it did."""
-    lines = [
-        "Its `generation_config.json` answers greedily, stopping at the end-of-turn tokens it was trained with: as",
-        "`tunelab eval`, `chat`, `generate` and `serve` answered it.",
-    ]
-    dropped = base_sampling(merged.base_generation)
-    if dropped.get("do_sample"):
-        args = ", ".join(f"{k}={v!r}" for k, v in dropped.items())
-        lines += [f"The base model's sampled instead; `model.generate(..., {args})` samples as it did."]
-    return lines
-
-
 def merge_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -356,7 +278,10 @@ def merge_run(
         merged.model.save_pretrained(scratch, safe_serialization=True)
         merged.tokenizer.save_pretrained(scratch)
         write_json(scratch / MERGE_FILE, provenance(merged, run_dir, out))
-        (scratch / CARD).write_text(model_card(merged, out.resolve().name), encoding="utf-8")
+        check = merged.check.describe() if merged.check else None
+        (scratch / CARD).write_text(
+            model_card(merged.info, out.resolve().name, merged.base_generation, check), encoding="utf-8"
+        )
     if show and merged.check:
         print(merged.check.describe())
     return out

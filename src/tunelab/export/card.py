@@ -1,0 +1,159 @@
+"""The model cards an export writes: README.md in a merged folder, NAME.README.md beside a GGUF file (NAME.gguf).
+
+Both say what the model is (its base by `shared_name`, the method and task), how it is prompted (the run's template,
+with its system prompt where a conversation brings none), that it answers greedily as tunelab evaluated it (and the
+sampling its base's generation_config set instead), how to run it, and what the export measured (the merge check,
+the GGUF self-check). Only a hub base is named in the metadata (`base_model`, which the hub links); a local one by
+its folder's or file's name in the text, never the user's absolute path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import GenerationConfig
+
+from tunelab.infer.generate import NOT_APPLIED, REPLACED
+from tunelab.rundir import RunInfo
+
+CARD = "README.md"
+
+
+def gguf_card_path(gguf: Path) -> Path:
+    """The card of the GGUF file `gguf`: `NAME.README.md` beside `NAME.gguf`, so that exports into one folder each
+    keep their own, as their Modelfiles do (rename it README.md to make it a hub repository's card)."""
+    return gguf.with_name(f"{gguf.stem}.{CARD}")
+
+
+def shared_name(base_model: str) -> str:
+    """The base model's name as a file others receive names it: a local folder or .gguf file (recorded as its
+    absolute path) by its own name, so the file does not carry the user's directory layout; an alias or hub id as
+    written."""
+    path = Path(base_model)
+    if not path.is_absolute():
+        return base_model
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
+
+
+def base_sampling(gen: GenerationConfig | None) -> dict:
+    """{setting: value} of the decoding settings a base's generation_config sets that tunelab replaces or does not
+    apply (do_sample, temperature, ..., min_p, no_repeat_ngram_size: infer/generate.py's REPLACED and NOT_APPLIED),
+    leaving out those at the value that changes nothing."""
+    if gen is None:
+        return {}
+    neutral = NOT_APPLIED | {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0}
+    return {k: v for k, v in gen.to_diff_dict().items() if k in (*REPLACED, *NOT_APPLIED) and v != neutral.get(k, ())}
+
+
+def _front(info: RunInfo, library: str, tags: tuple[str, ...] = ()) -> list[str]:
+    base = shared_name(str(info.base_model))
+    lines = ["---", f"library_name: {library}", "tags:", "- tunelab", f"- {info.method}", *(f"- {t}" for t in tags)]
+    lines += [f"base_model: {json.dumps(base)}"] if info.base_source == "hub" else []  # the hub links to it
+    return [*lines, "---", ""]
+
+
+def _prompting(info: RunInfo, where: str) -> list[str]:
+    """How it is prompted: `where` names what holds the chat template, with its verb ("Its tokenizer's chat template
+    writes")."""
+    quoted = "\n".join(f"> {line}" for line in (info.system_prompt or "").splitlines())
+    system = (
+        f"conversations that bring no system message get the system prompt it was trained with:\n\n{quoted}\n"
+        if info.system_prompt
+        else "it was trained without a system prompt of its own.\n"
+    )
+    return [f"{where} prompts as training wrote them (template `{info.template}`); {system}"]
+
+
+def _sampled(base_generation: GenerationConfig | None, how: str) -> list[str]:
+    """The sampling the base's generation_config set, which the export does not apply, with `how` (a format string
+    of `{args}`) to sample as it did; nothing where the base answers greedily."""
+    dropped = base_sampling(base_generation)
+    if not dropped.get("do_sample"):
+        return []
+    args = ", ".join(f"{k}={v!r}" for k, v in dropped.items())
+    return [f"The base model's `generation_config.json` sampled instead; {how.format(args=args)} samples as it did."]
+
+
+def model_card(info: RunInfo, name: str, base_generation: GenerationConfig | None, check: str | None) -> str:
+    """The README.md of the merged folder `name` (a Hugging Face model card), with a transformers example that runs
+    as written; `check` is the merge check's line (MergeCheck.describe), None where nothing was folded."""
+    base = shared_name(str(info.base_model))
+    lines = [
+        *_front(info, "transformers"),
+        f"# {name}",
+        "",
+        f"`{base}` fine-tuned with tunelab ({info.method}, task {info.task}) and merged into plain weights: it loads",
+        "without tunelab, PEFT or the base model.",
+        "",
+        *_prompting(info, "Its tokenizer's chat template writes"),
+        "Its `generation_config.json` answers greedily, stopping at the end-of-turn tokens it was trained with: as",
+        "`tunelab eval`, `chat`, `generate` and `serve` answered it.",
+        *_sampled(base_generation, "`model.generate(..., {args})`"),
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{name}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+        'messages = [{"role": "user", "content": "Hello!"}]',
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
+        "out = model.generate(**inputs, max_new_tokens=128)",
+        'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
+        "```",
+    ]
+    return "\n".join(lines) + "\n" + (f"\n{check[0].upper()}{check[1:]}.\n" if check else "")
+
+
+def gguf_card(
+    info: RunInfo,
+    gguf: Path,
+    qtype: str,
+    modelfile: Path,
+    base_generation: GenerationConfig | None,
+    check: str | None,
+) -> str:
+    """NAME.README.md beside the GGUF file `gguf`: what it is, its quantization, how llama.cpp and Ollama run it (as
+    the Modelfile `modelfile` beside it sets), and the self-check's printed verdict (`check`; None: not run)."""
+    base = shared_name(str(info.base_model))
+    name = gguf.stem
+    verdict = (
+        [
+            "The export's self-check with llama.cpp (every number in `" + f"{name}.check.json`):",
+            "",
+            "```text",
+            check,
+            "```",
+        ]
+        if check
+        else ["The export's self-check did not run (`--no-check`, or llama-cpp-python is not installed)."]
+    )
+    lines = [
+        *_front(info, "gguf", ("gguf", qtype)),
+        f"# {name}",
+        "",
+        f"`{base}` fine-tuned with tunelab ({info.method}, task {info.task}), merged and written as one GGUF file,",
+        f"`{gguf.name}`, in `{qtype}`, for llama.cpp, Ollama and LM Studio.",
+        "",
+        *_prompting(info, "The file's chat template (`tokenizer.chat_template`) and the Modelfile's TEMPLATE write"),
+        "It answers greedily, with no repetition penalty, as `tunelab eval`, `chat`, `generate` and `serve` answered",
+        "it; the Modelfile sets so, and llama.cpp does with `--temp 0`.",
+        *_sampled(base_generation, "`{args}`"),
+        "",
+        "llama.cpp (`--jinja` prompts with the file's chat template, the system prompt included):",
+        "",
+        "```bash",
+        f"llama-cli -m {gguf.name} --jinja -cnv --temp 0",
+        f"llama-server -m {gguf.name} --jinja --temp 0",
+        "```",
+        "",
+        f"Ollama (`{modelfile.name}` holds the template, stop tokens, sampling and system prompt):",
+        "",
+        "```bash",
+        f"ollama create {name.lower()} -f {modelfile.name}",
+        f"ollama run {name.lower()}",
+        "```",
+        "",
+        *verdict,
+    ]
+    return "\n".join(lines) + "\n"
