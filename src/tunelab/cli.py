@@ -465,10 +465,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             check_questions=args.check_questions,
             show=True,
         )
+        from tunelab.export.card import gguf_card_path
         from tunelab.export.check import saved_verdict
-        from tunelab.export.modelfile import modelfile_path
+        from tunelab.export.modelfile import modelfile_path, ollama_name
 
-        print(f"{path}\nOllama: ollama create NAME -f {modelfile_path(path)}")
+        print(f"{path}\nOllama: ollama create {ollama_name(path)} -f {shlex.quote(str(modelfile_path(path)))}")
+        print(f"model card: {gguf_card_path(path)}")
 
         return 1 if saved_verdict(path) == "fail" else 0  # the files stay, for inspection
     settings = _settings(args)

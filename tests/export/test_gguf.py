@@ -4,6 +4,7 @@ is refused. A real llama.cpp reading the files: test_gguf_llama_cpp.py."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,8 +59,9 @@ def test_two_exports_into_one_folder_each_keep_their_modelfile(tiny_run, tmp_pat
     assert main(["export", str(tiny_run), "--gguf", str(tmp_path / "b.gguf"), "--type", "f16", "--no-check"]) == 0
     assert "FROM ./a.gguf\n" in (tmp_path / "a.Modelfile").read_text()
     assert "FROM ./b.gguf\n" in (tmp_path / "b.Modelfile").read_text()
-    assert "ollama create NAME -f b.Modelfile" in (tmp_path / "b.Modelfile").read_text()
-    assert f"Ollama: ollama create NAME -f {tmp_path / 'b.Modelfile'}" in capsys.readouterr().out
+    assert "ollama create b -f b.Modelfile" in (tmp_path / "b.Modelfile").read_text()
+    printed = capsys.readouterr().out
+    assert f"Ollama: ollama create b -f {tmp_path / 'b.Modelfile'}\nmodel card: {tmp_path / 'b.README.md'}" in printed
     assert not (tmp_path / "Modelfile").exists()
 
 
@@ -291,3 +293,21 @@ def test_a_gguf_export_has_a_model_card_beside_it(tiny_run, tmp_path, sharp_base
     assert "`box-q8.gguf`, in `q8_0`" in card and "> Answer box questions.\n" in card
     assert "llama-cli -m box-q8.gguf --jinja -cnv --temp 0" in card
     assert "ollama create box-q8 -f box-q8.Modelfile" in card and "self-check did not run" in card
+
+
+def test_the_printed_ollama_commands_name_the_model_as_ollama_takes_it(tiny_run, tmp_path, capsys):
+    """The Modelfile and `tunelab export` said `ollama create NAME -f ...`, a command that fails as printed. They
+    give the GGUF's name now, in the characters Ollama takes in a model name."""
+    from tunelab.cli import main
+    from tunelab.export.modelfile import ollama_name
+
+    assert ollama_name(Path("My Box_v2.Q8.gguf")) == "my-box_v2.q8" and ollama_name(Path("__.gguf")) == "model"
+    gguf = tmp_path / "Box Model.gguf"
+    assert main(["export", str(tiny_run), "--gguf", str(gguf), "--type", "f32", "--no-check"]) == 0
+    line = "ollama create box-model -f 'Box Model.Modelfile'"  # quoted for the shell
+    assert line in (tmp_path / "Box Model.Modelfile").read_text().splitlines()[0]
+    assert f"Ollama: ollama create box-model -f '{tmp_path / 'Box Model.Modelfile'}'" in capsys.readouterr().out
+    assert (
+        "ollama create box-model -f 'Box Model.Modelfile'\nollama run box-model\n"
+        in (tmp_path / "Box Model.README.md").read_text()
+    )

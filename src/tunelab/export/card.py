@@ -10,10 +10,12 @@ its folder's or file's name in the text, never the user's absolute path.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from transformers import GenerationConfig
 
+from tunelab.export.modelfile import ollama_name
 from tunelab.infer.generate import NOT_APPLIED, REPLACED
 from tunelab.rundir import RunInfo
 
@@ -116,7 +118,7 @@ def gguf_card(
     """NAME.README.md beside the GGUF file `gguf`: what it is, its quantization, how llama.cpp and Ollama run it (as
     the Modelfile `modelfile` beside it sets), and the self-check's printed verdict (`check`; None: not run)."""
     base = shared_name(str(info.base_model))
-    name = gguf.stem
+    name, ollama = gguf.stem, ollama_name(gguf)
     verdict = (
         [
             "The export's self-check with llama.cpp (every number in `" + f"{name}.check.json`):",
@@ -143,15 +145,15 @@ def gguf_card(
         "llama.cpp (`--jinja` prompts with the file's chat template, the system prompt included):",
         "",
         "```bash",
-        f"llama-cli -m {gguf.name} --jinja -cnv --temp 0",
-        f"llama-server -m {gguf.name} --jinja --temp 0",
+        f"llama-cli -m {shlex.quote(gguf.name)} --jinja -cnv --temp 0",
+        f"llama-server -m {shlex.quote(gguf.name)} --jinja --temp 0",
         "```",
         "",
         f"Ollama (`{modelfile.name}` holds the template, stop tokens, sampling and system prompt):",
         "",
         "```bash",
-        f"ollama create {name.lower()} -f {modelfile.name}",
-        f"ollama run {name.lower()}",
+        f"ollama create {ollama} -f {shlex.quote(modelfile.name)}",
+        f"ollama run {ollama}",
         "```",
         "",
         *verdict,

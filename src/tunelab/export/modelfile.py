@@ -19,6 +19,8 @@ A BOS the template writes at the very start is left out of the Go template when 
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,14 @@ def modelfile_path(gguf: Path) -> Path:
     """The Modelfile of the GGUF file `gguf`: `NAME.Modelfile` beside `NAME.gguf`, so that exports into one folder
     (a q4_k_m and a q8_0) each keep their own (`ollama create NAME -f NAME.Modelfile`)."""
     return gguf.with_name(f"{gguf.stem}.Modelfile")
+
+
+def ollama_name(gguf: Path) -> str:
+    """The model name the printed `ollama create NAME -f ...` lines give the export of `gguf`: its file's stem in the
+    letters Ollama takes in a name (lower case, digits, '.', '_', '-'; anything else a '-'), starting with one of
+    the first two."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", gguf.stem.lower()).lstrip("._-")
+    return name or "model"
 
 
 IM_START = "<|im_start|>"
@@ -280,10 +290,12 @@ def modelfile_text(
     adds_bos: bool = False,
     sampling: list[tuple[str, float | int, str]] = (),
 ) -> str:
-    """The Modelfile for `gguf_name` in the same folder (`ollama create NAME -f GGUF_STEM.Modelfile`)."""
+    """The Modelfile for `gguf_name` in the same folder (`ollama create NAME -f GGUF_STEM.Modelfile`, NAME by
+    ollama_name)."""
     go = go_template_for(template, tokenizer, adds_bos)
     lines = [
-        f"# Ollama Modelfile written by tunelab export: ollama create NAME -f {modelfile_path(Path(gguf_name)).name}",
+        f"# Ollama Modelfile written by tunelab export: ollama create {ollama_name(Path(gguf_name))} -f "
+        f"{shlex.quote(modelfile_path(Path(gguf_name)).name)}",
         f"FROM ./{gguf_name}",
         "",
     ]
