@@ -311,3 +311,15 @@ def test_the_printed_ollama_commands_name_the_model_as_ollama_takes_it(tiny_run,
         "ollama create box-model -f 'Box Model.Modelfile'\nollama run box-model\n"
         in (tmp_path / "Box Model.README.md").read_text()
     )
+
+
+def test_the_gguf_file_asks_llama_cpp_for_greedy_answers(tiny_run, tmp_path):
+    """The file set no sampling, so llama.cpp's tools answered at their own defaults (temperature 0.8) while the
+    Modelfile, the merged folder and tunelab's eval answer greedily. It carries llama.cpp's general.sampling keys,
+    which its tools take as their defaults: temperature 0, no repetition penalty."""
+    from gguf import GGUFReader
+
+    out = export_gguf(tiny_run, tmp_path / "greedy.gguf", "q8_0", check=False)
+    fields = GGUFReader(out).fields
+    assert fields["general.sampling.temp"].contents() == 0.0
+    assert fields["general.sampling.penalty_repeat"].contents() == 1.0

@@ -139,7 +139,7 @@ def gguf_card(
         "",
         *_prompting(info, "The file's chat template (`tokenizer.chat_template`) and the Modelfile's TEMPLATE write"),
         "It answers greedily, with no repetition penalty, as `tunelab eval`, `chat`, `generate` and `serve` answered",
-        "it; the Modelfile sets so, and llama.cpp does with `--temp 0`.",
+        "it; the Modelfile sets so, and the file's `general.sampling.temp` 0 makes it llama.cpp's default.",
         *_sampled(base_generation, "`{args}`"),
         "",
         "llama.cpp (`--jinja` prompts with the file's chat template, the system prompt included):",

@@ -265,6 +265,9 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     w.add_vocab_size(shape.vocab_size)
     w.add_file_type(getattr(gguf.LlamaFileType, file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if hasattr(w, "add_sampling_temp"):  # gguf >= 0.18; llama.cpp takes them as its defaults (--temp overrides)
+        w.add_sampling_temp(0.0)  # greedy, as tunelab evaluated the run, its Modelfile and merged folder answer
+        w.add_sampling_penalty_repeat(1.0)
     write_vocab(w, vocab, tok, list(merged.template.stop_token_ids))
 
     factors = rope_freq_factors(model, shape)
