@@ -323,3 +323,21 @@ def test_the_gguf_file_asks_llama_cpp_for_greedy_answers(tiny_run, tmp_path):
     fields = GGUFReader(out).fields
     assert fields["general.sampling.temp"].contents() == 0.0
     assert fields["general.sampling.penalty_repeat"].contents() == 1.0
+
+
+def test_both_cards_link_a_hub_base_as_fine_tuned(tmp_path):
+    """The hub guesses how a repository relates to its base_model from its files, and takes a GGUF for a mere
+    quantization of the base: the GGUF of a fine-tuned run was listed as one. Both cards say it is a fine-tune."""
+    import yaml
+
+    from tunelab.export.card import gguf_card, model_card
+    from tunelab.rundir import RunInfo
+
+    info = RunInfo("HuggingFaceTB/SmolLM2-135M-Instruct", "lora", base_source="hub")
+    cards = (
+        gguf_card(info, Path("m.gguf"), "q4_k_m", Path("m.Modelfile"), None, None),
+        model_card(info, "merged", None, None),
+    )
+    for card in cards:
+        front = yaml.safe_load(card.split("---")[1])
+        assert front["base_model"] == info.base_model and front["base_model_relation"] == "finetune"

@@ -4,7 +4,8 @@ Both say what the model is (its base by `shared_name`, the method and task), how
 with its system prompt where a conversation brings none), that it answers greedily as tunelab evaluated it (and the
 sampling its base's generation_config set instead), how to run it, and what the export measured (the merge check,
 the GGUF self-check). Only a hub base is named in the metadata (`base_model`, which the hub links); a local one by
-its folder's or file's name in the text, never the user's absolute path.
+its folder's or file's name in the text, never the user's absolute path; `base_model_relation: finetune` says what
+the hub would otherwise guess from the files (a GGUF beside a base reads as a mere quantization of it).
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def base_sampling(gen: GenerationConfig | None) -> dict:
 def _front(info: RunInfo, library: str, tags: tuple[str, ...] = ()) -> list[str]:
     base = shared_name(str(info.base_model))
     lines = ["---", f"library_name: {library}", "tags:", "- tunelab", f"- {info.method}", *(f"- {t}" for t in tags)]
-    lines += [f"base_model: {json.dumps(base)}"] if info.base_source == "hub" else []  # the hub links to it
+    if (
+        info.base_source == "hub"
+    ):  # the hub links to it; said a fine-tune, which it would take a GGUF for a quantization of
+        lines += [f"base_model: {json.dumps(base)}", "base_model_relation: finetune"]
     return [*lines, "---", ""]
 
 
