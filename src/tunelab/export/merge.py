@@ -4,7 +4,9 @@ For a LoRA run every adapter is folded into its base weight, W' = W + (alpha / r
 once to the output dtype; for full and layer-wise runs the weights are already whole and are only re-saved. The
 directory gets the chat template the run was trained with: the tokenizer's own, or the Jinja of the named template
 (`Template.jinja`), which writes exactly what training wrote (the run's system prompt included, where a conversation
-has no system message), so `apply_chat_template` on the merged model prompts it the way it learned.
+has no system message), so `apply_chat_template` on the merged model prompts it the way it learned, and a
+generation_config that answers as tunelab evaluated the run (greedy, stopping at its end-of-turn tokens:
+`answer_as_evaluated`), so a plain `model.generate()` gives the answers the run was judged by.
 
 The fold is `peft.lora.merge_lora`, the one merge (each layer's `merged_weight`: LoRA's W + s B A, DoRA's
 m (W + s B A) / n; an NF4 base dequantized to fp32 first, as training saw it). A
