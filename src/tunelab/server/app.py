@@ -37,7 +37,7 @@ from tunelab.infer.reasoning import ThoughtReader
 from tunelab.server.completions import add_completions_route
 from tunelab.server.engine import UNKNOWN_CONTEXT_TOKENS, Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
-from tunelab.server.replies import choice_seed, error, error_body, read_answer, usage_of
+from tunelab.server.replies import beyond_token_cap, choice_seed, error, error_body, read_answer, usage_of
 from tunelab.server.template_kwargs import template_variables
 from tunelab.server.tool_calls import (
     ToolCallReader,
@@ -304,15 +304,10 @@ def create_app(
         refused = unsupported_option(body)
         if refused is not None:
             return error(400, refused[1], param=refused[0])
-        for name in ("max_tokens", "max_completion_tokens"):
-            if context_length(engine.run.model) is None and (getattr(body, name) or 0) > token_cap:
-                return error(
-                    400,
-                    f"{name}: Input should be less than or equal to {token_cap} (this server's limit for a model that "
-                    "does not state its context length, "
-                    f"{'its --max-new-tokens' if token_cap > MAX_TOKENS_CAP else 'or its --max-new-tokens if larger'})",
-                    param=name,
-                )
+        if context_length(engine.run.model) is None:
+            over = beyond_token_cap(body, ("max_tokens", "max_completion_tokens"), token_cap)
+            if over is not None:
+                return over
         template = engine.run.template
         tools = body.tools or None
         if tools is not None and (problem := tool_definition_problem(tools)):

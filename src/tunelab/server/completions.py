@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tunelab.errors import TunelabError
 from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_length
 from tunelab.server.engine import Completion, Engine, Reply
-from tunelab.server.replies import choice_seed, error, error_body, read_answer, usage_of
+from tunelab.server.replies import beyond_token_cap, choice_seed, error, error_body, read_answer, usage_of
 
 MAX_PROMPTS = 128  # prompts in one request (each answered n times)
 
@@ -138,13 +138,10 @@ def add_completions_route(app, engine: Engine, defaults: GenerationSettings, no_
         refused = unsupported_option(body)
         if refused is not None:
             return error(400, refused[1], param=refused[0])
-        if context_length(engine.run.model) is None and (body.max_tokens or 0) > token_cap:
-            return error(
-                400,
-                f"max_tokens: Input should be less than or equal to {token_cap} (this server's limit for a model that "
-                "does not state its context length, or its --max-new-tokens if larger)",
-                param="max_tokens",
-            )
+        if context_length(engine.run.model) is None:
+            over = beyond_token_cap(body, ("max_tokens",), token_cap)
+            if over is not None:
+                return over
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         try:
             settings = GenerationSettings(

@@ -7,7 +7,7 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from tunelab.server.engine import Completion, Reply
+from tunelab.server.engine import UNKNOWN_CONTEXT_TOKENS, Completion, Reply
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:
@@ -67,3 +67,19 @@ async def read_answer(reply: Reply, request: Request) -> Completion | None:
         return None
     done.text = "".join(pieces)
     return done
+
+
+def beyond_token_cap(body, names: tuple[str, ...], token_cap: int):
+    """The 400 of a request whose token limit (its fields `names`) passes `token_cap`, the most a model that does not
+    state its context length may be asked (UNKNOWN_CONTEXT_TOKENS, or the server's --max-new-tokens if larger);
+    None where none does. The caller asks only for such a model."""
+    said = "its --max-new-tokens" if token_cap > UNKNOWN_CONTEXT_TOKENS else "or its --max-new-tokens if larger"
+    for name in names:
+        if (getattr(body, name) or 0) > token_cap:
+            return error(
+                400,
+                f"{name}: Input should be less than or equal to {token_cap} (this server's limit for a model that "
+                f"does not state its context length, {said})",
+                param=name,
+            )
+    return None
