@@ -1,8 +1,11 @@
 """What the tests of a running server share: its API key, a question, sampling settings that give the tiny model
-text to compare, and raw HTTP for what the openai client never sends."""
+text to compare, raw HTTP for what the openai client never sends, and a model that writes a given answer."""
 
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
+
+import torch
 
 KEY = "test-key-123"
 QUESTION = [{"role": "user", "content": "Code of box 3?"}]
@@ -19,3 +22,20 @@ def http(method: str, url: str, body: bytes | None = None, key: str | None = KEY
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
+
+
+class ScriptedModel:
+    """A model whose generate writes `ids` through the streamer, as transformers' does, and keeps the prompts it
+    was given: the server's own rendering and decoding are what is tested."""
+
+    def __init__(self, ids: list[int]):
+        self.ids, self.prompts = ids, []
+        self.config, self.generation_config = SimpleNamespace(max_position_embeddings=4096), None
+
+    def generate(self, input_ids, streamer, **_):
+        self.prompts.append(input_ids[0].tolist())
+        streamer.put(input_ids)
+        for i in self.ids:
+            streamer.put(torch.tensor([i]))
+        streamer.end()
+        return torch.cat([input_ids, torch.tensor([self.ids])], dim=1)

@@ -10,7 +10,6 @@ import pytest
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
 openai = pytest.importorskip("openai", reason="the official openai client is not installed: pip install openai")
 
-import torch  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from tunelab.data.templates import resolve_template  # noqa: E402
@@ -18,30 +17,16 @@ from tunelab.infer.generate import GenerationSettings  # noqa: E402
 from tunelab.infer.run import open_run  # noqa: E402
 from tunelab.server.serve import build_app  # noqa: E402
 
+from .serving import ScriptedModel  # noqa: E402
+
 PROMPT = "The capital of France is"
 WRITTEN = " Paris. It is big.</s>"
-
-
-class RecordingModel:
-    """A model that writes `ids` and keeps the prompts it was given."""
-
-    def __init__(self, ids: list[int]):
-        self.ids, self.prompts = ids, []
-        self.config, self.generation_config = SimpleNamespace(max_position_embeddings=4096), None
-
-    def generate(self, input_ids, streamer, **_):
-        self.prompts.append(input_ids[0].tolist())
-        streamer.put(input_ids)
-        for i in self.ids:
-            streamer.put(torch.tensor([i]))
-        streamer.end()
-        return torch.cat([input_ids, torch.tensor([self.ids])], dim=1)
 
 
 @pytest.fixture(scope="module")
 def served(tiny_run_dir, base_tokenizer):
     tokenizer = base_tokenizer(chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")
-    model = RecordingModel(tokenizer.encode(WRITTEN, add_special_tokens=False))
+    model = ScriptedModel(tokenizer.encode(WRITTEN, add_special_tokens=False))
     run = open_run(tiny_run_dir, device="cpu")
     run = replace(run, model=model, tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer))
     http = TestClient(build_app(run, model_name="tiny", settings=GenerationSettings(max_new_tokens=40)))

@@ -4,19 +4,19 @@ model is scripted (its ids written through the streamer as transformers' generat
 reading of the answer is what is tested."""
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
 openai = pytest.importorskip("openai", reason="the official openai client is not installed: pip install openai")
 
-import torch  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from tunelab.data.templates import resolve_template  # noqa: E402
 from tunelab.infer.run import open_run  # noqa: E402
 from tunelab.server.serve import build_app  # noqa: E402
+
+from .serving import ScriptedModel  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "Code of box 3?"}]
 TURNS = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -24,20 +24,6 @@ CHATML = TURNS + "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif 
 # DeepSeek-R1's later templates open the thought in the generation prompt: the answer starts inside it
 OPENED = TURNS + "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
 THOUGHT = "<think>\nThe lid says seven.\n</think>\n\nThe code is 7.</s>"
-
-
-class ScriptedModel:
-    """A model whose generate writes `ids` through the streamer, as transformers' does."""
-
-    def __init__(self, ids: list[int]):
-        self.ids, self.config, self.generation_config = ids, SimpleNamespace(max_position_embeddings=4096), None
-
-    def generate(self, input_ids, streamer, **_):
-        streamer.put(input_ids)
-        for i in self.ids:
-            streamer.put(torch.tensor([i]))
-        streamer.end()
-        return torch.cat([input_ids, torch.tensor([self.ids])], dim=1)
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,19 @@
 nothing. The model records the prompt it is given, so what the template wrote is what is checked."""
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
 openai = pytest.importorskip("openai", reason="the official openai client is not installed: pip install openai")
 
-import torch  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from tunelab.data.templates import resolve_template  # noqa: E402
 from tunelab.infer.run import open_run  # noqa: E402
 from tunelab.server.serve import build_app  # noqa: E402
+
+from .serving import ScriptedModel  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "Code of box 3?"}]
 TURNS = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -28,29 +28,13 @@ QWEN3 = TURNS + (
 EFFORT = "{% if reasoning_effort is defined %}effort: {{ reasoning_effort }}\n{% endif %}" + TURNS
 
 
-class RecordingModel:
-    """A model that answers "Seven." and keeps the prompts it was given."""
-
-    def __init__(self, ids: list[int]):
-        self.ids, self.prompts = ids, []
-        self.config, self.generation_config = SimpleNamespace(max_position_embeddings=4096), None
-
-    def generate(self, input_ids, streamer, **_):
-        self.prompts.append(input_ids[0].tolist())
-        streamer.put(input_ids)
-        for i in self.ids:
-            streamer.put(torch.tensor([i]))
-        streamer.end()
-        return torch.cat([input_ids, torch.tensor([self.ids])], dim=1)
-
-
 @pytest.fixture(scope="module")
 def run(tiny_run_dir):
     return open_run(tiny_run_dir, device="cpu")
 
 
 def _serve(run, tokenizer, name="tokenizer"):
-    model = RecordingModel(tokenizer.encode("Seven.</s>", add_special_tokens=False))
+    model = ScriptedModel(tokenizer.encode("Seven.</s>", add_special_tokens=False))
     scripted = replace(run, model=model, tokenizer=tokenizer, template=resolve_template(name, tokenizer))
     http = TestClient(build_app(scripted, model_name="tiny"))
     client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)

@@ -16,6 +16,8 @@ from tunelab.server.engine import Completion, Engine  # noqa: E402
 from tunelab.server.serve import build_app  # noqa: E402
 from tunelab.server.tool_calls import ToolCallReader  # noqa: E402
 
+from .serving import ScriptedModel  # noqa: E402
+
 QUESTION = [{"role": "user", "content": "Weather in Paris?"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 _TURNS = (
@@ -252,25 +254,6 @@ def test_a_mistral_call_can_be_sent_back_with_its_result(serve, monkeypatch):
     messages = [*QUESTION, call.model_dump(exclude_none=True), result]
     answer = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS)
     assert answer.choices[0].message.content == "Sunny."
-
-
-class ScriptedModel:
-    """A model whose generate writes `ids` through the streamer, as transformers' does: the server's own decoding
-    of the answer is what is tested."""
-
-    def __init__(self, ids: list[int]):
-        from types import SimpleNamespace
-
-        self.ids, self.config, self.generation_config = ids, SimpleNamespace(max_position_embeddings=4096), None
-
-    def generate(self, input_ids, streamer, **_):
-        import torch
-
-        streamer.put(input_ids)
-        for i in self.ids:
-            streamer.put(torch.tensor([i]))
-        streamer.end()
-        return torch.cat([input_ids, torch.tensor([self.ids])], dim=1)
 
 
 def test_a_mistral_call_after_text_is_read_by_its_special_tokens(tiny_run_dir, base_tokenizer):
