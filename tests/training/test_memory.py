@@ -765,3 +765,31 @@ def test_packed_rows_on_the_reference_attention_save_its_dense_mask_and_repeated
     others = sorted(nbytes for ptr, (shape, nbytes) in seen.items() if ptr not in mine and len(shape) == 4)
     assert k.untyped_storage().data_ptr() not in seen and v.untyped_storage().data_ptr() not in seen
     assert others == [9_216, 48 * 64 * 4, 48 * 64 * 4]  # the mask; k and v repeated to 4 heads
+
+
+def test_first_step_peak_counts_no_garbage_of_earlier_work(monkeypatch):
+    """Tensors held by unreachable cycles of an earlier run in the process are freed before the first step's peak
+    is reset, so the planner's calibration does not read them as the step's activations."""
+    import gc
+    import weakref
+
+    import torch
+
+    from tunelab.training import loop
+
+    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+
+    class Leftover:
+        pass
+
+    leftover = Leftover()
+    leftover.me, leftover.tensor = leftover, torch.zeros(4)
+    gone = weakref.ref(leftover)
+    del leftover
+    gc.disable()  # only the step's own collection may free the cycle
+    try:
+        loop._peak_from_here(torch.device("cuda"))
+    finally:
+        gc.enable()
+    assert gone() is None

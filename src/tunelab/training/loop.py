@@ -12,6 +12,7 @@ checkpoint of it.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import signal
 import time
 from collections.abc import Callable
@@ -84,7 +85,9 @@ def _on_device(run: Run, batch: dict) -> dict:
 
 def _peak_from_here(device: torch.device) -> None:
     """Count the CUDA peak from the first step on: loading, the checks and what the allocator cached before (a
-    process that trains twice) are not the step's, and would make the plan's calibration read them as activations."""
+    process that trains twice) are not the step's, and would make the plan's calibration read them as activations.
+    Unreachable objects of earlier work (a notebook's last run) still hold their tensors until collected."""
+    gc.collect()
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
