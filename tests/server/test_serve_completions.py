@@ -110,3 +110,18 @@ def test_a_prompt_beyond_the_context_is_refused_in_openai_words(served):
             assert says in error["message"] and "messages" not in error["message"], error
     finally:
         model.config = kept
+
+
+def test_a_prompt_that_opens_with_bos_gets_no_second_one(served):
+    """A prompt written from a chat template opens with the BOS text, and the tokenizer (which adds <s>) put its own
+    in front: the model read two BOS, a sequence it never trained on. Now the prompt has one, as the text meant, and
+    its usage counts it once; a prompt without the BOS text still gets the tokenizer's."""
+    client, model, tokenizer = served
+    bos = tokenizer.bos_token_id
+    assert tokenizer(PROMPT)["input_ids"][0] == bos  # the tokenizer adds BOS: the case that doubled
+    for prompt in (tokenizer.bos_token + PROMPT, tokenizer.bos_token * 2 + PROMPT, PROMPT):
+        done = client.completions.create(model="tiny", prompt=prompt, max_tokens=20)
+        sent = model.prompts[-1]
+        assert sent[0] == bos and sent[1] != bos, (prompt, sent)
+        assert sent == tokenizer(PROMPT)["input_ids"]
+        assert done.usage.prompt_tokens == len(sent)

@@ -150,6 +150,20 @@ def refuse_beyond_context(
     )
 
 
+def raw_prompt_ids(tokenizer, text: str) -> list[int]:
+    """A raw prompt's ids: `text` tokenized as it is, the tokenizer's BOS added where it adds one, and never two BOS
+    at its start. A prompt written from a chat template (`<|begin_of_text|>...`, `<s>[INST]...`) already opens with
+    the BOS text, and the tokenizer would put its own in front: the model then reads a sequence it never trained on
+    and answers worse. llama.cpp warns of it ("the final prompt starts with 2 BOS tokens") and vLLM's completions
+    keep both; users strip one by hand. Here the doubled BOS is one, as the text meant."""
+    ids = tokenizer(text)["input_ids"]
+    bos = tokenizer.bos_token_id
+    start = 0
+    while bos is not None and start + 1 < len(ids) and ids[start] == ids[start + 1] == bos:
+        start += 1
+    return ids[start:]
+
+
 class Reply:
     """One answer being generated: iterate for its text pieces, then a Completion (its text empty) with the counts
     and the finish reason. `cancel()` (a client gone) ends it at the next token, from any thread. The text keeps
@@ -294,10 +308,10 @@ class Engine:
         self, text: str, settings: GenerationSettings, stop: list[str], seed: int | None = None, asked: bool = False
     ) -> Reply:
         """The continuation of a raw prompt (the legacy /v1/completions): `text` tokenized as it is, the tokenizer's
-        BOS added where it adds one, no template and no system prompt; the text is answered as generated, its
-        whitespace kept. `asked`: the
+        BOS added where it adds one and the text does not open with it (raw_prompt_ids), no template and no system
+        prompt; the text is answered as generated, its whitespace kept. `asked`: the
         request set max_tokens, which the context must then hold (ContextTooLong otherwise, as for a chat)."""
-        ids = self.run.tokenizer(text)["input_ids"]
+        ids = raw_prompt_ids(self.run.tokenizer, text)
         if not ids:
             raise TunelabError("prompt: the prompt is empty (no tokens); give the text to continue")
         limit = context_length(self.run.model)
