@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="chat with the tuned model (multi-turn, streaming)")
     chat.add_argument("run_dir", help="a finished run directory")
-    _generation_options(chat)
+    _generation_options(chat, "the room the model's context leaves after the conversation")
 
     generate = sub.add_parser("generate", help="one answer to one prompt, for scripts")
     generate.add_argument("run_dir", help="a finished run directory")

@@ -336,3 +336,51 @@ def test_a_thought_is_shown_and_kept_apart_from_the_answer(tiny_run_dir, base_to
     history = chat(run, GenerationSettings(max_new_tokens=40), read=lambda prompt: next(inputs), out=out)
     assert history[-1] == {"role": "assistant", "content": "The code is 7.", "reasoning_content": "Seven."}
     assert "model> <think>\nSeven.\n</think>" in out.getvalue(), out.getvalue()
+
+
+class _Bounded(_Thinks):
+    """_Thinks that stops at generate's max_new_tokens, as transformers' does, and keeps the limits it was given."""
+
+    def __init__(self, ids):
+        super().__init__(ids)
+        self.limits = []
+
+    def generate(self, input_ids, streamer, max_new_tokens, **kwargs):
+        self.limits.append(max_new_tokens)
+        full, self.ids = self.ids, self.ids[:max_new_tokens]
+        try:
+            return super().generate(input_ids, streamer, **kwargs)
+        finally:
+            self.ids = full
+
+
+def test_without_max_new_tokens_an_answer_takes_the_room_the_context_leaves(tiny_run_dir, base_tokenizer):
+    """chat cut every answer at 128 tokens where serve's answer takes the room the context leaves: a reasoning
+    model's thought longer than that never reached its answer, and the chat kept nothing. Without max_new_tokens an
+    answer now runs until the model ends its turn, within the context; one that fills the room is said."""
+    from tunelab.data.render import render_prompt
+    from tunelab.data.templates import resolve_template
+
+    chatml = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tokenizer = base_tokenizer(extra_special=("<think>", "</think>"), chat_template=chatml)
+    thought = " ".join(["step"] * 150)
+    written = tokenizer.encode(f"<think>\n{thought}\n</think>\n\nThe code is 7.</s>", add_special_tokens=False)
+    assert len(written) > 128
+    model = _Bounded(written)
+    run = open_run(tiny_run_dir, device="cpu")
+    run = replace(run, model=model, tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer))
+    question = [{"role": "user", "content": "Code of box 3?"}]
+    prompt = len(render_prompt(question, tokenizer, run.template))
+    inputs, out = iter(["Code of box 3?", "/exit"]), io.StringIO()
+    history = chat(run, GenerationSettings(), read=lambda prompt: next(inputs), out=out)
+    assert model.limits == [4096 - prompt]
+    assert history[-1] == {"role": "assistant", "content": "The code is 7.", "reasoning_content": thought}
+    assert "cut" not in out.getvalue()
+    model.config.max_position_embeddings = prompt + 20  # room for 20 tokens: the answer fills it
+    inputs, out = iter(["Code of box 3?", "/exit"]), io.StringIO()
+    chat(run, GenerationSettings(), read=lambda prompt: next(inputs), out=out)
+    assert model.limits[-1] == 20
+    assert "(the answer filled the room the model's context leaves, 20 tokens, and was cut there" in out.getvalue()

@@ -2,9 +2,10 @@
 Ctrl-D, or Ctrl-C at the prompt) leaves, /system TEXT sets the system prompt (/system alone: the run's own;
 /system none: none at all, as serve's "default_system_prompt": false), Ctrl-C during an answer stops it. A line
 ending in a backslash continues on the next (Ctrl-C there drops the message being typed, and the chat goes on). A
-conversation grown past the model's context loses its oldest exchanges (said once). An empty answer is not kept, nor
-the question it answered: training skips a conversation holding an empty answer, so the model would be shown a turn
-it never saw."""
+conversation grown past the model's context loses its oldest exchanges (said once). An answer runs until the model
+ends its turn, within the room the context leaves (as serve's, vLLM's and Ollama's do), unless max_new_tokens is set.
+An empty answer is not kept, nor the question it answered: training skips a conversation holding an empty answer, so
+the model would be shown a turn it never saw."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tunelab.infer.generate import (
     GenerationSettings,
     config_notice,
     context_length,
+    room_left,
     stream_answer,
 )
 from tunelab.infer.reasoning import split_thought
@@ -29,6 +31,8 @@ from tunelab.infer.run import LoadedRun
 
 COMMAND = re.compile(r"/[A-Za-z]+")  # a line that is one such word is a command, never a message
 COMMANDS = ("/exit", "/quit", "/reset", "/system")
+# The least room an answer is left without max_new_tokens: the oldest exchanges are left out below it.
+ANSWER_ROOM = DEFAULT_MAX_NEW_TOKENS
 
 
 def _message(read: Callable[[str], str]) -> str | None:
@@ -134,7 +138,7 @@ def chat(
             continue
         messages.append({"role": "user", "content": text})
         try:
-            kept = _fitted(run, messages, len(system), settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+            kept = _fitted(run, messages, len(system), settings.max_new_tokens or ANSWER_ROOM)
             if len(kept) < len(messages) and not trimmed:
                 out.write(
                     "(the conversation no longer fits the model's context: from now on its oldest turns are left "
@@ -142,7 +146,9 @@ def chat(
                 )
                 trimmed = True
             messages = kept
-            answer, room = stream_answer(run.model, run.tokenizer, run.template, messages, settings)
+            prompt = len(render_prompt(messages, run.tokenizer, run.template))
+            answering = room_left(run.model, prompt, settings)  # without max_new_tokens: the room the context leaves
+            answer, room = stream_answer(run.model, run.tokenizer, run.template, messages, answering)
         except ContextTooLong as exc:
             messages.pop()
             out.write(f"(not sent: {exc} /reset starts a new conversation.)\n")
@@ -162,8 +168,13 @@ def chat(
             answer.close()  # the generation ends at its next token
             out.write(" (stopped)")
         out.write("\n")
-        wanted = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        if room < wanted:  # the answer may have been cut there
+        wanted = settings.max_new_tokens or room
+        if settings.max_new_tokens is None and answer.cut and context_length(run.model) is not None:
+            out.write(
+                f"(the answer filled the room the model's context leaves, {counted(room, 'token')}, and was cut "
+                "there; /reset starts a new conversation.)\n"
+            )
+        elif room < wanted:  # the answer may have been cut there
             out.write(
                 f"(the model's context left this answer room for {room} of the {wanted} tokens asked; /reset starts "
                 "a new conversation.)\n"

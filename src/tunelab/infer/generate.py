@@ -24,7 +24,10 @@ from tunelab.data.templates import Template
 from tunelab.errors import ConfigError
 from tunelab.infer.reasoning import OPEN, prompt_opens_thought, special_think_ids
 
-DEFAULT_MAX_NEW_TOKENS = 128  # chat and generate; compare and eval default to the run's eval.max_new_tokens
+DEFAULT_MAX_NEW_TOKENS = 128  # generate; compare and eval default to the run's eval.max_new_tokens
+# An answer's most tokens in chat and serve where neither the user nor the server sets them and the model does not
+# say its context length (no max_position_embeddings): where it does, the answer takes the room the prompt leaves.
+UNKNOWN_CONTEXT_TOKENS = 4096
 # Temperatures below this sample greedily, their limit: dividing the logits by 5e-324 gives inf and sampling fails
 # (vLLM draws the same line, its _SAMPLING_EPS = 1e-5).
 GREEDY_BELOW = 1e-5
@@ -132,7 +135,8 @@ def say(notice: str | None, out: TextIO | None = None) -> None:
 
 @dataclass
 class GenerationSettings:
-    max_new_tokens: int | None = None  # None: the run's eval.max_new_tokens (compare, eval), else 128
+    # None: the run's eval.max_new_tokens (compare, eval), the room the context leaves (chat, serve), else 128
+    max_new_tokens: int | None = None
     temperature: float = 0.0  # 0 (or below GREEDY_BELOW) means greedy
     top_p: float = 1.0  # 0 means greedy too (OpenAI takes 0 to 1: the smallest nucleus, the likeliest token alone)
     repetition_penalty: float = 1.0
@@ -203,6 +207,18 @@ def fit_context(
         return settings
     refuse_no_room(prompt_tokens, limit, where)
     return replace(settings, max_new_tokens=limit - prompt_tokens)
+
+
+def room_left(model, prompt_tokens: int, settings: GenerationSettings, where: str | None = None) -> GenerationSettings:
+    """`settings` whose max_new_tokens, where none is set, is the room the model's context leaves after a prompt of
+    `prompt_tokens` (UNKNOWN_CONTEXT_TOKENS for a model that does not state its context): an answer in chat and serve
+    runs until the model ends its turn, as vLLM's and Ollama's do, not to a fixed count. ContextTooLong, naming
+    `where`, when the prompt leaves no room."""
+    if settings.max_new_tokens is not None:
+        return settings
+    limit = context_length(model)
+    refuse_no_room(prompt_tokens, limit, where)
+    return replace(settings, max_new_tokens=limit - prompt_tokens if limit else UNKNOWN_CONTEXT_TOKENS)
 
 
 def refuse_no_room(prompt_tokens: int, limit: int | None, where: str | None = None) -> None:

@@ -32,10 +32,10 @@ from starlette.exceptions import HTTPException
 from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
-from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_length
+from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS, ContextTooLong, GenerationSettings, context_length
 from tunelab.infer.reasoning import ThoughtReader
 from tunelab.server.completions import add_completions_route
-from tunelab.server.engine import UNKNOWN_CONTEXT_TOKENS, Completion, Engine, Reply
+from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
 from tunelab.server.replies import beyond_token_cap, choice_seed, error, error_body, read_answer, usage_of
 from tunelab.server.template_kwargs import template_variables

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -34,13 +34,10 @@ from tunelab.infer.generate import (
     Streamed,
     context_length,
     fit_context,
+    room_left,
 )
 from tunelab.infer.reasoning import ThoughtReader, prompt_opens_thought, special_think_ids
 from tunelab.infer.run import LoadedRun
-
-# An answer's most tokens where neither the request nor the server sets them and the model does not say its context
-# length (no max_position_embeddings): where it does, the answer takes the room the prompt leaves, as vLLM's does.
-UNKNOWN_CONTEXT_TOKENS = 4096
 
 
 @dataclass
@@ -268,8 +265,7 @@ class Engine:
         ids = render_prompt(conversation, self.run.tokenizer, self.run.template, tools, variables)
         limit = context_length(self.run.model)
         refuse_beyond_context(limit, len(ids), settings.max_new_tokens if asked else None, asked)
-        if settings.max_new_tokens is None:  # neither the request nor --max-new-tokens: the room the context leaves
-            settings = replace(settings, max_new_tokens=limit - len(ids) if limit else UNKNOWN_CONTEXT_TOKENS)
+        settings = room_left(self.run.model, len(ids), settings)  # neither the request nor --max-new-tokens set it
         settings = fit_context(self.run.model, len(ids), settings)
         return torch.tensor([ids], device=self.run.device), settings
 
@@ -316,7 +312,5 @@ class Engine:
             raise TunelabError("prompt: the prompt is empty (no tokens); give the text to continue")
         limit = context_length(self.run.model)
         refuse_beyond_context(limit, len(ids), settings.max_new_tokens if asked else None, "max_tokens", raw=True)
-        if settings.max_new_tokens is None:
-            settings = replace(settings, max_new_tokens=limit - len(ids) if limit else UNKNOWN_CONTEXT_TOKENS)
-        settings = fit_context(self.run.model, len(ids), settings)
+        settings = fit_context(self.run.model, len(ids), room_left(self.run.model, len(ids), settings))
         return Reply(self, torch.tensor([ids], device=self.run.device), settings, stop, seed, strip=False)

@@ -7,7 +7,8 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from tunelab.server.engine import UNKNOWN_CONTEXT_TOKENS, Completion, Reply
+from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS
+from tunelab.server.engine import Completion, Reply
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:
