@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from tunelab.cli import main
+from tunelab.data.reasoning import split_thought
 from tunelab.data.templates import resolve_template
 from tunelab.eval import compare as compare_module
 from tunelab.eval import evaluate as evaluate_module
 from tunelab.infer.generate import GenerationSettings, _answer_batch
-from tunelab.infer.reasoning import split_thought
 
 
 @pytest.fixture

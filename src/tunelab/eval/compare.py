@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig
+from tunelab.data.reasoning import split_thought
 from tunelab.data.report import DataReport
 from tunelab.errors import DataError, Interrupted, RunDirError
 from tunelab.eval.metrics import correct, refused
@@ -30,7 +31,6 @@ from tunelab.infer.generate import (
     say,
     say_config_notice,
 )
-from tunelab.infer.reasoning import split_thought
 from tunelab.infer.run import LoadedRun, open_run
 
 COMPARE_FILE = "compare.json"

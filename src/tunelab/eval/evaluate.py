@@ -32,6 +32,7 @@ from tqdm import tqdm
 from tunelab.atomic import write_json
 from tunelab.data.batches import make_batches
 from tunelab.data.match import contains, exact_match
+from tunelab.data.reasoning import split_thought
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
 from tunelab.errors import counted
@@ -63,7 +64,6 @@ from tunelab.infer.generate import (
     say,
     say_config_notice,
 )
-from tunelab.infer.reasoning import split_thought
 from tunelab.infer.run import LoadedRun, check_base_precision, opened
 from tunelab.places import check_output_file
 from tunelab.rundir import RunInfo, check_same_run, open_info, run_stamp, saved_config

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from tunelab.data.reasoning import split_thought
 from tunelab.data.render import ControlTokenText, NotText, render_prompt
 from tunelab.data.templates import TemplateRefused
 from tunelab.errors import counted
@@ -26,7 +27,6 @@ from tunelab.infer.generate import (
     room_left,
     stream_answer,
 )
-from tunelab.infer.reasoning import split_thought
 from tunelab.infer.run import LoadedRun
 
 COMMAND = re.compile(r"/[A-Za-z]+")  # a line that is one such word is a command, never a message

@@ -19,10 +19,10 @@ from typing import TextIO
 import torch
 from tqdm import tqdm
 
+from tunelab.data.reasoning import OPEN, prompt_opens_thought, special_think_ids
 from tunelab.data.render import ControlTokenText, render_prompt, special_ids
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError
-from tunelab.infer.reasoning import OPEN, prompt_opens_thought, special_think_ids
 
 DEFAULT_MAX_NEW_TOKENS = 128  # generate; compare and eval default to the run's eval.max_new_tokens
 # An answer's most tokens in chat and serve where neither the user nor the server sets them and the model does not

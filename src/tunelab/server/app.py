@@ -29,11 +29,11 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from tunelab.data.reasoning import ThoughtReader
 from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS, ContextTooLong, GenerationSettings, context_length
-from tunelab.infer.reasoning import ThoughtReader
 from tunelab.server.completions import add_completions_route
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
@@ -421,7 +421,7 @@ def create_app(
 
 def _reasoning(text: str) -> dict:
     """A thought as OpenAI-compatible servers give it: vLLM's `reasoning` and its older `reasoning_content`, which
-    the DeepSeek API, SGLang and llama.cpp's server give (infer/reasoning.py)."""
+    the DeepSeek API, SGLang and llama.cpp's server give (data/reasoning.py)."""
     return {"reasoning_content": text, "reasoning": text}
 
 

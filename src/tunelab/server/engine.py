@@ -23,6 +23,7 @@ from functools import partial
 
 import torch
 
+from tunelab.data.reasoning import ThoughtReader, prompt_opens_thought, special_think_ids
 from tunelab.data.render import render_prompt
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import as_trained
@@ -36,7 +37,6 @@ from tunelab.infer.generate import (
     fit_context,
     room_left,
 )
-from tunelab.infer.reasoning import ThoughtReader, prompt_opens_thought, special_think_ids
 from tunelab.infer.run import LoadedRun
 
 
@@ -50,7 +50,7 @@ class Completion:
 
 
 # Where, in an answer being generated, its own text lies: (start, end, opened) for text[start:end], the only part
-# stop strings are looked for in. Before `start`: what is no answer text (a thought, infer/reasoning.py); from `end`
+# stop strings are looked for in. Before `start`: what is no answer text (a thought, data/reasoning.py); from `end`
 # on: a tool call, opened (`opened`) or maybe opening (a tail held back until it does or cannot).
 AnswerSpan = Callable[[str], tuple[int, int, bool]]
 
@@ -165,7 +165,7 @@ class Reply:
     """One answer being generated: iterate for its text pieces, then a Completion (its text empty) with the counts
     and the finish reason. `cancel()` (a client gone) ends it at the next token, from any thread. The text keeps
     the special tokens of `keep` (a tool call's markers, a thought's), and no other; stop strings are not looked for
-    outside its `span` (visible_text). `thought` reads the thought out of the text (infer/reasoning.py)."""
+    outside its `span` (visible_text). `thought` reads the thought out of the text (data/reasoning.py)."""
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ from torch import nn
 from tunelab.config import GrpoConfig, RunConfig
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.loader import Datasets
+from tunelab.data.reasoning import OPEN, ThoughtReader, decode_answer, prompt_opens_thought
 from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.errors import DataError, TunelabError
@@ -145,13 +146,19 @@ def _draws_random(model: nn.Module) -> bool:
 
 
 def _samples(rows: list[PromptRow], answers: list[list[int]], stops: set[int], tokenizer, group: int, first: int = 0):
-    """The samples to score: answers[k] is answer first + k of the step, to prompt rows[(first + k) // group]."""
+    """The samples to score: answers[k] is answer first + k of the step, to prompt rows[(first + k) // group]. A
+    thought the answer opens with (or the prompt opened) is read apart from the answer (data/reasoning.py)."""
     out = []
     for k, ids in enumerate(answers):
         row = rows[(first + k) // group]
         text_ids = ids[:-1] if ids and ids[-1] in stops else ids
-        text = tokenizer.decode(text_ids, skip_special_tokens=True)
-        out.append(reward_fns.Sample(row.prompt, text, row.row, len(ids), location(row.path, row.line)))
+        text = decode_answer(tokenizer, text_ids)
+        opened = prompt_opens_thought(tokenizer, row.prompt_ids)
+        thought, answer = ThoughtReader(opened).read(text, final=True)
+        if thought is not None and not text.lstrip().startswith(OPEN):  # the prompt wrote <think>: it opens the text
+            text = f"{OPEN}{text}"
+        where = location(row.path, row.line)
+        out.append(reward_fns.Sample(row.prompt, answer or "", row.row, len(ids), where, thought, text.strip()))
     return out
 
 

@@ -8,13 +8,17 @@ Built-in kinds (`grpo.rewards` entries; a bare kind takes the defaults):
                the answer is compared instead (e.g. "Answer:\\s*(-?\\d+)" reads the final number). Both sides are
                normalised first (`data.match.normalize`: lower case, white space runs as one space, no final
                punctuation)
-    regex      1 if `pattern` matches anywhere in the answer (re.search; write ^...$ and (?m) as you need), else 0
+    regex      1 if `pattern` matches anywhere in the answer as written, its thought included (re.search; write
+               ^...$ and (?m) as you need), else 0
     length     0 up to `max_tokens` answer tokens, then -(tokens - max_tokens) / max_tokens (-1 at twice the limit)
     function   a user's `module:function` or `file.py:function` (relative to the YAML config), called as
                f(prompt, answer, row) -> float: the prompt the model was asked (`prompt_data`: the user's text, an
                instruction joined with its input, or the turns of a chat or history as {role, content} messages),
-               the answer text, the whole row (a dict: expected and any other column)
+               the answer text, the whole row (a dict: expected and any other column); a function that takes a
+               `thought` keyword (or **kwargs) gets the answer's thought too (None where it has none)
     model      a finished `task: reward` run (its directory), loaded with `tasks.head_run.load_reward_model`
+
+A reasoning model's thought is read apart (`Sample`): all but `regex` and `length` read the answer after it.
 
 The total reward of an answer is the weighted sum of its rewards. A function that raises (or calls sys.exit) or
 returns anything but a real number within +-MAX_REWARD is a failure of that answer: `score` reports each failure with the reward's name and the row,
@@ -49,13 +53,22 @@ KINDS = RewardSpec.__dataclass_fields__["kind"].metadata["choices"]
 
 @dataclass(frozen=True)
 class Sample:
-    """One sampled answer to score."""
+    """One sampled answer to score. A reasoning model's answer opens with a thought (`<think>...</think>`,
+    data/reasoning.py): `answer` is what follows it, what the rewards that check the answer read (a thought that
+    names the expected text is no hit, as in `tunelab eval`), and `text` the answer as written, thought and markers
+    included, which `regex` matches (a format reward, as TRL's think_format_reward reads the whole completion)."""
 
     prompt: str | list[dict]  # what the model was asked (prompt_data.Prompt)
-    answer: str  # the decoded answer, without its stop token
+    answer: str  # the decoded answer after its thought, without its stop token
     row: dict  # the whole data row
-    tokens: int  # answer tokens (its stop token included)
+    tokens: int  # answer tokens (its stop token included; its thought's too)
     where: str  # file:line of the row
+    thought: str | None = None  # the thought, None where the answer opens with none
+    text: str | None = None  # the whole answer as written; None: `answer` is all of it
+
+    @property
+    def written(self) -> str:
+        return self.answer if self.text is None else self.text
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,15 @@ def _refuse_uncallable(fn: Callable, name: str, where: str) -> None:
         ) from None
 
 
+def _takes_thought(fn: Callable) -> bool:
+    """Whether `fn` takes a `thought` keyword (by that name, or through **kwargs)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == "thought" and p.kind is not p.POSITIONAL_ONLY) for p in parameters)
+
+
 class _Exited(Exception):
     """A reward function called sys.exit: its failure, said as such (not as an exception it raised)."""
 
@@ -229,12 +251,15 @@ def build(spec: RewardSpec, device: torch.device | str = "cpu") -> Reward:
 
         fn = _each(equals)
     elif spec.kind == "regex":
-        fn = _each(lambda s: float(pattern.search(s.answer) is not None))
+        fn = _each(lambda s: float(pattern.search(s.written) is not None))
     elif spec.kind == "length":
         fn = _each(lambda s: -max(0, s.tokens - spec.max_tokens) / spec.max_tokens)
     elif spec.kind == "function":
         user = user_function(spec.function, f"option 'grpo.rewards', reward {spec.name!r}")
-        fn = _each(lambda s: user(s.prompt, s.answer, s.row))
+        if _takes_thought(user):
+            fn = _each(lambda s: user(s.prompt, s.answer, s.row, thought=s.thought))
+        else:
+            fn = _each(lambda s: user(s.prompt, s.answer, s.row))
     else:
         try:
             from_model = load_reward_model(spec.run, device=str(device))

@@ -16,6 +16,10 @@ given here. A thought opens where the answer opens with `<think>`, or, where the
 `</think>`, and one that never ends (the answer cut at max_tokens) is all thought. An answer that opens otherwise has
 none, so a model that does not think is answered as before. Where `<think>` and `</think>` are special tokens of the
 run's tokenizer, the answer is decoded with them (`special_think_ids`).
+
+The serve, chat, compare and eval commands read thoughts so, and so do grpo's rewards (tasks/rewards.py): those that
+check the answer (`contains`, `equals`, a reward model, a function) see it without its thought, as
+`tunelab eval` scores it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ def special_think_ids(tokenizer) -> tuple[int, ...]:
         if token in specials and tokenizer.convert_ids_to_tokens(token) == marker:
             out.append(token)
     return tuple(out)
+
+
+def decode_answer(tokenizer, ids: list[int]) -> str:
+    """An answer's `ids` as text the thought can be read from: without special tokens, but `<think>` and `</think>`
+    where they are special tokens (skip_special_tokens would run the thought into the answer). grpo's rewards read
+    answers so; the server and chat decode alike as they stream (infer.generate.KeepingDecoder)."""
+    drop = special_ids(tokenizer) - set(special_think_ids(tokenizer))
+    return tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
 
 
 def prompt_opens_thought(tokenizer, ids: list[int]) -> bool:
