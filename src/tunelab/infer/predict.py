@@ -6,11 +6,16 @@ Inputs are rendered exactly as the run rendered its training rows (its template,
 max_length and field mapping): a `--text` given to a run that was trained on prompts becomes that prompt's user turn. Inputs longer
 than the run's max_length keep their start and last tokens (`head_fit.fit`) and are counted (prediction never drops a row:
 one whose start alone fills max_length, which training skips, is refused by name).
+
+A reward run scores an answer as a chat shows it: a reasoning model's thought (`<think>...</think>` first,
+data/reasoning.py) is read apart and not scored, as `tunelab eval` and grpo's rewards read answers, and the
+prediction keeps it in `thought`, as eval.json keeps an answer's.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -18,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunelab.atomic import write_text
+from tunelab.data.reasoning import split_thought
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import is_plain_text, refuse_missing_file
 from tunelab.errors import ConfigError, DataError, TunelabError
@@ -45,6 +51,7 @@ class Prediction:
     probabilities: dict[str, float] | None = None  # classify: every label's probability
     reward: float | None = None  # reward: the scalar score
     expected: str | None = None  # classify: the label the row gives, if any
+    thought: str | None = None  # reward: the answer's thought, not scored; None: it has none
 
 
 def _shown(item: Input) -> str:
@@ -52,6 +59,25 @@ def _shown(item: Input) -> str:
         return item.text or ""
     turns = [m for m in item.messages if m["role"] != "system"]
     return "\n".join(f"{m['role']}: {m['content']}" for m in turns[-2:]) if len(turns) > 1 else turns[0]["content"]
+
+
+def _thought_apart(item: Input, where: str) -> tuple[Input, str | None]:
+    """(the input with its answer's thought left out, the thought) of a chat ending with the answer to score; an
+    input without one as it is. DataError naming `where` for an answer that is all thought: nothing is left to
+    score."""
+    last = item.messages[-1] if item.messages else None
+    if last is None or last["role"] != "assistant" or not isinstance(last["content"], str):
+        return item, None
+    thought, answer = split_thought(last["content"])
+    if thought is None:
+        return item, None
+    if not answer:
+        raise DataError(
+            f"{where}: the answer is all thought (<think> without an answer after its </think>), and a thought is not "
+            "scored: nothing is left to score. Give the answer the thought led to."
+        )
+    messages = [*item.messages[:-1], {**last, "content": answer}]
+    return dataclasses.replace(item, messages=messages), thought
 
 
 def text_input(run: HeadRun, text: str) -> Input:
@@ -118,9 +144,15 @@ def predict(
         items += [(scored_input(run, prompt, a), f"answer {i + 1}", None) for i, a in enumerate(answers)]
     if not items:
         raise _nothing_to_predict(run.info.task)
+    thoughts: list[str | None] = [None] * len(items)
+    if run.info.task == "reward":  # the answer is scored without its thought
+        apart = [_thought_apart(x, w) for x, w, _ in items]
+        items = [(x, w, e) for (x, _), (_, w, e) in zip(apart, items)]
+        thoughts = [t for _, t in apart]
     logits, _ = head_outputs(run.model, run, [x for x, _, _ in items], batch_size, [w for _, w, _ in items])
     if run.info.task == "reward":
-        return [Prediction(w, _shown(x), reward=float(r)) for (x, w, _), r in zip(items, logits[:, 0])]
+        scored = zip(items, logits[:, 0], thoughts)
+        return [Prediction(w, _shown(x), reward=float(r), thought=t) for (x, w, _), r, t in scored]
     probs = logits.softmax(dim=-1)
     return [
         Prediction(w, _shown(x), run.labels[int(p.argmax())], dict(zip(run.labels, map(float, p))), expected=e)
@@ -162,6 +194,11 @@ def format_predictions(predictions: list[Prediction], width: int = 70) -> str:
         shown = shown if len(shown) <= width else shown[: width - 3] + "..."
         if p.reward is not None:
             lines.append(f"{p.reward:+.4f}  {shown}  ({p.where})")
+            if p.thought is not None:  # shown apart, as eval's --show-answers shows it: not scored
+                thought = " ".join(p.thought.split())
+                lines.append(
+                    f"         (thought, not scored: {thought if len(thought) <= width else thought[: width - 3] + '...'})"
+                )
             continue
         top = sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3]
         probs = ", ".join(f"{label} {value:.3f}" for label, value in top)
@@ -191,13 +228,14 @@ def save_predictions(
     the run's own files or the input `data` (`check_out`)."""
     path = check_out(path, overwrite, run_dir, data)
     if path.suffix == ".jsonl":
-        return write_text(path, "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in predictions))
+        rows = [{k: v for k, v in asdict(p).items() if k != "thought" or p.reward is not None} for p in predictions]
+        return write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     labels = list(predictions[0].probabilities or {}) if predictions else []
     buf = io.StringIO()
     writer = csv.writer(buf)
     if predictions and predictions[0].reward is not None:
-        writer.writerow(["where", "input", "reward"])
-        writer.writerows([p.where, p.input, p.reward] for p in predictions)
+        writer.writerow(["where", "input", "reward", "thought"])
+        writer.writerows([p.where, p.input, p.reward, p.thought or ""] for p in predictions)
     else:
         writer.writerow(["where", "input", "label", *(f"p_{label}" for label in labels), "expected"])
         writer.writerows(
