@@ -288,9 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="an OpenAI-compatible HTTP server for the tuned model (/v1/chat/completions, /v1/models, /health)",
-        description="Serve a run over HTTP in OpenAI's chat-completions dialect (streaming included). Needs the "
-        "'serve' extra: pip install 'tunelab[serve]'.",
+        help="an OpenAI-compatible HTTP server for the tuned model (/v1/chat/completions, /v1/completions, "
+        "/v1/responses, /v1/models, /health)",
+        description="Serve a run over HTTP in OpenAI's dialect: chat completions, text completions and responses "
+        "(streaming included). Needs the 'serve' extra: pip install 'tunelab[serve]'.",
     )
     serve.add_argument("run_dir", help="a finished run directory")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")

@@ -32,10 +32,12 @@ class ScriptedModel:
         self.ids, self.prompts = ids, []
         self.config, self.generation_config = SimpleNamespace(max_position_embeddings=4096), None
 
-    def generate(self, input_ids, streamer, **_):
+    def generate(self, input_ids, streamer, max_new_tokens=None, **_):
+        """Writes `ids`, at most `max_new_tokens` of them, as transformers' generate stops there."""
         self.prompts.append(input_ids[0].tolist())
+        ids = self.ids[:max_new_tokens]
         streamer.put(input_ids)
-        for i in self.ids:
+        for i in ids:
             streamer.put(torch.tensor([i]))
         streamer.end()
-        return torch.cat([input_ids, torch.tensor([self.ids])], dim=1)
+        return torch.cat([input_ids, torch.tensor([ids], dtype=input_ids.dtype)], dim=1)

@@ -5,6 +5,7 @@ package, LangChain, curl scripts) talk to a tuned run unchanged.
     GET  /v1/models              the one model, as OpenAI lists models
     POST /v1/chat/completions    an answer, or with "stream": true server-sent events ending in `data: [DONE]`
     POST /v1/completions         the legacy raw-prompt continuation (server/completions.py)
+    POST /v1/responses           OpenAI's Responses API: text in, text out, its own events (server/responses.py)
 
 Errors are JSON in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 400 for a malformed body or
 an unsupported option, 401 for a missing or wrong API key, 404 for an unknown model or route. A failure inside
@@ -38,6 +39,7 @@ from tunelab.server.completions import add_completions_route
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
 from tunelab.server.replies import beyond_token_cap, choice_seed, error, error_body, read_answer, usage_of
+from tunelab.server.responses import add_responses_route
 from tunelab.server.template_kwargs import template_variables
 from tunelab.server.tool_calls import (
     ToolCallReader,
@@ -51,7 +53,10 @@ from tunelab.server.tool_calls import (
 # (context_length_exceeded).
 MAX_TOKENS_CAP = UNKNOWN_CONTEXT_TOKENS
 MAX_CHOICES = 128  # the most answers one request may ask (OpenAI's limit on n)
-ROUTES = "GET (or HEAD) /health, GET /v1/models, GET /v1/models/ID, POST /v1/chat/completions and POST /v1/completions"
+ROUTES = (
+    "GET (or HEAD) /health, GET /v1/models, GET /v1/models/ID, POST /v1/chat/completions, POST /v1/completions and "
+    "POST /v1/responses"
+)
 
 
 class StreamOptions(BaseModel):
@@ -296,6 +301,7 @@ def create_app(
         return _model_card(model_id) if model_id in engine.names else _no_model(model_id)
 
     add_completions_route(app, engine, defaults, _no_model, token_cap)
+    add_responses_route(app, engine, defaults, _no_model, token_cap)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):

@@ -1,0 +1,165 @@
+"""OpenAI's Responses API, `POST /v1/responses`, spoken to with the official openai client's
+`client.responses.create`. The model is scripted (its ids written through the streamer as transformers' generate
+writes them), so the route's own work is what is tested: the conversation it renders, the response's shape, its
+events, and what it refuses."""
+
+from dataclasses import replace
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
+openai = pytest.importorskip("openai", reason="the official openai client is not installed: pip install openai")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from tunelab.data.templates import resolve_template  # noqa: E402
+from tunelab.infer.generate import GenerationSettings  # noqa: E402
+from tunelab.infer.run import open_run  # noqa: E402
+from tunelab.server.serve import build_app  # noqa: E402
+
+from .serving import ScriptedModel  # noqa: E402
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+ANSWER = "The code of box 3 is 7."
+THOUGHT = "Box 3 holds a seven."
+
+
+def _served(tiny_run_dir, base_tokenizer, written: str):
+    tokenizer = base_tokenizer(
+        extra_special=("<|im_start|>", "<|im_end|>", "<think>", "</think>"), chat_template=CHATML
+    )
+    model = ScriptedModel(tokenizer.encode(written, add_special_tokens=False))
+    run = open_run(tiny_run_dir, device="cpu")
+    run = replace(run, model=model, tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer))
+    http = TestClient(build_app(run, model_name="tiny", settings=GenerationSettings(max_new_tokens=100)))
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+    return client, model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run_dir, base_tokenizer):
+    return _served(tiny_run_dir, base_tokenizer, ANSWER + "<|im_end|>")
+
+
+@pytest.fixture(scope="module")
+def thinking(tiny_run_dir, base_tokenizer):
+    return _served(tiny_run_dir, base_tokenizer, f"<think>\n{THOUGHT}\n</think>\n\n{ANSWER}<|im_end|>")
+
+
+def _prompt(tokenizer, model) -> str:
+    return tokenizer.decode(model.prompts[-1], skip_special_tokens=False)
+
+
+def test_a_text_input_is_answered_in_openai_shape(served):
+    """POST /v1/responses was a 404: a text input is now the user's message, `instructions` the system message,
+    and the answer comes back as one message item whose output_text the client reads as `output_text`."""
+    client, model, tokenizer = served
+    done = client.responses.create(model="tiny", input="Code of box 3?", instructions="Answer briefly.")
+    assert done.object == "response" and done.status == "completed" and done.model == "tiny"
+    assert done.output_text == ANSWER
+    (item,) = done.output
+    assert item.type == "message" and item.role == "assistant" and item.content[0].type == "output_text"
+    assert _prompt(tokenizer, model) == tokenizer.bos_token + (
+        "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nCode of box 3?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert done.usage.input_tokens == len(model.prompts[-1])
+    assert done.usage.output_tokens == len(tokenizer.encode(ANSWER + "<|im_end|>", add_special_tokens=False))
+    assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
+    assert done.store is False and done.instructions == "Answer briefly."
+
+
+def test_a_message_list_is_the_conversation(served):
+    """Messages in OpenAI's input shapes (a text content, input_text parts, an earlier answer's output_text parts,
+    a developer message) are rendered as a chat's messages are."""
+    client, model, tokenizer = served
+    earlier = {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
+               "content": [{"type": "output_text", "text": "Which box?", "annotations": []}]}  # fmt: skip
+    done = client.responses.create(
+        model="tiny",
+        input=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "input_text", "text": "Code of a box?"}]},
+            earlier,
+            {"type": "message", "role": "user", "content": "Box 3."},
+        ],
+    )
+    assert done.output_text == ANSWER
+    assert _prompt(tokenizer, model) == tokenizer.bos_token + (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCode of a box?<|im_end|>\n"
+        "<|im_start|>assistant\nWhich box?<|im_end|>\n<|im_start|>user\nBox 3.<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_max_output_tokens_cuts_the_answer_and_says_so(served):
+    client, _, tokenizer = served
+    done = client.responses.create(model="tiny", input="Code of box 3?", max_output_tokens=3)
+    assert done.status == "incomplete" and done.incomplete_details.reason == "max_output_tokens"
+    assert done.usage.output_tokens == 3 and done.output[0].status == "incomplete"
+    assert ANSWER.startswith(done.output_text) and done.output_text != ANSWER
+
+
+def test_streamed_events_make_the_same_response(served):
+    """The events are OpenAI's, in order, numbered; their deltas make the answer; response.completed carries the
+    whole response."""
+    client, _, _ = served
+    events = list(client.responses.create(model="tiny", input="Code of box 3?", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]  # fmt: skip
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]  # fmt: skip
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == ANSWER
+    assert events[-1].response.output_text == ANSWER and events[-1].response.usage.output_tokens > 0
+
+
+def test_a_thought_is_a_reasoning_item_before_the_answer(thinking):
+    client, _, _ = thinking
+    done = client.responses.create(model="tiny", input="Code of box 3?")
+    assert [item.type for item in done.output] == ["reasoning", "message"]
+    assert done.output[0].content[0].text == THOUGHT and done.output_text == ANSWER
+    assert 0 < done.usage.output_tokens_details.reasoning_tokens < done.usage.output_tokens
+    events = list(client.responses.create(model="tiny", input="Code of box 3?", stream=True))
+    assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == THOUGHT
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == ANSWER
+    added = [(e.output_index, e.item.type) for e in events if e.type == "response.output_item.added"]
+    assert added == [(0, "reasoning"), (1, "message")]
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == ANSWER
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"text": {"format": {"type": "json_object"}}}, "text"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input.0.type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            "input.0.content.0.type",
+        ),  # fmt: skip
+        ({"input": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}, "input.1.role"),
+        ({"input": [{"role": "user", "content": ""}]}, "input.0.content"),
+        ({"input": "Hi", "instructions": "a", "extra_body": {"max_output_tokens": True}}, "max_output_tokens"),
+    ],
+)
+def test_what_the_route_cannot_honour_is_refused_by_name(served, options, param):
+    client, _, _ = served
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="tiny", **{"input": "Code of box 3?"} | options)
+    assert caught.value.body["param"] == param, caught.value.body
+
+
+def test_options_that_ask_for_nothing_are_accepted(served):
+    client, _, _ = served
+    done = client.responses.create(
+        model="tiny", input="Code of box 3?", store=True, metadata={"k": "v"}, tools=[], truncation="disabled",
+        text={"format": {"type": "text"}}, user="u",
+    )  # fmt: skip
+    assert done.output_text == ANSWER and done.metadata == {"k": "v"}
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="other", input="Hi")
