@@ -40,7 +40,21 @@ def test_the_runs_answer_length_is_the_default(run, smollm2_tokenizer):
     assert answer_settings(None, run).max_new_tokens == TOKENS
     assert answer_settings(GenerationSettings(max_new_tokens=7), run).max_new_tokens == 7
     template = resolve_template("chatml", smollm2_tokenizer)
-    assert GenerationSettings().kwargs(template, smollm2_tokenizer)["max_new_tokens"] == 128  # chat and generate
+    assert GenerationSettings().kwargs(template, smollm2_tokenizer)["max_new_tokens"] == 128  # generate
+
+
+def test_a_grpo_runs_answers_are_not_cut_shorter_than_it_sampled_them(run):
+    """A grpo run sampled (and its held-out reward judged) answers of up to grpo.max_new_tokens; compare and eval
+    cut them at eval.max_new_tokens (64 by default), so a reasoning answer lost its end and eval scored other answers
+    than training's eval did. They now take the longer of the two."""
+    cfg = load_config(run / "config.yaml").config
+    cfg.task, cfg.grpo.rewards, cfg.grpo.max_new_tokens = "grpo", ["contains"], TOKENS + 100
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    assert answer_settings(None, run).max_new_tokens == TOKENS + 100
+    cfg.grpo.max_new_tokens = TOKENS - 1  # eval.max_new_tokens is more: it is kept
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    assert answer_settings(None, run).max_new_tokens == TOKENS
+    assert answer_settings(GenerationSettings(max_new_tokens=7), run).max_new_tokens == 7
 
 
 def test_compare_prints_scores_first_and_never_replaces_compare_json_silently(run, questions, capsys):

@@ -400,9 +400,14 @@ def check_saved_transform(run_dir: str | Path, data: DataConfig) -> None:
 def answer_settings(settings: GenerationSettings | None, run_dir: str | Path) -> GenerationSettings:
     """`settings` (default: greedy) with max_new_tokens, where not given, from the run's eval.max_new_tokens: the
     run's questions are answered at the length the run was configured for (RunDirError when its config.yaml is gone:
-    --max-new-tokens then says the length)."""
+    --max-new-tokens then says the length). A grpo run's answers are never cut shorter than grpo.max_new_tokens, the
+    length its answers were sampled at and its held-out reward judged them at: cut at eval.max_new_tokens (64 by
+    default) a reasoning answer would lose its end, and eval would score other answers than training's eval did."""
     settings = settings or GenerationSettings()
     if settings.max_new_tokens is not None:
         return settings
     cfg = saved_config(run_dir, "eval.max_new_tokens, the answer length (--max-new-tokens gives it instead)")
-    return dataclasses.replace(settings, max_new_tokens=cfg.eval.max_new_tokens)
+    length = cfg.eval.max_new_tokens
+    if cfg.task == "grpo":
+        length = max(length, cfg.grpo.max_new_tokens)
+    return dataclasses.replace(settings, max_new_tokens=length)
