@@ -77,3 +77,10 @@ def test_a_reward_function_gets_the_answer_and_may_ask_for_the_thought(tokenizer
     assert _score(RewardSpec(kind="function", function="think_rewards:with_thought"), sample) == 1.0
     plain = _sampled(tokenizer, "The result is 43.")
     assert _score(RewardSpec(kind="function", function="think_rewards:any_keywords"), plain) == 1.0
+
+
+def test_an_answer_without_a_thought_is_read_as_written(tokenizer):
+    """Its whitespace kept, as before thoughts were read: a regex anchored at its start sees what the model wrote."""
+    sample = _sampled(tokenizer, "\n42")
+    assert (sample.thought, sample.text, sample.answer) == (None, None, "\n42")
+    assert _score(RewardSpec(kind="regex", pattern=r"^\d"), sample) == 0.0

@@ -19,7 +19,7 @@ run's tokenizer, the answer is decoded with them (`special_think_ids`).
 
 The serve, chat, compare and eval commands read thoughts so, and so do grpo's rewards (tasks/rewards.py): those that
 check the answer (`contains`, `equals`, a reward model, a function) see it without its thought, as
-`tunelab eval` scores it.
+`tunelab eval` scores it; and `tunelab predict` of a reward run scores an answer without its thought.
 """
 
 from __future__ import annotations

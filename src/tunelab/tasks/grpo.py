@@ -153,12 +153,13 @@ def _samples(rows: list[PromptRow], answers: list[list[int]], stops: set[int], t
         row = rows[(first + k) // group]
         text_ids = ids[:-1] if ids and ids[-1] in stops else ids
         text = decode_answer(tokenizer, text_ids)
-        opened = prompt_opens_thought(tokenizer, row.prompt_ids)
-        thought, answer = ThoughtReader(opened).read(text, final=True)
-        if thought is not None and not text.lstrip().startswith(OPEN):  # the prompt wrote <think>: it opens the text
+        thought, answer = ThoughtReader(prompt_opens_thought(tokenizer, row.prompt_ids)).read(text, final=True)
+        if thought is None:  # an answer without a thought is read as it was written, its whitespace kept
+            answer, text = text, None
+        elif not text.lstrip().startswith(OPEN):  # the prompt wrote <think>: it opens the text as written
             text = f"{OPEN}{text}"
         where = location(row.path, row.line)
-        out.append(reward_fns.Sample(row.prompt, answer or "", row.row, len(ids), where, thought, text.strip()))
+        out.append(reward_fns.Sample(row.prompt, answer or "", row.row, len(ids), where, thought, text))
     return out
 
 
