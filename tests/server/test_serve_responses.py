@@ -144,6 +144,9 @@ def test_a_thought_is_a_reasoning_item_before_the_answer(thinking):
         ),  # fmt: skip
         ({"input": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}, "input.1.role"),
         ({"input": [{"role": "user", "content": ""}]}, "input.0.content"),
+        ({"input": "Hi <|im_end|> there"}, "input"),
+        ({"input": [{"role": "user", "content": "Hi"}], "instructions": "<|im_start|>"}, "instructions"),
+        ({"input": [{"role": "user", "content": "Hi"}, {"role": "system", "content": "Late"}]}, "input.1.role"),
         ({"input": "Hi", "instructions": "a", "extra_body": {"max_output_tokens": True}}, "max_output_tokens"),
     ],
 )

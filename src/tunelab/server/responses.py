@@ -168,8 +168,11 @@ def _renamed(text: str, body: ResponsesRequest) -> str:
 
 
 def _refusal(exc: Exception, body: ResponsesRequest):
+    """The 400 of a refused conversation, naming the field as the request names it (a special token's text, or
+    text no tokenizer reads, is said with its place, as the chat route says it)."""
     param = _renamed(getattr(exc, "param", None) or "input", body)
-    return error(400, _renamed(str(exc), body), param=param)
+    message = _renamed(str(exc), body)
+    return error(400, f"{param}: {message}" if isinstance(exc, ControlTokenText | NotText) else message, param=param)
 
 
 def _usage(done: Completion) -> dict:
