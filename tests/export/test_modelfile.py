@@ -4,16 +4,22 @@ behaves as Go's text/template does on the constructs the writer emits."""
 
 import pytest
 
+from tunelab.config import RunConfig
 from tunelab.data.templates import resolve_template
 from tunelab.export.gotemplate import ollama_values, render
 from tunelab.export.modelfile import (
+    UNQUOTABLE,
+    context_parameter,
     go_template_for,
     modelfile_stops,
     modelfile_system,
     modelfile_template,
     modelfile_text,
     renders_like,
+    sampling_parameters,
 )
+
+from .ollama_modelfile import ModelfileError, create_request
 
 # Chat templates of the families tunelab trains, as their tokenizer_config.json write them (shortened where a part
 # only concerns tools).
@@ -154,3 +160,69 @@ def test_llama2_writes_bos_per_turn_and_once_at_the_start(tokenizer, adds_bos):
         assert renders_like(go, template, conversation, system, tokenizer.bos_token, adds_bos=adds_bos)
     # llama.cpp's own BOS would be a second one if the template also wrote it first
     assert go.startswith("{{ $first := true }}") and ("{{ if $first }}{{ else }}" in go) == adds_bos
+
+
+@pytest.mark.parametrize("name", ["m.gguf", "My Box v2.gguf", 'box #2 "final".gguf', "modèle  ünï.gguf"])
+def test_ollama_reads_the_modelfile_as_it_was_written(tokenizer, name):
+    """Read by Ollama's own grammar (tests/export/ollama_modelfile.py), the Modelfile names its GGUF as written (spaces,
+    '#' and quotes in the name included: a FROM value runs to the end of its line, and quotes around it would have
+    been kept as part of the path by Ollama before 0.1.32), and its TEMPLATE, SYSTEM, stops and PARAMETERs come back
+    as written, each PARAMETER of the type Ollama gives that option."""
+    template = resolve_template("tokenizer", tokenizer)
+    system = 'Answer "briefly".\n  Indented line, "quoted" words.'
+    sampling = sampling_parameters(RunConfig(), None)
+    text = modelfile_text(name, template, tokenizer, system, sampling=sampling, context=(8192, "why"))
+    request = create_request(text)
+    assert request["from"] == f"./{name}"
+    assert request["template"] == go_template_for(template, tokenizer, adds_bos=False)
+    assert request["system"] == system
+    assert request["parameters"] == {
+        "stop": ["<|im_end|>", "<|im_start|>"],
+        "temperature": 0.0,
+        "repeat_penalty": 1.0,
+        "num_ctx": 8192,
+    }
+    assert isinstance(request["parameters"]["num_ctx"], int)
+
+
+def test_the_ollama_grammar_of_the_tests_is_ollamas():
+    """The reader above is only worth its verdicts if it fails where Ollama fails and unquotes as Ollama does."""
+    assert create_request('FROM "./a b.gguf"\n')["from"] == "./a b.gguf"
+    assert create_request("FROM ./a b.gguf  \n# PARAMETER num_ctx x\n")["from"] == "./a b.gguf"
+    assert create_request('FROM x\nSYSTEM """two\nlines"""\n')["system"] == "two\nlines"
+    with pytest.raises(ModelfileError, match="invalid float"):
+        create_request("FROM x\nPARAMETER temperature 0 # greedy\n")  # a comment is only a comment on its own line
+    with pytest.raises(ModelfileError, match="unknown parameter"):
+        create_request("FROM x\nPARAMETER temp 0\n")
+    with pytest.raises(ModelfileError, match="no FROM"):
+        create_request('SYSTEM """x"""\n')
+
+
+def test_num_ctx_holds_the_longest_sequence_the_run_trained_on():
+    """The Modelfile set no num_ctx: Ollama's default context (2048 before 0.6.7, 4096 on a small GPU since) cut the
+    oldest messages of chats as long as those a run with data.max_length 8192 trained on, without a word. num_ctx is
+    now data.max_length where it passes 2048, no less than 4096 (Ollama's own small-GPU default) and no more than
+    the model's context; a run whose conversations all fit every default gets none (newer Ollama sizes the context by
+    GPU memory, which a num_ctx line would override), and a comment says so."""
+    cfg = RunConfig()
+    for trained, context, expected in [(8192, 32768, 8192), (3000, 32768, 4096), (3000, 3500, 3500)]:
+        cfg.data.max_length = trained
+        num_ctx, why = context_parameter(cfg, context)
+        assert num_ctx == expected and f"up to {trained} tokens (data.max_length)" in why
+    for trained, context in [(512, 8192), (2048, 131072), (1024, 1024)]:
+        cfg.data.max_length = trained
+        num_ctx, why = context_parameter(cfg, context)
+        assert num_ctx is None and why.startswith("num_ctx is left to Ollama:") and f"context, {context})" in why
+    assert context_parameter(None, 8192) is None
+
+
+def test_the_modelfile_of_a_long_context_run_sets_num_ctx(tokenizer):
+    template = resolve_template("tokenizer", tokenizer)
+    cfg = RunConfig()
+    cfg.data.max_length = 8192
+    text = modelfile_text("m.gguf", template, tokenizer, None, context=context_parameter(cfg, 8192))
+    assert create_request(text)["parameters"]["num_ctx"] == 8192
+    cfg.data.max_length = 512
+    text = modelfile_text("m.gguf", template, tokenizer, None, context=context_parameter(cfg, 8192))
+    assert "num_ctx" not in create_request(text)["parameters"] and "\n# num_ctx is left to Ollama: " in text
+    assert not [line for line in text.splitlines() if line.startswith(UNQUOTABLE[:5])]  # what export prints as missing

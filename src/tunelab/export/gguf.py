@@ -40,7 +40,13 @@ from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
 from tunelab.export.gguf_vocab import adds_special, gguf_package, gguf_vocab, source_pre_tokenizer, write_vocab
 from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
-from tunelab.export.modelfile import UNQUOTABLE, modelfile_path, modelfile_text, sampling_parameters
+from tunelab.export.modelfile import (
+    UNQUOTABLE,
+    context_parameter,
+    modelfile_path,
+    modelfile_text,
+    sampling_parameters,
+)
 from tunelab.rundir import saved_config
 
 
@@ -285,12 +291,13 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
 
 
 def _last_config(run_dir: Path) -> RunConfig | None:
-    """The config the run's result was trained with (a staged run's last stage's), whose sampling the Modelfile
-    writes; None, said on stderr, when it is gone or unreadable: the Modelfile then sets no sampling."""
+    """The config the run's result was trained with (a staged run's last stage's), whose sampling and sequence
+    length the Modelfile writes; None, said on stderr, when it is gone or unreadable: the Modelfile then sets
+    neither."""
     try:
-        return saved_config(run_dir, "the sampling its Modelfile sets")
+        return saved_config(run_dir, "the sampling and context its Modelfile sets")
     except RunDirError as exc:
-        print(f"{exc}\nThe Modelfile sets no sampling PARAMETER (Ollama's defaults apply).", file=sys.stderr)
+        print(f"{exc}\nThe Modelfile sets no sampling or num_ctx PARAMETER (Ollama's defaults apply).", file=sys.stderr)
         return None
 
 
@@ -351,11 +358,15 @@ def export_gguf(
             raise RunDirError(f"{target}: is a directory; the export writes a file there.")
     check_can_write(out)  # a read-only place: said before the merge and the conversion, not after them
     merged = merged_model(run_dir, torch.float32)  # export from fp32 so that every qtype rounds only once
-    gguf_shape(merged.model.config)  # refuse unsupported models before writing anything
+    shape = gguf_shape(merged.model.config)  # refuse unsupported models before writing anything
     tok = merged.tokenizer
     adds_bos = adds_special(tok, tok.bos_token_id, first=True)
-    sampling = sampling_parameters(_last_config(run_dir), merged.base_generation)
-    modelfile_body = modelfile_text(out.name, merged.template, tok, merged.info.system_prompt, adds_bos, sampling)
+    cfg = _last_config(run_dir)
+    sampling = sampling_parameters(cfg, merged.base_generation)
+    context = context_parameter(cfg, shape.context)
+    modelfile_body = modelfile_text(
+        out.name, merged.template, tok, merged.info.system_prompt, adds_bos, sampling, context
+    )
     scratch = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     scratch_f16 = out.with_name(f".tmp-f16-{out.name}-{os.getpid()}")
     scratch_mf = out.with_name(f".tmp-{modelfile.name}-{os.getpid()}")

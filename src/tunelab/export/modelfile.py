@@ -278,6 +278,39 @@ def sampling_parameters(cfg: RunConfig | None, generation_config) -> list[tuple[
     ]
 
 
+# Ollama's default context (num_ctx): 2048 before 0.6.7, 4096 from it, and from 0.15.5 4096 / 32768 / 262144 by the
+# GPU's memory (under 24 GiB / under 48 GiB / more), never past the model's own. A Modelfile's num_ctx replaces that
+# choice (and the smaller context 0.15.5 and later fall back to when the larger one does not fit), so it is written
+# only where some Ollama's default would cut a conversation as long as those the run trained on.
+OLLAMA_OLDEST_CONTEXT = 2048
+OLLAMA_SMALL_GPU_CONTEXT = 4096
+
+
+def context_parameter(cfg: RunConfig | None, context: int) -> tuple[int | None, str] | None:
+    """(num_ctx or None, the comment saying why) for a model whose context is `context` tokens (the GGUF's
+    context_length): the run trained on sequences of up to data.max_length tokens, and Ollama cuts the oldest messages
+    of a chat longer than num_ctx without a word. Where data.max_length passes Ollama's oldest default (2048), num_ctx
+    is data.max_length, at least Ollama's small-GPU default (4096, which it would not lower), at most the model's
+    context; otherwise every trained conversation fits every default and none is written (a larger GPU gets a larger
+    default from Ollama 0.15.5). None (the run's config unreadable): nothing."""
+    if cfg is None:
+        return None
+    trained = cfg.data.max_length
+    longer = f"PARAMETER num_ctx N (at most the model's context, {context}) holds longer chats, in more memory"
+    if trained <= OLLAMA_OLDEST_CONTEXT or context <= OLLAMA_OLDEST_CONTEXT:
+        return None, (  # not "No ...": export prints the Modelfile's "# No " lines as things it left out
+            f"num_ctx is left to Ollama: the run trained on sequences of up to {trained} tokens (data.max_length), "
+            f"which its default context holds ({OLLAMA_OLDEST_CONTEXT} before 0.6.7, {OLLAMA_SMALL_GPU_CONTEXT} or "
+            f"more by GPU memory since); {longer}"
+        )
+    value = min(context, max(trained, OLLAMA_SMALL_GPU_CONTEXT))
+    return value, (
+        f"the run trained on sequences of up to {trained} tokens (data.max_length), which Ollama's default context "
+        f"({OLLAMA_OLDEST_CONTEXT} before 0.6.7, {OLLAMA_SMALL_GPU_CONTEXT} on a small GPU since) would cut, oldest "
+        f"messages first; {longer}; without this line Ollama 0.15.5 and later size it by GPU memory"
+    )
+
+
 def _number(value: float | int) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -289,9 +322,10 @@ def modelfile_text(
     system_prompt: str | None,
     adds_bos: bool = False,
     sampling: list[tuple[str, float | int, str]] = (),
+    context: tuple[int | None, str] | None = None,
 ) -> str:
     """The Modelfile for `gguf_name` in the same folder (`ollama create NAME -f GGUF_STEM.Modelfile`, NAME by
-    ollama_name)."""
+    ollama_name); `sampling` from sampling_parameters, `context` from context_parameter."""
     go = go_template_for(template, tokenizer, adds_bos)
     lines = [
         f"# Ollama Modelfile written by tunelab export: ollama create {ollama_name(Path(gguf_name))} -f "
@@ -313,6 +347,9 @@ def modelfile_text(
             f"# {why}",
             f"PARAMETER {name} {_number(value)}",
         ]
+    if context is not None:
+        num_ctx, why = context
+        lines += [f"# {why}"] + ([f"PARAMETER num_ctx {num_ctx}"] if num_ctx is not None else [])
     if system_prompt:
         lines.append(
             _triple_quoted("SYSTEM", system_prompt, "run's system prompt", "give it as each chat's system message.")
