@@ -325,6 +325,20 @@ def test_the_gguf_file_asks_llama_cpp_for_greedy_answers(tiny_run, tmp_path):
     assert fields["general.sampling.penalty_repeat"].contents() == 1.0
 
 
+def test_the_sampling_keys_are_written_with_any_gguf_package(tiny_run, tmp_path, monkeypatch):
+    """gguf before 0.18 (pyproject allows 0.10) has no GGUFWriter.add_sampling_temp: the export wrote no sampling
+    keys there, without a word, while README and the card said the file asks llama.cpp for greedy answers. They are
+    written by name now, as float32, the type llama.cpp's converter gives them."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    monkeypatch.delattr(GGUFWriter, "add_sampling_temp")
+    monkeypatch.delattr(GGUFWriter, "add_sampling_penalty_repeat")
+    out = export_gguf(tiny_run, tmp_path / "old-gguf.gguf", "f16", check=False)
+    fields = GGUFReader(out).fields
+    for key, value in {"general.sampling.temp": 0.0, "general.sampling.penalty_repeat": 1.0}.items():
+        assert fields[key].types == [GGUFValueType.FLOAT32] and fields[key].contents() == value
+
+
 def test_both_cards_link_a_hub_base_as_fine_tuned(tmp_path):
     """The hub guesses how a repository relates to its base_model from its files, and takes a GGUF for a mere
     quantization of the base: the GGUF of a fine-tuned run was listed as one. Both cards say it is a fine-tune."""

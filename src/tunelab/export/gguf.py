@@ -69,6 +69,10 @@ FAMILIES = {
 FLOAT_QTYPES = ("f32", "f16", "bf16")
 KQUANTS = {"q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M", "q6_k": "MOSTLY_Q6_K"}  # made by llama.cpp
 QTYPES = (*FLOAT_QTYPES, "q8_0", "q4_0", *KQUANTS)
+# The sampling llama.cpp's tools (llama-cli, llama-server; since November 2025, ggml-org/llama.cpp#17120) take as
+# their defaults from a GGUF, where no option (--temp ...) or request sets it; float32, as gguf-py's writer types
+# them. Greedy with no repetition penalty: as tunelab evaluated the run and its Modelfile and merged folder answer.
+SAMPLING_KEYS = {"general.sampling.temp": 0.0, "general.sampling.penalty_repeat": 1.0}
 _FREQ_ONLY_ROPE = ("default", "linear", "llama3")  # rope types that change frequencies only (no attention scaling)
 
 _LAYER_NAMES = {
@@ -271,9 +275,8 @@ def write_gguf(merged: MergedModel, path: Path, qtype: str, name: str) -> None:
     w.add_vocab_size(shape.vocab_size)
     w.add_file_type(getattr(gguf.LlamaFileType, file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    if hasattr(w, "add_sampling_temp"):  # gguf >= 0.18; llama.cpp takes them as its defaults (--temp overrides)
-        w.add_sampling_temp(0.0)  # greedy, as tunelab evaluated the run, its Modelfile and merged folder answer
-        w.add_sampling_penalty_repeat(1.0)
+    for key, value in SAMPLING_KEYS.items():  # by name: gguf before 0.18 has no add_sampling_* to write them
+        w.add_float32(key, value)
     write_vocab(w, vocab, tok, list(merged.template.stop_token_ids))
 
     factors = rope_freq_factors(model, shape)
