@@ -169,3 +169,32 @@ def test_the_printed_stop_line_names_only_what_fails():
         "of 3 trained end-of-turn tokens; llama.cpp DOES NOT STOP at <b>; the Modelfile DOES NOT LIST <c>"
     )
     assert _stops_line({}) == "not checked"
+
+
+def test_a_text_llama_cpp_splits_differently_is_shown_where_it_differs(tmp_path, smollm2_tokenizer):
+    """The check said 'llama.cpp splits 2 of 8 training texts differently' and kept each text's first 120 characters,
+    which showed only the system prompt every text starts with: nothing told where, or how, the split differed. It
+    names the first differing token, the text around it and the next tokens of both sides."""
+    from tunelab.data.templates import resolve_template
+
+    tok = smollm2_tokenizer
+    (tmp_path / "t.jsonl").write_text(json.dumps({"question": "Steps?", "answer": "Do this:\n\n1. Mix."}) + "\n")
+    run = _run(tmp_path, {"train": [str(tmp_path / "t.jsonl")]})
+
+    class SmollmSplit:  # "\n\n" before a digit as one token, as llama.cpp's smollm pre-tokenizer splits it
+        def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
+            ids = tok(text.decode(), add_special_tokens=False)["input_ids"]
+            newline, both = tok.convert_tokens_to_ids("Ċ"), tok.convert_tokens_to_ids("ĊĊ")
+            i = next(k for k in range(len(ids) - 2) if ids[k] == ids[k + 1] == newline and ids[k + 2] != newline)
+            return ids[:i] + [both] + ids[i + 2 :]
+
+    merged = SimpleNamespace(
+        tokenizer=tok, template=resolve_template("tokenizer", tok), info=SimpleNamespace(system_prompt=None)
+    )
+    result = GGUFCheck("m.gguf", "f16")
+    export_check._check_template(result, merged, SmollmSplit(), "", run, adds_bos=False)
+    (mismatch,) = result.tokens["mismatched"]
+    assert mismatch["tokenizer"] == ["\n", "\n", "1"] and mismatch["llama_cpp"] == ["\n\n", "1", "."]
+    assert "Do this:\n\n1." in mismatch["near"]
+    assert result.problems[0].startswith("llama.cpp splits 1 of 1 training texts differently (the first at token ")
+    assert "the tokenizer ['\\n', '\\n', '1'], llama.cpp ['\\n\\n', '1', '.']" in result.problems[0]

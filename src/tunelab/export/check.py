@@ -163,6 +163,26 @@ def _first_difference(text_a: str, text_b: str) -> dict:
     return {"at_char": i, "training": text_a[max(0, i - 40) : i + 40], "modelfile": text_b[max(0, i - 40) : i + 40]}
 
 
+def split_difference(tok, ours: list[int], theirs: list[int]) -> dict:
+    """Where two splittings of one text part: the first token that differs, the text around it, and the next few
+    tokens of each side as text."""
+    i = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    pieces = lambda ids: [tok.decode([t]) for t in ids[i : i + 3]]
+    return {
+        "at_token": i,
+        "near": tok.decode(ours[max(0, i - 4) : i + 4]),
+        "tokenizer": pieces(ours),
+        "llama_cpp": pieces(theirs),
+    }
+
+
+def _describe_split(difference: dict) -> str:
+    return (
+        f"the first at token {difference['at_token']}, in {difference['near']!r}: the tokenizer "
+        f"{difference['tokenizer']}, llama.cpp {difference['llama_cpp']}"
+    )
+
+
 def _check_template(result: GGUFCheck, merged: MergedModel, llm, modelfile: str, run_dir: Path, adds_bos: bool):
     tok, template = merged.tokenizer, merged.template
     system = modelfile_system(modelfile)
@@ -173,11 +193,12 @@ def _check_template(result: GGUFCheck, merged: MergedModel, llm, modelfile: str,
         ours = tok(text, add_special_tokens=False)["input_ids"]
         theirs = llm.tokenize(text.encode(), add_bos=False, special=True)
         if ours != theirs:
-            mismatched_tokens.append(text[:120])
+            mismatched_tokens.append({"text": text[:120], **split_difference(tok, ours, theirs)})
     result.tokens = {"texts": len(conversations), "mismatched": mismatched_tokens}
     if mismatched_tokens:
         result.problems.append(
-            f"llama.cpp splits {len(mismatched_tokens)} of {len(conversations)} training texts differently"
+            f"llama.cpp splits {len(mismatched_tokens)} of {len(conversations)} training texts differently "
+            f"({_describe_split(mismatched_tokens[0])})"
         )
     if merged.info.system_prompt and system is None:
         result.warnings.append(
@@ -308,10 +329,13 @@ def _check_answers(result: GGUFCheck, merged: MergedModel, llm, refs: list[_Refe
     tok, template = merged.tokenizer, merged.template
     agree = total = identical = mismatched_prompts = 0
     worst = spread = 0.0
+    first_split = None
     for ref in refs:
         text, _ = template.render(_messages(merged.info.system_prompt, ref.question), add_generation_prompt=True)
-        if llm.tokenize(text.encode(), add_bos=False, special=True) != ref.prompt:
+        split = llm.tokenize(text.encode(), add_bos=False, special=True)
+        if split != ref.prompt:
             mismatched_prompts += 1
+            first_split = first_split or split_difference(tok, ref.prompt, split)
         ours, theirs = ref.answer, _answer_llama_cpp(llm, ref.prompt, MAX_NEW_TOKENS)
         diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
         if diff is None and len(ours) != len(theirs):
@@ -336,9 +360,12 @@ def _check_answers(result: GGUFCheck, merged: MergedModel, llm, refs: list[_Refe
         "max_logit_diff": worst,
         "max_logit_diff_over_spread": worst / spread if spread else math.inf,
         "prompts_split_differently": mismatched_prompts,
+        "first_prompt_split": first_split,
     }
     if mismatched_prompts:
-        result.problems.append(f"llama.cpp splits {mismatched_prompts} of {len(refs)} prompts differently")
+        result.problems.append(
+            f"llama.cpp splits {mismatched_prompts} of {len(refs)} prompts differently ({_describe_split(first_split)})"
+        )
     if rate < floor:
         result.warnings.append(
             f"teacher-forced next-token agreement {rate:.1%} is under {floor:.0%}, the floor for {qtype}"
