@@ -159,7 +159,7 @@ def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("mine")
-    with pytest.raises(RunDirError, match="exists and is not empty.*--overwrite"):
+    with pytest.raises(RunDirError, match="not a merged model tunelab wrote"):  # not "pass --overwrite": it would not
         merge_run(run, occupied)
     assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
     with pytest.raises(RunDirError, match="would replace the run directory"):
@@ -539,3 +539,27 @@ def test_a_merged_model_answers_greedily_as_it_was_evaluated(tiny_model_dir, smo
     assert answers == [greedy[0, ids.shape[1] :].tolist()] * 3  # the same greedy answer, whatever the seed
     card = (out / "README.md").read_text()
     assert "answers greedily" in card and "do_sample=True, temperature=0.7, top_k=20, top_p=0.8" in card
+
+
+def test_an_output_no_overwrite_replaces_is_not_offered_overwrite(lora_run, tiny_run, tmp_path):
+    """`merge --out` at a file, or at a folder that is not an earlier merge, said 'exists and is not empty. Pass
+    --overwrite to replace it'; with --overwrite it then refused the same path for being a file or not a merge. So did
+    `export --gguf` at a folder. Each now says at once why no --overwrite would write there."""
+    from tunelab.export.gguf import export_gguf
+
+    run, _ = lora_run
+    (tmp_path / "notes.txt").write_text("mine")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"\xff")
+    for out, overwrite in [(tmp_path / "notes.txt", False), (folder, False), (tmp_path / "notes.txt", True)]:
+        with pytest.raises(RunDirError) as refused:
+            merge_run(run, out, overwrite=overwrite)
+        assert "--overwrite to replace" not in str(refused.value)
+        assert "is a file" in str(refused.value) or "not a merged model tunelab wrote" in str(refused.value)
+    (tmp_path / "box.gguf").mkdir()
+    (tmp_path / "box.gguf" / "x").write_text("x")
+    with pytest.raises(RunDirError, match="is a directory; the export writes a file there") as refused:
+        export_gguf(tiny_run, tmp_path / "box.gguf", check=False)
+    assert "--overwrite to replace" not in str(refused.value)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and [p.name for p in folder.iterdir()] == ["a.jpg"]

@@ -304,6 +304,11 @@ def _last_config(run_dir: Path) -> RunConfig | None:
         return None
 
 
+def _a_directory(target: Path) -> str | None:
+    """Why the export never replaces `target`, even with --overwrite: a folder (it writes a file there)."""
+    return f"{target}: is a directory; the export writes a file there." if target.is_dir() else None
+
+
 def parse_qtype(qtype: str) -> str:
     q = qtype.lower()
     if q not in QTYPES:
@@ -356,9 +361,7 @@ def export_gguf(
     modelfile = modelfile_path(out)
     card = gguf_card_path(out)
     for target in (out, modelfile, check_path(out), card):
-        check_output(target, run_dir, overwrite, "--gguf")
-        if target.is_dir():
-            raise RunDirError(f"{target}: is a directory; the export writes a file there.")
+        check_output(target, run_dir, overwrite, "--gguf", never=_a_directory)
     check_can_write(out)  # a read-only place: said before the merge and the conversion, not after them
     merged = merged_model(run_dir, torch.float32)  # export from fp32 so that every qtype rounds only once
     shape = gguf_shape(merged.model.config)  # refuse unsupported models before writing anything

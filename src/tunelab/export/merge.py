@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -165,10 +166,14 @@ def answer_as_evaluated(gen: GenerationConfig, stops: list[int], pad: int | None
         gen.pad_token_id = pad
 
 
-def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out") -> None:
+def check_output(
+    out: Path, run_dir: Path, overwrite: bool, option: str = "--out", never: Callable[[Path], str | None] | None = None
+) -> None:
     """Refuse to write into or over the run itself, another run directory or the base model the run trained over
     (even with overwrite: the run could never be opened as it trained again, and `train --overwrite` of a run would
-    delete what was written into it), or over something that exists (unless overwrite). `option` names the output in the messages."""
+    delete what was written into it), or over something that exists (unless overwrite). `option` names the output in
+    the messages; `never` says why an existing `out` is of a kind the command does not replace even with overwrite
+    (None where it would), asked before --overwrite is suggested."""
     above = next((f for f in out.parents if f.exists()), None)  # a file where a folder of the path should be
     if above is not None and not above.is_dir():
         raise RunDirError(f"{option} {out}: {above} is a file, not a folder, so nothing can be written under it.")
@@ -216,6 +221,9 @@ def check_output(out: Path, run_dir: Path, overwrite: bool, option: str = "--out
             f"{option} {out}: is not a regular file or folder (a device, pipe or socket), which the output would "
             "replace; choose another output path."
         )
+    refusal = never(out) if never is not None and out.exists() else None
+    if refusal:
+        raise RunDirError(refusal)
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
         if not overwrite:
             raise RunDirError(
@@ -242,6 +250,18 @@ def provenance(merged: MergedModel, run_dir: Path, out: Path) -> dict:
     )
 
 
+def _not_a_merge(out: Path) -> str | None:
+    """Why the merge never replaces `out`, even with --overwrite; None for an earlier merge or an empty folder."""
+    if out.is_file():
+        return f"{out}: is a file; the merge writes a folder there. Choose a folder name."
+    if out.is_dir() and any(out.iterdir()) and not (out / MERGE_FILE).is_file():
+        return (
+            f"{out}: holds files that are not a merged model tunelab wrote (no {MERGE_FILE}); --overwrite replaces "
+            "only an earlier merge, never other folders. Choose a new or empty folder."
+        )
+    return None
+
+
 def merge_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -266,14 +286,7 @@ def merge_run(
             "the merge puts a new folder in place of its --out, which would pull the folder from under this shell. "
             "Name a new folder (e.g. --out merged)."
         )
-    check_output(out, run_dir, overwrite)
-    if out.is_file():
-        raise RunDirError(f"{out}: is a file; the merge writes a folder there. Choose a folder name.")
-    if out.is_dir() and any(out.iterdir()) and not (out / MERGE_FILE).is_file():
-        raise RunDirError(
-            f"{out}: holds files that are not a merged model tunelab wrote (no {MERGE_FILE}); --overwrite replaces "
-            "only an earlier merge, never other folders. Choose a new or empty folder."
-        )
+    check_output(out, run_dir, overwrite, never=_not_a_merge)
     check_can_write(out)  # a read-only place: said before the merge, not after it
     merged = merged_model(run_dir, dtype)
     with scratch_folder(out) as scratch, quiet_progress():
