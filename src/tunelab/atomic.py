@@ -42,6 +42,25 @@ def write_failed(path: Path, exc: OSError) -> WriteFailed:
     )
 
 
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**28 else f"{n / 2**20:.1f} MB"
+
+
+def require_space(target: Path, needed: int, what: str) -> None:
+    """WriteFailed unless the disk `target` is written to (its nearest existing folder's) has `needed` bytes free:
+    the commands that write gigabytes after minutes of work say so before they start, not with a half-written file
+    (numpy's short write names no errno, so `write_failed` could not say the disk was full)."""
+    folder = next((f for f in (target.parent, *target.parent.parents) if f.exists()), None)
+    if folder is None or not folder.is_dir():
+        return
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise WriteFailed(
+            f"{target}: {what} needs about {_size(needed)} on its disk, which has {_size(free)} free; free some space "
+            "(df -h shows what is left) or write it elsewhere. Nothing was written."
+        )
+
+
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
     """For a file written in place (metrics.jsonl is appended to): an OSError in the block is `write_failed`'s."""

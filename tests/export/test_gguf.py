@@ -355,3 +355,25 @@ def test_both_cards_link_a_hub_base_as_fine_tuned(tmp_path):
     for card in cards:
         front = yaml.safe_load(card.split("---")[1])
         assert front["base_model"] == info.base_model and front["base_model_relation"] == "finetune"
+
+
+def test_an_export_that_cannot_fit_its_disk_is_refused_before_it_writes(tiny_run, tmp_path, monkeypatch):
+    """An export onto a disk without room wrote until the disk was full and said 'cannot be written (884736 requested
+    and 483120 written) ... check the disk and the folder' (numpy's short write names no errno, so nothing said the
+    disk was full). It now measures what it will write and refuses first, naming both sizes (exit 2)."""
+    import tunelab.atomic
+    from tunelab.errors import WriteFailed
+    from tunelab.export.gguf import written_bytes
+
+    merged = merged_model(tiny_run)
+    shape = gguf_shape(merged.model.config)
+    for qtype in ("f16", "q8_0", "q4_0"):  # the estimate covers the file, and not by a disk's worth
+        size = export_gguf(tiny_run, tmp_path / f"{qtype}.gguf", qtype, check=False).stat().st_size
+        assert size <= written_bytes(merged.model, shape, qtype) <= size + 128 * shape.vocab_size + 2**20, qtype
+    assert written_bytes(merged.model, shape, "q4_k_m") > written_bytes(merged.model, shape, "f16")  # its f16 too
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(tunelab.atomic.shutil, "disk_usage", lambda _: usage._replace(free=100_000))
+    with pytest.raises(WriteFailed, match=r"the f16 export needs about .* MB on its disk, which has 0.1 MB free"):
+        export_gguf(tiny_run, tmp_path / "full" / "m.gguf", "f16", check=False)
+    assert not (tmp_path / "full").exists()

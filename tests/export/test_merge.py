@@ -563,3 +563,37 @@ def test_an_output_no_overwrite_replaces_is_not_offered_overwrite(lora_run, tiny
         export_gguf(tiny_run, tmp_path / "box.gguf", check=False)
     assert "--overwrite to replace" not in str(refused.value)
     assert (tmp_path / "notes.txt").read_text() == "mine" and [p.name for p in folder.iterdir()] == ["a.jpg"]
+
+
+def test_a_merge_onto_a_full_disk_is_refused_without_a_traceback(lora_run, tmp_path, monkeypatch):
+    """A merge onto a disk without room ended in a traceback (safetensors' 'No space left on device' is no OSError)
+    and exit 1. It now measures the merged folder and refuses first (exit 2); a disk that fills anyway is said as a
+    write that failed, naming the folder."""
+    from transformers import PreTrainedModel
+
+    import tunelab.atomic
+    from tunelab.errors import WriteFailed
+
+    run, _ = lora_run
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(tunelab.atomic.shutil, "disk_usage", lambda _: real._replace(free=1000))
+    with pytest.raises(WriteFailed, match="the merged model needs about .* MB on its disk, which has 0.0 MB free"):
+        merge_run(run, tmp_path / "merged")
+    monkeypatch.undo()
+
+    def full(self, *args, **kwargs):
+        from safetensors import SafetensorError
+
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    with pytest.raises(WriteFailed, match="merged: cannot be written .*No space left on device"):
+        merge_run(run, tmp_path / "merged")
+    assert [p.name for p in tmp_path.iterdir() if "merged" in p.name] == []
+
+    monkeypatch.undo()
+    from tunelab.export.merge import merged_model, saved_bytes
+
+    merge_run(run, tmp_path / "merged")
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "merged").iterdir())
+    assert on_disk <= saved_bytes(merged_model(run)) <= 2 * on_disk

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tunelab.atomic import check_can_write, write_text, writing
+from tunelab.atomic import check_can_write, require_space, write_text, writing
 from tunelab.config.run import RunConfig
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.card import gguf_card, gguf_card_path, shared_name
@@ -237,6 +237,30 @@ def encode_tensor(name: str, t: torch.Tensor, qtype: str) -> tuple[np.ndarray, o
     return gguf.quants.quantize(data, target), target
 
 
+def written_bytes(model: nn.Module, shape: GGUFShape, qtype: str) -> int:
+    """About how many bytes the export of `model` in `qtype` has on disk at once: every tensor as encode_tensor
+    stores it, plus its vocabulary (~128 bytes a token: the string, its type, score and merges); a k-quant is made
+    from an f16 file that lies beside it until it is done, and is at most q8_0's size (what llama.cpp falls back to
+    for rows k-quants cannot split)."""
+    gguf = gguf_package()
+    if qtype in KQUANTS:
+        return written_bytes(model, shape, "f16") + written_bytes(model, shape, "q8_0")
+    total = 128 * shape.vocab_size + 2**20
+    for name, t in model.state_dict().items():
+        n = t.numel()
+        if name == "lm_head.weight" and shape.tied:
+            continue
+        if t.ndim == 1 or qtype == "f32":
+            total += 4 * n
+        elif qtype in ("f16", "bf16"):
+            total += 2 * n
+        else:
+            kind = "q8_0" if qtype == "q8_0" or name in ("model.embed_tokens.weight", "lm_head.weight") else "q4_0"
+            block, size = gguf.GGML_QUANT_SIZES[getattr(gguf.GGMLQuantizationType, kind.upper())]
+            total += 2 * n if t.shape[-1] % block else n // block * size
+    return total
+
+
 # ---------------------------------------------------------------------------------------------------- the file
 
 
@@ -365,6 +389,7 @@ def export_gguf(
     check_can_write(out)  # a read-only place: said before the merge and the conversion, not after them
     merged = merged_model(run_dir, torch.float32)  # export from fp32 so that every qtype rounds only once
     shape = gguf_shape(merged.model.config)  # refuse unsupported models before writing anything
+    require_space(out, written_bytes(merged.model, shape, qtype), f"the {qtype} export")
     tok = merged.tokenizer
     adds_bos = adds_special(tok, tok.bos_token_id, first=True)
     cfg = _last_config(run_dir)

@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import GenerationConfig
 
-from tunelab.atomic import check_can_write, scratch_folder, write_json
+from tunelab.atomic import check_can_write, require_space, scratch_folder, write_failed, write_json
 from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template, trained_chat_template
 from tunelab.errors import ConfigError, RunDirError
@@ -250,6 +251,13 @@ def provenance(merged: MergedModel, run_dir: Path, out: Path) -> dict:
     )
 
 
+def saved_bytes(merged: MergedModel) -> int:
+    """About how many bytes the merged folder takes: each weight once (tied ones share theirs) in its dtype, plus the
+    tokenizer's files (~256 bytes a token: tokenizer.json's vocabulary and merges) and the small JSON files."""
+    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in merged.model.state_dict().values()}
+    return sum(tensors.values()) + 256 * len(merged.tokenizer) + 2**20
+
+
 def _not_a_merge(out: Path) -> str | None:
     """Why the merge never replaces `out`, even with --overwrite; None for an earlier merge or an empty folder."""
     if out.is_file():
@@ -289,8 +297,12 @@ def merge_run(
     check_output(out, run_dir, overwrite, never=_not_a_merge)
     check_can_write(out)  # a read-only place: said before the merge, not after it
     merged = merged_model(run_dir, dtype)
+    require_space(out, saved_bytes(merged), "the merged model")
     with scratch_folder(out) as scratch, quiet_progress():
-        merged.model.save_pretrained(scratch, safe_serialization=True)
+        try:
+            merged.model.save_pretrained(scratch, safe_serialization=True)
+        except SafetensorError as exc:  # a full disk, said by safetensors' writer, which raises no OSError
+            raise write_failed(out, OSError(str(exc))) from None
         merged.tokenizer.save_pretrained(scratch)
         write_json(scratch / MERGE_FILE, provenance(merged, run_dir, out))
         check = merged.check.describe() if merged.check else None
