@@ -183,6 +183,15 @@ def test_ollama_reads_the_modelfile_as_it_was_written(tokenizer, name):
         "num_ctx": 8192,
     }
     assert isinstance(request["parameters"]["num_ctx"], int)
+    # a two-turn chat, rendered by the TEMPLATE Ollama read with the SYSTEM it read, is the tokenizer's own prompt
+    chat = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Where is\nthe office?"},
+    ]
+    with_system = [{"role": "system", "content": system}, *chat]
+    expected = tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True)
+    assert render(request["template"], ollama_values(chat, request["system"])) == expected
 
 
 def test_the_ollama_grammar_of_the_tests_is_ollamas():
