@@ -377,3 +377,13 @@ def test_an_export_that_cannot_fit_its_disk_is_refused_before_it_writes(tiny_run
     with pytest.raises(WriteFailed, match=r"the f16 export needs about .* MB on its disk, which has 0.1 MB free"):
         export_gguf(tiny_run, tmp_path / "full" / "m.gguf", "f16", check=False)
     assert not (tmp_path / "full").exists()
+
+
+def test_a_file_name_the_modelfile_cannot_carry_is_refused(tiny_run, tmp_path):
+    """`--gguf $'a\\nb.gguf'` wrote a Modelfile whose FROM line ended at the line break (Ollama then refused 'b.gguf'
+    as an unknown command) and a name with other unprinted characters lost them in Ollama's reading. Such a name is
+    refused before anything is written, naming the option."""
+    for name in ("a\nb.gguf", "a\rb.gguf", "tab\there.gguf", "bell\x07.gguf"):
+        with pytest.raises(ConfigError, match=r"option 'out' \(--gguf\): the file name .* Modelfile's FROM line"):
+            export_gguf(tiny_run, tmp_path / name, "f16", check=False)
+    assert list(tmp_path.iterdir()) == []

@@ -374,6 +374,11 @@ def export_gguf(
         raise ConfigError(f"option 'check_questions' (--check-questions) is {check_questions}; give 1 or more.")
     if out.suffix.lower() != ".gguf":  # model.GGUF too, as models/load.py reads it
         raise ConfigError(f"option 'out' (--gguf): {out} must be a file name ending in .gguf.")
+    if not out.name.isprintable():  # Ollama's Modelfile ends FROM at a line break and drops what it cannot print
+        raise ConfigError(
+            f"option 'out' (--gguf): the file name {out.name!r} holds a line break, tab or other character that is "
+            "not printed, which the Modelfile's FROM line cannot carry to Ollama; choose another name."
+        )
     check_run(run_dir)
     if qtype in KQUANTS:
         llama_cpp.llama_cpp_module(f"the {qtype} export (llama.cpp's own quantizer makes k-quants)")
