@@ -235,3 +235,17 @@ def test_the_modelfile_of_a_long_context_run_sets_num_ctx(tokenizer):
     text = modelfile_text("m.gguf", template, tokenizer, None, context=context_parameter(cfg, 8192))
     assert "num_ctx" not in create_request(text)["parameters"] and "\n# num_ctx is left to Ollama: " in text
     assert not [line for line in text.splitlines() if line.startswith(UNQUOTABLE[:5])]  # what export prints as missing
+
+
+def test_the_ollama_name_of_a_long_file_name_is_one_ollama_takes():
+    """Ollama takes model names of at most 80 characters (types/model/name.go): the name printed for a GGUF with a
+    long file name made `ollama create` fail as printed. It is cut to 80, still in Ollama's letters."""
+    import re
+    from pathlib import Path
+
+    from tunelab.export.modelfile import ollama_name
+
+    long = "SmolLM2 135M Instruct tuned on the Tallowmere Robotics FAQ with LoRA r16 alpha32 3 epochs Q4_K_M.gguf"
+    name = ollama_name(Path(long))
+    assert len(name) == 80 and re.fullmatch(r"[a-z0-9_][a-z0-9._-]{0,79}", name)
+    assert name.startswith("smollm2-135m-instruct-tuned-on-the-tallowmere-robotics-faq")

@@ -38,9 +38,12 @@ def modelfile_path(gguf: Path) -> Path:
 def ollama_name(gguf: Path) -> str:
     """The model name the printed `ollama create NAME -f ...` lines give the export of `gguf`: its file's stem in the
     letters Ollama takes in a name (lower case, digits, '.', '_', '-'; anything else a '-'), starting with one of
-    the first two."""
+    the first two, and at most the 80 characters Ollama takes (types/model/name.go)."""
     name = re.sub(r"[^a-z0-9._-]+", "-", gguf.stem.lower()).lstrip("._-")
-    return name or "model"
+    return name[:OLLAMA_NAME_MAX] or "model"
+
+
+OLLAMA_NAME_MAX = 80
 
 
 IM_START = "<|im_start|>"
