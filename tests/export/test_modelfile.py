@@ -249,3 +249,25 @@ def test_the_ollama_name_of_a_long_file_name_is_one_ollama_takes():
     name = ollama_name(Path(long))
     assert len(name) == 80 and re.fullmatch(r"[a-z0-9_][a-z0-9._-]{0,79}", name)
     assert name.startswith("smollm2-135m-instruct-tuned-on-the-tallowmere-robotics-faq")
+
+
+def test_a_llama3_modelfile_stops_where_a_new_turn_would_open(tokenizer):
+    """Only ChatML's <|im_start|> was listed beside the trained end-of-turn token: a Llama 3 model whose answer ran on
+    into '<|start_header_id|>user...' kept talking to itself in Ollama, whose own Llama 3 Modelfile stops there. The
+    special token a user turn opens with is a stop for every wrapper template now."""
+    import copy
+
+    llama3 = copy.deepcopy(tokenizer)
+    llama3.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    llama3.chat_template = LLAMA3
+    template = resolve_template("tokenizer", llama3)
+    text = modelfile_text("m.gguf", template, llama3, None)
+    stops = create_request(text)["parameters"]["stop"]
+    trained = [llama3.convert_ids_to_tokens(i) for i in template.stop_token_ids]
+    assert stops == [*trained, "<|start_header_id|>"]  # not <|im_start|>: this tokenizer's BOS, which opens no turn
+    tokenizer.chat_template = CHATML  # ChatML's, as before
+    chatml = modelfile_text("m.gguf", resolve_template("tokenizer", tokenizer), tokenizer, None)
+    assert create_request(chatml)["parameters"]["stop"] == ["<|im_end|>", "<|im_start|>"]
+    tokenizer.chat_template = REWRITES  # no wrapper, no TEMPLATE: nothing guessed
+    rewrites = modelfile_text("m.gguf", resolve_template("tokenizer", tokenizer), tokenizer, None)
+    assert "<|im_start|>" not in create_request(rewrites)["parameters"]["stop"]

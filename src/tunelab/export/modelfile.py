@@ -46,8 +46,6 @@ def ollama_name(gguf: Path) -> str:
 OLLAMA_NAME_MAX = 80
 
 
-IM_START = "<|im_start|>"
-
 # Marker texts: plain words that no template rewrites and that do not occur in template text.
 _S, _Q1, _A1, _Q2, _A2 = "SYSTEMMARKER", "QUESTIONONE", "ANSWERONE", "QUESTIONTWO", "ANSWERTWO"
 
@@ -226,12 +224,28 @@ def _triple_quoted(key: str, text: str, what: str, instead: str) -> str:
     return f'{key} """{text}"""'
 
 
+_USER_TURN = re.compile(r'\{\{ if eq \.Role "user" \}\}(.*?)\{\{ \.Content \}\}', re.DOTALL)
+
+
+def turn_opener(go_template: str | None, tokenizer) -> str | None:
+    """The special token a user turn of the Go template opens with (<|im_start|> in ChatML, <|start_header_id|> in
+    Llama 3), None where it opens with text or the template has no wrapper's user turn."""
+    found = _USER_TURN.search(go_template or "")
+    if found is None:
+        return None
+    opening = [t for t in tokenizer.get_added_vocab() if t and found.group(1).startswith(t)]
+    return max(opening, key=len) if opening else None
+
+
 def stop_tokens(template: Template, tokenizer, go_template: str | None) -> list[str]:
-    """The trained end-of-turn tokens, and <|im_start|> for ChatML-style templates (a new turn ends the answer)."""
+    """The trained end-of-turn tokens, and the special token a new user turn opens with (<|im_start|>,
+    <|start_header_id|>): an answer that runs on into a turn of its own ends there, as Ollama's own Modelfiles for
+    these families stop."""
     ids = list(template.stop_token_ids) or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
     tokens = [tokenizer.convert_ids_to_tokens(i) for i in ids]
-    if go_template and IM_START in go_template and IM_START in tokenizer.get_added_vocab() and IM_START not in tokens:
-        tokens.append(IM_START)
+    opener = turn_opener(go_template, tokenizer)
+    if opener is not None and opener not in tokens:
+        tokens.append(opener)
     return tokens
 
 
