@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2
 
 from tunelab.config import RunConfig, dump_yaml
 from tunelab.errors import ModelError
-from tunelab.export.gguf import export_gguf, write_gguf
+from tunelab.export.gguf import export_gguf, gguf_shape, write_gguf, written_bytes
 from tunelab.export.gguf_vocab import QWEN2_SPLIT
 from tunelab.export.merge import merged_model
 
@@ -154,6 +154,11 @@ def test_k_quants_come_from_llama_cpp_and_load(qwen2_run, qtype, ktype, tmp_path
     assert report["problems"] == [] and report["qtype"] == qtype  # loaded, stops, template, tokens all fine
     f16 = export_gguf(run, tmp_path / "f16" / "f16.gguf", "f16", check=False)
     assert out.stat().st_size < 0.6 * f16.stat().st_size
+    # the room the export asked for held the k-quant beside the f16 file it was made from
+    merged = merged_model(run)
+    assert out.stat().st_size + f16.stat().st_size <= written_bytes(
+        merged.model, gguf_shape(merged.model.config), qtype
+    )
 
 
 @pytest.fixture

@@ -238,13 +238,14 @@ def encode_tensor(name: str, t: torch.Tensor, qtype: str) -> tuple[np.ndarray, o
 
 
 def written_bytes(model: nn.Module, shape: GGUFShape, qtype: str) -> int:
-    """About how many bytes the export of `model` in `qtype` has on disk at once: every tensor as encode_tensor
-    stores it, plus its vocabulary (~128 bytes a token: the string, its type, score and merges); a k-quant is made
-    from an f16 file that lies beside it until it is done, and is at most q8_0's size (what llama.cpp falls back to
-    for rows k-quants cannot split)."""
+    """About how many bytes the export of `model` in `qtype` has on disk at once (no less): every tensor as
+    encode_tensor stores it, plus its vocabulary (~128 bytes a token: the string, its type, score and merges). A
+    k-quant is made from an f16 file that lies beside it until it is done; its tensors are counted at q6_k's size
+    (the largest type the k-quant mixes use) where their rows split into 256-value blocks, else at q8_0's (the
+    largest llama.cpp falls back to)."""
     gguf = gguf_package()
     if qtype in KQUANTS:
-        return written_bytes(model, shape, "f16") + written_bytes(model, shape, "q8_0")
+        return written_bytes(model, shape, "f16") + written_bytes(model, shape, "k")
     total = 128 * shape.vocab_size + 2**20
     for name, t in model.state_dict().items():
         n = t.numel()
@@ -254,6 +255,10 @@ def written_bytes(model: nn.Module, shape: GGUFShape, qtype: str) -> int:
             total += 4 * n
         elif qtype in ("f16", "bf16"):
             total += 2 * n
+        elif qtype == "k":
+            kind = gguf.GGMLQuantizationType.Q6_K if t.shape[-1] % 256 == 0 else gguf.GGMLQuantizationType.Q8_0
+            block, size = gguf.GGML_QUANT_SIZES[kind]
+            total += -(-n // block) * size
         else:
             kind = "q8_0" if qtype == "q8_0" or name in ("model.embed_tokens.weight", "lm_head.weight") else "q4_0"
             block, size = gguf.GGML_QUANT_SIZES[getattr(gguf.GGMLQuantizationType, kind.upper())]
