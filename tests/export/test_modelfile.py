@@ -218,6 +218,7 @@ def test_num_ctx_holds_the_longest_sequence_the_run_trained_on():
         cfg.data.max_length = trained
         num_ctx, why = context_parameter(cfg, context)
         assert num_ctx == expected and f"up to {trained} tokens (data.max_length)" in why
+        assert ("4096 on a small GPU since" in why) == (trained > 4096)  # only the defaults it is longer than
     for trained, context in [(512, 8192), (2048, 131072), (1024, 1024)]:
         cfg.data.max_length = trained
         num_ctx, why = context_parameter(cfg, context)

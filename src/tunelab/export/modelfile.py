@@ -321,10 +321,13 @@ def context_parameter(cfg: RunConfig | None, context: int) -> tuple[int | None, 
             f"more by GPU memory since); {longer}"
         )
     value = min(context, max(trained, OLLAMA_SMALL_GPU_CONTEXT))
+    cutting = f"{OLLAMA_OLDEST_CONTEXT} before 0.6.7" + (
+        f", {OLLAMA_SMALL_GPU_CONTEXT} on a small GPU since" if trained > OLLAMA_SMALL_GPU_CONTEXT else ""
+    )
     return value, (
-        f"the run trained on sequences of up to {trained} tokens (data.max_length), which Ollama's default context "
-        f"({OLLAMA_OLDEST_CONTEXT} before 0.6.7, {OLLAMA_SMALL_GPU_CONTEXT} on a small GPU since) would cut, oldest "
-        f"messages first; {longer}; without this line Ollama 0.15.5 and later size it by GPU memory"
+        f"the run trained on sequences of up to {trained} tokens (data.max_length), longer than Ollama's default "
+        f"context ({cutting}), which cuts the oldest messages; {longer}; without this line Ollama 0.15.5 and later "
+        "size it by GPU memory"
     )
 
 
