@@ -182,6 +182,8 @@ def test_a_text_llama_cpp_splits_differently_is_shown_where_it_differs(tmp_path,
     run = _run(tmp_path, {"train": [str(tmp_path / "t.jsonl")]})
 
     class SmollmSplit:  # "\n\n" before a digit as one token, as llama.cpp's smollm pre-tokenizer splits it
+        metadata = {"tokenizer.ggml.pre": "smollm"}
+
         def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
             ids = tok(text.decode(), add_special_tokens=False)["input_ids"]
             newline, both = tok.convert_tokens_to_ids("Ċ"), tok.convert_tokens_to_ids("ĊĊ")
@@ -198,3 +200,8 @@ def test_a_text_llama_cpp_splits_differently_is_shown_where_it_differs(tmp_path,
     assert "Do this:\n\n1." in mismatch["near"]
     assert result.problems[0].startswith("llama.cpp splits 1 of 1 training texts differently (the first at token ")
     assert "the tokenizer ['\\n', '\\n', '1'], llama.cpp ['\\n\\n', '1', '.']" in result.problems[0]
+    # and why: the file names the base's pre-tokenizer, which the tokenizer transformers made of that GGUF lacks
+    assert result.problems[0].endswith(
+        "; the file's pre-tokenizer is 'smollm', the base model's, while the tokenizer the run trained with splits as "
+        "llama.cpp's 'gpt-2'"
+    )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,10 +30,10 @@ import torch
 from tunelab.atomic import write_json
 from tunelab.data.entries import training_examples
 from tunelab.data.render import render_prompt
-from tunelab.errors import TunelabError, counted
+from tunelab.errors import ModelError, TunelabError, counted
 from tunelab.eval.questions import check_saved_transform, read_questions
 from tunelab.export import llama_cpp
-from tunelab.export.gguf_vocab import adds_special
+from tunelab.export.gguf_vocab import adds_special, pre_tokenizer_name, tokenizer_spec
 from tunelab.export.merge import MergedModel
 from tunelab.export.modelfile import (
     PROBES,
@@ -183,6 +184,21 @@ def _describe_split(difference: dict) -> str:
     )
 
 
+def _other_pre_tokenizer(tok, llm) -> str:
+    """Where the file's pre-tokenizer is not the one the run's tokenizer has (a GGUF base whose name for it the
+    file carries, while transformers converted that base's tokenizer into another), a sentence saying so."""
+    written = (getattr(llm, "metadata", None) or {}).get("tokenizer.ggml.pre")
+    with suppress(ModelError):
+        spec = tokenizer_spec(tok)
+        trained = pre_tokenizer_name(spec, bool(getattr(tok, "clean_up_tokenization_spaces", False)))
+        if written and trained and written != trained:
+            return (
+                f"; the file's pre-tokenizer is {written!r}, the base model's, while the tokenizer the run trained "
+                f"with splits as llama.cpp's {trained!r}"
+            )
+    return ""
+
+
 def _check_template(result: GGUFCheck, merged: MergedModel, llm, modelfile: str, run_dir: Path, adds_bos: bool):
     tok, template = merged.tokenizer, merged.template
     system = modelfile_system(modelfile)
@@ -198,7 +214,7 @@ def _check_template(result: GGUFCheck, merged: MergedModel, llm, modelfile: str,
     if mismatched_tokens:
         result.problems.append(
             f"llama.cpp splits {len(mismatched_tokens)} of {len(conversations)} training texts differently "
-            f"({_describe_split(mismatched_tokens[0])})"
+            f"({_describe_split(mismatched_tokens[0])}){_other_pre_tokenizer(tok, llm)}"
         )
     if merged.info.system_prompt and system is None:
         result.warnings.append(
