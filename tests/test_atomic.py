@@ -118,3 +118,24 @@ def test_a_full_disk_during_training_exits_2_unfinished_keeping_the_previous_run
     monkeypatch.undo()
     assert main(["train", *flags, "--overwrite"]) == 0  # once there is space, the same command runs
     assert read_info(run).finished and not previous.exists()
+
+
+def test_require_space_leaves_a_disk_that_does_not_say_to_the_write(tmp_path, monkeypatch):
+    """A filesystem whose free space cannot be read (statvfs refused) stopped merge and export with a traceback from
+    the room check; the check now stands aside and the write itself reports what happens. A disk that says it has
+    too little room is refused, naming both sizes."""
+    import shutil
+
+    import tunelab.atomic
+    from tunelab.atomic import require_space
+    from tunelab.errors import WriteFailed
+
+    def refused(_):
+        raise PermissionError(13, "Permission denied")
+
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(tunelab.atomic.shutil, "disk_usage", refused)
+    require_space(tmp_path / "out" / "m.gguf", 10**12, "the export")
+    monkeypatch.setattr(tunelab.atomic.shutil, "disk_usage", lambda _: real._replace(free=5 * 2**20))
+    with pytest.raises(WriteFailed, match=r"m.gguf: the export needs about 0.93 GB on its disk, which has 5.0 MB free"):
+        require_space(tmp_path / "out" / "m.gguf", 10**9, "the export")

@@ -53,7 +53,10 @@ def require_space(target: Path, needed: int, what: str) -> None:
     folder = next((f for f in (target.parent, *target.parent.parents) if f.exists()), None)
     if folder is None or not folder.is_dir():
         return
-    free = shutil.disk_usage(folder).free
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:  # a filesystem that does not say: the write itself will tell
+        return
     if free < needed:
         raise WriteFailed(
             f"{target}: {what} needs about {_size(needed)} on its disk, which has {_size(free)} free; free some space "
