@@ -283,3 +283,13 @@ def test_k_quant_fallbacks_are_one_line_not_one_per_tensor(tiny_run, tmp_path, c
     assert "falling back" not in captured.err + captured.out and "warning:" not in captured.err
     assert re.search(r"q4_k_m: llama.cpp stored \d+ of \d+ tensors in other types \(q\w+ \d+", captured.out)
     assert out.is_file() and GGUFReader(out).tensors
+
+
+def test_a_failed_quantization_names_the_file_asked_for(tiny_run, tmp_path, monkeypatch):
+    """llama.cpp's quantizer failing said 'failed on out/.tmp-f16-k.gguf-1234', a scratch file deleted by the time
+    the message was read. It names the file the user asked for and its type, and leaves nothing behind."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    monkeypatch.setattr(llama_cpp, "llama_model_quantize", lambda *a: 1)
+    with pytest.raises(ModelError, match=r"failed making .*k\.gguf \(q4_k_m\) from its f16 file \(status 1") as error:
+        export_gguf(tiny_run, tmp_path / "k.gguf", "q4_k_m", check=False)
+    assert ".tmp-" not in str(error.value) and list(tmp_path.iterdir()) == []

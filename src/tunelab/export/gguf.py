@@ -416,7 +416,7 @@ def export_gguf(
             out.parent.mkdir(parents=True, exist_ok=True)
             if qtype in KQUANTS:
                 write_gguf(merged, scratch_f16, "f16", name=run_dir.resolve().name)
-                fallbacks = llama_cpp.quantize(scratch_f16, scratch, KQUANTS[qtype])
+                fallbacks = llama_cpp.quantize(scratch_f16, scratch, KQUANTS[qtype], out)
                 if fallbacks:
                     print(fallbacks, flush=True)
             else:

@@ -94,11 +94,12 @@ def fallback_note(log: str, qtype: str) -> str | None:
     )
 
 
-def quantize(src: Path, dst: Path, ftype_name: str) -> str | None:
+def quantize(src: Path, dst: Path, ftype_name: str, target: Path | None = None) -> str | None:
     """llama.cpp's `llama_model_quantize` from an f16/f32 GGUF `src` to `dst` in `ftype_name` (e.g. MOSTLY_Q4_K_M),
     with llama.cpp's own per-tensor choices (which tensors get more bits, fallbacks for rows that do not split into
     256-value super-blocks). Returns a line about the fallbacks (`fallback_note`), which llama.cpp printed one per
-    tensor (180 lines for SmolLM2-135M)."""
+    tensor (180 lines for SmolLM2-135M). `target`: the file the user asked for, which a failure names (`src` and
+    `dst` may be scratch files, gone by the time the message is read)."""
     qtype = ftype_name.removeprefix("MOSTLY_").lower()
     lc = llama_cpp_module(f"the {qtype} export")
     params = lc.llama_model_quantize_default_params()
@@ -110,8 +111,8 @@ def quantize(src: Path, dst: Path, ftype_name: str) -> str | None:
     if status != 0:
         said = "".join(line for line in lines if "error" in line.lower()).strip()[-500:]
         raise ModelError(
-            f"llama.cpp's quantizer failed on {src} (status {status}{': ' + said if said else ''}); the f16 export "
-            "may still work."
+            f"llama.cpp's quantizer failed making {target or dst} ({qtype}) from its f16 file (status {status}"
+            f"{': ' + said if said else ''}); nothing was written. The f16 export (--type f16) may still work."
         )
     return fallback_note("".join(lines), qtype)
 
