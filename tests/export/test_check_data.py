@@ -73,7 +73,7 @@ def test_the_self_check_reads_no_further_than_the_rows_it_checks(tmp_path, monke
     into memory (and every line of it parsed) to check 200 rows. Its files are now read a line at a time and no
     further: lines past the first rows are never read (a damaged one there is not reached), in a plain list of files
     and in a mixture's source, .jsonl and .csv alike."""
-    import tunelab.data.sources as sources
+    import tunelab.data.decode as decode
 
     total = 20 * CHECK_ROWS
     good = [{"question": f"Question {i}?", "answer": f"Answer {i}."} for i in range(total)]
@@ -100,9 +100,9 @@ def test_the_self_check_reads_no_further_than_the_rows_it_checks(tmp_path, monke
                 lines_read.append(line)
                 yield line
 
-    opened = sources._open
+    opened = decode._open
     monkeypatch.setattr(
-        sources, "_open", lambda path: Counted(opened(path)) if path.suffix == ".jsonl" else opened(path)
+        decode, "_open", lambda path: Counted(opened(path)) if path.suffix == ".jsonl" else opened(path)
     )
     for k, train in enumerate(([str(tmp_path / "t.jsonl")], [{"path": str(tmp_path / "t.jsonl")}])):
         lines_read.clear()
