@@ -5,7 +5,7 @@ import os
 import pytest
 
 from tunelab.config import load_config
-from tunelab.data.report import DataReport
+from tunelab.data.report import DataReport, Index, Made, location_path
 from tunelab.data.sources import Record
 from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import DataError
@@ -52,3 +52,50 @@ def test_an_exception_without_a_message_is_named_by_its_type_alone(tmp_path):
 
     with pytest.raises(DataError, match=r"^t.jsonl:3: data.transform rows:refuse raised ValueError on this row\."):
         apply_transform([Record("t.jsonl", 3, {"a": 1})], refuse, "rows:refuse", DataReport())
+
+
+def test_a_list_of_rows_makes_one_record_into_several_each_named_and_counted():
+    """A transform could return one row or none: a record holding several examples (a conversation tree) could not
+    become several rows. A list is now each row's record, named by the record's place and its row, counted in the
+    report; an empty list drops the record as None does; an item that is no dict is named."""
+    from tunelab.data.report import location
+
+    def split(row):
+        return [{"text": t} for t in row["texts"]]
+
+    report = DataReport()
+    records = [Record("t.jsonl", 3, {"texts": ["a", "b", "c"]}), Record("t.jsonl", 4, {"texts": []})]
+    records.append(Record("t.jsonl", 5, {"texts": ["d"]}))
+    out = apply_transform(records, split, "rows:split", report)
+    assert [r.row["text"] for r in out] == ["a", "b", "c", "d"]
+    assert [location(r.path, r.line) for r in out] == [
+        "t.jsonl:3 (data.transform's row 1 of 3)",
+        "t.jsonl:3 (data.transform's row 2 of 3)",
+        "t.jsonl:3 (data.transform's row 3 of 3)",
+        "t.jsonl:5",
+    ]
+    assert location_path(location("t.jsonl", out[1].line)) == "t.jsonl"
+    assert (report.made_from, report.made_rows) == (1, 3)
+    assert report.skips["dropped by data.transform rows:split"].locations == ["t.jsonl:4"]
+    assert location("t.json", Made(Index(7), 2, 4)) == "t.json[7] (data.transform's row 2 of 4)"
+    with pytest.raises(
+        DataError, match=r"^t.jsonl:3: data.transform rows:split returned a list of 2 items whose item 2 is a str"
+    ):
+        apply_transform([Record("t.jsonl", 3, {"texts": []})], lambda row: [{"text": "a"}, "b"], "rows:split", report)
+
+
+def test_the_rows_of_one_record_are_held_out_together():
+    """data.eval_fraction drew examples one at a time: the paths of one conversation tree, which share its first
+    turns, fell on both sides, and the eval loss measured recall of the turns trained on. Rows made of one record
+    are now held out together; examples of one row each are drawn as before."""
+    from tunelab.data.formats import Example
+    from tunelab.data.loader import split_eval
+
+    examples = [Example(None, f"t{i}-{k}", "t.jsonl", Made(i, k, 3)) for i in range(1, 11) for k in range(1, 4)]
+    for seed in range(5):
+        train, held = split_eval(examples, 0.2, seed)
+        assert len(held) == 6 and {int(ex.line) for ex in train}.isdisjoint({int(ex.line) for ex in held})
+    plain = [Example(None, f"t{i}", "t.jsonl", i) for i in range(1, 31)]
+    assert len(split_eval(plain, 0.2, 0)[1]) == 6
+    with pytest.raises(DataError, match="held out together"):
+        split_eval(examples[:3], 0.2, 0)

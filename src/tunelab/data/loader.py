@@ -34,7 +34,7 @@ from tunelab.data.formats import FIELDS_OPTION, Example, to_examples, trained_sy
 from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
 from tunelab.data.render import IGNORE, Rendered, render_examples, special_texts
-from tunelab.data.report import DataReport, SourceStats, SplitStats, location
+from tunelab.data.report import DataReport, Made, SourceStats, SplitStats, location
 from tunelab.data.sources import Record, read_records
 from tunelab.data.templates import Template, resolve_template
 from tunelab.data.transform import apply_transform, load_transform
@@ -60,11 +60,24 @@ def epoch_rows(data: Datasets, seed: int, epoch: int) -> list[Rendered | Packed]
 
 def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Hold out round(fraction * n) examples (at least 1 when fraction > 0), chosen by a shuffle seeded with seed.
-    Both parts keep the file order."""
+    Both parts keep the file order. The rows data.transform made of one record (`report.Made`: the paths of one
+    conversation tree, which share its first turns) are held out together, whole records until at least that many
+    rows are, as Open-Assistant splits its trees: split apart, the eval loss would measure recall of turns trained on."""
     if fraction <= 0:
         return examples, []
     k = max(1, round(len(examples) * fraction))
-    if k >= len(examples):
+    groups: dict[object, list[int]] = {}  # a record made into rows -> their indices; any other example alone
+    for i, ex in enumerate(examples):
+        line = getattr(ex, "line", None)
+        groups.setdefault((ex.path, int(line)) if isinstance(line, Made) else i, []).append(i)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)  # each example its own group: the same draw as one example at a time
+    held: set[int] = set()
+    for group in order:
+        if len(held) >= k:
+            break
+        held.update(group)
+    if len(held) >= len(examples):
         files = list(dict.fromkeys(getattr(ex, "path", "") for ex in examples))
         where = f" of {', '.join(files[:3])}{', ...' if len(files) > 3 else ''}" if all(files) else ""
         whole = (
@@ -72,13 +85,13 @@ def split_eval(examples: list[Example], fraction: float, seed: int) -> tuple[lis
             if any(f.lower().endswith(".txt") for f in files)
             else ""
         )
-        raise DataError(
-            f"data.eval_fraction={fraction} holds out {k} of {len(examples)} usable examples{where} and leaves "
-            f"none to train on{whole}; add data, lower data.eval_fraction, or give a separate data.eval file."
+        made = (
+            " (the rows data.transform made of one record are held out together)" if len(order) < len(examples) else ""
         )
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:k])
+        raise DataError(
+            f"data.eval_fraction={fraction} holds out {len(held)} of {len(examples)} usable examples{where}{made} and "
+            f"leaves none to train on{whole}; add data, lower data.eval_fraction, or give a separate data.eval file."
+        )
     train = [ex for i, ex in enumerate(examples) if i not in held]
     return train, [ex for i, ex in enumerate(examples) if i in held]
 

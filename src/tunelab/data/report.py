@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 from tunelab.errors import counted
@@ -28,8 +29,26 @@ class Index(int):
     save_to_disk folder of one Dataset, named by its folder. Its first row is `folder[0]`, not line `folder:0`."""
 
 
+class Made(int):
+    """The line or index of a record that data.transform turned into several rows, equal to it (the rows of one
+    record are one record to the checks that compare records), with which of those rows this one is: row 2 of the 5
+    made of line 3 is `file:3 (data.transform's row 2 of 5)`. `record` keeps the record's own line (a Line, an
+    Index) for `location`."""
+
+    def __new__(cls, record: int, row: int = 1, rows: int = 1):
+        made = super().__new__(cls, record)
+        made.record, made.row, made.rows = record, row, rows
+        return made
+
+
+MADE = re.compile(r" \(data\.transform's row \d+ of \d+\)$")  # what `location` adds for a Made line
+
+
 def location(path: str, line: int) -> str:
-    """`file:line` for line-based files (jsonl, csv, txt), `file[index]` for array-like ones (json array, parquet)."""
+    """`file:line` for line-based files (jsonl, csv, txt), `file[index]` for array-like ones (json array, parquet);
+    a row data.transform made of a record (`Made`) adds which of its rows it is."""
+    if isinstance(line, Made):
+        return f"{location(path, line.record)} (data.transform's row {line.row} of {line.rows})"
     array = path.lower().endswith((".json", ".json.gz", ".parquet", ".arrow", "]"))  # "]": a datasets split
     if isinstance(line, Index) or (array and not isinstance(line, Line)):
         return f"{path}[{line}]"
@@ -37,7 +56,8 @@ def location(path: str, line: int) -> str:
 
 
 def location_path(where: str) -> str:
-    """The file of a `location` string: `file:line` or `file[index]`."""
+    """The file of a `location` string: `file:line` or `file[index]`, with or without a Made row's suffix."""
+    where = MADE.sub("", where)
     if where.endswith("]") and "[" in where:
         return where[: where.rindex("[")]
     return where[: where.rindex(":")] if ":" in where else where
@@ -144,6 +164,8 @@ class DataReport:
     notes: list[str] = field(default_factory=list)  # what is worth knowing but skips no record (files not read)
     pairs: bool = False  # examples are preference pairs (dpo, reward): two rows each, lengths those of the sides
     truncated_at: list[str] = field(default_factory=list)  # the first MAX_LOCATIONS examples cut to max_length
+    made_from: int = 0  # records that data.transform turned into several rows (a list of rows)
+    made_rows: int = 0  # the rows it made of them, counted among the records read
     _lengths: list[int] = field(default_factory=list, repr=False)  # raw lengths behind `lengths`; not saved
     _file_skips: dict[str, dict[str, Skip]] = field(default_factory=dict, repr=False)  # file -> reason; not saved
 
@@ -223,7 +245,7 @@ class DataReport:
             else f"{self.train.loss_tokens:,} with loss"
         )
         lines = [
-            f"data: {counted(len(self.files), 'file')}, {counted(self.total_read, 'record')}, format {formats}, template {self.template or 'none'}",
+            f"data: {counted(len(self.files), 'file')}, {counted(self.total_read, 'record')}{self._made()}, format {formats}, template {self.template or 'none'}",
             f"  train: {counted(self.train.examples, example)}, {self.train.used} used -> {counted(self.train.rows, 'row')}{sides}, {self.train.tokens:,} tokens ({loss})",
         ]
         if self.eval_source != "none":
@@ -252,6 +274,12 @@ class DataReport:
         if self.text_blocks:
             lines.append(f"  text: {self.text_blocks} blocks of {self.max_length} tokens")
         return "\n".join(lines + self.losses())
+
+    def _made(self) -> str:
+        """What `summary` says of the rows data.transform made of records that it turned into several rows."""
+        if not self.made_from:
+            return ""
+        return f" ({self.made_rows:,} of them made by data.transform of {counted(self.made_from, 'record')})"
 
     def losses(self) -> list[str]:
         """The lines of `summary` that say what of the data is not trained on as written: rows truncated, records

@@ -2,7 +2,8 @@
 
 Named `module:function` (an installed module, or MODULE.py in the working directory, which the config keeps by its
 path: `config.paths.working_module_file`) or `file.py:function` (a path, relative to the YAML config). The function takes the row (a dict of column -> value) and returns the row to
-use (a dict) or None to drop it; dropped rows are counted in the data report. The function is the user's own code,
+use (a dict), a list of rows (one record made into several: the paths of a conversation tree), or None (or [])
+to drop it; dropped rows, and rows made of one record, are counted in the data report. The function is the user's own code,
 run because the config names it. An exception in it stops the run with a `DataError` naming the row (file and line,
 or dataset and index) and the exception.
 """
@@ -14,14 +15,15 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import types
 from collections.abc import Callable
 from pathlib import Path
 
-from tunelab.data.report import DataReport, location
+from tunelab.data.report import DataReport, Made, location
 from tunelab.data.sources import Record
-from tunelab.errors import ConfigError, DataError, article
+from tunelab.errors import ConfigError, DataError, article, counted
 
-Transform = Callable[[dict], dict | None]
+Transform = Callable[[dict], dict | list[dict] | None]
 
 
 def load_transform(spec: str | None, option: str = "option 'data.transform'") -> Transform | None:
@@ -108,8 +110,10 @@ QUESTION_ROWS = (
 def apply_transform(
     records: list[Record], fn: Transform | None, spec: str | None, report: DataReport, questions: bool = False
 ) -> list[Record]:
-    """Each record through fn; a None result drops the record (counted in the report). `questions`: the records are
-    a question file's, which the function, written for training rows, may not expect (its error says so)."""
+    """Each record through fn; a None result (or an empty list) drops the record (counted in the report), a list of
+    rows gives each its own record, named by the record's place and its row (`report.Made`), and counted in the
+    report. `questions`: the records are a question file's, which the function, written for training rows, may not
+    expect (its error says so)."""
     if fn is None:
         return records
     out = []
@@ -117,6 +121,8 @@ def apply_transform(
         where = location(record.path, record.line)
         try:
             row = fn(dict(record.row))
+            if isinstance(row, types.GeneratorType):  # a function that yields its rows
+                row = list(row)
         except Exception as exc:
             raised = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise DataError(
@@ -125,14 +131,28 @@ def apply_transform(
             ) from None
         except SystemExit as exc:
             raise DataError(f"{where}: data.transform {spec} called sys.exit({exc.code!r}) on this row.") from None
-        if row is None:
+        if row is None or (isinstance(row, (list, tuple)) and not row):
             report.read(record.path)
             report.skip(f"dropped by data.transform {spec}", record.path, record.line)
             continue
-        if not isinstance(row, dict):
+        if isinstance(row, dict):
+            out.append(Record(record.path, record.line, row))
+            continue
+        if not isinstance(row, (list, tuple)):
             raise DataError(
-                f"{where}: data.transform {spec} returned {article(type(row).__name__)}; it must return the row as a dict, or "
-                "None to drop it."
+                f"{where}: data.transform {spec} returned {article(type(row).__name__)}; it must return the row as a "
+                "dict, a list of rows (dicts), or None to drop it."
             )
-        out.append(Record(record.path, record.line, row))
+        if bad := next((k for k, item in enumerate(row, 1) if not isinstance(item, dict)), None):
+            raise DataError(
+                f"{where}: data.transform {spec} returned a list of {counted(len(row), 'item')} whose item {bad} is "
+                f"{article(type(row[bad - 1]).__name__)}; each row it returns must be a dict."
+            )
+        if len(row) > 1:
+            report.made_from += 1
+            report.made_rows += len(row)
+        out += [
+            Record(record.path, Made(record.line, k, len(row)) if len(row) > 1 else record.line, item)
+            for k, item in enumerate(row, 1)
+        ]
     return out
