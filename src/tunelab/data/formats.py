@@ -23,6 +23,7 @@ import difflib
 import math
 from dataclasses import dataclass
 
+from tunelab.data.columns import UnreadColumns
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import Record, headerless, is_plain_text
 from tunelab.errors import ConfigError, DataError, article, counted, not_text
@@ -430,47 +431,6 @@ def refuse_unread(record: Record, fmt: str, fields: dict[str, str], option: str 
         )
 
 
-ALPACA_ONLY = ("input", "history")  # alpaca's fields that no other format reads
-
-
-def unread_columns(record: Record, fmt: str, fields: dict[str, str]) -> list[str]:
-    """The columns named after alpaca's own fields (input, history) that hold something, are not mapped to another
-    field, and that format `fmt` does not read: a prompt_completion row's `input` would be left out of its example."""
-    if fmt == "alpaca":
-        return []
-    claimed = set(fields.values())
-    return [name for name in ALPACA_ONLY if name not in fields and name not in claimed and filled(record.row.get(name))]
-
-
-def other_columns(record: Record, fmt: str, fields: dict[str, str]) -> list[str]:
-    """The columns holding text that format `fmt` reads as none of its fields and that no mapping claims (dolly's
-    `context` beside instruction and response): left out of the example. Text without a letter (an id, a number or
-    a date, as a .csv file gives them; pandas' unnamed index column) is no such loss. Alpaca's own fields are
-    `unread_columns`."""
-    required, optional = FORMATS[fmt]
-    read = {fields.get(name, name) for name in (*required, *optional)} | set(fields.values())
-    return [
-        name
-        for name, value in record.row.items()
-        if name not in read and name not in ALPACA_ONLY and isinstance(value, str) and any(map(str.isalpha, value))
-    ]
-
-
-def pair_unread(record: Record, fmt: str, fields: dict[str, str]) -> bool:
-    """Whether the row holds a preference pair (columns chosen and rejected, as dpo and reward read them, a
-    LLaMA-Factory or UltraFeedback file) that format `fmt` and the mapping leave unread: sft trains on neither."""
-    required, optional = FORMATS[fmt]
-    read = {fields.get(name, name) for name in (*required, *optional)} | set(fields.values())
-    return all(key not in read and filled(record.row.get(key)) for key in ("chosen", "rejected"))
-
-
-def filled(value) -> bool:
-    """A value with something in it: not null, NaN, blank text or an empty list."""
-    if isinstance(value, str):
-        return bool(value.strip())
-    return value is not None and value != [] and not (isinstance(value, float) and math.isnan(value))
-
-
 def _check_required(record: Record, fmt: str, fields: dict[str, str], option: str = FIELDS_OPTION) -> None:
     required, optional = FORMATS[fmt]
     for name in required:
@@ -507,9 +467,7 @@ def to_examples(
     examples = []
     file_format: dict[str, str] = {}
     unused = UnusedMappings(lenient=lenient, option=option)
-    lost: dict[tuple[str, str], list] = {}  # (file, column) -> [rows, first record] of columns left unread
-    other: dict[str, dict[str, list]] = {}  # file -> column -> [rows, first record] of other text left unread
-    pairs: dict[str, list] = {}  # file -> [rows, first record] of preference pairs left unread
+    unread = UnreadColumns()
     mapping = fields
     for record in records:
         report.read(record.path)
@@ -532,15 +490,7 @@ def to_examples(
             _check_required(record, chosen, fields, option)
             if not questions:  # a question file is read with the mapping of the run's training files
                 refuse_unread(record, chosen, fields, option)
-            for name in unread_columns(record, chosen, fields):
-                lost.setdefault((record.path, name), [0, record])[0] += 1
-            if not questions:  # a question row's expected answer and kind are read by eval
-                pair = pair_unread(record, chosen, fields)  # noted as a pair, not as two columns of text
-                for name in other_columns(record, chosen, fields):
-                    if not (pair and name in ("chosen", "rejected")):
-                        other.setdefault(record.path, {}).setdefault(name, [0, record])[0] += 1
-                if pair:
-                    pairs.setdefault(record.path, [0, record])[0] += 1
+            unread.see(record, chosen, FORMATS[chosen], fields, questions)
         elif "text" not in record.row:  # a data.transform's row
             raise DataError(
                 f"{location(record.path, record.line)}: a .txt file is one record whose text is its field 'text', but "
@@ -553,28 +503,5 @@ def to_examples(
             report.skip(str(skip), record.path, record.line)
     if not questions:
         unused.refuse()
-    for (path, name), (rows, first) in lost.items():
-        report.notes.append(
-            f"{path}: {counted(rows, 'row')} {'has' if rows == 1 else 'have'} a column '{name}' that the {file_format[path]} format does not read (e.g. "
-            f"{location(first.path, first.line)}): it is left out of their examples; to use it, read the rows as "
-            "alpaca (instruction, output, input, history: data.fields maps your columns to them)"
-        )
-    for path, (rows, first) in pairs.items():
-        report.notes.append(
-            f"{path}: {counted(rows, 'row')} {'holds' if rows == 1 else 'hold'} a preference pair (columns 'chosen' "
-            f"and 'rejected', e.g. {location(first.path, first.line)}) that the {file_format[path]} format does not "
-            "read: task sft trains on neither answer; to train on the pairs, set task: dpo (or reward)"
-        )
-    for path, columns in other.items():
-        said = ", ".join(
-            f"'{name}' ({counted(rows, 'row')}, e.g. {location(first.path, first.line)})"
-            for name, (rows, first) in list(columns.items())[:5]
-        )
-        more = f" and {len(columns) - 5} more" if len(columns) > 5 else ""
-        report.notes.append(
-            f"{path}: text in columns that the {file_format[path]} format does not read is left out of the examples: "
-            f"{said}{more}; to train on one, map it to a field with {_short(option)} (e.g. {{input: "
-            f"{next(iter(columns))}}}: alpaca's input, joined to the instruction), or let data.transform drop the "
-            "column to silence this note"
-        )
+    report.notes += unread.notes(file_format, _short(option))
     return examples

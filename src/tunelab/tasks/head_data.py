@@ -29,13 +29,12 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.config import PLACEHOLDER, RunConfig
+from tunelab.data.columns import ALPACA_ONLY, filled
 from tunelab.data.formats import (
-    ALPACA_ONLY,
     EMPTY_QUESTION,
     LATE_SYSTEM,
     NO_USER_START,
     UnusedMappings,
-    filled,
     history_turns,
     parse_turns,
     text_alone,

@@ -1,0 +1,108 @@
+"""The columns of a file that its sft format leaves unread, gathered row by row and said in the data report's notes:
+nothing a row holds is left out of its example without a word. Alpaca's own fields (input, history) beside another
+format's, text in columns no field reads, and a preference pair (chosen, rejected) that sft trains on neither side of."""
+
+from __future__ import annotations
+
+import math
+
+from tunelab.data.report import location
+from tunelab.data.sources import Record
+from tunelab.errors import counted
+
+ALPACA_ONLY = ("input", "history")  # alpaca's fields that no other format reads
+
+
+def filled(value) -> bool:
+    """A value with something in it: not null, NaN, blank text or an empty list."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    return value is not None and value != [] and not (isinstance(value, float) and math.isnan(value))
+
+
+def _read(names: tuple[tuple[str, ...], tuple[str, ...]], fields: dict[str, str]) -> set[str]:
+    """The columns a format of (required, optional) field `names` reads, data.fields applied."""
+    required, optional = names
+    return {fields.get(name, name) for name in (*required, *optional)} | set(fields.values())
+
+
+def unread_columns(record: Record, fmt: str, fields: dict[str, str]) -> list[str]:
+    """The columns named after alpaca's own fields (input, history) that hold something, are not mapped to another
+    field, and that format `fmt` does not read: a prompt_completion row's `input` would be left out of its example."""
+    if fmt == "alpaca":
+        return []
+    claimed = set(fields.values())
+    return [name for name in ALPACA_ONLY if name not in fields and name not in claimed and filled(record.row.get(name))]
+
+
+def other_columns(record: Record, names, fields: dict[str, str]) -> list[str]:
+    """The columns holding text that a format of field `names` (required, optional) reads as none of its fields and
+    that no mapping claims (dolly's `context` beside instruction and response): left out of the example. Text
+    without a letter (an id, a number or a date, as a .csv file gives them; pandas' unnamed index column) is no such
+    loss. Alpaca's own fields are `unread_columns`."""
+    read = _read(names, fields)
+    return [
+        name
+        for name, value in record.row.items()
+        if name not in read and name not in ALPACA_ONLY and isinstance(value, str) and any(map(str.isalpha, value))
+    ]
+
+
+def pair_unread(record: Record, names, fields: dict[str, str]) -> bool:
+    """Whether the row holds a preference pair (columns chosen and rejected, as dpo and reward read them, a
+    LLaMA-Factory or UltraFeedback file) that a format of field `names` and the mapping leave unread: sft trains on
+    neither."""
+    read = _read(names, fields)
+    return all(key not in read and filled(record.row.get(key)) for key in ("chosen", "rejected"))
+
+
+class UnreadColumns:
+    """Per file, the rows whose columns its format leaves unread (`see` each record), and the notes saying so."""
+
+    def __init__(self) -> None:
+        self.lost: dict[tuple[str, str], list] = {}  # (file, column) -> [rows, first record] of alpaca's fields
+        self.other: dict[str, dict[str, list]] = {}  # file -> column -> [rows, first record] of other text
+        self.pairs: dict[str, list] = {}  # file -> [rows, first record] of preference pairs
+
+    def see(self, record: Record, fmt: str, names, fields: dict[str, str], questions: bool) -> None:
+        """`names`: the (required, optional) fields of format `fmt`; `questions`: a question row, whose expected
+        answer and kind eval reads."""
+        for name in unread_columns(record, fmt, fields):
+            self.lost.setdefault((record.path, name), [0, record])[0] += 1
+        if questions:
+            return
+        pair = pair_unread(record, names, fields)  # noted as a pair, not as two columns of text
+        for name in other_columns(record, names, fields):
+            if not (pair and name in ("chosen", "rejected")):
+                self.other.setdefault(record.path, {}).setdefault(name, [0, record])[0] += 1
+        if pair:
+            self.pairs.setdefault(record.path, [0, record])[0] += 1
+
+    def notes(self, file_format: dict[str, str], mapping: str) -> list[str]:
+        """The notes, each file's named with its format (`file_format`); `mapping`: how advice names data.fields."""
+        out = []
+        for (path, name), (rows, first) in self.lost.items():
+            out.append(
+                f"{path}: {counted(rows, 'row')} {'has' if rows == 1 else 'have'} a column '{name}' that the {file_format[path]} format does not read (e.g. "
+                f"{location(first.path, first.line)}): it is left out of their examples; to use it, read the rows as "
+                "alpaca (instruction, output, input, history: data.fields maps your columns to them)"
+            )
+        for path, (rows, first) in self.pairs.items():
+            out.append(
+                f"{path}: {counted(rows, 'row')} {'holds' if rows == 1 else 'hold'} a preference pair (columns 'chosen' "
+                f"and 'rejected', e.g. {location(first.path, first.line)}) that the {file_format[path]} format does not "
+                "read: task sft trains on neither answer; to train on the pairs, set task: dpo (or reward)"
+            )
+        for path, columns in self.other.items():
+            said = ", ".join(
+                f"'{name}' ({counted(rows, 'row')}, e.g. {location(first.path, first.line)})"
+                for name, (rows, first) in list(columns.items())[:5]
+            )
+            more = f" and {len(columns) - 5} more" if len(columns) > 5 else ""
+            out.append(
+                f"{path}: text in columns that the {file_format[path]} format does not read is left out of the examples: "
+                f"{said}{more}; to train on one, map it to a field with {mapping} (e.g. {{input: "
+                f"{next(iter(columns))}}}: alpaca's input, joined to the instruction), or let data.transform drop the "
+                "column to silence this note"
+            )
+        return out
