@@ -207,6 +207,40 @@ def test_wrong_type_names_field():
     assert ex.messages[1]["content"] == "4"  # numbers are their text
 
 
+def test_an_object_where_a_text_belongs_is_shown_as_json_with_a_fix_for_its_kind():
+    """The error showed Python's repr of the value ("{'a': 1}") and told an object's owner to join lists."""
+    with pytest.raises(
+        DataError, match=r'd\.jsonl:1: field \'prompt\' must be a string, got a dict \(\{"text": "Q"\}\); put the'
+    ):
+        convert([{"prompt": {"text": "Q"}, "completion": "A"}])
+    with pytest.raises(
+        DataError, match=r'field \'answer\' must be a string, got a list \(\["A", "B"\]\); join its items'
+    ):
+        convert([{"question": "Q", "answer": ["A", "B"]}])
+
+
+def test_lists_and_objects_in_unread_columns_are_noted_with_the_column():
+    """A column of lists or objects that the format reads as none of its fields (self-instruct's `instances`, which
+    hold the answers; a `tools` list beside messages; metadata) was left out of every example without a word: only
+    columns of text were noted. Each is now named, with its rows and first place, and how a transform reads a text
+    inside it. Empty lists and objects hold nothing to lose."""
+    rows = [
+        {"question": "Q1", "answer": "A1", "instances": [{"input": "", "output": "out"}], "meta": {"src": "web"}},
+        {"question": "Q2", "answer": "A2", "instances": [], "meta": {}},
+        {"question": "Q3", "answer": "A3", "instances": [{"input": "x", "output": "y"}], "meta": {"src": "x"}},
+    ]
+    examples, report = convert(rows)
+    assert len(examples) == 3
+    (note,) = [n for n in report.notes if "lists and objects" in n]
+    assert note.startswith("d.jsonl: lists and objects in columns that the question_answer format does not read")
+    assert "'instances' (2 rows, e.g. d.jsonl:1), 'meta' (2 rows, e.g. d.jsonl:1)" in note
+    assert "row['instances'][0]['output']" in note
+    _, report = convert([{"messages": USER_A, "tools": [{"type": "function"}]}])
+    assert any("'tools' (1 row, e.g. d.jsonl:1)" in n for n in report.notes)
+    _, report = convert([{"prompt": "Q", "completion": "A", "tags": []}])
+    assert report.notes == []
+
+
 def test_a_sharegpt_system_field_beside_a_system_turn():
     """The field was used only when the conversation had no system turn at all: beside an empty one it was lost (the
     row trained with no system message), beside another one it was ignored, without a word."""
@@ -541,3 +575,19 @@ def test_a_mapping_short_of_one_field_or_naming_one_unknown_field_counts_it_in_t
         check_fields({"reply": "a"})
     with pytest.raises(ConfigError, match=r"maps 2 unknown fields \(reply, ask\); the fields you can map"):
         check_fields({"reply": "a", "ask": "b"})
+
+
+def test_the_self_instruct_answers_in_a_list_column_are_noted_through_the_cli(tiny_overrides, capsys, cli_flags):
+    """The real self-instruct file read as texts of its instruction: the answers sit in `instances`, a list of
+    objects, which no field reads; `tunelab check` says so, naming the column."""
+    from pathlib import Path
+
+    from tunelab.cli import main
+
+    path = Path("/work/shared/data/self_instruct/user_oriented_instructions.jsonl")
+    if not path.is_file():
+        pytest.skip("the shared self-instruct file is not here")
+    over = tiny_overrides | {"data.train": [str(path)], "data.fields": '{"text": "instruction"}'}
+    assert main(["check", *cli_flags(over), "--data-only"]) == 0
+    out = capsys.readouterr().out
+    assert f"'instances' (252 rows, e.g. {path}:1)" in out and "row['instances'][0]['input']" in out

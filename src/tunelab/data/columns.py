@@ -1,6 +1,7 @@
 """The columns of a file that its sft format leaves unread, gathered row by row and said in the data report's notes:
 nothing a row holds is left out of its example without a word. Alpaca's own fields (input, history) beside another
-format's, text in columns no field reads, and a preference pair (chosen, rejected) that sft trains on neither side of."""
+format's, text in columns no field reads, lists and objects in columns no field reads (a text inside one reaches no
+example), and a preference pair (chosen, rejected) that sft trains on neither side of."""
 
 from __future__ import annotations
 
@@ -48,6 +49,18 @@ def other_columns(record: Record, names, fields: dict[str, str]) -> list[str]:
     ]
 
 
+def object_columns(record: Record, names, fields: dict[str, str]) -> list[str]:
+    """The columns holding a list or an object with something in it that a format of field `names` reads as none of
+    its fields and that no mapping claims (self-instruct's `instances`, a `tools` list beside messages, metadata):
+    left out of the example, whatever text is inside. Alpaca's own fields are `unread_columns`."""
+    read = _read(names, fields)
+    return [
+        name
+        for name, value in record.row.items()
+        if name not in read and name not in ALPACA_ONLY and isinstance(value, (list, dict)) and value
+    ]
+
+
 def pair_unread(record: Record, names, fields: dict[str, str]) -> bool:
     """Whether the row holds a preference pair (columns chosen and rejected, as dpo and reward read them, a
     LLaMA-Factory or UltraFeedback file) that a format of field `names` and the mapping leave unread: sft trains on
@@ -63,6 +76,7 @@ class UnreadColumns:
         self.lost: dict[tuple[str, str], list] = {}  # (file, column) -> [rows, first record] of alpaca's fields
         self.other: dict[str, dict[str, list]] = {}  # file -> column -> [rows, first record] of other text
         self.pairs: dict[str, list] = {}  # file -> [rows, first record] of preference pairs
+        self.objects: dict[str, dict[str, list]] = {}  # file -> column -> [rows, first record] of lists and objects
 
     def see(self, record: Record, fmt: str, names, fields: dict[str, str], questions: bool) -> None:
         """`names`: the (required, optional) fields of format `fmt`; `questions`: a question row, whose expected
@@ -75,6 +89,9 @@ class UnreadColumns:
         for name in other_columns(record, names, fields):
             if not (pair and name in ("chosen", "rejected")):
                 self.other.setdefault(record.path, {}).setdefault(name, [0, record])[0] += 1
+        for name in object_columns(record, names, fields):
+            if not (pair and name in ("chosen", "rejected")):
+                self.objects.setdefault(record.path, {}).setdefault(name, [0, record])[0] += 1
         if pair:
             self.pairs.setdefault(record.path, [0, record])[0] += 1
 
@@ -94,15 +111,39 @@ class UnreadColumns:
                 "read: task sft trains on neither answer; to train on the pairs, set task: dpo (or reward)"
             )
         for path, columns in self.other.items():
-            said = ", ".join(
-                f"'{name}' ({counted(rows, 'row')}, e.g. {location(first.path, first.line)})"
-                for name, (rows, first) in list(columns.items())[:5]
-            )
-            more = f" and {len(columns) - 5} more" if len(columns) > 5 else ""
             out.append(
                 f"{path}: text in columns that the {file_format[path]} format does not read is left out of the examples: "
-                f"{said}{more}; to train on one, map it to a field with {mapping} (e.g. {{input: "
+                f"{_said(columns)}; to train on one, map it to a field with {mapping} (e.g. {{input: "
                 f"{next(iter(columns))}}}: alpaca's input, joined to the instruction), or let data.transform drop the "
                 "column to silence this note"
             )
+        for path, columns in self.objects.items():
+            out.append(
+                f"{path}: lists and objects in columns that the {file_format[path]} format does not read are left out "
+                f"of the examples, with any text inside them: {_said(columns)}; to train on a text inside one, let "
+                f"data.transform put it in a field of the row (e.g. row['input'] = {_inside(columns)}), or "
+                "drop the column there to silence this note"
+            )
         return out
+
+
+def _inside(columns: dict[str, list]) -> str:
+    """How a transform reads the first text inside the first column of a note, as the note's first row holds it:
+    `row['tags'][0]`, `row['instances'][0]['output']`."""
+    name, (_, first) = next(iter(columns.items()))
+    path, value = f"row[{name!r}]", first.row[name]
+    while isinstance(value, (list, dict)) and value:
+        key = next((k for k, v in (value.items() if isinstance(value, dict) else enumerate(value)) if filled(v)), None)
+        if key is None:
+            break
+        path, value = f"{path}[{key!r}]", value[key]
+    return path
+
+
+def _said(columns: dict[str, list]) -> str:
+    """ "'tags' (3 rows, e.g. a.jsonl:1), ...": the first five columns of a note, each with its rows and first place."""
+    said = ", ".join(
+        f"'{name}' ({counted(rows, 'row')}, e.g. {location(first.path, first.line)})"
+        for name, (rows, first) in list(columns.items())[:5]
+    )
+    return said + (f" and {len(columns) - 5} more" if len(columns) > 5 else "")

@@ -20,6 +20,7 @@ alpaca's input or history beside a row of another format, which is left out, is 
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from dataclasses import dataclass
 
@@ -216,10 +217,22 @@ def text_field(value, where: str, field: str, named: str | None = None) -> str:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return scalar_text(value)
-    raise DataError(
-        f"{where}: {named} must be a string, got {article(type(value).__name__)} ({str(value)[:60]!r}). "
-        "Store the text itself in that field (join lists into one string)."
+    shown = json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (list, dict)) else repr(value)
+    fix = (
+        "join its items into one string"
+        if isinstance(value, list)
+        else "put the text itself there, not an object holding it"
+        if isinstance(value, dict)
+        else "store the text itself there"
     )
+    raise DataError(
+        f"{where}: {named} must be a string, got {article(type(value).__name__)} ({_cut(shown)}); {fix} (a data.transform "
+        "can do so for every row)."
+    )
+
+
+def _cut(text: str, most: int = 80) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def text_alone(row: dict, key: str, system: str | None, where: str) -> str:
