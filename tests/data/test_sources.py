@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.data.sources import read_records
+from tunelab.data.sources import iter_records, read_records
 from tunelab.errors import DataError
 
 OASST_PROMPTS = Path("/work/shared/data/oasst_en_100_trees/en_100_text.jsonl")
@@ -495,7 +495,7 @@ def test_a_long_csv_value_a_crlf_text_and_a_json_key_given_twice(tmp_path):
     with pytest.raises(DataError, match=r"d\.jsonl:2: the object gives the field 'prompt' twice"):
         read_records([p])
     p = write(tmp_path / "e.json", json.dumps([{"text": "x"}]).replace('"x"', '"x", "text": "y"'))
-    with pytest.raises(DataError, match=r"e\.json: an object of the array: the object gives the field 'text' twice"):
+    with pytest.raises(DataError, match=r"e\.json\[0\]: the object gives the field 'text' twice"):  # the item named
         read_records([p])
 
 
@@ -581,3 +581,61 @@ def test_a_data_folder_holding_a_run_directory_is_refused_naming_the_run(tmp_pat
         read_records([str(tmp_path)])
     (run / "run.json").write_text('{"not": "a run"}')  # a file of that name that describes no run: read as before
     assert len(read_records([str(tmp_path / "qa.jsonl")])) == 1
+
+
+def test_a_json_array_is_read_an_item_at_a_time(tmp_path, monkeypatch):
+    """A .json array was read whole into memory (and every item parsed) for a source's `take: 5` or a self-check's
+    first rows. It is now read a piece at a time: a damaged item past the first rows stops only a reader that gets
+    there, and the items, however the pieces cut them (inside a string, an escape, a number), are those json reads."""
+    import itertools
+
+    from tunelab.data import json_rows
+
+    monkeypatch.setattr(json_rows, "PIECE", 16)
+    rows = [{"text": f"row {i} \u00e9\u2028", "n": 10**i, "x": -1.5e-3, "ok": i % 2 == 0} for i in range(40)]
+    rows[7]["text"] = "long " * 50  # an item of many pieces
+    p = tmp_path / "a.json"
+    p.write_text("\ufeff" + json.dumps(rows, indent=1) + "\n")
+    assert [(r.line, r.row) for r in read_records([str(p)])] == list(enumerate(rows))
+    p.write_text(json.dumps(rows, indent=1)[:-40] + "\n  {broken\n]")
+    read = []
+    real = json_rows.text_pieces
+
+    def counted(path, size):
+        for piece in real(path, size):
+            read.append(piece)
+            yield piece
+
+    monkeypatch.setattr(json_rows, "text_pieces", counted)
+    first = [r.row for r in itertools.islice(iter_records([str(p)]), 3)]
+    assert first == rows[:3] and len("".join(read)) < len(p.read_text()) / 10  # the damaged item is never reached
+    with pytest.raises(DataError, match=r"a\.json:\d+: not valid JSON"):
+        read_records([str(p)])
+    assert [r.row for r in iter_records([str(write(tmp_path / "e.json", " [ ] "))])] == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"a": 1},\n {"a": 2}\n {"a": 3}]',  # a comma missing
+        '[{"a": 1},\n {"a": "two\n"}]',  # a line break inside a string
+        '[\n  {"a": 1},\n  {"a": tru}\n]',
+        '[{"a": 1}, {"a": 2},]',  # a trailing comma
+        '[{"a": 1}, {"a": "unterminated}\n]',
+        '[{"a": 1},\n\n   {"a": 1 "b": 2}]',
+        '[{"a": 1}, {"a": 2}',  # never closed
+        '[{"a": 1}] [',  # text after the array
+    ],
+)
+def test_a_broken_json_array_is_named_at_the_line_and_column_json_names(tmp_path, monkeypatch, text):
+    """Read a piece at a time (pieces of 8 characters here), a broken array is named where json.loads names it."""
+    from tunelab.data import json_rows
+
+    monkeypatch.setattr(json_rows, "PIECE", 8)
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        line, column = exc.lineno, exc.colno
+    p = write(tmp_path / "b.json", text)
+    with pytest.raises(DataError, match=rf"b\.json:{line}: (not valid JSON|text after the end).* column {column}\b"):
+        read_records([p])

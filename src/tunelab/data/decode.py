@@ -1,5 +1,5 @@
-"""A data file's bytes read as UTF-8 text, whole (`read_text`) or a line at a time (`byte_lines`, `text_lines`), so
-that a large file is never held whole by a reader of lines. Bytes that are not UTF-8 (another encoding, UTF-16
+"""A data file's bytes read as UTF-8 text, whole (`read_text`), a line at a time (`byte_lines`, `text_lines`) or a
+piece at a time (`text_pieces`), so that a large file is never held whole by a reader of lines or of a JSON array. Bytes that are not UTF-8 (another encoding, UTF-16
 without a byte order mark, NUL bytes) stop the reader with a `NotText` naming the line and the byte, and where the
 text reads as Windows-1252, what it says there."""
 
@@ -114,5 +114,28 @@ def text_lines(path: Path) -> Iterator[str]:
                     return
                 refuse_nul(path, n, line)
                 yield line
+    except (OSError, EOFError) as exc:
+        raise NotText(f"{path}: cannot read the file ({exc}).") from None
+
+
+def text_pieces(path: Path, size: int) -> Iterator[str]:
+    """The file's text in pieces of about `size` characters, decoded as UTF-8 as they are read (a BOM at its start
+    dropped). Bytes that are not UTF-8 stop it with `read_text`'s error, naming line and byte, and so does a NUL."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    try:
+        with _open(path) as f:
+            while True:
+                raw = f.read(size)
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError:
+                    read_text(path)  # raises, naming the line and the byte
+                    raise
+                if "\0" in text:
+                    read_text(path)  # raises, naming the line
+                if text:
+                    yield text
+                if not raw:
+                    return
     except (OSError, EOFError) as exc:
         raise NotText(f"{path}: cannot read the file ({exc}).") from None

@@ -1,14 +1,17 @@
-"""The rows of JSON data files: .jsonl (one object a line, read a line at a time) and .json (an array of objects; a
-.json file holding JSON lines is read as .jsonl, as the datasets library reads it). Each reader yields (line, row):
+"""The rows of JSON data files: .jsonl (one object a line, read a line at a time) and .json (an array of objects,
+read an item at a time by `json.JSONDecoder.raw_decode` over pieces of the file, so a large array is never held
+whole; a .json file holding JSON lines is read as .jsonl, as the datasets library reads it). Each reader yields (line, row):
 the 1-based line of a .jsonl file (a `report.Line` for a .json file of JSON lines), the 0-based index of an
 array's item. A key given twice in an object is refused rather than kept last, as json would keep it."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tunelab.data.decode import read_text, text_pieces
 from tunelab.data.report import Line, location
 from tunelab.errors import DataError, article
 
@@ -110,3 +113,118 @@ def json_rows(path: Path, text: str) -> list[tuple[int, dict]]:
         )
     hint = "A .json data file must be an array of objects."
     return [(i, _object(str(path), i, item, hint)) for i, item in enumerate(value)]
+
+
+PIECE = 1 << 20  # characters of a .json file read at a time; an item longer than that is read on (doubling)
+WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+CUT = 12  # a parse error this close to the end of what is read may be an item cut there ("Infinity", "\\uXXXX")
+
+
+def json_file_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """The (index, row) of each object of a .json file's array, each as soon as it is read (`_Array`); a file that
+    holds no array (JSON lines, one object) is read whole by `json_rows`, which says what it holds."""
+    pieces = text_pieces(path, PIECE)
+    text = ""
+    for piece in pieces:
+        text += piece
+        if text.strip():
+            break
+    if not text.lstrip().startswith("["):
+        pieces.close()
+        yield from json_rows(path, read_text(path))
+        return
+    yield from _Array(path, pieces, text).rows()
+
+
+class _Array:
+    """A .json file's array read an item at a time: `text` holds what is read and not yet consumed, which starts at
+    the file's line `line`, after `column` characters of that line."""
+
+    def __init__(self, path: Path, pieces: Iterator[str], text: str) -> None:
+        self.path, self.pieces, self.text = path, pieces, text
+        self.line, self.column, self.ended = 1, 0, False
+        self.decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+    def more(self) -> bool:
+        """Read on, at least as much as is held (an item longer than a piece is parsed again a few times, not once
+        a piece); False at the end of the file."""
+        added = 0
+        for piece in self.pieces:
+            self.text += piece
+            added += len(piece)
+            if added >= max(PIECE, len(self.text) - added):
+                return True
+        self.ended = True
+        return added > 0
+
+    def drop(self, upto: int) -> None:
+        """Forget the text before `upto`, keeping count of its lines."""
+        consumed = self.text[:upto]
+        if (lines := consumed.count("\n")) > 0:
+            self.line, self.column = self.line + lines, upto - consumed.rfind("\n") - 1
+        else:
+            self.column += upto
+        self.text = self.text[upto:]
+
+    def place(self, at: int) -> tuple[int, int]:
+        """The file's (line, column from 1) of `text[at]`."""
+        lines = self.text.count("\n", 0, at)
+        if lines:
+            return self.line + lines, at - self.text.rfind("\n", 0, at)
+        return self.line, self.column + at + 1
+
+    def skip(self, at: int) -> int:
+        """The position of the next character that is not whitespace (len(text) at the end of the file)."""
+        while True:
+            at = WHITESPACE.match(self.text, at).end()
+            if at < len(self.text) or not self.more():
+                return at
+
+    def invalid(self, msg: str, at: int) -> DataError:
+        line, column = self.place(at)
+        joiner = " " if msg.endswith(" at") else " at "
+        return DataError(f"{self.path}:{line}: not valid JSON ({msg}{joiner}column {column}); fix the file.")
+
+    def rows(self) -> Iterator[tuple[int, dict]]:
+        at, index = self.text.index("[") + 1, 0
+        hint = "A .json data file must be an array of objects."
+        while True:
+            at = self.skip(at)
+            if at == len(self.text):
+                raise self.invalid("Expecting value", at)
+            if index == 0 and self.text[at] == "]":
+                break
+            value, at = self.item(at, index)
+            yield index, _object(str(self.path), index, value, hint)
+            index += 1
+            at = self.skip(at)
+            if at < len(self.text) and self.text[at] == "]":
+                break
+            if at == len(self.text) or self.text[at] != ",":
+                raise self.invalid("Expecting ',' delimiter", at)
+            at += 1
+            if at > PIECE:  # what is consumed is forgotten a piece at a time
+                self.drop(at)
+                at = 0
+        at = self.skip(at + 1)
+        if at < len(self.text):
+            line, column = self.place(at)
+            raise DataError(
+                f"{self.path}:{line}: text after the end of the JSON array (Extra data at column {column}); remove it."
+            )
+
+    def item(self, at: int, index: int):
+        """The value that starts at `at` (the array's item `index`) and the position after it."""
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.text, at)
+            except DuplicateKey as exc:
+                raise DataError(f"{location(str(self.path), index)}: {exc}") from None
+            except json.JSONDecodeError as exc:
+                cut = exc.msg.startswith("Unterminated string") or exc.pos >= len(self.text) - CUT
+                if cut and not self.ended and self.more():
+                    continue
+                raise self.invalid(exc.msg, exc.pos) from None
+            if end == len(self.text) and not self.ended and self.more():
+                continue  # a number may go on in the next piece
+            return value, end

@@ -197,7 +197,8 @@ def read_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter
 def iter_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter") -> Iterator[Record]:
     """The records of one file as `read_file` reads them, each as soon as it is read: a .jsonl, .csv or .tsv file is
     read a line at a time and a parquet file a batch of rows at a time (`_parquet`), so a reader of its first rows
-    never holds (or checks) the rest; a .json array and a .txt document are read whole."""
+    never holds (or checks) the rest, and a .json array an item at a time (`json_rows.json_file_rows`); a .txt
+    document is read whole."""
     kind = _kind(path)
     if kind == ".txt":  # one document; a Windows file's line ends are \n
         yield Record(str(path), 1, {"text": read_text(path).replace("\r\n", "\n")})
@@ -207,7 +208,7 @@ def iter_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter
     elif kind == ".jsonl":
         rows = json_rows.jsonl_rows(path, byte_lines(path))
     elif kind == ".json":
-        rows = json_rows.json_rows(path, read_text(path))
+        rows = json_rows.json_file_rows(path)
     else:
         rows = csv_rows.file_rows(path, kind == ".tsv", delimiter, option)
     for line, row in rows:
