@@ -371,7 +371,7 @@ def test_a_text_labelled_otherwise_by_another_row_is_noted(smollm2_tokenizer, tm
     rows += [{"text": "t0", "label": "ham"}, {"text": "t2", "label": "spam"}, {"text": "t3", "label": "spam"}]
     path = _write(tmp_path / "d.jsonl", rows)
     data = _build(smollm2_tokenizer, path)
-    assert data.report.notes == [
+    assert [n for n in data.report.notes if "labels otherwise" in n] == [
         f"4 of the 9 rows give a text that another row labels otherwise, word for word (2 texts; e.g. {path}:1 labels "
         f"it 'spam', {path}:7 'ham', ...): no head can predict both; correct the wrong label or remove the row"
     ]
@@ -381,3 +381,23 @@ def test_a_text_labelled_otherwise_by_another_row_is_noted(smollm2_tokenizer, tm
     (note,) = [n for n in _build(smollm2_tokenizer, train, **{"data.eval": held}).report.notes if "labels it" in n]
     assert note.startswith("2 of the 8 rows give a text that another row labels otherwise, word for word (1 text; ")
     assert f"e.g. {train}:2 labels it 'ham', {held}:1 'spam')" in note
+
+
+def test_texts_repeated_among_the_training_rows_are_noted_with_counts(smollm2_tokenizer, tmp_path):
+    """A text given in several training rows (snips' 'find movie times' 13 times) was noted only where a copy fell in
+    the eval split, or where its labels differed: each copy trains again, and one held out is scored on a text the
+    head trained on. The data report now counts the copies, the texts and the most repeated one; with
+    data.eval_fraction the rows of both sides are the training file's."""
+    rows = [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(12)]
+    rows += [{"text": "text 1", "label": "b"}, {"text": "text 1", "label": "b"}, {"text": "text 2", "label": "a"}]
+    rows.append({"text": "text 3", "label": "a"})  # labelled otherwise: note_conflicting's, not a copy
+    path = _write(tmp_path / "d.jsonl", rows)
+    for over in ({}, {"data.eval_fraction": 0.2}):
+        (note,) = [n for n in _build(smollm2_tokenizer, path, **over).report.notes if "repeat another row" in n]
+        assert note.startswith(
+            f"3 of the 16 rows of the training files repeat another row word for word, text and label (2 texts given "
+            f"more than once, e.g. {path}:13 repeats {path}:2; the most repeated, 'text 1', 3 times)"
+        )
+    assert not any(
+        "repeat the input" in n for n in _build(smollm2_tokenizer, _write(tmp_path / "u.jsonl", rows[:12])).report.notes
+    )

@@ -209,6 +209,33 @@ def text_and_label(item: Labelled) -> tuple[str, str] | None:
     return json.dumps(dataclasses.asdict(item.input), sort_keys=True), label_key(item.label)
 
 
+def note_repeated_texts(items: list[Labelled], report: DataReport) -> None:
+    """A note in `report` when rows of the training files repeat another row word for word, text and label (a text
+    labelled otherwise is `note_conflicting`'s), with how many rows, how many texts and the most repeated one: each
+    copy trains again, weighing its text more, and where data.eval_fraction holds a copy out, the eval accuracy
+    scores a text the head trained on, above what it does on new ones."""
+    files = {path: k for k, path in enumerate(dict.fromkeys(item.path for item in items))}
+    groups: dict[tuple[str, str], list[Labelled]] = {}
+    for item in sorted(items, key=lambda item: (files[item.path], item.line)):  # the split's two sides in file order
+        if (key := text_and_label(item)) is not None:
+            groups.setdefault(key, []).append(item)
+    repeated = [group for group in groups.values() if len(group) > 1]
+    if not repeated:
+        return
+    copies = sum(len(group) - 1 for group in repeated)
+    most = max(repeated, key=len)
+    shown = most[0].input.text if most[0].input.text is not None else most[0].input.messages[-1].get("content", "")
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    first = min(repeated, key=lambda group: (files[group[1].path], group[1].line))  # the first copy of the files
+    report.notes.append(
+        f"{copies} of the {len(items)} rows of the training files repeat another row word for word, text and label "
+        f"({counted(len(repeated), 'text')} given more than once, e.g. {location(first[1].path, first[1].line)} "
+        f"repeats {location(first[0].path, first[0].line)}; the most repeated, {shown!r}, {len(most)} times): each "
+        "copy trains again, weighing its text more, and a copy held out for eval is scored on a text the head "
+        "trained on, so the eval accuracy reads higher than on new texts; remove the copies (keep one row a text)"
+    )
+
+
 def refuse_label_spellings(items: list[Labelled]) -> None:
     """DataError when training labels differ only in case, spacing or the way a number is written ('Spam' and 'spam',
     1 and 1.0): each spelling would train as a class of its own, splitting one class's rows between them."""
@@ -353,6 +380,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
         )
     refuse_label_spellings(items + held if report.eval_source == "fraction" else items)  # the training files' rows
     note_conflicting(items + held, report, text_and_label, kind="label")
+    note_repeated_texts(items + held if report.eval_source == "fraction" else items, report)
     report.template = template.name if chat else "none (text only)"
     args = (tokenizer, template, d.max_length, d.overlong, report)
     train = to_rows(items, labels, {}, *args, skip_unseen=False, text_format=text_format)
