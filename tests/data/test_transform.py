@@ -99,3 +99,24 @@ def test_the_rows_of_one_record_are_held_out_together():
     assert len(split_eval(plain, 0.2, 0)[1]) == 6
     with pytest.raises(DataError, match="held out together"):
         split_eval(examples[:3], 0.2, 0)
+
+
+def test_every_row_made_of_a_record_is_compared_for_answers_that_disagree():
+    """The check of prompts answered otherwise took a record's first row alone (one record, one row, as two sources
+    of one file read it): a row data.transform made second was never compared. Each row is now, and two sources
+    reading the same record still count it once."""
+    from tunelab.data.formats import Example
+    from tunelab.data.loader import note_conflicting
+
+    def chat(answer, question="Q?"):
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+    tree = [Example(chat("first", "Q0?"), None, "t.jsonl", Made(1, 1, 2))]
+    tree.append(Example(chat("A"), None, "t.jsonl", Made(1, 2, 2)))
+    other = Example(chat("B"), None, "t.jsonl", 2)
+    report = DataReport()
+    note_conflicting([*tree, other], report)
+    assert len(report.notes) == 1 and "2 of the 3 examples ask what another asks" in report.notes[0]
+    report = DataReport()
+    note_conflicting([tree[1], tree[1], Example(chat("A"), None, "t.jsonl", 3)], report)  # one record read twice
+    assert report.notes == []

@@ -321,13 +321,13 @@ def note_conflicting(
     two answers, a text with two labels (`kind`: label; the items have a `label`). `asked(item)` gives (what it asks,
     its answer), or None where it asks nothing to compare. Items of one record (two mixture sources of one file) are one row, not a
     conflict. The items are Examples, or another task's items (with `path` and `line`)."""
-    groups: dict[str, list[tuple[str, Any]]] = {}  # what is asked -> (answer, item), one item a record
-    places = {(item.path, item.line) for item in items}
-    seen: set[tuple[str, int]] = set()
+    groups: dict[str, list[tuple[str, Any]]] = {}  # what is asked -> (answer, item), one item a row of a record
+    places = {_row_place(item) for item in items}
+    seen: set[tuple[str, int, int]] = set()
     for item in items:
         pair = asked(item)
-        if pair is not None and (item.path, item.line) not in seen:
-            seen.add((item.path, item.line))
+        if pair is not None and _row_place(item) not in seen:
+            seen.add(_row_place(item))
             groups.setdefault(pair[0], []).append((pair[1], item))
     conflicts = [group for group in groups.values() if len({answer for answer, _ in group}) > 1]
     if not conflicts:
@@ -348,6 +348,12 @@ def note_conflicting(
             f"({shown} and {other}{', ...' if more else ''}): the model learns a blend of the answers; correct or "
             "remove a wrong one (alternatives meant as such, as the branches of a conversation tree, can stay)"
         )
+
+
+def _row_place(item) -> tuple[str, int, int]:
+    """An item's record and which of the rows data.transform made of it (`Made`; 1 for a record of one row): the rows
+    of one record are compared with each other and with the others, a record read by two sources is one."""
+    return item.path, int(item.line), item.line.row if isinstance(item.line, Made) else 1
 
 
 def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template, report: DataReport, transform):
