@@ -4,7 +4,9 @@ client: test_deployment).
 
 The federations start Ray and a worker per client, tens of seconds each on two cores, so each runs once and the tests
 read it: the model is the tiny one with a zero embedding row (model.fix_untrained_tokens repairs it on the server and
-on every client), and the third round's eval loss is scripted (train.keep_best then keeps round 2).
+on every client), and the third round's eval loss is scripted (train.keep_best then keeps round 2). The uninterrupted
+federation and the one stopped after its first round run side by side (each a Ray cluster of its own): most of a
+federation's time is its processes starting, which leaves the cores idle.
 
 Each federation runs in its own process (as a user runs it), so Ray never starts inside the test process. What
 starts no federation (bad input, a resume with no round left) runs the CLI's `main` here, with `simulate` replaced
@@ -31,14 +33,15 @@ import tunelab.federated.run as federated_run  # noqa: E402
 from tunelab.cli import main  # noqa: E402
 
 
-def _federate(*args, wait=True):
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+def _env() -> dict[str, str]:
+    return os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+
+
+def _federate(*args, wait=True, out=subprocess.DEVNULL):
     command = [sys.executable, "-m", "tunelab.cli", "federate", *map(str, args)]
     if wait:
-        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    return subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
-    )
+        return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)
+    return subprocess.Popen(command, stdout=out, stderr=out, env=_env(), start_new_session=True)
 
 
 @pytest.fixture
@@ -71,17 +74,52 @@ sys.exit(main(["federate", *sys.argv[2:]]))
 def _federate_scripted(losses: str, *args):
     script = Path(args[0]).parent / "scripted.py"
     script.write_text(SCRIPTED_EVAL)
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
     command = [sys.executable, str(script), losses, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)
+
+
+def _stop_after_round_1(process: subprocess.Popen, state: Path) -> None:
+    """Kill the federation `process` (the server and every worker it started) once its federated.json records a
+    round done: a server stopped between rounds, with nothing of its own to finish."""
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            if state.is_file() and json.loads(state.read_text())["rounds_done"] >= 1:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, zero_row_model_dir, federate_config_module):
-    """2 clients x 2 rounds through the CLI, never stopped, on the tiny model with a zero row."""
-    folder = tmp_path_factory.mktemp("federate")
-    done = _federate(federate_config_module(folder, zero_row_model_dir[0]))
-    return folder / "run", done
+def federations(tmp_path_factory, zero_row_model_dir, federate_config_module):
+    """2 clients x 2 rounds through the CLI on the tiny model with a zero row, twice at once: ("uninterrupted": its
+    run directory and finished process, "stopped": the config of the same federation killed after round 1)."""
+    straight, stopped = tmp_path_factory.mktemp("federate"), tmp_path_factory.mktemp("federate-stopped")
+    config = federate_config_module(straight, zero_row_model_dir[0])
+    stopped_config = federate_config_module(stopped, zero_row_model_dir[0])
+    with (straight / "stdout.txt").open("w+") as out, (straight / "stderr.txt").open("w+") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tunelab.cli", "federate", str(config)],
+            stdout=out, stderr=err, text=True, env=_env(), start_new_session=True,
+        )  # fmt: skip
+        try:
+            _stop_after_round_1(_federate(stopped_config, wait=False), stopped / "run" / "federated.json")
+            process.wait(timeout=600)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        out.seek(0), err.seek(0)
+        done = subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read())
+    return {"uninterrupted": (straight / "run", done), "stopped": stopped_config}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(federations):
+    """2 clients x 2 rounds through the CLI, never stopped: its run directory and finished process."""
+    return federations["uninterrupted"]
 
 
 @pytest.mark.slow
@@ -146,27 +184,15 @@ def test_two_clients_two_rounds_through_the_cli(uninterrupted, zero_row_model_di
 
 
 @pytest.mark.slow
-def test_resume_after_the_server_is_stopped(
-    uninterrupted, tmp_path, zero_row_model_dir, federate_config, no_simulation, capsys
-):
-    config = federate_config(tmp_path, zero_row_model_dir[0])
-    process = _federate(config, wait=False)
-    state = tmp_path / "run" / "federated.json"
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and process.poll() is None:
-            if state.is_file() and json.loads(state.read_text())["rounds_done"] >= 1:
-                break
-            time.sleep(0.05)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the server and every worker it started
-        process.wait()
+def test_resume_after_the_server_is_stopped(federations, uninterrupted, no_simulation, capsys):
+    config = federations["stopped"]  # killed once its first round was done, beside the uninterrupted federation
+    state = config.parent / "run" / "federated.json"
     assert json.loads(state.read_text())["rounds_done"] == 1, "the run ended before it could be stopped"
 
     done = _federate(config, "--resume")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resuming" in done.stdout
-    run = tmp_path / "run"
+    run = config.parent / "run"
     assert [r["round"] for r in _round_records(run)] == [0, 1, 2]  # no round twice
     assert json.loads(state.read_text())["rounds_done"] == 2
     # the same rounds as the uninterrupted run: data order, learning rate and seeds are functions of the round
