@@ -1,6 +1,6 @@
 """`tunelab federate` end to end on a tiny model: the real CLI, Flower's simulation engine (Ray), 2 clients x 2
-rounds; a server killed after round 1 and resumed, then given a third round; bad input giving exit code 2 (a failing
-client: test_deployment).
+rounds; a server killed after round 1 and resumed, then given a third round (its server's side); bad input giving
+exit code 2 (a failing client: test_deployment).
 
 The federations start Ray and a worker per client, tens of seconds each on two cores, so each runs once and the tests
 read it: the model is the tiny one with a zero embedding row (model.fix_untrained_tokens repairs it on the server and
@@ -10,7 +10,9 @@ federation's time is its processes starting, which leaves the cores idle.
 
 Each federation runs in its own process (as a user runs it), so Ray never starts inside the test process. What
 starts no federation (bad input, a resume with no round left) runs the CLI's `main` here, with `simulate` replaced
-by a failure so that it cannot start Ray by mistake."""
+by a failure so that it cannot start Ray by mistake; so does the third round, with `simulate` replaced by the
+ServerApp's rounds without Flower's transport (a federation's start is the file's cost, and what the third round
+checks is the server's: its config.yaml, federated.json, run.json and train.keep_best's choice)."""
 
 import json
 import os
@@ -59,23 +61,26 @@ def _round_records(run: Path) -> list[dict]:
     return [r for r in records if "client" not in r]
 
 
-# `tunelab federate` with the server's eval losses of the rounds it runs given on the command line, the first round
-# it runs first: which round train.keep_best keeps then does not hang on what a tiny model happens to learn.
-SCRIPTED_EVAL = """
-import sys
-from tunelab.cli import main
-from tunelab.federated import server
-losses = iter(float(x) for x in sys.argv[1].split(","))
-server.evaluate = lambda model, batches: next(losses)
-sys.exit(main(["federate", *sys.argv[2:]]))
-"""
+def _one_round_more_in_this_process(monkeypatch, applied_round) -> None:
+    """`simulate` in this process, for a resume asking for one round more: the ServerApp's own rounds (run_federation:
+    evaluation, keep_best, checkpoints, config.yaml, federated.json, run.json) with Flower's transport replaced by a
+    round whose applied update moves every tensor of the global adapter, and the server's eval loss of that round
+    scripted (99.0, the worst): which round train.keep_best keeps then does not hang on what a tiny model learns."""
+    from tunelab.federated import rounds, server
+    from tunelab.federated.payload import from_record, to_record
 
+    def start(self, *, grid, initial_arrays, num_rounds, timeout, evaluate_fn):
+        assert evaluate_fn(0, initial_arrays) is None  # resumed: the adapter it resumes from is not scored again
+        for r in range(1, num_rounds + 1):
+            applied_round(self, r)
+            evaluate_fn(r, to_record({k: v + 0.01 for k, v in from_record(initial_arrays).items()}))
 
-def _federate_scripted(losses: str, *args):
-    script = Path(args[0]).parent / "scripted.py"
-    script.write_text(SCRIPTED_EVAL)
-    command = [sys.executable, str(script), losses, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)
+    def simulate(resolved, clients, resume):
+        server.run_federation(None, resolved, len(clients), [c.name for c in clients], resume=resume)
+
+    monkeypatch.setattr(rounds.Recorded, "start", start)
+    monkeypatch.setattr(server, "evaluate", lambda model, batches: 99.0)
+    monkeypatch.setattr(federated_run, "simulate", simulate)
 
 
 def _stop_after_round_1(process: subprocess.Popen, state: Path) -> None:
@@ -184,7 +189,9 @@ def test_two_clients_two_rounds_through_the_cli(uninterrupted, zero_row_model_di
 
 
 @pytest.mark.slow
-def test_resume_after_the_server_is_stopped(federations, uninterrupted, no_simulation, capsys):
+def test_resume_after_the_server_is_stopped(
+    federations, uninterrupted, no_simulation, monkeypatch, applied_round, capsys
+):
     config = federations["stopped"]  # killed once its first round was done, beside the uninterrupted federation
     state = config.parent / "run" / "federated.json"
     assert json.loads(state.read_text())["rounds_done"] == 1, "the run ended before it could be stopped"
@@ -209,9 +216,11 @@ def test_resume_after_the_server_is_stopped(federations, uninterrupted, no_simul
     # more rounds may be asked for on resume; config.yaml, federated.json and run.json then say so
     losses = [r["eval_loss"] for r in _round_records(run)]
     assert losses[2] < losses[1] < losses[0], losses  # the real losses: each round learnt
-    done = _federate_scripted("99.0", config, "--resume", "--federated.rounds", "3")  # round 3's loss: the worst
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "resume: federated.rounds: 2 -> 3" in done.stdout and "round 3/3 | eval loss 99.0000" in done.stdout
+    # the server's side of it, in this process: the real clients' side of a resume is the federation resumed above
+    _one_round_more_in_this_process(monkeypatch, applied_round)
+    assert main(["federate", str(config), "--resume", "--federated.rounds", "3"]) == 0  # round 3's loss: the worst
+    out = capsys.readouterr().out
+    assert "resume: federated.rounds: 2 -> 3" in out and "round 3/3 | eval loss 99.0000" in out
     assert yaml.safe_load((run / "config.yaml").read_text())["federated"]["rounds"] == 3
     assert json.loads(state.read_text())["rounds"] == json.loads(state.read_text())["rounds_done"] == 3
     info = json.loads((run / "run.json").read_text())
@@ -229,7 +238,7 @@ def test_resume_after_the_server_is_stopped(federations, uninterrupted, no_simul
     assert any(not torch.equal(result[k], third[k]) for k in result)
     assert (
         f"keep_best: round 2 had the lowest eval loss ({losses[2]:.4f}); its global adapter is the result "
-        "(the last round, 3, had 99.0000)" in done.stdout
+        "(the last round, 3, had 99.0000)" in out
     )
 
 
