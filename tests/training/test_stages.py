@@ -3,6 +3,7 @@
 resumed equals the uninterrupted one; bad stages are refused before anything is written."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -152,27 +153,32 @@ def test_continue_merge_starts_a_fresh_adapter_after_a_run_that_started_from_one
     assert all(not v.any() for k, v in second.items() if "lora_B" in k)  # a fresh adapter: B starts at zero
 
 
-@pytest.mark.parametrize("moved", [False, True])
-def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, crash_at, capsys, moved):
-    """moved: the interrupted run is moved to another folder before --resume. Stage 2's saved config named stage 1
-    by the old folder's path, so --resume refused it as another adapter."""
+def test_resume_inside_stage_two_equals_the_uninterrupted_run(staged, tmp_path, crash_at, capsys):
+    """Resumed where it stopped, and moved to another folder before --resume: stage 2's saved config named stage 1 by
+    the old folder's path, so --resume refused the moved run as another adapter. One interrupted run, copied, serves
+    both (the copy takes the interrupted run's place once the moved one has been resumed)."""
     straight = train(None, staged | {"output_dir": str(tmp_path / "straight")})
     with crash_at(5):  # stage 2's second step, after its checkpoint of step 1
         train(None, staged | {"output_dir": str(tmp_path / "resumed")})
-    if moved:
-        (tmp_path / "resumed").rename(tmp_path / "moved")
-    where = str(tmp_path / ("moved" if moved else "resumed"))
-    resumed = train(None, staged | {"output_dir": where}, resume=True)
-    if moved:
-        assert "the run was moved; its saved config now names this run's stages" in capsys.readouterr().out
-        saved = yaml.safe_load((resumed.run_dir / "stage-2" / "config.yaml").read_text())
-        assert saved["model"]["adapter"] == str(tmp_path / "moved" / "stage-1")
-    a, b = _adapter(straight.run_dir), _adapter(resumed.run_dir)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (
-        json.loads((resumed.run_dir / "run.json").read_text())["extra"]["forgetting"]
-        == json.loads((straight.run_dir / "run.json").read_text())["extra"]["forgetting"]
-    )
+    shutil.copytree(tmp_path / "resumed", tmp_path / "copy")
+    for moved in (True, False):
+        if moved:
+            (tmp_path / "resumed").rename(tmp_path / "moved")
+        else:
+            (tmp_path / "copy").rename(tmp_path / "resumed")  # the interrupted run, where it stopped
+        where = str(tmp_path / ("moved" if moved else "resumed"))
+        capsys.readouterr()
+        resumed = train(None, staged | {"output_dir": where}, resume=True)
+        if moved:
+            assert "the run was moved; its saved config now names this run's stages" in capsys.readouterr().out
+            saved = yaml.safe_load((resumed.run_dir / "stage-2" / "config.yaml").read_text())
+            assert saved["model"]["adapter"] == str(tmp_path / "moved" / "stage-1")
+        a, b = _adapter(straight.run_dir), _adapter(resumed.run_dir)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), moved
+        assert (
+            json.loads((resumed.run_dir / "run.json").read_text())["extra"]["forgetting"]
+            == json.loads((straight.run_dir / "run.json").read_text())["extra"]["forgetting"]
+        ), moved
 
 
 @pytest.mark.parametrize(
@@ -550,13 +556,35 @@ def test_a_stage_continues_its_predecessor_by_an_absolute_path(staged, tmp_path,
     assert plans[1].origins["model.adapter"] == "stage 1's result"  # the printed config said "(default)"
 
 
-def test_a_moved_staged_run_opens_over_its_own_merged_stage(staged, tmp_path):
-    """After continue: merge, run.json named stage 1's merged model by its absolute path: a staged run moved to
-    another folder could not be opened by compare, chat or eval (the base was gone). It is found inside the run."""
+def _base_is_the_start_model(run_dir, tiny_model_dir) -> None:
+    """compare, chat and eval put the adapter switched off beside the tuned model as "base": the model the run
+    started from."""
+    from tunelab.infer.run import open_run
+
+    run = open_run(run_dir, device="cpu")
+    ids = torch.randint(0, 200, (1, 7))
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    run.check_base()
+    with torch.no_grad(), run.base_model() as base:
+        torch.testing.assert_close(base(ids).logits, start(ids).logits)
+    assert run.base_info.base_model == str(tiny_model_dir)
+
+
+def test_the_base_beside_a_staged_run_is_the_model_it_started_from(staged, tiny_model_dir):
+    """continue: adapter (the default); continue: merge in the test below, on the run it trains."""
+    _base_is_the_start_model(train(None, staged | {"model.device": "cpu"}).run_dir, tiny_model_dir)
+
+
+def test_a_merged_staged_run_opens_beside_the_model_it_started_from_and_moved(staged, tmp_path, tiny_model_dir):
+    """After continue: merge, compare, chat and eval put the adapter switched off, which is stage 1's merged model,
+    beside the tuned one as "base": the question "what did the run change" was answered for the last stage only.
+    And run.json named stage 1's merged model by its absolute path: a staged run moved to another folder could not be
+    opened by compare, chat or eval (the base was gone). It is found inside the run. One run, trained once, for both."""
     from tunelab.infer.run import open_run
 
     staged["stages"][1] |= {"continue": "merge", "method": {"r": 8}}
     result = train(None, staged | {"model.device": "cpu"})
+    _base_is_the_start_model(result.run_dir, tiny_model_dir)
     ids = torch.randint(0, 200, (1, 7))
     before = open_run(result.run_dir, device="cpu").model(ids).logits
     moved = tmp_path / "moved"
@@ -565,24 +593,6 @@ def test_a_moved_staged_run_opens_over_its_own_merged_stage(staged, tmp_path):
     assert info.base_model == str((moved / "stage-1" / "merged").absolute())
     assert read_info(moved / "stage-2").base_model == info.base_model
     torch.testing.assert_close(open_run(moved, device="cpu").model(ids).logits, before)
-
-
-@pytest.mark.parametrize("follow", ["adapter", "merge"])
-def test_the_base_beside_a_staged_run_is_the_model_it_started_from(staged, tiny_model_dir, follow):
-    """After continue: merge, compare, chat and eval put the adapter switched off, which is stage 1's merged model,
-    beside the tuned one as "base": the question "what did the run change" was answered for the last stage only."""
-    from tunelab.infer.run import open_run
-
-    if follow == "merge":
-        staged["stages"][1] |= {"continue": "merge", "method": {"r": 8}}
-    result = train(None, staged | {"model.device": "cpu"})
-    run = open_run(result.run_dir, device="cpu")
-    ids = torch.randint(0, 200, (1, 7))
-    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    run.check_base()
-    with torch.no_grad(), run.base_model() as base:
-        torch.testing.assert_close(base(ids).logits, start(ids).logits)
-    assert run.base_info.base_model == str(tiny_model_dir)
 
 
 @pytest.mark.parametrize(
