@@ -1,10 +1,9 @@
-"""Task grpo: the group advantages, the clipped loss and the k3 KL against hand computations, the rewards (built-ins,
-module:function, failures stopped or skipped), a seeded rollout drawn twice, a CLI run on a tiny model, resume, and
-bad input."""
+"""Task grpo: the group advantages, the clipped loss and the k3 KL against hand computations, a seeded rollout drawn
+twice, reward failures stopped or skipped, a CLI run on a tiny model, resume, and bad input. The rewards themselves:
+test_grpo_rewards.py."""
 
 import json
 import math
-import re
 
 import pytest
 import torch
@@ -12,102 +11,21 @@ from safetensors.torch import load_file
 
 import tunelab.training.recipe as recipe
 from tunelab.cli import main
-from tunelab.config import MethodConfig, ModelConfig, RewardSpec, load_config
-from tunelab.errors import ConfigError, DataError
+from tunelab.config import MethodConfig, ModelConfig, load_config
+from tunelab.errors import DataError
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.tasks import get_task
-from tunelab.tasks import rewards as R
 from tunelab.tasks.grpo import RewardError, group_advantages, tied_groups, token_losses
-from tunelab.tasks.head_run import load_reward_model
 from tunelab.tasks.log_probs import token_log_probs
 from tunelab.training.build import build_model
 
-REWARD_MODULE = '''
-def letters(prompt, answer, row):
-    """A reward with spread on random answers: the share of distinct characters."""
-    return len(set(answer)) / (1 + len(answer))
-
-def broken(prompt, answer, row):
-    raise ValueError("no score for " + row["expected"])
-
-def text(prompt, answer, row):
-    return "high"
-
-def first_fails(prompt, answer, row):
-    if row["expected"] == "1":
-        raise ValueError("no score for 1")
-    return 1.0
-
-def as_tensor(prompt, answer, row):
-    import torch
-    return torch.tensor(len(answer) / 10)
-
-def as_array(prompt, answer, row):
-    import numpy
-    return numpy.array(0.25)
-
-def as_vector(prompt, answer, row):
-    import torch
-    return torch.tensor([0.5])
-
-def leaves(prompt, answer, row):
-    import sys
-    sys.exit(1)
-
-def huge(prompt, answer, row):
-    return 1e308
-
-def enormous(prompt, answer, row):
-    return 10**400
-
-def two(prompt, answer):
-    return 1.0
-
-async def later(prompt, answer, row):
-    return 1.0
-
-def flexible(prompt, answer, *rest, **more):
-    return 1.0
-'''
-
-
-@pytest.fixture
-def reward_module(tmp_path, monkeypatch):
-    (tmp_path / "grpo_test_rewards.py").write_text(REWARD_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "grpo_test_rewards"
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+from .grpo_setup import grpo_overrides, grpo_task, write_rows
 
 
 @pytest.fixture
 def prompt_file(tmp_path):
     rows = [{"prompt": f"What is {i} plus {i + 1}?", "expected": str(2 * i + 1)} for i in range(12)]
-    return _write(tmp_path / "prompts.jsonl", rows)
-
-
-def _overrides(model_dir, tmp_path, data, module, **extra):
-    return {
-        "task": "grpo",
-        "model.name": str(model_dir),
-        "data.train": [data],
-        "data.max_length": 64,
-        "method.r": 4,
-        "grpo.num_generations": 3,
-        "grpo.prompts_per_step": 2,
-        "grpo.max_new_tokens": 6,
-        "grpo.rewards": [{"kind": "function", "function": f"{module}:letters"}, {"kind": "contains", "weight": 0.5}],
-        "train.micro_batch": 4,
-        "train.lr": 1e-2,
-        "train.max_steps": 3,
-        "output_dir": str(tmp_path / "run"),
-    } | extra
-
-
-# ---------------------------------------------------------------- maths by hand
+    return write_rows(tmp_path / "prompts.jsonl", rows)
 
 
 def test_group_advantages_by_hand():
@@ -163,154 +81,11 @@ def test_at_ratio_one_the_surrogate_gradient_is_the_policy_gradient():
 
 
 # ---------------------------------------------------------------- rewards
-
-
-def _sample(answer, expected="42", tokens=5, prompt="What is 40 plus 2?"):
-    return R.Sample(prompt, answer, {"prompt": prompt, "expected": expected}, tokens, "f.jsonl:1")
-
-
-def _scores(entry, samples):
-    (spec,) = R.specs([entry])
-    values, failures = R.score([R.build(spec)], samples)
-    return values[:, 0].tolist(), failures
-
-
-def test_built_in_rewards():
-    answers = [_sample("The result is 42."), _sample("It is 41"), _sample("  answer: 42 ."), _sample("ANSWER: 42")]
-    assert _scores("contains", answers)[0] == [1.0, 0.0, 1.0, 1.0]
-    assert _scores("equals", [_sample(" 42. "), _sample("42 apples")])[0] == [1.0, 0.0]
-    final = RewardSpec(kind="equals", pattern=r"answer:\s*(\d+)")
-    assert _scores(final, [_sample("answer: 7\nanswer: 42"), _sample("answer: 41"), _sample("42")])[0] == [1, 0, 0]
-    fmt = RewardSpec(kind="regex", pattern=r"(?i)answer: \d+\s*$")
-    assert _scores(fmt, answers)[0] == [0.0, 0.0, 0.0, 1.0]  # "42 ." does not end in digits
-    length = RewardSpec(kind="length", max_tokens=4)
-    assert _scores(length, [_sample("a", tokens=3), _sample("a", tokens=4), _sample("a", tokens=6)])[0] == [0, 0, -0.5]
-    assert _scores(RewardSpec(kind="contains", column="gold"), [R.Sample("p", "x 7", {"gold": 7}, 2, "w")])[0] == [1]
-    # a whole phrase, as tunelab eval scores: a substring test rewarded 142 and 1,042 for 42
-    whole = [_sample("It is 142."), _sample("It is 1,042"), _sample("42!"), _sample("(42)")]
-    assert _scores("contains", whole)[0] == [0.0, 0.0, 1.0, 1.0]
-
-
-def test_numbers_and_flags_in_expected_are_read_as_tunelab_eval_reads_them(tiny_model_dir, tmp_path, reward_module):
-    """`"expected": 1000.0` was the text '1000.0', so the answer '1000' earned nothing from contains and equals while
-    `tunelab eval` scored it right; true was refused ("not a text or number") while eval questions read it."""
-    floats = [_sample("It is 1000.", expected=1000.0), _sample("1000", expected=1000.0), _sample("1000.5", expected=1000.0)]  # fmt: skip
-    assert _scores("contains", floats)[0] == [1.0, 1.0, 0.0]
-    assert _scores("equals", floats)[0] == [0.0, 1.0, 0.0]
-    assert _scores("equals", [_sample("True", expected=True), _sample("2.5", expected=2.5)])[0] == [1.0, 1.0]
-    data = _write(
-        tmp_path / "p.jsonl", [{"prompt": "Is 7 prime?", "expected": True}, {"prompt": "2+2?", "expected": 4.0}]
-    )
-    _, built_data, _, _ = _task(tiny_model_dir, tmp_path, data, reward_module, **{"data.eval_fraction": 0.0})
-    assert len(built_data.train) == 2
-
-
-def test_an_empty_expected_text_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, reward_module):
-    """contains with an empty expected text gave every answer full credit; null became the text 'none'."""
-    for value in ("", "  ", None, [1, 2]):
-        data = _write(
-            tmp_path / "p.jsonl",
-            [{"prompt": "What is 1 plus 2?", "expected": "3"}, {"prompt": "Hi?", "expected": value}],
-        )
-        with pytest.raises(
-            DataError, match=r"p\.jsonl:2: 1 column \(expected\) empty, or not a text, a number or true/false"
-        ):
-            _task(tiny_model_dir, tmp_path, data, reward_module, **{"data.eval_fraction": 0.0})
-
-
-@pytest.mark.parametrize(
-    "spec, says",
-    [
-        (RewardSpec(kind="contains", pattern="x"), "(contains): kind contains does not read 'pattern'; it reads name"),
-        (RewardSpec(kind="regex", pattern="x", max_tokens=9), "(regex): kind regex does not read 'max_tokens'"),
-        (RewardSpec(kind="length", column="gold"), "(length): kind length does not read 'column'"),
-        (RewardSpec(kind="contains", column=" "), "(contains): 'column' is empty"),
-    ],
-)
-def test_keys_a_reward_does_not_read_are_refused(spec, says):
-    """A key the kind does not read (a pattern on contains) was ignored: the reward was not what the user wrote."""
-    with pytest.raises(ConfigError, match=re.escape(f"option 'grpo.rewards', entry 1 {says}")):
-        R.specs([spec])
-
-
-def test_user_function_rewards_and_their_failures(reward_module):
-    values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:letters"), [_sample("aab")])
-    assert values == pytest.approx([2 / 4]) and not failures
-    values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:broken"), [_sample("x")])
-    assert math.isnan(values[0]) and "raised ValueError: no score for 42" in failures[0].reason
-    _, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:text"), [_sample("x")])
-    assert "returned 'high' (str), not a number" in failures[0].reason
-    # a 0-d tensor or array (a reward computed with torch) is its value, as a numpy float is; a (1,) one is refused
-    values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:as_tensor"), [_sample("abcde")])
-    assert values == pytest.approx([0.5]) and not failures
-    values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:as_array"), [_sample("x")])
-    assert values == pytest.approx([0.25]) and not failures
-    _, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:as_vector"), [_sample("x")])
-    assert "returned Tensor of shape (1,), not a number; return one number" in failures[0].reason
-    with pytest.raises(ConfigError, match="has no function .missing."):
-        R.specs([RewardSpec(kind="function", function=f"{reward_module}:missing")])
-    with pytest.raises(ConfigError, match="module:function"):
-        R.specs([RewardSpec(kind="function", function="no_colon")])
-    with pytest.raises(ConfigError, match="allowed values"):
-        R.specs(["bleu"])
-    with pytest.raises(ConfigError, match="needs 'pattern'"):
-        R.specs(["regex"])
-    for name, says in (
-        ("leaves", "called sys.exit(1)"),  # it ended the run with exit 0 or 3, half written
-        ("huge", "returned 1e+308, beyond +-1e+06"),  # finite, but inf once summed in fp32: a traceback
-        ("enormous", "returned a number too large for a float"),  # OverflowError: a traceback
-    ):
-        values, failures = _scores(RewardSpec(kind="function", function=f"{reward_module}:{name}"), [_sample("x")])
-        assert math.isnan(values[0]) and failures[0].reason.startswith(says), failures
-    names = [s.name for s in R.specs(["contains", "contains", RewardSpec(kind="length", name="short")])]
-    assert names == ["contains", "contains2", "short"]
-
-
-def test_numpy_scalar_rewards_count_as_their_python_values():
-    """A reward function returning a numpy bool (`np.mean(x) > 0.5`) or numpy integer was a failure, "not a number",
-    that stopped the run, while a Python bool counted as 0/1; a numpy scalar now counts as its Python value."""
-    import numpy as np
-
-    got = [np.bool_(True), np.bool_(False), np.int64(3), np.uint8(2), np.float32(0.5), np.float16(0.25), True]
-    reward = R.Reward("numpy", 1.0, lambda samples: list(got))
-    values, failures = R.score([reward], [_sample("x")] * len(got))
-    assert not failures, failures
-    assert values[:, 0].tolist() == pytest.approx([1.0, 0.0, 3.0, 2.0, 0.5, 0.25, 1.0])
-    reward = R.Reward("numpy", 1.0, lambda samples: [np.str_("high"), np.complex64(1j), np.float64("nan")])
-    _, failures = R.score([reward], [_sample("x")] * 3)
-    assert [f.reason for f in failures] == [
-        "returned 'high' (str), not a number",
-        "returned 1j (complex), not a number",
-        "returned nan, not a finite number",
-    ]
-
-
-def test_a_reward_function_that_cannot_take_prompt_answer_row_is_refused_before_the_model_loads(reward_module):
-    """f(prompt, answer) and an async def passed every check and stopped the run at its first step's scoring, after
-    the model had loaded and sampled."""
-    with pytest.raises(ConfigError, match=r"entry 1: grpo_test_rewards:two\(prompt, answer\) cannot be called as f\("):
-        R.specs([RewardSpec(kind="function", function=f"{reward_module}:two")])
-    with pytest.raises(ConfigError, match=r"entry 2: grpo_test_rewards:later is an async function"):
-        R.specs(["contains", RewardSpec(kind="function", function=f"{reward_module}:later")])
-    assert R.specs([RewardSpec(kind="function", function=f"{reward_module}:flexible")])[0].name == "flexible"
-
-
 # ---------------------------------------------------------------- rollout
 
 
-def _task(tiny_model_dir, tmp_path, data, module, **extra):
-    cfg = load_config(None, _overrides(tiny_model_dir, tmp_path, data, module, **extra)).config
-    source = resolve_source(str(tiny_model_dir))
-    tokenizer = load_tokenizer(source)
-    task = get_task("grpo", cfg)
-    data = task.build_data(cfg, tokenizer, 0)
-    built = build_model(source, cfg.model, cfg.method)
-    task.prepare(built, data, cfg)
-    return task, data, built, tokenizer
-
-
 def test_rollout_is_seeded_by_the_step(tiny_model_dir, tmp_path, prompt_file, reward_module):
-    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module)
+    task, data, built, tok = grpo_task(tiny_model_dir, tmp_path, prompt_file, reward_module)
     group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=True, seed=0, epoch=0)[:1]
     a, b, c = (task.rollout(built.model, group, step, 4) for step in (5, 5, 6))
     assert len(a) == 2 and [x["input_ids"].shape[0] for x in a] == [4, 2]  # 2 prompts x 3 answers, micro-batch 4
@@ -324,7 +99,7 @@ def test_rollout_is_seeded_by_the_step(tiny_model_dir, tmp_path, prompt_file, re
     first = a[0]
     n = int((first["labels"][:, 1:] != -100).sum())
     assert "old" not in first and first["ref"].shape == (n,)  # no dropout: old is the training forward's own
-    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.dropout": 0.1})
+    task, data, built, tok = grpo_task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.dropout": 0.1})
     (first, _) = task.rollout(built.model, group, 5, 4)
     assert first["old"].shape == first["ref"].shape == (n,)
     assert torch.allclose(first["old"], first["ref"], atol=1e-5)  # an untrained adapter: the policy is the base
@@ -337,11 +112,11 @@ def test_rollout_is_seeded_by_the_step(tiny_model_dir, tmp_path, prompt_file, re
 
 def test_reward_failures_stop_or_skip(tiny_model_dir, tmp_path, prompt_file, reward_module, capsys):
     broken = [{"kind": "function", "function": f"{reward_module}:broken"}]
-    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.rewards": broken})
+    task, data, built, tok = grpo_task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.rewards": broken})
     group = task.make_batches(data.train, 4, tok.pad_token_id, shuffle=False, seed=0, epoch=0)[:1]
     with pytest.raises(RewardError, match=r"prompts\.jsonl:1: reward broken raised ValueError: no score for 1"):
         task.rollout(built.model, group, 0, 4)
-    task, data, built, tok = _task(
+    task, data, built, tok = grpo_task(
         tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.rewards": broken, "grpo.on_reward_error": "skip"}
     )
     # both groups skipped: the step had nothing to train on, and the loop crashed on it (IndexError); now it stops
@@ -351,7 +126,7 @@ def test_reward_failures_stop_or_skip(tiny_model_dir, tmp_path, prompt_file, rew
         task.rollout(built.model, group, 0, 4)
     # the eval leaves a failed answer out of its mean, and says and counts it (it was dropped silently)
     some = [{"kind": "function", "function": f"{reward_module}:first_fails"}]
-    task, data, built, tok = _task(
+    task, data, built, tok = grpo_task(
         tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.rewards": some, "grpo.on_reward_error": "skip"}
     )
     rows = sorted(data.train, key=lambda r: r.line)[:3]  # the first row's expected text is "1"
@@ -397,7 +172,7 @@ def test_cli_run_logs_rewards_and_saves_a_peft_adapter(tiny_model_dir, tmp_path,
 
 
 def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, straight_and_resumed, prompt_file, reward_module):
-    common = _overrides(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"train.max_steps": 4})
+    common = grpo_overrides(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"train.max_steps": 4})
     common |= {"train.save_every": 2, "data.eval_fraction": 0.25, "train.eval_every": 2, "method.dropout": 0.1}
     straight, resumed = straight_and_resumed(common, 3)  # dies in step 3, after the checkpoint of step 2
     a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
@@ -417,17 +192,19 @@ def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, straight_and_resu
 
 def test_bad_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, prompt_file, reward_module, capsys):
     base = ["train", "--task", "grpo", "--model.name", str(tiny_model_dir), "--output_dir", str(tmp_path / "r")]
-    bad = _write(tmp_path / "bad.jsonl", [{"prompt": "a", "expected": "1"}, {"question_text": "b", "expected": "2"}])
+    bad = write_rows(
+        tmp_path / "bad.jsonl", [{"prompt": "a", "expected": "1"}, {"question_text": "b", "expected": "2"}]
+    )
     assert main([*base, "--data.train", bad]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl:2" in err and "no prompt" in err and "Traceback" not in err
 
-    long = _write(tmp_path / "long.jsonl", [{"prompt": "word " * 200, "expected": "1"}])
+    long = write_rows(tmp_path / "long.jsonl", [{"prompt": "word " * 200, "expected": "1"}])
     assert main([*base, "--data.train", long, "--data.max_length", "32"]) == 2
     err = capsys.readouterr().err
     assert "long.jsonl:1" in err and "max_length" in err
 
-    no_key = _write(tmp_path / "nokey.jsonl", [{"prompt": "a"}])
+    no_key = write_rows(tmp_path / "nokey.jsonl", [{"prompt": "a"}])
     assert main([*base, "--data.train", no_key]) == 2
     assert "nokey.jsonl:1" in (err := capsys.readouterr().err) and "expected" in err
 
@@ -445,7 +222,7 @@ def test_bad_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, prompt_f
 
 
 def test_full_fine_tuning_reference_is_the_starting_weights(tiny_model_dir, tmp_path, prompt_file, reward_module):
-    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.name": "full"})
+    task, data, built, tok = grpo_task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.name": "full"})
     with torch.no_grad():  # the policy moves away from where it started
         for p in built.model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -464,7 +241,7 @@ def test_full_fine_tuning_reference_is_the_starting_weights(tiny_model_dir, tmp_
 def test_a_continued_adapter_is_the_reference_as_it_starts(tiny_model_dir, tmp_path, prompt_file, reward_module):
     """model.adapter (an SFT run; a grpo stage after an sft stage, continue: adapter): the KL term pulled towards the
     base with that adapter off, not towards the model the run starts from."""
-    cfg = load_config(None, _overrides(tiny_model_dir, tmp_path, prompt_file, reward_module)).config
+    cfg = load_config(None, grpo_overrides(tiny_model_dir, tmp_path, prompt_file, reward_module)).config
     cfg.model.adapter = "runs/sft"  # what prepare reads: the adapter below is the one the run starts from
     source = resolve_source(str(tiny_model_dir))
     tok = load_tokenizer(source)
@@ -495,78 +272,6 @@ def test_a_continued_adapter_is_the_reference_as_it_starts(tiny_model_dir, tmp_p
     assert torch.allclose(batch["ref"], starting, atol=1e-5)
 
 
-def test_a_reward_file_and_run_are_relative_to_the_config(tmp_path):
-    (tmp_path / "mine.py").write_text("def score(prompt, answer, row):\n    return float(len(answer))\n")
-    (tmp_path / "config.yaml").write_text(
-        "task: grpo\ngrpo:\n  rewards:\n    - {kind: function, function: 'mine.py:score'}\n"
-        "    - {kind: model, run: rm}\n    - contains\n"
-    )
-    rewards = load_config(tmp_path / "config.yaml").config.grpo.rewards
-    assert rewards[0].function == f"{tmp_path / 'mine.py'}:score" and rewards[1].run == str(tmp_path / "rm")
-    assert rewards[2] == "contains"
-    (spec,) = R.specs(rewards[:1])
-    assert R.build(spec).score([_sample("abc")]) == [3.0]
-
-
-def test_a_reward_run_scores_answers_as_its_reward_function(tiny_model_dir, tmp_path):
-    pairs = [{"prompt": f"Say {i}.", "chosen": f"{i}", "rejected": "no"} for i in range(8)]
-    run = recipe.train(
-        None,
-        {
-            "task": "reward",
-            "model.name": str(tiny_model_dir),
-            "data.train": [_write(tmp_path / "pairs.jsonl", pairs)],
-            "data.max_length": 64,
-            "method.r": 4,
-            "train.micro_batch": 4,
-            "train.max_steps": 2,
-            "output_dir": str(tmp_path / "rm"),
-        },
-    ).run_dir
-    (spec,) = R.specs([RewardSpec(kind="model", run=str(run), name="rm")])
-    samples = [
-        _sample("42", prompt="Say 42."),
-        _sample("no", prompt="Say 42."),
-        _sample("7", prompt=[{"role": "user", "content": "Say 7."}]),
-    ]
-    got = R.score([R.build(spec)], samples)[0][:, 0].tolist()
-    want = load_reward_model(run, device="cpu")(
-        ["Say 42.", "Say 42.", [{"role": "user", "content": "Say 7."}]], ["42", "no", "7"]
-    )
-    assert got == pytest.approx(want, rel=1e-6) and len(set(got)) == 3
-
-
-def test_a_reward_run_that_fails_to_load_is_named_by_its_option(tiny_model_dir, tmp_path):
-    """A reward run that passed the check but could not be loaded when the rollouts began (its config.json gone)
-    stopped with the run's own error, which did not say that grpo.rewards named it."""
-    pairs = [{"prompt": f"Say {i}.", "chosen": f"{i}", "rejected": "no"} for i in range(8)]
-    overrides = {"task": "reward", "model.name": str(tiny_model_dir), "data.max_length": 64, "method.r": 4}
-    overrides |= {"data.train": [_write(tmp_path / "pairs.jsonl", pairs)], "train.micro_batch": 4}
-    run = recipe.train(None, overrides | {"train.max_steps": 1, "output_dir": str(tmp_path / "rm")}).run_dir
-    (spec,) = R.specs([RewardSpec(kind="model", run=str(run), name="rm")])
-    (run / "config.json").unlink()
-    with pytest.raises(ConfigError, match=r"^option 'grpo.rewards', reward 'rm' \(kind model\): .*config.json"):
-        R.build(spec)
-
-
-def test_a_model_reward_that_is_not_a_finished_reward_run_is_named_as_its_entry(tiny_run_dir, tmp_path):
-    """An sft run as a reward model failed later with 'tunelab predict needs a classify or reward run'; a classify run
-    was loaded, its K label scores read as one reward."""
-    with pytest.raises(ConfigError, match=r"grpo.rewards', entry 1: run '.*' is an sft run; kind model scores answers"):
-        R.specs([RewardSpec(kind="model", run=str(tiny_run_dir))])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match=r"grpo.rewards', entry 1: run '.*empty' cannot be used: "):
-        R.specs([RewardSpec(kind="model", run=str(tmp_path / "empty"))])
-
-
-def test_a_reward_weight_that_would_overflow_the_totals_is_refused():
-    """weight 3e38 made the fp32 totals inf and the advantages NaN: steps skipped by the guard, exit 0."""
-    with pytest.raises(
-        ConfigError, match=r"option 'grpo.rewards', entry 1, key 'weight' is 3e\+38; it must be <= 1000000"
-    ):
-        load_config(None, {"task": "grpo", "grpo.rewards": [{"kind": "contains", "weight": 3e38}]})
-
-
 def _plain_log_probs(model, batch, temperature):
     """(n,) log softmax(logits / temperature) of the answer tokens, from the model's whole (B, T, V) logits."""
     out = model(
@@ -586,7 +291,7 @@ def test_log_probs_are_those_of_the_sampling_temperature(
     """Answers drawn from softmax(logits / grpo.temperature): the reference's log p and the loss's (ratio and KL) are
     of that distribution, as TRL computes them; at temperature 1 the loss and its gradients are bit for bit those of
     the plain log-probs."""
-    task, data, built, tok = _task(
+    task, data, built, tok = grpo_task(
         tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.temperature": temperature, "model.impl": impl}
     )
     model = built.model
@@ -600,7 +305,7 @@ def test_log_probs_are_those_of_the_sampling_temperature(
     trained = [p for p in model.parameters() if p.requires_grad]
     loss = task.loss(model, batch)[0]
     got = torch.autograd.grad(loss, trained)
-    cfg = load_config(None, _overrides(tiny_model_dir, tmp_path, prompt_file, reward_module)).config.grpo
+    cfg = load_config(None, grpo_overrides(tiny_model_dir, tmp_path, prompt_file, reward_module)).config.grpo
     logp, rows = token_log_probs(model, batch)  # the plain (temperature 1) log-probs, as before
     if temperature != 1:
         logp = _plain_log_probs(model, batch, temperature)
@@ -625,7 +330,7 @@ def test_top_p_shapes_the_sampling_only_and_is_said_so(tiny_model_dir, tmp_path,
 
     from tunelab.config import GrpoConfig
 
-    task, data, built, tok = _task(
+    task, data, built, tok = grpo_task(
         tiny_model_dir, tmp_path, prompt_file, reward_module, **{"grpo.top_p": 0.3, "grpo.temperature": 0.5}
     )
     model = built.model
@@ -654,7 +359,7 @@ def test_plan_sizes_the_samplers_kv_cache_from_the_longest_prompt(tiny_model_dir
     from tunelab.api import plan
 
     big = {"grpo.num_generations": 64, "grpo.prompts_per_step": 12, "grpo.max_new_tokens": 512}
-    overrides = _overrides(tiny_model_dir, tmp_path, prompt_file, reward_module, **big)
+    overrides = grpo_overrides(tiny_model_dir, tmp_path, prompt_file, reward_module, **big)
     report = plan(None, overrides, gpu_memory="4GiB")
     cfg = recipe.resolve(None, overrides).config
     inputs = recipe.load_inputs(cfg, get_task("grpo", cfg))
@@ -670,7 +375,7 @@ def test_a_dora_rollout_computes_each_weight_norm_once(
     whole sampling, and none in the reference's forward (the base: adapters off)."""
     from tunelab.peft.dora import DoRALinear
 
-    task, data, built, tok = _task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.name": "dora"})
+    task, data, built, tok = grpo_task(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.name": "dora"})
     layers = [m for m in built.model.modules() if isinstance(m, DoRALinear)]
     calls = []
     original = DoRALinear.weight_norm
@@ -680,7 +385,7 @@ def test_a_dora_rollout_computes_each_weight_norm_once(
     assert "ref" in batches[0]
     assert layers and sorted(map(id, calls)) == sorted(map(id, layers))
     # with dropout the old policy's forward runs the adapters over 2 micro-batches: each norm once more, not twice
-    task, data, built, tok = _task(
+    task, data, built, tok = grpo_task(
         tiny_model_dir, tmp_path, prompt_file, reward_module, **{"method.name": "dora", "method.dropout": 0.1}
     )
     layers = [m for m in built.model.modules() if isinstance(m, DoRALinear)]
