@@ -1,5 +1,6 @@
-"""`tunelab predict` of a reward run on a reasoning model's answers: the thought (`<think>...</think>` first) is not
-scored, as `tunelab eval` and grpo's rewards read answers, and the prediction keeps it apart, as eval.json does."""
+"""A reward run on a reasoning model's answers: the thought (`<think>...</think>` first) is not scored, as grpo's
+rewards read answers, wherever the reward model reads one (`tunelab predict`, `tunelab eval`'s pairs, the reward
+function from Python), and predictions and eval.json keep it apart."""
 
 import json
 
@@ -7,24 +8,20 @@ import pytest
 
 import tunelab
 from tunelab.errors import DataError
+from tunelab.eval.heads import evaluate_head_run
 from tunelab.infer.predict import format_predictions, predict, save_predictions
+from tunelab.tasks.head_run import load_reward_model
 
 THOUGHT = "They asked for kindness, so I should say something kind."
 ANSWER = "You are great 3"
 
 
-@pytest.fixture(scope="module")
-def reward_run(tiny_model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("reward")
-    rows = [
-        {"prompt": f"Say something kind {i}", "chosen": f"You are great {i}", "rejected": f"Go away {i}"}
-        for i in range(8)
-    ]
+def _train(model_dir, tmp, rows):
     data = tmp / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     overrides = {
         "task": "reward",
-        "model.name": str(tiny_model_dir),
+        "model.name": str(model_dir),
         "data.train": [str(data)],
         "data.max_length": 64,
         "method.r": 4,
@@ -34,6 +31,22 @@ def reward_run(tiny_model_dir, tmp_path_factory):
     }
     tunelab.train(None, overrides)
     return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def reward_run(tiny_model_dir, tmp_path_factory):
+    rows = [
+        {"prompt": f"Say something kind {i}", "chosen": f"You are great {i}", "rejected": f"Go away {i}"}
+        for i in range(8)
+    ]
+    return _train(tiny_model_dir, tmp_path_factory.mktemp("reward"), rows)
+
+
+@pytest.fixture(scope="module")
+def text_reward_run(tiny_model_dir, tmp_path_factory):
+    """A reward run trained on whole texts: it scores a prompt and its answer joined as one text."""
+    rows = [{"chosen": f"Say something kind {i} You are great {i}", "rejected": f"Go away {i}"} for i in range(8)]
+    return _train(tiny_model_dir, tmp_path_factory.mktemp("text_reward"), rows)
 
 
 def test_a_thought_is_not_scored_and_kept_apart(reward_run, tmp_path):
@@ -66,3 +79,45 @@ def test_a_thought_is_not_scored_and_kept_apart(reward_run, tmp_path):
 def test_an_answer_that_is_all_thought_is_refused_by_name(reward_run):
     with pytest.raises(DataError, match="answer 1: the answer is all thought"):
         predict(reward_run, prompt="Say something kind 3", answers=[f"<think>\n{THOUGHT}"], device="cpu")
+
+
+def test_a_run_of_texts_scores_an_answer_without_its_thought(text_reward_run):
+    """The prompt was joined to the answer before the thought was looked for, which then sat mid-text: it was scored."""
+    prompt = "Say something kind 3 "
+    thinking, plain = predict(
+        text_reward_run, prompt=prompt, answers=[f"<think>\n{THOUGHT}\n</think>\n\n{ANSWER}", ANSWER], device="cpu"
+    )
+    assert thinking.reward == pytest.approx(plain.reward, abs=1e-6)
+    assert (thinking.thought, plain.thought) == (THOUGHT, None)
+    assert thinking.input == plain.input == prompt + ANSWER
+
+
+def test_the_reward_function_scores_an_answer_without_its_thought(reward_run, text_reward_run):
+    """load_reward_model's function from Python (TRL's GRPOTrainer calls it so) scored the thought with the answer, as
+    grpo's `model` reward no longer does; an answer that is all thought is scored as the empty answer after it."""
+    for run in (reward_run, text_reward_run):
+        reward = load_reward_model(run, device="cpu")
+        prompts = ["Say something kind 3"] * 4
+        answers = [f"<think>{THOUGHT}</think>\n{ANSWER}", ANSWER, f"<think>\n{THOUGHT}", ""]
+        thinking, plain, all_thought, empty = reward(prompts, answers)
+        assert thinking == pytest.approx(plain, abs=1e-6) and all_thought == pytest.approx(empty, abs=1e-6)
+        assert plain != pytest.approx(reward(prompts[:1], [f"{THOUGHT}\n{ANSWER}"])[0], abs=1e-6)  # the thought counted
+
+
+def test_eval_scores_pairs_without_their_thoughts_and_keeps_them(reward_run, tmp_path):
+    """`tunelab eval` of a reward run scored each side's thought with its answer; it now scores the answers alone (the
+    margins of the pairs written without thoughts) and eval.json keeps the thoughts beside them."""
+    rows = [
+        {"prompt": f"Say something kind {i}", "chosen": f"You are great {i}", "rejected": f"Go away {i}"}
+        for i in range(3)
+    ]
+    thinking = [r | {"chosen": f"<think>{THOUGHT}</think>{r['chosen']}"} for r in rows]
+    plain_file, thinking_file = tmp_path / "plain.jsonl", tmp_path / "thinking.jsonl"
+    plain_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    thinking_file.write_text("".join(json.dumps(r) + "\n" for r in thinking))
+    plain = evaluate_head_run(reward_run, plain_file, device="cpu", save=False)
+    got = evaluate_head_run(reward_run, thinking_file, device="cpu", out=tmp_path / "eval.json")
+    assert got.tuned == pytest.approx(plain.tuned, abs=1e-6) and got.rows_read == 3
+    saved = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert [(r["chosen_thought"], r["rejected_thought"]) for r in saved] == [(THOUGHT, None)] * 3
+    assert all(THOUGHT not in r["chosen"] for r in saved)

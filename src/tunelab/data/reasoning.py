@@ -19,7 +19,8 @@ run's tokenizer, the answer is decoded with them (`special_think_ids`).
 
 The serve, chat, compare and eval commands read thoughts so, and so do grpo's rewards (tasks/rewards.py): those that
 check the answer (`contains`, `equals`, a reward model, a function) see it without its thought, as
-`tunelab eval` scores it; and `tunelab predict` of a reward run scores an answer without its thought.
+`tunelab eval` scores it. A reward model scores an answer without its thought wherever it reads one (`answer_apart`):
+its training and eval pairs, `tunelab predict`, and the reward function `load_reward_model` gives.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def split_thought(text: str) -> tuple[str | None, str]:
     score is the answer alone: a thought that mentions the expected text is no hit."""
     thought, answer = ThoughtReader().read(text, final=True)
     return thought, answer or ""
+
+
+def answer_apart(answer: str) -> tuple[str | None, str]:
+    """(the thought, the answer after it) of an answer a reward model scores (`split_thought`): the thought None,
+    and the answer as written, its whitespace kept, where it opens with none."""
+    thought, after = split_thought(answer)
+    return (None, answer) if thought is None else (thought, after)
 
 
 def _tail(text: str, marker: str) -> int:

@@ -15,7 +15,8 @@ classify  accuracy, macro-F1, per-class precision/recall/F1 and the confusion ma
           both give one accuracy on one file.
 reward    pairwise accuracy (r_chosen > r_rejected), mean margin and mean -log sigmoid(margin) over the file's
           preference pairs, beside the untrained head: the base model with the head the run started from (rebuilt
-          from the run's seed), which ranks pairs about as well as a coin.
+          from the run's seed), which ranks pairs about as well as a coin. A chat side's thought
+          (`<think>...</think>` before its answer) is not scored, as training did not score it; eval.json keeps it.
 """
 
 from __future__ import annotations
@@ -229,6 +230,8 @@ def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
             "where": w,
             "chosen": _shown(p.chosen),
             "rejected": _shown(p.rejected),
+            "chosen_thought": p.thoughts[0],  # a reasoning model's thought, not scored (None: none)
+            "rejected_thought": p.thoughts[1],
             "chosen_reward": float(rewards[i, 0]),
             "rejected_reward": float(rewards[n + i, 0]),
             "margin": float(margins[i]),

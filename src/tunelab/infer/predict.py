@@ -15,7 +15,6 @@ prediction keeps it in `thought`, as eval.json keeps an answer's.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import sys
@@ -23,14 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunelab.atomic import write_text
-from tunelab.data.reasoning import split_thought
+from tunelab.data.reasoning import answer_apart
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import is_plain_text, refuse_missing_file
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.places import check_output_file
 from tunelab.rundir import HEAD_TASKS, read_info
 from tunelab.tasks.classify import read_labelled
-from tunelab.tasks.head_data import Input, with_system
+from tunelab.tasks.head_data import Input, thought_apart, with_system
 from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_model: importable from here as before)
     HeadRun,
     RewardModel,
@@ -61,23 +60,22 @@ def _shown(item: Input) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in turns[-2:]) if len(turns) > 1 else turns[0]["content"]
 
 
-def _thought_apart(item: Input, where: str) -> tuple[Input, str | None]:
-    """(the input with its answer's thought left out, the thought) of a chat ending with the answer to score; an
-    input without one as it is. DataError naming `where` for an answer that is all thought: nothing is left to
-    score."""
-    last = item.messages[-1] if item.messages else None
-    if last is None or last["role"] != "assistant" or not isinstance(last["content"], str):
-        return item, None
-    thought, answer = split_thought(last["content"])
-    if thought is None:
-        return item, None
-    if not answer:
+def _refuse_all_thought(thought: str | None, answer: str, where: str) -> None:
+    """DataError naming `where` for an answer that is all thought: nothing is left to score."""
+    if thought is not None and not answer.strip():
         raise DataError(
             f"{where}: the answer is all thought (<think> without an answer after its </think>), and a thought is not "
             "scored: nothing is left to score. Give the answer the thought led to."
         )
-    messages = [*item.messages[:-1], {**last, "content": answer}]
-    return dataclasses.replace(item, messages=messages), thought
+
+
+def _thought_apart(item: Input, where: str) -> tuple[Input, str | None]:
+    """(the input with its answer's thought left out, the thought) of a chat ending with the answer to score
+    (`head_data.thought_apart`); DataError naming `where` for an answer that is all thought."""
+    scored, thought = thought_apart(item)
+    if thought is not None:
+        _refuse_all_thought(thought, scored.messages[-1]["content"], where)
+    return scored, thought
 
 
 def text_input(run: HeadRun, text: str) -> Input:
@@ -141,14 +139,18 @@ def predict(
                 "--prompt/--answer score answers with a reward run; this is a classify run: use --text (in Python: "
                 "prompt= and answers= score answers with a reward run; give a classify run texts=)."
             )
-        items += [(scored_input(run, prompt, a), f"answer {i + 1}", None) for i, a in enumerate(answers)]
-    if not items:
+    if not items and not answers:
         raise _nothing_to_predict(run.info.task)
     thoughts: list[str | None] = [None] * len(items)
     if run.info.task == "reward":  # the answer is scored without its thought
         apart = [_thought_apart(x, w) for x, w, _ in items]
         items = [(x, w, e) for (x, _), (_, w, e) in zip(apart, items)]
         thoughts = [t for _, t in apart]
+    for i, given in enumerate(answers or []):  # read apart before the prompt is joined to it (a run of texts)
+        thought, answer = answer_apart(given)
+        _refuse_all_thought(thought, answer, f"answer {i + 1}")
+        items.append((scored_input(run, prompt, answer), f"answer {i + 1}", None))
+        thoughts.append(thought)
     logits, _ = head_outputs(run.model, run, [x for x, _, _ in items], batch_size, [w for _, w, _ in items])
     if run.info.task == "reward":
         scored = zip(items, logits[:, 0], thoughts)

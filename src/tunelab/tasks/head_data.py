@@ -42,6 +42,7 @@ from tunelab.data.formats import (
     turn_name,
 )
 from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
+from tunelab.data.reasoning import answer_apart
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.report import DataReport, location, location_path
 from tunelab.data.sources import Record, headerless, read_records
@@ -69,6 +70,19 @@ class Input:
     @property
     def is_chat(self) -> bool:
         return self.messages is not None
+
+
+def thought_apart(item: Input) -> tuple[Input, str | None]:
+    """(the input with its answer's thought left out, the thought) of a chat ending with the assistant's answer: a
+    reward model scores the answer, not the thought a reasoning model writes before it (data/reasoning.py). An input
+    without one is given back as it is; one that is all thought keeps an empty answer."""
+    last = item.messages[-1] if item.messages else None
+    if last is None or last["role"] != "assistant" or not isinstance(last["content"], str):
+        return item, None
+    thought, answer = answer_apart(last["content"])
+    if thought is None:
+        return item, None
+    return dataclasses.replace(item, messages=[*item.messages[:-1], {**last, "content": answer}]), thought
 
 
 def column(row: dict, fields: dict[str, str], name: str, lenient: bool = False) -> str | None:

@@ -14,7 +14,8 @@ The reward function, for trainers that score sampled answers (GRPO):
 
 `prompts[i]` is a user message (str) or a conversation so far (list of {role, content}); `completions[i]` the answer
 text. Each pair is rendered as the chat prompt + assistant answer (a run trained on whole texts scores
-prompt + completion as one text), in batches of `batch_size`, without gradients.
+prompt + completion as one text), in batches of `batch_size`, without gradients. A reasoning model's thought
+(`<think>...</think>` first) is not scored: the answer after it is (data/reasoning.py `answer_apart`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from tunelab.config import DataConfig
+from tunelab.data.reasoning import answer_apart
 from tunelab.data.templates import Template, run_template
 from tunelab.errors import ConfigError, DataError, RunDirError, article, counted
 from tunelab.models.load import ModelSource, load_tokenizer, run_base
@@ -250,7 +252,8 @@ class RewardModel:
                 f"reward model: {counted(len(prompts), 'prompt')} but {counted(len(completions), 'completion')}; give "
                 "one each."
             )
-        inputs = [scored_input(self.run, p, c) for p, c in zip(prompts, completions)]
+        # the answer after its thought is scored (an answer that is all thought: an empty one), as grpo reads it
+        inputs = [scored_input(self.run, p, answer_apart(c)[1]) for p, c in zip(prompts, completions)]
         wheres = [
             f"reward model {self.run.run_dir}, answer {i + 1} of {len(inputs)} scored" for i in range(len(inputs))
         ]

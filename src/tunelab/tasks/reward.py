@@ -10,6 +10,9 @@ Rows hold `chosen` and `rejected` and, optionally, a prompt (`data.fields` maps 
   as {from: gpt, value} messages (`messages` in OpenAI spelling works the same);
 - no prompt: `chosen`/`rejected` are whole texts (e.g. Anthropic HH-RLHF's transcripts) or whole conversations.
 
+A reasoning model's thought (`<think>...</think>` before a chat side's answer, data/reasoning.py) is not scored: the
+head reads the answer after it, in training as in `tunelab eval`, `tunelab predict` and grpo's `model` reward.
+
 A batch holds the P chosen rows then the P rejected rows (one forward pass); `count` is P. Pairs whose two sides are
 the same, or with an empty side, are skipped and counted in the data report. Metrics: pairwise accuracy (the share
 of pairs with r_c > r_r; a tie counts as wrong) and the mean margin r_c - r_r.
@@ -56,6 +59,7 @@ from tunelab.tasks.head_data import (
     repeats_prompt,
     same_tokens,
     shared_prompt,
+    thought_apart,
     user_turns,
     with_system,
 )
@@ -69,10 +73,11 @@ LABELS = ["reward"]  # the head's one output, as id2label names it
 
 @dataclass
 class Pair:
-    chosen: Input
+    chosen: Input  # a chat side's answer without its thought (`head_data.thought_apart`)
     rejected: Input
     path: str
     line: int
+    thoughts: tuple[str | None, str | None] = (None, None)  # the chosen and rejected answers' thoughts, not scored
 
 
 @dataclass
@@ -166,8 +171,9 @@ def read_pairs(
         prompt = read_prompt(row, fields, where, lenient)
         if repeats_prompt(prompt, [row[key] for key in keys], keys, where):
             prompt = None  # two whole conversations: the turns they share are the prompt
-        chosen, rejected = (
-            answer_input(row[key], prompt, row, fields, where, key, system_prompt, lenient) for key in keys
+        (chosen, chosen_thought), (rejected, rejected_thought) = (
+            thought_apart(answer_input(row[key], prompt, row, fields, where, key, system_prompt, lenient))
+            for key in keys
         )
         if prompt is None and chosen.is_chat != rejected.is_chat:
             kinds = ("a conversation", "a text") if chosen.is_chat else ("a text", "a conversation")
@@ -184,7 +190,7 @@ def read_pairs(
         if reason := pair_skip(chosen == rejected, empty, chosen.messages, rejected.messages):
             report.skip(reason, record.path, record.line)
         else:
-            pairs.append(Pair(chosen, rejected, record.path, record.line))
+            pairs.append(Pair(chosen, rejected, record.path, record.line, (chosen_thought, rejected_thought)))
     return pairs
 
 
