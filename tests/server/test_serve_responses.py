@@ -6,6 +6,7 @@ events, and what it refuses."""
 from dataclasses import replace
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip install 'tunelab[serve]'")
 openai = pytest.importorskip("openai", reason="the official openai client is not installed: pip install openai")
@@ -27,13 +28,14 @@ ANSWER = "The code of box 3 is 7."
 THOUGHT = "Box 3 holds a seven."
 
 
-def _served(tiny_run_dir, base_tokenizer, written: str):
+def _served(tiny_run_dir, base_tokenizer, written: str, template: str = CHATML, system_prompt: str | None = None):
     tokenizer = base_tokenizer(
-        extra_special=("<|im_start|>", "<|im_end|>", "<think>", "</think>"), chat_template=CHATML
+        extra_special=("<|im_start|>", "<|im_end|>", "<think>", "</think>"), chat_template=template
     )
     model = ScriptedModel(tokenizer.encode(written, add_special_tokens=False))
     run = open_run(tiny_run_dir, device="cpu")
-    run = replace(run, model=model, tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer))
+    info = replace(run.info, system_prompt=system_prompt)
+    run = replace(run, model=model, tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer), info=info)
     http = TestClient(build_app(run, model_name="tiny", settings=GenerationSettings(max_new_tokens=100)))
     client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
     return client, model, tokenizer
@@ -134,7 +136,15 @@ def test_a_thought_is_a_reasoning_item_before_the_answer(thinking):
     [
         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
-        ({"text": {"format": {"type": "json_object"}}}, "text"),
+        ({"text": {"format": {"type": "json_object"}}}, "text.format.type"),
+        ({"text": {"format": {"type": "json_schema", "name": "a", "schema": {}}}}, "text.format.type"),
+        ({"text": {"verbosity": "low"}}, "text.verbosity"),
+        ({"reasoning": {"summary": "auto"}}, "reasoning.summary"),
+        ({"reasoning": {"effort": "low"}}, "reasoning.effort"),  # the run's template reads no reasoning_effort
+        ({"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}, "chat_template_kwargs.enable_thinking"),
+        ({"extra_body": {"default_system_prompt": "no"}}, "default_system_prompt"),
+        ({"metadata": {"k": "v" * 513}}, "metadata.k"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
         ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input.0.type"),
@@ -166,3 +176,111 @@ def test_options_that_ask_for_nothing_are_accepted(served):
     assert done.output_text == ANSWER and done.metadata == {"k": "v"}
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="other", input="Hi")
+
+
+def test_the_chat_routes_options_are_read_as_it_reads_them(tiny_run_dir, base_tokenizer):
+    """What users of the chat route rely on was refused as an unknown option: tunelab's chat_template_kwargs and
+    default_system_prompt, and reasoning.effort (the chat route's reasoning_effort) reach the prompt as there;
+    text.format of type text, metadata and user are accepted and echoed."""
+    effort = "{% if reasoning_effort is defined %}effort: {{ reasoning_effort }}\n{% endif %}"
+    thinking = "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    client, model, tokenizer = _served(
+        tiny_run_dir, base_tokenizer, ANSWER + "<|im_end|>", effort + CHATML + thinking, "Be kind."
+    )
+    done = client.responses.create(
+        model="tiny", input="Hi", reasoning={"effort": "low"}, text={"format": {"type": "text"}},
+        metadata={"k": "v"}, user="u1", extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )  # fmt: skip
+    prompt = _prompt(tokenizer, model)
+    assert prompt.startswith(tokenizer.bos_token + "effort: low\n<|im_start|>system\nBe kind.<|im_end|>"), prompt
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n"), prompt
+    assert done.output_text == ANSWER and done.reasoning.effort == "low" and done.text.format.type == "text"
+    assert done.metadata == {"k": "v"} and done.user == "u1"
+    client.responses.create(model="tiny", input="Hi", extra_body={"default_system_prompt": False})
+    assert "Be kind." not in _prompt(tokenizer, model)
+    client.responses.create(
+        model="tiny", input="Hi", instructions="Be brief.", extra_body={"default_system_prompt": False}
+    )
+    assert "Be brief." in _prompt(tokenizer, model)
+
+
+class _FailingModel(ScriptedModel):
+    """Writes its ids, then fails, as a generation that runs out of memory mid-answer."""
+
+    def generate(self, input_ids, streamer, max_new_tokens=None, **_):
+        streamer.put(input_ids)
+        for i in self.ids:
+            streamer.put(torch.tensor([i]))
+        raise RuntimeError("out of memory")
+
+
+def test_a_failure_mid_stream_is_an_error_event_and_a_failed_response(tiny_run_dir, base_tokenizer):
+    """A generation that failed once the stream had begun ended it with a lone error event and no response: it is
+    now OpenAI's error event, then response.failed carrying the error and what was answered so far; the engine is
+    free for the next request."""
+    client, model, tokenizer = _served(tiny_run_dir, base_tokenizer, f"<think>\n{THOUGHT}\n</think>\n\nThe code")
+    model.__class__ = _FailingModel
+    events = list(client.responses.create(model="tiny", input="Code of box 3?", stream=True))
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    assert events[-2].code == "server_error" and events[-2].message == "generation failed: RuntimeError: out of memory"
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error.code == "server_error" and "out of memory" in failed.error.message
+    assert [(item.type, item.status) for item in failed.output] == [
+        ("reasoning", "incomplete"),
+        ("message", "incomplete"),
+    ]
+    assert failed.output[0].content[0].text == THOUGHT and failed.output_text == "The code"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    model.__class__ = ScriptedModel
+    model.ids = tokenizer.encode(ANSWER + "<|im_end|>", add_special_tokens=False)
+    assert client.responses.create(model="tiny", input="Code of box 3?").output_text == ANSWER
+
+
+def test_a_client_that_leaves_a_stream_ends_its_generation(tiny_run_dir):
+    """A client that leaves a streamed response (a stop button) must not hold the model: its generation ends at
+    the next token, and the next request is answered."""
+    import json
+    import time
+
+    import anyio
+
+    run = open_run(tiny_run_dir, device="cpu")
+    generated, generate = [], run.model.generate
+
+    def counted(**kwargs):
+        out = generate(**kwargs)
+        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    run.model.generate = counted
+    app = build_app(run, api_key="key", model_name="tiny")
+    body = {"model": "tiny", "input": "Code of box 3?", "max_output_tokens": 300, "stream": True, "temperature": 1.0}
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/responses", "raw_path": b"/v1/responses", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"authorization", b"Bearer key")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+    sent, requested = [], []
+
+    async def receive():
+        if not requested:  # the body, then the client is gone
+            requested.append(True)
+            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message):  # as uvicorn's: what is written after the client left is dropped
+        sent.append(message)
+
+    async def serve_one():
+        await app(scope, receive, send)
+
+    anyio.run(serve_one)
+    deadline = time.monotonic() + 60
+    while not generated and time.monotonic() < deadline:  # the generation ends on its own thread
+        time.sleep(0.05)
+    assert sent[0]["status"] == 200 and generated and generated[0] < 50, generated
+    with TestClient(app) as http:
+        after = http.post("/v1/responses", json={"model": "tiny", "input": "Hi", "max_output_tokens": 2},
+                          headers={"Authorization": "Bearer key"})  # fmt: skip
+    assert after.status_code == 200 and after.json()["usage"]["output_tokens"] == 2, after.text

@@ -12,9 +12,16 @@ Streamed, the events are OpenAI's: `response.created`, `response.in_progress`, f
 `.done` events, `response.output_item.done`, then `response.completed` (`response.incomplete` where the answer ran
 out of `max_output_tokens`), each with its `sequence_number`; no `[DONE]` follows, as OpenAI sends none here.
 
+What a chat request may say, a response request says too: `max_output_tokens` (a chat's max_tokens), `text.format`
+of type text (another, structured output, is refused naming `text.format.type`), `reasoning.effort` (the chat
+route's `reasoning_effort`, honoured where the run's template reads it), tunelab's `chat_template_kwargs` and
+`default_system_prompt` as the chat route reads them, `metadata` (OpenAI's 16 texts) and `user`, echoed back.
+
 This server keeps no responses: `previous_response_id` and `conversation` are refused (send the earlier turns in
 `input`), and `store` is accepted and answered as false. Tools, structured output, log-probabilities and the other
-options a text answer cannot honour are refused by name unless they ask for nothing.
+options a text answer cannot honour are refused by name unless they ask for nothing. A failure inside generation
+once the stream has begun is OpenAI's `error` event followed by `response.failed`, whose response carries the error
+and what was answered so far; a client that leaves a stream ends its generation at the next token.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_l
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Refused
 from tunelab.server.replies import beyond_token_cap, error, read_answer
+from tunelab.server.template_kwargs import template_variables
 
 
 class ResponsesRequest(BaseModel):
@@ -51,12 +59,26 @@ class ResponsesRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True, allow_inf_nan=False)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0, strict=True, allow_inf_nan=False)
     stream: bool | None = Field(default=None, strict=True)
+    # OpenAI's: {"format": {"type": "text"}} (structured output is refused), "verbosity" null (`text_format`)
+    text: dict[str, Any] | None = None
+    # OpenAI's: "effort" as the chat route's reasoning_effort; no "summary" (the thought itself is the reasoning item)
+    reasoning: dict[str, Any] | None = None
+    # OpenAI's 16 texts, keys of at most 64 characters and values of 512, echoed back in the response
+    metadata: Annotated[
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512, strict=True)]] | None,
+        Field(max_length=16),
+    ] = None
+    user: str | None = Field(default=None, strict=True)  # accepted and echoed, as OpenAI does; it changes nothing
+    # tunelab's own, as the chat route reads them: no system prompt where the request has none; the chat template's
+    # variables (server/template_kwargs.py)
+    default_system_prompt: bool | None = Field(default=None, strict=True)
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 # Options that change nothing about a text answer here: accepted and not used (`store`: nothing is kept, and the
 # response says "store": false; `parallel_tool_calls`: no tools are offered).
 IGNORED = (
-    *("user", "metadata", "store", "service_tier", "safety_identifier", "parallel_tool_calls", "stream_options"),
+    *("store", "service_tier", "safety_identifier", "parallel_tool_calls", "stream_options"),
     *("prompt_cache_key", "prompt_cache_retention"),
 )
 # Options not implemented, with the values that ask for nothing (accepted); another is refused by name.
@@ -66,8 +88,6 @@ NOT_IMPLEMENTED: dict[str, tuple] = {
     "previous_response_id": (None,),
     "conversation": (None,),
     "include": (None, []),
-    "reasoning": (None, {}),
-    "text": (None, {}, {"format": {"type": "text"}}),
     "top_logprobs": (None, 0),
     "max_tool_calls": (None,),
     "prompt": (None,),
@@ -79,7 +99,6 @@ WHY_NOT = {
     "conversation": "this server keeps no conversations; send the earlier turns as messages in 'input'",
     "background": "a response is answered while the request waits",
     "truncation": "a conversation too long for the context is refused, not cut",
-    "reasoning": "a reasoning model thinks as its chat template has it (the thought comes back as a reasoning item)",
     "prompt": "this server keeps no prompt templates; send the text in 'input'",
 }
 PART_TYPES = {"assistant": "output_text"}  # the part type of each role's text; every other role's is input_text
@@ -99,6 +118,46 @@ def unsupported_option(body: ResponsesRequest) -> tuple[str, str] | None:
             )
             return name, f"option {name!r} is {json.dumps(value)[:80]}, which this server does not support ({why})"
     return None
+
+
+REASONING_KEYS = ("effort", "summary", "generate_summary")
+
+
+def text_format(body: ResponsesRequest) -> None:
+    """Refused (naming `text.format.type`, `text.verbosity` or `text.KEY`) for a `text` option asking for more than
+    plain text: structured output (json_schema, json_object) or a verbosity."""
+    for key, value in (body.text or {}).items():
+        if key == "format":
+            kind = value.get("type") if isinstance(value, dict) else None
+            if value is not None and kind != "text":
+                raise Refused(
+                    "text.format.type",
+                    f"text.format.type is {json.dumps(kind)[:80]}: this server answers with plain text, "
+                    '{"type": "text"}, and does not constrain it to a format (structured output); leave it out',
+                )
+        elif key == "verbosity":
+            if value is not None:
+                raise Refused(
+                    "text.verbosity",
+                    f"text.verbosity is {json.dumps(value)[:80]}: the model is not told a verbosity; leave it out",
+                )
+        else:
+            raise Refused(f"text.{key}", f"text.{key}: the text option reads format and verbosity, not {key!r}")
+
+
+def reasoning_effort(body: ResponsesRequest):
+    """`reasoning.effort` (None where not given); Refused naming `reasoning.KEY` for a summary asked for (the
+    thought itself is given, as a reasoning item) or a key OpenAI's option does not have."""
+    for key, value in (body.reasoning or {}).items():
+        if key not in REASONING_KEYS:
+            raise Refused(f"reasoning.{key}", f"reasoning.{key}: the option reads {', '.join(REASONING_KEYS)}")
+        if key != "effort" and value is not None:
+            raise Refused(
+                f"reasoning.{key}",
+                f"reasoning.{key} is {json.dumps(value)[:80]}: this server gives no summary of a thought; the thought "
+                "itself comes back as the reasoning item's content. Leave it out.",
+            )
+    return (body.reasoning or {}).get("effort")
 
 
 def _text(content, role: str, where: str) -> str:
@@ -172,6 +231,8 @@ def _refusal(exc: Exception, body: ResponsesRequest):
     text no tokenizer reads, is said with its place, as the chat route says it)."""
     param = _renamed(getattr(exc, "param", None) or "input", body)
     message = _renamed(str(exc), body)
+    if param == "reasoning_effort":  # the chat route's name of what this request calls reasoning.effort
+        param, message = "reasoning.effort", re.sub(r"^reasoning_effort\b", "reasoning.effort", message)
     return error(400, f"{param}: {message}" if isinstance(exc, ControlTokenText | NotText) else message, param=param)
 
 
@@ -213,13 +274,14 @@ class _Answer:
             "parallel_tool_calls": False,
             "tool_choice": "none",
             "tools": [],
-            "text": {"format": {"type": "text"}},
-            "reasoning": {"effort": None, "summary": None},
+            "text": {"format": {"type": "text"}, "verbosity": None},
+            "reasoning": {"effort": (body.reasoning or {}).get("effort"), "summary": None},
             "truncation": "disabled",
             "store": False,
             "background": False,
             "previous_response_id": None,
-            "metadata": (body.model_extra or {}).get("metadata") or {},
+            "metadata": body.metadata or {},
+            "user": body.user,
             "error": None,
         }
 
@@ -291,9 +353,14 @@ async def _events(reply: Reply, answer: _Answer, request: Request):
                 yield event("response.content_part.done", **part(answer.message_id, index, part=item["content"][0]))
                 yield event("response.output_item.done", output_index=index, item=item)
                 yield event(f"response.{whole['status']}", response=whole)
-    except Exception as exc:  # the status line is already sent: the failure is an error event, as OpenAI sends it
+    except Exception as exc:  # the status line is already sent: OpenAI's error event, then the response failed
         message = f"generation failed: {type(exc).__name__}: {exc}"
         yield event("error", code="server_error", message=message, param=None)
+        output = [_reasoning_item(answer.thought_id, said, "incomplete")] if said else []
+        if state == "answering":
+            output.append(_message_item(answer.message_id, sent, "incomplete"))
+        failed = answer.body("failed", output) | {"error": {"code": "server_error", "message": message}}
+        yield event("response.failed", response=failed)
     finally:
         reply.cancel()
 
@@ -315,6 +382,9 @@ def add_responses_route(app, engine: Engine, defaults: GenerationSettings, no_mo
             if over is not None:
                 return over
         try:
+            text_format(body)
+            effort = reasoning_effort(body)
+            variables = template_variables(engine.run.template, body.chat_template_kwargs, effort)
             messages = read_input(body)
             check_prompt_text(messages, engine.run.tokenizer, None)
         except (Refused, ControlTokenText, NotText) as exc:
@@ -339,7 +409,17 @@ def add_responses_route(app, engine: Engine, defaults: GenerationSettings, no_mo
         asked = "max_output_tokens" if body.max_output_tokens is not None else None
         answer = _Answer(body, settings)
         try:
-            reply = await anyio.to_thread.run_sync(partial(engine.stream, messages, settings, [], asked=asked))
+            reply = await anyio.to_thread.run_sync(
+                partial(
+                    engine.stream,
+                    messages,
+                    settings,
+                    [],
+                    asked=asked,
+                    default_system=body.default_system_prompt is not False,
+                    variables=variables,
+                )
+            )
             if body.stream:
                 return StreamingResponse(_events(reply, answer, request), media_type="text/event-stream")
             done = await read_answer(reply, request)
