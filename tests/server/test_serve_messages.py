@@ -235,6 +235,37 @@ def test_a_failure_inside_a_stream_is_an_error_event_of_openais_shape(tiny_run_d
     }
 
 
+def test_a_failure_after_the_answer_began_ends_the_stream_and_frees_the_model(tiny_run_dir):
+    """A generation that fails once its answer has begun streaming (out of memory at the tenth token): the chunks
+    sent stay, the error event and [DONE] follow, and the next request is answered (the model is not held)."""
+    import json
+
+    import torch
+
+    run = open_run(tiny_run_dir, device="cpu")
+    written, generate = (
+        run.tokenizer.encode(" The code of box 3 is seven.\n", add_special_tokens=False),
+        run.model.generate,
+    )
+
+    def failing(input_ids, streamer, **_):
+        streamer.put(input_ids)
+        for i in written:
+            streamer.put(torch.tensor([i]))
+        raise RuntimeError("out of memory")
+
+    run.model.generate = failing
+    with TestClient(build_app(run, model_name="tiny")) as client:
+        answer = _ask(client, [QUESTION], stream=True)
+        events = [line.removeprefix("data: ") for line in answer.text.splitlines() if line.startswith("data: ")]
+        content = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-2])
+        assert content.strip() == "The code of box 3 is seven.", events
+        assert json.loads(events[-2])["error"]["message"] == "generation failed: RuntimeError: out of memory"
+        assert events[-1] == "[DONE]"
+        run.model.generate = generate
+        assert _ask(client, [QUESTION]).status_code == 200
+
+
 def test_every_error_about_a_message_names_it_as_validation_does(client):
     """A validation error named a message `messages.1.role` (from 0), while the server's own checks said "message 2"
     (from 1), and most of those set `param` to "messages" alone: one conversation's second message went by two
