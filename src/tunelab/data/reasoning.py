@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunelab.data.render import special_ids
+from tunelab.data.render import KeepingDecoder, special_ids
 
 OPEN, CLOSE = "<think>", "</think>"
 
@@ -46,9 +46,8 @@ def special_think_ids(tokenizer) -> tuple[int, ...]:
 def decode_answer(tokenizer, ids: list[int]) -> str:
     """An answer's `ids` as text the thought can be read from: without special tokens, but `<think>` and `</think>`
     where they are special tokens (skip_special_tokens would run the thought into the answer). grpo's rewards read
-    answers so; the server and chat decode alike as they stream (infer.generate.KeepingDecoder)."""
-    drop = special_ids(tokenizer) - set(special_think_ids(tokenizer))
-    return tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
+    answers so, and generate, compare and eval their answers; the server and chat decode alike as they stream."""
+    return KeepingDecoder(tokenizer, special_think_ids(tokenizer)).decode(ids)
 
 
 def prompt_opens_thought(tokenizer, ids: list[int]) -> bool:

@@ -97,6 +97,20 @@ def special_ids(tokenizer) -> set[int]:
     return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
 
 
+class KeepingDecoder:
+    """A tokenizer's `decode` without its special tokens but those of `keep`, which stay in the text: the markers a
+    tool call is read by (server/tool_calls.py) and a thought's (data/reasoning.py), which skip_special_tokens would
+    take out with the end of turn. A streamer takes it as its tokenizer (infer.generate.Streamed)."""
+
+    def __init__(self, tokenizer, keep):
+        self.tokenizer = tokenizer
+        self.drop = special_ids(tokenizer) - set(keep)
+
+    def decode(self, ids, **_) -> str:
+        ids = [ids] if isinstance(ids, int) else ids
+        return self.tokenizer.decode([i for i in ids if i not in self.drop], skip_special_tokens=False)
+
+
 @functools.lru_cache(maxsize=8)
 def special_texts(tokenizer) -> re.Pattern | None:
     """A pattern matching the text of any of the tokenizer's special tokens (None when it has none); built once per

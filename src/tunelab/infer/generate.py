@@ -19,8 +19,8 @@ from typing import TextIO
 import torch
 from tqdm import tqdm
 
-from tunelab.data.reasoning import OPEN, prompt_opens_thought, special_think_ids
-from tunelab.data.render import ControlTokenText, render_prompt, special_ids
+from tunelab.data.reasoning import OPEN, decode_answer, prompt_opens_thought, special_think_ids
+from tunelab.data.render import ControlTokenText, KeepingDecoder, render_prompt
 from tunelab.data.templates import Template
 from tunelab.errors import ConfigError
 
@@ -321,9 +321,8 @@ def _answer_batch(
     cut = [full and int(row[-1]) not in ends for row in new]
     # a thought's markers stay in the text where they are special tokens; an answer whose prompt opened the thought
     # (DeepSeek-R1's later templates) gets its `<think>` in front, so the text reads as the model's whole turn
-    decoder = KeepingDecoder(tokenizer, special_think_ids(tokenizer))
     opened = [OPEN if prompt_opens_thought(tokenizer, p) else "" for p in prompts]
-    return [(o + decoder.decode(row.tolist())).strip() for o, row in zip(opened, new)], cut
+    return [(o + decode_answer(tokenizer, row.tolist())).strip() for o, row in zip(opened, new)], cut
 
 
 def stream_answer(
@@ -345,19 +344,6 @@ class _Cancelled:
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class KeepingDecoder:
-    """A tokenizer's `decode` without its special tokens but those of `keep`, which stay in the text: the markers a
-    tool call is read by (server/tool_calls.py), which skip_special_tokens would take out with the end of turn."""
-
-    def __init__(self, tokenizer, keep):
-        self.tokenizer = tokenizer
-        self.drop = special_ids(tokenizer) - set(keep)
-
-    def decode(self, ids, **_) -> str:
-        ids = [ids] if isinstance(ids, int) else ids
-        return self.tokenizer.decode([i for i in ids if i not in self.drop], skip_special_tokens=False)
 
 
 class Streamed:

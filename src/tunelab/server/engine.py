@@ -24,14 +24,13 @@ from functools import partial
 import torch
 
 from tunelab.data.reasoning import ThoughtReader, prompt_opens_thought, special_think_ids
-from tunelab.data.render import render_prompt
+from tunelab.data.render import KeepingDecoder, render_prompt
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import as_trained
 from tunelab.infer.generate import (
     DEFAULT_MAX_NEW_TOKENS,
     ContextTooLong,
     GenerationSettings,
-    KeepingDecoder,
     Streamed,
     context_length,
     fit_context,

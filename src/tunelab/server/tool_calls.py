@@ -14,7 +14,7 @@ common syntaxes it uses:
 An xml call's parameter values are text: each is converted by the type the request's JSON schema gives that parameter
 (integer, number, boolean, object, array, null), and kept as a string where it gives none or the text is no such value.
 Where a syntax's markers are special tokens of the run's tokenizer (Mistral's `[TOOL_CALLS]` and `[ARGS]`, a
-`<tool_call>` made special), the answer is decoded with them (`special_markers`, infer.generate.KeepingDecoder), so
+`<tool_call>` made special), the answer is decoded with them (`special_markers`, data.render.KeepingDecoder), so
 text before a call is told from the call, and they are taken out of the content answered. A mistral call is read
 without them too, where the answer opens with it; its id is 9 letters and digits, the only ids Mistral's templates
 take back.
