@@ -258,3 +258,23 @@ def test_answers_that_repeat_their_prompt_are_counted_in_the_report(smollm2_toke
     path = _write(tmp_path / "t.jsonl", rows)
     note = next(n for n in _build(smollm2_tokenizer, path).report.notes if "repeat" in n)
     assert note.startswith(f"2 of the 5 pairs have answers that both start with their prompt's text (e.g. {path}:1)")
+
+
+def test_a_pair_is_read_without_its_answers_thoughts(tmp_path):
+    """A reasoning model's thought before an answer was trained on with it, while predict, eval and grpo score the
+    answer alone: the pairs are now read without it, as they are scored; a pair whose answers differ only in their
+    thoughts is one of equal sides, and an answer that is all thought an empty one."""
+    from tunelab.data.report import DataReport
+    from tunelab.tasks.head_data import EMPTY_ANSWER
+
+    rows = [
+        {"prompt": "Code?", "chosen": "<think>Box 3.</think>\n7", "rejected": "8"},
+        {"prompt": "Code?", "chosen": "<think>Box 3.</think>7", "rejected": "<think>Box 4.</think>7"},
+        {"prompt": "Code?", "chosen": "7", "rejected": "<think>Box 4, and on"},
+    ]
+    report = DataReport()
+    (pair,) = read_pairs([_write(tmp_path / "p.jsonl", rows)], {}, None, report)
+    assert pair.chosen.messages[-1]["content"] == "7" and pair.rejected.messages[-1]["content"] == "8"
+    assert pair.thoughts == ("Box 3.", None)
+    assert report.skips[SAME].locations == [f"{tmp_path / 'p.jsonl'}:2"]
+    assert report.skips[EMPTY_ANSWER].locations == [f"{tmp_path / 'p.jsonl'}:3"]
