@@ -339,6 +339,22 @@ def test_file_digests_follow_packed_documents_to_their_files():
     assert what_changed({}, file_digests([a])) == ""  # a run written before files were recorded
 
 
+def test_what_changed_follows_moved_files():
+    """A folder moved and one file in it edited: every file was named new or no longer read, the edited one lost
+    among them. A moved file of the same rows is not named; a moved and edited one is named with its old path."""
+    from tunelab.data.render import Rendered
+    from tunelab.training.resume import file_digests, what_changed
+
+    def row(path, ids):
+        return Rendered(input_ids=ids, labels=ids, path=path, line=1)
+
+    before = file_digests([row("old/a.jsonl", [1, 2]), row("old/b.jsonl", [3, 4])])
+    moved = file_digests([row("new/a.jsonl", [1, 2]), row("new/b.jsonl", [3, 5])])
+    assert what_changed(before, moved) == "new/b.jsonl changed (read from old/b.jsonl before)"
+    same = file_digests([row("new/a.jsonl", [1, 2]), row("new/b.jsonl", [3, 4])])
+    assert what_changed(before, same) == "every file gives the rows it gave, in another order"
+
+
 def test_the_result_files_a_resume_removes_are_those_the_commands_write():
     from tunelab.eval.compare import COMPARE_FILE
     from tunelab.eval.evaluate import EVAL_FILE

@@ -647,3 +647,34 @@ def test_an_interrupt_just_after_a_staged_run_moved_the_old_one_aside_says_how_t
         train(None, staged | {"overwrite": True, "output_dir": str(run)})
     assert f"to get it back: rm -r {run} && mv {run}.previous {run}" in capsys.readouterr().err
     assert (tmp_path / "run.previous" / "run.json").is_file()
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_a_staged_run_whose_data_moved_resumes_by_content(staged, tmp_path, crash_at, capsys, changed):
+    """A plain run whose data file moved resumes, its rows compared by digest; a staged run with the same data moved
+    was refused, its stages' data compared by path. Moved with the same content it resumes, and tunelab check --resume
+    agrees; moved and changed, both refuse, naming the stage and the file."""
+    from tunelab.api import check
+
+    with crash_at(5):  # stage 2's second step, after its checkpoint of step 1
+        train(None, staged)
+    doors, qa = Path(staged["stages"][0]["data"]["train"][0]), Path(staged["stages"][1]["data"]["train"][0])
+    doors.rename(tmp_path / "doors-moved")
+    if changed:
+        (tmp_path / "doors-moved" / "door0.txt").write_text("Door 0 of the depot is painted blue. " * 3)
+    qa.rename(tmp_path / "qa-moved.jsonl")
+    staged["stages"][0]["data"]["train"] = [str(tmp_path / "doors-moved")]
+    staged["stages"][1]["data"]["train"] = [str(tmp_path / "qa-moved.jsonl")]
+    checked = check(None, staged, resume=True, model=False)
+    failed = [f"{item.name}: {item.summary}" for item in checked.items if item.status == "fail"]
+    if not changed:
+        assert checked.passed, failed
+        result = train(None, staged, resume=True)
+        assert "data is compared by content, not by path" in capsys.readouterr().out
+        assert read_info(result.run_dir).finished and open_info(result.run_dir / "stage-2").steps == 3
+        return
+    assert any(line.startswith("stage 1: resume data") and "door0.txt" in line for line in failed), failed
+    with pytest.raises(
+        ConfigError, match=r"stage 1 of 2 \(docs\): .*tokenized training rows differ: \S*door0\.txt changed \(read from"
+    ):
+        train(None, staged, resume=True)

@@ -137,12 +137,15 @@ def _unfinished_stage(run_dir: Path, count: int) -> int | None:
     return next((k for k in range(1, count + 1) if not _finished_stage(stage_dir(run_dir, k))), None)
 
 
-def _resumed_stage(run_dir: Path, count: int) -> int | None:
-    """The stage train --resume continues from a checkpoint (whose data it compares with the stage's run.json); None
-    where it starts one afresh or trains none."""
+def _compared_stages(run_dir: Path, count: int) -> set[int]:
+    """The stages whose data train --resume compares with their run.json: the finished ones, and the one it continues
+    from a checkpoint (not one it starts afresh)."""
     k = _unfinished_stage(run_dir, count)
-    here = stage_dir(run_dir, k) if k is not None else None
-    return k if here is not None and is_run_dir(here) and intact_checkpoint(here)[0] is not None else None
+    if k is None:
+        return set(range(1, count + 1))
+    here = stage_dir(run_dir, k)
+    resumed = is_run_dir(here) and intact_checkpoint(here)[0] is not None
+    return set(range(1, k + 1 if resumed else k))
 
 
 def _finished_stage(here: Path) -> bool:
@@ -280,13 +283,14 @@ def run_check(
         raise locate(exc, resolved.origins) from None
     data = inputs.data
     out(data.report.summary())
-    # a staged run: the stage --resume continues from its checkpoint, whose data train compares with its run.json
+    # a staged run: the stages whose data train compares with their run.json (training/stage_resume.py): the
+    # finished ones and the one --resume continues from its checkpoint
     top = Path(resolved.config.output_dir).expanduser()  # a staged run's folder, which holds its stages'
-    resumed = _resumed_stage(top, len(plans)) if resume and plans else None
+    compared = _compared_stages(top, len(plans)) if resume and plans else set()
     before = None  # the run --resume continues: its model is built in the dtype it trained in (`build.kept_dtype`)
     if resume and is_run_dir(cfg.output_dir):
         before = read_info(cfg.output_dir, require_finished=False)
-        if not plans or resumed == 1:
+        if not plans or 1 in compared:
             items += resume_data_items(before, data, "stage 1: " if plans else "")
     plan, item = auto_item(cfg, data, resume, inputs.source)
     items += [item] if item else []
@@ -309,9 +313,9 @@ def run_check(
         stage_inputs = _stage_inputs(dataclasses.replace(stage, model=cfg.model), None, k)  # stage 1's tokenizer
         out(f"stage {k}: " + stage_inputs.data.report.summary())
         labels.append(stage_inputs.data.facts.get("labels"))
-        if resumed == k:
+        if k in compared:  # read over the stage's own model, the stage before's result, as the stage read them
             info = read_info(stage_dir(top, k), require_finished=False)
-            items += resume_data_items(info, stage_inputs.data, f"stage {k}: ")
+            items += resume_data_items(info, _stage_inputs(stage, None, k).data, f"stage {k}: ")
         items += [
             dataclasses.replace(item, name=f"stage {k}: {item.name}") for item in _stage_items(stage, stage_inputs)
         ]

@@ -116,13 +116,25 @@ def _moved(old: Any, new: Any) -> bool:
     return len(olds) == len(news) and all(_unplaced(a) == _unplaced(b) for a, b in zip(olds, news))
 
 
-def _renamed(name: str, old: Any, new: Any) -> bool:
-    """Do two `stages` lists differ only in their stages' name:? A name labels a stage in the reports (and two of one
-    name are refused, config/load.py), so renaming one changes nothing that is trained."""
+def _renamed(name: str, old: Any, new: Any, by_content: set[str] = frozenset()) -> bool:
+    """Do two `stages` lists differ only in their stages' name: (and, for the data options of `by_content`, in the
+    paths of their files)? A name labels a stage in the reports (and two of one name are refused, config/load.py), so
+    renaming one changes nothing that is trained; a stage's moved data is compared by its rows, stage by stage
+    (training/stage_resume.py)."""
     if name != "stages" or not (isinstance(old, list) and isinstance(new, list)) or len(old) != len(new):
         return False
-    unnamed = [[{k: v for k, v in stage.items() if k != "name"} for stage in side] for side in (old, new)]
-    return all(isinstance(stage, dict) for stage in old + new) and unnamed[0] == unnamed[1]
+    if not all(isinstance(stage, dict) for stage in old + new):
+        return False
+    for a, b in zip(old, new):
+        keys = (a.keys() | b.keys()) - {"name"}
+        if not all(a.get(k) == b.get(k) or (k in by_content and _moved(a.get(k), b.get(k))) for k in keys):
+            return False
+    return True
+
+
+def _data_moved(old: Any, new: Any) -> bool:
+    """Do two `stages` lists differ in where some stage's data files are (not only in the stages' names)?"""
+    return not _renamed("stages", old, new)
 
 
 def config_changes(
@@ -161,7 +173,8 @@ def config_changes(
             continue
         line = f"{name}: {shown} -> {new!r}"
         moved = name in by_content and _moved(old, new)
-        (allowed if name in ALLOWED | length or moved or _renamed(name, old, new) else refused).append(line)
+        renamed = _renamed(name, old, new, by_content)
+        (allowed if name in ALLOWED | length or moved or renamed else refused).append(line)
     return refused, allowed
 
 
@@ -217,7 +230,10 @@ def check_resume_config(
     path = Path(run_dir) / CONFIG_FILE
     info = read_info(run_dir, require_finished=False)
     digested = {name for name in by_content if getattr(info, CONTENT[name], "")}
-    refused, allowed = config_changes(_saved_config(run_dir), cfg, _chosen(run_dir), length, unread, digested)
+    if cfg.stages:  # each stage's run.json holds its digests, and each stage compares its own rows
+        digested = set(by_content)
+    saved = _saved_config(run_dir)
+    refused, allowed = config_changes(saved, cfg, _chosen(run_dir), length, unread, digested)
     if refused:
         raise ConfigError(
             f"{run_dir}: --resume continues the run with the config it started with, and these options differ from "
@@ -259,6 +275,11 @@ def check_resume_config(
             notes.append(
                 f"resume: {line} (allowed: the data is compared by content, not by path; the run continues only if its "
                 "tokenized rows are those it started with)"
+            )
+        elif name == "stages" and _data_moved(saved.get("stages"), to_dict(cfg).get("stages")):
+            notes.append(
+                f"resume: {line} (allowed: the stages' data is compared by content, not by path; each stage goes on "
+                "only if its tokenized rows are those it started with)"
             )
         elif name == "stages":
             notes.append(f"resume: {line} (allowed: only the stages' names differ, which label them in the reports)")
@@ -350,17 +371,33 @@ def file_digests(rows: list) -> dict[str, str]:
 
 
 def what_changed(recorded: dict[str, str], now: dict[str, str]) -> str:
-    """The files whose rows differ, in words; empty when the run recorded none (written before they were)."""
+    """The files whose rows differ, in words; empty when the run recorded none (written before they were). A file
+    read now under another path that gives the rows a recorded one gave is that file moved, and not named; one of the
+    same file name but other rows is that file moved and changed."""
     if not recorded:
         return ""
-    changed = [p for p in now if p in recorded and recorded[p] != now[p]]
-    new, gone = [p for p in now if p not in recorded], [p for p in recorded if p not in now]
+    gone = {p: d for p, d in recorded.items() if p not in now}
+    new = {p: d for p, d in now.items() if p not in recorded}
+    for path, digest in list(new.items()):  # moved, rows unchanged
+        same = next((old for old, d in gone.items() if d == digest), None)
+        if same is not None:
+            del new[path], gone[same]
+    changed = [f"{p} changed" for p in now if p in recorded and recorded[p] != now[p]]
+    for path in list(new):  # moved and changed: the same file name
+        old = next((o for o in gone if Path(o).name == Path(path).name), None)
+        if old is not None:
+            changed.append(f"{path} changed (read from {old} before)")
+            del new[path], gone[old]
     if not (changed or new or gone):
         return "every file gives the rows it gave, in another order"
     if changed and len(changed) == len(now) == len(recorded) > 1:
         return "every file's rows differ (the tokenizer or the template changed, or every file did)"
-    parts = [f"{p} changed" for p in changed] + [f"{p} is new" for p in new] + [f"{p} is no longer read" for p in gone]
+    parts = changed + [f"{p} is new" for p in new] + [f"{p} is no longer read" for p in gone]
     return "; ".join(parts)
+
+
+class DataChanged(ConfigError):
+    """The data a resumed run (or stage) reads gives other tokenized rows than those it trained on."""
 
 
 def check_same_data(
@@ -373,7 +410,7 @@ def check_same_data(
     """`what`: training or eval (data.eval, data.eval_fraction's split); `files`: the run's and today's file_digests."""
     if recorded and recorded != digest:
         which = what_changed(*files)
-        raise ConfigError(
+        raise DataChanged(
             f"{run_dir}: --resume needs the {what} data the run started with, but the tokenized {what} rows differ"
             + (f": {which}" if which else " (a data file, the tokenizer or the template changed)")
             + ". Restore the data, or start a new run."

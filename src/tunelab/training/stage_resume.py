@@ -2,6 +2,10 @@
 against the run's config.yaml (`refuse_changed_stage`, naming the stage's file and line), a run with nothing left to
 train (`refuse_nothing_to_train`), and a run moved to another folder, whose saved stage configs name the stages before
 them by their old paths (`follow_move`). `stage_dir` is where stage k lives in a run directory.
+
+A stage's data is compared by content, as a plain run's (training/resume.py): its files may move, and the rows they
+give must be those the stage recorded in its run.json; a finished stage, which is skipped, by `check_finished_data`,
+the stage --resume continues by the recipe's own resume.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from tunelab.atomic import write_text
 from tunelab.config import ResolvedConfig, stage_where
 from tunelab.config.load import STAGE_PREFIX
 from tunelab.errors import ConfigError
-from tunelab.rundir import CONFIG_FILE, is_run_dir, read_info
+from tunelab.models.load import recorded_commit
+from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info
+from tunelab.training.prepare import load_inputs
+from tunelab.training.resume import check_same_data, data_digest, file_digests
 
 
 def stage_dir(run_dir: Path, k: int) -> Path:
@@ -48,6 +55,20 @@ def follow_move(run_dir: Path, plans: list[ResolvedConfig]) -> None:
         if moved:
             write_text(here / CONFIG_FILE, yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
             print(f"{here}: the run was moved; its saved config now names this run's stages ({'; '.join(moved)})")
+
+
+def check_finished_data(plan: ResolvedConfig, here: Path, info: RunInfo) -> None:
+    """DataChanged when the data of the finished stage in `here` (its files moved or not) no longer gives the rows it
+    trained on (`info`: its run.json): the run would be neither the one it started as nor a new one. The rows are read
+    as the stage read them, over its own model (the result of the stage before, or the run's base)."""
+    if not (info.data_sha256 or info.eval_sha256):
+        return  # a stage written before the digests were recorded
+    data = load_inputs(plan.config, commit=recorded_commit(here)).data
+    for what, recorded, files, rows in (
+        ("training", info.data_sha256, info.data_files, data.train),
+        ("eval", info.eval_sha256, info.eval_files, data.eval),
+    ):
+        check_same_data(here, recorded, data_digest(rows) if rows else "", what, (files, file_digests(rows or [])))
 
 
 def _as_saved(value: Any) -> Any:

@@ -72,8 +72,9 @@ from tunelab.training.prepare import protected_paths, refuse_beyond_context
 from tunelab.training.progress import overflow_steps, record_stopped, whole_run
 from tunelab.training.recipe import TrainResult, train
 from tunelab.training.result import drop_stale_results
-from tunelab.training.resume import LENGTH, check_resume_config, config_changes
+from tunelab.training.resume import CONTENT, LENGTH, DataChanged, check_resume_config, config_changes
 from tunelab.training.stage_resume import (
+    check_finished_data,
     follow_move,
     refuse_changed_stage,
     refuse_nothing_to_train,
@@ -358,10 +359,11 @@ def train_stages(
         cfg.output_dir, overwrite=cfg.overwrite, resume=resume, protected=protected, overwrite_non_run=overwrite_non_run
     )
     run_dir = plan_dir.run_dir
+    notes = []
     if resume:
         hold_lock(run_dir)  # a new run takes it in start_run_dir
-        try:
-            check_resume_config(run_dir, cfg)
+        try:  # data moved: each stage compares its rows with its run.json's (`_run_stage`, recipe's resume)
+            notes = check_resume_config(run_dir, cfg, by_content=CONTENT)
         except ConfigError:
             refuse_changed_stage(run_dir, resolved)  # where a stage's options changed: that stage, and its line
             raise
@@ -369,6 +371,8 @@ def train_stages(
         follow_move(run_dir, plans)
     print("tunelab train — a staged run; the resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
+    for note in notes:
+        print(note, flush=True)
     evals = _eval_rows(plans)  # every stage's data loaded and checked before anything is written
     names = [stage_name(cfg.stages[i], i + 1) for i in range(len(plans))]
     held: dict = {}  # the tracker sinks the stages share, by name (training/tracking.py)
@@ -475,6 +479,8 @@ def _stages(
         where = f"stage {k} of {len(plans)} ({names[k - 1]})"
         try:
             result = _run_stage(plan, here, extra, track_to, resume=resume, check=check)
+        except DataChanged as error:  # the stage's rows differ from those it recorded: which stage, by its name
+            raise DataChanged(f"{where}: {error}") from None
         except Interrupted as stop:  # its step and total are the stage's own: said so, with the run's step
             at = f"{where}, its {stop.at} (step {offset + stop.step} of the run, as metrics.jsonl counts)"
             raise Interrupted(
@@ -523,12 +529,14 @@ def _run_stage(
     if is_run_dir(here):
         info = read_info(here, require_finished=False)
         if info.finished:
-            refused, allowed = config_changes(saved_config(here), plan.config)
+            digested = {name for name in CONTENT if getattr(info, CONTENT[name], "")}
+            refused, allowed = config_changes(saved_config(here), plan.config, by_content=digested)
             if refused:
                 raise ConfigError(
                     f"{here}: the stage has finished with another config ({'; '.join(refused)}); a resumed staged run "
                     "keeps its finished stages. Put the options back, or start the run again with --overwrite."
                 )
+            check_finished_data(plan, here, info)
             longer = [line for line in allowed if line.split(":", 1)[0] in LENGTH]
             kept = f" (kept at its {info.steps} steps: {'; '.join(longer)} applies to the stages still to train)"
             print(f"{here}: finished; skipped" + (kept if longer else ""), flush=True)
