@@ -505,3 +505,26 @@ def test_a_failed_run_lets_go_of_the_model_its_traceback_holds(monkeypatch):
     assert calls == [("init", "gloo"), ("destroy", True)]
     printed = "".join(traceback.format_exception(error.value))
     assert ", in train\n" in printed and 'raise RuntimeError("a step failed")' in printed
+
+
+@pytest.mark.slow
+def test_predict_and_eval_read_a_checkpoint_two_ranks_wrote(runs, tmp_path, capsys):
+    """predict and eval of an unfinished classify run whose checkpoint several ranks wrote (sharded) were refused
+    (the run did not finish), though one process resumes such a checkpoint. They put its slices together as that
+    resume does: the newest checkpoint of the two-rank run scores as its result does."""
+    from tunelab.infer.predict import head_outputs, open_head_run, text_input
+
+    run_dir = tmp_path / "stopped"
+    shutil.copytree(runs("two", "classify"), run_dir)
+    texts = ["Box 3 is very very full.", "Box 4 is full."]
+    result = open_head_run(run_dir, device="cpu")
+    expected, _ = head_outputs(result.model, result, [text_input(result, t) for t in texts])
+    info = json.loads((run_dir / "run.json").read_text())  # stopped after its last checkpoint, as a kill leaves it
+    (run_dir / "run.json").write_text(json.dumps(info | {"finished": False, "end": {"reason": "interrupted"}}))
+    assert (run_dir / "checkpoints" / "step-0000004" / "shards").is_dir()
+    capsys.readouterr()
+    run = open_head_run(run_dir, device="cpu", from_checkpoint=True)
+    assert "scoring its newest checkpoint, step 4" in capsys.readouterr().err
+    got, _ = head_outputs(run.model, run, [text_input(run, t) for t in texts])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert main(["eval", str(run_dir), "--data", str(runs.folder / "classify.jsonl"), "--no-save"]) == 0

@@ -44,8 +44,8 @@ from tunelab.tasks.head_data import (
 )
 from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts
 from tunelab.training.build import build_model
-from tunelab.training.checkpoint import STEP_PREFIX, TENSOR_FILES, intact_checkpoint, load_trainable
-from tunelab.training.sharded_checkpoint import SHARDS
+from tunelab.training.checkpoint import STEP_PREFIX, intact_checkpoint
+from tunelab.training.sharded_checkpoint import load_weights
 
 
 @dataclass
@@ -97,8 +97,9 @@ def open_head_run(run_dir: str | Path, device: str = "auto", from_checkpoint: bo
 
 
 def _unfinished(run_dir: Path) -> tuple[RunInfo, Path] | None:
-    """An unfinished classify or reward run with a checkpoint of one process's format, and its newest intact
-    checkpoint; None for any other run, which open_info opens or refuses (the run did not finish: resume it)."""
+    """An unfinished classify or reward run with a checkpoint (of one process, or sharded by several ranks), and its
+    newest intact checkpoint; None for any other run, which open_info opens or refuses (the run did not finish:
+    resume it)."""
     try:
         info = read_info(run_dir, require_finished=False)
     except RunDirError:
@@ -106,9 +107,7 @@ def _unfinished(run_dir: Path) -> tuple[RunInfo, Path] | None:
     if info.finished or info.task not in HEAD_TASKS or info.extra.get("stages") or federation_stopped(info.extra):
         return None
     checkpoint = intact_checkpoint(run_dir)[0]
-    if checkpoint is None or (checkpoint / SHARDS).exists():  # several ranks' checkpoint: not read here
-        return None
-    return info, checkpoint
+    return None if checkpoint is None else (info, checkpoint)
 
 
 def _checkpoint_run(run_dir: Path, info: RunInfo, checkpoint: Path, device: str) -> HeadRun:
@@ -122,7 +121,7 @@ def _checkpoint_run(run_dir: Path, info: RunInfo, checkpoint: Path, device: str)
     built = build_model(source, dataclasses.replace(cfg.model, device=device), cfg.method, resumed=info)
     repair_rows(built.model, info.fixed_untrained_tokens)
     attach_head(built, len(labels), cfg.train.seed)
-    load_trainable(built.model, checkpoint / TENSOR_FILES[0])
+    load_weights(checkpoint, built.model)  # a sharded checkpoint's slices put together
     built.model.eval()
     tokenizer = load_tokenizer(source, info.trust_remote_code)
     step = int(checkpoint.name.removeprefix(STEP_PREFIX))

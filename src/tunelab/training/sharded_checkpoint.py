@@ -52,6 +52,7 @@ from tunelab.training.checkpoint import (
     checkpoint_failed,
     file_digest,
     load_checkpoint,
+    load_trainable,
     prune_checkpoints,
     remove_cut_short,
     restore_rng,
@@ -168,6 +169,28 @@ def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ranks
     if meta["world_size"] == ranks.world and rng.is_file():
         restore_rng(load_file(str(rng)))
     return meta["position"]
+
+
+def load_weights(folder: Path, model: nn.Module) -> None:
+    """The trainable weights of a checkpoint of either kind into `model`, in one process and without its optimizer
+    state: what predict and eval score an unfinished run with. DCP's reader assembles a sharded checkpoint's slices
+    into whole tensors, as a resume on one rank does; a single-file checkpoint is read as it was written."""
+    meta = json.loads((folder / STATE_FILE).read_text())
+    if meta.get("format") != FORMAT:
+        load_trainable(model, folder / TENSOR_FILES[0])
+        return
+    tensors = {f"model.{name}": p.data for name, p in model.named_parameters() if p.requires_grad}
+    reader = HuggingFaceStorageReader(str(folder / SHARDS))
+    saved = {key for key in reader.read_metadata().state_dict_metadata if key.startswith("model.")}
+    if saved != set(tensors):
+        differ = sorted(saved ^ set(tensors))
+        raise RunDirError(
+            f"{folder}: checkpoint does not match the model the run's config builds (e.g. {differ[0]}); was the "
+            "run's config.yaml changed?"
+        )
+    with warnings.catch_warnings():  # one process loading is meant here; DCP warns about it every time
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        dcp.load(tensors, storage_reader=reader, no_dist=True)  # in place, into the parameters
 
 
 def full_weights(model: nn.Module, ranks: Ranks, trainable_only: bool = False) -> dict[str, torch.Tensor] | None:
