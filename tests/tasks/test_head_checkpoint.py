@@ -48,6 +48,11 @@ def test_an_unfinished_head_run_is_scored_from_its_newest_checkpoint(task, tiny_
     texts = ["great number 1", "awful number 2"]
     opened, inputs = _opened(run_dir, texts)
     finished, _ = head_outputs(opened.model, opened, inputs)
+    assert main(["eval", str(run_dir), "--data", data]) == 0
+    assert {k: json.loads((run_dir / "eval.json").read_text())[k] for k in ("step", "checkpoint")} == {
+        "step": 3,
+        "checkpoint": "",
+    }
     info = json.loads((run_dir / "run.json").read_text())  # stopped after its last checkpoint, as a kill leaves it
     (run_dir / "run.json").write_text(
         json.dumps(info | {"finished": False, "end": {"reason": "interrupted", "step": 3}})
@@ -58,8 +63,16 @@ def test_an_unfinished_head_run_is_scored_from_its_newest_checkpoint(task, tiny_
     torch.testing.assert_close(head_outputs(run.model, run, inputs)[0], finished, rtol=1e-4, atol=1e-5)
     with pytest.raises(RunDirError, match="the run did not finish"):  # a reward model training another run
         _opened(run_dir, texts, from_checkpoint=False)
-    assert main(["eval", str(run_dir), "--data", data, "--no-save"]) == 0
+    assert main(["eval", str(run_dir), "--data", data, "--overwrite"]) == 0
     assert "scoring its newest checkpoint, step 3" in capsys.readouterr().err
+    # eval.json and the report say which weights were scored: the checkpoint, at its step
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved["step"] == 3 and saved["checkpoint"] == str(run_dir / "checkpoints" / "step-0000003")
+    assert main(["report", str(run_dir)]) == 0
+    assert (
+        f"by the checkpoint of step 3 ({run_dir / 'checkpoints' / 'step-0000003'}; the run had not"
+        in (run_dir / "report.html").read_text()
+    )
     for folder in (run_dir / "checkpoints").iterdir():
         (folder / "state.json").write_text("")  # no intact checkpoint: refused as before
     assert main(["predict", str(run_dir), *texts]) == 2

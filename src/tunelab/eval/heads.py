@@ -72,6 +72,8 @@ class HeadEvalResult:
     respelt: dict[str, dict] = field(default_factory=dict)  # classify: a label as the file writes it -> {label, rows}
     rows: list[dict] = field(default_factory=list)  # per row, the errors first, at most SHOWN_ROWS
     created: str = ""
+    step: int | None = None  # the training step of the weights scored
+    checkpoint: str = ""  # the checkpoint scored, of a run that did not finish; empty: the run's result
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -307,6 +309,8 @@ def evaluate_head_run(
         method=run.info.method,
         device=str(run.device),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        step=run.step,
+        checkpoint=str(run.checkpoint) if run.checkpoint else "",
         **parts,
     )
     if save:
@@ -349,7 +353,11 @@ def _scored(n, task: str) -> str:
 
 def format_head_eval(r: HeadEvalResult) -> str:
     """The scores as text tables for the terminal."""
-    lines = [f"eval of {r.run_dir} ({r.task}) on {r.data_file}: {_scored(r.rows_read, r.task)}"]
+    weights = weights_scored(asdict(r))
+    lines = [
+        f"eval of {r.run_dir} ({r.task}) on {r.data_file}: {_scored(r.rows_read, r.task)}"
+        + (f", by {weights}" if weights else "")
+    ]
     if r.truncated:
         lines.append(f"  {_truncated(r.truncated)}")
     for reason, s in r.skipped.items():
@@ -426,13 +434,27 @@ def _notes_html(data: dict) -> str:
     return f"<ul>{''.join(f'<li>{n}</li>' for n in notes)}</ul>" if notes else ""
 
 
+def weights_scored(data: dict) -> str:
+    """Which weights an eval.json (a dict) scored, in words: a checkpoint of a run that had not finished, with its
+    step, or the run's result at its step; empty for an eval.json that says neither (written before they were)."""
+    step, checkpoint = data.get("step"), data.get("checkpoint")
+    at = f"step {step}" if isinstance(step, int) and not isinstance(step, bool) else ""
+    if isinstance(checkpoint, str) and checkpoint:
+        return f"the checkpoint{' of ' + at if at else ''} ({checkpoint}; the run had not finished)"
+    return f"the run's result ({at})" if at else ""
+
+
 def head_eval_html(data: dict | None, problem: str | None = None) -> str:
     """The report's evaluation section for a head run's eval.json (a dict as `HeadEvalResult.to_dict` wrote it)."""
     if not isinstance(data, dict) or data.get("task") not in ("classify", "reward"):
         why = problem or "eval.json holds no scores of a classify or reward run; run 'tunelab eval RUN --data FILE'"
         return f'<p class="missing">No evaluation: {_e(why)}.</p>'
     t, b, name = data["tuned"], data["baseline"], data.get("baseline_name", "baseline")
-    head = f"<p>{_e(_scored(data.get('rows_read'), data['task']))} of <code>{_e(data.get('data_file'))}</code>.</p>"
+    head = (
+        f"<p>{_e(_scored(data.get('rows_read'), data['task']))} of <code>{_e(data.get('data_file'))}</code>"
+        + (f", by {_e(weights)}" if (weights := weights_scored(data)) else "")
+        + ".</p>"
+    )
 
     def row(label: str, bv: str, tv: str) -> str:
         return f'<tr><th>{_e(label)}</th><td class="num">{_e(bv)}</td><td class="num">{_e(tv)}</td></tr>'

@@ -61,6 +61,8 @@ class HeadRun:
     data: DataConfig  # the run's data options: fields, system prompt, max_length
     seed: int  # the run's seed: the untrained head is rebuilt from it
     prompt_format: str | None = None  # classify.prompt_format: text inputs are read as training read them
+    step: int | None = None  # the training step of the weights opened (the result's: the last, or keep_best's)
+    checkpoint: Path | None = None  # the checkpoint opened, of a run that did not finish; None: the run's result
 
     @property
     def device(self) -> torch.device:
@@ -91,8 +93,10 @@ def open_head_run(run_dir: str | Path, device: str = "auto", from_checkpoint: bo
     model = load_head_model(run_dir, info, device)
     template = run_template(info.template, tokenizer, run_dir)
     labels = run_labels(run_dir)
+    best = info.extra.get("best")
+    step = best["step"] if isinstance(best, dict) and isinstance(best.get("step"), int) else info.steps
     return HeadRun(
-        run_dir, info, model, tokenizer, template, labels, cfg.data, cfg.train.seed, cfg.classify.prompt_format
+        run_dir, info, model, tokenizer, template, labels, cfg.data, cfg.train.seed, cfg.classify.prompt_format, step
     )
 
 
@@ -133,7 +137,17 @@ def _checkpoint_run(run_dir: Path, info: RunInfo, checkpoint: Path, device: str)
     )
     template = run_template(info.template, tokenizer, run_dir)
     return HeadRun(
-        run_dir, info, built.model, tokenizer, template, labels, cfg.data, cfg.train.seed, cfg.classify.prompt_format
+        run_dir,
+        info,
+        built.model,
+        tokenizer,
+        template,
+        labels,
+        cfg.data,
+        cfg.train.seed,
+        cfg.classify.prompt_format,
+        step,
+        checkpoint,
     )
 
 
