@@ -4,6 +4,7 @@ resumed equals the uninterrupted one; bad stages are refused before anything is 
 
 import json
 import shutil
+import re
 from pathlib import Path
 
 import pytest
@@ -670,7 +671,10 @@ def test_a_staged_run_whose_data_moved_resumes_by_content(staged, tmp_path, cras
     if not changed:
         assert checked.passed, failed
         result = train(None, staged, resume=True)
-        assert "data is compared by content, not by path" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "data is compared by content, not by path" in out
+        # the stages whose data moved, each option old -> new, rather than the two whole stages: lists
+        assert re.search(r"resume: stage 1: data\.train: \[\S*/doors'\] -> \[\S*/doors-moved'\]; stage 2: ", out)
         assert read_info(result.run_dir).finished and open_info(result.run_dir / "stage-2").steps == 3
         return
     assert any(line.startswith("stage 1: resume data") and "door0.txt" in line for line in failed), failed

@@ -132,9 +132,15 @@ def _renamed(name: str, old: Any, new: Any, by_content: set[str] = frozenset()) 
     return True
 
 
-def _data_moved(old: Any, new: Any) -> bool:
-    """Do two `stages` lists differ in where some stage's data files are (not only in the stages' names)?"""
-    return not _renamed("stages", old, new)
+def _stage_moves(old: list, new: list) -> str:
+    """What differs between two `stages` lists that differ only in names and data paths (`_renamed`), stage by stage:
+    'stage 1: data.train: [...] -> [...]', rather than both whole lists."""
+    lines = []
+    for k, (a, b) in enumerate(zip(old, new), 1):
+        for key in sorted((a.keys() | b.keys()) - {"name"}):
+            if a.get(key) != b.get(key):
+                lines.append(f"stage {k}: {key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return "; ".join(lines)
 
 
 def config_changes(
@@ -276,9 +282,9 @@ def check_resume_config(
                 f"resume: {line} (allowed: the data is compared by content, not by path; the run continues only if its "
                 "tokenized rows are those it started with)"
             )
-        elif name == "stages" and _data_moved(saved.get("stages"), to_dict(cfg).get("stages")):
+        elif name == "stages" and (moves := _stage_moves(saved.get("stages"), to_dict(cfg).get("stages"))):
             notes.append(
-                f"resume: {line} (allowed: the stages' data is compared by content, not by path; each stage goes on "
+                f"resume: {moves} (allowed: the stages' data is compared by content, not by path; each stage goes on "
                 "only if its tokenized rows are those it started with)"
             )
         elif name == "stages":
