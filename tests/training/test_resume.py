@@ -520,6 +520,23 @@ def test_a_kept_warmup_of_one_step_is_said_in_the_singular(tmp_path, monkeypatch
     assert "of the new 6 steps would be 0" in note
 
 
+def test_a_kept_warmup_past_the_new_length_says_the_rate_never_decays(tmp_path, monkeypatch):
+    """A run shortened on resume below the warmup it started with was told that 'the decay after it is recomputed',
+    though no step comes after it: the run ends still warming up, below train.lr, and never decays."""
+    from types import SimpleNamespace
+
+    import tunelab.training.resume as resume
+    from tunelab.training.schedule import lr_factor
+
+    monkeypatch.setattr(
+        resume, "read_info", lambda *a, **k: SimpleNamespace(extra={resume.WARMUP: 20}, total_steps=400)
+    )
+    kept, note = resume.kept_warmup(tmp_path, 0.05, 12)
+    assert kept == 20 and "decay after it is recomputed" not in note
+    last = lr_factor(11, 12, kept, "cosine")
+    assert f"ends the run still warming up, at {last:.0%} of train.lr, and never decays" in note
+
+
 def test_a_checkpoint_written_after_passing_over_a_damaged_one_is_kept(tiny_overrides, crash_at, capsys):
     run = tiny_overrides | {"train.max_steps": 4, "train.save_every": 2, "train.keep_checkpoints_after_finish": True}
     run_dir = recipe.train(None, run).run_dir

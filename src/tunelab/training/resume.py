@@ -323,10 +323,16 @@ def kept_warmup(run_dir: Path, ratio: float, total_steps: int) -> tuple[int, str
     kept = int(kept)
     if kept == new:
         return kept, ""
+    after = "the decay after it is recomputed for the new length"
+    if kept >= total_steps:  # lr_factor of the last step, (total_steps) / (kept + 1): still warming up
+        after = (
+            f"it is as long as the new length or longer, so the rate ends the run still warming up, at "
+            f"{total_steps / (kept + 1):.0%} of train.lr, and never decays (ask for more than {counted(kept, 'step')} "
+            "for a decay)"
+        )
     return kept, (
         f"resume: the warmup stays {counted(kept, 'step')}, as the run started with them (train.warmup_ratio {ratio:g} "
-        f"of the new {total_steps} steps would be {new}, and would change the rate of steps already trained); the decay "
-        "after it is recomputed for the new length"
+        f"of the new {total_steps} steps would be {new}, and would change the rate of steps already trained); {after}"
     )
 
 
