@@ -94,7 +94,8 @@ def test_a_run_saved_with_an_option_now_refused_as_unread_resumes(
     saved = saved.replace("proximal_mu: 0.01", "proximal_mu: 0.5").replace("num_clients: 2", "num_clients: 5")
     (run / "config.yaml").write_text(saved)
     assert check_resume(run, load_config(config, {"federated.rounds": 3}).config) == [
-        "resume: federated.rounds: 2 -> 3; the run continues to the new length, its learning-rate schedule recomputed"
+        "resume: federated.rounds: 2 -> 3; the federation continues to 3 rounds: from round 3 on, the learning rate's "
+        "cosine decay is recomputed over the new 3 x 3 steps (the rounds already trained keep the rates they had)"
     ]
     with pytest.raises(ConfigError, match="federated.strategy: 'fedavg' -> 'fedprox'"):  # what reads it is compared
         check_resume(run, load_config(config, {"federated.strategy": "fedprox"}).config)

@@ -8,7 +8,8 @@ resumed federation trains exactly as an uninterrupted one would:
   (train.seed, epoch) as in `tunelab train` (train.group_by_length too); round r's step g
   (g = (r-1) * local_steps + i) takes micro-batches [g * grad_accum, (g+1) * grad_accum) of that stream, so every
   step holds grad_accum micro-batches;
-- learning rate: the run's schedule over rounds * local_steps steps, at step g;
+- learning rate: the run's schedule over rounds * local_steps steps, at step g, its warmup the steps the server
+  sends (those the federation started with, which a resume with more rounds keeps);
 - `auto` training options: the same on every client (`federation_plan`): the rate from the model's width, the
   micro-batch MICRO_BATCH, the warmup from rounds * local_steps, never from a client's own rows;
 - optimizer: a fresh AdamW each round (its moments are the client's, and would mix data across rounds unseen by
@@ -45,7 +46,7 @@ from tunelab.federated.shards import ClientData
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows
 from tunelab.peft.save import adapter_state_dict
-from tunelab.training.auto import MICRO_BATCH, AutoPlan, Choice, ModelShape, auto_warmup, model_shape, plan_from_data
+from tunelab.training.auto import MICRO_BATCH, AutoPlan, Choice, ModelShape, model_shape, plan_from_data
 from tunelab.training.build import build_model, checkpoint_mode
 from tunelab.training.loss_scale import LossScale, uses_loss_scale
 from tunelab.training.neftune import add_embedding_noise, noise_width
@@ -210,13 +211,6 @@ def proximal_term(
     finally:
         for handle in handles:
             handle.remove()
-
-
-def warmup_steps(train: TrainConfig, total: int) -> int:
-    """The warmup of a federation of `total` steps (rounds x local_steps): train.warmup_ratio of them, `auto` as a
-    client resolves it (auto_warmup of that length)."""
-    ratio = auto_warmup(total).value if train.warmup_ratio == AUTO else train.warmup_ratio
-    return int(ratio * total)
 
 
 def federation_plan(train: TrainConfig, method: MethodConfig, shape: ModelShape, total_steps: int) -> AutoPlan:

@@ -3,8 +3,10 @@
 
 So a resumed federation refuses every change that would make it another run (the model, the data, the clients,
 the method, the learning rate, the seed, local_steps, the strategy, ...), listing each as `option: old -> new`;
-federated.rounds may change to no fewer than the rounds done (the schedule over rounds x local_steps is recomputed
-from the next round on, its warmup kept at the steps the federation started with: server.py sends them); options that only say how the run is watched or run may change. The server writes the
+federated.rounds may change to no fewer than the rounds done: the learning rate's decay is then recomputed over the
+new rounds x local_steps from the next round on, its warmup kept at the steps the federation started with
+(`started_warmup`; server.py sends them to the clients), and the rounds already trained keep the rates they had
+(`rounds_note` says so); options that only say how the run is watched or run may change. The server writes the
 config it resumes with to config.yaml, so a later --resume compares with it. The server's eval rows are compared
 by content too (`check_same_eval`); the clients' data the server never sees.
 """
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.config import RunConfig
-from tunelab.errors import ConfigError, RunDirError
+from tunelab.config import AUTO, RunConfig, TrainConfig
+from tunelab.errors import ConfigError, RunDirError, counted
 from tunelab.federated.checkpoints import resume_round
 from tunelab.federated.history import read_state
 from tunelab.rundir import read_info
+from tunelab.training.auto import auto_warmup
 from tunelab.training.resume import check_resume_config, check_same_data, data_digest, file_digests
 
 LENGTH = {"federated.rounds"}
@@ -42,8 +45,46 @@ def check_resume(run_dir: str | Path, cfg: RunConfig) -> list[str]:
             f"{run_dir}: option 'federated.rounds' is {cfg.federated.rounds}, fewer than the {done} rounds the "
             f"federation has done; ask for at least {done} to resume."
         )
-    _, damaged = resume_round(run_dir, state)  # RunDirError when no round's checkpoint is intact
+    resumed, damaged = resume_round(run_dir, state)  # RunDirError when no round's checkpoint is intact
+    # training/resume.py's note for a new length says "the run"; a federation's says what its rounds do
+    notes = [rounds_note(note, cfg, resumed) if note.startswith(ROUNDS_CHANGED) else note for note in notes]
     return notes + damaged + idle_note(state) + _sampling_note(cfg)
+
+
+ROUNDS_CHANGED = "resume: federated.rounds:"
+
+
+def warmup_steps(train: TrainConfig, total: int) -> int:
+    """The warmup of a federation of `total` steps (rounds x local_steps): train.warmup_ratio of them, `auto` as a
+    client resolves it (auto_warmup of that length)."""
+    ratio = auto_warmup(total).value if train.warmup_ratio == AUTO else train.warmup_ratio
+    return int(ratio * total)
+
+
+def started_warmup(state: dict, cfg: RunConfig) -> int:
+    """The warmup steps the federation started with (federated.json; one written before they were recorded: the
+    warmup of the rounds it started with), which every later round keeps, whatever federated.rounds becomes."""
+    first = int(state.get("rounds", cfg.federated.rounds)) * cfg.federated.local_steps
+    return int(state.get("warmup_steps", warmup_steps(cfg.train, first)))
+
+
+def rounds_note(note: str, cfg: RunConfig, state: dict) -> str:
+    """The note for a new federated.rounds (`note` is training/resume.py's, whose 'option: old -> new' it keeps): what
+    happens to the learning rate, as the clients compute it (local.py's local_train, over the rounds the server
+    sends and the warmup it kept)."""
+    change = note.split(";")[0]
+    f = cfg.federated
+    warmup = started_warmup(state, cfg)
+    kept = f", and its warmup keeps the {counted(warmup, 'step')} the federation started with" if warmup else ""
+    if cfg.train.scheduler == "constant":
+        rate = f"the learning rate stays constant{kept}"
+    else:
+        rate = (
+            f"from round {int(state['rounds_done']) + 1} on, the learning rate's {cfg.train.scheduler} decay is "
+            f"recomputed over the new {f.rounds} x {f.local_steps} steps (the rounds already trained keep the rates "
+            f"they had){kept}"
+        )
+    return f"{change}; the federation continues to {f.rounds} rounds: {rate}"
 
 
 def _last_line(reason: str | None) -> str:

@@ -39,9 +39,9 @@ from tunelab.federated.history import (
     trained_tokens,
     write_state,
 )
-from tunelab.federated.local import federation_plan, server_eval_datasets, untrained_rows, warmup_steps
+from tunelab.federated.local import federation_plan, server_eval_datasets, untrained_rows
 from tunelab.federated.payload import from_record, layout, load_adapter_state, recipe_text, to_record
-from tunelab.federated.resume import check_resume, check_same_eval
+from tunelab.federated.resume import check_resume, check_same_eval, started_warmup, warmup_steps
 from tunelab.federated.rounds import Recorded, RoundReport, build_strategy
 from tunelab.federated.setup import flower_warnings_only
 from tunelab.federated.shards import federation_protected
@@ -176,15 +176,13 @@ def _run_rounds(
     f = cfg.federated
     run_dir = Path(cfg.output_dir)
     done = int(state["rounds_done"])
-    # the warmup steps the federation started with (a federated.json before they were recorded: its rounds' share)
-    first = int(state.get("rounds", f.rounds)) * f.local_steps
-    warmup = int(state.get("warmup_steps", warmup_steps(cfg.train, first)))
+    warmup = started_warmup(state, cfg)
     if warmup != (longer := warmup_steps(cfg.train, f.rounds * f.local_steps)):
         notes = [
             *notes,
             f"resume: the warmup stays {counted(warmup, 'step')}, as the federation started with them "
             f"(train.warmup_ratio of the new {f.rounds} x {f.local_steps} steps would be {longer}, and would "
-            "change the rate of rounds already trained); the decay after it is recomputed for the new length",
+            "change the rate of rounds already trained)",
         ]
     state["warmup_steps"] = warmup
     state.update(rounds=f.rounds, local_steps=f.local_steps, strategy=f.strategy + (" + DP" if f.dp else ""))
