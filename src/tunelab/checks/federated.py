@@ -7,8 +7,10 @@ checks before any client trains, then each client's data as tunelab train checks
   file), its data report, the auto values its local training takes, and the data checks (prompt rendering,
   answer ends, padding), each item named after the client;
 - the server's eval set (data.eval), read as the server reads it;
-- with the model: the sft model checks (one forward/backward, the padded and packed comparisons, fast against
-  generic) on the first client's first micro-batch.
+- with the model: the untrained rows of every token the tokenizer has, which federate finds and repairs on the server
+  and every client (it cannot see their data: federated/local.py's untrained_rows), and the sft model checks (one
+  forward/backward, the padded and packed comparisons, fast against generic) on the first client's first
+  micro-batch.
 """
 
 from __future__ import annotations

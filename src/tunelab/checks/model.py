@@ -214,9 +214,10 @@ def dtype_items(built: BuiltModel) -> list[CheckItem]:
     return [CheckItem("model dtype", "info", built.dtype_note)] if built.dtype_note else []
 
 
-def untrained_item(report: UntrainedReport) -> CheckItem:
+def untrained_item(report: UntrainedReport, federation: bool = False) -> CheckItem:
+    """`federation`: the report covers every token of the tokenizer, as a federation repairs them."""
     status = "pass" if not report.tokens or report.repaired else "fail"
-    return CheckItem("untrained tokens", status, report.summary().removeprefix("untrained tokens: "))
+    return CheckItem("untrained tokens", status, report.summary(federation).removeprefix("untrained tokens: "))
 
 
 def task_step(task, model: torch.nn.Module, batch: dict) -> tuple[float, bool]:

@@ -200,11 +200,13 @@ def _free(*objects) -> None:
         torch.cuda.empty_cache()
 
 
-def model_items(cfg, inputs, resumed: RunInfo | None = None) -> list[CheckItem]:
+def model_items(cfg, inputs, resumed: RunInfo | None = None, federation: bool = False) -> list[CheckItem]:
+    """`federation`: the untrained rows of every token of the tokenizer, found and repaired as `tunelab federate`
+    repairs them on the server and every client, not only those of the tokens `inputs` use."""
     pad = inputs.tokenizer.pad_token_id
-    built, untrained = load_model(cfg, inputs, resumed=resumed)
+    built, untrained = load_model(cfg, inputs, resumed=resumed, federation=federation)
     batch = first_batch(cfg, inputs.data, pad)
-    items = [*dtype_items(built), untrained_item(untrained), *forward_backward(built, batch)]
+    items = [*dtype_items(built), untrained_item(untrained, federation), *forward_backward(built, batch)]
     comparisons, fast_loss = eval_comparisons(built, batch, pad)
     items += comparisons
     name = "fast path = generic path"
@@ -216,7 +218,7 @@ def model_items(cfg, inputs, resumed: RunInfo | None = None) -> list[CheckItem]:
     # The same model, method and repairs through transformers' code; LoRA's B starts at zero and dropout is off in
     # eval mode, so both compute the base model's loss (quantized alike under QLoRA).
     generic_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, packing=False))
-    generic, _ = load_model(generic_cfg, inputs, impl="generic", resumed=resumed)
+    generic, _ = load_model(generic_cfg, inputs, impl="generic", resumed=resumed, federation=federation)
     generic.model.eval()
     generic_loss = mean_loss(generic.model, padded(documents(batch), pad), generic.device)
     _free(generic)
@@ -398,8 +400,12 @@ def federated_check(
         out(item.line())
     if model:
         before = _resumed_info(cfg) if resume else None  # the server sends the run's dtype to every client
-        checked = model_items(local, inputs, before)
-        more = [dataclasses.replace(i, name=f"{label(client)}: {i.name}") for i in checked]
+        checked = model_items(local, inputs, before, federation=True)  # the rows federate repairs
+        # named after the client whose micro-batch they ran on; the untrained rows are the tokenizer's, every client's
+        more = [
+            i if i.name == "untrained tokens" else dataclasses.replace(i, name=f"{label(client)}: {i.name}")
+            for i in checked
+        ]
         for item in more:
             out(item.line())
         items += more

@@ -44,7 +44,7 @@ from tunelab.federated.hostpaths import check_on_this_host
 from tunelab.federated.payload import load_adapter_state
 from tunelab.federated.shards import ClientData
 from tunelab.models.load import load_tokenizer, resolve_source
-from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows
+from tunelab.models.untrained import UntrainedReport, every_token, find_untrained, repair_rows
 from tunelab.peft.save import adapter_state_dict
 from tunelab.training.auto import MICRO_BATCH, AutoPlan, Choice, ModelShape, model_shape, plan_from_data
 from tunelab.training.build import build_model, checkpoint_mode
@@ -136,7 +136,7 @@ def untrained_rows(model: nn.Module, tokenizer, fix: bool) -> UntrainedReport:
     run.json, and opening the run repeats them). So the rows come from the base and the tokenizer alone, the same
     on the server and on every client: a superset of the rows any client's data uses (rows past the tokenizer's
     vocabulary, which no data can use, are left as they are, as train leaves them)."""
-    report = UntrainedReport(find_untrained(model, torch.ones(len(tokenizer), dtype=torch.int64), tokenizer))
+    report = UntrainedReport(find_untrained(model, every_token(tokenizer, len(tokenizer)), tokenizer))
     if report.tokens and fix:
         repair_rows(model, report.rows())
         report.repaired = True

@@ -9,7 +9,8 @@ of them: through 32 layers the first step's gradient norm overflows to NaN.
 
 A row is untrained when its L2 norm is below UNTRAINED_RATIO times the median norm of the nonzero rows: the trained
 rows of real checkpoints differ by small factors, untrained ones by many orders of magnitude. Only the tokens that
-occur in the rendered data (template tokens included) are reported. `model.fix_untrained_tokens` (on by default)
+occur in the rendered data (template tokens included) are reported; a federation, which cannot see its clients' data,
+takes every token of the tokenizer (`every_token`). `model.fix_untrained_tokens` (on by default)
 sets their rows to the mean of the trained rows, computed in fp32, as is common practice for Llama-3 base. The ids
 are saved in run.json (`RunInfo.fixed_untrained_tokens`) and `repair_rows` repeats the repair when an adapter run
 opens its base model, so inference, merges and GGUF exports see the rows training saw.
@@ -82,6 +83,15 @@ def token_counts(rows: Iterable, vocab_size: int) -> torch.Tensor:
             pending = []
     if pending:
         counts += _bincount(pending, vocab_size)
+    return counts
+
+
+def every_token(tokenizer, vocab_size: int) -> torch.Tensor:
+    """(vocab_size,) int64 counts that take every token the tokenizer has as used, once: the rows a federation finds,
+    whose server never sees its clients' data (federated/local.py's untrained_rows). Ids past the tokenizer's
+    vocabulary, which no data can hold, count 0, as train leaves their rows."""
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    counts[: min(len(tokenizer), vocab_size)] = 1
     return counts
 
 

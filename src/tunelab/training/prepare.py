@@ -17,7 +17,7 @@ from tunelab.config.paths import function_file
 from tunelab.data.loader import Datasets
 from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.models.load import ModelSource, fingerprint, load_hf_config, load_tokenizer, pinned_source
-from tunelab.models.untrained import UntrainedReport, find_untrained, repair_rows, token_counts
+from tunelab.models.untrained import UntrainedReport, every_token, find_untrained, repair_rows, token_counts
 from tunelab.peft.save import continue_adapter
 from tunelab.rundir import HEAD_TASKS, RunInfo, is_run_dir, read_info
 from tunelab.tasks import get_task
@@ -136,16 +136,21 @@ def refuse_unusable_eval(d: DataConfig, data: Datasets) -> None:
 
 
 def load_model(
-    cfg: RunConfig, inputs: Inputs, impl: str | None = None, resumed: RunInfo | None = None
+    cfg: RunConfig, inputs: Inputs, impl: str | None = None, resumed: RunInfo | None = None, federation: bool = False
 ) -> tuple[BuiltModel, UntrainedReport]:
     """The model with the method applied, its untrained rows found and (model.fix_untrained_tokens) repaired.
     `impl` overrides model.impl (tunelab check builds the generic model to compare); `resumed`: the run.json of the
-    run --resume continues (its dtype is kept, `build.kept_dtype`)."""
+    run --resume continues (its dtype is kept, `build.kept_dtype`); `federation`: the rows of every token the
+    tokenizer has, as a federation's server and clients repair them (tunelab check of a federated config), not only
+    those of the tokens `inputs` use."""
     model_cfg = dataclasses.replace(cfg.model, impl=impl) if impl else cfg.model
     built = build_model(inputs.source, model_cfg, cfg.method, checkpoint_mode(cfg.train), resumed)
     refuse_packing_off_the_fast_path(cfg, built.impl)
     vocab = max(len(inputs.tokenizer), built.model.config.vocab_size)
-    counts = token_counts(inputs.data.train + inputs.data.eval, vocab)
+    if federation:
+        counts = every_token(inputs.tokenizer, vocab)
+    else:
+        counts = token_counts(inputs.data.train + inputs.data.eval, vocab)
     if cfg.model.adapter:  # its weights, and the base rows repaired under it are repaired (and recorded) again
         # a head saved with it (a classify or reward run's) is the task's to load, once it has made its head
         leave = (HEAD,) if cfg.task in HEAD_TASKS else ()
