@@ -28,6 +28,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 from tunelab.atomic import write_json
@@ -64,16 +65,77 @@ def all_rounds_done(run_dir: str | Path, rounds: int) -> str | None:
 
 def nothing_applied(history: list[dict]) -> str | None:
     """What to say when no round of the federation applied an update (every one with too few usable client
-    updates): its adapter is still the untrained one, which keep_best's 'it is the result' alone does not tell."""
+    updates): its adapter is still the untrained one, which keep_best's 'it is the result' alone does not tell. Each
+    client that failed is named with its error, as the round lines (and, in the simulation, the clients' tracebacks,
+    which Ray folds into one when they repeat across workers) may not show them all."""
     if not history or any(report.get("applied") for report in history):
         return None
     n = len(history)
+    lost = lost_clients(history)
+    why = f"; {'; '.join(lost)}" if lost else ": see the round lines"
     return (
         f"none of the {n} round{'' if n == 1 else 's'} applied an update (each had fewer usable client "
-        "updates than federated.min_clients: see the round lines for each client's failure), so the saved adapter is "
-        "the untrained one and answers as the base model does. Fix what the clients failed on and federate again "
-        "(--overwrite), or --resume with more federated.rounds."
+        f"updates than federated.min_clients{why}), so the saved adapter is the untrained one and answers as the base "
+        "model does. Fix what the clients failed on and federate again (--overwrite), or --resume with more "
+        "federated.rounds."
     )
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+FLOWER_REASON = re.compile(r"<class '([^']+)'>:<'(.*)'>", re.DOTALL)
+
+
+def error_line(reason: str | None) -> str:
+    """A failed client's reason in one line without terminal colours ('' for none). Our ClientApp replies with the
+    error's message (client.py: a TunelabError's, or `Type: message`): its first line, which names the error (a
+    message of several lines ended with its last, which did not). A reason Flower makes (a ClientApp that did not
+    load, a Ray worker that died: `<class 'X'>:<'MESSAGE'>`, often a traceback) says what happened in its last line."""
+    text = ANSI.sub("", reason or "").strip()
+    flower = FLOWER_REASON.fullmatch(text)
+    if flower:
+        lines = [line.strip() for line in flower[2].splitlines() if line.strip()]
+        if len(lines) == 1:
+            return f"{flower[1]}: {lines[0]}"
+        return lines[-1] if lines else flower[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if "Traceback (most recent call last)" in text else lines[0]
+
+
+def by_name(name: str) -> list:
+    """A client's place in a listing: by name, its numbers as numbers (client-2 before client-10)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
+def _rounds(numbers: list[int]) -> str:
+    """'round 3', 'rounds 1-4', 'rounds 1-2, 5'."""
+    spans: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+    return f"round{'s' if len(numbers) > 1 else ''} {text}"
+
+
+def lost_clients(history: list[dict], after: int = 0) -> list[str]:
+    """One entry per client whose update a round after round `after` lost (failed: an error, or no reply in time;
+    skipped: an adapter that does not fit), by name: the rounds, and its first loss's error line (every reason
+    stays in federated.json)."""
+    lost: dict[str, tuple[str, str, list[int]]] = {}
+    for report in history:
+        if int(report["round"]) <= after:
+            continue
+        for c in report.get("clients", []):
+            if c.get("status") in ("failed", "skipped"):
+                first = lost.setdefault(c["client"], (c["status"], error_line(c.get("reason")) or c["status"], []))
+                first[2].append(int(report["round"]))
+    return [
+        f"{name} ({status} in {_rounds(rounds)}): {line}"
+        for name, (status, line, rounds) in sorted(lost.items(), key=lambda item: by_name(item[0]))
+    ]
 
 
 def round_records(report: dict, eval_loss: float | None, elapsed_s: float) -> list[dict]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from tunelab.config import AUTO, RunConfig, TrainConfig
 from tunelab.errors import ConfigError, RunDirError, counted
 from tunelab.federated.checkpoints import resume_round
-from tunelab.federated.history import read_state
+from tunelab.federated.history import error_line, read_state
 from tunelab.rundir import read_info
 from tunelab.training.auto import auto_warmup
 from tunelab.training.resume import check_resume_config, check_same_data, data_digest, file_digests
@@ -87,12 +87,6 @@ def rounds_note(note: str, cfg: RunConfig, state: dict) -> str:
     return f"{change}; the federation continues to {f.rounds} rounds: {rate}"
 
 
-def _last_line(reason: str | None) -> str:
-    """A failure's reason in one line: its last non-blank one (a traceback's names the error)."""
-    lines = [line.strip() for line in (reason or "").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 def idle_note(state: dict) -> list[str]:
     """A note when the federation's last rounds applied no update (every client failed, or too few usable updates):
     --resume continues from the global adapter of the last round that applied one, with the same clients and
@@ -109,7 +103,7 @@ def idle_note(state: dict) -> list[str]:
     first, last = idle[0]["round"], idle[-1]["round"]
     rounds = f"round {last}" if first == last else f"rounds {first}-{last}"
     failed = [
-        f"{c['client']}: {_last_line(c.get('reason')) or c['status']}"
+        f"{c['client']}: {error_line(c.get('reason')) or c['status']}"
         for c in idle[-1].get("clients", [])
         if c.get("status") != "ok"
     ]

@@ -12,7 +12,6 @@ payload.py lists.
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from dataclasses import replace
@@ -30,8 +29,11 @@ from tunelab.errors import RunDirError, TrainingStopped, counted
 from tunelab.federated.checkpoints import load_round, resume_round, save_round
 from tunelab.federated.history import (
     all_rounds_done,
+    by_name,
     client_dtypes,
+    error_line,
     last_train_loss,
+    lost_clients,
     nothing_applied,
     plot_federation,
     read_state,
@@ -97,7 +99,7 @@ def _recorded_info(run_dir: Path) -> RunInfo | None:
 def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
     parts = [f"round {report.round}/{rounds}"]
     parts.append(f"eval loss {eval_loss:.4f}" if eval_loss is not None else "no eval set")
-    for c in sorted(report.clients, key=_by_name):  # one order every round, not the order replies came in
+    for c in sorted(report.clients, key=lambda c: by_name(c.client)):  # one order every round, not the replies' order
         if c.status == "ok":
             parts.append(
                 f"{c.client}: train loss {c.train_loss:.4f} ({counted(c.examples, 'example')}, {c.seconds:.0f} s)"
@@ -116,23 +118,14 @@ def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
     return " | ".join(parts)
 
 
-def _by_name(c) -> list:
-    """A client's place in a round's line: by name, its numbers as numbers (client-2 before client-10)."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", c.client)]
-
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
 def brief(reason: str | None) -> str:
-    """A failed client's reason as its round line shows it: one line without terminal colours. Our ClientApp replies
-    with the error's message (client.py), but a reason Flower makes (a ClientApp that did not load, a Ray worker that
-    died) is a traceback: its last line, which names the error, stands for it; federated.json keeps it whole."""
-    lines = [line.strip() for line in ANSI.sub("", reason or "").splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else "no reason given"
-    last = lines[-1].removesuffix("'>")  # the end of Flower's <class 'X'>:<'MESSAGE'>
-    return f"{last} (the whole reason: federated.json)"
+    """A failed client's reason as its round line shows it: one line (history.py's error_line); a reason of several
+    lines (a traceback Flower made) says where the rest is."""
+    line = error_line(reason)
+    if not line:
+        return "no reason given"
+    more = len([x for x in (reason or "").splitlines() if x.strip()]) > 1
+    return f"{line} (the whole reason: federated.json)" if more else line
 
 
 def run_federation(
@@ -340,7 +333,7 @@ def _run_rounds(
         )
     if keep_best and state.get("best"):
         print(_kept(state["best"], int(state["rounds_done"]), last_loss[0], state.get("base_eval_loss")), flush=True)
-    done = int(state["rounds_done"])
+    resumed_after, done = done, int(state["rounds_done"])
     whole = f"{f.rounds} round{'' if f.rounds == 1 else 's'}"
     rounds = whole if done >= f.rounds else f"stopped after round {done} of {f.rounds}; --resume goes on"
     now = time.perf_counter()
@@ -349,6 +342,10 @@ def _run_rounds(
     if done >= f.rounds and (untrained := nothing_applied(state["history"])):
         # a failure, as train's guard stop is: exit 3, and the run an --overwrite moved aside is kept (failure_noted)
         raise TrainingStopped(untrained)
+    if lost := lost_clients(state["history"], after=resumed_after):
+        # every client named with its error: the round lines are many, and in the simulation Ray folds the clients'
+        # tracebacks into one when they repeat across its workers
+        print(f"warning: rounds went on without {counted(len(lost), 'client')}: {'; '.join(lost)}", flush=True)
     if done >= f.rounds:
         print(kept_checkpoints(run_dir), flush=True)
         _finish(plan)
