@@ -106,10 +106,16 @@ def client_items(cfg: RunConfig, client: ClientData, inputs: Inputs) -> tuple[Ru
     return local, items
 
 
-def server_eval_item(cfg: RunConfig, tokenizer) -> CheckItem:
+def server_eval_item(cfg: RunConfig, tokenizer, read: list[tuple[ClientData, Inputs]] = ()) -> CheckItem:
+    """The server's eval set as the server reads it; a warning when a client trains on its file too (`read`: the
+    clients' data)."""
     if not cfg.data.eval:
         return CheckItem("server eval", "info", "no data.eval: the server reports no eval loss after each round")
     from tunelab.federated.local import server_eval_datasets
+    from tunelab.federated.run import shared_eval_note
 
     data = server_eval_datasets(cfg, tokenizer)
-    return CheckItem("server eval", "pass", f"{cfg.data.eval}: {len(data.train)} rows, read as the server reads them")
+    summary = f"{cfg.data.eval}: {len(data.train)} rows, read as the server reads them"
+    if shared := shared_eval_note([c for c, _ in read], [inputs.data for _, inputs in read], data):
+        return CheckItem("server eval", "warn", f"{summary}; but {shared}")
+    return CheckItem("server eval", "pass", summary)

@@ -393,7 +393,7 @@ def federated_check(
         inputs.data.examples[:examples], inputs.tokenizer, inputs.data.template, cfg.data, DataReport()
     )
     out(f"{label(client)}, " + preview_text(rows, inputs.tokenizer, color=color))
-    items.append(server_eval_item(cfg, inputs.tokenizer))
+    items.append(server_eval_item(cfg, inputs.tokenizer, read))
     if cfg.eval.questions:
         items.append(questions_item(cfg, inputs))
     for item in items:

@@ -239,17 +239,42 @@ def format_note(clients: list[ClientData], sets: list) -> tuple[str, str] | None
     )
 
 
+def shared_eval_note(clients: list[ClientData], sets: list, eval_data: Datasets | None) -> str | None:
+    """A warning when the server's eval rows come from a file a client trains on too (a client's folder holds
+    data.eval, or data.eval is federated.split_file or a client's file): the eval loss after every round then
+    measures how the global adapter recalls rows it was trained on, and train.keep_best chooses the result by it.
+    tunelab train notes its own eval file among its training files alike (data/loader.py note_trained_eval)."""
+    if eval_data is None:
+        return None
+    held = {Path(ex.path).resolve() for ex in eval_data.examples}
+    owners = [
+        client.label
+        for client, data in zip(clients, sets)
+        if any(Path(ex.path).resolve() in held for ex in data.examples)
+    ]
+    if not owners:
+        return None
+    files = ", ".join(sorted(dict.fromkeys(ex.path for ex in eval_data.examples)))
+    return (
+        f"the server's eval file ({files}, data.eval) is also training data of {', '.join(owners)}: its eval loss "
+        "after each round measures how the global adapter recalls rows a client trained on, not how it does on new "
+        "ones (train.keep_best chooses the result by it); give data.eval rows no client holds (a file outside the "
+        "clients' folders and federated.split_file)"
+    )
+
+
 def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = False) -> None:
     """Read every client's data (`read_clients`) and the server's eval set before anything starts (a bad one found
     by the server only after Ray and the clients started), and say what each client holds; resumed, the server's eval
     rows must be those the run recorded (`check_same_eval`)."""
     tokenizer, sets = read_clients(cfg, clients)
+    eval_data = None
     if cfg.data.eval:
         from tunelab.federated.local import server_eval_datasets
 
-        rows = server_eval_datasets(cfg, tokenizer).train
+        eval_data = server_eval_datasets(cfg, tokenizer)
         if resume:
-            check_same_eval(cfg.output_dir, rows)
+            check_same_eval(cfg.output_dir, eval_data.train)
     for client, data, weight in zip(clients, sets, average_weights(cfg.federated, sets)):
         print(
             f"{client.label}: {counted(data.report.train.used, 'example')}, {counted(len(data.train), 'row')} "
@@ -261,6 +286,8 @@ def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = Fals
             print(line, flush=True)
     if formats := format_note(clients, sets):
         print(f"{'warning' if formats[0] == 'warn' else 'note'}: {formats[1]}", flush=True)
+    if shared := shared_eval_note(clients, sets, eval_data):
+        print(f"warning: {shared}", flush=True)
 
 
 def _result(run_dir: Path) -> FederateResult:
