@@ -194,7 +194,26 @@ def read_clients(cfg: RunConfig, clients: list[ClientData]) -> tuple[Any, list[D
             sets.append(client_datasets(cfg.data, tokenizer, cfg.train.seed, client))
         except TunelabError as exc:
             raise type(exc)(f"{client.label}: {exc}") from None
+    refuse_shared_files(clients, sets)
     return tokenizer, sets
+
+
+def refuse_shared_files(clients: list[ClientData], sets: list) -> None:
+    """ConfigError when two clients read one file (a folder of one client holds another's file): its rows would be
+    trained by both and weigh twice in every average, as shards.py refuses two entries naming the same path. The
+    shards of federated.split_file share their file by design, each with rows of its own."""
+    owner: dict[Path, ClientData] = {}
+    for client, data in zip(clients, sets):
+        if client.shard is not None:
+            continue
+        for path in dict.fromkeys(Path(ex.path).resolve() for ex in data.examples):
+            first = owner.setdefault(path, client)
+            if first is not client:
+                raise ConfigError(
+                    f"option 'federated.clients': {path} is data of {first.label} ({', '.join(first.paths)}) and of "
+                    f"{client.label} ({', '.join(client.paths)}): its rows would be trained by both and weigh twice "
+                    "in every average. Each client holds its own data: move the file out of the other's folder."
+                )
 
 
 def average_weights(f: FederatedConfig, sets: list) -> list[str]:

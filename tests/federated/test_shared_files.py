@@ -1,5 +1,6 @@
-"""A server eval file that a client trains on too is said, by `tunelab federate` as it starts and by `tunelab
-check`, as `tunelab train` notes an eval file among its training files."""
+"""Files that two parties of a federation would read: a server eval file that a client trains on too is said (by
+`tunelab federate` as it starts and by `tunelab check`), as `tunelab train` notes an eval file among its training
+files; a file two clients would train on is refused."""
 
 import json
 
@@ -10,6 +11,7 @@ pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed"
 
 from tunelab.cli import main
 from tunelab.config import load_config
+from tunelab.errors import ConfigError
 from tunelab.federated.run import check_clients, federation_clients
 
 
@@ -58,3 +60,18 @@ def test_a_server_eval_file_inside_a_clients_folder_is_a_warning(tiny_model_dir,
     cfg = load_config(_config(tmp_path, tiny_model_dir, ["north/faq.jsonl", "south.jsonl"], "held_out.jsonl")).config
     check_clients(cfg, federation_clients(cfg))
     assert "server's eval file" not in capsys.readouterr().out
+
+
+def test_a_file_inside_another_clients_folder_is_refused(tiny_model_dir, tmp_path, capsys):
+    """Clients [sites/, sites/a.jsonl] both trained on sites/a.jsonl, which then weighed twice in every average;
+    only two entries naming the same path were refused."""
+    (tmp_path / "sites").mkdir()
+    _rows(tmp_path / "sites" / "a.jsonl", 0, 10)
+    _rows(tmp_path / "sites" / "b.jsonl", 10, 20)
+    _rows(tmp_path / "held_out.jsonl", 50, 54)
+    config = _config(tmp_path, tiny_model_dir, ["sites", "sites/a.jsonl"], "held_out.jsonl")
+    cfg = load_config(config).config
+    with pytest.raises(ConfigError, match=r"a\.jsonl is data of client sites \(.*\) and of client a \("):
+        check_clients(cfg, federation_clients(cfg))
+    assert main(["check", config, "--data-only", "--html", str(tmp_path / "page.html")]) == 2
+    assert "its rows would be trained by both" in capsys.readouterr().err
