@@ -80,3 +80,17 @@ def test_a_federation_that_went_on_without_a_client_names_it_at_the_end(
     run_federation(None, load_config(config), 3, ["site0", "site1", "site2"], resume=False)
     out = capsys.readouterr().out
     assert "warning: rounds went on without 1 client: site1 (failed in round 2): DataError: site1.jsonl: gone" in out
+
+
+def test_a_federation_that_applied_no_update_says_no_round_was_kept(
+    tmp_path, tiny_model_dir, federate_config, monkeypatch, capsys
+):
+    """Before failing with 'the saved adapter is the untrained one', it said 'keep_best: round 1 had the lowest eval
+    loss ...; its global adapter is the result': a round that had applied nothing."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    every = {"site0": OOM, "site1": OOM, "site2": OOM}
+    _rounds_failing(monkeypatch, {1: every, 2: every})
+    with pytest.raises(TrainingStopped):
+        run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
+    out = capsys.readouterr().out
+    assert "round 2/2 | eval loss" in out and "keep_best:" not in out

@@ -331,7 +331,9 @@ def _run_rounds(
         recorder.start(
             grid=grid, initial_arrays=initial, num_rounds=f.rounds - done, timeout=f.round_timeout, evaluate_fn=on_round
         )
-    if keep_best and state.get("best"):
+    # no round applied an update: every round's adapter is the untrained one, so keep_best chose nothing to speak of
+    # (the federation ends saying so: nothing_applied)
+    if keep_best and state.get("best") and any(report.get("applied") for report in state["history"]):
         print(_kept(state["best"], int(state["rounds_done"]), last_loss[0], state.get("base_eval_loss")), flush=True)
     resumed_after, done = done, int(state["rounds_done"])
     whole = f"{f.rounds} round{'' if f.rounds == 1 else 's'}"
