@@ -75,3 +75,22 @@ def test_a_file_inside_another_clients_folder_is_refused(tiny_model_dir, tmp_pat
         check_clients(cfg, federation_clients(cfg))
     assert main(["check", config, "--data-only", "--html", str(tmp_path / "page.html")]) == 2
     assert "its rows would be trained by both" in capsys.readouterr().err
+
+
+def test_server_eval_rows_copied_from_a_clients_file_are_a_warning(tiny_model_dir, tmp_path, capsys):
+    """Eval rows sampled from a client's file were trained on by that client; tunelab train notes such rows, a
+    federation said nothing."""
+    _rows(tmp_path / "north.jsonl", 0, 10)
+    _rows(tmp_path / "south.jsonl", 10, 20)
+    lines = (tmp_path / "south.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "held_out.jsonl").write_text("".join(lines[:2]))  # two of south's rows
+    _rows(tmp_path / "other.jsonl", 50, 52)
+    (tmp_path / "held_out.jsonl").write_text(
+        (tmp_path / "held_out.jsonl").read_text() + (tmp_path / "other.jsonl").read_text()
+    )
+    cfg = load_config(_config(tmp_path, tiny_model_dir, ["north.jsonl", "south.jsonl"], "held_out.jsonl")).config
+    check_clients(cfg, federation_clients(cfg))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("warning: client south: 2 of the 4 server eval examples (data.eval) are also")
+    assert "held_out.jsonl:1 repeats" in warnings[0] and "south.jsonl:1" in warnings[0]

@@ -112,10 +112,10 @@ def server_eval_item(cfg: RunConfig, tokenizer, read: list[tuple[ClientData, Inp
     if not cfg.data.eval:
         return CheckItem("server eval", "info", "no data.eval: the server reports no eval loss after each round")
     from tunelab.federated.local import server_eval_datasets
-    from tunelab.federated.run import shared_eval_note
+    from tunelab.federated.run import shared_eval_notes
 
     data = server_eval_datasets(cfg, tokenizer)
     summary = f"{cfg.data.eval}: {len(data.train)} rows, read as the server reads them"
-    if shared := shared_eval_note([c for c, _ in read], [inputs.data for _, inputs in read], data):
-        return CheckItem("server eval", "warn", f"{summary}; but {shared}")
+    if shared := shared_eval_notes([c for c, _ in read], [inputs.data for _, inputs in read], data):
+        return CheckItem("server eval", "warn", f"{summary}; but {'; '.join(shared)}")
     return CheckItem("server eval", "pass", summary)

@@ -258,28 +258,40 @@ def format_note(clients: list[ClientData], sets: list) -> tuple[str, str] | None
     )
 
 
-def shared_eval_note(clients: list[ClientData], sets: list, eval_data: Datasets | None) -> str | None:
-    """A warning when the server's eval rows come from a file a client trains on too (a client's folder holds
-    data.eval, or data.eval is federated.split_file or a client's file): the eval loss after every round then
-    measures how the global adapter recalls rows it was trained on, and train.keep_best chooses the result by it.
-    tunelab train notes its own eval file among its training files alike (data/loader.py note_trained_eval)."""
+def shared_eval_notes(clients: list[ClientData], sets: list, eval_data: Datasets | None) -> list[str]:
+    """Warnings when the server's eval rows are rows a client trains on: its file is a client's too (a client's
+    folder holds data.eval, or data.eval is federated.split_file or a client's file), or a client's files repeat its
+    rows word for word. The eval loss after every round then measures how the global adapter recalls rows it was
+    trained on, and train.keep_best chooses the result by it. tunelab train notes its own eval rows among its
+    training rows alike (data/loader.py: note_trained_eval, note_repeated_eval)."""
+    from tunelab.data.loader import note_repeated_eval
+    from tunelab.data.report import DataReport
+
     if eval_data is None:
-        return None
+        return []
     held = {Path(ex.path).resolve() for ex in eval_data.examples}
     owners = [
         client.label
         for client, data in zip(clients, sets)
         if any(Path(ex.path).resolve() in held for ex in data.examples)
     ]
-    if not owners:
-        return None
-    files = ", ".join(sorted(dict.fromkeys(ex.path for ex in eval_data.examples)))
-    return (
-        f"the server's eval file ({files}, data.eval) is also training data of {', '.join(owners)}: its eval loss "
-        "after each round measures how the global adapter recalls rows a client trained on, not how it does on new "
-        "ones (train.keep_best chooses the result by it); give data.eval rows no client holds (a file outside the "
-        "clients' folders and federated.split_file)"
-    )
+    notes = []
+    if owners:
+        files = ", ".join(sorted(dict.fromkeys(ex.path for ex in eval_data.examples)))
+        notes.append(
+            f"the server's eval file ({files}, data.eval) is also training data of {', '.join(owners)}: its eval loss "
+            "after each round measures how the global adapter recalls rows a client trained on, not how it does on "
+            "new ones (train.keep_best chooses the result by it); give data.eval rows no client holds (a file outside "
+            "the clients' folders and federated.split_file)"
+        )
+    for client, data in zip(clients, sets):
+        report = DataReport()
+        note_repeated_eval(data.examples, eval_data.examples, report)  # rows of its own files: counted above
+        notes += [
+            f"{client.label}: {note.replace('eval examples', 'server eval examples (data.eval)', 1)}"
+            for note in report.notes
+        ]
+    return notes
 
 
 def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = False) -> None:
@@ -305,8 +317,8 @@ def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = Fals
             print(line, flush=True)
     if formats := format_note(clients, sets):
         print(f"{'warning' if formats[0] == 'warn' else 'note'}: {formats[1]}", flush=True)
-    if shared := shared_eval_note(clients, sets, eval_data):
-        print(f"warning: {shared}", flush=True)
+    for note in shared_eval_notes(clients, sets, eval_data):
+        print(f"warning: {note}", flush=True)
 
 
 def _result(run_dir: Path) -> FederateResult:
