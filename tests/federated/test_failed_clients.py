@@ -94,3 +94,47 @@ def test_a_federation_that_applied_no_update_says_no_round_was_kept(
         run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
     out = capsys.readouterr().out
     assert "round 2/2 | eval loss" in out and "keep_best:" not in out
+
+
+def test_the_report_names_the_clients_a_round_went_on_without(tmp_path):
+    """The report's federation section listed each round's clients in the order their replies came, with no word of
+    a client that failed every round."""
+    import json
+
+    from tunelab.federated.history import federated_section
+
+    def client(name, status, reason=None):
+        return {
+            "client": name,
+            "status": status,
+            "reason": reason,
+            "train_loss": 2.0 if status == "ok" else None,
+            "examples": 3,
+            "bytes_sent": 1,
+            "bytes_received": 1,
+        }
+
+    history = [
+        {
+            "round": r,
+            "applied": True,
+            "clients": [client("site10", "ok"), client("site2", "failed", OOM), client("site1", "ok")],
+        }
+        for r in (1, 2)
+    ]
+    state = {
+        "strategy": "fedavg",
+        "clients": ["site1", "site2", "site10"],
+        "rounds_done": 2,
+        "rounds": 2,
+        "local_steps": 3,
+        "history": history,
+    }
+    (tmp_path / "federated.json").write_text(json.dumps(state))
+    section = federated_section(tmp_path)
+    assert (
+        "Rounds went on without 1 client: site2 (failed in rounds 1-2): RuntimeError: CUDA error: an illegal memory "
+        "access was encountered." in section
+    )
+    first_round = section[section.index("round 1") : section.index("round 2")]
+    assert first_round.index("site1<") < first_round.index("site2<") < first_round.index("site10<")

@@ -277,6 +277,8 @@ def federated_section(run_dir: str | Path) -> str | None:
         f"({_esc(', '.join(state['clients']))}): {state['rounds_done']} of {state['rounds']} rounds done, "
         f"{state['local_steps']} local steps per round.</p>"
     ]
+    if lost := lost_clients(state["history"]):  # every client named, as the federation ended saying
+        parts.append(f"<p>Rounds went on without {counted(len(lost), 'client')}: {_esc('; '.join(lost))}.</p>")
     fig = _figure(records)
     if fig is not None:
         buf = io.StringIO()
@@ -297,7 +299,7 @@ def federated_section(run_dir: str | Path) -> str | None:
         if report.get("note"):
             head += f" — {report['note']}"
         rows.append(f'<tr><th colspan="6">{_esc(head)}</th></tr>')
-        for c in report["clients"]:
+        for c in sorted(report["clients"], key=lambda c: by_name(c["client"])):  # as the round lines order them
             loss = f"{c['train_loss']:.4f}" if c["train_loss"] is not None else ""
             rows.append(
                 f"<tr><td>{_esc(c['client'])}</td><td>{_esc(c['status'])}{': ' + _esc(c['reason']) if c['reason'] else ''}</td>"
