@@ -193,9 +193,21 @@ def read_clients(cfg: RunConfig, clients: list[ClientData]) -> tuple[Any, list[D
         try:
             sets.append(client_datasets(cfg.data, tokenizer, cfg.train.seed, client))
         except TunelabError as exc:
-            raise type(exc)(f"{client.label}: {exc}") from None
+            raise type(exc)(f"{client.label}: {exc}{_one_mapping(exc, clients)}") from None
     refuse_shared_files(clients, sets)
     return tokenizer, sets
+
+
+def _one_mapping(error: TunelabError, clients: list[ClientData]) -> str:
+    """What a federation adds to the data reader's advice to map columns with data.fields: one mapping serves every
+    client, so clients whose columns differ (instruction/output beside instruction/response) cannot each be mapped."""
+    if len(clients) < 2 or "data.fields" not in str(error):
+        return ""
+    return (
+        " In a federation data.fields maps the columns of every client's files alike: where the clients' columns "
+        "differ, give their files the same column names, or let a data.transform rename the columns of the rows "
+        "that have them (it sees every record of every client)."
+    )
 
 
 def refuse_shared_files(clients: list[ClientData], sets: list) -> None:
