@@ -39,7 +39,7 @@ from tunelab.data.formats import PREFERENCE_ADVICE
 from tunelab.data.loader import Datasets, build_datasets
 from tunelab.data.packing import Packed
 from tunelab.data.sources import Record
-from tunelab.errors import DataError
+from tunelab.errors import DataError, TunelabError
 from tunelab.federated.hostpaths import check_on_this_host
 from tunelab.federated.payload import load_adapter_state
 from tunelab.federated.shards import ClientData
@@ -121,10 +121,16 @@ def training_examples(datasets: Datasets) -> int:
 
 
 def server_eval_datasets(cfg: RunConfig, tokenizer) -> Datasets:
-    """The server's own eval set (data.eval) through the pipeline, as its training rows: no split of it."""
+    """The server's own eval set (data.eval) through the pipeline, as its training rows: no split of it. Its errors
+    say it is the server's eval set, whose rows the reader took for training rows ('no usable training examples'
+    read as a client's)."""
     data_cfg = dataclasses.replace(cfg.data, train=[cfg.data.eval], eval=None, eval_fraction=0.0)
-    with sft_advice("the server's eval set (data.eval)"):
-        return build_datasets(data_cfg, tokenizer, cfg.train.seed)
+    try:
+        with sft_advice("the server's eval set (data.eval)"):
+            return build_datasets(data_cfg, tokenizer, cfg.train.seed)
+    except TunelabError as exc:
+        said = str(exc).replace("training examples", "eval examples")
+        raise type(exc)(f"the server's eval set (option 'data.eval'): {said}") from None
 
 
 def untrained_rows(model: nn.Module, tokenizer, fix: bool) -> UntrainedReport:
