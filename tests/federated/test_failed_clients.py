@@ -138,3 +138,14 @@ def test_the_report_names_the_clients_a_round_went_on_without(tmp_path):
     )
     first_round = section[section.index("round 1") : section.index("round 2")]
     assert first_round.index("site1<") < first_round.index("site2<") < first_round.index("site10<")
+
+
+def test_a_resume_names_the_failed_clients_by_name_not_by_reply():
+    """--resume's note on rounds that applied nothing listed the clients in the order their replies came (site1
+    before site0), unlike the round lines."""
+    from tunelab.federated.resume import idle_note
+
+    clients = [{"client": name, "status": "failed", "reason": OOM} for name in ("site10", "site1", "site2")]
+    note = idle_note({"history": [{"round": 1, "applied": False, "clients": clients}]})[0]
+    assert note.index("site1:") < note.index("site2:") < note.index("site10:")
+    assert "site1: RuntimeError: CUDA error: an illegal memory access was encountered;" in note

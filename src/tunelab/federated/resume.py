@@ -18,7 +18,7 @@ from pathlib import Path
 from tunelab.config import AUTO, RunConfig, TrainConfig
 from tunelab.errors import ConfigError, RunDirError, counted
 from tunelab.federated.checkpoints import resume_round
-from tunelab.federated.history import error_line, read_state
+from tunelab.federated.history import by_name, error_line, read_state
 from tunelab.rundir import read_info
 from tunelab.training.auto import auto_warmup
 from tunelab.training.resume import check_resume_config, check_same_data, data_digest, file_digests
@@ -104,7 +104,7 @@ def idle_note(state: dict) -> list[str]:
     rounds = f"round {last}" if first == last else f"rounds {first}-{last}"
     failed = [
         f"{c['client']}: {error_line(c.get('reason')) or c['status']}"
-        for c in idle[-1].get("clients", [])
+        for c in sorted(idle[-1].get("clients", []), key=lambda c: by_name(c["client"]))  # not the replies' order
         if c.get("status") != "ok"
     ]
     why = f" ({'; '.join(failed)})" if failed else f" ({idle[-1]['note']})" if idle[-1].get("note") else ""
