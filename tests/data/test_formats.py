@@ -178,6 +178,26 @@ def test_a_row_one_column_short_of_a_format_is_told_the_mapping_it_needs():
         convert([{"question": "Add 2 and 2.", "Answer": "4"}])
 
 
+def test_a_spreadsheet_header_or_extra_columns_still_get_the_mapping_they_need():
+    """A CSV whose header names the fields inside longer names (`Task Instruction`, `Model Output`) and GPTeacher's
+    rows with two columns of bookkeeping beside them (`source`, `id`) were told the mapping of other rows,
+    {prompt: question, completion: answer}; the mapping that reads them is named now."""
+    header = {"Task Instruction": "Add 2 and 2.", "Extra Input": "", "Model Output": "4"}
+    with pytest.raises(DataError) as err:
+        convert([header])
+    assert "(e.g. {instruction: Task Instruction, output: Model Output, input: Extra Input})" in str(err.value)
+    extra = {"instruction": "Add 2 and 2.", "input": "", "response": "4", "source": "gpteacher", "id": 7}
+    with pytest.raises(DataError, match=r"data.fields \(e.g. \{output: response\}\)"):
+        convert([extra])
+    with pytest.raises(DataError, match=r"data.fields \(e.g. \{prompt: query, completion: response\}\)"):
+        convert([{"query": "Q", "response": "A", "lang": "en"}])
+    with pytest.raises(DataError, match=r"data.fields \(e.g. \{question: \"Question: asked\", answer: Answer\}\)"):
+        convert([{"Question: asked": "Q", "Answer": "A", "note": "x"}])
+    # the hinted mapping reads the rows
+    examples, _ = convert([header], fields={"instruction": "Task Instruction", "output": "Model Output"})
+    assert len(examples) == 1
+
+
 def test_preference_pairs_given_to_sft_are_told_the_tasks_that_read_them():
     """Anthropic HH rows (chosen, rejected) given to an sft run were told to rename or map their columns, which no
     mapping can fix: they are pairs for task dpo or reward, and the error says so now."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from dataclasses import dataclass
 
 from tunelab.data.columns import UnreadColumns
@@ -130,19 +131,51 @@ def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION
 
 def _mapping_hint(row: dict) -> str:
     """The data.fields mapping a row most likely needs: the columns that name a format's fields but for their case
-    (Question, Answer: {question: Question, answer: Answer}); else, where it has all of a format's required fields
-    but one, and one column no format reads (instruction, input, response: {output: response}), that column for the
-    missing field."""
+    (Question, Answer: {question: Question, answer: Answer}); else the format whose every required field one column
+    alone names: as a word of its name (`Task Instruction`, `Model Output`) or by a word other tools use for it
+    (`response` for an answer, `query` for a question), however many other columns the row has (an `id`, a
+    `source`); the format whose fields the columns name themselves most often wins, as `prompt`, `response` reads
+    as prompt_completion. Its optional fields are added where a column's words name them (`Extra Input`)."""
     named = {str(key).strip().lower().replace(" ", "_"): key for key in row}
     for required, _ in FORMATS.values():
         if all(name in named for name in required):  # one at least is named otherwise, or the format was found
             return "{" + ", ".join(f"{name}: {named[name]}" for name in required if named[name] != name) + "}"
-    unread = [key for key in row if key not in CANONICAL]
-    for required, _ in FORMATS.values():
-        missing = [name for name in required if name not in row]
-        if len(missing) == 1 and len(required) > 1 and len(unread) == 1:
-            return f"{{{missing[0]}: {unread[0]}}}"
+    best: tuple[int, int, dict[str, str]] | None = None
+    for rank, fmt in enumerate(_HINT_ORDER):
+        required, optional = FORMATS[fmt]
+        found = {name: _column_for(name, row, own_name_only=False) for name in required}
+        if None in found.values() or len(set(found.values())) < len(found):
+            continue
+        own = sum(_column_for(name, row, own_name_only=True) is not None for name in required)
+        if best is None or (own, -rank) > best[:2]:
+            extra = {name: col for name in optional if (col := _column_for(name, row, own_name_only=True)) is not None}
+            best = (own, -rank, {**found, **{k: v for k, v in extra.items() if v not in found.values()}})
+    if best is not None and any(col != name for name, col in best[2].items()):
+        return "{" + ", ".join(f"{name}: {_flow(col)}" for name, col in best[2].items() if col != name) + "}"
     return "{prompt: question, completion: answer}"
+
+
+# the words other tools name a format's fields with (LLaMA-Factory's `response`, GPTeacher's, databricks-dolly's)
+_PROMPT_WORDS = ("instruction", "prompt", "question", "query")
+_ANSWER_WORDS = ("output", "completion", "answer", "response", "reply", "target")
+_SAME_ROLE = {name: words for words in (_PROMPT_WORDS, _ANSWER_WORDS) for name in words}
+# on a tie, the format whose fields the columns most likely mean: a query and a response are a prompt and completion
+_HINT_ORDER = ("messages", "sharegpt", "prompt_completion", "question_answer", "alpaca", "text")
+
+
+def _column_for(name: str, row: dict, own_name_only: bool) -> str | None:
+    """The one column of `row` that a word of its name calls `name` (or, unless own_name_only, a word of name's
+    role, _SAME_ROLE); None where none or several do."""
+    words = {key: set(re.findall(r"[a-z]+", str(key).lower())) for key in row}
+    hits = [key for key, w in words.items() if name in w]
+    if not hits and not own_name_only:
+        hits = [key for key, w in words.items() if w & set(_SAME_ROLE.get(name, ()))]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _flow(column: str) -> str:
+    """A column name as a YAML flow mapping reads it back: quoted where a character would end or change it."""
+    return column if re.fullmatch(r"[A-Za-z_][\w .-]*", column) and column == column.strip() else json.dumps(column)
 
 
 def _short(option: str) -> str:
