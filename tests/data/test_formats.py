@@ -543,6 +543,19 @@ def test_text_in_a_column_no_field_reads_is_noted():
     assert not report.notes and examples[0].messages[1]["content"].endswith("plays football.")
 
 
+def test_a_column_left_out_of_chats_is_not_told_a_mapping_that_is_refused():
+    """An OpenAI-style chat file with a 'lang' column beside 'messages' was told to map it as {input: lang}, alpaca's
+    input; the messages format reads no input, so that mapping is refused. The note says what works there."""
+    rows = [{"messages": USER_A, "lang": "en"}]
+    examples, report = convert(rows)
+    assert len(examples) == 1 and len(report.notes) == 1
+    note = report.notes[0]
+    assert "'lang' (1 row, e.g. d.jsonl:1)" in note and "{input: lang}" not in note
+    assert "into a field of the messages format's rows with data.transform" in note
+    with pytest.raises(DataError, match="does not read"):  # the mapping the note used to advise
+        convert(rows, fields={"input": "lang"})
+
+
 def test_a_preference_pair_that_sft_leaves_unread_is_noted():
     """LLaMA-Factory's dpo_en_demo.json ({conversations, chosen: {from, value}, rejected: {...}}) read by task sft
     trained on the conversations alone: the chosen answers, objects rather than text, were dropped without a word.

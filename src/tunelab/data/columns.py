@@ -95,8 +95,9 @@ class UnreadColumns:
         if pair:
             self.pairs.setdefault(record.path, [0, record])[0] += 1
 
-    def notes(self, file_format: dict[str, str], mapping: str) -> list[str]:
-        """The notes, each file's named with its format (`file_format`); `mapping`: how advice names data.fields."""
+    def notes(self, file_format: dict[str, str], mapping: str, with_input: set[str]) -> list[str]:
+        """The notes, each file's named with its format (`file_format`); `mapping`: how advice names data.fields;
+        `with_input`: the formats with a free input field a column can be mapped to (alpaca)."""
         out = []
         for (path, name), (rows, first) in self.lost.items():
             out.append(
@@ -111,11 +112,17 @@ class UnreadColumns:
                 "read: task sft trains on neither answer; to train on the pairs, set task: dpo (or reward)"
             )
         for path, columns in self.other.items():
+            fmt = file_format[path]
+            if fmt in with_input:  # a free column can be the input
+                use = (
+                    f"map it to a field with {mapping} (e.g. {{input: {next(iter(columns))}}}: alpaca's input, "
+                    "joined to the instruction)"
+                )
+            else:  # no field of the format is free for it: a mapping to alpaca's input would be refused
+                use = f"write it into a field of the {fmt} format's rows with data.transform"
             out.append(
-                f"{path}: text in columns that the {file_format[path]} format does not read is left out of the examples: "
-                f"{_said(columns)}; to train on one, map it to a field with {mapping} (e.g. {{input: "
-                f"{next(iter(columns))}}}: alpaca's input, joined to the instruction), or let data.transform drop the "
-                "column to silence this note"
+                f"{path}: text in columns that the {fmt} format does not read is left out of the examples: "
+                f"{_said(columns)}; to train on one, {use}, or let data.transform drop the column to silence this note"
             )
         for path, columns in self.objects.items():
             out.append(

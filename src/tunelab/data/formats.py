@@ -549,5 +549,7 @@ def to_examples(
             report.skip(str(skip), record.path, record.line)
     if not questions:
         unused.refuse()
-    report.notes += unread.notes(file_format, _short(option))
+    report.notes += unread.notes(
+        file_format, _short(option), {f for f, (_, optional) in FORMATS.items() if "input" in optional}
+    )
     return examples
