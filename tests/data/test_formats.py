@@ -554,6 +554,11 @@ def test_a_column_left_out_of_chats_is_not_told_a_mapping_that_is_refused():
     assert "into a field of the messages format's rows with data.transform" in note
     with pytest.raises(DataError, match="does not read"):  # the mapping the note used to advise
         convert(rows, fields={"input": "lang"})
+    # GPTeacher's rows give alpaca's input a column already: mapping another column there would leave it out
+    rows = [{"instruction": "Act as a pirate.", "input": "Hello", "response": "Ahoy!", "source": "roleplay"}]
+    examples, report = convert(rows, fields={"output": "response"})
+    assert len(examples) == 1 and "Hello" in examples[0].messages[0]["content"] and len(report.notes) == 1
+    assert "{input: source}" not in report.notes[0] and "alpaca format's rows with data.transform" in report.notes[0]
 
 
 def test_a_preference_pair_that_sft_leaves_unread_is_noted():

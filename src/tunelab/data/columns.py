@@ -77,6 +77,7 @@ class UnreadColumns:
         self.other: dict[str, dict[str, list]] = {}  # file -> column -> [rows, first record] of other text
         self.pairs: dict[str, list] = {}  # file -> [rows, first record] of preference pairs
         self.objects: dict[str, dict[str, list]] = {}  # file -> column -> [rows, first record] of lists and objects
+        self.input_taken: set[str] = set()  # files whose rows give alpaca's input a column of their own
 
     def see(self, record: Record, fmt: str, names, fields: dict[str, str], questions: bool) -> None:
         """`names`: the (required, optional) fields of format `fmt`; `questions`: a question row, whose expected
@@ -94,6 +95,8 @@ class UnreadColumns:
                 self.objects.setdefault(record.path, {}).setdefault(name, [0, record])[0] += 1
         if pair:
             self.pairs.setdefault(record.path, [0, record])[0] += 1
+        if fields.get("input", "input") in record.row:
+            self.input_taken.add(record.path)
 
     def notes(self, file_format: dict[str, str], mapping: str, with_input: set[str]) -> list[str]:
         """The notes, each file's named with its format (`file_format`); `mapping`: how advice names data.fields;
@@ -113,12 +116,12 @@ class UnreadColumns:
             )
         for path, columns in self.other.items():
             fmt = file_format[path]
-            if fmt in with_input:  # a free column can be the input
+            if fmt in with_input and path not in self.input_taken:  # alpaca rows without an input: it is free
                 use = (
                     f"map it to a field with {mapping} (e.g. {{input: {next(iter(columns))}}}: alpaca's input, "
                     "joined to the instruction)"
                 )
-            else:  # no field of the format is free for it: a mapping to alpaca's input would be refused
+            else:  # no field is free: alpaca's input is read already, and another format's mapping to it is refused
                 use = f"write it into a field of the {fmt} format's rows with data.transform"
             out.append(
                 f"{path}: text in columns that the {fmt} format does not read is left out of the examples: "
