@@ -139,7 +139,12 @@ def coerce(name: str, value: Any, hint: Any, where: str) -> Any:
             try:
                 number = float(value)
             except ValueError:
-                pass
+                percent = _number(value.strip()[:-1]) if value.strip().endswith("%") else None
+                if percent is not None:  # eval_fraction: 10% reads as text; the options take shares as fractions
+                    raise _Refused(
+                        f"{where}: option '{name}' is {value!r}, a percentage; write it as a fraction: "
+                        f"{float(percent) / 100:g} for {value.strip()}."
+                    ) from None
         if number is not None and not math.isfinite(number):  # nan passes every range check (nan < 0 is False)
             raise _Refused(f"{where}: option '{name}' is {value!r}; {FINITE}")
         if number is not None:
