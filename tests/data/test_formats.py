@@ -629,3 +629,33 @@ def test_the_self_instruct_answers_in_a_list_column_are_noted_through_the_cli(ti
     assert main(["check", *cli_flags(over), "--data-only"]) == 0
     out = capsys.readouterr().out
     assert f"'instances' (252 rows, e.g. {path}:1)" in out and "row['instances'][0]['input']" in out
+@pytest.mark.parametrize(
+    ("turn", "said"),
+    [
+        ({"role": "human", "content": "hi"}, "'human' is how other tools write a user turn: write it as 'user'"),
+        ({"role": "User", "content": "hi"}, "'User' is how other tools write a user turn: write it as 'user'"),
+        ({"role": "model", "content": "hi"}, "'model' is how other tools write an assistant turn"),
+        ({"from": "Human", "value": "hi"}, "'Human' is how other tools write a user turn: write it as 'human'"),
+    ],
+)
+def test_a_role_spelt_as_another_tool_spells_it_is_told_ours(turn, said):
+    """A messages row with role 'human' (the sharegpt spelling) or 'User' was refused as an unknown role followed by
+    "Tool and function turns are not supported", advice about tools for a turn that is a user's; the error now names
+    the role to write. A tool's turn keeps the advice about tools."""
+    field = "messages" if "role" in turn else "conversations"
+    with pytest.raises(DataError) as err:
+        convert(
+            [
+                {
+                    field: [
+                        turn,
+                        {"role": "assistant", "content": "A"} if "role" in turn else {"from": "gpt", "value": "A"},
+                    ]
+                }
+            ]
+        )
+    assert (
+        "has the unknown role" in str(err.value)
+        and said in str(err.value)
+        and "Tool and function" not in str(err.value)
+    )

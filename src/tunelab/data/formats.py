@@ -324,7 +324,7 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str, 
         if not isinstance(role, str) or role not in roles:
             raise DataError(
                 f"{where}: {turn_name(field, i)} has the unknown role {role!r}; allowed roles: {', '.join(roles)}. "
-                + TOOLS
+                + _role_advice(role, roles)
             )
         if turn.get("tool_calls") or turn.get("function_call"):
             raise DataError(
@@ -335,6 +335,24 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str, 
             message |= _weight(turn["weight"], message["role"], where, turn_name(field, i), weights)
         messages.append(message)
     return messages
+
+
+# roles other tools write for a user or an assistant turn (Gemini's `model`, chat exports' `bot`)
+OTHER_ROLE_NAMES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant", "ai": "assistant"}
+
+
+def _role_advice(role, roles: dict[str, str]) -> str:
+    """What to do with a turn's unknown role: the allowed spelling of a user or assistant turn written another way
+    ('User', 'human' in a messages row, Gemini's 'model'); else the tool turns, which no format reads."""
+    spelt = str(role).strip().lower() if isinstance(role, str) else None
+    meant = spelt if spelt in roles else OTHER_ROLE_NAMES.get(spelt or "")
+    if meant is None:
+        return TOOLS
+    allowed = next((name for name in roles if roles[name] == roles.get(meant, meant)), meant)
+    return (
+        f"{role!r} is how other tools write {article(roles.get(meant, meant))} turn: write it as {allowed!r} (data.transform "
+        "can rewrite the roles of every row)."
+    )
 
 
 def _content(value, where: str, named: str) -> str:
