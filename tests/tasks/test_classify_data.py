@@ -90,6 +90,18 @@ def test_a_row_without_input_names_the_fields(smollm2_tokenizer, tmp_path):
         _build(smollm2_tokenizer, path)
 
 
+def test_a_row_without_input_is_told_the_mapping_its_columns_need(smollm2_tokenizer, tmp_path):
+    """A spreadsheet's `Category,Message Text` was told to map {text: message}, a column it does not have; the hint
+    now names the row's own columns: the input by its name (else the longest text) and the label where none is."""
+    path = tmp_path / "d.csv"
+    path.write_text('Category,Message Text\nham,"Ok lar, joking"\nspam,"WINNER! Claim now"\n')
+    with pytest.raises(DataError, match=r"d\.csv:2: .* e\.g\. \{text: Message Text, label: Category\}\."):
+        _build(smollm2_tokenizer, str(path))
+    path = _write(tmp_path / "d.jsonl", [{"id": "7", "body_html": "Where is my parcel?", "label": "shipping"}])
+    with pytest.raises(DataError, match=r"e\.g\. \{text: body_html\}\."):
+        _build(smollm2_tokenizer, path)
+
+
 def test_one_class_only_is_an_error(smollm2_tokenizer, tmp_path):
     path = _write(tmp_path / "d.jsonl", [{"text": f"t{i}", "label": "same"} for i in range(5)])
     with pytest.raises(DataError, match="only the label 'same'.*at least two classes"):

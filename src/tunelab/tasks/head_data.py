@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -425,8 +426,31 @@ def no_input_error(where: str, row: dict, fields: dict[str, str], what: str, com
     return DataError(
         f"{where}: the row has no input to {what}: give it one of the fields {', '.join(INPUT_FIELDS)} (this row has "
         f"{has}{'; data.fields maps ' + mapped if mapped else ''}). Rename the column or map it with data.fields, "
-        "e.g. {text: message}." + headerless(location_path(where), row)
+        f"e.g. {_input_mapping(row, fields)}." + headerless(location_path(where), row)
     )
+
+
+# words in a column's name that say it holds a classifier's input, or its label (a spreadsheet's `Message Text`)
+_INPUT_WORDS = {"text", "message", "sentence", "content", "body", "input", "query", "utterance", "review", "comment"}
+_LABEL_WORDS = {"label", "category", "class", "intent", "target", "sentiment", "tag", "domain"}
+
+
+def _input_mapping(row: dict, fields: dict[str, str]) -> str:
+    """The data.fields mapping a classify row most likely needs: its input from the column whose name says so (else
+    the one of the longest text), and, where the row has no label column yet, its label from the column whose name
+    says so: `Category,Message Text` -> {text: Message Text, label: Category}."""
+
+    def named(words: set[str]) -> list:
+        return [key for key in row if words & set(re.findall(r"[a-z]+", str(key).lower()))]
+
+    label = fields.get("label", "label")
+    labels = [] if label in row else named(_LABEL_WORDS)
+    free = [key for key in row if key != label and key not in labels and isinstance(row[key], str)]
+    inputs = [key for key in named(_INPUT_WORDS) if key in free] or sorted(free, key=lambda k: -len(row[k]))[:1]
+    if not inputs:
+        return "{text: message}"
+    pairs = [("text", inputs[0])] + ([("label", labels[0])] if len(labels) == 1 else [])
+    return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
 
 
 def counted_records(
