@@ -372,3 +372,17 @@ def test_sigterm_after_the_old_run_moved_aside_says_how_to_get_it_back(tiny_over
     assert f"to get it back: rm -r {previous_run} && mv {previous_run}.previous {previous_run}" in err
     assert (previous_run.parent / "run.previous" / "run.json").is_file()
     assert signal.getsignal(signal.SIGTERM) == before  # given back once the run stopped
+
+
+def test_a_finished_run_without_checkpoints_is_not_told_to_resume(previous_run):
+    """`tunelab train` into a finished run's folder said "--resume to continue it", and that --resume was then
+    refused: nothing to continue from. Without a step checkpoint the advice is --overwrite or another folder;
+    with one (train.keep_checkpoints_after_finish), --resume is still offered."""
+    assert not list(previous_run.glob("checkpoints/step-*"))
+    with pytest.raises(RunDirError) as err:
+        plan_output_dir(previous_run, overwrite=False, resume=False, protected={})
+    assert "a finished run is there" in str(err.value) and "--resume" in str(err.value)
+    assert "--resume to continue it" not in str(err.value) and "resume=True" not in str(err.value)
+    (previous_run / "checkpoints" / "step-0000002").mkdir(parents=True)
+    with pytest.raises(RunDirError, match=r"--resume to continue it"):
+        plan_output_dir(previous_run, overwrite=False, resume=False, protected={})

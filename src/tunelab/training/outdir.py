@@ -86,6 +86,18 @@ def _check_creatable(path: Path, shown: Path | None = None) -> None:
         )
 
 
+def _finished_for_good(path: Path) -> bool:
+    """A run directory whose run finished and keeps no step checkpoint (its own or a stage's): --resume of it is
+    refused (`resume.resume_checkpoint`), so the advice for it leaves --resume out. A run.json that cannot be read
+    is left to the checks that name it."""
+    try:
+        finished = is_run_dir(path) and read_info(path, require_finished=False).finished
+    except RunDirError:
+        return False
+    kept = [*path.glob("checkpoints/step-*"), *path.glob("stage-*/checkpoints/step-*")]
+    return finished and not any(p.is_dir() for p in kept)
+
+
 def plan_output_dir(
     run_dir: str | Path,
     *,
@@ -160,6 +172,12 @@ def plan_output_dir(
             f"{where}: the folder exists and is not empty, and --overwrite-non-run replaces nothing by itself: it only "
             "lets --overwrite replace a folder that is not a run. Give --overwrite as well to replace it (in Python: "
             f"{command}(config, {{'overwrite': True}}, overwrite_non_run=True)), or choose another output_dir."
+        )
+    if not overwrite and _finished_for_good(path):  # --resume would be refused: nothing to continue from
+        raise RunDirError(
+            f"{where}: a finished run is there (its step checkpoints deleted at its end or never written, so --resume "
+            "has nothing to continue from). Pass --overwrite to replace it (the old run is kept until the new one "
+            f"finishes), or choose another output_dir (in Python: {command}(config, {{'overwrite': True}}))."
         )
     if not overwrite:
         raise RunDirError(
