@@ -136,7 +136,12 @@ def test_dpo_pairs_are_checked_and_the_first_loss_is_ln2_with_the_policy_its_ref
     over = _over(tiny_model_dir, tmp_path, "dpo", data, **{"method.r": 4, "data.eval_fraction": 0.0})
     assert main(["check", *cli_flags(over)]) == 0
     out = capsys.readouterr().out
-    assert "training rows as dpo scores them:" in out and f"{data}:1: chosen " in out
+    assert "training rows as dpo scores them:" in out
+    # the prompt once, then the two answers: whole sides would read alike up to the answers that differ
+    preview = out[out.index(f"{data}:1: ") :].splitlines()[:3]
+    assert preview[0].startswith(f"{data}:1: prompt   '") and "What is the code of box 0?" in preview[0]
+    assert preview[1].strip().startswith("chosen   'Box 0 has code 1000.") and "box 0?" not in preview[1]
+    assert preview[2].strip().startswith("rejected 'No.")
     assert "[WARN] pairs: 7 pairs used; 1 skipped" in out and f"chosen = rejected: 1 ({data}:4)" in out
     assert "[PASS] lengths: tokens per side (chosen or rejected)" in out
     assert "[PASS] forward/backward (dpo): first micro-batch: loss 0.6931, gradients finite" in out

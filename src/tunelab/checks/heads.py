@@ -33,6 +33,7 @@ from tunelab.config import RunConfig
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.checks import CheckItem
 from tunelab.data.loader import epoch_rows
+from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.errors import counted
 from tunelab.rundir import RunInfo
@@ -202,7 +203,28 @@ def head_preview(cfg: RunConfig, inputs: Inputs, examples: int) -> str:
     for row in data.train[:examples]:
         if cfg.task == "classify":
             lines.append(f"  {location(row.path, row.line)}: {decode(row.input_ids)!r} -> {labels[row.label]}")
-        else:
-            lines.append(f"  {location(row.path, row.line)}: chosen {decode(row.chosen_ids)!r}")
-            lines.append(f"  {' ' * len(location(row.path, row.line))}  rejected {decode(row.rejected_ids)!r}")
+            continue
+        where = location(row.path, row.line)
+        pad = " " * len(where)
+        if cfg.task == "dpo" and (parts := _shared_prompt(row)):  # the prompt once: the answers are what differs
+            prompt, chosen, rejected = parts
+            lines.append(f"  {where}: prompt   {decode(prompt)!r}")
+            lines.append(f"  {pad}  chosen   {decode(chosen)!r}")
+            lines.append(f"  {pad}  rejected {decode(rejected)!r}")
+            continue
+        lines.append(f"  {where}: chosen {decode(row.chosen_ids)!r}")
+        lines.append(f"  {pad}  rejected {decode(row.rejected_ids)!r}")
     return "\n".join(lines)
+
+
+def _shared_prompt(row) -> tuple[list[int], list[int], list[int]] | None:
+    """A dpo pair's prompt tokens (those before each side's first labelled token, the same on both sides) and the
+    two answers after it; None where the sides' prompts differ. Whole transcripts (HH-RLHF) share a long start, and
+    shown whole the two sides read alike for hundreds of characters before the answers that differ."""
+    starts = [
+        next((i for i, t in enumerate(labels) if t != IGNORE), len(labels))
+        for labels in (row.chosen_labels, row.rejected_labels)
+    ]
+    if row.chosen_ids[: starts[0]] != row.rejected_ids[: starts[1]]:
+        return None
+    return row.chosen_ids[: starts[0]], row.chosen_ids[starts[0] :], row.rejected_ids[starts[1] :]
