@@ -50,6 +50,21 @@ def _message(read: Callable[[str], str]) -> str | None:
     return "\n".join(lines).strip()
 
 
+def _terminal_read(stdin: TextIO) -> Callable[[str], str]:
+    """`input`, which writes the prompt and reads a line; from a pipe or a file (`tunelab chat RUN < questions.txt`)
+    the line is also written after its prompt, as a terminal echoes what is typed, so that the transcript reads
+    `you> question` then `model> answer` rather than `you> model> answer`."""
+    if stdin.isatty():
+        return input
+
+    def read(prompt: str) -> str:
+        line = input(prompt)
+        print(line, flush=True)
+        return line
+
+    return read
+
+
 class _EndedInMessage(EOFError):
     """The input ended (Ctrl-D, the end of a piped file) at a continuation prompt: the message was never finished."""
 
@@ -73,7 +88,7 @@ def chat(
 ) -> list[dict]:
     """Loop until /exit or end of input; returns the conversation. `read` and `out`: the terminal's `input` and
     stdout by default."""
-    read, out = read or input, out or sys.stdout
+    read, out = read or _terminal_read(sys.stdin), out or sys.stdout
     trained = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
     system = trained
     messages, trimmed = list(system), False
