@@ -659,3 +659,16 @@ def test_a_role_spelt_as_another_tool_spells_it_is_told_ours(turn, said):
         and said in str(err.value)
         and "Tool and function" not in str(err.value)
     )
+
+
+def test_a_questions_file_given_as_training_or_eval_data_is_told_where_it_goes():
+    """company_faq's heldout.jsonl (question, expected, kind) given as data.eval was told to map its columns with
+    data.fields: {answer: expected} would take an eval loss on key strings ('1997'), not on answers. The error says
+    that such rows are questions for compare and eval, given as eval.questions."""
+    with pytest.raises(DataError) as err:
+        convert([{"question": "Since when?", "expected": "1997", "kind": "fact"}])
+    assert "cannot tell the data format" in str(err.value)
+    assert "give the file as eval.questions (or to tunelab eval --data)" in str(err.value)
+    with pytest.raises(DataError) as err:  # other rows are not told so
+        convert([{"query": "Q", "reply": "A"}])
+    assert "eval.questions" not in str(err.value)

@@ -68,6 +68,11 @@ class Example:
 PREFERENCE_ADVICE = (  # said of rows an sft format cannot read; tunelab federate, which trains sft alone, says its own
     " Rows of chosen and rejected are preference pairs: train them with task: dpo (or a reward model, task: reward)."
 )
+QUESTIONS_ADVICE = (  # company_faq's heldout.jsonl given as data.eval: a mapping {answer: expected} is no fix
+    " A row with an 'expected' text is a question for tunelab compare and eval, which score answers that contain it:"
+    " give the file as eval.questions (or to tunelab eval --data); data.train and data.eval take rows with whole"
+    " answers, whose loss they measure."
+)
 FIELDS_OPTION = "option 'data.fields'"  # where a mapping comes from; a mixture's source names its entry
 
 
@@ -125,7 +130,9 @@ def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION
     raise DataError(
         f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "
         f"fields: {known}. Rename your columns, map them with {_short(option)} (e.g. {_mapping_hint(row)}), "
-        "or set data.format." + (PREFERENCE_ADVICE if "chosen" in row and "rejected" in row else "")
+        "or set data.format."
+        + (PREFERENCE_ADVICE if "chosen" in row and "rejected" in row else "")
+        + (QUESTIONS_ADVICE if "expected" in row else "")
     )
 
 
