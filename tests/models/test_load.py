@@ -439,3 +439,17 @@ def test_clear_says_which_adapter_names_a_stale_copy_it_removed(tiny_gguf, tmp_p
     out = capsys.readouterr().out
     assert f"removed {copy.name} (stale), which cannot be converted again: the adapter in {run} names it" in out
     assert "AutoPeftModelForCausalLM" in out and not copy.exists()
+
+
+def test_the_embedded_models_hub_id_offline_is_told_the_alias(monkeypatch):
+    """model.name HuggingFaceTB/SmolLM2-135M-Instruct offline ended in transformers' "couldn't connect to
+    huggingface.co", though the model is installed as the embedded one; the error names the alias that loads it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-tunelab-test-cache")  # no hub cache: transformers cannot find it
+    source = resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct", weights=False)
+    with pytest.raises(ModelError, match=r"loads without a network: model.name: smollm2-135m-instruct\.$"):
+        load_tokenizer(source)
+    other = resolve_source("HuggingFaceTB/SmolLM2-360M-Instruct", weights=False)
+    with pytest.raises(ModelError) as err:
+        load_tokenizer(other)
+    assert "embedded model" not in str(err.value)

