@@ -629,6 +629,8 @@ def test_the_self_instruct_answers_in_a_list_column_are_noted_through_the_cli(ti
     assert main(["check", *cli_flags(over), "--data-only"]) == 0
     out = capsys.readouterr().out
     assert f"'instances' (252 rows, e.g. {path}:1)" in out and "row['instances'][0]['input']" in out
+
+
 @pytest.mark.parametrize(
     ("turn", "said"),
     [

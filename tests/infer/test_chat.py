@@ -384,6 +384,8 @@ def test_without_max_new_tokens_an_answer_takes_the_room_the_context_leaves(tiny
     chat(run, GenerationSettings(), read=lambda prompt: next(inputs), out=out)
     assert model.limits[-1] == 20
     assert "(the answer filled the room the model's context leaves, 20 tokens, and was cut there" in out.getvalue()
+
+
 def test_a_piped_question_is_written_after_its_prompt(tiny_run_dir, monkeypatch, capsys):
     """`printf 'hi\n' | tunelab chat RUN` wrote `you> model> ...`: input() does not echo a line read from a pipe,
     so the transcript lost the questions. A line read from a pipe or a file is written after its prompt."""

@@ -3,8 +3,8 @@
 resumed equals the uninterrupted one; bad stages are refused before anything is written."""
 
 import json
-import shutil
 import re
+import shutil
 from pathlib import Path
 
 import pytest
