@@ -22,10 +22,10 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import re
 from dataclasses import dataclass
 
 from tunelab.data.columns import UnreadColumns
+from tunelab.data.hints import mapping_hint, role_advice
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import Record, headerless, is_plain_text
 from tunelab.errors import ConfigError, DataError, article, counted, not_text
@@ -129,37 +129,11 @@ def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION
     known = "; ".join(f"{fmt} ({', '.join(req)})" for fmt, (req, _) in FORMATS.items())
     raise DataError(
         f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "
-        f"fields: {known}. Rename your columns, map them with {_short(option)} (e.g. {_mapping_hint(row)}), "
+        f"fields: {known}. Rename your columns, map them with {_short(option)} (e.g. {mapping_hint(row, FORMATS)}), "
         "or set data.format."
         + (PREFERENCE_ADVICE if "chosen" in row and "rejected" in row else "")
         + (QUESTIONS_ADVICE if "expected" in row else "")
     )
-
-
-def _mapping_hint(row: dict) -> str:
-    """The data.fields mapping a row most likely needs: the columns that name a format's fields but for their case
-    (Question, Answer: {question: Question, answer: Answer}); else the format whose every required field one column
-    alone names: as a word of its name (`Task Instruction`, `Model Output`) or by a word other tools use for it
-    (`response` for an answer, `query` for a question), however many other columns the row has (an `id`, a
-    `source`); the format whose fields the columns name themselves most often wins, as `prompt`, `response` reads
-    as prompt_completion. Its optional fields are added where a column's words name them (`Extra Input`)."""
-    named = {str(key).strip().lower().replace(" ", "_"): key for key in row}
-    for required, _ in FORMATS.values():
-        if all(name in named for name in required):  # one at least is named otherwise, or the format was found
-            return "{" + ", ".join(f"{name}: {named[name]}" for name in required if named[name] != name) + "}"
-    best: tuple[int, int, dict[str, str]] | None = None
-    for rank, fmt in enumerate(_HINT_ORDER):
-        required, optional = FORMATS[fmt]
-        found = {name: _column_for(name, row, own_name_only=False) for name in required}
-        if None in found.values() or len(set(found.values())) < len(found):
-            continue
-        own = sum(_column_for(name, row, own_name_only=True) is not None for name in required)
-        if best is None or (own, -rank) > best[:2]:
-            extra = {name: col for name in optional if (col := _column_for(name, row, own_name_only=True)) is not None}
-            best = (own, -rank, {**found, **{k: v for k, v in extra.items() if v not in found.values()}})
-    if best is not None and any(col != name for name, col in best[2].items()):
-        return "{" + ", ".join(f"{name}: {_flow(col)}" for name, col in best[2].items() if col != name) + "}"
-    return "{prompt: question, completion: answer}"
 
 
 # the words other tools name a format's fields with (LLaMA-Factory's `response`, GPTeacher's, databricks-dolly's)
@@ -168,21 +142,6 @@ _ANSWER_WORDS = ("output", "completion", "answer", "response", "reply", "target"
 _SAME_ROLE = {name: words for words in (_PROMPT_WORDS, _ANSWER_WORDS) for name in words}
 # on a tie, the format whose fields the columns most likely mean: a query and a response are a prompt and completion
 _HINT_ORDER = ("messages", "sharegpt", "prompt_completion", "question_answer", "alpaca", "text")
-
-
-def _column_for(name: str, row: dict, own_name_only: bool) -> str | None:
-    """The one column of `row` that a word of its name calls `name` (or, unless own_name_only, a word of name's
-    role, _SAME_ROLE); None where none or several do."""
-    words = {key: set(re.findall(r"[a-z]+", str(key).lower())) for key in row}
-    hits = [key for key, w in words.items() if name in w]
-    if not hits and not own_name_only:
-        hits = [key for key, w in words.items() if w & set(_SAME_ROLE.get(name, ()))]
-    return hits[0] if len(hits) == 1 else None
-
-
-def _flow(column: str) -> str:
-    """A column name as a YAML flow mapping reads it back: quoted where a character would end or change it."""
-    return column if re.fullmatch(r"[A-Za-z_][\w .-]*", column) and column == column.strip() else json.dumps(column)
 
 
 def _short(option: str) -> str:
@@ -331,7 +290,7 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str, 
         if not isinstance(role, str) or role not in roles:
             raise DataError(
                 f"{where}: {turn_name(field, i)} has the unknown role {role!r}; allowed roles: {', '.join(roles)}. "
-                + _role_advice(role, roles)
+                + role_advice(role, roles, TOOLS)
             )
         if turn.get("tool_calls") or turn.get("function_call"):
             raise DataError(
@@ -346,20 +305,6 @@ def parse_turns(value, where: str, field: str, role_key: str, content_key: str, 
 
 # roles other tools write for a user or an assistant turn (Gemini's `model`, chat exports' `bot`)
 OTHER_ROLE_NAMES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant", "ai": "assistant"}
-
-
-def _role_advice(role, roles: dict[str, str]) -> str:
-    """What to do with a turn's unknown role: the allowed spelling of a user or assistant turn written another way
-    ('User', 'human' in a messages row, Gemini's 'model'); else the tool turns, which no format reads."""
-    spelt = str(role).strip().lower() if isinstance(role, str) else None
-    meant = spelt if spelt in roles else OTHER_ROLE_NAMES.get(spelt or "")
-    if meant is None:
-        return TOOLS
-    allowed = next((name for name in roles if roles[name] == roles.get(meant, meant)), meant)
-    return (
-        f"{role!r} is how other tools write {article(roles.get(meant, meant))} turn: write it as {allowed!r} (data.transform "
-        "can rewrite the roles of every row)."
-    )
 
 
 def _content(value, where: str, named: str) -> str:
