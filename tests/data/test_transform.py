@@ -106,7 +106,7 @@ def test_every_row_made_of_a_record_is_compared_for_answers_that_disagree():
     of one file read it): a row data.transform made second was never compared. Each row is now, and two sources
     reading the same record still count it once."""
     from tunelab.data.formats import Example
-    from tunelab.data.loader import note_conflicting
+    from tunelab.data.repeats import note_conflicting
 
     def chat(answer, question="Q?"):
         return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]

@@ -30,7 +30,8 @@ from torch import nn
 from tunelab.config import ClassifyConfig, RunConfig
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import scalar_text
-from tunelab.data.loader import Datasets, note_conflicting, note_system_on_texts
+from tunelab.data.loader import Datasets, note_system_on_texts
+from tunelab.data.repeats import note_conflicting
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError, article, counted
 from tunelab.tasks.head import attach_head, continue_head, head_learning_rates, save_head_run

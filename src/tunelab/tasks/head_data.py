@@ -42,9 +42,10 @@ from tunelab.data.formats import (
     text_field,
     turn_name,
 )
-from tunelab.data.loader import note_repeated_eval, refuse_special_system, split_eval
+from tunelab.data.loader import refuse_special_system, split_eval
 from tunelab.data.reasoning import answer_apart
 from tunelab.data.render import encode, special_text_in, special_texts
+from tunelab.data.repeats import note_repeated_eval
 from tunelab.data.report import DataReport, location, location_path
 from tunelab.data.sources import Record, headerless, read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
