@@ -551,3 +551,25 @@ def test_a_cut_keeps_the_prompts_end_before_a_whole_answer_and_skips_what_leaves
     assert fit(ids, 4, "truncate", keep) is None and "assistant cue (4 tokens)" in overlong_reason(4, keep)
     assert fit(ids, 7, "truncate", Keep(2)) == [0, 1, 15, 16, 17, 18, 19]  # no answer at the end: the tail
     assert fit(ids, 7, "drop", keep) is None and "data.overlong=drop" in overlong_reason(7, keep)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_columns_of_text_lists_and_objects_that_no_field_reads_are_noted(task, smollm2_tokenizer, tmp_path):
+    """A `note` or `meta` column beside a classify text and label (or a reward or dpo pair) was left out of every row
+    without a word, where sft notes it. grpo notes none: its reward functions may read any column."""
+    rows = [_row(task, i) | {"note": "checked by Ann", "meta": {"src": "web"}, "id": f"{i}"} for i in range(6)]
+    path = _write(tmp_path / "t.jsonl", rows)
+    notes = _build(task, smollm2_tokenizer, path).report.notes
+    if task == "grpo":
+        assert not [n for n in notes if "'note'" in n or "'meta'" in n]
+        return
+    text, objects = (next(n for n in notes if n.startswith(f"{path}: {kind}")) for kind in ("text in", "lists and"))
+    assert text.startswith(
+        f"{path}: text in columns that task {task} does not read is left out of its rows: 'note' (6 rows, e.g. {path}:1);"
+    )
+    field = "text" if task == "classify" else "prompt"
+    assert f"To read one as the row's {field}, map {field} to it with data.fields (e.g. {{{field}: note}})" in text
+    assert "'id'" not in text
+    assert f"'meta' (6 rows, e.g. {path}:1)" in objects and "the text at row['meta']['src']" in objects
+    mapped = _build(task, smollm2_tokenizer, path, **{"data.fields": {"system": "note"}}).report.notes
+    assert not [n for n in mapped if "text in columns" in n]

@@ -1,7 +1,9 @@
 """The columns of a file that its sft format leaves unread, gathered row by row and said in the data report's notes:
 nothing a row holds is left out of its example without a word. Alpaca's own fields (input, history) beside another
 format's, text in columns no field reads, lists and objects in columns no field reads (a text inside one reaches no
-example), and a preference pair (chosen, rejected) that sft trains on neither side of."""
+example), and a preference pair (chosen, rejected) that sft trains on neither side of. The readers of classify,
+reward and dpo note the columns of text, lists and objects that they leave unread alike (`UnreadColumns.task_notes`);
+grpo's does not, since its reward functions may read any column of the row."""
 
 from __future__ import annotations
 
@@ -84,9 +86,13 @@ class UnreadColumns:
         answer and kind eval reads."""
         for name in unread_columns(record, fmt, fields):
             self.lost.setdefault((record.path, name), [0, record])[0] += 1
-        if questions:
-            return
-        pair = pair_unread(record, names, fields)  # noted as a pair, not as two columns of text
+        if not questions:
+            self.see_others(record, names, fields, pairs=True)
+
+    def see_others(self, record: Record, names, fields: dict[str, str], pairs: bool = False) -> None:
+        """The columns of text, lists and objects that no field of `names` (required, optional) reads; `pairs`: a
+        preference pair is noted as one (sft reads neither side), not as two columns of text."""
+        pair = pairs and pair_unread(record, names, fields)
         for name in other_columns(record, names, fields):
             if not (pair and name in ("chosen", "rejected")):
                 self.other.setdefault(record.path, {}).setdefault(name, [0, record])[0] += 1
@@ -133,6 +139,26 @@ class UnreadColumns:
                 f"of the examples, with any text inside them: {_said(columns)}; to train on a text inside one, let "
                 f"data.transform put it in a field of the row (e.g. row['input'] = {_inside(columns)}), or "
                 "drop the column there to silence this note"
+            )
+        return out
+
+    def task_notes(self, task: str, reads: str, field: str) -> list[str]:
+        """The notes of the columns of text, lists and objects that task `task` (classify, reward, dpo: their
+        readers take no data.transform, so the advice is to map or edit the file) does not read: `reads` says what
+        it reads, `field` the field of the advice's data.fields mapping (text, prompt)."""
+        out = []
+        for path, columns in self.other.items():
+            out.append(
+                f"{path}: text in columns that task {task} does not read is left out of its rows: {_said(columns)}; "
+                f"{reads}. To read one as the row's {field}, map {field} to it with data.fields (e.g. {{{field}: {next(iter(columns))}}}), "
+                "or remove the column from the file to silence this note"
+            )
+        for path, columns in self.objects.items():
+            out.append(
+                f"{path}: lists and objects in columns that task {task} does not read are left out of its rows, with "
+                f"any text inside them: {_said(columns)}; {reads}. To read a text inside one, write it into a column "
+                f"of its own (e.g. the text at {_inside(columns)}) and map {field} to it with data.fields, or remove "
+                "the column from the file to silence this note"
             )
         return out
 

@@ -136,7 +136,9 @@ def read_labelled(
     out = []
     checked = fields if require_label else {}  # rows to predict may come without the training rows' columns
     command = "tunelab eval" if evaluating else (None if require_label else "tunelab predict")  # run's data.fields
-    for record in counted_records(paths, report, "label rows", checked, lenient, delimiter):
+    for record in counted_records(
+        paths, report, "label rows", checked, lenient, delimiter, "classify" if require_label else None, FIELDS
+    ):
         where = location(record.path, record.line)
         item = read_input(record.row, fields, where, system_prompt, lenient)
         if item is None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.config import PLACEHOLDER, RunConfig
-from tunelab.data.columns import ALPACA_ONLY, filled
+from tunelab.data.columns import ALPACA_ONLY, UnreadColumns, filled
 from tunelab.data.formats import (
     EMPTY_QUESTION,
     LATE_SYSTEM,
@@ -461,23 +461,36 @@ def counted_records(
     fields: dict[str, str],
     lenient: bool = False,
     delimiter: str = "auto",
+    task: str | None = None,
+    names: tuple[str, ...] = (),
 ) -> Iterator[Record]:
     """The records of `paths` (`data.sources`) for a task's reader, each counted as read in `report`, which names the
     files' format `kind` (label rows, preference pairs, prompts). Once they are all read, a mapping in `fields`
     (data.fields) of an optional field (OPTIONAL_FIELDS) to a column that no record of the files has is a DataError
     naming them, as in sft (`data.formats.UnusedMappings`; `lenient`: the field's own name serves too). The other
     fields are an input or a target, which every row needs: a row without one is refused on its own. `delimiter`:
-    data.delimiter, the separator of the training files' .csv rows."""
+    data.delimiter, the separator of the training files' .csv rows. `task` (classify, reward, dpo) reads the fields
+    `names`: the columns of text, lists and objects that neither these nor `fields` name are noted in `report`, as
+    sft notes them (`data.columns`); without `task` (grpo, whose reward functions may read any column; the new rows
+    of tunelab predict) none are."""
     unused = UnusedMappings(lenient, together=True)
     lost: dict[tuple[str, str], list] = {}  # (input or history, its column) -> [rows, first record] leaving it out
+    others = UnreadColumns()
     for record in read_records(paths, delimiter, report=report):
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
         unused.see(record, {name: column for name, column in fields.items() if name in OPTIONAL_FIELDS})
         for found in unread_columns(record.row, fields, lenient):
             lost.setdefault(found, [0, record])[0] += 1
+        if task:
+            others.see_others(record, (names, ()), fields)
         yield record
     unused.refuse()
+    if task:
+        field = "text" if "text" in names else "prompt"
+        named = [n for n in names if n not in ALPACA_ONLY]
+        reads = f"task {task} reads the fields {', '.join(named[:-1])} and {named[-1]} (an instruction's input and history too)"
+        report.notes += others.task_notes(task, reads, field)
     for (name, key), (rows, first) in lost.items():
         mapped = f" (data.fields' {name})" if key != name else ""
         report.notes.append(

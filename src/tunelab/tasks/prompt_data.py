@@ -77,6 +77,7 @@ def read_prompts(
     delimiter: str = "auto",
 ) -> list[Prompt]:
     out = []
+    # no note of the columns no field reads: a reward function may read any column of the row (tasks/rewards.py)
     for record in counted_records(paths, report, PROMPTS, fields, lenient, delimiter):
         where = location(record.path, record.line)
         turns = read_prompt(record.row, fields, where, lenient)

@@ -165,7 +165,7 @@ def read_pairs(
     `tunelab eval` needs when `evaluating` (its file is not a training file: data.fields cannot be changed)."""
     pairs = []
     command = "tunelab eval" if evaluating else None
-    for record in counted_records(paths, report, "preference pairs", fields, lenient, delimiter):
+    for record in counted_records(paths, report, "preference pairs", fields, lenient, delimiter, "reward", FIELDS):
         row, where = record.row, location(record.path, record.line)
         keys = pair_columns(row, fields, where, lenient, "and optionally a prompt", command)
         prompt = read_prompt(row, fields, where, lenient)
