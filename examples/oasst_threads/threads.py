@@ -2,7 +2,8 @@
 
 An Open-Assistant trees file (`*.trees.jsonl`, as OA exports it and as the oasst1/oasst2 releases ship it) holds one
 tree a line: `{"message_tree_id", "prompt": {"role": "prompter", "text", "replies": [...]}}`, each reply a message
-with its own replies. A record is a whole tree, so these functions return a list of rows, one chat each:
+with its own replies (`flat_to_trees.py` makes one of a flat table, one message a row, as the hub's parquet
+files give them). A record is a whole tree, so these functions return a list of rows, one chat each:
 
 - `threads`: every path from the root prompt to a leaf, as one chat, every answer of it trained on (a path that
   ends with an unanswered prompt ends at the answer before it, and is left out where another chat goes on from
