@@ -133,7 +133,7 @@ def test_the_report_names_the_clients_a_round_went_on_without(tmp_path):
     (tmp_path / "federated.json").write_text(json.dumps(state))
     section = federated_section(tmp_path)
     assert (
-        "Rounds went on without 1 client: site2 (failed in rounds 1-2): RuntimeError: CUDA error: an illegal memory "
+        "Clients whose update a round lost: site2 (failed in rounds 1-2): RuntimeError: CUDA error: an illegal memory "
         "access was encountered." in section
     )
     first_round = section[section.index("round 1") : section.index("round 2")]

@@ -278,7 +278,7 @@ def federated_section(run_dir: str | Path) -> str | None:
         f"{state['local_steps']} local steps per round.</p>"
     ]
     if lost := lost_clients(state["history"]):  # every client named, as the federation ended saying
-        parts.append(f"<p>Rounds went on without {counted(len(lost), 'client')}: {_esc('; '.join(lost))}.</p>")
+        parts.append(f"<p>Clients whose update a round lost: {_esc('; '.join(lost))}.</p>")
     fig = _figure(records)
     if fig is not None:
         buf = io.StringIO()
