@@ -435,15 +435,16 @@ def test_qlora_under_fsdp2_is_refused_where_torch_cannot_shard_integer_parameter
 
 
 @pytest.mark.slow
-def test_a_ddp_run_resumes_under_fsdp2(runs, tmp_path):
-    """A checkpoint loads under either sharding, as on another rank count, but --resume refused the change."""
-    ddp = _launch(runs.configs["full"], tmp_path / "ddp", "--nproc", "2", "--train.sharding", "ddp")
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    resumed = _cut_after_step_2(tmp_path / "ddp", tmp_path / "resumed")
-    done = _launch(runs.configs["full"], resumed, "--nproc", "2", "--train.sharding", "fsdp2", "--resume")
+def test_an_fsdp2_run_resumes_under_ddp(runs, tmp_path):
+    """A checkpoint loads under either sharding, as on another rank count, but --resume refused the change. The
+    FSDP2 run is the straight one of test_two_ranks_train_what_one_process_trains (sharding auto: fsdp2)."""
+    fsdp2 = runs("two", "full")
+    resumed = _cut_after_step_2(fsdp2, tmp_path / "resumed")
+    done = _launch(runs.configs["full"], resumed, "--nproc", "2", "--train.sharding", "ddp", "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resume: train.sharding: 'ddp' -> 'fsdp2' (allowed" in done.stdout
-    _assert_same_curve(tmp_path / "ddp", resumed)
+    assert "resume: train.sharding: 'auto' -> 'ddp' (allowed" in done.stdout
+    assert "ranks: 2 (gloo, ddp)" in done.stdout
+    _assert_same_curve(fsdp2, resumed)
 
 
 @pytest.mark.parametrize("fails", [False, True])
