@@ -1,5 +1,6 @@
 """Two ranks on the CPU (gloo) train the run one process trains, write what one process writes, and resume across
-rank counts. Launched as users launch them: `tunelab train CONFIG --nproc 2` in a subprocess.
+rank counts. Launched as users launch them, `tunelab train CONFIG --nproc 2`: its launcher in a subprocess of its own
+(`_launch`) or in the test's process (`_launch_here`, one process importing torch less), the ranks in theirs.
 
 The tolerances: losses relative 1e-6, gradient norms relative 1e-4. Both runs take the same micro-batches and the
 same float32 maths; what differs is the order of additions (two ranks' partial gradient sums, FSDP2's norm summed
@@ -18,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import traceback
 import weakref
 from pathlib import Path
@@ -129,6 +131,41 @@ def _launch(config: Path, run_dir: Path, *flags: str) -> subprocess.CompletedPro
     return subprocess.run(command, env=os.environ | _rank_env(), capture_output=True, text=True, timeout=300)
 
 
+def _launch_here(config: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    """`tunelab train CONFIG --nproc 2` with its launcher in this process and the ranks in theirs: one process
+    importing torch less than `_launch`. What the launcher and the ranks write to stdout and stderr is read back from
+    files put under file descriptors 1 and 2 (the ranks inherit them), which pytest's capture gets back after."""
+    argv = ["train", str(config), "--output_dir", str(run_dir), "--nproc", "2"]
+    with contextlib.ExitStack() as stack:
+        out, err = (
+            stack.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")) for _ in range(2)
+        )
+        saved = []
+        for fd, file in ((1, out), (2, err)):
+            getattr(sys, ("stdout", "stderr")[fd - 1]).flush()
+            saved.append(os.dup(fd))
+            os.dup2(file.fileno(), fd)
+        try:
+            with (
+                pytest.MonkeyPatch.context() as patch,
+                contextlib.redirect_stdout(out),
+                contextlib.redirect_stderr(err),
+            ):
+                for name, value in _rank_env().items():
+                    patch.setenv(name, value)
+                code = main(argv)
+        finally:
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+        texts = []
+        for file in (out, err):
+            file.flush()
+            file.seek(0)
+            texts.append(file.read())
+    return subprocess.CompletedProcess(argv, code, *texts)
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -159,7 +196,7 @@ def runs(tmp_path_factory, tiny_model_dir):
             if ranks == "one":
                 recipe.train(configs[method], {"output_dir": str(run_dir)})
             else:
-                done = _launch(configs[method], run_dir, "--nproc", "2")
+                done = _launch_here(configs[method], run_dir)
                 assert done.returncode == 0, done.stderr[-3000:]
                 made[("log", method)] = done
             made[(ranks, method)] = run_dir
