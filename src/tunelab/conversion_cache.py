@@ -33,8 +33,10 @@ from tunelab.atomic import ASIDE_PREFIX
 from tunelab.errors import ConfigError, WriteFailed
 from tunelab.models.converted import (
     COMPLETE,
+    CONVERSION,
     adapters_naming,
     cache_root,
+    conversion_made,
     conversion_problem,
     conversion_source,
     gguf_key,
@@ -88,6 +90,8 @@ def _stale(folder: Path) -> str | None:
     if folder.name.endswith(f"-{older}"):
         return f"an older tunelab named this copy of {source}, which is unchanged; its copy is now named {current}"
     if not folder.name.endswith(f"-{key}"):
+        if (made := conversion_made(folder)) is not None and made < CONVERSION:
+            return f"an older tunelab converted {source} into this copy (conversion {made}); its copy is now {current}"
         return f"its GGUF file {source} changed or was replaced since; a newer copy is used"
     return None
 

@@ -453,3 +453,26 @@ def test_the_embedded_models_hub_id_offline_is_told_the_alias(monkeypatch):
     with pytest.raises(ModelError) as err:
         load_tokenizer(other)
     assert "embedded model" not in str(err.value)
+def test_a_copy_of_an_older_conversion_is_stale_as_such(tiny_gguf, tmp_path, monkeypatch):
+    """A copy converted before the tokenizer got llama.cpp's split (conversion 2; converted.CONVERSION) is not used
+    again and is listed as stale because an older tunelab converted it, not because its file changed."""
+    import hashlib
+    import json
+
+    from tunelab.models.converted import COMPLETE, CONVERSION, content_fingerprint
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    model_file = tmp_path / "m.gguf"
+    shutil.copy(tiny_gguf, model_file)
+    current = Path(materialize(resolve_source(str(model_file))))
+    old_key = f"{model_file.resolve()}|{content_fingerprint(model_file)}|{CONVERSION - 1}"
+    older = current.with_name(f"m-{hashlib.sha256(old_key.encode()).hexdigest()[:16]}")
+    shutil.copytree(current, older)
+    mark = json.loads((older / COMPLETE).read_text()) | {"conversion": CONVERSION - 1}
+    (older / COMPLETE).write_text(json.dumps(mark))
+    stale = {e.name: e.stale for e in cache_entries()}
+    assert stale[current.name] is None
+    assert stale[older.name] == (
+        f"an older tunelab converted {model_file.resolve()} into this copy (conversion {CONVERSION - 1}); its copy is "
+        f"now {current.name}"
+    )

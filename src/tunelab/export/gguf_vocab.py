@@ -18,13 +18,12 @@ so a vocabulary that slipped through these rules would still be caught.
 from __future__ import annotations
 
 import json
-import mmap
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import ModelError
+from tunelab.models.gguf_split import read_gguf_string
 from tunelab.models.load import resolve_source
 
 # llama.cpp's regexes for Llama 3 and Qwen2 tokenizers, as those tokenizers' tokenizer.json write them.
@@ -112,48 +111,6 @@ def source_pre_tokenizer(base_model: str) -> str | None:
     except ModelError:
         return None
     return read_gguf_string(Path(source.path) / source.gguf_file, "tokenizer.ggml.pre") if source.is_gguf else None
-
-
-_SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9  # GGUFValueType
-
-
-def read_gguf_string(path: Path, key: str) -> str | None:
-    """One string value from a GGUF header, skipping the others without decoding them (GGUFReader parses every
-    token string first: seconds for a 49k vocabulary)."""
-    with open(path, "rb") as f:
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        if data[:4] != b"GGUF" or struct.unpack_from("<I", data, 4)[0] < 2:
-            return None
-        (n_kv,) = struct.unpack_from("<Q", data, 16)
-        pos = 24
-
-        def skip(kind: int, pos: int) -> int:
-            if kind == _STRING:
-                return pos + 8 + struct.unpack_from("<Q", data, pos)[0]
-            if kind == _ARRAY:
-                item, count = struct.unpack_from("<IQ", data, pos)
-                pos += 12
-                if item in _SCALAR_FORMATS:
-                    return pos + count * struct.calcsize(_SCALAR_FORMATS[item])
-                for _ in range(count):
-                    pos = skip(item, pos)
-                return pos
-            return pos + struct.calcsize(_SCALAR_FORMATS[kind])
-
-        for _ in range(n_kv):
-            (length,) = struct.unpack_from("<Q", data, pos)
-            name = data[pos + 8 : pos + 8 + length].decode()
-            (kind,) = struct.unpack_from("<I", data, pos + 8 + length)
-            pos += 12 + length
-            if name == key and kind == _STRING:
-                (size,) = struct.unpack_from("<Q", data, pos)
-                return data[pos + 8 : pos + 8 + size].decode()
-            pos = skip(kind, pos)
-        return None
-    finally:
-        data.close()
 
 
 def _by_id(spec: dict, vocab_size: int, token_type) -> tuple[dict[int, str], dict[int, int]]:

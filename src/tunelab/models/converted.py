@@ -12,7 +12,10 @@ from pathlib import Path
 
 from tunelab.atomic import write_json
 
-CONVERSION = 2  # 2: a tied embedding under model.embed_tokens.weight (1 kept it as lm_head.weight only)
+# 3: the tokenizer splits as llama.cpp does for the file's tokenizer.ggml.pre (models/gguf_split.py; 2 kept
+# transformers' split, GPT-2's for SmolLM2's 'smollm'); 2: a tied embedding under model.embed_tokens.weight (1 kept
+# it as lm_head.weight only)
+CONVERSION = 3
 
 
 def cache_root() -> Path:
@@ -59,9 +62,10 @@ def gguf_key(file: Path) -> str:
 
 def mtime_key(file: Path) -> str:
     """The key tunelab named copies by until 2026-12-05: the file's path, size and modification time. A copy so
-    named for a file of that size and time is a copy of the same file, under an older name."""
+    named for a file of that size and time is a copy of the same file, under an older name (conversion 2, the one
+    written then)."""
     stat = file.stat()
-    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION}"
+    key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|2"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -106,6 +110,15 @@ def conversion_source(folder: Path) -> Path | None:
     except (OSError, ValueError, AttributeError):
         return None
     return Path(source) if isinstance(source, str) and source else None
+
+
+def conversion_made(folder: Path) -> int | None:
+    """The CONVERSION a converted folder was written with, as COMPLETE records it (None when it cannot be read)."""
+    try:
+        made = json.loads((folder / COMPLETE).read_text()).get("conversion")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return made if type(made) is int else None
 
 
 def _whole_safetensors(file: Path) -> bool:

@@ -33,6 +33,7 @@ from tunelab.models.converted import (
     finish_conversion,
     gguf_key,
 )
+from tunelab.models.gguf_split import set_gguf_split
 from tunelab.models.quiet import quiet_progress
 from tunelab.rundir import RUN_FILE, RunInfo, read_info
 
@@ -349,6 +350,8 @@ def materialize(source: ModelSource) -> str:
     except (ValueError, KeyError, OSError) as exc:
         raise ModelError(f"model '{source.name}': transformers could not read this GGUF file ({exc}).") from None
     _check_loaded(source, report, model.config)  # weights missing from the file would be cached as random numbers
+    if warning := set_gguf_split(tokenizer, Path(source.path) / source.gguf_file):  # llama.cpp's split of the file
+        print(f"model '{source.name}': {warning}", file=sys.stderr, flush=True)
     try:
         # Whole or not at all: a concurrent reader sees all of it or nothing, and a concurrent converter that
         # finished first keeps its copy (the rename then fails, and that copy is used). A damaged copy is replaced.
