@@ -79,3 +79,26 @@ def test_a_save_removes_what_a_killed_save_left(tmp_path, capsys):
     model = torch.nn.Linear(2, 2)
     save_checkpoint(tmp_path, model, torch.optim.SGD(model.parameters()), {"step": 1}, keep=2)
     assert not cut.exists() and theirs.is_dir() and f"removed {cut}" in capsys.readouterr().out
+
+
+def test_a_gguf_run_started_before_llama_cpp_s_split_is_told_why_its_rows_differ(tmp_path):
+    """A run on a GGUF base whose run.json holds no conversion number trained with transformers' split of the base's
+    tokenizer; tunelab now gives it llama.cpp's ('smollm': each digit alone), so its rows may differ: the refusal
+    says so, beside the file whose rows changed."""
+    from tunelab.models.load import ModelSource
+    from tunelab.rundir import RunInfo
+    from tunelab.training.resume import check_same_data, gguf_split_facts, split_changed
+
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "base.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_pre("smollm")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    source = ModelSource(str(path), str(tmp_path), "base.gguf")
+    before, since = RunInfo(str(path), "lora"), RunInfo(str(path), "lora", extra=gguf_split_facts(source))
+    assert split_changed(since, source) == "" and split_changed(before, ModelSource("d", "d")) == ""
+    with pytest.raises(ConfigError, match=r"d.jsonl changed; or the run started before .*'smollm'.*--overwrite"):
+        files = ({"d.jsonl": "1"}, {"d.jsonl": "2"})
+        check_same_data(tmp_path, "a", "b", "training", files, split_changed(before, source))

@@ -70,10 +70,12 @@ from tunelab.training.resume import (
     check_same_data,
     data_digest,
     file_digests,
+    gguf_split_facts,
     kept_auto,
     kept_warmup,
     load_position,
     resume_checkpoint,
+    split_changed,
 )
 from tunelab.training.schedule import lr_factor
 from tunelab.training.tracking import TrackTo, open_trackers
@@ -403,8 +405,9 @@ def _load_data(
     fingerprints = {"data_sha256": digest, "eval_sha256": eval_digest, "data_files": files, "eval_files": eval_files}
     before = read_info(run_dir, require_finished=False) if resume else None
     if before is not None:
-        check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, files))
-        check_same_data(run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, eval_files))
+        split = split_changed(before, inputs.source)
+        check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, files), split)
+        check_same_data(run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, eval_files), split)
         run_base(before)  # the checkpoint's adapter trained over these weights
     return inputs, fingerprints, before
 
@@ -445,7 +448,10 @@ def _run_info(
         fixed_untrained_tokens=untrained.rows() if untrained.repaired else {},
         **fingerprints,
         total_steps=total_steps,
-        extra=dict(data.facts) | {"auto": auto.to_dict(), WARMUP: warmup} | data.report.split_facts(),
+        extra=dict(data.facts)
+        | {"auto": auto.to_dict(), WARMUP: warmup}
+        | data.report.split_facts()
+        | gguf_split_facts(inputs.source),
     )
 
 

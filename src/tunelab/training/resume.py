@@ -41,7 +41,9 @@ from tunelab.config.validate import read_by, run_tasks
 from tunelab.data.packing import Packed
 from tunelab.data.report import location_path
 from tunelab.errors import ConfigError, RunDirError, counted
-from tunelab.rundir import CONFIG_FILE, read_info
+from tunelab.models.converted import CONVERSION
+from tunelab.models.gguf_split import read_gguf_string
+from tunelab.rundir import CONFIG_FILE, RunInfo, read_info
 from tunelab.training.auto import Choice
 from tunelab.training.checkpoint import intact_checkpoint
 from tunelab.training.distributed import Ranks
@@ -412,16 +414,44 @@ class DataChanged(ConfigError):
     """The data a resumed run (or stage) reads gives other tokenized rows than those it trained on."""
 
 
+GGUF_SPLIT = "gguf_conversion"  # run.json extra: the CONVERSION of the GGUF base's copy whose tokenizer it trained with
+
+
+def gguf_split_facts(source) -> dict:
+    """What run.json records of a GGUF base's conversion (models/converted.CONVERSION): a later tunelab that splits
+    its text otherwise can say so on --resume (`split_changed`)."""
+    return {GGUF_SPLIT: CONVERSION} if source.is_gguf else {}
+
+
+def split_changed(before: RunInfo, source) -> str:
+    """For a run on a GGUF base that started before tunelab gave such a base's tokenizer llama.cpp's split for its
+    tokenizer.ggml.pre (conversion 3, models/gguf_split.py), a sentence saying that this may be why its rows differ;
+    else ''."""
+    if not source.is_gguf or before.extra.get(GGUF_SPLIT, 2) >= 3:
+        return ""
+    pre = read_gguf_string(Path(source.path) / source.gguf_file, "tokenizer.ggml.pre")
+    return (
+        "the run started before tunelab gave a GGUF base's tokenizer the split llama.cpp uses for it "
+        f"(tokenizer.ggml.pre {pre!r}: for SmolLM2 each digit alone, so text with a digit after whitespace, '\\n\\n1.', "
+        "gives other tokens now). With the data unchanged, the run cannot resume with this tunelab: train it again "
+        "with --overwrite (its finished result, if any, keeps its own tokenizer and still opens as trained)"
+    )
+
+
 def check_same_data(
     run_dir: Path,
     recorded: str,
     digest: str,
     what: str = "training",
     files: tuple[dict[str, str], dict[str, str]] = ({}, {}),
+    tokenizer: str = "",
 ) -> None:
-    """`what`: training or eval (data.eval, data.eval_fraction's split); `files`: the run's and today's file_digests."""
+    """`what`: training or eval (data.eval, data.eval_fraction's split); `files`: the run's and today's file_digests;
+    `tokenizer`: why the tokenizer may split otherwise than when the run started (`split_changed`), or ''."""
     if recorded and recorded != digest:
         which = what_changed(*files)
+        if tokenizer:
+            which = (f"{which}; or " if which else "") + tokenizer
         raise DataChanged(
             f"{run_dir}: --resume needs the {what} data the run started with, but the tokenized {what} rows differ"
             + (f": {which}" if which else " (a data file, the tokenizer or the template changed)")
