@@ -174,10 +174,15 @@ def test_the_printed_stop_line_names_only_what_fails():
 def test_a_text_llama_cpp_splits_differently_is_shown_where_it_differs(tmp_path, smollm2_tokenizer):
     """The check said 'llama.cpp splits 2 of 8 training texts differently' and kept each text's first 120 characters,
     which showed only the system prompt every text starts with: nothing told where, or how, the split differed. It
-    names the first differing token, the text around it and the next tokens of both sides."""
+    names the first differing token, the text around it and the next tokens of both sides. The run here trained
+    with SmolLM2's tokenizer as tunelab converted it before it took llama.cpp's split (conversion 2: GPT-2's)."""
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+
     from tunelab.data.templates import resolve_template
 
-    tok = smollm2_tokenizer
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer.name_or_path)
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     (tmp_path / "t.jsonl").write_text(json.dumps({"question": "Steps?", "answer": "Do this:\n\n1. Mix."}) + "\n")
     run = _run(tmp_path, {"train": [str(tmp_path / "t.jsonl")]})
 

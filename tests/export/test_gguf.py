@@ -90,7 +90,7 @@ def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer
     assert {k: f[k] for k in expected} == expected
     assert f["llama.rope.freq_base"] == pytest.approx(10000.0)
     tok = small_tokenizer
-    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "gpt-2"  # plain byte-level split
+    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "smollm"  # digits alone, then GPT-2
     assert len(f["tokenizer.ggml.tokens"]) == SMALL_VOCAB + 8 and f["tokenizer.ggml.tokens"][2] == "<|im_end|>"
     assert f["tokenizer.ggml.tokens"][SMALL_VOCAB:] == [f"[PAD{i}]" for i in range(SMALL_VOCAB, SMALL_VOCAB + 8)]
     assert f["tokenizer.ggml.tokens"][tok.convert_tokens_to_ids("Ġthe")] == "Ġthe"
@@ -109,7 +109,7 @@ def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer
     assert f["tokenizer.chat_template"] == template and template.endswith(tok.chat_template)
     # the header scanner used for the base model's pre-tokenizer reads past the token and merge arrays correctly
     assert read_gguf_string(out, "tokenizer.chat_template") == template
-    assert read_gguf_string(out, "tokenizer.ggml.pre") == "gpt-2" and read_gguf_string(out, "no.such.key") is None
+    assert read_gguf_string(out, "tokenizer.ggml.pre") == "smollm" and read_gguf_string(out, "no.such.key") is None
     names = {t.name for t in reader.tensors}
     per_layer = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "ffn_norm"]
     assert names == {"token_embd.weight", "output_norm.weight"} | {
