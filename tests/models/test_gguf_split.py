@@ -88,3 +88,35 @@ def test_every_known_name_builds_a_pre_tokenizer():
         built, ignore_merges = pre_tokenizer_for(name)
         assert built.pre_tokenize_str("a 12") and isinstance(ignore_merges, bool), name
     assert pre_tokenizer_for("no-such-name") is None
+
+
+def test_the_export_check_finds_the_training_texts_split_alike(split_tokenizer, tmp_path, monkeypatch):
+    """The GGUF export's self-check (export/check.py) splits a run's training conversations with llama.cpp and with
+    the tokenizer the run trained with: on a 'smollm' base, conversations with digits after newlines and spaces
+    now split alike (before, 'llama.cpp splits N of M training texts differently')."""
+    import json
+
+    import yaml
+
+    from tunelab.data.templates import resolve_template
+    from tunelab.export.check import GGUFCheck, _check_template
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="the reference split is llama.cpp's")
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    path = _gguf_named(split_tokenizer, "smollm", tmp_path, monkeypatch)
+    tok = AutoTokenizer.from_pretrained(materialize(resolve_source(str(path))))
+    rows = [{"question": f"Steps for task {i}?", "answer": text} for i, text in enumerate(TEXTS)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"model": {"name": "tiny"}, "data": {"train": [str(tmp_path / "t.jsonl")]}})
+    )
+    merged = SimpleNamespace(
+        tokenizer=tok, template=resolve_template("chatml", tok), info=SimpleNamespace(system_prompt=None)
+    )
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    result = GGUFCheck(str(path), "f32")
+    _check_template(result, merged, llm, "", run, adds_bos=False)
+    assert result.tokens == {"texts": len(TEXTS), "mismatched": []}
+    assert not any("splits" in p for p in result.problems)
