@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.config import RunConfig, describe, dump_yaml, load_config, unknown_option
-from tunelab.config.load import stage_config
+from tunelab.config.load import FlagValues, stage_config
 from tunelab.errors import ConfigError, article, counted
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/*/config*.yaml"))
@@ -15,7 +15,7 @@ EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/*/config*.y
 def test_yaml_then_flags_with_origins(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  train: [qa.jsonl]\ntrain:\n  lr: 1.0e-4\n  epochs: 2\n")
-    resolved = load_config(path, {"train.lr": "3e-4", "data.packing": "true"})
+    resolved = load_config(path, FlagValues({"train.lr": "3e-4", "data.packing": "true"}))
     cfg = resolved.config
     assert cfg.train.lr == 3e-4 and cfg.train.epochs == 2.0 and cfg.data.packing is True
     assert cfg.data.train == [str(tmp_path / "qa.jsonl")]  # relative to the YAML file
@@ -430,7 +430,7 @@ def test_another_tools_top_level_key_points_to_where_ours_lives(tmp_path, conten
 
 def test_another_tools_group_as_an_override_points_to_where_ours_lives():
     with pytest.raises(ConfigError, match=re.escape(f"--peft: unknown section 'peft'. {LORA}")):
-        load_config(None, {"peft": {"r": 8}})
+        load_config(None, FlagValues({"peft": {"r": 8}}))
 
 
 @pytest.mark.parametrize(
@@ -458,7 +458,7 @@ def test_a_section_given_as_an_override_says_to_name_its_options_with_dots(overr
 )
 def test_stages_that_are_not_a_list_of_mappings_say_so(stages, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(None, {"stages": stages})
+        load_config(None, FlagValues({"stages": stages}))
 
 
 def test_a_tracker_named_twice_is_refused():
@@ -478,19 +478,19 @@ def test_a_text_option_holding_a_lone_surrogate_is_refused_naming_file_and_optio
     ):
         load_config(path)
     with pytest.raises(ConfigError, match=r"^--data.fields: option 'data.fields': character 11 is U\+DCFF.*byte 0xff"):
-        load_config(None, {"data.fields": "{prompt: q\udcff}"})
+        load_config(None, FlagValues({"data.fields": "{prompt: q\udcff}"}))
     assert load_config(None, {"data.system_prompt": "héllo 😀"}).config.data.system_prompt == "héllo 😀"
 
 
 def test_an_empty_output_dir_is_refused_not_read_as_the_current_folder():
     with pytest.raises(ConfigError, match=r"--output_dir: option 'output_dir' is empty .*it would name the current"):
-        load_config(None, {"output_dir": " "})
+        load_config(None, FlagValues({"output_dir": " "}))
 
 
 @pytest.mark.parametrize("name", ["model.name"])
 def test_an_empty_model_is_refused_not_read_as_the_current_folder(name, tmp_path):
     with pytest.raises(ConfigError, match=rf"--{name}: option '{name}' is empty .*it would load the current folder"):
-        load_config(None, {name: " "})
+        load_config(None, FlagValues({name: " "}))
     (tmp_path / "run.yaml").write_text("model: {name: ''}\n")
     with pytest.raises(ConfigError, match=r"run\.yaml:1: option 'model\.name' is empty"):
         load_config(tmp_path / "run.yaml")
@@ -551,7 +551,7 @@ def test_a_bad_value_in_a_yaml_file_names_the_line_of_its_key(tmp_path, content,
     with pytest.raises(ConfigError, match=message):
         load_config(path)
     with pytest.raises(ConfigError, match=r"^--train\.lr: option 'train\.lr' must be"):  # a flag: by its option
-        load_config(None, {"train.lr": "fast"})
+        load_config(None, FlagValues({"train.lr": "fast"}))
 
 
 @pytest.mark.parametrize(
@@ -651,7 +651,7 @@ def test_a_stage_that_contradicts_the_run_names_its_file_and_line(tmp_path):
     path.write_text("model: {name: m}\nstages:\n  - name: a\n  - name: b\n    dpo:\n      beta: 0.5\n")
     with pytest.raises(ConfigError, match=r"c\.yaml:4: stage 2: option 'dpo\.beta' is for task dpo"):
         stage_config(load_config(path), 1, str(tmp_path / "run"))
-    flagged = load_config(None, {"stages": [{"name": "a"}, {"dpo": {"beta": 0.5}}]})
+    flagged = load_config(None, FlagValues({"stages": [{"name": "a"}, {"dpo": {"beta": 0.5}}]}))
     with pytest.raises(ConfigError, match=r"^--stages: stage 2: option 'dpo\.beta'"):
         stage_config(flagged, 1, str(tmp_path / "run"))
 
@@ -667,7 +667,7 @@ def test_a_rule_across_options_names_the_file_and_line_or_the_flag_that_broke_it
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:4: option 'dpo.beta' is for task dpo"):
         load_config(path)
     with pytest.raises(ConfigError, match=r"^--train\.grad_accum: option 'train\.grad_accum' must be 1 with task grpo"):
-        load_config(path, {"task": "grpo", "dpo.beta": "0.1", "train.grad_accum": "2"})
+        load_config(path, FlagValues({"task": "grpo", "dpo.beta": "0.1", "train.grad_accum": "2"}))
 
 
 def test_counted_is_singular_at_one():
@@ -919,3 +919,16 @@ def test_a_quoted_whole_number_is_read_for_an_integer_option_as_a_quoted_number_
     path.write_text('model: {name: x}\ndata: {train: [qa.jsonl], max_length: "0"}\n')
     with pytest.raises(ConfigError, match="data.max_length"):  # the range is checked as for an unquoted one
         load_config(path)
+
+
+def test_an_override_is_named_as_it_was_given_in_python_or_on_the_command_line():
+    """The Python API's overrides were shown and refused as flags (`(--output_dir)`, "--train.lr: ...") that the
+    user never typed: in Python they are named by their key, on the command line (FlagValues) by their flag."""
+    resolved = load_config(None, {"output_dir": "runs/a"})
+    assert resolved.origins["output_dir"] == "overrides['output_dir']"
+    assert "(overrides['output_dir'])" in describe(resolved)
+    with pytest.raises(ConfigError, match=r"^overrides\['train\.lr'\]: option 'train\.lr' must be"):
+        load_config(None, {"train.lr": "fast"})
+    assert load_config(None, FlagValues({"output_dir": "runs/a"})).origins["output_dir"] == "--output_dir"
+    with pytest.raises(ConfigError, match=r"^--train\.lr: option 'train\.lr' must be"):
+        load_config(None, FlagValues({"train.lr": "fast"}))

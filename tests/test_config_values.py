@@ -3,6 +3,7 @@
 import pytest
 
 from tunelab.config import load_config
+from tunelab.config.load import FlagValues
 from tunelab.errors import ConfigError
 
 
@@ -15,6 +16,6 @@ def test_a_percentage_for_a_share_is_told_the_fraction_to_write(tmp_path):
                        r"as a fraction: 0\.1 for 10%\."):  # fmt: skip
         load_config(path)
     with pytest.raises(ConfigError, match=r"--train\.warmup_ratio: .* write it as a fraction: 0\.035 for 3\.5%\."):
-        load_config(None, {"model.name": "x", "data.train": ["qa.jsonl"], "train.warmup_ratio": "3.5%"})
+        load_config(None, FlagValues({"model.name": "x", "data.train": ["qa.jsonl"], "train.warmup_ratio": "3.5%"}))
     with pytest.raises(ConfigError, match=r"must be float or 'auto', got 'fast'"):  # other text: as before
         load_config(None, {"model.name": "x", "data.train": ["qa.jsonl"], "train.lr": "fast"})

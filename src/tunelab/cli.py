@@ -18,6 +18,7 @@ import sys
 
 from tunelab.cli_parser import build_parser, parse
 from tunelab.config.flags import join_negative_values, one_prompt
+from tunelab.config.load import FlagValues
 from tunelab.errors import ConfigError, Interrupted, TunelabError, stdout_closed
 
 
@@ -48,7 +49,7 @@ _RUN_FLAGS = (
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    overrides = {k: v for k, v in vars(args).items() if k not in _RUN_FLAGS}
+    overrides = FlagValues({k: v for k, v in vars(args).items() if k not in _RUN_FLAGS})
     if args.overwrite:
         overrides["overwrite"] = True
     return overrides
@@ -128,13 +129,15 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         )
         return 0 if result.passed else 1
     if args.command == "plan":
-        options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "gpu_memory", "nproc")}
+        options = FlagValues(
+            {k: v for k, v in vars(args).items() if k not in ("command", "config", "gpu_memory", "nproc")}
+        )
         print(api.plan(args.config, options, gpu_memory=args.gpu_memory, nproc=args.nproc).text())
         return 0
     if args.command == "federate":
-        overrides = {
-            k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "overwrite", "app_dir")
-        }
+        overrides = FlagValues(
+            {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "overwrite", "app_dir")}
+        )
         if args.overwrite:
             overrides["overwrite"] = True
         result = api.federate(args.config, overrides, resume=args.resume, app_dir=args.app_dir)

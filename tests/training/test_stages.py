@@ -413,7 +413,7 @@ def test_a_flag_wins_over_the_stages_values(tmp_path):
     resolved = load_config(config, {"train.max_steps": "2"})
     for index in (0, 1):
         stage = stage_config(resolved, index, str(tmp_path / f"stage-{index + 1}"))
-        assert stage.config.train.max_steps == 2 and stage.origins["train.max_steps"] == "--train.max_steps"
+        assert stage.config.train.max_steps == 2 and stage.origins["train.max_steps"] == "overrides['train.max_steps']"
     first = stage_config(resolved, 0, str(tmp_path / "stage-1"))
     assert first.config.train.lr == 1e-3 and first.origins["train.lr"] == "stage 1"  # the others as the stage says
 

@@ -193,6 +193,22 @@ def _construct(node: yaml.Node) -> Any:
     return yaml.SafeLoader("").construct_document(node)
 
 
+class FlagValues(dict):
+    """Overrides typed on the command line (tunelab's CLI gives its flags so): their values and errors are named by
+    their flags (--train.lr). Any other mapping of overrides is the Python API's, named by its key
+    (overrides['train.lr'])."""
+
+
+def override_where(name: str, flags: bool) -> str:
+    """Where an override of option `name` was given: its flag on the command line, its key in Python."""
+    return f"--{name}" if flags else f"overrides[{name!r}]"
+
+
+def is_override(origin: str) -> bool:
+    """Did a value of this origin come as an override (a flag or a key of the API's overrides), not from a file?"""
+    return origin.startswith(("--", "overrides["))
+
+
 def check_overrides(overrides: Any) -> dict[str, Any]:
     """The overrides argument as a dict, or a ConfigError saying what it must be."""
     if overrides is None:
@@ -236,7 +252,7 @@ def locate(error: TunelabError, origins: dict[str, str]) -> TunelabError:
     text = str(error)
     found = re.search(r"option '([\w.]+)'", text)
     origin = origins.get(found.group(1), "default") if found else "default"
-    if found and origin not in ("default", "python") and not origin.startswith("--"):
+    if found and origin not in ("default", "python") and not is_override(origin):
         error.args = (f"{text[: found.end()]} (set in {origin}){text[found.end() :]}",)
     return error
 
@@ -261,6 +277,8 @@ def load_config(
     saved: bool = False,
 ) -> ResolvedConfig:
     """Defaults <- YAML file <- overrides ({'train.lr': '1e-4'} as typed on the command line, or Python values).
+    Overrides are named in origins and errors by their key (overrides['train.lr']); FlagValues, as the CLI gives
+    them, by their flag (--train.lr).
     `saved`: the file is a run's own config.yaml, read back: an option of a task section its task does not read is
     let be there (a run saved before such options were refused must still open).
 
@@ -304,17 +322,22 @@ def load_config(
             data = f"; if it is data, {_as_data(path)}" if path.suffix.lower() == ".json" else "."
             raise ConfigError(f"{path}: the config must be a mapping of sections (model:, data:, train:, ...){data}")
         layers.append((str(path), _flatten(raw, str(path), lines), path.parent))
+    typed = isinstance(overrides, FlagValues)
     if overrides := check_overrides(overrides):
         flags = {}
         for name, value in overrides.items():
             hint = options[name][1] if name in options else None
             if isinstance(value, str) and (problem := not_text(value)):  # YAML could not read it as a value
-                raise ConfigError(f"--{name}: option '{name}': {problem}. Fix the text.")
+                raise ConfigError(f"{override_where(name, typed)}: option '{name}': {problem}. Fix the text.")
             flags[name] = read_text_value(value, hint) if isinstance(value, str) else _python_value(value)
         layers.append(("flag", flags, Path(base_dir) if base_dir else None))
     for source, flat, folder in layers:
-        # A flag is named by its option, a YAML file's value by the file and the line of its key (run.yaml:7)
-        wheres = {n: f"--{n}" if source == "flag" else f"{source}:{lines[n]}" if n in lines else source for n in flat}
+        # An override is named by its flag (or its key in Python), a YAML file's value by the file and the line of
+        # its key (run.yaml:7)
+        wheres = {
+            n: override_where(n, typed) if source == "flag" else f"{source}:{lines[n]}" if n in lines else source
+            for n in flat
+        }
         _refuse_unknown([(name, wheres[name], value) for name, value in flat.items() if name not in options])
         for name, value in flat.items():
             where = wheres[name]
@@ -350,7 +373,7 @@ def _placed(error: ConfigError, origins: dict[str, str], lines: dict[str, int]) 
         origin = origins.get(name, "default")
         if origin == "default":
             continue
-        where = origin if origin.startswith("--") else f"{origin}:{lines[name]}" if name in lines else origin
+        where = origin if is_override(origin) else f"{origin}:{lines[name]}" if name in lines else origin
         return ConfigError(f"{where}: {error}")
     return error
 
@@ -502,11 +525,11 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
     entry = resolved.config.stages[index]
     # A flag wins over the file, its stages included: a stage's value for an option given as a flag is dropped
     # (unless the stages themselves came as a flag: then the stage's own value is the more specific one).
-    flagged = not resolved.origins.get("stages", "").startswith("--")
+    flagged = not is_override(resolved.origins.get("stages", ""))
     values = {
         k: copy.deepcopy(v)
         for k, v in entry.items()
-        if k not in STAGE_KEYS and not (flagged and resolved.origins.get(k, "").startswith("--"))
+        if k not in STAGE_KEYS and not (flagged and is_override(resolved.origins.get(k, "")))
     }
     _set_values(config, values)
     if index > 0:  # model.adapter outside stages: is stage 1's start; a later one starts from the stage before it
@@ -530,7 +553,7 @@ def stage_where(resolved: ResolvedConfig, k: int) -> str:
     """Where stage k (1-based) was written: its file and line (c.yaml:9: stage 2) when the stages came from a file, else the
     flag (--stages: stage 2)."""
     origin = resolved.origins.get("stages", "")
-    if origin.startswith("--"):
+    if is_override(origin):
         return f"{origin}: stage {k}"
     if origin in ("", "default", "python"):  # a RunConfig built in Python: no file to name
         return f"stage {k}"

@@ -29,7 +29,7 @@ from torch import nn
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
-from tunelab.config.load import check_overrides, locate
+from tunelab.config.load import check_overrides, is_override, locate
 from tunelab.data.formats import trained_system
 from tunelab.data.loader import epoch_rows
 from tunelab.errors import (
@@ -85,7 +85,7 @@ def refuse_resume_and_overwrite(resolved: ResolvedConfig, resume: bool) -> None:
     """ConfigError for resume with an overwrite given beside it (the flag, or `overwrite` among the API's overrides),
     as `tunelab train --resume --overwrite` is refused: one continues output_dir, the other replaces it. An
     `overwrite: true` of the YAML file is left to resume, as the CLI leaves it."""
-    if resume and resolved.config.overwrite and resolved.origins.get("overwrite", "").startswith("--"):
+    if resume and resolved.config.overwrite and is_override(resolved.origins.get("overwrite", "")):
         raise ConfigError(
             "--resume continues the run in output_dir and --overwrite replaces it (in Python: resume=True and the "
             "override 'overwrite'); give one of them (to start the run again, overwrite alone)."
