@@ -539,9 +539,11 @@ def predict(
     batch_size: int = 16,
     device: str = "auto",
     show: bool = False,
+    texts_first: bool = False,
 ):
     """A classify run's label and label probabilities, or a reward run's score, for the rows of `data`, for `texts`,
-    or (reward) for `answers` to `prompt`. With `out` (.csv or .jsonl) the predictions are also written there."""
+    or (reward) for `answers` to `prompt`: the rows of `data` first, then `texts` (`texts_first`: the texts first).
+    With `out` (.csv or .jsonl) the predictions are also written there."""
     from tunelab.infer.predict import check_out, format_predictions, save_predictions
     from tunelab.infer.predict import predict as _predict
 
@@ -556,7 +558,9 @@ def predict(
     texts = _texts(texts, "texts", blank=False, flag="TEXT or --text") if texts is not None else None
     answers = _texts(answers, "answers", blank=False, flag="--answer") if answers is not None else None
     prompt = _text(prompt, "prompt", blank=False) if prompt is not None else None
-    predictions = _predict(run, data, texts, prompt, answers, batch_size=batch_size, device=device)
+    predictions = _predict(
+        run, data, texts, prompt, answers, batch_size=batch_size, device=device, texts_first=texts_first
+    )
     if show:
         print(format_predictions(predictions))
     if out is not None:

@@ -55,6 +55,19 @@ def _overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def texts_before_data(positional: list[str], argv: list[str]) -> bool:
+    """Did `tunelab predict` get its texts before --data, so that they are predicted (and printed) first? A TEXT
+    after the run always comes before the options; else the first --text is compared with --data."""
+    if positional:
+        return True
+    first = {}
+    for i, arg in enumerate(argv):
+        name = arg.split("=", 1)[0]
+        if name in ("--text", "--data") and name not in first:
+            first[name] = i
+    return "--text" in first and first["--text"] < first.get("--data", len(argv))
+
+
 def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     """`tunelab train --nproc N`: check what can be checked once, then start N ranks of the command without --nproc."""
     from tunelab.training.launch import check_launch, launch
@@ -158,6 +171,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             device=args.device,
             show=True,
+            texts_first=texts_before_data(args.texts, argv or []),
         )
         if args.out:
             print(f"written to {args.out}")

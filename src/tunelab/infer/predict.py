@@ -93,9 +93,10 @@ def predict(
     answers: list[str] | None = None,
     batch_size: int = 16,
     device: str = "auto",
+    texts_first: bool = False,
 ) -> list[Prediction]:
     """Predictions of a head run for the rows of `data` and/or `texts` (classify or reward), or for `answers` to
-    `prompt` (reward)."""
+    `prompt` (reward). The file's rows come first, then the texts; `texts_first` puts the texts before them."""
     if prompt is not None and not answers:  # it was dropped without a word, and the texts predicted without it
         raise TunelabError(
             "--prompt is the prompt that --answer texts answer (reward runs), and no --answer is given; give the answers "
@@ -132,7 +133,8 @@ def predict(
             raise DataError(f"{data}: the file holds no rows to predict.")
         refuse_other_input_kind(run, [x for x, _, _ in items], [w for _, w, _ in items])
         _say_one_text(data, items)
-    items += [(text_input(run, t), f"text {i + 1}", None) for i, t in enumerate(texts or [])]
+    given = [(text_input(run, t), f"text {i + 1}", None) for i, t in enumerate(texts or [])]
+    items = given + items if texts_first else items + given
     if answers:
         if run.info.task != "reward":
             raise TunelabError(
