@@ -312,8 +312,17 @@ def run_check(
     page_text = data.report.summary()
     labels = [data.facts.get("labels")]
     for k, stage in enumerate(later, 2):
-        stage_inputs = _stage_inputs(dataclasses.replace(stage, model=cfg.model), None, k)  # stage 1's tokenizer
-        out(f"stage {k}: " + stage_inputs.data.report.summary())
+        # A stage that starts from the weights of the stage before (after a full-weight stage, or continue: merge)
+        # reads its rows with their tokenizer once they exist; before that, with stage 1's, and says so
+        done = _finished_stage(stage_dir(top, k - 1)) and Path(stage.model.name).expanduser().is_dir()
+        own = stage.model.name == cfg.model.name or done
+        stage_inputs = _stage_inputs(stage if own else dataclasses.replace(stage, model=cfg.model), None, k)
+        read_with = (
+            ""
+            if own
+            else f" (read with stage 1's tokenizer, {cfg.model.name}: stage {k - 1}'s result is not trained yet)"
+        )
+        out(f"stage {k}: " + stage_inputs.data.report.summary() + read_with)
         labels.append(stage_inputs.data.facts.get("labels"))
         if k in compared:  # read over the stage's own model, the stage before's result, as the stage read them
             info = read_info(stage_dir(top, k), require_finished=False)
