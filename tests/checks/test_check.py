@@ -10,7 +10,7 @@ import torch
 import tunelab
 import tunelab.tasks.sft as sft_task
 import tunelab.training.loss_scale as loss_scale
-from tunelab.checks.model import forward_backward
+from tunelab.checks.model import eval_comparisons, forward_backward
 from tunelab.cli import main
 from tunelab.data.checks import CheckItem, CheckResult
 from tunelab.errors import CheckFailed, ConfigError, DataError
@@ -398,3 +398,25 @@ def test_check_resume_of_a_run_the_guard_stopped_warns_it_would_stop_again(tiny_
     with pytest.raises(KeyError, match="loading"):
         tunelab.check(None, overrides, resume=True, model=False, show=True)
     assert "warning: " in capsys.readouterr().out  # said before the data loads
+
+
+def test_the_gradient_check_says_why_lora_a_is_zero_at_the_first_step(small_weight_lora):
+    model, batch = small_weight_lora(torch.float32, init_range=0.02)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.zeros_(p)  # as a run starts
+    a_count = sum("lora_A" in n for n, p in model.named_parameters() if p.requires_grad)
+    built = BuiltModel(model, "generic", None, torch.device("cpu"), torch.float32, 0, 0)
+    grads = next(i for i in forward_backward(built, batch) if i.name == "gradients")
+    assert grads.status == "pass", grads.details
+    assert f"non-zero gradients in all {a_count} checked trainable tensors" in grads.summary
+    assert f"not checked: {a_count} LoRA A tensors, whose gradient is zero at the first step as LoRA B" in grads.summary
+
+
+def test_packing_of_one_example_is_in_the_singular(small_weight_lora):
+    model, batch = small_weight_lora(torch.float32, init_range=0.02)
+    one = {k: v[:1] for k, v in batch.items()}
+    built = BuiltModel(model, "fast", None, torch.device("cpu"), torch.float32, 0, 0)
+    items, _ = eval_comparisons(built, one, pad_id=0)
+    packing = next(i for i in items if i.name == "packing")
+    assert "1 example packed in one row" in packing.summary

@@ -29,6 +29,7 @@ from tunelab.data.checks import CheckItem
 from tunelab.data.loader import epoch_rows
 from tunelab.data.packing import pack
 from tunelab.data.render import IGNORE, Rendered
+from tunelab.errors import counted
 from tunelab.models.untrained import UntrainedReport
 from tunelab.training.build import BuiltModel
 from tunelab.training.loss_scale import LossScale, uses_loss_scale
@@ -153,13 +154,20 @@ def forward_backward(built, batch: dict) -> list[CheckItem]:
         "pass" if mean == mean and abs(mean) != float("inf") else "fail",
         f"{mean:.4f} nats per token over {count} loss tokens of the first micro-batch",
     )
-    note = f" ({exempt} LoRA A tensors have zero gradient by construction while B is zero)" if exempt else ""
+    # LoRA A's gradient is B's transpose times the output's: zero while B holds its starting zeros
+    note = (
+        f"; not checked: {counted(exempt, 'LoRA A tensor')}, whose gradient is zero at the first step as LoRA B "
+        "starts at zero (it grows once B moves)"
+        if exempt
+        else ""
+    )
+    checked = len(params) - exempt
     grads = CheckItem(
         "gradients",
         "fail" if bad else "pass",
-        f"{len(bad)} of {len(params)} trainable tensors have a bad gradient{note}"
+        f"{len(bad)} of {counted(checked, 'checked trainable tensor')} have a bad gradient{note}"
         if bad
-        else f"all {len(params) - exempt} checked trainable tensors have finite, non-zero gradients{note}",
+        else f"finite, non-zero gradients in all {counted(checked, 'checked trainable tensor')}{note}",
         bad[:5],
     )
     return [loss_item, grads, *items]
@@ -193,7 +201,7 @@ def eval_comparisons(built, batch: dict, pad_id: int) -> tuple[list[CheckItem], 
         items.append(
             compared(
                 "packing",
-                f"{len(docs)} examples packed in one row vs padded rows",
+                f"{counted(len(docs), 'example')} packed in one row vs padded rows",
                 mean_loss(model, packed(docs, pad_id), device),
                 whole,
                 dtype,
