@@ -80,3 +80,11 @@ def test_a_reward_file_s_top_level_code_runs_once(tiny_model_dir, tmp_path, caps
     assert main(args) == 0
     assert count.read_text() == "x"
     capsys.readouterr()
+
+
+def test_one_prompt_a_step_is_counted_in_the_singular(tiny_model_dir, tmp_path, capsys):
+    assert main(_setup(tmp_path, tiny_model_dir, "same", **{"grpo.prompts_per_step": 1})) == 0
+    out = capsys.readouterr().out
+    assert "grpo: 1 prompt x 3 answers per step; rewards same x 1" in out
+    assert "[INFO] first rollout: 1 prompt x 3 answers: reward mean " in out
+    assert "[WARN] reward spread: the prompt's answers got one reward for all of them" in out

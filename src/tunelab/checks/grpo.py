@@ -90,10 +90,11 @@ def grpo_preview(inputs: Inputs, examples: int) -> str:
 def _spread_item(figures: dict, prompts: int) -> CheckItem:
     tied = round(figures["zero_std_groups"] * prompts)
     if tied == prompts:
+        whose = "the prompt's" if prompts == 1 else f"each of the {prompts} prompts'"
         return CheckItem(
             "reward spread",
             "warn",
-            f"each of the {prompts} prompts' answers got one reward for all of them: every advantage is 0, so this "
+            f"{whose} answers got one reward for all of them: every advantage is 0, so this "
             "step would not change the model. The rewards must tell a prompt's answers apart: give partial credit "
             "(a function reward), or raise grpo.temperature or grpo.num_generations",
         )
@@ -135,7 +136,7 @@ def grpo_model_items(cfg: RunConfig, inputs: Inputs, task: Task, resumed: RunInf
         CheckItem(
             name,
             "warn" if figures["reward_errors"] else "info",
-            f"{prompts} prompts x {g} answers: reward mean {figures['reward']:.3f}, std {figures['reward_std']:.3f} "
+            f"{counted(prompts, 'prompt')} x {counted(g, 'answer')}: reward mean {figures['reward']:.3f}, std {figures['reward_std']:.3f} "
             f"({per_reward}); {figures['answer_tokens']:.1f} answer tokens on average",
             details,
         )

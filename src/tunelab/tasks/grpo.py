@@ -59,7 +59,7 @@ from tunelab.data.loader import Datasets
 from tunelab.data.reasoning import OPEN, ThoughtReader, decode_answer, prompt_opens_thought
 from tunelab.data.render import IGNORE
 from tunelab.data.report import location
-from tunelab.errors import DataError, TunelabError
+from tunelab.errors import DataError, TunelabError, counted
 from tunelab.models.decode import SampleSettings, sample
 from tunelab.peft.dora import norms_held
 from tunelab.peft.lora import adapters_disabled
@@ -403,8 +403,8 @@ def make_task(cfg: GrpoConfig) -> Task:
             else "the starting weights"
         )
         print(
-            f"grpo: {cfg.prompts_per_step} prompts x {cfg.num_generations} answers per step; rewards {names}; "
-            f"reference {reference}",
+            f"grpo: {counted(cfg.prompts_per_step, 'prompt')} x {counted(cfg.num_generations, 'answer')} per step; "
+            f"rewards {names}; reference {reference}",
             flush=True,
         )
 
