@@ -265,7 +265,7 @@ def test_negative_value_is_parsed_and_refused_with_the_range(tmp_path, capsys):
     ]
     assert main(["train", "--train.lr", "-1e-4", "--output_dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "option 'train.lr' is -0.0001; it must be >= 0.0" in err and "usage:" not in err
+    assert "option 'train.lr' is -1e-4; it must be >= 0.0" in err and "usage:" not in err  # as typed
 
 
 def test_resume_command_repeats_the_command_line():

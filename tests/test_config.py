@@ -39,6 +39,8 @@ def test_saved_yaml_round_trips(tmp_path):
         ({"train.lrr": "1"}, "unknown option 'train.lrr'. Did you mean train.lr"),
         ({"train.scheduler": "step"}, "allowed values: constant, linear, cosine"),
         ({"train.micro_batch": "0"}, "'train.micro_batch' is 0; it must be >= 1"),
+        ({"train.epochs": "0"}, "'train.epochs' is 0; it must be >= 0.01"),  # as typed, not the float 0.0
+        ({"train.epochs": 0}, "'train.epochs' is 0; it must be >= 0.01"),  # as YAML read it
         ({"data.eval_fraction": "0.9"}, "must be <= 0.5"),
         ({"train.lr": "fast"}, "'train.lr' must be float"),
         ({"train.lr": "nan"}, "'train.lr' is 'nan'; it must be a finite number"),

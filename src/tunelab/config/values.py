@@ -48,6 +48,7 @@ def checked(name: str, value: Any, hint: Any, f: dataclasses.Field, where: str) 
         raise ConfigError(
             f"{where}: option '{name}' is {bad!r} ({what}, not text); allowed values: {', '.join(choices)}."
         )
+    given = value
     try:
         value = coerce(name, value, hint, where)
     except _Refused:
@@ -56,7 +57,7 @@ def checked(name: str, value: Any, hint: Any, f: dataclasses.Field, where: str) 
         if not choices:
             raise
         raise ConfigError(f"{where}: option '{name}' is {value!r}; allowed values: {', '.join(choices)}.") from None
-    check_constraints(name, value, f, where)
+    check_constraints(name, value, f, where, given)
     return value
 
 
@@ -258,12 +259,15 @@ def value_hint(name: str, value: Any, choices: tuple) -> str:
     return f" {VALUE_HINTS[(name, '*')]}" if (name, "*") in VALUE_HINTS else ""
 
 
-def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -> None:
+def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str, given: Any = None) -> None:
+    """Refuse a value outside the field's choices or bounds; `given`: the value as the user wrote it, shown in the
+    message (`--train.epochs 0` is 0 there, not the float 0.0 it became)."""
     meta = f.metadata
     values = value if isinstance(value, list) else [value]
     for v in values:
         if v is None:
             continue
+        shown = given if given is not None and not isinstance(value, list) else v
         if meta.get("choices") and v not in meta["choices"]:
             allowed = ", ".join(map(str, meta["choices"]))
             raise ConfigError(
@@ -272,6 +276,6 @@ def check_constraints(name: str, value: Any, f: dataclasses.Field, where: str) -
         if meta.get("min") is not None and isinstance(v, (int, float)) and v < meta["min"]:
             # max_steps: -1, transformers' "no limit": ours is null
             unset = " (or null, its default, to leave it unset)" if f.default is None else ""
-            raise ConfigError(f"{where}: option '{name}' is {v}; it must be >= {meta['min']}{unset}.")
+            raise ConfigError(f"{where}: option '{name}' is {shown}; it must be >= {meta['min']}{unset}.")
         if meta.get("max") is not None and isinstance(v, (int, float)) and v > meta["max"]:
-            raise ConfigError(f"{where}: option '{name}' is {v}; it must be <= {meta['max']}.")
+            raise ConfigError(f"{where}: option '{name}' is {shown}; it must be <= {meta['max']}.")
