@@ -118,8 +118,15 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
             )
         for f in found:
             if (first := given.setdefault(f.resolve(), (k, p)))[0] != k:
+                # a config's relative paths are absolute by now: ./a.csv and a.csv read the same
+                how = (
+                    f"entries {first[0] + 1} and {k + 1} both name it; a relative path, ./a.csv or a.csv alike, is "
+                    "read against the config's folder"
+                    if first[1] == p
+                    else f"entry {first[0] + 1} as '{first[1]}' and entry {k + 1} as '{p}'"
+                )
                 raise DataError(
-                    f"{f}: the file is given twice (entry {first[0] + 1} as '{first[1]}' and entry {k + 1} as '{p}'), so "
+                    f"{f}: the file is given twice ({how}), so "
                     "it would be read, and trained on, "
                     "twice. Remove one; to train on a file more often, give data.train entries weights (README: "
                     "Mixtures)."
