@@ -678,7 +678,7 @@ def test_counted_is_singular_at_one():
     assert counted(1, "entry", "entries") == "1 entry" and counted(3, "entry", "entries") == "3 entries"
 
 
-@pytest.mark.parametrize("name", ["qa.jsonl", "qa.csv", "docs", "rows.json"])
+@pytest.mark.parametrize("name", ["qa.jsonl", "qa.csv", "docs", "rows.json", "guide.md"])
 def test_data_given_where_the_config_goes_is_named_as_data(tmp_path, name):
     """`tunelab train qa.jsonl` said 'line 2: not valid YAML', a one-line file 'unknown option question', a CSV 'the
     config must be a mapping' and a folder 'config file not found': none said that a data file was given where the
@@ -688,6 +688,8 @@ def test_data_given_where_the_config_goes_is_named_as_data(tmp_path, name):
         path.mkdir()
     elif name.endswith(".json"):
         path.write_text('[{"question": "Q?", "answer": "A."}]')
+    elif name.endswith(".md"):  # Markdown is valid YAML: one string, not a mapping
+        path.write_text("Install with pip.\n")
     else:
         path.write_text(
             '{"question": "Q?", "answer": "A."}\n' if name.endswith(".jsonl") else "question,answer\nQ?,A.\n"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.data.report import DataReport
 from tunelab.data.sources import iter_records, read_records
 from tunelab.errors import DataError
 
@@ -641,3 +642,26 @@ def test_a_broken_json_array_is_named_at_the_line_and_column_json_names(tmp_path
     p = write(tmp_path / "b.json", text)
     with pytest.raises(DataError, match=rf"b\.json:{line}: (not valid JSON|text after the end).* column {column}\b"):
         read_records([p])
+
+
+@pytest.mark.parametrize("name", ["guide.md", "guide.markdown", "guide.md.gz"])
+def test_markdown_is_read_as_one_text_document_as_written(tmp_path, name):
+    text = "# Install\n\nRun `pip install x`.\n"
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    (record,) = read_records([str(path)])
+    assert record.row == {"text": text}
+    assert [r.row for r in read_records([str(tmp_path)])] == [{"text": text}]  # a folder of docs
+    write(tmp_path / "notes.txt", "plain")
+    assert len(read_records([str(tmp_path)])) == 2  # beside .txt documents too
+
+
+def test_a_folder_of_rows_skips_its_readme_and_notes_it(tmp_path):
+    write(tmp_path / "rows.jsonl", '{"text": "a"}\n')
+    write(tmp_path / "README.md", "# The dataset card")
+    report = DataReport()
+    assert [r.row["text"] for r in read_records([str(tmp_path)], report=report)] == ["a"]
+    assert any("README.md" in note and "1 file of other types not read" in note for note in report.notes)

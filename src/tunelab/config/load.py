@@ -258,7 +258,7 @@ def locate(error: TunelabError, origins: dict[str, str]) -> TunelabError:
 
 
 # Files that data.train reads and no config is (a .json file may be either: a JSON mapping is valid YAML)
-DATA_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+DATA_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".md", ".markdown")
 
 
 def _as_data(path: Path) -> str:

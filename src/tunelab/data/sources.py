@@ -5,10 +5,11 @@ Supported: .jsonl (one object a line), .json (an array of objects; a .json file 
 data.delimiter names it; duplicate column names are refused; a .csv file's quotes are read strictly, a .tsv file has
 none, as IANA's text/tab-separated-values has none: a value there holds no tab or line break: `csv_rows`), .parquet (needs
 pyarrow; a float column of whole numbers with nulls, pandas' form of an integer column with missing values, is read
-as integers), .txt (the whole file is ONE text record, for continued pretraining: blank lines are paragraph breaks
+as integers), .txt, .md and .markdown (the whole file is ONE text record, its Markdown kept as written, for continued pretraining: blank lines are paragraph breaks
 inside a document, not document separators; put several documents in a folder of .txt files or in a .jsonl with a
 "text" field). Any of these may be gzipped (.jsonl.gz, ...); text that is not UTF-8 is refused (`decode`). A folder is
-read recursively, in sorted path order, skipping files of other types.
+read recursively, in sorted path order, skipping files of other types, and its Markdown files too when it holds
+files of rows (a dataset's README.md is not one of its documents).
 
 `Record.line` is the 1-based line for jsonl (a .json file of JSON lines included: a report.Line) and txt, the file
 line where the row starts for csv, and the 0-based item index for json arrays and parquet (shown as `file[index]`,
@@ -29,7 +30,9 @@ from tunelab.data.report import DataReport
 from tunelab.errors import DataError, counted
 from tunelab.rundir import RUN_FILE, is_run_dir
 
-EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+# Plain text, each file one document: Markdown too (a project's docs, for continued pretraining), read as written
+TEXT_EXTENSIONS = (".txt", ".md", ".markdown")
+EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", *TEXT_EXTENSIONS)
 
 
 @dataclass(frozen=True)
@@ -40,14 +43,19 @@ class Record:
 
 
 def _kind(path: Path) -> str | None:
-    """The extension that decides how to read the file (.gz stripped), or None if unsupported."""
+    """The extension that decides how to read the file (.gz stripped; ".txt" for any plain text), or None if
+    unsupported."""
     name = path.name.lower()
     if name.endswith(".gz"):
         name = name[:-3]
     for ext in EXTENSIONS:
         if name.endswith(ext):
-            return ext
+            return ".txt" if ext in TEXT_EXTENSIONS else ext
     return None
+
+
+def _markdown(path: Path) -> bool:
+    return path.name.lower().removesuffix(".gz").endswith((".md", ".markdown"))
 
 
 def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
@@ -94,16 +102,19 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
                     f"{outer}}}), and the folder's other data files by name or in a folder without it."
                 )
             found = [f for f in inside if _kind(f)]
+            if any(_kind(f) != ".txt" for f in found):  # a dataset's README.md beside its rows is no document of it
+                found = [f for f in found if not _markdown(f)]
             if not found:
                 raise DataError(
                     f"{p}: the folder holds no data files; tunelab reads {', '.join(EXTENSIONS)} files (optionally gzipped). "
                     "Check the folder's path, or put the data files in it."
                 )
-            if (other := [str(f.relative_to(path)) for f in inside if not _kind(f)]) and report is not None:
+            if (other := [str(f.relative_to(path)) for f in inside if f not in found]) and report is not None:
                 more = ", ..." if len(other) > 5 else ""
                 report.notes.append(
                     f"{p}: {counted(len(other), 'file')} of other types not read ({', '.join(other[:5])}{more}); tunelab reads "
-                    f"{', '.join(EXTENSIONS)} files (optionally gzipped)"
+                    f"{', '.join(EXTENSIONS)} files (optionally gzipped), and a folder's Markdown only when it holds no "
+                    "files of rows"
                 )
         elif path.is_file():
             if _kind(path) is None:
