@@ -541,3 +541,21 @@ def test_a_stopped_run_shows_the_last_eval_loss_it_logged(tmp_path):
     page = render_report(run)
     last = 2.4 * math.exp(-40 / 14) + 0.55
     assert f"<th>last logged eval loss</th><td>{last:.4f} (step 40)</td>" in page and "final eval loss" not in page
+
+
+@pytest.mark.parametrize(
+    "records, caption",
+    [
+        ([{"step": 1, "loss": 0.7}], "Loss: train (every logged step)"),  # a dpo run with no eval split
+        ([{"step": 1, "loss": 0.7}, {"step": 1, "eval_loss": 0.6}], "Loss: train (every logged step) and eval"),
+        ([{"step": 1, "eval_loss": 0.6}], "Loss: eval (held-out examples)"),
+    ],
+)
+def test_the_loss_caption_names_only_the_curves_drawn(monkeypatch, records, caption):
+    """A dpo run without an eval split had its loss chart captioned 'train ... and eval'."""
+    import tunelab.eval.report_plots as plots
+
+    captions = []
+    monkeypatch.setattr(plots, "curve_plot", lambda series, ylabel, text, **k: captions.append(text) or "")
+    plots.training_plots(records, ["dpo"])
+    assert captions[0].startswith(caption) and (" and " in captions[0]) == (" and " in caption)

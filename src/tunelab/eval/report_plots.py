@@ -63,7 +63,10 @@ def training_plots(records: list[dict], tasks: list[str | None] | None = None) -
     figures = []
     if train or evals:
         series = ([("train loss", train, "-")] if train else []) + ([("eval loss", evals, "o-")] if evals else [])
-        figures.append(curve_plot(series, loss_axis(tasks or []), "Loss: train (every logged step) and eval"))
+        caption = " and ".join(
+            (["train (every logged step)"] if train else []) + (["eval (held-out examples)"] if evals else [])
+        )
+        figures.append(curve_plot(series, loss_axis(tasks or []), f"Loss: {caption}"))
     if lr:
         figures.append(curve_plot([("learning rate", lr, "-")], "learning rate", "Learning rate schedule"))
     if speed:
