@@ -104,7 +104,7 @@ def test_a_misspelt_column_is_named_not_ignored(tmp_path):
     path = tmp_path / "q.jsonl"
     for row, key, near in (
         ({"question": "Where?", "expect": "Dundee"}, "expect", "expected"),
-        ({"question": "Where?", "expected": "Dundee", "Kind": "fact"}, "Kind", "kind"),
+        ({"question": "Where?", "expected": "Dundee", "kinds": "fact"}, "kinds", "kind"),
         ({"question": "Where?", "expected": "Dundee", "sytem": "Be brief."}, "sytem", "system"),
     ):
         _write(path, [row])
@@ -398,3 +398,17 @@ def test_a_file_two_mixture_sources_read_with_different_options_is_refused_namin
     sources[2].system_prompt = "Be brief."  # read alike (only its name differs): no doubt how
     (row,) = read_questions(shared, DataConfig(train=sources))
     assert row.prompt[0] == {"role": "system", "content": "Be brief."}
+
+
+def test_columns_in_other_case_are_read_where_unambiguous(tmp_path, capsys):
+    """A spreadsheet's 'Question' and 'Expected' columns were refused with only 'rename its columns'."""
+    path = tmp_path / "q.csv"
+    path.write_text("Question,EXPECTED,Kind\nWhere is the office?,Dundee,fact\n")
+    (q,) = read_questions(path, need_expected=True)
+    assert (q.text, q.expected, q.kind) == ("Where is the office?", "Dundee", "fact")
+    err = capsys.readouterr().err
+    assert f"{path}: column 'Question' read as 'question'" in err and "'EXPECTED' read as 'expected'" in err
+    # ambiguous: two spellings of one name are both kept as they are, and the row is refused as before
+    path.write_text("Question,QUESTION,expected\nA?,B?,x\n")
+    with pytest.raises(DataError, match=r"no question"):
+        read_questions(path)

@@ -125,6 +125,38 @@ def _refuse_misspelt(row: dict, fields: dict[str, str], where: str) -> None:
             )
 
 
+def _columns_read(fields: dict[str, str]) -> set[str]:
+    """The column names a question row is read from: the question keys, the training formats' fields (as the run's
+    data.fields maps them, and under their own names), and the preference and id columns."""
+    names = {*QUESTION_KEYS, *ANSWER_FIELDS, *CANONICAL, "chosen", "rejected", "label", "id"}
+    names |= {n for required, _ in FORMATS.values() for n in required}
+    return names | {v for v in fields.values() if isinstance(v, str)}
+
+
+def case_matched(records: list, fields: dict[str, str], path: Path) -> list:
+    """The records with each column written in other case than a name the rows are read from ('Question',
+    'EXPECTED') renamed to it, and said once on stderr; a column is left as it is where the match is ambiguous: the
+    row has the name itself, or two columns of that name in other cases ('Question' and 'QUESTION')."""
+    names = {n.lower(): n for n in _columns_read(fields)}
+    renamed: dict[str, str] = {}
+    out = []
+    for record in records:
+        row = record.row
+        lower = [str(k).lower() for k in row]
+        moves = {
+            k: names[low]
+            for k, low in zip(row, lower)
+            if low in names and k != names[low] and names[low] not in row and lower.count(low) == 1
+        }
+        if moves:
+            record = dataclasses.replace(record, row={moves.get(k, k): v for k, v in row.items()})
+            renamed.update(moves)
+        out.append(record)
+    for old, new in renamed.items():
+        say(f"{path}: column '{old}' read as '{new}'")
+    return out
+
+
 def _no_question(where: str, row: dict, fields: dict[str, str], path: Path) -> DataError:
     """DataError for a row that is neither a question nor a training row: it names the columns a question file is
     read from (the run's data.fields mapping them), not data.fields or data.format, which the file cannot set."""
@@ -203,6 +235,7 @@ def read_questions(
     records = list(itertools.islice(iter_records([str(path)], data.delimiter), rows))
     if not records:
         raise DataError(f"{path}: the question file holds no rows.")
+    records = case_matched(records, data.fields, path)
     dropped = dropped if dropped is not None else DataReport()
     records = apply_transform(records, load_transform(data.transform), data.transform, dropped, questions=True)
     for reason, skip in dropped.skips.items():
