@@ -442,7 +442,7 @@ def test_a_client_folder_without_data_files_is_not_said_of_data_train(tmp_path, 
     from tunelab.errors import DataError
 
     (tmp_path / "north").mkdir()
-    (tmp_path / "north" / "notes.md").write_text("not data")
+    (tmp_path / "north" / "notes.pdf").write_text("not data")
     config = federate_config(tmp_path, tiny_model_dir)
     with pytest.raises(DataError) as error:
         tunelab.federate(config, {"federated.clients": [str(tmp_path / "site0.jsonl"), str(tmp_path / "north")]})

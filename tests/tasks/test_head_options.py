@@ -33,7 +33,7 @@ def _write(path, rows):
             "is for tasks classify and reward; option 'task' is sft",
         ),
         ({"task": "dpo", "classify.head_lr": 0.01}, "'classify.head_lr' is for tasks classify and reward"),
-        ({"task": "classify", "classify.head_lr": -1}, "'classify.head_lr' is -1.0; it must be >= 0"),
+        ({"task": "classify", "classify.head_lr": -1}, "'classify.head_lr' is -1; it must be >= 0"),
     ],
 )
 def test_head_options_are_validated(over, message):
