@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import RunConfig, describe, dump_yaml, load_config, unknown_option
+from tunelab.config import RunConfig, describe, dump_yaml, load_config
 from tunelab.config.load import FlagValues, stage_config
 from tunelab.errors import ConfigError, article, counted
 
@@ -157,16 +157,6 @@ def test_a_dpo_option_its_loss_does_not_read_is_refused_not_ignored(overrides, m
     assert load_config(None, {"task": "dpo", "dpo.loss": "simpo", "dpo.label_smoothing": 0.1, "dpo.simpo_gamma": 1.0})
 
 
-def test_an_option_serves_a_stage_of_its_task():
-    stages = [{"train": {"lr": 1e-3}}, {"task": "dpo", "data": {"train": ["p.jsonl"]}}]
-    resolved = load_config(None, {"dpo.beta": 0.5, "stages": stages})  # dpo.beta is for stage 2
-    sft, dpo = (stage_config(resolved, k, f"runs/s{k}").config for k in (0, 1))
-    assert (sft.task, sft.dpo.beta, dpo.task, dpo.dpo.beta) == ("sft", 0.1, "dpo", 0.5)  # stage 1 saves its own
-    flagged = load_config(None, {"dpo.beta": "0.5", "stages": stages})  # a flag, as the CLI gives it
-    assert stage_config(flagged, 0, "runs/s0").config.dpo.beta == 0.1
-    assert stage_config(flagged, 1, "runs/s1").config.dpo.beta == 0.5
-
-
 def test_a_saved_config_with_an_option_its_task_does_not_read_still_opens(tmp_path):
     """A run saved before such options were refused (or by hand) must still open for eval, export and resume."""
     path = tmp_path / "config.yaml"
@@ -243,61 +233,6 @@ def test_a_mapping_where_a_list_of_sources_goes_names_the_types_without_module_p
 
 
 @pytest.mark.parametrize(
-    "name, text, value",
-    [
-        ("output_dir", "0010", "0010"),  # YAML 1.1 reads an octal 8: the run would be written into 8/
-        ("output_dir", "1_000", "1_000"),
-        ("output_dir", "2024-05-01", "2024-05-01"),  # a date
-        ("data.system_prompt", "3.10", "3.10"),
-        ("data.system_prompt", "yes", "yes"),  # True
-        ("eval.refusal", "No", "No"),  # False
-        ("data.system_prompt", "Q: {text} A:", "Q: {text} A:"),  # a mapping
-        ("data.system_prompt", "null", "null"),  # a str is its text; the API unsets by None, a flag by null
-        ("eval.refusal", "~", "~"),
-        ("data.train", "0010", ["0010"]),
-        ("data.train", "[0010, b.jsonl]", ["0010", "b.jsonl"]),
-        ("method.target_modules", "[q_proj, 'on']", ["q_proj", "on"]),
-        ("data.fields", "{prompt: yes, completion: 0010}", {"prompt": "yes", "completion": "0010"}),
-        ("train.lr", "1e-4", 1e-4),  # other options read their text as YAML, as before
-        ("data.packing", "true", True),
-        ("train.max_steps", "0010", 8),
-        ("train.micro_batch", "auto", "auto"),
-    ],
-)
-def test_a_text_option_keeps_its_text_as_typed(name, text, value):
-    """A flag's text (or a str in the Python API's overrides) of a text option was read as YAML: --output_dir 0010
-    trained into 8/, --data.system_prompt 3.10 became 3.1, --eval.refusal No was refused as a bool."""
-    cfg = load_config(None, {name: text}, base_dir="/d").config
-    section, _, key = name.rpartition(".")
-    got = getattr(getattr(cfg, section) if section else cfg, key)
-    if name == "data.train":
-        value = [f"/d/{v}" for v in value]
-    assert got == value and type(got) is type(value)
-
-
-def test_a_python_str_null_is_text_and_none_unsets_an_optional_text_option(tmp_path):
-    """The API's str 'null' for an optional text was read as YAML's null and unset the option: a refusal marker or
-    system prompt 'null' was lost, as was one in a RunConfig (resolve passes its values as overrides)."""
-    from tunelab.training.recipe import resolve
-
-    path = tmp_path / "c.yaml"
-    path.write_text("data:\n  train: [qa.jsonl]\n  system_prompt: Be brief.\n")
-    cfg = load_config(path, {"data.system_prompt": "null", "eval.refusal": "NULL"}).config
-    assert (cfg.data.system_prompt, cfg.eval.refusal) == ("null", "NULL")
-    assert load_config(path, {"data.system_prompt": None}).config.data.system_prompt is None
-    config = RunConfig()
-    config.data.train, config.data.system_prompt = [str(tmp_path / "qa.jsonl")], "null"
-    assert resolve(config).config.data.system_prompt == "null"
-
-
-def test_text_options_of_a_staged_run_and_a_list_of_sources_read_as_before():
-    stages = load_config(None, {"stages": "[{train: {lr: 1e-3}}, {data: {system_prompt: Be brief.}}]"}).config.stages
-    assert stages == [{"train.lr": 1e-3}, {"data.system_prompt": "Be brief."}]
-    train = load_config(None, {"data.train": "[a.jsonl, {path: b.jsonl, weight: 2}]"}, base_dir="/d").config.data.train
-    assert train[0] == "/d/a.jsonl" and (train[1].path, train[1].weight) == ("/d/b.jsonl", 2.0)
-
-
-@pytest.mark.parametrize(
     "content, message",
     [
         (b"data: {train: [qa.jsonl]}\nx: caf\xe9\n", r"c\.yaml, line 2: not UTF-8 text \(byte 0xe9\)"),
@@ -355,86 +290,6 @@ def test_a_misspelt_section_or_stage_key_is_named_with_what_was_meant(tmp_path, 
         load_config(path)
 
 
-LORA = "LoRA options live under method: (method.name: lora, method.r, method.alpha, method.dropout"
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("lora: {r: 8, lora_alpha: 16}\n", f"unknown section 'lora'. {LORA}"),  # was: did you mean method.rslora
-        ("lora: {r: 8, lora_alpha: 16}\n", "here: r -> method.r, lora_alpha -> method.alpha."),
-        ("lora: true\n", f"unknown option 'lora'. {LORA}"),
-        ("peft: {r: 8, target_modules: [q_proj]}\n", "here: r -> method.r, target_modules -> method.target_modules"),
-        ("lora_config: {r: 8}\n", LORA),
-        (
-            "training: {learning_rate: 1.0e-4, num_epochs: 3}\n",
-            "unknown section 'training'. Training options live under",
-        ),
-        ("training: {learning_rate: 1.0e-4, num_epochs: 3}\n", "here: learning_rate -> train.lr, num_epochs -> train."),
-        ("trainer: {max_steps: 10}\n", "Training options live under train: (train.lr,"),
-        ("dataset: qa.jsonl\n", "unknown option 'dataset'. Did you mean data.train?"),
-        ("dataset: {path: qa.jsonl}\n", "unknown section 'dataset'. Data options live under data: (data.train:"),
-        (
-            "datasets: [{path: qa.jsonl, type: alpaca}]\n",  # axolotl's list
-            "unknown option 'datasets'. Did you mean data.train (a list of files, or of entries like {path: qa.jsonl, "
-            "format: alpaca})?",
-        ),
-        ("optimizer: adamw\n", "unknown option 'optimizer'. Did you mean train.optimizer?"),
-        ("optimizer: {_component_: torch.optim.AdamW, lr: 2.0e-5}\n", "Optimizer options live under train:"),
-        ("lr_scheduler: cosine\n", "Did you mean train.scheduler?"),
-        ("lr: 1.0e-4\n", "unknown option 'lr'. Did you mean train.lr?"),
-        ("learning_rate: 1.0e-4\n", "unknown option 'learning_rate'. Did you mean train.lr?"),
-        ("epochs: 3\n", "unknown option 'epochs'. Did you mean train.epochs?"),
-        ("num_epochs: 3\n", "Did you mean train.epochs?"),
-        ("batch_size: 4\n", "unknown option 'batch_size'. Did you mean train.micro_batch?"),
-        ("adapter: qlora\n", "Did you mean method.name, model.adapter?"),  # axolotl's adapter is our method
-        ("quantization: {bits: 4}\n", "Did you mean method.quantize_base?"),
-        ("tokenizer: {max_seq_len: 2048}\n", "The tokenizer is the model's: model.name names both"),
-        ("tokenizer: {max_seq_len: 2048}\n", "here: max_seq_len -> data.max_length"),
-        # were answered by spelling alone, with an unrelated option or nothing
-        ("evaluation_strategy: steps\n", "Did you mean train.eval_every?"),  # was: eval.questions
-        ("eval_strategy: steps\n", "Did you mean train.eval_every?"),
-        ("save_strategy: steps\n", "Did you mean train.save_every?"),  # was: federated.strategy
-        ("use_rslora: true\n", "Did you mean method.rslora?"),  # was: method.use_dora first
-        (
-            "lora_target: all\n",
-            "Did you mean method.target_modules (a list: [q_proj, v_proj], or [all-linear])?",
-        ),  # LLaMA-Factory
-        (
-            "lora_target_linear: true\n",
-            "Did you mean method.target_modules (write method.target_modules: [all-linear])?",
-        ),  # axolotl
-        ("finetuning_type: lora\n", "Did you mean method.name (lora, dora, full or layers)?"),
-        ("stage: sft\n", "Did you mean task ("),  # LLaMA-Factory's sft | dpo | rm
-        ("lora_model_dir: out\n", "Did you mean model.adapter?"),
-        ("load_in_8bit: true\n", "Did you mean method.quantize_base (tunelab quantizes the base to 4-bit NF4 only"),
-        ("eval_dataset: e.jsonl\n", "Did you mean data.eval?"),
-        ("dataset_text_field: text\n", "Did you mean data.fields?"),  # was: data.fields, data.split_seed
-        ("random_state: 3407\n", "Did you mean train.seed?"),  # Unsloth
-        ("model_type: AutoModelForCausalLM\n", "Did you mean model.name (the model's class is read from"),  # was dtype
-        ("tokenizer_type: AutoTokenizer\n", "Did you mean model.name (the tokenizer is the model's)?"),
-        ("flash_attention: true\n", "Did you mean model.impl (auto: for the Llama family tunelab's own decoder"),
-        ("completion_only_loss: true\n", "Did you mean data.train_on_prompt (false, the default, puts the loss"),
-        ("loss_type: ipo\n", "Did you mean dpo.loss?"),
-        ("load_best_model_at_end: true\n", "Did you mean train.keep_best?"),
-        ("resume_from_checkpoint: true\n", "continue one with tunelab train --resume)?"),  # was: keep_checkpoints
-        ("deepspeed: ds.json\n", "Did you mean train.sharding (auto, ddp or fsdp2, under torchrun)?"),
-    ],
-)
-def test_another_tools_top_level_key_points_to_where_ours_lives(tmp_path, content, message):
-    """Spelling alone answered `lora:` with method.rslora and `peft:` with nothing: a key from PEFT, axolotl,
-    torchtune or TrainingArguments is answered by its meaning, the section holding ours for a group of settings."""
-    path = tmp_path / "c.yaml"
-    path.write_text("data: {train: [qa.jsonl]}\n" + content)
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(path)
-
-
-def test_another_tools_group_as_an_override_points_to_where_ours_lives():
-    with pytest.raises(ConfigError, match=re.escape(f"--peft: unknown section 'peft'. {LORA}")):
-        load_config(None, FlagValues({"peft": {"r": 8}}))
-
-
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -446,21 +301,6 @@ def test_another_tools_group_as_an_override_points_to_where_ours_lives():
 def test_a_section_given_as_an_override_says_to_name_its_options_with_dots(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides)
-
-
-@pytest.mark.parametrize(
-    "stages, message",
-    [
-        ("5", "option 'stages' must be a list of mappings, got 5"),  # was: "must be a mapping like {key: value}"
-        (
-            [{"train": {"lr": 1e-4}}, 5],
-            "--stages: stage 2: a stage must be a mapping of options (data:, method:, train:, ...), got 5",
-        ),
-    ],
-)
-def test_stages_that_are_not_a_list_of_mappings_say_so(stages, message):
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(None, FlagValues({"stages": stages}))
 
 
 def test_a_tracker_named_twice_is_refused():
@@ -526,18 +366,6 @@ def test_layers_to_recompute_with_checkpointing_off_are_refused():
     assert load_config(None, {"train.checkpoint_layers": 4}).config.train.checkpoint_layers == 4  # auto: the planner
 
 
-def test_method_name_qlora_is_told_how_qlora_is_asked_for():
-    """method.name: qlora was refused with the allowed values only, none of which says QLoRA, which the README
-    advertises: it is a LoRA over an NF4 base, asked for with method.quantize_base."""
-    with pytest.raises(
-        ConfigError,
-        match=r"allowed values: lora, dora, full, layers\. QLoRA is method\.name: lora with method\.quantize_base: nf4\.$",
-    ):
-        load_config(None, {"method.name": "qlora"})
-    with pytest.raises(ConfigError, match=r"allowed values: lora, dora, full, layers\.$"):
-        load_config(None, {"method.name": "lorra"})
-
-
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -564,98 +392,6 @@ def test_a_bad_value_in_a_yaml_file_names_the_line_of_its_key(tmp_path, content,
 def test_a_message_puts_the_article_its_word_is_said_with(word, said):
     """Messages said 'a sft run' (predict on a text run, an sft run as a grpo reward model) and 'got a int'."""
     assert article(word) == said
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        (
-            "model: {name: m}\nstages:\n  - train: {epochs: 1}\n  - name: polish\n    train:\n      epochs: 1\n"
-            "      lr: fast\n",
-            r"c\.yaml:7: stage 2: option 'train\.lr' must be",
-        ),
-        ("stages:\n  - {train: {lr: 1.0e-4}}\n  - train.lr: fast\n", r"c\.yaml:3: stage 2: option 'train\.lr' must be"),
-        ("stages:\n  - {}\n  -\n    continue: fold\n", r"c\.yaml:4: stage 2: 'continue' is 'fold'; allowed values"),
-    ],
-)
-def test_an_error_inside_a_stage_names_its_own_line(tmp_path, content, message):
-    """An error in a stage named the line of the `stages:` key (c.yaml:1: stage 2: ...), leaving the user to search
-    the stages; it names the line of the stage's own option (or of the stage) now."""
-    path = tmp_path / "c.yaml"
-    path.write_text(content)
-    with pytest.raises(ConfigError, match=message):
-        load_config(path)
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("stages:\n  - {train: {lr: 1.0e-4}}\n  - 3\n", r"c\.yaml:3: stage 2: a stage must be a mapping of options"),
-        ("stages: [{name: a}, 3]\n", r"c\.yaml:1: stage 2: a stage must be a mapping of options .* got 3"),
-        (
-            "stages:\n  - name: a\n  - name: b\n    data: {max_length: 64}\n    train: 5\n",
-            r"c\.yaml:5: stage 2: section 'train' must be a mapping of options, got 5",
-        ),
-    ],
-)
-def test_a_stage_or_a_section_of_the_wrong_shape_names_its_line_and_stage(tmp_path, content, message):
-    """A stage that is no mapping was named as 'option stages, entry 2' at the line of `stages:`, and a section that is
-    no mapping by the stage's first line, not its own."""
-    path = tmp_path / "c.yaml"
-    path.write_text(content)
-    with pytest.raises(ConfigError, match=message):
-        load_config(path)
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        (
-            "stages:\n  - name: polish\n  - {train: {lr: 1.0e-4}}\n  - name: polish\n",
-            r"c\.yaml:4: stage 3: the stage's name is 'polish', which stage 1 has too",
-        ),
-        ("stages:\n  - {}\n  - name: stage-1\n", r"c\.yaml:3: stage 2: the stage's name is 'stage-1', which stage 1"),
-    ],
-)
-def test_two_stages_of_one_name_are_refused(tmp_path, content, message):
-    """Two stages of one name gave a forgetting matrix with two rows 'after polish' and two columns 'on polish', and
-    nothing said which stage each was."""
-    path = tmp_path / "c.yaml"
-    path.write_text(content)
-    with pytest.raises(ConfigError, match=message):
-        load_config(path)
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("stages:\n  - {}\n  - name:\n", r"c\.yaml:3: stage 2: 'name' is None; a stage's name is a text"),
-        ("stages:\n  - name: [a, b]\n", r"c\.yaml:2: stage 1: 'name' is \['a', 'b'\]; a stage's name is a text"),
-        ("stages:\n  - name: ' '\n", r"c\.yaml:2: stage 1: 'name' is ' '; a stage's name is a text"),
-    ],
-)
-def test_a_stage_name_that_is_no_text_is_refused(tmp_path, content, message):
-    """`name:` left empty named the stage 'None' in the forgetting matrix and run.json, and a list its Python form."""
-    path = tmp_path / "c.yaml"
-    path.write_text(content)
-    with pytest.raises(ConfigError, match=message):
-        load_config(path)
-    path.write_text("stages:\n  - name: 2024\n")
-    assert load_config(path).config.stages == [{"name": "2024"}]
-
-
-def test_a_stage_that_contradicts_the_run_names_its_file_and_line(tmp_path):
-    """A stage's options that the run's own contradict (dpo.beta in an sft stage) were named by 'stage 2' alone,
-    without the file or the line, unlike every other error in a stage."""
-    from tunelab.config import stage_config
-
-    path = tmp_path / "c.yaml"
-    path.write_text("model: {name: m}\nstages:\n  - name: a\n  - name: b\n    dpo:\n      beta: 0.5\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml:4: stage 2: option 'dpo\.beta' is for task dpo"):
-        stage_config(load_config(path), 1, str(tmp_path / "run"))
-    flagged = load_config(None, FlagValues({"stages": [{"name": "a"}, {"dpo": {"beta": 0.5}}]}))
-    with pytest.raises(ConfigError, match=r"^--stages: stage 2: option 'dpo\.beta'"):
-        stage_config(flagged, 1, str(tmp_path / "run"))
 
 
 def test_a_rule_across_options_names_the_file_and_line_or_the_flag_that_broke_it(tmp_path):
@@ -702,133 +438,6 @@ def test_data_given_where_the_config_goes_is_named_as_data(tmp_path, name):
 
 
 @pytest.mark.parametrize(
-    "value, message",
-    [
-        (
-            '"q_proj,v_proj"',
-            "entry 'q_proj,v_proj' is not one layer name; write a list of names, like [q_proj, v_proj]",
-        ),
-        ('"q_proj v_proj"', "like [q_proj, v_proj]"),
-        ('".*(q_proj|v_proj)"', "like [q_proj, v_proj], or [all-linear]"),  # PEFT's regular-expression string
-        ("all", "entry 'all' means all-linear here; write all-linear"),  # LLaMA-Factory's lora_target: all
-        ("[all_linear]", "entry 'all_linear' means all-linear here"),
-    ],
-)
-def test_target_modules_as_other_tools_write_them_are_refused_with_the_file_and_line(tmp_path, value, message):
-    """A comma list in one text was one layer named 'q_proj,v_proj': refused only once the model had loaded, with
-    neither the file nor the line."""
-    path = tmp_path / "c.yaml"
-    path.write_text(f"data: {{train: [qa.jsonl]}}\nmethod:\n  target_modules: {value}\n")
-    with pytest.raises(
-        ConfigError, match=re.escape(f"{path}:3: option 'method.target_modules': ") + ".*" + re.escape(message)
-    ):
-        load_config(path)
-
-
-def test_target_modules_of_single_names_load():
-    config = load_config(None, {"method.target_modules": "[q_proj, v_proj]"}).config
-    assert config.method.target_modules == ["q_proj", "v_proj"]
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        ({"model.dtype": "bfloat16"}, "allowed values: auto, fp32, bf16, fp16. Did you mean bf16?"),  # torch's name
-        ({"model.dtype": "torch.float16"}, "Did you mean fp16?"),
-        ({"model.dtype": "BF16"}, "Did you mean bf16?"),
-        ({"method.name": "LoRA"}, "Did you mean lora?"),
-        ({"train.scheduler": "Cosine"}, "Did you mean cosine?"),
-        ({"train.optimizer": "paged_adamw_8bit"}, "Did you mean adamw_8bit?"),
-        ({"train.report_to": "none"}, "No tracker is report_to: [] (the default)."),  # transformers' report_to
-        ({"train.lr": "Auto"}, "must be float or 'auto', got 'Auto' (str). Did you mean auto?"),
-        ({"method.name": "qlora"}, "QLoRA is method.name: lora with method.quantize_base: nf4."),
-    ],
-)
-def test_a_value_spelt_as_another_tool_or_case_spells_it_says_what_was_meant(overrides, message):
-    """'bfloat16', 'BF16' or report_to 'none' were refused with the allowed values only."""
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(None, overrides)
-
-
-@pytest.mark.parametrize(
-    "content, overrides, message",
-    [
-        ("bf16: true\n", {}, "unknown option 'bf16'. Did you mean model.dtype (write model.dtype: bf16)?"),
-        ("load_in_4bit: true\n", {}, "Did you mean method.quantize_base (write method.quantize_base: nf4)?"),
-        ("train: {warmup_steps: 10}\n", {}, "Did you mean train.warmup_ratio (a share of the steps, not a count:"),
-        ("stage: sft\n", {}, "Did you mean task (sft, classify, reward, dpo or grpo)?"),
-    ],
-)
-def test_another_tools_flag_or_count_says_what_to_write(tmp_path, content, overrides, message):
-    """bf16: true was answered with model.dtype, and warmup_steps: 10 with train.warmup_ratio, which then refused
-    10 as above 1.0: the value's form differs, so the hint says what to write."""
-    path = tmp_path / "c.yaml"
-    path.write_text("data: {train: [qa.jsonl]}\n" + content)
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(path, overrides)
-
-
-def test_another_tools_flag_as_a_flag_says_what_to_type():
-    error = unknown_option("bf16", "--bf16", flag=True)
-    assert "--bf16: unknown option 'bf16'. Did you mean --model.dtype (write --model.dtype bf16)?" in str(error)
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("train: {save_every: no}", "'train.save_every' must be int, got False (bool: YAML reads yes, no, on, off,"),
-        ("train: {eval_every: off}", "true and false as booleans; give a number)"),
-        ("data: {train: [qa.jsonl], system_prompt: yes}", "'data.system_prompt' must be str, got True (bool: YAML"),
-        ("data: {train: [qa.jsonl], system_prompt: yes}", "quote it for the text)"),
-    ],
-)
-def test_a_yaml_boolean_given_for_a_number_or_text_says_yaml_made_it_one(tmp_path, content, message):
-    """`save_every: no` was refused as "got False (bool)", a value the user never wrote."""
-    path = tmp_path / "c.yaml"
-    path.write_text(f"model: {{name: x}}\n{content}\n")
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(path)
-
-
-@pytest.mark.parametrize(
-    "data, message",
-    [
-        ("{train: [{path: qa.jsonl, type: alpaca}]}", "has the unknown key 'type'. Did you mean format?"),  # axolotl
-        ("{train: [{file_name: qa.jsonl}]}", "has the unknown key 'file_name'. Did you mean path?"),  # was: name
-        ("{train: [qa.jsonl], format: chat_template}", "allowed values: auto, prompt_completion, question_answer"),
-        ("{train: [qa.jsonl], format: chat_template}", "Did you mean messages?"),
-        ("{train: [{path: qa.jsonl, format: completion}]}", "entry 1: format is 'completion'; allowed values:"),
-        ("{train: [{path: qa.jsonl, format: completion}]}", "Did you mean text?"),
-    ],
-)
-def test_a_dataset_entry_as_axolotl_or_llama_factory_writes_it_says_ours(tmp_path, data, message):
-    path = tmp_path / "c.yaml"
-    path.write_text(f"model: {{name: x}}\ndata: {data}\n")
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(path)
-
-
-def test_max_steps_minus_one_as_transformers_writes_it_says_null_unsets_it():
-    """transformers' max_steps: -1 means no limit; it was refused as below 1 without saying how to have none."""
-    with pytest.raises(ConfigError, match=re.escape("'train.max_steps' is -1; it must be >= 1 (or null, its default,")):
-        load_config(None, {"train.max_steps": "-1"})
-
-
-def test_an_override_flag_of_another_tool_says_how_options_are_given():
-    """--set train.lr=1e-4 was answered with the --help list only."""
-    error = unknown_option("set", "--set", flag=True)
-    assert "--set: unknown option 'set'. Options are given as --section.key VALUE (--train.lr 1e-4)" in str(error)
-
-
-def test_a_template_named_as_llama_factory_names_it_says_auto_uses_the_models_own():
-    """data.template: llama3 was refused with the allowed values only, none of which is llama3."""
-    with pytest.raises(ConfigError, match=re.escape("Did you mean chatml?")):
-        load_config(None, {"data.template": "ChatML"})
-    with pytest.raises(ConfigError, match=re.escape("A model's own chat template (its tokenizer's) is used with auto")):
-        load_config(None, {"data.template": "llama3"})
-
-
-@pytest.mark.parametrize(
     "content, message",
     [
         (
@@ -871,58 +480,6 @@ def test_a_folder_given_as_the_config_is_called_a_folder(tmp_path):
         ConfigError, match=re.escape(f"{tmp_path}: is a folder, not a config file; give the YAML file (a")
     ):
         load_config(tmp_path)
-
-
-@pytest.mark.parametrize("written", ["1e3", "1000.0", "1.0e3", '"1e3"', '"1000.0"', "10e2"])
-def test_a_whole_number_written_as_a_float_is_read_for_an_integer_option(written, tmp_path):
-    """`max_length: 1e3` (which YAML reads as the text '1e3': an exponent without a dot) and `2048.0` were refused as
-    "must be int"; a whole number is read however it is written, in the file, in a source's key and as a flag."""
-    path = tmp_path / "c.yaml"
-    path.write_text(
-        f"model: {{name: x}}\ndata: {{train: [{{path: qa.jsonl, take: {written}}}], max_length: {written}}}\n"
-    )
-    config = load_config(path, {"train.max_steps": written.strip('"')}).config
-    assert config.data.max_length == config.data.train[0].take == config.train.max_steps == 1000
-    assert type(config.data.max_length) is int and type(config.train.max_steps) is int
-
-
-@pytest.mark.parametrize("written, shown", [("1.5", "1.5"), ('"0.5"', "'0.5'"), ("2.5e-1", "0.25")])
-def test_a_fraction_for_an_integer_option_is_refused_naming_option_and_value(written, shown, tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text(
-        f"model: {{name: x}}\ndata: {{train: [qa.jsonl], max_length: {written}}}\ntrain: {{micro_batch: 2}}\n"
-    )
-    with pytest.raises(
-        ConfigError, match=re.escape(f"c.yaml:2: option 'data.max_length' is {shown}; it must be a whole number")
-    ):
-        load_config(path)
-    path.write_text(f"model: {{name: x}}\ndata: {{train: [qa.jsonl]}}\ntrain: {{micro_batch: {written}}}\n")
-    with pytest.raises(ConfigError, match=re.escape(f"option 'train.micro_batch' is {shown}; it must be a whole")):
-        load_config(path)  # an int | auto option: said as the fraction it is, not "must be int or 'auto'"
-    with pytest.raises(ConfigError, match=re.escape("option 'data.train', entry 1, key 'take' is 2.5; it must be a")):
-        load_config(None, {"model.name": "x", "data.train": [{"path": "qa.jsonl", "take": 2.5}]})
-    with pytest.raises(ConfigError, match=r"option 'train.max_steps' is '1e9999', too large a number"):
-        load_config(None, {"model.name": "x", "data.train": ["qa.jsonl"], "train.max_steps": "1e9999"})
-
-
-def test_a_quoted_whole_number_is_read_for_an_integer_option_as_a_quoted_number_is_for_a_float(tmp_path):
-    """`max_length: "512"` was refused ("must be int") while `lr: "2e-4"` and `epochs: "3"` were read as numbers; an
-    integer option now reads a quoted whole number too, and still refuses a quoted fraction."""
-    path = tmp_path / "c.yaml"
-    path.write_text(
-        'model: {name: x}\ndata: {train: [{path: qa.jsonl, take: "5"}], max_length: "512"}\n'
-        'train: {max_steps: " 10 ", micro_batch: "+4", lr: "2e-4", epochs: "3"}\n'
-    )
-    config = load_config(path).config
-    assert config.data.max_length == 512 and config.data.train[0].take == 5
-    assert config.train.max_steps == 10 and config.train.micro_batch == 4
-    assert type(config.data.max_length) is int and config.train.lr == 2e-4 and config.train.epochs == 3.0
-    path.write_text('model: {name: x}\ndata: {train: [qa.jsonl], max_length: "ten"}\n')
-    with pytest.raises(ConfigError, match=re.escape("option 'data.max_length' must be int")):
-        load_config(path)
-    path.write_text('model: {name: x}\ndata: {train: [qa.jsonl], max_length: "0"}\n')
-    with pytest.raises(ConfigError, match="data.max_length"):  # the range is checked as for an unquoted one
-        load_config(path)
 
 
 def test_an_override_is_named_as_it_was_given_in_python_or_on_the_command_line():
