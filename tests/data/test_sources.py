@@ -11,12 +11,9 @@ from tunelab.data.report import DataReport
 from tunelab.data.sources import iter_records, read_records
 from tunelab.errors import DataError
 
+from .source_files import write
+
 OASST_PROMPTS = Path("/work/shared/data/oasst_en_100_trees/en_100_text.jsonl")
-
-
-def write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
 
 
 def test_jsonl_lines_are_one_based_and_blank_lines_skipped(tmp_path):
@@ -78,136 +75,11 @@ def test_a_bad_row_of_a_json_file_of_json_lines_names_the_line_and_why_it_is_rea
     assert "holds more than one JSON value, so it is read as JSON lines" in str(err.value)
 
 
-def test_csv_rows_carry_their_file_line_even_with_multiline_cells(tmp_path):
-    p = write(tmp_path / "a.csv", 'question,answer\n"two\nlines",yes\nq2,"a, b"\n')
-    records = read_records([p])
-    assert [(r.line, r.row) for r in records] == [
-        (2, {"question": "two\nlines", "answer": "yes"}),
-        (4, {"question": "q2", "answer": "a, b"}),
-    ]
-
-    # a file written on Windows: its line breaks inside a quoted value are the platform's too, read as \n as a .txt
-    # file's are (they were kept as \r\n, tokens the same text written elsewhere never has)
-    p = tmp_path / "b.csv"
-    p.write_bytes(b'question,answer\r\n"two\r\nlines",yes\r\n')
-    assert read_records([p])[0].row == {"question": "two\nlines", "answer": "yes"}
-
-
 def test_tsv_and_gzip(tmp_path):
     p = tmp_path / "a.tsv.gz"
     with gzip.open(p, "wt") as f:
         f.write("prompt\tcompletion\nhi\tthere\n")
     assert read_records([str(p)])[0].row == {"prompt": "hi", "completion": "there"}
-
-
-def test_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    p = tmp_path / "a.parquet"
-    pq.write_table(pa.table({"question": ["q1", "q2"], "answer": ["a1", "a2"]}), p)
-    assert [(r.line, r.row) for r in read_records([str(p)])] == [
-        (0, {"question": "q1", "answer": "a1"}),
-        (1, {"question": "q2", "answer": "a2"}),
-    ]
-
-
-def test_the_first_rows_of_a_parquet_file_are_read_without_the_rest(tmp_path, monkeypatch):
-    """A parquet file was read whole (every row group decoded into one table) for a source's `take: 5` or the first
-    rows a self-check needs. Rows come a batch at a time now: a damaged last row group stops only a reader that gets
-    there, and a column of whole numbers with a null in a later batch is read as integers in every batch."""
-    pa = pytest.importorskip("pyarrow")
-    import itertools
-
-    import pyarrow.parquet as pq
-
-    from tunelab.data import sources
-    from tunelab.data.sources import iter_records
-
-    monkeypatch.setattr(sources, "PARQUET_BATCH", 4)
-    p = tmp_path / "a.parquet"
-    n = 12
-    answers = [float(i) for i in range(n - 1)] + [None]  # pandas' form of integers with a missing value
-    table = pa.table({"question": [f"q{i}" for i in range(n)], "answer": answers})
-    pq.write_table(table, p, row_group_size=4)
-    assert [r.row["answer"] for r in itertools.islice(iter_records([str(p)]), 2)] == [0, 1]
-    assert type(next(iter_records([str(p)])).row["answer"]) is int
-    last = pq.ParquetFile(p).metadata.row_group(2).column(0)  # damage the last row group's question column
-    data = bytearray(p.read_bytes())
-    data[last.data_page_offset : last.data_page_offset + 8] = b"\xff" * 8  # its page header
-    p.write_bytes(bytes(data))
-    assert [r.row["question"] for r in itertools.islice(iter_records([str(p)]), 5)] == [f"q{i}" for i in range(5)]
-    with pytest.raises(DataError, match=r"a\.parquet: cannot read the parquet file"):
-        read_records([str(p)])
-
-
-def test_a_gzipped_parquet_file_is_read_as_the_other_gzipped_types_are(tmp_path):
-    """tunelab reads every type it reads as .gz too, but pyarrow took a .parquet.gz file for a damaged one ('Parquet
-    magic bytes not found in footer. Either the file is corrupted or this is not a parquet file')."""
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    plain = tmp_path / "a.parquet"
-    pq.write_table(pa.table({"question": ["q1", "q2"], "answer": [10.0, None]}), plain)
-    packed = tmp_path / "b.parquet.gz"
-    packed.write_bytes(gzip.compress(plain.read_bytes()))
-    assert [r.row for r in read_records([str(packed)])] == [r.row for r in read_records([str(plain)])]
-    assert read_records([str(packed)])[0].row == {"question": "q1", "answer": 10}
-
-
-def test_a_parquet_column_named_twice_is_refused_naming_it(tmp_path):
-    """pyarrow's read_table stopped with 'Multiple matches for FieldRef.Name(answer) in question: string ...'."""
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    p = tmp_path / "a.parquet"
-    table = pa.Table.from_arrays(
-        [pa.array(["q"]), pa.array(["a1"]), pa.array(["a2"])], ["question", "answer", "answer"]
-    )
-    pq.write_table(table, p)
-    with pytest.raises(
-        DataError, match=r"a\.parquet: the file names the column 'answer' more than once \(columns 2, 3\)"
-    ):
-        read_records([str(p)])
-
-
-def test_a_parquet_integer_column_with_nulls_renders_its_numbers_as_integers(tmp_path):
-    """pandas writes an integer column with a missing value as float64 (10 -> 10.0): its answers were trained as
-    "10.0". A null stays a missing value (an empty answer, skipped); a float column keeps its floats."""
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    from tunelab.data.formats import to_examples
-    from tunelab.data.report import DataReport
-
-    p = tmp_path / "a.parquet"
-    table = pa.table(
-        {
-            "question": ["q1", "q2", "q3"],
-            "answer": pa.array([10.0, None, -3.0]),  # pandas' form of [10, <NA>, -3]
-            "count": pa.array([10, None, 3], pa.int64()),  # pyarrow's and polars' form: ints already
-            "score": pa.array([0.5, None, 2.0]),  # a fraction: a float column
-            "weight": pa.array([1.0, 2.0, 3.0]),  # no null: pandas kept ints as int64, so these are floats
-            "ratio": pa.array([1.0, float("nan"), None]),  # NaN is not a whole number
-        }
-    )
-    pq.write_table(table, p)
-    rows = [r.row for r in read_records([str(p)])]
-    assert [row["answer"] for row in rows] == [10, None, -3] and type(rows[0]["answer"]) is int
-    assert [row["count"] for row in rows] == [10, None, 3]
-    assert [row["score"] for row in rows] == [0.5, None, 2.0]
-    assert [row["weight"] for row in rows] == [1.0, 2.0, 3.0] and type(rows[0]["weight"]) is float
-    assert rows[0]["ratio"] == 1.0 and type(rows[0]["ratio"]) is float
-    report = DataReport()
-    examples = to_examples(read_records([str(p)]), "question_answer", {}, None, report)
-    assert [e.messages[-1]["content"] for e in examples] == ["10", "-3"]
-    assert report.total_skipped == 1
-
-
-def test_a_csv_integer_column_with_empty_cells_keeps_its_text(tmp_path):
-    """The same shape as CSV: a value is its text as written (10 stays 10), an empty cell an empty answer."""
-    p = write(tmp_path / "a.csv", "question,answer\nq1,10\nq2,\nq3,-3\n")
-    assert [r.row["answer"] for r in read_records([p])] == ["10", "", "-3"]
 
 
 def test_txt_file_is_one_text_record(tmp_path):
@@ -281,17 +153,6 @@ def test_json_that_is_not_an_array(tmp_path):
     p = write(tmp_path / "a.json", '{"train": [], "test": []}')
     with pytest.raises(DataError, match=r"a\.json: a \.json data file must hold an array.*keys train, test"):
         read_records([p])
-
-
-def test_csv_row_with_wrong_number_of_values(tmp_path):
-    p = write(tmp_path / "a.csv", "question,answer\nq,a,extra\n")
-    with pytest.raises(DataError, match=r"a\.csv:2: the row has 3 values but the header has 2 columns"):
-        read_records([p])
-    one = write(tmp_path / "b.tsv", "question\tanswer\tsource\nq\ta\tweb\nq only\n")  # said in English: 1 value
-    with pytest.raises(DataError, match=r"b\.tsv:3: the row has 1 value but the header has 3 columns"):
-        read_records([one])
-    with pytest.raises(DataError, match=r"c\.csv:2: the row has 2 values but the header has 1 column \("):
-        read_records([write(tmp_path / "c.csv", "text\nhello,world\n")])
 
 
 def test_non_utf8_file(tmp_path):
@@ -371,114 +232,11 @@ def test_a_utf16_file_is_named_so(tmp_path):
         read_records([str(p)])
 
 
-def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
-    import sys
-
-    p = write(tmp_path / "a.parquet", "")
-    monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow...` raise ImportError
-    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(
-        DataError, match=r"a\.parquet: reading \.parquet files needs pyarrow; install it with: pip install"
-    ):
-        read_records([p])
-
-
-def test_csv_duplicate_header_names_are_refused_with_the_column(tmp_path):
-    p = write(tmp_path / "a.csv", "question,answer,answer\nq,a1,a2\n")
-    with pytest.raises(
-        DataError, match=r"a\.csv:1: the header names the column 'answer' more than once \(columns 2, 3\)"
-    ):
-        read_records([p])
-    # a spreadsheet's empty columns beside the data were named "the column '' more than once"
-    empty = write(tmp_path / "b.csv", "question,answer,,\nq,a,,\n")
-    with pytest.raises(DataError, match=r"b\.csv:1: the header leaves columns 3, 4 unnamed \(empty names, as a sp"):
-        read_records([empty])
-
-
-def test_csv_header_names_padded_with_spaces_are_read_without_them(tmp_path):
-    """A header written "prompt, completion, system" named the columns ' completion' and ' system': an sft run then
-    left every row's system message out without a word (a column no format reads), and a classify run could not
-    find ' label'. The names are read without the spaces around them; two that become one name are refused."""
-    p = write(tmp_path / "a.csv", "prompt, completion , system\nQ,A,Be brief.\n")
-    assert read_records([p])[0].row == {"prompt": "Q", "completion": "A", "system": "Be brief."}
-    t = write(tmp_path / "a.tsv", "text\t label\nhello\tx\n")
-    assert read_records([t])[0].row == {"text": "hello", "label": "x"}
-    with pytest.raises(DataError, match=r"b\.csv:1: the header names the column 'answer' more than once"):
-        read_records([write(tmp_path / "b.csv", "question,answer, answer\nq,a1,a2\n")])
-
-
-def test_csv_separator_is_detected_or_given(tmp_path):
-    p = write(tmp_path / "a.csv", 'question;answer\n"a, b";c\nd;e\n')
-    assert [r.row for r in read_records([p])] == [{"question": "a, b", "answer": "c"}, {"question": "d", "answer": "e"}]
-    p2 = write(tmp_path / "b.csv", "question|answer\nq|a\n")
-    assert read_records([p2], delimiter="|")[0].row == {"question": "q", "answer": "a"}
-    with pytest.raises(DataError, match=r"separated by ','.*data\.delimiter"):
-        read_records([write(tmp_path / "c.csv", "q,a\n1,2,3\n")], delimiter=",")
-    # read as one column 'question|answer', every row was refused later as a format it is not
-    with pytest.raises(DataError, match=r"b\.csv:1: the header is one column, 'question\|answer'\. .*split by '\|'"):
-        read_records([p2], delimiter=",")
-
-
-def test_a_file_another_separator_than_data_delimiter_splits_is_told_so(tmp_path):
-    """data.delimiter ';' (set for the training file) split a comma-separated eval file too, which stopped with 'a
-    quoted value is followed by more text before the separator', advice about quotes; the error now says that the
-    header line is split by ',' and that data.delimiter applies to every file."""
-    p = write(tmp_path / "e.csv", 'prompt,completion\n"Add 2, 2",4\n')
-    with pytest.raises(DataError) as caught:
-        read_records([p], delimiter=";")
-    message = str(caught.value)
-    assert message.startswith(f"{p}:2: a quoted value is followed by more text")
-    assert "header line is split by ',', not by data.delimiter ';'" in message and "data.delimiter: auto" in message
-
-
 def test_json_error_position_reads_once(tmp_path):
     p = write(tmp_path / "a.jsonl", '{"question": "unterminated}\n')
     with pytest.raises(DataError) as err:
         read_records([p])
     assert "Unterminated string starting at column 14" in str(err.value) and "at at" not in str(err.value)
-
-
-def test_an_unclosed_csv_quote_is_refused_not_read_as_one_value(tmp_path):
-    """Read leniently, one unclosed quote (row 5 of 100) took the 95 rows after it into one answer: the report said
-    5 records and tunelab check passed. Text after a closing quote lost the quotes without a word."""
-    rows = [f"q{i},a{i}" for i in range(100)]
-    rows[4] = 'q4,"Yes, of course'
-    p = write(tmp_path / "a.csv", "question,answer\n" + "\n".join(rows) + "\n")
-    with pytest.raises(DataError, match=r"a\.csv:6: a quoted value starts in this row and is never closed"):
-        read_records([p])
-    p = write(tmp_path / "b.csv", 'question,answer\nq1,"Yes" he said\nq2,b\n')
-    with pytest.raises(DataError, match=r"b\.csv:2: a quoted value is followed by more text"):
-        read_records([p])
-    p = write(tmp_path / "c.csv", 'question,answer\nq1,He said "hi"\nq2,"a ""quoted"" word"\n')
-    assert [r.row["answer"] for r in read_records([p])] == ['He said "hi"', 'a "quoted" word']
-
-
-def test_tsv_quotes_are_characters_as_in_the_sms_spam_file(tmp_path):
-    """The SMS Spam Collection is tab-separated without quoting; read with CSV's quotes, a message starting with a
-    quote took the next two messages into it, and about 50 others lost their quote marks."""
-    lines = ['ham\t"Happy valentines day" I know its early', 'spam\t"Hi ...', "ham\tYeah, give me a call", 'ham\tok"']
-    p = write(tmp_path / "sms.tsv", "label\ttext\n" + "\n".join(lines) + "\n")
-    records = read_records([p])
-    assert [r.row["text"] for r in records] == [line.split("\t")[1] for line in lines]
-    assert [r.line for r in records] == [2, 3, 4, 5]
-
-
-def test_a_tsv_written_with_csv_quoting_is_refused_saying_to_name_it_csv(tmp_path):
-    """pandas' to_csv(sep="\\t") quotes a value holding a quote or a line break: read as a .tsv (no quoting), the
-    first trained the value with its quotes in and doubled, without a word, and the second stopped with advice to
-    quote the value and set data.delimiter, neither of which a .tsv file reads. Named .csv, both are read."""
-    said = 'prompt\tcompletion\nGreet\t"He said ""hi"""\n'
-    with pytest.raises(
-        DataError, match=r"a\.tsv:2: the value of column 'completion' is in quotes .* rename the file \.csv"
-    ):
-        read_records([write(tmp_path / "a.tsv", said)])
-    broken = 'prompt\tcompletion\nTwo lines\t"one\ntwo"\n'
-    with pytest.raises(
-        DataError, match=r"b\.tsv:3: the row has 1 value but .* if it was written with CSV quoting, rename"
-    ):
-        read_records([write(tmp_path / "b.tsv", broken)])
-    rows = [r.row["completion"] for r in read_records([write(tmp_path / "c.csv", said + broken.split("\n", 1)[1])])]
-    assert rows == ['He said "hi"', "one\ntwo"]
 
 
 def test_a_long_csv_value_a_crlf_text_and_a_json_key_given_twice(tmp_path):
@@ -498,16 +256,6 @@ def test_a_long_csv_value_a_crlf_text_and_a_json_key_given_twice(tmp_path):
     p = write(tmp_path / "e.json", json.dumps([{"text": "x"}]).replace('"x"', '"x", "text": "y"'))
     with pytest.raises(DataError, match=r"e\.json\[0\]: the object gives the field 'text' twice"):  # the item named
         read_records([p])
-
-
-def test_a_csv_with_old_mac_line_ends_is_read_with_its_separator_detected(tmp_path):
-    """A CSV whose lines end with a lone CR: the header was taken to run to the end of the file, and detecting the
-    separator crashed in the csv module."""
-    p = tmp_path / "mac.csv"
-    p.write_bytes(b'question;answer\r"a, b";c\rd;e\r')
-    records = read_records([str(p)])
-    assert [r.row for r in records] == [{"question": "a, b", "answer": "c"}, {"question": "d", "answer": "e"}]
-    assert [r.line for r in records] == [2, 3]
 
 
 def test_a_file_given_twice_is_refused_naming_both_entries(tmp_path):
@@ -544,30 +292,6 @@ def test_a_folders_files_of_other_types_are_noted_in_the_report(tmp_path):
     (note,) = report.notes
     assert note.startswith(f"{tmp_path}: 2 files of other types not read (a.jsonl.bak, more.ndjson)")
     assert "  note: " + note in report.summary()
-
-
-def test_a_parquet_chat_whose_turns_are_weighted_in_part_reads_the_others_as_unweighted(tmp_path):
-    """Arrow gives every turn of a column the keys of all of them: a turn without OpenAI's "weight" reads back with
-    "weight": None, and such a file was refused ("messages[0] has weight None"). A null weight is no weight."""
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    from tunelab.data.formats import to_examples
-    from tunelab.data.report import DataReport
-
-    turns = [
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Skip me", "weight": 0},
-        {"role": "user", "content": "Again"},
-        {"role": "assistant", "content": "Learn me"},
-    ]
-    p = tmp_path / "chats.parquet"
-    pq.write_table(pa.Table.from_pylist([{"messages": turns}, {"messages": [turns[0], turns[3]]}]), p)
-    records = read_records([str(p)])
-    assert records[1].row["messages"][0]["weight"] is None
-    first, second = to_examples(records, "auto", {}, None, DataReport())
-    assert first.messages == [{k: v for k, v in t.items() if k != "weight" or v == 0} for t in turns]
-    assert second.messages == [turns[0], turns[3]]
 
 
 def test_a_data_folder_holding_a_run_directory_is_refused_naming_the_run(tmp_path):
