@@ -453,6 +453,8 @@ def test_the_embedded_models_hub_id_offline_is_told_the_alias(monkeypatch):
     with pytest.raises(ModelError) as err:
         load_tokenizer(other)
     assert "embedded model" not in str(err.value)
+
+
 def test_a_copy_of_an_older_conversion_is_stale_as_such(tiny_gguf, tmp_path, monkeypatch):
     """A copy converted before the tokenizer got llama.cpp's split (conversion 2; converted.CONVERSION) is not used
     again and is listed as stale because an older tunelab converted it, not because its file changed."""

@@ -59,5 +59,7 @@ def test_qlora_needs_lora(tiny_overrides):
 def test_qlora_beside_full_or_layers_is_refused_with_the_config(tiny_overrides, method):
     """nf4 with method full or layers was refused only once the model had loaded: `tunelab check --data-only`
     passed it, and `tunelab plan` planned a 4-bit base for a run that could not start."""
-    with pytest.raises(ConfigError, match=rf"overrides\['method\.quantize_base'\]: .*needs method.name lora or dora, not {method}"):
+    with pytest.raises(
+        ConfigError, match=rf"overrides\['method\.quantize_base'\]: .*needs method.name lora or dora, not {method}"
+    ):
         load_config(None, tiny_overrides | {"method.quantize_base": "nf4", "method.name": method})
