@@ -346,3 +346,24 @@ def test_a_prompt_answered_otherwise_by_another_example_is_noted(tmp_path, smoll
     ]
     mixed = build_datasets(DataConfig(train=sources, max_length=64), smollm2_tokenizer, 0)
     assert not any("with another answer" in n for n in mixed.report.notes)
+
+
+def test_text_examples_holding_chat_markup_are_noted(tmp_path, smollm2_tokenizer):
+    """Text rows exported already rendered by a chat template were trained as plain text, the markup in characters and
+    the prompts under the loss, without a word; the report now counts them, names the first and its marker."""
+    rows = [
+        "Door 1 of the depot is painted red.",
+        "<s>[INST] What colour is door 1? [/INST] Red.</s>",
+        "<|im_start|>user\nWhat colour is door 2?<|im_end|>\n<|im_start|>assistant\nBlue.<|im_end|>",
+    ]
+    path = tmp_path / "rendered.jsonl"
+    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows))
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"text": rows[0]}) + "\n")
+    for train in ([str(path)], [DataSource(path=str(path)), DataSource(path=str(plain))]):
+        notes = build_datasets(DataConfig(train=train), smollm2_tokenizer, seed=0).report.notes
+        (note,) = [note for note in notes if "chat-template markup" in note]
+        assert note.startswith(f"2 of the {len(rows) + (len(train) - 1)} text examples hold chat-template markup")
+        assert f"(e.g. '[INST]' at {path}:2)" in note and "give such rows as chats (the messages format)" in note
+    notes = build_datasets(DataConfig(train=[str(plain)]), smollm2_tokenizer, seed=0).report.notes
+    assert not [note for note in notes if "markup" in note]

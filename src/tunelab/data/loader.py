@@ -32,7 +32,7 @@ from tunelab.data.entries import (
 from tunelab.data.formats import FIELDS_OPTION, Example, to_examples, trained_system
 from tunelab.data.mixture import Mixture, SourceSpan, plan_mixture
 from tunelab.data.packing import Packed, pack
-from tunelab.data.render import IGNORE, Rendered, render_examples, special_texts
+from tunelab.data.render import IGNORE, Rendered, note_templated_texts, render_examples, special_texts
 from tunelab.data.repeats import (
     note_conflicting,
     note_repeated_eval,
@@ -208,6 +208,7 @@ def build_datasets(
     is_chat = any(ex.messages is not None for ex in examples + eval_examples)
     texts = [ex for ex in examples + eval_examples if ex.text is not None]
     note_system_on_texts(cfg.system_prompt, texts, report)
+    note_templated_texts(texts, tokenizer, report)
     report.template = template.name if is_chat else "none (text only)"
 
     used = report.total_used
@@ -351,6 +352,7 @@ def _mixture_datasets(cfg: DataConfig, tokenizer, seed: int, template: Template,
     note_conflicting(all_examples + all_held, report)
     for option, (system_prompt, unsystemed) in texts.items():
         note_system_on_texts(system_prompt, unsystemed, report, option)
+    note_templated_texts([ex for ex in all_examples + all_held if ex.text is not None], tokenizer, report)
     own_files = cfg.eval or any(isinstance(e, DataSource) and e.eval for e in cfg.train)
     own_splits = any(isinstance(e, DataSource) and e.eval_split for e in cfg.train)
     # a source's eval file and another's held-out fraction may both be there: the summary names the split's seed

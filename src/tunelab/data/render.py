@@ -135,6 +135,45 @@ def special_text_in(messages: list[dict], pattern: re.Pattern | None) -> str | N
     return None
 
 
+# chat-template markers of the common families, whichever tokenizer the run has: ChatML, Llama 2 and Mistral, Llama 3,
+# Gemma, Phi-3 and Zephyr
+CHAT_MARKERS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "[INST]",
+    "[/INST]",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|system|>",
+)
+
+
+def note_templated_texts(texts: list[Example], tokenizer, report: DataReport) -> None:
+    """A note in `report` when text examples (`texts`) already hold chat-template markup: a chat marker or the text of
+    one of the tokenizer's special tokens. A text is trained as it is: the markup is plain characters to it (encode's
+    `plain`) and every token has a loss, the prompts' too; as a chat, the template would write the markers and the
+    loss would be on the answers. A note, not a skip: such a corpus may be meant as text."""
+    specials = special_texts(tokenizer)
+    markers = "|".join(map(re.escape, sorted(CHAT_MARKERS, key=len, reverse=True)))
+    pattern = re.compile(f"{specials.pattern}|{markers}" if specials is not None else markers)
+    hits = [(ex, hit.group()) for ex in texts if ex.text and (hit := pattern.search(ex.text))]
+    if not hits:
+        return
+    first, marker = hits[0]
+    report.notes.append(
+        f"{len(hits)} of the {len(texts)} text examples hold chat-template markup or special-token text "
+        f"(e.g. {marker!r} at {location(first.path, first.line)}): a text is trained as it is, its markup read as "
+        "plain characters, not control tokens, and with a loss on every token, the prompts' too; give such rows as "
+        "chats (the messages format), so the template writes the markup and the loss is on the answers, or keep "
+        "them as text knowingly"
+    )
+
+
 def _render_chats(
     examples: list[Example], tokenizer, template: Template, cfg: DataConfig, report: DataReport
 ) -> list[Rendered]:
