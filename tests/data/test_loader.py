@@ -367,3 +367,27 @@ def test_text_examples_holding_chat_markup_are_noted(tmp_path, smollm2_tokenizer
         assert f"(e.g. '[INST]' at {path}:2)" in note and "give such rows as chats (the messages format)" in note
     notes = build_datasets(DataConfig(train=[str(plain)]), smollm2_tokenizer, seed=0).report.notes
     assert not [note for note in notes if "markup" in note]
+
+
+def test_text_examples_joining_documents_get_their_own_note(tmp_path, smollm2_tokenizer):
+    """<|endoftext|> between joined documents is no chat markup, yet was noted as such, advising chats; such texts now
+    get a note of their own (one document per example, tunelab adding the EOS), and chat markup still wins."""
+    rows = [
+        "The depot opens at six.<|endoftext|>The ferry leaves at nine.",
+        "<|im_start|>user\nWhen does it open?<|im_end|>\n<|im_start|>assistant\nAt six.<|im_end|><|endoftext|>",
+        "Door 1 of the depot is painted red.",
+    ]
+    path = tmp_path / "joined.jsonl"
+    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows))
+    notes = build_datasets(DataConfig(train=[str(path)]), smollm2_tokenizer, seed=0).report.notes
+    (chat,) = [note for note in notes if "chat-template markup" in note]
+    assert chat.startswith("1 of the 3 text examples") and f"(e.g. '<|im_start|>' at {path}:2)" in chat
+    (joined,) = [note for note in notes if "document token" in note]
+    assert joined.startswith("1 of the 3 text examples hold the text of a document token")
+    assert f"(e.g. '<|endoftext|>' at {path}:1)" in joined
+    assert "ends each text example with the EOS token itself" in joined and "chats" not in joined
+    text = build_datasets(DataConfig(train=[str(path)], max_length=512), smollm2_tokenizer, seed=0).train
+    ids = [tok for row in text for tok in row.input_ids]
+    # what the note says: one EOS ends each example, the texts' markers being characters, not tokens
+    assert ids.count(smollm2_tokenizer.eos_token_id) == len(rows)
+    assert smollm2_tokenizer.convert_tokens_to_ids("<|endoftext|>") not in ids

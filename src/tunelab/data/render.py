@@ -111,15 +111,23 @@ class KeepingDecoder:
         return self.tokenizer.decode([i for i in ids if i not in self.drop], skip_special_tokens=False)
 
 
+def special_strings(tokenizer) -> set[str]:
+    """The texts of the tokenizer's special tokens: the named ones and every added token marked special."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    found = {t.content for t in decoder.values() if getattr(t, "special", False)}
+    return {t for t in found | set(getattr(tokenizer, "all_special_tokens", []) or []) if t}
+
+
+def any_of(texts) -> re.Pattern | None:
+    """A pattern matching any of `texts`, the longest first (None when there are none)."""
+    return re.compile("|".join(map(re.escape, sorted(texts, key=len, reverse=True)))) if texts else None
+
+
 @functools.lru_cache(maxsize=8)
 def special_texts(tokenizer) -> re.Pattern | None:
     """A pattern matching the text of any of the tokenizer's special tokens (None when it has none); built once per
     tokenizer (a dpo run asks for it per pair)."""
-    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    found = {t.content for t in decoder.values() if getattr(t, "special", False)}
-    found |= set(getattr(tokenizer, "all_special_tokens", []) or [])
-    found = sorted((t for t in found if t), key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, found))) if found else None
+    return any_of(special_strings(tokenizer))
 
 
 def special_text_in(messages: list[dict], pattern: re.Pattern | None) -> str | None:
@@ -153,25 +161,53 @@ CHAT_MARKERS = (
 )
 
 
+# the tokens raw pretraining text joins its documents with (GPT-2 and Qwen, Llama 3, Llama 2 and Mistral, Gemma): no
+# chat markup, whichever of them a tokenizer names its BOS or EOS
+DOCUMENT_MARKERS = ("<|endoftext|>", "<|end_of_text|>", "<|begin_of_text|>", "</s>", "<s>", "<eos>", "<bos>")
+
+
+def templated_patterns(tokenizer) -> tuple[re.Pattern, re.Pattern | None]:
+    """(chat markup, document markers): the chat markers and the text of the tokenizer's special tokens but its
+    document tokens; the text of those (its BOS and EOS, or one of DOCUMENT_MARKERS, when special to it and no chat
+    marker: SmolLM2's EOS is <|im_end|>), None when it has none."""
+    special = special_strings(tokenizer)
+    ends = {t for t in (tokenizer.bos_token, tokenizer.eos_token, *DOCUMENT_MARKERS) if t in special}
+    ends -= set(CHAT_MARKERS)
+    return any_of((special - ends) | set(CHAT_MARKERS)), any_of(ends)
+
+
 def note_templated_texts(texts: list[Example], tokenizer, report: DataReport) -> None:
     """A note in `report` when text examples (`texts`) already hold chat-template markup: a chat marker or the text of
     one of the tokenizer's special tokens. A text is trained as it is: the markup is plain characters to it (encode's
     `plain`) and every token has a loss, the prompts' too; as a chat, the template would write the markers and the
-    loss would be on the answers. A note, not a skip: such a corpus may be meant as text."""
-    specials = special_texts(tokenizer)
-    markers = "|".join(map(re.escape, sorted(CHAT_MARKERS, key=len, reverse=True)))
-    pattern = re.compile(f"{specials.pattern}|{markers}" if specials is not None else markers)
-    hits = [(ex, hit.group()) for ex in texts if ex.text and (hit := pattern.search(ex.text))]
-    if not hits:
-        return
-    first, marker = hits[0]
-    report.notes.append(
-        f"{len(hits)} of the {len(texts)} text examples hold chat-template markup or special-token text "
-        f"(e.g. {marker!r} at {location(first.path, first.line)}): a text is trained as it is, its markup read as "
-        "plain characters, not control tokens, and with a loss on every token, the prompts' too; give such rows as "
-        "chats (the messages format), so the template writes the markup and the loss is on the answers, or keep "
-        "them as text knowingly"
-    )
+    loss would be on the answers. Texts holding a document token's text (`<|endoftext|>` between joined documents)
+    and no chat markup get their own note: a document is one example, ended by the EOS token `_text_blocks` adds.
+    Notes, not skips: such a corpus may be meant as text."""
+    chat, documents = templated_patterns(tokenizer)
+    hits, joined = [], []
+    for ex in texts:
+        if ex.text and (hit := chat.search(ex.text)):
+            hits.append((ex, hit.group()))
+        elif ex.text and documents is not None and (hit := documents.search(ex.text)):
+            joined.append((ex, hit.group()))
+    if hits:
+        first, marker = hits[0]
+        report.notes.append(
+            f"{len(hits)} of the {len(texts)} text examples hold chat-template markup or special-token text "
+            f"(e.g. {marker!r} at {location(first.path, first.line)}): a text is trained as it is, its markup read as "
+            "plain characters, not control tokens, and with a loss on every token, the prompts' too; give such rows "
+            "as chats (the messages format), so the template writes the markup and the loss is on the answers, or "
+            "keep them as text knowingly"
+        )
+    if joined:
+        first, marker = joined[0]
+        report.notes.append(
+            f"{len(joined)} of the {len(texts)} text examples hold the text of a document token (e.g. {marker!r} at "
+            f"{location(first.path, first.line)}), as raw text joining documents does: in a text it is read as "
+            "ordinary characters, not the token, so it ends no document; tunelab ends each text example with the "
+            "EOS token itself (after BOS where the tokenizer starts texts with one): give one document per example "
+            "(split such texts at the marker), or keep them as they are knowingly"
+        )
 
 
 def _render_chats(
