@@ -191,13 +191,15 @@ def note_templated_texts(texts: list[Example], tokenizer, report: DataReport) ->
         elif ex.text and documents is not None and (hit := documents.search(ex.text)):
             joined.append((ex, hit.group()))
     if hits:
-        first, marker = hits[0]
         report.notes.append(
-            f"{len(hits)} of the {len(texts)} text examples hold chat-template markup or special-token text "
-            f"(e.g. {marker!r} at {location(first.path, first.line)}): a text is trained as it is, its markup read as "
-            "plain characters, not control tokens, and with a loss on every token, the prompts' too; give such rows "
-            "as chats (the messages format), so the template writes the markup and the loss is on the answers, or "
-            "keep them as text knowingly"
+            markup_note(
+                hits,
+                len(texts),
+                "text examples",
+                "a text is trained as it is, its markup read as plain characters, not control tokens, and with a loss "
+                "on every token, the prompts' too; give such rows as chats (the messages format), so the template "
+                "writes the markup and the loss is on the answers, or keep them as text knowingly",
+            )
         )
     if joined:
         first, marker = joined[0]
@@ -208,6 +210,30 @@ def note_templated_texts(texts: list[Example], tokenizer, report: DataReport) ->
             "EOS token itself (after BOS where the tokenizer starts texts with one): give one document per example "
             "(split such texts at the marker), or keep them as they are knowingly"
         )
+
+
+def markup_note(hits: list[tuple], total: int, what: str, why: str) -> str:
+    """The note on the `hits` ((item, marker), each item with `path` and `line`) of `total` `what` holding chat markup;
+    `why`: what that does in the task and what to do."""
+    first, marker = hits[0]
+    return (
+        f"{len(hits)} of the {total} {what} hold chat-template markup or special-token text (e.g. {marker!r} at "
+        f"{location(first.path, first.line)}): {why}"
+    )
+
+
+def note_templated_inputs(items: list, texts_of, tokenizer, report: DataReport, what: str, why: str) -> None:
+    """note_templated_texts for a task's own rows (dpo, reward, classify): `items` (each with `path` and `line`), whose
+    texts `texts_of(item)` are read as plain characters; `what` names them, `why` says what that does in the task.
+    Document tokens are left alone there: a text is one input, no joined corpus."""
+    chat, _ = templated_patterns(tokenizer)
+    hits = []
+    for item in items:
+        hit = next((h for text in texts_of(item) if text and (h := chat.search(text))), None)
+        if hit is not None:
+            hits.append((item, hit.group()))
+    if hits:
+        report.notes.append(markup_note(hits, len(items), what, why))
 
 
 def _render_chats(

@@ -31,6 +31,7 @@ from tunelab.config import ClassifyConfig, RunConfig
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import scalar_text
 from tunelab.data.loader import Datasets, note_system_on_texts
+from tunelab.data.render import note_templated_inputs
 from tunelab.data.repeats import note_conflicting
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError, article, counted
@@ -369,7 +370,18 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     items, held, report, template = read_task_data(cfg, tokenizer, seed, read_labelled, FIELDS)
     refuse_chat_format([it.input for it in items + held], cfg)
     chat = any(it.input.is_chat for it in items + held)
-    note_system_on_texts(d.system_prompt, [it for it in items + held if not it.input.is_chat], report)
+    texts = [it for it in items + held if not it.input.is_chat]
+    note_system_on_texts(d.system_prompt, texts, report)
+    note_templated_inputs(
+        texts,
+        lambda it: (it.input.text,),
+        tokenizer,
+        report,
+        "text inputs",
+        "a text is read as it is, its markup plain characters, not control tokens, so the head learns from inputs in "
+        "a form the chat template never writes; give such inputs as chats (a message list, or a prompt), so the "
+        "template writes the markup, or keep them as text knowingly",
+    )
     text_format = cfg.classify.prompt_format
     if not items:  # every row skipped (empty input, ...): the report says why
         raise DataError(f"{', '.join(d.train)}: no usable training rows. {report.summary()}")

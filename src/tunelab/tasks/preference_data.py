@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from tunelab.config import RunConfig
 from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets, note_system_on_texts
-from tunelab.data.render import IGNORE, encode, special_text_in, special_texts
+from tunelab.data.render import IGNORE, encode, note_templated_inputs, special_text_in, special_texts
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.templates import Template, default_bos
 from tunelab.errors import ConfigError, DataError
@@ -326,7 +326,18 @@ def build_preferences(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     pairs, held, report, template = read_task_data(cfg, tokenizer, seed, read_preferences, FIELDS)
     report.pairs = True
     chat = any(p.chosen.messages is not None for p in pairs + held)
-    note_system_on_texts(d.system_prompt, [p for p in pairs + held if p.chosen.messages is None], report)
+    texts = [p for p in pairs + held if p.chosen.messages is None]
+    note_system_on_texts(d.system_prompt, texts, report)
+    note_templated_inputs(
+        texts,
+        lambda p: (p.chosen.text, p.rejected.text),
+        tokenizer,
+        report,
+        "text pairs",
+        "a pair of whole texts is scored as it is, its markup read as plain characters, not control tokens, so the "
+        "model is taught answers in a form its chat template never writes; give such pairs as chats (a prompt with "
+        "chosen and rejected, or two conversations), so the template writes the markup, or keep them as text knowingly",
+    )
     note_repeated_prompts(pairs + held, report)
     report.template = template.name if chat else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report)

@@ -31,6 +31,7 @@ from tunelab.config import RunConfig
 from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets, note_system_on_texts
+from tunelab.data.render import note_templated_inputs
 from tunelab.data.report import DataReport, SplitStats, location
 from tunelab.data.sources import read_records
 from tunelab.errors import ConfigError, DataError
@@ -310,7 +311,18 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     refuse_chat_format([side for p in pairs + held for side in (p.chosen, p.rejected)], cfg)
     text_format = cfg.classify.prompt_format
     chat = any(p.chosen.is_chat for p in pairs + held)
-    note_system_on_texts(d.system_prompt, [p for p in pairs + held if not p.chosen.is_chat], report)
+    texts = [p for p in pairs + held if not p.chosen.is_chat]
+    note_system_on_texts(d.system_prompt, texts, report)
+    note_templated_inputs(
+        texts,
+        lambda p: (p.chosen.text, p.rejected.text),
+        tokenizer,
+        report,
+        "text pairs",
+        "a text is read as it is, its markup plain characters, not control tokens, so the head learns to score "
+        "answers in a form the chat template never writes; give such pairs as chats (a prompt with chosen and "
+        "rejected, or two conversations), so the template writes the markup, or keep them as text knowingly",
+    )
     note_repeated_prompts(pairs + held, report)
     report.template = template.name if chat else "none (text only)"
     train = to_rows(pairs, tokenizer, template, d.max_length, d.overlong, report, text_format)
