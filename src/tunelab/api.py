@@ -26,6 +26,7 @@ from typing import Any
 
 from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig, stage_config
+from tunelab.config.load import FlagValues
 from tunelab.data.report import DataReport
 from tunelab.errors import ConfigError, DataError, article, counted, not_text
 from tunelab.eval.compare import (
@@ -242,10 +243,14 @@ def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None =
     each GPU's; train.sharding fsdp2 divides the weights and training state among them)."""
     _at_least(nproc, "nproc", "--nproc", 1)
     if gpu_memory is not None and isinstance(overrides, Mapping) and "train.gpu_memory" in overrides:
-        raise ConfigError(
-            f"--gpu-memory {gpu_memory!r} and --train.gpu_memory {overrides['train.gpu_memory']!r} both give the plan's "
-            "budget (gpu_memory= and the override 'train.gpu_memory' in Python); give one of them."
+        given = overrides["train.gpu_memory"]
+        # the CLI's flags by their flags, a Python caller's keyword and override by what it wrote
+        keyword, key = (
+            ("--gpu-memory ", "--train.gpu_memory ")
+            if isinstance(overrides, FlagValues)
+            else ("gpu_memory=", "overrides['train.gpu_memory'] = ")
         )
+        raise ConfigError(f"{keyword}{gpu_memory!r} and {key}{given!r} both give the plan's budget; give one of them.")
     return plan_config(resolve(config, overrides), gpu_memory, nproc)
 
 

@@ -280,3 +280,15 @@ def test_a_dpo_pair_is_planned_as_its_two_rows(tiny_overrides, tmp_path, capsys)
     dpo = RunConfig(task="dpo")
     assert config_setup(dpo, 10).rows == 2 and dataclasses.replace(config_setup(dpo, 10), micro_batch=4).tokens == 80
     assert config_setup(RunConfig(), 10).rows == 1
+
+
+def test_both_budgets_given_in_python_are_refused_naming_what_was_written(tiny_overrides):
+    """plan(gpu_memory=...) beside an override of train.gpu_memory was refused naming --gpu-memory and
+    --train.gpu_memory, flags a Python caller never typed."""
+    import tunelab
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        tunelab.plan(None, tiny_overrides | {"train.gpu_memory": "100KiB"}, gpu_memory="1GiB")
+    assert "gpu_memory='1GiB' and overrides['train.gpu_memory'] = '100KiB' both give" in str(error.value)
+    assert "--" not in str(error.value)
