@@ -329,6 +329,21 @@ def test_an_empty_output_dir_is_refused_not_read_as_the_current_folder():
         load_config(None, FlagValues({"output_dir": " "}))
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "variable"),
+    [("output_dir", " ", "OUT"), ("model.name", "", "MODEL"), ("data.eval", "", "DATA")],
+)
+def test_an_empty_value_names_its_flag_on_the_cli_and_no_flag_in_python(name, value, variable):
+    """An empty value given in Python was asked about as `--output_dir "$OUT"`, a flag the caller never typed."""
+    with pytest.raises(ConfigError) as error:
+        load_config(None, {name: value})
+    text = str(error.value)
+    assert text.startswith(f"overrides[{name!r}]: ") and f'os.environ.get("{variable}", "")' in text
+    assert f"--{name}" not in text
+    with pytest.raises(ConfigError, match=re.escape(f'(an unset variable in --{name} "${variable}"?)')):
+        load_config(None, FlagValues({name: value}))
+
+
 @pytest.mark.parametrize("name", ["model.name"])
 def test_an_empty_model_is_refused_not_read_as_the_current_folder(name, tmp_path):
     with pytest.raises(ConfigError, match=rf"--{name}: option '{name}' is empty .*it would load the current folder"):

@@ -209,6 +209,18 @@ def is_override(origin: str) -> bool:
     return origin.startswith(("--", "overrides["))
 
 
+def from_python(where: str) -> bool:
+    """Was the value at `where` (override_where, a stage of it) given in Python, as a key of the API's overrides?"""
+    return where.startswith("overrides[")
+
+
+def _unset_hint(name: str, where: str, variable: str) -> str:
+    """Where an empty value likely came from: a shell variable unset in its flag, or in Python one read unset."""
+    if from_python(where):
+        return f'an unset environment variable, like os.environ.get("{variable}", "")?'
+    return f'an unset variable in --{name} "${variable}"?'
+
+
 def check_overrides(overrides: Any) -> dict[str, Any]:
     """The overrides argument as a dict, or a ConfigError saying what it must be."""
     if overrides is None:
@@ -394,17 +406,17 @@ def _option_value(
     if name in PATH_OPTIONS and (entry := empty_path_entry(value)) is not None:
         which = f", entry {entry}," if isinstance(value, list) else ""  # data.eval is one path, data.train a list
         raise ConfigError(
-            f"{where}: option '{name}'{which} is an empty path (an unset variable in --{name} \"$DATA\"?); "
+            f"{where}: option '{name}'{which} is an empty path ({_unset_hint(name, where, 'DATA')}); "
             "it would read the whole folder it resolves to. Give a file or folder name."
         )
     if name == "model.name" and not value.strip():
         raise ConfigError(
-            f"{where}: option '{name}' is empty (an unset variable in --{name} \"$MODEL\"?); it would load the "
+            f"{where}: option '{name}' is empty ({_unset_hint(name, where, 'MODEL')}); it would load the "
             "current folder. Give a hub id, a model folder or a .gguf file."
         )
     if name == "output_dir" and not value.strip():
         raise ConfigError(
-            f"{where}: option 'output_dir' is empty (an unset variable in --output_dir \"$OUT\"?); it would name the "
+            f"{where}: option 'output_dir' is empty ({_unset_hint(name, where, 'OUT')}); it would name the "
             "current folder. Give the run directory's path, like runs/faq."
         )
     if folder is not None and name == "data.transform" and value is not None:
