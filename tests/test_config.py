@@ -177,6 +177,26 @@ def test_bad_yaml_names_file_and_line(tmp_path):
         load_config(path)
 
 
+def test_an_unknown_python_override_points_to_pythons_list_of_options(tmp_path):
+    """An unknown key among the API's overrides ended "Run 'tunelab train --help' for the list", a command the caller
+    never ran; the options' Python list is named instead. A file and a stage of the overrides are named as before."""
+    from tunelab.config import iter_options
+
+    with pytest.raises(ConfigError) as error:
+        load_config(None, {"train.lrr": 1e-4, "train.epoch": 1})
+    text = str(error.value)
+    assert text.startswith("overrides['train.lrr']: unknown option 'train.lrr'. Did you mean train.lr")
+    assert text.endswith("tunelab.config.iter_options() lists them (name, field, type).") and "--help" not in text
+    assert text.count("iter_options") == 1  # said once, at the end of the last
+    assert "train.lr" in [name for name, _, _ in iter_options()]  # what it says lists them does
+    with pytest.raises(ConfigError, match=r"overrides\['stages'\]: stage 1: unknown option 'train\.lrr'.*iter_opt"):
+        load_config(None, {"stages": [{"train.lrr": 1}]})
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: unknown option 'train\.lrr'.*Run 'tunelab train --help'"):
+        load_config(path)
+
+
 def test_paths_are_kept_absolute(tmp_path, monkeypatch):
     """A YAML file's relative paths are its folder's, a flag's the working directory's; both are stored absolute, so
     the run's saved config.yaml names the same files from any working directory (export's check, --resume)."""

@@ -20,7 +20,7 @@ import yaml
 
 from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths, working_module_file
 from tunelab.config.run import RunConfig, iter_options, section_types
-from tunelab.config.suggest import unknown_option, unknown_section
+from tunelab.config.suggest import list_tail, unknown_option, unknown_section
 from tunelab.config.validate import STAGED_RUN, check_consistency, option_default, read_by
 from tunelab.config.values import checked
 from tunelab.errors import ConfigError, TunelabError, article, not_text
@@ -372,8 +372,10 @@ def _refuse_unknown(unknown: list[tuple[str, str, Any]]) -> None:
     tool has several, and one error a run would take as many runs to read."""
     if not unknown:
         return
-    errors = [str(unknown_option(name, where, value=value)) for name, where, value in unknown]
-    tail = " Run 'tunelab train --help' for the list."
+    errors = [
+        str(unknown_option(name, where, value=value, python=from_python(where))) for name, where, value in unknown
+    ]
+    tail = list_tail("train", from_python(unknown[0][1]))  # one file's or one call's: all from one place
     raise ConfigError("\n".join([e.removesuffix(tail) for e in errors[:-1]] + errors[-1:]))
 
 
@@ -396,7 +398,7 @@ def _option_value(
     """One option's value checked against its type and constraints, paths resolved against `folder` (a YAML file's).
     `file`: the YAML file the value came from and its key lines (read_yaml), which name a stage's own lines."""
     if name not in options:
-        raise unknown_option(name, where, value=value)
+        raise unknown_option(name, where, value=value, python=from_python(where))
     if name == "stages" and isinstance(value, list):  # a stage that is no mapping, named by its own line
         for k, entry in enumerate(value, 1):
             if not isinstance(entry, dict):

@@ -224,9 +224,22 @@ def _foreign_section(name: str, value: Any) -> str | None:
     return text + (f"; here: {', '.join(pairs)}" if pairs else "")
 
 
-def unknown_option(name: str, where: str, flag: bool = False, value: Any = None, command: str = "train") -> ConfigError:
+# Where a Python caller finds the options (the CLI's user is sent to `tunelab COMMAND --help`)
+PYTHON_LIST = " tunelab.config.iter_options() lists them (name, field, type)."
+
+
+def list_tail(command: str, python: bool) -> str:
+    """The sentence that ends an unknown option's error: where the list of options is."""
+    return PYTHON_LIST if python else f" Run 'tunelab {command} --help' for the list."
+
+
+def unknown_option(
+    name: str, where: str, flag: bool = False, value: Any = None, command: str = "train", python: bool = False
+) -> ConfigError:
     """The error for option `name`, unknown, with what may have been meant; `value` is the value it was given;
-    `command`: the tunelab command whose --help lists what it takes."""
+    `command`: the tunelab command whose --help lists what it takes; `python`: given among the API's overrides,
+    pointed to the Python list of options instead."""
+    tail = list_tail(command, python)
     if name in section_names():  # {'train': {'lr': 1e-4}} among overrides, or --train
         keys = list(value) if isinstance(value, dict) and value else [_first_key(name)]
         dotted = ", ".join(f"--{name}.{k}" if flag else f"'{name}.{k}'" for k in keys)
@@ -236,7 +249,7 @@ def unknown_option(name: str, where: str, flag: bool = False, value: Any = None,
         )
     if foreign := _foreign_section(name, value):
         what = "section" if isinstance(value, dict) else "option"
-        return ConfigError(f"{where}: unknown {what} '{name}'. {foreign}. Run 'tunelab {command} --help' for the list.")
+        return ConfigError(f"{where}: unknown {what} '{name}'. {foreign}.{tail}")
     close = [f"--{o}" if flag else o for o in suggest(name)]
     note = ALIAS_NOTES.get(_key(name), "")
     if flag:  # write model.dtype: bf16 -> write --model.dtype bf16
@@ -245,7 +258,7 @@ def unknown_option(name: str, where: str, flag: bool = False, value: Any = None,
     hint = f" Did you mean {', '.join(close)}{note}?" if close else ""
     if flag and not close:  # --set train.lr=1e-4, -o ...: another tool's way of overriding
         hint = " Options are given as --section.key VALUE (--train.lr 1e-4), one flag each."
-    return ConfigError(f"{where}: unknown option '{name}'.{hint} Run 'tunelab {command} --help' for the list.")
+    return ConfigError(f"{where}: unknown option '{name}'.{hint}{tail}")
 
 
 def _first_key(section: str) -> str:
