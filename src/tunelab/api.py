@@ -251,7 +251,8 @@ def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None =
             else ("gpu_memory=", "overrides['train.gpu_memory'] = ")
         )
         raise ConfigError(f"{keyword}{gpu_memory!r} and {key}{given!r} both give the plan's budget; give one of them.")
-    return plan_config(resolve(config, overrides), gpu_memory, nproc)
+    budget_name = "--gpu-memory" if isinstance(overrides, FlagValues) else "gpu_memory="
+    return plan_config(resolve(config, overrides), gpu_memory, nproc, budget_name)
 
 
 @_checked

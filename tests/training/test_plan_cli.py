@@ -292,3 +292,18 @@ def test_both_budgets_given_in_python_are_refused_naming_what_was_written(tiny_o
         tunelab.plan(None, tiny_overrides | {"train.gpu_memory": "100KiB"}, gpu_memory="1GiB")
     assert "gpu_memory='1GiB' and overrides['train.gpu_memory'] = '100KiB' both give" in str(error.value)
     assert "--" not in str(error.value)
+
+
+def test_a_python_budget_is_named_by_its_keyword(tiny_overrides):
+    """plan(gpu_memory='') was refused as '(--gpu-memory): '' is not a size', and a CPU config without a budget was
+    told to 'give --gpu-memory SIZE': flags a Python caller never typed. The CLI keeps them (tests above)."""
+    import tunelab
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        tunelab.plan(None, tiny_overrides, gpu_memory="")
+    assert "option 'train.gpu_memory' (gpu_memory=): '' is not a size" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        tunelab.plan(None, tiny_overrides | {"model.device": "cpu"})
+    assert "which has no GPU memory: give gpu_memory=SIZE (like 24GiB)" in str(error.value)
+    assert "--gpu-memory" not in str(error.value)

@@ -264,20 +264,21 @@ def _ways(s: Setup | None) -> str:
 # The config's auto values
 
 
-def device_budget(train: TrainConfig, device: torch.device | None) -> int | None:
+def device_budget(train: TrainConfig, device: torch.device | None, budget_name: str = "--gpu-memory") -> int | None:
     """train.gpu_memory, else DEFAULT_BUDGET_FRACTION of the CUDA device's memory; None off CUDA without one.
-    ConfigError for a budget above the CUDA device's memory: a plan for memory the device lacks runs out of it."""
+    ConfigError for a budget above the CUDA device's memory: a plan for memory the device lacks runs out of it.
+    `budget_name`: plan's way of giving it, named beside the option (--gpu-memory; gpu_memory= in Python)."""
     cuda = device is not None and device.type == "cuda"
     if train.gpu_memory is not None:
         try:
             budget = parse_size(train.gpu_memory)
         except ValueError as exc:
-            raise ConfigError(f"option 'train.gpu_memory' (--gpu-memory): {exc}.") from None
+            raise ConfigError(f"option 'train.gpu_memory' ({budget_name}): {exc}.") from None
         if cuda:
             props = torch.cuda.get_device_properties(device)
             if budget > props.total_memory:
                 raise ConfigError(
-                    f"option 'train.gpu_memory' (--gpu-memory) is {train.gpu_memory}, more than the "
+                    f"option 'train.gpu_memory' ({budget_name}) is {train.gpu_memory}, more than the "
                     f"{gib(props.total_memory)} of this GPU ({props.name}); give at most that, or leave it unset for "
                     f"{DEFAULT_BUDGET_FRACTION:.2f} of it. To plan for a larger GPU from this machine, hide this one "
                     "(CUDA_VISIBLE_DEVICES= tunelab plan ...)."
@@ -508,7 +509,9 @@ class PlanReport:
         return "\n".join(lines)
 
 
-def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> PlanReport:
+def plan_run(
+    cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1, budget_name: str = "--gpu-memory"
+) -> PlanReport:
     """The planner for a config without loading weights: its data (for auto micro_batch and the longest row) and its
     model's config (the shapes). BudgetError when nothing fits; ConfigError off the fast path or without a budget.
     `nproc` processes (tunelab train --nproc) as train runs them: train.sharding picked as train picks it (auto:
@@ -525,10 +528,10 @@ def plan_run(cfg: RunConfig, gpu_memory: str | None = None, nproc: int = 1) -> P
     train = dataclasses.replace(cfg.train, gpu_memory=gpu_memory if given else cfg.train.gpu_memory)
     on_cuda = cfg.model.device != "cpu"  # as train plans it: no GPU's budget, offload or CUDA graphs on the CPU
     gpu = torch.device("cuda") if on_cuda and torch.cuda.is_available() else None
-    budget = device_budget(train, gpu)
+    budget = device_budget(train, gpu, budget_name)
     if budget is None:
         where = "model.device is cpu, which has no GPU memory" if not on_cuda else "no GPU here to read the budget from"
-        raise ConfigError(f"{where}: give --gpu-memory SIZE (like 24GiB).")
+        raise ConfigError(f"{where}: give {budget_name}{'' if budget_name.endswith('=') else ' '}SIZE (like 24GiB).")
     inputs = load_inputs(cfg, weights=False)  # a local folder of config.json and tokenizer plans before its download
     hf_config = load_hf_config(inputs.source, cfg.model.trust_remote_code)
     if pick_impl(cfg.model.impl, hf_config) != "fast":

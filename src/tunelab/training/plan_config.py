@@ -28,10 +28,11 @@ class StagesPlanReport:
 
 
 def plan_config(
-    resolved: ResolvedConfig, gpu_memory: str | None = None, nproc: int = 1
+    resolved: ResolvedConfig, gpu_memory: str | None = None, nproc: int = 1, budget_name: str = "--gpu-memory"
 ) -> PlanReport | StagesPlanReport:
     """The plan of `resolved` on `nproc` processes: a PlanReport, or for a staged config (one process only, as train
-    runs it) a StagesPlanReport. A stage's error (bad data, nothing fits) names the stage."""
+    runs it) a StagesPlanReport. A stage's error (bad data, nothing fits) names the stage. `budget_name`: how
+    gpu_memory was given, named in its errors (--gpu-memory, or gpu_memory= in Python)."""
     cfg = resolved.config
     if cfg.federated.enabled:
         raise ConfigError(
@@ -39,7 +40,7 @@ def plan_config(
             "their own data when they train (tunelab check CONFIG shows them, client by client)."
         )
     if not cfg.stages or nproc > 1:  # a staged config on several processes: refused as train --nproc refuses it
-        return plan_run(cfg, gpu_memory, nproc)
+        return plan_run(cfg, gpu_memory, nproc, budget_name)
     plans = plan_stages(resolved, Path(cfg.output_dir))
     base = plans[0].config.model
     reports = []
@@ -47,7 +48,7 @@ def plan_config(
         model = dataclasses.replace(stage.config.model, name=base.name, adapter=None)
         s = dataclasses.replace(stage.config, model=model)
         try:
-            reports.append((cfg.stages[k - 1].get("name") or s.task, plan_run(s, gpu_memory)))
+            reports.append((cfg.stages[k - 1].get("name") or s.task, plan_run(s, gpu_memory, budget_name=budget_name)))
         except TunelabError as exc:
             raise type(exc)(f"stage {k}: {exc}") from None
     return StagesPlanReport(reports)
