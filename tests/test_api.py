@@ -283,11 +283,12 @@ def test_counts_and_ports_out_of_range_are_refused_as_the_cli_refuses_them(tmp_p
 
 def test_resume_with_an_overwrite_override_is_refused_as_the_cli_refuses_it(tiny_overrides):
     """`tunelab train --resume --overwrite` is refused; train(..., {"overwrite": True}, resume=True) resumed and
-    dropped the overwrite without a word (check and federate likewise)."""
+    dropped the overwrite without a word (check and federate likewise). Named as the caller wrote them, not as the
+    flags --resume --overwrite."""
     from tunelab.errors import ConfigError
 
     overrides = dict(tiny_overrides, overwrite=True)
-    says = r"--resume continues the run in output_dir and --overwrite replaces it \(in Python: resume=True"
+    says = r"^resume=True continues the run in output_dir and overrides\['overwrite'\] replaces it; give one"
     with pytest.raises(ConfigError, match=says):
         tunelab.train(None, overrides, resume=True)
     with pytest.raises(ConfigError, match=says):

@@ -29,7 +29,7 @@ from torch import nn
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
-from tunelab.config.load import check_overrides, is_override, locate
+from tunelab.config.load import check_overrides, from_python, is_override, locate
 from tunelab.data.formats import trained_system
 from tunelab.data.loader import epoch_rows
 from tunelab.errors import (
@@ -85,10 +85,13 @@ def refuse_resume_and_overwrite(resolved: ResolvedConfig, resume: bool) -> None:
     """ConfigError for resume with an overwrite given beside it (the flag, or `overwrite` among the API's overrides),
     as `tunelab train --resume --overwrite` is refused: one continues output_dir, the other replaces it. An
     `overwrite: true` of the YAML file is left to resume, as the CLI leaves it."""
-    if resume and resolved.config.overwrite and is_override(resolved.origins.get("overwrite", "")):
+    origin = resolved.origins.get("overwrite", "")
+    if resume and resolved.config.overwrite and is_override(origin):
+        # the CLI's flags by their flags, a Python caller's keyword and override by what it wrote
+        given, overwrite = ("resume=True", origin) if from_python(origin) else ("--resume", "--overwrite")
         raise ConfigError(
-            "--resume continues the run in output_dir and --overwrite replaces it (in Python: resume=True and the "
-            "override 'overwrite'); give one of them (to start the run again, overwrite alone)."
+            f"{given} continues the run in output_dir and {overwrite} replaces it; give one of them (to start the "
+            "run again, overwrite alone)."
         )
 
 
