@@ -114,7 +114,10 @@ def test_each_client_is_shown_with_its_weight_in_the_average(tiny_model_dir, tmp
     cfg = load_config(config).config
     check_clients(cfg, federation_clients(cfg))
     said = capsys.readouterr().out
-    assert f"client site1: 1 example, {rows} rows" in said and f"weight in the average: {rows} training rows" in said
+    assert (
+        f"client site1: 1 example -> {rows} training rows" in said
+        and f"weight in the average: {rows} training rows" in said
+    )
 
 
 def test_federate_says_which_rows_a_client_skips(tiny_model_dir, tmp_path, capsys):
@@ -131,7 +134,7 @@ def test_federate_says_which_rows_a_client_skips(tiny_model_dir, tmp_path, capsy
     cfg = load_config(config).config
     check_clients(cfg, federation_clients(cfg))
     lines = capsys.readouterr().out.splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith("client site0: 10 examples, 10 rows"))
+    first = next(i for i, line in enumerate(lines) if line.startswith("client site0: 10 examples -> 10 training rows"))
     assert lines[first + 1].startswith("  skipped 1: longer than max_length (64 tokens; data.overlong=drop)")
     assert lines[first + 1].endswith("site0.jsonl:11)")
     assert lines[first + 2].startswith("client site1: 10 examples")  # nothing skipped, nothing said

@@ -103,7 +103,7 @@ def test_a_client_round_of_one_step_says_one_step(tiny_model_dir, secret_client,
     config = dataclasses.replace(config, federated=dataclasses.replace(config.federated, local_steps=1))
     _, msg = _train_message(flower_message, config)
     assert not _call(make_client_app([secret_client]), msg).has_error()
-    assert "ward-7: round 1: 1 step on 9 examples, " in capsys.readouterr().out
+    assert "ward-7: round 1: 1 step on 9 training rows, " in capsys.readouterr().out
 
 
 def test_a_simulated_client_prints_its_round_only_where_asked(
@@ -119,7 +119,7 @@ def test_a_simulated_client_prints_its_round_only_where_asked(
     node = {"data": secret_client.paths[0], "name": "ward-7"}
     context = Context(run_id=1, node_id=5, node_config=node, state=RecordDict(), run_config={})
     assert not make_client_app()(msg, context).has_error()
-    assert "ward-7: round 1: 2 steps on 9 examples" in capsys.readouterr().out
+    assert "ward-7: round 1: 2 steps on 9 training rows" in capsys.readouterr().out
 
 
 def test_dp_clipping_bounds_the_update_the_client_sends(tiny_model_dir, secret_client, flower_message):

@@ -101,3 +101,33 @@ def test_the_split_column_is_not_noted_as_text_left_out_of_each_clients_examples
     out = capsys.readouterr().out
     assert "client-1: 4 examples" in out and "client-2: 4 examples" in out
     assert "department" not in out
+
+
+def test_a_text_client_counts_its_training_rows_alike_at_start_and_in_each_round(
+    tmp_path, tiny_model_dir, federate_config, capsys
+):
+    """The start said 'client notes: 8 examples, 20 rows' of a text client and each round '(20 examples, 3 s)': two
+    counts under one word. Both now say training rows (a text's blocks of data.max_length), the FedAvg weight."""
+    from tunelab.federated.local import training_examples
+    from tunelab.federated.rounds import ClientRound, RoundReport
+    from tunelab.federated.run import read_clients
+    from tunelab.federated.server import _line
+
+    long = [{"text": f"Box {i} is kept in the north hall and opens with code {1000 + i}. " * 8} for i in range(8)]
+    notes = _jsonl(tmp_path / "notes.jsonl", long)
+    cfg = load_config(
+        federate_config(tmp_path, tiny_model_dir), {"federated.clients": [notes, str(tmp_path / "site0.jsonl")]}
+    ).config
+    clients = federation_clients(cfg)
+    blocks = training_examples(read_clients(cfg, clients)[1][0])
+    assert blocks > len(long)  # one long text is several rows: the two counts differ
+    check_clients(cfg, clients)
+    assert f"client notes: 8 examples -> {blocks} training rows (" in capsys.readouterr().out
+    line = _line(
+        RoundReport(
+            1, sampled=1, applied=True, clients=[ClientRound("notes", 1, "ok", examples=blocks, train_loss=1.0)]
+        ),
+        1,
+        None,
+    )
+    assert f"notes: train loss 1.0000 ({blocks} training rows, 0 s)" in line

@@ -18,7 +18,7 @@ from flwr.common.constant import ErrorCode
 # The key Flower's DP strategy wrappers put in the train config; importing it keeps the two sides in step.
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from tunelab.errors import TunelabError
+from tunelab.errors import TunelabError, counted
 from tunelab.federated.local import local_train
 from tunelab.federated.payload import (
     ARRAYS,
@@ -65,8 +65,8 @@ def train_reply(msg: Message, client: ClientData, echo: bool = True) -> Message:
     )
     if echo:
         print(
-            f"{client.name}: round {round_}: {result.steps} step{'' if result.steps == 1 else 's'} on {result.examples} "
-            f"examples, "
+            f"{client.name}: round {round_}: {result.steps} step{'' if result.steps == 1 else 's'} on "
+            f"{counted(result.examples, 'training row')}, "
             f"train loss {result.loss:.4f}, {result.seconds:.0f} s",
             flush=True,
         )

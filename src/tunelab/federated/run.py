@@ -318,9 +318,13 @@ def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = Fals
         eval_data = server_eval_datasets(cfg, tokenizer)
         if resume:
             check_same_eval(cfg.output_dir, eval_data.train)
+    from tunelab.federated.local import training_examples
+
     for client, data, weight in zip(clients, sets, average_weights(cfg.federated, sets)):
+        # "training rows" as each round's line says them (server.py _line): a text's blocks, a chat example each
         print(
-            f"{client.label}: {counted(data.report.train.used, 'example')}, {counted(len(data.train), 'row')} "
+            f"{client.label}: {counted(data.report.train.used, 'example')} -> "
+            f"{counted(training_examples(data), 'training row')} "
             f"({', '.join(client.paths)}{f', shard {client.shard.index + 1} of {client.shard.count}' if client.shard else ''}); "
             f"{weight}",
             flush=True,

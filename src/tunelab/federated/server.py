@@ -102,7 +102,7 @@ def _line(report: RoundReport, rounds: int, eval_loss: float | None) -> str:
     for c in sorted(report.clients, key=lambda c: by_name(c.client)):  # one order every round, not the replies' order
         if c.status == "ok":
             parts.append(
-                f"{c.client}: train loss {c.train_loss:.4f} ({counted(c.examples, 'example')}, {c.seconds:.0f} s)"
+                f"{c.client}: train loss {c.train_loss:.4f} ({counted(c.examples, 'training row')}, {c.seconds:.0f} s)"
             )
         else:
             parts.append(f"{c.client}: {c.status.upper()} ({brief(c.reason)})")
