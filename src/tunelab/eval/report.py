@@ -40,7 +40,7 @@ from tunelab.eval.report_plots import curve_plot, preference_plots, training_plo
 from tunelab.eval.report_run import data_section, run_summary, stages_section
 from tunelab.eval.report_scores import eval_section
 from tunelab.eval.reward_curves import reward_section
-from tunelab.federated.history import federated_section
+from tunelab.federated.history import clients_data_section, federated_section
 from tunelab.places import check_output_file
 from tunelab.rundir import HEAD_TASKS, is_run_dir, read_info
 
@@ -113,7 +113,8 @@ def render_report(run_dir: str | Path) -> str:
             else []
         ),
         *evaluation,
-        ("data", "Data", _drawn(lambda: data_section(inputs.data), inputs.data.name)),
+        # a federation's server reads only its eval set: what the clients trained on is in federated.json
+        ("data", "Data", _drawn(lambda: data_section(inputs.data, clients_data_section(run_dir)), inputs.data.name)),
         (
             "config",
             "Resolved config",

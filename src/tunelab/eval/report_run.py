@@ -241,9 +241,11 @@ def _sources_table(d: dict) -> str:
     )
 
 
-def data_section(report: Input) -> str:
+def data_section(report: Input, clients: str | None = None) -> str:
+    """The run's data (data_report.json); `clients`: a federation's note of the data its clients trained on, which
+    the server never read, put first (federated/history.py clients_data_section)."""
     if report.data is None:
-        return report.missing("data report")
+        return (clients or "") + report.missing("data report")
     d: dict = report.data
     files = "".join(
         f"<tr><td>{esc(path)}</td><td>{esc((d.get('formats') or {}).get(path, '?'))}</td>"
@@ -255,6 +257,7 @@ def data_section(report: Input) -> str:
     if d.get("split_seed") is not None:  # the seed that drew a data.eval_fraction split, as the terminal says it
         split += f", split seed {d['split_seed']}"
     parts = [
+        clients or "",
         f'<p class="sub">template {esc(d.get("template") or "?")}, max_length {esc(d.get("max_length"))}, '
         f"packing {'on' if d.get('packed') else 'off'}, eval split: {esc(split)}.</p>",
         '<table class="files"><thead><tr><th>file</th><th>format</th><th class="num">read</th><th class="num">used</th>'

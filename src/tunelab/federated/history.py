@@ -311,3 +311,41 @@ def federated_section(run_dir: str | Path) -> str | None:
         f"<th>bytes received</th></tr>{''.join(rows)}</table>"
     )
     return "".join(parts)
+
+
+def _number(n: int | None) -> str:
+    """A count for a table cell; blank where none was reported."""
+    return "" if n is None else f"{n:,}"
+
+
+def clients_data_section(run_dir: str | Path) -> str | None:
+    """An HTML fragment for the Data section of `tunelab report` on a federation: the server reads only its eval set,
+    so data_report.json counts no training rows; this says the training data stayed with the clients and gives what
+    each client reported over the rounds (federated.json): its training rows (FedAvg's weight, as its last answered
+    round said them), the rounds it trained and the tokens it trained on. None when the run is not a federation."""
+    state = read_state(run_dir)
+    if state is None:
+        return None
+    seen: dict[str, dict] = {name: {"rows": None, "rounds": 0, "tokens": 0} for name in state.get("clients", [])}
+    for report in state.get("history", []):
+        for c in report.get("clients", []):
+            entry = seen.setdefault(c["client"], {"rows": None, "rounds": 0, "tokens": 0})
+            if c.get("status") == "ok":
+                entry["rows"], entry["rounds"] = c.get("examples", 0), entry["rounds"] + 1
+                entry["tokens"] += c.get("tokens", 0)
+    rows = "".join(
+        f"<tr><td>{_esc(name)}</td>"
+        f'<td class="num">{_number(s["rows"])}</td><td class="num">{s["rounds"]}</td>'
+        f'<td class="num">{_number(s["tokens"] or None)}</td></tr>'
+        for name, s in sorted(seen.items(), key=lambda item: by_name(item[0]))
+    )
+    total = sum(s["rows"] or 0 for s in seen.values())
+    return (
+        f"<p>The training data stayed with the clients: the server never read it, so the train split below counts "
+        f"none, and its eval split (if any) is the server's own eval set (data.eval). The clients reported "
+        f"{counted(total, 'training row')} in all (a chat example is one; a text counts its blocks of data.max_length), "
+        f"{sum(s['tokens'] for s in seen.values()):,} tokens trained over the rounds:</p>"
+        '<table class="clients"><thead><tr><th>client</th><th class="num">training rows</th>'
+        '<th class="num">rounds trained</th><th class="num">tokens trained</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
