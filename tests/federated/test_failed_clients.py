@@ -138,6 +138,8 @@ def test_the_report_names_the_clients_a_round_went_on_without(tmp_path):
     )
     first_round = section[section.index("round 1") : section.index("round 2")]
     assert first_round.index("site1<") < first_round.index("site2<") < first_round.index("site10<")
+    # the column FedAvg weighs by is named as the round lines name it: training rows (a text's blocks), not examples
+    assert "<th>training rows</th>" in section and "<th>examples</th>" not in section
 
 
 def test_a_resume_names_the_failed_clients_by_name_not_by_reply():

@@ -307,7 +307,7 @@ def federated_section(run_dir: str | Path) -> str | None:
                 f'<td class="num">{c["bytes_sent"]:,}</td><td class="num">{c["bytes_received"]:,}</td></tr>'
             )
     parts.append(
-        "<table><tr><th>client</th><th>status</th><th>train loss</th><th>examples</th><th>bytes sent to it</th>"
+        "<table><tr><th>client</th><th>status</th><th>train loss</th><th>training rows</th><th>bytes sent to it</th>"
         f"<th>bytes received</th></tr>{''.join(rows)}</table>"
     )
     return "".join(parts)
