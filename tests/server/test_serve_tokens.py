@@ -66,7 +66,7 @@ def test_a_request_may_ask_as_many_tokens_as_the_context_leaves(tiny_run_dir, mo
             with pytest.raises(openai.BadRequestError, match="maximum context length is 8192 tokens") as err:
                 big.chat.completions.create(**ask, **{field: 8192})
             assert err.value.body["code"] == "context_length_exceeded"
-        for where in ("app", "engine"):  # a model that states no context length: the server's limit
+        for where in ("replies", "engine"):  # a model that states no context length: the server's limit
             monkeypatch.setattr(f"tunelab.server.{where}.context_length", lambda model: None)
         for field in ("max_tokens", "max_completion_tokens"):
             assert big.chat.completions.create(**ask, **{field: 5000}).choices[0].finish_reason == "stop"

@@ -34,11 +34,11 @@ from tunelab.data.reasoning import ThoughtReader
 from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
-from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS, ContextTooLong, GenerationSettings, context_length
+from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS, ContextTooLong, GenerationSettings
 from tunelab.server.completions import add_completions_route
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
-from tunelab.server.replies import beyond_token_cap, choice_seed, error, error_body, read_answer, usage_of
+from tunelab.server.replies import choice_seed, error, error_body, read_answer, refused_first, usage_of
 from tunelab.server.responses import add_responses_route
 from tunelab.server.template_kwargs import template_variables
 from tunelab.server.tool_calls import (
@@ -305,15 +305,11 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        if body.model not in engine.names:
-            return _no_model(body.model, "model")
-        refused = unsupported_option(body)
-        if refused is not None:
-            return error(400, refused[1], param=refused[0])
-        if context_length(engine.run.model) is None:
-            over = beyond_token_cap(body, ("max_tokens", "max_completion_tokens"), token_cap)
-            if over is not None:
-                return over
+        first = refused_first(
+            body, engine, _no_model, unsupported_option, ("max_tokens", "max_completion_tokens"), token_cap
+        )
+        if first is not None:
+            return first
         template = engine.run.template
         tools = body.tools or None
         if tools is not None and (problem := tool_definition_problem(tools)):

@@ -24,9 +24,9 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.errors import TunelabError
-from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_length
+from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
-from tunelab.server.replies import beyond_token_cap, choice_seed, error, error_body, read_answer, usage_of
+from tunelab.server.replies import choice_seed, error, error_body, read_answer, refused_first, usage_of
 
 MAX_PROMPTS = 128  # prompts in one request (each answered n times)
 
@@ -133,15 +133,9 @@ def add_completions_route(app, engine: Engine, defaults: GenerationSettings, no_
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        if body.model not in engine.names:
-            return no_model(body.model, "model")
-        refused = unsupported_option(body)
-        if refused is not None:
-            return error(400, refused[1], param=refused[0])
-        if context_length(engine.run.model) is None:
-            over = beyond_token_cap(body, ("max_tokens",), token_cap)
-            if over is not None:
-                return over
+        first = refused_first(body, engine, no_model, unsupported_option, ("max_tokens",), token_cap)
+        if first is not None:
+            return first
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         try:
             settings = GenerationSettings(

@@ -7,8 +7,8 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS
-from tunelab.server.engine import Completion, Reply
+from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS, context_length
+from tunelab.server.engine import Completion, Engine, Reply
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:
@@ -83,4 +83,18 @@ def beyond_token_cap(body, names: tuple[str, ...], token_cap: int):
                 f"does not state its context length, {said})",
                 param=name,
             )
+    return None
+
+
+def refused_first(body, engine: Engine, no_model, unsupported, token_fields: tuple[str, ...], token_cap: int):
+    """What every route answers before it reads a request, else None: the 404 of a model not served (`no_model`), the
+    400 of the first option the route does not honour (`unsupported(body)`: (option, message) or None), and, for a
+    model that does not state its context length, the 400 of a token limit (fields `token_fields`) past `token_cap`."""
+    if body.model not in engine.names:
+        return no_model(body.model, "model")
+    refused = unsupported(body)
+    if refused is not None:
+        return error(400, refused[1], param=refused[0])
+    if context_length(engine.run.model) is None:
+        return beyond_token_cap(body, token_fields, token_cap)
     return None

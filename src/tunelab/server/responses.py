@@ -43,10 +43,10 @@ from tunelab.data.reasoning import ThoughtReader
 from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
 from tunelab.infer.conversation import Untrained
-from tunelab.infer.generate import ContextTooLong, GenerationSettings, context_length
+from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Refused
-from tunelab.server.replies import beyond_token_cap, error, read_answer
+from tunelab.server.replies import error, read_answer, refused_first
 from tunelab.server.template_kwargs import template_variables
 
 
@@ -372,15 +372,9 @@ def add_responses_route(app, engine: Engine, defaults: GenerationSettings, no_mo
 
     @app.post("/v1/responses")
     async def responses(body: ResponsesRequest, request: Request):
-        if body.model not in engine.names:
-            return no_model(body.model, "model")
-        refused = unsupported_option(body)
-        if refused is not None:
-            return error(400, refused[1], param=refused[0])
-        if context_length(engine.run.model) is None:
-            over = beyond_token_cap(body, ("max_output_tokens",), token_cap)
-            if over is not None:
-                return over
+        first = refused_first(body, engine, no_model, unsupported_option, ("max_output_tokens",), token_cap)
+        if first is not None:
+            return first
         try:
             text_format(body)
             effort = reasoning_effort(body)
