@@ -10,40 +10,17 @@ from tunelab.cli import main
 from tunelab.errors import RunDirError
 from tunelab.infer.predict import head_outputs, open_head_run, text_input
 
-
-def _data(tmp_path, task):
-    if task == "classify":
-        rows = [
-            {"prompt": f"{('great', 'awful', 'table')[i % 3]} number {i}", "label": "pna"[i % 3]} for i in range(24)
-        ]
-    else:
-        rows = [
-            {"prompt": f"Say something kind {i}", "chosen": f"You are great {i}", "rejected": f"Go away {i}"}
-            for i in range(16)
-        ]
-    path = tmp_path / f"{task}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+from .head_setup import head_overrides, write_labels, write_pairs
 
 
 @pytest.mark.parametrize("task", ["classify", "reward"])
 def test_an_unfinished_head_run_is_scored_from_its_newest_checkpoint(task, tiny_model_dir, tmp_path, capsys):
     """predict and eval refused a classify or reward run that did not finish, though its checkpoint holds a usable
     head: they score the newest checkpoint now, saying so, as the model training held there."""
-    data = _data(tmp_path, task)
-    over = {
-        "task": task,
-        "model.name": str(tiny_model_dir),
-        "data.train": [data],
-        "data.max_length": 64,
-        "method.r": 4,
-        "train.micro_batch": 4,
-        "train.lr": 5e-3,
-        "train.max_steps": 3,
-        "train.save_every": 1,
-        "train.keep_checkpoints_after_finish": True,
-        "output_dir": str(tmp_path / "run"),
-    }
+    data = write_labels(tmp_path) if task == "classify" else write_pairs(tmp_path)
+    over = head_overrides(
+        tiny_model_dir, tmp_path, task, data, **{"train.save_every": 1, "train.keep_checkpoints_after_finish": True}
+    )
     run_dir = recipe.train(None, over).run_dir
     texts = ["great number 1", "awful number 2"]
     opened, inputs = _opened(run_dir, texts)
