@@ -1,10 +1,14 @@
 """What the tests of a running server share: its API key, a question, sampling settings that give the tiny model
-text to compare, raw HTTP for what the openai client never sends, and a model that writes a given answer."""
+text to compare, raw HTTP for what the openai client never sends, a model that writes a given answer, and a client
+that leaves a stream."""
 
+import json
+import time
 import urllib.error
 import urllib.request
 from types import SimpleNamespace
 
+import anyio
 import torch
 
 KEY = "test-key-123"
@@ -41,3 +45,45 @@ class ScriptedModel:
             streamer.put(torch.tensor([i]))
         streamer.end()
         return torch.cat([input_ids, torch.tensor([ids], dtype=input_ids.dtype)], dim=1)
+
+
+def leave_a_stream(run, path: str, body: dict):
+    """Send `body` (a streamed request) to `path` of the tiny run's app (API key 'key', model 'tiny') straight through
+    ASGI as a client that leaves once its request is sent, and wait for the generation to end on its thread.
+    Returns (the app, the ASGI messages the app sent, the new tokens of each generation)."""
+    from tunelab.server.serve import build_app
+
+    generated, generate = [], run.model.generate
+
+    def counted(**kwargs):
+        out = generate(**kwargs)
+        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    run.model.generate = counted
+    app = build_app(run, api_key="key", model_name="tiny")
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"authorization", b"Bearer key")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+    sent, requested = [], []
+
+    async def receive():
+        if not requested:  # the body, then the client is gone
+            requested.append(True)
+            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message):  # as uvicorn's: what is written after the client left is dropped
+        sent.append(message)
+
+    async def serve_one():
+        await app(scope, receive, send)
+
+    anyio.run(serve_one)
+    deadline = time.monotonic() + 60
+    while not generated and time.monotonic() < deadline:  # the generation ends on its own thread
+        time.sleep(0.05)
+    return app, sent, generated

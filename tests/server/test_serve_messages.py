@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from tunelab.infer.run import open_run  # noqa: E402
 from tunelab.server.serve import build_app  # noqa: E402
 
+from .serving import leave_a_stream  # noqa: E402
+
 QUESTION = {"role": "user", "content": "Code of box 3?"}
 
 
@@ -67,54 +69,8 @@ def test_a_stream_sees_its_client_leave_behind_the_api_key_check(tiny_run_dir):
     pieces is what ends the generation when a server drops the writes to a client that left (uvicorn does). Behind
     the API-key check, which wrapped each request in Starlette's BaseHTTPMiddleware, that check never saw the client
     leave, and the generation ran to max_tokens while every other request waited. It now ends at the next piece."""
-    import json
-    import time
-
-    import anyio
-
-    run = open_run(tiny_run_dir, device="cpu")
-    generated, generate = [], run.model.generate
-
-    def counted(**kwargs):
-        out = generate(**kwargs)
-        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
-        return out
-
-    run.model.generate = counted
-    app = build_app(run, api_key="key", model_name="tiny")
     body = {"model": "tiny", "messages": [QUESTION], "max_tokens": 300, "stream": True, "temperature": 1.0, "seed": 3}
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"authorization", b"Bearer key")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 2),
-    }
-    sent, requested = [], []
-
-    async def receive():
-        if not requested:  # the body, then the client is gone
-            requested.append(True)
-            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
-        return {"type": "http.disconnect"}
-
-    async def send(message):  # as uvicorn's: what is written after the client left is dropped
-        sent.append(message)
-
-    async def serve_one():
-        await app(scope, receive, send)
-
-    anyio.run(serve_one)
-    deadline = time.monotonic() + 60
-    while not generated and time.monotonic() < deadline:  # the generation ends on its own thread
-        time.sleep(0.05)
+    app, sent, generated = leave_a_stream(open_run(tiny_run_dir, device="cpu"), "/v1/chat/completions", body)
     assert sent[0]["status"] == 200 and generated and generated[0] < 50, generated
 
 

@@ -18,7 +18,7 @@ from tunelab.infer.generate import GenerationSettings  # noqa: E402
 from tunelab.infer.run import open_run  # noqa: E402
 from tunelab.server.serve import build_app  # noqa: E402
 
-from .serving import ScriptedModel  # noqa: E402
+from .serving import ScriptedModel, leave_a_stream  # noqa: E402
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -239,46 +239,8 @@ def test_a_failure_mid_stream_is_an_error_event_and_a_failed_response(tiny_run_d
 def test_a_client_that_leaves_a_stream_ends_its_generation(tiny_run_dir):
     """A client that leaves a streamed response (a stop button) must not hold the model: its generation ends at
     the next token, and the next request is answered."""
-    import json
-    import time
-
-    import anyio
-
-    run = open_run(tiny_run_dir, device="cpu")
-    generated, generate = [], run.model.generate
-
-    def counted(**kwargs):
-        out = generate(**kwargs)
-        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
-        return out
-
-    run.model.generate = counted
-    app = build_app(run, api_key="key", model_name="tiny")
     body = {"model": "tiny", "input": "Code of box 3?", "max_output_tokens": 300, "stream": True, "temperature": 1.0}
-    scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/v1/responses", "raw_path": b"/v1/responses", "query_string": b"", "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"authorization", b"Bearer key")],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
-    }  # fmt: skip
-    sent, requested = [], []
-
-    async def receive():
-        if not requested:  # the body, then the client is gone
-            requested.append(True)
-            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
-        return {"type": "http.disconnect"}
-
-    async def send(message):  # as uvicorn's: what is written after the client left is dropped
-        sent.append(message)
-
-    async def serve_one():
-        await app(scope, receive, send)
-
-    anyio.run(serve_one)
-    deadline = time.monotonic() + 60
-    while not generated and time.monotonic() < deadline:  # the generation ends on its own thread
-        time.sleep(0.05)
+    app, sent, generated = leave_a_stream(open_run(tiny_run_dir, device="cpu"), "/v1/responses", body)
     assert sent[0]["status"] == 200 and generated and generated[0] < 50, generated
     with TestClient(app) as http:
         after = http.post("/v1/responses", json={"model": "tiny", "input": "Hi", "max_output_tokens": 2},
