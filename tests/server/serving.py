@@ -8,7 +8,6 @@ import urllib.error
 import urllib.request
 from types import SimpleNamespace
 
-import anyio
 import torch
 
 KEY = "test-key-123"
@@ -51,6 +50,8 @@ def leave_a_stream(run, path: str, body: dict):
     """Send `body` (a streamed request) to `path` of the tiny run's app (API key 'key', model 'tiny') straight through
     ASGI as a client that leaves once its request is sent, and wait for the generation to end on its thread.
     Returns (the app, the ASGI messages the app sent, the new tokens of each generation)."""
+    import anyio
+
     from tunelab.server.serve import build_app
 
     generated, generate = [], run.model.generate
