@@ -38,7 +38,15 @@ from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS, ContextTooLong, Gener
 from tunelab.server.completions import add_completions_route
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
-from tunelab.server.replies import choice_seed, error, error_body, read_answer, refused_first, usage_of
+from tunelab.server.replies import (
+    choice_seed,
+    error,
+    error_body,
+    read_answer,
+    refused_first,
+    request_settings,
+    usage_of,
+)
 from tunelab.server.responses import add_responses_route
 from tunelab.server.template_kwargs import template_variables
 from tunelab.server.tool_calls import (
@@ -353,12 +361,7 @@ def create_app(
                 param=f"messages.{last}.role",
             )
         try:
-            settings = GenerationSettings(
-                max_new_tokens=body.max_completion_tokens or body.max_tokens or defaults.max_new_tokens,
-                temperature=defaults.temperature if body.temperature is None else body.temperature,
-                top_p=defaults.top_p if body.top_p is None else body.top_p,
-                repetition_penalty=defaults.repetition_penalty,
-            )
+            settings = request_settings(defaults, body.max_completion_tokens or body.max_tokens, body)
         except TunelabError as exc:
             return error(400, str(exc))
         asked = next((f for f in ("max_completion_tokens", "max_tokens") if getattr(body, f) is not None), None)

@@ -26,7 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from tunelab.errors import TunelabError
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
-from tunelab.server.replies import choice_seed, error, error_body, read_answer, refused_first, usage_of
+from tunelab.server.replies import (
+    choice_seed,
+    error,
+    error_body,
+    read_answer,
+    refused_first,
+    request_settings,
+    usage_of,
+)
 
 MAX_PROMPTS = 128  # prompts in one request (each answered n times)
 
@@ -138,12 +146,7 @@ def add_completions_route(app, engine: Engine, defaults: GenerationSettings, no_
             return first
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         try:
-            settings = GenerationSettings(
-                max_new_tokens=body.max_tokens or defaults.max_new_tokens,
-                temperature=defaults.temperature if body.temperature is None else body.temperature,
-                top_p=defaults.top_p if body.top_p is None else body.top_p,
-                repetition_penalty=defaults.repetition_penalty,
-            )
+            settings = request_settings(defaults, body.max_tokens, body)
         except TunelabError as exc:
             return error(400, str(exc))
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])

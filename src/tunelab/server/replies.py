@@ -7,7 +7,7 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS, context_length
+from tunelab.infer.generate import UNKNOWN_CONTEXT_TOKENS, GenerationSettings, context_length
 from tunelab.server.engine import Completion, Engine, Reply
 
 
@@ -98,3 +98,14 @@ def refused_first(body, engine: Engine, no_model, unsupported, token_fields: tup
     if context_length(engine.run.model) is None:
         return beyond_token_cap(body, token_fields, token_cap)
     return None
+
+
+def request_settings(defaults: GenerationSettings, max_tokens: int | None, body) -> GenerationSettings:
+    """A request's sampling: its token limit (`max_tokens`, read from the route's own field), temperature and top_p
+    where it gives them, else the server's (`defaults`); raises TunelabError on a value out of range."""
+    return GenerationSettings(
+        max_new_tokens=max_tokens or defaults.max_new_tokens,
+        temperature=defaults.temperature if body.temperature is None else body.temperature,
+        top_p=defaults.top_p if body.top_p is None else body.top_p,
+        repetition_penalty=defaults.repetition_penalty,
+    )

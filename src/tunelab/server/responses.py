@@ -46,7 +46,7 @@ from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Refused
-from tunelab.server.replies import error, read_answer, refused_first
+from tunelab.server.replies import error, read_answer, refused_first, request_settings
 from tunelab.server.template_kwargs import template_variables
 
 
@@ -392,12 +392,7 @@ def add_responses_route(app, engine: Engine, defaults: GenerationSettings, no_mo
                 param=f"{where}.role",
             )
         try:
-            settings = GenerationSettings(
-                max_new_tokens=body.max_output_tokens or defaults.max_new_tokens,
-                temperature=defaults.temperature if body.temperature is None else body.temperature,
-                top_p=defaults.top_p if body.top_p is None else body.top_p,
-                repetition_penalty=defaults.repetition_penalty,
-            )
+            settings = request_settings(defaults, body.max_output_tokens, body)
         except TunelabError as exc:
             return error(400, str(exc))
         asked = "max_output_tokens" if body.max_output_tokens is not None else None
