@@ -4,6 +4,8 @@
 # untrained-row case of issue 10. From the repository root:
 #   scripts/gpu_train_check.sh .gpu/smollm2-tokenizer     # the folder written by scripts/save_gpu_tokenizer.py
 # tunelab need not be installed (PYTHONPATH=src). Logs, the JUnit XML and the result lines go to $OUT when it is set.
+# PYTEST_K selects cases by a pytest -k expression (spaces allowed: PYTEST_K="padded and not qlora"); PYTEST_ARGS
+# adds further pytest arguments, split at spaces.
 # Prints a table of the cases and their numbers; exit status: pytest's.
 set -u
 cd "$(dirname "$0")/.."
@@ -23,7 +25,7 @@ print(f"{p.name}, {p.total_memory / 2**30:.0f} GiB; torch {torch.__version__}, t
       f"peft {peft.__version__}, triton {triton.__version__}")
 PYEOF
 $PY -m pytest -q tests/gpu --confcutdir=tests/gpu -rfE --tb=short -p no:cacheprovider \
-    --junitxml "$LOG_DIR/gpu_train_check.xml" ${PYTEST_ARGS:-} 2>&1 | tee "$LOG_DIR/gpu_train_check.log" | tail -n 40
+    --junitxml "$LOG_DIR/gpu_train_check.xml" ${PYTEST_K:+-k "$PYTEST_K"} ${PYTEST_ARGS:-} 2>&1 | tee "$LOG_DIR/gpu_train_check.log" | tail -n 40
 status=${PIPESTATUS[0]}
 $PY - "$LOG_DIR/gpu_train_check.xml" "$TUNELAB_GPU_REPORT" <<'PYEOF'
 import json, sys, xml.etree.ElementTree as ET
