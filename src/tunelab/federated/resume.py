@@ -21,7 +21,7 @@ from tunelab.federated.checkpoints import resume_round
 from tunelab.federated.history import by_name, error_line, read_state
 from tunelab.rundir import read_info
 from tunelab.training.auto import auto_warmup
-from tunelab.training.resume import check_resume_config, check_same_data, data_digest, file_digests
+from tunelab.training.resume import check_resume_config, check_same_data, data_digest, file_digests, split_changed
 
 LENGTH = {"federated.rounds"}
 
@@ -136,10 +136,13 @@ def _sampling_note(cfg: RunConfig) -> list[str]:
     ]
 
 
-def check_same_eval(run_dir: str | Path, rows: list) -> None:
+def check_same_eval(run_dir: str | Path, rows: list, source=None) -> None:
     """ConfigError when the server's eval rows (data.eval as tokenized) differ from those run.json recorded, as
     tunelab train --resume refuses: each round's eval loss, and keep_best's choice among the rounds, would compare
-    losses on two eval sets. A run that recorded none (written before they were) is not checked."""
+    losses on two eval sets. A run that recorded none (written before they were) is not checked. `source`: the base
+    model (models/load.ModelSource); a GGUF base whose run.json records an older tokenizer conversion than today's
+    (`gguf_conversion`) is named as a possible reason, as tunelab train --resume names it."""
     info = read_info(run_dir, require_finished=False)
     now = (data_digest(rows), file_digests(rows)) if rows else ("", {})
-    check_same_data(Path(run_dir), info.eval_sha256, now[0], "eval", (info.eval_files, now[1]))
+    split = split_changed(info, source) if source is not None else ""
+    check_same_data(Path(run_dir), info.eval_sha256, now[0], "eval", (info.eval_files, now[1]), split)

@@ -317,7 +317,10 @@ def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = Fals
 
         eval_data = server_eval_datasets(cfg, tokenizer)
         if resume:
-            check_same_eval(cfg.output_dir, eval_data.train)
+            from tunelab.models.load import resolve_source
+
+            source = resolve_source(cfg.model.name, cfg.model.revision)
+            check_same_eval(cfg.output_dir, eval_data.train, source)
     from tunelab.federated.local import training_examples
 
     for client, data, weight in zip(clients, sets, average_weights(cfg.federated, sets)):

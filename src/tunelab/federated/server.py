@@ -64,7 +64,7 @@ from tunelab.training.outdir import (
 )
 from tunelab.training.prepare import refuse_packing_off_the_fast_path
 from tunelab.training.result import drop_stale_results, save_final
-from tunelab.training.resume import data_digest, file_digests
+from tunelab.training.resume import data_digest, file_digests, gguf_split_facts
 from tunelab.training.step import evaluate
 
 RUN_CONFIG_KEY, RESUME_KEY = "tunelab-config", "tunelab-resume"  # the Flower App's run config (deployment)
@@ -86,6 +86,13 @@ def eval_only(report: dict) -> dict:
     examples, eval: none) though nothing trained on it; the clients' data, which the server never sees, is in none."""
     empty = dict.fromkeys(report["train"], 0)
     return report | {"train": empty, "eval": report["train"], "eval_source": "file"}
+
+
+def run_extra(auto: dict, source) -> dict:
+    """run.json's extra as the federation starts: what the clients' auto options became (`auto`), as a run of
+    tunelab train records them, and a GGUF base's tokenizer conversion (training/resume.py gguf_split_facts), which a
+    later --resume names where the server's eval rows differ (`check_same_eval`), as tunelab train --resume does."""
+    return {"auto": auto} | gguf_split_facts(source)
 
 
 def _recorded_info(run_dir: Path) -> RunInfo | None:
@@ -197,7 +204,7 @@ def _run_rounds(
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     eval_batches, eval_report, eval_rows = _eval_batches(cfg, tokenizer)
     if resume:
-        check_same_eval(run_dir, eval_rows)
+        check_same_eval(run_dir, eval_rows, source)
     before = _recorded_info(run_dir) if resume else None
     built = build_model(source, cfg.model, cfg.method, resumed=before)  # resumed: auto keeps the run's dtype
     if built.dtype_note:
@@ -257,7 +264,7 @@ def _run_rounds(
         eval_sha256=data_digest(eval_rows) if eval_rows else "",
         eval_files=file_digests(eval_rows),
         total_steps=f.rounds,
-        extra={"auto": auto.to_dict()},  # what the clients' auto options became, as a run of tunelab train records
+        extra=run_extra(auto.to_dict(), source),
     )
     earlier = float(state.get("elapsed_s", 0.0))  # the rounds' seconds before a --resume, counted on from there
     began = time.perf_counter()
