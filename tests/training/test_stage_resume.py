@@ -27,3 +27,16 @@ def test_a_changed_grpo_stage_names_the_option_that_changed_and_no_other(tmp_pat
     message = str(refused.value)
     assert "stage 2's options differ" in message and "grpo.on_reward_error: not set -> 'skip'." in message, message
     assert "grpo.rewards" not in message, message
+
+
+def test_a_finished_stage_on_a_gguf_base_names_an_older_tokenizer_conversion(tmp_path, monkeypatch, tiny_gguf, qa_file):
+    """A finished stage whose rows differ now was refused naming the data alone, while the recipe's own --resume
+    names a GGUF base's older tokenizer conversion (run.json without `gguf_conversion`) as a possible reason too."""
+    from tunelab.rundir import RunInfo
+    from tunelab.training.stage_resume import check_finished_data
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    plan = load_config(None, {"model.name": str(tiny_gguf), "data.train": [str(qa_file)], "data.max_length": 256})
+    info = RunInfo(str(tiny_gguf), "lora", data_sha256="0" * 64, data_files={str(qa_file): "0" * 16})
+    with pytest.raises(ConfigError, match=r"changed; or the run started before tunelab gave a GGUF base's tokenizer"):
+        check_finished_data(plan, tmp_path / "stage-1", info)

@@ -23,7 +23,7 @@ from tunelab.errors import ConfigError
 from tunelab.models.load import recorded_commit
 from tunelab.rundir import CONFIG_FILE, RunInfo, is_run_dir, read_info
 from tunelab.training.prepare import load_inputs
-from tunelab.training.resume import check_same_data, data_digest, file_digests
+from tunelab.training.resume import check_same_data, data_digest, file_digests, split_changed
 
 
 def stage_dir(run_dir: Path, k: int) -> Path:
@@ -63,12 +63,14 @@ def check_finished_data(plan: ResolvedConfig, here: Path, info: RunInfo) -> None
     as the stage read them, over its own model (the result of the stage before, or the run's base)."""
     if not (info.data_sha256 or info.eval_sha256):
         return  # a stage written before the digests were recorded
-    data = load_inputs(plan.config, commit=recorded_commit(here)).data
+    inputs = load_inputs(plan.config, commit=recorded_commit(here))
+    split = split_changed(info, inputs.source)  # a GGUF base's older tokenizer conversion, as the recipe's resume says
     for what, recorded, files, rows in (
-        ("training", info.data_sha256, info.data_files, data.train),
-        ("eval", info.eval_sha256, info.eval_files, data.eval),
+        ("training", info.data_sha256, info.data_files, inputs.data.train),
+        ("eval", info.eval_sha256, info.eval_files, inputs.data.eval),
     ):
-        check_same_data(here, recorded, data_digest(rows) if rows else "", what, (files, file_digests(rows or [])))
+        digest = data_digest(rows) if rows else ""
+        check_same_data(here, recorded, digest, what, (files, file_digests(rows or [])), split)
 
 
 def _as_saved(value: Any) -> Any:
