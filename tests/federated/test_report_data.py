@@ -3,6 +3,8 @@ the clients trained on, as they reported it round by round (federated.json)."""
 
 import json
 
+import pytest
+
 from tunelab.eval.report import render_report
 
 
@@ -58,3 +60,70 @@ def test_the_data_section_of_a_plain_run_says_nothing_of_clients(tmp_path):
     (tmp_path / "data_report.json").write_text(json.dumps(report))
     page = render_report(tmp_path)
     assert "stayed with the clients" not in page and 'class="clients"' not in page
+
+
+def _federation_files(folder, state_text: str) -> None:
+    (folder / "federated.json").write_text(state_text)
+    counts = {"examples": 6, "used": 6, "rows": 6, "tokens": 300, "loss_tokens": 120}
+    report = {"train": dict.fromkeys(counts, 0), "eval": counts, "eval_source": "file", "files": {}, "skips": {}}
+    (folder / "data_report.json").write_text(json.dumps(report))
+
+
+def _state(**client) -> dict:
+    return {
+        "strategy": "fedavg",
+        "clients": ["site1", "site2"],
+        "rounds_done": 1,
+        "rounds": 2,
+        "local_steps": 3,
+        "history": [{"round": 1, "clients": [_client("site1", "ok", 20, 500), _client("site2", "ok", 7, 90) | client]}],
+    }
+
+
+def test_a_damaged_federated_json_is_named_with_its_line_not_blamed_on_data_report_json(tmp_path):
+    """A federated.json that is not JSON cost the Data section with 'data_report.json holds what tunelab does not
+    write there', though data_report.json was intact: the section now names federated.json and its line, and still
+    draws data_report.json's tables."""
+    text = json.dumps(_state(), indent=2)
+    text = text.replace('"round": 1,', '"round": 1,,')  # a stray comma, as a hand edit leaves one
+    _federation_files(tmp_path, text)
+    line = text[: text.index(",,")].count("\n") + 1
+    page = render_report(tmp_path)
+    data = page[page.index('id="data"') :]
+    assert f"federated.json, line {line}: not valid JSON" in data
+    assert "data_report.json" not in data and 'class="files"' in data  # its own tables drawn
+    assert f"federated.json, line {line}: not valid JSON" in page[page.index('id="federated"') :]
+    # --resume reads it first: the same words, exit code 2, where a JSONDecodeError's traceback ended it
+    from tunelab.config import RunConfig
+    from tunelab.errors import RunDirError
+    from tunelab.federated.resume import check_resume
+
+    with pytest.raises(RunDirError, match=f"federated.json, line {line}: not valid JSON"):
+        check_resume(tmp_path, RunConfig())
+
+
+def test_a_field_of_another_kind_in_federated_json_is_named_with_its_line(tmp_path):
+    from tunelab.errors import RunDirError
+    from tunelab.federated.history import read_state
+
+    text = json.dumps(_state(examples="7"), indent=2)
+    _federation_files(tmp_path, text)
+    line = text[: text.index('"examples": "7"')].count("\n") + 1
+    with pytest.raises(RunDirError) as damaged:
+        read_state(tmp_path)
+    said = str(damaged.value)
+    assert said.startswith(f"{tmp_path / 'federated.json'}, line {line}: history entry 1, clients entry 2, ")
+    assert "field 'examples' is \"7\"; it must be a whole number >= 0" in said and "--overwrite" in said
+    page = render_report(tmp_path)
+    assert "history entry 1, clients entry 2, field &#x27;examples&#x27;" in page[page.index('id="data"') :]
+
+    missing = _state()
+    del missing["history"][0]["round"]
+    text = json.dumps(missing, indent=2)
+    (tmp_path / "federated.json").write_text(text)
+    entry = text.index('"history": [') + len('"history": [')
+    with pytest.raises(
+        RunDirError,
+        match=rf"line {text[: text.index('{', entry)].count(chr(10)) + 1}: history entry 1, field 'round' is missing",
+    ):
+        read_state(tmp_path)

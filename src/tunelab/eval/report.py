@@ -40,7 +40,7 @@ from tunelab.eval.report_plots import curve_plot, preference_plots, training_plo
 from tunelab.eval.report_run import data_section, run_summary, stages_section
 from tunelab.eval.report_scores import eval_section
 from tunelab.eval.reward_curves import reward_section
-from tunelab.federated.history import clients_data_section, federated_section
+from tunelab.federated.history import STATE_FILE, DamagedState, clients_data_section, federated_section
 from tunelab.places import check_output_file
 from tunelab.rundir import HEAD_TASKS, is_run_dir, read_info
 
@@ -59,6 +59,8 @@ def _drawn(draw: Callable[[], str | None], *files: str) -> str | None:
     edited file must cost its section, not the report (it ended in a traceback)."""
     try:
         return draw()
+    except DamagedState as exc:  # federated.json, read whole and checked: its message names its line and field
+        return f'<p class="missing">Not shown: {esc(exc)}</p>'
     except _UNREADABLE as exc:
         why = f"{type(exc).__name__}: {exc}"
         return (
@@ -93,6 +95,7 @@ def render_report(run_dir: str | Path) -> str:
             ("evaluation", "Evaluation: base vs tuned", _drawn(lambda: eval_section(ev, cmp), ev.name, cmp.name)),
             ("answers", "Answers side by side", _drawn(lambda: answer_rows(ev, cmp), ev.name, cmp.name)),
         ]
+    clients = _drawn(lambda: clients_data_section(run_dir), STATE_FILE)
     sections = [
         ("run", "Run", _drawn(lambda: run_summary(run, metrics.data), run.name)),
         (
@@ -113,8 +116,9 @@ def render_report(run_dir: str | Path) -> str:
             else []
         ),
         *evaluation,
-        # a federation's server reads only its eval set: what the clients trained on is in federated.json
-        ("data", "Data", _drawn(lambda: data_section(inputs.data, clients_data_section(run_dir)), inputs.data.name)),
+        # a federation's server reads only its eval set: what the clients trained on is in federated.json, whose
+        # damage is said of that file, not of data_report.json
+        ("data", "Data", _drawn(lambda: data_section(inputs.data, clients), inputs.data.name)),
         (
             "config",
             "Resolved config",
@@ -124,7 +128,7 @@ def render_report(run_dir: str | Path) -> str:
     stages = _drawn(lambda: stages_section(run), run.name)
     if stages is not None:
         sections.insert(1, ("stages", "Stages", stages))
-    federation = _drawn(lambda: federated_section(run_dir), "federated.json", metrics.name)
+    federation = _drawn(lambda: federated_section(run_dir), STATE_FILE, metrics.name)
     if federation is not None:
         sections.insert(2, ("federated", "Federated rounds", federation))
     title = f"tunelab report — {run_dir.resolve().name}"

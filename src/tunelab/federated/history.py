@@ -29,21 +29,130 @@ import html
 import io
 import json
 import re
+from json.decoder import scanstring
 from pathlib import Path
 
 from tunelab.atomic import write_json
-from tunelab.errors import counted
+from tunelab.errors import RunDirError, counted
 from tunelab.training.metrics import plot_text, read_metrics
 
 STATE_FILE = "federated.json"
 PLOT_FILE = "federated.png"
 
 
+class DamagedState(RunDirError):
+    """federated.json is not JSON, or holds a field of another kind than tunelab federate writes there."""
+
+
+STATE_FIX = (
+    "It is the federation's record of its rounds, which tunelab federate writes after every round and its --resume and "
+    'tunelab report read: restore it (checkpoints/round-N/round.json holds, under "state", the record as it stood '
+    "after round N), or run the federation again with --overwrite."
+)
+
+
 def read_state(run_dir: str | Path) -> dict | None:
+    """federated.json (None where there is none); DamagedState naming its line and field where it is not JSON or a
+    field its readers use is missing or of another kind (`state_problem`)."""
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DamagedState(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}). {STATE_FIX}") from None
+    if problem := state_problem(state):
+        steps, what = problem
+        raise DamagedState(f"{path}, line {_line(text, steps)}: {what}. {STATE_FIX}")
+    return state
+
+
+# The fields of federated.json its readers take as they are (server.py writes them; rounds.py RoundReport and
+# ClientRound the entries of history), by kind; others are read with a default.
+_KINDS = {
+    "count": ("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "text": ("a text", lambda v: isinstance(v, str)),
+    "text?": ("a text or null", lambda v: v is None or isinstance(v, str)),
+    "number?": ("a number or null", lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool))),
+    "texts": ("a list of texts", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "list": ("a list", lambda v: isinstance(v, list)),
+}
+_STATE = {"rounds_done": "count", "rounds": "count", "local_steps": "count", "strategy": "text", "clients": "texts"}
+_STATE |= {"history": "list"}
+_ROUND = {"round": "count", "clients": "list"}
+_CLIENT = {"client": "text", "status": "text", "reason": "text?", "train_loss": "number?", "examples": "count"}
+_CLIENT |= {"bytes_sent": "count", "bytes_received": "count"}
+
+
+def _fields(record: dict, spec: dict[str, str], steps: tuple, where: str) -> tuple[tuple, str] | None:
+    for key, kind in spec.items():
+        what, fits = _KINDS[kind]
+        if key not in record:
+            return steps + (key,), f"{where}field '{key}' is missing"
+        if not fits(record[key]):
+            shown = json.dumps(record[key], ensure_ascii=False)
+            shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
+            return steps + (key,), f"{where}field '{key}' is {shown}; it must be {what}"
+    return None
+
+
+def state_problem(state) -> tuple[tuple, str] | None:
+    """(the JSON path of the first unusable field, what is wrong with it) of a parsed federated.json; None when every
+    field its readers take as it is has its kind. Entries are named from 1 ('history entry 2, clients entry 1')."""
+    if not isinstance(state, dict):
+        return (), "not a JSON object"
+    if problem := _fields(state, _STATE, (), ""):
+        return problem
+    for r, report in enumerate(state["history"]):
+        where = f"history entry {r + 1}"
+        if not isinstance(report, dict):
+            return ("history", r), f"{where} is not an object"
+        if problem := _fields(report, _ROUND, ("history", r), f"{where}, "):
+            return problem
+        for c, client in enumerate(report["clients"]):
+            at = ("history", r, "clients", c)
+            if not isinstance(client, dict):
+                return at, f"{where}, clients entry {c + 1} is not an object"
+            if problem := _fields(client, _CLIENT, at, f"{where}, clients entry {c + 1}, "):
+                return problem
+    return None
+
+
+_SPACE = re.compile(r"\s*")
+
+
+def _line(text: str, steps: tuple) -> int:
+    """The line of `text` (JSON) where the value at `steps` (keys and list indices) starts; where a key is missing,
+    the line of the object that lacks it."""
+    decoder, at = json.JSONDecoder(), _SPACE.match(text).end()
+
+    def after(pos: int) -> int:  # past a value's trailing space and comma
+        pos = _SPACE.match(text, pos).end()
+        return _SPACE.match(text, pos + 1).end() if text.startswith(",", pos) else pos
+
+    try:
+        for step in steps:
+            if isinstance(step, int) and text.startswith("[", at):
+                pos = _SPACE.match(text, at + 1).end()
+                for _ in range(step):
+                    pos = after(decoder.raw_decode(text, pos)[1])
+            elif isinstance(step, str) and text.startswith("{", at):
+                pos = _SPACE.match(text, at + 1).end()
+                while text.startswith('"', pos):
+                    key, pos = scanstring(text, pos + 1)
+                    pos = _SPACE.match(text, _SPACE.match(text, pos).end() + 1).end()  # past the colon
+                    if key == step:
+                        break
+                    pos = after(decoder.raw_decode(text, pos)[1])
+                else:
+                    break  # the key is missing: the object's line
+            else:
+                break
+            at = pos
+    except (ValueError, IndexError):  # a text json.loads read whole walks whole; kept safe all the same
+        pass
+    return text.count("\n", 0, at) + 1
 
 
 def write_state(run_dir: str | Path, state: dict) -> Path:
