@@ -22,7 +22,7 @@ This module re-exports the names the rest of tunelab, the tests, examples and be
 """
 
 from tunelab.config.data import DataConfig, DataSource
-from tunelab.config.federated import FederatedConfig
+from tunelab.config.federated import ClientSource, FederatedConfig
 from tunelab.config.load import ResolvedConfig, load_config, stage_config, stage_name, stage_where
 from tunelab.config.model import MethodConfig, ModelConfig
 from tunelab.config.options import AUTO
@@ -37,6 +37,7 @@ __all__ = [
     "AUTO",
     "PLACEHOLDER",
     "ClassifyConfig",
+    "ClientSource",
     "DataConfig",
     "DataSource",
     "DpoConfig",

@@ -5,14 +5,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunelab.config.data import DataConfig
 from tunelab.config.options import opt
+
+
+def _choices(option: str) -> tuple[str, ...]:
+    return DataConfig.__dataclass_fields__[option].metadata["choices"]
+
+
+@dataclass
+class ClientSource:
+    """One entry of federated.clients written as a mapping: a client's data with reading options of its own, for
+    clients whose files differ (other column names, another format); an option it leaves unset is data.*'s."""
+
+    path: str | None = opt(None, "the client's data: a file or a folder of files")
+    name: str | None = opt(None, "the client's name in messages, metrics and reports (default: the file's name)")
+    format: str | None = opt(
+        None, "record format of this client's files (default: data.format)", choices=_choices("format")
+    )
+    fields: dict[str, str] | None = opt(None, "column mapping of this client's files (default: data.fields)")
+    delimiter: str | None = opt(
+        None, "field separator of this client's .csv files (default: data.delimiter)", choices=_choices("delimiter")
+    )
 
 
 @dataclass
 class FederatedConfig:
-    clients: list[str] = opt(
+    clients: list[str | ClientSource] = opt(
         [],
-        "each client's own data, one entry per client: a file or a folder of files (the entry's name names the client)",
+        "each client's own data, one entry per client: a file or a folder of files (the entry's name names the "
+        "client), or a mapping {path, name, format, fields, delimiter} for a client that reads its files otherwise",
     )
     split_file: str | None = opt(
         None, "instead of clients: one file split into num_clients shards, one per client (for simulations)"
@@ -62,6 +84,10 @@ class FederatedConfig:
     def enabled(self) -> bool:
         """A federation (`tunelab federate`): clients or split_file name the clients' data."""
         return bool(self.clients or self.split_file)
+
+    def client_paths(self) -> list[str]:
+        """The file or folder of each entry of `clients`, in order."""
+        return [entry.path if isinstance(entry, ClientSource) else entry for entry in self.clients]
 
     def idle(self) -> dict[str, str]:
         """The options this config's other settings leave unread: {name: what reads it}."""

@@ -1,7 +1,7 @@
 """Relative paths in a YAML file resolved against the file's folder, so a config runs from anywhere (those given as
 flags against the working directory), and kept absolute: the options that name files (PATH_OPTIONS), the files and
-eval files of data.train's sources, a data.transform or reward function's file.py (and a data.transform's MODULE.py
-of the working directory), and a reward run."""
+eval files of data.train's sources, the path of a federated.clients mapping, a data.transform or reward function's
+file.py (and a data.transform's MODULE.py of the working directory), and a reward run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config.data import DataSource
+from tunelab.config.federated import ClientSource
 from tunelab.config.tasks import RewardSpec
 
 
@@ -39,7 +40,13 @@ def empty_path_entry(value: Any) -> int | None:
     config's, and read everything under it), or None."""
     entries = value if isinstance(value, list) else [value]
     for i, entry in enumerate(entries, 1):
-        paths = [entry.path, entry.eval] if isinstance(entry, DataSource) else [entry]
+        paths = (
+            [entry.path, entry.eval]
+            if isinstance(entry, DataSource)
+            else [entry.path]
+            if isinstance(entry, ClientSource)
+            else [entry]
+        )
         if any(isinstance(p, str) and not p.strip() for p in paths):
             return i
     return None
@@ -54,6 +61,8 @@ def resolve_paths(value: Any, folder: Path) -> Any:
         return dataclasses.replace(
             value, path=resolve_paths(value.path, folder), eval=resolve_paths(value.eval, folder)
         )
+    if isinstance(value, ClientSource):
+        return dataclasses.replace(value, path=resolve_paths(value.path, folder))
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (folder / p).absolute())
 

@@ -167,12 +167,17 @@ def _stats(rows: list[Rendered | Packed], examples: int, used: int) -> SplitStat
 
 
 def build_datasets(
-    cfg: DataConfig, tokenizer, seed: int, select: Callable[[list[Record]], list[Record]] | None = None
+    cfg: DataConfig,
+    tokenizer,
+    seed: int,
+    select: Callable[[list[Record]], list[Record]] | None = None,
+    option: str | None = None,
 ) -> Datasets:
     """Read, convert, split, render and (optionally) pack the data of `cfg`; every skip is in the returned report.
 
     `select` keeps a subset of the training records before anything else sees them (a federated client's shard of
-    a shared file); the report then describes that subset only."""
+    a shared file); the report then describes that subset only. `option`: how errors name cfg.fields where another
+    option than data.fields gave it (a federated client's own mapping)."""
     if not cfg.train:
         raise ConfigError(
             "option 'data.train' is empty; give one or more data files or folders (jsonl, json, csv, parquet, txt)."
@@ -188,7 +193,7 @@ def build_datasets(
     records = apply_transform(read_records(cfg.train, cfg.delimiter, report), transform, cfg.transform, report)
     if select is not None:
         records = select(records)
-    examples = to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report)
+    examples = to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report, option=option or FIELDS_OPTION)
     if not examples:
         raise _nothing_usable("training", cfg.train, report, records, cfg.overlong)
     if cfg.eval:

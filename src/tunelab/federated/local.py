@@ -68,8 +68,9 @@ class LocalResult:
 
 
 def client_datasets(data_cfg: DataConfig, tokenizer, seed: int, client: ClientData) -> Datasets:
-    """The client's rows through tunelab's data pipeline: its files, or its shard of a shared file; no eval split
-    (the server evaluates)."""
+    """The client's rows through tunelab's data pipeline: its files, or its shard of a shared file, read with its
+    own format, fields and delimiter where its entry of federated.clients sets them; no eval split (the server
+    evaluates)."""
     select = None
     if client.shard is not None:
         shard = client.shard
@@ -87,9 +88,8 @@ def client_datasets(data_cfg: DataConfig, tokenizer, seed: int, client: ClientDa
             # (each client noted it so, and how to train on it); a column data.fields maps stays for its field
             return [dataclasses.replace(r, row={k: v for k, v in r.row.items() if k != shard.column}) for r in kept]
 
-    cfg = dataclasses.replace(data_cfg, train=list(client.paths), eval=None, eval_fraction=0.0)
     with sft_advice():
-        return build_datasets(cfg, tokenizer, seed, select=select)
+        return build_datasets(client.data_config(data_cfg), tokenizer, seed, select=select, option=client.fields_option)
 
 
 # What a federation says of preference pairs in place of the data reader's advice (task dpo), which it refuses.

@@ -157,9 +157,8 @@ def federation_clients(cfg: RunConfig, num_clients_set: bool = False) -> list[Cl
     clients = client_data(cfg.federated, cfg.train.seed)
     f = cfg.federated
     check_client_count(f, num_clients_set)
-    named = [("federated.clients", entry) for entry in f.clients] + [("federated.split_file", f.split_file)] * bool(
-        f.split_file
-    )
+    named = [("federated.clients", path) for path in f.client_paths()]
+    named += [("federated.split_file", f.split_file)] * bool(f.split_file)
     for option, entry in named:  # said of the option that names it, not of data.train, which a federation leaves unset
         if not Path(entry).exists():
             raise ConfigError(
@@ -199,14 +198,15 @@ def read_clients(cfg: RunConfig, clients: list[ClientData]) -> tuple[Any, list[D
 
 
 def _one_mapping(error: TunelabError, clients: list[ClientData]) -> str:
-    """What a federation adds to the data reader's advice to map columns with data.fields: one mapping serves every
-    client, so clients whose columns differ (instruction/output beside instruction/response) cannot each be mapped."""
+    """What a federation adds to the data reader's advice to map columns with data.fields: it maps the columns of
+    every client that has no mapping of its own, so a client whose columns differ (instruction/output beside
+    instruction/response) gets its own in its entry of federated.clients."""
     if len(clients) < 2 or "data.fields" not in str(error):
         return ""
     return (
-        " In a federation data.fields maps the columns of every client's files alike: where the clients' columns "
-        "differ, give their files the same column names, or let a data.transform rename the columns of the rows "
-        "that have them (it sees every record of every client)."
+        " In a federation data.fields maps the columns of every client's files alike: a client whose columns differ "
+        "gets a mapping of its own in its entry of federated.clients, {path: FILE, fields: {...}} (format and "
+        "delimiter too)."
     )
 
 

@@ -12,6 +12,7 @@ hands out rows:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections import Counter
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import FederatedConfig, RunConfig
+from tunelab.config import ClientSource, DataConfig, FederatedConfig, RunConfig
 from tunelab.data.report import location
 from tunelab.data.sources import Record
 from tunelab.errors import ConfigError, DataError
@@ -48,16 +49,41 @@ class Shard:
 
 @dataclass(frozen=True)
 class ClientData:
-    """One client's data: files or folders (read by data.sources), optionally only a shard of their rows."""
+    """One client's data: files or folders (read by data.sources), optionally only a shard of their rows, and the
+    reading options of its own entry of federated.clients (None: data.*'s)."""
 
     name: str
     paths: tuple[str, ...]
     shard: Shard | None = None
+    format: str | None = None
+    fields: tuple[tuple[str, str], ...] | None = None  # data.fields' pairs, a tuple so that the record stays frozen
+    delimiter: str | None = None
+    entry: int | None = None  # its entry of federated.clients (from 1), which its options' errors name
 
     @property
     def label(self) -> str:
         """How messages name the client: "client-2" (a shard of split_file, named so already) or "client north"."""
         return self.name if re.fullmatch(r"client(-\d+)?", self.name) else f"client {self.name}"
+
+    @property
+    def fields_option(self) -> str | None:
+        """How errors name the client's own column mapping; None where it reads with data.fields."""
+        if self.fields is None:
+            return None
+        return f"option 'federated.clients', entry {self.entry} ({self.label}), fields"
+
+    def data_config(self, data: DataConfig) -> DataConfig:
+        """data.* with this client's files, and its own format, fields and delimiter where its entry sets them; no
+        eval split (the server evaluates)."""
+        return dataclasses.replace(
+            data,
+            train=list(self.paths),
+            eval=None,
+            eval_fraction=0.0,
+            format=self.format or data.format,
+            fields=dict(self.fields) if self.fields is not None else data.fields,
+            delimiter=self.delimiter or data.delimiter,
+        )
 
 
 def _value(record: Record, column: str) -> str:
@@ -95,6 +121,31 @@ def _name(entry: str) -> str:
     return name or "client"
 
 
+def _client_entry(k: int, entry: ClientSource, name: str) -> ClientData:
+    """ClientData of a mapping entry of federated.clients; ConfigError naming the entry and the client for an entry
+    without a path, or a mapping with an empty field or column name (data.fields' rules)."""
+    where = f"option 'federated.clients', entry {k}"
+    if entry.path is None:
+        raise ConfigError(f"{where}: give 'path', the client's data file or folder (its keys: {CLIENT_KEYS}).")
+    label = ClientData(name, (entry.path,)).label
+    fields = entry.fields
+    if fields is not None and any(not key.strip() for key in fields):
+        raise ConfigError(
+            f"{where} ({label}): fields has an empty field name; its keys are tunelab's fields (prompt, completion, "
+            "...), its values the columns of this client's files, e.g. {prompt: question}."
+        )
+    if fields is not None and (blank := next((key for key, column in fields.items() if not column.strip()), None)):
+        raise ConfigError(
+            f"{where} ({label}): fields maps {blank!r} to an empty column name; give the column of this client's "
+            f"files that holds it (e.g. {{{blank}: my_column}}), or remove {blank!r}."
+        )
+    pairs = tuple(fields.items()) if fields is not None else None
+    return ClientData(name, (entry.path,), format=entry.format, fields=pairs, delimiter=entry.delimiter, entry=k)
+
+
+CLIENT_KEYS = ", ".join(f.name for f in dataclasses.fields(ClientSource))
+
+
 def _check_distinct(entries: list[str]) -> None:
     """ConfigError when two clients name the same file or folder: each client's data is its own."""
     seen: dict[Path, int] = {}
@@ -115,15 +166,20 @@ def client_data(cfg: FederatedConfig, seed: int) -> list[ClientData]:
             "(clients) or split one file (split_file), not both."
         )
     if cfg.clients:
-        _check_distinct(cfg.clients)
+        paths = cfg.client_paths()
+        _check_distinct([p for p in paths if p is not None])
+        given = _given_names(cfg.clients)
         names: list[str] = []
-        for entry in cfg.clients:
-            name = base = _name(entry)
+        for k, path in enumerate(paths, 1):
+            name = base = given.get(k) or _name(path or "")
             n = 2
-            while name in names:
+            while k not in given and (name in names or name in given.values()):  # a given name is that client's
                 name, n = f"{base}-{n}", n + 1
             names.append(name)
-        return [ClientData(name, (entry,)) for name, entry in zip(names, cfg.clients)]
+        return [
+            _client_entry(k, entry, name) if isinstance(entry, ClientSource) else ClientData(name, (entry,))
+            for k, (entry, name) in enumerate(zip(cfg.clients, names), 1)
+        ]
     if cfg.split_file:
         if cfg.split == "column" and not (cfg.split_column or "").strip():
             raise ConfigError("option 'federated.split' is column; set 'federated.split_column' to the column's name.")
@@ -139,6 +195,27 @@ def client_data(cfg: FederatedConfig, seed: int) -> list[ClientData]:
         "a federated run needs clients: set 'federated.clients' (one data file or folder per client) or "
         "'federated.split_file' (one file split into federated.num_clients shards)."
     )
+
+
+def _given_names(entries: list) -> dict[int, str]:
+    """{entry (from 1): name} of the mapping entries of federated.clients that give one; ConfigError for an empty
+    name or one that two entries give."""
+    given: dict[int, str] = {}
+    for k, entry in enumerate(entries, 1):
+        if not isinstance(entry, ClientSource) or entry.name is None:
+            continue
+        name = entry.name.strip()
+        if not name:
+            raise ConfigError(
+                f"option 'federated.clients', entry {k}: name is empty; give the client a name, or remove it."
+            )
+        if (first := next((j for j, other in given.items() if other == name), None)) is not None:
+            raise ConfigError(
+                f"option 'federated.clients', entries {first} and {k} are both named {name!r}; each client's name is "
+                "its own (messages, metrics and reports tell the clients apart by it)."
+            )
+        given[k] = name
+    return given
 
 
 def from_node_config(node_config: dict) -> ClientData:
@@ -171,5 +248,5 @@ def federation_protected(cfg: RunConfig, config: Any = None) -> dict[str, list[s
     and every client's data."""
     protected = protected_paths(cfg, config_path(config))
     f = cfg.federated
-    protected["client data file"] = list(f.clients) + ([f.split_file] if f.split_file else [])
+    protected["client data file"] = [p for p in f.client_paths() if p] + ([f.split_file] if f.split_file else [])
     return protected
