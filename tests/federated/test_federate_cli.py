@@ -306,7 +306,7 @@ def test_a_missing_server_eval_set_exits_2_before_anything_starts(
         ({"method.name": "full"}, "needs lora"),
         ({"data.train": ["x.jsonl"]}, "federated.clients or federated.split_file"),
         ({"federated.split_file": "all.jsonl"}, "both set"),
-        ({"federated.clients": "null"}, r"'federated.clients' must be a list of str, got None"),
+        ({"federated.clients": "null"}, r"'federated.clients' must be a list of str \| ClientSource, got None"),
         ({"federated.dp": True, "federated.dp_noise_multiplier": 0.0}, "dp_noise_multiplier > 0"),
         ({"data.max_length": 2048}, r"'data.max_length' .*is 2048, above the context window .*: 1024 tokens"),
         ({"federated.proximal_mu": 0.5}, r"federated.proximal_mu \(0.5\): only strategy fedprox reads it"),
