@@ -89,3 +89,31 @@ def test_a_supernodes_missing_data_is_said_of_its_node_config(tmp_path):
         f"this SuperNode's data (--node-config \"data='{data}'\"): {tmp_path / 'gone.jsonl'}: no such file or folder "
         "on this host."
     )
+
+
+def test_a_supernode_reads_its_files_with_the_options_its_node_config_gives(tmp_path):
+    """A federated.clients mapping gives a simulated client its own format, fields and delimiter; a SuperNode of the
+    deployment engine, whose data the server never names, had no way to: its node config now gives them."""
+    from tunelab.config import ClientSource
+    from tunelab.federated.app_dir import data_note
+
+    site = tmp_path / "site.csv"
+    site.write_text("")
+    node = {"data": str(site), "name": "west", "format": "alpaca", "fields": "output=response, input=context"}
+    client = from_node_config(node | {"delimiter": ";"})
+    assert (client.format, client.fields, client.delimiter) == (
+        "alpaca",
+        (("output", "response"), ("input", "context")),
+        ";",
+    )
+    assert client.fields_option == "this SuperNode's --node-config fields (client west)"
+    assert from_node_config({"data": str(site)}).fields is None
+    with pytest.raises(ConfigError, match=r"--node-config format='xml': allowed values: auto, prompt_completion"):
+        from_node_config(node | {"format": "xml"})
+    with pytest.raises(ConfigError, match=r"--node-config fields='output': 'output' is no FIELD=COLUMN pair"):
+        from_node_config(node | {"fields": "output"})
+    # --app-dir says the config's own options of a client are not what a SuperNode reads with
+    note = data_note(FederatedConfig(clients=["a.jsonl", ClientSource(path="b.csv", fields={"output": "response"})]))
+    assert (
+        "nor the reading options of entry 2: a SuperNode reads its files with data.* unless its --node-config" in note
+    )

@@ -3,9 +3,9 @@
 Two engines, one ServerApp and one ClientApp:
 - simulation (the default): Flower's simulation engine runs the server and one virtual SuperNode per client on
   this machine (Ray workers; `federated.client_cpus` cores each). Every client reads only its own files.
-- deployment: `app_dir` writes a Flower App that names the same ServerApp and ClientApp (tunelab.federated.app)
-  and carries the resolved config; Flower's own tools run it on real, separate processes or hosts:
-  `flower-superlink`, one `flower-supernode --node-config "data='...'"` per client, and `flwr run APP_DIR`.
+- deployment: `app_dir` writes a Flower App (app_dir.py) that names the same ServerApp and ClientApp
+  (tunelab.federated.app) and carries the resolved config; Flower's own tools run it on real, separate processes or
+  hosts: `flower-superlink`, one `flower-supernode --node-config "data='...'"` per client, and `flwr run APP_DIR`.
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.atomic import write_text
-from tunelab.config import FederatedConfig, ResolvedConfig, RunConfig, dump_yaml, iter_options
+from tunelab.config import FederatedConfig, ResolvedConfig, RunConfig, iter_options
 from tunelab.config.load import locate
 from tunelab.config.validate import option_default
-from tunelab.errors import ConfigError, RunDirError, TunelabError, counted
+from tunelab.errors import ConfigError, TunelabError, counted
 from tunelab.eval.compare import compare_after_training
+from tunelab.federated.app_dir import data_note, write_flower_app
 from tunelab.federated.history import all_rounds_done
-from tunelab.federated.hostpaths import absolute_model, app_note, server_paths
+from tunelab.federated.hostpaths import absolute_model, app_note
 from tunelab.federated.resume import check_resume, check_same_eval
 from tunelab.federated.setup import require_accountant, without_flower_lines
 from tunelab.federated.shards import ClientData, client_data, federation_protected
-from tunelab.rundir import is_run_dir, read_info
+from tunelab.rundir import read_info
 from tunelab.training.outdir import hold_lock, plan_output_dir, release_lock
 
 if TYPE_CHECKING:
@@ -401,107 +401,6 @@ def _short_ray_temp():
         else:
             os.environ["RAY_TMPDIR"] = before
         shutil.rmtree(short, ignore_errors=True)
-
-
-APP_NAME = "tunelab-federation"
-APP_TOML = """\
-# A Flower App for tunelab's federated fine-tuning. Run it with Flower's deployment engine (flwr >= 1.42):
-#   flower-superlink --insecure --host 0.0.0.0 --port 8000          on the server host (writes the run directory)
-#   flower-supernode --insecure --superlink SERVER_HOST:8000 --port 9094 --node-config "data='/path/to/data.jsonl' name='clinic-a'"
-#                                                                    on each client host: its own data, named there
-#   flwr run {app_dir} CONNECTION --stream                         CONNECTION: a [superlink.NAME] entry of
-#                                                                    $FLWR_HOME/config.toml (address = "SERVER_HOST:8000")
-# The server waits for federated.num_clients = {num_clients} SuperNodes, and writes {output_dir}.{needs}
-# --insecure is for trying it out: real deployments use TLS (Flower's --ssl-* and --root-certificates options).
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "{app_name}"
-version = "1.0.0"
-description = "tunelab federated fine-tuning: the ServerApp and ClientApp of tunelab.federated.app"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "tunelab"
-
-[tool.flwr.app.components]
-serverapp = "tunelab.federated.app:server_app"
-clientapp = "tunelab.federated.app:client_app"
-
-[tool.flwr.app.config]
-{config_lines}
-"""
-
-
-def _refuse_app_in_a_run(app_dir: Path, output_dir: Path) -> None:
-    """RunDirError when the app folder is, or lies inside, the run's output_dir or another run directory: the server
-    then refused a folder that held the app, or (with --overwrite) moved it aside with the run and deleted it."""
-    target = app_dir.resolve()
-    holder = next((f for f in (target, *target.parents) if f == output_dir.resolve() or is_run_dir(f)), None)
-    if holder is not None:
-        raise RunDirError(
-            f"--app-dir {app_dir}: is {'' if holder == target else 'inside '}the run directory {holder}, which the "
-            "federation writes and --overwrite replaces whole; write the app to a folder of its own, outside it."
-        )
-
-
-def data_note(f: FederatedConfig) -> str:
-    """What a deployment does with the config's client data: nothing. Each SuperNode trains on the files its own
-    --node-config names; the server never sends data, so federated.clients only counts the SuperNodes, and
-    federated.split_file is not dealt out among them (a SuperNode given that file trains on all of it)."""
-    if f.clients:
-        return (
-            f"federated.clients: the deployment reads none of its {counted(len(f.clients), 'entry', 'entries')} (it counts the "
-            "SuperNodes the server waits for): each SuperNode trains on the files its --node-config data names"
-        )
-    if f.split_file:
-        return (
-            f"federated.split_file: the deployment does not split {f.split_file} among the SuperNodes (a SuperNode "
-            "given it trains on all of it): each trains on the files its --node-config data names, its own share"
-        )
-    return ""
-
-
-def write_flower_app(app_dir: str | Path, resolved: ResolvedConfig, resume: bool, overwrite: bool = False) -> Path:
-    """A Flower App folder whose run config holds the resolved config (absolute paths, read on the server host)."""
-    import tomli_w
-
-    from tunelab.federated.server import RESUME_KEY, RUN_CONFIG_KEY
-
-    app_dir = Path(app_dir)
-    _refuse_app_in_a_run(app_dir, Path(resolved.config.output_dir))
-    toml = app_dir / "pyproject.toml"
-    if toml.exists() and not overwrite:
-        raise RunDirError(f"{toml} exists. Pass --overwrite to replace it, or choose another --app-dir.")
-    if toml.is_file() and f'name = "{APP_NAME}"' not in toml.read_text(encoding="utf-8", errors="replace"):
-        raise RunDirError(  # --overwrite replaces an app this wrote, never a project's own pyproject.toml
-            f'{toml} is not a Flower App tunelab wrote (no name = "{APP_NAME}"), so --overwrite will not replace '
-            "it. Choose another --app-dir, e.g. a new folder."
-        )
-    app_dir.mkdir(parents=True, exist_ok=True)
-    cfg = resolved.config
-    config_lines = tomli_w.dumps({RUN_CONFIG_KEY: dump_yaml(cfg), RESUME_KEY: resume}, multiline_strings=True)
-    write_text(  # whole or not at all: an --overwrite that fails keeps the app that was there
-        toml,
-        APP_TOML.format(
-            app_name=APP_NAME,
-            num_clients=cfg.federated.num_clients,
-            app_dir=app_dir.resolve(),
-            output_dir=Path(cfg.output_dir).resolve(),
-            needs="".join(
-                f"\n# Every SuperNode host reads {option} at the server's path: {path}"
-                for option, path in server_paths(cfg)
-            ),
-            config_lines=config_lines,
-        ),
-    )
-    return app_dir
 
 
 def federate(

@@ -67,9 +67,12 @@ class ClientData:
 
     @property
     def fields_option(self) -> str | None:
-        """How errors name the client's own column mapping; None where it reads with data.fields."""
+        """How errors name the client's own column mapping (its entry of federated.clients, or a SuperNode's node
+        config); None where it reads with data.fields."""
         if self.fields is None:
             return None
+        if self.entry is None:
+            return f"this SuperNode's --node-config fields ({self.label})"
         return f"option 'federated.clients', entry {self.entry} ({self.label}), fields"
 
     def data_config(self, data: DataConfig) -> DataConfig:
@@ -219,7 +222,9 @@ def _given_names(entries: list) -> dict[int, str]:
 
 
 def from_node_config(node_config: dict) -> ClientData:
-    """A SuperNode's data in the deployment engine: `--node-config "data='a.jsonl,b.jsonl' name='clinic-a'"`."""
+    """A SuperNode's data in the deployment engine: `--node-config "data='a.jsonl,b.jsonl' name='clinic-a'"`, and the
+    reading options of its own, as a federated.clients mapping gives them in the simulation: `format`, `fields`
+    ('output=response,input=context') and `delimiter`."""
     paths = tuple(p.strip() for p in str(node_config.get("data", "")).split(",") if p.strip())
     if not paths:
         raise ConfigError(
@@ -233,7 +238,41 @@ def from_node_config(node_config: dict) -> ClientData:
                 "this host. Restart the SuperNode with the path of its data here (an absolute path: its ClientApp "
                 "need not run in the folder the SuperNode started in)."
             )
-    return ClientData(node_name(node_config), paths)
+    fmt, delimiter = (_node_choice(node_config, key) for key in ("format", "delimiter"))
+    return ClientData(node_name(node_config), paths, format=fmt, fields=_node_fields(node_config), delimiter=delimiter)
+
+
+def _node_choice(node_config: dict, key: str) -> str | None:
+    """A SuperNode's own `format` or `delimiter` (None: data.*'s); ConfigError naming the key and the choices."""
+    value = node_config.get(key)
+    if value is None:
+        return None
+    choices = DataConfig.__dataclass_fields__[key].metadata["choices"]
+    if str(value) not in choices:
+        raise ConfigError(
+            f"this SuperNode's --node-config {key}={value!r}: allowed values: {', '.join(choices)}. Restart the "
+            f"SuperNode with one of them, or without {key} (data.{key} of the server's config then applies)."
+        )
+    return str(value)
+
+
+def _node_fields(node_config: dict) -> tuple[tuple[str, str], ...] | None:
+    """A SuperNode's own column mapping, `fields='output=response,input=context'` (None: data.fields); ConfigError
+    naming the pair that is no FIELD=COLUMN."""
+    text = node_config.get("fields")
+    if text is None:
+        return None
+    pairs = []
+    for pair in str(text).split(","):
+        field, _, column = (part.strip() for part in pair.partition("="))
+        if not field or not column:
+            raise ConfigError(
+                f"this SuperNode's --node-config fields={text!r}: {pair.strip()!r} is no FIELD=COLUMN pair; write "
+                "each of tunelab's fields with the column of this host's files that holds it, comma-separated "
+                "(fields='output=response,input=context')."
+            )
+        pairs.append((field, column))
+    return tuple(pairs)
 
 
 def node_name(node_config: dict) -> str:
