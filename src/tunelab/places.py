@@ -136,7 +136,7 @@ def data_of(run_dir: str | Path) -> list[tuple[str, Path]]:
         named += [("data.train", e if isinstance(e, str) else e.path) for e in config.data.train]
         named += [("data.train", e.eval) for e in config.data.train if not isinstance(e, str)]
         named += [("data.eval", config.data.eval), ("eval.questions", config.eval.questions)]
-        named += [("federated.clients", c) for c in config.federated.clients]
+        named += [("federated.clients", c) for c in config.federated.client_paths()]
         named += [("federated.split_file", config.federated.split_file)]
         functions = [("data.transform", config.data.transform)]
         functions += [("grpo.rewards", r.function) for r in config.grpo.rewards if not isinstance(r, str)]

@@ -102,3 +102,17 @@ def test_a_client_s_bad_mapping_is_named_by_its_entry_and_client(tiny_model_dir,
     ):
         with pytest.raises(ConfigError, match=said):
             federation_clients(load_config(_federation(tmp_path, tiny_model_dir, clients)).config)
+
+
+def test_the_file_of_a_client_s_mapping_is_data_no_command_writes_over(tiny_model_dir, tmp_path):
+    """places.data_of, which keeps eval --out, report --out and export from writing over a run's data, took each
+    entry of federated.clients for a path and failed on a mapping (TypeError); it names the mapping's path."""
+    from tunelab.places import data_of
+
+    config = _federation(tmp_path, tiny_model_dir, ["north.jsonl", {"path": "south.jsonl", "name": "clinic-b"}])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_yaml(load_config(config).config))
+    named = data_of(run)
+    assert ("federated.clients", (tmp_path / "south.jsonl").resolve()) in named
+    assert ("federated.clients", (tmp_path / "north.jsonl").resolve()) in named
