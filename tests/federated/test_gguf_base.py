@@ -8,6 +8,7 @@ import pytest
 
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
+from tunelab.federated.run import check_clients, federation_clients
 from tunelab.federated.server import run_federation
 from tunelab.models.converted import CONVERSION
 from tunelab.rundir import read_info
@@ -30,5 +31,9 @@ def test_a_federation_over_a_gguf_base_records_its_conversion_and_a_resume_names
     (run / "run.json").write_text(json.dumps(info))
     eval_file = tmp_path / "server_eval.jsonl"
     eval_file.write_text(eval_file.read_text().replace("code", "number"))
-    with pytest.raises(ConfigError, match=r"server_eval.jsonl changed; or the run started before tunelab gave a GGUF"):
-        run_federation(None, load_config(config, longer | {"federated.rounds": 3}), 2, ["site0", "site1"], resume=True)
+    said = r"server_eval.jsonl changed; or the run started before tunelab gave a GGUF"
+    resumed = load_config(config, longer | {"federated.rounds": 3})
+    with pytest.raises(ConfigError, match=said):  # tunelab federate --resume, before Ray and the clients start
+        check_clients(resumed.config, federation_clients(resumed.config), resume=True)
+    with pytest.raises(ConfigError, match=said):  # the server's own check (the deployment engine's first)
+        run_federation(None, resumed, 2, ["site0", "site1"], resume=True)
