@@ -74,11 +74,91 @@ def test_smollm_splits_each_digit_alone_after_whitespace(split_tokenizer, tmp_pa
 
 def test_a_name_tunelab_does_not_know_is_named_in_a_warning(split_tokenizer, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
-    path = _gguf_named(split_tokenizer, "deepseek-coder", tmp_path, monkeypatch)
+    path = _gguf_named(split_tokenizer, "tiny_aya", tmp_path, monkeypatch)
     materialize(resolve_source(str(path)))
     err = capsys.readouterr().err
-    assert "tokenizer.ggml.pre is 'deepseek-coder'" in err and "may differ from llama.cpp's" in err
-    assert "deepseek-coder" not in SPLITS
+    assert "tokenizer.ggml.pre is 'tiny_aya'" in err and "may differ from llama.cpp's" in err
+    assert "tiny_aya" not in SPLITS
+
+
+# Digits (runs of 1 to 7, after spaces, next to letters, other scripts' digits), CJK with its punctuation, runs of
+# ASCII and full-width punctuation, apostrophes, newlines and carriage returns, runs of spaces and non-ASCII whitespace
+# (U+00A0, U+3000, U+2003), text in scripts with combining marks.
+TRICKY = [
+    "Call 0800 123 4567, or  99 bottles; 3.14159 and 1,000,000 and x2y3 and 1234567.",
+    "中文文本，测试。日本語のテキスト、カタカナ！한국어 문장입니다. 混合English与中文123",
+    'Punctuation!!! ... ?! -- (a) [b] {c} "d" «e» …\u3000全角\u3000空格\u00a0nbsp\u2003em ~~~ ~a a~ 1~2 $x+y <= z',
+    "I'm sure it's DON'T they'll we've you'd 'S 'LL\n\n\n  indented\r\n\tTabbed\r\rx\n\n  \n end   ",
+    "مرحبا، عالم۔ हिन्दी। Привет, мир! 123٤٥ १२३ abc123def 12é ½ ² Ⅻ ＡＢＣ１２３ ﬁne",
+    "def f(x):\n    return x**2 + 10  # 2024-12-05 <sentinel:12> IMGIMGABZ x    y  z\t\tw",
+]
+
+
+@pytest.fixture(scope="module")
+def unsplit_tokenizer():
+    """A byte-level BPE tokenizer whose merges were learnt with no split at all, so they join across every place a
+    split could part the TRICKY texts: two splits that part one otherwise give other token ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=3000,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        max_token_length=12,
+    )
+    tok.train_from_iterator(TRICKY * 3, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+
+
+# one name for each list of several regexes in llama.cpp's llm_tokenizer_bpe (and bloom's, one regex unlike GPT-2's)
+SEVERAL = [
+    "deepseek-llm",
+    "deepseek-coder",
+    "deepseek-v3",
+    "spark2_5",
+    "youtu",
+    "falcon",
+    "bloom",
+    "viking",
+    "chameleon",
+    "superbpe",
+    "laguna",
+    "minicpm5",
+    "afmoe",
+    "default",
+]
+
+
+@pytest.mark.parametrize("pre", SEVERAL)
+def test_a_split_of_several_regexes_is_llama_cpps(pre, unsplit_tokenizer, tmp_path, monkeypatch):
+    """Each regex of llama.cpp's list splits the pieces the ones before it left; transformers gave these names GPT-2's
+    split."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="the reference split is llama.cpp's")
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    path = _gguf_named(unsplit_tokenizer, pre, tmp_path, monkeypatch)
+    ours = AutoTokenizer.from_pretrained(materialize(resolve_source(str(path))))
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    for text in TRICKY:
+        ids = ours(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids, (pre, text)
+
+
+def test_every_alias_of_a_list_splits_as_its_name():
+    """llama.cpp maps several names to one regex list (llama_vocab::impl::load)."""
+    for alias, name in [
+        ("hunyuan-dense", "deepseek-v3"),
+        ("joyai-llm", "deepseek-v3"),
+        ("hy_v4", "deepseek-v3"),
+        ("poro-chat", "bloom"),
+        ("gpt3-finnish", "bloom"),
+    ]:
+        assert SPLITS[alias] == SPLITS[name], alias
 
 
 def test_every_known_name_builds_a_pre_tokenizer():

@@ -8,9 +8,13 @@ every other one GPT-2's split: SmolLM2's 'smollm' (each digit on its own, then G
 so whitespace before a digit ('\\n\\n1.') parted otherwise than in SmolLM2's own tokenizer and in llama.cpp.
 
 `pre_tokenizer_for(name)` gives the split of each name below, checked against llama.cpp's tokenize
-(tests/models/test_gguf_split.py); llama.cpp's Llama 3 and Tekken names also take a whole word found in the
-vocabulary without merging (`ignore_merges`). A name not listed is left as transformers converted it, with a
-warning naming it (`split_warning`): text may split otherwise than in llama.cpp there.
+(tests/models/test_gguf_split.py): a Split step per regex of llama.cpp's list, in its order (DeepSeek's, Falcon's and
+BLOOM's names among those of several), then the byte-level step. llama.cpp's Llama 3, Tekken, youtu and minicpm5 names
+also take a whole word found in the vocabulary without merging (`ignore_merges`). A name not listed is left as
+transformers converted it, with a warning naming it (`split_warning`): text may split otherwise than in llama.cpp
+there. Among those: tiny_aya and cohere2moe (llama.cpp's std::regex reads the `\b` in their lookahead by whether an
+earlier match was found in the text, which no regex can follow), kimi-k2 (split by hand-written code in llama.cpp) and the names whose vocabulary is
+not byte-level (gemma4, whitespace).
 """
 
 from __future__ import annotations
@@ -44,23 +48,124 @@ GPT4O_SPLIT = (
 )
 DIGITS = "digits"  # each digit alone, then GPT-2's regex: tokenizers' Digits step, as SmolLM2's tokenizer.json has it
 
-# tokenizer.ggml.pre -> (the split, ignore_merges), grouped as llama.cpp's llama_vocab::impl::load maps the names
+# The names whose split is several regexes, each splitting every piece the ones before it left (llama.cpp's
+# src/unicode.cpp, `unicode_regex_split`: a regex's matches and what lies between them become pieces, and the next
+# regex runs on each piece alone). llama.cpp runs them with std::regex, which reads some of them otherwise than
+# tokenizers' Oniguruma would, so they are written here for what llama.cpp does:
+# - a regex with a \p{..} class runs on a copy of the text with each non-ASCII character collapsed to one byte for its
+#   category, so \p{Lu}, \p{Ll}, \p{Lt}, \p{Lm} and \p{Lo} all mean any letter;
+# - one without runs on code points with every non-ASCII whitespace turned into '\v', so a literal range never holds
+#   one (deepseek-llm's U+3000-U+3002 starts with one): hence `&&\S`; its `$` is the end of the piece (Oniguruma's `$`
+#   is an end of line: \z), and its \d is ASCII.
+_LLAMA_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_CJK = "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"
+_DEEPSEEK_CJK = "[[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]&&\\S]+"
+_DEEPSEEK_LETTERS = (  # a run of letters of the scripts that have case, as llama.cpp lists them for deepseek-llm
+    r"\s?["
+    "A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af"
+    "\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5"
+    "\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba"
+    "\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45"
+    "\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe"
+    "\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc"
+    "\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139"
+    "\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3"
+    "\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06"
+    "\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
+    "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df"
+    "\U0001e900-\U0001e943"
+    "]+"
+)
+_DEEPSEEK3_WORDS = r"[!-/:-@\[-`{-~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+"
+_BLOOM = r" ?[^(\s|.,!?" "\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c" ")]+"
+_QWEN2_LLAMA = (
+    _LLAMA_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_STEPS = {  # llama.cpp's regex list for each LLAMA_VOCAB_PRE_TYPE_* (src/llama-vocab.cpp, `llm_tokenizer_bpe`)
+    "deepseek-llm": (
+        r"[\r\n]",
+        _DEEPSEEK_LETTERS,
+        r"\s?[[!-/:-~" "\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002" r"]&&\S]+",
+        r"\s+\z",
+        _DEEPSEEK_CJK,
+        r"\p{N}+",
+    ),
+    "deepseek-coder": (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _DEEPSEEK_CJK, r"\p{N}"),
+    "deepseek-v3": (
+        r"\p{N}{1,3}",
+        _CJK,
+        _DEEPSEEK3_WORDS + r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "spark2_5": (r"\p{N}{1,3}", _CJK, _DEEPSEEK3_WORDS + r"|[\r\n]|\s+(?!\S)|\s+", r"\p{N}"),
+    "youtu": (
+        "[\uac00-\ud7a3\u3131-\u318e]+"
+        "|[\uff01\u2026\u201c\u201d\u2018\u2019\u2014\uff1a\uff1b\uff0c\u3001-\u303f\ufe30-\ufe4f]+"
+        "|[\u3105-\u312f]+|" + _CJK,
+        r"[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+" + _LLAMA_CONTRACTIONS + r"?|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+"
+        r"|\s+(?!\S)|\s+",
+    ),
+    "falcon": (r"[\p{P}$+<=>^~|`]+", GPT2_SPLIT, r"[0-9][0-9][0-9]"),
+    "bloom": (_BLOOM,),
+    "viking": (_BLOOM, r"\p{N}"),
+    "chameleon": (
+        r"<sentinel:[0-9]+>",
+        r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+        r"([\t\n]|    |  )",
+        r"\p{N}",
+        r"[\p{P}!-/:-@\[-`{-~]",
+        GPT2_SPLIT,
+    ),
+    "superbpe": (r"\p{N}+", r"(?=(?:[0-9]{3})+(?![0-9]))"),  # parts before each 3 digits from the end
+    "laguna": (r"[^\n]+|[\n]+", _QWEN2_LLAMA),
+    "minicpm5": (
+        r"\p{N}{1,3}",
+        _LLAMA_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "afmoe": (
+        # its digit grouping keeps the text before a run of digits with the run's first group
+        r"\P{N}*\p{N}{1,3}(?=(?:\p{N}{3})*(?!\p{N}))",
+        # CJK, kana, Thai, Lao, Khmer, Myanmar, Hangul; the third range starts at U+8C48 in llama.cpp's source
+        "[\u4e00-\u9fff\u3400-\u4dbf\u8c48-\ufaff\u3040-\u309f\u30a0-\u30ff\uff65-\uff9f\u2f00-\u2fdf"
+        "\u0e40-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u1000-\u109f\uaa60-\uaa7f\ua9e0-\ua9ff\uac00-\ud7af\u1100-\u11ff]+",
+        _DEEPSEEK3_WORDS + r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "default": (r"[\p{P}$+<=>^~|]+", GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]"),
+}
+
+# tokenizer.ggml.pre -> (the regexes in turn, ignore_merges), grouped as llama.cpp's llama_vocab::impl::load maps the
+# names
 _GROUPS = {
-    (GPT2_SPLIT, False): (
+    ((GPT2_SPLIT,), False): (
         "gpt-2 phi-2 jina-es jina-de gigachat jina-v2-es jina-v2-de a.x-4.0 mellum modern-bert jina-v1-en "
         "jina-v2-code roberta-bpe mpt olmo jais exaone4 trillion granite-docling"
     ),
-    (DIGITS, False): "starcoder refact command-r smollm codeshell exaone minerva-7b mellum2",
-    (LLAMA3_SPLIT, True): "llama3 llama-v3 llama-bpe falcon3 falcon-h1 pixtral midm-2.0 lfm2 jina-v5-nano",
-    (LLAMA3_SPLIT, False): "dbrx smaug-bpe glm4 chatglm-bpe",
-    (QWEN2_SPLIT, False): "qwen2 deepseek-r1-qwen kormo f2llmv2 megrez stablelm2 hunyuan solar-open grok-2",
-    (QWEN35_SPLIT, False): "qwen35",
-    (SEED_CODER_SPLIT, False): "seed-coder",
-    (UFAKZEKA_SPLIT, False): "ufakzeka",
-    (TEKKEN_SPLIT, True): "tekken",
-    (GPT4O_SPLIT, False): "gpt-4o llama4 kanana2 talkie minimax-m2",
+    ((DIGITS,), False): "starcoder refact command-r smollm codeshell exaone minerva-7b mellum2",
+    ((LLAMA3_SPLIT,), True): "llama3 llama-v3 llama-bpe falcon3 falcon-h1 pixtral midm-2.0 lfm2 jina-v5-nano",
+    ((LLAMA3_SPLIT,), False): "dbrx smaug-bpe glm4 chatglm-bpe",
+    ((QWEN2_SPLIT,), False): "qwen2 deepseek-r1-qwen kormo f2llmv2 megrez stablelm2 hunyuan solar-open grok-2",
+    ((QWEN35_SPLIT,), False): "qwen35",
+    ((SEED_CODER_SPLIT,), False): "seed-coder",
+    ((UFAKZEKA_SPLIT,), False): "ufakzeka",
+    ((TEKKEN_SPLIT,), True): "tekken",
+    ((GPT4O_SPLIT,), False): "gpt-4o llama4 kanana2 talkie minimax-m2",
+    (_STEPS["deepseek-llm"], False): "deepseek-llm",
+    (_STEPS["deepseek-coder"], False): "deepseek-coder",
+    (_STEPS["deepseek-v3"], False): "deepseek-v3 hunyuan-dense joyai-llm hy_v4",
+    (_STEPS["spark2_5"], False): "spark2_5",
+    (_STEPS["youtu"], True): "youtu",
+    (_STEPS["falcon"], False): "falcon",
+    (_STEPS["bloom"], False): "poro-chat bloom gpt3-finnish",
+    (_STEPS["viking"], False): "viking",
+    (_STEPS["chameleon"], False): "chameleon",
+    (_STEPS["superbpe"], False): "superbpe",
+    (_STEPS["laguna"], False): "laguna",
+    (_STEPS["minicpm5"], True): "minicpm5",
+    (_STEPS["afmoe"], False): "afmoe",
+    (_STEPS["default"], False): "default",
 }
-SPLITS: dict[str, tuple[str, bool]] = {name: group for group, names in _GROUPS.items() for name in names.split()}
+SPLITS: dict[str, tuple[tuple[str, ...], bool]] = {
+    name: group for group, names in _GROUPS.items() for name in names.split()
+}
 
 
 def pre_tokenizer_for(name: str):
@@ -70,17 +175,16 @@ def pre_tokenizer_for(name: str):
 
     if name not in SPLITS:
         return None
-    split, ignore_merges = SPLITS[name]
-    if split == GPT2_SPLIT:
+    steps, ignore_merges = SPLITS[name]
+    if steps == (GPT2_SPLIT,):
         return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), ignore_merges
-    if split == DIGITS:
+    if steps == (DIGITS,):
         steps = [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
         return pre_tokenizers.Sequence(steps), ignore_merges
-    steps = [
-        pre_tokenizers.Split(Regex(split), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ]
-    return pre_tokenizers.Sequence(steps), ignore_merges
+    splits = [pre_tokenizers.Split(Regex(step), behavior="isolated") for step in steps]
+    return pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]), (
+        ignore_merges
+    )
 
 
 def split_warning(file: Path, name: str | None) -> str:
