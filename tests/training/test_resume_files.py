@@ -102,3 +102,29 @@ def test_a_gguf_run_started_before_llama_cpp_s_split_is_told_why_its_rows_differ
     with pytest.raises(ConfigError, match=r"d.jsonl changed; or the run started before .*'smollm'.*--overwrite"):
         files = ({"d.jsonl": "1"}, {"d.jsonl": "2"})
         check_same_data(tmp_path, "a", "b", "training", files, split_changed(before, source))
+
+
+def _gguf_base(folder, pre: str):
+    from tunelab.models.load import ModelSource
+
+    gguf = pytest.importorskip("gguf")
+    path = folder / f"{pre}.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_pre(pre)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return ModelSource(str(path), str(folder), path.name)
+
+
+def test_a_run_on_a_base_of_several_regexes_from_conversion_3_is_told_its_split_changed(tmp_path):
+    """Conversion 3 gave SmolLM2's 'smollm' llama.cpp's split but left 'deepseek-coder' (a list of regexes) with
+    transformers' GPT-2 split, which conversion 4 replaced; a name tunelab never rebuilt ('tiny_aya') kept its split."""
+    from tunelab.rundir import RunInfo
+    from tunelab.training.resume import GGUF_SPLIT, split_changed
+
+    at = lambda conversion: RunInfo("base", "lora", extra={GGUF_SPLIT: conversion})
+    assert "'deepseek-coder': its regexes in turn" in split_changed(at(3), _gguf_base(tmp_path, "deepseek-coder"))
+    assert split_changed(at(4), _gguf_base(tmp_path, "deepseek-coder")) == ""
+    assert split_changed(at(3), _gguf_base(tmp_path, "smollm")) == ""
+    assert split_changed(RunInfo("base", "lora"), _gguf_base(tmp_path, "tiny_aya")) == ""

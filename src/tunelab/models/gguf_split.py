@@ -167,6 +167,10 @@ SPLITS: dict[str, tuple[tuple[str, ...], bool]] = {
     name: group for group, names in _GROUPS.items() for name in names.split()
 }
 
+# the names a GGUF copy's tokenizer splits as llama.cpp does since conversion 4 (models/converted.CONVERSION); the
+# other names of SPLITS since conversion 3
+SPLIT_SINCE_4 = frozenset(name for name, (steps, _) in SPLITS.items() if steps in _STEPS.values())
+
 
 def pre_tokenizer_for(name: str):
     """The `tokenizers` pre-tokenizer llama.cpp's `name` splits as, and whether whole words in the vocabulary skip

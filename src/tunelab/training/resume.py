@@ -42,7 +42,7 @@ from tunelab.data.packing import Packed
 from tunelab.data.report import location_path
 from tunelab.errors import ConfigError, RunDirError, counted
 from tunelab.models.converted import CONVERSION
-from tunelab.models.gguf_split import read_gguf_string
+from tunelab.models.gguf_split import SPLIT_SINCE_4, SPLITS, read_gguf_string
 from tunelab.rundir import CONFIG_FILE, RunInfo, read_info
 from tunelab.training.auto import Choice
 from tunelab.training.checkpoint import intact_checkpoint
@@ -425,16 +425,24 @@ def gguf_split_facts(source) -> dict:
 
 def split_changed(before: RunInfo, source) -> str:
     """For a run on a GGUF base that started before tunelab gave such a base's tokenizer llama.cpp's split for its
-    tokenizer.ggml.pre (conversion 3, models/gguf_split.py), a sentence saying that this may be why its rows differ;
-    else ''."""
-    if not source.is_gguf or before.extra.get(GGUF_SPLIT, 2) >= 3:
+    tokenizer.ggml.pre (conversion 3, or 4 for the names of gguf_split.SPLIT_SINCE_4), a sentence saying that this
+    may be why its rows differ; else ''."""
+    if not source.is_gguf:
         return ""
     pre = read_gguf_string(Path(source.path) / source.gguf_file, "tokenizer.ggml.pre")
+    since = 4 if pre in SPLIT_SINCE_4 else 3
+    if pre not in SPLITS or before.extra.get(GGUF_SPLIT, 2) >= since:
+        return ""
+    which = (
+        "its regexes in turn, so some text"
+        if since == 4
+        else "for SmolLM2 each digit alone, so text with a digit after whitespace, '\\n\\n1.',"
+    )
     return (
         "the run started before tunelab gave a GGUF base's tokenizer the split llama.cpp uses for it "
-        f"(tokenizer.ggml.pre {pre!r}: for SmolLM2 each digit alone, so text with a digit after whitespace, '\\n\\n1.', "
-        "gives other tokens now). With the data unchanged, the run cannot resume with this tunelab: train it again "
-        "with --overwrite (its finished result, if any, keeps its own tokenizer and still opens as trained)"
+        f"(tokenizer.ggml.pre {pre!r}: {which} gives other tokens now). With the data unchanged, the run "
+        "cannot resume with this tunelab: train it again with --overwrite (its finished result, if any, keeps its own "
+        "tokenizer and still opens as trained)"
     )
 
 
