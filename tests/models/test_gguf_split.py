@@ -200,3 +200,17 @@ def test_the_export_check_finds_the_training_texts_split_alike(split_tokenizer, 
     _check_template(result, merged, llm, "", run, adds_bos=False)
     assert result.tokens == {"texts": len(TEXTS), "mismatched": []}
     assert not any("splits" in p for p in result.problems)
+
+
+@pytest.mark.parametrize("pre", ["falcon", "deepseek-coder"])
+def test_the_converted_tokenizer_decodes_as_llama_cpp_generates(pre, unsplit_tokenizer, tmp_path, monkeypatch):
+    """llama.cpp's clean_spaces (on for falcon, off for deepseek-coder) acts in llama_detokenize alone; the text it
+    generates joins the tokens' pieces, spaces before punctuation and apostrophes kept, as the converted decode does."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="the reference pieces are llama.cpp's")
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    path = _gguf_named(unsplit_tokenizer, pre, tmp_path, monkeypatch)
+    ours = AutoTokenizer.from_pretrained(materialize(resolve_source(str(path))))
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    text = "Hello , world . It 's ok ? yes ! I ' m here"
+    ids = ours(text, add_special_tokens=False)["input_ids"]
+    assert ours.decode(ids) == llm.detokenize(ids).decode() == text

@@ -12,9 +12,16 @@ so whitespace before a digit ('\\n\\n1.') parted otherwise than in SmolLM2's own
 BLOOM's names among those of several), then the byte-level step. llama.cpp's Llama 3, Tekken, youtu and minicpm5 names
 also take a whole word found in the vocabulary without merging (`ignore_merges`). A name not listed is left as
 transformers converted it, with a warning naming it (`split_warning`): text may split otherwise than in llama.cpp
-there. Among those: tiny_aya and cohere2moe (llama.cpp's std::regex reads the `\b` in their lookahead by whether an
-earlier match was found in the text, which no regex can follow), kimi-k2 (split by hand-written code in llama.cpp) and the names whose vocabulary is
-not byte-level (gemma4, whitespace).
+there. Among those: tiny_aya and cohere2moe (llama.cpp's std::regex reads the `\\b` in their lookahead by whether
+an earlier match was found in the text, which no regex can follow), kimi-k2 (split by hand-written code in
+llama.cpp) and the names whose vocabulary is not byte-level (gemma4, whitespace).
+
+Decoding is left as transformers converted it, without clean-up (`clean_up_tokenization_spaces` False) for every
+name. llama.cpp's `clean_spaces` (on for a byte-level vocabulary unless its name turns it off: falcon, bloom, gpt-2,
+llama-bpe on; deepseek-*, qwen2, smollm off; src/llama-vocab.cpp, `llama_vocab::impl::load`) takes the space out of
+" ." " ," " ?" " !" " 's" ... only in `llama_detokenize`; the text llama-server generates is the tokens' pieces
+joined (tools/server/server-context.cpp, `process_token`: `generated_text += token_str`), which is what the
+converted tokenizer's `decode` gives.
 """
 
 from __future__ import annotations
