@@ -124,7 +124,10 @@ def test_a_run_on_a_base_of_several_regexes_from_conversion_3_is_told_its_split_
     from tunelab.training.resume import GGUF_SPLIT, split_changed
 
     at = lambda conversion: RunInfo("base", "lora", extra={GGUF_SPLIT: conversion})
-    assert "'deepseek-coder': its regexes in turn" in split_changed(at(3), _gguf_base(tmp_path, "deepseek-coder"))
+    assert "'deepseek-coder': its regexes as llama.cpp reads them" in split_changed(
+        at(3), _gguf_base(tmp_path, "deepseek-coder")
+    )
     assert split_changed(at(4), _gguf_base(tmp_path, "deepseek-coder")) == ""
     assert split_changed(at(3), _gguf_base(tmp_path, "smollm")) == ""
+    assert "'llama4'" in split_changed(at(3), _gguf_base(tmp_path, "llama4"))
     assert split_changed(RunInfo("base", "lora"), _gguf_base(tmp_path, "tiny_aya")) == ""

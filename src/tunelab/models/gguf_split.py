@@ -44,13 +44,18 @@ QWEN35_SPLIT = (
 )
 SEED_CODER_SPLIT = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"
 UFAKZEKA_SPLIT = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_UPPER, _LOWER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+# llama.cpp's forms of Tekken's and GPT-4o's tokenizer.json regexes (src/llama-vocab.cpp, `llm_tokenizer_bpe`): a letter
+# not a-z for [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}], one not A-Z for [\p{Ll}\p{Lm}\p{Lo}\p{M}], so a combining mark (Devanagari's,
+# Khmer's vowel signs) is a piece of its own there, not part of the word; and contractions spelled out in cases.
+_LLAMA_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_NOT_LOWER, _NOT_UPPER = r"((?=[\p{L}])([^a-z]))", r"((?=[\p{L}])([^A-Z]))"
 TEKKEN_SPLIT = (
-    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*"
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_NOT_LOWER}*{_NOT_UPPER}+|[^\r\n\p{{L}}\p{{N}}]?{_NOT_LOWER}+{_NOT_UPPER}*"
     r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 GPT4O_SPLIT = (
-    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTIONS}?|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_CONTRACTIONS}?"
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_NOT_LOWER}*{_NOT_UPPER}+{_LLAMA_CONTRACTIONS}?"
+    rf"|[^\r\n\p{{L}}\p{{N}}]?{_NOT_LOWER}+{_NOT_UPPER}*{_LLAMA_CONTRACTIONS}?"
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 DIGITS = "digits"  # each digit alone, then GPT-2's regex: tokenizers' Digits step, as SmolLM2's tokenizer.json has it
@@ -64,7 +69,6 @@ DIGITS = "digits"  # each digit alone, then GPT-2's regex: tokenizers' Digits st
 # - one without runs on code points with every non-ASCII whitespace turned into '\v', so a literal range never holds
 #   one (deepseek-llm's U+3000-U+3002 starts with one): hence `&&\S`; its `$` is the end of the piece (Oniguruma's `$`
 #   is an end of line: \z), and its \d is ASCII.
-_LLAMA_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 _CJK = "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"
 _DEEPSEEK_CJK = "[[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]&&\\S]+"
 _DEEPSEEK_LETTERS = (  # a run of letters of the scripts that have case, as llama.cpp lists them for deepseek-llm
@@ -174,9 +178,14 @@ SPLITS: dict[str, tuple[tuple[str, ...], bool]] = {
     name: group for group, names in _GROUPS.items() for name in names.split()
 }
 
-# the names a GGUF copy's tokenizer splits as llama.cpp does since conversion 4 (models/converted.CONVERSION); the
-# other names of SPLITS since conversion 3
-SPLIT_SINCE_4 = frozenset(name for name, (steps, _) in SPLITS.items() if steps in _STEPS.values())
+# the names a GGUF copy's tokenizer splits as llama.cpp does since conversion 4 (models/converted.CONVERSION): those of
+# several regexes, and Tekken's and GPT-4o's, which split combining marks as llama.cpp does since then; the other names
+# of SPLITS since conversion 3
+SPLIT_SINCE_4 = frozenset(
+    name
+    for name, (steps, _) in SPLITS.items()
+    if steps in _STEPS.values() or steps in ((TEKKEN_SPLIT,), (GPT4O_SPLIT,))
+)
 
 
 def pre_tokenizer_for(name: str):

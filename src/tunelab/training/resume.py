@@ -434,7 +434,7 @@ def split_changed(before: RunInfo, source) -> str:
     if pre not in SPLITS or before.extra.get(GGUF_SPLIT, 2) >= since:
         return ""
     which = (
-        "its regexes in turn, so some text"
+        "its regexes as llama.cpp reads them, so some text"
         if since == 4
         else "for SmolLM2 each digit alone, so text with a digit after whitespace, '\\n\\n1.',"
     )
