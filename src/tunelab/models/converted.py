@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tunelab.atomic import write_json
 
-# 4: also for the names whose llama.cpp split is several regexes (gguf_split.SPLIT_SINCE_4: deepseek, falcon,
-# bloom, ...; 3 kept transformers' split for them), and Tekken's and GPT-4o's as llama.cpp reads them (3 joined a
+# 4: also for the names whose llama.cpp split is several regexes or one transformers does not know
+# (gguf_split.SPLIT_SINCE_4: deepseek, falcon, bloom, kimi-k2, ...; 3 kept transformers' split for them), and Tekken's and GPT-4o's as llama.cpp reads them (3 joined a
 # combining mark to its word); 3: the tokenizer splits as llama.cpp does for the file's
 # tokenizer.ggml.pre (models/gguf_split.py; 2 kept transformers' split, GPT-2's for SmolLM2's 'smollm'); 2: a tied
 # embedding under model.embed_tokens.weight (1 kept it as lm_head.weight only)

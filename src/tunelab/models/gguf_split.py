@@ -9,12 +9,12 @@ so whitespace before a digit ('\\n\\n1.') parted otherwise than in SmolLM2's own
 
 `pre_tokenizer_for(name)` gives the split of each name below, checked against llama.cpp's tokenize
 (tests/models/test_gguf_split.py): a Split step per regex of llama.cpp's list, in its order (DeepSeek's, Falcon's and
-BLOOM's names among those of several), then the byte-level step. llama.cpp's Llama 3, Tekken, youtu and minicpm5 names
-also take a whole word found in the vocabulary without merging (`ignore_merges`). A name not listed is left as
-transformers converted it, with a warning naming it (`split_warning`): text may split otherwise than in llama.cpp
-there. Among those: tiny_aya and cohere2moe (llama.cpp's std::regex reads the `\\b` in their lookahead by whether
-an earlier match was found in the text, which no regex can follow), kimi-k2 (split by hand-written code in
-llama.cpp) and the names whose vocabulary is not byte-level (gemma4, whitespace).
+BLOOM's names among those of several; kimi-k2's hand-written split as one regex), then the byte-level step.
+llama.cpp's Llama 3, Tekken, youtu, minicpm5 and granite-embed-multi-97m names also take a whole word found in the
+vocabulary without merging (`ignore_merges`). A name not listed is left as transformers converted it, with a warning
+naming it (`split_warning`): text may split otherwise than in llama.cpp there. Among those: tiny_aya and cohere2moe
+(llama.cpp's std::regex reads the `\\b` in their lookahead by whether an earlier match was found in the text, which no
+regex can follow) and the names whose vocabulary is not byte-level (gemma4, whitespace).
 
 Decoding is left as transformers converted it, without clean-up (`clean_up_tokenization_spaces` False) for every
 name. llama.cpp's `clean_spaces` (on for a byte-level vocabulary unless its name turns it off: falcon, bloom, gpt-2,
@@ -69,6 +69,10 @@ DIGITS = "digits"  # each digit alone, then GPT-2's regex: tokenizers' Digits st
 # - one without runs on code points with every non-ASCII whitespace turned into '\v', so a literal range never holds
 #   one (deepseek-llm's U+3000-U+3002 starts with one): hence `&&\S`; its `$` is the end of the piece (Oniguruma's `$`
 #   is an end of line: \z), and its \d is ASCII.
+_HAN = (
+    "[\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f\U0002b740-\U0002b81f\U0002b820-\U0002ceaf"
+    "\U0002ceb0-\U0002ebef\uf900-\ufaff\U0002f800-\U0002fa1f]"
+)
 _CJK = "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"
 _DEEPSEEK_CJK = "[[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]&&\\S]+"
 _DEEPSEEK_LETTERS = (  # a run of letters of the scripts that have case, as llama.cpp lists them for deepseek-llm
@@ -141,6 +145,32 @@ _STEPS = {  # llama.cpp's regex list for each LLAMA_VOCAB_PRE_TYPE_* (src/llama-
         _DEEPSEEK3_WORDS + r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
     ),
     "default": (r"[\p{P}$+<=>^~|]+", GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]"),
+    # and names of one regex that transformers does not know
+    "jais-2": (
+        _LLAMA_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+        r"|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)|\s{8}(?!\S)|\s{4}(?!\S)"
+        r"|\s{1,2}(?!\S)|\s{1}",
+    ),
+    "bailingmoe": (
+        r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]"
+        r"|\s+(?!\S)|\s+",
+    ),
+    "exaone-moe": (
+        _LLAMA_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?"
+        r"|\s*[\r\n]|\s+(?!\S)|\s+",
+    ),
+    "granite-embed-multi-97m": (  # GPT-4o's, a combining mark counted with the letters
+        r"[^\r\n\p{L}\p{N}]?((?=[\p{L}\p{M}])([^a-z]))*((?=[\p{L}\p{M}])([^A-Z]))+" + _LLAMA_CONTRACTIONS + r"?"
+        r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}\p{M}])([^a-z]))+((?=[\p{L}\p{M}])([^A-Z]))*" + _LLAMA_CONTRACTIONS + r"?"
+        r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    # llama.cpp splits kimi-k2 by hand-written code (unicode.cpp, `unicode_regex_split_custom_kimi_k2`): a run of Han
+    # (its `unicode_cpt_is_han` ranges) apart, then Llama 3's regex with Han taken out of the letters and no
+    # contraction of its own
+    "kimi-k2": (
+        _HAN + r"+|[^\r\n\p{L}\p{N}]?[\p{L}&&[^" + _HAN[1:-1] + r"]]+" + _LLAMA_CONTRACTIONS + r"?"
+        r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
 }
 
 # tokenizer.ggml.pre -> (the regexes in turn, ignore_merges), grouped as llama.cpp's llama_vocab::impl::load maps the
@@ -173,14 +203,19 @@ _GROUPS = {
     (_STEPS["minicpm5"], True): "minicpm5",
     (_STEPS["afmoe"], False): "afmoe",
     (_STEPS["default"], False): "default",
+    (_STEPS["jais-2"], False): "jais-2",
+    (_STEPS["bailingmoe"], False): "bailingmoe bailingmoe2 llada-moe",
+    (_STEPS["exaone-moe"], False): "exaone-moe",
+    (_STEPS["granite-embed-multi-97m"], True): "granite-embed-multi-97m",
+    (_STEPS["kimi-k2"], False): "kimi-k2",
 }
 SPLITS: dict[str, tuple[tuple[str, ...], bool]] = {
     name: group for group, names in _GROUPS.items() for name in names.split()
 }
 
 # the names a GGUF copy's tokenizer splits as llama.cpp does since conversion 4 (models/converted.CONVERSION): those of
-# several regexes, and Tekken's and GPT-4o's, which split combining marks as llama.cpp does since then; the other names
-# of SPLITS since conversion 3
+# _STEPS, and Tekken's and GPT-4o's, which split combining marks as llama.cpp does since then; the other names of
+# SPLITS since conversion 3
 SPLIT_SINCE_4 = frozenset(
     name
     for name, (steps, _) in SPLITS.items()
