@@ -31,8 +31,9 @@ def split_tokenizer(base_tokenizer):
     return base_tokenizer(("<|im_start|>", "<|im_end|>"), corpus=CORPUS, vocab_size=500)
 
 
-def _gguf_named(tok, pre: str, folder, monkeypatch):
-    """A 2-layer random Llama as a GGUF file whose tokenizer.ggml.pre is `pre`."""
+def _gguf_named(tok, pre: str, folder, monkeypatch, named: bool = True):
+    """A 2-layer random Llama as a GGUF file whose tokenizer.ggml.pre is `pre` (none where `named` is False: the
+    caller stubbed the writer's add_tokenizer_pre)."""
     from tunelab.export import gguf as export_gguf
 
     from ..conftest import _tiny_llama_config
@@ -47,7 +48,7 @@ def _gguf_named(tok, pre: str, folder, monkeypatch):
     )
     path = folder / f"{pre}.gguf"
     export_gguf.write_gguf(merged, path, "f32", pre)
-    assert read_gguf_string(path, "tokenizer.ggml.pre") == pre
+    assert read_gguf_string(path, "tokenizer.ggml.pre") == (pre if named else None)
     return path
 
 
@@ -236,3 +237,20 @@ def test_the_converted_tokenizer_decodes_as_llama_cpp_generates(pre, unsplit_tok
     text = "Hello , world . It 's ok ? yes ! I ' m here"
     ids = ours(text, add_special_tokens=False)["input_ids"]
     assert ours.decode(ids) == llm.detokenize(ids).decode() == text
+
+
+def test_a_file_naming_no_pre_tokenizer_splits_as_llama_cpp_s_default(unsplit_tokenizer, tmp_path, monkeypatch, capsys):
+    """llama.cpp splits a byte-level file without tokenizer.ggml.pre by its 'default' regexes; tunelab did by
+    transformers' GPT-2 split."""
+    import gguf
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="the reference split is llama.cpp's")
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf.GGUFWriter, "add_tokenizer_pre", lambda self, pre: None)
+    path = _gguf_named(unsplit_tokenizer, "none", tmp_path, monkeypatch, named=False)
+    ours = AutoTokenizer.from_pretrained(materialize(resolve_source(str(path))))
+    assert "it names no pre-tokenizer (tokenizer.ggml.pre)" in capsys.readouterr().err
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    for text in TRICKY:
+        ids = ours(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids, text

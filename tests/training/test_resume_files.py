@@ -104,13 +104,14 @@ def test_a_gguf_run_started_before_llama_cpp_s_split_is_told_why_its_rows_differ
         check_same_data(tmp_path, "a", "b", "training", files, split_changed(before, source))
 
 
-def _gguf_base(folder, pre: str):
+def _gguf_base(folder, pre: str | None):
     from tunelab.models.load import ModelSource
 
     gguf = pytest.importorskip("gguf")
     path = folder / f"{pre}.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_tokenizer_pre(pre)
+    if pre is not None:
+        writer.add_tokenizer_pre(pre)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.close()
@@ -130,4 +131,5 @@ def test_a_run_on_a_base_of_several_regexes_from_conversion_3_is_told_its_split_
     assert split_changed(at(4), _gguf_base(tmp_path, "deepseek-coder")) == ""
     assert split_changed(at(3), _gguf_base(tmp_path, "smollm")) == ""
     assert "'llama4'" in split_changed(at(3), _gguf_base(tmp_path, "llama4"))
+    assert "'default'" in split_changed(at(3), _gguf_base(tmp_path, None))  # llama.cpp's split of a file naming none
     assert split_changed(RunInfo("base", "lora"), _gguf_base(tmp_path, "tiny_aya")) == ""

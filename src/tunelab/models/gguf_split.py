@@ -14,7 +14,8 @@ llama.cpp's Llama 3, Tekken, youtu, minicpm5 and granite-embed-multi-97m names a
 vocabulary without merging (`ignore_merges`). A name not listed is left as transformers converted it, with a warning
 naming it (`split_warning`): text may split otherwise than in llama.cpp there. Among those: tiny_aya and cohere2moe
 (llama.cpp's std::regex reads the `\\b` in their lookahead by whether an earlier match was found in the text, which no
-regex can follow) and the names whose vocabulary is not byte-level (gemma4, whitespace).
+regex can follow) and the names whose vocabulary is not byte-level (gemma4, whitespace). A file naming none gets
+'default''s split, as llama.cpp gives it, and a warning.
 
 Decoding is left as transformers converted it, without clean-up (`clean_up_tokenization_spaces` False) for every
 name. llama.cpp's `clean_spaces` (on for a byte-level vocabulary unless its name turns it off: falcon, bloom, gpt-2,
@@ -243,29 +244,35 @@ def pre_tokenizer_for(name: str):
 
 
 def split_warning(file: Path, name: str | None) -> str:
-    """The warning for a byte-level GGUF tokenizer whose split tunelab does not rebuild (empty when it does)."""
+    """The warning for a byte-level GGUF tokenizer whose split tunelab does not rebuild, or that names none (empty
+    for a name in SPLITS)."""
     if name in SPLITS:
         return ""
-    said = f"tokenizer.ggml.pre is {name!r}" if name else "it names no pre-tokenizer (tokenizer.ggml.pre)"
+    if not name:
+        return (
+            f"{file}: it names no pre-tokenizer (tokenizer.ggml.pre); the tokenizer splits text by llama.cpp's "
+            "'default' regexes, as llama.cpp does for such a file, which may not be how the model's own tokenizer split "
+            "the text it was trained on."
+        )
     return (
-        f"{file}: {said}, whose split tunelab does not know; the tokenizer splits text as transformers converted it, "
-        f"which may differ from llama.cpp's (known: {', '.join(sorted(SPLITS))})."
+        f"{file}: tokenizer.ggml.pre is {name!r}, whose split tunelab does not know; the tokenizer splits text as "
+        f"transformers converted it, which may differ from llama.cpp's (known: {', '.join(sorted(SPLITS))})."
     )
 
 
 def set_gguf_split(tokenizer, file: Path) -> str:
     """Give `tokenizer`, converted by transformers from the GGUF `file`, the split llama.cpp uses for the file's
-    tokenizer.ggml.pre (a byte-level BPE vocabulary only: a SentencePiece one has no pre-tokenizer). Returns a
-    warning to show when the name is not one tunelab rebuilds, else ''."""
+    tokenizer.ggml.pre (a byte-level BPE vocabulary only: a SentencePiece one has no pre-tokenizer; 'default' for a
+    file naming none, as llama.cpp's llama_vocab::impl::load takes). Returns a warning to show when the name is not
+    one tunelab rebuilds or is missing, else ''."""
     if read_gguf_string(file, "tokenizer.ggml.model") != "gpt2":
         return ""
     name = read_gguf_string(file, "tokenizer.ggml.pre")
-    found = pre_tokenizer_for(name) if name else None
-    if found is None:
-        return split_warning(file, name)
-    backend = tokenizer.backend_tokenizer
-    backend.pre_tokenizer, backend.model.ignore_merges = found
-    return ""
+    found = pre_tokenizer_for(name or "default")
+    if found is not None:
+        backend = tokenizer.backend_tokenizer
+        backend.pre_tokenizer, backend.model.ignore_merges = found
+    return split_warning(file, name)
 
 
 _SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}

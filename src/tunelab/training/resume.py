@@ -429,7 +429,7 @@ def split_changed(before: RunInfo, source) -> str:
     may be why its rows differ; else ''."""
     if not source.is_gguf:
         return ""
-    pre = read_gguf_string(Path(source.path) / source.gguf_file, "tokenizer.ggml.pre")
+    pre = read_gguf_string(Path(source.path) / source.gguf_file, "tokenizer.ggml.pre") or "default"  # as llama.cpp
     since = 4 if pre in SPLIT_SINCE_4 else 3
     if pre not in SPLITS or before.extra.get(GGUF_SPLIT, 2) >= since:
         return ""
