@@ -61,10 +61,10 @@ GPT4O_SPLIT = (
 )
 DIGITS = "digits"  # each digit alone, then GPT-2's regex: tokenizers' Digits step, as SmolLM2's tokenizer.json has it
 
-# The names whose split is several regexes, each splitting every piece the ones before it left (llama.cpp's
-# src/unicode.cpp, `unicode_regex_split`: a regex's matches and what lies between them become pieces, and the next
-# regex runs on each piece alone). llama.cpp runs them with std::regex, which reads some of them otherwise than
-# tokenizers' Oniguruma would, so they are written here for what llama.cpp does:
+# The names transformers does not know, most of them split by several regexes, each splitting every piece the ones
+# before it left (llama.cpp's src/unicode.cpp, `unicode_regex_split`: a regex's matches and what lies between them
+# become pieces, and the next regex runs on each piece alone). llama.cpp runs them with std::regex, which reads some of
+# them otherwise than tokenizers' Oniguruma would, so they are written here for what llama.cpp does:
 # - a regex with a \p{..} class runs on a copy of the text with each non-ASCII character collapsed to one byte for its
 #   category, so \p{Lu}, \p{Ll}, \p{Lt}, \p{Lm} and \p{Lo} all mean any letter;
 # - one without runs on code points with every non-ASCII whitespace turned into '\v', so a literal range never holds
@@ -237,10 +237,9 @@ def pre_tokenizer_for(name: str):
     if steps == (DIGITS,):
         steps = [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
         return pre_tokenizers.Sequence(steps), ignore_merges
-    splits = [pre_tokenizers.Split(Regex(step), behavior="isolated") for step in steps]
-    return pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]), (
-        ignore_merges
-    )
+    splits = [pre_tokenizers.Split(Regex(step), behavior="isolated") for step in steps]  # in llama.cpp's order
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return pre_tokenizers.Sequence([*splits, byte_level]), ignore_merges
 
 
 def split_warning(file: Path, name: str | None) -> str:
