@@ -9,13 +9,14 @@ so whitespace before a digit ('\\n\\n1.') parted otherwise than in SmolLM2's own
 
 `pre_tokenizer_for(name)` gives the split of each name below, checked against llama.cpp's tokenize
 (tests/models/test_gguf_split.py): a Split step per regex of llama.cpp's list, in its order (DeepSeek's, Falcon's and
-BLOOM's names among those of several; kimi-k2's hand-written split as one regex), then the byte-level step.
-llama.cpp's Llama 3, Tekken, youtu, minicpm5 and granite-embed-multi-97m names also take a whole word found in the
-vocabulary without merging (`ignore_merges`). A name not listed is left as transformers converted it, with a warning
-naming it (`split_warning`): text may split otherwise than in llama.cpp there. Among those: tiny_aya and cohere2moe
-(llama.cpp's std::regex reads the `\\b` in their lookahead by whether an earlier match was found in the text, which no
-regex can follow) and the names whose vocabulary is not byte-level (gemma4, whitespace). A file naming none gets
-'default''s split, as llama.cpp gives it, and a warning.
+BLOOM's names among those of several; kimi-k2's hand-written split as one regex), then the byte-level step. llama.cpp's
+Llama 3, Tekken, youtu, minicpm5 and granite-embed-multi-97m names also take a whole word found in the vocabulary
+without merging (`ignore_merges`). A name not listed is left as transformers converted it, with a warning naming it
+(`split_warning`): text may split otherwise than in llama.cpp there. Among those: tiny_aya and cohere2moe, whose first
+regex, \\d{1,3}(?=(?:\\d{3})*\\b), llama.cpp's std::regex reads otherwise than a regex engine does (in 'a  99 x' it
+leaves 99 with the spaces before it, where the regex parts them; yet it parts '1234 ' as 1|234), which no regex tried
+here follows; and the names whose vocabulary is not byte-level (gemma4, whitespace). A file naming none gets 'default''s
+split, as llama.cpp gives it, and a warning.
 
 Decoding is left as transformers converted it, without clean-up (`clean_up_tokenization_spaces` False) for every
 name. llama.cpp's `clean_spaces` (on for a byte-level vocabulary unless its name turns it off: falcon, bloom, gpt-2,
