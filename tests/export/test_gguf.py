@@ -379,6 +379,26 @@ def test_an_export_that_cannot_fit_its_disk_is_refused_before_it_writes(tiny_run
     assert not (tmp_path / "full").exists()
 
 
+def test_an_export_without_room_is_refused_before_the_merge(tiny_run, tmp_path, monkeypatch):
+    """The room was measured on the merged model, so a disk without it was said only after the minutes a large
+    model's merge takes. It is now measured from the model's config first (a k-quant's f16 file counted too): the
+    merge never starts, and nothing is written."""
+    import tunelab.atomic
+    import tunelab.export.gguf
+    from tunelab.errors import WriteFailed
+
+    def no_merge(*args, **kwargs):
+        raise AssertionError("the merge ran before the room was checked")
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(tunelab.atomic.shutil, "disk_usage", lambda _: usage._replace(free=100_000))
+    monkeypatch.setattr(tunelab.export.gguf, "merged_model", no_merge)
+    for qtype in ("f16", "q8_0"):
+        with pytest.raises(WriteFailed, match=rf"m.gguf: the {qtype} export needs about \d.* which has 0.1 MB free"):
+            export_gguf(tiny_run, tmp_path / "out" / "m.gguf", qtype, check=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_file_name_the_modelfile_cannot_carry_is_refused(tiny_run, tmp_path):
     """`--gguf $'a\\nb.gguf'` wrote a Modelfile whose FROM line ended at the line break (Ollama then refused 'b.gguf'
     as an unknown command) and a name with other unprinted characters lost them in Ollama's reading. Such a name is

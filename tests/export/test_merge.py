@@ -592,8 +592,31 @@ def test_a_merge_onto_a_full_disk_is_refused_without_a_traceback(lora_run, tmp_p
     assert [p.name for p in tmp_path.iterdir() if "merged" in p.name] == []
 
     monkeypatch.undo()
-    from tunelab.export.merge import merged_model, saved_bytes
+    from tunelab.export.merge import saved_bytes, shapes_only
 
-    merge_run(run, tmp_path / "merged")
-    on_disk = sum(p.stat().st_size for p in (tmp_path / "merged").iterdir())
-    assert on_disk <= saved_bytes(merged_model(run)) <= 2 * on_disk
+    for dtype in (torch.float32, torch.bfloat16):  # measured from the shapes alone, before the merge
+        out = tmp_path / f"merged-{dtype}"
+        merge_run(run, out, dtype=dtype)
+        on_disk = sum(p.stat().st_size for p in out.iterdir())
+        shapes = shapes_only(run)  # the tokenizer's files are estimated at 256 bytes a token: no less than they take
+        assert on_disk <= saved_bytes(shapes, dtype) <= on_disk + 256 * shapes.config.vocab_size + 2**20
+
+
+def test_a_merge_without_room_is_refused_before_the_merge(lora_run, tmp_path, monkeypatch):
+    """The room was measured on the merged model, so a disk without it was said only after the minutes the merge
+    of a large model takes (loading the base, folding every adapter in). It is now measured from the model's config
+    before anything is loaded: the merge never starts, and nothing is written."""
+    import tunelab.atomic
+    import tunelab.export.merge
+    from tunelab.errors import WriteFailed
+
+    def no_merge(*args, **kwargs):
+        raise AssertionError("the merge ran before the room was checked")
+
+    run, _ = lora_run
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(tunelab.atomic.shutil, "disk_usage", lambda _: real._replace(free=1000))
+    monkeypatch.setattr(tunelab.export.merge, "merged_model", no_merge)
+    with pytest.raises(WriteFailed, match=r"merged: the merged model needs about \d.* on its disk, which has 0.0 MB"):
+        merge_run(run, tmp_path / "merged")
+    assert list(tmp_path.iterdir()) == [tmp_path / "run"]

@@ -39,7 +39,7 @@ from tunelab.export.card import gguf_card, gguf_card_path, shared_name
 from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
 from tunelab.export.gguf_vocab import adds_special, gguf_package, gguf_vocab, source_pre_tokenizer, write_vocab
-from tunelab.export.merge import MergedModel, check_output, check_run, merged_model
+from tunelab.export.merge import MergedModel, check_output, check_run, merged_model, shapes_only
 from tunelab.export.modelfile import (
     UNQUOTABLE,
     context_parameter,
@@ -397,9 +397,10 @@ def export_gguf(
     for target in (out, modelfile, check_path(out), card):
         check_output(target, run_dir, overwrite, "--gguf", never=_a_directory)
     check_can_write(out)  # a read-only place: said before the merge and the conversion, not after them
+    shapes = shapes_only(run_dir)
+    shape = gguf_shape(shapes.config)  # an unsupported model, and a disk without room, before the merge
+    require_space(out, written_bytes(shapes, shape, qtype), f"the {qtype} export")
     merged = merged_model(run_dir, torch.float32)  # export from fp32 so that every qtype rounds only once
-    shape = gguf_shape(merged.model.config)  # refuse unsupported models before writing anything
-    require_space(out, written_bytes(merged.model, shape, qtype), f"the {qtype} export")
     tok = merged.tokenizer
     adds_bos = adds_special(tok, tok.bos_token_id, first=True)
     cfg = _last_config(run_dir)

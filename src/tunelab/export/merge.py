@@ -92,10 +92,15 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
+def _result_config(run_dir: str | Path, info: RunInfo):
+    """The transformers config of the run's result: its base's for an adapter run, its own for full weights."""
+    source = run_base(info) if info.is_adapter else resolve_source(str(run_dir))
+    return load_hf_config(source, info.trust_remote_code)
+
+
 def stored_dtype(run_dir: str | Path, info: RunInfo) -> torch.dtype:
     """The dtype the weights were saved in (the base model's for a LoRA run); fp32 when the config does not say."""
-    source = run_base(info) if info.is_adapter else resolve_source(str(run_dir))
-    config = load_hf_config(source, info.trust_remote_code)
+    config = _result_config(run_dir, info)
     value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(value, str):
         value = getattr(torch, value, None)
@@ -251,11 +256,28 @@ def provenance(merged: MergedModel, run_dir: Path, out: Path) -> dict:
     )
 
 
-def saved_bytes(merged: MergedModel) -> int:
-    """About how many bytes the merged folder takes: each weight once (tied ones share theirs) in its dtype, plus the
-    tokenizer's files (~256 bytes a token: tokenizer.json's vocabulary and merges) and the small JSON files."""
-    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in merged.model.state_dict().values()}
-    return sum(tensors.values()) + 256 * len(merged.tokenizer) + 2**20
+def shapes_only(run_dir: str | Path) -> nn.Module:
+    """The run's merged model as shapes alone, on the meta device (no weights read, no memory taken): what the merge
+    and the export measure their output by before the minutes a merge takes."""
+    from transformers import AutoModelForCausalLM
+
+    info = check_run(run_dir)
+    config = _result_config(run_dir, info)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=info.trust_remote_code)
+
+
+def saved_bytes(model: nn.Module, dtype: torch.dtype) -> int:
+    """About how many bytes the merged folder of `model` in `dtype` takes: each weight once (a tied one is one
+    parameter) and the buffers saved with them, plus the tokenizer's files (~256 bytes a token of the vocabulary:
+    tokenizer.json's tokens and merges) and the small JSON files. `model` may be `shapes_only`'s."""
+
+    def size(t: torch.Tensor) -> int:
+        return t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
+
+    saved = model.state_dict().keys()
+    tensors = [*model.parameters(), *(b for name, b in model.named_buffers() if name in saved)]
+    return sum(size(t) for t in tensors) + 256 * model.config.vocab_size + 2**20
 
 
 def _not_a_merge(out: Path) -> str | None:
@@ -296,8 +318,9 @@ def merge_run(
         )
     check_output(out, run_dir, overwrite, never=_not_a_merge)
     check_can_write(out)  # a read-only place: said before the merge, not after it
-    merged = merged_model(run_dir, dtype)
-    require_space(out, saved_bytes(merged), "the merged model")
+    out_dtype = parse_dtype(dtype) or stored_dtype(run_dir, check_run(run_dir))
+    require_space(out, saved_bytes(shapes_only(run_dir), out_dtype), "the merged model")  # and a full disk
+    merged = merged_model(run_dir, out_dtype)
     with scratch_folder(out) as scratch, quiet_progress():
         try:
             merged.model.save_pretrained(scratch, safe_serialization=True)
