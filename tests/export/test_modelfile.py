@@ -213,27 +213,21 @@ def test_num_ctx_holds_the_longest_sequence_the_run_trained_on():
     now data.max_length where it passes 2048, no less than 4096 (Ollama's own small-GPU default) and no more than
     the model's context; a run whose conversations all fit every default gets none (newer Ollama sizes the context by
     GPU memory, which a num_ctx line would override), and a comment says so."""
-    cfg = RunConfig()
     for trained, context, expected in [(8192, 32768, 8192), (3000, 32768, 4096), (3000, 3500, 3500)]:
-        cfg.data.max_length = trained
-        num_ctx, why = context_parameter(cfg, context)
+        num_ctx, why = context_parameter((trained, "data.max_length"), context)
         assert num_ctx == expected and f"up to {trained} tokens (data.max_length)" in why
         assert ("4096 on a small GPU since" in why) == (trained > 4096)  # only the defaults it is longer than
     for trained, context in [(512, 8192), (2048, 131072), (1024, 1024)]:
-        cfg.data.max_length = trained
-        num_ctx, why = context_parameter(cfg, context)
+        num_ctx, why = context_parameter((trained, "data.max_length"), context)
         assert num_ctx is None and why.startswith("num_ctx is left to Ollama:") and f"context, {context})" in why
     assert context_parameter(None, 8192) is None
 
 
 def test_the_modelfile_of_a_long_context_run_sets_num_ctx(tokenizer):
     template = resolve_template("tokenizer", tokenizer)
-    cfg = RunConfig()
-    cfg.data.max_length = 8192
-    text = modelfile_text("m.gguf", template, tokenizer, None, context=context_parameter(cfg, 8192))
+    text = modelfile_text("m.gguf", template, tokenizer, None, context=context_parameter((8192, "x"), 8192))
     assert create_request(text)["parameters"]["num_ctx"] == 8192
-    cfg.data.max_length = 512
-    text = modelfile_text("m.gguf", template, tokenizer, None, context=context_parameter(cfg, 8192))
+    text = modelfile_text("m.gguf", template, tokenizer, None, context=context_parameter((512, "x"), 8192))
     assert "num_ctx" not in create_request(text)["parameters"] and "\n# num_ctx is left to Ollama: " in text
     assert not [line for line in text.splitlines() if line.startswith(UNQUOTABLE[:5])]  # what export prints as missing
 

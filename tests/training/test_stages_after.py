@@ -46,6 +46,20 @@ def test_the_self_check_refuses_a_staged_run_whose_last_stage_config_is_gone(sta
             check()
 
 
+def test_the_modelfile_of_a_staged_run_covers_its_longest_stage(staged, tmp_path):
+    """The Modelfile's num_ctx (and the comment that says why it sets none) read data.max_length of the last stage
+    alone: a run that learned long documents, then short questions, got the context of the questions, and Ollama
+    cut chats as long as the documents without a word. It now reads the longest any stage trained on."""
+    pytest.importorskip("gguf")
+    from tunelab.export.gguf import export_gguf
+    from tunelab.export.modelfile import modelfile_path
+
+    staged["stages"][0]["data"]["max_length"] = 96  # the second stage keeps the run's 64
+    run = train(None, staged).run_dir
+    text = modelfile_path(export_gguf(run, tmp_path / "out" / "m.gguf", "f16", check=False)).read_text()
+    assert "trained on sequences of up to 96 tokens (data.max_length of stage-1)" in text
+
+
 def _stage(run, k, task, eval_loss, earlier=None):
     here = run / f"stage-{k}"
     here.mkdir(parents=True)

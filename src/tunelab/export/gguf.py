@@ -47,7 +47,7 @@ from tunelab.export.modelfile import (
     modelfile_text,
     sampling_parameters,
 )
-from tunelab.rundir import saved_config
+from tunelab.rundir import read_config, saved_config, stage_dirs
 
 
 @dataclass(frozen=True)
@@ -333,6 +333,24 @@ def _last_config(run_dir: Path) -> RunConfig | None:
         return None
 
 
+def longest_trained(run_dir: Path, cfg: RunConfig | None) -> tuple[int, str] | None:
+    """(the longest sequence the run's model trained on, the option that set it), for the Modelfile's num_ctx: the
+    result's own data.max_length (cfg, the last stage's for a staged run), or an earlier stage's where that one is
+    longer (a run that learned long documents, then short questions, is still asked about documents that long).
+    None where cfg is (no config: the Modelfile sets no num_ctx); a stage whose config.yaml is gone or unreadable
+    is passed over, as what was trained there cannot be read."""
+    if cfg is None:
+        return None
+    longest = (cfg.data.max_length, "data.max_length")
+    top = read_config(run_dir)
+    for folder in stage_dirs(run_dir) if top is not None and top.stages else []:
+        with suppress(RunDirError):
+            stage = read_config(folder)
+            if stage is not None and stage.data.max_length > longest[0]:
+                longest = (stage.data.max_length, f"data.max_length of {folder.name}")
+    return longest
+
+
 def _a_directory(target: Path) -> str | None:
     """Why the export never replaces `target`, even with --overwrite: a folder (it writes a file there)."""
     return f"{target}: is a directory; the export writes a file there." if target.is_dir() else None
@@ -405,7 +423,7 @@ def export_gguf(
     adds_bos = adds_special(tok, tok.bos_token_id, first=True)
     cfg = _last_config(run_dir)
     sampling = sampling_parameters(cfg, merged.base_generation)
-    context = context_parameter(cfg, shape.context)
+    context = context_parameter(longest_trained(run_dir, cfg), shape.context)
     modelfile_body = modelfile_text(
         out.name, merged.template, tok, merged.info.system_prompt, adds_bos, sampling, context
     )

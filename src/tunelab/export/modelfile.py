@@ -303,29 +303,30 @@ OLLAMA_OLDEST_CONTEXT = 2048
 OLLAMA_SMALL_GPU_CONTEXT = 4096
 
 
-def context_parameter(cfg: RunConfig | None, context: int) -> tuple[int | None, str] | None:
+def context_parameter(trained: tuple[int, str] | None, context: int) -> tuple[int | None, str] | None:
     """(num_ctx or None, the comment saying why) for a model whose context is `context` tokens (the GGUF's
-    context_length): the run trained on sequences of up to data.max_length tokens, and Ollama cuts the oldest messages
-    of a chat longer than num_ctx without a word. Where data.max_length passes Ollama's oldest default (2048), num_ctx
-    is data.max_length, at least Ollama's small-GPU default (4096, which it would not lower), at most the model's
-    context; otherwise every trained conversation fits every default and none is written (a larger GPU gets a larger
-    default from Ollama 0.15.5). None (the run's config unreadable): nothing."""
-    if cfg is None:
+    context_length) and that trained on sequences of up to `trained` = (tokens, the option that set it:
+    data.max_length, a staged run's longest stage's: gguf.longest_trained); Ollama cuts the oldest messages of a chat
+    longer than num_ctx without a word. Where that length passes Ollama's oldest default (2048), num_ctx is that
+    length, at least Ollama's small-GPU default (4096, which it would not lower), at most the model's context;
+    otherwise every trained conversation fits every default and none is written (a larger GPU gets a larger default
+    from Ollama 0.15.5). None (the run's config unreadable): nothing."""
+    if trained is None:
         return None
-    trained = cfg.data.max_length
+    length, option = trained
     longer = f"PARAMETER num_ctx N (at most the model's context, {context}) holds longer chats, in more memory"
-    if trained <= OLLAMA_OLDEST_CONTEXT or context <= OLLAMA_OLDEST_CONTEXT:
+    if length <= OLLAMA_OLDEST_CONTEXT or context <= OLLAMA_OLDEST_CONTEXT:
         return None, (  # not "No ...": export prints the Modelfile's "# No " lines as things it left out
-            f"num_ctx is left to Ollama: the run trained on sequences of up to {trained} tokens (data.max_length), "
+            f"num_ctx is left to Ollama: the run trained on sequences of up to {length} tokens ({option}), "
             f"which its default context holds ({OLLAMA_OLDEST_CONTEXT} before 0.6.7, {OLLAMA_SMALL_GPU_CONTEXT} or "
             f"more by GPU memory since); {longer}"
         )
-    value = min(context, max(trained, OLLAMA_SMALL_GPU_CONTEXT))
+    value = min(context, max(length, OLLAMA_SMALL_GPU_CONTEXT))
     cutting = f"{OLLAMA_OLDEST_CONTEXT} before 0.6.7" + (
-        f", {OLLAMA_SMALL_GPU_CONTEXT} on a small GPU since" if trained > OLLAMA_SMALL_GPU_CONTEXT else ""
+        f", {OLLAMA_SMALL_GPU_CONTEXT} on a small GPU since" if length > OLLAMA_SMALL_GPU_CONTEXT else ""
     )
     return value, (
-        f"the run trained on sequences of up to {trained} tokens (data.max_length), longer than Ollama's default "
+        f"the run trained on sequences of up to {length} tokens ({option}), longer than Ollama's default "
         f"context ({cutting}), which cuts the oldest messages; {longer}; without this line Ollama 0.15.5 and later "
         "size it by GPU memory"
     )
