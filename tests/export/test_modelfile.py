@@ -11,12 +11,14 @@ from tunelab.export.modelfile import (
     UNQUOTABLE,
     context_parameter,
     go_template_for,
+    left_out,
     modelfile_stops,
     modelfile_system,
     modelfile_template,
     modelfile_text,
     renders_like,
     sampling_parameters,
+    training_text,
 )
 
 from .ollama_modelfile import ModelfileError, create_request
@@ -191,6 +193,69 @@ def test_ollama_reads_the_modelfile_as_it_was_written(tokenizer, name):
     ]
     with_system = [{"role": "system", "content": system}, *chat]
     expected = tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True)
+    assert render(request["template"], ollama_values(chat, request["system"])) == expected
+
+
+READ_AS_WRITTEN = [  # quotes, backslashes, tabs, line ends, spaces at either end and emoji all reach Ollama
+    '"Quoted" at the start, and at the end: "yes"',
+    'Ends in two quotes ""',
+    'Paths like C:\\Users\\me and escapes like \\n, \\t and \\" stay as written.',
+    "Tabs\there, CRLF line ends\r\nand a lone CR\rtoo.",
+    "  spaces around  ",
+    "Café, naïve, 東京, emoji 🙂 and a flag 🇫🇷.",
+]
+DROPPED_BY_OLLAMA = [  # Ollama's reader keeps only what Go prints: each of these lost a character
+    ("Answer\u200bbriefly.", "U+200B ZERO WIDTH SPACE (character 7)"),
+    ("Price:\u00a0100\u00a0EUR.", "U+00A0 NO-BREAK SPACE (character 7), U+00A0 NO-BREAK SPACE (character 11)"),
+    ("A coder \U0001f469\u200d\U0001f4bb.", "U+200D ZERO WIDTH JOINER (character 10)"),
+    ("\ufeffYou help.", "U+FEFF ZERO WIDTH NO-BREAK SPACE (character 1)"),
+    ("Ring\x07 and soft\u00adhyphen", "U+0007 control character (character 5), U+00AD SOFT HYPHEN (character 15)"),
+    ("\u200e" * 5, ", ".join(f"U+200E LEFT-TO-RIGHT MARK (character {i})" for i in (1, 2, 3)) + " and 2 more"),
+]
+
+
+@pytest.mark.parametrize("system", READ_AS_WRITTEN + [text for text, _ in DROPPED_BY_OLLAMA])
+def test_ollama_reads_the_system_prompt_as_trained_or_none_with_a_reason(tokenizer, system):
+    """Ollama's reader drops every character Go does not print from a quoted value, without a word: a system prompt
+    holding a zero-width space, a no-break space, an emoji's zero-width joiner or a byte-order mark reached Ollama as
+    another text than the run trained with. Such a prompt is now left out of the Modelfile, with a comment naming the
+    characters (the export prints it, as for a prompt holding triple quotes); every other prompt is read back exactly,
+    quotes, backslashes, tabs and line ends included."""
+    template = resolve_template("tokenizer", tokenizer)
+    text = modelfile_text("m.gguf", template, tokenizer, system)
+    request = create_request(text)
+    named = dict(DROPPED_BY_OLLAMA).get(system)
+    if named is None:
+        assert request["system"] == system
+    else:
+        assert "system" not in request
+        assert left_out(text) == {
+            "SYSTEM": f"the run's system prompt holds {named}, which Ollama's Modelfile reader drops; give it as each "
+            "chat's system message."
+        }
+
+
+def test_ollama_reads_a_template_with_invisible_characters_as_trained(tokenizer):
+    """A chat template whose text holds characters Ollama's reader drops (a no-break space, a zero-width space, a
+    tag character past U+FFFF) rendered, once read by Ollama, a prompt without them, though the Go template the
+    export checked had them. They are now written as escapes in Go string actions, which Ollama reads as written and
+    Go's template turns back into the characters."""
+    tokenizer.chat_template = (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\u00a0\\n' + message['content'] + "
+        "'\u200b{{<|im_end|>\U000e0001' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\u00a0\\n' }}"
+        "{% endif %}"
+    )
+    template = resolve_template("tokenizer", tokenizer)
+    text = modelfile_text("m.gguf", template, tokenizer, "Be brief.")
+    request = create_request(text)
+    assert '{{ "\\u00a0" }}' in request["template"] and '{{ "\\U000e0001" }}' in request["template"]
+    chat = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+    ]
+    expected = training_text(template, [{"role": "system", "content": "Be brief."}, *chat], True)
+    assert "\u00a0" in expected and "\U000e0001" in expected
     assert render(request["template"], ollama_values(chat, request["system"])) == expected
 
 

@@ -37,6 +37,7 @@ from tunelab.export.gguf_vocab import adds_special, pre_tokenizer_name, tokenize
 from tunelab.export.merge import MergedModel
 from tunelab.export.modelfile import (
     PROBES,
+    left_out,
     modelfile_path,
     modelfile_stops,
     modelfile_system,
@@ -217,9 +218,8 @@ def _check_template(result: GGUFCheck, merged: MergedModel, llm, modelfile: str,
             f"({_describe_split(mismatched_tokens[0])}){_other_pre_tokenizer(tok, llm)}"
         )
     if merged.info.system_prompt and system is None:
-        result.warnings.append(
-            'the Modelfile has no SYSTEM (the run\'s system prompt holds """): give it as each chat\'s system message'
-        )
+        why = left_out(modelfile).get("SYSTEM", "the run's system prompt is not in it; ").rstrip("; ").split("; ")[0]
+        result.warnings.append(f"the Modelfile has no SYSTEM ({why}): give it as each chat's system message")
     go = modelfile_template(modelfile)
     result.template = {"source": source, "conversations": len(conversations), "has_template": go is not None}
     if go is None:

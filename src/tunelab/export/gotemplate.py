@@ -139,11 +139,21 @@ def _split_args(expr: str) -> list[str]:
     return words
 
 
+_GO_LONG_ESCAPE = re.compile(r"\\\\|\\U([0-9a-fA-F]{8})")
+
+
+def _as_json_escape(match: re.Match) -> str:
+    """Go's \\UXXXXXXXX as JSON's surrogate pair (an escaped backslash stays as it is)."""
+    if match.group(1) is None:
+        return match.group(0)
+    return json.dumps(chr(int(match.group(1), 16)))[1:-1]
+
+
 def _value(word: str, scope: _Scope):
     if word.startswith("(") and word.endswith(")"):
         return _eval(word[1:-1].strip(), scope)
-    if word.startswith('"'):
-        return json.loads(word)  # Go's escapes in double-quoted strings are JSON's
+    if word.startswith('"'):  # Go's escapes in double-quoted strings are JSON's, and \\U for a code point past U+FFFF
+        return json.loads(_GO_LONG_ESCAPE.sub(_as_json_escape, word))
     if word in ("true", "false"):
         return word == "true"
     if word.startswith("$."):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,9 +127,25 @@ def infer_style(template: Template, head: str) -> TurnStyle | None:
     return TurnStyle(head, system, lead, (user_pre, user_suf), (gen[len(user_suf) :], assistant_suf))
 
 
+def ollama_drops(ch: str) -> bool:
+    """Whether Ollama's Modelfile reader (parser/parser.go, ParseFile) drops `ch` from a quoted value: it keeps line
+    ends, spaces and tabs, and of the other characters only those Go's strconv.IsPrint calls printable (letters,
+    marks, numbers, punctuation, symbols), so a zero-width space or joiner, a no-break space, a soft hyphen, a
+    direction mark or a control character is lost without a word."""
+    return ch not in "\n\r\t" and not ch.isprintable()
+
+
+def _go_char(ch: str) -> str:
+    """`ch` as a Go string action, in ASCII escapes Ollama's reader keeps and Go's template unquotes back."""
+    code = ord(ch)
+    return f'{{{{ "\\u{code:04x}" }}}}' if code <= 0xFFFF else f'{{{{ "\\U{code:08x}" }}}}'
+
+
 def _go_literal(text: str) -> str:
-    """Text placed literally in a Go template: `{{` would open an action, so it is written as an action itself."""
-    return text.replace("{{", '{{ "{{" }}')
+    """Text placed literally in a Go template: `{{` would open an action, so it is written as an action itself, and
+    a character Ollama's reader drops (ollama_drops) as an action holding its escape."""
+    text = text.replace("{{", '{{ "{{" }}')
+    return "".join(_go_char(ch) if ollama_drops(ch) else ch for ch in text)
 
 
 def wrapper_template(style: TurnStyle, adds_bos: bool) -> str:
@@ -214,14 +231,31 @@ def style_accepts(template: Template, messages: list[dict]) -> bool:
 
 
 UNQUOTABLE = '# No {key}: the {what} holds """, which a Modelfile cannot quote; '
+DROPPED = "# No {key}: the {what} holds {chars}, which Ollama's Modelfile reader drops; "
+
+
+def _named(ch: str, at: int) -> str:
+    return f"U+{ord(ch):04X} {unicodedata.name(ch, 'control character')} (character {at + 1})"
 
 
 def _triple_quoted(key: str, text: str, what: str, instead: str) -> str:
-    """KEY and the text in triple quotes, or, for a text that holds triple quotes itself, a comment saying what
-    stands in its place."""
+    """KEY and the text in triple quotes, or, for a text that holds triple quotes itself or characters Ollama's
+    reader drops (ollama_drops: so that Ollama would read another text than the run's), a comment saying why and
+    what stands in its place. A TEMPLATE holds no such characters: _go_literal writes them as escapes."""
     if '"""' in text:
         return UNQUOTABLE.format(key=key, what=what) + instead
+    dropped = [(i, ch) for i, ch in enumerate(text) if ollama_drops(ch)]
+    if dropped:
+        chars = ", ".join(_named(ch, i) for i, ch in dropped[:3])
+        chars += f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
+        return DROPPED.format(key=key, what=what, chars=chars) + instead
     return f'{key} """{text}"""'
+
+
+def left_out(text: str) -> dict[str, str]:
+    """{KEY: why} for each TEMPLATE or SYSTEM a Modelfile written by modelfile_text leaves out with a comment."""
+    lines = (line[len("# No ") :] for line in text.splitlines() if line.startswith("# No "))
+    return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
 _USER_TURN = re.compile(r'\{\{ if eq \.Role "user" \}\}(.*?)\{\{ \.Content \}\}', re.DOTALL)
