@@ -65,6 +65,40 @@ def test_two_exports_into_one_folder_each_keep_their_modelfile(tiny_run, tmp_pat
     assert not (tmp_path / "Modelfile").exists()
 
 
+def test_overwrite_replaces_only_what_an_export_wrote(tiny_run, tmp_path):
+    """`export --overwrite` replaced whatever held the four names an export writes: a Modelfile or card of the user's
+    own beside the GGUF (names the user never typed), or a GGUF file that tunelab never wrote. It now replaces only
+    the files of an earlier export (the Modelfile by its first line, the card by its front matter, the verdict by its
+    keys, the GGUF by tunelab's Modelfile naming it) and refuses the rest, naming the file, before writing anything."""
+    first = export_gguf(tiny_run, tmp_path / "a.gguf", "f32", check=False)
+    (tmp_path / "a.check.json").write_text(json.dumps({"gguf": "a.gguf", "verdict": "pass"}))
+    from gguf import GGUFReader
+
+    again = export_gguf(tiny_run, tmp_path / "a.gguf", "f16", overwrite=True, check=False)  # an export's files
+    assert again == first and GGUFReader(again).fields["general.file_type"].contents() == 1
+    assert not (tmp_path / "a.check.json").exists()  # the verdict about the file replaced
+
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    theirs = {
+        "a.Modelfile": "FROM ./a.gguf\nSYSTEM mine\n",
+        "a.README.md": "# My model\n",
+        "a.check.json": "my notes",
+    }
+    for name, text in theirs.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(RunDirError, match=rf"{name}: exists and was not written by tunelab export; --overwrite"):
+            export_gguf(tiny_run, tmp_path / "a.gguf", "f16", overwrite=True, check=False)
+        assert (tmp_path / name).read_text() == text and (tmp_path / "a.gguf").read_bytes() == written["a.gguf"]
+        (tmp_path / name).unlink()
+        if name in written:
+            (tmp_path / name).write_bytes(written[name])
+
+    (tmp_path / "mine.gguf").write_bytes(written["a.gguf"])  # a GGUF file no export of that name wrote
+    with pytest.raises(RunDirError, match="mine.gguf: exists and was not written by tunelab export"):
+        export_gguf(tiny_run, tmp_path / "mine.gguf", "f16", overwrite=True, check=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*written, "mine.gguf"])
+
+
 def test_metadata_tokenizer_and_tensor_names(tiny_run, tmp_path, small_tokenizer, sharp_base):
     from gguf import GGUFReader
 
@@ -172,7 +206,7 @@ def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match="ending in .gguf"):
         export_gguf(tiny_run, tmp_path / "x.bin")
     (tmp_path / "taken.gguf").write_text("mine")
-    with pytest.raises(RunDirError, match="exists and is not empty.*--overwrite"):
+    with pytest.raises(RunDirError, match="taken.gguf: exists and was not written by tunelab export"):
         export_gguf(tiny_run, tmp_path / "taken.gguf")
     assert (tmp_path / "taken.gguf").read_text() == "mine" and not (tmp_path / "taken.Modelfile").exists()
     with pytest.raises(RunDirError, match="no such run directory"):

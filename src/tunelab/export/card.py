@@ -49,9 +49,14 @@ def base_sampling(gen: GenerationConfig | None) -> dict:
     return {k: v for k, v in gen.to_diff_dict().items() if k in (*REPLACED, *NOT_APPLIED) and v != neutral.get(k, ())}
 
 
+def card_head(library: str) -> str:
+    """How a card tunelab writes begins (an export replaces only a card that begins so)."""
+    return f"---\nlibrary_name: {library}\ntags:\n- tunelab\n"
+
+
 def _front(info: RunInfo, library: str, tags: tuple[str, ...] = ()) -> list[str]:
     base = shared_name(str(info.base_model))
-    lines = ["---", f"library_name: {library}", "tags:", "- tunelab", f"- {info.method}", *(f"- {t}" for t in tags)]
+    lines = [*card_head(library).splitlines(), f"- {info.method}", *(f"- {t}" for t in tags)]
     if (
         info.base_source == "hub"
     ):  # the hub links to it; said a fine-tune, which it would take a GGUF for a quantization of

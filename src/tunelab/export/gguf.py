@@ -21,9 +21,10 @@ What is unusual:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,13 @@ from torch import nn
 from tunelab.atomic import check_can_write, require_space, write_text, writing
 from tunelab.config.run import RunConfig
 from tunelab.errors import ConfigError, ModelError, RunDirError
-from tunelab.export.card import gguf_card, gguf_card_path, shared_name
+from tunelab.export.card import card_head, gguf_card, gguf_card_path, shared_name
 from tunelab.export.check import check_export, check_path, format_check
 from tunelab.export.check import check_questions as asked_questions
 from tunelab.export.gguf_vocab import adds_special, gguf_package, gguf_vocab, source_pre_tokenizer, write_vocab
 from tunelab.export.merge import MergedModel, check_output, check_run, merged_model, shapes_only
 from tunelab.export.modelfile import (
+    MODELFILE_HEAD,
     UNQUOTABLE,
     context_parameter,
     modelfile_path,
@@ -351,9 +353,44 @@ def longest_trained(run_dir: Path, cfg: RunConfig | None) -> tuple[int, str] | N
     return longest
 
 
-def _a_directory(target: Path) -> str | None:
-    """Why the export never replaces `target`, even with --overwrite: a folder (it writes a file there)."""
-    return f"{target}: is a directory; the export writes a file there." if target.is_dir() else None
+def _head(path: Path, size: int) -> str:
+    with suppress(OSError, UnicodeDecodeError), path.open(encoding="utf-8") as f:
+        return f.read(size)
+    return ""
+
+
+def _written_by_export(target: Path, gguf: Path) -> bool:
+    """Whether `target`, one of the files an export of `gguf` writes, is one an export wrote: the Modelfile by its
+    first line, the card by its front matter, the verdict by its keys, and the GGUF file by the Modelfile of
+    tunelab's beside it that names it (every export writes both)."""
+    modelfile = modelfile_path(gguf)
+    if target == modelfile:
+        return _head(target, len(MODELFILE_HEAD)) == MODELFILE_HEAD
+    if target == gguf_card_path(gguf):
+        return _head(target, len(card_head("gguf"))) == card_head("gguf")
+    if target == check_path(gguf):
+        with suppress(OSError, ValueError):
+            verdict = json.loads(target.read_text(encoding="utf-8"))
+            return isinstance(verdict, dict) and {"gguf", "verdict"} <= verdict.keys()
+        return False
+    return _written_by_export(modelfile, gguf) and f"\nFROM ./{gguf.name}\n" in _head(modelfile, 4096)
+
+
+def _not_an_export(gguf: Path) -> Callable[[Path], str | None]:
+    """Why the export of `gguf` never replaces an existing `target`, even with --overwrite: a folder (it writes a
+    file there), or a file an earlier export did not write (the user's own Modelfile, card or GGUF of that name)."""
+
+    def why(target: Path) -> str | None:
+        if target.is_dir():
+            return f"{target}: is a directory; the export writes a file there."
+        if not _written_by_export(target, gguf):
+            return (
+                f"{target}: exists and was not written by tunelab export; --overwrite replaces only the files an "
+                f"earlier export of {gguf.name} wrote, never others. Move it, or choose another --gguf name."
+            )
+        return None
+
+    return why
 
 
 def parse_qtype(qtype: str) -> str:
@@ -412,8 +449,8 @@ def export_gguf(
         asked_questions(run_dir, check_questions)
     modelfile = modelfile_path(out)
     card = gguf_card_path(out)
-    for target in (out, modelfile, check_path(out), card):
-        check_output(target, run_dir, overwrite, "--gguf", never=_a_directory)
+    for target in (modelfile, card, check_path(out), out):  # the GGUF last: it is told by its Modelfile
+        check_output(target, run_dir, overwrite, "--gguf", never=_not_an_export(out))
     check_can_write(out)  # a read-only place: said before the merge and the conversion, not after them
     shapes = shapes_only(run_dir)
     shape = gguf_shape(shapes.config)  # an unsupported model, and a disk without room, before the merge

@@ -370,6 +370,9 @@ def _number(value: float | int) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+MODELFILE_HEAD = "# Ollama Modelfile written by tunelab export"  # its first line: an export replaces only such a file
+
+
 def modelfile_text(
     gguf_name: str,
     template: Template,
@@ -383,7 +386,7 @@ def modelfile_text(
     ollama_name); `sampling` from sampling_parameters, `context` from context_parameter."""
     go = go_template_for(template, tokenizer, adds_bos)
     lines = [
-        f"# Ollama Modelfile written by tunelab export: ollama create {ollama_name(Path(gguf_name))} -f "
+        f"{MODELFILE_HEAD}: ollama create {ollama_name(Path(gguf_name))} -f "
         f"{shlex.quote(modelfile_path(Path(gguf_name)).name)}",
         f"FROM ./{gguf_name}",
         "",
