@@ -383,6 +383,9 @@ def _not_an_export(gguf: Path) -> Callable[[Path], str | None]:
     def why(target: Path) -> str | None:
         if target.is_dir():
             return f"{target}: is a directory; the export writes a file there."
+        modelfile = modelfile_path(gguf)
+        if target == gguf and modelfile.is_file() and not _written_by_export(modelfile, gguf):
+            target = modelfile  # the GGUF is told by its Modelfile: name the file that is not tunelab's
         if not _written_by_export(target, gguf):
             return (
                 f"{target}: exists and was not written by tunelab export; --overwrite replaces only the files an "
@@ -449,7 +452,7 @@ def export_gguf(
         asked_questions(run_dir, check_questions)
     modelfile = modelfile_path(out)
     card = gguf_card_path(out)
-    for target in (modelfile, card, check_path(out), out):  # the GGUF last: it is told by its Modelfile
+    for target in (out, modelfile, check_path(out), card):
         check_output(target, run_dir, overwrite, "--gguf", never=_not_an_export(out))
     check_can_write(out)  # a read-only place: said before the merge and the conversion, not after them
     shapes = shapes_only(run_dir)
