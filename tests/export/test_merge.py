@@ -183,6 +183,34 @@ def test_bad_run_dirs_and_occupied_outputs_are_refused(lora_run, tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+def test_overwrite_never_deletes_what_the_merge_did_not_write(lora_run, tmp_path):
+    """`merge --overwrite` replaced an earlier merge's folder whole, with whatever had been put into it since: the
+    GGUF llama.cpp's convert_hf_to_gguf.py writes into the model's folder, the user's notes. It now replaces an
+    earlier merge only when every entry in it is one the merge wrote (tunelab_merge.json lists them; a merge from
+    before that list, the names merges write), and otherwise names what would be lost, writing nothing."""
+    from tunelab.rundir import MERGE_FILE
+
+    run, _ = lora_run
+    merged = merge_run(run, tmp_path / "merged")
+    listed = json.loads((merged / MERGE_FILE).read_text())["files"]
+    assert sorted(p.name for p in merged.iterdir()) == listed and MERGE_FILE in listed
+    (merged / "Merged-F16.gguf").write_bytes(b"GGUF converted by llama.cpp")
+    (merged / "notes").mkdir()
+    with pytest.raises(RunDirError, match=r"merged: an earlier merge, but it also holds .*\(Merged-F16.gguf, notes\)"):
+        merge_run(run, merged, overwrite=True)
+    assert (merged / "Merged-F16.gguf").read_bytes() == b"GGUF converted by llama.cpp" and (merged / "notes").is_dir()
+
+    (merged / "notes").rmdir()
+    recorded = json.loads((merged / MERGE_FILE).read_text())
+    del recorded["files"]  # a merge written before the list: its names are those merges write
+    (merged / MERGE_FILE).write_text(json.dumps(recorded))
+    with pytest.raises(RunDirError, match=r"it also holds what the merge did not write \(Merged-F16.gguf\)"):
+        merge_run(run, merged, overwrite=True)
+    (merged / "Merged-F16.gguf").unlink()
+    merge_run(run, merged, overwrite=True)
+    assert sorted(p.name for p in merged.iterdir()) == json.loads((merged / MERGE_FILE).read_text())["files"]
+
+
 def test_the_folder_the_command_runs_in_is_never_the_output(lora_run, tmp_path, monkeypatch, capsys):
     """`tunelab merge RUN --out .` in an empty folder ended in a ValueError traceback ('.' has no name to build the
     scratch folder beside); in an earlier merge with --overwrite it would pull the folder from under the shell."""

@@ -22,7 +22,9 @@ import copy
 import json
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
@@ -280,14 +282,41 @@ def saved_bytes(model: nn.Module, dtype: torch.dtype) -> int:
     return sum(size(t) for t in tensors) + 256 * model.config.vocab_size + 2**20
 
 
+# What a merge written before MERGE_FILE listed its files holds: transformers' weights, configs and tokenizer files
+_MERGE_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "tokenizer.model", "merges.txt", "vocab.txt", CARD)
+
+
+def _not_written_by_merge(out: Path) -> list[str]:
+    """The entries of the earlier merge folder `out` that the merge did not write (a GGUF converted into it, notes):
+    those its MERGE_FILE does not list, or for a merge that listed none, those no merge writes."""
+    listed = None
+    with suppress(OSError, ValueError):
+        recorded = json.loads((out / MERGE_FILE).read_text(encoding="utf-8"))
+        listed = recorded.get("files") if isinstance(recorded, dict) else None
+    if not isinstance(listed, list):
+        listed = None
+    entries = sorted(out.iterdir())
+    if listed is not None:
+        return [e.name for e in entries if e.name not in listed or not e.is_file()]
+    return [e.name for e in entries if not e.is_file() or not any(fnmatch(e.name, p) for p in _MERGE_PATTERNS)]
+
+
 def _not_a_merge(out: Path) -> str | None:
-    """Why the merge never replaces `out`, even with --overwrite; None for an earlier merge or an empty folder."""
+    """Why the merge never replaces `out`, even with --overwrite; None for an earlier merge (all of whose files the
+    merge wrote) or an empty folder."""
     if out.is_file():
         return f"{out}: is a file; the merge writes a folder there. Choose a folder name."
     if out.is_dir() and any(out.iterdir()) and not (out / MERGE_FILE).is_file():
         return (
             f"{out}: holds files that are not a merged model tunelab wrote (no {MERGE_FILE}); --overwrite replaces "
             "only an earlier merge, never other folders. Choose a new or empty folder."
+        )
+    foreign = _not_written_by_merge(out) if out.is_dir() and any(out.iterdir()) else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return (
+            f"{out}: an earlier merge, but it also holds what the merge did not write ({shown}), which --overwrite "
+            "would delete with the folder; move them out of it, or choose a new folder."
         )
     return None
 
@@ -327,11 +356,12 @@ def merge_run(
         except SafetensorError as exc:  # a full disk, said by safetensors' writer, which raises no OSError
             raise write_failed(out, OSError(str(exc))) from None
         merged.tokenizer.save_pretrained(scratch)
-        write_json(scratch / MERGE_FILE, provenance(merged, run_dir, out))
         check = merged.check.describe() if merged.check else None
         (scratch / CARD).write_text(
             model_card(merged.info, out.resolve().name, merged.base_generation, check), encoding="utf-8"
         )
+        written = sorted([*(p.name for p in scratch.iterdir()), MERGE_FILE])  # what a later --overwrite may replace
+        write_json(scratch / MERGE_FILE, provenance(merged, run_dir, out) | {"files": written})
     if show and merged.check:
         print(merged.check.describe())
     return out
