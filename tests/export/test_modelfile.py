@@ -5,7 +5,7 @@ behaves as Go's text/template does on the constructs the writer emits."""
 import pytest
 
 from tunelab.config import RunConfig
-from tunelab.data.templates import resolve_template
+from tunelab.data.templates import resolve_template, with_system_default
 from tunelab.export.gotemplate import ollama_values, render
 from tunelab.export.modelfile import (
     UNQUOTABLE,
@@ -233,6 +233,24 @@ def test_ollama_reads_the_system_prompt_as_trained_or_none_with_a_reason(tokeniz
             "SYSTEM": f"the run's system prompt holds {named}, which Ollama's Modelfile reader drops; give it as each "
             "chat's system message."
         }
+
+
+def test_a_system_prompt_the_template_writes_itself_is_left_to_it(tokenizer):
+    """A run's saved template writes its system prompt where a conversation brings none, so the TEMPLATE's default
+    holds it (escaped where Ollama's reader would drop a character): there the Modelfile needs no SYSTEM, and says
+    so without reporting anything missing, and Ollama prompts a chat without a system message as training did."""
+    system = "You are the assistant of Tallowmere\u00a0Robotics."
+    tokenizer.chat_template = with_system_default(CHATML, system)
+    template = resolve_template("tokenizer", tokenizer)
+    text = modelfile_text("m.gguf", template, tokenizer, system)
+    request = create_request(text)
+    assert "system" not in request and left_out(text) == {}
+    assert (
+        "# SYSTEM is left to the TEMPLATE: the run's system prompt holds U+00A0 NO-BREAK SPACE (character 36)" in text
+    )
+    chat = [{"role": "user", "content": "Hi"}]
+    expected = training_text(template, chat, True)
+    assert system in expected and render(request["template"], ollama_values(chat, None)) == expected
 
 
 def test_ollama_reads_a_template_with_invisible_characters_as_trained(tokenizer):

@@ -217,9 +217,11 @@ def _check_template(result: GGUFCheck, merged: MergedModel, llm, modelfile: str,
             f"llama.cpp splits {len(mismatched_tokens)} of {len(conversations)} training texts differently "
             f"({_describe_split(mismatched_tokens[0])}){_other_pre_tokenizer(tok, llm)}"
         )
-    if merged.info.system_prompt and system is None:
-        why = left_out(modelfile).get("SYSTEM", "the run's system prompt is not in it; ").rstrip("; ").split("; ")[0]
-        result.warnings.append(f"the Modelfile has no SYSTEM ({why}): give it as each chat's system message")
+    why = left_out(modelfile).get("SYSTEM")  # not where the TEMPLATE writes the run's prompt by default itself
+    if merged.info.system_prompt and why:
+        result.warnings.append(
+            f"the Modelfile has no SYSTEM ({why.split('; ')[0]}): give it as each chat's system message"
+        )
     go = modelfile_template(modelfile)
     result.template = {"source": source, "conversations": len(conversations), "has_template": go is not None}
     if go is None:
@@ -227,10 +229,12 @@ def _check_template(result: GGUFCheck, merged: MergedModel, llm, modelfile: str,
         return
     bos = tok.bos_token or ""
     for messages in conversations:
-        # a request to Ollama carries no system message: the Modelfile's SYSTEM takes its place
+        # a request to Ollama carries no system message: the Modelfile's SYSTEM takes its place, or where the
+        # Modelfile leaves the run's prompt to the TEMPLATE (it holds characters Ollama's reader drops), its default
+        prompt = system or (None if why else merged.info.system_prompt)
         asked = (
             messages[1:]
-            if system and messages[0]["role"] == "system" and messages[0]["content"] == system
+            if prompt and messages[0]["role"] == "system" and messages[0]["content"] == prompt
             else messages
         )
         offset = len(messages) - len(asked)

@@ -234,8 +234,10 @@ UNQUOTABLE = '# No {key}: the {what} holds """, which a Modelfile cannot quote; 
 DROPPED = "# No {key}: the {what} holds {chars}, which Ollama's Modelfile reader drops; "
 
 
-def _named(ch: str, at: int) -> str:
-    return f"U+{ord(ch):04X} {unicodedata.name(ch, 'control character')} (character {at + 1})"
+def _listed(dropped: list[tuple[int, str]]) -> str:
+    """The first three (position, character) of `dropped` by code point, name and place, and how many more."""
+    named = [f"U+{ord(ch):04X} {unicodedata.name(ch, 'control character')} (character {i + 1})" for i, ch in dropped]
+    return ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
 
 
 def _triple_quoted(key: str, text: str, what: str, instead: str) -> str:
@@ -246,9 +248,7 @@ def _triple_quoted(key: str, text: str, what: str, instead: str) -> str:
         return UNQUOTABLE.format(key=key, what=what) + instead
     dropped = [(i, ch) for i, ch in enumerate(text) if ollama_drops(ch)]
     if dropped:
-        chars = ", ".join(_named(ch, i) for i, ch in dropped[:3])
-        chars += f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
-        return DROPPED.format(key=key, what=what, chars=chars) + instead
+        return DROPPED.format(key=key, what=what, chars=_listed(dropped)) + instead
     return f'{key} """{text}"""'
 
 
@@ -408,11 +408,30 @@ def modelfile_text(
     if context is not None:
         num_ctx, why = context
         lines += [f"# {why}"] + ([f"PARAMETER num_ctx {num_ctx}"] if num_ctx is not None else [])
-    if system_prompt:
+    dropped = [(i, ch) for i, ch in enumerate(system_prompt or "") if ollama_drops(ch)]
+    if (
+        dropped
+        and '"""' not in system_prompt
+        and go is not None
+        and '"""' not in go
+        and _writes_by_default(template, system_prompt)
+    ):  # not "No ...": nothing is missing, as Ollama prompts with the TEMPLATE's default where a chat brings none
+        lines.append(
+            f"# SYSTEM is left to the TEMPLATE: the run's system prompt holds {_listed(dropped)}, which Ollama's "
+            "Modelfile reader drops; the TEMPLATE writes it, escaped, where a chat brings no system message."
+        )
+    elif system_prompt:
         lines.append(
             _triple_quoted("SYSTEM", system_prompt, "run's system prompt", "give it as each chat's system message.")
         )
     return "\n".join(lines) + "\n"
+
+
+def _writes_by_default(template: Template, system_prompt: str) -> bool:
+    """Whether `template` writes the run's system prompt into a conversation that brings none (a run's saved
+    tokenizer's template does: templates.with_system_default), so a Go template that renders it alike does too."""
+    text = _write(template, [_u("Hello")], True)
+    return text is not None and system_prompt in text
 
 
 def _read_triple_quoted(text: str, key: str) -> str | None:
