@@ -167,6 +167,23 @@ def test_the_files_chat_template_writes_the_runs_system_prompt(gguf_kit, sharp_b
     assert text.startswith(f"<|im_start|>system\n{prompt}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n")
 
 
+def test_the_card_says_what_the_modelfile_leaves_out(gguf_kit, sharp_base, small_tokenizer, tmp_path):
+    """A system prompt holding triple quotes is left out of the Modelfile with a comment (and so is the TEMPLATE,
+    whose default system block holds it too), but the GGUF's card still said the Modelfile 'holds the template, stop
+    tokens, sampling and system prompt'. The card now says what it holds, and why the rest is not there; a prompt the
+    TEMPLATE carries (escaped) is held."""
+    for prompt, holds in [
+        ('Quote as """x""".', "the stop tokens and sampling"),
+        ("Box\u200bquestions.", "the template, stop tokens, sampling and system prompt"),
+    ]:
+        run = gguf_kit.lora_run(sharp_base, small_tokenizer, tmp_path / prompt[:3], std=0.05, system_prompt=prompt)
+        export_gguf(run, tmp_path / "m.gguf", "f16", overwrite=True, check=False)
+        card = (tmp_path / "m.README.md").read_text()
+        assert f"`m.Modelfile` holds {holds}):" in card
+        assert ('It has no SYSTEM: the run\'s system prompt holds """, which a Modelfile' in card) == ('"""' in prompt)
+        assert ("It has no TEMPLATE: the chat template holds" in card) == ('"""' in prompt)
+
+
 def test_a_blank_system_prompt_of_an_older_run_is_none_in_the_export(gguf_kit, sharp_base, small_tokenizer, tmp_path):
     """A run that recorded a data.system_prompt of spaces (older versions did) was exported with a system block of
     spaces in the file's chat template and a SYSTEM of spaces in the Modelfile, where training, generate, chat and

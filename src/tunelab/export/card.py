@@ -116,6 +116,9 @@ def model_card(info: RunInfo, name: str, base_generation: GenerationConfig | Non
     return "\n".join(lines) + "\n" + (f"\n{check[0].upper()}{check[1:]}.\n" if check else "")
 
 
+_MODELFILE_PARTS = (("TEMPLATE", "template"), ("", "stop tokens"), ("", "sampling"), ("SYSTEM", "system prompt"))
+
+
 def gguf_card(
     info: RunInfo,
     gguf: Path,
@@ -123,9 +126,14 @@ def gguf_card(
     modelfile: Path,
     base_generation: GenerationConfig | None,
     check: str | None,
+    missing: dict[str, str] | None = None,
 ) -> str:
     """NAME.README.md beside the GGUF file `gguf`: what it is, its quantization, how llama.cpp and Ollama run it (as
-    the Modelfile `modelfile` beside it sets), and the self-check's printed verdict (`check`; None: not run)."""
+    the Modelfile `modelfile` beside it sets; `missing`: {TEMPLATE or SYSTEM: why} for what it leaves out, from
+    modelfile.left_out), and the self-check's printed verdict (`check`; None: not run)."""
+    missing = missing or {}
+    held = [what for key, what in _MODELFILE_PARTS if key not in missing]
+    absent = [f"It has no {key}: {why}" for key, why in missing.items()]
     base = shared_name(str(info.base_model))
     name, ollama = gguf.stem, ollama_name(gguf)
     verdict = (
@@ -158,7 +166,8 @@ def gguf_card(
         f"llama-server -m {shlex.quote(gguf.name)} --jinja --temp 0",
         "```",
         "",
-        f"Ollama (`{modelfile.name}` holds the template, stop tokens, sampling and system prompt):",
+        f"Ollama (`{modelfile.name}` holds the {', '.join(held[:-1])} and {held[-1]}):",
+        *(["", *absent] if absent else []),
         "",
         "```bash",
         f"ollama create {ollama} -f {shlex.quote(modelfile.name)}",

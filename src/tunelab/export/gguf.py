@@ -45,6 +45,7 @@ from tunelab.export.modelfile import (
     MODELFILE_HEAD,
     UNQUOTABLE,
     context_parameter,
+    left_out,
     modelfile_path,
     modelfile_text,
     sampling_parameters,
@@ -494,7 +495,8 @@ def export_gguf(
                 path.unlink(missing_ok=True)
     result = check_export(merged, out, qtype, run_dir, check_questions) if run_check else None
     checked = format_check(result) if result else None  # the file by its name: the card lies beside it
-    write_text(card, gguf_card(merged.info, out, qtype, modelfile, merged.base_generation, checked))
+    missing = left_out(modelfile_body)
+    write_text(card, gguf_card(merged.info, out, qtype, modelfile, merged.base_generation, checked, missing))
     if result and show:
         print(format_check(result, out), flush=True)
     elif result and result.verdict == "fail":  # the CLI exits 1 on it; a script that asked for quiet still hears of it
