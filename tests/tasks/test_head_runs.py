@@ -255,6 +255,15 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     # a head run generates no text: the generative commands say so and exit 2
     assert main(["generate", str(run), "--prompt", "hi"]) == 2
     assert "tunelab predict" in capsys.readouterr().err
+    # nor is it merged or exported: refused before anything is written, saying what loads it instead
+    out = tmp_path / "exported"
+    for args in (
+        ["merge", str(run), "--out", str(out / "merged")],
+        ["export", str(run), "--gguf", str(out / "m.gguf")],
+    ):
+        assert main(args) == 2
+        assert "merging or exporting it to GGUF is not supported" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("task", ["classify", "reward"])
