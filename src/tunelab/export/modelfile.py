@@ -15,6 +15,10 @@ self-check reports it.
 
 A BOS the template writes at the very start is left out of the Go template when llama.cpp adds BOS itself
 (`tokenizer.ggml.add_bos_token`), so the model sees it once, as in training.
+
+What is written is what Ollama's reader (parser/parser.go) gives back: it drops, from quoted values, every character
+Go does not print (`ollama_drops`), so the TEMPLATE writes those as escapes in Go string actions, and a SYSTEM holding
+one is left to the TEMPLATE's default where that writes the run's prompt, or else left out with a comment.
 """
 
 from __future__ import annotations
