@@ -648,3 +648,26 @@ def test_a_merge_without_room_is_refused_before_the_merge(lora_run, tmp_path, mo
     with pytest.raises(WriteFailed, match=r"merged: the merged model needs about \d.* on its disk, which has 0.0 MB"):
         merge_run(run, tmp_path / "merged")
     assert list(tmp_path.iterdir()) == [tmp_path / "run"]
+
+
+def test_a_model_transformers_cannot_build_from_its_config_is_measured_after_the_merge(lora_run, tmp_path, monkeypatch):
+    """The room is measured from the model built on the meta device; a model transformers cannot build from its
+    config alone (a class its auto-mapping lacks) must still merge, measured once merged, and a full disk still be
+    refused then."""
+    import transformers
+
+    import tunelab.atomic
+    from tunelab.errors import WriteFailed
+
+    def cannot(*args, **kwargs):
+        raise ValueError("Unrecognized configuration class for this kind of AutoModel")
+
+    run, _ = lora_run
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", cannot)
+    merge_run(run, tmp_path / "merged")
+    assert (tmp_path / "merged" / "config.json").exists()
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(tunelab.atomic.shutil, "disk_usage", lambda _: real._replace(free=1000))
+    with pytest.raises(WriteFailed, match=r"merged-2: the merged model needs about \d"):
+        merge_run(run, tmp_path / "merged-2")
+    assert not (tmp_path / "merged-2").exists()

@@ -457,9 +457,13 @@ def export_gguf(
         check_output(target, run_dir, overwrite, "--gguf", never=_not_an_export(out))
     check_can_write(out)  # a read-only place: said before the merge and the conversion, not after them
     shapes = shapes_only(run_dir)
-    shape = gguf_shape(shapes.config)  # an unsupported model, and a disk without room, before the merge
-    require_space(out, written_bytes(shapes, shape, qtype), f"the {qtype} export")
+    if shapes is not None:  # an unsupported model, and a disk without room, before the merge
+        shape = gguf_shape(shapes.config)
+        require_space(out, written_bytes(shapes, shape, qtype), f"the {qtype} export")
     merged = merged_model(run_dir, torch.float32)  # export from fp32 so that every qtype rounds only once
+    if shapes is None:  # transformers could not build it from its config: measured now
+        shape = gguf_shape(merged.model.config)
+        require_space(out, written_bytes(merged.model, shape, qtype), f"the {qtype} export")
     tok = merged.tokenizer
     adds_bos = adds_special(tok, tok.bos_token_id, first=True)
     cfg = _last_config(run_dir)

@@ -258,15 +258,19 @@ def provenance(merged: MergedModel, run_dir: Path, out: Path) -> dict:
     )
 
 
-def shapes_only(run_dir: str | Path) -> nn.Module:
+def shapes_only(run_dir: str | Path) -> nn.Module | None:
     """The run's merged model as shapes alone, on the meta device (no weights read, no memory taken): what the merge
-    and the export measure their output by before the minutes a merge takes."""
+    and the export measure their output by before the minutes a merge takes. None for a model transformers cannot
+    build from its config alone (then the merged model itself is measured, after the merge)."""
     from transformers import AutoModelForCausalLM
 
     info = check_run(run_dir)
     config = _result_config(run_dir, info)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=info.trust_remote_code)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=info.trust_remote_code)
+    except (ValueError, KeyError, TypeError, ImportError, NotImplementedError, RuntimeError):
+        return None
 
 
 def saved_bytes(model: nn.Module, dtype: torch.dtype) -> int:
@@ -348,8 +352,12 @@ def merge_run(
     check_output(out, run_dir, overwrite, never=_not_a_merge)
     check_can_write(out)  # a read-only place: said before the merge, not after it
     out_dtype = parse_dtype(dtype) or stored_dtype(run_dir, check_run(run_dir))
-    require_space(out, saved_bytes(shapes_only(run_dir), out_dtype), "the merged model")  # and a full disk
+    shapes = shapes_only(run_dir)
+    if shapes is not None:  # a full disk, said before the merge
+        require_space(out, saved_bytes(shapes, out_dtype), "the merged model")
     merged = merged_model(run_dir, out_dtype)
+    if shapes is None:
+        require_space(out, saved_bytes(merged.model, out_dtype), "the merged model")
     with scratch_folder(out) as scratch, quiet_progress():
         try:
             merged.model.save_pretrained(scratch, safe_serialization=True)
