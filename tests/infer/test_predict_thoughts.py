@@ -2,15 +2,18 @@
 rewards read answers, wherever the reward model reads one (`tunelab predict`, `tunelab eval`'s pairs, the reward
 function from Python), and predictions and eval.json keep it apart."""
 
+import copy
+import dataclasses
 import json
 
 import pytest
 
 import tunelab
+from tunelab.data.templates import resolve_template
 from tunelab.errors import DataError
 from tunelab.eval.heads import evaluate_head_run
 from tunelab.infer.predict import format_predictions, predict, save_predictions
-from tunelab.tasks.head_run import load_reward_model
+from tunelab.tasks.head_run import HeadRun, RewardModel, load_reward_model, open_head_run
 
 THOUGHT = "They asked for kindness, so I should say something kind."
 ANSWER = "You are great 3"
@@ -121,3 +124,42 @@ def test_eval_scores_pairs_without_their_thoughts_and_keeps_them(reward_run, tmp
     saved = json.loads((tmp_path / "eval.json").read_text())["rows"]
     assert [(r["chosen_thought"], r["rejected_thought"]) for r in saved] == [(THOUGHT, None)] * 3
     assert all(THOUGHT not in r["chosen"] for r in saved)
+
+
+# DeepSeek-R1's later templates end the generation prompt with <think>: the model's answer starts inside the thought.
+# This one writes an earlier answer's turn the same way, so that the render finds each answer where it starts.
+OPENED = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}<think>\n{% endif %}"
+    "{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+
+def _opened(run: HeadRun) -> HeadRun:
+    tokenizer = copy.deepcopy(run.tokenizer)
+    tokenizer.chat_template = OPENED
+    return dataclasses.replace(run, tokenizer=tokenizer, template=resolve_template("tokenizer", tokenizer))
+
+
+def test_a_thought_the_prompt_opened_is_not_scored(reward_run):
+    """Where the run's template ends the prompt with <think>, a model's answer starts inside its thought, without the
+    tag: the reward function from Python (and predict's answers) scored that thought as the answer, where the server
+    answers it as the thought. Its text up to </think> is now the thought, as the server reads it, and an answer that
+    never closes the thought is all thought."""
+    run = _opened(open_head_run(reward_run, device="cpu"))
+    reward = RewardModel(run)
+    prompts = ["Say something kind 3"] * 3
+    opened, tagged, all_thought = reward(
+        prompts, [f"{THOUGHT}\n</think>\n\n{ANSWER}", f"<think>{THOUGHT}</think>{ANSWER}", THOUGHT]
+    )
+    assert opened == pytest.approx(tagged, abs=1e-6)  # the thought read apart as where <think> is written
+    alone, empty = reward.score(prompts[:2], [ANSWER, ""])
+    assert tagged == pytest.approx(alone, abs=1e-6) and all_thought == pytest.approx(empty, abs=1e-6)
+    assert opened != pytest.approx(reward.score(prompts[:1], [f"{THOUGHT}\n</think>\n\n{ANSWER}"])[0], abs=1e-6)
+    got = predict(run, prompt=prompts[0], answers=[f"{THOUGHT}\n</think>\n\n{ANSWER}"], device="cpu")[0]
+    assert (got.thought, got.reward) == (THOUGHT, pytest.approx(alone, abs=1e-6))
+    with pytest.raises(DataError, match=r"answer 1: the answer is all thought \(the run's template ends the prompt"):
+        predict(run, prompt=prompts[0], answers=[THOUGHT], device="cpu")
+    # where the template does not open the thought, an answer without <think> is the answer as written
+    plain = load_reward_model(reward_run, device="cpu")
+    written = f"{THOUGHT}\n</think>\n\n{ANSWER}"
+    assert plain(prompts[:1], [written]) == pytest.approx(plain.score(prompts[:1], [written]), abs=1e-6)

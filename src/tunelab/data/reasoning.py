@@ -64,11 +64,13 @@ def split_thought(text: str) -> tuple[str | None, str]:
     return thought, answer or ""
 
 
-def answer_apart(answer: str) -> tuple[str | None, str]:
+def answer_apart(answer: str, opened: bool = False) -> tuple[str | None, str]:
     """(the thought, the answer after it) of an answer a reward model scores (`split_thought`): the thought None,
-    and the answer as written, its whitespace kept, where it opens with none."""
-    thought, after = split_thought(answer)
-    return (None, answer) if thought is None else (thought, after)
+    and the answer as written, its whitespace kept, where it opens with none. `opened`: the prompt ended with
+    `<think>` (prompt_opens_thought), so the answer starts inside the thought, as the server reads it: its text up
+    to `</think>` is the thought, and all of it where it has none (cut inside the thought)."""
+    thought, after = ThoughtReader(opened).read(answer, final=True)
+    return (None, answer) if thought is None else (thought, after or "")
 
 
 def _tail(text: str, marker: str) -> int:

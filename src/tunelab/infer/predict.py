@@ -9,7 +9,8 @@ one whose start alone fills max_length, which training skips, is refused by name
 
 A reward run scores an answer as a chat shows it: a reasoning model's thought (`<think>...</think>` first,
 data/reasoning.py) is read apart and not scored, as `tunelab eval` and grpo's rewards read answers, and the
-prediction keeps it in `thought`, as eval.json keeps an answer's.
+prediction keeps it in `thought`, as eval.json keeps an answer's. An `--answer` to a `--prompt` that the run's
+template ends with `<think>` starts inside the thought, as the server reads it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_mo
     head_outputs,
     load_reward_model,
     open_head_run,
+    opens_thought,
     refuse_other_input_kind,
     scored_input,
 )
@@ -60,12 +62,19 @@ def _shown(item: Input) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in turns[-2:]) if len(turns) > 1 else turns[0]["content"]
 
 
-def _refuse_all_thought(thought: str | None, answer: str, where: str) -> None:
-    """DataError naming `where` for an answer that is all thought: nothing is left to score."""
+def _refuse_all_thought(thought: str | None, answer: str, where: str, opened: bool = False) -> None:
+    """DataError naming `where` for an answer that is all thought: nothing is left to score. `opened`: the prompt
+    opened the thought (its template ends it with <think>)."""
     if thought is not None and not answer.strip():
+        how = (
+            "the run's template ends the prompt with <think>, so the answer starts inside the thought, and no answer "
+            "follows a </think>"
+            if opened
+            else "<think> without an answer after its </think>"
+        )
         raise DataError(
-            f"{where}: the answer is all thought (<think> without an answer after its </think>), and a thought is not "
-            "scored: nothing is left to score. Give the answer the thought led to."
+            f"{where}: the answer is all thought ({how}), and a thought is not scored: nothing is left to score. Give "
+            "the answer the thought led to."
         )
 
 
@@ -148,9 +157,10 @@ def predict(
         apart = [_thought_apart(x, w) for x, w, _ in items]
         items = [(x, w, e) for (x, _), (_, w, e) in zip(apart, items)]
         thoughts = [t for _, t in apart]
+    opened = bool(answers) and opens_thought(run, prompt, "the prompt")  # its template ends it with <think>
     for i, given in enumerate(answers or []):  # read apart before the prompt is joined to it (a run of texts)
-        thought, answer = answer_apart(given)
-        _refuse_all_thought(thought, answer, f"answer {i + 1}")
+        thought, answer = answer_apart(given, opened)
+        _refuse_all_thought(thought, answer, f"answer {i + 1}", opened)
         items.append((scored_input(run, prompt, answer), f"answer {i + 1}", None))
         thoughts.append(thought)
     logits, _ = head_outputs(run.model, run, [x for x, _, _ in items], batch_size, [w for _, w, _ in items])

@@ -15,7 +15,9 @@ The reward function, for trainers that score sampled answers (GRPO):
 `prompts[i]` is a user message (str) or a conversation so far (list of {role, content}); `completions[i]` the answer
 text. Each pair is rendered as the chat prompt + assistant answer (a run trained on whole texts scores
 prompt + completion as one text), in batches of `batch_size`, without gradients. A reasoning model's thought
-(`<think>...</think>` first) is not scored: the answer after it is (data/reasoning.py `answer_apart`).
+(`<think>...</think>` first) is not scored: the answer after it is (data/reasoning.py `answer_apart`); where the run's
+template ends the prompt with `<think>`, the completion starts inside the thought, its text up to `</think>` the
+thought, as the server reads such an answer.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 from tunelab.config import DataConfig
-from tunelab.data.reasoning import answer_apart
+from tunelab.data.reasoning import answer_apart, prompt_opens_thought
 from tunelab.data.templates import Template, run_template
 from tunelab.errors import ConfigError, DataError, RunDirError, article, counted
 from tunelab.models.load import ModelSource, load_tokenizer, run_base
@@ -235,14 +237,27 @@ def head_outputs(
     return (torch.cat(out) if out else torch.zeros(0, len(run.labels))), cut
 
 
+def _prompt_turns(run: HeadRun, prompt: str | list[dict]) -> list[dict]:
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return with_system(turns, {}, {}, "the prompt", run.data.system_prompt)  # a blank system is none, as in training
+
+
 def scored_input(run: HeadRun, prompt: str | list[dict], answer: str) -> Input:
     """A prompt and its answer as the reward model reads them (a chat, or one text for a run trained on texts)."""
     if not run.chat_input:
         shown = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
         return Input(text=shown + answer)
-    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    turns = with_system(turns, {}, {}, "the prompt", run.data.system_prompt)  # a blank system is none, as in training
-    return Input(messages=turns + [{"role": "assistant", "content": answer}])
+    return Input(messages=_prompt_turns(run, prompt) + [{"role": "assistant", "content": answer}])
+
+
+def opens_thought(run: HeadRun, prompt: str | list[dict], where: str) -> bool:
+    """Whether the run's template ends this prompt's generation prompt with `<think>` (DeepSeek-R1's later templates):
+    an answer to it starts inside the thought, without its `<think>`, as the server reads it (data/reasoning.py). A
+    run of texts has no generation prompt."""
+    if not run.chat_input:
+        return False
+    ids = render([Input(messages=_prompt_turns(run, prompt))], run.tokenizer, run.template, [where])[0]
+    return prompt_opens_thought(run.tokenizer, ids)
 
 
 class RewardModel:
@@ -265,11 +280,19 @@ class RewardModel:
                 f"reward model: {counted(len(prompts), 'prompt')} but {counted(len(completions), 'completion')}; give "
                 "one each."
             )
-        # the answer after its thought is scored (an answer that is all thought: an empty one), as grpo reads it
-        inputs = [scored_input(self.run, p, answer_apart(c)[1]) for p, c in zip(prompts, completions)]
-        wheres = [
-            f"reward model {self.run.run_dir}, answer {i + 1} of {len(inputs)} scored" for i in range(len(inputs))
-        ]
+        wheres = [self._where(i, len(prompts)) for i in range(len(prompts))]
+        # the answer after its thought is scored (an answer that is all thought: an empty one), as grpo reads it; a
+        # thought the prompt opened (its template ends with <think>) starts the answer without its <think>
+        answers = [answer_apart(c, opens_thought(self.run, p, w))[1] for p, c, w in zip(prompts, completions, wheres)]
+        return self.score(prompts, answers)
+
+    def _where(self, i: int, n: int) -> str:
+        return f"reward model {self.run.run_dir}, answer {i + 1} of {n} scored"
+
+    def score(self, prompts: list[str | list[dict]], answers: list[str]) -> list[float]:
+        """The rewards of answers already read apart from their thoughts (grpo's samples), scored as written."""
+        inputs = [scored_input(self.run, p, a) for p, a in zip(prompts, answers)]
+        wheres = [self._where(i, len(inputs)) for i in range(len(inputs))]
         rewards, _ = head_outputs(self.run.model, self.run, inputs, self.batch_size, wheres)
         return rewards[:, 0].tolist()
 

@@ -267,7 +267,7 @@ def build(spec: RewardSpec, device: torch.device | str = "cpu") -> Reward:
             raise ConfigError(f"option 'grpo.rewards', reward {spec.name!r} (kind model): {exc}") from None
 
         def fn(samples: list[Sample]) -> list[Any]:
-            return from_model([s.prompt for s in samples], [s.answer for s in samples])
+            return from_model.score([s.prompt for s in samples], [s.answer for s in samples])  # read apart already
 
     return Reward(spec.name, spec.weight, fn)
 
