@@ -88,7 +88,34 @@ def test_reasoning_effort_is_honoured_where_the_template_reads_it(run, base_toke
     client, _, prompt = _serve(run, base_tokenizer(chat_template=EFFORT))
     client.chat.completions.create(model="tiny", messages=QUESTION, reasoning_effort="low")
     assert "effort: low\n<|im_start|>user" in prompt()
-    assert _refusal(client, extra_body={"reasoning_effort": "max"})[0] == "reasoning_effort"
+    assert _refusal(client, extra_body={"reasoning_effort": "maximum"})[0] == "reasoning_effort"
     qwen3, _, _ = _serve(run, base_tokenizer(chat_template=QWEN3))
     param, message = _refusal(qwen3, reasoning_effort="low")
     assert param == "reasoning_effort" and '{"enable_thinking": false}' in message
+
+
+def test_every_effort_openai_takes_reaches_the_template(run, base_tokenizer):
+    """ "max", the newest of OpenAI's efforts (the `openai` client's ReasoningEffort type lists it), was refused as an
+    invalid value by a template that reads reasoning_effort; each of OpenAI's values now reaches it, on the chat
+    route and as the Responses API's reasoning.effort, and a value OpenAI does not take is a 400 naming the field and
+    listing those it does."""
+    from typing import get_args
+
+    from openai.types.shared import ReasoningEffort
+
+    client, _, prompt = _serve(run, base_tokenizer(chat_template=EFFORT))
+    efforts = [e for arg in get_args(ReasoningEffort) for e in get_args(arg)]
+    assert "max" in efforts
+    for effort in efforts:
+        client.chat.completions.create(model="tiny", messages=QUESTION, reasoning_effort=effort)
+        assert f"effort: {effort}\n<|im_start|>user" in prompt(), effort
+    client.responses.create(model="tiny", input="Hi", reasoning={"effort": "max"})
+    assert "effort: max\n<|im_start|>" in prompt()
+    param, message = _refusal(client, extra_body={"reasoning_effort": "maximal"})
+    assert param == "reasoning_effort" and 'invalid value "maximal"; allowed: none, minimal, low' in message
+    assert "xhigh, max" in message
+    param, message = _refusal(client, extra_body={"reasoning_effort": 3})
+    assert param == "reasoning_effort" and "invalid value 3;" in message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="tiny", input="Hi", reasoning={"effort": "maximal"})
+    assert caught.value.body["param"] == "reasoning.effort" and "allowed: none" in caught.value.body["message"]

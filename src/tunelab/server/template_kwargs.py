@@ -12,11 +12,14 @@ not plain JSON (JSON's own types always are: the check is for the Python API's c
 
 from __future__ import annotations
 
+import json
+
 from tunelab.data.templates import RENDER_ARGUMENTS, Template
 from tunelab.server.messages import Refused
 
-# OpenAI's values of reasoning_effort
-EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+# OpenAI's values of reasoning_effort (its API reference and the `openai` client's ReasoningEffort type: "max" was
+# added after "xhigh"); each model takes some of them, and a template reads what its model was trained on
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 def _plain(value) -> bool:
@@ -53,10 +56,11 @@ def template_variables(template: Template, kwargs: dict | None, effort) -> dict 
             raise Refused(param, f"{param}: {where}, not {key!r}, so it would change nothing; leave it out.")
         variables[key] = value
     if effort is not None:
-        if effort not in EFFORTS:
+        if not isinstance(effort, str) or effort not in EFFORTS:
             raise Refused(
                 "reasoning_effort",
-                f"reasoning_effort: invalid value {str(effort)[:80]!r}; allowed: {', '.join(EFFORTS)}",
+                f"reasoning_effort: invalid value {json.dumps(effort)[:80]}; allowed: {', '.join(EFFORTS)} (OpenAI's "
+                "values, as text)",
             )
         if reads is not None and "reasoning_effort" not in reads:
             raise Refused(
