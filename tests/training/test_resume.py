@@ -158,7 +158,9 @@ def test_a_finished_run_is_not_resumed_to_its_own_length_and_a_longer_one_keeps_
     after a resume that trained on, config.yaml still gave the old length, so a later --resume shrank the run."""
     run_dir = _finished_with_checkpoints(tiny_overrides)
     before = (run_dir / "adapter_model.safetensors").read_bytes()
-    with pytest.raises(ConfigError, match=r"the run is finished \(3 steps\) and this config asks for 3, so --resume"):
+    with pytest.raises(
+        ConfigError, match=r"the run is finished \(3 steps\) and this config asks for 3, so resume=True"
+    ):
         recipe.train(None, tiny_overrides | {"train.max_steps": 3}, resume=True)
     assert (run_dir / "adapter_model.safetensors").read_bytes() == before
     assert json.loads((run_dir / "run.json").read_text())["finished"]

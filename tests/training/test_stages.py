@@ -287,7 +287,7 @@ def test_a_stage_changed_on_resume_is_named_with_its_line(staged, tmp_path, cras
         train(config, flags)
     staged["stages"][0]["train"]["lr"] = 0.5
     config.write_text(yaml.safe_dump({"stages": staged["stages"]}))
-    with pytest.raises(ConfigError, match=r"staged\.yaml:\d+: stage 1: --resume .* stage 1's options differ from "):
+    with pytest.raises(ConfigError, match=r"staged\.yaml:\d+: stage 1: resume=True .* stage 1's options differ from "):
         train(config, flags, resume=True)
     with pytest.raises(ConfigError, match=r"train\.lr: not set -> 0\.5\. Put them back"):
         train(config, flags, resume=True)

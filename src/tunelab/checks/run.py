@@ -44,6 +44,7 @@ from tunelab.checks.model import (
 )
 from tunelab.checks.preview import HTML_MARK, check_html, preview_text
 from tunelab.config import RunConfig, describe
+from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
 from tunelab.config.validate import unused_notes
 from tunelab.data.checks import CheckItem, CheckResult, data_checks
@@ -84,8 +85,9 @@ def html_path(html: str | Path | None) -> Path | None:
     return path
 
 
-def output_items(cfg, config, resume: bool, overwrite_non_run: bool) -> list[CheckItem]:
-    """What train would do with output_dir, as a check: refusals fail, the rest informs."""
+def output_items(cfg, config, resume: bool, overwrite_non_run: bool, spelling: Spelling = CLI) -> list[CheckItem]:
+    """What train would do with output_dir, as a check: refusals fail, the rest informs; `spelling`: how the
+    caller names resume and overwrite."""
     try:
         plan = plan_output_dir(
             cfg.output_dir,
@@ -93,14 +95,15 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool) -> list[Che
             resume=resume,
             protected=protected_paths(cfg, config_path(config)),
             overwrite_non_run=overwrite_non_run,
+            spelling=spelling,
         )
         if not resume:
             what = "an existing run: train replaces it, keeping it as {} until the new run finishes"
             summary = what.format(plan.previous) if plan.replace else "new: train creates it"
             return [CheckItem("output_dir", "pass", f"{plan.run_dir}: {summary}")]
-        notes = check_resume_config(plan.run_dir, cfg, by_content=CONTENT)  # the rows: the resume data item
+        notes = check_resume_config(plan.run_dir, cfg, by_content=CONTENT, spelling=spelling)  # rows: the data item
         if cfg.stages:
-            return [_staged_resume(plan.run_dir, len(cfg.stages), notes)]
+            return [_staged_resume(plan.run_dir, len(cfg.stages), notes, spelling)]
         checkpoint, damaged = intact_checkpoint(plan.run_dir)
         if checkpoint is None:
             return [CheckItem("resume", "fail", f"{plan.run_dir}: no intact checkpoint to resume from", damaged)]
@@ -112,11 +115,11 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool) -> list[Che
         return [CheckItem("resume" if resume else "output_dir", "fail", str(exc))]
 
 
-def _staged_resume(run_dir: Path, count: int, notes: list[str]) -> CheckItem:
+def _staged_resume(run_dir: Path, count: int, notes: list[str], spelling: Spelling) -> CheckItem:
     """Where train --resume of a staged run goes on (training/stages.py): its finished stages are skipped, the first
     other one resumes from its checkpoint, or starts again when it stopped before its first. ConfigError when every
     stage has finished."""
-    refuse_nothing_to_train(run_dir, count)
+    refuse_nothing_to_train(run_dir, count, spelling)
     k = _unfinished_stage(run_dir, count)
     if k is None:  # stopped after the last stage was saved, before the run's result was written
         return CheckItem("resume", "pass", f"every one of the {count} stages has finished; writes the run's result")
@@ -260,7 +263,7 @@ def run_check(
     if cfg.federated.enabled:
         color = show and sys.stdout.isatty()
         return federated_check(cfg, clients, config, resume, page, examples, model, out, color, describe(resolved))
-    items = output_items(cfg, config, resume, overwrite_non_run)
+    items = output_items(cfg, config, resume, overwrite_non_run, resolved.spelling)
     if resume and (warning := resume_warning(cfg.output_dir)):  # before the data and the model load, as train says it
         out(f"warning: {warning}")
     if unused := unused_notes(cfg, resolved.origins):  # printed under the config; an item for the API and the page

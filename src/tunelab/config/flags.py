@@ -1,12 +1,14 @@
 """The command line's arguments around argparse: a negative number joined to its flag, an option of
 one value given twice refused (argparse keeps the last one without a word: `eval --data a.jsonl --data b.jsonl`
 scored b alone); the argparse types of the commands' plain options (device, whole, finite, positive); and
-generate's prompt read from either of its places (`one_prompt`)."""
+generate's prompt read from either of its places (`one_prompt`); and how a message names a run's own arguments to
+the one who gave them, as flags or as Python (`Spelling`)."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 
 from tunelab.config.model import DEVICE_NAMES, is_device
 from tunelab.errors import ConfigError
@@ -160,3 +162,22 @@ def one_prompt(positional: str | None, flag: str | None) -> str:
     if positional is None and flag is None:
         raise ConfigError('tunelab generate needs a prompt: tunelab generate RUN "your prompt" (or --prompt "...").')
     return flag if positional is None else positional
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How a caller names a run's arguments that are no options, in the messages it gets: the CLI by its flags
+    (--resume, --overwrite), a Python caller as it wrote them (train(..., resume=True), overrides['overwrite'])."""
+
+    flags: bool = True
+
+    @property
+    def resume(self) -> str:
+        return "--resume" if self.flags else "resume=True"
+
+    @property
+    def overwrite(self) -> str:
+        return "--overwrite" if self.flags else "overrides['overwrite'] = True"
+
+
+CLI, PYTHON = Spelling(flags=True), Spelling(flags=False)

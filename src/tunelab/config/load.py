@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from tunelab.config.flags import CLI, PYTHON, Spelling
 from tunelab.config.paths import PATH_OPTIONS, empty_path_entry, resolve_paths, reward_paths, working_module_file
 from tunelab.config.run import RunConfig, iter_options, section_types
 from tunelab.config.suggest import list_tail, unknown_option, unknown_section
@@ -250,11 +251,13 @@ def _python_value(value: Any) -> Any:
 @dataclass
 class ResolvedConfig:
     """The config, for each dotted option where its value came from ('default', a file, or a flag), and the YAML file
-    it was read from (None for a config made in Python): a run directory must never hold that file."""
+    it was read from (None for a config made in Python): a run directory must never hold that file. `spelling`: how
+    its caller names the run's own arguments in messages (the CLI's flags, or Python's)."""
 
     config: RunConfig
     origins: dict[str, str]
     path: Path | None = None
+    spelling: Spelling = PYTHON
 
 
 def locate(error: TunelabError, origins: dict[str, str]) -> TunelabError:
@@ -364,7 +367,7 @@ def load_config(
         check_consistency(config, task_options=not saved)
     except ConfigError as exc:
         raise _placed(exc, origins, lines) from None
-    return ResolvedConfig(config, origins, path)
+    return ResolvedConfig(config, origins, path, CLI if typed else PYTHON)
 
 
 def _refuse_unknown(unknown: list[tuple[str, str, Any]]) -> None:
@@ -560,7 +563,7 @@ def stage_config(resolved: ResolvedConfig, index: int, output_dir: str) -> Resol
         check_consistency(config)
     except ConfigError as exc:
         raise ConfigError(f"{stage_where(resolved, index + 1)}: {exc}") from None
-    return ResolvedConfig(config, origins, resolved.path)
+    return ResolvedConfig(config, origins, resolved.path, resolved.spelling)
 
 
 def stage_where(resolved: ResolvedConfig, k: int) -> str:

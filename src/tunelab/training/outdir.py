@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError
 from tunelab.rundir import RUN_FILE, STAGE_DIR, federation_stopped, is_run_dir, read_info
 from tunelab.training.interrupt import sigterm_raises
@@ -107,11 +108,13 @@ def plan_output_dir(
     overwrite_non_run: bool = False,
     stage_of: Path | None = None,
     command: str = "train",
+    spelling: Spelling = CLI,
 ) -> OutputPlan:
     """Validate output_dir for this run without writing anything (see the module docstring).
 
     command: the tunelab command (and Python function) the messages name; only train and check offer
-    --overwrite-non-run, so the others' messages say to empty the folder instead.
+    --overwrite-non-run, so the others' messages say to empty the folder instead. spelling: how the caller names
+    resume (--resume, or resume=True in Python).
 
     protected: {what: [paths]} the run must never delete, e.g. {"data file": [...], "config": [...]}; folders among
     them are data folders, which output_dir must not lie inside either. stage_of: the staged run training this
@@ -134,8 +137,8 @@ def plan_output_dir(
                 else "the folder does not exist"
             )
             raise RunDirError(
-                f"{where}: nothing to resume: {why}. Drop --resume "
-                "to start a new run, or point output_dir at the run to continue."
+                f"{where}: nothing to resume: {why}. Drop {spelling.resume} to start a new run, or point output_dir at "
+                "the run to continue."
             )
         _check_creatable(path)
         return OutputPlan(path, replace=False, resume=True)

@@ -203,6 +203,7 @@ def _train(
         protected=protected_paths(cfg, path),
         overwrite_non_run=overwrite_non_run,
         stage_of=track_to.run_dir if track_to is not None else None,  # a staged run's stage: its own stage-K folder
+        spelling=resolved.spelling,
     )
     # wherever it stops (loading, training, saving): the lock let go, for a resume or a replacement by the next
     # command, and where a run this one replaces was moved aside and how to put it back
@@ -262,7 +263,7 @@ def _train_planned(
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
         position |= load_position(checkpoint, train_model, optimizer, total_steps, ranks)
-        check_more_steps(run_dir, total_steps, position["step"])
+        check_more_steps(run_dir, total_steps, position["step"], resolved.spelling)
         if ranks.main:  # the run is now this config's (allowed changes included): a later --resume compares with it
             write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
             _record_at_checkpoint(run_dir, info, position, track_to)  # kept while resuming, even if killed outright
@@ -378,10 +379,12 @@ def _start(resolved: ResolvedConfig, run_dir: Path, ranks: Ranks, resume: bool) 
     cfg = resolved.config
     if resume and ranks.main:
         hold_lock(run_dir)  # a new run takes it in start_run_dir
-    notes = check_resume_config(run_dir, cfg, by_content=CONTENT) if resume else []  # _load_data compares the rows
+    notes = (
+        check_resume_config(run_dir, cfg, by_content=CONTENT, spelling=resolved.spelling) if resume else []
+    )  # _load_data compares the rows
     print("tunelab train — resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
-    checkpoint = resume_checkpoint(run_dir) if resume else None
+    checkpoint = resume_checkpoint(run_dir, resolved.spelling) if resume else None
     for note in remove_cut_short(run_dir) if resume and ranks.main else []:
         print(note, flush=True)
     warning = resume_warning(run_dir) if resume else ""  # a run the non-finite guard stopped: before anything loads
@@ -408,9 +411,9 @@ def _load_data(
     fingerprints = {"data_sha256": digest, "eval_sha256": eval_digest, "data_files": files, "eval_files": eval_files}
     before = read_info(run_dir, require_finished=False) if resume else None
     if before is not None:
-        split = split_changed(before, inputs.source)
-        check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, files), split)
-        check_same_data(run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, eval_files), split)
+        split, said = split_changed(before, inputs.source, resolved.spelling), resolved.spelling
+        check_same_data(run_dir, before.data_sha256, digest, "training", (before.data_files, files), split, said)
+        check_same_data(run_dir, before.eval_sha256, eval_digest, "eval", (before.eval_files, eval_files), split, said)
         run_base(before)  # the checkpoint's adapter trained over these weights
     return inputs, fingerprints, before
 

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from tunelab.config import ACTION_OPTIONS, AUTO, RunConfig, auto_options, iter_options, section_names, to_dict
+from tunelab.config.flags import CLI, Spelling
 from tunelab.config.paths import PATH_OPTIONS
 from tunelab.config.validate import read_by, run_tasks
 from tunelab.data.packing import Packed
@@ -229,12 +230,13 @@ def check_resume_config(
     length: set[str] = LENGTH,
     unread: set[str] = frozenset(),
     by_content: set[str] = frozenset(),
+    spelling: Spelling = CLI,
 ) -> list[str]:
     """ConfigError listing the changes that break exactness; otherwise the notes to print about allowed ones.
     length: the options that set how long the run trains (train's, or a federation's federated.rounds); unread:
     options the run does not read, not compared; by_content: the data options (of `CONTENT`) whose files may have
     moved, for a caller that then compares their rows with the run's digest (`check_same_data`). Those the run
-    recorded no digest for are compared by path."""
+    recorded no digest for are compared by path. `spelling`: how the caller names resume and overwrite."""
     path = Path(run_dir) / CONFIG_FILE
     info = read_info(run_dir, require_finished=False)
     digested = {name for name in by_content if getattr(info, CONTENT[name], "")}
@@ -244,9 +246,10 @@ def check_resume_config(
     refused, allowed = config_changes(saved, cfg, _chosen(run_dir), length, unread, digested)
     if refused:
         raise ConfigError(
-            f"{run_dir}: --resume continues the run with the config it started with, and these options differ from "
-            f"{path}: {'; '.join(refused)}. They change what is trained, so the result would be neither the old run "
-            "nor a new one. Put them back to resume, or start a new run (another output_dir, or --overwrite)."
+            f"{run_dir}: {spelling.resume} continues the run with the config it started with, and these options differ "
+            f"from {path}: {'; '.join(refused)}. They change what is trained, so the result would be neither the old "
+            f"run nor a new one. Put them back to resume, or start a new run (another output_dir, or "
+            f"{spelling.overwrite})."
         )
     notes = []
     for line in allowed:
@@ -338,16 +341,17 @@ def kept_warmup(run_dir: Path, ratio: float, total_steps: int) -> tuple[int, str
     )
 
 
-def check_more_steps(run_dir: Path, total_steps: int, step: int) -> None:
+def check_more_steps(run_dir: Path, total_steps: int, step: int, spelling: Spelling = CLI) -> None:
     """ConfigError when the run is finished and its checkpoint (at `step`) leaves none of this config's steps to
     train: --resume would only save the result again (and lose the final figures)."""
     info = read_info(run_dir, require_finished=False)
     if info.finished and step >= total_steps:
+        score = "tunelab compare or tunelab eval" if spelling.flags else "tunelab.compare() or tunelab.evaluate()"
         raise ConfigError(
-            f"{run_dir}: the run is finished ({info.steps} steps) and this config asks for {total_steps}, so --resume "
-            "has nothing to continue. To train on from its last checkpoint, ask for more steps (train.max_steps or "
-            "train.epochs); to score it, use tunelab compare or tunelab eval; to train it again from the start, drop "
-            "--resume and give --overwrite."
+            f"{run_dir}: the run is finished ({info.steps} steps) and this config asks for {total_steps}, so "
+            f"{spelling.resume} has nothing to continue. To train on from its last checkpoint, ask for more steps "
+            f"(train.max_steps or train.epochs); to score it, use {score}; to train it again from the start, drop "
+            f"{spelling.resume} and give {spelling.overwrite}."
         )
 
 
@@ -423,7 +427,7 @@ def gguf_split_facts(source) -> dict:
     return {GGUF_SPLIT: CONVERSION} if source.is_gguf else {}
 
 
-def split_changed(before: RunInfo, source) -> str:
+def split_changed(before: RunInfo, source, spelling: Spelling = CLI) -> str:
     """For a run on a GGUF base that started before tunelab gave such a base's tokenizer llama.cpp's split for its
     tokenizer.ggml.pre (conversion 3, or 4 for the names of gguf_split.SPLIT_SINCE_4), a sentence saying that this
     may be why its rows differ; else ''."""
@@ -441,7 +445,7 @@ def split_changed(before: RunInfo, source) -> str:
     return (
         "the run started before tunelab gave a GGUF base's tokenizer the split llama.cpp uses for it "
         f"(tokenizer.ggml.pre {pre!r}: {which} gives other tokens now). With the data unchanged, the run "
-        "cannot resume with this tunelab: train it again with --overwrite (its finished result, if any, keeps its own "
+        f"cannot resume with this tunelab: train it again with {spelling.overwrite} (its finished result, if any, keeps its own "
         "tokenizer and still opens as trained)"
     )
 
@@ -453,6 +457,7 @@ def check_same_data(
     what: str = "training",
     files: tuple[dict[str, str], dict[str, str]] = ({}, {}),
     tokenizer: str = "",
+    spelling: Spelling = CLI,
 ) -> None:
     """`what`: training or eval (data.eval, data.eval_fraction's split); `files`: the run's and today's file_digests;
     `tokenizer`: why the tokenizer may split otherwise than when the run started (`split_changed`), or ''."""
@@ -461,13 +466,14 @@ def check_same_data(
         if tokenizer:
             which = (f"{which}; or " if which else "") + tokenizer
         raise DataChanged(
-            f"{run_dir}: --resume needs the {what} data the run started with, but the tokenized {what} rows differ"
+            f"{run_dir}: {spelling.resume} needs the {what} data the run started with, but the tokenized {what} rows "
+            "differ"
             + (f": {which}" if which else " (a data file, the tokenizer or the template changed)")
             + ". Restore the data, or start a new run."
         )
 
 
-def resume_checkpoint(run_dir: Path) -> Path:
+def resume_checkpoint(run_dir: Path, spelling: Spelling = CLI) -> Path:
     """The newest intact checkpoint, saying which newer ones are damaged; RunDirError when there is none."""
     checkpoint, notes = intact_checkpoint(run_dir)
     for note in notes:
@@ -483,8 +489,8 @@ def resume_checkpoint(run_dir: Path) -> Path:
         else:
             why = "it has no checkpoint yet (train.save_every writes them)"
         raise RunDirError(
-            f"{run_dir}: nothing to resume from: {why}. To start the run again, drop --resume and give --overwrite "
-            "(--resume alone continues from a checkpoint and never replaces the run)."
+            f"{run_dir}: nothing to resume from: {why}. To start the run again, drop {spelling.resume} and give "
+            f"{spelling.overwrite} ({spelling.resume} alone continues from a checkpoint and never replaces the run)."
         )
     return checkpoint
 

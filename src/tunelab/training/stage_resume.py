@@ -18,6 +18,7 @@ import yaml
 
 from tunelab.atomic import write_text
 from tunelab.config import ResolvedConfig, stage_where
+from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import STAGE_PREFIX
 from tunelab.errors import ConfigError
 from tunelab.models.load import recorded_commit
@@ -112,13 +113,13 @@ def refuse_changed_stage(run_dir: Path, resolved: ResolvedConfig) -> None:
             else ""
         )
         raise ConfigError(
-            f"{stage_where(resolved, k)}: --resume continues the run with the config it started with, and stage {k}'s "
-            f"options differ from {run_dir / CONFIG_FILE}: {'; '.join(changed)}.{base} Put them back to resume, or "
-            "start a new run (another output_dir, or --overwrite)."
+            f"{stage_where(resolved, k)}: {resolved.spelling.resume} continues the run with the config it started "
+            f"with, and stage {k}'s options differ from {run_dir / CONFIG_FILE}: {'; '.join(changed)}.{base} Put them "
+            f"back to resume, or start a new run (another output_dir, or {resolved.spelling.overwrite})."
         )
 
 
-def refuse_nothing_to_train(run_dir: Path, count: int) -> None:
+def refuse_nothing_to_train(run_dir: Path, count: int, spelling: Spelling = CLI) -> None:
     """ConfigError for --resume of a staged run whose every stage has finished: a finished stage keeps its steps, so
     nothing would train, and the run's result used to be published again with exit 0. A run stopped after its last
     stage was saved but before the run's own result was written (its run.json not finished) is let through: --resume
@@ -130,8 +131,8 @@ def refuse_nothing_to_train(run_dir: Path, count: int) -> None:
         if not (is_run_dir(here) and read_info(here, require_finished=False).finished):
             return
     raise ConfigError(
-        f"{run_dir}: every one of the {count} stages has finished, so --resume has nothing to train (a finished "
-        "stage keeps its steps). Add a stage to train on, or start the run again with --overwrite."
+        f"{run_dir}: every one of the {count} stages has finished, so {spelling.resume} has nothing to train (a "
+        f"finished stage keeps its steps). Add a stage to train on, or start the run again with {spelling.overwrite}."
     )
 
 

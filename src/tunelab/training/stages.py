@@ -356,18 +356,23 @@ def train_stages(
             mine = [p for p in paths if not (chained and Path(p).expanduser().resolve().is_relative_to(inside))]
             protected[what] = protected.get(what, []) + mine
     plan_dir = plan_output_dir(
-        cfg.output_dir, overwrite=cfg.overwrite, resume=resume, protected=protected, overwrite_non_run=overwrite_non_run
+        cfg.output_dir,
+        overwrite=cfg.overwrite,
+        resume=resume,
+        protected=protected,
+        overwrite_non_run=overwrite_non_run,
+        spelling=resolved.spelling,
     )
     run_dir = plan_dir.run_dir
     notes = []
     if resume:
         hold_lock(run_dir)  # a new run takes it in start_run_dir
         try:  # data moved: each stage compares its rows with its run.json's (`_run_stage`, recipe's resume)
-            notes = check_resume_config(run_dir, cfg, by_content=CONTENT)
+            notes = check_resume_config(run_dir, cfg, by_content=CONTENT, spelling=resolved.spelling)
         except ConfigError:
             refuse_changed_stage(run_dir, resolved)  # where a stage's options changed: that stage, and its line
             raise
-        refuse_nothing_to_train(run_dir, len(plans))
+        refuse_nothing_to_train(run_dir, len(plans), resolved.spelling)
         follow_move(run_dir, plans)
     print("tunelab train — a staged run; the resolved config (value, then where it came from):")
     print(describe(resolved), flush=True)
