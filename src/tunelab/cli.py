@@ -17,7 +17,7 @@ import shlex
 import sys
 
 from tunelab.cli_parser import build_parser, parse
-from tunelab.config.flags import join_negative_values, one_prompt
+from tunelab.config.flags import CLI, join_negative_values, one_prompt
 from tunelab.config.load import FlagValues
 from tunelab.errors import ConfigError, Interrupted, TunelabError, stdout_closed
 
@@ -242,6 +242,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             device=args.device,
             base_precision=args.base_precision,
             allowed_origins=args.allowed_origins,
+            spelling=CLI,  # errors name the flags typed
         )
     elif args.command == "chat":
         api.chat(args.run_dir, settings=settings, device=args.device, base_precision=args.base_precision)

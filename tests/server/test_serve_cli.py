@@ -11,7 +11,7 @@ pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed: pip i
 openai = pytest.importorskip("openai", reason="the official openai client is not installed: pip install openai")
 
 from tunelab.cli import main  # noqa: E402
-from tunelab.errors import TunelabError  # noqa: E402
+from tunelab.errors import ConfigError, TunelabError  # noqa: E402
 from tunelab.infer.run import open_run  # noqa: E402
 from tunelab.server.serve import start_server  # noqa: E402
 
@@ -45,9 +45,9 @@ def test_a_port_of_the_wrong_type_or_range_is_named(tiny_run_dir):
     with pytest.raises(ConfigError, match=r"serve\(\): argument 'port' must be int, got a str \('8000'\)"):
         tunelab.serve(tiny_run_dir, port="8000")
     for port in (70000, -1):
-        with pytest.raises(ConfigError, match=rf"option '--port' is {port}; allowed: 0 to 65535"):
+        with pytest.raises(ConfigError, match=rf"argument 'port' is {port}; allowed: 0 to 65535"):
             tunelab.serve(tiny_run_dir, port=port)
-        with pytest.raises(ConfigError, match=rf"option '--port' is {port}"):
+        with pytest.raises(ConfigError, match=rf"argument 'port' is {port}"):
             start_server(tiny_run_dir, port=port)
 
 
@@ -127,7 +127,7 @@ def test_an_empty_host_is_refused_not_read_as_every_interface(tiny_run_dir, monk
         assert main(["serve", str(tiny_run_dir), "--port", "0", "--host", host]) == 2
         err = capsys.readouterr().err
         assert f"option '--host' {says}, which would listen on every network interface" in err and "stub" not in err
-    with pytest.raises(TunelabError, match="'--host' is empty"):
+    with pytest.raises(TunelabError, match="argument 'host' is empty"):
         start_server(tiny_run_dir, host="")
     assert main(["serve", str(tiny_run_dir), "--port", "0", "--host", "127.0.0.1"]) == 2
     assert "stub: opened" in capsys.readouterr().err
@@ -146,7 +146,7 @@ def test_an_empty_model_name_is_refused_not_replaced_by_the_directory_name(tiny_
         assert main(["serve", str(tiny_run_dir), "--port", "0", "--model-name", name]) == 2
         err = capsys.readouterr().err
         assert f"option '--model-name' {says}" in err and "stub" not in err, err
-    with pytest.raises(TunelabError, match="'--model-name' is empty"):
+    with pytest.raises(TunelabError, match="argument 'model_name' is empty"):
         start_server(tiny_run_dir, model_name="")
     assert main(["serve", str(tiny_run_dir), "--port", "0", "--model-name", "faq"]) == 2
     assert "stub: opened" in capsys.readouterr().err
@@ -172,3 +172,36 @@ def test_serve_from_python_requires_the_key_of_the_environment_as_the_cli_does(t
     with pytest.raises(KeyboardInterrupt):
         tunelab.serve(tiny_run_dir, port=0)
     assert seen == ["from-the-environment", "given", None]
+
+
+def test_a_python_caller_is_told_its_arguments_not_the_flags(tiny_run_dir, monkeypatch):
+    """tunelab.serve(run, api_key="", ...) was refused as "option '--api-key' is empty", and a port in use was to be
+    changed "with --port": flags a Python caller never typed. Each refusal now names the argument it passed (the
+    command line's still names its flags)."""
+    import tunelab
+    import tunelab.server.serve as serve_module
+
+    def open_run_stub(run_dir, *args):
+        raise TunelabError("stub: opened")
+
+    monkeypatch.setattr(serve_module, "opened", open_run_stub)
+    for arguments, says in [
+        ({"api_key": ""}, "argument 'api_key' is empty, which would serve anyone without a key; give the key, or "
+         "leave the argument out"),
+        ({"api_key": "key "}, "argument 'api_key' ends with whitespace"),
+        ({"model_name": " "}, "argument 'model_name' is blank (an unset variable in it?)"),
+        ({"host": ""}, "argument 'host' is empty"),
+        ({"allowed_origins": ["localhost:3000"]}, "argument 'allowed_origins' has 'localhost:3000'"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError) as caught:
+            tunelab.serve(tiny_run_dir, port=0, **arguments)
+        assert says in str(caught.value) and "--" not in str(caught.value), str(caught.value)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError) as caught:
+            tunelab.serve(tiny_run_dir, port=port)
+    assert f"argument 'port': port {port} on 127.0.0.1 is in use by another program; choose another with port=." in (
+        str(caught.value)
+    )

@@ -179,5 +179,13 @@ class Spelling:
     def overwrite(self) -> str:
         return "--overwrite" if self.flags else "overrides['overwrite'] = True"
 
+    def option(self, name: str) -> str:
+        """A command's option named as its caller gave it: option '--api-key', or argument 'api_key' in Python."""
+        return f"option '--{name.replace('_', '-')}'" if self.flags else f"argument '{name}'"
+
+    def given(self, name: str) -> str:
+        """How the caller gives that option: --api-key, or api_key= in Python."""
+        return f"--{name.replace('_', '-')}" if self.flags else f"{name}="
+
 
 CLI, PYTHON = Spelling(flags=True), Spelling(flags=False)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.infer.generate import GenerationSettings, say, say_config_notice
 from tunelab.infer.run import LoadedRun, check_base_precision, opened
@@ -31,17 +32,20 @@ def _check_installed() -> None:
         raise TunelabError(f"tunelab serve needs FastAPI and uvicorn ({exc}). Install them with: {INSTALL}") from None
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on (host, port); ConfigError naming the option when the port is taken, or for an empty
-    host (`--host "$HOST"` with HOST unset), which the system reads as every interface: the run was served to the
-    network unasked."""
+def bind(host: str, port: int, spelling: Spelling = PYTHON) -> socket.socket:
+    """A listening-ready socket on (host, port); ConfigError naming the option (as `spelling` names it: the CLI's
+    flag, or the Python argument) when the port is taken, or for an empty host (`--host "$HOST"` with HOST unset),
+    which the system reads as every interface: the run was served to the network unasked."""
     if not host.strip():
         raise ConfigError(
-            f"option '--host' is {'empty' if not host else 'blank'}, which would listen on every network interface; "
-            "give the address: 127.0.0.1 (this machine, the default) or 0.0.0.0 (every interface, on purpose)."
+            f"{spelling.option('host')} is {'empty' if not host else 'blank'}, which would listen on every network "
+            "interface; give the address: 127.0.0.1 (this machine, the default) or 0.0.0.0 (every interface, on "
+            "purpose)."
         )
     if not 0 <= port <= 65535:  # socket.bind would raise an OverflowError
-        raise ConfigError(f"option '--port' is {port}; allowed: 0 to 65535 (0: a free port the system chooses).")
+        raise ConfigError(
+            f"{spelling.option('port')} is {port}; allowed: 0 to 65535 (0: a free port the system chooses)."
+        )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart may reuse TIME_WAIT
@@ -51,47 +55,51 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(
-                f"option '--port': port {port} on {host} is in use by another program; choose another with --port."
+                f"{spelling.option('port')}: port {port} on {host} is in use by another program; choose another with "
+                f"{spelling.given('port')}."
             ) from None
-        raise ConfigError(f"option '--host'/'--port': cannot listen on {host}:{port} ({exc.strerror}).") from None
+        raise ConfigError(
+            f"{spelling.option('host')}, {spelling.option('port')}: cannot listen on {host}:{port} ({exc.strerror})."
+        ) from None
     sock.set_inheritable(True)
     return sock
 
 
-def check_api_key(api_key: str | None) -> None:
+def check_api_key(api_key: str | None, spelling: Spelling = PYTHON) -> None:
     """ConfigError for a key no client could send: an empty one (`--api-key "$KEY"` with KEY unset) would serve
     everyone unasked, one with spaces at its ends could never match, HTTP dropping them from the header, nor one
     with a character outside printable ASCII (an accent, a tab, a line break)."""
     if api_key is None:
         return
+    name = spelling.option("api_key")
     if not api_key.strip():
         raise ConfigError(
-            "option '--api-key' is empty, which would serve anyone without a key; give the key, or leave the option "
-            "out to serve without one."
+            f"{name} is empty, which would serve anyone without a key; give the key, or leave the "
+            f"{'option' if spelling.flags else 'argument'} out to serve without one."
         )
     if api_key != api_key.strip():
         raise ConfigError(
-            f"option '--api-key' {'begins' if api_key[0].isspace() else 'ends'} with whitespace, which HTTP drops "
-            "from the Authorization header, so no client could send it; remove the whitespace."
+            f"{name} {'begins' if api_key[0].isspace() else 'ends'} with whitespace, which HTTP drops from the "
+            "Authorization header, so no client could send it; remove the whitespace."
         )
     odd = next((c for c in api_key if not " " <= c <= "~"), None)
     if odd is not None:
         raise ConfigError(
-            f"option '--api-key' holds the character {odd!r}, which an HTTP header cannot carry as written, so no "
-            "client could send the key; use printable ASCII characters only."
+            f"{name} holds the character {odd!r}, which an HTTP header cannot carry as written, so no client could "
+            "send the key; use printable ASCII characters only."
         )
 
 
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 
 
-def check_origins(origins: list[str] | None) -> None:
+def check_origins(origins: list[str] | None, spelling: Spelling = PYTHON) -> None:
     """ConfigError for an --allowed-origins entry a browser never sends: an origin is "*" (any) or a scheme, a host
     and an optional port, with no path ("http://localhost:3000", not "localhost:3000" nor ".../chat/")."""
     for origin in origins or ():
         if origin != "*" and not _ORIGIN.fullmatch(origin):
             raise ConfigError(
-                f"option '--allowed-origins' has {origin!r}, which is no origin a browser sends; give each as "
+                f"{spelling.option('allowed_origins')} has {origin!r}, which is no origin a browser sends; give each as "
                 "scheme://host[:port] without a path (http://localhost:3000), or * for any origin."
             )
 
@@ -101,13 +109,14 @@ def environment_key(api_key: str | None) -> str | None:
     return (os.environ.get("TUNELAB_API_KEY") or None) if api_key is None else api_key
 
 
-def check_model_name(model_name: str | None) -> None:
+def check_model_name(model_name: str | None, spelling: Spelling = PYTHON) -> None:
     """ConfigError for an empty model name (`--model-name "$NAME"` with NAME unset), which served the run under its
     directory's name instead, so that clients asking for the intended name got 404."""
     if model_name is not None and not model_name.strip():
+        unset = '--model-name "$NAME"' if spelling.flags else "it"
         raise ConfigError(
-            f"option '--model-name' is {'empty' if not model_name else 'blank'} (an unset variable in --model-name "
-            '"$NAME"?); give the model id clients ask for, or leave the option out to use the run directory\'s name.'
+            f"{spelling.option('model_name')} is {'empty' if not model_name else 'blank'} (an unset variable in "
+            f"{unset}?); give the model id clients ask for, or leave it out to use the run directory's name."
         )
 
 
@@ -130,13 +139,15 @@ def build_app(
     device: str = "auto",
     base_precision: str = "trained",
     allowed_origins: list[str] | None = None,
+    spelling: Spelling = PYTHON,
 ):
     """The FastAPI application for a run (loaded here unless given loaded; `base_precision` as in open_run;
-    `allowed_origins`: the web pages whose scripts may call it, see create_app)."""
+    `allowed_origins`: the web pages whose scripts may call it, see create_app; `spelling`: how errors name the
+    options, the Python arguments unless the CLI's flags)."""
     _check_installed()
-    check_api_key(api_key)
-    check_model_name(model_name)
-    check_origins(allowed_origins)
+    check_api_key(api_key, spelling)
+    check_model_name(model_name, spelling)
+    check_origins(allowed_origins, spelling)
     from tunelab.server.app import create_app
     from tunelab.server.engine import Engine
 
@@ -170,21 +181,24 @@ def serve(
     device: str = "auto",
     base_precision: str = "trained",
     allowed_origins: list[str] | None = None,
+    *,
+    spelling: Spelling = PYTHON,
 ) -> None:
     """Serve the run over HTTP in OpenAI's chat-completions dialect until interrupted (needs the 'serve' extra).
     Refuses a port in use before loading anything. `start_server` does the same on a background thread and returns
     its URL. `api_key` None: $TUNELAB_API_KEY when it is set and not empty, as `tunelab serve` reads it.
-    `allowed_origins`: the origins of web pages whose scripts may call the server from a browser (CORS; "*" any)."""
+    `allowed_origins`: the origins of web pages whose scripts may call the server from a browser (CORS; "*" any).
+    `spelling`: how errors name the options: these arguments (port=), or `tunelab serve`'s flags (--port)."""
     _check_installed()
     api_key = environment_key(api_key)
-    check_api_key(api_key)
-    check_model_name(model_name)
-    check_origins(allowed_origins)
+    check_api_key(api_key, spelling)
+    check_model_name(model_name, spelling)
+    check_origins(allowed_origins, spelling)
     check_base_precision(base_precision)
-    sock = bind(host, port)
+    sock = bind(host, port, spelling)
     name = model_name or run_name(run)
     try:
-        app = build_app(run, api_key, model_name, settings, device, base_precision, allowed_origins)
+        app = build_app(run, api_key, model_name, settings, device, base_precision, allowed_origins, spelling)
         print(f"tunelab serve: {run} as model {name!r}{' (API key required)' if api_key else ''}")
         url = base_url(host, sock.getsockname()[1])  # --port 0: the port the system chose
         print(f"  OpenAI base URL: {url}/v1   (health: {url}/health)", flush=True)
