@@ -10,7 +10,7 @@ import pytest
 
 import tunelab
 from tunelab.data.templates import resolve_template
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 from tunelab.eval.heads import evaluate_head_run
 from tunelab.infer.predict import format_predictions, predict, save_predictions
 from tunelab.tasks.head_run import HeadRun, RewardModel, load_reward_model, open_head_run
@@ -163,3 +163,24 @@ def test_a_thought_the_prompt_opened_is_not_scored(reward_run):
     plain = load_reward_model(reward_run, device="cpu")
     written = f"{THOUGHT}\n</think>\n\n{ANSWER}"
     assert plain(prompts[:1], [written]) == pytest.approx(plain.score(prompts[:1], [written]), abs=1e-6)
+
+
+def test_the_reward_function_takes_what_trls_grpo_trainer_passes(reward_run):
+    """TRL's GRPOTrainer calls a reward function by keyword with completion_ids, trainer_state and the dataset's
+    columns beside the prompts and completions, a conversation's completions as lists of one assistant message, and
+    logs it under its __name__: the reward model failed each (a TypeError for the keywords, an AttributeError deep
+    inside for the messages and the name). It now reads the text of such a completion, lets the rest be, and a
+    completion of another shape is refused by name."""
+    reward = load_reward_model(reward_run, device="cpu")
+    prompt = [{"role": "user", "content": "Say something kind 3"}]
+    plain = reward([prompt], [ANSWER])
+    got = reward(
+        prompts=[prompt],
+        completions=[[{"role": "assistant", "content": f"<think>{THOUGHT}</think>{ANSWER}"}]],
+        completion_ids=[[1, 2, 3]],
+        trainer_state=None,
+        solution=["kind"],
+    )
+    assert got == pytest.approx(plain, abs=1e-6) and reward.__name__ == "run"
+    with pytest.raises(ConfigError, match=r"answer 1 of 1 scored: a completion is a text, or a list of one assistant"):
+        reward([prompt], [42])

@@ -260,15 +260,34 @@ def opens_thought(run: HeadRun, prompt: str | list[dict], where: str) -> bool:
     return prompt_opens_thought(run.tokenizer, ids)
 
 
+def _completion_text(completion, where: str) -> str:
+    """A completion's text: a text, or TRL's conversational form, a list of one assistant message; ConfigError naming
+    `where` for anything else (it failed deep inside with an AttributeError)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list | tuple) and len(completion) == 1 and isinstance(completion[0], dict):
+        message = completion[0]
+        if message.get("role", "assistant") == "assistant" and isinstance(message.get("content"), str):
+            return message["content"]
+    shown = repr(completion) if len(repr(completion)) <= 60 else repr(completion)[:57] + "..."
+    raise ConfigError(
+        f"{where}: a completion is a text, or a list of one assistant message ([{{'role': 'assistant', 'content': "
+        f"...}}], as TRL's GRPOTrainer gives a conversation's), got {article(type(completion).__name__)} ({shown})."
+    )
+
+
 class RewardModel:
-    """A finished reward run as a reward function: (prompts, completions) -> one float per pair."""
+    """A finished reward run as a reward function: (prompts, completions) -> one float per pair. It is called as
+    TRL's GRPOTrainer calls a reward function: by keyword, with the trainer's other values beside (completion_ids,
+    trainer_state, the dataset's columns), which it does not read, and its `__name__` names it in the trainer's logs."""
 
     def __init__(self, run: HeadRun, batch_size: int = 16):
         if run.info.task != "reward":
             raise RunDirError(f"{run.run_dir}: {article(run.info.task)} run, not a reward model (task: reward).")
         self.run, self.batch_size = run, batch_size
+        self.__name__ = Path(run.run_dir).name
 
-    def __call__(self, prompts: list[str | list[dict]], completions: list[str]) -> list[float]:
+    def __call__(self, prompts: list[str | list[dict]], completions: list, **_unread) -> list[float]:
         for name, value in (("prompts", prompts), ("completions", completions)):
             if not isinstance(value, list | tuple):  # a text alone would be scored character by character
                 raise ConfigError(
@@ -283,7 +302,8 @@ class RewardModel:
         wheres = [self._where(i, len(prompts)) for i in range(len(prompts))]
         # the answer after its thought is scored (an answer that is all thought: an empty one), as grpo reads it; a
         # thought the prompt opened (its template ends with <think>) starts the answer without its <think>
-        answers = [answer_apart(c, opens_thought(self.run, p, w))[1] for p, c, w in zip(prompts, completions, wheres)]
+        texts = [_completion_text(c, w) for c, w in zip(completions, wheres)]
+        answers = [answer_apart(c, opens_thought(self.run, p, w))[1] for p, c, w in zip(prompts, texts, wheres)]
         return self.score(prompts, answers)
 
     def _where(self, i: int, n: int) -> str:
