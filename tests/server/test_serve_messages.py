@@ -358,3 +358,12 @@ def test_a_request_may_ask_for_no_system_prompt(mixed_system_run_dir):
     assert f'"prompt_tokens": {plain},' in events, events
     refused = http.post("/v1/chat/completions", json=body | {"default_system_prompt": "no"})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "default_system_prompt"
+
+
+def test_a_field_an_assistant_message_cannot_carry_is_named_in_plain_words(client):
+    """An earlier answer sent back with a refusal was refused as a field the server "does not read on a assistant's
+    message"; the article follows the role."""
+    answer = _ask(client, [QUESTION, {"role": "assistant", "content": "Box 3.", "refusal": "No."}, QUESTION])
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error["param"] == "messages.1.refusal", answer.text
+    assert "which this server does not read on an assistant's message" in error["message"], error

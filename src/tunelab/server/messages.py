@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from tunelab.errors import article
+
 
 class Message(BaseModel):
     model_config = ConfigDict(
@@ -66,7 +68,7 @@ def read_message(m: Message, index: int, template) -> dict:
         ):
             raise Refused(
                 f"{where}.{key}",
-                f"{where} ({m.role}) has the field {key!r}, which this server does not read on a {m.role}'s "
+                f"{where} ({m.role}) has the field {key!r}, which this server does not read on {article(m.role)}'s "
                 "message; leave it out.",
             )
         if not template.uses(wanted):
