@@ -96,6 +96,26 @@ def test_a_message_list_is_the_conversation(served):
     )
 
 
+def test_an_answer_sent_back_as_the_client_dumps_it_is_read(served):
+    """The openai client's output message, dumped to be sent back (`item.model_dump()`, as a chat history kept as
+    JSON holds it), carries `"phase": null`, its newest field: it was refused as a field the server does not read,
+    though a null asks for nothing. It is now read as the earlier answer it is; a phase given is still refused."""
+    client, model, tokenizer = served
+    first = client.responses.create(model="tiny", input="Code of a box?")
+    dumped = [item.model_dump() for item in first.output]
+    assert "phase" in dumped[0] and dumped[0]["phase"] is None
+    done = client.responses.create(
+        model="tiny", input=[{"role": "user", "content": "Code of a box?"}, *dumped, {"role": "user", "content": "3."}]
+    )
+    assert done.output_text == ANSWER
+    assert f"<|im_start|>assistant\n{ANSWER}<|im_end|>\n<|im_start|>user\n3.<|im_end|>" in _prompt(tokenizer, model)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(
+            model="tiny", input=[{"role": "user", "content": "Hi"}, dumped[0] | {"phase": "commentary"}]
+        )
+    assert caught.value.body["param"] == "input.1.phase"
+
+
 def test_max_output_tokens_cuts_the_answer_and_says_so(served):
     client, _, tokenizer = served
     done = client.responses.create(model="tiny", input="Code of box 3?", max_output_tokens=3)

@@ -202,7 +202,8 @@ def read_input(body: ResponsesRequest) -> list[dict]:
             raise Refused(
                 f"{where}.role", f"{where}.role is {json.dumps(role)[:40]}; give user, assistant, system or developer"
             )
-        extra = next((key for key in item if key not in ITEM_FIELDS), None)
+        # a null asks for nothing: the openai client's output items, dumped to send back, hold "phase": null
+        extra = next((key for key, value in item.items() if key not in ITEM_FIELDS and value is not None), None)
         if extra is not None:
             raise Refused(
                 f"{where}.{extra}", f"{where} has the field {extra!r}, which this server does not read; leave it out"
