@@ -75,7 +75,7 @@ def test_a_full_disk_at_the_save_of_the_result_says_what_is_left(tiny_overrides,
     message = str(stopped.value)
     assert "the result could not be saved: no space left on the device" in message
     if save_every:
-        assert "checkpoint of step 2" in message and "--resume" in message
+        assert "checkpoint of step 2" in message and "--resume (in Python: train(..., resume=True))" in message
         monkeypatch.undo()
         assert recipe.train(None, overrides, resume=True).steps == 2
     else:

@@ -58,7 +58,8 @@ def test_a_full_disk_in_a_sharded_save_leaves_no_part_of_it(tmp_path, monkeypatc
         _save(tmp_path, 2)
     message = str(failed.value)
     assert "no space left on the device while writing checkpoint of step 2" in message
-    assert "The earlier checkpoints are intact (step-0000001)" in message and "--resume" in message
+    assert "The earlier checkpoints are intact (step-0000001)" in message
+    assert "--resume (in Python: train(..., resume=True))" in message  # a Python caller's way too
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001"]  # no scratch, no step 2
     assert intact_checkpoint(tmp_path)[0] == checkpoints(tmp_path)[0]
 

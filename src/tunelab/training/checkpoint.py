@@ -111,7 +111,8 @@ def checkpoint_failed(run_dir: Path, final: Path, exc: OSError, needed: int) -> 
     step = int(final.name.removeprefix(STEP_PREFIX))
     earlier = [p.name for p in checkpoints(run_dir)]
     then = (
-        f"The earlier checkpoints are intact ({', '.join(earlier)}); free some space, then continue with --resume."
+        f"The earlier checkpoints are intact ({', '.join(earlier)}); free some space, then continue with --resume "
+        "(in Python: train(..., resume=True))."
         if earlier
         else "No checkpoint was written before it, so nothing can be resumed: free some space and train the run again."
     )

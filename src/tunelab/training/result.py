@@ -85,7 +85,10 @@ def _what_is_left(run_dir: Path) -> str:
     if checkpoint is None:
         return "No checkpoint was written (train.save_every: 0), so the run must be trained again once it can be saved."
     step = int(checkpoint.name.removeprefix(STEP_PREFIX))
-    return f"The checkpoint of step {step} ({checkpoint}) is kept; continue from it with --resume."
+    return (
+        f"The checkpoint of step {step} ({checkpoint}) is kept; continue from it with --resume (in Python: "
+        "train(..., resume=True))."
+    )
 
 
 # What tunelab compare, eval and report write into a run directory (eval/compare.py COMPARE_FILE, eval/evaluate.py
