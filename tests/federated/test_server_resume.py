@@ -167,3 +167,23 @@ def test_a_failure_without_a_reason_is_named_by_its_status():
     assert idle_note({"history": history})[0].startswith(
         "resume: round 2 of the federation applied no update (a: failed)"
     )
+
+
+def test_a_python_callers_resume_refusals_name_its_arguments(
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+):
+    """tunelab.federate(config, resume=True) was told "--resume continues the run..." and "drop --resume and give
+    --overwrite": flags a Python caller does not pass. Its refusals now name resume=True and
+    overrides['overwrite'] = True, as train's do."""
+    config = federate_config(tmp_path, tiny_model_dir)
+    run_federation(None, load_config(config), 2, ["site0", "site1"], resume=False)
+    with pytest.raises(ConfigError) as caught:
+        tunelab.federate(config, {"method.r": 8}, resume=True)
+    message = str(caught.value)
+    assert "resume=True continues the run" in message and "overrides['overwrite'] = True" in message
+    assert "--resume" not in message and "--overwrite" not in message
+    with pytest.raises(ConfigError) as caught:
+        tunelab.federate(config, resume=True)
+    message = str(caught.value)
+    assert "so resume=True has nothing to continue" in message and "tunelab.compare() or tunelab.evaluate()" in message
+    assert "--resume" not in message and "--overwrite" not in message

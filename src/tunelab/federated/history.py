@@ -33,6 +33,7 @@ from json.decoder import scanstring
 from pathlib import Path
 
 from tunelab.atomic import write_json
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError, counted
 from tunelab.training.metrics import plot_text, read_metrics
 
@@ -159,16 +160,17 @@ def write_state(run_dir: str | Path, state: dict) -> Path:
     return write_json(Path(run_dir) / STATE_FILE, state)
 
 
-def all_rounds_done(run_dir: str | Path, rounds: int) -> str | None:
+def all_rounds_done(run_dir: str | Path, rounds: int, spelling: Spelling = CLI) -> str | None:
     """Why --resume has nothing to do when federated.json already counts `rounds` rounds (None while some are
-    left)."""
+    left); `spelling`: how the caller names resume and overwrite."""
     state = read_state(run_dir)
     if state is None or int(state["rounds_done"]) < rounds:
         return None
     return (
-        f"{run_dir}: all {rounds} rounds are done and this config asks for {rounds}, so --resume has nothing to "
-        "continue. To train on, ask for more rounds (federated.rounds); to score it, use tunelab compare or tunelab "
-        "eval; to federate it again from the start, drop --resume and give --overwrite."
+        f"{run_dir}: all {rounds} rounds are done and this config asks for {rounds}, so {spelling.resume} has nothing "
+        "to continue. To train on, ask for more rounds (federated.rounds); to score it, use "
+        f"{'tunelab compare or tunelab eval' if spelling.flags else 'tunelab.compare() or tunelab.evaluate()'}; to "
+        f"federate it again from the start, drop {spelling.resume} and give {spelling.overwrite}."
     )
 
 

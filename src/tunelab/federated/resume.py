@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.config import AUTO, RunConfig, TrainConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import ConfigError, RunDirError, counted
 from tunelab.federated.checkpoints import resume_round
 from tunelab.federated.history import by_name, error_line, read_state
@@ -26,8 +27,9 @@ from tunelab.training.resume import check_resume_config, check_same_data, data_d
 LENGTH = {"federated.rounds"}
 
 
-def check_resume(run_dir: str | Path, cfg: RunConfig) -> list[str]:
-    """RunDirError when nothing can be resumed, ConfigError for a refused change; else the notes about allowed ones."""
+def check_resume(run_dir: str | Path, cfg: RunConfig, spelling: Spelling = CLI) -> list[str]:
+    """RunDirError when nothing can be resumed, ConfigError for a refused change; else the notes about allowed ones.
+    `spelling`: how the caller names resume and overwrite."""
     run_dir = Path(run_dir)
     state = read_state(run_dir)
     if state is None:
@@ -38,7 +40,7 @@ def check_resume(run_dir: str | Path, cfg: RunConfig) -> list[str]:
     unread = {f"federated.{key}" for key in cfg.federated.idle()} | (
         {"federated.num_clients"} if cfg.federated.clients else set()
     )
-    notes = check_resume_config(run_dir, cfg, length=LENGTH, unread=unread)
+    notes = check_resume_config(run_dir, cfg, length=LENGTH, unread=unread, spelling=spelling)
     done = int(state["rounds_done"])
     if cfg.federated.rounds < done:
         raise ConfigError(

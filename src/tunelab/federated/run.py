@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.config import FederatedConfig, ResolvedConfig, RunConfig, iter_options
+from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
 from tunelab.config.validate import option_default
 from tunelab.errors import ConfigError, TunelabError, counted
@@ -121,13 +122,13 @@ def check_config(cfg: RunConfig) -> None:
         )
 
 
-def check_run_dir(cfg: RunConfig, resume: bool, config: Any) -> list[str]:
+def check_run_dir(cfg: RunConfig, resume: bool, config: Any, spelling: Spelling = CLI) -> list[str]:
     """Fail before any client starts, and delete nothing here (the server replaces the folder, as tunelab train does:
     training/outdir.py). With `resume`, the config against the run's (federated/resume.py): the notes about the
-    changes it allows."""
+    changes it allows, the refusals naming resume and overwrite as `spelling` does."""
     run_dir = Path(cfg.output_dir)
     if resume:
-        return check_resume(run_dir, cfg)
+        return check_resume(run_dir, cfg, spelling)
     plan_output_dir(
         run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg, config), command="federate"
     )
@@ -446,8 +447,8 @@ def federate(
     if held:  # as tunelab train --resume: no other process writes the run while this one resumes it
         hold_lock(run_dir)
     try:
-        check_run_dir(cfg, resume, config)
-        finished = all_rounds_done(run_dir, cfg.federated.rounds) if resume else None
+        check_run_dir(cfg, resume, config, resolved.spelling)
+        finished = all_rounds_done(run_dir, cfg.federated.rounds, resolved.spelling) if resume else None
         if finished:  # refused, as tunelab train refuses a finished run, before the simulation engine (Ray) starts
             raise ConfigError(finished)
         check_clients(cfg, clients, resume)
