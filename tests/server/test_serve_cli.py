@@ -176,8 +176,9 @@ def test_serve_from_python_requires_the_key_of_the_environment_as_the_cli_does(t
 
 def test_a_python_caller_is_told_its_arguments_not_the_flags(tiny_run_dir, monkeypatch):
     """tunelab.serve(run, api_key="", ...) was refused as "option '--api-key' is empty", and a port in use was to be
-    changed "with --port": flags a Python caller never typed. Each refusal now names the argument it passed (the
-    command line's still names its flags)."""
+    changed "with --port", and device="gpu" was "option '--device'": flags a Python caller never typed. Each refusal
+    now names the argument it passed (the command line's still names its flags), the device before the port is
+    bound."""
     import tunelab
     import tunelab.server.serve as serve_module
 
@@ -192,6 +193,7 @@ def test_a_python_caller_is_told_its_arguments_not_the_flags(tiny_run_dir, monke
         ({"model_name": " "}, "argument 'model_name' is blank (an unset variable in it?)"),
         ({"host": ""}, "argument 'host' is empty"),
         ({"allowed_origins": ["localhost:3000"]}, "argument 'allowed_origins' has 'localhost:3000'"),
+        ({"device": "gpu"}, "option 'device' is 'gpu'; allowed values: auto, cpu, cuda"),
     ]:  # fmt: skip
         with pytest.raises(ConfigError) as caught:
             tunelab.serve(tiny_run_dir, port=0, **arguments)

@@ -20,6 +20,7 @@ from tunelab.config.flags import PYTHON, Spelling
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.infer.generate import GenerationSettings, say, say_config_notice
 from tunelab.infer.run import LoadedRun, check_base_precision, opened
+from tunelab.models.load import pick_device
 
 INSTALL = "pip install 'tunelab[serve]'   (FastAPI and uvicorn)"
 
@@ -120,6 +121,12 @@ def check_model_name(model_name: str | None, spelling: Spelling = PYTHON) -> Non
         )
 
 
+def check_device(device: str, spelling: Spelling = PYTHON) -> None:
+    """ConfigError (or ModelError for a missing GPU) for a device the run cannot be served on, named as the caller
+    gave it (--device, or the argument device), before the port is bound and the model loaded."""
+    pick_device(device, "--device" if spelling.flags else "device")
+
+
 def base_url(host: str, port: int) -> str:
     """The server's URL; an IPv6 address goes in brackets (http://[::1]:8000), as URLs write it."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -148,6 +155,8 @@ def build_app(
     check_api_key(api_key, spelling)
     check_model_name(model_name, spelling)
     check_origins(allowed_origins, spelling)
+    if not isinstance(run, LoadedRun):  # a loaded run says itself how a device differs from its own (opened)
+        check_device(device, spelling)
     from tunelab.server.app import create_app
     from tunelab.server.engine import Engine
 
@@ -195,6 +204,7 @@ def serve(
     check_model_name(model_name, spelling)
     check_origins(allowed_origins, spelling)
     check_base_precision(base_precision)
+    check_device(device, spelling)
     sock = bind(host, port, spelling)
     name = model_name or run_name(run)
     try:
