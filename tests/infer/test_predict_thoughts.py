@@ -184,3 +184,13 @@ def test_the_reward_function_takes_what_trls_grpo_trainer_passes(reward_run):
     assert got == pytest.approx(plain, abs=1e-6) and reward.__name__ == "run"
     with pytest.raises(ConfigError, match=r"answer 1 of 1 scored: a completion is a text, or a list of one assistant"):
         reward([prompt], [42])
+
+
+def test_scoring_answers_read_apart_checks_them_as_the_call_does(reward_run):
+    """reward.score(prompts, answers) zipped a prompt list and an answer list of other lengths, scoring the pairs the
+    shorter one had without a word, and took an answer that is no text to fail deep inside; each is refused by name."""
+    reward = load_reward_model(reward_run, device="cpu")
+    with pytest.raises(ConfigError, match="reward model: 1 prompt but 2 answers; give one each"):
+        reward.score(["Say something kind 3"], [ANSWER, ANSWER])
+    with pytest.raises(ConfigError, match="answer 2 of 2 scored: an answer is a text, got an int"):
+        reward.score(["Say something kind 3"] * 2, [ANSWER, 7])

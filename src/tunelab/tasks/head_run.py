@@ -276,6 +276,20 @@ def _completion_text(completion, where: str) -> str:
     )
 
 
+def _check_pairs(prompts, answers, name: str) -> None:
+    """ConfigError unless `prompts` and `answers` (given as `name`) are lists of one item per pair scored."""
+    for what, value in (("prompts", prompts), (name, answers)):
+        if not isinstance(value, list | tuple):  # a text alone would be scored character by character
+            raise ConfigError(
+                f"reward model: '{what}' must be a list (one item per pair scored), got {article(type(value).__name__)}; "
+                f"for one pair, give [{what[:-1]}]."
+            )
+    if len(prompts) != len(answers):
+        raise ConfigError(
+            f"reward model: {counted(len(prompts), 'prompt')} but {counted(len(answers), name[:-1])}; give one each."
+        )
+
+
 class RewardModel:
     """A finished reward run as a reward function: (prompts, completions) -> one float per pair. It is called as
     TRL's GRPOTrainer calls a reward function: by keyword, with the trainer's other values beside (completion_ids,
@@ -288,17 +302,7 @@ class RewardModel:
         self.__name__ = Path(run.run_dir).name
 
     def __call__(self, prompts: list[str | list[dict]], completions: list, **_unread) -> list[float]:
-        for name, value in (("prompts", prompts), ("completions", completions)):
-            if not isinstance(value, list | tuple):  # a text alone would be scored character by character
-                raise ConfigError(
-                    f"reward model: '{name}' must be a list (one item per pair scored), got {article(type(value).__name__)}; "
-                    f"for one pair, give [{name[:-1]}]."
-                )
-        if len(prompts) != len(completions):
-            raise ConfigError(
-                f"reward model: {counted(len(prompts), 'prompt')} but {counted(len(completions), 'completion')}; give "
-                "one each."
-            )
+        _check_pairs(prompts, completions, "completions")
         wheres = [self._where(i, len(prompts)) for i in range(len(prompts))]
         # the answer after its thought is scored (an answer that is all thought: an empty one), as grpo reads it; a
         # thought the prompt opened (its template ends with <think>) starts the answer without its <think>
@@ -311,6 +315,11 @@ class RewardModel:
 
     def score(self, prompts: list[str | list[dict]], answers: list[str]) -> list[float]:
         """The rewards of answers already read apart from their thoughts (grpo's samples), scored as written."""
+        _check_pairs(prompts, answers, "answers")
+        odd = next((i for i, a in enumerate(answers) if not isinstance(a, str)), None)
+        if odd is not None:
+            kind = article(type(answers[odd]).__name__)
+            raise ConfigError(f"{self._where(odd, len(answers))}: an answer is a text, got {kind}.")
         inputs = [scored_input(self.run, p, a) for p, a in zip(prompts, answers)]
         wheres = [self._where(i, len(inputs)) for i in range(len(inputs))]
         rewards, _ = head_outputs(self.run.model, self.run, inputs, self.batch_size, wheres)
