@@ -187,3 +187,6 @@ def test_a_python_callers_resume_refusals_name_its_arguments(
     message = str(caught.value)
     assert "so resume=True has nothing to continue" in message and "tunelab.compare() or tunelab.evaluate()" in message
     assert "--resume" not in message and "--overwrite" not in message
+    checked = tunelab.check(config, {"method.r": 8}, resume=True)  # tunelab check says it as train would
+    (item,) = [i for i in checked.items if i.name == "resume"]
+    assert item.status == "fail" and "resume=True continues the run" in item.summary and "--" not in item.summary

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.config import ResolvedConfig, RunConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import locate
 from tunelab.data.checks import CheckItem, data_checks
 from tunelab.errors import ConfigError, RunDirError
@@ -51,12 +52,12 @@ def clients_of(resolved: ResolvedConfig) -> list[ClientData]:
         raise locate(exc, resolved.origins) from None
 
 
-def output_item(cfg: RunConfig, config: Any, resume: bool) -> CheckItem:
+def output_item(cfg: RunConfig, config: Any, resume: bool, spelling: Spelling = CLI) -> CheckItem:
     from tunelab.federated.run import check_run_dir
 
     name = "resume" if resume else "output_dir"
     try:
-        notes = check_run_dir(cfg, resume, config)
+        notes = check_run_dir(cfg, resume, config, spelling)  # its refusals name resume as the caller gave it
     except (RunDirError, ConfigError) as exc:
         return CheckItem(name, "fail", str(exc))
     if resume:

@@ -262,7 +262,10 @@ def run_check(
     out(describe(resolved))
     if cfg.federated.enabled:
         color = show and sys.stdout.isatty()
-        return federated_check(cfg, clients, config, resume, page, examples, model, out, color, describe(resolved))
+        described = describe(resolved)
+        return federated_check(
+            cfg, clients, config, resume, page, examples, model, out, color, described, resolved.spelling
+        )
     items = output_items(cfg, config, resume, overwrite_non_run, resolved.spelling)
     if resume and (warning := resume_warning(cfg.output_dir)):  # before the data and the model load, as train says it
         out(f"warning: {warning}")
@@ -382,11 +385,21 @@ def _resumed_info(cfg) -> RunInfo | None:
 
 
 def federated_check(
-    cfg, clients, config, resume: bool, page: Path | None, examples: int, model: bool, out, color: bool, described: str
+    cfg,
+    clients,
+    config,
+    resume: bool,
+    page: Path | None,
+    examples: int,
+    model: bool,
+    out,
+    color: bool,
+    described: str,
+    spelling: Spelling = CLI,
 ) -> CheckResult:
     """`tunelab check` of a federated config (checks/federated.py): the federation's rules and output_dir, every
     client's data as that client reads it, the server's eval set, and the model checks on the first client's data."""
-    items = [output_item(cfg, config, resume)]
+    items = [output_item(cfg, config, resume, spelling)]
     summaries = []
     first = None
     read = client_inputs(cfg, clients)  # DataError naming the client (exit 2)
