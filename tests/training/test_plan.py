@@ -376,16 +376,16 @@ def test_train_notes_a_gpu_shared_with_other_processes(monkeypatch):
 
     mib = 2**20
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(
-        total_memory=24 * mib, name="Test GPU"))  # fmt: skip
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * mib, 24 * mib))
+        total_memory=100 * mib, name="Test GPU", major=9, minor=0))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * mib, 100 * mib))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 2 * mib)  # the loaded model's
-    cfg, auto = _auto(micro_batch=8, gpu_memory="20MiB")
+    cfg, auto = _auto(micro_batch=8, gpu_memory="90MiB")  # the tiny model and two 32 MiB cuBLAS workspaces fit
     cpu = _built(None)
     built = BuiltModel(cpu.model, "fast", cpu.hf_config, torch.device("cuda", 0), torch.float32, 0, 0)
     result = plan_memory(auto, cfg, built, seq=64)[1]
     assert result.notes == [
-        "note: the budget 20.0 MiB is more than the 3.0 MiB of GPU memory this process can have now: other processes "
-        "hold 21.0 MiB of its 24.0 MiB, and a run started now may run out of it."
+        "note: the budget 90.0 MiB is more than the 3.0 MiB of GPU memory this process can have now: other processes "
+        "hold 97.0 MiB of its 100.0 MiB, and a run started now may run out of it."
     ]
 
 

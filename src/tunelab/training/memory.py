@@ -20,6 +20,8 @@ Static (alive the whole step):
   QLoRA's dequantization workspace, the largest ungrouped NF4 weight out x in x e (o_proj and down_proj).
 - offload: the two landing buffers, 2 N d e (`models.offload`).
 - rope tables: cos and sin, 2 N head_dim e, shared by all layers.
+- cuBLAS workspaces (`training.workspaces`): one per thread and stream that runs GEMMs, `Setup.blas_workspace` bytes
+  each (32 MiB on a Hopper): 2 for an eager step; a graphed one 3, and a 4th from its captured backward on.
 - FSDP2 across S ranks (`Setup.shards`, train.sharding fsdp2; `training.distributed.shard`): weights, adapters,
   gradients and optimizer state are cut on dim 0, so each rank holds ceil(x / S) of each. Beside its shards a rank
   holds whole what it gathers: the root unit's weights (embedding, head, final norm: kept from the forward through
@@ -87,8 +89,8 @@ Transients (the largest wins, on top of what is saved at that moment):
   recomputed (its saved set above), the MLP in chunks of min(N, 4096) tokens (its saved set for a chunk, and d act
   for it), and three (N, d) gradients.
 
-What the model leaves out, on purpose: the CUDA context and library workspaces (outside the allocator's reserved
-memory), the allocator's rounding and fragmentation (`plan.Calibration.activation_scale` takes them from one measured
+What the model leaves out, on purpose: the CUDA context and library memory outside the allocator's reserved memory,
+the allocator's rounding and fragmentation (`plan.Calibration.activation_scale` takes them from one measured
 step), per-parameter buffers under a kilobyte.
 """
 
@@ -100,6 +102,7 @@ from dataclasses import dataclass
 from tunelab.config import parse_size  # noqa: F401  (re-exported: sizes in the planner's terms)
 from tunelab.kernels.head_chunk import head_chunk_tokens
 from tunelab.models.llama_config import LlamaConfig
+from tunelab.training.workspaces import BLAS_WORKSPACE, step_workspaces
 
 E = 2  # bytes of a bf16 (or fp16) weight or activation: `Setup.dtype_bytes`' default
 MLP_CHUNK = 4096  # tokens per chunk of checkpointing's MLP backward (`LlamaDecoderLayer.mlp_chunk_tokens`)
@@ -143,6 +146,7 @@ class Setup:
     dora: bool = False  # method lora with DoRA (`peft.dora`): a magnitude per output row, no grouped projections
     dropout: bool = False  # LoRA dropout on (method.dropout > 0): a keep-mask per adapted layer, no grouping
     packed: bool = False  # data.packing: a micro-batch is one row of N tokens, its documents apart (cu_seqlens)
+    blas_workspace: int = BLAS_WORKSPACE  # one cuBLAS workspace's bytes (`training.workspaces`; 0: none, the CPU)
 
     @property
     def tokens(self) -> int:
@@ -505,6 +509,9 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         static["ddp: gradient buckets"] = sum(v * b for v, b in trainable_tensors(c, s))
     if s.reference_copy:
         static["grpo reference: the trained tensors' starting copy"] = sum(v * b for v, b in trainable_tensors(c, s))
+    through, taken = step_workspaces(s.graphs and not s.offload)  # taken: the captured backward's, when it starts
+    static |= {"cuBLAS workspaces": through * s.blas_workspace} if s.blas_workspace else {}
+    late = {"cuBLAS workspace of the captured backward": taken * s.blas_workspace} if taken and s.blas_workspace else {}
     layers = saving_layers(c, s)
     checkpointed = recomputed_layers(c, s)
     kept = layers - checkpointed
@@ -542,7 +549,7 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
     chunk = "tensors" if s.shards <= 1 else f"shards (1/{s.shards})"  # under fsdp2 a rank steps its shards
     phases = {
         "head": (saved, {"head: logits chunk, hidden and its gradient": head}),
-        "optimizer step": ({}, {f"optimizer step: fp32 copies of one chunk of trained {chunk}": step})
+        "optimizer step": ({}, {f"optimizer step: fp32 copies of one chunk of trained {chunk}": step} | late)
         if step
         else None,
         "sampling": (
@@ -562,12 +569,12 @@ def estimate(c: LlamaConfig, s: Setup, activation_scale: float = 1.0) -> Estimat
         )
         if cache
         else None,
-        "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd}) if kept else None,
+        "backward of a kept layer": (saved, {"backward: a kept layer's gradients": kept_bwd} | late) if kept else None,
         # each forward of a DoRA layer computes its norm; the top layer's, with (nearly) every activation saved
         "forward": (saved, {"forward: DoRA weight norm ||W + s B A|| of one layer": norm}) if norm else None,
         "recomputation": (
             {"activations: checkpointed inputs": saved["activations: checkpointed inputs"]},
-            {"recomputation: one layer and its gradients": recompute},
+            {"recomputation: one layer and its gradients": recompute} | late,
         )
         if checkpointed
         else None,

@@ -10,6 +10,7 @@ user set stay as they are.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -23,8 +24,9 @@ from tunelab.training.distributed import pick_sharding
 from tunelab.training.memory import GIB, Estimate, Setup, estimate, gib, saving_layers
 from tunelab.training.plan_setup import config_setup
 from tunelab.training.speed import fixed_time, sample_time, step_time
+from tunelab.training.workspaces import cublas_workspace_bytes
 
-DEFAULT_BUDGET_FRACTION = 0.92  # of the GPU's total memory: the CUDA context and libraries' workspaces live outside
+DEFAULT_BUDGET_FRACTION = 0.92  # of the GPU's total memory: the CUDA context and libraries' own memory live outside
 
 
 class BudgetError(ConfigError):
@@ -173,7 +175,8 @@ def plan(
     `gpu_name`: the GPU's, for the speed model's fp32 rate (`fp32_fraction`). BudgetError when nothing fits, naming
     the minimum and its largest part."""
     fixed = fixed or Fixed()
-    setup = dataclasses.replace(setup, graphs=setup.graphs and cuda)  # CUDA graphs exist on CUDA only
+    # CUDA graphs and cuBLAS workspaces exist on CUDA only
+    setup = dataclasses.replace(setup, graphs=setup.graphs and cuda, blas_workspace=setup.blas_workspace if cuda else 0)
     scored = []
     frozen = c.num_layers - saving_layers(c, setup)
     for cand in candidates(c.num_layers, global_batch, fixed, cuda, setup.sampled > 0, frozen):
@@ -315,12 +318,13 @@ def plan_for_config(
     ranks: int = 1,
     sharding: str | None = None,
     dtype: torch.dtype = torch.bfloat16,
-    gpu_name: str | None = None,
+    gpu: torch.device | None = None,
     prompt: int = 0,
 ) -> MemoryPlan:
     """The planner over the options of `train` (auto values of the data already chosen) that are left to it, for
-    `ranks` processes (`sharding`: ddp or fsdp2 among several, None for one), the model in `dtype`, on the GPU named
-    `gpu_name` (None: another machine's); `prompt`: grpo's longest prompt."""
+    `ranks` processes (`sharding`: ddp or fsdp2 among several, None for one), the model in `dtype`, on the CUDA
+    device `gpu` (None: another machine's; its name sets the fp32 rate, its compute capability the cuBLAS
+    workspace); `prompt`: grpo's longest prompt."""
     refuse_layer_count(train, shape.num_layers)
     fixed = Fixed(
         micro_batch=None if micro_batch_auto else train.micro_batch,
@@ -332,8 +336,13 @@ def plan_for_config(
     setup = dataclasses.replace(
         config_setup(cfg, seq, ranks if sharding == "fsdp2" else 1, ranks, dtype, prompt),
         ddp=ranks > 1 and sharding == "ddp",
+        blas_workspace=cublas_workspace_bytes(
+            torch.cuda.get_device_capability(gpu) if gpu is not None else None,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        ),
     )
-    return plan(shape, setup, budget, rows_per_step(cfg, train), fixed, cuda=cuda, ranks=ranks, gpu_name=gpu_name)
+    name = torch.cuda.get_device_name(gpu) if gpu is not None else None
+    return plan(shape, setup, budget, rows_per_step(cfg, train), fixed, cuda=cuda, ranks=ranks, gpu_name=name)
 
 
 def rows_per_step(cfg: RunConfig, train: TrainConfig) -> int:
@@ -416,8 +425,8 @@ def plan_memory(
     else:
         shape = LlamaConfig.from_hf(built.hf_config)
         cuda = built.device.type == "cuda"
-        name = torch.cuda.get_device_name(built.device) if cuda else None
-        result = plan_for_config(cfg, t, shape, seq, budget, mb_auto, cuda, ranks, sharding, built.dtype, name, prompt)
+        gpu = built.device if cuda else None
+        result = plan_for_config(cfg, t, shape, seq, budget, mb_auto, cuda, ranks, sharding, built.dtype, gpu, prompt)
         best = require_fit(result, "option 'train.gpu_memory'").candidate
         result.notes += [n for n in [free_memory_note(budget, built.device)] if n]
         why = f"planner: {result.reason}"
@@ -547,9 +556,8 @@ def plan_run(
         note = "train.sharding fsdp2: no checkpointing or offload, which train turns off under fsdp2."
     mb_auto = cfg.train.micro_batch == AUTO
     dtype = planned_dtype(cfg, gpu)
-    name = torch.cuda.get_device_name(gpu) if gpu is not None else None
     result = plan_for_config(
-        cfg, auto.train, shape, seq, budget, mb_auto, on_cuda, nproc, sharding, dtype, name, longest_prompt(cfg, first)
+        cfg, auto.train, shape, seq, budget, mb_auto, on_cuda, nproc, sharding, dtype, gpu, longest_prompt(cfg, first)
     )
     require_fit(result, f"budget {gib(budget)}")
     result.notes += [n for n in [free_memory_note(budget, gpu)] if n]
