@@ -308,3 +308,49 @@ def test_a_python_budget_is_named_by_its_keyword(tiny_overrides):
         tunelab.plan(None, tiny_overrides | {"model.device": "cpu"})
     assert "which has no GPU memory: give gpu_memory=SIZE (like 24GiB)" in str(error.value)
     assert "--gpu-memory" not in str(error.value)
+
+
+@pytest.mark.parametrize(("dropout", "width"), [(0.0, "bucket"), (0.1, "longest")])
+def test_a_micro_batch_is_planned_as_the_rows_the_data_has_at_the_width_it_runs(
+    tiny_overrides, tmp_path, dropout, width
+):
+    """The planner put micro_batch rows of the longest row's width through the model; a step has no more rows than
+    the epoch (8 of 205 tokens planned, 3 run, on the H100: benchmarks/results/2026-12-05-h100-first-step-memory.txt),
+    and a graphed micro-batch is padded to its width bucket (205 -> 256 there). LoRA dropout runs eagerly."""
+    import json
+
+    from tunelab.api import plan
+    from tunelab.training.graphs import bucket_width
+
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Box {i}?", "answer": f"Code {i}."}) + "\n" for i in range(3)))
+    overrides = tiny_overrides | {"data.train": [str(data)], "method.dropout": dropout, "train.micro_batch": 8}
+    report = plan(_config(tmp_path, overrides), gpu_memory="1GiB")
+    setup = report.memory.setup
+    assert setup.epoch_rows == 3 and setup.graph_bucket == bucket_width(64) == 64 and setup.graphs == (dropout == 0)
+    wide = 64 if width == "bucket" else report.seq
+    assert report.seq < 64
+    head_dim = 16  # the tiny model: hidden 64 over 4 heads
+    rope = report.memory.chosen.estimate.static["rope tables"]
+    assert rope == 2 * (3 * wide) * head_dim * 2  # cos and sin, (N, head_dim) bf16, N = 3 rows x the width
+
+
+def test_train_plans_with_the_rows_of_its_first_epoch(tiny_overrides, tmp_path, monkeypatch):
+    """`tunelab train` gives its planner the epoch's rows, as `tunelab plan` does."""
+    import json
+
+    import tunelab.training.recipe as recipe
+    from tunelab.api import train
+
+    class Planned(Exception):
+        pass
+
+    def plan_memory(*args, **kwargs):
+        raise Planned(args[7] if len(args) > 7 else kwargs.get("rows"))
+
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Box {i}?", "answer": f"Code {i}."}) + "\n" for i in range(3)))
+    monkeypatch.setattr(recipe, "plan_memory", plan_memory)
+    with pytest.raises(Planned) as planned:
+        train(None, tiny_overrides | {"data.train": [str(data)], "train.micro_batch": 8}, check=False)
+    assert planned.value.args == (3,)

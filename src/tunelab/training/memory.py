@@ -1,9 +1,10 @@
 """The fast path's GPU memory at its peak, from the model's shapes and the training setup: each part a named number.
 
 Notation: L layers, d hidden size, q = heads x head_dim, kv = kv_heads x head_dim, m intermediate size, V vocab,
-N = micro_batch x seq tokens (x 2 for dpo's pairs), e bytes a value of the model's dtype (`Setup.dtype_bytes`: 2 for
-bf16 and fp16, 4 for fp32: weights and activations alike), r the LoRA rank, R_qkv = 3r and R_gu = 2r the spare
-columns of the grouped projections (LoRA on q/k/v, gate/up).
+N = B x W tokens a micro-batch has (`Setup.tokens`; x 2 for dpo's pairs): B micro_batch rows, or the epoch's where
+fewer (`data.batches.make_batches`), W the longest row, padded up to a multiple of `training.graphs.bucket_width` when
+graphed, e bytes a value of the model's dtype (`Setup.dtype_bytes`: 2 for bf16 and fp16, 4 for fp32: weights and
+activations alike), r the LoRA rank, R_qkv = 3r and R_gu = 2r the spare columns of the grouped projections.
 
 Static (alive the whole step):
 - weights: e bytes a weight; NF4 (QLoRA's frozen linears) per matrix of n weights ceil(n/2) codes
@@ -146,11 +147,16 @@ class Setup:
     dora: bool = False  # method lora with DoRA (`peft.dora`): a magnitude per output row, no grouped projections
     dropout: bool = False  # LoRA dropout on (method.dropout > 0): a keep-mask per adapted layer, no grouping
     packed: bool = False  # data.packing: a micro-batch is one row of N tokens, its documents apart (cu_seqlens)
+    epoch_rows: int = 0  # rows (dpo: pairs) an epoch holds: no micro-batch has more (0: micro_batch rows always)
+    graph_bucket: int = 0  # a graphed micro-batch's width is padded to a multiple of this (0: not padded)
     blas_workspace: int = BLAS_WORKSPACE  # one cuBLAS workspace's bytes (`training.workspaces`; 0: none, the CPU)
 
     @property
     def tokens(self) -> int:
-        return self.micro_batch * self.rows * self.seq
+        """A micro-batch's: its rows (micro_batch, or the epoch's where fewer) x `rows` x the longest row, padded up
+        to a multiple of graph_bucket when graphed (`training.graphs.pad_to`)."""
+        bucket = self.graph_bucket if self.graphs and not self.offload and self.graph_bucket > 0 else 1
+        return min(self.micro_batch, self.epoch_rows or self.micro_batch) * self.rows * -(-self.seq // bucket) * bucket
 
     @property
     def dtype_bytes(self) -> int:

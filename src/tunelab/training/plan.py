@@ -320,11 +320,12 @@ def plan_for_config(
     dtype: torch.dtype = torch.bfloat16,
     gpu: torch.device | None = None,
     prompt: int = 0,
+    rows: int = 0,
 ) -> MemoryPlan:
     """The planner over the options of `train` (auto values of the data already chosen) that are left to it, for
     `ranks` processes (`sharding`: ddp or fsdp2 among several, None for one), the model in `dtype`, on the CUDA
     device `gpu` (None: another machine's; its name sets the fp32 rate, its compute capability the cuBLAS
-    workspace); `prompt`: grpo's longest prompt."""
+    workspace); `prompt`: grpo's longest prompt; `rows`: the epoch's rows (`config_setup`)."""
     refuse_layer_count(train, shape.num_layers)
     fixed = Fixed(
         micro_batch=None if micro_batch_auto else train.micro_batch,
@@ -334,7 +335,7 @@ def plan_for_config(
         offload=None if train.offload_activations == AUTO else bool(train.offload_activations),
     )
     setup = dataclasses.replace(
-        config_setup(cfg, seq, ranks if sharding == "fsdp2" else 1, ranks, dtype, prompt),
+        config_setup(cfg, seq, ranks if sharding == "fsdp2" else 1, ranks, dtype, prompt, rows),
         ddp=ranks > 1 and sharding == "ddp",
         blas_workspace=cublas_workspace_bytes(
             torch.cuda.get_device_capability(gpu) if gpu is not None else None,
@@ -395,11 +396,13 @@ def plan_memory(
     ranks: int = 1,
     sharding: str | None = None,
     prompt: int = 0,
+    rows: int = 0,
 ) -> tuple[AutoPlan, MemoryPlan | None]:
     """Choose train.checkpointing, checkpoint_layers and offload_activations where they are auto (and a smaller
     micro_batch, keeping micro_batch x grad_accum, where micro_batch is auto and memory binds), apply them to the
     model, and return the plan with those choices. Explicit values win. `seq`: the longest training row; `ranks`
-    and `sharding` (fsdp2: each rank holds 1/ranks of the model) as the run trains; `prompt`: `longest_prompt`."""
+    and `sharding` (fsdp2: each rank holds 1/ranks of the model) as the run trains; `prompt`: `longest_prompt`;
+    `rows`: the rows of the first epoch (a micro-batch has at most as many)."""
     t = auto.train
     refuse_layer_count(t, getattr(built.hf_config, "num_hidden_layers", None))
     if built.impl != "fast" and t.checkpoint_layers:  # transformers' checkpointing recomputes every layer
@@ -426,7 +429,9 @@ def plan_memory(
         shape = LlamaConfig.from_hf(built.hf_config)
         cuda = built.device.type == "cuda"
         gpu = built.device if cuda else None
-        result = plan_for_config(cfg, t, shape, seq, budget, mb_auto, cuda, ranks, sharding, built.dtype, gpu, prompt)
+        result = plan_for_config(
+            cfg, t, shape, seq, budget, mb_auto, cuda, ranks, sharding, built.dtype, gpu, prompt, rows
+        )
         best = require_fit(result, "option 'train.gpu_memory'").candidate
         result.notes += [n for n in [free_memory_note(budget, built.device)] if n]
         why = f"planner: {result.reason}"
@@ -556,8 +561,9 @@ def plan_run(
         note = "train.sharding fsdp2: no checkpointing or offload, which train turns off under fsdp2."
     mb_auto = cfg.train.micro_batch == AUTO
     dtype = planned_dtype(cfg, gpu)
+    prompt = longest_prompt(cfg, first)
     result = plan_for_config(
-        cfg, auto.train, shape, seq, budget, mb_auto, on_cuda, nproc, sharding, dtype, gpu, longest_prompt(cfg, first)
+        cfg, auto.train, shape, seq, budget, mb_auto, on_cuda, nproc, sharding, dtype, gpu, prompt, len(first)
     )
     require_fit(result, f"budget {gib(budget)}")
     result.notes += [n for n in [free_memory_note(budget, gpu)] if n]

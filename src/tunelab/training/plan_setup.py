@@ -6,15 +6,23 @@ from __future__ import annotations
 import torch
 
 from tunelab.config import RunConfig
-from tunelab.training.graphs import unsupported_reason
+from tunelab.training.graphs import bucket_width, unsupported_reason
 from tunelab.training.memory import PROJECTIONS, Setup
 
 
 def config_setup(
-    cfg: RunConfig, seq: int, shards: int = 1, world: int = 1, dtype: torch.dtype = torch.bfloat16, prompt: int = 0
+    cfg: RunConfig,
+    seq: int,
+    shards: int = 1,
+    world: int = 1,
+    dtype: torch.dtype = torch.bfloat16,
+    prompt: int = 0,
+    rows: int = 0,
 ) -> Setup:
     """The memory model's Setup for a run of `cfg` whose model trains in `dtype` (`BuiltModel.dtype`), over `world`
-    processes (`shards` of them under fsdp2); `prompt`: grpo's longest prompt, whose answers the sampler caches."""
+    processes (`shards` of them under fsdp2); `prompt`: grpo's longest prompt, whose answers the sampler caches;
+    `rows`: the rows (dpo: pairs) of an epoch, which no micro-batch exceeds (0: not known; grpo's micro-batches are
+    of sampled answers, not of them)."""
     m = cfg.method
     g = cfg.grpo
     sampled = -(-g.prompts_per_step * g.num_generations // world) if cfg.task == "grpo" else 0  # each rank's share
@@ -44,6 +52,8 @@ def config_setup(
         dora=m.dora,
         dropout=m.is_adapter and m.dropout > 0,
         packed=cfg.data.packing,  # only sft packs (the other tasks refuse data.packing)
+        epoch_rows=0 if sampled else rows,
+        graph_bucket=bucket_width(cfg.data.max_length),  # a graphed batch's width is padded to a multiple of it
     )
 
 

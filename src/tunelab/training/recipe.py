@@ -364,7 +364,7 @@ def _build_model(
     if sharding == "fsdp2":  # our recomputation runs outside FSDP2's gathers: auto means off there
         off = {k: False for k in ("checkpointing", "offload_activations") if getattr(auto.train, k) == AUTO}
         auto.train = dataclasses.replace(auto.train, **off)
-    auto, memory = plan_memory(auto, cfg, built, longest, ranks.world, sharding, longest_prompt(cfg, first))
+    auto, memory = plan_memory(auto, cfg, built, longest, ranks.world, sharding, longest_prompt(cfg, first), len(first))
     trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
     task.prepare(built, data, trained)  # dpo caches its reference in micro-batches of the chosen size
     if cfg.train.neftune_alpha:
