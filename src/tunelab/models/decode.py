@@ -31,6 +31,7 @@ from torch import nn
 from tunelab.errors import ConfigError
 from tunelab.models.kv_cache import KVCache
 from tunelab.models.llama import LlamaForCausalLM
+from tunelab.models.streams import warmup_stream
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ class _StaticStepper(_FastStepper):
         if self.device.type != "cuda" or not self.capture:
             return self._forward()
         if self.graph is None:
-            side = torch.cuda.Stream(self.device)
+            side = warmup_stream(self.device)  # one for every capture: see models/streams.py
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(self.WARMUP):

@@ -35,6 +35,7 @@ import torch
 
 from tunelab.config import AUTO, RunConfig
 from tunelab.errors import ConfigError
+from tunelab.models.streams import warmup_stream
 
 WARMUP = 2  # eager passes before a capture (PyTorch's whole-network capture example uses a few)
 MAX_GRAPHS = 8  # batch shapes captured at most (later shapes run eagerly); the graphs share one memory pool
@@ -171,7 +172,7 @@ class CapturedLoss:
         inputs = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         scale_t = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
         stash = [g.clone() for g in self.grad_buffers]  # what earlier micro-batches of this step accumulated
-        side = torch.cuda.Stream()
+        side = warmup_stream(self.params[0].device)  # one for every capture: see models/streams.py
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP):
