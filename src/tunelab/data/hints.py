@@ -1,6 +1,7 @@
 """What to write instead, for data whose names are not tunelab's: the data.fields mapping a row's columns most likely
 need (a spreadsheet's `Task Instruction`, GPTeacher's `response`), and the role a turn spelt as another tool spells
-it means (`human`, Gemini's `model`). formats.py asks these when it refuses a row; they read nothing but the row."""
+it means (`human`, Gemini's `model`), and the input and label columns of a classifier's row (`Category,Message
+Text`). formats.py and the readers of the tasks ask these when they refuse a row; they read nothing but the row."""
 
 from __future__ import annotations
 
@@ -57,6 +58,43 @@ def _column_for(name: str, row: dict, own_name_only: bool) -> str | None:
 def _flow(column: str) -> str:
     """A column name as a YAML flow mapping reads it back: quoted where a character would end or change it."""
     return column if re.fullmatch(r"[A-Za-z_][\w .-]*", column) and column == column.strip() else json.dumps(column)
+
+
+# words in a column's name that say it holds a classifier's input, or its label (a spreadsheet's `Message Text`)
+_INPUT_WORDS = {"text", "message", "sentence", "content", "body", "input", "query", "utterance", "review", "comment"}
+_LABEL_WORDS = {"label", "category", "class", "intent", "target", "sentiment", "tag", "domain"}
+
+
+def _named(row: dict, words: set[str]) -> list:
+    """The columns of `row` whose name holds one of `words` (`Message Text`, `sentence1`)."""
+    return [key for key in row if words & set(re.findall(r"[a-z]+", str(key).lower()))]
+
+
+def input_pair_hint(row: dict, fields: dict[str, str]) -> str:
+    """What to do with a row of two input columns (GLUE's `sentence1` and `sentence2`): a head reads one a row."""
+    label = fields.get("label", "label")
+    named = [key for key in _named(row, _INPUT_WORDS) if key != label and isinstance(row[key], str)]
+    if len(named) < 2:
+        return ""
+    return (
+        f" The row has {len(named)} input columns ({', '.join(map(str, named))}) and one is read a row: to use them all "
+        "(a sentence pair), join them into one column of the file, e.g. with a line break between."
+    )
+
+
+def input_mapping(row: dict, fields: dict[str, str]) -> str:
+    """The data.fields mapping a classify row most likely needs: its input from the column whose name says so (else
+    the one of the longest text), and, where the row has no label column yet, its label from the column whose name
+    says so: `Category,Message Text` -> {text: Message Text, label: Category}."""
+
+    label = fields.get("label", "label")
+    labels = [] if label in row else _named(row, _LABEL_WORDS)
+    free = [key for key in row if key != label and key not in labels and isinstance(row[key], str)]
+    inputs = [key for key in _named(row, _INPUT_WORDS) if key in free] or sorted(free, key=lambda k: -len(row[k]))[:1]
+    if not inputs:
+        return "{text: message}"
+    pairs = [("text", inputs[0])] + ([("label", labels[0])] if len(labels) == 1 else [])
+    return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
 
 
 # roles other tools write for a user or an assistant turn (Gemini's `model`, chat exports' `bot`)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ from tunelab.data.formats import (
     text_field,
     turn_name,
 )
+from tunelab.data.hints import input_mapping, input_pair_hint
 from tunelab.data.loader import refuse_special_system, split_eval
 from tunelab.data.reasoning import answer_apart
 from tunelab.data.render import encode, special_text_in, special_texts
@@ -97,6 +97,13 @@ def column(row: dict, fields: dict[str, str], name: str, lenient: bool = False) 
     if key in row and (name in fields or key not in claimed):
         return key
     return name if lenient and name in row and name not in claimed else None
+
+
+def in_order(names: tuple[str, ...], fields: dict[str, str]) -> tuple[str, ...]:
+    """A task's input fields `names` (alternatives: a row's input is the first of them it has) in the order they are
+    tried: those data.fields maps first, since a mapping says which column the input is ({prompt: q} over a row that
+    also has a `text` column reads q), then the others in their own order."""
+    return tuple(n for n in names if n in fields) + tuple(n for n in names if n not in fields)
 
 
 def check_fields(fields: dict[str, str], allowed: tuple[str, ...], task: str) -> None:
@@ -197,8 +204,9 @@ def user_turns(row: dict, fields: dict[str, str], where: str, name: str, key: st
 def read_input(
     row: dict, fields: dict[str, str], where: str, system_prompt: str | None, lenient: bool = False
 ) -> Input | None:
-    """The row's input, or None when it has none of INPUT_FIELDS; DataError for a field of the wrong type."""
-    for name in INPUT_FIELDS:
+    """The row's input, the first of INPUT_FIELDS (`in_order`) it has, or None when it has none; DataError for a field of
+    the wrong type."""
+    for name in in_order(INPUT_FIELDS, fields):
         key = column(row, fields, name, lenient)
         if key is None:
             continue
@@ -427,31 +435,8 @@ def no_input_error(where: str, row: dict, fields: dict[str, str], what: str, com
     return DataError(
         f"{where}: the row has no input to {what}: give it one of the fields {', '.join(INPUT_FIELDS)} (this row has "
         f"{has}{'; data.fields maps ' + mapped if mapped else ''}). Rename the column or map it with data.fields, "
-        f"e.g. {_input_mapping(row, fields)}." + headerless(location_path(where), row)
+        f"e.g. {input_mapping(row, fields)}." + input_pair_hint(row, fields) + headerless(location_path(where), row)
     )
-
-
-# words in a column's name that say it holds a classifier's input, or its label (a spreadsheet's `Message Text`)
-_INPUT_WORDS = {"text", "message", "sentence", "content", "body", "input", "query", "utterance", "review", "comment"}
-_LABEL_WORDS = {"label", "category", "class", "intent", "target", "sentiment", "tag", "domain"}
-
-
-def _input_mapping(row: dict, fields: dict[str, str]) -> str:
-    """The data.fields mapping a classify row most likely needs: its input from the column whose name says so (else
-    the one of the longest text), and, where the row has no label column yet, its label from the column whose name
-    says so: `Category,Message Text` -> {text: Message Text, label: Category}."""
-
-    def named(words: set[str]) -> list:
-        return [key for key in row if words & set(re.findall(r"[a-z]+", str(key).lower()))]
-
-    label = fields.get("label", "label")
-    labels = [] if label in row else named(_LABEL_WORDS)
-    free = [key for key in row if key != label and key not in labels and isinstance(row[key], str)]
-    inputs = [key for key in named(_INPUT_WORDS) if key in free] or sorted(free, key=lambda k: -len(row[k]))[:1]
-    if not inputs:
-        return "{text: message}"
-    pairs = [("text", inputs[0])] + ([("label", labels[0])] if len(labels) == 1 else [])
-    return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
 
 
 def counted_records(
@@ -476,6 +461,8 @@ def counted_records(
     unused = UnusedMappings(lenient, together=True)
     lost: dict[tuple[str, str], list] = {}  # (input or history, its column) -> [rows, first record] leaving it out
     others = UnreadColumns()
+    inputs = in_order(tuple(n for n in INPUT_FIELDS if n in names), fields)
+    second: dict[tuple[str, str, str], list] = {}  # (file, input column read, one left out) -> [rows, first record]
     for record in read_records(paths, delimiter, report=report):
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
@@ -484,9 +471,14 @@ def counted_records(
             lost.setdefault(found, [0, record])[0] += 1
         if task:
             others.see_others(record, (names, ()), fields)
+            given = [(name, key) for name in inputs if (key := column(record.row, fields, name, lenient))]
+            chosen = given and given[0][0] in fields  # data.fields names the input: the others are left out knowingly
+            for _, key in (pair for pair in given[1:] if filled(record.row[pair[1]]) and not chosen):
+                second.setdefault((record.path, given[0][1], key), [0, record])[0] += 1
         yield record
     unused.refuse()
     if task:
+        report.notes += _second_inputs(second, task, inputs, fields, lenient)
         field = "text" if "text" in names else "prompt"
         named = [n for n in names if n not in ALPACA_ONLY]
         reads = f"task {task} reads the fields {', '.join(named[:-1])} and {named[-1]} (an instruction's input and history too)"
@@ -500,10 +492,33 @@ def counted_records(
         )
 
 
+def _second_inputs(
+    second: dict[tuple[str, str, str], list], task: str, inputs: tuple[str, ...], fields: dict[str, str], lenient: bool
+) -> list[str]:
+    """The notes of the rows that give more than one of the task's input fields `inputs` (a classify row with `text`
+    and `question`, a pair with `prompt` and `instruction`) and no data.fields mapping of one: the first is read, the
+    others are left out. sft notes a column its format leaves unread alike (`data.columns`)."""
+    out = []
+    for (path, read, left), (rows, first) in second.items():
+        name = next(n for n in inputs if column(first.row, fields, n, lenient) == left)
+        field = "prompt" if name == "question" else name  # a question is read as a prompt is: one user turn
+        out.append(
+            f"{path}: {counted(rows, 'row')} {'gives' if rows == 1 else 'give'} more than one input (e.g. "
+            f"{location(first.path, first.line)}): task {task} reads one a row, the first of the fields "
+            f"{', '.join(inputs)} the row has, here column '{read}', and leaves column '{left}' out. To read "
+            f"'{left}' instead, map {field} to it with data.fields (e.g. {{{field}: {left}}}: a mapped field is tried "
+            "first, and the note is silenced); to use both, join them into one column of the file"
+        )
+    return out
+
+
 def unread_columns(row: dict, fields: dict[str, str], lenient: bool) -> list[tuple[str, str]]:
     """(field, column) of the input and history fields (`column`: data.fields applied) holding something, in a row
     whose input is not an instruction (`user_turns` joins them to an instruction only)."""
-    if next((name for name in INPUT_FIELDS if column(row, fields, name, lenient)), None) == "instruction":
+    if (
+        next((name for name in in_order(INPUT_FIELDS, fields) if column(row, fields, name, lenient)), None)
+        == "instruction"
+    ):
         return []
     return [(name, key) for name in ALPACA_ONLY if (key := column(row, fields, name, lenient)) and filled(row[key])]
 

@@ -47,6 +47,7 @@ from tunelab.tasks.head_data import (
     chat_flaw,
     column,
     counted_records,
+    in_order,
     input_kind,
     is_empty,
     note_repeated_prompts,
@@ -100,9 +101,9 @@ class PairRow:
 
 
 def prompt_field(row: dict, fields: dict[str, str], lenient: bool = False) -> tuple[str, str] | None:
-    """The field of `row` holding its prompt (the first of PROMPT_FIELDS and CHAT_FIELDS there) and its column, or
-    None."""
-    names = (*PROMPT_FIELDS, *CHAT_FIELDS)
+    """The field of `row` holding its prompt (the first of PROMPT_FIELDS and CHAT_FIELDS there, those data.fields maps
+    first: `in_order`) and its column, or None."""
+    names = in_order((*PROMPT_FIELDS, *CHAT_FIELDS), fields)
     return next(((name, key) for name in names if (key := column(row, fields, name, lenient))), None)
 
 
