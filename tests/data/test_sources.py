@@ -388,4 +388,33 @@ def test_a_folder_of_rows_skips_its_readme_and_notes_it(tmp_path):
     write(tmp_path / "README.md", "# The dataset card")
     report = DataReport()
     assert [r.row["text"] for r in read_records([str(tmp_path)], report=report)] == ["a"]
-    assert any("README.md" in note and "1 file of other types not read" in note for note in report.notes)
+    (note,) = [note for note in report.notes if "README.md" in note]
+    assert note.startswith(f"{tmp_path}: 1 file that describe the folder not read (README.md)")
+
+
+def test_a_folder_of_documents_skips_the_files_that_describe_it_and_notes_them(tmp_path):
+    """A folder of .txt/.md documents trained on its README.md, LICENSE.txt and SOURCE.md as documents (a folder of
+    rows skipped its README.md only, and read a LICENSE.txt as a text row)."""
+    for sub in ("sub", "rows", "card"):
+        (tmp_path / sub).mkdir()
+    write(tmp_path / "a.txt", "Doc one.")
+    write(tmp_path / "sub" / "b.md", "# Doc two")
+    for name in ("README.md", "LICENSE.txt", "sub/SOURCE.md", "readme_fr.md"):
+        write(tmp_path / name, f"about the folder: {name}")
+    report = DataReport()
+    assert [r.row["text"] for r in read_records([str(tmp_path)], report=report)] == ["Doc one.", "# Doc two"]
+    (note,) = report.notes
+    assert note.startswith(
+        f"{tmp_path}: 4 files that describe the folder not read (LICENSE.txt, README.md, readme_fr.md, sub/SOURCE.md)"
+    )
+    assert "name the file itself in data.train" in note
+    report = DataReport()  # named itself, it is read, and no longer noted
+    records = read_records([str(tmp_path), str(tmp_path / "README.md")], report=report)
+    assert [r.row["text"] for r in records][-1] == "about the folder: README.md"
+    assert "(LICENSE.txt, readme_fr.md, sub/SOURCE.md)" in report.notes[0]
+    write(tmp_path / "rows" / "r.jsonl", '{"text": "row"}\n')
+    write(tmp_path / "rows" / "LICENSE.txt", "MIT License")
+    assert [r.row["text"] for r in read_records([str(tmp_path / "rows")])] == ["row"]
+    write(tmp_path / "card" / "README.md", "# a card")
+    with pytest.raises(DataError, match=r"card: the folder holds no data files \(README\.md describes the folder"):
+        read_records([str(tmp_path / "card")])

@@ -8,8 +8,9 @@ pyarrow; a float column of whole numbers with nulls, pandas' form of an integer 
 as integers), .txt, .md and .markdown (the whole file is ONE text record, its Markdown kept as written, for continued pretraining: blank lines are paragraph breaks
 inside a document, not document separators; put several documents in a folder of .txt files or in a .jsonl with a
 "text" field). Any of these may be gzipped (.jsonl.gz, ...); text that is not UTF-8 is refused (`decode`). A folder is
-read recursively, in sorted path order, skipping files of other types, and its Markdown files too when it holds
-files of rows (a dataset's README.md is not one of its documents).
+read recursively, in sorted path order, skipping files of other types, its Markdown files when it holds files of rows,
+and the files that describe it (README.md, LICENSE.txt, SOURCE.md: `about_folder`), which are no documents or rows of
+it; each kind skipped is counted in a note of the report.
 
 `Record.line` is the 1-based line for jsonl (a .json file of JSON lines included: a report.Line) and txt, the file
 line where the row starts for csv, and the 0-based item index for json arrays and parquet (shown as `file[index]`,
@@ -58,11 +59,23 @@ def _markdown(path: Path) -> bool:
     return path.name.lower().removesuffix(".gz").endswith((".md", ".markdown"))
 
 
+# the files that describe a folder of data, not part of it: a dataset's card, its licence, where it came from
+ABOUT_FILES = ("readme", "license", "licence", "copying", "notice", "citation", "source")
+
+
+def about_folder(path: Path) -> bool:
+    """A file named as one that describes its folder (README.md, LICENSE.txt, SOURCE.md, readme_fr.md): skipped when
+    its folder is read, as no document or rows of it; read when named itself."""
+    stem = path.name.lower().split(".")[0]
+    return stem in ABOUT_FILES or any(stem.startswith((f"{name}_", f"{name}-")) for name in ABOUT_FILES[:3])
+
+
 def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
     """The data files the paths name, a folder's in sorted order. A file named twice (itself, or in a folder also
     named) is refused: it would be read, and trained on, twice without a word. A folder's files of other types are
     noted in `report`."""
     files, given = [], {}  # resolved file -> (index, entry) of the entry that names it
+    named = {Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_file()}
     for k, p in enumerate(paths):
         path = Path(p).expanduser()
         if path.suffix == ".arrow" or (
@@ -101,15 +114,30 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
                     "metadata files are not rows. Give it as a source of its own in data.train ({path: "
                     f"{outer}}}), and the folder's other data files by name or in a folder without it."
                 )
-            found = [f for f in inside if _kind(f)]
-            if any(_kind(f) != ".txt" for f in found):  # a dataset's README.md beside its rows is no document of it
+            about = [f for f in inside if _kind(f) and about_folder(f)]
+            found = [f for f in inside if _kind(f) and f not in about]
+            if any(_kind(f) != ".txt" for f in found):  # a Markdown file beside rows is no document of them
                 found = [f for f in found if not _markdown(f)]
             if not found:
+                skipped = (
+                    f" ({_listed(path, about)} describe{'s' if len(about) == 1 else ''} the folder and "
+                    f"{'is' if len(about) == 1 else 'are'} not read from it: name such a file itself to train on it)"
+                    if about
+                    else ""
+                )
                 raise DataError(
-                    f"{p}: the folder holds no data files; tunelab reads {', '.join(EXTENSIONS)} files (optionally gzipped). "
+                    f"{p}: the folder holds no data files{skipped}; tunelab reads {', '.join(EXTENSIONS)} files (optionally gzipped). "
                     "Check the folder's path, or put the data files in it."
                 )
-            if (other := [str(f.relative_to(path)) for f in inside if f not in found]) and report is not None:
+            unnamed = [f for f in about if f.resolve() not in named]  # one named itself is read there
+            if unnamed and report is not None:
+                report.notes.append(
+                    f"{p}: {counted(len(unnamed), 'file')} that describe the folder not read ({_listed(path, unnamed)}): a "
+                    "folder's README, LICENSE, COPYING, NOTICE, CITATION and SOURCE files are about its data, not part of "
+                    "it; to train on one, name the file itself in data.train beside the folder"
+                )
+            other = [str(f.relative_to(path)) for f in inside if f not in found and f not in about]
+            if other and report is not None:
                 more = ", ..." if len(other) > 5 else ""
                 report.notes.append(
                     f"{p}: {counted(len(other), 'file')} of other types not read ({', '.join(other[:5])}{more}); tunelab reads "
@@ -144,6 +172,11 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
                 )
         files.extend(found)
     return files
+
+
+def _listed(folder: Path, files: list[Path]) -> str:
+    """The first five of a folder's `files`, relative to it: "README.md, sub/LICENSE.txt, ..."."""
+    return ", ".join(str(f.relative_to(folder)) for f in files[:5]) + (", ..." if len(files) > 5 else "")
 
 
 PARQUET_BATCH = 1024  # rows decoded at a time: a reader of a file's first rows stops after a batch or so
