@@ -7,6 +7,9 @@ renders a chat, with the assistant prefix added (`add_generation_prompt`), so sa
 the row's `system` (else data.system_prompt) is prepended to a chat that has none. Reward functions receive the prompt
 the model was asked: the user's text (an `instruction` joined with its `input`), or the turns as {role, content}
 messages for a chat or an instruction with a `history` (data.system_prompt and the row's `system` field are not in it).
+A prompt's text that already holds chat-template markup (`[INST]`, `<|user|>`) is noted, as sft notes such texts: it is
+read as plain characters inside the user's turn (the text of a special token of the run's tokenizer is refused there,
+as in every chat).
 
 A row without a prompt is an error naming its file and line. A prompt that leaves no room for an answer within
 data.max_length is skipped and counted (data.overlong=drop, as dpo drops a pair whose prompt fills it: one long
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 
 from tunelab.config import RunConfig
 from tunelab.data.loader import Datasets
+from tunelab.data.render import note_templated_inputs
 from tunelab.data.report import PROMPTS, DataReport, SplitStats, location
 from tunelab.errors import ConfigError, DataError, counted
 from tunelab.tasks.head_data import (
@@ -179,6 +183,17 @@ def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> D
     refuse_sft_recipes(cfg)
     prompts, held, report, template = read_task_data(cfg, tokenizer, seed, read_prompts, FIELDS)
     report.template = template.name
+    note_templated_inputs(
+        prompts + held,
+        lambda p: (p.prompt,) if isinstance(p.prompt, str) else (),
+        tokenizer,
+        report,
+        "prompts",
+        "a prompt given as text is the user's turn, which the chat template wraps in its own markup, so markup in the "
+        "text is read as plain characters inside that turn, and the model is asked in a form neither template "
+        "writes; give the user's text alone (or the turns as a message list, messages), so the template writes the "
+        "markup, or keep them so knowingly",
+    )
     train = to_rows(prompts, tokenizer, template, d.max_length, columns, report, d.overlong)
     if not train:
         raise DataError(f"{', '.join(d.train)}: no usable prompts. {report.summary()}")
