@@ -26,8 +26,8 @@ def test_a_spreadsheet_header_or_extra_columns_still_get_the_mapping_they_need()
         convert([extra])
     with pytest.raises(DataError, match=r"data.fields \(e.g. \{prompt: query, completion: response\}\)"):
         convert([{"query": "Q", "response": "A", "lang": "en"}])
-    with pytest.raises(DataError, match=r"data.fields \(e.g. \{question: \"Question: asked\", answer: Answer\}\)"):
-        convert([{"Question: asked": "Q", "Answer": "A", "note": "x"}])
+    with pytest.raises(DataError, match=r"data.fields \(e.g. \{question: \"Question: asked\"\}\)"):
+        convert([{"Question: asked": "Q", "Answer": "A", "note": "x"}])  # Answer is read as answer
     # the hinted mapping reads the rows
     examples, _ = convert([header], fields={"instruction": "Task Instruction", "output": "Model Output"})
     assert len(examples) == 1

@@ -407,8 +407,8 @@ def test_columns_in_other_case_are_read_where_unambiguous(tmp_path, capsys):
     (q,) = read_questions(path, need_expected=True)
     assert (q.text, q.expected, q.kind) == ("Where is the office?", "Dundee", "fact")
     err = capsys.readouterr().err
-    assert f"{path}: column 'Question' read as 'question'" in err and "'EXPECTED' read as 'expected'" in err
-    # ambiguous: two spellings of one name are both kept as they are, and the row is refused as before
+    assert f"{path}: columns read whatever their case: 'Question' as 'question', 'EXPECTED' as 'expected'" in err
+    # ambiguous: two spellings of one name, which training refuses alike (`data.case`)
     path.write_text("Question,QUESTION,expected\nA?,B?,x\n")
-    with pytest.raises(DataError, match=r"no question"):
+    with pytest.raises(DataError, match=r"q\.csv:2: the columns 'Question' and 'QUESTION' differ only by case"):
         read_questions(path)

@@ -12,7 +12,7 @@ and the formats whose required fields it maps are tried first):
     text               text (continued pretraining; loss on every token)
 
 The format is detected from the first record of each file (or forced by data.format) and then required of every
-record of that file. Problems with the data's shape are `DataError`s naming file, line and field; examples that are
+record of that file. Column names are matched whatever their case (`Question` is the question: `data.case`). Problems with the data's shape are `DataError`s naming file, line and field; examples that are
 well formed but unusable (empty answer, no assistant turn) are skipped and counted in the report; a column of
 alpaca's input or history beside a row of another format, which is left out, is counted in a note.
 """
@@ -24,6 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from tunelab.data.case import CaseMatch
 from tunelab.data.columns import UnreadColumns
 from tunelab.data.hints import mapping_hint, role_advice
 from tunelab.data.report import DataReport, location
@@ -485,7 +486,9 @@ def to_examples(
     unused = UnusedMappings(lenient=lenient, option=option)
     unread = UnreadColumns()
     mapping = fields
+    case = CaseMatch((*CANONICAL, *(column for column in mapping.values() if isinstance(column, str))))
     for record in records:
+        record = record if is_plain_text(record.path) else case.match(record)
         report.read(record.path)
         fields = row_fields(record.row, mapping) if lenient else mapping
         chosen = file_format.get(record.path)
@@ -519,6 +522,7 @@ def to_examples(
             report.skip(str(skip), record.path, record.line)
     if not questions:
         unused.refuse()
+    report.notes += case.notes()
     report.notes += unread.notes(
         file_format, _short(option), {f for f, (_, optional) in FORMATS.items() if "input" in optional}
     )

@@ -14,7 +14,8 @@ A row is one of
 `expected` wins over `label` and over a training row's answer when a row has both. A question without any expected
 answer is asked and shown, but not scored (an error where scores are required).
 
-Every row first goes through the run's data.transform, as training's rows do.
+Every row first goes through the run's data.transform, as training's rows do; its column names are then matched
+whatever their case (`data.case`), as every reader of rows matches them.
 Every question carries the conversation it is asked as (the run's system prompt unless the row has its own), and the
 example the eval loss is taken on: that conversation with the expected answer as the assistant's turn.
 """
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import DataConfig, DataSource, RunConfig
+from tunelab.data.case import CaseMatch
 from tunelab.data.entries import source_config, source_name
 from tunelab.data.formats import (
     CANONICAL,
@@ -133,30 +135,6 @@ def _columns_read(fields: dict[str, str]) -> set[str]:
     return names | {v for v in fields.values() if isinstance(v, str)}
 
 
-def case_matched(records: list, fields: dict[str, str], path: Path) -> list:
-    """The records with each column written in other case than a name the rows are read from ('Question',
-    'EXPECTED') renamed to it, and said once on stderr; a column is left as it is where the match is ambiguous: the
-    row has the name itself, or two columns of that name in other cases ('Question' and 'QUESTION')."""
-    names = {n.lower(): n for n in _columns_read(fields)}
-    renamed: dict[str, str] = {}
-    out = []
-    for record in records:
-        row = record.row
-        lower = [str(k).lower() for k in row]
-        moves = {
-            k: names[low]
-            for k, low in zip(row, lower)
-            if low in names and k != names[low] and names[low] not in row and lower.count(low) == 1
-        }
-        if moves:
-            record = dataclasses.replace(record, row={moves.get(k, k): v for k, v in row.items()})
-            renamed.update(moves)
-        out.append(record)
-    for old, new in renamed.items():
-        say(f"{path}: column '{old}' read as '{new}'")
-    return out
-
-
 def _no_question(where: str, row: dict, fields: dict[str, str], path: Path) -> DataError:
     """DataError for a row that is neither a question nor a training row: it names the columns a question file is
     read from (the run's data.fields mapping them), not data.fields or data.format, which the file cannot set."""
@@ -235,9 +213,12 @@ def read_questions(
     records = list(itertools.islice(iter_records([str(path)], data.delimiter), rows))
     if not records:
         raise DataError(f"{path}: the question file holds no rows.")
-    records = case_matched(records, data.fields, path)
     dropped = dropped if dropped is not None else DataReport()
     records = apply_transform(records, load_transform(data.transform), data.transform, dropped, questions=True)
+    case = CaseMatch(_columns_read(data.fields))  # after data.transform, as training matches its rows
+    records = [case.match(record) for record in records]
+    for line in case.notes():
+        say(line)
     for reason, skip in dropped.skips.items():
         say(f"{path}: {counted(skip.count, 'row')} {reason}, as training drops them (e.g. {skip.locations[0]})")
     if not records:

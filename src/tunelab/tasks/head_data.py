@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.config import PLACEHOLDER, RunConfig
+from tunelab.data.case import CaseMatch
 from tunelab.data.columns import ALPACA_ONLY, UnreadColumns, filled
 from tunelab.data.formats import (
     EMPTY_QUESTION,
@@ -457,13 +458,15 @@ def counted_records(
     data.delimiter, the separator of the training files' .csv rows. `task` (classify, reward, dpo) reads the fields
     `names`: the columns of text, lists and objects that neither these nor `fields` name are noted in `report`, as
     sft notes them (`data.columns`); without `task` (grpo, whose reward functions may read any column; the new rows
-    of tunelab predict) none are."""
+    of tunelab predict) none are. A column named as one of `names` or of `fields`' columns but for its case is read
+    as it (`data.case`), in every task."""
     unused = UnusedMappings(lenient, together=True)
     lost: dict[tuple[str, str], list] = {}  # (input or history, its column) -> [rows, first record] leaving it out
     others = UnreadColumns()
     inputs = in_order(tuple(n for n in INPUT_FIELDS if n in names), fields)
     second: dict[tuple[str, str, str], list] = {}  # (file, input column read, one left out) -> [rows, first record]
-    for record in read_records(paths, delimiter, report=report):
+    case = CaseMatch((*names, *(column for column in fields.values() if isinstance(column, str))))
+    for record in map(case.match, read_records(paths, delimiter, report=report)):
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
         unused.see(record, {name: column for name, column in fields.items() if name in OPTIONAL_FIELDS})
@@ -477,6 +480,7 @@ def counted_records(
                 second.setdefault((record.path, given[0][1], key), [0, record])[0] += 1
         yield record
     unused.refuse()
+    report.notes += case.notes()
     if task:
         report.notes += _second_inputs(second, task, inputs, fields, lenient)
         field = "text" if "text" in names else "prompt"

@@ -7,7 +7,8 @@ renders a chat, with the assistant prefix added (`add_generation_prompt`), so sa
 the row's `system` (else data.system_prompt) is prepended to a chat that has none. Reward functions receive the prompt
 the model was asked: the user's text (an `instruction` joined with its `input`), or the turns as {role, content}
 messages for a chat or an instruction with a `history` (data.system_prompt and the row's `system` field are not in it).
-A prompt's text that already holds chat-template markup (`[INST]`, `<|user|>`) is noted, as sft notes such texts: it is
+Column names are matched whatever their case (`data.case`: `Prompt`, `Expected`), and the row the reward functions
+receive names such columns as read. A prompt's text that already holds chat-template markup (`[INST]`, `<|user|>`) is noted, as sft notes such texts: it is
 read as plain characters inside the user's turn (the text of a special token of the run's tokenizer is refused there,
 as in every chat).
 
@@ -19,6 +20,7 @@ another question). The rewards' columns (e.g. `expected`) must be in every row t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -79,10 +81,13 @@ def read_prompts(
     report: DataReport,
     lenient: bool = False,
     delimiter: str = "auto",
+    columns: tuple[str, ...] = (),
 ) -> list[Prompt]:
+    """The prompts of `paths`; `columns`: those the rewards read (`expected`), matched whatever their case as the
+    prompt's fields are (`data.case`)."""
     out = []
     # no note of the columns no field reads: a reward function may read any column of the row (tasks/rewards.py)
-    for record in counted_records(paths, report, PROMPTS, fields, lenient, delimiter):
+    for record in counted_records(paths, report, PROMPTS, fields, lenient, delimiter, names=(*FIELDS, *columns)):
         where = location(record.path, record.line)
         turns = read_prompt(record.row, fields, where, lenient)
         if turns is None:
@@ -181,7 +186,8 @@ def build_prompts(cfg: RunConfig, tokenizer, seed: int, columns: list[str]) -> D
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of prompts.")
     refuse_sft_recipes(cfg)
-    prompts, held, report, template = read_task_data(cfg, tokenizer, seed, read_prompts, FIELDS)
+    read = functools.partial(read_prompts, columns=tuple(columns))
+    prompts, held, report, template = read_task_data(cfg, tokenizer, seed, read, FIELDS)
     report.template = template.name
     note_templated_inputs(
         prompts + held,
