@@ -80,3 +80,12 @@ def test_a_column_that_two_names_could_mean_and_columns_no_reader_reads_are_left
     record = Record("d.jsonl", 1, {"QUESTION": "q", "Id": 1, "ID": 2, "Answer": "a"})
     assert case.match(record).row == {"QUESTION": "q", "Id": 1, "ID": 2, "answer": "a"}
     assert case.notes() == ["d.jsonl: columns read whatever their case: 'Answer' as 'answer'"]
+
+
+def test_two_such_columns_are_read_as_data_fields_names_one():
+    """data.fields naming one of `text` and `Text` says which one is meant: the row is read, nothing renamed."""
+    case = CaseMatch(["text", "label"], ["Text"])
+    record = Record("d.jsonl", 1, {"text": "a", "Text": "b", "label": "x"})
+    assert case.match(record) is record
+    with pytest.raises(DataError, match="'text' and 'Text' differ only by case"):
+        CaseMatch(["text", "label"]).match(record)

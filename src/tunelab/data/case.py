@@ -7,7 +7,7 @@ file's renamings are said once (`notes`). A column that is one of the names exac
 matches two of the names but for case (`QUESTION` where data.fields names `Question` and the field is `question`)
 is left as it is too, since which one it means cannot be told. A row with two columns that differ only by case, of a
 name the reader reads (`question` and `Question`), is a DataError naming both: which one holds the field cannot be
-told either.
+told either, unless data.fields names one of them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from tunelab.errors import DataError
 class CaseMatch:
     """The renamings of one reader (`names`: what it reads), per file, for its notes."""
 
-    def __init__(self, names: Iterable[str]) -> None:
-        self.names = {str(n) for n in names}
+    def __init__(self, names: Iterable[str], mapped: Iterable[str] = ()) -> None:
+        """`mapped`: the columns data.fields names, read as they are written; `names`: the others read."""
+        self.mapped = {column for column in mapped if isinstance(column, str)}
+        self.names = {str(n) for n in names} | self.mapped
         self.lower: dict[str, set[str]] = {}
         for name in self.names:
             self.lower.setdefault(name.lower(), set()).add(name)
@@ -53,6 +55,8 @@ class CaseMatch:
         for low, same in by_lower.items():
             meant = self.lower.get(low)
             if not meant:
+                continue
+            if any(key in self.mapped for key in same):  # data.fields names one of them: that one is meant
                 continue
             if len(same) > 1:
                 shown = " and ".join(f"'{k}'" for k in same)

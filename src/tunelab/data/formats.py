@@ -486,7 +486,7 @@ def to_examples(
     unused = UnusedMappings(lenient=lenient, option=option)
     unread = UnreadColumns()
     mapping = fields
-    case = CaseMatch((*CANONICAL, *(column for column in mapping.values() if isinstance(column, str))))
+    case = CaseMatch(CANONICAL, mapping.values())
     for record in records:
         record = record if is_plain_text(record.path) else case.match(record)
         report.read(record.path)

@@ -215,7 +215,7 @@ def read_questions(
         raise DataError(f"{path}: the question file holds no rows.")
     dropped = dropped if dropped is not None else DataReport()
     records = apply_transform(records, load_transform(data.transform), data.transform, dropped, questions=True)
-    case = CaseMatch(_columns_read(data.fields))  # after data.transform, as training matches its rows
+    case = CaseMatch(_columns_read(data.fields), data.fields.values())  # after data.transform, as training
     records = [case.match(record) for record in records]
     for line in case.notes():
         say(line)

@@ -465,7 +465,7 @@ def counted_records(
     others = UnreadColumns()
     inputs = in_order(tuple(n for n in INPUT_FIELDS if n in names), fields)
     second: dict[tuple[str, str, str], list] = {}  # (file, input column read, one left out) -> [rows, first record]
-    case = CaseMatch((*names, *(column for column in fields.values() if isinstance(column, str))))
+    case = CaseMatch(names, fields.values())
     for record in map(case.match, read_records(paths, delimiter, report=report)):
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
