@@ -389,7 +389,7 @@ def test_a_folder_of_rows_skips_its_readme_and_notes_it(tmp_path):
     report = DataReport()
     assert [r.row["text"] for r in read_records([str(tmp_path)], report=report)] == ["a"]
     (note,) = [note for note in report.notes if "README.md" in note]
-    assert note.startswith(f"{tmp_path}: 1 file that describe the folder not read (README.md)")
+    assert note.startswith(f"{tmp_path}: 1 file that describes the folder not read (README.md)")
 
 
 def test_a_folder_of_documents_skips_the_files_that_describe_it_and_notes_them(tmp_path):
@@ -414,7 +414,14 @@ def test_a_folder_of_documents_skips_the_files_that_describe_it_and_notes_them(t
     assert "(LICENSE.txt, readme_fr.md, sub/SOURCE.md)" in report.notes[0]
     write(tmp_path / "rows" / "r.jsonl", '{"text": "row"}\n')
     write(tmp_path / "rows" / "LICENSE.txt", "MIT License")
-    assert [r.row["text"] for r in read_records([str(tmp_path / "rows")])] == ["row"]
+    write(tmp_path / "rows" / "COPYING", "GPL")  # of no type read: noted with the others, not as of another type
+    report = DataReport()
+    assert [r.row["text"] for r in read_records([str(tmp_path / "rows")], report=report)] == ["row"]
+    assert report.notes == [
+        f"{tmp_path / 'rows'}: 2 files that describe the folder not read (COPYING, LICENSE.txt): a folder's README, "
+        "LICENSE, COPYING, NOTICE, CITATION and SOURCE files are about its data, not part of it; to train on one, "
+        "name the file itself in data.train beside the folder"
+    ]
     write(tmp_path / "card" / "README.md", "# a card")
     with pytest.raises(DataError, match=r"card: the folder holds no data files \(README\.md describes the folder"):
         read_records([str(tmp_path / "card")])

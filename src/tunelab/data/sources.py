@@ -114,15 +114,16 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
                     "metadata files are not rows. Give it as a source of its own in data.train ({path: "
                     f"{outer}}}), and the folder's other data files by name or in a folder without it."
                 )
-            about = [f for f in inside if _kind(f) and about_folder(f)]
+            about = [f for f in inside if about_folder(f)]  # LICENSE, of no type read, is noted with them
             found = [f for f in inside if _kind(f) and f not in about]
             if any(_kind(f) != ".txt" for f in found):  # a Markdown file beside rows is no document of them
                 found = [f for f in found if not _markdown(f)]
             if not found:
+                readable = [f for f in about if _kind(f)]
                 skipped = (
-                    f" ({_listed(path, about)} describe{'s' if len(about) == 1 else ''} the folder and "
-                    f"{'is' if len(about) == 1 else 'are'} not read from it: name such a file itself to train on it)"
-                    if about
+                    f" ({_listed(path, readable)} describe{'s' if len(readable) == 1 else ''} the folder and "
+                    f"{'is' if len(readable) == 1 else 'are'} not read from it: name such a file itself to train on it)"
+                    if readable
                     else ""
                 )
                 raise DataError(
@@ -132,7 +133,8 @@ def _files(paths: list[str], report: DataReport | None = None) -> list[Path]:
             unnamed = [f for f in about if f.resolve() not in named]  # one named itself is read there
             if unnamed and report is not None:
                 report.notes.append(
-                    f"{p}: {counted(len(unnamed), 'file')} that describe the folder not read ({_listed(path, unnamed)}): a "
+                    f"{p}: {counted(len(unnamed), 'file')} that describe{'s' if len(unnamed) == 1 else ''} the folder not "
+                    f"read ({_listed(path, unnamed)}): a "
                     "folder's README, LICENSE, COPYING, NOTICE, CITATION and SOURCE files are about its data, not part of "
                     "it; to train on one, name the file itself in data.train beside the folder"
                 )
