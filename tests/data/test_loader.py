@@ -391,3 +391,28 @@ def test_text_examples_joining_documents_get_their_own_note(tmp_path, smollm2_to
     # what the note says: one EOS ends each example, the texts' markers being characters, not tokens
     assert ids.count(smollm2_tokenizer.eos_token_id) == len(rows)
     assert smollm2_tokenizer.convert_tokens_to_ids("<|endoftext|>") not in ids
+
+
+def test_a_training_folder_holding_files_named_as_held_out_splits_is_noted(tmp_path, smollm2_tokenizer):
+    """snips' folder holds train.jsonl, valid.jsonl and test.jsonl: given as data.train it trained on all three
+    without a word, and a later eval on test.jsonl scored rows the model had seen. A task's reader and a mixture's
+    source are noted alike; a file named itself is taken as meant."""
+    from tunelab.config import load_config
+    from tunelab.tasks.classify import CLASSIFY
+
+    folder = tmp_path / "snips"
+    folder.mkdir()
+    for name in ("train.jsonl", "valid.jsonl", "en_test.jsonl", "contest.jsonl"):
+        qa_file(folder, 4, name=name)
+    notes = build_datasets(DataConfig(train=[str(folder)]), smollm2_tokenizer, seed=0).report.notes
+    (note,) = [n for n in notes if "held-out" in n]
+    assert note.startswith(f"{folder}: en_test.jsonl, valid.jsonl are named as held-out splits, but a folder is read")
+    assert "give a held-out file as data.eval" in note
+    mixed = DataConfig(train=[DataSource(path=str(folder), weight=1.0)])
+    assert [n for n in build_datasets(mixed, smollm2_tokenizer, seed=0).report.notes if "held-out" in n] == [note]
+    named = DataConfig(train=[str(folder / "train.jsonl"), str(folder / "valid.jsonl")])
+    assert not [n for n in build_datasets(named, smollm2_tokenizer, seed=0).report.notes if "held-out" in n]
+    for path in folder.iterdir():
+        path.write_text("".join(json.dumps({"text": f"row {i}", "label": "ab"[i % 2]}) + "\n" for i in range(4)))
+    cfg = load_config(None, {"task": "classify", "data.train": [str(folder)], "data.max_length": 64}).config
+    assert [n for n in CLASSIFY.build_data(cfg, smollm2_tokenizer, 0).report.notes if "held-out" in n] == [note]

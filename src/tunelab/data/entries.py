@@ -14,7 +14,7 @@ from tunelab.config import DataConfig, DataSource
 from tunelab.data.formats import Example, to_examples
 from tunelab.data.hub import DEFAULT_SPLIT, is_datasets_path, read_hub, read_local
 from tunelab.data.report import DataReport
-from tunelab.data.sources import Record, iter_records
+from tunelab.data.sources import Record, iter_records, note_held_out_files
 from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import ConfigError
 
@@ -134,7 +134,10 @@ def read_source(
             "files are read whole. Remove it, or give each split's rows in a file of their own."
         )
     records = iter_records([source.path], source.delimiter or cfg.delimiter, report, delimiter_option(source, where))
-    return list(itertools.islice(records, limit))
+    records = list(itertools.islice(records, limit))
+    if report is not None:
+        note_held_out_files([source.path], report)
+    return records
 
 
 def delimiter_option(source: DataSource, where: str) -> str:

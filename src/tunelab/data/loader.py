@@ -41,7 +41,7 @@ from tunelab.data.repeats import (
     note_trained_eval,
 )
 from tunelab.data.report import DataReport, Made, SourceStats, SplitStats, location
-from tunelab.data.sources import Record, read_records
+from tunelab.data.sources import Record, note_held_out_files, read_records
 from tunelab.data.templates import Template, resolve_template
 from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import ConfigError, DataError, counted
@@ -191,6 +191,7 @@ def build_datasets(
             raise ConfigError("option 'data.train': a federated client's shard is taken from plain files only.")
         return _mixture_datasets(cfg, tokenizer, seed, template, report, transform)
     records = apply_transform(read_records(cfg.train, cfg.delimiter, report), transform, cfg.transform, report)
+    note_held_out_files(cfg.train, report)
     if select is not None:
         records = select(records)
     examples = to_examples(records, cfg.format, cfg.fields, cfg.system_prompt, report, option=option or FIELDS_OPTION)

@@ -20,6 +20,7 @@ see report.location).
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,6 +309,33 @@ def iter_records(
     `read_records` refuses them) first, then read one after another."""
     for path in _files(paths, report):
         yield from iter_file(path, delimiter, option)
+
+
+# words that name a held-out split in a file's name (test.jsonl, en_valid.csv, dev-00000.parquet)
+HELD_OUT_WORDS = ("test", "valid", "validation", "val", "dev", "eval", "heldout", "holdout")
+
+
+def held_out_named(path: Path) -> bool:
+    """Whether a file of rows is named as a held-out split: a word of its name, split at . _ - and spaces."""
+    return _kind(path) != ".txt" and bool(set(re.split(r"[._\-\s]+", path.name.lower())) & set(HELD_OUT_WORDS))
+
+
+def note_held_out_files(paths: list[str], report: DataReport) -> None:
+    """A note in `report` for each folder of training paths that holds files of rows named as held-out splits
+    (snips' train.jsonl, valid.jsonl and test.jsonl side by side): a folder is read whole, so they are trained on,
+    and a later eval on them scores rows the model has seen. A file named itself is taken as meant."""
+    for p in paths:
+        if not Path(p).expanduser().is_dir():
+            continue
+        folder = Path(p).expanduser()
+        held = [f for f in _files([p]) if held_out_named(f)]
+        if held:
+            report.notes.append(
+                f"{p}: {_listed(folder, held)} {'is' if len(held) == 1 else 'are'} named as held-out "
+                f"{'split' if len(held) == 1 else 'splits'}, but a folder is read whole, so {'its' if len(held) == 1 else 'their'} "
+                "rows are trained on: scored later, they are rows the model has seen. Name the training files "
+                "themselves in data.train and give a held-out file as data.eval, or keep them knowingly"
+            )
 
 
 def is_plain_text(path: str) -> bool:

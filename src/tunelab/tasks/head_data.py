@@ -48,7 +48,7 @@ from tunelab.data.reasoning import answer_apart
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.repeats import note_repeated_eval
 from tunelab.data.report import DataReport, location, location_path
-from tunelab.data.sources import Record, headerless, read_records
+from tunelab.data.sources import Record, headerless, note_held_out_files, read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
 from tunelab.errors import ConfigError, DataError, article, counted
 
@@ -566,6 +566,7 @@ def train_and_held(read, data, seed: int, report) -> tuple[list, list]:
     training items, with report.eval_source saying which. `read(paths, fields, system_prompt, report, lenient=...,
     delimiter=...)` is the task's reader (labelled rows, preference pairs, prompts)."""
     items = read(data.train, data.fields, data.system_prompt, report, delimiter=data.delimiter)
+    note_held_out_files(data.train, report)
     if data.eval:
         held = read([data.eval], data.fields, data.system_prompt, report, lenient=True, delimiter=data.delimiter)
         report.eval_source = "file"
