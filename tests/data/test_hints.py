@@ -63,3 +63,20 @@ def test_a_role_spelt_as_another_tool_spells_it_is_told_ours(turn, said):
         and said in str(err.value)
         and "Tool and function" not in str(err.value)
     )
+
+
+def test_fields_inside_a_column_of_objects_are_told_the_transform_that_makes_rows_of_them():
+    """self-instruct's seed tasks give `instruction` and `instances: [{input, output}]`: the error told the mapping
+    of other rows ({prompt: question, completion: answer}), which no mapping of this row can be."""
+    from tunelab.data.transform import apply_transform
+
+    row = {"id": "t1", "instruction": "Add them.", "instances": [{"input": "2 and 2", "output": "4"}], "flag": False}
+    with pytest.raises(DataError) as err:
+        convert([row])
+    hint = "return [{**row, 'input': item['input'], 'output': item['output']} for item in row.pop('instances')]"
+    assert "The column 'instances' holds objects with the fields input, output, which no format reads" in str(err.value)
+    assert hint in str(err.value)
+    made = hint.removeprefix("return ")  # the hinted function's body, run as data.transform runs one
+    records = apply_transform([Record("d.jsonl", 1, row)], lambda row: eval(made, {"row": row}), "t", DataReport())
+    examples = to_examples(records, "auto", {}, None, DataReport())
+    assert [m["content"] for m in examples[0].messages] == ["Add them.\n\n2 and 2", "4"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from tunelab.data.case import CaseMatch
 from tunelab.data.columns import UnreadColumns
-from tunelab.data.hints import mapping_hint, role_advice
+from tunelab.data.hints import mapping_hint, nested_hint, role_advice
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import Record, headerless, is_plain_text
 from tunelab.errors import ConfigError, DataError, article, counted, not_text
@@ -132,6 +132,7 @@ def detect_format(row: dict, fields: dict[str, str], option: str = FIELDS_OPTION
         f"cannot tell the data format from the fields {', '.join(map(repr, row)) or '(none)'}; known formats and their "
         f"fields: {known}. Rename your columns, map them with {_short(option)} (e.g. {mapping_hint(row, FORMATS)}), "
         "or set data.format."
+        + nested_hint(row, CANONICAL)
         + (PREFERENCE_ADVICE if "chosen" in row and "rejected" in row else "")
         + (QUESTIONS_ADVICE if "expected" in row else "")
     )

@@ -37,6 +37,23 @@ def mapping_hint(row: dict, formats: dict[str, tuple[tuple[str, ...], tuple[str,
     return "{prompt: question, completion: answer}"
 
 
+def nested_hint(row: dict, names: tuple[str, ...]) -> str:
+    """Advice for a row whose fields sit inside a list or object of one column (self-instruct's `instances`:
+    [{input, output}, ...] beside its `instruction`), which no format reads: a data.transform makes the rows of it.
+    Empty when no column holds objects with one of the fields `names`."""
+    for key, value in row.items():
+        items = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
+        inner = [k for k in dict.fromkeys(k for item in items if isinstance(item, dict) for k in item) if k in names]
+        if inner:
+            each = ", ".join(f"{k!r}: item[{k!r}]" for k in inner)
+            return (
+                f" The column {str(key)!r} holds {'objects' if isinstance(value, list) else 'an object'} with the "
+                f"fields {', '.join(inner)}, which no format reads inside a column: a data.transform can make a row "
+                f"of each (return [{{**row, {each}}} for item in row.pop({str(key)!r})], a list of rows)."
+            )
+    return ""
+
+
 # the words other tools name a format's fields with (LLaMA-Factory's `response`, GPTeacher's, databricks-dolly's)
 _PROMPT_WORDS = ("instruction", "prompt", "question", "query")
 _ANSWER_WORDS = ("output", "completion", "answer", "response", "reply", "target")
