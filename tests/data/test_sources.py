@@ -150,8 +150,27 @@ def test_row_that_is_not_an_object_real_file():
 
 
 def test_json_that_is_not_an_array(tmp_path):
-    p = write(tmp_path / "a.json", '{"train": [], "test": []}')
-    with pytest.raises(DataError, match=r"a\.json: a \.json data file must hold an array.*keys train, test"):
+    p = write(tmp_path / "a.json", '{"test": [], "train": []}')
+    with pytest.raises(DataError, match=r"a\.json: a \.json data file must hold an array.*keys hold the arrays"):
+        read_records([p])
+
+
+def test_json_of_splits_one_row_or_rows_under_a_key_is_told_what_it_holds(tmp_path):
+    """CLINC150's data_full.json ({train: [[text, intent], ...], val: ...}), SQuAD's {data: [...]} and a file of one
+    object were all told only 'extract the array of examples', naming no key and not that the items are no rows."""
+    p = write(tmp_path / "a.json", json.dumps({"val": [["hi", "greet"]], "train": [["hey", "greet"], ["bye", "end"]]}))
+    with pytest.raises(DataError) as err:
+        read_records([p])
+    said = str(err.value)
+    assert "got an object whose keys hold the arrays: 'val' (1 item), 'train' (2 items)" in said
+    assert f"json.dump(json.load(open('{p}'))['train'], open('train.json', 'w'))" in said
+    assert 'Its items are lists (["hey", "greet"]), not objects naming their fields' in said
+    p = write(tmp_path / "b.json", json.dumps({"data": [{"question": "q", "answer": "a"}]}))
+    with pytest.raises(DataError) as err:
+        read_records([p])
+    assert "'data' (1 item)" in str(err.value) and "not objects" not in str(err.value)
+    p = write(tmp_path / "c.json", json.dumps({"question": "q", "answer": "a"}))
+    with pytest.raises(DataError, match=r"got one object \(keys question, answer\): a file of one row holds it in an"):
         read_records([p])
 
 

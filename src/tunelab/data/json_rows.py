@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunelab.data.decode import read_text, text_pieces
 from tunelab.data.report import Line, location
-from tunelab.errors import DataError, article
+from tunelab.errors import DataError, article, counted
 
 
 def _object(path: str, line: int, value, hint: str) -> dict:
@@ -106,13 +106,42 @@ def json_rows(path: Path, text: str) -> list[tuple[int, dict]]:
             ) from None
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({_json_problem(exc)}); fix the file.") from None
     if not isinstance(value, list):
-        keys = f" with keys {', '.join(map(str, value))[:80]}" if isinstance(value, dict) else ""
         raise DataError(
-            f"{path}: a .json data file must hold an array of objects [{{...}}, {{...}}], got {article(type(value).__name__)}{keys}. "
-            "Extract the array of examples into its own file, or write one object a line as .jsonl."
+            f"{path}: a .json data file must hold an array of objects [{{...}}, {{...}}], {_not_array(path, value)}"
         )
     hint = "A .json data file must be an array of objects."
     return [(i, _object(str(path), i, item, hint)) for i, item in enumerate(value)]
+
+
+def _not_array(path: Path, value) -> str:
+    """What a .json file holds instead of an array of rows, and what to do: an object whose keys hold the arrays (a
+    file of several splits, as CLINC150's data_full.json; rows under one key, as SQuAD's `data`), one row alone, or
+    another value."""
+    if not isinstance(value, dict):
+        return f"got {article(type(value).__name__)}. Write the rows as an array, or one object a line as .jsonl."
+    arrays = {key: v for key, v in value.items() if isinstance(v, list)}
+    if not arrays:
+        return (
+            f"got one object (keys {', '.join(map(str, value))[:80]}): a file of one row holds it in an array, [{{...}}], "
+            "or write it as a line of a .jsonl file."
+        )
+    key = "train" if "train" in arrays else next(iter(arrays))
+    listed = ", ".join(f"'{k}' ({counted(len(v), 'item')})" for k, v in list(arrays.items())[:6])
+    more = f" and {len(arrays) - 6} more" if len(arrays) > 6 else ""
+    item = arrays[key][0] if arrays[key] else {}
+    shown = json.dumps(item, ensure_ascii=False)
+    kind = "lists" if isinstance(item, list) else "texts" if isinstance(item, str) else "values, not objects,"
+    items = (
+        ""
+        if isinstance(item, dict)
+        else f" Its items are {kind} ({shown if len(shown) <= 80 else shown[:77] + '...'}), not objects naming their "
+        'fields: write each row as one (e.g. {"text": ..., "label": ...}).'
+    )
+    return (
+        f"got an object whose keys hold the arrays: {listed}{more} (a file of several splits, or rows under one key). "
+        f"Write the array of one key to a file of its own (e.g. python -c \"import json; json.dump(json.load(open('"
+        f"{path}'))['{key}'], open('{key}.json', 'w'))\").{items}"
+    )
 
 
 PIECE = 1 << 20  # characters of a .json file read at a time; an item longer than that is read on (doubling)
