@@ -385,3 +385,14 @@ def test_a_questions_file_given_as_training_or_eval_data_is_told_where_it_goes()
     with pytest.raises(DataError) as err:  # other rows are not told so
         convert([{"query": "Q", "reply": "A"}])
     assert "eval.questions" not in str(err.value)
+
+
+def test_a_text_file_of_json_lines_is_noted_as_one_document_of_json():
+    """A .jsonl file saved as .txt was trained on as one document of braces, quotes and field names, without a word."""
+    rows = '{"question": "What is 2 + 2?", "answer": "4."}\n\n{"question": "Who?", "answer": "Ann."}\n'
+    examples, report = convert([{"text": rows}], path="qa.txt")
+    assert examples[0].text == rows
+    (note,) = [n for n in report.notes if "JSON objects" in n]
+    assert note.startswith("qa.txt: the text file holds JSON objects, one a line") and "name it .jsonl" in note
+    _, report = convert([{"text": 'A config:\n{"lr": 1}\n'}], path="doc.txt")  # a document quoting one
+    assert not [n for n in report.notes if "JSON objects" in n]

@@ -28,7 +28,7 @@ from tunelab.data.case import CaseMatch
 from tunelab.data.columns import UnreadColumns
 from tunelab.data.hints import mapping_hint, nested_hint, role_advice
 from tunelab.data.report import DataReport, location
-from tunelab.data.sources import Record, headerless, is_plain_text
+from tunelab.data.sources import Record, headerless, is_plain_text, note_rows_as_text
 from tunelab.errors import ConfigError, DataError, article, counted, not_text
 
 # format -> (required canonical fields, optional canonical fields); dict order is the detection order
@@ -524,6 +524,7 @@ def to_examples(
     if not questions:
         unused.refuse()
     report.notes += case.notes()
+    note_rows_as_text(records, report)
     report.notes += unread.notes(
         file_format, _short(option), {f for f, (_, optional) in FORMATS.items() if "input" in optional}
     )

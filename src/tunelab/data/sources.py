@@ -20,6 +20,7 @@ see report.location).
 from __future__ import annotations
 
 import gzip
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -335,6 +336,27 @@ def note_held_out_files(paths: list[str], report: DataReport) -> None:
                 f"{'split' if len(held) == 1 else 'splits'}, but a folder is read whole, so {'its' if len(held) == 1 else 'their'} "
                 "rows are trained on: scored later, they are rows the model has seen. Name the training files "
                 "themselves in data.train and give a held-out file as data.eval, or keep them knowingly"
+            )
+
+
+def _json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def note_rows_as_text(records: list[Record], report: DataReport) -> None:
+    """A note in `report` for each .txt record whose first lines (up to five) are all JSON objects: a .jsonl file
+    named .txt, read as one document, braces, quotes and field names included, instead of as its rows."""
+    for record in records:
+        if not is_plain_text(record.path) or not isinstance(record.row.get("text"), str):
+            continue
+        lines = [line.strip() for line in record.row["text"].splitlines() if line.strip()][:5]
+        if lines and all(line.startswith("{") and _json_object(line) for line in lines):
+            report.notes.append(
+                f"{record.path}: the text file holds JSON objects, one a line (as a .jsonl file does), and is read as "
+                "one text document, its braces, quotes and field names included; to train on its rows, name it .jsonl"
             )
 
 
