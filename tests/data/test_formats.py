@@ -372,6 +372,9 @@ def test_a_csv_file_without_a_header_line_is_told_so():
     with pytest.raises(DataError) as err:  # short names: no such guess
         convert([{"q": "x", "a": "y"}], path="d.csv")
     assert "header" not in str(err.value)
+    for first in ({"What is 1?": "What is 2?", "One": "Two"}, {"3": "4", "three": "four"}):  # a question, a number
+        with pytest.raises(DataError, match=r"a name in it looks like data"):
+            convert([first], path="d.csv")
 
 
 def test_a_questions_file_given_as_training_or_eval_data_is_told_where_it_goes():

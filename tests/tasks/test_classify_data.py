@@ -369,8 +369,9 @@ def test_a_file_without_a_header_line_is_told_so(smollm2_tokenizer, tmp_path):
     path.write_text("ham\tGo until jurong point, crazy.. Available only in bugis\nspam\tFree entry in 2 a wkly comp\n")
     with pytest.raises(
         DataError, match=r"spam\.tsv:2: the row has no input .* first line is read as its header, and a"
-    ):
+    ) as err:
         _build(smollm2_tokenizer, str(path))
+    assert "map it with data.fields" not in str(err.value)  # {text: Go until jurong point...} maps a message
     path.write_text("label\ttext\nham\tGo until jurong point\nspam\tFree entry\n")  # a header: no such word
     assert _build(smollm2_tokenizer, str(path)).facts["labels"] == ["ham", "spam"]
 

@@ -272,16 +272,29 @@ def iter_file(path: Path, delimiter: str = "auto", option: str = "data.delimiter
 
 def headerless(path: str, row: dict) -> str:
     """A hint for an error about a .csv or .tsv row's columns when the file's header names look like a row of data
-    (a name of several words or over 40 characters): a file without a header line has its first row read as one."""
+    (a name of several words or over 40 characters, a question or sentence, a number): a file without a header line
+    has its first row read as one."""
     if _kind(Path(path)) not in (".csv", ".tsv"):
         return ""
-    looks = [name for name in row if isinstance(name, str) and (len(name) > 40 or len(name.split()) > 3)]
+    looks = [name for name in row if isinstance(name, str) and _data_like(name)]
     if not looks:
         return ""
     return (
         f" The file's first line is read as its header, and a name in it looks like data ({looks[0][:60]!r}): if "
         "the file has no header line, add one naming its columns."
     )
+
+
+def _data_like(name: str) -> bool:
+    """A header name that reads as a value: long, of several words, a question or sentence ("What is 1?", "One."),
+    or a number ("12", "0.5")."""
+    if len(name) > 40 or len(name.split()) > 3 or (len(name) > 1 and name.rstrip()[-1:] in "?.!"):
+        return True
+    try:
+        float(name)
+    except ValueError:
+        return False
+    return True
 
 
 def refuse_missing_file(path: str | Path, command: str) -> None:

@@ -435,8 +435,12 @@ def no_input_error(where: str, row: dict, fields: dict[str, str], what: str, com
     mapped = ", ".join(f"{k} -> {v}" for k, v in fields.items())
     return DataError(
         f"{where}: the row has no input to {what}: give it one of the fields {', '.join(INPUT_FIELDS)} (this row has "
-        f"{has}{'; data.fields maps ' + mapped if mapped else ''}). Rename the column or map it with data.fields, "
-        f"e.g. {input_mapping(row, fields)}." + input_pair_hint(row, fields) + headerless(location_path(where), row)
+        f"{has}{'; data.fields maps ' + mapped if mapped else ''})."
+        + (
+            headerless(location_path(where), row)  # its column names are data: no mapping of them helps
+            or f" Rename the column or map it with data.fields, e.g. {input_mapping(row, fields)}."
+            + input_pair_hint(row, fields)
+        )
     )
 
 
