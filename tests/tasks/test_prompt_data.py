@@ -70,3 +70,12 @@ def test_reward_functions_receive_the_prompt_the_model_was_asked(smollm2_tokeniz
         [{"role": "user", "content": "What is 2 + 2?"}],
         "What is 5 + 5?",
     ]
+
+
+def test_a_text_file_of_prompts_one_a_line_is_told_it_is_one_record(smollm2_tokenizer, tmp_path):
+    """prompts.txt, a prompt a line, was told to map a column with data.fields ({prompt: question_text}); {prompt:
+    text} would ask its whole text as one prompt."""
+    path = tmp_path / "prompts.txt"
+    path.write_text("What is 2 + 2?\nWhat is 3 + 3?\n")
+    with pytest.raises(DataError, match=r"prompts\.txt:1: a \.txt file is one text record, .*not one prompt a line"):
+        _build(smollm2_tokenizer, str(path))

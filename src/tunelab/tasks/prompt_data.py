@@ -29,6 +29,7 @@ from tunelab.config import RunConfig
 from tunelab.data.loader import Datasets
 from tunelab.data.render import note_templated_inputs
 from tunelab.data.report import PROMPTS, DataReport, SplitStats, location
+from tunelab.data.sources import is_plain_text
 from tunelab.errors import ConfigError, DataError, counted
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
@@ -90,6 +91,12 @@ def read_prompts(
     for record in counted_records(paths, report, PROMPTS, fields, lenient, delimiter, names=(*FIELDS, *columns)):
         where = location(record.path, record.line)
         turns = read_prompt(record.row, fields, where, lenient)
+        if turns is None and is_plain_text(record.path):  # prompts.txt, one a line: read as one document
+            raise DataError(
+                f"{where}: a .txt file is one text record, its whole text, not one prompt a line, and a grpo row needs "
+                'a prompt: write the prompts one a row, as a .jsonl file ({"prompt": "..."} a line) or a .csv file '
+                "with a header line naming the column prompt."
+            )
         if turns is None:
             names = ", ".join((*PROMPT_FIELDS, *CHAT_FIELDS))
             raise DataError(
