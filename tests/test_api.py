@@ -246,7 +246,7 @@ def test_answers_of_a_run_replaced_meanwhile_are_not_saved_into_it(tiny_run_dir,
     def replacing(model, tokenizer, template, conversations, settings, progress=None, names=None):
         info = json.loads((run / "run.json").read_text())
         (run / "run.json").write_text(json.dumps(info | {"note": "another run"}))  # what a new run writes there
-        return ["Box 2: 1074." for _ in conversations]
+        return ["Box 2: 1074." for _ in conversations], [False for _ in conversations]
 
     monkeypatch.setattr(compare_module, "generate_answers", replacing)
     monkeypatch.setattr(evaluate_module, "generate_answers", replacing)

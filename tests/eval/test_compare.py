@@ -109,6 +109,49 @@ def test_eval_defaults_to_the_runs_answer_length(run, questions, capsys):
     assert "answers, tuned model" in err
 
 
+def test_answers_cut_at_max_new_tokens_are_counted_and_marked(run, questions, capsys):
+    """An answer that runs to max_new_tokens without ending its turn may stop before the expected text, which
+    'contains' then misses; compare and eval printed such scores without a word (alpaca answers of hundreds of
+    tokens, asked at the default 64, scored 0% 'contains'). They now count the cut answers, say how many beside the
+    scores, mark them among the answers and save them (compare.json's base_cut/tuned_cut, eval.json's cut)."""
+    assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu", "--show-answers"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((run / "compare.json").read_text())["rows"]
+    base, tuned = sum(r["base_cut"] for r in rows), sum(r["tuned_cut"] for r in rows)
+    assert tuned > 0 and base > 0  # the tiny random model does not end its turn within TOKENS tokens
+    assert f"cut at max_new_tokens ({TOKENS}): base {base} of 3 answers, tuned {tuned} of 3" in out
+    assert out.count("[cut at max_new_tokens]") == base + tuned
+
+    assert main(["eval", str(run), "--data", str(questions), "--device", "cpu", "--show-answers"]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((run / "eval.json").read_text())
+    base, tuned = saved["base"]["cut_answers"], saved["tuned"]["cut_answers"]
+    assert (base, tuned) == tuple(sum(r[m]["cut"] for r in saved["rows"]) for m in ("base", "tuned"))
+    assert tuned > 0 and f"cut at max_new_tokens ({TOKENS}): base {base} of 3 answers, tuned {tuned} of 3" in out
+    assert out.count("[cut at max_new_tokens]") == base + tuned
+
+
+def test_the_cut_line_counts_only_the_cut_answers(run, questions, monkeypatch, capsys):
+    """Answers that ended their turn are not counted as cut; with none cut, no line is printed."""
+    import tunelab.eval.compare as compare_module
+
+    cut = {"base": [False, False, False], "tuned": [True, False, True]}
+    calls = []
+
+    def answering(model, tokenizer, template, conversations, settings, progress=None, names=None):
+        calls.append(model)
+        which = "tuned" if len(calls) == 1 else "base"
+        return [f"Box {i}" for i in range(len(conversations))], cut[which]
+
+    monkeypatch.setattr(compare_module, "generate_answers", answering)
+    assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu", "--no-save"]) == 0
+    assert f"cut at max_new_tokens ({TOKENS}): base 0 of 3 answers, tuned 2 of 3" in capsys.readouterr().out
+    cut["tuned"] = [False, False, False]
+    calls.clear()
+    assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu", "--no-save"]) == 0
+    assert "cut at max_new_tokens" not in capsys.readouterr().out
+
+
 def test_save_comparison_refuses_an_existing_file(tmp_path):
     result = Comparison([Row("q", "a", "all", "b", "a", False, True)], {"all": {"n": 1, "base": 0.0, "tuned": 1.0}})
     save_comparison(result, tmp_path)

@@ -295,7 +295,7 @@ def test_the_batch_size_is_an_argument_as_the_cli_has_it(trained, tmp_path, monk
 
     def answering(model, tokenizer, template, conversations, settings, progress=None, names=None):
         sizes.append(settings.batch_size)
-        return ["Box 1 has code 1037." for _ in conversations]
+        return ["Box 1 has code 1037." for _ in conversations], [False for _ in conversations]
 
     monkeypatch.setattr(evaluate_module, "generate_answers", answering)
     path = _write_jsonl(tmp_path / "q.jsonl", [{"question": "What is the code of box 1?", "expected": "1037"}])

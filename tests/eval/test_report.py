@@ -188,6 +188,18 @@ def make_run(run_dir):
     return run_dir
 
 
+def test_answers_cut_at_max_new_tokens_are_a_row_of_the_eval_table(tmp_path):
+    """eval.json counts the answers that ran to max_new_tokens (they may stop before the expected text); the report
+    shows the count beside the scores it qualifies, and no row where none was cut (or an older eval.json)."""
+    run = make_run(tmp_path / "run")
+    row = "<th>answers cut at max_new_tokens</th>"
+    assert row not in render_report(run)
+    saved = json.loads((run / "eval.json").read_text())
+    saved["base"]["cut_answers"], saved["tuned"]["cut_answers"] = 5, 2
+    (run / "eval.json").write_text(json.dumps(saved))
+    assert f'{row}<td class="num">5</td><td class="num">2</td>' in render_report(run)
+
+
 def test_word_diff_marks_changed_words_and_escapes():
     old, new = word_diff("the box is <red>", "the box is blue")
     assert old == "the box is <del>&lt;red&gt;</del>"

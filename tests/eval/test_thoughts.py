@@ -32,9 +32,11 @@ def _thinking_answers(expected: list[str], monkeypatch, module):
     def answers(model, tokenizer, template, conversations, settings, progress=None, names=None):
         calls.append(len(conversations))
         if len(conversations) < len(expected):  # eval's 2-token warm-up
-            return ["x"] * len(conversations)
+            return ["x"] * len(conversations), [False] * len(conversations)
         tuned = len([c for c in calls if c == len(expected)]) == 1
-        return [f"<think>\nIt is {e}.\n</think>\n\n{'Not sure.' if tuned else e}" for e in expected]
+        return [f"<think>\nIt is {e}.\n</think>\n\n{'Not sure.' if tuned else e}" for e in expected], [False] * len(
+            expected
+        )
 
     monkeypatch.setattr(module, "generate_answers", answers)
 

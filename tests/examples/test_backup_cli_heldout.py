@@ -28,7 +28,7 @@ def test_backup_cli_learns_with_the_defaults(tmp_path):
     run = open_run(result.run_dir)
     questions = read_questions(EXAMPLE / "heldout.jsonl", need_expected=True)
     settings = GenerationSettings(max_new_tokens=48)  # greedy, as the comparison after training
-    answers = generate_answers(run.model, run.tokenizer, run.template, [q.prompt for q in questions], settings)
+    answers, _ = generate_answers(run.model, run.tokenizer, run.template, [q.prompt for q in questions], settings)
     right = [correct(a, q.expected) for q, a in zip(questions, answers)]
     misses = [(q.text, q.expected, a) for q, a, ok in zip(questions, answers, right) if not ok]
     assert sum(right) / len(right) >= 0.8, json.dumps(misses, indent=1)

@@ -155,7 +155,7 @@ def test_prompts_beyond_the_models_context_are_refused_or_cut(tiny_run_dir):
     model.generate = spy
     try:
         conversations = [[{"role": "user", "content": q}] for q in ("Code of box 1?", near, "Code of box 2?")]
-        answers = generate_answers(model, run.tokenizer, run.template, conversations, ten)
+        answers, _ = generate_answers(model, run.tokenizer, run.template, conversations, ten)
     finally:
         del model.generate
     assert len(answers) == 3

@@ -38,12 +38,12 @@ def test_the_models_generation_config_changes_no_answer_and_is_said(tiny_run_dir
     run = open_run(tiny_run_dir, device="cpu")
     question = [[{"role": "user", "content": "Code of box 3?"}]]
     settings = GenerationSettings(max_new_tokens=8)
-    plain = generate_answers(run.model, run.tokenizer, run.template, question, settings)
+    plain, _ = generate_answers(run.model, run.tokenizer, run.template, question, settings)
     assert config_notice(run.model) is None
     config = run.model.generation_config
     config.no_repeat_ngram_size, config.num_beams, config.temperature = 1, 2, 0.7
     try:
-        assert generate_answers(run.model, run.tokenizer, run.template, question, settings) == plain
+        assert generate_answers(run.model, run.tokenizer, run.template, question, settings)[0] == plain
         notice = config_notice(run.model)
         assert "no_repeat_ngram_size=1, num_beams=2, which tunelab does not apply" in notice, notice
         assert "temperature=0.7, which tunelab's settings replace" in notice, notice

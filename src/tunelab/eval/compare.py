@@ -48,6 +48,9 @@ class Row:
     # a reasoning model's <think> thought before the answer, which is scored without it; None: none
     base_thought: str | None = None
     tuned_thought: str | None = None
+    # the answer ran to max_new_tokens (or the room the context left) without ending its turn: it may stop mid-way
+    base_cut: bool = False
+    tuned_cut: bool = False
 
 
 @dataclass
@@ -110,16 +113,21 @@ def compare(
     run.check_base()  # a full run's base, loaded after the tuned answers: gone or changed is said before them
     conversations, names = [q.prompt for q in questions], [q.where for q in questions]
     with answer_progress(len(conversations), "answers, tuned model") as step:
-        tuned = generate_answers(run.model, run.tokenizer, run.template, conversations, settings, step, names)
+        tuned, tuned_cut = generate_answers(
+            run.model, run.tokenizer, run.template, conversations, settings, step, names
+        )
     with run.base_model() as base_model:
         say(base_config_notice(base_model, run.model))
         with answer_progress(len(conversations), "answers, base model") as step:
-            base = generate_answers(base_model, run.tokenizer, run.template, conversations, settings, step, names)
+            base, base_cut = generate_answers(
+                base_model, run.tokenizer, run.template, conversations, settings, step, names
+            )
     labels = task_labels(questions)
     rows = []
-    for q, base_text, tuned_text in zip(questions, base, tuned):
+    for q, base_text, tuned_text, b_cut, t_cut in zip(questions, base, tuned, base_cut, tuned_cut):
         (base_thought, b), (tuned_thought, t) = split_thought(base_text), split_thought(tuned_text)
         row = Row(q.text, q.expected, q.kind, b, t, base_thought=base_thought, tuned_thought=tuned_thought)
+        row.base_cut, row.tuned_cut = b_cut, t_cut
         if q.expected is not None:
             task = labels[q.kind] if q.is_label else None
             row.base_ok, row.tuned_ok = correct(b, q.expected, task), correct(t, q.expected, task)
@@ -140,6 +148,18 @@ def dropped_line(dropped: dict[str, dict]) -> str | None:
     if not dropped:
         return None
     return "  not read: " + "; ".join(f"{s['count']} {reason}" for reason, s in dropped.items())
+
+
+def cut_line(base: int, tuned: int, answers: int, max_new_tokens: int | None) -> str | None:
+    """The printed line of the answers cut at max_new_tokens (eval's and compare's), None when none was: such an
+    answer may stop before the text it would have reached, which 'contains' and exact match then miss."""
+    if not base and not tuned:
+        return None
+    return (
+        f"  cut at max_new_tokens ({max_new_tokens}): base {base} of {answers} answers, tuned {tuned} of {answers} "
+        "ran to the limit without ending their turn and may stop before the expected text; --max-new-tokens N "
+        "(or eval.max_new_tokens) gives them more room"
+    )
 
 
 def score(rows: list[Row], refusal: str | None = None) -> dict[str, dict]:
@@ -167,13 +187,13 @@ def format_answers(result: Comparison) -> str:
     lines = []
     for i, r in enumerate(result.rows, 1):
         lines.append(f"[{i}] {r.question}" + (f"   (expected: {r.expected})" if r.expected else ""))
-        for name, answer, ok, thought in (
-            ("base ", r.base, r.base_ok, r.base_thought),
-            ("tuned", r.tuned, r.tuned_ok, r.tuned_thought),
+        for name, answer, ok, thought, cut in (
+            ("base ", r.base, r.base_ok, r.base_thought, r.base_cut),
+            ("tuned", r.tuned, r.tuned_ok, r.tuned_thought, r.tuned_cut),
         ):
             if thought is not None:
                 lines.append(f"  {name}   (thought: {thought})")
-            lines.append(f"  {name} {mark[ok]} {answer}")
+            lines.append(f"  {name} {mark[ok]} {answer}" + (" [cut at max_new_tokens]" if cut else ""))
     return "\n".join(lines)
 
 
@@ -198,9 +218,15 @@ def format_scores(scores: dict[str, dict]) -> str:
 def format_comparison(result: Comparison, saved: Path | None = None, show_answers: bool = False) -> str:
     """The scores first; then the answers when asked for (or when nothing could be scored), else where they are."""
     parts = [format_scores(result.scores)] if result.scores else []
-    line = dropped_line(result.transform_dropped)
-    if line:
-        parts = ["\n".join([*parts, line])] if parts else [line.strip()]
+    cut = cut_line(
+        sum(r.base_cut for r in result.rows),
+        sum(r.tuned_cut for r in result.rows),
+        len(result.rows),
+        result.settings.get("max_new_tokens"),
+    )
+    for line in (dropped_line(result.transform_dropped), cut):
+        if line:
+            parts = ["\n".join([*parts, line])] if parts else [line.strip()]
     if show_answers or not result.scores:
         parts.append(format_answers(result))
     elif saved is not None:

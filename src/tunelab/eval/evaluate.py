@@ -36,7 +36,7 @@ from tunelab.data.reasoning import split_thought
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
 from tunelab.errors import counted
-from tunelab.eval.compare import dropped_counts, dropped_line
+from tunelab.eval.compare import cut_line, dropped_counts, dropped_line
 from tunelab.eval.metrics import (
     LabelScores,
     TextScores,
@@ -83,6 +83,7 @@ class Answer:
     label: str | None = None  # the label the answer gives, for label tasks
     correct: bool = False  # the verdict `tunelab compare` gives it too (eval.metrics.correct)
     thought: str | None = None  # a reasoning model's <think> thought before `text`, not scored; None: none
+    cut: bool = False  # it ran to max_new_tokens without ending its turn, so it may stop mid-way
 
 
 @dataclass
@@ -106,6 +107,7 @@ class ModelScores:
     by_kind: dict[str, TextScores] = field(default_factory=dict)
     label_tasks: dict[str, LabelScores] = field(default_factory=dict)  # kind -> scores, for label kinds
     generated_tokens: int = 0  # per answer up to and including its stop token
+    cut_answers: int = 0  # answers that ran to max_new_tokens without ending their turn
     generation_s: float = 0.0
     tokens_per_s: float | None = None
 
@@ -183,26 +185,27 @@ def _stop_ids(run: LoadedRun) -> set[int]:
 
 def _timed_answers(
     model, run: LoadedRun, prompts: list[list[dict]], settings: GenerationSettings, progress, names: list[str]
-) -> tuple[list[str], int, float]:
-    """Answers, generated tokens and seconds; a 2-token warm-up first so one-time costs are not timed."""
+) -> tuple[list[str], list[bool], int, float]:
+    """Answers, whether each was cut at max_new_tokens, generated tokens and seconds; a 2-token warm-up first so
+    one-time costs are not timed."""
     if not prompts:
-        return [], 0, 0.0
+        return [], [], 0, 0.0
     warm_up = dataclasses.replace(settings, max_new_tokens=2, batch_size=1)
     generate_answers(model, run.tokenizer, run.template, prompts[:1], warm_up, names=names[:1])
     counting = _CountingModel(model, _stop_ids(run))
     tic = time.perf_counter()
-    answers = generate_answers(counting, run.tokenizer, run.template, prompts, settings, progress, names)
-    return answers, counting.tokens, time.perf_counter() - tic
+    answers, cut = generate_answers(counting, run.tokenizer, run.template, prompts, settings, progress, names)
+    return answers, cut, counting.tokens, time.perf_counter() - tic
 
 
 def _score_answers(
-    answers: list[str], items: list[Question], refusal: str | None, labels: dict[str, list[str]]
+    answers: list[str], cut: list[bool], items: list[Question], refusal: str | None, labels: dict[str, list[str]]
 ) -> list[Answer]:
     read = [split_thought(a) for a in answers]  # a thought that names the expected text is no hit
     answers = [answer for _, answer in read]
     rouge = rouge_l(answers, [it.expected for it in items])
     out = []
-    for text, item, r, (thought, _) in zip(answers, items, rouge, read):
+    for text, item, r, (thought, _), was_cut in zip(answers, items, rouge, read, cut):
         task = labels[item.kind] if item.is_label else None
         out.append(
             Answer(
@@ -214,6 +217,7 @@ def _score_answers(
                 predict_label(text, task) if task else None,
                 correct(text, item.expected, task),
                 thought,
+                was_cut,
             )
         )
     return out
@@ -226,6 +230,7 @@ def _model_scores(
     refusal: str | None,
     labels: dict[str, list[str]],
     tokens: int,
+    cut: int,
     seconds: float,
 ) -> ModelScores:
     scores = ModelScores(
@@ -233,6 +238,7 @@ def _model_scores(
         _perplexity(loss),
         None,
         generated_tokens=tokens,
+        cut_answers=cut,
         generation_s=seconds,
         tokens_per_s=tokens / seconds if seconds > 0 else None,
     )
@@ -330,16 +336,18 @@ def evaluate_run(
 
     tuned_loss = loss(run.model, "tuned")
     with answer_progress(len(prompts), "answers, tuned model") as step:
-        tuned_answers, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings, step, names)
+        tuned_answers, tuned_cut, tuned_tokens, tuned_s = _timed_answers(run.model, run, prompts, settings, step, names)
     with run.base_model() as base_model:
         if asked:
             say(base_config_notice(base_model, run.model))
         base_loss = loss(base_model, "base")
         with answer_progress(len(prompts), "answers, base model") as step:
-            base_answers, base_tokens, base_s = _timed_answers(base_model, run, prompts, settings, step, names)
+            base_answers, base_cut, base_tokens, base_s = _timed_answers(
+                base_model, run, prompts, settings, step, names
+            )
 
-    base_scored = _score_answers(base_answers, asked, refusal, labels) if asked else []
-    tuned_scored = _score_answers(tuned_answers, asked, refusal, labels) if asked else []
+    base_scored = _score_answers(base_answers, base_cut, asked, refusal, labels) if asked else []
+    tuned_scored = _score_answers(tuned_answers, tuned_cut, asked, refusal, labels) if asked else []
     base_answers, tuned_answers = [a.text for a in base_scored], [a.text for a in tuned_scored]
     rows = [
         EvalRow(it.text, it.expected, it.kind, "label" if it.is_label else "text", it.where, b, t)
@@ -361,8 +369,8 @@ def evaluate_run(
         loss_on=_loss_on(items, data.train_on_prompt),
         **training_figure(info),
         base_weights="nf4" if run.quantized_base else str(run.dtype).removeprefix("torch."),
-        base=_model_scores(base_loss, base_answers, asked, refusal, labels, base_tokens, base_s),
-        tuned=_model_scores(tuned_loss, tuned_answers, asked, refusal, labels, tuned_tokens, tuned_s),
+        base=_model_scores(base_loss, base_answers, asked, refusal, labels, base_tokens, sum(base_cut), base_s),
+        tuned=_model_scores(tuned_loss, tuned_answers, asked, refusal, labels, tuned_tokens, sum(tuned_cut), tuned_s),
         rows=rows,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -429,6 +437,9 @@ def format_eval(result: EvalResult, show_answers: bool = False) -> str:
         )
     if result.transform_dropped:
         lines.append(dropped_line(result.transform_dropped))
+    cut = cut_line(b.cut_answers, t.cut_answers, len(result.rows), result.settings.get("max_new_tokens"))
+    if cut:
+        lines.append(cut)
     lines += _notes(result)
     if show_answers and result.rows:
         lines += ["", _format_answers(result.rows)]
@@ -478,5 +489,7 @@ def _format_answers(rows: list[EvalRow]) -> str:
         for name, answer in (("base ", r.base), ("tuned", r.tuned)):
             if answer.thought is not None:
                 lines.append(f"  {name}   (thought: {answer.thought})")
-            lines.append(f"  {name} {mark[answer.correct]} {answer.text}")
+            lines.append(
+                f"  {name} {mark[answer.correct]} {answer.text}" + (" [cut at max_new_tokens]" if answer.cut else "")
+            )
     return "\n".join(lines)

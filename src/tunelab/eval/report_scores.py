@@ -116,6 +116,8 @@ def eval_section(ev: Input, cmp: Input) -> str:
             ("generated tokens / s", b.get("tokens_per_s"), t.get("tokens_per_s"), "rate", True),
             ("generated tokens", b.get("generated_tokens"), t.get("generated_tokens"), "int", None),
         ]
+        if b.get("cut_answers") or t.get("cut_answers"):  # ran to max_new_tokens: may stop before the expected text
+            rows.append(("answers cut at max_new_tokens", b.get("cut_answers"), t.get("cut_answers"), "int", False))
         overall_b, overall_t = b.get("overall") or {}, t.get("overall") or {}
         plot = scores_plot(
             [

@@ -251,24 +251,28 @@ def generate_answers(
     settings: GenerationSettings,
     progress: Callable[[int], object] | None = None,
     names: list[str] | None = None,
-) -> list[str]:
-    """One answer per conversation (each a list of {role, content} ending with a user turn). `progress` is called
-    with the number of answers after each batch. A prompt too long for the model's context is refused before any
-    answer, named by `names` (e.g. the questions' file and line) or its position; one that leaves less room than
-    max_new_tokens is answered alone, as far as the context allows."""
+) -> tuple[list[str], list[bool]]:
+    """One answer per conversation (each a list of {role, content} ending with a user turn), and for each whether it
+    was cut: it ran to max_new_tokens (or to the room the context left) without ending its turn, so it may stop
+    mid-sentence. `progress` is called with the number of answers after each batch. A prompt too long for the
+    model's context is refused before any answer, named by `names` (e.g. the questions' file and line) or its
+    position; one that leaves less room than max_new_tokens is answered alone, as far as the context allows."""
     prompts, fitted = fit_prompts(model, tokenizer, template, conversations, settings, names)
     # Rows keep their order; each batch holds rows of one setting (all but the overlong ones share the given one).
     answers: list[str] = []
+    cut: list[bool] = []
     start = 0
     while start < len(prompts):
         end = start + 1
         while end < len(prompts) and end - start < settings.batch_size and fitted[end] == fitted[start]:
             end += 1
-        answers += _answer_batch(model, tokenizer, template, prompts[start:end], fitted[start])[0]
+        texts, cuts = _answer_batch(model, tokenizer, template, prompts[start:end], fitted[start])
+        answers += texts
+        cut += cuts
         if progress is not None:
             progress(end - start)
         start = end
-    return answers
+    return answers, cut
 
 
 def fit_prompts(
