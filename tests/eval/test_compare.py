@@ -78,6 +78,8 @@ def test_compare_prints_scores_first_and_never_replaces_compare_json_silently(ru
     assert main([*args, "--overwrite", "--show-answers"]) == 0
     out = capsys.readouterr().out
     assert out.index("scores:") < out.index("[1] Code of box 0?")
+    # the answers shown are saved too, and the file is named, as a later compare refuses to replace it unasked
+    assert out.index("[1] Code of box 0?") < out.index(f"answers of base and tuned model: {run / 'compare.json'}")
     assert json.loads((run / "compare.json").read_text())["settings"]["max_new_tokens"] == 2
 
     assert main(["compare", str(run), "--question", "Hi?", "--no-save", "--device", "cpu"]) == 0

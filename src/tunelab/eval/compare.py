@@ -227,13 +227,14 @@ def format_comparison(result: Comparison, saved: Path | None = None, show_answer
     for line in (dropped_line(result.transform_dropped), cut):
         if line:
             parts = ["\n".join([*parts, line])] if parts else [line.strip()]
-    if show_answers or not result.scores:
+    shown = show_answers or not result.scores
+    if shown:
         parts.append(format_answers(result))
-    elif saved is not None:
+    if saved is not None:  # said also after the answers shown: a later compare refuses to replace it unasked
         parts.append(
             f"answers of base and tuned model: {saved} ('tunelab report {saved.parent}' shows them side by side)"
         )
-    else:
+    elif not shown:
         parts.append("answers not saved; --show-answers prints them")
     return "\n\n".join(parts)
 
