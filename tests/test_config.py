@@ -25,6 +25,16 @@ def test_yaml_then_flags_with_origins(tmp_path):
     assert "train.lr" in describe(resolved) and "(--train.lr)" in describe(resolved)
 
 
+def test_a_data_source_is_printed_as_its_keys_that_were_set(tmp_path):
+    """A data.train mapping was printed as the dataclass holding every key, `DataSource(path=..., hub=None,
+    split='train', ...)`: a Python repr of 15 keys, one saying split 'train' for a file, which reads no split."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  train:\n    - {path: qa.jsonl, take: 40}\n    - more.jsonl\n")
+    line = next(x for x in describe(load_config(path)).splitlines() if x.startswith("  data.train "))
+    assert f"[{{'path': '{tmp_path / 'qa.jsonl'}', 'take': 40}}, '{tmp_path / 'more.jsonl'}']" in line, line
+    assert "DataSource" not in line and "split" not in line
+
+
 def test_saved_yaml_round_trips(tmp_path):
     cfg = load_config(None, {"method.r": 8, "data.fields": {"prompt": "q"}}).config
     path = tmp_path / "saved.yaml"

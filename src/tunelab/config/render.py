@@ -34,6 +34,20 @@ def describe(resolved: ResolvedConfig) -> str:
     for name, _, _ in iter_options():
         section, _, key = name.rpartition(".")
         target = getattr(resolved.config, section) if section else resolved.config
-        lines.append(f"  {name:<24} = {getattr(target, key)!r:<40} ({resolved.origins[name]})")
+        lines.append(f"  {name:<24} = {_shown(getattr(target, key))!r:<40} ({resolved.origins[name]})")
     lines += unused_notes(resolved.config, resolved.origins)
     return "\n".join(lines)
+
+
+def _shown(value: Any) -> Any:
+    """A value as the printed config shows it: a data.train source (a mapping in the YAML) as the keys that differ
+    from their defaults, as it was written, not as a dataclass holding every key (`split='train'`, `hub=None`)."""
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: getattr(value, f.name)
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) != (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        }
+    return value
