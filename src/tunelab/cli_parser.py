@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reward run: preference pairs)",
     )
     evaluate.add_argument("--refusal", help="the refusal sentence (default: the run's eval.refusal)")
-    evaluate.add_argument("--out", help="where to write the results (default: RUN_DIR/eval.json)")
+    evaluate.add_argument("--out", help="where to write the results, a .json file (default: RUN_DIR/eval.json)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     evaluate.add_argument("--no-save", action="store_true", help="print only")
     evaluate.add_argument(

@@ -14,7 +14,13 @@ from tunelab.rundir import is_run_dir, read_info, run_configs, stage_dirs
 
 
 def check_output_file(
-    path: Path, overwrite: bool, run_dir: Path, own: str, inputs: tuple[str | Path, ...] = (), mkdir: bool = False
+    path: Path,
+    overwrite: bool,
+    run_dir: Path,
+    own: str,
+    inputs: tuple[str | Path, ...] = (),
+    mkdir: bool = False,
+    suffix: str | None = None,
 ) -> None:
     """RunDirError before any work when a command (eval, report) cannot write its result file `path`: it is a
     folder or another file than a regular one, it is one of the command's `inputs` or inside one that is a folder,
@@ -22,8 +28,8 @@ def check_output_file(
     allows that) or any file of another run directory, a stage's or a checkpoint's, it is the `own` file of another
     run directory (whose report would show it as that run's), it would replace a file the run's config names (data,
     function files) or of the models it depends on, it is a new file inside a run directory (but the run's own `own`:
-    the run's --overwrite would delete it), it exists and `overwrite` is off, or its folder is missing (made
-    when `mkdir`); WriteFailed when its folder cannot be written (read-only), said before the work rather than
+    the run's --overwrite would delete it), it exists and `overwrite` is off, its folder is missing (made
+    when `mkdir`), or its name does not end in `suffix` (eval's JSON in a `results.csv`); WriteFailed when its folder cannot be written (read-only), said before the work rather than
     after."""
     if path.is_dir():
         raise RunDirError(f"{path}: is a folder; give a file name to write to.")
@@ -74,6 +80,10 @@ def check_output_file(
         )
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise RunDirError(
+            f"{path}: the result is written as {suffix} ({own}'s format); give a file name ending in {suffix}."
+        )
     check_can_write(path)  # a read-only folder: said now, not after the work
 
 

@@ -228,6 +228,21 @@ def test_out_with_no_save_is_refused_before_any_work(tmp_path, capsys):
         tunelab.evaluate(run, tmp_path / "q.jsonl", save=False, out=out)
 
 
+def test_an_out_file_that_is_not_json_is_refused_before_any_work(tmp_path, capsys):
+    """`eval --out results.csv` (as `predict --out` writes CSV) wrote eval.json's JSON into a file named .csv."""
+    from tunelab.cli import main
+
+    run = _fake_run(tmp_path / "run")
+    for name in ("results.csv", "results.jsonl", "results"):
+        out = tmp_path / name
+        assert main(["eval", str(run), "--data", str(tmp_path / "q.jsonl"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: the result is written as .json (eval.json's format); give a file name ending in .json" in err
+        assert not out.exists() and "Traceback" not in err
+    with pytest.raises(RunDirError, match=r"r\.csv: the result is written as \.json"):
+        tunelab.evaluate(run, tmp_path / "q.jsonl", out=tmp_path / "r.csv")
+
+
 @pytest.mark.parametrize("task", ["classify", "reward"])
 def test_options_of_generated_answers_are_refused_for_a_head_run(tmp_path, capsys, task):
     """A classify or reward run generates no text: --max-new-tokens, --refusal, --show-answers and --base-precision

@@ -301,7 +301,7 @@ def evaluate_run(
     info = loaded.info if loaded else open_info(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     if save:
-        check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,))
+        check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json")
     data = run_data_config(run_dir, info)
     cfg = saved_config(run_dir, DATA_SETTINGS)
     micro_batch = trained_value(info.extra, "train.micro_batch", cfg.train.micro_batch)

@@ -296,7 +296,7 @@ def evaluate_head_run(
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     refuse_missing_file(data_file, "eval")
     if save:
-        check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,))
+        check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json")
     run = open_head_run(run_dir, device, from_checkpoint=True)
     if run.info.task == "reward" and not run.info.is_adapter:  # the untrained-head baseline loads the base last
         check_trained_base(run.info)
