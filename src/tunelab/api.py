@@ -324,8 +324,6 @@ def compare(
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
     stamp = run_stamp(run_dir)
     info = run.info if isinstance(run, LoadedRun) else open_info(run_dir)
-    if save:
-        check_writable(compare_file(run_dir), overwrite)  # before minutes of generation, not after
     dropped = DataReport()
     asked = _texts(question, "question", blank=False)
     if not questions and not asked:  # the file training compared on
@@ -338,6 +336,8 @@ def compare(
         items.append(Question.ask(text, info.system_prompt, where=where))
     if not items:
         raise DataError("no questions to compare on: give a questions file or at least one question.")
+    if save:  # before minutes of generation, not after; after the questions, whose errors are the ones to fix first
+        check_writable(compare_file(run_dir), overwrite)
     loaded = opened(run, device, base_precision)
     result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal, dropped)
     if save:

@@ -154,6 +154,20 @@ def test_the_cut_line_counts_only_the_cut_answers(run, questions, monkeypatch, c
     assert "cut at max_new_tokens" not in capsys.readouterr().out
 
 
+def test_a_missing_questions_file_is_named_before_an_existing_result(run, questions, tmp_path, capsys):
+    """With compare.json or eval.json already there, a mistyped --questions/--data path was answered with 'exists.
+    Pass --overwrite', and only the run with --overwrite said that the file was not there."""
+    (run / "compare.json").write_text("{}")
+    (run / "eval.json").write_text("{}")
+    missing = tmp_path / "nope.jsonl"
+    for command in (["compare", str(run), "--questions", str(missing)], ["eval", str(run), "--data", str(missing)]):
+        assert main([*command, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert f"{missing}: " in err and "not found" in err and "exists" not in err, err
+    assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu"]) == 2  # still refused
+    assert "compare.json exists" in capsys.readouterr().err
+
+
 def test_save_comparison_refuses_an_existing_file(tmp_path):
     result = Comparison([Row("q", "a", "all", "b", "a", False, True)], {"all": {"n": 1, "base": 0.0, "tuned": 1.0}})
     save_comparison(result, tmp_path)

@@ -201,13 +201,14 @@ def test_rows_without_expected_answers_name_file_and_line(tmp_path):
     _write_jsonl(path, [{"expected": "A."}])
     with pytest.raises(DataError, match=r"q\.jsonl:1: .*no question"):
         evaluate_run(run, path)
-    with pytest.raises(DataError, match="question file not found"):
+    with pytest.raises(DataError, match=r"missing\.jsonl: file not found\. Check the path given to eval \(--data"):
         evaluate_run(run, tmp_path / "missing.jsonl")
 
 
 def test_existing_output_needs_overwrite(tmp_path):
     run = _fake_run(tmp_path / "run")
     (run / EVAL_FILE).write_text("{}")
+    _write_jsonl(tmp_path / "q.jsonl", [{"question": "a?", "expected": "a"}])  # a missing one is named first
     with pytest.raises(RunDirError, match="eval.json exists. Pass --overwrite"):
         evaluate_run(run, tmp_path / "q.jsonl")
     (run / "report.html").write_text("")
@@ -233,6 +234,7 @@ def test_an_out_file_that_is_not_json_is_refused_before_any_work(tmp_path, capsy
     from tunelab.cli import main
 
     run = _fake_run(tmp_path / "run")
+    _write_jsonl(tmp_path / "q.jsonl", [{"question": "a?", "expected": "a"}])
     for name in ("results.csv", "results.jsonl", "results"):
         out = tmp_path / name
         assert main(["eval", str(run), "--data", str(tmp_path / "q.jsonl"), "--out", str(out)]) == 2

@@ -35,6 +35,7 @@ from tunelab.data.match import contains, exact_match
 from tunelab.data.reasoning import split_thought
 from tunelab.data.render import render_examples
 from tunelab.data.report import DataReport
+from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import counted
 from tunelab.eval.compare import cut_line, dropped_counts, dropped_line
 from tunelab.eval.metrics import (
@@ -300,6 +301,7 @@ def evaluate_run(
     stamp = run_stamp(run_dir)
     info = loaded.info if loaded else open_info(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
+    refuse_missing_file(data_file, "eval")  # the error to fix first, not an existing eval.json
     if save:
         check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json")
     data = run_data_config(run_dir, info)
