@@ -84,8 +84,19 @@ def _is_nproc(argv: list[str], i: int) -> bool:
     return argv[i] == "--nproc" or argv[i].startswith("--nproc=") or (i > 0 and argv[i - 1] == "--nproc")
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """A --device this machine cannot run on (cuda without a GPU, a GPU index it lacks), refused by its flag before the
+    API call, which would name its argument 'device' (argparse already refused a name that is no device)."""
+    if getattr(args, "device", "auto") != "auto":
+        from tunelab.models.load import pick_device
+
+        pick_device(args.device, CLI.option("device"))
+
+
 def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     import tunelab.api as api
+
+    _check_device(args)
 
     if args.command == "train" and args.nproc is not None:
         world = os.environ.get("WORLD_SIZE")

@@ -273,7 +273,7 @@ def test_a_device_torch_does_not_know_or_a_missing_gpu_names_the_device_option(t
     from tunelab.cli import main
     from tunelab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"option '--device' is 'gpu'; allowed values: auto, cpu, cuda"):
+    with pytest.raises(ConfigError, match=r"argument 'device' is 'gpu'; allowed values: auto, cpu, cuda"):
         open_run(tiny_run_dir, device="gpu")
     if not torch.cuda.is_available():
         assert main(["generate", str(tiny_run_dir), "--prompt", "hi", "--device", "cuda"]) == 2
@@ -293,7 +293,7 @@ def test_the_api_and_the_cli_take_the_same_devices(tiny_run_dir, capsys, monkeyp
     from tunelab.models.load import pick_device
 
     allowed = "allowed values: auto, cpu, cuda, cuda:N"
-    with pytest.raises(ConfigError, match=rf"option '--device' is '{name}'; {allowed}"):
+    with pytest.raises(ConfigError, match=rf"argument 'device' is '{name}'; {allowed}"):
         tunelab.generate(tiny_run_dir, "hi", device=name)
     for command in (["generate", str(tiny_run_dir), "--prompt", "hi"], ["predict", str(tiny_run_dir), "--text", "hi"]):
         with pytest.raises(SystemExit) as exit_:  # argparse's own exit
@@ -305,12 +305,12 @@ def test_the_api_and_the_cli_take_the_same_devices(tiny_run_dir, capsys, monkeyp
             assert command[0] == "predict" or "option '--device' is cuda:0, but no CUDA device is available" in err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert pick_device("cuda:1", "--device") == torch.device("cuda:1")
+    assert pick_device("cuda:1", "option '--device'") == torch.device("cuda:1")
     with pytest.raises(ConfigError, match="is cuda:2, but this machine has 2 CUDA devices: cuda:0 to cuda:1"):
-        pick_device("cuda:2", "--device")
+        pick_device("cuda:2", "option '--device'")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match="is cuda:1, but this machine has 1 CUDA device: cuda:0 to cuda:0"):
-        pick_device("cuda:1", "--device")
+        pick_device("cuda:1", "option '--device'")
 
 
 def test_a_run_whose_saved_tokenizer_lost_its_chat_template_says_so(tiny_run_dir, tmp_path, capsys):

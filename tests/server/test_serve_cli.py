@@ -193,7 +193,7 @@ def test_a_python_caller_is_told_its_arguments_not_the_flags(tiny_run_dir, monke
         ({"model_name": " "}, "argument 'model_name' is blank (an unset variable in it?)"),
         ({"host": ""}, "argument 'host' is empty"),
         ({"allowed_origins": ["localhost:3000"]}, "argument 'allowed_origins' has 'localhost:3000'"),
-        ({"device": "gpu"}, "option 'device' is 'gpu'; allowed values: auto, cpu, cuda"),
+        ({"device": "gpu"}, "argument 'device' is 'gpu'; allowed values: auto, cpu, cuda"),
     ]:  # fmt: skip
         with pytest.raises(ConfigError) as caught:
             tunelab.serve(tiny_run_dir, port=0, **arguments)

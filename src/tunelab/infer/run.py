@@ -135,7 +135,7 @@ def open_run(
         raise ConfigError(f"option 'dtype' is {dtype!r}; allowed values: {', '.join(DTYPES)}.")
     run_dir = Path(run_dir)
     info = open_info(run_dir)
-    dev = pick_device(device, "--device")
+    dev = pick_device(device, "argument 'device'")  # the CLI checked its --device first
     quantize = info.is_adapter and info.quantize_base == "nf4" and base_precision == "trained"
     dt = run_dtype(info, dtype, dev, quantize)
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)  # saved by train
@@ -164,10 +164,10 @@ def opened(run: str | Path | LoadedRun, device: str = "auto", base_precision: st
             f"option 'base_precision' is {base_precision}, but the run given was opened with {run.base_precision}; "
             f"open it with open_run(run_dir, base_precision={base_precision!r}), or drop the argument."
         )
-    wanted = pick_device(device, "device") if device != "auto" else run.device
+    wanted = pick_device(device, "argument 'device'") if device != "auto" else run.device
     if wanted.type != run.device.type or wanted.index not in (None, run.device.index or 0):
         raise ConfigError(
-            f"option 'device' is {device}, but the run given was opened on {run.device}; open it with "
+            f"argument 'device' is {device}, but the run given was opened on {run.device}; open it with "
             f"open_run(run_dir, device={device!r}), or drop the argument."
         )
     return run

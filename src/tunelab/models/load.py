@@ -519,20 +519,20 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     return tokenizer
 
 
-def pick_device(device: str, option: str = "model.device") -> torch.device:
-    """The device `device` names (auto: CUDA when there is one); ConfigError or ModelError naming `option` (the config's
-    model.device, or the --device of a command that opens a run) for a name tunelab does not run on (config.model:
-    is_device), a missing GPU, or a GPU index this machine does not have."""
+def pick_device(device: str, named: str = "option 'model.device'") -> torch.device:
+    """The device `device` names (auto: CUDA when there is one); ConfigError or ModelError saying it as `named` (the
+    config's option 'model.device', a command's option '--device', or a Python call's argument 'device') for a name
+    tunelab does not run on (config.model: is_device), a missing GPU, or a GPU index this machine does not have."""
     if not is_device(device):
-        raise ConfigError(f"option '{option}' is {device!r}; allowed values: {DEVICE_NAMES}.")
+        raise ConfigError(f"{named} is {device!r}; allowed values: {DEVICE_NAMES}.")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     chosen = torch.device(device)
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"option '{option}' is {device}, but no CUDA device is available; use auto or cpu.")
+        raise ModelError(f"{named} is {device}, but no CUDA device is available; use auto or cpu.")
     if chosen.index is not None and chosen.index >= (count := torch.cuda.device_count()):
         raise ConfigError(
-            f"option '{option}' is {device}, but this machine has {counted(count, 'CUDA device')}: cuda:0 to cuda:{count - 1}."
+            f"{named} is {device}, but this machine has {counted(count, 'CUDA device')}: cuda:0 to cuda:{count - 1}."
         )
     return chosen
 

@@ -123,8 +123,8 @@ def check_model_name(model_name: str | None, spelling: Spelling = PYTHON) -> Non
 
 def check_device(device: str, spelling: Spelling = PYTHON) -> None:
     """ConfigError (or ModelError for a missing GPU) for a device the run cannot be served on, named as the caller
-    gave it (--device, or the argument device), before the port is bound and the model loaded."""
-    pick_device(device, "--device" if spelling.flags else "device")
+    gave it (option '--device', or argument 'device'), before the port is bound and the model loaded."""
+    pick_device(device, spelling.option("device"))
 
 
 def base_url(host: str, port: int) -> str:

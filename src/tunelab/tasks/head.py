@@ -220,7 +220,7 @@ def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: s
     trained), or the saved weights of a full or layers run."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    dev = pick_device(device, "--device")
+    dev = pick_device(device, "argument 'device'")  # the CLI checked its --device first
     quantize = info.is_adapter and info.quantize_base == "nf4"
     dt = run_dtype(info, dtype, dev, quantize)
     try:
