@@ -100,3 +100,35 @@ def test_keep_best_forgets_a_best_round_that_is_trained_again(tmp_path):
     _damage(round_folder(tmp_path, 2) / "adapter_model.safetensors")
     state, notes = resume_round(tmp_path, second | {"best": {"round": 1, "eval_loss": 2.0}})
     assert state["best"] == {"round": 1, "eval_loss": 2.0} and not any("train.keep_best" in n for n in notes)
+
+
+def test_a_python_caller_is_told_resume_true_not_the_flag(tmp_path, tiny_model_dir, federate_config, monkeypatch):
+    """A full disk said to "continue with tunelab federate --resume", a federation with no intact round to "drop
+    --resume, give --overwrite", and the notes on rounds that applied nothing named --resume and --overwrite, to a
+    tunelab.federate(...) caller too. Each now names what the caller gives; the command line's still its flags."""
+    from tunelab.config.flags import CLI, PYTHON
+    from tunelab.federated.history import nothing_applied
+    from tunelab.federated.resume import idle_note
+
+    adapter = {"lora_A.weight": torch.ones(2, 3)}
+    save_round(tmp_path, 1, adapter, {"rounds_done": 1})
+    monkeypatch.setattr(checkpoints, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    for spelling, said in (
+        (PYTHON, "continue with tunelab.federate(..., resume=True)."),
+        (CLI, "tunelab federate --resume."),
+    ):
+        with pytest.raises(RunDirError) as caught:
+            save_round(tmp_path, 2, adapter, {"rounds_done": 2}, spelling=spelling)
+        assert str(caught.value).endswith(said)
+    _damage(round_folder(tmp_path, 1) / "adapter_model.safetensors")
+    for spelling, said in (
+        (PYTHON, "(drop resume=True, give overrides['overwrite'] = True)"),
+        (CLI, "(drop --resume, give --overwrite)"),
+    ):
+        with pytest.raises(RunDirError) as caught:
+            checkpoints.resume_round(tmp_path, {"rounds_done": 1}, spelling)
+        assert said in str(caught.value)
+    history = [{"round": 1, "applied": False, "clients": [{"client": "a", "status": "failed"}]}]
+    assert "no update (a: failed). resume=True continues from" in idle_note({"history": history}, PYTHON)[0]
+    assert "(overrides['overwrite'] = True), or resume=True with more" in nothing_applied(history, PYTHON)
+    assert "(--overwrite), or --resume with more" in nothing_applied(history)

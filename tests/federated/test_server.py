@@ -339,7 +339,8 @@ def test_a_federation_stopped_early_is_not_finished(
     info = json.loads((run / "run.json").read_text())
     assert not info["finished"] and info["steps"] == 1 and not info["extra"]["federated"]["complete"]
     said = capsys.readouterr().out  # it said "saved to RUN (2 rounds, ...)" after one
-    assert f"saved to {run} (stopped after round 1 of 2; --resume goes on, " in said and "(2 rounds" not in said
+    # said as the caller resumes: resume=True to Python (load_config's config), --resume to the command line
+    assert f"saved to {run} (stopped after round 1 of 2; resume=True goes on, " in said and "(2 rounds" not in said
     assert "no: stopped after round 1 of 2" in build_report(run).read_text()
     assert read_info(run).steps == 1  # compare, chat and eval open it
 

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("flwr", reason="the federated extra (flwr) is not installed")
 
 import tunelab
+from tunelab.cli import main
 from tunelab.config import load_config
 from tunelab.errors import ConfigError
 from tunelab.federated import rounds
@@ -80,7 +81,7 @@ def test_a_resumed_federation_says_its_time_in_all_and_this_time(
 
 
 def test_a_resume_refuses_other_eval_rows_under_the_same_name(
-    tmp_path, tiny_model_dir, federate_config, rounds_without_clients
+    tmp_path, tiny_model_dir, federate_config, rounds_without_clients, capsys
 ):
     """run.json kept no record of the server's eval rows: a --resume with another data.eval under the same name went
     on, and keep_best compared the new rounds' eval losses with the best of the old rounds' (tunelab train refuses)."""
@@ -92,10 +93,15 @@ def test_a_resume_refuses_other_eval_rows_under_the_same_name(
     eval_file = tmp_path / "server_eval.jsonl"
     eval_file.write_text(eval_file.read_text().replace("Box", "Crate"))
     changed = load_config(config, {"federated.rounds": 4})
-    with pytest.raises(ConfigError, match="--resume needs the eval data the run started with.*server_eval.jsonl"):
+    with pytest.raises(ConfigError, match="resume=True needs the eval data the run started with.*server_eval.jsonl"):
         run_federation(None, changed, 2, ["site0", "site1"], resume=True)
-    with pytest.raises(ConfigError, match="--resume needs the eval data the run started with"):
+    with pytest.raises(ConfigError) as caught:
         tunelab.federate(config, {"federated.rounds": 4}, resume=True)  # before the simulation starts
+    # a Python caller was told "--resume needs the eval data", a flag it never gave
+    assert "resume=True needs the eval data the run started with" in str(caught.value)
+    assert "--resume" not in str(caught.value)
+    assert main(["federate", str(config), "--federated.rounds", "4", "--resume"]) == 2
+    assert "--resume needs the eval data the run started with" in capsys.readouterr().err
     assert json.loads((run / "federated.json").read_text())["rounds_done"] == 3
 
 

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunelab.atomic import ordinary_permissions
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError, counted
 from tunelab.training.checkpoint import file_digest, no_space_message
 from tunelab.training.guard import require_finite
@@ -35,9 +36,17 @@ def round_folder(run_dir: str | Path, round_: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"round-{round_:07d}"
 
 
-def save_round(run_dir: str | Path, round_: int, adapter: dict[str, torch.Tensor], state: dict, keep: int = 2) -> Path:
+def save_round(
+    run_dir: str | Path,
+    round_: int,
+    adapter: dict[str, torch.Tensor],
+    state: dict,
+    keep: int = 2,
+    spelling: Spelling = CLI,
+) -> Path:
     """The global adapter after `round_` and the federation's `state` then, written to a temporary folder and renamed
-    into place; the `keep` newest rounds stay. A full disk leaves the earlier rounds as they were and says so."""
+    into place; the `keep` newest rounds stay. A full disk leaves the earlier rounds as they were and says so, naming
+    how to resume as the caller does (`spelling`)."""
     final = round_folder(run_dir, round_)
     where = f"the checkpoint of round {round_}"
     require_finite(adapter.items(), "the global adapter", where)
@@ -59,7 +68,7 @@ def save_round(run_dir: str | Path, round_: int, adapter: dict[str, torch.Tensor
         needed = sum(t.nbytes for t in adapter.values())
         raise RunDirError(
             f"{no_space_message(where, final.parent, needed)} The earlier rounds' checkpoints are intact; free some "
-            "space, then continue with tunelab federate --resume."
+            f"space, then continue with {'tunelab federate --resume' if spelling.flags else 'tunelab.federate(..., resume=True)'}."
         ) from None
     for old in sorted(final.parent.glob("round-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -98,7 +107,7 @@ def verify_round(folder: Path, round_: int) -> str | None:
     return None
 
 
-def resume_round(run_dir: str | Path, state: dict) -> tuple[dict, list[str]]:
+def resume_round(run_dir: str | Path, state: dict, spelling: Spelling = CLI) -> tuple[dict, list[str]]:
     """The federation state --resume continues from, and notes: federated.json's own when the round it names is
     intact; else that of the newest earlier round whose checkpoint is intact and kept its state, its later rounds to
     be trained again. RunDirError when no round can be resumed from."""
@@ -134,7 +143,7 @@ def resume_round(run_dir: str | Path, state: dict) -> tuple[dict, list[str]]:
     )
     raise RunDirError(
         f"{run_dir}: federated.json says round {done} is done, but its checkpoint {folder}{gone}, and {others}: "
-        "nothing to resume from. Federate it again from the start (drop --resume, give --overwrite)."
+        f"nothing to resume from. Federate it again from the start (drop {spelling.resume}, give {spelling.overwrite})."
     )
 
 

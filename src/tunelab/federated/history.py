@@ -174,7 +174,7 @@ def all_rounds_done(run_dir: str | Path, rounds: int, spelling: Spelling = CLI) 
     )
 
 
-def nothing_applied(history: list[dict]) -> str | None:
+def nothing_applied(history: list[dict], spelling: Spelling = CLI) -> str | None:
     """What to say when no round of the federation applied an update (every one with too few usable client
     updates): its adapter is still the untrained one, which keep_best's 'it is the result' alone does not tell. Each
     client that failed is named with its error, as the round lines (and, in the simulation, the clients' tracebacks,
@@ -187,8 +187,8 @@ def nothing_applied(history: list[dict]) -> str | None:
     return (
         f"none of the {n} round{'' if n == 1 else 's'} applied an update (each had fewer usable client "
         f"updates than federated.min_clients{why}), so the saved adapter is the untrained one and answers as the base "
-        "model does. Fix what the clients failed on and federate again (--overwrite), or --resume with more "
-        "federated.rounds."
+        f"model does. Fix what the clients failed on and federate again ({spelling.overwrite}), or {spelling.resume} "
+        "with more federated.rounds."
     )
 
 

@@ -47,10 +47,10 @@ def check_resume(run_dir: str | Path, cfg: RunConfig, spelling: Spelling = CLI) 
             f"{run_dir}: option 'federated.rounds' is {cfg.federated.rounds}, fewer than the {done} rounds the "
             f"federation has done; ask for at least {done} to resume."
         )
-    resumed, damaged = resume_round(run_dir, state)  # RunDirError when no round's checkpoint is intact
+    resumed, damaged = resume_round(run_dir, state, spelling)  # RunDirError when no round's checkpoint is intact
     # training/resume.py's note for a new length says "the run"; a federation's says what its rounds do
     notes = [rounds_note(note, cfg, resumed) if note.startswith(ROUNDS_CHANGED) else note for note in notes]
-    return notes + damaged + idle_note(state) + _sampling_note(cfg)
+    return notes + damaged + idle_note(state, spelling) + _sampling_note(cfg)
 
 
 ROUNDS_CHANGED = "resume: federated.rounds:"
@@ -89,11 +89,12 @@ def rounds_note(note: str, cfg: RunConfig, state: dict) -> str:
     return f"{change}; the federation continues to {f.rounds} rounds: {rate}"
 
 
-def idle_note(state: dict) -> list[str]:
+def idle_note(state: dict, spelling: Spelling = CLI) -> list[str]:
     """A note when the federation's last rounds applied no update (every client failed, or too few usable updates):
     --resume continues from the global adapter of the last round that applied one, with the same clients and
     settings, so the rounds it runs fail as those did unless what the clients failed on was fixed meanwhile. Said
-    before anything starts, as tunelab train --resume warns of a run its NaN guard stopped."""
+    before anything starts, as tunelab train --resume warns of a run its NaN guard stopped; `spelling`: how the
+    caller names resume."""
     history = state.get("history", [])
     idle = []
     for report in reversed(history):
@@ -116,7 +117,7 @@ def idle_note(state: dict) -> list[str]:
         else f"the global adapter of round {first - 1}"
     )
     return [
-        f"resume: {rounds} of the federation applied no update{why}. --resume continues from {start}, with the same "
+        f"resume: {rounds} of the federation applied no update{why}. {spelling.resume} continues from {start}, with the same "
         "clients and settings: fix what the clients failed on first, or the rounds it runs will fail the same way."
     ]
 
@@ -138,13 +139,14 @@ def _sampling_note(cfg: RunConfig) -> list[str]:
     ]
 
 
-def check_same_eval(run_dir: str | Path, rows: list, source=None) -> None:
+def check_same_eval(run_dir: str | Path, rows: list, source=None, spelling: Spelling = CLI) -> None:
     """ConfigError when the server's eval rows (data.eval as tokenized) differ from those run.json recorded, as
     tunelab train --resume refuses: each round's eval loss, and keep_best's choice among the rounds, would compare
     losses on two eval sets. A run that recorded none (written before they were) is not checked. `source`: the base
     model (models/load.ModelSource); a GGUF base whose run.json records an older tokenizer conversion than today's
-    (`gguf_conversion`) is named as a possible reason, as tunelab train --resume names it."""
+    (`gguf_conversion`) is named as a possible reason, as tunelab train --resume names it. `spelling`: how the caller
+    names resume."""
     info = read_info(run_dir, require_finished=False)
     now = (data_digest(rows), file_digests(rows)) if rows else ("", {})
     split = split_changed(info, source) if source is not None else ""
-    check_same_data(Path(run_dir), info.eval_sha256, now[0], "eval", (info.eval_files, now[1]), split)
+    check_same_data(Path(run_dir), info.eval_sha256, now[0], "eval", (info.eval_files, now[1]), split, spelling)

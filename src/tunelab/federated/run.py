@@ -307,7 +307,7 @@ def shared_eval_notes(clients: list[ClientData], sets: list, eval_data: Datasets
     return notes
 
 
-def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = False) -> None:
+def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = False, spelling: Spelling = CLI) -> None:
     """Read every client's data (`read_clients`) and the server's eval set before anything starts (a bad one found
     by the server only after Ray and the clients started), and say what each client holds; resumed, the server's eval
     rows must be those the run recorded (`check_same_eval`)."""
@@ -321,7 +321,7 @@ def check_clients(cfg: RunConfig, clients: list[ClientData], resume: bool = Fals
             from tunelab.models.load import resolve_source
 
             source = resolve_source(cfg.model.name, cfg.model.revision)
-            check_same_eval(cfg.output_dir, eval_data.train, source)
+            check_same_eval(cfg.output_dir, eval_data.train, source, spelling)
     from tunelab.federated.local import training_examples
 
     for client, data, weight in zip(clients, sets, average_weights(cfg.federated, sets)):
@@ -451,7 +451,7 @@ def federate(
         finished = all_rounds_done(run_dir, cfg.federated.rounds, resolved.spelling) if resume else None
         if finished:  # refused, as tunelab train refuses a finished run, before the simulation engine (Ray) starts
             raise ConfigError(finished)
-        check_clients(cfg, clients, resume)
+        check_clients(cfg, clients, resume, resolved.spelling)
         simulate(resolved, clients, resume)
     finally:
         if held:

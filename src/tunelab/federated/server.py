@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config
+from tunelab.config.flags import CLI
 from tunelab.data.batches import make_batches
 from tunelab.data.templates import resolve_template
 from tunelab.errors import RunDirError, TrainingStopped, counted
@@ -146,9 +147,9 @@ def run_federation(
     if resume:
         if run_dir.is_dir():  # no other process writes the run while this one resumes it (this process's hold is kept)
             hold_lock(run_dir)
-        notes = check_resume(run_dir, cfg)  # the deployment engine's server is the first to check it
+        notes = check_resume(run_dir, cfg, resolved.spelling)  # the deployment engine's server checks it first
         # the round's checkpoint verified: where it was damaged, the state of the last intact round (notes said so)
-        state, _ = resume_round(run_dir, read_state(run_dir))
+        state, _ = resume_round(run_dir, read_state(run_dir), resolved.spelling)
         # as tunelab train --resume: the run an --overwrite moved aside to NAME.previous goes once this one finishes
         plan = OutputPlan(run_dir, replace=False, resume=True)
     else:
@@ -192,7 +193,7 @@ def _run_rounds(
     for note in notes:
         print(note, flush=True)
     if done >= f.rounds:
-        print(all_rounds_done(run_dir, f.rounds), flush=True)
+        print(all_rounds_done(run_dir, f.rounds, resolved.spelling), flush=True)
         _finish(plan)
         return run_dir
 
@@ -204,7 +205,7 @@ def _run_rounds(
     tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     eval_batches, eval_report, eval_rows = _eval_batches(cfg, tokenizer)
     if resume:
-        check_same_eval(run_dir, eval_rows, source)
+        check_same_eval(run_dir, eval_rows, source, resolved.spelling)
     before = _recorded_info(run_dir) if resume else None
     built = build_model(source, cfg.model, cfg.method, resumed=before)  # resumed: auto keeps the run's dtype
     if built.dtype_note:
@@ -329,7 +330,8 @@ def _run_rounds(
         }
         write_info(run_dir, info)
         plot_federation(run_dir)
-        save_round(run_dir, r, adapter_state_dict(model), state)  # with the state, should round r+1's be damaged
+        # with the state, should round r+1's be damaged
+        save_round(run_dir, r, adapter_state_dict(model), state, spelling=resolved.spelling)
         write_state(run_dir, state)  # last: federated.json names the round --resume starts from
         print(_line(report, f.rounds, loss), flush=True)
         return MetricRecord({"eval-loss": loss}) if loss is not None else None
@@ -344,11 +346,13 @@ def _run_rounds(
         print(_kept(state["best"], int(state["rounds_done"]), last_loss[0], state.get("base_eval_loss")), flush=True)
     resumed_after, done = done, int(state["rounds_done"])
     whole = f"{f.rounds} round{'' if f.rounds == 1 else 's'}"
-    rounds = whole if done >= f.rounds else f"stopped after round {done} of {f.rounds}; --resume goes on"
+    rounds = (
+        whole if done >= f.rounds else f"stopped after round {done} of {f.rounds}; {resolved.spelling.resume} goes on"
+    )
     now = time.perf_counter()
     spent = f"{now - started:.0f} s" + (f" in all, {now - began:.0f} s this time" if earlier else "")
     print(f"saved to {run_dir} ({rounds}, {spent})", flush=True)
-    if done >= f.rounds and (untrained := nothing_applied(state["history"])):
+    if done >= f.rounds and (untrained := nothing_applied(state["history"], resolved.spelling)):
         # a failure, as train's guard stop is: exit 3, and the run an --overwrite moved aside is kept (failure_noted)
         raise TrainingStopped(untrained)
     if lost := lost_clients(state["history"], after=resumed_after):
@@ -420,11 +424,12 @@ def _on(batch: dict, device: torch.device) -> dict:
 
 
 def config_from_run_config(run_config: dict) -> ResolvedConfig:
-    """The resolved config the Flower App carries in its run config (deployment engine)."""
+    """The resolved config the Flower App carries in its run config (deployment engine). Its messages name the
+    command's flags (--resume): the federation runs under `flwr run`, not inside a Python caller's call."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "tunelab.yaml"
         path.write_text(str(run_config[RUN_CONFIG_KEY]), encoding="utf-8")
-        return load_config(path)
+        return replace(load_config(path), spelling=CLI)
 
 
 def make_server_app(
