@@ -30,6 +30,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.reasoning import ThoughtReader
 from tunelab.data.render import ControlTokenText, NotText, check_prompt_text
 from tunelab.errors import TunelabError
@@ -39,6 +40,7 @@ from tunelab.server.completions import add_completions_route
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Message, Refused, read_message
 from tunelab.server.replies import (
+    TokenCap,
     choice_seed,
     error,
     error_body,
@@ -224,13 +226,18 @@ def create_app(
     api_key: str | None = None,
     defaults: GenerationSettings | None = None,
     allowed_origins: list[str] | None = None,
+    spelling: Spelling = PYTHON,
 ):
     """The FastAPI application around a loaded run. `defaults` give max_new_tokens and sampling when a request
     does not set them. `allowed_origins`: the web pages whose scripts a browser lets call the server (CORS, "*" for
-    any); none by default, so a page the user visits cannot drive the model on their machine."""
+    any); none by default, so a page the user visits cannot drive the model on their machine. `spelling`: how its
+    errors name the server's own settings (tunelab serve's flags, or the Python arguments)."""
     defaults = defaults or GenerationSettings()
     # a server started with --max-new-tokens above the cap answers that many by default: a request may ask as many
-    token_cap = max(MAX_TOKENS_CAP, defaults.max_new_tokens or 0)
+    token_cap = TokenCap(
+        max(MAX_TOKENS_CAP, defaults.max_new_tokens or 0),
+        "--max-new-tokens" if spelling.flags else "settings.max_new_tokens",
+    )
     app = FastAPI(title="tunelab serve", docs_url=None, redoc_url=None)
 
     @app.exception_handler(RequestValidationError)

@@ -27,6 +27,7 @@ from tunelab.errors import TunelabError
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.replies import (
+    TokenCap,
     choice_seed,
     error,
     error_body,
@@ -134,7 +135,7 @@ def _usage(answers: list[Completion], n: int) -> dict:
     return counts | {"prompt_tokens": prompt, "total_tokens": prompt + counts["completion_tokens"]}
 
 
-def add_completions_route(app, engine: Engine, defaults: GenerationSettings, no_model, token_cap: int) -> None:
+def add_completions_route(app, engine: Engine, defaults: GenerationSettings, no_model, token_cap: TokenCap) -> None:
     """Serve POST /v1/completions on `app` with `engine`; `defaults`: the server's options, as for a chat;
     `no_model(name, param)`: the 404 of a model not served; `token_cap`: the most max_tokens of a model that does
     not state its context length, as for a chat."""

@@ -3,6 +3,8 @@ each of its n answers, and a plain (not streamed) answer read off the engine whi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -70,23 +72,33 @@ async def read_answer(reply: Reply, request: Request) -> Completion | None:
     return done
 
 
-def beyond_token_cap(body, names: tuple[str, ...], token_cap: int):
-    """The 400 of a request whose token limit (its fields `names`) passes `token_cap`, the most a model that does not
-    state its context length may be asked (UNKNOWN_CONTEXT_TOKENS, or the server's --max-new-tokens if larger);
-    None where none does. The caller asks only for such a model."""
-    said = "its --max-new-tokens" if token_cap > UNKNOWN_CONTEXT_TOKENS else "or its --max-new-tokens if larger"
+@dataclass(frozen=True)
+class TokenCap:
+    """The most tokens a request may ask of a model that does not state its context length: UNKNOWN_CONTEXT_TOKENS,
+    or the server's own max_new_tokens if larger; `setting` names that as the server was started with it (tunelab
+    serve's --max-new-tokens, or settings.max_new_tokens from Python)."""
+
+    limit: int
+    setting: str
+
+
+def beyond_token_cap(body, names: tuple[str, ...], token_cap: TokenCap):
+    """The 400 of a request whose token limit (its fields `names`) passes `token_cap`; None where none does. The
+    caller asks only for a model that does not state its context length."""
+    cap, setting = token_cap.limit, token_cap.setting
+    said = f"its {setting}" if cap > UNKNOWN_CONTEXT_TOKENS else f"or its {setting} if larger"
     for name in names:
-        if (getattr(body, name) or 0) > token_cap:
+        if (getattr(body, name) or 0) > cap:
             return error(
                 400,
-                f"{name}: Input should be less than or equal to {token_cap} (this server's limit for a model that "
+                f"{name}: Input should be less than or equal to {cap} (this server's limit for a model that "
                 f"does not state its context length, {said})",
                 param=name,
             )
     return None
 
 
-def refused_first(body, engine: Engine, no_model, unsupported, token_fields: tuple[str, ...], token_cap: int):
+def refused_first(body, engine: Engine, no_model, unsupported, token_fields: tuple[str, ...], token_cap: TokenCap):
     """What every route answers before it reads a request, else None: the 404 of a model not served (`no_model`), the
     400 of the first option the route does not honour (`unsupported(body)`: (option, message) or None), and, for a
     model that does not state its context length, the 400 of a token limit (fields `token_fields`) past `token_cap`."""

@@ -46,7 +46,7 @@ from tunelab.infer.conversation import Untrained
 from tunelab.infer.generate import ContextTooLong, GenerationSettings
 from tunelab.server.engine import Completion, Engine, Reply
 from tunelab.server.messages import Refused
-from tunelab.server.replies import error, read_answer, refused_first, request_settings
+from tunelab.server.replies import TokenCap, error, read_answer, refused_first, request_settings
 from tunelab.server.template_kwargs import template_variables
 
 
@@ -366,7 +366,7 @@ async def _events(reply: Reply, answer: _Answer, request: Request):
         reply.cancel()
 
 
-def add_responses_route(app, engine: Engine, defaults: GenerationSettings, no_model, token_cap: int) -> None:
+def add_responses_route(app, engine: Engine, defaults: GenerationSettings, no_model, token_cap: TokenCap) -> None:
     """Serve POST /v1/responses on `app` with `engine`; `defaults`: the server's options, as for a chat;
     `no_model(name, param)`: the 404 of a model not served; `token_cap`: the most max_output_tokens of a model that
     does not state its context length, as for a chat."""

@@ -171,7 +171,7 @@ def build_app(
         engine = Engine(loaded, model_name)
     else:  # a request may name the directory a link leads to as well
         engine = Engine(loaded, run_name(loaded.run_dir), {loaded.run_dir.resolve().name})
-    return create_app(engine, api_key=api_key, defaults=settings, allowed_origins=allowed_origins)
+    return create_app(engine, api_key=api_key, defaults=settings, allowed_origins=allowed_origins, spelling=spelling)
 
 
 def _server(app, log_level: str):
