@@ -138,6 +138,28 @@ def run_name(run: str | Path) -> str:
     return Path(os.path.abspath(run)).name or Path(run).resolve().name
 
 
+def check_arguments(
+    run: str | Path | LoadedRun,
+    api_key: str | None,
+    model_name: str | None,
+    device: str,
+    base_precision: str,
+    allowed_origins: list[str] | None,
+    spelling: Spelling,
+) -> None:
+    """Every refusal of the server's own arguments, named as `spelling` says, before a port is bound or the model
+    loaded (a refused value must leave no bound port, no half-started server)."""
+    _check_installed()
+    check_api_key(api_key, spelling)
+    check_model_name(model_name, spelling)
+    check_origins(allowed_origins, spelling)
+    check_base_precision(base_precision)
+    if isinstance(run, LoadedRun):
+        opened(run, device, base_precision)  # a device or base_precision other than the run's: refused, not loaded
+    else:
+        check_device(device, spelling)
+
+
 def build_app(
     run: str | Path | LoadedRun,
     api_key: str | None = None,
@@ -151,12 +173,7 @@ def build_app(
     """The FastAPI application for a run (loaded here unless given loaded; `base_precision` as in open_run;
     `allowed_origins`: the web pages whose scripts may call it, see create_app; `spelling`: how errors name the
     options, the Python arguments unless the CLI's flags)."""
-    _check_installed()
-    check_api_key(api_key, spelling)
-    check_model_name(model_name, spelling)
-    check_origins(allowed_origins, spelling)
-    if not isinstance(run, LoadedRun):  # a loaded run says itself how a device differs from its own (opened)
-        check_device(device, spelling)
+    check_arguments(run, api_key, model_name, device, base_precision, allowed_origins, spelling)
     from tunelab.server.app import create_app
     from tunelab.server.engine import Engine
 
@@ -198,13 +215,8 @@ def serve(
     its URL. `api_key` None: $TUNELAB_API_KEY when it is set and not empty, as `tunelab serve` reads it.
     `allowed_origins`: the origins of web pages whose scripts may call the server from a browser (CORS; "*" any).
     `spelling`: how errors name the options: these arguments (port=), or `tunelab serve`'s flags (--port)."""
-    _check_installed()
     api_key = environment_key(api_key)
-    check_api_key(api_key, spelling)
-    check_model_name(model_name, spelling)
-    check_origins(allowed_origins, spelling)
-    check_base_precision(base_precision)
-    check_device(device, spelling)
+    check_arguments(run, api_key, model_name, device, base_precision, allowed_origins, spelling)
     sock = bind(host, port, spelling)
     name = model_name or run_name(run)
     try:
@@ -244,10 +256,10 @@ def start_server(
     allowed_origins: list[str] | None = None,
 ) -> RunningServer:
     """Serve on a background thread (port 0: a free one) and return once it accepts connections. `api_key` None:
-    $TUNELAB_API_KEY when it is set and not empty, as `serve` reads it."""
+    $TUNELAB_API_KEY when it is set and not empty, as `serve` reads it. Its arguments are checked before the port is
+    bound."""
     api_key = environment_key(api_key)
-    check_api_key(api_key)
-    check_model_name(model_name)
+    check_arguments(run, api_key, model_name, device, base_precision, allowed_origins, PYTHON)
     sock = bind(host, port)
     try:
         server = _server(
