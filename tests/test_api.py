@@ -275,7 +275,7 @@ def test_counts_and_ports_out_of_range_are_refused_as_the_cli_refuses_them(tmp_p
         (lambda: tunelab.open_run(run, device=3), r"open_run\(\): argument 'device' must be str, got an int"),
     ]
     if importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn"):
-        cases.append((lambda: tunelab.serve(run, port=70000), r"option '--port' is 70000; allowed: 0 to 65535"))
+        cases.append((lambda: tunelab.serve(run, port=70000), r"argument 'port' is 70000; allowed: 0 to 65535"))
     for call, message in cases:
         with pytest.raises(ConfigError, match=message):
             call()
