@@ -26,6 +26,7 @@ from typing import Any
 
 from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig, stage_config
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.config.load import FlagValues
 from tunelab.data.report import DataReport
 from tunelab.errors import ConfigError, DataError, article, counted, not_text
@@ -546,21 +547,24 @@ def predict(
     device: str = "auto",
     show: bool = False,
     texts_first: bool = False,
+    *,
+    spelling: Spelling = PYTHON,
 ):
     """A classify run's label and label probabilities, or a reward run's score, for the rows of `data`, for `texts`,
     or (reward) for `answers` to `prompt`: the rows of `data` first, then `texts` (`texts_first`: the texts first).
-    With `out` (.csv or .jsonl) the predictions are also written there."""
+    With `out` (.csv or .jsonl) the predictions are also written there. `spelling`: how errors name the arguments
+    (these, or `tunelab predict`'s flags)."""
     from tunelab.infer.predict import check_out, format_predictions, save_predictions
     from tunelab.infer.predict import predict as _predict
 
     _at_least(batch_size, "batch_size", "--batch-size", 1)
     if overwrite and out is None:  # it replaces the --out file; without one, it would be dropped without a word
+        given, out_ = ("--overwrite", "--out") if spelling.flags else ("overwrite=True", "out=")
         raise ConfigError(
-            "--overwrite replaces an existing --out file, and no --out is given; drop --overwrite, or give --out (in "
-            "Python: out=)."
+            f"{given} replaces an existing {out_} file, and no {out_} is given; drop {given}, or give {out_}."
         )
     if out is not None:
-        check_out(out, overwrite, run, data)
+        check_out(out, overwrite, run, data, spelling)
     texts = _texts(texts, "texts", blank=False, flag="TEXT or --text") if texts is not None else None
     answers = _texts(answers, "answers", blank=False, flag="--answer") if answers is not None else None
     prompt = _text(prompt, "prompt", blank=False) if prompt is not None else None

@@ -183,6 +183,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             device=args.device,
             show=True,
             texts_first=texts_before_data(args.texts, argv or []),
+            spelling=CLI,  # errors name the flags typed
         )
         if args.out:
             print(f"written to {args.out}")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunelab.atomic import write_text
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.reasoning import answer_apart
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import is_plain_text, refuse_missing_file
@@ -221,12 +222,19 @@ def format_predictions(predictions: list[Prediction], width: int = 70) -> str:
     return "\n".join(lines)
 
 
-def check_out(path: str | Path, overwrite: bool, run_dir: str | Path, data: str | Path | None = None) -> Path:
+def check_out(
+    path: str | Path,
+    overwrite: bool,
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    spelling: Spelling = PYTHON,
+) -> Path:
     """The predictions file `path`, if it may be written: a .csv or .jsonl, not the input `data` nor a file of the
-    run (even with overwrite: both were replaced by predictions), not replacing another file unless overwrite."""
+    run (even with overwrite: both were replaced by predictions), not replacing another file unless overwrite.
+    `spelling`: how the caller names the option (--out, or the argument out)."""
     path = Path(path)
     if path.suffix not in (".csv", ".jsonl"):
-        raise ConfigError(f"option '--out' is {path}; predictions are written as .csv or .jsonl.")
+        raise ConfigError(f"{spelling.option('out')} is {path}; predictions are written as .csv or .jsonl.")
     check_output_file(path, overwrite, Path(run_dir), "", (data,) if data is not None else ())
     return path
 
