@@ -66,9 +66,10 @@ def save_round(
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise RunDirError(f"{final}: cannot write the round's checkpoint ({exc.strerror or exc}).") from None
         needed = sum(t.nbytes for t in adapter.values())
+        resume = "tunelab federate --resume" if spelling.flags else "tunelab.federate(..., resume=True)"
         raise RunDirError(
             f"{no_space_message(where, final.parent, needed)} The earlier rounds' checkpoints are intact; free some "
-            f"space, then continue with {'tunelab federate --resume' if spelling.flags else 'tunelab.federate(..., resume=True)'}."
+            f"space, then continue with {resume}."
         ) from None
     for old in sorted(final.parent.glob("round-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

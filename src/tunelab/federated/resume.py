@@ -117,8 +117,9 @@ def idle_note(state: dict, spelling: Spelling = CLI) -> list[str]:
         else f"the global adapter of round {first - 1}"
     )
     return [
-        f"resume: {rounds} of the federation applied no update{why}. {spelling.resume} continues from {start}, with the same "
-        "clients and settings: fix what the clients failed on first, or the rounds it runs will fail the same way."
+        f"resume: {rounds} of the federation applied no update{why}. {spelling.resume} continues from {start}, with "
+        "the same clients and settings: fix what the clients failed on first, or the rounds it runs will fail the "
+        "same way."
     ]
 
 
