@@ -472,14 +472,20 @@ def report(run: str | Path, out: str | Path | None = None, overwrite: bool = Fal
 
 @_checked
 def merge(
-    run: str | Path, out: str | Path, overwrite: bool = False, dtype: str | None = None, show: bool = False
+    run: str | Path,
+    out: str | Path,
+    overwrite: bool = False,
+    dtype: str | None = None,
+    show: bool = False,
+    *,
+    spelling: Spelling = PYTHON,
 ) -> Path:
     """The adapter folded into the base weights (a QLoRA base dequantized first), saved as a Hugging Face directory;
     how far the merged model's logits are from the adapter's on a probe is saved in tunelab_merge.json (`show`: and
     printed)."""
     from tunelab.export.merge import merge_run
 
-    return merge_run(run, out, overwrite=overwrite, dtype=dtype, show=show)
+    return merge_run(run, out, overwrite=overwrite, dtype=dtype, show=show, spelling=spelling)
 
 
 def cache_entries():

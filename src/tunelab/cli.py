@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
         return 0
     if args.command == "merge":
-        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype, show=True))
+        print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype, show=True, spelling=CLI))
         return 0
     if args.command == "export":
         path = api.export_gguf(
@@ -203,6 +203,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             check=False if args.no_check else None,
             check_questions=args.check_questions,
             show=True,
+            spelling=CLI,  # errors name the flags typed
         )
         from tunelab.export.card import gguf_card_path
         from tunelab.export.check import saved_verdict

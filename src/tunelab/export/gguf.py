@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from tunelab.atomic import check_can_write, require_space, write_text, writing
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.config.run import RunConfig
 from tunelab.errors import ConfigError, ModelError, RunDirError
 from tunelab.export.card import card_head, gguf_card, gguf_card_path, shared_name
@@ -415,6 +416,8 @@ def export_gguf(
     check: bool | None = None,
     check_questions: int | None = None,
     show: bool = False,
+    *,
+    spelling: Spelling = PYTHON,
 ) -> Path:
     """A GGUF file of the merged model (f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k: QTYPES) and an Ollama
     `NAME.Modelfile` beside it (modelfile_path); both are written under temporary names and renamed into place. Then
@@ -423,7 +426,8 @@ def export_gguf(
     check: None runs the self-check (export/check.py) when llama.cpp imports, True requires it, False skips it; its
     verdict is written to NAME.check.json beside the file (and printed when `show`; a FAIL is said on stderr even
     without `show`). check_questions: how many questions the self-check asks both models (default 8); refused with
-    check=False, which asks none."""
+    check=False, which asks none. `spelling`: how refusals of the output name it and overwrite (tunelab export's
+    --gguf and --overwrite, or the arguments)."""
     from tunelab.export import llama_cpp
 
     run_dir, out = Path(run), Path(out)
@@ -454,7 +458,7 @@ def export_gguf(
     modelfile = modelfile_path(out)
     card = gguf_card_path(out)
     for target in (out, modelfile, check_path(out), card):
-        check_output(target, run_dir, overwrite, "--gguf", never=_not_an_export(out))
+        check_output(target, run_dir, overwrite, "--gguf", never=_not_an_export(out), spelling=spelling)
     check_can_write(out)  # a read-only place: said before the merge and the conversion, not after them
     shapes = shapes_only(run_dir)
     if shapes is not None:  # an unsupported model, and a disk without room, before the merge

@@ -33,6 +33,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from tunelab.atomic import check_can_write, require_space, scratch_folder, write_failed, write_json
+from tunelab.config.flags import CLI, PYTHON, Spelling
 from tunelab.data.render import render_prompt
 from tunelab.data.templates import Template, trained_chat_template
 from tunelab.errors import ConfigError, RunDirError
@@ -175,58 +176,62 @@ def answer_as_evaluated(gen: GenerationConfig, stops: list[int], pad: int | None
 
 
 def check_output(
-    out: Path, run_dir: Path, overwrite: bool, option: str = "--out", never: Callable[[Path], str | None] | None = None
+    out: Path,
+    run_dir: Path,
+    overwrite: bool,
+    option: str = "--out",
+    never: Callable[[Path], str | None] | None = None,
+    spelling: Spelling = CLI,
 ) -> None:
     """Refuse to write into or over the run itself, another run directory or the base model the run trained over
     (even with overwrite: the run could never be opened as it trained again, and `train --overwrite` of a run would
     delete what was written into it), or over something that exists (unless overwrite). `option` names the output in
     the messages; `never` says why an existing `out` is of a kind the command does not replace even with overwrite
-    (None where it would), asked before --overwrite is suggested."""
+    (None where it would), asked before --overwrite is suggested. `spelling`: how the caller names them, `option`
+    and --overwrite, or the Python arguments out and overwrite=True."""
+    named = f"{option} {out}" if spelling.flags else f"argument 'out' ({out})"
+    forced = "--overwrite" if spelling.flags else "overwrite=True"
     above = next((f for f in out.parents if f.exists()), None)  # a file where a folder of the path should be
     if above is not None and not above.is_dir():
-        raise RunDirError(f"{option} {out}: {above} is a file, not a folder, so nothing can be written under it.")
+        raise RunDirError(f"{named}: {above} is a file, not a folder, so nothing can be written under it.")
     out_r, run_r = out.resolve(), run_dir.resolve()
     if run_r.is_relative_to(out_r):
-        raise RunDirError(
-            f"{option} {out}: the output would replace the run directory {run_dir}; choose another output path."
-        )
+        raise RunDirError(f"{named}: the output would replace the run directory {run_dir}; choose another output path.")
     if out_r.is_relative_to(run_r):
         raise RunDirError(
-            f"{option} {out}: is inside the run directory {run_dir}, whose files the run's commands read and which "
+            f"{named}: is inside the run directory {run_dir}, whose files the run's commands read and which "
             "'tunelab train --overwrite' replaces whole; write it outside the run (e.g. beside it)."
         )
     holder = next((f for f in (out_r, *out_r.parents) if is_run_dir(f)), None)
     if holder is not None:  # another run's folder: its train --overwrite would delete the output with it
         raise RunDirError(
-            f"{option} {out}: is {'' if holder == out_r else 'inside '}the run directory {holder} (it holds tunelab's "
+            f"{named}: is {'' if holder == out_r else 'inside '}the run directory {holder} (it holds tunelab's "
             f"{RUN_FILE}), which 'tunelab train --overwrite' of that run replaces whole; write it outside every run "
             "directory (e.g. beside them)."
         )
     for what, model in models_of(run_dir):  # the base, every stage's, the adapter a config started from
         if model.is_relative_to(out_r):
             raise RunDirError(
-                f"{option} {out}: the output would replace {model}, {what}, which the run needs as it was (its "
+                f"{named}: the output would replace {model}, {what}, which the run needs as it was (its "
                 "adapter and every later command of the run open it); choose another output path."
             )
         if model.is_dir() and out_r.is_relative_to(model):
             raise RunDirError(
-                f"{option} {out}: is inside {model}, the folder of {what}, which the run needs as it was; write it "
-                "elsewhere."
+                f"{named}: is inside {model}, the folder of {what}, which the run needs as it was; write it elsewhere."
             )
     for what, data in data_of(run_dir):  # as eval and predict refuse: the next training would read it as data
         if out_r == data or out_r.is_relative_to(data):
             raise RunDirError(
-                f"{option} {out}: is where {what} of the run's config reads its data, so the next training would "
-                "read it as data (or lose it); --overwrite never replaces data. Write it elsewhere."
+                f"{named}: is where {what} of the run's config reads its data, so the next training would "
+                "read it as data (or lose it); {forced} never replaces data. Write it elsewhere."
             )
         if data.is_relative_to(out_r):
             raise RunDirError(
-                f"{option} {out}: the output would replace {data}, {what} of the run's config; choose another "
-                "output path."
+                f"{named}: the output would replace {data}, {what} of the run's config; choose another output path."
             )
     if out.exists() and not (out.is_file() or out.is_dir()):  # replaced whole: /dev/null would become a model
         raise RunDirError(
-            f"{option} {out}: is not a regular file or folder (a device, pipe or socket), which the output would "
+            f"{named}: is not a regular file or folder (a device, pipe or socket), which the output would "
             "replace; choose another output path."
         )
     refusal = never(out) if never is not None and out.exists() else None
@@ -235,8 +240,7 @@ def check_output(
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
         if not overwrite:
             raise RunDirError(
-                f"{option} {out}: exists and is not empty. Pass --overwrite to replace it, or choose another output "
-                "path."
+                f"{named}: exists and is not empty. Pass {forced} to replace it, or choose another output path."
             )
 
 
@@ -331,25 +335,28 @@ def merge_run(
     overwrite: bool = False,
     dtype: str | torch.dtype | None = None,
     show: bool = False,
+    spelling: Spelling = PYTHON,
 ) -> Path:
     """Write the run's model as one Hugging Face directory (safetensors, config, generation config, tokenizer with
     chat template) that `AutoModelForCausalLM.from_pretrained(out_dir)` loads. Returns out_dir.
 
     dtype: fp32, bf16 or fp16; None keeps the dtype the weights were saved in. Written to a scratch folder beside
     out_dir and renamed into place, so out_dir is never left half written; files and folders get the permissions
-    the user's umask gives (not the 0700/0600 of temporary files). `show` prints the merge check (`MergeCheck`)."""
+    the user's umask gives (not the 0700/0600 of temporary files). `show` prints the merge check (`MergeCheck`).
+    `spelling`: how refusals name out and overwrite (tunelab merge's --out and --overwrite, or the arguments)."""
     run_dir, out = Path(run_dir), Path(out_dir)
     check_run(run_dir)
     if out.name in ("", ".."):  # '.', '..': the folder itself, whose scratch folder is built beside it
         out = out.resolve()
     here, target = Path.cwd().resolve(), out.resolve()
     if here.is_relative_to(target):
+        out_, example = ("--out", "--out merged") if spelling.flags else ("out", "out='merged'")
         raise RunDirError(
             f"{out_dir}: is the folder this command runs in{'' if here == target else ', or holds it'}; "
-            "the merge puts a new folder in place of its --out, which would pull the folder from under this shell. "
-            "Name a new folder (e.g. --out merged)."
+            f"the merge puts a new folder in place of its {out_}, which would pull the folder from under this shell. "
+            f"Name a new folder (e.g. {example})."
         )
-    check_output(out, run_dir, overwrite, never=_not_a_merge)
+    check_output(out, run_dir, overwrite, never=_not_a_merge, spelling=spelling)
     check_can_write(out)  # a read-only place: said before the merge, not after it
     out_dtype = parse_dtype(dtype) or stored_dtype(run_dir, check_run(run_dir))
     shapes = shapes_only(run_dir)
