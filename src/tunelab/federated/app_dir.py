@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tunelab.atomic import write_text
 from tunelab.config import ClientSource, FederatedConfig, ResolvedConfig, dump_yaml
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError, counted
 from tunelab.federated.hostpaths import server_paths
 from tunelab.rundir import is_run_dir
@@ -50,15 +51,21 @@ clientapp = "tunelab.federated.app:client_app"
 """
 
 
-def _refuse_app_in_a_run(app_dir: Path, output_dir: Path) -> None:
+def _app_dir_named(app_dir: Path, spelling: Spelling) -> str:
+    """The app folder as the caller gave it: --app-dir DIR, or argument 'app_dir' (DIR) in Python."""
+    return f"--app-dir {app_dir}" if spelling.flags else f"argument 'app_dir' ({app_dir})"
+
+
+def _refuse_app_in_a_run(app_dir: Path, output_dir: Path, spelling: Spelling = CLI) -> None:
     """RunDirError when the app folder is, or lies inside, the run's output_dir or another run directory: the server
     then refused a folder that held the app, or (with --overwrite) moved it aside with the run and deleted it."""
     target = app_dir.resolve()
     holder = next((f for f in (target, *target.parents) if f == output_dir.resolve() or is_run_dir(f)), None)
     if holder is not None:
         raise RunDirError(
-            f"--app-dir {app_dir}: is {'' if holder == target else 'inside '}the run directory {holder}, which the "
-            "federation writes and --overwrite replaces whole; write the app to a folder of its own, outside it."
+            f"{_app_dir_named(app_dir, spelling)}: is {'' if holder == target else 'inside '}the run directory "
+            f"{holder}, which the federation writes and {spelling.overwrite} replaces whole; write the app to a "
+            "folder of its own, outside it."
         )
 
 
@@ -94,14 +101,16 @@ def write_flower_app(app_dir: str | Path, resolved: ResolvedConfig, resume: bool
     from tunelab.federated.server import RESUME_KEY, RUN_CONFIG_KEY
 
     app_dir = Path(app_dir)
-    _refuse_app_in_a_run(app_dir, Path(resolved.config.output_dir))
+    spelling = resolved.spelling
+    _refuse_app_in_a_run(app_dir, Path(resolved.config.output_dir), spelling)
     toml = app_dir / "pyproject.toml"
+    another = "--app-dir" if spelling.flags else "app_dir"
     if toml.exists() and not overwrite:
-        raise RunDirError(f"{toml} exists. Pass --overwrite to replace it, or choose another --app-dir.")
+        raise RunDirError(f"{toml} exists. Pass {spelling.overwrite} to replace it, or choose another {another}.")
     if toml.is_file() and f'name = "{APP_NAME}"' not in toml.read_text(encoding="utf-8", errors="replace"):
         raise RunDirError(  # --overwrite replaces an app this wrote, never a project's own pyproject.toml
-            f'{toml} is not a Flower App tunelab wrote (no name = "{APP_NAME}"), so --overwrite will not replace '
-            "it. Choose another --app-dir, e.g. a new folder."
+            f'{toml} is not a Flower App tunelab wrote (no name = "{APP_NAME}"), so {spelling.overwrite} will not '
+            f"replace it. Choose another {another}, e.g. a new folder."
         )
     app_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolved.config
