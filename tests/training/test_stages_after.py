@@ -232,3 +232,23 @@ def test_a_save_cut_short_in_a_later_stage_says_so(staged, monkeypatch):
         train(None, staged)
     assert caught.value.at.startswith("stage 2 of 2 (second), its step 2 of 2, while saving the result, which was cut")
     assert caught.value.exit_code == 130
+
+
+def test_a_cell_between_stages_of_two_tasks_says_why_it_is_empty(tmp_path):
+    """An sft stage then a dpo stage printed `-` under `on sft` for the dpo stage's model, as an evaluation that
+    failed would, while the README said every earlier stage's eval data is scored. A stage scores only the eval data
+    of its own task: the table says so below it, and the report's forgetting section too."""
+    run = tmp_path / "run"
+    _stage(run, 1, "sft", 2.5)
+    _stage(run, 2, "dpo", 0.69)
+    matrix, measures = forgetting(run, 2)
+    assert matrix == [[2.5], [None, 0.69]]
+    text = format_forgetting(["sft", "pref"], matrix, measures, tasks=["sft", "dpo"])
+    assert "-: not measured: after pref (task dpo) on sft (task sft)" in text, text
+    same = format_forgetting(["a", "b"], [[2.5], [None, 0.69]], measures, tasks=["sft", "sft"])
+    assert "not measured" not in same
+    stages = [{"name": "sft", "task": "sft"}, {"name": "pref", "task": "dpo"}]
+    data = {"extra": {"stages": stages, "forgetting": {"stages": ["sft", "pref"], "matrix": matrix}}}
+    data["extra"]["forgetting"]["measures"] = measures
+    page = stages_section(Input("run.json", data))
+    assert "Not measured (–): after pref (task dpo) on sft (task sft)" in page, page

@@ -11,6 +11,7 @@ from tunelab.eval.report_html import esc, fmt, kv_table
 from tunelab.eval.report_inputs import Input
 from tunelab.eval.report_plots import histogram_plot
 from tunelab.rundir import federation_stopped
+from tunelab.training.stages import unmeasured
 
 
 def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
@@ -201,6 +202,11 @@ def stages_section(run: Input) -> str | None:
             "negated (the run was written before run.json said so), which rises as it falls"
             if any(negated)
             else ""
+        )
+        + "".join(
+            f". Not measured (–): {esc(c)}: a stage scores only the eval data of its own task"
+            for c in ["; ".join(unmeasured(names, matrix, [str(s.get("task")) for s in stages]))]
+            if c
         )
         + ". The Data section below is the last stage's; each stage-K folder holds its own.</p>"
         f'<table class="forgetting"><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>'

@@ -294,9 +294,27 @@ def stage_record(info: RunInfo) -> dict:
     return record
 
 
-def format_forgetting(names: list[str], matrix: list[list[float | None]], measures: list[str]) -> str:
+def unmeasured(names: list[str], matrix: list[list[float | None]], tasks: list[str] | None) -> list[str]:
+    """The empty cells of the matrix whose row's stage is of another task than the column's (a stage scores only the
+    eval data of its own task: a dpo model is not given an sft stage's eval loss), as `after X (task t) on Y (task u)`,
+    for a column that has eval data."""
+    if not tasks:
+        return []
+    have = [any(j < len(row) and row[j] is not None for row in matrix) for j in range(len(names))]
+    return [
+        f"after {names[k]} (task {tasks[k]}) on {names[j]} (task {tasks[j]})"
+        for k, row in enumerate(matrix)
+        for j, v in enumerate(row)
+        if v is None and have[j] and k < len(tasks) and j < len(tasks) and tasks[k] != tasks[j]
+    ]
+
+
+def format_forgetting(
+    names: list[str], matrix: list[list[float | None]], measures: list[str], tasks: list[str] | None = None
+) -> str:
     """The matrix as a table: a row per stage's result, a column per stage's eval data (a reward column marked); a
-    line saying why there is none when no stage had eval data (a table of dashes alone said nothing)."""
+    line saying why there is none when no stage had eval data (a table of dashes alone said nothing), and one naming
+    the cells left empty because their two stages have different tasks."""
     if all(v is None for row in matrix for v in row):
         return (
             "no forgetting matrix: no stage has eval data (give a stage data.eval or data.eval_fraction to see what "
@@ -314,6 +332,9 @@ def format_forgetting(names: list[str], matrix: list[list[float | None]], measur
     title = "eval loss after each stage (rows) on each stage's eval data (columns)"
     if REWARD in measures:  # higher is better there: forgetting is a reward that falls down the column
         title += "; a grpo stage's column (reward) holds the mean reward of greedy answers, higher is better"
+    other = unmeasured(names, matrix, tasks)
+    if other:
+        rows.append("-: not measured: " + "; ".join(other) + ": a stage scores only the eval data of its own task")
     return "\n".join([title + ":", head, *rows])
 
 
@@ -428,7 +449,7 @@ def train_stages(
         whole_run(info, each)
         _stage_verdict(info, len(plans), names[-1], sum(i.steps for i in each[:-1]))
         write_info(run_dir, info)
-        print(format_forgetting(names, matrix, measures), flush=True)
+        print(format_forgetting(names, matrix, measures, [plan.config.task for plan in plans]), flush=True)
         print(
             f"saved to {run_dir}: the last stage's result ({counted(info.steps, 'step')} in {len(plans)} stages, {info.tokens:,} tokens, "
             f"{info.elapsed_s:.0f} s)",
