@@ -227,3 +227,17 @@ def test_predict_says_a_txt_file_of_several_lines_is_one_input(tiny_model_dir, t
     assert f"note: {several} is one input of 3 lines: a .txt file is one text" in capsys.readouterr().err
     assert len(predict(run, data=str(one), device="cpu")) == 1
     assert "note:" not in capsys.readouterr().err
+
+
+def test_the_majority_baseline_of_labels_that_tie_says_they_tie(tiny_model_dir, tmp_path, label_file):
+    """A run trained on as many rows of each label (examples/intents: 80 each) was scored beside `majority class
+    (auto_and_commute)`, as if that label were the most frequent; it was only the first name of a tie. The baseline
+    says the labels tie now; one label more frequent than the others is named alone."""
+    run = recipe.train(None, head_overrides(tiny_model_dir, tmp_path, "classify", label_file)).run_dir
+    tied = evaluate_head_run(run, label_file, "cpu").baseline_name
+    assert tied == "majority class (neg, first by name of 3 tied at 8 rows)", tied
+    rows = [json.loads(line) for line in open(label_file)] + [{"prompt": "great number 99", "label": "pos"}]
+    more = write_rows(tmp_path / "more.jsonl", rows)
+    over = head_overrides(tiny_model_dir, tmp_path, "classify", more, output_dir=str(tmp_path / "more-run"))
+    run = recipe.train(None, over).run_dir
+    assert evaluate_head_run(run, label_file, "cpu").baseline_name == "majority class (pos)"

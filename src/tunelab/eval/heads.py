@@ -144,11 +144,21 @@ def _classify(run: HeadRun, data_file: str, batch_size: int) -> dict:
         "truncated": cut,
         "tuned": label_scores(expected, predicted, labels).to_dict() | losses,
         "baseline": label_scores(expected, [majority] * len(expected), labels).to_dict(),
-        "baseline_name": f"majority class ({majority})",
+        "baseline_name": _majority_name(majority, counts),
         "skipped": _skips(report),
         "respelt": {w: {"label": e, "rows": n} for (w, e), n in respelt.items()},
         "rows": table[:SHOWN_ROWS],
     }
+
+
+def _majority_name(majority: str, counts: dict) -> str:
+    """The baseline's name: the most frequent training label, and where several share its count, that they tie (the
+    first by name is the baseline; naming it alone read as the most frequent of all)."""
+    top = counts.get(majority, 0)
+    tie = sum(1 for n in counts.values() if n == top)
+    if not counts or tie < 2:
+        return f"majority class ({majority})"
+    return f"majority class ({majority}, first by name of {tie} tied at {top} rows)"
 
 
 def _losses(logits: torch.Tensor, targets: torch.Tensor, expected: list[str], weights: dict | None) -> dict:
