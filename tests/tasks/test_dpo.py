@@ -468,3 +468,16 @@ def test_a_run_of_a_fraction_of_an_epoch_computes_the_reference_of_the_pairs_it_
     held = [any(row.reference is not None for row in data.train[i : i + 2]) for i in range(0, 12, 2)]
     assert not data.eval and len(calls) == sum(held) < 6
     assert 4 <= sum(row.reference is not None for row in data.train) < 12
+
+
+@pytest.mark.parametrize("method", ["full", "layers"])
+def test_a_full_or_layers_run_names_its_starting_weights_as_the_reference(tiny_model_dir, pair_file, method, capsys):
+    """A dpo run of method full or layers has no adapter: its reference is the weights it starts from. The line at
+    start said `(the base, adapters off)` all the same."""
+    over = {"method.name": method, "model.device": "cpu", "train.micro_batch": 4}
+    over |= {"method.top_layers": 1} if method == "layers" else {}
+    cfg, _, data = _data(tiny_model_dir, pair_file, **over)
+    built = build_model(resolve_source(str(tiny_model_dir)), cfg.model, cfg.method)
+    get_task("dpo", cfg).prepare(built, data, cfg)
+    printed = capsys.readouterr().out
+    assert "adapters off" not in printed and "(the starting weights, before the first update)" in printed, printed

@@ -221,6 +221,8 @@ def make_task(cfg: DpoConfig) -> Task:
         # continuing an adapter (model.adapter, a stage's continue: adapter): the model as it starts, the adapter on
         starting = bool(run.model.adapter) and run.method.is_adapter
         which = f"the model it starts from: the base with {run.model.adapter}" if starting else "the base, adapters off"
+        if not run.method.is_adapter:  # full or layers: no adapter to switch off; the weights before any update
+            which = "the starting weights, before the first update"
         reached = reached_rows(data, run)
         needed = None if reached is None else reached + data.eval
         t = run.train
