@@ -104,3 +104,18 @@ def test_intents_cross_validation_folds_are_disjoint_label_balanced_and_seeded()
     assert all(not Path(s["+rows"]).is_absolute() for s in sweep.SETTINGS.values() if "+rows" in s)
     more = (EXAMPLES / "intents" / "train_more.jsonl").read_text().splitlines(keepends=True)
     assert not set(more) & set(rows)
+
+
+def test_hh_reward_readme_counts_the_test_pairs_eval_skips(tmp_path, smollm2_tokenizer):
+    """`tunelab eval` of a reward run skips the pairs training would skip as longer than data.max_length (as the main
+    README says); the example's README said all 200 test pairs were scored, 188 of them cut to their last 160 tokens.
+    Its count of the pairs eval scores and skips is the one the run's data rule gives."""
+    _prepare("hh_reward", HH, tmp_path)
+    over = {"data.train": [str(tmp_path / "test.jsonl")], "data.eval_fraction": 0.0}
+    cfg = load_config(EXAMPLES / "hh_reward" / "config.yaml", over).config
+    data = get_task("reward").build_data(cfg, smollm2_tokenizer, cfg.train.seed)
+    scored, skipped = len(data.train), data.report.total_skipped
+    assert scored + skipped == 200
+    text = " ".join((EXAMPLES / "hh_reward" / "README.md").read_text(encoding="utf-8").split())
+    assert f"scores {scored} of the 200 test pairs and skips the other {skipped}" in text, (scored, skipped)
+    assert "188 of the 200 test pairs" not in text
