@@ -245,3 +245,14 @@ def test_the_preview_names_a_json_array_row_by_its_index(task, tiny_model_dir, t
     assert main(["check", *cli_flags(over), "--data-only"]) == 0
     out = capsys.readouterr().out
     assert f"  {data}[0]: " in out and f"{data}:0" not in out
+
+
+def test_the_pairs_item_splits_the_pairs_used_into_training_and_eval(tiny_model_dir, tmp_path, capsys, cli_flags):
+    """examples/hh_reward: 'pairs: 907 pairs used', where training uses 860 and the eval split 47; a user reading it
+    as the training set's size counted 47 pairs too many. With an eval split the item says how the pairs divide."""
+    rows = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}.", "rejected": "No idea."} for i in range(8)]
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    over = _over(tiny_model_dir, tmp_path, "dpo", data, **{"data.eval_fraction": 0.25})
+    main(["check", *cli_flags(over), "--data-only"])
+    out = capsys.readouterr().out
+    assert "pairs: 8 pairs used (6 training, 2 eval); none skipped" in out, out

@@ -104,7 +104,8 @@ def pair_items(inputs: Inputs) -> list[CheckItem]:
     status = "warn" if skipped else "pass"
     long, _ = _skips(inputs, lambda reason: reason.startswith("longer than max_length"))
     other = " other" if long else ""
-    summary = f"{used} pairs used" + (f"; {skipped}{other} skipped" if skipped else f"; none{other} skipped")
+    split = f" ({report.train.used} training, {report.eval.used} eval)" if report.eval.used else ""
+    summary = f"{used} pairs used{split}" + (f"; {skipped}{other} skipped" if skipped else f"; none{other} skipped")
     summary += f" ({long} too long: see lengths)" if long else ""
     return [CheckItem("pairs", status, summary, details)]
 
