@@ -284,3 +284,11 @@ def test_a_grpo_result_kept_from_step_0_is_called_the_untrained_adapter():
     assert slight.kind != "overfit" and slight.text.endswith("training did not improve the held-out reward.")
     trained = judge_metrics(_grpo_records(learnt, [(0, 0.404), (24, 0.6)]), 100, 0.24, 2e-3, 24, best_kept=24)
     assert "untrained" not in trained.text
+
+
+def test_a_pass_shorter_than_a_verdict_is_not_told_a_longer_one_is_a_pass():
+    """train.max_steps 2 over 20 grpo prompts at 4 a step: '(5 steps a pass) ... Set train.max_steps: 6 for one full
+    pass', a pass of 5 steps called 6. A pass under the 6 logged steps a verdict needs is told as both figures."""
+    v = _judge([0.4, 0.3], spe=5, epochs=2 / 5, max_steps=2)
+    assert "(5 steps a pass)" in v.text and "train.max_steps: 6 for one full pass" not in v.text, v.text
+    assert "Set train.max_steps: 5 for one full pass, 6 or more for a verdict." in v.text, v.text

@@ -139,7 +139,8 @@ def _too_short(
         enough = f"The run made {last_step} steps: set train.log_every: 1 to log each of them."
     elif max_steps:
         enough = (
-            f"Set train.max_steps: {max(MIN_JUDGED, steps_per_epoch)} for one full pass."
+            f"Set train.max_steps: {steps_per_epoch} for one full pass"
+            + ("." if steps_per_epoch >= MIN_JUDGED else f", {MIN_JUDGED} or more for a verdict.")
             if unseen
             else f"Set train.max_steps: {MIN_JUDGED} or more for a verdict."
         )
