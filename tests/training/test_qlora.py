@@ -12,8 +12,12 @@ from tunelab.quant.linear import NF4Linear
 from tunelab.training.build import build_model
 
 
-def test_qlora_trains_and_saves_a_peft_adapter(tiny_overrides):
+def test_qlora_trains_and_saves_a_peft_adapter(tiny_overrides, capsys):
+    """The model line at start said `(fast path, torch.float32, cpu)` of a base held in NF4, as of a 32-bit one: it
+    names the NF4 base now."""
     result = recipe.train(None, tiny_overrides | {"method.quantize_base": "nf4", "train.max_steps": 4})
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("model: "))
+    assert "torch.float32 compute, base in NF4" in line, line
     losses = [
         json.loads(line)["loss"]
         for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()

@@ -422,8 +422,9 @@ def _describe_model(
     cfg: RunConfig, built: BuiltModel, untrained: UntrainedReport, auto: AutoPlan, memory: MemoryPlan | None
 ) -> None:
     """The model loaded, its trainable share, its repaired token rows, the auto values and the memory notes."""
+    nf4 = " compute, base in NF4" if cfg.method.quantize_base == "nf4" else ""  # QLoRA: the frozen weights are 4-bit
     print(
-        f"model: {cfg.model.name} ({built.impl} path, {built.dtype}, {built.device}); trainable parameters "
+        f"model: {cfg.model.name} ({built.impl} path, {built.dtype}{nf4}, {built.device}); trainable parameters "
         f"{built.trainable:,} of {built.total:,} ({100 * built.trainable / built.total:.2f}%)",
         flush=True,
     )
