@@ -183,3 +183,20 @@ def test_every_option_is_in_the_readme():
         o for o, _, _ in iter_options() if o not in named | near and not re.search(rf"\b{re.escape(o)}\b", README)
     ]
     assert not missing, f"options the README does not name: {missing}"
+
+
+def test_the_reward_table_names_every_form_of_function_the_examples_use():
+    """The grpo reward table said a `function` reward is a `module:function` importable from the working directory;
+    examples/arithmetic_grpo names `rewards.py:closeness`, a file relative to its config, which the table left out."""
+    row = next(line for line in README.splitlines() if line.startswith("| `function` |"))
+    shipped = Path(__file__).resolve().parents[1] / "examples"
+    specs = [
+        r["function"]
+        for config in shipped.glob("*/config*.yaml")
+        for r in (yaml.safe_load(config.read_text()).get("grpo") or {}).get("rewards") or []
+        if isinstance(r, dict) and r.get("kind") == "function"
+    ]
+    assert specs, "no shipped example has a function reward"
+    for spec in specs:
+        form = "`file.py:function`" if spec.rpartition(":")[0].endswith(".py") else "`module:function`"
+        assert form in row, (spec, form)
