@@ -97,3 +97,12 @@ def test_a_split_seed_without_a_split_is_noted():
         "note: data.split_seed (3) is not used without data.eval_fraction (it seeds that split)"
     ]
     assert notes(load_config(None, {"data.split_seed": 3, "data.eval_fraction": 0.1})) == []
+
+
+def test_use_dora_false_beside_dora_is_noted():
+    """`method.name: dora` with `method.use_dora: false` trained DoRA adapters without a word (use_dora true there is
+    refused); the false one is no option method dora reads, and is noted as such."""
+    assert notes(load_config(None, {"method.name": "dora", "method.use_dora": False})) == [
+        "note: method.use_dora (False) is not used by method dora"
+    ]
+    assert notes(load_config(None, {"method.name": "lora", "method.use_dora": True})) == []

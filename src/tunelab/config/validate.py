@@ -128,6 +128,7 @@ METHOD_OPTIONS = {
     "dropout": ("lora", "dora"),
     "target_modules": ("lora", "dora"),
     "rslora": ("lora", "dora"),
+    "use_dora": ("lora",),  # method dora is DoRA whatever it says (true beside it is refused: validate)
     "top_layers": ("layers",),
 }
 
