@@ -571,3 +571,15 @@ def test_the_loss_caption_names_only_the_curves_drawn(monkeypatch, records, capt
     monkeypatch.setattr(plots, "curve_plot", lambda series, ylabel, text, **k: captions.append(text) or "")
     plots.training_plots(records, ["dpo"])
     assert captions[0].startswith(caption) and (" and " in captions[0]) == (" and " in caption)
+
+
+def test_the_run_summary_names_a_qlora_runs_nf4_base():
+    """The report's Run table said `method lora` of a QLoRA run, as of a 16- or 32-bit base; run.json records the NF4
+    base, and the method row says it now."""
+    from tunelab.eval.report_inputs import Input
+    from tunelab.eval.report_run import run_summary
+
+    base = {"base_model": "tiny", "task": "sft", "method": "lora", "finished": True, "steps": 2}
+    qlora = run_summary(Input("run.json", base | {"quantize_base": "nf4"}))
+    assert "lora, base in NF4 (QLoRA)" in qlora, qlora
+    assert "NF4" not in run_summary(Input("run.json", base | {"quantize_base": "none"}))

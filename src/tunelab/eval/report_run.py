@@ -63,7 +63,10 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
         [
             ("base model", d.get("base_model")),
             ("task", d.get("task")),
-            ("method", d.get("method")),
+            (
+                "method",
+                f"{d.get('method')}, base in NF4 (QLoRA)" if d.get("quantize_base") == "nf4" else d.get("method"),
+            ),
             ("implementation", d.get("impl")),
             ("template", d.get("template")),
             ("system prompt", d.get("system_prompt")),
