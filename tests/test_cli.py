@@ -470,3 +470,21 @@ def test_generate_system_none_asks_for_no_system_prompt(monkeypatch, capsys):
     assert main(["generate", "runs/a", "Hi"]) == 0
     assert asked == [False, False, False, "Be brief.", None]
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "argv, field, value",
+    [
+        (["predict", "runs/spam", "--device", "cpu", "WINNER!", "see you"], "texts", ["WINNER!", "see you"]),
+        (["predict", "runs/spam", "--text", "a", "b"], "texts", ["b"]),
+        (["generate", "runs/faq", "--max-new-tokens", "8", "Where is your office?"], "text", "Where is your office?"),
+    ],
+)
+def test_texts_after_an_option_are_the_commands_texts(argv, field, value):
+    """`tunelab predict RUN --device cpu "text"` stopped with argparse's `unrecognized arguments: text`, exit 2: the
+    texts after an option were no longer read as the command's TEXT (nor generate's PROMPT). They are now, wherever
+    they stand."""
+    from tunelab.cli_parser import build_parser, parse
+
+    args = parse(build_parser(), argv)
+    assert getattr(args, field) == value and args.command == argv[0] and args.run_dir == argv[1]

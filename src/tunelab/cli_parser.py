@@ -297,11 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAILING_TEXTS = ("predict", "generate")  # commands whose texts (TEXT, PROMPT) may follow their options
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """parse_args, but an unknown flag of a command that takes the config options (train, check, plan, federate) is a
     ConfigError with suggestions (exit 2 like any bad option)."""
     refuse_repeated(parser, argv)  # an option of one value given twice, in every command
     args, unknown = parser.parse_known_args(argv)
+    command = getattr(args, "command", None)
+    if unknown and command in TRAILING_TEXTS and not any(u.startswith("-") for u in unknown):
+        # `predict RUN --device cpu "text"`: argparse fills the positionals before the first option (no TEXT) and
+        # leaves the texts after it unrecognized; read the command's arguments intermixed, as they were meant
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+        rest = argv[argv.index(command) + 1 :]
+        args, unknown = sub.parse_known_intermixed_args(rest, argparse.Namespace(command=command))
     keep_double_dash(parser, args)
     if unknown and getattr(args, "command", None) in ("train", "check", "plan", "federate"):
         from tunelab.config import unknown_option
