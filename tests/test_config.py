@@ -538,3 +538,12 @@ def test_an_override_is_named_as_it_was_given_in_python_or_on_the_command_line()
     assert load_config(None, FlagValues({"output_dir": "runs/a"})).origins["output_dir"] == "--output_dir"
     with pytest.raises(ConfigError, match=r"^--train\.lr: option 'train\.lr' must be"):
         load_config(None, FlagValues({"train.lr": "fast"}))
+
+
+def test_grpo_beta_help_names_the_reference_of_every_method():
+    """`--grpo.beta`'s help said the KL term is to the base with the adapter off; full, layers and a continued adapter
+    take the weights the run starts from (tasks/grpo.py), as the line at start says."""
+    from tunelab.config import iter_options
+
+    help_text = next(f.metadata["help"] for name, f, _ in iter_options() if name == "grpo.beta")
+    assert "the adapter off" in help_text and "the starting weights" in help_text, help_text

@@ -101,7 +101,10 @@ class GrpoConfig:
         max=1.0,
     )
     beta: float = opt(
-        0.04, "task grpo: weight of the KL term to the base (the adapter off); 0: no reference at all", min=0.0
+        0.04,
+        "task grpo: weight of the KL term to the reference: the base (the adapter off), or for full, layers and a "
+        "continued adapter the starting weights; 0: no reference at all",
+        min=0.0,
     )
     epsilon: float = opt(0.2, "task grpo: clip the probability ratio to [1 - epsilon, 1 + epsilon]", min=0.0)
     rewards: list[str | RewardSpec] = opt(
