@@ -196,6 +196,28 @@ def test_a_classify_evaluation_prints_n_a_for_an_undefined_score():
     assert '<td class="num">n/a</td>' in head_eval_html(result.to_dict())
 
 
+def test_the_n_a_note_is_shown_only_under_a_table_with_an_n_a_cell():
+    """`tunelab eval` of a classify run, its HTML section and the report's label tables explained n/a under every
+    per-class table, also when every class had a precision, a recall and an F1 to show."""
+    from tunelab.eval.heads import HeadEvalResult, format_head_eval, head_eval_html
+    from tunelab.eval.report_inputs import Input
+    from tunelab.eval.report_scores import eval_section
+
+    rule = "n/a: undefined"
+    for answers, undefined in ((["spam", "ham"], False), (["spam", "spam"], True)):
+        scores = label_scores(answers, ["spam", "ham"], ["spam", "ham"]).to_dict()
+        assert any(v is None for c in scores["per_class"].values() for v in c.values()) == undefined
+        result = HeadEvalResult(
+            task="classify", run_dir="run", data_file="t.jsonl", base_model="m", method="lora", device="cpu",
+            created="", rows_read=2, truncated=0, tuned=scores, baseline=scores, baseline_name="majority class",
+        )  # fmt: skip
+        assert (rule in format_head_eval(result)) == undefined
+        assert (rule in head_eval_html(result.to_dict())) == undefined
+        saved = {"base": {"label_tasks": {"spam": scores}}, "tuned": {"label_tasks": {"spam": scores}}}
+        section = eval_section(Input("eval.json", saved), Input("compare.json"))
+        assert "per class" in section and (rule in section) == undefined
+
+
 def test_macro_f1_leaves_out_a_label_no_row_has_and_no_answer_names():
     """tunelab eval averaged a run's label absent from the eval file as F1 0 (0.667 for a perfect run), where the
     run's own eval reported 1.0; the label stays in the per-class table."""

@@ -348,6 +348,11 @@ def _defined(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _any_undefined(classes) -> bool:
+    """Whether a per-class table shows n/a in some cell: only then does it need the rule that explains n/a."""
+    return any(k in c and c[k] is None for c in classes for k in ("precision", "recall", "f1"))
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -397,7 +402,8 @@ def format_head_eval(r: HeadEvalResult) -> str:
         for label, c in t["per_class"].items():
             p, rc, f1 = (_defined(c[k]) for k in ("precision", "recall", "f1"))
             lines.append(f"  {label[:24]:<24} {p:>9} {rc:>8} {f1:>8} {c['support']:>8} {c['predicted']:>10}")
-        lines.append(f"  ({UNDEFINED_RULE})")
+        if _any_undefined(t["per_class"].values()):
+            lines.append(f"  ({UNDEFINED_RULE})")
         lines += ["", "  confusion (rows: expected, columns: predicted)", _confusion_text(t["labels"], t["confusion"])]
         if r.respelt:
             shown = ", ".join(f"{w} as {v['label']} ({v['rows']})" for w, v in r.respelt.items())
@@ -495,8 +501,8 @@ def head_eval_html(data: dict | None, problem: str | None = None) -> str:
         )
         parts.append(
             "<h3>Per class (tuned)</h3><table><thead><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th>"
-            f'<th>support</th><th>predicted</th></tr></thead><tbody>{per}</tbody></table><p class="sub">'
-            f"{_e(UNDEFINED_RULE)}.</p>"
+            f"<th>support</th><th>predicted</th></tr></thead><tbody>{per}</tbody></table>"
+            + (f'<p class="sub">{_e(UNDEFINED_RULE)}.</p>' if _any_undefined(t["per_class"].values()) else "")
         )
         labels, confusion = t["labels"], t["confusion"]
         cells = "".join(

@@ -40,7 +40,7 @@ def _rows(n) -> str:
 def _label_tables(kind: str, b: dict, t: dict) -> str:
     labels = t.get("labels") or []
     sub_head = "".join(f'<th class="num">{name}</th>' for name in ("precision", "recall", "F1") * 2)
-    body = ""
+    body, undefined = "", False
     for label in labels:
         bc, tc = (b.get("per_class") or {}).get(label, {}), (t.get("per_class") or {}).get(label, {})
         cells = "".join(  # a score present but None is undefined (metrics.UNDEFINED_RULE)
@@ -48,11 +48,13 @@ def _label_tables(kind: str, b: dict, t: dict) -> str:
             for c in (bc, tc)
             for k in ("precision", "recall", "f1")
         )
+        undefined = undefined or "n/a" in cells
         body += f'<tr><th>{esc(label)}</th>{cells}<td class="num">{fmt(tc.get("support"), "int")}</td></tr>'
     per_class = (
         f'<h3>Label task “{esc(kind)}”: per class</h3><table class="per-class"><thead><tr><th rowspan="2">label</th>'
         f'<th colspan="3">base</th><th colspan="3">tuned</th><th rowspan="2" class="num">support</th></tr>'
-        f'<tr>{sub_head}</tr></thead><tbody>{body}</tbody></table><p class="sub">{esc(UNDEFINED_RULE)}.</p>'
+        f"<tr>{sub_head}</tr></thead><tbody>{body}</tbody></table>"
+        + (f'<p class="sub">{esc(UNDEFINED_RULE)}.</p>' if undefined else "")
     )
     confusion = ""
     for name, scores in (("base", b), ("tuned", t)):
