@@ -354,3 +354,21 @@ def test_train_plans_with_the_rows_of_its_first_epoch(tiny_overrides, tmp_path, 
     with pytest.raises(Planned) as planned:
         train(None, tiny_overrides | {"data.train": [str(data)], "train.micro_batch": 8}, check=False)
     assert planned.value.args == (3,)
+
+
+@pytest.mark.parametrize(("micro_batch", "grad_accum"), [(8, 1), (2, 4)])
+def test_the_first_line_says_the_rows_a_step_is_planned_with(tiny_overrides, tmp_path, capsys, micro_batch, grad_accum):
+    """The planner plans the 3 rows the data holds, not micro_batch x grad_accum = 8; the first line said "8 rows
+    per optimizer step". It says the 3, and why they differ from the config."""
+    import json
+
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Box {i}?", "answer": f"Code {i}."}) + "\n" for i in range(3)))
+    overrides = tiny_overrides | {"data.train": [str(data)], "train.micro_batch": micro_batch}
+    overrides["train.grad_accum"] = grad_accum
+    assert main(["plan", _config(tmp_path, overrides), "--gpu-memory", "1GiB"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith(
+        "; 3 rows per optimizer step (all the data holds: an epoch has 3 rows, fewer than train.micro_batch "
+        f"{micro_batch} x train.grad_accum {grad_accum} = 8)"
+    ), first

@@ -22,7 +22,7 @@ from tunelab.training.auto import AutoPlan, Choice
 from tunelab.training.build import BuiltModel, checkpoint_mode, training_dtype
 from tunelab.training.distributed import pick_sharding
 from tunelab.training.memory import GIB, Estimate, Setup, estimate, gib, saving_layers
-from tunelab.training.plan_setup import config_setup
+from tunelab.training.plan_setup import config_setup, planned_rows, rows_per_step
 from tunelab.training.speed import fixed_time, sample_time, step_time
 from tunelab.training.workspaces import cublas_workspace_bytes
 
@@ -346,14 +346,6 @@ def plan_for_config(
     return plan(shape, setup, budget, rows_per_step(cfg, train), fixed, cuda=cuda, ranks=ranks, gpu_name=name)
 
 
-def rows_per_step(cfg: RunConfig, train: TrainConfig) -> int:
-    """Rows an optimizer step trains on: micro_batch x grad_accum; grpo's prompts_per_step x num_generations answers,
-    in micro-batches of micro_batch rows (its grad_accum is 1)."""
-    if cfg.task == "grpo":
-        return cfg.grpo.prompts_per_step * cfg.grpo.num_generations
-    return train.micro_batch * train.grad_accum
-
-
 def refuse_layer_count(train: TrainConfig, layers: int | None) -> None:
     """ConfigError when train.checkpoint_layers names more layers than the model has (it was quietly cut down)."""
     if train.checkpoint_layers is not None and layers is not None and train.checkpoint_layers > layers:
@@ -505,11 +497,13 @@ class PlanReport:
     note: str | None = None  # what the plan left out, as train runs the config
     processes: str = "processes: 1 (as tunelab train without --nproc; --nproc N plans N)"
     per_step: str | None = None  # global_batch in words (None: rows; dpo: pairs, two rows each)
+    fewer: str | None = None  # why global_batch is fewer rows than the config's micro_batch x grad_accum
 
     def text(self) -> str:
         lines = [
             f"model: {counted(self.shape.num_layers, 'layer')}, hidden {self.shape.hidden_size}; longest row "
-            f"{counted(self.seq, 'token')}; {self.per_step or counted(self.global_batch, 'row')} per optimizer step",
+            f"{counted(self.seq, 'token')}; {self.per_step or counted(self.global_batch, 'row')} per optimizer step"
+            + (f" ({self.fewer})" if self.fewer else ""),
             self.processes,
             self.memory.table(),
             "",
@@ -567,13 +561,13 @@ def plan_run(
     )
     require_fit(result, f"budget {gib(budget)}")
     result.notes += [n for n in [free_memory_note(budget, gpu)] if n]
-    rows = rows_per_step(cfg, auto.train)
+    rows, why = planned_rows(cfg, auto.train, len(first))
     per_step = {
         "dpo": f"{counted(rows, 'pair')} (a chosen and a rejected row each)",
         "grpo": f"{counted(rows, 'sampled answer')} ({counted(cfg.grpo.prompts_per_step, 'prompt')} x "
         f"{cfg.grpo.num_generations})",
     }.get(cfg.task)
-    return PlanReport(result, shape, seq, rows, note, processes_line(cfg, nproc, sharding), per_step)
+    return PlanReport(result, shape, seq, rows, note, processes_line(cfg, nproc, sharding), per_step, why)
 
 
 def planned_dtype(cfg: RunConfig, gpu: torch.device | None) -> torch.dtype:

@@ -1,11 +1,12 @@
 """The memory and speed models' `Setup` for a run config: what of the config the planner's estimates depend on
-(`training.plan` plans over it)."""
+(`training.plan` plans over it), and the rows a step of the config trains on."""
 
 from __future__ import annotations
 
 import torch
 
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, TrainConfig
+from tunelab.errors import counted
 from tunelab.training.graphs import bucket_width, unsupported_reason
 from tunelab.training.memory import PROJECTIONS, Setup
 
@@ -63,3 +64,25 @@ def graphs_possible(cfg: RunConfig, world: int = 1) -> bool:
     if cfg.train.cuda_graphs is False:
         return False
     return unsupported_reason(cfg, "fast", torch.device("cuda"), cfg.task, world) is None
+
+
+def rows_per_step(cfg: RunConfig, train: TrainConfig) -> int:
+    """Rows an optimizer step trains on: micro_batch x grad_accum; grpo's prompts_per_step x num_generations answers,
+    in micro-batches of micro_batch rows (its grad_accum is 1)."""
+    if cfg.task == "grpo":
+        return cfg.grpo.prompts_per_step * cfg.grpo.num_generations
+    return train.micro_batch * train.grad_accum
+
+
+def planned_rows(cfg: RunConfig, train: TrainConfig, held: int) -> tuple[int, str | None]:
+    """The rows (dpo: pairs) a step trains on as the planner plans it, and why where that is fewer than the config
+    sets: a step takes no more than the `held` rows of an epoch (a micro-batch ends with them, `make_batches`).
+    grpo's steps are of sampled answers, as many whatever the data."""
+    rows = rows_per_step(cfg, train)
+    if cfg.task == "grpo" or not 0 < held < rows:
+        return rows, None
+    noun = "pair" if cfg.task == "dpo" else "row"
+    return held, (
+        f"all the data holds: an epoch has {counted(held, noun)}, fewer than train.micro_batch {train.micro_batch}"
+        f" x train.grad_accum {train.grad_accum} = {rows}"
+    )
