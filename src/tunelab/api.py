@@ -29,6 +29,7 @@ from tunelab.config import ResolvedConfig, RunConfig, stage_config
 from tunelab.config.flags import PYTHON, Spelling
 from tunelab.config.load import FlagValues
 from tunelab.data.report import DataReport
+from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError, article, counted, not_text
 from tunelab.eval.compare import (
     Comparison,
@@ -327,6 +328,8 @@ def compare(
     info = run.info if isinstance(run, LoadedRun) else open_info(run_dir)
     dropped = DataReport()
     asked = _texts(question, "question", blank=False)
+    if questions:  # as eval and predict name a missing --data file
+        refuse_missing_file(questions, "compare", "--questions")
     if not questions and not asked:  # the file training compared on
         questions = configured_questions(run_dir)
         if show:

@@ -168,6 +168,29 @@ def test_a_missing_questions_file_is_named_before_an_existing_result(run, questi
     assert "compare.json exists" in capsys.readouterr().err
 
 
+def test_a_missing_file_is_named_in_the_same_words_by_eval_compare_and_predict(run, tmp_path, capsys):
+    """eval (of a generation or a head run) and predict said '<file>: file not found. Check the path given to eval
+    (--data; ...)', compare only '<file>: question file not found.', naming no option. Each now names the file, the
+    command and the option that gave it, in the same words, and exits 2."""
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "run.json").write_text(
+        json.dumps({"base_model": "x", "method": "lora", "finished": True, "task": "classify"})
+    )
+    missing = tmp_path / "nope.jsonl"
+    commands = [
+        ("eval", run, "--data"),
+        ("eval", head, "--data"),
+        ("predict", head, "--data"),
+        ("compare", run, "--questions"),
+    ]
+    for command, run_dir, option in commands:
+        assert main([command, str(run_dir), option, str(missing), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        said = f"{missing}: file not found. Check the path given to {command} ({option}; a relative path is read "
+        assert said in err and "Traceback" not in err, err
+
+
 def test_save_comparison_refuses_an_existing_file(tmp_path):
     result = Comparison([Row("q", "a", "all", "b", "a", False, True)], {"all": {"n": 1, "base": 0.0, "tuned": 1.0}})
     save_comparison(result, tmp_path)
@@ -361,4 +384,5 @@ def test_compare_without_questions_asks_the_runs_eval_questions(run, questions, 
     assert len(json.loads((run / "compare.json").read_text())["rows"]) == 3
     questions.unlink()
     assert main(["compare", str(run), "--no-save", "--device", "cpu"]) == 2
-    assert f"{questions}: question file not found (eval.questions of {run / 'config.yaml'}" in capsys.readouterr().err
+    err = capsys.readouterr().err  # worded as a missing --questions file is (below)
+    assert f"{questions}: file not found. Check the path in eval.questions of {run / 'config.yaml'}" in err

@@ -297,12 +297,13 @@ def _data_like(name: str) -> bool:
     return True
 
 
-def refuse_missing_file(path: str | Path, command: str) -> None:
-    """DataError for a file given to a command (tunelab eval, predict) that is not there, before any model loads:
-    the reader's own message points at data.train and data.eval, options the command's file does not come from."""
+def refuse_missing_file(path: str | Path, command: str, option: str = "--data") -> None:
+    """DataError for a file given to a command (tunelab eval, predict: --data; compare: --questions) that is not
+    there, before any model loads, in the same words for each: the readers' own messages point at data.train and
+    data.eval or say no option, where the command's file came from its `option`."""
     if not Path(path).exists():
         raise DataError(
-            f"{path}: file not found. Check the path given to {command} (--data; a relative path is read from the "
+            f"{path}: file not found. Check the path given to {command} ({option}; a relative path is read from the "
             "working directory)."
         )
 

@@ -399,8 +399,8 @@ def configured_questions(run_dir: str | Path) -> Path:
         )
     if not Path(file).exists():
         raise DataError(
-            f"{file}: question file not found (eval.questions of {path}, asked when no questions are given); give "
-            "--questions FILE or --question TEXT."
+            f"{file}: file not found. Check the path in eval.questions of {path} (asked when no questions are "
+            "given), or give --questions FILE or --question TEXT."
         )
     return Path(file)
 
