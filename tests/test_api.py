@@ -317,7 +317,7 @@ def test_a_reward_model_refuses_a_text_alone_and_unequal_lists():
     from tunelab.errors import ConfigError
     from tunelab.tasks.head_run import RewardModel
 
-    reward = RewardModel(SimpleNamespace(info=SimpleNamespace(task="reward")))
+    reward = RewardModel(SimpleNamespace(info=SimpleNamespace(task="reward"), run_dir="runs/rm"))
     with pytest.raises(ConfigError, match=r"'prompts' must be a list .*got a str; for one pair, give \[prompt\]"):
         reward("ab", ["cd"])
     with pytest.raises(
