@@ -106,3 +106,51 @@ def test_use_dora_false_beside_dora_is_noted():
         "note: method.use_dora (False) is not used by method dora"
     ]
     assert notes(load_config(None, {"method.name": "lora", "method.use_dora": True})) == []
+
+
+def shown(resolved) -> list[str]:
+    """The names of the options the printed config lists."""
+    return [line.split()[0] for line in describe(resolved).splitlines() if line.startswith("  ") and "=" in line]
+
+
+def test_an_sft_run_prints_no_option_it_never_reads_at_its_default(tmp_path):
+    """An sft LoRA run printed every federated.*, dpo.*, grpo.* and classify.* default: ~40 of its ~100 lines were
+    options the run never reads. They are left out, counted in one line; the saved config keeps them all."""
+    from tunelab.config import dump_yaml, iter_options
+
+    resolved = load_config(None, {})
+    names = shown(resolved)
+    assert "train.lr" in names and "method.r" in names and "eval.max_new_tokens" in names
+    assert not [n for n in names if n.split(".")[0] in ("federated", "dpo", "grpo", "classify")], names
+    assert "method.top_layers" not in names  # read by method layers only
+    left_out = len(iter_options()) - len(names)
+    summary = next(x for x in describe(resolved).splitlines() if x.startswith("  ... and "))
+    assert summary.startswith(f"  ... and {left_out} options at their defaults that this run does not read")
+    assert "federated.*" in summary and "config.yaml" in summary
+    assert "rounds:" in dump_yaml(resolved.config) and "beta:" in dump_yaml(resolved.config)  # saved in full
+
+
+def test_a_federation_prints_its_options_and_a_head_run_its_own(tmp_path):
+    federation = load_config(None, {"federated.split_file": str(tmp_path / "all.jsonl")})
+    names = shown(federation)
+    assert {"federated.rounds", "federated.split_file", "federated.strategy"} <= set(names)
+    assert "dpo.beta" not in names
+    head = shown(load_config(None, {"task": "classify", "method.name": "full"}))
+    assert "classify.head_init" in head and "federated.rounds" not in head
+    assert "method.r" not in head and "eval.max_new_tokens" not in head  # a head generates no text
+    full_staged = load_config(None, {"stages": [{"method": {"name": "full"}}, {"task": "dpo"}]})
+    assert "method.r" in shown(full_staged) and "dpo.beta" in shown(full_staged)  # stage 2 is a lora dpo run
+
+
+def test_an_unread_option_the_user_set_is_still_printed_and_noted(tmp_path):
+    """A federated option set on a run that is no federation was printed among the defaults and never said to be
+    ignored (tunelab train refuses a federation, not one of its options alone)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  name: full\n  r: 8\nfederated:\n  rounds: 5\n")
+    resolved = load_config(path)
+    assert {"method.r", "federated.rounds"} <= set(shown(resolved))
+    assert "federated.local_steps" not in shown(resolved)
+    assert notes(resolved) == [
+        "note: method.r (8) is not used by method full",
+        "note: federated.rounds (5) is not used outside a federation (federated.clients or split_file)",
+    ]

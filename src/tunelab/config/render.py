@@ -10,7 +10,7 @@ import yaml
 
 from tunelab.config.load import ResolvedConfig
 from tunelab.config.run import RunConfig, iter_options
-from tunelab.config.validate import unused_notes
+from tunelab.config.validate import unread_options, unused_notes
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
@@ -29,12 +29,30 @@ def dump_yaml(config: RunConfig) -> str:
 
 def describe(resolved: ResolvedConfig) -> str:
     """The resolved config, one option a line, with where each value came from; then a note for each option set that
-    the run does not read (method.r beside method full)."""
+    the run does not read (method.r beside method full). The options the run never reads (federated.* outside a
+    federation, dpo.* of an sft run: validate.unread_options) are left out while at their defaults, counted in one
+    line; the saved config.yaml holds them all."""
     lines = []
+    unread = unread_options(resolved.config)
+    left_out: dict[str, int] = {}
     for name, _, _ in iter_options():
         section, _, key = name.rpartition(".")
+        if name in unread and resolved.origins[name] == "default":
+            group = (
+                f"{section}.*"
+                if all(n in unread for n, _, _ in iter_options() if n.startswith(f"{section}."))
+                else name
+            )
+            left_out[group] = left_out.get(group, 0) + 1
+            continue
         target = getattr(resolved.config, section) if section else resolved.config
         lines.append(f"  {name:<24} = {_shown(getattr(target, key))!r:<40} ({resolved.origins[name]})")
+    if left_out:
+        groups = ", ".join(group if n == 1 else f"{group} ({n})" for group, n in left_out.items())
+        lines.append(
+            f"  ... and {sum(left_out.values())} options at their defaults that this run does not read: {groups} "
+            "(every option is in the run's config.yaml, and in --help)"
+        )
     lines += unused_notes(resolved.config, resolved.origins)
     return "\n".join(lines)
 

@@ -165,6 +165,13 @@ def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
                 notes.append(
                     f"note: {name} ({value}) is not used by task {' or '.join(sorted(tasks))} (it generates no text)"
                 )
+    if not config.federated.enabled:  # tunelab train refuses a federation; a federated option alone it ignores
+        for name, _, _ in iter_options():
+            if name.startswith("federated.") and origins.get(name, "default") != "default":
+                value = getattr(config.federated, name.partition(".")[2])
+                notes.append(
+                    f"note: {name} ({value}) is not used outside a federation (federated.clients or split_file)"
+                )
     split = "data.split_seed"  # a staged or federated run may hold out a fraction where this config does not show it
     if origins.get(split, "default") != "default" and not config.data.eval_fraction:
         if not config.stages and not config.federated.enabled:
@@ -176,6 +183,27 @@ def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
         if config.model.device == "cpu":  # it parks layer inputs in pinned host memory of a CUDA device
             notes.append(f"note: {offload} (True) is not used on model.device cpu (it offloads from a GPU)")
     return notes
+
+
+def unread_options(config: RunConfig) -> set[str]:
+    """The options the run does not read whatever their values: the federated section outside a federation, a task
+    section's options that no task of the run reads (dpo.* of an sft run), a method's options beside another method
+    (method.r beside full), the answer's limits of a run that generates no text. The printed config leaves out those
+    at their defaults (config/render.py); unused_notes names those the user set."""
+    tasks = run_tasks(config)
+    methods = {entry.get("method.name", config.method.name) for entry in config.stages} or {config.method.name}
+    unread = set()
+    for name, _, _ in iter_options():
+        section, _, key = name.partition(".")
+        if section == "federated" and not config.federated.enabled:
+            unread.add(name)
+        elif not read_by(name, tasks):
+            unread.add(name)
+        elif section == "method" and key in METHOD_OPTIONS and not methods & set(METHOD_OPTIONS[key]):
+            unread.add(name)
+    if not tasks - {"classify", "reward"}:
+        unread |= {"eval.max_new_tokens", "eval.refusal"}
+    return unread
 
 
 # The options of the task sections that serve some tasks only; every dpo.* option serves task dpo, every grpo.* grpo.
