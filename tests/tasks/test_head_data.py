@@ -375,7 +375,6 @@ def test_a_pairs_report_counts_pairs_and_the_lengths_of_their_sides(task, smollm
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("data.transform", "my_module:fix", r"^option 'data.transform' is for task sft; a \w+ run does not use it"),
         ("train.group_by_length", True, r"^option 'train.group_by_length' is for task sft; a \w+ run does not use it"),
         ("data.train", "source", r"^option 'data.train', entry 1: weighted sources \(mappings\) are read by task sft"),
         ("data.format", "messages", r"^option 'data.format' is for task sft; a \w+ run does not use it"),
@@ -385,13 +384,21 @@ def test_a_pairs_report_counts_pairs_and_the_lengths_of_their_sides(task, smollm
 def test_the_data_recipes_of_sft_are_refused_by_every_other_task(
     task, option, value, message, smollm2_tokenizer, tmp_path
 ):
-    """A dpo run passed over data.transform (a transform that drops every row trained on them all) and
-    train.group_by_length without a word, and stopped with a TypeError on a weighted source; the other tasks refused
-    them (grpo with its own message). Every task now refuses them alike."""
+    """A dpo run passed over train.group_by_length without a word, and stopped with a TypeError on a weighted
+    source; the other tasks refused them (grpo with its own message). Every task now refuses them alike (and
+    data.transform, once refused here too, is read by classify, reward and dpo: tests/tasks/test_head_transform.py)."""
     train = _write(tmp_path / "t.jsonl", [_row(task, i) for i in range(6)])
     value = [{"path": train, "weight": 2.0}] if value == "source" else value
     with pytest.raises(ConfigError, match=message):
         _build(task, smollm2_tokenizer, train, **{option: value})
+
+
+def test_a_grpo_run_refuses_data_transform_naming_the_tasks_that_take_it(smollm2_tokenizer, tmp_path):
+    """classify, reward and dpo read data.transform as sft does (tests/tasks/test_head_transform.py); grpo, whose
+    reward functions read the rows as written, still refuses it rather than passing it over."""
+    train = _write(tmp_path / "t.jsonl", [_row("grpo", i) for i in range(6)])
+    with pytest.raises(ConfigError, match=r"^option 'data.transform' is for tasks sft, classify, reward and dpo; a "):
+        _build("grpo", smollm2_tokenizer, train, **{"data.transform": "my_module:fix"})
 
 
 def test_a_column_mapped_to_another_field_is_that_fields_only(smollm2_tokenizer, tmp_path):

@@ -50,9 +50,22 @@ def test_a_second_input_column_is_noted_with_the_one_read_and_the_mapping_that_p
     (note,) = [n for n in notes if "more than one input" in n]
     assert note.startswith(f"{path}: 6 rows give more than one input (e.g. {path}:1): task {task} reads one a row")
     assert f"here column '{first}', and leaves column '{second}' out" in note
-    assert f"(e.g. {{{field}: {second}}}" in note and "join them into one column" in note
+    assert f"(e.g. {{{field}: {second}}}" in note and "join them with a data.transform (e.g. return " in note
     picked = _build(task, smollm2_tokenizer, path, **{"data.fields": {field: second}})
     assert not [n for n in picked.report.notes if "more than one input" in n]
+    joined = _hinted(note.split("(e.g. return ")[1], tmp_path)  # the note's transform, run as data.transform
+    data = _build(task, smollm2_tokenizer, path, **{"data.transform": joined})
+    assert not [n for n in data.report.notes if "more than one input" in n or "no field reads" in n]
+    first = data.train[0]
+    shown = smollm2_tokenizer.decode(first.input_ids if task == "classify" else first.chosen_ids)
+    assert "Passage 0 about ferries.\nIs ferry 0 late?" in shown
+
+
+def _hinted(advice: str, tmp_path) -> str:
+    """The data.transform of a hint's `return {...}` expression (the text from the brace on), as a file.py:function."""
+    expression = advice[: advice.rindex("}") + 1]
+    (tmp_path / "joined.py").write_text(f"def join(row):\n    return {expression}\n")
+    return f"{tmp_path / 'joined.py'}:join"
 
 
 @pytest.mark.parametrize(("task", "other", "field"), [("classify", "text", "prompt"), ("reward", "prompt", "question")])
@@ -70,12 +83,21 @@ def test_a_mapped_input_field_is_read_before_an_unmapped_one_the_row_also_has(
     assert "<|im_start|>user\nIs ferry" in shown and "Passage" not in shown
 
 
-def test_a_row_of_two_input_columns_and_no_input_field_is_told_to_join_them(smollm2_tokenizer, tmp_path):
-    """GLUE's pairs (`sentence1`, `sentence2`) were told to map {text: sentence1}, leaving the other half out."""
+def test_a_row_of_two_input_columns_and_no_input_field_is_told_the_transform_that_joins_them(
+    smollm2_tokenizer, tmp_path
+):
+    """GLUE's pairs (`sentence1`, `sentence2`) were told to map {text: sentence1}, leaving the other half out; then to
+    join the columns in the file, since a classify run took no data.transform. The transform the error tells reads
+    both."""
     rows = [{"sentence1": f"A man plays {i}.", "sentence2": "Someone plays.", "label": i % 2} for i in range(4)]
     with pytest.raises(DataError, match=r"t\.jsonl:1: .*\{text: sentence1\}\. The row has 2 input columns "
-                       r"\(sentence1, sentence2\) and one is read a row: .*join them into one column"):  # fmt: skip
+                       r"\(sentence1, sentence2\) and one is read a row: .*join them with a data\.transform"
+                       ) as told:  # fmt: skip
         _build("classify", smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))
+    joined = _hinted(str(told.value).split("`return ")[1], tmp_path)
+    data = _build("classify", smollm2_tokenizer, str(tmp_path / "t.jsonl"), **{"data.transform": joined})
+    assert smollm2_tokenizer.decode(data.train[0].input_ids).startswith("A man plays 0.\nSomeone plays.")
+    assert not [n for n in data.report.notes if "no field reads" in n]
     rows = [{"sentence": f"A man plays {i}.", "label": i % 2} for i in range(4)]
     with pytest.raises(DataError) as one:
         _build("classify", smollm2_tokenizer, _write(tmp_path / "t.jsonl", rows))

@@ -97,7 +97,8 @@ class DataConfig:
     )
     transform: str | None = opt(
         None,
-        "a function applied to every record before its format is read: module:function or file.py:function; it takes "
+        "a function applied to every record before its format is read (tasks sft, classify, reward and dpo): "
+        "module:function or file.py:function; it takes "
         "the row (a dict) and returns a dict, or None to drop the row",
     )
 

@@ -95,8 +95,16 @@ def input_pair_hint(row: dict, fields: dict[str, str]) -> str:
         return ""
     return (
         f" The row has {len(named)} input columns ({', '.join(map(str, named))}) and one is read a row: to use them all "
-        "(a sentence pair), join them into one column of the file, e.g. with a line break between."
+        f"(a sentence pair), join them with a data.transform, e.g. `return {joined_inputs(named, fields.get('text', 'text'))}`."
     )
+
+
+def joined_inputs(columns: list, into: str) -> str:
+    """The row a data.transform returns to read the text `columns` as one input, column `into`, a line break between
+    them: `{'text': row.pop('sentence1') + '\\n' + row.pop('sentence2'), **row}` (the joined columns are popped
+    before the rest of the row is copied, so none is read, or noted as unread, apart)."""
+    joined = " + '\\n' + ".join(f"row.pop({str(c)!r})" for c in columns)
+    return f"{{{into!r}: {joined}, **row}}"
 
 
 def input_mapping(row: dict, fields: dict[str, str]) -> str:

@@ -92,11 +92,11 @@ def _skipped(report: DataReport) -> str:
 
 def _read(run: HeadRun, data_file: str, read) -> tuple[list, list[str], DataReport]:
     """The items of `data_file` as the task's reader `read` gives them (read_labelled, read_pairs), read leniently
-    with the run's data.fields, system prompt and .csv separator; their file:line locations; the report of what was
-    skipped."""
-    report = DataReport()
+    with the run's data.fields, system prompt, .csv separator and data.transform, as training read its eval file;
+    their file:line locations; the report of what was skipped (the rows data.transform dropped among them)."""
+    d, report = run.data, DataReport()
     items = read(
-        [data_file], run.data.fields, run.data.system_prompt, report, lenient=True, delimiter=run.data.delimiter
+        [data_file], d.fields, d.system_prompt, report, lenient=True, delimiter=d.delimiter, transform=d.transform
     )
     return items, [location(item.path, item.line) for item in items], report
 

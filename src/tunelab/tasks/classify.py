@@ -88,7 +88,7 @@ class LabelledRow:
 
 def refuse_head_options(cfg: RunConfig) -> None:
     """The options a head run cannot honour: packing (one example per row), eval.questions (answered by text
-    generation after training), and the sft data recipes (weighted sources, group_by_length, transform)."""
+    generation after training), and the sft data recipes (weighted sources, group_by_length; data.transform is read)."""
     if cfg.data.packing:
         raise ConfigError(
             f"option 'data.packing' cannot be used with task {cfg.task}: the head reads each row's last token, so every "
@@ -130,6 +130,7 @@ def read_labelled(
     lenient: bool = False,
     evaluating: bool = False,
     delimiter: str = "auto",
+    transform: str | None = None,
 ) -> list[Labelled]:
     """Rows of the files as Labelled; DataError (file:line and field) for a row without input or label, whose message
     says what `tunelab eval` needs when `evaluating`, and `tunelab predict` without `require_label` (their file is not
@@ -138,7 +139,15 @@ def read_labelled(
     checked = fields if require_label else {}  # rows to predict may come without the training rows' columns
     command = "tunelab eval" if evaluating else (None if require_label else "tunelab predict")  # run's data.fields
     for record in counted_records(
-        paths, report, "label rows", checked, lenient, delimiter, "classify" if require_label else None, FIELDS
+        paths,
+        report,
+        "label rows",
+        checked,
+        lenient,
+        delimiter,
+        "classify" if require_label else None,
+        FIELDS,
+        transform,
     ):
         where = location(record.path, record.line)
         item = read_input(record.row, fields, where, system_prompt, lenient)

@@ -42,7 +42,7 @@ from tunelab.data.formats import (
     text_field,
     turn_name,
 )
-from tunelab.data.hints import input_mapping, input_pair_hint
+from tunelab.data.hints import input_mapping, input_pair_hint, joined_inputs
 from tunelab.data.loader import refuse_special_system, split_eval
 from tunelab.data.reasoning import answer_apart
 from tunelab.data.render import encode, special_text_in, special_texts
@@ -50,6 +50,7 @@ from tunelab.data.repeats import note_repeated_eval
 from tunelab.data.report import DataReport, location, location_path
 from tunelab.data.sources import Record, headerless, note_held_out_files, read_records
 from tunelab.data.templates import Template, default_bos, resolve_template
+from tunelab.data.transform import apply_transform, load_transform
 from tunelab.errors import ConfigError, DataError, article, counted
 
 TEXT_FIELDS = ("text",)
@@ -453,6 +454,7 @@ def counted_records(
     delimiter: str = "auto",
     task: str | None = None,
     names: tuple[str, ...] = (),
+    transform: str | None = None,
 ) -> Iterator[Record]:
     """The records of `paths` (`data.sources`) for a task's reader, each counted as read in `report`, which names the
     files' format `kind` (label rows, preference pairs, prompts). Once they are all read, a mapping in `fields`
@@ -463,14 +465,17 @@ def counted_records(
     `names`: the columns of text, lists and objects that neither these nor `fields` name are noted in `report`, as
     sft notes them (`data.columns`); without `task` (grpo, whose reward functions may read any column; the new rows
     of tunelab predict) none are. A column named as one of `names` or of `fields`' columns but for its case is read
-    as it (`data.case`), in every task."""
+    as it (`data.case`), in every task. `transform`: data.transform, which takes every record first, as in sft (its
+    dropped rows counted in `report`, a record it makes several rows of named by its row: `data.transform`)."""
     unused = UnusedMappings(lenient, together=True)
     lost: dict[tuple[str, str], list] = {}  # (input or history, its column) -> [rows, first record] leaving it out
     others = UnreadColumns()
     inputs = in_order(tuple(n for n in INPUT_FIELDS if n in names), fields)
     second: dict[tuple[str, str, str], list] = {}  # (file, input column read, one left out) -> [rows, first record]
     case = CaseMatch(names, fields.values())
-    for record in map(case.match, read_records(paths, delimiter, report=report)):
+    records = read_records(paths, delimiter, report=report)
+    records = apply_transform(records, load_transform(transform), transform, report)
+    for record in map(case.match, records):  # after data.transform, which sees the columns as written
         report.read(record.path)
         report.formats.setdefault(record.path, kind)
         unused.see(record, {name: column for name, column in fields.items() if name in OPTIONAL_FIELDS})
@@ -510,12 +515,14 @@ def _second_inputs(
     for (path, read, left), (rows, first) in second.items():
         name = next(n for n in inputs if column(first.row, fields, n, lenient) == left)
         field = "prompt" if name == "question" else name  # a question is read as a prompt is: one user turn
+        texts = all(isinstance(first.row.get(key), str) for key in (read, left))  # a chat's turns are not joined so
+        join = f" (e.g. return {joined_inputs([read, left], read)})" if texts else ""
         out.append(
             f"{path}: {counted(rows, 'row')} {'gives' if rows == 1 else 'give'} more than one input (e.g. "
             f"{location(first.path, first.line)}): task {task} reads one a row, the first of the fields "
             f"{', '.join(inputs)} the row has, here column '{read}', and leaves column '{left}' out. To read "
             f"'{left}' instead, map {field} to it with data.fields (e.g. {{{field}: {left}}}: a mapped field is tried "
-            "first, and the note is silenced); to use both, join them into one column of the file"
+            f"first, and the note is silenced); to use both, join them with a data.transform{join}"
         )
     return out
 
@@ -533,8 +540,9 @@ def unread_columns(row: dict, fields: dict[str, str], lenient: bool) -> list[tup
 
 def refuse_sft_recipes(cfg: RunConfig) -> None:
     """ConfigError for the data recipes of task sft, which the readers of the other tasks would pass over without a
-    word: weighted sources (mappings in data.train), train.group_by_length, data.transform, data.format (each task
-    reads rows of its own kind) and data.train_on_prompt (no task but sft puts a loss on the tokens of a prompt)."""
+    word: weighted sources (mappings in data.train), train.group_by_length, data.format (each task reads rows of its
+    own kind) and data.train_on_prompt (no task but sft puts a loss on the tokens of a prompt); and data.transform for
+    grpo, whose reward functions read the rows as written (classify, reward and dpo read it: `counted_records`)."""
     sources = [i for i, entry in enumerate(cfg.data.train, 1) if not isinstance(entry, str)]
     if sources:
         raise ConfigError(
@@ -542,9 +550,12 @@ def refuse_sft_recipes(cfg: RunConfig) -> None:
             f"{cfg.task} run reads a list of files. Give the files as plain paths."
         )
     d = cfg.data
+    if d.transform and cfg.task == "grpo":
+        raise ConfigError(
+            "option 'data.transform' is for tasks sft, classify, reward and dpo; a grpo run does not use it. Remove it."
+        )
     for name, value in (
         ("train.group_by_length", cfg.train.group_by_length),
-        ("data.transform", d.transform),
         ("data.format", d.format != "auto"),
         ("data.train_on_prompt", d.train_on_prompt),
     ):
@@ -568,11 +579,22 @@ def read_task_data(cfg: RunConfig, tokenizer, seed: int, read, fields: tuple[str
 def train_and_held(read, data, seed: int, report) -> tuple[list, list]:
     """The training items and the held-out ones: data.eval's file (read leniently) or data.eval_fraction of the
     training items, with report.eval_source saying which. `read(paths, fields, system_prompt, report, lenient=...,
-    delimiter=...)` is the task's reader (labelled rows, preference pairs, prompts)."""
-    items = read(data.train, data.fields, data.system_prompt, report, delimiter=data.delimiter)
+    delimiter=..., transform=...)` is the task's reader (labelled rows, preference pairs, prompts); data.transform
+    takes the rows of both files, as sft's."""
+    items = read(
+        data.train, data.fields, data.system_prompt, report, delimiter=data.delimiter, transform=data.transform
+    )
     note_held_out_files(data.train, report)
     if data.eval:
-        held = read([data.eval], data.fields, data.system_prompt, report, lenient=True, delimiter=data.delimiter)
+        held = read(
+            [data.eval],
+            data.fields,
+            data.system_prompt,
+            report,
+            lenient=True,
+            delimiter=data.delimiter,
+            transform=data.transform,
+        )
         report.eval_source = "file"
     else:
         if not items and data.eval_fraction > 0:  # every row skipped: why, not "holds out 1 of 0 usable examples"

@@ -134,10 +134,13 @@ def read_preferences(
     report: DataReport,
     lenient: bool = False,
     delimiter: str = "auto",
+    transform: str | None = None,
 ) -> list[Preference]:
     """Rows of the files as Preferences; DataError (file:line) for a row without chosen or rejected."""
     out = []
-    for record in counted_records(paths, report, "preference pairs", fields, lenient, delimiter, "dpo", FIELDS):
+    for record in counted_records(
+        paths, report, "preference pairs", fields, lenient, delimiter, "dpo", FIELDS, transform
+    ):
         chosen, rejected = read_sides(record.row, fields, location(record.path, record.line), system, lenient)
         empty = _no_answer(chosen) or _no_answer(rejected)
         if reason := pair_skip(chosen == rejected, empty, chosen.messages, rejected.messages):

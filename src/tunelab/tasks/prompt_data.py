@@ -83,12 +83,15 @@ def read_prompts(
     lenient: bool = False,
     delimiter: str = "auto",
     columns: tuple[str, ...] = (),
+    transform: str | None = None,
 ) -> list[Prompt]:
     """The prompts of `paths`; `columns`: those the rewards read (`expected`), matched whatever their case as the
-    prompt's fields are (`data.case`)."""
+    prompt's fields are (`data.case`). `transform`: data.transform (a grpo run refuses it: `refuse_sft_recipes`)."""
     out = []
     # no note of the columns no field reads: a reward function may read any column of the row (tasks/rewards.py)
-    for record in counted_records(paths, report, PROMPTS, fields, lenient, delimiter, names=(*FIELDS, *columns)):
+    for record in counted_records(
+        paths, report, PROMPTS, fields, lenient, delimiter, names=(*FIELDS, *columns), transform=transform
+    ):
         where = location(record.path, record.line)
         turns = read_prompt(record.row, fields, where, lenient)
         if turns is None and is_plain_text(record.path):  # prompts.txt, one a line: read as one document

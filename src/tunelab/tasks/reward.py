@@ -162,12 +162,15 @@ def read_pairs(
     lenient: bool = False,
     evaluating: bool = False,
     delimiter: str = "auto",
+    transform: str | None = None,
 ) -> list[Pair]:
     """Rows of the files as Pairs; DataError (file:line) for a row without chosen or rejected, whose message says what
     `tunelab eval` needs when `evaluating` (its file is not a training file: data.fields cannot be changed)."""
     pairs = []
     command = "tunelab eval" if evaluating else None
-    for record in counted_records(paths, report, "preference pairs", fields, lenient, delimiter, "reward", FIELDS):
+    for record in counted_records(
+        paths, report, "preference pairs", fields, lenient, delimiter, "reward", FIELDS, transform
+    ):
         row, where = record.row, location(record.path, record.line)
         keys = pair_columns(row, fields, where, lenient, "and optionally a prompt", command)
         prompt = read_prompt(row, fields, where, lenient)
