@@ -132,3 +132,27 @@ def test_tunelab_eval_reads_a_classify_file_through_the_runs_transform(tmp_path)
         ("A man plays guitar 1.\nSomeone plays music 1.", "neutral"),
     ]
     assert wheres == [f"{held}:1", f"{held}:2"]
+
+
+def test_a_classify_run_scores_and_predicts_its_files_through_its_transform(tiny_model_dir, tmp_path, capsys):
+    """`tunelab eval RUN --data FILE` and `tunelab predict RUN --data FILE` read NLI rows as the run trained on them:
+    through the data.transform its config.yaml keeps (rows to predict come without a label: the function lets them)."""
+    import tunelab.training.recipe as recipe
+    from tunelab.cli import main
+
+    (tmp_path / "pairs.py").write_text(
+        "def join(row):\n    label = row.get('label')\n"
+        "    return {'text': row.pop('premise') + ' / ' + row.pop('hypothesis'), 'label': label}\n"
+    )
+    train = _write(tmp_path / "train.jsonl", [_nli(i) for i in range(12)])
+    dev = _write(tmp_path / "dev.jsonl", [_nli(i) for i in range(12, 15)])
+    new = _write(tmp_path / "new.jsonl", [{"premise": "A cat sleeps.", "hypothesis": "An animal rests."}])
+    over = {"task": "classify", "model.name": str(tiny_model_dir), "data.train": [train], "model.device": "cpu"}
+    over |= {"data.max_length": 64, "method.r": 4, "train.micro_batch": 4, "train.max_steps": 1}
+    over |= {"data.transform": f"{tmp_path / 'pairs.py'}:join", "output_dir": str(tmp_path / "run")}
+    run = str(recipe.train(None, over).run_dir)
+    capsys.readouterr()
+    assert main(["eval", run, "--data", dev, "--device", "cpu"]) == 0
+    assert f"on {dev}: 3 rows scored" in capsys.readouterr().out
+    assert main(["predict", run, "--data", new, "--device", "cpu"]) == 0
+    assert f"({new}:1)" in capsys.readouterr().out

@@ -127,8 +127,15 @@ def predict(
     if data is not None:
         report = DataReport()
         if run.info.task == "classify":
-            rows = read_labelled(
-                [str(data)], d.fields, d.system_prompt, report, require_label=False, lenient=True, delimiter=d.delimiter
+            rows = read_labelled(  # through the run's data.transform, as its training rows were
+                [str(data)],
+                d.fields,
+                d.system_prompt,
+                report,
+                require_label=False,
+                lenient=True,
+                delimiter=d.delimiter,
+                transform=d.transform,
             )
             items += [(r.input, location(r.path, r.line), r.label) for r in rows]
         else:
