@@ -386,19 +386,21 @@ def test_the_data_recipes_of_sft_are_refused_by_every_other_task(
 ):
     """A dpo run passed over train.group_by_length without a word, and stopped with a TypeError on a weighted
     source; the other tasks refused them (grpo with its own message). Every task now refuses them alike (and
-    data.transform, once refused here too, is read by classify, reward and dpo: tests/tasks/test_head_transform.py)."""
+    data.transform, once refused here too, is read by every task: tests/tasks/test_head_transform.py)."""
     train = _write(tmp_path / "t.jsonl", [_row(task, i) for i in range(6)])
     value = [{"path": train, "weight": 2.0}] if value == "source" else value
     with pytest.raises(ConfigError, match=message):
         _build(task, smollm2_tokenizer, train, **{option: value})
 
 
-def test_a_grpo_run_refuses_data_transform_naming_the_tasks_that_take_it(smollm2_tokenizer, tmp_path):
-    """classify, reward and dpo read data.transform as sft does (tests/tasks/test_head_transform.py); grpo, whose
-    reward functions read the rows as written, still refuses it rather than passing it over."""
+def test_a_grpo_run_reads_data_transform_as_the_other_tasks_do(smollm2_tokenizer, tmp_path):
+    """grpo refused data.transform, though its reader takes it; its prompts now go through the function too (what
+    the rewards receive: tests/tasks/test_head_transform.py)."""
+    (tmp_path / "ask.py").write_text("def ask(row):\n    return {'prompt': 'Please: ' + row['prompt']}\n")
     train = _write(tmp_path / "t.jsonl", [_row("grpo", i) for i in range(6)])
-    with pytest.raises(ConfigError, match=r"^option 'data.transform' is for tasks sft, classify, reward and dpo; a "):
-        _build("grpo", smollm2_tokenizer, train, **{"data.transform": "my_module:fix"})
+    data = _build("grpo", smollm2_tokenizer, train, **{"data.transform": f"{tmp_path / 'ask.py'}:ask"})
+    prompts = [row.prompt for row in data.train + data.eval]
+    assert len(prompts) == 6 and all(p.startswith("Please: What is ") for p in prompts)
 
 
 def test_a_column_mapped_to_another_field_is_that_fields_only(smollm2_tokenizer, tmp_path):

@@ -1,7 +1,7 @@
-"""data.transform in the readers of classify, reward and dpo (`tasks/head_data.counted_records`): the rows of the
-training and eval files go through the user's function before their fields are read, as sft's do; a list of rows
+"""data.transform in the readers of classify, reward, dpo and grpo (`tasks/head_data.counted_records`): the rows of
+the training and eval files go through the user's function before their fields are read, as sft's do; a list of rows
 makes several items of one record, each named by its row; a function that raises or returns something else than
-rows stops the run naming the file and line."""
+rows stops the run naming the file and line. A grpo reward function receives the row the function returned."""
 
 import json
 import re
@@ -9,13 +9,21 @@ from types import SimpleNamespace
 
 import pytest
 
-from tunelab.config import DataConfig, load_config
+from tunelab.config import DataConfig, RewardSpec, load_config
 from tunelab.errors import DataError
+from tunelab.tasks import rewards
 from tunelab.tasks.classify import CLASSIFY, read_labelled
+from tunelab.tasks.grpo import _samples
 from tunelab.tasks.preference_data import build_preferences
+from tunelab.tasks.prompt_data import build_prompts
 from tunelab.tasks.reward import REWARD
 
-BUILD = {"dpo": build_preferences, "reward": REWARD.build_data, "classify": CLASSIFY.build_data}
+BUILD = {
+    "dpo": build_preferences,
+    "reward": REWARD.build_data,
+    "classify": CLASSIFY.build_data,
+    "grpo": lambda cfg, tokenizer, seed: build_prompts(cfg, tokenizer, seed, ["expected"]),
+}
 
 SHAPING = '''
 def nli(row):
@@ -41,6 +49,17 @@ def fails(row):
 
 def number(row):
     return 3
+
+
+def sums(row):
+    """Sums under the user's own column names: a prompt and its expected answer of each pair of numbers."""
+    return [{"prompt": f"What is {a} + {b}?", "Expected": a + b, "level": row["level"]} for a, b in row["pairs"]]
+
+
+def checks(prompt, answer, row):
+    """1 when the row is the one sums returned (its column named as read) and the answer is its sum."""
+    named = sorted(row) == ["expected", "level", "prompt"] and prompt == row["prompt"]
+    return float(named and answer == str(row["expected"]))
 '''
 
 
@@ -107,9 +126,27 @@ def test_a_ranked_answers_row_becomes_pairs_named_by_their_row(task, smollm2_tok
     assert asked[1] and not asked[0] & asked[1] and len(held.train) + len(held.eval) == 9
 
 
-@pytest.mark.parametrize("task", ["classify", "dpo", "reward"])
+def test_a_grpo_reward_function_receives_the_row_the_transform_returned(smollm2_tokenizer, tmp_path):
+    """grpo refused data.transform, so prompts and expected answers under other names had to be rewritten by hand;
+    the function now builds them, in the eval file too, and the row each reward receives is the one it returned."""
+    train = _write(tmp_path / "t.jsonl", [{"pairs": [[i, 1], [i, 2]], "level": "easy"} for i in range(3)])
+    held = _write(tmp_path / "e.jsonl", [{"pairs": [[7, 7]], "level": "hard"}])
+    data = _build("grpo", smollm2_tokenizer, train, **{"data.transform": _shaping(tmp_path, "sums"), "data.eval": held})
+    assert [row.prompt for row in data.train] == [f"What is {i} + {b}?" for i in range(3) for b in (1, 2)]
+    assert [row.row for row in data.eval] == [{"prompt": "What is 7 + 7?", "expected": 14, "level": "hard"}]
+    assert "What is 7 + 7?<|im_end|>" in smollm2_tokenizer.decode(data.eval[0].prompt_ids)
+    answers = [smollm2_tokenizer.encode(text) for text in ("1", "2", "3")]
+    samples = _samples(data.train[:3], answers, set(), smollm2_tokenizer, 1)
+    assert samples[1].where == f"{train}:1 (data.transform's row 2 of 2)"
+    (spec,) = rewards.specs([RewardSpec(kind="function", function=_shaping(tmp_path, "checks"))])
+    values, failures = rewards.score([rewards.build(spec)], samples)
+    assert values[:, 0].tolist() == [1.0, 1.0, 0.0] and not failures  # 1 + 1 is 2, not 3
+
+
+@pytest.mark.parametrize("task", ["classify", "dpo", "reward", "grpo"])
 def test_a_transform_that_raises_or_returns_no_rows_is_named_with_file_and_line(task, smollm2_tokenizer, tmp_path):
     good = {"classify": {"text": "Hi.", "label": "a"}, "dpo": {"prompt": "Hi?", "chosen": "Hello.", "rejected": "No."}}
+    good["grpo"] = {"prompt": "Hi?", "expected": "Hello"}
     rows = [good.get(task, good["dpo"])] * 3
     train = _write(tmp_path / "t.jsonl", [*rows, {**rows[0], "bad": True}])
     with pytest.raises(

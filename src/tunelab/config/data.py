@@ -97,9 +97,9 @@ class DataConfig:
     )
     transform: str | None = opt(
         None,
-        "a function applied to every record before its format is read (tasks sft, classify, reward and dpo): "
-        "module:function or file.py:function; it takes "
-        "the row (a dict) and returns a dict, or None to drop the row",
+        "a function applied to every record before its format is read (every task; a grpo reward function receives "
+        "the row it returned): module:function or file.py:function; it takes the row (a dict) and returns a dict, "
+        "or None to drop the row",
     )
 
     def local_paths(self) -> list[str]:

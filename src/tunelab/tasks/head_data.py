@@ -541,8 +541,8 @@ def unread_columns(row: dict, fields: dict[str, str], lenient: bool) -> list[tup
 def refuse_sft_recipes(cfg: RunConfig) -> None:
     """ConfigError for the data recipes of task sft, which the readers of the other tasks would pass over without a
     word: weighted sources (mappings in data.train), train.group_by_length, data.format (each task reads rows of its
-    own kind) and data.train_on_prompt (no task but sft puts a loss on the tokens of a prompt); and data.transform for
-    grpo, whose reward functions read the rows as written (classify, reward and dpo read it: `counted_records`)."""
+    own kind) and data.train_on_prompt (no task but sft puts a loss on the tokens of a prompt). data.transform is read
+    by every task (`counted_records`)."""
     sources = [i for i, entry in enumerate(cfg.data.train, 1) if not isinstance(entry, str)]
     if sources:
         raise ConfigError(
@@ -550,10 +550,6 @@ def refuse_sft_recipes(cfg: RunConfig) -> None:
             f"{cfg.task} run reads a list of files. Give the files as plain paths."
         )
     d = cfg.data
-    if d.transform and cfg.task == "grpo":
-        raise ConfigError(
-            "option 'data.transform' is for tasks sft, classify, reward and dpo; a grpo run does not use it. Remove it."
-        )
     for name, value in (
         ("train.group_by_length", cfg.train.group_by_length),
         ("data.format", d.format != "auto"),

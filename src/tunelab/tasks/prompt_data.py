@@ -7,8 +7,10 @@ renders a chat, with the assistant prefix added (`add_generation_prompt`), so sa
 the row's `system` (else data.system_prompt) is prepended to a chat that has none. Reward functions receive the prompt
 the model was asked: the user's text (an `instruction` joined with its `input`), or the turns as {role, content}
 messages for a chat or an instruction with a `history` (data.system_prompt and the row's `system` field are not in it).
-Column names are matched whatever their case (`data.case`: `Prompt`, `Expected`), and the row the reward functions
-receive names such columns as read. A prompt's text that already holds chat-template markup (`[INST]`, `<|user|>`) is noted, as sft notes such texts: it is
+A row is the one data.transform returned, where the run has one (the function may build `prompt` and `expected` of
+the file's own columns, or make several rows of a record): the readers of every task take it first. Column names are
+then matched whatever their case (`data.case`: `Prompt`, `Expected`), and the row the reward functions receive names
+such columns as read. A prompt's text that already holds chat-template markup (`[INST]`, `<|user|>`) is noted, as sft notes such texts: it is
 read as plain characters inside the user's turn (the text of a special token of the run's tokenizer is refused there,
 as in every chat).
 
@@ -86,7 +88,8 @@ def read_prompts(
     transform: str | None = None,
 ) -> list[Prompt]:
     """The prompts of `paths`; `columns`: those the rewards read (`expected`), matched whatever their case as the
-    prompt's fields are (`data.case`). `transform`: data.transform (a grpo run refuses it: `refuse_sft_recipes`)."""
+    prompt's fields are (`data.case`). `transform`: data.transform, which takes every record first: a prompt's row,
+    the one its rewards receive, is what the function returned (`counted_records`)."""
     out = []
     # no note of the columns no field reads: a reward function may read any column of the row (tasks/rewards.py)
     for record in counted_records(
