@@ -266,9 +266,10 @@ def test_counts_and_ports_out_of_range_are_refused_as_the_cli_refuses_them(tmp_p
 
     run = tmp_path / "run"
     cases = [
-        (lambda: tunelab.check(None, {}, examples=-1), r"argument 'examples' \(--examples\) is -1"),
-        (lambda: tunelab.predict(run, texts=["a"], batch_size=0), r"argument 'batch_size' \(--batch-size\) is 0"),
-        (lambda: tunelab.load_reward_model(run, batch_size=0), r"argument 'batch_size' \(--batch-size\) is 0"),
+        (lambda: tunelab.plan(None, {}, nproc=0), r"^argument 'nproc' is 0; give a whole number, 1 or more\.$"),
+        (lambda: tunelab.check(None, {}, examples=-1), r"^argument 'examples' is -1"),
+        (lambda: tunelab.predict(run, texts=["a"], batch_size=0), r"^argument 'batch_size' is 0"),
+        (lambda: tunelab.load_reward_model(run, batch_size=0), r"^argument 'batch_size' is 0"),
         (lambda: tunelab.export_gguf(run, tmp_path / "m.gguf", check_questions=0), r"'check_questions'.* is 0"),
         (lambda: tunelab.export_gguf(run, tmp_path / "m.gguf", check_questions="3"), r"'check_questions' must be int"),
         (lambda: tunelab.serve(run, port="80"), r"serve\(\): argument 'port' must be int, got a str"),

@@ -26,7 +26,7 @@ from typing import Any
 
 from tunelab import _API
 from tunelab.config import ResolvedConfig, RunConfig, stage_config
-from tunelab.config.flags import PYTHON, Spelling
+from tunelab.config.flags import CLI, PYTHON, Spelling
 from tunelab.config.load import FlagValues
 from tunelab.data.report import DataReport
 from tunelab.data.sources import refuse_missing_file
@@ -118,10 +118,11 @@ def _checked(function: Callable) -> Callable:
     return checked
 
 
-def _at_least(value: int, name: str, flag: str, low: int) -> None:
-    """ConfigError for a count below `low`, as the CLI's `flag` refuses it (-1 examples previewed all but one)."""
+def _at_least(value: int, name: str, low: int, spelling: Spelling = PYTHON) -> None:
+    """ConfigError for a count below `low`, as the CLI refuses it (-1 examples previewed all but one); named as the
+    caller gave it: argument 'nproc', or option '--nproc' from the command line."""
     if value < low:
-        raise ConfigError(f"argument '{name}' ({flag}) is {value}; give a whole number, {low} or more.")
+        raise ConfigError(f"{spelling.option(name)} is {value}; give a whole number, {low} or more.")
 
 
 def _refuse_overwrite_unsaved(save: bool, overwrite: bool, what: str) -> None:
@@ -243,7 +244,7 @@ def plan(config=None, overrides: dict | None = None, *, gpu_memory: str | None =
     naming the minimum and its largest part; so is gpu_memory beside an override of train.gpu_memory (a config
     file's train.gpu_memory it overrides). nproc: the processes `tunelab train --nproc` would start (the plan is
     each GPU's; train.sharding fsdp2 divides the weights and training state among them)."""
-    _at_least(nproc, "nproc", "--nproc", 1)
+    _at_least(nproc, "nproc", 1, CLI if isinstance(overrides, FlagValues) else PYTHON)
     if gpu_memory is not None and isinstance(overrides, Mapping) and "train.gpu_memory" in overrides:
         given = overrides["train.gpu_memory"]
         # the CLI's flags by their flags, a Python caller's keyword and override by what it wrote
@@ -273,7 +274,7 @@ def check(
     .html: where the page was written). Writes nothing into output_dir. model=False skips the checks that load it."""
     from tunelab.checks.run import run_check
 
-    _at_least(examples, "examples", "--examples", 0)
+    _at_least(examples, "examples", 0)
     return run_check(
         config,
         overrides,
@@ -290,7 +291,7 @@ def _with_batch_size(settings: GenerationSettings | None, batch_size: int | None
     """`settings` with the `batch_size` argument in them; ConfigError when both name one and they differ."""
     if batch_size is None:
         return settings
-    _at_least(batch_size, "batch_size", "--batch-size", 1)
+    _at_least(batch_size, "batch_size", 1)
     if settings is not None and settings.batch_size not in (batch_size, GenerationSettings.batch_size):
         raise ConfigError(
             f"argument 'batch_size' is {batch_size} and settings.batch_size is {settings.batch_size}; give one of them."
@@ -566,7 +567,7 @@ def predict(
     from tunelab.infer.predict import check_out, format_predictions, save_predictions
     from tunelab.infer.predict import predict as _predict
 
-    _at_least(batch_size, "batch_size", "--batch-size", 1)
+    _at_least(batch_size, "batch_size", 1)
     if overwrite and out is None:  # it replaces the --out file; without one, it would be dropped without a word
         given, out_ = ("--overwrite", "--out") if spelling.flags else ("overwrite=True", "out=")
         raise ConfigError(
@@ -592,5 +593,5 @@ def load_reward_model(run: str | Path, device: str = "auto", batch_size: int = 1
     """A finished reward run as a function (prompts, completions) -> list[float] (see tunelab/infer/predict.py)."""
     from tunelab.infer.predict import load_reward_model as _load
 
-    _at_least(batch_size, "batch_size", "--batch-size", 1)
+    _at_least(batch_size, "batch_size", 1)
     return _load(run, device, batch_size)

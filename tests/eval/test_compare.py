@@ -96,7 +96,7 @@ def test_compare_takes_a_batch_size_as_eval_does(run, questions, capsys):
     assert json.loads((run / "compare.json").read_text())["settings"]["batch_size"] == 2
     result = tunelab.compare(run, questions=questions, device="cpu", save=False, batch_size=1)
     assert result.settings["batch_size"] == 1
-    with pytest.raises(ConfigError, match=r"argument 'batch_size' \(--batch-size\) is 0"):
+    with pytest.raises(ConfigError, match=r"^argument 'batch_size' is 0; give a whole number, 1 or more"):
         tunelab.compare(run, questions=questions, save=False, batch_size=0)
     with pytest.raises(SystemExit) as exit_:  # argparse's own exit
         main(["compare", str(run), "--question", "Hi?", "--batch-size", "0"])

@@ -331,7 +331,7 @@ def test_the_batch_size_is_an_argument_as_the_cli_has_it(trained, tmp_path, monk
     tunelab.evaluate(head, path, batch_size=5, save=False)
     assert scored["b"] == 5
 
-    with pytest.raises(ConfigError, match=r"argument 'batch_size' \(--batch-size\) is 0"):
+    with pytest.raises(ConfigError, match=r"^argument 'batch_size' is 0; give a whole number, 1 or more"):
         tunelab.evaluate(trained, path, batch_size=0)
     with pytest.raises(ConfigError, match="argument 'batch_size' is 3 and settings.batch_size is 8; give one of them"):
         tunelab.evaluate(trained, path, settings=GenerationSettings(batch_size=8), batch_size=3)

@@ -194,7 +194,7 @@ def test_several_processes_refuse_what_train_refuses(tiny_overrides, tmp_path, c
         in capsys.readouterr().err
     )
     assert main(["plan", path, "--gpu-memory", "1GiB", "--nproc", "0"]) == 2
-    assert "(--nproc) is 0" in capsys.readouterr().err
+    assert "option '--nproc' is 0; give a whole number, 1 or more." in capsys.readouterr().err
 
 
 def test_a_budget_above_the_gpus_memory_is_refused_naming_it(tiny_overrides, tmp_path, capsys, monkeypatch):
