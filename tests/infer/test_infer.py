@@ -417,7 +417,7 @@ def test_open_run_refuses_a_dtype_it_does_not_know(tmp_path):
     naming the argument and the allowed values, before the run is read."""
     from tunelab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=re.escape("option 'dtype' is 'float16'; allowed values: auto, fp32, bf16")):
+    with pytest.raises(ConfigError, match=re.escape("argument 'dtype' is 'float16'; allowed values: auto, fp32, bf16")):
         tunelab.open_run(tmp_path, dtype="float16")
 
 
@@ -428,13 +428,13 @@ def test_a_loaded_run_refuses_a_device_or_base_precision_it_was_not_opened_with(
 
     loaded = tunelab.open_run(tiny_run_dir, device="cpu")
     with pytest.raises(
-        ConfigError, match="option 'base_precision' is 16bit, but the run given was opened with trained"
+        ConfigError, match="argument 'base_precision' is 16bit, but the run given was opened with trained"
     ):
         tunelab.generate(loaded, "Code of box 1?", base_precision="16bit")
-    with pytest.raises(ConfigError, match="option 'base_precision' is 16bit, but the run given was opened with"):
+    with pytest.raises(ConfigError, match="argument 'base_precision' is 16bit, but the run given was opened with"):
         tunelab.compare(loaded, question="Code of box 1?", base_precision="16bit", save=False)
     (tmp_path / "q.jsonl").write_text(json.dumps({"question": "Code of box 2?", "expected": "1074"}) + "\n")
-    with pytest.raises(ConfigError, match="option 'base_precision' is 16bit, but the run given was opened with"):
+    with pytest.raises(ConfigError, match="argument 'base_precision' is 16bit, but the run given was opened with"):
         tunelab.evaluate(loaded, tmp_path / "q.jsonl", base_precision="16bit", save=False)
     short = GenerationSettings(max_new_tokens=2)
     assert isinstance(tunelab.generate(loaded, "Code of box 1?", settings=short, device="cpu"), str)

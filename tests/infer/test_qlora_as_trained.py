@@ -107,7 +107,7 @@ def test_merge_dequantizes_the_nf4_base_and_reports_the_difference(qlora_run, tm
 
 
 def test_an_unknown_base_precision_is_refused(qlora_run):
-    with pytest.raises(ConfigError, match="'base_precision' is '8bit'; allowed values: trained, 16bit"):
+    with pytest.raises(ConfigError, match="^argument 'base_precision' is '8bit'; allowed values: trained, 16bit"):
         open_run(qlora_run, device="cpu", base_precision="8bit")
 
 

@@ -54,10 +54,10 @@ def test_start_server_refuses_its_arguments_before_it_binds_the_port(tiny_run_di
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     for given, arguments, said in [
         (tiny_run_dir, {"allowed_origins": ["localhost:3000"]}, "argument 'allowed_origins' has 'localhost:3000'"),
-        (tiny_run_dir, {"base_precision": "8bit"}, "'base_precision' is '8bit'; allowed values: trained, 16bit"),
+        (tiny_run_dir, {"base_precision": "8bit"}, "argument 'base_precision' is '8bit'; allowed values: trained, 16bit"),
         (tiny_run_dir, {"device": "gpu"}, "argument 'device' is 'gpu'; allowed values"),
         (run, {"device": "cuda:0"}, "argument 'device' is cuda:0, but the run given was opened on cpu"),
-        (run, {"base_precision": "16bit"}, "'base_precision' is 16bit, but the run given was opened with trained"),
+        (run, {"base_precision": "16bit"}, "argument 'base_precision' is 16bit, but the run given was opened with trained"),
     ]:  # fmt: skip
         with pytest.raises(ConfigError) as caught:
             start_server(given, **arguments)

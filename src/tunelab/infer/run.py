@@ -119,7 +119,7 @@ class LoadedRun:
 def check_base_precision(base_precision: str) -> None:
     if base_precision not in BASE_PRECISIONS:
         raise ConfigError(
-            f"option 'base_precision' is {base_precision!r}; allowed values: {', '.join(BASE_PRECISIONS)}."
+            f"argument 'base_precision' is {base_precision!r}; allowed values: {', '.join(BASE_PRECISIONS)}."
         )
 
 
@@ -132,7 +132,7 @@ def open_run(
     trained (default) or 16bit, see the module docstring."""
     check_base_precision(base_precision)
     if dtype not in DTYPES:  # pick_dtype's table lookup would raise a bare KeyError
-        raise ConfigError(f"option 'dtype' is {dtype!r}; allowed values: {', '.join(DTYPES)}.")
+        raise ConfigError(f"argument 'dtype' is {dtype!r}; allowed values: {', '.join(DTYPES)}.")
     run_dir = Path(run_dir)
     info = open_info(run_dir)
     dev = pick_device(device, "argument 'device'")  # the CLI checked its --device first
@@ -161,7 +161,7 @@ def opened(run: str | Path | LoadedRun, device: str = "auto", base_precision: st
     check_base_precision(base_precision)
     if base_precision != "trained" and base_precision != run.base_precision:
         raise ConfigError(
-            f"option 'base_precision' is {base_precision}, but the run given was opened with {run.base_precision}; "
+            f"argument 'base_precision' is {base_precision}, but the run given was opened with {run.base_precision}; "
             f"open it with open_run(run_dir, base_precision={base_precision!r}), or drop the argument."
         )
     wanted = pick_device(device, "argument 'device'") if device != "auto" else run.device
