@@ -143,18 +143,25 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, capsy
 
 
 def test_predict_refuses_a_prompt_without_answers(tmp_path, capsys):
-    """predict --text T --prompt P predicted T and dropped P without a word (a prompt is only read with --answer)."""
+    """predict --text T --prompt P predicted T and dropped P without a word (a prompt is only read with --answer).
+    Each caller is told of what it wrote: the CLI of its flags, a Python caller of its arguments alone."""
     from tunelab.cli import main
     from tunelab.errors import TunelabError
 
-    with pytest.raises(TunelabError, match="--prompt is the prompt that --answer texts answer"):
+    with pytest.raises(TunelabError) as caught:
         tunelab.predict(tmp_path, texts=["great"], prompt="Say something kind")
+    assert str(caught.value) == (
+        "prompt= is the prompt that answers= texts answer (reward runs), and no answers= is given; give the answers "
+        "to score, or drop prompt= (a text of its own is given in texts=)."
+    )
     assert main(["predict", str(tmp_path), "--prompt", "Say something kind"]) == 2
-    assert "no --answer is given" in capsys.readouterr().err
-    with pytest.raises(
-        TunelabError, match=r"--answer needs the --prompt it answers \(in Python: answers= needs prompt=\)"
-    ):
+    err = capsys.readouterr().err
+    assert "--prompt is the prompt that --answer texts answer (reward runs), and no --answer is given" in err
+    assert "(a text of its own is given with --text)." in err and "=" not in err
+    with pytest.raises(TunelabError, match=r"^answers= needs the prompt= it answers\.$"):
         tunelab.predict(tmp_path, answers=["You are great"])
+    assert main(["predict", str(tmp_path), "--answer", "You are great"]) == 2
+    assert "--answer needs the --prompt it answers." in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task", ["classify", "reward"])
@@ -178,8 +185,10 @@ def test_nothing_to_predict_is_said_before_the_model_loads(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "nothing to predict: give --data FILE" in err and "stub" not in err
     assert ("--answer" in err) == (task == "reward")  # a classify run is not told of answers, which it cannot score
-    with pytest.raises(TunelabError, match="nothing to predict"):
+    with pytest.raises(TunelabError) as caught:
         tunelab.predict(tmp_path)
+    said = "data= or texts=." if task == "classify" else "data= or texts=, or prompt= with answers=."
+    assert str(caught.value) == f"nothing to predict: give {said}"
     assert (
         main(["predict", str(tmp_path), "--text", "great"]) == 2 and "stub: the model loads" in capsys.readouterr().err
     )
@@ -195,16 +204,6 @@ def test_predict_takes_its_texts_after_the_run_as_generate_takes_its_prompt(tmp_
     monkeypatch.setattr(api, "predict", lambda run, **kwargs: seen.update(kwargs))
     assert main(["predict", str(tmp_path), "great", "awful", "--text", "fine"]) == 0
     assert seen["texts"] == ["great", "awful", "fine"]
-
-
-def test_predict_names_the_python_arguments_beside_the_flags(tmp_path):
-    """tunelab.predict(run, texts=[...], prompt=...) was told of --text and --answer only, options a Python caller never
-    gave; the message names the arguments too."""
-    from tunelab.errors import TunelabError
-
-    with pytest.raises(TunelabError) as err:
-        tunelab.predict(tmp_path, texts=["great"], prompt="Say something kind")
-    assert "In Python: prompt= needs answers=, and a text of its own is given in texts=." in str(err.value)
 
 
 def test_predict_names_the_flag_of_an_empty_text_beside_its_argument(tmp_path, capsys):

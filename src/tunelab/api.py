@@ -579,7 +579,15 @@ def predict(
     answers = _texts(answers, "answers", blank=False, flag="--answer") if answers is not None else None
     prompt = _text(prompt, "prompt", blank=False) if prompt is not None else None
     predictions = _predict(
-        run, data, texts, prompt, answers, batch_size=batch_size, device=device, texts_first=texts_first
+        run,
+        data,
+        texts,
+        prompt,
+        answers,
+        batch_size=batch_size,
+        device=device,
+        texts_first=texts_first,
+        spelling=spelling,
     )
     if show:
         print(format_predictions(predictions))

@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tunelab
 import tunelab.training.recipe as recipe
 from tunelab.cli import main
+from tunelab.errors import TunelabError
 from tunelab.infer.predict import head_outputs, open_head_run, text_input
 from tunelab.tasks.head_data import pad_rows, render
 from tunelab.tasks.head_run import scored_input
@@ -220,9 +222,16 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     # nothing to predict: a classify run is not told of --prompt with --answer, which score a reward run's answers
     assert main(["predict", str(run), "--device", "cpu"]) == 2
     assert (
-        'nothing to predict: give --data FILE or texts (tunelab predict RUN "TEXT" ..., or --text TEXT) (in Python: '
-        "data= or texts=)." in capsys.readouterr().err
+        'nothing to predict: give --data FILE or texts (tunelab predict RUN "TEXT" ..., or --text TEXT).\n'
+        in capsys.readouterr().err
     )
+    # answers to a prompt score a reward run; each caller is told of its own way to give a classify run texts
+    assert main(["predict", str(run), "--prompt", "p", "--answer", "a", "--device", "cpu"]) == 2
+    said = "score answers with a reward run; this is a classify run: give it texts"
+    assert f"--prompt and --answer {said} (--text).\n" in capsys.readouterr().err
+    with pytest.raises(TunelabError) as caught:
+        tunelab.predict(run, prompt="p", answers=["a"], device="cpu")
+    assert str(caught.value) == f"prompt= and answers= {said} (texts=)."
 
     over = head_overrides(tiny_model_dir, tmp_path, "reward", pair_file, **{"method.name": "full"})
     assert main(["train", *cli_flags(over)]) == 0

@@ -104,23 +104,29 @@ def predict(
     batch_size: int = 16,
     device: str = "auto",
     texts_first: bool = False,
+    *,
+    spelling: Spelling = PYTHON,
 ) -> list[Prediction]:
     """Predictions of a head run for the rows of `data` and/or `texts` (classify or reward), or for `answers` to
-    `prompt` (reward). The file's rows come first, then the texts; `texts_first` puts the texts before them."""
+    `prompt` (reward). The file's rows come first, then the texts; `texts_first` puts the texts before them.
+    `spelling`: how errors name the arguments (these, or `tunelab predict`'s flags)."""
+    prompt_, answer_, text_ = (
+        ("--prompt", "--answer", "--text") if spelling.flags else ("prompt=", "answers=", "texts=")
+    )
     if prompt is not None and not answers:  # it was dropped without a word, and the texts predicted without it
         raise TunelabError(
-            "--prompt is the prompt that --answer texts answer (reward runs), and no --answer is given; give the answers "
-            "to score, or drop --prompt (a text of its own is given with --text). In Python: prompt= needs answers=, "
-            "and a text of its own is given in texts=."
+            f"{prompt_} is the prompt that {answer_} texts answer (reward runs), and no {answer_} is given; give the "
+            f"answers to score, or drop {prompt_} (a text of its own is given {'with' if spelling.flags else 'in'} "
+            f"{text_})."
         )
     if answers and prompt is None:
-        raise TunelabError("--answer needs the --prompt it answers (in Python: answers= needs prompt=).")
+        raise TunelabError(f"{answer_} needs the {prompt_} it answers.")
     if data is not None:
         refuse_missing_file(data, "predict")
     if data is None and not texts and not answers:  # said before the model loads, not after
         task = run.info.task if isinstance(run, HeadRun) else read_info(run, require_finished=False).task
         if task in HEAD_TASKS:  # another run is named as such by open_head_run
-            raise _nothing_to_predict(task)
+            raise _nothing_to_predict(task, spelling)
     run = run if isinstance(run, HeadRun) else open_head_run(run, device, from_checkpoint=True)
     d = run.data
     items: list[tuple[Input, str, str | None]] = []  # (input, where, expected label)
@@ -155,11 +161,11 @@ def predict(
     if answers:
         if run.info.task != "reward":
             raise TunelabError(
-                "--prompt/--answer score answers with a reward run; this is a classify run: use --text (in Python: "
-                "prompt= and answers= score answers with a reward run; give a classify run texts=)."
+                f"{prompt_} and {answer_} score answers with a reward run; this is a classify run: give it texts "
+                f"({text_})."
             )
     if not items and not answers:
-        raise _nothing_to_predict(run.info.task)
+        raise _nothing_to_predict(run.info.task, spelling)
     thoughts: list[str | None] = [None] * len(items)
     if run.info.task == "reward":  # the answer is scored without its thought
         apart = [_thought_apart(x, w) for x, w, _ in items]
@@ -197,15 +203,19 @@ def _say_one_text(data: str | Path, items: list[tuple[Input, str, str | None]]) 
         )
 
 
-def _nothing_to_predict(task: str) -> TunelabError:
-    if task == "classify":  # --prompt with --answer scores answers of a reward run only
+def _nothing_to_predict(task: str, spelling: Spelling) -> TunelabError:
+    # a classify run is not told of a prompt with answers, which score answers of a reward run only
+    if not spelling.flags:
         return TunelabError(
-            'nothing to predict: give --data FILE or texts (tunelab predict RUN "TEXT" ..., or --text TEXT) (in '
-            "Python: data= or texts=)."
+            "nothing to predict: give data= or texts=" + ("." if task == "classify" else ", or prompt= with answers=.")
+        )
+    if task == "classify":
+        return TunelabError(
+            'nothing to predict: give --data FILE or texts (tunelab predict RUN "TEXT" ..., or --text TEXT).'
         )
     return TunelabError(
         'nothing to predict: give --data FILE, texts (tunelab predict RUN "TEXT" ..., or --text TEXT), or --prompt '
-        "TEXT with --answer TEXT (in Python: data=, texts=, or prompt= with answers=)."
+        "TEXT with --answer TEXT."
     )
 
 
