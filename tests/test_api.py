@@ -142,6 +142,31 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, capsy
     assert "argument 'data' is an empty path" in capsys.readouterr().err
 
 
+def test_save_false_beside_overwrite_or_out_names_the_python_arguments(tmp_path):
+    """tunelab.evaluate(..., save=False, overwrite=True) was told of --no-save and --overwrite, its own arguments in
+    brackets after them; a Python caller is told of what it wrote alone."""
+    from tunelab.errors import ConfigError
+
+    cases = [
+        (
+            lambda: tunelab.compare(tmp_path, save=False, overwrite=True),
+            "save=False writes no compare.json, so overwrite=True has nothing to replace; give one of them.",
+        ),
+        (
+            lambda: tunelab.evaluate(tmp_path, "d.jsonl", save=False, overwrite=True),
+            "save=False writes no results file, so overwrite=True has nothing to replace; give one of them.",
+        ),
+        (
+            lambda: tunelab.evaluate(tmp_path, "d.jsonl", save=False, out="e.json"),
+            "out='e.json' names where to save the results and save=False saves nothing; give one of them.",
+        ),
+    ]
+    for call, says in cases:
+        with pytest.raises(ConfigError) as caught:
+            call()
+        assert str(caught.value) == says
+
+
 def test_predict_refuses_a_prompt_without_answers(tmp_path, capsys):
     """predict --text T --prompt P predicted T and dropped P without a word (a prompt is only read with --answer).
     Each caller is told of what it wrote: the CLI of its flags, a Python caller of its arguments alone."""

@@ -106,10 +106,13 @@ def test_bad_input_exits_2_without_traceback(args, message, capsys, tmp_path):
     [
         (
             ["compare", "RUN", "--no-save", "--overwrite"],
-            "--no-save writes no compare.json, so --overwrite has nothing",
+            "--no-save writes no compare.json, so --overwrite has nothing to replace; give one of them.\n",
         ),
         (["eval", "RUN", "--data", "d.jsonl", "--no-save", "--overwrite"], "--no-save writes no results file"),
-        (["eval", "RUN", "--data", "d.jsonl", "--no-save", "--out", "e.json"], "--no-save saves nothing"),
+        (
+            ["eval", "RUN", "--data", "d.jsonl", "--no-save", "--out", "e.json"],
+            "--out e.json names where to save the results and --no-save saves nothing; give one of them.\n",
+        ),
         (["export", "RUN", "--out", "m.gguf", "--no-check", "--check-questions", "3"], "skips the self-check"),
         (
             ["predict", "RUN", "hello", "--overwrite"],

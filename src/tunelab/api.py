@@ -125,14 +125,12 @@ def _at_least(value: int, name: str, low: int, spelling: Spelling = PYTHON) -> N
         raise ConfigError(f"{spelling.option(name)} is {value}; give a whole number, {low} or more.")
 
 
-def _refuse_overwrite_unsaved(save: bool, overwrite: bool, what: str) -> None:
+def _refuse_overwrite_unsaved(save: bool, overwrite: bool, what: str, spelling: Spelling) -> None:
     """ConfigError for --overwrite with --no-save: nothing is written, so nothing is replaced, and the command did
     one and dropped the other without a word."""
     if overwrite and not save:
-        raise ConfigError(
-            f"--no-save writes no {what}, so --overwrite has nothing to replace; give one of them (in Python: "
-            "save=False or overwrite=True)."
-        )
+        unsaved, given = ("--no-save", "--overwrite") if spelling.flags else ("save=False", "overwrite=True")
+        raise ConfigError(f"{unsaved} writes no {what}, so {given} has nothing to replace; give one of them.")
 
 
 def _shown_answers(show: bool, show_answers: bool) -> None:
@@ -313,6 +311,8 @@ def compare(
     overwrite: bool = False,
     show_answers: bool = False,
     batch_size: int | None = None,
+    *,
+    spelling: Spelling = PYTHON,
 ) -> Comparison:
     """Base and tuned model answer the same questions (from a file and/or given directly; neither: the run's
     eval.questions); scored where expected answers exist. `settings` default to greedy answers of the run's eval.max_new_tokens; `refusal` to the run's
@@ -321,7 +321,7 @@ def compare(
     was trained on) or 16bit (over the unquantized weights). `batch_size` (--batch-size): questions answered together;
     default settings.batch_size (16)."""
     _shown_answers(show, show_answers)
-    _refuse_overwrite_unsaved(save, overwrite, "compare.json")
+    _refuse_overwrite_unsaved(save, overwrite, "compare.json", spelling)
     settings = _with_batch_size(settings, batch_size)
     run_dir = run.run_dir if isinstance(run, LoadedRun) else Path(run)
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
@@ -342,12 +342,12 @@ def compare(
     if not items:
         raise DataError("no questions to compare on: give a questions file or at least one question.")
     if save:  # before minutes of generation, not after; after the questions, whose errors are the ones to fix first
-        check_writable(compare_file(run_dir), overwrite)
+        check_writable(compare_file(run_dir), overwrite, spelling)
     loaded = opened(run, device, base_precision)
     result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal, dropped)
     if save:
         check_same_run(run_dir, stamp, "compare")
-    path = save_comparison(result, run_dir, overwrite=overwrite) if save else None
+    path = save_comparison(result, run_dir, overwrite=overwrite, spelling=spelling) if save else None
     if show:
         print(format_comparison(result, path, show_answers))
     return result
@@ -419,6 +419,8 @@ def evaluate(
     base_precision: str = "trained",
     show_answers: bool = False,
     batch_size: int | None = None,
+    *,
+    spelling: Spelling = PYTHON,
 ):
     """Eval loss and perplexity, answer metrics (exact, contains, ROUGE-L, refusal) and label metrics, base and tuned.
     `settings` default to greedy answers of the run's eval.max_new_tokens. `show` prints the table (and the answers
@@ -431,11 +433,9 @@ def evaluate(
     _shown_answers(show, show_answers)
     settings = _with_batch_size(settings, batch_size)
     if out is not None and not save:  # the results would go nowhere after minutes of answering, without a word
-        raise ConfigError(
-            f"--out {out} names where to save the results and --no-save saves nothing; give one of them (in Python: "
-            "out= or save=False)."
-        )
-    _refuse_overwrite_unsaved(save, overwrite, "results file")
+        given, unsaved = (f"--out {out}", "--no-save") if spelling.flags else (f"out={str(out)!r}", "save=False")
+        raise ConfigError(f"{given} names where to save the results and {unsaved} saves nothing; give one of them.")
+    _refuse_overwrite_unsaved(save, overwrite, "results file", spelling)
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
     if not isinstance(run, LoadedRun) and (task := read_info(run, require_finished=False).task) in HEAD_TASKS:
         from tunelab.eval.heads import evaluate_head_run, format_head_eval, refuse_text_options

@@ -228,6 +228,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             base_precision=args.base_precision,
             show_answers=args.show_answers,
             batch_size=args.batch_size,
+            spelling=CLI,  # errors name the flags typed
         )
     elif args.command == "compare":
         api.compare(
@@ -243,6 +244,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             show_answers=args.show_answers,
             batch_size=args.batch_size,
+            spelling=CLI,  # errors name the flags typed
         )
     elif args.command == "serve":
         api.serve(

@@ -292,15 +292,29 @@ def test_a_full_run_whose_base_is_gone_is_refused_before_any_answer(
         assert "answers, tuned model" not in err
 
 
-def test_an_earlier_comparison_names_the_python_arguments_too(tmp_path):
-    """tunelab.compare() beside an earlier compare.json was told of --overwrite and --no-save only."""
+def test_an_earlier_comparison_names_each_callers_own_arguments(tmp_path):
+    """tunelab.compare() beside an earlier compare.json was told of --overwrite and --no-save, its own arguments in
+    brackets; the CLI got the brackets too. Each is told of its own way."""
+    from tunelab.config.flags import CLI
     from tunelab.eval.compare import check_writable
 
     path = tmp_path / "compare.json"
     path.write_text("{}")
-    with pytest.raises(RunDirError, match=r"--no-save to print the scores without saving \(in Python: overwrite=True"):
+    with pytest.raises(RunDirError) as caught:
         check_writable(path, overwrite=False)
+    assert str(caught.value).endswith(
+        "Pass overwrite=True to replace it, or save=False to print the scores without saving."
+    )
+    with pytest.raises(RunDirError) as caught:
+        check_writable(path, overwrite=False, spelling=CLI)
+    assert str(caught.value).endswith(
+        "Pass --overwrite to replace it, or --no-save to print the scores without saving."
+    )
     check_writable(path, overwrite=True)
+    folder = tmp_path / "run" / "compare.json"
+    folder.mkdir(parents=True)
+    with pytest.raises(RunDirError, match=r"move it away, or pass save=False to print the scores without saving\.$"):
+        check_writable(folder, overwrite=True)
 
 
 def test_a_folder_named_compare_json_is_refused_before_any_answer(run, questions, capsys):
@@ -312,6 +326,7 @@ def test_a_folder_named_compare_json_is_refused_before_any_answer(run, questions
         assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu", *flags]) == 2
         err = capsys.readouterr().err
         assert f"{folder}: is a folder, where compare writes its result file" in err and "Traceback" not in err
+        assert "or pass --no-save to print the scores without saving.\n" in err
         assert "answers, tuned model" not in err
     assert folder.is_dir() and list(folder.iterdir()) == []
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.reasoning import split_thought
 from tunelab.data.report import DataReport
 from tunelab.errors import DataError, Interrupted, RunDirError
@@ -77,20 +78,22 @@ def compare_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / COMPARE_FILE
 
 
-def check_writable(path: Path, overwrite: bool) -> None:
+def check_writable(path: Path, overwrite: bool, spelling: Spelling = PYTHON) -> None:
     """Refuse to replace an earlier comparison (the report reads it) unless asked; say how to keep both. WriteFailed
     when the run's folder cannot be written (read-only), before the answers rather than after them. A folder (or a
-    device or pipe) at the path is refused even with overwrite: the result is a file, and --overwrite replaces files."""
+    device or pipe) at the path is refused even with overwrite: the result is a file, and --overwrite replaces files.
+    `spelling`: --overwrite and --no-save, or overwrite=True and save=False in Python."""
+    unsaved = "--no-save" if spelling.flags else "save=False"
     if path.exists() and not path.is_file():
         raise RunDirError(
             f"{path}: is {'a folder' if path.is_dir() else 'not a regular file (a device, pipe or socket)'}, where "
-            "compare writes its result file; move it away, or pass --no-save to print the scores without saving (in "
-            "Python: save=False)."
+            f"compare writes its result file; move it away, or pass {unsaved} to print the scores without saving."
         )
     if path.exists() and not overwrite:
         raise RunDirError(
-            f"{path} exists (an earlier comparison, which the report shows). Pass --overwrite to replace it, or "
-            "--no-save to print the scores without saving (in Python: overwrite=True or save=False)."
+            f"{path} exists (an earlier comparison, which the report shows). Pass "
+            f"{'--overwrite' if spelling.flags else 'overwrite=True'} to replace it, or {unsaved} to print the scores "
+            "without saving."
         )
     check_can_write(path)
 
@@ -239,9 +242,11 @@ def format_comparison(result: Comparison, saved: Path | None = None, show_answer
     return "\n\n".join(parts)
 
 
-def save_comparison(result: Comparison, run_dir: str | Path, overwrite: bool = False) -> Path:
+def save_comparison(
+    result: Comparison, run_dir: str | Path, overwrite: bool = False, spelling: Spelling = PYTHON
+) -> Path:
     path = compare_file(run_dir)
-    check_writable(path, overwrite)
+    check_writable(path, overwrite, spelling)
     return write_json(path, result.to_dict())
 
 
