@@ -167,6 +167,30 @@ def test_save_false_beside_overwrite_or_out_names_the_python_arguments(tmp_path)
         assert str(caught.value) == says
 
 
+def test_an_existing_out_file_is_named_as_each_caller_gives_it(tmp_path, capsys):
+    """predict(..., out=FILE) beside an existing FILE was told of --overwrite and --out, then of its own arguments in
+    brackets; the CLI got the brackets too. Said before the model loads."""
+    import json
+
+    from tunelab.cli import main
+    from tunelab.errors import RunDirError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(
+        json.dumps({"base_model": "x", "method": "lora", "finished": True, "task": "classify"})
+    )
+    out = tmp_path / "p.csv"
+    out.write_text("label\n")
+    with pytest.raises(RunDirError) as caught:
+        tunelab.predict(run, texts=["a"], out=out)
+    assert str(caught.value) == f"{out} exists. Pass overwrite=True to replace it, or out= to write elsewhere."
+    assert main(["predict", str(run), "a", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} exists. Pass --overwrite to replace it, or --out to write elsewhere.\n" in err
+    assert "Python" not in err and out.read_text() == "label\n"
+
+
 def test_predict_refuses_a_prompt_without_answers(tmp_path, capsys):
     """predict --text T --prompt P predicted T and dropped P without a word (a prompt is only read with --answer).
     Each caller is told of what it wrote: the CLI of its flags, a Python caller of its arguments alone."""

@@ -54,6 +54,7 @@ def test_damaged_incomplete_and_foreign_folders_are_refused(tmp_path):
 
 
 def test_a_result_file_never_replaces_the_run_its_input_or_a_folder(tmp_path):
+    from tunelab.config.flags import CLI
     from tunelab.places import check_output_file
 
     run = tmp_path / "run"
@@ -66,12 +67,14 @@ def test_a_result_file_never_replaces_the_run_its_input_or_a_folder(tmp_path):
         (run, True, "is a folder"),
         (data, True, "is this command's input"),
         (run / "run.json", True, "is a file of the run itself; --overwrite replaces only its eval.json"),
-        (run / "eval.json", False, "exists. Pass --overwrite"),
+        (run / "eval.json", False, "exists. Pass overwrite=True to replace it, or out= to write elsewhere."),
         (tmp_path / "nowhere" / "e.json", False, "no such directory"),
     ]
     for path, overwrite, says in cases:
         with pytest.raises(RunDirError, match=re.escape(says)):
             check_output_file(path, overwrite, run, "eval.json", (data,))
+    with pytest.raises(RunDirError, match=re.escape("exists. Pass --overwrite to replace it, or --out to write")):
+        check_output_file(run / "eval.json", False, run, "eval.json", (data,), spelling=CLI)
     check_output_file(run / "eval.json", True, run, "eval.json", (data,))  # its own file, with --overwrite
     check_output_file(tmp_path / "nowhere" / "r.html", False, run, "report.html", mkdir=True)
 

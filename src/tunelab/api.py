@@ -449,6 +449,7 @@ def evaluate(
             save=save,
             out=out,
             overwrite=overwrite,
+            spelling=spelling,
         )
         if show:
             print(format_head_eval(result))
@@ -457,7 +458,16 @@ def evaluate(
         return result
 
     result = evaluate_run(
-        run, data, settings, refusal, device, save=save, out=out, overwrite=overwrite, base_precision=base_precision
+        run,
+        data,
+        settings,
+        refusal,
+        device,
+        save=save,
+        out=out,
+        overwrite=overwrite,
+        base_precision=base_precision,
+        spelling=spelling,
     )
     if show:
         print(format_eval(result, show_answers))
@@ -467,11 +477,13 @@ def evaluate(
 
 
 @_checked
-def report(run: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+def report(
+    run: str | Path, out: str | Path | None = None, overwrite: bool = False, *, spelling: Spelling = PYTHON
+) -> Path:
     """A self-contained HTML page of the run: curves, metrics, answers side by side, config, data report."""
     from tunelab.eval.report import build_report
 
-    return build_report(run, out=out, overwrite=overwrite)
+    return build_report(run, out=out, overwrite=overwrite, spelling=spelling)
 
 
 @_checked

@@ -189,7 +189,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             print(f"written to {args.out}")
         return 0
     if args.command == "report":
-        print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite))
+        print(api.report(args.run_dir, out=args.out, overwrite=args.overwrite, spelling=CLI))
         return 0
     if args.command == "merge":
         print(api.merge(args.run_dir, args.out, overwrite=args.overwrite, dtype=args.dtype, show=True, spelling=CLI))

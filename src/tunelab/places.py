@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.atomic import check_can_write
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.config.model import embedded_file
 from tunelab.config.paths import function_file
 from tunelab.errors import RunDirError
@@ -21,6 +22,7 @@ def check_output_file(
     inputs: tuple[str | Path, ...] = (),
     mkdir: bool = False,
     suffix: str | None = None,
+    spelling: Spelling = PYTHON,
 ) -> None:
     """RunDirError before any work when a command (eval, report) cannot write its result file `path`: it is a
     folder or another file than a regular one, it is one of the command's `inputs` or inside one that is a folder,
@@ -74,10 +76,8 @@ def check_output_file(
     if path.exists() and (model := _model_holding(target, run_dir)):
         raise RunDirError(f"{path}: is a file of {model}; --overwrite never replaces it. Write elsewhere.")
     if path.exists() and not overwrite:
-        raise RunDirError(  # the Python API's callers pass no flags
-            f"{path} exists. Pass --overwrite to replace it, or --out to write elsewhere (in Python: overwrite=True "
-            "or out=)."
-        )
+        given, out = ("--overwrite", "--out") if spelling.flags else ("overwrite=True", "out=")
+        raise RunDirError(f"{path} exists. Pass {given} to replace it, or {out} to write elsewhere.")
     if not path.parent.is_dir() and not mkdir:
         raise RunDirError(f"{path.parent}: no such directory to write {path.name} into.")
     if suffix is not None and path.suffix.lower() != suffix:

@@ -206,11 +206,15 @@ def test_rows_without_expected_answers_name_file_and_line(tmp_path):
 
 
 def test_existing_output_needs_overwrite(tmp_path):
+    from tunelab.config.flags import CLI
+
     run = _fake_run(tmp_path / "run")
     (run / EVAL_FILE).write_text("{}")
     _write_jsonl(tmp_path / "q.jsonl", [{"question": "a?", "expected": "a"}])  # a missing one is named first
-    with pytest.raises(RunDirError, match="eval.json exists. Pass --overwrite"):
+    with pytest.raises(RunDirError, match="eval.json exists. Pass overwrite=True to replace it, or out= to write"):
         evaluate_run(run, tmp_path / "q.jsonl")
+    with pytest.raises(RunDirError, match="eval.json exists. Pass --overwrite to replace it, or --out to write"):
+        evaluate_run(run, tmp_path / "q.jsonl", spelling=CLI)
     (run / "report.html").write_text("")
     with pytest.raises(RunDirError, match="report.html exists"):
         build_report(run)

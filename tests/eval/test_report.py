@@ -467,12 +467,25 @@ def test_build_report_errors(tmp_path):
     run = make_run(tmp_path / "run")
     first = build_report(run)
     first.write_text("<p>my notes</p>")  # a page tunelab did not write there
-    with pytest.raises(RunDirError, match="report.html exists. Pass --overwrite"):
-        build_report(run)
-    with pytest.raises(RunDirError, match=r"elsewhere \(in Python: overwrite=True or out=\)"):
-        tunelab.report(run)  # the API's caller has no flags to pass
+    said = f"{first} exists. Pass overwrite=True to replace it, or out= to write elsewhere."
+    for call in (lambda: build_report(run), lambda: tunelab.report(run)):  # the API's caller has no flags to pass
+        with pytest.raises(RunDirError) as caught:
+            call()
+        assert str(caught.value) == said
     assert build_report(run, overwrite=True) == first
     assert build_report(run, tmp_path / "out" / "r.html").is_file()
+
+
+def test_an_existing_page_names_the_flags_to_the_cli_alone(tmp_path, capsys):
+    """tunelab report beside a page of the user's was told of its flags and then of Python's arguments."""
+    from tunelab.cli import main
+
+    run = make_run(tmp_path / "run")
+    (run / "report.html").write_text("<p>my notes</p>")
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "report.html exists. Pass --overwrite to replace it, or --out to write elsewhere.\n" in err
+    assert "Python" not in err
 
 
 def test_a_report_made_again_replaces_the_page_of_the_same_run_alone(tmp_path):
@@ -484,7 +497,7 @@ def test_a_report_made_again_replaces_the_page_of_the_same_run_alone(tmp_path):
     shared = tmp_path / "out" / "r.html"
     build_report(run, shared)
     assert build_report(tmp_path / "out" / ".." / "run", shared) == shared  # the same run, its path spelt otherwise
-    with pytest.raises(RunDirError, match="r.html exists. Pass --overwrite"):
+    with pytest.raises(RunDirError, match="r.html exists. Pass overwrite=True"):
         build_report(other, shared)
     assert str(other.resolve()) in build_report(other, shared, overwrite=True).read_text()
 

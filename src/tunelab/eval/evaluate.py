@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from tunelab.atomic import write_json
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.batches import make_batches
 from tunelab.data.match import contains, exact_match
 from tunelab.data.reasoning import split_thought
@@ -291,11 +292,12 @@ def evaluate_run(
     out: str | Path | None = None,
     overwrite: bool = False,
     base_precision: str = "trained",
+    spelling: Spelling = PYTHON,
 ) -> EvalResult:
     """Base and tuned model of `run_dir` (a path, or a run already opened with `open_run`) on `data_file`: loss,
     perplexity, answer scores, label tasks, speed. `refusal` defaults to the run's eval.refusal. With `save`, writes
     `out` (default RUN_DIR/eval.json); an existing file is an error unless `overwrite`. `base_precision`: see
-    `infer.run.open_run`."""
+    `infer.run.open_run`. `spelling`: how errors name the arguments (these, or `tunelab eval`'s flags)."""
     loaded = run_dir if isinstance(run_dir, LoadedRun) else None
     run_dir = loaded.run_dir if loaded else Path(run_dir)
     stamp = run_stamp(run_dir)
@@ -303,7 +305,7 @@ def evaluate_run(
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     refuse_missing_file(data_file, "eval")  # the error to fix first, not an existing eval.json
     if save:
-        check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json")
+        check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json", spelling=spelling)
     data = run_data_config(run_dir, info)
     cfg = saved_config(run_dir, DATA_SETTINGS)
     micro_batch = trained_value(info.extra, "train.micro_batch", cfg.train.micro_batch)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.atomic import write_json
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import refuse_missing_file
 from tunelab.errors import ConfigError, DataError, article, counted
@@ -299,6 +300,7 @@ def evaluate_head_run(
     save: bool = True,
     out: str | Path | None = None,
     overwrite: bool = False,
+    spelling: Spelling = PYTHON,
 ) -> HeadEvalResult:
     """Scores of a classify or reward run on `data_file`; with `save`, written to `out` (default RUN_DIR/eval.json)."""
     run_dir = Path(run_dir)
@@ -306,7 +308,7 @@ def evaluate_head_run(
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     refuse_missing_file(data_file, "eval")
     if save:
-        check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json")
+        check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json", spelling=spelling)
     run = open_head_run(run_dir, device, from_checkpoint=True)
     if run.info.task == "reward" and not run.info.is_adapter:  # the untrained-head baseline loads the base last
         check_trained_base(run.info)

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tunelab.atomic import write_text
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.eval.heads import head_eval_html
 from tunelab.eval.report_answers import answer_rows, word_diff
 from tunelab.eval.report_html import document, esc, report_mark
@@ -136,14 +137,16 @@ def render_report(run_dir: str | Path) -> str:
     return document(title, run_dir.resolve(), when, sections)
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+def build_report(
+    run_dir: str | Path, out: str | Path | None = None, overwrite: bool = False, spelling: Spelling = PYTHON
+) -> Path:
     """Write the report of `run_dir` to `out` (default RUN_DIR/report.html) and return its path. A report page of
     this same run there is replaced without `overwrite`: it is this command's output, made again from the run's
     files; any other file (another run's report, a page of the user's) needs it."""
     run_dir = Path(run_dir)
     read_info(run_dir, require_finished=False)  # a run directory, even an unfinished one: its curves are worth seeing
     path = Path(out) if out is not None else run_dir / REPORT_FILE
-    check_output_file(path, overwrite or _report_of(path, run_dir), run_dir, REPORT_FILE, mkdir=True)
+    check_output_file(path, overwrite or _report_of(path, run_dir), run_dir, REPORT_FILE, mkdir=True, spelling=spelling)
     page = render_report(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text(path, page)

@@ -252,7 +252,7 @@ def check_out(
     path = Path(path)
     if path.suffix not in (".csv", ".jsonl"):
         raise ConfigError(f"{spelling.option('out')} is {path}; predictions are written as .csv or .jsonl.")
-    check_output_file(path, overwrite, Path(run_dir), "", (data,) if data is not None else ())
+    check_output_file(path, overwrite, Path(run_dir), "", (data,) if data is not None else (), spelling=spelling)
     return path
 
 
