@@ -318,7 +318,10 @@ def test_counts_and_ports_out_of_range_are_refused_as_the_cli_refuses_them(tmp_p
         (lambda: tunelab.check(None, {}, examples=-1), r"^argument 'examples' is -1"),
         (lambda: tunelab.predict(run, texts=["a"], batch_size=0), r"^argument 'batch_size' is 0"),
         (lambda: tunelab.load_reward_model(run, batch_size=0), r"^argument 'batch_size' is 0"),
-        (lambda: tunelab.export_gguf(run, tmp_path / "m.gguf", check_questions=0), r"'check_questions'.* is 0"),
+        (
+            lambda: tunelab.export_gguf(run, tmp_path / "m.gguf", check_questions=0),
+            r"^argument 'check_questions' is 0; give 1",
+        ),
         (lambda: tunelab.export_gguf(run, tmp_path / "m.gguf", check_questions="3"), r"'check_questions' must be int"),
         (lambda: tunelab.serve(run, port="80"), r"serve\(\): argument 'port' must be int, got a str"),
         (lambda: tunelab.open_run(run, device=3), r"open_run\(\): argument 'device' must be str, got an int"),
@@ -396,11 +399,23 @@ def test_export_refuses_a_question_count_with_the_self_check_skipped(tmp_path, c
     from tunelab.cli import main
     from tunelab.errors import ConfigError
 
-    message = r"'check_questions' \(--check-questions\) is 3, and check=False \(--no-check\) skips"
-    with pytest.raises(ConfigError, match=message):
+    message = (
+        "argument 'check_questions' is 3, and check=False skips the self-check that asks them; give one or the other."
+    )
+    with pytest.raises(ConfigError) as caught:  # each caller is told of its own way alone
         tunelab.export_gguf(tmp_path / "run", tmp_path / "m.gguf", check=False, check_questions=3)
+    assert str(caught.value) == message
     args = ["export", str(tmp_path / "run"), "--gguf", str(tmp_path / "m.gguf")]
     assert main([*args, "--no-check", "--check-questions", "3"]) == 2
     err = capsys.readouterr().err
-    assert "--check-questions" in err and "--no-check" in err
+    assert "option '--check-questions' is 3, and --no-check skips the self-check that asks them" in err
+    assert "check=False" not in err
+    with pytest.raises(ConfigError, match=r"^argument 'qtype' is 'q3_k'; allowed values: f32, f16"):
+        tunelab.export_gguf(tmp_path / "run", tmp_path / "m.gguf", qtype="q3_k")
+    assert main([*args, "--type", "q3_k"]) == 2
+    assert "option '--type' is 'q3_k'; allowed values: f32, f16" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"^argument 'out': .*m\.bin must be a file name ending in \.gguf\.$"):
+        tunelab.export_gguf(tmp_path / "run", tmp_path / "m.bin")
+    assert main(["export", str(tmp_path / "run"), "--gguf", str(tmp_path / "m.bin")]) == 2
+    assert "option '--gguf': " in capsys.readouterr().err
     assert not (tmp_path / "m.gguf").exists()

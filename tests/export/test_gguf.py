@@ -217,7 +217,7 @@ def test_unsupported_models_and_bad_options_are_refused(tiny_run, tmp_path):
         gguf_shape(yarn)
     with pytest.raises(
         ConfigError,
-        match=r"'qtype' \(--type\) is 'q5_k'; allowed values: f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k",
+        match=r"^argument 'qtype' is 'q5_k'; allowed values: f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k",
     ):
         export_gguf(tiny_run, tmp_path / "x.gguf", "q5_k")
     with pytest.raises(ConfigError, match="ending in .gguf"):
@@ -455,6 +455,6 @@ def test_a_file_name_the_modelfile_cannot_carry_is_refused(tiny_run, tmp_path):
     as an unknown command) and a name with other unprinted characters lost them in Ollama's reading. Such a name is
     refused before anything is written, naming the option."""
     for name in ("a\nb.gguf", "a\rb.gguf", "tab\there.gguf", "bell\x07.gguf"):
-        with pytest.raises(ConfigError, match=r"option 'out' \(--gguf\): the file name .* Modelfile's FROM line"):
+        with pytest.raises(ConfigError, match=r"^argument 'out': the file name .* Modelfile's FROM line"):
             export_gguf(tiny_run, tmp_path / name, "f16", check=False)
     assert list(tmp_path.iterdir()) == []

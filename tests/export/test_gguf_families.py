@@ -250,7 +250,7 @@ def test_cli_export_checks_by_default_and_refuses_unknown_types(qwen2_run, tmp_p
 
     assert main(["export", str(qwen2_run), "--gguf", str(tmp_path / "a.gguf"), "--type", "q3_k"]) == 2
     err = capsys.readouterr().err
-    assert "'qtype' (--type) is 'q3_k'; allowed values: f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k" in err
+    assert "option '--type' is 'q3_k'; allowed values: f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k" in err
     args = ["export", str(qwen2_run), "--gguf", str(tmp_path / "a.gguf"), "--type", "Q8_0", "--check-questions", "1"]
     assert main(args) == 0
     out = capsys.readouterr().out

@@ -398,10 +398,11 @@ def _not_an_export(gguf: Path) -> Callable[[Path], str | None]:
     return why
 
 
-def parse_qtype(qtype: str) -> str:
+def parse_qtype(qtype: str, spelling: Spelling = PYTHON) -> str:
     q = qtype.lower()
     if q not in QTYPES:
-        raise ConfigError(f"option 'qtype' (--type) is {qtype!r}; allowed values: {', '.join(QTYPES)}.")
+        given = "option '--type'" if spelling.flags else "argument 'qtype'"
+        raise ConfigError(f"{given} is {qtype!r}; allowed values: {', '.join(QTYPES)}.")
     return q
 
 
@@ -431,20 +432,22 @@ def export_gguf(
     from tunelab.export import llama_cpp
 
     run_dir, out = Path(run), Path(out)
-    qtype = parse_qtype(qtype)
+    qtype = parse_qtype(qtype, spelling)
     if check is False and check_questions is not None:  # the count would be dropped without a word
         raise ConfigError(
-            f"option 'check_questions' (--check-questions) is {check_questions}, and check=False (--no-check) skips "
-            "the self-check that asks them; give one or the other."
+            f"{spelling.option('check_questions')} is {check_questions}, and "
+            f"{'--no-check' if spelling.flags else 'check=False'} skips the self-check that asks them; give one or "
+            "the other."
         )
     check_questions = DEFAULT_CHECK_QUESTIONS if check_questions is None else check_questions
     if check_questions < 1:  # 0 would check nothing and write a verdict all the same
-        raise ConfigError(f"option 'check_questions' (--check-questions) is {check_questions}; give 1 or more.")
+        raise ConfigError(f"{spelling.option('check_questions')} is {check_questions}; give 1 or more.")
+    out_ = "option '--gguf'" if spelling.flags else "argument 'out'"
     if out.suffix.lower() != ".gguf":  # model.GGUF too, as models/load.py reads it
-        raise ConfigError(f"option 'out' (--gguf): {out} must be a file name ending in .gguf.")
+        raise ConfigError(f"{out_}: {out} must be a file name ending in .gguf.")
     if not out.name.isprintable():  # Ollama's Modelfile ends FROM at a line break and drops what it cannot print
         raise ConfigError(
-            f"option 'out' (--gguf): the file name {out.name!r} holds a line break, tab or other character that is "
+            f"{out_}: the file name {out.name!r} holds a line break, tab or other character that is "
             "not printed, which the Modelfile's FROM line cannot carry to Ollama; choose another name."
         )
     check_run(run_dir)
