@@ -186,6 +186,7 @@ def train(
             check=check,
             overwrite_non_run=overwrite_non_run,
             config_file=config_path(resolved),
+            spelling=resolved.spelling,
         )
         info_dir = Path(resolved.config.output_dir)
         info = read_info(info_dir)

@@ -393,7 +393,7 @@ def test_run_directory_is_never_replaced_silently(tmp_path, tiny_model_dir, fede
     config = federate_config(tmp_path, tiny_model_dir)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "mine.txt").write_text("keep")
-    with pytest.raises(RunDirError, match="--overwrite"):
+    with pytest.raises(RunDirError, match=r"Pass overrides\['overwrite'\] = True to replace it"):
         tunelab.federate(config)
     with pytest.raises(RunDirError, match="nothing to resume"):
         tunelab.federate(config, resume=True)
@@ -404,7 +404,8 @@ def test_a_folder_federate_will_not_replace_is_refused_with_what_federate_offers
     tmp_path, tiny_model_dir, federate_config, no_simulation, capsys
 ):
     """output_dir holding files of the user's was refused with 'add --overwrite-non-run', which tunelab federate
-    rejects as an unknown option, and an existing run with 'in Python: train(config, ...)', not federate."""
+    rejects as an unknown option, and an existing run with 'in Python: train(config, ...)', not federate; the CLI is
+    told of its flags alone."""
     config = federate_config(tmp_path, tiny_model_dir)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "mine.txt").write_text("keep")
@@ -414,9 +415,13 @@ def test_a_folder_federate_will_not_replace_is_refused_with_what_federate_offers
     assert "delete it yourself if everything in it may go (tunelab federate replaces run directories only)" in err
     (tmp_path / "run" / "run.json").write_text("{}")
     assert main(["federate", str(config)]) == 2
-    assert (
-        "(in Python: federate(config, {'overwrite': True}) or federate(config, resume=True))" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    said = (
+        "Pass --overwrite to replace it (the old run is kept until the new one finishes), --resume to continue it, "
+        "or choose another output_dir.\n"
     )
+    assert said in err
+    assert "Python" not in err
     assert (tmp_path / "run" / "mine.txt").read_text() == "keep"
 
 

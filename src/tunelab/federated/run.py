@@ -130,7 +130,12 @@ def check_run_dir(cfg: RunConfig, resume: bool, config: Any, spelling: Spelling 
     if resume:
         return check_resume(run_dir, cfg, spelling)
     plan_output_dir(
-        run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg, config), command="federate"
+        run_dir,
+        overwrite=cfg.overwrite,
+        resume=False,
+        protected=federation_protected(cfg, config),
+        command="federate",
+        spelling=spelling,
     )
     return []
 

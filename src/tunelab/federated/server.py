@@ -155,7 +155,12 @@ def run_federation(
     else:
         # The overwrite rules of tunelab train (training/outdir.py): a run directory only, kept aside until this one ends.
         plan = plan_output_dir(
-            run_dir, overwrite=cfg.overwrite, resume=False, protected=federation_protected(cfg), command="federate"
+            run_dir,
+            overwrite=cfg.overwrite,
+            resume=False,
+            protected=federation_protected(cfg),
+            command="federate",
+            spelling=resolved.spelling,
         )
         start_run_dir(plan)
         state = {"rounds_done": 0, "history": [], "accountant": None, "elapsed_s": 0.0}

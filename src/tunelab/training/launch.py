@@ -26,6 +26,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from tunelab.config import RunConfig, dump_yaml
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.errors import ConfigError, TunelabError, counted
 from tunelab.training.distributed import backend, pick_sharding
 from tunelab.training.outdir import plan_output_dir
@@ -112,6 +113,7 @@ def train_on_ranks(
     check: bool,
     overwrite_non_run: bool,
     config_file: Path | None = None,
+    spelling: Spelling = PYTHON,
 ) -> None:
     """The Python API's `train(..., nproc=N)`: the resolved config, saved to a temporary YAML file, trained by
     `nproc` ranks of `tunelab train` on this host. RanksFailed when one fails. The ranks read the copy, so the
@@ -123,6 +125,7 @@ def train_on_ranks(
         resume=resume,
         protected=protected_paths(cfg, config_file),
         overwrite_non_run=overwrite_non_run,
+        spelling=spelling,
     )
     # --resume continues the run and wins over a config's overwrite (the CLI refuses the two flags together)
     flags = ["--resume"] if resume else ["--overwrite"] * cfg.overwrite

@@ -165,43 +165,46 @@ def plan_output_dir(
     if not exists:
         _check_creatable(path)
         return OutputPlan(path, replace=False, resume=False)
+    overwrite_, non_run_ = (
+        ("--overwrite", "--overwrite-non-run") if spelling.flags else (spelling.overwrite, "overwrite_non_run=True")
+    )
     if overwrite and path.is_symlink():
         raise RunDirError(
-            f"{where} is a symbolic link to {target}: --overwrite moves the run aside and writes a new folder in its "
+            f"{where} is a symbolic link to {target}: {overwrite_} moves the run aside and writes a new folder in its "
             f"place, which would replace the link, not the run it points to. Give the folder itself: {target}."
         )
     if not overwrite and overwrite_non_run:
         raise RunDirError(
-            f"{where}: the folder exists and is not empty, and --overwrite-non-run replaces nothing by itself: it only "
-            "lets --overwrite replace a folder that is not a run. Give --overwrite as well to replace it (in Python: "
-            f"{command}(config, {{'overwrite': True}}, overwrite_non_run=True)), or choose another output_dir."
+            f"{where}: the folder exists and is not empty, and {non_run_} replaces nothing by itself: it only "
+            f"lets {overwrite_} replace a folder that is not a run. Give {overwrite_} as well to replace it, or choose "
+            "another output_dir."
         )
     if not overwrite and _finished_for_good(path):  # --resume would be refused: nothing to continue from
         raise RunDirError(
-            f"{where}: a finished run is there (its step checkpoints deleted at its end or never written, so --resume "
-            "has nothing to continue from). Pass --overwrite to replace it (the old run is kept until the new one "
-            f"finishes), or choose another output_dir (in Python: {command}(config, {{'overwrite': True}}))."
+            f"{where}: a finished run is there (its step checkpoints deleted at its end or never written, so "
+            f"{spelling.resume} has nothing to continue from). Pass {overwrite_} to replace it (the old run is kept "
+            "until the new one finishes), or choose another output_dir."
         )
     if not overwrite:
         raise RunDirError(
-            f"{where}: the run directory exists and is not empty. Pass --overwrite to replace it (the old run is kept "
-            "until the new one finishes), --resume to continue it, or choose another output_dir (in Python: "
-            f"{command}(config, {{'overwrite': True}}) or {command}(config, resume=True))."
+            f"{where}: the run directory exists and is not empty. Pass {overwrite_} to replace it (the old run is "
+            f"kept until the new one finishes), {spelling.resume} to continue it, or choose another output_dir."
         )
     non_run = (  # what to do when every file there may go
-        "add --overwrite-non-run if everything in it may be deleted (in Python: train(..., overwrite_non_run=True))"
+        f"add {non_run_} if everything in it may be deleted"
         if command in ("train", "check")
-        else f"delete it yourself if everything in it may go (tunelab {command} replaces run directories only)"
+        else f"delete it yourself if everything in it may go "
+        f"({f'tunelab {command}' if spelling.flags else f'{command}()'} replaces run directories only)"
     )
     if not is_run_dir(path) and not overwrite_non_run:
         raise RunDirError(
-            f"{where} is not a run directory tunelab wrote (it has no {RUN_FILE}), so --overwrite will not replace it: "
-            f"it may hold files of yours. Choose another output_dir, or {non_run}."
+            f"{where} is not a run directory tunelab wrote (it has no {RUN_FILE}), so {overwrite_} will not replace "
+            f"it: it may hold files of yours. Choose another output_dir, or {non_run}."
         )
     nested = _runs_inside(path)
     if nested and not overwrite_non_run:
         raise RunDirError(
-            f"{where} holds another run directory, {nested}: --overwrite replaces {path} as a whole, which would "
+            f"{where} holds another run directory, {nested}: {overwrite_} replaces {path} as a whole, which would "
             f"delete that run too. Move it out of the folder first, or {non_run.replace('everything in it', 'it')}."
         )
     previous = previous_dir(path)
