@@ -333,7 +333,7 @@ def compare(
     if questions:  # as eval and predict name a missing --data file
         refuse_missing_file(questions, "compare", "--questions")
     if not questions and not asked:  # the file training compared on
-        questions = configured_questions(run_dir)
+        questions = configured_questions(run_dir, spelling)
         if show:
             print(f"questions: {questions} (the run's eval.questions)", flush=True)
     items = read_questions(questions, run_data_config(run_dir, info), dropped=dropped) if questions else []
@@ -441,7 +441,7 @@ def evaluate(
     if not isinstance(run, LoadedRun) and (task := read_info(run, require_finished=False).task) in HEAD_TASKS:
         from tunelab.eval.heads import evaluate_head_run, format_head_eval, refuse_text_options
 
-        refuse_text_options(run, task, settings, refusal, base_precision, show_answers)
+        refuse_text_options(run, task, settings, refusal, base_precision, show_answers, spelling)
         result = evaluate_head_run(
             run,
             data,

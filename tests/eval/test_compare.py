@@ -7,10 +7,11 @@ import shutil
 
 import pytest
 
+import tunelab
 from tunelab.cli import main
 from tunelab.config import dump_yaml, load_config
 from tunelab.data.templates import resolve_template
-from tunelab.errors import RunDirError
+from tunelab.errors import DataError, RunDirError
 from tunelab.eval.compare import Comparison, Row, format_comparison, format_scores, save_comparison, score
 from tunelab.eval.questions import answer_settings
 from tunelab.infer.generate import GenerationSettings
@@ -388,8 +389,14 @@ def test_compare_without_questions_asks_the_runs_eval_questions(run, questions, 
     naming its config.yaml (exit 2)."""
     assert main(["compare", str(run), "--no-save", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "no questions to compare on: give --questions FILE or --question TEXT" in err
-    assert f"the run's {run / 'config.yaml'} sets no eval.questions" in err
+    assert "no questions to compare on: give --questions FILE or --question TEXT; the run's" in err
+    assert f"the run's {run / 'config.yaml'} sets no eval.questions" in err and "Python" not in err
+    with pytest.raises(DataError) as caught:  # a Python caller is told of its own arguments alone
+        tunelab.compare(run, save=False, device="cpu")
+    assert str(caught.value) == (
+        f"no questions to compare on: give questions= or question=; the run's {run / 'config.yaml'} sets no "
+        "eval.questions."
+    )
     cfg = load_config(run / "config.yaml").config
     cfg.eval.questions = str(questions)
     (run / "config.yaml").write_text(dump_yaml(cfg))

@@ -271,8 +271,11 @@ def test_options_of_generated_answers_are_refused_for_a_head_run(tmp_path, capsy
         assert main(["eval", str(run), "--data", data, *flags]) == 2
         err = capsys.readouterr().err
         assert f"a {task} run is evaluated by its head's outputs and generates no text" in err and named in err
-    with pytest.raises(ConfigError, match=r"--temperature does not apply; drop it \(in Python: settings.temperature\)"):
+        assert "Python" not in err and "=" not in err
+    with pytest.raises(ConfigError, match=r"generates no text, so settings.temperature does not apply; drop it\.$"):
         tunelab.evaluate(run, data, settings=GenerationSettings(temperature=0.7))  # its own name for the option
+    with pytest.raises(ConfigError, match=r"so refusal=, show_answers= do not apply; drop them\. eval\.json keeps"):
+        tunelab.evaluate(run, data, refusal="No.", show=True, show_answers=True)
 
 
 def test_the_loss_is_named_by_what_it_is_taken_on(tmp_path):

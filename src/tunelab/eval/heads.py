@@ -264,9 +264,12 @@ def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
     }
 
 
-def refuse_text_options(run_dir, task: str, settings, refusal, base_precision: str, show_answers: bool) -> None:
+def refuse_text_options(
+    run_dir, task: str, settings, refusal, base_precision: str, show_answers: bool, spelling: Spelling = PYTHON
+) -> None:
     """ConfigError naming the options of `tunelab eval` that only a run generating text reads, when given for a head
-    run: they were dropped without a word (--base-precision 16bit scored the NF4 base all the same)."""
+    run: they were dropped without a word (--base-precision 16bit scored the NF4 base all the same). `spelling`: named
+    as flags, or as the Python API's arguments."""
     given = [  # (flag, the Python API's argument, given)
         ("--max-new-tokens", "settings.max_new_tokens", settings is not None and settings.max_new_tokens is not None),
         ("--temperature", "settings.temperature", settings is not None and settings.temperature != 0),
@@ -280,13 +283,12 @@ def refuse_text_options(run_dir, task: str, settings, refusal, base_precision: s
         ("--base-precision", "base_precision=", base_precision != "trained"),
         ("--show-answers", "show_answers=", show_answers),
     ]
-    unused = [(flag, argument) for flag, argument, is_given in given if is_given]
+    unused = [flag if spelling.flags else argument for flag, argument, is_given in given if is_given]
     if unused:
         one = len(unused) == 1
         raise ConfigError(
             f"{run_dir}: {article(task)} run is evaluated by its head's outputs and generates no text, so "
-            f"{', '.join(flag for flag, _ in unused)} {'does' if one else 'do'} not apply; drop {'it' if one else 'them'} "
-            f"(in Python: {', '.join(argument for _, argument in unused)})."
+            f"{', '.join(unused)} {'does' if one else 'do'} not apply; drop {'it' if one else 'them'}."
             + (" eval.json keeps the rows it scored, the errors first." if show_answers else "")
         )
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import DataConfig, DataSource, RunConfig
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.case import CaseMatch
 from tunelab.data.entries import source_config, source_name
 from tunelab.data.formats import (
@@ -385,22 +386,21 @@ def run_data_config(run_dir: str | Path, info: RunInfo) -> DataConfig:
     return dataclasses.replace(cfg.data, packing=False, eval=None)
 
 
-def configured_questions(run_dir: str | Path) -> Path:
+def configured_questions(run_dir: str | Path, spelling: Spelling = PYTHON) -> Path:
     """The questions file `tunelab compare` asks when given none: the run's eval.questions (its config.yaml), the file
-    training compared on. DataError when the run sets none, or the file is gone."""
+    training compared on. DataError when the run sets none, or the file is gone, naming the options as `spelling`
+    does (--questions, or questions= in Python)."""
+    given = "--questions FILE or --question TEXT" if spelling.flags else "questions= or question="
     path = Path(run_dir) / CONFIG_FILE
     config = read_config(run_dir)
     file = config.eval.questions if config is not None else None
     if not file:
         why = "sets no eval.questions" if config is not None else "(which would name its eval.questions) is missing"
-        raise DataError(
-            f"no questions to compare on: give --questions FILE or --question TEXT (in Python: questions= or "
-            f"question=); the run's {path} {why}."
-        )
+        raise DataError(f"no questions to compare on: give {given}; the run's {path} {why}.")
     if not Path(file).exists():
         raise DataError(
             f"{file}: file not found. Check the path in eval.questions of {path} (asked when no questions are "
-            "given), or give --questions FILE or --question TEXT."
+            f"given), or give {given}."
         )
     return Path(file)
 
