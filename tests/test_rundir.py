@@ -66,13 +66,15 @@ def test_a_result_file_never_replaces_the_run_its_input_or_a_folder(tmp_path):
     cases = [
         (run, True, "is a folder"),
         (data, True, "is this command's input"),
-        (run / "run.json", True, "is a file of the run itself; --overwrite replaces only its eval.json"),
+        (run / "run.json", True, "is a file of the run itself; overwrite=True replaces only its eval.json. Write"),
         (run / "eval.json", False, "exists. Pass overwrite=True to replace it, or out= to write elsewhere."),
         (tmp_path / "nowhere" / "e.json", False, "no such directory"),
     ]
     for path, overwrite, says in cases:
         with pytest.raises(RunDirError, match=re.escape(says)):
             check_output_file(path, overwrite, run, "eval.json", (data,))
+    with pytest.raises(RunDirError, match=re.escape("is a file of the run itself; --overwrite replaces only its eval")):
+        check_output_file(run / "run.json", True, run, "eval.json", (data,), spelling=CLI)
     with pytest.raises(RunDirError, match=re.escape("exists. Pass --overwrite to replace it, or --out to write")):
         check_output_file(run / "eval.json", False, run, "eval.json", (data,), spelling=CLI)
     check_output_file(run / "eval.json", True, run, "eval.json", (data,))  # its own file, with --overwrite

@@ -33,6 +33,7 @@ def check_output_file(
     the run's --overwrite would delete it), it exists and `overwrite` is off, its folder is missing (made
     when `mkdir`), or its name does not end in `suffix` (eval's JSON in a `results.csv`); WriteFailed when its folder cannot be written (read-only), said before the work rather than
     after."""
+    overwrite_ = "--overwrite" if spelling.flags else "overwrite=True"
     if path.is_dir():
         raise RunDirError(f"{path}: is a folder; give a file name to write to.")
     if path.exists() and not path.is_file():  # the result is renamed into place: /dev/null would be replaced
@@ -51,7 +52,9 @@ def check_output_file(
                 "one too, next time); write the result elsewhere."
             )
     if path.exists() and target.parent == Path(run_dir).resolve() and path.name != own:
-        raise RunDirError(f"{path}: is a file of the run itself; --overwrite replaces only its {own}. Write elsewhere.")
+        raise RunDirError(
+            f"{path}: is a file of the run itself; {overwrite_} replaces only its {own}. Write elsewhere."
+        )
     if path.name == own and target.parent != Path(run_dir).resolve() and is_run_dir(target.parent):
         raise RunDirError(
             f"{path}: is where the run {path.parent} keeps its own {own}, which its report shows as that run's; this "
@@ -60,7 +63,7 @@ def check_output_file(
     holder = next((f for f in target.parents if is_run_dir(f)), None)
     if holder is not None and not (holder == Path(run_dir).resolve() and target.parent == holder and path.name == own):
         raise RunDirError(  # a stage's or a checkpoint's file, or one of another run: its commands read it as it was
-            f"{path}: is a file of the run directory {holder}; --overwrite never replaces a run's files. Write "
+            f"{path}: is a file of the run directory {holder}; {overwrite_} never replaces a run's files. Write "
             "elsewhere."
             if path.exists()
             else f"{path}: is inside the run directory {holder}, which 'tunelab train --overwrite' of that run "
@@ -68,13 +71,13 @@ def check_output_file(
         )
     if option := _data_holding(target, run_dir):  # a new file too: in a data folder, the next training reads it
         raise RunDirError(
-            f"{path}: is a file of {option} of the run's config; --overwrite never replaces data. Write elsewhere."
+            f"{path}: is a file of {option} of the run's config; {overwrite_} never replaces data. Write elsewhere."
             if path.exists()
             else f"{path}: is where {option} of the run's config reads its data, so the next training would read it "
             "as data; write it elsewhere."
         )
     if path.exists() and (model := _model_holding(target, run_dir)):
-        raise RunDirError(f"{path}: is a file of {model}; --overwrite never replaces it. Write elsewhere.")
+        raise RunDirError(f"{path}: is a file of {model}; {overwrite_} never replaces it. Write elsewhere.")
     if path.exists() and not overwrite:
         given, out = ("--overwrite", "--out") if spelling.flags else ("overwrite=True", "out=")
         raise RunDirError(f"{path} exists. Pass {given} to replace it, or {out} to write elsewhere.")
