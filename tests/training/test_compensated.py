@@ -228,6 +228,7 @@ def _fsdp2_worker(rank: int, world: int, store: str, out: str) -> None:
             "dtypes": [{k: (v.dtype, type(v).__name__) for k, v in opt.state[p].items()} for p in model.parameters()],
         }
         torch.save(record, f"{out}/rank-{rank}.pt")
+        dist.barrier()  # both ranks done before either tears gloo down (a rank closing early aborted the other once)
     finally:
         dist.destroy_process_group()
 

@@ -302,6 +302,7 @@ def _shard_worker(rank: int, world: int, model_dir: str, store: str, out: str) -
             sharded_loss = float(sharded(*batch, labels=ids).loss_sum)
         record = {"before": before, "after": nf4_bytes_held(model), "whole": whole_loss, "sharded": sharded_loss}
         Path(out, f"rank-{rank}.json").write_text(json.dumps(record))
+        dist.barrier()  # both ranks done before either tears gloo down
     finally:
         dist.destroy_process_group()
 

@@ -58,7 +58,7 @@ def test_existing_run_dir_is_not_overwritten(tiny_overrides, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "keep.txt").write_text("precious")
-    with pytest.raises(RunDirError, match="--overwrite"):
+    with pytest.raises(RunDirError, match=r"overrides\['overwrite'\] = True"):  # a Python caller's spelling
         recipe.train(None, tiny_overrides | {"train.max_steps": 1})
     assert (run / "keep.txt").read_text() == "precious"
 
