@@ -17,8 +17,8 @@ One workspace is CUBLAS_WORKSPACE_CONFIG's size, the sum of its ":SIZE:COUNT" pa
 default (`parseChosenWorkspaceSize`): ":4096:8", 32 MiB, from compute capability 9 on (Hopper; Blackwell since
 pytorch/pytorch#175344), ":4096:2:16:8", 8 MiB + 128 KiB, below it. cuBLASLt uses the same workspace
 (TORCH_CUBLASLT_UNIFIED_WORKSPACE, on unless set off) or, in older torch, one of CUBLASLT_WORKSPACE_SIZE (1 MiB) of its
-own, which is not counted. Not counted either: grpo's graph-replayed sampler (`models.decode`), whose warm-up stream is
-a new one at each sampling, and a captured width after the first, whose warm-up stream is new too (two more each).
+own, which is not counted. grpo's graph-replayed sampler (`models.decode`) and every captured width after the first
+warm up on the same side stream (`models.streams`) and capture on torch's one capture stream, so they add none.
 """
 
 from __future__ import annotations
