@@ -32,7 +32,13 @@ LAYERS = [
         "federated",
     ),  # scoring, comparison, evaluation, reports; merge, GGUF; the HTTP
     # server; tunelab check; federated runs on Flower
-    ("api", "cli", "cli_parser", "__main__"),  # the Python API and the command line over it (`python -m tunelab`)
+    (
+        "api",
+        "api_args",
+        "cli",
+        "cli_parser",
+        "__main__",
+    ),  # the Python API and the command line over it (`python -m tunelab`)
 ]
 
 # Imports that break the rule and are being removed, each as (importer, imported) with a comment saying what fixes it;

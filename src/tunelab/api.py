@@ -15,22 +15,21 @@ here: `export_gguf` (export/gguf.py), `serve` (server/serve.py), `open_run` (inf
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
-import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from tunelab import _API
+from tunelab.api_args import a as _a
+from tunelab.api_args import checked as _checked
 from tunelab.config import ResolvedConfig, RunConfig, stage_config
 from tunelab.config.flags import CLI, PYTHON, Spelling
 from tunelab.config.load import FlagValues
 from tunelab.data.report import DataReport
 from tunelab.data.sources import refuse_missing_file
-from tunelab.errors import ConfigError, DataError, article, counted, not_text
+from tunelab.errors import ConfigError, DataError, counted, not_text
 from tunelab.eval.compare import (
     Comparison,
     check_writable,
@@ -59,63 +58,6 @@ from tunelab.training.stages import train_stages
 from tunelab.training.verdict import Verdict
 
 __all__ = list(_API)
-
-
-def _a(value) -> str:
-    """'a str', 'an int': the type of `value` with its article."""
-    return article(type(value).__name__)
-
-
-# The types an API argument's annotation names (read as text: `from __future__ import annotations`)
-_KINDS: dict[str, tuple[type, ...]] = {
-    "bool": (bool,),
-    "str": (str,),
-    "Path": (os.PathLike,),
-    "None": (type(None),),
-    "int": (int,),
-    "LoadedRun": (LoadedRun,),
-    "GenerationSettings": (GenerationSettings,),
-    "RunConfig": (RunConfig,),
-    "ResolvedConfig": (ResolvedConfig,),
-    "dict": (Mapping,),
-    "list": (list, tuple),
-}
-
-
-def _checked(function: Callable) -> Callable:
-    """Refuse an argument whose type its annotation does not allow, naming it, before any work: `resume="no"` (a
-    truthy text) resumed a run, `merge(run, None)` failed deep inside with a bare TypeError. Generic annotations are
-    checked by their outer type (list[str] -> a list or tuple); `bool` is no `int`. `config` and `overrides` have
-    checks of their own that say more (`resolve`, `check_overrides`). A path given as an empty text is refused too:
-    Path("") is the current folder."""
-    signature = inspect.signature(function)
-    allowed = {}
-    for name, parameter in signature.parameters.items():
-        if name in ("config", "overrides"):
-            continue
-        names = [part.strip().split("[")[0] for part in str(parameter.annotation).split("|")]
-        if parameter.annotation is not inspect.Parameter.empty and all(n in _KINDS for n in names):
-            allowed[name] = (str(parameter.annotation), tuple(t for n in names for t in _KINDS[n]))
-
-    @functools.wraps(function)
-    def checked(*args, **kwargs):
-        for name, value in signature.bind(*args, **kwargs).arguments.items():
-            if name not in allowed:
-                continue
-            annotation, types = allowed[name]
-            if "Path" in annotation and isinstance(value, str) and not value.strip():  # Path("") is the current folder
-                raise ConfigError(
-                    f"{function.__name__}(): argument '{name}' is an empty path (an unset shell variable?), which "
-                    "would name the current folder and read every data file under it; give the file or folder."
-                )
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-                raise ConfigError(
-                    f"{function.__name__}(): argument '{name}' must be {annotation}, got {_a(value)} ({shown})."
-                )
-        return function(*args, **kwargs)
-
-    return checked
 
 
 def _at_least(value: int, name: str, low: int, spelling: Spelling = PYTHON) -> None:
