@@ -59,6 +59,20 @@ def test_neftune_noise_reaches_the_clients_training(tiny_model_dir, client):
     assert any(not torch.equal(plain[k], noisy[k]) for k in plain)
 
 
+def test_loraplus_reaches_the_clients_optimizer(tiny_model_dir, client):
+    """A client builds its optimizer as tunelab train does: train.loraplus_lr_ratio moves its B matrices further."""
+    config = _config(tiny_model_dir)
+    torch.manual_seed(0)
+    initial = adapter_state_dict(build_model(resolve_source(config.model.name), config.model, config.method).model)
+    plus = dataclasses.replace(config, train=TrainConfig(micro_batch=4, lr=1e-2, loraplus_lr_ratio=16.0))
+    plain, fast = (local_train(cfg, client, initial, 1, 2, 0.0).adapter for cfg in (config, plus))
+
+    def moved(adapter):  # B starts at zero
+        return sum(w.norm().item() for k, w in adapter.items() if ".lora_B." in k)
+
+    assert moved(fast) > 4 * moved(plain) > 0
+
+
 @pytest.mark.parametrize("packing", [False, True])
 def test_a_clients_weight_counts_the_rows_it_trains_on(tiny_model_dir, client, tmp_path, packing):
     """FedAvg weighed a client by the data report's examples, where a text document is one however long: a client

@@ -42,6 +42,11 @@ class TrainConfig:
         max=1.0,
     )
     scheduler: str = opt("cosine", "learning-rate schedule after warmup", choices=("constant", "linear", "cosine"))
+    loraplus_lr_ratio: float | None = opt(
+        None,
+        "LoRA+ (Hayou et al. 2024): train each adapter's B matrix at train.lr x this ratio, its A at train.lr (the paper suggests 16); DoRA's magnitude stays at train.lr (it starts at the base's row norms, not at zero like B, and LoRA+'s analysis is of the product BA), a head at classify.head_lr; every group follows the schedule. Named as in PEFT, LLaMA-Factory and Axolotl, under train: beside the lr it multiplies. Methods lora and dora only (default: off)",
+        min=1.0,
+    )
     weight_decay: float = opt(0.0, "AdamW weight decay (not applied to norms and biases)", min=0.0)
     optimizer: str = opt(
         "adamw",

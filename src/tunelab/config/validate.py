@@ -107,6 +107,13 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
             f"{config.method.name}, which trains the model's own weights and has no adapter. Use method.name lora or "
             "dora (the adapter's), or merge the adapter first (tunelab merge RUN --out DIR) and set model.name: DIR."
         )
+    if config.train.loraplus_lr_ratio is not None and not config.method.is_adapter and not config.stages:
+        # a staged run's stages are checked each with its own method (stage_config)
+        raise ConfigError(
+            f"option 'train.loraplus_lr_ratio' is {config.train.loraplus_lr_ratio:g}, LoRA+'s learning rate of the "
+            f"adapters' B matrices over their A's; method.name is {config.method.name}, which trains the model's "
+            "own weights and has no adapter. Remove train.loraplus_lr_ratio, or use method.name lora or dora."
+        )
     if config.method.quantize_base != "none" and not config.method.is_adapter and not config.stages:
         # a staged run's stages are checked each with its own method (stage_config)
         raise ConfigError(quantize_needs_adapter(config.method.name))

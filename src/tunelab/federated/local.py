@@ -267,7 +267,7 @@ def local_train(
 
     if t.neftune_alpha:  # on training forwards only; the model is this round's, so the hook is never removed
         add_embedding_noise(built.model, t.neftune_alpha, noise_width(config.data))
-    optimizer = build_optimizer(built.model, t.lr, t.weight_decay, t.optimizer)
+    optimizer = build_optimizer(built.model, t.lr, t.weight_decay, t.optimizer, loraplus_ratio=t.loraplus_lr_ratio)
     total, first = rounds * steps, (round_ - 1) * steps
     warmup = int(t.warmup_ratio * total) if warmup is None else warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(first + s, total, warmup, t.scheduler))

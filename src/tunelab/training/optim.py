@@ -6,28 +6,55 @@ weights, without which most small updates of a bf16 weight round away (`training
 `AdamW8bit`, the same update with both moments stored in 8 bits (imported here only when chosen). "adamw_torch" is
 torch's AdamW whatever the parameters' dtype: a bf16 weight's moments are bf16 and nothing compensates its rounding
 (6 bytes less a weight than "adamw", for a user who takes the rounded-away updates for the memory).
+
+LoRA+ (train.loraplus_lr_ratio; Hayou, Ghosh, Yu 2024, arXiv 2402.12354): B of every adapter y += s x A^T B^T trains at
+lr x ratio, A at lr. B starts at zero and A at random, and for wide layers feature learning wants eta_B / eta_A of
+order the width; the paper's default is 16. DoRA's magnitude m (one per output row) stays at lr: it starts at the
+base's row norms, not at zero, and is no factor of BA, which is what the analysis is about (PEFT's
+create_loraplus_optimizer gives every 1-D tensor B's rate; we do not). The B matrices are found by their module
+(`LoRALinear`, also DoRA's base class), on the fast path and the generic one alike. Each group keeps its own `lr`, so
+a LambdaLR schedule scales all of them by one factor, and a checkpoint's param_groups restore them.
 """
 
 import torch
 from torch import nn
 
 from tunelab.errors import ConfigError
+from tunelab.peft.lora_linear import LoRALinear
 from tunelab.training.compensated import CompensatedAdamW, needs_compensation
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, kind: str = "adamw", lrs: dict[str, float] | None = None
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    kind: str = "adamw",
+    lrs: dict[str, float] | None = None,
+    loraplus_ratio: float | None = None,
 ) -> torch.optim.Optimizer:
     """`lrs`: {parameter-name prefix: learning rate} for parameters that do not take `lr` (a head's classify.head_lr);
-    they get groups of their own after the others, so param_groups[0] keeps `lr` (the one the metrics log)."""
+    they get groups of their own after the others, so param_groups[0] keeps `lr` (the one the metrics log).
+    `loraplus_ratio`: the adapters' B matrices (outside `lrs`) get a group of their own at lr x ratio, after the
+    groups at `lr` and before those of `lrs` (module docstring); ConfigError when the model has no trainable B."""
     lrs = lrs or {}
-    decay, no_decay, own = [], [], {prefix: ([], []) for prefix in lrs}
+    b_ids = {id(m.lora_B.weight) for m in model.modules() if isinstance(m, LoRALinear)} if loraplus_ratio else set()
+    decay, no_decay, b_mats, own = [], [], [], {prefix: ([], []) for prefix in lrs}
     for name, p in model.named_parameters():
         if p.requires_grad:
             prefix = next((k for k in lrs if name == k or name.startswith(k + ".")), None)
+            if prefix is None and id(p) in b_ids:
+                b_mats.append(p)
+                continue
             pair = own[prefix] if prefix is not None else (decay, no_decay)
             pair[0 if p.ndim >= 2 else 1].append(p)
+    if loraplus_ratio and not b_mats:
+        raise ConfigError(
+            f"option 'train.loraplus_lr_ratio' is {loraplus_ratio:g}, LoRA+'s learning rate of the adapters' B "
+            "matrices over their A's, but the model has no trainable LoRA adapter; it needs method.name lora or dora."
+        )
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if b_mats:
+        groups.append({"params": b_mats, "weight_decay": weight_decay, "lr": lr * loraplus_ratio})
     for prefix, (d, n) in own.items():
         groups += [
             {"params": d, "weight_decay": weight_decay, "lr": lrs[prefix]},

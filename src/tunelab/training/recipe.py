@@ -255,10 +255,12 @@ def _train_planned(
     if warmup_note:
         print(warmup_note, flush=True)
     lrs = task.learning_rates(trained) if task.learning_rates else None
-    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer, lrs)
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.optimizer, lrs, t.loraplus_lr_ratio)
     evals = eval_sets(task, data, extra_eval, t.micro_batch, pad_id, built.device)
 
     info = _run_info(cfg, inputs, task, built, untrained, fingerprints, total_steps, auto, warmup)
+    if t.loraplus_lr_ratio:  # the rate B starts from, train.lr auto resolved (config.yaml keeps the ratio as written)
+        info.extra["loraplus"] = {"lr_ratio": t.loraplus_lr_ratio, "lr_B": t.lr * t.loraplus_lr_ratio}
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
