@@ -49,6 +49,12 @@ CASES = {
     "full-padded-adamw_torch": {"method": {"name": "full"}, "train": {"lr": 3e-4, "optimizer": "adamw_torch"}},
     "full-packed": {"method": {"name": "full"}, "data": {"packing": True}, "train": {"lr": 3e-4}},
     "layers-padded": {"method": {"name": "layers", "top_layers": 4}, "train": {"lr": 1e-3}},
+    "lora-padded-loraplus": {"method": {"name": "lora", "r": 16}, "train": {"lr": 5e-4, "loraplus_lr_ratio": 16}},
+    "qlora-packed-loraplus-8bit": {
+        "method": {"name": "lora", "r": 16, "quantize_base": "nf4"},
+        "data": {"packing": True},
+        "train": {"lr": 5e-4, "loraplus_lr_ratio": 16, "optimizer": "adamw_8bit"},
+    },
 }
 STEPS = 30
 
@@ -112,6 +118,10 @@ def test_check_then_train_through_the_cli(name, deep_llama_dir, chat_file, tmp_p
     assert last < first - 1.0, f"the loss does not fall on a repeated batch: {losses}"
     info = json.loads((out / "run.json").read_text())
     assert info["finished"] and info["skipped_steps"] == 0
+    ratio = CASES[name]["train"].get("loraplus_lr_ratio")
+    if ratio:  # B's own rate reached the optimizer (LoRA+)
+        assert info["extra"]["loraplus"]["lr_ratio"] == ratio
+        assert info["extra"]["loraplus"]["lr_B"] == pytest.approx(ratio * CASES[name]["train"]["lr"])
     assert finite_files(out) >= 1
 
 
