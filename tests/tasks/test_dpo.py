@@ -330,7 +330,9 @@ def test_cli_run_trains_and_saves_a_peft_adapter(tiny_model_dir, tmp_path, pair_
     assert "Preference" in (run / "report.html").read_text()
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", pytest.param("simpo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "loss", ["sigmoid", pytest.param("simpo", marks=pytest.mark.slow), pytest.param("orpo", marks=pytest.mark.slow)]
+)
 def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, straight_and_resumed, pair_file, loss):
     common = _overrides(tiny_model_dir, tmp_path, pair_file, **{"train.max_steps": 4, "train.save_every": 2})
     common |= {"dpo.loss": loss, "data.eval_fraction": 0.25, "train.eval_every": 2, "method.dropout": 0.1}

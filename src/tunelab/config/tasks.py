@@ -42,11 +42,15 @@ PLACEHOLDER = "{text}"  # where classify.prompt_format puts the row's text
 class DpoConfig:
     loss: str = opt(
         "sigmoid",
-        "task dpo: the preference loss: sigmoid (DPO), ipo (IPO, per-token log ratios), simpo (SimPO, no reference)",
-        choices=("sigmoid", "ipo", "simpo"),
+        "task dpo: the preference loss: sigmoid (DPO), ipo (IPO, per-token log ratios), simpo (SimPO, no reference), "
+        "orpo (ORPO: the chosen answer's NLL plus an odds-ratio term, no reference and no SFT stage first)",
+        choices=("sigmoid", "ipo", "simpo", "orpo"),
     )
     beta: float = opt(
-        0.1, "task dpo: how far the policy may move from the reference (larger: stays closer); simpo uses ~2", min=0.0
+        0.1,
+        "task dpo: how far the policy may move from the reference (larger: stays closer); simpo uses ~2; orpo: the "
+        "weight lambda of the odds-ratio term beside the NLL (TRL's ORPOConfig.beta, whose default 0.1 this keeps)",
+        min=0.0,
     )
     label_smoothing: float = opt(
         0.0, "task dpo: assumed share of pairs whose preference is wrong (sigmoid and simpo losses)", min=0.0, max=0.5

@@ -274,7 +274,7 @@ def check_task_options(config: RunConfig) -> None:
             raise error
 
 
-# The dpo options that some losses only read (tasks/dpo.py): ipo has no sigmoid to smooth, only simpo has a gamma.
+# The dpo options that some losses only read (tasks/dpo.py): ipo and orpo smooth no labels, only simpo has a gamma.
 DPO_LOSS_OPTIONS = {"label_smoothing": ("sigmoid", "simpo"), "simpo_gamma": ("simpo",)}
 
 

@@ -1,5 +1,5 @@
 """Preference optimisation (task dpo): raise the likelihood of the chosen answer over the rejected one, relative to
-a frozen reference, with no reward model and no sampling.
+a frozen reference (or, for simpo and orpo, to none), with no reward model and no sampling.
 
 With pi = summed log p of an answer's tokens under the policy, ref the same under the reference, and |y| its length:
 
@@ -9,10 +9,20 @@ With pi = summed log p of an answer's tokens under the policy, ref the same unde
                     loss = (h - 1 / (2 beta))^2
     simpo (SimPO)   z = beta * (pi_c / |y_c| - pi_r / |y_r|) - gamma                (no reference at all)
                     loss = -(1 - eps) * log sigmoid(z) - eps * log sigmoid(-z)
+    orpo (ORPO)     m = pi / |y|, the mean log p of a token, so P = exp(m) is the answer's per-token likelihood;
+                    log odds(y) = log(P / (1 - P)) = m - log(1 - exp(m))                (no reference at all)
+                    loss = -m_c + beta * -log sigmoid(log odds(y_c) - log odds(y_r))    (beta: ORPO's lambda)
 
-The implicit reward of an answer is beta times the log ratio the loss reads (beta * pi / |y| for simpo); the metrics
-are the reward margin (chosen - rejected), the reward accuracy (share of pairs with margin > 0; a tie is wrong), and
-the chosen and rejected summed log p. All are summed over pairs here and divided once by the step's pairs.
+ORPO (Hong, Lee, Thorne 2024, arXiv 2403.07691) adds the odds-ratio term to the chosen answer's NLL, so one run does
+the SFT and the preference step at once. The NLL is each pair's mean over its chosen tokens, then averaged over the
+step's pairs like every loss here (TRL's ORPOTrainer averages it over all chosen tokens of a batch instead: pairs of
+different lengths weigh alike here). log(1 - exp(m)) is `log1mexp`: log(-expm1(m)) near 0, log1p(-exp(m)) below
+-ln 2, exact in both ranges.
+
+The implicit reward of an answer is beta times the log ratio the loss reads (beta * pi / |y| for simpo and orpo); the
+metrics are the reward margin (chosen - rejected), the reward accuracy (share of pairs with margin > 0; a tie is
+wrong), and the chosen and rejected summed log p; orpo adds log_odds (log odds chosen - rejected, the term's argument)
+and nll (the NLL part of its loss). All are summed over pairs here and divided once by the step's pairs.
 
 The reference is the model being trained with its adapters switched off (`peft.lora.adapters_disabled`), so no
 second copy sits in memory; its log-probs never change, so `prepare` computes them once before the first step and the
@@ -51,6 +61,9 @@ from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
 METRICS = ("margin", "accuracy", "chosen_logp", "rejected_logp")
+ORPO_METRICS = ("log_odds", "nll")
+REFERENCE_FREE = ("simpo", "orpo")  # the losses that read no reference log-probs
+LN2 = math.log(2)
 
 
 @dataclass
@@ -62,11 +75,36 @@ class PairScores:
     rejected_reward: torch.Tensor
     chosen_logp: torch.Tensor
     rejected_logp: torch.Tensor
+    log_odds: torch.Tensor | None = None  # orpo: log odds(chosen) - log odds(rejected)
+    nll: torch.Tensor | None = None  # orpo: the chosen answer's mean NLL per token
 
 
 def _smoothed(z: torch.Tensor, eps: float) -> torch.Tensor:
     # -log sigmoid(z) = softplus(-z): no overflow for large |z|
     return (1 - eps) * F.softplus(-z) + eps * F.softplus(z)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, without cancellation at either end (Maechler 2012, "Accurately computing
+    log(1 - exp(-|a|))"): log(-expm1(x)) for x > -ln 2, where 1 - exp(x) is small; log1p(-exp(x)) below, where
+    exp(x) is. x is kept at or below -eps of its dtype: a mean log p closer to 0 is below the resolution of a float
+    log-softmax (its log p of a token with probability near 1 is a multiple of about eps / 2), and at 0 the log odds
+    would be infinite. Each branch sees only its own range, so the other's gradient is not inf * 0 = nan."""
+    x = x.clamp(max=-torch.finfo(x.dtype).eps)
+    near = torch.log(-torch.expm1(x.clamp(min=-LN2)))
+    far = torch.log1p(-torch.exp(x.clamp(max=-LN2)))
+    return torch.where(x > -LN2, near, far)
+
+
+def _orpo(policy: torch.Tensor, lengths: torch.Tensor, beta: float) -> PairScores:
+    p = policy.shape[0] // 2
+    mean = policy / lengths  # (2P,) mean log p per token
+    log_odds = mean - log1mexp(mean)  # (2P,) log(P / (1 - P)), P = exp(mean)
+    ratio = log_odds[:p] - log_odds[p:]  # (P,)
+    nll = -mean[:p]
+    loss = nll + beta * F.softplus(-ratio)  # -log sigmoid(r) = softplus(-r)
+    rewards = beta * mean
+    return PairScores(loss, rewards[:p], rewards[p:], policy[:p], policy[p:], ratio, nll)
 
 
 def pair_scores(
@@ -75,6 +113,8 @@ def pair_scores(
     """policy, reference, lengths: (2P,) summed log p and answer tokens, the P chosen rows first."""
     p = policy.shape[0] // 2
     lengths = lengths.to(policy.dtype).clamp_min(1)
+    if cfg.loss == "orpo":
+        return _orpo(policy, lengths, cfg.beta)
     if cfg.loss == "simpo":
         ratio = policy / lengths  # (2P,) mean log p per token; no reference
     elif cfg.loss == "ipo":
@@ -93,12 +133,15 @@ def pair_scores(
 
 def metric_sums(s: PairScores) -> dict[str, torch.Tensor]:
     margin = (s.chosen_reward - s.rejected_reward).detach()
-    return {
+    sums = {
         "margin": margin.sum(),
         "accuracy": (margin > 0).sum().float(),
         "chosen_logp": s.chosen_logp.detach().sum(),
         "rejected_logp": s.rejected_logp.detach().sum(),
     }
+    if s.log_odds is not None and s.nll is not None:
+        sums |= {"log_odds": s.log_odds.detach().sum(), "nll": s.nll.detach().sum()}
+    return sums
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -135,7 +178,7 @@ def count(batch: dict) -> int:
 def scores(model: nn.Module, batch: dict, cfg: DpoConfig) -> PairScores:
     policy, lengths = sequence_log_probs(model, batch)  # (2P,) each: one forward for chosen and rejected
     reference = batch.get("reference")
-    if cfg.loss != "simpo" and reference is None:
+    if cfg.loss not in REFERENCE_FREE and reference is None:
         raise ValueError("dpo: the batch has no reference log-probs; the task's prepare computes them")
     return pair_scores(policy, reference, lengths, cfg)
 
@@ -203,7 +246,8 @@ def make_task(cfg: DpoConfig) -> Task:
 
     @torch.no_grad()
     def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
-        sums, pairs = {"loss": 0.0} | dict.fromkeys(METRICS, 0.0), 0
+        names = METRICS + (ORPO_METRICS if cfg.loss == "orpo" else ())
+        sums, pairs = {"loss": 0.0} | dict.fromkeys(names, 0.0), 0
         with eval_mode(model):
             for batch in batches:
                 s = scores(model, batch, cfg)
@@ -214,8 +258,8 @@ def make_task(cfg: DpoConfig) -> Task:
         return {f"eval_{name}": value / pairs for name, value in sums.items()} if pairs else {}
 
     def prepare(built: BuiltModel, data: Datasets, run: RunConfig) -> None:
-        if cfg.loss == "simpo":
-            print("dpo: loss simpo needs no reference model", flush=True)
+        if cfg.loss in REFERENCE_FREE:
+            print(f"dpo: loss {cfg.loss} needs no reference model", flush=True)
             return
         rows = data.train + data.eval
         # continuing an adapter (model.adapter, a stage's continue: adapter): the model as it starts, the adapter on
