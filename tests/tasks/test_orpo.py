@@ -1,6 +1,7 @@
 """Task dpo with loss orpo: the loss against hand computations (and float64 near log p = 0), the same loss on the fast
-and the generic path, a CLI run on examples/concise_dpo with no reference pass whose loss falls, a dpo stage with loss orpo, and the options
-it refuses (resume: test_dpo.py's test_resume_equals_uninterrupted)."""
+and the generic path, a CLI run on examples/concise_dpo with no reference pass whose loss falls, the verdict's
+threshold, a dpo stage with loss orpo, and the options it refuses (resume: test_dpo.py's
+test_resume_equals_uninterrupted)."""
 
 import json
 import math
@@ -18,6 +19,7 @@ from tunelab.tasks import dpo
 from tunelab.tasks.dpo import collate, log1mexp, pair_scores, scores
 from tunelab.tasks.preference_data import build_preferences
 from tunelab.training.build import build_model
+from tunelab.training.verdict import high_loss, judge_metrics
 
 PAIRS = Path(__file__).parents[2] / "examples" / "concise_dpo" / "pairs.jsonl"
 
@@ -140,7 +142,8 @@ def test_cli_run_on_concise_pairs_learns_with_no_reference(tiny_model_dir, tmp_p
     assert len(evals) == 2 and {"eval_log_odds", "eval_nll", "eval_margin"} <= set(evals[-1])
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     info = json.loads((run / "run.json").read_text())
-    assert info["task"] == "dpo"
+    verdict = info["extra"]["verdict"]  # a third of a pass, the NLL still near ln(vocabulary): high on orpo's scale
+    assert info["task"] == "dpo" and verdict["kind"] == "underfit" and "nats a pair" in verdict["text"]
     assert (run / "model.safetensors").exists()
 
 
@@ -163,6 +166,16 @@ def test_lora_and_dora_runs_build_no_reference(tiny_model_dir, tmp_path, monkeyp
     train(None, overrides)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) and r["nll"] > 0 for r in records if "loss" in r)
+
+
+def test_the_verdict_judges_orpo_on_its_own_scale():
+    """orpo's loss holds the chosen answer's NLL: 0.45 a pair is a well-learned run there, where the pair losses'
+    ln 2 / 2 would call it underfit."""
+    assert high_loss("dpo", orpo_lambda=0.1) == pytest.approx(0.5 + 0.1 * math.log(2) / 2)
+    records = [{"step": s, "loss": 0.45 + 2.0 * 0.8**s} for s in range(1, 41)]  # settles at 0.45 a pair
+    dpo_sigmoid = judge_metrics(records, 10, 4.0, 1e-4, task="dpo")
+    orpo = judge_metrics(records, 10, 4.0, 1e-4, task="dpo", orpo_lambda=0.1)
+    assert dpo_sigmoid.kind == "underfit" and orpo.kind == "fine", (dpo_sigmoid.text, orpo.text)
 
 
 def test_a_dpo_stage_takes_loss_orpo():

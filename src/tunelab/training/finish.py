@@ -115,6 +115,7 @@ def finish(
             best.step,
             task=cfg.task,
             labels=len(data.facts.get("labels") or []) or None,  # a classify run's labels
+            orpo_lambda=cfg.dpo.beta if cfg.task == "dpo" and cfg.dpo.loss == "orpo" else None,
             keep_best_off=FSDP2_ADVICE if best_off else "",
         )
         print(verdict.text, flush=True)

@@ -69,7 +69,7 @@ def _unseen(epochs: float) -> str:
     return f"{unseen:.0f}" if round(unseen) < 100 else f"{unseen:.1f}"
 
 
-def high_loss(task: str = "sft", labels: int | None = None) -> float:
+def high_loss(task: str = "sft", labels: int | None = None, orpo_lambda: float | None = None) -> float:
     """The train loss that counts as "still high", on the scale of the task's loss. sft: HIGH_LOSS nats a token (the
     runs above). The others start near the loss of a guess, not near the model's own text loss, so they are judged
     against half of that guess's loss:
@@ -77,7 +77,12 @@ def high_loss(task: str = "sft", labels: int | None = None) -> float:
       margin both start from); still high at ln 2 / 2 = 0.347, where the average pair's chosen answer is preferred
       with a probability below about 0.71. sft's 0.5 was nearly ln 2 itself: a dpo run that learned little passed.
     - classify: cross-entropy per example is ln K for a uniform guess over K labels; still high at ln K / 2 (2
-      labels: 0.347, 10 labels: 1.15), where the right label gets about 1/sqrt(K) of the probability."""
+      labels: 0.347, 10 labels: 1.15), where the right label gets about 1/sqrt(K) of the probability.
+    - dpo with loss orpo (orpo_lambda: its dpo.beta): the chosen answer's NLL per token plus lambda times the pair
+      term, so sft's HIGH_LOSS plus lambda x ln 2 / 2 (0.535 at the default 0.1): ln 2 / 2 alone was below the NLL
+      of text the model already writes well, and called every orpo run underfit."""
+    if task == "dpo" and orpo_lambda is not None:
+        return HIGH_LOSS + orpo_lambda * math.log(2) / 2
     if task in PAIR_TASKS:
         return math.log(2) / 2
     if task == "classify" and labels and labels >= 2:
@@ -284,9 +289,11 @@ def judge_metrics(
     task: str = "sft",
     keep_best_off: str = "",
     labels: int | None = None,
+    orpo_lambda: float | None = None,
 ) -> Verdict:
     """`judge` over the records of metrics.jsonl (`judge_rewards` when they hold rewards); steps the non-finite guard
-    skipped (loss null) are left out. labels: a classify run's number of labels (`high_loss`)."""
+    skipped (loss null) are left out. labels: a classify run's number of labels; orpo_lambda: a dpo run's dpo.beta
+    where its loss is orpo (`high_loss`)."""
     rewards = [(r["step"], r["reward"]) for r in records if isinstance(r.get("reward"), int | float)]
     if rewards:
         held_out = [(r["step"], r["eval_reward"]) for r in records if isinstance(r.get("eval_reward"), int | float)]
@@ -311,7 +318,7 @@ def judge_metrics(
         best_kept=best_kept,
         keep_best_off=keep_best_off,
         unit=LOSS_UNITS.get(task, "a token"),
-        high_at=high_loss(task, labels),
+        high_at=high_loss(task, labels, orpo_lambda),
     )
 
 
