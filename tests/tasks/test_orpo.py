@@ -145,6 +145,9 @@ def test_cli_run_on_concise_pairs_learns_with_no_reference(tiny_model_dir, tmp_p
     verdict = info["extra"]["verdict"]  # a third of a pass, the NLL still near ln(vocabulary): high on orpo's scale
     assert info["task"] == "dpo" and verdict["kind"] == "underfit" and "nats a pair" in verdict["text"]
     assert (run / "model.safetensors").exists()
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert "ORPO: the chosen answer" in html and "ORPO: the log odds ratio" in html  # the plots of its two parts
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])

@@ -85,7 +85,8 @@ def training_plots(records: list[dict], tasks: list[str | None] | None = None) -
 
 
 def preference_plots(records: list[dict]) -> str:
-    """Task dpo: the implicit reward margin and accuracy, and the policy's log p of chosen and rejected answers."""
+    """Task dpo: the implicit reward margin and accuracy, and the policy's log p of chosen and rejected answers; with
+    loss orpo, its NLL and log odds ratio too."""
 
     def points(key: str) -> list[tuple[float, float]]:
         return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
@@ -101,6 +102,16 @@ def preference_plots(records: list[dict]) -> str:
             [("chosen_logp", "chosen"), ("rejected_logp", "rejected")],
             "summed log p per answer",
             "Log-probability of chosen and rejected answers under the policy (train)",
+        ),
+        (  # dpo.loss orpo only: the two parts of its loss
+            [("nll", "train"), ("eval_nll", "eval")],
+            "nats a token",
+            "ORPO: the chosen answer's NLL, the loss's SFT part",
+        ),
+        (
+            [("log_odds", "train"), ("eval_log_odds", "eval")],
+            "log odds chosen - rejected",
+            "ORPO: the log odds ratio its odds-ratio term raises",
         ),
     ):
         if found := series(keys):
