@@ -1,6 +1,6 @@
 """Task dpo with loss orpo: the loss against hand computations (and float64 near log p = 0), the same loss on the fast
 and the generic path, a CLI run on examples/concise_dpo with no reference pass whose loss falls, the verdict's
-threshold, a dpo stage with loss orpo, and the options it refuses (resume: test_dpo.py's
+threshold, tunelab check's first step, a dpo stage with loss orpo, and the options it refuses (resume: test_dpo.py's
 test_resume_equals_uninterrupted)."""
 
 import json
@@ -195,3 +195,17 @@ def test_options_orpo_does_not_read_are_refused(tiny_model_dir, tmp_path, capsys
         assert main([*base, option, "0.1"]) == 2
         err = capsys.readouterr().err
         assert f"option '{option[2:]}'" in err and "dpo.loss is orpo" in err
+
+
+def test_check_takes_a_first_orpo_step_with_no_reference(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    _no_reference(monkeypatch)
+    args = ["check", "--task", "dpo", "--dpo.loss", "orpo", "--model.name", str(tiny_model_dir)]
+    args += ["--data.train", str(PAIRS), "--data.max_length", "256", "--data.overlong", "truncate"]
+    args += ["--train.micro_batch", "2", "--output_dir", str(tmp_path / "run")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "dpo: loss orpo needs no reference model" in out
+    line = next(x for x in out.splitlines() if "forward/backward (dpo)" in x)
+    assert line.lstrip().startswith("[PASS]") and "gradients finite" in line and "ln 2" not in line
+    loss = float(line.split("loss ")[1].split(",")[0])
+    assert 9 < loss < 12  # the chosen answer's NLL of a random model, about ln(vocabulary) = 10.8, and a little more
