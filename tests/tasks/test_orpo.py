@@ -150,14 +150,15 @@ def test_cli_run_on_concise_pairs_learns_with_no_reference(tiny_model_dir, tmp_p
     assert "ORPO: the chosen answer" in html and "ORPO: the log odds ratio" in html  # the plots of its two parts
 
 
-@pytest.mark.parametrize("method", ["lora", "dora"])
-def test_lora_and_dora_runs_build_no_reference(tiny_model_dir, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize("method, quantize", [("lora", "none"), ("dora", "none"), ("lora", "nf4")])
+def test_lora_dora_and_qlora_runs_build_no_reference(tiny_model_dir, tmp_path, monkeypatch, method, quantize):
     _no_reference(monkeypatch)
     overrides = {
         "task": "dpo",
         "dpo.loss": "orpo",
         "model.name": str(tiny_model_dir),
         "method.name": method,
+        "method.quantize_base": quantize,
         "data.train": [str(PAIRS)],
         "data.max_length": 256,
         "data.overlong": "truncate",
@@ -169,6 +170,8 @@ def test_lora_and_dora_runs_build_no_reference(tiny_model_dir, tmp_path, monkeyp
     train(None, overrides)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) and r["nll"] > 0 for r in records if "loss" in r)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (info["method"], info["quantize_base"]) == (method, quantize)
 
 
 def test_the_verdict_judges_orpo_on_its_own_scale():
