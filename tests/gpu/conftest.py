@@ -87,3 +87,19 @@ def gpu_report():
 @pytest.fixture(scope="session")
 def llama_builder():
     return build_llama
+
+
+def count_finite_files(run_dir: Path) -> int:
+    """How many .safetensors files a run directory holds, each asserted to hold only finite floating-point tensors."""
+    from safetensors.torch import load_file
+
+    files = list(run_dir.rglob("*.safetensors"))
+    for file in files:
+        for name, t in load_file(file).items():
+            assert not t.is_floating_point() or torch.isfinite(t).all(), f"{file}: {name}"
+    return len(files)
+
+
+@pytest.fixture(scope="session")
+def finite_files():
+    return count_finite_files

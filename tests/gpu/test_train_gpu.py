@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from tunelab.cli import main
 
@@ -71,17 +70,9 @@ def write_config(path: Path, model_dir: Path, data: Path, out: Path, case: dict)
     return path
 
 
-def finite_files(run_dir: Path) -> int:
-    files = list(run_dir.rglob("*.safetensors"))
-    for file in files:
-        for name, t in load_file(file).items():
-            assert not t.is_floating_point() or torch.isfinite(t).all(), f"{file}: {name}"
-    return len(files)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", list(CASES))
-def test_check_then_train_through_the_cli(name, deep_llama_dir, chat_file, tmp_path, gpu_report, capsys):
+def test_check_then_train_through_the_cli(name, deep_llama_dir, chat_file, tmp_path, gpu_report, finite_files, capsys):
     out = tmp_path / "run"
     config = write_config(tmp_path / "config.yaml", deep_llama_dir, chat_file, out, CASES[name])
     assert main(["check", str(config), "--html", str(tmp_path / "check.html")]) == 0, capsys.readouterr().out[-3000:]
@@ -127,7 +118,9 @@ def test_check_then_train_through_the_cli(name, deep_llama_dir, chat_file, tmp_p
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("fix", [True, False], ids=["repaired", "not-repaired"])
-def test_untrained_row_on_a_deep_model(fix, gpu_tokenizer_dir, llama_builder, chat_file, tmp_path, gpu_report, capsys):
+def test_untrained_row_on_a_deep_model(
+    fix, gpu_tokenizer_dir, llama_builder, chat_file, tmp_path, gpu_report, finite_files, capsys
+):
     """The issue's case on the GPU: <|im_start|> (every example's first token) has a zero embedding row. Repaired,
     the run is finite; not repaired, it either stays finite or the guard stops it (exit 3); never NaN in a file."""
     model = llama_builder(tmp_path / "deep", gpu_tokenizer_dir, layers=32, hidden=64, zero_tokens=("<|im_start|>",))
