@@ -94,8 +94,8 @@ class RunInfo:
     tokens: int = 0
     elapsed_s: float = 0.0
     end: dict[str, Any] = field(default_factory=dict)
-    """Why training stopped, and after which step: {"reason": "finished" | "interrupted" | "non_finite" | "error",
-    "step": N}, with the signal of an interruption and the message of an error (training/progress.py `end_record`).
+    """Why training stopped, and after which step: {"reason": "finished" | "early_stopped" | "interrupted" |
+    "non_finite" | "error", "step": N} (early_stopped: finished before its planned steps, extra.early_stop), with the signal of an interruption and the message of an error (training/progress.py `end_record`).
     Empty while the run trains, after a process killed outright, and in runs written before 2026-12-05."""
     tunelab_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)

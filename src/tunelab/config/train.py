@@ -72,6 +72,16 @@ class TrainConfig:
     keep_best: bool = opt(
         True, "with an eval split, save the weights of the lowest eval loss as the result (not those of the last step)"
     )
+    early_stopping_patience: int = opt(
+        0,
+        "stop the run after N evaluations in a row (every train.eval_every steps) whose eval loss is not a new best by more than early_stopping_min_delta (0: off); needs an eval split (data.eval or data.eval_fraction); the result is then keep_best's weights, or the last step's with keep_best off; tasks sft, classify, reward, dpo, grpo (its held-out reward); not in staged or federated runs",
+        min=0,
+    )
+    early_stopping_min_delta: float = opt(
+        0.0,
+        "with early_stopping_patience: an evaluation counts as a new best only when its eval loss is lower than the last best by more than this",
+        min=0.0,
+    )
     save_every: int = opt(
         0,
         "write a checkpoint for --resume every N optimizer steps (0: none, except when interrupted with Ctrl-C; the result is saved at the end either way)",

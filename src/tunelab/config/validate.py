@@ -75,6 +75,7 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
             f"option 'train.neftune_alpha' adds noise to the embeddings of task sft; option 'task' is {config.task}. "
             "Remove it or set it to 0."
         )
+    check_early_stopping(config, task_options)
     if config.data.eval and config.data.eval_fraction:
         raise ConfigError(
             "options 'data.eval' and 'data.eval_fraction' are both set; use one way to get an eval split."
@@ -117,6 +118,40 @@ def check_consistency(config: RunConfig, task_options: bool = True) -> None:
     if config.method.quantize_base != "none" and not config.method.is_adapter and not config.stages:
         # a staged run's stages are checked each with its own method (stage_config)
         raise ConfigError(quantize_needs_adapter(config.method.name))
+
+
+def check_early_stopping(config: RunConfig, task_options: bool = True) -> None:
+    """train.early_stopping_patience where it cannot work: without evaluations during training (train.eval_every 0),
+    in a federation (its rounds are not the loop's steps) or in a staged run (a stage stopped early would hand a
+    shorter stage to the next); min_delta without patience, which nothing reads. The eval split itself is checked
+    once the data is read (training/early_stop.py `require_eval_split`): a source's own eval file gives one too."""
+    t = config.train
+    staged = any("train.early_stopping_patience" in entry for entry in config.stages)
+    if not (t.early_stopping_patience or staged):
+        if task_options and t.early_stopping_min_delta:
+            raise ConfigError(
+                f"option 'train.early_stopping_min_delta' is {t.early_stopping_min_delta:g}, but "
+                "'train.early_stopping_patience' is 0 (early stopping off), so nothing reads it; set a patience "
+                "(e.g. 3) or drop min_delta."
+            )
+        return
+    if config.federated.enabled:
+        raise ConfigError(
+            "option 'train.early_stopping_patience' is not supported in a federation (federated.clients or "
+            "federated.split_file): its length is federated.rounds, and train.keep_best already keeps the round of "
+            "the lowest eval loss. Remove it or set it to 0."
+        )
+    if config.stages:
+        raise ConfigError(
+            "option 'train.early_stopping_patience' is not supported in a staged run (stages): a stage stopped early "
+            "would hand a shorter stage to the next. Remove it (from the stages too) or set it to 0; "
+            "train.keep_best still keeps each stage's weights of the lowest eval loss."
+        )
+    if t.eval_every == 0:
+        raise ConfigError(
+            f"option 'train.early_stopping_patience' is {t.early_stopping_patience}, but 'train.eval_every' is 0 "
+            "(evaluate only at the end), so no evaluation could stop the run; set train.eval_every to auto or N > 0."
+        )
 
 
 def quantize_needs_adapter(method: str) -> str:

@@ -124,6 +124,13 @@ def _end(d: dict) -> str | None:
     reason = end["reason"]
     if reason == "finished":
         return f"finished: every step trained ({step})"
+    if reason == "early_stopped":
+        stop = (d.get("extra") or {}).get("early_stop") or {}
+        waited = stop.get("waited") or []
+        return (
+            f"stopped early after step {step} of {stop.get('planned_steps', '?')} planned: {len(waited)} evaluations "
+            f"in a row without a new best eval loss (train.early_stopping_patience {stop.get('patience', '?')})"
+        )
     if reason == "interrupted":
         by = "SIGTERM (kill, a job scheduler)" if end.get("signal") == "SIGTERM" else "Ctrl-C (SIGINT)"
         return f"interrupted by {by} after step {step}; --resume continues it from its last checkpoint"

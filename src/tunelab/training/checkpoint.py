@@ -219,6 +219,14 @@ def _state_problem(state: dict, folder: Path) -> str | None:
         for s in streak
     ):
         return "its bad_streak is not a list of skipped steps"
+    early = position.get("early_stop", {"best_loss": None, "waited": []})  # train.early_stopping_patience's count
+    if not (
+        isinstance(early, dict)
+        and (early.get("best_loss") is None or type(early.get("best_loss")) in (int, float))
+        and isinstance(early.get("waited"), list)
+        and all(type(s) is int and s >= 0 for s in early["waited"])
+    ):
+        return "its early_stop is not a best eval loss with the steps evaluated since"
     groups = state.get("param_groups", [])
     if not isinstance(groups, list) or (state.get("format") != "sharded" and not groups):
         return "its param_groups are not a list of the optimizer's groups"

@@ -17,6 +17,8 @@ from tunelab.rundir import RunInfo, hub_revision, write_info
 from tunelab.training.auto import AutoPlan
 from tunelab.training.best import FSDP2_ADVICE
 from tunelab.training.checkpoint import latest_checkpoint
+from tunelab.training.early_stop import KEY as EARLY_STOP
+from tunelab.training.early_stop import REASON as STOPPED_EARLY
 from tunelab.training.evals import eval_line
 from tunelab.training.interrupt import graceful_interrupt
 from tunelab.training.loop import Run, evaluate_at
@@ -40,6 +42,9 @@ class TrainResult:
     interrupted: bool = False  # Ctrl-C came after the steps: the result is saved, what follows training is skipped
     stop_signal: int = signal.SIGINT  # the signal that interrupted it (SIGTERM: a staged run exits 143)
     overflow_steps: int = 0  # fp16: steps skipped for an overflow of the loss scale (not counted in skipped_steps)
+    # train.early_stopping_patience stopped it before its planned steps: run.json's extra.early_stop (step,
+    # planned_steps, patience, min_delta, best_step, best_eval_loss, waited); None when it ran every step
+    early_stop: dict | None = None
 
 
 def finish(
@@ -66,18 +71,23 @@ def finish(
     )
     task, data, evals, log, total_steps, built = run.task, run.data, run.evals, run.log, run.total_steps, run.built
     train_model = run.train_model
-    final_eval = not (t.eval_every and total_steps % t.eval_every == 0)  # the loop's last evaluation was not the end's
-    if resume_step == total_steps:  # resumed at the last step: this process ran no step and no evaluation
-        last_loss, run.eval_metrics = logged_at(read_metrics(run_dir), total_steps)
+    end = position["step"]  # total_steps, or the step early stopping stopped at (an evaluated one)
+    final_eval = not (t.eval_every and end % t.eval_every == 0)  # the loop's last evaluation was not the end's
+    if resume_step == end:  # resumed at the last step (or its early stop): this process ran no step and no evaluation
+        last_loss, run.eval_metrics = logged_at(read_metrics(run_dir), end)
         final_eval = not run.eval_metrics  # the run before evaluated its last step (and logged it) or did not
         if "eval_loss" in run.eval_metrics:  # keep_best saw that evaluation, after the checkpoint's copy of the best
-            best.observe(total_steps, run.eval_metrics["eval_loss"], model)
+            best.observe(end, run.eval_metrics["eval_loss"], model)
     # Ctrl-C from here on lets the evaluation and the save finish: the steps are done, and a checkpoint of the last
     # one may not exist (train.save_every), so stopping now would lose the run. The trackers' runs end with the block:
     # finished once the result is saved, failed if the evaluation or the save raises.
     with graceful_interrupt("the training is done: finishing the evaluation and saving the result first") as stop, log:
         if evals and final_eval:
-            evaluate_at(run, total_steps)
+            evaluate_at(run, end)
+        early_stop = run.early.record(end, total_steps) if run.stopped_early else None
+        if early_stop is not None:
+            print(run.early.message(end, total_steps, reward=cfg.task == "grpo"), flush=True)
+            info.extra[EARLY_STOP] = early_stop
         eval_metrics = run.eval_metrics
         eval_loss = eval_metrics.get("eval_loss")
         for name, value in eval_metrics.items():
@@ -123,13 +133,16 @@ def finish(
         info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
         info.final_loss, info.eval_loss, info.elapsed_s = last_loss, eval_loss, round(position["elapsed_s"], 1)
         info.skipped_steps, info.end = position["skipped_steps"], end_record(position["step"])
+        if early_stop is not None:
+            info.end["reason"] = STOPPED_EARLY
         note_overflows(info, position)
         losses = {k: v for k, v in eval_metrics.items() if k.split("/")[0] == "eval_loss"}
         if any(name != "eval_loss" for name in losses):  # a mixture's sources, a staged run's earlier stages
             info.extra["eval_losses"] = losses
         if ranks.main:
             write_info(run_dir, info)
-        skipped = f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
+        skipped = f" of the {total_steps} planned, stopped early" if early_stop is not None else ""
+        skipped += f", {info.skipped_steps} skipped as non-finite" if info.skipped_steps else ""
         if position.get("overflow_steps"):
             skipped += f", {position['overflow_steps']} skipped as fp16 overflow"
         print(
@@ -156,6 +169,7 @@ def finish(
         interrupted,
         stop_signal,
         position.get("overflow_steps", 0),
+        early_stop,
     )
 
 

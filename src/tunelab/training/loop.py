@@ -5,8 +5,9 @@ Each step takes the next `grad_accum` micro-batches of the epoch (for grpo, what
 trains on this rank's share of them, then advances `Run.position` (step, epoch, batch in the epoch, tokens, time,
 skipped steps, and in fp16 the loss scale and its overflow steps: what a checkpoint saves and a resumed run starts
 from, so it takes the same steps as an uninterrupted one). Around the step, one line each: the non-finite guard's count (training/guard.py), the metrics record, eval
-every N steps (and keep_best's check), a checkpoint every N steps, and Ctrl-C, which stops after the step with a
-checkpoint of it.
+every N steps (and keep_best's check, and early stopping's count: the loop ends after the evaluation that exhausts
+train.early_stopping_patience, training/early_stop.py), a checkpoint every N steps, and Ctrl-C, which stops after the
+step with a checkpoint of it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tunelab.training.best import BestWeights
 from tunelab.training.build import BuiltModel
 from tunelab.training.checkpoint import intact_checkpoint, latest_checkpoint
 from tunelab.training.distributed import Ranks, unwrap
+from tunelab.training.early_stop import EarlyStop
 from tunelab.training.evals import EvalSets, eval_record
 from tunelab.training.graphs import CapturedLoss, pad_to
 from tunelab.training.guard import BadSteps, stop_message
@@ -71,6 +73,11 @@ class Run:
     # rank 0, after each checkpoint: run.json records its position (training/progress.py), so that a process killed
     # outright leaves run.json at the step --resume starts from
     progress: Callable[[dict], None] | None = None
+    early: EarlyStop | None = None  # train.early_stopping_patience's count (training/early_stop.py)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.early is not None and self.early.done
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -109,7 +116,7 @@ def loop(run: Run) -> float | None:
     )
     started = time.perf_counter() - position["elapsed_s"]
     with graceful_interrupt() as stop:
-        while position["step"] < run.total_steps:
+        while position["step"] < run.total_steps and not run.stopped_early:  # resumed at its stop: no more steps
             batches = task.make_batches(
                 epoch_rows(run.data, t.seed, position["epoch"]),
                 t.micro_batch,
@@ -166,17 +173,25 @@ def loop(run: Run) -> float | None:
                 if stopping:
                     bar.close()
                     raise _stopped(run, bad)
+                early = False
                 if run.evals and t.eval_every and position["step"] % t.eval_every == 0:
                     evaluate_at(run, position["step"])
+                    early = run.early is not None and run.ranks.any(run.stopped_early)  # every rank stops together
                 saved = bool(t.save_every) and position["step"] % t.save_every == 0
                 if saved:
                     _checkpoint(run)
                 if run.ranks.any(stop.requested):  # all ranks stop after the same step
-                    if position["step"] == run.total_steps:  # the steps are done: finish as after a later Ctrl-C
+                    if (
+                        position["step"] == run.total_steps or early
+                    ):  # the steps are done: finish as after a later Ctrl-C
                         run.interrupted, run.stop_signal = True, stop.signum
                         break
                     bar.close()
                     raise _interrupted(run, saved, stop.signum)
+                if early:
+                    break
+            if run.stopped_early:
+                break
             if position["batch_in_epoch"] >= len(batches):
                 position["epoch"] += 1
                 position["batch_in_epoch"] = 0
@@ -192,6 +207,8 @@ def evaluate_at(run: Run, step: int) -> None:
     run.log.write({"step": step, **run.eval_metrics})
     if "eval_loss" in run.eval_metrics:
         run.best.observe(step, run.eval_metrics["eval_loss"], model)
+        if run.early is not None:
+            run.early.observe(step, run.eval_metrics["eval_loss"])
 
 
 def rollout(task: Task, model: nn.Module, group: list[dict], step: int, micro_batch: int, ranks: Ranks) -> list[dict]:

@@ -50,6 +50,7 @@ from tunelab.training.best import BestWeights, off_under_fsdp2
 from tunelab.training.build import BuiltModel
 from tunelab.training.checkpoint import remove_cut_short
 from tunelab.training.distributed import Ranks, backend, nf4_bytes_held, parallelize, pick_sharding, session
+from tunelab.training.early_stop import EarlyStop, check_not_stopped_early, require_eval_split
 from tunelab.training.evals import eval_sets
 from tunelab.training.finish import TrainResult, finish
 from tunelab.training.graphs import CapturedLoss, bucket_width, use_graphs
@@ -228,6 +229,7 @@ def _train_planned(
     task = get_task(cfg.task, cfg)
     inputs, fingerprints, before = _load_data(resolved, task, run_dir, resume)
     data, tokenizer = inputs.data, inputs.tokenizer
+    require_eval_split(cfg.train.early_stopping_patience, data.eval)  # before the model loads
     first = epoch_rows(data, cfg.train.seed, 0)  # what a step trains on: a mixture's draw, packed where asked
     kept = kept_auto(run_dir, cfg) if resume else {}
     built, untrained, auto, memory = _build_model(cfg, inputs, task, first, kept, before, sharding, ranks, check)
@@ -266,6 +268,13 @@ def _train_planned(
     if checkpoint is not None:
         position |= load_position(checkpoint, train_model, optimizer, total_steps, ranks)
         check_more_steps(run_dir, total_steps, position["step"], resolved.spelling)
+        check_not_stopped_early(
+            run_dir,
+            read_info(run_dir, require_finished=False),
+            t.early_stopping_patience,
+            t.early_stopping_min_delta,
+            resolved.spelling.resume,
+        )
         if ranks.main:  # the run is now this config's (allowed changes included): a later --resume compares with it
             write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
             _record_at_checkpoint(run_dir, info, position, track_to)  # kept while resuming, even if killed outright
@@ -279,6 +288,7 @@ def _train_planned(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, t.scheduler), last_epoch=position["step"] - 1
     )
     resume_step = position["step"] if resume else None
+    early = EarlyStop(t.early_stopping_patience, t.early_stopping_min_delta, position)  # a checkpoint's count kept
     loss_scale = LossScale.resumed(position) if uses_loss_scale(built.dtype) else None
     if loss_scale is not None:
         position["overflow_steps"] = position.get("overflow_steps", 0)
@@ -328,6 +338,7 @@ def _train_planned(
         graph_width=bucket_width(cfg.data.max_length),
         loss_scale=loss_scale,
         progress=lambda at: _record_at_checkpoint(run_dir, info, at, track_to),
+        early=early if early.patience else None,
     )
     last_loss = _train_steps(run, info, trainable)
     try:

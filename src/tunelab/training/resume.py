@@ -65,6 +65,8 @@ ALLOWED = {
     "train.max_bad_steps",
     "train.report_to",
     "train.keep_best",
+    "train.early_stopping_patience",
+    "train.early_stopping_min_delta",
     "train.cuda_graphs",
     "train.sharding",
     "eval.questions",
@@ -272,6 +274,11 @@ def check_resume_config(
             notes.append(
                 f"resume: {line} (allowed: it changes which weights are saved as the result, not what the run learns"
                 + ("; it chooses among the evaluations from this resume on)" if cfg.train.keep_best else ")")
+            )
+        elif name.startswith("train.early_stopping_"):
+            notes.append(
+                f"resume: {line} (allowed: it changes when the run stops, not what each step learns; the count of "
+                "evaluations without a new best goes on from the checkpoint's)"
             )
         elif name == "train.cuda_graphs":
             notes.append(
