@@ -393,3 +393,15 @@ def test_a_dora_rollout_computes_each_weight_norm_once(
     batches = task.rollout(built.model, group, 0, 4)
     assert len(batches) == 2 and "old" in batches[0] and "old" in batches[1]
     assert sorted(map(id, calls)) == sorted(map(id, layers * 2))
+
+
+def test_early_stopping_reads_the_held_out_reward(tiny_model_dir, tmp_path, prompt_file, reward_module, capsys):
+    """The evaluation before training (step 0) sets the first best; min_delta 100 makes step 1's no new best, so
+    patience 1 stops the run after step 1 of 4, and the run speaks of the reward, not of a negative loss."""
+    common = grpo_overrides(tiny_model_dir, tmp_path, prompt_file, reward_module, **{"train.max_steps": 4})
+    common |= {"data.eval_fraction": 0.25, "train.eval_every": 1, "train.early_stopping_patience": 1}
+    result = recipe.train(None, common | {"train.early_stopping_min_delta": 100.0})
+    assert result.steps == 1 and result.early_stop["best_step"] == 0 and result.early_stop["waited"] == [1]
+    out = capsys.readouterr().out
+    assert "early stopping: stopped after step 1 of the 4 planned: the held-out reward has not improved" in out
+    assert f"(held-out reward {-result.early_stop['best_eval_loss']:.4f})" in out
