@@ -72,6 +72,8 @@ LORA = "LoRA options live under method: (method.name: lora, method.r, method.alp
         ("completion_only_loss: true\n", "Did you mean data.train_on_prompt (false, the default, puts the loss"),
         ("loss_type: ipo\n", "Did you mean dpo.loss?"),
         ("load_best_model_at_end: true\n", "Did you mean train.keep_best?"),
+        ("early_stopping_patience: 3\n", "Did you mean train.early_stopping_patience?"),  # axolotl, LLaMA-Factory
+        ("early_stopping_threshold: 0.01\n", "Did you mean train.early_stopping_min_delta?"),
         ("resume_from_checkpoint: true\n", "continue one with tunelab train --resume)?"),  # was: keep_checkpoints
         ("deepspeed: ds.json\n", "Did you mean train.sharding (auto, ddp or fsdp2, under torchrun)?"),
     ],

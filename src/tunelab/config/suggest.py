@@ -73,6 +73,8 @@ ALIASES = {
     "assistant_only_loss": "data.train_on_prompt",
     "loss_type": "dpo.loss",
     "load_best_model_at_end": "train.keep_best",
+    "early_stopping_threshold": "train.early_stopping_min_delta",  # transformers' EarlyStoppingCallback
+    "min_delta": "train.early_stopping_min_delta",  # Keras, Lightning
     "resume_from_checkpoint": "train.save_every",
     "fsdp": "train.sharding",
     "deepspeed": "train.sharding",
