@@ -65,6 +65,10 @@ def test_a_run_stops_after_patience_evaluations_without_a_new_best(tiny_override
     assert "early stopping: stopped after step 8 of the 12 planned: the eval loss has not improved on step 4's " in out
     assert "for 2 evaluations in a row (steps 6, 8; train.early_stopping_patience 2)" in out
     assert "(8 steps of the 12 planned, stopped early," in out
+    assert info["extra"]["verdict"]["text"].endswith(
+        " The run stopped early after step 8 of the 12 planned: 2 evaluations in a row without a new best "
+        "(train.early_stopping_patience 2)."
+    )
     saved = load_file(result.run_dir / "adapter_model.safetensors")
     expected = seen[1] if keep_best else seen[3]  # keep_best's step, else the last step trained
     assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k]) for k in saved)

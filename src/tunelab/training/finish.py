@@ -128,6 +128,12 @@ def finish(
             orpo_lambda=cfg.dpo.beta if cfg.task == "dpo" and cfg.dpo.loss == "orpo" else None,
             keep_best_off=FSDP2_ADVICE if best_off else "",
         )
+        if early_stop is not None:  # the verdict saved in run.json says it too, not only the line printed above
+            verdict.text += (
+                f" The run stopped early after step {end} of the {total_steps} planned: "
+                f"{len(early_stop['waited'])} evaluations in a row without a new best "
+                f"(train.early_stopping_patience {early_stop['patience']})."
+            )
         print(verdict.text, flush=True)
         info.extra["verdict"] = verdict.to_dict()
         info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]
