@@ -49,6 +49,7 @@ from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.rundir import HEAD_TASKS, check_same_run, open_info, read_info, run_stamp
 from tunelab.server.serve import serve as _serve
 from tunelab.training.distributed import from_environment
+from tunelab.training.early_stop import stopped_early
 from tunelab.training.launch import check_launch, train_on_ranks
 from tunelab.training.plan_config import plan_config
 from tunelab.training.progress import overflow_steps
@@ -142,6 +143,7 @@ def train(
             info.extra.get("auto", {}),
             Verdict(**verdict) if verdict else None,
             overflow_steps=overflow_steps(info),
+            early_stop=stopped_early(info),
         )
     else:
         result = _train(resolved, resume=resume, check=check, overwrite_non_run=overwrite_non_run)
