@@ -170,3 +170,12 @@ def test_the_cli_takes_the_option_and_refuses_it_without_an_eval_split(tiny_over
     err = capsys.readouterr().err
     assert "train.early_stopping_patience" in err and "data.eval_fraction" in err and "Traceback" not in err
     assert not Path(tiny_overrides["output_dir"]).exists()  # refused before the run directory is made
+
+
+def test_patience_used_up_at_the_last_planned_step_is_no_early_stop(tiny_overrides, monkeypatch, capsys):
+    _scripted(monkeypatch, [0.5, 0.6, 0.7])  # steps 2 (best), 4, 6: the second evaluation waited is step 6, the last
+    overrides = tiny_overrides | {"data.eval_fraction": 0.25, "train.max_steps": 6, "train.eval_every": 2}
+    result = recipe.train(None, overrides | {"train.early_stopping_patience": 2})
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert result.steps == 6 and result.early_stop is None and "early_stop" not in info["extra"]
+    assert info["end"] == {"reason": "finished", "step": 6} and "early stopping" not in capsys.readouterr().out

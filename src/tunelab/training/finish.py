@@ -84,7 +84,8 @@ def finish(
     with graceful_interrupt("the training is done: finishing the evaluation and saving the result first") as stop, log:
         if evals and final_eval:
             evaluate_at(run, end)
-        early_stop = run.early.record(end, total_steps) if run.stopped_early else None
+        # patience used up by the last planned step's evaluation is no early stop: the run trained every step
+        early_stop = run.early.record(end, total_steps) if run.stopped_early and end < total_steps else None
         if early_stop is not None:
             print(run.early.message(end, total_steps, reward=cfg.task == "grpo"), flush=True)
             info.extra[EARLY_STOP] = early_stop

@@ -115,8 +115,9 @@ def loop(run: Run) -> float | None:
         disable=not run.ranks.main,
     )
     started = time.perf_counter() - position["elapsed_s"]
+    stop_early = run.stopped_early  # resumed from the checkpoint of the step it stopped at: no more steps
     with graceful_interrupt() as stop:
-        while position["step"] < run.total_steps and not run.stopped_early:  # resumed at its stop: no more steps
+        while position["step"] < run.total_steps and not stop_early:
             batches = task.make_batches(
                 epoch_rows(run.data, t.seed, position["epoch"]),
                 t.micro_batch,
@@ -173,24 +174,21 @@ def loop(run: Run) -> float | None:
                 if stopping:
                     bar.close()
                     raise _stopped(run, bad)
-                early = False
                 if run.evals and t.eval_every and position["step"] % t.eval_every == 0:
                     evaluate_at(run, position["step"])
-                    early = run.early is not None and run.ranks.any(run.stopped_early)  # every rank stops together
+                    stop_early = run.early is not None and run.ranks.any(run.stopped_early)  # every rank together
                 saved = bool(t.save_every) and position["step"] % t.save_every == 0
                 if saved:
                     _checkpoint(run)
                 if run.ranks.any(stop.requested):  # all ranks stop after the same step
-                    if (
-                        position["step"] == run.total_steps or early
-                    ):  # the steps are done: finish as after a later Ctrl-C
+                    if position["step"] == run.total_steps or stop_early:  # done: finish as after a later Ctrl-C
                         run.interrupted, run.stop_signal = True, stop.signum
                         break
                     bar.close()
                     raise _interrupted(run, saved, stop.signum)
-                if early:
+                if stop_early:
                     break
-            if run.stopped_early:
+            if stop_early:
                 break
             if position["batch_in_epoch"] >= len(batches):
                 position["epoch"] += 1
