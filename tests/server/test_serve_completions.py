@@ -68,6 +68,7 @@ def test_what_the_route_cannot_honour_is_refused(served):
     client, _, _ = served
     for options, param in (
         ({"logprobs": 1}, "logprobs"),
+        ({"logprobs": 0}, "logprobs"),  # OpenAI still returns the sampled tokens' log-probabilities for 0
         ({"best_of": 2}, "best_of"),
         ({"extra_body": {"prompt_logprobs": 1}}, "prompt_logprobs"),
     ):

@@ -5,8 +5,9 @@ The prompt is tokenized as it is, with no chat template and no system prompt: a 
 through /v1/chat/completions, and this route is for those who write the prompt themselves. Generation goes through
 the same engine and queue as a chat's, with the same sampling options, stop strings, seeds and `n`. A list of
 prompts is answered prompt by prompt, each `n` times, choice `i * n + k` being prompt i's answer k (OpenAI's order).
-`echo` puts the prompt in front of the text. Log-probabilities are not computed: `logprobs` (and `best_of` above 1,
-`suffix`, the penalties, `logit_bias`) are refused unless they ask for nothing, so an lm-eval loglikelihood task
+`echo` puts the prompt in front of the text. Log-probabilities are not computed: `logprobs` (any number, 0 included,
+which still asks for the sampled tokens' own; `best_of` above 1, `suffix`, the penalties, `logit_bias`) are refused
+unless they ask for nothing, so an lm-eval loglikelihood task
 fails with a message rather than scores made of nothing; its generation tasks (`generate_until`) work.
 """
 
@@ -65,7 +66,7 @@ class CompletionRequest(BaseModel):
 IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier")
 # the values that ask for nothing; another would be answered as if the option were absent, so it is refused
 NOT_IMPLEMENTED: dict[str, tuple] = {
-    "logprobs": (None, 0),
+    "logprobs": (None,),  # 0 still asks for the sampled tokens' log-probabilities (OpenAI: "up to logprobs+1")
     "best_of": (None, 1),
     "suffix": (None, ""),
     "frequency_penalty": (None, 0),
