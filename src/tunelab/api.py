@@ -274,6 +274,11 @@ def compare(
     info = run.info if isinstance(run, LoadedRun) else open_info(run_dir)
     dropped = DataReport()
     asked = _texts(question, "question", blank=False)
+    if question is not None and not asked:  # a filter that kept none would otherwise ask the whole eval file
+        raise ConfigError(
+            "argument 'question' is an empty list; give at least one question, or leave it out (None) to ask "
+            "the questions file (questions=, else the run's eval.questions)."
+        )
     if questions:  # as eval and predict name a missing --data file
         refuse_missing_file(questions, "compare", "--questions")
     if not questions and not asked:  # the file training compared on

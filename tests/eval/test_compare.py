@@ -408,3 +408,17 @@ def test_compare_without_questions_asks_the_runs_eval_questions(run, questions, 
     assert main(["compare", str(run), "--no-save", "--device", "cpu"]) == 2
     err = capsys.readouterr().err  # worded as a missing --questions file is (below)
     assert f"{questions}: file not found. Check the path in eval.questions of {run / 'config.yaml'}" in err
+
+
+def test_an_empty_list_of_questions_is_refused_not_read_as_none(run, questions):
+    """`compare(run, question=[])` (a filter that kept no question) asked every question of the run's
+    eval.questions, as if none had been given; it is refused naming the argument, before any model loads."""
+    from tunelab.errors import ConfigError
+
+    cfg = load_config(run / "config.yaml").config
+    cfg.eval.questions = str(questions)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    for empty in ([], ()):
+        with pytest.raises(ConfigError, match=r"argument 'question' is an empty list"):
+            tunelab.compare(run, question=empty, save=False, device="cpu")
+    assert not (run / "compare.json").exists()
