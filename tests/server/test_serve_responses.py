@@ -187,6 +187,21 @@ def test_what_the_route_cannot_honour_is_refused_by_name(served, options, param)
     assert caught.value.body["param"] == param, caught.value.body
 
 
+def test_a_system_message_beside_instructions_is_refused_in_words_that_fit(served):
+    """With `instructions`, a system message at input.0 was refused as "a system message after the first message",
+    though it is the first of input; the refusal now says it stands beside `instructions`."""
+    client, _, _ = served
+    for role in ("system", "developer"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(
+                model="tiny", instructions="Be brief.",
+                input=[{"role": role, "content": "Be kind."}, {"role": "user", "content": "Hi"}],
+            )  # fmt: skip
+        error = caught.value.body
+        assert error["param"] == "input.0.role" and "beside 'instructions'" in error["message"], error
+        assert "after the first" not in error["message"], error
+
+
 def test_options_that_ask_for_nothing_are_accepted(served):
     client, _, _ = served
     done = client.responses.create(

@@ -208,6 +208,12 @@ def read_input(body: ResponsesRequest) -> list[dict]:
             raise Refused(
                 f"{where}.{extra}", f"{where} has the field {extra!r}, which this server does not read; leave it out"
             )
+        if role in ("system", "developer") and (body.instructions or "").strip():
+            raise Refused(  # as_trained would call input.0 a message "after the first": instructions come first
+                f"{where}.role",
+                f"{where} is a {role} message beside 'instructions', which is the system message; the model was "
+                "trained with one system message. Join them into 'instructions'.",
+            )
         content = _text(item.get("content"), role, where)
         messages.append({"role": "system" if role == "developer" else role, "content": content})
     return messages
