@@ -234,7 +234,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         api.compare(
             args.run_dir,
             questions=args.questions,
-            question=args.question,
+            question=args.question or None,  # no --question: none (an empty list is refused)
             settings=settings,
             device=args.device,
             save=not args.no_save,
