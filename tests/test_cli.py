@@ -350,7 +350,11 @@ def test_a_command_line_text_that_is_not_utf8_exits_2_naming_it(tiny_run_dir):
     )
     err = done.stderr.decode(errors="replace")
     assert done.returncode == 2, err[-2000:]
-    assert "argument 'prompt': character 13 is U+DCFF" in err and "the byte 0xff" in err and "Traceback" not in err
+    assert (
+        "argument 'prompt' (PROMPT or --prompt): character 13 is U+DCFF" in err
+        and "the byte 0xff" in err
+        and "Traceback" not in err
+    )
     done = subprocess.run(
         [sys.executable, "-m", "tunelab.cli", "chat", str(tiny_run_dir), "--device", "cpu", "--max-new-tokens", "3"],
         input=b"Code of box \xff?\nCode of box 2?\n/exit\n",

@@ -173,9 +173,9 @@ def _texts(value, name: str, blank: bool = True, flag: str | None = None) -> lis
     return texts
 
 
-def _text(value: str, name: str, blank: bool = True) -> str:
+def _text(value: str, name: str, blank: bool = True, flag: str | None = None) -> str:
     """A text argument (its type checked by `_checked`), checked as `_texts` checks each item."""
-    return _texts(value, name, blank)[0]
+    return _texts(value, name, blank, flag)[0]
 
 
 @_checked
@@ -316,7 +316,9 @@ def generate(
     """One answer from the tuned model (or the base model with base=True). system: the system message; None (or a
     blank text) for the run's data.system_prompt, False for none at all (the prompt of a conversation trained without
     one, as chat's `/system none` and serve's "default_system_prompt": false)."""
-    prompt = _text(prompt, "prompt", blank=False)  # training skips an empty question: the model never saw one
+    prompt = _text(
+        prompt, "prompt", blank=False, flag="PROMPT or --prompt"
+    )  # training skips an empty question: the model never saw one
     if system is True:
         raise ConfigError(
             "generate(): argument 'system' is True; give the system message's text, None for the run's own "

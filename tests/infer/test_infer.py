@@ -236,7 +236,9 @@ def test_text_that_cannot_be_tokenized_or_is_no_text_is_refused_by_name(tiny_run
     from tunelab.errors import ConfigError
 
     run = open_run(tiny_run_dir, device="cpu")
-    with pytest.raises(ConfigError, match=r"argument 'prompt': character 1 is U\+DCFF.*the byte 0xff"):
+    with pytest.raises(
+        ConfigError, match=r"argument 'prompt' \(PROMPT or --prompt\): character 1 is U\+DCFF.*the byte 0xff"
+    ):
         tunelab.generate(run, "\udcff", settings=SHORT)
     with pytest.raises(ConfigError, match=r"generate\(\): argument 'prompt' must be str, got a NoneType"):
         tunelab.generate(run, None, settings=SHORT)
@@ -515,8 +517,19 @@ def test_an_empty_prompt_in_generate_is_refused_by_name(tiny_run_dir):
 
     run = open_run(tiny_run_dir, device="cpu")
     for blank in ("", " \n"):
-        with pytest.raises(ConfigError, match=r"argument 'prompt' is empty"):
+        with pytest.raises(ConfigError, match=r"argument 'prompt' \(PROMPT or --prompt\) is empty"):
             tunelab.generate(run, blank, settings=SHORT)
+
+
+def test_an_empty_prompt_names_what_the_command_line_typed(tiny_run_dir, capsys):
+    """`tunelab generate RUN ""` said "argument 'prompt' is empty", a name the command line has nowhere; it names the
+    positional PROMPT and --prompt, as predict names TEXT or --text."""
+    from tunelab.cli import main
+
+    for argv in ([""], ["--prompt", " "]):
+        assert main(["generate", str(tiny_run_dir), *argv, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "argument 'prompt' (PROMPT or --prompt) is empty" in err, err
 
 
 def test_chat_survives_a_refused_turn_says_reset_and_ends_its_line_on_eof(tiny_run_dir):
