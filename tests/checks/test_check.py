@@ -63,7 +63,9 @@ def test_resume_with_a_changed_option_fails(tiny_overrides):
     assert _statuses(result)["resume"] == "fail" and "train.lr: 0.001 -> 0.5" in result.items[0].summary
 
 
-def test_a_prompt_that_tokenizes_differently_at_inference_fails(tiny_model_dir, tiny_overrides, tmp_path, capsys):
+def test_a_prompt_that_tokenizes_differently_at_inference_fails(
+    tiny_model_dir, tiny_overrides, tmp_path, capsys, cli_flags
+):
     # The generation prompt ends with a space: in training the space merges into the answer's first token.
     template = (
         "{% for m in messages %}{% if m.role == 'assistant' %}Assistant: {{ m.content }}<|im_end|>\n"
@@ -76,11 +78,15 @@ def test_a_prompt_that_tokenizes_differently_at_inference_fails(tiny_model_dir, 
     assert item.status == "fail" and "20 of 20 answers" in item.summary  # the first 20 examples are compared
     assert "in training but" in item.details[0] and "qa.jsonl:1 answer 1" in item.details[0]
     # train runs the same check before loading the model; a Python caller is told its argument, not only the flag
-    with pytest.raises(
-        CheckFailed, match=r"prompt rendering.*--no-check to train anyway \(in Python: train\(\.\.\., check=False\)\)"
-    ):
+    with pytest.raises(CheckFailed, match=r"prompt rendering.*tunelab\.check\(\).*pass check=False to train") as failed:
         train(None, overrides | {"train.max_steps": 1})
+    assert "--no-check" not in str(failed.value)
     assert not Path(overrides["output_dir"]).exists()
+    capsys.readouterr()
+    assert main(["train", *cli_flags(overrides | {"train.max_steps": 1})]) == CheckFailed.exit_code
+    err = capsys.readouterr().err  # the CLI user is told the flag alone
+    assert "Run `tunelab check` with the same config and flags" in err and "--no-check to train anyway." in err
+    assert "check=False" not in err and not Path(overrides["output_dir"]).exists()
     assert train(None, overrides | {"train.max_steps": 1}, check=False).steps == 1
 
 

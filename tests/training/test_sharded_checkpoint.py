@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import tunelab.training.sharded_checkpoint as sharded
+from tunelab.config.flags import CLI, PYTHON
 from tunelab.errors import RunDirError
 from tunelab.training.checkpoint import checkpoints, intact_checkpoint
 from tunelab.training.distributed import Ranks
@@ -25,7 +26,7 @@ class _RankZeroOfTwo(Ranks):
         pass
 
 
-def _save(run_dir, step: int):
+def _save(run_dir, step: int, spelling=CLI):
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -34,7 +35,7 @@ def _save(run_dir, step: int):
     position = {"step": step, "epoch": 0, "batch_in_epoch": step, "tokens": 0, "elapsed_s": 0.0}
     with warnings.catch_warnings():  # DCP says it writes without a process group: meant here
         warnings.simplefilter("ignore")
-        return sharded.save(run_dir, model, optimizer, position, 3, _RankZeroOfTwo(0, 2))
+        return sharded.save(run_dir, model, optimizer, position, 3, _RankZeroOfTwo(0, 2), spelling)
 
 
 def _full(*_, **__):
@@ -47,19 +48,22 @@ class _FullDisk(sharded.HuggingFaceStorageWriter):
         _full()
 
 
-@pytest.mark.parametrize("where", ["shards", "rng", "state"])
-def test_a_full_disk_in_a_sharded_save_leaves_no_part_of_it(tmp_path, monkeypatch, where):
+@pytest.mark.parametrize(("where", "spelling"), [("shards", CLI), ("rng", PYTHON), ("state", CLI)])
+def test_a_full_disk_in_a_sharded_save_leaves_no_part_of_it(tmp_path, monkeypatch, where, spelling):
     assert _save(tmp_path, 1).name == "step-0000001"
     if where == "shards":
         monkeypatch.setattr(sharded, "HuggingFaceStorageWriter", _FullDisk)
     else:
         monkeypatch.setattr(sharded, "save_file" if where == "rng" else "file_digest", _full)
     with pytest.raises(RunDirError) as failed:
-        _save(tmp_path, 2)
+        _save(tmp_path, 2, spelling)
     message = str(failed.value)
     assert "no space left on the device while writing checkpoint of step 2" in message
     assert "The earlier checkpoints are intact (step-0000001)" in message
-    assert "--resume (in Python: train(..., resume=True))" in message  # a Python caller's way too
+    # each caller is told its own way: the CLI's flag, or a Python caller's argument, never both
+    ours, theirs = ("--resume", "resume=True") if spelling.flags else ("resume=True", "--resume")
+    assert f"then continue with the same {'command' if spelling.flags else 'train(...) call'} and {ours}" in message
+    assert theirs not in message
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001"]  # no scratch, no step 2
     assert intact_checkpoint(tmp_path)[0] == checkpoints(tmp_path)[0]
 

@@ -207,8 +207,29 @@ def test_a_data_error_inside_a_later_stage_names_the_stage_and_what_is_kept(stag
         train(None, staged)
     assert str(stopped.value) == (
         "stage 2 of 2 (second): p.jsonl:7: reward score raised RuntimeError: down (answer '4'). Stage 1 is saved: "
-        "--resume with the same config continues at stage 2, not from the start."
+        "resume=True with the same config continues at stage 2, not from the start."  # a Python caller's argument
     )
+
+
+def test_ctrl_c_while_a_stage_saves_says_how_to_start_the_next_one(staged, monkeypatch):
+    """Ctrl-C while stage 1 saved its result lets the save finish, then stops before stage 2; a Python caller was
+    told "--resume (in Python: train(..., resume=True))", the flag first. It is told its argument alone now."""
+    import signal
+
+    from tunelab.training import finish
+
+    real = finish.save_final
+
+    def interrupted_save(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(finish, "save_final", interrupted_save)
+    with pytest.raises(Interrupted) as caught:
+        train(None, staged)
+    message = str(caught.value)
+    assert "interrupted after stage 1 of 2 was saved; continue with the same train(...) call and resume=True" in message
+    assert "--resume" not in message
 
 
 def test_a_save_cut_short_in_a_later_stage_says_so(staged, monkeypatch):

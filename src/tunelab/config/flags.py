@@ -179,6 +179,11 @@ class Spelling:
     def overwrite(self) -> str:
         return "--overwrite" if self.flags else "overrides['overwrite'] = True"
 
+    @property
+    def rerun(self) -> str:
+        """How a stopped training run is continued: the same command with --resume, or the same call with resume."""
+        return "the same command and --resume" if self.flags else "the same train(...) call and resume=True"
+
     def option(self, name: str) -> str:
         """A command's option named as its caller gave it: option '--api-key', or argument 'api_key' in Python."""
         return f"option '--{name.replace('_', '-')}'" if self.flags else f"argument '{name}'"

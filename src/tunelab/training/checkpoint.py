@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.atomic import new_file_mode, ordinary_permissions, temporary_sibling
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError
 from tunelab.training.guard import require_finite
 
@@ -71,7 +72,12 @@ def no_space_message(what: str, where: Path, needed: int) -> str:
 
 
 def save_checkpoint(
-    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, position: dict, keep: int
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    position: dict,
+    keep: int,
+    spelling: Spelling = CLI,
 ) -> Path:
     folder = Path(run_dir) / "checkpoints"
     final = folder / f"{STEP_PREFIX}{position['step']:07d}"
@@ -98,21 +104,22 @@ def save_checkpoint(
     except OSError as exc:
         shutil.rmtree(scratch, ignore_errors=True)
         needed = sum(t.nbytes for t in trainable.values()) + sum(t.nbytes for t in tensors.values())
-        raise checkpoint_failed(run_dir, final, exc, needed) from None
+        raise checkpoint_failed(run_dir, final, exc, needed, spelling) from None
     prune_checkpoints(run_dir, final, keep)
     return final
 
 
-def checkpoint_failed(run_dir: Path, final: Path, exc: OSError, needed: int) -> RunDirError:
+def checkpoint_failed(run_dir: Path, final: Path, exc: OSError, needed: int, spelling: Spelling = CLI) -> RunDirError:
     """The error for a checkpoint (`final`, of about `needed` bytes) the system refused to write, its scratch folder
-    already removed: a full disk says how much space was needed and which earlier checkpoints --resume can use."""
+    already removed: a full disk says how much space was needed and which earlier checkpoints --resume can use
+    (named as `spelling` names it: the flag, or train's argument)."""
     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
         return RunDirError(f"{final}: cannot write the checkpoint ({exc.strerror or exc}).")
     step = int(final.name.removeprefix(STEP_PREFIX))
     earlier = [p.name for p in checkpoints(run_dir)]
     then = (
-        f"The earlier checkpoints are intact ({', '.join(earlier)}); free some space, then continue with --resume "
-        "(in Python: train(..., resume=True))."
+        f"The earlier checkpoints are intact ({', '.join(earlier)}); free some space, then continue with "
+        f"{spelling.rerun}."
         if earlier
         else "No checkpoint was written before it, so nothing can be resumed: free some space and train the run again."
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.config import RunConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import Interrupted, Terminated
 from tunelab.rundir import RunInfo, hub_revision, write_info
 from tunelab.training.auto import AutoPlan
@@ -112,9 +113,9 @@ def finish(
         weights = full_weights(train_model, ranks, cfg.method.is_adapter)
         if ranks.main:
             try:
-                save_final(run_dir, built, tokenizer, cfg, task, data, weights, hub_revision(info))
+                save_final(run_dir, built, tokenizer, cfg, task, data, weights, hub_revision(info), run.spelling)
             except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM while saving: nothing of the result is kept
-                raise save_cut_short(run_dir, position["step"], total_steps, exc) from None
+                raise save_cut_short(run_dir, position["step"], total_steps, exc, run.spelling) from None
             plot_losses(run_dir, [cfg.task])
         passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
         verdict = judge_metrics(
@@ -180,13 +181,16 @@ def finish(
     )
 
 
-def save_cut_short(run_dir: Path, step: int, total: int, exc: KeyboardInterrupt) -> Interrupted:
+def save_cut_short(
+    run_dir: Path, step: int, total: int, exc: KeyboardInterrupt, spelling: Spelling = CLI
+) -> Interrupted:
     """Training finished, but a second signal stopped the save of its result: said as such (exit 130, or 143 after
-    SIGTERM), with the checkpoint to resume from; run.json still says the run did not finish."""
+    SIGTERM), with the checkpoint to resume from (--resume named as `spelling` names it); run.json still says the run
+    did not finish."""
     signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
     checkpoint = latest_checkpoint(run_dir)
     how = (
-        "continue with the same command and --resume (in Python: train(..., resume=True))"
+        f"continue with {spelling.rerun}"
         if checkpoint is not None
         else "no checkpoint was written (train.save_every): train it again"
     )

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tunelab.config import RunConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.data.loader import Datasets, epoch_rows
 from tunelab.errors import Interrupted, TrainingStopped
 from tunelab.tasks.task import Task
@@ -74,6 +75,7 @@ class Run:
     # outright leaves run.json at the step --resume starts from
     progress: Callable[[dict], None] | None = None
     early: EarlyStop | None = None  # train.early_stopping_patience's count (training/early_stop.py)
+    spelling: Spelling = CLI  # how the messages of a stop name --resume: as a flag, or as train's argument
 
     @property
     def stopped_early(self) -> bool:
@@ -263,7 +265,13 @@ def _stopped(run: Run, bad: BadSteps) -> TrainingStopped:
 def _checkpoint(run: Run) -> None:
     """A checkpoint of the step in run.position, with a copy of keep_best's best so far."""
     folder = save_checkpoint(
-        run.run_dir, run.train_model, run.optimizer, run.position, run.cfg.train.keep_checkpoints, run.ranks
+        run.run_dir,
+        run.train_model,
+        run.optimizer,
+        run.position,
+        run.cfg.train.keep_checkpoints,
+        run.ranks,
+        spelling=run.spelling,
     )
     run.best.keep_with(folder)
     if run.progress is not None and run.ranks.main:
@@ -278,7 +286,7 @@ def _interrupted(run: Run, saved: bool, signum: int) -> Interrupted:
     checkpoint = latest_checkpoint(run.run_dir)
     return Interrupted(
         f"interrupted after step {position['step']} of {run.total_steps}; checkpoint {checkpoint}. Continue with "
-        "the same command and --resume (in Python: train(..., resume=True)).",
+        f"{run.spelling.rerun}.",
         step=position["step"],
         checkpoint=str(checkpoint),
         signum=signum,

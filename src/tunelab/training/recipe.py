@@ -29,6 +29,7 @@ from torch import nn
 
 from tunelab.atomic import write_json, write_text
 from tunelab.config import AUTO, ResolvedConfig, RunConfig, describe, dump_yaml, load_config, to_dict
+from tunelab.config.flags import CLI, Spelling
 from tunelab.config.load import check_overrides, from_python, is_override, locate
 from tunelab.data.formats import trained_system
 from tunelab.data.loader import epoch_rows
@@ -137,9 +138,9 @@ def config_path(config: Any) -> Path | None:
     return Path(config) if isinstance(config, (str, Path)) else None
 
 
-def cheap_check_gate(cfg: RunConfig, inputs, task: Task) -> None:
+def cheap_check_gate(cfg: RunConfig, inputs, task: Task, spelling: Spelling = CLI) -> None:
     """The task's data checks (those of `tunelab check` for sft), before the model is loaded; CheckFailed when one
-    fails."""
+    fails, naming the way past it as `spelling` does (--no-check, or check=False)."""
     items = task.checks(cfg, inputs) if task.checks else []
     for item in items:
         if item.status != "pass":
@@ -149,8 +150,13 @@ def cheap_check_gate(cfg: RunConfig, inputs, task: Task) -> None:
         raise CheckFailed(
             "the checks before training failed: "
             + "; ".join(f"{item.name}: {item.summary}" for item in failed)
-            + ". Run `tunelab check` with the same config and flags for the details, or pass --no-check to train anyway "
-            "(in Python: train(..., check=False))."
+            + (
+                ". Run `tunelab check` with the same config and flags for the details, or pass --no-check to train "
+                "anyway."
+                if spelling.flags
+                else ". Call tunelab.check() with the same config and overrides for the details, or pass check=False "
+                "to train anyway."
+            )
         )
 
 
@@ -232,7 +238,9 @@ def _train_planned(
     require_eval_split(cfg.train.early_stopping_patience, data.eval)  # before the model loads
     first = epoch_rows(data, cfg.train.seed, 0)  # what a step trains on: a mixture's draw, packed where asked
     kept = kept_auto(run_dir, cfg) if resume else {}
-    built, untrained, auto, memory = _build_model(cfg, inputs, task, first, kept, before, sharding, ranks, check)
+    built, untrained, auto, memory = _build_model(
+        cfg, inputs, task, first, kept, before, sharding, ranks, check, resolved.spelling
+    )
     trained = dataclasses.replace(cfg, train=auto.train)  # config.yaml keeps `auto` as written; the loop the values
     model = built.model
     t = trained.train
@@ -339,6 +347,7 @@ def _train_planned(
         loss_scale=loss_scale,
         progress=lambda at: _record_at_checkpoint(run_dir, info, at, track_to),
         early=early if early.patience else None,
+        spelling=resolved.spelling,
     )
     last_loss = _train_steps(run, info, trainable)
     try:
@@ -361,6 +370,7 @@ def _build_model(
     sharding: str | None,
     ranks: Ranks,
     check: bool,
+    spelling: Spelling,
 ) -> tuple[BuiltModel, UntrainedReport, AutoPlan, MemoryPlan | None]:
     """The auto values the data decides, the cheap checks, the model loaded and adapted for the task, the auto values
     the model decides and the memory plan, all printed. first: the first epoch's rows; kept: a resumed run's auto
@@ -368,7 +378,7 @@ def _build_model(
     data = inputs.data
     auto = plan_from_data(cfg.train, len(first), bool(data.eval), kept, cfg.grpo if cfg.task == "grpo" else None)
     if check:
-        cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task)
+        cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task, spelling)
     built, untrained = load_model(cfg, inputs, resumed=before)
     auto = auto.with_lr(cfg.method, model_shape(built.hf_config), cfg.task)
     longest = longest_row(cfg, first)  # grpo: the prompt and its answer

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tunelab.atomic import ordinary_permissions
 from tunelab.config import RunConfig
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError
 from tunelab.peft.save import record_base_revision, save_adapter
 from tunelab.tasks import SFT
@@ -34,13 +35,14 @@ def save_final(
     data=None,
     weights: dict | None = None,
     base_revision: str = "",
+    spelling: Spelling = CLI,
 ) -> None:
     """The run's result, as the task saves it (sft, the default: the adapter in PEFT's layout or the full weights, and
     the tokenizer; a head adds its labels), written to a staging folder and moved into the run directory once
     complete. `data` is the task's Datasets (what it learnt from the data, e.g. the labels; sft reads none).
     `weights`: the full weights gathered from FSDP2's shards (training/sharded_checkpoint.full_weights; task sft),
     the trainable ones alone for an adapter (QLoRA). `base_revision`: a hub base's commit (run.json's), written into
-    an adapter's adapter_config.json as PEFT's `revision`."""
+    an adapter's adapter_config.json as PEFT's `revision`. `spelling`: how a failed save names --resume."""
     params = weights.items() if weights is not None else built.model.named_parameters()
     written = (
         params if weights is not None or not cfg.method.is_adapter else ((n, p) for n, p in params if p.requires_grad)
@@ -76,19 +78,18 @@ def save_final(
         why = (
             no_space_message("the result", run_dir, needed) if exc.errno == errno.ENOSPC else f"{exc.strerror or exc}."
         )
-        raise RunDirError(f"{run_dir}: the result could not be saved: {why} {_what_is_left(run_dir)}") from None
+        raise RunDirError(
+            f"{run_dir}: the result could not be saved: {why} {_what_is_left(run_dir, spelling)}"
+        ) from None
 
 
-def _what_is_left(run_dir: Path) -> str:
+def _what_is_left(run_dir: Path, spelling: Spelling) -> str:
     """After a failed save of the result: the checkpoint --resume would continue from, or that there is none."""
     checkpoint = intact_checkpoint(run_dir)[0]
     if checkpoint is None:
         return "No checkpoint was written (train.save_every: 0), so the run must be trained again once it can be saved."
     step = int(checkpoint.name.removeprefix(STEP_PREFIX))
-    return (
-        f"The checkpoint of step {step} ({checkpoint}) is kept; continue from it with --resume (in Python: "
-        "train(..., resume=True))."
-    )
+    return f"The checkpoint of step {step} ({checkpoint}) is kept; continue from it with {spelling.rerun}."
 
 
 # What tunelab compare, eval and report write into a run directory (eval/compare.py COMPARE_FILE, eval/evaluate.py

@@ -44,6 +44,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from tunelab.atomic import ordinary_permissions
+from tunelab.config.flags import CLI, Spelling
 from tunelab.errors import RunDirError, TrainingStopped
 from tunelab.training.checkpoint import (
     STATE_FILE,
@@ -67,12 +68,21 @@ SHARDS = "shards"
 TRAINABLE = StateDictOptions(ignore_frozen_params=True)  # a LoRA run saves its adapters, not the base
 
 
-def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, position: dict, keep: int, ranks: Ranks):
+def save(
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    position: dict,
+    keep: int,
+    ranks: Ranks,
+    spelling: Spelling = CLI,
+):
     """A checkpoint of the step in `position`, on every rank together; the folder written. A write the system refuses
     on any rank (a full disk) stops every rank with the same RunDirError, as the single-file save does, and leaves no
-    part of the checkpoint: the scratch folder is removed, the earlier checkpoints are as they were."""
+    part of the checkpoint: the scratch folder is removed, the earlier checkpoints are as they were. `spelling`: how
+    that error names --resume."""
     if ranks.world == 1:
-        return save_checkpoint(run_dir, unwrap(model), optimizer, position, keep)
+        return save_checkpoint(run_dir, unwrap(model), optimizer, position, keep, spelling)
     folder = Path(run_dir) / "checkpoints"
     final = folder / f"{STEP_PREFIX}{position['step']:07d}"
     scratch = folder / f".tmp-{final.name}"
@@ -86,7 +96,7 @@ def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, posi
     needed = sum(v.numel() * v.element_size() for v in tensors.values())  # a DTensor's numel is the whole tensor's
 
     def agree(failed: OSError | None) -> None:  # on every rank at once: a collective
-        _stop_if_any(ranks, failed, run_dir, final, scratch, needed)
+        _stop_if_any(ranks, failed, run_dir, final, scratch, needed, spelling)
 
     agree(_attempt(lambda: _fresh(scratch)) if ranks.main else None)
     try:
@@ -97,7 +107,7 @@ def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, posi
             raise
         if ranks.main:
             shutil.rmtree(scratch, ignore_errors=True)
-        raise checkpoint_failed(run_dir, final, failed, needed) from None
+        raise checkpoint_failed(run_dir, final, failed, needed, spelling) from None
     agree(_attempt(lambda: save_file(rng_tensors(), str(scratch / f"rng-{ranks.rank}.safetensors"))))
     agree(_attempt(lambda: _publish(scratch, final, position, ranks.world, groups)) if ranks.main else None)
     if ranks.main:
@@ -132,7 +142,9 @@ def _attempt(write) -> OSError | None:
     return None
 
 
-def _stop_if_any(ranks: Ranks, failed: OSError | None, run_dir: Path, final: Path, scratch: Path, needed: int) -> None:
+def _stop_if_any(
+    ranks: Ranks, failed: OSError | None, run_dir: Path, final: Path, scratch: Path, needed: int, spelling: Spelling
+) -> None:
     """Every rank together: when a write failed on any, rank 0 removes the scratch folder and every rank raises the
     error of the first rank that failed."""
     if not ranks.any(failed is not None):
@@ -141,7 +153,7 @@ def _stop_if_any(ranks: Ranks, failed: OSError | None, run_dir: Path, final: Pat
     errno_, why = next(r for r in reasons if r is not None)
     if ranks.main:
         shutil.rmtree(scratch, ignore_errors=True)
-    raise checkpoint_failed(run_dir, final, OSError(errno_, why), needed) from None
+    raise checkpoint_failed(run_dir, final, OSError(errno_, why), needed, spelling) from None
 
 
 def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ranks: Ranks) -> dict:

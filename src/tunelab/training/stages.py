@@ -523,13 +523,13 @@ def _stages(
             kept = ""
             if k > 1:
                 done = "Stage 1 is" if k == 2 else f"Stages 1 to {k - 1} are"
-                kept = f" {done} saved: --resume with the same config continues at stage {k}, not from the start."
+                kept = f" {done} saved: {plan.spelling.resume} with the same config continues at stage {k}, not from the start."
             raise type(error)(f"{where}: {error}{kept}") from None
         record_stopped(run_dir, len(plans))  # the stage's result counted: a run killed before the next checkpoint
         if result.interrupted and k < len(plans):  # Ctrl-C while the stage saved its result: the next one waits
             raise Interrupted(
-                f"interrupted after stage {k} of {len(plans)} was saved; continue with the same command and --resume "
-                "(in Python: train(..., resume=True)), which starts the next stage.",
+                f"interrupted after stage {k} of {len(plans)} was saved; continue with {plan.spelling.rerun}, which "
+                "starts the next stage.",
                 step=offset + result.steps,
                 checkpoint=None,
                 signum=result.stop_signal,
