@@ -499,3 +499,36 @@ def test_an_unfinished_run_is_refused_saying_why_it_stopped(tmp_path):
         write_info(tmp_path, RunInfo(base_model="m", method="lora", steps=2, end=end))
         with pytest.raises(RunDirError, match=message):
             read_info(tmp_path)
+
+
+def test_an_unfinished_run_names_resume_as_its_caller_gives_it(tmp_path, tiny_run_dir, capsys):
+    """read_info told every caller "resume it with 'tunelab train CONFIG --resume'", and a run the guard stopped
+    "(--overwrite, or another output_dir)": a Python caller now gets train's arguments, a CLI user the flags."""
+    from tunelab.config.flags import CLI, PYTHON
+
+    write_info(tmp_path, RunInfo(base_model="m", method="lora", steps=2, end={"reason": "interrupted", "step": 2}))
+    with pytest.raises(RunDirError, match=r"resume it with tunelab\.train\(CONFIG, resume=True\) first") as python:
+        read_info(tmp_path, spelling=PYTHON)
+    with pytest.raises(RunDirError, match="resume it with 'tunelab train CONFIG --resume' first") as cli:
+        read_info(tmp_path, spelling=CLI)
+    assert "--resume" not in str(python.value) and "resume=True" not in str(cli.value)
+    write_info(tmp_path, RunInfo(base_model="m", method="lora", steps=2, end={"reason": "non_finite", "step": 2}))
+    with pytest.raises(RunDirError, match=r"in a new run \(overrides\['overwrite'\] = True, or another output_dir\)"):
+        read_info(tmp_path, spelling=PYTHON)
+    with pytest.raises(RunDirError, match=r"in a new run \(--overwrite, or another output_dir\)"):
+        read_info(tmp_path, spelling=CLI)
+
+    # end to end: the Python API and the CLI opening a stopped run
+    import tunelab
+    from tunelab.cli import main
+
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    info = json.loads((tiny_run_dir / RUN_FILE).read_text()) | {"finished": False, "end": {"reason": "interrupted"}}
+    (stopped / RUN_FILE).write_text(json.dumps(info))
+    with pytest.raises(RunDirError) as python:
+        tunelab.generate(stopped, "hi", device="cpu")
+    assert "tunelab.train(CONFIG, resume=True)" in str(python.value) and "--resume" not in str(python.value)
+    assert main(["generate", str(stopped), "--device", "cpu", "hi"]) == RunDirError.exit_code
+    err = capsys.readouterr().err
+    assert "'tunelab train CONFIG --resume'" in err and "resume=True" not in err

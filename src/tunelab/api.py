@@ -42,7 +42,13 @@ from tunelab.eval.compare import compare as _compare
 from tunelab.eval.questions import Question, check_questions, configured_questions, read_questions, run_data_config
 from tunelab.export.gguf import export_gguf as _export_gguf
 from tunelab.infer.conversation import as_trained
-from tunelab.infer.generate import DEFAULT_MAX_NEW_TOKENS, GenerationSettings, answer_one, say_config_notice
+from tunelab.infer.generate import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GenerationSettings,
+    answer_one,
+    longer_answers,
+    say_config_notice,
+)
 from tunelab.infer.run import LoadedRun, opened
 from tunelab.infer.run import open_run as _open_run
 from tunelab.models.load import load_tokenizer, resolve_source
@@ -132,7 +138,7 @@ def train(
             spelling=resolved.spelling,
         )
         info_dir = Path(resolved.config.output_dir)
-        info = read_info(info_dir)
+        info = read_info(info_dir, spelling=resolved.spelling)
         verdict = info.extra.get("verdict")
         result = TrainResult(
             info_dir,
@@ -271,7 +277,7 @@ def compare(
     run_dir = run.run_dir if isinstance(run, LoadedRun) else Path(run)
     refusal = _text(refusal, "refusal", blank=False) if refusal is not None else None
     stamp = run_stamp(run_dir)
-    info = run.info if isinstance(run, LoadedRun) else open_info(run_dir)
+    info = run.info if isinstance(run, LoadedRun) else open_info(run_dir, spelling=spelling)
     dropped = DataReport()
     asked = _texts(question, "question", blank=False)
     if question is not None and not asked:  # a filter that kept none would otherwise ask the whole eval file
@@ -293,13 +299,13 @@ def compare(
         raise DataError("no questions to compare on: give a questions file or at least one question.")
     if save:  # before minutes of generation, not after; after the questions, whose errors are the ones to fix first
         check_writable(compare_file(run_dir), overwrite, spelling)
-    loaded = opened(run, device, base_precision)
+    loaded = opened(run, device, base_precision, spelling)
     result = _compare(loaded, items, settings, refusal if refusal is not None else info.refusal, dropped)
     if save:
         check_same_run(run_dir, stamp, "compare")
     path = save_comparison(result, run_dir, overwrite=overwrite, spelling=spelling) if save else None
     if show:
-        print(format_comparison(result, path, show_answers))
+        print(format_comparison(result, path, show_answers, spelling))
     return result
 
 
@@ -312,12 +318,16 @@ def generate(
     settings: GenerationSettings | None = None,
     device: str = "auto",
     base_precision: str = "trained",
+    *,
+    spelling: Spelling = PYTHON,
 ) -> str:
     """One answer from the tuned model (or the base model with base=True). system: the system message; None (or a
     blank text) for the run's data.system_prompt, False for none at all (the prompt of a conversation trained without
-    one, as chat's `/system none` and serve's "default_system_prompt": false)."""
+    one, as chat's `/system none` and serve's "default_system_prompt": false). `spelling`: how its notes and errors
+    name the arguments (these, or `tunelab generate`'s flags)."""
+    flag = "PROMPT or --prompt" if spelling.flags else None
     prompt = _text(
-        prompt, "prompt", blank=False, flag="PROMPT or --prompt"
+        prompt, "prompt", blank=False, flag=flag
     )  # training skips an empty question: the model never saw one
     if system is True:
         raise ConfigError(
@@ -325,7 +335,7 @@ def generate(
             "(data.system_prompt) or False for none."
         )
     system = _text(system, "system") if isinstance(system, str) else system
-    loaded = opened(run, device, base_precision)
+    loaded = opened(run, device, base_precision, spelling)
     given = [{"role": "system", "content": system}] if isinstance(system, str) else []
     trained = None if system is False else loaded.system_prompt
     messages = as_trained([*given, {"role": "user", "content": prompt}], trained)  # blank system: none
@@ -336,7 +346,7 @@ def generate(
     if cut_at is not None:  # on stderr: stdout is the answer alone
         asked = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         why = (
-            "the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more"
+            f"the limit; {longer_answers(spelling)} allows more"
             if cut_at == asked
             else "the room the model's context left"
         )
@@ -350,11 +360,14 @@ def chat(
     settings: GenerationSettings | None = None,
     device: str = "auto",
     base_precision: str = "trained",
+    *,
+    spelling: Spelling = PYTHON,
 ) -> list[dict]:
-    """Interactive chat on the terminal; returns the conversation."""
+    """Interactive chat on the terminal; returns the conversation. `spelling`: how its notes and errors name the
+    arguments (these, or `tunelab chat`'s flags)."""
     from tunelab.infer.chat import chat as _chat
 
-    return _chat(opened(run, device, base_precision), settings or GenerationSettings())
+    return _chat(opened(run, device, base_precision, spelling), settings or GenerationSettings(), spelling=spelling)
 
 
 @_checked
@@ -422,7 +435,7 @@ def evaluate(
         spelling=spelling,
     )
     if show:
-        print(format_eval(result, show_answers))
+        print(format_eval(result, show_answers, spelling))
         if save:
             print(saved_line(run.run_dir if isinstance(run, LoadedRun) else run, out))
     return result

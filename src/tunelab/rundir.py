@@ -26,6 +26,7 @@ from typing import Any
 from tunelab import __version__
 from tunelab.atomic import write_json
 from tunelab.config import RunConfig, load_config
+from tunelab.config.flags import CLI, Spelling
 from tunelab.config.model import EMBEDDED
 from tunelab.errors import ConfigError, RunDirError, article
 
@@ -208,9 +209,10 @@ def read_json_object(path: Path, consequence: str) -> dict:
     return raw
 
 
-def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
+def read_info(run_dir: str | Path, require_finished: bool = True, spelling: Spelling = CLI) -> RunInfo:
     """The run's RunInfo; RunDirError when the folder is missing, is no run directory, or (by default) the run did
-    not finish."""
+    not finish. `spelling`: how that error names train's resume and merge (`tunelab train CONFIG --resume`, or
+    tunelab.train(CONFIG, resume=True) for a Python caller)."""
     run_dir = Path(run_dir)
     # run.json, the adapter or a merged model's weights given for the folder: "no such run directory" misled
     if run_dir.is_file():
@@ -223,7 +225,7 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
     if not path.is_file():
         if (run_dir / MERGE_FILE).is_file():  # it holds a plain model: what merge made of a run
             raise RunDirError(
-                f"{run_dir}: a model 'tunelab merge' wrote ({MERGE_FILE} names the run it came from), not a run "
+                f"{run_dir}: a model {_merge(spelling)} wrote ({MERGE_FILE} names the run it came from), not a run "
                 "directory; give that run, or train from this folder (model.name) or load it with transformers."
             )
         raise RunDirError(f"{run_dir}: not a tunelab run directory (no {RUN_FILE}).")
@@ -238,47 +240,57 @@ def read_info(run_dir: str | Path, require_finished: bool = True) -> RunInfo:
         info.finished = False
     # a federation saves its global adapter after every round: the run opens while later rounds are still to run
     if require_finished and not info.finished and not stopped:
-        raise RunDirError(f"{run_dir}: the run did not finish{_unfinished(info)}")
+        raise RunDirError(f"{run_dir}: the run did not finish{_unfinished(info, spelling)}")
     return info
 
 
-def _unfinished(info: RunInfo) -> str:
+def _merge(spelling: Spelling) -> str:
+    return "'tunelab merge'" if spelling.flags else "tunelab.merge()"
+
+
+def _resume_run(spelling: Spelling) -> str:
+    """The call that continues a stopped run, as the caller makes it."""
+    return "'tunelab train CONFIG --resume'" if spelling.flags else "tunelab.train(CONFIG, resume=True)"
+
+
+def _unfinished(info: RunInfo, spelling: Spelling) -> str:
     """Why the run has no result yet and what to do, from run.json's `end`."""
-    end, resume = info.end, "; resume it with 'tunelab train CONFIG --resume' first."
+    end, resume = info.end, f"; resume it with {_resume_run(spelling)} first."
     step = end.get("step", info.steps)
     if end.get("reason") == "interrupted":
         return f" (interrupted after step {step}){resume}"
     if end.get("reason") == "non_finite":
-        return f": {non_finite_stop(info)}."
+        return f": {non_finite_stop(info, spelling)}."
     if end.get("reason") == "error":
         return f" (an error stopped it after step {step}: {end.get('error', '?')}){resume}"
     return (
-        f" (it is still training, or stopped at step {info.steps}); once it has stopped, resume it with 'tunelab train "
-        "CONFIG --resume'."
+        f" (it is still training, or stopped at step {info.steps}); once it has stopped, resume it with "
+        f"{_resume_run(spelling)}."
     )
 
 
-def non_finite_stop(info: RunInfo) -> str:
+def non_finite_stop(info: RunInfo, spelling: Spelling = CLI) -> str:
     """For a run the non-finite guard stopped (run.json's `end`), at which step, and why resuming it as it is would
-    stop again; empty for another run. What `--resume` (train and check) says first, and why a command refuses it."""
+    stop again; empty for another run. What `--resume` (train and check) says first, and why a command refuses it;
+    `spelling`: how it names overwrite."""
     end = info.end
     if end.get("reason") != "non_finite":
         return ""
     return (
         f"the non-finite guard stopped the run at step {end.get('step', info.steps)} (NaN or inf losses); a resume "
         "continues from its last checkpoint with the same settings, so it would stop again: train it again with a "
-        "lower train.lr in a new run (--overwrite, or another output_dir)"
+        f"lower train.lr in a new run ({spelling.overwrite}, or another output_dir)"
     )
 
 
-def resume_warning(run_dir: str | Path) -> str:
+def resume_warning(run_dir: str | Path, spelling: Spelling = CLI) -> str:
     """What `--resume` of `run_dir` warns before anything loads: a run the non-finite guard stopped would stop again
     (`non_finite_stop`). Empty otherwise, and when run.json cannot be read (the resume's own checks say so)."""
     try:
         info = read_info(run_dir, require_finished=False)
     except (OSError, RunDirError):
         return ""
-    stop = non_finite_stop(info)
+    stop = non_finite_stop(info, spelling)
     return f"{run_dir}: {stop}." if stop else ""
 
 
@@ -450,15 +462,16 @@ def check_result(run_dir: str | Path, info: RunInfo) -> None:
 HEAD_TASKS = ("classify", "reward")  # tasks/: a head instead of the LM head, so no text generation
 
 
-def open_info(run_dir: str | Path, heads: bool = False) -> RunInfo:
+def open_info(run_dir: str | Path, heads: bool = False, spelling: Spelling = CLI) -> RunInfo:
     """read_info + check_result: a finished run whose result is there. A run with a head (classify, reward) only
-    when `heads`: the commands that generate text, merge or export cannot use one."""
-    info = read_info(run_dir)
+    when `heads`: the commands that generate text, merge or export cannot use one. `spelling`: as read_info's."""
+    info = read_info(run_dir, spelling=spelling)
     if info.task in HEAD_TASKS and not heads:
+        uses = "'tunelab predict' or 'tunelab eval'" if spelling.flags else "tunelab.predict() or tunelab.evaluate()"
         raise RunDirError(
             f"{run_dir}: {article(info.task)} run (a head on the model's last token, saved as a sequence-classification "
             "model): it does not generate text, and merging or exporting it to GGUF is not supported. Use "
-            "'tunelab predict' or 'tunelab eval' with it; transformers loads it with AutoModelForSequenceClassification."
+            f"{uses} with it; transformers loads it with AutoModelForSequenceClassification."
         )
     check_result(run_dir, info)
     return info

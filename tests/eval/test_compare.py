@@ -148,7 +148,15 @@ def test_the_cut_line_counts_only_the_cut_answers(run, questions, monkeypatch, c
 
     monkeypatch.setattr(compare_module, "generate_answers", answering)
     assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu", "--no-save"]) == 0
-    assert f"cut at max_new_tokens ({TOKENS}): base 0 of 3 answers, tuned 2 of 3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"cut at max_new_tokens ({TOKENS}): base 0 of 3 answers, tuned 2 of 3" in out
+    assert "--max-new-tokens N (or eval.max_new_tokens) gives them more room" in out  # the CLI's flag alone
+    assert "GenerationSettings" not in out
+    calls.clear()
+    tunelab.compare(run, questions=questions, device="cpu", save=False, show=True)
+    out = capsys.readouterr().out  # a Python caller is told the settings it passes, not the CLI's flag
+    assert "settings=GenerationSettings(max_new_tokens=N) (or eval.max_new_tokens) gives them more room" in out
+    assert "--max-new-tokens" not in out
     cut["tuned"] = [False, False, False]
     calls.clear()
     assert main(["compare", str(run), "--questions", str(questions), "--device", "cpu", "--no-save"]) == 0

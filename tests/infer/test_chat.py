@@ -3,6 +3,9 @@
 import io
 from dataclasses import replace
 
+import pytest
+
+from tunelab.config.flags import CLI, PYTHON
 from tunelab.infer.chat import chat
 from tunelab.infer.generate import GenerationSettings
 from tunelab.infer.run import open_run
@@ -78,23 +81,27 @@ def test_the_next_answer_waits_for_a_stopped_one_to_end(tiny_run_dir):
     assert overlapped and not any(overlapped), overlapped
 
 
-def test_an_answer_cut_at_max_new_tokens_is_said(tiny_run_dir):
+@pytest.mark.parametrize("spelling", [CLI, PYTHON])
+def test_an_answer_cut_at_max_new_tokens_is_said(tiny_run_dir, spelling):
     """An answer that reached --max-new-tokens stopped mid-sentence and the chat went on without a word, as if the
     model had finished. It now says the answer was cut at the limit and how to allow more; an answer that ends with
-    its end-of-turn token says nothing."""
+    its end-of-turn token says nothing. `tunelab chat` names its flag, tunelab.chat() the settings it takes (both
+    were told "--max-new-tokens (in Python: GenerationSettings.max_new_tokens)")."""
     import torch
 
     run = open_run(tiny_run_dir, device="cpu")
-    said = "(the answer was cut at 3 tokens, the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more.)"
+    how = "--max-new-tokens N" if spelling.flags else "settings=GenerationSettings(max_new_tokens=N)"
+    said = f"(the answer was cut at 3 tokens, the limit; {how} allows more.)"
     settings = GenerationSettings(max_new_tokens=3, temperature=1.0)  # sampled: the tiny model writes text
 
     def talk() -> str:
         inputs, out = iter(["Code of box 1?", "/exit"]), io.StringIO()
         torch.manual_seed(0)
-        chat(run, settings, read=lambda prompt: next(inputs), out=out)
+        chat(run, settings, read=lambda prompt: next(inputs), out=out, spelling=spelling)
         return out.getvalue()
 
-    assert said in talk()
+    text = talk()
+    assert said in text and ("GenerationSettings" if spelling.flags else "--max-new-tokens") not in text
     end = (run.template.stop_token_ids or [run.tokenizer.eos_token_id])[0]
     generate = run.model.generate
     run.model.generate = lambda **kwargs: generate(**kwargs, forced_eos_token_id=end)  # its turn ends at the limit

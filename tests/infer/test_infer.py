@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tunelab
+from tunelab.cli import main
 from tunelab.errors import ConfigError, DataError, RunDirError
 from tunelab.eval.compare import Row, score
 from tunelab.eval.metrics import contains
@@ -586,10 +587,13 @@ def test_generate_says_on_stderr_when_its_answer_was_cut(tiny_run_dir, capsys):
     run = open_run(tiny_run_dir, device="cpu")
     settings = GenerationSettings(max_new_tokens=3)  # greedy: the tiny model writes line breaks to the limit
     tunelab.generate(run, "Code of box 1?", settings=settings)
-    assert (
-        "note: the answer was cut at 3 tokens, the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more."
-        in capsys.readouterr().err
-    )
+    err = capsys.readouterr().err  # a Python caller is told the settings it passes, not the CLI's flag
+    assert "the limit; settings=GenerationSettings(max_new_tokens=N) allows more." in err
+    assert "--max-new-tokens" not in err
+    assert main(["generate", str(tiny_run_dir), "--device", "cpu", "--max-new-tokens", "3", "Code of box 1?"]) == 0
+    err = capsys.readouterr().err  # `tunelab generate` names its flag alone
+    assert "note: the answer was cut at 3 tokens, the limit; --max-new-tokens N allows more." in err
+    assert "GenerationSettings" not in err
     end = (run.template.stop_token_ids or [run.tokenizer.eos_token_id])[0]
     generate = run.model.generate
     run.model.generate = lambda **kwargs: generate(**kwargs, forced_eos_token_id=end)  # its turn ends at the limit

@@ -107,7 +107,7 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool, spelling: S
         checkpoint, damaged = intact_checkpoint(plan.run_dir)
         if checkpoint is None:
             return [CheckItem("resume", "fail", f"{plan.run_dir}: no intact checkpoint to resume from", damaged)]
-        warning = resume_warning(plan.run_dir)  # a run the non-finite guard stopped would stop again
+        warning = resume_warning(plan.run_dir, spelling)  # a run the non-finite guard stopped would stop again
         if warning:
             return [CheckItem("resume", "warn", f"from {checkpoint}", [warning] + damaged + notes)]
         return [CheckItem("resume", "pass", f"from {checkpoint}", damaged + notes)]
@@ -126,7 +126,7 @@ def _staged_resume(run_dir: Path, count: int, notes: list[str], spelling: Spelli
     here = stage_dir(run_dir, k)
     checkpoint, damaged = intact_checkpoint(here) if is_run_dir(here) else (None, [])
     if checkpoint is not None:
-        warning = resume_warning(here)  # the stage the non-finite guard stopped would stop again
+        warning = resume_warning(here, spelling)  # the stage the non-finite guard stopped would stop again
         status, details = ("warn", [warning]) if warning else ("pass", [])
         return CheckItem("resume", status, f"stage {k} of {count} from {checkpoint}", details + damaged + notes)
     if damaged:  # train --resume starts it again, its steps so far lost
@@ -267,7 +267,9 @@ def run_check(
             cfg, clients, config, resume, page, examples, model, out, color, described, resolved.spelling
         )
     items = output_items(cfg, config, resume, overwrite_non_run, resolved.spelling)
-    if resume and (warning := resume_warning(cfg.output_dir)):  # before the data and the model load, as train says it
+    if resume and (
+        warning := resume_warning(cfg.output_dir, resolved.spelling)
+    ):  # before the data and the model load, as train says it
         out(f"warning: {warning}")
     if unused := unused_notes(cfg, resolved.origins):  # printed under the config; an item for the API and the page
         items.append(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tunelab.atomic import check_can_write, write_json
 from tunelab.config import RunConfig
-from tunelab.config.flags import PYTHON, Spelling
+from tunelab.config.flags import CLI, PYTHON, Spelling
 from tunelab.data.reasoning import split_thought
 from tunelab.data.report import DataReport
 from tunelab.errors import DataError, Interrupted, RunDirError
@@ -29,6 +29,7 @@ from tunelab.infer.generate import (
     answer_progress,
     base_config_notice,
     generate_answers,
+    longer_answers,
     say,
     say_config_notice,
 )
@@ -153,15 +154,19 @@ def dropped_line(dropped: dict[str, dict]) -> str | None:
     return "  not read: " + "; ".join(f"{s['count']} {reason}" for reason, s in dropped.items())
 
 
-def cut_line(base: int, tuned: int, answers: int, max_new_tokens: int | None) -> str | None:
+def cut_line(
+    base: int, tuned: int, answers: int, max_new_tokens: int | None, spelling: Spelling | None = CLI
+) -> str | None:
     """The printed line of the answers cut at max_new_tokens (eval's and compare's), None when none was: such an
-    answer may stop before the text it would have reached, which 'contains' and exact match then miss."""
+    answer may stop before the text it would have reached, which 'contains' and exact match then miss. `spelling`:
+    how the caller gives more room (None: the comparison after training, which reads eval.max_new_tokens alone)."""
     if not base and not tuned:
         return None
     return (
         f"  cut at max_new_tokens ({max_new_tokens}): base {base} of {answers} answers, tuned {tuned} of {answers} "
-        "ran to the limit without ending their turn and may stop before the expected text; --max-new-tokens N "
-        "(or eval.max_new_tokens) gives them more room"
+        "ran to the limit without ending their turn and may stop before the expected text; "
+        f"{f'{longer_answers(spelling)} (or eval.max_new_tokens)' if spelling else 'eval.max_new_tokens'} gives them "
+        "more room"
     )
 
 
@@ -218,14 +223,18 @@ def format_scores(scores: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def format_comparison(result: Comparison, saved: Path | None = None, show_answers: bool = False) -> str:
-    """The scores first; then the answers when asked for (or when nothing could be scored), else where they are."""
+def format_comparison(
+    result: Comparison, saved: Path | None = None, show_answers: bool = False, spelling: Spelling | None = CLI
+) -> str:
+    """The scores first; then the answers when asked for (or when nothing could be scored), else where they are.
+    `spelling`: as cut_line's."""
     parts = [format_scores(result.scores)] if result.scores else []
     cut = cut_line(
         sum(r.base_cut for r in result.rows),
         sum(r.tuned_cut for r in result.rows),
         len(result.rows),
         result.settings.get("max_new_tokens"),
+        spelling,
     )
     for line in (dropped_line(result.transform_dropped), cut):
         if line:
@@ -272,5 +281,5 @@ def compare_after_training(run_dir: Path, cfg: RunConfig) -> Comparison:
             resumable=False,
         ) from None
     path = save_comparison(result, run_dir, overwrite=True)
-    print(format_comparison(result, path), flush=True)
+    print(format_comparison(result, path, spelling=None), flush=True)
     return result

@@ -301,7 +301,7 @@ def evaluate_run(
     loaded = run_dir if isinstance(run_dir, LoadedRun) else None
     run_dir = loaded.run_dir if loaded else Path(run_dir)
     stamp = run_stamp(run_dir)
-    info = loaded.info if loaded else open_info(run_dir)
+    info = loaded.info if loaded else open_info(run_dir, spelling=spelling)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
     refuse_missing_file(data_file, "eval")  # the error to fix first, not an existing eval.json
     if save:
@@ -315,7 +315,7 @@ def evaluate_run(
     refusal = refusal if refusal is not None else info.refusal
 
     check_base_precision(base_precision)
-    run = opened(loaded or run_dir, device, base_precision)
+    run = opened(loaded or run_dir, device, base_precision, spelling)
     report = DataReport(max_length=data.max_length)
     # texts are cut into blocks as training cut them (a packed run: each document on its own, not run together);
     # the rows are then batched unpacked, which attends within each row as packing does
@@ -399,7 +399,7 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def format_eval(result: EvalResult, show_answers: bool = False) -> str:
+def format_eval(result: EvalResult, show_answers: bool = False, spelling: Spelling = PYTHON) -> str:
     """The numbers as a small text table, base beside tuned, with what they are taken on; then the answers when
     asked for."""
     b, t = result.base, result.tuned
@@ -441,7 +441,7 @@ def format_eval(result: EvalResult, show_answers: bool = False) -> str:
         )
     if result.transform_dropped:
         lines.append(dropped_line(result.transform_dropped))
-    cut = cut_line(b.cut_answers, t.cut_answers, len(result.rows), result.settings.get("max_new_tokens"))
+    cut = cut_line(b.cut_answers, t.cut_answers, len(result.rows), result.settings.get("max_new_tokens"), spelling)
     if cut:
         lines.append(cut)
     lines += _notes(result)

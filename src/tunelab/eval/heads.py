@@ -311,7 +311,7 @@ def evaluate_head_run(
     refuse_missing_file(data_file, "eval")
     if save:
         check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json", spelling=spelling)
-    run = open_head_run(run_dir, device, from_checkpoint=True)
+    run = open_head_run(run_dir, device, from_checkpoint=True, spelling=spelling)
     if run.info.task == "reward" and not run.info.is_adapter:  # the untrained-head baseline loads the base last
         check_trained_base(run.info)
     parts = (_classify if run.info.task == "classify" else _reward)(run, str(data_file), batch_size)

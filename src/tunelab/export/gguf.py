@@ -450,7 +450,7 @@ def export_gguf(
             f"{out_}: the file name {out.name!r} holds a line break, tab or other character that is "
             "not printed, which the Modelfile's FROM line cannot carry to Ollama; choose another name."
         )
-    check_run(run_dir)
+    check_run(run_dir, spelling)
     if qtype in KQUANTS:
         llama_cpp.llama_cpp_module(f"the {qtype} export (llama.cpp's own quantizer makes k-quants)")
     if check:

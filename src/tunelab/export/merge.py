@@ -82,9 +82,10 @@ class MergedModel:
     base_generation: GenerationConfig | None = None
 
 
-def check_run(run_dir: str | Path) -> RunInfo:
-    """The RunInfo of a finished run whose result (adapter or weights) is present; RunDirError otherwise."""
-    return open_info(run_dir)
+def check_run(run_dir: str | Path, spelling: Spelling = CLI) -> RunInfo:
+    """The RunInfo of a finished run whose result (adapter or weights) is present; RunDirError otherwise, naming
+    train's resume as `spelling` does."""
+    return open_info(run_dir, spelling=spelling)
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -345,7 +346,7 @@ def merge_run(
     the user's umask gives (not the 0700/0600 of temporary files). `show` prints the merge check (`MergeCheck`).
     `spelling`: how refusals name out and overwrite (tunelab merge's --out and --overwrite, or the arguments)."""
     run_dir, out = Path(run_dir), Path(out_dir)
-    check_run(run_dir)
+    check_run(run_dir, spelling)
     if out.name in ("", ".."):  # '.', '..': the folder itself, whose scratch folder is built beside it
         out = out.resolve()
     here, target = Path.cwd().resolve(), out.resolve()

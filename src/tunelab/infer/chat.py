@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from tunelab.config.flags import CLI, Spelling
 from tunelab.data.reasoning import split_thought
 from tunelab.data.render import ControlTokenText, NotText, render_prompt
 from tunelab.data.templates import TemplateRefused
@@ -24,6 +25,7 @@ from tunelab.infer.generate import (
     GenerationSettings,
     config_notice,
     context_length,
+    longer_answers,
     room_left,
     stream_answer,
 )
@@ -84,10 +86,14 @@ def _fitted(run: LoadedRun, messages: list[dict], head: int, wanted: int) -> lis
 
 
 def chat(
-    run: LoadedRun, settings: GenerationSettings, read: Callable[[str], str] | None = None, out: TextIO | None = None
+    run: LoadedRun,
+    settings: GenerationSettings,
+    read: Callable[[str], str] | None = None,
+    out: TextIO | None = None,
+    spelling: Spelling = CLI,
 ) -> list[dict]:
     """Loop until /exit or end of input; returns the conversation. `read` and `out`: the terminal's `input` and
-    stdout by default."""
+    stdout by default; `spelling`: how its notes name the settings (`tunelab chat`'s flags, or the Python API's)."""
     read, out = read or _terminal_read(sys.stdin), out or sys.stdout
     trained = [{"role": "system", "content": run.system_prompt}] if run.system_prompt else []
     system = trained
@@ -196,7 +202,7 @@ def chat(
             )
         elif answer.cut:  # else the text stops mid-sentence without a word
             out.write(
-                f"(the answer was cut at {counted(wanted, 'token')}, the limit; --max-new-tokens (in Python: GenerationSettings.max_new_tokens) allows more.)\n"
+                f"(the answer was cut at {counted(wanted, 'token')}, the limit; {longer_answers(spelling)} allows more.)\n"
             )
         # a thought is shown as the model writes it, and kept apart from the answer, as an OpenAI client sends it back
         thought, answer_text = split_thought("".join(pieces))

@@ -19,6 +19,7 @@ from typing import TextIO
 import torch
 from tqdm import tqdm
 
+from tunelab.config.flags import Spelling
 from tunelab.data.reasoning import OPEN, decode_answer, prompt_opens_thought, special_think_ids
 from tunelab.data.render import ControlTokenText, KeepingDecoder, render_prompt
 from tunelab.data.templates import Template
@@ -179,6 +180,11 @@ class GenerationSettings:
         else:
             out.update(temperature=None, top_p=None, top_k=None)
         return out | {k: NOT_APPLIED[k] for k in _model_sets(model) if k in NOT_APPLIED}
+
+
+def longer_answers(spelling: Spelling) -> str:
+    """How the caller lets answers run longer: the commands' flag, or the settings a Python caller passes."""
+    return "--max-new-tokens N" if spelling.flags else "settings=GenerationSettings(max_new_tokens=N)"
 
 
 def _device(model) -> torch.device:

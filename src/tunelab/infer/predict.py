@@ -127,7 +127,7 @@ def predict(
         task = run.info.task if isinstance(run, HeadRun) else read_info(run, require_finished=False).task
         if task in HEAD_TASKS:  # another run is named as such by open_head_run
             raise _nothing_to_predict(task, spelling)
-    run = run if isinstance(run, HeadRun) else open_head_run(run, device, from_checkpoint=True)
+    run = run if isinstance(run, HeadRun) else open_head_run(run, device, from_checkpoint=True, spelling=spelling)
     d = run.data
     items: list[tuple[Input, str, str | None]] = []  # (input, where, expected label)
     if data is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.formats import trained_system
 from tunelab.data.templates import Template, run_template
 from tunelab.errors import ConfigError, RunDirError
@@ -124,17 +125,23 @@ def check_base_precision(base_precision: str) -> None:
 
 
 def open_run(
-    run_dir: str | Path, device: str = "auto", dtype: str = "auto", base_precision: str = "trained"
+    run_dir: str | Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    base_precision: str = "trained",
+    *,
+    spelling: Spelling = PYTHON,
 ) -> LoadedRun:
     """The run's tuned model in eval mode, ready to generate. `dtype` auto: for a QLoRA base the dtype it was trained
     in (it is quantized from that dtype, as in training), else bf16 on CUDA (fp16 on a GPU without native bf16) and
     fp32 on the CPU. `base_precision`:
-    trained (default) or 16bit, see the module docstring."""
+    trained (default) or 16bit, see the module docstring. `spelling`: how the refusal of an unfinished run names
+    train's resume (the CLI's commands name it as a flag)."""
     check_base_precision(base_precision)
     if dtype not in DTYPES:  # pick_dtype's table lookup would raise a bare KeyError
         raise ConfigError(f"argument 'dtype' is {dtype!r}; allowed values: {', '.join(DTYPES)}.")
     run_dir = Path(run_dir)
-    info = open_info(run_dir)
+    info = open_info(run_dir, spelling=spelling)
     dev = pick_device(device, "argument 'device'")  # the CLI checked its --device first
     quantize = info.is_adapter and info.quantize_base == "nf4" and base_precision == "trained"
     dt = run_dtype(info, dtype, dev, quantize)
@@ -153,11 +160,13 @@ def open_run(
     )
 
 
-def opened(run: str | Path | LoadedRun, device: str = "auto", base_precision: str = "trained") -> LoadedRun:
+def opened(
+    run: str | Path | LoadedRun, device: str = "auto", base_precision: str = "trained", spelling: Spelling = PYTHON
+) -> LoadedRun:
     """`run` opened with `open_run`, or `run` itself when it is one already; then a `device` or `base_precision`
     other than the default must be the one it was opened with (ConfigError: they were dropped without a word)."""
     if not isinstance(run, LoadedRun):
-        return open_run(run, device=device, base_precision=base_precision)
+        return open_run(run, device=device, base_precision=base_precision, spelling=spelling)
     check_base_precision(base_precision)
     if base_precision != "trained" and base_precision != run.base_precision:
         raise ConfigError(

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from tunelab.config import DataConfig
+from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.reasoning import answer_apart, prompt_opens_thought
 from tunelab.data.templates import Template, run_template
 from tunelab.errors import ConfigError, DataError, RunDirError, article, counted
@@ -76,19 +77,27 @@ class HeadRun:
         return self.info.extra.get("input", "text") != "text"
 
 
-def open_head_run(run_dir: str | Path, device: str = "auto", from_checkpoint: bool = False) -> HeadRun:
+def open_head_run(
+    run_dir: str | Path, device: str = "auto", from_checkpoint: bool = False, spelling: Spelling = PYTHON
+) -> HeadRun:
     """The run's result; with `from_checkpoint` (predict, eval), for a run that did not finish (stopped, or still
     training), its newest intact checkpoint, saying so on stderr (`_checkpoint_run`). A reward model that trains
-    another run (load_reward_model) must have finished."""
+    another run (load_reward_model) must have finished. `spelling`: how refusals name the commands (`tunelab
+    predict`, or tunelab.predict() in Python)."""
     run_dir = Path(run_dir)
     unfinished = _unfinished(run_dir) if from_checkpoint else None
     if unfinished is not None:
         return _checkpoint_run(run_dir, *unfinished, device)
-    info = open_info(run_dir, heads=True)
+    info = open_info(run_dir, heads=True, spelling=spelling)
     if info.task not in ("classify", "reward"):
+        predict, instead = (
+            ("'tunelab predict'", "'tunelab generate' or 'tunelab compare'")
+            if spelling.flags
+            else ("tunelab.predict()", "tunelab.generate() or tunelab.compare()")
+        )
         raise RunDirError(
-            f"{run_dir}: {article(info.task)} run generates text; 'tunelab predict' needs a classify or reward run. Use "
-            "'tunelab generate' or 'tunelab compare' for it."
+            f"{run_dir}: {article(info.task)} run generates text; {predict} needs a classify or reward run. Use "
+            f"{instead} for it."
         )
     cfg = saved_config(run_dir, "the data settings its inputs are rendered with (data.fields, max_length) and its seed")
     tokenizer = load_tokenizer(ModelSource(str(run_dir), str(run_dir)), info.trust_remote_code)

@@ -410,7 +410,9 @@ def _start(resolved: ResolvedConfig, run_dir: Path, ranks: Ranks, resume: bool) 
     checkpoint = resume_checkpoint(run_dir, resolved.spelling) if resume else None
     for note in remove_cut_short(run_dir) if resume and ranks.main else []:
         print(note, flush=True)
-    warning = resume_warning(run_dir) if resume else ""  # a run the non-finite guard stopped: before anything loads
+    warning = (
+        resume_warning(run_dir, resolved.spelling) if resume else ""
+    )  # a run the non-finite guard stopped: before anything loads
     for note in notes + ([f"warning: {warning}"] if warning else []):
         print(note, flush=True)
     torch.manual_seed(cfg.train.seed)
