@@ -142,6 +142,27 @@ def test_a_federation_prints_its_options_and_a_head_run_its_own(tmp_path):
     assert "method.r" in shown(full_staged) and "dpo.beta" in shown(full_staged)  # stage 2 is a lora dpo run
 
 
+def test_a_federation_leaves_out_the_train_options_federate_does_not_read(tmp_path):
+    """A federation's printed config listed train.max_steps, train.save_every, stages and the other options
+    tunelab federate refuses when set (federated.NOT_READ), each at its default, and federated.proximal_mu beside
+    strategy fedavg: options it never reads, printed as if they applied. They are left out and counted, as an sft
+    run's dpo.* are; the options it reads stay, and the saved config keeps them all."""
+    from tunelab.config import dump_yaml
+    from tunelab.config.federated import NOT_READ
+
+    federation = load_config(None, {"federated.split_file": str(tmp_path / "all.jsonl")})
+    names = shown(federation)
+    assert not set(NOT_READ) & set(names), sorted(set(NOT_READ) & set(names))
+    assert "federated.proximal_mu" not in names and "federated.dp_delta" not in names  # fedavg, no dp
+    assert {"train.lr", "train.micro_batch", "train.seed", "federated.rounds", "federated.local_steps"} <= set(names)
+    summary = next(x for x in describe(federation).splitlines() if x.startswith("  ... and "))
+    assert "does not read: stages, model.adapter, " in summary and "train.max_steps" in summary  # stages is no ".*"
+    assert "max_steps:" in dump_yaml(federation.config) and "proximal_mu:" in dump_yaml(federation.config)
+    fedprox = load_config(None, {"federated.split_file": "all.jsonl", "federated.strategy": "fedprox"})
+    assert "federated.proximal_mu" in shown(fedprox)  # read by fedprox
+    assert "train.max_steps" in shown(load_config(None, {}))  # tunelab train reads it
+
+
 def test_an_unread_option_the_user_set_is_still_printed_and_noted(tmp_path):
     """A federated option set on a run that is no federation was printed among the defaults and never said to be
     ignored (tunelab train refuses a federation, not one of its options alone)."""

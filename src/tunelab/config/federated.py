@@ -103,3 +103,27 @@ class FederatedConfig:
         if not self.split_file or self.split != "column":
             idle["split_column"] = "only federated.split: column reads it"
         return idle
+
+
+# Options of tunelab train that a federation does not read, and what it does instead: set to anything but their
+# default, tunelab federate refuses them rather than ignoring them (federated/run.py), and its printed config leaves
+# them out (validate.unread_options).
+NOT_READ = {
+    "stages": "a federation trains one adapter over federated.rounds; it has no stages",
+    "model.adapter": "the server starts every federation from a fresh adapter, initialised by train.seed",
+    "data.mix_by": "each client reads its own files whole, with no mixture weights",
+    "data.temperature": "each client reads its own files whole, with no mixture weights",
+    "train.epochs": "federated.rounds x federated.local_steps set how long it trains",
+    "train.max_steps": "federated.rounds x federated.local_steps set how long it trains",
+    "train.eval_every": "the server evaluates the global adapter on data.eval after every round",
+    "train.save_every": "the server saves the global adapter after every round, and --resume continues from it",
+    "train.keep_checkpoints": "the server keeps the global adapters of the last two rounds",
+    "train.keep_checkpoints_after_finish": "the server keeps the global adapters of the last two rounds",
+    "train.max_bad_steps": "a client's step whose loss or gradient is not finite is skipped, and the round goes on",
+    "train.log_every": "metrics.jsonl holds one record per round and per client and round",
+    "train.checkpoint_layers": "with train.checkpointing: true, clients recompute every decoder layer",
+    "train.gpu_memory": "no memory planner runs for it; set train.micro_batch and train.checkpointing",
+    "train.cuda_graphs": "clients run the plain train step, without CUDA graphs",
+    "train.sharding": "each client trains in one process",
+    "train.report_to": "its metrics go to metrics.jsonl and federated.png",
+}

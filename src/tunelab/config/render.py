@@ -40,7 +40,7 @@ def describe(resolved: ResolvedConfig) -> str:
         if name in unread and resolved.origins[name] == "default":
             group = (
                 f"{section}.*"
-                if all(n in unread for n, _, _ in iter_options() if n.startswith(f"{section}."))
+                if section and all(n in unread for n, _, _ in iter_options() if n.startswith(f"{section}."))
                 else name
             )
             left_out[group] = left_out.get(group, 0) + 1

@@ -10,6 +10,7 @@ import dataclasses
 import re
 
 from tunelab.config.data import DataConfig, DataSource
+from tunelab.config.federated import NOT_READ
 from tunelab.config.run import RunConfig, iter_options
 from tunelab.config.tasks import PLACEHOLDER
 from tunelab.config.train import check_trackers, parse_size
@@ -230,8 +231,10 @@ def unused_notes(config: RunConfig, origins: dict[str, str]) -> list[str]:
 def unread_options(config: RunConfig) -> set[str]:
     """The options the run does not read whatever their values: the federated section outside a federation, a task
     section's options that no task of the run reads (dpo.* of an sft run), a method's options beside another method
-    (method.r beside full), the answer's limits of a run that generates no text. The printed config leaves out those
-    at their defaults (config/render.py); unused_notes names those the user set."""
+    (method.r beside full), the answer's limits of a run that generates no text; in a federation, the options of
+    tunelab train it does not read (federated.NOT_READ, which it refuses when set) and the federated.* options its
+    other settings leave idle. The printed config leaves out those at their defaults (config/render.py);
+    unused_notes names those the user set."""
     tasks = run_tasks(config)
     methods = {entry.get("method.name", config.method.name) for entry in config.stages} or {config.method.name}
     unread = set()
@@ -245,6 +248,8 @@ def unread_options(config: RunConfig) -> set[str]:
             unread.add(name)
     if not tasks - {"classify", "reward"}:
         unread |= {"eval.max_new_tokens", "eval.refusal"}
+    if config.federated.enabled:
+        unread |= NOT_READ.keys() | {f"federated.{key}" for key in config.federated.idle()}
     return unread
 
 
