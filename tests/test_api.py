@@ -361,6 +361,16 @@ def test_nproc_other_than_torchruns_processes_is_refused(monkeypatch):
         tunelab.train(None, {}, nproc=4)
 
 
+def test_nproc_below_one_names_trains_argument(tmp_path, monkeypatch):
+    """train(..., nproc=0) was told "option '--nproc' is 0", a flag its caller never typed."""
+    from tunelab.errors import ConfigError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match=r"^argument 'nproc' is 0; give the number of processes to start") as refused:
+        tunelab.train(None, {"output_dir": str(tmp_path / "run")}, nproc=0)
+    assert "--nproc" not in str(refused.value)
+
+
 def test_a_reward_model_refuses_a_text_alone_and_unequal_lists():
     """load_reward_model(run)("What is 2+2?", "4.") raised ValueError from the lengths, and ("ab", "cd") scored the
     pairs ('a', 'c') and ('b', 'd'); each is a ConfigError saying what the function takes."""

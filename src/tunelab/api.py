@@ -122,7 +122,7 @@ def train(
         asked = stage_config(resolved, len(stages) - 1, "").config if stages else resolved.config
         check_questions(asked, source, load_tokenizer(source, resolved.config.model.trust_remote_code))
     if nproc is not None and from_environment().world == 1:
-        check_launch(resolved.config, nproc)  # stages and head tasks train in one process
+        check_launch(resolved.config, nproc, resolved.spelling)  # stages and head tasks train in one process
     if resolved.config.stages:
         result = train_stages(
             resolved, config_path(resolved), resume=resume, check=check, overwrite_non_run=overwrite_non_run

@@ -26,21 +26,24 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from tunelab.config import RunConfig, dump_yaml
-from tunelab.config.flags import PYTHON, Spelling
+from tunelab.config.flags import CLI, PYTHON, Spelling
 from tunelab.errors import ConfigError, TunelabError, counted
 from tunelab.training.distributed import backend, pick_sharding
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.prepare import protected_paths
 
 
-def check_launch(cfg: RunConfig, nproc: int) -> None:
-    """ConfigError when `nproc` ranks cannot train this config on this host."""
+def check_launch(cfg: RunConfig, nproc: int, spelling: Spelling = CLI) -> None:
+    """ConfigError when `nproc` ranks cannot train this config on this host; `spelling`: how it names nproc (the
+    CLI's --nproc, or train's argument)."""
     if nproc < 1:
-        raise ConfigError(f"option '--nproc' is {nproc}; give the number of processes to start (1 or more).")
+        raise ConfigError(f"{spelling.option('nproc')} is {nproc}; give the number of processes to start (1 or more).")
     if backend(cfg.model.device) == "nccl" and nproc > torch.cuda.device_count():
+        devices = torch.cuda.device_count()
+        fewer = f"--nproc {devices}" if spelling.flags else f"nproc={devices}"
         raise ConfigError(
-            f"option '--nproc' is {nproc}, but this host has {counted(torch.cuda.device_count(), 'CUDA device')}; each rank "
-            f"needs its own GPU. Use --nproc {torch.cuda.device_count()} or fewer (or model.device cpu)."
+            f"{spelling.option('nproc')} is {nproc}, but this host has {counted(devices, 'CUDA device')}; each rank "
+            f"needs its own GPU. Use {fewer} or fewer (or model.device cpu)."
         )
     if nproc > 1:
         pick_sharding(cfg)
@@ -118,7 +121,7 @@ def train_on_ranks(
     """The Python API's `train(..., nproc=N)`: the resolved config, saved to a temporary YAML file, trained by
     `nproc` ranks of `tunelab train` on this host. RanksFailed when one fails. The ranks read the copy, so the
     user's `config_file` is kept out of output_dir here (RunDirError), as each rank keeps its data files out."""
-    check_launch(cfg, nproc)
+    check_launch(cfg, nproc, spelling)
     plan_output_dir(
         cfg.output_dir,
         overwrite=cfg.overwrite,
