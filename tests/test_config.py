@@ -475,10 +475,15 @@ def test_data_given_where_the_config_goes_is_named_as_data(tmp_path, name):
         path.write_text(
             '{"question": "Q?", "answer": "A."}\n' if name.endswith(".jsonl") else "question,answer\nQ?,A.\n"
         )
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ConfigError) as error:  # a Python caller: the override's key alone
         load_config(path)
-    assert str(error.value).startswith(str(path)) and f"give it as --data.train {path} " in str(error.value)
+    assert str(error.value).startswith(str(path))
+    assert f"give it as overrides {{'data.train': ['{path}']}}." in str(error.value)
+    assert "--data.train" not in str(error.value)
     assert "not a config file" in str(error.value) or "if it is data" in str(error.value)
+    with pytest.raises(ConfigError) as error:  # the CLI: the flag alone
+        load_config(path, FlagValues())
+    assert f"give it as --data.train {path}." in str(error.value) and "overrides" not in str(error.value)
     assert load_config(None, {"data.train": [str(path)]}).config.data.train  # the way it names
 
 

@@ -276,12 +276,11 @@ def locate(error: TunelabError, origins: dict[str, str]) -> TunelabError:
 DATA_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".md", ".markdown")
 
 
-def _as_data(path: Path) -> str:
-    """What to do with data given where a config was expected (`tunelab train qa.jsonl`)."""
-    return (
-        f"to train on it without a config, give it as --data.train {path} (in Python: overrides "
-        f"{{'data.train': ['{path}']}})."
-    )
+def _as_data(path: Path, typed: bool) -> str:
+    """What to do with data given where a config was expected (`tunelab train qa.jsonl`), as the caller gives it: a
+    flag on the command line (`typed`), an override's key in Python."""
+    given = f"--data.train {path}" if typed else f"overrides {{'data.train': ['{path}']}}"
+    return f"to train on it without a config, give it as {given}."
 
 
 def load_config(
@@ -311,6 +310,7 @@ def load_config(
             f"load_config takes a YAML file's path (or None), got {article(type(path).__name__)}; options go in overrides, "
             "with dotted names: load_config(None, {'train.lr': 1e-4})."
         )
+    typed = isinstance(overrides, FlagValues)  # the CLI's flags, or a Python caller's keys
     if path is not None:
         path = Path(path)
         if path.is_dir():  # tunelab train runs/faq: a run's own config is runs/faq/config.yaml
@@ -319,13 +319,13 @@ def load_config(
                     f"{path}: is a folder, not a config file; give the YAML file (a run's own is its config.yaml)."
                 )
             raise ConfigError(
-                f"{path}: a folder, not a config file (a YAML file: model:, data:, ...); {_as_data(path)}"
+                f"{path}: a folder, not a config file (a YAML file: model:, data:, ...); {_as_data(path, typed)}"
             )
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found.")
         if path.suffix.lower() in DATA_SUFFIXES:
             raise ConfigError(
-                f"{path}: a data file, not a config file (a YAML file: model:, data:, ...); {_as_data(path)}"
+                f"{path}: a data file, not a config file (a YAML file: model:, data:, ...); {_as_data(path, typed)}"
             )
         try:
             raw = read_yaml(path, lines) or {}
@@ -334,10 +334,9 @@ def load_config(
             line = f", line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)}).") from None
         if not isinstance(raw, dict):
-            data = f"; if it is data, {_as_data(path)}" if path.suffix.lower() == ".json" else "."
+            data = f"; if it is data, {_as_data(path, typed)}" if path.suffix.lower() == ".json" else "."
             raise ConfigError(f"{path}: the config must be a mapping of sections (model:, data:, train:, ...){data}")
         layers.append((str(path), _flatten(raw, str(path), lines), path.parent))
-    typed = isinstance(overrides, FlagValues)
     if overrides := check_overrides(overrides):
         flags = {}
         for name, value in overrides.items():
