@@ -286,7 +286,7 @@ def compare(
             "the questions file (questions=, else the run's eval.questions)."
         )
     if questions:  # as eval and predict name a missing --data file
-        refuse_missing_file(questions, "compare", "--questions")
+        refuse_missing_file(questions, "compare", "questions", spelling.flags)
     if not questions and not asked:  # the file training compared on
         questions = configured_questions(run_dir, spelling)
         if show:

@@ -198,6 +198,18 @@ def test_a_missing_file_is_named_in_the_same_words_by_eval_compare_and_predict(r
         err = capsys.readouterr().err
         said = f"{missing}: file not found. Check the path given to {command} ({option}; a relative path is read "
         assert said in err and "Traceback" not in err, err
+    python = [  # a Python caller is told the function and the argument, not the CLI's command and flag
+        (lambda: tunelab.evaluate(run, missing, device="cpu"), "tunelab.evaluate() (argument 'data'"),
+        (lambda: tunelab.evaluate(head, missing, device="cpu"), "tunelab.evaluate() (argument 'data'"),
+        (lambda: tunelab.predict(head, missing, device="cpu"), "tunelab.predict() (argument 'data'"),
+        (lambda: tunelab.compare(run, questions=missing, device="cpu"), "tunelab.compare() (argument 'questions'"),
+    ]
+    for call, where in python:
+        with pytest.raises(DataError) as refused:
+            call()
+        said = str(refused.value)
+        assert f"{missing}: file not found. Check the path given to {where}; a relative path" in said, said
+        assert "--" not in said
 
 
 def test_save_comparison_refuses_an_existing_file(tmp_path):

@@ -201,7 +201,10 @@ def test_rows_without_expected_answers_name_file_and_line(tmp_path):
     _write_jsonl(path, [{"expected": "A."}])
     with pytest.raises(DataError, match=r"q\.jsonl:1: .*no question"):
         evaluate_run(run, path)
-    with pytest.raises(DataError, match=r"missing\.jsonl: file not found\. Check the path given to eval \(--data"):
+    with pytest.raises(  # a Python caller: the API's function and argument
+        DataError,
+        match=r"missing\.jsonl: file not found\. Check the path given to tunelab\.evaluate\(\) \(argument 'data'",
+    ):
         evaluate_run(run, tmp_path / "missing.jsonl")
 
 

@@ -297,15 +297,24 @@ def _data_like(name: str) -> bool:
     return True
 
 
-def refuse_missing_file(path: str | Path, command: str, option: str = "--data") -> None:
+def refuse_missing_file(path: str | Path, command: str, option: str = "data", flags: bool = True) -> None:
     """DataError for a file given to a command (tunelab eval, predict: --data; compare: --questions) that is not
     there, before any model loads, in the same words for each: the readers' own messages point at data.train and
-    data.eval or say no option, where the command's file came from its `option`."""
+    data.eval or say no option, where the command's file came from its `option`. `flags`: named as the CLI's
+    flag (eval, --data), else as the Python API's function and argument (tunelab.evaluate(), argument 'data')."""
     if not Path(path).exists():
-        raise DataError(
-            f"{path}: file not found. Check the path given to {command} ({option}; a relative path is read from the "
-            "working directory)."
+        where = (
+            f"{command} (--{option}"
+            if flags
+            else f"tunelab.{PYTHON_NAMES.get(command, command)}() (argument '{option}'"
         )
+        raise DataError(
+            f"{path}: file not found. Check the path given to {where}; a relative path is read from the working "
+            "directory)."
+        )
+
+
+PYTHON_NAMES = {"eval": "evaluate"}  # a command whose Python function has another name
 
 
 def read_records(

@@ -303,7 +303,7 @@ def evaluate_run(
     stamp = run_stamp(run_dir)
     info = loaded.info if loaded else open_info(run_dir, spelling=spelling)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
-    refuse_missing_file(data_file, "eval")  # the error to fix first, not an existing eval.json
+    refuse_missing_file(data_file, "eval", flags=spelling.flags)  # the error to fix first, not an existing eval.json
     if save:
         check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json", spelling=spelling)
     data = run_data_config(run_dir, info)

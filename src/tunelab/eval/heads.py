@@ -308,7 +308,7 @@ def evaluate_head_run(
     run_dir = Path(run_dir)
     stamp = run_stamp(run_dir)
     target = Path(out) if out is not None else run_dir / EVAL_FILE
-    refuse_missing_file(data_file, "eval")
+    refuse_missing_file(data_file, "eval", flags=spelling.flags)
     if save:
         check_output_file(target, overwrite, run_dir, EVAL_FILE, (data_file,), suffix=".json", spelling=spelling)
     run = open_head_run(run_dir, device, from_checkpoint=True, spelling=spelling)

@@ -122,7 +122,7 @@ def predict(
     if answers and prompt is None:
         raise TunelabError(f"{answer_} needs the {prompt_} it answers.")
     if data is not None:
-        refuse_missing_file(data, "predict")
+        refuse_missing_file(data, "predict", flags=spelling.flags)
     if data is None and not texts and not answers:  # said before the model loads, not after
         task = run.info.task if isinstance(run, HeadRun) else read_info(run, require_finished=False).task
         if task in HEAD_TASKS:  # another run is named as such by open_head_run
