@@ -288,11 +288,14 @@ def test_a_stage_folder_is_written_only_by_its_staged_run(tiny_overrides, previo
     before = _tree(previous_run)
     for output_dir in (stage, previous_run / "stage-3"):  # replaced, or a new stage put there by hand
         says = f"output_dir {output_dir} is the stage folder {output_dir.name} of the staged run {previous_run}, which"
-        with pytest.raises(RunDirError, match=re.escape(says)):
+        with pytest.raises(RunDirError, match=re.escape(says)) as refused:
             recipe.train(None, tiny_overrides | {"output_dir": str(output_dir), "overwrite": True})
+        # a Python caller is told its own arguments, not the CLI's flags
+        assert "with overrides['overwrite'] = True or resume=True)" in str(refused.value)
+        assert "--" not in str(refused.value)
     assert _tree(previous_run) == before
     other = previous_run.parent / "other"  # another run's stage_of is not this run's
-    with pytest.raises(RunDirError, match="is the stage folder stage-1 of the staged run"):
+    with pytest.raises(RunDirError, match=r"is the stage folder stage-1 of the staged run.*--overwrite or --resume\)"):
         plan_output_dir(stage, overwrite=True, resume=False, protected={}, stage_of=other)
     plan = plan_output_dir(stage, overwrite=True, resume=False, protected={}, stage_of=previous_run)  # its own
     assert plan.replace

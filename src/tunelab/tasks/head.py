@@ -243,7 +243,7 @@ def load_head_model(run_dir: Path, info: RunInfo, device: str = "auto", dtype: s
             raise ModelError(f"{run_dir}: the classifier's weights cannot be loaded ({exc}).") from None
         except SafetensorError as exc:
             source = ModelSource(str(run_dir), str(run_dir))
-            raise damaged_weights(source, exc, "Train the run again (--overwrite), or copy it again.") from None
+            raise damaged_weights(source, exc, "Train the run again (overwriting it), or copy it again.") from None
         model = SequenceClassifier(hf.base_model, hf.score.float(), hf.base_model_prefix)
     return model.to(dev).eval()
 

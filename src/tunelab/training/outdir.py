@@ -160,7 +160,7 @@ def plan_output_dir(
                     f"{where} lies inside the data folder {p}: the run's own files (metrics.jsonl, data_report.json) "
                     "would be read as training data by the next run. Choose an output_dir outside it, e.g. runs/NAME."
                 )
-    _refuse_inside_a_run(path, target, where, stage_of)
+    _refuse_inside_a_run(path, target, where, stage_of, spelling)
     exists = path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())  # a run that failed before any file
     if not exists:
         _check_creatable(path)
@@ -214,21 +214,22 @@ def plan_output_dir(
     return OutputPlan(path, replace=True, resume=False)
 
 
-def _refuse_inside_a_run(path: Path, target: Path, where: str, stage_of: Path | None) -> None:
+def _refuse_inside_a_run(path: Path, target: Path, where: str, stage_of: Path | None, spelling: Spelling) -> None:
     """RunDirError when a new run's folder lies inside another run directory (other than as a stage-K folder of the
-    staged run `stage_of`, which writes it): that run's --overwrite would delete it with the rest."""
+    staged run `stage_of`, which writes it): that run's --overwrite would delete it with the rest. `spelling`: how
+    the caller names overwrite and resume."""
     own = stage_of is not None and Path(stage_of).expanduser().resolve() == target.parent
     for folder in target.parents:
         if folder == target.parent and STAGE_DIR.fullmatch(target.name) and is_run_dir(folder) and not own:
             raise RunDirError(
                 f"{where} is the stage folder {target.name} of the staged run {folder}, which only that run writes "
-                "(its later stages, --resume and report read the stage as it trained). Train the staged run again "
-                f"(its config, with --overwrite or --resume), or choose an output_dir outside {folder}."
+                "(its later stages, a resume and report read the stage as it trained). Train the staged run again "
+                f"(its config, with {spelling.overwrite} or {spelling.resume}), or choose an output_dir outside {folder}."
             )
         if is_run_dir(folder) and not (own and folder == target.parent and STAGE_DIR.fullmatch(target.name)):
             raise RunDirError(
-                f"{where} lies inside the run directory {folder}, which replacing that run (--overwrite) would delete "
-                "with it. Choose an output_dir outside it, e.g. a folder beside it."
+                f"{where} lies inside the run directory {folder}, which replacing that run ({spelling.overwrite}) would "
+                "delete with it. Choose an output_dir outside it, e.g. a folder beside it."
             )
 
 

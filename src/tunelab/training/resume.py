@@ -195,10 +195,10 @@ def _saved_config(run_dir: Path) -> dict:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise RunDirError(
-            f"{path}: the run's saved config cannot be read ({exc}), so --resume cannot check it."
+            f"{path}: the run's saved config cannot be read ({exc}), so a resume cannot check it."
         ) from None
     if not isinstance(saved, dict):
-        raise RunDirError(f"{path}: the run's saved config is damaged, so --resume cannot check it.")
+        raise RunDirError(f"{path}: the run's saved config is damaged, so a resume cannot check it.")
     return saved
 
 

@@ -560,7 +560,7 @@ def _run_stage(
             if refused:
                 raise ConfigError(
                     f"{here}: the stage has finished with another config ({'; '.join(refused)}); a resumed staged run "
-                    "keeps its finished stages. Put the options back, or start the run again with --overwrite."
+                    f"keeps its finished stages. Put the options back, or start the run again with {plan.spelling.overwrite}."
                 )
             check_finished_data(plan, here, info)
             longer = [line for line in allowed if line.split(":", 1)[0] in LENGTH]
