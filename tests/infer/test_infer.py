@@ -237,10 +237,8 @@ def test_text_that_cannot_be_tokenized_or_is_no_text_is_refused_by_name(tiny_run
     from tunelab.errors import ConfigError
 
     run = open_run(tiny_run_dir, device="cpu")
-    with pytest.raises(
-        ConfigError, match=r"argument 'prompt' \(PROMPT or --prompt\): character 1 is U\+DCFF.*the byte 0xff"
-    ):
-        tunelab.generate(run, "\udcff", settings=SHORT)
+    with pytest.raises(ConfigError, match=r"argument 'prompt': character 1 is U\+DCFF.*the byte 0xff"):
+        tunelab.generate(run, "\udcff", settings=SHORT)  # a Python caller is told its argument, not the CLI's
     with pytest.raises(ConfigError, match=r"generate\(\): argument 'prompt' must be str, got a NoneType"):
         tunelab.generate(run, None, settings=SHORT)
     with pytest.raises(ConfigError, match=r"argument 'system': character 2 is U\+D800"):
@@ -518,7 +516,7 @@ def test_an_empty_prompt_in_generate_is_refused_by_name(tiny_run_dir):
 
     run = open_run(tiny_run_dir, device="cpu")
     for blank in ("", " \n"):
-        with pytest.raises(ConfigError, match=r"argument 'prompt' \(PROMPT or --prompt\) is empty"):
+        with pytest.raises(ConfigError, match=r"argument 'prompt' is empty"):  # in Python: the argument alone
             tunelab.generate(run, blank, settings=SHORT)
 
 
