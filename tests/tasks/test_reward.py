@@ -8,7 +8,7 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.errors import DataError
-from tunelab.tasks.head_data import SAME
+from tunelab.tasks.pair_data import SAME
 from tunelab.tasks.reward import REWARD, read_pairs
 
 LLAMAFACTORY = "/work/shared/data/llamafactory_dpo_en_demo/dpo_en_demo.json"
@@ -103,7 +103,7 @@ def test_conversations_whose_chosen_side_has_no_answer_are_skipped(smollm2_token
 
 
 def test_reward_and_dpo_skip_the_same_pairs_without_an_answer(tmp_path):
-    """One check (head_data.answer_blank) for both tasks: with or without a prompt field, a side whose answer turns
+    """One check (pair_data.answer_blank) for both tasks: with or without a prompt field, a side whose answer turns
     hold no assistant text is skipped by both, and the other rows are kept by both."""
     from tunelab.data.report import DataReport
     from tunelab.tasks.preference_data import read_preferences
@@ -265,7 +265,9 @@ def test_a_pair_is_read_without_its_answers_thoughts(tmp_path):
     answer alone: the pairs are now read without it, as they are scored; a pair whose answers differ only in their
     thoughts is one of equal sides, and an answer that is all thought an empty one."""
     from tunelab.data.report import DataReport
-    from tunelab.tasks.head_data import EMPTY_ANSWER
+    from tunelab.tasks.pair_data import (
+        EMPTY_ANSWER,
+    )
 
     rows = [
         {"prompt": "Code?", "chosen": "<think>Box 3.</think>\n7", "rejected": "8"},

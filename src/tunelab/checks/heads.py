@@ -39,7 +39,7 @@ from tunelab.errors import counted
 from tunelab.rundir import RunInfo
 from tunelab.tasks import get_task
 from tunelab.tasks.classify import UNSEEN
-from tunelab.tasks.head_data import EMPTY_ANSWER, SAME
+from tunelab.tasks.pair_data import EMPTY_ANSWER, SAME
 from tunelab.training.prepare import Inputs, load_model
 
 HEAD_TASKS = ("classify", "reward")

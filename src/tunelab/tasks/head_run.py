@@ -38,14 +38,9 @@ from tunelab.models.load import ModelSource, load_tokenizer, run_base
 from tunelab.models.untrained import repair_rows
 from tunelab.rundir import HEAD_TASKS, RunInfo, federation_stopped, open_info, read_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, attach_head, load_head_model, run_labels
-from tunelab.tasks.head_data import (
-    Input,
-    pad_rows,
-    render,
-    same_tokens,
-    with_system,
-)
+from tunelab.tasks.head_data import Input, pad_rows, render, with_system
 from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts
+from tunelab.tasks.pair_data import same_tokens
 from tunelab.training.build import build_model
 from tunelab.training.checkpoint import STEP_PREFIX, intact_checkpoint
 from tunelab.training.sharded_checkpoint import load_weights
@@ -197,7 +192,7 @@ def training_skips(
     under the run's data.overlong=drop, and those whose start (BOS, system prompt, template header) fills max_length
     (`head_fit.overlong_reason`). `pairs`: the inputs are the P chosen sides then the P rejected ones, and the
     indices are the pairs', skipped as well when their two sides are the same tokens once rendered (and cut), as
-    reward training skips them (`head_data.same_tokens`). `tunelab eval` skips them too, so it scores the rows
+    reward training skips them (`pair_data.same_tokens`). `tunelab eval` skips them too, so it scores the rows
     training's eval scores."""
     ids = render(inputs, run.tokenizer, run.template, wheres, run.prompt_format)
     limit, overlong = run.data.max_length, run.data.overlong

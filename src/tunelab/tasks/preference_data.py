@@ -39,20 +39,22 @@ from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
-    answer_blank,
-    answer_turns,
     as_turns,
     counted_records,
-    note_repeated_prompts,
-    pair_columns,
-    pair_skip,
     plain_text,
     read_task_data,
     refuse_sft_recipes,
+    with_system,
+)
+from tunelab.tasks.pair_data import (
+    answer_blank,
+    answer_turns,
+    note_repeated_prompts,
+    pair_columns,
+    pair_skip,
     repeats_prompt,
     same_tokens,
     shared_prompt,
-    with_system,
 )
 from tunelab.tasks.reward import read_prompt
 

@@ -41,8 +41,6 @@ from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
     Input,
-    answer_blank,
-    answer_turns,
     as_turns,
     chat_flaw,
     column,
@@ -50,22 +48,26 @@ from tunelab.tasks.head_data import (
     in_order,
     input_kind,
     is_empty,
-    note_repeated_prompts,
     pad_rows,
-    pair_columns,
-    pair_skip,
     plain_text,
     read_task_data,
     refuse_chat_format,
     render,
-    repeats_prompt,
-    same_tokens,
-    shared_prompt,
     thought_apart,
     user_turns,
     with_system,
 )
 from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts
+from tunelab.tasks.pair_data import (
+    answer_blank,
+    answer_turns,
+    note_repeated_prompts,
+    pair_columns,
+    pair_skip,
+    repeats_prompt,
+    same_tokens,
+    shared_prompt,
+)
 from tunelab.tasks.task import Task, eval_mode
 from tunelab.training.build import BuiltModel
 
@@ -261,7 +263,7 @@ def _whole_conversation(row: dict, fields: dict[str, str], where: str) -> list[d
 
 
 def _answer_empty(side: Input, start: int | None) -> bool:
-    """A chat side without an answer after its prompt's `start` turns (`head_data.answer_blank`)."""
+    """A chat side without an answer after its prompt's `start` turns (`pair_data.answer_blank`)."""
     return side.messages is not None and start is not None and answer_blank(side.messages, start)
 
 
