@@ -165,6 +165,38 @@ def test_a_thought_the_prompt_opened_is_not_scored(reward_run):
     assert plain(prompts[:1], [written]) == pytest.approx(plain.score(prompts[:1], [written]), abs=1e-6)
 
 
+def test_rows_read_a_thought_the_prompt_opened_as_answers_are(reward_run, tmp_path, monkeypatch):
+    """predict's `--answer` read a `thought</think>answer` to a prompt the template opens with <think> as thought and
+    answer, while a `--data` row and an eval pair of the same text were scored whole, thought and all (as training
+    read them): the same answer got two rewards. Rows now read it apart too; an answer without </think> is the answer
+    as written."""
+    import tunelab.eval.heads as heads
+
+    run = _opened(open_head_run(reward_run, device="cpu"))
+    prompt, written = "Say something kind 3", f"{THOUGHT}\n</think>\n\n{ANSWER}"
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        json.dumps({"prompt": prompt, "answer": written})
+        + "\n"
+        + json.dumps({"prompt": prompt, "answer": ANSWER})
+        + "\n"
+    )
+    (given,) = predict(run, prompt=prompt, answers=[written], device="cpu")
+    from_row, plain = predict(run, data=rows, device="cpu")
+    assert (from_row.thought, plain.thought) == (THOUGHT, None)
+    assert from_row.reward == pytest.approx(given.reward, abs=1e-6) == pytest.approx(plain.reward, abs=1e-6)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps({"prompt": prompt, "chosen": written, "rejected": "Go away"}) + "\n"
+        + json.dumps({"prompt": prompt, "chosen": ANSWER, "rejected": "Go away"}) + "\n"
+    )  # fmt: skip
+    monkeypatch.setattr(heads, "open_head_run", lambda *a, **k: run)
+    got = evaluate_head_run(reward_run, pairs, device="cpu", out=tmp_path / "eval.json")
+    saved = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert [r["chosen_thought"] for r in saved] == [THOUGHT, None] and got.rows_read == 2
+    assert saved[0]["margin"] == pytest.approx(saved[1]["margin"], abs=1e-6)
+
+
 def test_the_reward_function_takes_what_trls_grpo_trainer_passes(reward_run):
     """TRL's GRPOTrainer calls a reward function by keyword with completion_ids, trainer_state and the dataset's
     columns beside the prompts and completions, a conversation's completions as lists of one assistant message, and

@@ -145,7 +145,7 @@ def test_an_eval_row_without_rejected_names_the_columns_not_data_fields(tmp_path
     from tunelab.eval.heads import _reward
 
     path = _write(tmp_path / "test.jsonl", [{"prompt": "a", "good": "x", "bad": "y"}])
-    run = SimpleNamespace(data=DataConfig(fields={"chosen": "better"}))
+    run = SimpleNamespace(data=DataConfig(fields={"chosen": "better"}), tokenizer=None, template=None)
     with pytest.raises(DataError) as err:
         _reward(run, path, 16)
     msg = str(err.value)
@@ -265,9 +265,7 @@ def test_a_pair_is_read_without_its_answers_thoughts(tmp_path):
     answer alone: the pairs are now read without it, as they are scored; a pair whose answers differ only in their
     thoughts is one of equal sides, and an answer that is all thought an empty one."""
     from tunelab.data.report import DataReport
-    from tunelab.tasks.pair_data import (
-        EMPTY_ANSWER,
-    )
+    from tunelab.tasks.pair_data import EMPTY_ANSWER
 
     rows = [
         {"prompt": "Code?", "chosen": "<think>Box 3.</think>\n7", "rejected": "8"},
@@ -280,3 +278,33 @@ def test_a_pair_is_read_without_its_answers_thoughts(tmp_path):
     assert pair.thoughts == ("Box 3.", None)
     assert report.skips[SAME].locations == [f"{tmp_path / 'p.jsonl'}:2"]
     assert report.skips[EMPTY_ANSWER].locations == [f"{tmp_path / 'p.jsonl'}:3"]
+
+
+# DeepSeek-R1's later templates end the generation prompt with <think>: a model's answer starts inside the thought and
+# closes it (`...</think>answer`). This one writes every answer's turn the same way.
+OPENED = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}<think>\n{% endif %}"
+    "{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+
+def test_a_thought_the_template_opened_is_read_apart_as_scoring_reads_it(smollm2_tokenizer, tmp_path):
+    """Under a template that opens the thought in the prompt, predict's answers and the reward function read an
+    answer's text up to </think> as the thought, while training read a pair's `thought</think>answer` as all answer:
+    the head was trained on thoughts it never scores. Training now reads it apart too; an answer without </think> is
+    the answer as written, and under a template that opens no thought nothing changes."""
+    import copy
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.chat_template = OPENED
+    rows = [
+        {"prompt": "Code?", "chosen": "Box 3 holds it.\n</think>\n\n7", "rejected": "8"},
+        {"prompt": "Code?", "chosen": "7", "rejected": "9"},
+    ]
+    train = _write(tmp_path / "p.jsonl", rows)
+    data = _build(tokenizer, train, **{"data.eval_fraction": 0})
+    thinking, plain = data.train
+    assert thinking.chosen_ids == plain.chosen_ids  # the answer alone, as predict and the reward function score it
+    assert "Box 3" not in tokenizer.decode(thinking.chosen_ids)
+    chatml = _build(smollm2_tokenizer, train, **{"data.eval_fraction": 0})
+    assert "Box 3" in smollm2_tokenizer.decode(chatml.train[0].chosen_ids)  # no thought opened: read as written

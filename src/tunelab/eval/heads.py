@@ -44,6 +44,7 @@ from tunelab.places import check_output_file
 from tunelab.rundir import check_same_run, run_stamp
 from tunelab.tasks.classify import UNSEEN, label_key, read_labelled
 from tunelab.tasks.head import SequenceClassifier, new_score
+from tunelab.tasks.head_data import thought_opener
 from tunelab.tasks.head_run import training_skips
 from tunelab.tasks.reward import read_pairs
 from tunelab.training.build import check_trained_base, trained_base
@@ -219,7 +220,8 @@ def _pair_scores(margins: torch.Tensor) -> dict:
 
 
 def _reward(run: HeadRun, data_file: str, batch_size: int) -> dict:
-    pairs, wheres, report = _read(run, data_file, functools.partial(read_pairs, evaluating=True))
+    opens = thought_opener(run.tokenizer, run.template)  # a thought the template opens is read apart as in training
+    pairs, wheres, report = _read(run, data_file, functools.partial(read_pairs, evaluating=True, opens=opens))
     if pairs:
         sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         refuse_other_input_kind(run, sides, wheres + wheres, pairs=True)

@@ -31,7 +31,7 @@ from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.places import check_output_file
 from tunelab.rundir import HEAD_TASKS, read_info
 from tunelab.tasks.classify import read_labelled
-from tunelab.tasks.head_data import Input, thought_apart, with_system
+from tunelab.tasks.head_data import Input, Opens, thought_apart, thought_opener, with_system
 from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_model: importable from here as before)
     HeadRun,
     RewardModel,
@@ -79,10 +79,11 @@ def _refuse_all_thought(thought: str | None, answer: str, where: str, opened: bo
         )
 
 
-def _thought_apart(item: Input, where: str) -> tuple[Input, str | None]:
+def _thought_apart(item: Input, where: str, opens: Opens) -> tuple[Input, str | None]:
     """(the input with its answer's thought left out, the thought) of a chat ending with the answer to score
-    (`head_data.thought_apart`); DataError naming `where` for an answer that is all thought."""
-    scored, thought = thought_apart(item)
+    (`head_data.thought_apart`, `opens` the run's template's `thought_opener`, as training read its pairs); DataError
+    naming `where` for an answer that is all thought."""
+    scored, thought = thought_apart(item, opens)
     if thought is not None:
         _refuse_all_thought(thought, scored.messages[-1]["content"], where)
     return scored, thought
@@ -168,7 +169,8 @@ def predict(
         raise _nothing_to_predict(run.info.task, spelling)
     thoughts: list[str | None] = [None] * len(items)
     if run.info.task == "reward":  # the answer is scored without its thought
-        apart = [_thought_apart(x, w) for x, w, _ in items]
+        opens = thought_opener(run.tokenizer, run.template)
+        apart = [_thought_apart(x, w, opens) for x, w, _ in items]
         items = [(x, w, e) for (x, _), (_, w, e) in zip(apart, items)]
         thoughts = [t for _, t in apart]
     opened = bool(answers) and opens_thought(run, prompt, "the prompt")  # its template ends it with <think>

@@ -22,8 +22,9 @@ Inputs longer than data.max_length are dropped or cut: `tasks/head_fit.py`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,7 @@ from tunelab.data.formats import (
 )
 from tunelab.data.hints import input_mapping, input_pair_hint, joined_inputs
 from tunelab.data.loader import refuse_special_system, split_eval
-from tunelab.data.reasoning import answer_apart
+from tunelab.data.reasoning import CLOSE, answer_apart, prompt_opens_thought
 from tunelab.data.render import encode, special_text_in, special_texts
 from tunelab.data.repeats import note_repeated_eval
 from tunelab.data.report import DataReport, location, location_path
@@ -75,14 +76,22 @@ class Input:
         return self.messages is not None
 
 
-def thought_apart(item: Input) -> tuple[Input, str | None]:
+Opens = Callable[[list[dict]], bool]  # a prompt's turns -> its template ends their generation prompt with <think>
+
+
+def thought_apart(item: Input, opens: Opens | None = None) -> tuple[Input, str | None]:
     """(the input with its answer's thought left out, the thought) of a chat ending with the assistant's answer: a
     reward model scores the answer, not the thought a reasoning model writes before it (data/reasoning.py). An input
-    without one is given back as it is; one that is all thought keeps an empty answer."""
+    without one is given back as it is; one that is all thought keeps an empty answer. `opens` (`thought_opener`):
+    whether the run's template ends the answer's prompt with `<think>`; there an answer that closes a thought it
+    never opened (`...</think>answer`, as a model writes it after such a prompt) has its text up to `</think>` read as
+    the thought, as the server, predict's `--answer` and the reward function read it. An answer without `</think>` is
+    the answer as written: a row's answer, not a sample cut inside its thought."""
     last = item.messages[-1] if item.messages else None
     if last is None or last["role"] != "assistant" or not isinstance(last["content"], str):
         return item, None
-    thought, answer = answer_apart(last["content"])
+    opened = opens is not None and CLOSE in last["content"] and opens(item.messages[:-1])
+    thought, answer = answer_apart(last["content"], opened)
     if thought is None:
         return item, None
     return dataclasses.replace(item, messages=[*item.messages[:-1], {**last, "content": answer}]), thought
@@ -266,6 +275,21 @@ def render(
     return [ids[i] for i in range(len(inputs))]
 
 
+def thought_opener(tokenizer, template: Template) -> Opens:
+    """Whether `template` ends a prompt's generation prompt with `<think>` (DeepSeek-R1's later templates), so that
+    an answer to it starts inside the thought (data/reasoning.py `prompt_opens_thought`), as a function of the prompt's
+    turns (a system message first, as the rows give it). A prompt that does not end with the user's turn has no
+    generation prompt."""
+
+    def opens(prompt: list[dict], where: str | None = None) -> bool:
+        if not prompt or prompt[-1]["role"] != "user":
+            return False
+        ids = render([Input(messages=prompt)], tokenizer, template, [where] if where else None)[0]
+        return prompt_opens_thought(tokenizer, ids)
+
+    return opens
+
+
 def pad_rows(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input_ids, attention_mask and position_ids, all (B, T) int64, T the longest row."""
     shape = (len(rows), max(len(r) for r in rows))
@@ -416,15 +440,18 @@ def refuse_sft_recipes(cfg: RunConfig) -> None:
             raise ConfigError(f"option '{name}' is for task sft; {article(cfg.task)} run does not use it. Remove it.")
 
 
-def read_task_data(cfg: RunConfig, tokenizer, seed: int, read, fields: tuple[str, ...]):
+def read_task_data(cfg: RunConfig, tokenizer, seed: int, read, fields: tuple[str, ...], thoughts: bool = False):
     """What the data of every task but sft starts as: data.fields checked against the task's `fields`, data.system_prompt
     checked as sft checks it (`refuse_special_system`), a report, the prompt template, and the training and held-out
-    items `read` gives (`train_and_held`). Returns (items, held, report, template)."""
+    items `read` gives (`train_and_held`). `thoughts` (reward): `read` takes `opens`, the template's `thought_opener`,
+    to read an answer's thought as scoring reads it. Returns (items, held, report, template)."""
     d = cfg.data
     check_fields(d.fields, fields, cfg.task)
     refuse_special_system(d, tokenizer)
     report = DataReport(max_length=d.max_length)
     template = resolve_template(d.template, tokenizer)
+    if thoughts:
+        read = functools.partial(read, opens=thought_opener(tokenizer, template))
     items, held = train_and_held(read, d, seed, report)
     return items, held, report, template
 

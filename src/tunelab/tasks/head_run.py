@@ -31,14 +31,14 @@ import torch
 
 from tunelab.config import DataConfig
 from tunelab.config.flags import PYTHON, Spelling
-from tunelab.data.reasoning import answer_apart, prompt_opens_thought
+from tunelab.data.reasoning import answer_apart
 from tunelab.data.templates import Template, run_template
 from tunelab.errors import ConfigError, DataError, RunDirError, article, counted
 from tunelab.models.load import ModelSource, load_tokenizer, run_base
 from tunelab.models.untrained import repair_rows
 from tunelab.rundir import HEAD_TASKS, RunInfo, federation_stopped, open_info, read_info, saved_config
 from tunelab.tasks.head import SequenceClassifier, attach_head, load_head_model, run_labels
-from tunelab.tasks.head_data import Input, pad_rows, render, with_system
+from tunelab.tasks.head_data import Input, pad_rows, render, thought_opener, with_system
 from tunelab.tasks.head_fit import Keep, fit, overlong_reason, starts
 from tunelab.tasks.pair_data import same_tokens
 from tunelab.training.build import build_model
@@ -258,10 +258,7 @@ def opens_thought(run: HeadRun, prompt: str | list[dict], where: str) -> bool:
     """Whether the run's template ends this prompt's generation prompt with `<think>` (DeepSeek-R1's later templates):
     an answer to it starts inside the thought, without its `<think>`, as the server reads it (data/reasoning.py). A
     run of texts has no generation prompt."""
-    if not run.chat_input:
-        return False
-    ids = render([Input(messages=_prompt_turns(run, prompt))], run.tokenizer, run.template, [where])[0]
-    return prompt_opens_thought(run.tokenizer, ids)
+    return run.chat_input and thought_opener(run.tokenizer, run.template)(_prompt_turns(run, prompt), where)
 
 
 def _completion_text(completion, where: str) -> str:

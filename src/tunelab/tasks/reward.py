@@ -11,7 +11,8 @@ Rows hold `chosen` and `rejected` and, optionally, a prompt (`data.fields` maps 
 - no prompt: `chosen`/`rejected` are whole texts (e.g. Anthropic HH-RLHF's transcripts) or whole conversations.
 
 A reasoning model's thought (`<think>...</think>` before a chat side's answer, data/reasoning.py) is not scored: the
-head reads the answer after it, in training as in `tunelab eval`, `tunelab predict` and grpo's `model` reward.
+head reads the answer after it, in training as in `tunelab eval`, `tunelab predict` and grpo's `model` reward; where
+the template ends the prompt with `<think>`, an answer's text up to a `</think>` it never opened is the thought too.
 
 A batch holds the P chosen rows then the P rejected rows (one forward pass); `count` is P. Pairs whose two sides are
 the same, or with an empty side, are skipped and counted in the data report. Metrics: pairwise accuracy (the share
@@ -41,6 +42,7 @@ from tunelab.tasks.head_data import (
     CHAT_FIELDS,
     PROMPT_FIELDS,
     Input,
+    Opens,
     as_turns,
     chat_flaw,
     column,
@@ -165,9 +167,11 @@ def read_pairs(
     evaluating: bool = False,
     delimiter: str = "auto",
     transform: str | None = None,
+    opens: Opens | None = None,
 ) -> list[Pair]:
     """Rows of the files as Pairs; DataError (file:line) for a row without chosen or rejected, whose message says what
-    `tunelab eval` needs when `evaluating` (its file is not a training file: data.fields cannot be changed)."""
+    `tunelab eval` needs when `evaluating` (its file is not a training file: data.fields cannot be changed). `opens`:
+    the run's template's `thought_opener`, with which a chat side's thought is read apart (`head_data.thought_apart`)."""
     pairs = []
     command = "tunelab eval" if evaluating else None
     for record in counted_records(
@@ -179,7 +183,7 @@ def read_pairs(
         if repeats_prompt(prompt, [row[key] for key in keys], keys, where):
             prompt = None  # two whole conversations: the turns they share are the prompt
         (chosen, chosen_thought), (rejected, rejected_thought) = (
-            thought_apart(answer_input(row[key], prompt, row, fields, where, key, system_prompt, lenient))
+            thought_apart(answer_input(row[key], prompt, row, fields, where, key, system_prompt, lenient), opens)
             for key in keys
         )
         if prompt is None and chosen.is_chat != rejected.is_chat:
@@ -312,7 +316,7 @@ def build_data(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
     d = cfg.data
     if not d.train:
         raise ConfigError("option 'data.train' is empty; give one or more files of preference pairs.")
-    pairs, held, report, template = read_task_data(cfg, tokenizer, seed, read_pairs, FIELDS)
+    pairs, held, report, template = read_task_data(cfg, tokenizer, seed, read_pairs, FIELDS, thoughts=True)
     report.pairs = True
     refuse_chat_format([side for p in pairs + held for side in (p.chosen, p.rejected)], cfg)
     text_format = cfg.classify.prompt_format
