@@ -193,3 +193,26 @@ def test_a_classify_run_scores_and_predicts_its_files_through_its_transform(tiny
     assert f"on {dev}: 3 rows scored" in capsys.readouterr().out
     assert main(["predict", run, "--data", new, "--device", "cpu"]) == 0
     assert f"({new}:1)" in capsys.readouterr().out
+
+
+def test_a_reward_runs_training_file_given_to_predict_is_refused_for_eval(tiny_model_dir, tmp_path, capsys):
+    """A reward run's data.transform shapes its pairs and predict reads single answers without it, so `tunelab predict
+    RUN --data TRAIN` read the raw rows (a question and ranked answers) and said they held nothing to score, with no
+    word of the transform or of pairs. The run's own training file is now refused naming `tunelab eval`, which reads it
+    through the transform, while a file of answers is scored."""
+    import tunelab.training.recipe as recipe
+    from tunelab.cli import main
+
+    train = _write(tmp_path / "ranked.jsonl", [{"question": f"Q{i}?", "answers": [f"a{i}", f"b{i}"]} for i in range(8)])
+    new = _write(tmp_path / "new.jsonl", [{"prompt": "Q1?", "answer": "a1"}])
+    over = {"task": "reward", "model.name": str(tiny_model_dir), "data.train": [train], "model.device": "cpu"}
+    over |= {"data.max_length": 64, "method.r": 4, "train.micro_batch": 4, "train.max_steps": 1}
+    over |= {"data.transform": _shaping(tmp_path, "ranked"), "output_dir": str(tmp_path / "run")}
+    run = str(recipe.train(None, over).run_dir)
+    capsys.readouterr()
+    assert main(["predict", run, "--data", train, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{train} is the run's training file (data.train)" in err and f"tunelab eval {run} --data {train}" in err
+    assert main(["predict", run, "--data", new, "--device", "cpu"]) == 0
+    assert f"({new}:1)" in capsys.readouterr().out
+    assert main(["eval", run, "--data", train, "--device", "cpu"]) == 0  # the pairs, through the transform

@@ -28,7 +28,7 @@ from tunelab.data.reasoning import answer_apart
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import is_plain_text, refuse_missing_file
 from tunelab.errors import ConfigError, DataError, TunelabError
-from tunelab.places import check_output_file
+from tunelab.places import check_output_file, data_of
 from tunelab.rundir import HEAD_TASKS, read_info
 from tunelab.tasks.classify import read_labelled
 from tunelab.tasks.head_data import Input, Opens, thought_apart, thought_opener, with_system
@@ -146,6 +146,7 @@ def predict(
             )
             items += [(r.input, location(r.path, r.line), r.label) for r in rows]
         else:
+            _refuse_training_pairs(run, data, spelling)
             items += [
                 (x, location(p, n), None)
                 for x, p, n in read_scored([str(data)], d.fields, d.system_prompt, report, d.delimiter)
@@ -188,6 +189,38 @@ def predict(
         Prediction(w, _shown(x), run.labels[int(p.argmax())], dict(zip(run.labels, map(float, p))), expected=e)
         for (x, w, e), p in zip(items, probs)
     ]
+
+
+def _refuse_training_pairs(run: HeadRun, data: str | Path, spelling: Spelling) -> None:
+    """DataError when `data` is a training or eval file of a reward run that has a data.transform: its rows are what
+    the function makes preference pairs of, and predict, which scores one answer a row, does not apply it (a function
+    that shapes pairs has nothing to make of an answer), so the raw rows would be refused for columns the user never
+    meant for predict, or scored as some other input. The pairs are scored by `tunelab eval`, through the function.
+    (A file of pairs as written, without a function, is refused by its rows: `reward.read_scored`.)"""
+    if not run.data.transform:
+        return
+    target = Path(data).resolve()
+    option = next(
+        (
+            o
+            for o, p in data_of(run.run_dir)
+            if o in ("data.train", "data.eval") and (target == p or target.is_relative_to(p))
+        ),
+        None,
+    )
+    if option is None:
+        return
+    evaluate = (
+        f"'tunelab eval {run.run_dir} --data {data}'"
+        if spelling.flags
+        else f"tunelab.evaluate({str(run.run_dir)!r}, {str(data)!r})"
+    )
+    raise DataError(
+        f"{data} is the run's {'training' if option == 'data.train' else 'eval'} file ({option}), whose rows the run's "
+        f"data.transform {run.data.transform} makes preference pairs of; predict scores one answer a row and does not "
+        f"apply the function. Score the pairs with {evaluate} (pairwise accuracy, through the function), or give "
+        "predict rows of a prompt and an answer, a whole conversation or a text."
+    )
 
 
 def _say_one_text(data: str | Path, items: list[tuple[Input, str, str | None]]) -> None:
