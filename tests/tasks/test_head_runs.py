@@ -255,6 +255,11 @@ def test_classify_and_reward_through_the_cli(tiny_model_dir, tmp_path, label_fil
     )
     printed = capsys.readouterr().out
     assert "(answer 1)" in printed and "(answer 2)" in printed
+    # a text to a reward run of chats was scored as a prompt's user turn without an answer, a form it never read
+    assert main(["predict", str(run), "--text", "You are great", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--text gives a reward run a text to score, but this run was trained on chats" in err
+    assert "Give the prompt with --prompt and its answers with --answer." in err
     assert main(["eval", str(run), "--data", pair_file, "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "pairwise accuracy" in printed and "untrained head" in printed
