@@ -154,6 +154,23 @@ def test_an_eval_row_without_rejected_names_the_columns_not_data_fields(tmp_path
     assert f"This row has prompt, good, bad. Rename the columns in {path}." in msg and "data.fields, e.g." not in msg
 
 
+def test_an_eval_file_of_single_answers_is_sent_to_predict(tmp_path):
+    """tunelab eval of a reward run told a file of one answer a row (a prompt and its answer, predict's rows) to
+    rename its columns, which cannot make pairs of single answers; it is now told that predict scores them."""
+    from types import SimpleNamespace
+
+    from tunelab.config import DataConfig
+    from tunelab.eval.heads import _reward
+
+    path = _write(tmp_path / "answers.jsonl", [{"prompt": "a", "answer": "x"}])
+    run = SimpleNamespace(data=DataConfig(), tokenizer=None, template=None)
+    with pytest.raises(DataError) as err:
+        _reward(run, path, 16)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:1: the row gives one answer (column 'answer'), not a preference pair")
+    assert f"'tunelab predict RUN --data {path}'" in msg and "Rename the columns" not in msg
+
+
 def _chat(user, answer):
     return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 

@@ -33,7 +33,7 @@ from tunelab.data.batches import epoch_chunks
 from tunelab.data.formats import text_field
 from tunelab.data.loader import Datasets, note_system_on_texts
 from tunelab.data.render import note_templated_inputs
-from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.report import DataReport, SplitStats, location, location_path
 from tunelab.data.sources import read_records
 from tunelab.errors import ConfigError, DataError
 from tunelab.tasks.classify import refuse_head_options
@@ -178,6 +178,8 @@ def read_pairs(
         paths, report, "preference pairs", fields, lenient, delimiter, "reward", FIELDS, transform
     ):
         row, where = record.row, location(record.path, record.line)
+        if evaluating:
+            _refuse_single_answer(row, fields, where)
         keys = pair_columns(row, fields, where, lenient, "and optionally a prompt", command)
         prompt = read_prompt(row, fields, where, lenient)
         if repeats_prompt(prompt, [row[key] for key in keys], keys, where):
@@ -206,6 +208,20 @@ def read_pairs(
 
 
 ANSWER_FIELDS = ("answer", "completion", "response", "output")
+
+
+def _refuse_single_answer(row: dict, fields: dict[str, str], where: str) -> None:
+    """DataError for a `tunelab eval` row that gives neither side of a pair but one answer (`read_scored`'s rows): no
+    renaming of its columns makes a pair of it, and `tunelab predict` scores it."""
+    if column(row, fields, "chosen", True) or column(row, fields, "rejected", True):
+        return
+    answer = next((key for name in ANSWER_FIELDS if (key := column(row, fields, name, True))), None)
+    if answer is not None:
+        raise DataError(
+            f"{where}: the row gives one answer (column '{answer}'), not a preference pair: tunelab eval of a reward "
+            "run scores pairs (chosen and rejected) by pairwise accuracy. Score single answers with 'tunelab predict "
+            f"RUN --data {location_path(where)}'."
+        )
 
 
 def read_scored(
