@@ -216,3 +216,8 @@ def test_a_reward_runs_training_file_given_to_predict_is_refused_for_eval(tiny_m
     assert main(["predict", run, "--data", new, "--device", "cpu"]) == 0
     assert f"({new}:1)" in capsys.readouterr().out
     assert main(["eval", run, "--data", train, "--device", "cpu"]) == 0  # the pairs, through the transform
+    # another file of the training files' form is told that the transform is not applied to predict's rows
+    held = _write(tmp_path / "held.jsonl", [{"question": "Q9?", "answers": ["a9", "b9"]}])
+    assert main(["predict", run, "--data", held, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{held}:1: nothing to score" in err and "The run's data.transform " in err and "is not applied" in err

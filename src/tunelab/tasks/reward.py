@@ -225,12 +225,19 @@ def _refuse_single_answer(row: dict, fields: dict[str, str], where: str) -> None
 
 
 def read_scored(
-    paths: list[str], fields: dict[str, str], system_prompt: str | None, report: DataReport, delimiter: str = "auto"
+    paths: list[str],
+    fields: dict[str, str],
+    system_prompt: str | None,
+    report: DataReport,
+    delimiter: str = "auto",
+    transform: str | None = None,
 ) -> list[tuple[Input, str, int]]:
     """Rows to score one at a time (tunelab predict): a prompt and an answer (answer, completion, response or
     output), a whole conversation (messages, conversations) or a whole text; (input, path, line) each. A row that
     training would skip (an empty input or answer, a chat sft skips: `chat_flaw`) is skipped and counted in `report`.
-    `delimiter`: the run's data.delimiter, which splits a .csv file's values as it split its training files'."""
+    `delimiter`: the run's data.delimiter, which splits a .csv file's values as it split its training files'.
+    `transform`: the run's data.transform, which shapes pairs and is not applied here; a row with nothing to score
+    is told so (it may be a raw row of the training files' form)."""
     out = []
     for record in read_records(paths, delimiter):
         report.read(record.path)
@@ -252,6 +259,11 @@ def read_scored(
                 if column(row, fields, "chosen", True) and column(row, fields, "rejected", True)
                 else ""
             )
+            if transform and not pair:
+                pair = (
+                    f" The run's data.transform {transform} made its training pairs and is not applied to predict's "
+                    "rows: rows in the training files' form are scored as pairs by 'tunelab eval RUN --data FILE'."
+                )
             raise DataError(
                 f"{where}: nothing to score: give the row a prompt and an answer ({', '.join(ANSWER_FIELDS)}), a whole "
                 f"conversation (messages) or a text. It has {', '.join(map(str, row)) or 'no fields'}.{pair}"
