@@ -30,7 +30,7 @@ from tunelab.data.sources import is_plain_text, refuse_missing_file
 from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError
 from tunelab.places import check_output_file, data_of
 from tunelab.rundir import HEAD_TASKS, RunInfo, read_info
-from tunelab.tasks.classify import read_labelled
+from tunelab.tasks.classify import label_key, read_labelled
 from tunelab.tasks.head_data import Input, Opens, thought_apart, thought_opener, with_system
 from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_model: importable from here as before)
     HeadRun,
@@ -155,7 +155,12 @@ def predict(
                 delimiter=d.delimiter,
                 transform=d.transform,
             )
-            items += [(r.input, location(r.path, r.line), r.label) for r in rows]
+            ours = {label_key(label): label for label in run.labels}  # a label spelt another way is the run's
+            expected = [
+                r.label if r.label is None or r.label in run.labels else ours.get(label_key(r.label), r.label)
+                for r in rows
+            ]
+            items += [(r.input, location(r.path, r.line), e) for r, e in zip(rows, expected)]
         else:
             _refuse_training_pairs(run, data, spelling)
             items += [
