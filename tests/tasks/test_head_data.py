@@ -459,7 +459,9 @@ def test_predict_reads_a_blank_system_prompt_as_training_does():
 
     question, answer = {"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}
     for blank in ("  ", "\n"):
-        run = SimpleNamespace(chat_input=True, data=SimpleNamespace(system_prompt=blank))
+        run = SimpleNamespace(
+            chat_input=True, data=SimpleNamespace(system_prompt=blank), info=SimpleNamespace(task="classify")
+        )
         trained = read_input({"prompt": "What is 2 + 2?"}, {}, "t.jsonl:1", blank)
         assert text_input(run, "What is 2 + 2?").messages == trained.messages == [question]
         assert scored_input(run, "What is 2 + 2?", "4.").messages == [question, answer]

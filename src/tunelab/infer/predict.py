@@ -27,9 +27,9 @@ from tunelab.config.flags import PYTHON, Spelling
 from tunelab.data.reasoning import answer_apart
 from tunelab.data.report import DataReport, location
 from tunelab.data.sources import is_plain_text, refuse_missing_file
-from tunelab.errors import ConfigError, DataError, RunDirError, TunelabError
+from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.places import check_output_file, data_of
-from tunelab.rundir import HEAD_TASKS, RunInfo, read_info
+from tunelab.rundir import HEAD_TASKS, read_info
 from tunelab.tasks.classify import label_key, read_labelled
 from tunelab.tasks.head_data import Input, Opens, thought_apart, thought_opener, with_system
 from tunelab.tasks.head_run import (  # noqa: F401  (RewardModel, load_reward_model: importable from here as before)
@@ -130,16 +130,14 @@ def predict(
         task = run.info.task if isinstance(run, HeadRun) else read_info(run, require_finished=False).task
         if task in HEAD_TASKS:  # another run is named as such by open_head_run
             raise _nothing_to_predict(task, spelling)
-    if texts:
-        info = run.info if isinstance(run, HeadRun) else _info_or_none(run)
-        if info is not None and info.task == "reward" and info.extra.get("input") == "chat":
-            # its chats end with the answer it scores: a text would be a prompt's user turn without one
-            raise TunelabError(
-                f"{text_} gives a reward run a text to score, but this run was trained on chats, each ending with the "
-                "answer it scores: a text alone would be read as a prompt without an answer, a form the head never "
-                f"read. Give the prompt with {prompt_} and its answers with {answer_}."
-            )
     run = run if isinstance(run, HeadRun) else open_head_run(run, device, from_checkpoint=True, spelling=spelling)
+    if texts and run.info.task == "reward" and run.info.extra.get("input") == "chat":
+        # its chats end with the answer it scores: a text would be a prompt's user turn without one
+        raise TunelabError(
+            f"{text_} gives a reward run a text to score, but this run was trained on chats, each ending with the "
+            "answer it scores: a text alone would be read as a prompt without an answer, a form the head never "
+            f"read. Give the prompt with {prompt_} and its answers with {answer_}."
+        )
     d = run.data
     items: list[tuple[Input, str, str | None]] = []  # (input, where, expected label)
     if data is not None:
@@ -237,14 +235,6 @@ def _refuse_training_pairs(run: HeadRun, data: str | Path, spelling: Spelling) -
         f"apply the function. Score the pairs with {evaluate} (pairwise accuracy, through the function), or give "
         "predict rows of a prompt and an answer, a whole conversation or a text."
     )
-
-
-def _info_or_none(run_dir: str | Path) -> RunInfo | None:
-    """The run's run.json, or None where it cannot be read (open_head_run says why)."""
-    try:
-        return read_info(run_dir, require_finished=False)
-    except RunDirError:
-        return None
 
 
 def _say_one_text(data: str | Path, items: list[tuple[Input, str, str | None]]) -> None:
