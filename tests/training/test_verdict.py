@@ -292,3 +292,60 @@ def test_a_pass_shorter_than_a_verdict_is_not_told_a_longer_one_is_a_pass():
     v = _judge([0.4, 0.3], spe=5, epochs=2 / 5, max_steps=2)
     assert "(5 steps a pass)" in v.text and "train.max_steps: 6 for one full pass" not in v.text, v.text
     assert "Set train.max_steps: 5 for one full pass, 6 or more for a verdict." in v.text, v.text
+
+
+def _early(step=40, planned=100, best_step=20, best=1.2, waited=(30, 40), patience=2):
+    """run.json's extra.early_stop of a run that early stopping ended."""
+    record = {"step": step, "planned_steps": planned, "patience": patience, "min_delta": 0.0}
+    return record | {"best_step": best_step, "best_eval_loss": best, "waited": list(waited)}
+
+
+def test_an_early_stopped_run_still_high_is_told_the_rate_not_to_train_longer():
+    curve, evals = _decay(2.5, 1.25, 40, rate=2.0), [(10, 1.5), (20, 1.2), (30, 1.25), (40, 1.21)]
+    plain = judge(_curve(curve), evals, steps_per_epoch=10, epochs=4.0, lr=2e-4, max_steps=100)
+    assert "train.max_steps: 200 (it was 100)" in plain.text  # the advice a run that was not stopped gets
+    v = judge(_curve(curve), evals, steps_per_epoch=10, epochs=4.0, lr=2e-4, max_steps=100, early=_early())
+    assert v.kind == "underfit" and "still high after 4 passes" in v.text
+    assert "early stopping ended the run after step 40 of the 100 planned" in v.text
+    assert "had not improved on step 20's (1.200) for 2 evaluations in a row" in v.text
+    assert "more steps would not lower it" in v.text and "train.lr: 0.0004 (it was 0.0002)" in v.text
+    assert "max_steps" not in v.text and "Train longer" not in v.text and "train.epochs" not in v.text
+
+
+def test_an_early_stopped_run_still_falling_is_told_to_add_data():
+    line = [2.0 - 1.7 * i / 39 for i in range(40)]
+    v = judge(
+        _curve(line), [(20, 1.0), (30, 1.01), (40, 1.02)], steps_per_epoch=40, epochs=1.0, lr=2e-4, early=_early()
+    )
+    assert v.kind == "underfit" and "still falling" in v.text and "more steps would not lower it" in v.text
+    assert "more varied, training examples" in v.text and "train.epochs" not in v.text
+
+
+def test_an_early_stopped_run_is_not_told_a_shorter_or_longer_planned_length():
+    noisy = [1.0, 0.8, 0.9, 0.85, 0.9, 0.8]
+    overfit = _judge(noisy, [(1, 1.0), (2, 0.6), (3, 1.2)], max_steps=100)
+    assert "train.max_steps: 2 (it was 100)" in overfit.text
+    early = _early(step=3, best_step=2, best=0.6, waited=(3,), patience=1)
+    v = judge(_curve(noisy), [(1, 1.0), (2, 0.6), (3, 1.2)], steps_per_epoch=20, epochs=0.15, lr=2e-4,
+              max_steps=100, early=early)  # fmt: skip
+    assert v.kind == "overfit" and "max_steps" not in v.text
+    assert "add more varied examples. The run stopped early after step 3 of the 100 planned" in v.text
+    short = judge(_curve([2.0, 1.0]), [], steps_per_epoch=20, epochs=0.1, lr=2e-4, max_steps=100, early=early)
+    assert short.kind == "too_short" and "max_steps" not in short.text and "never trained on" not in short.text
+    assert "a larger train.early_stopping_patience (it was 1)" in short.text
+    fine = judge(_curve(_decay(2.5, 0.05, 120)), [], steps_per_epoch=20, epochs=6, lr=2e-4, early=early)
+    assert fine.kind == "fine" and fine.text.endswith(
+        " The run stopped early after step 3 of the 100 planned: 1 evaluations in a row without a new best "
+        "(train.early_stopping_patience 1)."
+    )
+
+
+def test_an_early_stopped_grpo_run_still_rising_is_not_told_to_train_longer():
+    rising = [0.1 + 0.5 * i / 29 for i in range(30)]
+    held_out = [(0, 0.3), (10, 0.5), (20, 0.48), (30, 0.49)]
+    plain = judge_metrics(_grpo_records(rising, held_out), 10, 3.0, 1e-5, max_steps=30)
+    assert "Train longer: set train.max_steps: 60" in plain.text
+    early = _early(step=30, planned=60, best_step=10, best=-0.5, waited=(20, 30))
+    v = judge_metrics(_grpo_records(rising, held_out), 10, 3.0, 1e-5, max_steps=30, early=early)
+    assert v.kind == "underfit" and "Train longer" not in v.text
+    assert "held-out reward had not improved on step 10's (0.500)" in v.text and "would not raise it" in v.text

@@ -117,7 +117,8 @@ def finish(
             except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM while saving: nothing of the result is kept
                 raise save_cut_short(run_dir, position["step"], total_steps, exc, run.spelling) from None
             plot_losses(run_dir, [cfg.task])
-        passes = total_steps / steps_per_epoch if t.max_steps else t.epochs  # max_steps, not epochs, set the length
+        # the passes the run made: max_steps, not epochs, set the length, or early stopping ended it before either
+        passes = end / steps_per_epoch if t.max_steps or early_stop else t.epochs
         verdict = judge_metrics(
             read_metrics(run_dir),
             steps_per_epoch,
@@ -129,13 +130,8 @@ def finish(
             labels=len(data.facts.get("labels") or []) or None,  # a classify run's labels
             orpo_lambda=cfg.dpo.beta if cfg.task == "dpo" and cfg.dpo.loss == "orpo" else None,
             keep_best_off=FSDP2_ADVICE if best_off else "",
+            early=early_stop,  # the verdict saved in run.json says it too, and advises no longer run
         )
-        if early_stop is not None:  # the verdict saved in run.json says it too, not only the line printed above
-            verdict.text += (
-                f" The run stopped early after step {end} of the {total_steps} planned: "
-                f"{len(early_stop['waited'])} evaluations in a row without a new best "
-                f"(train.early_stopping_patience {early_stop['patience']})."
-            )
         print(verdict.text, flush=True)
         info.extra["verdict"] = verdict.to_dict()
         info.finished, info.steps, info.tokens = True, position["step"], position["tokens"]

@@ -124,9 +124,10 @@ def _too_short(
     epochs: float,
     max_steps: int | None,
     numbers: dict,
+    early: dict | None = None,
 ) -> Verdict:
     """The verdict of a run that logged fewer than MIN_JUDGED values of `what` (train loss, reward): the count, why
-    it is not enough, and the length that would be."""
+    it is not enough, and the length that would be (for a run that early stopping ended, what lets it run longer)."""
     count = len(series)
     (first_step, first), (last_step, last) = series[0], series[-1]
     said = f"{count} {what} value{'' if count == 1 else 's'} logged" + (
@@ -142,6 +143,12 @@ def _too_short(
         )
     if last_step >= MIN_JUDGED:  # the steps were there, the log skipped most of them
         enough = f"The run made {last_step} steps: set train.log_every: 1 to log each of them."
+    elif early:  # a longer planned length would not have trained longer
+        unseen = ""
+        enough = (
+            f"Early stopping ended it after step {early['step']} of the {early['planned_steps']} planned: a larger "
+            f"train.early_stopping_patience (it was {early['patience']}) lets it run long enough for a verdict."
+        )
     elif max_steps:
         enough = (
             f"Set train.max_steps: {steps_per_epoch} for one full pass"
@@ -175,12 +182,67 @@ def judge(
     keep_best_off: str = "",
     unit: str = "a token",
     high_at: float = HIGH_LOSS,
+    early: dict | None = None,
 ) -> Verdict:
     """train: (step, loss) per logged step; evals: (step, eval loss). epochs: the passes over the data the run made.
     max_steps: set when it, not epochs, fixed the length (the advice then names it). best_kept: the step whose
     weights keep_best saved as the result; keep_best_off: why keep_best chose none though it was asked (said in
     its place). unit: what the loss is averaged over (`LOSS_UNITS`). high_at: the train
-    loss that is still high (`high_loss`)."""
+    loss that is still high (`high_loss`). early: run.json's extra.early_stop of a run that early stopping ended
+    (`stopped_early_note`): its advice is then not to train longer."""
+    verdict = _judge(
+        train,
+        evals,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        lr=lr,
+        max_steps=max_steps,
+        best_kept=best_kept,
+        keep_best_off=keep_best_off,
+        unit=unit,
+        high_at=high_at,
+        early=early,
+    )
+    return stopped_early_note(verdict, early)
+
+
+def stopped_early_note(verdict: Verdict, early: dict | None) -> Verdict:
+    """The verdict of a run that early stopping ended says so, where its own advice did not."""
+    if early and "train.early_stopping_patience" not in verdict.text:
+        verdict.text += (
+            f" The run stopped early after step {early['step']} of the {early['planned_steps']} planned: "
+            f"{len(early['waited'])} evaluations in a row without a new best "
+            f"(train.early_stopping_patience {early['patience']})."
+        )
+    return verdict
+
+
+def _no_longer(early: dict, what: str = "eval loss") -> str:
+    """Why more steps would not help a run that early stopping ended, with its numbers."""
+    best = early["best_eval_loss"]
+    figure = -best if what == "held-out reward" else best
+    return (
+        f"early stopping ended the run after step {early['step']} of the {early['planned_steps']} planned, because "
+        f"the {what} had not improved on step {early['best_step']}'s ({figure:.3f}) for {len(early['waited'])} "
+        f"evaluations in a row (train.early_stopping_patience {early['patience']}), so more steps would not "
+        f"{'raise' if what == 'held-out reward' else 'lower'} it"
+    )
+
+
+def _judge(
+    train: list[tuple[int, float]],
+    evals: list[tuple[int, float]],
+    *,
+    steps_per_epoch: int,
+    epochs: float,
+    lr: float,
+    max_steps: int | None,
+    best_kept: int | None,
+    keep_best_off: str,
+    unit: str,
+    high_at: float,
+    early: dict | None,
+) -> Verdict:
     if not train:
         return Verdict("fine", "no train loss was logged: nothing to judge.")
     start, before, end = _landmarks([loss for _, loss in train])
@@ -216,20 +278,30 @@ def judge(
                 if max_steps
                 else f"train.epochs: {max(1, math.ceil(best_epoch))} (it was {epochs:g})"
             )
+            advice = (  # early stopping already cut the run where the rise began: no length to shorten
+                "For a lower eval loss, add more varied examples."
+                if early
+                else f"Next time set {shorter}, or add more varied examples."
+            )
             return Verdict(
                 "overfit",
                 f"overfit: the eval loss rose from {best:.3f} at step {best_step} (epoch {best_epoch:.1f}) to "
-                f"{last:.3f} at step {last_step} (+{100 * (last / best - 1):.0f}%) while the {curve}.{kept} "
-                f"Next time set {shorter}, or add more varied examples.",
+                f"{last:.3f} at step {last_step} (+{100 * (last / best - 1):.0f}%) while the {curve}.{kept} {advice}",
                 numbers,
             )
     if short:
         return _too_short(
-            train, "train loss", steps_per_epoch=steps_per_epoch, epochs=epochs, max_steps=max_steps, numbers=numbers
+            train,
+            "train loss",
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            max_steps=max_steps,
+            numbers=numbers,
+            early=early,
         )
     # Before the curve's own signs: a run max_steps cut short of one pass is told the length of one (doubling a few
     # steps of a long pass would still leave most rows unseen), also while its loss is still falling.
-    if max_steps and epochs < 1 and end >= high_at:
+    if max_steps and epochs < 1 and end >= high_at and not early:
         return Verdict(
             "underfit",
             f"underfit: train.max_steps ({max_steps}) stopped the run after {_share(epochs)} of one pass over the training "
@@ -241,7 +313,7 @@ def judge(
     high = epochs >= 2 and end >= high_at
     falling = before - end >= FALLING_RELATIVE * before and before - end >= FALLING_ABSOLUTE
     eval_falling = False
-    if len(evals) >= MIN_EVALS:
+    if len(evals) >= MIN_EVALS and not early:  # early stopping: the eval loss stopped improving by min_delta
         (prev_step, prev), (last_step, last) = evals[-2], evals[-1]
         drop = prev - last
         eval_falling = last <= min(loss for _, loss in evals) and (
@@ -250,7 +322,7 @@ def judge(
     if high or falling or eval_falling:
         if high:
             why = (
-                f"the train loss is still high after {epochs:g} passes: {start:.3f} -> {end:.3f} nats {unit} "
+                f"the train loss is still high after {epochs:.3g} passes: {start:.3f} -> {end:.3f} nats {unit} "
                 f"(high: {high_at:.3f} or more)"
             )
         elif falling:
@@ -260,6 +332,8 @@ def judge(
                 f"the eval loss was still falling when training stopped: {prev:.3f} at step {prev_step} -> "
                 f"{last:.3f} at step {last_step} (the {curve})"
             )
+        if early:
+            return Verdict("underfit", _underfit_stopped(why, early, lr), numbers)
         longer = (
             f"train.max_steps: {2 * max_steps} (it was {max_steps})"
             if max_steps
@@ -279,6 +353,23 @@ def judge(
     return Verdict("fine", f"fine: {curve}{evals_text}.", numbers)
 
 
+def _underfit_stopped(why: str, early: dict, lr: float) -> str:
+    """The underfit verdict of a run that early stopping ended: training longer would not help its eval loss, so
+    the advice is the rate (a loss still high) or the data (a loss still falling while the eval loss was not)."""
+    if "still high" in why:
+        fix = (
+            f"The model has not learned the training text and the held-out text stopped improving with it: a "
+            f"higher rate may learn more before the eval loss settles, set train.lr: {2 * lr:.2g} (it was "
+            f"{lr:.2g}); or check that the eval split is like the training data."
+        )
+    else:
+        fix = (
+            "The model kept fitting the training rows without doing better on held-out ones: more steps would fit "
+            "them closer still. Give it more, and more varied, training examples."
+        )
+    return f"underfit: {why}, but {_no_longer(early)}. {fix}"
+
+
 def judge_metrics(
     records: list[dict],
     steps_per_epoch: int,
@@ -290,10 +381,11 @@ def judge_metrics(
     keep_best_off: str = "",
     labels: int | None = None,
     orpo_lambda: float | None = None,
+    early: dict | None = None,
 ) -> Verdict:
     """`judge` over the records of metrics.jsonl (`judge_rewards` when they hold rewards); steps the non-finite guard
     skipped (loss null) are left out. labels: a classify run's number of labels; orpo_lambda: a dpo run's dpo.beta
-    where its loss is orpo (`high_loss`)."""
+    where its loss is orpo (`high_loss`); early: run.json's extra.early_stop of a run that early stopping ended."""
     rewards = [(r["step"], r["reward"]) for r in records if isinstance(r.get("reward"), int | float)]
     if rewards:
         held_out = [(r["step"], r["eval_reward"]) for r in records if isinstance(r.get("eval_reward"), int | float)]
@@ -305,6 +397,7 @@ def judge_metrics(
             best_kept=best_kept,
             keep_best_off=keep_best_off,
             steps_per_epoch=steps_per_epoch,
+            early=early,
         )
     train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), int | float)]
     evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), int | float)]
@@ -319,6 +412,7 @@ def judge_metrics(
         keep_best_off=keep_best_off,
         unit=LOSS_UNITS.get(task, "a token"),
         high_at=high_loss(task, labels, orpo_lambda),
+        early=early,
     )
 
 
@@ -337,6 +431,7 @@ def judge_rewards(
     best_kept: int | None = None,
     keep_best_off: str = "",
     steps_per_epoch: int = 0,
+    early: dict | None = None,
 ) -> Verdict:
     """The verdict of a run that maximises a reward: train: (step, mean reward of its sampled answers); evals: (step,
     mean reward of the greedy answers to the held-out prompts). steps_per_epoch: the steps of one pass over the prompts,
@@ -350,10 +445,11 @@ def judge_rewards(
         best_kept=best_kept,
         keep_best_off=keep_best_off,
         steps_per_epoch=steps_per_epoch,
+        early=early,
     )
     if best_kept == 0 and UNTRAINED_KEPT not in verdict.text:
         verdict.text += UNTRAINED_KEPT
-    return verdict
+    return stopped_early_note(verdict, early)
 
 
 def _judge_rewards(
@@ -365,6 +461,7 @@ def _judge_rewards(
     best_kept: int | None,
     keep_best_off: str,
     steps_per_epoch: int,
+    early: dict | None,
 ) -> Verdict:
     start, before, end = _landmarks([r for _, r in train])
     numbers: dict = {"reward_start": round(start, 4), "reward_end": round(end, 4), "reward_at_75pct": round(before, 4)}
@@ -409,21 +506,29 @@ def _judge_rewards(
                     "(train.eval_every) to see when the fall began.",
                     numbers,
                 )
+            shorter = (
+                "Next time keep" if early else f"Next time train for fewer steps ({length}, it was {was:g}) or keep"
+            )
             return Verdict(
                 "overfit",
                 f"overfit: the held-out reward fell from {best:.3f} at step {best_step} to {last:.3f} at step "
-                f"{last_step} while the {curve}.{kept} Next time train for fewer steps ({length}, it was {was:g}) or "
-                "keep the policy nearer the base (a larger grpo.beta).",
+                f"{last_step} while the {curve}.{kept} {shorter} the policy nearer the base (a larger grpo.beta).",
                 numbers,
             )
     if len(train) < MIN_JUDGED:
         return _too_short(
-            train, "train reward", steps_per_epoch=steps_per_epoch, epochs=epochs, max_steps=max_steps, numbers=numbers
+            train,
+            "train reward",
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            max_steps=max_steps,
+            numbers=numbers,
+            early=early,
         )
     flat = abs(end - start) < REWARD_MOVE
     rising = end - before >= REWARD_MOVE
     eval_rising = False
-    if len(evals) >= MIN_EVALS:
+    if len(evals) >= MIN_EVALS and not early:  # early stopping: the held-out reward stopped improving
         (prev_step, prev), (last_step, last) = evals[-2], evals[-1]
         eval_rising = last >= max(r for _, r in evals) and last - prev >= REWARD_MOVE
     if flat:
@@ -440,6 +545,14 @@ def _judge_rewards(
             if rising
             else f"the held-out reward was still rising: {prev:.3f} at step {prev_step} -> {last:.3f} at step {last_step}"
         )
+        if early:
+            return Verdict(
+                "underfit",
+                f"underfit: {why}, but {_no_longer(early, 'held-out reward')}. The policy learned to score on its "
+                "training prompts, not on new ones: give it more, and more varied, prompts, or keep it nearer the "
+                "base (a larger grpo.beta).",
+                numbers,
+            )
         return Verdict(
             "underfit", f"underfit: {why}. Train longer: set {length}: {2 * was:g} (it was {was:g}).", numbers
         )
