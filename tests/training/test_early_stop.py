@@ -179,3 +179,23 @@ def test_patience_used_up_at_the_last_planned_step_is_no_early_stop(tiny_overrid
     info = json.loads((result.run_dir / "run.json").read_text())
     assert result.steps == 6 and result.early_stop is None and "early_stop" not in info["extra"]
     assert info["end"] == {"reason": "finished", "step": 6} and "early stopping" not in capsys.readouterr().out
+
+
+def test_patience_turned_on_at_a_resume_counts_from_there_not_from_a_stale_count(tiny_overrides, monkeypatch, capsys):
+    """Stopped early at 6 (best at 2), trained on to 10 with patience 0, then resumed to 16 with patience 2: the count
+    of steps 4 and 6 is stale (steps 8 and 10 were evaluated uncounted), so it must not stop the run at once."""
+    _scripted(monkeypatch, [0.5, 0.6, 0.7] + [0.4, 0.4] + [0.3, 0.35, 0.36])
+    overrides = tiny_overrides | {"data.eval_fraction": 0.25, "train.max_steps": 10, "train.eval_every": 2}
+    overrides |= {"train.early_stopping_patience": 2, "train.save_every": 2}
+    overrides |= {"train.keep_checkpoints_after_finish": True}
+    assert recipe.train(None, overrides).steps == 6
+    off = recipe.train(None, overrides | {"train.early_stopping_patience": 0}, resume=True)
+    assert off.steps == 10
+    checkpoint = sorted((off.run_dir / "checkpoints").iterdir())[-1]
+    assert "early_stop" not in json.loads((checkpoint / "state.json").read_text())["position"]
+    capsys.readouterr()
+    result = recipe.train(None, overrides | {"train.max_steps": 16}, resume=True)
+    out = capsys.readouterr().out
+    assert "early stopping: counting evaluations from step 10, where this run resumes" in out
+    assert "train.early_stopping_patience: 0 -> 2" in out and "starts at this resume" in out
+    assert result.steps == 16 and result.early_stop is None  # 12 a new best, 14 and 16 waited: the last step

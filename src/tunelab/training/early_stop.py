@@ -10,7 +10,10 @@ keep_best's weights are loaded (when on), the result saved, and run.json says it
 
 The state lives in the loop's position (`position["early_stop"]`), which every checkpoint saves, so a run resumed in
 the middle of a patience window keeps its count and stops at the step an uninterrupted run stops at. A run resumed
-from the checkpoint of the step it stopped at trains no further step: it only finishes.
+from the checkpoint of the step it stopped at trains no further step: it only finishes. A run that trains with
+patience 0 drops the count from its position, so its checkpoints hold none: the evaluations it makes are not counted,
+and a count kept from before them would be stale. Resumed from such a checkpoint with patience, the run counts from
+the resume and says so (`start_note`).
 """
 
 from __future__ import annotations
@@ -28,10 +31,27 @@ class EarlyStop:
     def __init__(self, patience: int, min_delta: float, position: dict):
         self.patience, self.min_delta = patience, min_delta
         self.state: dict = {}
-        if patience:
-            kept = position.get(KEY)
-            self.state = kept if isinstance(kept, dict) else {"best_loss": None, "best_step": None, "waited": []}
-            position[KEY] = self.state
+        # A run resumed with patience from a checkpoint that holds no count (it trained with patience 0): the
+        # evaluations before it were not counted, so counting starts at its step (0: not resumed, or counted).
+        self.counted_from = 0
+        if not patience:  # off: a count kept from earlier steps would be stale by the time patience is turned on
+            position.pop(KEY, None)
+            return
+        kept = position.get(KEY)
+        if not isinstance(kept, dict):
+            kept = {"best_loss": None, "best_step": None, "waited": []}
+            self.counted_from = position.get("step", 0)
+        self.state = position[KEY] = kept
+
+    def start_note(self) -> str:
+        """The line that says where the count starts, for a run resumed with patience from a checkpoint without one."""
+        if not self.counted_from:
+            return ""
+        return (
+            f"early stopping: counting evaluations from step {self.counted_from}, where this run resumes: its "
+            "checkpoint holds no count (it trained with train.early_stopping_patience 0), so the first evaluation "
+            f"from here sets the best, and the run stops after {self.patience} in a row without a new one."
+        )
 
     @property
     def done(self) -> bool:

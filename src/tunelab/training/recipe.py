@@ -297,6 +297,8 @@ def _train_planned(
     )
     resume_step = position["step"] if resume else None
     early = EarlyStop(t.early_stopping_patience, t.early_stopping_min_delta, position)  # a checkpoint's count kept
+    if early.start_note():
+        print(early.start_note(), flush=True)
     loss_scale = LossScale.resumed(position) if uses_loss_scale(built.dtype) else None
     if loss_scale is not None:
         position["overflow_steps"] = position.get("overflow_steps", 0)

@@ -277,8 +277,13 @@ def check_resume_config(
             )
         elif name.startswith("train.early_stopping_"):
             notes.append(
-                f"resume: {line} (allowed: it changes when the run stops, not what each step learns; the count of "
-                "evaluations without a new best goes on from the checkpoint's)"
+                f"resume: {line} (allowed: it changes when the run stops, not what each step learns; "
+                + (
+                    "early stopping is off from here)"
+                    if not cfg.train.early_stopping_patience
+                    else "the count of evaluations without a new best goes on from the checkpoint's, or starts at "
+                    "this resume where the checkpoint holds none)"
+                )
             )
         elif name == "train.cuda_graphs":
             notes.append(
