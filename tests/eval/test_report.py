@@ -596,3 +596,21 @@ def test_the_run_summary_names_a_qlora_runs_nf4_base():
     qlora = run_summary(Input("run.json", base | {"quantize_base": "nf4"}))
     assert "lora, base in NF4 (QLoRA)" in qlora, qlora
     assert "NF4" not in run_summary(Input("run.json", base | {"quantize_base": "none"}))
+
+
+def test_the_lr_plot_draws_b_beside_a_for_a_loraplus_run(monkeypatch):
+    """A LoRA+ run logs lr_B (the B matrices' rate) beside lr: both are drawn, on a log axis where B's curve is
+    A's shifted up by the ratio; a run without it draws its one rate as before."""
+    import tunelab.eval.report_plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "curve_plot", lambda series, ylabel, text, **k: drawn.append((series, text, k)) or "")
+    records = [{"step": s, "lr": 1e-4 * s, "lr_B": 1.6e-3 * s} for s in (1, 2, 3)]
+    plots.training_plots(records, ["sft"])
+    series, caption, options = next(d for d in drawn if d[1].startswith("Learning rate"))
+    assert [name for name, _, _ in series] == ["A and the rest (train.lr)", "B matrices (LoRA+)"]
+    assert series[1][1] == [(r["step"], r["lr_B"]) for r in records] and options == {"log": True}
+    assert "LoRA+" in caption
+    drawn.clear()
+    plots.training_plots([{k: v for k, v in r.items() if k != "lr_B"} for r in records], ["sft"])
+    assert [len(d[0]) for d in drawn if d[1] == "Learning rate schedule"] == [1]

@@ -96,6 +96,9 @@ def test_a_run_with_the_ratio_trains_b_faster(tiny_overrides, tmp_path, capsys, 
     assert moved(b, "lora_B") > 4 * moved(a, "lora_B") > 0
     losses = [[json.loads(line)["loss"] for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()] for r in (plain, plus)]  # fmt: skip
     assert losses[0][0] == losses[1][0] and losses[0][1:] != losses[1][1:]  # B = 0 at step 1: the same first loss
+    records = [json.loads(line) for line in (plus.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r["lr_B"] == pytest.approx(r["lr"] * RATIO) and r["lr_B"] > 0 for r in records)
+    assert not any("lr_B" in json.loads(line) for line in (plain.run_dir / "metrics.jsonl").read_text().splitlines())
 
 
 def test_a_resumed_run_with_the_ratio_equals_the_uninterrupted_one(tiny_overrides, straight_and_resumed, logged_losses):

@@ -55,8 +55,9 @@ def training_plots(records: list[dict], tasks: list[str | None] | None = None) -
         return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
 
     train, evals = loss_curves(records)
-    lr, speed, grad = (
+    lr, lr_b, speed, grad = (
         points("lr"),
+        points("lr_B"),  # LoRA+: the B matrices' rate, lr x train.loraplus_lr_ratio
         points("tokens_per_s"),
         points("grad_norm"),
     )
@@ -67,7 +68,16 @@ def training_plots(records: list[dict], tasks: list[str | None] | None = None) -
             (["train (every logged step)"] if train else []) + (["eval (held-out examples)"] if evals else [])
         )
         figures.append(curve_plot(series, loss_axis(tasks or []), f"Loss: {caption}"))
-    if lr:
+    if lr and lr_b:  # a log axis: B's curve is A's times the ratio, the same shape; a linear one flattens A's
+        figures.append(
+            curve_plot(
+                [("A and the rest (train.lr)", lr, "-"), ("B matrices (LoRA+)", lr_b, "--")],
+                "learning rate",
+                "Learning rate schedule: LoRA+ trains the adapters' B matrices at train.lr x train.loraplus_lr_ratio",
+                log=all(y > 0 for _, y in lr + lr_b),
+            )
+        )
+    elif lr:
         figures.append(curve_plot([("learning rate", lr, "-")], "learning rate", "Learning rate schedule"))
     if speed:
         figures.append(

@@ -76,6 +76,7 @@ class Run:
     progress: Callable[[dict], None] | None = None
     early: EarlyStop | None = None  # train.early_stopping_patience's count (training/early_stop.py)
     spelling: Spelling = CLI  # how the messages of a stop name --resume: as a flag, or as train's argument
+    lr_b_group: int | None = None  # LoRA+: the optimizer's group of B matrices, logged as lr_B (training/optim.py)
 
     @property
     def stopped_early(self) -> bool:
@@ -134,7 +135,7 @@ def loop(run: Run) -> float | None:
                 if run.memory is not None and run.built.device.type == "cuda":
                     _peak_from_here(run.built.device)
                 step_batches = rollout(task, model, group, position["step"], t.micro_batch, run.ranks)  # grpo
-                lr = run.scheduler.get_last_lr()[0]  # the rate this step runs at (the step moves the schedule on)
+                rates = run.scheduler.get_last_lr()  # the rates this step runs at (the step moves the schedule on)
                 tic = time.perf_counter()
                 stats = train_step(
                     run.train_model,
@@ -162,7 +163,9 @@ def loop(run: Run) -> float | None:
                 if run.loss_scale is not None:
                     position["overflow_steps"] = position.get("overflow_steps", 0) + stats["overflow"]
                     position["loss_scale"] = run.loss_scale.saved()
-                record = _record(position, len(batches), stats, lr, tokens / (time.perf_counter() - tic))
+                record = _record(position, len(batches), stats, rates[0], tokens / (time.perf_counter() - tic))
+                if run.lr_b_group is not None:  # LoRA+: B's rate beside A's
+                    record["lr_B"] = rates[run.lr_b_group]
                 last_loss = last_loss if stats["skipped"] else stats["loss"]
                 if (
                     position["step"] % t.log_every == 0
@@ -245,7 +248,10 @@ def _record(position: dict, batches: int, stats: dict, lr: float, tokens_per_s: 
 def _postfix(record: dict, skipped: int, overflows: int) -> dict[str, str]:
     loss = record["loss"]
     postfix = {"loss": f"{loss:.4f}" if loss is not None else record.get("bad_loss", "?")}
-    postfix |= {"lr": f"{record['lr']:.2e}", "tok_s": f"{record['tokens_per_s']:.0f}"}
+    postfix["lr"] = f"{record['lr']:.2e}"
+    if "lr_B" in record:  # LoRA+: the B matrices' rate
+        postfix["lr_B"] = f"{record['lr_B']:.2e}"
+    postfix["tok_s"] = f"{record['tokens_per_s']:.0f}"
     if "reward" in record:  # grpo: the mean reward of the step's sampled answers
         postfix["reward"] = f"{record['reward']:.3f}"
     if skipped:

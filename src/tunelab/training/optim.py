@@ -75,5 +75,15 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
 
+def loraplus_group(optimizer: torch.optim.Optimizer, model: nn.Module) -> int | None:
+    """The index in optimizer.param_groups of LoRA+'s group of B matrices (`build_optimizer`'s group that holds
+    nothing else), whose rate the metrics log as lr_B; None without LoRA+ (A and B share the groups at lr)."""
+    b_ids = {id(m.lora_B.weight) for m in model.modules() if isinstance(m, LoRALinear)}
+    for index, group in enumerate(optimizer.param_groups):
+        if group["params"] and all(id(p) in b_ids for p in group["params"]):
+            return index
+    return None
+
+
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}

@@ -59,7 +59,7 @@ from tunelab.training.loop import Run, evaluate_at, loop
 from tunelab.training.loss_scale import LossScale, uses_loss_scale
 from tunelab.training.metrics import MetricsLog
 from tunelab.training.neftune import add_embedding_noise, noise_width
-from tunelab.training.optim import build_optimizer
+from tunelab.training.optim import build_optimizer, loraplus_group
 from tunelab.training.outdir import OutputPlan, failure_noted, hold_lock, plan_output_dir, start_run_dir
 from tunelab.training.plan import MemoryPlan, longest_prompt, longest_row, plan_memory
 from tunelab.training.prepare import Inputs, load_inputs, load_model, protected_paths
@@ -350,6 +350,7 @@ def _train_planned(
         progress=lambda at: _record_at_checkpoint(run_dir, info, at, track_to),
         early=early if early.patience else None,
         spelling=resolved.spelling,
+        lr_b_group=loraplus_group(optimizer, model) if t.loraplus_lr_ratio else None,
     )
     last_loss = _train_steps(run, info, trainable)
     try:
