@@ -208,7 +208,20 @@ def test_check_takes_a_first_orpo_step_with_no_reference(tiny_model_dir, tmp_pat
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "dpo: loss orpo needs no reference model" in out
+    assert "task dpo, loss orpo: SFT's rate / 4" in out  # train.lr auto, as train chooses it
     line = next(x for x in out.splitlines() if "forward/backward (dpo)" in x)
     assert line.lstrip().startswith("[PASS]") and "gradients finite" in line and "ln 2" not in line
     loss = float(line.split("loss ")[1].split(",")[0])
     assert 9 < loss < 12  # the chosen answer's NLL of a random model, about ln(vocabulary) = 10.8, and a little more
+
+
+def test_train_lr_auto_gives_orpo_a_quarter_of_the_sft_rate_ten_times_dpos(tiny_model_dir, tmp_path):
+    overrides = {"task": "dpo", "model.name": str(tiny_model_dir), "data.train": [str(PAIRS)], "train.lr": "auto"}
+    overrides |= {"data.max_length": 128, "data.overlong": "truncate", "train.micro_batch": 2, "train.max_steps": 1}
+    chosen = {
+        loss: train(None, overrides | {"dpo.loss": loss, "output_dir": str(tmp_path / loss)}).auto["train.lr"]
+        for loss in ("orpo", "sigmoid")
+    }
+    assert chosen["orpo"]["reason"].startswith("task dpo, loss orpo: SFT's rate / 4, as ORPO's authors")
+    assert chosen["sigmoid"]["reason"].startswith("task dpo: SFT's rate / 40")
+    assert chosen["orpo"]["value"] == pytest.approx(10 * chosen["sigmoid"]["value"], rel=0.01)

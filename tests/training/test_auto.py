@@ -216,3 +216,14 @@ def test_a_grpo_row_is_its_prompt_and_answer_for_the_memory_planner():
     assert longest_row(grpo, [Row()]) == 356
     short = dataclasses.replace(grpo, data=dataclasses.replace(grpo.data, max_length=300))
     assert longest_row(short, [Row()]) == 300  # the rollout cuts the answer at data.max_length
+
+
+def test_orpo_takes_a_quarter_of_the_sft_rate_not_dpos_fortieth():
+    """ORPO is SFT and preference in one stage (its loss is the chosen answer's NLL plus a bounded term): its authors
+    train at a quarter of full SFT's rate, where DPO after SFT takes a fortieth."""
+    for method, shape in ((MethodConfig(), ModelShape(4096, 32)), (MethodConfig(name="full"), ModelShape(576, 30))):
+        sft, orpo = auto_lr(method, shape), auto_lr(method, shape, "dpo", "orpo")
+        assert orpo.value == pytest.approx(sft.value / 4, rel=0.01)
+        assert orpo.reason.startswith("task dpo, loss orpo: SFT's rate / 4, as ORPO's authors")
+        assert auto_lr(method, shape, "dpo", "sigmoid") == auto_lr(method, shape, "dpo")  # dpo keeps its fortieth
+    assert auto_lr(MethodConfig(), ModelShape(576, 30), "sft", "orpo") == auto_lr(MethodConfig(), ModelShape(576, 30))

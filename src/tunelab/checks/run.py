@@ -187,7 +187,7 @@ def auto_item(cfg, data, resume: bool, source=None) -> tuple[AutoPlan, CheckItem
     if plan.train.lr == "auto" and source is not None:
         with contextlib.suppress(TunelabError):  # a config not readable here: train reads it with the model
             shape = model_shape(load_hf_config(source, cfg.model.trust_remote_code))
-            plan = plan.with_lr(cfg.method, shape, cfg.task)
+            plan = plan.with_lr(cfg.method, shape, cfg.task, cfg.dpo.loss)
     later = "; train.lr: from the model's width when training starts" if plan.train.lr == "auto" else ""
     if not plan.chosen and not later:
         return plan, None

@@ -32,7 +32,7 @@ class TrainConfig:
     grad_accum: int = opt(1, "micro-batches per optimizer step", min=1)
     lr: float | Auto = opt(
         "auto",
-        "peak learning rate; auto: LoRA 5e-4 x (2000 / hidden size)^0.78 x 32 / alpha (1.3e-3 at hidden 576, 2.9e-4 at 4096), full a tenth of LoRA's, layers full's x layers / top_layers; task dpo a fortieth of that",
+        "peak learning rate; auto: LoRA 5e-4 x (2000 / hidden size)^0.78 x 32 / alpha (1.3e-3 at hidden 576, 2.9e-4 at 4096), full a tenth of LoRA's, layers full's x layers / top_layers; task dpo a fortieth of that, a quarter with dpo.loss orpo",
         min=0.0,
     )
     warmup_ratio: float | Auto = opt(

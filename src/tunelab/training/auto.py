@@ -30,6 +30,14 @@ Where the numbers come from (README, "Defaults that learn", has them with links 
   without bound, so at the SFT rate it runs away: on examples/concise_dpo with the other options auto (126 steps) the
   loss was 0.0000 by step 9 at the SFT rate, a tenth of it left 30% of the held-out answers on topic, a fortieth
   shortened 70% of them to 25 words or fewer with 70% on topic (README).
+- lr, task dpo with dpo.loss orpo: a quarter of the rule above. ORPO has no SFT stage before it: its loss is the
+  chosen answer's NLL, an SFT loss, plus beta times a bounded odds-ratio term, so it learns the answers from the base
+  model and does not run away as DPO's log-ratio does. Its authors train Mistral-7B (full) at 5e-6 (xfactlab/orpo
+  scripts/run_mistral_orpo_beta.sh; the alignment-handbook's mistral-capybara ORPO recipe too), a quarter of the
+  2e-5 of full SFT at 7B and ten times DPO's 5e-7 (the zephyr recipes above). A fortieth left the example's orpo run
+  (README: at 3e-4, a quarter of the SFT rule's rate on the embedded model, the log odds ratio still rose slowly)
+  learning ten times slower. TRL's ORPOConfig default (1e-6) and LLaMA-Factory's DPO examples (orpo as one
+  pref_loss at the DPO rate) are generic defaults, not rates tuned for ORPO.
 - micro_batch: 8 (the effective batch of Unsloth's notebooks, 2 x 4, and of the LoRA paper's GPT-2 runs); for a
   small set the power of two <= examples / 32, so that an epoch still has 32 to 63 micro-batches. OpenAI's fine-tuning
   API sizes its batch at ~0.2% of the examples (1 for sets under 500), and LoRA loses more than full fine-tuning
@@ -62,6 +70,7 @@ REFERENCE_ALPHA = 32.0  # the LoRA alpha the lr fit was made with
 LORA_OVER_FULL = 10.0  # best LoRA lr / best full fine-tuning lr ("LoRA Without Regret")
 LR_RANGE = (1e-5, 3e-3)  # the LoRA lr is kept in here: tiny test models would otherwise get huge rates
 PREFERENCE_DIVISOR = 40.0  # task dpo: SFT's rate over this (alignment-handbook's zephyr-7b recipes: 2e-4 -> 5e-6)
+ORPO_DIVISOR = 4.0  # dpo.loss orpo: SFT's rate over this (ORPO's authors: 5e-6 for Mistral-7B, full SFT's 2e-5 / 4)
 
 MICRO_BATCH = 8
 STEPS_PER_EPOCH = 32  # a small set's micro-batch is cut until an epoch has about this many steps
@@ -89,11 +98,13 @@ class AutoPlan:
     total_steps: int
     kept: dict[str, Choice] = field(default_factory=dict)  # choices a resumed run keeps (plan_from_data)
 
-    def with_lr(self, method: MethodConfig, shape: ModelShape, task: str = "sft") -> AutoPlan:
+    def with_lr(
+        self, method: MethodConfig, shape: ModelShape, task: str = "sft", dpo_loss: str = "sigmoid"
+    ) -> AutoPlan:
         """The plan with the learning rate chosen too (when it is `auto`): it needs the model's shape."""
         if self.train.lr != AUTO:
             return self
-        choice = self.kept.get("train.lr") or auto_lr(method, shape, task)
+        choice = self.kept.get("train.lr") or auto_lr(method, shape, task, dpo_loss)
         train = dataclasses.replace(self.train, lr=choice.value)
         return AutoPlan(train, {"train.lr": choice} | self.chosen, self.total_steps, self.kept)
 
@@ -136,11 +147,18 @@ def pow2_floor(x: float) -> int:
     return 1 << max(0, math.floor(math.log2(x))) if x >= 1 else 1
 
 
-def auto_lr(method: MethodConfig, shape: ModelShape, task: str = "sft") -> Choice:
-    """Peak learning rate from the method, the model's width and depth, (LoRA) alpha and the task."""
+def auto_lr(method: MethodConfig, shape: ModelShape, task: str = "sft", dpo_loss: str = "sigmoid") -> Choice:
+    """Peak learning rate from the method, the model's width and depth, (LoRA) alpha and the task (dpo_loss: task
+    dpo's dpo.loss)."""
     choice = _sft_lr(method, shape)
     if task != "dpo":
         return choice
+    if dpo_loss == "orpo":  # an SFT loss plus a bounded preference term, with no SFT stage before it
+        return Choice(
+            _round(choice.value / ORPO_DIVISOR),
+            f"task dpo, loss orpo: SFT's rate / {ORPO_DIVISOR:g}, as ORPO's authors (it is SFT and preference in one "
+            f"stage; dpo's / {PREFERENCE_DIVISOR:g} learns ten times slower) ({choice.reason})",
+        )
     return Choice(
         _round(choice.value / PREFERENCE_DIVISOR), f"task dpo: SFT's rate / {PREFERENCE_DIVISOR:g} ({choice.reason})"
     )

@@ -383,7 +383,7 @@ def _build_model(
     if check:
         cheap_check_gate(dataclasses.replace(cfg, train=auto.train), inputs, task, spelling)
     built, untrained = load_model(cfg, inputs, resumed=before)
-    auto = auto.with_lr(cfg.method, model_shape(built.hf_config), cfg.task)
+    auto = auto.with_lr(cfg.method, model_shape(built.hf_config), cfg.task, cfg.dpo.loss)
     longest = longest_row(cfg, first)  # grpo: the prompt and its answer
     # Checkpointing and offload (the memory planner) are set on the causal LM before the task adapts it: a head keeps
     # the LM's body, and with it the body's recompute settings.
