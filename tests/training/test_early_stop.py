@@ -199,3 +199,15 @@ def test_patience_turned_on_at_a_resume_counts_from_there_not_from_a_stale_count
     assert "early stopping: counting evaluations from step 10, where this run resumes" in out
     assert "train.early_stopping_patience: 0 -> 2" in out and "starts at this resume" in out
     assert result.steps == 16 and result.early_stop is None  # 12 a new best, 14 and 16 waited: the last step
+
+
+def test_check_refuses_patience_without_an_eval_split_as_train_does(tiny_overrides, cli_flags, capsys):
+    """tunelab check passed such a config (10 checks), and the train after it was refused at once."""
+    from tunelab.cli import main
+
+    assert main(["check", *cli_flags(tiny_overrides | {"train.early_stopping_patience": 2})]) == 2
+    err = capsys.readouterr().err
+    assert "option 'train.early_stopping_patience' is 2, but the run has no eval split" in err
+    assert "Traceback" not in err
+    flags = cli_flags(tiny_overrides | {"train.early_stopping_patience": 2, "data.eval_fraction": 0.25})
+    assert main(["check", *flags]) == 0

@@ -60,6 +60,7 @@ from tunelab.rundir import RunInfo, is_run_dir, read_info, resume_warning
 from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, model_shape, plan_from_data, shown
 from tunelab.training.checkpoint import intact_checkpoint
+from tunelab.training.early_stop import require_eval_split
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
@@ -289,6 +290,7 @@ def run_check(
     # DataError (file:line) for a row without input (or label), a classifier of one class
     try:
         inputs = _stage_inputs(cfg, task, 1) if resolved.config.stages else load_inputs(cfg, task)
+        require_eval_split(cfg.train.early_stopping_patience, inputs.data.eval)  # train refuses it here too (exit 2)
     except (ConfigError, DataError) as exc:
         raise locate(exc, resolved.origins) from None
     data = inputs.data
