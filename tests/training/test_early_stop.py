@@ -76,7 +76,7 @@ def test_a_run_stops_after_patience_evaluations_without_a_new_best(tiny_override
     assert not (result.run_dir / "checkpoints").exists()
     assert _end(info) == (
         "stopped early after step 8 of 12 planned: 2 evaluations in a row without a new best eval loss "
-        "(train.early_stopping_patience 2)"
+        "(train.early_stopping_patience 2); the best, step 4's: 0.5000"
     )  # tunelab report's "how training ended"
 
 
@@ -211,3 +211,14 @@ def test_check_refuses_patience_without_an_eval_split_as_train_does(tiny_overrid
     assert "Traceback" not in err
     flags = cli_flags(tiny_overrides | {"train.early_stopping_patience": 2, "data.eval_fraction": 0.25})
     assert main(["check", *flags]) == 0
+
+
+def test_the_report_says_a_grpo_run_stopped_on_its_held_out_reward():
+    """grpo's early stop counts its held-out reward (its eval loss negated): the report said 'eval loss'."""
+    stop = {"step": 6, "planned_steps": 10, "patience": 2, "min_delta": 0.0, "best_step": 2}
+    info = {"task": "grpo", "finished": True, "end": {"reason": "early_stopped", "step": 6}}
+    info["extra"] = {"early_stop": stop | {"best_eval_loss": -0.75, "waited": [4, 6]}}
+    assert _end(info) == (
+        "stopped early after step 6 of 10 planned: 2 evaluations in a row without a new best held-out reward "
+        "(train.early_stopping_patience 2); the best, step 2's: 0.7500"
+    )

@@ -127,9 +127,16 @@ def _end(d: dict) -> str | None:
     if reason == "early_stopped":
         stop = (d.get("extra") or {}).get("early_stop") or {}
         waited = stop.get("waited") or []
+        figure = "held-out reward" if d.get("task") == "grpo" else "eval loss"  # grpo's eval loss: the reward negated
+        best = stop.get("best_eval_loss")
+        at = (
+            f"; the best, step {stop['best_step']}'s: {-best if d.get('task') == 'grpo' else best:.4f}"
+            if isinstance(best, int | float) and isinstance(stop.get("best_step"), int)
+            else ""
+        )
         return (
             f"stopped early after step {step} of {stop.get('planned_steps', '?')} planned: {len(waited)} evaluations "
-            f"in a row without a new best eval loss (train.early_stopping_patience {stop.get('patience', '?')})"
+            f"in a row without a new best {figure} (train.early_stopping_patience {stop.get('patience', '?')}){at}"
         )
     if reason == "interrupted":
         by = "SIGTERM (kill, a job scheduler)" if end.get("signal") == "SIGTERM" else "Ctrl-C (SIGINT)"
