@@ -61,8 +61,9 @@ def test_a_run_stops_after_patience_evaluations_without_a_new_best(tiny_override
     assert info["extra"]["early_stop"] == record == result.early_stop
     logged = [json.loads(line)["step"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(logged) == 8
-    out = capsys.readouterr().out
+    out, bar = capsys.readouterr()
     assert "early stopping: stopped after step 8 of the 12 planned: the eval loss has not improved on step 4's " in out
+    assert "eval_loss=0.6000" in bar and "no_best=1/2" in bar  # the progress bar shows the count as it goes
     assert "for 2 evaluations in a row (steps 6, 8; train.early_stopping_patience 2)" in out
     assert "(8 steps of the 12 planned, stopped early," in out
     assert info["extra"]["verdict"]["text"].endswith(

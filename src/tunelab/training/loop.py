@@ -118,6 +118,7 @@ def loop(run: Run) -> float | None:
         disable=not run.ranks.main,
     )
     started = time.perf_counter() - position["elapsed_s"]
+    watched: dict[str, str] = {}  # the last evaluation's figure and early stopping's count, kept on the bar
     stop_early = run.stopped_early  # resumed from the checkpoint of the step it stopped at: no more steps
     with graceful_interrupt() as stop:
         while position["step"] < run.total_steps and not stop_early:
@@ -174,7 +175,7 @@ def loop(run: Run) -> float | None:
                     or stats["overflow"]
                 ):
                     run.log.write(record)
-                bar.set_postfix(_postfix(record, bad.skipped, position.get("overflow_steps", 0)))
+                bar.set_postfix(_postfix(record, bad.skipped, position.get("overflow_steps", 0)) | watched)
                 bar.update(1)
                 if stopping:
                     bar.close()
@@ -182,6 +183,8 @@ def loop(run: Run) -> float | None:
                 if run.evals and t.eval_every and position["step"] % t.eval_every == 0:
                     evaluate_at(run, position["step"])
                     stop_early = run.early is not None and run.ranks.any(run.stopped_early)  # every rank together
+                    watched = _eval_postfix(run)
+                    bar.set_postfix(_postfix(record, bad.skipped, position.get("overflow_steps", 0)) | watched)
                 saved = bool(t.save_every) and position["step"] % t.save_every == 0
                 if saved:
                     _checkpoint(run)
@@ -258,6 +261,18 @@ def _postfix(record: dict, skipped: int, overflows: int) -> dict[str, str]:
         postfix["skipped"] = str(skipped)
     if overflows:
         postfix["fp16_overflows"] = str(overflows)
+    return postfix
+
+
+def _eval_postfix(run: Run) -> dict[str, str]:
+    """The progress bar's part after an evaluation: its eval loss (grpo: held-out reward) and, with early stopping,
+    the evaluations without a new best so far out of the patience."""
+    loss = run.eval_metrics.get("eval_loss")
+    if not isinstance(loss, int | float):
+        return {}
+    postfix = {"eval_reward": f"{-loss:.3f}"} if run.task.name == "grpo" else {"eval_loss": f"{loss:.4f}"}
+    if run.early is not None:
+        postfix["no_best"] = f"{len(run.early.state['waited'])}/{run.early.patience}"
     return postfix
 
 
