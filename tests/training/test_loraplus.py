@@ -84,6 +84,9 @@ def test_a_run_with_the_ratio_trains_b_faster(tiny_overrides, tmp_path, capsys, 
     plus = tunelab.train(None, common | {"output_dir": str(tmp_path / "plus"), "train.loraplus_lr_ratio": RATIO})
     printed = capsys.readouterr().out  # the resolved config printed at start, with where the value came from
     assert re.search(r"train\.loraplus_lr_ratio +\= 16\.0 +\(overrides\['train\.loraplus_lr_ratio'\]\)", printed)
+    assert (
+        "LoRA+: the adapters' B matrices train at 0.016 (train.lr 0.001 x train.loraplus_lr_ratio 16), A at" in printed
+    )
     info = read_info(plus.run_dir)
     assert info.impl == impl and info.method == method
     assert info.extra["loraplus"] == {"lr_ratio": RATIO, "lr_B": pytest.approx(1e-3 * RATIO)}

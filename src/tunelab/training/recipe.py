@@ -271,6 +271,11 @@ def _train_planned(
     info = _run_info(cfg, inputs, task, built, untrained, fingerprints, total_steps, auto, warmup)
     if t.loraplus_lr_ratio:  # the rate B starts from, train.lr auto resolved (config.yaml keeps the ratio as written)
         info.extra["loraplus"] = {"lr_ratio": t.loraplus_lr_ratio, "lr_B": t.lr * t.loraplus_lr_ratio}
+        print(
+            f"LoRA+: the adapters' B matrices train at {t.lr * t.loraplus_lr_ratio:.3g} (train.lr {t.lr:.3g} x "
+            f"train.loraplus_lr_ratio {t.loraplus_lr_ratio:g}), A at {t.lr:.3g}; metrics.jsonl logs B's as lr_B",
+            flush=True,
+        )
     position = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens": 0, "elapsed_s": 0.0, "skipped_steps": 0}
     ranks.barrier()  # every rank has read output_dir (plan, resume checks) before rank 0 changes it
     if checkpoint is not None:
