@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tunelab
 import tunelab.training.finish as finish
 import tunelab.training.loop as loop
 import tunelab.training.recipe as recipe
@@ -138,6 +139,11 @@ def test_resume_of_a_finished_early_stopped_run_is_refused_unless_the_patience_c
     assert recipe.train(None, overrides).steps == 6
     with pytest.raises(ConfigError, match="early stopping ended it after step 6 of the 10 planned"):
         recipe.train(None, overrides, resume=True)
+    checked = tunelab.check(None, overrides, resume=True, model=False)  # check passed it before train refused it
+    item = next(i for i in checked.items if i.name == "resume")
+    assert not checked.passed and item.status == "fail" and "early stopping ended it after step 6" in item.summary
+    changed = tunelab.check(None, overrides | {"train.early_stopping_patience": 0}, resume=True, model=False)
+    assert next(i for i in changed.items if i.name == "resume").status == "pass"
     result = recipe.train(None, overrides | {"train.early_stopping_patience": 0}, resume=True)
     assert result.steps == 10 and result.early_stop is None  # the patience was taken off: it trains on
     info = json.loads((result.run_dir / "run.json").read_text())

@@ -60,7 +60,7 @@ from tunelab.rundir import RunInfo, is_run_dir, read_info, resume_warning
 from tunelab.tasks import get_task
 from tunelab.training.auto import AutoPlan, model_shape, plan_from_data, shown
 from tunelab.training.checkpoint import intact_checkpoint
-from tunelab.training.early_stop import require_eval_split
+from tunelab.training.early_stop import check_not_stopped_early, require_eval_split
 from tunelab.training.outdir import plan_output_dir
 from tunelab.training.plan import plans_memory
 from tunelab.training.prepare import load_inputs, load_model, protected_paths
@@ -108,6 +108,11 @@ def output_items(cfg, config, resume: bool, overwrite_non_run: bool, spelling: S
         checkpoint, damaged = intact_checkpoint(plan.run_dir)
         if checkpoint is None:
             return [CheckItem("resume", "fail", f"{plan.run_dir}: no intact checkpoint to resume from", damaged)]
+        t = cfg.train  # a finished run that early stopping ended, with the same patience: train refuses it
+        info = read_info(plan.run_dir, require_finished=False, spelling=spelling)
+        check_not_stopped_early(
+            plan.run_dir, info, t.early_stopping_patience, t.early_stopping_min_delta, spelling.resume
+        )
         warning = resume_warning(plan.run_dir, spelling)  # a run the non-finite guard stopped would stop again
         if warning:
             return [CheckItem("resume", "warn", f"from {checkpoint}", [warning] + damaged + notes)]
