@@ -229,3 +229,17 @@ def test_the_report_says_a_grpo_run_stopped_on_its_held_out_reward():
         "stopped early after step 6 of 10 planned: 2 evaluations in a row without a new best held-out reward "
         "(train.early_stopping_patience 2); the best, step 2's: 0.7500"
     )
+
+
+def test_the_verdict_of_an_early_stopped_run_counts_the_passes_it_made_and_advises_no_longer_run(
+    tiny_overrides, monkeypatch
+):
+    """6 epochs planned (18 steps), stopped after step 6: 2 passes made. The verdict said 'after 6 passes' and
+    'set train.epochs: 12 (it was 6)', though more steps would not have lowered the eval loss."""
+    _scripted(monkeypatch, [0.5, 0.51, 0.505])  # steps 2 (best), 4 and 6: no new best, the loss flat
+    overrides = tiny_overrides | {"data.eval_fraction": 0.25, "train.epochs": 6, "train.eval_every": 2}
+    result = recipe.train(None, overrides | {"train.early_stopping_patience": 2})
+    text = result.verdict.text
+    assert result.steps == 6 and result.verdict.kind == "underfit" and "still high after 2 passes" in text
+    assert "so more steps would not lower it" in text and "train.lr: 0.002 (it was 0.001)" in text
+    assert "train.epochs" not in text and "Train longer" not in text
