@@ -18,6 +18,10 @@ Read from metrics.jsonl (train loss per logged step, eval loss per evaluation), 
   A run that train.max_steps stopped before one pass, its loss still that high, is underfit too: part of its rows were
   never trained on, and the loss cannot say yet how the rest was learned (said before its falling loss's advice).
 - fine: neither.
+A run that train.early_stopping_patience ended (`early`: run.json's extra.early_stop) is judged on the steps it made
+and never told to train longer: its eval loss had stopped improving, so more steps would not lower it. Underfit, it is
+told the rate (a train loss still high) or the data (one still falling); overfit, not a shorter length; too short, a
+larger patience; every verdict says it stopped early.
 A run that logs rewards (task grpo) is judged on them instead (`judge_rewards`): its loss is a clipped surrogate
 plus a KL term, near zero whatever was learned, so a loss curve says nothing there. Overfit: the held-out reward fell
 at the end (its last value at least REWARD_FALL below its highest, which came earlier; grpo evaluates the model
