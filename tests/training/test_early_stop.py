@@ -243,3 +243,14 @@ def test_the_verdict_of_an_early_stopped_run_counts_the_passes_it_made_and_advis
     assert result.steps == 6 and result.verdict.kind == "underfit" and "still high after 2 passes" in text
     assert "so more steps would not lower it" in text and "train.lr: 0.002 (it was 0.001)" in text
     assert "train.epochs" not in text and "Train longer" not in text
+
+
+def test_min_delta_says_grpo_measures_it_on_the_held_out_reward():
+    """grpo counts its held-out reward: a new best is a reward higher by more than min_delta, on the rewards' scale
+    (most give 0..1), which the option's help (and --help) did not say."""
+    import dataclasses
+
+    from tunelab.config import TrainConfig
+
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "early_stopping_min_delta")
+    assert "grpo: its held-out reward higher" in field.metadata["help"]

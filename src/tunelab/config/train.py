@@ -79,7 +79,7 @@ class TrainConfig:
     )
     early_stopping_min_delta: float = opt(
         0.0,
-        "with early_stopping_patience: an evaluation counts as a new best only when its eval loss is lower than the last best by more than this",
+        "with early_stopping_patience: an evaluation counts as a new best only when its eval loss is lower than the last best by more than this (grpo: its held-out reward higher, on the rewards' scale)",
         min=0.0,
     )
     save_every: int = opt(
