@@ -218,10 +218,15 @@ def test_check_takes_a_first_orpo_step_with_no_reference(tiny_model_dir, tmp_pat
 def test_train_lr_auto_gives_orpo_a_quarter_of_the_sft_rate_ten_times_dpos(tiny_model_dir, tmp_path):
     overrides = {"task": "dpo", "model.name": str(tiny_model_dir), "data.train": [str(PAIRS)], "train.lr": "auto"}
     overrides |= {"data.max_length": 128, "data.overlong": "truncate", "train.micro_batch": 2, "train.max_steps": 1}
-    chosen = {
-        loss: train(None, overrides | {"dpo.loss": loss, "output_dir": str(tmp_path / loss)}).auto["train.lr"]
-        for loss in ("orpo", "sigmoid")
-    }
+    results = {loss: train(None, overrides | {"dpo.loss": loss, "output_dir": str(tmp_path / loss)}) for loss in ("orpo", "sigmoid")}  # fmt: skip
+    chosen = {loss: result.auto["train.lr"] for loss, result in results.items()}
     assert chosen["orpo"]["reason"].startswith("task dpo, loss orpo: SFT's rate / 4, as ORPO's authors")
     assert chosen["sigmoid"]["reason"].startswith("task dpo: SFT's rate / 40")
     assert chosen["orpo"]["value"] == pytest.approx(10 * chosen["sigmoid"]["value"], rel=0.01)
+    # run.json names the loss, and tunelab report's run table with it: an orpo run read as plain "dpo"
+    from tunelab.eval.report_inputs import Input
+    from tunelab.eval.report_run import run_summary
+
+    for loss, named in (("orpo", "dpo (loss orpo, lambda 0.1)"), ("sigmoid", "dpo (loss sigmoid, beta 0.1)")):
+        info = json.loads((results[loss].run_dir / "run.json").read_text())
+        assert info["extra"]["dpo"] == {"loss": loss, "beta": 0.1} and named in run_summary(Input("run.json", info))

@@ -62,7 +62,7 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
     return kv_table(
         [
             ("base model", d.get("base_model")),
-            ("task", d.get("task")),
+            ("task", _task(d)),
             (
                 "method",
                 f"{d.get('method')}, base in NF4 (QLoRA)" if d.get("quantize_base") == "nf4" else d.get("method"),
@@ -84,6 +84,16 @@ def run_summary(run: Input, metrics: list[dict] | None = None) -> str:
             (verdict_name, verdict.get("text") if isinstance(verdict, dict) else None),
         ]
     )
+
+
+def _task(d: dict) -> str | None:
+    """run.json's task; a dpo run's with its loss and beta (extra.dpo), as an orpo run is no DPO run."""
+    dpo = (d.get("extra") or {}).get("dpo")
+    if d.get("task") != "dpo" or not isinstance(dpo, dict) or not isinstance(dpo.get("loss"), str):
+        return d.get("task")
+    beta = dpo.get("beta")
+    weight = "lambda" if dpo["loss"] == "orpo" else "beta"  # orpo's dpo.beta weighs its odds-ratio term
+    return f"dpo (loss {dpo['loss']}" + (f", {weight} {beta:g})" if isinstance(beta, int | float) else ")")
 
 
 def _tokens(d: dict, federated: bool) -> str | None:

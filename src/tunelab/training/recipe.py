@@ -269,6 +269,8 @@ def _train_planned(
     evals = eval_sets(task, data, extra_eval, t.micro_batch, pad_id, built.device)
 
     info = _run_info(cfg, inputs, task, built, untrained, fingerprints, total_steps, auto, warmup)
+    if cfg.task == "dpo":  # which preference loss: the report names it beside the task (orpo is no DPO)
+        info.extra["dpo"] = {"loss": cfg.dpo.loss, "beta": cfg.dpo.beta}
     if t.loraplus_lr_ratio:  # the rate B starts from, train.lr auto resolved (config.yaml keeps the ratio as written)
         info.extra["loraplus"] = {"lr_ratio": t.loraplus_lr_ratio, "lr_B": t.lr * t.loraplus_lr_ratio}
         print(
