@@ -366,7 +366,7 @@ def test_bad_input_exits_2_with_file_and_line(tiny_model_dir, tmp_path, pair_fil
     err = capsys.readouterr().err
     assert "long.jsonl:1" in err and "max_length" in err
 
-    assert main([*base, "--data.train", pair_file, "--dpo.loss", "kto"]) == 2
+    assert main([*base, "--data.train", pair_file, "--dpo.loss", "cpo"]) == 2
     err = capsys.readouterr().err
     assert "dpo.loss" in err and "sigmoid, ipo, simpo" in err
 

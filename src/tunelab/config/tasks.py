@@ -43,19 +43,30 @@ class DpoConfig:
     loss: str = opt(
         "sigmoid",
         "task dpo: the preference loss: sigmoid (DPO), ipo (IPO, per-token log ratios), simpo (SimPO, no reference), "
-        "orpo (ORPO: the chosen answer's NLL plus an odds-ratio term, no reference and no SFT stage first)",
-        choices=("sigmoid", "ipo", "simpo", "orpo"),
+        "orpo (ORPO: the chosen answer's NLL plus an odds-ratio term, no reference and no SFT stage first), kto (KTO: "
+        "unpaired rows of prompt, completion and a true/false label, README: KTO)",
+        choices=("sigmoid", "ipo", "simpo", "orpo", "kto"),
     )
     beta: float = opt(
         0.1,
         "task dpo: how far the policy may move from the reference (larger: stays closer); simpo uses ~2; orpo: the "
-        "weight lambda of the odds-ratio term beside the NLL (TRL's ORPOConfig.beta, whose default 0.1 this keeps)",
+        "weight lambda of the odds-ratio term beside the NLL (TRL's ORPOConfig.beta, whose default 0.1 this keeps); kto: "
+        "the scale of the log ratio inside its sigmoid (TRL's KTOConfig default 0.1 too)",
         min=0.0,
     )
     label_smoothing: float = opt(
         0.0, "task dpo: assumed share of pairs whose preference is wrong (sigmoid and simpo losses)", min=0.0, max=0.5
     )
     simpo_gamma: float = opt(0.5, "task dpo, loss simpo: the target reward margin gamma", min=0.0)
+    desirable_weight: float = opt(
+        1.0,
+        "task dpo, loss kto: the loss weight lambda_D of a row labelled true (desirable); keep desirable_weight x "
+        "desirable rows / (undesirable_weight x undesirable rows) within 1 to 4/3 (the KTO paper's advice)",
+        min=0.0,
+    )
+    undesirable_weight: float = opt(
+        1.0, "task dpo, loss kto: the loss weight lambda_U of a row labelled false (undesirable)", min=0.0
+    )
 
 
 @dataclass

@@ -314,8 +314,14 @@ def check_task_options(config: RunConfig) -> None:
             raise error
 
 
-# The dpo options that some losses only read (tasks/dpo.py): ipo and orpo smooth no labels, only simpo has a gamma.
-DPO_LOSS_OPTIONS = {"label_smoothing": ("sigmoid", "simpo"), "simpo_gamma": ("simpo",)}
+# The dpo options that some losses only read (tasks/dpo.py): ipo, orpo and kto smooth no labels, only simpo has a
+# gamma, only kto weighs its rows by their label.
+DPO_LOSS_OPTIONS = {
+    "label_smoothing": ("sigmoid", "simpo"),
+    "simpo_gamma": ("simpo",),
+    "desirable_weight": ("kto",),
+    "undesirable_weight": ("kto",),
+}
 
 
 def check_dpo_loss_options(config: RunConfig) -> None:

@@ -32,6 +32,9 @@ computes them again, the same), in the same micro-batches either way, so a row's
 run's length (full fine-tuning: from the starting weights, before any update;
 a run that continues an adapter, model.adapter or a stage's continue: adapter, keeps it on: the reference is the
 model the run starts from, an SFT stage's result, and the policy equals it at the first step).
+Loss kto (`tasks/kto.py`) reads unpaired rows of prompt, completion and label instead (`tasks/kto_data.py`): each
+row is carried as a pair is, its own completion as the chosen side and another row's as the rejected one, so the
+reference, batches, eval, checkpoints and resume are the pairs' own; only the loss and metrics differ.
 A batch holds the P chosen rows then the P rejected rows, scored in one forward through the fused head + log-prob
 op (`tasks/log_probs.py`). The result is saved as the sft task saves it (a PEFT adapter or full weights), so
 compare, chat, merge and export read it unchanged.
@@ -53,8 +56,9 @@ from tunelab.data.loader import Datasets, epoch_rows
 from tunelab.data.render import IGNORE
 from tunelab.data.report import location
 from tunelab.peft.lora import adapters_disabled
-from tunelab.tasks import sft
+from tunelab.tasks import kto, sft
 from tunelab.tasks.head_data import pad_rows
+from tunelab.tasks.kto_data import FeedbackRow, build_feedback
 from tunelab.tasks.log_probs import sequence_log_probs
 from tunelab.tasks.preference_data import PreferenceRow, build_preferences
 from tunelab.tasks.task import Task, eval_mode
@@ -161,6 +165,8 @@ def collate(chunk: list[PreferenceRow], pad_id: int) -> dict:
         batch["reference"] = torch.tensor(
             [r.reference[0] for r in chunk] + [r.reference[1] for r in chunk], dtype=torch.float32
         )
+    if chunk and isinstance(chunk[0], FeedbackRow):  # loss kto: each row's label
+        batch["desirable"] = torch.tensor([r.desirable for r in chunk], dtype=torch.bool)
     return batch
 
 
@@ -175,12 +181,21 @@ def count(batch: dict) -> int:
     return int(batch["input_ids"].shape[0]) // 2
 
 
-def scores(model: nn.Module, batch: dict, cfg: DpoConfig) -> PairScores:
+def scores(model: nn.Module, batch: dict, cfg: DpoConfig) -> PairScores | kto.KtoScores:
     policy, lengths = sequence_log_probs(model, batch)  # (2P,) each: one forward for chosen and rejected
     reference = batch.get("reference")
     if cfg.loss not in REFERENCE_FREE and reference is None:
         raise ValueError("dpo: the batch has no reference log-probs; the task's prepare computes them")
+    if cfg.loss == "kto":
+        if "desirable" not in batch:
+            raise ValueError("dpo: loss kto needs rows of prompt, completion and label (tasks/kto_data.py)")
+        w = (cfg.desirable_weight, cfg.undesirable_weight)
+        return kto.kto_scores(policy, reference.to(policy.device), batch["desirable"], cfg.beta, *w)
     return pair_scores(policy, reference, lengths, cfg)
+
+
+def all_metric_sums(s: PairScores | kto.KtoScores) -> dict[str, torch.Tensor]:
+    return kto.metric_sums(s) if isinstance(s, kto.KtoScores) else metric_sums(s)
 
 
 def reached_rows(data: Datasets, run: RunConfig) -> list[PreferenceRow] | None:
@@ -242,17 +257,17 @@ def make_task(cfg: DpoConfig) -> Task:
 
     def loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         s = scores(model, batch, cfg)
-        return s.loss.sum(), metric_sums(s)
+        return s.loss.sum(), all_metric_sums(s)
 
     @torch.no_grad()
     def evaluate(model: nn.Module, batches: list[dict]) -> dict[str, float]:
-        names = METRICS + (ORPO_METRICS if cfg.loss == "orpo" else ())
+        names = kto.METRICS if cfg.loss == "kto" else METRICS + (ORPO_METRICS if cfg.loss == "orpo" else ())
         sums, pairs = {"loss": 0.0} | dict.fromkeys(names, 0.0), 0
         with eval_mode(model):
             for batch in batches:
                 s = scores(model, batch, cfg)
                 sums["loss"] += s.loss.sum().item()
-                for name, value in metric_sums(s).items():
+                for name, value in all_metric_sums(s).items():
                     sums[name] += value.item()
                 pairs += count(batch)
         return {f"eval_{name}": value / pairs for name, value in sums.items()} if pairs else {}
@@ -283,7 +298,7 @@ def make_task(cfg: DpoConfig) -> Task:
 
     return Task(
         name="dpo",
-        build_data=build_preferences,
+        build_data=build_feedback if cfg.loss == "kto" else build_preferences,
         make_batches=make_batches,
         count=count,
         loss=loss,

@@ -1,0 +1,230 @@
+"""Unpaired feedback for task dpo with loss kto: rows of a prompt, one completion and a label saying whether the
+completion is desirable (true: a thumbs up) or undesirable (false: a thumbs down), TRL's unpaired preference format.
+
+Accepted rows (`data.fields` maps the names to your columns; a column named as a field but for its case is read as it):
+- `prompt` (or question, instruction + optional input and history, read as sft reads alpaca's): a text or a message
+  list ending with the user's turn;
+- `completion`: a text, one message ({role, content} / ShareGPT {from, value}) or a message list: the answer turns;
+- `label`: true or false; also yes/no, 1/0 (numbers or text, any case), as .csv files write them.
+A row's `system` (else data.system_prompt) is prepended. A row without a prompt or completion, or with a label that is
+none of these, is a DataError naming file, line and field; a row whose completion is empty is a counted skip.
+
+Each row becomes a `FeedbackRow`: the prompt with its completion (`chosen_*`), and the prompt with the completion of
+the row before it in the file (`rejected_*`, the first row takes the last row's: the order is fixed when the data is
+read, as TRL shifts a batch's completions by one), whose log ratio is what KTO's reference point z0 estimates
+KL(policy || reference) from. The mismatched side is cut to data.max_length (it only feeds the estimate); the row's
+own side is dropped or cut as data.overlong says (the prompt whole, the completion's start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunelab.config import RunConfig
+from tunelab.data.formats import text_field
+from tunelab.data.loader import Datasets
+from tunelab.data.render import IGNORE
+from tunelab.data.report import DataReport, SplitStats, location
+from tunelab.data.templates import Template
+from tunelab.errors import ConfigError, DataError, counted
+from tunelab.tasks.head_data import (
+    PROMPT_FIELDS,
+    answer_blank,
+    answer_turns,
+    column,
+    counted_records,
+    read_task_data,
+    refuse_sft_recipes,
+    with_system,
+)
+from tunelab.tasks.preference_data import Preference, PreferenceRow, Side, note_cut_answers, render_pair
+from tunelab.tasks.reward import read_prompt
+
+FIELDS = (*PROMPT_FIELDS, "completion", "label", "system", "input", "history")
+TRUE = ("true", "yes", "1")
+FALSE = ("false", "no", "0")
+BALANCE = (1.0, 4 / 3)  # desirable_weight x desirable rows / (undesirable_weight x undesirable rows): KTO's advice
+
+
+@dataclass
+class Feedback:
+    context: list[dict]  # the prompt's turns, with the system message
+    completion: list[dict]  # the answer turns
+    desirable: bool
+    path: str
+    line: int
+
+
+@dataclass
+class FeedbackRow(PreferenceRow):
+    """A feedback row as the dpo machinery carries a pair: chosen_* the prompt with its own completion, rejected_*
+    the prompt with another row's completion (the KL estimate's side); reference: their reference log-probs."""
+
+    desirable: bool = True
+
+
+def read_label(row: dict, fields: dict[str, str], where: str, lenient: bool) -> bool:
+    key = column(row, fields, "label", lenient)
+    value = row.get(key) if key else None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+        return value.strip().lower() in TRUE
+    named = f"field '{key}'" if key else "field 'label'"
+    found = "missing" if value is None else f"{value!r}"
+    raise DataError(
+        f"{where}: {named} is {found}; loss kto needs a label of true (the completion is desirable) or false "
+        "(undesirable), also written yes/no or 1/0. Fix the row or remove it."
+    )
+
+
+def read_feedback(
+    paths: list[str],
+    fields: dict[str, str],
+    system: str | None,
+    report: DataReport,
+    lenient: bool = False,
+    delimiter: str = "auto",
+    transform: str | None = None,
+) -> list[Feedback]:
+    """Rows of the files as Feedback; DataError (file:line, field) for a row without prompt, completion or label."""
+    out = []
+    for record in counted_records(paths, report, "feedback rows", fields, lenient, delimiter, "dpo", FIELDS, transform):
+        row, where = record.row, location(record.path, record.line)
+        prompt = read_prompt(row, fields, where, lenient)
+        if prompt is None:
+            raise DataError(
+                f"{where}: no prompt; loss kto reads rows of prompt, completion and label. Add the row's prompt, or "
+                "map its column with data.fields (e.g. {prompt: question})."
+            )
+        key = column(row, fields, "completion", lenient)
+        if key is None:
+            raise DataError(
+                f"{where}: field 'completion' is missing; loss kto reads rows of prompt, completion and label. "
+                "Add it, or map its column with data.fields (e.g. {completion: answer})."
+            )
+        value = row[key]
+        turns = (
+            answer_turns(value, where, key)
+            if isinstance(value, list | dict)
+            else [{"role": "assistant", "content": text_field(value, where, key)}]
+        )
+        desirable = read_label(row, fields, where, lenient)
+        context = with_system(prompt, row, fields, where, system, lenient)
+        if answer_blank(context + turns, len(context)):
+            report.skip("empty completion", record.path, record.line)
+            continue
+        out.append(Feedback(context, turns, desirable, record.path, record.line))
+    return out
+
+
+def _first_label(labels: list[int]) -> int:
+    return next((i for i, t in enumerate(labels) if t != IGNORE), len(labels))
+
+
+def to_rows(
+    items: list[Feedback],
+    tokenizer,
+    template: Template,
+    max_length: int,
+    overlong: str,
+    report: DataReport,
+    split: str = "training",
+) -> list[FeedbackRow]:
+    rows = []
+    cut_answers = [0, 0, 0]  # rows cut, completion tokens they lose, completion tokens they had
+    for item, other in zip(items, items[-1:] + items[:-1]):  # each row with the completion of the one before it
+        start = len(item.context)
+        pair = Preference(
+            Side(item.context + item.completion, start),
+            Side(item.context + other.completion, start),
+            item.path,
+            item.line,
+        )
+        ids, labels, kl_ids, kl_labels, _ = render_pair(pair, tokenizer, template)
+        report.add_lengths([len(ids)])
+        prompt = _first_label(labels)
+        if prompt >= max_length and overlong == "truncate":
+            raise DataError(
+                f"{location(item.path, item.line)}: the prompt is {prompt} tokens, which leaves no room for the "
+                f"completion within data.max_length ({max_length}). Raise data.max_length or shorten or remove this row."
+            )
+        if len(ids) > max_length:
+            if overlong == "drop":
+                report.skip(f"longer than max_length ({max_length} tokens; data.overlong=drop)", item.path, item.line)
+                continue
+            answer = sum(t != IGNORE for t in labels)
+            ids, labels = ids[:max_length], labels[:max_length]
+            report.truncated(item.path, item.line)
+            kept = sum(t != IGNORE for t in labels)
+            cut_answers = [cut_answers[0] + 1, cut_answers[1] + answer - kept, cut_answers[2] + answer]
+        kl_ids, kl_labels = kl_ids[:max_length], kl_labels[:max_length]
+        if all(t == IGNORE for t in labels) or all(t == IGNORE for t in kl_labels):
+            report.skip("no answer token after rendering", item.path, item.line)
+            continue
+        report.used(item.path)
+        rows.append(FeedbackRow(ids, labels, kl_ids, kl_labels, item.path, item.line, desirable=item.desirable))
+    note_cut_answers(*cut_answers, max_length, split, report)
+    return rows
+
+
+def note_balance(rows: list[FeedbackRow], desirable_weight: float, undesirable_weight: float, report: DataReport):
+    """A note when the training rows hold one class only, or when desirable_weight x desirable rows /
+    (undesirable_weight x undesirable rows) lies outside [1, 4/3], the range the KTO paper (section 4.2) found to work,
+    with the weight that brings it to 1."""
+    good = sum(r.desirable for r in rows)
+    bad = len(rows) - good
+    if not good or not bad:
+        missing = "undesirable (false)" if not bad else "desirable (true)"
+        report.notes.append(
+            f"all {counted(len(rows), 'training row')} are {'desirable' if not bad else 'undesirable'}: no row is "
+            f"{missing}, so loss kto only pushes one way, against its KL reference point; add rows of the other label "
+            "if you have them"
+        )
+        return
+    ratio = desirable_weight * good / (undesirable_weight * bad) if undesirable_weight else float("inf")
+    if not BALANCE[0] <= ratio <= BALANCE[1]:
+        report.notes.append(
+            f"the training rows are {good} desirable and {bad} undesirable: desirable_weight x desirable rows / "
+            f"(undesirable_weight x undesirable rows) is {ratio:.2f}, outside the 1 to 4/3 the KTO paper advises; "
+            f"e.g. dpo.undesirable_weight {desirable_weight * good / bad:.3g} (with dpo.desirable_weight "
+            f"{desirable_weight:g}) makes it 1"
+        )
+
+
+def _stats(rows: list[FeedbackRow], examples: int) -> SplitStats:
+    tokens = sum(len(r.chosen_ids) for r in rows)
+    answer = sum(sum(t != IGNORE for t in r.chosen_labels) for r in rows)
+    return SplitStats(examples=examples, used=len(rows), rows=len(rows), tokens=tokens, loss_tokens=answer)
+
+
+def build_feedback(cfg: RunConfig, tokenizer, seed: int) -> Datasets:
+    """Train and eval rows of unpaired feedback (loss kto), with the data report."""
+    d = cfg.data
+    if d.packing:
+        raise ConfigError(
+            "option 'data.packing' cannot be used with dpo.loss kto: each row is scored whole beside the mismatched "
+            "row its KL estimate reads. Set data.packing to false."
+        )
+    if not d.train:
+        raise ConfigError("option 'data.train' is empty; give one or more files of prompt, completion and label rows.")
+    refuse_sft_recipes(cfg)
+    if d.overlong not in ("drop", "truncate"):
+        raise ConfigError(f"option 'data.overlong' is {d.overlong!r}; allowed values: drop, truncate.")
+    items, held, report, template = read_task_data(cfg, tokenizer, seed, read_feedback, FIELDS)
+    report.template = template.name
+    train = to_rows(items, tokenizer, template, d.max_length, d.overlong, report)
+    if not train:
+        raise DataError(f"{', '.join(d.train)}: no usable feedback rows. {report.summary()}")
+    if len(train) == 1:
+        raise DataError(
+            f"{', '.join(d.train)}: one usable feedback row; loss kto estimates its KL reference point from a row's "
+            "prompt with other rows' completions, so it needs at least two."
+        )
+    note_balance(train, cfg.dpo.desirable_weight, cfg.dpo.undesirable_weight, report)
+    evals = to_rows(held, tokenizer, template, d.max_length, d.overlong, report, "eval")
+    report.train, report.eval = _stats(train, len(items)), _stats(evals, len(held))
+    facts = {"input": "chat", "pad_id": tokenizer.pad_token_id}
+    return Datasets(train, evals, template, report, facts=facts)

@@ -1,0 +1,260 @@
+"""Task dpo with loss kto: the loss against hand computations (z0's clamping and detaching, the two weights), the
+unpaired rows (labels read, mismatched sides, the balance note), the bad rows named, a CLI run whose loss falls with
+its metrics and eval, exact resume, the Python API on LoRA, DoRA, QLoRA and full, tunelab check, and the same scores
+on the fast and the generic path."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab.api import train
+from tunelab.cli import main
+from tunelab.config import MethodConfig, ModelConfig, load_config
+from tunelab.config.load import stage_config
+from tunelab.data.render import IGNORE
+from tunelab.models.load import load_tokenizer, resolve_source
+from tunelab.tasks import dpo
+from tunelab.tasks.kto import kto_scores, metric_sums
+from tunelab.tasks.kto_data import build_feedback
+from tunelab.training.build import build_model
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def feedback_file(tmp_path):
+    """Box questions: the right code is desirable, 'No idea.' undesirable, alternating."""
+    rows = [
+        {
+            "prompt": f"What is the code of box {i}?",
+            "completion": f"Box {i} has code {1000 + 37 * i}." if i % 2 == 0 else "No idea.",
+            "label": i % 2 == 0,
+        }
+        for i in range(16)
+    ]
+    return _write(tmp_path / "feedback.jsonl", rows)
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+# Three rows: policy and reference summed log p, the rows' own completions first, then their mismatched ones.
+POLICY = torch.tensor([-10.0, -20.0, -15.0, -30.0, -31.0, -29.0])
+DESIRABLE = torch.tensor([True, False, True])
+
+
+def test_kto_loss_by_hand_with_a_positive_kl_estimate():
+    reference = torch.tensor([-12.0, -19.0, -15.0, -31.0, -33.0, -29.0])
+    s = kto_scores(POLICY, reference, DESIRABLE, 0.5, 2.0, 3.0)
+    z0 = (1 + 2 + 0) / 3  # mean of the mismatched rows' log ratios: positive, kept
+    assert s.z0.item() == pytest.approx(z0)
+    r = [2.0, -1.0, 0.0]
+    want = [2.0 * (1 - _sigmoid(0.5 * (r[0] - z0))), 3.0 * (1 - _sigmoid(0.5 * (z0 - r[1]))), 0]
+    want[2] = 2.0 * (1 - _sigmoid(0.5 * (r[2] - z0)))
+    assert s.loss.tolist() == pytest.approx(want, rel=1e-6)
+    assert s.reward.tolist() == pytest.approx([0.5 * x for x in r])
+    sums = metric_sums(s)
+    assert sums["kl"].item() == pytest.approx(3 * z0)  # divided by the step's rows: z0
+    assert sums["desirable_reward"].item() == pytest.approx(0.5 * (2.0 + 0.0))
+    assert sums["undesirable_reward"].item() == pytest.approx(-0.5)
+    assert sums["accuracy"].item() == 2.0  # rows 0 and 1 are on their side of z0, row 2 (r 0 < z0) is not
+
+
+def test_kto_clamps_a_negative_kl_estimate_at_zero_and_trains_nothing_through_it():
+    reference = torch.tensor([-12.0, -19.0, -15.0, -28.0, -30.0, -27.0])  # mismatched log ratios -2, -1, -2
+    policy = POLICY.clone().requires_grad_()
+    s = kto_scores(policy, reference, DESIRABLE, 0.5, 1.0, 1.0)
+    assert s.z0.item() == 0.0
+    want = [1 - _sigmoid(0.5 * 2.0), 1 - _sigmoid(0.5 * 1.0), 1 - _sigmoid(0.0)]
+    assert s.loss.tolist() == pytest.approx(want, rel=1e-6)
+    s.loss.sum().backward()
+    assert policy.grad[3:].abs().sum().item() == 0.0  # z0 is detached: the mismatched rows take no gradient
+    # d/dr w (1 - sigmoid(beta r)) = -w beta sigmoid' ; undesirable: +w beta sigmoid'
+    grads = [-0.5 * _sigmoid(1.0) * (1 - _sigmoid(1.0)), 0.5 * _sigmoid(0.5) * (1 - _sigmoid(0.5)), -0.5 * 0.25]
+    assert policy.grad[:3].tolist() == pytest.approx(grads, rel=1e-5)
+
+
+def test_kto_weights_scale_only_their_own_rows():
+    reference = POLICY.clone()
+    one = kto_scores(POLICY, reference, DESIRABLE, 0.1, 1.0, 1.0).loss
+    weighted = kto_scores(POLICY, reference, DESIRABLE, 0.1, 1.5, 4.0).loss
+    assert one.tolist() == pytest.approx([0.5, 0.5, 0.5])  # policy == reference: r = z0 = 0
+    assert weighted.tolist() == pytest.approx([0.75, 2.0, 0.75])
+
+
+def _config(model_dir, data, **extra):
+    return load_config(
+        None, {"task": "dpo", "dpo.loss": "kto", "model.name": str(model_dir), "data.train": [data]} | extra
+    ).config
+
+
+def test_rows_take_the_previous_rows_completion_as_their_mismatched_side(tiny_model_dir, feedback_file):
+    cfg = _config(tiny_model_dir, feedback_file, **{"data.max_length": 64})
+    tokenizer = load_tokenizer(resolve_source(str(tiny_model_dir)))
+    data = build_feedback(cfg, tokenizer, 0)
+    rows = data.train
+    assert [r.desirable for r in rows] == [i % 2 == 0 for i in range(16)]
+
+    def answer(ids, labels):
+        return tokenizer.decode([t for t, lab in zip(ids, labels) if lab != IGNORE])
+
+    for k, row in enumerate(rows):
+        before = rows[k - 1]
+        assert answer(row.rejected_ids, row.rejected_labels) == answer(before.chosen_ids, before.chosen_labels)
+        start = next(i for i, t in enumerate(row.chosen_labels) if t != IGNORE)
+        assert row.rejected_ids[:start] == row.chosen_ids[:start]  # the row's own prompt
+    assert not any("desirable" in n for n in data.report.notes)  # 8 and 8: a ratio of 1
+
+
+def test_labels_are_read_in_their_spellings_and_imbalance_is_noted(tiny_model_dir, tmp_path):
+    labels = ["TRUE", "no", 1, 0, "Yes", "1", True, "false", "true", "true"]
+    rows = [{"Prompt": f"q{i}", "Completion": f"a{i}", "Label": lab} for i, lab in enumerate(labels)]
+    path = _write(tmp_path / "f.jsonl", rows)
+    data = build_feedback(_config(tiny_model_dir, path), load_tokenizer(resolve_source(str(tiny_model_dir))), 0)
+    assert [r.desirable for r in data.train] == [True, False, True, False, True, True, True, False, True, True]
+    note = next(n for n in data.report.notes if "KTO paper" in n)
+    assert "7 desirable and 3 undesirable" in note and "2.33" in note and "undesirable_weight 2.33" in note
+
+    one_class = _write(
+        tmp_path / "one.jsonl", [{"prompt": f"q{i}", "completion": "a", "label": True} for i in range(3)]
+    )
+    data = build_feedback(_config(tiny_model_dir, one_class), load_tokenizer(resolve_source(str(tiny_model_dir))), 0)
+    assert any(n.startswith("all 3 training rows are desirable") for n in data.report.notes)
+
+
+def test_bad_rows_exit_2_naming_file_line_and_field(tiny_model_dir, tmp_path, feedback_file, capsys):
+    base = ["train", "--task", "dpo", "--dpo.loss", "kto", "--model.name", str(tiny_model_dir)]
+    base += ["--output_dir", str(tmp_path / "r")]
+    good = {"prompt": "a", "completion": "b", "label": True}
+    for name, row, says in [
+        ("maybe", {"prompt": "a", "completion": "b", "label": "maybe"}, "field 'label' is 'maybe'"),
+        ("two", {"prompt": "a", "completion": "b", "label": 2}, "field 'label' is 2"),
+        ("unlabelled", {"prompt": "a", "completion": "b"}, "field 'label' is missing"),
+        ("nocompletion", {"prompt": "a", "label": False}, "field 'completion' is missing"),
+        ("noprompt", {"completion": "b", "label": False}, "no prompt"),
+    ]:
+        bad = _write(tmp_path / f"{name}.jsonl", [good, row])
+        assert main([*base, "--data.train", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"{name}.jsonl:2: {says}" in err and "Traceback" not in err, err
+
+    csv = tmp_path / "bad.csv"
+    csv.write_text("prompt,completion,label\na,b,true\nc,d,sometimes\n")
+    assert main([*base, "--data.train", str(csv)]) == 2
+    assert "bad.csv:3: field 'label' is 'sometimes'" in capsys.readouterr().err
+
+    empty = _write(tmp_path / "empty.jsonl", [good, {"prompt": "c", "completion": " ", "label": False}, good])
+    cfg = _config(tiny_model_dir, empty)
+    data = build_feedback(cfg, load_tokenizer(resolve_source(str(tiny_model_dir))), 0)
+    assert len(data.train) == 2 and data.report.skips["empty completion"].count == 1
+
+    assert main([*base, "--data.train", feedback_file, "--dpo.label_smoothing", "0.1"]) == 2
+    assert "dpo.loss is kto" in capsys.readouterr().err
+    sigmoid = ["train", "--task", "dpo", "--model.name", str(tiny_model_dir), "--data.train", feedback_file]
+    assert main([*sigmoid, "--dpo.desirable_weight", "2", "--output_dir", str(tmp_path / "s")]) == 2
+    assert "option 'dpo.desirable_weight' is read by dpo.loss kto" in capsys.readouterr().err
+
+
+def test_scores_alike_on_the_fast_and_the_generic_path(tiny_model_dir, feedback_file):
+    cfg = _config(tiny_model_dir, feedback_file, **{"data.max_length": 64})
+    data = build_feedback(cfg, load_tokenizer(resolve_source(str(tiny_model_dir))), 0)
+    rows = data.train[:4]
+    for k, row in enumerate(rows):  # a reference that differs from the policy
+        row.reference = (-40.0 - k, -45.0 + k)
+    batch = dpo.collate(rows, data.facts["pad_id"])
+    assert batch["desirable"].tolist() == [True, False, True, False]
+    got = []
+    for impl in ("fast", "generic"):
+        built = build_model(resolve_source(str(tiny_model_dir)), ModelConfig(impl=impl, device="cpu"), MethodConfig())
+        built.model.eval()
+        s = dpo.scores(built.model, batch, cfg.dpo)
+        got.append(torch.cat([s.loss, s.reward, s.z0.reshape(1)]).detach())
+    assert torch.allclose(got[0], got[1], rtol=1e-4, atol=1e-5)
+
+
+def _overrides(model_dir, tmp_path, data, **extra):
+    return {
+        "task": "dpo",
+        "dpo.loss": "kto",
+        "model.name": str(model_dir),
+        "data.train": [data],
+        "data.max_length": 64,
+        "method.r": 4,
+        "train.micro_batch": 4,
+        "train.lr": 1e-3,
+        "train.max_steps": 3,
+        "output_dir": str(tmp_path / "run"),
+    } | extra
+
+
+def test_cli_run_learns_and_reports_its_metrics(tiny_model_dir, tmp_path, feedback_file, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--task", "dpo", "--dpo.loss", "kto", "--model.name", str(tiny_model_dir)]
+    args += ["--data.train", feedback_file, "--data.eval_fraction", "0.25", "--data.max_length", "64"]
+    args += ["--method.r", "8", "--train.micro_batch", "4", "--train.max_steps", "12", "--train.lr", "1e-2"]
+    args += ["--train.log_every", "1", "--train.eval_every", "6", "--output_dir", str(run)]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert steps[0]["loss"] == pytest.approx(0.5, abs=1e-5)  # policy == reference at step 1: 1 - sigmoid(0)
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert {"kl", "desirable_reward", "undesirable_reward", "accuracy"} <= set(steps[1])
+    first, last = (sum(r["loss"] for r in part) / 3 for part in (steps[:3], steps[-3:]))
+    assert last < first - 0.1, (first, last)
+    assert steps[-1]["desirable_reward"] > 0 > steps[-1]["undesirable_reward"]
+    evals = [r for r in records if "eval_loss" in r]
+    assert {"eval_kl", "eval_desirable_reward", "eval_undesirable_reward", "eval_accuracy"} <= set(evals[-1])
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert "lora_A" in next(iter(load_file(run / "adapter_model.safetensors")))
+
+
+def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, straight_and_resumed, feedback_file):
+    common = _overrides(tiny_model_dir, tmp_path, feedback_file, **{"train.max_steps": 4, "train.save_every": 2})
+    common |= {"data.eval_fraction": 0.25, "train.eval_every": 2, "method.dropout": 0.1, "train.micro_batch": 2}
+    straight, resumed = straight_and_resumed(common, 3)
+    a, b = (load_file(r.run_dir / "adapter_model.safetensors") for r in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    timing = ("tokens_per_s", "elapsed_s")
+    records = [
+        [{k: v for k, v in json.loads(x).items() if k not in timing} for x in (r.run_dir / "metrics.jsonl").open()]
+        for r in (straight, resumed)
+    ]
+    assert records[0] == records[1] and any("eval_kl" in r for r in records[0])
+
+
+@pytest.mark.parametrize("method, quantize", [("lora", "none"), ("dora", "none"), ("lora", "nf4"), ("full", "none")])
+def test_api_runs_on_every_method(tiny_model_dir, tmp_path, feedback_file, method, quantize):
+    overrides = _overrides(tiny_model_dir, tmp_path, feedback_file, **{"method.name": method})
+    overrides |= {"method.quantize_base": quantize, "train.max_steps": 2}
+    if method == "full":
+        overrides.pop("method.r")
+    train(None, overrides)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert steps[0]["loss"] == pytest.approx(0.5, abs=1e-4) and all(math.isfinite(r["loss"]) for r in steps)
+
+
+def test_check_takes_a_first_kto_step(tiny_model_dir, tmp_path, feedback_file, capsys):
+    args = ["check", "--task", "dpo", "--dpo.loss", "kto", "--model.name", str(tiny_model_dir)]
+    args += ["--data.train", feedback_file, "--data.max_length", "64", "--train.micro_batch", "4"]
+    args += ["--output_dir", str(tmp_path / "run")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "forward/backward (dpo)" in x)
+    assert "gradients finite" in line and float(line.split("loss ")[1].split(",")[0]) == pytest.approx(0.5, abs=1e-4)
+
+
+def test_a_dpo_stage_takes_loss_kto_with_its_weights():
+    kto = {"loss": "kto", "desirable_weight": 1.33}
+    stages = [{"train": {"lr": 1e-3}}, {"task": "dpo", "dpo": kto, "data": {"train": ["f.jsonl"]}}]
+    resolved = load_config(None, {"stages": stages})
+    sft, pref = (stage_config(resolved, k, f"runs/s{k}").config for k in (0, 1))
+    assert (sft.dpo.loss, pref.task, pref.dpo.loss) == ("sigmoid", "dpo", "kto")
+    assert (pref.dpo.desirable_weight, pref.dpo.undesirable_weight) == (1.33, 1.0)
