@@ -248,7 +248,17 @@ def test_check_takes_a_first_kto_step(tiny_model_dir, tmp_path, feedback_file, c
     assert main(args) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if "forward/backward (dpo)" in x)
-    assert "gradients finite" in line and float(line.split("loss ")[1].split(",")[0]) == pytest.approx(0.5, abs=1e-4)
+    assert line.lstrip().startswith("[PASS]") and "half the rows' mean weight" in line
+    assert float(line.split("loss ")[1].split(",")[0]) == pytest.approx(0.5, abs=1e-4)
+    rows = next(x for x in out.splitlines() if "feedback rows" in x and "[" in x)
+    assert "16 training rows used (8 desirable, 8 undesirable); none skipped" in rows
+    assert "completion 'No idea." in out and "(undesirable)" in out and "for z0" in out
+
+    # weights 3 and 1 over a micro-batch of desirable and undesirable rows: the start is their mean over 2, not 0.5
+    assert main([*args, "--dpo.desirable_weight", "3"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "forward/backward (dpo)" in x)
+    loss = float(line.split("loss ")[1].split(",")[0])
+    assert line.lstrip().startswith("[PASS]") and 0.5 < loss < 1.5, line
 
 
 def test_a_dpo_stage_takes_loss_kto_with_its_weights():

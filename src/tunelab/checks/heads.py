@@ -18,7 +18,8 @@ With the model, one forward and backward of the first micro-batch through the he
 finite, and a classifier's untrained head should start near ln(K) for K labels (its logits are close to 0). For dpo
 the reference log-probs of that micro-batch are computed as training computes them, and before the first update the
 policy is its reference: the sigmoid loss must be ln 2 = 0.693 (margin 0), or the reference and the policy disagree
-(a warning: the adapters do not start at zero, or the two forwards differ).
+(a warning: the adapters do not start at zero, or the two forwards differ). dpo.loss kto: the rows used by label
+(`feedback_item`), and a first loss of half the mean row weight (r = z0 = 0), checked alike.
 """
 
 from __future__ import annotations
@@ -110,6 +111,23 @@ def pair_items(inputs: Inputs) -> list[CheckItem]:
     return [CheckItem("pairs", status, summary, details)]
 
 
+def feedback_item(inputs: Inputs) -> CheckItem:
+    """dpo.loss kto: the rows used, the training rows by label, and those skipped, by reason (those dropped as too
+    long are the lengths item's)."""
+    report, train = inputs.data.report, inputs.data.train
+    good = sum(r.desirable for r in train)
+    skips = [(reason, s) for reason, s in report.skips.items() if not reason.startswith("longer than max_length")]
+    details = [f"{reason}: {s.count} ({', '.join(s.locations[:SHOWN])})" for reason, s in skips]
+    skipped = sum(s.count for _, s in skips)
+    split = f", {report.eval.used} eval" if report.eval.used else ""
+    summary = f"{report.train.used} training rows used ({good} desirable, {len(train) - good} undesirable){split}"
+    summary += f"; {skipped} skipped" if skipped else "; none skipped"
+    one_label = not good or good == len(train)
+    if one_label:
+        details.append("one label only: kto pushes one way only (the data report's note)")
+    return CheckItem("feedback rows", "warn" if skipped or one_label else "pass", summary, details)
+
+
 def length_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
     report = inputs.data.report
     s = report.lengths
@@ -147,7 +165,8 @@ def head_input_item(cfg: RunConfig, inputs: Inputs) -> CheckItem:
 def head_data_checks(cfg: RunConfig, inputs: Inputs) -> list[CheckItem]:
     """The data items of a classify, reward or dpo run."""
     if cfg.task == "dpo":
-        return [*pair_items(inputs), length_item(cfg, inputs)]
+        first = [feedback_item(inputs)] if cfg.dpo.loss == "kto" else pair_items(inputs)
+        return [*first, length_item(cfg, inputs)]
     items = label_items(inputs) if cfg.task == "classify" else pair_items(inputs)
     return [*items, length_item(cfg, inputs), head_input_item(cfg, inputs)]
 
@@ -174,15 +193,17 @@ def head_model_items(cfg: RunConfig, inputs: Inputs, resumed: RunInfo | None = N
             CheckItem(name, "fail", f"the loss ({value:g}) or a gradient is not finite on the first batch"),
         ]
     untrained_check = untrained_item(untrained)
-    if cfg.task == "dpo" and cfg.dpo.loss == "sigmoid" and cfg.dpo.label_smoothing == 0:
-        off = abs(value - math.log(2)) > REFERENCE_TOLERANCE
+    start = _start_loss(cfg, rows)
+    if start is not None:
+        want, said = start
+        off = abs(value - want) > REFERENCE_TOLERANCE
         text = f"first micro-batch: loss {value:.4f}, gradients finite; before any update the policy is its reference"
         if off:
-            text += f", so the loss should be ln 2 = {math.log(2):.4f}: the policy and the reference disagree"
+            text += f", so the loss should be {said} = {want:.4f}: the policy and the reference disagree"
         return [
             *dtype_items(built),
             untrained_check,
-            CheckItem(name, "warn" if off else "pass", text + ("" if off else " (ln 2)")),
+            CheckItem(name, "warn" if off else "pass", text + ("" if off else f" ({said})")),
         ]
     expected = ""
     if cfg.task == "classify":
@@ -193,6 +214,21 @@ def head_model_items(cfg: RunConfig, inputs: Inputs, resumed: RunInfo | None = N
         untrained_check,
         CheckItem(name, "pass", f"first micro-batch: loss {value:.4f}{expected}, gradients finite"),
     ]
+
+
+def _start_loss(cfg: RunConfig, rows: list) -> tuple[float, str] | None:
+    """The loss of the first micro-batch `rows` while the policy is its reference, and how to say it: dpo's sigmoid
+    loss ln 2 (margin 0), kto's half the rows' mean weight (r = z0 = 0); None for the losses that read no reference
+    or whose start depends on the answers."""
+    if cfg.task != "dpo":
+        return None
+    if cfg.dpo.loss == "sigmoid" and cfg.dpo.label_smoothing == 0:
+        return math.log(2), "ln 2"
+    if cfg.dpo.loss == "kto":
+        d = cfg.dpo
+        weights = [d.desirable_weight if r.desirable else d.undesirable_weight for r in rows]
+        return sum(weights) / (2 * len(weights)), "half the rows' mean weight"
+    return None
 
 
 def head_preview(cfg: RunConfig, inputs: Inputs, examples: int) -> str:
@@ -207,6 +243,12 @@ def head_preview(cfg: RunConfig, inputs: Inputs, examples: int) -> str:
             continue
         where = location(row.path, row.line)
         pad = " " * len(where)
+        if cfg.task == "dpo" and cfg.dpo.loss == "kto" and (parts := _shared_prompt(row)):
+            prompt, own, other = parts
+            lines.append(f"  {where}: prompt     {decode(prompt)!r}")
+            lines.append(f"  {pad}  completion {decode(own)!r} ({'desirable' if row.desirable else 'undesirable'})")
+            lines.append(f"  {pad}  for z0     {decode(other)!r} (another row's completion: the KL estimate's)")
+            continue
         if cfg.task == "dpo" and (parts := _shared_prompt(row)):  # the prompt once: the answers are what differs
             prompt, chosen, rejected = parts
             lines.append(f"  {where}: prompt   {decode(prompt)!r}")
