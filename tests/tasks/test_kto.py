@@ -229,6 +229,20 @@ def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, straight_and_resu
     assert records[0] == records[1] and any("eval_kl" in r for r in records[0])
 
 
+def test_resume_refuses_a_row_whose_label_changed(tiny_model_dir, tmp_path, crash_at, feedback_file):
+    from tunelab.training import recipe
+    from tunelab.training.resume import DataChanged
+
+    overrides = _overrides(tiny_model_dir, tmp_path, feedback_file, **{"train.max_steps": 4, "train.save_every": 2})
+    with crash_at(3):
+        recipe.train(None, overrides)
+    rows = [json.loads(line) for line in open(feedback_file)]
+    rows[5]["label"] = not rows[5]["label"]  # same prompt and completion: the same tokens, another label
+    _write(tmp_path / "feedback.jsonl", rows)
+    with pytest.raises(DataChanged, match="feedback.jsonl"):
+        recipe.train(None, overrides, resume=True)
+
+
 @pytest.mark.parametrize("method, quantize", [("lora", "none"), ("dora", "none"), ("lora", "nf4"), ("full", "none")])
 def test_api_runs_on_every_method(tiny_model_dir, tmp_path, feedback_file, method, quantize):
     overrides = _overrides(tiny_model_dir, tmp_path, feedback_file, **{"method.name": method})

@@ -62,6 +62,12 @@ class FeedbackRow(PreferenceRow):
 
     desirable: bool = True
 
+    @property
+    def labels(self) -> list[int]:
+        """Both sides' labels, then the row's label (1 desirable, 0 undesirable): what the resume digest compares, so
+        a row whose label changed since the run started is a changed row."""
+        return self.chosen_labels + self.rejected_labels + [int(self.desirable)]
+
 
 def read_label(row: dict, fields: dict[str, str], where: str, lenient: bool) -> bool:
     key = column(row, fields, "label", lenient)
