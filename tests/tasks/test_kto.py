@@ -213,6 +213,9 @@ def test_cli_run_learns_and_reports_its_metrics(tiny_model_dir, tmp_path, feedba
     assert {"eval_kl", "eval_desirable_reward", "eval_undesirable_reward", "eval_accuracy"} <= set(evals[-1])
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert "lora_A" in next(iter(load_file(run / "adapter_model.safetensors")))
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert "KTO: z0, the KL" in html and "KTO: the rewards of desirable" in html
 
 
 def test_resume_equals_uninterrupted(tiny_model_dir, tmp_path, straight_and_resumed, feedback_file):

@@ -96,7 +96,7 @@ def training_plots(records: list[dict], tasks: list[str | None] | None = None) -
 
 def preference_plots(records: list[dict]) -> str:
     """Task dpo: the implicit reward margin and accuracy, and the policy's log p of chosen and rejected answers; with
-    loss orpo, its NLL and log odds ratio too."""
+    loss orpo, its NLL and log odds ratio too; with loss kto, its KL estimate z0 and the rewards by label."""
 
     def points(key: str) -> list[tuple[float, float]]:
         return [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]
@@ -107,7 +107,11 @@ def preference_plots(records: list[dict]) -> str:
     figures = []
     for keys, ylabel, caption in (
         ([("margin", "train"), ("eval_margin", "eval")], "reward margin", "Reward margin: chosen - rejected"),
-        ([("accuracy", "train"), ("eval_accuracy", "eval")], "share of pairs", "Reward accuracy: margin > 0"),
+        (
+            [("accuracy", "train"), ("eval_accuracy", "eval")],
+            "share of pairs",
+            "Reward accuracy: margin > 0 (kto: rows on their label's side of z0)",
+        ),
         (
             [("chosen_logp", "chosen"), ("rejected_logp", "rejected")],
             "summed log p per answer",
@@ -122,6 +126,16 @@ def preference_plots(records: list[dict]) -> str:
             [("log_odds", "train"), ("eval_log_odds", "eval")],
             "log odds chosen - rejected",
             "ORPO: the log odds ratio its odds-ratio term raises",
+        ),
+        (  # dpo.loss kto only
+            [("kl", "train"), ("eval_kl", "eval")],
+            "nats",
+            "KTO: z0, the KL(policy || reference) estimate its rows are measured against",
+        ),
+        (
+            [("desirable_reward", "desirable"), ("undesirable_reward", "undesirable")],
+            "reward x share of rows",
+            "KTO: the rewards of desirable and undesirable rows (train), each summed over its rows per row",
         ),
     ):
         if found := series(keys):
