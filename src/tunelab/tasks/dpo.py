@@ -286,10 +286,11 @@ def make_task(cfg: DpoConfig) -> Task:
         needed = None if reached is None else reached + data.eval
         t = run.train
         reach = f"train.max_steps ({t.max_steps})" if t.max_steps else f"train.epochs ({t.epochs})"
+        unit = "rows" if cfg.loss == "kto" else "pairs"  # kto: a row and its mismatched side
         counted = (
-            f"{len(rows)} pairs"
+            f"{len(rows)} {unit}"
             if needed is None
-            else f"{len(needed)} of {len(rows)} pairs: the train pairs that {reach} reaches, and the eval pairs"
+            else f"{len(needed)} of {len(rows)} {unit}: the train {unit} that {reach} reaches, and the eval {unit}"
         )
         print(f"dpo: reference log-probs of {counted} ({which}) ...", flush=True)
         cache_reference(
