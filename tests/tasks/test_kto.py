@@ -15,6 +15,7 @@ from tunelab.cli import main
 from tunelab.config import MethodConfig, ModelConfig, load_config
 from tunelab.config.load import stage_config
 from tunelab.data.render import IGNORE
+from tunelab.errors import DataError
 from tunelab.models.load import load_tokenizer, resolve_source
 from tunelab.tasks import dpo
 from tunelab.tasks.kto import kto_scores, metric_sums
@@ -122,6 +123,18 @@ def test_labels_are_read_in_their_spellings_and_imbalance_is_noted(tiny_model_di
     note = next(n for n in data.report.notes if "KTO paper" in n)
     assert "7 desirable and 3 undesirable" in note and "2.33" in note and "undesirable_weight 2.33" in note
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"prompt": ["q0", "q1", "q2"], "completion": ["a", "b", "c"], "label": [True, False, None]})
+    pq.write_table(table, tmp_path / "f.parquet")
+    parquet = _config(tiny_model_dir, str(tmp_path / "f.parquet"))
+    with pytest.raises(DataError, match=r"f.parquet\[2\]: field 'label' is missing"):
+        build_feedback(parquet, load_tokenizer(resolve_source(str(tiny_model_dir))), 0)
+    pq.write_table(table.slice(0, 2), tmp_path / "f.parquet")
+    data = build_feedback(parquet, load_tokenizer(resolve_source(str(tiny_model_dir))), 0)
+    assert [r.desirable for r in data.train] == [True, False]
+
     one_class = _write(
         tmp_path / "one.jsonl", [{"prompt": f"q{i}", "completion": "a", "label": True} for i in range(3)]
     )
@@ -201,6 +214,7 @@ def test_cli_run_learns_and_reports_its_metrics(tiny_model_dir, tmp_path, feedba
     args += ["--method.r", "8", "--train.micro_batch", "4", "--train.max_steps", "12", "--train.lr", "1e-2"]
     args += ["--train.log_every", "1", "--train.eval_every", "6", "--output_dir", str(run)]
     assert main(args) == 0
+    assert "dpo: reference log-probs of 16 rows (the base, adapters off)" in capsys.readouterr().out
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert steps[0]["loss"] == pytest.approx(0.5, abs=1e-5)  # policy == reference at step 1: 1 - sigmoid(0)
