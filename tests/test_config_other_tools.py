@@ -159,7 +159,10 @@ def test_a_value_spelt_as_another_tool_or_case_spells_it_says_what_was_meant(ove
         ("bf16: true\n", {}, "unknown option 'bf16'. Did you mean model.dtype (write model.dtype: bf16)?"),
         ("load_in_4bit: true\n", {}, "Did you mean method.quantize_base (write method.quantize_base: nf4)?"),
         ("train: {warmup_steps: 10}\n", {}, "Did you mean train.warmup_ratio (a share of the steps, not a count:"),
-        ("stage: sft\n", {}, "Did you mean task (sft, classify, reward, dpo or grpo)?"),
+        ("stage: sft\n", {}, "Did you mean task (sft, classify, reward, dpo or grpo;"),
+        ("stage: kto\n", {}, "LLaMA-Factory's kto is task dpo with dpo.loss kto)?"),
+        ("kto_chosen_weight: 1.3\n", {}, "unknown option 'kto_chosen_weight'. Did you mean dpo.desirable_weight?"),
+        ("kto_rejected_weight: 1\n", {}, "unknown option 'kto_rejected_weight'. Did you mean dpo.undesirable_weight?"),
     ],
 )
 def test_another_tools_flag_or_count_says_what_to_write(tmp_path, content, overrides, message):

@@ -72,6 +72,8 @@ ALIASES = {
     "completion_only_loss": "data.train_on_prompt",
     "assistant_only_loss": "data.train_on_prompt",
     "loss_type": "dpo.loss",
+    "kto_chosen_weight": "dpo.desirable_weight",  # LLaMA-Factory's names of TRL's KTOConfig weights
+    "kto_rejected_weight": "dpo.undesirable_weight",
     "load_best_model_at_end": "train.keep_best",
     "early_stopping_threshold": "train.early_stopping_min_delta",  # transformers' EarlyStoppingCallback
     "min_delta": "train.early_stopping_min_delta",  # Keras, Lightning
@@ -127,7 +129,7 @@ ALIAS_NOTES = {
     "lora_target_linear": "write method.target_modules: [all-linear]",
     "lora_target": "a list: [q_proj, v_proj], or [all-linear]",
     "finetuning_type": "lora, dora, full or layers",
-    "stage": "sft, classify, reward, dpo or grpo",
+    "stage": "sft, classify, reward, dpo or grpo; LLaMA-Factory's kto is task dpo with dpo.loss kto",
     "model_type": "the model's class is read from its config.json",
     "tokenizer_type": "the tokenizer is the model's",
     "tokenizer_name": "the tokenizer is the model's",
