@@ -42,8 +42,8 @@ LOSS_RTOL, NORM_RTOL = 1e-6, 1e-4
 
 # DDP over QLoRA, FSDP2 over full weights, FSDP2 over QLoRA (NF4 sharded), DDP over LoRA in fp16 (the loss scale)
 CASES = ("lora", "full", "qlora_fsdp2", "lora_fp16")
-# Other tasks: dpo as the full case (FSDP2), grpo and classify as the lora case (QLoRA, DDP).
-TASK_CASES = ("dpo", "grpo", "classify")
+# Other tasks: dpo (and its loss kto) as the full case (FSDP2), grpo and classify as the lora case (QLoRA, DDP).
+TASK_CASES = ("dpo", "grpo", "classify", "kto")
 # Sharding the NF4 codes needs torch 2.13's FSDP2 (the GPU image's 2.11 refuses it, and tunelab says so).
 SHARDS_NF4 = pytest.mark.skipif(
     not fsdp2_holds_integer_parameters(), reason=f"torch {torch.__version__}'s FSDP2 cannot shard integer tensors"
@@ -108,6 +108,16 @@ def _task_config(folder: Path, config: dict, task: str) -> dict:
             for i in range(24)
         ]
         extra = {"dpo": {"beta": 0.5}}
+    elif task == "kto":  # unpaired rows: each micro-batch's rows estimate its z0, on one rank as on two
+        rows = [
+            {
+                "prompt": f"Code of box {i}?",
+                "completion": f"Box {i}: {1000 + 37 * i}." if i % 3 else "No.",
+                "label": i % 3 > 0,
+            }
+            for i in range(24)
+        ]
+        extra = {"dpo": {"beta": 0.5, "loss": "kto"}}
     elif task == "classify":  # three labels, texts of different lengths: the head reads each row's last token
         rows = [{"text": f"Box {i} is" + " very" * (i % 5) + " full.", "label": "abc"[i % 3]} for i in range(24)]
         extra = {}
@@ -117,7 +127,11 @@ def _task_config(folder: Path, config: dict, task: str) -> dict:
         extra = {"grpo": {"num_generations": 4, "prompts_per_step": 3, "max_new_tokens": 6, "rewards": rewards}}
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     train = config["train"] | ({"micro_batch": 4, "grad_accum": 1, "max_steps": 4} if task == "grpo" else {})
-    return config | extra | {"task": task, "data": config["data"] | {"train": [str(data)]}, "train": train}
+    return (
+        config
+        | extra
+        | {"task": "dpo" if task == "kto" else task, "data": config["data"] | {"train": [str(data)]}, "train": train}
+    )
 
 
 def _rank_env() -> dict[str, str]:
@@ -175,7 +189,9 @@ def _assert_same_curve(one: Path, other: Path, loss_abs: float = 0.0) -> None:
     to about 0 over a group (7.5e-5 out of terms of size 1, where another machine's CPU ranks differed by 7.6e-10).
     dpo's -log sigmoid(beta x margin) near 0.03 moves by sigmoid(-beta margin) beta = 0.003 a nat of margin, and the
     margin is a difference of answers' summed log-probs of tens of nats (fp32 ulp ~4e-6): two ranks, whose GEMMs
-    see half the rows, sum them in another order (CPU ranks differed by 8.2e-8 at step 4, torch 2.13 and transformers 5.25)."""
+    see half the rows, sum them in another order (CPU ranks differed by 8.2e-8 at step 4, torch 2.13 and transformers 5.25).
+    kto's w (1 - sigmoid(beta (r - z0))) moves by up to beta / 4 = 0.125 a nat of its log ratio, which also differs in
+    the summed log-probs' last bits, through r and through z0 (3.3e-7 measured at step 3 on the CPU)."""
     a, b = _metrics(one), _metrics(other)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
     for x, y in zip(a, b):
@@ -239,23 +255,27 @@ def test_two_ranks_train_the_tasks_one_process_trains(runs, task):
     and scores half of a step's answers and the ranks swap them, then each trains its micro-batches. Both: the
     curve of one process, with every step learning something (a gradient), and the same adapter."""
     one, two = runs("one", task), runs("two", task)
-    _assert_same_curve(one, two, loss_abs={"grpo": 1e-7, "dpo": 2e-7}.get(task, 0.0))
+    _assert_same_curve(one, two, loss_abs={"grpo": 1e-7, "dpo": 2e-7, "kto": 1e-6}.get(task, 0.0))
     a, b = _metrics(one), _metrics(two)
     assert all(r["grad_norm"] > 0 for r in a)
-    metrics = {"dpo": ("accuracy", "margin"), "classify": ("accuracy",)}.get(task, ("reward", "kl", "answer_tokens"))
+    metrics = {"dpo": ("accuracy", "margin"), "classify": ("accuracy",), "kto": ("kl", "desirable_reward")}.get(
+        task, ("reward", "kl", "answer_tokens")
+    )
     for x, y in zip(a, b):
         for name in metrics:
             assert y[name] == pytest.approx(x[name], rel=NORM_RTOL, abs=1e-9), (name, x, y)  # kl: 3e-6 measured
     if task == "grpo":  # the rewards told the answers apart: the advantages were not all zero
         assert min(r["zero_std_groups"] for r in a) < 1
-    result = "model.safetensors" if task == "dpo" else "adapter_model.safetensors"  # FSDP2's full weights, gathered
+    result = (
+        "model.safetensors" if task in ("dpo", "kto") else "adapter_model.safetensors"
+    )  # FSDP2's full weights, gathered
     saved_a, saved_b = load_file(one / result), load_file(two / result)
     if task == "classify":  # the head is in the adapter (PEFT's modules_to_save), the labels in config.json
         assert any(".score." in k for k in saved_b)
         assert json.loads((two / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c"}
     assert saved_a.keys() == saved_b.keys()
     assert max(float((saved_a[k] - saved_b[k]).abs().max()) for k in saved_a) < 4e-3
-    assert f"ranks: 2 (gloo, {'fsdp2' if task == 'dpo' else 'ddp'})" in runs.made[("log", task)].stdout
+    assert f"ranks: 2 (gloo, {'fsdp2' if task in ('dpo', 'kto') else 'ddp'})" in runs.made[("log", task)].stdout
 
 
 @SHARDS_NF4
