@@ -217,14 +217,22 @@ def test_a_staged_run_through_the_cli(staged, tmp_path, capsys):
     assert (run / "adapter_model.safetensors").read_bytes() == adapter and (run / "stage-2").is_dir()
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "orpo"])
+@pytest.mark.parametrize("loss", ["sigmoid", "orpo", "kto"])
 def test_a_dpo_stage_after_an_sft_stage(staged, tmp_path, loss, capsys):
     """Stages may change the task: SFT, then DPO from the merged SFT model (its reference; orpo has none). Each
-    stage's data is read by its own task, and the forgetting matrix compares only stages of the same task."""
+    stage's data is read by its own task (kto: unpaired rows), and the forgetting matrix compares only stages of the
+    same task."""
     pairs = tmp_path / "pairs.jsonl"
     rows = [
         {"prompt": f"Box {i}?", "chosen": f"Box {i} has code {1000 + i}.", "rejected": "No idea."} for i in range(8)
     ]
+    if loss == "kto":
+        rows = [
+            {"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+            for r in rows
+            for side in r
+            if side != "prompt"
+        ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     first = staged["stages"][1]
     staged["stages"] = [
@@ -240,15 +248,17 @@ def test_a_dpo_stage_after_an_sft_stage(staged, tmp_path, loss, capsys):
     ]
     result = train(None, staged)
     said = capsys.readouterr().out
-    assert ("reference log-probs of" in said) == (loss == "sigmoid") and ("needs no reference" in said) == (
-        loss == "orpo"
-    )
+    assert ("reference log-probs of" in said) == (loss != "orpo") and ("needs no reference" in said) == (loss == "orpo")
     run = result.run_dir
     assert json.loads((run / "stage-2" / "run.json").read_text())["task"] == "dpo"
     assert (run / "stage-1" / "merged" / "config.json").is_file()  # the dpo stage's base and reference
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     dpo_steps = [r for r in records if r.get("stage") == 2 and "loss" in r]
-    assert dpo_steps and "margin" in dpo_steps[0] and all("eval_loss/stage-1" not in r for r in records)
+    assert (
+        dpo_steps
+        and ("kl" if loss == "kto" else "margin") in dpo_steps[0]
+        and all("eval_loss/stage-1" not in r for r in records)
+    )
     assert ("nll" in dpo_steps[0]) == (loss == "orpo")
     assert yaml.safe_load((run / "stage-2" / "config.yaml").read_text())["dpo"]["loss"] == loss
     assert open_info(run).finished
