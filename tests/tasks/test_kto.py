@@ -114,6 +114,25 @@ def test_rows_take_the_previous_rows_completion_as_their_mismatched_side(tiny_mo
     assert not any("desirable" in n for n in data.report.notes)  # 8 and 8: a ratio of 1
 
 
+def test_a_prompts_rows_side_by_side_take_another_prompts_completion(tiny_model_dir, tmp_path):
+    """Paired feedback written row by row (a prompt's good answer, then its bad one): the row before a bad answer is
+    the good answer to the same prompt, which would not be a mismatched pair; the nearest other prompt's is taken."""
+    rows = [
+        {"prompt": f"q{i}", "completion": f"{side} {i}", "label": side == "good"}
+        for i in range(3)
+        for side in ("good", "bad")
+    ]
+    cfg = _config(tiny_model_dir, _write(tmp_path / "f.jsonl", rows))
+    tokenizer = load_tokenizer(resolve_source(str(tiny_model_dir)))
+    data = build_feedback(cfg, tokenizer, 0)
+
+    def answer(ids, labels):
+        return tokenizer.decode([t for t, lab in zip(ids, labels) if lab != IGNORE], skip_special_tokens=True).strip()
+
+    got = [answer(r.rejected_ids, r.rejected_labels) for r in data.train]
+    assert got == ["bad 2", "bad 2", "bad 0", "bad 0", "bad 1", "bad 1"]
+
+
 def test_labels_are_read_in_their_spellings_and_imbalance_is_noted(tiny_model_dir, tmp_path):
     labels = ["TRUE", "no", 1, 0, "Yes", "1", True, "false", "true", "true"]
     rows = [{"Prompt": f"q{i}", "Completion": f"a{i}", "Label": lab} for i, lab in enumerate(labels)]

@@ -10,9 +10,9 @@ A row's `system` (else data.system_prompt) is prepended. A row without a prompt 
 none of these, is a DataError naming file, line and field; a row whose completion is empty is a counted skip.
 
 Each row becomes a `FeedbackRow`: the prompt with its completion (`chosen_*`), and the prompt with the completion of
-the row before it in the file (`rejected_*`, the first row takes the last row's: the order is fixed when the data is
-read, as TRL shifts a batch's completions by one), whose log ratio is what KTO's reference point z0 estimates
-KL(policy || reference) from. The mismatched side is cut to data.max_length (it only feeds the estimate); the row's
+the nearest row before it in the file whose prompt differs (`rejected_*`, cyclically: the first row looks from the
+last; `partners`), whose log ratio is what KTO's reference point z0 estimates KL(policy || reference) from: a
+completion to another prompt, as TRL shifts a batch's completions by one. The order is fixed when the data is read. The mismatched side is cut to data.max_length (it only feeds the estimate); the row's
 own side is dropped or cut as data.overlong says (the prompt whole, the completion's start).
 """
 
@@ -126,6 +126,21 @@ def read_feedback(
     return out
 
 
+LOOK_BACK = 64  # rows searched for another prompt before taking the previous row's completion anyway
+
+
+def partners(items: list[Feedback]) -> list[Feedback]:
+    """Each row's mismatched row: the nearest before it (cyclically) whose prompt differs, so that a file of paired
+    feedback written row by row (a prompt's desirable completion, then its undesirable one) does not estimate z0 from
+    a completion to the same prompt; the row just before where none of the LOOK_BACK before it differs (all rows
+    share one prompt: the estimate is then of completions to that prompt)."""
+    out = []
+    for i, item in enumerate(items):
+        back = (items[(i - k) % len(items)] for k in range(1, min(LOOK_BACK, len(items) - 1) + 1))
+        out.append(next((other for other in back if other.context != item.context), items[i - 1]))
+    return out
+
+
 def _first_label(labels: list[int]) -> int:
     return next((i for i, t in enumerate(labels) if t != IGNORE), len(labels))
 
@@ -141,7 +156,7 @@ def to_rows(
 ) -> list[FeedbackRow]:
     rows = []
     cut_answers = [0, 0, 0]  # rows cut, completion tokens they lose, completion tokens they had
-    for item, other in zip(items, items[-1:] + items[:-1]):  # each row with the completion of the one before it
+    for item, other in zip(items, partners(items)):
         start = len(item.context)
         pair = Preference(
             Side(item.context + item.completion, start),
