@@ -181,6 +181,9 @@ def test_bad_rows_exit_2_naming_file_line_and_field(tiny_model_dir, tmp_path, fe
     csv.write_text("prompt,completion,label\na,b,true\nc,d,sometimes\n")
     assert main([*base, "--data.train", str(csv)]) == 2
     assert "bad.csv:3: field 'label' is 'sometimes'" in capsys.readouterr().err
+    csv.write_text("prompt,completion,label\na,b,true\nc,d,\n")  # an empty cell: no label given
+    assert main([*base, "--data.train", str(csv)]) == 2
+    assert "bad.csv:3: field 'label' is missing" in capsys.readouterr().err
 
     empty = _write(tmp_path / "empty.jsonl", [good, {"prompt": "c", "completion": " ", "label": False}, good])
     cfg = _config(tiny_model_dir, empty)

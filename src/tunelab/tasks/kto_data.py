@@ -79,7 +79,8 @@ def read_label(row: dict, fields: dict[str, str], where: str, lenient: bool) -> 
     if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
         return value.strip().lower() in TRUE
     named = f"field '{key}'" if key else "field 'label'"
-    found = "missing" if value is None else f"{value!r}"
+    blank = value is None or (isinstance(value, str) and not value.strip()) or value != value  # NaN: pandas' null
+    found = "missing" if blank else f"{value!r}"
     raise DataError(
         f"{where}: {named} is {found}; loss kto needs a label of true (the completion is desirable) or false "
         "(undesirable), also written yes/no or 1/0. Fix the row or remove it."
