@@ -9,6 +9,7 @@ import yaml
 from tunelab.config import iter_options, load_config, section_names, to_dict
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples"
 BLOCKS = [(README[: m.start()].count("\n") + 1, m.group(1)) for m in re.finditer(r"```yaml\n(.*?)```", README, re.S)]
 
 
@@ -200,3 +201,88 @@ def test_the_reward_table_names_every_form_of_function_the_examples_use():
     for spec in specs:
         form = "`file.py:function`" if spec.rpartition(":")[0].endswith(".py") else "`module:function`"
         assert form in row, (spec, form)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped (hyphens and underscores kept), spaces as
+    hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_anchor_of_the_readme_names_one_of_its_headings():
+    """A link `[...](#anchor)` leads nowhere once the heading it names is reworded."""
+    headings = {_slug(h) for h in re.findall(r"^#+ (.*)$", re.sub(r"```.*?```", "", README, flags=re.S), re.M)}
+    anchors = re.findall(r"\]\(#([^)]+)\)", README)
+    assert anchors
+    missing = [a for a in anchors if a not in headings]
+    assert not missing, f"README anchors without a heading: {missing}"
+
+
+DOCS = [Path(__file__).resolve().parents[1] / "README.md", *sorted(EXAMPLE_DIR.glob("*/README.md"))]
+FILE_SUFFIXES = {
+    "jsonl",
+    "json",
+    "csv",
+    "tsv",
+    "parquet",
+    "png",
+    "safetensors",
+    "gguf",
+    "txt",
+    "yaml",
+    "html",
+    "md",
+    "py",
+    "Modelfile",
+}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(EXAMPLE_DIR.parent)) for d in DOCS])
+def test_every_dotted_option_a_readme_names_is_an_option(doc):
+    """A name like `train.foo` in the README's or an example's prose, of a config section, is an option that exists
+    (file names such as train.jsonl aside): a renamed or removed option otherwise stays documented under its old
+    name, and a reader's `--train.foo` is refused."""
+    options = {name for name, _, _ in iter_options()}
+    sections = "|".join(sorted(section_names()))
+    text = doc.read_text()
+    unknown = sorted(
+        {
+            name
+            for name in re.findall(rf"(?<![\w./-])((?:{sections})\.\w+)(?![\w(/]|\.\w)", text)
+            if name not in options and name.partition(".")[2] not in FILE_SUFFIXES
+        }
+    )
+    assert not unknown, f"{doc.name}: not options: {unknown}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(EXAMPLE_DIR.parent)) for d in DOCS])
+def test_every_command_line_a_readme_gives_parses(doc):
+    """Each `tunelab ...` line of a bash block, as a reader copies it (optional `[...]` parts left out), is taken by
+    the CLI's parser: the flags exist, take the values given, and the positional arguments are the ones it needs."""
+    import contextlib
+    import io
+    import shlex
+
+    from tunelab.cli_parser import build_parser, parse
+    from tunelab.config.flags import join_negative_values
+
+    lines = [
+        re.sub(r"\[[^\]]*\]", "", line.split("  #")[0])
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S)
+        for line in block.splitlines()
+    ]
+    parser, failed = build_parser(), []
+    for line in lines:
+        if not (match := re.search(r"(?:^|\s)tunelab (\w.*)", line)):
+            continue
+        argv = shlex.split(re.split(r" \| | < | && ", match.group(1))[0], comments=True)
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+                parse(parser, join_negative_values(argv))
+        except SystemExit as stop:
+            if stop.code:
+                failed.append(f"{line.strip()}: {stderr.getvalue().strip().splitlines()[-1:]}")
+        except Exception as error:  # a ConfigError of an unknown option
+            failed.append(f"{line.strip()}: {error}")
+    assert not failed, failed
