@@ -286,3 +286,23 @@ def test_every_command_line_a_readme_gives_parses(doc):
         except Exception as error:  # a ConfigError of an unknown option
             failed.append(f"{line.strip()}: {error}")
     assert not failed, failed
+
+
+def test_the_verdict_thresholds_the_readme_states_are_the_codes():
+    """The README said the eval loss counts as still falling when its lowest is 10% below the evaluation before; the
+    verdict also asks 0.02 nats, which it left out (as a reader of a loss of 0.05 could not tell that 10% of it is
+    not enough)."""
+    from tunelab.training import verdict as v
+
+    said = " ".join(README[README.index("Diverged, judged first") :].split("\n\n")[0].split())
+    for stated in [
+        f"{v.DIVERGED_RELATIVE:.0%} (and {v.DIVERGED_ABSOLUTE:g} nats) above where it started",
+        f"at or above {v.HIGH_LOSS:g} nats a token",
+        f"fell by {v.FALLING_RELATIVE:.0%} (and {v.FALLING_ABSOLUTE:g} nats) over the last quarter",
+        f"{v.EVAL_FALLING_RELATIVE:.0%} (and {v.EVAL_FALLING_ABSOLUTE:g} nats) below the evaluation before",
+        f"{v.RISE_RELATIVE:.0%} (and {v.RISE_ABSOLUTE:g} nats) above its lowest",
+        f"did not move by {v.REWARD_MOVE:g} from the first tenth",
+        f"fell {v.REWARD_FALL:g} below its highest",
+    ]:
+        assert stated in said, stated
+
