@@ -306,3 +306,12 @@ def test_the_verdict_thresholds_the_readme_states_are_the_codes():
     ]:
         assert stated in said, stated
 
+
+def test_the_heads_section_names_every_method_a_head_trains():
+    """The heads' section said `method` is lora, full or layers; a head run trains DoRA adapters too (method.name
+    dora, saved in PEFT's layout with the head), which it left out."""
+    from tunelab.config.model import MethodConfig
+
+    said = README[README.index("## Classification heads") :].split("`method` is ")[1].split(", with")[0]
+    for method in MethodConfig.__dataclass_fields__["name"].metadata["choices"]:
+        assert f"`{method}`" in said, method
