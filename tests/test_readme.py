@@ -315,3 +315,16 @@ def test_the_heads_section_names_every_method_a_head_trains():
     said = README[README.index("## Classification heads") :].split("`method` is ")[1].split(", with")[0]
     for method in MethodConfig.__dataclass_fields__["name"].metadata["choices"]:
         assert f"`{method}`" in said, method
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(EXAMPLE_DIR.parent)) for d in DOCS])
+def test_every_script_a_readme_runs_is_a_file_of_the_repository(doc):
+    """The commands run from the repository's root, as every other line of the READMEs runs; the oasst_threads
+    README ran `python flat_to_trees.py`, which is found only from inside its folder."""
+    root = EXAMPLE_DIR.parent
+    text = doc.read_text()
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
+    lines += re.findall(r"`(python3? [^`]*)`", text)
+    scripts = [s for line in lines for s in re.findall(r"(?:^|\s)python3? (\S+\.py)\b", line.split("#")[0])]
+    missing = [s for s in scripts if not (root / s).is_file()]
+    assert not missing, f"{doc.relative_to(root)}: no such script from the repository's root: {missing}"
