@@ -328,3 +328,40 @@ def test_every_script_a_readme_runs_is_a_file_of_the_repository(doc):
     scripts = [s for line in lines for s in re.findall(r"(?:^|\s)python3? (\S+\.py)\b", line.split("#")[0])]
     missing = [s for s in scripts if not (root / s).is_file()]
     assert not missing, f"{doc.relative_to(root)}: no such script from the repository's root: {missing}"
+
+
+def test_the_auto_rules_the_readme_tabulates_are_the_codes():
+    """The table of Defaults that learn states the numbers of training/auto.py's rules; each is its constant's."""
+    from tunelab.training import auto as a
+
+    rows = {
+        row.split(" | ")[0].strip("| `"): " ".join(row.split(" | ")[1].split())
+        for row in README[README.index("| option | rule |") :].split("\n\n")[0].splitlines()[2:]
+    }
+    lo, hi = (f"{x:.0e}".replace("e-0", "e-") for x in a.LR_RANGE)  # 1e-5, as the README writes it
+    base = f"{a.LORA_LR_AT_2000:.0e}".replace("e-0", "e-")
+    stated = {
+        "train.lr": [
+            f"{base} x (2000 / hidden size)^{a.LR_EXPONENT:g} x {a.REFERENCE_ALPHA:g} / alpha",
+            f"kept within {lo}..{hi}",
+            {10: "a tenth of LoRA's"}[a.LORA_OVER_FULL],
+            {40: "a fortieth of the above"}[a.PREFERENCE_DIVISOR],
+        ],
+        "train.micro_batch": [
+            f"{a.MICRO_BATCH}; for a set of fewer than {a.MICRO_BATCH * a.STEPS_PER_EPOCH} rows",
+            f"the power of two <= rows / {a.STEPS_PER_EPOCH}",
+            f"about {a.STEPS_PER_EPOCH} optimizer steps",
+            f"at most {a.MICRO_BATCH} a forward",
+        ],
+        "train.epochs": [
+            f"{a.TARGET_EPOCHS}; if that is fewer than {a.MIN_STEPS} optimizer steps",
+            f"(at most {a.MAX_EPOCHS})",
+            f"more than {a.MAX_EXAMPLES_SEEN:,} examples, {a.MAX_EXAMPLES_SEEN:,} / rows",
+        ],
+        "train.warmup_ratio": [f"{a.WARMUP_RATIO:.0%} of the steps, at most {a.MAX_WARMUP_STEPS} steps"],
+        "train.eval_every": [f"about {a.EVALS_PER_RUN} evaluations a run (every ceil(steps / {a.EVALS_PER_RUN})"],
+    }
+    assert set(stated) == set(rows), rows.keys()
+    for option, parts in stated.items():
+        for part in parts:
+            assert part in rows[option], (option, part)
