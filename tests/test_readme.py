@@ -365,3 +365,10 @@ def test_the_auto_rules_the_readme_tabulates_are_the_codes():
     for option, parts in stated.items():
         for part in parts:
             assert part in rows[option], (option, part)
+
+
+def test_every_note_of_the_layout_follows_the_module_it_describes():
+    """The Layout gives each module's note in parentheses after its name; the server's template_kwargs had its note
+    after completions, two modules on, where it read as a second note of completions."""
+    layout = README[README.index("## Layout") :].split("```")[1]
+    assert not re.search(r"\)\s+\(", layout), re.findall(r".{40}\)\s+\(.{40}", layout, re.S)
