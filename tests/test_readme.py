@@ -372,3 +372,13 @@ def test_every_note_of_the_layout_follows_the_module_it_describes():
     after completions, two modules on, where it read as a second note of completions."""
     layout = README[README.index("## Layout") :].split("```")[1]
     assert not re.search(r"\)\s+\(", layout), re.findall(r".{40}\)\s+\(.{40}", layout, re.S)
+
+
+def test_the_count_of_options_left_out_the_readme_quotes_is_a_default_runs():
+    """The README quoted `... and 35 options at their defaults that this run does not read: method.top_layers,
+    classify.* (5), ...`; a plain sft LoRA run leaves out 36 since the options grew, and prints that."""
+    from tunelab.config.render import describe
+
+    quoted = " ".join(README[README.index("(`... and ") + 2 :].split("`")[0].split()).removesuffix(" ...")
+    printed = next(line.strip() for line in describe(load_config(None)).splitlines() if "... and" in line)
+    assert printed.startswith(quoted), (quoted, printed)
