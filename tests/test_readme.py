@@ -382,3 +382,18 @@ def test_the_count_of_options_left_out_the_readme_quotes_is_a_default_runs():
     quoted = " ".join(README[README.index("(`... and ") + 2 :].split("`")[0].split()).removesuffix(" ...")
     printed = next(line.strip() for line in describe(load_config(None)).splitlines() if "... and" in line)
     assert printed.startswith(quoted), (quoted, printed)
+
+
+def test_the_install_section_names_every_dependency_and_extra():
+    """`pip install -e .`'s comment lists what it pulls, and the next paragraph the optional extras: both as
+    pyproject.toml declares them."""
+    import tomllib
+
+    project = tomllib.loads((EXAMPLE_DIR.parent / "pyproject.toml").read_text())["project"]
+    install = README[README.index("## Install") : README.index("## Train")]
+    pulls = install.split("pip install -e .")[1].split("\n")[0]
+    for requirement in project["dependencies"]:
+        assert re.match(r"[\w-]+", requirement)[0] in pulls, requirement
+    extras = " ".join(install[install.index("Optional extras") :].split("\n\n")[0].split())
+    for extra in project["optional-dependencies"]:
+        assert f"`{extra}`" in extras, extra
